@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that meshward's tests (and, with --bench, its benchmarks) run
+# against, when they are missing. Tests use real peers (openssl, curl, nginx, haproxy, Redis,
+# PostgreSQL, promtool, Chromium) and never skip because one is absent, so this runs before
+# every `npm test` (the `pretest` script) and on CI.
+set -euo pipefail
+
+# command-to-check  debian-package
+test_deps=(
+  "openssl openssl"
+  "curl curl"
+  "nginx nginx"
+  "haproxy haproxy"
+  "redis-server redis-server"
+  "pg_ctl postgresql"
+  "promtool prometheus"
+  "chromium chromium"
+)
+bench_deps=(
+  "wrk wrk"
+  "cfssl golang-cfssl"
+)
+
+deps=("${test_deps[@]}")
+if [[ "${1:-}" == "--bench" ]]; then deps+=("${bench_deps[@]}"); fi
+
+have() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  # PostgreSQL's server tools live outside PATH on Debian.
+  compgen -G "/usr/lib/postgresql/*/bin/$1" >/dev/null 2>&1
+}
+
+missing=()
+for dep in "${deps[@]}"; do
+  read -r cmd pkg <<<"$dep"
+  have "$cmd" || missing+=("$pkg")
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then exit 0; fi
+
+echo "meshward: installing Debian packages the tests need: ${missing[*]}" >&2
+if [[ $(id -u) -ne 0 ]]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO=(sudo -n); else
+    echo "meshward: run as root or install them yourself: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+else
+  SUDO=()
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -qq
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts some of these as system services on install; tests run their own instances.
+for svc in nginx haproxy redis-server postgresql; do
+  "${SUDO[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || "${SUDO[@]}" service "$svc" stop >/dev/null 2>&1 || true
+done

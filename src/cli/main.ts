@@ -1,0 +1,37 @@
+import { Command, CommanderError } from "commander";
+import { MeshwardError } from "../errors.ts";
+import { registerCommands } from "./commands.ts";
+
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+
+export async function runCli(argv: readonly string[]): Promise<number> {
+  const program = new Command("meshward")
+    .description("zero-trust service-to-service security: SPIFFE CA, workload identity, mTLS sidecar, config audit")
+    .showHelpAfterError()
+    .exitOverride();
+  registerCommands(program);
+  try {
+    await program.parseAsync([...argv], { from: "user" });
+    return typeof process.exitCode === "number" ? process.exitCode : EXIT_OK;
+  } catch (error) {
+    return reportCliError(error);
+  }
+}
+
+function reportCliError(error: unknown): number {
+  if (error instanceof CommanderError) {
+    // commander already printed help or the usage error.
+    return error.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
+  }
+  if (error instanceof MeshwardError) {
+    process.stderr.write(`meshward: ${error.message} [${error.code}]\n`);
+    return EXIT_FAILURE;
+  }
+  process.stderr.write(`meshward: unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  return EXIT_FAILURE;
+}
+
+const code = await runCli(process.argv.slice(2));
+process.exitCode = code;

@@ -1,0 +1,74 @@
+/**
+ * What the CA keeps: the issuance log, revocations, join tokens and the CRL number.
+ * Two implementations share this interface and one test suite: `sqlite` (embedded default,
+ * WAL, survives kill -9) and `postgres` (several CA replicas). All times are Dates (UTC),
+ * serials are uppercase hex (as node:crypto prints them).
+ */
+export interface IssuanceRecord {
+  readonly serial: string;
+  readonly spiffeId: string;
+  readonly dnsNames: readonly string[];
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+  readonly issuedAt: Date;
+  /** Attestation method that vouched for the workload: "join-token", "jwks", "insecure", "self" … */
+  readonly attestation: string;
+  /** SHA-256 fingerprint (node's colon form) of the issuer certificate that signed it. */
+  readonly issuerFingerprint: string;
+  /** SHA-256 fingerprint of the root the issuer chains to (root-retirement counts use it). */
+  readonly rootFingerprint: string;
+  /** The certificate itself, PEM. */
+  readonly certificatePem: string;
+}
+
+export interface RevocationRecord {
+  readonly serial: string;
+  readonly revokedAt: Date;
+  readonly reason: string;
+  /** From the issuance log when known. */
+  readonly spiffeId: string | undefined;
+}
+
+export interface JoinTokenRecord {
+  readonly id: string;
+  /** SHA-256 hex of the secret token; the token itself is never stored. */
+  readonly tokenHash: string;
+  readonly spiffeId: string;
+  readonly createdAt: Date;
+  readonly expiresAt: Date;
+  readonly usesAllowed: number;
+  readonly usesLeft: number;
+}
+
+export type TokenConsumption =
+  | { readonly ok: true; readonly token: JoinTokenRecord }
+  | { readonly ok: false; readonly reason: "unknown" | "expired" | "used-up" };
+
+export interface IssuanceFilter {
+  readonly spiffeId?: string;
+  /** Only certificates still valid at this instant. */
+  readonly validAt?: Date;
+  readonly rootFingerprint?: string;
+  readonly limit?: number;
+}
+
+export interface Store {
+  /** Creates or upgrades the schema; idempotent. */
+  migrate(): Promise<void>;
+  recordIssuance(record: IssuanceRecord): Promise<void>;
+  getIssuance(serial: string): Promise<IssuanceRecord | undefined>;
+  /** Newest first. */
+  listIssuances(filter?: IssuanceFilter): Promise<IssuanceRecord[]>;
+  /** Counts certificates valid at `at`, grouped by root fingerprint. */
+  countValidByRoot(at: Date): Promise<Map<string, number>>;
+  /** Returns false when the serial was already revoked (the first revocation is kept). */
+  revoke(revocation: { serial: string; revokedAt: Date; reason: string }): Promise<boolean>;
+  listRevocations(): Promise<RevocationRecord[]>;
+  createToken(token: JoinTokenRecord): Promise<void>;
+  /** Atomically checks and spends one use of the token with this hash. */
+  consumeToken(tokenHash: string, now: Date): Promise<TokenConsumption>;
+  listTokens(): Promise<JoinTokenRecord[]>;
+  /** Monotonic CRL number, persisted; each call returns the next one. */
+  nextCrlNumber(): Promise<bigint>;
+  close(): Promise<void>;
+}
