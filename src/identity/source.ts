@@ -1,0 +1,57 @@
+import type { KeyObject } from "node:crypto";
+
+/**
+ * The seam between where identities come from (the CA, files on disk, the SPIFFE Workload
+ * API) and what uses them (SDK servers and clients, the sidecar, the file sink).
+ */
+export interface Svid {
+  readonly spiffeId: string;
+  /** Leaf first, then intermediates up to (not including) the root. PEM. */
+  readonly certChainPem: string;
+  readonly privateKey: KeyObject;
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+  /** Leaf serial, uppercase hex. */
+  readonly serial: string;
+}
+
+export interface TrustBundle {
+  readonly trustDomain: string;
+  /** Every trusted root, PEM concatenated (two during a root rotation). */
+  readonly rootsPem: string;
+  /** Revoked leaf serials (uppercase hex) from the CA's CRL; empty when none is known. */
+  readonly revokedSerials: ReadonlySet<string>;
+}
+
+export interface IdentitySnapshot {
+  readonly svid: Svid;
+  readonly bundle: TrustBundle;
+}
+
+export type IdentityEvent =
+  /** A new SVID and/or bundle is current. */
+  | { readonly type: "rotated"; readonly snapshot: IdentitySnapshot }
+  | { readonly type: "bundle-updated"; readonly snapshot: IdentitySnapshot }
+  | { readonly type: "renewal-failed"; readonly error: Error; readonly retryInMs: number }
+  /** The SVID expired and could not be renewed: it must no longer be presented. */
+  | { readonly type: "expired"; readonly spiffeId: string };
+
+export interface IdentitySource {
+  /** Resolves once a first valid identity is available. */
+  ready(): Promise<IdentitySnapshot>;
+  /** The current identity, or undefined before the first one or after expiry. */
+  current(): IdentitySnapshot | undefined;
+  /** Returns an unsubscribe function. */
+  subscribe(listener: (event: IdentityEvent) => void): () => void;
+  close(): Promise<void>;
+}
+
+/** An identity that never changes, for tests and for certificates managed by hand. */
+export function staticIdentity(snapshot: IdentitySnapshot): IdentitySource {
+  return {
+    ready: async () => snapshot,
+    current: () => (snapshot.svid.notAfter.getTime() > Date.now() ? snapshot : undefined),
+    subscribe: () => () => undefined,
+    close: async () => undefined,
+  };
+}
