@@ -34,6 +34,8 @@ export interface JoinTokenRecord {
   /** SHA-256 hex of the secret token; the token itself is never stored. */
   readonly tokenHash: string;
   readonly spiffeId: string;
+  /** DNS SANs the holder may ask for (server certificates of backends); usually empty. */
+  readonly dnsNames: readonly string[];
   readonly createdAt: Date;
   readonly expiresAt: Date;
   readonly usesAllowed: number;
