@@ -8,6 +8,8 @@ export interface ChainVerification {
   readonly intermediates?: readonly CertificateInput[];
   readonly roots: readonly CertificateInput[];
   readonly at?: Date;
+  /** Verify a CA certificate (an issuer being imported) as the chain's first element. Default false: leaves must be CA:FALSE. */
+  readonly allowCaLeaf?: boolean;
 }
 
 /**
