@@ -1,6 +1,15 @@
-import type { KeyObject, X509Certificate } from "node:crypto";
+import { createPublicKey, randomBytes } from "node:crypto";
+import type { KeyObject, webcrypto, X509Certificate } from "node:crypto";
 import { MeshwardError } from "../errors.ts";
+import { parseSpiffeId, parseTrustDomain } from "../spiffe/id.ts";
+import * as der from "./der.ts";
+import { assertAcceptableKey, keysMatch } from "./keys.ts";
 import type { KeyPair } from "./keys.ts";
+import { OID } from "./oids.ts";
+import { toWebCryptoPrivateKey, toWebCryptoPublicKey, webCryptoAlgorithms, x509 } from "./peculiar.ts";
+import { signingAlgorithmFor } from "./signature.ts";
+import type { SigningAlgorithm } from "./signature.ts";
+import { keyIdentifier, parseCertificateParts, readBasicConstraints, readSubjectKeyId } from "./x509der.ts";
 
 /** A CA certificate with its private key, able to sign. */
 export interface Signer {
@@ -42,17 +51,182 @@ export interface IssuedCertificate {
   readonly serial: string;
 }
 
+/** Organization of every certificate meshward issues; leaves carry it as their whole subject. */
+export const SUBJECT_ORGANIZATION = "SPIFFE";
+
+// ---------------------------------------------------------------- serials
+
+/** Random positive 16-byte serial (top bit clear, first byte non-zero). */
+export function randomSerial(): Buffer {
+  const serial = randomBytes(16);
+  serial[0] = serial[0]! & 0x7f;
+  if (serial[0] === 0) serial[0] = 1 + (randomBytes(1)[0]! % 0x7f);
+  return serial;
+}
+
+/** Normalises a serial typed by a person ("0a:1b", "0A1B", "a1b") to uppercase hex as node prints it. */
+export function normalizeSerial(input: string): string {
+  const hex = String(input).trim().replace(/^0x/i, "").replace(/[\s:.-]/g, "");
+  if (hex.length === 0 || !/^[0-9a-fA-F]+$/.test(hex)) {
+    throw new MeshwardError("E_SERIAL_INVALID", `serial ${JSON.stringify(String(input).slice(0, 80))} is not hexadecimal (e.g. "0A:1B" or "0a1b")`);
+  }
+  const trimmed = hex.replace(/^0+/, "").toUpperCase();
+  if (trimmed.length === 0) return "0";
+  return trimmed.length % 2 === 1 ? `0${trimmed}` : trimmed;
+}
+
+function serialHex(serial: Buffer): string {
+  return normalizeSerial(serial.toString("hex"));
+}
+
+function checkSerial(serial: Buffer): Buffer {
+  if (serial.length === 0 || serial.length > 20 || serial.every((b) => b === 0)) {
+    throw new MeshwardError("E_SERIAL_INVALID", "a certificate serial must be 1 to 20 bytes and not zero (RFC 5280 4.1.2.2)");
+  }
+  return serial;
+}
+
+// ---------------------------------------------------------------- shared checks
+
+function checkValidity(validity: Validity): void {
+  const { notBefore, notAfter } = validity;
+  if (!(notBefore instanceof Date) || !(notAfter instanceof Date) || Number.isNaN(notBefore.getTime()) || Number.isNaN(notAfter.getTime())) {
+    throw new MeshwardError("E_CERT_VALIDITY", "notBefore and notAfter must be valid dates");
+  }
+  if (notAfter.getTime() <= notBefore.getTime()) throw new MeshwardError("E_CERT_VALIDITY", "notAfter must be later than notBefore");
+}
+
+function publicOnly(key: KeyObject): KeyObject {
+  return key.type === "private" ? createPublicKey(key) : key;
+}
+
+const DNS_NAME_RE = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i;
+
+function checkDnsName(name: string): string {
+  if (typeof name !== "string" || name.length > 253 || !DNS_NAME_RE.test(name)) {
+    throw new MeshwardError("E_DNS_NAME_INVALID", `DNS name ${JSON.stringify(String(name).slice(0, 80))} is not a valid host name (letters, digits, '-', '.', optional leading '*.')`);
+  }
+  return name.toLowerCase();
+}
+
+function trustDomainId(trustDomain: string): string {
+  return parseSpiffeId(`spiffe://${parseTrustDomain(trustDomain)}`).toString();
+}
+
+// ---------------------------------------------------------------- CA certificates (@peculiar/x509, rare path)
+
+function caName(trustDomain: string, commonName: string | undefined, kind: string): x509.JsonName {
+  return [{ [OID.organizationName]: [SUBJECT_ORGANIZATION] }, { [OID.commonName]: [commonName ?? `meshward ${kind} ${trustDomain}`] }];
+}
+
+async function caExtensions(trustDomain: string, publicKey: webcrypto.CryptoKey, pathLength: number | undefined): Promise<x509.Extension[]> {
+  return [
+    new x509.BasicConstraintsExtension(true, pathLength, true),
+    new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+    new x509.SubjectAlternativeNameExtension([{ type: "url", value: trustDomainId(trustDomain) }], false),
+    await x509.SubjectKeyIdentifierExtension.create(publicKey),
+  ];
+}
+
+function issued(raw: ArrayBuffer): IssuedCertificate {
+  const bytes = Buffer.from(raw);
+  return { der: bytes, serial: serialHex(parseCertificateParts(bytes).serial) };
+}
+
 /** Self-signed root: CA:TRUE, keyCertSign + cRLSign, URI SAN spiffe://<trust-domain>. */
 export async function createRootCertificate(template: RootTemplate): Promise<IssuedCertificate> {
-  void template;
-  throw new MeshwardError("E_NOT_IMPLEMENTED", "createRootCertificate");
+  checkValidity(template);
+  const { privateKey } = template.keyPair;
+  const publicKey = publicOnly(template.keyPair.publicKey);
+  assertAcceptableKey(publicKey);
+  if (!keysMatch(privateKey, publicKey)) throw new MeshwardError("E_KEY_MISMATCH", "the root's private key does not belong to its public key");
+  const webPublic = await toWebCryptoPublicKey(publicKey);
+  const webPrivate = await toWebCryptoPrivateKey(privateKey);
+  const certificate = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: randomSerial().toString("hex"),
+    name: caName(template.trustDomain, template.commonName, "root"),
+    notBefore: template.notBefore,
+    notAfter: template.notAfter,
+    signingAlgorithm: webCryptoAlgorithms(privateKey).signingAlgorithm,
+    keys: { privateKey: webPrivate, publicKey: webPublic },
+    extensions: await caExtensions(template.trustDomain, webPublic, undefined),
+  });
+  return issued(certificate.rawData);
 }
 
 /** Intermediate signed by `signer`: CA:TRUE pathlen 0, keyCertSign + cRLSign, URI SAN spiffe://<trust-domain>. */
 export async function createIssuerCertificate(template: IssuerTemplate): Promise<IssuedCertificate> {
-  void template;
-  throw new MeshwardError("E_NOT_IMPLEMENTED", "createIssuerCertificate");
+  checkValidity(template);
+  const publicKey = publicOnly(template.publicKey);
+  assertAcceptableKey(publicKey);
+  const context = signerContext(template.signer);
+  const webPublic = await toWebCryptoPublicKey(publicKey);
+  const extensions = await caExtensions(template.trustDomain, webPublic, 0);
+  extensions.push(new x509.AuthorityKeyIdentifierExtension(context.keyId.toString("hex")));
+  const certificate = await x509.X509CertificateGenerator.create({
+    serialNumber: randomSerial().toString("hex"),
+    subject: caName(template.trustDomain, template.commonName, "issuer"),
+    issuer: new x509.Name(context.subject),
+    notBefore: template.notBefore,
+    notAfter: template.notAfter,
+    signingAlgorithm: webCryptoAlgorithms(template.signer.privateKey).signingAlgorithm,
+    publicKey: webPublic,
+    signingKey: await toWebCryptoPrivateKey(template.signer.privateKey),
+    extensions,
+  });
+  return issued(certificate.rawData);
 }
+
+// ---------------------------------------------------------------- leaf (fast synchronous DER path)
+
+interface SignerContext {
+  readonly subject: Buffer;
+  readonly keyId: Buffer;
+  readonly algorithm: SigningAlgorithm;
+  readonly authorityKeyIdExtension: Buffer;
+}
+
+const signerContexts = new WeakMap<Signer, SignerContext>();
+
+/** Parses the signer once: subject DER (copied verbatim as the issuer), SKI, signing algorithm. */
+function signerContext(signer: Signer): SignerContext {
+  const cached = signerContexts.get(signer);
+  if (cached !== undefined) return cached;
+  let parts;
+  try {
+    parts = parseCertificateParts(signer.der);
+  } catch (error) {
+    throw new MeshwardError("E_CERT_INVALID", "the signer's certificate DER could not be parsed", { cause: error });
+  }
+  const basic = parts.extensions.get(OID.basicConstraints);
+  if (basic === undefined || !readBasicConstraints(basic.value).ca) {
+    throw new MeshwardError("E_SIGNER_NOT_CA", "the signer's certificate is not a CA certificate (basicConstraints CA:TRUE)");
+  }
+  if (!keysMatch(signer.privateKey, signer.certificate.publicKey)) {
+    throw new MeshwardError("E_KEY_MISMATCH", "the signer's private key does not belong to its certificate");
+  }
+  const ski = parts.extensions.get(OID.subjectKeyIdentifier);
+  const keyId = ski === undefined ? keyIdentifier(parts.spki) : readSubjectKeyId(ski.value);
+  const context: SignerContext = {
+    subject: parts.subject,
+    keyId,
+    algorithm: signingAlgorithmFor(signer.privateKey),
+    authorityKeyIdExtension: der.sequence(der.oid(OID.authorityKeyIdentifier), der.octetString(der.sequence(der.implicit(0, keyId)))),
+  };
+  signerContexts.set(signer, context);
+  return context;
+}
+
+const VERSION_3 = der.explicit(0, der.integer(2));
+const LEAF_SUBJECT = der.sequence(der.set(der.sequence(der.oid(OID.organizationName), der.utf8String(SUBJECT_ORGANIZATION))));
+const CRITICAL = der.boolean(true);
+// CA:FALSE is the DEFAULT, so DER encodes basicConstraints as an empty SEQUENCE.
+const EXT_BASIC_CONSTRAINTS_LEAF = der.sequence(der.oid(OID.basicConstraints), CRITICAL, der.octetString(der.sequence()));
+const EXT_KEY_USAGE_EC = der.sequence(der.oid(OID.keyUsage), CRITICAL, der.octetString(der.namedBits([0])));
+const EXT_KEY_USAGE_RSA = der.sequence(der.oid(OID.keyUsage), CRITICAL, der.octetString(der.namedBits([0, 2])));
+const EXT_EXT_KEY_USAGE = der.sequence(der.oid(OID.extKeyUsage), der.octetString(der.sequence(der.oid(OID.serverAuth), der.oid(OID.clientAuth))));
+const OID_SAN = der.oid(OID.subjectAltName);
+const OID_SKI = der.oid(OID.subjectKeyIdentifier);
 
 /**
  * Leaf X509-SVID on the fast synchronous DER path: exactly one URI SAN (the SPIFFE ID),
@@ -61,17 +235,42 @@ export async function createIssuerCertificate(template: IssuerTemplate): Promise
  * node:crypto. Validity is taken as given (policy such as backdating lives in the CA).
  */
 export function issueLeafCertificate(template: LeafTemplate): IssuedCertificate {
-  void template;
-  throw new MeshwardError("E_NOT_IMPLEMENTED", "issueLeafCertificate");
-}
+  const id = parseSpiffeId(template.spiffeId);
+  if (id.path === "") {
+    throw new MeshwardError("E_SPIFFE_ID_INVALID", `leaf SPIFFE ID ${JSON.stringify(template.spiffeId)} needs a path (X509-SVID 3.1); the bare trust domain ID is for CA certificates`);
+  }
+  checkValidity(template);
+  const context = signerContext(template.signer);
+  const publicKey = publicOnly(template.publicKey);
+  assertAcceptableKey(publicKey);
+  const spki = publicKey.export({ type: "spki", format: "der" });
+  const serial = checkSerial(template.serial ?? randomSerial());
 
-/** Random positive 16-byte serial (top bit clear, first byte non-zero). */
-export function randomSerial(): Buffer {
-  throw new MeshwardError("E_NOT_IMPLEMENTED", "randomSerial");
-}
+  const names = [der.implicit(6, Buffer.from(id.toString(), "latin1"))];
+  for (const name of template.dnsNames ?? []) names.push(der.implicit(2, Buffer.from(checkDnsName(name), "latin1")));
 
-/** Normalises a serial typed by a person ("0a:1b", "0A1B", "a1b") to uppercase hex as node prints it. */
-export function normalizeSerial(input: string): string {
-  void input;
-  throw new MeshwardError("E_NOT_IMPLEMENTED", "normalizeSerial");
+  const tbs = der.sequence(
+    VERSION_3,
+    der.unsignedInteger(serial),
+    context.algorithm.algorithmIdentifier,
+    context.subject,
+    der.sequence(der.time(template.notBefore), der.time(template.notAfter)),
+    LEAF_SUBJECT,
+    spki,
+    der.explicit(
+      3,
+      der.sequence(
+        EXT_BASIC_CONSTRAINTS_LEAF,
+        publicKey.asymmetricKeyType === "rsa" ? EXT_KEY_USAGE_RSA : EXT_KEY_USAGE_EC,
+        EXT_EXT_KEY_USAGE,
+        // The subject is not empty, so the SAN need not be critical (RFC 5280 4.2.1.6).
+        der.sequence(OID_SAN, der.octetString(der.sequence(...names))),
+        der.sequence(OID_SKI, der.octetString(der.octetString(keyIdentifier(spki)))),
+        context.authorityKeyIdExtension,
+      ),
+    ),
+  );
+  const signature = context.algorithm.sign(tbs);
+  const certificate = der.sequence(tbs, context.algorithm.algorithmIdentifier, der.bitString(signature));
+  return { der: certificate, serial: serialHex(serial) };
 }

@@ -1,3 +1,4 @@
+import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, sign, verify } from "node:crypto";
 import type { KeyObject } from "node:crypto";
 import { MeshwardError } from "../errors.ts";
 
@@ -16,16 +17,46 @@ export interface KeyDescription {
   readonly label: string;
 }
 
+export const MIN_RSA_BITS = 2048;
+
+const CURVES: Record<string, "P-256" | "P-384" | "P-521"> = {
+  prime256v1: "P-256",
+  secp384r1: "P-384",
+  secp521r1: "P-521",
+};
+
+const OTHER_CURVE_LABELS: Record<string, string> = {
+  prime192v1: "P-192",
+  secp224r1: "P-224",
+  secp256k1: "secp256k1",
+};
+
 /** Synchronous (node:crypto); ECDSA P-256 by default. */
 export function generateKeyPair(algorithm: KeyAlgorithm = "ec-p256"): KeyPair {
-  void algorithm;
-  throw new MeshwardError("E_NOT_IMPLEMENTED", "generateKeyPair");
+  switch (algorithm) {
+    case "ec-p256":
+      return generateKeyPairSync("ec", { namedCurve: "P-256" });
+    case "ec-p384":
+      return generateKeyPairSync("ec", { namedCurve: "P-384" });
+    case "rsa-2048":
+    case "rsa-3072":
+    case "rsa-4096":
+      return generateKeyPairSync("rsa", { modulusLength: Number(algorithm.slice(4)) });
+    default:
+      throw new MeshwardError("E_KEY_ALGORITHM", `unknown key algorithm ${JSON.stringify(algorithm)}; use ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096`);
+  }
 }
 
 /** PKCS#8 PEM; encrypted (PBES2, AES-256-CBC) when a passphrase is given. */
 export function encodePrivateKey(key: KeyObject, passphrase?: string): string {
-  void key; void passphrase;
-  throw new MeshwardError("E_NOT_IMPLEMENTED", "encodePrivateKey");
+  if (key.type !== "private") throw new MeshwardError("E_KEY_INVALID", "expected a private key, got a public or secret key");
+  if (passphrase === undefined) return key.export({ type: "pkcs8", format: "pem" }) as string;
+  if (passphrase.length === 0) throw new MeshwardError("E_KEY_PASSPHRASE_EMPTY", "the passphrase is empty; give a non-empty passphrase or none");
+  return key.export({ type: "pkcs8", format: "pem", cipher: "aes-256-cbc", passphrase }) as string;
+}
+
+export function isEncryptedPrivateKeyPem(pem: string): boolean {
+  return pem.includes("-----BEGIN ENCRYPTED PRIVATE KEY-----") || /Proc-Type:\s*4,ENCRYPTED/.test(pem);
 }
 
 /**
@@ -34,28 +65,68 @@ export function encodePrivateKey(key: KeyObject, passphrase?: string): string {
  * Messages never contain key material.
  */
 export function decodePrivateKey(pem: string, passphrase?: string): KeyObject {
-  void pem; void passphrase;
-  throw new MeshwardError("E_NOT_IMPLEMENTED", "decodePrivateKey");
-}
-
-export function isEncryptedPrivateKeyPem(pem: string): boolean {
-  void pem;
-  throw new MeshwardError("E_NOT_IMPLEMENTED", "isEncryptedPrivateKeyPem");
+  if (typeof pem !== "string" || !/-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----/.test(pem)) {
+    throw new MeshwardError("E_KEY_INVALID", "no PRIVATE KEY PEM block found (expected PKCS#8, SEC1 or PKCS#1 PEM)");
+  }
+  const encrypted = isEncryptedPrivateKeyPem(pem);
+  if (encrypted && (passphrase === undefined || passphrase.length === 0)) {
+    throw new MeshwardError("E_KEY_PASSPHRASE_REQUIRED", "the private key is encrypted; give its passphrase");
+  }
+  try {
+    // Node wants a passphrase argument only for encrypted keys; for a plain key it is ignored.
+    return createPrivateKey(encrypted ? { key: pem, format: "pem", passphrase: passphrase as string } : { key: pem, format: "pem" });
+  } catch (error) {
+    // Only node's error code goes along: node's messages hold no key bytes, but we keep the cause out of logs anyway.
+    const code = (error as { code?: unknown }).code;
+    const details = typeof code === "string" ? { cause: code } : {};
+    if (encrypted) {
+      throw new MeshwardError("E_KEY_PASSPHRASE_WRONG", "the passphrase does not decrypt the private key (wrong passphrase or damaged file)", { details });
+    }
+    throw new MeshwardError("E_KEY_INVALID", "the private key PEM could not be decoded (damaged or unsupported key)", { details });
+  }
 }
 
 export function describePublicKey(key: KeyObject): KeyDescription {
-  void key;
-  throw new MeshwardError("E_NOT_IMPLEMENTED", "describePublicKey");
+  const type = key.asymmetricKeyType;
+  const details = key.asymmetricKeyDetails ?? {};
+  if (type === "ec") {
+    const named = details.namedCurve ?? "unknown curve";
+    const curve = CURVES[named];
+    if (curve !== undefined) return { type: "ec", curve, label: `ECDSA ${curve}` };
+    return { type: "other", label: `EC ${OTHER_CURVE_LABELS[named] ?? named}` };
+  }
+  if (type === "rsa" || type === "rsa-pss") {
+    const bits = details.modulusLength ?? 0;
+    return { type: "rsa", bits, label: `${type === "rsa-pss" ? "RSA-PSS" : "RSA"} ${bits}` };
+  }
+  if (type === "dsa") return { type: "other", bits: details.modulusLength, label: `DSA ${details.modulusLength ?? ""}`.trim() };
+  const names: Record<string, string> = { ed25519: "Ed25519", ed448: "Ed448", x25519: "X25519", x448: "X448", dh: "DH" };
+  return { type: "other", label: names[type ?? ""] ?? String(type ?? key.type) };
 }
 
 /** ECDSA P-256/P-384 or RSA >= 2048 bits; anything else throws E_KEY_WEAK naming what was found. */
 export function assertAcceptableKey(key: KeyObject): void {
-  void key;
-  throw new MeshwardError("E_NOT_IMPLEMENTED", "assertAcceptableKey");
+  const description = describePublicKey(key);
+  if (description.type === "ec" && (description.curve === "P-256" || description.curve === "P-384")) return;
+  if (description.type === "rsa" && (description.bits ?? 0) >= MIN_RSA_BITS) return;
+  throw new MeshwardError(
+    "E_KEY_WEAK",
+    `key ${description.label} is not accepted; use ECDSA P-256 (recommended), ECDSA P-384 or RSA with at least ${MIN_RSA_BITS} bits`,
+    { details: { key: description.label } },
+  );
 }
 
 /** True when the private key belongs to the public key (sign/verify round trip). */
 export function keysMatch(privateKey: KeyObject, publicKey: KeyObject): boolean {
-  void privateKey; void publicKey;
-  throw new MeshwardError("E_NOT_IMPLEMENTED", "keysMatch");
+  try {
+    const publicOnly = publicKey.type === "private" ? createPublicKey(publicKey) : publicKey;
+    if (privateKey.type !== "private" || publicOnly.type !== "public") return false;
+    if (privateKey.asymmetricKeyType !== publicOnly.asymmetricKeyType) return false;
+    const challenge = randomBytes(32);
+    const digest = privateKey.asymmetricKeyType === "ed25519" || privateKey.asymmetricKeyType === "ed448" ? null : "sha256";
+    const signature = sign(digest, challenge, privateKey);
+    return verify(digest, challenge, publicOnly, signature);
+  } catch {
+    return false;
+  }
 }

@@ -1,0 +1,44 @@
+/**
+ * The one place that loads @peculiar/x509: tsyringe (its DI container) needs the
+ * reflect-metadata polyfill loaded first, and the library must use Node's WebCrypto.
+ */
+import "reflect-metadata";
+import * as x509 from "@peculiar/x509";
+import { webcrypto } from "node:crypto";
+import type { KeyObject } from "node:crypto";
+import { MeshwardError } from "../errors.ts";
+import { describePublicKey } from "./keys.ts";
+
+x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+
+export { x509 };
+
+type WebCryptoKey = webcrypto.CryptoKey;
+
+/** WebCrypto import/sign parameters for a node key (ECDSA P-256/P-384, RSA PKCS#1 v1.5). */
+export function webCryptoAlgorithms(key: KeyObject): { importAlgorithm: webcrypto.EcKeyImportParams | webcrypto.RsaHashedImportParams; signingAlgorithm: webcrypto.EcdsaParams | webcrypto.Algorithm } {
+  const description = describePublicKey(key);
+  if (description.type === "ec" && (description.curve === "P-256" || description.curve === "P-384")) {
+    return {
+      importAlgorithm: { name: "ECDSA", namedCurve: description.curve },
+      signingAlgorithm: { name: "ECDSA", hash: description.curve === "P-384" ? "SHA-384" : "SHA-256" },
+    };
+  }
+  if (key.asymmetricKeyType === "rsa") {
+    return {
+      importAlgorithm: { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256" },
+      signingAlgorithm: { name: "RSASSA-PKCS1-v1_5" },
+    };
+  }
+  throw new MeshwardError("E_KEY_UNSUPPORTED", `a ${description.label} key is not supported here; use ECDSA P-256, P-384 or RSA`);
+}
+
+export async function toWebCryptoPrivateKey(key: KeyObject): Promise<WebCryptoKey> {
+  const { importAlgorithm } = webCryptoAlgorithms(key);
+  return webcrypto.subtle.importKey("pkcs8", key.export({ type: "pkcs8", format: "der" }), importAlgorithm, false, ["sign"]);
+}
+
+export async function toWebCryptoPublicKey(key: KeyObject): Promise<WebCryptoKey> {
+  const { importAlgorithm } = webCryptoAlgorithms(key);
+  return webcrypto.subtle.importKey("spki", key.export({ type: "spki", format: "der" }), importAlgorithm, true, ["verify"]);
+}

@@ -1,0 +1,139 @@
+/**
+ * Reads the parts of X.509 structures that node:crypto does not expose (or exposes only as
+ * display text): raw subject/issuer DER, SubjectPublicKeyInfo, extensions, SANs, basic
+ * constraints and key usage. Throws DerError on malformed input.
+ */
+import { createHash } from "node:crypto";
+import { children, content, DerError, expectTag, readBigInt, readBitString, readBoolean, readOid, readTlv, readWhole, TAG, whole } from "./der.ts";
+import type { Tlv } from "./der.ts";
+import { OID } from "./oids.ts";
+
+export interface RawExtension {
+  readonly critical: boolean;
+  /** Content of extnValue (the DER of the extension's own value). */
+  readonly value: Buffer;
+}
+
+export interface CertificateParts {
+  readonly tbs: Buffer;
+  readonly serial: Buffer;
+  readonly issuer: Buffer;
+  readonly subject: Buffer;
+  readonly spki: Buffer;
+  readonly extensions: ReadonlyMap<string, RawExtension>;
+}
+
+/** Extensions ::= SEQUENCE OF Extension; duplicate OIDs are an error (RFC 5280 4.2). */
+export function readExtensions(buf: Uint8Array, seq: Tlv): Map<string, RawExtension> {
+  expectTag(seq, TAG.SEQUENCE, "extensions");
+  const out = new Map<string, RawExtension>();
+  for (const ext of children(buf, seq)) {
+    const fields = children(buf, expectTag(ext, TAG.SEQUENCE, "extension"));
+    const id = readOid(buf, fields[0], "extension id");
+    let index = 1;
+    let critical = false;
+    if (fields[index]?.tag === TAG.BOOLEAN) critical = readBoolean(buf, fields[index++], "critical");
+    const value = content(buf, expectTag(fields[index], TAG.OCTET_STRING, "extension value"));
+    if (index + 1 !== fields.length) throw new DerError("extension has extra fields");
+    if (out.has(id)) throw new DerError(`extension ${id} appears twice`);
+    out.set(id, { critical, value });
+  }
+  return out;
+}
+
+export function parseCertificateParts(der: Uint8Array): CertificateParts {
+  const cert = readWhole(der, TAG.SEQUENCE);
+  const [tbsEl] = children(der, cert);
+  const tbsTlv = expectTag(tbsEl, TAG.SEQUENCE, "tbsCertificate");
+  const fields = children(der, tbsTlv);
+  let i = 0;
+  if (fields[i]?.tag === 0xa0) i++;
+  const serialEl = expectTag(fields[i++], TAG.INTEGER, "serial");
+  expectTag(fields[i++], TAG.SEQUENCE, "signature algorithm");
+  const issuer = expectTag(fields[i++], TAG.SEQUENCE, "issuer");
+  expectTag(fields[i++], TAG.SEQUENCE, "validity");
+  const subject = expectTag(fields[i++], TAG.SEQUENCE, "subject");
+  const spki = expectTag(fields[i++], TAG.SEQUENCE, "subjectPublicKeyInfo");
+  let extensions = new Map<string, RawExtension>();
+  for (; i < fields.length; i++) {
+    const field = fields[i]!;
+    if (field.tag === 0xa3) extensions = readExtensions(der, readTlv(der, field.contentStart, field.end));
+  }
+  return {
+    tbs: whole(der, tbsTlv),
+    serial: content(der, serialEl),
+    issuer: whole(der, issuer),
+    subject: whole(der, subject),
+    spki: whole(der, spki),
+    extensions,
+  };
+}
+
+/** RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING value. */
+export function keyIdentifier(spkiDer: Uint8Array): Buffer {
+  const spki = readWhole(spkiDer, TAG.SEQUENCE);
+  const [, keyBits] = children(spkiDer, spki);
+  return createHash("sha1").update(readBitString(spkiDer, keyBits, "subjectPublicKey").bytes).digest();
+}
+
+export interface GeneralNames {
+  readonly uris: string[];
+  readonly dnsNames: string[];
+}
+
+/** SubjectAltName value: URIs ([6]) and DNS names ([2]); other name types are skipped. */
+export function readGeneralNames(value: Uint8Array): GeneralNames {
+  const seq = readWhole(value, TAG.SEQUENCE);
+  const uris: string[] = [];
+  const dnsNames: string[] = [];
+  for (const name of children(value, seq)) {
+    if (name.tag === 0x86) uris.push(content(value, name).toString("latin1"));
+    else if (name.tag === 0x82) dnsNames.push(content(value, name).toString("latin1"));
+  }
+  return { uris, dnsNames };
+}
+
+export interface BasicConstraints {
+  readonly ca: boolean;
+  readonly pathLength: number | undefined;
+}
+
+export function readBasicConstraints(value: Uint8Array): BasicConstraints {
+  const seq = readWhole(value, TAG.SEQUENCE);
+  const fields = children(value, seq);
+  let i = 0;
+  let ca = false;
+  if (fields[i]?.tag === TAG.BOOLEAN) ca = readBoolean(value, fields[i++], "cA");
+  const pathLength = fields[i] === undefined ? undefined : Number(readBigInt(value, fields[i], "pathLenConstraint"));
+  return { ca, pathLength };
+}
+
+export const KEY_USAGE_BITS = {
+  digitalSignature: 0,
+  nonRepudiation: 1,
+  keyEncipherment: 2,
+  dataEncipherment: 3,
+  keyAgreement: 4,
+  keyCertSign: 5,
+  cRLSign: 6,
+} as const;
+
+/** Set bit numbers of a keyUsage value. */
+export function readKeyUsage(value: Uint8Array): Set<number> {
+  const { bytes } = readBitString(value, readWhole(value, TAG.BIT_STRING), "keyUsage");
+  const bits = new Set<number>();
+  for (let i = 0; i < bytes.length * 8; i++) if ((bytes[i >> 3]! & (0x80 >> (i & 7))) !== 0) bits.add(i);
+  return bits;
+}
+
+/** keyIdentifier [0] of an AuthorityKeyIdentifier value, when present. */
+export function readAuthorityKeyId(value: Uint8Array): Buffer | undefined {
+  const seq = readWhole(value, TAG.SEQUENCE);
+  const first = children(value, seq)[0];
+  return first?.tag === 0x80 ? content(value, first) : undefined;
+}
+
+export function readSubjectKeyId(value: Uint8Array): Buffer {
+  return content(value, readWhole(value, TAG.OCTET_STRING));
+}
+
