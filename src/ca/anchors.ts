@@ -1,0 +1,192 @@
+import { X509Certificate } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { MeshwardError } from "../errors.ts";
+import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
+import { verifyChain } from "../pki/chain.ts";
+import { decodePrivateKey, encodePrivateKey, generateKeyPair, keysMatch } from "../pki/keys.ts";
+import { certificatesFromPem, toPem } from "../pki/pem.ts";
+import { parseTrustDomain } from "../spiffe/id.ts";
+import { assertPrivateFile, writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
+
+export const DEFAULT_ROOT_TTL_MS = 10 * 365 * 86_400_000;
+export const DEFAULT_ISSUER_TTL_MS = 365 * 86_400_000;
+
+/** Where a CA directory keeps its trust anchors and state. */
+export interface CaLayout {
+  readonly dir: string;
+  readonly state: string;
+  readonly rootCert: string;
+  readonly rootKey: string;
+  readonly issuerCert: string;
+  readonly issuerKey: string;
+  readonly bundle: string;
+  readonly database: string;
+}
+
+export function caLayout(dir: string): CaLayout {
+  return {
+    dir,
+    state: join(dir, "ca.json"),
+    rootCert: join(dir, "root.pem"),
+    rootKey: join(dir, "root.key"),
+    issuerCert: join(dir, "issuer.pem"),
+    issuerKey: join(dir, "issuer.key"),
+    bundle: join(dir, "bundle.pem"),
+    database: join(dir, "ca.db"),
+  };
+}
+
+/** self-managed: the CA holds the root key. external-root: an organisation's root signed our issuer. */
+export type AnchorMode = "self-managed" | "external-root";
+
+export interface CaState {
+  readonly version: 1;
+  readonly trustDomain: string;
+  readonly mode: AnchorMode;
+  readonly createdAt: string;
+}
+
+export interface ImportedAnchors {
+  readonly rootCertPem: string;
+  /** The issuer certificate, optionally followed by intermediates up to the root. */
+  readonly issuerCertPem: string;
+  readonly issuerKeyPem: string;
+}
+
+export interface InitOptions {
+  readonly dir: string;
+  readonly trustDomain: string;
+  /** Encrypts the key files at rest (PKCS#8) when given. */
+  readonly passphrase?: string;
+  readonly now: Date;
+  readonly rootTtlMs?: number;
+  readonly issuerTtlMs?: number;
+  readonly imported?: ImportedAnchors;
+}
+
+export interface LoadedAnchors {
+  readonly layout: CaLayout;
+  readonly trustDomain: string;
+  readonly mode: AnchorMode;
+  readonly roots: readonly X509Certificate[];
+  readonly rootsPem: string;
+  readonly issuer: Signer;
+  /** The issuer followed by any intermediates below the root: what leaves are served with. */
+  readonly issuerChainPem: string;
+  /** The root that the issuer chains to. */
+  readonly issuerRoot: X509Certificate;
+}
+
+export async function initAnchors(options: InitOptions): Promise<CaState> {
+  const trustDomain = parseTrustDomain(options.trustDomain);
+  const layout = caLayout(options.dir);
+  if (existsSync(layout.state) || existsSync(layout.issuerKey)) {
+    throw new MeshwardError(
+      "E_CA_EXISTS",
+      `${options.dir} already holds a meshward CA; refusing to overwrite it. Use another --dir, or rotate with 'meshward ca rotate-*'.`,
+    );
+  }
+  mkdirSync(options.dir, { recursive: true, mode: 0o700 });
+  const mode: AnchorMode = options.imported ? "external-root" : "self-managed";
+
+  if (options.imported) {
+    const { root, issuerChain, issuerKey } = validateImport(options.imported, options.now);
+    writeFileAtomic(layout.rootCert, toPem(root.raw, "CERTIFICATE"));
+    writeFileAtomic(layout.bundle, toPem(root.raw, "CERTIFICATE"));
+    writeFileAtomic(layout.issuerCert, issuerChain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""));
+    writeSecretFileAtomic(layout.issuerKey, encodePrivateKey(issuerKey, options.passphrase));
+  } else {
+    const notBefore = options.now;
+    const rootKeys = generateKeyPair();
+    const root = await createRootCertificate({
+      trustDomain,
+      keyPair: rootKeys,
+      notBefore,
+      notAfter: new Date(notBefore.getTime() + (options.rootTtlMs ?? DEFAULT_ROOT_TTL_MS)),
+    });
+    const rootSigner: Signer = { certificate: new X509Certificate(root.der), der: root.der, privateKey: rootKeys.privateKey };
+    const issuerKeys = generateKeyPair();
+    const issuer = await createIssuerCertificate({
+      trustDomain,
+      publicKey: issuerKeys.publicKey,
+      signer: rootSigner,
+      notBefore,
+      notAfter: new Date(notBefore.getTime() + Math.min(options.issuerTtlMs ?? DEFAULT_ISSUER_TTL_MS, options.rootTtlMs ?? DEFAULT_ROOT_TTL_MS)),
+    });
+    writeSecretFileAtomic(layout.rootKey, encodePrivateKey(rootKeys.privateKey, options.passphrase));
+    writeSecretFileAtomic(layout.issuerKey, encodePrivateKey(issuerKeys.privateKey, options.passphrase));
+    writeFileAtomic(layout.rootCert, toPem(root.der, "CERTIFICATE"));
+    writeFileAtomic(layout.bundle, toPem(root.der, "CERTIFICATE"));
+    writeFileAtomic(layout.issuerCert, toPem(issuer.der, "CERTIFICATE"));
+  }
+  const state: CaState = { version: 1, trustDomain, mode, createdAt: options.now.toISOString() };
+  // Written last: a directory with ca.json is a complete CA.
+  writeFileAtomic(layout.state, `${JSON.stringify(state, null, 2)}\n`);
+  return state;
+}
+
+function validateImport(imported: ImportedAnchors, now: Date) {
+  const [rootDer, ...extraRoots] = certificatesFromPem(imported.rootCertPem);
+  if (rootDer === undefined || extraRoots.length > 0) {
+    throw new MeshwardError("E_IMPORT_INVALID", "--root-cert must hold exactly one certificate (the root)");
+  }
+  const root = new X509Certificate(rootDer);
+  if (!root.ca) throw new MeshwardError("E_IMPORT_INVALID", "--root-cert is not a CA certificate (basicConstraints CA:TRUE is missing)");
+  const issuerChain = certificatesFromPem(imported.issuerCertPem).map((der) => new X509Certificate(der));
+  const issuer = issuerChain[0];
+  if (issuer === undefined) throw new MeshwardError("E_IMPORT_INVALID", "--issuer-cert holds no certificate");
+  if (!issuer.ca) throw new MeshwardError("E_IMPORT_INVALID", "--issuer-cert is not a CA certificate (basicConstraints CA:TRUE is missing)");
+  const issuerKey = decodePrivateKey(imported.issuerKeyPem);
+  if (!keysMatch(issuerKey, issuer.publicKey)) {
+    throw new MeshwardError("E_IMPORT_INVALID", "--issuer-key does not belong to --issuer-cert");
+  }
+  try {
+    verifyChain({ leaf: issuer, intermediates: issuerChain.slice(1), roots: [root], at: now, allowCaLeaf: true });
+  } catch (error) {
+    throw new MeshwardError("E_IMPORT_INVALID", `--issuer-cert does not chain to --root-cert: ${(error as Error).message}`, { cause: error });
+  }
+  return { root, issuerChain, issuerKey };
+}
+
+export function readCaState(dir: string): CaState {
+  const layout = caLayout(dir);
+  let text: string;
+  try {
+    text = readFileSync(layout.state, "utf8");
+  } catch {
+    throw new MeshwardError("E_CA_NOT_FOUND", `${dir} is not a meshward CA directory (no ca.json); create one with 'meshward ca init --trust-domain TD --dir ${dir}'`);
+  }
+  const state = JSON.parse(text) as CaState;
+  if (state.version !== 1) throw new MeshwardError("E_CA_STATE_NEWER", `${layout.state} was written by a newer meshward (version ${state.version})`);
+  return state;
+}
+
+export function loadAnchors(options: { dir: string; passphrase?: string }): LoadedAnchors {
+  const layout = caLayout(options.dir);
+  const state = readCaState(options.dir);
+  assertPrivateFile(layout.issuerKey, "issuer key file");
+  if (existsSync(layout.rootKey)) assertPrivateFile(layout.rootKey, "root key file");
+  const roots = certificatesFromPem(readFileSync(layout.bundle, "utf8")).map((der) => new X509Certificate(der));
+  const issuerChain = certificatesFromPem(readFileSync(layout.issuerCert, "utf8")).map((der) => new X509Certificate(der));
+  const issuerCert = issuerChain[0];
+  if (issuerCert === undefined) throw new MeshwardError("E_CA_CORRUPT", `${layout.issuerCert} holds no certificate`);
+  const privateKey = decodePrivateKey(readFileSync(layout.issuerKey, "utf8"), options.passphrase);
+  if (!keysMatch(privateKey, issuerCert.publicKey)) {
+    throw new MeshwardError("E_CA_CORRUPT", `${layout.issuerKey} does not belong to ${layout.issuerCert}`);
+  }
+  const issuerRoot = roots.find((root) => issuerChain[issuerChain.length - 1]!.checkIssued(root) && issuerChain[issuerChain.length - 1]!.verify(root.publicKey));
+  if (issuerRoot === undefined) {
+    throw new MeshwardError("E_CA_CORRUPT", `the issuer in ${layout.issuerCert} does not chain to any root in ${layout.bundle}`);
+  }
+  return {
+    layout,
+    trustDomain: state.trustDomain,
+    mode: state.mode,
+    roots,
+    rootsPem: roots.map((r) => toPem(r.raw, "CERTIFICATE")).join(""),
+    issuer: { certificate: issuerCert, der: issuerCert.raw, privateKey },
+    issuerChainPem: issuerChain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""),
+    issuerRoot,
+  };
+}

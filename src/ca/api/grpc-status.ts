@@ -1,0 +1,33 @@
+/** gRPC status codes (grpc/grpc doc/statuscodes.md). */
+export const GrpcStatus = {
+  OK: 0,
+  INVALID_ARGUMENT: 3,
+  NOT_FOUND: 5,
+  PERMISSION_DENIED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  FAILED_PRECONDITION: 9,
+  UNIMPLEMENTED: 12,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+  UNAUTHENTICATED: 16,
+} as const;
+
+/** Which gRPC status a meshward error code becomes on the wire. */
+export function grpcStatusForCode(code: string): number {
+  if (code.startsWith("E_CSR_") || code.startsWith("E_PEM_") || code === "E_KEY_WEAK" || code === "E_SPIFFE_ID_INVALID" || code === "E_REQUEST_INVALID") {
+    return GrpcStatus.INVALID_ARGUMENT;
+  }
+  if (code === "E_REQUEST_TOO_LARGE") return GrpcStatus.RESOURCE_EXHAUSTED;
+  if (code === "E_IDENTITY_MISMATCH" || code === "E_TRUST_DOMAIN_MISMATCH" || code === "E_VALIDATOR_DISABLED" || code === "E_CERT_REVOKED") {
+    return GrpcStatus.PERMISSION_DENIED;
+  }
+  if (code.startsWith("E_TOKEN_") || code.startsWith("E_ATTESTATION_") || code === "E_CERT_EXPIRED") return GrpcStatus.UNAUTHENTICATED;
+  if (code.startsWith("E_ISSUER_")) return GrpcStatus.FAILED_PRECONDITION;
+  if (code === "E_JWKS_UNAVAILABLE" || code.startsWith("E_STORE_")) return GrpcStatus.UNAVAILABLE;
+  return GrpcStatus.INTERNAL;
+}
+
+/** grpc-message is percent-encoded (gRPC over HTTP/2 spec). */
+export function encodeGrpcMessage(message: string): string {
+  return encodeURIComponent(message).replace(/%20/g, " ");
+}

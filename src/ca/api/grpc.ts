@@ -1,0 +1,113 @@
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
+import type { TLSSocket } from "node:tls";
+import { isMeshwardError, MeshwardError } from "../../errors.ts";
+import type { CertificateAuthority, ValidatorName } from "../authority.ts";
+import { encodeGrpcMessage, grpcStatusForCode, GrpcStatus } from "./grpc-status.ts";
+import { decodeSignRequest, encodeSignResponse, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../protocol/sentry.ts";
+
+const VALIDATORS: ReadonlyMap<number, ValidatorName | undefined> = new Map([
+  [TokenValidator.UNKNOWN, undefined],
+  [TokenValidator.INSECURE, "insecure"],
+  [TokenValidator.KUBERNETES, "kubernetes"],
+  [TokenValidator.JWKS, "jwks"],
+  [TokenValidator.JOIN_TOKEN, "join-token"],
+  [TokenValidator.SVID, "svid"],
+]);
+
+/**
+ * A unary gRPC endpoint for dapr.proto.sentry.v1.CA/SignCertificate, served on the same
+ * HTTP/2 TLS port as the HTTPS API (gRPC is length-prefixed protobuf over HTTP/2 with
+ * trailers; a unary call needs nothing more than this). Errors are sent as trailers after
+ * the response headers, which every gRPC client reads as the call's status.
+ */
+export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, authority: CertificateAuthority, maxRequestBytes: number): void {
+  if (req.method !== "POST" || req.url !== SIGN_CERTIFICATE_PATH) {
+    req.resume();
+    respondError(res, GrpcStatus.UNIMPLEMENTED, `unknown method ${req.url.slice(0, 200)}`);
+    return;
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let failed = false;
+  req.on("data", (chunk: Buffer) => {
+    if (failed) return;
+    size += chunk.length;
+    if (size > maxRequestBytes + 5) {
+      failed = true;
+      respondError(res, GrpcStatus.RESOURCE_EXHAUSTED, `E_REQUEST_TOO_LARGE: the request is larger than ${maxRequestBytes} bytes`, "E_REQUEST_TOO_LARGE");
+      return;
+    }
+    chunks.push(chunk);
+  });
+  req.on("end", () => {
+    if (!failed) void answer(req, res, Buffer.concat(chunks), authority);
+  });
+  req.on("error", () => undefined);
+}
+
+async function answer(req: Http2ServerRequest, res: Http2ServerResponse, body: Buffer, authority: CertificateAuthority): Promise<void> {
+  try {
+    const message = unframe(body);
+    let request;
+    try {
+      request = decodeSignRequest(message);
+    } catch {
+      throw new MeshwardError("E_REQUEST_INVALID", "the request is not a SignCertificateRequest message");
+    }
+    if (!VALIDATORS.has(request.tokenValidator)) {
+      throw new MeshwardError("E_REQUEST_INVALID", `unknown token validator ${request.tokenValidator}`);
+    }
+    const socket = req.stream.session?.socket as TLSSocket | undefined;
+    const result = await authority.sign({
+      csr: Buffer.from(request.certificateSigningRequest).toString("utf8"),
+      token: request.token,
+      validator: VALIDATORS.get(request.tokenValidator),
+      appId: request.id,
+      namespace: request.namespace,
+      trustDomain: request.trustDomain,
+      peerCertificate: socket?.getPeerX509Certificate?.() ?? undefined,
+      remoteAddress: socket?.remoteAddress,
+    });
+    const reply = encodeSignResponse({
+      workloadCertificate: Buffer.from(result.certificateChainPem),
+      trustChainCertificates: result.trustAnchorsPem.map((pem) => Buffer.from(pem)),
+      validUntil: { seconds: Math.floor(result.notAfter.getTime() / 1000), nanos: 0 },
+    });
+    if (res.stream.destroyed) return;
+    res.writeHead(200, { "content-type": "application/grpc" });
+    res.addTrailers({ "grpc-status": String(GrpcStatus.OK) });
+    res.end(frame(reply));
+  } catch (error) {
+    if (isMeshwardError(error)) {
+      respondError(res, grpcStatusForCode(error.code), `${error.code}: ${error.message}`, error.code);
+    } else {
+      respondError(res, GrpcStatus.INTERNAL, "E_INTERNAL: internal error", "E_INTERNAL");
+    }
+  }
+}
+
+function unframe(body: Buffer): Buffer {
+  if (body.length < 5) throw new MeshwardError("E_REQUEST_INVALID", "the gRPC request has no message");
+  if (body[0] !== 0) throw new MeshwardError("E_REQUEST_INVALID", "compressed gRPC messages are not supported");
+  const length = body.readUInt32BE(1);
+  if (length !== body.length - 5) throw new MeshwardError("E_REQUEST_INVALID", "the gRPC request must hold exactly one message");
+  return body.subarray(5);
+}
+
+function frame(message: Uint8Array): Buffer {
+  const header = Buffer.alloc(5);
+  header.writeUInt32BE(message.length, 1);
+  return Buffer.concat([header, message]);
+}
+
+function respondError(res: Http2ServerResponse, status: number, message: string, code?: string): void {
+  if (res.stream.destroyed || res.headersSent) {
+    res.stream.close();
+    return;
+  }
+  res.writeHead(200, { "content-type": "application/grpc" });
+  const trailers: Record<string, string> = { "grpc-status": String(status), "grpc-message": encodeGrpcMessage(message) };
+  if (code !== undefined) trailers["meshward-error-code"] = code;
+  res.addTrailers(trailers);
+  res.end();
+}

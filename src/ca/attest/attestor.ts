@@ -1,0 +1,31 @@
+import type { X509Certificate } from "node:crypto";
+
+/** What a workload claims and the proof it brings (one SignCertificate request). */
+export interface AttestationRequest {
+  readonly token: string;
+  /** App id, namespace and trust domain the workload asked for (may be empty). */
+  readonly requestedAppId: string;
+  readonly requestedNamespace: string;
+  readonly requestedTrustDomain: string;
+  /** The certificate the caller presented on the TLS connection, when any. */
+  readonly peerCertificate: X509Certificate | undefined;
+  readonly now: Date;
+}
+
+/** The identity the CA will sign, decided by a validator, never by the CSR. */
+export interface AttestedIdentity {
+  readonly spiffeId: string;
+  /** DNS names the workload may put in its certificate (server certificates of backends). */
+  readonly allowedDnsNames: readonly string[];
+  /** Validator name, recorded in the issuance log. */
+  readonly method: string;
+}
+
+/**
+ * One file per validator behind this interface (step-ca's provisioner pattern). A
+ * validator throws MeshwardError with a specific E_TOKEN_* / E_ATTESTATION_* code.
+ */
+export interface Attestor {
+  readonly name: string;
+  attest(request: AttestationRequest): Promise<AttestedIdentity>;
+}

@@ -1,0 +1,34 @@
+import { MeshwardError } from "../../errors.ts";
+import type { Store } from "../../store/store.ts";
+import { hashToken, JOIN_TOKEN_PREFIX } from "../tokens.ts";
+import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
+import { assertRequestMatches } from "./identity-check.ts";
+
+const MAX_TOKEN_LENGTH = 256;
+
+/** Single-use (by default), expiring tokens bound to one identity, stored hashed. */
+export function joinTokenAttestor(store: Store): Attestor {
+  return {
+    name: "join-token",
+    async attest(request: AttestationRequest): Promise<AttestedIdentity> {
+      const token = request.token.trim();
+      if (token === "") throw new MeshwardError("E_TOKEN_MISSING", "no join token was sent; create one with 'meshward token create'");
+      if (token.length > MAX_TOKEN_LENGTH || !token.startsWith(JOIN_TOKEN_PREFIX)) {
+        throw new MeshwardError("E_TOKEN_INVALID", "the join token is malformed (expected the value printed by 'meshward token create')");
+      }
+      const result = await store.consumeToken(hashToken(token), request.now);
+      if (!result.ok) {
+        switch (result.reason) {
+          case "unknown":
+            throw new MeshwardError("E_TOKEN_UNKNOWN", "the join token is not known to this CA");
+          case "expired":
+            throw new MeshwardError("E_TOKEN_EXPIRED", "the join token has expired; create a new one with 'meshward token create'");
+          case "used-up":
+            throw new MeshwardError("E_TOKEN_USED", "the join token was already used; join tokens are single-use unless created with --uses");
+        }
+      }
+      assertRequestMatches(request, result.token.spiffeId);
+      return { spiffeId: result.token.spiffeId, allowedDnsNames: result.token.dnsNames, method: "join-token" };
+    },
+  };
+}

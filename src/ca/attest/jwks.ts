@@ -1,0 +1,113 @@
+import { readFileSync } from "node:fs";
+import { createLocalJWKSet, createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from "jose";
+import type { JwksValidatorConfig } from "../../config/ca.ts";
+import { MeshwardError } from "../../errors.ts";
+import { formatWorkloadId } from "../../spiffe/id.ts";
+import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
+import { assertRequestMatches } from "./identity-check.ts";
+
+const MAX_JWT_LENGTH = 16 * 1024;
+/** Asymmetric only: a shared-secret (HS*) or `none` token is never accepted. */
+const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
+
+export interface JwksAttestorOptions extends JwksValidatorConfig {
+  readonly trustDomain: string;
+  /** Tolerated clock difference for exp/nbf/iat. */
+  readonly clockToleranceSeconds?: number;
+}
+
+/**
+ * JWTs (e.g. Kubernetes projected service-account tokens) checked with `jose` against a
+ * JWKS file or URL, with issuer and audience, then mapped to a workload identity.
+ */
+export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attestor {
+  const keys = loadKeySet(options);
+  return {
+    name,
+    async attest(request: AttestationRequest): Promise<AttestedIdentity> {
+      const token = request.token.trim();
+      if (token === "") throw new MeshwardError("E_TOKEN_MISSING", "no JWT was sent");
+      if (token.length > MAX_JWT_LENGTH) throw new MeshwardError("E_TOKEN_INVALID", `the JWT is longer than ${MAX_JWT_LENGTH} bytes`);
+      let payload: JWTPayload;
+      try {
+        ({ payload } = await jwtVerify(token, keys, {
+          issuer: options.issuer,
+          audience: options.audience,
+          algorithms: ALGORITHMS,
+          currentDate: request.now,
+          clockTolerance: options.clockToleranceSeconds ?? 60,
+          requiredClaims: ["exp"],
+        }));
+      } catch (error) {
+        throw classifyJwtError(error);
+      }
+      const { namespace, appId } = mapClaims(payload, options.mapping);
+      const spiffeId = formatWorkloadId({ trustDomain: options.trustDomain, namespace, appId });
+      assertRequestMatches(request, spiffeId);
+      return { spiffeId, allowedDnsNames: [], method: name };
+    },
+  };
+}
+
+function loadKeySet(options: JwksAttestorOptions): JWTVerifyGetKey {
+  if (options.jwksFile !== undefined) {
+    let jwks: unknown;
+    try {
+      jwks = JSON.parse(readFileSync(options.jwksFile, "utf8"));
+    } catch (error) {
+      throw new MeshwardError("E_JWKS_INVALID", `cannot read JWKS file ${options.jwksFile}: ${(error as Error).message}`);
+    }
+    try {
+      return createLocalJWKSet(jwks as Parameters<typeof createLocalJWKSet>[0]);
+    } catch (error) {
+      throw new MeshwardError("E_JWKS_INVALID", `${options.jwksFile} is not a JWKS document: ${(error as Error).message}`);
+    }
+  }
+  return createRemoteJWKSet(new URL(options.jwksUrl as string), { timeoutDuration: 5000, cooldownDuration: 30_000 });
+}
+
+function mapClaims(payload: JWTPayload, mapping: JwksValidatorConfig["mapping"]): { namespace: string; appId: string } {
+  if (mapping === "kubernetes") {
+    const k8s = payload["kubernetes.io"] as { namespace?: unknown; serviceaccount?: { name?: unknown } } | undefined;
+    if (typeof k8s?.namespace === "string" && typeof k8s.serviceaccount?.name === "string") {
+      return { namespace: k8s.namespace, appId: k8s.serviceaccount.name };
+    }
+    const legacy = /^system:serviceaccount:([^:]+):([^:]+)$/.exec(payload.sub ?? "");
+    if (legacy) return { namespace: legacy[1] as string, appId: legacy[2] as string };
+    throw new MeshwardError(
+      "E_TOKEN_CLAIMS",
+      "the JWT is not a Kubernetes service-account token (no kubernetes.io namespace/serviceaccount claims, no system:serviceaccount subject)",
+    );
+  }
+  const namespace = claimAt(payload, mapping.namespaceClaim);
+  const appId = claimAt(payload, mapping.appIdClaim);
+  if (typeof namespace !== "string" || typeof appId !== "string") {
+    throw new MeshwardError("E_TOKEN_CLAIMS", `the JWT lacks string claims ${mapping.namespaceClaim} and ${mapping.appIdClaim}`);
+  }
+  return { namespace, appId };
+}
+
+function claimAt(payload: JWTPayload, path: string): unknown {
+  if (path in payload) return payload[path];
+  return path.split(".").reduce<unknown>((value, key) => (value && typeof value === "object" ? (value as Record<string, unknown>)[key] : undefined), payload);
+}
+
+function classifyJwtError(error: unknown): MeshwardError {
+  if (error instanceof MeshwardError) return error;
+  if (error instanceof joseErrors.JWTExpired) return new MeshwardError("E_TOKEN_EXPIRED", "the JWT has expired");
+  if (error instanceof joseErrors.JWTClaimValidationFailed) {
+    const claim = error.claim;
+    if (claim === "aud") return new MeshwardError("E_TOKEN_AUDIENCE", "the JWT was issued for another audience");
+    if (claim === "iss") return new MeshwardError("E_TOKEN_ISSUER", "the JWT was issued by an untrusted issuer");
+    if (claim === "nbf") return new MeshwardError("E_TOKEN_NOT_YET_VALID", "the JWT is not valid yet");
+    return new MeshwardError("E_TOKEN_CLAIMS", `the JWT's ${claim} claim is not acceptable: ${error.reason}`);
+  }
+  if (error instanceof joseErrors.JWSSignatureVerificationFailed || error instanceof joseErrors.JWKSNoMatchingKey) {
+    return new MeshwardError("E_TOKEN_SIGNATURE", "the JWT's signature does not verify against the configured JWKS");
+  }
+  if (error instanceof joseErrors.JOSEAlgNotAllowed) return new MeshwardError("E_TOKEN_SIGNATURE", "the JWT uses a signature algorithm that is not allowed");
+  if (error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JOSEError && error.code === "ERR_JWKS_INVALID") {
+    return new MeshwardError("E_JWKS_UNAVAILABLE", "the JWKS could not be fetched; try again");
+  }
+  return new MeshwardError("E_TOKEN_INVALID", "the JWT is malformed");
+}

@@ -1,0 +1,141 @@
+import type { X509Certificate } from "node:crypto";
+import type { Logger } from "pino";
+import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
+import { parseCsr } from "../pki/csr.ts";
+import { toPem } from "../pki/pem.ts";
+import type { Store } from "../store/store.ts";
+import type { LoadedAnchors } from "./anchors.ts";
+import type { Attestor } from "./attest/attestor.ts";
+import type { CrlPublisher } from "./crl-publisher.ts";
+import { signWorkloadCertificate, type SigningPolicy } from "./issuer.ts";
+import type { CaMetrics } from "./metrics.ts";
+
+export type ValidatorName = "join-token" | "jwks" | "kubernetes" | "insecure" | "svid";
+
+export interface SignRequest {
+  readonly csr: string | Uint8Array;
+  readonly token: string;
+  /** undefined: the CA's default validator (Dapr's UNKNOWN). */
+  readonly validator: ValidatorName | undefined;
+  readonly appId: string;
+  readonly namespace: string;
+  readonly trustDomain: string;
+  readonly peerCertificate: X509Certificate | undefined;
+  /** For logs: where the request came from. */
+  readonly remoteAddress?: string;
+}
+
+export interface SignResult {
+  readonly spiffeId: string;
+  readonly serial: string;
+  /** PEM: the leaf, then the issuer chain (what a workload presents). */
+  readonly certificateChainPem: string;
+  /** PEM of each trusted root. */
+  readonly trustAnchorsPem: readonly string[];
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+}
+
+export interface AuthorityOptions {
+  readonly anchors: () => LoadedAnchors;
+  readonly store: Store;
+  readonly attestors: ReadonlyMap<ValidatorName, Attestor>;
+  readonly defaultValidator: ValidatorName;
+  readonly policy: SigningPolicy;
+  readonly crl: CrlPublisher;
+  readonly metrics: CaMetrics;
+  readonly logger: Logger;
+  readonly clock: () => Date;
+}
+
+/** Attest, check the CSR, sign, record: protocol-independent (gRPC and tests call this). */
+export class CertificateAuthority {
+  constructor(private readonly options: AuthorityOptions) {}
+
+  async sign(request: SignRequest): Promise<SignResult> {
+    const started = process.hrtime.bigint();
+    const { metrics, logger } = this.options;
+    const validatorName = request.validator ?? this.options.defaultValidator;
+    try {
+      const result = await this.#sign(request, validatorName);
+      metrics.signRequests.inc({ result: "ok", reason: "" });
+      metrics.issued.inc({ validator: validatorName });
+      metrics.signDuration.observe({ result: "ok" }, seconds(started));
+      logger.info(
+        { event: "certificate-issued", spiffeId: result.spiffeId, serial: result.serial, validator: validatorName, notAfter: result.notAfter.toISOString(), peer: request.remoteAddress },
+        "issued workload certificate",
+      );
+      return result;
+    } catch (error) {
+      const refused = isMeshwardError(error);
+      const reason = refused ? error.code : "E_INTERNAL";
+      metrics.signRequests.inc({ result: refused ? "refused" : "error", reason });
+      metrics.signDuration.observe({ result: refused ? "refused" : "error" }, seconds(started));
+      logger.warn(
+        { event: "sign-refused", reason, validator: validatorName, peer: request.remoteAddress, appId: request.appId.slice(0, 256), namespace: request.namespace.slice(0, 256) },
+        refused ? error.message : `internal error while signing: ${describeError(error)}`,
+      );
+      if (refused) throw error;
+      throw new MeshwardError("E_INTERNAL", "the CA failed to sign the request; see the CA's log", { cause: error });
+    }
+  }
+
+  async #sign(request: SignRequest, validatorName: ValidatorName): Promise<SignResult> {
+    const anchors = this.options.anchors();
+    const now = this.options.clock();
+    if (request.trustDomain !== "" && request.trustDomain !== anchors.trustDomain) {
+      throw new MeshwardError(
+        "E_TRUST_DOMAIN_MISMATCH",
+        `the request is for trust domain ${JSON.stringify(request.trustDomain.slice(0, 256))} but this CA serves ${JSON.stringify(anchors.trustDomain)}`,
+      );
+    }
+    // Parse and verify the CSR before attestation spends a single-use token on a bad request.
+    const csr = parseCsr(request.csr);
+    const attestor = this.options.attestors.get(validatorName);
+    if (attestor === undefined) {
+      throw new MeshwardError("E_VALIDATOR_DISABLED", `the ${validatorName} validator is not enabled on this CA`);
+    }
+    const identity = await attestor.attest({
+      token: request.token,
+      requestedAppId: request.appId,
+      requestedNamespace: request.namespace,
+      requestedTrustDomain: request.trustDomain,
+      peerCertificate: request.peerCertificate,
+      now,
+    });
+    if (!identity.spiffeId.startsWith(`spiffe://${anchors.trustDomain}/`)) {
+      throw new MeshwardError("E_TRUST_DOMAIN_MISMATCH", `attested identity ${identity.spiffeId} is outside this CA's trust domain ${anchors.trustDomain}`);
+    }
+    const leaf = signWorkloadCertificate({ csr, identity, signer: anchors.issuer, policy: this.options.policy, now });
+    const leafPem = toPem(leaf.der, "CERTIFICATE");
+    await this.options.store.recordIssuance({
+      serial: leaf.serial,
+      spiffeId: leaf.spiffeId,
+      dnsNames: leaf.dnsNames,
+      notBefore: leaf.notBefore,
+      notAfter: leaf.notAfter,
+      issuedAt: now,
+      attestation: identity.method,
+      issuerFingerprint: anchors.issuer.certificate.fingerprint256,
+      rootFingerprint: anchors.issuerRoot.fingerprint256,
+      certificatePem: leafPem,
+    });
+    return {
+      spiffeId: leaf.spiffeId,
+      serial: leaf.serial,
+      certificateChainPem: leafPem + anchors.issuerChainPem,
+      trustAnchorsPem: anchors.roots.map((root) => toPem(root.raw, "CERTIFICATE")),
+      notBefore: leaf.notBefore,
+      notAfter: leaf.notAfter,
+    };
+  }
+
+  /** Revoked serials known to this CA (from the last CRL it signed). */
+  revokedSerials(): ReadonlySet<string> {
+    return this.options.crl.current?.revokedSerials ?? new Set();
+  }
+}
+
+function seconds(started: bigint): number {
+  return Number(process.hrtime.bigint() - started) / 1e9;
+}

@@ -1,0 +1,251 @@
+import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
+import type { AddressInfo } from "node:net";
+import type { Logger } from "pino";
+import { Registry } from "prom-client";
+import type { CaConfig } from "../config/ca.ts";
+import { describeError, MeshwardError } from "../errors.ts";
+import { issueLeafCertificate } from "../pki/certificate.ts";
+import { encodePrivateKey, generateKeyPair } from "../pki/keys.ts";
+import { toPem } from "../pki/pem.ts";
+import { formatWorkloadId } from "../spiffe/id.ts";
+import { openStore } from "../store/index.ts";
+import type { Store } from "../store/store.ts";
+import { parseHostPort } from "../util/address.ts";
+import { loadAnchors, type LoadedAnchors } from "./anchors.ts";
+import type { Attestor } from "./attest/attestor.ts";
+import { insecureAttestor } from "./attest/insecure.ts";
+import { joinTokenAttestor } from "./attest/join-token.ts";
+import { jwksAttestor } from "./attest/jwks.ts";
+import { svidAttestor } from "./attest/svid.ts";
+import { CertificateAuthority, type ValidatorName } from "./authority.ts";
+import { CrlPublisher } from "./crl-publisher.ts";
+import { handleGrpc } from "./api/grpc.ts";
+import { handleHttp } from "./api/http.ts";
+import { createCaMetrics } from "./metrics.ts";
+
+/** The CA's own identity, presented on its API port. */
+export const CA_NAMESPACE = "meshward-system";
+export const CA_APP_ID = "meshward-ca";
+const SERVING_CERT_TTL_MS = 24 * 3_600_000;
+/** TLS 1.2 only with ECDHE + AEAD; TLS 1.3 suites are all AEAD. */
+const TLS12_CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305";
+
+export interface CaServerOptions {
+  readonly dir: string;
+  readonly config: CaConfig;
+  readonly passphrase?: string;
+  readonly logger: Logger;
+  readonly clock?: () => Date;
+  /** Open store to use instead of config.store (tests). */
+  readonly store?: Store;
+}
+
+export interface CaServer {
+  readonly host: string;
+  readonly port: number;
+  /** host:port as clients should dial it. */
+  readonly address: string;
+  readonly spiffeId: string;
+  readonly authority: CertificateAuthority;
+  readonly registry: Registry;
+  readonly store: Store;
+  close(): Promise<void>;
+}
+
+export async function startCaServer(options: CaServerOptions): Promise<CaServer> {
+  const { config, logger } = options;
+  const clock = options.clock ?? (() => new Date());
+  let anchors: LoadedAnchors = loadAnchors({ dir: options.dir, ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}) });
+  if (config.trustDomain !== undefined && config.trustDomain !== anchors.trustDomain) {
+    throw new MeshwardError(
+      "E_CONFIG_INVALID",
+      `the configuration names trust domain ${config.trustDomain} but ${options.dir} holds a CA for ${anchors.trustDomain}`,
+    );
+  }
+  const store = options.store ?? openStore(config.store ?? `sqlite:${anchors.layout.database}`);
+  await store.migrate();
+
+  const registry = new Registry();
+  const metrics = createCaMetrics(registry);
+  const crl = new CrlPublisher(store, () => anchors.issuer, clock);
+  await crl.refresh();
+
+  const attestors = new Map<ValidatorName, Attestor>();
+  attestors.set("join-token", joinTokenAttestor(store));
+  attestors.set("svid", svidAttestor({
+    trust: () => ({
+      roots: anchors.roots.map((r) => r.raw),
+      intermediates: [anchors.issuer.der],
+      revoked: crl.current?.revokedSerials ?? new Set(),
+    }),
+  }));
+  attestors.set("insecure", insecureAttestor({
+    trustDomain: anchors.trustDomain,
+    allowed: config.allowInsecureDev,
+    warn: (message, fields) => logger.warn({ event: "insecure-validator", ...fields }, message),
+  }));
+  if (config.jwks !== undefined) {
+    const validator = jwksAttestor({ ...config.jwks, trustDomain: anchors.trustDomain, clockToleranceSeconds: Math.round(config.clockSkew / 1000) });
+    attestors.set("jwks", validator);
+    attestors.set("kubernetes", config.jwks.mapping === "kubernetes" ? validator : jwksAttestor({ ...config.jwks, mapping: "kubernetes", trustDomain: anchors.trustDomain }, "kubernetes"));
+  }
+  if (config.allowInsecureDev) {
+    logger.warn({ event: "insecure-validator-enabled" }, "the INSECURE validator is enabled (--allow-insecure-dev): any caller can get any identity. Never use this outside development.");
+  }
+  const defaultValidator: ValidatorName = config.defaultValidator;
+
+  const authority = new CertificateAuthority({
+    anchors: () => anchors,
+    store,
+    attestors,
+    defaultValidator,
+    policy: { workloadTtlMs: config.workloadTtl, clockSkewMs: config.clockSkew },
+    crl,
+    metrics,
+    logger,
+    clock,
+  });
+
+  const spiffeId = formatWorkloadId({ trustDomain: anchors.trustDomain, namespace: CA_NAMESPACE, appId: CA_APP_ID });
+  const tlsOptions = () => {
+    const keys = generateKeyPair();
+    const now = clock();
+    const notAfter = new Date(Math.min(now.getTime() + SERVING_CERT_TTL_MS, new Date(anchors.issuer.certificate.validTo).getTime()));
+    const leaf = issueLeafCertificate({
+      spiffeId,
+      publicKey: keys.publicKey,
+      signer: anchors.issuer,
+      dnsNames: config.dnsNames,
+      notBefore: new Date(now.getTime() - config.clockSkew),
+      notAfter,
+    });
+    return {
+      options: {
+        key: encodePrivateKey(keys.privateKey),
+        cert: toPem(leaf.der, "CERTIFICATE") + anchors.issuerChainPem,
+        ca: anchors.rootsPem,
+        // Workloads renewing with their current SVID present it; first-time callers have none.
+        requestCert: true,
+        rejectUnauthorized: false,
+        minVersion: "TLSv1.2" as const,
+        ciphers: TLS12_CIPHERS,
+        ecdhCurve: "X25519:P-256:P-384",
+        honorCipherOrder: true,
+      },
+      notAfter,
+    };
+  };
+
+  let serving = tlsOptions();
+  const server: Http2SecureServer = createSecureServer({ ...serving.options, allowHTTP1: true, ALPNProtocols: ["h2", "http/1.1"] });
+  // Idle sessions (and slow clients that never finish a request) are closed.
+  server.setTimeout(60_000);
+  const httpContext = {
+    anchors: () => anchors,
+    crl: () => crl.current,
+    registry,
+    readiness: () => readiness(anchors, crl, clock(), storeHealthy),
+  };
+  server.on("request", (req: Http2ServerRequest, res: Http2ServerResponse) => {
+    const isGrpc = req.httpVersion === "2.0" && (req.headers["content-type"] ?? "").startsWith("application/grpc");
+    if (isGrpc) {
+      handleGrpc(req, res, authority, config.maxRequestBytes);
+      return;
+    }
+    handleHttp(req, res, httpContext).catch((error) => {
+      logger.error({ event: "http-error", error: describeError(error) }, "HTTP handler failed");
+      if (!res.headersSent) res.writeHead(500);
+      res.end();
+    });
+  });
+  server.on("tlsClientError", (error, socket) => {
+    logger.info({ event: "tls-handshake-failed", peer: socket.remoteAddress, reason: (error as NodeJS.ErrnoException).code ?? error.message }, "TLS handshake failed");
+  });
+  server.on("sessionError", () => undefined);
+
+  const listen = parseHostPort(config.listen, "--listen");
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(listen.port, listen.host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const bound = server.address() as AddressInfo;
+
+  const setExpiryGauges = () => {
+    const earliestRoot = Math.min(...anchors.roots.map((r) => new Date(r.validTo).getTime()));
+    metrics.certExpiry.set({ kind: "root" }, earliestRoot / 1000);
+    metrics.certExpiry.set({ kind: "issuer" }, new Date(anchors.issuer.certificate.validTo).getTime() / 1000);
+    metrics.revocations.set(crl.current?.revokedSerials.size ?? 0);
+  };
+  setExpiryGauges();
+
+  let storeHealthy = true;
+  const crlTimer = setInterval(() => {
+    crl.refresh().then(
+      (changed) => {
+        storeHealthy = true;
+        if (changed) logger.info({ event: "crl-signed", revoked: crl.current?.revokedSerials.size }, "signed a new CRL");
+        setExpiryGauges();
+      },
+      (error) => {
+        storeHealthy = false;
+        logger.error({ event: "crl-refresh-failed", error: describeError(error) }, "could not refresh the CRL from the store");
+      },
+    );
+  }, config.crlRefresh);
+  crlTimer.unref();
+
+  // Renew the CA's own serving certificate at half its life (setSecureContext takes the full option set).
+  const renewServing = () => {
+    serving = tlsOptions();
+    server.setSecureContext(serving.options);
+    logger.info({ event: "serving-certificate-renewed", notAfter: serving.notAfter.toISOString() }, "renewed the CA's serving certificate");
+    scheduleServingRenewal();
+  };
+  let servingTimer: NodeJS.Timeout;
+  const scheduleServingRenewal = () => {
+    const delay = Math.max(1000, (serving.notAfter.getTime() - clock().getTime()) / 2);
+    servingTimer = setTimeout(renewServing, Math.min(delay, 2 ** 31 - 1));
+    servingTimer.unref();
+  };
+  scheduleServingRenewal();
+
+  const host = bound.address;
+  logger.info(
+    { event: "ca-started", address: `${host}:${bound.port}`, trustDomain: anchors.trustDomain, spiffeId, issuerNotAfter: anchors.issuer.certificate.validTo, validators: [...attestors.keys()] },
+    "meshward CA serving",
+  );
+  return {
+    host,
+    port: bound.port,
+    address: host.includes(":") ? `[${host}]:${bound.port}` : `${host}:${bound.port}`,
+    spiffeId,
+    authority,
+    registry,
+    store,
+    async close() {
+      clearInterval(crlTimer);
+      clearTimeout(servingTimer);
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        // Give in-flight requests a moment, then drop idle keep-alive sessions.
+        setTimeout(() => resolve(), 2000).unref();
+      });
+      if (options.store === undefined) await store.close();
+    },
+  };
+}
+
+function readiness(anchors: LoadedAnchors, crl: CrlPublisher, now: Date, storeHealthy: boolean) {
+  const issuerNotAfter = new Date(anchors.issuer.certificate.validTo);
+  const issuerNotBefore = new Date(anchors.issuer.certificate.validFrom);
+  const issuerOk = now >= issuerNotBefore && now < issuerNotAfter;
+  const checks = {
+    issuer: { ok: issuerOk, detail: issuerOk ? `valid until ${issuerNotAfter.toISOString()}` : `not valid now (${issuerNotBefore.toISOString()} – ${issuerNotAfter.toISOString()})` },
+    crl: { ok: crl.current !== undefined, detail: crl.current ? `signed ${crl.current.thisUpdate.toISOString()}` : "not built" },
+    store: { ok: storeHealthy, detail: storeHealthy ? "reachable" : "the last refresh failed" },
+  };
+  return { ready: Object.values(checks).every((c) => c.ok), checks };
+}

@@ -1,0 +1,198 @@
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { Option, type Command } from "commander";
+import { readCaState } from "../ca/anchors.ts";
+import { MeshwardError } from "../errors.ts";
+import { requestCertificate, type ValidatorChoice } from "../identity/ca-client.ts";
+import { normalizeSerial } from "../pki/certificate.ts";
+import { createCsr } from "../pki/csr.ts";
+import { inspectCertificate } from "../pki/inspect.ts";
+import { encodePrivateKey, generateKeyPair } from "../pki/keys.ts";
+import { certificatesFromPem } from "../pki/pem.ts";
+import { parseSpiffeId } from "../spiffe/id.ts";
+import type { IssuanceRecord } from "../store/store.ts";
+import { describeTimeLeft, parseDuration } from "../util/duration.ts";
+import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
+import { collect, readTextFile } from "./options.ts";
+import { withCaStore } from "./store.ts";
+
+const VALIDATOR_CHOICES: Record<string, ValidatorChoice> = {
+  "join-token": "JOIN_TOKEN",
+  jwks: "JWKS",
+  kubernetes: "KUBERNETES",
+  insecure: "INSECURE",
+};
+
+export function registerCertCommand(program: Command): void {
+  const cert = program.command("cert").description("workload certificates: issue, list, revoke, inspect");
+
+  cert
+    .command("issue")
+    .description("get a workload certificate from a CA: the key is made here and never leaves this host")
+    .requiredOption("--ca <addr>", "CA address HOST:PORT")
+    .requiredOption("--bundle <file>", "trust bundle (PEM) that the CA's certificate must chain to")
+    .option("--token <token>", "join token or JWT (or --token-file, or MESHWARD_TOKEN)")
+    .option("--token-file <file>", "file holding the token")
+    .requiredOption("--out <dir>", "directory for cert.pem, key.pem (0600) and bundle.pem")
+    .addOption(new Option("--validator <name>", "how the CA checks the token").choices(Object.keys(VALIDATOR_CHOICES)).default("join-token"))
+    .option("--namespace <ns>", "namespace to ask for (must match what the token proves)", "")
+    .option("--app-id <id>", "app id to ask for (must match what the token proves)", "")
+    .option("--trust-domain <td>", "trust domain [default: read from the bundle's root]")
+    .option("--dns-name <name>", "DNS name to request (repeatable; the token must allow it)", collect)
+    .option("--json", "print the result as JSON")
+    .action(async (opts) => {
+      const token = readToken(opts);
+      const bundlePem = readTextFile(opts.bundle, "trust bundle");
+      const trustDomain = opts.trustDomain ?? trustDomainFromBundle(bundlePem, opts.bundle);
+      const keyPair = generateKeyPair();
+      const csrPem = await createCsr({ keyPair, dnsNames: opts.dnsName ?? [] });
+      const signed = await requestCertificate(
+        { address: opts.ca, bundlePem, trustDomain },
+        { csrPem, token, validator: VALIDATOR_CHOICES[opts.validator as string] as ValidatorChoice, namespace: opts.namespace, appId: opts.appId },
+      );
+      mkdirSync(opts.out, { recursive: true, mode: 0o700 });
+      writeSecretFileAtomic(join(opts.out, "key.pem"), encodePrivateKey(keyPair.privateKey));
+      writeFileAtomic(join(opts.out, "cert.pem"), signed.certChainPem);
+      writeFileAtomic(join(opts.out, "bundle.pem"), signed.bundlePem);
+      const info = inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer);
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify({ spiffeId: info.uris[0], serial: info.serial, notAfter: info.notAfter.toISOString(), dir: opts.out }, null, 2)}\n`);
+      } else {
+        process.stdout.write(`issued ${info.uris[0]} (serial ${info.serial}), valid until ${info.notAfter.toISOString()} (${describeTimeLeft(info.notAfter, new Date())})\n`);
+        process.stdout.write(`wrote ${join(opts.out, "cert.pem")}, ${join(opts.out, "key.pem")} (0600), ${join(opts.out, "bundle.pem")}\n`);
+      }
+    });
+
+  cert
+    .command("list")
+    .description("list the certificates this CA issued")
+    .requiredOption("--dir <dir>", "CA directory")
+    .option("--store <url>", "store URL [default: <dir>/ca.db]")
+    .option("--spiffe-id <id>", "only this identity")
+    .option("--valid", "only certificates valid now")
+    .option("--limit <n>", "at most this many (newest first)", "100")
+    .option("--json", "print JSON")
+    .action(async (opts) => {
+      const now = new Date();
+      const { records, revoked } = await withCaStore(opts.dir, opts.store, async (store) => ({
+        records: await store.listIssuances({
+          ...(opts.spiffeId !== undefined ? { spiffeId: parseSpiffeId(opts.spiffeId).toString() } : {}),
+          ...(opts.valid ? { validAt: now } : {}),
+          limit: Number(opts.limit),
+        }),
+        revoked: new Set((await store.listRevocations()).map((r) => r.serial)),
+      }));
+      const rows = records.map((r) => ({ ...summarize(r), status: revoked.has(r.serial) ? "revoked" : r.notAfter <= now ? "expired" : "valid" }));
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+        return;
+      }
+      if (rows.length === 0) {
+        process.stdout.write("no certificates issued yet\n");
+        return;
+      }
+      process.stdout.write(`${"SERIAL".padEnd(34)} ${"STATUS".padEnd(8)} ${"NOT AFTER".padEnd(24)} ${"VALIDATOR".padEnd(10)} SPIFFE ID\n`);
+      for (const row of rows) {
+        process.stdout.write(`${row.serial.padEnd(34)} ${row.status.padEnd(8)} ${row.notAfter.padEnd(24)} ${row.attestation.padEnd(10)} ${row.spiffeId}\n`);
+      }
+    });
+
+  cert
+    .command("revoke")
+    .description("revoke by serial or by SPIFFE ID (every unexpired certificate of it); the CA re-signs its CRL within a second")
+    .requiredOption("--dir <dir>", "CA directory")
+    .option("--serial <serial>", "certificate serial (hex, colons allowed)")
+    .option("--spiffe-id <id>", "revoke every unexpired certificate of this identity")
+    .addOption(new Option("--reason <reason>", "CRL reason").choices(["unspecified", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"]).default("unspecified"))
+    .option("--store <url>", "store URL [default: <dir>/ca.db]")
+    .action(async (opts) => {
+      if ((opts.serial === undefined) === (opts.spiffeId === undefined)) {
+        throw new MeshwardError("E_USAGE", "give exactly one of --serial or --spiffe-id");
+      }
+      readCaState(opts.dir);
+      const now = new Date();
+      const outcome = await withCaStore(opts.dir, opts.store, async (store) => {
+        let serials: string[];
+        if (opts.serial !== undefined) {
+          const serial = normalizeSerial(opts.serial);
+          if ((await store.getIssuance(serial)) === undefined) {
+            throw new MeshwardError("E_CERT_UNKNOWN", `no certificate with serial ${serial} was issued by this CA; check 'meshward cert list --dir ${opts.dir}'`);
+          }
+          serials = [serial];
+        } else {
+          const id = parseSpiffeId(opts.spiffeId).toString();
+          serials = (await store.listIssuances({ spiffeId: id, validAt: now })).map((r) => r.serial);
+          if (serials.length === 0) throw new MeshwardError("E_CERT_UNKNOWN", `no unexpired certificate of ${id} to revoke`);
+        }
+        let revoked = 0;
+        for (const serial of serials) if (await store.revoke({ serial, revokedAt: now, reason: opts.reason })) revoked += 1;
+        return { serials, revoked };
+      });
+      process.stdout.write(
+        `revoked ${outcome.revoked} certificate${outcome.revoked === 1 ? "" : "s"}${outcome.revoked < outcome.serials.length ? ` (${outcome.serials.length - outcome.revoked} already revoked)` : ""}: ${outcome.serials.join(", ")}\n`,
+      );
+    });
+
+  cert
+    .command("inspect")
+    .description("show a certificate's SPIFFE ID, issuer and validity in words; exit 1 when it expires within --warn")
+    .argument("<file>", "PEM certificate (the first certificate of a chain is inspected)")
+    .option("--warn <duration>", "exit non-zero when less than this is left (e.g. 7d)")
+    .option("--json", "print JSON")
+    .action((file: string, opts) => {
+      const [der, ...rest] = certificatesFromPem(readTextFile(file, "certificate"));
+      const info = inspectCertificate(der as Buffer);
+      const now = new Date();
+      const leftMs = info.notAfter.getTime() - now.getTime();
+      const warnMs = opts.warn !== undefined ? parseDuration(opts.warn, "--warn") : undefined;
+      const result = {
+        spiffeId: info.uris[0] ?? null,
+        uris: info.uris,
+        dnsNames: info.dnsNames,
+        subject: info.subject,
+        issuer: info.issuer,
+        serial: info.serial,
+        isCa: info.isCa,
+        notBefore: info.notBefore.toISOString(),
+        notAfter: info.notAfter.toISOString(),
+        timeLeft: describeTimeLeft(info.notAfter, now),
+        expired: leftMs <= 0,
+        chainLength: 1 + rest.length,
+        fingerprint256: info.fingerprint256,
+      };
+      if (opts.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+      else {
+        const lines = [
+          `SPIFFE ID   ${result.spiffeId ?? "(none)"}`,
+          ...(info.dnsNames.length > 0 ? [`DNS names   ${info.dnsNames.join(", ")}`] : []),
+          `issuer      ${info.issuer.replace(/\n/g, ", ") || "(empty)"}`,
+          `serial      ${info.serial}`,
+          `valid       ${result.notBefore} → ${result.notAfter}`,
+          `time left   ${result.timeLeft}`,
+          `kind        ${info.isCa ? "CA certificate" : "workload (leaf) certificate"}${rest.length > 0 ? `, followed by ${rest.length} chain certificate${rest.length === 1 ? "" : "s"}` : ""}`,
+        ];
+        process.stdout.write(`${lines.join("\n")}\n`);
+      }
+      if (leftMs <= 0 || (warnMs !== undefined && leftMs < warnMs)) process.exitCode = 1;
+    });
+}
+
+function summarize(record: IssuanceRecord) {
+  return { serial: record.serial, spiffeId: record.spiffeId, notAfter: record.notAfter.toISOString(), issuedAt: record.issuedAt.toISOString(), attestation: record.attestation };
+}
+
+function readToken(opts: { token?: string; tokenFile?: string }): string {
+  if (opts.token !== undefined && opts.tokenFile !== undefined) throw new MeshwardError("E_USAGE", "give --token or --token-file, not both");
+  const token = opts.token ?? (opts.tokenFile !== undefined ? readTextFile(opts.tokenFile, "token file").trim() : process.env.MESHWARD_TOKEN);
+  if (token === undefined || token === "") throw new MeshwardError("E_USAGE", "a token is needed: --token, --token-file or MESHWARD_TOKEN");
+  return token;
+}
+
+function trustDomainFromBundle(bundlePem: string, file: string): string {
+  for (const der of certificatesFromPem(bundlePem)) {
+    const uri = inspectCertificate(der).uris.find((u) => u.startsWith("spiffe://"));
+    if (uri !== undefined) return parseSpiffeId(uri).trustDomain;
+  }
+  throw new MeshwardError("E_USAGE", `no root in ${file} names a SPIFFE trust domain; give --trust-domain`);
+}
+

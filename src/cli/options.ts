@@ -1,0 +1,59 @@
+import { readFileSync } from "node:fs";
+import { Option } from "commander";
+import { pino, type Logger } from "pino";
+import { MeshwardError } from "../errors.ts";
+
+/** Passphrase for encrypted key files: --passphrase-file wins over MESHWARD_CA_PASSPHRASE. */
+export function readPassphrase(file: string | undefined): string | undefined {
+  if (file !== undefined) {
+    try {
+      const text = readFileSync(file, "utf8").replace(/\r?\n$/, "");
+      if (text.length === 0) throw new MeshwardError("E_PASSPHRASE_EMPTY", `passphrase file ${file} is empty`);
+      return text;
+    } catch (error) {
+      if (error instanceof MeshwardError) throw error;
+      throw new MeshwardError("E_FILE_MISSING", `cannot read passphrase file ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    }
+  }
+  const env = process.env.MESHWARD_CA_PASSPHRASE;
+  return env === undefined || env === "" ? undefined : env;
+}
+
+export function readTextFile(file: string, what: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch (error) {
+    throw new MeshwardError("E_FILE_MISSING", `cannot read ${what} ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+}
+
+export const logFormatOption = () =>
+  new Option("--log-format <format>", "log format: json (for machines) or pretty (for people)").choices(["json", "pretty"]).default("json");
+export const logLevelOption = () =>
+  new Option("--log-level <level>", "log level").choices(["trace", "debug", "info", "warn", "error"]).default("info");
+
+/** Logs go to stderr so stdout stays for results a script reads. */
+export function cliLogger(component: string, options: { logFormat?: string; logLevel?: string }): Logger {
+  const level = options.logLevel ?? "info";
+  if (options.logFormat === "pretty") {
+    return pino({ name: component, level, base: undefined, timestamp: pino.stdTimeFunctions.isoTime }, pino.transport({ target: "pino-pretty", options: { destination: 2, colorize: process.stderr.isTTY } }));
+  }
+  return pino({ name: component, level, base: { component }, timestamp: pino.stdTimeFunctions.isoTime }, pino.destination({ fd: 2, sync: true }));
+}
+
+/** Resolves when SIGTERM or SIGINT arrives. */
+export function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const handler = (signal: NodeJS.Signals) => {
+      process.off("SIGTERM", handler);
+      process.off("SIGINT", handler);
+      resolve(signal);
+    };
+    process.on("SIGTERM", handler);
+    process.on("SIGINT", handler);
+  });
+}
+
+export function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}

@@ -1,0 +1,47 @@
+import type { Command } from "commander";
+import { readCaState } from "../ca/anchors.ts";
+import { generateJoinToken } from "../ca/tokens.ts";
+import { MeshwardError } from "../errors.ts";
+import { formatWorkloadId } from "../spiffe/id.ts";
+import { describeTimeLeft, parseDuration } from "../util/duration.ts";
+import { collect } from "./options.ts";
+import { withCaStore } from "./store.ts";
+
+export function registerTokenCommand(program: Command): void {
+  const token = program.command("token").description("join tokens: one-time proof of identity for a workload's first certificate");
+  token
+    .command("create")
+    .description("create a join token bound to one workload identity; prints the token alone on the last line")
+    .requiredOption("--dir <dir>", "CA directory")
+    .requiredOption("--namespace <ns>", "workload namespace")
+    .requiredOption("--app-id <id>", "workload app id")
+    .option("--ttl <duration>", "how long the token can be used", "1h")
+    .option("--uses <n>", "how many certificates it can obtain", "1")
+    .option("--dns-name <name>", "DNS name the holder may put in its certificate (repeatable; for backend servers)", collect)
+    .option("--store <url>", "store URL [default: <dir>/ca.db]")
+    .action(async (opts) => {
+      const state = readCaState(opts.dir);
+      const spiffeId = formatWorkloadId({ trustDomain: state.trustDomain, namespace: opts.namespace, appId: opts.appId });
+      const ttlMs = parseDuration(opts.ttl, "--ttl");
+      const uses = Number(opts.uses);
+      if (!Number.isInteger(uses) || uses < 1 || uses > 1_000_000) {
+        throw new MeshwardError("E_USAGE", `--uses must be a whole number from 1 to 1000000, got ${JSON.stringify(opts.uses)}`);
+      }
+      const dnsNames = (opts.dnsName as string[] | undefined) ?? [];
+      for (const name of dnsNames) {
+        if (!/^(?=.{1,253}$)(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i.test(name)) {
+          throw new MeshwardError("E_USAGE", `--dns-name ${JSON.stringify(name)} is not a valid DNS name`);
+        }
+      }
+      const now = new Date();
+      const expiresAt = new Date(now.getTime() + ttlMs);
+      const { token: secret, id, hash } = generateJoinToken();
+      await withCaStore(opts.dir, opts.store, (store) =>
+        store.createToken({ id, tokenHash: hash, spiffeId, dnsNames, createdAt: now, expiresAt, usesAllowed: uses, usesLeft: uses }),
+      );
+      process.stdout.write(
+        `join token ${id} for ${spiffeId}: ${uses} use${uses === 1 ? "" : "s"}, expires ${expiresAt.toISOString()} (${describeTimeLeft(expiresAt, now)})` +
+          `${dnsNames.length > 0 ? `, DNS names ${dnsNames.join(", ")}` : ""}\n${secret}\n`,
+      );
+    });
+}

@@ -1,0 +1,154 @@
+import { X509Certificate, type KeyObject } from "node:crypto";
+import { request as httpsRequest } from "node:https";
+import type { PeerCertificate } from "node:tls";
+import * as grpc from "@grpc/grpc-js";
+import { MeshwardError } from "../errors.ts";
+import { inspectCertificate } from "../pki/inspect.ts";
+import { encodePrivateKey } from "../pki/keys.ts";
+import { formatWorkloadId } from "../spiffe/id.ts";
+import { parseHostPort } from "../util/address.ts";
+import { decodeSignResponse, encodeSignRequest, SIGN_CERTIFICATE_PATH, TokenValidator, type SignCertificateRequestMessage } from "../protocol/sentry.ts";
+
+/** The CA presents spiffe://<trust-domain>/ns/meshward-system/meshward-ca. */
+export function caSpiffeId(trustDomain: string): string {
+  return formatWorkloadId({ trustDomain, namespace: "meshward-system", appId: "meshward-ca" });
+}
+
+export type ValidatorChoice = keyof typeof TokenValidator;
+
+export interface CaConnection {
+  /** host:port of the CA API. */
+  readonly address: string;
+  /** PEM roots that the CA's serving certificate must chain to (the bootstrap bundle). */
+  readonly bundlePem: string;
+  readonly trustDomain: string;
+  /** Presented on the connection to renew with the current SVID. */
+  readonly clientCertificate?: { readonly certChainPem: string; readonly privateKey: KeyObject };
+  readonly timeoutMs?: number;
+}
+
+export interface CertificateRequest {
+  readonly csrPem: string;
+  readonly token: string;
+  readonly validator: ValidatorChoice;
+  readonly namespace: string;
+  readonly appId: string;
+}
+
+export interface SignedCertificate {
+  /** Leaf then issuer chain, PEM. */
+  readonly certChainPem: string;
+  /** Trusted roots, PEM concatenated. */
+  readonly bundlePem: string;
+  readonly validUntil: Date;
+}
+
+/** Verifies that the server is the CA of the expected trust domain, by SPIFFE ID, not host name. */
+function checkCaIdentity(trustDomain: string) {
+  const expected = caSpiffeId(trustDomain);
+  return (_host: string, cert: PeerCertificate): Error | undefined => {
+    try {
+      const uris = inspectCertificate(new X509Certificate(cert.raw)).uris;
+      if (uris.length === 1 && uris[0] === expected) return undefined;
+      return new MeshwardError("E_SPIFFE_MISMATCH", `the server is not the meshward CA: it presented ${uris.join(", ") || "no SPIFFE ID"}, expected ${expected}`);
+    } catch (error) {
+      return error as Error;
+    }
+  };
+}
+
+/** Calls dapr.proto.sentry.v1.CA/SignCertificate with a real gRPC client. */
+export async function requestCertificate(connection: CaConnection, request: CertificateRequest): Promise<SignedCertificate> {
+  const { host, port } = parseHostPort(connection.address, "CA address");
+  const credentials = grpc.credentials.createSsl(
+    Buffer.from(connection.bundlePem),
+    connection.clientCertificate ? Buffer.from(encodePrivateKey(connection.clientCertificate.privateKey)) : null,
+    connection.clientCertificate ? Buffer.from(connection.clientCertificate.certChainPem) : null,
+    { checkServerIdentity: checkCaIdentity(connection.trustDomain) },
+  );
+  const target = host.includes(":") ? `ipv6:[${host}]:${port}` : `${host}:${port}`;
+  const client = new grpc.Client(target, credentials, { "grpc.ssl_target_name_override": "localhost", "grpc.default_authority": "localhost" });
+  const message: SignCertificateRequestMessage = {
+    id: request.appId,
+    token: request.token,
+    trustDomain: connection.trustDomain,
+    namespace: request.namespace,
+    certificateSigningRequest: Buffer.from(request.csrPem),
+    tokenValidator: TokenValidator[request.validator],
+  };
+  try {
+    const response = await new Promise<Buffer>((resolve, reject) => {
+      client.makeUnaryRequest(
+        SIGN_CERTIFICATE_PATH,
+        (m: SignCertificateRequestMessage) => Buffer.from(encodeSignRequest(m)),
+        (b: Buffer) => b,
+        message,
+        new grpc.Metadata(),
+        { deadline: Date.now() + (connection.timeoutMs ?? 10_000) },
+        (error, value) => (error ? reject(error) : resolve(value as Buffer)),
+      );
+    });
+    const decoded = decodeSignResponse(response);
+    return {
+      certChainPem: Buffer.from(decoded.workloadCertificate).toString("utf8"),
+      bundlePem: decoded.trustChainCertificates.map((b) => Buffer.from(b).toString("utf8")).join(""),
+      validUntil: new Date(decoded.validUntil.seconds * 1000),
+    };
+  } catch (error) {
+    throw toMeshwardError(error as grpc.ServiceError, connection.address);
+  } finally {
+    client.close();
+  }
+}
+
+function toMeshwardError(error: grpc.ServiceError, address: string): MeshwardError {
+  const code = error.metadata?.get("meshward-error-code")[0];
+  if (typeof code === "string" && code.startsWith("E_")) {
+    const message = (error.details ?? "").replace(/^E_[A-Z_]+: /, "");
+    return new MeshwardError(code as `E_${string}`, message);
+  }
+  if (error.code === grpc.status.UNAVAILABLE || error.code === grpc.status.DEADLINE_EXCEEDED) {
+    return new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address} is unreachable: ${error.details}`, { cause: error });
+  }
+  return new MeshwardError("E_CA_ERROR", `the CA at ${address} answered ${grpc.status[error.code] ?? error.code}: ${error.details}`, { cause: error });
+}
+
+/** GET a path of the CA's HTTPS API, verifying the CA by SPIFFE ID. */
+export async function fetchFromCa(connection: CaConnection, path: string, maxBytes = 4 << 20): Promise<Buffer> {
+  const { host, port } = parseHostPort(connection.address, "CA address");
+  return await new Promise<Buffer>((resolve, reject) => {
+    const req = httpsRequest(
+      {
+        host,
+        port,
+        path,
+        method: "GET",
+        ca: connection.bundlePem,
+        servername: "localhost",
+        checkServerIdentity: checkCaIdentity(connection.trustDomain),
+        minVersion: "TLSv1.2",
+        timeout: connection.timeoutMs ?? 10_000,
+        agent: false,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on("data", (chunk: Buffer) => {
+          size += chunk.length;
+          if (size > maxBytes) req.destroy(new MeshwardError("E_CA_ERROR", `the CA's answer to ${path} is larger than ${maxBytes} bytes`));
+          else chunks.push(chunk);
+        });
+        res.on("end", () => {
+          if (res.statusCode !== 200) reject(new MeshwardError("E_CA_ERROR", `the CA answered ${res.statusCode} to GET ${path}`));
+          else resolve(Buffer.concat(chunks));
+        });
+        res.on("error", reject);
+      },
+    );
+    req.on("timeout", () => req.destroy(new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${connection.address} did not answer in time`)));
+    req.on("error", (error) =>
+      reject(error instanceof MeshwardError ? error : new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${connection.address} is unreachable: ${error.message}`, { cause: error })),
+    );
+    req.end();
+  });
+}

@@ -1,0 +1,74 @@
+import { randomBytes } from "node:crypto";
+import { closeSync, fsyncSync, openSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import { MeshwardError } from "../errors.ts";
+
+/**
+ * Writes a file so that readers see either the old or the new content, never a mix: a temp
+ * file in the same directory (created with the final mode, so a key is never briefly
+ * world-readable), fsync, rename, fsync of the directory.
+ */
+export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): void {
+  const dir = dirname(path);
+  const temp = join(dir, `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  let fd: number | undefined;
+  try {
+    fd = openSync(temp, "wx", mode);
+    const bytes = typeof data === "string" ? Buffer.from(data) : data;
+    let written = 0;
+    while (written < bytes.length) written += writeSync(fd, bytes, written, bytes.length - written);
+    fsyncSync(fd);
+    closeSync(fd);
+    fd = undefined;
+    renameSync(temp, path);
+    syncDirectory(dir);
+  } catch (error) {
+    if (fd !== undefined) closeSync(fd);
+    try {
+      unlinkSync(temp);
+    } catch {
+      // the temp file was never created or is already renamed
+    }
+    throw new MeshwardError("E_FILE_WRITE", `cannot write ${path}: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+/** Private keys and other secrets: 0600, atomically. */
+export function writeSecretFileAtomic(path: string, data: string | Uint8Array): void {
+  writeFileAtomic(path, data, 0o600);
+}
+
+function syncDirectory(dir: string): void {
+  let fd: number | undefined;
+  try {
+    fd = openSync(dir, "r");
+    fsyncSync(fd);
+  } catch {
+    // Some filesystems refuse fsync on directories; the rename is still atomic.
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/**
+ * Refuses a secret file that group or others can read or write, as ssh does for private
+ * keys, with the command that fixes it.
+ */
+export function assertPrivateFile(path: string, what = "private key file"): void {
+  let mode: number;
+  try {
+    mode = statSync(path).mode;
+  } catch (error) {
+    throw new MeshwardError("E_FILE_MISSING", `${what} ${path} cannot be read: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, {
+      cause: error,
+    });
+  }
+  if ((mode & 0o077) !== 0) {
+    throw new MeshwardError(
+      "E_KEY_PERMISSIONS",
+      `${what} ${path} is accessible by group or others (mode ${(mode & 0o777).toString(8).padStart(4, "0")}); ` +
+        `it must be readable by its owner only. Fix it with: chmod 600 ${path}`,
+      { details: { path, mode: mode & 0o777 } },
+    );
+  }
+}
