@@ -1,0 +1,105 @@
+import { dirname, resolve } from "node:path";
+import { asArray, asDict, asText, get, isDict, lookup } from "../shape.ts";
+import type { Corpus, DaprConfiguration, Hit, MeshwardSidecarConfig, NodePath, Rule } from "../types.ts";
+import { defineRule } from "./helpers.ts";
+
+const sidecar = (policy: string): string => `app-id: orders
+namespace: prod
+ca: ca.prod.svc:8443
+inbound: 0.0.0.0:15006
+app: 127.0.0.1:8080
+mode: strict
+${policy}`;
+
+export interface ResolvedPolicy {
+  accessControl: Record<string, unknown>;
+  /** Where findings about the policy point: the sidecar's `policy` key or the policy file. */
+  locate: { resource: "sidecar"; path: NodePath } | { resource: "configuration"; configuration: DaprConfiguration };
+}
+
+/**
+ * The sidecar's `policy` is a file path (resolved against the sidecar config's folder and
+ * looked up among the scanned Configurations) or, tolerated, an inline Configuration or
+ * `accessControl` object. Undefined when the policy file is not among the scanned files.
+ */
+export function resolveSidecarPolicy(sidecar: MeshwardSidecarConfig, corpus: Corpus): ResolvedPolicy | undefined {
+  const entry = lookup(sidecar.config, "policy");
+  if (entry === undefined) return undefined;
+  if (isDict(entry.value)) {
+    const inline = entry.value;
+    const accessControl = isDict(get(inline, "spec", "accessControl"))
+      ? asDict(get(inline, "spec", "accessControl"))
+      : isDict(inline["accessControl"]) ? asDict(inline["accessControl"]) : inline;
+    return { accessControl, locate: { resource: "sidecar", path: [entry.key] } };
+  }
+  const file = asText(entry.value).trim();
+  if (file === "") return undefined;
+  const wanted = resolve(dirname(sidecar.source.file), file);
+  const configuration = corpus.configurations.find((candidate) => resolve(candidate.source.file) === wanted);
+  if (configuration === undefined) return undefined;
+  return { accessControl: asDict(configuration.spec["accessControl"]), locate: { resource: "configuration", configuration } };
+}
+
+function allowsEverything(accessControl: Record<string, unknown>): boolean {
+  return /^allow$/i.test(asText(accessControl["defaultAction"]).trim()) && asArray(accessControl["policies"]).length === 0;
+}
+
+export const accessRules: Rule[] = [
+  defineRule({
+    id: "MW-ACCESS-001",
+    family: "access",
+    severity: "medium",
+    title: "Dapr access control allows every caller",
+    why: "An `accessControl` block with `defaultAction: allow` and no policies looks like a policy but lets every app in the trust domain call every operation.",
+    fix: "Set `defaultAction: deny` and add one policy per calling app id with the operations it needs.",
+    example: {
+      file: "config.yaml",
+      bad: "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: appconfig\nspec:\n  accessControl:\n    defaultAction: allow\n    trustDomain: public\n",
+      good: "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: appconfig\nspec:\n  accessControl:\n    defaultAction: deny\n    trustDomain: public\n    policies:\n      - appId: checkout\n        defaultAction: allow\n        namespace: default\n",
+    },
+    appliesTo: ["dapr-configuration"],
+    check(configuration) {
+      const accessControl = configuration.spec["accessControl"];
+      if (!isDict(accessControl) || !allowsEverything(accessControl)) return [];
+      return [{ path: ["spec", "accessControl", "defaultAction"], evidence: "defaultAction: allow, policies: none" }];
+    },
+  }),
+  defineRule({
+    id: "MW-ACCESS-002",
+    family: "access",
+    severity: "high",
+    title: "meshward sidecar policy allows every caller",
+    why: "A sidecar policy with `defaultAction: allow` and no policies admits any workload with a valid SVID from the trust domain: mTLS proves who is calling but nothing limits what they may call.",
+    fix: "Give the sidecar a policy with `defaultAction: deny` and an entry per caller app id.",
+    example: {
+      file: "sidecar.yaml",
+      bad: sidecar("policy:\n  defaultAction: allow\n"),
+      good: sidecar("policy:\n  defaultAction: deny\n  policies:\n    - appId: checkout\n      defaultAction: allow\n"),
+    },
+    appliesTo: ["meshward-sidecar"],
+    check(config, corpus) {
+      const policy = resolveSidecarPolicy(config, corpus);
+      if (policy === undefined || !allowsEverything(policy.accessControl)) return [];
+      const hit: Hit = { evidence: "defaultAction: allow, policies: none" };
+      if (policy.locate.resource === "sidecar") return [{ ...hit, path: policy.locate.path }];
+      const file = policy.locate.configuration.source.file;
+      return [{ ...hit, path: [lookup(config.config, "policy")?.key ?? "policy"], detail: `The policy file ${file} allows everything.` }];
+    },
+  }),
+  defineRule({
+    id: "MW-ACCESS-003",
+    family: "access",
+    severity: "medium",
+    title: "meshward sidecar has no access policy",
+    why: "Without a policy every workload with an SVID from the trust domain may call this app: one compromised service can reach all others.",
+    fix: "Set `policy:` to a Configuration file with `accessControl` (default deny, one entry per caller).",
+    example: { file: "sidecar.yaml", bad: sidecar(""), good: sidecar("policy: policy.yaml\n") },
+    appliesTo: ["meshward-sidecar"],
+    check(config) {
+      const entry = lookup(config.config, "policy");
+      if (entry !== undefined && (isDict(entry.value) || asText(entry.value).trim() !== "")) return [];
+      const appId = lookup(config.config, "app-id");
+      return [{ path: appId === undefined ? [] : [appId.key], evidence: "policy: not set" }];
+    },
+  }),
+];

@@ -1,0 +1,158 @@
+import { get, isFalsy, isTruthy } from "../shape.ts";
+import type { Corpus, DaprConfiguration, Hit, Rule, Workload } from "../types.ts";
+import { SECURE_DAPR_ANNOTATIONS, deploymentYaml } from "./example-builders.ts";
+import { defineRule } from "./helpers.ts";
+
+export function isDaprEnabled(workload: Workload): boolean {
+  return isTruthy(workload.annotations["dapr.io/enabled"]);
+}
+
+function annotationHit(workload: Workload, key: string, evidence: string): Hit {
+  const present = key in workload.annotations;
+  return { path: present ? [...workload.annotationsPath, key] : workload.annotationsPath, evidence };
+}
+
+function missingAnnotation(workload: Workload, key: string): Hit[] {
+  if (!isDaprEnabled(workload) || (workload.annotations[key] ?? "").trim() !== "") return [];
+  return [{ path: [...workload.annotationsPath, "dapr.io/enabled"], evidence: `${key} not set` }];
+}
+
+/** The Configuration a workload's `dapr.io/config` names, matched by name and namespace. */
+export function referencedConfiguration(workload: Workload, corpus: Corpus): DaprConfiguration | undefined {
+  const name = (workload.annotations["dapr.io/config"] ?? "").trim();
+  return corpus.configurations.find((configuration) =>
+    configuration.name === name
+    && (configuration.namespace === undefined || workload.namespace === undefined || configuration.namespace === workload.namespace));
+}
+
+const secure = (extra: Record<string, string> = {}, podSpec = ""): string => deploymentYaml({ ...SECURE_DAPR_ANNOTATIONS, ...extra }, podSpec);
+const without = (key: string): Record<string, string> => {
+  const copy: Record<string, string> = { ...SECURE_DAPR_ANNOTATIONS };
+  delete copy[key];
+  return copy;
+};
+
+const APP_CONFIG = "---\napiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: appconfig\n  namespace: default\nspec:\n  mtls:\n    enabled: ENABLED\n";
+
+export const kubernetesRules: Rule[] = [
+  defineRule({
+    id: "MW-K8S-001",
+    family: "kubernetes",
+    severity: "high",
+    title: "Dapr sidecar API listens on all interfaces",
+    why: "`dapr.io/sidecar-listen-addresses: 0.0.0.0` exposes the Dapr HTTP/gRPC API (state, secrets, service invocation as this app) to every pod that can reach this one, not just the app container.",
+    fix: "Remove the annotation (the default is loopback) or set it to `127.0.0.1`.",
+    example: { file: "deployment.yaml", bad: secure({ "dapr.io/sidecar-listen-addresses": "0.0.0.0" }), good: secure({ "dapr.io/sidecar-listen-addresses": "127.0.0.1" }) },
+    appliesTo: ["workload"],
+    check(workload) {
+      const value = workload.annotations["dapr.io/sidecar-listen-addresses"];
+      if (!isDaprEnabled(workload) || value === undefined) return [];
+      const open = value.split(",").map((part) => part.trim()).filter((part) => ["0.0.0.0", "::", "[::]", "*", ""].includes(part) && part !== "");
+      return open.length === 0 ? [] : [annotationHit(workload, "dapr.io/sidecar-listen-addresses", `dapr.io/sidecar-listen-addresses: ${value}`)];
+    },
+  }),
+  defineRule({
+    id: "MW-K8S-002",
+    family: "kubernetes",
+    severity: "medium",
+    title: "Dapr sidecar API without an API token",
+    why: "Without `dapr.io/api-token-secret` any process that reaches the sidecar's API can use it as the app (read secrets, publish, invoke other services).",
+    fix: "Create a Secret with a random token and set `dapr.io/api-token-secret` to its name; the app sends it as `dapr-api-token`.",
+    example: { file: "deployment.yaml", bad: deploymentYaml(without("dapr.io/api-token-secret")), good: secure() },
+    appliesTo: ["workload"],
+    check: (workload) => missingAnnotation(workload, "dapr.io/api-token-secret"),
+  }),
+  defineRule({
+    id: "MW-K8S-003",
+    family: "kubernetes",
+    severity: "low",
+    title: "Dapr calls the app over plaintext",
+    why: "`dapr.io/app-protocol` `http`, `grpc` or `h2c` (or unset, which is http) means sidecar-to-app traffic is unencrypted; it stays inside the pod, but any container or debug tool in the pod network namespace can read it.",
+    fix: "Serve TLS in the app and set `dapr.io/app-protocol: https` (or `grpcs`).",
+    example: { file: "deployment.yaml", bad: secure({ "dapr.io/app-protocol": "http" }), good: secure({ "dapr.io/app-protocol": "https" }) },
+    appliesTo: ["workload"],
+    check(workload) {
+      if (!isDaprEnabled(workload) || (workload.annotations["dapr.io/app-port"] ?? "") === "") return [];
+      const protocol = (workload.annotations["dapr.io/app-protocol"] ?? "").trim().toLowerCase();
+      if (protocol === "https" || protocol === "grpcs") return [];
+      return [annotationHit(workload, "dapr.io/app-protocol", protocol === "" ? "dapr.io/app-protocol not set (http)" : `dapr.io/app-protocol: ${protocol}`)];
+    },
+  }),
+  defineRule({
+    id: "MW-K8S-004",
+    family: "kubernetes",
+    severity: "medium",
+    title: "dapr.io/config names a Configuration that is not in the scanned files",
+    why: "If the named Configuration does not exist the sidecar fails to start or runs with defaults, and its mTLS and access-control settings cannot be reviewed with the workload.",
+    fix: "Add the Configuration to the same tree (or chart), or fix the name in `dapr.io/config`.",
+    example: { file: "deployment.yaml", bad: secure({ "dapr.io/config": "appconfig" }), good: secure({ "dapr.io/config": "appconfig" }) + APP_CONFIG.replace("ENABLED", "true") },
+    appliesTo: ["workload"],
+    check(workload, corpus) {
+      const name = (workload.annotations["dapr.io/config"] ?? "").trim();
+      if (!isDaprEnabled(workload) || name === "" || referencedConfiguration(workload, corpus) !== undefined) return [];
+      return [annotationHit(workload, "dapr.io/config", `dapr.io/config: ${name} (not found)`)];
+    },
+  }),
+  defineRule({
+    id: "MW-K8S-005",
+    family: "kubernetes",
+    severity: "high",
+    title: "Workload uses a Configuration with mTLS disabled",
+    why: "The workload's sidecar inherits `mtls.enabled: false` from the Configuration it names: its traffic to other sidecars is plaintext and unauthenticated.",
+    fix: "Enable mTLS in the referenced Configuration or point `dapr.io/config` at one that has it.",
+    example: {
+      file: "deployment.yaml",
+      bad: secure({ "dapr.io/config": "appconfig" }) + APP_CONFIG.replace("ENABLED", "false"),
+      good: secure({ "dapr.io/config": "appconfig" }) + APP_CONFIG.replace("ENABLED", "true"),
+    },
+    appliesTo: ["workload"],
+    check(workload, corpus) {
+      if (!isDaprEnabled(workload)) return [];
+      const configuration = referencedConfiguration(workload, corpus);
+      if (configuration === undefined || !isFalsy(get(configuration.spec, "mtls", "enabled"))) return [];
+      return [annotationHit(workload, "dapr.io/config", `dapr.io/config: ${configuration.name} (mtls.enabled: false in ${configuration.source.file})`)];
+    },
+  }),
+  defineRule({
+    id: "MW-K8S-006",
+    family: "kubernetes",
+    severity: "low",
+    title: "App accepts calls without checking they come from Dapr",
+    why: "Without `dapr.io/app-token-secret` the app cannot tell the sidecar's calls from anyone else's on its port.",
+    fix: "Set `dapr.io/app-token-secret` and have the app check the `dapr-api-token` header.",
+    example: { file: "deployment.yaml", bad: deploymentYaml(without("dapr.io/app-token-secret")), good: secure() },
+    appliesTo: ["workload"],
+    check(workload) {
+      if ((workload.annotations["dapr.io/app-port"] ?? "") === "") return [];
+      return missingAnnotation(workload, "dapr.io/app-token-secret");
+    },
+  }),
+  defineRule({
+    id: "MW-K8S-007",
+    family: "kubernetes",
+    severity: "medium",
+    title: "Dapr-enabled workload on the host network",
+    why: "With `hostNetwork: true` the sidecar's ports (API, metrics, internal gRPC) are bound on the node's interfaces and the pod sees all node traffic.",
+    fix: "Remove `hostNetwork: true`.",
+    example: { file: "deployment.yaml", bad: secure({}, "      hostNetwork: true\n"), good: secure({}, "      hostNetwork: false\n") },
+    appliesTo: ["workload"],
+    check(workload) {
+      if (!isDaprEnabled(workload) || !isTruthy(workload.podSpec["hostNetwork"])) return [];
+      return [{ path: [...workload.podSpecPath, "hostNetwork"], evidence: "hostNetwork: true" }];
+    },
+  }),
+  defineRule({
+    id: "MW-K8S-008",
+    family: "kubernetes",
+    severity: "medium",
+    title: "Dapr sidecar profiling endpoint enabled",
+    why: "`dapr.io/enable-profiling` opens a pprof endpoint without authentication that leaks memory contents and can be used to exhaust the sidecar.",
+    fix: "Remove `dapr.io/enable-profiling` outside a debugging session.",
+    example: { file: "deployment.yaml", bad: secure({ "dapr.io/enable-profiling": "true" }), good: secure({ "dapr.io/enable-profiling": "false" }) },
+    appliesTo: ["workload"],
+    check(workload) {
+      if (!isDaprEnabled(workload) || !isTruthy(workload.annotations["dapr.io/enable-profiling"])) return [];
+      return [annotationHit(workload, "dapr.io/enable-profiling", "dapr.io/enable-profiling: true")];
+    },
+  }),
+];

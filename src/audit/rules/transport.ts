@@ -1,0 +1,265 @@
+import type { ComponentMetadataItem, DaprComponent, Hit, Rule } from "../types.ts";
+import { isTruthy } from "../shape.ts";
+import { componentYaml, secretRefYaml } from "./example-builders.ts";
+import { componentFamily, connectionParam, defineRule, hostOf, metadataItem, typePath } from "./helpers.ts";
+
+function connectionString(component: DaprComponent): ComponentMetadataItem | undefined {
+  const item = metadataItem(component, "connectionString", "url", "dsn", "connection");
+  return item?.hasInlineValue === true && item.value.trim() !== "" ? item : undefined;
+}
+
+function isPostgres(component: DaprComponent): boolean {
+  return /postgres|cockroach|yugabyte/.test(componentFamily(component));
+}
+
+function isMysql(component: DaprComponent): boolean {
+  return /^mysql|mariadb/.test(componentFamily(component));
+}
+
+function postgresSslMode(component: DaprComponent): { item: ComponentMetadataItem; mode: string } | undefined {
+  const item = connectionString(component);
+  if (item === undefined) return undefined;
+  return { item, mode: (connectionParam(item.value, "sslmode") ?? "").toLowerCase() };
+}
+
+function hit(item: ComponentMetadataItem, evidence: string): Hit {
+  return { path: item.path, evidence };
+}
+
+const PLAINTEXT_SCHEMES: Readonly<Record<string, string>> = {
+  amqp: "amqps://",
+  mqtt: "mqtts:// (or ssl://)",
+  tcp: "ssl:// / tls://",
+  nats: "tls:// with a CA",
+  redis: "rediss://",
+  http: "https://",
+  ws: "wss://",
+  ldap: "ldaps://",
+};
+
+/** "1.0", "TLSv1.1", "VersionTLS10", "tls1_1", "SSLv3" → true; "1.2", "TLS13" → false. */
+export function isInsecureTlsVersion(value: string): boolean {
+  const text = value.trim().toLowerCase();
+  if (text.startsWith("ssl")) return true;
+  const digits = text.replace(/version|tls|v|[._\s]/g, "");
+  return digits === "1" || digits === "10" || digits === "11";
+}
+
+export const transportRules: Rule[] = [
+  defineRule({
+    id: "MW-TLS-001",
+    family: "tls",
+    severity: "high",
+    title: "Redis component without TLS",
+    why: "Dapr talks to Redis in plaintext unless `enableTLS` is \"true\": state, messages and the Redis password cross the network readable by anyone on the path.",
+    fix: "Add `enableTLS: \"true\"` (and use a Redis endpoint that serves TLS).",
+    example: {
+      file: "statestore.yaml",
+      bad: componentYaml("state.redis", { redisHost: "redis-master.default.svc.cluster.local:6379" }) + secretRefYaml("redisPassword", "redis"),
+      good: componentYaml("state.redis", { redisHost: "redis-master.default.svc.cluster.local:6379", enableTLS: "true" }) + secretRefYaml("redisPassword", "redis"),
+    },
+    appliesTo: ["dapr-component"],
+    check(component) {
+      if (componentFamily(component) !== "redis") return [];
+      const item = metadataItem(component, "enableTLS");
+      if (item !== undefined && (isTruthy(item.value) || item.hasSecretRef)) return [];
+      if (item !== undefined) return [hit(item, `enableTLS: "${item.value}"`)];
+      return [{ path: typePath(), evidence: `${component.type} without enableTLS` }];
+    },
+  }),
+  defineRule({
+    id: "MW-TLS-002",
+    family: "tls",
+    severity: "high",
+    title: "PostgreSQL connection without enforced TLS",
+    why: "libpq's `sslmode` `disable`, `allow` and `prefer` (and no sslmode, which means prefer) let the connection fall back to plaintext; an attacker on the path simply refuses TLS.",
+    fix: "Use `sslmode=verify-full` with `sslrootcert` pointing at the server's CA.",
+    example: {
+      file: "statestore.yaml",
+      bad: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=disable" }),
+      good: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=verify-full sslrootcert=/etc/pg/ca.pem" }),
+    },
+    appliesTo: ["dapr-component"],
+    check(component) {
+      if (!isPostgres(component)) return [];
+      const ssl = postgresSslMode(component);
+      if (ssl === undefined || !["", "disable", "allow", "prefer"].includes(ssl.mode)) return [];
+      return [hit(ssl.item, ssl.mode === "" ? "sslmode not set (libpq default: prefer)" : `sslmode=${ssl.mode}`)];
+    },
+  }),
+  defineRule({
+    id: "MW-TLS-003",
+    family: "tls",
+    severity: "medium",
+    title: "PostgreSQL TLS without host name verification",
+    why: "`sslmode=require` encrypts but checks no certificate and `verify-ca` does not check the host name: anyone with a certificate from any trusted CA (or none, for require) can impersonate the database.",
+    fix: "Use `sslmode=verify-full`.",
+    example: {
+      file: "statestore.yaml",
+      bad: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=require" }),
+      good: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=verify-full" }),
+    },
+    appliesTo: ["dapr-component"],
+    check(component) {
+      if (!isPostgres(component)) return [];
+      const ssl = postgresSslMode(component);
+      if (ssl === undefined || !["require", "verify-ca"].includes(ssl.mode)) return [];
+      return [hit(ssl.item, `sslmode=${ssl.mode}`)];
+    },
+  }),
+  defineRule({
+    id: "MW-TLS-004",
+    family: "tls",
+    severity: "high",
+    title: "MySQL connection without verified TLS",
+    why: "The Go MySQL driver uses plaintext unless the DSN says `tls=true` or `tls=custom`; `tls=preferred` falls back to plaintext and `tls=skip-verify` accepts any certificate.",
+    fix: "Add `tls=true` (or `tls=custom` with `pemPath`) to the DSN.",
+    example: {
+      file: "statestore.yaml",
+      bad: componentYaml("state.mysql", { connectionString: "dapr@tcp(mysql.db.svc:3306)/?allowNativePasswords=true" }),
+      good: componentYaml("state.mysql", { connectionString: "dapr@tcp(mysql.db.svc:3306)/?allowNativePasswords=true&tls=true" }),
+    },
+    appliesTo: ["dapr-component"],
+    check(component) {
+      if (!isMysql(component)) return [];
+      const item = connectionString(component);
+      if (item === undefined) return [];
+      const tls = (connectionParam(item.value, "tls") ?? "").toLowerCase();
+      if (tls === "true" || tls === "custom") return [];
+      return [hit(item, tls === "" ? "tls not set in the DSN" : `tls=${tls}`)];
+    },
+  }),
+  defineRule({
+    id: "MW-TLS-005",
+    family: "tls",
+    severity: "high",
+    title: "Kafka without authentication",
+    why: "`authType: none` lets the sidecar (and anyone else) connect to the brokers anonymously; Kafka ACLs cannot tell apps apart.",
+    fix: "Use `authType: mtls` (client certificates), `password` (SASL/SCRAM over TLS) or `oidc`.",
+    example: {
+      file: "pubsub.yaml",
+      bad: componentYaml("pubsub.kafka", { brokers: "kafka.default.svc:9093", authType: "none" }, "pubsub"),
+      good: componentYaml("pubsub.kafka", { brokers: "kafka.default.svc:9093", authType: "mtls" }, "pubsub") + secretRefYaml("caCert", "kafka-tls") + secretRefYaml("clientCert", "kafka-tls") + secretRefYaml("clientKey", "kafka-tls"),
+    },
+    appliesTo: ["dapr-component"],
+    check(component) {
+      if (componentFamily(component) !== "kafka") return [];
+      const authType = metadataItem(component, "authType");
+      if (authType?.hasInlineValue === true && authType.value.trim().toLowerCase() === "none") return [hit(authType, "authType: none")];
+      const authRequired = metadataItem(component, "authRequired");
+      if (authType === undefined && authRequired?.hasInlineValue === true && !isTruthy(authRequired.value)) {
+        return [hit(authRequired, `authRequired: "${authRequired.value}"`)];
+      }
+      return [];
+    },
+  }),
+  defineRule({
+    id: "MW-TLS-006",
+    family: "tls",
+    severity: "high",
+    title: "Kafka TLS disabled",
+    why: "`disableTls: \"true\"` sends messages and SASL credentials to the brokers in plaintext.",
+    fix: "Remove `disableTls` (TLS is on by default) and point `brokers` at the TLS listener.",
+    example: {
+      file: "pubsub.yaml",
+      bad: componentYaml("pubsub.kafka", { brokers: "kafka.default.svc:9092", authType: "mtls", disableTls: "true" }, "pubsub"),
+      good: componentYaml("pubsub.kafka", { brokers: "kafka.default.svc:9093", authType: "mtls", disableTls: "false" }, "pubsub"),
+    },
+    appliesTo: ["dapr-component"],
+    check(component) {
+      if (componentFamily(component) !== "kafka") return [];
+      const item = metadataItem(component, "disableTls");
+      return item !== undefined && isTruthy(item.value) ? [hit(item, `disableTls: "${item.value}"`)] : [];
+    },
+  }),
+  defineRule({
+    id: "MW-TLS-007",
+    family: "tls",
+    severity: "high",
+    title: "Plaintext endpoint where a TLS form exists",
+    why: "`amqp://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form.",
+    fix: "Use the TLS scheme (`amqps://`, `mqtts://`/`ssl://`, `rediss://`, `https://`, `wss://`, `ldaps://`; NATS with `tls://` and a CA).",
+    example: {
+      file: "pubsub.yaml",
+      bad: componentYaml("pubsub.rabbitmq", { host: "amqp://rabbitmq.default.svc:5672", durable: "true" }, "pubsub"),
+      good: componentYaml("pubsub.rabbitmq", { host: "amqps://rabbitmq.default.svc:5671", durable: "true" }, "pubsub"),
+    },
+    appliesTo: ["dapr-component"],
+    check(component) {
+      const hits: Hit[] = [];
+      for (const item of component.metadata) {
+        if (!item.hasInlineValue) continue;
+        const match = /^([a-z]+):\/\//i.exec(item.value.trim());
+        const scheme = match?.[1]?.toLowerCase() ?? "";
+        const secure = PLAINTEXT_SCHEMES[scheme];
+        if (secure === undefined) continue;
+        hits.push({ path: item.path, evidence: `${item.name}: ${scheme}://${hostOf(item.value)}`, detail: `Use ${secure}.` });
+      }
+      return hits;
+    },
+  }),
+  defineRule({
+    id: "MW-TLS-008",
+    family: "tls",
+    severity: "high",
+    title: "MongoDB without TLS",
+    why: "A `mongodb://` connection without `tls=true` (or `ssl=true`) is plaintext: documents and credentials are readable on the network.",
+    fix: "Add `tls=true` to `params` (e.g. `?tls=true&tlsCAFile=...`) or use a `mongodb+srv://` server, which enables TLS by default.",
+    example: {
+      file: "statestore.yaml",
+      bad: componentYaml("state.mongodb", { host: "mongo.db.svc:27017", databaseName: "orders" }),
+      good: componentYaml("state.mongodb", { host: "mongo.db.svc:27017", databaseName: "orders", params: "?tls=true&tlsCAFile=/etc/mongo/ca.pem" }),
+    },
+    appliesTo: ["dapr-component"],
+    check(component) {
+      if (componentFamily(component) !== "mongodb") return [];
+      const texts = component.metadata.filter((item) => item.hasInlineValue).map((item) => item.value);
+      if (texts.some((text) => /mongodb\+srv:\/\//i.test(text))) {
+        if (!texts.some((text) => /(tls|ssl)=false/i.test(text))) return [];
+      } else if (texts.some((text) => /(^|[?&])(tls|ssl)=true/i.test(text))) {
+        return [];
+      }
+      const anchor = metadataItem(component, "params", "connectionString", "server", "host");
+      const evidence = texts.some((text) => /(tls|ssl)=false/i.test(text)) ? "tls=false" : "no tls=true in host/params";
+      return [anchor === undefined ? { path: typePath(), evidence } : hit(anchor, evidence)];
+    },
+  }),
+  defineRule({
+    id: "MW-TLS-009",
+    family: "tls",
+    severity: "high",
+    title: "TLS certificate verification disabled",
+    why: "`skipVerify`/`insecureSkipVerify: true` accepts any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything.",
+    fix: "Remove the skip-verify setting and give the component the CA that signed the server's certificate (`caCert`).",
+    example: {
+      file: "pubsub.yaml",
+      bad: componentYaml("pubsub.mqtt3", { url: "mqtts://mqtt.default.svc:8883", skipVerify: "true" }, "pubsub"),
+      good: componentYaml("pubsub.mqtt3", { url: "mqtts://mqtt.default.svc:8883", skipVerify: "false" }, "pubsub"),
+    },
+    appliesTo: ["dapr-component"],
+    check(component) {
+      return component.metadata
+        .filter((item) => /(skip.?(tls.?)?verif|insecure.?skip|tls.?insecure|^insecure$)/i.test(item.name) && isTruthy(item.value))
+        .map((item) => hit(item, `${item.name}: "${item.value}"`));
+    },
+  }),
+  defineRule({
+    id: "MW-TLS-010",
+    family: "tls",
+    severity: "medium",
+    title: "Minimum TLS version below 1.2",
+    why: "TLS 1.0 and 1.1 are deprecated (RFC 8996) and allow downgrade to weak ciphers; meshward's own floor is 1.2.",
+    fix: "Set the minimum version to 1.2 (or 1.3 where all peers support it).",
+    example: {
+      file: "binding.yaml",
+      bad: componentYaml("bindings.http", { url: "https://api.example.org", minTLSVersion: "1.0" }, "api"),
+      good: componentYaml("bindings.http", { url: "https://api.example.org", minTLSVersion: "1.2" }, "api"),
+    },
+    appliesTo: ["dapr-component"],
+    check(component) {
+      return component.metadata
+        .filter((item) => /(min.?(tls.?)?version|tls.?min.?version|min.?tls)$/i.test(item.name) && isInsecureTlsVersion(item.value))
+        .map((item) => hit(item, `${item.name}: "${item.value}"`));
+    },
+  }),
+];

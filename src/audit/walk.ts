@@ -1,0 +1,97 @@
+import { closeSync, lstatSync, openSync, readSync, readdirSync, readFileSync, realpathSync, statSync } from "node:fs";
+import { join } from "node:path";
+import type { SkippedFile } from "./types.ts";
+
+export const DEFAULT_MAX_FILE_BYTES = 4 * 1024 * 1024;
+const IGNORED_DIRECTORIES = new Set([".git", "node_modules", ".hg", ".svn"]);
+
+export interface ReadFile {
+  file: string;
+  text: string;
+}
+
+export interface WalkResult {
+  files: ReadFile[];
+  skipped: SkippedFile[];
+}
+
+/**
+ * Collects the text files under `roots` (files or folders, recursively). Symlinks are
+ * followed once: a directory whose real path was already visited is a loop and is skipped;
+ * a file reached twice is read once. Binary files (a NUL byte in the first 8 KiB) and files
+ * over `maxFileBytes` are skipped and reported, never read whole.
+ */
+export function walk(roots: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_BYTES): WalkResult {
+  const result: WalkResult = { files: [], skipped: [] };
+  const seenDirectories = new Set<string>();
+  const seenFiles = new Set<string>();
+
+  const skip = (file: string, reason: SkippedFile["reason"], detail: string): void => {
+    result.skipped.push({ file, reason, detail });
+  };
+
+  const visit = (path: string, isRoot: boolean): void => {
+    let stats;
+    let real: string;
+    try {
+      const link = lstatSync(path);
+      stats = link.isSymbolicLink() ? statSync(path) : link;
+      real = realpathSync(path);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === "ELOOP") skip(path, "symlink-loop", "symbolic link points back at itself");
+      else skip(path, "unreadable", code === "ENOENT" ? (isRoot ? "does not exist" : "dangling symbolic link") : String(code ?? error));
+      return;
+    }
+    if (stats.isDirectory()) {
+      if (seenDirectories.has(real)) {
+        skip(path, "symlink-loop", `directory already scanned as ${real}`);
+        return;
+      }
+      seenDirectories.add(real);
+      let entries: string[];
+      try {
+        entries = readdirSync(path).sort();
+      } catch (error) {
+        skip(path, "unreadable", String((error as NodeJS.ErrnoException).code ?? error));
+        return;
+      }
+      for (const entry of entries) {
+        if (IGNORED_DIRECTORIES.has(entry)) continue;
+        visit(join(path, entry), false);
+      }
+      return;
+    }
+    if (!stats.isFile()) return;
+    if (seenFiles.has(real)) return;
+    seenFiles.add(real);
+    if (stats.size > maxFileBytes) {
+      skip(path, "too-large", `${stats.size} bytes is over the ${maxFileBytes}-byte limit`);
+      return;
+    }
+    const text = readText(path, stats.size);
+    if (text === undefined) {
+      skip(path, "binary", "contains NUL bytes");
+      return;
+    }
+    result.files.push({ file: path, text });
+  };
+
+  for (const root of roots) visit(root, true);
+  return result;
+}
+
+function readText(path: string, size: number): string | undefined {
+  if (size === 0) return "";
+  const probe = Buffer.alloc(Math.min(size, 8192));
+  const fd = openSync(path, "r");
+  try {
+    readSync(fd, probe, 0, probe.length, 0);
+  } finally {
+    closeSync(fd);
+  }
+  if (probe.includes(0)) return undefined;
+  const buffer = readFileSync(path);
+  if (buffer.includes(0)) return undefined;
+  return buffer.toString("utf8").replace(/^\uFEFF/, "");
+}
