@@ -1,5 +1,5 @@
 import { createPublicKey, randomBytes } from "node:crypto";
-import type { KeyObject, webcrypto, X509Certificate } from "node:crypto";
+import type { KeyObject, webcrypto } from "node:crypto";
 import { MeshwardError } from "../errors.ts";
 import { parseSpiffeId, parseTrustDomain } from "../spiffe/id.ts";
 import * as der from "./der.ts";
@@ -7,16 +7,12 @@ import { assertAcceptableKey, keysMatch } from "./keys.ts";
 import type { KeyPair } from "./keys.ts";
 import { OID } from "./oids.ts";
 import { toWebCryptoPrivateKey, toWebCryptoPublicKey, webCryptoAlgorithms, x509 } from "./peculiar.ts";
-import { signingAlgorithmFor } from "./signature.ts";
-import type { SigningAlgorithm } from "./signature.ts";
-import { keyIdentifier, parseCertificateParts, readBasicConstraints, readSubjectKeyId } from "./x509der.ts";
+import { signerContext } from "./signer.ts";
+import type { Signer } from "./signer.ts";
+import { spkiOf } from "./spki.ts";
+import { keyIdentifier, parseCertificateParts } from "./x509der.ts";
 
-/** A CA certificate with its private key, able to sign. */
-export interface Signer {
-  readonly certificate: X509Certificate;
-  readonly der: Buffer;
-  readonly privateKey: KeyObject;
-}
+export type { Signer };
 
 export interface Validity {
   readonly notBefore: Date;
@@ -179,44 +175,6 @@ export async function createIssuerCertificate(template: IssuerTemplate): Promise
 
 // ---------------------------------------------------------------- leaf (fast synchronous DER path)
 
-interface SignerContext {
-  readonly subject: Buffer;
-  readonly keyId: Buffer;
-  readonly algorithm: SigningAlgorithm;
-  readonly authorityKeyIdExtension: Buffer;
-}
-
-const signerContexts = new WeakMap<Signer, SignerContext>();
-
-/** Parses the signer once: subject DER (copied verbatim as the issuer), SKI, signing algorithm. */
-function signerContext(signer: Signer): SignerContext {
-  const cached = signerContexts.get(signer);
-  if (cached !== undefined) return cached;
-  let parts;
-  try {
-    parts = parseCertificateParts(signer.der);
-  } catch (error) {
-    throw new MeshwardError("E_CERT_INVALID", "the signer's certificate DER could not be parsed", { cause: error });
-  }
-  const basic = parts.extensions.get(OID.basicConstraints);
-  if (basic === undefined || !readBasicConstraints(basic.value).ca) {
-    throw new MeshwardError("E_SIGNER_NOT_CA", "the signer's certificate is not a CA certificate (basicConstraints CA:TRUE)");
-  }
-  if (!keysMatch(signer.privateKey, signer.certificate.publicKey)) {
-    throw new MeshwardError("E_KEY_MISMATCH", "the signer's private key does not belong to its certificate");
-  }
-  const ski = parts.extensions.get(OID.subjectKeyIdentifier);
-  const keyId = ski === undefined ? keyIdentifier(parts.spki) : readSubjectKeyId(ski.value);
-  const context: SignerContext = {
-    subject: parts.subject,
-    keyId,
-    algorithm: signingAlgorithmFor(signer.privateKey),
-    authorityKeyIdExtension: der.sequence(der.oid(OID.authorityKeyIdentifier), der.octetString(der.sequence(der.implicit(0, keyId)))),
-  };
-  signerContexts.set(signer, context);
-  return context;
-}
-
 const VERSION_3 = der.explicit(0, der.integer(2));
 const LEAF_SUBJECT = der.sequence(der.set(der.sequence(der.oid(OID.organizationName), der.utf8String(SUBJECT_ORGANIZATION))));
 const CRITICAL = der.boolean(true);
@@ -243,7 +201,7 @@ export function issueLeafCertificate(template: LeafTemplate): IssuedCertificate 
   const context = signerContext(template.signer);
   const publicKey = publicOnly(template.publicKey);
   assertAcceptableKey(publicKey);
-  const spki = publicKey.export({ type: "spki", format: "der" });
+  const spki = spkiOf(publicKey);
   const serial = checkSerial(template.serial ?? randomSerial());
 
   const names = [der.implicit(6, Buffer.from(id.toString(), "latin1"))];

@@ -4,7 +4,7 @@
  * constraints and key usage. Throws DerError on malformed input.
  */
 import { createHash } from "node:crypto";
-import { children, content, DerError, expectTag, readBigInt, readBitString, readBoolean, readOid, readTlv, readWhole, TAG, whole } from "./der.ts";
+import { children, content, DerError, expectTag, readBigInt, readBitString, readBoolean, readOid, readTime, readTlv, readWhole, TAG, whole } from "./der.ts";
 import type { Tlv } from "./der.ts";
 import { OID } from "./oids.ts";
 
@@ -19,6 +19,8 @@ export interface CertificateParts {
   readonly serial: Buffer;
   readonly issuer: Buffer;
   readonly subject: Buffer;
+  readonly notBefore: Date;
+  readonly notAfter: Date;
   readonly spki: Buffer;
   readonly extensions: ReadonlyMap<string, RawExtension>;
 }
@@ -51,7 +53,7 @@ export function parseCertificateParts(der: Uint8Array): CertificateParts {
   const serialEl = expectTag(fields[i++], TAG.INTEGER, "serial");
   expectTag(fields[i++], TAG.SEQUENCE, "signature algorithm");
   const issuer = expectTag(fields[i++], TAG.SEQUENCE, "issuer");
-  expectTag(fields[i++], TAG.SEQUENCE, "validity");
+  const validity = children(der, expectTag(fields[i++], TAG.SEQUENCE, "validity"));
   const subject = expectTag(fields[i++], TAG.SEQUENCE, "subject");
   const spki = expectTag(fields[i++], TAG.SEQUENCE, "subjectPublicKeyInfo");
   let extensions = new Map<string, RawExtension>();
@@ -64,6 +66,8 @@ export function parseCertificateParts(der: Uint8Array): CertificateParts {
     serial: content(der, serialEl),
     issuer: whole(der, issuer),
     subject: whole(der, subject),
+    notBefore: readTime(der, validity[0], "notBefore"),
+    notAfter: readTime(der, validity[1], "notAfter"),
     spki: whole(der, spki),
     extensions,
   };
