@@ -1,0 +1,209 @@
+/**
+ * Access-control decisions with Dapr's `accessControl` semantics.
+ *
+ * Followed:
+ *   - https://docs.dapr.io/operations/configuration/invoke-allowlist/ ("Policy rules",
+ *     "Policy priority", scenarios 1-5)
+ *   - dapr/dapr pkg/acl/acl.go, pkg/config/trie.go and pkg/acl/acl_test.go (wildcards)
+ *   - dapr/dapr#2124 (same appId in two namespaces = two policies), #2725 (multi-segment
+ *     operation names), #4202 (several operations, gRPC, in one policy)
+ *
+ * Semantics implemented, in the order decide() applies them:
+ *   1. No accessControl block ⇒ allow everything (rule "no-access-control").
+ *   2. A block with neither a global defaultAction nor app policies ⇒ the same as none: allow.
+ *   3. App policies but no global defaultAction ⇒ the global default is deny.
+ *   4. Caller unverifiable (no/invalid SPIFFE workload ID) ⇒ global default.
+ *   5. App policies are keyed by (appId, namespace, trustDomain); policy trustDomain defaults to
+ *      "public". No policy for the caller's appId, or the namespace or trust domain differs
+ *      ⇒ the policy is ignored ⇒ global default. The same appId in two namespaces is two
+ *      independent policies (#2124).
+ *   6. An app policy's defaultAction falls back to the global one.
+ *   7. Operations: the request operation (HTTP path or gRPC "/pkg.Service/Method") is
+ *      normalised (query dropped, "//" collapsed, "."/".." resolved, unreserved %-escapes
+ *      decoded, trailing "/" dropped). HTTP matching is case-insensitive, gRPC case-sensitive
+ *      (as in Dapr). Globs: see operation.ts (`*` one segment, `**` the rest, `a*` in-segment).
+ *   8. Most specific operation wins: segments compared left to right, literal > in-segment
+ *      glob > `*` > `**`; then the longer pattern; then more literal characters; then the
+ *      first declared. (Dapr's trie picks the first inserted match; we pick the most specific.)
+ *   9. HTTP request (verb given): the chosen operation's action for that verb, else for "*",
+ *      else the app default (rule 6) — a verb mismatch does not fall through to a less
+ *      specific operation (as in Dapr). Rules without httpVerb apply to gRPC only (Dapr docs:
+ *      "httpVerb ... unused for grpc invocation").
+ *  10. gRPC/TCP request (verb "" or "*"): the chosen operation's action, verbs ignored.
+ *  11. Operation `action` defaults to allow (Dapr docs), `defaultAction`/`action` values are
+ *      case-insensitive and anything other than allow/deny is refused at parse time.
+ *
+ * Differences from Dapr on purpose (fail closed, never silently): unknown fields, duplicate
+ * policies and conflicting duplicate operations are parse errors; `**` only as last segment.
+ *
+ * The operation is the app-side path. Dapr strips `/v1.0/invoke/<app-id>/method` before
+ * matching; the meshward sidecar forwards the app's own path, so policies are written
+ * against that (`/v1/orders/**`, not `/v1.0/invoke/orders/method/v1/orders/**`).
+ */
+import type { AccessControlConfig, Action, AppPolicy, OperationRule } from "./schema.ts";
+import {
+  compareSpecificity,
+  compileOperation,
+  matchesOperation,
+  normaliseOperation,
+  PathSegments,
+  type OperationPattern,
+} from "./operation.ts";
+
+export interface Caller {
+  readonly trustDomain: string;
+  readonly namespace: string;
+  readonly appId: string;
+}
+
+export interface AccessRequest {
+  /** Undefined when the caller's identity could not be verified. */
+  readonly caller: Caller | undefined;
+  /** HTTP path ("/v1/orders/123") or gRPC method ("/pkg.Service/Method"). */
+  readonly operation: string;
+  /** HTTP method; "" or "*" for gRPC and TCP. */
+  readonly verb: string;
+}
+
+export interface Decision {
+  readonly allowed: boolean;
+  /** Stable, metric-friendly name of the rule that decided. */
+  readonly rule: string;
+  readonly reason: string;
+}
+
+export interface AccessPolicy {
+  decide(request: AccessRequest): Decision;
+  /** True when no access control is configured (everything allowed). */
+  readonly allowsAll: boolean;
+}
+
+interface CompiledOperation {
+  readonly pattern: OperationPattern;
+  readonly verbDecisions: ReadonlyMap<string, Decision>;
+  readonly anyVerbDecision: Decision | undefined;
+  readonly grpcDecision: Decision;
+}
+
+interface CompiledApp {
+  readonly defaultDecision: Decision;
+  readonly operations: readonly CompiledOperation[];
+}
+
+function decision(allowed: boolean, rule: string, reason: string): Decision {
+  return Object.freeze({ allowed, rule, reason });
+}
+
+const ALLOW_ALL = decision(true, "no-access-control", "no access control is configured: every caller is allowed");
+
+export function compilePolicy(config: AccessControlConfig | undefined): AccessPolicy {
+  if (config === undefined || !config.present || (config.defaultAction === undefined && config.policies.length === 0)) {
+    return { allowsAll: true, decide: () => ALLOW_ALL };
+  }
+
+  const globalAction: Action = config.defaultAction ?? (config.policies.length > 0 ? "deny" : "allow");
+  const globalOrigin = config.defaultAction === undefined ? "implicit global default (app policies exist)" : "global defaultAction";
+  const globalFor = (why: string) => decision(globalAction === "allow", "global-default", `${why}: ${globalOrigin} ${globalAction}`);
+  const unverified = globalFor("the caller's identity could not be verified");
+  const noPolicy = globalFor("no app policy for the caller");
+  const nsMismatch = globalFor("an app policy exists for the caller's app id but not for its namespace");
+  const tdMismatch = globalFor("an app policy exists for the caller's app id and namespace but not for its trust domain");
+
+  // appId -> namespace -> trustDomain -> app: nested maps so that lookups do not build keys.
+  const apps = new Map<string, Map<string, Map<string, CompiledApp>>>();
+  for (const policy of config.policies) {
+    let byNamespace = apps.get(policy.appId);
+    if (!byNamespace) apps.set(policy.appId, (byNamespace = new Map()));
+    let byTrustDomain = byNamespace.get(policy.namespace);
+    if (!byTrustDomain) byNamespace.set(policy.namespace, (byTrustDomain = new Map()));
+    byTrustDomain.set(policy.trustDomain, compileApp(policy, globalAction));
+  }
+
+  const path = new PathSegments();
+
+  return {
+    allowsAll: false,
+    decide(request: AccessRequest): Decision {
+      const caller = request.caller;
+      if (caller === undefined) return unverified;
+      const byNamespace = apps.get(caller.appId);
+      if (byNamespace === undefined) return noPolicy;
+      const byTrustDomain = byNamespace.get(caller.namespace);
+      if (byTrustDomain === undefined) return nsMismatch;
+      const app = byTrustDomain.get(caller.trustDomain);
+      if (app === undefined) return tdMismatch;
+      if (app.operations.length === 0) return app.defaultDecision;
+
+      const verb = request.verb;
+      const isHttp = verb !== "" && verb !== "*";
+      let operation = normaliseOperation(typeof request.operation === "string" ? request.operation : "");
+      if (isHttp) operation = operation.toLowerCase();
+      path.load(operation);
+      for (const candidate of app.operations) {
+        if (!matchesOperation(isHttp ? candidate.pattern.lowerSegments : candidate.pattern.segments, path)) continue;
+        if (!isHttp) return candidate.grpcDecision;
+        return candidate.verbDecisions.get(upperVerb(verb)) ?? candidate.anyVerbDecision ?? app.defaultDecision;
+      }
+      return app.defaultDecision;
+    },
+  };
+}
+
+const KNOWN_VERBS = new Map(
+  ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"].flatMap((v) => [
+    [v, v],
+    [v.toLowerCase(), v],
+  ]),
+);
+
+function upperVerb(verb: string): string {
+  return KNOWN_VERBS.get(verb) ?? verb.toUpperCase();
+}
+
+function compileApp(policy: AppPolicy, globalAction: Action): CompiledApp {
+  const label = `app:${policy.appId}/${policy.namespace}`;
+  const appAction = policy.defaultAction ?? globalAction;
+  const defaultDecision = decision(
+    appAction === "allow",
+    `${label}:default-action`,
+    policy.defaultAction === undefined
+      ? `app policy ${policy.appId}/${policy.namespace} matched, no operation decided, and it has no defaultAction: global default ${globalAction}`
+      : `app policy ${policy.appId}/${policy.namespace} matched and no operation decided: app defaultAction ${appAction}`,
+  );
+
+  // Rules with the same (normalised) name merge into one entry with a verb table.
+  const byName = new Map<string, { pattern: OperationPattern; rules: OperationRule[] }>();
+  for (const rule of policy.operations) {
+    const pattern = compileOperation(rule.name);
+    const entry = byName.get(pattern.name) ?? { pattern, rules: [] };
+    byName.set(pattern.name, entry);
+    entry.rules.push(rule);
+  }
+
+  const operations: CompiledOperation[] = [];
+  for (const { pattern, rules } of byName.values()) {
+    const verbDecisions = new Map<string, Decision>();
+    let anyVerbDecision: Decision | undefined;
+    for (const rule of rules) {
+      for (const verb of rule.httpVerb) {
+        const made = decision(
+          rule.action === "allow",
+          `${label}:op:${pattern.name}:${verb}`,
+          `operation ${pattern.name} ${verb === "*" ? "with any verb" : `with verb ${verb}`} is ${rule.action === "allow" ? "allowed" : "denied"} by app policy ${policy.appId}/${policy.namespace}`,
+        );
+        if (verb === "*") anyVerbDecision ??= made;
+        else if (!verbDecisions.has(verb)) verbDecisions.set(verb, made);
+      }
+    }
+    const grpcRule = rules.find((rule) => rule.httpVerb.length === 0) ?? rules[0]!;
+    const grpcDecision = decision(
+      grpcRule.action === "allow",
+      `${label}:op:${pattern.name}`,
+      `operation ${pattern.name} is ${grpcRule.action === "allow" ? "allowed" : "denied"} by app policy ${policy.appId}/${policy.namespace}`,
+    );
+    operations.push({ pattern, verbDecisions, anyVerbDecision, grpcDecision });
+  }
+  // Array.prototype.sort is stable: equal specificity keeps declaration order.
+  operations.sort((a, b) => compareSpecificity(a.pattern, b.pattern));
+  return { defaultDecision, operations };
+}

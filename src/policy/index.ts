@@ -1,0 +1,5 @@
+export { parseAccessControl, DEFAULT_TRUST_DOMAIN } from "./schema.ts";
+export type { AccessControlConfig, Action, AppPolicy, Locate, OperationRule } from "./schema.ts";
+export { compilePolicy } from "./decide.ts";
+export type { AccessPolicy, AccessRequest, Caller, Decision } from "./decide.ts";
+export { normaliseOperation } from "./operation.ts";

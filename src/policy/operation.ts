@@ -1,0 +1,222 @@
+/**
+ * Operation names and request paths: normalisation and precompiled glob matchers.
+ *
+ * Glob syntax (Dapr's, see https://docs.dapr.io/operations/configuration/invoke-allowlist/
+ * and dapr/dapr pkg/config/trie.go):
+ *   - a segment `*` matches exactly one path segment; a trailing `/*` also matches the bare
+ *     prefix (Dapr: `/op3/a/*` matches `/op3/a`, see dapr/dapr pkg/acl/acl_test.go);
+ *   - a segment `**` matches any number of segments (zero included) and must be the last one;
+ *   - `*` inside a segment (`/v1/order*`) matches any characters within that segment.
+ */
+
+/** Segment kinds, ordered by specificity (higher = more specific). */
+export const SegmentKind = { Rest: 0, Any: 1, Glob: 2, Literal: 3 } as const;
+export type SegmentKind = (typeof SegmentKind)[keyof typeof SegmentKind];
+
+interface Segment {
+  readonly kind: SegmentKind;
+  readonly literal: string;
+  /** Sticky regexp for Glob segments, anchored at a segment start, stops at the next "/". */
+  readonly glob: RegExp | undefined;
+}
+
+export interface OperationPattern {
+  /** The normalised name as written (case kept), e.g. "/v1/orders/**". */
+  readonly name: string;
+  readonly segments: readonly Segment[];
+  /** Segments compared case-insensitively (HTTP). */
+  readonly lowerSegments: readonly Segment[];
+  /** Specificity per segment, left to right, then literal character count. */
+  readonly ranks: readonly number[];
+  readonly literalChars: number;
+}
+
+// Each in-segment "*" adds a level of backtracking over attacker-chosen paths: keep it small.
+const MAX_GLOBS_PER_SEGMENT = 3;
+const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
+
+/**
+ * Normalises a request path the way Dapr does before matching (purell "usually safe greedy"
+ * plus duplicate-slash removal): drops the query and fragment, decodes percent-escapes of
+ * unreserved characters, collapses "//", resolves "." and ".." (never above the root),
+ * drops the trailing slash and guarantees a leading one. Never throws.
+ */
+export function normaliseOperation(input: string): string {
+  if (isAlreadyNormal(input)) return input;
+  let path = input;
+  const cut = firstIndexOf(path, "?", "#");
+  if (cut !== -1) path = path.slice(0, cut);
+  if (path.includes("%")) path = decodeUnreserved(path);
+  const out: string[] = [];
+  for (const segment of path.split("/")) {
+    if (segment === "" || segment === ".") continue;
+    if (segment === "..") {
+      out.pop();
+      continue;
+    }
+    out.push(segment);
+  }
+  return `/${out.join("/")}`;
+}
+
+function isAlreadyNormal(path: string): boolean {
+  const n = path.length;
+  if (n === 0 || path.charCodeAt(0) !== 47 /* / */) return false;
+  if (n > 1 && path.charCodeAt(n - 1) === 47) return false;
+  for (let i = 0; i < n; i++) {
+    const c = path.charCodeAt(i);
+    if (c === 63 /* ? */ || c === 35 /* # */ || c === 37 /* % */) return false;
+    if (c === 47 && i + 1 < n) {
+      const next = path.charCodeAt(i + 1);
+      if (next === 47) return false;
+      if (next === 46 /* . */) {
+        const after = i + 2 < n ? path.charCodeAt(i + 2) : 47;
+        if (after === 47) return false;
+        if (after === 46 && (i + 3 >= n || path.charCodeAt(i + 3) === 47)) return false;
+      }
+    }
+  }
+  return true;
+}
+
+function firstIndexOf(text: string, a: string, b: string): number {
+  const i = text.indexOf(a);
+  const j = text.indexOf(b);
+  if (i === -1) return j;
+  if (j === -1) return i;
+  return Math.min(i, j);
+}
+
+function decodeUnreserved(path: string): string {
+  return path.replace(/%([0-9A-Fa-f]{2})/g, (escape, hex: string) => {
+    const char = String.fromCharCode(Number.parseInt(hex, 16));
+    return UNRESERVED.test(char) ? char : escape.toUpperCase();
+  });
+}
+
+/** Why an operation name cannot be compiled, or undefined when it can. */
+export function operationNameProblem(name: string): string | undefined {
+  if (name.trim() === "") return "the operation name is empty";
+  const segments = normaliseOperation(name).split("/").slice(1);
+  const rest = segments.indexOf("**");
+  if (rest !== -1 && rest !== segments.length - 1) {
+    return "'**' is only supported as the last segment (as in Dapr), e.g. /v1/orders/**";
+  }
+  if (segments.some((segment) => segment !== "**" && (segment.match(/\*+/g)?.length ?? 0) > MAX_GLOBS_PER_SEGMENT)) {
+    return `at most ${MAX_GLOBS_PER_SEGMENT} '*' wildcards per path segment are supported`;
+  }
+  return undefined;
+}
+
+export function compileOperation(rawName: string): OperationPattern {
+  const name = normaliseOperation(rawName);
+  const parts = name === "/" ? [] : name.slice(1).split("/");
+  const segments = parts.map((part) => compileSegment(part));
+  const lowerSegments = parts.map((part) => compileSegment(part.toLowerCase()));
+  let literalChars = 0;
+  for (const part of parts) literalChars += part.replaceAll("*", "").length;
+  return { name, segments, lowerSegments, ranks: segments.map((s) => s.kind), literalChars };
+}
+
+function compileSegment(part: string): Segment {
+  if (part === "**") return { kind: SegmentKind.Rest, literal: part, glob: undefined };
+  if (part === "*") return { kind: SegmentKind.Any, literal: part, glob: undefined };
+  if (part.includes("*")) {
+    const body = part
+      .split(/\*+/)
+      .map((piece) => piece.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))
+      .join("[^/]*");
+    return { kind: SegmentKind.Glob, literal: part, glob: new RegExp(`${body}(?=/|$)`, "y") };
+  }
+  return { kind: SegmentKind.Literal, literal: part, glob: undefined };
+}
+
+/** Orders patterns most specific first (stable for ties: declaration order wins). */
+export function compareSpecificity(a: OperationPattern, b: OperationPattern): number {
+  const n = Math.min(a.ranks.length, b.ranks.length);
+  for (let i = 0; i < n; i++) {
+    const diff = (b.ranks[i] ?? 0) - (a.ranks[i] ?? 0);
+    if (diff !== 0) return diff;
+  }
+  // Same shape up to the shorter one: a longer pattern is more specific unless its extra
+  // segment is a "**" (which also matches nothing).
+  if (a.ranks.length !== b.ranks.length) {
+    const aExtra = a.ranks[n];
+    const bExtra = b.ranks[n];
+    if (aExtra !== undefined) return aExtra === SegmentKind.Rest ? 1 : -1;
+    if (bExtra !== undefined) return bExtra === SegmentKind.Rest ? -1 : 1;
+  }
+  return b.literalChars - a.literalChars;
+}
+
+/**
+ * Segment boundaries of a normalised path, reused between calls so that matching does not
+ * allocate (decide() is synchronous, so one scratch buffer per policy is safe).
+ */
+export class PathSegments {
+  private starts = new Int32Array(16);
+  private ends = new Int32Array(16);
+  count = 0;
+  path = "/";
+
+  load(path: string): void {
+    this.path = path;
+    this.count = 0;
+    if (path.length <= 1) return;
+    let start = 1;
+    for (;;) {
+      const slash = path.indexOf("/", start);
+      const end = slash === -1 ? path.length : slash;
+      this.push(start, end);
+      if (slash === -1) return;
+      start = slash + 1;
+    }
+  }
+
+  private push(start: number, end: number): void {
+    if (this.count === this.starts.length) {
+      const starts = new Int32Array(this.count * 2);
+      const ends = new Int32Array(this.count * 2);
+      starts.set(this.starts);
+      ends.set(this.ends);
+      this.starts = starts;
+      this.ends = ends;
+    }
+    this.starts[this.count] = start;
+    this.ends[this.count] = end;
+    this.count++;
+  }
+
+  start(i: number): number {
+    return this.starts[i] ?? 0;
+  }
+
+  end(i: number): number {
+    return this.ends[i] ?? 0;
+  }
+}
+
+export function matchesOperation(segments: readonly Segment[], path: PathSegments): boolean {
+  const count = path.count;
+  const text = path.path;
+  const last = segments.length - 1;
+  for (let i = 0; i <= last; i++) {
+    const segment = segments[i]!;
+    if (segment.kind === SegmentKind.Rest) return true;
+    if (i >= count) {
+      // Dapr: a trailing "/*" also matches the bare prefix ("/op3/a/*" matches "/op3/a").
+      return i === last && i === count && segment.kind === SegmentKind.Any;
+    }
+    const start = path.start(i);
+    const end = path.end(i);
+    if (segment.kind === SegmentKind.Any) continue;
+    if (segment.kind === SegmentKind.Literal) {
+      if (end - start !== segment.literal.length || !text.startsWith(segment.literal, start)) return false;
+      continue;
+    }
+    const glob = segment.glob!;
+    glob.lastIndex = start;
+    if (!glob.test(text) || glob.lastIndex !== end) return false;
+  }
+  return segments.length === count;
+}

@@ -1,0 +1,275 @@
+import { describe, expect, it } from "vitest";
+import { parse as parseYaml } from "yaml";
+import { compilePolicy, parseAccessControl, type AccessRequest, type Caller } from "../../src/policy/index.ts";
+
+function policyFrom(yaml: string) {
+  return compilePolicy(parseAccessControl(parseYaml(yaml), "test.yaml"));
+}
+
+const caller = (appId: string, namespace = "default", trustDomain = "public"): Caller => ({ appId, namespace, trustDomain });
+const http = (c: Caller | undefined, verb: string, operation: string): AccessRequest => ({ caller: c, verb, operation });
+const grpc = (c: Caller | undefined, operation: string): AccessRequest => ({ caller: c, verb: "", operation });
+
+// One policy that exercises every rule; each row below names the rule it proves.
+const MAIN = `
+apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata: { name: appconfig }
+spec:
+  accessControl:
+    defaultAction: deny
+    trustDomain: public
+    policies:
+    - appId: orders
+      namespace: default
+      defaultAction: allow
+      operations:
+      - { name: /admin/**, httpVerb: ["*"], action: deny }
+      - { name: /admin/health, httpVerb: [GET], action: allow }
+      - { name: /v1/items/*, httpVerb: [GET, POST], action: deny }
+      - { name: /v1/items/special, httpVerb: [GET], action: allow }
+      - { name: /Report*, httpVerb: [GET], action: deny }
+    - appId: orders
+      namespace: staging
+      trustDomain: public
+      defaultAction: deny
+      operations:
+      - { name: /v1/items/*, httpVerb: [GET], action: allow }
+    - appId: caller-app
+      namespace: default
+      defaultAction: deny
+      operations:
+      - { name: /works/*, httpVerb: [GET], action: allow }
+      - { name: /shouldalso/work/*, httpVerb: [GET], action: allow }
+    - appId: grpc-app
+      namespace: app-namespace
+      trustDomain: public
+      operations:
+      - { action: allow, name: /pkg.Orders/Get }
+      - { action: allow, name: /pkg.Orders/List }
+      - { action: allow, name: /pkg.Inventory/* }
+      - { action: deny, name: /pkg.Inventory/Drop }
+    - appId: billing
+      namespace: default
+      trustDomain: corp.example
+      defaultAction: allow
+`;
+
+interface Row {
+  rule: string;
+  request: AccessRequest;
+  allowed: boolean;
+  decidedBy: string;
+}
+
+const ROWS: Row[] = [
+  { rule: "unverifiable caller ⇒ global default", request: http(undefined, "GET", "/v1/items/1"), allowed: false, decidedBy: "global-default" },
+  { rule: "no policy for the caller's app id ⇒ global default", request: http(caller("stranger"), "GET", "/"), allowed: false, decidedBy: "global-default" },
+  { rule: "namespace mismatch ⇒ policy ignored ⇒ global default", request: http(caller("orders", "prod"), "GET", "/x"), allowed: false, decidedBy: "global-default" },
+  { rule: "trust domain mismatch ⇒ policy ignored ⇒ global default", request: http(caller("orders", "default", "other.org"), "GET", "/x"), allowed: false, decidedBy: "global-default" },
+  { rule: "policy trustDomain defaults to public", request: http(caller("orders"), "GET", "/anything"), allowed: true, decidedBy: "app:orders/default:default-action" },
+  { rule: "explicit policy trust domain matches", request: http(caller("billing", "default", "corp.example"), "GET", "/x"), allowed: true, decidedBy: "app:billing/default:default-action" },
+  { rule: "explicit policy trust domain: public caller does not match", request: http(caller("billing"), "GET", "/x"), allowed: false, decidedBy: "global-default" },
+  { rule: "app default when no operation matches", request: http(caller("orders"), "DELETE", "/v2/other"), allowed: true, decidedBy: "app:orders/default:default-action" },
+  { rule: "same app id, other namespace = other policy (#2124)", request: http(caller("orders", "staging"), "DELETE", "/v2/other"), allowed: false, decidedBy: "app:orders/staging:default-action" },
+  { rule: "same app id, other namespace, its own operation", request: http(caller("orders", "staging"), "GET", "/v1/items/7"), allowed: true, decidedBy: "app:orders/staging:op:/v1/items/*:GET" },
+  { rule: "specific verb matched", request: http(caller("orders"), "POST", "/v1/items/7"), allowed: false, decidedBy: "app:orders/default:op:/v1/items/*:POST" },
+  { rule: "verb not listed ⇒ app default (no fall-through)", request: http(caller("orders"), "PUT", "/v1/items/7"), allowed: true, decidedBy: "app:orders/default:default-action" },
+  { rule: "'*' verb matches any verb", request: http(caller("orders"), "PATCH", "/admin/users"), allowed: false, decidedBy: "app:orders/default:op:/admin/**:*" },
+  { rule: "'**' matches several segments", request: http(caller("orders"), "GET", "/admin/a/b/c"), allowed: false, decidedBy: "app:orders/default:op:/admin/**:*" },
+  { rule: "'**' matches the bare prefix", request: http(caller("orders"), "GET", "/admin"), allowed: false, decidedBy: "app:orders/default:op:/admin/**:*" },
+  { rule: "'*' matches exactly one segment", request: http(caller("orders"), "GET", "/v1/items/7/parts"), allowed: true, decidedBy: "app:orders/default:default-action" },
+  { rule: "trailing '/*' matches the bare prefix (Dapr)", request: http(caller("orders"), "GET", "/v1/items"), allowed: false, decidedBy: "app:orders/default:op:/v1/items/*:GET" },
+  { rule: "most specific wins: literal over '**'", request: http(caller("orders"), "GET", "/admin/health"), allowed: true, decidedBy: "app:orders/default:op:/admin/health:GET" },
+  { rule: "most specific wins: literal over '*'", request: http(caller("orders"), "GET", "/v1/items/special"), allowed: true, decidedBy: "app:orders/default:op:/v1/items/special:GET" },
+  { rule: "most specific chosen, then its verb table (POST not on it ⇒ app default)", request: http(caller("orders"), "POST", "/v1/items/special"), allowed: true, decidedBy: "app:orders/default:default-action" },
+  { rule: "in-segment glob", request: http(caller("orders"), "GET", "/reports-2024"), allowed: false, decidedBy: "app:orders/default:op:/Report*:GET" },
+  { rule: "HTTP matching is case-insensitive", request: http(caller("orders"), "get", "/ADMIN/Users"), allowed: false, decidedBy: "app:orders/default:op:/admin/**:*" },
+  { rule: "multi-segment operation names (#2725), first", request: http(caller("caller-app"), "GET", "/works/foo"), allowed: true, decidedBy: "app:caller-app/default:op:/works/*:GET" },
+  { rule: "multi-segment operation names (#2725), second", request: http(caller("caller-app"), "GET", "/shouldalso/work/foo"), allowed: true, decidedBy: "app:caller-app/default:op:/shouldalso/work/*:GET" },
+  { rule: "multi-segment: a near miss is not a match", request: http(caller("caller-app"), "GET", "/shouldalso/play/foo"), allowed: false, decidedBy: "app:caller-app/default:default-action" },
+  { rule: "several gRPC operations in one policy (#4202), first", request: grpc(caller("grpc-app", "app-namespace"), "/pkg.Orders/Get"), allowed: true, decidedBy: "app:grpc-app/app-namespace:op:/pkg.Orders/Get" },
+  { rule: "several gRPC operations in one policy (#4202), second", request: grpc(caller("grpc-app", "app-namespace"), "/pkg.Orders/List"), allowed: true, decidedBy: "app:grpc-app/app-namespace:op:/pkg.Orders/List" },
+  { rule: "gRPC wildcard service", request: grpc(caller("grpc-app", "app-namespace"), "/pkg.Inventory/Count"), allowed: true, decidedBy: "app:grpc-app/app-namespace:op:/pkg.Inventory/*" },
+  { rule: "gRPC most specific: literal deny over '*' allow", request: grpc(caller("grpc-app", "app-namespace"), "/pkg.Inventory/Drop"), allowed: false, decidedBy: "app:grpc-app/app-namespace:op:/pkg.Inventory/Drop" },
+  { rule: "gRPC unmatched method, no app default ⇒ global default via app", request: grpc(caller("grpc-app", "app-namespace"), "/pkg.Orders/Delete"), allowed: false, decidedBy: "app:grpc-app/app-namespace:default-action" },
+  { rule: "gRPC matching is case-sensitive", request: grpc(caller("grpc-app", "app-namespace"), "/pkg.orders/get"), allowed: false, decidedBy: "app:grpc-app/app-namespace:default-action" },
+  { rule: "'*' verb request is gRPC/TCP: verbs ignored", request: { caller: caller("grpc-app", "app-namespace"), verb: "*", operation: "/pkg.Orders/Get" }, allowed: true, decidedBy: "app:grpc-app/app-namespace:op:/pkg.Orders/Get" },
+  { rule: "HTTP request does not match rules without httpVerb (gRPC only)", request: http(caller("grpc-app", "app-namespace"), "POST", "/pkg.Orders/Get"), allowed: false, decidedBy: "app:grpc-app/app-namespace:default-action" },
+  { rule: "normalisation: '..' cannot escape a deny", request: http(caller("orders"), "GET", "/public/../admin/x"), allowed: false, decidedBy: "app:orders/default:op:/admin/**:*" },
+  { rule: "normalisation: duplicate slashes, query, trailing slash", request: http(caller("orders"), "GET", "//admin//x/?a=b"), allowed: false, decidedBy: "app:orders/default:op:/admin/**:*" },
+  { rule: "normalisation: unreserved %-escapes decoded", request: http(caller("orders"), "GET", "/%61dmin/x"), allowed: false, decidedBy: "app:orders/default:op:/admin/**:*" },
+  { rule: "normalisation: missing leading slash", request: http(caller("caller-app"), "GET", "works/foo"), allowed: true, decidedBy: "app:caller-app/default:op:/works/*:GET" },
+];
+
+describe("Dapr accessControl semantics (one row per rule)", () => {
+  const policy = policyFrom(MAIN);
+  it.each(ROWS)("$rule", ({ request, allowed, decidedBy }) => {
+    const d = policy.decide(request);
+    expect(d.rule).toBe(decidedBy);
+    expect(d.allowed).toBe(allowed);
+    expect(d.reason.length).toBeGreaterThan(0);
+  });
+});
+
+describe("global defaults", () => {
+  const alice = http(caller("alice"), "GET", "/x");
+
+  it("no accessControl block ⇒ allow everything", () => {
+    const policy = policyFrom("apiVersion: dapr.io/v1alpha1\nkind: Configuration\nspec:\n  tracing: { samplingRate: '1' }\n");
+    expect(policy.allowsAll).toBe(true);
+    expect(policy.decide(alice)).toMatchObject({ allowed: true, rule: "no-access-control" });
+    expect(policy.decide(http(undefined, "GET", "/x")).allowed).toBe(true);
+    expect(compilePolicy(undefined).decide(alice).allowed).toBe(true);
+  });
+
+  it("empty accessControl (no default, no policies) ⇒ treated as none ⇒ allow", () => {
+    const policy = policyFrom("accessControl:\n  trustDomain: public\n");
+    expect(policy.decide(alice)).toMatchObject({ allowed: true, rule: "no-access-control" });
+  });
+
+  it("app policies without a global default ⇒ deny for everyone else", () => {
+    const policy = policyFrom("accessControl:\n  policies:\n  - { appId: bob, namespace: default, defaultAction: allow }\n");
+    expect(policy.decide(alice)).toMatchObject({ allowed: false, rule: "global-default" });
+    expect(policy.decide(alice).reason).toContain("implicit");
+    expect(policy.decide(http(caller("bob"), "GET", "/x"))).toMatchObject({ allowed: true, rule: "app:bob/default:default-action" });
+  });
+
+  it("global defaultAction allow with no policies ⇒ allow via global default, unverified too", () => {
+    const policy = policyFrom("accessControl:\n  defaultAction: allow\n");
+    expect(policy.decide(alice)).toMatchObject({ allowed: true, rule: "global-default" });
+    expect(policy.decide(http(undefined, "GET", "/x"))).toMatchObject({ allowed: true, rule: "global-default" });
+  });
+
+  it("global defaultAction deny applies to unverified callers even when an app policy allows all", () => {
+    const policy = policyFrom("accessControl:\n  defaultAction: Deny\n  policies:\n  - { appId: bob, namespace: default, defaultAction: allow }\n");
+    expect(policy.decide(http(undefined, "GET", "/x"))).toMatchObject({ allowed: false, rule: "global-default" });
+  });
+
+  it("app without defaultAction inherits the global one (allow)", () => {
+    const policy = policyFrom(
+      "accessControl:\n  defaultAction: allow\n  policies:\n  - appId: bob\n    namespace: default\n    operations: [{ name: /x, httpVerb: [POST], action: deny }]\n",
+    );
+    expect(policy.decide(http(caller("bob"), "GET", "/x"))).toMatchObject({ allowed: true, rule: "app:bob/default:default-action" });
+    expect(policy.decide(http(caller("bob"), "POST", "/x"))).toMatchObject({ allowed: false, rule: "app:bob/default:op:/x:POST" });
+  });
+
+  it("operation action defaults to allow", () => {
+    const policy = policyFrom(
+      "accessControl:\n  defaultAction: deny\n  policies:\n  - appId: bob\n    namespace: default\n    defaultAction: deny\n    operations: [{ name: /x, httpVerb: [GET] }]\n",
+    );
+    expect(policy.decide(http(caller("bob"), "GET", "/x")).allowed).toBe(true);
+    expect(policy.decide(http(caller("bob"), "GET", "/y")).allowed).toBe(false);
+  });
+});
+
+describe("Dapr documentation scenarios", () => {
+  it("scenario 3: POST/PUT op1 for app1; gRPC op2 for app2 in myDomain/ns1", () => {
+    const policy = policyFrom(`
+accessControl:
+  defaultAction: deny
+  trustDomain: "public"
+  policies:
+  - appId: app1
+    defaultAction: deny
+    trustDomain: 'public'
+    namespace: "default"
+    operations:
+    - name: /op1
+      httpVerb: ['POST', 'PUT']
+      action: allow
+  - appId: app2
+    defaultAction: deny
+    trustDomain: 'myDomain'
+    namespace: "ns1"
+    operations:
+    - name: /op2
+      action: allow
+`);
+    expect(policy.decide(http(caller("app1"), "POST", "/op1")).allowed).toBe(true);
+    expect(policy.decide(http(caller("app1"), "PUT", "/op1")).allowed).toBe(true);
+    expect(policy.decide(http(caller("app1"), "GET", "/op1")).allowed).toBe(false);
+    // Trust domains are lower-cased (SPIFFE trust domain names are lowercase).
+    expect(policy.decide(grpc(caller("app2", "ns1", "mydomain"), "/op2")).allowed).toBe(true);
+    expect(policy.decide(grpc(caller("app2", "ns1", "mydomain"), "/op3")).allowed).toBe(false);
+  });
+
+  it("scenario 4: allow all except /op1/* for app1", () => {
+    const policy = policyFrom(`
+accessControl:
+  defaultAction: allow
+  policies:
+  - appId: app1
+    defaultAction: allow
+    trustDomain: 'public'
+    namespace: "default"
+    operations:
+    - { name: /op1/*, httpVerb: ['*'], action: deny }
+`);
+    expect(policy.decide(http(caller("app1"), "GET", "/op1/a")).allowed).toBe(false);
+    expect(policy.decide(http(caller("app1"), "GET", "/op2")).allowed).toBe(true);
+    expect(policy.decide(http(caller("app9"), "GET", "/op1/a")).allowed).toBe(true);
+  });
+
+  it("dapr acl_test wildcard cases (gRPC): /op7/a/b/*, /op7/a/b*, /op7/c/**, exact /op7/a/b/c/f", () => {
+    const policy = policyFrom(`
+accessControl:
+  defaultAction: deny
+  policies:
+  - appId: app4
+    namespace: ns2
+    trustDomain: domain1
+    defaultAction: deny
+    operations:
+    - { action: allow, name: /op6 }
+    - { action: allow, name: /op7/a/b/* }
+    - { action: allow, name: /op7/a/b/c/f }
+    - { action: allow, name: /op7/a/b* }
+    - { action: allow, name: /op7/c/** }
+`);
+    const app4 = caller("app4", "ns2", "domain1");
+    expect(policy.decide(grpc(app4, "op6")).allowed).toBe(true);
+    expect(policy.decide(grpc(app4, "op7/a/b/c")).allowed).toBe(true);
+    expect(policy.decide(grpc(app4, "op7/a/b/c/d")).allowed).toBe(false);
+    expect(policy.decide(grpc(app4, "op7/a/b/c/f")).allowed).toBe(true);
+    expect(policy.decide(grpc(app4, "op7/a/bc")).allowed).toBe(true);
+    expect(policy.decide(grpc(app4, "op7/c/d/e")).allowed).toBe(true);
+  });
+});
+
+describe("robustness", () => {
+  const policy = policyFrom(MAIN);
+  // A small deterministic PRNG so failures reproduce.
+  let seed = 0x2f6b1d;
+  const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+  const alphabet = ["/", "//", ".", "..", "%", "%2F", "%41", "?", "#", "*", "a", "Admin", "v1", "items", "é", "\u0000", " ", "~", "pkg.Svc"];
+  const callers = [undefined, caller("orders"), caller("orders", "staging"), caller("grpc-app", "app-namespace"), caller("x", "y", "z")];
+  const verbs = ["GET", "post", "", "*", "BREW", "g e t"];
+
+  it("random operations never throw and always give a decision with a rule and reason", () => {
+    for (let i = 0; i < 3000; i++) {
+      let op = "";
+      const parts = Math.floor(rand() * 12);
+      for (let j = 0; j < parts; j++) op += alphabet[Math.floor(rand() * alphabet.length)];
+      const request = { caller: callers[i % callers.length], verb: verbs[i % verbs.length]!, operation: op };
+      const d = policy.decide(request);
+      expect(typeof d.allowed).toBe("boolean");
+      expect(d.rule).toMatch(/^(global-default|app:[^:]+:(default-action|op:.+))$/);
+      expect(d.reason).not.toBe("");
+    }
+  });
+
+  it("a very long path (many segments) is handled", () => {
+    const long = "/admin" + "/x".repeat(5000);
+    expect(policy.decide(http(caller("orders"), "GET", long)).allowed).toBe(false);
+    const long2 = "/v1" + "/items".repeat(5000);
+    expect(policy.decide(http(caller("orders"), "GET", long2)).rule).toBe("app:orders/default:default-action");
+  });
+
+  it("decide() returns shared decision objects (no per-request allocation of results)", () => {
+    const a = policy.decide(http(caller("orders"), "GET", "/admin/x"));
+    const b = policy.decide(http(caller("orders"), "GET", "/admin/y/z"));
+    expect(a).toBe(b);
+    expect(Object.isFrozen(a)).toBe(true);
+  });
+});

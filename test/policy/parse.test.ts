@@ -1,0 +1,117 @@
+import { describe, expect, it } from "vitest";
+import { parse as parseYaml } from "yaml";
+import { isMeshwardError } from "../../src/errors.ts";
+import { parseAccessControl } from "../../src/policy/index.ts";
+import { normaliseOperation } from "../../src/policy/operation.ts";
+
+function refusal(fn: () => unknown): { code: string; message: string; path: unknown } {
+  try {
+    fn();
+  } catch (error) {
+    if (isMeshwardError(error)) return { code: error.code, message: error.message, path: error.details?.path };
+    throw error;
+  }
+  throw new Error("expected a refusal, got none");
+}
+
+describe("parseAccessControl accepts Dapr's shapes", () => {
+  it("a kind: Configuration document with spec.accessControl", () => {
+    const config = parseAccessControl(
+      parseYaml(`
+apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata: { name: c }
+spec:
+  accessControl:
+    defaultAction: DENY
+    trustDomain: Public
+    policies:
+    - appId: app1
+      namespace: default
+      operations: [{ name: op1, httpVerb: [get, "*"] }]
+`),
+    );
+    expect(config.present).toBe(true);
+    expect(config.defaultAction).toBe("deny");
+    expect(config.trustDomain).toBe("public");
+    expect(config.policies).toEqual([
+      { appId: "app1", namespace: "default", trustDomain: "public", defaultAction: undefined, operations: [{ name: "/op1", httpVerb: ["GET", "*"], action: "allow" }] },
+    ]);
+  });
+
+  it("a bare accessControl block, and a document holding only accessControl", () => {
+    expect(parseAccessControl({ defaultAction: "allow" }).defaultAction).toBe("allow");
+    expect(parseAccessControl({ accessControl: { defaultAction: "deny" } }).defaultAction).toBe("deny");
+  });
+
+  it("no accessControl ⇒ present: false", () => {
+    expect(parseAccessControl({ kind: "Configuration", spec: { tracing: {} } }).present).toBe(false);
+    expect(parseAccessControl(undefined).present).toBe(false);
+  });
+});
+
+describe("parseAccessControl refuses bad input with the field's path", () => {
+  const base = (policy: object) => ({ kind: "Configuration", spec: { accessControl: { defaultAction: "deny", policies: [policy] } } });
+  it.each([
+    ["bad defaultAction", { kind: "Configuration", spec: { accessControl: { defaultAction: "alow" } } }, "spec.accessControl.defaultAction", /allow" or "deny/],
+    ["missing namespace", base({ appId: "a" }), "spec.accessControl.policies[0].namespace", /./],
+    ["missing appId", base({ namespace: "n" }), "spec.accessControl.policies[0].appId", /./],
+    ["old 'app' field", base({ app: "a", namespace: "n" }), "spec.accessControl.policies[0].app", /appId/],
+    ["unknown field (typo)", base({ appId: "a", namespace: "n", defaultaction: "deny" }), "spec.accessControl.policies[0]", /unknown field "defaultaction"/],
+    ["bad trust domain", base({ appId: "a", namespace: "n", trustDomain: "bad domain!" }), "spec.accessControl.policies[0].trustDomain", /trust domain/],
+    ["bad verb", base({ appId: "a", namespace: "n", operations: [{ name: "/x", httpVerb: ["GET /"] }] }), "spec.accessControl.policies[0].operations[0].httpVerb[0]", /verb/],
+    ["'**' in the middle", base({ appId: "a", namespace: "n", operations: [{ name: "/a/**/b" }] }), "spec.accessControl.policies[0].operations[0].name", /last segment/],
+    ["too many globs", base({ appId: "a", namespace: "n", operations: [{ name: "/a*b*c*d*e" }] }), "spec.accessControl.policies[0].operations[0].name", /wildcards/],
+    ["empty operation name", base({ appId: "a", namespace: "n", operations: [{ name: "" }] }), "spec.accessControl.policies[0].operations[0].name", /empty/],
+    [
+      "conflicting duplicate operation",
+      base({ appId: "a", namespace: "n", operations: [{ name: "/x", httpVerb: ["GET"], action: "allow" }, { name: "x", httpVerb: ["GET"], action: "deny" }] }),
+      "spec.accessControl.policies[0].operations[1]",
+      /different actions/,
+    ],
+    ["wrong kind", { kind: "Component", spec: {} }, "kind", /Configuration/],
+    ["not a mapping", ["x"], "(document)", /mapping/],
+  ])("%s", (_label, doc, field, message) => {
+    const r = refusal(() => parseAccessControl(doc, "cfg.yaml"));
+    expect(r.code).toBe("E_POLICY_INVALID");
+    expect(r.message).toContain(`cfg.yaml: ${field}`);
+    expect(r.message).toMatch(message);
+  });
+
+  it("refuses a duplicate (appId, namespace, trustDomain) policy but accepts the same app id in two namespaces", () => {
+    const two = { accessControl: { policies: [{ appId: "a", namespace: "n1" }, { appId: "a", namespace: "n2" }] } };
+    expect(parseAccessControl(two).policies).toHaveLength(2);
+    const dup = { accessControl: { policies: [{ appId: "a", namespace: "n1" }, { appId: "a", namespace: "n1", trustDomain: "public" }] } };
+    expect(refusal(() => parseAccessControl(dup)).message).toMatch(/duplicate policy.*policies\[0\]/);
+  });
+
+  it("uses the locate callback for file:line", () => {
+    const seen: unknown[] = [];
+    const r = refusal(() =>
+      parseAccessControl({ accessControl: { defaultAction: "maybe" } }, "cfg.yaml", (path) => {
+        seen.push(path);
+        return "cfg.yaml:7";
+      }),
+    );
+    expect(seen).toEqual([["accessControl", "defaultAction"]]);
+    expect(r.message.startsWith("cfg.yaml:7: accessControl.defaultAction:")).toBe(true);
+  });
+});
+
+describe("normaliseOperation (Dapr's purell normalisation)", () => {
+  it.each([
+    ["path", "/path"],
+    ["/path", "/path"],
+    ["///path", "/path"],
+    ["../path", "/path"],
+    ["path%72", "/pathr"],
+    ["/a/./b/../c/", "/a/c"],
+    ["/a%2Fb", "/a%2Fb"],
+    ["/a?x=/admin#frag", "/a"],
+    ["", "/"],
+    ["/", "/"],
+    ["/pkg.Service/Method", "/pkg.Service/Method"],
+  ])("%s → %s", (input, expected) => {
+    expect(normaliseOperation(input)).toBe(expected);
+  });
+});
