@@ -29,9 +29,12 @@ export function parseYamlFile(file: string, text: string): ParsedYaml {
   }
   docs.forEach((doc, index) => {
     if (doc.errors.length > 0) {
+      const seen = new Set<number>();
       for (const error of doc.errors) {
+        if (seen.has(error.pos[0])) continue;
+        seen.add(error.pos[0]);
         const pos = lineCounter.linePos(error.pos[0]);
-        problems.push({ file, line: pos.line, column: pos.col, message: firstLine(error.message) });
+        problems.push({ file, line: pos.line, column: pos.col, message: firstLine(error.message).replace(/ at line \d+, column \d+:?$/, "") });
       }
       return;
     }

@@ -42,7 +42,7 @@ export function redactSecret(value: string): string {
 export function redactConnectionString(value: string): string {
   return value
     .replace(/(\/\/[^:/@\s]*):[^@/\s]*@/g, "$1:****@")
-    .replace(/^([^:/@\s()]+):[^@\s]*@/, "$1:****@")
+    .replace(/^([^:/@\s()]+):[^@\s/]*@(?=(tcp|unix)\()/, "$1:****@")
     .replace(/((?:password|pwd)\s*=\s*)('[^']*'|"[^"]*"|[^\s;&]*)/gi, "$1****");
 }
 

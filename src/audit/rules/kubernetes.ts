@@ -17,12 +17,26 @@ function missingAnnotation(workload: Workload, key: string): Hit[] {
   return [{ path: [...workload.annotationsPath, "dapr.io/enabled"], evidence: `${key} not set` }];
 }
 
-/** The Configuration a workload's `dapr.io/config` names, matched by name and namespace. */
+/**
+ * The Configuration a workload's `dapr.io/config` names: same name, and a namespace that
+ * matches or is unset; among several, an exact namespace match wins, then the one whose file
+ * is nearest the workload's (Helm charts and env folders keep them together).
+ */
 export function referencedConfiguration(workload: Workload, corpus: Corpus): DaprConfiguration | undefined {
   const name = (workload.annotations["dapr.io/config"] ?? "").trim();
-  return corpus.configurations.find((configuration) =>
+  const candidates = corpus.configurations.filter((configuration) =>
     configuration.name === name
     && (configuration.namespace === undefined || workload.namespace === undefined || configuration.namespace === workload.namespace));
+  const score = (configuration: DaprConfiguration): number =>
+    (configuration.namespace !== undefined && configuration.namespace === workload.namespace ? 10_000 : 0)
+    + commonPrefixLength(configuration.source.file, workload.source.file);
+  return candidates.sort((a, b) => score(b) - score(a))[0];
+}
+
+function commonPrefixLength(a: string, b: string): number {
+  let index = 0;
+  while (index < a.length && index < b.length && a[index] === b[index]) index += 1;
+  return index;
 }
 
 const secure = (extra: Record<string, string> = {}, podSpec = ""): string => deploymentYaml({ ...SECURE_DAPR_ANNOTATIONS, ...extra }, podSpec);

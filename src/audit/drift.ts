@@ -1,0 +1,176 @@
+import { basename, resolve } from "node:path";
+import { loadSources } from "./audit.ts";
+import { microTlsEnabled } from "./rules/micro.ts";
+import { validatorNames } from "./rules/mtls.ts";
+import { transportRules } from "./rules/transport.ts";
+import { looksLikeProduction } from "./rules/secrets.ts";
+import { isDaprEnabled } from "./rules/kubernetes.ts";
+import { asArray, asText, durationSeconds, get, isDict, isFalsy, isTruthy, lookup } from "./shape.ts";
+import type { Corpus, Resource } from "./types.ts";
+import { DEFAULT_MAX_FILE_BYTES, walk } from "./walk.ts";
+
+/** One security setting of one environment; a higher rank is stronger. */
+export interface PostureValue {
+  value: string;
+  rank: number;
+}
+
+export type Posture = Map<string, PostureValue>;
+
+export type DriftStatus = "same" | "differs" | "weaker";
+
+export interface DriftRow {
+  aspect: string;
+  subject: string;
+  /** One per environment, in the order given; null where the environment lacks it. */
+  values: (string | null)[];
+  status: DriftStatus;
+  /** Environments weaker than the reference on this row. */
+  weakerIn: string[];
+}
+
+export interface DriftReport {
+  environments: string[];
+  reference: string;
+  rows: DriftRow[];
+}
+
+const SEP = "\u0000";
+
+function durationRank(value: unknown, fallback: string): PostureValue {
+  const text = asText(value) || fallback;
+  return { value: text, rank: -(durationSeconds(text) ?? Number.MAX_SAFE_INTEGER) };
+}
+
+function accessControlPosture(accessControl: unknown): PostureValue {
+  if (!isDict(accessControl)) return { value: "not set (allow all)", rank: 0 };
+  const action = asText(accessControl["defaultAction"]).toLowerCase() || "unset";
+  const policies = asArray(accessControl["policies"]).length;
+  const rank = action === "deny" ? 2 : policies > 0 ? 1 : 0;
+  return { value: `default ${action}, ${policies} polic${policies === 1 ? "y" : "ies"}`, rank };
+}
+
+/** Extracts the comparable security settings of one environment. */
+export function collectPosture(corpus: Corpus): Posture {
+  const posture: Posture = new Map();
+  const put = (aspect: string, subject: string, value: PostureValue): void => {
+    posture.set(`${aspect}${SEP}${subject}`, value);
+  };
+  for (const resource of corpus.resources) collectOne(resource, corpus, put);
+  return posture;
+}
+
+function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, subject: string, value: PostureValue) => void): void {
+  switch (resource.kind) {
+    case "dapr-configuration": {
+      const subject = `Configuration ${resource.name}`;
+      const enabled = get(resource.spec, "mtls", "enabled");
+      const off = enabled !== undefined && isFalsy(enabled);
+      put("mTLS", subject, { value: off ? "off" : "on", rank: off ? 0 : 1 });
+      put("workload cert TTL", subject, durationRank(get(resource.spec, "mtls", "workloadCertTTL"), "24h"));
+      put("allowed clock skew", subject, durationRank(get(resource.spec, "mtls", "allowedClockSkew"), "15m"));
+      put("access policy", subject, accessControlPosture(resource.spec["accessControl"]));
+      return;
+    }
+    case "dapr-component": {
+      const weak = transportRules.flatMap((rule) => (rule.appliesTo.includes("dapr-component") ? rule.check(resource as never, corpus).map(() => rule.id) : []));
+      const value = weak.length === 0 ? "on" : `off/weak (${[...new Set(weak)].join(", ")})`;
+      put("TLS", `component ${resource.name} (${resource.type})`, { value, rank: weak.length === 0 ? 1 : 0 });
+      return;
+    }
+    case "workload": {
+      if (!isDaprEnabled(resource)) return;
+      const subject = `${resource.workloadKind} ${resource.name}`;
+      const token = (resource.annotations["dapr.io/api-token-secret"] ?? "") !== "";
+      put("Dapr API token", subject, { value: token ? "set" : "none", rank: token ? 1 : 0 });
+      const listen = resource.annotations["dapr.io/sidecar-listen-addresses"] ?? "127.0.0.1";
+      const open = /0\.0\.0\.0|::|\*/.test(listen);
+      put("sidecar listen", subject, { value: listen, rank: open ? 0 : 1 });
+      put("Dapr config", subject, { value: resource.annotations["dapr.io/config"] || "default", rank: 0 });
+      return;
+    }
+    case "meshward-sidecar": {
+      const subject = `sidecar ${asText(lookup(resource.config, "app-id")?.value) || basename(resource.source.file)}`;
+      const permissive = /^permissive$/i.test(asText(lookup(resource.config, "mode")?.value).trim());
+      put("mTLS", subject, { value: permissive ? "permissive" : "strict", rank: permissive ? 0 : 1 });
+      const policy = lookup(resource.config, "policy");
+      put("access policy", subject, { value: policy === undefined ? "none" : "set", rank: policy === undefined ? 0 : 1 });
+      return;
+    }
+    case "meshward-ca": {
+      const subject = `CA ${asText(lookup(resource.config, "trustDomain")?.value) || basename(resource.source.file)}`;
+      const names = validatorNames(resource.config).map((validator) => validator.name).sort();
+      put("validators", subject, { value: names.join(", ") || "none", rank: names.includes("insecure") ? 0 : 1 });
+      put("workload cert TTL", subject, durationRank(lookup(resource.config, "workloadTtl")?.value, "24h"));
+      put("allowed clock skew", subject, durationRank(lookup(resource.config, "clockSkew")?.value, "15m"));
+      const dev = isTruthy(lookup(resource.config, "allowInsecureDev")?.value);
+      put("allowInsecureDev", subject, { value: dev ? "true" : "false", rank: dev ? 0 : 1 });
+      return;
+    }
+    case "micro-settings": {
+      const subject = `micro ${basename(resource.source.file)}`;
+      const on = microTlsEnabled(resource);
+      put("TLS", subject, { value: on ? "on" : "off", rank: on ? 1 : 0 });
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+/** The reference is the first environment whose folder name looks like production, else the last. */
+export function referenceIndex(names: readonly string[]): number {
+  const index = names.findIndex((name) => looksLikeProduction(basename(resolve(name)), undefined));
+  return index >= 0 ? index : names.length - 1;
+}
+
+export function compareEnvironments(environments: readonly { name: string; posture: Posture }[]): DriftReport {
+  const names = environments.map((environment) => environment.name);
+  const reference = referenceIndex(names);
+  const keys = new Set<string>();
+  for (const environment of environments) for (const key of environment.posture.keys()) keys.add(key);
+  const rows: DriftRow[] = [];
+  for (const key of [...keys].sort()) {
+    const [aspect = "", subject = ""] = key.split(SEP);
+    const entries = environments.map((environment) => environment.posture.get(key));
+    const referenceEntry = entries[reference];
+    const weakerIn = referenceEntry === undefined
+      ? []
+      : environments.filter((_, index) => index !== reference && entries[index] !== undefined && (entries[index]?.rank ?? 0) < referenceEntry.rank).map((environment) => environment.name);
+    const values = entries.map((entry) => entry?.value ?? null);
+    const differs = new Set(values.map((value) => value ?? "\u0001missing")).size > 1;
+    rows.push({ aspect, subject, values, status: weakerIn.length > 0 ? "weaker" : differs ? "differs" : "same", weakerIn });
+  }
+  return { environments: names, reference: names[reference] ?? "", rows };
+}
+
+/** Drift between environment folders read from disk. */
+export function driftPaths(directories: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_BYTES): DriftReport {
+  const short = directories.map((directory) => basename(resolve(directory)));
+  const names = new Set(short).size === short.length ? short : [...directories];
+  return compareEnvironments(directories.map((directory, index) => {
+    const { corpus } = loadSources(walk([directory], maxFileBytes).files);
+    return { name: names[index] ?? directory, posture: collectPosture(corpus) };
+  }));
+}
+
+export function renderDriftText(report: DriftReport, options: { color: boolean }): string {
+  const paint = (code: string, text: string): string => (options.color ? `\u001b[${code}m${text}\u001b[0m` : text);
+  const header = ["aspect", "subject", ...report.environments.map((name) => (name === report.reference ? `${name} (reference)` : name)), "status"];
+  const body = report.rows.map((row) => [row.aspect, row.subject, ...row.values.map((value) => value ?? "—"), row.status === "weaker" ? `WEAKER in ${row.weakerIn.join(", ")}` : row.status === "differs" ? "differs" : ""]);
+  const widths = header.map((_, column) => Math.max(...[header, ...body].map((cells) => (cells[column] ?? "").length)));
+  const format = (cells: string[]): string => cells.map((cell, column) => cell.padEnd(widths[column] ?? 0)).join("  ").trimEnd();
+  const lines = [paint("1", format(header)), widths.map((width) => "-".repeat(width)).join("  ")];
+  report.rows.forEach((row, index) => {
+    const line = format(body[index] ?? []);
+    lines.push(row.status === "weaker" ? paint("31;1", line) : row.status === "differs" ? paint("33", line) : line);
+  });
+  const weaker = report.rows.filter((row) => row.status === "weaker").length;
+  const differs = report.rows.filter((row) => row.status === "differs").length;
+  lines.push("", `${report.rows.length} settings compared across ${report.environments.length} environments (reference: ${report.reference}): ${weaker} weaker than the reference, ${differs} differ.`);
+  return `${lines.join("\n")}\n`;
+}
+
+export function renderDriftJson(report: DriftReport): string {
+  return `${JSON.stringify(report, null, 2)}\n`;
+}

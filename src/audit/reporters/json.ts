@@ -1,0 +1,26 @@
+import type { AuditResult } from "../types.ts";
+import { countBySeverity, summaryLine, unknownKindCount } from "./summary.ts";
+
+export const JSON_REPORT_VERSION = 1;
+
+export function renderJson(result: AuditResult): string {
+  const report = {
+    version: JSON_REPORT_VERSION,
+    summary: {
+      findings: result.findings.length,
+      bySeverity: countBySeverity(result.findings),
+      filesScanned: result.filesScanned,
+      documentsScanned: result.documentsScanned,
+      resourcesAudited: result.resourcesAudited,
+      unknownKindDocuments: unknownKindCount(result),
+      filesSkipped: result.skipped.length,
+      parseErrors: result.parseErrors.length,
+      text: summaryLine(result),
+    },
+    findings: result.findings,
+    parseErrors: result.parseErrors,
+    skipped: result.skipped,
+    unknownKinds: result.unknownKinds,
+  };
+  return `${JSON.stringify(report, null, 2)}\n`;
+}
