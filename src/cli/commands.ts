@@ -1,10 +1,12 @@
 import type { Command } from "commander";
+import { registerAuditCommand } from "./audit.ts";
 import { registerCaCommand } from "./ca.ts";
 import { registerCertCommand } from "./cert.ts";
 import { registerTokenCommand } from "./token.ts";
 
 /** Every CLI command is registered here, one module per command (DESIGN.md: src/cli). */
 export function registerCommands(program: Command): void {
+  registerAuditCommand(program);
   registerCaCommand(program);
   registerTokenCommand(program);
   registerCertCommand(program);
