@@ -1,0 +1,55 @@
+import type { SecureContextOptions, TlsOptions } from "node:tls";
+import type { Svid, TrustBundle } from "../identity/source.ts";
+
+/** TLS 1.3 suites first (Node disables TLS 1.3 when the list names none), then TLS 1.2 ECDHE + AEAD only. */
+export const TLS13_SUITES = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"] as const;
+export const TLS12_SUITES = [
+  "ECDHE-ECDSA-AES128-GCM-SHA256",
+  "ECDHE-RSA-AES128-GCM-SHA256",
+  "ECDHE-ECDSA-AES256-GCM-SHA384",
+  "ECDHE-RSA-AES256-GCM-SHA384",
+  "ECDHE-ECDSA-CHACHA20-POLY1305",
+  "ECDHE-RSA-CHACHA20-POLY1305",
+] as const;
+export const CIPHERS = [...TLS13_SUITES, ...TLS12_SUITES].join(":");
+export const CURVES = "X25519:P-256:P-384";
+export const MIN_TLS_VERSION = "TLSv1.2" as const;
+/** Seconds a server-issued session ticket may be used to resume. */
+export const DEFAULT_SESSION_TIMEOUT_SECONDS = 300;
+
+export type TlsRole = "server" | "client";
+
+export interface ContextMaterial {
+  readonly svid: Svid;
+  readonly bundle: TrustBundle;
+  /** 48 bytes; servers only. Stable across certificate rotations (see NODE-TLS-FACTS). */
+  readonly ticketKeys?: Buffer;
+  readonly sessionTimeoutSeconds?: number;
+}
+
+export type SecureOptions = SecureContextOptions & Pick<TlsOptions, "requestCert" | "rejectUnauthorized" | "ticketKeys" | "sessionTimeout">;
+
+/**
+ * The complete option set for a secure context. `setSecureContext` resets every option left
+ * out, so this is the only place that assembles TLS options; callers never add to it.
+ */
+export function buildSecureContextOptions(material: ContextMaterial, role: TlsRole): SecureOptions {
+  const base: SecureOptions = {
+    minVersion: MIN_TLS_VERSION,
+    maxVersion: "TLSv1.3",
+    ciphers: CIPHERS,
+    ecdhCurve: CURVES,
+    honorCipherOrder: true,
+    cert: material.svid.certChainPem,
+    key: material.svid.privateKey.export({ format: "pem", type: "pkcs8" }) as string,
+    ca: material.bundle.rootsPem,
+  };
+  if (role === "client") return base;
+  return {
+    ...base,
+    requestCert: true,
+    rejectUnauthorized: true,
+    sessionTimeout: material.sessionTimeoutSeconds ?? DEFAULT_SESSION_TIMEOUT_SECONDS,
+    ...(material.ticketKeys === undefined ? {} : { ticketKeys: material.ticketKeys }),
+  };
+}

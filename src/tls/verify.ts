@@ -1,0 +1,135 @@
+import type { PeerCertificate, TLSSocket } from "node:tls";
+import { MeshwardError } from "../errors.ts";
+import { OID } from "../pki/oids.ts";
+import { parseCertificateParts, readGeneralNames } from "../pki/x509der.ts";
+import { parseSpiffeId } from "../spiffe/id.ts";
+import type { CompiledMatcher } from "../spiffe/match.ts";
+
+/** The verified identity of the other side of a connection. */
+export interface PeerIdentity {
+  readonly spiffeId: string;
+  readonly trustDomain: string;
+  /** Set when the ID has the workload form spiffe://td/ns/<namespace>/<app-id>. */
+  readonly namespace: string | undefined;
+  readonly appId: string | undefined;
+  /** Leaf serial, uppercase hex without leading zeros. */
+  readonly serial: string;
+}
+
+export interface PeerPolicy {
+  readonly accepts: CompiledMatcher;
+  /** For error messages: who was expected. */
+  readonly expected: string;
+  /** Current revoked serials (any case, any leading zeros). */
+  readonly revokedSerials: () => ReadonlySet<string>;
+  /** "server" when checking the server we connected to, "client" when checking a caller. */
+  readonly peerRole: "server" | "client";
+}
+
+export function normalizeSerial(hex: string): string {
+  return hex.toUpperCase().replace(/^0+(?=.)/, "");
+}
+
+const normalizedSets = new WeakMap<ReadonlySet<string>, ReadonlySet<string>>();
+function normalizedRevoked(set: ReadonlySet<string>): ReadonlySet<string> {
+  let out = normalizedSets.get(set);
+  if (out === undefined) {
+    out = new Set([...set].map(normalizeSerial));
+    normalizedSets.set(set, out);
+  }
+  return out;
+}
+
+/**
+ * The SPIFFE ID and serial read from the certificate DER. Exactly one URI SAN is required
+ * (X509-SVID spec); display strings from node are not used (CVE-2021-44532 quoting).
+ */
+export function readSvidIdentity(der: Uint8Array): PeerIdentity {
+  let uris: string[];
+  let serialBytes: Buffer;
+  try {
+    const parts = parseCertificateParts(der);
+    serialBytes = parts.serial;
+    const san = parts.extensions.get(OID.subjectAltName);
+    uris = san === undefined ? [] : readGeneralNames(san.value).uris;
+  } catch (error) {
+    throw new MeshwardError("E_PEER_NO_SPIFFE_ID", "the peer certificate could not be parsed", { cause: error });
+  }
+  if (uris.length !== 1) {
+    throw new MeshwardError(
+      "E_PEER_NO_SPIFFE_ID",
+      uris.length === 0
+        ? "the peer certificate carries no URI SAN, so it is not an X509-SVID"
+        : `the peer certificate carries ${uris.length} URI SANs; an X509-SVID has exactly one`,
+    );
+  }
+  let id;
+  try {
+    id = parseSpiffeId(uris[0]!);
+  } catch (error) {
+    throw new MeshwardError("E_PEER_NO_SPIFFE_ID", "the peer certificate's URI SAN is not a valid SPIFFE ID", { cause: error });
+  }
+  const [ns, namespace, appId, ...extra] = id.segments;
+  const workload = ns === "ns" && namespace !== undefined && appId !== undefined && extra.length === 0;
+  return {
+    spiffeId: id.toString(),
+    trustDomain: id.trustDomain,
+    namespace: workload ? namespace : undefined,
+    appId: workload ? appId : undefined,
+    serial: normalizeSerial(serialBytes.toString("hex")),
+  };
+}
+
+/** Identity check + revocation; throws E_PEER_NO_SPIFFE_ID, E_SPIFFE_MISMATCH or E_CERT_REVOKED. */
+export function verifyPeerCertificate(der: Uint8Array, policy: PeerPolicy): PeerIdentity {
+  const peer = readSvidIdentity(der);
+  if (normalizedRevoked(policy.revokedSerials()).has(peer.serial)) {
+    throw new MeshwardError("E_CERT_REVOKED", `the ${policy.peerRole} certificate (serial ${peer.serial}, ${peer.spiffeId}) is revoked`, {
+      details: { serial: peer.serial, spiffeId: peer.spiffeId },
+    });
+  }
+  if (!policy.accepts(peer.spiffeId)) {
+    throw new MeshwardError(
+      "E_SPIFFE_MISMATCH",
+      policy.peerRole === "server"
+        ? `the server presented ${peer.spiffeId} but ${policy.expected} was expected`
+        : `the caller ${peer.spiffeId} is not allowed (allowed: ${policy.expected})`,
+      { details: { peer: peer.spiffeId, expected: policy.expected } },
+    );
+  }
+  return peer;
+}
+
+/** For `tls.connect({ checkServerIdentity })`: host names are ignored, the SPIFFE ID decides. */
+export function spiffeCheckServerIdentity(policy: PeerPolicy): (host: string, cert: PeerCertificate) => Error | undefined {
+  return (_host, cert) => {
+    if (!cert || !cert.raw) return new MeshwardError("E_PEER_NO_SPIFFE_ID", "the server sent no certificate");
+    try {
+      verifyPeerCertificate(cert.raw, policy);
+      return undefined;
+    } catch (error) {
+      return error as Error;
+    }
+  };
+}
+
+/**
+ * Verifies the peer of an established connection: authorized chain, SPIFFE ID, revocation,
+ * and — for resumed sessions, where neither OpenSSL nor checkServerIdentity looked at the
+ * certificate again — its validity period.
+ */
+export function verifyTlsPeer(socket: TLSSocket, policy: PeerPolicy, now: () => number = Date.now): PeerIdentity {
+  if (!socket.authorized) {
+    throw new MeshwardError("E_PEER_UNTRUSTED", `the ${policy.peerRole} certificate was not verified: ${String(socket.authorizationError ?? "no certificate")}`);
+  }
+  const cert = socket.getPeerX509Certificate();
+  if (cert === undefined) throw new MeshwardError("E_PEER_NO_SPIFFE_ID", `the ${policy.peerRole} sent no certificate`);
+  const peer = verifyPeerCertificate(cert.raw, policy);
+  if (socket.isSessionReused()) {
+    const t = now();
+    if (Date.parse(cert.validTo) <= t || Date.parse(cert.validFrom) > t) {
+      throw new MeshwardError("E_CERT_EXPIRED", `the resumed session's ${policy.peerRole} certificate (${peer.spiffeId}) is outside its validity period`);
+    }
+  }
+  return peer;
+}

@@ -1,0 +1,222 @@
+import type { TLSSocket } from "node:tls";
+import { MeshwardError, describeError } from "../errors.ts";
+import type { IdentitySource } from "../identity/source.ts";
+import { compileMatcher, describeMatcher } from "../spiffe/match.ts";
+import type { SpiffeIdMatcher } from "../spiffe/match.ts";
+import { SecureContextHolder } from "../tls/context.ts";
+import type { IdentityHealth } from "../tls/context.ts";
+import { consoleLogger } from "../tls/logger.ts";
+import type { TlsLogger } from "../tls/logger.ts";
+import { verifyTlsPeer } from "../tls/verify.ts";
+import type { PeerIdentity, PeerPolicy } from "../tls/verify.ts";
+
+/** The only way to weaken verification; its name is the warning. Logged on every use. */
+export interface InsecureEscapeHatch {
+  readonly iUnderstandThisDisablesSecurity: true;
+}
+
+export interface CommonOptions {
+  readonly identity: IdentitySource;
+  readonly logger?: TlsLogger;
+  /** Local debugging only: skips SPIFFE ID checks (servers also accept callers without a certificate). */
+  readonly insecure?: InsecureEscapeHatch;
+}
+
+export interface ServerCommonOptions extends CommonOptions {
+  /** Which callers may connect. Default: any identity in this workload's own trust domain. */
+  readonly authorize?: SpiffeIdMatcher;
+  /** Close connections older than this (HTTP/2: GOAWAY) so revocation and root retirement reach them. Default 1 h; 0 = no cap. */
+  readonly maxConnectionAgeMs?: number;
+  /** Called when the identity becomes unhealthy (expired) or healthy again. */
+  readonly onHealthChange?: (health: IdentityHealth) => void;
+  readonly ticketKeyRotationMs?: number;
+  readonly sessionTimeoutSeconds?: number;
+}
+
+export interface ClientCommonOptions extends CommonOptions {
+  /** The server identity this client expects: an ID, a list, { trustDomain, namespace?, appId? } or a predicate. Required. */
+  readonly expect: SpiffeIdMatcher;
+}
+
+export const DEFAULT_MAX_CONNECTION_AGE_MS = 60 * 60 * 1000;
+
+/** Options meshward sets itself; passing them would bypass or weaken its policy. */
+const POLICY_OWNED = [
+  "rejectUnauthorized",
+  "requestCert",
+  "checkServerIdentity",
+  "secureContext",
+  "ca",
+  "cert",
+  "key",
+  "pfx",
+  "ciphers",
+  "minVersion",
+  "maxVersion",
+  "secureProtocol",
+  "secureOptions",
+  "allowHTTP1",
+  "ecdhCurve",
+] as const;
+
+export const kPeer: unique symbol = Symbol.for("meshward.peer");
+type WithPeer = { [kPeer]?: PeerIdentity };
+
+/** The verified peer of a connection accepted or opened by a meshward server or client. */
+export function peerOf(socket: unknown): PeerIdentity | undefined {
+  return socket !== null && typeof socket === "object" ? (socket as WithPeer)[kPeer] : undefined;
+}
+
+export function setPeer(socket: TLSSocket, peer: PeerIdentity): void {
+  (socket as unknown as WithPeer)[kPeer] = peer;
+}
+
+/** Throws E_INSECURE_CONFIG for anything that could allow plaintext or skip verification. */
+export function assertSecureOptions(options: unknown, what: string, role: "server" | "client"): { insecure: boolean } {
+  if (options === null || typeof options !== "object") {
+    throw new MeshwardError("E_INSECURE_CONFIG", `${what} needs options with an identity source`);
+  }
+  const record = options as Record<string, unknown>;
+  const identity = record.identity as IdentitySource | undefined;
+  if (identity === undefined || identity === null || typeof identity.ready !== "function" || typeof identity.subscribe !== "function") {
+    throw new MeshwardError("E_INSECURE_CONFIG", `${what} needs an identity source (options.identity), e.g. createIdentity(...) or staticIdentity(...)`);
+  }
+  for (const key of POLICY_OWNED) {
+    if (record[key] !== undefined) {
+      throw new MeshwardError(
+        "E_INSECURE_CONFIG",
+        `${what}: option "${key}" is set by meshward's TLS policy and cannot be overridden; use "identity", "${role === "client" ? "expect" : "authorize"}" or, for local debugging only, insecure: { iUnderstandThisDisablesSecurity: true }`,
+      );
+    }
+  }
+  for (const key of ["plaintext", "allowPlaintext", "permissive"]) {
+    if (record[key] !== undefined && record[key] !== false) {
+      throw new MeshwardError("E_INSECURE_CONFIG", `${what}: "${key}" is not supported; meshward SDK connections are always mutual TLS`);
+    }
+  }
+  let insecure = false;
+  if (record.insecure !== undefined) {
+    const hatch = record.insecure as Partial<InsecureEscapeHatch> | null;
+    if (hatch === null || typeof hatch !== "object" || hatch.iUnderstandThisDisablesSecurity !== true) {
+      throw new MeshwardError("E_INSECURE_CONFIG", `${what}: "insecure" must be exactly { iUnderstandThisDisablesSecurity: true }`);
+    }
+    insecure = true;
+  }
+  if (role === "client" && record.expect === undefined && !insecure) {
+    throw new MeshwardError(
+      "E_INSECURE_CONFIG",
+      `${what} needs "expect": the SPIFFE ID (or matcher) of the server it talks to; being signed by our CA is not enough`,
+    );
+  }
+  return { insecure };
+}
+
+export function warnInsecure(logger: TlsLogger, what: string): void {
+  logger.warn(`INSECURE: ${what} skips SPIFFE ID verification (insecure.iUnderstandThisDisablesSecurity); never use this outside local debugging`);
+}
+
+export interface ServerRuntime {
+  readonly holder: SecureContextHolder;
+  readonly policy: PeerPolicy;
+  readonly logger: TlsLogger;
+  readonly insecure: boolean;
+  readonly maxConnectionAgeMs: number;
+}
+
+export async function prepareServer(options: ServerCommonOptions, what: string): Promise<ServerRuntime> {
+  const { insecure } = assertSecureOptions(options, what, "server");
+  const logger = options.logger ?? consoleLogger;
+  const holder = await SecureContextHolder.create(options.identity, {
+    role: "server",
+    logger,
+    ...(options.onHealthChange ? { onHealthChange: options.onHealthChange } : {}),
+    ...(options.ticketKeyRotationMs !== undefined ? { ticketKeyRotationMs: options.ticketKeyRotationMs } : {}),
+    ...(options.sessionTimeoutSeconds !== undefined ? { sessionTimeoutSeconds: options.sessionTimeoutSeconds } : {}),
+  });
+  const authorize = options.authorize ?? { trustDomain: holder.trustDomain() };
+  const policy: PeerPolicy = {
+    accepts: compileMatcher(authorize),
+    expected: describeMatcher(authorize),
+    revokedSerials: () => holder.revokedSerials(),
+    peerRole: "client",
+  };
+  if (insecure) warnInsecure(logger, what);
+  return { holder, policy, logger, insecure, maxConnectionAgeMs: options.maxConnectionAgeMs ?? DEFAULT_MAX_CONNECTION_AGE_MS };
+}
+
+/** Verifies a server-side connection; on refusal logs why and destroys it. Returns the peer or undefined. */
+export function admitConnection(runtime: ServerRuntime, socket: TLSSocket, what: string): PeerIdentity | undefined {
+  if (runtime.insecure) {
+    warnInsecure(runtime.logger, `${what} accepted a connection without verifying the caller`);
+    try {
+      const peer = verifyTlsPeer(socket, { ...runtime.policy, accepts: () => true });
+      setPeer(socket, peer);
+      return peer;
+    } catch {
+      return undefined;
+    }
+  }
+  try {
+    const peer = verifyTlsPeer(socket, runtime.policy);
+    setPeer(socket, peer);
+    return peer;
+  } catch (error) {
+    runtime.logger.warn(`${what} refused a connection from ${socket.remoteAddress ?? "?"}: ${describeError(error)}`);
+    socket.destroy();
+    return undefined;
+  }
+}
+
+/**
+ * Tracks verified connections so a bundle update (new revocations) and the age cap reach
+ * connections that are already open. `onAged` closes one gracefully (GOAWAY, Connection: close…).
+ */
+export class ConnectionRegistry {
+  readonly #open = new Map<TLSSocket, NodeJS.Timeout | undefined>();
+  readonly #off: () => void;
+
+  constructor(
+    private readonly runtime: ServerRuntime,
+    private readonly onAged: (socket: TLSSocket) => void,
+  ) {
+    this.#off = runtime.holder.onUpdate(() => this.recheckAll());
+  }
+
+  add(socket: TLSSocket): void {
+    let timer: NodeJS.Timeout | undefined;
+    if (this.runtime.maxConnectionAgeMs > 0) {
+      timer = setTimeout(() => this.onAged(socket), this.runtime.maxConnectionAgeMs);
+      timer.unref();
+    }
+    this.#open.set(socket, timer);
+    socket.once("close", () => {
+      const t = this.#open.get(socket);
+      if (t !== undefined) clearTimeout(t);
+      this.#open.delete(socket);
+    });
+  }
+
+  get size(): number {
+    return this.#open.size;
+  }
+
+  /** Closes open connections whose peer is now revoked or no longer authorized. */
+  recheckAll(): void {
+    if (this.runtime.insecure) return;
+    for (const socket of this.#open.keys()) {
+      const peer = peerOf(socket);
+      if (peer === undefined) continue;
+      try {
+        verifyTlsPeer(socket, this.runtime.policy);
+      } catch (error) {
+        this.runtime.logger.warn(`closing an open connection from ${peer.spiffeId}: ${describeError(error)}`);
+        socket.destroy();
+      }
+    }
+  }
+
+  close(): void {
+    this.#off();
+    for (const timer of this.#open.values()) if (timer !== undefined) clearTimeout(timer);
+  }
+}

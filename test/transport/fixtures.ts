@@ -1,0 +1,52 @@
+import type { IdentityEvent, IdentitySnapshot, IdentitySource, TrustBundle } from "../../src/identity/source.ts";
+import type { TestLeaf, TestPki } from "../helpers/openssl-pki.ts";
+
+export function bundleOf(pkis: readonly TestPki[], revokedSerials: ReadonlySet<string> = new Set()): TrustBundle {
+  return { trustDomain: pkis[0]!.trustDomain, rootsPem: pkis.map((p) => p.root.certPem).join(""), revokedSerials };
+}
+
+export function snapshotOf(leaf: TestLeaf, bundle: TrustBundle): IdentitySnapshot {
+  return {
+    svid: { spiffeId: leaf.spiffeId ?? "", certChainPem: leaf.chainPem, privateKey: leaf.key, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial },
+    bundle,
+  };
+}
+
+/** An identity source the test drives by hand (a real source is exercised in test/identity). */
+export class ManualIdentity implements IdentitySource {
+  #snapshot: IdentitySnapshot | undefined;
+  readonly #listeners = new Set<(event: IdentityEvent) => void>();
+  constructor(snapshot: IdentitySnapshot) {
+    this.#snapshot = snapshot;
+  }
+  ready = async (): Promise<IdentitySnapshot> => this.#snapshot!;
+  current = (): IdentitySnapshot | undefined => this.#snapshot;
+  subscribe(listener: (event: IdentityEvent) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+  rotate(snapshot: IdentitySnapshot): void {
+    this.#snapshot = snapshot;
+    this.#emit({ type: "rotated", snapshot });
+  }
+  updateBundle(bundle: TrustBundle): void {
+    this.#snapshot = { svid: this.#snapshot!.svid, bundle };
+    this.#emit({ type: "bundle-updated", snapshot: this.#snapshot });
+  }
+  expire(): void {
+    const spiffeId = this.#snapshot!.svid.spiffeId;
+    this.#snapshot = undefined;
+    this.#emit({ type: "expired", spiffeId });
+  }
+  #emit(event: IdentityEvent): void {
+    for (const l of this.#listeners) l(event);
+  }
+  close = async (): Promise<void> => undefined;
+}
+
+export const silentLogger = { lines: [] as string[], info(m: string) { this.lines.push(`info ${m}`); }, warn(m: string) { this.lines.push(`warn ${m}`); }, error(m: string) { this.lines.push(`error ${m}`); } };
+
+export function makeLogger() {
+  const lines: string[] = [];
+  return { lines, info: (m: string) => void lines.push(`info ${m}`), warn: (m: string) => void lines.push(`warn ${m}`), error: (m: string) => void lines.push(`error ${m}`) };
+}
