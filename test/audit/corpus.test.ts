@@ -1,0 +1,84 @@
+import { join, relative } from "node:path";
+import { describe, expect, it } from "vitest";
+import { auditPaths } from "../../src/audit/audit.ts";
+
+const FIXTURES = join(import.meta.dirname, "fixtures");
+
+/** Exact findings per fixture file, as `RULE-ID@line`, in file order. */
+const EXPECTED: Record<string, string[]> = {
+  "quickstart/components/statestore.yaml": ["MW-TLS-001@6"],
+  "quickstart/components/pubsub.yaml": ["MW-TLS-001@14"],
+  "quickstart/components/binding.yaml": ["MW-SECRET-002@10", "MW-TLS-002@10"],
+  "quickstart/config.yaml": ["MW-MTLS-001@11", "MW-MTLS-002@12", "MW-MTLS-003@13"],
+  "quickstart/deploy/order-processor.yaml": ["MW-K8S-003@16", "MW-K8S-002@17", "MW-K8S-006@17", "MW-K8S-005@20", "MW-SECRET-005@29"],
+  "quickstart/deploy/checkout.yaml": ["MW-K8S-002@15", "MW-K8S-004@17", "MW-K8S-001@18", "MW-K8S-008@19", "MW-K8S-007@21"],
+  "helm/rendered.yaml": [
+    "MW-SECRET-007@9",
+    "MW-TLS-005@39",
+    "MW-TLS-006@41",
+    "MW-SECRET-002@54",
+    "MW-TLS-002@54",
+    "MW-ACCESS-001@68",
+    "MW-K8S-003@88",
+    "MW-SECRET-005@125",
+  ],
+  "meshward/ca.yaml": ["MW-MTLS-006@4", "MW-MTLS-007@5", "MW-MTLS-008@6", "MW-MTLS-009@10", "MW-MTLS-005@11"],
+  "meshward/sidecar.yaml": ["MW-SECRET-006@5", "MW-ACCESS-002@11", "MW-MTLS-004@12"],
+  "meshward/policy.yaml": ["MW-ACCESS-001@7"],
+  "meshward/frontend-sidecar.yaml": ["MW-ACCESS-003@6"],
+  "micro/micro.yaml": ["MW-MICRO-005@4", "MW-MICRO-002@6", "MW-MICRO-004@6", "MW-MICRO-003@8"],
+  "micro/service.env": ["MW-MICRO-005@4", "MW-MICRO-001@5"],
+  "broken/mixed.yaml": ["MW-TLS-001@14"],
+  "broken/odd-shapes.yaml": ["MW-TLS-001@34"],
+  "broken/component.json": ["MW-TLS-008@1"],
+};
+
+const FOLDERS = ["quickstart", "helm", "meshward", "micro", "broken"];
+
+function byFile(result: ReturnType<typeof auditPaths>): Record<string, string[]> {
+  const grouped: Record<string, string[]> = {};
+  for (const finding of result.findings) {
+    const file = relative(FIXTURES, finding.file);
+    (grouped[file] ??= []).push(`${finding.ruleId}@${finding.line}`);
+  }
+  return grouped;
+}
+
+describe("fixture corpus", () => {
+  const result = auditPaths(FOLDERS.map((folder) => join(FIXTURES, folder)));
+
+  it("yields exactly the expected findings for every file", () => {
+    expect(byFile(result)).toEqual(EXPECTED);
+  });
+
+  it("reports broken YAML with file:line and keeps auditing the rest of the file", () => {
+    expect(result.parseErrors.map((problem) => `${relative(FIXTURES, problem.file)}:${problem.line}:${problem.column}`)).toEqual(["broken/mixed.yaml:5:1"]);
+    expect(result.parseErrors[0]?.message).toMatch(/same column/);
+  });
+
+  it("skips and counts unknown kinds and non-mapping documents", () => {
+    expect(result.unknownKinds).toEqual({ "v1/Service": 1, "(not a mapping)": 2 });
+    expect(result.skipped).toEqual([]);
+  });
+
+  it("finds nothing in the secure variants", () => {
+    const secure = auditPaths([join(FIXTURES, "secure")]);
+    expect(secure.parseErrors).toEqual([]);
+    expect(secure.findings).toEqual([]);
+    // 7 components, 1 Configuration, 1 Deployment, 1 CA, 1 sidecar, micro.yaml, service.env.
+    expect(secure.resourcesAudited).toBe(13);
+    expect(secure.unknownKinds).toEqual({});
+  });
+
+  it("points at the column of the offending key", () => {
+    const finding = result.findings.find((candidate) => candidate.ruleId === "MW-K8S-001");
+    expect(finding).toMatchObject({ line: 18, column: 9, evidence: "dapr.io/sidecar-listen-addresses: 0.0.0.0" });
+  });
+
+  it("resolves dapr.io/config to the nearest Configuration with the same name", () => {
+    // quickstart/ and secure/ both define `appconfig`; only the quickstart one has mTLS off.
+    const both = auditPaths([join(FIXTURES, "secure"), join(FIXTURES, "quickstart")]);
+    const k8s005 = both.findings.filter((finding) => finding.ruleId === "MW-K8S-005").map((finding) => relative(FIXTURES, finding.file));
+    expect(k8s005).toEqual(["quickstart/deploy/order-processor.yaml"]);
+  });
+});

@@ -1,0 +1,94 @@
+import { describe, expect, it } from "vitest";
+import { auditSources } from "../../src/audit/audit.ts";
+import { ALL_RULES } from "../../src/audit/rules/index.ts";
+
+describe("rule registry", () => {
+  it("has at least 30 rules with unique, well-formed ids", () => {
+    expect(ALL_RULES.length).toBeGreaterThanOrEqual(30);
+    const ids = ALL_RULES.map((rule) => rule.id);
+    expect(new Set(ids).size).toBe(ids.length);
+    for (const rule of ALL_RULES) {
+      expect(rule.id).toMatch(/^MW-[A-Z0-9]+-\d{3}$/);
+      expect(["high", "medium", "low"]).toContain(rule.severity);
+      expect(rule.title.length).toBeGreaterThan(5);
+      expect(rule.why.length).toBeGreaterThan(20);
+      expect(rule.fix.length).toBeGreaterThan(10);
+    }
+  });
+});
+
+// Each rule's own example is its test: the insecure form must produce this rule's finding,
+// the fixed form must produce no finding at all (no false positive from any other rule).
+describe.each(ALL_RULES.map((rule) => [rule.id, rule] as const))("%s", (_id, rule) => {
+  it("fires on the insecure example", () => {
+    const result = auditSources([{ file: rule.example.file, text: rule.example.bad }]);
+    expect(result.parseErrors).toEqual([]);
+    const hits = result.findings.filter((finding) => finding.ruleId === rule.id);
+    expect(hits.length).toBeGreaterThanOrEqual(1);
+    for (const hit of hits) {
+      expect(hit.severity).toBe(rule.severity);
+      expect(hit.file).toBe(rule.example.file);
+      expect(hit.line).toBeGreaterThanOrEqual(1);
+      expect(hit.column).toBeGreaterThanOrEqual(1);
+      expect(hit.evidence).not.toBe("");
+    }
+  });
+
+  it("stays quiet on the fixed example", () => {
+    const result = auditSources([{ file: rule.example.file, text: rule.example.good }]);
+    expect(result.parseErrors).toEqual([]);
+    expect(result.findings).toEqual([]);
+  });
+});
+
+describe("rule details", () => {
+  const audit = (file: string, text: string): string[] =>
+    auditSources([{ file, text }]).findings.map((finding) => `${finding.ruleId}@${finding.line}:${finding.column}`);
+
+  it("reads PostgreSQL sslmode in URL and keyword form, and ignores connection strings from secrets", () => {
+    const component = (connection: string): string =>
+      `apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pg\nspec:\n  type: state.postgresql\n  metadata:\n  - name: connectionString\n    value: "${connection}"\n`;
+    expect(audit("a.yaml", component("postgres://pg.db.svc/state?sslmode=allow"))).toEqual(["MW-TLS-002@9:5"]);
+    expect(audit("a.yaml", component("host=pg sslmode='verify-ca'"))).toEqual(["MW-TLS-003@9:5"]);
+    expect(audit("a.yaml", component("postgresql://pg.db.svc/state?sslmode=verify-full"))).toEqual([]);
+    expect(audit("a.yaml", component("").replace('value: ""', "secretKeyRef: { name: pg, key: url }"))).toEqual([]);
+  });
+
+  it("never prints a secret in evidence", () => {
+    const text = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: s\nspec:\n  type: state.postgresql\n  metadata:\n  - name: connectionString\n    value: postgres://app:TopSecret99@pg/db?sslmode=verify-full\n  - name: accessKey\n    value: AKIAEXAMPLEKEY\n  - name: dsn\n    value: app:Hidden42@tcp(db:3306)/x\n";
+    const result = auditSources([{ file: "s.yaml", text }]);
+    expect(result.findings.map((finding) => finding.ruleId)).toEqual(["MW-SECRET-002", "MW-SECRET-001", "MW-SECRET-002"]);
+    const serialized = JSON.stringify(result.findings);
+    for (const secret of ["TopSecret99", "AKIAEXAMPLEKEY", "Hidden42"]) expect(serialized).not.toContain(secret);
+  });
+
+  it("flags each plaintext scheme and leaves the TLS forms alone", () => {
+    const component = (url: string): string =>
+      `apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: b\nspec:\n  type: bindings.x\n  metadata:\n  - name: endpoint\n    value: ${url}\n`;
+    for (const url of ["amqp://mq:5672", "mqtt://m:1883", "tcp://m:1883", "nats://n:4222", "redis://r:6379", "http://h", "ws://w", "ldap://l"]) {
+      expect(audit("b.yaml", component(url)), url).toEqual(["MW-TLS-007@9:5"]);
+    }
+    for (const url of ["amqps://mq:5671", "mqtts://m:8883", "ssl://m:8883", "tls://n:4222", "rediss://r:6380", "https://h", "wss://w", "ldaps://l"]) {
+      expect(audit("b.yaml", component(url)), url).toEqual([]);
+    }
+  });
+
+  it("reads TLS versions in the usual spellings", () => {
+    const component = (version: string): string =>
+      `apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: b\nspec:\n  type: bindings.http\n  metadata:\n  - name: minTLSVersion\n    value: "${version}"\n`;
+    for (const weak of ["1.0", "1.1", "TLSv1", "TLS1.1", "VersionTLS10", "tls1_1", "SSLv3"]) expect(audit("b.yaml", component(weak)), weak).toEqual(["MW-TLS-010@9:5"]);
+    for (const strong of ["1.2", "1.3", "TLSv1.2", "VersionTLS13"]) expect(audit("b.yaml", component(strong)), strong).toEqual([]);
+  });
+
+  it("reads meshward configs in kind/spec form with camelCase keys", () => {
+    const sidecar = "apiVersion: meshward.dev/v1\nkind: Sidecar\nspec:\n  appId: web\n  ca: ca:8443\n  policy: p.yaml\n  mode: PERMISSIVE\n  token: abcdef123\n";
+    expect(audit("s.yaml", sidecar)).toEqual(["MW-MTLS-004@7:3", "MW-SECRET-006@8:3"]);
+    const ca = "apiVersion: meshward.dev/v1\nkind: CAConfig\nspec:\n  trustDomain: td\n  validators:\n    insecure: {}\n    join-token: { enabled: true }\n    jwks: false\n";
+    expect(audit("c.yaml", ca)).toEqual(["MW-MTLS-005@6:5"]);
+  });
+
+  it("reads kubectl List output", () => {
+    const list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: dapr.io/v1alpha1\n  kind: Configuration\n  metadata:\n    name: c\n  spec:\n    mtls:\n      enabled: false\n";
+    expect(audit("l.yaml", list)).toEqual(["MW-MTLS-001@10:7"]);
+  });
+});
