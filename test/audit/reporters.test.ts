@@ -1,0 +1,76 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { auditPaths } from "../../src/audit/audit.ts";
+import { renderJson } from "../../src/audit/reporters/json.ts";
+import { renderSarif } from "../../src/audit/reporters/sarif.ts";
+import { renderText } from "../../src/audit/reporters/text.ts";
+import { ALL_RULES } from "../../src/audit/rules/index.ts";
+import { validateJsonSchema } from "./json-schema-lite.ts";
+
+const FIXTURES = join(import.meta.dirname, "fixtures");
+const schema = JSON.parse(readFileSync(join(import.meta.dirname, "sarif-schema-2.1.0.json"), "utf8")) as Record<string, unknown>;
+const result = auditPaths([join(FIXTURES, "quickstart"), join(FIXTURES, "broken")].map((path) => path.slice(process.cwd().length + 1)));
+
+describe("SARIF", () => {
+  const log = JSON.parse(renderSarif(result, { rules: ALL_RULES, toolVersion: "0.1.0" })) as {
+    runs: { results: { ruleId: string; ruleIndex: number; level: string; locations: { physicalLocation: { artifactLocation: { uri: string }; region: { startLine: number } } }[] }[]; tool: { driver: { rules: { id: string }[] } } }[];
+  };
+
+  it("is valid against the SARIF 2.1.0 schema", () => {
+    expect(validateJsonSchema(schema, log)).toEqual([]);
+  });
+
+  it("the validator really rejects invalid logs", () => {
+    expect(validateJsonSchema(schema, { ...log, version: "2.0.0" })).not.toEqual([]);
+    const broken = structuredClone(log) as unknown as { runs: { results: { level: string }[] }[] };
+    const first = broken.runs[0]?.results[0];
+    if (first !== undefined) first.level = "fatal";
+    expect(validateJsonSchema(schema, broken).join("\n")).toMatch(/level/);
+    expect(validateJsonSchema(schema, { version: "2.1.0" })).toEqual(["$: missing required property runs"]);
+    expect(validateJsonSchema(schema, { version: "2.1.0", runs: [{ tool: { driver: {} } }] }).join("\n")).toMatch(/name/);
+  });
+
+  it("carries every finding with its rule, level and location", () => {
+    const run = log.runs[0];
+    expect(run?.results.length).toBe(result.findings.length);
+    for (const [index, finding] of result.findings.entries()) {
+      const sarif = run?.results[index];
+      expect(sarif?.ruleId).toBe(finding.ruleId);
+      expect(run?.tool.driver.rules[sarif?.ruleIndex ?? -1]?.id).toBe(finding.ruleId);
+      expect(sarif?.level).toBe({ high: "error", medium: "warning", low: "note" }[finding.severity]);
+      expect(sarif?.locations[0]?.physicalLocation.region.startLine).toBe(finding.line);
+      expect(sarif?.locations[0]?.physicalLocation.artifactLocation.uri).toBe(finding.file.split("\\").join("/"));
+    }
+  });
+
+  it("is valid with no findings and with absolute paths", () => {
+    const empty = auditPaths([join(FIXTURES, "secure")]);
+    const absolute = auditPaths([join(FIXTURES, "micro")]);
+    for (const each of [empty, absolute]) {
+      expect(validateJsonSchema(schema, JSON.parse(renderSarif(each, { rules: ALL_RULES, toolVersion: "0.1.0" })))).toEqual([]);
+    }
+  });
+});
+
+describe("text and JSON", () => {
+  it("groups by file, ends with a summary line and uses colour only when asked", () => {
+    const plain = renderText(result, { color: false });
+    expect(plain).not.toContain("\u001b[");
+    expect(plain).toMatch(/^test\/audit\/fixtures\/broken\/component\.json\n {2}1:143 +high +MW-TLS-008/m);
+    const lastLine = plain.trimEnd().split("\n").pop() ?? "";
+    expect(lastLine).toMatch(/^\d+ findings \(\d+ high, \d+ medium, \d+ low\) in \d+ files, \d+ files scanned/);
+    expect(lastLine).toContain("1 YAML errors");
+    expect(plain).toContain("test/audit/fixtures/broken/mixed.yaml:5:1");
+    expect(renderText(result, { color: true })).toContain("\u001b[31;1mhigh");
+  });
+
+  it("JSON holds findings, summary and problems", () => {
+    const json = JSON.parse(renderJson(result)) as { summary: { findings: number; bySeverity: Record<string, number>; parseErrors: number }; findings: unknown[] };
+    expect(json.summary.findings).toBe(result.findings.length);
+    expect(json.findings).toEqual(result.findings);
+    expect(json.summary.parseErrors).toBe(1);
+    const total = Object.values(json.summary.bySeverity).reduce((a, b) => a + b, 0);
+    expect(total).toBe(result.findings.length);
+  });
+});
