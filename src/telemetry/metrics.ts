@@ -1,0 +1,313 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Metric } from "prom-client";
+import { MeshwardError } from "../errors.ts";
+
+/**
+ * One prom-client Registry per process component (never the global one), with helpers that
+ * check names against DESIGN.md (`meshward_<component>_<what>_<unit>`): snake case with the
+ * `meshward_` prefix, counters end in `_total`, histograms in a base unit (`_seconds`,
+ * `_bytes`), gauges never in `_total`. Creating a metric that already exists returns the
+ * existing one when type and labels agree, so components can share definitions.
+ */
+export interface MetricOptions<L extends string> {
+  readonly name: string;
+  readonly help: string;
+  readonly labelNames?: readonly L[];
+}
+
+export interface HistogramOptions<L extends string> extends MetricOptions<L> {
+  readonly buckets?: readonly number[];
+}
+
+export interface Metrics {
+  readonly registry: Registry;
+  counter<L extends string = never>(options: MetricOptions<L>): Counter<L>;
+  gauge<L extends string = never>(options: MetricOptions<L>): Gauge<L>;
+  histogram<L extends string = never>(options: HistogramOptions<L>): Histogram<L>;
+  /** Prometheus text exposition of everything in the registry. */
+  text(): Promise<string>;
+  readonly contentType: string;
+}
+
+export interface MetricsConfig {
+  /** Also collect Node process metrics (CPU, memory, event loop lag, fds) as meshward_process_*. */
+  readonly processMetrics?: boolean;
+}
+
+const NAME = /^meshward_[a-z][a-z0-9]*(_[a-z0-9]+)+$/;
+const LABEL = /^[a-z_][a-z0-9_]*$/;
+const HISTOGRAM_UNITS = ["_seconds", "_bytes"];
+
+export function checkMetricName(name: string, type: "counter" | "gauge" | "histogram"): void {
+  const fail = (why: string): never => {
+    throw new MeshwardError("E_METRIC_NAME_INVALID", `metric name ${JSON.stringify(name)} ${why} (see DESIGN.md: meshward_<component>_<what>_<unit>)`);
+  };
+  if (!NAME.test(name)) fail("must be lowercase snake_case starting with meshward_ and have at least two more words");
+  if (type === "counter" && !name.endsWith("_total")) fail("is a counter, so it must end in _total");
+  if (type !== "counter" && name.endsWith("_total")) fail(`is a ${type}, so it must not end in _total`);
+  if (type === "histogram" && !HISTOGRAM_UNITS.some((unit) => name.endsWith(unit))) fail("is a histogram, so it must end in a base unit (_seconds or _bytes)");
+}
+
+function checkLabels(name: string, labels: readonly string[]): void {
+  for (const label of labels) {
+    if (!LABEL.test(label) || label.startsWith("__")) {
+      throw new MeshwardError("E_METRIC_NAME_INVALID", `metric ${name}: label ${JSON.stringify(label)} must be lowercase snake_case`);
+    }
+  }
+}
+
+export function createMetrics(config: MetricsConfig = {}): Metrics {
+  const registry = new Registry();
+  if (config.processMetrics) collectDefaultMetrics({ register: registry, prefix: "meshward_" });
+
+  function existing<T>(name: string, type: string, labelNames: readonly string[]): T | undefined {
+    const found = registry.getSingleMetric(name) as (Metric & { labelNames?: readonly string[]; type?: string }) | undefined;
+    if (!found) return undefined;
+    const sameLabels = [...(found.labelNames ?? [])].sort().join(",") === [...labelNames].sort().join(",");
+    const foundType = (found as { type?: string }).type ?? typeFromInstance(found);
+    if (foundType !== type || !sameLabels) {
+      throw new MeshwardError(
+        "E_METRIC_CONFLICT",
+        `metric ${name} is already registered as a ${foundType} with labels [${(found.labelNames ?? []).join(", ")}]; requested a ${type} with [${labelNames.join(", ")}]`,
+      );
+    }
+    return found as T;
+  }
+
+  return {
+    registry,
+    contentType: registry.contentType,
+    counter<L extends string = never>(options: MetricOptions<L>): Counter<L> {
+      const labelNames = options.labelNames ?? [];
+      checkMetricName(options.name, "counter");
+      checkLabels(options.name, labelNames);
+      return (
+        existing<Counter<L>>(options.name, "counter", labelNames) ??
+        new Counter<L>({ name: options.name, help: options.help, labelNames: [...labelNames], registers: [registry] })
+      );
+    },
+    gauge<L extends string = never>(options: MetricOptions<L>): Gauge<L> {
+      const labelNames = options.labelNames ?? [];
+      checkMetricName(options.name, "gauge");
+      checkLabels(options.name, labelNames);
+      return (
+        existing<Gauge<L>>(options.name, "gauge", labelNames) ??
+        new Gauge<L>({ name: options.name, help: options.help, labelNames: [...labelNames], registers: [registry] })
+      );
+    },
+    histogram<L extends string = never>(options: HistogramOptions<L>): Histogram<L> {
+      const labelNames = options.labelNames ?? [];
+      checkMetricName(options.name, "histogram");
+      checkLabels(options.name, labelNames);
+      return (
+        existing<Histogram<L>>(options.name, "histogram", labelNames) ??
+        new Histogram<L>({
+          name: options.name,
+          help: options.help,
+          labelNames: [...labelNames],
+          registers: [registry],
+          ...(options.buckets ? { buckets: [...options.buckets] } : {}),
+        })
+      );
+    },
+    text: () => registry.metrics(),
+  };
+}
+
+function typeFromInstance(metric: Metric): string {
+  if (metric instanceof Counter) return "counter";
+  if (metric instanceof Gauge) return "gauge";
+  if (metric instanceof Histogram) return "histogram";
+  return "summary";
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared definitions used by several components (CA, identity, SDK, sidecar).
+
+/** Why a TLS handshake failed (issue 7), a closed set so dashboards and alerts can rely on it. */
+export const HANDSHAKE_FAILURE_REASONS = [
+  "no_certificate",
+  "unknown_ca",
+  "expired",
+  "revoked",
+  "spiffe_mismatch",
+  "protocol_version",
+  "other",
+] as const;
+export type HandshakeFailureReason = (typeof HANDSHAKE_FAILURE_REASONS)[number];
+
+export type Direction = "inbound" | "outbound";
+export type CertKind = "root" | "issuer" | "workload";
+
+/** Latency buckets (seconds) for proxied requests: sub-millisecond to 10 s. */
+export const REQUEST_DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] as const;
+
+export interface MeshMetrics {
+  /** meshward_cert_expiry_timestamp_seconds{kind}: when a certificate expires (Unix seconds). */
+  readonly certExpiry: Gauge<"kind">;
+  /** meshward_rotation_total{kind,result}: rotations by certificate kind and result (ok, error). */
+  readonly rotations: Counter<"kind" | "result">;
+  /** meshward_tls_handshakes_total{direction,result}: result is ok or failed. */
+  readonly handshakes: Counter<"direction" | "result">;
+  /** meshward_tls_handshake_failures_total{direction,reason}: reason from HANDSHAKE_FAILURE_REASONS. */
+  readonly handshakeFailures: Counter<"direction" | "reason">;
+  /** meshward_connections_active{direction}. */
+  readonly connectionsActive: Gauge<"direction">;
+  /** meshward_plaintext_connections_total: plaintext accepted in PERMISSIVE mode. */
+  readonly plaintextConnections: Counter;
+  /** meshward_policy_denials_total{caller,rule}: caller is the SPIFFE ID or "unverified". */
+  readonly policyDenials: Counter<"caller" | "rule">;
+  /** meshward_request_duration_seconds{direction,protocol,status_class}. */
+  readonly requestDuration: Histogram<"direction" | "protocol" | "status_class">;
+  /** Counts one failed handshake (both counters) with a classified reason. */
+  handshakeFailed(direction: Direction, error: unknown, socket?: TlsSocketLike): HandshakeFailureReason;
+  handshakeSucceeded(direction: Direction): void;
+}
+
+export function createMeshMetrics(metrics: Metrics): MeshMetrics {
+  const handshakes = metrics.counter({
+    name: "meshward_tls_handshakes_total",
+    help: "TLS handshakes by direction and result (ok, failed).",
+    labelNames: ["direction", "result"],
+  });
+  const handshakeFailures = metrics.counter({
+    name: "meshward_tls_handshake_failures_total",
+    help: "Failed TLS handshakes by direction and reason (no_certificate, unknown_ca, expired, revoked, spiffe_mismatch, protocol_version, other).",
+    labelNames: ["direction", "reason"],
+  });
+  const mesh: MeshMetrics = {
+    certExpiry: metrics.gauge({
+      name: "meshward_cert_expiry_timestamp_seconds",
+      help: "When a certificate expires (Unix seconds), by kind (root, issuer, workload).",
+      labelNames: ["kind"],
+    }),
+    rotations: metrics.counter({
+      name: "meshward_rotation_total",
+      help: "Certificate rotations by kind (root, issuer, workload) and result (ok, error).",
+      labelNames: ["kind", "result"],
+    }),
+    handshakes,
+    handshakeFailures,
+    connectionsActive: metrics.gauge({
+      name: "meshward_connections_active",
+      help: "Open connections by direction (inbound, outbound).",
+      labelNames: ["direction"],
+    }),
+    plaintextConnections: metrics.counter({
+      name: "meshward_plaintext_connections_total",
+      help: "Plaintext connections accepted on an mTLS port (PERMISSIVE mode only).",
+    }),
+    policyDenials: metrics.counter({
+      name: "meshward_policy_denials_total",
+      help: "Requests denied by the access policy, by caller SPIFFE ID (or unverified) and deciding rule.",
+      labelNames: ["caller", "rule"],
+    }),
+    requestDuration: metrics.histogram({
+      name: "meshward_request_duration_seconds",
+      help: "Proxied request latency by direction, protocol (http, grpc, tcp) and status class (2xx, 4xx, 5xx, error).",
+      labelNames: ["direction", "protocol", "status_class"],
+      buckets: REQUEST_DURATION_BUCKETS,
+    }),
+    handshakeFailed(direction, error, socket) {
+      const reason = classifyTlsError(error, socket);
+      handshakes.inc({ direction, result: "failed" });
+      handshakeFailures.inc({ direction, reason });
+      return reason;
+    },
+    handshakeSucceeded(direction) {
+      handshakes.inc({ direction, result: "ok" });
+    },
+  };
+  // Make every reason visible at 0 so rate() and alerts work before the first failure.
+  for (const direction of ["inbound", "outbound"] as const) {
+    handshakes.inc({ direction, result: "ok" }, 0);
+    handshakes.inc({ direction, result: "failed" }, 0);
+    for (const reason of HANDSHAKE_FAILURE_REASONS) handshakeFailures.inc({ direction, reason }, 0);
+  }
+  return mesh;
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS error classification.
+
+/** The part of a server-side tls.TLSSocket we read: Node puts the verify result here. */
+export interface TlsSocketLike {
+  readonly authorizationError?: unknown;
+}
+
+const BY_CODE: ReadonlyMap<string, HandshakeFailureReason> = new Map<string, HandshakeFailureReason>([
+  // The peer sent no certificate (server side), or the server told us one was required.
+  ["ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE", "no_certificate"],
+  ["ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED", "no_certificate"],
+  ["E_NO_CLIENT_CERTIFICATE", "no_certificate"],
+  ["E_NO_PEER_CERTIFICATE", "no_certificate"],
+  // The chain does not lead to a trusted root (OpenSSL verify codes and the peer's alert).
+  ["UNABLE_TO_VERIFY_LEAF_SIGNATURE", "unknown_ca"],
+  ["UNABLE_TO_GET_ISSUER_CERT", "unknown_ca"],
+  ["UNABLE_TO_GET_ISSUER_CERT_LOCALLY", "unknown_ca"],
+  ["SELF_SIGNED_CERT_IN_CHAIN", "unknown_ca"],
+  ["DEPTH_ZERO_SELF_SIGNED_CERT", "unknown_ca"],
+  ["CERT_SIGNATURE_FAILURE", "unknown_ca"],
+  ["CERT_UNTRUSTED", "unknown_ca"],
+  ["ERR_SSL_TLSV1_ALERT_UNKNOWN_CA", "unknown_ca"],
+  ["E_UNKNOWN_CA", "unknown_ca"],
+  ["E_CHAIN_UNTRUSTED", "unknown_ca"],
+  // Outside the validity period (expired, or not yet valid: both are clock/lifetime problems).
+  ["CERT_HAS_EXPIRED", "expired"],
+  ["CERT_NOT_YET_VALID", "expired"],
+  ["ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED", "expired"],
+  ["E_CERT_EXPIRED", "expired"],
+  ["E_CERT_NOT_YET_VALID", "expired"],
+  // Revoked (our CRL, or the peer's alert).
+  ["CERT_REVOKED", "revoked"],
+  ["ERR_SSL_SSLV3_ALERT_CERTIFICATE_REVOKED", "revoked"],
+  ["E_CERT_REVOKED", "revoked"],
+  // The peer is not the SPIFFE ID we expected.
+  ["E_SPIFFE_MISMATCH", "spiffe_mismatch"],
+  ["ERR_TLS_CERT_ALTNAME_INVALID", "spiffe_mismatch"],
+  ["E_PEER_NO_SPIFFE_ID", "spiffe_mismatch"],
+  ["E_TRUST_DOMAIN_MISMATCH", "spiffe_mismatch"],
+  // TLS version below our minimum, or no common version.
+  ["ERR_SSL_UNSUPPORTED_PROTOCOL", "protocol_version"],
+  ["ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION", "protocol_version"],
+  ["ERR_SSL_NO_PROTOCOLS_AVAILABLE", "protocol_version"],
+  ["ERR_SSL_VERSION_TOO_LOW", "protocol_version"],
+  ["ERR_SSL_UNSUPPORTED_SSL_VERSION", "protocol_version"],
+  ["ERR_TLS_INVALID_PROTOCOL_VERSION", "protocol_version"],
+]);
+
+/**
+ * Maps a TLS failure to a HandshakeFailureReason. Server side, pass the TLSSocket too
+ * (`server.on("tlsClientError", (err, socket) => …)`): when the client's certificate fails
+ * verification Node ends the handshake and reports a bare ECONNRESET, and the real reason
+ * (e.g. CERT_HAS_EXPIRED) is only on `socket.authorizationError`. Follows `cause` chains.
+ */
+export function classifyTlsError(error: unknown, socket?: TlsSocketLike): HandshakeFailureReason {
+  const authorizationError = socket?.authorizationError;
+  if (authorizationError !== undefined && authorizationError !== null) {
+    const code = typeof authorizationError === "string" ? authorizationError : codeOf(authorizationError);
+    const reason = code === undefined ? undefined : BY_CODE.get(code);
+    if (reason) return reason;
+  }
+  let current: unknown = error;
+  for (let depth = 0; depth < 5 && current !== undefined && current !== null; depth++) {
+    const code = codeOf(current);
+    const reason = code === undefined ? undefined : BY_CODE.get(code);
+    if (reason) return reason;
+    current = (current as { cause?: unknown }).cause;
+  }
+  // Wrappers such as E_PEER_UNTRUSTED quote the verify code in their message.
+  const message = error instanceof Error ? error.message : undefined;
+  if (message) {
+    for (const token of message.match(/\b[A-Z][A-Z0-9_]{5,}\b/g) ?? []) {
+      const reason = BY_CODE.get(token);
+      if (reason) return reason;
+    }
+  }
+  return "other";
+}
+
+function codeOf(value: unknown): string | undefined {
+  if (typeof value !== "object" || value === null) return undefined;
+  const code = (value as { code?: unknown }).code;
+  return typeof code === "string" ? code : undefined;
+}
