@@ -1,0 +1,253 @@
+import { randomBytes } from "node:crypto";
+import { chmodSync, lstatSync, mkdtempSync, renameSync, rmdirSync, unlinkSync } from "node:fs";
+import { connect } from "node:net";
+import { basename, dirname, isAbsolute, join, resolve } from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import { describeError, MeshwardError } from "../../errors.ts";
+import type { IdentityEvent, IdentitySnapshot, IdentitySource, TrustBundle } from "../source.ts";
+import { pemToConcatenatedDer } from "./material.ts";
+import { SECURITY_HEADER, SECURITY_HEADER_VALUE, workloadApiDefinition } from "./proto.ts";
+import type { X509BundlesResponseMessage, X509SvidResponseMessage } from "./proto.ts";
+
+export interface WorkloadApiServerOptions {
+  /** Absolute path of the unix socket (a `unix://` URI is accepted too). */
+  readonly socketPath: string;
+  readonly source: IdentitySource;
+  /**
+   * Mode of the socket file (default 0o600). meshward does not attest callers: every process
+   * that can open the socket receives the identity and its private key, so the file mode is
+   * the access control. 0o660 lets a group in.
+   */
+  readonly socketMode?: number;
+  readonly logger?: Logger;
+}
+
+export interface WorkloadApiServer {
+  readonly socketPath: string;
+  /** Number of open FetchX509SVID / FetchX509Bundles streams. */
+  openStreams(): number;
+  /** Ends every stream, stops the server and removes the socket file. */
+  close(): Promise<void>;
+}
+
+type SvidCall = grpc.ServerWritableStream<unknown, X509SvidResponseMessage>;
+type BundlesCall = grpc.ServerWritableStream<unknown, X509BundlesResponseMessage>;
+
+/**
+ * Serves the SPIFFE Workload API (X.509-SVID profile) for `source` on a unix socket. Streams
+ * send the full identity at once and again after every `rotated` / `bundle-updated` event.
+ * Calls without the `workload.spiffe.io: true` metadata get INVALID_ARGUMENT; before the
+ * source has an identity, UNAVAILABLE (still initializing); after it expired, the SVID
+ * stream ends with PERMISSION_DENIED, which tells clients to stop using the SVID.
+ */
+export async function startWorkloadApiServer(options: WorkloadApiServerOptions): Promise<WorkloadApiServer> {
+  const socketPath = socketPathFrom(options.socketPath);
+  const mode = options.socketMode ?? 0o600;
+  const { source, logger } = options;
+  const svidCalls = new Set<SvidCall>();
+  const bundleCalls = new Map<BundlesCall, string>();
+  let lastBundle: TrustBundle | undefined = source.current()?.bundle;
+  let hadIdentity = source.current() !== undefined;
+  let closing = false;
+
+  const sendSvid = (call: SvidCall, snapshot: IdentitySnapshot) => {
+    try {
+      call.write(x509SvidResponse(snapshot));
+    } catch (error) {
+      logger?.error({ event: "workload-api-encode-failed", error: describeError(error) }, "cannot encode the X509-SVID response");
+      call.emit("error", grpcError(grpc.status.INTERNAL, "the server could not encode its identity"));
+    }
+  };
+  const sendBundle = (call: BundlesCall, bundle: TrustBundle) => {
+    const key = bundleKey(bundle);
+    if (bundleCalls.get(call) === key) return;
+    bundleCalls.set(call, key);
+    call.write(x509BundlesResponse(bundle));
+  };
+
+  const unsubscribe = source.subscribe((event: IdentityEvent) => {
+    if (event.type === "rotated" || event.type === "bundle-updated") {
+      hadIdentity = true;
+      lastBundle = event.snapshot.bundle;
+      for (const call of svidCalls) sendSvid(call, event.snapshot);
+      for (const call of bundleCalls.keys()) sendBundle(call, event.snapshot.bundle);
+    } else if (event.type === "expired") {
+      // Spec 5.2.1: PERMISSION_DENIED on the stream redacts every SVID the client holds.
+      for (const call of svidCalls) call.emit("error", grpcError(grpc.status.PERMISSION_DENIED, `the SVID ${event.spiffeId} expired and was not renewed`));
+      svidCalls.clear();
+    }
+  });
+
+  const fetchX509Svid = (call: SvidCall) => {
+    if (!hasSecurityHeader(call)) return;
+    const snapshot = source.current();
+    if (snapshot === undefined || snapshot.svid.notAfter.getTime() <= Date.now()) {
+      call.emit(
+        "error",
+        hadIdentity || snapshot !== undefined
+          ? grpcError(grpc.status.PERMISSION_DENIED, "the workload identity expired and has not been renewed yet")
+          : grpcError(grpc.status.UNAVAILABLE, "the workload identity is not available yet; retry with backoff"),
+      );
+      return;
+    }
+    lastBundle = snapshot.bundle;
+    svidCalls.add(call);
+    call.on("cancelled", () => svidCalls.delete(call));
+    call.on("close", () => svidCalls.delete(call));
+    sendSvid(call, snapshot);
+  };
+
+  const fetchX509Bundles = (call: BundlesCall) => {
+    if (!hasSecurityHeader(call)) return;
+    const bundle = source.current()?.bundle ?? lastBundle;
+    if (bundle === undefined) {
+      call.emit("error", grpcError(grpc.status.UNAVAILABLE, "the trust bundle is not available yet; retry with backoff"));
+      return;
+    }
+    bundleCalls.set(call, "");
+    call.on("cancelled", () => bundleCalls.delete(call));
+    call.on("close", () => bundleCalls.delete(call));
+    sendBundle(call, bundle);
+  };
+
+  const unimplemented = (call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
+    const error = grpcError(grpc.status.UNIMPLEMENTED, "meshward serves the X.509-SVID profile only; JWT-SVIDs are not issued");
+    if (callback) callback(error);
+    else (call as grpc.ServerWritableStream<unknown, unknown>).emit("error", error);
+  };
+
+  const server = new grpc.Server();
+  server.addService(workloadApiDefinition().service, {
+    FetchX509SVID: fetchX509Svid,
+    FetchX509Bundles: fetchX509Bundles,
+    FetchJWTSVID: unimplemented,
+    FetchJWTBundles: unimplemented,
+    ValidateJWTSVID: unimplemented,
+  } as grpc.UntypedServiceImplementation);
+
+  await removeStaleSocket(socketPath);
+  // Bind inside a private directory, set the mode, then rename into place: the socket is
+  // never reachable at its public path with the umask's (possibly wider) mode.
+  const privateDir = mkdtempSync(join(dirname(socketPath), `.mw-${randomBytes(3).toString("hex")}-`));
+  const tempSocket = join(privateDir, "s");
+  try {
+    await new Promise<void>((resolvePromise, reject) => {
+      server.bindAsync(`unix://${tempSocket}`, grpc.ServerCredentials.createInsecure(), (error) => (error ? reject(error) : resolvePromise()));
+    });
+    chmodSync(tempSocket, mode);
+    renameSync(tempSocket, socketPath);
+  } catch (error) {
+    server.forceShutdown();
+    throw new MeshwardError("E_WORKLOAD_API_BIND", `cannot serve the Workload API on ${socketPath}: ${describeError(error)}`, { cause: error });
+  } finally {
+    try {
+      rmdirSync(privateDir);
+    } catch {
+      // already empty and removed, or the rename failed and the socket is still inside
+    }
+  }
+  logger?.info({ event: "workload-api-listening", socket: socketPath, mode: mode.toString(8) }, "SPIFFE Workload API listening");
+
+  return {
+    socketPath,
+    openStreams: () => svidCalls.size + bundleCalls.size,
+    async close() {
+      if (closing) return;
+      closing = true;
+      unsubscribe();
+      // Ending a stream with OK tells clients to reconnect (spec 4.2); they will find no socket and back off.
+      for (const call of svidCalls) call.end();
+      for (const call of bundleCalls.keys()) call.end();
+      svidCalls.clear();
+      bundleCalls.clear();
+      await new Promise<void>((resolvePromise) => {
+        const timer = setTimeout(() => {
+          server.forceShutdown();
+          resolvePromise();
+        }, 2000);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolvePromise();
+        });
+      });
+      try {
+        unlinkSync(socketPath);
+      } catch {
+        // already gone
+      }
+      logger?.info({ event: "workload-api-closed", socket: socketPath }, "SPIFFE Workload API closed");
+    },
+  };
+}
+
+function hasSecurityHeader(call: grpc.ServerWritableStream<unknown, unknown>): boolean {
+  const values = call.metadata.get(SECURITY_HEADER);
+  if (values.length === 1 && values[0] === SECURITY_HEADER_VALUE) return true;
+  call.emit("error", grpcError(grpc.status.INVALID_ARGUMENT, `security header missing from request: send the gRPC metadata "${SECURITY_HEADER}: ${SECURITY_HEADER_VALUE}"`));
+  return false;
+}
+
+function grpcError(code: grpc.status, details: string): Partial<grpc.StatusObject> & Error {
+  return Object.assign(new Error(details), { code, details });
+}
+
+function bundleKey(bundle: TrustBundle): string {
+  return `${bundle.trustDomain}\n${bundle.rootsPem}`;
+}
+
+/** Full response for one SVID (spec 5.2.1: every message carries everything). */
+export function x509SvidResponse(snapshot: IdentitySnapshot): X509SvidResponseMessage {
+  const { svid, bundle } = snapshot;
+  return {
+    svids: [
+      {
+        spiffe_id: svid.spiffeId,
+        x509_svid: pemToConcatenatedDer(svid.certChainPem),
+        x509_svid_key: svid.privateKey.export({ type: "pkcs8", format: "der" }),
+        bundle: pemToConcatenatedDer(bundle.rootsPem),
+        hint: "",
+      },
+    ],
+    crl: [],
+    federated_bundles: {},
+  };
+}
+
+export function x509BundlesResponse(bundle: TrustBundle): X509BundlesResponseMessage {
+  return { crl: [], bundles: { [`spiffe://${bundle.trustDomain}`]: pemToConcatenatedDer(bundle.rootsPem) } };
+}
+
+/** Accepts "/abs/path.sock" or "unix:///abs/path.sock". */
+export function socketPathFrom(input: string): string {
+  const path = input.startsWith("unix://") ? input.slice("unix://".length) : input.startsWith("unix:") ? input.slice("unix:".length) : input;
+  if (!isAbsolute(path)) {
+    throw new MeshwardError("E_WORKLOAD_API_SOCKET", `the Workload API socket must be an absolute path (or unix:///abs/path), got ${JSON.stringify(input)}`);
+  }
+  return resolve(path);
+}
+
+/** Removes a socket file nobody listens on; refuses a live socket or a non-socket file. */
+async function removeStaleSocket(path: string): Promise<void> {
+  let isSocket: boolean;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch {
+    return;
+  }
+  if (!isSocket) {
+    throw new MeshwardError("E_WORKLOAD_API_SOCKET", `${path} exists and is not a socket; refusing to replace it (remove it or choose another path)`);
+  }
+  const live = await new Promise<boolean>((resolvePromise) => {
+    const probe = connect(path);
+    probe.once("connect", () => {
+      probe.destroy();
+      resolvePromise(true);
+    });
+    probe.once("error", () => resolvePromise(false));
+  });
+  if (live) {
+    throw new MeshwardError("E_WORKLOAD_API_SOCKET", `another process is already serving on ${path} (${basename(path)} accepts connections); stop it or choose another path`);
+  }
+  unlinkSync(path);
+}

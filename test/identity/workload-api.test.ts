@@ -1,0 +1,315 @@
+import { spawn } from "node:child_process";
+import { X509Certificate, createPublicKey } from "node:crypto";
+import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as tls from "node:tls";
+import * as grpc from "@grpc/grpc-js";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { isMeshwardError } from "../../src/errors.ts";
+import { encodePrivateKey, inspectCertificate, keysMatch } from "../../src/pki/index.ts";
+import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "../../src/identity/source.ts";
+import {
+  fetchX509Svid,
+  snapshotFromResponse,
+  startWorkloadApiServer,
+  workloadApiSource,
+  x509SvidResponse,
+} from "../../src/identity/workload-api/index.ts";
+import type { WorkloadApiServer } from "../../src/identity/workload-api/index.ts";
+import { workloadApiDefinition } from "../../src/identity/workload-api/proto.ts";
+import type { X509BundlesResponseMessage, X509SvidResponseMessage } from "../../src/identity/workload-api/proto.ts";
+import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
+import type { TestPki } from "../helpers/test-pki.ts";
+
+let pki: TestPki;
+let otherPki: TestPki;
+let dir: string;
+const cleanups: (() => Promise<void> | void)[] = [];
+
+beforeAll(async () => {
+  pki = await createTestPki({ trustDomain: "example.org" });
+  otherPki = await createTestPki({ trustDomain: "example.org" });
+  dir = mkdtempSync(join(tmpdir(), "mw-wl-"));
+});
+
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()!();
+});
+
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+let socketCounter = 0;
+function socketPath(): string {
+  return join(dir, `api-${++socketCounter}.sock`);
+}
+
+async function serve(source: IdentitySource, path = socketPath()): Promise<WorkloadApiServer> {
+  const server = await startWorkloadApiServer({ socketPath: path, source });
+  cleanups.push(() => server.close());
+  return server;
+}
+
+function rawClient(path: string): grpc.Client {
+  const { Client } = workloadApiDefinition();
+  const client = new Client(`unix://${path}`, grpc.credentials.createInsecure());
+  cleanups.push(() => client.close());
+  return client;
+}
+
+/** First message or the error status of a server stream, with the metadata the test chooses. */
+function firstMessage<T>(client: grpc.Client, method: string, metadata: grpc.Metadata): Promise<{ message?: T; error?: grpc.ServiceError }> {
+  return new Promise((resolve) => {
+    const call = (client as unknown as Record<string, (req: object, md: grpc.Metadata) => grpc.ClientReadableStream<T>>)[method]!({}, metadata);
+    call.on("data", (message: T) => {
+      resolve({ message });
+      call.cancel();
+    });
+    call.on("error", (error: grpc.ServiceError) => resolve({ error }));
+  });
+}
+
+function header(value?: string): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  if (value !== undefined) metadata.set("workload.spiffe.io", value);
+  return metadata;
+}
+
+/** Resolves with the next event of `type` from `source`. */
+function nextEvent(source: IdentitySource, type: IdentityEvent["type"]): Promise<IdentityEvent> {
+  return new Promise((resolve) => {
+    const off = source.subscribe((event) => {
+      if (event.type === type) {
+        off();
+        resolve(event);
+      }
+    });
+  });
+}
+
+describe("Workload API server and client over a unix socket", () => {
+  it("serves the SVID, its key and the bundle; the one-shot fetch checks them", async () => {
+    const snapshot = pki.snapshot({ spiffeId: "spiffe://example.org/ns/default/api" });
+    const server = await serve(manualIdentitySource(snapshot));
+    const fetched = await fetchX509Svid(server.socketPath);
+    expect(fetched.svid.spiffeId).toBe("spiffe://example.org/ns/default/api");
+    expect(fetched.svid.serial).toBe(snapshot.svid.serial);
+    expect(fetched.svid.certChainPem).toBe(snapshot.svid.certChainPem);
+    expect(keysMatch(fetched.svid.privateKey, createPublicKey(snapshot.svid.privateKey))).toBe(true);
+    expect(fetched.bundle.rootsPem).toBe(pki.rootPem);
+    expect(fetched.bundle.trustDomain).toBe("example.org");
+    expect(statSync(server.socketPath).isSocket()).toBe(true);
+    expect(statSync(server.socketPath).mode & 0o777).toBe(0o600);
+  });
+
+  it("also accepts a unix:// URI and encodes the fields as the spec says (DER chain, PKCS#8 key, DER bundle)", async () => {
+    const snapshot = pki.snapshot();
+    const path = socketPath();
+    await serve(manualIdentitySource(snapshot), `unix://${path}`);
+    const { message } = await firstMessage<X509SvidResponseMessage>(rawClient(path), "FetchX509SVID", header("true"));
+    const svid = message!.svids[0]!;
+    expect(svid.spiffe_id).toBe(snapshot.svid.spiffeId);
+    const leaf = new X509Certificate(snapshot.svid.certChainPem).raw;
+    expect(svid.x509_svid.equals(Buffer.concat([leaf, pki.issuer.der]))).toBe(true);
+    expect(svid.x509_svid_key.equals(snapshot.svid.privateKey.export({ type: "pkcs8", format: "der" }))).toBe(true);
+    expect(svid.bundle.equals(pki.root.der)).toBe(true);
+  });
+
+  it("refuses calls without the workload.spiffe.io: true metadata with INVALID_ARGUMENT", async () => {
+    const server = await serve(manualIdentitySource(pki.snapshot()));
+    const client = rawClient(server.socketPath);
+    for (const md of [header(), header("false"), header("TRUE")]) {
+      const { message, error } = await firstMessage<X509SvidResponseMessage>(client, "FetchX509SVID", md);
+      expect(message).toBeUndefined();
+      expect(error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    }
+    const bundles = await firstMessage<X509BundlesResponseMessage>(client, "FetchX509Bundles", header());
+    expect(bundles.error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    // The same client with the header gets its identity.
+    const ok = await firstMessage<X509SvidResponseMessage>(client, "FetchX509SVID", header("true"));
+    expect(ok.error).toBeUndefined();
+    expect(ok.message!.svids).toHaveLength(1);
+  });
+
+  it("serves FetchX509Bundles keyed by trust domain ID and answers JWT calls with UNIMPLEMENTED", async () => {
+    const server = await serve(manualIdentitySource(pki.snapshot()));
+    const client = rawClient(server.socketPath);
+    const { message } = await firstMessage<X509BundlesResponseMessage>(client, "FetchX509Bundles", header("true"));
+    expect(Object.keys(message!.bundles)).toEqual(["spiffe://example.org"]);
+    expect(message!.bundles["spiffe://example.org"]!.equals(pki.root.der)).toBe(true);
+    const jwt = await new Promise<grpc.ServiceError | null>((resolve) => {
+      (client as unknown as Record<string, (req: object, md: grpc.Metadata, cb: (e: grpc.ServiceError | null) => void) => void>)["FetchJWTSVID"]!(
+        { audience: ["x"] },
+        header("true"),
+        (error) => resolve(error),
+      );
+    });
+    expect(jwt?.code).toBe(grpc.status.UNIMPLEMENTED);
+  });
+
+  it("answers UNAVAILABLE before the source has an identity, then serves it", async () => {
+    const source = manualIdentitySource();
+    const server = await serve(source);
+    const early = await fetchX509Svid(server.socketPath).catch((error: unknown) => error);
+    expect(isMeshwardError(early, "E_WORKLOAD_API_UNAVAILABLE")).toBe(true);
+    const client = workloadApiSource({ socketPath: server.socketPath, backoff: { initialMs: 20, maxMs: 100 } });
+    cleanups.push(() => client.close());
+    const snapshot = pki.snapshot();
+    source.rotate(snapshot);
+    expect((await client.ready()).svid.serial).toBe(snapshot.svid.serial);
+  });
+
+  it("pushes rotations and bundle updates to open streams, and withdraws an expired identity with PERMISSION_DENIED", async () => {
+    const source = manualIdentitySource(pki.snapshot());
+    const server = await serve(source);
+    const client = workloadApiSource({ socketPath: server.socketPath });
+    cleanups.push(() => client.close());
+    await client.ready();
+    const events: IdentityEvent["type"][] = [];
+    client.subscribe((event) => events.push(event.type));
+
+    const rotated = nextEvent(client, "rotated");
+    const next = pki.snapshot({ spiffeId: "spiffe://example.org/ns/default/api" });
+    source.rotate(next);
+    const event = await rotated;
+    expect(event.type === "rotated" && event.snapshot.svid.serial).toBe(next.svid.serial);
+    expect(client.current()?.svid.serial).toBe(next.svid.serial);
+
+    const updated = nextEvent(client, "bundle-updated");
+    source.updateBundle(pki.bundle({ extraRootsPem: otherPki.rootPem }));
+    const bundleEvent = await updated;
+    expect(bundleEvent.type === "bundle-updated" && bundleEvent.snapshot.bundle.rootsPem).toBe(pki.rootPem + otherPki.rootPem);
+    expect(client.current()?.svid.serial).toBe(next.svid.serial);
+
+    const expired = nextEvent(client, "expired");
+    source.expire();
+    expect(await expired).toEqual({ type: "expired", spiffeId: "spiffe://example.org/ns/default/api" });
+    expect(client.current()).toBeUndefined();
+    expect(events).toEqual(["rotated", "bundle-updated", "expired"]);
+
+    // The client keeps retrying (PermissionDenied is retryable) and picks up a renewed identity.
+    const back = nextEvent(client, "rotated");
+    const renewed = pki.snapshot();
+    source.rotate(renewed);
+    const backEvent = await back;
+    expect(backEvent.type === "rotated" && backEvent.snapshot.svid.serial).toBe(renewed.svid.serial);
+  });
+
+  it("reconnects after the server restarts, keeping the identity meanwhile", async () => {
+    const path = socketPath();
+    const first = pki.snapshot();
+    const server1 = await startWorkloadApiServer({ socketPath: path, source: manualIdentitySource(first) });
+    const client = workloadApiSource({ socketPath: path, backoff: { initialMs: 20, maxMs: 200 } });
+    cleanups.push(() => client.close());
+    await client.ready();
+    await server1.close();
+    expect(() => statSync(path)).toThrow();
+    expect(client.current()?.svid.serial).toBe(first.svid.serial);
+
+    const second = pki.snapshot();
+    const rotated = nextEvent(client, "rotated");
+    await serve(manualIdentitySource(second), path);
+    const event = await rotated;
+    expect(event.type === "rotated" && event.snapshot.svid.serial).toBe(second.svid.serial);
+  });
+
+  it("removes a stale socket file, but refuses a live socket and a regular file", async () => {
+    const stale = socketPath();
+    // A process that dies without cleaning up leaves its socket file behind.
+    const child = spawn(process.execPath, ["-e", "require('net').createServer().listen(process.argv[1], () => console.log('up'))", stale], { stdio: ["ignore", "pipe", "inherit"] });
+    cleanups.push(() => void child.kill("SIGKILL"));
+    await new Promise((resolve) => child.stdout!.once("data", resolve));
+    child.kill("SIGKILL");
+    await new Promise((resolve) => child.once("exit", resolve));
+    expect(statSync(stale).isSocket()).toBe(true);
+    const server = await serve(manualIdentitySource(pki.snapshot()), stale);
+    expect((await fetchX509Svid(server.socketPath)).svid.spiffeId).toBe("spiffe://example.org/ns/default/workload");
+
+    const livePath = socketPath();
+    const live = createServer();
+    await new Promise<void>((resolve) => live.listen(livePath, resolve));
+    cleanups.push(() => new Promise<void>((resolve) => live.close(() => resolve())));
+    const refusedLive = await startWorkloadApiServer({ socketPath: livePath, source: manualIdentitySource(pki.snapshot()) }).catch((error: unknown) => error);
+    expect(isMeshwardError(refusedLive, "E_WORKLOAD_API_SOCKET")).toBe(true);
+
+    const filePath = socketPath();
+    writeFileSync(filePath, "not a socket");
+    const refusedFile = await startWorkloadApiServer({ socketPath: filePath, source: manualIdentitySource(pki.snapshot()) }).catch((error: unknown) => error);
+    expect(isMeshwardError(refusedFile, "E_WORKLOAD_API_SOCKET")).toBe(true);
+  });
+
+  it("the client refuses a response whose key does not match its certificate, or whose chain is foreign", () => {
+    const good = pki.snapshot();
+    const message = x509SvidResponse(good);
+    expect(snapshotFromResponse(message).svid.serial).toBe(good.svid.serial);
+
+    const otherKey = pki.issueSvid().privateKey.export({ type: "pkcs8", format: "der" });
+    const mismatched = { ...message, svids: [{ ...message.svids[0]!, x509_svid_key: otherKey }] };
+    expect(() => snapshotFromResponse(mismatched)).toThrow(/private key does not belong/);
+
+    const foreign = x509SvidResponse({ svid: otherPki.issueSvid(), bundle: pki.bundle() });
+    expect(() => snapshotFromResponse(foreign)).toThrow(/E_CHAIN_UNTRUSTED/);
+  });
+
+  it("the fetched SVIDs and bundle work in a real mutual TLS handshake; a foreign SVID is refused", async () => {
+    const serverSource = manualIdentitySource(pki.snapshot({ spiffeId: "spiffe://example.org/ns/default/server" }));
+    const clientSource = manualIdentitySource(pki.snapshot({ spiffeId: "spiffe://example.org/ns/default/client" }));
+    const serverApi = await serve(serverSource);
+    const clientApi = await serve(clientSource);
+    const serverId = await fetchX509Svid(serverApi.socketPath);
+    const clientId = await fetchX509Svid(clientApi.socketPath);
+
+    const tlsServer = tls.createServer({
+      cert: serverId.svid.certChainPem,
+      key: encodePrivateKey(serverId.svid.privateKey),
+      ca: serverId.bundle.rootsPem,
+      requestCert: true,
+      rejectUnauthorized: true,
+      minVersion: "TLSv1.3",
+    });
+    const peers: string[] = [];
+    tlsServer.on("secureConnection", (socket) => {
+      peers.push(inspectCertificate(socket.getPeerX509Certificate()!).uris[0]!);
+      socket.end("hello");
+    });
+    tlsServer.on("tlsClientError", () => undefined);
+    await new Promise<void>((resolve) => tlsServer.listen(0, "127.0.0.1", resolve));
+    cleanups.push(() => new Promise<void>((resolve) => tlsServer.close(() => resolve())));
+    const port = (tlsServer.address() as { port: number }).port;
+
+    const dial = (identity: IdentitySnapshot) =>
+      new Promise<{ text?: string; serverId?: string; error?: Error }>((resolve) => {
+        const socket = tls.connect({
+          host: "127.0.0.1",
+          port,
+          cert: identity.svid.certChainPem,
+          key: encodePrivateKey(identity.svid.privateKey),
+          ca: clientId.bundle.rootsPem,
+          // SPIFFE verification is by URI SAN, not host name (NODE-TLS-FACTS).
+          checkServerIdentity: (_host, cert) => {
+            const uri = inspectCertificate(cert.raw).uris[0];
+            return uri === "spiffe://example.org/ns/default/server" ? undefined : new Error(`unexpected server ${uri}`);
+          },
+        });
+        let text = "";
+        let seen: string | undefined;
+        socket.on("secureConnect", () => (seen = inspectCertificate(socket.getPeerX509Certificate()!).uris[0]));
+        socket.on("data", (chunk) => (text += chunk));
+        socket.on("end", () => resolve({ text, ...(seen ? { serverId: seen } : {}) }));
+        socket.on("error", (error) => resolve({ error }));
+      });
+
+    const ok = await dial(clientId);
+    expect(ok.error).toBeUndefined();
+    expect(ok.text).toBe("hello");
+    expect(ok.serverId).toBe("spiffe://example.org/ns/default/server");
+    expect(peers).toEqual(["spiffe://example.org/ns/default/client"]);
+
+    const foreign = await dial({ svid: otherPki.issueSvid({ spiffeId: "spiffe://example.org/ns/default/intruder" }), bundle: clientId.bundle });
+    expect(foreign.text ?? "").not.toBe("hello");
+    expect(peers).toEqual(["spiffe://example.org/ns/default/client"]);
+  });
+});
