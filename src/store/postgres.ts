@@ -1,0 +1,332 @@
+import pg from "pg";
+import { MeshwardError, isMeshwardError } from "../errors.ts";
+import { assertSchemaNotNewer, latestVersion, migratePostgres, POSTGRES_MIGRATIONS, postgresSchemaVersion } from "./migrations.ts";
+import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
+import { redactConnectionString } from "./redact.ts";
+import type { IssuanceFilter, IssuanceRecord, JoinTokenRecord, RevocationRecord, Store, TokenConsumption } from "./store.ts";
+
+export type PostgresStoreOptions = { connectionString: string } | pg.PoolConfig;
+
+interface IssuanceRow {
+  serial: string;
+  spiffe_id: string;
+  dns_names: string[];
+  not_before: Date;
+  not_after: Date;
+  issued_at: Date;
+  attestation: string;
+  issuer_fingerprint: string;
+  root_fingerprint: string;
+  certificate_pem: string;
+}
+
+interface TokenRow {
+  id: string;
+  token_hash: string;
+  spiffe_id: string;
+  dns_names: string[];
+  created_at: Date;
+  expires_at: Date;
+  uses_allowed: number;
+  uses_left: number;
+}
+
+const ISSUANCE_COLUMNS = "serial, spiffe_id, dns_names, not_before, not_after, issued_at, attestation, issuer_fingerprint, root_fingerprint, certificate_pem";
+const TOKEN_COLUMNS = "id, token_hash, spiffe_id, dns_names, created_at, expires_at, uses_allowed, uses_left";
+
+// Named queries: pg prepares each once per pooled connection and reuses it.
+const Q = {
+  insertIssuance: {
+    name: "meshward_insert_issuance",
+    text: `INSERT INTO issuances (${ISSUANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+  },
+  getIssuance: { name: "meshward_get_issuance", text: `SELECT ${ISSUANCE_COLUMNS} FROM issuances WHERE serial = $1` },
+  listIssuances: {
+    name: "meshward_list_issuances",
+    text: `SELECT ${ISSUANCE_COLUMNS} FROM issuances
+           WHERE ($1::text IS NULL OR spiffe_id = $1)
+             AND ($2::timestamptz IS NULL OR (not_before <= $2 AND not_after > $2))
+             AND ($3::text IS NULL OR root_fingerprint = $3)
+           ORDER BY issued_at DESC, seq DESC
+           LIMIT $4`,
+  },
+  countValidByRoot: {
+    name: "meshward_count_valid_by_root",
+    text: `SELECT root_fingerprint AS root, COUNT(*)::integer AS n FROM issuances i
+           WHERE i.not_before <= $1 AND i.not_after > $1
+             AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = i.serial)
+           GROUP BY root_fingerprint`,
+  },
+  revoke: {
+    name: "meshward_revoke",
+    text: "INSERT INTO revocations (serial, revoked_at, reason) VALUES ($1, $2, $3) ON CONFLICT (serial) DO NOTHING",
+  },
+  listRevocations: {
+    name: "meshward_list_revocations",
+    text: `SELECT r.serial, r.revoked_at, r.reason, i.spiffe_id FROM revocations r
+           LEFT JOIN issuances i ON i.serial = r.serial ORDER BY r.revoked_at, r.serial`,
+  },
+  insertToken: {
+    name: "meshward_insert_token",
+    text: `INSERT INTO join_tokens (${TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+  },
+  // Row-level locking makes this atomic: a concurrent spender re-checks uses_left after the
+  // first commits, so a single-use token is spent exactly once however many replicas race.
+  spendToken: {
+    name: "meshward_spend_token",
+    text: `UPDATE join_tokens SET uses_left = uses_left - 1
+           WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 RETURNING ${TOKEN_COLUMNS}`,
+  },
+  getTokenByHash: { name: "meshward_get_token_by_hash", text: `SELECT ${TOKEN_COLUMNS} FROM join_tokens WHERE token_hash = $1` },
+  listTokens: { name: "meshward_list_tokens", text: `SELECT ${TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id` },
+  nextCrlNumber: { name: "meshward_next_crl_number", text: "SELECT nextval('crl_number_seq')::text AS value" },
+} as const;
+
+/** Opens a pool to PostgreSQL (nothing connects until the first call); call migrate() before use. */
+export function openPostgresStore(options: PostgresStoreOptions): PostgresStore {
+  return new PostgresStore(options);
+}
+
+/** Shared store for several CA replicas. */
+export class PostgresStore implements Store {
+  /** Where the store points, password hidden: safe for messages and logs. */
+  readonly target: string;
+  readonly #pool: pg.Pool;
+  #closed = false;
+  #schemaChecked: Promise<void> | undefined;
+
+  constructor(options: PostgresStoreOptions) {
+    const config: pg.PoolConfig = { connectionTimeoutMillis: 10_000, application_name: "meshward-ca", ...options };
+    this.target = describeTarget(config);
+    this.#pool = new pg.Pool(config);
+    // An idle pooled connection that breaks (server restart, network) is dropped and replaced
+    // on next use; without a listener the 'error' event would crash the CA process.
+    this.#pool.on("error", () => undefined);
+  }
+
+  async migrate(): Promise<void> {
+    this.#assertOpen();
+    const client = await this.#connect();
+    try {
+      await migratePostgres(client, this.target);
+      this.#schemaChecked = Promise.resolve();
+    } catch (error) {
+      throw this.#error("E_STORE_WRITE", "migrate the schema", error);
+    } finally {
+      client.release();
+    }
+  }
+
+  async recordIssuance(record: IssuanceRecord): Promise<void> {
+    const serial = requireSerial(record.serial, "record the issuance");
+    const values = [
+      serial,
+      record.spiffeId,
+      [...record.dnsNames],
+      new Date(requireDate(record.notBefore, "notBefore")),
+      new Date(requireDate(record.notAfter, "notAfter")),
+      new Date(requireDate(record.issuedAt, "issuedAt")),
+      record.attestation,
+      record.issuerFingerprint,
+      record.rootFingerprint,
+      record.certificatePem,
+    ];
+    await this.#query("E_STORE_WRITE", "record the issuance", Q.insertIssuance, values, `a certificate with serial ${serial} is already in the issuance log`);
+  }
+
+  async getIssuance(serial: string): Promise<IssuanceRecord | undefined> {
+    const result = await this.#query<IssuanceRow>("E_STORE_READ", "read the issuance log", Q.getIssuance, [normalizeSerial(serial)]);
+    const row = result.rows[0];
+    return row === undefined ? undefined : issuanceFromRow(row);
+  }
+
+  async listIssuances(filter: IssuanceFilter = {}): Promise<IssuanceRecord[]> {
+    const limit = requireLimit(filter);
+    const validAt = filter.validAt === undefined ? null : new Date(requireDate(filter.validAt, "validAt"));
+    const result = await this.#query<IssuanceRow>("E_STORE_READ", "list the issuance log", Q.listIssuances, [
+      filter.spiffeId ?? null,
+      validAt,
+      filter.rootFingerprint ?? null,
+      limit ?? null,
+    ]);
+    return result.rows.map(issuanceFromRow);
+  }
+
+  async countValidByRoot(at: Date): Promise<Map<string, number>> {
+    const when = new Date(requireDate(at, "at"));
+    const result = await this.#query<{ root: string; n: number }>("E_STORE_READ", "count valid certificates", Q.countValidByRoot, [when]);
+    return new Map(result.rows.map((r) => [r.root, r.n]));
+  }
+
+  async revoke(revocation: { serial: string; revokedAt: Date; reason: string }): Promise<boolean> {
+    const serial = requireSerial(revocation.serial, "revoke");
+    const revokedAt = new Date(requireDate(revocation.revokedAt, "revokedAt"));
+    const result = await this.#query("E_STORE_WRITE", "record the revocation", Q.revoke, [serial, revokedAt, revocation.reason]);
+    return result.rowCount === 1;
+  }
+
+  async listRevocations(): Promise<RevocationRecord[]> {
+    const result = await this.#query<{ serial: string; revoked_at: Date; reason: string; spiffe_id: string | null }>(
+      "E_STORE_READ",
+      "list revocations",
+      Q.listRevocations,
+      [],
+    );
+    return result.rows.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at, reason: r.reason, spiffeId: r.spiffe_id ?? undefined }));
+  }
+
+  async createToken(token: JoinTokenRecord): Promise<void> {
+    const values = [
+      token.id,
+      token.tokenHash,
+      token.spiffeId,
+      [...token.dnsNames],
+      new Date(requireDate(token.createdAt, "createdAt")),
+      new Date(requireDate(token.expiresAt, "expiresAt")),
+      token.usesAllowed,
+      token.usesLeft,
+    ];
+    await this.#query("E_STORE_WRITE", "store the join token", Q.insertToken, values, `a join token with id ${token.id} (or the same secret) already exists`);
+  }
+
+  async consumeToken(tokenHash: string, now: Date): Promise<TokenConsumption> {
+    const at = new Date(requireDate(now, "now"));
+    const spent = await this.#query<TokenRow>("E_STORE_WRITE", "spend the join token", Q.spendToken, [tokenHash, at]);
+    const row = spent.rows[0];
+    if (row !== undefined) return { ok: true, token: tokenFromRow(row) };
+    // Nothing was spent; the reason is read afterwards and is only used to explain the refusal.
+    const existing = await this.#query<TokenRow>("E_STORE_READ", "read the join token", Q.getTokenByHash, [tokenHash]);
+    const token = existing.rows[0];
+    if (token === undefined) return { ok: false, reason: "unknown" };
+    if (token.uses_left <= 0) return { ok: false, reason: "used-up" };
+    return { ok: false, reason: "expired" };
+  }
+
+  async listTokens(): Promise<JoinTokenRecord[]> {
+    const result = await this.#query<TokenRow>("E_STORE_READ", "list join tokens", Q.listTokens, []);
+    return result.rows.map(tokenFromRow);
+  }
+
+  async nextCrlNumber(): Promise<bigint> {
+    const result = await this.#query<{ value: string }>("E_STORE_WRITE", "advance the CRL number", Q.nextCrlNumber, []);
+    const value = result.rows[0]?.value;
+    if (value === undefined) throw new MeshwardError("E_STORE_WRITE", `${this.target}: the CRL number sequence returned nothing`);
+    return BigInt(value);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#pool.end();
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new MeshwardError("E_STORE_CLOSED", `the store ${this.target} was closed; open it again`);
+  }
+
+  async #connect(): Promise<pg.PoolClient> {
+    try {
+      return await this.#pool.connect();
+    } catch (error) {
+      throw this.#error("E_STORE_OPEN", "connect", error);
+    }
+  }
+
+  /** Refuses a schema newer than this code once per store, even when migrate() was not called. */
+  #ensureSchemaKnown(): Promise<void> {
+    if (this.#schemaChecked === undefined) {
+      const check = (async () => {
+        const client = await this.#connect();
+        try {
+          assertSchemaNotNewer(await postgresSchemaVersion(client), latestVersion(POSTGRES_MIGRATIONS), this.target);
+        } finally {
+          client.release();
+        }
+      })();
+      this.#schemaChecked = check;
+      check.catch(() => {
+        if (this.#schemaChecked === check) this.#schemaChecked = undefined;
+      });
+    }
+    return this.#schemaChecked;
+  }
+
+  async #query<R extends pg.QueryResultRow = pg.QueryResultRow>(
+    code: "E_STORE_READ" | "E_STORE_WRITE",
+    what: string,
+    query: { name: string; text: string },
+    values: unknown[],
+    conflictMessage?: string,
+  ): Promise<pg.QueryResult<R>> {
+    this.#assertOpen();
+    try {
+      await this.#ensureSchemaKnown();
+      return await this.#pool.query<R>({ ...query, values });
+    } catch (error) {
+      if (conflictMessage !== undefined && pgCode(error) === "23505") {
+        throw new MeshwardError("E_STORE_CONFLICT", conflictMessage, { cause: error });
+      }
+      throw this.#error(code, what, error);
+    }
+  }
+
+  #error(code: "E_STORE_OPEN" | "E_STORE_READ" | "E_STORE_WRITE", what: string, error: unknown): MeshwardError {
+    if (isMeshwardError(error)) return error;
+    if (this.#closed) return new MeshwardError("E_STORE_CLOSED", `cannot ${what}: the store ${this.target} was closed`, { cause: error });
+    const message = error instanceof Error ? error.message : String(error);
+    const sqlState = pgCode(error);
+    if (!(error instanceof pg.DatabaseError) || sqlState?.startsWith("28") || sqlState === "3D000" || sqlState?.startsWith("08") || sqlState === "57P03") {
+      return new MeshwardError("E_STORE_OPEN", `cannot reach PostgreSQL at ${this.target} to ${what}: ${message}; check the store URL, the server and its pg_hba.conf`, {
+        cause: error,
+      });
+    }
+    let hint = "";
+    if (sqlState === "42P01" || sqlState === "42P02") hint = "; the database has no meshward schema yet: call migrate() first (the CA does this on start)";
+    else if (sqlState === "42501") hint = "; the database user lacks the privilege (it needs to own the meshward tables)";
+    else if (sqlState === "53100") hint = "; the database server's disk is full";
+    return new MeshwardError(code, `cannot ${what} in ${this.target}: ${message}${hint}`, { cause: error, details: { sqlState } });
+  }
+}
+
+function describeTarget(config: pg.PoolConfig): string {
+  if (config.connectionString !== undefined) return redactConnectionString(config.connectionString);
+  const user = config.user ?? process.env["PGUSER"] ?? "";
+  const host = config.host ?? process.env["PGHOST"] ?? "localhost";
+  const port = config.port ?? process.env["PGPORT"] ?? 5432;
+  const database = config.database ?? process.env["PGDATABASE"] ?? user;
+  return `postgres://${user === "" ? "" : `${user}@`}${host.startsWith("/") ? encodeURIComponent(host) : host}:${port}/${database}`;
+}
+
+function pgCode(error: unknown): string | undefined {
+  if (typeof error !== "object" || error === null) return undefined;
+  const code = (error as { code?: unknown }).code;
+  return typeof code === "string" ? code : undefined;
+}
+
+function issuanceFromRow(row: IssuanceRow): IssuanceRecord {
+  return {
+    serial: row.serial,
+    spiffeId: row.spiffe_id,
+    dnsNames: row.dns_names,
+    notBefore: row.not_before,
+    notAfter: row.not_after,
+    issuedAt: row.issued_at,
+    attestation: row.attestation,
+    issuerFingerprint: row.issuer_fingerprint,
+    rootFingerprint: row.root_fingerprint,
+    certificatePem: row.certificate_pem,
+  };
+}
+
+function tokenFromRow(row: TokenRow): JoinTokenRecord {
+  return {
+    id: row.id,
+    tokenHash: row.token_hash,
+    spiffeId: row.spiffe_id,
+    dnsNames: row.dns_names,
+    createdAt: row.created_at,
+    expiresAt: row.expires_at,
+    usesAllowed: row.uses_allowed,
+    usesLeft: row.uses_left,
+  };
+}

@@ -1,0 +1,379 @@
+import { closeSync, constants, fchmodSync, fstatSync, openSync, statSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import Database from "better-sqlite3";
+import { MeshwardError, isMeshwardError } from "../errors.ts";
+import { assertSchemaNotNewer, latestVersion, migrateSqlite, SQLITE_MIGRATIONS, sqliteSchemaVersion } from "./migrations.ts";
+import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
+import type { IssuanceFilter, IssuanceRecord, JoinTokenRecord, RevocationRecord, Store, TokenConsumption } from "./store.ts";
+
+const BUSY_TIMEOUT_MS = 5_000;
+const MEMORY = ":memory:";
+
+interface IssuanceRow {
+  serial: string;
+  spiffe_id: string;
+  dns_names: string;
+  not_before: number;
+  not_after: number;
+  issued_at: number;
+  attestation: string;
+  issuer_fingerprint: string;
+  root_fingerprint: string;
+  certificate_pem: string;
+}
+
+interface TokenRow {
+  id: string;
+  token_hash: string;
+  spiffe_id: string;
+  dns_names: string;
+  created_at: number;
+  expires_at: number;
+  uses_allowed: number;
+  uses_left: number;
+}
+
+interface RevocationRow {
+  serial: string;
+  revoked_at: number;
+  reason: string;
+  spiffe_id: string | null;
+}
+
+/** Opens (creating when missing, mode 0600) the SQLite store at `path`; call migrate() before use. */
+export function openSqliteStore(path: string): SqliteStore {
+  return new SqliteStore(path);
+}
+
+/** Embedded store: one file, WAL, synchronous=FULL so a committed write survives kill -9 and power loss. */
+export class SqliteStore implements Store {
+  readonly path: string;
+  readonly #db: Database.Database;
+  #statements: Statements | undefined;
+  readonly #listStatements = new Map<string, Database.Statement>();
+
+  constructor(path: string) {
+    this.path = path === MEMORY ? MEMORY : resolve(path);
+    if (this.path !== MEMORY) createPrivateFile(this.path);
+    let db: Database.Database;
+    try {
+      db = new Database(this.path, { timeout: BUSY_TIMEOUT_MS });
+    } catch (error) {
+      throw openError(this.path, error);
+    }
+    try {
+      db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
+      const mode = db.pragma("journal_mode = WAL", { simple: true });
+      if (this.path !== MEMORY && String(mode).toLowerCase() !== "wal") {
+        throw new MeshwardError("E_STORE_OPEN", `${this.path}: SQLite refused WAL mode (got ${String(mode)}); is the file on a network filesystem?`);
+      }
+      db.pragma("synchronous = FULL");
+      db.pragma("foreign_keys = ON");
+      assertSchemaNotNewer(sqliteSchemaVersion(db), latestVersion(SQLITE_MIGRATIONS), this.path);
+    } catch (error) {
+      db.close();
+      throw openError(this.path, error);
+    }
+    this.#db = db;
+  }
+
+  async migrate(): Promise<void> {
+    this.#assertOpen();
+    try {
+      migrateSqlite(this.#db, this.path);
+    } catch (error) {
+      throw storeError("E_STORE_WRITE", `migrating the schema of ${this.path}`, error);
+    }
+  }
+
+  async recordIssuance(record: IssuanceRecord): Promise<void> {
+    const serial = requireSerial(record.serial, "record the issuance");
+    const row: IssuanceRow = {
+      serial,
+      spiffe_id: record.spiffeId,
+      dns_names: JSON.stringify(record.dnsNames),
+      not_before: requireDate(record.notBefore, "notBefore"),
+      not_after: requireDate(record.notAfter, "notAfter"),
+      issued_at: requireDate(record.issuedAt, "issuedAt"),
+      attestation: record.attestation,
+      issuer_fingerprint: record.issuerFingerprint,
+      root_fingerprint: record.rootFingerprint,
+      certificate_pem: record.certificatePem,
+    };
+    this.#write("record the issuance", () => this.#stmts().insertIssuance.run(row), `a certificate with serial ${serial} is already in the issuance log`);
+  }
+
+  async getIssuance(serial: string): Promise<IssuanceRecord | undefined> {
+    const row = this.#read("read the issuance log", () => this.#stmts().getIssuance.get(normalizeSerial(serial)) as IssuanceRow | undefined);
+    return row === undefined ? undefined : issuanceFromRow(row);
+  }
+
+  async listIssuances(filter: IssuanceFilter = {}): Promise<IssuanceRecord[]> {
+    const limit = requireLimit(filter);
+    const where: string[] = [];
+    const params: Record<string, unknown> = { limit: limit ?? -1 };
+    if (filter.spiffeId !== undefined) {
+      where.push("spiffe_id = @spiffeId");
+      params["spiffeId"] = filter.spiffeId;
+    }
+    if (filter.validAt !== undefined) {
+      where.push("not_before <= @validAt AND not_after > @validAt");
+      params["validAt"] = requireDate(filter.validAt, "validAt");
+    }
+    if (filter.rootFingerprint !== undefined) {
+      where.push("root_fingerprint = @rootFingerprint");
+      params["rootFingerprint"] = filter.rootFingerprint;
+    }
+    const key = where.join(" AND ");
+    const rows = this.#read("list the issuance log", () => {
+      let statement = this.#listStatements.get(key);
+      if (statement === undefined) {
+        statement = this.#db.prepare(
+          `SELECT * FROM issuances ${key === "" ? "" : `WHERE ${key}`} ORDER BY issued_at DESC, rowid DESC LIMIT @limit`,
+        );
+        this.#listStatements.set(key, statement);
+      }
+      return statement.all(params) as IssuanceRow[];
+    });
+    return rows.map(issuanceFromRow);
+  }
+
+  async countValidByRoot(at: Date): Promise<Map<string, number>> {
+    const ms = requireDate(at, "at");
+    const rows = this.#read("count valid certificates", () => this.#stmts().countValidByRoot.all({ at: ms }) as { root: string; n: number }[]);
+    return new Map(rows.map((r) => [r.root, r.n]));
+  }
+
+  async revoke(revocation: { serial: string; revokedAt: Date; reason: string }): Promise<boolean> {
+    const serial = requireSerial(revocation.serial, "revoke");
+    const revokedAt = requireDate(revocation.revokedAt, "revokedAt");
+    const result = this.#write("record the revocation", () => this.#stmts().revoke.run(serial, revokedAt, revocation.reason));
+    return result.changes === 1;
+  }
+
+  async listRevocations(): Promise<RevocationRecord[]> {
+    const rows = this.#read("list revocations", () => this.#stmts().listRevocations.all() as RevocationRow[]);
+    return rows.map((r) => ({ serial: r.serial, revokedAt: new Date(r.revoked_at), reason: r.reason, spiffeId: r.spiffe_id ?? undefined }));
+  }
+
+  async createToken(token: JoinTokenRecord): Promise<void> {
+    const row: TokenRow = {
+      id: token.id,
+      token_hash: token.tokenHash,
+      spiffe_id: token.spiffeId,
+      dns_names: JSON.stringify(token.dnsNames),
+      created_at: requireDate(token.createdAt, "createdAt"),
+      expires_at: requireDate(token.expiresAt, "expiresAt"),
+      uses_allowed: token.usesAllowed,
+      uses_left: token.usesLeft,
+    };
+    this.#write("store the join token", () => this.#stmts().insertToken.run(row), `a join token with id ${token.id} (or the same secret) already exists`);
+  }
+
+  async consumeToken(tokenHash: string, now: Date): Promise<TokenConsumption> {
+    const at = requireDate(now, "now");
+    const statements = this.#stmts();
+    const consume = this.#db.transaction((): TokenConsumption => {
+      const spent = statements.spendToken.get(tokenHash, at) as TokenRow | undefined;
+      if (spent !== undefined) return { ok: true, token: tokenFromRow(spent) };
+      const existing = statements.getTokenByHash.get(tokenHash) as TokenRow | undefined;
+      if (existing === undefined) return { ok: false, reason: "unknown" };
+      if (existing.uses_left <= 0) return { ok: false, reason: "used-up" };
+      return { ok: false, reason: "expired" };
+    });
+    return this.#write("spend the join token", () => consume.immediate());
+  }
+
+  async listTokens(): Promise<JoinTokenRecord[]> {
+    const rows = this.#read("list join tokens", () => this.#stmts().listTokens.all() as TokenRow[]);
+    return rows.map(tokenFromRow);
+  }
+
+  async nextCrlNumber(): Promise<bigint> {
+    const statements = this.#stmts();
+    const next = this.#db.transaction(() => statements.nextCrlNumber.get() as { value: bigint } | undefined);
+    const row = this.#write("advance the CRL number", () => next.immediate());
+    if (row === undefined) throw new MeshwardError("E_STORE_WRITE", `${this.path} has no CRL number row; the schema is damaged (run migrate() on a fresh store)`);
+    return row.value;
+  }
+
+  async close(): Promise<void> {
+    if (this.#db.open) this.#db.close();
+  }
+
+  /** The connection's durability settings, for diagnostics (`meshward doctor`, tests). */
+  settings(): { journalMode: string; synchronous: "OFF" | "NORMAL" | "FULL" | "EXTRA"; foreignKeys: boolean; busyTimeoutMs: number } {
+    this.#assertOpen();
+    const synchronous = (["OFF", "NORMAL", "FULL", "EXTRA"] as const)[Number(this.#db.pragma("synchronous", { simple: true }))] ?? "OFF";
+    return {
+      journalMode: String(this.#db.pragma("journal_mode", { simple: true })),
+      synchronous,
+      foreignKeys: Number(this.#db.pragma("foreign_keys", { simple: true })) === 1,
+      busyTimeoutMs: Number(this.#db.pragma("busy_timeout", { simple: true })),
+    };
+  }
+
+  #assertOpen(): void {
+    if (!this.#db.open) throw new MeshwardError("E_STORE_CLOSED", `the store ${this.path} was closed; open it again`);
+  }
+
+  #stmts(): Statements {
+    this.#assertOpen();
+    if (this.#statements === undefined) {
+      try {
+        this.#statements = prepareStatements(this.#db);
+      } catch (error) {
+        throw storeError("E_STORE_READ", `preparing queries on ${this.path}`, error);
+      }
+    }
+    return this.#statements;
+  }
+
+  #read<T>(what: string, fn: () => T): T {
+    try {
+      return fn();
+    } catch (error) {
+      throw storeError("E_STORE_READ", `cannot ${what} in ${this.path}`, error);
+    }
+  }
+
+  #write<T>(what: string, fn: () => T, conflictMessage?: string): T {
+    try {
+      return fn();
+    } catch (error) {
+      if (conflictMessage !== undefined && isConstraintConflict(error)) {
+        throw new MeshwardError("E_STORE_CONFLICT", conflictMessage, { cause: error });
+      }
+      throw storeError("E_STORE_WRITE", `cannot ${what} in ${this.path}`, error);
+    }
+  }
+}
+
+interface Statements {
+  insertIssuance: Database.Statement;
+  getIssuance: Database.Statement;
+  countValidByRoot: Database.Statement;
+  revoke: Database.Statement;
+  listRevocations: Database.Statement;
+  insertToken: Database.Statement;
+  spendToken: Database.Statement;
+  getTokenByHash: Database.Statement;
+  listTokens: Database.Statement;
+  nextCrlNumber: Database.Statement;
+}
+
+function prepareStatements(db: Database.Database): Statements {
+  return {
+    insertIssuance: db.prepare(
+      `INSERT INTO issuances (serial, spiffe_id, dns_names, not_before, not_after, issued_at, attestation, issuer_fingerprint, root_fingerprint, certificate_pem)
+       VALUES (@serial, @spiffe_id, @dns_names, @not_before, @not_after, @issued_at, @attestation, @issuer_fingerprint, @root_fingerprint, @certificate_pem)`,
+    ),
+    getIssuance: db.prepare("SELECT * FROM issuances WHERE serial = ?"),
+    countValidByRoot: db.prepare(
+      `SELECT root_fingerprint AS root, COUNT(*) AS n FROM issuances i
+       WHERE i.not_before <= @at AND i.not_after > @at
+         AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = i.serial)
+       GROUP BY root_fingerprint`,
+    ),
+    revoke: db.prepare("INSERT INTO revocations (serial, revoked_at, reason) VALUES (?, ?, ?) ON CONFLICT (serial) DO NOTHING"),
+    listRevocations: db.prepare(
+      `SELECT r.serial, r.revoked_at, r.reason, i.spiffe_id FROM revocations r
+       LEFT JOIN issuances i ON i.serial = r.serial ORDER BY r.revoked_at, r.serial`,
+    ),
+    insertToken: db.prepare(
+      `INSERT INTO join_tokens (id, token_hash, spiffe_id, dns_names, created_at, expires_at, uses_allowed, uses_left)
+       VALUES (@id, @token_hash, @spiffe_id, @dns_names, @created_at, @expires_at, @uses_allowed, @uses_left)`,
+    ),
+    spendToken: db.prepare(
+      "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash = ? AND uses_left > 0 AND expires_at > ? RETURNING *",
+    ),
+    getTokenByHash: db.prepare("SELECT * FROM join_tokens WHERE token_hash = ?"),
+    listTokens: db.prepare("SELECT * FROM join_tokens ORDER BY created_at, id"),
+    nextCrlNumber: db.prepare("UPDATE crl_number SET value = value + 1 WHERE id = 1 RETURNING value").safeIntegers(true),
+  };
+}
+
+function issuanceFromRow(row: IssuanceRow): IssuanceRecord {
+  return {
+    serial: row.serial,
+    spiffeId: row.spiffe_id,
+    dnsNames: JSON.parse(row.dns_names) as string[],
+    notBefore: new Date(row.not_before),
+    notAfter: new Date(row.not_after),
+    issuedAt: new Date(row.issued_at),
+    attestation: row.attestation,
+    issuerFingerprint: row.issuer_fingerprint,
+    rootFingerprint: row.root_fingerprint,
+    certificatePem: row.certificate_pem,
+  };
+}
+
+function tokenFromRow(row: TokenRow): JoinTokenRecord {
+  return {
+    id: row.id,
+    tokenHash: row.token_hash,
+    spiffeId: row.spiffe_id,
+    dnsNames: JSON.parse(row.dns_names) as string[],
+    createdAt: new Date(row.created_at),
+    expiresAt: new Date(row.expires_at),
+    usesAllowed: row.uses_allowed,
+    usesLeft: row.uses_left,
+  };
+}
+
+/** Creates the database file 0600 before SQLite does (SQLite would use 0644 and the umask). */
+function createPrivateFile(path: string): void {
+  const dir = dirname(path);
+  let dirIsDirectory: boolean;
+  try {
+    dirIsDirectory = statSync(dir).isDirectory();
+  } catch (error) {
+    throw new MeshwardError("E_STORE_OPEN", `cannot open the store ${path}: the directory ${dir} does not exist; create it first (meshward ca init does)`, { cause: error });
+  }
+  if (!dirIsDirectory) throw new MeshwardError("E_STORE_OPEN", `cannot open the store ${path}: ${dir} is not a directory`);
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDWR | constants.O_CREAT, 0o600);
+  } catch (error) {
+    throw new MeshwardError("E_STORE_OPEN", `cannot open the store ${path}: ${(error as Error).message}; check the file's owner and permissions`, { cause: error });
+  }
+  try {
+    // Tighten a file an older tool left readable by others; SQLite gives -wal/-shm the same mode.
+    if ((fstatSync(fd).mode & 0o077) !== 0) fchmodSync(fd, 0o600);
+  } catch {
+    // Not our file (e.g. root opening another user's store): leave its mode to its owner.
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function openError(path: string, error: unknown): MeshwardError {
+  if (isMeshwardError(error)) return error;
+  const code = sqliteCode(error);
+  if (code === "SQLITE_NOTADB" || code === "SQLITE_CORRUPT") {
+    return new MeshwardError("E_STORE_OPEN", `${path} is not a usable SQLite database (${code}); point the store at another file or restore it from a backup`, { cause: error });
+  }
+  return new MeshwardError("E_STORE_OPEN", `cannot open the store ${path}: ${(error as Error).message ?? String(error)}`, { cause: error });
+}
+
+function storeError(code: "E_STORE_READ" | "E_STORE_WRITE", what: string, error: unknown): MeshwardError {
+  if (isMeshwardError(error)) return error;
+  const message = error instanceof Error ? error.message : String(error);
+  const sqlite = sqliteCode(error);
+  let hint = "";
+  if (/no such table/i.test(message)) hint = "; the store has no schema yet: call migrate() first (the CA does this on start)";
+  else if (sqlite === "SQLITE_BUSY") hint = `; another process held the database lock for over ${BUSY_TIMEOUT_MS / 1000}s`;
+  else if (sqlite === "SQLITE_READONLY") hint = "; the file or its directory is read-only for this user";
+  else if (sqlite === "SQLITE_FULL") hint = "; the disk is full";
+  else if (/database connection is not open/i.test(message)) return new MeshwardError("E_STORE_CLOSED", `${what}: the store was closed`, { cause: error });
+  return new MeshwardError(code, `${what}: ${message}${hint}`, { cause: error });
+}
+
+function sqliteCode(error: unknown): string | undefined {
+  return error instanceof Database.SqliteError ? error.code : undefined;
+}
+
+function isConstraintConflict(error: unknown): boolean {
+  const code = sqliteCode(error);
+  return code === "SQLITE_CONSTRAINT_PRIMARYKEY" || code === "SQLITE_CONSTRAINT_UNIQUE";
+}

@@ -1,0 +1,112 @@
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { afterAll, describe, expect, it } from "vitest";
+import { isMeshwardError } from "../../src/errors.ts";
+import { latestVersion, SQLITE_MIGRATIONS } from "../../src/store/migrations.ts";
+import { openSqliteStore } from "../../src/store/sqlite.ts";
+import { defineStoreContract } from "./store-contract.ts";
+
+const root = mkdtempSync(join(tmpdir(), "meshward-sqlite-"));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+let counter = 0;
+
+defineStoreContract({
+  name: "sqlite",
+  latestSchemaVersion: latestVersion(SQLITE_MIGRATIONS),
+  async createStorage() {
+    counter += 1;
+    const dir = join(root, `case-${counter}`);
+    mkdirSync(dir);
+    const path = join(dir, "ca.db");
+    return {
+      open: () => openSqliteStore(path),
+      async forceSchemaVersion(version) {
+        const db = new Database(path);
+        try {
+          db.prepare("INSERT OR REPLACE INTO schema_version (version, applied_at) VALUES (?, ?)").run(version, Date.now());
+        } finally {
+          db.close();
+        }
+      },
+      async dispose() {
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  },
+});
+
+function caught(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (error) {
+    return error;
+  }
+  throw new Error("expected a throw");
+}
+
+describe("sqlite store specifics", () => {
+  it("creates the database and its WAL files 0600", async () => {
+    const previous = process.umask(0o022);
+    try {
+      const path = join(root, "mode.db");
+      const store = openSqliteStore(path);
+      await store.migrate();
+      await store.nextCrlNumber();
+      for (const file of [path, `${path}-wal`, `${path}-shm`]) expect(statSync(file).mode & 0o777, file).toBe(0o600);
+      await store.close();
+    } finally {
+      process.umask(previous);
+    }
+  });
+
+  it("tightens an existing database file left readable by others", async () => {
+    const path = join(root, "loose.db");
+    writeFileSync(path, "");
+    chmodSync(path, 0o644);
+    const store = openSqliteStore(path);
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    await store.close();
+  });
+
+  it("runs in WAL mode with synchronous=FULL, foreign keys and a busy timeout", async () => {
+    const store = openSqliteStore(join(root, "settings.db"));
+    expect(store.settings()).toEqual({ journalMode: "wal", synchronous: "FULL", foreignKeys: true, busyTimeoutMs: 5000 });
+    await store.close();
+  });
+
+  it("refuses a missing parent directory with E_STORE_OPEN naming it", () => {
+    const missing = join(root, "no-such-dir");
+    const error = caught(() => openSqliteStore(join(missing, "ca.db")));
+    expect(isMeshwardError(error, "E_STORE_OPEN")).toBe(true);
+    expect((error as Error).message).toContain(`${missing} does not exist`);
+  });
+
+  it("refuses a file that is not a SQLite database with E_STORE_OPEN", () => {
+    const path = join(root, "garbage.db");
+    writeFileSync(path, "this is not a database, it is a text file that is long enough to have a header".repeat(20), { mode: 0o600 });
+    const error = caught(() => openSqliteStore(path));
+    expect(isMeshwardError(error, "E_STORE_OPEN")).toBe(true);
+    expect((error as Error).message).toMatch(/not a usable SQLite database/);
+  });
+
+  it("refuses a newer schema already when opening", async () => {
+    const path = join(root, "newer.db");
+    const store = openSqliteStore(path);
+    await store.migrate();
+    await store.close();
+    const db = new Database(path);
+    db.prepare("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)").run(latestVersion(SQLITE_MIGRATIONS) + 1, Date.now());
+    db.close();
+    const error = caught(() => openSqliteStore(path));
+    expect(isMeshwardError(error, "E_STORE_SCHEMA_NEWER")).toBe(true);
+  });
+
+  it("works in memory (sqlite::memory:) for throwaway CAs", async () => {
+    const store = openSqliteStore(":memory:");
+    await store.migrate();
+    expect(await store.nextCrlNumber()).toBe(1n);
+    await store.close();
+  });
+});

@@ -1,0 +1,391 @@
+import { createHash, randomBytes } from "node:crypto";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { isMeshwardError } from "../../src/errors.ts";
+import type { IssuanceRecord, JoinTokenRecord, Store } from "../../src/store/store.ts";
+
+/**
+ * One behavioural suite for every Store implementation. A backend supplies fresh, empty
+ * storage per test; `open()` gives another handle on that same storage (a restarted CA, or a
+ * second replica), so reopen and cross-handle races are tested the same way everywhere.
+ */
+export interface StorageUnderTest {
+  open(): Store;
+  /** Records `version` in schema_version behind the store's back (a newer meshward's upgrade). */
+  forceSchemaVersion(version: number): Promise<void>;
+  /** Removes the storage (the stores opened on it are already closed). */
+  dispose(): Promise<void>;
+}
+
+export interface StoreBackend {
+  readonly name: string;
+  readonly latestSchemaVersion: number;
+  createStorage(): Promise<StorageUnderTest>;
+}
+
+const HOUR = 3_600_000;
+const T0 = Date.UTC(2026, 0, 1, 12, 0, 0);
+const ROOT_A = fingerprint("root-a");
+const ROOT_B = fingerprint("root-b");
+
+function fingerprint(seed: string): string {
+  return createHash("sha256").update(seed).digest("hex").toUpperCase().match(/../g)!.join(":");
+}
+
+let serialCounter = 0;
+function nextSerial(): string {
+  serialCounter += 1;
+  return `${randomBytes(8).toString("hex").toUpperCase()}${serialCounter.toString(16).toUpperCase().padStart(4, "0")}`;
+}
+
+function issuance(overrides: Partial<IssuanceRecord> = {}): IssuanceRecord {
+  const serial = overrides.serial ?? nextSerial();
+  return {
+    serial,
+    spiffeId: "spiffe://example.org/ns/default/sa/web",
+    dnsNames: [],
+    notBefore: new Date(T0 - 15 * 60_000),
+    notAfter: new Date(T0 + 24 * HOUR),
+    issuedAt: new Date(T0),
+    attestation: "join-token",
+    issuerFingerprint: fingerprint("issuer-1"),
+    rootFingerprint: ROOT_A,
+    certificatePem: `-----BEGIN CERTIFICATE-----\n${Buffer.from(serial).toString("base64")}\n-----END CERTIFICATE-----\n`,
+    ...overrides,
+  };
+}
+
+function token(overrides: Partial<JoinTokenRecord> = {}): { record: JoinTokenRecord; secret: string } {
+  const secret = `mwjt_${randomBytes(16).toString("hex")}`;
+  const uses = overrides.usesAllowed ?? 1;
+  return {
+    secret,
+    record: {
+      id: randomBytes(6).toString("hex"),
+      tokenHash: createHash("sha256").update(secret).digest("hex"),
+      spiffeId: "spiffe://example.org/ns/data/sa/postgres",
+      dnsNames: ["db.internal"],
+      createdAt: new Date(T0),
+      expiresAt: new Date(T0 + HOUR),
+      usesAllowed: uses,
+      usesLeft: uses,
+      ...overrides,
+    },
+  };
+}
+
+async function expectCode(promise: Promise<unknown>, code: string): Promise<Error> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!isMeshwardError(error)) throw new Error(`expected a MeshwardError ${code}, got ${error === undefined ? "success" : String(error)}`);
+  expect(error.code).toBe(code);
+  return error;
+}
+
+export function defineStoreContract(backend: StoreBackend): void {
+  describe(`Store contract: ${backend.name}`, () => {
+    let storage: StorageUnderTest;
+    let opened: Store[];
+    let store: Store;
+
+    /** A handle that is closed after the test; `migrated` runs migrate() first. */
+    async function open(migrated = true): Promise<Store> {
+      const handle = storage.open();
+      opened.push(handle);
+      if (migrated) await handle.migrate();
+      return handle;
+    }
+
+    beforeEach(async () => {
+      storage = await backend.createStorage();
+      opened = [];
+      store = await open();
+    });
+
+    afterEach(async () => {
+      for (const handle of opened) await handle.close();
+      await storage.dispose();
+    });
+
+    describe("schema", () => {
+      it("migrate() is idempotent and keeps the data", async () => {
+        const record = issuance();
+        await store.recordIssuance(record);
+        await store.migrate();
+        await store.migrate();
+        const other = await open();
+        await other.migrate();
+        expect((await other.getIssuance(record.serial))?.serial).toBe(record.serial);
+      });
+
+      it("migrates from several handles at once (replicas starting together)", async () => {
+        await store.close();
+        await storage.dispose();
+        storage = await backend.createStorage();
+        const handles = await Promise.all([open(false), open(false), open(false)]);
+        await Promise.all(handles.map((h) => h.migrate()));
+        const first = handles[0]!;
+        await first.recordIssuance(issuance());
+        expect(await first.listIssuances()).toHaveLength(1);
+      });
+
+      it("refuses a schema newer than it knows, with E_STORE_SCHEMA_NEWER", async () => {
+        await storage.forceSchemaVersion(backend.latestSchemaVersion + 1);
+        const error = await expectCode(
+          (async () => {
+            const handle = await open(false);
+            await handle.migrate();
+          })(),
+          "E_STORE_SCHEMA_NEWER",
+        );
+        expect(error.message).toMatch(/newer meshward/);
+        // Also without migrate(): the first operation refuses.
+        await expectCode(
+          (async () => {
+            const handle = await open(false);
+            return handle.getIssuance("AB");
+          })(),
+          "E_STORE_SCHEMA_NEWER",
+        );
+      });
+
+      it("accepts its own latest version (the refusal is about newer only)", async () => {
+        await storage.forceSchemaVersion(backend.latestSchemaVersion);
+        const again = await open();
+        expect(await again.listIssuances()).toEqual([]);
+      });
+
+      it("tells the caller to migrate when used on an empty database", async () => {
+        await store.close();
+        await storage.dispose();
+        storage = await backend.createStorage();
+        const fresh = await open(false);
+        const error = await expectCode(fresh.getIssuance("AB"), "E_STORE_READ");
+        expect(error.message).toMatch(/migrate\(\)/);
+      });
+
+      it("refuses use after close with E_STORE_CLOSED", async () => {
+        await store.close();
+        await expectCode(store.listIssuances(), "E_STORE_CLOSED");
+        await store.close(); // idempotent
+      });
+    });
+
+    describe("issuance log", () => {
+      it("records and returns every field", async () => {
+        const record = issuance({ dnsNames: ["web.internal", "web"], attestation: "jwks" });
+        await store.recordIssuance(record);
+        const got = await store.getIssuance(record.serial);
+        expect(got).toEqual(record);
+        expect(got?.notBefore).toBeInstanceOf(Date);
+      });
+
+      it("finds a serial given in lower case and returns undefined for an unknown one", async () => {
+        const record = issuance();
+        await store.recordIssuance(record);
+        expect((await store.getIssuance(record.serial.toLowerCase()))?.serial).toBe(record.serial);
+        expect(await store.getIssuance("DEADBEEF")).toBeUndefined();
+      });
+
+      it("refuses a duplicate serial with E_STORE_CONFLICT and keeps the first record", async () => {
+        const first = issuance();
+        await store.recordIssuance(first);
+        const error = await expectCode(store.recordIssuance({ ...first, spiffeId: "spiffe://example.org/other" }), "E_STORE_CONFLICT");
+        expect(error.message).toContain(first.serial);
+        await expectCode(store.recordIssuance({ ...first, serial: first.serial.toLowerCase() }), "E_STORE_CONFLICT");
+        expect((await store.getIssuance(first.serial))?.spiffeId).toBe(first.spiffeId);
+      });
+
+      it("refuses a serial that is not hexadecimal", async () => {
+        await expectCode(store.recordIssuance(issuance({ serial: "not-hex" })), "E_STORE_WRITE");
+      });
+
+      it("lists newest first with spiffeId, validAt, rootFingerprint filters and a limit", async () => {
+        const web = "spiffe://example.org/ns/default/sa/web";
+        const api = "spiffe://example.org/ns/default/sa/api";
+        const old = issuance({ spiffeId: web, issuedAt: new Date(T0 - 48 * HOUR), notBefore: new Date(T0 - 48 * HOUR), notAfter: new Date(T0 - 24 * HOUR) });
+        const current = issuance({ spiffeId: web, issuedAt: new Date(T0), notBefore: new Date(T0), notAfter: new Date(T0 + 24 * HOUR) });
+        const apiB = issuance({ spiffeId: api, issuedAt: new Date(T0 + 1_000), rootFingerprint: ROOT_B });
+        const future = issuance({ spiffeId: api, issuedAt: new Date(T0 + 2_000), notBefore: new Date(T0 + HOUR), notAfter: new Date(T0 + 2 * HOUR) });
+        // Inserted out of order: the order comes from issuedAt, not insertion.
+        for (const r of [current, future, old, apiB]) await store.recordIssuance(r);
+
+        const serials = (list: IssuanceRecord[]): string[] => list.map((r) => r.serial);
+        expect(serials(await store.listIssuances())).toEqual([future.serial, apiB.serial, current.serial, old.serial]);
+        expect(serials(await store.listIssuances({ spiffeId: web }))).toEqual([current.serial, old.serial]);
+        expect(serials(await store.listIssuances({ validAt: new Date(T0) }))).toEqual([apiB.serial, current.serial]);
+        expect(serials(await store.listIssuances({ rootFingerprint: ROOT_B }))).toEqual([apiB.serial]);
+        expect(serials(await store.listIssuances({ spiffeId: api, validAt: new Date(T0 + HOUR) }))).toEqual([future.serial, apiB.serial]);
+        expect(serials(await store.listIssuances({ limit: 2 }))).toEqual([future.serial, apiB.serial]);
+        expect(serials(await store.listIssuances({ spiffeId: web, limit: 1 }))).toEqual([current.serial]);
+        expect(await store.listIssuances({ limit: 0 })).toEqual([]);
+        expect(await store.listIssuances({ spiffeId: "spiffe://example.org/nobody" })).toEqual([]);
+        await expectCode(store.listIssuances({ limit: -1 }), "E_STORE_READ");
+      });
+
+      it("treats validity as notBefore <= at < notAfter", async () => {
+        const r = issuance({ notBefore: new Date(T0), notAfter: new Date(T0 + HOUR) });
+        await store.recordIssuance(r);
+        expect(await store.listIssuances({ validAt: new Date(T0 - 1) })).toHaveLength(0);
+        expect(await store.listIssuances({ validAt: new Date(T0) })).toHaveLength(1);
+        expect(await store.listIssuances({ validAt: new Date(T0 + HOUR - 1) })).toHaveLength(1);
+        expect(await store.listIssuances({ validAt: new Date(T0 + HOUR) })).toHaveLength(0);
+      });
+
+      it("keeps insertion order among records issued in the same millisecond", async () => {
+        const same = [issuance(), issuance(), issuance()];
+        for (const r of same) await store.recordIssuance(r);
+        expect((await store.listIssuances()).map((r) => r.serial)).toEqual(same.map((r) => r.serial).reverse());
+      });
+    });
+
+    describe("revocations", () => {
+      it("revokes once: true the first time, false after, and keeps the first revocation", async () => {
+        const r = issuance();
+        await store.recordIssuance(r);
+        expect(await store.revoke({ serial: r.serial.toLowerCase(), revokedAt: new Date(T0 + 1_000), reason: "keyCompromise" })).toBe(true);
+        expect(await store.revoke({ serial: r.serial, revokedAt: new Date(T0 + 9_000), reason: "superseded" })).toBe(false);
+        expect(await store.listRevocations()).toEqual([{ serial: r.serial, revokedAt: new Date(T0 + 1_000), reason: "keyCompromise", spiffeId: r.spiffeId }]);
+      });
+
+      it("records a serial missing from the issuance log, without a spiffeId", async () => {
+        const known = issuance({ spiffeId: "spiffe://example.org/ns/a/sa/known" });
+        await store.recordIssuance(known);
+        expect(await store.revoke({ serial: "0ABC", revokedAt: new Date(T0 + 2_000), reason: "unspecified" })).toBe(true);
+        expect(await store.revoke({ serial: known.serial, revokedAt: new Date(T0 + 1_000), reason: "superseded" })).toBe(true);
+        expect(await store.revoke({ serial: "0abc", revokedAt: new Date(T0 + 3_000), reason: "unspecified" })).toBe(false);
+        expect(await store.listRevocations()).toEqual([
+          { serial: known.serial, revokedAt: new Date(T0 + 1_000), reason: "superseded", spiffeId: known.spiffeId },
+          { serial: "0ABC", revokedAt: new Date(T0 + 2_000), reason: "unspecified", spiffeId: undefined },
+        ]);
+      });
+
+      it("refuses to revoke a serial that is not hexadecimal", async () => {
+        await expectCode(store.revoke({ serial: "zz; DROP TABLE", revokedAt: new Date(T0), reason: "unspecified" }), "E_STORE_WRITE");
+        expect(await store.listRevocations()).toEqual([]);
+      });
+    });
+
+    describe("countValidByRoot", () => {
+      it("counts certificates valid at the instant per root, leaving out revoked ones", async () => {
+        const validA1 = issuance({ rootFingerprint: ROOT_A });
+        const validA2 = issuance({ rootFingerprint: ROOT_A });
+        const revokedA = issuance({ rootFingerprint: ROOT_A });
+        const validB = issuance({ rootFingerprint: ROOT_B });
+        const expiredB = issuance({ rootFingerprint: ROOT_B, notBefore: new Date(T0 - 2 * HOUR), notAfter: new Date(T0) });
+        const futureB = issuance({ rootFingerprint: ROOT_B, notBefore: new Date(T0 + 1), notAfter: new Date(T0 + HOUR) });
+        const onlyRevokedC = issuance({ rootFingerprint: fingerprint("root-c") });
+        for (const r of [validA1, validA2, revokedA, validB, expiredB, futureB, onlyRevokedC]) await store.recordIssuance(r);
+        await store.revoke({ serial: revokedA.serial, revokedAt: new Date(T0), reason: "keyCompromise" });
+        await store.revoke({ serial: onlyRevokedC.serial, revokedAt: new Date(T0), reason: "keyCompromise" });
+
+        expect(await store.countValidByRoot(new Date(T0))).toEqual(
+          new Map([
+            [ROOT_A, 2],
+            [ROOT_B, 1],
+          ]),
+        );
+        expect(await store.countValidByRoot(new Date(T0 + 30 * 60_000))).toEqual(
+          new Map([
+            [ROOT_A, 2],
+            [ROOT_B, 2],
+          ]),
+        );
+        expect(await store.countValidByRoot(new Date(T0 + 48 * HOUR))).toEqual(new Map());
+      });
+    });
+
+    describe("join tokens", () => {
+      it("stores tokens and lists them", async () => {
+        const a = token({ createdAt: new Date(T0) });
+        const b = token({ createdAt: new Date(T0 + 1_000), dnsNames: [], usesAllowed: 3 });
+        await store.createToken(b.record);
+        await store.createToken(a.record);
+        expect(await store.listTokens()).toEqual([a.record, b.record]);
+      });
+
+      it("refuses a duplicate token id or secret with E_STORE_CONFLICT", async () => {
+        const a = token();
+        await store.createToken(a.record);
+        await expectCode(store.createToken({ ...a.record, tokenHash: "0".repeat(64) }), "E_STORE_CONFLICT");
+        await expectCode(store.createToken({ ...a.record, id: "another-id" }), "E_STORE_CONFLICT");
+        expect(await store.listTokens()).toHaveLength(1);
+      });
+
+      it("spends uses one at a time until used up", async () => {
+        const t = token({ usesAllowed: 3 });
+        await store.createToken(t.record);
+        const now = new Date(T0 + 60_000);
+        const lefts: number[] = [];
+        for (let i = 0; i < 3; i += 1) {
+          const result = await store.consumeToken(t.record.tokenHash, now);
+          if (!result.ok) throw new Error(`use ${i + 1} was refused: ${result.reason}`);
+          expect(result.token.spiffeId).toBe(t.record.spiffeId);
+          expect(result.token.dnsNames).toEqual(["db.internal"]);
+          lefts.push(result.token.usesLeft);
+        }
+        expect(lefts).toEqual([2, 1, 0]);
+        expect(await store.consumeToken(t.record.tokenHash, now)).toEqual({ ok: false, reason: "used-up" });
+        expect((await store.listTokens())[0]?.usesLeft).toBe(0);
+      });
+
+      it("refuses an expired token (expiresAt itself is expired) without spending it", async () => {
+        const t = token({ expiresAt: new Date(T0 + HOUR) });
+        await store.createToken(t.record);
+        expect(await store.consumeToken(t.record.tokenHash, new Date(T0 + HOUR))).toEqual({ ok: false, reason: "expired" });
+        expect(await store.consumeToken(t.record.tokenHash, new Date(T0 + 2 * HOUR))).toEqual({ ok: false, reason: "expired" });
+        expect((await store.listTokens())[0]?.usesLeft).toBe(1);
+        expect((await store.consumeToken(t.record.tokenHash, new Date(T0 + HOUR - 1))).ok).toBe(true);
+      });
+
+      it("reports an unknown token", async () => {
+        const t = token();
+        await store.createToken(t.record);
+        expect(await store.consumeToken(createHash("sha256").update("guess").digest("hex"), new Date(T0))).toEqual({ ok: false, reason: "unknown" });
+      });
+
+      it("lets exactly one of many parallel calls spend a single-use token, across handles", async () => {
+        const t = token({ usesAllowed: 1 });
+        await store.createToken(t.record);
+        const handles = [store, await open(), await open()];
+        const now = new Date(T0 + 1_000);
+        const results = await Promise.all(Array.from({ length: 30 }, (_, i) => handles[i % handles.length]!.consumeToken(t.record.tokenHash, now)));
+        expect(results.filter((r) => r.ok)).toHaveLength(1);
+        expect(results.filter((r) => !r.ok && r.reason === "used-up")).toHaveLength(29);
+        expect((await store.listTokens())[0]?.usesLeft).toBe(0);
+      });
+
+      it("spends a multi-use token exactly usesAllowed times under parallel calls", async () => {
+        const t = token({ usesAllowed: 5 });
+        await store.createToken(t.record);
+        const handles = [store, await open()];
+        const results = await Promise.all(Array.from({ length: 20 }, (_, i) => handles[i % 2]!.consumeToken(t.record.tokenHash, new Date(T0))));
+        const lefts = results.flatMap((r) => (r.ok ? [r.token.usesLeft] : [])).sort();
+        expect(lefts).toEqual([0, 1, 2, 3, 4]);
+      });
+    });
+
+    describe("CRL number", () => {
+      it("is strictly increasing, also after a restart", async () => {
+        const a = await store.nextCrlNumber();
+        const b = await store.nextCrlNumber();
+        expect(typeof a).toBe("bigint");
+        expect(a).toBeGreaterThanOrEqual(1n);
+        expect(b).toBeGreaterThan(a);
+        await store.close();
+        const reopened = await open();
+        const c = await reopened.nextCrlNumber();
+        expect(c).toBeGreaterThan(b);
+      });
+
+      it("never hands out the same number to two handles racing", async () => {
+        const handles = [store, await open(), await open()];
+        const numbers = await Promise.all(Array.from({ length: 45 }, (_, i) => handles[i % 3]!.nextCrlNumber()));
+        expect(new Set(numbers).size).toBe(45);
+        const after = await store.nextCrlNumber();
+        for (const n of numbers) expect(after).toBeGreaterThan(n);
+      });
+    });
+  });
+}
