@@ -1,4 +1,4 @@
-import { createPublicKey, randomBytes } from "node:crypto";
+import { createPublicKey, randomFillSync } from "node:crypto";
 import type { KeyObject, webcrypto } from "node:crypto";
 import { MeshwardError } from "../errors.ts";
 import { parseSpiffeId, parseTrustDomain } from "../spiffe/id.ts";
@@ -52,11 +52,27 @@ export const SUBJECT_ORGANIZATION = "SPIFFE";
 
 // ---------------------------------------------------------------- serials
 
+// One CSPRNG call per 256 serials: a randomBytes(16) call costs more than the rest of the serial.
+const randomPool = Buffer.alloc(4096);
+let randomPoolOffset = randomPool.length;
+
+function randomChunk(length: number): Buffer {
+  if (randomPoolOffset + length > randomPool.length) {
+    randomFillSync(randomPool);
+    randomPoolOffset = 0;
+  }
+  const chunk = Buffer.from(randomPool.subarray(randomPoolOffset, randomPoolOffset + length));
+  randomPool.fill(0, randomPoolOffset, randomPoolOffset + length);
+  randomPoolOffset += length;
+  return chunk;
+}
+
 /** Random positive 16-byte serial (top bit clear, first byte non-zero). */
 export function randomSerial(): Buffer {
-  const serial = randomBytes(16);
+  const serial = randomChunk(16);
   serial[0] = serial[0]! & 0x7f;
-  if (serial[0] === 0) serial[0] = 1 + (randomBytes(1)[0]! % 0x7f);
+  // Only 1 in 128 serials lands here; 127 values keep the first byte uniform over 1..127.
+  while (serial[0] === 0) serial[0] = randomChunk(1)[0]! & 0x7f;
   return serial;
 }
 

@@ -227,8 +227,13 @@ export function whole(buf: Uint8Array, el: Tlv): Buffer {
   return Buffer.from(buf.buffer, buf.byteOffset + el.start, el.end - el.start);
 }
 
+const decodedOids = new Map<string, string>();
+
 export function decodeOid(bytes: Uint8Array): string {
   if (bytes.length === 0) throw new DerError("empty OID");
+  const key = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1");
+  const cached = decodedOids.get(key);
+  if (cached !== undefined) return cached;
   const arcs: bigint[] = [];
   let value = 0n;
   let inArc = false;
@@ -244,7 +249,10 @@ export function decodeOid(bytes: Uint8Array): string {
   if (inArc) throw new DerError("truncated OID");
   const first = arcs[0]!;
   const head = first < 80n ? [first / 40n, first % 40n] : [2n, first - 80n];
-  return [...head, ...arcs.slice(1)].join(".");
+  const dotted = [...head, ...arcs.slice(1)].join(".");
+  // Bounded: input is untrusted, but the OIDs seen in practice are a few dozen.
+  if (decodedOids.size < 512) decodedOids.set(key, dotted);
+  return dotted;
 }
 
 export function readOid(buf: Uint8Array, el: Tlv | undefined, what: string): string {
