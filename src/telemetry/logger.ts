@@ -80,7 +80,7 @@ export function formatPrettyLine(line: string): string {
       text += ` err=${JSON.stringify(err.code ? `${String(err.code)}: ${String(err.message)}` : err.message)}`;
       continue;
     }
-    text += ` ${key}=${typeof value === "string" && /^[\w.:/@-]+$/.test(value) ? value : JSON.stringify(value)}`;
+    text += ` ${key}=${typeof value === "string" && /^[\w.:/@[\]-]+$/.test(value) ? value : JSON.stringify(value)}`;
   }
   return `${text}\n`;
 }

@@ -57,7 +57,15 @@ function checkLabels(name: string, labels: readonly string[]): void {
 
 export function createMetrics(config: MetricsConfig = {}): Metrics {
   const registry = new Registry();
-  if (config.processMetrics) collectDefaultMetrics({ register: registry, prefix: "meshward_" });
+  if (config.processMetrics) {
+    collectDefaultMetrics({ register: registry, prefix: "meshward_" });
+    // prom-client's nodejs_active_{handles,requests,resources}_total are gauges named like
+    // counters (`promtool check metrics` flags them); their per-type siblings stay.
+    for (const metric of registry.getMetricsAsArray()) {
+      const name = (metric as { name?: string }).name ?? "";
+      if (name.endsWith("_total") && metric instanceof Gauge) registry.removeSingleMetric(name);
+    }
+  }
 
   function existing<T>(name: string, type: string, labelNames: readonly string[]): T | undefined {
     const found = registry.getSingleMetric(name) as (Metric & { labelNames?: readonly string[]; type?: string }) | undefined;
