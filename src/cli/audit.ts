@@ -39,15 +39,21 @@ function useColor(flag: boolean | undefined): boolean {
 }
 
 export function registerAuditCommand(program: Command): void {
+  // `audit PATH...` is the default subcommand `scan`, so that `drift` and `rules` can have
+  // their own --format/--fail-on without the parent command claiming them.
   const audit = program
     .command("audit")
     .description("find insecure communication settings in Dapr, Kubernetes, micro and meshward configs")
+    .addHelpText("after", "\nUsage: meshward audit [scan] PATH... [--format text|json|sarif] [--fail-on high|medium|low]\nA folder literally named scan, drift or rules: write ./drift.");
+
+  audit
+    .command("scan", { isDefault: true })
+    .description("audit files and folders (the default: `meshward audit PATH...`)")
     .argument("[paths...]", "files or folders to audit (folders recursively)")
     .addOption(new Option("-f, --format <format>", "report format").choices(["text", "json", "sarif"]).default("text"))
     .addOption(new Option("--fail-on <severity>", "exit 1 when a finding of this severity or higher exists").choices(["high", "medium", "low", "none"]).default("none"))
     .option("--max-file-size <bytes>", "skip (and report) files larger than this", String(DEFAULT_MAX_FILE_BYTES))
     .option("--no-color", "never colour the text report (colour is used only on a terminal)")
-    .addHelpText("after", "\nSubcommands: `audit drift ENV_DIR...` compares environments, `audit rules` lists the rules.\nA folder literally named drift or rules: write ./drift.")
     .action((paths: string[], options: { format: string; failOn: string; maxFileSize: string; color?: boolean }) => {
       if (paths.length === 0) throw new MeshwardError("E_AUDIT_USAGE", "give at least one file or folder to audit, e.g. `meshward audit deploy/`");
       const result = auditPaths(paths, { maxFileBytes: parseSize(options.maxFileSize) });
