@@ -3,7 +3,6 @@ import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { MeshwardError } from "../errors.ts";
 import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
-import { verifyChain } from "../pki/chain.ts";
 import { decodePrivateKey, encodePrivateKey, generateKeyPair, keysMatch } from "../pki/keys.ts";
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import { parseTrustDomain } from "../spiffe/id.ts";
@@ -11,6 +10,8 @@ import { assertPrivateFile, writeFileAtomic, writeSecretFileAtomic } from "../ut
 
 export const DEFAULT_ROOT_TTL_MS = 10 * 365 * 86_400_000;
 export const DEFAULT_ISSUER_TTL_MS = 365 * 86_400_000;
+/** Anchors are backdated like leaves, so a new CA is trusted at once by hosts whose clocks run a little behind. */
+export const ANCHOR_BACKDATE_MS = 15 * 60_000;
 
 /** Where a CA directory keeps its trust anchors and state. */
 export interface CaLayout {
@@ -97,13 +98,13 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
     writeFileAtomic(layout.issuerCert, issuerChain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""));
     writeSecretFileAtomic(layout.issuerKey, encodePrivateKey(issuerKey, options.passphrase));
   } else {
-    const notBefore = options.now;
+    const notBefore = new Date(options.now.getTime() - ANCHOR_BACKDATE_MS);
     const rootKeys = generateKeyPair();
     const root = await createRootCertificate({
       trustDomain,
       keyPair: rootKeys,
       notBefore,
-      notAfter: new Date(notBefore.getTime() + (options.rootTtlMs ?? DEFAULT_ROOT_TTL_MS)),
+      notAfter: new Date(options.now.getTime() + (options.rootTtlMs ?? DEFAULT_ROOT_TTL_MS)),
     });
     const rootSigner: Signer = { certificate: new X509Certificate(root.der), der: root.der, privateKey: rootKeys.privateKey };
     const issuerKeys = generateKeyPair();
@@ -112,7 +113,7 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
       publicKey: issuerKeys.publicKey,
       signer: rootSigner,
       notBefore,
-      notAfter: new Date(notBefore.getTime() + Math.min(options.issuerTtlMs ?? DEFAULT_ISSUER_TTL_MS, options.rootTtlMs ?? DEFAULT_ROOT_TTL_MS)),
+      notAfter: new Date(options.now.getTime() + Math.min(options.issuerTtlMs ?? DEFAULT_ISSUER_TTL_MS, options.rootTtlMs ?? DEFAULT_ROOT_TTL_MS)),
     });
     writeSecretFileAtomic(layout.rootKey, encodePrivateKey(rootKeys.privateKey, options.passphrase));
     writeSecretFileAtomic(layout.issuerKey, encodePrivateKey(issuerKeys.privateKey, options.passphrase));
@@ -141,10 +142,16 @@ function validateImport(imported: ImportedAnchors, now: Date) {
   if (!keysMatch(issuerKey, issuer.publicKey)) {
     throw new MeshwardError("E_IMPORT_INVALID", "--issuer-key does not belong to --issuer-cert");
   }
-  try {
-    verifyChain({ leaf: issuer, intermediates: issuerChain.slice(1), roots: [root], at: now, allowCaLeaf: true });
-  } catch (error) {
-    throw new MeshwardError("E_IMPORT_INVALID", `--issuer-cert does not chain to --root-cert: ${(error as Error).message}`, { cause: error });
+  // Each certificate must be signed by the next, ending at the root, and valid now.
+  const path = [...issuerChain, root];
+  for (const [index, cert] of path.entries()) {
+    const parent = path[index + 1];
+    if (parent !== undefined && !(cert.checkIssued(parent) && cert.verify(parent.publicKey))) {
+      throw new MeshwardError("E_IMPORT_INVALID", `--issuer-cert does not chain to --root-cert: ${cert.subject.replace(/\n/g, ", ")} is not signed by ${parent.subject.replace(/\n/g, ", ")}`);
+    }
+    if (now < new Date(cert.validFrom) || now >= new Date(cert.validTo)) {
+      throw new MeshwardError("E_IMPORT_INVALID", `${cert.subject.replace(/\n/g, ", ")} is not valid now (${cert.validFrom} – ${cert.validTo})`);
+    }
   }
   return { root, issuerChain, issuerKey };
 }

@@ -3,7 +3,7 @@ import { issueLeafCertificate, type IssuedCertificate, type Signer } from "../pk
 import type { ParsedCsr } from "../pki/csr.ts";
 import type { AttestedIdentity } from "./attest/attestor.ts";
 
-/** Leaves shorter than this are not worth issuing: the issuer is about to expire. */
+/** A leaf cut shorter than this (or than the configured TTL) by the issuer's expiry is not worth issuing. */
 export const MIN_LEAF_TTL_MS = 60_000;
 
 export interface SigningPolicy {
@@ -65,7 +65,7 @@ export function signWorkloadCertificate(input: {
     throw new MeshwardError("E_ISSUER_EXPIRED", `the issuer certificate expired at ${issuerNotAfter.toISOString()}; refusing to sign. Rotate it with 'meshward ca rotate-issuer'`);
   }
   const notAfter = new Date(Math.min(now.getTime() + policy.workloadTtlMs, issuerNotAfter.getTime()));
-  if (notAfter.getTime() - now.getTime() < MIN_LEAF_TTL_MS) {
+  if (notAfter.getTime() - now.getTime() < Math.min(MIN_LEAF_TTL_MS, policy.workloadTtlMs)) {
     throw new MeshwardError("E_ISSUER_EXPIRING", `the issuer certificate expires at ${issuerNotAfter.toISOString()}, too soon to issue a useful certificate`);
   }
   const notBefore = new Date(Math.max(now.getTime() - policy.clockSkewMs, issuerNotBefore.getTime()));

@@ -85,7 +85,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     warn: (message, fields) => logger.warn({ event: "insecure-validator", ...fields }, message),
   }));
   if (config.jwks !== undefined) {
-    const validator = jwksAttestor({ ...config.jwks, trustDomain: anchors.trustDomain, clockToleranceSeconds: Math.round(config.clockSkew / 1000) });
+    const validator = jwksAttestor({ ...config.jwks, trustDomain: anchors.trustDomain });
     attestors.set("jwks", validator);
     attestors.set("kubernetes", config.jwks.mapping === "kubernetes" ? validator : jwksAttestor({ ...config.jwks, mapping: "kubernetes", trustDomain: anchors.trustDomain }, "kubernetes"));
   }

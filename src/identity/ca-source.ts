@@ -1,0 +1,298 @@
+import { readFileSync } from "node:fs";
+import type { Logger } from "pino";
+import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
+import { verifyChain } from "../pki/chain.ts";
+import { createCsr } from "../pki/csr.ts";
+import { parseCrl } from "../pki/crl.ts";
+import { inspectCertificate, toX509 } from "../pki/inspect.ts";
+import { generateKeyPair } from "../pki/keys.ts";
+import { certificatesFromPem, toPem } from "../pki/pem.ts";
+import { formatWorkloadId, parseSpiffeId } from "../spiffe/id.ts";
+import { systemClock, type Clock, type ClockTimer, type Rng } from "../util/clock.ts";
+import { fetchFromCa, requestCertificate, type CaConnection, type ValidatorChoice } from "./ca-client.ts";
+import { backoffDelay, DEFAULT_BACKOFF, DEFAULT_RENEWAL_TIMING, renewalDelay, type Backoff, type RenewalTiming } from "./schedule.ts";
+import type { IdentityEvent, IdentitySnapshot, IdentitySource, Svid, TrustBundle } from "./source.ts";
+
+export interface CaIdentityOptions {
+  /** CA address, HOST:PORT. */
+  readonly ca: string;
+  /** Bootstrap trust bundle (PEM): the CA's certificate must chain to it. */
+  readonly bundlePem: string;
+  /** Read from the bundle's root when omitted. */
+  readonly trustDomain?: string;
+  /** Asked for, and checked against what the CA issues, when given. */
+  readonly namespace?: string;
+  readonly appId?: string;
+  readonly token?: string;
+  /** Re-read before each use, so rotating tokens (Kubernetes projected tokens) keep working. */
+  readonly tokenFile?: string;
+  readonly validator?: ValidatorChoice;
+  readonly dnsNames?: readonly string[];
+  readonly timing?: RenewalTiming;
+  readonly backoff?: Backoff;
+  /** How often the bundle and CRL are fetched from the CA (default 60 s). */
+  readonly bundleRefreshMs?: number;
+  readonly requestTimeoutMs?: number;
+  readonly clock?: Clock;
+  readonly rng?: Rng;
+  readonly logger?: Logger;
+}
+
+export interface CaIdentitySource extends IdentitySource {
+  /** Renews at once (e.g. after a root rotation). */
+  renewNow(): Promise<void>;
+  /** Fetches the bundle and CRL at once. */
+  refreshBundle(): Promise<void>;
+}
+
+/**
+ * A workload identity from the meshward CA that keeps itself fresh: renews at ~50% of its
+ * life (jittered), retries with capped exponential backoff while the CA is down, keeps
+ * serving the current certificate until it expires, then reports `expired` and stops
+ * offering it. Renewal proves identity with the current certificate, so a single-use join
+ * token is needed only once.
+ */
+export function createIdentity(options: CaIdentityOptions): CaIdentitySource {
+  return new CaSource(options);
+}
+
+class CaSource implements CaIdentitySource {
+  readonly #options: CaIdentityOptions;
+  readonly #clock: Clock;
+  readonly #rng: Rng;
+  readonly #trustDomain: string;
+  readonly #expectedId: string | undefined;
+  readonly #listeners = new Set<(event: IdentityEvent) => void>();
+  #snapshot: IdentitySnapshot | undefined;
+  /** Last good SVID even after expiry, to tell the CA who we were. */
+  #svid: Svid | undefined;
+  #bundle: TrustBundle;
+  #attempt = 0;
+  #renewTimer: ClockTimer | undefined;
+  #expiryTimer: ClockTimer | undefined;
+  #bundleTimer: ClockTimer | undefined;
+  #renewing: Promise<void> | undefined;
+  #closed = false;
+  #resolveReady!: (snapshot: IdentitySnapshot) => void;
+  #rejectReady!: (error: Error) => void;
+  readonly #ready: Promise<IdentitySnapshot>;
+
+  constructor(options: CaIdentityOptions) {
+    this.#options = options;
+    this.#clock = options.clock ?? systemClock;
+    this.#rng = options.rng ?? Math.random;
+    this.#trustDomain = options.trustDomain ?? trustDomainOf(options.bundlePem);
+    this.#expectedId =
+      options.namespace && options.appId ? formatWorkloadId({ trustDomain: this.#trustDomain, namespace: options.namespace, appId: options.appId }) : undefined;
+    this.#bundle = { trustDomain: this.#trustDomain, rootsPem: normalizeRoots(options.bundlePem), revokedSerials: new Set() };
+    this.#ready = new Promise((resolve, reject) => {
+      this.#resolveReady = resolve;
+      this.#rejectReady = reject;
+    });
+    this.#ready.catch(() => undefined);
+    void this.#renew();
+    this.#scheduleBundleRefresh();
+  }
+
+  ready(): Promise<IdentitySnapshot> {
+    return this.#ready;
+  }
+
+  current(): IdentitySnapshot | undefined {
+    return this.#snapshot;
+  }
+
+  subscribe(listener: (event: IdentityEvent) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  async renewNow(): Promise<void> {
+    await this.#renew();
+  }
+
+  async refreshBundle(): Promise<void> {
+    const connection = this.#connection();
+    const rootsPem = normalizeRoots((await fetchFromCa(connection, "/v1/bundle")).toString("utf8"));
+    const revokedSerials = await this.#fetchRevocations(connection);
+    const changed = rootsPem !== this.#bundle.rootsPem || !sameSet(revokedSerials, this.#bundle.revokedSerials);
+    if (!changed) return;
+    this.#bundle = { trustDomain: this.#trustDomain, rootsPem, revokedSerials };
+    this.#log("info", { event: "bundle-updated", roots: certificatesFromPem(rootsPem).length, revoked: revokedSerials.size }, "trust bundle updated");
+    if (this.#svid !== undefined && this.#snapshot !== undefined) {
+      this.#snapshot = { svid: this.#svid, bundle: this.#bundle };
+      this.#emit({ type: "bundle-updated", snapshot: this.#snapshot });
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    for (const timer of [this.#renewTimer, this.#expiryTimer, this.#bundleTimer]) if (timer) this.#clock.clearTimeout(timer);
+    this.#rejectReady(new MeshwardError("E_IDENTITY_CLOSED", "the identity was closed before it got a certificate"));
+    this.#listeners.clear();
+  }
+
+  #renew(): Promise<void> {
+    // One renewal at a time; a second caller waits for the running one.
+    this.#renewing ??= this.#renewOnce().finally(() => {
+      this.#renewing = undefined;
+    });
+    return this.#renewing;
+  }
+
+  async #renewOnce(): Promise<void> {
+    if (this.#closed) return;
+    if (this.#renewTimer) this.#clock.clearTimeout(this.#renewTimer);
+    try {
+      const svid = await this.#fetchSvid();
+      if (this.#closed) return;
+      this.#attempt = 0;
+      this.#svid = svid;
+      this.#snapshot = { svid, bundle: this.#bundle };
+      this.#log("info", { event: "rotated", spiffeId: svid.spiffeId, serial: svid.serial, notAfter: svid.notAfter.toISOString() }, "workload certificate renewed");
+      this.#emit({ type: "rotated", snapshot: this.#snapshot });
+      this.#resolveReady(this.#snapshot);
+      this.#schedule(renewalDelay(this.#clock.now(), svid.notAfter.getTime(), this.#options.timing ?? DEFAULT_RENEWAL_TIMING, this.#rng));
+      this.#scheduleExpiry(svid);
+    } catch (error) {
+      if (this.#closed) return;
+      const retryInMs = backoffDelay(this.#attempt++, this.#options.backoff ?? DEFAULT_BACKOFF, this.#rng);
+      this.#log("warn", { event: "renewal-failed", reason: isMeshwardError(error) ? error.code : "E_INTERNAL", retryInMs, error: describeError(error) }, "could not renew the workload certificate; retrying");
+      this.#emit({ type: "renewal-failed", error: error as Error, retryInMs });
+      if (isFatal(error) && this.#svid === undefined) {
+        this.#rejectReady(error as Error);
+      }
+      this.#schedule(retryInMs);
+    }
+  }
+
+  async #fetchSvid(): Promise<Svid> {
+    const keyPair = generateKeyPair();
+    const csrPem = await createCsr({ keyPair, dnsNames: this.#options.dnsNames ?? [] });
+    const now = this.#clock.now();
+    const current = this.#svid !== undefined && this.#svid.notAfter.getTime() > now ? this.#svid : undefined;
+    const token = current === undefined ? this.#readToken() : "";
+    const connection: CaConnection = {
+      ...this.#connection(),
+      ...(current ? { clientCertificate: { certChainPem: current.certChainPem, privateKey: current.privateKey } } : {}),
+    };
+    const signed = await requestCertificate(connection, {
+      csrPem,
+      token,
+      validator: current ? "SVID" : (this.#options.validator ?? "JOIN_TOKEN"),
+      namespace: this.#options.namespace ?? "",
+      appId: this.#options.appId ?? "",
+    });
+    const chain = certificatesFromPem(signed.certChainPem);
+    const leaf = inspectCertificate(chain[0] as Buffer);
+    const rootsPem = normalizeRoots(signed.bundlePem);
+    verifyChain({ leaf: chain[0] as Buffer, intermediates: chain.slice(1), roots: certificatesFromPem(rootsPem), at: new Date(now) });
+    const spiffeId = leaf.uris[0];
+    if (spiffeId === undefined || leaf.uris.length !== 1) throw new MeshwardError("E_SVID_INVALID", "the CA returned a certificate without exactly one SPIFFE ID");
+    const expected = this.#svid?.spiffeId ?? this.#expectedId;
+    if (expected !== undefined && spiffeId !== expected) {
+      throw new MeshwardError("E_SPIFFE_MISMATCH", `the CA issued ${spiffeId} but this workload is ${expected}`);
+    }
+    if (rootsPem !== this.#bundle.rootsPem) this.#bundle = { ...this.#bundle, rootsPem };
+    return { spiffeId, certChainPem: signed.certChainPem, privateKey: keyPair.privateKey, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial };
+  }
+
+  async #fetchRevocations(connection: CaConnection): Promise<ReadonlySet<string>> {
+    const der = await fetchFromCa(connection, "/v1/crl");
+    const issuers = this.#svid ? certificatesFromPem(this.#svid.certChainPem).slice(1).map((d) => toX509(d)) : [];
+    for (const issuer of issuers) {
+      try {
+        return parseCrl(der, issuer).revokedSerials;
+      } catch {
+        // signed by another issuer of the chain (or a newer one): try the next
+      }
+    }
+    if (issuers.length === 0) return this.#bundle.revokedSerials;
+    throw new MeshwardError("E_CRL_SIGNATURE", "the CA's CRL is not signed by this workload's issuer");
+  }
+
+  #connection(): CaConnection {
+    return {
+      address: this.#options.ca,
+      bundlePem: this.#bundle.rootsPem,
+      trustDomain: this.#trustDomain,
+      ...(this.#options.requestTimeoutMs !== undefined ? { timeoutMs: this.#options.requestTimeoutMs } : {}),
+    };
+  }
+
+  #readToken(): string {
+    if (this.#options.tokenFile !== undefined) {
+      try {
+        return readFileSync(this.#options.tokenFile, "utf8").trim();
+      } catch (error) {
+        throw new MeshwardError("E_TOKEN_MISSING", `cannot read token file ${this.#options.tokenFile}: ${(error as NodeJS.ErrnoException).code ?? describeError(error)}`);
+      }
+    }
+    if (this.#options.token === undefined || this.#options.token === "") {
+      throw new MeshwardError("E_TOKEN_MISSING", "no valid certificate to renew with and no token to attest with");
+    }
+    return this.#options.token;
+  }
+
+  #schedule(delayMs: number): void {
+    if (this.#closed) return;
+    if (this.#renewTimer) this.#clock.clearTimeout(this.#renewTimer);
+    this.#renewTimer = this.#clock.setTimeout(() => void this.#renew(), delayMs);
+  }
+
+  #scheduleExpiry(svid: Svid): void {
+    if (this.#expiryTimer) this.#clock.clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = this.#clock.setTimeout(() => {
+      if (this.#svid !== svid || this.#closed) return;
+      this.#snapshot = undefined;
+      this.#log("error", { event: "expired", spiffeId: svid.spiffeId, notAfter: svid.notAfter.toISOString() }, "the workload certificate expired and could not be renewed; it is no longer presented");
+      this.#emit({ type: "expired", spiffeId: svid.spiffeId });
+    }, svid.notAfter.getTime() - this.#clock.now());
+  }
+
+  #scheduleBundleRefresh(): void {
+    const every = this.#options.bundleRefreshMs ?? 60_000;
+    this.#bundleTimer = this.#clock.setTimeout(() => {
+      this.refreshBundle()
+        .catch((error) => this.#log("warn", { event: "bundle-refresh-failed", error: describeError(error) }, "could not refresh the trust bundle"))
+        .finally(() => {
+          if (!this.#closed) this.#scheduleBundleRefresh();
+        });
+    }, every);
+  }
+
+  #emit(event: IdentityEvent): void {
+    for (const listener of [...this.#listeners]) {
+      try {
+        listener(event);
+      } catch (error) {
+        this.#log("error", { event: "listener-failed", error: describeError(error) }, "an identity listener threw");
+      }
+    }
+  }
+
+  #log(level: "info" | "warn" | "error", fields: object, message: string): void {
+    this.#options.logger?.[level](fields, message);
+  }
+}
+
+/** Errors that retrying cannot fix before a person acts (ready() rejects; retries go on). */
+function isFatal(error: unknown): boolean {
+  return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID|AUDIENCE|SIGNATURE|ISSUER)|IDENTITY_MISMATCH|SPIFFE_MISMATCH|VALIDATOR_DISABLED|TRUST_DOMAIN_MISMATCH)$/.test(error.code);
+}
+
+function normalizeRoots(pem: string): string {
+  return certificatesFromPem(pem).map((der) => toPem(der, "CERTIFICATE")).join("");
+}
+
+function sameSet(a: ReadonlySet<string>, b: ReadonlySet<string>): boolean {
+  return a.size === b.size && [...a].every((v) => b.has(v));
+}
+
+function trustDomainOf(bundlePem: string): string {
+  for (const der of certificatesFromPem(bundlePem)) {
+    const uri = inspectCertificate(der).uris.find((u) => u.startsWith("spiffe://"));
+    if (uri !== undefined) return parseSpiffeId(uri).trustDomain;
+  }
+  throw new MeshwardError("E_TRUST_DOMAIN_UNKNOWN", "no root in the bundle names a SPIFFE trust domain; pass trustDomain");
+}

@@ -1,0 +1,286 @@
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { exportJWK, generateKeyPair as joseKeyPair, SignJWT } from "jose";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { caConfigSchema } from "../../src/config/ca.ts";
+import { initAnchors } from "../../src/ca/anchors.ts";
+import { startCaServer, type CaServer } from "../../src/ca/server.ts";
+import { generateJoinToken } from "../../src/ca/tokens.ts";
+import { isMeshwardError } from "../../src/errors.ts";
+import { requestCertificate, type CaConnection, type CertificateRequest } from "../../src/identity/ca-client.ts";
+import { createCsr } from "../../src/pki/csr.ts";
+import { inspectCertificate } from "../../src/pki/inspect.ts";
+import { generateKeyPair } from "../../src/pki/keys.ts";
+import { certificatesFromPem, pemBlocks, toPem } from "../../src/pki/pem.ts";
+import { exec } from "../helpers/exec.ts";
+
+type SigningKey = Awaited<ReturnType<typeof joseKeyPair>>["privateKey"];
+const TD = "authority.test";
+const silent = pino({ level: "silent" });
+
+async function refusal(promise: Promise<unknown>): Promise<{ code: string; message: string }> {
+  try {
+    await promise;
+  } catch (error) {
+    if (isMeshwardError(error)) return { code: error.code, message: error.message };
+    throw error;
+  }
+  throw new Error("expected the CA to refuse, but it signed");
+}
+
+describe("CA signing API: every refusal, and the CA keeps serving", () => {
+  let work: string;
+  let server: CaServer;
+  let connection: CaConnection;
+  let jwtKey: SigningKey;
+  let otherJwtKey: SigningKey;
+
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), "meshward-authority-"));
+    await initAnchors({ dir: join(work, "ca"), trustDomain: TD, now: new Date() });
+    const jwt = await joseKeyPair("ES256");
+    jwtKey = jwt.privateKey as SigningKey;
+    otherJwtKey = (await joseKeyPair("ES256")).privateKey as SigningKey;
+    const jwk = { ...(await exportJWK(jwt.publicKey)), kid: "k1", alg: "ES256", use: "sig" };
+    writeFileSync(join(work, "jwks.json"), JSON.stringify({ keys: [jwk] }));
+    const config = caConfigSchema.parse({
+      listen: "127.0.0.1:0",
+      workloadTtl: "1h",
+      maxRequestBytes: 16 * 1024,
+      jwks: { jwksFile: join(work, "jwks.json"), issuer: "https://kubernetes.default.svc", audience: "meshward" },
+      crlRefresh: "100ms",
+    });
+    server = await startCaServer({ dir: join(work, "ca"), config, logger: silent });
+    connection = { address: server.address, bundlePem: readFileSync(join(work, "ca", "bundle.pem"), "utf8"), trustDomain: TD };
+  });
+
+  afterAll(async () => {
+    await server?.close();
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  const joinToken = async (namespace: string, appId: string, opts: { dnsNames?: string[]; expiresInMs?: number; uses?: number } = {}) => {
+    const t = generateJoinToken();
+    const now = new Date();
+    await server.store.createToken({
+      id: t.id,
+      tokenHash: t.hash,
+      spiffeId: `spiffe://${TD}/ns/${namespace}/${appId}`,
+      dnsNames: opts.dnsNames ?? [],
+      createdAt: now,
+      expiresAt: new Date(now.getTime() + (opts.expiresInMs ?? 3_600_000)),
+      usesAllowed: opts.uses ?? 1,
+      usesLeft: opts.uses ?? 1,
+    });
+    return t.token;
+  };
+  const csr = async (opts: { spiffeId?: string; dnsNames?: string[] } = {}) => {
+    const keyPair = generateKeyPair();
+    return { keyPair, csrPem: await createCsr({ keyPair, ...opts }) };
+  };
+  const ask = (request: Partial<CertificateRequest> & { csrPem: string; token: string }, conn: CaConnection = connection) =>
+    requestCertificate(conn, { validator: "JOIN_TOKEN", namespace: "", appId: "", ...request });
+  const stillServes = async () => {
+    const signed = await ask({ ...(await csr()), token: await joinToken("health", "probe") });
+    expect(inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer).uris).toEqual([`spiffe://${TD}/ns/health/probe`]);
+  };
+
+  it("signs with the attested identity, lifetime = --workload-ttl, NotBefore backdated by the clock skew", async () => {
+    const before = Date.now();
+    const signed = await ask({ ...(await csr()), token: await joinToken("orders", "api") });
+    const leaf = inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer);
+    expect(leaf.uris).toEqual([`spiffe://${TD}/ns/orders/api`]);
+    expect(leaf.isCa).toBe(false);
+    expect(leaf.notAfter.getTime() - before).toBeGreaterThan(3_590_000);
+    expect(leaf.notAfter.getTime() - before).toBeLessThanOrEqual(3_605_000);
+    expect(before - leaf.notBefore.getTime()).toBeGreaterThanOrEqual(15 * 60_000 - 2000);
+    expect(signed.validUntil.getTime()).toBe(Math.floor(leaf.notAfter.getTime() / 1000) * 1000);
+    const record = await server.store.getIssuance(leaf.serial);
+    expect(record).toMatchObject({ spiffeId: `spiffe://${TD}/ns/orders/api`, attestation: "join-token" });
+  });
+
+  it.each([
+    ["malformed PEM", async () => ({ csrPem: "-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n" }), "E_CSR_INVALID"],
+    ["not a CSR at all", async () => ({ csrPem: "hello" }), "E_CSR_INVALID"],
+    [
+      "a CSR whose signature does not verify",
+      async () => {
+        const { csrPem } = await csr();
+        const der = Buffer.from(pemBlocks(csrPem)[0]!.der);
+        der.writeUInt8(der.readUInt8(der.length - 5) ^ 0x01, der.length - 5);
+        return { csrPem: toPem(der, "CERTIFICATE REQUEST") };
+      },
+      "E_CSR_SIGNATURE",
+    ],
+    ["a CSR naming another app's SPIFFE ID", async () => await csr({ spiffeId: `spiffe://${TD}/ns/orders/payments` }), "E_CSR_IDENTITY_MISMATCH"],
+    ["a CSR asking for a DNS name the token does not allow", async () => await csr({ dnsNames: ["db.internal"] }), "E_CSR_DNS_NOT_ALLOWED"],
+  ])("refuses %s", async (_name, make, code) => {
+    const r = await refusal(ask({ ...(await make()), token: await joinToken("orders", "api") }));
+    expect(r.code).toBe(code);
+    await stillServes();
+  });
+
+  it("does not spend a join token on a CSR it refuses", async () => {
+    const token = await joinToken("orders", "retry");
+    expect((await refusal(ask({ csrPem: "garbage", token }))).code).toBe("E_CSR_INVALID");
+    await ask({ ...(await csr()), token });
+  });
+
+  it.each([
+    ["a CSR asking to be a CA", ["-addext", "basicConstraints=critical,CA:TRUE"], "ec", "E_CSR_REQUESTS_CA"],
+    ["an RSA-1024 key", [], "rsa:1024", "E_KEY_WEAK"],
+  ])("refuses %s (CSR made by openssl)", async (_name, ext, keyType, code) => {
+    const dir = mkdtempSync(join(work, "req-"));
+    const keyArgs = keyType === "ec" ? ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] : ["-newkey", keyType];
+    const made = await exec("openssl", ["req", "-new", ...keyArgs, "-nodes", "-subj", "/CN=x", "-keyout", join(dir, "k.pem"), "-out", join(dir, "csr.pem"), ...ext]);
+    expect(made.code, made.stderr).toBe(0);
+    const r = await refusal(ask({ csrPem: readFileSync(join(dir, "csr.pem"), "utf8"), token: await joinToken("orders", "api") }));
+    expect(r.code).toBe(code);
+    await stillServes();
+  });
+
+  it("accepts P-384 and RSA-2048 CSRs from openssl", async () => {
+    for (const keyArgs of [["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"], ["-newkey", "rsa:2048"]]) {
+      const dir = mkdtempSync(join(work, "req-"));
+      await exec("openssl", ["req", "-new", ...keyArgs, "-nodes", "-subj", "/CN=x", "-keyout", join(dir, "k.pem"), "-out", join(dir, "csr.pem")]);
+      const signed = await ask({ csrPem: readFileSync(join(dir, "csr.pem"), "utf8"), token: await joinToken("orders", "legacy") });
+      expect(signed.certChainPem).toMatch(/BEGIN CERTIFICATE/);
+    }
+  });
+
+  it("issues DNS SANs the join token allows", async () => {
+    const signed = await ask({ ...(await csr({ dnsNames: ["db.internal"] })), token: await joinToken("data", "postgres", { dnsNames: ["db.internal"] }) });
+    expect(inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer).dnsNames).toEqual(["db.internal"]);
+  });
+
+  it("refuses a reused, an expired and an unknown join token", async () => {
+    const token = await joinToken("orders", "api");
+    await ask({ ...(await csr()), token });
+    expect((await refusal(ask({ ...(await csr()), token }))).code).toBe("E_TOKEN_USED");
+    expect((await refusal(ask({ ...(await csr()), token: await joinToken("orders", "api", { expiresInMs: -1000 }) }))).code).toBe("E_TOKEN_EXPIRED");
+    expect((await refusal(ask({ ...(await csr()), token: "mwjt_" + "A".repeat(43) }))).code).toBe("E_TOKEN_UNKNOWN");
+    expect((await refusal(ask({ ...(await csr()), token: "" }))).code).toBe("E_TOKEN_MISSING");
+    await stillServes();
+  });
+
+  it("refuses a request for another trust domain", async () => {
+    const r = await refusal(ask({ ...(await csr()), token: await joinToken("orders", "api") }, { ...connection, trustDomain: "other.test" }).catch((e) => Promise.reject(e)));
+    // The client itself refuses to talk to a CA that is not other.test's (server identity check) …
+    expect(["E_SPIFFE_MISMATCH", "E_CA_UNAVAILABLE", "E_CA_ERROR"]).toContain(r.code);
+    // … and the CA refuses a request naming another trust domain.
+    const direct = await refusal(
+      server.authority.sign({ csr: (await csr()).csrPem, token: await joinToken("orders", "api"), validator: "join-token", appId: "", namespace: "", trustDomain: "other.test", peerCertificate: undefined }),
+    );
+    expect(direct.code).toBe("E_TRUST_DOMAIN_MISMATCH");
+  });
+
+  it("refuses an oversized request", async () => {
+    const r = await refusal(ask({ csrPem: "A".repeat(64 * 1024), token: "x" }));
+    expect(r.code).toBe("E_REQUEST_TOO_LARGE");
+    await stillServes();
+  });
+
+  it("refuses the insecure validator unless --allow-insecure-dev", async () => {
+    const r = await refusal(ask({ ...(await csr()), token: "", validator: "INSECURE", namespace: "orders", appId: "api" }));
+    expect(r.code).toBe("E_VALIDATOR_DISABLED");
+  });
+
+  describe("JWT / JWKS (Kubernetes service-account tokens)", () => {
+    const sat = (opts: { key?: SigningKey; audience?: string; expiresIn?: string; namespace?: string; sa?: string } = {}) =>
+      new SignJWT({ "kubernetes.io": { namespace: opts.namespace ?? "orders", serviceaccount: { name: opts.sa ?? "api", uid: "u" } } })
+        .setProtectedHeader({ alg: "ES256", kid: "k1" })
+        .setIssuer("https://kubernetes.default.svc")
+        .setAudience(opts.audience ?? "meshward")
+        .setSubject(`system:serviceaccount:${opts.namespace ?? "orders"}:${opts.sa ?? "api"}`)
+        .setIssuedAt()
+        .setExpirationTime(opts.expiresIn ?? "10m")
+        .sign(opts.key ?? jwtKey);
+
+    it("maps namespace + service account to the workload ID", async () => {
+      const signed = await ask({ ...(await csr()), token: await sat(), validator: "KUBERNETES" });
+      expect(inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer).uris).toEqual([`spiffe://${TD}/ns/orders/api`]);
+    });
+    it.each([
+      ["a wrong audience", { audience: "someone-else" }, "E_TOKEN_AUDIENCE"],
+      ["a wrong signature", { key: undefined as unknown as SigningKey, wrongKey: true }, "E_TOKEN_SIGNATURE"],
+      ["an expired token", { expiresIn: "-5m" }, "E_TOKEN_EXPIRED"],
+    ])("refuses %s", async (_name, opts, code) => {
+      const token = await sat({ ...opts, ...("wrongKey" in opts ? { key: otherJwtKey } : {}) });
+      expect((await refusal(ask({ ...(await csr()), token, validator: "JWKS" }))).code).toBe(code);
+      await stillServes();
+    });
+    it("refuses a token for one app used to ask for another", async () => {
+      expect((await refusal(ask({ ...(await csr()), token: await sat(), validator: "JWKS", appId: "payments" }))).code).toBe("E_IDENTITY_MISMATCH");
+    });
+    it("refuses garbage", async () => {
+      expect((await refusal(ask({ ...(await csr()), token: "not.a.jwt", validator: "JWKS" }))).code).toBe("E_TOKEN_INVALID");
+    });
+  });
+
+  describe("renewal with the current SVID", () => {
+    it("renews the same identity over mTLS, and refuses a revoked certificate", async () => {
+      const first = await csr();
+      const signed = await ask({ ...first, token: await joinToken("orders", "renewer") });
+      const renewConn: CaConnection = { ...connection, clientCertificate: { certChainPem: signed.certChainPem, privateKey: first.keyPair.privateKey } };
+      const renewed = await ask({ ...(await csr()), token: "", validator: "SVID" }, renewConn);
+      const info = inspectCertificate(certificatesFromPem(renewed.certChainPem)[0] as Buffer);
+      expect(info.uris).toEqual([`spiffe://${TD}/ns/orders/renewer`]);
+      expect((await server.store.getIssuance(info.serial))?.attestation).toBe("svid");
+
+      const serial = inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer).serial;
+      await server.store.revoke({ serial, revokedAt: new Date(), reason: "keyCompromise" });
+      let r = { code: "" };
+      for (let i = 0; i < 30 && r.code !== "E_CERT_REVOKED"; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        r = await refusal(ask({ ...(await csr()), token: "", validator: "SVID" }, renewConn)).catch(() => ({ code: "signed" }));
+      }
+      expect(r.code).toBe("E_CERT_REVOKED");
+    });
+
+    it("refuses renewal without a client certificate", async () => {
+      expect((await refusal(ask({ ...(await csr()), token: "", validator: "SVID" }))).code).toBe("E_ATTESTATION_NO_CERT");
+    });
+  });
+
+  it("counts requests by result and reason in /metrics", async () => {
+    const text = await server.registry.metrics();
+    expect(text).toMatch(/meshward_ca_sign_requests_total\{result="ok",reason=""\} \d+/);
+    expect(text).toMatch(/meshward_ca_sign_requests_total\{result="refused",reason="E_TOKEN_USED"\} [1-9]/);
+    expect(text).toMatch(/meshward_cert_expiry_timestamp_seconds\{kind="issuer"\} \d+/);
+    expect(text).not.toMatch(/PRIVATE KEY/);
+  });
+});
+
+describe("the issuer's validity bounds every signature", () => {
+  it("caps the leaf at the issuer's expiry and never signs with an expired issuer", async () => {
+    const work = mkdtempSync(join(tmpdir(), "meshward-issuer-"));
+    try {
+      const t0 = new Date();
+      await initAnchors({ dir: join(work, "ca"), trustDomain: TD, now: t0, issuerTtlMs: 2 * 3_600_000 });
+      let now = new Date(t0.getTime() + 3_600_000); // one hour of issuer life left
+      const config = caConfigSchema.parse({ listen: "127.0.0.1:0", workloadTtl: "24h" });
+      const server = await startCaServer({ dir: join(work, "ca"), config, logger: silent, clock: () => now });
+      try {
+        const sign = async () => {
+          const t = generateJoinToken();
+          await server.store.createToken({ id: t.id, tokenHash: t.hash, spiffeId: `spiffe://${TD}/ns/a/b`, dnsNames: [], createdAt: now, expiresAt: new Date(now.getTime() + 60_000), usesAllowed: 1, usesLeft: 1 });
+          const keyPair = generateKeyPair();
+          return server.authority.sign({ csr: await createCsr({ keyPair }), token: t.token, validator: "join-token", appId: "", namespace: "", trustDomain: "", peerCertificate: undefined });
+        };
+        const capped = await sign();
+        const issuerNotAfter = t0.getTime() + 2 * 3_600_000;
+        expect(Math.abs(capped.notAfter.getTime() - issuerNotAfter)).toBeLessThan(1000);
+        now = new Date(issuerNotAfter + 1000);
+        expect((await refusal(sign())).code).toBe("E_ISSUER_EXPIRED");
+        now = new Date(t0.getTime() - 3_600_000);
+        expect((await refusal(sign())).code).toBe("E_ISSUER_NOT_YET_VALID");
+      } finally {
+        await server.close();
+      }
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,50 @@
+import type { Clock, ClockTimer } from "../../src/util/clock.ts";
+
+/** A clock the test moves by hand; due timers run in order as time advances. */
+export class FakeClock implements Clock {
+  #now: number;
+  #timers = new Map<number, { due: number; fn: () => void }>();
+  #nextId = 1;
+
+  constructor(start = Date.parse("2026-01-01T00:00:00Z")) {
+    this.#now = start;
+  }
+
+  now(): number {
+    return this.#now;
+  }
+
+  setTimeout(fn: () => void, ms: number): ClockTimer {
+    const id = this.#nextId++;
+    this.#timers.set(id, { due: this.#now + Math.max(0, ms), fn });
+    return { id };
+  }
+
+  clearTimeout(timer: ClockTimer): void {
+    this.#timers.delete(timer.id as number);
+  }
+
+  /** Moves time forward, running each due timer at its own instant and letting promises settle in between. */
+  async advance(ms: number): Promise<void> {
+    const target = this.#now + ms;
+    for (;;) {
+      const next = [...this.#timers.entries()].filter(([, t]) => t.due <= target).sort((a, b) => a[1].due - b[1].due)[0];
+      if (next === undefined) break;
+      this.#timers.delete(next[0]);
+      this.#now = Math.max(this.#now, next[1].due);
+      next[1].fn();
+      await settle();
+    }
+    this.#now = target;
+    await settle();
+  }
+
+  pendingTimers(): number {
+    return this.#timers.size;
+  }
+}
+
+/** Lets pending promise callbacks and I/O callbacks run. */
+export async function settle(rounds = 20): Promise<void> {
+  for (let i = 0; i < rounds; i++) await new Promise((resolve) => setImmediate(resolve));
+}

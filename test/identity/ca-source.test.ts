@@ -1,0 +1,183 @@
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pino } from "pino";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { initAnchors } from "../../src/ca/anchors.ts";
+import { startCaServer, type CaServer } from "../../src/ca/server.ts";
+import { generateJoinToken } from "../../src/ca/tokens.ts";
+import { caConfigSchema } from "../../src/config/ca.ts";
+import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
+import type { IdentityEvent } from "../../src/identity/source.ts";
+import { FakeClock } from "../helpers/fake-clock.ts";
+
+const TD = "identity.test";
+const silent = pino({ level: "silent" });
+
+function nextEvent(source: CaIdentitySource, type: IdentityEvent["type"], timeoutMs = 15_000): Promise<IdentityEvent> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      stop();
+      reject(new Error(`no ${type} event within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const stop = source.subscribe((event) => {
+      if (event.type === type) {
+        clearTimeout(timer);
+        stop();
+        resolve(event);
+      }
+    });
+  });
+}
+
+async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+describe("CA-backed workload identity", () => {
+  let work: string;
+  let caDir: string;
+  let server: CaServer | undefined;
+  let port = 0;
+  const sources: CaIdentitySource[] = [];
+
+  const startCa = async (workloadTtl = "1h") => {
+    const config = caConfigSchema.parse({ listen: `127.0.0.1:${port}`, workloadTtl, crlRefresh: "100ms" });
+    server = await startCaServer({ dir: caDir, config, logger: silent });
+    port = server.port;
+    return server;
+  };
+  const token = async (namespace: string, appId: string) => {
+    const t = generateJoinToken();
+    const now = new Date();
+    await server!.store.createToken({ id: t.id, tokenHash: t.hash, spiffeId: `spiffe://${TD}/ns/${namespace}/${appId}`, dnsNames: [], createdAt: now, expiresAt: new Date(now.getTime() + 600_000), usesAllowed: 1, usesLeft: 1 });
+    return t.token;
+  };
+  const identity = async (appId: string, extra: Partial<Parameters<typeof createIdentity>[0]> = {}) => {
+    const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem: readFileSync(join(caDir, "bundle.pem"), "utf8"), token: await token("shop", appId), rng: () => 0.5, ...extra });
+    sources.push(source);
+    return source;
+  };
+
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), "meshward-identity-"));
+    caDir = join(work, "ca");
+    await initAnchors({ dir: caDir, trustDomain: TD, now: new Date() });
+  });
+  afterEach(async () => {
+    for (const s of sources.splice(0)) await s.close();
+    await server?.close();
+    server = undefined;
+  });
+  afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+  it("gets an SVID with a join token and renews at half its life with the current certificate", async () => {
+    await startCa("1h");
+    const clock = new FakeClock(Date.now());
+    const source = await identity("cart", { clock });
+    const first = await source.ready();
+    expect(first.svid.spiffeId).toBe(`spiffe://${TD}/ns/shop/cart`);
+    expect(first.bundle.rootsPem).toBe(readFileSync(join(caDir, "bundle.pem"), "utf8"));
+
+    let rotations = 0;
+    source.subscribe((e) => (rotations += e.type === "rotated" ? 1 : 0));
+    await clock.advance(29 * 60_000); // rng 0.5 → no jitter: renewal at 30 minutes
+    expect(rotations).toBe(0);
+    const rotated = nextEvent(source, "rotated");
+    await clock.advance(2 * 60_000);
+    const event = await rotated;
+    if (event.type !== "rotated") throw new Error("unreachable");
+    expect(event.snapshot.svid.serial).not.toBe(first.svid.serial);
+    expect(event.snapshot.svid.spiffeId).toBe(first.svid.spiffeId);
+    expect((await server!.store.getIssuance(event.snapshot.svid.serial))?.attestation).toBe("svid");
+    expect(source.current()?.svid.serial).toBe(event.snapshot.svid.serial);
+  });
+
+  it("keeps serving while the CA is down, backs off, and recovers when it returns", async () => {
+    await startCa("1h");
+    const clock = new FakeClock(Date.now());
+    const source = await identity("orders", { clock, backoff: { initialMs: 1000, maxMs: 8000 } });
+    const first = await source.ready();
+    await server!.close();
+
+    const failures: number[] = [];
+    source.subscribe((e) => {
+      if (e.type === "renewal-failed") failures.push(e.retryInMs);
+    });
+    await clock.advance(30 * 60_000 + 1000); // the renewal time (half of one hour)
+    await waitFor(() => failures.length >= 1);
+    expect(source.current()?.svid.serial).toBe(first.svid.serial);
+    // Each further failure waits longer, up to the cap (rng 0.5 → 75% of each step).
+    while (failures.length < 5) {
+      const seen = failures.length;
+      await clock.advance(failures[seen - 1] as number);
+      await waitFor(() => failures.length > seen);
+    }
+    expect(failures.slice(0, 5)).toEqual([750, 1500, 3000, 6000, 6000]);
+
+    await startCa("1h");
+    const rotated = nextEvent(source, "rotated");
+    await clock.advance(failures[failures.length - 1] as number);
+    await rotated;
+    expect(source.current()?.svid.serial).not.toBe(first.svid.serial);
+  });
+
+  it("reports expiry and stops offering the certificate when renewal keeps failing", async () => {
+    await startCa("1h");
+    const clock = new FakeClock(Date.now());
+    const source = await identity("expiring", { clock, backoff: { initialMs: 60_000, maxMs: 600_000 } });
+    const first = await source.ready();
+    await server!.close();
+    const expired = nextEvent(source, "expired");
+    await clock.advance(first.svid.notAfter.getTime() - clock.now() + 1000);
+    const event = await expired;
+    expect(event).toMatchObject({ type: "expired", spiffeId: first.svid.spiffeId });
+    expect(source.current()).toBeUndefined();
+  });
+
+  it("refuses to start with a used token (ready() rejects with the CA's reason)", async () => {
+    await startCa("1h");
+    const t = await token("shop", "dup");
+    const bundlePem = readFileSync(join(caDir, "bundle.pem"), "utf8");
+    const a = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem, token: t });
+    sources.push(a);
+    await a.ready();
+    const b = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem, token: t });
+    sources.push(b);
+    await expect(b.ready()).rejects.toMatchObject({ code: "E_TOKEN_USED" });
+  });
+
+  it("rotates for real with short-lived certificates", async () => {
+    await startCa("3s");
+    const source = await identity("fast");
+    const first = await source.ready();
+    const serials = new Set([first.svid.serial]);
+    source.subscribe((e) => {
+      if (e.type === "rotated") serials.add(e.snapshot.svid.serial);
+    });
+    await nextEvent(source, "rotated", 10_000);
+    await nextEvent(source, "rotated", 10_000);
+    expect(serials.size).toBeGreaterThanOrEqual(3);
+    expect(source.current()!.svid.notAfter.getTime()).toBeGreaterThan(Date.now());
+  });
+
+  it("picks up revocations and bundle changes from the CA", async () => {
+    await startCa("1h");
+    const clock = new FakeClock(Date.now());
+    const source = await identity("revoker", { clock, bundleRefreshMs: 5000 });
+    await source.ready();
+    const other = await identity("victim");
+    const victim = await other.ready();
+    await server!.store.revoke({ serial: victim.svid.serial, revokedAt: new Date(), reason: "keyCompromise" });
+    await new Promise((r) => setTimeout(r, 400)); // the CA re-signs its CRL every 100 ms here
+    const updated = nextEvent(source, "bundle-updated");
+    await clock.advance(5000);
+    const event = await updated;
+    if (event.type !== "bundle-updated") throw new Error("unreachable");
+    expect(event.snapshot.bundle.revokedSerials.has(victim.svid.serial)).toBe(true);
+  });
+});
