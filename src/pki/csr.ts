@@ -10,7 +10,7 @@ import { OID } from "./oids.ts";
 import { toWebCryptoPrivateKey, toWebCryptoPublicKey, webCryptoAlgorithms, x509 } from "./peculiar.ts";
 import { pemBlocks } from "./pem.ts";
 import { UnsupportedSignatureAlgorithm, verifySignature } from "./signature.ts";
-import { importSpki } from "./spki.ts";
+import { importSpki, spkiAlgorithm } from "./spki.ts";
 import { readBasicConstraints, readExtensions, readGeneralNames } from "./x509der.ts";
 
 export interface CsrRequest {
@@ -100,7 +100,12 @@ export function parseCsr(input: string | Uint8Array): ParsedCsr {
     publicKey = importSpki(spki);
   } catch (error) {
     if (error instanceof DerError) throw invalid(`public key: ${error.message}`, error);
-    throw new MeshwardError("E_KEY_WEAK", "the CSR's public key is of a type or curve that is not accepted; use ECDSA P-256, P-384 or RSA >= 2048", { cause: error });
+    const { acceptable, label } = spkiAlgorithm(spki);
+    if (acceptable) throw invalid(`the ${label} public key is damaged (not a valid key)`, error);
+    throw new MeshwardError("E_KEY_WEAK", `key ${label} is not accepted; use ECDSA P-256 (recommended), ECDSA P-384 or RSA with at least 2048 bits`, {
+      cause: error,
+      details: { key: label },
+    });
   }
   assertAcceptableKey(publicKey);
 

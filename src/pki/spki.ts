@@ -11,6 +11,41 @@ import { children, DerError, expectTag, readBitString, readOid, readUnsignedInte
 import { OID } from "./oids.ts";
 
 const P256 = "1.2.840.10045.3.1.7";
+const P384 = "1.3.132.0.34";
+
+const KEY_ALGORITHM_LABELS: Record<string, string> = {
+  "1.3.101.112": "Ed25519",
+  "1.3.101.113": "Ed448",
+  "1.2.840.10040.4.1": "DSA",
+  "1.2.840.113549.1.1.10": "RSA-PSS",
+};
+const CURVE_LABELS: Record<string, string> = {
+  "1.2.840.10045.3.1.1": "P-192",
+  "1.3.132.0.33": "P-224",
+  "1.3.132.0.10": "secp256k1",
+  "1.3.132.0.35": "P-521",
+};
+
+/**
+ * What an SPKI claims to hold, read without importing it: `acceptable` is true for
+ * ECDSA P-256/P-384 and RSA (size is checked after import). For error messages and triage.
+ */
+export function spkiAlgorithm(spki: Buffer): { acceptable: boolean; label: string } {
+  try {
+    const [algorithm] = children(spki, readWhole(spki, TAG.SEQUENCE));
+    const [algOid, params] = children(spki, expectTag(algorithm, TAG.SEQUENCE, "key algorithm"));
+    const keyType = readOid(spki, algOid, "key algorithm");
+    if (keyType === OID.rsaEncryption) return { acceptable: true, label: "RSA" };
+    if (keyType === OID.ecPublicKey) {
+      const curve = params?.tag === TAG.OID ? readOid(spki, params, "curve") : "explicit parameters";
+      if (curve === P256 || curve === P384) return { acceptable: true, label: `ECDSA ${curve === P256 ? "P-256" : "P-384"}` };
+      return { acceptable: false, label: `EC ${CURVE_LABELS[curve] ?? curve}` };
+    }
+    return { acceptable: false, label: KEY_ALGORITHM_LABELS[keyType] ?? `key algorithm ${keyType}` };
+  } catch {
+    return { acceptable: false, label: "unreadable key" };
+  }
+}
 
 /** Canonical P-256 SPKI header: SEQ { SEQ { ecPublicKey, prime256v1 }, BIT STRING (66 bytes) 00 04 ... }. */
 const P256_PREFIX = Buffer.from("3059301306072a8648ce3d020106082a8648ce3d030107034200", "hex");

@@ -89,6 +89,13 @@ describe("parseCsr refusals", () => {
     expectCode(() => parseCsr(tampered), "E_CSR_SIGNATURE");
   });
 
+  it("refuses a CSR whose public key point is not on the curve", () => {
+    const tampered = Buffer.from(der);
+    const point = tampered.indexOf(Buffer.from("03420004", "hex")) + 4;
+    tampered[point + 10]! ^= 0x01;
+    expectCode(() => parseCsr(tampered), "E_CSR_INVALID");
+  });
+
   it("refuses malformed input with E_CSR_INVALID", () => {
     expectCode(() => parseCsr(Buffer.concat([der, Buffer.of(0)])), "E_CSR_INVALID");
     expectCode(() => parseCsr(der.subarray(0, der.length - 5)), "E_CSR_INVALID");
