@@ -119,17 +119,44 @@ export function spiffeCheckServerIdentity(policy: PeerPolicy): (host: string, ce
  * certificate again — its validity period.
  */
 export function verifyTlsPeer(socket: TLSSocket, policy: PeerPolicy, now: () => number = Date.now): PeerIdentity {
+  return verifyTlsPeerWithValidity(socket, policy, now).peer;
+}
+
+/** As verifyTlsPeer, also returning the peer certificate's notAfter (for remembering resumable sessions). */
+export function verifyTlsPeerWithValidity(socket: TLSSocket, policy: PeerPolicy, now: () => number = Date.now): { peer: PeerIdentity; notAfter: Date } {
   if (!socket.authorized) {
     throw new MeshwardError("E_PEER_UNTRUSTED", `the ${policy.peerRole} certificate was not verified: ${String(socket.authorizationError ?? "no certificate")}`);
   }
   const cert = socket.getPeerX509Certificate();
   if (cert === undefined) throw new MeshwardError("E_PEER_NO_SPIFFE_ID", `the ${policy.peerRole} sent no certificate`);
   const peer = verifyPeerCertificate(cert.raw, policy);
+  const notAfter = new Date(cert.validTo);
   if (socket.isSessionReused()) {
     const t = now();
-    if (Date.parse(cert.validTo) <= t || Date.parse(cert.validFrom) > t) {
+    if (notAfter.getTime() <= t || Date.parse(cert.validFrom) > t) {
       throw new MeshwardError("E_CERT_EXPIRED", `the resumed session's ${policy.peerRole} certificate (${peer.spiffeId}) is outside its validity period`);
     }
+  }
+  return { peer, notAfter };
+}
+
+/**
+ * Re-checks a peer remembered from the full handshake that created a resumed session. Node
+ * exposes no peer certificate on the client side of a resumed session (nor after a TLS 1.3
+ * session ticket arrives), so the identity verified then is checked against the current
+ * expectation, revocations and its certificate's validity.
+ */
+export function verifyRememberedPeer(peer: PeerIdentity, notAfter: Date, policy: PeerPolicy, now: () => number = Date.now): PeerIdentity {
+  if (normalizedRevoked(policy.revokedSerials()).has(peer.serial)) {
+    throw new MeshwardError("E_CERT_REVOKED", `the resumed session's ${policy.peerRole} certificate (serial ${peer.serial}, ${peer.spiffeId}) is revoked`);
+  }
+  if (!policy.accepts(peer.spiffeId)) {
+    throw new MeshwardError("E_SPIFFE_MISMATCH", `the resumed session belongs to ${peer.spiffeId} but ${policy.expected} was expected`, {
+      details: { peer: peer.spiffeId, expected: policy.expected },
+    });
+  }
+  if (notAfter.getTime() <= now()) {
+    throw new MeshwardError("E_CERT_EXPIRED", `the resumed session's ${policy.peerRole} certificate (${peer.spiffeId}) has expired`);
   }
   return peer;
 }

@@ -7,8 +7,8 @@ import type { SpiffeIdMatcher } from "../spiffe/match.ts";
 import { SecureContextHolder } from "../tls/context.ts";
 import { consoleLogger } from "../tls/logger.ts";
 import type { TlsLogger } from "../tls/logger.ts";
-import { spiffeCheckServerIdentity, verifyTlsPeer } from "../tls/verify.ts";
-import type { PeerPolicy } from "../tls/verify.ts";
+import { spiffeCheckServerIdentity, verifyRememberedPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
+import type { PeerIdentity, PeerPolicy } from "../tls/verify.ts";
 import { assertSecureOptions, setPeer, warnInsecure } from "./common.ts";
 import type { ClientCommonOptions } from "./common.ts";
 
@@ -63,14 +63,28 @@ export async function prepareClient(options: ClientCommonOptions, what: string):
   return { holder, policy, logger, insecure, key: insecure ? "insecure" : matcherKey(options.expect) };
 }
 
-/** Per expected identity and address: the last session ticket, so resumption never crosses identities. */
+/** A session ticket with the server identity verified on the full handshake that produced it. */
+export interface ResumableSession {
+  readonly ticket: Buffer;
+  readonly peer: PeerIdentity;
+  readonly notAfter: Date;
+}
+
+const kResumable = Symbol("meshward.resumable");
+
+/** The latest resumable session of a verified meshward client connection. */
+export function resumableSession(socket: TLSSocket): ResumableSession | undefined {
+  return (socket as unknown as { [kResumable]?: ResumableSession })[kResumable];
+}
+
+/** Per expected identity and address: the last session, so resumption never crosses identities. */
 export class SessionCache {
-  readonly #sessions = new Map<string, Buffer>();
+  readonly #sessions = new Map<string, ResumableSession>();
   constructor(private readonly limit = 256) {}
-  get(key: string): Buffer | undefined {
+  get(key: string): ResumableSession | undefined {
     return this.#sessions.get(key);
   }
-  set(key: string, session: Buffer): void {
+  set(key: string, session: ResumableSession): void {
     this.#sessions.delete(key);
     this.#sessions.set(key, session);
     if (this.#sessions.size > this.limit) this.#sessions.delete(this.#sessions.keys().next().value as string);
@@ -85,7 +99,7 @@ export interface DialOptions {
   readonly port: number;
   readonly servername?: string;
   readonly ALPNProtocols?: string[];
-  readonly session?: Buffer;
+  readonly session?: ResumableSession;
 }
 
 /**
@@ -95,7 +109,7 @@ export interface DialOptions {
  */
 export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: SessionCache): TLSSocket {
   const sessionKey = `${runtime.key}|${dial.host}|${dial.port}|${dial.servername ?? ""}`;
-  const session = dial.session ?? sessions?.get(sessionKey);
+  const resumable = runtime.insecure ? undefined : (dial.session ?? sessions?.get(sessionKey));
   const options: ConnectionOptions = {
     host: dial.host,
     port: dial.port,
@@ -104,28 +118,39 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
     checkServerIdentity: runtime.insecure ? () => undefined : spiffeCheckServerIdentity(runtime.policy),
     ...(dial.servername !== undefined && isHostName(dial.servername) ? { servername: dial.servername } : {}),
     ...(dial.ALPNProtocols ? { ALPNProtocols: dial.ALPNProtocols } : {}),
-    ...(session ? { session } : {}),
+    ...(resumable ? { session: resumable.ticket } : {}),
   };
   if (runtime.insecure) warnInsecure(runtime.logger, `a connection to ${dial.host}:${dial.port}`);
   const socket = tlsConnect(options);
-  let verified = false;
-  let pendingSession: Buffer | undefined;
+  let verified: { peer: PeerIdentity; notAfter: Date } | undefined;
+  let pendingTicket: Buffer | undefined;
+  const remember = (ticket: Buffer) => {
+    const entry: ResumableSession = { ticket, peer: verified!.peer, notAfter: verified!.notAfter };
+    (socket as unknown as { [kResumable]?: ResumableSession })[kResumable] = entry;
+    sessions?.set(sessionKey, entry);
+  };
   socket.once("secureConnect", () => {
     if (runtime.insecure) return;
     try {
-      setPeer(socket, verifyTlsPeer(socket, runtime.policy));
-      verified = true;
-      if (pendingSession !== undefined) sessions?.set(sessionKey, pendingSession);
+      if (socket.isSessionReused()) {
+        // Node skipped checkServerIdentity and shows no peer certificate: check what the ticket was issued to.
+        if (resumable === undefined) throw new MeshwardError("E_PEER_UNTRUSTED", "a session was resumed that this client did not offer");
+        verified = { peer: verifyRememberedPeer(resumable.peer, resumable.notAfter, runtime.policy), notAfter: resumable.notAfter };
+      } else {
+        verified = verifyTlsPeerWithValidity(socket, runtime.policy);
+      }
+      setPeer(socket, verified.peer);
+      if (pendingTicket !== undefined) remember(pendingTicket);
     } catch (error) {
       sessions?.delete(sessionKey);
       runtime.logger.warn(`refused server ${dial.host}:${dial.port}: ${describeError(error)}`);
       socket.destroy(error instanceof MeshwardError ? error : new MeshwardError("E_PEER_UNTRUSTED", describeError(error)));
     }
   });
-  if (sessions && !runtime.insecure) {
-    socket.on("session", (s: Buffer) => {
-      if (verified) sessions.set(sessionKey, s);
-      else pendingSession = s;
+  if (!runtime.insecure) {
+    socket.on("session", (ticket: Buffer) => {
+      if (verified) remember(ticket);
+      else pendingTicket = ticket;
     });
   }
   return socket;

@@ -5,7 +5,7 @@ import type { PeerIdentity } from "../tls/verify.ts";
 import { admitConnection, ConnectionRegistry, peerOf, prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
 import { dialTls, prepareClient, SessionCache } from "./client-common.ts";
-import type { ClientRuntime } from "./client-common.ts";
+import type { ClientRuntime, ResumableSession } from "./client-common.ts";
 
 /** What meshward adds to every server it creates. */
 export interface MeshwardServerControl {
@@ -91,8 +91,8 @@ export interface ConnectMtlsOptions extends ClientCommonOptions {
   readonly port: number;
   /** SNI; only host names are sent. */
   readonly servername?: string;
-  /** Resume this session explicitly (it is still re-verified against `expect`). */
-  readonly session?: Buffer;
+  /** Resume this session explicitly (from `resumableSession(socket)`); it is re-verified against `expect`. */
+  readonly session?: ResumableSession;
   /** Reuse session tickets per expected identity (default true). */
   readonly resumeSessions?: boolean;
 }

@@ -1,0 +1,142 @@
+import { credentials, Metadata, ServerCredentials, ServerInterceptingCall, status } from "@grpc/grpc-js";
+import type { ChannelCredentials, ChannelOptions, ServerInterceptingCallInterface, ServerInterceptor } from "@grpc/grpc-js";
+import type { PeerCertificate } from "node:tls";
+import { describeError, MeshwardError } from "../errors.ts";
+import type { IdentitySource } from "../identity/source.ts";
+import type { SecureOptions } from "../tls/policy.ts";
+import { readSvidIdentity, spiffeCheckServerIdentity, verifyPeerCertificate } from "../tls/verify.ts";
+import type { PeerIdentity } from "../tls/verify.ts";
+import type { IdentityHealth } from "../tls/context.ts";
+import { prepareServer } from "./common.ts";
+import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
+import { prepareClient } from "./client-common.ts";
+import type { ServerRuntime } from "./common.ts";
+
+export type GrpcServerCredentialsOptions = Omit<ServerCommonOptions, "identity" | "maxConnectionAgeMs">;
+
+/**
+ * grpc-js server credentials on a meshward identity. grpc-js registers a watcher per bound
+ * port and calls `http2Server.setSecureContext(options)` when we publish, so rotations and
+ * bundle updates reach new connections; publishing `null` (identity expired) makes grpc-js
+ * drop new connections. Callers are checked (revocation + `authorize`) by an interceptor
+ * before any handler runs.
+ */
+export class MeshwardServerCredentials extends ServerCredentials {
+  readonly #runtime: ServerRuntime;
+  readonly #interceptor: ServerInterceptor;
+  readonly #off: () => void;
+
+  constructor(runtime: ServerRuntime) {
+    super({ requestCert: true, rejectUnauthorized: !runtime.insecure }, runtime.holder.options() as SecureOptions);
+    this.#runtime = runtime;
+    this.#off = runtime.holder.onUpdate((options) => this.updateSecureContextOptions(options));
+    this.#interceptor = (_method, call) => authorizeCall(runtime, call);
+  }
+
+  /** @internal grpc-js hook */
+  override _getInterceptors(): ServerInterceptor[] {
+    return [this.#interceptor];
+  }
+
+  override _equals(other: ServerCredentials): boolean {
+    return other === this;
+  }
+
+  health(): IdentityHealth {
+    return this.#runtime.holder.health();
+  }
+
+  /** Applies the health change: no options (refuse new connections) while expired. */
+  applyHealth(health: IdentityHealth): void {
+    if (!health.healthy) this.updateSecureContextOptions(null);
+  }
+
+  close(): void {
+    this.#off();
+    this.#runtime.holder.close();
+  }
+}
+
+function authorizeCall(runtime: ServerRuntime, call: ServerInterceptingCallInterface): ServerInterceptingCall {
+  return new ServerInterceptingCall(call, {
+    start: (next) => {
+      next({
+        onReceiveMetadata: (metadata, proceed) => {
+          const cert = call.getAuthContext().sslPeerCertificate;
+          if (runtime.insecure) return proceed(metadata);
+          if (cert === undefined || !cert.raw) {
+            runtime.logger.warn("gRPC server refused a call: the caller presented no verified certificate");
+            call.sendStatus({ code: status.UNAUTHENTICATED, details: "E_PEER_NO_SPIFFE_ID: a client certificate is required", metadata: new Metadata() });
+            return;
+          }
+          try {
+            verifyPeerCertificate(cert.raw, runtime.policy);
+          } catch (error) {
+            runtime.logger.warn(`gRPC server refused a call: ${describeError(error)}`);
+            const code = error instanceof MeshwardError ? error.code : "E_PEER_UNTRUSTED";
+            call.sendStatus({ code: status.PERMISSION_DENIED, details: `${code}: the caller is not allowed`, metadata: new Metadata() });
+            return;
+          }
+          proceed(metadata);
+        },
+      });
+    },
+  });
+}
+
+/** Server credentials for `server.bindAsync(addr, creds, …)`; default `authorize`: the same trust domain. */
+export async function grpcServerCredentials(identity: IdentitySource, options: GrpcServerCredentialsOptions = {}): Promise<MeshwardServerCredentials> {
+  let creds: MeshwardServerCredentials | undefined;
+  const runtime = await prepareServer(
+    {
+      ...options,
+      identity,
+      onHealthChange: (health) => {
+        creds?.applyHealth(health);
+        options.onHealthChange?.(health);
+      },
+    },
+    "grpcServerCredentials",
+  );
+  creds = new MeshwardServerCredentials(runtime);
+  return creds;
+}
+
+/** grpc-js channel options that cap connection age on the server (GOAWAY), so revocation reaches old connections. */
+export function grpcServerOptions(maxConnectionAgeMs = 60 * 60 * 1000, graceMs = 30_000): ChannelOptions {
+  return { "grpc.max_connection_age_ms": maxConnectionAgeMs, "grpc.max_connection_age_grace_ms": graceMs };
+}
+
+export type GrpcChannelOptions = Omit<ClientCommonOptions, "identity">;
+
+/**
+ * Channel credentials that verify the server's SPIFFE ID. The secure context is looked up
+ * on every new connection, so a rotated SVID or bundle is used by the next connection.
+ */
+export async function grpcChannelCredentials(identity: IdentitySource, options: GrpcChannelOptions): Promise<ChannelCredentials> {
+  const runtime = await prepareClient({ ...options, identity }, "grpcChannelCredentials");
+  return credentials.createFromSecureContext(runtime.holder.liveSecureContext(), {
+    rejectUnauthorized: !runtime.insecure,
+    checkServerIdentity: runtime.insecure ? () => undefined : spiffeCheckServerIdentity(runtime.policy),
+  });
+}
+
+const peerCache = new Map<string, PeerIdentity>();
+
+/** The verified caller of a gRPC call (unary, streaming, or an interceptor's call). */
+export function peerIdentity(call: { getAuthContext(): { sslPeerCertificate?: PeerCertificate } }): PeerIdentity | undefined {
+  const cert = call.getAuthContext().sslPeerCertificate;
+  if (cert === undefined || !cert.raw) return undefined;
+  const key = cert.fingerprint256;
+  let peer = peerCache.get(key);
+  if (peer === undefined) {
+    try {
+      peer = readSvidIdentity(cert.raw);
+    } catch {
+      return undefined;
+    }
+    if (peerCache.size > 1024) peerCache.clear();
+    peerCache.set(key, peer);
+  }
+  return peer;
+}

@@ -1,0 +1,189 @@
+import { Agent as HttpsAgent, createServer as createHttpsNodeServer, request as httpsNodeRequest } from "node:https";
+import type { AgentOptions, RequestOptions, Server as HttpsServer } from "node:https";
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
+import type { Duplex } from "node:stream";
+import type { TLSSocket } from "node:tls";
+import type { IdentitySource } from "../identity/source.ts";
+import type { PeerIdentity } from "../tls/verify.ts";
+import { peerOf, prepareServer } from "./common.ts";
+import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
+import { dialTls, prepareClient, SessionCache } from "./client-common.ts";
+import type { ClientRuntime } from "./client-common.ts";
+import { secureServer } from "./tls.ts";
+import type { MeshwardServerControl } from "./tls.ts";
+
+export type MtlsRequest = IncomingMessage & { readonly peer: PeerIdentity };
+export type MtlsHttpsServer = HttpsServer & { readonly meshward: MeshwardServerControl };
+export type HttpsServerOptions = ServerCommonOptions & { readonly keepAliveTimeoutMs?: number };
+
+const kAged = Symbol("meshward.aged");
+const kInFlight = Symbol("meshward.inflight");
+type Tracked = TLSSocket & { [kAged]?: boolean; [kInFlight]?: number };
+
+/**
+ * HTTPS server with mutual TLS; `req.peer` holds the caller's verified identity. At the age
+ * cap an idle keep-alive connection is closed, a busy one answers with `Connection: close`.
+ */
+export async function createHttpsServer(
+  options: HttpsServerOptions,
+  handler: (req: MtlsRequest, res: ServerResponse) => void,
+): Promise<MtlsHttpsServer> {
+  const runtime = await prepareServer(options, "createHttpsServer");
+  const server = createHttpsNodeServer({
+    ...runtime.holder.options(),
+    ...(runtime.insecure ? { rejectUnauthorized: false } : {}),
+    ...(options.keepAliveTimeoutMs !== undefined ? { keepAliveTimeout: options.keepAliveTimeoutMs } : {}),
+  });
+  server.on("request", (req: IncomingMessage, res: ServerResponse) => {
+    const socket = req.socket as Tracked;
+    const peer = peerOf(socket);
+    if (peer === undefined && !runtime.insecure) {
+      res.writeHead(403, { "content-type": "text/plain", connection: "close" }).end("E_PEER_UNTRUSTED: the caller was not verified\n");
+      return;
+    }
+    socket[kInFlight] = (socket[kInFlight] ?? 0) + 1;
+    if (socket[kAged]) res.setHeader("connection", "close");
+    res.once("close", () => {
+      socket[kInFlight] = (socket[kInFlight] ?? 1) - 1;
+    });
+    Object.defineProperty(req, "peer", { value: peer, enumerable: true });
+    handler(req as MtlsRequest, res);
+  });
+  return secureServer(server, runtime, "HTTPS server", undefined, (socket) => {
+    const tracked = socket as Tracked;
+    tracked[kAged] = true;
+    if ((tracked[kInFlight] ?? 0) === 0) socket.end();
+  });
+}
+
+export type MtlsAgentOptions = ClientCommonOptions & Omit<AgentOptions, "ca" | "cert" | "key" | "rejectUnauthorized" | "checkServerIdentity"> & {
+  /** Close pooled connections older than this (default 1 h; 0 = no cap). */
+  readonly maxConnectionAgeMs?: number;
+};
+
+/** A node:https Agent for ONE expected server identity: its pool and session cache never serve another. */
+export class MtlsAgent extends HttpsAgent {
+  readonly #runtime: ClientRuntime;
+  readonly #sessions = new SessionCache();
+  readonly #maxAgeMs: number;
+
+  constructor(runtime: ClientRuntime, options: AgentOptions & { maxConnectionAgeMs?: number }) {
+    super({ keepAlive: true, ...options, maxCachedSessions: 0 });
+    this.#runtime = runtime;
+    this.#maxAgeMs = options.maxConnectionAgeMs ?? 60 * 60 * 1000;
+    this.on("free", (socket: Duplex & { [kAged]?: boolean }) => {
+      if (socket[kAged]) socket.destroy();
+    });
+  }
+
+  get runtime(): ClientRuntime {
+    return this.#runtime;
+  }
+
+  override createConnection(options: RequestOptions, callback?: (error: Error | null, socket: Duplex) => void): Duplex {
+    const socket = dialTls(
+      this.#runtime,
+      { host: options.host ?? "127.0.0.1", port: Number(options.port ?? 443), ...(options.servername ? { servername: options.servername } : {}) },
+      this.#sessions,
+    ) as TLSSocket & { [kAged]?: boolean };
+    if (this.#maxAgeMs > 0) {
+      const timer = setTimeout(() => {
+        socket[kAged] = true;
+        if (!(socket as unknown as { _httpMessage?: unknown })._httpMessage) socket.destroy();
+      }, this.#maxAgeMs);
+      timer.unref();
+      socket.once("close", () => clearTimeout(timer));
+    }
+    void callback;
+    return socket;
+  }
+}
+
+export async function createMtlsAgent(options: MtlsAgentOptions): Promise<MtlsAgent> {
+  const runtime = await prepareClient(options, "createMtlsAgent");
+  const { identity: _i, expect: _e, logger: _l, insecure: _x, ...agentOptions } = options;
+  return new MtlsAgent(runtime, agentOptions);
+}
+
+const sharedAgents = new WeakMap<IdentitySource, Map<string, Promise<MtlsAgent>>>();
+
+/** The shared agent for (identity source, expected identity). */
+export async function agentFor(options: ClientCommonOptions): Promise<MtlsAgent> {
+  const runtime = await prepareClient(options, "mtlsFetch");
+  let byKey = sharedAgents.get(options.identity);
+  if (byKey === undefined) sharedAgents.set(options.identity, (byKey = new Map()));
+  let agent = byKey.get(runtime.key);
+  if (agent === undefined) {
+    agent = Promise.resolve(new MtlsAgent(runtime, {}));
+    byKey.set(runtime.key, agent);
+  }
+  return agent;
+}
+
+export interface MtlsRequestOptions extends ClientCommonOptions {
+  readonly method?: string;
+  readonly headers?: OutgoingHttpHeaders;
+  readonly body?: string | Uint8Array;
+  /** Use this agent instead of the shared one for (identity, expect). */
+  readonly agent?: MtlsAgent;
+  readonly timeoutMs?: number;
+}
+
+export interface MtlsResponse {
+  readonly status: number;
+  readonly headers: IncomingMessage["headers"];
+  readonly body: Buffer;
+  /** The verified server identity. */
+  readonly peer: PeerIdentity | undefined;
+  text(): string;
+  json<T = unknown>(): T;
+}
+
+/** One HTTPS request over mutual TLS; resolves with the whole response body. */
+export async function httpsRequest(url: string | URL, options: MtlsRequestOptions): Promise<MtlsResponse> {
+  const agent = options.agent ?? (await agentFor(options));
+  const target = new URL(url);
+  if (target.protocol !== "https:") {
+    const { MeshwardError } = await import("../errors.ts");
+    throw new MeshwardError("E_INSECURE_CONFIG", `${target.protocol} URLs are not allowed; meshward clients speak https only`);
+  }
+  return new Promise<MtlsResponse>((resolve, reject) => {
+    const req = httpsNodeRequest(
+      target,
+      { agent, method: options.method ?? "GET", headers: options.headers ?? {}, ...(options.timeoutMs ? { timeout: options.timeoutMs } : {}) },
+      (res) => {
+        const peer = peerOf(res.socket);
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("error", reject);
+        res.on("end", () => {
+          const body = Buffer.concat(chunks);
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            body,
+            peer,
+            text: () => body.toString("utf8"),
+            json: <T>() => JSON.parse(body.toString("utf8")) as T,
+          });
+        });
+      },
+    );
+    req.on("error", reject);
+    if (options.timeoutMs) req.on("timeout", () => req.destroy(new Error(`request timed out after ${options.timeoutMs} ms`)));
+    req.end(options.body);
+  });
+}
+
+/** fetch-shaped helper over node:https (no undici): returns a standard Response plus `peer`. */
+export async function mtlsFetch(url: string | URL, options: MtlsRequestOptions): Promise<Response & { readonly peer: PeerIdentity | undefined }> {
+  const res = await httpsRequest(url, options);
+  const headers = new Headers();
+  for (const [k, v] of Object.entries(res.headers)) {
+    if (Array.isArray(v)) for (const item of v) headers.append(k, item);
+    else if (v !== undefined) headers.set(k, v);
+  }
+  const nullBody = res.status === 204 || res.status === 304 || (options.method ?? "GET").toUpperCase() === "HEAD";
+  const response = new Response(nullBody ? null : res.body, { status: res.status, headers });
+  return Object.assign(response, { peer: res.peer });
+}

@@ -1,0 +1,16 @@
+export { createMtlsServer, connectMtls } from "./tls.ts";
+export type { MtlsServer, MtlsSocket, MtlsServerOptions, ConnectMtlsOptions, MeshwardServerControl } from "./tls.ts";
+export { createHttpsServer, createMtlsAgent, httpsRequest, mtlsFetch, MtlsAgent } from "./https.ts";
+export type { MtlsRequest, MtlsHttpsServer, HttpsServerOptions, MtlsAgentOptions, MtlsRequestOptions, MtlsResponse } from "./https.ts";
+export { createHttp2Server, connectHttp2, peerOfSession } from "./http2.ts";
+export type { MtlsHttp2Request, MtlsHttp2Server, Http2ServerOptions, ConnectHttp2Options } from "./http2.ts";
+export { grpcServerCredentials, grpcChannelCredentials, grpcServerOptions, peerIdentity, MeshwardServerCredentials } from "./grpc.ts";
+export type { GrpcServerCredentialsOptions, GrpcChannelOptions } from "./grpc.ts";
+export { peerOf, DEFAULT_MAX_CONNECTION_AGE_MS } from "./common.ts";
+export type { InsecureEscapeHatch, ServerCommonOptions, ClientCommonOptions } from "./common.ts";
+export type { PeerIdentity } from "../tls/verify.ts";
+export type { IdentityHealth } from "../tls/context.ts";
+export type { TlsLogger } from "../tls/logger.ts";
+export type { SpiffeIdMatcher } from "../spiffe/match.ts";
+export { resumableSession } from "./client-common.ts";
+export type { ResumableSession } from "./client-common.ts";
