@@ -24,13 +24,24 @@ function missingAnnotation(workload: Workload, key: string): Hit[] {
  */
 export function referencedConfiguration(workload: Workload, corpus: Corpus): DaprConfiguration | undefined {
   const name = (workload.annotations["dapr.io/config"] ?? "").trim();
-  const candidates = corpus.configurations.filter((configuration) =>
-    configuration.name === name
-    && (configuration.namespace === undefined || workload.namespace === undefined || configuration.namespace === workload.namespace));
+  const candidates = configurationsNamed(corpus, name).filter((configuration) =>
+    (configuration.namespace === undefined || workload.namespace === undefined || configuration.namespace === workload.namespace));
   const score = (configuration: DaprConfiguration): number =>
     (configuration.namespace !== undefined && configuration.namespace === workload.namespace ? 10_000 : 0)
     + commonPrefixLength(configuration.source.file, workload.source.file);
   return candidates.sort((a, b) => score(b) - score(a))[0];
+}
+
+const byNameCache = new WeakMap<Corpus, Map<string, DaprConfiguration[]>>();
+
+function configurationsNamed(corpus: Corpus, name: string): DaprConfiguration[] {
+  let index = byNameCache.get(corpus);
+  if (index === undefined) {
+    index = new Map();
+    for (const configuration of corpus.configurations) index.set(configuration.name, [...(index.get(configuration.name) ?? []), configuration]);
+    byNameCache.set(corpus, index);
+  }
+  return index.get(name) ?? [];
 }
 
 function commonPrefixLength(a: string, b: string): number {
