@@ -106,7 +106,7 @@ export class PostgresStore implements Store {
 
   async migrate(): Promise<void> {
     this.#assertOpen();
-    const client = await this.#connect();
+    const client = await this.#connect("migrate the schema");
     try {
       await migratePostgres(client, this.target);
       this.#schemaChecked = Promise.resolve();
@@ -224,11 +224,11 @@ export class PostgresStore implements Store {
     if (this.#closed) throw new MeshwardError("E_STORE_CLOSED", `the store ${this.target} was closed; open it again`);
   }
 
-  async #connect(): Promise<pg.PoolClient> {
+  async #connect(what: string): Promise<pg.PoolClient> {
     try {
       return await this.#pool.connect();
     } catch (error) {
-      throw this.#error("E_STORE_OPEN", "connect", error);
+      throw this.#error("E_STORE_OPEN", what, error);
     }
   }
 
@@ -236,7 +236,7 @@ export class PostgresStore implements Store {
   #ensureSchemaKnown(): Promise<void> {
     if (this.#schemaChecked === undefined) {
       const check = (async () => {
-        const client = await this.#connect();
+        const client = await this.#connect("check the schema version");
         try {
           assertSchemaNotNewer(await postgresSchemaVersion(client), latestVersion(POSTGRES_MIGRATIONS), this.target);
         } finally {
