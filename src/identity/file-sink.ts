@@ -1,0 +1,191 @@
+import { spawn } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import { join, resolve } from "node:path";
+import type { Logger } from "pino";
+import { describeError } from "../errors.ts";
+import { encodePrivateKey } from "../pki/keys.ts";
+import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
+import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "./source.ts";
+
+export const CERT_FILE = "cert.pem";
+export const KEY_FILE = "key.pem";
+export const BUNDLE_FILE = "bundle.pem";
+
+export interface FileSinkOptions {
+  readonly source: IdentitySource;
+  /** Created (0755) when missing. */
+  readonly dir: string;
+  /**
+   * Shell command run (via /bin/sh -c) after every write, e.g. "nginx -s reload". It gets
+   * MESHWARD_CERT_FILE, MESHWARD_KEY_FILE, MESHWARD_BUNDLE_FILE and MESHWARD_SPIFFE_ID in
+   * its environment. A failure is logged and reported, never fatal.
+   */
+  readonly onRotate?: string;
+  /** Kill the command after this long (default 30 s). */
+  readonly onRotateTimeoutMs?: number;
+  readonly logger?: Logger;
+  /** Called after each write and each command run (for status pages and tests). */
+  readonly onEvent?: (event: FileSinkEvent) => void;
+}
+
+export type FileSinkEvent =
+  | { readonly type: "written"; readonly spiffeId: string; readonly serial: string }
+  | { readonly type: "write-failed"; readonly error: Error }
+  | { readonly type: "command-finished"; readonly result: CommandResult };
+
+export interface CommandResult {
+  readonly ok: boolean;
+  readonly exitCode: number | null;
+  readonly signal: NodeJS.Signals | null;
+  readonly timedOut: boolean;
+  /** stdout + stderr, at most the last 4 KiB. */
+  readonly output: string;
+}
+
+export interface FileSink {
+  readonly paths: { readonly cert: string; readonly key: string; readonly bundle: string };
+  /** Resolves after the first complete write (and its command). */
+  ready(): Promise<void>;
+  /** Resolves when no write or command is pending. */
+  idle(): Promise<void>;
+  close(): Promise<void>;
+}
+
+const OUTPUT_LIMIT = 4096;
+
+/**
+ * Keeps `cert.pem` (leaf + intermediates), `key.pem` (0600) and `bundle.pem` in `dir` equal
+ * to the source's identity, for tools that only read files (nginx, haproxy, Redis,
+ * PostgreSQL clients), then runs `onRotate`. Each file is replaced atomically.
+ */
+export function startFileSink(options: FileSinkOptions): FileSink {
+  const dir = resolve(options.dir);
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  const paths = { cert: join(dir, CERT_FILE), key: join(dir, KEY_FILE), bundle: join(dir, BUNDLE_FILE) };
+  const { logger } = options;
+  let closed = false;
+  let pending: IdentitySnapshot | undefined;
+  let running: Promise<void> | undefined;
+  let lastWritten: { chain: string; roots: string } | undefined;
+  let resolveReady!: () => void;
+  const readyPromise = new Promise<void>((resolvePromise) => (resolveReady = resolvePromise));
+
+  const report = (event: FileSinkEvent) => {
+    try {
+      options.onEvent?.(event);
+    } catch (error) {
+      logger?.error({ event: "file-sink-listener-failed", error: describeError(error) }, "a file sink listener threw");
+    }
+  };
+
+  const write = (snapshot: IdentitySnapshot): boolean => {
+    const { svid, bundle } = snapshot;
+    if (lastWritten?.chain === svid.certChainPem && lastWritten.roots === bundle.rootsPem) return false;
+    // Order: bundle, key, cert. cert.pem is the file readers key on ("did the certificate
+    // change?"), so it is renamed last: whoever sees the new certificate also finds its key
+    // and the roots it chains to already in place. The reverse order would let a reader pair
+    // a new certificate with the old key for as long as the gap between the renames lasts;
+    // with this order the only mixed state (new key, old cert) fails a key/cert match check,
+    // so careful readers (meshward's file source) wait for cert.pem instead of using it. The
+    // bundle goes first because during a root rotation it holds the old and the new root, so
+    // the old certificate still verifies against it.
+    writeFileAtomic(paths.bundle, bundle.rootsPem, 0o644);
+    writeSecretFileAtomic(paths.key, encodePrivateKey(svid.privateKey));
+    writeFileAtomic(paths.cert, svid.certChainPem, 0o644);
+    lastWritten = { chain: svid.certChainPem, roots: bundle.rootsPem };
+    logger?.info({ event: "identity-files-written", dir, spiffeId: svid.spiffeId, serial: svid.serial, notAfter: svid.notAfter.toISOString() }, "identity files written");
+    report({ type: "written", spiffeId: svid.spiffeId, serial: svid.serial });
+    return true;
+  };
+
+  const drain = async () => {
+    while (pending !== undefined && !closed) {
+      const snapshot = pending;
+      pending = undefined;
+      let changed = false;
+      try {
+        changed = write(snapshot);
+      } catch (error) {
+        logger?.error({ event: "identity-files-write-failed", dir, error: describeError(error) }, "cannot write the identity files");
+        report({ type: "write-failed", error: error as Error });
+        continue;
+      }
+      if (changed && options.onRotate !== undefined) {
+        const result = await runCommand(options.onRotate, {
+          timeoutMs: options.onRotateTimeoutMs ?? 30_000,
+          env: { MESHWARD_CERT_FILE: paths.cert, MESHWARD_KEY_FILE: paths.key, MESHWARD_BUNDLE_FILE: paths.bundle, MESHWARD_SPIFFE_ID: snapshot.svid.spiffeId },
+        });
+        const fields = { event: "on-rotate-finished", exitCode: result.exitCode, signal: result.signal, timedOut: result.timedOut, output: result.output };
+        if (result.ok) logger?.info(fields, "on-rotate command succeeded");
+        else logger?.error(fields, result.timedOut ? "on-rotate command timed out and was killed" : "on-rotate command failed");
+        report({ type: "command-finished", result });
+      }
+      if (lastWritten !== undefined) resolveReady();
+    }
+  };
+
+  // Coalesces bursts: while a write or a command runs, only the newest snapshot waits.
+  const schedule = (snapshot: IdentitySnapshot) => {
+    if (closed) return;
+    pending = snapshot;
+    if (running === undefined) {
+      running = drain().finally(() => {
+        running = undefined;
+        if (pending !== undefined) schedule(pending);
+      });
+    }
+  };
+
+  const unsubscribe = options.source.subscribe((event: IdentityEvent) => {
+    if (event.type === "rotated" || event.type === "bundle-updated") schedule(event.snapshot);
+    else if (event.type === "expired") {
+      logger?.error({ event: "identity-expired", dir, spiffeId: event.spiffeId }, `the identity expired; ${paths.cert} now holds an expired certificate until a new one arrives`);
+    }
+  });
+  const initial = options.source.current();
+  if (initial !== undefined) schedule(initial);
+  else void options.source.ready().then((snapshot) => schedule(options.source.current() ?? snapshot), () => undefined);
+
+  return {
+    paths,
+    ready: () => readyPromise,
+    async idle() {
+      while (running !== undefined) await running;
+    },
+    async close() {
+      closed = true;
+      unsubscribe();
+      if (running !== undefined) await running;
+    },
+  };
+}
+
+/** Runs `command` with /bin/sh, collects its output, kills the process group on timeout. */
+export function runCommand(command: string, options: { timeoutMs: number; env?: Record<string, string> }): Promise<CommandResult> {
+  return new Promise((resolvePromise) => {
+    let output = "";
+    let timedOut = false;
+    const child = spawn("/bin/sh", ["-c", command], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...options.env }, detached: true });
+    const collect = (chunk: Buffer) => {
+      output = (output + chunk.toString("utf8")).slice(-OUTPUT_LIMIT);
+    };
+    child.stdout.on("data", collect);
+    child.stderr.on("data", collect);
+    const timer = setTimeout(() => {
+      timedOut = true;
+      try {
+        process.kill(-child.pid!, "SIGKILL");
+      } catch {
+        child.kill("SIGKILL");
+      }
+    }, options.timeoutMs);
+    child.on("error", (error) => {
+      clearTimeout(timer);
+      resolvePromise({ ok: false, exitCode: null, signal: null, timedOut, output: `${output}${describeError(error)}` });
+    });
+    child.on("close", (exitCode, signal) => {
+      clearTimeout(timer);
+      resolvePromise({ ok: exitCode === 0 && !timedOut, exitCode, signal, timedOut, output: output.trim() });
+    });
+  });
+}

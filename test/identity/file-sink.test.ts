@@ -1,0 +1,180 @@
+import { spawn } from "node:child_process";
+import { createHash, createPublicKey, X509Certificate } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pino } from "pino";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { startFileSink } from "../../src/identity/file-sink.ts";
+import type { FileSink, FileSinkEvent, FileSinkOptions } from "../../src/identity/file-sink.ts";
+import { decodePrivateKey } from "../../src/pki/index.ts";
+import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
+import type { TestPki } from "../helpers/test-pki.ts";
+
+let pki: TestPki;
+let root: string;
+const cleanups: (() => Promise<void> | void)[] = [];
+
+beforeAll(async () => {
+  pki = await createTestPki();
+  root = mkdtempSync(join(tmpdir(), "mw-sink-"));
+});
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()!();
+});
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+let counter = 0;
+function freshDir(): string {
+  return join(root, `out-${++counter}`);
+}
+
+function sink(options: FileSinkOptions): FileSink {
+  const started = startFileSink(options);
+  cleanups.push(() => started.close());
+  return started;
+}
+
+function spkiHash(key: Parameters<typeof createPublicKey>[0]): string {
+  return createHash("sha256").update(createPublicKey(key).export({ type: "spki", format: "der" })).digest("hex");
+}
+
+describe("file sink", () => {
+  it("writes cert.pem (leaf + chain), key.pem (0600) and bundle.pem on start", async () => {
+    const snapshot = pki.snapshot();
+    const dir = freshDir();
+    const files = sink({ source: manualIdentitySource(snapshot), dir });
+    await files.ready();
+    expect(readFileSync(files.paths.cert, "utf8")).toBe(snapshot.svid.certChainPem);
+    expect(readFileSync(files.paths.bundle, "utf8")).toBe(pki.rootPem);
+    expect(spkiHash(decodePrivateKey(readFileSync(files.paths.key, "utf8")))).toBe(spkiHash(snapshot.svid.privateKey));
+    expect(statSync(files.paths.key).mode & 0o777).toBe(0o600);
+    expect(statSync(files.paths.cert).mode & 0o777).toBe(0o644);
+    expect(new X509Certificate(readFileSync(files.paths.cert)).serialNumber).toBe(snapshot.svid.serial);
+  });
+
+  it("waits for a source without an identity, then writes; rewrites on rotation and bundle update", async () => {
+    const source = manualIdentitySource();
+    const files = sink({ source, dir: freshDir() });
+    expect(existsSync(files.paths.cert)).toBe(false);
+    const first = pki.snapshot();
+    source.rotate(first);
+    await files.ready();
+    await files.idle();
+    expect(new X509Certificate(readFileSync(files.paths.cert)).serialNumber).toBe(first.svid.serial);
+
+    const second = pki.snapshot();
+    source.rotate(second);
+    await files.idle();
+    expect(new X509Certificate(readFileSync(files.paths.cert)).serialNumber).toBe(second.svid.serial);
+    expect(spkiHash(decodePrivateKey(readFileSync(files.paths.key, "utf8")))).toBe(spkiHash(second.svid.privateKey));
+
+    const other = await createTestPki();
+    source.updateBundle(pki.bundle({ extraRootsPem: other.rootPem }));
+    await files.idle();
+    expect(readFileSync(files.paths.bundle, "utf8")).toBe(pki.rootPem + other.rootPem);
+  });
+
+  it("runs the on-rotate command after each write, with the file paths in its environment", async () => {
+    const source = manualIdentitySource(pki.snapshot());
+    const dir = freshDir();
+    const marker = join(root, `marker-${counter}`);
+    const events: FileSinkEvent[] = [];
+    const files = sink({
+      source,
+      dir,
+      onRotate: `echo "$MESHWARD_SPIFFE_ID $(openssl x509 -noout -serial -in "$MESHWARD_CERT_FILE")" >> ${marker}`,
+      onEvent: (event) => events.push(event),
+    });
+    await files.ready();
+    const next = pki.snapshot({ spiffeId: "spiffe://example.org/ns/default/next" });
+    source.rotate(next);
+    await files.idle();
+    const lines = readFileSync(marker, "utf8").trim().split("\n");
+    expect(lines).toHaveLength(2);
+    expect(lines[1]).toBe(`spiffe://example.org/ns/default/next serial=${next.svid.serial}`);
+    expect(events.filter((event) => event.type === "command-finished").every((event) => event.type === "command-finished" && event.result.ok)).toBe(true);
+  });
+
+  it("reports a failing or hanging command without stopping", async () => {
+    const source = manualIdentitySource(pki.snapshot());
+    const lines: { msg: string; exitCode?: number; output?: string; timedOut?: boolean }[] = [];
+    const logger = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+    const events: FileSinkEvent[] = [];
+    const files = sink({ source, dir: freshDir(), onRotate: "echo boom >&2; exit 3", logger, onEvent: (event) => events.push(event) });
+    await files.ready();
+    const failed = events.find((event) => event.type === "command-finished");
+    expect(failed?.type === "command-finished" && failed.result).toMatchObject({ ok: false, exitCode: 3, timedOut: false, output: "boom" });
+    expect(lines.some((line) => line.msg === "on-rotate command failed" && line.exitCode === 3 && line.output === "boom")).toBe(true);
+
+    // The sink keeps working after the failure.
+    const next = pki.snapshot();
+    source.rotate(next);
+    await files.idle();
+    expect(new X509Certificate(readFileSync(files.paths.cert)).serialNumber).toBe(next.svid.serial);
+
+    const hanging = sink({ source: manualIdentitySource(pki.snapshot()), dir: freshDir(), onRotate: "sleep 30", onRotateTimeoutMs: 200, logger, onEvent: (event) => events.push(event) });
+    await hanging.ready();
+    const timedOut = events.filter((event) => event.type === "command-finished").at(-1);
+    expect(timedOut?.type === "command-finished" && timedOut.result).toMatchObject({ ok: false, timedOut: true, signal: "SIGKILL" });
+    expect(lines.some((line) => line.msg === "on-rotate command timed out and was killed")).toBe(true);
+  });
+
+  it("a reader polling in another process never sees a partial file, nor a new certificate with an old key", async () => {
+    const source = manualIdentitySource(pki.snapshot());
+    const dir = freshDir();
+    const files = sink({ source, dir });
+    await files.ready();
+    const stopFile = join(root, `stop-${counter}`);
+    // The reader reads cert.pem, then key.pem, as a TLS server loading its files would.
+    const reader = `
+      const fs = require("node:fs"), crypto = require("node:crypto");
+      const [certPath, keyPath, stop] = process.argv.slice(1);
+      const hash = (k) => crypto.createHash("sha256").update(crypto.createPublicKey(k).export({ type: "spki", format: "der" })).digest("hex");
+      const seen = []; let reads = 0, partial = 0; const until = Date.now() + 20000;
+      while (!fs.existsSync(stop) && Date.now() < until) {
+        const certPem = fs.readFileSync(certPath, "utf8"), keyPem = fs.readFileSync(keyPath, "utf8");
+        reads++;
+        try {
+          const blocks = certPem.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----\\n/g) || [];
+          if (blocks.length !== 2 || blocks.join("") !== certPem) throw new Error("cert");
+          const serial = new crypto.X509Certificate(blocks[0]).serialNumber;
+          const key = hash(crypto.createPrivateKey(keyPem));
+          if (seen.length === 0 || seen[seen.length - 1][0] !== serial || seen[seen.length - 1][1] !== key) seen.push([serial, key]);
+        } catch { partial++; }
+      }
+      process.stdout.write(JSON.stringify({ reads, partial, seen }));
+    `;
+    const child = spawn(process.execPath, ["-e", reader, files.paths.cert, files.paths.key, stopFile], { stdio: ["ignore", "pipe", "inherit"] });
+    cleanups.push(() => void child.kill("SIGKILL"));
+    let out = "";
+    child.stdout!.on("data", (chunk) => (out += chunk));
+    const exited = new Promise((resolve) => child.once("exit", resolve));
+
+    const order = new Map<string, number>();
+    const keyOrder = new Map<string, number>();
+    const first = source.current()!;
+    order.set(first.svid.serial, 0);
+    keyOrder.set(spkiHash(first.svid.privateKey), 0);
+    for (let i = 1; i <= 80; i++) {
+      const next = pki.snapshot();
+      order.set(next.svid.serial, i);
+      keyOrder.set(spkiHash(next.svid.privateKey), i);
+      source.rotate(next);
+      await files.idle();
+    }
+    writeFileSync(stopFile, "");
+    await exited;
+    const result = JSON.parse(out) as { reads: number; partial: number; seen: [string, string][] };
+    expect(result.partial).toBe(0);
+    expect(result.reads).toBeGreaterThan(0);
+    expect(new Set(result.seen.map(([serial]) => serial)).size).toBeGreaterThan(1);
+    for (const [serial, key] of result.seen) {
+      const certIndex = order.get(serial)!;
+      const keyIndex = keyOrder.get(key)!;
+      expect(certIndex).toBeDefined();
+      // Matching pair, or the key already newer than the certificate: never older.
+      expect(keyIndex).toBeGreaterThanOrEqual(certIndex);
+    }
+  });
+});
