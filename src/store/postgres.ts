@@ -98,6 +98,7 @@ export class PostgresStore implements Store {
   constructor(options: PostgresStoreOptions) {
     const config: pg.PoolConfig = { connectionTimeoutMillis: 10_000, application_name: "meshward-ca", ...options };
     this.target = describeTarget(config);
+    assertParsable(config.connectionString, this.target);
     this.#pool = new pg.Pool(config);
     // An idle pooled connection that breaks (server restart, network) is dropped and replaced
     // on next use; without a listener the 'error' event would crash the CA process.
@@ -285,6 +286,19 @@ export class PostgresStore implements Store {
     else if (sqlState === "42501") hint = "; the database user lacks the privilege (it needs to own the meshward tables)";
     else if (sqlState === "53100") hint = "; the database server's disk is full";
     return new MeshwardError(code, `cannot ${what} in ${this.target}: ${message}${hint}`, { cause: error, details: { sqlState } });
+  }
+}
+
+/** pg would only fail at first use, with Node's URL error carrying the raw string (password included). */
+function assertParsable(connectionString: string | undefined, target: string): void {
+  if (connectionString === undefined || !/^postgres(ql)?:\/\//i.test(connectionString)) return;
+  try {
+    new URL(connectionString);
+  } catch {
+    throw new MeshwardError(
+      "E_STORE_URL_INVALID",
+      `invalid PostgreSQL URL ${JSON.stringify(target)}: percent-encode special characters in the user or password (e.g. @ as %40) and check the port`,
+    );
   }
 }
 

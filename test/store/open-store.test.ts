@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
-import { openStore, parseStoreUrl, PostgresStore, redactConnectionString, SqliteStore } from "../../src/store/index.ts";
+import { openPostgresStore, openStore, parseStoreUrl, PostgresStore, redactConnectionString, SqliteStore } from "../../src/store/index.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "meshward-openstore-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -95,6 +95,17 @@ describe("openStore", () => {
     expect(store).toBeInstanceOf(PostgresStore);
     expect((store as PostgresStore).target).toBe("postgres://ca:***@127.0.0.1:1/meshward");
     await store.close();
+  });
+
+  it("openPostgresStore refuses a malformed URL up front, password hidden", () => {
+    let error: unknown;
+    try {
+      openPostgresStore({ connectionString: "postgres://ca:hunter2@db:port/ca" });
+    } catch (e) {
+      error = e;
+    }
+    expect(isMeshwardError(error, "E_STORE_URL_INVALID")).toBe(true);
+    expect((error as Error).message).not.toContain("hunter2");
   });
 
   it("refuses unknown schemes before touching anything", () => {
