@@ -1,7 +1,7 @@
 import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
-import { Registry } from "prom-client";
+import type { Registry } from "prom-client";
 import type { CaConfig } from "../config/ca.ts";
 import { describeError, MeshwardError } from "../errors.ts";
 import { issueLeafCertificate } from "../pki/certificate.ts";
@@ -22,6 +22,7 @@ import { CrlPublisher } from "./crl-publisher.ts";
 import { handleGrpc } from "./api/grpc.ts";
 import { handleHttp } from "./api/http.ts";
 import { createCaMetrics } from "./metrics.ts";
+import { createMetrics } from "../telemetry/metrics.ts";
 
 /** The CA's own identity, presented on its API port. */
 export const CA_NAMESPACE = "meshward-system";
@@ -65,8 +66,9 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const store = options.store ?? openStore(config.store ?? `sqlite:${anchors.layout.database}`);
   await store.migrate();
 
-  const registry = new Registry();
-  const metrics = createCaMetrics(registry);
+  const telemetry = createMetrics({ processMetrics: true });
+  const registry = telemetry.registry;
+  const metrics = createCaMetrics(telemetry);
   const crl = new CrlPublisher(store, () => anchors.issuer, clock);
   await crl.refresh();
 

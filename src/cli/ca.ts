@@ -96,7 +96,7 @@ export function registerCaCommand(program: Command): void {
     .addOption(logLevelOption())
     .action(async (opts) => {
       const config = resolveCaConfig(opts);
-      const logger = cliLogger("meshward-ca", opts);
+      const logger = cliLogger("ca", opts);
       const passphrase = readPassphrase(opts.passphraseFile);
       const server = await startCaServer({ dir: opts.dir, config, logger, ...(passphrase !== undefined ? { passphrase } : {}) });
       process.stdout.write(`meshward CA listening on ${server.address} as ${server.spiffeId}\n`);

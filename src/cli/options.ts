@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { Option } from "commander";
-import { pino, type Logger } from "pino";
+import { createLogger, type LogLevel, type Logger } from "../telemetry/logger.ts";
 import { MeshwardError } from "../errors.ts";
 
 /** Passphrase for encrypted key files: --passphrase-file wins over MESHWARD_CA_PASSPHRASE. */
@@ -34,11 +34,7 @@ export const logLevelOption = () =>
 
 /** Logs go to stderr so stdout stays for results a script reads. */
 export function cliLogger(component: string, options: { logFormat?: string; logLevel?: string }): Logger {
-  const level = options.logLevel ?? "info";
-  if (options.logFormat === "pretty") {
-    return pino({ name: component, level, base: undefined, timestamp: pino.stdTimeFunctions.isoTime }, pino.transport({ target: "pino-pretty", options: { destination: 2, colorize: process.stderr.isTTY } }));
-  }
-  return pino({ name: component, level, base: { component }, timestamp: pino.stdTimeFunctions.isoTime }, pino.destination({ fd: 2, sync: true }));
+  return createLogger({ component, format: options.logFormat === "pretty" ? "pretty" : "json", level: (options.logLevel ?? "info") as LogLevel });
 }
 
 /** Resolves when SIGTERM or SIGINT arrives. */

@@ -1,0 +1,194 @@
+/**
+ * CA API throughput: SignCertificate over gRPC (mTLS renewal, the steady-state load of a
+ * mesh) with N concurrent clients against `meshward ca serve` in its own process, and
+ * `cfssl serve` (Debian's golang-cfssl) signing the same CSRs in the same run.
+ * Run: node --import tsx bench/ca/api-bench.ts [--duration-ms 5000] [--clients 64]
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { request as httpRequest, Agent } from "node:http";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import { caLayout, initAnchors } from "../../src/ca/anchors.ts";
+import { generateJoinToken } from "../../src/ca/tokens.ts";
+import { requestCertificate } from "../../src/identity/ca-client.ts";
+import { createCsr, encodePrivateKey, generateKeyPair } from "../../src/pki/index.ts";
+import { decodeSignResponse, encodeSignRequest, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../src/protocol/sentry.ts";
+import { openStore } from "../../src/store/index.ts";
+
+const BIN = fileURLToPath(new URL("../../bin/meshward.js", import.meta.url));
+const TD = "bench.test";
+
+export interface ApiBenchResult {
+  readonly clients: number;
+  readonly meshwardGrpcPerSec: number;
+  readonly cfsslPerSec: number | undefined;
+  readonly ratioToCfssl: number | undefined;
+  readonly target: number;
+}
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+async function freePort(): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function waitForLine(child: ChildProcess, pattern: RegExp, stream: "stdout" | "stderr" = "stdout", timeoutMs = 20_000): Promise<RegExpMatchArray> {
+  return new Promise((resolve, reject) => {
+    let text = "";
+    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${pattern}: ${text}`)), timeoutMs);
+    child[stream]!.on("data", (d) => {
+      text += d;
+      const m = text.match(pattern);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m);
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`exited with ${code}: ${text}`)));
+  });
+}
+
+async function makeCsrPool(size: number): Promise<string[]> {
+  const pool: string[] = [];
+  for (let i = 0; i < size; i++) pool.push(await createCsr({ keyPair: generateKeyPair() }));
+  return pool;
+}
+
+/** Runs `clients` loops of `call` for `durationMs`; returns completed calls per second. */
+async function drive(clients: number, durationMs: number, call: (client: number, i: number) => Promise<void>): Promise<{ perSec: number; errors: number }> {
+  let done = 0;
+  let errors = 0;
+  const deadline = performance.now() + durationMs;
+  const start = performance.now();
+  await Promise.all(
+    Array.from({ length: clients }, async (_, client) => {
+      let i = 0;
+      while (performance.now() < deadline) {
+        try {
+          await call(client, i++);
+          done += 1;
+        } catch {
+          errors += 1;
+        }
+      }
+    }),
+  );
+  return { perSec: (done * 1000) / (performance.now() - start), errors };
+}
+
+async function benchMeshward(work: string, clients: number, durationMs: number, csrs: string[]): Promise<number> {
+  const dir = join(work, "ca");
+  await initAnchors({ dir, trustDomain: TD, now: new Date() });
+  const store = openStore(`sqlite:${caLayout(dir).database}`);
+  await store.migrate();
+  const t = generateJoinToken();
+  const now = new Date();
+  await store.createToken({ id: t.id, tokenHash: t.hash, spiffeId: `spiffe://${TD}/ns/bench/client`, dnsNames: [], createdAt: now, expiresAt: new Date(now.getTime() + 3_600_000), usesAllowed: clients, usesLeft: clients });
+  await store.close();
+
+  const ca = spawn(process.execPath, [BIN, "ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--log-level", "warn"], { stdio: ["ignore", "pipe", "pipe"] });
+  try {
+    const [, address] = await waitForLine(ca, /listening on (\S+) as/);
+    const bundlePem = readFileSync(caLayout(dir).bundle, "utf8");
+    // Each client joins once with the token, then renews with its SVID over mTLS.
+    const channels: grpc.Client[] = [];
+    for (let c = 0; c < clients; c++) {
+      const keyPair = generateKeyPair();
+      const signed = await requestCertificate({ address: address as string, bundlePem, trustDomain: TD }, { csrPem: await createCsr({ keyPair }), token: t.token, validator: "JOIN_TOKEN", namespace: "", appId: "" });
+      const creds = grpc.credentials.createSsl(Buffer.from(bundlePem), Buffer.from(encodePrivateKey(keyPair.privateKey)), Buffer.from(signed.certChainPem), { checkServerIdentity: () => undefined });
+      channels.push(new grpc.Client(address as string, creds, { "grpc.ssl_target_name_override": "localhost" }));
+    }
+    const call = (client: number, i: number) =>
+      new Promise<void>((resolve, reject) => {
+        const message = { id: "", token: "", trustDomain: TD, namespace: "", certificateSigningRequest: Buffer.from(csrs[(client * 7919 + i) % csrs.length] as string), tokenValidator: TokenValidator.SVID };
+        channels[client]!.makeUnaryRequest(SIGN_CERTIFICATE_PATH, (m: typeof message) => Buffer.from(encodeSignRequest(m)), (b: Buffer) => b, message, (error, value) => {
+          if (error) reject(error);
+          else {
+            decodeSignResponse(value as Buffer);
+            resolve();
+          }
+        });
+      });
+    await drive(clients, Math.min(1000, durationMs / 4), call); // warm-up
+    const { perSec, errors } = await drive(clients, durationMs, call);
+    if (errors > 0) console.log(`  (meshward: ${errors} failed calls)`);
+    for (const ch of channels) ch.close();
+    return perSec;
+  } finally {
+    ca.kill("SIGKILL");
+  }
+}
+
+async function benchCfssl(work: string, clients: number, durationMs: number, csrs: string[]): Promise<number | undefined> {
+  const dir = join(work, "ca");
+  const layout = caLayout(dir);
+  // cfssl wants an unencrypted issuer key; the bench CA was created without a passphrase.
+  writeFileSync(join(work, "cfssl-config.json"), JSON.stringify({ signing: { default: { expiry: "24h", usages: ["digital signature", "server auth", "client auth"] } } }));
+  const port = await freePort();
+  const cfssl = spawn("cfssl", ["serve", "-address", "127.0.0.1", "-port", String(port), "-ca", layout.issuerCert, "-ca-key", layout.issuerKey, "-config", join(work, "cfssl-config.json")], { stdio: ["ignore", "pipe", "pipe"] });
+  try {
+    await waitForLine(cfssl, /Now listening on/, "stderr");
+    const agent = new Agent({ keepAlive: true, maxSockets: clients });
+    const call = (client: number, i: number) =>
+      new Promise<void>((resolve, reject) => {
+        const body = JSON.stringify({ certificate_request: csrs[(client * 7919 + i) % csrs.length] });
+        const req = httpRequest({ host: "127.0.0.1", port, path: "/api/v1/cfssl/sign", method: "POST", agent, headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (res) => {
+          let text = "";
+          res.on("data", (d) => (text += d));
+          res.on("end", () => (res.statusCode === 200 && text.includes('"success":true') ? resolve() : reject(new Error(text))));
+        });
+        req.on("error", reject);
+        req.end(body);
+      });
+    await drive(clients, Math.min(1000, durationMs / 4), call);
+    const { perSec, errors } = await drive(clients, durationMs, call);
+    if (errors > 0) console.log(`  (cfssl: ${errors} failed calls)`);
+    agent.destroy();
+    return perSec;
+  } finally {
+    cfssl.kill("SIGKILL");
+  }
+}
+
+export async function runApiBench(options: { durationMs?: number; clients?: number; print?: boolean } = {}): Promise<ApiBenchResult> {
+  const durationMs = options.durationMs ?? 5000;
+  const clients = options.clients ?? 64;
+  const work = mkdtempSync(join(tmpdir(), "meshward-bench-ca-"));
+  try {
+    const csrs = await makeCsrPool(256);
+    const meshwardGrpcPerSec = await benchMeshward(work, clients, durationMs, csrs);
+    let cfsslPerSec: number | undefined;
+    try {
+      cfsslPerSec = await benchCfssl(work, clients, durationMs, csrs);
+    } catch (error) {
+      console.log(`  cfssl not measured: ${(error as Error).message} (install it with: bash scripts/ensure-system-deps.sh --bench)`);
+    }
+    const result = { clients, meshwardGrpcPerSec, cfsslPerSec, ratioToCfssl: cfsslPerSec ? meshwardGrpcPerSec / cfsslPerSec : undefined, target: 5000 };
+    if (options.print ?? true) {
+      console.log(`CA API, ${clients} concurrent clients, ${durationMs} ms each`);
+      console.log(`  meshward gRPC SignCertificate (mTLS renewal): ${meshwardGrpcPerSec.toFixed(0)} certs/s  (target >= ${result.target}/s)`);
+      if (cfsslPerSec !== undefined) console.log(`  cfssl serve /api/v1/cfssl/sign (plain HTTP):  ${cfsslPerSec.toFixed(0)} certs/s  → meshward/cfssl = ${result.ratioToCfssl!.toFixed(2)}x`);
+    }
+    return result;
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  await runApiBench({ durationMs: arg("--duration-ms", 5000), clients: arg("--clients", 64) });
+}
