@@ -4,13 +4,11 @@ import { readFile, stat } from "node:fs/promises";
 import { basename, dirname, resolve } from "node:path";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
-import { parseCrl } from "../pki/crl.ts";
-import { toX509 } from "../pki/inspect.ts";
 import { decodePrivateKey } from "../pki/keys.ts";
 import { certificatesFromPem } from "../pki/pem.ts";
 import { systemClock, type Clock, type ClockTimer } from "../util/clock.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "./source.ts";
-import { buildSnapshot } from "./workload-api/material.ts";
+import { buildSnapshot, revocationsFromCrls } from "./workload-api/material.ts";
 
 export interface FileIdentityOptions {
   /** Leaf certificate, then intermediates, PEM. */
@@ -202,7 +200,7 @@ class FileSource implements IdentitySource {
     const chain = certificatesFromPem(certPem);
     const roots = certificatesFromPem(bundlePem);
     const privateKey = decodePrivateKey(keyPem);
-    const revokedSerials = crlBytes === undefined ? undefined : verifiedRevocations(crlBytes, [...chain.slice(1), ...roots]);
+    const revokedSerials = crlBytes === undefined ? undefined : revocationsFromCrls([crlBytes], [...chain.slice(1), ...roots]);
     return buildSnapshot({ chain, privateKey, roots, at: new Date(this.#clock.now()), ...(revokedSerials ? { revokedSerials } : {}) });
   }
 
@@ -283,20 +281,6 @@ async function readText(path: string, what: string): Promise<string> {
   } catch (error) {
     throw new MeshwardError("E_IDENTITY_FILE", `cannot read the ${what} file ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
   }
-}
-
-/** Revoked serials from a CRL that one of `issuers` signed; a CRL nobody here signed is refused. */
-function verifiedRevocations(crl: Buffer, issuers: readonly Buffer[]): ReadonlySet<string> {
-  const input = crl.includes("-----BEGIN") ? crl.toString("latin1") : crl;
-  let lastError: unknown;
-  for (const issuer of issuers) {
-    try {
-      return parseCrl(input, toX509(issuer)).revokedSerials;
-    } catch (error) {
-      lastError = error;
-    }
-  }
-  throw new MeshwardError("E_CRL_SIGNATURE", `the CRL is not signed by any CA of the chain or bundle${lastError ? ` (${describeError(lastError)})` : ""}`);
 }
 
 function sameSet(a: ReadonlySet<string>, b: ReadonlySet<string>): boolean {

@@ -8,7 +8,7 @@ import * as tls from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
-import { encodePrivateKey, inspectCertificate, keysMatch } from "../../src/pki/index.ts";
+import { createCrl, encodePrivateKey, inspectCertificate, keysMatch } from "../../src/pki/index.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "../../src/identity/source.ts";
 import {
   fetchX509Svid,
@@ -252,6 +252,16 @@ describe("Workload API server and client over a unix socket", () => {
 
     const foreign = x509SvidResponse({ svid: otherPki.issueSvid(), bundle: pki.bundle() });
     expect(() => snapshotFromResponse(foreign)).toThrow(/E_CHAIN_UNTRUSTED/);
+  });
+
+  it("the client takes revoked serials from CRLs signed by its CA and refuses a CRL from another CA", async () => {
+    const now = Date.now();
+    const crl = (signer: typeof pki.issuer) =>
+      createCrl({ signer, entries: [{ serial: "0ABC", revokedAt: new Date(now - 1000) }], thisUpdate: new Date(now - 60_000), nextUpdate: new Date(now + 3_600_000), crlNumber: 7n });
+    const message = x509SvidResponse(pki.snapshot());
+    expect([...snapshotFromResponse({ ...message, crl: [await crl(pki.issuer)] }).bundle.revokedSerials]).toEqual(["0ABC"]);
+    const foreignCrl = await crl(otherPki.issuer);
+    expect(() => snapshotFromResponse({ ...message, crl: [foreignCrl] })).toThrow(/E_CRL_SIGNATURE/);
   });
 
   it("the fetched SVIDs and bundle work in a real mutual TLS handshake; a foreign SVID is refused", async () => {

@@ -5,7 +5,7 @@ import { describeError, isMeshwardError, MeshwardError } from "../../errors.ts";
 import { systemClock, type Clock, type ClockTimer, type Rng } from "../../util/clock.ts";
 import { backoffDelay, type Backoff } from "../schedule.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "../source.ts";
-import { buildSnapshot, splitDerCertificates } from "./material.ts";
+import { buildSnapshot, revocationsFromCrls, splitDerCertificates } from "./material.ts";
 import { ENDPOINT_SOCKET_ENV, SECURITY_HEADER, SECURITY_HEADER_VALUE, workloadApiDefinition } from "./proto.ts";
 import type { X509SvidResponseMessage } from "./proto.ts";
 
@@ -79,7 +79,10 @@ export function snapshotFromResponse(response: X509SvidResponseMessage, at = new
     throw invalid("x509_svid_key is not an unencrypted PKCS#8 DER private key", error);
   }
   try {
-    const snapshot = buildSnapshot({ chain: splitDerCertificates(first.x509_svid), privateKey, roots: splitDerCertificates(first.bundle), at });
+    const chain = splitDerCertificates(first.x509_svid);
+    const roots = splitDerCertificates(first.bundle);
+    const revokedSerials = response.crl.length > 0 ? revocationsFromCrls(response.crl, [...chain.slice(1), ...roots]) : undefined;
+    const snapshot = buildSnapshot({ chain, privateKey, roots, at, ...(revokedSerials ? { revokedSerials } : {}) });
     if (snapshot.svid.spiffeId !== first.spiffe_id) throw invalid(`spiffe_id ${first.spiffe_id} differs from the certificate's ${snapshot.svid.spiffeId}`);
     return snapshot;
   } catch (error) {
@@ -266,7 +269,11 @@ class WorkloadApiSource implements IdentitySource {
     this.#armExpiry(snapshot);
     this.#resolveReady(snapshot);
     const sameSvid = previous !== undefined && previous.svid.certChainPem === snapshot.svid.certChainPem;
-    const sameBundle = previous !== undefined && previous.bundle.rootsPem === snapshot.bundle.rootsPem && previous.bundle.trustDomain === snapshot.bundle.trustDomain;
+    const sameBundle =
+      previous !== undefined &&
+      previous.bundle.rootsPem === snapshot.bundle.rootsPem &&
+      previous.bundle.revokedSerials.size === snapshot.bundle.revokedSerials.size &&
+      [...previous.bundle.revokedSerials].every((serial) => snapshot.bundle.revokedSerials.has(serial));
     if (!sameSvid) {
       this.#logger?.info({ event: "rotated", spiffeId: snapshot.svid.spiffeId, serial: snapshot.svid.serial, notAfter: snapshot.svid.notAfter.toISOString() }, "X509-SVID received from the Workload API");
       this.#emit({ type: "rotated", snapshot });

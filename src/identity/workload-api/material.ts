@@ -1,8 +1,9 @@
 import type { KeyObject } from "node:crypto";
-import { MeshwardError } from "../../errors.ts";
+import { describeError, MeshwardError } from "../../errors.ts";
 import { verifyChain } from "../../pki/chain.ts";
+import { parseCrl } from "../../pki/crl.ts";
 import { DerError, readTlv, TAG } from "../../pki/der.ts";
-import { inspectCertificate } from "../../pki/inspect.ts";
+import { inspectCertificate, toX509 } from "../../pki/inspect.ts";
 import { keysMatch } from "../../pki/keys.ts";
 import { certificatesFromPem, toPem } from "../../pki/pem.ts";
 import { parseSpiffeId } from "../../spiffe/id.ts";
@@ -86,4 +87,30 @@ export function splitDerCertificates(bytes: Uint8Array): Buffer[] {
 /** Concatenated DER of every certificate in `pem`. */
 export function pemToConcatenatedDer(pem: string): Buffer {
   return Buffer.concat(certificatesFromPem(pem));
+}
+
+/**
+ * Revoked serials from CRLs (DER or PEM), each of which must be signed by one of `issuers`
+ * (the chain's intermediates or the bundle's roots); E_CRL_SIGNATURE otherwise.
+ */
+export function revocationsFromCrls(crls: readonly (Uint8Array | string)[], issuers: readonly Buffer[]): ReadonlySet<string> {
+  const revoked = new Set<string>();
+  for (const crl of crls) {
+    const input = typeof crl === "string" || !Buffer.from(crl).includes("-----BEGIN") ? crl : Buffer.from(crl).toString("latin1");
+    let lastError: unknown;
+    let verified = false;
+    for (const issuer of issuers) {
+      try {
+        for (const serial of parseCrl(input, toX509(issuer)).revokedSerials) revoked.add(serial);
+        verified = true;
+        break;
+      } catch (error) {
+        lastError = error;
+      }
+    }
+    if (!verified) {
+      throw new MeshwardError("E_CRL_SIGNATURE", `a CRL is not signed by any CA of the chain or bundle${lastError ? ` (${describeError(lastError)})` : ""}`);
+    }
+  }
+  return revoked;
 }

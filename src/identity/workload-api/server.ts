@@ -63,7 +63,12 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
     const key = bundleKey(bundle);
     if (bundleCalls.get(call) === key) return;
     bundleCalls.set(call, key);
-    call.write(x509BundlesResponse(bundle));
+    try {
+      call.write(x509BundlesResponse(bundle));
+    } catch (error) {
+      logger?.error({ event: "workload-api-encode-failed", error: describeError(error) }, "cannot encode the X.509 bundles response");
+      call.emit("error", grpcError(grpc.status.INTERNAL, "the server could not encode its trust bundle"));
+    }
   };
 
   const unsubscribe = source.subscribe((event: IdentityEvent) => {
