@@ -78,6 +78,30 @@ function header(value?: string): grpc.Metadata {
   return metadata;
 }
 
+/** Length-delimited fields (wire type 2) of a protobuf message: [field number, bytes]. */
+function wireFields(buf: Buffer): [number, Buffer][] {
+  const out: [number, Buffer][] = [];
+  let pos = 0;
+  const varint = () => {
+    let value = 0;
+    let shift = 0;
+    for (;;) {
+      const byte = buf[pos++]!;
+      value += (byte & 0x7f) * 2 ** shift;
+      if (byte < 0x80) return value;
+      shift += 7;
+    }
+  };
+  while (pos < buf.length) {
+    const key = varint();
+    if ((key & 7) !== 2) throw new Error(`unexpected wire type ${key & 7}`);
+    const length = varint();
+    out.push([key >>> 3, buf.subarray(pos, pos + length)]);
+    pos += length;
+  }
+  return out;
+}
+
 /** Resolves with the next event of `type` from `source`. */
 function nextEvent(source: IdentitySource, type: IdentityEvent["type"]): Promise<IdentityEvent> {
   return new Promise((resolve) => {
@@ -116,6 +140,35 @@ describe("Workload API server and client over a unix socket", () => {
     expect(svid.x509_svid.equals(Buffer.concat([leaf, pki.issuer.der]))).toBe(true);
     expect(svid.x509_svid_key.equals(snapshot.svid.privateKey.export({ type: "pkcs8", format: "der" }))).toBe(true);
     expect(svid.bundle.equals(pki.root.der)).toBe(true);
+  });
+
+  it("speaks the spec's wire format: service path without a package and the spec's field numbers", async () => {
+    const snapshot = pki.snapshot();
+    const server = await serve(manualIdentitySource(snapshot));
+    const client = new grpc.Client(`unix://${server.socketPath}`, grpc.credentials.createInsecure());
+    cleanups.push(() => client.close());
+    // Raw bytes, decoded below by hand, so that this test does not depend on our own .proto.
+    const raw = await new Promise<Buffer>((resolve, reject) => {
+      const call = client.makeServerStreamRequest(
+        "/SpiffeWorkloadAPI/FetchX509SVID",
+        () => Buffer.alloc(0),
+        (bytes: Buffer) => bytes,
+        {},
+        header("true"),
+      );
+      call.on("data", (bytes: Buffer) => {
+        resolve(bytes);
+        call.cancel();
+      });
+      call.on("error", reject);
+    });
+    const top = wireFields(raw);
+    expect(top.map(([field]) => field)).toEqual([1]); // svids = 1 (crl = 2, federated_bundles = 3 empty)
+    const svid = new Map(wireFields(top[0]![1]));
+    expect(svid.get(1)!.toString()).toBe(snapshot.svid.spiffeId); // spiffe_id = 1
+    expect(svid.get(2)!.equals(Buffer.concat([new X509Certificate(snapshot.svid.certChainPem).raw, pki.issuer.der]))).toBe(true); // x509_svid = 2
+    expect(svid.get(3)!.equals(snapshot.svid.privateKey.export({ type: "pkcs8", format: "der" }))).toBe(true); // x509_svid_key = 3
+    expect(svid.get(4)!.equals(pki.root.der)).toBe(true); // bundle = 4
   });
 
   it("refuses calls without the workload.spiffe.io: true metadata with INVALID_ARGUMENT", async () => {
