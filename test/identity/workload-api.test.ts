@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { X509Certificate, createPublicKey } from "node:crypto";
-import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -127,6 +127,8 @@ describe("Workload API server and client over a unix socket", () => {
     expect(fetched.bundle.trustDomain).toBe("example.org");
     expect(statSync(server.socketPath).isSocket()).toBe(true);
     expect(statSync(server.socketPath).mode & 0o777).toBe(0o600);
+    // The private bind directory is gone once the socket is in place.
+    expect(readdirSync(dir).filter((name) => name.startsWith(".mw-"))).toEqual([]);
   });
 
   it("also accepts a unix:// URI and encodes the fields as the spec says (DER chain, PKCS#8 key, DER bundle)", async () => {
