@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { registerAuditCommand } from "./audit.ts";
 import { registerCaCommand } from "./ca.ts";
 import { registerCertCommand } from "./cert.ts";
+import { registerIdentityCommand } from "./identity.ts";
 import { registerTokenCommand } from "./token.ts";
 
 /** Every CLI command is registered here, one module per command (DESIGN.md: src/cli). */
@@ -10,4 +11,5 @@ export function registerCommands(program: Command): void {
   registerCaCommand(program);
   registerTokenCommand(program);
   registerCertCommand(program);
+  registerIdentityCommand(program);
 }

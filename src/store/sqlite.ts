@@ -50,6 +50,7 @@ export class SqliteStore implements Store {
   readonly path: string;
   readonly #db: Database.Database;
   #statements: Statements | undefined;
+  readonly #pendingIssuances: { row: IssuanceRow; resolve: () => void; reject: (error: unknown) => void }[] = [];
   readonly #listStatements = new Map<string, Database.Statement>();
 
   constructor(path: string) {
@@ -100,7 +101,40 @@ export class SqliteStore implements Store {
       root_fingerprint: record.rootFingerprint,
       certificate_pem: record.certificatePem,
     };
-    this.#write("record the issuance", () => this.#stmts().insertIssuance.run(row), `a certificate with serial ${serial} is already in the issuance log`);
+    this.#assertOpen();
+    // Group commit: every issuance recorded in the same turn of the event loop shares one
+    // transaction, so one fsync (synchronous=FULL) serves many concurrent signings. Each
+    // caller's promise still resolves only after its row is committed.
+    await new Promise<void>((resolve, reject) => {
+      this.#pendingIssuances.push({ row, resolve, reject });
+      if (this.#pendingIssuances.length === 1) setImmediate(() => this.#flushIssuances());
+    });
+  }
+
+  #flushIssuances(): void {
+    const batch = this.#pendingIssuances.splice(0);
+    if (batch.length === 0) return;
+    const duplicate = (row: IssuanceRow) => `a certificate with serial ${row.serial} is already in the issuance log`;
+    if (!this.#db.open) {
+      for (const entry of batch) entry.reject(new MeshwardError("E_STORE_CLOSED", "the store was closed before the issuance was recorded"));
+      return;
+    }
+    const insert = this.#stmts().insertIssuance;
+    try {
+      this.#write("record the issuance", () => this.#db.transaction(() => batch.forEach((entry) => insert.run(entry.row)))(), duplicate(batch[0]!.row));
+      for (const entry of batch) entry.resolve();
+    } catch {
+      // One bad row (a duplicate serial) fails the whole transaction: write the rows one by
+      // one so that each caller gets its own answer.
+      for (const entry of batch) {
+        try {
+          this.#write("record the issuance", () => insert.run(entry.row), duplicate(entry.row));
+          entry.resolve();
+        } catch (error) {
+          entry.reject(error);
+        }
+      }
+    }
   }
 
   async getIssuance(serial: string): Promise<IssuanceRecord | undefined> {
@@ -198,6 +232,7 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    if (this.#db.open) this.#flushIssuances();
     if (this.#db.open) this.#db.close();
   }
 

@@ -1,0 +1,86 @@
+import { Option, type Command } from "commander";
+import { createIdentity } from "../identity/ca-source.ts";
+import { startFileSink } from "../identity/file-sink.ts";
+import { instrumentIdentity } from "../identity/instrument.ts";
+import { startWorkloadApiServer } from "../identity/workload-api/index.ts";
+import { MeshwardError } from "../errors.ts";
+import { createHealth, createOpsServer } from "../telemetry/health.ts";
+import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
+import { parseHostPort } from "../util/address.ts";
+import { cliLogger, collect, logFormatOption, logLevelOption, readTextFile, untilSignal } from "./options.ts";
+
+const VALIDATORS = { "join-token": "JOIN_TOKEN", jwks: "JWKS", kubernetes: "KUBERNETES", insecure: "INSECURE" } as const;
+
+export function registerIdentityCommand(program: Command): void {
+  program
+    .command("identity")
+    .description("keep a workload identity fresh: get it from the CA, renew it before expiry, and hand it to files on disk and the SPIFFE Workload API")
+    .requiredOption("--ca <addr>", "CA address HOST:PORT")
+    .requiredOption("--bundle <file>", "bootstrap trust bundle (PEM) that the CA's certificate must chain to")
+    .option("--token <token>", "join token or JWT for the first certificate (or MESHWARD_TOKEN)")
+    .option("--token-file <file>", "file holding the token, re-read at each use (Kubernetes projected tokens rotate)")
+    .addOption(new Option("--validator <name>", "how the CA checks the token").choices(Object.keys(VALIDATORS)).default("join-token"))
+    .option("--namespace <ns>", "namespace to ask for (checked against what the CA issues)")
+    .option("--app-id <id>", "app id to ask for (checked against what the CA issues)")
+    .option("--dns-name <name>", "DNS name for the certificate (repeatable; the token must allow it)", collect)
+    .option("--out <dir>", "write cert.pem, key.pem (0600) and bundle.pem here on every rotation")
+    .option("--on-rotate <command>", "shell command run after each write (e.g. 'nginx -s reload')")
+    .option("--workload-api-socket <path>", "serve the SPIFFE Workload API on this unix socket")
+    .option("--status <addr>", "serve /metrics, /healthz and /readyz on HOST:PORT")
+    .addOption(logFormatOption())
+    .addOption(logLevelOption())
+    .action(async (opts) => {
+      if (opts.out === undefined && opts.workloadApiSocket === undefined) {
+        throw new MeshwardError("E_USAGE", "say where the identity goes: --out DIR and/or --workload-api-socket PATH");
+      }
+      if (opts.onRotate !== undefined && opts.out === undefined) throw new MeshwardError("E_USAGE", "--on-rotate needs --out");
+      const token = opts.token ?? (opts.tokenFile === undefined ? process.env.MESHWARD_TOKEN : undefined);
+      if (token === undefined && opts.tokenFile === undefined) throw new MeshwardError("E_USAGE", "a token is needed: --token, --token-file or MESHWARD_TOKEN");
+      const logger = cliLogger("identity", opts);
+      const metrics = createMetrics({ processMetrics: true });
+      const mesh = createMeshMetrics(metrics);
+      const source = createIdentity({
+        ca: opts.ca,
+        bundlePem: readTextFile(opts.bundle, "trust bundle"),
+        validator: VALIDATORS[opts.validator as keyof typeof VALIDATORS],
+        logger,
+        ...(token !== undefined ? { token } : {}),
+        ...(opts.tokenFile !== undefined ? { tokenFile: opts.tokenFile } : {}),
+        ...(opts.namespace !== undefined ? { namespace: opts.namespace } : {}),
+        ...(opts.appId !== undefined ? { appId: opts.appId } : {}),
+        ...(opts.dnsName !== undefined ? { dnsNames: opts.dnsName } : {}),
+      });
+      const stopInstrumenting = instrumentIdentity(source, mesh);
+      const closers: (() => Promise<void>)[] = [];
+      try {
+        const snapshot = await source.ready();
+        if (opts.out !== undefined) {
+          const sink = startFileSink({ source, dir: opts.out, logger, ...(opts.onRotate !== undefined ? { onRotate: opts.onRotate } : {}) });
+          closers.push(() => sink.close());
+          await sink.ready();
+        }
+        if (opts.workloadApiSocket !== undefined) {
+          const api = await startWorkloadApiServer({ socketPath: opts.workloadApiSocket, source, logger });
+          closers.push(() => api.close());
+        }
+        if (opts.status !== undefined) {
+          const health = createHealth();
+          health.register("identity", () => {
+            const current = source.current();
+            return current ? { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` } : { ok: false, detail: "no valid certificate (expired or not yet issued)" };
+          });
+          const { host, port } = parseHostPort(opts.status, "--status");
+          const ops = createOpsServer({ host, port, metrics, health });
+          const bound = await ops.start();
+          closers.push(() => ops.close());
+          logger.info({ event: "status-listening", address: `${bound.host}:${bound.port}` }, "status endpoints listening");
+        }
+        process.stdout.write(`meshward identity ready: ${snapshot.svid.spiffeId} (serial ${snapshot.svid.serial}, valid until ${snapshot.svid.notAfter.toISOString()})\n`);
+        await untilSignal();
+      } finally {
+        stopInstrumenting();
+        for (const close of closers.reverse()) await close();
+        await source.close();
+      }
+    });
+}
