@@ -88,7 +88,8 @@ export function normalizeSerial(input: string): string {
 }
 
 function serialHex(serial: Buffer): string {
-  return normalizeSerial(serial.toString("hex"));
+  // Node prints whole bytes without leading zero bytes: a non-zero first byte needs no normalising.
+  return serial.length > 0 && serial[0] !== 0 ? serial.toString("hex").toUpperCase() : normalizeSerial(serial.toString("hex"));
 }
 
 function checkSerial(serial: Buffer): Buffer {

@@ -73,8 +73,15 @@ export function parseCertificateParts(der: Uint8Array): CertificateParts {
   };
 }
 
+/** SEQ { SEQ { ecPublicKey, prime256v1 }, BIT STRING (66 bytes) }: (its 00 unused-bits byte included); then 04, X, Y. */
+const P256_SPKI_PREFIX = Buffer.from("3059301306072a8648ce3d020106082a8648ce3d030107034200", "hex");
+const P256_SPKI_LENGTH = 91;
+
 /** RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING value. */
 export function keyIdentifier(spkiDer: Uint8Array): Buffer {
+  if (spkiDer.length === P256_SPKI_LENGTH && Buffer.compare(spkiDer.subarray(0, P256_SPKI_PREFIX.length), P256_SPKI_PREFIX) === 0) {
+    return createHash("sha1").update(spkiDer.subarray(P256_SPKI_PREFIX.length)).digest();
+  }
   const spki = readWhole(spkiDer, TAG.SEQUENCE);
   const [, keyBits] = children(spkiDer, spki);
   return createHash("sha1").update(readBitString(spkiDer, keyBits, "subjectPublicKey").bytes).digest();

@@ -1,4 +1,4 @@
-import { generateKeyPairSync, X509Certificate } from "node:crypto";
+import { createHash, generateKeyPairSync, X509Certificate } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
 import { generateKeyPair, inspectCertificate, issueLeafCertificate, normalizeSerial, randomSerial, toPem } from "../../src/pki/index.ts";
@@ -96,6 +96,10 @@ describe("issueLeafCertificate", () => {
     expect(openssl(["x509", "-in", files.leaf, "-noout", "-ext", "authorityKeyIdentifier"])).toContain(
       openssl(["x509", "-in", files.issuer, "-noout", "-ext", "subjectKeyIdentifier"]).split("\n")[1]!.trim(),
     );
+    // SKI = SHA-1 of the subjectPublicKey bits (RFC 5280 4.2.1.2 method 1), computed independently here.
+    const keyBits = keys.publicKey.export({ type: "spki", format: "der" }).subarray(-65);
+    const expectedSki = createHash("sha1").update(keyBits).digest("hex").toUpperCase().match(/../g)!.join(":");
+    expect(openssl(["x509", "-in", files.leaf, "-noout", "-ext", "subjectKeyIdentifier"])).toContain(expectedSki);
     expect(openssl(["verify", "-CAfile", files.root, "-untrusted", files.issuer, "-purpose", "sslclient", files.leaf])).toContain("OK");
     expect(openssl(["verify", "-CAfile", files.root, "-untrusted", files.issuer, "-purpose", "sslserver", files.leaf])).toContain("OK");
 
