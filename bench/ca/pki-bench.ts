@@ -12,7 +12,7 @@ import { pathToFileURL } from "node:url";
 import { createCsr, generateKeyPair, issueLeafCertificate, parseCsr, toPem } from "../../src/pki/index.ts";
 import type { Signer } from "../../src/pki/index.ts";
 import { createIssuerCertificate, createRootCertificate } from "../../src/pki/certificate.ts";
-import { toWebCryptoPrivateKey, x509 } from "../../src/pki/peculiar.ts";
+import { loadX509, toWebCryptoPrivateKey } from "../../src/pki/peculiar.ts";
 import { importSpki } from "../../src/pki/spki.ts";
 
 export interface PkiBenchOptions {
@@ -143,6 +143,7 @@ export async function runPkiBench(options: PkiBenchOptions = {}): Promise<PkiBen
   log(`  meshward leaf   ${rate(meshwardLeafOnlyPerSec)}`);
 
   // (c) @peculiar/x509 for comparison
+  const x509 = await loadX509();
   const signingKey = await toWebCryptoPrivateKey(signer.privateKey);
   const issuerName = new x509.X509Certificate(signer.der).subjectName;
   const aki = new x509.AuthorityKeyIdentifierExtension(Buffer.from(new x509.X509Certificate(signer.der).getExtension(x509.SubjectKeyIdentifierExtension)!.keyId, "hex").toString("hex"));

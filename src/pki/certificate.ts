@@ -1,12 +1,14 @@
 import { createPublicKey, randomFillSync } from "node:crypto";
 import type { KeyObject, webcrypto } from "node:crypto";
+import type * as X509 from "@peculiar/x509";
 import { MeshwardError } from "../errors.ts";
 import { parseSpiffeId, parseTrustDomain } from "../spiffe/id.ts";
 import * as der from "./der.ts";
 import { assertAcceptableKey, keysMatch } from "./keys.ts";
 import type { KeyPair } from "./keys.ts";
 import { OID } from "./oids.ts";
-import { toWebCryptoPrivateKey, toWebCryptoPublicKey, webCryptoAlgorithms, x509 } from "./peculiar.ts";
+import { loadX509, toWebCryptoPrivateKey, toWebCryptoPublicKey, webCryptoAlgorithms } from "./peculiar.ts";
+import type { X509Module } from "./peculiar.ts";
 import { signerContext } from "./signer.ts";
 import type { Signer } from "./signer.ts";
 import { spkiOf } from "./spki.ts";
@@ -128,11 +130,11 @@ function trustDomainId(trustDomain: string): string {
 
 // ---------------------------------------------------------------- CA certificates (@peculiar/x509, rare path)
 
-function caName(trustDomain: string, commonName: string | undefined, kind: string): x509.JsonName {
+function caName(trustDomain: string, commonName: string | undefined, kind: string): Record<string, string[]>[] {
   return [{ [OID.organizationName]: [SUBJECT_ORGANIZATION] }, { [OID.commonName]: [commonName ?? `meshward ${kind} ${trustDomain}`] }];
 }
 
-async function caExtensions(trustDomain: string, publicKey: webcrypto.CryptoKey, pathLength: number | undefined): Promise<x509.Extension[]> {
+async function caExtensions(x509: X509Module, trustDomain: string, publicKey: webcrypto.CryptoKey, pathLength: number | undefined): Promise<X509.Extension[]> {
   return [
     new x509.BasicConstraintsExtension(true, pathLength, true),
     new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
@@ -153,6 +155,7 @@ export async function createRootCertificate(template: RootTemplate): Promise<Iss
   const publicKey = publicOnly(template.keyPair.publicKey);
   assertAcceptableKey(publicKey);
   if (!keysMatch(privateKey, publicKey)) throw new MeshwardError("E_KEY_MISMATCH", "the root's private key does not belong to its public key");
+  const x509 = await loadX509();
   const webPublic = await toWebCryptoPublicKey(publicKey);
   const webPrivate = await toWebCryptoPrivateKey(privateKey);
   const certificate = await x509.X509CertificateGenerator.createSelfSigned({
@@ -162,7 +165,7 @@ export async function createRootCertificate(template: RootTemplate): Promise<Iss
     notAfter: template.notAfter,
     signingAlgorithm: webCryptoAlgorithms(privateKey).signingAlgorithm,
     keys: { privateKey: webPrivate, publicKey: webPublic },
-    extensions: await caExtensions(template.trustDomain, webPublic, undefined),
+    extensions: await caExtensions(x509, template.trustDomain, webPublic, undefined),
   });
   return issued(certificate.rawData);
 }
@@ -173,8 +176,9 @@ export async function createIssuerCertificate(template: IssuerTemplate): Promise
   const publicKey = publicOnly(template.publicKey);
   assertAcceptableKey(publicKey);
   const context = signerContext(template.signer);
+  const x509 = await loadX509();
   const webPublic = await toWebCryptoPublicKey(publicKey);
-  const extensions = await caExtensions(template.trustDomain, webPublic, 0);
+  const extensions = await caExtensions(x509, template.trustDomain, webPublic, 0);
   extensions.push(new x509.AuthorityKeyIdentifierExtension(context.keyId.toString("hex")));
   const certificate = await x509.X509CertificateGenerator.create({
     serialNumber: randomSerial().toString("hex"),

@@ -1,4 +1,5 @@
 import type { KeyObject } from "node:crypto";
+import type * as X509 from "@peculiar/x509";
 import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { parseSpiffeId } from "../spiffe/id.ts";
 import type { Tlv } from "./der.ts";
@@ -7,7 +8,7 @@ import { assertAcceptableKey } from "./keys.ts";
 import type { KeyPair } from "./keys.ts";
 import { formatName } from "./names.ts";
 import { OID } from "./oids.ts";
-import { toWebCryptoPrivateKey, toWebCryptoPublicKey, webCryptoAlgorithms, x509 } from "./peculiar.ts";
+import { loadX509, toWebCryptoPrivateKey, toWebCryptoPublicKey, webCryptoAlgorithms } from "./peculiar.ts";
 import { pemBlocks } from "./pem.ts";
 import { UnsupportedSignatureAlgorithm, verifySignature } from "./signature.ts";
 import { importSpki, spkiAlgorithm } from "./spki.ts";
@@ -37,7 +38,8 @@ const CSR_LABELS = new Set(["CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"]);
 export async function createCsr(request: CsrRequest): Promise<string> {
   const { privateKey, publicKey } = request.keyPair;
   assertAcceptableKey(publicKey);
-  const names: x509.JsonGeneralNames = [];
+  const x509 = await loadX509();
+  const names: X509.JsonGeneralNames = [];
   if (request.spiffeId !== undefined) names.push({ type: "url", value: parseSpiffeId(request.spiffeId).toString() });
   for (const dns of request.dnsNames ?? []) names.push({ type: "dns", value: dns });
   const csr = await x509.Pkcs10CertificateRequestGenerator.create({

@@ -1,17 +1,27 @@
 /**
- * The one place that loads @peculiar/x509: tsyringe (its DI container) needs the
- * reflect-metadata polyfill loaded first, and the library must use Node's WebCrypto.
+ * The one place that loads @peculiar/x509, lazily: only the rare async paths (CA certificates,
+ * CSR creation) need it, and loading it costs a noticeable part of CLI start-up. tsyringe (its
+ * DI container) needs the reflect-metadata polyfill first; the library must use Node's WebCrypto.
  */
-import "reflect-metadata";
-import * as x509 from "@peculiar/x509";
+import type * as X509 from "@peculiar/x509";
 import { webcrypto } from "node:crypto";
 import type { KeyObject } from "node:crypto";
 import { MeshwardError } from "../errors.ts";
 import { describePublicKey } from "./keys.ts";
 
-x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+export type X509Module = typeof X509;
 
-export { x509 };
+let loading: Promise<X509Module> | undefined;
+
+export function loadX509(): Promise<X509Module> {
+  loading ??= (async () => {
+    await import("reflect-metadata");
+    const x509 = await import("@peculiar/x509");
+    x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+    return x509;
+  })();
+  return loading;
+}
 
 type WebCryptoKey = webcrypto.CryptoKey;
 

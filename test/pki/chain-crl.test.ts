@@ -5,7 +5,8 @@ import { isMeshwardError } from "../../src/errors.ts";
 import { createCrl, generateKeyPair, inspectCertificate, issueLeafCertificate, parseCrl, toPem, toX509, verifyChain } from "../../src/pki/index.ts";
 import type { IssuedCertificate } from "../../src/pki/index.ts";
 import * as der from "../../src/pki/der.ts";
-import { x509 } from "../../src/pki/peculiar.ts";
+import { loadX509 } from "../../src/pki/peculiar.ts";
+import type { X509Module } from "../../src/pki/peculiar.ts";
 import { parseCertificateParts } from "../../src/pki/x509der.ts";
 import { DAY, HOUR, makeCa, openssl, opensslResult, scratchDir, validity } from "./helpers.ts";
 import type { TestCa } from "./helpers.ts";
@@ -14,8 +15,10 @@ const scratch = scratchDir();
 let ca: TestCa;
 let other: TestCa;
 let leaf: IssuedCertificate;
+let x509: X509Module;
 
 beforeAll(async () => {
+  x509 = await loadX509();
   ca = await makeCa();
   other = await makeCa();
   leaf = issueLeafCertificate({ ...validity(Date.now() - HOUR, DAY), spiffeId: "spiffe://example.org/ns/a/web", publicKey: generateKeyPair().publicKey, signer: ca.issuer });
