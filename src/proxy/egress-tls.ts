@@ -1,0 +1,102 @@
+import { createSecureContext, checkServerIdentity as checkHostName } from "node:tls";
+import type { PeerCertificate, SecureContext } from "node:tls";
+import { isIP } from "node:net";
+import { MeshwardError } from "../errors.ts";
+import type { IdentitySnapshot, IdentitySource } from "../identity/source.ts";
+import { compileMatcher } from "../spiffe/match.ts";
+import { CIPHERS, CURVES, MIN_TLS_VERSION, buildSecureContextOptions } from "../tls/policy.ts";
+import type { SecureOptions } from "../tls/policy.ts";
+import { verifyPeerCertificate } from "../tls/verify.ts";
+import type { PeerPolicy } from "../tls/verify.ts";
+
+export interface EgressTlsSettings {
+  /** Roots from `caFile`; undefined means the mesh trust bundle. */
+  readonly fileRootsPem: string | undefined;
+  readonly mtls: boolean;
+  /** Host name the backend certificate must carry (ignored when expectSpiffeId is set). */
+  readonly serverName: string;
+  readonly expectSpiffeId: string | undefined;
+}
+
+/** What one new backend connection uses: a context built once per identity/bundle change. */
+export interface EgressTlsMaterial {
+  readonly secureContext: SecureContext;
+  readonly checkServerIdentity: (host: string, cert: PeerCertificate) => Error | undefined;
+  /** SNI; only host names are sent. */
+  readonly servername: string | undefined;
+}
+
+/**
+ * Builds TLS client material for egress connections from the current identity, rebuilding
+ * only when the identity source hands out a new snapshot (rotation, bundle update), so new
+ * connections get the new certificate while open ones keep theirs.
+ */
+export class EgressTlsMaterials {
+  readonly #settings: EgressTlsSettings;
+  readonly #identity: IdentitySource | undefined;
+  readonly #accepts: ((id: string) => boolean) | undefined;
+  #cachedFor: IdentitySnapshot | null | undefined;
+  #cached: EgressTlsMaterial | undefined;
+
+  constructor(settings: EgressTlsSettings, identity: IdentitySource | undefined) {
+    this.#settings = settings;
+    this.#identity = identity;
+    this.#accepts = settings.expectSpiffeId === undefined ? undefined : compileMatcher(settings.expectSpiffeId);
+  }
+
+  /** Throws E_IDENTITY_UNAVAILABLE while the identity needed (mTLS or the mesh bundle) is missing or expired. */
+  current(): EgressTlsMaterial {
+    const snapshot = this.#identity?.current();
+    const needsIdentity = this.#settings.mtls || this.#settings.fileRootsPem === undefined;
+    if (needsIdentity && snapshot === undefined) {
+      throw new MeshwardError(
+        "E_IDENTITY_UNAVAILABLE",
+        this.#settings.mtls
+          ? "no valid workload certificate to present to the backend (not issued yet, or expired and not renewed); new egress connections are refused"
+          : "no mesh trust bundle to verify the backend with yet; new egress connections are refused",
+      );
+    }
+    const key = needsIdentity ? snapshot! : null;
+    if (this.#cached !== undefined && this.#cachedFor === key) return this.#cached;
+    this.#cached = this.#build(key ?? undefined);
+    this.#cachedFor = key;
+    return this.#cached;
+  }
+
+  #build(snapshot: IdentitySnapshot | undefined): EgressTlsMaterial {
+    const settings = this.#settings;
+    const roots = settings.fileRootsPem ?? snapshot!.bundle.rootsPem;
+    let options: SecureOptions;
+    if (settings.mtls) {
+      options = buildSecureContextOptions({ svid: snapshot!.svid, bundle: { ...snapshot!.bundle, rootsPem: roots } }, "client");
+    } else {
+      options = { minVersion: MIN_TLS_VERSION, maxVersion: "TLSv1.3", ciphers: CIPHERS, ecdhCurve: CURVES, ca: roots };
+    }
+    const secureContext = createSecureContext(options);
+    const revoked = settings.fileRootsPem === undefined && snapshot !== undefined ? snapshot.bundle.revokedSerials : new Set<string>();
+    let checkServerIdentity: EgressTlsMaterial["checkServerIdentity"];
+    if (this.#accepts !== undefined) {
+      const policy: PeerPolicy = {
+        accepts: this.#accepts,
+        expected: settings.expectSpiffeId!,
+        revokedSerials: () => revoked,
+        peerRole: "server",
+      };
+      checkServerIdentity = (_host, cert) => {
+        if (!cert?.raw) return new MeshwardError("E_PEER_NO_SPIFFE_ID", "the backend sent no certificate");
+        try {
+          verifyPeerCertificate(cert.raw, policy);
+          return undefined;
+        } catch (error) {
+          return error as Error;
+        }
+      };
+    } else {
+      // Node's own RFC 6125 check (DNS/IP SANs) against the name we were configured with,
+      // not whatever name the connection happened to use.
+      checkServerIdentity = (_host, cert) => checkHostName(settings.serverName, cert);
+    }
+    const servername = isIP(settings.serverName) === 0 && settings.serverName.length > 0 ? settings.serverName : undefined;
+    return { secureContext, checkServerIdentity, servername };
+  }
+}

@@ -1,0 +1,421 @@
+import { readFileSync } from "node:fs";
+import { connect as netConnect, createServer, isIP } from "node:net";
+import type { AddressInfo, Server, Socket } from "node:net";
+import { connect as tlsConnect } from "node:tls";
+import type { TLSSocket } from "node:tls";
+import { describeError, MeshwardError } from "../errors.ts";
+import type { IdentitySource } from "../identity/source.ts";
+import { parseSpiffeId } from "../spiffe/id.ts";
+import { createMeshMetrics } from "../telemetry/metrics.ts";
+import type { MeshMetrics, Metrics } from "../telemetry/metrics.ts";
+import type { TlsLogger } from "../tls/logger.ts";
+import { formatHostPort, parseHostPort } from "../util/address.ts";
+import { ClientPreamble, postgresErrorResponse, readBackendAnswer, SSL_REQUEST } from "./egress-postgres.ts";
+import { EgressTlsMaterials } from "./egress-tls.ts";
+import type { EgressTlsMaterial } from "./egress-tls.ts";
+
+export type EgressProtocol = "tls" | "postgres";
+
+export interface EgressEntry {
+  /** HOST:PORT on loopback where the app connects in plaintext (port 0: any free port). */
+  readonly listen: string;
+  /** HOST:PORT of the TLS backend. */
+  readonly backend: string;
+  /** Name the backend certificate must carry (DNS or IP SAN). Default: the backend host. */
+  readonly serverName?: string;
+  /** PEM roots that verify the backend. Default: the mesh trust bundle of `identity`. */
+  readonly caFile?: string;
+  /** Present the workload identity as client certificate (mTLS). */
+  readonly mtls?: boolean;
+  /** Verify the backend by its SPIFFE ID (URI SAN) instead of its host name. */
+  readonly expectSpiffeId?: string;
+  /** "tls" (default; Redis, HTTP, most protocols) or "postgres" (SSLRequest preamble first). */
+  readonly protocol?: EgressProtocol;
+  /** TCP connect + TLS handshake deadline (default 10 s). */
+  readonly connectTimeoutMs?: number;
+  /** Close a connection with no traffic either way for this long (default 1 h; 0 = never). */
+  readonly idleTimeoutMs?: number;
+  /** How long close() lets open connections finish before cutting them (default 10 s). */
+  readonly drainTimeoutMs?: number;
+}
+
+export interface EgressContext {
+  /** Needed for `mtls`, and for verifying the backend when no `caFile` is given. */
+  readonly identity?: IdentitySource;
+  readonly logger: TlsLogger;
+  readonly metrics?: Metrics;
+}
+
+export interface EgressStats {
+  readonly active: number;
+  /** Connections that reached the backend over verified TLS. */
+  readonly established: number;
+  /** Connections refused or failed before the backend was reached (by reason). */
+  readonly failed: Readonly<Record<string, number>>;
+}
+
+export interface Egress {
+  /** HOST:PORT actually bound. */
+  readonly address: string;
+  stats(): EgressStats;
+  /** Stops accepting, lets open connections finish for drainTimeoutMs, then cuts them. */
+  close(): Promise<void>;
+}
+
+const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+const DEFAULT_IDLE_TIMEOUT_MS = 60 * 60 * 1000;
+const DEFAULT_DRAIN_TIMEOUT_MS = 10_000;
+
+type FailureReason = "identity_unavailable" | "connect_failed" | "backend_no_tls" | "tls_failed" | "timeout" | "client_error";
+
+interface EgressMetrics {
+  readonly mesh: MeshMetrics;
+  connection(result: "ok" | FailureReason): void;
+  active(delta: number): void;
+}
+
+function egressMetrics(metrics: Metrics, backend: string): EgressMetrics {
+  const mesh = createMeshMetrics(metrics);
+  const connections = metrics.counter({
+    name: "meshward_egress_connections_total",
+    help: "Egress (TLS origination) connections by backend and result (ok, identity_unavailable, connect_failed, backend_no_tls, tls_failed, timeout, client_error).",
+    labelNames: ["backend", "result"],
+  });
+  const active = metrics.gauge({
+    name: "meshward_egress_connections_active",
+    help: "Open egress connections by backend.",
+    labelNames: ["backend"],
+  });
+  for (const result of ["ok", "identity_unavailable", "connect_failed", "backend_no_tls", "tls_failed", "timeout", "client_error"]) {
+    connections.inc({ backend, result }, 0);
+  }
+  active.inc({ backend }, 0);
+  return {
+    mesh,
+    connection: (result) => connections.inc({ backend, result }),
+    active: (delta) => active.inc({ backend }, delta),
+  };
+}
+
+function isLoopback(host: string): boolean {
+  if (host === "localhost") return true;
+  if (isIP(host) === 4) return host.startsWith("127.");
+  if (isIP(host) === 6) return host === "::1";
+  return false;
+}
+
+/** Validates the entry; throws E_INSECURE_CONFIG / E_ADDRESS_INVALID with an actionable message. */
+function checkEntry(entry: EgressEntry, ctx: EgressContext): void {
+  const listen = parseHostPort(entry.listen, "egress listen address");
+  if (!isLoopback(listen.host)) {
+    throw new MeshwardError(
+      "E_INSECURE_CONFIG",
+      `egress listen address ${entry.listen} is not loopback: the app side of an egress is plaintext, so it may only listen on 127.0.0.1, ::1 or localhost`,
+    );
+  }
+  parseHostPort(entry.backend, "egress backend address");
+  if (entry.mtls && ctx.identity === undefined) {
+    throw new MeshwardError("E_INSECURE_CONFIG", `egress to ${entry.backend}: mtls needs a workload identity (ctx.identity)`);
+  }
+  if (entry.caFile === undefined && ctx.identity === undefined) {
+    throw new MeshwardError("E_INSECURE_CONFIG", `egress to ${entry.backend}: nothing to verify the backend with; give caFile or a workload identity (its trust bundle)`);
+  }
+  if (entry.expectSpiffeId !== undefined) parseSpiffeId(entry.expectSpiffeId);
+  if (entry.protocol !== undefined && entry.protocol !== "tls" && entry.protocol !== "postgres") {
+    throw new MeshwardError("E_CONFIG_INVALID", `egress to ${entry.backend}: protocol must be "tls" or "postgres", not ${JSON.stringify(entry.protocol)}`);
+  }
+}
+
+/**
+ * TLS origination: the app talks plaintext to a loopback port, meshward opens TLS (mTLS with
+ * the current workload identity when `mtls`) to the backend and verifies its chain and host
+ * name (or SPIFFE ID). A connection is only relayed once the backend is verified; every
+ * failure closes the app's connection and is counted.
+ */
+export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promise<Egress> {
+  checkEntry(entry, ctx);
+  const listen = parseHostPort(entry.listen, "egress listen address");
+  const backend = parseHostPort(entry.backend, "egress backend address");
+  const protocol = entry.protocol ?? "tls";
+  const connectTimeoutMs = entry.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+  const idleTimeoutMs = entry.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+  const drainTimeoutMs = entry.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS;
+  let fileRootsPem: string | undefined;
+  if (entry.caFile !== undefined) {
+    try {
+      fileRootsPem = readFileSync(entry.caFile, "utf8");
+    } catch (error) {
+      throw new MeshwardError("E_CONFIG_INVALID", `egress to ${entry.backend}: cannot read caFile ${entry.caFile}: ${describeError(error)}`);
+    }
+    if (!fileRootsPem.includes("-----BEGIN CERTIFICATE-----")) {
+      throw new MeshwardError("E_CONFIG_INVALID", `egress to ${entry.backend}: caFile ${entry.caFile} holds no PEM certificate`);
+    }
+  }
+  const materials = new EgressTlsMaterials(
+    { fileRootsPem, mtls: entry.mtls === true, serverName: entry.serverName ?? backend.host, expectSpiffeId: entry.expectSpiffeId },
+    ctx.identity,
+  );
+  if (ctx.identity !== undefined) await ctx.identity.ready();
+  const metrics = ctx.metrics ? egressMetrics(ctx.metrics, entry.backend) : undefined;
+  const logger = ctx.logger;
+  const what = `egress ${entry.listen} -> ${entry.backend}`;
+  const failed: Record<string, number> = {};
+  let established = 0;
+  const open = new Set<Relay>();
+
+  const server: Server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (client) => {
+    const relay = new Relay(client, {
+      backend,
+      protocol,
+      connectTimeoutMs,
+      idleTimeoutMs,
+      materials,
+      onEstablished: () => {
+        established++;
+        metrics?.connection("ok");
+        metrics?.mesh.handshakeSucceeded("outbound");
+      },
+      onFailed: (reason, error, socket) => {
+        failed[reason] = (failed[reason] ?? 0) + 1;
+        metrics?.connection(reason);
+        if (reason === "tls_failed") metrics?.mesh.handshakeFailed("outbound", error, socket);
+        logger.warn(`${what}: connection refused (${reason}): ${describeError(error)}`);
+      },
+      onClose: () => {
+        open.delete(relay);
+        metrics?.active(-1);
+      },
+    });
+    open.add(relay);
+    metrics?.active(1);
+    relay.start();
+  });
+  server.on("error", (error) => logger.error(`${what}: listener error: ${describeError(error)}`));
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(listen.port, listen.host, () => {
+      server.removeListener("error", reject);
+      resolve();
+    });
+  });
+  const bound = server.address() as AddressInfo;
+  const address = formatHostPort({ host: bound.address, port: bound.port });
+  logger.info(`${what}: listening on ${address} (${protocol}${entry.mtls ? ", mTLS" : ""}, verifying ${entry.expectSpiffeId ?? `host name ${entry.serverName ?? backend.host}`})`);
+
+  let closing: Promise<void> | undefined;
+  return {
+    address,
+    stats: () => ({ active: open.size, established, failed: { ...failed } }),
+    close() {
+      closing ??= new Promise<void>((resolve) => {
+        server.close();
+        for (const relay of open) relay.drain();
+        const finish = () => {
+          clearTimeout(deadline);
+          resolve();
+        };
+        const deadline = setTimeout(() => {
+          for (const relay of open) relay.destroy();
+          finish();
+        }, drainTimeoutMs);
+        deadline.unref();
+        const check = () => {
+          if (open.size === 0) finish();
+          else setTimeout(check, 20).unref();
+        };
+        check();
+      });
+      return closing;
+    },
+  };
+}
+
+interface RelayOptions {
+  readonly backend: { host: string; port: number };
+  readonly protocol: EgressProtocol;
+  readonly connectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  readonly materials: EgressTlsMaterials;
+  readonly onEstablished: () => void;
+  readonly onFailed: (reason: FailureReason, error: unknown, socket?: TLSSocket) => void;
+  readonly onClose: () => void;
+}
+
+/** One app connection and its TLS connection to the backend. */
+class Relay {
+  readonly #client: Socket;
+  readonly #options: RelayOptions;
+  #raw: Socket | undefined;
+  #tls: TLSSocket | undefined;
+  #preamble: ClientPreamble | undefined;
+  /** Client bytes that arrived before the backend was ready (postgres preamble leftovers). */
+  #pending: Buffer[] = [];
+  #backendReady = false;
+  #piping = false;
+  #done = false;
+  #closed = false;
+  #failure: string | undefined;
+  #connectTimer: NodeJS.Timeout | undefined;
+
+  constructor(client: Socket, options: RelayOptions) {
+    this.#client = client;
+    this.#options = options;
+  }
+
+  start(): void {
+    const client = this.#client;
+    client.on("error", () => this.destroy());
+    client.once("close", () => this.#onClientClose());
+    let material: EgressTlsMaterial;
+    try {
+      material = this.#options.materials.current();
+    } catch (error) {
+      this.#fail("identity_unavailable", error);
+      return;
+    }
+    if (this.#options.protocol === "postgres") {
+      const preamble = (this.#preamble = new ClientPreamble());
+      const onData = (chunk: Buffer) => {
+        const step = preamble.push(chunk);
+        if (step.reply.length > 0) client.write(step.reply);
+        if (step.error !== undefined) {
+          this.#fail("client_error", new MeshwardError("E_PROTOCOL", step.error));
+          return;
+        }
+        if (step.forward === undefined) return;
+        client.removeListener("data", onData);
+        client.pause();
+        this.#pending.push(step.forward);
+        if (this.#failure !== undefined) this.#sendPostgresError();
+        else this.#maybePipe();
+      };
+      client.on("data", onData);
+      client.resume();
+    }
+    this.#connectTimer = setTimeout(() => {
+      this.#fail("timeout", new MeshwardError("E_BACKEND_TIMEOUT", `the backend ${formatHostPort(this.#options.backend)} did not complete TCP + TLS within ${this.#options.connectTimeoutMs} ms`));
+    }, this.#options.connectTimeoutMs);
+    this.#connectTimer.unref();
+    const raw = (this.#raw = netConnect({ host: this.#options.backend.host, port: this.#options.backend.port }));
+    raw.on("error", (error) => {
+      if (!this.#backendReady) this.#fail(this.#tls === undefined ? "connect_failed" : "tls_failed", error);
+    });
+    raw.once("connect", () => {
+      if (this.#done) return;
+      if (this.#options.protocol !== "postgres") {
+        this.#startTls(material);
+        return;
+      }
+      raw.write(SSL_REQUEST);
+      raw.once("data", (chunk: Buffer) => {
+        const answer = readBackendAnswer(chunk);
+        if (!answer.ok) {
+          this.#fail("backend_no_tls", new MeshwardError("E_BACKEND_NO_TLS", answer.reason));
+          return;
+        }
+        this.#startTls(material);
+      });
+    });
+  }
+
+  #startTls(material: EgressTlsMaterial): void {
+    if (this.#done) return;
+    const tls = (this.#tls = tlsConnect({
+      socket: this.#raw!,
+      secureContext: material.secureContext,
+      rejectUnauthorized: true,
+      checkServerIdentity: material.checkServerIdentity,
+      ...(material.servername !== undefined ? { servername: material.servername } : {}),
+    }));
+    tls.on("error", (error) => {
+      if (!this.#backendReady) this.#fail("tls_failed", error, tls);
+      else this.destroy();
+    });
+    tls.once("secureConnect", () => {
+      if (this.#done) return;
+      if (!tls.authorized) {
+        this.#fail("tls_failed", new MeshwardError("E_PEER_UNTRUSTED", `the backend certificate was not verified: ${String(tls.authorizationError)}`), tls);
+        return;
+      }
+      clearTimeout(this.#connectTimer);
+      this.#backendReady = true;
+      this.#options.onEstablished();
+      this.#maybePipe();
+    });
+  }
+
+  #maybePipe(): void {
+    if (this.#piping || this.#done || !this.#backendReady) return;
+    if (this.#preamble !== undefined && !this.#preamble.done) return;
+    this.#piping = true;
+    const client = this.#client;
+    const tls = this.#tls!;
+    for (const chunk of this.#pending) tls.write(chunk);
+    this.#pending = [];
+    if (this.#options.idleTimeoutMs > 0) {
+      const idle = () => this.destroy();
+      client.setTimeout(this.#options.idleTimeoutMs, idle);
+      tls.setTimeout(this.#options.idleTimeoutMs, idle);
+    }
+    // Half-close travels both ways: the app's FIN ends our TLS write side (close_notify) and
+    // the backend's end ends the app's connection; each direction drains first.
+    client.pipe(tls);
+    tls.pipe(client);
+    tls.once("close", () => {
+      if (!client.destroyed) client.end();
+    });
+  }
+
+  #fail(reason: FailureReason, error: unknown, socket?: TLSSocket): void {
+    if (this.#done) return;
+    this.#done = true;
+    clearTimeout(this.#connectTimer);
+    this.#options.onFailed(reason, error, socket);
+    this.#tls?.destroy();
+    this.#raw?.destroy();
+    this.#failure = `meshward egress could not reach ${formatHostPort(this.#options.backend)} securely (${reason}): ${describeError(error)}`;
+    if (this.#preamble !== undefined) {
+      // A PostgreSQL client waits for an answer to its startup message: tell it why.
+      if (this.#preamble.done) this.#sendPostgresError();
+      return; // otherwise sent once the startup message arrives (or the client goes away)
+    }
+    this.#client.destroy();
+  }
+
+  #sendPostgresError(): void {
+    const client = this.#client;
+    if (client.destroyed) return;
+    client.end(postgresErrorResponse(this.#failure ?? "meshward egress failed"));
+    setTimeout(() => client.destroy(), 1000).unref();
+  }
+
+  #onClientClose(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#done = true;
+    clearTimeout(this.#connectTimer);
+    const tls = this.#tls;
+    if (tls !== undefined && !tls.destroyed) {
+      if (this.#backendReady) tls.end();
+      else tls.destroy();
+    }
+    if (!this.#backendReady) this.#raw?.destroy();
+    this.#options.onClose();
+  }
+
+  /**
+   * Graceful shutdown: a relay still connecting is cut; an established one is left to finish
+   * (a byte stream has no request boundary to stop at) until close()'s deadline.
+   */
+  drain(): void {
+    if (!this.#piping) this.destroy();
+  }
+
+  destroy(): void {
+    this.#done = true;
+    clearTimeout(this.#connectTimer);
+    this.#tls?.destroy();
+    this.#raw?.destroy();
+    this.#client.destroy();
+  }
+}
