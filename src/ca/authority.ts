@@ -1,4 +1,3 @@
-import type { X509Certificate } from "node:crypto";
 import type { Logger } from "pino";
 import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
 import { parseCsr } from "../pki/csr.ts";
@@ -6,6 +5,7 @@ import { toPem } from "../pki/pem.ts";
 import type { Store } from "../store/store.ts";
 import type { LoadedAnchors } from "./anchors.ts";
 import type { Attestor } from "./attest/attestor.ts";
+import type { PeerCertificate } from "./attest/peer.ts";
 import type { CrlPublisher } from "./crl-publisher.ts";
 import { signWorkloadCertificate, type SigningPolicy } from "./issuer.ts";
 import type { CaMetrics } from "./metrics.ts";
@@ -20,7 +20,7 @@ export interface SignRequest {
   readonly appId: string;
   readonly namespace: string;
   readonly trustDomain: string;
-  readonly peerCertificate: X509Certificate | undefined;
+  readonly peer: PeerCertificate | undefined;
   /** For logs: where the request came from. */
   readonly remoteAddress?: string;
 }
@@ -100,7 +100,7 @@ export class CertificateAuthority {
       requestedAppId: request.appId,
       requestedNamespace: request.namespace,
       requestedTrustDomain: request.trustDomain,
-      peerCertificate: request.peerCertificate,
+      peer: request.peer,
       now,
     });
     if (!identity.spiffeId.startsWith(`spiffe://${anchors.trustDomain}/`)) {

@@ -76,8 +76,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   attestors.set("join-token", joinTokenAttestor(store));
   attestors.set("svid", svidAttestor({
     trust: () => ({
-      roots: anchors.roots.map((r) => r.raw),
-      intermediates: [anchors.issuer.der],
+      roots: anchors.roots,
+      intermediates: [anchors.issuer.certificate],
       revoked: crl.current?.revokedSerials ?? new Set(),
     }),
   }));

@@ -171,7 +171,7 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
     expect(["E_SPIFFE_MISMATCH", "E_CA_UNAVAILABLE", "E_CA_ERROR"]).toContain(r.code);
     // … and the CA refuses a request naming another trust domain.
     const direct = await refusal(
-      server.authority.sign({ csr: (await csr()).csrPem, token: await joinToken("orders", "api"), validator: "join-token", appId: "", namespace: "", trustDomain: "other.test", peerCertificate: undefined }),
+      server.authority.sign({ csr: (await csr()).csrPem, token: await joinToken("orders", "api"), validator: "join-token", appId: "", namespace: "", trustDomain: "other.test", peer: undefined }),
     );
     expect(direct.code).toBe("E_TRUST_DOMAIN_MISMATCH");
   });
@@ -239,6 +239,23 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
       expect(r.code).toBe("E_CERT_REVOKED");
     });
 
+    it("refuses renewal with a certificate from another CA, even for the same SPIFFE ID", async () => {
+      const otherDir = join(work, "other-ca");
+      await initAnchors({ dir: otherDir, trustDomain: TD, now: new Date() });
+      const other = await startCaServer({ dir: otherDir, config: caConfigSchema.parse({ listen: "127.0.0.1:0", allowInsecureDev: true }), logger: silent });
+      try {
+        const keyPair = generateKeyPair();
+        const foreign = await requestCertificate(
+          { address: other.address, bundlePem: readFileSync(join(otherDir, "bundle.pem"), "utf8"), trustDomain: TD },
+          { csrPem: await createCsr({ keyPair }), token: "", validator: "INSECURE", namespace: "orders", appId: "renewer" },
+        );
+        const r = await refusal(ask({ ...(await csr()), token: "", validator: "SVID" }, { ...connection, clientCertificate: { certChainPem: foreign.certChainPem, privateKey: keyPair.privateKey } }));
+        expect(r.code).toBe("E_ATTESTATION_UNTRUSTED");
+      } finally {
+        await other.close();
+      }
+    });
+
     it("refuses renewal without a client certificate", async () => {
       expect((await refusal(ask({ ...(await csr()), token: "", validator: "SVID" }))).code).toBe("E_ATTESTATION_NO_CERT");
     });
@@ -267,7 +284,7 @@ describe("the issuer's validity bounds every signature", () => {
           const t = generateJoinToken();
           await server.store.createToken({ id: t.id, tokenHash: t.hash, spiffeId: `spiffe://${TD}/ns/a/b`, dnsNames: [], createdAt: now, expiresAt: new Date(now.getTime() + 60_000), usesAllowed: 1, usesLeft: 1 });
           const keyPair = generateKeyPair();
-          return server.authority.sign({ csr: await createCsr({ keyPair }), token: t.token, validator: "join-token", appId: "", namespace: "", trustDomain: "", peerCertificate: undefined });
+          return server.authority.sign({ csr: await createCsr({ keyPair }), token: t.token, validator: "join-token", appId: "", namespace: "", trustDomain: "", peer: undefined });
         };
         const capped = await sign();
         const issuerNotAfter = t0.getTime() + 2 * 3_600_000;

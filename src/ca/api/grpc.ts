@@ -1,6 +1,7 @@
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { TLSSocket } from "node:tls";
 import { isMeshwardError, MeshwardError } from "../../errors.ts";
+import { peerCertificateOf } from "../attest/peer.ts";
 import type { CertificateAuthority, ValidatorName } from "../authority.ts";
 import { encodeGrpcMessage, grpcStatusForCode, GrpcStatus } from "./grpc-status.ts";
 import { decodeSignRequest, encodeSignResponse, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../protocol/sentry.ts";
@@ -65,7 +66,7 @@ async function answer(req: Http2ServerRequest, res: Http2ServerResponse, body: B
       appId: request.id,
       namespace: request.namespace,
       trustDomain: request.trustDomain,
-      peerCertificate: socket?.getPeerX509Certificate?.() ?? undefined,
+      peer: peerCertificateOf(socket),
       remoteAddress: socket?.remoteAddress,
     });
     const reply = encodeSignResponse({

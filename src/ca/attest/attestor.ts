@@ -1,4 +1,4 @@
-import type { X509Certificate } from "node:crypto";
+import type { PeerCertificate } from "./peer.ts";
 
 /** What a workload claims and the proof it brings (one SignCertificate request). */
 export interface AttestationRequest {
@@ -8,7 +8,7 @@ export interface AttestationRequest {
   readonly requestedNamespace: string;
   readonly requestedTrustDomain: string;
   /** The certificate the caller presented on the TLS connection, when any. */
-  readonly peerCertificate: X509Certificate | undefined;
+  readonly peer: PeerCertificate | undefined;
   readonly now: Date;
 }
 

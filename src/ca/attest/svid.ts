@@ -1,13 +1,13 @@
+import type { X509Certificate } from "node:crypto";
 import { MeshwardError } from "../../errors.ts";
 import { verifyChain } from "../../pki/chain.ts";
-import { inspectCertificate } from "../../pki/inspect.ts";
 import { parseWorkloadId } from "../../spiffe/id.ts";
 import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
 
 export interface SvidAttestorOptions {
-  /** Current trust anchors and the certificates that may sit between them and a leaf. */
-  readonly trust: () => { roots: readonly Uint8Array[]; intermediates: readonly Uint8Array[]; revoked: ReadonlySet<string> };
+  /** Current trust anchors, the CA certificates that may sit between them and a leaf, and the CRL. */
+  readonly trust: () => { roots: readonly X509Certificate[]; intermediates: readonly X509Certificate[]; revoked: ReadonlySet<string> };
 }
 
 /**
@@ -18,28 +18,31 @@ export function svidAttestor(options: SvidAttestorOptions): Attestor {
   return {
     name: "svid",
     async attest(request: AttestationRequest): Promise<AttestedIdentity> {
-      const peer = request.peerCertificate;
+      const peer = request.peer;
       if (peer === undefined) {
         throw new MeshwardError("E_ATTESTATION_NO_CERT", "renewal needs the current certificate presented on the TLS connection");
       }
       const trust = options.trust();
-      try {
-        verifyChain({ leaf: peer, intermediates: trust.intermediates, roots: trust.roots, at: request.now });
-      } catch (error) {
-        const code = (error as MeshwardError).code === "E_CERT_EXPIRED" ? "E_CERT_EXPIRED" : "E_ATTESTATION_UNTRUSTED";
-        throw new MeshwardError(code, `the certificate presented for renewal is not acceptable: ${(error as Error).message}`, { cause: error });
+      if (peer.notAfter <= request.now) {
+        throw new MeshwardError("E_CERT_EXPIRED", `the certificate presented for renewal expired at ${peer.notAfter.toISOString()}; get a new one with a token`);
       }
-      const info = inspectCertificate(peer);
-      if (trust.revoked.has(info.serial)) {
-        throw new MeshwardError("E_CERT_REVOKED", `the certificate presented for renewal (serial ${info.serial}) is revoked`);
+      if (!peer.chainVerifiedByTls) {
+        try {
+          verifyChain({ leaf: peer.certificate, intermediates: trust.intermediates, roots: trust.roots, at: request.now });
+        } catch (error) {
+          throw new MeshwardError("E_ATTESTATION_UNTRUSTED", `the certificate presented for renewal is not acceptable: ${(error as Error).message}`, { cause: error });
+        }
       }
-      const [spiffeId, ...more] = info.uris;
+      if (trust.revoked.has(peer.serial)) {
+        throw new MeshwardError("E_CERT_REVOKED", `the certificate presented for renewal (serial ${peer.serial}) is revoked`);
+      }
+      const [spiffeId, ...more] = peer.uris;
       if (spiffeId === undefined || more.length > 0) {
         throw new MeshwardError("E_ATTESTATION_UNTRUSTED", "the certificate presented for renewal does not carry exactly one SPIFFE ID");
       }
       parseWorkloadId(spiffeId);
       assertRequestMatches(request, spiffeId);
-      return { spiffeId, allowedDnsNames: info.dnsNames, method: "svid" };
+      return { spiffeId, allowedDnsNames: peer.dnsNames, method: "svid" };
     },
   };
 }
