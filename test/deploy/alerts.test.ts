@@ -1,0 +1,131 @@
+import { spawnSync } from "node:child_process";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parse as parseYaml } from "yaml";
+import { knownSeriesNames, metricNamesIn } from "./promql.ts";
+
+const RULES_DIR = new URL("../../deploy/prometheus/", import.meta.url).pathname;
+const RULES = join(RULES_DIR, "alerts.yaml");
+const RULE_TESTS = join(RULES_DIR, "alerts.test.yaml");
+
+interface Rule { alert: string; expr: string; labels?: Record<string, string>; annotations?: Record<string, string> }
+interface RuleTest { alert_rule_test?: { alertname: string; exp_alerts?: unknown[] }[] }
+
+const rules = (parseYaml(readFileSync(RULES, "utf8")) as { groups: { rules: Rule[] }[] }).groups.flatMap((g) => g.rules);
+const ruleTests = (parseYaml(readFileSync(RULE_TESTS, "utf8")) as { tests: RuleTest[] }).tests;
+
+function promtool(args: string[], cwd: string) {
+  return spawnSync("promtool", args, { cwd, encoding: "utf8", timeout: 30_000 });
+}
+
+describe("deploy/prometheus/alerts.yaml (real promtool)", () => {
+  let scratch: string;
+  beforeAll(() => {
+    scratch = mkdtempSync(join(tmpdir(), "meshward-alerts-"));
+  });
+  afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+  /** A copy of the rules with one edit, next to a copy of the rule tests. */
+  function mutatedCopy(name: string, from: string, to: string): string {
+    const source = readFileSync(RULES, "utf8");
+    expect(source.split(from).length - 1, `mutation ${name}: ${JSON.stringify(from)} must occur exactly once`).toBe(1);
+    const dir = mkdtempSync(join(scratch, `${name}-`));
+    writeFileSync(join(dir, "alerts.yaml"), source.replace(from, to));
+    copyFileSync(RULE_TESTS, join(dir, "alerts.test.yaml"));
+    return dir;
+  }
+
+  it("promtool check rules accepts the file", () => {
+    const result = promtool(["check", "rules", "alerts.yaml"], RULES_DIR);
+    expect(result.stderr + result.stdout).toContain("SUCCESS");
+    expect(result.status).toBe(0);
+  });
+
+  it("promtool test rules: every case passes (each alert fires when it should and stays quiet otherwise)", () => {
+    const result = promtool(["test", "rules", "alerts.test.yaml"], RULES_DIR);
+    expect(result.stdout + result.stderr).toContain("SUCCESS");
+    expect(result.status).toBe(0);
+  });
+
+  it("every alert has at least one firing case and one quiet case in the rule tests", () => {
+    for (const rule of rules) {
+      const cases = ruleTests.flatMap((t) => t.alert_rule_test ?? []).filter((c) => c.alertname === rule.alert);
+      expect(cases.some((c) => (c.exp_alerts ?? []).length > 0), `${rule.alert} fires somewhere`).toBe(true);
+      expect(cases.some((c) => (c.exp_alerts ?? []).length === 0), `${rule.alert} is quiet somewhere`).toBe(true);
+    }
+  });
+
+  it("covers what the issue asks: expiry per kind, renewal, CA unreachable, handshake failures, plaintext, denials", () => {
+    const exprs = rules.map((r) => r.expr).join("\n");
+    expect(exprs).toMatch(/kind=~"root\|issuer"\} - time\(\) < 7 \* 86400/);
+    expect(exprs).toMatch(/kind=~"root\|issuer"\} - time\(\) < 86400/);
+    expect(exprs).toContain('meshward_cert_expiry_timestamp_seconds{kind="workload"}');
+    expect(exprs).toContain('meshward_rotation_total{result="error"}');
+    expect(exprs).toContain('up{job=~"meshward-ca.*"} == 0');
+    expect(exprs).toContain("meshward_tls_handshake_failures_total");
+    expect(exprs).toContain('meshward_plaintext_connections_total{meshward_mode!="permissive"}');
+    expect(exprs).toContain("meshward_policy_denials_total");
+    for (const rule of rules) {
+      expect(["warning", "critical"], rule.alert).toContain(rule.labels?.severity);
+      expect(rule.annotations?.summary, rule.alert).toBeTruthy();
+      expect(rule.annotations?.runbook, rule.alert).toMatch(/^docs\/troubleshooting\.md#[a-z-]+$/);
+    }
+  });
+
+  it("every runbook link points at a heading of docs/troubleshooting.md", () => {
+    const doc = readFileSync(new URL("../../docs/troubleshooting.md", import.meta.url), "utf8");
+    const anchors = new Set(
+      [...doc.matchAll(/^#{1,6}\s+(.+)$/gm)].map((m) => (m[1] ?? "").toLowerCase().replace(/[^\w\s-]/g, "").trim().replace(/\s+/g, "-")),
+    );
+    for (const rule of rules) {
+      const anchor = (rule.annotations?.runbook ?? "").split("#")[1] ?? "";
+      expect(anchors.has(anchor), `${rule.alert}: #${anchor}`).toBe(true);
+    }
+  });
+
+  it("every metric an alert uses is one meshward defines (or Prometheus' own `up`)", async () => {
+    const known = await knownSeriesNames();
+    for (const rule of rules) {
+      const used = metricNamesIn(rule.expr);
+      expect(used.length, rule.alert).toBeGreaterThan(0);
+      for (const name of used) expect(known.has(name), `${rule.alert} uses ${name}`).toBe(true);
+    }
+  });
+
+  it("negative control: a syntactically broken copy fails promtool check rules", () => {
+    const dir = mutatedCopy("broken", "expr: up{job=~\"meshward-ca.*\"} == 0", "expr: up{job=~\"meshward-ca.*\" == 0");
+    const result = promtool(["check", "rules", "alerts.yaml"], dir);
+    expect(result.status).not.toBe(0);
+    expect(result.stdout + result.stderr).toMatch(/FAILED|error/i);
+  });
+
+  // Each edit weakens or breaks one alert; the rule tests must notice every one of them, which
+  // shows they check behaviour and not only syntax.
+  const mutations: [name: string, alert: string, from: string, to: string][] = [
+    ["anchor-warning", "MeshwardTrustAnchorExpiringSoon", "- time() < 7 * 86400", "- time() < 3 * 86400"],
+    ["anchor-critical", "MeshwardTrustAnchorExpiryCritical", 'kind=~"root|issuer"} - time() < 86400', 'kind=~"root|issuer"} - time() < 3600'],
+    ["workload-warning", "MeshwardWorkloadCertificateExpiringSoon", "- time() < 6 * 3600", "- time() < 3 * 3600"],
+    ["workload-critical", "MeshwardWorkloadCertificateExpiryCritical", '(meshward_cert_expiry_timestamp_seconds{kind="workload"} - time() < 3600)', '(meshward_cert_expiry_timestamp_seconds{kind="workload"} - time() < 600)'],
+    ["workload-expired", "MeshwardWorkloadCertificateExpired", 'time() - meshward_cert_expiry_timestamp_seconds{kind="workload"} > 0', 'time() - meshward_cert_expiry_timestamp_seconds{kind="workload"} > 3600'],
+    ["renewal-no-unless", "MeshwardRenewalFailing", 'unless on (job, instance, kind)\n          sum by (job, instance, kind) (increase(meshward_rotation_total{result="ok"}[30m])) > 0', ""],
+    ["ca-any-job", "MeshwardCaUnreachable", 'up{job=~"meshward-ca.*"} == 0', "up == 0"],
+    ["sign-refusals-too", "MeshwardCaSigningErrors", 'meshward_ca_sign_requests_total{result="error"}[10m]', "meshward_ca_sign_requests_total[10m]"],
+    ["handshake-no-floor", "MeshwardHandshakeFailureRateHigh", "(rate(meshward_tls_handshake_failures_total[5m])) > 0.1", "(rate(meshward_tls_handshake_failures_total[5m])) > 0"],
+    ["plaintext-everywhere", "MeshwardPlaintextInStrictEnvironment", '{meshward_mode!="permissive"}', ""],
+    ["denials-short-baseline", "MeshwardPolicyDenialSpike", "[1h] offset 1h", "[1h] offset 5m"],
+  ];
+  it.each(mutations)("negative control %s: weakening %s makes promtool test rules fail", (name, alert, from, to) => {
+    const dir = mutatedCopy(name, from, to);
+    const check = promtool(["check", "rules", "alerts.yaml"], dir);
+    expect(check.status, check.stdout + check.stderr).toBe(0);
+    const result = promtool(["test", "rules", "alerts.test.yaml"], dir);
+    expect(result.status).not.toBe(0);
+    expect(result.stdout + result.stderr).toContain(`alertname: ${alert}`);
+  });
+
+  it("every alert is covered by a mutation above", () => {
+    expect(new Set(mutations.map((m) => m[1]))).toEqual(new Set(rules.map((r) => r.alert)));
+  });
+});

@@ -1,0 +1,52 @@
+import { createCaMetrics } from "../../src/ca/metrics.ts";
+import { createMeshMetrics, createMetrics } from "../../src/telemetry/metrics.ts";
+
+/** Series Prometheus itself adds to every target. */
+const PROMETHEUS_SERIES = ["up", "scrape_duration_seconds"];
+
+/**
+ * Every series name meshward exposes, taken from the real definitions (not a copied list):
+ * the shared mesh metrics, the CA's metrics and the process metrics, with the _bucket/_sum/_count
+ * series of histograms.
+ */
+export async function knownSeriesNames(): Promise<Set<string>> {
+  const metrics = createMetrics({ processMetrics: true });
+  createMeshMetrics(metrics);
+  createCaMetrics(metrics);
+  const names = new Set<string>(PROMETHEUS_SERIES);
+  for (const metric of await metrics.registry.getMetricsAsJSON()) {
+    names.add(metric.name);
+    if (metric.type === "histogram" || metric.type === "summary") {
+      for (const suffix of ["_bucket", "_sum", "_count"]) names.add(`${metric.name}${suffix}`);
+    }
+  }
+  return names;
+}
+
+const KEYWORDS = new Set([
+  "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "and", "or", "unless", "inf", "nan",
+]);
+
+/**
+ * Metric names used by a PromQL expression (also one with Grafana's $variables). Strings, label
+ * matchers, range selectors, grouping clauses and function names are removed first, so what is
+ * left are the selectors' metric names.
+ */
+export function metricNamesIn(expr: string): string[] {
+  const stripped = expr
+    .replace(/"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`/g, " ")
+    .replace(/\{[^}]*\}/g, " ")
+    .replace(/\[[^\]]*\]/g, " ")
+    .replace(/\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)/g, " ")
+    .replace(/\$\{?\w+\}?/g, " ")
+    .replace(/\boffset\s+\w+/g, " ");
+  const names = new Set<string>();
+  for (const match of stripped.matchAll(/(?<![\w.])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?/g)) {
+    const [, name, call] = match;
+    if (name === undefined || call !== undefined) continue;
+    if (KEYWORDS.has(name.toLowerCase())) continue;
+    if (/^\d/.test(name)) continue;
+    names.add(name);
+  }
+  return [...names];
+}
