@@ -230,6 +230,18 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
   };
 }
 
+/** How long a socket we have ended may wait for the other side's FIN before it is cut. */
+const LINGER_MS = 5_000;
+
+/** Drops whatever still arrives on `socket` and keeps it flowing until EOF. */
+function finishReading<T extends Socket>(socket: T): T {
+  socket.unpipe();
+  socket.removeAllListeners("data");
+  socket.on("data", () => undefined);
+  socket.resume();
+  return socket;
+}
+
 interface RelayOptions {
   readonly backend: { host: string; port: number };
   readonly protocol: EgressProtocol;
@@ -290,6 +302,10 @@ class Relay {
         else this.#maybePipe();
       };
       client.on("data", onData);
+      // A client that gives up during the preamble (e.g. it wanted TLS and got 'N') only half-closes.
+      client.once("end", () => {
+        if (!this.#piping) this.destroy();
+      });
       client.resume();
     }
     this.#connectTimer = setTimeout(() => {
@@ -362,7 +378,8 @@ class Relay {
     client.pipe(tls);
     tls.pipe(client);
     tls.once("close", () => {
-      if (!client.destroyed) client.end();
+      // unpipe() paused the client: keep reading (and dropping) so its FIN is seen and it closes.
+      if (!client.destroyed) finishReading(client).end();
     });
   }
 
@@ -385,8 +402,8 @@ class Relay {
   #sendPostgresError(): void {
     const client = this.#client;
     if (client.destroyed) return;
-    client.end(postgresErrorResponse(this.#failure ?? "meshward egress failed"));
-    setTimeout(() => client.destroy(), 1000).unref();
+    finishReading(client).end(postgresErrorResponse(this.#failure ?? "meshward egress failed"));
+    setTimeout(() => client.destroy(), LINGER_MS).unref();
   }
 
   #onClientClose(): void {
@@ -396,8 +413,11 @@ class Relay {
     clearTimeout(this.#connectTimer);
     const tls = this.#tls;
     if (tls !== undefined && !tls.destroyed) {
-      if (this.#backendReady) tls.end();
-      else tls.destroy();
+      if (this.#backendReady) {
+        // close_notify + FIN to the backend, then read to its EOF (nobody is left to take the data).
+        finishReading(tls).end();
+        setTimeout(() => tls.destroy(), LINGER_MS).unref();
+      } else tls.destroy();
     }
     if (!this.#backendReady) this.#raw?.destroy();
     this.#options.onClose();

@@ -1,0 +1,125 @@
+import { createServer, type Server } from "node:net";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { CaIdentitySource } from "../../src/identity/ca-source.ts";
+import { startEgress, type Egress, type EgressEntry } from "../../src/proxy/egress.ts";
+import { quietTlsLogger, startMeshCa, type MeshCa } from "../backends/fixtures.ts";
+import { startMeshPostgres, type MeshPostgres } from "../backends/pg-mesh.ts";
+import { exec } from "../helpers/exec.ts";
+import { POSTGRES_BIN } from "../helpers/postgres.ts";
+
+// protocol "postgres": the app's plaintext pg client → egress → SSLRequest, 'S', mTLS → a real
+// PostgreSQL 15 (ssl=on, hostssl cert auth against the meshward bundle).
+const TD = "egress-pg.test";
+let ca: MeshCa | undefined;
+let db: MeshPostgres | undefined;
+let app: CaIdentitySource;
+const egresses: Egress[] = [];
+const fakes: Server[] = [];
+
+beforeAll(async () => {
+  ca = await startMeshCa(TD);
+  db = await startMeshPostgres(ca);
+  app = await ca.identity("app");
+});
+
+afterAll(async () => {
+  for (const egress of egresses) await egress.close().catch(() => undefined);
+  for (const fake of fakes) fake.close();
+  await db?.stop();
+  await ca?.close();
+});
+
+async function egress(entry: Omit<EgressEntry, "listen">, withIdentity = true): Promise<Egress> {
+  const started = await startEgress({ listen: "127.0.0.1:0", protocol: "postgres", ...entry }, { ...(withIdentity ? { identity: app } : {}), logger: quietTlsLogger });
+  egresses.push(started);
+  return started;
+}
+
+const port = (e: Egress) => Number(e.address.split(":").pop());
+
+async function query(p: number, ssl: pg.ClientConfig["ssl"] = false): Promise<{ row?: Record<string, unknown>; error?: string }> {
+  const client = new pg.Client({ host: "127.0.0.1", port: p, user: "app", database: "postgres", ssl, connectionTimeoutMillis: 5_000 });
+  client.on("error", () => undefined);
+  try {
+    await client.connect();
+    const result = await client.query("SELECT current_user AS role, ssl_is_used() AS ssl, (SELECT value FROM ssl_extension_info() WHERE name = 'subjectAltName') AS san");
+    return { row: result.rows[0] };
+  } catch (error) {
+    return { error: (error as Error).message };
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+/** A stand-in that answers the SSLRequest with `answer` (a real PostgreSQL never sends bytes after 'S'). */
+async function fakeBackend(answer: Buffer): Promise<number> {
+  const server = createServer((socket) => {
+    socket.on("error", () => undefined);
+    socket.once("data", () => socket.write(answer));
+  });
+  fakes.push(server);
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return (server.address() as { port: number }).port;
+}
+
+describe("egress to PostgreSQL (protocol: postgres)", () => {
+  it("a plaintext pg client (ssl: false) reaches PostgreSQL over mTLS and logs in with the egress's meshward certificate", async () => {
+    const e = await egress({ backend: `127.0.0.1:${db!.server.port}`, serverName: "localhost", mtls: true });
+    const result = await query(port(e));
+    expect(result.error, db!.server.log()).toBeUndefined();
+    expect(result.row).toEqual({ role: "app", ssl: true, san: `URI:spiffe://${TD}/ns/backends/app` });
+    expect(e.stats()).toMatchObject({ established: 1, failed: {} });
+  });
+
+  it("psql with sslmode=prefer: its SSLRequest (and GSSENCRequest) are answered 'N', then it goes on in plaintext to the egress", async () => {
+    const e = await egress({ backend: `127.0.0.1:${db!.server.port}`, serverName: "localhost", mtls: true });
+    const out = await exec(`${POSTGRES_BIN}/psql`, [
+      `host=127.0.0.1 port=${port(e)} user=app dbname=postgres sslmode=prefer gssencmode=prefer`,
+      "-Atc",
+      "SELECT current_user || ' ' || ssl_is_used()",
+    ]);
+    expect(out.stdout.trim(), out.stderr).toBe("app true");
+  });
+
+  it("a pg client that insists on TLS to the egress is told 'N' (the app side is plaintext on loopback)", async () => {
+    const e = await egress({ backend: `127.0.0.1:${db!.server.port}`, serverName: "localhost", mtls: true });
+    expect((await query(port(e), { rejectUnauthorized: false })).error).toMatch(/does not support SSL/);
+  });
+
+  it("refuses a PostgreSQL whose certificate does not carry serverName, and tells the pg client why", async () => {
+    const e = await egress({ backend: `127.0.0.1:${db!.server.port}`, serverName: "db.example.org", mtls: true });
+    const result = await query(port(e));
+    expect(result.row).toBeUndefined();
+    expect(result.error).toMatch(/meshward egress could not reach .* securely \(tls_failed\).*altnames/);
+    expect(e.stats().failed).toEqual({ tls_failed: 1 });
+  });
+
+  it("without mtls PostgreSQL itself refuses (hostssl cert needs a client certificate)", async () => {
+    const e = await egress({ backend: `127.0.0.1:${db!.server.port}`, serverName: "localhost", caFile: db!.serverFiles.bundle }, false);
+    const result = await query(port(e));
+    expect(result.row).toBeUndefined();
+    expect(result.error).toMatch(/requires a valid client certificate/);
+  });
+
+  it("refuses a backend that answers 'N' to SSLRequest (no plaintext fallback)", async () => {
+    const e = await egress({ backend: `127.0.0.1:${await fakeBackend(Buffer.from("N"))}`, serverName: "localhost", mtls: true });
+    const result = await query(port(e));
+    expect(result.error).toMatch(/does not accept TLS/);
+    expect(e.stats().failed).toEqual({ backend_no_tls: 1 });
+  });
+
+  it("refuses a backend that sends plaintext bytes after 'S' (injection before the handshake)", async () => {
+    const injected = Buffer.concat([Buffer.from("S"), Buffer.from("R\0\0\0\x08\0\0\0\0", "latin1")]);
+    const e = await egress({ backend: `127.0.0.1:${await fakeBackend(injected)}`, serverName: "localhost", mtls: true });
+    const result = await query(port(e));
+    expect(result.error).toMatch(/unencrypted bytes after 'S'/);
+    expect(e.stats().failed).toEqual({ backend_no_tls: 1 });
+  });
+
+  it("leaves no relay open once the apps and backends are done (successes and refusals alike)", async () => {
+    const deadline = Date.now() + 10_000;
+    while (egresses.some((e) => e.stats().active > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+    expect(egresses.map((e) => e.stats().active)).toEqual(egresses.map(() => 0));
+  });
+});

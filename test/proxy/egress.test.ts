@@ -1,0 +1,196 @@
+import { connect as netConnect } from "node:net";
+import type { Socket } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { isMeshwardError } from "../../src/errors.ts";
+import type { CaIdentitySource } from "../../src/identity/ca-source.ts";
+import { startEgress, type Egress, type EgressEntry } from "../../src/proxy/egress.ts";
+import { createMetrics, type Metrics } from "../../src/telemetry/metrics.ts";
+import { createMtlsServer, type MtlsServer } from "../../src/transport/index.ts";
+import { foreignIdentity, quietTlsLogger, startMeshCa, type ForeignIdentity, type IdentityFiles, type MeshCa } from "../backends/fixtures.ts";
+import { plainPing } from "../backends/resp.ts";
+import { freePort, startRedisTls, type RunningRedis } from "../helpers/redis.ts";
+import { manualIdentitySource } from "../helpers/test-pki.ts";
+
+// Egress (TLS origination) against a real redis-server (tls-auth-clients yes) and an SDK mTLS
+// server that reports which client certificate it saw; all certificates from a real meshward CA.
+const TD = "egress.test";
+let ca: MeshCa | undefined;
+let redis: RunningRedis | undefined;
+let app: CaIdentitySource;
+let redisFiles: IdentityFiles;
+let foreign: ForeignIdentity;
+let echo: MtlsServer | undefined;
+let echoPort: number;
+const egresses: Egress[] = [];
+
+beforeAll(async () => {
+  ca = await startMeshCa(TD);
+  redisFiles = await ca.sink("redis", await ca.identity("redis", { dnsNames: ["localhost"] }));
+  redis = await startRedisTls({ certFile: redisFiles.cert, keyFile: redisFiles.key, caFile: redisFiles.bundle });
+  app = await ca.identity("app");
+  foreign = await foreignIdentity(ca.dir, TD, "redis", ["localhost"]);
+  // Answers "<caller SPIFFE ID> <caller serial>\n", upper-cases what it gets, says BYE when the caller half-closes.
+  const echoIdentity = await ca.identity("echo", { dnsNames: ["localhost"] });
+  echo = await createMtlsServer({ identity: echoIdentity, logger: quietTlsLogger }, (socket, peer) => {
+    socket.setEncoding("utf8");
+    socket.write(`${peer.spiffeId} ${peer.serial}\n`);
+    socket.on("data", (text: string) => socket.write(text.toUpperCase()));
+    socket.on("end", () => socket.end("BYE\n"));
+    socket.on("error", () => undefined);
+  });
+  await new Promise<void>((resolve) => echo!.listen(0, "127.0.0.1", resolve));
+  echoPort = (echo.address() as { port: number }).port;
+});
+
+afterAll(async () => {
+  for (const egress of egresses) await egress.close().catch(() => undefined);
+  await echo?.meshward.close();
+  await redis?.stop();
+  await ca?.close();
+});
+
+async function egress(entry: Omit<EgressEntry, "listen"> & { listen?: string }, identity: CaIdentitySource | ReturnType<typeof manualIdentitySource> | undefined = app, metrics?: Metrics): Promise<Egress> {
+  const started = await startEgress(
+    { listen: "127.0.0.1:0", ...entry },
+    { ...(identity !== undefined ? { identity } : {}), logger: quietTlsLogger, ...(metrics ? { metrics } : {}) },
+  );
+  egresses.push(started);
+  return started;
+}
+
+function port(e: Egress): number {
+  return Number(e.address.split(":").pop());
+}
+
+/** Connects in plaintext, sends `send`, half-closes if asked, collects everything until close. */
+function converse(p: number, send: string, halfClose = true): Promise<string> {
+  return new Promise((resolve) => {
+    const socket: Socket = netConnect({ host: "127.0.0.1", port: p });
+    let text = "";
+    socket.setEncoding("utf8");
+    socket.on("data", (chunk: string) => (text += chunk));
+    socket.on("error", () => undefined);
+    socket.on("close", () => resolve(text));
+    socket.write(send);
+    if (halfClose) socket.end();
+  });
+}
+
+describe("egress to Redis over TLS (real redis-server)", () => {
+  it("turns a plaintext PING into mTLS with the workload identity: +PONG, counted", async () => {
+    const metrics = createMetrics();
+    const e = await egress({ backend: `127.0.0.1:${redis!.port}`, serverName: "localhost", mtls: true }, app, metrics);
+    expect(await plainPing("127.0.0.1", port(e))).toEqual({ reply: "+PONG", error: undefined });
+    expect(e.stats().established).toBe(1);
+    const text = await metrics.text();
+    expect(text).toContain(`meshward_egress_connections_total{backend="127.0.0.1:${redis!.port}",result="ok"} 1`);
+  });
+
+  it("verifies Redis by SPIFFE ID when expectSpiffeId is set, and refuses the wrong one", async () => {
+    const right = await egress({ backend: `127.0.0.1:${redis!.port}`, mtls: true, expectSpiffeId: `spiffe://${TD}/ns/backends/redis` });
+    expect(await plainPing("127.0.0.1", port(right))).toEqual({ reply: "+PONG", error: undefined });
+    const metrics = createMetrics();
+    const wrong = await egress({ backend: `127.0.0.1:${redis!.port}`, mtls: true, expectSpiffeId: `spiffe://${TD}/ns/backends/cache` }, app, metrics);
+    const result = await plainPing("127.0.0.1", port(wrong));
+    expect(result.reply).toBeUndefined();
+    expect(wrong.stats()).toMatchObject({ established: 0, failed: { tls_failed: 1 } });
+    expect(await metrics.text()).toContain('meshward_tls_handshake_failures_total{direction="outbound",reason="spiffe_mismatch"} 1');
+  });
+
+  it("refuses Redis when its certificate does not carry serverName", async () => {
+    const e = await egress({ backend: `127.0.0.1:${redis!.port}`, serverName: "cache.example.org", mtls: true });
+    expect((await plainPing("127.0.0.1", port(e))).reply).toBeUndefined();
+    expect(e.stats().failed).toEqual({ tls_failed: 1 });
+  });
+
+  it("refuses Redis when its certificate does not chain to caFile (another CA's roots)", async () => {
+    const e = await egress({ backend: `127.0.0.1:${redis!.port}`, serverName: "localhost", mtls: true, caFile: foreign.files.bundle });
+    expect((await plainPing("127.0.0.1", port(e))).reply).toBeUndefined();
+    expect(e.stats().failed).toEqual({ tls_failed: 1 });
+  });
+
+  it("without mtls Redis refuses the connection (tls-auth-clients yes): the app gets no PONG", async () => {
+    const e = await egress({ backend: `127.0.0.1:${redis!.port}`, serverName: "localhost", caFile: redisFiles.bundle }, undefined);
+    expect((await plainPing("127.0.0.1", port(e))).reply).toBeUndefined();
+  });
+
+  it("counts an unreachable backend as connect_failed and closes the app connection", async () => {
+    const closedPort = await freePort(); // bound and released: nothing listens there
+    const e = await egress({ backend: `127.0.0.1:${closedPort}`, serverName: "localhost", mtls: true });
+    expect(await converse(port(e), "hello")).toBe("");
+    expect(e.stats().failed).toEqual({ connect_failed: 1 });
+  });
+});
+
+describe("egress to an SDK mTLS server (sees the client certificate)", () => {
+  it("presents the workload identity; half-close travels both ways", async () => {
+    const e = await egress({ backend: `127.0.0.1:${echoPort}`, serverName: "localhost", mtls: true });
+    const text = await converse(port(e), "hello");
+    const [first, ...rest] = text.split("\n");
+    expect(first).toBe(`${app.current()!.svid.spiffeId} ${app.current()!.svid.serial.replace(/^0+/, "")}`);
+    // Our FIN reached the server as close_notify/FIN after the data; its reply and BYE came back.
+    expect(rest.join("\n")).toBe("HELLOBYE\n");
+  });
+
+  it("after a rotation new connections present the new certificate; an open one keeps working", async () => {
+    const e = await egress({ backend: `127.0.0.1:${echoPort}`, serverName: "localhost", mtls: true });
+    const before = app.current()!.svid.serial.replace(/^0+/, "");
+    const open = netConnect({ host: "127.0.0.1", port: port(e) });
+    open.setEncoding("utf8");
+    let openText = "";
+    open.on("data", (chunk: string) => (openText += chunk));
+    await new Promise<void>((resolve) => open.once("data", () => resolve()));
+    expect(openText).toContain(before);
+
+    await app.renewNow();
+    const after = app.current()!.svid.serial.replace(/^0+/, "");
+    expect(after).not.toBe(before);
+    expect(await converse(port(e), "x")).toContain(` ${after}\n`);
+
+    const closed = new Promise<void>((resolve) => open.once("close", () => resolve()));
+    open.end("still here");
+    await closed;
+    expect(openText).toContain("STILL HEREBYE");
+  });
+
+  it("refuses new connections while the identity is expired, and resumes when a new one arrives", async () => {
+    const manual = manualIdentitySource(app.current()!);
+    const e = await egress({ backend: `127.0.0.1:${echoPort}`, serverName: "localhost", mtls: true }, manual);
+    manual.expire();
+    expect(await converse(port(e), "x")).toBe("");
+    expect(e.stats().failed).toEqual({ identity_unavailable: 1 });
+    await app.renewNow();
+    manual.rotate(app.current()!);
+    expect(await converse(port(e), "x")).toContain(app.current()!.svid.spiffeId);
+  });
+
+  it("close() stops accepting and cuts connections still open after the drain deadline", async () => {
+    const e = await startEgress({ listen: "127.0.0.1:0", backend: `127.0.0.1:${echoPort}`, serverName: "localhost", mtls: true, drainTimeoutMs: 100 }, { identity: app, logger: quietTlsLogger });
+    const open = netConnect({ host: "127.0.0.1", port: port(e) });
+    open.on("error", () => undefined);
+    await new Promise<void>((resolve) => open.once("data", () => resolve()));
+    const closedByUs = new Promise<void>((resolve) => open.once("close", () => resolve()));
+    await e.close();
+    await closedByUs;
+    const refused = await new Promise<string>((resolve) => {
+      const s = netConnect({ host: "127.0.0.1", port: port(e) });
+      s.on("error", (error: Error & { code?: string }) => resolve(error.code ?? "error"));
+      s.on("connect", () => resolve("connected"));
+    });
+    expect(refused).toBe("ECONNREFUSED");
+  });
+});
+
+describe("egress configuration fails closed", () => {
+  it.each([
+    ["a non-loopback listen address", { listen: "0.0.0.0:0", backend: "127.0.0.1:1", mtls: true }, true],
+    ["mtls without an identity", { listen: "127.0.0.1:0", backend: "127.0.0.1:1", mtls: true, caFile: "/nonexistent" }, false],
+    ["nothing to verify the backend with", { listen: "127.0.0.1:0", backend: "127.0.0.1:1" }, false],
+  ] as const)("refuses %s", async (_what, entry, withIdentity) => {
+    const error = await startEgress(entry as EgressEntry, { ...(withIdentity ? { identity: app } : {}), logger: quietTlsLogger }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(isMeshwardError(error, "E_INSECURE_CONFIG"), String(error)).toBe(true);
+  });
+});
