@@ -3,6 +3,7 @@ import { registerAuditCommand } from "./audit.ts";
 import { registerCaCommand } from "./ca.ts";
 import { registerCertCommand } from "./cert.ts";
 import { registerIdentityCommand } from "./identity.ts";
+import { registerSidecarCommand } from "./sidecar.ts";
 import { registerTokenCommand } from "./token.ts";
 
 /** Every CLI command is registered here, one module per command (DESIGN.md: src/cli). */
@@ -12,4 +13,5 @@ export function registerCommands(program: Command): void {
   registerTokenCommand(program);
   registerCertCommand(program);
   registerIdentityCommand(program);
+  registerSidecarCommand(program);
 }

@@ -1,0 +1,104 @@
+import { z } from "zod";
+import { parseTrustDomain } from "../spiffe/id.ts";
+import { parseHostPort } from "../util/address.ts";
+import { parseDuration } from "../util/duration.ts";
+
+const hostPort = (what: string) =>
+  z.string().superRefine((value, ctx) => {
+    try {
+      parseHostPort(value, what);
+    } catch (error) {
+      ctx.addIssue({ code: "custom", message: (error as Error).message });
+    }
+  });
+
+const duration = (what: string) =>
+  z.union([z.string(), z.number()]).transform((value, ctx) => {
+    try {
+      return typeof value === "number" ? Math.round(value * 1000) : parseDuration(value, what);
+    } catch (error) {
+      ctx.addIssue({ code: "custom", message: (error as Error).message });
+      return z.NEVER;
+    }
+  });
+
+const appIdName = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_-]*$/, "an app id (and a namespace) is letters, digits, '_' or '-'")
+  .max(253);
+/** "orders" (this namespace) or "orders.shop" (app orders in namespace shop). */
+const peerName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9][A-Za-z0-9_-]*)?$/, "a peer is an app id or appId.namespace");
+
+export const limitsSchema = z
+  .object({
+    maxHeaderBytes: z.number().int().min(1024).max(1 << 20).default(16 * 1024).describe("Largest request header block accepted on either listener; larger requests get 431."),
+    headersTimeout: duration("headers timeout").default(10_000).describe("Time a client has to send complete request headers (slowloris guard); then 408 and close."),
+    handshakeTimeout: duration("handshake timeout").default(10_000).describe("Time a client has to finish the TLS handshake (and to send its first byte)."),
+    idleTimeout: duration("idle timeout").default(60_000).describe("Close a connection with no traffic for this long (keep-alive and TCP mode)."),
+    maxConnectionAge: duration("max connection age").default(3_600_000).describe("Close inbound connections older than this (HTTP/2 GOAWAY, HTTP/1 Connection: close) so revocations and root retirement reach them."),
+    drainTimeout: duration("drain timeout").default(10_000).describe("On SIGTERM: how long in-flight requests may take before the remaining connections are closed."),
+  })
+  .strict();
+
+export const egressEntrySchema = z
+  .object({
+    listen: hostPort("egress listen address").describe("Loopback HOST:PORT the app talks plaintext to (port 0 picks one)."),
+    backend: hostPort("egress backend").describe("HOST:PORT of the TLS backend (Redis, PostgreSQL, …)."),
+    serverName: z.string().min(1).optional().describe("Host name the backend certificate must carry (default: the backend host)."),
+    caFile: z.string().min(1).optional().describe("PEM roots for the backend (default: the mesh trust bundle)."),
+    mtls: z.boolean().optional().describe("Present the workload SVID as a client certificate (mutual TLS)."),
+  })
+  .strict();
+
+export const sidecarConfigSchema = z
+  .object({
+    appId: appIdName.describe("This app's id; the SVID is spiffe://<trustDomain>/ns/<namespace>/<appId>."),
+    namespace: appIdName.default("default").describe("This app's namespace."),
+    trustDomain: z
+      .string()
+      .transform((v, ctx) => {
+        try {
+          return parseTrustDomain(v);
+        } catch (error) {
+          ctx.addIssue({ code: "custom", message: (error as Error).message });
+          return z.NEVER;
+        }
+      })
+      .optional()
+      .describe("Trust domain; read from the bundle's root when omitted."),
+    ca: hostPort("CA address").describe("Address of the meshward CA (HOST:PORT)."),
+    bundle: z.string().min(1).describe("Bootstrap trust bundle file (PEM) the CA's certificate must chain to."),
+    token: z.string().min(1).optional().describe("Join token or JWT for the first certificate (prefer tokenFile or MESHWARD_TOKEN; a token here is a secret in a file)."),
+    tokenFile: z.string().min(1).optional().describe("File holding the token, re-read at each use (Kubernetes projected tokens rotate)."),
+    validator: z.enum(["JOIN_TOKEN", "JWKS", "KUBERNETES", "INSECURE"]).default("JOIN_TOKEN").describe("How the CA checks the token."),
+    inbound: hostPort("inbound address").default("0.0.0.0:3501").describe("Where the sidecar accepts mTLS from other sidecars (HOST:PORT, port 0 picks one)."),
+    app: hostPort("app address").describe("The app's own port on loopback (HOST:PORT) that inbound traffic is forwarded to."),
+    outbound: hostPort("outbound address").optional().describe("Loopback HOST:PORT where the app sends HTTP/gRPC for other apps (routed by dapr-app-id header or Host)."),
+    peers: z.record(peerName, hostPort("peer address")).default({}).describe("Static peer table: app id (or appId.namespace) → HOST:PORT of that app's sidecar inbound port."),
+    peerTemplate: z
+      .string()
+      .regex(/\{appId\}/, "the template must contain {appId}")
+      .optional()
+      .describe("DNS template for peers not in the table, e.g. {appId}.{namespace}.svc.cluster.local:{port}."),
+    peerPort: z.number().int().min(1).max(65535).default(3501).describe("The {port} value in peerTemplate."),
+    tcpUpstreams: z.record(peerName, hostPort("TCP upstream listen address")).default({}).describe("TCP outbound: app id → local HOST:PORT; bytes sent there are carried over mTLS to that app's sidecar."),
+    policy: z.string().min(1).optional().describe("Access policy file: a Dapr `kind: Configuration` YAML with spec.accessControl; watched and reloaded."),
+    mode: z.enum(["strict", "permissive"]).default("strict").describe("strict: only mTLS on the inbound port; permissive: plaintext too (counted and logged), for migrations."),
+    protocol: z.enum(["http", "tcp"]).default("http").describe("http: HTTP/1.1, HTTP/2 and gRPC with per-request policy and XFCC; tcp: bytes piped, policy decided on connect."),
+    status: hostPort("status address").optional().describe("Serve /metrics, /healthz and /readyz on this HOST:PORT."),
+    limits: limitsSchema.default(limitsSchema.parse({})).describe("Connection and request limits."),
+    egress: z.array(egressEntrySchema).default([]).describe("TLS origination: plaintext loopback ports turned into (m)TLS to a backend."),
+    policyReloadInterval: duration("policy reload interval").default(1000).describe("How often the policy file is checked for changes."),
+    logLevel: z.enum(["trace", "debug", "info", "warn", "error"]).default("info").describe("Log level."),
+    logFormat: z.enum(["json", "pretty"]).default("json").describe("Log format."),
+  })
+  .strict()
+  .superRefine((value, ctx) => {
+    if (value.token !== undefined && value.tokenFile !== undefined) {
+      ctx.addIssue({ code: "custom", path: ["tokenFile"], message: "give token or tokenFile, not both" });
+    }
+  });
+
+export type SidecarConfig = z.infer<typeof sidecarConfigSchema>;
+export type SidecarLimits = z.infer<typeof limitsSchema>;
+export type EgressEntry = z.infer<typeof egressEntrySchema>;

@@ -1,0 +1,198 @@
+import { request as httpRequest } from "node:http";
+import type { Agent, ClientRequest, IncomingMessage, OutgoingHttpHeaders, RequestOptions, ServerResponse } from "node:http";
+import { constants as h2 } from "node:http2";
+import type { ClientHttp2Session, IncomingHttpHeaders as H2Headers, ServerHttp2Stream } from "node:http2";
+import { request as httpsRequest } from "node:https";
+import { forwardableHeaders } from "./headers.ts";
+import { answerH2, answerHttp1, GrpcStatus } from "./respond.ts";
+import type { ProxyAnswer } from "./respond.ts";
+
+/** Where an HTTP/1.1 request goes: the app over loopback, or a peer sidecar over mTLS. */
+export interface Http1Upstream {
+  readonly host: string;
+  readonly port: number;
+  readonly agent: Agent;
+  readonly tls: boolean;
+}
+
+export interface ForwardHooks {
+  /** Headers set on the upstream request (after the caller's were filtered). */
+  readonly setHeaders: OutgoingHttpHeaders;
+  /** Lowercase request headers never forwarded (e.g. a spoofed x-forwarded-client-cert). */
+  readonly dropHeaders: readonly string[];
+  /** What to answer when the upstream cannot be reached or fails before answering. */
+  readonly onUpstreamError: (error: Error) => ProxyAnswer;
+  /** Called once with the final HTTP status (0 when the exchange broke). */
+  readonly done: (status: number) => void;
+}
+
+const UNREACHABLE = new Set(["ECONNREFUSED", "ECONNRESET", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "EPIPE"]);
+
+export function isUnreachable(error: unknown): boolean {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  return typeof code === "string" && UNREACHABLE.has(code);
+}
+
+function send(upstream: Http1Upstream, options: RequestOptions): ClientRequest {
+  const full = { ...options, host: upstream.host, port: upstream.port, agent: upstream.agent };
+  return upstream.tls ? httpsRequest(full) : httpRequest(full);
+}
+
+/** HTTP/1.1 in, HTTP/1.1 out. */
+export function forwardHttp1(req: IncomingMessage, res: ServerResponse, upstream: Http1Upstream, hooks: ForwardHooks): void {
+  let finished = false;
+  const done = (status: number) => {
+    if (finished) return;
+    finished = true;
+    hooks.done(status);
+  };
+  const out = send(upstream, {
+    method: req.method ?? "GET",
+    path: req.url ?? "/",
+    headers: { ...forwardableHeaders(req.headers, hooks.dropHeaders), ...hooks.setHeaders },
+  });
+  out.on("response", (up: IncomingMessage) => {
+    if (res.destroyed) {
+      up.destroy();
+      return;
+    }
+    res.writeHead(up.statusCode ?? 502, forwardableHeaders(up.headers));
+    up.pipe(res);
+    up.on("error", () => res.destroy());
+    res.once("finish", () => done(up.statusCode ?? 0));
+  });
+  out.on("error", (error: Error) => {
+    if (res.headersSent) {
+      res.destroy();
+      done(0);
+      return;
+    }
+    const answer = hooks.onUpstreamError(error);
+    answerHttp1(res, answer);
+    done(answer.status);
+  });
+  res.once("close", () => {
+    if (!res.writableFinished) {
+      out.destroy();
+      done(0);
+    }
+  });
+  req.pipe(out);
+}
+
+/** HTTP/2 in (an h2 caller that is not gRPC), HTTP/1.1 out to an app that may not speak h2c. */
+export function forwardH2ToHttp1(stream: ServerHttp2Stream, headers: H2Headers, upstream: Http1Upstream, hooks: ForwardHooks): void {
+  let finished = false;
+  const done = (status: number) => {
+    if (finished) return;
+    finished = true;
+    hooks.done(status);
+  };
+  const authority = headers[":authority"] ?? headers.host;
+  const out = send(upstream, {
+    method: headers[":method"] ?? "GET",
+    path: headers[":path"] ?? "/",
+    headers: { ...forwardableHeaders(headers, hooks.dropHeaders), ...(authority ? { host: authority } : {}), ...hooks.setHeaders },
+  });
+  out.on("response", (up: IncomingMessage) => {
+    if (stream.destroyed || stream.closed) {
+      up.destroy();
+      return;
+    }
+    const status = up.statusCode ?? 502;
+    stream.respond({ ":status": status, ...forwardableHeaders(up.headers) });
+    up.pipe(stream);
+    up.on("error", () => stream.close(h2.NGHTTP2_INTERNAL_ERROR));
+    stream.once("finish", () => done(status));
+  });
+  out.on("error", (error: Error) => {
+    const answer = hooks.onUpstreamError(error);
+    answerH2(stream, answer, false);
+    done(stream.headersSent ? answer.status : 0);
+  });
+  stream.once("close", () => {
+    if (!out.writableFinished || !finished) out.destroy();
+    done(0);
+  });
+  stream.on("error", () => undefined);
+  stream.pipe(out);
+}
+
+/** HTTP/2 in, HTTP/2 out (gRPC and h2 between sidecars): streams, trailers and trailers-only answers kept. */
+export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, flags: number, session: ClientHttp2Session, hooks: ForwardHooks & { readonly grpc: boolean }): void {
+  let finished = false;
+  const done = (status: number) => {
+    if (finished) return;
+    finished = true;
+    hooks.done(status);
+  };
+  const endStream = (flags & h2.NGHTTP2_FLAG_END_STREAM) !== 0;
+  const requestHeaders: OutgoingHttpHeaders = {
+    ...forwardableHeaders(headers, hooks.dropHeaders),
+    ":method": headers[":method"] ?? "GET",
+    ":path": headers[":path"] ?? "/",
+    ":scheme": "https",
+    ":authority": headers[":authority"] ?? headers.host ?? "localhost",
+    ...hooks.setHeaders,
+  };
+  let out;
+  try {
+    out = session.request(requestHeaders, { endStream });
+  } catch (error) {
+    answerH2(stream, hooks.onUpstreamError(error as Error), hooks.grpc);
+    done(0);
+    return;
+  }
+  let trailers: OutgoingHttpHeaders | undefined;
+  let status = 0;
+  out.on("response", (response, responseFlags: number) => {
+    if (stream.destroyed || stream.closed) return;
+    status = Number(response[":status"] ?? 502);
+    const responseHeaders = { ":status": status, ...forwardableHeaders(response) };
+    if ((responseFlags & h2.NGHTTP2_FLAG_END_STREAM) !== 0) {
+      stream.respond(responseHeaders, { endStream: true });
+      done(status);
+      return;
+    }
+    stream.respond(responseHeaders, { waitForTrailers: true });
+    out.pipe(stream);
+  });
+  out.on("trailers", (received) => {
+    trailers = forwardableHeaders(received);
+  });
+  stream.on("wantTrailers", () => {
+    stream.sendTrailers(trailers ?? {});
+    done(status);
+  });
+  out.on("error", (error: Error) => {
+    if (!stream.headersSent) answerH2(stream, hooks.onUpstreamError(error), hooks.grpc);
+    else if (!stream.closed) stream.close(h2.NGHTTP2_INTERNAL_ERROR);
+    done(0);
+  });
+  out.on("close", () => {
+    if (status === 0 && !stream.headersSent && !stream.closed) {
+      const code = out.rstCode ?? 0;
+      answerH2(stream, hooks.onUpstreamError(Object.assign(new Error(`the upstream reset the stream (code ${code})`), { code: "ERR_HTTP2_STREAM_ERROR" })), hooks.grpc);
+      done(0);
+    } else if (out.rstCode !== undefined && out.rstCode !== h2.NGHTTP2_NO_ERROR && !stream.closed && !finished) {
+      stream.close(out.rstCode);
+      done(0);
+    }
+  });
+  stream.on("error", () => undefined);
+  stream.once("close", () => {
+    if (!out.closed) out.close(h2.NGHTTP2_CANCEL);
+    done(status);
+  });
+  if (!endStream) stream.pipe(out);
+}
+
+/** The answer for a failed app/peer exchange, HTTP and gRPC flavours. */
+export function unreachableAnswer(what: string, error: Error, status = 503): ProxyAnswer {
+  return {
+    status,
+    grpcStatus: GrpcStatus.UNAVAILABLE,
+    code: isUnreachable(error) ? "E_UPSTREAM_UNREACHABLE" : "E_UPSTREAM_FAILED",
+    message: `${what}: ${(error as { code?: string }).code ?? ""} ${error.message}`.trim(),
+  };
+}

@@ -1,0 +1,341 @@
+import { Agent as HttpAgent, createServer as createHttp1Server } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { connect as http2Connect, createServer as createH2Server } from "node:http2";
+import type { ClientHttp2Session, IncomingHttpHeaders as H2Headers, ServerHttp2Session, ServerHttp2Stream } from "node:http2";
+import { connect as netConnect, createServer as createNetServer } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
+import { createServer as createTlsServer } from "node:tls";
+import type { TLSSocket } from "node:tls";
+import type { Logger } from "pino";
+import type { Counter } from "prom-client";
+import type { SidecarLimits } from "../config/sidecar.ts";
+import { describeError } from "../errors.ts";
+import type { IdentitySource } from "../identity/source.ts";
+import type { Caller } from "../policy/index.ts";
+import type { IdentityHealth } from "../tls/context.ts";
+import { verifyTlsPeer } from "../tls/verify.ts";
+import type { PeerIdentity } from "../tls/verify.ts";
+import type { MeshMetrics } from "../telemetry/metrics.ts";
+import { peerOf, prepareServer } from "../transport/common.ts";
+import { secureServer } from "../transport/tls.ts";
+import type { HostPort } from "../util/address.ts";
+import { ConnectionTracker } from "./connections.ts";
+import { forwardH2, forwardH2ToHttp1, forwardHttp1, unreachableAnswer } from "./forward.ts";
+import type { ForwardHooks, Http1Upstream } from "./forward.ts";
+import { isGrpc, XFCC, xfccValue } from "./headers.ts";
+import type { PolicySource } from "./policy-source.ts";
+import { answerH2, answerHttp1, GrpcStatus, statusClass } from "./respond.ts";
+import type { ProxyAnswer } from "./respond.ts";
+import { sniffFirstBytes } from "./sniff.ts";
+
+export interface ProxyTelemetry {
+  readonly logger: Logger;
+  readonly mesh: MeshMetrics;
+  /** meshward_sidecar_refused_total{direction,reason}: connections/requests the sidecar refused itself. */
+  readonly refused: Counter<"direction" | "reason">;
+  /** meshward_sidecar_upstream_errors_total{direction,reason}. */
+  readonly upstreamErrors: Counter<"direction" | "reason">;
+}
+
+export interface InboundOptions {
+  readonly listen: HostPort;
+  readonly app: HostPort;
+  readonly protocol: "http" | "tcp";
+  readonly mode: "strict" | "permissive";
+  readonly limits: SidecarLimits;
+  readonly identity: IdentitySource;
+  readonly policy: PolicySource;
+  readonly telemetry: ProxyTelemetry;
+}
+
+export interface Inbound {
+  readonly address: HostPort;
+  health(): IdentityHealth;
+  /** Stops accepting, lets in-flight requests finish (up to `deadlineMs`), then closes. */
+  drain(deadlineMs: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+const kPlaintext = Symbol("meshward.plaintext");
+
+function callerOf(peer: PeerIdentity | undefined): Caller | undefined {
+  if (peer === undefined || peer.namespace === undefined || peer.appId === undefined) return undefined;
+  return { trustDomain: peer.trustDomain, namespace: peer.namespace, appId: peer.appId };
+}
+
+const STRICT_REFUSAL_BODY =
+  '{"error":"E_MTLS_REQUIRED","message":"this port accepts mutual TLS only (meshward sidecar in STRICT mode); call it through your own meshward sidecar or with a workload certificate"}\n';
+
+/**
+ * The sidecar's inbound side: one TCP listener whose first byte decides what follows — a TLS
+ * handshake (mutual TLS, caller's SPIFFE ID verified, hot-swapped certificate), or plaintext
+ * (refused with an explanation in STRICT mode, accepted and counted in PERMISSIVE mode).
+ * HTTP mode forwards HTTP/1.1, HTTP/2 and gRPC to the app after a per-request policy decision;
+ * TCP mode decides once per connection and pipes bytes.
+ */
+export async function startInbound(options: InboundOptions): Promise<Inbound> {
+  const { telemetry, limits, policy } = options;
+  const { logger, mesh } = telemetry;
+  const runtime = await prepareServer({ identity: options.identity, logger, maxConnectionAgeMs: limits.maxConnectionAge }, "sidecar inbound");
+  const ownId = () => runtime.holder.ownSpiffeId();
+  const tracker = new ConnectionTracker((delta) => mesh.connectionsActive.inc({ direction: "inbound" }, delta));
+  const pending = new Set<Socket>();
+  const appLabel = `${options.app.host}:${options.app.port}`;
+
+  // --- upstream: the app on loopback ---------------------------------------------------
+  const appAgent = new HttpAgent({ keepAlive: true, scheduling: "lifo", keepAliveMsecs: 1000 });
+  const appHttp1: Http1Upstream = { host: options.app.host, port: options.app.port, agent: appAgent, tls: false };
+  let appH2: ClientHttp2Session | undefined;
+  const appSession = (): ClientHttp2Session => {
+    if (appH2 !== undefined && !appH2.closed && !appH2.destroyed) return appH2;
+    const session = http2Connect(`http://${appLabel}`);
+    session.on("error", () => undefined);
+    const forget = () => {
+      if (appH2 === session) appH2 = undefined;
+    };
+    session.once("close", forget);
+    session.once("goaway", forget);
+    session.once("error", forget);
+    appH2 = session;
+    return session;
+  };
+  const appError = (error: Error): ProxyAnswer => {
+    telemetry.upstreamErrors.inc({ direction: "inbound", reason: "app_unreachable" });
+    logger.warn({ event: "app-unreachable", app: appLabel, err: describeError(error) }, "the app could not be reached");
+    return unreachableAnswer(`the app at ${appLabel} is not reachable`, error, 503);
+  };
+
+  // --- policy --------------------------------------------------------------------------
+  const denied = (peer: PeerIdentity | undefined, operation: string, verb: string): ProxyAnswer | undefined => {
+    const decision = policy.current().decide({ caller: callerOf(peer), operation, verb });
+    if (decision.allowed) return undefined;
+    const caller = peer?.spiffeId ?? "unverified";
+    mesh.policyDenials.inc({ caller, rule: decision.rule });
+    logger.warn({ event: "policy-denied", caller, rule: decision.rule, operation, verb, reason: decision.reason }, "request denied by the access policy");
+    return { status: 403, grpcStatus: GrpcStatus.PERMISSION_DENIED, code: "E_POLICY_DENIED", message: decision.reason, extra: { rule: decision.rule, caller } };
+  };
+  const hooksFor = (peer: PeerIdentity | undefined, socket: Socket, protocol: string): ForwardHooks => {
+    const end = tracker.begin(socket);
+    const started = process.hrtime.bigint();
+    return {
+      setHeaders: peer === undefined ? {} : { [XFCC]: xfccValue(ownId(), peer.spiffeId) },
+      dropHeaders: [XFCC],
+      onUpstreamError: appError,
+      done: (status) => {
+        end();
+        mesh.requestDuration.observe({ direction: "inbound", protocol, status_class: statusClass(status) }, Number(process.hrtime.bigint() - started) / 1e9);
+      },
+    };
+  };
+  const peerFor = (socket: Socket): PeerIdentity | undefined => ((socket as { [kPlaintext]?: boolean })[kPlaintext] ? undefined : peerOf(socket));
+
+  // --- HTTP/1.1 -------------------------------------------------------------------------
+  const http1 = createHttp1Server(
+    {
+      maxHeaderSize: limits.maxHeaderBytes,
+      headersTimeout: limits.headersTimeout,
+      requestTimeout: 0,
+      keepAliveTimeout: limits.idleTimeout,
+      connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(limits.headersTimeout / 4))),
+    },
+    (req: IncomingMessage, res: ServerResponse) => {
+      const socket = req.socket;
+      const peer = peerFor(socket);
+      if (tracker.draining || tracker.retiring(socket)) res.setHeader("connection", "close");
+      const refusal = denied(peer, req.url ?? "/", req.method ?? "GET");
+      if (refusal !== undefined) {
+        const end = tracker.begin(socket);
+        answerHttp1(res, refusal);
+        res.once("close", end);
+        return;
+      }
+      forwardHttp1(req, res, appHttp1, hooksFor(peer, socket, "http"));
+    },
+  );
+  // Node starts its headers-timeout checker on "listening"; this server only receives handed-over sockets.
+  http1.emit("listening");
+  http1.on("clientError", (error: Error & { code?: string }, socket: Socket) => {
+    const [status, reason, text] =
+      error.code === "HPE_HEADER_OVERFLOW"
+        ? [431, "header_too_large", "Request Header Fields Too Large"]
+        : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
+          ? [408, "header_timeout", "Request Timeout"]
+          : [400, "bad_request", "Bad Request"];
+    telemetry.refused.inc({ direction: "inbound", reason });
+    logger.warn({ event: "client-error", reason, remote: socket.remoteAddress, err: error.code ?? error.message }, "refused a malformed or slow request");
+    if (socket.writable && error.code !== "ECONNRESET") {
+      const body = `${JSON.stringify({ error: `E_${reason.toUpperCase()}`, message: text })}\n`;
+      socket.end(`HTTP/1.1 ${status} ${text}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    }
+    socket.destroy();
+  });
+
+  // --- HTTP/2 and gRPC -----------------------------------------------------------------
+  const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes }, maxSessionMemory: 32 });
+  let handing: Socket | undefined;
+  const sessionSocket = new WeakMap<ServerHttp2Session, Socket>();
+  h2.on("session", (session: ServerHttp2Session) => {
+    const socket = handing;
+    handing = undefined;
+    if (socket === undefined) return;
+    sessionSocket.set(session, socket);
+    tracker.attachSession(socket, session);
+    session.on("error", () => undefined);
+  });
+  h2.on("stream", (stream: ServerHttp2Stream, headers: H2Headers, flags: number) => {
+    const socket = sessionSocket.get(stream.session as ServerHttp2Session);
+    if (socket === undefined) return void stream.close();
+    stream.on("error", () => undefined);
+    const peer = peerFor(socket);
+    const grpc = isGrpc(headers["content-type"]);
+    const path = headers[":path"] ?? "/";
+    const refusal = denied(peer, path, grpc ? "" : (headers[":method"] ?? "GET"));
+    if (refusal !== undefined) {
+      answerH2(stream, refusal, grpc);
+      return;
+    }
+    const hooks = hooksFor(peer, socket, grpc ? "grpc" : "http");
+    if (grpc) forwardH2(stream, headers, flags, appSession(), { ...hooks, grpc });
+    else forwardH2ToHttp1(stream, headers, appHttp1, hooks);
+  });
+  const toHttp = (socket: Socket, h2Preface: boolean) => {
+    tracker.add(socket);
+    if (h2Preface) {
+      handing = socket;
+      h2.emit("connection", socket);
+      handing = undefined;
+    } else {
+      http1.emit("connection", socket);
+    }
+  };
+
+  // --- TCP mode ------------------------------------------------------------------------
+  const toTcp = (socket: Socket, peer: PeerIdentity | undefined) => {
+    const refusal = denied(peer, "", "");
+    if (refusal !== undefined) {
+      telemetry.refused.inc({ direction: "inbound", reason: "policy" });
+      socket.destroy();
+      return;
+    }
+    tracker.add(socket);
+    const end = tracker.begin(socket);
+    const started = process.hrtime.bigint();
+    const app = netConnect({ host: options.app.host, port: options.app.port });
+    let failed = false;
+    app.once("error", (error) => {
+      failed = true;
+      appError(error);
+      socket.destroy();
+    });
+    socket.on("error", () => app.destroy());
+    socket.setTimeout(limits.idleTimeout, () => socket.destroy());
+    app.setNoDelay(true);
+    socket.pipe(app).pipe(socket);
+    socket.once("close", () => {
+      app.destroy();
+      end();
+      mesh.requestDuration.observe({ direction: "inbound", protocol: "tcp", status_class: failed ? "error" : "2xx" }, Number(process.hrtime.bigint() - started) / 1e9);
+    });
+  };
+
+  // --- TLS -----------------------------------------------------------------------------
+  const tlsServer = createTlsServer({
+    ...runtime.holder.options(),
+    handshakeTimeout: limits.handshakeTimeout,
+    ...(options.protocol === "http" ? { ALPNProtocols: ["h2", "http/1.1"] } : {}),
+  });
+  // At the age cap: HTTP/2 gets GOAWAY, HTTP/1 closes after its in-flight request, TCP ends.
+  const control = secureServer(tlsServer, runtime, "sidecar inbound", undefined, (socket) => tracker.retire(socket));
+  tlsServer.on("tlsClientError", (error: Error, socket: TLSSocket) => {
+    const reason = mesh.handshakeFailed("inbound", error, socket);
+    telemetry.refused.inc({ direction: "inbound", reason: `tls_${reason}` });
+  });
+  tlsServer.on("secureConnection", (socket: TLSSocket) => {
+    if (socket.destroyed) {
+      let error: unknown = new Error("refused");
+      try {
+        verifyTlsPeer(socket, runtime.policy);
+      } catch (caught) {
+        error = caught;
+      }
+      const reason = mesh.handshakeFailed("inbound", error, socket);
+      telemetry.refused.inc({ direction: "inbound", reason: `tls_${reason}` });
+      return;
+    }
+    mesh.handshakeSucceeded("inbound");
+    socket.on("error", () => undefined);
+    const peer = peerOf(socket);
+    if (options.protocol === "tcp") toTcp(socket, peer);
+    else toHttp(socket, socket.alpnProtocol === "h2");
+  });
+
+  // --- the listener: first byte decides ------------------------------------------------
+  const raw = createNetServer({ noDelay: true }, (socket: Socket) => {
+    pending.add(socket);
+    socket.once("close", () => pending.delete(socket));
+    socket.on("error", () => undefined);
+    sniffFirstBytes(socket, limits.handshakeTimeout, (kind) => {
+      pending.delete(socket);
+      if (socket.destroyed) return;
+      if (kind === "tls") {
+        tlsServer.emit("connection", socket);
+        socket.resume();
+        return;
+      }
+      if (kind === "closed") return;
+      if (kind === "timeout") {
+        telemetry.refused.inc({ direction: "inbound", reason: "first_byte_timeout" });
+        socket.destroy();
+        return;
+      }
+      const plaintextHttp = kind === "http1" || kind === "h2c";
+      if (options.mode === "permissive" && (plaintextHttp || options.protocol === "tcp")) {
+        mesh.plaintextConnections.inc();
+        logger.warn({ event: "plaintext-accepted", remote: `${socket.remoteAddress}:${socket.remotePort}` }, "PERMISSIVE: accepted a plaintext connection; the caller is unverified and gets the policy's global default");
+        (socket as { [kPlaintext]?: boolean })[kPlaintext] = true;
+        if (options.protocol === "tcp") toTcp(socket, undefined);
+        else toHttp(socket, kind === "h2c");
+        socket.resume();
+        return;
+      }
+      const reason = plaintextHttp ? "plaintext" : "garbage";
+      telemetry.refused.inc({ direction: "inbound", reason });
+      logger.warn({ event: "refused", reason, remote: socket.remoteAddress, mode: options.mode }, plaintextHttp ? "refused a plaintext request: this port needs mTLS" : "refused a connection that is neither TLS nor HTTP");
+      if (kind === "http1") {
+        socket.end(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(STRICT_REFUSAL_BODY)}\r\nconnection: close\r\n\r\n${STRICT_REFUSAL_BODY}`);
+        setTimeout(() => socket.destroy(), 1000).unref();
+      } else {
+        socket.destroy();
+      }
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    raw.once("error", reject);
+    raw.listen(options.listen.port, options.listen.host, () => {
+      raw.off("error", reject);
+      resolve();
+    });
+  });
+  raw.on("error", (error) => logger.error({ event: "listener-error", err: describeError(error) }, "inbound listener error"));
+  const bound = raw.address() as AddressInfo;
+
+  let closed = false;
+  const shutdown = async (deadlineMs: number) => {
+    if (closed) return;
+    closed = true;
+    await new Promise<void>((resolve) => raw.close(() => resolve()));
+    for (const socket of pending) socket.destroy();
+    await tracker.drain(deadlineMs);
+    http1.close();
+    h2.close();
+    await control.meshward.close();
+    appAgent.destroy();
+    appH2?.destroy();
+  };
+  return {
+    address: { host: bound.address, port: bound.port },
+    health: () => runtime.holder.health(),
+    drain: (deadlineMs) => shutdown(deadlineMs),
+    close: () => shutdown(0),
+  };
+}

@@ -1,0 +1,233 @@
+import { createServer as createHttp1Server } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { createServer as createH2Server } from "node:http2";
+import type { IncomingHttpHeaders as H2Headers, ServerHttp2Session, ServerHttp2Stream } from "node:http2";
+import { createServer as createNetServer } from "node:net";
+import type { AddressInfo, Server as NetServer, Socket } from "node:net";
+import type { SidecarLimits } from "../config/sidecar.ts";
+import { describeError, isMeshwardError } from "../errors.ts";
+import type { IdentitySource } from "../identity/source.ts";
+import { parseHostPort } from "../util/address.ts";
+import type { HostPort } from "../util/address.ts";
+import { ConnectionTracker } from "./connections.ts";
+import { forwardH2, forwardHttp1, isUnreachable } from "./forward.ts";
+import type { ForwardHooks } from "./forward.ts";
+import { isGrpc, targetAppId, XFCC } from "./headers.ts";
+import type { ProxyTelemetry } from "./inbound.ts";
+import { PeerPool, resolvePeer } from "./peers.ts";
+import type { PeerDirectory, PeerTarget } from "./peers.ts";
+import { answerH2, answerHttp1, GrpcStatus, statusClass } from "./respond.ts";
+import type { ProxyAnswer } from "./respond.ts";
+import { sniffFirstBytes } from "./sniff.ts";
+
+export interface OutboundOptions {
+  /** HTTP/gRPC listener for the app; undefined = none. */
+  readonly listen: HostPort | undefined;
+  /** TCP mode: app id → local listen address. */
+  readonly tcpUpstreams: Readonly<Record<string, string>>;
+  readonly directory: PeerDirectory;
+  readonly identity: IdentitySource;
+  readonly limits: SidecarLimits;
+  readonly telemetry: ProxyTelemetry;
+}
+
+export interface Outbound {
+  readonly address: HostPort | undefined;
+  readonly tcp: Readonly<Record<string, HostPort>>;
+  drain(deadlineMs: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+function listen(server: NetServer, at: HostPort): Promise<HostPort> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(at.port, at.host, () => {
+      server.off("error", reject);
+      const a = server.address() as AddressInfo;
+      resolve({ host: a.address, port: a.port });
+    });
+  });
+}
+
+/**
+ * The sidecar's outbound side: plaintext listeners on loopback for the app. HTTP requests are
+ * routed by `dapr-app-id` or Host to the peer's sidecar over mutual TLS (HTTP/1.1 stays
+ * HTTP/1.1, HTTP/2 and gRPC stay HTTP/2), TCP listeners carry bytes to one peer each; the
+ * peer must present spiffe://<td>/ns/<namespace>/<app-id> of the app that was asked for.
+ */
+export async function startOutbound(options: OutboundOptions): Promise<Outbound> {
+  const { telemetry, limits } = options;
+  const { logger, mesh } = telemetry;
+  const pool = new PeerPool(options.identity, logger);
+  const tracker = new ConnectionTracker((delta) => mesh.connectionsActive.inc({ direction: "outbound" }, delta));
+  const servers: NetServer[] = [];
+
+  const unknownApp = (name: string | undefined): ProxyAnswer => {
+    telemetry.upstreamErrors.inc({ direction: "outbound", reason: "unknown_app" });
+    return {
+      status: 404,
+      grpcStatus: GrpcStatus.NOT_FOUND,
+      code: "E_UNKNOWN_APP",
+      message:
+        name === undefined
+          ? "say which app to call: set the dapr-app-id header or Host: <app-id>"
+          : `no sidecar address is known for app id ${JSON.stringify(name)}: add --peer ${name}=HOST:PORT or a peerTemplate`,
+    };
+  };
+  const peerError = (target: PeerTarget) => (error: Error): ProxyAnswer => {
+    const identity = isMeshwardError(error) || (error as { code?: string }).code?.startsWith("E_") === true || /certificate|SPIFFE|verify/i.test(error.message);
+    const reason = identity && !isUnreachable(error) ? "peer_identity" : "peer_unreachable";
+    telemetry.upstreamErrors.inc({ direction: "outbound", reason });
+    if (reason === "peer_identity") mesh.handshakeFailed("outbound", error);
+    logger.warn({ event: reason.replace("_", "-"), app: target.appId, peer: `${target.host}:${target.port}`, expected: target.expectedId, err: describeError(error) }, "outbound call failed");
+    return {
+      status: 502,
+      grpcStatus: GrpcStatus.UNAVAILABLE,
+      code: reason === "peer_identity" ? "E_PEER_IDENTITY" : "E_PEER_UNREACHABLE",
+      message:
+        reason === "peer_identity"
+          ? `the sidecar at ${target.host}:${target.port} is not ${target.expectedId}: ${describeError(error)}`
+          : `the sidecar of ${target.appId} at ${target.host}:${target.port} is not reachable: ${describeError(error)}`,
+    };
+  };
+  const hooksFor = (socket: Socket, target: PeerTarget, protocol: string): ForwardHooks => {
+    const end = tracker.begin(socket);
+    const started = process.hrtime.bigint();
+    return {
+      setHeaders: {},
+      dropHeaders: [XFCC],
+      onUpstreamError: peerError(target),
+      done: (status) => {
+        end();
+        mesh.requestDuration.observe({ direction: "outbound", protocol, status_class: statusClass(status) }, Number(process.hrtime.bigint() - started) / 1e9);
+      },
+    };
+  };
+  const route = (headers: Record<string, unknown>): { name: string | undefined; target: PeerTarget | undefined } => {
+    const name = targetAppId(headers);
+    return { name, target: name === undefined ? undefined : resolvePeer(options.directory, name) };
+  };
+
+  let address: HostPort | undefined;
+  if (options.listen !== undefined) {
+    const http1 = createHttp1Server(
+      { maxHeaderSize: limits.maxHeaderBytes, headersTimeout: limits.headersTimeout, requestTimeout: 0, keepAliveTimeout: limits.idleTimeout },
+      (req: IncomingMessage, res: ServerResponse) => {
+        if (tracker.draining) res.setHeader("connection", "close");
+        const { name, target } = route(req.headers);
+        if (target === undefined) return answerHttp1(res, unknownApp(name));
+        const hooks = hooksFor(req.socket, target, "http");
+        pool.agent(target).then(
+          (agent) => forwardHttp1(req, res, { host: target.host, port: target.port, agent, tls: true }, hooks),
+          (error: Error) => {
+            answerHttp1(res, hooks.onUpstreamError(error));
+            hooks.done(502);
+          },
+        );
+      },
+    );
+    http1.emit("listening");
+    http1.on("clientError", (error: Error & { code?: string }, socket: Socket) => {
+      const status = error.code === "HPE_HEADER_OVERFLOW" ? 431 : error.code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400;
+      telemetry.refused.inc({ direction: "outbound", reason: String(status) });
+      if (socket.writable && error.code !== "ECONNRESET") socket.end(`HTTP/1.1 ${status} Refused\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
+      socket.destroy();
+    });
+    const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes } });
+    let handing: Socket | undefined;
+    const sessionSocket = new WeakMap<ServerHttp2Session, Socket>();
+    h2.on("session", (session: ServerHttp2Session) => {
+      if (handing === undefined) return;
+      sessionSocket.set(session, handing);
+      tracker.attachSession(handing, session);
+      session.on("error", () => undefined);
+    });
+    h2.on("stream", (stream: ServerHttp2Stream, headers: H2Headers, flags: number) => {
+      stream.on("error", () => undefined);
+      const socket = sessionSocket.get(stream.session as ServerHttp2Session);
+      const grpc = isGrpc(headers["content-type"]);
+      const { name, target } = route(headers);
+      if (target === undefined || socket === undefined) return answerH2(stream, unknownApp(name), grpc);
+      const hooks = hooksFor(socket, target, grpc ? "grpc" : "http");
+      pool.h2(target).then(
+        (session) => forwardH2(stream, headers, flags, session, { ...hooks, grpc }),
+        (error: Error) => {
+          answerH2(stream, hooks.onUpstreamError(error), grpc);
+          hooks.done(502);
+        },
+      );
+    });
+    const raw = createNetServer({ noDelay: true }, (socket: Socket) => {
+      socket.on("error", () => undefined);
+      sniffFirstBytes(socket, limits.handshakeTimeout, (kind) => {
+        if (socket.destroyed || kind === "closed") return;
+        if (kind === "http1" || kind === "h2c") {
+          tracker.add(socket);
+          if (kind === "h2c") {
+            handing = socket;
+            h2.emit("connection", socket);
+            handing = undefined;
+          } else {
+            http1.emit("connection", socket);
+          }
+          socket.resume();
+          return;
+        }
+        telemetry.refused.inc({ direction: "outbound", reason: kind === "tls" ? "tls_on_plaintext_port" : kind });
+        if (kind === "tls") logger.warn({ event: "refused" }, "the outbound port takes plaintext HTTP from the local app; the sidecar adds mTLS itself");
+        socket.destroy();
+      });
+    });
+    servers.push(raw);
+    address = await listen(raw, options.listen);
+  }
+
+  const tcp: Record<string, HostPort> = {};
+  for (const [name, at] of Object.entries(options.tcpUpstreams)) {
+    const target = resolvePeer(options.directory, name);
+    if (target === undefined) {
+      const { MeshwardError } = await import("../errors.ts");
+      throw new MeshwardError("E_CONFIG_INVALID", `tcpUpstreams: no sidecar address is known for app id ${JSON.stringify(name)}; add it to peers or set peerTemplate`);
+    }
+    const server = createNetServer({ noDelay: true }, (socket: Socket) => {
+      socket.on("error", () => undefined);
+      socket.pause();
+      tracker.add(socket);
+      const end = tracker.begin(socket);
+      const started = process.hrtime.bigint();
+      let ok = false;
+      socket.once("close", () => {
+        end();
+        mesh.requestDuration.observe({ direction: "outbound", protocol: "tcp", status_class: ok ? "2xx" : "error" }, Number(process.hrtime.bigint() - started) / 1e9);
+      });
+      pool.socket(target).then(
+        (peer) => {
+          if (socket.destroyed) return void peer.destroy();
+          ok = true;
+          peer.on("error", () => socket.destroy());
+          peer.once("close", () => socket.destroy());
+          socket.once("close", () => peer.destroy());
+          socket.setTimeout(limits.idleTimeout, () => socket.destroy());
+          socket.pipe(peer).pipe(socket);
+          socket.resume();
+        },
+        (error: Error) => {
+          peerError(target)(error);
+          socket.destroy();
+        },
+      );
+    });
+    servers.push(server);
+    tcp[name] = await listen(server, parseHostPort(at, `tcpUpstreams.${name}`));
+  }
+
+  let closed = false;
+  const shutdown = async (deadlineMs: number) => {
+    if (closed) return;
+    closed = true;
+    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    await tracker.drain(deadlineMs);
+    pool.close();
+  };
+  return { address, tcp, drain: shutdown, close: () => shutdown(0) };
+}

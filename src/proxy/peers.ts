@@ -1,0 +1,185 @@
+import { Agent as HttpsAgent } from "node:https";
+import type { AgentOptions } from "node:https";
+import { connect as http2Connect } from "node:http2";
+import type { ClientHttp2Session } from "node:http2";
+import type { Duplex } from "node:stream";
+import type { TLSSocket } from "node:tls";
+import type { IdentitySource } from "../identity/source.ts";
+import { formatWorkloadId } from "../spiffe/id.ts";
+import type { TlsLogger } from "../tls/logger.ts";
+import { dialTls, prepareClient, SessionCache } from "../transport/client-common.ts";
+import type { ClientRuntime } from "../transport/client-common.ts";
+import { peerOf } from "../transport/common.ts";
+import { parseHostPort } from "../util/address.ts";
+
+/** A peer sidecar: where it listens and the SPIFFE ID it must present. */
+export interface PeerTarget {
+  readonly appId: string;
+  readonly namespace: string;
+  readonly host: string;
+  readonly port: number;
+  readonly expectedId: string;
+}
+
+export interface PeerDirectory {
+  readonly trustDomain: string;
+  readonly namespace: string;
+  readonly peers: Readonly<Record<string, string>>;
+  readonly peerTemplate?: string | undefined;
+  readonly peerPort: number;
+}
+
+/**
+ * Resolves an app id ("orders", or "orders.shop" for another namespace) to its sidecar: the
+ * static table first, then the DNS template. Undefined when neither knows it.
+ */
+export function resolvePeer(directory: PeerDirectory, name: string): PeerTarget | undefined {
+  const key = name.toLowerCase();
+  const dot = key.indexOf(".");
+  const appId = dot > 0 ? key.slice(0, dot) : key;
+  const namespace = dot > 0 ? key.slice(dot + 1) : directory.namespace;
+  const tableHit = Object.entries(directory.peers).find(([k]) => k.toLowerCase() === key);
+  let address = tableHit?.[1];
+  if (address === undefined && directory.peerTemplate !== undefined) {
+    address = directory.peerTemplate.replaceAll("{appId}", appId).replaceAll("{namespace}", namespace).replaceAll("{port}", String(directory.peerPort));
+  }
+  if (address === undefined) return undefined;
+  let expectedId: string;
+  try {
+    expectedId = formatWorkloadId({ trustDomain: directory.trustDomain, namespace, appId });
+  } catch {
+    return undefined;
+  }
+  const { host, port } = parseHostPort(address, `address of peer ${name}`);
+  return { appId, namespace, host, port, expectedId };
+}
+
+/**
+ * An https.Agent for ONE expected peer identity that hands a socket to the HTTP client only
+ * after the peer's SPIFFE ID was verified (no request byte reaches an unverified peer), with
+ * TLS sessions resumed from a cache keyed by that identity (NODE-TLS-FACTS: Node skips
+ * checkServerIdentity on resumption).
+ */
+export class VerifiedPeerAgent extends HttpsAgent {
+  constructor(
+    private readonly runtime: ClientRuntime,
+    private readonly sessions: SessionCache,
+    options: AgentOptions = {},
+  ) {
+    super({ keepAlive: true, maxCachedSessions: 0, scheduling: "lifo", ...options });
+  }
+
+  override createConnection(options: { host?: string | null; port?: number | string | null }, callback: (error: Error | null, socket: Duplex) => void): undefined {
+    dialVerified(this.runtime, { host: options.host ?? "127.0.0.1", port: Number(options.port) }, this.sessions).then(
+      (socket) => callback(null, socket),
+      (error: Error) => callback(error, undefined as unknown as Duplex),
+    );
+    return undefined;
+  }
+}
+
+/** Dials mTLS and resolves once dialTls's identity checks passed (it destroys the socket otherwise). */
+export function dialVerified(runtime: ClientRuntime, target: { host: string; port: number; alpn?: string[] }, sessions: SessionCache): Promise<TLSSocket> {
+  return new Promise((resolve, reject) => {
+    let socket: TLSSocket;
+    try {
+      socket = dialTls(runtime, { host: target.host, port: target.port, ...(target.alpn ? { ALPNProtocols: target.alpn } : {}) }, sessions);
+    } catch (error) {
+      reject(error as Error);
+      return;
+    }
+    const onError = (error: Error) => reject(error);
+    const onClose = () => reject(Object.assign(new Error(`the connection to ${target.host}:${target.port} closed before the peer was verified`), { code: "ECONNRESET" }));
+    socket.once("error", onError);
+    socket.once("close", onClose);
+    socket.once("secureConnect", () => {
+      setImmediate(() => {
+        socket.removeListener("close", onClose);
+        socket.removeListener("error", onError);
+        if (socket.destroyed || peerOf(socket) === undefined) {
+          reject(Object.assign(new Error(`the peer at ${target.host}:${target.port} did not present ${runtime.policy.expected}`), { code: "E_SPIFFE_MISMATCH" }));
+          return;
+        }
+        resolve(socket);
+      });
+    });
+  });
+}
+
+interface PeerEntry {
+  readonly target: PeerTarget;
+  readonly runtime: Promise<ClientRuntime>;
+  agent?: VerifiedPeerAgent;
+  h2?: Promise<ClientHttp2Session>;
+}
+
+/**
+ * Pooled mTLS connections to peer sidecars, one pool per (address, expected identity):
+ * HTTP/1.1 keep-alive agents and one multiplexed HTTP/2 session per peer, TLS sessions resumed.
+ */
+export class PeerPool {
+  readonly #entries = new Map<string, PeerEntry>();
+  readonly #sessions = new SessionCache(1024);
+  #closed = false;
+
+  constructor(
+    private readonly identity: IdentitySource,
+    private readonly logger: TlsLogger,
+  ) {}
+
+  #entry(target: PeerTarget): PeerEntry {
+    const key = `${target.expectedId}|${target.host}|${target.port}`;
+    let entry = this.#entries.get(key);
+    if (entry === undefined) {
+      entry = { target, runtime: prepareClient({ identity: this.identity, expect: target.expectedId, logger: this.logger }, "sidecar outbound") };
+      this.#entries.set(key, entry);
+    }
+    return entry;
+  }
+
+  async agent(target: PeerTarget): Promise<VerifiedPeerAgent> {
+    const entry = this.#entry(target);
+    entry.agent ??= new VerifiedPeerAgent(await entry.runtime, this.#sessions);
+    return entry.agent;
+  }
+
+  /** The shared HTTP/2 session to a peer, (re)opened when missing, closing or broken. */
+  h2(target: PeerTarget): Promise<ClientHttp2Session> {
+    const entry = this.#entry(target);
+    if (entry.h2 !== undefined) return entry.h2;
+    const opening = (async () => {
+      const runtime = await entry.runtime;
+      const socket = await dialVerified(runtime, { host: target.host, port: target.port, alpn: ["h2"] }, this.#sessions);
+      const session = http2Connect(`https://${target.appId}`, { createConnection: () => socket });
+      const forget = () => {
+        if (entry.h2 === opening) delete entry.h2;
+      };
+      session.once("close", forget);
+      session.once("goaway", forget);
+      session.once("error", forget);
+      session.on("error", () => undefined);
+      if (this.#closed) session.close();
+      return session;
+    })();
+    entry.h2 = opening;
+    opening.catch(() => {
+      if (entry.h2 === opening) delete entry.h2;
+    });
+    return opening;
+  }
+
+  /** A verified raw mTLS socket (TCP mode). */
+  async socket(target: PeerTarget): Promise<TLSSocket> {
+    const runtime = await this.#entry(target).runtime;
+    return dialVerified(runtime, { host: target.host, port: target.port }, this.#sessions);
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const entry of this.#entries.values()) {
+      entry.agent?.destroy();
+      void entry.h2?.then((s) => s.close(), () => undefined);
+    }
+    this.#entries.clear();
+  }
+}

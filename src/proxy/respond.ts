@@ -1,0 +1,60 @@
+import { constants as h2 } from "node:http2";
+import type { ServerHttp2Stream } from "node:http2";
+import type { ServerResponse } from "node:http";
+
+/** gRPC status codes meshward answers with itself. */
+export const GrpcStatus = { NOT_FOUND: 5, PERMISSION_DENIED: 7, INTERNAL: 13, UNAVAILABLE: 14, UNAUTHENTICATED: 16 } as const;
+
+/** An answer the proxy gives itself (denial, unreachable upstream, unknown app). */
+export interface ProxyAnswer {
+  readonly status: number;
+  readonly grpcStatus: number;
+  /** Stable E_ code, also the JSON body's "error". */
+  readonly code: string;
+  readonly message: string;
+  readonly extra?: Record<string, unknown>;
+}
+
+function body(answer: ProxyAnswer): string {
+  return `${JSON.stringify({ error: answer.code, message: answer.message, ...answer.extra })}\n`;
+}
+
+export function answerHttp1(res: ServerResponse, answer: ProxyAnswer): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const text = body(answer);
+  res.writeHead(answer.status, { "content-type": "application/json", "content-length": Buffer.byteLength(text), "x-meshward-error": answer.code });
+  res.end(text);
+}
+
+/** HTTP/2: JSON with the HTTP status, or for gRPC a trailers-only response carrying grpc-status. */
+export function answerH2(stream: ServerHttp2Stream, answer: ProxyAnswer, grpc: boolean): void {
+  if (stream.destroyed || stream.closed) return;
+  if (stream.headersSent) {
+    stream.close(h2.NGHTTP2_INTERNAL_ERROR);
+    return;
+  }
+  if (grpc) {
+    stream.respond(
+      {
+        ":status": 200,
+        "content-type": "application/grpc",
+        "grpc-status": String(answer.grpcStatus),
+        "grpc-message": encodeURIComponent(`${answer.code}: ${answer.message}`),
+        "x-meshward-error": answer.code,
+      },
+      { endStream: true },
+    );
+    return;
+  }
+  const text = body(answer);
+  stream.respond({ ":status": answer.status, "content-type": "application/json", "content-length": Buffer.byteLength(text), "x-meshward-error": answer.code });
+  stream.end(text);
+}
+
+export function statusClass(status: number | undefined): string {
+  if (status === undefined || status === 0) return "error";
+  return `${Math.floor(status / 100)}xx`;
+}

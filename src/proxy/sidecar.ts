@@ -1,0 +1,208 @@
+import { existsSync, readFileSync } from "node:fs";
+import type { Logger } from "pino";
+import type { EgressEntry, SidecarConfig } from "../config/sidecar.ts";
+import { describeError, MeshwardError } from "../errors.ts";
+import { createIdentity } from "../identity/ca-source.ts";
+import { instrumentIdentity } from "../identity/instrument.ts";
+import type { IdentitySource } from "../identity/source.ts";
+import { createHealth, createOpsServer } from "../telemetry/health.ts";
+import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
+import type { MeshMetrics, Metrics } from "../telemetry/metrics.ts";
+import { formatHostPort, parseHostPort } from "../util/address.ts";
+import type { HostPort } from "../util/address.ts";
+import { startInbound } from "./inbound.ts";
+import type { ProxyTelemetry } from "./inbound.ts";
+import { startOutbound } from "./outbound.ts";
+import { watchPolicy } from "./policy-source.ts";
+
+export interface SidecarDependencies {
+  readonly logger: Logger;
+  /** Default: a CA-backed identity built from the config (tests may pass their own). */
+  readonly identity?: IdentitySource;
+  readonly metrics?: Metrics;
+}
+
+export interface SidecarAddresses {
+  readonly spiffeId: string;
+  readonly inbound: HostPort;
+  readonly outbound: HostPort | undefined;
+  readonly tcp: Readonly<Record<string, HostPort>>;
+  readonly egress: readonly HostPort[];
+  readonly status: HostPort | undefined;
+}
+
+export interface Sidecar {
+  readonly addresses: SidecarAddresses;
+  readonly metrics: Metrics;
+  /** One line with every bound address, printed on stdout when ready. */
+  readyLine(): string;
+  /** Graceful: stop accepting, let in-flight requests finish up to limits.drainTimeout, then close everything. */
+  drain(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** What src/proxy/egress.ts (TLS origination) exports; loaded only when that module exists. */
+type StartEgress = (
+  entry: EgressEntry,
+  deps: { identity: IdentitySource; logger: Logger; metrics: MeshMetrics },
+) => Promise<{ address: HostPort | string; close(): Promise<void> | void }>;
+
+async function loadEgress(): Promise<StartEgress | undefined> {
+  const url = new URL("./egress.ts", import.meta.url);
+  const compiled = new URL("./egress.js", import.meta.url);
+  const target = existsSync(url) ? url : existsSync(compiled) ? compiled : undefined;
+  if (target === undefined) return undefined;
+  const mod = (await import(target.href)) as { startEgress?: StartEgress };
+  return mod.startEgress;
+}
+
+export function sidecarTelemetry(logger: Logger, metrics: Metrics): ProxyTelemetry {
+  return {
+    logger,
+    mesh: createMeshMetrics(metrics),
+    refused: metrics.counter({
+      name: "meshward_sidecar_refused_total",
+      help: "Connections and requests the sidecar refused itself, by direction and reason (plaintext, garbage, tls_<handshake reason>, header_timeout, header_too_large, policy, …).",
+      labelNames: ["direction", "reason"],
+    }),
+    upstreamErrors: metrics.counter({
+      name: "meshward_sidecar_upstream_errors_total",
+      help: "Proxied requests that failed upstream, by direction and reason (app_unreachable, peer_unreachable, peer_identity, unknown_app).",
+      labelNames: ["direction", "reason"],
+    }),
+  };
+}
+
+/** Starts every part of the sidecar from a validated config; throws a MeshwardError a person can act on. */
+export async function startSidecar(config: SidecarConfig, deps: SidecarDependencies): Promise<Sidecar> {
+  const { logger } = deps;
+  const metrics = deps.metrics ?? createMetrics({ processMetrics: true });
+  const telemetry = sidecarTelemetry(logger, metrics);
+  const closers: (() => Promise<void> | void)[] = [];
+  const closeAll = async () => {
+    for (const close of closers.splice(0).reverse()) {
+      try {
+        await close();
+      } catch (error) {
+        logger.warn({ err: describeError(error) }, "error while closing");
+      }
+    }
+  };
+  try {
+    const policy = watchPolicy(config.policy, { intervalMs: config.policyReloadInterval, logger });
+    closers.push(() => policy.close());
+
+    let identity = deps.identity;
+    if (identity === undefined) {
+      const token = config.token ?? (config.tokenFile === undefined ? process.env.MESHWARD_TOKEN : undefined);
+      if (token === undefined && config.tokenFile === undefined && config.validator !== "INSECURE") {
+        throw new MeshwardError("E_USAGE", "a token is needed for the first certificate: --token, --token-file, tokenFile in the config, or MESHWARD_TOKEN");
+      }
+      let bundlePem: string;
+      try {
+        bundlePem = readFileSync(config.bundle, "utf8");
+      } catch (error) {
+        throw new MeshwardError("E_FILE_MISSING", `cannot read trust bundle ${config.bundle}: ${(error as NodeJS.ErrnoException).code ?? describeError(error)}`);
+      }
+      const source = createIdentity({
+        ca: config.ca,
+        bundlePem,
+        namespace: config.namespace,
+        appId: config.appId,
+        validator: config.validator,
+        logger,
+        ...(config.trustDomain !== undefined ? { trustDomain: config.trustDomain } : {}),
+        ...(token !== undefined ? { token } : {}),
+        ...(config.tokenFile !== undefined ? { tokenFile: config.tokenFile } : {}),
+      });
+      closers.push(() => source.close());
+      identity = source;
+    }
+    const stopInstrumenting = instrumentIdentity(identity, telemetry.mesh);
+    closers.push(stopInstrumenting);
+    const snapshot = await identity.ready();
+    const trustDomain = snapshot.bundle.trustDomain;
+
+    const inbound = await startInbound({
+      listen: parseHostPort(config.inbound, "inbound"),
+      app: parseHostPort(config.app, "app"),
+      protocol: config.protocol,
+      mode: config.mode,
+      limits: config.limits,
+      identity,
+      policy,
+      telemetry,
+    });
+    closers.push(() => inbound.close());
+    if (config.mode === "permissive") logger.warn({ event: "permissive" }, "PERMISSIVE mode: plaintext is accepted on the inbound port (counted in meshward_plaintext_connections_total)");
+
+    const outbound = await startOutbound({
+      listen: config.outbound === undefined ? undefined : parseHostPort(config.outbound, "outbound"),
+      tcpUpstreams: config.tcpUpstreams,
+      directory: { trustDomain, namespace: config.namespace, peers: config.peers, peerTemplate: config.peerTemplate, peerPort: config.peerPort },
+      identity,
+      limits: config.limits,
+      telemetry,
+    });
+    closers.push(() => outbound.close());
+
+    const egress: HostPort[] = [];
+    if (config.egress.length > 0) {
+      const startEgress = await loadEgress();
+      if (startEgress === undefined) throw new MeshwardError("E_UNSUPPORTED", "egress entries are configured but this build has no egress support (src/proxy/egress.ts)");
+      for (const entry of config.egress) {
+        const running = await startEgress(entry, { identity, logger, metrics: telemetry.mesh });
+        closers.push(() => running.close());
+        egress.push(typeof running.address === "string" ? parseHostPort(running.address, "egress address") : running.address);
+      }
+    }
+
+    let status: HostPort | undefined;
+    let draining = false;
+    if (config.status !== undefined) {
+      const health = createHealth();
+      health.register("identity", () => {
+        const h = inbound.health();
+        const current = identity.current();
+        if (!h.healthy || current === undefined) return { ok: false, detail: h.reason ?? "no valid certificate (expired or not yet issued)" };
+        return { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` };
+      });
+      health.register("draining", () => (draining ? { ok: false, detail: "shutting down" } : { ok: true }));
+      health.register("alive", () => ({ ok: true }), ["liveness"]);
+      const at = parseHostPort(config.status, "status");
+      const ops = createOpsServer({ host: at.host, port: at.port, metrics, health });
+      const bound = await ops.start();
+      closers.unshift(() => ops.close());
+      status = { host: bound.host, port: bound.port };
+    }
+
+    const addresses: SidecarAddresses = { spiffeId: snapshot.svid.spiffeId, inbound: inbound.address, outbound: outbound.address, tcp: outbound.tcp, egress, status };
+    let closing: Promise<void> | undefined;
+    return {
+      addresses,
+      metrics,
+      readyLine: () =>
+        [
+          `meshward sidecar ready: id=${addresses.spiffeId}`,
+          `inbound=${formatHostPort(addresses.inbound)}`,
+          ...(addresses.outbound ? [`outbound=${formatHostPort(addresses.outbound)}`] : []),
+          ...Object.entries(addresses.tcp).map(([app, a]) => `tcp.${app}=${formatHostPort(a)}`),
+          ...addresses.egress.map((a, i) => `egress.${i}=${formatHostPort(a)}`),
+          ...(addresses.status ? [`status=${formatHostPort(addresses.status)}`] : []),
+          `mode=${config.mode}`,
+          `protocol=${config.protocol}`,
+        ].join(" "),
+      drain: () =>
+        (closing ??= (async () => {
+          draining = true;
+          logger.info({ event: "draining", deadlineMs: config.limits.drainTimeout }, "draining: no new connections, waiting for in-flight requests");
+          await Promise.all([inbound.drain(config.limits.drainTimeout), outbound.drain(config.limits.drainTimeout)]);
+          await closeAll();
+        })()),
+      close: () => (closing ??= closeAll()),
+    };
+  } catch (error) {
+    await closeAll();
+    throw error;
+  }
+}
