@@ -14,7 +14,7 @@ import { startCaServer, type CaServer } from "../../src/ca/server.ts";
 import { generateJoinToken } from "../../src/ca/tokens.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
-import { startFileSink, type FileSink } from "../../src/identity/file-sink.ts";
+import { startFileSink, type FileSink, type FileSinkEvent } from "../../src/identity/file-sink.ts";
 import { staticIdentity, type IdentitySnapshot } from "../../src/identity/source.ts";
 import { encodePrivateKey } from "../../src/pki/keys.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../../src/util/files.ts";
@@ -40,7 +40,7 @@ export interface MeshCa {
   /** A self-renewing identity for spiffe://<td>/ns/<namespace>/<appId>, from a fresh join token. */
   identity(appId: string, options?: { namespace?: string; dnsNames?: string[] }): Promise<CaIdentitySource>;
   /** Writes an identity to <dir>/<name>/ through the real file sink (left running: rotations keep the files fresh). */
-  sink(name: string, source: CaIdentitySource, onRotate?: string): Promise<IdentityFiles & { sink: FileSink }>;
+  sink(name: string, source: CaIdentitySource, onRotate?: string, onEvent?: (event: FileSinkEvent) => void): Promise<IdentityFiles & { sink: FileSink }>;
   close(): Promise<void>;
 }
 
@@ -82,9 +82,9 @@ export async function startMeshCa(trustDomain: string): Promise<MeshCa> {
       await source.ready();
       return source;
     },
-    async sink(name, source, onRotate) {
+    async sink(name, source, onRotate, onEvent) {
       const target = join(dir, name);
-      const sink = startFileSink({ source, dir: target, logger: silentPino, ...(onRotate !== undefined ? { onRotate } : {}) });
+      const sink = startFileSink({ source, dir: target, logger: silentPino, ...(onRotate !== undefined ? { onRotate } : {}), ...(onEvent ? { onEvent } : {}) });
       sinks.push(sink);
       await sink.ready();
       return { dir: target, cert: sink.paths.cert, key: sink.paths.key, bundle: sink.paths.bundle, sink };
