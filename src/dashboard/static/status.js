@@ -1,0 +1,255 @@
+// meshward status page: polls status.json and renders it. Every value from the feed is put in
+// the page with textContent or setAttribute — never as HTML.
+"use strict";
+(function () {
+  var REFRESH_MS = 2000;
+  var SVG = "http://www.w3.org/2000/svg";
+  var token = takeToken();
+  var lastGood = null;
+  var failingSince = null;
+
+  /** A ?token= in the address bar moves to sessionStorage, so it is not left on screen or in history. */
+  function takeToken() {
+    var params = new URLSearchParams(location.search);
+    var fromUrl = params.get("token");
+    if (fromUrl) {
+      try { sessionStorage.setItem("meshward-status-token", fromUrl); } catch (e) { /* storage disabled */ }
+      params.delete("token");
+      var rest = params.toString();
+      history.replaceState(null, "", location.pathname + (rest ? "?" + rest : ""));
+      return fromUrl;
+    }
+    try { return sessionStorage.getItem("meshward-status-token"); } catch (e) { return null; }
+  }
+
+  function el(tag, text, className) {
+    var node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (className) node.className = className;
+    return node;
+  }
+
+  function svgEl(tag, attrs, text) {
+    var node = document.createElementNS(SVG, tag);
+    for (var key in attrs) node.setAttribute(key, String(attrs[key]));
+    if (text !== undefined) node.textContent = String(text);
+    return node;
+  }
+
+  function clear(node) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+  }
+
+  function fillTable(id, rows, columns, emptyText) {
+    var body = document.querySelector("#" + id + " tbody");
+    clear(body);
+    if (rows.length === 0) {
+      var tr = el("tr");
+      var td = el("td", emptyText, "empty");
+      td.colSpan = columns;
+      tr.appendChild(td);
+      body.appendChild(tr);
+      return;
+    }
+    rows.forEach(function (cells) {
+      var tr = el("tr");
+      cells.forEach(function (cell) {
+        var td = el("td", cell.text, cell.className);
+        if (cell.title) td.title = cell.title;
+        if (cell.data) for (var key in cell.data) td.dataset[key] = cell.data[key];
+        tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    });
+  }
+
+  function timeLeft(ms) {
+    var past = ms < 0;
+    var s = Math.abs(ms) / 1000;
+    var text;
+    if (s < 90) text = Math.round(s) + " s";
+    else if (s < 5400) text = Math.round(s / 60) + " min";
+    else if (s < 172800) text = (s / 3600).toFixed(1) + " h";
+    else text = Math.round(s / 86400) + " days";
+    return past ? "expired " + text + " ago" : text;
+  }
+
+  function lifeClass(notBefore, notAfter, now) {
+    var total = notAfter - notBefore;
+    var left = notAfter - now;
+    if (left <= 0) return "bad";
+    if (total > 0 && left / total < 0.25) return "warn";
+    return "ok";
+  }
+
+  /** Time of day for today's events, date and time for older ones. */
+  function clock(iso) {
+    var d = new Date(iso);
+    if (isNaN(d)) return String(iso);
+    var time = d.toLocaleTimeString([], { hour12: false });
+    return d.toDateString() === new Date().toDateString() ? time : d.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + time;
+  }
+
+  function renderHeader(s) {
+    document.getElementById("component").textContent = s.component === "ca" ? "certificate authority" : s.component;
+    document.getElementById("name").textContent = s.name;
+    var health = document.getElementById("health");
+    health.textContent = s.health.ok ? "healthy" : "unhealthy";
+    health.className = "badge " + (s.health.ok ? "ok" : "bad");
+    document.title = "meshward " + s.component + " " + s.name;
+  }
+
+  function renderIdentities(s, now) {
+    fillTable("identities", s.identities.map(function (id) {
+      var notAfter = Date.parse(id.notAfter);
+      var cls = lifeClass(Date.parse(id.notBefore), notAfter, now);
+      return [
+        { text: id.spiffeId, className: "mono spiffe-id" },
+        { text: id.kind },
+        { text: id.serial, className: "mono serial", data: { serial: id.serial } },
+        { text: id.notAfter, className: "mono expires" },
+        { text: timeLeft(notAfter - now), className: cls + "-text nowrap" },
+      ];
+    }), 5, "no identity yet");
+    renderTimeline(s.identities, now);
+  }
+
+  /** One bar per identity from notBefore to notAfter; the part already lived is grey; a dashed line marks now. */
+  function renderTimeline(ids, now) {
+    var svg = document.getElementById("timeline");
+    clear(svg);
+    var rowH = 22, width = svg.clientWidth || 800, top = 16, axis = 16;
+    var height = top + Math.max(ids.length, 1) * rowH + axis;
+    svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+    svg.setAttribute("height", String(height));
+    if (ids.length === 0) {
+      svg.appendChild(svgEl("text", { x: 4, y: 30 }, "no certificate to show"));
+      return;
+    }
+    var from = Math.min.apply(null, ids.map(function (i) { return Date.parse(i.notBefore); }).concat([now]));
+    var to = Math.max.apply(null, ids.map(function (i) { return Date.parse(i.notAfter); }).concat([now]));
+    var span = Math.max(to - from, 1);
+    var x = function (t) { return 1 + ((t - from) / span) * (width - 2); };
+    var stamp = function (t) { return new Date(t).toISOString().slice(0, 16).replace("T", " ") + " UTC"; };
+    svg.appendChild(svgEl("text", { x: 1, y: height - 3 }, stamp(from)));
+    svg.appendChild(svgEl("text", { x: width - 1, y: height - 3, "text-anchor": "end" }, stamp(to)));
+    ids.forEach(function (id, i) {
+      var nb = Date.parse(id.notBefore), na = Date.parse(id.notAfter);
+      var y = top + i * rowH;
+      svg.appendChild(svgEl("rect", { x: x(nb), y: y, width: Math.max(x(na) - x(nb), 1), height: rowH - 6, rx: 3, class: "life " + lifeClass(nb, na, now) }));
+      var lived = Math.min(Math.max(now, nb), na);
+      svg.appendChild(svgEl("rect", { x: x(nb), y: y, width: Math.max(x(lived) - x(nb), 0), height: rowH - 6, rx: 3, class: "used" }));
+      svg.appendChild(svgEl("text", { x: x(nb) + 6, y: y + rowH - 10, class: "label" }, id.kind + "  " + id.spiffeId + "  (" + timeLeft(na - now) + " left)"));
+    });
+    var nowX = x(now);
+    svg.appendChild(svgEl("line", { x1: nowX, x2: nowX, y1: top - 2, y2: height - axis + 2, class: "now" }));
+    svg.appendChild(svgEl("text", { x: Math.min(Math.max(nowX, 14), width - 14), y: top - 4, "text-anchor": "middle" }, "now"));
+  }
+
+  function renderChart(id, series, summaryId, what) {
+    var svg = document.getElementById(id);
+    clear(svg);
+    var width = svg.clientWidth || 400, height = 120, left = 28, bottom = 16;
+    svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+    var counts = series.counts;
+    var max = Math.max.apply(null, counts.concat([1]));
+    var barW = (width - left) / counts.length;
+    svg.appendChild(svgEl("line", { x1: left, x2: width, y1: height - bottom, y2: height - bottom, class: "axis" }));
+    svg.appendChild(svgEl("text", { x: left - 4, y: 10, "text-anchor": "end" }, max));
+    svg.appendChild(svgEl("text", { x: left - 4, y: height - bottom, "text-anchor": "end" }, 0));
+    svg.appendChild(svgEl("text", { x: left, y: height - 2 }, "60 min ago"));
+    svg.appendChild(svgEl("text", { x: width, y: height - 2, "text-anchor": "end" }, "now"));
+    counts.forEach(function (count, i) {
+      if (count === 0) return;
+      var h = ((height - bottom - 14) * count) / max;
+      var bar = svgEl("rect", { x: left + i * barW + 1, y: height - bottom - h, width: Math.max(barW - 2, 1), height: h, class: "bar" + (id === "chart-failures" ? " bad" : "") });
+      bar.appendChild(svgEl("title", {}, count + " at " + clock(new Date(Date.parse(series.start) + i * 60000).toISOString())));
+      svg.appendChild(bar);
+    });
+    var top = series.byKey.slice(0, 4).map(function (k) { return k.key + " " + k.count; }).join(", ");
+    document.getElementById(summaryId).textContent = series.total + " " + what + " in the last hour" + (top ? " — " + top : "");
+  }
+
+  function render(s) {
+    var now = Date.parse(s.generatedAt) || Date.now();
+    renderHeader(s);
+    renderIdentities(s, now);
+    fillTable("rotations", s.rotations.map(function (r) {
+      return [
+        { text: clock(r.time), title: r.time, className: "nowrap" },
+        { text: r.kind },
+        { text: r.result, className: r.result === "ok" ? "ok-text" : "bad-text" },
+        { text: r.result === "ok" ? (r.serial || "") : (r.error || "failed"), className: "mono" },
+      ];
+    }), 4, "no rotation yet");
+    fillTable("roots", s.roots.map(function (r) {
+      var na = Date.parse(r.notAfter);
+      return [
+        { text: r.subject },
+        { text: r.fingerprint.slice(0, 23) + "…", title: r.fingerprint, className: "mono" },
+        { text: r.notAfter, className: "mono" },
+        { text: timeLeft(na - now), className: (na - now < 7 * 86400000 ? "bad" : na - now < 30 * 86400000 ? "warn" : "ok") + "-text nowrap" },
+      ];
+    }), 4, "no trust bundle");
+    fillTable("refusals", s.refusals.map(function (r) {
+      return [
+        { text: clock(r.time), title: r.time, className: "nowrap" },
+        { text: r.peer, className: "mono" },
+        { text: r.reason, className: "bad-text" },
+        { text: r.spiffeId || "—", className: "mono" },
+      ];
+    }), 4, "nothing refused");
+    fillTable("checks", Object.keys(s.health.checks).map(function (name) {
+      var check = s.health.checks[name];
+      var detail = check.detail === undefined ? "" : typeof check.detail === "string" ? check.detail : JSON.stringify(check.detail);
+      return [{ text: name }, { text: check.ok ? "ok" : "failing", className: check.ok ? "ok-text" : "bad-text" }, { text: detail }];
+    }), 3, "no checks registered");
+    renderChart("chart-failures", s.handshakeFailures, "failures-summary", "failures");
+    renderChart("chart-denials", s.denials, "denials-summary", "denials");
+  }
+
+  function setStale(reason) {
+    if (failingSince === null) failingSince = new Date();
+    document.body.classList.add("stale");
+    var banner = document.getElementById("stale");
+    banner.hidden = false;
+    banner.textContent = "STALE — the status feed is not answering (" + reason + ") since " + failingSince.toLocaleTimeString([], { hour12: false }) +
+      (lastGood ? "; showing data from " + lastGood.toLocaleTimeString([], { hour12: false }) : "; no data yet");
+    document.getElementById("updated").textContent = "stale";
+    var health = document.getElementById("health");
+    health.textContent = "unknown";
+    health.className = "badge";
+  }
+
+  function setFresh() {
+    failingSince = null;
+    lastGood = new Date();
+    document.body.classList.remove("stale");
+    document.getElementById("stale").hidden = true;
+    document.getElementById("updated").textContent = "updated " + lastGood.toLocaleTimeString([], { hour12: false });
+  }
+
+  function poll() {
+    var headers = token ? { authorization: "Bearer " + token } : {};
+    var controller = typeof AbortController === "function" ? new AbortController() : null;
+    var timer = setTimeout(function () { if (controller) controller.abort(); }, REFRESH_MS * 2);
+    fetch("status.json", { headers: headers, cache: "no-store", signal: controller ? controller.signal : undefined })
+      .then(function (res) {
+        if (!res.ok) throw new Error("HTTP " + res.status);
+        return res.json();
+      })
+      .then(function (snapshot) {
+        render(snapshot);
+        setFresh();
+      })
+      .catch(function (error) {
+        setStale(error && error.name === "AbortError" ? "timed out" : (error && error.message) || "error");
+      })
+      .then(function () {
+        clearTimeout(timer);
+        setTimeout(poll, REFRESH_MS);
+      });
+  }
+
+  poll();
+})();
