@@ -23,6 +23,13 @@ export interface CaLayout {
   readonly issuerKey: string;
   readonly bundle: string;
   readonly database: string;
+  readonly nextRootCert: string;
+  readonly nextRootKey: string;
+  readonly previousRootCert: string;
+  readonly previousRootKey: string;
+  /** An issuer prepared ahead of its activation (self-managed issuer rotation). */
+  readonly nextIssuerCert: string;
+  readonly nextIssuerKey: string;
 }
 
 export function caLayout(dir: string): CaLayout {
@@ -35,6 +42,12 @@ export function caLayout(dir: string): CaLayout {
     issuerKey: join(dir, "issuer.key"),
     bundle: join(dir, "bundle.pem"),
     database: join(dir, "ca.db"),
+    nextRootCert: join(dir, "root.next.pem"),
+    nextRootKey: join(dir, "root.next.key"),
+    previousRootCert: join(dir, "root.prev.pem"),
+    previousRootKey: join(dir, "root.prev.key"),
+    nextIssuerCert: join(dir, "issuer.next.pem"),
+    nextIssuerKey: join(dir, "issuer.next.key"),
   };
 }
 
@@ -46,6 +59,19 @@ export interface CaState {
   readonly trustDomain: string;
   readonly mode: AnchorMode;
   readonly createdAt: string;
+  /** A root rotation in progress (prepare → activate → retire); absent when none is. */
+  readonly rootRotation?: RootRotationState;
+  /** Workloads whose certificate was issued before this instant renew at once (`rotate-root activate --reissue`). */
+  readonly reissueBefore?: string;
+}
+
+export interface RootRotationState {
+  readonly phase: "prepared" | "activated";
+  readonly preparedAt: string;
+  readonly activatedAt?: string;
+  /** SHA-256 fingerprint of the root being replaced (it stays in the bundle until retire). */
+  readonly previousRootFingerprint: string;
+  readonly nextRootFingerprint: string;
 }
 
 export interface ImportedAnchors {
@@ -70,6 +96,7 @@ export interface LoadedAnchors {
   readonly layout: CaLayout;
   readonly trustDomain: string;
   readonly mode: AnchorMode;
+  readonly state: CaState;
   readonly roots: readonly X509Certificate[];
   readonly rootsPem: string;
   readonly issuer: Signer;
@@ -156,6 +183,10 @@ function validateImport(imported: ImportedAnchors, now: Date) {
   return { root, issuerChain, issuerKey };
 }
 
+export function writeCaState(dir: string, state: CaState): void {
+  writeFileAtomic(caLayout(dir).state, `${JSON.stringify(state, null, 2)}\n`);
+}
+
 export function readCaState(dir: string): CaState {
   const layout = caLayout(dir);
   let text: string;
@@ -190,6 +221,7 @@ export function loadAnchors(options: { dir: string; passphrase?: string }): Load
     layout,
     trustDomain: state.trustDomain,
     mode: state.mode,
+    state,
     roots,
     rootsPem: roots.map((r) => toPem(r.raw, "CERTIFICATE")).join(""),
     issuer: { certificate: issuerCert, der: issuerCert.raw, privateKey },

@@ -119,6 +119,8 @@ export class CertificateAuthority {
       issuerFingerprint: anchors.issuer.certificate.fingerprint256,
       rootFingerprint: anchors.issuerRoot.fingerprint256,
       certificatePem: leafPem,
+      // A renewal proven with the current certificate retires it from the live count.
+      ...(identity.method === "svid" && request.peer !== undefined ? { supersedes: request.peer.serial } : {}),
     });
     return {
       spiffeId: leaf.spiffeId,

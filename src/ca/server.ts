@@ -22,7 +22,10 @@ import { CrlPublisher } from "./crl-publisher.ts";
 import { handleGrpc } from "./api/grpc.ts";
 import { handleHttp } from "./api/http.ts";
 import { createCaMetrics } from "./metrics.ts";
-import { createMetrics } from "../telemetry/metrics.ts";
+import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
+import { systemClock } from "../util/clock.ts";
+import { watchAnchors } from "./anchor-watcher.ts";
+import { createRotationManager } from "./rotation-manager.ts";
 
 /** The CA's own identity, presented on its API port. */
 export const CA_NAMESPACE = "meshward-system";
@@ -69,6 +72,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const telemetry = createMetrics({ processMetrics: true });
   const registry = telemetry.registry;
   const metrics = createCaMetrics(telemetry);
+  const mesh = createMeshMetrics(telemetry);
   const crl = new CrlPublisher(store, () => anchors.issuer, clock);
   await crl.refresh();
 
@@ -139,6 +143,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   };
 
   let serving = tlsOptions();
+  let rotationWarnings: () => readonly string[] = () => [];
   const server: Http2SecureServer = createSecureServer({ ...serving.options, allowHTTP1: true, ALPNProtocols: ["h2", "http/1.1"] });
   // Idle sessions (and slow clients that never finish a request) are closed.
   server.setTimeout(60_000);
@@ -146,7 +151,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     anchors: () => anchors,
     crl: () => crl.current,
     registry,
-    readiness: () => readiness(anchors, crl, clock(), storeHealthy),
+    readiness: () => readiness(anchors, crl, clock(), storeHealthy, rotationWarnings()),
   };
   server.on("request", (req: Http2ServerRequest, res: Http2ServerResponse) => {
     const isGrpc = req.httpVersion === "2.0" && (req.headers["content-type"] ?? "").startsWith("application/grpc");
@@ -200,19 +205,62 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   crlTimer.unref();
 
   // Renew the CA's own serving certificate at half its life (setSecureContext takes the full option set).
+  let servingTimer: NodeJS.Timeout | undefined;
   const renewServing = () => {
     serving = tlsOptions();
     server.setSecureContext(serving.options);
     logger.info({ event: "serving-certificate-renewed", notAfter: serving.notAfter.toISOString() }, "renewed the CA's serving certificate");
     scheduleServingRenewal();
   };
-  let servingTimer: NodeJS.Timeout;
   const scheduleServingRenewal = () => {
+    clearTimeout(servingTimer);
     const delay = Math.max(1000, (serving.notAfter.getTime() - clock().getTime()) / 2);
     servingTimer = setTimeout(renewServing, Math.min(delay, 2 ** 31 - 1));
     servingTimer.unref();
   };
   scheduleServingRenewal();
+
+  const passphrase = options.passphrase;
+  const loadCurrent = () => loadAnchors({ dir: options.dir, ...(passphrase !== undefined ? { passphrase } : {}) });
+  const adopt = (next: LoadedAnchors) => {
+    const previous = anchors;
+    anchors = next;
+    const issuerChanged = previous.issuer.certificate.fingerprint256 !== next.issuer.certificate.fingerprint256;
+    const rootsChanged = previous.rootsPem !== next.rootsPem;
+    logger.info(
+      { event: "anchors-reloaded", issuer: next.issuer.certificate.fingerprint256, issuerNotAfter: next.issuer.certificate.validTo, roots: next.roots.map((r) => r.fingerprint256), issuerChanged, rootsChanged },
+      "trust anchors changed on disk: now signing with the new set",
+    );
+    renewServing();
+    setExpiryGauges();
+    void crl.refresh().catch((error) => logger.error({ event: "crl-refresh-failed", error: describeError(error) }, "could not re-sign the CRL"));
+  };
+  const watcher = watchAnchors({
+    layout: anchors.layout,
+    intervalMs: config.anchorPoll,
+    clock: systemClock,
+    load: loadCurrent,
+    onChange: adopt,
+    onRefused: (error) => {
+      mesh.rotations.inc({ kind: "issuer", result: "error" });
+      logger.error({ event: "anchors-refused", error: describeError(error) }, "refused the changed trust-anchor files; still signing with the previous issuer");
+    },
+  });
+  const rotation = createRotationManager({
+    dir: options.dir,
+    passphrase,
+    config,
+    store,
+    logger,
+    rotations: mesh.rotations,
+    anchors: () => anchors,
+    reload: () => watcher.check(),
+    clock,
+  });
+  rotationWarnings = rotation.warnings;
+  await rotation.check();
+  const rotationTimer = setInterval(() => void rotation.check(), config.rotationCheck);
+  rotationTimer.unref();
 
   const host = bound.address;
   logger.info(
@@ -229,7 +277,9 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     store,
     async close() {
       clearInterval(crlTimer);
+      clearInterval(rotationTimer);
       clearTimeout(servingTimer);
+      watcher.close();
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         // Give in-flight requests a moment, then drop idle keep-alive sessions.
@@ -240,7 +290,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   };
 }
 
-function readiness(anchors: LoadedAnchors, crl: CrlPublisher, now: Date, storeHealthy: boolean) {
+function readiness(anchors: LoadedAnchors, crl: CrlPublisher, now: Date, storeHealthy: boolean, warnings: readonly string[]) {
   const issuerNotAfter = new Date(anchors.issuer.certificate.validTo);
   const issuerNotBefore = new Date(anchors.issuer.certificate.validFrom);
   const issuerOk = now >= issuerNotBefore && now < issuerNotAfter;
@@ -248,6 +298,8 @@ function readiness(anchors: LoadedAnchors, crl: CrlPublisher, now: Date, storeHe
     issuer: { ok: issuerOk, detail: issuerOk ? `valid until ${issuerNotAfter.toISOString()}` : `not valid now (${issuerNotBefore.toISOString()} – ${issuerNotAfter.toISOString()})` },
     crl: { ok: crl.current !== undefined, detail: crl.current ? `signed ${crl.current.thisUpdate.toISOString()}` : "not built" },
     store: { ok: storeHealthy, detail: storeHealthy ? "reachable" : "the last refresh failed" },
+    // Expiring anchors are a warning, not unreadiness: the CA still signs correctly.
+    expiry: { ok: true, detail: warnings.length === 0 ? "no anchor expires soon" : warnings.join("; ") },
   };
   return { ready: Object.values(checks).every((c) => c.ok), checks };
 }

@@ -5,6 +5,8 @@ import { parse as parseYaml } from "yaml";
 import { caConfigSchema, type CaConfig } from "../config/ca.ts";
 import { loadYamlConfig } from "../config/load.ts";
 import { caLayout, initAnchors, loadAnchors } from "../ca/anchors.ts";
+import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../ca/rotation.ts";
+import { withCaStore } from "./store.ts";
 import { startCaServer } from "../ca/server.ts";
 import { MeshwardError } from "../errors.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
@@ -105,27 +107,135 @@ export function registerCaCommand(program: Command): void {
       await server.close();
     });
 
+  ca.command("rotate-issuer")
+    .description("self-managed CAs: replace the issuer with a new one signed by the root (a running CA switches within a second)")
+    .requiredOption("--dir <dir>", "CA directory")
+    .option("--now", "rotate even though the issuer is not near its rotation threshold")
+    .option("--issuer-ttl <duration>", "lifetime of the new issuer", "1y")
+    .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
+    .action(async (opts) => {
+      const now = new Date();
+      const current = loadAnchors({ dir: opts.dir, ...withPassphrase(readPassphrase(opts.passphraseFile)) });
+      const stage = issuerRotationStage(current.issuer.certificate, now);
+      if (stage === "current" && !opts.now) {
+        process.stdout.write(`the issuer has ${describeTimeLeft(new Date(current.issuer.certificate.validTo), now)}, above the rotation threshold; nothing to do (use --now to rotate anyway)\n`);
+        return;
+      }
+      const issuer = await rotateIssuer({ dir: opts.dir, now, issuerTtlMs: parseDuration(opts.issuerTtl, "--issuer-ttl"), ...withPassphrase(readPassphrase(opts.passphraseFile)) });
+      process.stdout.write(`new issuer ${issuer.fingerprint256}, valid until ${new Date(issuer.validTo).toISOString()}; a running CA signs with it within a second\n`);
+    });
+
+  ca.command("import-issuer")
+    .description("install a new issuer signed by a root in the trust bundle (external roots: your organisation's CA signed it); a running CA switches without a restart")
+    .requiredOption("--dir <dir>", "CA directory")
+    .requiredOption("--issuer-cert <file>", "the new issuer certificate (PEM; intermediates may follow)")
+    .requiredOption("--issuer-key <file>", "its private key (PEM)")
+    .option("--issuer-key-passphrase-file <file>", "passphrase of the imported key, if it is encrypted")
+    .option("--passphrase-file <file>", "passphrase to encrypt the key at rest (or MESHWARD_CA_PASSPHRASE)")
+    .action((opts) => {
+      const issuer = importIssuer({
+        dir: opts.dir,
+        issuerCertPem: readTextFile(opts.issuerCert, "issuer certificate"),
+        issuerKeyPem: readTextFile(opts.issuerKey, "issuer key"),
+        now: new Date(),
+        ...withPassphrase(readPassphrase(opts.passphraseFile)),
+        ...(opts.issuerKeyPassphraseFile !== undefined ? { issuerKeyPassphrase: readTextFile(opts.issuerKeyPassphraseFile, "passphrase file").replace(/\r?\n$/, "") } : {}),
+      });
+      process.stdout.write(`installed issuer ${issuer.fingerprint256}, valid until ${new Date(issuer.validTo).toISOString()}\n`);
+    });
+
+  const rotateRoot = ca.command("rotate-root").description("replace the trust anchor without downtime: prepare → activate → retire (see docs/rotation.md)");
+  rotateRoot
+    .command("prepare")
+    .description("step 1: add a new root to the trust bundle (every workload picks it up while running); signing is unchanged")
+    .requiredOption("--dir <dir>", "CA directory")
+    .option("--root-cert <file>", "external roots: your organisation's new root certificate (instead of generating one)")
+    .option("--root-ttl <duration>", "lifetime of a generated root", "10y")
+    .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
+    .action(async (opts) => {
+      const root = await prepareRoot({
+        dir: opts.dir,
+        now: new Date(),
+        rootTtlMs: parseDuration(opts.rootTtl, "--root-ttl"),
+        ...withPassphrase(readPassphrase(opts.passphraseFile)),
+        ...(opts.rootCert !== undefined ? { importedRootPem: readTextFile(opts.rootCert, "root certificate") } : {}),
+      });
+      process.stdout.write(
+        `prepared root ${root.fingerprint256} (valid until ${new Date(root.validTo).toISOString()}); the bundle now holds it beside the current root.\n` +
+          `Next, once every workload has fetched the new bundle (they refresh it every minute): meshward ca rotate-root activate --dir ${opts.dir}\n`,
+      );
+    });
+  rotateRoot
+    .command("activate")
+    .description("step 2: sign with a new issuer under the new root; workloads move to it at their next renewal (or at once with --reissue)")
+    .requiredOption("--dir <dir>", "CA directory")
+    .option("--reissue", "ask every workload to renew now")
+    .option("--issuer-cert <file>", "external roots: an issuer signed by the new root")
+    .option("--issuer-key <file>", "external roots: its private key")
+    .option("--issuer-ttl <duration>", "lifetime of a generated issuer", "1y")
+    .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
+    .action(async (opts) => {
+      if ((opts.issuerCert === undefined) !== (opts.issuerKey === undefined)) throw new MeshwardError("E_USAGE", "give both --issuer-cert and --issuer-key, or neither");
+      const issuer = await activateRoot({
+        dir: opts.dir,
+        now: new Date(),
+        reissue: opts.reissue === true,
+        issuerTtlMs: parseDuration(opts.issuerTtl, "--issuer-ttl"),
+        ...withPassphrase(readPassphrase(opts.passphraseFile)),
+        ...(opts.issuerCert !== undefined ? { importedIssuer: { certPem: readTextFile(opts.issuerCert, "issuer certificate"), keyPem: readTextFile(opts.issuerKey, "issuer key") } } : {}),
+      });
+      process.stdout.write(
+        `activated: signing with issuer ${issuer.fingerprint256} under the new root${opts.reissue ? "; workloads renew now" : "; workloads move at their next renewal"}.\n` +
+          `Next, when no certificate chains to the old root (see 'meshward ca status'): meshward ca rotate-root retire --dir ${opts.dir}\n`,
+      );
+    });
+  rotateRoot
+    .command("retire")
+    .description("step 3: remove the old root from the bundle; refused while unexpired certificates still chain to it")
+    .requiredOption("--dir <dir>", "CA directory")
+    .option("--force", "retire even though certificates still chain to the old root (they stop verifying)")
+    .option("--store <url>", "store URL [default: <dir>/ca.db]")
+    .action(async (opts) => {
+      const result = await withCaStore(opts.dir, opts.store, (store) => retireRoot({ dir: opts.dir, store, now: new Date(), force: opts.force === true }));
+      process.stdout.write(`retired root ${result.retiredFingerprint}${result.remaining > 0 ? ` (forced: ${result.remaining} certificates still chained to it)` : ""}; the rotation is complete\n`);
+    });
+
   ca.command("status")
-    .description("show the trust anchors and their time left; exit 1 when one has less than --warn left")
+    .description("show the trust anchors, time left, rotation state and how many live certificates chain to each root; exit 1 when one expires within --warn")
     .requiredOption("--dir <dir>", "CA directory")
     .option("--warn <duration>", "exit non-zero when the root or issuer expires within this", "30d")
+    .option("--store <url>", "store URL [default: <dir>/ca.db]")
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
     .option("--json", "print JSON")
-    .action((opts) => {
+    .action(async (opts) => {
       const anchors = loadAnchors({ dir: opts.dir, ...withPassphrase(readPassphrase(opts.passphraseFile)) });
       const now = new Date();
       const warnMs = parseDuration(opts.warn, "--warn");
-      const entries = [
-        ...anchors.roots.map((r) => ({ kind: "root", cert: r })),
-        { kind: "issuer", cert: anchors.issuer.certificate },
-      ].map(({ kind, cert }) => {
+      const liveByRoot = await withCaStore(opts.dir, opts.store, (store) => store.countValidByRoot(now));
+      const describe = (kind: string, cert: X509Certificate) => {
         const notAfter = new Date(cert.validTo);
-        return { kind, subject: cert.subject.replace(/\n/g, ", "), fingerprint256: cert.fingerprint256, notAfter: notAfter.toISOString(), timeLeft: describeTimeLeft(notAfter, now), expiringSoon: notAfter.getTime() - now.getTime() < warnMs };
-      });
-      if (opts.json) process.stdout.write(`${JSON.stringify({ trustDomain: anchors.trustDomain, mode: anchors.mode, anchors: entries }, null, 2)}\n`);
+        return {
+          kind,
+          subject: cert.subject.replace(/\n/g, ", "),
+          fingerprint256: cert.fingerprint256,
+          notAfter: notAfter.toISOString(),
+          timeLeft: describeTimeLeft(notAfter, now),
+          expiringSoon: notAfter.getTime() - now.getTime() < warnMs,
+        };
+      };
+      const rotation = anchors.state.rootRotation;
+      const roots = anchors.roots.map((root) => ({
+        ...describe(root.fingerprint256 === anchors.issuerRoot.fingerprint256 ? "root (active)" : rotation?.previousRootFingerprint === root.fingerprint256 ? "root (retiring)" : "root (next)", root),
+        liveCertificates: liveByRoot.get(root.fingerprint256) ?? 0,
+      }));
+      const issuer = describe("issuer", anchors.issuer.certificate);
+      const entries = [...roots, issuer];
+      const result = { trustDomain: anchors.trustDomain, mode: anchors.mode, rootRotation: rotation ?? null, issuerStage: issuerRotationStage(anchors.issuer.certificate, now), anchors: entries };
+      if (opts.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
       else {
-        process.stdout.write(`trust domain ${anchors.trustDomain} (${anchors.mode})\n`);
-        for (const e of entries) process.stdout.write(`  ${e.kind.padEnd(7)} expires ${e.notAfter}  ${e.timeLeft}${e.expiringSoon ? "  ← WITHIN --warn " + opts.warn : ""}\n`);
+        process.stdout.write(`trust domain ${anchors.trustDomain} (${anchors.mode})${rotation ? `, root rotation ${rotation.phase}` : ""}\n`);
+        for (const root of roots) process.stdout.write(`  ${root.kind.padEnd(16)} expires ${root.notAfter}  ${root.timeLeft}; ${root.liveCertificates} live certificate${root.liveCertificates === 1 ? "" : "s"} chain to it${root.expiringSoon ? `  ← within --warn ${opts.warn}` : ""}\n`);
+        process.stdout.write(`  ${"issuer".padEnd(16)} expires ${issuer.notAfter}  ${issuer.timeLeft}${result.issuerStage !== "current" ? ` (rotation stage: ${result.issuerStage})` : ""}${issuer.expiringSoon ? `  ← within --warn ${opts.warn}` : ""}\n`);
       }
       if (entries.some((e) => e.expiringSoon)) process.exitCode = 1;
     });

@@ -53,6 +53,20 @@ export const caConfigSchema = z
     allowInsecureDev: z.boolean().default(false).describe("Allow the `insecure` validator (no proof of identity). Development only; logged loudly."),
     maxRequestBytes: z.number().int().min(1024).max(1 << 20).default(64 * 1024).describe("Largest accepted API request body."),
     crlRefresh: duration("CRL refresh interval").default(parseDuration("1s")).describe("How often the store is checked for new revocations."),
+    anchorPoll: duration("anchor poll interval").default(parseDuration("1s")).describe("How often the CA directory is checked for rotated or replaced trust anchors."),
+    rotationCheck: duration("rotation check interval").default(parseDuration("1m")).describe("How often rotation thresholds are checked."),
+    autoRotateIssuer: z.boolean().default(true).describe("Self-managed CAs: prepare a new issuer at min(½ life, 30d) left and switch to it at min(⅙ life, 7d) left."),
+    issuerTtl: duration("issuer TTL").default(parseDuration("1y")).describe("Lifetime of issuers made by rotation."),
+    expiryWarning: duration("expiry warning").default(parseDuration("30d")).describe("Warn (hourly log, /readyz detail) when the root or an external issuer expires within this."),
+    autoRotateRoot: z
+      .object({
+        enabled: z.boolean().default(false).describe("Rotate the root automatically (self-managed CAs)."),
+        prepareBefore: duration("root prepare threshold").default(parseDuration("1y")).describe("Prepare a new root when the active root has less than this left."),
+        activateAfter: duration("root activation delay").default(parseDuration("7d")).describe("Activate a prepared root after this long (time for every workload to fetch the two-root bundle)."),
+      })
+      .strict()
+      .default({ enabled: false, prepareBefore: parseDuration("1y"), activateAfter: parseDuration("7d") })
+      .describe("Automatic root rotation: prepare, activate after a delay, retire once no certificate chains to the old root."),
   })
   .strict();
 

@@ -66,6 +66,8 @@ class CaSource implements CaIdentitySource {
   #snapshot: IdentitySnapshot | undefined;
   /** Last good SVID even after expiry, to tell the CA who we were. */
   #svid: Svid | undefined;
+  /** When (identity clock) the current SVID arrived. */
+  #receivedAt = 0;
   #bundle: TrustBundle;
   #attempt = 0;
   #renewTimer: ClockTimer | undefined;
@@ -113,15 +115,22 @@ class CaSource implements CaIdentitySource {
 
   async refreshBundle(): Promise<void> {
     const connection = this.#connection();
-    const rootsPem = normalizeRoots((await fetchFromCa(connection, "/v1/bundle")).toString("utf8"));
+    const published = parseBundleDocument(await fetchFromCa(connection, "/v1/bundle?format=spiffe"));
+    const rootsPem = normalizeRoots(published.rootsPem);
     const revokedSerials = await this.#fetchRevocations(connection);
     const changed = rootsPem !== this.#bundle.rootsPem || !sameSet(revokedSerials, this.#bundle.revokedSerials);
-    if (!changed) return;
-    this.#bundle = { trustDomain: this.#trustDomain, rootsPem, revokedSerials };
-    this.#log("info", { event: "bundle-updated", roots: certificatesFromPem(rootsPem).length, revoked: revokedSerials.size }, "trust bundle updated");
-    if (this.#svid !== undefined && this.#snapshot !== undefined) {
-      this.#snapshot = { svid: this.#svid, bundle: this.#bundle };
-      this.#emit({ type: "bundle-updated", snapshot: this.#snapshot });
+    if (changed) {
+      this.#bundle = { trustDomain: this.#trustDomain, rootsPem, revokedSerials };
+      this.#log("info", { event: "bundle-updated", roots: certificatesFromPem(rootsPem).length, revoked: revokedSerials.size }, "trust bundle updated");
+      if (this.#svid !== undefined && this.#snapshot !== undefined) {
+        this.#snapshot = { svid: this.#svid, bundle: this.#bundle };
+        this.#emit({ type: "bundle-updated", snapshot: this.#snapshot });
+      }
+    }
+    // `meshward ca rotate-root activate --reissue`: certificates issued before this renew now.
+    if (published.reissueBeforeMs !== undefined && this.#svid !== undefined && this.#receivedAt < published.reissueBeforeMs) {
+      this.#log("info", { event: "reissue-requested" }, "the CA asked workloads to renew now (root rotation)");
+      await this.#renew();
     }
   }
 
@@ -148,6 +157,7 @@ class CaSource implements CaIdentitySource {
       if (this.#closed) return;
       this.#attempt = 0;
       this.#svid = svid;
+      this.#receivedAt = this.#clock.now();
       this.#snapshot = { svid, bundle: this.#bundle };
       this.#log("info", { event: "rotated", spiffeId: svid.spiffeId, serial: svid.serial, notAfter: svid.notAfter.toISOString() }, "workload certificate renewed");
       this.#emit({ type: "rotated", snapshot: this.#snapshot });
@@ -279,6 +289,23 @@ class CaSource implements CaIdentitySource {
 /** Errors that retrying cannot fix before a person acts (ready() rejects; retries go on). */
 function isFatal(error: unknown): boolean {
   return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID|AUDIENCE|SIGNATURE|ISSUER)|IDENTITY_MISMATCH|SPIFFE_MISMATCH|VALIDATOR_DISABLED|TRUST_DOMAIN_MISMATCH)$/.test(error.code);
+}
+
+/** The CA's SPIFFE bundle document (keys[].x5c) plus meshward's reissue hint. */
+function parseBundleDocument(body: Buffer): { rootsPem: string; reissueBeforeMs: number | undefined } {
+  let document: { keys?: unknown; meshward_reissue_before?: unknown };
+  try {
+    document = JSON.parse(body.toString("utf8")) as typeof document;
+  } catch {
+    throw new MeshwardError("E_BUNDLE_INVALID", "the CA's bundle is not JSON");
+  }
+  const keys = Array.isArray(document.keys) ? document.keys : [];
+  const roots = keys
+    .filter((k): k is { use: string; x5c: string[] } => typeof k === "object" && k !== null && (k as { use?: unknown }).use === "x509-svid" && Array.isArray((k as { x5c?: unknown }).x5c))
+    .map((k) => toPem(Buffer.from(String(k.x5c[0]), "base64"), "CERTIFICATE"));
+  if (roots.length === 0) throw new MeshwardError("E_BUNDLE_INVALID", "the CA's bundle holds no X.509 roots");
+  const reissue = document.meshward_reissue_before;
+  return { rootsPem: roots.join(""), reissueBeforeMs: typeof reissue === "number" && Number.isFinite(reissue) ? reissue * 1000 : undefined };
 }
 
 function normalizeRoots(pem: string): string {

@@ -56,6 +56,16 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
       INSERT INTO crl_number (id, value) VALUES (1, 0);
     `,
   },
+  {
+    version: 2,
+    description: "certificates superseded by a renewal",
+    sql: `
+      CREATE TABLE superseded (
+        serial TEXT PRIMARY KEY NOT NULL,
+        superseded_by TEXT NOT NULL
+      );
+    `,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -97,6 +107,16 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
       );
       -- A sequence is atomic across replicas; after a crash it may skip numbers, never repeat.
       CREATE SEQUENCE crl_number_seq AS BIGINT START WITH 1 MINVALUE 1 NO CYCLE;
+    `,
+  },
+  {
+    version: 2,
+    description: "certificates superseded by a renewal",
+    sql: `
+      CREATE TABLE superseded (
+        serial TEXT PRIMARY KEY,
+        superseded_by TEXT NOT NULL
+      );
     `,
   },
 ];

@@ -40,6 +40,12 @@ const Q = {
     name: "meshward_insert_issuance",
     text: `INSERT INTO issuances (${ISSUANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
   },
+  /** The issuance and the certificate it supersedes, in one statement (so in one transaction). */
+  insertIssuanceSuperseding: {
+    name: "meshward_insert_issuance_superseding",
+    text: `WITH inserted AS (INSERT INTO issuances (${ISSUANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING serial)
+           INSERT INTO superseded (serial, superseded_by) SELECT $11, serial FROM inserted ON CONFLICT (serial) DO NOTHING`,
+  },
   getIssuance: { name: "meshward_get_issuance", text: `SELECT ${ISSUANCE_COLUMNS} FROM issuances WHERE serial = $1` },
   listIssuances: {
     name: "meshward_list_issuances",
@@ -55,6 +61,7 @@ const Q = {
     text: `SELECT root_fingerprint AS root, COUNT(*)::integer AS n FROM issuances i
            WHERE i.not_before <= $1 AND i.not_after > $1
              AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = i.serial)
+             AND NOT EXISTS (SELECT 1 FROM superseded s WHERE s.serial = i.serial)
            GROUP BY root_fingerprint`,
   },
   revoke: {
@@ -132,7 +139,13 @@ export class PostgresStore implements Store {
       record.rootFingerprint,
       record.certificatePem,
     ];
-    await this.#query("E_STORE_WRITE", "record the issuance", Q.insertIssuance, values, `a certificate with serial ${serial} is already in the issuance log`);
+    const duplicate = `a certificate with serial ${serial} is already in the issuance log`;
+    if (record.supersedes === undefined) {
+      await this.#query("E_STORE_WRITE", "record the issuance", Q.insertIssuance, values, duplicate);
+    } else {
+      const supersedes = requireSerial(record.supersedes, "record the superseded certificate");
+      await this.#query("E_STORE_WRITE", "record the issuance", Q.insertIssuanceSuperseding, [...values, supersedes], duplicate);
+    }
   }
 
   async getIssuance(serial: string): Promise<IssuanceRecord | undefined> {

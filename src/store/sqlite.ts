@@ -50,7 +50,7 @@ export class SqliteStore implements Store {
   readonly path: string;
   readonly #db: Database.Database;
   #statements: Statements | undefined;
-  readonly #pendingIssuances: { row: IssuanceRow; resolve: () => void; reject: (error: unknown) => void }[] = [];
+  readonly #pendingIssuances: { row: IssuanceRow; supersedes: string | undefined; resolve: () => void; reject: (error: unknown) => void }[] = [];
   readonly #listStatements = new Map<string, Database.Statement>();
 
   constructor(path: string) {
@@ -101,12 +101,13 @@ export class SqliteStore implements Store {
       root_fingerprint: record.rootFingerprint,
       certificate_pem: record.certificatePem,
     };
+    const supersedes = record.supersedes === undefined ? undefined : requireSerial(record.supersedes, "record the superseded certificate");
     this.#assertOpen();
     // Group commit: every issuance recorded in the same turn of the event loop shares one
     // transaction, so one fsync (synchronous=FULL) serves many concurrent signings. Each
     // caller's promise still resolves only after its row is committed.
     await new Promise<void>((resolve, reject) => {
-      this.#pendingIssuances.push({ row, resolve, reject });
+      this.#pendingIssuances.push({ row, supersedes, resolve, reject });
       if (this.#pendingIssuances.length === 1) setImmediate(() => this.#flushIssuances());
     });
   }
@@ -119,16 +120,20 @@ export class SqliteStore implements Store {
       for (const entry of batch) entry.reject(new MeshwardError("E_STORE_CLOSED", "the store was closed before the issuance was recorded"));
       return;
     }
-    const insert = this.#stmts().insertIssuance;
+    const { insertIssuance, insertSuperseded } = this.#stmts();
+    const insert = (entry: (typeof batch)[number]) => {
+      insertIssuance.run(entry.row);
+      if (entry.supersedes !== undefined) insertSuperseded.run(entry.supersedes, entry.row.serial);
+    };
     try {
-      this.#write("record the issuance", () => this.#db.transaction(() => batch.forEach((entry) => insert.run(entry.row)))(), duplicate(batch[0]!.row));
+      this.#write("record the issuance", () => this.#db.transaction(() => batch.forEach(insert))(), duplicate(batch[0]!.row));
       for (const entry of batch) entry.resolve();
     } catch {
       // One bad row (a duplicate serial) fails the whole transaction: write the rows one by
       // one so that each caller gets its own answer.
       for (const entry of batch) {
         try {
-          this.#write("record the issuance", () => insert.run(entry.row), duplicate(entry.row));
+          this.#write("record the issuance", () => this.#db.transaction(() => insert(entry))(), duplicate(entry.row));
           entry.resolve();
         } catch (error) {
           entry.reject(error);
@@ -288,6 +293,7 @@ interface Statements {
   insertIssuance: Database.Statement;
   getIssuance: Database.Statement;
   countValidByRoot: Database.Statement;
+  insertSuperseded: Database.Statement;
   revoke: Database.Statement;
   listRevocations: Database.Statement;
   insertToken: Database.Statement;
@@ -308,8 +314,10 @@ function prepareStatements(db: Database.Database): Statements {
       `SELECT root_fingerprint AS root, COUNT(*) AS n FROM issuances i
        WHERE i.not_before <= @at AND i.not_after > @at
          AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = i.serial)
+         AND NOT EXISTS (SELECT 1 FROM superseded s WHERE s.serial = i.serial)
        GROUP BY root_fingerprint`,
     ),
+    insertSuperseded: db.prepare("INSERT INTO superseded (serial, superseded_by) VALUES (?, ?) ON CONFLICT (serial) DO NOTHING"),
     revoke: db.prepare("INSERT INTO revocations (serial, revoked_at, reason) VALUES (?, ?, ?) ON CONFLICT (serial) DO NOTHING"),
     listRevocations: db.prepare(
       `SELECT r.serial, r.revoked_at, r.reason, i.spiffe_id FROM revocations r

@@ -19,6 +19,11 @@ export interface IssuanceRecord {
   readonly rootFingerprint: string;
   /** The certificate itself, PEM. */
   readonly certificatePem: string;
+  /**
+   * Serial of the certificate this one replaces, when the workload renewed by proving it held
+   * that certificate: the old one no longer counts as live (root retirement waits for live ones).
+   */
+  readonly supersedes?: string;
 }
 
 export interface RevocationRecord {
@@ -61,7 +66,7 @@ export interface Store {
   getIssuance(serial: string): Promise<IssuanceRecord | undefined>;
   /** Newest first. */
   listIssuances(filter?: IssuanceFilter): Promise<IssuanceRecord[]>;
-  /** Counts certificates valid at `at`, grouped by root fingerprint. */
+  /** Counts live certificates at `at` (valid, not revoked, not superseded by a renewal), grouped by root fingerprint. */
   countValidByRoot(at: Date): Promise<Map<string, number>>;
   /** Returns false when the serial was already revoked (the first revocation is kept). */
   revoke(revocation: { serial: string; revokedAt: Date; reason: string }): Promise<boolean>;

@@ -294,6 +294,17 @@ export function defineStoreContract(backend: StoreBackend): void {
         );
         expect(await store.countValidByRoot(new Date(T0 + 48 * HOUR))).toEqual(new Map());
       });
+
+      it("leaves out a certificate superseded by a renewal proven with it", async () => {
+        const old = issuance({ rootFingerprint: ROOT_A });
+        await store.recordIssuance(old);
+        expect(await store.countValidByRoot(new Date(T0))).toEqual(new Map([[ROOT_A, 1]]));
+        const renewed = { ...issuance({ rootFingerprint: ROOT_B }), supersedes: old.serial.toLowerCase() };
+        await store.recordIssuance(renewed);
+        expect(await store.countValidByRoot(new Date(T0))).toEqual(new Map([[ROOT_B, 1]]));
+        // The log keeps both.
+        expect((await store.listIssuances()).map((r) => r.serial).sort()).toEqual([old.serial, renewed.serial].sort());
+      });
     });
 
     describe("join tokens", () => {

@@ -68,5 +68,7 @@ export function spiffeBundle(anchors: LoadedAnchors): object {
     })),
     spiffe_sequence: sequence,
     spiffe_refresh_hint: 300,
+    // meshward: workloads whose certificate was issued before this (Unix seconds) renew now.
+    ...(anchors.state.reissueBefore !== undefined ? { meshward_reissue_before: Math.floor(Date.parse(anchors.state.reissueBefore) / 1000) } : {}),
   };
 }

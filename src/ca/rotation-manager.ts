@@ -1,0 +1,110 @@
+import { existsSync } from "node:fs";
+import type { Logger } from "pino";
+import type { Counter } from "prom-client";
+import type { CaConfig } from "../config/ca.ts";
+import { describeError } from "../errors.ts";
+import type { Store } from "../store/store.ts";
+import { describeTimeLeft } from "../util/duration.ts";
+import type { LoadedAnchors } from "./anchors.ts";
+import { activateRoot, issuerRotationStage, prepareIssuer, prepareRoot, retireRoot, rotateIssuer } from "./rotation.ts";
+
+const WARN_EVERY_MS = 3_600_000;
+
+export interface RotationManagerOptions {
+  readonly dir: string;
+  readonly passphrase: string | undefined;
+  readonly config: CaConfig;
+  readonly store: Store;
+  readonly logger: Logger;
+  readonly rotations: Counter<"kind" | "result">;
+  readonly anchors: () => LoadedAnchors;
+  /** Load the files just written (instead of waiting for the watcher's next poll). */
+  readonly reload: () => void;
+  readonly clock: () => Date;
+}
+
+/**
+ * The rotation policy of a running CA: automatic issuer rotation (self-managed), automatic
+ * root rotation when enabled, and expiry warnings for what it cannot rotate itself.
+ */
+export function createRotationManager(options: RotationManagerOptions) {
+  const { config, logger } = options;
+  const lastWarned = new Map<string, number>();
+  let warnings: string[] = [];
+  let running: Promise<void> | undefined;
+
+  const warn = (key: string, message: string, fields: object) => {
+    const now = options.clock().getTime();
+    if (now - (lastWarned.get(key) ?? 0) < WARN_EVERY_MS) return;
+    lastWarned.set(key, now);
+    logger.warn({ event: "expiry-warning", ...fields }, message);
+  };
+
+  const step = async (kind: "issuer" | "root", what: string, action: () => Promise<unknown>) => {
+    try {
+      await action();
+      options.rotations.inc({ kind, result: "ok" });
+      logger.info({ event: "rotation", kind, step: what }, `${kind} rotation: ${what}`);
+      options.reload();
+    } catch (error) {
+      options.rotations.inc({ kind, result: "error" });
+      logger.error({ event: "rotation-failed", kind, step: what, error: describeError(error) }, `${kind} rotation failed at '${what}'`);
+    }
+  };
+
+  const checkOnce = async () => {
+    const anchors = options.anchors();
+    const now = options.clock();
+    const next: string[] = [];
+    const selfManaged = anchors.mode === "self-managed";
+    const base = { dir: options.dir, now, ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}) };
+
+    const issuer = anchors.issuer.certificate;
+    const issuerLeft = new Date(issuer.validTo).getTime() - now.getTime();
+    if (selfManaged && config.autoRotateIssuer) {
+      const stage = issuerRotationStage(issuer, now);
+      if (stage === "prepare" && !existsSync(anchors.layout.nextIssuerCert)) {
+        await step("issuer", "prepare", () => prepareIssuer({ ...base, issuerTtlMs: config.issuerTtl }));
+      } else if (stage === "activate") {
+        await step("issuer", "activate", () => rotateIssuer({ ...base, issuerTtlMs: config.issuerTtl }));
+      }
+    } else if (issuerLeft < config.expiryWarning) {
+      const text = `the issuer expires ${describeTimeLeft(new Date(issuer.validTo), now).replace(" left", " from now")}; import a new one with 'meshward ca import-issuer'`;
+      next.push(text);
+      warn("issuer", text, { kind: "issuer", notAfter: new Date(issuer.validTo).toISOString() });
+    }
+
+    const root = anchors.issuerRoot;
+    const rootLeft = new Date(root.validTo).getTime() - now.getTime();
+    const rotation = anchors.state.rootRotation;
+    if (selfManaged && config.autoRotateRoot.enabled) {
+      if (rotation === undefined && rootLeft < config.autoRotateRoot.prepareBefore) {
+        await step("root", "prepare", () => prepareRoot(base));
+      } else if (rotation?.phase === "prepared" && now.getTime() - Date.parse(rotation.preparedAt) >= config.autoRotateRoot.activateAfter) {
+        await step("root", "activate", () => activateRoot({ ...base, issuerTtlMs: config.issuerTtl }));
+      } else if (rotation?.phase === "activated") {
+        const remaining = (await options.store.countValidByRoot(now)).get(rotation.previousRootFingerprint) ?? 0;
+        if (remaining === 0) await step("root", "retire", () => retireRoot({ dir: options.dir, store: options.store, now }));
+      }
+    } else if (rootLeft < config.expiryWarning && rotation === undefined) {
+      const text = `the root expires ${describeTimeLeft(new Date(root.validTo), now).replace(" left", " from now")}; start a rotation with 'meshward ca rotate-root prepare'`;
+      next.push(text);
+      warn("root", text, { kind: "root", notAfter: new Date(root.validTo).toISOString() });
+    }
+    warnings = next;
+  };
+
+  return {
+    /** Runs the policy once; concurrent calls share one run. */
+    check(): Promise<void> {
+      running ??= checkOnce()
+        .catch((error) => logger.error({ event: "rotation-check-failed", error: describeError(error) }, "rotation check failed"))
+        .finally(() => {
+          running = undefined;
+        });
+      return running;
+    },
+    /** Human-readable warnings for /readyz and the status page. */
+    warnings: () => warnings,
+  };
+}

@@ -1,0 +1,302 @@
+import { X509Certificate } from "node:crypto";
+import { existsSync, readFileSync, rmSync } from "node:fs";
+import { MeshwardError } from "../errors.ts";
+import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
+import { decodePrivateKey, encodePrivateKey, generateKeyPair, keysMatch } from "../pki/keys.ts";
+import { certificatesFromPem, toPem } from "../pki/pem.ts";
+import type { Store } from "../store/store.ts";
+import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
+import { ANCHOR_BACKDATE_MS, caLayout, DEFAULT_ISSUER_TTL_MS, DEFAULT_ROOT_TTL_MS, readCaState, writeCaState, type CaLayout, type CaState } from "./anchors.ts";
+
+const DAY_MS = 86_400_000;
+
+/**
+ * Rotation changes only files in the CA directory, written atomically; a running CA watches
+ * them and switches without a restart. Signing mechanism apart from rotation policy, and
+ * rotation as prepare → activate → retire, as SPIRE does.
+ */
+
+export type IssuerStage = "current" | "prepare" | "activate";
+
+/**
+ * SPIRE's thresholds: prepare a successor once less than min(½ life, 30 days) is left,
+ * switch signing to it once less than min(⅙ life, 7 days) is left.
+ */
+export function issuerRotationStage(issuer: X509Certificate, now: Date): IssuerStage {
+  const notBefore = new Date(issuer.validFrom).getTime();
+  const notAfter = new Date(issuer.validTo).getTime();
+  const life = notAfter - notBefore;
+  const left = notAfter - now.getTime();
+  if (left < Math.min(life / 6, 7 * DAY_MS)) return "activate";
+  if (left < Math.min(life / 2, 30 * DAY_MS)) return "prepare";
+  return "current";
+}
+
+interface RootMaterial {
+  readonly certificate: X509Certificate;
+  readonly signer: Signer;
+}
+
+function readRoot(certFile: string, keyFile: string, passphrase: string | undefined): RootMaterial {
+  const [der] = certificatesFromPem(readFileSync(certFile, "utf8"));
+  if (der === undefined) throw new MeshwardError("E_CA_CORRUPT", `${certFile} holds no certificate`);
+  const certificate = new X509Certificate(der);
+  const privateKey = decodePrivateKey(readFileSync(keyFile, "utf8"), passphrase);
+  if (!keysMatch(privateKey, certificate.publicKey)) throw new MeshwardError("E_CA_CORRUPT", `${keyFile} does not belong to ${certFile}`);
+  return { certificate, signer: { certificate, der: certificate.raw, privateKey } };
+}
+
+function requireSelfManaged(state: CaState, what: string): void {
+  if (state.mode !== "self-managed") {
+    throw new MeshwardError(
+      "E_ROTATION_EXTERNAL_ROOT",
+      `${what} needs the root key, which this CA does not hold (its root belongs to your organisation). Have your root sign a new issuer and install it with 'meshward ca import-issuer'.`,
+    );
+  }
+}
+
+async function newIssuer(root: Signer, trustDomain: string, now: Date, ttlMs: number) {
+  const keys = generateKeyPair();
+  const rootNotAfter = new Date(root.certificate.validTo).getTime();
+  const issued = await createIssuerCertificate({
+    trustDomain,
+    publicKey: keys.publicKey,
+    signer: root,
+    notBefore: new Date(now.getTime() - ANCHOR_BACKDATE_MS),
+    notAfter: new Date(Math.min(now.getTime() + ttlMs, rootNotAfter)),
+  });
+  return { der: issued.der, privateKey: keys.privateKey };
+}
+
+/** Installs an issuer: key first, then the certificate, so a watcher never pairs a new certificate with an old key. */
+function installIssuer(layout: CaLayout, certPem: string, keyPem: string): void {
+  writeSecretFileAtomic(layout.issuerKey, keyPem);
+  writeFileAtomic(layout.issuerCert, certPem);
+}
+
+export interface RotateIssuerOptions {
+  readonly dir: string;
+  readonly passphrase?: string;
+  readonly now: Date;
+  readonly issuerTtlMs?: number;
+}
+
+/**
+ * Self-managed issuer rotation. Uses a prepared successor (issuer.next.*) when there is
+ * one, else signs a fresh issuer with the active root; returns the new issuer certificate.
+ */
+export async function rotateIssuer(options: RotateIssuerOptions): Promise<X509Certificate> {
+  const layout = caLayout(options.dir);
+  const state = readCaState(options.dir);
+  requireSelfManaged(state, "issuer rotation");
+  if (existsSync(layout.nextIssuerCert) && existsSync(layout.nextIssuerKey)) {
+    const certPem = readFileSync(layout.nextIssuerCert, "utf8");
+    const keyPem = readFileSync(layout.nextIssuerKey, "utf8");
+    const certificate = new X509Certificate(certificatesFromPem(certPem)[0] as Buffer);
+    const root = readRoot(layout.rootCert, layout.rootKey, options.passphrase);
+    if (certificate.checkIssued(root.certificate) && certificate.verify(root.certificate.publicKey) && new Date(certificate.validTo) > options.now) {
+      installIssuer(layout, certPem, keyPem);
+      rmSync(layout.nextIssuerCert, { force: true });
+      rmSync(layout.nextIssuerKey, { force: true });
+      return certificate;
+    }
+  }
+  const root = readRoot(layout.rootCert, layout.rootKey, options.passphrase);
+  const issuer = await newIssuer(root.signer, state.trustDomain, options.now, options.issuerTtlMs ?? DEFAULT_ISSUER_TTL_MS);
+  installIssuer(layout, toPem(issuer.der, "CERTIFICATE"), encodePrivateKey(issuer.privateKey, options.passphrase));
+  return new X509Certificate(issuer.der);
+}
+
+/** Prepares the successor issuer without switching to it (the "prepare" stage). */
+export async function prepareIssuer(options: RotateIssuerOptions): Promise<X509Certificate> {
+  const layout = caLayout(options.dir);
+  const state = readCaState(options.dir);
+  requireSelfManaged(state, "issuer rotation");
+  const root = readRoot(layout.rootCert, layout.rootKey, options.passphrase);
+  const issuer = await newIssuer(root.signer, state.trustDomain, options.now, options.issuerTtlMs ?? DEFAULT_ISSUER_TTL_MS);
+  writeSecretFileAtomic(layout.nextIssuerKey, encodePrivateKey(issuer.privateKey, options.passphrase));
+  writeFileAtomic(layout.nextIssuerCert, toPem(issuer.der, "CERTIFICATE"));
+  return new X509Certificate(issuer.der);
+}
+
+/**
+ * Validates an issuer (optionally followed by intermediates) against the roots: each
+ * certificate signed by the next, the last by a root, all CAs, all valid now, key matching.
+ */
+export function validateIssuerChain(chain: readonly X509Certificate[], roots: readonly X509Certificate[], key: ReturnType<typeof decodePrivateKey>, now: Date): X509Certificate {
+  const issuer = chain[0];
+  if (issuer === undefined) throw new MeshwardError("E_IMPORT_INVALID", "the issuer file holds no certificate");
+  if (!keysMatch(key, issuer.publicKey)) throw new MeshwardError("E_IMPORT_INVALID", "the issuer key does not belong to the issuer certificate");
+  for (const [index, cert] of chain.entries()) {
+    if (!cert.ca) throw new MeshwardError("E_IMPORT_INVALID", `${describe(cert)} is not a CA certificate (basicConstraints CA:TRUE is missing)`);
+    if (now < new Date(cert.validFrom) || now >= new Date(cert.validTo)) {
+      throw new MeshwardError("E_IMPORT_INVALID", `${describe(cert)} is not valid now (${cert.validFrom} – ${cert.validTo})`);
+    }
+    const parent = chain[index + 1];
+    if (parent !== undefined && !(cert.checkIssued(parent) && cert.verify(parent.publicKey))) {
+      throw new MeshwardError("E_IMPORT_INVALID", `${describe(cert)} is not signed by ${describe(parent)}`);
+    }
+  }
+  const top = chain[chain.length - 1] as X509Certificate;
+  const root = roots.find((r) => top.checkIssued(r) && top.verify(r.publicKey));
+  if (root === undefined) throw new MeshwardError("E_IMPORT_INVALID", "the issuer does not chain to any root in the trust bundle");
+  return root;
+}
+
+function describe(cert: X509Certificate): string {
+  return JSON.stringify(cert.subject.replace(/\n/g, ", "));
+}
+
+function bundleRoots(layout: CaLayout): X509Certificate[] {
+  return certificatesFromPem(readFileSync(layout.bundle, "utf8")).map((der) => new X509Certificate(der));
+}
+
+function writeBundle(layout: CaLayout, roots: readonly X509Certificate[]): void {
+  writeFileAtomic(layout.bundle, roots.map((r) => toPem(r.raw, "CERTIFICATE")).join(""));
+}
+
+/**
+ * Installs an issuer signed by a root in the trust bundle (external-root CAs, or a
+ * replacement made elsewhere). Refused, and nothing changes, if it does not validate.
+ */
+export function importIssuer(options: { dir: string; issuerCertPem: string; issuerKeyPem: string; issuerKeyPassphrase?: string; passphrase?: string; now: Date }): X509Certificate {
+  const layout = caLayout(options.dir);
+  readCaState(options.dir);
+  const chain = certificatesFromPem(options.issuerCertPem).map((der) => new X509Certificate(der));
+  const key = decodePrivateKey(options.issuerKeyPem, options.issuerKeyPassphrase ?? options.passphrase);
+  validateIssuerChain(chain, bundleRoots(layout), key, options.now);
+  installIssuer(layout, chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), encodePrivateKey(key, options.passphrase));
+  return chain[0] as X509Certificate;
+}
+
+export interface PrepareRootOptions {
+  readonly dir: string;
+  readonly passphrase?: string;
+  readonly now: Date;
+  readonly rootTtlMs?: number;
+  /** External-root CAs: the organisation's new root (certificate only). */
+  readonly importedRootPem?: string;
+}
+
+/** Step 1: a new root joins the trust bundle; signing is unchanged. */
+export async function prepareRoot(options: PrepareRootOptions): Promise<X509Certificate> {
+  const layout = caLayout(options.dir);
+  const state = readCaState(options.dir);
+  if (state.rootRotation !== undefined) {
+    throw new MeshwardError(
+      "E_ROTATION_IN_PROGRESS",
+      `a root rotation is already ${state.rootRotation.phase}; continue with 'meshward ca rotate-root ${state.rootRotation.phase === "prepared" ? "activate" : "retire"}'`,
+    );
+  }
+  const current = new X509Certificate(certificatesFromPem(readFileSync(layout.rootCert, "utf8"))[0] as Buffer);
+  let next: X509Certificate;
+  if (options.importedRootPem !== undefined) {
+    const [der, ...more] = certificatesFromPem(options.importedRootPem);
+    if (der === undefined || more.length > 0) throw new MeshwardError("E_IMPORT_INVALID", "the new root file must hold exactly one certificate");
+    next = new X509Certificate(der);
+    if (!next.ca || !next.checkIssued(next)) throw new MeshwardError("E_IMPORT_INVALID", "the new root must be a self-signed CA certificate");
+    writeFileAtomic(layout.nextRootCert, toPem(next.raw, "CERTIFICATE"));
+  } else {
+    requireSelfManaged(state, "generating a root");
+    const keys = generateKeyPair();
+    const issued = await createRootCertificate({
+      trustDomain: state.trustDomain,
+      keyPair: keys,
+      notBefore: new Date(options.now.getTime() - ANCHOR_BACKDATE_MS),
+      notAfter: new Date(options.now.getTime() + (options.rootTtlMs ?? DEFAULT_ROOT_TTL_MS)),
+    });
+    next = new X509Certificate(issued.der);
+    writeSecretFileAtomic(layout.nextRootKey, encodePrivateKey(keys.privateKey, options.passphrase));
+    writeFileAtomic(layout.nextRootCert, toPem(issued.der, "CERTIFICATE"));
+  }
+  const roots = bundleRoots(layout).filter((r) => r.fingerprint256 !== next.fingerprint256);
+  writeBundle(layout, [...roots, next]);
+  writeCaState(options.dir, {
+    ...state,
+    rootRotation: { phase: "prepared", preparedAt: options.now.toISOString(), previousRootFingerprint: current.fingerprint256, nextRootFingerprint: next.fingerprint256 },
+  });
+  return next;
+}
+
+export interface ActivateRootOptions {
+  readonly dir: string;
+  readonly passphrase?: string;
+  readonly now: Date;
+  readonly issuerTtlMs?: number;
+  /** Tell every workload to renew now instead of at its next scheduled renewal. */
+  readonly reissue?: boolean;
+  /** External-root CAs: an issuer signed by the new root. */
+  readonly importedIssuer?: { certPem: string; keyPem: string; keyPassphrase?: string };
+}
+
+/** Step 2: an issuer under the new root signs from now on; workloads move at their next renewal. */
+export async function activateRoot(options: ActivateRootOptions): Promise<X509Certificate> {
+  const layout = caLayout(options.dir);
+  const state = readCaState(options.dir);
+  if (state.rootRotation?.phase !== "prepared") {
+    throw new MeshwardError("E_ROTATION_NOT_PREPARED", "no prepared root to activate; run 'meshward ca rotate-root prepare' first");
+  }
+  const nextRoot = new X509Certificate(certificatesFromPem(readFileSync(layout.nextRootCert, "utf8"))[0] as Buffer);
+  let issuer: { certPem: string; keyPem: string; certificate: X509Certificate };
+  if (options.importedIssuer !== undefined) {
+    const chain = certificatesFromPem(options.importedIssuer.certPem).map((der) => new X509Certificate(der));
+    const key = decodePrivateKey(options.importedIssuer.keyPem, options.importedIssuer.keyPassphrase ?? options.passphrase);
+    validateIssuerChain(chain, [nextRoot], key, options.now);
+    issuer = { certPem: chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), keyPem: encodePrivateKey(key, options.passphrase), certificate: chain[0] as X509Certificate };
+  } else {
+    requireSelfManaged(state, "activating a generated root");
+    const root = readRoot(layout.nextRootCert, layout.nextRootKey, options.passphrase);
+    const made = await newIssuer(root.signer, state.trustDomain, options.now, options.issuerTtlMs ?? DEFAULT_ISSUER_TTL_MS);
+    issuer = { certPem: toPem(made.der, "CERTIFICATE"), keyPem: encodePrivateKey(made.privateKey, options.passphrase), certificate: new X509Certificate(made.der) };
+  }
+  // The old root is kept as root.prev.* until retire; the new one becomes root.*.
+  writeFileAtomic(layout.previousRootCert, readFileSync(layout.rootCert, "utf8"));
+  if (existsSync(layout.rootKey)) writeSecretFileAtomic(layout.previousRootKey, readFileSync(layout.rootKey, "utf8"));
+  if (existsSync(layout.nextRootKey)) writeSecretFileAtomic(layout.rootKey, readFileSync(layout.nextRootKey, "utf8"));
+  writeFileAtomic(layout.rootCert, readFileSync(layout.nextRootCert, "utf8"));
+  installIssuer(layout, issuer.certPem, issuer.keyPem);
+  for (const file of [layout.nextRootKey, layout.nextRootCert, layout.nextIssuerCert, layout.nextIssuerKey]) rmSync(file, { force: true });
+  writeCaState(options.dir, {
+    ...state,
+    rootRotation: { ...state.rootRotation, phase: "activated", activatedAt: options.now.toISOString() },
+    ...(options.reissue ? { reissueBefore: options.now.toISOString() } : {}),
+  });
+  return issuer.certificate;
+}
+
+export interface RetireRootResult {
+  readonly retiredFingerprint: string;
+  readonly remaining: number;
+}
+
+/**
+ * Step 3: the old root leaves the bundle. Refused while unexpired certificates in the
+ * issuance log still chain to it, unless forced (they would stop verifying at once).
+ */
+export async function retireRoot(options: { dir: string; store: Store; now: Date; force?: boolean }): Promise<RetireRootResult> {
+  const layout = caLayout(options.dir);
+  const state = readCaState(options.dir);
+  if (state.rootRotation?.phase !== "activated") {
+    throw new MeshwardError(
+      "E_ROTATION_NOT_ACTIVATED",
+      state.rootRotation === undefined ? "no root rotation is in progress" : "the new root is prepared but not active yet; run 'meshward ca rotate-root activate' first",
+    );
+  }
+  const previous = state.rootRotation.previousRootFingerprint;
+  const remaining = (await options.store.countValidByRoot(options.now)).get(previous) ?? 0;
+  if (remaining > 0 && !options.force) {
+    throw new MeshwardError(
+      "E_ROTATION_CERTS_REMAIN",
+      `${remaining} unexpired certificate${remaining === 1 ? "" : "s"} still chain to the old root; retiring it now would break them. Wait until they renew (or use 'rotate-root activate --reissue'), or pass --force`,
+      { details: { remaining } },
+    );
+  }
+  writeBundle(layout, bundleRoots(layout).filter((r) => r.fingerprint256 !== previous));
+  rmSync(layout.previousRootCert, { force: true });
+  rmSync(layout.previousRootKey, { force: true });
+  const { rootRotation: _done, ...rest } = state;
+  void _done;
+  writeCaState(options.dir, rest);
+  return { retiredFingerprint: previous, remaining };
+}
+
