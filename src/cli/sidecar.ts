@@ -109,6 +109,10 @@ export function buildSidecarConfig(opts: Record<string, unknown>): SidecarConfig
     merged[field] = table;
     fromFlag.set(field, flag);
   }
+  if (opts.dnsName !== undefined) {
+    merged.dnsNames = opts.dnsName;
+    fromFlag.set("dnsNames", "--dns-name");
+  }
   if (opts.egress !== undefined) {
     merged.egress = [...((raw.egress as unknown[] | undefined) ?? []), ...(opts.egress as string[]).map(parseEgressFlag)];
     fromFlag.set("egress", "--egress");
@@ -136,6 +140,7 @@ export function registerSidecarCommand(program: Command): void {
   for (const [flag, key] of SCALAR_FLAGS) command.option(flag, FIELD_HELP[key] ?? key);
   command
     .addOption(new Option("--validator <name>", FIELD_HELP.validator ?? "").choices(["join-token", "jwks", "kubernetes", "insecure"]))
+    .option("--dns-name <name>", `${FIELD_HELP.dnsNames} Repeatable.`, collect)
     .option("--peer <APPID=HOST:PORT>", `${FIELD_HELP.peers} Repeatable.`, collect)
     .option("--tcp-upstream <APPID=HOST:PORT>", `${FIELD_HELP.tcpUpstreams} Repeatable.`, collect)
     .option("--egress <spec>", `${FIELD_HELP.egress} spec: listen=HOST:PORT,backend=HOST:PORT[,serverName=N][,caFile=F][,mtls=true]. Repeatable.`, collect)

@@ -70,6 +70,7 @@ export const sidecarConfigSchema = z
     bundle: z.string().min(1).describe("Bootstrap trust bundle file (PEM) the CA's certificate must chain to."),
     token: z.string().min(1).optional().describe("Join token or JWT for the first certificate (prefer tokenFile or MESHWARD_TOKEN; a token here is a secret in a file)."),
     tokenFile: z.string().min(1).optional().describe("File holding the token, re-read at each use (Kubernetes projected tokens rotate)."),
+    dnsNames: z.array(z.string().min(1)).default([]).describe("DNS names to ask for in the SVID (the token must allow them), so non-SPIFFE callers such as curl can verify the inbound port by host name."),
     validator: z.enum(["JOIN_TOKEN", "JWKS", "KUBERNETES", "INSECURE"]).default("JOIN_TOKEN").describe("How the CA checks the token."),
     inbound: hostPort("inbound address").default("0.0.0.0:3501").describe("Where the sidecar accepts mTLS from other sidecars (HOST:PORT, port 0 picks one)."),
     app: hostPort("app address").describe("The app's own port on loopback (HOST:PORT) that inbound traffic is forwarded to."),

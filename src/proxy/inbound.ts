@@ -278,8 +278,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       pending.delete(socket);
       if (socket.destroyed) return;
       if (kind === "tls") {
+        // TLSSocket picks up the chunk we put back (initRead) and reads the handle itself.
         tlsServer.emit("connection", socket);
-        socket.resume();
         return;
       }
       if (kind === "closed") return;

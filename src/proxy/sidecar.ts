@@ -114,6 +114,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
         ...(config.trustDomain !== undefined ? { trustDomain: config.trustDomain } : {}),
         ...(token !== undefined ? { token } : {}),
         ...(config.tokenFile !== undefined ? { tokenFile: config.tokenFile } : {}),
+        ...(config.dnsNames.length > 0 ? { dnsNames: config.dnsNames } : {}),
       });
       closers.push(() => source.close());
       identity = source;

@@ -1,0 +1,130 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pino } from "pino";
+import { initAnchors } from "../../src/ca/anchors.ts";
+import { startCaServer } from "../../src/ca/server.ts";
+import type { CaServer } from "../../src/ca/server.ts";
+import { generateJoinToken } from "../../src/ca/tokens.ts";
+import { caConfigSchema } from "../../src/config/ca.ts";
+import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
+import { createIdentity } from "../../src/identity/ca-source.ts";
+import { startSidecar } from "../../src/proxy/sidecar.ts";
+import type { Sidecar } from "../../src/proxy/sidecar.ts";
+
+export const TD = "mesh.test";
+
+export interface LogCapture {
+  readonly lines: Record<string, unknown>[];
+  write(chunk: string): void;
+  find(predicate: (line: Record<string, unknown>) => boolean): Record<string, unknown> | undefined;
+}
+
+export function logCapture(): LogCapture {
+  const lines: Record<string, unknown>[] = [];
+  return {
+    lines,
+    write(chunk: string) {
+      for (const line of chunk.split("\n")) if (line.trim() !== "") lines.push(JSON.parse(line) as Record<string, unknown>);
+    },
+    find: (predicate) => lines.find(predicate),
+  };
+}
+
+export interface MeshCa {
+  readonly dir: string;
+  readonly server: CaServer;
+  readonly bundleFile: string;
+  readonly bundlePem: string;
+  token(namespace: string, appId: string, options?: { dnsNames?: string[]; uses?: number }): Promise<string>;
+  /** A workload certificate written to files (for curl / openssl s_client as callers). */
+  clientFiles(namespace: string, appId: string, dnsNames?: string[]): Promise<{ cert: string; key: string; chain: string; spiffeId: string }>;
+  close(): Promise<void>;
+}
+
+/** A real meshward CA (anchors on disk, gRPC/HTTPS API on 127.0.0.1:0). */
+export async function startMeshCa(options: { workloadTtl?: string } = {}): Promise<MeshCa> {
+  const dir = mkdtempSync(join(tmpdir(), "meshward-proxy-"));
+  await initAnchors({ dir: join(dir, "ca"), trustDomain: TD, now: new Date() });
+  const silent = pino({ level: "silent" });
+  const server = await startCaServer({
+    dir: join(dir, "ca"),
+    config: caConfigSchema.parse({ listen: "127.0.0.1:0", workloadTtl: options.workloadTtl ?? "1h", crlRefresh: "200ms" }),
+    logger: silent,
+  });
+  const bundleFile = join(dir, "ca", "bundle.pem");
+  const bundlePem = readFileSync(bundleFile, "utf8");
+  const token: MeshCa["token"] = async (namespace, appId, opts = {}) => {
+    const t = generateJoinToken();
+    const now = new Date();
+    await server.store.createToken({
+      id: t.id,
+      tokenHash: t.hash,
+      spiffeId: `spiffe://${TD}/ns/${namespace}/${appId}`,
+      dnsNames: opts.dnsNames ?? [],
+      createdAt: now,
+      expiresAt: new Date(now.getTime() + 3_600_000),
+      usesAllowed: opts.uses ?? 1,
+      usesLeft: opts.uses ?? 1,
+    });
+    return t.token;
+  };
+  return {
+    dir,
+    server,
+    bundleFile,
+    bundlePem,
+    token,
+    async clientFiles(namespace, appId, dnsNames) {
+      const source = createIdentity({ ca: server.address, bundlePem, namespace, appId, token: await token(namespace, appId, { dnsNames: dnsNames ?? [] }), ...(dnsNames ? { dnsNames } : {}), logger: silent });
+      const snap = await source.ready();
+      await source.close();
+      const cert = join(dir, `${namespace}-${appId}.crt`);
+      const key = join(dir, `${namespace}-${appId}.key`);
+      writeFileSync(cert, snap.svid.certChainPem);
+      // openssl s_client -cert reads only the leaf; intermediates go in -cert_chain.
+      const chain = join(dir, `${namespace}-${appId}.chain.crt`);
+      writeFileSync(chain, snap.svid.certChainPem.slice(snap.svid.certChainPem.indexOf("-----END CERTIFICATE-----") + 25).trimStart());
+      writeFileSync(key, snap.svid.privateKey.export({ format: "pem", type: "pkcs8" }) as string, { mode: 0o600 });
+      return { cert, key, chain, spiffeId: snap.svid.spiffeId };
+    },
+    async close() {
+      await server.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** An in-process sidecar with a CA-backed identity (join token) and captured JSON logs. */
+export async function startTestSidecar(
+  ca: MeshCa,
+  fields: Record<string, unknown> & { appId: string; app: string },
+  options: { dnsNames?: string[] } = {},
+): Promise<Sidecar & { logs: LogCapture }> {
+  const namespace = (fields.namespace as string | undefined) ?? "default";
+  const logs = logCapture();
+  const config = sidecarConfigSchema.parse({
+    namespace,
+    ca: ca.server.address,
+    bundle: ca.bundleFile,
+    token: await ca.token(namespace, fields.appId, { dnsNames: options.dnsNames ?? [] }),
+    inbound: "127.0.0.1:0",
+    status: "127.0.0.1:0",
+    policyReloadInterval: "100ms",
+    ...(options.dnsNames ? { dnsNames: options.dnsNames } : {}),
+    ...fields,
+  });
+  const logger = pino({ level: "info" }, logs);
+  const sidecar = await startSidecar(config, { logger });
+  return Object.assign(sidecar, { logs });
+}
+
+/** Reads one sample from Prometheus text, e.g. metricValue(text, "meshward_plaintext_connections_total"). */
+export function metricValue(text: string, name: string, labels: Record<string, string> = {}): number {
+  let total = 0;
+  for (const line of text.split("\n")) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
+    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) total += Number(line.slice(line.lastIndexOf(" ") + 1));
+  }
+  return total;
+}
