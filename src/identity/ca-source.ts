@@ -117,7 +117,12 @@ class CaSource implements CaIdentitySource {
     const connection = this.#connection();
     const published = parseBundleDocument(await fetchFromCa(connection, "/v1/bundle?format=spiffe"));
     const rootsPem = normalizeRoots(published.rootsPem);
-    const revokedSerials = await this.#fetchRevocations(connection);
+    // A CRL this workload cannot verify yet (signed by an issuer it has not seen, right after
+    // an issuer rotation) must not hold back a root change: keep the last good revocation set.
+    const revokedSerials = await this.#fetchRevocations(connection).catch((error: unknown) => {
+      this.#log("warn", { event: "crl-refresh-failed", error: describeError(error) }, "could not verify the CA's CRL; keeping the last one");
+      return this.#bundle.revokedSerials;
+    });
     const changed = rootsPem !== this.#bundle.rootsPem || !sameSet(revokedSerials, this.#bundle.revokedSerials);
     if (changed) {
       this.#bundle = { trustDomain: this.#trustDomain, rootsPem, revokedSerials };

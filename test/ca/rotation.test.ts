@@ -1,0 +1,263 @@
+import { X509Certificate } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pino } from "pino";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { caLayout, initAnchors } from "../../src/ca/anchors.ts";
+import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../../src/ca/rotation.ts";
+import { startCaServer, type CaServer } from "../../src/ca/server.ts";
+import { generateJoinToken } from "../../src/ca/tokens.ts";
+import { caConfigSchema } from "../../src/config/ca.ts";
+import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
+import { createIssuerCertificate } from "../../src/pki/certificate.ts";
+import { verifyChain } from "../../src/pki/chain.ts";
+import { createCsr } from "../../src/pki/csr.ts";
+import { decodePrivateKey, encodePrivateKey, generateKeyPair } from "../../src/pki/keys.ts";
+import { certificatesFromPem, toPem } from "../../src/pki/pem.ts";
+import { createHttpsServer, httpsRequest, type MtlsHttpsServer } from "../../src/transport/index.ts";
+import { runCli } from "../helpers/cli.ts";
+
+const TD = "rotation.test";
+const silent = pino({ level: "silent" });
+const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
+
+async function waitFor(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function certWithDates(notBefore: number, notAfter: number): X509Certificate {
+  // issuerRotationStage reads only validFrom/validTo.
+  return { validFrom: new Date(notBefore).toUTCString(), validTo: new Date(notAfter).toUTCString() } as unknown as X509Certificate;
+}
+
+describe("issuer rotation thresholds (SPIRE's: prepare at min(½ life, 30d), activate at min(⅙ life, 7d))", () => {
+  const t0 = Date.parse("2026-01-01T00:00:00Z");
+  it.each([
+    ["1-year issuer, 200 days left", "current", 365 * DAY, 165 * DAY],
+    ["1-year issuer, 29 days left", "prepare", 365 * DAY, 336 * DAY],
+    ["1-year issuer, 6 days left", "activate", 365 * DAY, 359 * DAY],
+    ["6-hour issuer, 4 hours left", "current", 6 * HOUR, 2 * HOUR],
+    ["6-hour issuer, 2 hours left", "prepare", 6 * HOUR, 4 * HOUR],
+    ["6-hour issuer, 50 minutes left", "activate", 6 * HOUR, 6 * HOUR - 50 * 60_000],
+  ])("%s → %s", (_name, stage, life, elapsed) => {
+    expect(issuerRotationStage(certWithDates(t0, t0 + life), new Date(t0 + elapsed))).toBe(stage);
+  });
+});
+
+describe("rotation on a running CA", () => {
+  let work: string;
+  let dir: string;
+  let server: CaServer | undefined;
+  let port = 0;
+  const closers: (() => Promise<unknown>)[] = [];
+
+  const startCa = async () => {
+    const config = caConfigSchema.parse({ listen: `127.0.0.1:${port}`, workloadTtl: "1h", anchorPoll: "100ms", crlRefresh: "200ms" });
+    server = await startCaServer({ dir, config, logger: silent });
+    port = server.port;
+    return server;
+  };
+  const token = async (appId: string) => {
+    const t = generateJoinToken();
+    const now = new Date();
+    await server!.store.createToken({ id: t.id, tokenHash: t.hash, spiffeId: `spiffe://${TD}/ns/shop/${appId}`, dnsNames: [], createdAt: now, expiresAt: new Date(now.getTime() + HOUR), usesAllowed: 1, usesLeft: 1 });
+    return t.token;
+  };
+  const signOnce = async () => {
+    const t = generateJoinToken();
+    const now = new Date();
+    await server!.store.createToken({ id: t.id, tokenHash: t.hash, spiffeId: `spiffe://${TD}/ns/shop/probe`, dnsNames: [], createdAt: now, expiresAt: new Date(now.getTime() + HOUR), usesAllowed: 1, usesLeft: 1 });
+    return server!.authority.sign({ csr: await createCsr({ keyPair: generateKeyPair() }), token: t.token, validator: "join-token", appId: "", namespace: "", trustDomain: "", peer: undefined });
+  };
+  const issuerOf = (chainPem: string) => new X509Certificate(certificatesFromPem(chainPem)[1] as Buffer).fingerprint256;
+
+  beforeEach(() => {
+    work = mkdtempSync(join(tmpdir(), "meshward-rotation-"));
+    dir = join(work, "ca");
+    port = 0;
+  });
+  afterEach(async () => {
+    for (const close of closers.splice(0).reverse()) await close();
+    await server?.close();
+    server = undefined;
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  it("switches to a new issuer by itself once the current one reaches its threshold", async () => {
+    await initAnchors({ dir, trustDomain: TD, now: new Date(Date.now() - 55 * 60_000), issuerTtlMs: HOUR });
+    const before = new X509Certificate(readFileSync(caLayout(dir).issuerCert)).fingerprint256;
+    await startCa();
+    const signed = await signOnce();
+    const issuer = issuerOf(signed.certificateChainPem);
+    expect(issuer).not.toBe(before);
+    expect(issuer).toBe(new X509Certificate(readFileSync(caLayout(dir).issuerCert)).fingerprint256);
+    expect(await server!.registry.metrics()).toMatch(/meshward_rotation_total\{kind="issuer",result="ok"\} 1/);
+  });
+
+  it("picks up a replaced issuer from disk, and refuses a bad one while keeping the old", async () => {
+    await initAnchors({ dir, trustDomain: TD, now: new Date() });
+    await startCa();
+    const original = issuerOf((await signOnce()).certificateChainPem);
+    const layout = caLayout(dir);
+
+    // A key that does not belong to the certificate: refused, the CA keeps signing with the old issuer.
+    writeFileSync(layout.issuerKey, encodePrivateKey(generateKeyPair().privateKey), { mode: 0o600 });
+    await new Promise((r) => setTimeout(r, 600));
+    expect(issuerOf((await signOnce()).certificateChainPem)).toBe(original);
+    await waitFor(async () => /meshward_rotation_total\{kind="issuer",result="error"\} [1-9]/.test(await server!.registry.metrics()), "the refusal to be counted");
+
+    // A correct issuer signed by the root, installed by import-issuer: adopted without a restart.
+    const rootKey = decodePrivateKey(readFileSync(layout.rootKey, "utf8"));
+    const root = new X509Certificate(readFileSync(layout.rootCert));
+    const keys = generateKeyPair();
+    const issued = await createIssuerCertificate({ trustDomain: TD, publicKey: keys.publicKey, signer: { certificate: root, der: root.raw, privateKey: rootKey }, notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + DAY) });
+    writeFileSync(join(work, "new-issuer.pem"), toPem(issued.der, "CERTIFICATE"));
+    writeFileSync(join(work, "new-issuer.key"), encodePrivateKey(keys.privateKey));
+    const imported = await runCli(["ca", "import-issuer", "--dir", dir, "--issuer-cert", join(work, "new-issuer.pem"), "--issuer-key", join(work, "new-issuer.key")]);
+    expect(imported.code, imported.stderr).toBe(0);
+    const fingerprint = new X509Certificate(issued.der).fingerprint256;
+    await waitFor(async () => issuerOf((await signOnce()).certificateChainPem) === fingerprint, "the new issuer to sign");
+
+    // An issuer from another CA is refused by import-issuer, and nothing on disk changes.
+    await initAnchors({ dir: join(work, "other"), trustDomain: TD, now: new Date() });
+    const other = caLayout(join(work, "other"));
+    const before = readFileSync(layout.issuerCert, "utf8");
+    const refused = await runCli(["ca", "import-issuer", "--dir", dir, "--issuer-cert", other.issuerCert, "--issuer-key", other.issuerKey]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/does not chain to any root.*E_IMPORT_INVALID/);
+    expect(readFileSync(layout.issuerCert, "utf8")).toBe(before);
+  });
+
+  it("rotates issuer and root (prepare → activate → retire) under continuous mTLS traffic, even with the CA down between steps", async () => {
+    await initAnchors({ dir, trustDomain: TD, now: new Date() });
+    await startCa();
+    const bundlePem = readFileSync(caLayout(dir).bundle, "utf8");
+    const identity = async (appId: string): Promise<CaIdentitySource> => {
+      const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem, token: await token(appId), bundleRefreshMs: 200, backoff: { initialMs: 100, maxMs: 500 } });
+      closers.push(() => source.close());
+      await source.ready();
+      return source;
+    };
+    const api = await identity("api");
+    const web = await identity("web");
+    const https: MtlsHttpsServer = await createHttpsServer({ identity: api, logger: silent }, (req, res) => res.end(req.peer.spiffeId));
+    await new Promise<void>((r) => https.listen(0, "127.0.0.1", r));
+    closers.push(() => https.meshward.close());
+    const url = `https://127.0.0.1:${(https.address() as AddressInfo).port}/`;
+
+    // A client calling the server in a loop for the whole test; every failure is kept.
+    let ok = 0;
+    const failures: string[] = [];
+    let running = true;
+    const traffic = (async () => {
+      for (let i = 0; running && i < 100_000; i++) {
+        try {
+          const res = await httpsRequest(url, { identity: web, expect: `spiffe://${TD}/ns/shop/api`, logger: silent, timeoutMs: 5000 });
+          if (res.status === 200 && res.text() === `spiffe://${TD}/ns/shop/web`) ok += 1;
+          else failures.push(`status ${res.status}: ${res.text()}`);
+        } catch (error) {
+          failures.push((error as Error).message);
+        }
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    })();
+    const settleTraffic = async (n = 20) => {
+      const target = ok + n;
+      await waitFor(() => ok >= target || failures.length > 0, `${n} more requests`);
+    };
+    const rootsOf = (s: CaIdentitySource) => certificatesFromPem(s.current()!.bundle.rootsPem).length;
+    const chainsTo = (s: CaIdentitySource, rootPem: string) => {
+      const chain = certificatesFromPem(s.current()!.svid.certChainPem);
+      try {
+        verifyChain({ leaf: chain[0] as Buffer, intermediates: chain.slice(1), roots: certificatesFromPem(rootPem) });
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const oldRootPem = readFileSync(caLayout(dir).rootCert, "utf8");
+    try {
+      await settleTraffic();
+      // Issuer rotation: new leaves come from the new issuer at the next renewal.
+      await rotateIssuer({ dir, now: new Date() });
+      await api.renewNow();
+      await web.renewNow();
+      await settleTraffic();
+
+      // 1. prepare: both workloads pick up the two-root bundle while running.
+      const newRoot = await prepareRoot({ dir, now: new Date() });
+      await waitFor(() => rootsOf(api) === 2 && rootsOf(web) === 2, "the two-root bundle to reach both workloads");
+      await settleTraffic();
+
+      // The CA goes down between steps: workloads keep serving with what they have.
+      await server!.close();
+      server = undefined;
+      await settleTraffic();
+      await startCa();
+
+      // 2. activate with --reissue: workloads renew at once onto the new root.
+      const refusedEarly = await retireRoot({ dir, store: server!.store, now: new Date() }).catch((e: { code: string }) => e.code);
+      expect(refusedEarly).toBe("E_ROTATION_NOT_ACTIVATED");
+      await activateRoot({ dir, now: new Date(), reissue: true });
+      const newRootPem = toPem(newRoot.raw, "CERTIFICATE");
+      await waitFor(() => chainsTo(api, newRootPem) && chainsTo(web, newRootPem), "both workloads to move to the new root");
+      await settleTraffic();
+
+      // 3. retire: refused while a live certificate still chains to the old root, then done.
+      const status = await runCli(["ca", "status", "--dir", dir, "--json"]);
+      const anchors = (JSON.parse(status.stdout) as { anchors: { kind: string; liveCertificates?: number }[] }).anchors;
+      expect(anchors.find((a) => a.kind === "root (retiring)")?.liveCertificates).toBe(0);
+      await retireRoot({ dir, store: server!.store, now: new Date() });
+      await waitFor(() => rootsOf(api) === 1 && rootsOf(web) === 1, "the old root to leave both bundles");
+      await settleTraffic(40);
+      expect(chainsTo(api, oldRootPem)).toBe(false);
+      expect(chainsTo(web, oldRootPem)).toBe(false);
+      expect(readFileSync(caLayout(dir).bundle, "utf8")).toBe(newRootPem);
+    } finally {
+      running = false;
+      await traffic;
+    }
+    expect(failures).toEqual([]);
+    expect(ok).toBeGreaterThan(100);
+  }, 90_000);
+
+  it("refuses to retire a root that live certificates still chain to, and says how many", async () => {
+    await initAnchors({ dir, trustDomain: TD, now: new Date() });
+    await startCa();
+    await signOnce();
+    await signOnce();
+    await prepareRoot({ dir, now: new Date() });
+    await activateRoot({ dir, now: new Date() });
+    const refusal = await retireRoot({ dir, store: server!.store, now: new Date() }).catch((e: { code: string; message: string }) => e);
+    expect(refusal).toMatchObject({ code: "E_ROTATION_CERTS_REMAIN" });
+    expect((refusal as Error).message).toMatch(/^2 unexpired certificates still chain to the old root/);
+    const cli = await runCli(["ca", "rotate-root", "retire", "--dir", dir]);
+    expect(cli.code).toBe(1);
+    expect(cli.stderr).toMatch(/E_ROTATION_CERTS_REMAIN/);
+    const forced = await runCli(["ca", "rotate-root", "retire", "--dir", dir, "--force"]);
+    expect(forced.code, forced.stderr).toBe(0);
+    expect(forced.stdout).toMatch(/forced: 2 certificates/);
+  });
+
+  it("refuses steps out of order with the next step to take", async () => {
+    await initAnchors({ dir, trustDomain: TD, now: new Date() });
+    expect((await runCli(["ca", "rotate-root", "activate", "--dir", dir])).stderr).toMatch(/rotate-root prepare.*E_ROTATION_NOT_PREPARED/);
+    expect((await runCli(["ca", "rotate-root", "prepare", "--dir", dir])).code).toBe(0);
+    expect((await runCli(["ca", "rotate-root", "prepare", "--dir", dir])).stderr).toMatch(/rotate-root activate.*E_ROTATION_IN_PROGRESS/);
+  });
+
+  it("an external-root CA cannot generate issuers: it says to import one", async () => {
+    await initAnchors({ dir: join(work, "org"), trustDomain: TD, now: new Date() });
+    const org = caLayout(join(work, "org"));
+    await initAnchors({ dir, trustDomain: TD, now: new Date(), imported: { rootCertPem: readFileSync(org.rootCert, "utf8"), issuerCertPem: readFileSync(org.issuerCert, "utf8"), issuerKeyPem: readFileSync(org.issuerKey, "utf8") } });
+    await expect(rotateIssuer({ dir, now: new Date() })).rejects.toMatchObject({ code: "E_ROTATION_EXTERNAL_ROOT" });
+    expect(() => importIssuer({ dir, issuerCertPem: "garbage", issuerKeyPem: "garbage", now: new Date() })).toThrow();
+  });
+});
