@@ -48,7 +48,8 @@ async function query(p: number, ssl: pg.ClientConfig["ssl"] = false): Promise<{ 
   } catch (error) {
     return { error: (error as Error).message };
   } finally {
-    await client.end().catch(() => undefined);
+    // pg's end() can wait forever after a failed connect (its stream is already gone).
+    await Promise.race([client.end().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 2_000).unref())]);
   }
 }
 
