@@ -206,6 +206,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       handing = undefined;
     } else {
       http1.emit("connection", socket);
+      // A plaintext socket was paused by the sniffer; the HTTP/1 parser needs it flowing (TLS sockets already are).
+      if (socket.isPaused()) socket.resume();
     }
   };
 
@@ -295,7 +297,6 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
         (socket as { [kPlaintext]?: boolean })[kPlaintext] = true;
         if (options.protocol === "tcp") toTcp(socket, undefined);
         else toHttp(socket, kind === "h2c");
-        socket.resume();
         return;
       }
       const reason = plaintextHttp ? "plaintext" : "garbage";

@@ -163,14 +163,16 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         if (socket.destroyed || kind === "closed") return;
         if (kind === "http1" || kind === "h2c") {
           tracker.add(socket);
+          // The sniffed chunk was put back: the HTTP/2 session reads it from the paused socket
+          // itself, the HTTP/1 parser only once the socket flows again.
           if (kind === "h2c") {
             handing = socket;
             h2.emit("connection", socket);
             handing = undefined;
           } else {
             http1.emit("connection", socket);
+            socket.resume();
           }
-          socket.resume();
           return;
         }
         telemetry.refused.inc({ direction: "outbound", reason: kind === "tls" ? "tls_on_plaintext_port" : kind });

@@ -128,14 +128,14 @@ export function grpcSay(
   const md = new grpc.Metadata();
   for (const [k, v] of Object.entries(metadata)) md.set(k, v);
   return new Promise((resolve) => {
-    let trailers: Record<string, unknown> = {};
-    const call = client[method]!({ text }, md, { deadline: Date.now() + 10_000 }, (error: grpc.ServiceError | null, response: Record<string, unknown>) => {
-      client.close();
-      if (error) resolve({ code: error.code, details: error.details, trailers: error.metadata?.getMap() ?? {} });
-      else resolve({ response, code: 0, details: "", trailers });
+    let response: Record<string, unknown> | undefined;
+    const call = client[method]!({ text }, md, { deadline: Date.now() + 10_000 }, (_error: grpc.ServiceError | null, value: Record<string, unknown>) => {
+      response = value;
     });
+    // grpc-js calls back before it emits "status"; the trailers arrive with the status.
     call.on("status", (status: grpc.StatusObject) => {
-      trailers = status.metadata.getMap();
+      client.close();
+      resolve({ ...(status.code === 0 ? { response } : {}), code: status.code, details: status.code === 0 ? "" : status.details, trailers: status.metadata.getMap() });
     });
   });
 }
