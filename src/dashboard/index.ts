@@ -15,3 +15,4 @@ export type {
 } from "./feed.ts";
 export { createStatusRoutes, STATUS_PATHS, statusTokenRequired } from "./routes.ts";
 export type { StatusHandler, StatusRequest, StatusResponse, StatusRoutes, StatusRoutesOptions } from "./routes.ts";
+export { identityFromPem, trustRootsFromPem } from "./certs.ts";
