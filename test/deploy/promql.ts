@@ -16,7 +16,7 @@ export async function knownSeriesNames(): Promise<Set<string>> {
   const names = new Set<string>(PROMETHEUS_SERIES);
   for (const metric of await metrics.registry.getMetricsAsJSON()) {
     names.add(metric.name);
-    if (metric.type === "histogram" || metric.type === "summary") {
+    if (String(metric.type) === "histogram" || String(metric.type) === "summary") {
       for (const suffix of ["_bucket", "_sum", "_count"]) names.add(`${metric.name}${suffix}`);
     }
   }
