@@ -5,7 +5,7 @@ import { chromium, type BrowserContext, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createStatusRecorder, emptyMinuteSeries, type IdentityStatus, type StatusSnapshot } from "../../src/dashboard/feed.ts";
 import { createStatusRoutes } from "../../src/dashboard/routes.ts";
-import { createOpsServer, type OpsServer, type RouteHandler } from "../../src/telemetry/health.ts";
+import { createOpsServer, type OpsServer } from "../../src/telemetry/health.ts";
 
 // Real Chromium (Debian's /usr/bin/chromium) driven by playwright-core against a real
 // createOpsServer on 127.0.0.1:0. The provider is an in-test object because the point is to
@@ -61,7 +61,7 @@ function snapshot(): StatusSnapshot {
 
 async function serve(token?: string): Promise<string> {
   const { routes } = createStatusRoutes(snapshot, token === undefined ? {} : { token });
-  const server = createOpsServer({ host: "127.0.0.1", port: 0, extraRoutes: routes as Record<string, RouteHandler> });
+  const server = createOpsServer({ host: "127.0.0.1", port: 0, extraRoutes: routes });
   servers.push(server);
   return (await server.start()).url;
 }
