@@ -79,6 +79,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   const runtime = await prepareServer({ identity: options.identity, logger, maxConnectionAgeMs: limits.maxConnectionAge }, "sidecar inbound");
   const ownId = () => runtime.holder.ownSpiffeId();
   const tracker = new ConnectionTracker((delta) => mesh.connectionsActive.inc({ direction: "inbound" }, delta));
+  /** Every accepted TCP connection, until it closes. */
   const pending = new Set<Socket>();
   const appLabel = `${options.app.host}:${options.app.port}`;
 
@@ -277,7 +278,6 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     socket.once("close", () => pending.delete(socket));
     socket.on("error", () => undefined);
     sniffFirstBytes(socket, limits.handshakeTimeout, (kind) => {
-      pending.delete(socket);
       if (socket.destroyed) return;
       if (kind === "tls") {
         // TLSSocket picks up the chunk we put back (initRead) and reads the handle itself.
@@ -324,9 +324,12 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   const shutdown = async (deadlineMs: number) => {
     if (closed) return;
     closed = true;
-    await new Promise<void>((resolve) => raw.close(() => resolve()));
-    for (const socket of pending) socket.destroy();
+    // close() stops accepting at once; its callback waits for every connection to end.
+    const stopped = new Promise<void>((resolve) => raw.close(() => resolve()));
     await tracker.drain(deadlineMs);
+    // Whatever is left never became a request (sniffing, TLS handshake): close it.
+    for (const socket of pending) socket.destroy();
+    await stopped;
     http1.close();
     h2.close();
     await control.meshward.close();

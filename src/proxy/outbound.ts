@@ -227,8 +227,9 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   const shutdown = async (deadlineMs: number) => {
     if (closed) return;
     closed = true;
-    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    const stopped = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     await tracker.drain(deadlineMs);
+    await stopped;
     pool.close();
   };
   return { address, tcp, drain: shutdown, close: () => shutdown(0) };
