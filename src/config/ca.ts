@@ -22,8 +22,8 @@ export const jwksValidatorSchema = z
       .union([
         z.literal("kubernetes"),
         z.object({
-          namespaceClaim: z.string().min(1),
-          appIdClaim: z.string().min(1),
+          namespaceClaim: z.string().min(1).describe("Claim (dotted path allowed) that holds the namespace."),
+          appIdClaim: z.string().min(1).describe("Claim (dotted path allowed) that holds the app id."),
         }),
       ])
       .default("kubernetes")
@@ -51,6 +51,13 @@ export const caConfigSchema = z
     defaultValidator: z.enum(["join-token", "jwks", "insecure"]).default("join-token").describe("Validator used when a request names none (Dapr's UNKNOWN)."),
     jwks: jwksValidatorSchema.optional().describe("JWT/JWKS validator (also serves Dapr's KUBERNETES validator)."),
     allowInsecureDev: z.boolean().default(false).describe("Allow the `insecure` validator (no proof of identity). Development only; logged loudly."),
+    signingWorkers: z
+      .number()
+      .int()
+      .min(0)
+      .max(256)
+      .optional()
+      .describe("Worker threads that verify CSRs and sign certificates; 0 signs on the main thread. Default: one per CPU (os.availableParallelism())."),
     maxRequestBytes: z.number().int().min(1024).max(1 << 20).default(64 * 1024).describe("Largest accepted API request body."),
     crlRefresh: duration("CRL refresh interval").default(parseDuration("1s")).describe("How often the store is checked for new revocations."),
     anchorPoll: duration("anchor poll interval").default(parseDuration("1s")).describe("How often the CA directory is checked for rotated or replaced trust anchors."),

@@ -101,10 +101,20 @@ export async function requestCertificate(connection: CaConnection, request: Cert
   }
 }
 
+/** grpc-message may arrive still percent-encoded; decode it when it is valid, keep it otherwise. */
+function decodeGrpcMessage(text: string): string {
+  if (!text.includes("%")) return text;
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
 function toMeshwardError(error: grpc.ServiceError, address: string): MeshwardError {
   const code = error.metadata?.get("meshward-error-code")[0];
   if (typeof code === "string" && code.startsWith("E_")) {
-    const message = (error.details ?? "").replace(/^E_[A-Z_]+: /, "");
+    const message = decodeGrpcMessage(error.details ?? "").replace(/^E_[A-Z_]+: /, "");
     return new MeshwardError(code as `E_${string}`, message);
   }
   if (error.code === grpc.status.UNAVAILABLE || error.code === grpc.status.DEADLINE_EXCEEDED) {

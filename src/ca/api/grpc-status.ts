@@ -27,7 +27,14 @@ export function grpcStatusForCode(code: string): number {
   return GrpcStatus.INTERNAL;
 }
 
-/** grpc-message is percent-encoded (gRPC over HTTP/2 spec). */
+/**
+ * grpc-message is percent-encoded (gRPC over HTTP/2 spec): only bytes outside printable
+ * ASCII (0x20–0x7E) and "%" itself are escaped; everything else goes as is.
+ */
 export function encodeGrpcMessage(message: string): string {
-  return encodeURIComponent(message).replace(/%20/g, " ");
+  let out = "";
+  for (const byte of Buffer.from(message, "utf8")) {
+    out += byte >= 0x20 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
+  }
+  return out;
 }
