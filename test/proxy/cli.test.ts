@@ -1,0 +1,80 @@
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runCli, startCli } from "../helpers/cli.ts";
+import type { LongRunning } from "../helpers/cli.ts";
+import { exec } from "../helpers/exec.ts";
+import { startHttpApp } from "../helpers/app-servers.ts";
+import type { HttpApp } from "../helpers/app-servers.ts";
+import { metricValue, startMeshCa, TD } from "./fixtures.ts";
+import type { MeshCa } from "./fixtures.ts";
+
+const READY = /meshward sidecar ready: id=(\S+) inbound=(\S+) (?:outbound=(\S+) )?.*status=(\S+) mode=(\w+)/;
+
+describe("meshward sidecar (real process)", () => {
+  let ca: MeshCa;
+  let app: HttpApp;
+  const running: LongRunning[] = [];
+
+  beforeAll(async () => {
+    ca = await startMeshCa();
+    app = await startHttpApp();
+  });
+  afterAll(async () => {
+    for (const r of running) await r.stop("SIGKILL");
+    await app?.close();
+    await ca?.close();
+  });
+
+  it("explains every flag in --help", async () => {
+    const r = await runCli(["sidecar", "--help"]);
+    expect(r.code).toBe(0);
+    for (const flag of ["--config", "--app-id", "--namespace", "--ca", "--bundle", "--token", "--token-file", "--inbound", "--app", "--outbound", "--peer", "--peer-template", "--tcp-upstream", "--policy", "--mode", "--protocol", "--status", "--headers-timeout", "--max-header-bytes", "--egress"]) {
+      expect(r.stdout).toContain(flag);
+    }
+  });
+
+  it("names file:line:column of a bad config field, and the flag for a bad flag", async () => {
+    const file = join(ca.dir, "bad.yaml");
+    writeFileSync(file, `appId: web\nca: 127.0.0.1:1\nbundle: ${ca.bundleFile}\napp: 127.0.0.1:8080\nmode: lenient\n`);
+    const bad = await runCli(["sidecar", "--config", file, "--token", "x"]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain(`${file}:5:7: mode:`);
+    expect(bad.stderr).toContain("[E_CONFIG_INVALID]");
+    const badFlag = await runCli(["sidecar", "--config", file, "--mode", "strict", "--inbound", "nonsense", "--token", "x"]);
+    expect(badFlag.stderr).toContain("--inbound: inbound:");
+    const missing = await runCli(["sidecar", "--token", "x"]);
+    expect(missing.stderr).toMatch(/appId: required \(give --app-id/);
+  });
+
+  it("starts from a config file plus flags, prints its addresses, serves /readyz, and drains in-flight requests on SIGTERM", async () => {
+    const file = join(ca.dir, "sidecar.yaml");
+    writeFileSync(file, `appId: web\nnamespace: default\nca: ${ca.server.address}\nbundle: ${ca.bundleFile}\napp: 127.0.0.1:${app.port}\ninbound: 127.0.0.1:0\nlimits:\n  drainTimeout: 5s\n`);
+    const side = await startCli(["sidecar", "--config", file, "--token", await ca.token("default", "web", { dnsNames: ["web.mesh.test"] }), "--dns-name", "web.mesh.test", "--outbound", "127.0.0.1:0", "--status", "127.0.0.1:0"], READY);
+    running.push(side);
+    const [, id, inbound, outbound, status, mode] = side.match;
+    expect(id).toBe(`spiffe://${TD}/ns/default/web`);
+    expect(mode).toBe("strict");
+    expect(outbound).toMatch(/^127\.0\.0\.1:\d+$/);
+    const ready = await fetch(`http://${status}/readyz`);
+    expect(ready.status).toBe(200);
+    const port = inbound!.split(":")[1]!;
+    const caller = await ca.clientFiles("default", "caller");
+    const curlArgs = (path: string) => ["-sS", "--max-time", "10", "-w", "\n%{http_code}", "--cacert", ca.bundleFile, "--resolve", `web.mesh.test:${port}:127.0.0.1`, "--cert", caller.cert, "--key", caller.key, `https://web.mesh.test:${port}${path}`];
+    const quick = await exec("curl", curlArgs("/quick"));
+    expect(quick.stdout.trim().endsWith("200")).toBe(true);
+    expect(metricValue(await (await fetch(`http://${status}/metrics`)).text(), "meshward_connections_active", { direction: "inbound" })).toBe(0);
+
+    const inFlight = exec("curl", curlArgs("/slow?ms=1500"));
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const exited = side.stop("SIGTERM");
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const refused = await exec("curl", curlArgs("/after"));
+    const finished = await inFlight;
+    expect(finished.stdout.trim().endsWith("200")).toBe(true);
+    expect(JSON.parse(finished.stdout.slice(0, finished.stdout.lastIndexOf("\n")))).toMatchObject({ url: "/slow?ms=1500" });
+    expect(refused.code).not.toBe(0);
+    expect(await exited).toBe(0);
+    expect(side.stderr()).toContain('"event":"draining"');
+  });
+});
