@@ -47,6 +47,8 @@ export const egressEntrySchema = z
     serverName: z.string().min(1).optional().describe("Host name the backend certificate must carry (default: the backend host)."),
     caFile: z.string().min(1).optional().describe("PEM roots for the backend (default: the mesh trust bundle)."),
     mtls: z.boolean().optional().describe("Present the workload SVID as a client certificate (mutual TLS)."),
+    expectSpiffeId: z.string().min(1).optional().describe("Verify the backend by this SPIFFE ID (URI SAN) instead of its host name."),
+    protocol: z.enum(["tls", "postgres"]).optional().describe("tls (default: Redis, HTTP, most protocols) or postgres (SSLRequest preamble first)."),
   })
   .strict();
 

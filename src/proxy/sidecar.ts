@@ -7,7 +7,7 @@ import { instrumentIdentity } from "../identity/instrument.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import { createHealth, createOpsServer } from "../telemetry/health.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
-import type { MeshMetrics, Metrics } from "../telemetry/metrics.ts";
+import type { Metrics } from "../telemetry/metrics.ts";
 import { formatHostPort, parseHostPort } from "../util/address.ts";
 import type { HostPort } from "../util/address.ts";
 import { startInbound } from "./inbound.ts";
@@ -43,8 +43,8 @@ export interface Sidecar {
 
 /** What src/proxy/egress.ts (TLS origination) exports; loaded only when that module exists. */
 type StartEgress = (
-  entry: EgressEntry,
-  deps: { identity: IdentitySource; logger: Logger; metrics: MeshMetrics },
+  entry: EgressEntry & { readonly drainTimeoutMs?: number },
+  deps: { identity: IdentitySource; logger: Logger; metrics: Metrics },
 ) => Promise<{ address: HostPort | string; close(): Promise<void> | void }>;
 
 async function loadEgress(): Promise<StartEgress | undefined> {
@@ -152,7 +152,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       const startEgress = await loadEgress();
       if (startEgress === undefined) throw new MeshwardError("E_UNSUPPORTED", "egress entries are configured but this build has no egress support (src/proxy/egress.ts)");
       for (const entry of config.egress) {
-        const running = await startEgress(entry, { identity, logger, metrics: telemetry.mesh });
+        const running = await startEgress({ ...entry, drainTimeoutMs: config.limits.drainTimeout }, { identity, logger, metrics });
         closers.push(() => running.close());
         egress.push(typeof running.address === "string" ? parseHostPort(running.address, "egress address") : running.address);
       }

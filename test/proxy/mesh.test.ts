@@ -198,6 +198,21 @@ describe("TCP mode: local port per upstream app, bytes over mTLS", () => {
     expect(r.data.equals(payload)).toBe(true);
   });
 
+  it("wires egress entries (src/proxy/egress.ts) into the sidecar: plaintext in, mTLS with the workload SVID out", async () => {
+    const side = await startTestSidecar(ca, {
+      appId: "app-a",
+      app: "127.0.0.1:1",
+      egress: [{ listen: "127.0.0.1:0", backend: `127.0.0.1:${sideB.addresses.inbound.port}`, mtls: true, expectSpiffeId: `spiffe://${TD}/ns/default/echo` }],
+    });
+    try {
+      expect(side.readyLine()).toMatch(/egress\.0=127\.0\.0\.1:\d+/);
+      const r = await roundTrip(side.addresses.egress[0]!.port, Buffer.from("through egress"));
+      expect(r.data.toString()).toBe("through egress");
+    } finally {
+      await side.close();
+    }
+  });
+
   it("closes a TCP connection from a caller the policy denies", async () => {
     const other = await startTestSidecar(ca, { appId: "stranger", app: "127.0.0.1:1", peers: { echo: `127.0.0.1:${sideB.addresses.inbound.port}` }, tcpUpstreams: { echo: "127.0.0.1:0" } });
     try {
