@@ -8,6 +8,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request as httpRequest, Agent } from "node:http";
 import { createServer } from "node:net";
+import * as os from "node:os";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -25,6 +26,8 @@ const TD = "bench.test";
 export interface ApiBenchResult {
   readonly clients: number;
   readonly meshwardGrpcPerSec: number;
+  /** CPU milliseconds per certificate: the CA process (all threads) and the load generator. */
+  readonly meshwardCpuMsPerCert: { readonly server: number; readonly client: number };
   readonly cfsslPerSec: number | undefined;
   readonly ratioToCfssl: number | undefined;
   readonly target: number;
@@ -44,6 +47,22 @@ async function freePort(): Promise<number> {
       s.close(() => resolve(port));
     });
   });
+}
+
+/** utime + stime of a process (all its threads), in ms, from /proc (Linux). */
+function processCpuMs(pid: number): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+  } catch {
+    return Number.NaN;
+  }
+}
+const CLOCK_TICKS = 100;
+
+function ownCpuMs(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
 }
 
 function waitForLine(child: ChildProcess, pattern: RegExp, stream: "stdout" | "stderr" = "stdout", timeoutMs = 20_000): Promise<RegExpMatchArray> {
@@ -69,7 +88,7 @@ async function makeCsrPool(size: number): Promise<string[]> {
 }
 
 /** Runs `clients` loops of `call` for `durationMs`; returns completed calls per second. */
-async function drive(clients: number, durationMs: number, call: (client: number, i: number) => Promise<void>): Promise<{ perSec: number; errors: number }> {
+async function drive(clients: number, durationMs: number, call: (client: number, i: number) => Promise<void>): Promise<{ perSec: number; errors: number; done: number }> {
   let done = 0;
   let errors = 0;
   const deadline = performance.now() + durationMs;
@@ -87,10 +106,10 @@ async function drive(clients: number, durationMs: number, call: (client: number,
       }
     }),
   );
-  return { perSec: (done * 1000) / (performance.now() - start), errors };
+  return { perSec: (done * 1000) / (performance.now() - start), errors, done };
 }
 
-async function benchMeshward(work: string, clients: number, durationMs: number, csrs: string[]): Promise<number> {
+async function benchMeshward(work: string, clients: number, durationMs: number, csrs: string[]): Promise<{ perSec: number; cpuMsPerCert: { server: number; client: number } }> {
   const dir = join(work, "ca");
   await initAnchors({ dir, trustDomain: TD, now: new Date() });
   const store = openStore(`sqlite:${caLayout(dir).database}`);
@@ -124,10 +143,13 @@ async function benchMeshward(work: string, clients: number, durationMs: number, 
         });
       });
     await drive(clients, Math.min(1000, durationMs / 4), call); // warm-up
-    const { perSec, errors } = await drive(clients, durationMs, call);
+    const serverBefore = processCpuMs(ca.pid!);
+    const clientBefore = ownCpuMs();
+    const { perSec, errors, done } = await drive(clients, durationMs, call);
+    const cpuMsPerCert = { server: (processCpuMs(ca.pid!) - serverBefore) / done, client: (ownCpuMs() - clientBefore) / done };
     if (errors > 0) console.log(`  (meshward: ${errors} failed calls)`);
     for (const ch of channels) ch.close();
-    return perSec;
+    return { perSec, cpuMsPerCert };
   } finally {
     ca.kill("SIGKILL");
   }
@@ -170,17 +192,20 @@ export async function runApiBench(options: { durationMs?: number; clients?: numb
   const work = mkdtempSync(join(tmpdir(), "meshward-bench-ca-"));
   try {
     const csrs = await makeCsrPool(256);
-    const meshwardGrpcPerSec = await benchMeshward(work, clients, durationMs, csrs);
+    const meshward = await benchMeshward(work, clients, durationMs, csrs);
+    const meshwardGrpcPerSec = meshward.perSec;
     let cfsslPerSec: number | undefined;
     try {
       cfsslPerSec = await benchCfssl(work, clients, durationMs, csrs);
     } catch (error) {
       console.log(`  cfssl not measured: ${(error as Error).message} (install it with: bash scripts/ensure-system-deps.sh --bench)`);
     }
-    const result = { clients, meshwardGrpcPerSec, cfsslPerSec, ratioToCfssl: cfsslPerSec ? meshwardGrpcPerSec / cfsslPerSec : undefined, target: 5000 };
+    const result = { clients, meshwardGrpcPerSec, meshwardCpuMsPerCert: meshward.cpuMsPerCert, cfsslPerSec, ratioToCfssl: cfsslPerSec ? meshwardGrpcPerSec / cfsslPerSec : undefined, target: 5000 };
     if (options.print ?? true) {
       console.log(`CA API, ${clients} concurrent clients, ${durationMs} ms each`);
       console.log(`  meshward gRPC SignCertificate (mTLS renewal): ${meshwardGrpcPerSec.toFixed(0)} certs/s  (target >= ${result.target}/s)`);
+      const cpu = result.meshwardCpuMsPerCert;
+      console.log(`    CPU per certificate: CA process ${cpu.server.toFixed(3)} ms, load generator ${cpu.client.toFixed(3)} ms (${os.availableParallelism()} cores, load average ${os.loadavg()[0]!.toFixed(2)})`);
       if (cfsslPerSec !== undefined) console.log(`  cfssl serve /api/v1/cfssl/sign (plain HTTP):  ${cfsslPerSec.toFixed(0)} certs/s  → meshward/cfssl = ${result.ratioToCfssl!.toFixed(2)}x`);
     }
     return result;

@@ -1,14 +1,14 @@
 import type { Logger } from "pino";
 import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
-import { parseCsr } from "../pki/csr.ts";
 import { toPem } from "../pki/pem.ts";
 import type { Store } from "../store/store.ts";
 import type { LoadedAnchors } from "./anchors.ts";
 import type { Attestor } from "./attest/attestor.ts";
 import type { PeerCertificate } from "./attest/peer.ts";
 import type { CrlPublisher } from "./crl-publisher.ts";
-import { signWorkloadCertificate, type SigningPolicy } from "./issuer.ts";
+import type { SigningPolicy } from "./issuer.ts";
 import type { CaMetrics } from "./metrics.ts";
+import { inlineSigning, type CsrSigning } from "./signing-pool.ts";
 
 export type ValidatorName = "join-token" | "jwks" | "kubernetes" | "insecure" | "svid";
 
@@ -46,11 +46,17 @@ export interface AuthorityOptions {
   readonly metrics: CaMetrics;
   readonly logger: Logger;
   readonly clock: () => Date;
+  /** Where CSRs are verified and leaves signed (a worker pool in the server); on this thread when omitted. */
+  readonly signing?: CsrSigning;
 }
 
 /** Attest, check the CSR, sign, record: protocol-independent (gRPC and tests call this). */
 export class CertificateAuthority {
-  constructor(private readonly options: AuthorityOptions) {}
+  readonly #signing: CsrSigning;
+
+  constructor(private readonly options: AuthorityOptions) {
+    this.#signing = options.signing ?? inlineSigning;
+  }
 
   async sign(request: SignRequest): Promise<SignResult> {
     const started = process.hrtime.bigint();
@@ -61,10 +67,12 @@ export class CertificateAuthority {
       metrics.signRequests.inc({ result: "ok", reason: "" });
       metrics.issued.inc({ validator: validatorName });
       metrics.signDuration.observe({ result: "ok" }, seconds(started));
-      logger.info(
-        { event: "certificate-issued", spiffeId: result.spiffeId, serial: result.serial, validator: validatorName, notAfter: result.notAfter.toISOString(), peer: request.remoteAddress },
-        "issued workload certificate",
-      );
+      if (logger.isLevelEnabled("info")) {
+        logger.info(
+          { event: "certificate-issued", spiffeId: result.spiffeId, serial: result.serial, validator: validatorName, notAfter: result.notAfter.toISOString(), peer: request.remoteAddress },
+          "issued workload certificate",
+        );
+      }
       return result;
     } catch (error) {
       const refused = isMeshwardError(error);
@@ -90,7 +98,7 @@ export class CertificateAuthority {
       );
     }
     // Parse and verify the CSR before attestation spends a single-use token on a bad request.
-    const csr = parseCsr(request.csr);
+    const csr = await this.#signing.parseCsr(request.csr);
     const attestor = this.options.attestors.get(validatorName);
     if (attestor === undefined) {
       throw new MeshwardError("E_VALIDATOR_DISABLED", `the ${validatorName} validator is not enabled on this CA`);
@@ -106,7 +114,7 @@ export class CertificateAuthority {
     if (!identity.spiffeId.startsWith(`spiffe://${anchors.trustDomain}/`)) {
       throw new MeshwardError("E_TRUST_DOMAIN_MISMATCH", `attested identity ${identity.spiffeId} is outside this CA's trust domain ${anchors.trustDomain}`);
     }
-    const leaf = signWorkloadCertificate({ csr, identity, signer: anchors.issuer, policy: this.options.policy, now });
+    const leaf = await this.#signing.sign({ csr, identity, signer: anchors.issuer, policy: this.options.policy, now });
     const leafPem = toPem(leaf.der, "CERTIFICATE");
     await this.options.store.recordIssuance({
       serial: leaf.serial,

@@ -26,6 +26,7 @@ import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
 import { systemClock } from "../util/clock.ts";
 import { watchAnchors } from "./anchor-watcher.ts";
 import { createRotationManager } from "./rotation-manager.ts";
+import { defaultSigningWorkers, inlineSigning, SigningPool } from "./signing-pool.ts";
 
 /** The CA's own identity, presented on its API port. */
 export const CA_NAMESPACE = "meshward-system";
@@ -100,7 +101,10 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   }
   const defaultValidator: ValidatorName = config.defaultValidator;
 
+  const signingWorkers = config.signingWorkers ?? defaultSigningWorkers();
+  const signing = signingWorkers === 0 ? inlineSigning : new SigningPool(signingWorkers);
   const authority = new CertificateAuthority({
+    signing,
     anchors: () => anchors,
     store,
     attestors,
@@ -177,6 +181,9 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       server.off("error", reject);
       resolve();
     });
+  }).catch(async (error: unknown) => {
+    await signing.close();
+    throw error;
   });
   const bound = server.address() as AddressInfo;
 
@@ -285,6 +292,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         // Give in-flight requests a moment, then drop idle keep-alive sessions.
         setTimeout(() => resolve(), 2000).unref();
       });
+      await signing.close();
       if (options.store === undefined) await store.close();
     },
   };

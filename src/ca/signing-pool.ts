@@ -1,0 +1,205 @@
+import type { KeyObject } from "node:crypto";
+import { availableParallelism } from "node:os";
+import { Worker } from "node:worker_threads";
+import { MeshwardError, type ErrorCode } from "../errors.ts";
+import { parseCsr, type ParsedCsr } from "../pki/csr.ts";
+import type { Signer } from "../pki/signer.ts";
+import type { AttestedIdentity } from "./attest/attestor.ts";
+import { signWorkloadCertificate, type SignedLeaf, type SigningPolicy } from "./issuer.ts";
+
+export interface SignInput {
+  readonly csr: ParsedCsr;
+  readonly identity: AttestedIdentity;
+  readonly signer: Signer;
+  readonly policy: SigningPolicy;
+  readonly now: Date;
+}
+
+/** The CPU-heavy half of issuance (CSR proof-of-possession check, leaf signing), same errors wherever it runs. */
+export interface CsrSigning {
+  parseCsr(csr: string | Uint8Array): Promise<ParsedCsr>;
+  sign(input: SignInput): Promise<SignedLeaf>;
+  close(): Promise<void>;
+}
+
+/** On the calling thread: for tests, tiny deployments and `signingWorkers: 0`. */
+export const inlineSigning: CsrSigning = {
+  parseCsr: async (csr) => parseCsr(csr),
+  sign: async (input) => signWorkloadCertificate(input),
+  close: async () => undefined,
+};
+
+// ---------------------------------------------------------------- messages (shared with signing-worker.ts)
+
+export interface SignJob {
+  readonly type: "sign";
+  readonly id: number;
+  readonly generation: number;
+  readonly csr: ParsedCsr;
+  readonly identity: AttestedIdentity;
+  readonly policy: SigningPolicy;
+  readonly now: Date;
+}
+
+export type WorkerRequest =
+  | { readonly type: "signer"; readonly generation: number; readonly der: Uint8Array; readonly privateKey: KeyObject }
+  | { readonly type: "parse"; readonly id: number; readonly csr: string | Uint8Array }
+  | SignJob;
+
+export interface SerializedError {
+  readonly code?: ErrorCode;
+  readonly message: string;
+  readonly details?: Readonly<Record<string, unknown>>;
+}
+
+export type WorkerReply =
+  | { readonly id: number; readonly ok: true; readonly value: unknown }
+  | { readonly id: number; readonly ok: false; readonly error: SerializedError };
+
+// ---------------------------------------------------------------- pool
+
+interface PendingJob {
+  readonly resolve: (value: unknown) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+interface PoolThread {
+  readonly worker: Worker;
+  readonly pending: Map<number, PendingJob>;
+  ready: boolean;
+}
+
+/**
+ * Worker threads that verify CSRs and sign leaves, so the CA's event loop keeps only TLS,
+ * HTTP/2, attestation and the store. The issuer travels to the workers as a KeyObject
+ * (postMessage shares the in-memory key; nothing is written anywhere); a request signed with
+ * a different Signer than the last one (anchors rotated) re-sends it first, and each worker
+ * handles its messages in order, so a job always finds the issuer it was meant for.
+ */
+export class SigningPool implements CsrSigning {
+  readonly size: number;
+  readonly #threads: PoolThread[] = [];
+  #nextId = 1;
+  #signer: Signer | undefined;
+  #generation = 0;
+  #closed = false;
+  #broken: Error | undefined;
+
+  constructor(size: number) {
+    if (!Number.isInteger(size) || size < 1) throw new MeshwardError("E_CONFIG_INVALID", `the signing pool needs at least one worker (got ${size})`);
+    this.size = size;
+    for (let i = 0; i < size; i++) this.#threads.push(this.#spawn());
+  }
+
+  async parseCsr(csr: string | Uint8Array): Promise<ParsedCsr> {
+    const parsed = (await this.#run((id) => ({ type: "parse", id, csr }))) as ParsedCsr;
+    return { ...parsed, der: toBuffer(parsed.der) };
+  }
+
+  async sign(input: SignInput): Promise<SignedLeaf> {
+    if (input.signer !== this.#signer) this.#useSigner(input.signer);
+    const generation = this.#generation;
+    const { csr, identity, policy, now } = input;
+    const leaf = (await this.#run((id) => ({ type: "sign", id, generation, csr, identity, policy, now }))) as SignedLeaf;
+    return { ...leaf, der: toBuffer(leaf.der) };
+  }
+
+  /** Stops every worker; jobs still running are refused with E_SIGNING_CLOSED. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const threads = this.#threads.splice(0);
+    for (const thread of threads) this.#failPending(thread, new MeshwardError("E_SIGNING_CLOSED", "the CA is shutting down; retry against a running CA"));
+    await Promise.all(threads.map((thread) => thread.worker.terminate()));
+  }
+
+  #useSigner(signer: Signer): void {
+    this.#signer = signer;
+    this.#generation += 1;
+    for (const thread of this.#threads) this.#sendSigner(thread);
+  }
+
+  #sendSigner(thread: PoolThread): void {
+    if (this.#signer === undefined) return;
+    thread.worker.postMessage({ type: "signer", generation: this.#generation, der: this.#signer.der, privateKey: this.#signer.privateKey } satisfies WorkerRequest);
+  }
+
+  #run(job: (id: number) => WorkerRequest): Promise<unknown> {
+    if (this.#closed) return Promise.reject(new MeshwardError("E_SIGNING_CLOSED", "the CA is shutting down; retry against a running CA"));
+    if (this.#broken !== undefined) return Promise.reject(this.#broken);
+    let thread = this.#threads[0]!;
+    for (const candidate of this.#threads) if (candidate.pending.size < thread.pending.size) thread = candidate;
+    const id = this.#nextId++;
+    return new Promise((resolve, reject) => {
+      if (thread.pending.size === 0) thread.worker.ref();
+      thread.pending.set(id, { resolve, reject });
+      thread.worker.postMessage(job(id));
+    });
+  }
+
+  #spawn(): PoolThread {
+    const worker = startWorker();
+    const thread: PoolThread = { worker, pending: new Map(), ready: false };
+    worker.unref();
+    worker.on("message", (reply: WorkerReply | { type: "ready" }) => {
+      if ("type" in reply) {
+        thread.ready = true;
+        return;
+      }
+      const job = thread.pending.get(reply.id);
+      if (job === undefined) return;
+      thread.pending.delete(reply.id);
+      if (thread.pending.size === 0) worker.unref();
+      if (reply.ok) job.resolve(reply.value);
+      else job.reject(reviveError(reply.error));
+    });
+    worker.on("error", (error) => this.#lost(thread, error));
+    worker.on("exit", (code) => this.#lost(thread, new Error(`signing worker exited with code ${code}`)));
+    this.#sendSigner(thread);
+    return thread;
+  }
+
+  #lost(thread: PoolThread, cause: Error): void {
+    this.#failPending(thread, new Error(`a signing worker stopped: ${cause.message}`, { cause }));
+    const index = this.#threads.indexOf(thread);
+    if (index < 0 || this.#closed) return;
+    if (!thread.ready) {
+      // It never started (e.g. its module failed to load): a replacement would fail the same way.
+      this.#broken = new Error(`the signing workers cannot start: ${cause.message}`, { cause });
+      return;
+    }
+    this.#threads[index] = this.#spawn();
+  }
+
+  #failPending(thread: PoolThread, error: Error): void {
+    const jobs = [...thread.pending.values()];
+    thread.pending.clear();
+    for (const job of jobs) job.reject(error);
+  }
+}
+
+/** The pool size when the configuration names none: one worker per CPU. */
+export function defaultSigningWorkers(): number {
+  return availableParallelism();
+}
+
+function reviveError(error: SerializedError): Error {
+  if (error.code === undefined) return new Error(error.message);
+  return new MeshwardError(error.code, error.message, error.details === undefined ? {} : { details: { ...error.details } });
+}
+
+function toBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/**
+ * Runs signing-worker.js from the compiled build, or signing-worker.ts through tsx when the
+ * CA itself runs from sources (a worker does not inherit the tsx hooks of its parent on Node 20).
+ */
+function startWorker(): Worker {
+  const here = import.meta.url;
+  if (!here.endsWith(".ts")) return new Worker(new URL("./signing-worker.js", here));
+  const tsx = import.meta.resolve("tsx/esm/api");
+  const entry = new URL("./signing-worker.ts", here).href;
+  return new Worker(`import(${JSON.stringify(tsx)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(entry)}); });`, { eval: true });
+}
