@@ -4,6 +4,7 @@ import { registerCaCommand } from "./ca.ts";
 import { registerCertCommand } from "./cert.ts";
 import { registerIdentityCommand } from "./identity.ts";
 import { registerSidecarCommand } from "./sidecar.ts";
+import { registerStatusCommand } from "./status.ts";
 import { registerTokenCommand } from "./token.ts";
 
 /** Every CLI command is registered here, one module per command (DESIGN.md: src/cli). */
@@ -13,5 +14,6 @@ export function registerCommands(program: Command): void {
   registerTokenCommand(program);
   registerCertCommand(program);
   registerIdentityCommand(program);
+  registerStatusCommand(program);
   registerSidecarCommand(program);
 }

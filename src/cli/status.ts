@@ -1,0 +1,129 @@
+import type { Command } from "commander";
+import { MeshwardError, describeError } from "../errors.ts";
+import { fetchFromCa } from "../identity/ca-client.ts";
+import { certificatesFromPem, toPem } from "../pki/pem.ts";
+import { inspectCertificate } from "../pki/inspect.ts";
+import { parseSpiffeId } from "../spiffe/id.ts";
+import { describeTimeLeft } from "../util/duration.ts";
+import { collect, readTextFile } from "./options.ts";
+
+interface Row {
+  readonly component: string;
+  readonly name: string;
+  readonly identity: string;
+  readonly expires: string | null;
+  readonly timeLeft: string;
+  readonly healthy: boolean;
+  readonly health: string;
+  readonly lastRotation: string;
+}
+
+interface FeedIdentity {
+  spiffeId: string;
+  serial: string;
+  notAfter: string;
+  kind: string;
+}
+
+interface Feed {
+  component: string;
+  name: string;
+  identities: FeedIdentity[];
+  rotations: { time: string; kind: string; result: string }[];
+  health: { ok: boolean; checks: Record<string, { ok: boolean; detail?: unknown }> };
+}
+
+export function registerStatusCommand(program: Command): void {
+  program
+    .command("status")
+    .description("one table for the mesh: the CA and each sidecar or identity's certificates, expiry, health and last rotation; exit 1 if anything is unhealthy or unreachable")
+    .option("--ca <addr>", "CA address HOST:PORT (with --bundle)")
+    .option("--bundle <file>", "trust bundle to verify the CA with")
+    .option("--status-url <url>", "a sidecar's or identity's status endpoint, e.g. http://127.0.0.1:9090 (repeatable)", collect)
+    .option("--status-token <token>", "bearer token for status endpoints that require one (or MESHWARD_STATUS_TOKEN)")
+    .option("--json", "print JSON")
+    .action(async (opts) => {
+      if (opts.ca === undefined && opts.statusUrl === undefined) {
+        throw new MeshwardError("E_USAGE", "name at least one thing to look at: --ca ADDR --bundle FILE and/or --status-url URL");
+      }
+      const rows: Row[] = [];
+      const now = new Date();
+      if (opts.ca !== undefined) rows.push(...(await caRows(opts.ca, opts.bundle, now)));
+      const token: string | undefined = opts.statusToken ?? process.env.MESHWARD_STATUS_TOKEN;
+      for (const url of (opts.statusUrl as string[] | undefined) ?? []) rows.push(...(await feedRows(url, token, now)));
+      if (opts.json) process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+      else process.stdout.write(renderTable(rows));
+      if (rows.some((r) => !r.healthy)) process.exitCode = 1;
+    });
+}
+
+async function caRows(address: string, bundleFile: string | undefined, now: Date): Promise<Row[]> {
+  if (bundleFile === undefined) throw new MeshwardError("E_USAGE", "--ca needs --bundle to verify the CA");
+  const bundlePem = readTextFile(bundleFile, "trust bundle");
+  const root = certificatesFromPem(bundlePem).map((der) => inspectCertificate(der)).find((c) => c.uris.some((u) => u.startsWith("spiffe://")));
+  const trustDomain = root ? parseSpiffeId(root.uris.find((u) => u.startsWith("spiffe://")) as string).trustDomain : undefined;
+  if (trustDomain === undefined) throw new MeshwardError("E_USAGE", `no root in ${bundleFile} names a trust domain`);
+  const connection = { address, bundlePem, trustDomain, timeoutMs: 5000 };
+  try {
+    const ready = await readiness(connection);
+    const roots = certificatesFromPem((await fetchFromCa(connection, "/v1/bundle")).toString("utf8")).map((der) => inspectCertificate(toPem(der, "CERTIFICATE")));
+    const issuerCheck = ready.checks.issuer?.detail ?? "";
+    const health = Object.entries(ready.checks).filter(([, c]) => !c.ok || (c.detail && /expire/.test(String(c.detail)) && !/no anchor/.test(String(c.detail)))).map(([k, c]) => `${k}: ${c.detail}`).join("; ");
+    return [
+      ...roots.map((r) => ({
+        component: "ca",
+        name: trustDomain,
+        identity: `root ${r.fingerprint256.slice(0, 23)}…`,
+        expires: r.notAfter.toISOString(),
+        timeLeft: describeTimeLeft(r.notAfter, now),
+        healthy: r.notAfter > now,
+        health: r.notAfter > now ? "trusted" : "expired",
+        lastRotation: "",
+      })),
+      { component: "ca", name: trustDomain, identity: `issuer (${issuerCheck})`, expires: null, timeLeft: "", healthy: ready.status === "ready", health: health || ready.status, lastRotation: "" },
+    ];
+  } catch (error) {
+    return [{ component: "ca", name: address, identity: "", expires: null, timeLeft: "", healthy: false, health: `unreachable: ${describeError(error)}`, lastRotation: "" }];
+  }
+}
+
+/** /readyz answers 503 with the failing checks when the CA is not ready. */
+async function readiness(connection: Parameters<typeof fetchFromCa>[0]): Promise<{ status: string; checks: Record<string, { ok: boolean; detail: string }> }> {
+  try {
+    return JSON.parse((await fetchFromCa(connection, "/readyz")).toString("utf8")) as { status: string; checks: Record<string, { ok: boolean; detail: string }> };
+  } catch (error) {
+    if (error instanceof MeshwardError && error.code === "E_CA_ERROR" && error.message.includes("503")) return { status: "not-ready", checks: {} };
+    throw error;
+  }
+}
+
+async function feedRows(url: string, token: string | undefined, now: Date): Promise<Row[]> {
+  let feed: Feed;
+  try {
+    const response = await fetch(new URL("/status.json", url), { headers: token ? { authorization: `Bearer ${token}` } : {}, signal: AbortSignal.timeout(5000) });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    feed = (await response.json()) as Feed;
+  } catch (error) {
+    return [{ component: "?", name: url, identity: "", expires: null, timeLeft: "", healthy: false, health: `unreachable: ${describeError(error)}`, lastRotation: "" }];
+  }
+  const last = feed.rotations[0];
+  const lastRotation = last ? `${last.kind} ${last.result} ${describeTimeLeft(new Date(last.time), now).replace(/^expired (.*) ago$/, "$1 ago")}` : "none yet";
+  const failing = Object.entries(feed.health.checks).filter(([, c]) => !c.ok).map(([k, c]) => `${k}: ${String(c.detail ?? "failing")}`);
+  const workloads = feed.identities.filter((i) => i.kind === "workload");
+  if (workloads.length === 0) {
+    return [{ component: feed.component, name: feed.name, identity: "(none)", expires: null, timeLeft: "", healthy: false, health: failing.join("; ") || "no identity", lastRotation }];
+  }
+  return workloads.map((i) => {
+    const notAfter = new Date(i.notAfter);
+    const healthy = feed.health.ok && notAfter > now;
+    return { component: feed.component, name: feed.name, identity: i.spiffeId, expires: notAfter.toISOString(), timeLeft: describeTimeLeft(notAfter, now), healthy, health: healthy ? "healthy" : failing.join("; ") || "expired", lastRotation };
+  });
+}
+
+function renderTable(rows: readonly Row[]): string {
+  const header = ["COMPONENT", "NAME", "IDENTITY", "EXPIRES", "HEALTH", "LAST ROTATION"];
+  const cells = rows.map((r) => [r.component, r.name, r.identity, r.expires ? `${r.timeLeft}` : "", r.health, r.lastRotation]);
+  const widths = header.map((h, i) => Math.min(70, Math.max(h.length, ...cells.map((c) => (c[i] ?? "").length))));
+  const line = (values: readonly string[]) => values.map((v, i) => v.padEnd(widths[i] as number)).join("  ").trimEnd();
+  return `${[line(header), ...cells.map(line)].join("\n")}\n`;
+}
