@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { registerAuditCommand } from "./audit.ts";
 import { registerCaCommand } from "./ca.ts";
 import { registerCertCommand } from "./cert.ts";
+import { registerDemoCommand } from "./demo.ts";
 import { registerIdentityCommand } from "./identity.ts";
 import { registerSidecarCommand } from "./sidecar.ts";
 import { registerStatusCommand } from "./status.ts";
@@ -15,5 +16,6 @@ export function registerCommands(program: Command): void {
   registerCertCommand(program);
   registerIdentityCommand(program);
   registerStatusCommand(program);
+  registerDemoCommand(program);
   registerSidecarCommand(program);
 }

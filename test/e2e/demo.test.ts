@@ -1,0 +1,36 @@
+import { readdirSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { runCli } from "../helpers/cli.ts";
+
+// The README's main command, end to end: real CA, real sidecar processes, a Python app,
+// an SDK service; then the logs of the whole run are searched for secrets.
+describe("meshward demo --once", () => {
+  let kept: string | undefined;
+  afterAll(() => {
+    if (kept) rmSync(kept, { recursive: true, force: true });
+  });
+
+  it("shows mTLS working, a policy denial and plaintext refused, and logs no secret", async () => {
+    const result = await runCli(["demo", "--once", "--keep"], { timeoutMs: 90_000 });
+    kept = /kept (\S+)/.exec(result.stdout)?.[1];
+    expect(result.code, result.stdout + result.stderr).toBe(0);
+    expect(result.stdout).toMatch(/✓ 1\. mTLS between services/);
+    expect(result.stdout).toMatch(/URI=spiffe:\/\/demo\.local\/ns\/shop\/orders/);
+    expect(result.stdout).toMatch(/✓ 2\. a call the access policy denies\n.*DELETE \/items\/42 on inventory: 403 E_POLICY_DENIED/);
+    expect(result.stdout).toMatch(/✓ 3\. plaintext refused\n.*: 400 E_MTLS_REQUIRED/);
+    expect(result.stdout).toMatch(/All checks passed/);
+
+    expect(kept).toBeDefined();
+    const logDir = join(kept as string, "logs");
+    const logs = readdirSync(logDir).map((f) => readFileSync(join(logDir, f), "utf8"));
+    expect(logs.join("").length).toBeGreaterThan(500); // the components did log
+    for (const text of logs) {
+      expect(text).not.toMatch(/PRIVATE KEY/);
+      expect(text).not.toMatch(/mwjt_[A-Za-z0-9_-]{20,}/); // join tokens
+      expect(text).not.toMatch(/eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\./); // JWTs
+    }
+    // Refusals are logged with the peer and reason.
+    expect(logs.join("\n")).toMatch(/E_MTLS_REQUIRED|plaintext/);
+  }, 120_000);
+});
