@@ -7,6 +7,8 @@ import { MeshwardError } from "../errors.ts";
 import { createHealth, createOpsServer } from "../telemetry/health.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
 import { parseHostPort } from "../util/address.ts";
+import { createStatusRoutes } from "../dashboard/routes.ts";
+import { identityStatus, statusToken } from "./status-page.ts";
 import { cliLogger, collect, logFormatOption, logLevelOption, readTextFile, untilSignal } from "./options.ts";
 
 const VALIDATORS = { "join-token": "JOIN_TOKEN", jwks: "JWKS", kubernetes: "KUBERNETES", insecure: "INSECURE" } as const;
@@ -26,7 +28,8 @@ export function registerIdentityCommand(program: Command): void {
     .option("--out <dir>", "write cert.pem, key.pem (0600) and bundle.pem here on every rotation")
     .option("--on-rotate <command>", "shell command run after each write (e.g. 'nginx -s reload')")
     .option("--workload-api-socket <path>", "serve the SPIFFE Workload API on this unix socket")
-    .option("--status <addr>", "serve /metrics, /healthz and /readyz on HOST:PORT")
+    .option("--status <addr>", "serve /metrics, /healthz, /readyz and the status page (/) on HOST:PORT")
+    .option("--status-token-file <file>", "token for the status page (required when --status is not on loopback; or MESHWARD_STATUS_TOKEN)")
     .addOption(logFormatOption())
     .addOption(logLevelOption())
     .action(async (opts) => {
@@ -36,6 +39,9 @@ export function registerIdentityCommand(program: Command): void {
       if (opts.onRotate !== undefined && opts.out === undefined) throw new MeshwardError("E_USAGE", "--on-rotate needs --out");
       const token = opts.token ?? (opts.tokenFile === undefined ? process.env.MESHWARD_TOKEN : undefined);
       if (token === undefined && opts.tokenFile === undefined) throw new MeshwardError("E_USAGE", "a token is needed: --token, --token-file or MESHWARD_TOKEN");
+      // Checked before anything starts: a status page off loopback needs a token.
+      const statusBind = opts.status !== undefined ? parseHostPort(opts.status, "--status") : undefined;
+      const statusPageToken = statusBind !== undefined ? statusToken(statusBind.host, opts.statusTokenFile) : undefined;
       const logger = cliLogger("identity", opts);
       const metrics = createMetrics({ processMetrics: true });
       const mesh = createMeshMetrics(metrics);
@@ -52,6 +58,7 @@ export function registerIdentityCommand(program: Command): void {
       });
       const stopInstrumenting = instrumentIdentity(source, mesh);
       const closers: (() => Promise<void>)[] = [];
+      let statusAddress: string | undefined;
       try {
         const snapshot = await source.ready();
         if (opts.out !== undefined) {
@@ -63,19 +70,23 @@ export function registerIdentityCommand(program: Command): void {
           const api = await startWorkloadApiServer({ socketPath: opts.workloadApiSocket, source, logger });
           closers.push(() => api.close());
         }
-        if (opts.status !== undefined) {
+        if (statusBind !== undefined) {
           const health = createHealth();
           health.register("identity", () => {
             const current = source.current();
             return current ? { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` } : { ok: false, detail: "no valid certificate (expired or not yet issued)" };
           });
-          const { host, port } = parseHostPort(opts.status, "--status");
-          const ops = createOpsServer({ host, port, metrics, health });
+          const { host, port } = statusBind as { host: string; port: number };
+          const token = statusPageToken;
+          const page = identityStatus({ component: "sidecar", name: snapshot.svid.spiffeId, source, health });
+          closers.push(async () => page.stop());
+          const ops = createOpsServer({ host, port, metrics, health, extraRoutes: createStatusRoutes(page.provider, token === undefined ? {} : { token }).routes });
           const bound = await ops.start();
           closers.push(() => ops.close());
-          logger.info({ event: "status-listening", address: `${bound.host}:${bound.port}` }, "status endpoints listening");
+          statusAddress = `${bound.host}:${bound.port}`;
+          logger.info({ event: "status-listening", address: statusAddress }, "status endpoints listening");
         }
-        process.stdout.write(`meshward identity ready: ${snapshot.svid.spiffeId} (serial ${snapshot.svid.serial}, valid until ${snapshot.svid.notAfter.toISOString()})\n`);
+        process.stdout.write(`meshward identity ready: ${snapshot.svid.spiffeId} (serial ${snapshot.svid.serial}, valid until ${snapshot.svid.notAfter.toISOString()})${statusAddress ? ` status=${statusAddress}` : ""}\n`);
         await untilSignal();
       } finally {
         stopInstrumenting();

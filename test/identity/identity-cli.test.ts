@@ -1,0 +1,72 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
+import { exec } from "../helpers/exec.ts";
+
+// `meshward identity` and `meshward status` as an operator runs them: real processes.
+describe("meshward identity + meshward status (real processes)", () => {
+  let work: string;
+  let ca: LongRunning;
+  let caAddress: string;
+  let identity: LongRunning;
+  let statusAddress: string;
+
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), "meshward-identity-cli-"));
+    expect((await runCli(["ca", "init", "--trust-domain", "ops.test", "--dir", join(work, "ca")])).code).toBe(0);
+    const started = await startCli(["ca", "serve", "--dir", join(work, "ca"), "--listen", "127.0.0.1:0"], /listening on (\S+)/);
+    ca = started;
+    caAddress = started.match[1] as string;
+    const token = (await runCli(["token", "create", "--dir", join(work, "ca"), "--namespace", "ops", "--app-id", "nginx"])).stdout.trim().split("\n").pop() as string;
+    const id = await startCli(
+      ["identity", "--ca", caAddress, "--bundle", join(work, "ca", "bundle.pem"), "--token", token, "--out", join(work, "files"), "--on-rotate", `touch ${join(work, "rotated")}`, "--status", "127.0.0.1:0"],
+      /identity ready: (\S+) .* status=(\S+)/,
+    );
+    identity = id;
+    statusAddress = id.match[2] as string;
+  }, 60_000);
+
+  afterAll(async () => {
+    await identity?.stop();
+    await ca?.stop();
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  it("writes the identity files (key 0600), runs --on-rotate, and the certificate verifies with openssl", async () => {
+    expect(statSync(join(work, "files", "key.pem")).mode & 0o777).toBe(0o600);
+    for (let i = 0; i < 50 && !existsSync(join(work, "rotated")); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(existsSync(join(work, "rotated"))).toBe(true);
+    const verify = await exec("openssl", ["verify", "-CAfile", join(work, "files", "bundle.pem"), "-untrusted", join(work, "files", "cert.pem"), join(work, "files", "cert.pem")]);
+    expect(verify.stdout).toMatch(/OK/);
+    expect(readFileSync(join(work, "files", "cert.pem"), "utf8")).toMatch(/BEGIN CERTIFICATE/);
+  });
+
+  it("serves the status page feed", async () => {
+    const feed = (await (await fetch(`http://${statusAddress}/status.json`)).json()) as { identities: { spiffeId: string }[]; health: { ok: boolean } };
+    expect(feed.identities[0]?.spiffeId).toBe("spiffe://ops.test/ns/ops/nginx");
+    expect(feed.health.ok).toBe(true);
+    expect((await fetch(`http://${statusAddress}/`)).headers.get("content-type")).toMatch(/text\/html/);
+  });
+
+  it("meshward status shows the CA and the identity, and fails when something is unreachable", async () => {
+    const ok = await runCli(["status", "--ca", caAddress, "--bundle", join(work, "ca", "bundle.pem"), "--status-url", `http://${statusAddress}`]);
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(/^COMPONENT\s+NAME\s+IDENTITY/);
+    expect(ok.stdout).toMatch(/spiffe:\/\/ops\.test\/ns\/ops\/nginx\s+23 hours 59 minutes left|spiffe:\/\/ops\.test\/ns\/ops\/nginx\s+1 day left/);
+    expect(ok.stdout).toMatch(/ca\s+ops\.test\s+root/);
+    const json = JSON.parse((await runCli(["status", "--status-url", `http://${statusAddress}`, "--json"])).stdout) as { identity: string; healthy: boolean }[];
+    expect(json).toEqual([expect.objectContaining({ identity: "spiffe://ops.test/ns/ops/nginx", healthy: true })]);
+
+    const down = await runCli(["status", "--status-url", "http://127.0.0.1:1"]);
+    expect(down.code).toBe(1);
+    expect(down.stdout).toMatch(/unreachable/);
+  });
+
+  it("refuses a status port off loopback without a token", async () => {
+    const r = await runCli(["identity", "--ca", caAddress, "--bundle", join(work, "ca", "bundle.pem"), "--token", "mwjt_x", "--out", join(work, "x"), "--status", "0.0.0.0:0"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/needs a token.*E_STATUS_TOKEN_REQUIRED/);
+  });
+});
