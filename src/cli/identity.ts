@@ -76,11 +76,10 @@ export function registerIdentityCommand(program: Command): void {
             const current = source.current();
             return current ? { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` } : { ok: false, detail: "no valid certificate (expired or not yet issued)" };
           });
-          const { host, port } = statusBind as { host: string; port: number };
-          const token = statusPageToken;
+          const { host, port } = statusBind;
           const page = identityStatus({ component: "sidecar", name: snapshot.svid.spiffeId, source, health });
           closers.push(async () => page.stop());
-          const ops = createOpsServer({ host, port, metrics, health, extraRoutes: createStatusRoutes(page.provider, token === undefined ? {} : { token }).routes });
+          const ops = createOpsServer({ host, port, metrics, health, extraRoutes: createStatusRoutes(page.provider, statusPageToken === undefined ? {} : { token: statusPageToken }).routes });
           const bound = await ops.start();
           closers.push(() => ops.close());
           statusAddress = `${bound.host}:${bound.port}`;
