@@ -5,7 +5,7 @@ import type { CaConfig } from "../config/ca.ts";
 import { describeError } from "../errors.ts";
 import type { Store } from "../store/store.ts";
 import { describeTimeLeft } from "../util/duration.ts";
-import type { LoadedAnchors } from "./anchors.ts";
+import { DEFAULT_ROOT_TTL_MS, type LoadedAnchors } from "./anchors.ts";
 import { activateRoot, issuerRotationStage, prepareIssuer, prepareRoot, retireRoot, rotateIssuer } from "./rotation.ts";
 
 const WARN_EVERY_MS = 3_600_000;
@@ -77,7 +77,12 @@ export function createRotationManager(options: RotationManagerOptions) {
     const root = anchors.issuerRoot;
     const rootLeft = new Date(root.validTo).getTime() - now.getTime();
     const rotation = anchors.state.rootRotation;
-    if (selfManaged && config.autoRotateRoot.enabled) {
+    if (selfManaged && config.autoRotateRoot.enabled && config.autoRotateRoot.prepareBefore >= DEFAULT_ROOT_TTL_MS) {
+      // A threshold longer than the life of the roots it generates would rotate back to back, forever.
+      const text = "autoRotateRoot.prepareBefore is not shorter than a root's life; automatic root rotation is off until it is";
+      next.push(text);
+      warn("auto-root-config", text, { kind: "root" });
+    } else if (selfManaged && config.autoRotateRoot.enabled) {
       if (rotation === undefined && rootLeft < config.autoRotateRoot.prepareBefore) {
         await step("root", "prepare", () => prepareRoot(base));
       } else if (rotation?.phase === "prepared" && now.getTime() - Date.parse(rotation.preparedAt) >= config.autoRotateRoot.activateAfter) {

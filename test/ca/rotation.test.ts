@@ -237,13 +237,38 @@ describe("rotation on a running CA", () => {
     await activateRoot({ dir, now: new Date() });
     const refusal = await retireRoot({ dir, store: server!.store, now: new Date() }).catch((e: { code: string; message: string }) => e);
     expect(refusal).toMatchObject({ code: "E_ROTATION_CERTS_REMAIN" });
-    expect((refusal as Error).message).toMatch(/^2 unexpired certificates still chain to the old root/);
+    expect((refusal as unknown as Error).message).toMatch(/^2 unexpired certificates still chain to the old root/);
     const cli = await runCli(["ca", "rotate-root", "retire", "--dir", dir]);
     expect(cli.code).toBe(1);
     expect(cli.stderr).toMatch(/E_ROTATION_CERTS_REMAIN/);
     const forced = await runCli(["ca", "rotate-root", "retire", "--dir", dir, "--force"]);
     expect(forced.code, forced.stderr).toBe(0);
     expect(forced.stdout).toMatch(/forced: 2 certificates/);
+  });
+
+  it("rotates the root automatically when enabled: prepare, activate after the delay, retire once nothing live chains to the old root", async () => {
+    await initAnchors({ dir, trustDomain: TD, now: new Date(), rootTtlMs: HOUR });
+    const oldRoot = new X509Certificate(readFileSync(caLayout(dir).rootCert)).fingerprint256;
+    const config = caConfigSchema.parse({
+      listen: "127.0.0.1:0",
+      anchorPoll: "100ms",
+      rotationCheck: "100ms",
+      autoRotateRoot: { enabled: true, prepareBefore: "2h", activateAfter: "300ms" },
+    });
+    server = await startCaServer({ dir, config, logger: silent });
+    const live = await signOnce(); // issued under the old root; keeps it from retiring
+    const state = () => JSON.parse(readFileSync(caLayout(dir).state, "utf8")) as { rootRotation?: { phase: string } };
+    await waitFor(() => state().rootRotation?.phase === "activated", "prepare, then activation after the delay");
+    expect(readFileSync(caLayout(dir).bundle, "utf8").match(/BEGIN CERTIFICATE/g)).toHaveLength(2);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(state().rootRotation?.phase).toBe("activated"); // a live certificate still chains to the old root
+    await server.store.revoke({ serial: live.serial, revokedAt: new Date(), reason: "superseded" });
+    await waitFor(() => state().rootRotation === undefined, "retirement once nothing live chains to the old root");
+    const bundle = certificatesFromPem(readFileSync(caLayout(dir).bundle, "utf8")).map((d) => new X509Certificate(d).fingerprint256);
+    expect(bundle).toHaveLength(1);
+    expect(bundle[0]).not.toBe(oldRoot);
+    const metrics = await server.registry.metrics();
+    expect(metrics).toMatch(/meshward_rotation_total\{kind="root",result="ok"\} 3/);
   });
 
   it("refuses steps out of order with the next step to take", async () => {
