@@ -61,7 +61,9 @@ export function forwardHttp1(req: IncomingMessage, res: ServerResponse, upstream
     up.on("error", () => res.destroy());
     res.once("finish", () => done(up.statusCode ?? 0));
   });
+  let callerGone = false;
   out.on("error", (error: Error) => {
+    if (callerGone) return;
     if (res.headersSent) {
       res.destroy();
       done(0);
@@ -73,6 +75,7 @@ export function forwardHttp1(req: IncomingMessage, res: ServerResponse, upstream
   });
   res.once("close", () => {
     if (!res.writableFinished) {
+      callerGone = true;
       out.destroy();
       done(0);
     }
@@ -105,13 +108,18 @@ export function forwardH2ToHttp1(stream: ServerHttp2Stream, headers: H2Headers, 
     up.on("error", () => stream.close(h2.NGHTTP2_INTERNAL_ERROR));
     stream.once("finish", () => done(status));
   });
+  let callerGone = false;
   out.on("error", (error: Error) => {
+    if (callerGone) return;
     const answer = hooks.onUpstreamError(error);
     answerH2(stream, answer, false);
     done(stream.headersSent ? answer.status : 0);
   });
   stream.once("close", () => {
-    if (!out.writableFinished || !finished) out.destroy();
+    if (!finished) {
+      callerGone = true;
+      out.destroy();
+    }
     done(0);
   });
   stream.on("error", () => undefined);

@@ -84,7 +84,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   const appLabel = `${options.app.host}:${options.app.port}`;
 
   // --- upstream: the app on loopback ---------------------------------------------------
-  const appAgent = new HttpAgent({ keepAlive: true, scheduling: "lifo", keepAliveMsecs: 1000 });
+  const appAgent = new HttpAgent({ keepAlive: true, scheduling: "lifo", keepAliveMsecs: 1000, noDelay: true } as ConstructorParameters<typeof HttpAgent>[0]);
   const appHttp1: Http1Upstream = { host: options.app.host, port: options.app.port, agent: appAgent, tls: false };
   let appH2: ClientHttp2Session | undefined;
   const appSession = (): ClientHttp2Session => {
@@ -156,6 +156,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   // Node starts its headers-timeout checker on "listening"; this server only receives handed-over sockets.
   http1.emit("listening");
   http1.on("clientError", (error: Error & { code?: string }, socket: Socket) => {
+    // The caller went away (e.g. a load generator closing its connections): nothing to answer.
+    if (error.code === "ECONNRESET" || error.code === "EPIPE") return void socket.destroy();
     const [status, reason, text] =
       error.code === "HPE_HEADER_OVERFLOW"
         ? [431, "header_too_large", "Request Header Fields Too Large"]
@@ -274,6 +276,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
 
   // --- the listener: first byte decides ------------------------------------------------
   const raw = createNetServer({ noDelay: true }, (socket: Socket) => {
+    socket.setNoDelay(true);
     pending.add(socket);
     socket.once("close", () => pending.delete(socket));
     socket.on("error", () => undefined);

@@ -103,9 +103,16 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       },
     };
   };
+  // Resolution is pure (table or template): cache it per name, bounded.
+  const resolved = new Map<string, PeerTarget | undefined>();
   const route = (headers: Record<string, unknown>): { name: string | undefined; target: PeerTarget | undefined } => {
     const name = targetAppId(headers);
-    return { name, target: name === undefined ? undefined : resolvePeer(options.directory, name) };
+    if (name === undefined) return { name, target: undefined };
+    if (!resolved.has(name)) {
+      if (resolved.size >= 1024) resolved.clear();
+      resolved.set(name, resolvePeer(options.directory, name));
+    }
+    return { name, target: resolved.get(name) };
   };
 
   let address: HostPort | undefined;
@@ -128,6 +135,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     );
     http1.emit("listening");
     http1.on("clientError", (error: Error & { code?: string }, socket: Socket) => {
+      if (error.code === "ECONNRESET") return void socket.destroy();
       const status = error.code === "HPE_HEADER_OVERFLOW" ? 431 : error.code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400;
       telemetry.refused.inc({ direction: "outbound", reason: String(status) });
       if (socket.writable && error.code !== "ECONNRESET") socket.end(`HTTP/1.1 ${status} Refused\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
@@ -158,6 +166,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       );
     });
     const raw = createNetServer({ noDelay: true }, (socket: Socket) => {
+      socket.setNoDelay(true);
       socket.on("error", () => undefined);
       sniffFirstBytes(socket, limits.handshakeTimeout, (kind) => {
         if (socket.destroyed || kind === "closed") return;

@@ -84,6 +84,8 @@ export function dialVerified(runtime: ClientRuntime, target: { host: string; por
     let socket: TLSSocket;
     try {
       socket = dialTls(runtime, { host: target.host, port: target.port, ...(target.alpn ? { ALPNProtocols: target.alpn } : {}) }, sessions);
+      // Small request/response exchanges: Nagle + delayed ACK would add up to 40 ms each.
+      socket.setNoDelay(true);
     } catch (error) {
       reject(error as Error);
       return;

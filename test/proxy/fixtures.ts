@@ -54,6 +54,8 @@ export async function startMeshCa(options: { workloadTtl?: string } = {}): Promi
   });
   const bundleFile = join(dir, "ca", "bundle.pem");
   const bundlePem = readFileSync(bundleFile, "utf8");
+  // Tokens allow 3 uses: on a loaded machine a first request can time out after the CA spent
+  // the token, and the identity source retries (the retry is what is being allowed, not reuse).
   const token: MeshCa["token"] = async (namespace, appId, opts = {}) => {
     const t = generateJoinToken();
     const now = new Date();
@@ -64,8 +66,8 @@ export async function startMeshCa(options: { workloadTtl?: string } = {}): Promi
       dnsNames: opts.dnsNames ?? [],
       createdAt: now,
       expiresAt: new Date(now.getTime() + 3_600_000),
-      usesAllowed: opts.uses ?? 1,
-      usesLeft: opts.uses ?? 1,
+      usesAllowed: opts.uses ?? 3,
+      usesLeft: opts.uses ?? 3,
     });
     return t.token;
   };

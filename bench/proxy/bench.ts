@@ -1,0 +1,245 @@
+/**
+ * Sidecar speed, one run, same Node backend, same load generators, all on loopback:
+ *   direct (no proxy) · meshward outbound → meshward inbound (mTLS) · nginx outbound
+ *   (proxy_ssl_certificate) → nginx inbound (ssl_verify_client on), one worker each.
+ * Prints req/s and p50/p99 for small keep-alive requests (wrk -c32), p99 at half of the
+ * nginx pair's peak rate (open-loop, bench/proxy/load.ts), MB/s for 1 MiB bodies, new
+ * client connections per second (Connection: close) and each process's RSS, with the issue's
+ * targets beside them. No assertions: figures and ratios only.
+ *   node --import tsx bench/proxy/bench.ts [seconds-per-run]
+ */
+import { spawn, execFileSync } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { startMeshCa } from "../../test/proxy/fixtures.ts";
+
+const SECONDS = Number(process.argv[2] ?? 8);
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+const children: ChildProcess[] = [];
+process.on("exit", () => children.forEach((c) => c.kill("SIGKILL")));
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function startProcess(command: string, args: string[], ready: RegExp | undefined): Promise<{ child: ChildProcess; match: RegExpMatchArray | null }> {
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT });
+  children.push(child);
+  let out = "";
+  let err = "";
+  child.stderr!.on("data", (d) => (err += d));
+  if (ready === undefined) return Promise.resolve({ child, match: null });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${command} not ready: ${out} ${err}`)), 30_000);
+    child.stdout!.on("data", (d) => {
+      out += d;
+      const m = out.match(ready);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ child, match: m });
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`${command} exited ${code}: ${err}`)));
+  });
+}
+
+async function waitForPort(port: number): Promise<void> {
+  const { connect } = await import("node:net");
+  for (let i = 0; i < 100; i++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect(port, "127.0.0.1", () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on("error", () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`port ${port} never opened`);
+}
+
+function rssMb(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN) / 1024;
+}
+
+/** nginx master + its single worker. */
+function nginxWorkerPid(master: number | undefined): number | undefined {
+  try {
+    return Number(execFileSync("pgrep", ["-P", String(master)]).toString().trim().split("\n")[0]);
+  } catch {
+    return undefined;
+  }
+}
+
+interface WrkResult {
+  rps: number;
+  p50: number;
+  p99: number;
+  mbps: number;
+  errors: string;
+}
+
+function toMs(text: string): number {
+  const m = /([\d.]+)(us|ms|s)/.exec(text);
+  if (!m) return NaN;
+  const v = Number(m[1]);
+  return m[2] === "us" ? v / 1000 : m[2] === "s" ? v * 1000 : v;
+}
+
+function toMb(text: string): number {
+  const m = /([\d.]+)(B|KB|MB|GB)/.exec(text);
+  if (!m) return NaN;
+  const v = Number(m[1]);
+  return m[2] === "GB" ? v * 1024 : m[2] === "KB" ? v / 1024 : m[2] === "B" ? v / 1048576 : v;
+}
+
+function wrk(url: string, connections: number, headers: string[] = []): WrkResult {
+  const args = ["-t1", `-c${connections}`, `-d${SECONDS}s`, "--latency", ...headers.flatMap((h) => ["-H", h]), url];
+  const out = execFileSync("wrk", args, { encoding: "utf8" });
+  return {
+    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN),
+    p50: toMs(/50%\s+(\S+)/.exec(out)?.[1] ?? ""),
+    p99: toMs(/99%\s+(\S+)/.exec(out)?.[1] ?? ""),
+    mbps: toMb(/Transfer\/sec:\s+(\S+)/.exec(out)?.[1] ?? ""),
+    errors: [/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1], /Socket errors: (.*)/.exec(out)?.[1]].filter(Boolean).join("; "),
+  };
+}
+
+function openLoop(url: string, rate: number, headers: string[]): { p50Ms: number; p99Ms: number; achievedRate: number; errors: number } {
+  const out = execFileSync(process.execPath, ["--import", "tsx", join(ROOT, "bench/proxy/load.ts"), url, String(rate), String(SECONDS), ...headers], { encoding: "utf8", cwd: ROOT });
+  return JSON.parse(out.trim().split("\n").pop()!) as { p50Ms: number; p99Ms: number; achievedRate: number; errors: number };
+}
+
+const BACKEND = `
+const http = require("node:http");
+const big = Buffer.alloc(1 << 20, 97);
+const s = http.createServer((req, res) => {
+  if (req.url === "/big") { res.writeHead(200, { "content-type": "application/octet-stream", "content-length": big.length }); res.end(big); return; }
+  res.writeHead(200, { "content-type": "text/plain", "content-length": 13 }); res.end("hello, mesh!\\n");
+});
+s.keepAliveTimeout = 60000;
+s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));
+`;
+
+async function main(): Promise<void> {
+  const ca = await startMeshCa({ workloadTtl: "24h" });
+  const work = mkdtempSync(join(tmpdir(), "meshward-bench-proxy-"));
+  try {
+    const backend = await startProcess(process.execPath, ["-e", BACKEND], /PORT (\d+)/);
+    const backendPort = Number(backend.match![1]);
+
+    // meshward: B in front of the backend, A as the client's outbound.
+    const sidecar = async (appId: string, extra: string[]) =>
+      startProcess(
+        process.execPath,
+        [join(ROOT, "bin/meshward.js"), "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", await ca.token("default", appId), "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra],
+        /inbound=127\.0\.0\.1:(\d+)(?: outbound=127\.0\.0\.1:(\d+))?/,
+      );
+    const sideB = await sidecar("bench-b", ["--app", `127.0.0.1:${backendPort}`]);
+    const sideA = await sidecar("bench-a", ["--app", "127.0.0.1:1", "--outbound", "127.0.0.1:0", "--peer", `bench-b=127.0.0.1:${sideB.match![1]}`]);
+    const meshwardUrl = `http://127.0.0.1:${sideA.match![2]}`;
+    const meshwardHeaders = ["dapr-app-id: bench-b"];
+
+    // nginx: the same roles, certificates from the same CA (nginx checks a DNS name, not the SPIFFE ID).
+    const nginxB = await ca.clientFiles("default", "nginx-b", ["nginx-b.mesh.test"]);
+    const nginxA = await ca.clientFiles("default", "nginx-a");
+    const [portB, portA] = [await freePort(), await freePort()];
+    const common = (dir: string) =>
+      `worker_processes 1;\ndaemon off;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log error;\nevents { worker_connections 4096; }\nhttp {\n access_log off;\n client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};\n proxy_buffering off;\n keepalive_requests 100000;\n`;
+    const dirB = join(work, "nginx-b");
+    const dirA = join(work, "nginx-a");
+    for (const d of [dirB, dirA]) execFileSync("mkdir", ["-p", d]);
+    writeFileSync(
+      join(dirB, "nginx.conf"),
+      `${common(dirB)} upstream app { server 127.0.0.1:${backendPort}; keepalive 64; }\n server {\n  listen 127.0.0.1:${portB} ssl;\n  ssl_protocols TLSv1.2 TLSv1.3;\n  ssl_certificate ${nginxB.cert};\n  ssl_certificate_key ${nginxB.key};\n  ssl_client_certificate ${ca.bundleFile};\n  ssl_verify_client on;\n  ssl_verify_depth 2;\n  ssl_session_cache shared:SSL:10m;\n  location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }\n }\n}\n`,
+    );
+    writeFileSync(
+      join(dirA, "nginx.conf"),
+      `${common(dirA)} upstream peer { server 127.0.0.1:${portB}; keepalive 64; }\n server {\n  listen 127.0.0.1:${portA};\n  location / {\n   proxy_pass https://peer; proxy_http_version 1.1; proxy_set_header Connection "";\n   proxy_ssl_certificate ${nginxA.cert};\n   proxy_ssl_certificate_key ${nginxA.key};\n   proxy_ssl_trusted_certificate ${ca.bundleFile};\n   proxy_ssl_verify on;\n   proxy_ssl_verify_depth 2;\n   proxy_ssl_name nginx-b.mesh.test;\n   proxy_ssl_server_name on;\n   proxy_ssl_session_reuse on;\n   proxy_ssl_protocols TLSv1.2 TLSv1.3;\n  }\n }\n}\n`,
+    );
+    const ngB = await startProcess("nginx", ["-p", dirB, "-c", join(dirB, "nginx.conf"), "-e", join(dirB, "error.log")], undefined);
+    const ngA = await startProcess("nginx", ["-p", dirA, "-c", join(dirA, "nginx.conf"), "-e", join(dirA, "error.log")], undefined);
+    await waitForPort(portB);
+    await waitForPort(portA);
+    const nginxUrl = `http://127.0.0.1:${portA}`;
+
+    // Warm up (pools, JIT) and check every path answers 200.
+    for (const [url, h] of [[`http://127.0.0.1:${backendPort}`, []], [meshwardUrl, meshwardHeaders], [nginxUrl, []]] as const) {
+      const res = await fetch(`${url}/`, { headers: Object.fromEntries(h.map((x) => x.split(": ") as [string, string])) });
+      if (res.status !== 200) throw new Error(`${url} answered ${res.status}: ${await res.text()}`);
+    }
+    const idle = {
+      "meshward inbound": rssMb(sideB.child.pid),
+      "meshward outbound": rssMb(sideA.child.pid),
+      "nginx inbound worker": rssMb(nginxWorkerPid(ngB.child.pid)),
+      "nginx outbound worker": rssMb(nginxWorkerPid(ngA.child.pid)),
+    };
+
+    const paths = {
+      direct: { url: `http://127.0.0.1:${backendPort}`, headers: [] as string[] },
+      meshward: { url: meshwardUrl, headers: meshwardHeaders },
+      nginx: { url: nginxUrl, headers: [] as string[] },
+    };
+    const small: Record<string, WrkResult> = {};
+    const big: Record<string, WrkResult> = {};
+    const fresh: Record<string, WrkResult> = {};
+    for (const [name, p] of Object.entries(paths)) {
+      wrk(`${p.url}/`, 8, p.headers); // warm-up
+      small[name] = wrk(`${p.url}/`, 32, p.headers);
+    }
+    for (const [name, p] of Object.entries(paths)) big[name] = wrk(`${p.url}/big`, 4, p.headers);
+    for (const [name, p] of Object.entries(paths)) fresh[name] = wrk(`${p.url}/`, 16, [...p.headers, "Connection: close"]);
+    const half = Math.round(small.nginx!.rps / 2);
+    const atHalf: Record<string, ReturnType<typeof openLoop>> = {};
+    for (const [name, p] of Object.entries(paths)) atHalf[name] = openLoop(`${p.url}/`, half, p.headers);
+    const loaded = {
+      "meshward inbound": rssMb(sideB.child.pid),
+      "meshward outbound": rssMb(sideA.child.pid),
+      "nginx inbound worker": rssMb(nginxWorkerPid(ngB.child.pid)),
+      "nginx outbound worker": rssMb(nginxWorkerPid(ngA.child.pid)),
+    };
+
+    const f = (n: number, d = 0) => (Number.isFinite(n) ? n.toFixed(d) : "n/a");
+    console.log(`\nmeshward sidecar bench — ${SECONDS}s per run, wrk -t1, Node ${process.version}, loopback, 2 cores shared by everything\n`);
+    console.log("small keep-alive requests (wrk -c32, 13-byte body)");
+    console.log("  path       req/s     p50 ms   p99 ms   errors");
+    for (const [name, r] of Object.entries(small)) console.log(`  ${name.padEnd(9)} ${f(r.rps).padStart(7)}   ${f(r.p50, 2).padStart(6)}   ${f(r.p99, 2).padStart(6)}   ${r.errors || "-"}`);
+    const ratio = small.meshward!.rps / small.nginx!.rps;
+    console.log(`  meshward / nginx req/s = ${(ratio * 100).toFixed(0)}%   (target ≥ 100%: ${ratio >= 1 ? "MET" : "NOT MET"})`);
+    console.log(`\nopen-loop at half of the nginx pair's peak (${half} req/s, bench/proxy/load.ts)`);
+    for (const [name, r] of Object.entries(atHalf)) console.log(`  ${name.padEnd(9)} achieved ${f(r.achievedRate)} req/s   p50 ${f(r.p50Ms, 2)} ms   p99 ${f(r.p99Ms, 2)} ms   errors ${r.errors}`);
+    const addedMeshward = atHalf.meshward!.p99Ms - atHalf.direct!.p99Ms;
+    const addedNginx = atHalf.nginx!.p99Ms - atHalf.direct!.p99Ms;
+    console.log(`  p99 added latency: meshward ${f(addedMeshward, 2)} ms (target ≤ 1 ms: ${addedMeshward <= 1 ? "MET" : "NOT MET"}), nginx ${f(addedNginx, 2)} ms`);
+    console.log("\n1 MiB bodies (wrk -c4)");
+    for (const [name, r] of Object.entries(big)) console.log(`  ${name.padEnd(9)} ${f(r.mbps, 1).padStart(7)} MB/s   ${f(r.rps)} req/s   ${r.errors || ""}`);
+    console.log(`  meshward / nginx MB/s = ${((big.meshward!.mbps / big.nginx!.mbps) * 100).toFixed(0)}%`);
+    console.log("\nnew client connections (wrk -c16, Connection: close; proxy-to-proxy connections stay pooled in both)");
+    for (const [name, r] of Object.entries(fresh)) console.log(`  ${name.padEnd(9)} ${f(r.rps).padStart(7)} conn/s   p99 ${f(r.p99, 2)} ms   ${r.errors || ""}`);
+    console.log(`  meshward / nginx = ${((fresh.meshward!.rps / fresh.nginx!.rps) * 100).toFixed(0)}%`);
+    console.log("\nRSS (MB)            idle    after load");
+    for (const name of Object.keys(idle) as (keyof typeof idle)[]) console.log(`  ${name.padEnd(22)} ${f(idle[name], 1).padStart(6)}   ${f(loaded[name], 1).padStart(6)}`);
+    const idleMax = Math.max(idle["meshward inbound"], idle["meshward outbound"]);
+    console.log(`  sidecar idle RSS target ≤ 60 MB: ${idleMax <= 60 ? "MET" : "NOT MET"} (${f(idleMax, 1)} MB)`);
+  } finally {
+    for (const c of children) c.kill("SIGTERM");
+    await new Promise((r) => setTimeout(r, 300));
+    await ca.close();
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+await main();
+process.exit(0);

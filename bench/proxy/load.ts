@@ -1,0 +1,49 @@
+/**
+ * Open-loop constant-rate HTTP load (wrk measures closed-loop peak; latency "at half the
+ * peak rate" needs a fixed arrival rate, which wrk cannot do). Usage:
+ *   node --import tsx bench/proxy/load.ts URL RATE SECONDS [header:value ...]
+ * Prints one JSON line: { sent, ok, errors, p50Ms, p99Ms, achievedRate }.
+ */
+import { Agent, request } from "node:http";
+
+const [url, rateText, secondsText, ...headerArgs] = process.argv.slice(2);
+const target = new URL(url!);
+const rate = Number(rateText);
+const seconds = Number(secondsText);
+const headers: Record<string, string> = {};
+for (const h of headerArgs) headers[h.slice(0, h.indexOf(":"))] = h.slice(h.indexOf(":") + 1).trim();
+const agent = new Agent({ keepAlive: true, maxSockets: 64 });
+const latencies: number[] = [];
+let sent = 0;
+let ok = 0;
+let errors = 0;
+
+function one(): void {
+  sent++;
+  const started = process.hrtime.bigint();
+  const req = request({ host: target.hostname, port: target.port, path: target.pathname, headers, agent }, (res) => {
+    res.resume();
+    res.on("end", () => {
+      latencies.push(Number(process.hrtime.bigint() - started) / 1e6);
+      if (res.statusCode === 200) ok++;
+      else errors++;
+    });
+  });
+  req.on("error", () => errors++);
+  req.end();
+}
+
+const startedAt = Date.now();
+const timer = setInterval(() => {
+  const due = Math.floor(((Date.now() - startedAt) / 1000) * rate);
+  while (sent < due) one();
+  if (Date.now() - startedAt >= seconds * 1000) {
+    clearInterval(timer);
+    setTimeout(() => {
+      latencies.sort((a, b) => a - b);
+      const at = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? NaN;
+      process.stdout.write(`${JSON.stringify({ sent, ok, errors, p50Ms: at(0.5), p99Ms: at(0.99), achievedRate: ok / seconds })}\n`);
+      agent.destroy();
+    }, 1000);
+  }
+}, 1);
