@@ -3,6 +3,9 @@
  * mesh) with N concurrent clients against `meshward ca serve` in its own process, and
  * `cfssl serve` (Debian's golang-cfssl) signing the same CSRs in the same run.
  * Run: node --import tsx bench/ca/api-bench.ts [--duration-ms 5000] [--clients 64]
+ *        [--client h2|grpc-js] [--signing-workers N]
+ * The load generator runs in this process; its CPU per certificate is printed beside the
+ * server's, because on a 2-core machine every millisecond it burns is one the CA lacks.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -19,12 +22,16 @@ import { requestCertificate } from "../../src/identity/ca-client.ts";
 import { createCsr, encodePrivateKey, generateKeyPair } from "../../src/pki/index.ts";
 import { decodeSignResponse, encodeSignRequest, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../src/protocol/sentry.ts";
 import { openStore } from "../../src/store/index.ts";
+import { connectH2Grpc } from "./h2-grpc-client.ts";
+
+export type LoadClient = "h2" | "grpc-js";
 
 const BIN = fileURLToPath(new URL("../../bin/meshward.js", import.meta.url));
 const TD = "bench.test";
 
 export interface ApiBenchResult {
   readonly clients: number;
+  readonly loadClient: LoadClient;
   readonly meshwardGrpcPerSec: number;
   /** CPU milliseconds per certificate: the CA process (all threads) and the load generator. */
   readonly meshwardCpuMsPerCert: { readonly server: number; readonly client: number };
@@ -109,7 +116,7 @@ async function drive(clients: number, durationMs: number, call: (client: number,
   return { perSec: (done * 1000) / (performance.now() - start), errors, done };
 }
 
-async function benchMeshward(work: string, clients: number, durationMs: number, csrs: string[]): Promise<{ perSec: number; cpuMsPerCert: { server: number; client: number } }> {
+async function benchMeshward(work: string, clients: number, durationMs: number, csrs: string[], loadClient: LoadClient, signingWorkers: number | undefined): Promise<{ perSec: number; cpuMsPerCert: { server: number; client: number } }> {
   const dir = join(work, "ca");
   await initAnchors({ dir, trustDomain: TD, now: new Date() });
   const store = openStore(`sqlite:${caLayout(dir).database}`);
@@ -119,43 +126,57 @@ async function benchMeshward(work: string, clients: number, durationMs: number, 
   await store.createToken({ id: t.id, tokenHash: t.hash, spiffeId: `spiffe://${TD}/ns/bench/client`, dnsNames: [], createdAt: now, expiresAt: new Date(now.getTime() + 3_600_000), usesAllowed: clients, usesLeft: clients });
   await store.close();
 
-  const ca = spawn(process.execPath, [BIN, "ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--log-level", "warn"], { stdio: ["ignore", "pipe", "pipe"] });
+  const configArgs: string[] = [];
+  if (signingWorkers !== undefined) {
+    writeFileSync(join(work, "ca.yaml"), `signingWorkers: ${signingWorkers}\n`);
+    configArgs.push("--config", join(work, "ca.yaml"));
+  }
+  const ca = spawn(process.execPath, [BIN, "ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--log-level", "warn", ...configArgs], { stdio: ["ignore", "pipe", "pipe"] });
   try {
     const [, address] = await waitForLine(ca, /listening on (\S+) as/);
     const bundlePem = readFileSync(caLayout(dir).bundle, "utf8");
     // Each client joins once with the token, then renews with its SVID over mTLS.
-    const channels: grpc.Client[] = [];
+    const calls: ((request: Uint8Array) => Promise<Buffer>)[] = [];
+    const closers: (() => void)[] = [];
     for (let c = 0; c < clients; c++) {
       const keyPair = generateKeyPair();
       const signed = await requestCertificate({ address: address as string, bundlePem, trustDomain: TD }, { csrPem: await createCsr({ keyPair }), token: t.token, validator: "JOIN_TOKEN", namespace: "", appId: "" });
-      const creds = grpc.credentials.createSsl(Buffer.from(bundlePem), Buffer.from(encodePrivateKey(keyPair.privateKey)), Buffer.from(signed.certChainPem), { checkServerIdentity: () => undefined });
-      channels.push(new grpc.Client(address as string, creds, { "grpc.ssl_target_name_override": "localhost" }));
+      const keyPem = encodePrivateKey(keyPair.privateKey);
+      if (loadClient === "h2") {
+        const client = await connectH2Grpc(address as string, { ca: bundlePem, key: keyPem, cert: signed.certChainPem, servername: "localhost" });
+        calls.push((request) => client.unary(SIGN_CERTIFICATE_PATH, request));
+        closers.push(() => client.close());
+      } else {
+        const creds = grpc.credentials.createSsl(Buffer.from(bundlePem), Buffer.from(keyPem), Buffer.from(signed.certChainPem), { checkServerIdentity: () => undefined });
+        const channel = new grpc.Client(address as string, creds, { "grpc.ssl_target_name_override": "localhost" });
+        calls.push(
+          (request) =>
+            new Promise((resolve, reject) =>
+              channel.makeUnaryRequest(SIGN_CERTIFICATE_PATH, (m: Uint8Array) => Buffer.from(m), (b: Buffer) => b, request, (error, value) => (error ? reject(error) : resolve(value as Buffer))),
+            ),
+        );
+        closers.push(() => channel.close());
+      }
     }
-    const call = (client: number, i: number) =>
-      new Promise<void>((resolve, reject) => {
-        const message = { id: "", token: "", trustDomain: TD, namespace: "", certificateSigningRequest: Buffer.from(csrs[(client * 7919 + i) % csrs.length] as string), tokenValidator: TokenValidator.SVID };
-        channels[client]!.makeUnaryRequest(SIGN_CERTIFICATE_PATH, (m: typeof message) => Buffer.from(encodeSignRequest(m)), (b: Buffer) => b, message, (error, value) => {
-          if (error) reject(error);
-          else {
-            decodeSignResponse(value as Buffer);
-            resolve();
-          }
-        });
-      });
+    const call = async (client: number, i: number) => {
+      const message = { id: "", token: "", trustDomain: TD, namespace: "", certificateSigningRequest: Buffer.from(csrs[(client * 7919 + i) % csrs.length] as string), tokenValidator: TokenValidator.SVID };
+      const reply = decodeSignResponse(await calls[client]!(encodeSignRequest(message)));
+      if (reply.workloadCertificate.length === 0) throw new Error("empty certificate chain");
+    };
     await drive(clients, Math.min(1000, durationMs / 4), call); // warm-up
     const serverBefore = processCpuMs(ca.pid!);
     const clientBefore = ownCpuMs();
     const { perSec, errors, done } = await drive(clients, durationMs, call);
     const cpuMsPerCert = { server: (processCpuMs(ca.pid!) - serverBefore) / done, client: (ownCpuMs() - clientBefore) / done };
     if (errors > 0) console.log(`  (meshward: ${errors} failed calls)`);
-    for (const ch of channels) ch.close();
+    for (const close of closers) close();
     return { perSec, cpuMsPerCert };
   } finally {
     ca.kill("SIGKILL");
   }
 }
 
-async function benchCfssl(work: string, clients: number, durationMs: number, csrs: string[]): Promise<number | undefined> {
+async function benchCfssl(work: string, clients: number, durationMs: number, csrs: string[]): Promise<{ perSec: number; cpuMsPerCert: { server: number; client: number } }> {
   const dir = join(work, "ca");
   const layout = caLayout(dir);
   // cfssl wants an unencrypted issuer key; the bench CA was created without a passphrase.
@@ -177,36 +198,42 @@ async function benchCfssl(work: string, clients: number, durationMs: number, csr
         req.end(body);
       });
     await drive(clients, Math.min(1000, durationMs / 4), call);
-    const { perSec, errors } = await drive(clients, durationMs, call);
+    const serverBefore = processCpuMs(cfssl.pid!);
+    const clientBefore = ownCpuMs();
+    const { perSec, errors, done } = await drive(clients, durationMs, call);
+    const cpuMsPerCert = { server: (processCpuMs(cfssl.pid!) - serverBefore) / done, client: (ownCpuMs() - clientBefore) / done };
     if (errors > 0) console.log(`  (cfssl: ${errors} failed calls)`);
     agent.destroy();
-    return perSec;
+    return { perSec, cpuMsPerCert };
   } finally {
     cfssl.kill("SIGKILL");
   }
 }
 
-export async function runApiBench(options: { durationMs?: number; clients?: number; print?: boolean } = {}): Promise<ApiBenchResult> {
+export async function runApiBench(options: { durationMs?: number; clients?: number; loadClient?: LoadClient; signingWorkers?: number; print?: boolean } = {}): Promise<ApiBenchResult> {
   const durationMs = options.durationMs ?? 5000;
   const clients = options.clients ?? 64;
+  const loadClient = options.loadClient ?? "h2";
   const work = mkdtempSync(join(tmpdir(), "meshward-bench-ca-"));
   try {
     const csrs = await makeCsrPool(256);
-    const meshward = await benchMeshward(work, clients, durationMs, csrs);
+    const meshward = await benchMeshward(work, clients, durationMs, csrs, loadClient, options.signingWorkers);
     const meshwardGrpcPerSec = meshward.perSec;
     let cfsslPerSec: number | undefined;
+    let cfsslCpuMsPerCert: { server: number; client: number } | undefined;
     try {
-      cfsslPerSec = await benchCfssl(work, clients, durationMs, csrs);
+      ({ perSec: cfsslPerSec, cpuMsPerCert: cfsslCpuMsPerCert } = await benchCfssl(work, clients, durationMs, csrs));
     } catch (error) {
       console.log(`  cfssl not measured: ${(error as Error).message} (install it with: bash scripts/ensure-system-deps.sh --bench)`);
     }
-    const result = { clients, meshwardGrpcPerSec, meshwardCpuMsPerCert: meshward.cpuMsPerCert, cfsslPerSec, ratioToCfssl: cfsslPerSec ? meshwardGrpcPerSec / cfsslPerSec : undefined, target: 5000 };
+    const result = { clients, loadClient, meshwardGrpcPerSec, meshwardCpuMsPerCert: meshward.cpuMsPerCert, cfsslPerSec, ratioToCfssl: cfsslPerSec ? meshwardGrpcPerSec / cfsslPerSec : undefined, target: 5000 };
     if (options.print ?? true) {
       console.log(`CA API, ${clients} concurrent clients, ${durationMs} ms each`);
-      console.log(`  meshward gRPC SignCertificate (mTLS renewal): ${meshwardGrpcPerSec.toFixed(0)} certs/s  (target >= ${result.target}/s)`);
+      console.log(`  meshward gRPC SignCertificate (mTLS renewal, ${loadClient} clients${options.signingWorkers !== undefined ? `, signingWorkers ${options.signingWorkers}` : ""}): ${meshwardGrpcPerSec.toFixed(0)} certs/s  (target >= ${result.target}/s)`);
       const cpu = result.meshwardCpuMsPerCert;
       console.log(`    CPU per certificate: CA process ${cpu.server.toFixed(3)} ms, load generator ${cpu.client.toFixed(3)} ms (${os.availableParallelism()} cores, load average ${os.loadavg()[0]!.toFixed(2)})`);
       if (cfsslPerSec !== undefined) console.log(`  cfssl serve /api/v1/cfssl/sign (plain HTTP):  ${cfsslPerSec.toFixed(0)} certs/s  → meshward/cfssl = ${result.ratioToCfssl!.toFixed(2)}x`);
+      if (cfsslCpuMsPerCert !== undefined) console.log(`    CPU per certificate: cfssl process ${cfsslCpuMsPerCert.server.toFixed(3)} ms, load generator ${cfsslCpuMsPerCert.client.toFixed(3)} ms`);
     }
     return result;
   } finally {
@@ -215,5 +242,12 @@ export async function runApiBench(options: { durationMs?: number; clients?: numb
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
-  await runApiBench({ durationMs: arg("--duration-ms", 5000), clients: arg("--clients", 64) });
+  const client = process.argv[process.argv.indexOf("--client") + 1];
+  const workers = process.argv.includes("--signing-workers") ? arg("--signing-workers", 0) : undefined;
+  await runApiBench({
+    durationMs: arg("--duration-ms", 5000),
+    clients: arg("--clients", 64),
+    loadClient: process.argv.includes("--client") && client === "grpc-js" ? "grpc-js" : "h2",
+    ...(workers !== undefined ? { signingWorkers: workers } : {}),
+  });
 }

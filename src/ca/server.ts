@@ -8,7 +8,7 @@ import { issueLeafCertificate } from "../pki/certificate.ts";
 import { encodePrivateKey, generateKeyPair } from "../pki/keys.ts";
 import { toPem } from "../pki/pem.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
-import { openStore } from "../store/index.ts";
+import { openSqliteStore, openStore, parseStoreUrl } from "../store/index.ts";
 import type { Store } from "../store/store.ts";
 import { parseHostPort } from "../util/address.ts";
 import { loadAnchors, type LoadedAnchors } from "./anchors.ts";
@@ -67,7 +67,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       `the configuration names trust domain ${config.trustDomain} but ${options.dir} holds a CA for ${anchors.trustDomain}`,
     );
   }
-  const store = options.store ?? openStore(config.store ?? `sqlite:${anchors.layout.database}`);
+  const store = options.store ?? openCaStore(config.store ?? `sqlite:${anchors.layout.database}`);
   await store.migrate();
 
   const telemetry = createMetrics({ processMetrics: true });
@@ -296,6 +296,12 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       if (options.store === undefined) await store.close();
     },
   };
+}
+
+/** SQLite commits (one fsync per group commit) run on a writer thread so they never stall the API. */
+function openCaStore(url: string): Store {
+  const location = parseStoreUrl(url);
+  return location.kind === "sqlite" ? openSqliteStore(location.path, { writerThread: true }) : openStore(url);
 }
 
 function readiness(anchors: LoadedAnchors, crl: CrlPublisher, now: Date, storeHealthy: boolean, warnings: readonly string[]) {

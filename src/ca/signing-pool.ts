@@ -84,11 +84,17 @@ export class SigningPool implements CsrSigning {
   #generation = 0;
   #closed = false;
   #broken: Error | undefined;
+  #running = 0;
 
   constructor(size: number) {
     if (!Number.isInteger(size) || size < 1) throw new MeshwardError("E_CONFIG_INVALID", `the signing pool needs at least one worker (got ${size})`);
     this.size = size;
     for (let i = 0; i < size; i++) this.#threads.push(this.#spawn());
+  }
+
+  /** Worker threads started and not yet exited (0 once close() has resolved). */
+  get running(): number {
+    return this.#running;
   }
 
   async parseCsr(csr: string | Uint8Array): Promise<ParsedCsr> {
@@ -139,6 +145,7 @@ export class SigningPool implements CsrSigning {
 
   #spawn(): PoolThread {
     const worker = startWorker();
+    this.#running += 1;
     const thread: PoolThread = { worker, pending: new Map(), ready: false };
     worker.unref();
     worker.on("message", (reply: WorkerReply | { type: "ready" }) => {
@@ -154,7 +161,10 @@ export class SigningPool implements CsrSigning {
       else job.reject(reviveError(reply.error));
     });
     worker.on("error", (error) => this.#lost(thread, error));
-    worker.on("exit", (code) => this.#lost(thread, new Error(`signing worker exited with code ${code}`)));
+    worker.on("exit", (code) => {
+      this.#running -= 1;
+      this.#lost(thread, new Error(`signing worker exited with code ${code}`));
+    });
     this.#sendSigner(thread);
     return thread;
   }

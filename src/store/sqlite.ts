@@ -4,6 +4,7 @@ import Database from "better-sqlite3";
 import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { assertSchemaNotNewer, latestVersion, migrateSqlite, SQLITE_MIGRATIONS, sqliteSchemaVersion } from "./migrations.ts";
 import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
+import { SqliteWriter } from "./sqlite-writer.ts";
 import type { IssuanceFilter, IssuanceRecord, JoinTokenRecord, RevocationRecord, Store, TokenConsumption } from "./store.ts";
 
 const BUSY_TIMEOUT_MS = 5_000;
@@ -40,9 +41,17 @@ interface RevocationRow {
   spiffe_id: string | null;
 }
 
+export interface SqliteStoreOptions {
+  /**
+   * Commit issuances on a worker thread with its own connection (sqlite-writer.ts), so the
+   * fsync of each group commit does not stall this thread. Ignored for ":memory:".
+   */
+  readonly writerThread?: boolean;
+}
+
 /** Opens (creating when missing, mode 0600) the SQLite store at `path`; call migrate() before use. */
-export function openSqliteStore(path: string): SqliteStore {
-  return new SqliteStore(path);
+export function openSqliteStore(path: string, options: SqliteStoreOptions = {}): SqliteStore {
+  return new SqliteStore(path, options);
 }
 
 /** Embedded store: one file, WAL, synchronous=FULL so a committed write survives kill -9 and power loss. */
@@ -52,9 +61,12 @@ export class SqliteStore implements Store {
   #statements: Statements | undefined;
   readonly #pendingIssuances: { row: IssuanceRow; supersedes: string | undefined; resolve: () => void; reject: (error: unknown) => void }[] = [];
   readonly #listStatements = new Map<string, Database.Statement>();
+  readonly #useWriterThread: boolean;
+  #writer: SqliteWriter | undefined;
 
-  constructor(path: string) {
+  constructor(path: string, options: SqliteStoreOptions = {}) {
     this.path = path === MEMORY ? MEMORY : resolve(path);
+    this.#useWriterThread = options.writerThread === true && this.path !== MEMORY;
     if (this.path !== MEMORY) createPrivateFile(this.path);
     let db: Database.Database;
     try {
@@ -103,6 +115,11 @@ export class SqliteStore implements Store {
     };
     const supersedes = record.supersedes === undefined ? undefined : requireSerial(record.supersedes, "record the superseded certificate");
     this.#assertOpen();
+    if (this.#useWriterThread) {
+      // Started on first use, after migrate(): the writer's connection prepares its statements then.
+      this.#writer ??= new SqliteWriter(this.path);
+      return this.#writer.record(record);
+    }
     // Group commit: every issuance recorded in the same turn of the event loop shares one
     // transaction, so one fsync (synchronous=FULL) serves many concurrent signings. Each
     // caller's promise still resolves only after its row is committed.
@@ -237,6 +254,7 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    await this.#writer?.close();
     if (this.#db.open) this.#flushIssuances();
     if (this.#db.open) this.#db.close();
   }
