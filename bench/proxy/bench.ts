@@ -5,12 +5,16 @@
  * Prints req/s and p50/p99 for small keep-alive requests (wrk -c32), p99 at half of the
  * nginx pair's peak rate (open-loop, bench/proxy/load.ts), MB/s for 1 MiB bodies, new
  * client connections per second (Connection: close) and each process's RSS, with the issue's
- * targets beside them. No assertions: figures and ratios only.
+ * targets beside them. No assertions: figures and ratios only. A naive Node pair (node:https
+ * server → node:http, node:http server → node:https, keep-alive agents, no policy, no SPIFFE
+ * checks) is printed too, as the floor of what Node itself costs for two L7 hops.
+ * The sidecars run from JavaScript compiled into node_modules/.cache/meshward-bench (as the
+ * published package would), not through the tsx loader.
  *   node --import tsx bench/proxy/bench.ts [seconds-per-run]
  */
 import { spawn, execFileSync } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -133,7 +137,40 @@ s.keepAliveTimeout = 60000;
 s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));
 `;
 
+/** Compiles src/ with the build config into node_modules/.cache (so node_modules resolves); returns the CLI entry. */
+function buildCli(): string {
+  const dir = join(ROOT, "node_modules/.cache/meshward-bench");
+  rmSync(dir, { recursive: true, force: true });
+  try {
+    execFileSync(join(ROOT, "node_modules/.bin/tsc"), ["-p", join(ROOT, "tsconfig.build.json"), "--outDir", join(dir, "dist"), "--declaration", "false", "--sourceMap", "false"], { stdio: "ignore" });
+  } catch {
+    // Type errors elsewhere in the tree still emit JavaScript.
+  }
+  symlinkSync(join(ROOT, "proto"), join(dir, "proto"));
+  return join(dir, "dist/cli/main.js");
+}
+
+const NAIVE_INBOUND = (cert: string, key: string, ca: string, appPort: number) => `
+const fs = require("fs"), https = require("https"), http = require("http");
+const agent = new http.Agent({ keepAlive: true });
+const s = https.createServer({ cert: fs.readFileSync(${JSON.stringify(cert)}), key: fs.readFileSync(${JSON.stringify(key)}), ca: fs.readFileSync(${JSON.stringify(ca)}), requestCert: true, rejectUnauthorized: true }, (q, r) => {
+  const o = http.request({ host: "127.0.0.1", port: ${appPort}, path: q.url, method: q.method, headers: q.headers, agent }, (u) => { r.writeHead(u.statusCode, u.headers); u.pipe(r); });
+  o.on("error", () => r.destroy()); q.pipe(o);
+});
+s.keepAliveTimeout = 60000;
+s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));`;
+const NAIVE_OUTBOUND = (cert: string, key: string, ca: string, peerPort: number) => `
+const fs = require("fs"), https = require("https"), http = require("http");
+const agent = new https.Agent({ keepAlive: true, cert: fs.readFileSync(${JSON.stringify(cert)}), key: fs.readFileSync(${JSON.stringify(key)}), ca: fs.readFileSync(${JSON.stringify(ca)}) });
+const s = http.createServer((q, r) => {
+  const o = https.request({ host: "127.0.0.1", port: ${peerPort}, path: q.url, method: q.method, headers: q.headers, agent, servername: "naive-b.mesh.test" }, (u) => { r.writeHead(u.statusCode, u.headers); u.pipe(r); });
+  o.on("error", () => r.destroy()); q.pipe(o);
+});
+s.keepAliveTimeout = 60000;
+s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));`;
+
 async function main(): Promise<void> {
+  const cli = buildCli();
   const ca = await startMeshCa({ workloadTtl: "24h" });
   const work = mkdtempSync(join(tmpdir(), "meshward-bench-proxy-"));
   try {
@@ -144,7 +181,7 @@ async function main(): Promise<void> {
     const sidecar = async (appId: string, extra: string[]) =>
       startProcess(
         process.execPath,
-        [join(ROOT, "bin/meshward.js"), "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", await ca.token("default", appId), "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra],
+        [cli, "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", await ca.token("default", appId), "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra],
         /inbound=127\.0\.0\.1:(\d+)(?: outbound=127\.0\.0\.1:(\d+))?/,
       );
     const sideB = await sidecar("bench-b", ["--app", `127.0.0.1:${backendPort}`]);
@@ -175,8 +212,14 @@ async function main(): Promise<void> {
     await waitForPort(portA);
     const nginxUrl = `http://127.0.0.1:${portA}`;
 
+    const naiveB = await ca.clientFiles("default", "naive-b", ["naive-b.mesh.test"]);
+    const naiveA = await ca.clientFiles("default", "naive-a");
+    const nvB = await startProcess(process.execPath, ["-e", NAIVE_INBOUND(naiveB.cert, naiveB.key, ca.bundleFile, backendPort)], /PORT (\d+)/);
+    const nvA = await startProcess(process.execPath, ["-e", NAIVE_OUTBOUND(naiveA.cert, naiveA.key, ca.bundleFile, Number(nvB.match![1]))], /PORT (\d+)/);
+    const naiveUrl = `http://127.0.0.1:${nvA.match![1]}`;
+
     // Warm up (pools, JIT) and check every path answers 200.
-    for (const [url, h] of [[`http://127.0.0.1:${backendPort}`, []], [meshwardUrl, meshwardHeaders], [nginxUrl, []]] as const) {
+    for (const [url, h] of [[`http://127.0.0.1:${backendPort}`, []], [meshwardUrl, meshwardHeaders], [nginxUrl, []], [naiveUrl, []]] as const) {
       const res = await fetch(`${url}/`, { headers: Object.fromEntries(h.map((x) => x.split(": ") as [string, string])) });
       if (res.status !== 200) throw new Error(`${url} answered ${res.status}: ${await res.text()}`);
     }
@@ -185,12 +228,15 @@ async function main(): Promise<void> {
       "meshward outbound": rssMb(sideA.child.pid),
       "nginx inbound worker": rssMb(nginxWorkerPid(ngB.child.pid)),
       "nginx outbound worker": rssMb(nginxWorkerPid(ngA.child.pid)),
+      "node-naive inbound": rssMb(nvB.child.pid),
+      "node-naive outbound": rssMb(nvA.child.pid),
     };
 
     const paths = {
       direct: { url: `http://127.0.0.1:${backendPort}`, headers: [] as string[] },
       meshward: { url: meshwardUrl, headers: meshwardHeaders },
       nginx: { url: nginxUrl, headers: [] as string[] },
+      "node-naive": { url: naiveUrl, headers: [] as string[] },
     };
     const small: Record<string, WrkResult> = {};
     const big: Record<string, WrkResult> = {};
@@ -209,25 +255,27 @@ async function main(): Promise<void> {
       "meshward outbound": rssMb(sideA.child.pid),
       "nginx inbound worker": rssMb(nginxWorkerPid(ngB.child.pid)),
       "nginx outbound worker": rssMb(nginxWorkerPid(ngA.child.pid)),
+      "node-naive inbound": rssMb(nvB.child.pid),
+      "node-naive outbound": rssMb(nvA.child.pid),
     };
 
     const f = (n: number, d = 0) => (Number.isFinite(n) ? n.toFixed(d) : "n/a");
     console.log(`\nmeshward sidecar bench — ${SECONDS}s per run, wrk -t1, Node ${process.version}, loopback, 2 cores shared by everything\n`);
     console.log("small keep-alive requests (wrk -c32, 13-byte body)");
-    console.log("  path       req/s     p50 ms   p99 ms   errors");
-    for (const [name, r] of Object.entries(small)) console.log(`  ${name.padEnd(9)} ${f(r.rps).padStart(7)}   ${f(r.p50, 2).padStart(6)}   ${f(r.p99, 2).padStart(6)}   ${r.errors || "-"}`);
+    console.log("  path        req/s     p50 ms   p99 ms   errors");
+    for (const [name, r] of Object.entries(small)) console.log(`  ${name.padEnd(10)} ${f(r.rps).padStart(7)}   ${f(r.p50, 2).padStart(6)}   ${f(r.p99, 2).padStart(6)}   ${r.errors || "-"}`);
     const ratio = small.meshward!.rps / small.nginx!.rps;
-    console.log(`  meshward / nginx req/s = ${(ratio * 100).toFixed(0)}%   (target ≥ 100%: ${ratio >= 1 ? "MET" : "NOT MET"})`);
+    console.log(`  meshward / nginx req/s = ${(ratio * 100).toFixed(0)}%   (target ≥ 100%: ${ratio >= 1 ? "MET" : "NOT MET"}); meshward / node-naive = ${((small.meshward!.rps / small["node-naive"]!.rps) * 100).toFixed(0)}%`);
     console.log(`\nopen-loop at half of the nginx pair's peak (${half} req/s, bench/proxy/load.ts)`);
-    for (const [name, r] of Object.entries(atHalf)) console.log(`  ${name.padEnd(9)} achieved ${f(r.achievedRate)} req/s   p50 ${f(r.p50Ms, 2)} ms   p99 ${f(r.p99Ms, 2)} ms   errors ${r.errors}`);
+    for (const [name, r] of Object.entries(atHalf)) console.log(`  ${name.padEnd(10)} achieved ${f(r.achievedRate)} req/s   p50 ${f(r.p50Ms, 2)} ms   p99 ${f(r.p99Ms, 2)} ms   errors ${r.errors}`);
     const addedMeshward = atHalf.meshward!.p99Ms - atHalf.direct!.p99Ms;
     const addedNginx = atHalf.nginx!.p99Ms - atHalf.direct!.p99Ms;
     console.log(`  p99 added latency: meshward ${f(addedMeshward, 2)} ms (target ≤ 1 ms: ${addedMeshward <= 1 ? "MET" : "NOT MET"}), nginx ${f(addedNginx, 2)} ms`);
     console.log("\n1 MiB bodies (wrk -c4)");
-    for (const [name, r] of Object.entries(big)) console.log(`  ${name.padEnd(9)} ${f(r.mbps, 1).padStart(7)} MB/s   ${f(r.rps)} req/s   ${r.errors || ""}`);
+    for (const [name, r] of Object.entries(big)) console.log(`  ${name.padEnd(10)} ${f(r.mbps, 1).padStart(7)} MB/s   ${f(r.rps)} req/s   ${r.errors || ""}`);
     console.log(`  meshward / nginx MB/s = ${((big.meshward!.mbps / big.nginx!.mbps) * 100).toFixed(0)}%`);
     console.log("\nnew client connections (wrk -c16, Connection: close; proxy-to-proxy connections stay pooled in both)");
-    for (const [name, r] of Object.entries(fresh)) console.log(`  ${name.padEnd(9)} ${f(r.rps).padStart(7)} conn/s   p99 ${f(r.p99, 2)} ms   ${r.errors || ""}`);
+    for (const [name, r] of Object.entries(fresh)) console.log(`  ${name.padEnd(10)} ${f(r.rps).padStart(7)} conn/s   p99 ${f(r.p99, 2)} ms   ${r.errors || ""}`);
     console.log(`  meshward / nginx = ${((fresh.meshward!.rps / fresh.nginx!.rps) * 100).toFixed(0)}%`);
     console.log("\nRSS (MB)            idle    after load");
     for (const name of Object.keys(idle) as (keyof typeof idle)[]) console.log(`  ${name.padEnd(22)} ${f(idle[name], 1).padStart(6)}   ${f(loaded[name], 1).padStart(6)}`);

@@ -24,7 +24,7 @@ import { forwardH2, forwardH2ToHttp1, forwardHttp1, unreachableAnswer } from "./
 import type { ForwardHooks, Http1Upstream } from "./forward.ts";
 import { isGrpc, XFCC, xfccValue } from "./headers.ts";
 import type { PolicySource } from "./policy-source.ts";
-import { answerH2, answerHttp1, GrpcStatus, statusClass } from "./respond.ts";
+import { answerH2, answerHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
 
@@ -124,7 +124,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       onUpstreamError: appError,
       done: (status) => {
         end();
-        mesh.requestDuration.observe({ direction: "inbound", protocol, status_class: statusClass(status) }, Number(process.hrtime.bigint() - started) / 1e9);
+        observeDuration(mesh.requestDuration, "inbound", protocol, statusClass(status), started);
       },
     };
   };
@@ -239,7 +239,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     socket.once("close", () => {
       app.destroy();
       end();
-      mesh.requestDuration.observe({ direction: "inbound", protocol: "tcp", status_class: failed ? "error" : "2xx" }, Number(process.hrtime.bigint() - started) / 1e9);
+      observeDuration(mesh.requestDuration, "inbound", "tcp", failed ? "error" : "2xx", started);
     });
   };
 

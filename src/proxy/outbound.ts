@@ -16,7 +16,7 @@ import { isGrpc, targetAppId, XFCC } from "./headers.ts";
 import type { ProxyTelemetry } from "./inbound.ts";
 import { PeerPool, resolvePeer } from "./peers.ts";
 import type { PeerDirectory, PeerTarget } from "./peers.ts";
-import { answerH2, answerHttp1, GrpcStatus, statusClass } from "./respond.ts";
+import { answerH2, answerHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
 
@@ -99,7 +99,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       onUpstreamError: peerError(target),
       done: (status) => {
         end();
-        mesh.requestDuration.observe({ direction: "outbound", protocol, status_class: statusClass(status) }, Number(process.hrtime.bigint() - started) / 1e9);
+        observeDuration(mesh.requestDuration, "outbound", protocol, statusClass(status), started);
       },
     };
   };
@@ -124,6 +124,8 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         const { name, target } = route(req.headers);
         if (target === undefined) return answerHttp1(res, unknownApp(name));
         const hooks = hooksFor(req.socket, target, "http");
+        const ready = pool.agentIfReady(target);
+        if (ready !== undefined) return forwardHttp1(req, res, { host: target.host, port: target.port, agent: ready, tls: true }, hooks);
         pool.agent(target).then(
           (agent) => forwardHttp1(req, res, { host: target.host, port: target.port, agent, tls: true }, hooks),
           (error: Error) => {
@@ -209,7 +211,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       let ok = false;
       socket.once("close", () => {
         end();
-        mesh.requestDuration.observe({ direction: "outbound", protocol: "tcp", status_class: ok ? "2xx" : "error" }, Number(process.hrtime.bigint() - started) / 1e9);
+        observeDuration(mesh.requestDuration, "outbound", "tcp", ok ? "2xx" : "error", started);
       });
       pool.socket(target).then(
         (peer) => {

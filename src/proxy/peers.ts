@@ -139,6 +139,11 @@ export class PeerPool {
     return entry;
   }
 
+  /** The agent if it already exists (the hot path skips a promise per request). */
+  agentIfReady(target: PeerTarget): VerifiedPeerAgent | undefined {
+    return this.#entry(target).agent;
+  }
+
   async agent(target: PeerTarget): Promise<VerifiedPeerAgent> {
     const entry = this.#entry(target);
     entry.agent ??= new VerifiedPeerAgent(await entry.runtime, this.#sessions);

@@ -1,6 +1,7 @@
 import { constants as h2 } from "node:http2";
 import type { ServerHttp2Stream } from "node:http2";
 import type { ServerResponse } from "node:http";
+import type { Histogram } from "prom-client";
 
 /** gRPC status codes meshward answers with itself. */
 export const GrpcStatus = { NOT_FOUND: 5, PERMISSION_DENIED: 7, INTERNAL: 13, UNAVAILABLE: 14, UNAUTHENTICATED: 16 } as const;
@@ -57,4 +58,17 @@ export function answerH2(stream: ServerHttp2Stream, answer: ProxyAnswer, grpc: b
 export function statusClass(status: number | undefined): string {
   if (status === undefined || status === 0) return "error";
   return `${Math.floor(status / 100)}xx`;
+}
+
+type DurationHistogram = Histogram<"direction" | "protocol" | "status_class">;
+const children = new WeakMap<DurationHistogram, Map<string, { observe(value: number): void }>>();
+
+/** requestDuration.observe with the labelled child cached (prom-client hashes labels on every call otherwise). */
+export function observeDuration(histogram: DurationHistogram, direction: string, protocol: string, status: string, startedNs: bigint): void {
+  let byKey = children.get(histogram);
+  if (byKey === undefined) children.set(histogram, (byKey = new Map()));
+  const key = `${direction}|${protocol}|${status}`;
+  let child = byKey.get(key);
+  if (child === undefined) byKey.set(key, (child = histogram.labels({ direction, protocol, status_class: status })));
+  child.observe(Number(process.hrtime.bigint() - startedNs) / 1e9);
 }
