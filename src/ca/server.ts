@@ -102,7 +102,12 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const defaultValidator: ValidatorName = config.defaultValidator;
 
   const signingWorkers = config.signingWorkers ?? defaultSigningWorkers();
-  const signing = signingWorkers === 0 ? inlineSigning : new SigningPool(signingWorkers);
+  const pool = signingWorkers === 0 ? undefined : new SigningPool(signingWorkers);
+  const signing = pool ?? inlineSigning;
+  await pool?.ready().catch(async (error: unknown) => {
+    await pool.close();
+    throw new MeshwardError("E_SIGNING_START", `the signing worker threads did not start: ${describeError(error)}`, { cause: error });
+  });
   const authority = new CertificateAuthority({
     signing,
     anchors: () => anchors,

@@ -30,6 +30,7 @@ export const inlineSigning: CsrSigning = {
 };
 
 // ---------------------------------------------------------------- messages (shared with signing-worker.ts)
+// The pool posts WorkerRequest[] (in order), the worker answers each batch with WorkerReply[].
 
 export interface SignJob {
   readonly type: "sign";
@@ -65,7 +66,10 @@ interface PendingJob {
 
 interface PoolThread {
   readonly worker: Worker;
+  readonly started: Promise<void>;
   readonly pending: Map<number, PendingJob>;
+  /** Messages of this turn of the event loop, posted together (one wake-up of the worker). */
+  outbox: WorkerRequest[];
   ready: boolean;
 }
 
@@ -85,11 +89,17 @@ export class SigningPool implements CsrSigning {
   #closed = false;
   #broken: Error | undefined;
   #running = 0;
+  #flushScheduled = false;
 
   constructor(size: number) {
     if (!Number.isInteger(size) || size < 1) throw new MeshwardError("E_CONFIG_INVALID", `the signing pool needs at least one worker (got ${size})`);
     this.size = size;
     for (let i = 0; i < size; i++) this.#threads.push(this.#spawn());
+  }
+
+  /** Resolves once every worker has loaded its code (jobs posted earlier wait for that anyway). */
+  async ready(): Promise<void> {
+    await Promise.all(this.#threads.map((thread) => thread.started));
   }
 
   /** Worker threads started and not yet exited (0 once close() has resolved). */
@@ -127,7 +137,21 @@ export class SigningPool implements CsrSigning {
 
   #sendSigner(thread: PoolThread): void {
     if (this.#signer === undefined) return;
-    thread.worker.postMessage({ type: "signer", generation: this.#generation, der: this.#signer.der, privateKey: this.#signer.privateKey } satisfies WorkerRequest);
+    this.#post(thread, { type: "signer", generation: this.#generation, der: this.#signer.der, privateKey: this.#signer.privateKey });
+  }
+
+  #post(thread: PoolThread, message: WorkerRequest): void {
+    thread.outbox.push(message);
+    if (this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    setImmediate(() => {
+      this.#flushScheduled = false;
+      for (const each of this.#threads) {
+        if (each.outbox.length === 0) continue;
+        each.worker.postMessage(each.outbox);
+        each.outbox = [];
+      }
+    });
   }
 
   #run(job: (id: number) => WorkerRequest): Promise<unknown> {
@@ -139,26 +163,34 @@ export class SigningPool implements CsrSigning {
     return new Promise((resolve, reject) => {
       if (thread.pending.size === 0) thread.worker.ref();
       thread.pending.set(id, { resolve, reject });
-      thread.worker.postMessage(job(id));
+      this.#post(thread, job(id));
     });
   }
 
   #spawn(): PoolThread {
     const worker = startWorker();
     this.#running += 1;
-    const thread: PoolThread = { worker, pending: new Map(), ready: false };
+    let started!: () => void;
+    let failed!: (error: Error) => void;
+    const thread: PoolThread = { worker, started: new Promise((resolve, reject) => ((started = resolve), (failed = reject))), pending: new Map(), outbox: [], ready: false };
+    thread.started.catch(() => undefined);
     worker.unref();
-    worker.on("message", (reply: WorkerReply | { type: "ready" }) => {
-      if ("type" in reply) {
+    worker.once("error", (error) => failed(error));
+    worker.once("exit", (code) => failed(new Error(`signing worker exited with code ${code} while starting`)));
+    worker.on("message", (replies: readonly WorkerReply[] | "ready") => {
+      if (replies === "ready") {
         thread.ready = true;
+        started();
         return;
       }
-      const job = thread.pending.get(reply.id);
-      if (job === undefined) return;
-      thread.pending.delete(reply.id);
+      for (const reply of replies) {
+        const job = thread.pending.get(reply.id);
+        if (job === undefined) continue;
+        thread.pending.delete(reply.id);
+        if (reply.ok) job.resolve(reply.value);
+        else job.reject(reviveError(reply.error));
+      }
       if (thread.pending.size === 0) worker.unref();
-      if (reply.ok) job.resolve(reply.value);
-      else job.reject(reviveError(reply.error));
     });
     worker.on("error", (error) => this.#lost(thread, error));
     worker.on("exit", (code) => {

@@ -16,21 +16,23 @@ if (port === null) throw new Error("signing-worker.ts runs only as a worker thre
 
 let signer: { readonly generation: number; readonly signer: Signer } | undefined;
 
-port.on("message", (message: WorkerRequest) => {
-  if (message.type === "signer") {
-    const der = Buffer.from(message.der);
-    signer = { generation: message.generation, signer: { certificate: new X509Certificate(der), der, privateKey: message.privateKey } };
-    return;
+port.on("message", (messages: readonly WorkerRequest[]) => {
+  const replies: WorkerReply[] = [];
+  for (const message of messages) {
+    if (message.type === "signer") {
+      const der = Buffer.from(message.der);
+      signer = { generation: message.generation, signer: { certificate: new X509Certificate(der), der, privateKey: message.privateKey } };
+      continue;
+    }
+    try {
+      replies.push({ id: message.id, ok: true, value: message.type === "parse" ? parseCsr(message.csr) : sign(message) });
+    } catch (error) {
+      replies.push({ id: message.id, ok: false, error: serializeError(error) });
+    }
   }
-  let reply: WorkerReply;
-  try {
-    reply = { id: message.id, ok: true, value: message.type === "parse" ? parseCsr(message.csr) : sign(message) };
-  } catch (error) {
-    reply = { id: message.id, ok: false, error: serializeError(error) };
-  }
-  port.postMessage(reply);
+  if (replies.length > 0) port.postMessage(replies);
 });
-port.postMessage({ type: "ready" });
+port.postMessage("ready");
 
 function sign(message: SignJob) {
   if (signer === undefined || signer.generation !== message.generation) {

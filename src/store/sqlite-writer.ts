@@ -22,6 +22,8 @@ interface Pending {
  */
 export class SqliteWriter {
   readonly #worker: Worker;
+  /** Settles once the thread has opened its connection. */
+  readonly started: Promise<void>;
   readonly #pending = new Map<number, Pending>();
   #queue: { id: number; record: IssuanceRecord }[] = [];
   #nextId = 1;
@@ -31,6 +33,12 @@ export class SqliteWriter {
   constructor(path: string) {
     this.#worker = startWriterWorker(path);
     this.#worker.unref();
+    this.started = new Promise((resolve, reject) => {
+      this.#worker.once("message", () => resolve());
+      this.#worker.once("error", reject);
+      this.#worker.once("exit", (code) => reject(new Error(`exit code ${code}`)));
+    });
+    this.started.catch(() => undefined);
     this.#worker.on("message", (reply: WriterReply) => {
       if (reply.type !== "results") return;
       for (const result of reply.results) {

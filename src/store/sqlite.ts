@@ -97,6 +97,13 @@ export class SqliteStore implements Store {
     } catch (error) {
       throw storeError("E_STORE_WRITE", `migrating the schema of ${this.path}`, error);
     }
+    if (this.#useWriterThread) {
+      // Started here so that the first issuance does not wait for the thread to load.
+      const writer = (this.#writer ??= new SqliteWriter(this.path));
+      await writer.started.catch((error: unknown) => {
+        throw storeError("E_STORE_WRITE", `starting the writer thread of ${this.path}`, error);
+      });
+    }
   }
 
   async recordIssuance(record: IssuanceRecord): Promise<void> {
