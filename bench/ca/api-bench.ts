@@ -3,7 +3,7 @@
  * mesh) with N concurrent clients against `meshward ca serve` in its own process, and
  * `cfssl serve` (Debian's golang-cfssl) signing the same CSRs in the same run.
  * Run: node --import tsx bench/ca/api-bench.ts [--duration-ms 5000] [--clients 64]
- *        [--client h2|grpc-js] [--signing-workers N]
+ *        [--client h2|grpc-js] [--signing-workers N] [--ca-bin path/to/bin/meshward.js]
  * The load generator runs in this process; its CPU per certificate is printed beside the
  * server's, because on a 2-core machine every millisecond it burns is one the CA lacks.
  */
@@ -26,7 +26,7 @@ import { connectH2Grpc } from "./h2-grpc-client.ts";
 
 export type LoadClient = "h2" | "grpc-js";
 
-const BIN = fileURLToPath(new URL("../../bin/meshward.js", import.meta.url));
+const DEFAULT_BIN = fileURLToPath(new URL("../../bin/meshward.js", import.meta.url));
 const TD = "bench.test";
 
 export interface ApiBenchResult {
@@ -116,7 +116,7 @@ async function drive(clients: number, durationMs: number, call: (client: number,
   return { perSec: (done * 1000) / (performance.now() - start), errors, done };
 }
 
-async function benchMeshward(work: string, clients: number, durationMs: number, csrs: string[], loadClient: LoadClient, signingWorkers: number | undefined): Promise<{ perSec: number; cpuMsPerCert: { server: number; client: number } }> {
+async function benchMeshward(work: string, clients: number, durationMs: number, csrs: string[], loadClient: LoadClient, signingWorkers: number | undefined, bin: string): Promise<{ perSec: number; cpuMsPerCert: { server: number; client: number } }> {
   const dir = join(work, "ca");
   await initAnchors({ dir, trustDomain: TD, now: new Date() });
   const store = openStore(`sqlite:${caLayout(dir).database}`);
@@ -131,7 +131,7 @@ async function benchMeshward(work: string, clients: number, durationMs: number, 
     writeFileSync(join(work, "ca.yaml"), `signingWorkers: ${signingWorkers}\n`);
     configArgs.push("--config", join(work, "ca.yaml"));
   }
-  const ca = spawn(process.execPath, [BIN, "ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--log-level", "warn", ...configArgs], { stdio: ["ignore", "pipe", "pipe"] });
+  const ca = spawn(process.execPath, [bin, "ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--log-level", "warn", ...configArgs], { stdio: ["ignore", "pipe", "pipe"] });
   try {
     const [, address] = await waitForLine(ca, /listening on (\S+) as/);
     const bundlePem = readFileSync(caLayout(dir).bundle, "utf8");
@@ -210,14 +210,14 @@ async function benchCfssl(work: string, clients: number, durationMs: number, csr
   }
 }
 
-export async function runApiBench(options: { durationMs?: number; clients?: number; loadClient?: LoadClient; signingWorkers?: number; print?: boolean } = {}): Promise<ApiBenchResult> {
+export async function runApiBench(options: { durationMs?: number; clients?: number; loadClient?: LoadClient; signingWorkers?: number; caBin?: string; print?: boolean } = {}): Promise<ApiBenchResult> {
   const durationMs = options.durationMs ?? 5000;
   const clients = options.clients ?? 64;
   const loadClient = options.loadClient ?? "h2";
   const work = mkdtempSync(join(tmpdir(), "meshward-bench-ca-"));
   try {
     const csrs = await makeCsrPool(256);
-    const meshward = await benchMeshward(work, clients, durationMs, csrs, loadClient, options.signingWorkers);
+    const meshward = await benchMeshward(work, clients, durationMs, csrs, loadClient, options.signingWorkers, options.caBin ?? DEFAULT_BIN);
     const meshwardGrpcPerSec = meshward.perSec;
     let cfsslPerSec: number | undefined;
     let cfsslCpuMsPerCert: { server: number; client: number } | undefined;
@@ -249,5 +249,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
     clients: arg("--clients", 64),
     loadClient: process.argv.includes("--client") && client === "grpc-js" ? "grpc-js" : "h2",
     ...(workers !== undefined ? { signingWorkers: workers } : {}),
+    // Another build of meshward (e.g. a git worktree of an older commit) to compare against.
+    ...(process.argv.includes("--ca-bin") ? { caBin: process.argv[process.argv.indexOf("--ca-bin") + 1]! } : {}),
   });
 }

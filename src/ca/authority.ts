@@ -134,7 +134,7 @@ export class CertificateAuthority {
       spiffeId: leaf.spiffeId,
       serial: leaf.serial,
       certificateChainPem: leafPem + anchors.issuerChainPem,
-      trustAnchorsPem: anchors.roots.map((root) => toPem(root.raw, "CERTIFICATE")),
+      trustAnchorsPem: rootPems(anchors),
       notBefore: leaf.notBefore,
       notAfter: leaf.notAfter,
     };
@@ -144,6 +144,18 @@ export class CertificateAuthority {
   revokedSerials(): ReadonlySet<string> {
     return this.options.crl.current?.revokedSerials ?? new Set();
   }
+}
+
+const rootPemCache = new WeakMap<LoadedAnchors, readonly string[]>();
+
+/** Each root as PEM, encoded once per set of anchors rather than once per request. */
+function rootPems(anchors: LoadedAnchors): readonly string[] {
+  let pems = rootPemCache.get(anchors);
+  if (pems === undefined) {
+    pems = anchors.roots.map((root) => toPem(root.raw, "CERTIFICATE"));
+    rootPemCache.set(anchors, pems);
+  }
+  return pems;
 }
 
 function seconds(started: bigint): number {

@@ -41,7 +41,7 @@ export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, au
     chunks.push(chunk);
   });
   req.on("end", () => {
-    if (!failed) void answer(req, res, Buffer.concat(chunks), authority);
+    if (!failed) void answer(req, res, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size), authority);
   });
   req.on("error", () => undefined);
 }
@@ -96,9 +96,11 @@ function unframe(body: Buffer): Buffer {
 }
 
 function frame(message: Uint8Array): Buffer {
-  const header = Buffer.alloc(5);
-  header.writeUInt32BE(message.length, 1);
-  return Buffer.concat([header, message]);
+  const framed = Buffer.allocUnsafe(5 + message.length);
+  framed[0] = 0; // not compressed
+  framed.writeUInt32BE(message.length, 1);
+  framed.set(message, 5);
+  return framed;
 }
 
 function respondError(res: Http2ServerResponse, status: number, message: string, code?: string): void {
