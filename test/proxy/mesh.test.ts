@@ -1,6 +1,7 @@
 import { writeFileSync } from "node:fs";
 import { request } from "node:http";
-import { connect as netConnect } from "node:net";
+import { spawn } from "node:child_process";
+import { connect as netConnect, createServer as createNetServer } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { grpcSay, startGrpcApp, startHttpApp, startTcpEcho } from "../helpers/app-servers.ts";
@@ -224,5 +225,52 @@ describe("TCP mode: local port per upstream app, bytes over mTLS", () => {
     } finally {
       await other.close();
     }
+  });
+});
+
+describe("TCP mode with a real Redis behind the inbound sidecar", () => {
+  let ca: MeshCa;
+  let redis: ReturnType<typeof spawn> | undefined;
+  let redisPort: number;
+  let sideB: TestSidecar;
+  let sideA: TestSidecar;
+
+  beforeAll(async () => {
+    ca = await startMeshCa();
+    // redis-server cannot bind port 0 (0 disables TCP): take a free port and hand it over.
+    redisPort = await new Promise<number>((resolve) => {
+      const s = createNetServer().listen(0, "127.0.0.1", () => {
+        const port = (s.address() as { port: number }).port;
+        s.close(() => resolve(port));
+      });
+    });
+    redis = spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: ["ignore", "pipe", "ignore"] });
+    await new Promise<void>((resolve, reject) => {
+      let out = "";
+      redis!.stdout!.on("data", (d) => {
+        out += d;
+        if (out.includes("Ready to accept connections")) resolve();
+      });
+      redis!.once("exit", (code) => reject(new Error(`redis-server exited ${code}: ${out}`)));
+    });
+    sideB = await startTestSidecar(ca, { appId: "cache", app: `127.0.0.1:${redisPort}`, protocol: "tcp" });
+    sideA = await startTestSidecar(ca, { appId: "app-a", app: "127.0.0.1:1", peers: { cache: `127.0.0.1:${sideB.addresses.inbound.port}` }, tcpUpstreams: { cache: "127.0.0.1:0" } });
+  });
+  afterAll(async () => {
+    await sideA?.close();
+    await sideB?.close();
+    redis?.kill("SIGKILL");
+    await ca?.close();
+  });
+
+  it("answers redis-cli through outbound A → inbound B, and refuses redis-cli straight at the mTLS port", async () => {
+    const { exec } = await import("../helpers/exec.ts");
+    const port = String(sideA.addresses.tcp.cache!.port);
+    const set = await exec("redis-cli", ["-h", "127.0.0.1", "-p", port, "SET", "mesh", "ok"]);
+    expect(set.stdout.trim()).toBe("OK");
+    const get = await exec("redis-cli", ["-h", "127.0.0.1", "-p", port, "GET", "mesh"]);
+    expect(get.stdout.trim()).toBe("ok");
+    const direct = await exec("redis-cli", ["-h", "127.0.0.1", "-p", String(sideB.addresses.inbound.port), "PING"], { timeoutMs: 10_000 });
+    expect(direct.stdout).not.toContain("PONG");
   });
 });
