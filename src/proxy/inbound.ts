@@ -255,14 +255,19 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     const reason = mesh.handshakeFailed("inbound", error, socket);
     telemetry.refused.inc({ direction: "inbound", reason: `tls_${reason}` });
   });
+  // Runs before the transport's admission check (which destroys a refused socket, after which
+  // the peer certificate can no longer be read): remember why it will refuse, for the metrics.
+  const refusals = new WeakMap<TLSSocket, unknown>();
+  tlsServer.prependListener("secureConnection", (socket: TLSSocket) => {
+    try {
+      verifyTlsPeer(socket, runtime.policy);
+    } catch (error) {
+      refusals.set(socket, error);
+    }
+  });
   tlsServer.on("secureConnection", (socket: TLSSocket) => {
     if (socket.destroyed) {
-      let error: unknown = new Error("refused");
-      try {
-        verifyTlsPeer(socket, runtime.policy);
-      } catch (caught) {
-        error = caught;
-      }
+      const error = refusals.get(socket) ?? new Error("refused");
       const reason = mesh.handshakeFailed("inbound", error, socket);
       telemetry.refused.inc({ direction: "inbound", reason: `tls_${reason}` });
       return;
