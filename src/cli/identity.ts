@@ -8,7 +8,8 @@ import { createHealth, createOpsServer } from "../telemetry/health.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
 import { parseHostPort } from "../util/address.ts";
 import { createStatusRoutes } from "../dashboard/routes.ts";
-import { identityStatus, statusToken } from "./status-page.ts";
+import { identityStatus } from "../dashboard/identity-feed.ts";
+import { resolveStatusToken } from "../dashboard/token.ts";
 import { cliLogger, collect, logFormatOption, logLevelOption, readTextFile, untilSignal } from "./options.ts";
 
 const VALIDATORS = { "join-token": "JOIN_TOKEN", jwks: "JWKS", kubernetes: "KUBERNETES", insecure: "INSECURE" } as const;
@@ -41,7 +42,7 @@ export function registerIdentityCommand(program: Command): void {
       if (token === undefined && opts.tokenFile === undefined) throw new MeshwardError("E_USAGE", "a token is needed: --token, --token-file or MESHWARD_TOKEN");
       // Checked before anything starts: a status page off loopback needs a token.
       const statusBind = opts.status !== undefined ? parseHostPort(opts.status, "--status") : undefined;
-      const statusPageToken = statusBind !== undefined ? statusToken(statusBind.host, opts.statusTokenFile) : undefined;
+      const statusPageToken = statusBind !== undefined ? resolveStatusToken(statusBind.host, opts.statusTokenFile) : undefined;
       const logger = cliLogger("identity", opts);
       const metrics = createMetrics({ processMetrics: true });
       const mesh = createMeshMetrics(metrics);

@@ -22,6 +22,7 @@ const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: readonl
   ["--peer-port <port>", "peerPort", ["peerPort"], "number"],
   ["--policy <file>", "policy", ["policy"]],
   ["--status <addr>", "status", ["status"]],
+  ["--status-token-file <file>", "statusTokenFile", ["statusTokenFile"]],
   ["--policy-reload-interval <duration>", "policyReloadInterval", ["policyReloadInterval"]],
   ["--max-header-bytes <n>", "maxHeaderBytes", ["limits", "maxHeaderBytes"], "number"],
   ["--headers-timeout <duration>", "headersTimeout", ["limits", "headersTimeout"]],

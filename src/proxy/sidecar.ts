@@ -6,6 +6,9 @@ import { createIdentity } from "../identity/ca-source.ts";
 import { instrumentIdentity } from "../identity/instrument.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import { createHealth, createOpsServer } from "../telemetry/health.ts";
+import { identityStatus } from "../dashboard/identity-feed.ts";
+import { createStatusRoutes } from "../dashboard/routes.ts";
+import { resolveStatusToken } from "../dashboard/token.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
 import type { Metrics } from "../telemetry/metrics.ts";
 import { formatHostPort, parseHostPort } from "../util/address.ts";
@@ -89,6 +92,9 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
     }
   };
   try {
+    // Checked before anything starts: a status page off loopback needs a token.
+    const statusAt = config.status === undefined ? undefined : parseHostPort(config.status, "status");
+    const statusToken = statusAt === undefined ? undefined : resolveStatusToken(statusAt.host, config.statusTokenFile);
     const policy = watchPolicy(config.policy, { intervalMs: config.policyReloadInterval, logger });
     closers.push(() => policy.close());
 
@@ -160,7 +166,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
 
     let status: HostPort | undefined;
     let draining = false;
-    if (config.status !== undefined) {
+    if (statusAt !== undefined) {
       const health = createHealth();
       health.register("identity", () => {
         const h = inbound.health();
@@ -170,8 +176,10 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       });
       health.register("draining", () => (draining ? { ok: false, detail: "shutting down" } : { ok: true }));
       health.register("alive", () => ({ ok: true }), ["liveness"]);
-      const at = parseHostPort(config.status, "status");
-      const ops = createOpsServer({ host: at.host, port: at.port, metrics, health });
+      const page = identityStatus({ component: "sidecar", name: `${config.namespace}/${config.appId}`, source: identity, health });
+      closers.push(() => page.stop());
+      const routes = createStatusRoutes(page.provider, statusToken === undefined ? {} : { token: statusToken }).routes;
+      const ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics, health, extraRoutes: routes });
       const bound = await ops.start();
       closers.unshift(() => ops.close());
       status = { host: bound.host, port: bound.port };

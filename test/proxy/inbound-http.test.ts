@@ -219,6 +219,22 @@ describe("sidecar inbound (HTTP mode, STRICT) with curl and openssl as callers",
     expect(r.status).toBe(200);
   });
 
+  it("serves its status page with the sidecar's own identity", async () => {
+    const base = `http://127.0.0.1:${sidecar.addresses.status!.port}`;
+    const feed = (await (await fetch(`${base}/status.json`)).json()) as { identities: { spiffeId: string }[]; health: { ok: boolean } };
+    expect(feed.identities.map((i) => i.spiffeId)).toEqual([`spiffe://${TD}/ns/default/app-b`]);
+    expect(feed.health.ok).toBe(true);
+    expect((await fetch(`${base}/`)).headers.get("content-type")).toMatch(/text\/html/);
+  });
+
+  it("refuses a status port off loopback without a token, before listening anywhere", async () => {
+    const error = await startTestSidecar(ca, { appId: "open", app: "127.0.0.1:1", status: "0.0.0.0:0" }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(String(error)).toMatch(/not on loopback.*status-token-file/);
+  });
+
   it("puts the verified caller in front of a Python http.server app too", async () => {
     const python = await startPythonApp();
     const side = await startTestSidecar(ca, { appId: "py", app: `127.0.0.1:${python.port}` }, { dnsNames: ["py.mesh.test"] });

@@ -1,10 +1,7 @@
-import { MeshwardError } from "../errors.ts";
-import { identityFromPem, trustRootsFromPem } from "../dashboard/certs.ts";
-import { createStatusRecorder, type StatusComponent, type StatusProvider, type StatusRecorder } from "../dashboard/feed.ts";
-import { statusTokenRequired } from "../dashboard/routes.ts";
+import { identityFromPem, trustRootsFromPem } from "./certs.ts";
+import { createStatusRecorder, type StatusComponent, type StatusProvider, type StatusRecorder } from "./feed.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import type { Health } from "../telemetry/health.ts";
-import { readTextFile } from "./options.ts";
 
 /**
  * Status page feed for a component that holds one workload identity: its certificate,
@@ -33,16 +30,4 @@ export function identityStatus(options: { component: StatusComponent; name: stri
     };
   };
   return { provider, recorder, stop };
-}
-
-/** The status token: required (at least 16 characters) when the status port is not on loopback. */
-export function statusToken(host: string, tokenFile: string | undefined): string | undefined {
-  const token = tokenFile === undefined ? process.env.MESHWARD_STATUS_TOKEN : readTextFile(tokenFile, "status token file").trim();
-  if (statusTokenRequired(host) && (token === undefined || token === "")) {
-    throw new MeshwardError(
-      "E_STATUS_TOKEN_REQUIRED",
-      `the status port ${host} is not on loopback, so its page needs a token: --status-token-file FILE or MESHWARD_STATUS_TOKEN (generate one with 'openssl rand -hex 32')`,
-    );
-  }
-  return token === "" ? undefined : token;
 }
