@@ -7,8 +7,12 @@ import type { Health } from "../telemetry/health.ts";
  * Status page feed for a component that holds one workload identity: its certificate,
  * the trust bundle, rotations (recorded from the identity's events) and health.
  */
-export function identityStatus(options: { component: StatusComponent; name: string; source: IdentitySource; health: Health }): { provider: StatusProvider; recorder: StatusRecorder; stop: () => void } {
-  const recorder = createStatusRecorder();
+export function identityStatus(options: { component: StatusComponent; name: string; source: IdentitySource; health: Health; recorder?: StatusRecorder }): {
+  provider: StatusProvider;
+  recorder: StatusRecorder;
+  stop: () => void;
+} {
+  const recorder = options.recorder ?? createStatusRecorder();
   const stop = options.source.subscribe((event) => {
     if (event.type === "rotated") recorder.recordRotation({ kind: "workload", result: "ok", serial: event.snapshot.svid.serial });
     if (event.type === "renewal-failed") recorder.recordRotation({ kind: "workload", result: "error", error: (event.error as { code?: string }).code ?? "E_INTERNAL" });

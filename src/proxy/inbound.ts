@@ -35,7 +35,18 @@ export interface ProxyTelemetry {
   readonly refused: Counter<"direction" | "reason">;
   /** meshward_sidecar_upstream_errors_total{direction,reason}. */
   readonly upstreamErrors: Counter<"direction" | "reason">;
+  /** Told of each refusal as it happens (the status page's recent refusals and charts). */
+  readonly refusals?: RefusalListener;
 }
+
+/** What the inbound side refused, with the remote address and the caller when known. */
+export interface RefusalListener {
+  handshakeFailed(event: { reason: string; remote: string; spiffeId?: string }): void;
+  denied(event: { rule: string; remote: string; spiffeId?: string }): void;
+  refused(event: { reason: string; remote: string }): void;
+}
+
+const remoteOf = (socket: Socket): string => (socket.remoteFamily === "IPv6" ? `[${socket.remoteAddress}]:${socket.remotePort}` : `${socket.remoteAddress}:${socket.remotePort}`);
 
 export interface InboundOptions {
   readonly listen: HostPort;
@@ -107,11 +118,12 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   };
 
   // --- policy --------------------------------------------------------------------------
-  const denied = (peer: PeerIdentity | undefined, operation: string, verb: string): ProxyAnswer | undefined => {
+  const denied = (peer: PeerIdentity | undefined, socket: Socket, operation: string, verb: string): ProxyAnswer | undefined => {
     const decision = policy.current().decide({ caller: callerOf(peer), operation, verb });
     if (decision.allowed) return undefined;
     const caller = peer?.spiffeId ?? "unverified";
     mesh.policyDenials.inc({ caller, rule: decision.rule });
+    telemetry.refusals?.denied({ rule: decision.rule, remote: remoteOf(socket), ...(peer ? { spiffeId: peer.spiffeId } : {}) });
     logger.warn({ event: "policy-denied", caller, rule: decision.rule, operation, verb, reason: decision.reason }, "request denied by the access policy");
     return { status: 403, grpcStatus: GrpcStatus.PERMISSION_DENIED, code: "E_POLICY_DENIED", message: decision.reason, extra: { rule: decision.rule, caller } };
   };
@@ -143,7 +155,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       const socket = req.socket;
       const peer = peerFor(socket);
       if (tracker.draining || tracker.retiring(socket)) res.setHeader("connection", "close");
-      const refusal = denied(peer, req.url ?? "/", req.method ?? "GET");
+      const refusal = denied(peer, socket, req.url ?? "/", req.method ?? "GET");
       if (refusal !== undefined) {
         const end = tracker.begin(socket);
         answerHttp1(res, refusal);
@@ -192,7 +204,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     const peer = peerFor(socket);
     const grpc = isGrpc(headers["content-type"]);
     const path = headers[":path"] ?? "/";
-    const refusal = denied(peer, path, grpc ? "" : (headers[":method"] ?? "GET"));
+    const refusal = denied(peer, socket, path, grpc ? "" : (headers[":method"] ?? "GET"));
     if (refusal !== undefined) {
       answerH2(stream, refusal, grpc);
       return;
@@ -216,7 +228,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
 
   // --- TCP mode ------------------------------------------------------------------------
   const toTcp = (socket: Socket, peer: PeerIdentity | undefined) => {
-    const refusal = denied(peer, "", "");
+    const refusal = denied(peer, socket, "", "");
     if (refusal !== undefined) {
       telemetry.refused.inc({ direction: "inbound", reason: "policy" });
       socket.destroy();
@@ -254,6 +266,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   tlsServer.on("tlsClientError", (error: Error, socket: TLSSocket) => {
     const reason = mesh.handshakeFailed("inbound", error, socket);
     telemetry.refused.inc({ direction: "inbound", reason: `tls_${reason}` });
+    telemetry.refusals?.handshakeFailed({ reason, remote: remoteOf(socket) });
   });
   // Runs before the transport's admission check (which destroys a refused socket, after which
   // the peer certificate can no longer be read): remember why it will refuse, for the metrics.
@@ -270,6 +283,9 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       const error = refusals.get(socket) ?? new Error("refused");
       const reason = mesh.handshakeFailed("inbound", error, socket);
       telemetry.refused.inc({ direction: "inbound", reason: `tls_${reason}` });
+      const details = (error as { details?: { spiffeId?: unknown; peer?: unknown } }).details;
+      const spiffeId = details?.spiffeId ?? details?.peer;
+      telemetry.refusals?.handshakeFailed({ reason, remote: remoteOf(socket), ...(typeof spiffeId === "string" ? { spiffeId } : {}) });
       return;
     }
     mesh.handshakeSucceeded("inbound");
@@ -309,6 +325,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       }
       const reason = plaintextHttp ? "plaintext" : "garbage";
       telemetry.refused.inc({ direction: "inbound", reason });
+      telemetry.refusals?.refused({ reason, remote: remoteOf(socket) });
       logger.warn({ event: "refused", reason, remote: socket.remoteAddress, mode: options.mode }, plaintextHttp ? "refused a plaintext request: this port needs mTLS" : "refused a connection that is neither TLS nor HTTP");
       if (kind === "http1") {
         socket.end(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(STRICT_REFUSAL_BODY)}\r\nconnection: close\r\n\r\n${STRICT_REFUSAL_BODY}`);

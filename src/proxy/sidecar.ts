@@ -7,6 +7,7 @@ import { instrumentIdentity } from "../identity/instrument.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import { createHealth, createOpsServer } from "../telemetry/health.ts";
 import { identityStatus } from "../dashboard/identity-feed.ts";
+import { createStatusRecorder, type StatusRecorder } from "../dashboard/feed.ts";
 import { createStatusRoutes } from "../dashboard/routes.ts";
 import { resolveStatusToken } from "../dashboard/token.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
@@ -14,7 +15,7 @@ import type { Metrics } from "../telemetry/metrics.ts";
 import { formatHostPort, parseHostPort } from "../util/address.ts";
 import type { HostPort } from "../util/address.ts";
 import { startInbound } from "./inbound.ts";
-import type { ProxyTelemetry } from "./inbound.ts";
+import type { ProxyTelemetry, RefusalListener } from "./inbound.ts";
 import { startOutbound } from "./outbound.ts";
 import { watchPolicy } from "./policy-source.ts";
 
@@ -59,9 +60,10 @@ async function loadEgress(): Promise<StartEgress | undefined> {
   return mod.startEgress;
 }
 
-export function sidecarTelemetry(logger: Logger, metrics: Metrics): ProxyTelemetry {
+export function sidecarTelemetry(logger: Logger, metrics: Metrics, recorder?: StatusRecorder): ProxyTelemetry {
   return {
     logger,
+    ...(recorder === undefined ? {} : { refusals: refusalsToRecorder(recorder) }),
     mesh: createMeshMetrics(metrics),
     refused: metrics.counter({
       name: "meshward_sidecar_refused_total",
@@ -76,11 +78,29 @@ export function sidecarTelemetry(logger: Logger, metrics: Metrics): ProxyTelemet
   };
 }
 
+function refusalsToRecorder(recorder: StatusRecorder): RefusalListener {
+  return {
+    handshakeFailed({ reason, remote, spiffeId }) {
+      recorder.recordHandshakeFailure({ reason });
+      recorder.recordRefusal({ peer: remote, reason: `handshake: ${reason}`, ...(spiffeId !== undefined ? { spiffeId } : {}) });
+    },
+    denied({ rule, remote, spiffeId }) {
+      recorder.recordDenial({ rule });
+      recorder.recordRefusal({ peer: remote, reason: `policy denied (${rule})`, ...(spiffeId !== undefined ? { spiffeId } : {}) });
+    },
+    refused({ reason, remote }) {
+      recorder.recordRefusal({ peer: remote, reason });
+    },
+  };
+}
+
 /** Starts every part of the sidecar from a validated config; throws a MeshwardError a person can act on. */
 export async function startSidecar(config: SidecarConfig, deps: SidecarDependencies): Promise<Sidecar> {
   const { logger } = deps;
   const metrics = deps.metrics ?? createMetrics({ processMetrics: true });
-  const telemetry = sidecarTelemetry(logger, metrics);
+  // The status page's recorder exists before the listeners so it sees their first refusals.
+  const recorder = config.status === undefined ? undefined : createStatusRecorder();
+  const telemetry = sidecarTelemetry(logger, metrics, recorder);
   const closers: (() => Promise<void> | void)[] = [];
   const closeAll = async () => {
     for (const close of closers.splice(0).reverse()) {
@@ -176,7 +196,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       });
       health.register("draining", () => (draining ? { ok: false, detail: "shutting down" } : { ok: true }));
       health.register("alive", () => ({ ok: true }), ["liveness"]);
-      const page = identityStatus({ component: "sidecar", name: `${config.namespace}/${config.appId}`, source: identity, health });
+      const page = identityStatus({ component: "sidecar", name: `${config.namespace}/${config.appId}`, source: identity, health, ...(recorder ? { recorder } : {}) });
       closers.push(() => page.stop());
       const routes = createStatusRoutes(page.provider, statusToken === undefined ? {} : { token: statusToken }).routes;
       const ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics, health, extraRoutes: routes });

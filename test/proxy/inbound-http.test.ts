@@ -219,11 +219,25 @@ describe("sidecar inbound (HTTP mode, STRICT) with curl and openssl as callers",
     expect(r.status).toBe(200);
   });
 
-  it("serves its status page with the sidecar's own identity", async () => {
+  it("serves its status page: its own identity, and the refusals, denials and handshake failures of the tests above", async () => {
     const base = `http://127.0.0.1:${sidecar.addresses.status!.port}`;
-    const feed = (await (await fetch(`${base}/status.json`)).json()) as { identities: { spiffeId: string }[]; health: { ok: boolean } };
+    type Series = { total: number; byKey: { key: string; count: number }[] };
+    const feed = (await (await fetch(`${base}/status.json`)).json()) as {
+      identities: { spiffeId: string }[];
+      health: { ok: boolean };
+      denials: Series;
+      handshakeFailures: Series;
+      refusals: { reason: string; peer: string; spiffeId?: string }[];
+    };
     expect(feed.identities.map((i) => i.spiffeId)).toEqual([`spiffe://${TD}/ns/default/app-b`]);
     expect(feed.health.ok).toBe(true);
+    expect(feed.denials.total).toBeGreaterThanOrEqual(1);
+    expect(feed.handshakeFailures.byKey.map((k) => k.key)).toEqual(expect.arrayContaining(["no_certificate", "protocol_version"]));
+    const reasons = feed.refusals.map((r) => r.reason);
+    expect(reasons).toEqual(expect.arrayContaining(["plaintext", "garbage", "handshake: no_certificate"]));
+    const denial = feed.refusals.find((r) => r.reason.startsWith("policy denied"));
+    expect(denial?.spiffeId).toBe(callerA.spiffeId);
+    expect(denial?.peer).toMatch(/^127\.0\.0\.1:\d+$/);
     expect((await fetch(`${base}/`)).headers.get("content-type")).toMatch(/text\/html/);
   });
 
