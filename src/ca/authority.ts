@@ -48,6 +48,8 @@ export interface AuthorityOptions {
   readonly clock: () => Date;
   /** Where CSRs are verified and leaves signed (a worker pool in the server); on this thread when omitted. */
   readonly signing?: CsrSigning;
+  /** Told of each refused request (the status page's refusals). */
+  readonly onRefused?: (event: { reason: string; remoteAddress: string | undefined; requested: string }) => void;
 }
 
 /** Attest, check the CSR, sign, record: protocol-independent (gRPC and tests call this). */
@@ -83,6 +85,7 @@ export class CertificateAuthority {
         { event: "sign-refused", reason, validator: validatorName, peer: request.remoteAddress, appId: request.appId.slice(0, 256), namespace: request.namespace.slice(0, 256) },
         refused ? error.message : `internal error while signing: ${describeError(error)}`,
       );
+      this.options.onRefused?.({ reason, remoteAddress: request.remoteAddress, requested: `ns/${request.namespace.slice(0, 128)}/${request.appId.slice(0, 128)}` });
       if (refused) throw error;
       throw new MeshwardError("E_INTERNAL", "the CA failed to sign the request; see the CA's log", { cause: error });
     }

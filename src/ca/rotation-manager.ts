@@ -21,6 +21,8 @@ export interface RotationManagerOptions {
   /** Load the files just written (instead of waiting for the watcher's next poll). */
   readonly reload: () => void;
   readonly clock: () => Date;
+  /** Told of each failed rotation step (the status page's rotation history). */
+  readonly onFailed?: (kind: "issuer" | "root", error: unknown) => void;
 }
 
 /**
@@ -48,6 +50,7 @@ export function createRotationManager(options: RotationManagerOptions) {
       options.reload();
     } catch (error) {
       options.rotations.inc({ kind, result: "error" });
+      options.onFailed?.(kind, error);
       logger.error({ event: "rotation-failed", kind, step: what, error: describeError(error) }, `${kind} rotation failed at '${what}'`);
     }
   };

@@ -3,7 +3,7 @@ import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import type { CaConfig } from "../config/ca.ts";
-import { describeError, MeshwardError } from "../errors.ts";
+import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
 import { issueLeafCertificate } from "../pki/certificate.ts";
 import { encodePrivateKey, generateKeyPair } from "../pki/keys.ts";
 import { toPem } from "../pki/pem.ts";
@@ -27,6 +27,11 @@ import { systemClock } from "../util/clock.ts";
 import { watchAnchors } from "./anchor-watcher.ts";
 import { createRotationManager } from "./rotation-manager.ts";
 import { defaultSigningWorkers, inlineSigning, SigningPool } from "./signing-pool.ts";
+import { caStatus } from "../dashboard/ca-feed.ts";
+import { createStatusRecorder } from "../dashboard/feed.ts";
+import { createStatusRoutes } from "../dashboard/routes.ts";
+import { resolveStatusToken } from "../dashboard/token.ts";
+import { createHealth, createOpsServer, type BoundAddress, type OpsServer } from "../telemetry/health.ts";
 
 /** The CA's own identity, presented on its API port. */
 export const CA_NAMESPACE = "meshward-system";
@@ -54,12 +59,18 @@ export interface CaServer {
   readonly authority: CertificateAuthority;
   readonly registry: Registry;
   readonly store: Store;
+  /** The status page / ops port, when configured. */
+  readonly status?: BoundAddress;
   close(): Promise<void>;
 }
 
 export async function startCaServer(options: CaServerOptions): Promise<CaServer> {
   const { config, logger } = options;
   const clock = options.clock ?? (() => new Date());
+  // Checked before anything starts: a status page off loopback needs a token.
+  const statusAt = config.status === undefined ? undefined : parseHostPort(config.status, "--status");
+  const statusToken = statusAt === undefined ? undefined : resolveStatusToken(statusAt.host, config.statusTokenFile);
+  const recorder = createStatusRecorder();
   let anchors: LoadedAnchors = loadAnchors({ dir: options.dir, ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}) });
   if (config.trustDomain !== undefined && config.trustDomain !== anchors.trustDomain) {
     throw new MeshwardError(
@@ -119,6 +130,10 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     metrics,
     logger,
     clock,
+    onRefused: ({ reason, remoteAddress, requested }) => {
+      recorder.recordDenial({ rule: reason });
+      recorder.recordRefusal({ peer: remoteAddress ?? "unknown", reason: `sign refused: ${reason} (${requested})` });
+    },
   });
 
   const spiffeId = formatWorkloadId({ trustDomain: anchors.trustDomain, namespace: CA_NAMESPACE, appId: CA_APP_ID });
@@ -175,6 +190,9 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     });
   });
   server.on("tlsClientError", (error, socket) => {
+    const reason = mesh.handshakeFailed("inbound", error, socket as import("node:tls").TLSSocket);
+    recorder.recordHandshakeFailure({ reason });
+    recorder.recordRefusal({ peer: `${socket.remoteAddress}:${socket.remotePort}`, reason: `handshake: ${reason}` });
     logger.info({ event: "tls-handshake-failed", peer: socket.remoteAddress, reason: (error as NodeJS.ErrnoException).code ?? error.message }, "TLS handshake failed");
   });
   server.on("sessionError", () => undefined);
@@ -243,6 +261,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       { event: "anchors-reloaded", issuer: next.issuer.certificate.fingerprint256, issuerNotAfter: next.issuer.certificate.validTo, roots: next.roots.map((r) => r.fingerprint256), issuerChanged, rootsChanged },
       "trust anchors changed on disk: now signing with the new set",
     );
+    if (issuerChanged) recorder.recordRotation({ kind: "issuer", result: "ok", serial: next.issuer.certificate.serialNumber });
+    if (rootsChanged) recorder.recordRotation({ kind: "root", result: "ok", serial: next.issuerRoot.serialNumber });
     renewServing();
     setExpiryGauges();
     void crl.refresh().catch((error) => logger.error({ event: "crl-refresh-failed", error: describeError(error) }, "could not re-sign the CRL"));
@@ -255,6 +275,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     onChange: adopt,
     onRefused: (error) => {
       mesh.rotations.inc({ kind: "issuer", result: "error" });
+      recorder.recordRotation({ kind: "issuer", result: "error", error: errorCode(error) });
       logger.error({ event: "anchors-refused", error: describeError(error) }, "refused the changed trust-anchor files; still signing with the previous issuer");
     },
   });
@@ -268,11 +289,39 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     anchors: () => anchors,
     reload: () => watcher.check(),
     clock,
+    onFailed: (kind, error) => recorder.recordRotation({ kind, result: "error", error: errorCode(error) }),
   });
   rotationWarnings = rotation.warnings;
   await rotation.check();
   const rotationTimer = setInterval(() => void rotation.check(), config.rotationCheck);
   rotationTimer.unref();
+
+  let ops: OpsServer | undefined;
+  let status: BoundAddress | undefined;
+  if (statusAt !== undefined) {
+    const health = createHealth();
+    const check = (name: keyof ReturnType<typeof readiness>["checks"]) => () => readiness(anchors, crl, clock(), storeHealthy, rotationWarnings()).checks[name];
+    for (const name of ["issuer", "crl", "store", "expiry"] as const) health.register(name, check(name));
+    health.register("alive", () => ({ ok: true }), ["liveness"]);
+    const provider = caStatus({
+      certificates: () => ({ trustDomain: anchors.trustDomain, servingChainPem: String(serving.options.cert), issuerPem: anchors.issuerChainPem, rootsPem: anchors.rootsPem }),
+      health,
+      recorder,
+    });
+    ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics: telemetry, health, extraRoutes: createStatusRoutes(provider, statusToken === undefined ? {} : { token: statusToken }).routes });
+    try {
+      status = await ops.start();
+    } catch (error) {
+      server.close();
+      watcher.close();
+      clearInterval(crlTimer);
+      clearInterval(rotationTimer);
+      clearTimeout(servingTimer);
+      await signing.close();
+      if (options.store === undefined) await store.close();
+      throw error;
+    }
+  }
 
   const host = bound.address;
   logger.info(
@@ -287,7 +336,9 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     authority,
     registry,
     store,
+    ...(status !== undefined ? { status } : {}),
     async close() {
+      await ops?.close();
       clearInterval(crlTimer);
       clearInterval(rotationTimer);
       clearTimeout(servingTimer);
@@ -301,6 +352,10 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       if (options.store === undefined) await store.close();
     },
   };
+}
+
+function errorCode(error: unknown): string {
+  return isMeshwardError(error) ? error.code : "E_INTERNAL";
 }
 
 /** SQLite commits (one fsync per group commit) run on a writer thread so they never stall the API. */

@@ -84,6 +84,8 @@ export function registerCaCommand(program: Command): void {
     .option("--config <file>", "YAML configuration (flags override it)")
     .option("--listen <addr>", "HOST:PORT to listen on (port 0 picks a free port) [default: 127.0.0.1:8443]")
     .option("--store <url>", "store: sqlite:/path/ca.db or postgres://… [default: <dir>/ca.db]")
+    .option("--status <addr>", "HOST:PORT for the status page, /metrics, /healthz and /readyz over plain HTTP (off by default)")
+    .option("--status-token-file <file>", "status page token file (or MESHWARD_STATUS_TOKEN); required when --status is not on loopback")
     .option("--workload-ttl <duration>", "workload certificate lifetime [default: 24h]")
     .option("--clock-skew <duration>", "NotBefore backdating for clock skew [default: 15m]")
     .option("--dns-name <name>", "DNS name in the CA's serving certificate (repeatable) [default: localhost]", collect)
@@ -102,6 +104,7 @@ export function registerCaCommand(program: Command): void {
       const passphrase = readPassphrase(opts.passphraseFile);
       const server = await startCaServer({ dir: opts.dir, config, logger, ...(passphrase !== undefined ? { passphrase } : {}) });
       process.stdout.write(`meshward CA listening on ${server.address} as ${server.spiffeId}\n`);
+      if (server.status !== undefined) process.stdout.write(`status page: ${server.status.url}/\n`);
       const signal = await untilSignal();
       logger.info({ event: "ca-stopping", signal }, "stopping");
       await server.close();
@@ -250,6 +253,8 @@ function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
   const flags: Record<string, unknown> = {
     listen: opts.listen,
     store: opts.store,
+    status: opts.status,
+    statusTokenFile: opts.statusTokenFile,
     workloadTtl: opts.workloadTtl,
     clockSkew: opts.clockSkew,
     dnsNames: opts.dnsName,

@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { parseTrustDomain } from "../spiffe/id.ts";
+import { parseHostPort } from "../util/address.ts";
 import { parseDuration } from "../util/duration.ts";
 
 const duration = (what: string) =>
@@ -44,6 +45,18 @@ export const caConfigSchema = z
       }
     }).optional().describe("Trust domain; read from the CA directory when omitted."),
     listen: z.string().default("127.0.0.1:8443").describe("Address the CA API (gRPC + HTTPS, one TLS port) listens on."),
+    status: z
+      .string()
+      .superRefine((value, ctx) => {
+        try {
+          parseHostPort(value, "status address");
+        } catch (error) {
+          ctx.addIssue({ code: "custom", message: (error as Error).message });
+        }
+      })
+      .optional()
+      .describe("Serve the status page (/), /metrics, /healthz and /readyz over plain HTTP on this HOST:PORT (off by default)."),
+    statusTokenFile: z.string().min(1).optional().describe("File holding the status page token (at least 16 characters); required when status is not on loopback (or MESHWARD_STATUS_TOKEN)."),
     store: z.string().optional().describe("Store URL: sqlite:/path/ca.db (default: <dir>/ca.db) or postgres://…"),
     workloadTtl: duration("workload TTL").default(parseDuration("24h")).describe("Lifetime of workload certificates (capped by the issuer's remaining life)."),
     clockSkew: duration("clock skew").default(parseDuration("15m")).describe("How far NotBefore is backdated to tolerate clock skew."),

@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { runCli } from "../helpers/cli.ts";
+import { runCli, startCli } from "../helpers/cli.ts";
 
 // The README's main command, end to end: real CA, real sidecar processes, a Python app,
 // an SDK service; then the logs of the whole run are searched for secrets.
@@ -32,5 +32,29 @@ describe("meshward demo --once", () => {
     }
     // Refusals are logged with the peer and reason.
     expect(logs.join("\n")).toMatch(/E_MTLS_REQUIRED|plaintext/);
+  }, 120_000);
+});
+
+// `meshward demo` without --once: the README's main command as a user runs it.
+describe("meshward demo (left running)", () => {
+  it("prints live status pages for the CA and both sidecars, and stops everything on Ctrl-C", async () => {
+    const demo = await startCli(["demo"], /Everything keeps running[\s\S]*logs:\s+\S+\n/, { timeoutMs: 90_000 });
+    try {
+      const pages = [...demo.stdout().matchAll(/status page \(([^)]+)\):\s+(http:\/\/\S+)\//g)].map((m) => ({ who: m[1] as string, url: m[2] as string }));
+      expect(pages.map((p) => p.who)).toEqual(["CA", "orders' sidecar", "inventory's sidecar"]);
+      const feeds = await Promise.all(pages.map(async (p) => (await (await fetch(`${p.url}/status.json`)).json()) as { component: string; identities: { spiffeId: string }[]; health: { ok: boolean } }));
+      expect(feeds.map((f) => f.component)).toEqual(["ca", "sidecar", "sidecar"]);
+      expect(feeds[1]?.identities[0]?.spiffeId).toBe("spiffe://demo.local/ns/shop/orders");
+      expect(feeds[2]?.identities[0]?.spiffeId).toBe("spiffe://demo.local/ns/shop/inventory");
+      expect(feeds.every((f) => f.health.ok)).toBe(true);
+      // The denied call and the plaintext attempt of the checks show up on inventory's page.
+      const inventory = (await (await fetch(`${pages[2]!.url}/status.json`)).json()) as { refusals: { reason: string }[] };
+      expect(inventory.refusals.map((r) => r.reason)).toEqual(expect.arrayContaining(["plaintext", expect.stringMatching(/^policy denied/)]));
+
+      expect(await demo.stop("SIGINT")).toBe(0);
+      for (const p of pages) await expect(fetch(`${p.url}/status.json`)).rejects.toThrow();
+    } finally {
+      await demo.stop("SIGKILL");
+    }
   }, 120_000);
 });

@@ -74,7 +74,7 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
       await initAnchors({ dir: join(work, "ca"), trustDomain: TRUST_DOMAIN, now: new Date() });
       const server = await startCaServer({
         dir: join(work, "ca"),
-        config: caConfigSchema.parse({ listen: "127.0.0.1:0", workloadTtl: "1h" }),
+        config: caConfigSchema.parse({ listen: "127.0.0.1:0", status: "127.0.0.1:0", workloadTtl: "1h" }),
         logger: createLogger({ component: "ca", destination: openSync(join(logs, "ca.log"), "a") }),
       });
       cleanups.push(() => server.close());
@@ -139,6 +139,7 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
     if (!options.once) {
       options.say("");
       options.say("Everything keeps running. Look around:");
+      if (ca.status) options.say(`  status page (CA):                  ${ca.status.url}/`);
       if (orders.fields.status) options.say(`  status page (orders' sidecar):    http://${orders.fields.status}/`);
       if (inventory.fields.status) options.say(`  status page (inventory's sidecar): http://${inventory.fields.status}/`);
       options.say(`  call orders:   curl http://127.0.0.1:${ordersApp.port}/checkout`);

@@ -1,0 +1,45 @@
+import { identityFromPem, trustRootsFromPem } from "./certs.ts";
+import type { IdentityStatus, StatusProvider, StatusRecorder } from "./feed.ts";
+import type { Health } from "../telemetry/health.ts";
+
+/** What the CA holds right now, as PEM (read on every refresh: rotations change it). */
+export interface CaCertificates {
+  readonly trustDomain: string;
+  /** The CA's own serving certificate chain (its SVID on the API port). */
+  readonly servingChainPem: string;
+  /** The issuer that signs workload certificates. */
+  readonly issuerPem: string;
+  /** Every root of the trust bundle. */
+  readonly rootsPem: string;
+}
+
+/**
+ * Status page feed for the CA: its serving identity, the issuer and every root on the timeline,
+ * the trust bundle, and what the recorder saw (anchor changes, handshake failures on the API
+ * port, refused sign requests).
+ */
+export function caStatus(options: { certificates: () => CaCertificates; health: Health; recorder: StatusRecorder }): StatusProvider {
+  const { recorder } = options;
+  return async () => {
+    const certs = options.certificates();
+    const report = await options.health.run("readiness");
+    const roots = rootBlocks(certs.rootsPem);
+    const identities: IdentityStatus[] = [identityFromPem(certs.servingChainPem, "workload"), identityFromPem(certs.issuerPem, "issuer"), ...roots.map((pem) => identityFromPem(pem, "root"))];
+    return {
+      component: "ca",
+      name: certs.trustDomain,
+      generatedAt: new Date(),
+      identities,
+      roots: trustRootsFromPem(certs.rootsPem),
+      rotations: recorder.rotations(),
+      handshakeFailures: recorder.handshakeFailures(),
+      denials: recorder.denials(),
+      refusals: recorder.refusals(),
+      health: { ok: report.ok, checks: report.checks },
+    };
+  };
+}
+
+function rootBlocks(pem: string): string[] {
+  return pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+}
