@@ -11,8 +11,8 @@ export async function runCli(argv: readonly string[]): Promise<number> {
     .description("zero-trust service-to-service security: SPIFFE CA, workload identity, mTLS sidecar, config audit")
     .showHelpAfterError()
     .exitOverride();
-  registerCommands(program);
   try {
+    await registerCommands(program, argv);
     await program.parseAsync([...argv], { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : EXIT_OK;
   } catch (error) {

@@ -56,9 +56,9 @@ function resolve(program: Command, words: string[]): { command: Command; path: s
 
 describe("CLI invocations in docs/", () => {
   let program: Command;
-  beforeAll(() => {
+  beforeAll(async () => {
     program = new Command("meshward");
-    registerCommands(program);
+    await registerCommands(program);
   });
 
   it("name existing commands and only flags those commands define", () => {
