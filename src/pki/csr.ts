@@ -1,5 +1,4 @@
 import type { KeyObject } from "node:crypto";
-import type * as X509 from "@peculiar/x509";
 import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { parseSpiffeId } from "../spiffe/id.ts";
 import type { Tlv } from "./der.ts";
@@ -8,10 +7,10 @@ import { assertAcceptableKey } from "./keys.ts";
 import type { KeyPair } from "./keys.ts";
 import { formatName } from "./names.ts";
 import { OID } from "./oids.ts";
-import { loadX509, toWebCryptoPrivateKey, toWebCryptoPublicKey, webCryptoAlgorithms } from "./peculiar.ts";
-import { pemBlocks } from "./pem.ts";
-import { UnsupportedSignatureAlgorithm, verifySignature } from "./signature.ts";
-import { importSpki, spkiAlgorithm } from "./spki.ts";
+import * as der from "./der.ts";
+import { pemBlocks, toPem } from "./pem.ts";
+import { signingAlgorithmFor, UnsupportedSignatureAlgorithm, verifySignature } from "./signature.ts";
+import { importSpki, spkiAlgorithm, spkiOf } from "./spki.ts";
 import { readBasicConstraints, readExtensions, readGeneralNames } from "./x509der.ts";
 
 export interface CsrRequest {
@@ -34,21 +33,28 @@ export interface ParsedCsr {
 
 const CSR_LABELS = new Set(["CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"]);
 
-/** PKCS#10 PEM signed with the key pair (proof of possession). */
+/**
+ * PKCS#10 PEM signed with the key pair (proof of possession), built with the DER writer: a
+ * workload creating its CSR does not load an X.509 library (measured ~10 MB of a sidecar's RSS).
+ */
 export async function createCsr(request: CsrRequest): Promise<string> {
   const { privateKey, publicKey } = request.keyPair;
   assertAcceptableKey(publicKey);
-  const x509 = await loadX509();
-  const names: X509.JsonGeneralNames = [];
-  if (request.spiffeId !== undefined) names.push({ type: "url", value: parseSpiffeId(request.spiffeId).toString() });
-  for (const dns of request.dnsNames ?? []) names.push({ type: "dns", value: dns });
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
-    name: request.commonName === undefined ? [] : [{ [OID.commonName]: [request.commonName] }],
-    keys: { privateKey: await toWebCryptoPrivateKey(privateKey), publicKey: await toWebCryptoPublicKey(publicKey) },
-    signingAlgorithm: webCryptoAlgorithms(privateKey).signingAlgorithm,
-    extensions: names.length === 0 ? [] : [new x509.SubjectAlternativeNameExtension(names, false)],
-  });
-  return csr.toString("pem");
+  const names: Buffer[] = [];
+  if (request.spiffeId !== undefined) names.push(der.implicit(6, Buffer.from(parseSpiffeId(request.spiffeId).toString(), "latin1")));
+  for (const dns of request.dnsNames ?? []) {
+    if (!/^[\x21-\x7e]+$/.test(dns)) throw new MeshwardError("E_DNS_NAME_INVALID", `DNS name ${JSON.stringify(dns)} is not printable ASCII`);
+    names.push(der.implicit(2, Buffer.from(dns, "latin1")));
+  }
+  const subject = der.sequence(...(request.commonName === undefined ? [] : [der.set(der.sequence(der.oid(OID.commonName), der.utf8String(request.commonName)))]));
+  const attributes =
+    names.length === 0
+      ? []
+      : [der.sequence(der.oid(OID.extensionRequest), der.set(der.sequence(der.sequence(der.oid(OID.subjectAltName), der.octetString(der.sequence(...names))))))];
+  const info = der.sequence(der.integer(0), subject, spkiOf(publicKey), der.explicit(0, Buffer.concat(attributes)));
+  const algorithm = signingAlgorithmFor(privateKey);
+  const csr = der.sequence(info, algorithm.algorithmIdentifier, der.bitString(algorithm.sign(info)));
+  return toPem(csr, "CERTIFICATE REQUEST");
 }
 
 function invalid(reason: string, cause?: unknown): MeshwardError {
