@@ -1,12 +1,12 @@
 import { X509Certificate, type KeyObject } from "node:crypto";
 import { request as httpsRequest } from "node:https";
 import type { PeerCertificate } from "node:tls";
-import * as grpc from "@grpc/grpc-js";
 import { MeshwardError } from "../errors.ts";
 import { inspectCertificate } from "../pki/inspect.ts";
 import { encodePrivateKey } from "../pki/keys.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
 import { parseHostPort } from "../util/address.ts";
+import { callUnary, GRPC_DEADLINE_EXCEEDED, GRPC_STATUS_NAMES, GRPC_UNAVAILABLE, GrpcTransportError, type UnaryResult } from "../protocol/grpc-unary.ts";
 import { decodeSignResponse, encodeSignRequest, SIGN_CERTIFICATE_PATH, TokenValidator, type SignCertificateRequestMessage } from "../protocol/sentry.ts";
 
 /** The CA presents spiffe://<trust-domain>/ns/meshward-system/meshward-ca. */
@@ -57,17 +57,9 @@ function checkCaIdentity(trustDomain: string) {
   };
 }
 
-/** Calls dapr.proto.sentry.v1.CA/SignCertificate with a real gRPC client. */
+/** Calls dapr.proto.sentry.v1.CA/SignCertificate (gRPC over HTTP/2, the CA verified by SPIFFE ID). */
 export async function requestCertificate(connection: CaConnection, request: CertificateRequest): Promise<SignedCertificate> {
   const { host, port } = parseHostPort(connection.address, "CA address");
-  const credentials = grpc.credentials.createSsl(
-    Buffer.from(connection.bundlePem),
-    connection.clientCertificate ? Buffer.from(encodePrivateKey(connection.clientCertificate.privateKey)) : null,
-    connection.clientCertificate ? Buffer.from(connection.clientCertificate.certChainPem) : null,
-    { checkServerIdentity: checkCaIdentity(connection.trustDomain) },
-  );
-  const target = host.includes(":") ? `ipv6:[${host}]:${port}` : `${host}:${port}`;
-  const client = new grpc.Client(target, credentials, { "grpc.ssl_target_name_override": "localhost", "grpc.default_authority": "localhost" });
   const message: SignCertificateRequestMessage = {
     id: request.appId,
     token: request.token,
@@ -76,51 +68,57 @@ export async function requestCertificate(connection: CaConnection, request: Cert
     certificateSigningRequest: Buffer.from(request.csrPem),
     tokenValidator: TokenValidator[request.validator],
   };
+  let result;
   try {
-    const response = await new Promise<Buffer>((resolve, reject) => {
-      client.makeUnaryRequest(
-        SIGN_CERTIFICATE_PATH,
-        (m: SignCertificateRequestMessage) => Buffer.from(encodeSignRequest(m)),
-        (b: Buffer) => b,
-        message,
-        new grpc.Metadata(),
-        { deadline: Date.now() + (connection.timeoutMs ?? 10_000) },
-        (error, value) => (error ? reject(error) : resolve(value as Buffer)),
-      );
+    result = await callUnary({
+      url: `https://${host.includes(":") ? `[${host}]` : host}:${port}`,
+      tls: {
+        ca: connection.bundlePem,
+        ...(connection.clientCertificate ? { cert: connection.clientCertificate.certChainPem, key: encodePrivateKey(connection.clientCertificate.privateKey) } : {}),
+        servername: "localhost",
+        checkServerIdentity: checkCaIdentity(connection.trustDomain),
+      },
+      path: SIGN_CERTIFICATE_PATH,
+      authority: "localhost",
+      message: encodeSignRequest(message),
+      timeoutMs: connection.timeoutMs ?? 10_000,
     });
-    const decoded = decodeSignResponse(response);
-    return {
-      certChainPem: Buffer.from(decoded.workloadCertificate).toString("utf8"),
-      bundlePem: decoded.trustChainCertificates.map((b) => Buffer.from(b).toString("utf8")).join(""),
-      validUntil: new Date(decoded.validUntil.seconds * 1000),
-    };
   } catch (error) {
-    throw toMeshwardError(error as grpc.ServiceError, connection.address);
-  } finally {
-    client.close();
+    throw transportError(error, connection.address);
   }
-}
-
-/** grpc-message may arrive still percent-encoded; decode it when it is valid, keep it otherwise. */
-function decodeGrpcMessage(text: string): string {
-  if (!text.includes("%")) return text;
+  if (result.status !== 0) throw statusError(result, connection.address);
+  let decoded;
   try {
-    return decodeURIComponent(text);
-  } catch {
-    return text;
+    decoded = decodeSignResponse(result.message as Buffer);
+  } catch (error) {
+    throw new MeshwardError("E_CA_ERROR", `the CA at ${connection.address} answered with a malformed SignCertificateResponse: ${(error as Error).message}`, { cause: error });
   }
+  return {
+    certChainPem: Buffer.from(decoded.workloadCertificate).toString("utf8"),
+    bundlePem: decoded.trustChainCertificates.map((b) => Buffer.from(b).toString("utf8")).join(""),
+    validUntil: new Date(decoded.validUntil.seconds * 1000),
+  };
 }
 
-function toMeshwardError(error: grpc.ServiceError, address: string): MeshwardError {
-  const code = error.metadata?.get("meshward-error-code")[0];
+function transportError(error: unknown, address: string): MeshwardError {
+  const cause = (error as { cause?: unknown }).cause;
+  // The CA failed the SPIFFE ID check: say so, do not call it "unreachable".
+  if (cause instanceof MeshwardError) return new MeshwardError(cause.code, `the CA at ${address}: ${cause.message}`, { cause });
+  if (error instanceof GrpcTransportError && error.status !== GRPC_UNAVAILABLE && error.status !== GRPC_DEADLINE_EXCEEDED) {
+    return new MeshwardError("E_CA_ERROR", `the CA at ${address} answered ${GRPC_STATUS_NAMES[error.status] ?? error.status}: ${error.message}`, { cause: error });
+  }
+  return new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address} is unreachable: ${(error as Error).message}`, { cause: error });
+}
+
+function statusError(result: UnaryResult, address: string): MeshwardError {
+  const code = result.metadata["meshward-error-code"];
   if (typeof code === "string" && code.startsWith("E_")) {
-    const message = decodeGrpcMessage(error.details ?? "").replace(/^E_[A-Z_]+: /, "");
-    return new MeshwardError(code as `E_${string}`, message);
+    return new MeshwardError(code as `E_${string}`, result.details.replace(/^E_[A-Z_]+: /, ""));
   }
-  if (error.code === grpc.status.UNAVAILABLE || error.code === grpc.status.DEADLINE_EXCEEDED) {
-    return new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address} is unreachable: ${error.details}`, { cause: error });
+  if (result.status === GRPC_UNAVAILABLE || result.status === GRPC_DEADLINE_EXCEEDED) {
+    return new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address} is unreachable: ${result.details}`);
   }
-  return new MeshwardError("E_CA_ERROR", `the CA at ${address} answered ${grpc.status[error.code] ?? error.code}: ${error.details}`, { cause: error });
+  return new MeshwardError("E_CA_ERROR", `the CA at ${address} answered ${GRPC_STATUS_NAMES[result.status] ?? result.status}: ${result.details}`);
 }
 
 /** GET a path of the CA's HTTPS API, verifying the CA by SPIFFE ID. */

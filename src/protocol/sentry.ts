@@ -1,8 +1,8 @@
 /** The CA API wire format (proto/sentry.proto), shared by the CA server and its clients. */
 import { fileURLToPath } from "node:url";
-import protobuf from "protobufjs";
+import { ProtobufError, ProtobufWriter, readFields, type FieldValue } from "./protobuf-wire.ts";
 
-/** proto/sentry.proto, loaded once; the same file feeds our gRPC server codec and clients. */
+/** proto/sentry.proto: the contract the codec below implements (test/protocol checks it against protobufjs). */
 export const SENTRY_PROTO_PATH = fileURLToPath(new URL("../../proto/sentry.proto", import.meta.url));
 export const SIGN_CERTIFICATE_PATH = "/dapr.proto.sentry.v1.CA/SignCertificate";
 
@@ -30,36 +30,72 @@ export interface SignCertificateResponseMessage {
   validUntil: { seconds: number; nanos: number };
 }
 
-let types: { request: protobuf.Type; response: protobuf.Type } | undefined;
-
-function loadTypes() {
-  if (types === undefined) {
-    const root = protobuf.loadSync(SENTRY_PROTO_PATH);
-    types = {
-      request: root.lookupType("dapr.proto.sentry.v1.SignCertificateRequest"),
-      response: root.lookupType("dapr.proto.sentry.v1.SignCertificateResponse"),
-    };
-  }
-  return types;
-}
-
-export function decodeSignRequest(bytes: Uint8Array): SignCertificateRequestMessage {
-  const { request } = loadTypes();
-  const message = request.decode(bytes);
-  return request.toObject(message, { defaults: true, enums: Number, bytes: Buffer as unknown as typeof String }) as SignCertificateRequestMessage;
-}
-
-export function encodeSignResponse(message: SignCertificateResponseMessage): Uint8Array {
-  const { response } = loadTypes();
-  return response.encode(response.fromObject(message)).finish();
+function expectWire(field: number, value: FieldValue, wireType: 0 | 2, what: string): void {
+  if (value.wireType !== wireType) throw new ProtobufError(`field ${field} (${what}) has the wrong wire type`);
 }
 
 export function encodeSignRequest(message: SignCertificateRequestMessage): Uint8Array {
-  const { request } = loadTypes();
-  return request.encode(request.fromObject(message)).finish();
+  return new ProtobufWriter()
+    .string(1, message.id)
+    .string(2, message.token)
+    .string(3, message.trustDomain)
+    .string(4, message.namespace)
+    .bytes(5, message.certificateSigningRequest)
+    .varint(6, message.tokenValidator)
+    .finish();
 }
 
+/** Throws ProtobufError when the bytes are not a SignCertificateRequest. */
+export function decodeSignRequest(bytes: Uint8Array): SignCertificateRequestMessage {
+  const message: SignCertificateRequestMessage = { id: "", token: "", trustDomain: "", namespace: "", certificateSigningRequest: Buffer.alloc(0), tokenValidator: 0 };
+  readFields(bytes, (field, value) => {
+    switch (field) {
+      case 1:
+      case 2:
+      case 3:
+      case 4: {
+        const key = (["id", "token", "trustDomain", "namespace"] as const)[field - 1]!;
+        expectWire(field, value, 2, key);
+        message[key] = (value.value as Buffer).toString("utf8");
+        break;
+      }
+      case 5:
+        expectWire(field, value, 2, "certificate_signing_request");
+        message.certificateSigningRequest = value.value as Buffer;
+        break;
+      case 6:
+        expectWire(field, value, 0, "token_validator");
+        message.tokenValidator = value.value as number;
+        break;
+      default:
+        break; // unknown fields are skipped, as protobuf requires
+    }
+  });
+  return message;
+}
+
+export function encodeSignResponse(message: SignCertificateResponseMessage): Uint8Array {
+  const validUntil = new ProtobufWriter().varint(1, message.validUntil.seconds).varint(2, message.validUntil.nanos).finish();
+  return new ProtobufWriter().bytes(1, message.workloadCertificate).repeatedBytes(2, message.trustChainCertificates).message(3, validUntil).finish();
+}
+
+/** Throws ProtobufError when the bytes are not a SignCertificateResponse. */
 export function decodeSignResponse(bytes: Uint8Array): SignCertificateResponseMessage {
-  const { response } = loadTypes();
-  return response.toObject(response.decode(bytes), { defaults: true, longs: Number, bytes: Buffer as unknown as typeof String }) as SignCertificateResponseMessage;
+  const message: SignCertificateResponseMessage = { workloadCertificate: Buffer.alloc(0), trustChainCertificates: [], validUntil: { seconds: 0, nanos: 0 } };
+  readFields(bytes, (field, value) => {
+    if (field === 1) {
+      expectWire(field, value, 2, "workload_certificate");
+      message.workloadCertificate = value.value as Buffer;
+    } else if (field === 2) {
+      expectWire(field, value, 2, "trust_chain_certificates");
+      message.trustChainCertificates.push(value.value as Buffer);
+    } else if (field === 3) {
+      expectWire(field, value, 2, "valid_until");
+      readFields(value.value as Buffer, (inner, v) => {
+        if (inner === 1 && v.wireType === 0) message.validUntil.seconds = v.value;
+        else if (inner === 2 && v.wireType === 0) message.validUntil.nanos = v.value;
+      });
+    }
+  });
+  return message;
 }

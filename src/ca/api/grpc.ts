@@ -4,6 +4,7 @@ import { isMeshwardError, MeshwardError } from "../../errors.ts";
 import { peerCertificateOf } from "../attest/peer.ts";
 import type { CertificateAuthority, ValidatorName } from "../authority.ts";
 import { encodeGrpcMessage, grpcStatusForCode, GrpcStatus } from "./grpc-status.ts";
+import { frameMessage } from "../../protocol/grpc-unary.ts";
 import { decodeSignRequest, encodeSignResponse, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../protocol/sentry.ts";
 
 const VALIDATORS: ReadonlyMap<number, ValidatorName | undefined> = new Map([
@@ -77,7 +78,7 @@ async function answer(req: Http2ServerRequest, res: Http2ServerResponse, body: B
     if (res.stream.destroyed) return;
     res.writeHead(200, { "content-type": "application/grpc" });
     res.addTrailers({ "grpc-status": String(GrpcStatus.OK) });
-    res.end(frame(reply));
+    res.end(frameMessage(reply));
   } catch (error) {
     if (isMeshwardError(error)) {
       respondError(res, grpcStatusForCode(error.code), `${error.code}: ${error.message}`, error.code);
@@ -95,13 +96,6 @@ function unframe(body: Buffer): Buffer {
   return body.subarray(5);
 }
 
-function frame(message: Uint8Array): Buffer {
-  const framed = Buffer.allocUnsafe(5 + message.length);
-  framed[0] = 0; // not compressed
-  framed.writeUInt32BE(message.length, 1);
-  framed.set(message, 5);
-  return framed;
-}
 
 function respondError(res: Http2ServerResponse, status: number, message: string, code?: string): void {
   if (res.stream.destroyed || res.headersSent) {

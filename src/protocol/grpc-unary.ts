@@ -1,0 +1,163 @@
+import { connect, constants, type ClientHttp2Session, type IncomingHttpHeaders, type SecureClientSessionOptions } from "node:http2";
+
+/**
+ * A unary gRPC call over node:http2 (gRPC over HTTP/2 spec: one length-prefixed message each
+ * way, status in trailers). Enough for the CA's SignCertificate without a gRPC runtime in every
+ * workload; test/protocol calls a @grpc/grpc-js server with it, and the CA is called by
+ * @grpc/grpc-js clients in test/ca, so both ends are checked against the reference library.
+ */
+
+/** gRPC status code names (grpc/grpc doc/statuscodes.md), for messages. */
+export const GRPC_STATUS_NAMES: readonly string[] = [
+  "OK",
+  "CANCELLED",
+  "UNKNOWN",
+  "INVALID_ARGUMENT",
+  "DEADLINE_EXCEEDED",
+  "NOT_FOUND",
+  "ALREADY_EXISTS",
+  "PERMISSION_DENIED",
+  "RESOURCE_EXHAUSTED",
+  "FAILED_PRECONDITION",
+  "ABORTED",
+  "OUT_OF_RANGE",
+  "UNIMPLEMENTED",
+  "INTERNAL",
+  "UNAVAILABLE",
+  "DATA_LOSS",
+  "UNAUTHENTICATED",
+];
+export const GRPC_DEADLINE_EXCEEDED = 4;
+export const GRPC_UNAVAILABLE = 14;
+
+export interface UnaryCall {
+  /** https://host:port (IPv6 hosts bracketed). */
+  readonly url: string;
+  /** TLS options for the connection (ca, cert, key, servername, checkServerIdentity, …). */
+  readonly tls: SecureClientSessionOptions;
+  readonly path: string;
+  readonly authority: string;
+  readonly message: Uint8Array;
+  readonly timeoutMs: number;
+  /** Largest response message accepted. */
+  readonly maxResponseBytes?: number;
+}
+
+export interface UnaryResult {
+  /** gRPC status; 0 with `message` set on success. */
+  readonly status: number;
+  /** grpc-message, percent-decoded. */
+  readonly details: string;
+  /** Response headers and trailers together (trailers win). */
+  readonly metadata: IncomingHttpHeaders;
+  readonly message?: Buffer;
+}
+
+/** A failure below gRPC: the connection, TLS or HTTP/2 (the call never got a gRPC status). */
+export class GrpcTransportError extends Error {
+  override readonly name = "GrpcTransportError";
+  constructor(
+    message: string,
+    readonly status: number,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export function frameMessage(message: Uint8Array): Buffer {
+  const framed = Buffer.allocUnsafe(5 + message.length);
+  framed[0] = 0; // not compressed
+  framed.writeUInt32BE(message.length, 1);
+  framed.set(message, 5);
+  return framed;
+}
+
+/** The one message of a unary body; undefined when the body is not exactly one uncompressed message. */
+export function unframeMessage(body: Buffer): Buffer | undefined {
+  if (body.length < 5 || body[0] !== 0) return undefined;
+  const length = body.readUInt32BE(1);
+  if (length !== body.length - 5) return undefined;
+  return body.subarray(5);
+}
+
+export function decodeGrpcMessage(text: string): string {
+  if (!text.includes("%")) return text;
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
+export function callUnary(call: UnaryCall): Promise<UnaryResult> {
+  const maxBytes = call.maxResponseBytes ?? 4 << 20;
+  return new Promise<UnaryResult>((resolve, reject) => {
+    let session: ClientHttp2Session | undefined;
+    let settled = false;
+    const finish = (error: Error | undefined, result?: UnaryResult) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      session?.close();
+      session?.destroy();
+      if (error) reject(error);
+      else resolve(result as UnaryResult);
+    };
+    const timer = setTimeout(() => finish(new GrpcTransportError(`no answer within ${call.timeoutMs} ms`, GRPC_DEADLINE_EXCEEDED)), call.timeoutMs);
+    try {
+      session = connect(call.url, { ...call.tls, minVersion: call.tls.minVersion ?? "TLSv1.2" });
+    } catch (error) {
+      finish(new GrpcTransportError(`cannot connect: ${(error as Error).message}`, GRPC_UNAVAILABLE, { cause: error }));
+      return;
+    }
+    session.on("error", (error: NodeJS.ErrnoException) => finish(new GrpcTransportError(error.code ? `${error.code}: ${error.message}` : error.message, GRPC_UNAVAILABLE, { cause: error })));
+    const stream = session.request({
+      [constants.HTTP2_HEADER_METHOD]: "POST",
+      [constants.HTTP2_HEADER_PATH]: call.path,
+      [constants.HTTP2_HEADER_AUTHORITY]: call.authority,
+      [constants.HTTP2_HEADER_CONTENT_TYPE]: "application/grpc",
+      te: "trailers",
+      "grpc-timeout": `${Math.max(1, Math.ceil(call.timeoutMs))}m`,
+    });
+    let headers: IncomingHttpHeaders = {};
+    let trailers: IncomingHttpHeaders = {};
+    const chunks: Buffer[] = [];
+    let size = 0;
+    stream.on("response", (h) => (headers = h));
+    stream.on("trailers", (t) => (trailers = t));
+    stream.on("data", (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > maxBytes + 5) {
+        stream.close(constants.NGHTTP2_CANCEL);
+        finish(new GrpcTransportError(`the response exceeds ${maxBytes} bytes`, 8));
+        return;
+      }
+      chunks.push(chunk);
+    });
+    stream.on("error", (error: Error) => finish(new GrpcTransportError(error.message, GRPC_UNAVAILABLE, { cause: error })));
+    stream.on("close", () => {
+      const metadata = { ...headers, ...trailers };
+      const httpStatus = Number(headers[constants.HTTP2_HEADER_STATUS] ?? 0);
+      const rawStatus = metadata["grpc-status"];
+      if (rawStatus === undefined) {
+        const why = httpStatus === 0 ? "the stream closed without an answer" : `HTTP ${httpStatus} without a gRPC status`;
+        finish(new GrpcTransportError(why, httpStatus === 0 ? GRPC_UNAVAILABLE : 2));
+        return;
+      }
+      const status = Number(rawStatus);
+      const details = decodeGrpcMessage(String(metadata["grpc-message"] ?? ""));
+      if (status !== 0) {
+        finish(undefined, { status, details, metadata });
+        return;
+      }
+      const message = unframeMessage(Buffer.concat(chunks));
+      if (message === undefined) {
+        finish(new GrpcTransportError("the response is not exactly one uncompressed gRPC message", 13));
+        return;
+      }
+      finish(undefined, { status, details, metadata, message });
+    });
+    stream.end(frameMessage(call.message));
+  });
+}

@@ -1,0 +1,158 @@
+import * as grpc from "@grpc/grpc-js";
+import { loadSync } from "@grpc/proto-loader";
+import { X509Certificate } from "node:crypto";
+import { createServer, type Server } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { callUnary, GrpcTransportError } from "../../src/protocol/grpc-unary.ts";
+import { SENTRY_PROTO_PATH, SIGN_CERTIFICATE_PATH } from "../../src/protocol/sentry.ts";
+import { createCsr } from "../../src/pki/csr.ts";
+import { generateKeyPair } from "../../src/pki/keys.ts";
+import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
+import { startMeshCa, TD, type MeshCa } from "../proxy/fixtures.ts";
+
+// Both ends of the CA's gRPC checked against @grpc/grpc-js, the reference library: meshward's
+// unary client against a grpc-js server, and a grpc-js client with stubs generated from
+// proto/sentry.proto (what a Dapr sidecar does) against the meshward CA.
+
+describe("meshward's unary gRPC client against a @grpc/grpc-js server", () => {
+  let pki: TestPki;
+  let server: grpc.Server;
+  let port: number;
+  let closedPort: number;
+  const silentEnd = new Set<grpc.ServerUnaryCall<Buffer, Buffer>>();
+
+  beforeAll(async () => {
+    pki = createTestPki({ trustDomain: "grpc.test" });
+    const leaf = pki.issueLeaf({ spiffeId: "spiffe://grpc.test/ns/default/echo", dnsNames: ["localhost"] });
+    server = new grpc.Server();
+    server.register<Buffer, Buffer>(
+      SIGN_CERTIFICATE_PATH,
+      (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+        const text = call.request.toString();
+        if (text === "deny") {
+          const metadata = new grpc.Metadata();
+          metadata.set("meshward-error-code", "E_TOKEN_INVALID");
+          callback({ code: grpc.status.PERMISSION_DENIED, details: "nope: ünïcode %", metadata });
+        } else if (text === "hang") {
+          silentEnd.add(call); // never answered: the client's deadline decides
+        } else {
+          callback(null, Buffer.from(`echo:${text}`));
+        }
+      },
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+      "unary",
+    );
+    const credentials = grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(leaf.keyPem), cert_chain: Buffer.from(leaf.chainPem) }], false);
+    port = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", credentials, (e, p) => (e ? reject(e) : resolve(p))));
+    const probe: Server = createServer();
+    closedPort = await new Promise<number>((resolve) => probe.listen(0, "127.0.0.1", () => resolve((probe.address() as { port: number }).port)));
+    await new Promise((resolve) => probe.close(resolve));
+  });
+
+  afterAll(async () => {
+    await new Promise<void>((resolve) => server?.tryShutdown(() => resolve()));
+    server?.forceShutdown();
+    pki?.cleanup();
+  });
+
+  const call = (text: string, overrides: { port?: number; timeoutMs?: number; ca?: string } = {}) =>
+    callUnary({
+      url: `https://127.0.0.1:${overrides.port ?? port}`,
+      tls: { ca: overrides.ca ?? pki.root.certPem, servername: "localhost" },
+      path: SIGN_CERTIFICATE_PATH,
+      authority: "localhost",
+      message: Buffer.from(text),
+      timeoutMs: overrides.timeoutMs ?? 5_000,
+    });
+
+  it("gets the answer message with status OK", async () => {
+    const result = await call("hello");
+    expect(result.status).toBe(0);
+    expect(result.message?.toString()).toBe("echo:hello");
+  });
+
+  it("reads the status, the percent-decoded message and the metadata of an error", async () => {
+    const result = await call("deny");
+    expect(result.status).toBe(grpc.status.PERMISSION_DENIED);
+    expect(result.details).toBe("nope: ünïcode %");
+    expect(result.metadata["meshward-error-code"]).toBe("E_TOKEN_INVALID");
+    expect(result.message).toBeUndefined();
+  });
+
+  it("gives up at its deadline with DEADLINE_EXCEEDED when the server never answers", async () => {
+    const error = await call("hang", { timeoutMs: 300 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(GrpcTransportError);
+    expect((error as GrpcTransportError).status).toBe(grpc.status.DEADLINE_EXCEEDED);
+  });
+
+  it("reports a closed port as UNAVAILABLE", async () => {
+    const error = await call("x", { port: closedPort }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(GrpcTransportError);
+    expect((error as GrpcTransportError).status).toBe(grpc.status.UNAVAILABLE);
+    expect(String((error as Error).message)).toMatch(/ECONNREFUSED/);
+  });
+
+  it("refuses a server whose certificate does not chain to the given roots", async () => {
+    const other = createTestPki({ trustDomain: "grpc.test", name: "other" });
+    try {
+      const error = await call("x", { ca: other.root.certPem }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(GrpcTransportError);
+      expect(String((error as Error).message)).toMatch(/certificate/i);
+    } finally {
+      other.cleanup();
+    }
+  });
+});
+
+describe("a @grpc/grpc-js client with stubs from proto/sentry.proto against the meshward CA", () => {
+  let ca: MeshCa;
+  let client: grpc.Client & { SignCertificate: grpc.requestCallback<unknown> & ((req: object, md: grpc.Metadata, opts: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: SignResponse) => void) => void) };
+  interface SignResponse {
+    workload_certificate: Buffer;
+    trust_chain_certificates: Buffer[];
+    valid_until: { seconds: string | number };
+  }
+
+  beforeAll(async () => {
+    ca = await startMeshCa();
+    const definition = loadSync(SENTRY_PROTO_PATH, { keepCase: true, enums: String, longs: String, defaults: true });
+    const proto = grpc.loadPackageDefinition(definition) as unknown as { dapr: { proto: { sentry: { v1: { CA: grpc.ServiceClientConstructor } } } } };
+    const credentials = grpc.credentials.createSsl(Buffer.from(ca.bundlePem));
+    client = new proto.dapr.proto.sentry.v1.CA(ca.server.address, credentials, { "grpc.ssl_target_name_override": "localhost", "grpc.default_authority": "localhost" }) as never;
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await ca?.close();
+  });
+
+  const sign = (request: object) =>
+    new Promise<{ error: grpc.ServiceError | null; response: SignResponse | undefined }>((resolve) =>
+      client.SignCertificate(request, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (error, response) => resolve({ error, response })),
+    );
+
+  it("signs a certificate for a join token", async () => {
+    const token = await ca.token("shop", "cart");
+    const csr = await createCsr({ keyPair: generateKeyPair() });
+    const { error, response } = await sign({ id: "cart", namespace: "shop", trust_domain: TD, token, token_validator: "JOIN_TOKEN", certificate_signing_request: Buffer.from(csr) });
+    expect(error).toBeNull();
+    const leaf = new X509Certificate(response!.workload_certificate);
+    expect(leaf.subjectAltName).toBe(`URI:spiffe://${TD}/ns/shop/cart`);
+    expect(response!.trust_chain_certificates.length).toBeGreaterThanOrEqual(1);
+    expect(Number(response!.valid_until.seconds) * 1000).toBe(new Date(leaf.validTo).getTime());
+  });
+
+  it("gets UNAUTHENTICATED with meshward-error-code for a bad token", async () => {
+    const csr = await createCsr({ keyPair: generateKeyPair() });
+    const { error } = await sign({ id: "cart", namespace: "shop", trust_domain: TD, token: "mwjt_forged", token_validator: "JOIN_TOKEN", certificate_signing_request: Buffer.from(csr) });
+    expect(error?.code).toBe(grpc.status.UNAUTHENTICATED);
+    expect(error?.metadata.get("meshward-error-code")[0]).toMatch(/^E_TOKEN_/);
+  });
+
+  it("gets INVALID_ARGUMENT for a CSR that is not one", async () => {
+    const token = await ca.token("shop", "cart2");
+    const { error } = await sign({ id: "cart2", namespace: "shop", trust_domain: TD, token, token_validator: "JOIN_TOKEN", certificate_signing_request: Buffer.from("not a csr") });
+    expect(error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+  });
+});
