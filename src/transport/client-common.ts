@@ -109,7 +109,7 @@ export interface DialOptions {
  */
 export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: SessionCache): TLSSocket {
   const sessionKey = `${runtime.key}|${dial.host}|${dial.port}|${dial.servername ?? ""}`;
-  const resumable = runtime.insecure ? undefined : (dial.session ?? sessions?.get(sessionKey));
+  const resumable = runtime.insecure ? undefined : offerable(dial.session ?? sessions?.get(sessionKey), runtime.policy, () => sessions?.delete(sessionKey));
   const options: ConnectionOptions = {
     host: dial.host,
     port: dial.port,
@@ -154,6 +154,25 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
     });
   }
   return socket;
+}
+
+/** A remembered session is offered only while its server certificate is still good for a while. */
+const RESUME_MARGIN_MS = 5_000;
+
+/**
+ * The session to offer, or undefined (and forgotten) when resuming it would be refused after the
+ * handshake anyway: its certificate expired or expires within the margin, was revoked, or is
+ * not the identity expected now. A full handshake then sees the server's current certificate.
+ */
+function offerable(session: ResumableSession | undefined, policy: ClientRuntime["policy"], forget: () => void): ResumableSession | undefined {
+  if (session === undefined) return undefined;
+  try {
+    verifyRememberedPeer(session.peer, new Date(session.notAfter.getTime() - RESUME_MARGIN_MS), policy);
+    return session;
+  } catch {
+    forget();
+    return undefined;
+  }
 }
 
 function isHostName(name: string): boolean {

@@ -7,7 +7,7 @@ import { SecureContextHolder } from "../tls/context.ts";
 import type { IdentityHealth } from "../tls/context.ts";
 import { consoleLogger } from "../tls/logger.ts";
 import type { TlsLogger } from "../tls/logger.ts";
-import { verifyTlsPeer } from "../tls/verify.ts";
+import { verifyPeerCertificate, verifyTlsPeer } from "../tls/verify.ts";
 import type { PeerIdentity, PeerPolicy } from "../tls/verify.ts";
 
 /** The only way to weaken verification; its name is the warning. Logged on every use. */
@@ -200,14 +200,20 @@ export class ConnectionRegistry {
     return this.#open.size;
   }
 
-  /** Closes open connections whose peer is now revoked or no longer authorized. */
+  /**
+   * Closes open connections whose peer is now revoked or no longer authorized. Certificate
+   * validity is a handshake-time check: a connection outliving its peer's certificate keeps
+   * working (the age cap bounds it), as the caller's renewed certificate is on its next one.
+   */
   recheckAll(): void {
     if (this.runtime.insecure) return;
     for (const socket of this.#open.keys()) {
       const peer = peerOf(socket);
       if (peer === undefined) continue;
       try {
-        verifyTlsPeer(socket, this.runtime.policy);
+        const cert = socket.getPeerX509Certificate();
+        if (cert === undefined) throw new MeshwardError("E_PEER_NO_SPIFFE_ID", "the peer certificate is no longer available");
+        verifyPeerCertificate(cert.raw, this.runtime.policy);
       } catch (error) {
         this.runtime.logger.warn(`closing an open connection from ${peer.spiffeId}: ${describeError(error)}`);
         socket.destroy();

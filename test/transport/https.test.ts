@@ -197,6 +197,41 @@ describe("SDK clients against the SDK HTTPS server", () => {
   });
 });
 
+describe("session resumption across a server certificate's end of life", () => {
+  // Each answer closes its connection, so every request is a new handshake from the same
+  // agent; the server reports whether it resumed the session.
+  const serveWith = async (leaf: TestLeaf) => {
+    const s = await createHttpsServer({ identity: new ManualIdentity(snapshotOf(leaf, bundleOf([pki]))), logger }, (req, res) => {
+      res.setHeader("connection", "close");
+      res.end(JSON.stringify({ resumed: (req.socket as import("node:tls").TLSSocket).isSessionReused() }));
+    });
+    await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+    return s;
+  };
+  const resumedOnEachCall = async (s: MtlsHttpsServer) => {
+    const client = new ManualIdentity(snapshotOf(clientLeaf, bundleOf([pki])));
+    const agent = await createMtlsAgent({ identity: client, expect: SERVER_ID, logger });
+    try {
+      const url = `https://127.0.0.1:${(s.address() as AddressInfo).port}/`;
+      const seen: boolean[] = [];
+      for (let i = 0; i < 3; i++) seen.push((await httpsRequest(url, { identity: client, expect: SERVER_ID, logger, agent })).json<{ resumed: boolean }>().resumed);
+      return seen;
+    } finally {
+      agent.destroy();
+      s.close();
+    }
+  };
+
+  it("resumes sessions of a server whose certificate has life left", async () => {
+    expect(await resumedOnEachCall(await serveWith(serverLeaf))).toEqual([false, true, true]);
+  });
+
+  it("does not offer a session whose server certificate expires within seconds: full handshakes see the current certificate", async () => {
+    const ending = pki.issueLeaf({ spiffeId: SERVER_ID, dnsNames: ["localhost"], notAfter: new Date(Date.now() + 4_000) });
+    expect(await resumedOnEachCall(await serveWith(ending))).toEqual([false, false, false]);
+  });
+});
+
 describe("hot swap and session resumption (raw TLS server)", () => {
   let tlsServer: MtlsServer;
   let tlsPort: number;
