@@ -192,7 +192,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   server.on("tlsClientError", (error, socket) => {
     const reason = mesh.handshakeFailed("inbound", error, socket as import("node:tls").TLSSocket);
     recorder.recordHandshakeFailure({ reason });
-    recorder.recordRefusal({ peer: `${socket.remoteAddress}:${socket.remotePort}`, reason: `handshake: ${reason}` });
+    recorder.recordRefusal({ peer: `${socket.remoteAddress ?? "unknown"}:${socket.remotePort ?? 0}`, reason: `handshake: ${reason}` });
     logger.info({ event: "tls-handshake-failed", peer: socket.remoteAddress, reason: (error as NodeJS.ErrnoException).code ?? error.message }, "TLS handshake failed");
   });
   server.on("sessionError", () => undefined);

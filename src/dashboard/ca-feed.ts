@@ -1,4 +1,4 @@
-import { identityFromPem, trustRootsFromPem } from "./certs.ts";
+import { identityFromPem, rootIdentitiesFromPem, trustRootsFromPem } from "./certs.ts";
 import type { IdentityStatus, StatusProvider, StatusRecorder } from "./feed.ts";
 import type { Health } from "../telemetry/health.ts";
 
@@ -23,8 +23,7 @@ export function caStatus(options: { certificates: () => CaCertificates; health: 
   return async () => {
     const certs = options.certificates();
     const report = await options.health.run("readiness");
-    const roots = rootBlocks(certs.rootsPem);
-    const identities: IdentityStatus[] = [identityFromPem(certs.servingChainPem, "workload"), identityFromPem(certs.issuerPem, "issuer"), ...roots.map((pem) => identityFromPem(pem, "root"))];
+    const identities: IdentityStatus[] = [identityFromPem(certs.servingChainPem, "workload"), identityFromPem(certs.issuerPem, "issuer"), ...rootIdentitiesFromPem(certs.rootsPem)];
     return {
       component: "ca",
       name: certs.trustDomain,
@@ -38,8 +37,4 @@ export function caStatus(options: { certificates: () => CaCertificates; health: 
       health: { ok: report.ok, checks: report.checks },
     };
   };
-}
-
-function rootBlocks(pem: string): string[] {
-  return pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
 }

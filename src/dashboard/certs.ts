@@ -26,7 +26,15 @@ function spiffeIdOf(cert: X509Certificate): string | undefined {
 /** The first certificate of a chain (the leaf) as an identity row. */
 export function identityFromPem(chainPem: string, kind: IdentityKind = "workload"): IdentityStatus {
   const [leaf] = certificates(chainPem, "certificate chain");
-  const cert = leaf as X509Certificate;
+  return identityRow(leaf as X509Certificate, kind);
+}
+
+/** Every certificate of a trust bundle as an identity row of kind root (the CA's timeline). */
+export function rootIdentitiesFromPem(bundlePem: string): IdentityStatus[] {
+  return certificates(bundlePem, "trust bundle").map((cert) => identityRow(cert, "root"));
+}
+
+function identityRow(cert: X509Certificate, kind: IdentityKind): IdentityStatus {
   return {
     spiffeId: spiffeIdOf(cert) ?? `(no SPIFFE ID) ${cert.subject.replace(/\n/g, ", ")}`,
     serial: cert.serialNumber,

@@ -3,8 +3,8 @@ import { connect, constants, type ClientHttp2Session, type IncomingHttpHeaders, 
 /**
  * A unary gRPC call over node:http2 (gRPC over HTTP/2 spec: one length-prefixed message each
  * way, status in trailers). Enough for the CA's SignCertificate without a gRPC runtime in every
- * workload; test/protocol calls a @grpc/grpc-js server with it, and the CA is called by
- * @grpc/grpc-js clients in test/ca, so both ends are checked against the reference library.
+ * workload. test/protocol/grpc-interop.test.ts calls a @grpc/grpc-js server with it and calls
+ * the CA with a @grpc/grpc-js client, so both ends are checked against the reference library.
  */
 
 /** gRPC status code names (grpc/grpc doc/statuscodes.md), for messages. */
