@@ -11,6 +11,7 @@ import { formatWorkloadId } from "../spiffe/id.ts";
 import { openSqliteStore, openStore, parseStoreUrl } from "../store/index.ts";
 import type { Store } from "../store/store.ts";
 import { parseHostPort } from "../util/address.ts";
+import { listenOn } from "../util/listen.ts";
 import { loadAnchors, type LoadedAnchors } from "./anchors.ts";
 import type { Attestor } from "./attest/attestor.ts";
 import { insecureAttestor } from "./attest/insecure.ts";
@@ -198,14 +199,9 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   server.on("sessionError", () => undefined);
 
   const listen = parseHostPort(config.listen, "--listen");
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(listen.port, listen.host, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  }).catch(async (error: unknown) => {
+  await listenOn(server, listen, "the CA API").catch(async (error: unknown) => {
     await signing.close();
+    if (options.store === undefined) await store.close();
     throw error;
   });
   const bound = server.address() as AddressInfo;
@@ -299,17 +295,18 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   let ops: OpsServer | undefined;
   let status: BoundAddress | undefined;
   if (statusAt !== undefined) {
-    const health = createHealth();
-    const check = (name: keyof ReturnType<typeof readiness>["checks"]) => () => readiness(anchors, crl, clock(), storeHealthy, rotationWarnings()).checks[name];
-    for (const name of ["issuer", "crl", "store", "expiry"] as const) health.register(name, check(name));
-    health.register("alive", () => ({ ok: true }), ["liveness"]);
-    const provider = caStatus({
-      certificates: () => ({ trustDomain: anchors.trustDomain, servingChainPem: String(serving.options.cert), issuerPem: anchors.issuerChainPem, rootsPem: anchors.rootsPem }),
-      health,
-      recorder,
-    });
-    ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics: telemetry, health, extraRoutes: createStatusRoutes(provider, statusToken === undefined ? {} : { token: statusToken }).routes });
     try {
+      const health = createHealth();
+      const check = (name: keyof ReturnType<typeof readiness>["checks"]) => () => readiness(anchors, crl, clock(), storeHealthy, rotationWarnings()).checks[name];
+      for (const name of ["issuer", "crl", "store", "expiry"] as const) health.register(name, check(name));
+      health.register("alive", () => ({ ok: true }), ["liveness"]);
+      const provider = caStatus({
+        certificates: () => ({ trustDomain: anchors.trustDomain, servingChainPem: String(serving.options.cert), issuerPem: anchors.issuerChainPem, rootsPem: anchors.rootsPem }),
+        health,
+        recorder,
+      });
+      const routes = createStatusRoutes(provider, statusToken === undefined ? {} : { token: statusToken }).routes;
+      ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics: telemetry, health, extraRoutes: routes });
       status = await ops.start();
     } catch (error) {
       server.close();

@@ -35,3 +35,5 @@ function reportCliError(error: unknown): number {
 
 const code = await runCli(process.argv.slice(2));
 process.exitCode = code;
+// A failed command has said why; whatever it left open (a listener, a timer) must not keep the process up.
+if (code !== EXIT_OK) setTimeout(() => process.exit(code), 2000).unref();

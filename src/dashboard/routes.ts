@@ -46,10 +46,15 @@ export function statusTokenRequired(host: string): boolean {
   return true;
 }
 
-export function createStatusRoutes(provider: StatusProvider, options: StatusRoutesOptions = {}): StatusRoutes {
-  if (options.token !== undefined && options.token.length < 16) {
+/** Throws E_STATUS_TOKEN_WEAK for a token shorter than 16 characters. */
+export function checkStatusToken(token: string): void {
+  if (token.length < 16) {
     throw new MeshwardError("E_STATUS_TOKEN_WEAK", "the status page token must be at least 16 characters; generate one with `openssl rand -hex 32`");
   }
+}
+
+export function createStatusRoutes(provider: StatusProvider, options: StatusRoutesOptions = {}): StatusRoutes {
+  if (options.token !== undefined) checkStatusToken(options.token);
   const expected = options.token === undefined ? undefined : digest(options.token);
 
   const guarded = (serve: StatusHandler): StatusHandler => async (req, res) => {

@@ -1,10 +1,11 @@
 import { readFileSync } from "node:fs";
 import { MeshwardError } from "../errors.ts";
-import { statusTokenRequired } from "./routes.ts";
+import { checkStatusToken, statusTokenRequired } from "./routes.ts";
 
 /**
- * The status page token from a file or MESHWARD_STATUS_TOKEN. Required when the status
- * port is not on loopback: the page shows identities and refusals.
+ * The status page token from a file or MESHWARD_STATUS_TOKEN, checked (at least 16
+ * characters) before anything starts. Required when the status port is not on loopback: the
+ * page shows identities and refusals.
  */
 export function resolveStatusToken(host: string, tokenFile: string | undefined): string | undefined {
   let token = process.env.MESHWARD_STATUS_TOKEN;
@@ -21,5 +22,7 @@ export function resolveStatusToken(host: string, tokenFile: string | undefined):
       `the status port ${host} is not on loopback, so its page needs a token: --status-token-file FILE or MESHWARD_STATUS_TOKEN (generate one with 'openssl rand -hex 32')`,
     );
   }
-  return token === "" ? undefined : token;
+  if (token === undefined || token === "") return undefined;
+  checkStatusToken(token);
+  return token;
 }

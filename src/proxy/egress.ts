@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { connect as netConnect, createServer, isIP } from "node:net";
-import type { AddressInfo, Server, Socket } from "node:net";
+import type { Server, Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import type { TLSSocket } from "node:tls";
 import { describeError, MeshwardError } from "../errors.ts";
@@ -10,6 +10,7 @@ import { createMeshMetrics } from "../telemetry/metrics.ts";
 import type { MeshMetrics, Metrics } from "../telemetry/metrics.ts";
 import type { TlsLogger } from "../tls/logger.ts";
 import { formatHostPort, parseHostPort } from "../util/address.ts";
+import { listenOn } from "../util/listen.ts";
 import { ClientPreamble, postgresErrorResponse, readBackendAnswer, SSL_REQUEST } from "./egress-postgres.ts";
 import { EgressTlsMaterials } from "./egress-tls.ts";
 import type { EgressTlsMaterial } from "./egress-tls.ts";
@@ -191,15 +192,7 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
     relay.start();
   });
   server.on("error", (error) => logger.error(`${what}: listener error: ${describeError(error)}`));
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(listen.port, listen.host, () => {
-      server.removeListener("error", reject);
-      resolve();
-    });
-  });
-  const bound = server.address() as AddressInfo;
-  const address = formatHostPort({ host: bound.address, port: bound.port });
+  const address = formatHostPort(await listenOn(server, listen, what));
   logger.info(`${what}: listening on ${address} (${protocol}${entry.mtls ? ", mTLS" : ""}, verifying ${entry.expectSpiffeId ?? `host name ${entry.serverName ?? backend.host}`})`);
 
   let closing: Promise<void> | undefined;

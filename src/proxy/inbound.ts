@@ -19,6 +19,7 @@ import type { MeshMetrics } from "../telemetry/metrics.ts";
 import { peerOf, prepareServer } from "../transport/common.ts";
 import { secureServer } from "../transport/tls.ts";
 import type { HostPort } from "../util/address.ts";
+import { listenOn } from "../util/listen.ts";
 import { ConnectionTracker } from "./connections.ts";
 import { forwardH2, forwardH2ToHttp1, forwardHttp1, unreachableAnswer } from "./forward.ts";
 import type { ForwardHooks, Http1Upstream } from "./forward.ts";
@@ -335,13 +336,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       }
     });
   });
-  await new Promise<void>((resolve, reject) => {
-    raw.once("error", reject);
-    raw.listen(options.listen.port, options.listen.host, () => {
-      raw.off("error", reject);
-      resolve();
-    });
-  });
+  await listenOn(raw, options.listen, "the inbound listener");
   raw.on("error", (error) => logger.error({ event: "listener-error", err: describeError(error) }, "inbound listener error"));
   const bound = raw.address() as AddressInfo;
 

@@ -3,11 +3,12 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer as createH2Server } from "node:http2";
 import type { IncomingHttpHeaders as H2Headers, ServerHttp2Session, ServerHttp2Stream } from "node:http2";
 import { createServer as createNetServer } from "node:net";
-import type { AddressInfo, Server as NetServer, Socket } from "node:net";
+import type { Server as NetServer, Socket } from "node:net";
 import type { SidecarLimits } from "../config/sidecar.ts";
 import { describeError, isMeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import { parseHostPort } from "../util/address.ts";
+import { listenOn } from "../util/listen.ts";
 import type { HostPort } from "../util/address.ts";
 import { ConnectionTracker } from "./connections.ts";
 import { forwardH2, forwardHttp1, isUnreachable } from "./forward.ts";
@@ -38,16 +39,6 @@ export interface Outbound {
   close(): Promise<void>;
 }
 
-function listen(server: NetServer, at: HostPort): Promise<HostPort> {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(at.port, at.host, () => {
-      server.off("error", reject);
-      const a = server.address() as AddressInfo;
-      resolve({ host: a.address, port: a.port });
-    });
-  });
-}
 
 /**
  * The sidecar's outbound side: plaintext listeners on loopback for the app. HTTP requests are
@@ -192,7 +183,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       });
     });
     servers.push(raw);
-    address = await listen(raw, options.listen);
+    address = await listenOn(raw, options.listen, "the outbound listener");
   }
 
   const tcp: Record<string, HostPort> = {};
@@ -231,7 +222,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       );
     });
     servers.push(server);
-    tcp[name] = await listen(server, parseHostPort(at, `tcpUpstreams.${name}`));
+    tcp[name] = await listenOn(server, parseHostPort(at, `tcpUpstreams.${name}`), `the TCP listener for ${name}`);
   }
 
   let closed = false;

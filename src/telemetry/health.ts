@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { Metrics } from "./metrics.ts";
+import { listenOn } from "../util/listen.ts";
 
 export interface CheckResult {
   readonly ok: boolean;
@@ -136,18 +136,10 @@ export function createOpsServer(config: OpsServerConfig): OpsServer {
 
   return {
     server,
-    start() {
-      const host = config.host ?? "127.0.0.1";
-      return new Promise<BoundAddress>((resolve, reject) => {
-        const onError = (error: Error) => reject(new MeshwardError("E_LISTEN_FAILED", `cannot listen on ${host}:${config.port}: ${error.message}`, { cause: error }));
-        server.once("error", onError);
-        server.listen(config.port, host, () => {
-          server.off("error", onError);
-          const address = server.address() as AddressInfo;
-          const shown = address.family === "IPv6" ? `[${address.address}]` : address.address;
-          resolve({ host: address.address, port: address.port, url: `http://${shown}:${address.port}` });
-        });
-      });
+    async start() {
+      const at = await listenOn(server, { host: config.host ?? "127.0.0.1", port: config.port }, "the status port");
+      const shown = at.host.includes(":") ? `[${at.host}]` : at.host;
+      return { host: at.host, port: at.port, url: `http://${shown}:${at.port}` };
     },
     close() {
       return new Promise<void>((resolve) => {

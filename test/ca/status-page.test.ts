@@ -1,5 +1,5 @@
 import { X509Certificate } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium, type BrowserContext } from "playwright-core";
@@ -12,6 +12,7 @@ import { caConfigSchema } from "../../src/config/ca.ts";
 import { requestCertificate } from "../../src/identity/ca-client.ts";
 import { createCsr } from "../../src/pki/csr.ts";
 import { generateKeyPair } from "../../src/pki/keys.ts";
+import { runCli } from "../helpers/cli.ts";
 import { exec } from "../helpers/exec.ts";
 
 // The CA's own status page: a real CA (in-process) with --status on 127.0.0.1:0, refused
@@ -107,6 +108,18 @@ describe("the CA's status page", () => {
     expect(await page.locator("#rotations tbody tr").first().textContent()).toContain(after);
     expect(await page.evaluate(() => (globalThis as unknown as { notReloaded?: boolean }).notReloaded)).toBe(true);
     expect((await feed()).rotations[0]).toMatchObject({ kind: "issuer", result: "ok", serial: after });
+  });
+
+  it("meshward ca serve exits with a clear error for a weak or unreadable token, before serving", async () => {
+    const short = join(work, "short-token");
+    writeFileSync(short, "too-short\n");
+    const weak = await runCli(["ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--status", "0.0.0.0:0", "--status-token-file", short], { timeoutMs: 20_000 });
+    expect(weak.code).toBe(1);
+    expect(weak.stderr).toMatch(/at least 16 characters.*\[E_STATUS_TOKEN_WEAK\]/);
+    expect(weak.stdout).not.toMatch(/listening/);
+    const missing = await runCli(["ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--status", "0.0.0.0:0", "--status-token-file", join(work, "nope")], { timeoutMs: 20_000 });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/cannot read status token file .*nope: ENOENT/);
   });
 
   it("refuses a status port off loopback without a token, and starts nothing", async () => {
