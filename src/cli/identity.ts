@@ -10,7 +10,8 @@ import { parseHostPort } from "../util/address.ts";
 import { createStatusRoutes } from "../dashboard/routes.ts";
 import { identityStatus } from "../dashboard/identity-feed.ts";
 import { resolveStatusToken } from "../dashboard/token.ts";
-import { cliLogger, collect, logFormatOption, logLevelOption, readTextFile, untilSignal } from "./options.ts";
+import { readBundleFile } from "../identity/bundle-file.ts";
+import { cliLogger, collect, logFormatOption, logLevelOption, untilSignal } from "./options.ts";
 
 const VALIDATORS = { "join-token": "JOIN_TOKEN", jwks: "JWKS", kubernetes: "KUBERNETES", insecure: "INSECURE" } as const;
 
@@ -48,7 +49,7 @@ export function registerIdentityCommand(program: Command): void {
       const mesh = createMeshMetrics(metrics);
       const source = createIdentity({
         ca: opts.ca,
-        bundlePem: readTextFile(opts.bundle, "trust bundle"),
+        bundlePem: readBundleFile(opts.bundle),
         validator: VALIDATORS[opts.validator as keyof typeof VALIDATORS],
         logger,
         ...(token !== undefined ? { token } : {}),

@@ -5,7 +5,8 @@ import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import { inspectCertificate } from "../pki/inspect.ts";
 import { parseSpiffeId } from "../spiffe/id.ts";
 import { describeTimeLeft } from "../util/duration.ts";
-import { collect, readTextFile } from "./options.ts";
+import { readBundleFile } from "../identity/bundle-file.ts";
+import { collect } from "./options.ts";
 
 interface Row {
   readonly component: string;
@@ -59,7 +60,7 @@ export function registerStatusCommand(program: Command): void {
 
 async function caRows(address: string, bundleFile: string | undefined, now: Date): Promise<Row[]> {
   if (bundleFile === undefined) throw new MeshwardError("E_USAGE", "--ca needs --bundle to verify the CA");
-  const bundlePem = readTextFile(bundleFile, "trust bundle");
+  const bundlePem = readBundleFile(bundleFile);
   const root = certificatesFromPem(bundlePem).map((der) => inspectCertificate(der)).find((c) => c.uris.some((u) => u.startsWith("spiffe://")));
   const trustDomain = root ? parseSpiffeId(root.uris.find((u) => u.startsWith("spiffe://")) as string).trustDomain : undefined;
   if (trustDomain === undefined) throw new MeshwardError("E_USAGE", `no root in ${bundleFile} names a trust domain`);

@@ -1,7 +1,8 @@
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import type { Logger } from "pino";
 import type { EgressEntry, SidecarConfig } from "../config/sidecar.ts";
 import { describeError, MeshwardError } from "../errors.ts";
+import { readBundleFile } from "../identity/bundle-file.ts";
 import { createIdentity } from "../identity/ca-source.ts";
 import { instrumentIdentity } from "../identity/instrument.ts";
 import type { IdentitySource } from "../identity/source.ts";
@@ -124,12 +125,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       if (token === undefined && config.tokenFile === undefined && config.validator !== "INSECURE") {
         throw new MeshwardError("E_USAGE", "a token is needed for the first certificate: --token, --token-file, tokenFile in the config, or MESHWARD_TOKEN");
       }
-      let bundlePem: string;
-      try {
-        bundlePem = readFileSync(config.bundle, "utf8");
-      } catch (error) {
-        throw new MeshwardError("E_FILE_MISSING", `cannot read trust bundle ${config.bundle}: ${(error as NodeJS.ErrnoException).code ?? describeError(error)}`);
-      }
+      const bundlePem = readBundleFile(config.bundle);
       const source = createIdentity({
         ca: config.ca,
         bundlePem,

@@ -47,6 +47,19 @@ describe("meshward sidecar (real process)", () => {
     expect(missing.stderr).toMatch(/appId: required \(give --app-id/);
   });
 
+  it("refuses a bundle file that holds no certificate, naming the file, and a taken inbound port", async () => {
+    const garbage = join(ca.dir, "garbage.pem");
+    writeFileSync(garbage, "not a bundle\n");
+    const bad = await runCli(["sidecar", "--app-id", "web", "--ca", ca.server.address, "--bundle", garbage, "--token", "x", "--inbound", "127.0.0.1:0", "--app", "127.0.0.1:1"]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain(`the trust bundle ${garbage} is not usable`);
+    expect(bad.stderr).toContain("[E_BUNDLE_INVALID]");
+    const busyPort = Number(ca.server.address.split(":").pop());
+    const busy = await runCli(["sidecar", "--app-id", "web", "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", await ca.token("default", "web"), "--inbound", `127.0.0.1:${busyPort}`, "--app", "127.0.0.1:1"]);
+    expect(busy.code).toBe(1);
+    expect(busy.stderr).toMatch(/the inbound listener cannot listen on 127\.0\.0\.1:\d+: the address is already in use.*\[E_LISTEN_FAILED\]\n$/);
+  });
+
   it("starts from a config file plus flags, prints its addresses, serves /readyz, and drains in-flight requests on SIGTERM", async () => {
     const file = join(ca.dir, "sidecar.yaml");
     writeFileSync(file, `appId: web\nnamespace: default\nca: ${ca.server.address}\nbundle: ${ca.bundleFile}\napp: 127.0.0.1:${app.port}\ninbound: 127.0.0.1:0\nlimits:\n  drainTimeout: 5s\n`);

@@ -1,0 +1,20 @@
+import { readFileSync } from "node:fs";
+import { isMeshwardError, MeshwardError } from "../errors.ts";
+import { certificatesFromPem } from "../pki/pem.ts";
+
+/** Reads a bootstrap trust bundle file: PEM holding at least one certificate; errors name the file. */
+export function readBundleFile(file: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (error) {
+    throw new MeshwardError("E_FILE_MISSING", `cannot read trust bundle ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+  try {
+    certificatesFromPem(text);
+  } catch (error) {
+    const why = isMeshwardError(error) ? error.message : String(error);
+    throw new MeshwardError("E_BUNDLE_INVALID", `the trust bundle ${file} is not usable (${why}); pass the CA's bundle.pem (meshward ca init writes it, GET /v1/bundle serves it)`);
+  }
+  return text;
+}
