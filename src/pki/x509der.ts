@@ -6,7 +6,6 @@
 import { createHash } from "node:crypto";
 import { children, content, DerError, expectTag, readBigInt, readBitString, readBoolean, readOid, readTime, readTlv, readWhole, TAG, whole } from "./der.ts";
 import type { Tlv } from "./der.ts";
-import { OID } from "./oids.ts";
 
 export interface RawExtension {
   readonly critical: boolean;
