@@ -7,6 +7,7 @@ import { MeshwardError } from "../errors.ts";
 import { createHealth, createOpsServer } from "../telemetry/health.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
 import { parseHostPort } from "../util/address.ts";
+import { parseDuration } from "../util/duration.ts";
 import { createStatusRoutes } from "../dashboard/routes.ts";
 import { identityStatus } from "../dashboard/identity-feed.ts";
 import { resolveStatusToken } from "../dashboard/token.ts";
@@ -32,6 +33,7 @@ export function registerIdentityCommand(program: Command): void {
     .option("--workload-api-socket <path>", "serve the SPIFFE Workload API on this unix socket")
     .option("--status <addr>", "serve /metrics, /healthz, /readyz and the status page (/) on HOST:PORT")
     .option("--status-token-file <file>", "token for the status page (required when --status is not on loopback; or MESHWARD_STATUS_TOKEN)")
+    .option("--bundle-refresh-interval <duration>", "how often the trust bundle and CRL are fetched from the CA", "60s")
     .addOption(logFormatOption())
     .addOption(logLevelOption())
     .action(async (opts) => {
@@ -44,6 +46,8 @@ export function registerIdentityCommand(program: Command): void {
       // Checked before anything starts: a status page off loopback needs a token.
       const statusBind = opts.status !== undefined ? parseHostPort(opts.status, "--status") : undefined;
       const statusPageToken = statusBind !== undefined ? resolveStatusToken(statusBind.host, opts.statusTokenFile) : undefined;
+      const bundleRefreshMs = parseDuration(opts.bundleRefreshInterval, "--bundle-refresh-interval");
+      if (bundleRefreshMs < 1000) throw new MeshwardError("E_USAGE", "--bundle-refresh-interval: at least 1s");
       const logger = cliLogger("identity", opts);
       const metrics = createMetrics({ processMetrics: true });
       const mesh = createMeshMetrics(metrics);
@@ -51,6 +55,7 @@ export function registerIdentityCommand(program: Command): void {
         ca: opts.ca,
         bundlePem: readBundleFile(opts.bundle),
         validator: VALIDATORS[opts.validator as keyof typeof VALIDATORS],
+        bundleRefreshMs,
         logger,
         ...(token !== undefined ? { token } : {}),
         ...(opts.tokenFile !== undefined ? { tokenFile: opts.tokenFile } : {}),

@@ -24,6 +24,7 @@ const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: readonl
   ["--status <addr>", "status", ["status"]],
   ["--status-token-file <file>", "statusTokenFile", ["statusTokenFile"]],
   ["--policy-reload-interval <duration>", "policyReloadInterval", ["policyReloadInterval"]],
+  ["--bundle-refresh-interval <duration>", "bundleRefreshInterval", ["bundleRefreshInterval"]],
   ["--max-header-bytes <n>", "maxHeaderBytes", ["limits", "maxHeaderBytes"], "number"],
   ["--headers-timeout <duration>", "headersTimeout", ["limits", "headersTimeout"]],
   ["--handshake-timeout <duration>", "handshakeTimeout", ["limits", "handshakeTimeout"]],

@@ -93,6 +93,10 @@ export const sidecarConfigSchema = z
     limits: limitsSchema.default(limitsSchema.parse({})).describe("Connection and request limits."),
     egress: z.array(egressEntrySchema).default([]).describe("TLS origination: plaintext loopback ports turned into (m)TLS to a backend."),
     policyReloadInterval: duration("policy reload interval").default(1000).describe("How often the policy file is checked for changes."),
+    bundleRefreshInterval: duration("bundle refresh interval")
+      .default(60_000)
+      .refine((ms) => ms >= 1000, { message: "bundle refresh interval: at least 1s" })
+      .describe("How often the trust bundle and CRL are fetched from the CA (new roots and revocations reach open servers and clients within this)."),
     logLevel: z.enum(["trace", "debug", "info", "warn", "error"]).default("info").describe("Log level."),
     logFormat: z.enum(["json", "pretty"]).default("json").describe("Log format."),
   })

@@ -132,6 +132,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
         namespace: config.namespace,
         appId: config.appId,
         validator: config.validator,
+        bundleRefreshMs: config.bundleRefreshInterval,
         logger,
         ...(config.trustDomain !== undefined ? { trustDomain: config.trustDomain } : {}),
         ...(token !== undefined ? { token } : {}),
