@@ -13,11 +13,15 @@ export const REDACTED = "[REDACTED]";
  */
 export function redactSecrets(text: string): string {
   if (typeof text !== "string" || text.length === 0) return text;
-  let out = text;
-  if (out.includes("PRIVATE KEY-----")) out = out.replace(PEM_PRIVATE_KEY, "[REDACTED PRIVATE KEY]");
+  let out = redactPrivateKeys(text);
   if (out.includes("eyJ")) out = out.replace(JWT, "[REDACTED JWT]");
   if (/bearer|basic/i.test(out)) out = out.replace(BEARER, (_match, scheme: string) => `${scheme} ${REDACTED}`);
   return out;
+}
+
+/** Replaces PEM private key blocks (any of the forms above, even truncated) with a marker. */
+export function redactPrivateKeys(text: string, marker = "[REDACTED PRIVATE KEY]"): string {
+  return text.includes("PRIVATE KEY-----") ? text.replace(PEM_PRIVATE_KEY, marker) : text;
 }
 
 /** Object keys whose values are secrets wherever they appear (pino redact paths). */

@@ -140,7 +140,7 @@ describe("file identity source", () => {
     const good = pki.snapshot();
     const paths = files(dir);
     writeFileSync(paths.certFile, "garbage\x00\xff not a pem");
-    writeFileSync(paths.keyFile, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+    writeFileSync(paths.keyFile, toPem(Buffer.from([0x30, 0x03, 0x02, 0x01, 0x00]), "PRIVATE KEY")); // a key file that holds no key
     // bundle.pem missing
     const { lines, logger } = capture();
     const src = source({ ...paths, logger });
