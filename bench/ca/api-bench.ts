@@ -17,7 +17,7 @@ import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { caLayout, initAnchors } from "../../src/ca/anchors.ts";
-import { generateJoinToken } from "../../src/ca/tokens.ts";
+import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { requestCertificate } from "../../src/identity/ca-client.ts";
 import { createCsr, encodePrivateKey, generateKeyPair } from "../../src/pki/index.ts";
 import { decodeSignResponse, encodeSignRequest, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../src/protocol/sentry.ts";
@@ -121,9 +121,7 @@ async function benchMeshward(work: string, clients: number, durationMs: number, 
   await initAnchors({ dir, trustDomain: TD, now: new Date() });
   const store = openStore(`sqlite:${caLayout(dir).database}`);
   await store.migrate();
-  const t = generateJoinToken();
-  const now = new Date();
-  await store.createToken({ id: t.id, tokenHash: t.hash, spiffeId: `spiffe://${TD}/ns/bench/client`, dnsNames: [], createdAt: now, expiresAt: new Date(now.getTime() + 3_600_000), usesAllowed: clients, usesLeft: clients });
+  const t = await issueJoinToken(store, { spiffeId: `spiffe://${TD}/ns/bench/client`, ttlMs: 3_600_000, uses: clients });
   await store.close();
 
   const configArgs: string[] = [];

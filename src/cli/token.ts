@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { readCaState } from "../ca/anchors.ts";
-import { generateJoinToken } from "../ca/tokens.ts";
+import { issueJoinToken } from "../ca/tokens.ts";
 import { MeshwardError } from "../errors.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
@@ -34,11 +34,7 @@ export function registerTokenCommand(program: Command): void {
         }
       }
       const now = new Date();
-      const expiresAt = new Date(now.getTime() + ttlMs);
-      const { token: secret, id, hash } = generateJoinToken();
-      await withCaStore(opts.dir, opts.store, (store) =>
-        store.createToken({ id, tokenHash: hash, spiffeId, dnsNames, createdAt: now, expiresAt, usesAllowed: uses, usesLeft: uses }),
-      );
+      const { token: secret, id, expiresAt } = await withCaStore(opts.dir, opts.store, (store) => issueJoinToken(store, { spiffeId, dnsNames, ttlMs, uses, now }));
       process.stdout.write(
         `join token ${id} for ${spiffeId}: ${uses} use${uses === 1 ? "" : "s"}, expires ${expiresAt.toISOString()} (${describeTimeLeft(expiresAt, now)})` +
           `${dnsNames.length > 0 ? `, DNS names ${dnsNames.join(", ")}` : ""}\n${secret}\n`,

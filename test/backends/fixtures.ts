@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { initAnchors } from "../../src/ca/anchors.ts";
 import { startCaServer, type CaServer } from "../../src/ca/server.ts";
-import { generateJoinToken } from "../../src/ca/tokens.ts";
+import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
 import { startFileSink, type FileSink, type FileSinkEvent } from "../../src/identity/file-sink.ts";
@@ -65,19 +65,8 @@ export async function startMeshCa(trustDomain: string): Promise<MeshCa> {
     async identity(appId, options = {}) {
       const namespace = options.namespace ?? "backends";
       const dnsNames = options.dnsNames ?? [];
-      const t = generateJoinToken();
-      const now = new Date();
-      await server.store.createToken({
-        id: t.id,
-        tokenHash: t.hash,
-        spiffeId: `spiffe://${trustDomain}/ns/${namespace}/${appId}`,
-        dnsNames,
-        createdAt: now,
-        expiresAt: new Date(now.getTime() + 3_600_000),
-        usesAllowed: 1,
-        usesLeft: 1,
-      });
-      const source = createIdentity({ ca: server.address, bundlePem, token: t.token, namespace, appId, dnsNames, logger: silentPino });
+      const { token } = await issueJoinToken(server.store, { spiffeId: `spiffe://${trustDomain}/ns/${namespace}/${appId}`, dnsNames, ttlMs: 3_600_000 });
+      const source = createIdentity({ ca: server.address, bundlePem, token, namespace, appId, dnsNames, logger: silentPino });
       sources.push(source);
       await source.ready();
       return source;

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { initAnchors } from "../../src/ca/anchors.ts";
 import { startCaServer, type CaServer } from "../../src/ca/server.ts";
-import { generateJoinToken } from "../../src/ca/tokens.ts";
+import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { isMeshwardError } from "../../src/errors.ts";
 import { requestCertificate, type CaConnection, type CertificateRequest } from "../../src/identity/ca-client.ts";
 import { createCsr } from "../../src/pki/csr.ts";
@@ -62,19 +62,13 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
   });
 
   const joinToken = async (namespace: string, appId: string, opts: { dnsNames?: string[]; expiresInMs?: number; uses?: number } = {}) => {
-    const t = generateJoinToken();
-    const now = new Date();
-    await server.store.createToken({
-      id: t.id,
-      tokenHash: t.hash,
+    const { token } = await issueJoinToken(server.store, {
       spiffeId: `spiffe://${TD}/ns/${namespace}/${appId}`,
-      dnsNames: opts.dnsNames ?? [],
-      createdAt: now,
-      expiresAt: new Date(now.getTime() + (opts.expiresInMs ?? 3_600_000)),
-      usesAllowed: opts.uses ?? 1,
-      usesLeft: opts.uses ?? 1,
+      ttlMs: opts.expiresInMs ?? 3_600_000,
+      ...(opts.uses !== undefined ? { uses: opts.uses } : {}),
+      ...(opts.dnsNames !== undefined ? { dnsNames: opts.dnsNames } : {}),
     });
-    return t.token;
+    return token;
   };
   const csr = async (opts: { spiffeId?: string; dnsNames?: string[] } = {}) => {
     const keyPair = generateKeyPair();
@@ -281,10 +275,9 @@ describe("the issuer's validity bounds every signature", () => {
       const server = await startCaServer({ dir: join(work, "ca"), config, logger: silent, clock: () => now });
       try {
         const sign = async () => {
-          const t = generateJoinToken();
-          await server.store.createToken({ id: t.id, tokenHash: t.hash, spiffeId: `spiffe://${TD}/ns/a/b`, dnsNames: [], createdAt: now, expiresAt: new Date(now.getTime() + 60_000), usesAllowed: 1, usesLeft: 1 });
+          const { token } = await issueJoinToken(server.store, { spiffeId: `spiffe://${TD}/ns/a/b`, ttlMs: 60_000, now });
           const keyPair = generateKeyPair();
-          return server.authority.sign({ csr: await createCsr({ keyPair }), token: t.token, validator: "join-token", appId: "", namespace: "", trustDomain: "", peer: undefined });
+          return server.authority.sign({ csr: await createCsr({ keyPair }), token, validator: "join-token", appId: "", namespace: "", trustDomain: "", peer: undefined });
         };
         const capped = await sign();
         const issuerNotAfter = t0.getTime() + 2 * 3_600_000;

@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { caLayout, initAnchors } from "../../src/ca/anchors.ts";
 import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../../src/ca/rotation.ts";
 import { startCaServer, type CaServer } from "../../src/ca/server.ts";
-import { generateJoinToken } from "../../src/ca/tokens.ts";
+import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
 import { createIssuerCertificate } from "../../src/pki/certificate.ts";
@@ -64,17 +64,9 @@ describe("rotation on a running CA", () => {
     port = server.port;
     return server;
   };
-  const token = async (appId: string) => {
-    const t = generateJoinToken();
-    const now = new Date();
-    await server!.store.createToken({ id: t.id, tokenHash: t.hash, spiffeId: `spiffe://${TD}/ns/shop/${appId}`, dnsNames: [], createdAt: now, expiresAt: new Date(now.getTime() + HOUR), usesAllowed: 1, usesLeft: 1 });
-    return t.token;
-  };
+  const token = async (appId: string) => (await issueJoinToken(server!.store, { spiffeId: `spiffe://${TD}/ns/shop/${appId}`, ttlMs: HOUR })).token;
   const signOnce = async () => {
-    const t = generateJoinToken();
-    const now = new Date();
-    await server!.store.createToken({ id: t.id, tokenHash: t.hash, spiffeId: `spiffe://${TD}/ns/shop/probe`, dnsNames: [], createdAt: now, expiresAt: new Date(now.getTime() + HOUR), usesAllowed: 1, usesLeft: 1 });
-    return server!.authority.sign({ csr: await createCsr({ keyPair: generateKeyPair() }), token: t.token, validator: "join-token", appId: "", namespace: "", trustDomain: "", peer: undefined });
+    return server!.authority.sign({ csr: await createCsr({ keyPair: generateKeyPair() }), token: await token("probe"), validator: "join-token", appId: "", namespace: "", trustDomain: "", peer: undefined });
   };
   const issuerOf = (chainPem: string) => new X509Certificate(certificatesFromPem(chainPem)[1] as Buffer).fingerprint256;
 

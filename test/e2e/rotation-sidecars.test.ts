@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { caLayout, initAnchors } from "../../src/ca/anchors.ts";
 import { activateRoot, prepareRoot, retireRoot, rotateIssuer } from "../../src/ca/rotation.ts";
 import { startCaServer, type CaServer } from "../../src/ca/server.ts";
-import { generateJoinToken } from "../../src/ca/tokens.ts";
+import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
 import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
@@ -67,10 +67,8 @@ describe("zero failed requests through issuer and root rotation (sidecars + SDK 
     const bundlePem = readFileSync(caLayout(dir).bundle, "utf8");
     const identities: CaIdentitySource[] = [];
     const identity = async (appId: string) => {
-      const t = generateJoinToken();
-      const now = new Date();
-      await ca!.store.createToken({ id: t.id, tokenHash: t.hash, spiffeId: `spiffe://${TD}/ns/shop/${appId}`, dnsNames: [], createdAt: now, expiresAt: new Date(now.getTime() + 600_000), usesAllowed: 1, usesLeft: 1 });
-      const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem, token: t.token, bundleRefreshMs: 200, backoff: { initialMs: 100, maxMs: 500 } });
+      const { token } = await issueJoinToken(ca!.store, { spiffeId: `spiffe://${TD}/ns/shop/${appId}`, ttlMs: 600_000 });
+      const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem, token, bundleRefreshMs: 200, backoff: { initialMs: 100, maxMs: 500 } });
       cleanups.push(() => source.close());
       await source.ready();
       identities.push(source);

@@ -5,7 +5,7 @@ import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { initAnchors } from "../../src/ca/anchors.ts";
 import { startCaServer, type CaServer } from "../../src/ca/server.ts";
-import { generateJoinToken } from "../../src/ca/tokens.ts";
+import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
 import type { IdentityEvent } from "../../src/identity/source.ts";
@@ -52,10 +52,7 @@ describe("CA-backed workload identity", () => {
     return server;
   };
   const token = async (namespace: string, appId: string) => {
-    const t = generateJoinToken();
-    const now = new Date();
-    await server!.store.createToken({ id: t.id, tokenHash: t.hash, spiffeId: `spiffe://${TD}/ns/${namespace}/${appId}`, dnsNames: [], createdAt: now, expiresAt: new Date(now.getTime() + 600_000), usesAllowed: 1, usesLeft: 1 });
-    return t.token;
+    return (await issueJoinToken(server!.store, { spiffeId: `spiffe://${TD}/ns/${namespace}/${appId}`, ttlMs: 600_000 })).token;
   };
   const identity = async (appId: string, extra: Partial<Parameters<typeof createIdentity>[0]> = {}) => {
     const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem: readFileSync(join(caDir, "bundle.pem"), "utf8"), token: await token("shop", appId), rng: () => 0.5, ...extra });

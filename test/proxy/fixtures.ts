@@ -5,7 +5,7 @@ import { pino } from "pino";
 import { initAnchors } from "../../src/ca/anchors.ts";
 import { startCaServer } from "../../src/ca/server.ts";
 import type { CaServer } from "../../src/ca/server.ts";
-import { generateJoinToken } from "../../src/ca/tokens.ts";
+import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
 import { createIdentity } from "../../src/identity/ca-source.ts";
@@ -57,19 +57,8 @@ export async function startMeshCa(options: { workloadTtl?: string } = {}): Promi
   // Tokens allow 3 uses: on a loaded machine a first request can time out after the CA spent
   // the token, and the identity source retries (the retry is what is being allowed, not reuse).
   const token: MeshCa["token"] = async (namespace, appId, opts = {}) => {
-    const t = generateJoinToken();
-    const now = new Date();
-    await server.store.createToken({
-      id: t.id,
-      tokenHash: t.hash,
-      spiffeId: `spiffe://${TD}/ns/${namespace}/${appId}`,
-      dnsNames: opts.dnsNames ?? [],
-      createdAt: now,
-      expiresAt: new Date(now.getTime() + 3_600_000),
-      usesAllowed: opts.uses ?? 3,
-      usesLeft: opts.uses ?? 3,
-    });
-    return t.token;
+    const issued = await issueJoinToken(server.store, { spiffeId: `spiffe://${TD}/ns/${namespace}/${appId}`, dnsNames: opts.dnsNames ?? [], ttlMs: 3_600_000, uses: opts.uses ?? 3 });
+    return issued.token;
   };
   return {
     dir,

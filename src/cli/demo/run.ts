@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { initAnchors } from "../../ca/anchors.ts";
 import { startCaServer, type CaServer } from "../../ca/server.ts";
-import { generateJoinToken } from "../../ca/tokens.ts";
+import { issueJoinToken } from "../../ca/tokens.ts";
 import { caConfigSchema } from "../../config/ca.ts";
 import { describeError, MeshwardError } from "../../errors.ts";
 import { createIdentity } from "../../identity/ca-source.ts";
@@ -225,19 +225,7 @@ function summarize(body: string): string {
 }
 
 async function createJoinToken(ca: CaServer, appId: string): Promise<string> {
-  const t = generateJoinToken();
-  const now = new Date();
-  await ca.store.createToken({
-    id: t.id,
-    tokenHash: t.hash,
-    spiffeId: `spiffe://${TRUST_DOMAIN}/ns/${NAMESPACE}/${appId}`,
-    dnsNames: [],
-    createdAt: now,
-    expiresAt: new Date(now.getTime() + 600_000),
-    usesAllowed: 1,
-    usesLeft: 1,
-  });
-  return t.token;
+  return (await issueJoinToken(ca.store, { spiffeId: `spiffe://${TRUST_DOMAIN}/ns/${NAMESPACE}/${appId}`, ttlMs: 600_000 })).token;
 }
 
 async function startSidecar(work: string, cleanups: (() => unknown)[], name: string, args: string[]): Promise<{ fields: Record<string, string> }> {
