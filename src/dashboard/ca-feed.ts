@@ -1,5 +1,5 @@
 import { identityFromPem, rootIdentitiesFromPem, trustRootsFromPem } from "./certs.ts";
-import type { IdentityStatus, StatusProvider, StatusRecorder } from "./feed.ts";
+import { recordedSections, type IdentityStatus, type StatusProvider, type StatusRecorder } from "./feed.ts";
 import type { Health } from "../telemetry/health.ts";
 
 /** What the CA holds right now, as PEM (read on every refresh: rotations change it). */
@@ -30,10 +30,7 @@ export function caStatus(options: { certificates: () => CaCertificates; health: 
       generatedAt: new Date(),
       identities,
       roots: trustRootsFromPem(certs.rootsPem),
-      rotations: recorder.rotations(),
-      handshakeFailures: recorder.handshakeFailures(),
-      denials: recorder.denials(),
-      refusals: recorder.refusals(),
+      ...recordedSections(recorder),
       health: { ok: report.ok, checks: report.checks },
     };
   };

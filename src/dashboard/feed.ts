@@ -138,6 +138,11 @@ export function createStatusRecorder(options: StatusRecorderOptions = {}): Statu
   };
 }
 
+/** The recorder's part of a snapshot: rotations, the hour's charts and recent refusals. */
+export function recordedSections(recorder: StatusRecorder): Pick<StatusSnapshot, "rotations" | "handshakeFailures" | "denials" | "refusals"> {
+  return { rotations: recorder.rotations(), handshakeFailures: recorder.handshakeFailures(), denials: recorder.denials(), refusals: recorder.refusals() };
+}
+
 /** An empty hour, for components that have nothing to report yet. */
 export function emptyMinuteSeries(now: Date): MinuteSeries {
   return new MinuteBuckets().series(now);

@@ -1,5 +1,5 @@
 import { identityFromPem, trustRootsFromPem } from "./certs.ts";
-import { createStatusRecorder, type StatusComponent, type StatusProvider, type StatusRecorder } from "./feed.ts";
+import { createStatusRecorder, recordedSections, type StatusComponent, type StatusProvider, type StatusRecorder } from "./feed.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import type { Health } from "../telemetry/health.ts";
 
@@ -26,10 +26,7 @@ export function identityStatus(options: { component: StatusComponent; name: stri
       generatedAt: new Date(),
       identities: current ? [identityFromPem(current.svid.certChainPem, "workload")] : [],
       roots: current ? trustRootsFromPem(current.bundle.rootsPem) : [],
-      rotations: recorder.rotations(),
-      handshakeFailures: recorder.handshakeFailures(),
-      denials: recorder.denials(),
-      refusals: recorder.refusals(),
+      ...recordedSections(recorder),
       health: { ok: report.ok, checks: report.checks },
     };
   };
