@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { parseTrustDomain } from "../spiffe/id.ts";
-import { parseHostPort } from "../util/address.ts";
+import { hostPort } from "./fields.ts";
 import { parseDuration } from "../util/duration.ts";
 
 const duration = (what: string) =>
@@ -45,15 +45,7 @@ export const caConfigSchema = z
       }
     }).optional().describe("Trust domain; read from the CA directory when omitted."),
     listen: z.string().default("127.0.0.1:8443").describe("Address the CA API (gRPC + HTTPS, one TLS port) listens on."),
-    status: z
-      .string()
-      .superRefine((value, ctx) => {
-        try {
-          parseHostPort(value, "status address");
-        } catch (error) {
-          ctx.addIssue({ code: "custom", message: (error as Error).message });
-        }
-      })
+    status: hostPort("status address")
       .optional()
       .describe("Serve the status page (/), /metrics, /healthz and /readyz over plain HTTP on this HOST:PORT (off by default)."),
     statusTokenFile: z.string().min(1).optional().describe("File holding the status page token (at least 16 characters); required when status is not on loopback (or MESHWARD_STATUS_TOKEN)."),

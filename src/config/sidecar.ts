@@ -1,16 +1,8 @@
 import { z } from "zod";
 import { parseTrustDomain } from "../spiffe/id.ts";
-import { parseHostPort } from "../util/address.ts";
+import { hostPort } from "./fields.ts";
 import { parseDuration } from "../util/duration.ts";
 
-const hostPort = (what: string) =>
-  z.string().superRefine((value, ctx) => {
-    try {
-      parseHostPort(value, what);
-    } catch (error) {
-      ctx.addIssue({ code: "custom", message: (error as Error).message });
-    }
-  });
 
 const duration = (what: string) =>
   z.union([z.string(), z.number()]).transform((value, ctx) => {

@@ -1,0 +1,12 @@
+import { z } from "zod";
+import { parseHostPort } from "../util/address.ts";
+
+/** A HOST:PORT field (IPv6 in brackets; port 0 picks a free port), refused with the parser's message. */
+export const hostPort = (what: string) =>
+  z.string().superRefine((value, ctx) => {
+    try {
+      parseHostPort(value, what);
+    } catch (error) {
+      ctx.addIssue({ code: "custom", message: (error as Error).message });
+    }
+  });
