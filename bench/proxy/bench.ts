@@ -8,17 +8,20 @@
  * targets beside them. No assertions: figures and ratios only. A naive Node pair (node:https
  * server → node:http, node:http server → node:https, keep-alive agents, no policy, no SPIFFE
  * checks) is printed too, as the floor of what Node itself costs for two L7 hops.
- * The sidecars run from JavaScript compiled into node_modules/.cache/meshward-bench (as the
- * published package would), not through the tsx loader.
+ * The sidecars run from the bundle `npm run build` makes (scripts/bundle.ts), written to
+ * node_modules/.cache/meshward-bench, not through the tsx loader. RSS is read right after the
+ * first request, after 20 s without traffic (the idle figure: V8 gives back the young
+ * generation it grew during start-up only once its memory reducer runs) and after the load.
  *   node --import tsx bench/proxy/bench.ts [seconds-per-run]
  */
 import { spawn, execFileSync } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { bundleCli } from "../../scripts/bundle.ts";
 import { startMeshCa } from "../../test/proxy/fixtures.ts";
 
 const SECONDS = Number(process.argv[2] ?? 8);
@@ -137,18 +140,13 @@ s.keepAliveTimeout = 60000;
 s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));
 `;
 
-/** Compiles src/ with the build config into node_modules/.cache (so node_modules resolves); returns the CLI entry. */
-function buildCli(): string {
-  const dir = join(ROOT, "node_modules/.cache/meshward-bench");
-  rmSync(dir, { recursive: true, force: true });
-  try {
-    execFileSync(join(ROOT, "node_modules/.bin/tsc"), ["-p", join(ROOT, "tsconfig.build.json"), "--outDir", join(dir, "dist"), "--declaration", "false", "--sourceMap", "false"], { stdio: "ignore" });
-  } catch {
-    // Type errors elsewhere in the tree still emit JavaScript.
-  }
-  symlinkSync(join(ROOT, "proto"), join(dir, "proto"));
-  return join(dir, "dist/cli/main.js");
+/** Bundles the CLI as `npm run build` does (scripts/bundle.ts) into node_modules/.cache; returns its entry. */
+async function buildCli(): Promise<string> {
+  return await bundleCli(join(ROOT, "node_modules/.cache/meshward-bench"));
 }
+
+/** How long the processes sit without traffic before "idle" RSS is read: V8's memory reducer runs ~8 s after allocation stops. */
+const IDLE_SETTLE_MS = 20_000;
 
 const NAIVE_INBOUND = (cert: string, key: string, ca: string, appPort: number) => `
 const fs = require("fs"), https = require("https"), http = require("http");
@@ -170,7 +168,7 @@ s.keepAliveTimeout = 60000;
 s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));`;
 
 async function main(): Promise<void> {
-  const cli = buildCli();
+  const cli = await buildCli();
   const ca = await startMeshCa({ workloadTtl: "24h" });
   const work = mkdtempSync(join(tmpdir(), "meshward-bench-proxy-"));
   try {
@@ -223,14 +221,17 @@ async function main(): Promise<void> {
       const res = await fetch(`${url}/`, { headers: Object.fromEntries(h.map((x) => x.split(": ") as [string, string])) });
       if (res.status !== 200) throw new Error(`${url} answered ${res.status}: ${await res.text()}`);
     }
-    const idle = {
+    const rssAll = () => ({
       "meshward inbound": rssMb(sideB.child.pid),
       "meshward outbound": rssMb(sideA.child.pid),
       "nginx inbound worker": rssMb(nginxWorkerPid(ngB.child.pid)),
       "nginx outbound worker": rssMb(nginxWorkerPid(ngA.child.pid)),
       "node-naive inbound": rssMb(nvB.child.pid),
       "node-naive outbound": rssMb(nvA.child.pid),
-    };
+    });
+    const started = rssAll();
+    await new Promise((r) => setTimeout(r, IDLE_SETTLE_MS));
+    const idle = rssAll();
 
     const paths = {
       direct: { url: `http://127.0.0.1:${backendPort}`, headers: [] as string[] },
@@ -250,14 +251,7 @@ async function main(): Promise<void> {
     const half = Math.round(small.nginx!.rps / 2);
     const atHalf: Record<string, ReturnType<typeof openLoop>> = {};
     for (const [name, p] of Object.entries(paths)) atHalf[name] = openLoop(`${p.url}/`, half, p.headers);
-    const loaded = {
-      "meshward inbound": rssMb(sideB.child.pid),
-      "meshward outbound": rssMb(sideA.child.pid),
-      "nginx inbound worker": rssMb(nginxWorkerPid(ngB.child.pid)),
-      "nginx outbound worker": rssMb(nginxWorkerPid(ngA.child.pid)),
-      "node-naive inbound": rssMb(nvB.child.pid),
-      "node-naive outbound": rssMb(nvA.child.pid),
-    };
+    const loaded = rssAll();
 
     const f = (n: number, d = 0) => (Number.isFinite(n) ? n.toFixed(d) : "n/a");
     console.log(`\nmeshward sidecar bench — ${SECONDS}s per run, wrk -t1, Node ${process.version}, loopback, 2 cores shared by everything\n`);
@@ -281,8 +275,8 @@ async function main(): Promise<void> {
     console.log("\nnew client connections (wrk -c16, Connection: close; proxy-to-proxy connections stay pooled in both)");
     for (const [name, r] of Object.entries(fresh)) console.log(`  ${name.padEnd(10)} ${f(r.rps).padStart(7)} conn/s   p99 ${f(r.p99, 2)} ms   ${r.errors || ""}`);
     console.log(`  meshward / nginx = ${((fresh.meshward!.rps / fresh.nginx!.rps) * 100).toFixed(0)}%`);
-    console.log("\nRSS (MB)            idle    after load");
-    for (const name of Object.keys(idle) as (keyof typeof idle)[]) console.log(`  ${name.padEnd(22)} ${f(idle[name], 1).padStart(6)}   ${f(loaded[name], 1).padStart(6)}`);
+    console.log(`\nRSS (MB)             after 1st request   idle ${IDLE_SETTLE_MS / 1000} s   after load`);
+    for (const name of Object.keys(idle) as (keyof typeof idle)[]) console.log(`  ${name.padEnd(22)} ${f(started[name], 1).padStart(6)}            ${f(idle[name], 1).padStart(6)}      ${f(loaded[name], 1).padStart(6)}`);
     const idleMax = Math.max(idle["meshward inbound"], idle["meshward outbound"]);
     console.log(`  sidecar idle RSS target ≤ 60 MB: ${idleMax <= 60 ? "MET" : "NOT MET"} (${f(idleMax, 1)} MB)`);
   } finally {

@@ -12,13 +12,14 @@ import { SEVERITY_RANK } from "../audit/types.ts";
 import type { Severity } from "../audit/types.ts";
 import { DEFAULT_MAX_FILE_BYTES } from "../audit/walk.ts";
 import { MeshwardError } from "../errors.ts";
+import { packageFile } from "../util/package-files.ts";
 
 /** Exit code when findings at or above `--fail-on` exist (or drift is weaker than the reference). */
 export const EXIT_FINDINGS = 1;
 
 function toolVersion(): string {
   try {
-    const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: unknown };
+    const pkg = JSON.parse(readFileSync(packageFile("package.json"), "utf8")) as { version?: unknown };
     return typeof pkg.version === "string" ? pkg.version : "0.0.0";
   } catch {
     return "0.0.0";

@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import { parseHostPort } from "../util/address.ts";
 
 /** A HOST:PORT field (IPv6 in brackets; port 0 picks a free port), refused with the parser's message. */

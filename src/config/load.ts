@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { isMap, isSeq, LineCounter, parseDocument, type Node as YamlNode } from "yaml";
-import type { z } from "zod";
+import type * as z from "zod";
 import { MeshwardError } from "../errors.ts";
 
 export interface SourcePosition {

@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import { parseTrustDomain } from "../spiffe/id.ts";
 import { hostPort } from "./fields.ts";
 import { parseDuration } from "../util/duration.ts";

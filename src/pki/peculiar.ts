@@ -16,7 +16,9 @@ let loading: Promise<X509Module> | undefined;
 export function loadX509(): Promise<X509Module> {
   loading ??= (async () => {
     await import("reflect-metadata");
-    const x509 = await import("@peculiar/x509");
+    const loaded = (await import("@peculiar/x509")) as unknown as Partial<X509Module> & { default?: X509Module };
+    // Node gives the CommonJS build's exports as named exports; a bundle (dist/bundle) as `default`.
+    const x509 = (loaded.cryptoProvider !== undefined ? loaded : loaded.default!) as X509Module;
     x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
     return x509;
   })();

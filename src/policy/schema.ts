@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import { MeshwardError } from "../errors.ts";
 import { parseTrustDomain } from "../spiffe/id.ts";
 import { operationNameProblem } from "./operation.ts";

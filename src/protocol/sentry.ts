@@ -1,9 +1,9 @@
 /** The CA API wire format (proto/sentry.proto), shared by the CA server and its clients. */
-import { fileURLToPath } from "node:url";
+import { packageFile } from "../util/package-files.ts";
 import { ProtobufError, ProtobufWriter, readFields, type FieldValue } from "./protobuf-wire.ts";
 
 /** proto/sentry.proto: the contract the codec below implements (test/protocol checks it against protobufjs). */
-export const SENTRY_PROTO_PATH = fileURLToPath(new URL("../../proto/sentry.proto", import.meta.url));
+export const SENTRY_PROTO_PATH = packageFile("proto/sentry.proto");
 export const SIGN_CERTIFICATE_PATH = "/dapr.proto.sentry.v1.CA/SignCertificate";
 
 export const TokenValidator = {

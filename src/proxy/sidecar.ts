@@ -1,6 +1,5 @@
-import { existsSync } from "node:fs";
 import type { Logger } from "pino";
-import type { EgressEntry, SidecarConfig } from "../config/sidecar.ts";
+import type { SidecarConfig } from "../config/sidecar.ts";
 import { describeError, MeshwardError } from "../errors.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
 import { createIdentity } from "../identity/ca-source.ts";
@@ -44,21 +43,6 @@ export interface Sidecar {
   /** Graceful: stop accepting, let in-flight requests finish up to limits.drainTimeout, then close everything. */
   drain(): Promise<void>;
   close(): Promise<void>;
-}
-
-/** What src/proxy/egress.ts (TLS origination) exports; loaded only when that module exists. */
-type StartEgress = (
-  entry: EgressEntry & { readonly drainTimeoutMs?: number },
-  deps: { identity: IdentitySource; logger: Logger; metrics: Metrics },
-) => Promise<{ address: HostPort | string; close(): Promise<void> | void }>;
-
-async function loadEgress(): Promise<StartEgress | undefined> {
-  const url = new URL("./egress.ts", import.meta.url);
-  const compiled = new URL("./egress.js", import.meta.url);
-  const target = existsSync(url) ? url : existsSync(compiled) ? compiled : undefined;
-  if (target === undefined) return undefined;
-  const mod = (await import(target.href)) as { startEgress?: StartEgress };
-  return mod.startEgress;
 }
 
 export function sidecarTelemetry(logger: Logger, metrics: Metrics, recorder?: StatusRecorder): ProxyTelemetry {
@@ -172,12 +156,12 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
 
     const egress: HostPort[] = [];
     if (config.egress.length > 0) {
-      const startEgress = await loadEgress();
-      if (startEgress === undefined) throw new MeshwardError("E_UNSUPPORTED", "egress entries are configured but this build has no egress support (src/proxy/egress.ts)");
+      // Loaded only when configured: most sidecars have no egress, and every module costs memory.
+      const { startEgress } = await import("./egress.ts");
       for (const entry of config.egress) {
         const running = await startEgress({ ...entry, drainTimeoutMs: config.limits.drainTimeout }, { identity, logger, metrics });
         closers.push(() => running.close());
-        egress.push(typeof running.address === "string" ? parseHostPort(running.address, "egress address") : running.address);
+        egress.push(parseHostPort(running.address, "egress address"));
       }
     }
 

@@ -4,7 +4,6 @@ import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { initAnchors } from "../../ca/anchors.ts";
 import { startCaServer, type CaServer } from "../../ca/server.ts";
 import { issueJoinToken } from "../../ca/tokens.ts";
@@ -13,9 +12,10 @@ import { describeError, MeshwardError } from "../../errors.ts";
 import { createIdentity } from "../../identity/ca-source.ts";
 import { createLogger } from "../../telemetry/logger.ts";
 import { createHttpsServer, type MtlsHttpsServer } from "../../transport/index.ts";
+import { packageFile } from "../../util/package-files.ts";
 import { httpCall, INVENTORY_APP_PY, startOrdersApp } from "./apps.ts";
 
-const MESHWARD_BIN = fileURLToPath(new URL("../../../bin/meshward.js", import.meta.url));
+const MESHWARD_BIN = packageFile("bin/meshward.js");
 const TRUST_DOMAIN = "demo.local";
 const NAMESPACE = "shop";
 

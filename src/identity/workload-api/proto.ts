@@ -1,9 +1,9 @@
-import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
+import { packageFile } from "../../util/package-files.ts";
 
 /** proto/workload.proto, written from the SPIFFE Workload API spec (no protobuf package). */
-export const WORKLOAD_PROTO_PATH = fileURLToPath(new URL("../../../proto/workload.proto", import.meta.url));
+export const WORKLOAD_PROTO_PATH = packageFile("proto/workload.proto");
 
 /** The SSRF guard every call must carry (Workload Endpoint spec, section 3). */
 export const SECURITY_HEADER = "workload.spiffe.io";
