@@ -170,7 +170,12 @@ async function benchMeshward(work: string, clients: number, durationMs: number, 
     for (const close of closers) close();
     return { perSec, cpuMsPerCert };
   } finally {
-    ca.kill("SIGKILL");
+    // SIGTERM first, so that a CA run with --cpu-prof writes its profile.
+    const exited = new Promise((resolve) => ca.once("exit", resolve));
+    ca.kill("SIGTERM");
+    const timer = setTimeout(() => ca.kill("SIGKILL"), 5000);
+    await exited;
+    clearTimeout(timer);
   }
 }
 

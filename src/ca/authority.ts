@@ -100,9 +100,9 @@ export class CertificateAuthority {
         `the request is for trust domain ${JSON.stringify(request.trustDomain.slice(0, 256))} but this CA serves ${JSON.stringify(anchors.trustDomain)}`,
       );
     }
-    // Parse and verify the CSR before attestation spends a single-use token on a bad request.
-    const csr = await this.#signing.parseCsr(request.csr);
     const attestor = this.options.attestors.get(validatorName);
+    // Parse and verify the CSR before attestation spends a single-use token on a bad request.
+    const csr = attestor?.spends ? await this.#signing.parseCsr(request.csr) : undefined;
     if (attestor === undefined) {
       throw new MeshwardError("E_VALIDATOR_DISABLED", `the ${validatorName} validator is not enabled on this CA`);
     }
@@ -117,7 +117,8 @@ export class CertificateAuthority {
     if (!identity.spiffeId.startsWith(`spiffe://${anchors.trustDomain}/`)) {
       throw new MeshwardError("E_TRUST_DOMAIN_MISMATCH", `attested identity ${identity.spiffeId} is outside this CA's trust domain ${anchors.trustDomain}`);
     }
-    const leaf = await this.#signing.sign({ csr, identity, signer: anchors.issuer, policy: this.options.policy, now });
+    const signing = { identity, signer: anchors.issuer, policy: this.options.policy, now };
+    const leaf = csr !== undefined ? await this.#signing.sign({ ...signing, csr }) : await this.#signing.issue({ ...signing, csr: request.csr });
     const leafPem = toPem(leaf.der, "CERTIFICATE");
     await this.options.store.recordIssuance({
       serial: leaf.serial,

@@ -25,7 +25,8 @@ port.on("message", (messages: readonly WorkerRequest[]) => {
       continue;
     }
     try {
-      replies.push({ id: message.id, ok: true, value: message.type === "parse" ? parseCsr(message.csr) : sign(message) });
+      const value = message.type === "parse" ? parseCsr(message.csr) : message.type === "issue" ? sign({ ...message, type: "sign", csr: parseCsr(message.csr) }) : sign(message);
+      replies.push({ id: message.id, ok: true, value });
     } catch (error) {
       replies.push({ id: message.id, ok: false, error: serializeError(error) });
     }
@@ -38,8 +39,8 @@ function sign(message: SignJob) {
   if (signer === undefined || signer.generation !== message.generation) {
     throw new Error(`signing worker holds issuer generation ${signer?.generation ?? "none"}, the job needs ${message.generation}`);
   }
-  // Structured clone turns Buffers into Uint8Arrays.
-  const csr: ParsedCsr = { ...message.csr, der: Buffer.from(message.csr.der) };
+  // Structured clone turns Buffers into Uint8Arrays (a CSR parsed here already has a Buffer).
+  const csr: ParsedCsr = Buffer.isBuffer(message.csr.der) ? message.csr : { ...message.csr, der: Buffer.from(message.csr.der) };
   return signWorkloadCertificate({ csr, identity: message.identity, signer: signer.signer, policy: message.policy, now: message.now });
 }
 

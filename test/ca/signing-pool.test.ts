@@ -105,6 +105,31 @@ describe("signing pool (worker threads)", () => {
     expect(expired.code).toBe("E_ISSUER_EXPIRED");
   });
 
+  it("issue (check + sign in one trip) gives what parseCsr + sign give, and the same refusals", async () => {
+    const keyPair = generateKeyPair();
+    const pem = await createCsr({ keyPair, spiffeId: identity.spiffeId });
+    const now = new Date();
+    const leaf = await pool.issue({ csr: pem, identity, signer: first.issuer, policy, now });
+    const cert = new X509Certificate(leaf.der);
+    expect(Buffer.isBuffer(leaf.der)).toBe(true);
+    expect(cert.verify(first.issuer.certificate.publicKey)).toBe(true);
+    expect(cert.publicKey.equals(keyPair.publicKey)).toBe(true);
+    expect(cert.subjectAltName).toBe(`URI:${identity.spiffeId}`);
+    expect(leaf.notAfter.getTime()).toBe(now.getTime() + policy.workloadTtlMs);
+
+    const tampered = Buffer.from(pemBlocks(pem)[0]!.der);
+    tampered[tampered.length - 3]! ^= 0x01;
+    const other = await createCsr({ keyPair: generateKeyPair(), spiffeId: `spiffe://${TD}/ns/shop/other` });
+    const codes: string[] = [];
+    for (const csr of ["not a csr", toPem(tampered, "CERTIFICATE REQUEST"), other]) {
+      const input = { csr, identity, signer: first.issuer, policy, now };
+      const [viaPool, inline] = await Promise.all([failure(pool.issue(input)), failure(inlineSigning.issue(input))]);
+      expect(viaPool).toEqual(inline);
+      codes.push(viaPool.code);
+    }
+    expect(codes).toEqual(["E_CSR_INVALID", "E_CSR_SIGNATURE", "E_CSR_IDENTITY_MISMATCH"]);
+  });
+
   it("signs with whichever issuer the request carries, also when issuers alternate under load (rotation)", async () => {
     const csrs = await Promise.all(Array.from({ length: 24 }, async () => pool.parseCsr(await createCsr({ keyPair: generateKeyPair() }))));
     const signers = csrs.map((_, i) => (i % 3 === 0 ? second : first));

@@ -27,5 +27,11 @@ export interface AttestedIdentity {
  */
 export interface Attestor {
   readonly name: string;
+  /**
+   * True when attesting uses something up (a single-use join token): the CA then checks the
+   * CSR first, so that a malformed request never costs the workload its token. Validators
+   * that only verify (JWT, SVID, insecure) let the CA check and sign the CSR in one step.
+   */
+  readonly spends?: boolean;
   attest(request: AttestationRequest): Promise<AttestedIdentity>;
 }

@@ -10,6 +10,7 @@ const MAX_TOKEN_LENGTH = 256;
 export function joinTokenAttestor(store: Store): Attestor {
   return {
     name: "join-token",
+    spends: true,
     async attest(request: AttestationRequest): Promise<AttestedIdentity> {
       const token = request.token.trim();
       if (token === "") throw new MeshwardError("E_TOKEN_MISSING", "no join token was sent; create one with 'meshward token create'");
