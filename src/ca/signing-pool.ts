@@ -127,19 +127,13 @@ export class SigningPool implements CsrSigning {
   }
 
   async sign(input: SignInput): Promise<SignedLeaf> {
-    if (input.signer !== this.#signer) this.#useSigner(input.signer);
-    const generation = this.#generation;
     const { csr, identity, policy, now } = input;
-    const leaf = (await this.#run((id) => ({ type: "sign", id, generation, csr, identity, policy, now }))) as SignedLeaf;
-    return { ...leaf, der: toBuffer(leaf.der) };
+    return await this.#signLeaf(input.signer, (id, generation) => ({ type: "sign", id, generation, csr, identity, policy, now }));
   }
 
   async issue(input: IssueInput): Promise<SignedLeaf> {
-    if (input.signer !== this.#signer) this.#useSigner(input.signer);
-    const generation = this.#generation;
     const { csr, identity, policy, now } = input;
-    const leaf = (await this.#run((id) => ({ type: "issue", id, generation, csr, identity, policy, now }))) as SignedLeaf;
-    return { ...leaf, der: toBuffer(leaf.der) };
+    return await this.#signLeaf(input.signer, (id, generation) => ({ type: "issue", id, generation, csr, identity, policy, now }));
   }
 
   /** Stops every worker; jobs still running are refused with E_SIGNING_CLOSED. */
@@ -149,6 +143,13 @@ export class SigningPool implements CsrSigning {
     const threads = this.#threads.splice(0);
     for (const thread of threads) this.#failPending(thread, new MeshwardError("E_SIGNING_CLOSED", "the CA is shutting down; retry against a running CA"));
     await Promise.all(threads.map((thread) => thread.worker.terminate()));
+  }
+
+  async #signLeaf(signer: Signer, job: (id: number, generation: number) => SignJob | IssueJob): Promise<SignedLeaf> {
+    if (signer !== this.#signer) this.#useSigner(signer);
+    const generation = this.#generation;
+    const leaf = (await this.#run((id) => job(id, generation))) as SignedLeaf;
+    return { ...leaf, der: toBuffer(leaf.der) };
   }
 
   #useSigner(signer: Signer): void {
