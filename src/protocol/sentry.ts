@@ -1,9 +1,7 @@
 /** The CA API wire format (proto/sentry.proto), shared by the CA server and its clients. */
-import { packageFile } from "../util/package-files.ts";
 import { ProtobufError, ProtobufWriter, readFields, type FieldValue } from "./protobuf-wire.ts";
 
-/** proto/sentry.proto: the contract the codec below implements (test/protocol checks it against protobufjs). */
-export const SENTRY_PROTO_PATH = packageFile("proto/sentry.proto");
+// proto/sentry.proto is the contract the codec below implements (test/protocol checks it against protobufjs).
 export const SIGN_CERTIFICATE_PATH = "/dapr.proto.sentry.v1.CA/SignCertificate";
 
 export const TokenValidator = {

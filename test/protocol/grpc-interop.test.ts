@@ -4,11 +4,12 @@ import { X509Certificate } from "node:crypto";
 import { createServer, type Server } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { callUnary, GrpcTransportError } from "../../src/protocol/grpc-unary.ts";
-import { SENTRY_PROTO_PATH, SIGN_CERTIFICATE_PATH } from "../../src/protocol/sentry.ts";
+import { SIGN_CERTIFICATE_PATH } from "../../src/protocol/sentry.ts";
 import { createCsr } from "../../src/pki/csr.ts";
 import { generateKeyPair } from "../../src/pki/keys.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
 import { startMeshCa, TD, type MeshCa } from "../proxy/fixtures.ts";
+import { packageFile } from "../../src/util/package-files.ts";
 
 // Both ends of the CA's gRPC checked against @grpc/grpc-js, the reference library: meshward's
 // unary client against a grpc-js server, and a grpc-js client with stubs generated from
@@ -115,7 +116,7 @@ describe("a @grpc/grpc-js client with stubs from proto/sentry.proto against the 
 
   beforeAll(async () => {
     ca = await startMeshCa();
-    const definition = loadSync(SENTRY_PROTO_PATH, { keepCase: true, enums: String, longs: String, defaults: true });
+    const definition = loadSync(packageFile("proto/sentry.proto"), { keepCase: true, enums: String, longs: String, defaults: true });
     const proto = grpc.loadPackageDefinition(definition) as unknown as { dapr: { proto: { sentry: { v1: { CA: grpc.ServiceClientConstructor } } } } };
     const credentials = grpc.credentials.createSsl(Buffer.from(ca.bundlePem));
     client = new proto.dapr.proto.sentry.v1.CA(ca.server.address, credentials, { "grpc.ssl_target_name_override": "localhost", "grpc.default_authority": "localhost" }) as never;

@@ -2,11 +2,12 @@ import { randomBytes } from "node:crypto";
 import protobuf from "protobufjs";
 import { describe, expect, it } from "vitest";
 import { ProtobufError, ProtobufWriter, decodeVarint, encodeVarint } from "../../src/protocol/protobuf-wire.ts";
-import { decodeSignRequest, decodeSignResponse, encodeSignRequest, encodeSignResponse, SENTRY_PROTO_PATH, TokenValidator, type SignCertificateRequestMessage } from "../../src/protocol/sentry.ts";
+import { decodeSignRequest, decodeSignResponse, encodeSignRequest, encodeSignResponse, TokenValidator, type SignCertificateRequestMessage } from "../../src/protocol/sentry.ts";
+import { packageFile } from "../../src/util/package-files.ts";
 
 // The hand-written codec checked against protobufjs reading proto/sentry.proto: what one
 // writes, the other reads, field for field, in both directions.
-const root = protobuf.loadSync(SENTRY_PROTO_PATH);
+const root = protobuf.loadSync(packageFile("proto/sentry.proto"));
 const RequestType = root.lookupType("dapr.proto.sentry.v1.SignCertificateRequest");
 const ResponseType = root.lookupType("dapr.proto.sentry.v1.SignCertificateResponse");
 

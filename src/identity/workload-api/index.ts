@@ -4,4 +4,4 @@ export { DEFAULT_WORKLOAD_API_BACKOFF, fetchX509Svid, snapshotFromResponse, work
 export type { WorkloadApiClientOptions, WorkloadApiSourceOptions } from "./client.ts";
 export { buildSnapshot, splitDerCertificates } from "./material.ts";
 export type { IdentityMaterial } from "./material.ts";
-export { ENDPOINT_SOCKET_ENV, SECURITY_HEADER, SECURITY_HEADER_VALUE, WORKLOAD_PROTO_PATH } from "./proto.ts";
+export { ENDPOINT_SOCKET_ENV, SECURITY_HEADER, SECURITY_HEADER_VALUE } from "./proto.ts";

@@ -2,8 +2,8 @@ import * as grpc from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
 import { packageFile } from "../../util/package-files.ts";
 
-/** proto/workload.proto, written from the SPIFFE Workload API spec (no protobuf package). */
-export const WORKLOAD_PROTO_PATH = packageFile("proto/workload.proto");
+/** proto/workload.proto, written from the SPIFFE Workload API spec (no protobuf package); read when first needed. */
+const WORKLOAD_PROTO = "proto/workload.proto";
 
 /** The SSRF guard every call must carry (Workload Endpoint spec, section 3). */
 export const SECURITY_HEADER = "workload.spiffe.io";
@@ -41,7 +41,7 @@ let loaded: WorkloadApiDefinition | undefined;
 
 export function workloadApiDefinition(): WorkloadApiDefinition {
   if (loaded === undefined) {
-    const packageDefinition = loadSync(WORKLOAD_PROTO_PATH, { keepCase: true, longs: String, enums: String, defaults: true, arrays: true, objects: true });
+    const packageDefinition = loadSync(packageFile(WORKLOAD_PROTO), { keepCase: true, longs: String, enums: String, defaults: true, arrays: true, objects: true });
     const Client = grpc.loadPackageDefinition(packageDefinition)["SpiffeWorkloadAPI"] as grpc.ServiceClientConstructor;
     loaded = { service: Client.service, Client };
   }
