@@ -3,8 +3,9 @@ import type { Agent, ClientRequest, IncomingMessage, OutgoingHttpHeaders, Reques
 import { constants as h2 } from "node:http2";
 import type { ClientHttp2Session, IncomingHttpHeaders as H2Headers, ServerHttp2Stream } from "node:http2";
 import { request as httpsRequest } from "node:https";
+import type { Duplex } from "node:stream";
 import { forwardableHeaders } from "./headers.ts";
-import { answerH2, answerHttp1, GrpcStatus } from "./respond.ts";
+import { answerH2, answerHttp1, answerRawHttp1, GrpcStatus } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 
 /** Where an HTTP/1.1 request goes: the app over loopback, or a peer sidecar over mTLS. */
@@ -81,6 +82,80 @@ export function forwardHttp1(req: IncomingMessage, res: ServerResponse, upstream
     }
   });
   req.pipe(out);
+}
+
+/**
+ * An HTTP/1.1 request that asked to upgrade the connection. A WebSocket upgrade is forwarded
+ * with its Connection/Upgrade pair; once the upstream answers 101 the two sockets are spliced
+ * and bytes flow both ways untouched until either side closes (the policy decided once, on the
+ * upgrade request, as Envoy does). Any other upgrade (h2c from an optimistic client) is
+ * forwarded as the plain request it also is, as a server that ignores Upgrade would answer it.
+ * Either way a response that is not a 101 is relayed and the connection closed: Node has
+ * already let go of the socket's HTTP parser.
+ */
+export function forwardUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, upstream: Http1Upstream, hooks: ForwardHooks): void {
+  const websocket = String(req.headers.upgrade ?? "").toLowerCase() === "websocket";
+  if (!websocket && (Number(req.headers["content-length"] ?? 0) > 0 || req.headers["transfer-encoding"] !== undefined)) {
+    answerRawHttp1(socket, { status: 501, grpcStatus: GrpcStatus.INTERNAL, code: "E_UPGRADE_UNSUPPORTED", message: `the sidecar forwards WebSocket upgrades only; send this ${req.headers.upgrade} request without Upgrade` });
+    return hooks.done(501);
+  }
+  let finished = false;
+  let spliced = false;
+  const done = (status: number) => {
+    if (finished) return;
+    finished = true;
+    hooks.done(status);
+  };
+  const headers = { ...forwardableHeaders(req.headers, hooks.dropHeaders), ...hooks.setHeaders };
+  const out = send(upstream, { method: req.method ?? "GET", path: req.url ?? "/", headers: websocket ? { ...headers, connection: "upgrade", upgrade: "websocket" } : headers });
+  socket.on("error", () => socket.destroy());
+  socket.once("close", () => {
+    if (spliced) return;
+    out.destroy();
+    done(0);
+  });
+  out.on("upgrade", (res: IncomingMessage, upstreamSocket: Duplex, upstreamHead: Buffer) => {
+    upstreamSocket.on("error", () => upstreamSocket.destroy());
+    if (socket.destroyed) return void upstreamSocket.destroy();
+    spliced = true;
+    socket.write(responseHead(res, false));
+    if (upstreamHead.length > 0) socket.write(upstreamHead);
+    if (head.length > 0) upstreamSocket.write(head);
+    upstreamSocket.pipe(socket);
+    socket.pipe(upstreamSocket);
+    socket.once("close", () => upstreamSocket.destroy());
+    upstreamSocket.once("close", () => {
+      socket.destroy();
+      done(res.statusCode ?? 101);
+    });
+  });
+  out.on("response", (res: IncomingMessage) => {
+    socket.write(responseHead(res, true));
+    res.pipe(socket);
+    res.once("end", () => done(res.statusCode ?? 0));
+  });
+  out.on("error", (error: Error) => {
+    if (socket.destroyed) return;
+    const answer = hooks.onUpstreamError(error);
+    answerRawHttp1(socket, answer);
+    done(answer.status);
+  });
+  out.end();
+}
+
+/**
+ * Status line and headers of an upstream response as raw HTTP/1.1, for a socket the server let
+ * go of. `close`: the body follows as Node decoded it and the connection ends after it, so the
+ * framing headers are replaced by `connection: close` (close-delimited, RFC 9112 §6.3).
+ */
+function responseHead(res: IncomingMessage, close: boolean): string {
+  let head = `HTTP/1.1 ${res.statusCode ?? 502} ${res.statusMessage ?? ""}\r\n`;
+  for (let i = 0; i < res.rawHeaders.length; i += 2) {
+    const name = res.rawHeaders[i]!;
+    if (close && /^(connection|keep-alive|transfer-encoding|content-length)$/i.test(name)) continue;
+    head += `${name}: ${res.rawHeaders[i + 1]}\r\n`;
+  }
+  return `${head}${close ? "connection: close\r\n" : ""}\r\n`;
 }
 
 /** HTTP/2 in (an h2 caller that is not gRPC), HTTP/1.1 out to an app that may not speak h2c. */

@@ -21,11 +21,11 @@ import { secureServer } from "../transport/tls.ts";
 import type { HostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
 import { ConnectionTracker } from "./connections.ts";
-import { forwardH2, forwardH2ToHttp1, forwardHttp1, unreachableAnswer } from "./forward.ts";
+import { forwardH2, forwardH2ToHttp1, forwardHttp1, forwardUpgrade, unreachableAnswer } from "./forward.ts";
 import type { ForwardHooks, Http1Upstream } from "./forward.ts";
 import { isGrpc, XFCC, xfccValue } from "./headers.ts";
 import type { PolicySource } from "./policy-source.ts";
-import { answerH2, answerHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
+import { answerH2, answerHttp1, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
 
@@ -166,6 +166,12 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       forwardHttp1(req, res, appHttp1, hooksFor(peer, socket, "http"));
     },
   );
+  http1.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    const peer = peerFor(socket);
+    const refusal = denied(peer, socket, req.url ?? "/", req.method ?? "GET");
+    if (refusal !== undefined) return void answerRawHttp1(socket, refusal);
+    forwardUpgrade(req, socket, head, appHttp1, hooksFor(peer, socket, "http"));
+  });
   // Node starts its headers-timeout checker on "listening"; this server only receives handed-over sockets.
   http1.emit("listening");
   http1.on("clientError", (error: Error & { code?: string }, socket: Socket) => {

@@ -11,13 +11,13 @@ import { parseHostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
 import type { HostPort } from "../util/address.ts";
 import { ConnectionTracker } from "./connections.ts";
-import { forwardH2, forwardHttp1, isUnreachable } from "./forward.ts";
+import { forwardH2, forwardHttp1, forwardUpgrade, isUnreachable } from "./forward.ts";
 import type { ForwardHooks } from "./forward.ts";
 import { isGrpc, targetAppId, XFCC } from "./headers.ts";
 import type { ProxyTelemetry } from "./inbound.ts";
 import { PeerPool, resolvePeer } from "./peers.ts";
 import type { PeerDirectory, PeerTarget } from "./peers.ts";
-import { answerH2, answerHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
+import { answerH2, answerHttp1, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
 
@@ -126,6 +126,19 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         );
       },
     );
+    http1.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      socket.on("error", () => undefined);
+      const { name, target } = route(req.headers);
+      if (target === undefined) return void answerRawHttp1(socket, unknownApp(name));
+      const hooks = hooksFor(socket, target, "http");
+      pool.agent(target).then(
+        (agent) => forwardUpgrade(req, socket, head, { host: target.host, port: target.port, agent, tls: true }, hooks),
+        (error: Error) => {
+          answerRawHttp1(socket, hooks.onUpstreamError(error));
+          hooks.done(502);
+        },
+      );
+    });
     http1.emit("listening");
     http1.on("clientError", (error: Error & { code?: string }, socket: Socket) => {
       if (error.code === "ECONNRESET") return void socket.destroy();

@@ -1,6 +1,8 @@
 import { constants as h2 } from "node:http2";
 import type { ServerHttp2Stream } from "node:http2";
+import { STATUS_CODES } from "node:http";
 import type { ServerResponse } from "node:http";
+import type { Duplex } from "node:stream";
 import type { Histogram } from "prom-client";
 
 /** gRPC status codes meshward answers with itself. */
@@ -28,6 +30,18 @@ export function answerHttp1(res: ServerResponse, answer: ProxyAnswer): void {
   const text = body(answer);
   res.writeHead(answer.status, { "content-type": "application/json", "content-length": Buffer.byteLength(text), "x-meshward-error": answer.code });
   res.end(text);
+}
+
+/**
+ * The same answer written straight to a socket the HTTP server has let go of (an Upgrade
+ * request: Node hands the socket over before any response object exists), then closed.
+ */
+export function answerRawHttp1(socket: Duplex, answer: ProxyAnswer): void {
+  if (!socket.writable) return void socket.destroy();
+  const text = body(answer);
+  socket.end(
+    `HTTP/1.1 ${answer.status} ${STATUS_CODES[answer.status] ?? ""}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nx-meshward-error: ${answer.code}\r\nconnection: close\r\n\r\n${text}`,
+  );
 }
 
 /** HTTP/2: JSON with the HTTP status, or for gRPC a trailers-only response carrying grpc-status. */
