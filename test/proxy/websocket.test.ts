@@ -136,11 +136,13 @@ describe("WebSocket through the sidecar pair", () => {
       policy,
       `kind: Configuration\nspec:\n  accessControl:\n    defaultAction: deny\n    trustDomain: ${TD}\n    policies:\n      - appId: web\n        namespace: default\n        trustDomain: ${TD}\n        defaultAction: deny\n        operations:\n          - name: /ws/**\n            httpVerb: ["GET"]\n            action: allow\n          - name: /plain\n            httpVerb: ["GET"]\n            action: allow\n`,
     );
-    chat = await startTestSidecar(ca, { appId: "chat", app: `127.0.0.1:${app.port}`, policy });
+    // Short header and idle timeouts: an open WebSocket must outlive both.
+    const limits = { headersTimeout: "500ms", idleTimeout: "500ms" };
+    chat = await startTestSidecar(ca, { appId: "chat", app: `127.0.0.1:${app.port}`, policy, limits });
     impostor = await startTestSidecar(ca, { appId: "impostor", app: `127.0.0.1:${app.port}` });
     const inboundOf = (s: Sidecar) => `127.0.0.1:${s.addresses.inbound.port}`;
     // "lookalike" is served by the impostor's sidecar: A must refuse it.
-    client = await startTestSidecar(ca, { appId: "web", app: "127.0.0.1:1", outbound: "127.0.0.1:0", peers: { chat: inboundOf(chat), lookalike: inboundOf(impostor) } });
+    client = await startTestSidecar(ca, { appId: "web", app: "127.0.0.1:1", outbound: "127.0.0.1:0", peers: { chat: inboundOf(chat), lookalike: inboundOf(impostor) }, limits });
     userDataDir = mkdtempSync(join(tmpdir(), "meshward-chromium-ws-"));
     context = await chromium.launchPersistentContext(userDataDir, {
       executablePath: "/usr/bin/chromium",
@@ -185,6 +187,29 @@ describe("WebSocket through the sidecar pair", () => {
     expect(app.upgrades.at(-1)).toEqual({ url: "/ws/room-1", xfcc: `By=spiffe://${TD}/ns/default/chat;URI=${caller}` });
     // The browser's close reaches the app through both sidecars.
     await expect.poll(() => app.closed, { timeout: 5000 }).toBeGreaterThanOrEqual(1);
+  });
+
+  it("keeps a quiet WebSocket open past the sidecars' header and idle timeouts", async () => {
+    const socket = await new Promise<Duplex>((resolve, reject) => {
+      const req = request({ host: "127.0.0.1", port: outbound(), path: "/ws/quiet", headers: WS_HEADERS("chat") });
+      req.on("upgrade", (_res, upgraded) => resolve(upgraded));
+      req.on("response", (res) => reject(new Error(`not upgraded: ${res.statusCode}`)));
+      req.on("error", reject);
+      req.end();
+    });
+    try {
+      await new Promise((r) => setTimeout(r, 1500));
+      const payload = Buffer.from("still there?");
+      const mask = Buffer.from([1, 2, 3, 4]);
+      socket.write(Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, Buffer.from(payload.map((byte, i) => byte ^ mask[i % 4]!))]));
+      const reply = await new Promise<Buffer>((resolve, reject) => {
+        socket.once("data", resolve);
+        socket.once("close", () => reject(new Error("the WebSocket was closed")));
+      });
+      expect(reply.subarray(2).toString()).toBe(`spiffe://${TD}/ns/default/web says: still there?`);
+    } finally {
+      socket.destroy();
+    }
   });
 
   it("refuses an upgrade the policy denies, before it reaches the app, and counts it", async () => {
