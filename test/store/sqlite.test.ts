@@ -12,30 +12,34 @@ const root = mkdtempSync(join(tmpdir(), "meshward-sqlite-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 let counter = 0;
 
-defineStoreContract({
-  name: "sqlite",
-  latestSchemaVersion: latestVersion(SQLITE_MIGRATIONS),
-  async createStorage() {
-    counter += 1;
-    const dir = join(root, `case-${counter}`);
-    mkdirSync(dir);
-    const path = join(dir, "ca.db");
-    return {
-      open: () => openSqliteStore(path),
-      async forceSchemaVersion(version) {
-        const db = new Database(path);
-        try {
-          db.prepare("INSERT OR REPLACE INTO schema_version (version, applied_at) VALUES (?, ?)").run(version, Date.now());
-        } finally {
-          db.close();
-        }
-      },
-      async dispose() {
-        rmSync(dir, { recursive: true, force: true });
-      },
-    };
-  },
-});
+// Both ways the CA opens SQLite: on the calling thread, and with the issuance log written by a
+// worker thread (group commit), which is what `meshward ca serve` uses.
+for (const writerThread of [false, true]) {
+  defineStoreContract({
+    name: writerThread ? "sqlite (writer thread)" : "sqlite",
+    latestSchemaVersion: latestVersion(SQLITE_MIGRATIONS),
+    async createStorage() {
+      counter += 1;
+      const dir = join(root, `case-${counter}`);
+      mkdirSync(dir);
+      const path = join(dir, "ca.db");
+      return {
+        open: () => openSqliteStore(path, { writerThread }),
+        async forceSchemaVersion(version) {
+          const db = new Database(path);
+          try {
+            db.prepare("INSERT OR REPLACE INTO schema_version (version, applied_at) VALUES (?, ?)").run(version, Date.now());
+          } finally {
+            db.close();
+          }
+        },
+        async dispose() {
+          rmSync(dir, { recursive: true, force: true });
+        },
+      };
+    },
+  });
+}
 
 function caught(fn: () => unknown): unknown {
   try {
