@@ -20,6 +20,10 @@ export type GrpcServerCredentialsOptions = Omit<ServerCommonOptions, "identity" 
  * bundle updates reach new connections; publishing `null` (identity expired) makes grpc-js
  * drop new connections. Callers are checked (revocation + `authorize`) by an interceptor
  * before any handler runs.
+ * `_getInterceptors` and `_equals` are grpc-js internals (server.js calls them when a port is
+ * bound): if a release stopped calling the first, callers would be checked by TLS alone, without
+ * the SPIFFE ID, revocation and `authorize` checks. package.json therefore takes grpc-js patch
+ * releases only (~1.14), and test/transport/grpc-http2.test.ts proves the interceptor refuses.
  */
 export class MeshwardServerCredentials extends ServerCredentials {
   readonly #runtime: ServerRuntime;
