@@ -11,5 +11,7 @@ export default defineConfig({
     testTimeout: 30_000,
     hookTimeout: 60_000,
     reporters: ["default"],
+    // bin/meshward.js runs the sources, never a dist/ left by an earlier `npm run build`.
+    env: { MESHWARD_FROM_SOURCE: "1" },
   },
 });

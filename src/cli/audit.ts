@@ -1,4 +1,3 @@
-import { readFileSync } from "node:fs";
 import { Option } from "commander";
 import type { Command } from "commander";
 import { auditPaths } from "../audit/audit.ts";
@@ -12,19 +11,10 @@ import { SEVERITY_RANK } from "../audit/types.ts";
 import type { Severity } from "../audit/types.ts";
 import { DEFAULT_MAX_FILE_BYTES } from "../audit/walk.ts";
 import { MeshwardError } from "../errors.ts";
-import { packageFile } from "../util/package-files.ts";
+import { packageVersion } from "../util/package-files.ts";
 
 /** Exit code when findings at or above `--fail-on` exist (or drift is weaker than the reference). */
 export const EXIT_FINDINGS = 1;
-
-function toolVersion(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(packageFile("package.json"), "utf8")) as { version?: unknown };
-    return typeof pkg.version === "string" ? pkg.version : "0.0.0";
-  } catch {
-    return "0.0.0";
-  }
-}
 
 function parseSize(value: string): number {
   const bytes = Number(value);
@@ -63,7 +53,7 @@ export function registerAuditCommand(program: Command): void {
         throw new MeshwardError("E_AUDIT_NOT_FOUND", `nothing to audit: ${missing.map((skipped) => skipped.file).join(", ")} not found`);
       }
       if (options.format === "json") process.stdout.write(renderJson(result));
-      else if (options.format === "sarif") process.stdout.write(renderSarif(result, { rules: ALL_RULES, toolVersion: toolVersion() }));
+      else if (options.format === "sarif") process.stdout.write(renderSarif(result, { rules: ALL_RULES, toolVersion: packageVersion() }));
       else process.stdout.write(renderText(result, { color: useColor(options.color) }));
       if (options.failOn !== "none") {
         const threshold = SEVERITY_RANK[options.failOn as Severity];

@@ -1,5 +1,6 @@
 import { Command, CommanderError } from "commander";
 import { MeshwardError } from "../errors.ts";
+import { packageVersion } from "../util/package-files.ts";
 import { registerCommands } from "./commands.ts";
 
 export const EXIT_OK = 0;
@@ -9,6 +10,7 @@ export const EXIT_USAGE = 2;
 export async function runCli(argv: readonly string[]): Promise<number> {
   const program = new Command("meshward")
     .description("zero-trust service-to-service security: SPIFFE CA, workload identity, mTLS sidecar, config audit")
+    .version(packageVersion(), "-V, --version", "print the meshward version")
     .showHelpAfterError()
     .exitOverride();
   try {

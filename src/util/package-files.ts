@@ -26,3 +26,13 @@ export function packageRoot(): string {
 export function packageFile(relative: string): string {
   return join(packageRoot(), relative);
 }
+
+/** The version in the package's package.json ("0.0.0" when it cannot be read). */
+export function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(packageFile("package.json"), "utf8")) as { version?: unknown };
+    return typeof pkg.version === "string" ? pkg.version : "0.0.0";
+  } catch {
+    return "0.0.0";
+  }
+}

@@ -109,6 +109,15 @@ describe("the bundled CLI (dist/bundle)", () => {
     expect(statSync(join(work, "files", "key.pem")).mode & 0o777).toBe(0o600);
   });
 
+  it("prints the package version, from the bundle and from the sources", async () => {
+    const { version } = (await import("../../package.json", { with: { type: "json" } })).default;
+    for (const options of [{ bin }, {}]) {
+      const r = await runCli(["--version"], options);
+      expect(r.code).toBe(0);
+      expect(r.stdout.trim()).toBe(version);
+    }
+  });
+
   it("runs the auditor, which reports the package version", async () => {
     const dir = join(work, "configs");
     mkdirSync(dir);
