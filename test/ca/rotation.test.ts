@@ -12,12 +12,12 @@ import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
 import { createIssuerCertificate } from "../../src/pki/certificate.ts";
-import { verifyChain } from "../../src/pki/chain.ts";
 import { createCsr } from "../../src/pki/csr.ts";
 import { decodePrivateKey, encodePrivateKey, generateKeyPair } from "../../src/pki/keys.ts";
 import { certificatesFromPem, toPem } from "../../src/pki/pem.ts";
 import { createHttpsServer, httpsRequest, type MtlsHttpsServer } from "../../src/transport/index.ts";
 import { runCli } from "../helpers/cli.ts";
+import { bundleRootCount, svidChainsTo } from "../helpers/identity-checks.ts";
 
 const TD = "rotation.test";
 const silent = pino({ level: "silent" });
@@ -164,16 +164,6 @@ describe("rotation on a running CA", () => {
       const target = ok + n;
       await waitFor(() => ok >= target || failures.length > 0, `${n} more requests`);
     };
-    const rootsOf = (s: CaIdentitySource) => certificatesFromPem(s.current()!.bundle.rootsPem).length;
-    const chainsTo = (s: CaIdentitySource, rootPem: string) => {
-      const chain = certificatesFromPem(s.current()!.svid.certChainPem);
-      try {
-        verifyChain({ leaf: chain[0] as Buffer, intermediates: chain.slice(1), roots: certificatesFromPem(rootPem) });
-        return true;
-      } catch {
-        return false;
-      }
-    };
     const oldRootPem = readFileSync(caLayout(dir).rootCert, "utf8");
     try {
       await settleTraffic();
@@ -185,7 +175,7 @@ describe("rotation on a running CA", () => {
 
       // 1. prepare: both workloads pick up the two-root bundle while running.
       const newRoot = await prepareRoot({ dir, now: new Date() });
-      await waitFor(() => rootsOf(api) === 2 && rootsOf(web) === 2, "the two-root bundle to reach both workloads");
+      await waitFor(() => bundleRootCount(api) === 2 && bundleRootCount(web) === 2, "the two-root bundle to reach both workloads");
       await settleTraffic();
 
       // The CA goes down between steps: workloads keep serving with what they have.
@@ -199,7 +189,7 @@ describe("rotation on a running CA", () => {
       expect(refusedEarly).toBe("E_ROTATION_NOT_ACTIVATED");
       await activateRoot({ dir, now: new Date(), reissue: true });
       const newRootPem = toPem(newRoot.raw, "CERTIFICATE");
-      await waitFor(() => chainsTo(api, newRootPem) && chainsTo(web, newRootPem), "both workloads to move to the new root");
+      await waitFor(() => svidChainsTo(api, newRootPem) && svidChainsTo(web, newRootPem), "both workloads to move to the new root");
       await settleTraffic();
 
       // 3. retire: refused while a live certificate still chains to the old root, then done.
@@ -207,10 +197,10 @@ describe("rotation on a running CA", () => {
       const anchors = (JSON.parse(status.stdout) as { anchors: { kind: string; liveCertificates?: number }[] }).anchors;
       expect(anchors.find((a) => a.kind === "root (retiring)")?.liveCertificates).toBe(0);
       await retireRoot({ dir, store: server!.store, now: new Date() });
-      await waitFor(() => rootsOf(api) === 1 && rootsOf(web) === 1, "the old root to leave both bundles");
+      await waitFor(() => bundleRootCount(api) === 1 && bundleRootCount(web) === 1, "the old root to leave both bundles");
       await settleTraffic(40);
-      expect(chainsTo(api, oldRootPem)).toBe(false);
-      expect(chainsTo(web, oldRootPem)).toBe(false);
+      expect(svidChainsTo(api, oldRootPem)).toBe(false);
+      expect(svidChainsTo(web, oldRootPem)).toBe(false);
       expect(readFileSync(caLayout(dir).bundle, "utf8")).toBe(newRootPem);
     } finally {
       running = false;

@@ -13,10 +13,10 @@ import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
 import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
-import { verifyChain } from "../../src/pki/chain.ts";
 import { certificatesFromPem, toPem } from "../../src/pki/pem.ts";
 import { startSidecar, type Sidecar } from "../../src/proxy/sidecar.ts";
 import { createHttpsServer } from "../../src/transport/index.ts";
+import { bundleRootCount, svidChainsTo } from "../helpers/identity-checks.ts";
 
 // Issue 6's proof: two services behind sidecars and one SDK service exchange requests the
 // whole time while the issuer and then the root rotate, with the CA down between steps.
@@ -119,16 +119,6 @@ describe("zero failed requests through issuer and root rotation (sidecars + SDK 
       const target = ok + n;
       await waitFor(() => ok >= target || failures.length > 0, `${n} more requests`);
     };
-    const roots = (s: CaIdentitySource) => certificatesFromPem(s.current()!.bundle.rootsPem).length;
-    const chainsTo = (s: CaIdentitySource, rootPem: string) => {
-      const chain = certificatesFromPem(s.current()!.svid.certChainPem);
-      try {
-        verifyChain({ leaf: chain[0] as Buffer, intermediates: chain.slice(1), roots: certificatesFromPem(rootPem) });
-        return true;
-      } catch {
-        return false;
-      }
-    };
     try {
       await more();
       const issuer = await rotateIssuer({ dir, now: new Date() });
@@ -138,17 +128,17 @@ describe("zero failed requests through issuer and root rotation (sidecars + SDK 
       await more();
 
       const newRoot = toPem((await prepareRoot({ dir, now: new Date() })).raw, "CERTIFICATE");
-      await waitFor(() => identities.every((s) => roots(s) === 2), "the two-root bundle everywhere");
+      await waitFor(() => identities.every((s) => bundleRootCount(s) === 2), "the two-root bundle everywhere");
       await more();
       await ca!.close(); // the CA is down between steps; traffic must not notice
       ca = undefined;
       await more();
       await startCa();
       await activateRoot({ dir, now: new Date(), reissue: true });
-      await waitFor(() => identities.every((s) => chainsTo(s, newRoot)), "every workload on the new root");
+      await waitFor(() => identities.every((s) => svidChainsTo(s, newRoot)), "every workload on the new root");
       await more();
       await retireRoot({ dir, store: ca!.store, now: new Date() });
-      await waitFor(() => identities.every((s) => roots(s) === 1), "the old root gone from every bundle");
+      await waitFor(() => identities.every((s) => bundleRootCount(s) === 1), "the old root gone from every bundle");
       await more(40);
     } finally {
       running = false;
@@ -157,6 +147,6 @@ describe("zero failed requests through issuer and root rotation (sidecars + SDK 
     expect(failures).toEqual([]);
     expect(ok).toBeGreaterThan(150);
     const finalRoot = readFileSync(caLayout(dir).bundle, "utf8");
-    for (const s of identities) expect(chainsTo(s, finalRoot)).toBe(true);
+    for (const s of identities) expect(svidChainsTo(s, finalRoot)).toBe(true);
   }, 120_000);
 });
