@@ -294,6 +294,21 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
 
   let ops: OpsServer | undefined;
   let status: BoundAddress | undefined;
+  /** Stops everything started above; `graceMs` lets in-flight API requests finish first. */
+  const stop = async (graceMs: number) => {
+    await ops?.close();
+    clearInterval(crlTimer);
+    clearInterval(rotationTimer);
+    clearTimeout(servingTimer);
+    watcher.close();
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      // Then drop idle keep-alive sessions.
+      setTimeout(() => resolve(), graceMs).unref();
+    });
+    await signing.close();
+    if (options.store === undefined) await store.close();
+  };
   if (statusAt !== undefined) {
     try {
       const health = createHealth();
@@ -309,13 +324,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics: telemetry, health, extraRoutes: routes });
       status = await ops.start();
     } catch (error) {
-      server.close();
-      watcher.close();
-      clearInterval(crlTimer);
-      clearInterval(rotationTimer);
-      clearTimeout(servingTimer);
-      await signing.close();
-      if (options.store === undefined) await store.close();
+      await stop(0);
       throw error;
     }
   }
@@ -334,20 +343,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     registry,
     store,
     ...(status !== undefined ? { status } : {}),
-    async close() {
-      await ops?.close();
-      clearInterval(crlTimer);
-      clearInterval(rotationTimer);
-      clearTimeout(servingTimer);
-      watcher.close();
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        // Give in-flight requests a moment, then drop idle keep-alive sessions.
-        setTimeout(() => resolve(), 2000).unref();
-      });
-      await signing.close();
-      if (options.store === undefined) await store.close();
-    },
+    close: () => stop(2000),
   };
 }
 
