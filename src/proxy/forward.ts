@@ -1,11 +1,11 @@
 import { request as httpRequest } from "node:http";
-import type { Agent, ClientRequest, IncomingMessage, OutgoingHttpHeaders, RequestOptions, ServerResponse } from "node:http";
+import type { Agent, ClientRequest, IncomingMessage, OutgoingHttpHeaders, RequestOptions } from "node:http";
 import { constants as h2 } from "node:http2";
 import type { ClientHttp2Session, IncomingHttpHeaders as H2Headers, ServerHttp2Stream } from "node:http2";
 import { request as httpsRequest } from "node:https";
 import type { Duplex } from "node:stream";
 import { forwardableHeaders } from "./headers.ts";
-import { answerH2, answerHttp1, answerRawHttp1, GrpcStatus } from "./respond.ts";
+import { answerH2, answerRawHttp1, GrpcStatus } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 
 /** Where an HTTP/1.1 request goes: the app over loopback, or a peer sidecar over mTLS. */
@@ -39,49 +39,11 @@ function send(upstream: Http1Upstream, options: RequestOptions): ClientRequest {
   return upstream.tls ? httpsRequest(full) : httpRequest(full);
 }
 
-/** HTTP/1.1 in, HTTP/1.1 out. */
-export function forwardHttp1(req: IncomingMessage, res: ServerResponse, upstream: Http1Upstream, hooks: ForwardHooks): void {
-  let finished = false;
-  const done = (status: number) => {
-    if (finished) return;
-    finished = true;
-    hooks.done(status);
-  };
-  const out = send(upstream, {
-    method: req.method ?? "GET",
-    path: req.url ?? "/",
-    headers: { ...forwardableHeaders(req.headers, hooks.dropHeaders), ...hooks.setHeaders },
-  });
-  out.on("response", (up: IncomingMessage) => {
-    if (res.destroyed) {
-      up.destroy();
-      return;
-    }
-    res.writeHead(up.statusCode ?? 502, forwardableHeaders(up.headers));
-    up.pipe(res);
-    up.on("error", () => res.destroy());
-    res.once("finish", () => done(up.statusCode ?? 0));
-  });
-  let callerGone = false;
-  out.on("error", (error: Error) => {
-    if (callerGone) return;
-    if (res.headersSent) {
-      res.destroy();
-      done(0);
-      return;
-    }
-    const answer = hooks.onUpstreamError(error);
-    answerHttp1(res, answer);
-    done(answer.status);
-  });
-  res.once("close", () => {
-    if (!res.writableFinished) {
-      callerGone = true;
-      out.destroy();
-      done(0);
-    }
-  });
-  req.pipe(out);
+/** The parts of an Upgrade request that forwarding it needs (headers with lowercase names). */
+export interface UpgradeRequest {
+  readonly method: string;
+  readonly url: string;
+  readonly headers: Readonly<Record<string, string | undefined>>;
 }
 
 /**
@@ -90,10 +52,10 @@ export function forwardHttp1(req: IncomingMessage, res: ServerResponse, upstream
  * and bytes flow both ways untouched until either side closes (the policy decided once, on the
  * upgrade request, as Envoy does). Any other upgrade (h2c from an optimistic client) is
  * forwarded as the plain request it also is, as a server that ignores Upgrade would answer it.
- * Either way a response that is not a 101 is relayed and the connection closed: Node has
- * already let go of the socket's HTTP parser.
+ * Either way a response that is not a 101 is relayed and the connection closed: the socket's
+ * HTTP/1 parser has already let go of it.
  */
-export function forwardUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, upstream: Http1Upstream, hooks: ForwardHooks): void {
+export function forwardUpgrade(req: UpgradeRequest, socket: Duplex, head: Buffer, upstream: Http1Upstream, hooks: ForwardHooks): void {
   const websocket = String(req.headers.upgrade ?? "").toLowerCase() === "websocket";
   if (!websocket && (Number(req.headers["content-length"] ?? 0) > 0 || req.headers["transfer-encoding"] !== undefined)) {
     answerRawHttp1(socket, { status: 501, grpcStatus: GrpcStatus.INTERNAL, code: "E_UPGRADE_UNSUPPORTED", message: `the sidecar forwards WebSocket upgrades only; send this ${req.headers.upgrade} request without Upgrade` });
@@ -107,7 +69,7 @@ export function forwardUpgrade(req: IncomingMessage, socket: Duplex, head: Buffe
     hooks.done(status);
   };
   const headers = { ...forwardableHeaders(req.headers, hooks.dropHeaders), ...hooks.setHeaders };
-  const out = send(upstream, { method: req.method ?? "GET", path: req.url ?? "/", headers: websocket ? { ...headers, connection: "upgrade", upgrade: "websocket" } : headers });
+  const out = send(upstream, { method: req.method, path: req.url, headers: websocket ? { ...headers, connection: "upgrade", upgrade: "websocket" } : headers });
   socket.on("error", () => socket.destroy());
   socket.once("close", () => {
     if (spliced) return;

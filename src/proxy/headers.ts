@@ -3,7 +3,8 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 export const XFCC = "x-forwarded-client-cert";
 export const APP_ID_HEADER = "dapr-app-id";
 
-const HOP_BY_HOP = new Set([
+/** Hop-by-hop fields (RFC 9110 §7.6.1, plus HTTP/2's): never forwarded as they are. */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   "connection",
   "keep-alive",
   "proxy-connection",

@@ -1,5 +1,4 @@
-import { Agent as HttpAgent, createServer as createHttp1Server } from "node:http";
-import type { IncomingMessage, ServerResponse } from "node:http";
+import { Agent as HttpAgent } from "node:http";
 import { connect as http2Connect, createServer as createH2Server } from "node:http2";
 import type { ClientHttp2Session, IncomingHttpHeaders as H2Headers, ServerHttp2Session, ServerHttp2Stream } from "node:http2";
 import { connect as netConnect, createServer as createNetServer } from "node:net";
@@ -21,11 +20,15 @@ import { secureServer } from "../transport/tls.ts";
 import type { HostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
 import { ConnectionTracker } from "./connections.ts";
-import { forwardH2, forwardH2ToHttp1, forwardHttp1, forwardUpgrade, unreachableAnswer } from "./forward.ts";
+import { forwardH2, forwardH2ToHttp1, forwardUpgrade, unreachableAnswer } from "./forward.ts";
 import type { ForwardHooks, Http1Upstream } from "./forward.ts";
 import { isGrpc, XFCC, xfccValue } from "./headers.ts";
 import type { PolicySource } from "./policy-source.ts";
-import { answerH2, answerHttp1, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
+import { Http1Pool } from "./http1/pool.ts";
+import { Http1Relay } from "./http1/relay.ts";
+import { checkHttp1Parser } from "./http1/llhttp.ts";
+import { headersObject } from "./http1/wire.ts";
+import { answerH2, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
 
@@ -75,6 +78,13 @@ function callerOf(peer: PeerIdentity | undefined): Caller | undefined {
   return { trustDomain: peer.trustDomain, namespace: peer.namespace, appId: peer.appId };
 }
 
+/** Largest response header block accepted from an upstream (Node's client default is 16 KiB). */
+export const RESPONSE_HEADER_BYTES = 64 * 1024;
+/** Idle keep-alive connections to an upstream close after this, below Node's default server keep-alive (5 s). */
+export const UPSTREAM_IDLE_MS = 4_000;
+
+export const CONNECT_REFUSAL: ProxyAnswer = { status: 405, grpcStatus: GrpcStatus.INTERNAL, code: "E_CONNECT_UNSUPPORTED", message: "the sidecar is not a forward proxy: CONNECT is not accepted" };
+
 const STRICT_REFUSAL_BODY =
   '{"error":"E_MTLS_REQUIRED","message":"this port accepts mutual TLS only (meshward sidecar in STRICT mode); call it through your own meshward sidecar or with a workload certificate"}\n';
 
@@ -88,6 +98,7 @@ const STRICT_REFUSAL_BODY =
 export async function startInbound(options: InboundOptions): Promise<Inbound> {
   const { telemetry, limits, policy } = options;
   const { logger, mesh } = telemetry;
+  if (options.protocol === "http") checkHttp1Parser();
   const runtime = await prepareServer({ identity: options.identity, logger, maxConnectionAgeMs: limits.maxConnectionAge }, "sidecar inbound");
   const ownId = () => runtime.holder.ownSpiffeId();
   const tracker = new ConnectionTracker((delta) => mesh.connectionsActive.inc({ direction: "inbound" }, delta));
@@ -144,52 +155,42 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   const peerFor = (socket: Socket): PeerIdentity | undefined => ((socket as { [kPlaintext]?: boolean })[kPlaintext] ? undefined : peerOf(socket));
 
   // --- HTTP/1.1 -------------------------------------------------------------------------
-  const http1 = createHttp1Server(
-    {
-      maxHeaderSize: limits.maxHeaderBytes,
-      headersTimeout: limits.headersTimeout,
-      requestTimeout: 0,
-      keepAliveTimeout: limits.idleTimeout,
-      connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(limits.headersTimeout / 4))),
-    },
-    (req: IncomingMessage, res: ServerResponse) => {
-      const socket = req.socket;
-      const peer = peerFor(socket);
-      if (tracker.draining || tracker.retiring(socket)) res.setHeader("connection", "close");
-      const refusal = denied(peer, socket, req.url ?? "/", req.method ?? "GET");
-      if (refusal !== undefined) {
-        const end = tracker.begin(socket);
-        answerHttp1(res, refusal);
-        res.once("close", end);
-        return;
-      }
-      forwardHttp1(req, res, appHttp1, hooksFor(peer, socket, "http"));
-    },
-  );
-  http1.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    const peer = peerFor(socket);
-    const refusal = denied(peer, socket, req.url ?? "/", req.method ?? "GET");
-    if (refusal !== undefined) return void answerRawHttp1(socket, refusal);
-    forwardUpgrade(req, socket, head, appHttp1, hooksFor(peer, socket, "http"));
+  const appPool = new Http1Pool({
+    dial: () => netConnect({ host: options.app.host, port: options.app.port, noDelay: true }),
+    authority: appLabel,
+    maxHeaderBytes: RESPONSE_HEADER_BYTES,
+    idleMs: UPSTREAM_IDLE_MS,
+    maxIdle: 256,
   });
-  // Node starts its headers-timeout checker on "listening"; this server only receives handed-over sockets.
-  http1.emit("listening");
-  http1.on("clientError", (error: Error & { code?: string }, socket: Socket) => {
-    // The caller went away (e.g. a load generator closing its connections): nothing to answer.
-    if (error.code === "ECONNRESET" || error.code === "EPIPE") return void socket.destroy();
-    const [status, reason, text] =
-      error.code === "HPE_HEADER_OVERFLOW"
-        ? [431, "header_too_large", "Request Header Fields Too Large"]
-        : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
-          ? [408, "header_timeout", "Request Timeout"]
-          : [400, "bad_request", "Bad Request"];
-    telemetry.refused.inc({ direction: "inbound", reason });
-    logger.warn({ event: "client-error", reason, remote: socket.remoteAddress, err: error.code ?? error.message }, "refused a malformed or slow request");
-    if (socket.writable && error.code !== "ECONNRESET") {
-      const body = `${JSON.stringify({ error: `E_${reason.toUpperCase()}`, message: text })}\n`;
-      socket.end(`HTTP/1.1 ${status} ${text}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
-    }
-    socket.destroy();
+  const http1 = new Http1Relay({
+    maxHeaderBytes: limits.maxHeaderBytes,
+    headersTimeout: limits.headersTimeout,
+    idleTimeout: limits.idleTimeout,
+    dropHeader: XFCC,
+    decide: (head, socket) => {
+      const peer = peerFor(socket);
+      const refusal = denied(peer, socket, head.url, head.method);
+      if (refusal !== undefined) return { answer: refusal, done: tracker.begin(socket) };
+      const hooks = hooksFor(peer, socket, "http");
+      return {
+        upstream: appPool,
+        addHeaders: peer === undefined ? "" : `${XFCC}: ${xfccValue(ownId(), peer.spiffeId)}\r\n`,
+        onUpstreamError: appError,
+        done: hooks.done,
+      };
+    },
+    upgrade: (head, socket, rest) => {
+      const peer = peerFor(socket);
+      if (head.method === "CONNECT") return void answerRawHttp1(socket, CONNECT_REFUSAL);
+      const refusal = denied(peer, socket, head.url, head.method);
+      if (refusal !== undefined) return void answerRawHttp1(socket, refusal);
+      forwardUpgrade({ method: head.method, url: head.url, headers: headersObject(head.rawHeaders) }, socket, rest, appHttp1, hooksFor(peer, socket, "http"));
+    },
+    clientError: (reason, detail, socket) => {
+      telemetry.refused.inc({ direction: "inbound", reason });
+      logger.warn({ event: "client-error", reason, remote: socket.remoteAddress, err: detail }, "refused a malformed or slow request");
+    },
+    closeAfterResponse: (socket) => tracker.draining || tracker.retiring(socket),
   });
 
   // --- HTTP/2 and gRPC -----------------------------------------------------------------
@@ -227,9 +228,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       h2.emit("connection", socket);
       handing = undefined;
     } else {
-      http1.emit("connection", socket);
-      // A plaintext socket was paused by the sniffer; the HTTP/1 parser needs it flowing (TLS sockets already are).
-      if (socket.isPaused()) socket.resume();
+      http1.serve(socket);
     }
   };
 
@@ -359,6 +358,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     http1.close();
     h2.close();
     await control.meshward.close();
+    appPool.close();
     appAgent.destroy();
     appH2?.destroy();
   };

@@ -1,5 +1,3 @@
-import { createServer as createHttp1Server } from "node:http";
-import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer as createH2Server } from "node:http2";
 import type { IncomingHttpHeaders as H2Headers, ServerHttp2Session, ServerHttp2Stream } from "node:http2";
 import { createServer as createNetServer } from "node:net";
@@ -11,13 +9,17 @@ import { parseHostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
 import type { HostPort } from "../util/address.ts";
 import { ConnectionTracker } from "./connections.ts";
-import { forwardH2, forwardHttp1, forwardUpgrade, isUnreachable } from "./forward.ts";
+import { forwardH2, forwardUpgrade, isUnreachable } from "./forward.ts";
 import type { ForwardHooks } from "./forward.ts";
-import { isGrpc, targetAppId, XFCC } from "./headers.ts";
+import { APP_ID_HEADER, isGrpc, targetAppId, XFCC } from "./headers.ts";
+import { checkHttp1Parser } from "./http1/llhttp.ts";
+import { Http1Relay } from "./http1/relay.ts";
+import { findHeader, headersObject } from "./http1/wire.ts";
+import { CONNECT_REFUSAL, RESPONSE_HEADER_BYTES, UPSTREAM_IDLE_MS } from "./inbound.ts";
 import type { ProxyTelemetry } from "./inbound.ts";
 import { PeerPool, resolvePeer } from "./peers.ts";
 import type { PeerDirectory, PeerTarget } from "./peers.ts";
-import { answerH2, answerHttp1, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
+import { answerH2, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
 
@@ -52,6 +54,8 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   const pool = new PeerPool(options.identity, logger);
   const tracker = new ConnectionTracker((delta) => mesh.connectionsActive.inc({ direction: "outbound" }, delta));
   const servers: NetServer[] = [];
+  const relays: Http1Relay[] = [];
+  checkHttp1Parser();
 
   const unknownApp = (name: string | undefined): ProxyAnswer => {
     telemetry.upstreamErrors.inc({ direction: "outbound", reason: "unknown_app" });
@@ -108,45 +112,43 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
 
   let address: HostPort | undefined;
   if (options.listen !== undefined) {
-    const http1 = createHttp1Server(
-      { maxHeaderSize: limits.maxHeaderBytes, headersTimeout: limits.headersTimeout, requestTimeout: 0, keepAliveTimeout: limits.idleTimeout },
-      (req: IncomingMessage, res: ServerResponse) => {
-        if (tracker.draining) res.setHeader("connection", "close");
-        const { name, target } = route(req.headers);
-        if (target === undefined) return answerHttp1(res, unknownApp(name));
-        const hooks = hooksFor(req.socket, target, "http");
-        const ready = pool.agentIfReady(target);
-        if (ready !== undefined) return forwardHttp1(req, res, { host: target.host, port: target.port, agent: ready, tls: true }, hooks);
+    const http1 = new Http1Relay({
+      maxHeaderBytes: limits.maxHeaderBytes,
+      headersTimeout: limits.headersTimeout,
+      idleTimeout: limits.idleTimeout,
+      dropHeader: XFCC,
+      decide: (head, socket) => {
+        const { name, target } = route({ [APP_ID_HEADER]: findHeader(head.rawHeaders, APP_ID_HEADER), host: findHeader(head.rawHeaders, "host") });
+        if (target === undefined) return { answer: unknownApp(name) };
+        const hooks = hooksFor(socket, target, "http");
+        return {
+          upstream: pool.http1(target, { maxHeaderBytes: RESPONSE_HEADER_BYTES, idleMs: UPSTREAM_IDLE_MS }),
+          addHeaders: "",
+          onUpstreamError: hooks.onUpstreamError,
+          done: hooks.done,
+        };
+      },
+      upgrade: (head, socket, rest) => {
+        if (head.method === "CONNECT") return void answerRawHttp1(socket, CONNECT_REFUSAL);
+        const headers = headersObject(head.rawHeaders);
+        const { name, target } = route(headers);
+        if (target === undefined) return void answerRawHttp1(socket, unknownApp(name));
+        const hooks = hooksFor(socket, target, "http");
         pool.agent(target).then(
-          (agent) => forwardHttp1(req, res, { host: target.host, port: target.port, agent, tls: true }, hooks),
+          (agent) => forwardUpgrade({ method: head.method, url: head.url, headers }, socket, rest, { host: target.host, port: target.port, agent, tls: true }, hooks),
           (error: Error) => {
-            answerHttp1(res, hooks.onUpstreamError(error));
+            answerRawHttp1(socket, hooks.onUpstreamError(error));
             hooks.done(502);
           },
         );
       },
-    );
-    http1.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
-      socket.on("error", () => undefined);
-      const { name, target } = route(req.headers);
-      if (target === undefined) return void answerRawHttp1(socket, unknownApp(name));
-      const hooks = hooksFor(socket, target, "http");
-      pool.agent(target).then(
-        (agent) => forwardUpgrade(req, socket, head, { host: target.host, port: target.port, agent, tls: true }, hooks),
-        (error: Error) => {
-          answerRawHttp1(socket, hooks.onUpstreamError(error));
-          hooks.done(502);
-        },
-      );
+      clientError: (reason, detail, socket) => {
+        telemetry.refused.inc({ direction: "outbound", reason });
+        logger.warn({ event: "client-error", reason, remote: socket.remoteAddress, err: detail }, "refused a malformed or slow request from the app");
+      },
+      closeAfterResponse: () => tracker.draining,
     });
-    http1.emit("listening");
-    http1.on("clientError", (error: Error & { code?: string }, socket: Socket) => {
-      if (error.code === "ECONNRESET") return void socket.destroy();
-      const status = error.code === "HPE_HEADER_OVERFLOW" ? 431 : error.code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400;
-      telemetry.refused.inc({ direction: "outbound", reason: String(status) });
-      if (socket.writable && error.code !== "ECONNRESET") socket.end(`HTTP/1.1 ${status} Refused\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
-      socket.destroy();
-    });
+    relays.push(http1);
     const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes } });
     let handing: Socket | undefined;
     const sessionSocket = new WeakMap<ServerHttp2Session, Socket>();
@@ -185,8 +187,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
             h2.emit("connection", socket);
             handing = undefined;
           } else {
-            http1.emit("connection", socket);
-            socket.resume();
+            http1.serve(socket);
           }
           return;
         }
@@ -245,6 +246,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     const stopped = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     await tracker.drain(deadlineMs);
     await stopped;
+    for (const relay of relays) relay.close();
     pool.close();
   };
   return { address, tcp, drain: shutdown, close: () => shutdown(0) };

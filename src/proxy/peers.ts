@@ -11,6 +11,7 @@ import { dialTls, prepareClient, SessionCache } from "../transport/client-common
 import type { ClientRuntime } from "../transport/client-common.ts";
 import { peerOf } from "../transport/common.ts";
 import { parseHostPort } from "../util/address.ts";
+import { Http1Pool } from "./http1/pool.ts";
 
 /** A peer sidecar: where it listens and the SPIFFE ID it must present. */
 export interface PeerTarget {
@@ -112,6 +113,7 @@ interface PeerEntry {
   readonly target: PeerTarget;
   readonly runtime: Promise<ClientRuntime>;
   agent?: VerifiedPeerAgent;
+  http1?: Http1Pool;
   h2?: Promise<ClientHttp2Session>;
 }
 
@@ -150,6 +152,19 @@ export class PeerPool {
     return entry.agent;
   }
 
+  /** Keep-alive HTTP/1.1 connections to a peer, each verified before its first request byte. */
+  http1(target: PeerTarget, options: { maxHeaderBytes: number; idleMs: number }): Http1Pool {
+    const entry = this.#entry(target);
+    entry.http1 ??= new Http1Pool({
+      dial: async () => dialVerified(await entry.runtime, { host: target.host, port: target.port }, this.#sessions),
+      authority: `${target.appId}.${target.namespace}`,
+      maxHeaderBytes: options.maxHeaderBytes,
+      idleMs: options.idleMs,
+      maxIdle: 256,
+    });
+    return entry.http1;
+  }
+
   /** The shared HTTP/2 session to a peer, (re)opened when missing, closing or broken. */
   h2(target: PeerTarget): Promise<ClientHttp2Session> {
     const entry = this.#entry(target);
@@ -185,6 +200,7 @@ export class PeerPool {
     this.#closed = true;
     for (const entry of this.#entries.values()) {
       entry.agent?.destroy();
+      entry.http1?.close();
       void entry.h2?.then((s) => s.close(), () => undefined);
     }
     this.#entries.clear();

@@ -1,7 +1,6 @@
 import { constants as h2 } from "node:http2";
 import type { ServerHttp2Stream } from "node:http2";
 import { STATUS_CODES } from "node:http";
-import type { ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Histogram } from "prom-client";
 
@@ -18,30 +17,27 @@ export interface ProxyAnswer {
   readonly extra?: Record<string, unknown>;
 }
 
-function body(answer: ProxyAnswer): string {
+/** The JSON body of a proxy answer: {"error": code, "message": …, …extra}. */
+export function answerBody(answer: ProxyAnswer): string {
   return `${JSON.stringify({ error: answer.code, message: answer.message, ...answer.extra })}\n`;
 }
 
-export function answerHttp1(res: ServerResponse, answer: ProxyAnswer): void {
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  const text = body(answer);
-  res.writeHead(answer.status, { "content-type": "application/json", "content-length": Buffer.byteLength(text), "x-meshward-error": answer.code });
-  res.end(text);
+/** The answer as a complete HTTP/1.1 response (JSON body, stable E_ code in x-meshward-error). */
+export function answerText(answer: ProxyAnswer, close: boolean): string {
+  const text = answerBody(answer);
+  return (
+    `HTTP/1.1 ${answer.status} ${STATUS_CODES[answer.status] ?? ""}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\n` +
+    `x-meshward-error: ${answer.code}\r\n${close ? "connection: close\r\n" : ""}\r\n${text}`
+  );
 }
 
 /**
- * The same answer written straight to a socket the HTTP server has let go of (an Upgrade
- * request: Node hands the socket over before any response object exists), then closed.
+ * The answer written straight to a socket no HTTP parser owns any more (an Upgrade request
+ * the sidecar will not forward), then closed.
  */
 export function answerRawHttp1(socket: Duplex, answer: ProxyAnswer): void {
   if (!socket.writable) return void socket.destroy();
-  const text = body(answer);
-  socket.end(
-    `HTTP/1.1 ${answer.status} ${STATUS_CODES[answer.status] ?? ""}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nx-meshward-error: ${answer.code}\r\nconnection: close\r\n\r\n${text}`,
-  );
+  socket.end(answerText(answer, true));
 }
 
 /** HTTP/2: JSON with the HTTP status, or for gRPC a trailers-only response carrying grpc-status. */
@@ -64,7 +60,7 @@ export function answerH2(stream: ServerHttp2Stream, answer: ProxyAnswer, grpc: b
     );
     return;
   }
-  const text = body(answer);
+  const text = answerBody(answer);
   stream.respond({ ":status": answer.status, "content-type": "application/json", "content-length": Buffer.byteLength(text), "x-meshward-error": answer.code });
   stream.end(text);
 }

@@ -157,6 +157,22 @@ describe("sidecar inbound (HTTP mode, STRICT) with curl and openssl as callers",
     expect(r.stdout).toContain(`URI=${callerA.spiffeId}`);
   });
 
+  it("refuses a smuggled request (Content-Length with Transfer-Encoding) and CONNECT over mTLS, nothing reaching the app", async () => {
+    const sclient = (input: string) =>
+      exec(
+        "openssl",
+        ["s_client", "-quiet", "-connect", `127.0.0.1:${sidecar.addresses.inbound.port}`, "-servername", HOST, "-cert", callerA.cert, "-key", callerA.key, "-cert_chain", callerA.chain, "-CAfile", ca.bundleFile, "-alpn", "http/1.1", "-ign_eof"],
+        { input },
+      );
+    const smuggled = await sclient(`POST /allowed/front HTTP/1.1\r\nHost: ${HOST}\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /allowed/smuggled HTTP/1.1\r\nHost: x\r\n\r\n`);
+    expect(smuggled.stdout).toMatch(/^HTTP\/1\.1 400 /m);
+    const connect = await sclient(`CONNECT 10.0.0.1:443 HTTP/1.1\r\nHost: 10.0.0.1:443\r\n\r\n`);
+    expect(connect.stdout).toMatch(/^HTTP\/1\.1 405 /m);
+    expect(connect.stdout).toContain("E_CONNECT_UNSUPPORTED");
+    expect(app.seen.some((s) => s.url.includes("front") || s.url.includes("smuggled") || s.method === "CONNECT")).toBe(false);
+    expect(metricValue(await metrics(), "meshward_sidecar_refused_total", { reason: "bad_request" })).toBeGreaterThanOrEqual(1);
+  });
+
   it("closes on garbage bytes without stalling other connections", async () => {
     const garbage = netConnect(sidecar.addresses.inbound.port, "127.0.0.1");
     const closed = new Promise<void>((resolve) => garbage.once("close", () => resolve()));

@@ -1,0 +1,173 @@
+import type { Duplex } from "node:stream";
+import { createMessageParser } from "./llhttp.ts";
+import type { MessageHead, MessageParser } from "./llhttp.ts";
+
+/** Where one exchange's response goes; attached to an upstream connection for that exchange. */
+export interface ResponseSink {
+  /** The request method, so that the answer to HEAD is read without a body. */
+  readonly method: string;
+  /** Where the response is written: corked while one upstream chunk is parsed, so a head and its body leave in one write. */
+  readonly downstream: Duplex;
+  onHead(head: MessageHead): void;
+  onBody(chunk: Buffer): void;
+  onComplete(trailers: readonly string[]): void;
+  /** The connection failed or closed before the response completed. `responded`: bytes of it had arrived. */
+  onFailure(error: Error, responded: boolean): void;
+}
+
+/** One keep-alive HTTP/1.1 connection to an upstream, with its response parser. */
+export class UpstreamConnection {
+  #sink: ResponseSink | undefined;
+  #responded = false;
+  #keepAlive = true;
+  #dead = false;
+  /** Served an exchange before: a failure before any response byte may be the upstream closing it idle. */
+  reused = false;
+  idleSince = 0;
+  readonly #parser: MessageParser;
+
+  constructor(
+    readonly socket: Duplex,
+    maxHeaderBytes: number,
+    private readonly onGone: (connection: UpstreamConnection) => void,
+  ) {
+    this.#parser = createMessageParser("response", maxHeaderBytes, {
+      onHead: (head) => {
+        this.#responded = true;
+        if (head.status >= 200) this.#keepAlive = head.keepAlive;
+        const sink = this.#sink;
+        if (sink === undefined) return false;
+        sink.onHead(head);
+        return sink.method === "HEAD";
+      },
+      onBody: (chunk) => this.#sink?.onBody(chunk),
+      onComplete: (trailers) => this.#sink?.onComplete(trailers),
+    });
+    socket.on("data", (chunk: Buffer) => {
+      if (this.#sink === undefined) return void this.#fail(new Error("the upstream sent bytes nobody asked for"));
+      const downstream = this.#sink.downstream;
+      downstream.cork();
+      const result = this.#parser.execute(chunk);
+      downstream.uncork();
+      if (typeof result !== "number") this.#fail(Object.assign(new Error(`the upstream sent an invalid HTTP/1.1 response: ${result.reason}`), { code: result.code }));
+    });
+    socket.on("end", () => {
+      // A close-delimited body ends here; anything else in flight was cut short.
+      if (this.#sink !== undefined) this.#parser.finish();
+      this.#fail(Object.assign(new Error("the upstream closed the connection"), { code: "ECONNRESET" }));
+    });
+    socket.on("error", (error: Error) => this.#fail(error));
+    socket.on("close", () => this.#fail(Object.assign(new Error("the upstream connection closed"), { code: "ECONNRESET" })));
+  }
+
+  get dead(): boolean {
+    return this.#dead;
+  }
+
+  /** Whether the last response allows another request on this connection. */
+  get keepAlive(): boolean {
+    return this.#keepAlive && !this.#dead;
+  }
+
+  attach(sink: ResponseSink): void {
+    this.#sink = sink;
+    this.#responded = false;
+  }
+
+  /** The exchange is over (its response completed, or it gave up): the sink hears nothing more. */
+  detach(): void {
+    this.#sink = undefined;
+  }
+
+  destroy(): void {
+    this.#fail(undefined);
+  }
+
+  #fail(error: Error | undefined): void {
+    const sink = this.#sink;
+    this.#sink = undefined;
+    if (!this.#dead) {
+      this.#dead = true;
+      this.socket.destroy();
+      // Closing llhttp from inside one of its own callbacks is not allowed.
+      setImmediate(() => this.#parser.close());
+      this.onGone(this);
+    }
+    if (sink !== undefined && error !== undefined) sink.onFailure(error, this.#responded);
+  }
+}
+
+export interface Http1PoolOptions {
+  /** host:port of the upstream, the Host given to an HTTP/1.0 request that named none. */
+  readonly authority: string;
+  /** Opens a connection; a promise for one that must be verified first (mTLS peers). */
+  readonly dial: () => Duplex | Promise<Duplex>;
+  readonly maxHeaderBytes: number;
+  /** Idle connections are closed after this long (below common server keep-alive timeouts). */
+  readonly idleMs: number;
+  /** At most this many idle connections are kept. */
+  readonly maxIdle: number;
+}
+
+/** Keep-alive connections to one upstream, reused last-in first-out. */
+export class Http1Pool {
+  readonly #idle: UpstreamConnection[] = [];
+  readonly #all = new Set<UpstreamConnection>();
+  readonly #sweeper: NodeJS.Timeout;
+  #closed = false;
+
+  readonly authority: string;
+
+  constructor(private readonly options: Http1PoolOptions) {
+    this.authority = options.authority;
+    this.#sweeper = setInterval(() => this.#sweep(), Math.max(100, Math.min(1000, options.idleMs / 2)));
+    this.#sweeper.unref();
+  }
+
+  /** An idle connection at once, or a new one (a promise when dialling is asynchronous). */
+  acquire(): UpstreamConnection | Promise<UpstreamConnection> {
+    for (let connection = this.#idle.pop(); connection !== undefined; connection = this.#idle.pop()) {
+      if (!connection.dead) return connection;
+    }
+    const socket = this.options.dial();
+    return socket instanceof Promise ? socket.then((s) => this.#adopt(s)) : this.#adopt(socket);
+  }
+
+  /** Gives a connection back after a complete exchange, or closes it when it cannot serve another. */
+  release(connection: UpstreamConnection): void {
+    connection.detach();
+    if (this.#closed || !connection.keepAlive || this.#idle.length >= this.options.maxIdle) return void connection.destroy();
+    // Paused while a slow client caught up with the last response; idle, it must see the upstream close.
+    if (connection.socket.isPaused()) connection.socket.resume();
+    connection.reused = true;
+    connection.idleSince = Date.now();
+    this.#idle.push(connection);
+  }
+
+  get size(): number {
+    return this.#all.size;
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearInterval(this.#sweeper);
+    for (const connection of [...this.#all]) connection.destroy();
+    this.#idle.length = 0;
+  }
+
+  #adopt(socket: Duplex): UpstreamConnection {
+    if (this.#closed) socket.destroy();
+    const connection = new UpstreamConnection(socket, this.options.maxHeaderBytes, (gone) => {
+      this.#all.delete(gone);
+      const at = this.#idle.indexOf(gone);
+      if (at >= 0) this.#idle.splice(at, 1);
+    });
+    this.#all.add(connection);
+    return connection;
+  }
+
+  #sweep(): void {
+    const oldest = Date.now() - this.options.idleMs;
+    while (this.#idle.length > 0 && this.#idle[0]!.idleSince <= oldest) this.#idle.shift()!.destroy();
+  }
+}

@@ -1,0 +1,488 @@
+import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
+import { answerText } from "../respond.ts";
+import type { ProxyAnswer } from "../respond.ts";
+import { createMessageParser } from "./llhttp.ts";
+import type { MessageHead, MessageParser } from "./llhttp.ts";
+import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
+import { downstreamResponseHead, findHeader, interimResponseHead, lastChunk, upstreamRequestHead } from "./wire.ts";
+import type { BodyFraming } from "./wire.ts";
+
+/** Where a request goes: an upstream pool, with the lines to add and what to say if it fails. */
+export interface ForwardDecision {
+  readonly upstream: Http1Pool;
+  /** Header lines added to the forwarded request ("name: value\r\n"…). */
+  readonly addHeaders: string;
+  readonly onUpstreamError: (error: Error) => ProxyAnswer;
+  /** Called once with the final status (0 when the exchange broke). */
+  readonly done: (status: number) => void;
+}
+
+/** The proxy answers itself (denied, unknown app); `done` as for a forward. */
+export interface AnswerDecision {
+  readonly answer: ProxyAnswer;
+  readonly done?: (status: number) => void;
+}
+
+export type ClientErrorReason = "header_too_large" | "header_timeout" | "bad_request";
+
+export interface Http1RelayOptions {
+  readonly maxHeaderBytes: number;
+  /** Time from a request's first byte to the end of its headers (slowloris guard). */
+  readonly headersTimeout: number;
+  /** Close a connection with no request in flight and no bytes for this long. */
+  readonly idleTimeout: number;
+  /** The request header never forwarded (a caller-supplied x-forwarded-client-cert). */
+  readonly dropHeader: string;
+  /** Decides each request, in order, once its head has arrived. */
+  decide(head: MessageHead, socket: Socket): ForwardDecision | AnswerDecision;
+  /** An Upgrade request (WebSocket, h2c, CONNECT) with the bytes that followed its head; the socket is the callee's from now on. */
+  upgrade(head: MessageHead, socket: Socket, rest: Buffer): void;
+  /** A request refused before it could be decided; the relay has answered it and closes the connection. */
+  clientError(reason: ClientErrorReason, detail: string, socket: Socket): void;
+  /** Whether this connection should close after the current response (draining, age cap). */
+  closeAfterResponse(socket: Socket): boolean;
+}
+
+const CLIENT_ERRORS: Readonly<Record<ClientErrorReason, ProxyAnswer>> = {
+  header_too_large: { status: 431, grpcStatus: 13, code: "E_HEADER_TOO_LARGE", message: "Request Header Fields Too Large" },
+  header_timeout: { status: 408, grpcStatus: 13, code: "E_HEADER_TIMEOUT", message: "Request Timeout" },
+  bad_request: { status: 400, grpcStatus: 13, code: "E_BAD_REQUEST", message: "Bad Request" },
+};
+
+/**
+ * HTTP/1.1 reverse proxying on raw sockets: each client connection is parsed with llhttp,
+ * each request decided and forwarded on a pooled upstream connection, each response relayed
+ * back with hop-by-hop fields removed and the framing the client understands. Requests on one
+ * connection are answered in order (pipelined ones wait their turn, reading paused).
+ */
+export class Http1Relay {
+  readonly #connections = new Set<ClientConnection>();
+  readonly #sweeper: NodeJS.Timeout;
+
+  constructor(readonly options: Http1RelayOptions) {
+    this.#sweeper = setInterval(() => this.#sweep(), Math.max(50, Math.min(1000, Math.floor(Math.min(options.headersTimeout, options.idleTimeout) / 4))));
+    this.#sweeper.unref();
+  }
+
+  /** Takes over a connected socket (plaintext or TLS) whose bytes are HTTP/1. */
+  serve(socket: Socket): void {
+    const connection = new ClientConnection(socket, this.options, () => this.#connections.delete(connection));
+    this.#connections.add(connection);
+  }
+
+  close(): void {
+    clearInterval(this.#sweeper);
+  }
+
+  #sweep(): void {
+    const now = Date.now();
+    for (const connection of this.#connections) connection.checkTimers(now);
+  }
+}
+
+/** One request/response exchange on a client connection. */
+class Exchange implements ResponseSink {
+  readonly method: string;
+  readonly downstream: Socket;
+  decision: ForwardDecision | undefined;
+  /** The proxy's own answer, written once the chunk that carried the head is parsed. */
+  answer: AnswerDecision | undefined;
+  upstream: UpstreamConnection | undefined;
+  requestFraming: BodyFraming = "none";
+  requestComplete = false;
+  /** Body bytes (already framed for upstream) that arrived before the upstream connection. */
+  pending: Buffer[] | undefined = [];
+  pendingBytes = 0;
+  /** Bytes kept to send again if a reused upstream connection turns out to be closed. */
+  sentHead = "";
+  retried = false;
+  responseFraming: BodyFraming = "none";
+  responded = false;
+  status = 0;
+  closeAfter = false;
+  finished = false;
+
+  constructor(
+    readonly head: MessageHead,
+    private readonly client: ClientConnection,
+  ) {
+    this.method = head.method;
+    this.downstream = client.socket;
+  }
+
+  onHead(response: MessageHead): void {
+    this.client.responseHead(this, response);
+  }
+  onBody(chunk: Buffer): void {
+    this.client.responseBody(this, chunk);
+  }
+  onComplete(trailers: readonly string[]): void {
+    this.client.responseComplete(this, trailers);
+  }
+  onFailure(error: Error, responded: boolean): void {
+    this.client.upstreamFailed(this, error, responded);
+  }
+}
+
+const MAX_PENDING_BODY = 1 << 20;
+const CRLF = Buffer.from("\r\n");
+
+class ClientConnection {
+  readonly #parser: MessageParser;
+  /** queue[0] is being answered; later entries were pipelined behind it. */
+  readonly #queue: Exchange[] = [];
+  /** The request llhttp is parsing now (the newest). */
+  #parsing: Exchange | undefined;
+  #headStartedAt = 0;
+  #idleSince = Date.now();
+  #upgrade: { head: MessageHead; rest: Buffer | undefined } | undefined;
+  #gone = false;
+  #handedOver = false;
+  #readingPaused = false;
+  readonly #onDataBound = (chunk: Buffer) => this.#onData(chunk);
+
+  /** The upstream socket corked while a client chunk is parsed (its request head and body leave in one write). */
+  #corked: Duplex | undefined;
+  #executing = false;
+
+  constructor(
+    readonly socket: Socket,
+    private readonly options: Http1RelayOptions,
+    private readonly onGone: () => void,
+  ) {
+    this.#parser = createMessageParser("request", options.maxHeaderBytes, {
+      onHead: (head) => {
+        this.#headStartedAt = 0;
+        if (head.upgrade) {
+          this.#upgrade = { head, rest: undefined };
+          return false;
+        }
+        const exchange = new Exchange(head, this);
+        this.#parsing = exchange;
+        this.#queue.push(exchange);
+        if (this.#queue.length === 1) this.#start(exchange);
+        else this.#pauseReading();
+        return false;
+      },
+      onBody: (chunk) => {
+        const exchange = this.#parsing;
+        if (exchange !== undefined) this.#requestBody(exchange, chunk);
+      },
+      onComplete: (trailers) => {
+        const exchange = this.#parsing;
+        this.#parsing = undefined;
+        if (exchange === undefined) return;
+        exchange.requestComplete = true;
+        if (exchange.requestFraming === "chunked") this.#requestBytes(exchange, Buffer.from(lastChunk(trailers), "latin1"));
+        if (exchange.finished) this.#next(exchange);
+      },
+    });
+    socket.on("data", this.#onDataBound);
+    socket.on("end", () => {
+      // The client stopped sending: a request cut short is abandoned; answered ones still finish.
+      if (this.#parsing !== undefined && !this.#parsing.requestComplete) this.#abandon();
+    });
+    socket.on("error", () => undefined);
+    socket.once("close", () => this.#closed());
+    if (socket.isPaused()) socket.resume();
+  }
+
+  checkTimers(now: number): void {
+    if (this.#gone) return;
+    if (this.#headStartedAt !== 0 && now - this.#headStartedAt > this.options.headersTimeout) return this.#refuse("header_timeout", "the request headers did not arrive in time");
+    if (this.#queue.length === 0 && this.#headStartedAt === 0 && now - this.#idleSince > this.options.idleTimeout) this.socket.destroy();
+  }
+
+  #onData(chunk: Buffer): void {
+    if (this.#gone) return;
+    this.#idleSince = Date.now();
+    if (this.#parsing === undefined && this.#headStartedAt === 0) this.#headStartedAt = this.#idleSince;
+    this.#executing = true;
+    const result = this.#parser.execute(chunk);
+    this.#executing = false;
+    this.#corked?.uncork();
+    this.#corked = undefined;
+    const first = this.#queue[0];
+    if (first?.answer !== undefined) this.#answer(first);
+    if (typeof result !== "number") {
+      const reason: ClientErrorReason = result.code === "HPE_HEADER_OVERFLOW" ? "header_too_large" : "bad_request";
+      return this.#refuse(reason, `${result.code}: ${result.reason}`);
+    }
+    if (this.#upgrade !== undefined && this.#upgrade.rest === undefined) {
+      this.#upgrade.rest = chunk.subarray(result);
+      this.#headStartedAt = 0;
+      this.socket.removeListener("data", this.#onDataBound);
+      this.socket.pause();
+      if (this.#queue.length === 0) this.#handOver();
+    }
+  }
+
+  /** The request's head is complete and it is first in line: decide, then forward or answer. */
+  #start(exchange: Exchange): void {
+    if (exchange.head.httpMinor >= 1 && findHeader(exchange.head.rawHeaders, "host") === undefined) {
+      return this.#refuse("bad_request", "an HTTP/1.1 request without Host (RFC 9112 §3.2)");
+    }
+    const decision = this.options.decide(exchange.head, this.socket);
+    if ("answer" in decision) {
+      // Its body is read and dropped. Answered once this chunk is parsed, when it is known
+      // whether the body is all here; one still arriving closes the connection after.
+      exchange.pending = undefined;
+      exchange.answer = decision;
+      if (!this.#executing) this.#answer(exchange);
+      return;
+    }
+    exchange.decision = decision;
+    const { text, framing } = upstreamRequestHead(exchange.head, this.options.dropHeader, decision.addHeaders, decision.upstream.authority);
+    exchange.requestFraming = framing;
+    exchange.sentHead = text;
+    this.#connect(exchange);
+  }
+
+  #answer(exchange: Exchange): void {
+    const decision = exchange.answer!;
+    exchange.answer = undefined;
+    const close = !exchange.requestComplete || !exchange.head.keepAlive || this.options.closeAfterResponse(this.socket);
+    exchange.closeAfter = close;
+    this.socket.write(answerText(decision.answer, close));
+    exchange.status = decision.answer.status;
+    exchange.responded = true;
+    decision.done?.(decision.answer.status);
+    this.#finish(exchange);
+  }
+
+  #connect(exchange: Exchange): void {
+    let acquired: UpstreamConnection | Promise<UpstreamConnection>;
+    try {
+      acquired = exchange.decision!.upstream.acquire();
+    } catch (error) {
+      return this.upstreamFailed(exchange, error as Error, false);
+    }
+    if (acquired instanceof Promise) {
+      acquired.then(
+        (connection) => this.#attach(exchange, connection),
+        (error: Error) => this.upstreamFailed(exchange, error, false),
+      );
+    } else {
+      this.#attach(exchange, acquired);
+    }
+  }
+
+  #attach(exchange: Exchange, connection: UpstreamConnection): void {
+    if (this.#gone || exchange.finished) return void exchange.decision!.upstream.release(connection);
+    exchange.upstream = connection;
+    connection.attach(exchange);
+    const pending = exchange.pending ?? [];
+    exchange.pending = undefined;
+    const { socket } = connection;
+    this.#batch(socket);
+    socket.write(exchange.sentHead, "latin1");
+    for (const bytes of pending) socket.write(bytes);
+    if (!this.#executing) this.#unbatch();
+    if (exchange.pendingBytes > 0) {
+      exchange.pendingBytes = 0;
+      this.#resumeReading();
+    }
+  }
+
+  #requestBody(exchange: Exchange, chunk: Buffer): void {
+    if (exchange.decision === undefined && exchange.responded) return; // answered by the proxy: dropped
+    if (exchange.requestFraming === "chunked") {
+      this.#requestBytes(exchange, Buffer.from(`${chunk.length.toString(16)}\r\n`, "latin1"));
+      this.#requestBytes(exchange, chunk);
+      this.#requestBytes(exchange, CRLF);
+    } else {
+      this.#requestBytes(exchange, chunk);
+    }
+  }
+
+  #requestBytes(exchange: Exchange, bytes: Buffer): void {
+    if (exchange.finished) return;
+    if (exchange.upstream === undefined) {
+      // Not connected yet, or queued behind a pipelined request: hold it, and stop reading past a bound.
+      if (exchange.pending === undefined) return;
+      exchange.pending.push(bytes);
+      exchange.pendingBytes += bytes.length;
+      if (exchange.pendingBytes > MAX_PENDING_BODY) this.#pauseReading();
+      return;
+    }
+    const upstream = exchange.upstream.socket;
+    this.#batch(upstream);
+    if (!upstream.write(bytes) && !this.#readingPaused) {
+      this.#pauseReading();
+      upstream.once("drain", () => this.#resumeReading());
+    }
+  }
+
+  // --- the response, from the upstream connection --------------------------------------
+
+  responseHead(exchange: Exchange, response: MessageHead): void {
+    if (response.status === 101) {
+      // Only an Upgrade request may be answered 101, and those never come here: a broken upstream.
+      const connection = exchange.upstream;
+      exchange.upstream = undefined;
+      exchange.retried = true;
+      connection?.destroy();
+      return this.upstreamFailed(exchange, Object.assign(new Error("the upstream switched protocols without being asked to"), { code: "E_UPSTREAM_PROTOCOL" }), true);
+    }
+    if (response.status < 200) {
+      if (exchange.head.httpMinor >= 1) this.socket.write(interimResponseHead(response), "latin1");
+      return;
+    }
+    const keepAlive = exchange.head.keepAlive && exchange.requestComplete && !this.options.closeAfterResponse(this.socket);
+    const { text, framing, close } = downstreamResponseHead(response, exchange.method, { httpMinor: exchange.head.httpMinor, keepAlive });
+    exchange.closeAfter = close;
+    exchange.responseFraming = framing;
+    exchange.status = response.status;
+    exchange.responded = true;
+    this.socket.write(text, "latin1");
+  }
+
+  responseBody(exchange: Exchange, chunk: Buffer): void {
+    if (!exchange.responded) return;
+    let writable: boolean;
+    if (exchange.responseFraming === "chunked") {
+      this.socket.cork();
+      this.socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
+      this.socket.write(chunk);
+      writable = this.socket.write(CRLF);
+      this.socket.uncork();
+    } else {
+      writable = this.socket.write(chunk);
+    }
+    const upstream = exchange.upstream?.socket;
+    if (!writable && upstream !== undefined && !upstream.isPaused()) {
+      upstream.pause();
+      this.socket.once("drain", () => upstream.resume());
+    }
+  }
+
+  responseComplete(exchange: Exchange, trailers: readonly string[]): void {
+    if (!exchange.responded) return; // the end of an interim (1xx) response
+    if (exchange.responseFraming === "chunked") this.socket.write(lastChunk(trailers), "latin1");
+    const connection = exchange.upstream;
+    exchange.upstream = undefined;
+    if (connection !== undefined) {
+      if (exchange.requestComplete) exchange.decision!.upstream.release(connection);
+      else connection.destroy();
+    }
+    exchange.decision!.done(exchange.status);
+    this.#finish(exchange);
+  }
+
+  upstreamFailed(exchange: Exchange, error: Error, responded: boolean): void {
+    if (exchange.finished || this.#gone) return;
+    const connection = exchange.upstream;
+    exchange.upstream = undefined;
+    const decision = exchange.decision!;
+    // A reused keep-alive connection the upstream closed while idle: send a bodiless request again, once.
+    if (connection?.reused === true && !responded && !exchange.retried && exchange.requestFraming === "none" && exchange.requestComplete) {
+      exchange.retried = true;
+      exchange.pending = [];
+      return this.#connect(exchange);
+    }
+    if (exchange.responded) {
+      // Part of the response is already with the client: all we can do is cut the connection.
+      decision.done(0);
+      exchange.finished = true;
+      this.socket.destroy();
+      return;
+    }
+    const answer = decision.onUpstreamError(error);
+    exchange.closeAfter = true;
+    exchange.responded = true;
+    exchange.status = answer.status;
+    this.socket.write(answerText(answer, true));
+    decision.done(answer.status);
+    this.#finish(exchange);
+  }
+
+  // --- sequencing ------------------------------------------------------------------------
+
+  /** The response is written; the exchange leaves the queue once its request was read too. */
+  #finish(exchange: Exchange): void {
+    exchange.finished = true;
+    if (exchange.closeAfter) {
+      this.#gone = true;
+      this.socket.end();
+      // A client that keeps the connection open after `connection: close` is not waited for.
+      setTimeout(() => this.socket.destroy(), 1000).unref();
+      return;
+    }
+    if (exchange.requestComplete) this.#next(exchange);
+  }
+
+  #next(exchange: Exchange): void {
+    if (this.#queue[0] !== exchange) return;
+    this.#queue.shift();
+    this.#idleSince = Date.now();
+    const following = this.#queue[0];
+    if (following !== undefined) return this.#start(following);
+    if (this.#upgrade?.rest !== undefined) return this.#handOver();
+    this.#resumeReading();
+  }
+
+  #handOver(): void {
+    const upgrade = this.#upgrade!;
+    this.#gone = true;
+    this.#handedOver = true;
+    this.onGone();
+    setImmediate(() => this.#parser.close());
+    this.options.upgrade(upgrade.head, this.socket, upgrade.rest ?? Buffer.alloc(0));
+  }
+
+  #batch(upstream: Duplex): void {
+    if (this.#corked === upstream) return;
+    this.#corked?.uncork();
+    upstream.cork();
+    this.#corked = upstream;
+  }
+
+  #unbatch(): void {
+    this.#corked?.uncork();
+    this.#corked = undefined;
+  }
+
+  #pauseReading(): void {
+    if (this.#readingPaused) return;
+    this.#readingPaused = true;
+    this.socket.pause();
+  }
+
+  #resumeReading(): void {
+    if (!this.#readingPaused || this.#gone) return;
+    if (this.#queue.length > 1 || (this.#queue[0]?.pendingBytes ?? 0) > MAX_PENDING_BODY) return;
+    this.#readingPaused = false;
+    this.socket.resume();
+  }
+
+  #refuse(reason: ClientErrorReason, detail: string): void {
+    if (this.#gone) return;
+    this.options.clientError(reason, detail, this.socket);
+    const busy = this.#queue.some((exchange) => exchange.responded && !exchange.finished);
+    this.#gone = true;
+    if (!busy && this.socket.writable) this.socket.end(answerText(CLIENT_ERRORS[reason], true));
+    setTimeout(() => this.socket.destroy(), busy ? 0 : 1000).unref();
+    this.#abandon();
+  }
+
+  /** Ends every exchange still open (the client went away or was refused). */
+  #abandon(): void {
+    for (const exchange of this.#queue) {
+      if (exchange.finished) continue;
+      exchange.finished = true;
+      exchange.upstream?.destroy();
+      exchange.upstream = undefined;
+      (exchange.decision?.done ?? (() => undefined))(0);
+    }
+    this.#queue.length = 0;
+  }
+
+  #closed(): void {
+    if (this.#handedOver) return;
+    this.#abandon();
+    this.#gone = true;
+    this.onGone();
+    setImmediate(() => this.#parser.close());
+  }
+}

@@ -1,0 +1,114 @@
+import { HOP_BY_HOP } from "../headers.ts";
+import type { MessageHead } from "./llhttp.ts";
+
+/** How a message's body is delimited on the wire (RFC 9112 §6). */
+export type BodyFraming = "none" | "length" | "chunked" | "close";
+
+
+/** The value of the first header called `lowerName` (case-insensitive), or undefined. */
+export function findHeader(rawHeaders: readonly string[], lowerName: string): string | undefined {
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    if (name.length === lowerName.length && name.toLowerCase() === lowerName) return rawHeaders[i + 1];
+  }
+  return undefined;
+}
+
+/** Node's IncomingMessage.headers shape (lowercase names, repeated values joined), for code that takes one. */
+export function headersObject(rawHeaders: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!.toLowerCase();
+    const value = rawHeaders[i + 1]!;
+    out[name] = out[name] === undefined ? value : `${out[name]}, ${value}`;
+  }
+  return out;
+}
+
+/** Header names listed in Connection (hop-by-hop by declaration, RFC 9110 §7.6.1). */
+function connectionListed(rawHeaders: readonly string[]): Set<string> | undefined {
+  let listed: Set<string> | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i]!.toLowerCase() !== "connection") continue;
+    for (const token of rawHeaders[i + 1]!.split(",")) {
+      const name = token.trim().toLowerCase();
+      if (name !== "" && name !== "close" && name !== "keep-alive") (listed ??= new Set()).add(name);
+    }
+  }
+  return listed;
+}
+
+/**
+ * The end-to-end header lines of a message ("Name: value\r\n"…): hop-by-hop fields, fields
+ * named in Connection and `drop` removed, Content-Length kept only when `keepLength`.
+ * `te: trailers` survives (gRPC asks for it). Also reports how the body was framed.
+ */
+function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, drop: string | undefined): { lines: string; chunked: boolean; length: boolean } {
+  const listed = connectionListed(rawHeaders);
+  let lines = "";
+  let chunked = false;
+  let length = false;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    const lower = name.toLowerCase();
+    if (lower === "content-length") {
+      length = true;
+      if (keepLength) lines += `${name}: ${rawHeaders[i + 1]}\r\n`;
+      continue;
+    }
+    if (HOP_BY_HOP.has(lower)) {
+      if (lower === "transfer-encoding") chunked = true;
+      else if (lower === "te" && rawHeaders[i + 1]!.toLowerCase().includes("trailers")) lines += "te: trailers\r\n";
+      continue;
+    }
+    if (lower === drop || listed?.has(lower) === true) continue;
+    lines += `${name}: ${rawHeaders[i + 1]}\r\n`;
+  }
+  return { lines, chunked, length };
+}
+
+/**
+ * The request as it goes upstream (always HTTP/1.1, keep-alive), plus how its body is framed.
+ * An HTTP/1.0 request may lack Host, which HTTP/1.1 requires: it gets the upstream's `authority`.
+ */
+export function upstreamRequestHead(head: MessageHead, drop: string, addLines: string, authority: string): { text: string; framing: BodyFraming } {
+  const { lines: received, chunked, length } = endToEndLines(head.rawHeaders, true, drop);
+  const lines = head.httpMinor === 0 && findHeader(head.rawHeaders, "host") === undefined ? `host: ${authority}\r\n${received}` : received;
+  // llhttp refuses Content-Length with Transfer-Encoding, and a request TE that is not chunked.
+  const framing: BodyFraming = chunked ? "chunked" : length ? "length" : "none";
+  return { text: `${head.method} ${head.url} HTTP/1.1\r\n${lines}${framing === "chunked" ? "transfer-encoding: chunked\r\n" : ""}${addLines}\r\n`, framing };
+}
+
+/** Whether a response carries no body whatever its headers say (RFC 9112 §6.3). */
+export function responseHasNoBody(requestMethod: string, status: number): boolean {
+  return requestMethod === "HEAD" || status === 204 || status === 304 || (status >= 100 && status < 200);
+}
+
+/**
+ * A response head for the client, and how its body is framed there: a known length stays as
+ * it is; a chunked or close-delimited upstream body is re-chunked for an HTTP/1.1 client, and
+ * sent close-delimited to an HTTP/1.0 one (which then loses keep-alive).
+ */
+export function downstreamResponseHead(response: MessageHead, requestMethod: string, client: { httpMinor: number; keepAlive: boolean }): { text: string; framing: BodyFraming; close: boolean } {
+  const noBody = responseHasNoBody(requestMethod, response.status);
+  const { lines, chunked, length } = endToEndLines(response.rawHeaders, true, undefined);
+  const framing: BodyFraming = noBody ? "none" : length && !chunked ? "length" : client.httpMinor >= 1 ? "chunked" : "close";
+  const close = !client.keepAlive || framing === "close";
+  let text = `HTTP/1.1 ${response.status} ${response.statusMessage}\r\n${lines}`;
+  if (framing === "chunked") text += "transfer-encoding: chunked\r\n";
+  if (close) text += "connection: close\r\n";
+  else if (client.httpMinor === 0) text += "connection: keep-alive\r\n";
+  return { text: `${text}\r\n`, framing, close };
+}
+
+/** An interim (1xx) response head, relayed as received minus hop-by-hop fields. */
+export function interimResponseHead(response: MessageHead): string {
+  return `HTTP/1.1 ${response.status} ${response.statusMessage}\r\n${endToEndLines(response.rawHeaders, false, undefined).lines}\r\n`;
+}
+
+/** A trailer section ending a chunked body ("0\r\n" + fields + "\r\n"). */
+export function lastChunk(trailers: readonly string[]): string {
+  let text = "0\r\n";
+  for (let i = 0; i < trailers.length; i += 2) text += `${trailers[i]}: ${trailers[i + 1]}\r\n`;
+  return `${text}\r\n`;
+}

@@ -1,0 +1,444 @@
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createServer as createHttpServer } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
+import { connect as netConnect, createServer as createNetServer } from "node:net";
+import type { AddressInfo, Server as NetServer, Socket } from "node:net";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { checkHttp1Parser, createMessageParser } from "../../src/proxy/http1/llhttp.ts";
+import type { MessageHead } from "../../src/proxy/http1/llhttp.ts";
+import { Http1Pool } from "../../src/proxy/http1/pool.ts";
+import { Http1Relay } from "../../src/proxy/http1/relay.ts";
+import type { ClientErrorReason } from "../../src/proxy/http1/relay.ts";
+import { exec } from "../helpers/exec.ts";
+import { startHttpApp } from "../helpers/app-servers.ts";
+import type { HttpApp } from "../helpers/app-servers.ts";
+
+/**
+ * The HTTP/1.1 relay the sidecar runs on both sides, on its own: a plaintext listener in front
+ * of it (the sidecar puts TLS there), real upstreams (Node's http server, or a raw socket
+ * server where an upstream must misbehave on purpose) and real clients (curl, or a raw socket
+ * where the exact bytes on the wire are the point).
+ */
+
+interface RelayUnderTest {
+  readonly port: number;
+  readonly pool: Http1Pool;
+  readonly decided: MessageHead[];
+  readonly clientErrors: ClientErrorReason[];
+  readonly upgrades: { head: MessageHead; rest: string }[];
+  readonly statuses: number[];
+  close(): Promise<void>;
+}
+
+const running: { close(): Promise<void> | void }[] = [];
+afterEach(async () => {
+  for (const thing of running.splice(0).reverse()) await thing.close();
+});
+
+async function listen(server: NetServer | Server): Promise<number> {
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return (server.address() as AddressInfo).port;
+}
+
+async function startRelay(upstreamPort: number, options: { idleTimeout?: number; headersTimeout?: number } = {}): Promise<RelayUnderTest> {
+  const pool = new Http1Pool({ dial: () => netConnect({ host: "127.0.0.1", port: upstreamPort }), authority: `127.0.0.1:${upstreamPort}`, maxHeaderBytes: 16 * 1024, idleMs: 4000, maxIdle: 8 });
+  const decided: MessageHead[] = [];
+  const clientErrors: ClientErrorReason[] = [];
+  const upgrades: RelayUnderTest["upgrades"] = [];
+  const statuses: number[] = [];
+  const relay = new Http1Relay({
+    maxHeaderBytes: 4096,
+    headersTimeout: options.headersTimeout ?? 5000,
+    idleTimeout: options.idleTimeout ?? 30_000,
+    dropHeader: "x-forwarded-client-cert",
+    decide: (head) => {
+      decided.push(head);
+      if (head.url.startsWith("/deny")) return { answer: { status: 403, grpcStatus: 7, code: "E_POLICY_DENIED", message: "no" }, done: (s) => statuses.push(s) };
+      return {
+        upstream: pool,
+        addHeaders: "x-forwarded-client-cert: By=spiffe://td/ns/default/b;URI=spiffe://td/ns/default/a\r\n",
+        onUpstreamError: (error) => ({ status: 503, grpcStatus: 14, code: "E_UPSTREAM_UNREACHABLE", message: error.message }),
+        done: (s) => statuses.push(s),
+      };
+    },
+    upgrade: (head, socket, rest) => {
+      upgrades.push({ head, rest: rest.toString("latin1") });
+      socket.end("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: test\r\n\r\nswitched");
+    },
+    clientError: (reason) => clientErrors.push(reason),
+    closeAfterResponse: () => false,
+  });
+  const sockets = new Set<Socket>();
+  const server = createNetServer((socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    relay.serve(socket);
+  });
+  const port = await listen(server);
+  const handle = {
+    port,
+    pool,
+    decided,
+    clientErrors,
+    upgrades,
+    statuses,
+    close: async () => {
+      relay.close();
+      pool.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+  running.push(handle);
+  return handle;
+}
+
+async function startServer(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<{ port: number; requests: IncomingMessage[] }> {
+  const requests: IncomingMessage[] = [];
+  const server = createHttpServer((req, res) => {
+    requests.push(req);
+    handler(req, res);
+  });
+  server.keepAliveTimeout = 30_000;
+  const port = await listen(server);
+  running.push({ close: () => new Promise<void>((resolve) => (server.closeAllConnections(), server.close(() => resolve()))) });
+  return { port, requests };
+}
+
+/** A raw upstream: `onRequest` gets each socket and the bytes received so far, and writes what it likes. */
+async function startRawServer(onData: (socket: Socket, received: string) => void): Promise<{ port: number; connections: number }> {
+  const state = { port: 0, connections: 0 };
+  const sockets = new Set<Socket>();
+  const server = createNetServer((socket) => {
+    state.connections++;
+    sockets.add(socket);
+    let received = "";
+    socket.on("data", (d: Buffer) => {
+      received += d.toString("latin1");
+      onData(socket, received);
+    });
+    socket.on("error", () => undefined);
+  });
+  state.port = await listen(server);
+  running.push({
+    close: () => {
+      for (const socket of sockets) socket.destroy();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  });
+  return state;
+}
+
+/** Writes `request` on a new connection and reads until `complete(text)` or the connection closes. */
+function raw(port: number, request: string | Buffer, complete: (text: string) => boolean = () => false, timeoutMs = 5000): Promise<{ text: string; closed: boolean }> {
+  return new Promise((resolve, reject) => {
+    const socket = netConnect({ host: "127.0.0.1", port });
+    let text = "";
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`no complete answer in ${timeoutMs} ms; got ${JSON.stringify(text)}`));
+    }, timeoutMs);
+    const finish = (closed: boolean) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ text, closed });
+    };
+    socket.on("data", (d: Buffer) => {
+      text += d.toString("latin1");
+      if (complete(text)) finish(false);
+    });
+    socket.on("close", () => finish(true));
+    socket.on("error", () => undefined);
+    socket.write(request);
+  });
+}
+
+const count = (text: string, needle: string) => text.split(needle).length - 1;
+
+describe("llhttp adapter", () => {
+  it("passes its start-up self-check on this Node", () => {
+    expect(() => checkHttp1Parser()).not.toThrow();
+  });
+
+  it.each([
+    ["Content-Length with Transfer-Encoding", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "HPE_INVALID_TRANSFER_ENCODING"],
+    ["two different Content-Lengths", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd", "HPE_UNEXPECTED_CONTENT_LENGTH"],
+    ["a bare LF inside a header value", "GET / HTTP/1.1\r\nX: a\nb\r\n\r\n", "HPE_CR_EXPECTED"],
+    ["a request TE that is not chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", "HPE_INVALID_TRANSFER_ENCODING"],
+    ["obs-fold", "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", "HPE_INVALID_HEADER_TOKEN"],
+  ])("refuses %s (request smuggling vectors)", (_name, text, code) => {
+    const heads: MessageHead[] = [];
+    const parser = createMessageParser("request", 16 * 1024, { onHead: (h) => (heads.push(h), false), onBody: () => undefined, onComplete: () => undefined });
+    const result = parser.execute(Buffer.from(text, "latin1"));
+    parser.close();
+    expect(typeof result).toBe("object");
+    expect((result as { code: string }).code).toBe(code);
+  });
+
+  it("keeps header names and order as sent, more than 32 of them, and reads trailers", () => {
+    const heads: MessageHead[] = [];
+    const trailers: (readonly string[])[] = [];
+    const names = Array.from({ length: 50 }, (_, i) => `X-Header-${i}`);
+    const parser = createMessageParser("request", 16 * 1024, { onHead: (h) => (heads.push(h), false), onBody: () => undefined, onComplete: (t) => trailers.push(t) });
+    const text = `PUT /p?q=1 HTTP/1.1\r\n${names.map((n, i) => `${n}: ${i}\r\n`).join("")}Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nChecksum: abc\r\n\r\n`;
+    expect(parser.execute(Buffer.from(text))).toBe(text.length);
+    parser.close();
+    expect(heads[0]!.method).toBe("PUT");
+    expect(heads[0]!.url).toBe("/p?q=1");
+    expect(heads[0]!.rawHeaders.filter((_, i) => i % 2 === 0)).toEqual([...names, "Transfer-Encoding"]);
+    expect(trailers).toEqual([["Checksum", "abc"]]);
+  });
+});
+
+describe("HTTP/1.1 relay", () => {
+  let app: HttpApp;
+  beforeAll(async () => {
+    app = await startHttpApp();
+  });
+  afterAll(async () => {
+    await app.close();
+  });
+
+  it("forwards requests from curl with the added header, drops a caller's XFCC and hop-by-hop fields, keeps the connection", async () => {
+    const relay = await startRelay(app.port);
+    const url = `http://127.0.0.1:${relay.port}`;
+    const result = await exec("curl", ["-sS", "-H", "X-Forwarded-Client-Cert: By=forged", "-H", "Connection: keep-alive, X-Secret-Hop", "-H", "X-Secret-Hop: 1", "-H", "X-Keep: yes", `${url}/a`, `${url}/b?c=d`, "-w", "\\n%{num_connects}\\n"]);
+    expect(result.code).toBe(0);
+    const [first, second] = result.stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { url: string; headers: Record<string, string> });
+    expect(first!.url).toBe("/a");
+    expect(second!.url).toBe("/b?c=d");
+    expect(first!.headers["x-forwarded-client-cert"]).toBe("By=spiffe://td/ns/default/b;URI=spiffe://td/ns/default/a");
+    expect(first!.headers["x-keep"]).toBe("yes");
+    expect(first!.headers["x-secret-hop"]).toBeUndefined();
+    // curl reused its connection for the second URL: the relay kept it open.
+    expect(result.stdout.trim().split("\n").pop()).toBe("0");
+    expect(relay.statuses).toEqual([200, 200]);
+  });
+
+  it("answers pipelined requests in order on one connection, the slow one first", async () => {
+    const relay = await startRelay(app.port);
+    const { text } = await raw(relay.port, "GET /slow?ms=300 HTTP/1.1\r\nHost: a\r\n\r\nGET /fast HTTP/1.1\r\nHost: a\r\n\r\nGET /deny HTTP/1.1\r\nHost: a\r\n\r\n", (t) => count(t, "HTTP/1.1 ") === 3 && t.endsWith("\n"));
+    const slow = text.indexOf('"url":"/slow?ms=300"');
+    const fast = text.indexOf('"url":"/fast"');
+    expect(slow).toBeGreaterThan(0);
+    expect(fast).toBeGreaterThan(slow);
+    expect(text.indexOf("HTTP/1.1 403")).toBeGreaterThan(fast);
+  });
+
+  it("re-chunks a chunked upload with its trailers, and relays a chunked response with trailers (trailers survive)", async () => {
+    const upstream = await startServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => {
+        res.writeHead(200, { "transfer-encoding": "chunked", trailer: "x-sum" });
+        res.write(Buffer.concat(chunks).toString().toUpperCase());
+        res.addTrailers({ "x-sum": `got-${req.trailers["x-upload-sum"]}` });
+        res.end();
+      });
+    });
+    const relay = await startRelay(upstream.port);
+    const { text } = await raw(relay.port, "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: x-upload-sum\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-upload-sum: 11\r\n\r\n", (t) => t.endsWith("\r\n\r\n") && t.includes("\r\n0\r\n"));
+    expect(text).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    expect(text.toLowerCase()).toContain("transfer-encoding: chunked\r\n");
+    expect(text).toContain("b\r\nHELLO WORLD\r\n0\r\nx-sum: got-11\r\n\r\n");
+  });
+
+  it("re-chunks a close-delimited upstream body for an HTTP/1.1 client, and sends it close-delimited to an HTTP/1.0 client", async () => {
+    const upstream = await startRawServer((socket, received) => {
+      if (received.includes("\r\n\r\n")) socket.end("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nuntil the end");
+    });
+    const relay = await startRelay(upstream.port);
+    const http11 = await raw(relay.port, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", (t) => t.endsWith("0\r\n\r\n"));
+    expect(http11.text.toLowerCase()).toContain("transfer-encoding: chunked");
+    expect(http11.text).toContain("d\r\nuntil the end\r\n0\r\n\r\n");
+    expect(http11.closed).toBe(false);
+    const http10 = await raw(relay.port, "GET / HTTP/1.0\r\nHost: a\r\n\r\n");
+    expect(http10.closed).toBe(true);
+    expect(http10.text.toLowerCase()).not.toContain("transfer-encoding");
+    expect(http10.text.toLowerCase()).toContain("connection: close");
+    expect(http10.text.endsWith("\r\n\r\nuntil the end")).toBe(true);
+  });
+
+  it("keeps an HTTP/1.0 client's keep-alive, and reads HEAD, 204 and 304 answers without a body", async () => {
+    const upstream = await startServer((req, res) => {
+      if (req.url === "/none") return void res.writeHead(204).end();
+      if (req.url === "/same") return void res.writeHead(304, { etag: '"x"' }).end();
+      res.writeHead(200, { "content-type": "text/plain", "content-length": "5" });
+      res.end(req.method === "HEAD" ? undefined : "hello");
+    });
+    const relay = await startRelay(upstream.port);
+    const { text, closed } = await raw(
+      relay.port,
+      "HEAD /h HTTP/1.1\r\nHost: a\r\n\r\nGET /none HTTP/1.1\r\nHost: a\r\n\r\nGET /same HTTP/1.1\r\nHost: a\r\n\r\nGET /g HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+      (t) => t.endsWith("hello"),
+    );
+    expect(closed).toBe(false);
+    const answers = text.split(/(?=HTTP\/1\.1 )/);
+    expect(answers.map((a) => a.slice(0, 12))).toEqual(["HTTP/1.1 200", "HTTP/1.1 204", "HTTP/1.1 304", "HTTP/1.1 200"]);
+    expect(answers[0]!.toLowerCase()).toContain("content-length: 5\r\n");
+    expect(answers[0]!.endsWith("\r\n\r\n")).toBe(true);
+    expect(answers[3]!.toLowerCase()).toContain("connection: keep-alive\r\n");
+  });
+
+  it("relays 100 Continue to curl and the upload that follows it", async () => {
+    const upstream = await startServer((req, res) => {
+      const hash = createHash("sha256");
+      req.on("data", (c: Buffer) => hash.update(c));
+      req.on("end", () => res.end(hash.digest("hex")));
+    });
+    const relay = await startRelay(upstream.port);
+    const body = Buffer.alloc(300_000, 7);
+    const result = await exec("curl", ["-sS", "-v", "-H", "Expect: 100-continue", "--data-binary", "@-", `http://127.0.0.1:${relay.port}/upload`], { input: body });
+    expect(result.code).toBe(0);
+    expect(result.stderr).toContain("HTTP/1.1 100 Continue");
+    expect(result.stdout).toBe(createHash("sha256").update(body).digest("hex"));
+  });
+
+  it("moves 24 MiB each way with backpressure, byte for byte (curl)", async () => {
+    const upstream = await startServer((req, res) => {
+      const hash = createHash("sha256");
+      let size = 0;
+      req.on("data", (c: Buffer) => {
+        hash.update(c);
+        size += c.length;
+      });
+      req.on("end", () => {
+        res.writeHead(200, { "x-upload-sha256": hash.digest("hex"), "x-upload-size": String(size) });
+        const block = Buffer.alloc(1 << 20);
+        let sent = 0;
+        const pump = () => {
+          while (sent < 24) {
+            block.fill(sent);
+            sent++;
+            if (!res.write(Buffer.from(block))) return void res.once("drain", pump);
+          }
+          res.end();
+        };
+        pump();
+      });
+    });
+    const relay = await startRelay(upstream.port);
+    const dir = mkdtempSync(join(tmpdir(), "meshward-relay-"));
+    try {
+      const upload = Buffer.alloc(24 << 20, 3);
+      writeFileSync(join(dir, "upload"), upload);
+      const result = await exec("curl", ["-sS", "-D", join(dir, "headers"), "-o", join(dir, "download"), "-H", "Transfer-Encoding: chunked", "--data-binary", `@${join(dir, "upload")}`, `http://127.0.0.1:${relay.port}/x`], { timeoutMs: 60_000 });
+      expect(result.code).toBe(0);
+      const expected = createHash("sha256");
+      for (let i = 0; i < 24; i++) expected.update(Buffer.alloc(1 << 20, i));
+      expect(createHash("sha256").update(readFileSync(join(dir, "download"))).digest("hex")).toBe(expected.digest("hex"));
+      const headers = readFileSync(join(dir, "headers"), "utf8");
+      expect(headers).toContain(`x-upload-sha256: ${createHash("sha256").update(upload).digest("hex")}`);
+      expect(headers).toContain(`x-upload-size: ${24 << 20}`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it("refuses smuggling and oversized headers with 400/431 before anything reaches the upstream", async () => {
+    const upstream = await startRawServer(() => undefined);
+    const relay = await startRelay(upstream.port);
+    const smuggle = await raw(relay.port, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n");
+    expect(smuggle.text).toMatch(/^HTTP\/1\.1 400 /);
+    expect(smuggle.closed).toBe(true);
+    const big = await raw(relay.port, `GET / HTTP/1.1\r\nHost: a\r\nX-Big: ${"a".repeat(8000)}\r\n\r\n`);
+    expect(big.text).toMatch(/^HTTP\/1\.1 431 /);
+    expect(upstream.connections).toBe(0);
+    expect(relay.decided).toHaveLength(0);
+    expect(relay.clientErrors).toEqual(["bad_request", "header_too_large"]);
+  });
+
+  it("sends a bodiless request again when a reused upstream connection turns out closed, but never a request with a body", async () => {
+    // An upstream that answers the first request of each connection keep-alive, and drops the
+    // connection when a second one arrives on it: what a server closing idle connections does
+    // when its close crosses our next request.
+    const upstream = await startRawServer((socket, received) => {
+      const heads = count(received, "\r\n\r\n");
+      if (heads === 1 && !received.startsWith("POST") ) socket.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+      else if (heads === 1) return;
+      else socket.destroy();
+    });
+    const relay = await startRelay(upstream.port);
+    const first = await raw(relay.port, "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n", (t) => t.endsWith("ok"));
+    expect(first.text).toMatch(/^HTTP\/1\.1 200/);
+    const second = await raw(relay.port, "GET /2 HTTP/1.1\r\nHost: a\r\n\r\n", (t) => t.endsWith("ok"));
+    expect(second.text).toMatch(/^HTTP\/1\.1 200/);
+    expect(upstream.connections).toBe(2);
+    // Connection 2 is pooled again; a POST on it is not repeated (it may have been acted on).
+    const post = await raw(relay.port, "POST /3 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi");
+    expect(post.text).toMatch(/^HTTP\/1\.1 503 /);
+    expect(upstream.connections).toBe(2);
+    expect(relay.statuses).toEqual([200, 200, 503]);
+  });
+
+  it("answers 503 with a stable code when the upstream is down, and cuts the client when the upstream dies mid-response", async () => {
+    const closed = await startRawServer(() => undefined);
+    const down = await startRelay(await (async () => {
+      const server = createNetServer();
+      const port = await listen(server);
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      return port;
+    })());
+    const answer = await raw(down.port, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    expect(answer.text).toMatch(/^HTTP\/1\.1 503 /);
+    expect(answer.text).toContain("x-meshward-error: E_UPSTREAM_UNREACHABLE");
+    expect(answer.text).toContain("connection: close");
+    expect(closed.connections).toBe(0);
+
+    const dying = await startRawServer((socket, received) => {
+      if (received.includes("\r\n\r\n")) {
+        socket.write("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial");
+        setTimeout(() => socket.destroy(), 30);
+      }
+    });
+    const relay = await startRelay(dying.port);
+    const cut = await raw(relay.port, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    expect(cut.closed).toBe(true);
+    expect(cut.text).toContain("partial");
+    expect(relay.statuses).toEqual([0]);
+  });
+
+  it("closes the connection after an answer given before the request body arrived (the upstream's early 413, the proxy's 403)", async () => {
+    const upstream = await startServer((req, res) => {
+      res.writeHead(413, { "content-type": "text/plain" });
+      res.end("too big");
+      req.resume();
+    });
+    const relay = await startRelay(upstream.port);
+    const early = await raw(relay.port, "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\nstart of a long body");
+    expect(early.text).toMatch(/^HTTP\/1\.1 413 /);
+    expect(early.text.toLowerCase()).toContain("connection: close");
+    expect(early.closed).toBe(true);
+    const denied = await raw(relay.port, "POST /deny HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\nstart");
+    expect(denied.text).toMatch(/^HTTP\/1\.1 403 /);
+    expect(denied.text).toContain("connection: close");
+    expect(denied.closed).toBe(true);
+    // A denied request whose body was complete leaves the connection open.
+    const open = await raw(relay.port, "POST /deny HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok", (t) => t.endsWith("}\n"));
+    expect(open.closed).toBe(false);
+    expect(open.text).not.toContain("connection: close");
+  });
+
+  it("hands an Upgrade request over with the bytes that followed its head, after the requests before it", async () => {
+    const relay = await startRelay(app.port);
+    const { text } = await raw(relay.port, "GET /before HTTP/1.1\r\nHost: a\r\n\r\nGET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\nearly-frame", (t) => t.endsWith("switched"));
+    expect(text.indexOf('"url":"/before"')).toBeGreaterThan(0);
+    expect(text.indexOf("HTTP/1.1 101")).toBeGreaterThan(text.indexOf('"url":"/before"'));
+    expect(relay.upgrades).toHaveLength(1);
+    expect(relay.upgrades[0]!.head.url).toBe("/ws");
+    expect(relay.upgrades[0]!.rest).toBe("early-frame");
+  });
+
+  it("closes an idle keep-alive connection after idleTimeout, and a slow head after headersTimeout with 408", async () => {
+    const relay = await startRelay(app.port, { idleTimeout: 300, headersTimeout: 300 });
+    const idle = await raw(relay.port, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", () => false, 5000);
+    expect(idle.closed).toBe(true);
+    expect(idle.text).toMatch(/^HTTP\/1\.1 200/);
+    const slow = await raw(relay.port, "GET / HTTP/1.1\r\nHost: a\r\n", () => false, 5000);
+    expect(slow.text).toMatch(/^HTTP\/1\.1 408 /);
+    expect(relay.clientErrors).toEqual(["header_timeout"]);
+  });
+});
