@@ -12,8 +12,10 @@ import { MeshwardError } from "../../errors.ts";
  * in strict mode), with header size limits enforced in C.
  *
  * It is reached through `_http_common`, which Node keeps for compatibility but does not
- * document; `checkHttp1Parser()` proves at start-up that it behaves as this module expects, and
- * the sidecar refuses to start otherwise (fail closed, with an error that says so).
+ * document (DEP0199, a documentation-only deprecation since Node 24: it may warn or go away in a
+ * later major). `checkHttp1Parser()` proves at start-up that it behaves as this module expects,
+ * and the sidecar refuses to start otherwise (fail closed, with an error that says so) — it never
+ * guesses at a parser that might disagree with the app's about where a request ends.
  */
 
 interface NativeError extends Error {
