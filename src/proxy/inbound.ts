@@ -80,8 +80,8 @@ function callerOf(peer: PeerIdentity | undefined): Caller | undefined {
 
 /** Largest response header block accepted from an upstream (Node's client default is 16 KiB). */
 export const RESPONSE_HEADER_BYTES = 64 * 1024;
-/** Idle keep-alive connections to an upstream close after this, below Node's default server keep-alive (5 s). */
-export const UPSTREAM_IDLE_MS = 4_000;
+/** Idle keep-alive connections to the app close after this, below Node's default server keep-alive (5 s). */
+const APP_IDLE_MS = 4_000;
 
 export const CONNECT_REFUSAL: ProxyAnswer = { status: 405, grpcStatus: GrpcStatus.INTERNAL, code: "E_CONNECT_UNSUPPORTED", message: "the sidecar is not a forward proxy: CONNECT is not accepted" };
 
@@ -159,7 +159,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     dial: () => netConnect({ host: options.app.host, port: options.app.port, noDelay: true }),
     authority: appLabel,
     maxHeaderBytes: RESPONSE_HEADER_BYTES,
-    idleMs: UPSTREAM_IDLE_MS,
+    idleMs: APP_IDLE_MS,
     maxIdle: 256,
   });
   const http1 = new Http1Relay({

@@ -15,7 +15,7 @@ import { APP_ID_HEADER, isGrpc, targetAppId, XFCC } from "./headers.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
 import { Http1Relay } from "./http1/relay.ts";
 import { findHeader, headersObject } from "./http1/wire.ts";
-import { CONNECT_REFUSAL, RESPONSE_HEADER_BYTES, UPSTREAM_IDLE_MS } from "./inbound.ts";
+import { CONNECT_REFUSAL, RESPONSE_HEADER_BYTES } from "./inbound.ts";
 import type { ProxyTelemetry } from "./inbound.ts";
 import { PeerPool, resolvePeer } from "./peers.ts";
 import type { PeerDirectory, PeerTarget } from "./peers.ts";
@@ -54,7 +54,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   const pool = new PeerPool(options.identity, logger);
   const tracker = new ConnectionTracker((delta) => mesh.connectionsActive.inc({ direction: "outbound" }, delta));
   const servers: NetServer[] = [];
-  const relays: Http1Relay[] = [];
+  let relay: Http1Relay | undefined;
   checkHttp1Parser();
 
   const unknownApp = (name: string | undefined): ProxyAnswer => {
@@ -110,6 +110,9 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     return { name, target: resolved.get(name) };
   };
 
+  // Peers are sidecars closing idle connections after their idleTimeout (60 s by default, like
+  // ours): keep pooled ones for half of ours, so bursts find them open (a new one is a handshake).
+  const peerPoolOptions = { maxHeaderBytes: RESPONSE_HEADER_BYTES, idleMs: Math.max(1000, Math.floor(limits.idleTimeout / 2)) };
   let address: HostPort | undefined;
   if (options.listen !== undefined) {
     const http1 = new Http1Relay({
@@ -122,7 +125,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         if (target === undefined) return { answer: unknownApp(name) };
         const hooks = hooksFor(socket, target, "http");
         return {
-          upstream: pool.http1(target, { maxHeaderBytes: RESPONSE_HEADER_BYTES, idleMs: UPSTREAM_IDLE_MS }),
+          upstream: pool.http1(target, peerPoolOptions),
           addHeaders: "",
           onUpstreamError: hooks.onUpstreamError,
           done: hooks.done,
@@ -148,7 +151,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       },
       closeAfterResponse: () => tracker.draining,
     });
-    relays.push(http1);
+    relay = http1;
     const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes } });
     let handing: Socket | undefined;
     const sessionSocket = new WeakMap<ServerHttp2Session, Socket>();
@@ -246,7 +249,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     const stopped = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     await tracker.drain(deadlineMs);
     await stopped;
-    for (const relay of relays) relay.close();
+    relay?.close();
     pool.close();
   };
   return { address, tcp, drain: shutdown, close: () => shutdown(0) };

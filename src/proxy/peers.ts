@@ -119,7 +119,8 @@ interface PeerEntry {
 
 /**
  * Pooled mTLS connections to peer sidecars, one pool per (address, expected identity):
- * HTTP/1.1 keep-alive agents and one multiplexed HTTP/2 session per peer, TLS sessions resumed.
+ * HTTP/1.1 keep-alive connections for the relay, an agent for WebSocket upgrades, and one
+ * multiplexed HTTP/2 session per peer; TLS sessions resumed.
  */
 export class PeerPool {
   readonly #entries = new Map<string, PeerEntry>();
@@ -139,11 +140,6 @@ export class PeerPool {
       this.#entries.set(key, entry);
     }
     return entry;
-  }
-
-  /** The agent if it already exists (the hot path skips a promise per request). */
-  agentIfReady(target: PeerTarget): VerifiedPeerAgent | undefined {
-    return this.#entry(target).agent;
   }
 
   async agent(target: PeerTarget): Promise<VerifiedPeerAgent> {

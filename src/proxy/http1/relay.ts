@@ -223,7 +223,13 @@ class ClientConnection {
     if (exchange.head.httpMinor >= 1 && findHeader(exchange.head.rawHeaders, "host") === undefined) {
       return this.#refuse("bad_request", "an HTTP/1.1 request without Host (RFC 9112 §3.2)");
     }
-    const decision = this.options.decide(exchange.head, this.socket);
+    let decision: ForwardDecision | AnswerDecision;
+    try {
+      decision = this.options.decide(exchange.head, this.socket);
+    } catch (error) {
+      // A fault in deciding one request must not take the listener down with it.
+      decision = { answer: { status: 500, grpcStatus: 13, code: "E_INTERNAL", message: `the sidecar could not decide this request: ${(error as Error).message}` } };
+    }
     if ("answer" in decision) {
       // Its body is read and dropped. Answered once this chunk is parsed, when it is known
       // whether the body is all here; one still arriving closes the connection after.
