@@ -56,6 +56,7 @@ async function startRelay(upstreamPort: number, options: { idleTimeout?: number;
     dropHeader: "x-forwarded-client-cert",
     decide: (head) => {
       decided.push(head);
+      if (head.url === "/boom") throw new Error("a bug in deciding");
       if (head.url.startsWith("/deny")) return { answer: { status: 403, grpcStatus: 7, code: "E_POLICY_DENIED", message: "no" }, done: (s) => statuses.push(s) };
       return {
         upstream: pool,
@@ -420,6 +421,14 @@ describe("HTTP/1.1 relay", () => {
     const open = await raw(relay.port, "POST /deny HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok", (t) => t.endsWith("}\n"));
     expect(open.closed).toBe(false);
     expect(open.text).not.toContain("connection: close");
+  });
+
+  it("answers 500 when deciding a request throws, and keeps serving the connection", async () => {
+    const relay = await startRelay(app.port);
+    const { text, closed } = await raw(relay.port, "GET /boom HTTP/1.1\r\nHost: a\r\n\r\nGET /after HTTP/1.1\r\nHost: a\r\n\r\n", (t) => t.includes('"url":"/after"'));
+    expect(text).toMatch(/^HTTP\/1\.1 500 /);
+    expect(text).toContain("E_INTERNAL");
+    expect(closed).toBe(false);
   });
 
   it("hands an Upgrade request over with the bytes that followed its head, after the requests before it", async () => {
