@@ -6,9 +6,11 @@
  * nginx pair's peak rate (open-loop, bench/proxy/load.ts) and, for information, at half of the
  * meshward pair's own peak, MB/s for 1 MiB bodies, new
  * client connections per second (Connection: close) and each process's RSS, with the issue's
- * targets beside them. No assertions: figures and ratios only. A naive Node pair (node:https
- * server → node:http, node:http server → node:https, keep-alive agents, no policy, no SPIFFE
- * checks) is printed too, as the floor of what Node itself costs for two L7 hops.
+ * targets beside them. No assertions: figures and ratios only. Two Node baselines are printed
+ * too: a naive pair (node:https server → node:http, node:http server → node:https, keep-alive
+ * agents, no policy, no SPIFFE checks: what two L7 hops cost through node:http's objects) and a
+ * pipe pair (plain TCP in, bytes piped into mTLS and out again, no HTTP at all: what two Node
+ * processes with a TLS hop cost before any proxying work — the ceiling of any Node sidecar pair).
  * The sidecars run from the bundle `npm run build` makes (scripts/bundle.ts), written to
  * node_modules/.cache/meshward-bench, not through the tsx loader. RSS is read right after the
  * first request, after 20 s without traffic (the idle figure: V8 gives back the young
@@ -158,6 +160,23 @@ const s = https.createServer({ cert: fs.readFileSync(${JSON.stringify(cert)}), k
 });
 s.keepAliveTimeout = 60000;
 s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));`;
+const PIPE_INBOUND = (cert: string, key: string, ca: string, appPort: number) => `
+const fs = require("fs"), tls = require("tls"), net = require("net");
+const s = tls.createServer({ cert: fs.readFileSync(${JSON.stringify(cert)}), key: fs.readFileSync(${JSON.stringify(key)}), ca: fs.readFileSync(${JSON.stringify(ca)}), requestCert: true, rejectUnauthorized: true }, (c) => {
+  const u = net.connect({ host: "127.0.0.1", port: ${appPort}, noDelay: true });
+  c.pipe(u).pipe(c); c.on("error", () => u.destroy()); u.on("error", () => c.destroy());
+});
+s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));`;
+const PIPE_OUTBOUND = (cert: string, key: string, ca: string, peerPort: number) => `
+const fs = require("fs"), tls = require("tls"), net = require("net");
+const opts = { host: "127.0.0.1", port: ${peerPort}, cert: fs.readFileSync(${JSON.stringify(cert)}), key: fs.readFileSync(${JSON.stringify(key)}), ca: fs.readFileSync(${JSON.stringify(ca)}), servername: "naive-b.mesh.test" };
+let session;
+const s = net.createServer({ noDelay: true }, (c) => {
+  const u = tls.connect({ ...opts, session });
+  u.setNoDelay(true); u.on("session", (x) => (session = x));
+  c.pipe(u).pipe(c); c.on("error", () => u.destroy()); u.on("error", () => c.destroy());
+});
+s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));`;
 const NAIVE_OUTBOUND = (cert: string, key: string, ca: string, peerPort: number) => `
 const fs = require("fs"), https = require("https"), http = require("http");
 const agent = new https.Agent({ keepAlive: true, cert: fs.readFileSync(${JSON.stringify(cert)}), key: fs.readFileSync(${JSON.stringify(key)}), ca: fs.readFileSync(${JSON.stringify(ca)}) });
@@ -216,9 +235,12 @@ async function main(): Promise<void> {
     const nvB = await startProcess(process.execPath, ["-e", NAIVE_INBOUND(naiveB.cert, naiveB.key, ca.bundleFile, backendPort)], /PORT (\d+)/);
     const nvA = await startProcess(process.execPath, ["-e", NAIVE_OUTBOUND(naiveA.cert, naiveA.key, ca.bundleFile, Number(nvB.match![1]))], /PORT (\d+)/);
     const naiveUrl = `http://127.0.0.1:${nvA.match![1]}`;
+    const ppB = await startProcess(process.execPath, ["-e", PIPE_INBOUND(naiveB.cert, naiveB.key, ca.bundleFile, backendPort)], /PORT (\d+)/);
+    const ppA = await startProcess(process.execPath, ["-e", PIPE_OUTBOUND(naiveA.cert, naiveA.key, ca.bundleFile, Number(ppB.match![1]))], /PORT (\d+)/);
+    const pipeUrl = `http://127.0.0.1:${ppA.match![1]}`;
 
     // Warm up (pools, JIT) and check every path answers 200.
-    for (const [url, h] of [[`http://127.0.0.1:${backendPort}`, []], [meshwardUrl, meshwardHeaders], [nginxUrl, []], [naiveUrl, []]] as const) {
+    for (const [url, h] of [[`http://127.0.0.1:${backendPort}`, []], [meshwardUrl, meshwardHeaders], [nginxUrl, []], [naiveUrl, []], [pipeUrl, []]] as const) {
       const res = await fetch(`${url}/`, { headers: Object.fromEntries(h.map((x) => x.split(": ") as [string, string])) });
       if (res.status !== 200) throw new Error(`${url} answered ${res.status}: ${await res.text()}`);
     }
@@ -243,11 +265,13 @@ async function main(): Promise<void> {
     const small: Record<string, WrkResult> = {};
     const big: Record<string, WrkResult> = {};
     const fresh: Record<string, WrkResult> = {};
-    for (const [name, p] of Object.entries(paths)) {
+    // The pipe pair opens one TLS connection per client connection, so only keep-alive loads say something about it.
+    const withPipe = { ...paths, "node-pipe": { url: pipeUrl, headers: [] as string[] } };
+    for (const [name, p] of Object.entries(withPipe)) {
       wrk(`${p.url}/`, 8, p.headers); // warm-up
       small[name] = wrk(`${p.url}/`, 32, p.headers);
     }
-    for (const [name, p] of Object.entries(paths)) big[name] = wrk(`${p.url}/big`, 4, p.headers);
+    for (const [name, p] of Object.entries(withPipe)) big[name] = wrk(`${p.url}/big`, 4, p.headers);
     for (const [name, p] of Object.entries(paths)) fresh[name] = wrk(`${p.url}/`, 16, [...p.headers, "Connection: close"]);
     const half = Math.round(small.nginx!.rps / 2);
     const atHalf: Record<string, ReturnType<typeof openLoop>> = {};
@@ -267,7 +291,7 @@ async function main(): Promise<void> {
     console.log("  path        req/s     p50 ms   p99 ms   errors");
     for (const [name, r] of Object.entries(small)) console.log(`  ${name.padEnd(10)} ${f(r.rps).padStart(7)}   ${f(r.p50, 2).padStart(6)}   ${f(r.p99, 2).padStart(6)}   ${r.errors || "-"}`);
     const ratio = small.meshward!.rps / small.nginx!.rps;
-    console.log(`  meshward / nginx req/s = ${(ratio * 100).toFixed(0)}%   (target ≥ 100%: ${ratio >= 1 ? "MET" : "NOT MET"}); meshward / node-naive = ${((small.meshward!.rps / small["node-naive"]!.rps) * 100).toFixed(0)}%`);
+    console.log(`  meshward / nginx req/s = ${(ratio * 100).toFixed(0)}%   (target ≥ 100%: ${ratio >= 1 ? "MET" : "NOT MET"}); meshward / node-naive = ${((small.meshward!.rps / small["node-naive"]!.rps) * 100).toFixed(0)}%, meshward / node-pipe = ${((small.meshward!.rps / small["node-pipe"]!.rps) * 100).toFixed(0)}%, node-pipe / nginx = ${((small["node-pipe"]!.rps / small.nginx!.rps) * 100).toFixed(0)}%`);
     console.log(`\nopen-loop at half of the nginx pair's peak (${half} req/s, bench/proxy/load.ts)`);
     const held = (r: { achievedRate: number }) => r.achievedRate >= 0.95 * half;
     for (const [name, r] of Object.entries(atHalf)) {

@@ -179,6 +179,52 @@ describe("llhttp adapter", () => {
     expect((result as { code: string }).code).toBe(code);
   });
 
+  it("hands on a large Content-Length body as slices of the input wherever the chunks split, never parsing it as HTTP", () => {
+    // Bodies of 16 KiB and more bypass llhttp; the second one carries a request of its own.
+    const filler = "x".repeat(20_000);
+    const hidden = `GET /hidden HTTP/1.1\r\nHost: a\r\n\r\n${filler}`;
+    const text = `POST /one HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloPOST /two HTTP/1.1\r\nHost: a\r\nContent-Length: ${hidden.length}\r\n\r\n${hidden}GET /three HTTP/1.1\r\nHost: a\r\n\r\n`;
+    const stream = Buffer.from(text, "latin1");
+    const expected = ["head POST /one", "body hello", "done", "head POST /two", `body ${hidden}`, "done", "head GET /three", "done"];
+    const bodyStart = text.indexOf("GET /hidden");
+    const bodyEnd = bodyStart + hidden.length;
+    const splits = new Set<number>();
+    for (let i = 0; i <= bodyStart + 40; i++) splits.add(i);
+    for (let i = bodyEnd - 40; i <= stream.length; i++) splits.add(i);
+    for (let i = bodyStart; i < bodyEnd; i += 997) splits.add(i);
+    let sliced = 0;
+    for (const split of splits) {
+      const events: string[] = [];
+      let body = "";
+      const parser = createMessageParser("request", 16 * 1024, {
+        onHead: (h) => (events.push(`head ${h.method} ${h.url}`), false),
+        onBody: (chunk) => {
+          if (chunk.buffer === stream.buffer) sliced++;
+          body += chunk.toString("latin1");
+        },
+        onComplete: () => {
+          if (body !== "") events.push(`body ${body}`);
+          body = "";
+          events.push("done");
+        },
+      });
+      const first = parser.execute(stream.subarray(0, split));
+      const second = parser.execute(stream.subarray(split));
+      parser.close();
+      expect([first, second]).toEqual([split, stream.length - split]);
+      expect(events).toEqual(expected);
+    }
+    // Every run handed the large body on as slices of the input (not copies).
+    expect(sliced).toBeGreaterThanOrEqual(splits.size);
+  });
+
+  it("reports a Content-Length body cut short by the end of the stream", () => {
+    const parser = createMessageParser("response", 16 * 1024, { onHead: () => false, onBody: () => undefined, onComplete: () => undefined });
+    expect(parser.execute(Buffer.from("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nabc"))).toBe(46);
+    expect(parser.finish()?.code).toBe("HPE_INVALID_EOF_STATE");
+    parser.close();
+  });
+
   it("keeps header names and order as sent, more than 32 of them, and reads trailers", () => {
     const heads: MessageHead[] = [];
     const trailers: (readonly string[])[] = [];
@@ -298,7 +344,10 @@ describe("HTTP/1.1 relay", () => {
     expect(result.stdout).toBe(createHash("sha256").update(body).digest("hex"));
   });
 
-  it("moves 24 MiB each way with backpressure, byte for byte (curl)", async () => {
+  it.each([
+    ["chunked", true],
+    ["Content-Length", false],
+  ])("moves 24 MiB each way with backpressure, byte for byte, bodies %s (curl)", async (_framing, chunked) => {
     const upstream = await startServer((req, res) => {
       const hash = createHash("sha256");
       let size = 0;
@@ -307,7 +356,7 @@ describe("HTTP/1.1 relay", () => {
         size += c.length;
       });
       req.on("end", () => {
-        res.writeHead(200, { "x-upload-sha256": hash.digest("hex"), "x-upload-size": String(size) });
+        res.writeHead(200, { "x-upload-sha256": hash.digest("hex"), "x-upload-size": String(size), ...(chunked ? {} : { "content-length": String(24 << 20) }) });
         const block = Buffer.alloc(1 << 20);
         let sent = 0;
         const pump = () => {
@@ -326,7 +375,7 @@ describe("HTTP/1.1 relay", () => {
     try {
       const upload = Buffer.alloc(24 << 20, 3);
       writeFileSync(join(dir, "upload"), upload);
-      const result = await exec("curl", ["-sS", "-D", join(dir, "headers"), "-o", join(dir, "download"), "-H", "Transfer-Encoding: chunked", "--data-binary", `@${join(dir, "upload")}`, `http://127.0.0.1:${relay.port}/x`], { timeoutMs: 60_000 });
+      const result = await exec("curl", ["-sS", "-D", join(dir, "headers"), "-o", join(dir, "download"), ...(chunked ? ["-H", "Transfer-Encoding: chunked"] : []), "--data-binary", `@${join(dir, "upload")}`, `http://127.0.0.1:${relay.port}/x`], { timeoutMs: 60_000 });
       expect(result.code).toBe(0);
       const expected = createHash("sha256");
       for (let i = 0; i < 24; i++) expected.update(Buffer.alloc(1 << 20, i));
@@ -334,6 +383,7 @@ describe("HTTP/1.1 relay", () => {
       const headers = readFileSync(join(dir, "headers"), "utf8");
       expect(headers).toContain(`x-upload-sha256: ${createHash("sha256").update(upload).digest("hex")}`);
       expect(headers).toContain(`x-upload-size: ${24 << 20}`);
+      expect(headers.toLowerCase()).toContain(chunked ? "transfer-encoding: chunked" : `content-length: ${24 << 20}`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -28,6 +28,7 @@ interface NativeParser {
   initialize(type: number, resource: object, maxHeaderSize: number, lenientFlags: number): void;
   execute(data: Buffer): number | NativeError;
   finish(): undefined | NativeError;
+  resume(): void;
   close(): void;
   [callback: number]: unknown;
 }
@@ -92,12 +93,38 @@ export interface MessageParser {
 }
 
 const EMPTY: readonly string[] = [];
+/** llhttp's HPE_PAUSED: returned from on_headers_complete, execute() stops right after the head. */
+const PAUSE = 21;
+/**
+ * Bodies at least this long bypass llhttp. Pausing costs an Error object from the binding and a
+ * re-initialisation, more than copying a small body (measured: small requests 10.3k → 8.1k req/s
+ * through a sidecar pair when every body took the bypass; 1 MiB bodies 200 → 266–298 MB/s).
+ */
+const RAW_BODY_MIN = 16 * 1024;
+
+/** The Content-Length of a message that has no Transfer-Encoding, else -1 (llhttp has validated both). */
+function knownLength(rawHeaders: readonly string[]): number {
+  let length = -1;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    if (name.length === 14 && name.toLowerCase() === "content-length") length = Number(rawHeaders[i + 1]);
+    else if (name.length === 17 && name.toLowerCase() === "transfer-encoding") return -1;
+  }
+  return Number.isSafeInteger(length) ? length : -1;
+}
 
 /** A strict (non-lenient) parser for requests or responses, one per connection. */
 export function createMessageParser(kind: "request" | "response", maxHeaderBytes: number, events: MessageEvents): MessageParser {
   const { Parser, methods } = load();
   const parser = new Parser();
-  parser.initialize(kind === "request" ? Parser.REQUEST : Parser.RESPONSE, {}, maxHeaderBytes, 0);
+  const type = kind === "request" ? Parser.REQUEST : Parser.RESPONSE;
+  parser.initialize(type, {}, maxHeaderBytes, 0);
+  // A large body of known length is not run through llhttp: its binding copies every body chunk
+  // into a new Buffer, a copy per byte and the GC work after it. The parser pauses after such a
+  // head, the body's bytes are handed on as slices of the chunks they came in, and the parser
+  // starts afresh at the next message.
+  let rawLeft = 0;
+  let pausedForBody = false;
   // llhttp hands headers over in slices of 32 fields when there are more, and trailers the same way.
   let pending: string[] = [];
   let pendingUrl = "";
@@ -123,17 +150,24 @@ export function createMessageParser(kind: "request" | "response", maxHeaderBytes
     const target = url ?? pendingUrl;
     pendingUrl = "";
     inBody = true;
+    const code = status ?? 0;
     const skipBody = events.onHead({
       method: method === undefined ? "" : (methods[method] ?? ""),
       url: target,
-      status: status ?? 0,
+      status: code,
       statusMessage: statusMessage ?? "",
       httpMinor: minor,
       rawHeaders,
       upgrade,
       keepAlive,
     });
-    return skipBody ? 1 : 0;
+    if (skipBody) return 1;
+    if (upgrade || (code >= 100 && code < 200) || code === 204 || code === 304) return 0;
+    const length = knownLength(rawHeaders);
+    if (length < RAW_BODY_MIN) return 0;
+    rawLeft = length;
+    pausedForBody = true;
+    return PAUSE;
   };
   parser[Parser.kOnBody] = (chunk: Buffer) => events.onBody(chunk);
   parser[Parser.kOnMessageComplete] = () => {
@@ -143,12 +177,34 @@ export function createMessageParser(kind: "request" | "response", maxHeaderBytes
     events.onComplete(trailers);
   };
   const failure = (error: NativeError): ParseFailure => ({ code: error.code ?? "HPE_UNKNOWN", reason: error.reason ?? error.message });
+  const bodyDone = () => {
+    parser.initialize(type, {}, maxHeaderBytes, 0);
+    inBody = false;
+    events.onComplete(EMPTY);
+  };
   return {
     execute(chunk) {
-      const result = parser.execute(chunk);
-      return typeof result === "number" ? result : failure(result);
+      let offset = 0;
+      while (offset < chunk.length) {
+        if (rawLeft > 0) {
+          const take = Math.min(rawLeft, chunk.length - offset);
+          events.onBody(offset === 0 && take === chunk.length ? chunk : chunk.subarray(offset, offset + take));
+          rawLeft -= take;
+          offset += take;
+          if (rawLeft === 0) bodyDone();
+          continue;
+        }
+        const result = parser.execute(offset === 0 ? chunk : chunk.subarray(offset));
+        if (typeof result === "number") return offset + result;
+        if (result.code !== "HPE_PAUSED" || !pausedForBody) return failure(result);
+        pausedForBody = false;
+        parser.resume();
+        offset += result.bytesParsed ?? 0;
+      }
+      return chunk.length;
     },
     finish() {
+      if (rawLeft > 0) return { code: "HPE_INVALID_EOF_STATE", reason: `the stream ended ${rawLeft} bytes before the end of the body` };
       const result = parser.finish();
       return result instanceof Error ? failure(result) : undefined;
     },
@@ -169,7 +225,8 @@ let checked = false;
 
 /**
  * Proves the parser behaves as this module expects (callbacks, their arguments, header
- * batching, chunked bodies with trailers, strict refusals) on a fixed set of messages.
+ * batching, chunked bodies with trailers, pausing after a head, strict refusals) on a fixed set
+ * of messages.
  * Throws E_RUNTIME_UNSUPPORTED otherwise. Cheap; runs once per process.
  */
 export function checkHttp1Parser(): void {
@@ -188,16 +245,18 @@ function selfTest(): string | undefined {
         seen.push(`${h.method} ${h.url} 1.${h.httpMinor} ${h.rawHeaders.length} ${h.rawHeaders[0]}=${h.rawHeaders[1]} ${h.keepAlive} ${h.upgrade}`);
         return false;
       },
-      onBody: (chunk) => seen.push(`body ${chunk.toString("latin1")}`),
+      onBody: (chunk) => seen.push(`body ${chunk.length > 8 ? `${chunk.length} bytes` : chunk.toString("latin1")}`),
       onComplete: (trailers) => seen.push(`done ${trailers.join("=")}`),
     });
-    const input = Buffer.from(`POST /a?b HTTP/1.1\r\nHost: h\r\n${many}Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-T: 1\r\n\r\nGET /w HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nraw`);
+    // The large body takes the paused path; "GET / HTTP/1.1" inside it must stay body.
+    const large = `GET / HTTP/1.1\r\n\r\n${"b".repeat(RAW_BODY_MIN)}`;
+    const input = Buffer.from(`POST /a?b HTTP/1.1\r\nHost: h\r\n${many}Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-T: 1\r\n\r\nPUT /l HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcPUT /m HTTP/1.1\r\nHost: h\r\nContent-Length: ${large.length}\r\n\r\n${large}GET /w HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nraw`);
     const consumed = parser.execute(input);
     const smuggled = createMessageParser("request", 16 * 1024, { onHead: () => false, onBody: () => undefined, onComplete: () => undefined }).execute(
       Buffer.from("POST / HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"),
     );
     parser.close();
-    const expected = ["POST /a?b 1.1 84 Host=h true false", "body hi", "done X-T=1", "GET /w 1.1 4 Connection=upgrade true true", "done "];
+    const expected = ["POST /a?b 1.1 84 Host=h true false", "body hi", "done X-T=1", "PUT /l 1.1 4 Host=h true false", "body abc", "done ", "PUT /m 1.1 4 Host=h true false", `body ${large.length} bytes`, "done ", "GET /w 1.1 4 Connection=upgrade true true", "done "];
     if (JSON.stringify(seen) !== JSON.stringify(expected)) return `unexpected parse: ${JSON.stringify(seen)}`;
     if (consumed !== input.length - 3) return `execute did not stop after the upgrade head (${JSON.stringify(consumed)})`;
     if (typeof smuggled === "number") return "a request with both Content-Length and Transfer-Encoding was accepted";
