@@ -83,6 +83,11 @@ export const RESPONSE_HEADER_BYTES = 64 * 1024;
 /** Idle keep-alive connections to the app close after this, below Node's default server keep-alive (5 s). */
 const APP_IDLE_MS = 4_000;
 
+/** The relay settings both sides take from the limits; a caller's x-forwarded-client-cert never passes. */
+export function relayLimits(limits: SidecarLimits): { maxHeaderBytes: number; headersTimeout: number; idleTimeout: number; dropHeader: string } {
+  return { maxHeaderBytes: limits.maxHeaderBytes, headersTimeout: limits.headersTimeout, idleTimeout: limits.idleTimeout, dropHeader: XFCC };
+}
+
 export const CONNECT_REFUSAL: ProxyAnswer = { status: 405, grpcStatus: GrpcStatus.INTERNAL, code: "E_CONNECT_UNSUPPORTED", message: "the sidecar is not a forward proxy: CONNECT is not accepted" };
 
 const STRICT_REFUSAL_BODY =
@@ -163,10 +168,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     maxIdle: 256,
   });
   const http1 = new Http1Relay({
-    maxHeaderBytes: limits.maxHeaderBytes,
-    headersTimeout: limits.headersTimeout,
-    idleTimeout: limits.idleTimeout,
-    dropHeader: XFCC,
+    ...relayLimits(limits),
     decide: (head, socket) => {
       const peer = peerFor(socket);
       const refusal = denied(peer, socket, head.url, head.method);

@@ -15,7 +15,7 @@ import { APP_ID_HEADER, isGrpc, targetAppId, XFCC } from "./headers.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
 import { Http1Relay } from "./http1/relay.ts";
 import { findHeader, headersObject } from "./http1/wire.ts";
-import { CONNECT_REFUSAL, RESPONSE_HEADER_BYTES } from "./inbound.ts";
+import { CONNECT_REFUSAL, relayLimits, RESPONSE_HEADER_BYTES } from "./inbound.ts";
 import type { ProxyTelemetry } from "./inbound.ts";
 import { PeerPool, resolvePeer } from "./peers.ts";
 import type { PeerDirectory, PeerTarget } from "./peers.ts";
@@ -116,10 +116,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   let address: HostPort | undefined;
   if (options.listen !== undefined) {
     const http1 = new Http1Relay({
-      maxHeaderBytes: limits.maxHeaderBytes,
-      headersTimeout: limits.headersTimeout,
-      idleTimeout: limits.idleTimeout,
-      dropHeader: XFCC,
+      ...relayLimits(limits),
       decide: (head, socket) => {
         const { name, target } = route({ [APP_ID_HEADER]: findHeader(head.rawHeaders, APP_ID_HEADER), host: findHeader(head.rawHeaders, "host") });
         if (target === undefined) return { answer: unknownApp(name) };
