@@ -183,7 +183,10 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     },
     upgrade: (head, socket, rest) => {
       const peer = peerFor(socket);
-      if (head.method === "CONNECT") return void answerRawHttp1(socket, CONNECT_REFUSAL);
+      if (head.method === "CONNECT") {
+        telemetry.refused.inc({ direction: "inbound", reason: "connect" });
+        return void answerRawHttp1(socket, CONNECT_REFUSAL);
+      }
       const refusal = denied(peer, socket, head.url, head.method);
       if (refusal !== undefined) return void answerRawHttp1(socket, refusal);
       forwardUpgrade({ method: head.method, url: head.url, headers: headersObject(head.rawHeaders) }, socket, rest, appHttp1, hooksFor(peer, socket, "http"));

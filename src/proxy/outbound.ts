@@ -129,7 +129,10 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         };
       },
       upgrade: (head, socket, rest) => {
-        if (head.method === "CONNECT") return void answerRawHttp1(socket, CONNECT_REFUSAL);
+        if (head.method === "CONNECT") {
+          telemetry.refused.inc({ direction: "outbound", reason: "connect" });
+          return void answerRawHttp1(socket, CONNECT_REFUSAL);
+        }
         const headers = headersObject(head.rawHeaders);
         const { name, target } = route(headers);
         if (target === undefined) return void answerRawHttp1(socket, unknownApp(name));

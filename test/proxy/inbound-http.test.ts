@@ -171,6 +171,7 @@ describe("sidecar inbound (HTTP mode, STRICT) with curl and openssl as callers",
     expect(connect.stdout).toContain("E_CONNECT_UNSUPPORTED");
     expect(app.seen.some((s) => s.url.includes("front") || s.url.includes("smuggled") || s.method === "CONNECT")).toBe(false);
     expect(metricValue(await metrics(), "meshward_sidecar_refused_total", { reason: "bad_request" })).toBeGreaterThanOrEqual(1);
+    expect(metricValue(await metrics(), "meshward_sidecar_refused_total", { reason: "connect" })).toBe(1);
   });
 
   it("closes on garbage bytes without stalling other connections", async () => {
