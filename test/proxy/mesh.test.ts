@@ -5,6 +5,7 @@ import { connect as netConnect, createServer as createNetServer } from "node:net
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { grpcSay, startGrpcApp, startHttpApp, startTcpEcho } from "../helpers/app-servers.ts";
+import { exec } from "../helpers/exec.ts";
 import type { HttpApp } from "../helpers/app-servers.ts";
 import type { Sidecar } from "../../src/proxy/sidecar.ts";
 import { metricValue, startMeshCa, startTestSidecar, TD } from "./fixtures.ts";
@@ -144,6 +145,11 @@ describe("app → outbound sidecar A → inbound sidecar B → app B", () => {
     expect(g.code).toBe(5);
   });
 
+  it("answers curl's CONNECT (an app misconfigured to use the sidecar as a forward proxy) with 405", async () => {
+    const r = await exec("curl", ["-sS", "-p", "-x", `http://127.0.0.1:${out()}`, "-w", "%{http_connect}", "-o", "/dev/null", "http://app-b:80/"]);
+    expect(r.stdout).toBe("405");
+  });
+
   it("pools keep-alive connections to the peer and resumes TLS sessions for new ones", async () => {
     const { Agent } = await import("node:http");
     const agent = new Agent({ keepAlive: true, maxSockets: 4 });
@@ -264,7 +270,6 @@ describe("TCP mode with a real Redis behind the inbound sidecar", () => {
   });
 
   it("answers redis-cli through outbound A → inbound B, and refuses redis-cli straight at the mTLS port", async () => {
-    const { exec } = await import("../helpers/exec.ts");
     const port = String(sideA.addresses.tcp.cache!.port);
     const set = await exec("redis-cli", ["-h", "127.0.0.1", "-p", port, "SET", "mesh", "ok"]);
     expect(set.stdout.trim()).toBe("OK");
