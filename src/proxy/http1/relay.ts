@@ -5,7 +5,7 @@ import type { ProxyAnswer } from "../respond.ts";
 import { createMessageParser } from "./llhttp.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
-import { downstreamResponseHead, findHeader, interimResponseHead, lastChunk, upstreamRequestHead } from "./wire.ts";
+import { downstreamResponseHead, findHeader, requestBodyFraming, interimResponseHead, lastChunk, upstreamRequestHead } from "./wire.ts";
 import type { BodyFraming } from "./wire.ts";
 
 /** Where a request goes: an upstream pool, with the lines to add and what to say if it fails. */
@@ -89,7 +89,8 @@ class Exchange implements ResponseSink {
   /** The proxy's own answer, written once the chunk that carried the head is parsed. */
   answer: AnswerDecision | undefined;
   upstream: UpstreamConnection | undefined;
-  requestFraming: BodyFraming = "none";
+  /** Known from the head: body bytes of a pipelined request are framed (and held) before it is forwarded. */
+  readonly requestFraming: BodyFraming;
   requestComplete = false;
   /** Body bytes (already framed for upstream) that arrived before the upstream connection. */
   pending: Buffer[] | undefined = [];
@@ -109,6 +110,7 @@ class Exchange implements ResponseSink {
   ) {
     this.method = head.method;
     this.downstream = client.socket;
+    this.requestFraming = requestBodyFraming(head.rawHeaders);
   }
 
   onHead(response: MessageHead): void {
@@ -239,9 +241,7 @@ class ClientConnection {
       return;
     }
     exchange.decision = decision;
-    const { text, framing } = upstreamRequestHead(exchange.head, this.options.dropHeader, decision.addHeaders, decision.upstream.authority);
-    exchange.requestFraming = framing;
-    exchange.sentHead = text;
+    exchange.sentHead = upstreamRequestHead(exchange.head, exchange.requestFraming, this.options.dropHeader, decision.addHeaders, decision.upstream.authority);
     this.#connect(exchange);
   }
 

@@ -68,15 +68,25 @@ function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, drop:
 }
 
 /**
- * The request as it goes upstream (always HTTP/1.1, keep-alive), plus how its body is framed.
- * An HTTP/1.0 request may lack Host, which HTTP/1.1 requires: it gets the upstream's `authority`.
+ * The request head as it goes upstream (always HTTP/1.1, keep-alive), its body framed as
+ * `framing` says (requestBodyFraming). An HTTP/1.0 request may lack Host, which HTTP/1.1
+ * requires: it gets the upstream's `authority`.
  */
-export function upstreamRequestHead(head: MessageHead, drop: string, addLines: string, authority: string): { text: string; framing: BodyFraming } {
-  const { lines: received, chunked, length } = endToEndLines(head.rawHeaders, true, drop);
+export function upstreamRequestHead(head: MessageHead, framing: BodyFraming, drop: string, addLines: string, authority: string): string {
+  const { lines: received } = endToEndLines(head.rawHeaders, true, drop);
   const lines = head.httpMinor === 0 && findHeader(head.rawHeaders, "host") === undefined ? `host: ${authority}\r\n${received}` : received;
-  // llhttp refuses Content-Length with Transfer-Encoding, and a request TE that is not chunked.
-  const framing: BodyFraming = chunked ? "chunked" : length ? "length" : "none";
-  return { text: `${head.method} ${head.url} HTTP/1.1\r\n${lines}${framing === "chunked" ? "transfer-encoding: chunked\r\n" : ""}${addLines}\r\n`, framing };
+  return `${head.method} ${head.url} HTTP/1.1\r\n${lines}${framing === "chunked" ? "transfer-encoding: chunked\r\n" : ""}${addLines}\r\n`;
+}
+
+/** How a request's body is framed, from its head (llhttp has refused every ambiguous combination). */
+export function requestBodyFraming(rawHeaders: readonly string[]): BodyFraming {
+  let framing: BodyFraming = "none";
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    if (name.length === 17 && name.toLowerCase() === "transfer-encoding") return "chunked";
+    if (name.length === 14 && name.toLowerCase() === "content-length") framing = "length";
+  }
+  return framing;
 }
 
 /** Whether a response carries no body whatever its headers say (RFC 9112 §6.3). */
