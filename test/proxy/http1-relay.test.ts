@@ -109,6 +109,17 @@ async function startServer(handler: (req: IncomingMessage, res: ServerResponse) 
   return { port, requests };
 }
 
+/** Reads a request body to its end: its size and SHA-256 (hex). */
+function readBody(req: IncomingMessage, onEnd: (size: number, sha256: string) => void): void {
+  const hash = createHash("sha256");
+  let size = 0;
+  req.on("data", (c: Buffer) => {
+    hash.update(c);
+    size += c.length;
+  });
+  req.on("end", () => onEnd(size, hash.digest("hex")));
+}
+
 /** A raw upstream: `onRequest` gets each socket and the bytes received so far, and writes what it likes. */
 async function startRawServer(onData: (socket: Socket, received: string) => void): Promise<{ port: number; connections: number }> {
   const state = { port: 0, connections: 0 };
@@ -331,11 +342,7 @@ describe("HTTP/1.1 relay", () => {
   });
 
   it("relays 100 Continue to curl and the upload that follows it", async () => {
-    const upstream = await startServer((req, res) => {
-      const hash = createHash("sha256");
-      req.on("data", (c: Buffer) => hash.update(c));
-      req.on("end", () => res.end(hash.digest("hex")));
-    });
+    const upstream = await startServer((req, res) => readBody(req, (_size, sha256) => res.end(sha256)));
     const relay = await startRelay(upstream.port);
     const body = Buffer.alloc(300_000, 7);
     const result = await exec("curl", ["-sS", "-v", "-H", "Expect: 100-continue", "--data-binary", "@-", `http://127.0.0.1:${relay.port}/upload`], { input: body });
@@ -349,14 +356,8 @@ describe("HTTP/1.1 relay", () => {
     ["Content-Length", false],
   ])("moves 24 MiB each way with backpressure, byte for byte, bodies %s (curl)", async (_framing, chunked) => {
     const upstream = await startServer((req, res) => {
-      const hash = createHash("sha256");
-      let size = 0;
-      req.on("data", (c: Buffer) => {
-        hash.update(c);
-        size += c.length;
-      });
-      req.on("end", () => {
-        res.writeHead(200, { "x-upload-sha256": hash.digest("hex"), "x-upload-size": String(size), ...(chunked ? {} : { "content-length": String(24 << 20) }) });
+      readBody(req, (size, sha256) => {
+        res.writeHead(200, { "x-upload-sha256": sha256, "x-upload-size": String(size), ...(chunked ? {} : { "content-length": String(24 << 20) }) });
         const block = Buffer.alloc(1 << 20);
         let sent = 0;
         const pump = () => {
@@ -391,15 +392,9 @@ describe("HTTP/1.1 relay", () => {
 
   it("relays a long pipelined mix of bodies byte-exact however the client's writes are split (seeded, 5 rounds)", async () => {
     const upstream = await startServer((req, res) => {
-      const hash = createHash("sha256");
-      let size = 0;
-      req.on("data", (c: Buffer) => {
-        hash.update(c);
-        size += c.length;
-      });
-      req.on("end", () => {
+      readBody(req, (size, sha256) => {
         const trailer = req.trailers["x-t"];
-        const body = `${req.method} ${req.url} ${size} ${hash.digest("hex").slice(0, 16)}${trailer ? ` t=${trailer}` : ""}`;
+        const body = `${req.method} ${req.url} ${size} ${sha256.slice(0, 16)}${trailer ? ` t=${trailer}` : ""}`;
         // Answers alternate between a known length and chunked, so both framings go back too.
         if (size % 2 === 0) res.writeHead(200, { "content-length": Buffer.byteLength(body) }).end(body);
         else res.writeHead(200).end(body);
