@@ -120,8 +120,9 @@ function wrk(url: string, connections: number, headers: string[] = []): WrkResul
   const out = execFileSync("wrk", args, { encoding: "utf8" });
   return {
     rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN),
-    p50: toMs(/50%\s+(\S+)/.exec(out)?.[1] ?? ""),
-    p99: toMs(/99%\s+(\S+)/.exec(out)?.[1] ?? ""),
+    // Anchored: the Thread Stats table also holds percentages ("+/- Stdev 85.50%").
+    p50: toMs(/^\s*50%\s+(\S+)/m.exec(out)?.[1] ?? ""),
+    p99: toMs(/^\s*99%\s+(\S+)/m.exec(out)?.[1] ?? ""),
     mbps: toMb(/Transfer\/sec:\s+(\S+)/.exec(out)?.[1] ?? ""),
     errors: [/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1], /Socket errors: (.*)/.exec(out)?.[1]].filter(Boolean).join("; "),
   };
