@@ -5,7 +5,7 @@ import type { ProxyAnswer } from "../respond.ts";
 import { createMessageParser } from "./llhttp.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
-import { downstreamResponseHead, findHeader, requestBodyFraming, interimResponseHead, lastChunk, upstreamRequestHead } from "./wire.ts";
+import { declaredFraming, downstreamResponseHead, findHeader, interimResponseHead, lastChunk, upstreamRequestHead } from "./wire.ts";
 import type { BodyFraming } from "./wire.ts";
 
 /** Where a request goes: an upstream pool, with the lines to add and what to say if it fails. */
@@ -110,7 +110,7 @@ class Exchange implements ResponseSink {
   ) {
     this.method = head.method;
     this.downstream = client.socket;
-    this.requestFraming = requestBodyFraming(head.rawHeaders);
+    this.requestFraming = declaredFraming(head.rawHeaders);
   }
 
   onHead(response: MessageHead): void {

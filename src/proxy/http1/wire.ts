@@ -4,7 +4,6 @@ import type { MessageHead } from "./llhttp.ts";
 /** How a message's body is delimited on the wire (RFC 9112 §6). */
 export type BodyFraming = "none" | "length" | "chunked" | "close";
 
-
 /** The value of the first header called `lowerName` (case-insensitive), or undefined. */
 export function findHeader(rawHeaders: readonly string[], lowerName: string): string | undefined {
   for (let i = 0; i < rawHeaders.length; i += 2) {
@@ -41,45 +40,45 @@ function connectionListed(rawHeaders: readonly string[]): Set<string> | undefine
 /**
  * The end-to-end header lines of a message ("Name: value\r\n"…): hop-by-hop fields, fields
  * named in Connection and `drop` removed, Content-Length kept only when `keepLength`.
- * `te: trailers` survives (gRPC asks for it). Also reports how the body was framed.
+ * `te: trailers` survives (gRPC asks for it).
  */
-function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, drop: string | undefined): { lines: string; chunked: boolean; length: boolean } {
+function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, drop: string | undefined): { lines: string } {
   const listed = connectionListed(rawHeaders);
   let lines = "";
-  let chunked = false;
-  let length = false;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
     const lower = name.toLowerCase();
     if (lower === "content-length") {
-      length = true;
       if (keepLength) lines += `${name}: ${rawHeaders[i + 1]}\r\n`;
       continue;
     }
     if (HOP_BY_HOP.has(lower)) {
-      if (lower === "transfer-encoding") chunked = true;
-      else if (lower === "te" && rawHeaders[i + 1]!.toLowerCase().includes("trailers")) lines += "te: trailers\r\n";
+      if (lower === "te" && rawHeaders[i + 1]!.toLowerCase().includes("trailers")) lines += "te: trailers\r\n";
       continue;
     }
     if (lower === drop || listed?.has(lower) === true) continue;
     lines += `${name}: ${rawHeaders[i + 1]}\r\n`;
   }
-  return { lines, chunked, length };
+  return { lines };
 }
 
 /**
  * The request head as it goes upstream (always HTTP/1.1, keep-alive), its body framed as
- * `framing` says (requestBodyFraming). An HTTP/1.0 request may lack Host, which HTTP/1.1
+ * `framing` says (declaredFraming). An HTTP/1.0 request may lack Host, which HTTP/1.1
  * requires: it gets the upstream's `authority`.
  */
 export function upstreamRequestHead(head: MessageHead, framing: BodyFraming, drop: string, addLines: string, authority: string): string {
-  const { lines: received } = endToEndLines(head.rawHeaders, true, drop);
+  const { lines: received } = endToEndLines(head.rawHeaders, framing === "length", drop);
   const lines = head.httpMinor === 0 && findHeader(head.rawHeaders, "host") === undefined ? `host: ${authority}\r\n${received}` : received;
   return `${head.method} ${head.url} HTTP/1.1\r\n${lines}${framing === "chunked" ? "transfer-encoding: chunked\r\n" : ""}${addLines}\r\n`;
 }
 
-/** How a request's body is framed, from its head (llhttp has refused every ambiguous combination). */
-export function requestBodyFraming(rawHeaders: readonly string[]): BodyFraming {
+/**
+ * How a message's body is framed according to its headers: chunked when it has a
+ * Transfer-Encoding (llhttp refuses a request TE that does not end in chunked, and CL with TE),
+ * length with a Content-Length, else none (for a response: close-delimited).
+ */
+export function declaredFraming(rawHeaders: readonly string[]): BodyFraming {
   let framing: BodyFraming = "none";
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
@@ -101,8 +100,10 @@ export function responseHasNoBody(requestMethod: string, status: number): boolea
  */
 export function downstreamResponseHead(response: MessageHead, requestMethod: string, client: { httpMinor: number; keepAlive: boolean }): { text: string; framing: BodyFraming; close: boolean } {
   const noBody = responseHasNoBody(requestMethod, response.status);
-  const { lines, chunked, length } = endToEndLines(response.rawHeaders, true, undefined);
-  const framing: BodyFraming = noBody ? "none" : length && !chunked ? "length" : client.httpMinor >= 1 ? "chunked" : "close";
+  const declared = declaredFraming(response.rawHeaders);
+  // A Content-Length goes on only when it frames the body (or, on a bodiless answer, describes it).
+  const { lines } = endToEndLines(response.rawHeaders, declared !== "chunked", undefined);
+  const framing: BodyFraming = noBody ? "none" : declared === "length" ? "length" : client.httpMinor >= 1 ? "chunked" : "close";
   const close = !client.keepAlive || framing === "close";
   let text = `HTTP/1.1 ${response.status} ${response.statusMessage}\r\n${lines}`;
   if (framing === "chunked") text += "transfer-encoding: chunked\r\n";
