@@ -28,7 +28,7 @@ import { Http1Pool } from "./http1/pool.ts";
 import { Http1Relay } from "./http1/relay.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
 import { headersObject } from "./http1/wire.ts";
-import { answerH2, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
+import { answerH2, answerRawHttp1, answerText, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
 
@@ -90,8 +90,12 @@ export function relayLimits(limits: SidecarLimits): { maxHeaderBytes: number; he
 
 export const CONNECT_REFUSAL: ProxyAnswer = { status: 405, grpcStatus: GrpcStatus.INTERNAL, code: "E_CONNECT_UNSUPPORTED", message: "the sidecar is not a forward proxy: CONNECT is not accepted" };
 
-const STRICT_REFUSAL_BODY =
-  '{"error":"E_MTLS_REQUIRED","message":"this port accepts mutual TLS only (meshward sidecar in STRICT mode); call it through your own meshward sidecar or with a workload certificate"}\n';
+const STRICT_REFUSAL: ProxyAnswer = {
+  status: 400,
+  grpcStatus: GrpcStatus.UNAUTHENTICATED,
+  code: "E_MTLS_REQUIRED",
+  message: "this port accepts mutual TLS only (meshward sidecar in STRICT mode); call it through your own meshward sidecar or with a workload certificate",
+};
 
 /**
  * The sidecar's inbound side: one TCP listener whose first byte decides what follows — a TLS
@@ -339,7 +343,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       telemetry.refusals?.refused({ reason, remote: remoteOf(socket) });
       logger.warn({ event: "refused", reason, remote: socket.remoteAddress, mode: options.mode }, plaintextHttp ? "refused a plaintext request: this port needs mTLS" : "refused a connection that is neither TLS nor HTTP");
       if (kind === "http1") {
-        socket.end(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(STRICT_REFUSAL_BODY)}\r\nconnection: close\r\n\r\n${STRICT_REFUSAL_BODY}`);
+        socket.end(answerText(STRICT_REFUSAL, true));
         setTimeout(() => socket.destroy(), 1000).unref();
       } else {
         socket.destroy();

@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { Metrics } from "./metrics.ts";
+import { formatHostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
 
 export interface CheckResult {
@@ -138,8 +139,7 @@ export function createOpsServer(config: OpsServerConfig): OpsServer {
     server,
     async start() {
       const at = await listenOn(server, { host: config.host ?? "127.0.0.1", port: config.port }, "the status port");
-      const shown = at.host.includes(":") ? `[${at.host}]` : at.host;
-      return { host: at.host, port: at.port, url: `http://${shown}:${at.port}` };
+      return { host: at.host, port: at.port, url: `http://${formatHostPort(at)}` };
     },
     close() {
       return new Promise<void>((resolve) => {
