@@ -1,5 +1,6 @@
 import { credentials, Metadata, ServerCredentials, ServerInterceptingCall, status } from "@grpc/grpc-js";
 import type { ChannelCredentials, ChannelOptions, ServerInterceptingCallInterface, ServerInterceptor } from "@grpc/grpc-js";
+import { isIP } from "node:net";
 import type { PeerCertificate } from "node:tls";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
@@ -119,10 +120,38 @@ export type GrpcChannelOptions = Omit<ClientCommonOptions, "identity">;
  */
 export async function grpcChannelCredentials(identity: IdentitySource, options: GrpcChannelOptions): Promise<ChannelCredentials> {
   const runtime = await prepareClient({ ...options, identity }, "grpcChannelCredentials");
-  return credentials.createFromSecureContext(runtime.holder.liveSecureContext(), {
-    rejectUnauthorized: !runtime.insecure,
-    checkServerIdentity: runtime.insecure ? () => undefined : spiffeCheckServerIdentity(runtime.policy),
-  });
+  return withoutIpServerName(
+    credentials.createFromSecureContext(runtime.holder.liveSecureContext(), {
+      rejectUnauthorized: !runtime.insecure,
+      checkServerIdentity: runtime.insecure ? () => undefined : spiffeCheckServerIdentity(runtime.policy),
+    }),
+  );
+}
+
+interface SecureConnectorInternals {
+  connectionOptions?: { servername?: unknown };
+}
+type CreateSecureConnector = (...args: unknown[]) => SecureConnectorInternals;
+
+/**
+ * grpc-js (1.14) sends the target's host as the TLS server name even when it is an IP
+ * address. RFC 6066 forbids that; Node warns about it (DEP0123) and Node 26 refuses to connect
+ * ("Setting the TLS ServerName to an IP address is not permitted"). The SPIFFE ID check does not
+ * use the server name, so an IP target simply gets no SNI, as it does in node:tls clients.
+ * `_createSecureConnector` and `connectionOptions` are grpc-js internals, like `_getInterceptors`
+ * above; test/transport/grpc-http2.test.ts fails on any Node if the name is still sent.
+ */
+function withoutIpServerName(creds: ChannelCredentials): ChannelCredentials {
+  const internals = creds as unknown as { _createSecureConnector?: CreateSecureConnector };
+  const create = internals._createSecureConnector;
+  if (typeof create !== "function") return creds;
+  internals._createSecureConnector = (...args: unknown[]) => {
+    const connector = create.apply(creds, args);
+    const connection = connector.connectionOptions;
+    if (typeof connection?.servername === "string" && isIP(connection.servername) !== 0) delete connection.servername;
+    return connector;
+  };
+  return creds;
 }
 
 const peerCache = new Map<string, PeerIdentity>();

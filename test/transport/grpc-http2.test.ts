@@ -89,6 +89,32 @@ describe("gRPC", () => {
       client.close();
     }
   });
+  it("sends no TLS server name for an IP target (RFC 6066; Node 26 refuses to dial one) and the host name for a DNS target", async () => {
+    const leaf = pki.issueLeaf({ spiffeId: SERVER_ID });
+    const names: Array<string | false | null> = [];
+    const sniffer = tls.createServer({ cert: leaf.chainPem, key: leaf.keyPem, ALPNProtocols: ["h2"] }, (socket) => {
+      names.push(socket.servername);
+      socket.destroy();
+    });
+    await new Promise<void>((resolve) => sniffer.listen(0, "127.0.0.1", resolve));
+    const sniffPort = (sniffer.address() as AddressInfo).port;
+    const creds = await grpcChannelCredentials(clientIdentity, { expect: SERVER_ID, logger });
+    try {
+      for (const target of [`127.0.0.1:${sniffPort}`, `localhost:${sniffPort}`]) {
+        const client = new EchoClient(target, creds);
+        try {
+          await expect(call(client)).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
+        } finally {
+          client.close();
+        }
+      }
+      expect(names[0]).toBe(false);
+      expect(names.at(-1)).toBe("localhost");
+      expect(names).not.toContain("127.0.0.1");
+    } finally {
+      sniffer.close();
+    }
+  });
   it("rotation reaches new gRPC connections: the server presents the new serial without restart", async () => {
     const probe = () =>
       new Promise<string>((resolve, reject) => {
