@@ -22,11 +22,14 @@ import { bundleRootCount, svidChainsTo } from "../helpers/identity-checks.ts";
 // whole time while the issuer and then the root rotate, with the CA down between steps.
 const TD = "mesh.test";
 const silent = pino({ level: "silent" });
+// The identities' own log lines, kept so that a timeout says what each workload was doing.
+const identityLog: string[] = [];
+const identityLogger = pino({ level: "info" }, { write: (line: string) => void (identityLog.push(line) > 300 && identityLog.shift()) });
 
 async function waitFor(condition: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; the identities' last log lines:\n${identityLog.slice(-20).join("")}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -68,7 +71,7 @@ describe("zero failed requests through issuer and root rotation (sidecars + SDK 
     const identities: CaIdentitySource[] = [];
     const identity = async (appId: string) => {
       const { token } = await issueJoinToken(ca!.store, { spiffeId: `spiffe://${TD}/ns/shop/${appId}`, ttlMs: 600_000 });
-      const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem, token, bundleRefreshMs: 200, backoff: { initialMs: 100, maxMs: 500 } });
+      const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem, token, bundleRefreshMs: 200, backoff: { initialMs: 100, maxMs: 500 }, logger: identityLogger.child({ appId }) });
       cleanups.push(() => source.close());
       await source.ready();
       identities.push(source);
