@@ -256,8 +256,12 @@ export async function activateRoot(options: ActivateRootOptions): Promise<X509Ce
   writeFileAtomic(layout.rootCert, readFileSync(layout.nextRootCert, "utf8"));
   installIssuer(layout, issuer.certPem, issuer.keyPem);
   for (const file of [layout.nextRootKey, layout.nextRootCert, layout.nextIssuerCert, layout.nextIssuerKey]) rmSync(file, { force: true });
+  // A reissue request belongs to one activation: one left from an earlier rotation must not
+  // make this one (without --reissue) renew every workload.
+  const { reissueBefore: _earlier, ...base } = state;
+  void _earlier;
   writeCaState(options.dir, {
-    ...state,
+    ...base,
     rootRotation: { ...state.rootRotation, phase: "activated", activatedAt: options.now.toISOString() },
     ...(options.reissue ? { reissueBefore: options.now.toISOString() } : {}),
   });
@@ -294,8 +298,9 @@ export async function retireRoot(options: { dir: string; store: Store; now: Date
   writeBundle(layout, bundleRoots(layout).filter((r) => r.fingerprint256 !== previous));
   rmSync(layout.previousRootCert, { force: true });
   rmSync(layout.previousRootKey, { force: true });
-  const { rootRotation: _done, ...rest } = state;
+  const { rootRotation: _done, reissueBefore: _reissued, ...rest } = state;
   void _done;
+  void _reissued;
   writeCaState(options.dir, rest);
   return { retiredFingerprint: previous, remaining };
 }

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
 import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
@@ -132,11 +133,26 @@ class CaSource implements CaIdentitySource {
         this.#emit({ type: "bundle-updated", snapshot: this.#snapshot });
       }
     }
-    // `meshward ca rotate-root activate --reissue`: certificates issued before this renew now.
-    if (published.reissueBeforeMs !== undefined && this.#svid !== undefined && this.#receivedAt < published.reissueBeforeMs) {
+    // `meshward ca rotate-root activate --reissue`: certificates under the old root renew now.
+    if (published.reissueBeforeMs !== undefined && this.#svid !== undefined && this.#mustReissue(this.#svid, published, rootsPem)) {
       this.#log("info", { event: "reissue-requested" }, "the CA asked workloads to renew now (root rotation)");
       await this.#renew();
     }
+  }
+
+  /**
+   * With the CA's active root named, the held certificate's chain decides, not a clock: a CA
+   * clock ahead of this host's would otherwise renew this workload at every bundle refresh until
+   * the clocks agree, one behind (or a renewal in flight while the CA switched roots) would leave
+   * it on the old root, where `rotate-root retire` then waits for it. A CA that names no root
+   * (older meshward) gets the time comparison.
+   */
+  #mustReissue(svid: Svid, published: PublishedBundle, rootsPem: string): boolean {
+    if (published.reissueRootSha256 !== undefined) {
+      const activeRoot = certificatesFromPem(rootsPem).find((der) => createHash("sha256").update(der).digest("hex") === published.reissueRootSha256);
+      if (activeRoot !== undefined) return !chainsTo(svid.certChainPem, activeRoot);
+    }
+    return this.#receivedAt < published.reissueBeforeMs!;
   }
 
   async close(): Promise<void> {
@@ -296,9 +312,16 @@ function isFatal(error: unknown): boolean {
   return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID|AUDIENCE|SIGNATURE|ISSUER)|IDENTITY_MISMATCH|SPIFFE_MISMATCH|VALIDATOR_DISABLED|TRUST_DOMAIN_MISMATCH)$/.test(error.code);
 }
 
+interface PublishedBundle {
+  readonly rootsPem: string;
+  readonly reissueBeforeMs: number | undefined;
+  /** SHA-256 (hex) of the root the CA now issues under, published with the reissue request. */
+  readonly reissueRootSha256: string | undefined;
+}
+
 /** The CA's SPIFFE bundle document (keys[].x5c) plus meshward's reissue hint. */
-function parseBundleDocument(body: Buffer): { rootsPem: string; reissueBeforeMs: number | undefined } {
-  let document: { keys?: unknown; meshward_reissue_before?: unknown };
+function parseBundleDocument(body: Buffer): PublishedBundle {
+  let document: { keys?: unknown; meshward_reissue_before?: unknown; meshward_reissue_root_sha256?: unknown };
   try {
     document = JSON.parse(body.toString("utf8")) as typeof document;
   } catch {
@@ -310,7 +333,24 @@ function parseBundleDocument(body: Buffer): { rootsPem: string; reissueBeforeMs:
     .map((k) => toPem(Buffer.from(String(k.x5c[0]), "base64"), "CERTIFICATE"));
   if (roots.length === 0) throw new MeshwardError("E_BUNDLE_INVALID", "the CA's bundle holds no X.509 roots");
   const reissue = document.meshward_reissue_before;
-  return { rootsPem: roots.join(""), reissueBeforeMs: typeof reissue === "number" && Number.isFinite(reissue) ? reissue * 1000 : undefined };
+  const reissueRoot = document.meshward_reissue_root_sha256;
+  return {
+    rootsPem: roots.join(""),
+    reissueBeforeMs: typeof reissue === "number" && Number.isFinite(reissue) ? reissue * 1000 : undefined,
+    reissueRootSha256: typeof reissueRoot === "string" && /^[0-9a-f]{64}$/.test(reissueRoot) ? reissueRoot : undefined,
+  };
+}
+
+/** Whether the certificate chain (leaf first) verifies up to `root` (DER) now. */
+function chainsTo(certChainPem: string, root: Buffer): boolean {
+  const [leaf, ...intermediates] = certificatesFromPem(certChainPem);
+  if (leaf === undefined) return false;
+  try {
+    verifyChain({ leaf, intermediates, roots: [root] });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function normalizeRoots(pem: string): string {

@@ -1,15 +1,16 @@
-import { X509Certificate } from "node:crypto";
+import { createHash, X509Certificate } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { caLayout, initAnchors } from "../../src/ca/anchors.ts";
+import { caLayout, initAnchors, readCaState } from "../../src/ca/anchors.ts";
 import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../../src/ca/rotation.ts";
 import { startCaServer, type CaServer } from "../../src/ca/server.ts";
 import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
+import { fetchFromCa } from "../../src/identity/ca-client.ts";
 import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
 import { createIssuerCertificate } from "../../src/pki/certificate.ts";
 import { createCsr } from "../../src/pki/csr.ts";
@@ -209,6 +210,59 @@ describe("rotation on a running CA", () => {
     expect(failures).toEqual([]);
     expect(ok).toBeGreaterThan(100);
   }, 90_000);
+
+  it("--reissue moves workloads by the root their certificate chains to, not by comparing clocks", async () => {
+    await initAnchors({ dir, trustDomain: TD, now: new Date() });
+    await startCa();
+    const layout = caLayout(dir);
+    const renewals = new Map<string, number>();
+    const identity = async (appId: string): Promise<CaIdentitySource> => {
+      const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem: readFileSync(layout.bundle, "utf8"), token: await token(appId), bundleRefreshMs: 100, backoff: { initialMs: 100, maxMs: 500 } });
+      closers.push(() => source.close());
+      source.subscribe((event) => void (event.type === "rotated" && renewals.set(appId, (renewals.get(appId) ?? 0) + 1)));
+      await source.ready();
+      return source;
+    };
+    const workloads = [await identity("api"), await identity("web")];
+    const bundleDocument = async () =>
+      JSON.parse((await fetchFromCa({ address: `127.0.0.1:${port}`, bundlePem: readFileSync(layout.bundle, "utf8"), trustDomain: TD }, "/v1/bundle?format=spiffe")).toString("utf8")) as Record<string, unknown>;
+
+    const newRoot = await prepareRoot({ dir, now: new Date() });
+    await waitFor(() => workloads.every((w) => bundleRootCount(w) === 2), "the two-root bundle");
+    expect(await bundleDocument()).not.toHaveProperty("meshward_reissue_root_sha256");
+
+    // The CA's clock 10 minutes behind the workloads' (or a renewal in flight while it switched):
+    // every certificate arrived after the reissue instant, yet chains to the old root.
+    await activateRoot({ dir, now: new Date(Date.now() - 10 * 60_000), reissue: true });
+    const newRootPem = toPem(newRoot.raw, "CERTIFICATE");
+    await waitFor(() => workloads.every((w) => svidChainsTo(w, newRootPem)), "both workloads on the new root");
+    const document = await bundleDocument();
+    expect(document.meshward_reissue_root_sha256).toBe(createHash("sha256").update(newRoot.raw).digest("hex"));
+    expect(typeof document.meshward_reissue_before).toBe("number");
+    const moved = new Map(renewals);
+
+    // The CA's clock an hour ahead: the reissue instant lies in the workloads' future. They are on
+    // the new root already, so they stay put (a time comparison would renew them at every refresh).
+    const state = JSON.parse(readFileSync(layout.state, "utf8")) as Record<string, unknown>;
+    writeFileSync(layout.state, JSON.stringify({ ...state, reissueBefore: new Date(Date.now() + HOUR).toISOString() }));
+    const ahead = Math.floor((Date.now() + HOUR) / 1000);
+    await waitFor(async () => ((await bundleDocument()).meshward_reissue_before as number) >= ahead - 5, "the CA to publish the later reissue instant");
+    await new Promise((r) => setTimeout(r, 1_000)); // ten bundle refreshes
+    expect(renewals).toEqual(moved);
+
+    // Retire ends the reissue request; a later activation without --reissue does not inherit it.
+    await retireRoot({ dir, store: server!.store, now: new Date() });
+    await waitFor(async () => !("meshward_reissue_before" in (await bundleDocument())), "the reissue request to end with the rotation");
+    const thirdRoot = toPem((await prepareRoot({ dir, now: new Date() })).raw, "CERTIFICATE");
+    await activateRoot({ dir, now: new Date() });
+    expect(readCaState(dir)).not.toHaveProperty("reissueBefore");
+    const signsUnder = (chainPem: string, rootPem: string) => svidChainsTo({ current: () => ({ svid: { certChainPem: chainPem } }) } as unknown as CaIdentitySource, rootPem);
+    await waitFor(async () => signsUnder((await signOnce()).certificateChainPem, thirdRoot), "the CA to sign under the third root");
+    expect(await bundleDocument()).not.toHaveProperty("meshward_reissue_before");
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(renewals).toEqual(moved);
+    expect(workloads.every((w) => svidChainsTo(w, newRootPem))).toBe(true);
+  });
 
   it("refuses to retire a root that live certificates still chain to, and says how many", async () => {
     await initAnchors({ dir, trustDomain: TD, now: new Date() });

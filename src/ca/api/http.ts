@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { statSync } from "node:fs";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -68,7 +69,14 @@ export function spiffeBundle(anchors: LoadedAnchors): object {
     })),
     spiffe_sequence: sequence,
     spiffe_refresh_hint: 300,
-    // meshward: workloads whose certificate was issued before this (Unix seconds) renew now.
-    ...(anchors.state.reissueBefore !== undefined ? { meshward_reissue_before: Math.floor(Date.parse(anchors.state.reissueBefore) / 1000) } : {}),
+    // meshward, after `rotate-root activate --reissue` until retire: workloads whose certificate
+    // does not chain to the root named here (SHA-256 of its DER) renew now. Identities from before
+    // that field compare the time their certificate arrived with meshward_reissue_before instead.
+    ...(anchors.state.reissueBefore !== undefined && anchors.state.rootRotation?.phase === "activated"
+      ? {
+          meshward_reissue_before: Math.floor(Date.parse(anchors.state.reissueBefore) / 1000),
+          meshward_reissue_root_sha256: createHash("sha256").update(anchors.issuerRoot.raw).digest("hex"),
+        }
+      : {}),
   };
 }
