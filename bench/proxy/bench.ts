@@ -17,20 +17,16 @@
  * generation it grew during start-up only once its memory reducer runs) and after the load.
  *   node --import tsx bench/proxy/bench.ts [seconds-per-run]
  */
-import { spawn, execFileSync } from "node:child_process";
-import type { ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { startMeshCa } from "../../test/proxy/fixtures.ts";
+import { children, ROOT, startChild } from "./children.ts";
 
 const SECONDS = Number(process.argv[2] ?? 8);
-const ROOT = fileURLToPath(new URL("../../", import.meta.url));
-const children: ChildProcess[] = [];
-process.on("exit", () => children.forEach((c) => c.kill("SIGKILL")));
 
 function freePort(): Promise<number> {
   return new Promise((resolve) => {
@@ -38,27 +34,6 @@ function freePort(): Promise<number> {
       const port = (s.address() as { port: number }).port;
       s.close(() => resolve(port));
     });
-  });
-}
-
-function startProcess(command: string, args: string[], ready: RegExp | undefined): Promise<{ child: ChildProcess; match: RegExpMatchArray | null }> {
-  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT });
-  children.push(child);
-  let out = "";
-  let err = "";
-  child.stderr!.on("data", (d) => (err += d));
-  if (ready === undefined) return Promise.resolve({ child, match: null });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${command} not ready: ${out} ${err}`)), 30_000);
-    child.stdout!.on("data", (d) => {
-      out += d;
-      const m = out.match(ready);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ child, match: m });
-      }
-    });
-    child.once("exit", (code) => reject(new Error(`${command} exited ${code}: ${err}`)));
   });
 }
 
@@ -193,12 +168,12 @@ async function main(): Promise<void> {
   const ca = await startMeshCa({ workloadTtl: "24h" });
   const work = mkdtempSync(join(tmpdir(), "meshward-bench-proxy-"));
   try {
-    const backend = await startProcess(process.execPath, ["-e", BACKEND], /PORT (\d+)/);
+    const backend = await startChild(process.execPath, ["-e", BACKEND], /PORT (\d+)/);
     const backendPort = Number(backend.match![1]);
 
     // meshward: B in front of the backend, A as the client's outbound.
     const sidecar = async (appId: string, extra: string[]) =>
-      startProcess(
+      startChild(
         process.execPath,
         [cli, "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", await ca.token("default", appId), "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra],
         /inbound=127\.0\.0\.1:(\d+)(?: outbound=127\.0\.0\.1:(\d+))?/,
@@ -225,19 +200,19 @@ async function main(): Promise<void> {
       join(dirA, "nginx.conf"),
       `${common(dirA)} upstream peer { server 127.0.0.1:${portB}; keepalive 64; }\n server {\n  listen 127.0.0.1:${portA};\n  location / {\n   proxy_pass https://peer; proxy_http_version 1.1; proxy_set_header Connection "";\n   proxy_ssl_certificate ${nginxA.cert};\n   proxy_ssl_certificate_key ${nginxA.key};\n   proxy_ssl_trusted_certificate ${ca.bundleFile};\n   proxy_ssl_verify on;\n   proxy_ssl_verify_depth 2;\n   proxy_ssl_name nginx-b.mesh.test;\n   proxy_ssl_server_name on;\n   proxy_ssl_session_reuse on;\n   proxy_ssl_protocols TLSv1.2 TLSv1.3;\n  }\n }\n}\n`,
     );
-    const ngB = await startProcess("nginx", ["-p", dirB, "-c", join(dirB, "nginx.conf"), "-e", join(dirB, "error.log")], undefined);
-    const ngA = await startProcess("nginx", ["-p", dirA, "-c", join(dirA, "nginx.conf"), "-e", join(dirA, "error.log")], undefined);
+    const ngB = await startChild("nginx", ["-p", dirB, "-c", join(dirB, "nginx.conf"), "-e", join(dirB, "error.log")], undefined);
+    const ngA = await startChild("nginx", ["-p", dirA, "-c", join(dirA, "nginx.conf"), "-e", join(dirA, "error.log")], undefined);
     await waitForPort(portB);
     await waitForPort(portA);
     const nginxUrl = `http://127.0.0.1:${portA}`;
 
     const naiveB = await ca.clientFiles("default", "naive-b", ["naive-b.mesh.test"]);
     const naiveA = await ca.clientFiles("default", "naive-a");
-    const nvB = await startProcess(process.execPath, ["-e", NAIVE_INBOUND(naiveB.cert, naiveB.key, ca.bundleFile, backendPort)], /PORT (\d+)/);
-    const nvA = await startProcess(process.execPath, ["-e", NAIVE_OUTBOUND(naiveA.cert, naiveA.key, ca.bundleFile, Number(nvB.match![1]))], /PORT (\d+)/);
+    const nvB = await startChild(process.execPath, ["-e", NAIVE_INBOUND(naiveB.cert, naiveB.key, ca.bundleFile, backendPort)], /PORT (\d+)/);
+    const nvA = await startChild(process.execPath, ["-e", NAIVE_OUTBOUND(naiveA.cert, naiveA.key, ca.bundleFile, Number(nvB.match![1]))], /PORT (\d+)/);
     const naiveUrl = `http://127.0.0.1:${nvA.match![1]}`;
-    const ppB = await startProcess(process.execPath, ["-e", PIPE_INBOUND(naiveB.cert, naiveB.key, ca.bundleFile, backendPort)], /PORT (\d+)/);
-    const ppA = await startProcess(process.execPath, ["-e", PIPE_OUTBOUND(naiveA.cert, naiveA.key, ca.bundleFile, Number(ppB.match![1]))], /PORT (\d+)/);
+    const ppB = await startChild(process.execPath, ["-e", PIPE_INBOUND(naiveB.cert, naiveB.key, ca.bundleFile, backendPort)], /PORT (\d+)/);
+    const ppA = await startChild(process.execPath, ["-e", PIPE_OUTBOUND(naiveA.cert, naiveA.key, ca.bundleFile, Number(ppB.match![1]))], /PORT (\d+)/);
     const pipeUrl = `http://127.0.0.1:${ppA.match![1]}`;
 
     // Warm up (pools, JIT) and check every path answers 200.

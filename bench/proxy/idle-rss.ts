@@ -7,17 +7,11 @@
  * The sidecars run from the bundle `npm run build` makes (scripts/bundle.ts).
  *   node --import tsx bench/proxy/idle-rss.ts [--cli path/to/main.js] [-- extra node flags]
  */
-import { spawn } from "node:child_process";
-import type { ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { startMeshCa } from "../../test/proxy/fixtures.ts";
-
-const ROOT = fileURLToPath(new URL("../../", import.meta.url));
-const children: ChildProcess[] = [];
-process.on("exit", () => children.forEach((c) => c.kill("SIGKILL")));
+import { ROOT, startChild } from "./children.ts";
 
 function rssMb(pid: number): number {
   return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024;
@@ -30,21 +24,7 @@ function rssSplit(pid: number): string {
   return `anonymous ${(kb("Anonymous") / 1024).toFixed(1)}, file-backed ${((kb("Rss") - kb("Anonymous")) / 1024).toFixed(1)}`;
 }
 
-function start(args: string[], ready: RegExp): Promise<{ child: ChildProcess; match: RegExpMatchArray }> {
-  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT });
-  children.push(child);
-  let out = "";
-  let err = "";
-  child.stderr!.on("data", (d) => (err += d));
-  return new Promise((resolve, reject) => {
-    child.stdout!.on("data", (d) => {
-      out += d;
-      const m = out.match(ready);
-      if (m) resolve({ child, match: m });
-    });
-    child.once("exit", (code) => reject(new Error(`exited ${code}: ${out} ${err}`)));
-  });
-}
+const start = (args: string[], ready: RegExp) => startChild(process.execPath, args, ready);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const extraFlags = process.argv.includes("--") ? process.argv.slice(process.argv.indexOf("--") + 1) : [];
@@ -53,12 +33,12 @@ const cli = given >= 0 ? process.argv[given + 1]! : await bundleCli(join(ROOT, "
 const ca = await startMeshCa({ workloadTtl: "24h" });
 try {
   const bare = await start([...extraFlags, "-e", `require("node:http").createServer((q, r) => r.end("ok")).listen(0, "127.0.0.1", function () { console.log("PORT " + this.address().port); })`], /PORT (\d+)/);
-  const app = Number(bare.match[1]);
+  const app = Number(bare.match![1]);
   const sidecar = async (appId: string, extra: string[]) =>
     start([...extraFlags, cli, "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", await ca.token("default", appId), "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra], /inbound=127\.0\.0\.1:(\d+)(?: outbound=127\.0\.0\.1:(\d+))?/);
   const inbound = await sidecar("rss-b", ["--app", `127.0.0.1:${app}`]);
-  const outbound = await sidecar("rss-a", ["--app", "127.0.0.1:1", "--outbound", "127.0.0.1:0", "--peer", `rss-b=127.0.0.1:${inbound.match[1]}`]);
-  const res = await fetch(`http://127.0.0.1:${outbound.match[2]}/`, { headers: { "dapr-app-id": "rss-b" } });
+  const outbound = await sidecar("rss-a", ["--app", "127.0.0.1:1", "--outbound", "127.0.0.1:0", "--peer", `rss-b=127.0.0.1:${inbound.match![1]}`]);
+  const res = await fetch(`http://127.0.0.1:${outbound.match![2]}/`, { headers: { "dapr-app-id": "rss-b" } });
   if ((await res.text()) !== "ok") throw new Error(`the request through both sidecars answered ${res.status}`);
   const pids = { "bare node:http": bare.child.pid!, "meshward inbound": inbound.child.pid!, "meshward outbound": outbound.child.pid! };
   console.log(`idle RSS (MB)${extraFlags.length ? `, node ${extraFlags.join(" ")}` : ""}, ${cli}`);

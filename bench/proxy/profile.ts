@@ -9,41 +9,19 @@
  *   node --import tsx bench/proxy/profile.ts [seconds] [wrk-connections] [--strace]
  */
 import { spawn, execFileSync } from "node:child_process";
-import type { ChildProcess } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { startMeshCa } from "../../test/proxy/fixtures.ts";
+import { children, ROOT, startChild } from "./children.ts";
 
 const positional = process.argv.slice(2).filter((a) => !a.startsWith("--"));
 const SECONDS = Number(positional[0] ?? 8);
 const CONNECTIONS = Number(positional[1] ?? 32);
 const STRACE = process.argv.includes("--strace");
-const ROOT = fileURLToPath(new URL("../../", import.meta.url));
-const children: ChildProcess[] = [];
-process.on("exit", () => children.forEach((c) => c.kill("SIGKILL")));
 
-function start(args: string[], ready: RegExp): Promise<{ child: ChildProcess; match: RegExpMatchArray }> {
-  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT });
-  children.push(child);
-  let out = "";
-  let err = "";
-  child.stderr!.on("data", (d) => (err += d));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`not ready: ${out} ${err}`)), 30_000);
-    child.stdout!.on("data", (d) => {
-      out += d;
-      const m = out.match(ready);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ child, match: m });
-      }
-    });
-    child.once("exit", (code) => reject(new Error(`exited ${code}: ${err}`)));
-  });
-}
+const start = (args: string[], ready: RegExp) => startChild(process.execPath, args, ready);
 
 interface ProfileNode {
   id: number;
@@ -114,9 +92,9 @@ async function main(): Promise<void> {
         [...(STRACE ? [] : ["--cpu-prof", "--cpu-prof-dir", join(profiles, appId)]), cli, "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", await ca.token("default", appId), "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra],
         /inbound=127\.0\.0\.1:(\d+)(?: outbound=127\.0\.0\.1:(\d+))?/,
       );
-    const inbound = await sidecar("bench-b", ["--app", `127.0.0.1:${backend.match[1]}`]);
-    const outbound = await sidecar("bench-a", ["--app", "127.0.0.1:1", "--outbound", "127.0.0.1:0", "--peer", `bench-b=127.0.0.1:${inbound.match[1]}`]);
-    const url = `http://127.0.0.1:${outbound.match[2]}/`;
+    const inbound = await sidecar("bench-b", ["--app", `127.0.0.1:${backend.match![1]}`]);
+    const outbound = await sidecar("bench-a", ["--app", "127.0.0.1:1", "--outbound", "127.0.0.1:0", "--peer", `bench-b=127.0.0.1:${inbound.match![1]}`]);
+    const url = `http://127.0.0.1:${outbound.match![2]}/`;
     execFileSync("wrk", ["-t1", "-c8", "-d2s", "-H", "dapr-app-id: bench-b", url]);
     const tracers = STRACE ? [outbound, inbound].map((side) => traceSyscalls(side.child.pid!)) : [];
     if (STRACE) await new Promise((resolve) => setTimeout(resolve, 500));
