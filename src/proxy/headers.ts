@@ -17,27 +17,40 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   "http2-settings",
 ]);
 
+/** The field names a message's Connection header values list (connection-specific, RFC 9110 §7.6.1). */
+export function connectionListed(connectionValues: Iterable<string>): Set<string> {
+  const listed = new Set<string>();
+  for (const value of connectionValues) {
+    for (const token of value.split(",")) {
+      const name = token.trim().toLowerCase();
+      if (name !== "") listed.add(name);
+    }
+  }
+  return listed;
+}
+
+/**
+ * What a proxy sends on for one received field (`lower`: its lowercase name): undefined when it
+ * is hop-by-hop or named in Connection, else its value. `te: trailers` is kept: gRPC needs it.
+ */
+export function forwardedValue<V>(lower: string, value: V, listed: ReadonlySet<string>): V | "trailers" | undefined {
+  if (lower === "te") return String(value).toLowerCase().includes("trailers") ? "trailers" : undefined;
+  return HOP_BY_HOP.has(lower) || listed.has(lower) ? undefined : value;
+}
+
 /**
  * Request/response headers with hop-by-hop fields (RFC 9110 §7.6.1, and any named in
- * Connection), HTTP/2 pseudo-headers and `drop` removed. `te: trailers` is kept: gRPC needs it.
+ * Connection), HTTP/2 pseudo-headers and `drop` removed (forwardedValue, per field).
  */
 export function forwardableHeaders(headers: IncomingHttpHeaders | Record<string, unknown>, drop: readonly string[] = []): OutgoingHttpHeaders {
-  const connectionListed = new Set(
-    String(headers.connection ?? "")
-      .split(",")
-      .map((s) => s.trim().toLowerCase())
-      .filter((s) => s.length > 0),
-  );
+  const listed = connectionListed(headers.connection === undefined ? [] : [String(headers.connection)]);
   const out: OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || name.startsWith(":")) continue;
     const lower = name.toLowerCase();
-    if (lower === "te") {
-      if (String(value).toLowerCase().includes("trailers")) out.te = "trailers";
-      continue;
-    }
-    if (HOP_BY_HOP.has(lower) || connectionListed.has(lower) || drop.includes(lower)) continue;
-    out[lower] = value as OutgoingHttpHeaders[string];
+    if (drop.includes(lower)) continue;
+    const kept = forwardedValue(lower, value as OutgoingHttpHeaders[string], listed);
+    if (kept !== undefined) out[lower] = kept;
   }
   return out;
 }

@@ -1,4 +1,4 @@
-import { HOP_BY_HOP } from "../headers.ts";
+import { connectionListed, forwardedValue } from "../headers.ts";
 import type { MessageHead } from "./llhttp.ts";
 
 /** How a message's body is delimited on the wire (RFC 9112 §6). */
@@ -24,26 +24,14 @@ export function headersObject(rawHeaders: readonly string[]): Record<string, str
   return out;
 }
 
-/** Header names listed in Connection (hop-by-hop by declaration, RFC 9110 §7.6.1). */
-function connectionListed(rawHeaders: readonly string[]): Set<string> | undefined {
-  let listed: Set<string> | undefined;
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    if (rawHeaders[i]!.toLowerCase() !== "connection") continue;
-    for (const token of rawHeaders[i + 1]!.split(",")) {
-      const name = token.trim().toLowerCase();
-      if (name !== "" && name !== "close" && name !== "keep-alive") (listed ??= new Set()).add(name);
-    }
-  }
-  return listed;
-}
-
 /**
- * The end-to-end header lines of a message ("Name: value\r\n"…): hop-by-hop fields, fields
- * named in Connection and `drop` removed, Content-Length kept only when `keepLength`.
- * `te: trailers` survives (gRPC asks for it).
+ * The end-to-end header lines of a message ("Name: value\r\n"…): fields forwardedValue drops and
+ * `drop` removed, Content-Length kept only when `keepLength`.
  */
-function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, drop: string | undefined): { lines: string } {
-  const listed = connectionListed(rawHeaders);
+function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, drop: string | undefined): string {
+  const connectionValues: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i]!.toLowerCase() === "connection") connectionValues.push(rawHeaders[i + 1]!);
+  const listed = connectionListed(connectionValues);
   let lines = "";
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
@@ -52,14 +40,11 @@ function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, drop:
       if (keepLength) lines += `${name}: ${rawHeaders[i + 1]}\r\n`;
       continue;
     }
-    if (HOP_BY_HOP.has(lower)) {
-      if (lower === "te" && rawHeaders[i + 1]!.toLowerCase().includes("trailers")) lines += "te: trailers\r\n";
-      continue;
-    }
-    if (lower === drop || listed?.has(lower) === true) continue;
-    lines += `${name}: ${rawHeaders[i + 1]}\r\n`;
+    if (lower === drop) continue;
+    const value = forwardedValue(lower, rawHeaders[i + 1]!, listed);
+    if (value !== undefined) lines += `${lower === "te" ? lower : name}: ${value}\r\n`;
   }
-  return { lines };
+  return lines;
 }
 
 /**
@@ -68,7 +53,7 @@ function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, drop:
  * requires: it gets the upstream's `authority`.
  */
 export function upstreamRequestHead(head: MessageHead, framing: BodyFraming, drop: string, addLines: string, authority: string): string {
-  const { lines: received } = endToEndLines(head.rawHeaders, framing === "length", drop);
+  const received = endToEndLines(head.rawHeaders, framing === "length", drop);
   const lines = head.httpMinor === 0 && findHeader(head.rawHeaders, "host") === undefined ? `host: ${authority}\r\n${received}` : received;
   return `${head.method} ${head.url} HTTP/1.1\r\n${lines}${framing === "chunked" ? "transfer-encoding: chunked\r\n" : ""}${addLines}\r\n`;
 }
@@ -102,7 +87,7 @@ export function downstreamResponseHead(response: MessageHead, requestMethod: str
   const noBody = responseHasNoBody(requestMethod, response.status);
   const declared = declaredFraming(response.rawHeaders);
   // A Content-Length goes on only when it frames the body (or, on a bodiless answer, describes it).
-  const { lines } = endToEndLines(response.rawHeaders, declared !== "chunked", undefined);
+  const lines = endToEndLines(response.rawHeaders, declared !== "chunked", undefined);
   const framing: BodyFraming = noBody ? "none" : declared === "length" ? "length" : client.httpMinor >= 1 ? "chunked" : "close";
   const close = !client.keepAlive || framing === "close";
   let text = `HTTP/1.1 ${response.status} ${response.statusMessage}\r\n${lines}`;
@@ -114,7 +99,7 @@ export function downstreamResponseHead(response: MessageHead, requestMethod: str
 
 /** An interim (1xx) response head, relayed as received minus hop-by-hop fields. */
 export function interimResponseHead(response: MessageHead): string {
-  return `HTTP/1.1 ${response.status} ${response.statusMessage}\r\n${endToEndLines(response.rawHeaders, false, undefined).lines}\r\n`;
+  return `HTTP/1.1 ${response.status} ${response.statusMessage}\r\n${endToEndLines(response.rawHeaders, false, undefined)}\r\n`;
 }
 
 /** A trailer section ending a chunked body ("0\r\n" + fields + "\r\n"). */
