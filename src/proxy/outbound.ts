@@ -55,7 +55,6 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   const tracker = new ConnectionTracker((delta) => mesh.connectionsActive.inc({ direction: "outbound" }, delta));
   const servers: NetServer[] = [];
   let relay: Http1Relay | undefined;
-  checkHttp1Parser();
 
   const unknownApp = (name: string | undefined): ProxyAnswer => {
     telemetry.upstreamErrors.inc({ direction: "outbound", reason: "unknown_app" });
@@ -115,6 +114,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   const peerPoolOptions = { maxHeaderBytes: RESPONSE_HEADER_BYTES, idleMs: Math.max(1000, Math.floor(limits.idleTimeout / 2)) };
   let address: HostPort | undefined;
   if (options.listen !== undefined) {
+    checkHttp1Parser();
     const http1 = new Http1Relay({
       ...relayLimits(limits),
       decide: (head, socket) => {

@@ -5,8 +5,9 @@ import { MeshwardError } from "../../errors.ts";
  * Node's own HTTP/1 parser (llhttp, the C parser behind node:http), driven directly.
  *
  * Why not node:http: for a proxy, node:http builds an IncomingMessage stream, a ServerResponse,
- * a ClientRequest and an agent queue per hop, per request; on this machine that caps a sidecar
- * pair at ~4k small requests/s where the same two hops as raw parsing do ~14k (bench/proxy).
+ * a ClientRequest and an agent queue per hop, per request; on the development machine that
+ * capped a sidecar pair at ~4k small requests/s, where relaying with this parser does ~10k
+ * (bench/proxy).
  * Why this parser and not a hand-written one: it is the parser every Node HTTP server already
  * trusts with request smuggling (CL+TE, duplicate Content-Length, bare LF, obs-fold are refused
  * in strict mode), with header size limits enforced in C.
@@ -217,7 +218,7 @@ export function createMessageParser(kind: "request" | "response", maxHeaderBytes
 function unsupported(what: string): MeshwardError {
   return new MeshwardError(
     "E_RUNTIME_UNSUPPORTED",
-    `this Node.js (${process.version}) does not provide the HTTP/1 parser the sidecar drives (${what}); run the sidecar on Node 20, 22 or 24, or report the version`,
+    `this Node.js (${process.version}) does not provide the HTTP/1 parser the sidecar drives (${what}); run the sidecar on Node 20, 22, 24 or 26 (tested), or report the version`,
   );
 }
 
