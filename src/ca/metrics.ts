@@ -1,10 +1,11 @@
-import type { Counter, Gauge, Histogram } from "prom-client";
+import type { Counter, Gauge } from "prom-client";
+import type { LabelledHistogram } from "../telemetry/histogram.ts";
 import { createMeshMetrics, type Metrics } from "../telemetry/metrics.ts";
 
 /** The CA's metrics (names per DESIGN.md: meshward_<component>_<what>_<unit>). */
 export interface CaMetrics {
   readonly signRequests: Counter<"result" | "reason">;
-  readonly signDuration: Histogram<"result">;
+  readonly signDuration: LabelledHistogram<"result">;
   readonly issued: Counter<"validator">;
   /** Shared definition: meshward_cert_expiry_timestamp_seconds{kind}. */
   readonly certExpiry: Gauge<"kind">;

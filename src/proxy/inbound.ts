@@ -150,7 +150,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   };
   const hooksFor = (peer: PeerIdentity | undefined, socket: Socket, protocol: string): ForwardHooks => {
     const end = tracker.begin(socket);
-    const started = process.hrtime.bigint();
+    const started = performance.now();
     return {
       setHeaders: peer === undefined ? {} : { [XFCC]: xfccValue(ownId(), peer.spiffeId) },
       dropHeaders: [XFCC],
@@ -251,7 +251,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     }
     tracker.add(socket);
     const end = tracker.begin(socket);
-    const started = process.hrtime.bigint();
+    const started = performance.now();
     const app = netConnect({ host: options.app.host, port: options.app.port });
     let failed = false;
     app.once("error", (error) => {

@@ -86,7 +86,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   };
   const hooksFor = (socket: Socket, target: PeerTarget, protocol: string): ForwardHooks => {
     const end = tracker.begin(socket);
-    const started = process.hrtime.bigint();
+    const started = performance.now();
     return {
       setHeaders: {},
       dropHeaders: [XFCC],
@@ -215,7 +215,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       socket.pause();
       tracker.add(socket);
       const end = tracker.begin(socket);
-      const started = process.hrtime.bigint();
+      const started = performance.now();
       let ok = false;
       socket.once("close", () => {
         end();

@@ -2,7 +2,7 @@ import { constants as h2 } from "node:http2";
 import type { ServerHttp2Stream } from "node:http2";
 import { STATUS_CODES } from "node:http";
 import type { Duplex } from "node:stream";
-import type { Histogram } from "prom-client";
+import type { LabelledHistogram } from "../telemetry/histogram.ts";
 
 /** gRPC status codes meshward answers with itself. */
 export const GrpcStatus = { NOT_FOUND: 5, PERMISSION_DENIED: 7, INTERNAL: 13, UNAVAILABLE: 14, UNAUTHENTICATED: 16 } as const;
@@ -70,15 +70,9 @@ export function statusClass(status: number | undefined): string {
   return `${Math.floor(status / 100)}xx`;
 }
 
-type DurationHistogram = Histogram<"direction" | "protocol" | "status_class">;
-const children = new WeakMap<DurationHistogram, Map<string, { observe(value: number): void }>>();
+type DurationHistogram = LabelledHistogram<"direction" | "protocol" | "status_class">;
 
-/** requestDuration.observe with the labelled child cached (prom-client hashes labels on every call otherwise). */
-export function observeDuration(histogram: DurationHistogram, direction: string, protocol: string, status: string, startedNs: bigint): void {
-  let byKey = children.get(histogram);
-  if (byKey === undefined) children.set(histogram, (byKey = new Map()));
-  const key = `${direction}|${protocol}|${status}`;
-  let child = byKey.get(key);
-  if (child === undefined) byKey.set(key, (child = histogram.labels({ direction, protocol, status_class: status })));
-  child.observe(Number(process.hrtime.bigint() - startedNs) / 1e9);
+/** requestDuration.observe for a request that started at `startedMs` (performance.now()). */
+export function observeDuration(histogram: DurationHistogram, direction: string, protocol: string, status: string, startedMs: number): void {
+  histogram.series({ direction, protocol, status_class: status }).observe((performance.now() - startedMs) / 1000);
 }

@@ -1,5 +1,6 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Metric } from "prom-client";
+import { Counter, Gauge, Registry, collectDefaultMetrics, type Metric } from "prom-client";
 import { MeshwardError } from "../errors.ts";
+import { LabelledHistogram } from "./histogram.ts";
 
 /**
  * One prom-client Registry per process component (never the global one), with helpers that
@@ -22,7 +23,7 @@ export interface Metrics {
   readonly registry: Registry;
   counter<L extends string = never>(options: MetricOptions<L>): Counter<L>;
   gauge<L extends string = never>(options: MetricOptions<L>): Gauge<L>;
-  histogram<L extends string = never>(options: HistogramOptions<L>): Histogram<L>;
+  histogram<L extends string = never>(options: HistogramOptions<L>): LabelledHistogram<L>;
   /** Prometheus text exposition of everything in the registry. */
   text(): Promise<string>;
   readonly contentType: string;
@@ -102,29 +103,28 @@ export function createMetrics(config: MetricsConfig = {}): Metrics {
         new Gauge<L>({ name: options.name, help: options.help, labelNames: [...labelNames], registers: [registry] })
       );
     },
-    histogram<L extends string = never>(options: HistogramOptions<L>): Histogram<L> {
+    histogram<L extends string = never>(options: HistogramOptions<L>): LabelledHistogram<L> {
       const labelNames = options.labelNames ?? [];
       checkMetricName(options.name, "histogram");
       checkLabels(options.name, labelNames);
-      return (
-        existing<Histogram<L>>(options.name, "histogram", labelNames) ??
-        new Histogram<L>({
-          name: options.name,
-          help: options.help,
-          labelNames: [...labelNames],
-          registers: [registry],
-          ...(options.buckets ? { buckets: [...options.buckets] } : {}),
-        })
-      );
+      if ((labelNames as readonly string[]).includes("le")) throw new MeshwardError("E_METRIC_NAME_INVALID", `metric ${options.name}: le is the bucket label of every histogram`);
+      const found = existing<LabelledHistogram<L>>(options.name, "histogram", labelNames);
+      if (found !== undefined) return found;
+      const histogram = new LabelledHistogram<L>(options.name, options.help, [...labelNames], options.buckets ?? DEFAULT_BUCKETS);
+      registry.registerMetric(histogram as unknown as Metric);
+      return histogram;
     },
     text: () => registry.metrics(),
   };
 }
 
+/** prom-client's default buckets, in seconds. */
+const DEFAULT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
 function typeFromInstance(metric: Metric): string {
   if (metric instanceof Counter) return "counter";
   if (metric instanceof Gauge) return "gauge";
-  if (metric instanceof Histogram) return "histogram";
+  if (metric instanceof LabelledHistogram) return "histogram";
   return "summary";
 }
 
@@ -165,7 +165,7 @@ export interface MeshMetrics {
   /** meshward_policy_denials_total{caller,rule}: caller is the SPIFFE ID or "unverified". */
   readonly policyDenials: Counter<"caller" | "rule">;
   /** meshward_request_duration_seconds{direction,protocol,status_class}. */
-  readonly requestDuration: Histogram<"direction" | "protocol" | "status_class">;
+  readonly requestDuration: LabelledHistogram<"direction" | "protocol" | "status_class">;
   /** Counts one failed handshake (both counters) with a classified reason. */
   handshakeFailed(direction: Direction, error: unknown, socket?: TlsSocketLike): HandshakeFailureReason;
   handshakeSucceeded(direction: Direction): void;
