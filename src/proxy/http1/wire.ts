@@ -1,4 +1,4 @@
-import { connectionListed, forwardedValue } from "../headers.ts";
+import { connectionListed, forwardedValue, HOP_BY_HOP } from "../headers.ts";
 import type { MessageHead } from "./llhttp.ts";
 
 /** How a message's body is delimited on the wire (RFC 9112 §6). */
@@ -24,17 +24,41 @@ export function headersObject(rawHeaders: readonly string[]): Record<string, str
   return out;
 }
 
+const NOTHING_LISTED: ReadonlySet<string> = new Set();
+/** Lengths of the names endToEndLines may drop or rewrite when Connection lists nothing else (hop-by-hop, content-length). */
+const SPECIAL_LENGTHS: ReadonlySet<number> = new Set([...HOP_BY_HOP, "content-length"].map((name) => name.length));
+
+/** The names Connection lists beyond the hop-by-hop ones (which go anyway); usually none. */
+function listedBeyondHopByHop(rawHeaders: readonly string[]): ReadonlySet<string> {
+  let values: string[] | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    if (name.length === 10 && name.toLowerCase() === "connection") (values ??= []).push(rawHeaders[i + 1]!);
+  }
+  if (values === undefined) return NOTHING_LISTED;
+  if (values.length === 1 && values[0]!.length === 10 && values[0]!.toLowerCase() === "keep-alive") return NOTHING_LISTED;
+  const listed = connectionListed(values);
+  for (const name of HOP_BY_HOP) listed.delete(name);
+  return listed.size === 0 ? NOTHING_LISTED : listed;
+}
+
 /**
  * The end-to-end header lines of a message ("Name: value\r\n"…): fields forwardedValue drops and
  * `drop` removed, Content-Length kept only when `keepLength`.
  */
 function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, drop: string | undefined): string {
-  const connectionValues: string[] = [];
-  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i]!.toLowerCase() === "connection") connectionValues.push(rawHeaders[i + 1]!);
-  const listed = connectionListed(connectionValues);
+  const listed = listedBeyondHopByHop(rawHeaders);
+  // Unless Connection names other fields, only a name as long as a hop-by-hop one, Content-Length
+  // or `drop` can be one of them: the others go on without being lowercased and looked up.
+  const checkEvery = listed.size > 0;
+  const dropLength = drop?.length ?? -1;
   let lines = "";
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
+    if (!checkEvery && name.length !== dropLength && !SPECIAL_LENGTHS.has(name.length)) {
+      lines += `${name}: ${rawHeaders[i + 1]}\r\n`;
+      continue;
+    }
     const lower = name.toLowerCase();
     if (lower === "content-length") {
       if (keepLength) lines += `${name}: ${rawHeaders[i + 1]}\r\n`;

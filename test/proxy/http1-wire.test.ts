@@ -1,0 +1,47 @@
+import { describe, expect, it } from "vitest";
+import type { MessageHead } from "../../src/proxy/http1/llhttp.ts";
+import { declaredFraming, downstreamResponseHead, upstreamRequestHead } from "../../src/proxy/http1/wire.ts";
+
+/**
+ * The heads the relay writes, byte for byte (the relay tests send real traffic through them;
+ * these pin down each field rule, including the shortcut that leaves names no hop-by-hop rule
+ * can match unexamined).
+ */
+const request = (rawHeaders: string[], extra: Partial<MessageHead> = {}): MessageHead => ({ method: "GET", url: "/x", status: 0, statusMessage: "", httpMinor: 1, rawHeaders, upgrade: false, keepAlive: true, ...extra });
+const response = (rawHeaders: string[], status = 200): MessageHead => ({ method: "", url: "", status, statusMessage: "OK", httpMinor: 1, rawHeaders, upgrade: false, keepAlive: true });
+const forward = (head: MessageHead) => upstreamRequestHead(head, declaredFraming(head.rawHeaders), "x-forwarded-client-cert", "x-added: 1\r\n", "app:80");
+
+describe("HTTP/1.1 heads on the wire", () => {
+  it("drops every hop-by-hop field whatever its case and keeps the rest as received", () => {
+    const head = request(["Host", "a", "Connection", "keep-alive", "Keep-Alive", "timeout=5", "PROXY-CONNECTION", "x", "Upgrade-Insecure", "1", "Trailer", "x", "Upgrade", "h2c", "te", "gzip", "Http2-Settings", "AAA", "X-Tenant10", "t", "X-Abcde", "7", "Accept", "*/*"]);
+    expect(forward(head)).toBe("GET /x HTTP/1.1\r\nHost: a\r\nUpgrade-Insecure: 1\r\nX-Tenant10: t\r\nX-Abcde: 7\r\nAccept: */*\r\nx-added: 1\r\n\r\n");
+  });
+
+  it("keeps TE only as `te: trailers` (gRPC needs it)", () => {
+    expect(forward(request(["Host", "a", "TE", "Trailers, deflate"]))).toBe("GET /x HTTP/1.1\r\nHost: a\r\nte: trailers\r\nx-added: 1\r\n\r\n");
+  });
+
+  it("drops the fields Connection names, of any length and case, with or without keep-alive beside them", () => {
+    for (const connection of ["keep-alive, X-Secret-Hop", "X-SECRET-HOP", "close, x-secret-hop"]) {
+      const head = request(["Host", "a", "Connection", connection, "x-secret-hop", "1", "X-Keep", "yes"]);
+      expect(forward(head)).toBe("GET /x HTTP/1.1\r\nHost: a\r\nX-Keep: yes\r\nx-added: 1\r\n\r\n");
+    }
+    // Two Connection lines are one list.
+    expect(forward(request(["Host", "a", "Connection", "keep-alive", "Connection", "X-Two", "x-two", "2"]))).toBe("GET /x HTTP/1.1\r\nHost: a\r\nx-added: 1\r\n\r\n");
+  });
+
+  it("drops a caller's X-Forwarded-Client-Cert in any case, and keeps Content-Length only for a body framed by it", () => {
+    const post = request(["Host", "a", "X-FORWARDED-CLIENT-CERT", "By=forged", "Content-Length", "3"], { method: "POST" });
+    expect(forward(post)).toBe("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nx-added: 1\r\n\r\n");
+    const chunked = request(["Host", "a", "Transfer-Encoding", "chunked"], { method: "POST" });
+    expect(forward(chunked)).toBe("POST /x HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\nx-added: 1\r\n\r\n");
+  });
+
+  it("writes a response head without the upstream's connection fields, keeping its length", () => {
+    const head = response(["Content-Type", "text/plain", "Content-Length", "13", "Date", "Mon, 23 Nov 2026 16:00:00 GMT", "Connection", "keep-alive", "Keep-Alive", "timeout=60"]);
+    const out = downstreamResponseHead(head, "GET", { httpMinor: 1, keepAlive: true });
+    expect(out).toEqual({ text: "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nDate: Mon, 23 Nov 2026 16:00:00 GMT\r\n\r\n", framing: "length", close: false });
+    const listed = downstreamResponseHead(response(["Connection", "keep-alive, X-Internal", "X-Internal", "1", "Content-Length", "0"]), "GET", { httpMinor: 1, keepAlive: true });
+    expect(listed.text).toBe("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+  });
+});
