@@ -6,6 +6,9 @@
  *        [--client h2|grpc-js] [--signing-workers N] [--ca-bin path/to/bin/meshward.js]
  * The load generator runs in this process; its CPU per certificate is printed beside the
  * server's, because on a 2-core machine every millisecond it burns is one the CA lacks.
+ * The CA runs from a bundle of the working tree (scripts/bundle.ts, as `npm run build` makes it
+ * and the published package runs it), written to node_modules/.cache/meshward-bench-ca: never a
+ * dist/ left over from an older build, and not the TypeScript sources through tsx.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -22,11 +25,12 @@ import { requestCertificate } from "../../src/identity/ca-client.ts";
 import { createCsr, encodePrivateKey, generateKeyPair } from "../../src/pki/index.ts";
 import { decodeSignResponse, encodeSignRequest, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../src/protocol/sentry.ts";
 import { openStore } from "../../src/store/index.ts";
+import { bundleCli } from "../../scripts/bundle.ts";
 import { connectH2Grpc } from "./h2-grpc-client.ts";
 
 export type LoadClient = "h2" | "grpc-js";
 
-const DEFAULT_BIN = fileURLToPath(new URL("../../bin/meshward.js", import.meta.url));
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const TD = "bench.test";
 
 export interface ApiBenchResult {
@@ -220,7 +224,8 @@ export async function runApiBench(options: { durationMs?: number; clients?: numb
   const work = mkdtempSync(join(tmpdir(), "meshward-bench-ca-"));
   try {
     const csrs = await makeCsrPool(256);
-    const meshward = await benchMeshward(work, clients, durationMs, csrs, loadClient, options.signingWorkers, options.caBin ?? DEFAULT_BIN);
+    const caBin = options.caBin ?? (await bundleCli(join(ROOT, "node_modules/.cache/meshward-bench-ca")));
+    const meshward = await benchMeshward(work, clients, durationMs, csrs, loadClient, options.signingWorkers, caBin);
     const meshwardGrpcPerSec = meshward.perSec;
     let cfsslPerSec: number | undefined;
     let cfsslCpuMsPerCert: { server: number; client: number } | undefined;
@@ -252,7 +257,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
     clients: arg("--clients", 64),
     loadClient: process.argv.includes("--client") && client === "grpc-js" ? "grpc-js" : "h2",
     ...(workers !== undefined ? { signingWorkers: workers } : {}),
-    // Another build of meshward (e.g. a git worktree of an older commit) to compare against.
+    // Another build of meshward to compare against: bin/meshward.js of a git worktree of an older commit, or a bundle.
     ...(process.argv.includes("--ca-bin") ? { caBin: process.argv[process.argv.indexOf("--ca-bin") + 1]! } : {}),
   });
 }
