@@ -68,7 +68,21 @@ function nginxWorkerPid(master: number | undefined): number | undefined {
   }
 }
 
+/** CPU seconds (user + system) a process has used so far; NaN when it is gone. */
+function cpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return NaN;
+  }
+}
+const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim());
+
 interface WrkResult {
+  requests: number;
   rps: number;
   p50: number;
   p99: number;
@@ -94,6 +108,7 @@ function wrk(url: string, connections: number, headers: string[] = []): WrkResul
   const args = ["-t1", `-c${connections}`, `-d${SECONDS}s`, "--latency", ...headers.flatMap((h) => ["-H", h]), url];
   const out = execFileSync("wrk", args, { encoding: "utf8" });
   return {
+    requests: Number(/(\d+) requests in/.exec(out)?.[1] ?? NaN),
     rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN),
     // Anchored: the Thread Stats table also holds percentages ("+/- Stdev 85.50%").
     p50: toMs(/^\s*50%\s+(\S+)/m.exec(out)?.[1] ?? ""),
@@ -243,9 +258,21 @@ async function main(): Promise<void> {
     const fresh: Record<string, WrkResult> = {};
     // The pipe pair opens one TLS connection per client connection, so only keep-alive loads say something about it.
     const withPipe = { ...paths, "node-pipe": { url: pipeUrl, headers: [] as string[] } };
+    // The processes each small run goes through, for CPU time per request (from /proc, so scheduling
+    // noise that moves req/s moves this less): outbound, inbound, backend.
+    const processes: Record<string, [number | undefined, number | undefined, number | undefined]> = {
+      direct: [undefined, undefined, backend.child.pid],
+      meshward: [sideA.child.pid, sideB.child.pid, backend.child.pid],
+      nginx: [nginxWorkerPid(ngA.child.pid), nginxWorkerPid(ngB.child.pid), backend.child.pid],
+      "node-naive": [nvA.child.pid, nvB.child.pid, backend.child.pid],
+      "node-pipe": [ppA.child.pid, ppB.child.pid, backend.child.pid],
+    };
+    const cpuPerRequest: Record<string, number[]> = {};
     for (const [name, p] of Object.entries(withPipe)) {
       wrk(`${p.url}/`, 8, p.headers); // warm-up
+      const before = processes[name]!.map(cpuSeconds);
       small[name] = wrk(`${p.url}/`, 32, p.headers);
+      cpuPerRequest[name] = processes[name]!.map((pid, i) => ((cpuSeconds(pid) - before[i]!) * 1e6) / small[name]!.requests);
     }
     for (const [name, p] of Object.entries(withPipe)) big[name] = wrk(`${p.url}/big`, 4, p.headers);
     for (const [name, p] of Object.entries(paths)) fresh[name] = wrk(`${p.url}/`, 16, [...p.headers, "Connection: close"]);
@@ -267,6 +294,8 @@ async function main(): Promise<void> {
     console.log("  path        req/s     p50 ms   p99 ms   errors");
     for (const [name, r] of Object.entries(small)) console.log(`  ${name.padEnd(10)} ${f(r.rps).padStart(7)}   ${f(r.p50, 2).padStart(6)}   ${f(r.p99, 2).padStart(6)}   ${r.errors || "-"}`);
     const ratio = small.meshward!.rps / small.nginx!.rps;
+    console.log("  CPU µs per request (user + system, /proc):   outbound   inbound   backend");
+    for (const [name, us] of Object.entries(cpuPerRequest)) console.log(`  ${name.padEnd(10)} ${" ".repeat(33)}${us.map((u) => f(u, 1).padStart(8)).join("  ")}`);
     console.log(`  meshward / nginx req/s = ${(ratio * 100).toFixed(0)}%   (target ≥ 100%: ${ratio >= 1 ? "MET" : "NOT MET"}); meshward / node-naive = ${((small.meshward!.rps / small["node-naive"]!.rps) * 100).toFixed(0)}%, meshward / node-pipe = ${((small.meshward!.rps / small["node-pipe"]!.rps) * 100).toFixed(0)}%, node-pipe / nginx = ${((small["node-pipe"]!.rps / small.nginx!.rps) * 100).toFixed(0)}%`);
     console.log(`\nopen-loop at half of the nginx pair's peak (${half} req/s, bench/proxy/load.ts)`);
     const held = (r: { achievedRate: number }) => r.achievedRate >= 0.95 * half;
