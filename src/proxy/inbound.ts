@@ -148,19 +148,21 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     logger.warn({ event: "policy-denied", caller, rule: decision.rule, operation, verb, reason: decision.reason }, "request denied by the access policy");
     return { status: 403, grpcStatus: GrpcStatus.PERMISSION_DENIED, code: "E_POLICY_DENIED", message: decision.reason, extra: { rule: decision.rule, caller } };
   };
-  const hooksFor = (peer: PeerIdentity | undefined, socket: Socket, protocol: string): ForwardHooks => {
+  /** Counts the request in flight on its connection (drain waits for it) and times it; call once it is answered. */
+  const begin = (socket: Socket, protocol: string): ((status: number) => void) => {
     const end = tracker.begin(socket);
     const started = performance.now();
-    return {
-      setHeaders: peer === undefined ? {} : { [XFCC]: xfccValue(ownId(), peer.spiffeId) },
-      dropHeaders: [XFCC],
-      onUpstreamError: appError,
-      done: (status) => {
-        end();
-        observeDuration(mesh.requestDuration, "inbound", protocol, statusClass(status), started);
-      },
+    return (status) => {
+      end();
+      observeDuration(mesh.requestDuration, "inbound", protocol, statusClass(status), started);
     };
   };
+  const hooksFor = (peer: PeerIdentity | undefined, socket: Socket, protocol: string): ForwardHooks => ({
+    setHeaders: peer === undefined ? {} : { [XFCC]: xfccValue(ownId(), peer.spiffeId) },
+    dropHeaders: [XFCC],
+    onUpstreamError: appError,
+    done: begin(socket, protocol),
+  });
   const peerFor = (socket: Socket): PeerIdentity | undefined => ((socket as { [kPlaintext]?: boolean })[kPlaintext] ? undefined : peerOf(socket));
 
   // --- HTTP/1.1 -------------------------------------------------------------------------
@@ -177,12 +179,11 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       const peer = peerFor(socket);
       const refusal = denied(peer, socket, head.url, head.method);
       if (refusal !== undefined) return { answer: refusal, done: tracker.begin(socket) };
-      const hooks = hooksFor(peer, socket, "http");
       return {
         upstream: appPool,
         addHeaders: peer === undefined ? "" : `${XFCC}: ${xfccValue(ownId(), peer.spiffeId)}\r\n`,
         onUpstreamError: appError,
-        done: hooks.done,
+        done: begin(socket, "http"),
       };
     },
     upgrade: (head, socket, rest) => {

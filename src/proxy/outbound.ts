@@ -84,19 +84,21 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
           : `the sidecar of ${target.appId} at ${target.host}:${target.port} is not reachable: ${describeError(error)}`,
     };
   };
-  const hooksFor = (socket: Socket, target: PeerTarget, protocol: string): ForwardHooks => {
+  /** Counts the request in flight on its connection (drain waits for it) and times it; call once it is answered. */
+  const begin = (socket: Socket, protocol: string): ((status: number) => void) => {
     const end = tracker.begin(socket);
     const started = performance.now();
-    return {
-      setHeaders: {},
-      dropHeaders: [XFCC],
-      onUpstreamError: peerError(target),
-      done: (status) => {
-        end();
-        observeDuration(mesh.requestDuration, "outbound", protocol, statusClass(status), started);
-      },
+    return (status) => {
+      end();
+      observeDuration(mesh.requestDuration, "outbound", protocol, statusClass(status), started);
     };
   };
+  const hooksFor = (socket: Socket, target: PeerTarget, protocol: string): ForwardHooks => ({
+    setHeaders: {},
+    dropHeaders: [XFCC],
+    onUpstreamError: peerError(target),
+    done: begin(socket, protocol),
+  });
   // Resolution is pure (table or template): cache it per name, bounded.
   const resolved = new Map<string, PeerTarget | undefined>();
   const route = (headers: Record<string, unknown>): { name: string | undefined; target: PeerTarget | undefined } => {
@@ -120,12 +122,11 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       decide: (head, socket) => {
         const { name, target } = route({ [APP_ID_HEADER]: findHeader(head.rawHeaders, APP_ID_HEADER), host: findHeader(head.rawHeaders, "host") });
         if (target === undefined) return { answer: unknownApp(name) };
-        const hooks = hooksFor(socket, target, "http");
         return {
           upstream: pool.http1(target, peerPoolOptions),
           addHeaders: "",
-          onUpstreamError: hooks.onUpstreamError,
-          done: hooks.done,
+          onUpstreamError: peerError(target),
+          done: begin(socket, "http"),
         };
       },
       upgrade: (head, socket, rest) => {
