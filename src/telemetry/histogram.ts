@@ -78,7 +78,11 @@ export class LabelledHistogram<L extends string = never> {
     return this.#bounds;
   }
 
-  /** The series for these labels (every label name of the histogram, nothing else), created on first use. */
+  /**
+   * The series for these labels (every label name of the histogram, nothing else), created on
+   * first use; labels that are missing or not the histogram's are refused then (the types check
+   * every other call).
+   */
   series(labels: Readonly<Record<L, string>>): HistogramSeries {
     // A tree of Maps, one level per label name: label values are usually literals, whose hashes
     // V8 keeps, so finding a series costs no string building.
