@@ -124,6 +124,7 @@ interface PeerEntry {
  */
 export class PeerPool {
   readonly #entries = new Map<string, PeerEntry>();
+  #byTarget = new WeakMap<PeerTarget, PeerEntry>();
   readonly #sessions = new SessionCache(1024);
   #closed = false;
 
@@ -133,12 +134,17 @@ export class PeerPool {
   ) {}
 
   #entry(target: PeerTarget): PeerEntry {
+    // Callers resolve a target once and pass the same object for each request: found without
+    // building its key.
+    const known = this.#byTarget.get(target);
+    if (known !== undefined) return known;
     const key = `${target.expectedId}|${target.host}|${target.port}`;
     let entry = this.#entries.get(key);
     if (entry === undefined) {
       entry = { target, runtime: prepareClient({ identity: this.identity, expect: target.expectedId, logger: this.logger }, "sidecar outbound") };
       this.#entries.set(key, entry);
     }
+    this.#byTarget.set(target, entry);
     return entry;
   }
 
@@ -200,5 +206,6 @@ export class PeerPool {
       void entry.h2?.then((s) => s.close(), () => undefined);
     }
     this.#entries.clear();
+    this.#byTarget = new WeakMap();
   }
 }

@@ -18,7 +18,7 @@ export interface ProxyAnswer {
 }
 
 /** The JSON body of a proxy answer: {"error": code, "message": …, …extra}. */
-export function answerBody(answer: ProxyAnswer): string {
+function answerBody(answer: ProxyAnswer): string {
   return `${JSON.stringify({ error: answer.code, message: answer.message, ...answer.extra })}\n`;
 }
 
