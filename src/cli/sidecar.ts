@@ -94,7 +94,7 @@ export function buildSidecarConfig(opts: Record<string, unknown>): SidecarConfig
     else (merged.limits as Record<string, unknown>)[path[1]!] = typed;
     fromFlag.set(path.join("."), flag.split(" ")[0]!);
   }
-  for (const [key, flag] of [["mode", "--mode"], ["protocol", "--protocol"], ["validator", "--validator"], ["logLevel", "--log-level"], ["logFormat", "--log-format"]] as const) {
+  for (const [key, flag] of [["mode", "--mode"], ["protocol", "--protocol"], ["escapedSlashes", "--escaped-slashes"], ["validator", "--validator"], ["logLevel", "--log-level"], ["logFormat", "--log-format"]] as const) {
     if (opts[key] !== undefined) {
       merged[key] = key === "validator" ? String(opts[key]).toUpperCase().replace("-", "_") : opts[key];
       fromFlag.set(key, flag);
@@ -148,6 +148,7 @@ export function registerSidecarCommand(program: Command): void {
     .option("--egress <spec>", `${FIELD_HELP.egress} spec: listen=HOST:PORT,backend=HOST:PORT[,serverName=N][,caFile=F][,mtls=true]. Repeatable.`, collect)
     .addOption(new Option("--mode <mode>", `${FIELD_HELP.mode} (default strict)`).choices(["strict", "permissive"]))
     .addOption(new Option("--protocol <protocol>", `${FIELD_HELP.protocol} (default http)`).choices(["http", "tcp"]))
+    .addOption(new Option("--escaped-slashes <action>", FIELD_HELP.escapedSlashes ?? "").choices(["reject", "unescape", "keep"]))
     .addOption(new Option("--log-format <format>", "log format: json (default) or pretty").choices(["json", "pretty"]))
     .addOption(new Option("--log-level <level>", "log level (default info)").choices(["trace", "debug", "info", "warn", "error"]))
     .action(async (opts: Record<string, unknown>) => {

@@ -80,6 +80,10 @@ export const sidecarConfigSchema = z
     policy: z.string().min(1).optional().describe("Access policy file: a Dapr `kind: Configuration` YAML with spec.accessControl; watched and reloaded."),
     mode: z.enum(["strict", "permissive"]).default("strict").describe("strict: only mTLS on the inbound port; permissive: plaintext too (counted and logged), for migrations."),
     protocol: z.enum(["http", "tcp"]).default("http").describe("http: HTTP/1.1, HTTP/2 and gRPC with per-request policy and XFCC; tcp: bytes piped, policy decided on connect."),
+    escapedSlashes: z
+      .enum(["reject", "unescape", "keep"])
+      .default("reject")
+      .describe("Paths with %2F or %5C: reject (400, default), unescape (decode to '/' before the policy judges and the app receives the path), or keep (judged and forwarded as they are; only for apps that never decode them). Like Envoy's path_with_escaped_slashes_action."),
     status: hostPort("status address").optional().describe("Serve /metrics, /healthz, /readyz and the status page (/) on this HOST:PORT."),
     statusTokenFile: z.string().min(1).optional().describe("File holding the status page token (at least 16 characters); required when status is not on loopback (or MESHWARD_STATUS_TOKEN)."),
     limits: limitsSchema.default(limitsSchema.parse({})).describe("Connection and request limits."),

@@ -29,26 +29,53 @@ export function connectionListed(connectionValues: Iterable<string>): Set<string
   return listed;
 }
 
+/** The headers the sidecar sets itself to tell the app who called: never taken from a caller. */
+export const IDENTITY_HEADERS: readonly string[] = [XFCC];
+/** Their name lengths, for callers that skip names no rule can match. */
+export const IDENTITY_LENGTHS: ReadonlySet<number> = new Set(IDENTITY_HEADERS.map((name) => name.length));
+
 /**
- * What a proxy sends on for one received field (`lower`: its lowercase name): undefined when it
- * is hop-by-hop or named in Connection, else its value. `te: trailers` is kept: gRPC needs it.
+ * Whether a lowercase field name is an identity header in any spelling: `_` and `-` are the
+ * same name to CGI/WSGI apps (PEP 3333 maps both to HTTP_X_FORWARDED_CLIENT_CERT).
  */
-export function forwardedValue<V>(lower: string, value: V, listed: ReadonlySet<string>): V | "trailers" | undefined {
-  if (lower === "te") return String(value).toLowerCase().includes("trailers") ? "trailers" : undefined;
-  return HOP_BY_HOP.has(lower) || listed.has(lower) ? undefined : value;
+export function isIdentityHeader(lower: string): boolean {
+  if (!IDENTITY_LENGTHS.has(lower.length)) return false;
+  const dashed = lower.includes("_") ? lower.replaceAll("_", "-") : lower;
+  return IDENTITY_HEADERS.includes(dashed);
 }
 
 /**
- * Request/response headers with hop-by-hop fields (RFC 9110 §7.6.1, and any named in
- * Connection), HTTP/2 pseudo-headers and `drop` removed (forwardedValue, per field).
+ * What a proxy sends on for one received field (`lower`: its lowercase name): undefined when it
+ * is hop-by-hop, named in Connection, or an identity header in any spelling, else its value.
+ * `te: trailers` is kept: gRPC needs it. The one rule for every header the sidecar forwards.
  */
-export function forwardableHeaders(headers: IncomingHttpHeaders | Record<string, unknown>, drop: readonly string[] = []): OutgoingHttpHeaders {
+export function forwardedValue<V>(lower: string, value: V, listed: ReadonlySet<string>): V | "trailers" | undefined {
+  if (lower === "te") return String(value).toLowerCase().includes("trailers") ? "trailers" : undefined;
+  return HOP_BY_HOP.has(lower) || listed.has(lower) || isIdentityHeader(lower) ? undefined : value;
+}
+
+/**
+ * Fields a trailer section may not carry on (RFC 9110 §6.5.1: framing, routing, request
+ * modifiers, authentication), besides what forwardedValue drops.
+ */
+const NOT_IN_TRAILERS: ReadonlySet<string> = new Set(["content-length", "content-type", "content-encoding", "content-range", "host", "authorization", "cookie", "set-cookie", "expect", "max-forwards", "cache-control", "pragma", "range"]);
+
+/** Whether a trailer field is passed on (never identity, framing or routing fields). */
+export function forwardedTrailer(lower: string): boolean {
+  return !NOT_IN_TRAILERS.has(lower) && forwardedValue(lower, "", NO_FIELDS) !== undefined;
+}
+const NO_FIELDS: ReadonlySet<string> = new Set();
+
+/**
+ * Request/response headers with hop-by-hop fields (RFC 9110 §7.6.1, and any named in
+ * Connection), identity headers and HTTP/2 pseudo-headers removed (forwardedValue, per field).
+ */
+export function forwardableHeaders(headers: IncomingHttpHeaders | Record<string, unknown>): OutgoingHttpHeaders {
   const listed = connectionListed(headers.connection === undefined ? [] : [String(headers.connection)]);
   const out: OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || name.startsWith(":")) continue;
     const lower = name.toLowerCase();
-    if (drop.includes(lower)) continue;
     const kept = forwardedValue(lower, value as OutgoingHttpHeaders[string], listed);
     if (kept !== undefined) out[lower] = kept;
   }
@@ -69,8 +96,4 @@ export function targetAppId(headers: IncomingHttpHeaders | Record<string, unknow
   if (typeof host !== "string" || host === "") return undefined;
   const name = host.startsWith("[") ? host : host.replace(/:\d+$/, "");
   return name.toLowerCase();
-}
-
-export function isGrpc(contentType: unknown): boolean {
-  return typeof contentType === "string" && contentType.toLowerCase().startsWith("application/grpc");
 }

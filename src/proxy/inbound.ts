@@ -1,5 +1,4 @@
-import { Agent as HttpAgent } from "node:http";
-import { connect as http2Connect, createServer as createH2Server } from "node:http2";
+import { connect as http2Connect, constants as h2constants, createServer as createH2Server } from "node:http2";
 import type { ClientHttp2Session, IncomingHttpHeaders as H2Headers, ServerHttp2Session, ServerHttp2Stream } from "node:http2";
 import { connect as netConnect, createServer as createNetServer } from "node:net";
 import type { AddressInfo, Socket } from "node:net";
@@ -19,15 +18,19 @@ import { peerOf, prepareServer } from "../transport/common.ts";
 import { secureServer } from "../transport/tls.ts";
 import type { HostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
+import { LogLimiter } from "../telemetry/log-limiter.ts";
+import { canonicalH2Request, isRefusal } from "./canonical.ts";
+import type { EscapedSlashAction } from "./canonical.ts";
 import { ConnectionTracker } from "./connections.ts";
-import { forwardH2, forwardH2ToHttp1, forwardUpgrade, unreachableAnswer } from "./forward.ts";
-import type { ForwardHooks, Http1Upstream } from "./forward.ts";
-import { isGrpc, XFCC, xfccValue } from "./headers.ts";
+import { forwardH2, forwardUpgrade, unreachableAnswer } from "./forward.ts";
+import type { ForwardHooks } from "./forward.ts";
+import { XFCC, xfccValue } from "./headers.ts";
 import type { PolicySource } from "./policy-source.ts";
+import { forwardH2ToHttp1 } from "./http1/h2-bridge.ts";
 import { Http1Pool } from "./http1/pool.ts";
 import { Http1Relay } from "./http1/relay.ts";
+import type { ClientErrorReason } from "./http1/relay.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
-import { headersObject } from "./http1/wire.ts";
 import { answerH2, answerRawHttp1, answerText, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
@@ -57,6 +60,7 @@ export interface InboundOptions {
   readonly app: HostPort;
   readonly protocol: "http" | "tcp";
   readonly mode: "strict" | "permissive";
+  readonly escapedSlashes: EscapedSlashAction;
   readonly limits: SidecarLimits;
   readonly identity: IdentitySource;
   readonly policy: PolicySource;
@@ -83,12 +87,32 @@ export const RESPONSE_HEADER_BYTES = 64 * 1024;
 /** Idle keep-alive connections to the app close after this, below Node's default server keep-alive (5 s). */
 const APP_IDLE_MS = 4_000;
 
-/** The relay settings both sides take from the limits; a caller's x-forwarded-client-cert never passes. */
-export function relayLimits(limits: SidecarLimits): { maxHeaderBytes: number; headersTimeout: number; idleTimeout: number; dropHeader: string } {
-  return { maxHeaderBytes: limits.maxHeaderBytes, headersTimeout: limits.headersTimeout, idleTimeout: limits.idleTimeout, dropHeader: XFCC };
+/** The relay settings both sides take from the limits and the path rules. */
+export function relaySettings(limits: SidecarLimits, escapedSlashes: EscapedSlashAction): { maxHeaderBytes: number; headersTimeout: number; idleTimeout: number; escapedSlashes: EscapedSlashAction } {
+  return { maxHeaderBytes: limits.maxHeaderBytes, headersTimeout: limits.headersTimeout, idleTimeout: limits.idleTimeout, escapedSlashes };
 }
 
-export const CONNECT_REFUSAL: ProxyAnswer = { status: 405, grpcStatus: GrpcStatus.INTERNAL, code: "E_CONNECT_UNSUPPORTED", message: "the sidecar is not a forward proxy: CONNECT is not accepted" };
+/** An HTTP/2 request refused before the policy could judge it (not canonical, CONNECT). */
+export function h2Refusal(status: 400 | 405, message: string): ProxyAnswer {
+  return { status, grpcStatus: GrpcStatus.INTERNAL, code: status === 405 ? "E_CONNECT_UNSUPPORTED" : "E_AMBIGUOUS_REQUEST", message };
+}
+
+/**
+ * Log lines a peer can cause at will, rate-limited per key (caller and reason); summaries say
+ * how many were left out. Metrics count every event regardless.
+ */
+export function limitedWarn(logger: Logger, limiter: LogLimiter, key: string, fields: Record<string, unknown>, message: string): void {
+  const suppressed = limiter.admit(key);
+  if (suppressed === undefined) return;
+  logger.warn(suppressed > 0 ? { ...fields, suppressed } : fields, message);
+}
+
+/** Starts the periodic summary of suppressed log lines; returns its stopper. */
+export function summariseSuppressed(logger: Logger, limiter: LogLimiter, intervalMs = 10_000): () => void {
+  const timer = setInterval(() => limiter.sweep((key, suppressed) => logger.warn({ event: "log-suppressed", key, suppressed }, `left out ${suppressed} log lines like the last one for ${key}`)), intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
 
 const STRICT_REFUSAL: ProxyAnswer = {
   status: 400,
@@ -115,9 +139,10 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   const pending = new Set<Socket>();
   const appLabel = `${options.app.host}:${options.app.port}`;
 
+  const logLimiter = new LogLimiter();
+  const stopSummaries = summariseSuppressed(logger, logLimiter);
+
   // --- upstream: the app on loopback ---------------------------------------------------
-  const appAgent = new HttpAgent({ keepAlive: true, scheduling: "lifo", keepAliveMsecs: 1000, noDelay: true } as ConstructorParameters<typeof HttpAgent>[0]);
-  const appHttp1: Http1Upstream = { host: options.app.host, port: options.app.port, agent: appAgent, tls: false };
   let appH2: ClientHttp2Session | undefined;
   const appSession = (): ClientHttp2Session => {
     if (appH2 !== undefined && !appH2.closed && !appH2.destroyed) return appH2;
@@ -145,7 +170,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     const caller = peer?.spiffeId ?? "unverified";
     mesh.policyDenials.inc({ caller, rule: decision.rule });
     telemetry.refusals?.denied({ rule: decision.rule, remote: remoteOf(socket), ...(peer ? { spiffeId: peer.spiffeId } : {}) });
-    logger.warn({ event: "policy-denied", caller, rule: decision.rule, operation, verb, reason: decision.reason }, "request denied by the access policy");
+    limitedWarn(logger, logLimiter, `policy-denied|${caller}|${decision.rule}`, { event: "policy-denied", caller, rule: decision.rule, operation, verb, reason: decision.reason }, "request denied by the access policy");
     return { status: 403, grpcStatus: GrpcStatus.PERMISSION_DENIED, code: "E_POLICY_DENIED", message: decision.reason, extra: { rule: decision.rule, caller } };
   };
   /** Counts the request in flight on its connection (drain waits for it) and times it; call once it is answered. */
@@ -159,7 +184,6 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   };
   const hooksFor = (peer: PeerIdentity | undefined, socket: Socket, protocol: string): ForwardHooks => ({
     setHeaders: peer === undefined ? {} : { [XFCC]: xfccValue(ownId(), peer.spiffeId) },
-    dropHeaders: [XFCC],
     onUpstreamError: appError,
     done: begin(socket, protocol),
   });
@@ -173,11 +197,15 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     idleMs: APP_IDLE_MS,
     maxIdle: 256,
   });
+  const clientError = (reason: ClientErrorReason, detail: string, socket: Socket) => {
+    telemetry.refused.inc({ direction: "inbound", reason });
+    limitedWarn(logger, logLimiter, `client-error|${reason}|${socket.remoteAddress}`, { event: "client-error", reason, remote: socket.remoteAddress, err: detail }, "refused a malformed, ambiguous or slow request");
+  };
   const http1 = new Http1Relay({
-    ...relayLimits(limits),
-    decide: (head, socket) => {
+    ...relaySettings(limits, options.escapedSlashes),
+    decide: (request, socket) => {
       const peer = peerFor(socket);
-      const refusal = denied(peer, socket, head.url, head.method);
+      const refusal = denied(peer, socket, request.target.path, request.method);
       if (refusal !== undefined) return { answer: refusal, done: tracker.begin(socket) };
       return {
         upstream: appPool,
@@ -186,20 +214,14 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
         done: begin(socket, "http"),
       };
     },
-    upgrade: (head, socket, rest) => {
+    upgrade: (request, socket, rest) => {
       const peer = peerFor(socket);
-      if (head.method === "CONNECT") {
-        telemetry.refused.inc({ direction: "inbound", reason: "connect" });
-        return void answerRawHttp1(socket, CONNECT_REFUSAL);
-      }
-      const refusal = denied(peer, socket, head.url, head.method);
+      const refusal = denied(peer, socket, request.target.path, request.method);
       if (refusal !== undefined) return void answerRawHttp1(socket, refusal);
-      forwardUpgrade({ method: head.method, url: head.url, headers: headersObject(head.rawHeaders) }, socket, rest, appHttp1, hooksFor(peer, socket, "http"));
+      const app = netConnect({ host: options.app.host, port: options.app.port, noDelay: true });
+      forwardUpgrade({ method: request.method, target: request.target.target, rawHeaders: request.head.rawHeaders }, socket, rest, app, hooksFor(peer, socket, "http"));
     },
-    clientError: (reason, detail, socket) => {
-      telemetry.refused.inc({ direction: "inbound", reason });
-      logger.warn({ event: "client-error", reason, remote: socket.remoteAddress, err: detail }, "refused a malformed or slow request");
-    },
+    clientError,
     closeAfterResponse: (socket) => tracker.draining || tracker.retiring(socket),
   });
 
@@ -220,16 +242,26 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     if (socket === undefined) return void stream.close();
     stream.on("error", () => undefined);
     const peer = peerFor(socket);
-    const grpc = isGrpc(headers["content-type"]);
-    const path = headers[":path"] ?? "/";
-    const refusal = denied(peer, socket, path, grpc ? "" : (headers[":method"] ?? "GET"));
+    const request = canonicalH2Request(headers, options.escapedSlashes);
+    if (isRefusal(request)) {
+      clientError(request.status === 405 ? "connect" : "ambiguous_request", request.refused, socket);
+      answerH2(stream, h2Refusal(request.status, request.refused), false);
+      return;
+    }
+    const { grpc } = request;
+    const refusal = denied(peer, socket, request.target.path, grpc ? "" : request.method);
     if (refusal !== undefined) {
       answerH2(stream, refusal, grpc);
       return;
     }
     const hooks = hooksFor(peer, socket, grpc ? "grpc" : "http");
-    if (grpc) forwardH2(stream, headers, flags, appSession(), { ...hooks, grpc });
-    else forwardH2ToHttp1(stream, headers, appHttp1, hooks);
+    const endStream = (flags & h2constants.NGHTTP2_FLAG_END_STREAM) !== 0;
+    if (grpc) {
+      forwardH2(stream, headers, request, flags, appSession(), hooks);
+    } else {
+      const xfcc = hooks.setHeaders[XFCC];
+      forwardH2ToHttp1(stream, request, endStream, appPool, { addHeaders: xfcc === undefined ? "" : `${XFCC}: ${String(xfcc)}\r\n`, onUpstreamError: appError, done: hooks.done });
+    }
   });
   const toHttp = (socket: Socket, h2Preface: boolean) => {
     tracker.add(socket);
@@ -342,7 +374,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       const reason = plaintextHttp ? "plaintext" : "garbage";
       telemetry.refused.inc({ direction: "inbound", reason });
       telemetry.refusals?.refused({ reason, remote: remoteOf(socket) });
-      logger.warn({ event: "refused", reason, remote: socket.remoteAddress, mode: options.mode }, plaintextHttp ? "refused a plaintext request: this port needs mTLS" : "refused a connection that is neither TLS nor HTTP");
+      limitedWarn(logger, logLimiter, `refused|${reason}|${socket.remoteAddress}`, { event: "refused", reason, remote: socket.remoteAddress, mode: options.mode }, plaintextHttp ? "refused a plaintext request: this port needs mTLS" : "refused a connection that is neither TLS nor HTTP");
       if (kind === "http1") {
         socket.end(answerText(STRICT_REFUSAL, true));
         setTimeout(() => socket.destroy(), 1000).unref();
@@ -369,8 +401,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     h2.close();
     await control.meshward.close();
     appPool.close();
-    appAgent.destroy();
     appH2?.destroy();
+    stopSummaries();
   };
   return {
     address: { host: bound.address, port: bound.port },

@@ -11,11 +11,14 @@ import type { HostPort } from "../util/address.ts";
 import { ConnectionTracker } from "./connections.ts";
 import { forwardH2, forwardUpgrade, isUnreachable } from "./forward.ts";
 import type { ForwardHooks } from "./forward.ts";
-import { APP_ID_HEADER, isGrpc, targetAppId, XFCC } from "./headers.ts";
+import { LogLimiter } from "../telemetry/log-limiter.ts";
+import { canonicalH2Request, isRefusal } from "./canonical.ts";
+import type { EscapedSlashAction } from "./canonical.ts";
+import { APP_ID_HEADER, targetAppId } from "./headers.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
 import { Http1Relay } from "./http1/relay.ts";
-import { findHeader, headersObject } from "./http1/wire.ts";
-import { CONNECT_REFUSAL, relayLimits, RESPONSE_HEADER_BYTES } from "./inbound.ts";
+import { findHeader } from "./http1/wire.ts";
+import { h2Refusal, limitedWarn, relaySettings, RESPONSE_HEADER_BYTES, summariseSuppressed } from "./inbound.ts";
 import type { ProxyTelemetry } from "./inbound.ts";
 import { PeerPool, resolvePeer } from "./peers.ts";
 import type { PeerDirectory, PeerTarget } from "./peers.ts";
@@ -31,6 +34,7 @@ export interface OutboundOptions {
   readonly directory: PeerDirectory;
   readonly identity: IdentitySource;
   readonly limits: SidecarLimits;
+  readonly escapedSlashes: EscapedSlashAction;
   readonly telemetry: ProxyTelemetry;
 }
 
@@ -55,6 +59,8 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   const tracker = new ConnectionTracker((delta) => mesh.connectionsActive.inc({ direction: "outbound" }, delta));
   const servers: NetServer[] = [];
   let relay: Http1Relay | undefined;
+  const logLimiter = new LogLimiter();
+  const stopSummaries = summariseSuppressed(logger, logLimiter);
 
   const unknownApp = (name: string | undefined): ProxyAnswer => {
     telemetry.upstreamErrors.inc({ direction: "outbound", reason: "unknown_app" });
@@ -95,7 +101,6 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   };
   const hooksFor = (socket: Socket, target: PeerTarget, protocol: string): ForwardHooks => ({
     setHeaders: {},
-    dropHeaders: [XFCC],
     onUpstreamError: peerError(target),
     done: begin(socket, protocol),
   });
@@ -118,9 +123,9 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   if (options.listen !== undefined) {
     checkHttp1Parser();
     const http1 = new Http1Relay({
-      ...relayLimits(limits),
-      decide: (head, socket) => {
-        const { name, target } = route({ [APP_ID_HEADER]: findHeader(head.rawHeaders, APP_ID_HEADER), host: findHeader(head.rawHeaders, "host") });
+      ...relaySettings(limits, options.escapedSlashes),
+      decide: (request, socket) => {
+        const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host: request.target.authority ?? request.host });
         if (target === undefined) return { answer: unknownApp(name) };
         return {
           upstream: pool.http1(target, peerPoolOptions),
@@ -129,17 +134,13 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
           done: begin(socket, "http"),
         };
       },
-      upgrade: (head, socket, rest) => {
-        if (head.method === "CONNECT") {
-          telemetry.refused.inc({ direction: "outbound", reason: "connect" });
-          return void answerRawHttp1(socket, CONNECT_REFUSAL);
-        }
-        const headers = headersObject(head.rawHeaders);
-        const { name, target } = route(headers);
+      upgrade: (request, socket, rest) => {
+        const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host: request.target.authority ?? request.host });
         if (target === undefined) return void answerRawHttp1(socket, unknownApp(name));
         const hooks = hooksFor(socket, target, "http");
-        pool.agent(target).then(
-          (agent) => forwardUpgrade({ method: head.method, url: head.url, headers }, socket, rest, { host: target.host, port: target.port, agent, tls: true }, hooks),
+        // An upgraded connection is the caller's alone: a fresh verified connection, never pooled.
+        pool.socket(target).then(
+          (peer) => forwardUpgrade({ method: request.method, target: request.target.target, rawHeaders: request.head.rawHeaders }, socket, rest, peer, hooks),
           (error: Error) => {
             answerRawHttp1(socket, hooks.onUpstreamError(error));
             hooks.done(502);
@@ -148,7 +149,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       },
       clientError: (reason, detail, socket) => {
         telemetry.refused.inc({ direction: "outbound", reason });
-        logger.warn({ event: "client-error", reason, remote: socket.remoteAddress, err: detail }, "refused a malformed or slow request from the app");
+        limitedWarn(logger, logLimiter, `client-error|${reason}`, { event: "client-error", reason, remote: socket.remoteAddress, err: detail }, "refused a malformed, ambiguous or slow request from the app");
       },
       closeAfterResponse: () => tracker.draining,
     });
@@ -165,12 +166,17 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     h2.on("stream", (stream: ServerHttp2Stream, headers: H2Headers, flags: number) => {
       stream.on("error", () => undefined);
       const socket = sessionSocket.get(stream.session as ServerHttp2Session);
-      const grpc = isGrpc(headers["content-type"]);
+      const request = canonicalH2Request(headers, options.escapedSlashes);
+      if (isRefusal(request)) {
+        telemetry.refused.inc({ direction: "outbound", reason: request.status === 405 ? "connect" : "ambiguous_request" });
+        return answerH2(stream, h2Refusal(request.status, request.refused), false);
+      }
+      const { grpc } = request;
       const { name, target } = route(headers);
       if (target === undefined || socket === undefined) return answerH2(stream, unknownApp(name), grpc);
       const hooks = hooksFor(socket, target, grpc ? "grpc" : "http");
       pool.h2(target).then(
-        (session) => forwardH2(stream, headers, flags, session, { ...hooks, grpc }),
+        (session) => forwardH2(stream, headers, request, flags, session, hooks),
         (error: Error) => {
           answerH2(stream, hooks.onUpstreamError(error), grpc);
           hooks.done(502);
@@ -252,6 +258,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     await stopped;
     relay?.close();
     pool.close();
+    stopSummaries();
   };
   return { address, tcp, drain: shutdown, close: () => shutdown(0) };
 }

@@ -1,8 +1,5 @@
-import { Agent as HttpsAgent } from "node:https";
-import type { AgentOptions } from "node:https";
 import { connect as http2Connect } from "node:http2";
 import type { ClientHttp2Session } from "node:http2";
-import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import type { IdentitySource } from "../identity/source.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
@@ -55,30 +52,6 @@ export function resolvePeer(directory: PeerDirectory, name: string): PeerTarget 
   return { appId, namespace, host, port, expectedId };
 }
 
-/**
- * An https.Agent for ONE expected peer identity that hands a socket to the HTTP client only
- * after the peer's SPIFFE ID was verified (no request byte reaches an unverified peer), with
- * TLS sessions resumed from a cache keyed by that identity (NODE-TLS-FACTS: Node skips
- * checkServerIdentity on resumption).
- */
-export class VerifiedPeerAgent extends HttpsAgent {
-  constructor(
-    private readonly runtime: ClientRuntime,
-    private readonly sessions: SessionCache,
-    options: AgentOptions = {},
-  ) {
-    super({ keepAlive: true, maxCachedSessions: 0, scheduling: "lifo", ...options });
-  }
-
-  override createConnection(options: { host?: string | null; port?: number | string | null }, callback: (error: Error | null, socket: Duplex) => void): undefined {
-    dialVerified(this.runtime, { host: options.host ?? "127.0.0.1", port: Number(options.port) }, this.sessions).then(
-      (socket) => callback(null, socket),
-      (error: Error) => callback(error, undefined as unknown as Duplex),
-    );
-    return undefined;
-  }
-}
-
 /** Dials mTLS and resolves once dialTls's identity checks passed (it destroys the socket otherwise). */
 export function dialVerified(runtime: ClientRuntime, target: { host: string; port: number; alpn?: string[] }, sessions: SessionCache): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
@@ -112,15 +85,14 @@ export function dialVerified(runtime: ClientRuntime, target: { host: string; por
 interface PeerEntry {
   readonly target: PeerTarget;
   readonly runtime: Promise<ClientRuntime>;
-  agent?: VerifiedPeerAgent;
   http1?: Http1Pool;
   h2?: Promise<ClientHttp2Session>;
 }
 
 /**
  * Pooled mTLS connections to peer sidecars, one pool per (address, expected identity):
- * HTTP/1.1 keep-alive connections for the relay, an agent for WebSocket upgrades, and one
- * multiplexed HTTP/2 session per peer; TLS sessions resumed.
+ * HTTP/1.1 keep-alive connections for the relay and one multiplexed HTTP/2 session per peer
+ * (WebSocket upgrades get a verified connection of their own, `socket`); TLS sessions resumed.
  */
 export class PeerPool {
   readonly #entries = new Map<string, PeerEntry>();
@@ -146,12 +118,6 @@ export class PeerPool {
     }
     this.#byTarget.set(target, entry);
     return entry;
-  }
-
-  async agent(target: PeerTarget): Promise<VerifiedPeerAgent> {
-    const entry = this.#entry(target);
-    entry.agent ??= new VerifiedPeerAgent(await entry.runtime, this.#sessions);
-    return entry.agent;
   }
 
   /** Keep-alive HTTP/1.1 connections to a peer, each verified before its first request byte. */
@@ -201,7 +167,6 @@ export class PeerPool {
   close(): void {
     this.#closed = true;
     for (const entry of this.#entries.values()) {
-      entry.agent?.destroy();
       entry.http1?.close();
       void entry.h2?.then((s) => s.close(), () => undefined);
     }

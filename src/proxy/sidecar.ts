@@ -136,6 +136,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       app: parseHostPort(config.app, "app"),
       protocol: config.protocol,
       mode: config.mode,
+      escapedSlashes: config.escapedSlashes,
       limits: config.limits,
       identity,
       policy,
@@ -150,6 +151,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       directory: { trustDomain, namespace: config.namespace, peers: config.peers, peerTemplate: config.peerTemplate, peerPort: config.peerPort },
       identity,
       limits: config.limits,
+      escapedSlashes: config.escapedSlashes,
       telemetry,
     });
     closers.push(() => outbound.close());

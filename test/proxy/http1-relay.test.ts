@@ -53,8 +53,8 @@ async function startRelay(upstreamPort: number, options: { idleTimeout?: number;
     maxHeaderBytes: 4096,
     headersTimeout: options.headersTimeout ?? 5000,
     idleTimeout: options.idleTimeout ?? 30_000,
-    dropHeader: "x-forwarded-client-cert",
-    decide: (head) => {
+    escapedSlashes: "reject",
+    decide: ({ head }) => {
       decided.push(head);
       if (head.url === "/boom") throw new Error("a bug in deciding");
       if (head.url.startsWith("/deny")) return { answer: { status: 403, grpcStatus: 7, code: "E_POLICY_DENIED", message: "no" }, done: (s) => statuses.push(s) };
@@ -65,7 +65,7 @@ async function startRelay(upstreamPort: number, options: { idleTimeout?: number;
         done: (s) => statuses.push(s),
       };
     },
-    upgrade: (head, socket, rest) => {
+    upgrade: ({ head }, socket, rest) => {
       upgrades.push({ head, rest: rest.toString("latin1") });
       socket.end("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: test\r\n\r\nswitched");
     },

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { MessageHead } from "../../src/proxy/http1/llhttp.ts";
-import { declaredFraming, downstreamResponseHead, upstreamRequestHead } from "../../src/proxy/http1/wire.ts";
+import { declaredFraming, downstreamResponseHead, lastChunk, requestHeadBytes, requestHost, upstreamRequestHead } from "../../src/proxy/http1/wire.ts";
 
 /**
  * The heads the relay writes, byte for byte (the relay tests send real traffic through them;
@@ -9,7 +9,7 @@ import { declaredFraming, downstreamResponseHead, upstreamRequestHead } from "..
  */
 const request = (rawHeaders: string[], extra: Partial<MessageHead> = {}): MessageHead => ({ method: "GET", url: "/x", status: 0, statusMessage: "", httpMinor: 1, rawHeaders, upgrade: false, keepAlive: true, ...extra });
 const response = (rawHeaders: string[], status = 200): MessageHead => ({ method: "", url: "", status, statusMessage: "OK", httpMinor: 1, rawHeaders, upgrade: false, keepAlive: true });
-const forward = (head: MessageHead) => upstreamRequestHead(head, declaredFraming(head.rawHeaders), "x-forwarded-client-cert", "x-added: 1\r\n", "app:80");
+const forward = (head: MessageHead) => upstreamRequestHead(head.method, head.url, head.rawHeaders, declaredFraming(head.rawHeaders), "x-added: 1\r\n", undefined);
 
 describe("HTTP/1.1 heads on the wire", () => {
   it("drops every hop-by-hop field whatever its case and keeps the rest as received", () => {
@@ -43,5 +43,35 @@ describe("HTTP/1.1 heads on the wire", () => {
     expect(out).toEqual({ text: "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nDate: Mon, 23 Nov 2026 16:00:00 GMT\r\n\r\n", framing: "length", close: false });
     const listed = downstreamResponseHead(response(["Connection", "keep-alive, X-Internal", "X-Internal", "1", "Content-Length", "0"]), "GET", { httpMinor: 1, keepAlive: true });
     expect(listed.text).toBe("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+  });
+
+  it("drops an identity header in every spelling: case, and '_' for '-' (PEP 3333 reads both as HTTP_X_FORWARDED_CLIENT_CERT)", () => {
+    const head = request(["Host", "a", "x_forwarded_client_cert", "By=forged", "X_Forwarded-Client_CERT", "By=forged", "x-forwarded-client-certs", "kept"]);
+    expect(forward(head)).toBe("GET /x HTTP/1.1\r\nHost: a\r\nx-forwarded-client-certs: kept\r\nx-added: 1\r\n\r\n");
+  });
+
+  it("writes the canonical target it is given and replaces Host when told to (absolute-form, HTTP/1.0, HTTP/2 :authority)", () => {
+    const head = request(["Host", "a", "Accept", "*/*"], { url: "http://a/items/../admin" });
+    expect(upstreamRequestHead("GET", "/admin", head.rawHeaders, "none", "", "a")).toBe("GET /admin HTTP/1.1\r\nhost: a\r\nAccept: */*\r\n\r\n");
+  });
+
+  it("passes on trailers except identity, framing and routing fields", () => {
+    expect(lastChunk(["X-Checksum", "abc", "X-Forwarded-Client-Cert", "By=forged", "x_forwarded_client_cert", "By=forged", "Content-Length", "9", "Host", "admin", "Transfer-Encoding", "chunked"])).toBe("0\r\nX-Checksum: abc\r\n\r\n");
+  });
+
+  it("counts a request head's bytes on the wire, so that many empty fields cannot pass a byte limit", () => {
+    const empty = Array.from({ length: 10_000 }, () => ["X", ""]).flat();
+    // Each field counts as it is forwarded ("X: \r\n"): more than llhttp's names-and-values count, at least the wire's.
+    expect(requestHeadBytes(request(empty))).toBe("GET /x HTTP/1.1\r\n".length + 10_000 * "X: \r\n".length + 2);
+    expect(requestHeadBytes(request(["Host", "a"]))).toBe("GET /x HTTP/1.1\r\nHost: a\r\n\r\n".length);
+  });
+
+  it("takes exactly one Host, which an absolute-form target must agree with", () => {
+    expect(requestHost(["Host", "a"], 1, undefined)).toEqual({ host: "a" });
+    expect(requestHost(["Host", "a", "host", "b"], 1, undefined)).toEqual({ problem: expect.stringMatching(/more than one Host/) });
+    expect(requestHost([], 1, undefined)).toEqual({ problem: expect.stringMatching(/without Host/) });
+    expect(requestHost([], 0, undefined)).toEqual({ host: undefined });
+    expect(requestHost(["Host", "A:80"], 1, "a:80")).toEqual({ host: "A:80" });
+    expect(requestHost(["Host", "orders"], 1, "admin")).toEqual({ problem: expect.stringMatching(/differs from Host/) });
   });
 });

@@ -1,12 +1,23 @@
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
+import { canonicalTarget, isRefusal } from "../canonical.ts";
+import type { CanonicalTarget, EscapedSlashAction } from "../canonical.ts";
 import { answerText } from "../respond.ts";
 import type { ProxyAnswer } from "../respond.ts";
 import { createMessageParser } from "./llhttp.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
-import { declaredFraming, downstreamResponseHead, findHeader, interimResponseHead, lastChunk, upstreamRequestHead } from "./wire.ts";
+import { declaredFraming, downstreamResponseHead, findHeader, interimResponseHead, requestHost, lastChunk, requestHeadBytes, upstreamRequestHead } from "./wire.ts";
 import type { BodyFraming } from "./wire.ts";
+
+/** A request as the policy judges it and the upstream receives it: the parsed head and its canonical target. */
+export interface RelayRequest {
+  readonly head: MessageHead;
+  readonly method: string;
+  readonly target: CanonicalTarget;
+  /** The received Host (undefined: an HTTP/1.0 request without one). */
+  readonly host: string | undefined;
+}
 
 /** Where a request goes: an upstream pool, with the lines to add and what to say if it fails. */
 export interface ForwardDecision {
@@ -24,7 +35,7 @@ export interface AnswerDecision {
   readonly done?: (status: number) => void;
 }
 
-export type ClientErrorReason = "header_too_large" | "header_timeout" | "bad_request";
+export type ClientErrorReason = "header_too_large" | "header_timeout" | "bad_request" | "ambiguous_request" | "connect";
 
 export interface Http1RelayOptions {
   readonly maxHeaderBytes: number;
@@ -32,12 +43,15 @@ export interface Http1RelayOptions {
   readonly headersTimeout: number;
   /** Close a connection with no request in flight and no bytes for this long. */
   readonly idleTimeout: number;
-  /** The request header never forwarded (a caller-supplied x-forwarded-client-cert). */
-  readonly dropHeader: string;
-  /** Decides each request, in order, once its head has arrived. */
-  decide(head: MessageHead, socket: Socket): ForwardDecision | AnswerDecision;
-  /** An Upgrade request (WebSocket, h2c, CONNECT) with the bytes that followed its head; the socket is the callee's from now on. */
-  upgrade(head: MessageHead, socket: Socket, rest: Buffer): void;
+  /** What to do with %2F and %5C in a path (Envoy's path_with_escaped_slashes_action). */
+  readonly escapedSlashes: EscapedSlashAction;
+  /** Decides each request, in order, once its head has arrived and was made canonical. */
+  decide(request: RelayRequest, socket: Socket): ForwardDecision | AnswerDecision;
+  /**
+   * A bodiless Upgrade request (WebSocket, h2c) with the bytes that followed its head; the
+   * socket is the callee's from now on. (CONNECT is refused here: a sidecar is no forward proxy.)
+   */
+  upgrade(request: RelayRequest, socket: Socket, rest: Buffer): void;
   /** A request refused before it could be decided; the relay has answered it and closes the connection. */
   clientError(reason: ClientErrorReason, detail: string, socket: Socket): void;
   /** Whether this connection should close after the current response (draining, age cap). */
@@ -48,7 +62,15 @@ const CLIENT_ERRORS: Readonly<Record<ClientErrorReason, ProxyAnswer>> = {
   header_too_large: { status: 431, grpcStatus: 13, code: "E_HEADER_TOO_LARGE", message: "Request Header Fields Too Large" },
   header_timeout: { status: 408, grpcStatus: 13, code: "E_HEADER_TIMEOUT", message: "Request Timeout" },
   bad_request: { status: 400, grpcStatus: 13, code: "E_BAD_REQUEST", message: "Bad Request" },
+  ambiguous_request: { status: 400, grpcStatus: 13, code: "E_AMBIGUOUS_REQUEST", message: "Bad Request" },
+  connect: { status: 405, grpcStatus: 13, code: "E_CONNECT_UNSUPPORTED", message: "the sidecar is not a forward proxy: CONNECT is not accepted" },
 };
+
+/**
+ * Bytes of answers the client has not read yet past which nothing more is answered or read
+ * from it (the sidecar's own answers as well as the app's); reading resumes on 'drain'.
+ */
+const UNREAD_ANSWER_BYTES = 64 * 1024;
 
 /**
  * HTTP/1.1 reverse proxying on raw sockets: each client connection is parsed with llhttp,
@@ -104,6 +126,8 @@ class Exchange implements ResponseSink {
   closeAfter = false;
   finished = false;
 
+  started = false;
+
   constructor(
     readonly head: MessageHead,
     private readonly client: ClientConnection,
@@ -142,6 +166,7 @@ class ClientConnection {
   #gone = false;
   #handedOver = false;
   #readingPaused = false;
+  #awaitingDrain = false;
   readonly #onDataBound = (chunk: Buffer) => this.#onData(chunk);
 
   /** The upstream socket corked while a client chunk is parsed (its request head and body leave in one write). */
@@ -156,6 +181,11 @@ class ClientConnection {
     this.#parser = createMessageParser("request", options.maxHeaderBytes, {
       onHead: (head) => {
         this.#headStartedAt = 0;
+        if (this.#gone) return false;
+        if (requestHeadBytes(head) > options.maxHeaderBytes) {
+          this.#refuse("header_too_large", "the request head is larger than maxHeaderBytes");
+          return false;
+        }
         if (head.upgrade) {
           this.#upgrade = { head, rest: undefined };
           return false;
@@ -163,7 +193,7 @@ class ClientConnection {
         const exchange = new Exchange(head, this);
         this.#parsing = exchange;
         this.#queue.push(exchange);
-        if (this.#queue.length === 1) this.#start(exchange);
+        if (this.#queue.length === 1) this.#advance();
         else this.#pauseReading();
         return false;
       },
@@ -220,14 +250,29 @@ class ClientConnection {
     }
   }
 
+  /** The canonical form of a request, or undefined after refusing it (the connection closes). */
+  #canonical(head: MessageHead): RelayRequest | undefined {
+    const target = canonicalTarget(head.method, head.url, this.options.escapedSlashes);
+    if (isRefusal(target)) {
+      this.#refuse("ambiguous_request", `the request target is refused: ${target.refused}`);
+      return undefined;
+    }
+    const host = requestHost(head.rawHeaders, head.httpMinor, target.authority);
+    if ("problem" in host) {
+      this.#refuse("bad_request", `the request is refused: ${host.problem}`);
+      return undefined;
+    }
+    return { head, method: head.method, target, host: host.host };
+  }
+
   /** The request's head is complete and it is first in line: decide, then forward or answer. */
   #start(exchange: Exchange): void {
-    if (exchange.head.httpMinor >= 1 && findHeader(exchange.head.rawHeaders, "host") === undefined) {
-      return this.#refuse("bad_request", "an HTTP/1.1 request without Host (RFC 9112 §3.2)");
-    }
+    exchange.started = true;
+    const request = this.#canonical(exchange.head);
+    if (request === undefined) return;
     let decision: ForwardDecision | AnswerDecision;
     try {
-      decision = this.options.decide(exchange.head, this.socket);
+      decision = this.options.decide(request, this.socket);
     } catch (error) {
       // A fault in deciding one request must not take the listener down with it.
       decision = { answer: { status: 500, grpcStatus: 13, code: "E_INTERNAL", message: `the sidecar could not decide this request: ${(error as Error).message}` } };
@@ -241,7 +286,10 @@ class ClientConnection {
       return;
     }
     exchange.decision = decision;
-    exchange.sentHead = upstreamRequestHead(exchange.head, exchange.requestFraming, this.options.dropHeader, decision.addHeaders, decision.upstream.authority);
+    // An absolute-form target's authority is the Host (RFC 9112 §3.2.2); an HTTP/1.0 request
+    // without Host gets the upstream's.
+    const host = request.target.authority ?? (request.host === undefined ? decision.upstream.authority : undefined);
+    exchange.sentHead = upstreamRequestHead(request.method, request.target.target, exchange.head.rawHeaders, exchange.requestFraming, decision.addHeaders, host);
     this.#connect(exchange);
   }
 
@@ -422,19 +470,52 @@ class ClientConnection {
     if (this.#queue[0] !== exchange) return;
     this.#queue.shift();
     this.#idleSince = Date.now();
-    const following = this.#queue[0];
-    if (following !== undefined) return this.#start(following);
+    this.#advance();
+  }
+
+  /** Starts the next request in line, or reads on, unless the client has too much unread. */
+  #advance(): void {
+    if (this.#gone) return;
+    if (this.#congested()) {
+      this.#pauseReading();
+      if (!this.#awaitingDrain) {
+        this.#awaitingDrain = true;
+        this.socket.once("drain", () => {
+          this.#awaitingDrain = false;
+          this.#advance();
+        });
+      }
+      return;
+    }
+    const first = this.#queue[0];
+    if (first !== undefined) {
+      if (!first.started) this.#start(first);
+      return;
+    }
     if (this.#upgrade?.rest !== undefined) return this.#handOver();
     this.#resumeReading();
   }
 
+  #congested(): boolean {
+    return this.socket.writableLength > UNREAD_ANSWER_BYTES;
+  }
+
   #handOver(): void {
     const upgrade = this.#upgrade!;
+    const { head } = upgrade;
+    if (head.method === "CONNECT") return this.#refuse("connect", "CONNECT");
+    // The parser hands the connection over right after the head: a body would be read by
+    // nobody here and by the app as the start of whatever follows.
+    if (declaredFraming(head.rawHeaders) === "chunked" || Number(findHeader(head.rawHeaders, "content-length") ?? 0) !== 0) {
+      return this.#refuse("ambiguous_request", "the request is refused: an Upgrade request must not carry a body");
+    }
+    const request = this.#canonical(head);
+    if (request === undefined) return;
     this.#gone = true;
     this.#handedOver = true;
     this.onGone();
     setImmediate(() => this.#parser.close());
-    this.options.upgrade(upgrade.head, this.socket, upgrade.rest ?? Buffer.alloc(0));
+    this.options.upgrade(request, this.socket, upgrade.rest ?? Buffer.alloc(0));
   }
 
   #batch(upstream: Duplex): void {
@@ -457,7 +538,7 @@ class ClientConnection {
 
   #resumeReading(): void {
     if (!this.#readingPaused || this.#gone) return;
-    if (this.#queue.length > 1 || (this.#queue[0]?.pendingBytes ?? 0) > MAX_PENDING_BODY) return;
+    if (this.#queue.length > 1 || (this.#queue[0]?.pendingBytes ?? 0) > MAX_PENDING_BODY || this.#congested()) return;
     this.#readingPaused = false;
     this.socket.resume();
   }
@@ -467,7 +548,8 @@ class ClientConnection {
     this.options.clientError(reason, detail, this.socket);
     const busy = this.#queue.some((exchange) => exchange.responded && !exchange.finished);
     this.#gone = true;
-    if (!busy && this.socket.writable) this.socket.end(answerText(CLIENT_ERRORS[reason], true));
+    const answer = reason === "ambiguous_request" || reason === "bad_request" ? { ...CLIENT_ERRORS[reason], message: detail } : CLIENT_ERRORS[reason];
+    if (!busy && this.socket.writable) this.socket.end(answerText(answer, true));
     setTimeout(() => this.socket.destroy(), busy ? 0 : 1000).unref();
     this.#abandon();
   }

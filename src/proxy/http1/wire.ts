@@ -1,4 +1,4 @@
-import { connectionListed, forwardedValue, HOP_BY_HOP } from "../headers.ts";
+import { connectionListed, forwardedTrailer, forwardedValue, HOP_BY_HOP, IDENTITY_LENGTHS } from "../headers.ts";
 import type { MessageHead } from "./llhttp.ts";
 
 /** How a message's body is delimited on the wire (RFC 9112 §6). */
@@ -25,8 +25,8 @@ export function headersObject(rawHeaders: readonly string[]): Record<string, str
 }
 
 const NOTHING_LISTED: ReadonlySet<string> = new Set();
-/** Lengths of the names endToEndLines may drop or rewrite when Connection lists nothing else (hop-by-hop, content-length). */
-const SPECIAL_LENGTHS: ReadonlySet<number> = new Set([...HOP_BY_HOP, "content-length"].map((name) => name.length));
+/** Lengths of the names endToEndLines may drop or rewrite when Connection lists nothing else (hop-by-hop, content-length, identity). */
+const SPECIAL_LENGTHS: ReadonlySet<number> = new Set([...[...HOP_BY_HOP, "content-length"].map((name) => name.length), ...IDENTITY_LENGTHS]);
 
 /** The names Connection lists beyond the hop-by-hop ones (which go anyway); usually none. */
 function listedBeyondHopByHop(rawHeaders: readonly string[]): ReadonlySet<string> {
@@ -43,19 +43,19 @@ function listedBeyondHopByHop(rawHeaders: readonly string[]): ReadonlySet<string
 }
 
 /**
- * The end-to-end header lines of a message ("Name: value\r\n"…): fields forwardedValue drops and
- * `drop` removed, Content-Length kept only when `keepLength`.
+ * The end-to-end header lines of a message ("Name: value\r\n"…): fields forwardedValue drops
+ * (hop-by-hop, identity headers in any spelling) removed, Content-Length kept only when
+ * `keepLength`, Host only when `keepHost`.
  */
-function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, drop: string | undefined): string {
+function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, keepHost = true): string {
   const listed = listedBeyondHopByHop(rawHeaders);
   // Unless Connection names other fields, only a name as long as a hop-by-hop one, Content-Length
-  // or `drop` can be one of them: the others go on without being lowercased and looked up.
+  // or an identity header can be one of them: the others go on without being lowercased and looked up.
   const checkEvery = listed.size > 0;
-  const dropLength = drop?.length ?? -1;
   let lines = "";
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
-    if (!checkEvery && name.length !== dropLength && !SPECIAL_LENGTHS.has(name.length)) {
+    if (!checkEvery && !SPECIAL_LENGTHS.has(name.length) && (keepHost || name.length !== 4)) {
       lines += `${name}: ${rawHeaders[i + 1]}\r\n`;
       continue;
     }
@@ -64,7 +64,7 @@ function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, drop:
       if (keepLength) lines += `${name}: ${rawHeaders[i + 1]}\r\n`;
       continue;
     }
-    if (lower === drop) continue;
+    if (!keepHost && lower === "host") continue;
     const value = forwardedValue(lower, rawHeaders[i + 1]!, listed);
     if (value !== undefined) lines += `${lower === "te" ? lower : name}: ${value}\r\n`;
   }
@@ -72,14 +72,45 @@ function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, drop:
 }
 
 /**
- * The request head as it goes upstream (always HTTP/1.1, keep-alive), its body framed as
- * `framing` says (declaredFraming). An HTTP/1.0 request may lack Host, which HTTP/1.1
- * requires: it gets the upstream's `authority`.
+ * The request head as it goes upstream (always HTTP/1.1, keep-alive): the canonical `target`,
+ * the end-to-end fields, and the body framed as `framing` says — the one place a forwarded
+ * request is framed, for HTTP/1 and HTTP/2 callers alike: Content-Length or chunked when there
+ * is a body, neither when there is none. `host` replaces the received Host when given (an
+ * HTTP/1.0 request without one, an absolute-form target, an HTTP/2 :authority).
  */
-export function upstreamRequestHead(head: MessageHead, framing: BodyFraming, drop: string, addLines: string, authority: string): string {
-  const received = endToEndLines(head.rawHeaders, framing === "length", drop);
-  const lines = head.httpMinor === 0 && findHeader(head.rawHeaders, "host") === undefined ? `host: ${authority}\r\n${received}` : received;
-  return `${head.method} ${head.url} HTTP/1.1\r\n${lines}${framing === "chunked" ? "transfer-encoding: chunked\r\n" : ""}${addLines}\r\n`;
+export function upstreamRequestHead(method: string, target: string, rawHeaders: readonly string[], framing: BodyFraming, addLines: string, host: string | undefined): string {
+  const received = endToEndLines(rawHeaders, framing === "length", host === undefined);
+  const lines = host === undefined ? received : `host: ${host}\r\n${received}`;
+  return `${method} ${target} HTTP/1.1\r\n${lines}${framing === "chunked" ? "transfer-encoding: chunked\r\n" : ""}${addLines}\r\n`;
+}
+
+/**
+ * The bytes a request head takes on the wire, less optional whitespace (which is neither kept
+ * nor forwarded): the request line, each field line with its ": " and CRLF, the final CRLF.
+ * llhttp's own limit counts only the names and values, so 10,000 empty fields passed it.
+ */
+export function requestHeadBytes(head: MessageHead): number {
+  let bytes = head.method.length + head.url.length + 12;
+  const fields = head.rawHeaders;
+  for (let i = 0; i < fields.length; i++) bytes += fields[i]!.length + 2;
+  return bytes + 2;
+}
+
+/**
+ * The request's one Host value (undefined for an HTTP/1.0 request without one), or why its
+ * Host fields are refused (RFC 9112 §3.2, §3.2.2).
+ */
+export function requestHost(rawHeaders: readonly string[], httpMinor: number, absoluteAuthority: string | undefined): { host: string | undefined } | { problem: string } {
+  let host: string | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    if (name.length !== 4 || name.toLowerCase() !== "host") continue;
+    if (host !== undefined) return { problem: "more than one Host field (RFC 9112 §3.2)" };
+    host = rawHeaders[i + 1]!;
+  }
+  if (host === undefined && httpMinor >= 1) return { problem: "an HTTP/1.1 request without Host (RFC 9112 §3.2)" };
+  if (host !== undefined && absoluteAuthority !== undefined && host.toLowerCase() !== absoluteAuthority.toLowerCase()) return { problem: "an absolute-form target whose authority differs from Host" };
+  return { host };
 }
 
 /**
@@ -111,7 +142,7 @@ export function downstreamResponseHead(response: MessageHead, requestMethod: str
   const noBody = responseHasNoBody(requestMethod, response.status);
   const declared = declaredFraming(response.rawHeaders);
   // A Content-Length goes on only when it frames the body (or, on a bodiless answer, describes it).
-  const lines = endToEndLines(response.rawHeaders, declared !== "chunked", undefined);
+  const lines = endToEndLines(response.rawHeaders, declared !== "chunked");
   const framing: BodyFraming = noBody ? "none" : declared === "length" ? "length" : client.httpMinor >= 1 ? "chunked" : "close";
   const close = !client.keepAlive || framing === "close";
   let text = `HTTP/1.1 ${response.status} ${response.statusMessage}\r\n${lines}`;
@@ -123,12 +154,17 @@ export function downstreamResponseHead(response: MessageHead, requestMethod: str
 
 /** An interim (1xx) response head, relayed as received minus hop-by-hop fields. */
 export function interimResponseHead(response: MessageHead): string {
-  return `HTTP/1.1 ${response.status} ${response.statusMessage}\r\n${endToEndLines(response.rawHeaders, false, undefined)}\r\n`;
+  return `HTTP/1.1 ${response.status} ${response.statusMessage}\r\n${endToEndLines(response.rawHeaders, false)}\r\n`;
 }
 
-/** A trailer section ending a chunked body ("0\r\n" + fields + "\r\n"). */
+/**
+ * A trailer section ending a chunked body ("0\r\n" + fields + "\r\n"), with the fields a
+ * trailer may not carry on (identity headers in any spelling, framing, routing) left out.
+ */
 export function lastChunk(trailers: readonly string[]): string {
   let text = "0\r\n";
-  for (let i = 0; i < trailers.length; i += 2) text += `${trailers[i]}: ${trailers[i + 1]}\r\n`;
+  for (let i = 0; i < trailers.length; i += 2) {
+    if (forwardedTrailer(trailers[i]!.toLowerCase())) text += `${trailers[i]}: ${trailers[i + 1]}\r\n`;
+  }
   return `${text}\r\n`;
 }

@@ -1,0 +1,259 @@
+/**
+ * The one canonical form of a request target: what the access policy judges and exactly what
+ * the app is sent. HTTP/1.1 and HTTP/2, inbound and outbound, all go through `canonicalTarget`.
+ *
+ * The path is normalised per RFC 3986 §6 (percent-encodings of unreserved characters decoded,
+ * other escapes upper-cased, dot segments removed, empty segments merged) and the target is
+ * turned into origin-form (RFC 9112 §3.2). Whatever common servers read in different ways is
+ * refused instead of guessed at, as Envoy's HTTP connection manager does by default
+ * (`path_with_escaped_slashes_action`, `normalize_path`, `merge_slashes`, and its refusal of
+ * backslashes and control characters):
+ *   - `%2F` and `%5C` (escaped slashes: some servers split on them after decoding, some do not);
+ *   - a raw backslash (WHATWG URL and IIS read it as `/`);
+ *   - a dot segment with `;` parameters (`..;`: Tomcat and Jetty strip the parameter, then
+ *     resolve the `..`);
+ *   - NUL and other control characters, raw or escaped; characters RFC 3986 does not allow in
+ *     a path (space, `"`, `<`, `>`, `^`, `` ` ``, `{`, `|`, `}`, non-ASCII); `#`; malformed `%`;
+ *   - `*` for any method but OPTIONS; a target in authority-form; userinfo in absolute-form.
+ */
+
+export type EscapedSlashAction = "reject" | "unescape" | "keep";
+
+export interface CanonicalTarget {
+  /** The origin-form target sent to the app: the canonical path, then `?query` as received. */
+  readonly target: string;
+  /** The canonical path without the query: the operation the policy judges. */
+  readonly path: string;
+  /** The authority of an absolute-form target ("host[:port]"), which must agree with Host. */
+  readonly authority: string | undefined;
+}
+
+/** A refusal: why the target is ambiguous or malformed (a sentence for the 400 answer). */
+export interface TargetRefusal {
+  readonly refused: string;
+}
+
+// RFC 3986 pchar (unreserved / sub-delims / ":" / "@") plus "/", as a table over ASCII.
+const PATH_CHAR = new Uint8Array(128);
+for (const c of "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/") PATH_CHAR[c.charCodeAt(0)] = 1;
+const UNRESERVED = new Uint8Array(128);
+for (const c of "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~") UNRESERVED[c.charCodeAt(0)] = 1;
+
+const SLASH = 47;
+const DOT = 46;
+const PERCENT = 37;
+const SEMICOLON = 59;
+
+/**
+ * True when `path` (no query) is already canonical: only plain path characters, no `%`, no `;`,
+ * no empty segment and no `.`/`..` segment. Most real paths are; they cost one scan.
+ */
+function isPlainCanonical(path: string): boolean {
+  const n = path.length;
+  if (n === 0 || path.charCodeAt(0) !== SLASH) return false;
+  let previous = SLASH;
+  for (let i = 1; i < n; i++) {
+    const c = path.charCodeAt(i);
+    if (c >= 128 || PATH_CHAR[c] === 0 || c === PERCENT || c === SEMICOLON) return false;
+    if (c === SLASH && previous === SLASH) return false;
+    if (previous === SLASH && c === DOT) {
+      const next = i + 1 < n ? path.charCodeAt(i + 1) : SLASH;
+      if (next === SLASH || (next === DOT && (i + 2 >= n || path.charCodeAt(i + 2) === SLASH))) return false;
+    }
+    previous = c;
+  }
+  return true;
+}
+
+const HEX = /^[0-9A-Fa-f]{2}$/;
+
+/** One segment with its escapes decided; a refusal string when it cannot be made canonical. */
+function canonicalSegment(segment: string, escapedSlashes: EscapedSlashAction): string | TargetRefusal {
+  let out = "";
+  for (let i = 0; i < segment.length; i++) {
+    const c = segment.charCodeAt(i);
+    if (c !== PERCENT) {
+      if (c >= 128 || PATH_CHAR[c] === 0) return { refused: refusedCharacter(c) };
+      out += segment[i];
+      continue;
+    }
+    const hex = segment.slice(i + 1, i + 3);
+    if (!HEX.test(hex)) return { refused: "a '%' that does not start a percent-encoding (RFC 3986 §2.1)" };
+    i += 2;
+    const byte = Number.parseInt(hex, 16);
+    if (byte < 0x20 || byte === 0x7f) return { refused: "an escaped control character (such as %00)" };
+    if (byte === SLASH || byte === 0x5c) {
+      if (escapedSlashes === "reject") return { refused: `an escaped ${byte === SLASH ? "slash (%2F)" : "backslash (%5C)"}, which servers decode differently (escapedSlashes: reject)` };
+      // "unescape" was applied before splitting; only "keep" gets here.
+      out += `%${hex.toUpperCase()}`;
+      continue;
+    }
+    if (byte < 128 && UNRESERVED[byte] === 1) out += String.fromCharCode(byte);
+    else out += `%${hex.toUpperCase()}`;
+  }
+  return out;
+}
+
+function refusedCharacter(c: number): string {
+  if (c < 0x20 || c === 0x7f) return "a control character";
+  if (c === 0x5c) return "a backslash, which some servers read as '/'";
+  if (c === 0x23) return "a '#' (fragments are never sent to a server)";
+  if (c >= 128) return "a non-ASCII character (it must be percent-encoded)";
+  return `the character ${JSON.stringify(String.fromCharCode(c))}, which RFC 3986 does not allow in a path`;
+}
+
+/** Whether a segment, without its `;` parameters, is a dot segment (`..;x`, `.;`). */
+function dotWithParameters(segment: string): boolean {
+  const semicolon = segment.indexOf(";");
+  if (semicolon === -1) return false;
+  const name = segment.slice(0, semicolon);
+  return name === "." || name === "..";
+}
+
+/** The canonical form of a path (starting with "/", no query), or why it is refused. */
+export function canonicalPath(path: string, escapedSlashes: EscapedSlashAction): string | TargetRefusal {
+  if (isPlainCanonical(path)) return path;
+  let source = path;
+  if (escapedSlashes === "unescape") source = source.replace(/%(2f|5c)/gi, "/");
+  const parts = source.split("/");
+  const out: string[] = [];
+  // RFC 3986 §5.2.4: a path ending in a dot segment or "/" keeps a trailing slash.
+  let trailingSlash = false;
+  for (let i = 1; i < parts.length; i++) {
+    const decoded = canonicalSegment(parts[i]!, escapedSlashes);
+    if (typeof decoded !== "string") return decoded;
+    if (dotWithParameters(decoded)) return { refused: "a dot segment with ';' parameters (such as '..;'), which Java servers resolve after stripping the parameter" };
+    const last = i === parts.length - 1;
+    if (decoded === "" || decoded === ".") {
+      if (last) trailingSlash = true;
+      continue;
+    }
+    if (decoded === "..") {
+      out.pop();
+      if (last) trailingSlash = true;
+      continue;
+    }
+    out.push(decoded);
+  }
+  if (out.length === 0) return "/";
+  return `/${out.join("/")}${trailingSlash ? "/" : ""}`;
+}
+
+/** The query as received, when every character of it is visible ASCII and not '#'. */
+function queryProblem(query: string): string | undefined {
+  for (let i = 0; i < query.length; i++) {
+    const c = query.charCodeAt(i);
+    if (c <= 0x20 || c >= 0x7f) return `${refusedCharacter(c)} in the query`;
+    if (c === 0x23) return "a '#' (fragments are never sent to a server)";
+  }
+  return undefined;
+}
+
+const ABSOLUTE = /^(https?):\/\/([^/?#]*)(.*)$/is;
+
+/**
+ * The canonical target of a request (RFC 9112 §3.2 forms; `method` as received, already a valid
+ * token), or a refusal. Absolute-form becomes origin-form and reports its authority.
+ */
+export function canonicalTarget(method: string, raw: string, escapedSlashes: EscapedSlashAction): CanonicalTarget | TargetRefusal {
+  if (raw === "*") {
+    if (method !== "OPTIONS") return { refused: "the target '*' is only for OPTIONS (RFC 9112 §3.2.4)" };
+    return { target: "*", path: "*", authority: undefined };
+  }
+  let authority: string | undefined;
+  let rest = raw;
+  if (raw.charCodeAt(0) !== SLASH) {
+    const absolute = ABSOLUTE.exec(raw);
+    if (absolute === null) return { refused: "the request target is neither origin-form ('/path') nor absolute-form ('http://host/path')" };
+    authority = absolute[2]!;
+    if (authority === "" || authority.includes("@")) return { refused: "an absolute-form target needs a host and no user information" };
+    rest = absolute[3]!;
+    if (rest === "" || rest.charCodeAt(0) === 0x3f /* ? */) rest = `/${rest}`;
+    else if (rest.charCodeAt(0) !== SLASH) return { refused: "the absolute-form target's path does not start with '/'" };
+  }
+  const question = rest.indexOf("?");
+  const rawPath = question === -1 ? rest : rest.slice(0, question);
+  const query = question === -1 ? undefined : rest.slice(question + 1);
+  if (query !== undefined) {
+    const problem = queryProblem(query);
+    if (problem !== undefined) return { refused: problem };
+  }
+  const path = canonicalPath(rawPath, escapedSlashes);
+  if (typeof path !== "string") return path;
+  const target = query === undefined ? path : `${path}?${query}`;
+  return { target: authority === undefined && target === raw ? raw : target, path, authority };
+}
+
+export function isRefusal<T extends object | string, R extends TargetRefusal>(value: T | R): value is R {
+  return typeof value === "object" && "refused" in value;
+}
+
+// RFC 9110 §9.1 method token; canonical methods are upper-case (methods are case-sensitive, and
+// a policy that upper-cases verbs must not judge "get" as GET while the app reads something else).
+const METHOD = /^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]*$/;
+
+/** Why a method (as an HTTP/2 client may send any string) is refused, or undefined. */
+export function methodProblem(method: string): string | undefined {
+  if (method.length > 32 || !METHOD.test(method)) return `the method ${JSON.stringify(method.slice(0, 32))} is not an upper-case token`;
+  return undefined;
+}
+
+/**
+ * Whether an HTTP/2 request is gRPC for the policy: POST with content-type application/grpc*.
+ * Anything else is HTTP, and the policy's verb rules apply to it.
+ */
+export function isGrpcRequest(method: string, contentType: unknown): boolean {
+  return method === "POST" && typeof contentType === "string" && /^application\/grpc([+;]|$)/i.test(contentType);
+}
+
+/** An HTTP/2 request's canonical form: what the policy judges and the upstream receives. */
+export interface CanonicalH2Request {
+  readonly method: string;
+  readonly target: CanonicalTarget;
+  /** gRPC for the policy and the forwarding (isGrpcRequest). */
+  readonly grpc: boolean;
+  /** :authority (or Host), which must agree with each other. */
+  readonly authority: string | undefined;
+  /** Regular fields as name/value pairs, for an HTTP/1.1 upstream. */
+  readonly rawHeaders: readonly string[];
+  readonly contentLength: number | undefined;
+}
+
+export interface H2Refusal extends TargetRefusal {
+  readonly status: 400 | 405;
+}
+
+type H2Headers = Readonly<Record<string, string | string[] | undefined>>;
+
+/** The canonical form of an HTTP/2 request from its header block, or why it is refused. */
+export function canonicalH2Request(headers: H2Headers, escapedSlashes: EscapedSlashAction): CanonicalH2Request | H2Refusal {
+  const method = headers[":method"];
+  const path = headers[":path"];
+  if (typeof method !== "string") return { status: 400, refused: "a request without :method" };
+  if (method === "CONNECT") return { status: 405, refused: "the sidecar is not a forward proxy: CONNECT is not accepted" };
+  const badMethod = methodProblem(method);
+  if (badMethod !== undefined) return { status: 400, refused: badMethod };
+  if (typeof path !== "string" || path === "") return { status: 400, refused: "a request without :path (RFC 9113 §8.3.1)" };
+  if (path.charCodeAt(0) !== SLASH && path !== "*") return { status: 400, refused: ":path must be origin-form or '*' (RFC 9113 §8.3.1)" };
+  const target = canonicalTarget(method, path, escapedSlashes);
+  if (isRefusal(target)) return { status: 400, refused: `the request target is refused: ${target.refused}` };
+  const authority = headers[":authority"];
+  const host = headers.host;
+  if (Array.isArray(host)) return { status: 400, refused: "more than one Host field" };
+  if (typeof authority === "string" && typeof host === "string" && authority.toLowerCase() !== host.toLowerCase()) {
+    return { status: 400, refused: "Host differs from :authority (RFC 9113 §8.3.1)" };
+  }
+  let contentLength: number | undefined;
+  const rawHeaders: string[] = [];
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || name.charCodeAt(0) === 0x3a /* : */) continue;
+    if (name === "content-length") {
+      if (typeof value !== "string" || !/^\d{1,15}$/.test(value)) return { status: 400, refused: "a Content-Length that is not one number" };
+      contentLength = Number(value);
+    }
+    if (name === "host") continue;
+    if (Array.isArray(value)) for (const each of value) rawHeaders.push(name, each);
+    else rawHeaders.push(name, value);
+  }
+  return { method, target, grpc: isGrpcRequest(method, headers["content-type"]), authority: typeof authority === "string" ? authority : host, rawHeaders, contentLength };
+}

@@ -1,0 +1,197 @@
+import { constants as h2 } from "node:http2";
+import type { OutgoingHttpHeaders, ServerHttp2Stream } from "node:http2";
+import type { CanonicalH2Request } from "../canonical.ts";
+import { forwardableHeaders } from "../headers.ts";
+import { answerH2 } from "../respond.ts";
+import type { ProxyAnswer } from "../respond.ts";
+import type { MessageHead } from "./llhttp.ts";
+import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
+import { declaredFraming, headersObject, upstreamRequestHead } from "./wire.ts";
+import type { BodyFraming } from "./wire.ts";
+
+export interface H2ToHttp1Hooks {
+  /** Header lines added to the forwarded request ("name: value\r\n"…). */
+  readonly addHeaders: string;
+  readonly onUpstreamError: (error: Error) => ProxyAnswer;
+  /** Called once with the final status (0 when the exchange broke). */
+  readonly done: (status: number) => void;
+}
+
+const CRLF = Buffer.from("\r\n");
+
+/**
+ * HTTP/2 in (a caller that is not gRPC), HTTP/1.1 out on a pooled upstream connection. The
+ * head goes through upstreamRequestHead, the one framing function the HTTP/1 relay uses too:
+ * an HTTP/2 body ends with END_STREAM and needs no length, so it is sent with its declared
+ * Content-Length, or chunked, and a request that ended with its HEADERS frame is sent with
+ * neither. A body that does not match its declared length never reaches the app: the upstream
+ * connection is closed instead.
+ */
+export function forwardH2ToHttp1(stream: ServerHttp2Stream, request: CanonicalH2Request, endStream: boolean, pool: Http1Pool, hooks: H2ToHttp1Hooks): void {
+  const framing: BodyFraming = endStream ? "none" : request.contentLength !== undefined ? "length" : "chunked";
+  const head = upstreamRequestHead(request.method, request.target.target, request.rawHeaders, framing, hooks.addHeaders, request.authority ?? pool.authority);
+  new H2Exchange(stream, request, framing, head, pool, hooks, endStream).connect();
+}
+
+class H2Exchange implements ResponseSink {
+  readonly method: string;
+  readonly downstream: ServerHttp2Stream;
+  #upstream: UpstreamConnection | undefined;
+  #requestComplete: boolean;
+  #bodyBytes = 0;
+  #status = 0;
+  #responded = false;
+  #retried = false;
+  #finished = false;
+
+  constructor(
+    private readonly stream: ServerHttp2Stream,
+    private readonly request: CanonicalH2Request,
+    private readonly framing: BodyFraming,
+    private readonly head: string,
+    private readonly pool: Http1Pool,
+    private readonly hooks: H2ToHttp1Hooks,
+    endStream: boolean,
+  ) {
+    this.method = request.method;
+    this.downstream = stream;
+    this.#requestComplete = endStream;
+    stream.pause();
+    stream.on("error", () => undefined);
+    stream.once("close", () => {
+      // The caller went away (or reset the stream) before its request or the response completed.
+      if (this.#upstream !== undefined && (!this.#finished || !this.#requestComplete)) {
+        this.#upstream.destroy();
+        this.#upstream = undefined;
+      }
+      this.#finish(0);
+    });
+  }
+
+  connect(): void {
+    let acquired: UpstreamConnection | Promise<UpstreamConnection>;
+    try {
+      acquired = this.pool.acquire();
+    } catch (error) {
+      return this.onFailure(error as Error, false);
+    }
+    if (acquired instanceof Promise) acquired.then((connection) => this.#attach(connection), (error: Error) => this.onFailure(error, false));
+    else this.#attach(acquired);
+  }
+
+  #attach(connection: UpstreamConnection): void {
+    if (this.#finished) return void this.pool.release(connection);
+    this.#upstream = connection;
+    connection.attach(this);
+    connection.socket.write(this.head, "latin1");
+    if (this.#requestComplete) return;
+    const upstream = connection.socket;
+    this.stream.on("data", (chunk: Buffer) => {
+      if (this.#upstream?.socket !== upstream) return;
+      this.#bodyBytes += chunk.length;
+      if (this.framing === "length" && this.#bodyBytes > this.request.contentLength!) return this.#bodyMismatch();
+      let writable: boolean;
+      if (this.framing === "chunked") {
+        upstream.cork();
+        upstream.write(`${chunk.length.toString(16)}\r\n`, "latin1");
+        upstream.write(chunk);
+        writable = upstream.write(CRLF);
+        upstream.uncork();
+      } else {
+        writable = upstream.write(chunk);
+      }
+      if (!writable) {
+        this.stream.pause();
+        upstream.once("drain", () => this.stream.resume());
+      }
+    });
+    this.stream.once("end", () => {
+      if (this.#upstream?.socket !== upstream) return;
+      if (this.framing === "length" && this.#bodyBytes !== this.request.contentLength) return this.#bodyMismatch();
+      if (this.framing === "chunked") upstream.write("0\r\n\r\n", "latin1");
+      this.#requestComplete = true;
+      if (this.#finished && this.#upstream !== undefined) this.#releaseUpstream();
+    });
+    this.stream.resume();
+  }
+
+  #bodyMismatch(): void {
+    const connection = this.#upstream;
+    this.#upstream = undefined;
+    connection?.destroy();
+    if (!this.stream.closed) this.stream.close(h2.NGHTTP2_PROTOCOL_ERROR);
+    this.#finish(0);
+  }
+
+  onHead(response: MessageHead): void {
+    if (response.status === 101) {
+      this.#retried = true;
+      const connection = this.#upstream;
+      this.#upstream = undefined;
+      connection?.destroy();
+      return this.onFailure(Object.assign(new Error("the upstream switched protocols without being asked to"), { code: "E_UPSTREAM_PROTOCOL" }), true);
+    }
+    if (response.status < 200 || this.stream.destroyed || this.stream.closed) return;
+    const headers: OutgoingHttpHeaders = forwardableHeaders(headersObject(response.rawHeaders));
+    // A Content-Length goes on only when it frames the body (or describes a HEAD answer's).
+    if (declaredFraming(response.rawHeaders) !== "length") delete headers["content-length"];
+    this.#status = response.status;
+    this.#responded = true;
+    try {
+      this.stream.respond({ ...headers, ":status": response.status });
+    } catch (error) {
+      // A field HTTP/2 cannot carry (node:http2 refuses it): the exchange fails as a whole.
+      this.#responded = false;
+      this.onFailure(error as Error, true);
+    }
+  }
+
+  onBody(chunk: Buffer): void {
+    if (!this.#responded || this.stream.closed) return;
+    if (!this.stream.write(chunk)) {
+      const upstream = this.#upstream?.socket;
+      if (upstream !== undefined && !upstream.isPaused()) {
+        upstream.pause();
+        this.stream.once("drain", () => upstream.resume());
+      }
+    }
+  }
+
+  onComplete(): void {
+    if (!this.#responded) return; // the end of an interim (1xx) response
+    if (!this.stream.closed) this.stream.end();
+    if (this.#requestComplete) this.#releaseUpstream();
+    this.#finish(this.#status);
+  }
+
+  onFailure(error: Error, responded: boolean): void {
+    if (this.#finished) return;
+    const connection = this.#upstream;
+    this.#upstream = undefined;
+    // A reused keep-alive connection the upstream closed while idle: send a bodiless request again, once.
+    if (connection?.reused === true && !responded && !this.#retried && this.framing === "none") {
+      this.#retried = true;
+      return this.connect();
+    }
+    connection?.destroy();
+    if (this.#responded || this.stream.headersSent) {
+      if (!this.stream.closed) this.stream.close(h2.NGHTTP2_INTERNAL_ERROR);
+      return this.#finish(0);
+    }
+    const answer = this.hooks.onUpstreamError(error);
+    answerH2(this.stream, answer, false);
+    this.#finish(answer.status);
+  }
+
+  #releaseUpstream(): void {
+    const connection = this.#upstream;
+    this.#upstream = undefined;
+    if (connection !== undefined) this.pool.release(connection);
+  }
+
+  #finish(status: number): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    this.hooks.done(status);
+  }
+}

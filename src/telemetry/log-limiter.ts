@@ -1,0 +1,82 @@
+/**
+ * Rate limits for log lines that a peer can cause at will (denials, malformed requests): at most
+ * `perWindow` lines per key (caller and reason) in each window; the rest are counted, and the
+ * count is reported on the key's next line or, when none comes, in a summary line. Metrics
+ * still count every event: only the logging is limited.
+ */
+export interface LogLimiterOptions {
+  /** Lines logged per key per window. */
+  readonly perWindow?: number;
+  readonly windowMs?: number;
+  /** Keys tracked at once; events of further keys share one key ("other"), so memory stays bounded. */
+  readonly maxKeys?: number;
+  readonly now?: () => number;
+}
+
+interface KeyState {
+  windowStart: number;
+  logged: number;
+  suppressed: number;
+}
+
+export const OTHER_KEY = "other";
+
+export class LogLimiter {
+  readonly #keys = new Map<string, KeyState>();
+  readonly #perWindow: number;
+  readonly #windowMs: number;
+  readonly #maxKeys: number;
+  readonly #now: () => number;
+
+  constructor(options: LogLimiterOptions = {}) {
+    this.#perWindow = options.perWindow ?? 5;
+    this.#windowMs = options.windowMs ?? 10_000;
+    this.#maxKeys = options.maxKeys ?? 1000;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /**
+   * Whether to log this event: undefined when it is suppressed, else how many events of the same
+   * key were suppressed since its last logged line (put it in the line as `suppressed`).
+   */
+  admit(key: string): number | undefined {
+    const now = this.#now();
+    let state = this.#keys.get(key);
+    if (state === undefined) {
+      // Past maxKeys every new key shares one slot (the one key allowed beyond the limit).
+      if (this.#keys.size >= this.#maxKeys && key !== OTHER_KEY) return this.admit(OTHER_KEY);
+      state = { windowStart: now, logged: 0, suppressed: 0 };
+      this.#keys.set(key, state);
+    }
+    if (now - state.windowStart >= this.#windowMs) {
+      const reported = state.suppressed;
+      state.windowStart = now;
+      state.logged = 1;
+      state.suppressed = 0;
+      return reported;
+    }
+    if (state.logged < this.#perWindow) {
+      state.logged++;
+      return 0;
+    }
+    state.suppressed++;
+    return undefined;
+  }
+
+  /**
+   * Ends the windows that are over: each key whose events were suppressed and not reported yet
+   * is handed to `report` (for a summary line) and forgotten, as are quiet keys.
+   */
+  sweep(report: (key: string, suppressed: number) => void): void {
+    const now = this.#now();
+    for (const [key, state] of this.#keys) {
+      if (now - state.windowStart < this.#windowMs) continue;
+      if (state.suppressed > 0) report(key, state.suppressed);
+      this.#keys.delete(key);
+    }
+  }
+
+  get size(): number {
+    return this.#keys.size;
+  }
+}

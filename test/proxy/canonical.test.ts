@@ -1,0 +1,138 @@
+import { describe, expect, it } from "vitest";
+import { canonicalH2Request, canonicalPath, canonicalTarget, isGrpcRequest, isRefusal, methodProblem } from "../../src/proxy/canonical.ts";
+import type { CanonicalTarget, TargetRefusal } from "../../src/proxy/canonical.ts";
+
+/**
+ * The one canonical request target (src/proxy/canonical.ts): RFC 3986 §6 normalisation and
+ * the refusals modelled on Envoy's HTTP connection manager defaults
+ * (envoyproxy/envoy api/envoy/extensions/filters/network/http_connection_manager/v3/
+ * http_connection_manager.proto: normalize_path, merge_slashes,
+ * path_with_escaped_slashes_action).
+ */
+const target = (raw: string, method = "GET", escaped: "reject" | "unescape" | "keep" = "reject"): CanonicalTarget | TargetRefusal => canonicalTarget(method, raw, escaped);
+const path = (raw: string, escaped: "reject" | "unescape" | "keep" = "reject"): string => {
+  const result = canonicalPath(raw, escaped);
+  if (typeof result !== "string") throw new Error(`refused: ${result.refused}`);
+  return result;
+};
+const refused = (raw: string, method = "GET", escaped: "reject" | "unescape" | "keep" = "reject"): string => {
+  const result = target(raw, method, escaped);
+  if (!isRefusal(result)) throw new Error(`accepted as ${result.target}`);
+  return result.refused;
+};
+
+describe("canonical paths (RFC 3986 §6)", () => {
+  it("leaves a plain path alone, trailing slash included", () => {
+    for (const plain of ["/", "/items", "/items/1", "/items/", "/a-b_c~d/e.f/..g/x:y@z/!$&'()*+,="]) expect(path(plain)).toBe(plain);
+  });
+
+  it("removes dot segments, never above the root, and merges empty segments", () => {
+    expect(path("/items/../admin")).toBe("/admin");
+    expect(path("/items/./1")).toBe("/items/1");
+    expect(path("/../../etc/passwd")).toBe("/etc/passwd");
+    expect(path("/items//1///2")).toBe("/items/1/2");
+    expect(path("/items/1/..")).toBe("/items/");
+    expect(path("/items/1/.")).toBe("/items/1/");
+    expect(path("//")).toBe("/");
+  });
+
+  it("decodes escaped unreserved characters (dots included, before dot segments are removed) and upper-cases the other escapes", () => {
+    expect(path("/items/%2e%2e/admin")).toBe("/admin");
+    expect(path("/items/%2E/1")).toBe("/items/1");
+    expect(path("/%69tems/%7e%41")).toBe("/items/~A");
+    expect(path("/items/%c3%a9")).toBe("/items/%C3%A9");
+    expect(path("/items/a%20b")).toBe("/items/a%20b");
+  });
+
+  it("refuses escaped slashes and backslashes by default, unescapes or keeps them when told to", () => {
+    expect(refused("/items/..%2fadmin/secret.txt")).toMatch(/escaped slash/);
+    expect(refused("/items/..%2Fadmin")).toMatch(/escaped slash/);
+    expect(refused("/items/..%5cadmin")).toMatch(/escaped backslash/);
+    expect(target("/items/..%2fadmin/x", "GET", "unescape")).toMatchObject({ path: "/admin/x", target: "/admin/x" });
+    expect(target("/items/a%5cb", "GET", "unescape")).toMatchObject({ path: "/items/a/b" });
+    expect(target("/items/a%2fb", "GET", "keep")).toMatchObject({ path: "/items/a%2Fb" });
+  });
+
+  it("refuses what servers read differently: backslashes, dot segments with parameters, control characters, bad escapes", () => {
+    expect(refused("/items/1\\..\\..\\admin")).toMatch(/backslash/);
+    expect(refused("/items/..;/admin")).toMatch(/';' parameters/);
+    expect(refused("/items/.;x/admin")).toMatch(/';' parameters/);
+    expect(refused("/items/%2e%2e;/admin")).toMatch(/';' parameters/);
+    expect(refused("/items/%00")).toMatch(/control/);
+    expect(refused("/items/%0d%0aX: y")).toMatch(/control/);
+    expect(refused("/items/\u0001")).toMatch(/control/);
+    expect(refused("/items/%zz")).toMatch(/percent-encoding/);
+    expect(refused("/items/%4")).toMatch(/percent-encoding/);
+    expect(refused("/items/é")).toMatch(/non-ASCII/);
+    for (const bad of ["/items/a b", '/items/"', "/items/<", "/items/{x}", "/items/|", "/items/^", "/items/`", "/items#frag"]) expect(isRefusal(target(bad))).toBe(true);
+  });
+
+  it("keeps ';' parameters of ordinary segments, as RFC 3986 allows them", () => {
+    expect(target("/items;v=1/1")).toMatchObject({ path: "/items;v=1/1" });
+    expect(target("/items/1;jsessionid=x")).toMatchObject({ path: "/items/1;jsessionid=x" });
+  });
+});
+
+describe("canonical request targets (RFC 9112 §3.2)", () => {
+  it("keeps the query as received, after the canonical path, and refuses control characters and '#' in it", () => {
+    expect(target("/items/../items/1?a=%2F&b=..\\x")).toEqual({ target: "/items/1?a=%2F&b=..\\x", path: "/items/1", authority: undefined });
+    expect(target("/items?")).toMatchObject({ target: "/items?", path: "/items" });
+    expect(refused("/items?a=\u0000")).toMatch(/control/);
+    expect(refused("/items?a#b")).toMatch(/'#'/);
+  });
+
+  it("turns absolute-form into origin-form and reports its authority", () => {
+    expect(target("http://x/admin/x")).toEqual({ target: "/admin/x", path: "/admin/x", authority: "x" });
+    expect(target("HTTPS://Inventory.shop:8443")).toEqual({ target: "/", path: "/", authority: "Inventory.shop:8443" });
+    expect(target("http://x?q=1")).toEqual({ target: "/?q=1", path: "/", authority: "x" });
+    expect(refused("http://user@x/")).toMatch(/user information/);
+    expect(refused("http:///x")).toMatch(/needs a host/);
+    expect(refused("ftp://x/")).toMatch(/neither origin-form/);
+    expect(refused("x:80")).toMatch(/neither origin-form/);
+  });
+
+  it("takes '*' only for OPTIONS", () => {
+    expect(target("*", "OPTIONS")).toEqual({ target: "*", path: "*", authority: undefined });
+    expect(refused("*", "GET")).toMatch(/only for OPTIONS/);
+  });
+
+  it("takes only upper-case method tokens", () => {
+    expect(methodProblem("GET")).toBeUndefined();
+    expect(methodProblem("M-SEARCH")).toBeUndefined();
+    expect(methodProblem("get")).toMatch(/upper-case/);
+    expect(methodProblem("GET /x")).toMatch(/upper-case/);
+    expect(methodProblem("")).toMatch(/upper-case/);
+  });
+});
+
+describe("HTTP/2 requests", () => {
+  const h2 = (headers: Record<string, string | string[] | undefined>) => canonicalH2Request({ ":method": "GET", ":path": "/items/1", ":scheme": "https", ":authority": "orders", ...headers }, "reject");
+
+  it("is gRPC only for POST with content-type application/grpc*, else HTTP whose verb rules apply", () => {
+    expect(isGrpcRequest("POST", "application/grpc")).toBe(true);
+    expect(isGrpcRequest("POST", "application/grpc+proto")).toBe(true);
+    expect(isGrpcRequest("POST", "Application/GRPC; charset=utf-8")).toBe(true);
+    for (const method of ["GET", "DELETE", "PUT", "PATCH"]) expect(isGrpcRequest(method, "application/grpc")).toBe(false);
+    expect(isGrpcRequest("POST", "application/grpc-web")).toBe(false);
+    expect(isGrpcRequest("POST", "application/grpcx")).toBe(false);
+    expect(h2({ ":method": "DELETE", "content-type": "application/grpc" })).toMatchObject({ grpc: false, method: "DELETE" });
+    expect(h2({ ":method": "POST", "content-type": "application/grpc" })).toMatchObject({ grpc: true });
+  });
+
+  it("judges and forwards the canonical :path, and refuses what HTTP/1 would refuse", () => {
+    expect(h2({ ":path": "/items/%2e%2e/admin" })).toMatchObject({ target: { path: "/admin" } });
+    expect(h2({ ":path": "/items/..%2fadmin" })).toMatchObject({ status: 400 });
+    expect(h2({ ":path": "/items/1\\..\\..\\admin" })).toMatchObject({ status: 400 });
+    expect(h2({ ":path": "http://x/admin" })).toMatchObject({ status: 400, refused: expect.stringMatching(/origin-form/) });
+    expect(h2({ ":method": "get" })).toMatchObject({ status: 400 });
+    expect(h2({ ":method": "CONNECT" })).toMatchObject({ status: 405 });
+    expect(h2({ ":path": undefined })).toMatchObject({ status: 400 });
+    expect(h2({ host: "admin" })).toMatchObject({ status: 400, refused: expect.stringMatching(/:authority/) });
+    expect(h2({ "content-length": "1, 2" })).toMatchObject({ status: 400 });
+  });
+
+  it("keeps the regular fields as pairs for an HTTP/1.1 upstream, Host left to :authority", () => {
+    const request = h2({ host: "orders", "content-length": "3", "x-a": "1", "set-cookie": ["a", "b"] });
+    expect(request).toMatchObject({ authority: "orders", contentLength: 3, rawHeaders: ["content-length", "3", "x-a", "1", "set-cookie", "a", "set-cookie", "b"] });
+  });
+});
