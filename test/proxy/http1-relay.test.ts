@@ -27,6 +27,10 @@ interface RelayUnderTest {
   readonly port: number;
   readonly pool: Http1Pool;
   readonly decided: MessageHead[];
+  /** The canonical target of each decided request: what the policy would judge. */
+  readonly judged: string[];
+  /** The relay's side of each client connection. */
+  readonly sockets: ReadonlySet<Socket>;
   readonly clientErrors: ClientErrorReason[];
   readonly upgrades: { head: MessageHead; rest: string }[];
   readonly statuses: number[];
@@ -46,6 +50,7 @@ async function listen(server: NetServer | Server): Promise<number> {
 async function startRelay(upstreamPort: number, options: { idleTimeout?: number; headersTimeout?: number } = {}): Promise<RelayUnderTest> {
   const pool = new Http1Pool({ dial: () => netConnect({ host: "127.0.0.1", port: upstreamPort }), authority: `127.0.0.1:${upstreamPort}`, maxHeaderBytes: 16 * 1024, idleMs: 4000, maxIdle: 8 });
   const decided: MessageHead[] = [];
+  const judged: string[] = [];
   const clientErrors: ClientErrorReason[] = [];
   const upgrades: RelayUnderTest["upgrades"] = [];
   const statuses: number[] = [];
@@ -54,8 +59,9 @@ async function startRelay(upstreamPort: number, options: { idleTimeout?: number;
     headersTimeout: options.headersTimeout ?? 5000,
     idleTimeout: options.idleTimeout ?? 30_000,
     escapedSlashes: "reject",
-    decide: ({ head }) => {
+    decide: ({ head, target }) => {
       decided.push(head);
+      judged.push(target.target);
       if (head.url === "/boom") throw new Error("a bug in deciding");
       if (head.url.startsWith("/deny")) return { answer: { status: 403, grpcStatus: 7, code: "E_POLICY_DENIED", message: "no" }, done: (s) => statuses.push(s) };
       return {
@@ -83,6 +89,8 @@ async function startRelay(upstreamPort: number, options: { idleTimeout?: number;
     port,
     pool,
     decided,
+    judged,
+    sockets,
     clientErrors,
     upgrades,
     statuses,
@@ -568,4 +576,84 @@ describe("HTTP/1.1 relay", () => {
     expect(slow.text).toMatch(/^HTTP\/1\.1 408 /);
     expect(relay.clientErrors).toEqual(["header_timeout"]);
   });
+
+  it("forwards the canonical target it judged, and refuses ambiguous targets and Host fields with 400 before anything is decided", async () => {
+    const upstream = await startServer((req, res) => res.end(`${req.method} ${req.url} host=${req.headers.host}`));
+    const relay = await startRelay(upstream.port);
+    const ok = (text: string) => /\r\n\r\n.+$/s.test(text);
+    const dotted = await raw(relay.port, "GET /items/%2e%2e/admin//x?q=%2F HTTP/1.1\r\nHost: a\r\n\r\n", ok);
+    expect(dotted.text).toMatch(/GET \/admin\/x\?q=%2F host=a$/);
+    const absolute = await raw(relay.port, "GET http://a/admin/x HTTP/1.1\r\nHost: a\r\n\r\n", ok);
+    expect(absolute.text).toMatch(/GET \/admin\/x host=a$/);
+    expect(relay.judged).toEqual(["/admin/x?q=%2F", "/admin/x"]);
+    for (const bad of [
+      "GET /items/..%2fadmin/x HTTP/1.1\r\nHost: a\r\n\r\n",
+      "GET /items/1\\..\\..\\admin HTTP/1.1\r\nHost: a\r\n\r\n",
+      "GET /items/..;/admin HTTP/1.1\r\nHost: a\r\n\r\n",
+      "GET /items/%00 HTTP/1.1\r\nHost: a\r\n\r\n",
+      "GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+      "GET http://b/admin HTTP/1.1\r\nHost: a\r\n\r\n",
+      "GET /items HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    ]) {
+      const refused = await raw(relay.port, bad);
+      expect(refused.text, bad).toMatch(/^HTTP\/1\.1 400 /);
+      expect(refused.closed).toBe(true);
+    }
+    expect(relay.judged).toHaveLength(2);
+    expect(upstream.requests).toHaveLength(2);
+  });
+
+  it("counts a head as forwarded, so that many empty fields under llhttp's own count still get 431", async () => {
+    const upstream = await startRawServer(() => undefined);
+    const relay = await startRelay(upstream.port);
+    // 1,500 fields of 1 byte: llhttp counts 1,500 bytes, the head takes ~7,500 (limit 4,096).
+    const many = await raw(relay.port, `GET / HTTP/1.1\r\nHost: a\r\n${"X:\r\n".repeat(1500)}\r\n`);
+    expect(many.text).toMatch(/^HTTP\/1\.1 431 /);
+    expect(upstream.connections).toBe(0);
+  });
+
+  it("stops reading from a client that pipelines requests and never reads the answers, and answers them all once it reads", async () => {
+    const upstream = await startRawServer(() => undefined);
+    const relay = await startRelay(upstream.port);
+    const request = "GET /deny HTTP/1.1\r\nHost: a\r\n\r\n";
+    // Enough that the answers (~35 MB) overflow what loopback sockets buffer in the kernel.
+    const total = 200_000;
+    const client = netConnect({ host: "127.0.0.1", port: relay.port });
+    running.push({ close: () => void client.destroy() });
+    client.pause();
+    await new Promise<void>((resolve) => client.once("connect", () => resolve()));
+    client.write(request.repeat(total));
+    let maxUnread = 0;
+    const sample = () => {
+      for (const socket of relay.sockets) maxUnread = Math.max(maxUnread, socket.writableLength);
+    };
+    const sampler = setInterval(sample, 5);
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    const [server] = [...relay.sockets];
+    const readBefore = server!.bytesRead;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    sample();
+    clearInterval(sampler);
+    // Reading stopped (the kernel's buffers hold the rest) and what waits to be written is bounded.
+    expect(server!.bytesRead).toBe(readBefore);
+    expect(readBefore).toBeLessThan(request.length * total);
+    expect(maxUnread).toBeLessThan(128 * 1024);
+    let answers = 0;
+    let tail = "";
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`only ${answers} of ${total} answers`)), 30_000);
+      client.on("data", (chunk: Buffer) => {
+        const text = tail + chunk.toString("latin1");
+        answers += count(text, "HTTP/1.1 403 ");
+        tail = text.slice(-("HTTP/1.1 403 ".length - 1)); // too short to hold a whole one
+        if (answers >= total) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      client.resume();
+    });
+    expect(answers).toBe(total);
+    expect(upstream.connections).toBe(0);
+  }, 60_000);
 });

@@ -167,6 +167,8 @@ class ClientConnection {
   #handedOver = false;
   #readingPaused = false;
   #awaitingDrain = false;
+  #advancing = false;
+  #advanceAgain = false;
   readonly #onDataBound = (chunk: Buffer) => this.#onData(chunk);
 
   /** The upstream socket corked while a client chunk is parsed (its request head and body leave in one write). */
@@ -473,8 +475,28 @@ class ClientConnection {
     this.#advance();
   }
 
-  /** Starts the next request in line, or reads on, unless the client has too much unread. */
+  /**
+   * Starts the next request in line, or reads on, unless the client has too much unread. A
+   * request the proxy answers at once finishes inside #start and asks for the next one: that
+   * call only marks another round, so a long run of such answers loops instead of recursing.
+   */
   #advance(): void {
+    if (this.#advancing) {
+      this.#advanceAgain = true;
+      return;
+    }
+    this.#advancing = true;
+    try {
+      do {
+        this.#advanceAgain = false;
+        this.#advanceOnce();
+      } while (this.#advanceAgain);
+    } finally {
+      this.#advancing = false;
+    }
+  }
+
+  #advanceOnce(): void {
     if (this.#gone) return;
     if (this.#congested()) {
       this.#pauseReading();
