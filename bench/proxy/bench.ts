@@ -24,7 +24,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { startMeshCa } from "../../test/proxy/fixtures.ts";
-import { children, ROOT, startChild } from "./children.ts";
+import { children, cpuSeconds, ROOT, startChild } from "./children.ts";
 
 const SECONDS = Number(process.argv[2] ?? 8);
 
@@ -67,19 +67,6 @@ function nginxWorkerPid(master: number | undefined): number | undefined {
     return undefined;
   }
 }
-
-/** CPU seconds (user + system) a process has used so far; NaN when it is gone. */
-function cpuSeconds(pid: number | undefined): number {
-  if (pid === undefined) return NaN;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
-  } catch {
-    return NaN;
-  }
-}
-const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim());
 
 interface WrkResult {
   requests: number;

@@ -3,7 +3,8 @@
  * matching `ready` appears on stdout, and all killed when the benchmark process exits, even
  * when it fails.
  */
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import type { ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
@@ -42,3 +43,16 @@ export function startChild(command: string, args: string[], ready?: RegExp): Pro
     });
   });
 }
+
+/** CPU seconds (user + system) a process has used so far; NaN when it is gone. */
+export function cpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return NaN;
+  }
+}
+const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim());

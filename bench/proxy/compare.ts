@@ -1,0 +1,117 @@
+/**
+ * The sidecar pair of this working tree against the same pair built from another revision, in
+ * one run: rounds of `wrk -t1 -c32` through each pair alone (bundled CLI, STRICT, a policy that
+ * allows the path, a Node backend), the two builds interleaved and their order swapped every
+ * round so that the machine's drift hits both alike. Prints req/s and CPU µs per request of each
+ * sidecar per round, the medians, and the working tree's ratio to the base. Figures, not
+ * assertions; run it on a quiet machine.
+ *   node --import tsx bench/proxy/compare.ts [--base REV] [--rounds N] [--seconds S]
+ */
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { bundleCli } from "../../scripts/bundle.ts";
+import { startMeshCa } from "../../test/proxy/fixtures.ts";
+import { children, cpuSeconds, ROOT, startChild } from "./children.ts";
+
+const flag = (name: string, fallback: string): string => {
+  const at = process.argv.indexOf(name);
+  return at === -1 ? fallback : (process.argv[at + 1] ?? fallback);
+};
+const BASE = flag("--base", "HEAD");
+const ROUNDS = Number(flag("--rounds", "4"));
+const SECONDS = Number(flag("--seconds", "6"));
+
+const start = (args: string[], ready: RegExp) => startChild(process.execPath, args, ready);
+const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+
+/** The CLI bundle of `rev`, built from a temporary worktree that borrows this tree's node_modules. */
+function bundleRevision(rev: string): string {
+  const tree = mkdtempSync(join(tmpdir(), "meshward-base-"));
+  execFileSync("git", ["worktree", "add", "--detach", tree, rev], { cwd: ROOT, stdio: "ignore" });
+  try {
+    symlinkSync(join(ROOT, "node_modules"), join(tree, "node_modules"));
+    const out = join(ROOT, "node_modules/.cache/meshward-bench-base");
+    execFileSync(process.execPath, ["--import", "tsx", join(tree, "scripts/bundle.ts"), out], { cwd: tree, stdio: "inherit" });
+    return join(out, "main.js");
+  } finally {
+    execFileSync("git", ["worktree", "remove", "--force", tree], { cwd: ROOT, stdio: "ignore" });
+    rmSync(tree, { recursive: true, force: true });
+  }
+}
+
+interface Round {
+  readonly rps: number;
+  readonly outboundUs: number;
+  readonly inboundUs: number;
+}
+
+async function main(): Promise<void> {
+  const baseRev = execFileSync("git", ["rev-parse", "--short", BASE], { cwd: ROOT, encoding: "utf8" }).trim();
+  const builds = [
+    { name: `base ${baseRev}`, cli: bundleRevision(BASE) },
+    { name: "working tree", cli: await bundleCli(join(ROOT, "node_modules/.cache/meshward-bench")) },
+  ];
+  const ca = await startMeshCa({ workloadTtl: "24h" });
+  const dir = mkdtempSync(join(tmpdir(), "meshward-compare-"));
+  const policy = join(dir, "policy.yaml");
+  writeFileSync(
+    policy,
+    "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: { name: bench }\nspec:\n  accessControl:\n    defaultAction: deny\n    trustDomain: mesh.test\n    policies:\n      - appId: bench-a\n        defaultAction: deny\n        trustDomain: mesh.test\n        namespace: default\n        operations:\n          - { name: /**, httpVerb: [GET], action: allow }\n",
+  );
+  const results = new Map<string, Round[]>(builds.map((b) => [b.name, []]));
+  try {
+    const backend = await start(
+      ["-e", `const s = require("node:http").createServer((q, r) => { r.writeHead(200, { "content-type": "text/plain", "content-length": 13 }); r.end("hello, mesh!\\n"); }); s.keepAliveTimeout = 60000; s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));`],
+      /PORT (\d+)/,
+    );
+    for (let round = 0; round < ROUNDS; round++) {
+      const order = round % 2 === 0 ? builds : [...builds].reverse();
+      for (const build of order) {
+        const sidecar = async (appId: string, extra: string[]) =>
+          start(
+            [build.cli, "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", await ca.token("default", appId), "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra],
+            /inbound=127\.0\.0\.1:(\d+)(?: outbound=127\.0\.0\.1:(\d+))?/,
+          );
+        const inbound = await sidecar("bench-b", ["--app", `127.0.0.1:${backend.match![1]}`, "--policy", policy]);
+        const outbound = await sidecar("bench-a", ["--app", "127.0.0.1:1", "--outbound", "127.0.0.1:0", "--peer", `bench-b=127.0.0.1:${inbound.match![1]}`]);
+        const url = `http://127.0.0.1:${outbound.match![2]}/items/1`;
+        execFileSync("wrk", ["-t1", "-c8", "-d2s", "-H", "dapr-app-id: bench-b", url]);
+        const cpuBefore = [cpuSeconds(outbound.child.pid), cpuSeconds(inbound.child.pid)];
+        const out = execFileSync("wrk", ["-t1", "-c32", `-d${SECONDS}s`, "-H", "dapr-app-id: bench-b", url], { encoding: "utf8" });
+        const cpuAfter = [cpuSeconds(outbound.child.pid), cpuSeconds(inbound.child.pid)];
+        const requests = Number(/(\d+) requests in/.exec(out)?.[1]);
+        const non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1];
+        if (non2xx !== undefined) throw new Error(`${build.name}: ${non2xx} answers were not 2xx`);
+        const row: Round = {
+          rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]),
+          outboundUs: ((cpuAfter[0]! - cpuBefore[0]!) / requests) * 1e6,
+          inboundUs: ((cpuAfter[1]! - cpuBefore[1]!) / requests) * 1e6,
+        };
+        results.get(build.name)!.push(row);
+        console.log(`round ${round + 1} ${build.name.padEnd(14)} ${row.rps.toFixed(0).padStart(7)} req/s  outbound ${row.outboundUs.toFixed(1)} µs/req  inbound ${row.inboundUs.toFixed(1)} µs/req`);
+        for (const side of [outbound, inbound]) {
+          const exited = new Promise((resolve) => side.child.once("exit", resolve));
+          side.child.kill("SIGTERM");
+          await exited;
+        }
+      }
+    }
+    console.log(`\nNode ${process.version}, ${ROUNDS} rounds of wrk -t1 -c32 ${SECONDS}s, medians:`);
+    const [base, head] = builds.map((b) => results.get(b.name)!);
+    for (const build of builds) {
+      const rows = results.get(build.name)!;
+      console.log(`  ${build.name.padEnd(14)} ${median(rows.map((r) => r.rps)).toFixed(0).padStart(7)} req/s  outbound ${median(rows.map((r) => r.outboundUs)).toFixed(1)} µs  inbound ${median(rows.map((r) => r.inboundUs)).toFixed(1)} µs`);
+    }
+    const ratio = median(head!.map((r) => r.rps)) / median(base!.map((r) => r.rps));
+    const pairRatios = head!.map((r, i) => r.rps / base![i]!.rps);
+    console.log(`  working tree / base: ${(ratio * 100).toFixed(1)} % of req/s (per round: ${pairRatios.map((r) => `${(r * 100).toFixed(0)} %`).join(", ")})`);
+  } finally {
+    for (const c of children) c.kill("SIGTERM");
+    await ca.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
