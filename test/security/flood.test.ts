@@ -208,7 +208,7 @@ describe("bounded flood: pipelined denied requests that are never read", () => {
     // Denials happened in bulk, the metric counts each one answered, the log does not list each.
     expect.soft(received403, "the flood's denials were answered").toBeGreaterThan(MAX_LOG_LINES);
     expect.soft(denied, "meshward_policy_denials_total counts every denial answered").toBeGreaterThanOrEqual(received403);
-    expect.soft(floodLines, `log lines written during the flood (first: ${log.sample.slice(-3).join(" | ")})`).toBeLessThan(MAX_LOG_LINES);
+    expect.soft(floodLines, `log lines written during the flood (sample: ${log.sample.slice(-2).join(" | ")})`).toBeLessThan(MAX_LOG_LINES);
     expect.soft(log.denied, "the denials are still logged (rate-limited, not silenced)").toBeGreaterThan(0);
     expect.soft(log.suppressed.length, "a rate-limited denial log says how many it suppressed").toBeGreaterThan(0);
   }, 120_000);
