@@ -15,6 +15,9 @@ test_deps=(
   "pg_ctl postgresql"
   "promtool prometheus"
   "chromium chromium"
+  # test/security runs these as real apps behind the sidecar, under Debian's python3.
+  "py:gunicorn python3-gunicorn"
+  "py:uvicorn python3-uvicorn"
 )
 bench_deps=(
   "wrk wrk"
@@ -25,6 +28,8 @@ deps=("${test_deps[@]}")
 if [[ "${1:-}" == "--bench" ]]; then deps+=("${bench_deps[@]}"); fi
 
 have() {
+  # "py:MODULE": a module Debian's /usr/bin/python3 must import.
+  if [[ "$1" == py:* ]]; then /usr/bin/python3 -c "import ${1#py:}" >/dev/null 2>&1; return; fi
   command -v "$1" >/dev/null 2>&1 && return 0
   # PostgreSQL's server tools live outside PATH on Debian.
   compgen -G "/usr/lib/postgresql/*/bin/$1" >/dev/null 2>&1

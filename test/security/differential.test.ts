@@ -1,0 +1,174 @@
+/**
+ * Issue 14, Proof: the differential suite. Every attack class, over HTTP/1.1 (raw bytes) and
+ * HTTP/2 (ALPN h2 inbound, prior knowledge outbound), inbound and outbound, through the sidecar
+ * to real app servers. From what each app itself parsed (and the bytes a tap saw on its socket):
+ *   (a) the app saw only requests the policy allowed (GET under /items, as the app resolves it);
+ *   (b) each request framed once: the app saw as many requests as the sidecar answered from it;
+ *   (c) no identity header but the sidecar's own XFCC, exactly once, in any spelling, also in
+ *       trailers and in WSGI's HTTP_X_FORWARDED_CLIENT_CERT (PEP 3333).
+ * Refusals are checked as well: answered 400/403/405/501 by the sidecar and nothing reaches
+ * the app. Run only some apps with SEC_APPS=node:http,gunicorn.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { HTTP1_APPS } from "./helpers/apps.ts";
+import type { AppName, AppRecord } from "./helpers/apps.ts";
+import { FORGED, GRPC_CASES, H1_CASES, H2_CASES } from "./helpers/cases.ts";
+import type { Case, Transport } from "./helpers/cases.ts";
+import { byApp, bySidecar, h1Exchange, h2Exchange, routeHeader, startSecurityMesh, underItems } from "./helpers/mesh.ts";
+import type { Answer, MeshApp, SecurityMesh } from "./helpers/mesh.ts";
+
+const ALL: AppName[] = [...HTTP1_APPS, "node:http2"];
+const SELECTED = process.env.SEC_APPS ? ALL.filter((a) => process.env.SEC_APPS!.split(",").includes(a)) : ALL;
+/** Statuses a refusal may have (issue 14: 400 for ambiguous input, 403 policy, 405/501 methods). */
+const REFUSAL = [400, 403, 405, 501];
+const XFCC = "x-forwarded-client-cert";
+
+interface Observed {
+  answers: Answer[];
+  /** The exchange failed on the client side (e.g. a stream reset without an answer). */
+  error?: string;
+  records: AppRecord[];
+  tapBytes: Buffer;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+let markerSeq = 0;
+
+/** Sends a legitimate GET through the inbound sidecar and waits until the app has recorded it. */
+async function marker(mesh: SecurityMesh, target: MeshApp): Promise<{ id: string; answer: Answer | undefined }> {
+  const id = `__marker_${++markerSeq}`;
+  const r = await h1Exchange(mesh, target, "inbound", Buffer.from(`GET /items/${id} HTTP/1.1\r\nHost: app.shop\r\n\r\n`), { quietMs: 0 });
+  for (let i = 0; i < 60 && !target.app.records().some((rec) => rec.path.includes(id)); i++) await sleep(50);
+  return { id, answer: r.answers[0] };
+}
+
+async function send(mesh: SecurityMesh, target: MeshApp, c: Case, transport: Transport): Promise<{ answers: Answer[]; error?: string }> {
+  const direction = transport.endsWith("-in") ? "inbound" : "outbound";
+  if (transport.startsWith("h1")) {
+    const bytes = c.h1!(routeHeader(target, direction));
+    const r = await h1Exchange(mesh, target, direction, typeof bytes === "string" ? Buffer.from(bytes, "latin1") : bytes, { expect: c.h1Answers ?? 1, quietMs: 150, timeoutMs: 3_000 });
+    return { answers: r.answers };
+  }
+  const r = await h2Exchange(mesh, target, direction, c.h2!, 3_000);
+  return r.answer ? { answers: [r.answer] } : { answers: [], error: r.error ?? "no answer" };
+}
+
+/** Runs one case and collects what the app parsed and what its socket carried. */
+async function observe(mesh: SecurityMesh, target: MeshApp, c: Case, transport: Transport): Promise<{ attack: Observed; marker?: Answer; markerId?: string; followUp?: { answer?: Answer; records: AppRecord[] } }> {
+  const { app } = target;
+  // Start from fresh app connections: a desync left by one case must not leak into the next.
+  await app.tap.resetConnections();
+  await sleep(20);
+  const firstChunk = app.tap.chunks.length;
+  const firstRecord = app.records().length;
+  const sent = await send(mesh, target, c, transport);
+  let markerResult: { id: string; answer: Answer | undefined } | undefined;
+  if (app.speaks === "http1") markerResult = await marker(mesh, target);
+  // Late requests (a body parsed as a second request) arrive right behind the first.
+  await sleep(app.speaks === "http1" ? 80 : 300);
+  const all = app.records().slice(firstRecord);
+  const records = all.filter((r) => !(markerResult && r.path.includes(markerResult.id)));
+  const chunks = app.tap.chunks.slice(firstChunk);
+  const markerAt = markerResult ? chunks.findIndex((ch) => ch.data.includes(markerResult!.id)) : -1;
+  const tapBytes = Buffer.concat((markerAt < 0 ? chunks : chunks.slice(0, markerAt)).map((ch) => ch.data));
+  const attack: Observed = { answers: sent.answers, ...(sent.error ? { error: sent.error } : {}), records, tapBytes };
+  let followUp: { answer?: Answer; records: AppRecord[] } | undefined;
+  if (c.followUp) {
+    const before = app.records().length;
+    const r = await h2Exchange(mesh, target, transport.endsWith("-in") ? "inbound" : "outbound", { method: "GET", path: c.followUp }, 3_000);
+    await sleep(80);
+    followUp = { ...(r.answer ? { answer: r.answer } : {}), records: app.records().slice(before) };
+  }
+  return { attack, ...(markerResult ? { markerId: markerResult.id, ...(markerResult.answer ? { marker: markerResult.answer } : {}) } : {}), ...(followUp ? { followUp } : {}) };
+}
+
+/** Header names normalised for case and '_'/'-' (how WSGI/CGI, and many frameworks, read them). */
+const norm = (name: string) => name.toLowerCase().replace(/_/g, "-");
+
+function describeRecord(r: AppRecord): string {
+  return `${r.method} ${r.target ?? r.path} (route ${r.route}, body ${r.bodyBytes})`;
+}
+
+function checkInvariants(target: MeshApp, c: Case, o: Observed): void {
+  const seen = o.records.map(describeRecord);
+  // (a) only what the policy allows, as the app itself resolved it.
+  for (const r of o.records) {
+    expect.soft(r.method, `(a) the app saw a non-GET request: ${describeRecord(r)}`).toBe("GET");
+    expect.soft(underItems(r.route), `(a) the app resolved a path outside /items: ${describeRecord(r)}`).toBe(true);
+  }
+  // (b) framed once: as many requests at the app as answers the app gave through the sidecar.
+  expect.soft(o.records.length, `(b) requests the app parsed [${seen.join(" | ")}] vs app answers relayed (${o.answers.filter(byApp).length})`).toBe(o.answers.filter(byApp).length);
+  // (c) identity: exactly one XFCC, the sidecar's, in every spelling; none in trailers.
+  for (const r of o.records) {
+    const xfcc = r.headers.filter((h) => norm(h[0]!) === XFCC);
+    expect.soft(xfcc.map((h) => h[1]), `(c) XFCC values the app read for ${describeRecord(r)}`).toEqual([target.xfcc]);
+    const wsgiKey = r.headers.filter((h) => h[2] === "HTTP_X_FORWARDED_CLIENT_CERT");
+    if (r.headers.some((h) => h.length === 3)) expect.soft(wsgiKey.map((h) => h[1]), "(c) WSGI environ HTTP_X_FORWARDED_CLIENT_CERT").toEqual([target.xfcc]);
+    // RFC 9112 §3.2: one Host; WSGI would merge two into "a,b".
+    const hosts = r.headers.filter((h) => norm(h[0]!) === "host");
+    expect.soft(hosts.length <= 1 && !hosts.some((h) => h[1]!.includes(",")), `(c) Host headers the app read: ${JSON.stringify(hosts)}`).toBe(true);
+    expect.soft((r.trailers ?? []).filter((h) => norm(h[0]!) === XFCC), `(c) XFCC in the trailers the app read`).toEqual([]);
+    expect.soft(JSON.stringify(r).includes(FORGED), `(c) the forged identity reached the app in ${describeRecord(r)}`).toBe(false);
+  }
+  if (c.identity) expect.soft(o.tapBytes.toString("latin1").includes(FORGED), "(c) the forged identity was written on the app's socket").toBe(false);
+}
+
+function checkExpectation(c: Case, o: Observed): void {
+  const first = o.answers[0];
+  const seen = o.records.map(describeRecord);
+  if (c.expect === "allowed") {
+    expect(first, `no answer (${o.error ?? ""})`).toBeDefined();
+    expect(first!.status, first!.body).toBe(200);
+    expect(byApp(first!)).toBe(true);
+    expect(o.records).toHaveLength(1);
+    expect(o.records[0]!.route).toBe("/items/1");
+    return;
+  }
+  if (c.expect === "refused") {
+    if (first !== undefined) {
+      expect.soft(REFUSAL.includes(first.status) && bySidecar(first), `answered ${first.status} by ${first.headers["x-app"] ?? (bySidecar(first) ? "the sidecar" : "?")} (${first.body.slice(0, 160)}); wanted a sidecar refusal ${REFUSAL.join("/")}`).toBe(true);
+    }
+    const attackRecords = o.records.filter((r) => !(c.legit?.(r) ?? false));
+    expect.soft(attackRecords.map(describeRecord), "a refused request reached the app").toEqual([]);
+    if (c.tapMustNotMatch) expect.soft(c.tapMustNotMatch.test(o.tapBytes.toString("latin1")), `the refused request was written on the app's socket: ${JSON.stringify(o.tapBytes.toString("latin1").slice(0, 300))}`).toBe(false);
+    if (c.legit === undefined) expect.soft(o.tapBytes.length, `a refused request wrote bytes on the app's socket: ${JSON.stringify(o.tapBytes.toString("latin1").slice(0, 200))}`).toBe(0);
+    return;
+  }
+  // either: a sidecar answer is a refusal; an app answer is 200 (recorded, checked by the invariants).
+  if (first !== undefined && !byApp(first)) {
+    expect.soft(REFUSAL.includes(first.status) && bySidecar(first), `answered ${first.status} (${first.body.slice(0, 160)}): neither a sidecar refusal nor the app; app saw [${seen.join(" | ")}]`).toBe(true);
+  }
+}
+
+describe.each(SELECTED)("differential: %s behind the inbound sidecar", (name) => {
+  let mesh: SecurityMesh;
+  let target: MeshApp;
+  beforeAll(async () => {
+    mesh = await startSecurityMesh([name]);
+    target = mesh.apps.get(name)!;
+  }, 60_000);
+  afterAll(async () => {
+    await mesh?.close();
+  });
+
+  const cases: [Case, Transport][] =
+    name === "node:http2"
+      ? GRPC_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])
+      : [...H1_CASES.flatMap((c) => [[c, "h1-in"], [c, "h1-out"]] as [Case, Transport][]), ...H2_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])];
+
+  it.each(cases.map(([c, t]) => ({ c, t, label: `${t} ${c.id} (${c.expect})` })))("$label", async ({ c, t }) => {
+    const result = await observe(mesh, target, c, t);
+    if (process.env.SEC_DEBUG) console.log(JSON.stringify({ case: c.id, t, answers: result.attack.answers, error: result.attack.error, records: result.attack.records.map(describeRecord), tap: result.attack.tapBytes.toString("latin1"), followUp: result.followUp }, null, 1));
+    checkExpectation(c, result.attack);
+    checkInvariants(target, c, result.attack);
+    if (result.marker !== undefined || result.markerId !== undefined) {
+      // The next legitimate request on the app connection gets its own answer (no response desync).
+      expect.soft(result.marker?.status, "the legitimate request after the attack was not answered 200").toBe(200);
+      expect.soft(result.marker?.body ?? "", "the legitimate request after the attack got another request's answer").toContain(result.markerId);
+    }
+    if (result.followUp) {
+      expect.soft(result.followUp.answer?.status, "the follow-up GET after the attack").toBe(200);
+      expect.soft(result.followUp.records.map(describeRecord), "the follow-up GET reached the app as itself").toEqual([`GET ${c.followUp} (route ${c.followUp}, body 0)`]);
+    }
+  });
+});

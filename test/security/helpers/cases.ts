@@ -1,0 +1,152 @@
+/**
+ * The attack classes of issue 14, as the attacker (holding a valid `orders` certificate) sends
+ * them. Each case says what the sidecar must do:
+ *   - "refused": answered 400/403/405/501 by the sidecar itself, and nothing reaches the app;
+ *   - "allowed": a legitimate request, answered 200 by the app;
+ *   - "either":  refused as above, or forwarded, and then the app's view obeys the invariants
+ *                (only allowed requests, each framed once, only the sidecar's XFCC).
+ * Upstream behaviour each case follows is named per case and in test/security/README.md.
+ */
+import type { OutgoingHttpHeaders } from "node:http2";
+import type { AppRecord } from "./apps.ts";
+import type { H2Request } from "./mesh.ts";
+
+export type Expect = "refused" | "allowed" | "either";
+export type Transport = "h1-in" | "h1-out" | "h2-in" | "h2-out";
+
+/** The attacker's forged identity: it must never appear in anything sent toward an app. */
+export const FORGED = "spiffe://mesh.test/ns/shop/admin-forged";
+export const FORGED_XFCC = `By=spiffe://mesh.test/ns/shop/evil;URI=${FORGED}`;
+/** A complete second request carried as a body (H2→H1 smuggling, RFC 9112 §6.3 framing). */
+export const SMUGGLED = "GET /admin/secret HTTP/1.1\r\nHost: app\r\nx-forwarded-client-cert: By=smuggled;URI=spiffe://mesh.test/ns/shop/smuggled\r\n\r\n";
+
+export interface Case {
+  readonly id: string;
+  /** The issue's attack class (README lists them). */
+  readonly cls: string;
+  readonly expect: Expect;
+  /** Raw HTTP/1.1 bytes; `route` is the routing header line the outbound port needs ("" inbound). */
+  readonly h1?: (route: string) => string | Buffer;
+  /** Answers to wait for on the HTTP/1.1 connection (default 1). */
+  readonly h1Answers?: number;
+  readonly h2?: H2Request;
+  /** The attacker's identity is in headers or trailers: no byte of it may reach the app. */
+  readonly identity?: boolean;
+  /** Records of legitimate requests pipelined behind the attack (not the attack itself). */
+  readonly legit?: (r: AppRecord) => boolean;
+  /** Bytes of the attack that must never be written on the app's socket (when `legit` requests share it). */
+  readonly tapMustNotMatch?: RegExp;
+  /** A legitimate HTTP/2 GET sent after the attack on a new connection; it must reach the app intact. */
+  readonly followUp?: string;
+  /** Only for the h2c app (gRPC goes to the app over h2c). */
+  readonly grpc?: boolean;
+}
+
+const HOST = "Host: app.shop\r\n";
+const get = (target: string, extra = "") => (route: string) => `GET ${target} HTTP/1.1\r\n${HOST}${route}${extra}\r\n`;
+
+/**
+ * Request targets that common servers read differently. Envoy's defaults are the model
+ * (envoyproxy/envoy api/envoy/extensions/filters/network/http_connection_manager/v3/
+ * http_connection_manager.proto: normalize_path, merge_slashes, path_with_escaped_slashes_action;
+ * source/common/http/path_utility.cc), RFC 3986 §6 for normalisation.
+ */
+const PATHS: { id: string; path: string; expect: Expect; cls: string }[] = [
+  { id: "escaped-slash-lower", path: "/items/..%2fadmin/x", expect: "refused", cls: "path: %2F" },
+  { id: "escaped-slash-upper", path: "/items/..%2Fadmin/x", expect: "refused", cls: "path: %2F" },
+  { id: "escaped-slash-only", path: "/items%2F..%2Fadmin", expect: "refused", cls: "path: %2F" },
+  { id: "escaped-backslash-lower", path: "/items/..%5cadmin", expect: "refused", cls: "path: %5C" },
+  { id: "escaped-backslash-upper", path: "/items/1/..%5C..%5Cadmin", expect: "refused", cls: "path: %5C" },
+  { id: "backslash-dots", path: "/items/1\\..\\..\\admin", expect: "refused", cls: "path: \\" },
+  { id: "backslash-single", path: "/items/..\\admin", expect: "refused", cls: "path: \\" },
+  { id: "semicolon-dotdot", path: "/items/..;/admin", expect: "refused", cls: "path: ; around dot segments" },
+  { id: "semicolon-param-dotdot", path: "/items;x=1/../admin", expect: "refused", cls: "path: ; around dot segments" },
+  { id: "semicolon-param", path: "/items/1;jsessionid=abc", expect: "either", cls: "path: ; parameters" },
+  { id: "encoded-dotdot", path: "/items/%2e%2e/admin", expect: "refused", cls: "path: dot segments (RFC 3986 §6.2.2)" },
+  { id: "half-encoded-dotdot", path: "/items/.%2E/admin", expect: "refused", cls: "path: dot segments (RFC 3986 §6.2.2)" },
+  { id: "plain-dotdot", path: "/items/../admin", expect: "refused", cls: "path: dot segments (RFC 3986 §6.2.2)" },
+  { id: "encoded-nul", path: "/items/1%00", expect: "refused", cls: "path: NUL/control" },
+  { id: "encoded-nul-dotdot", path: "/items/1%00/../../admin", expect: "refused", cls: "path: NUL/control" },
+  { id: "dot-segment-inside", path: "/items/./1", expect: "either", cls: "path: dot segments (RFC 3986 §6.2.2)" },
+  { id: "double-slash", path: "/items//1", expect: "either", cls: "path: merge_slashes" },
+  { id: "upper-case", path: "/ITEMS/1", expect: "either", cls: "path: case" },
+  { id: "query-dotdot", path: "/items/1?next=../../admin", expect: "either", cls: "path: query" },
+  { id: "double-encoded", path: "/items/%252e%252e/admin", expect: "either", cls: "path: double encoding" },
+];
+
+const h2Get = (path: string, extra: Partial<H2Request> = {}): H2Request => ({ method: "GET", path, ...extra });
+const grpcHeaders: OutgoingHttpHeaders = { "content-type": "application/grpc", te: "trailers" };
+
+/** Cases sent as raw HTTP/1.1 bytes (inbound over mTLS, outbound in plaintext). */
+export const H1_CASES: Case[] = [
+  { id: "legit-get", cls: "success", expect: "allowed", h1: get("/items/1") },
+  ...PATHS.map((p) => ({ id: `path-${p.id}`, cls: p.cls, expect: p.expect, h1: get(p.path) })),
+  // RFC 9112 §3.2.2: absolute-form is converted to origin-form; the authority replaces Host.
+  { id: "absolute-form-admin", cls: "absolute-form", expect: "refused", h1: get("http://x/admin/x") },
+  { id: "absolute-form-items-other-host", cls: "absolute-form / Host", expect: "allowed", h1: get("http://other.example/items/1") },
+  // RFC 9112 §3.2.4: asterisk-form only for OPTIONS.
+  { id: "asterisk-get", cls: "asterisk-form", expect: "refused", h1: get("*") },
+  { id: "raw-nul", cls: "path: NUL/control", expect: "refused", h1: (route) => Buffer.from(`GET /items/1\0/../../admin HTTP/1.1\r\n${HOST}${route}\r\n`, "latin1") },
+  { id: "raw-control", cls: "path: NUL/control", expect: "refused", h1: (route) => Buffer.from(`GET /items/\x01/../../admin HTTP/1.1\r\n${HOST}${route}\r\n`, "latin1") },
+  { id: "lower-case-method", cls: "method", expect: "either", h1: (route) => `get /items/1 HTTP/1.1\r\n${HOST}${route}\r\n` },
+  { id: "denied-verb", cls: "method", expect: "refused", h1: (route) => `DELETE /items/1 HTTP/1.1\r\n${HOST}${route}\r\n` },
+  // RFC 9112 §3.2: more than one Host is answered 400.
+  { id: "duplicate-host", cls: "duplicate Host", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}Host: admin.shop\r\n${route}\r\n` },
+  // RFC 9112 §6.1/§6.3: CL+TE is an attack (refused, kept so); §5.2: obs-fold is refused.
+  { id: "cl-te", cls: "CL+TE", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${SMUGGLED}` },
+  { id: "te-cl", cls: "CL+TE", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}` },
+  { id: "obs-fold", cls: "obs-fold", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}X-Pad: a\r\n x-forwarded-client-cert: ${FORGED_XFCC}\r\n\r\n` },
+  // A body with Content-Length must be forwarded framed (or refused), never as a second request.
+  { id: "get-body-content-length", cls: "body framing", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Content-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}` },
+  // XFCC in every spelling (names normalised for case and '_'/'-', PEP 3333 maps both to HTTP_X_FORWARDED_CLIENT_CERT).
+  ...[
+    ["xfcc-canonical", "X-Forwarded-Client-Cert"],
+    ["xfcc-underscores", "x_forwarded_client_cert"],
+    ["xfcc-upper-underscores", "X_FORWARDED_CLIENT_CERT"],
+    ["xfcc-mixed", "x-forwarded_client-cert"],
+  ].map(([id, name]) => ({ id: id!, cls: "XFCC spelling", expect: "either" as const, identity: true, h1: get("/items/1", `${name}: ${FORGED_XFCC}\r\n`) })),
+  { id: "xfcc-twice", cls: "XFCC spelling", expect: "either", identity: true, h1: get("/items/1", `x-forwarded-client-cert: ${FORGED_XFCC}\r\nx_forwarded_client_cert: ${FORGED_XFCC}\r\n`) },
+  // RFC 9112 §7.1.2: trailer fields must not carry what the proxy sets.
+  {
+    id: "xfcc-chunked-trailer",
+    cls: "XFCC in trailers",
+    expect: "either",
+    identity: true,
+    h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\nTrailer: x-forwarded-client-cert\r\n\r\n5\r\nhello\r\n0\r\nx-forwarded-client-cert: ${FORGED_XFCC}\r\nx_forwarded_client_cert: ${FORGED_XFCC}\r\n\r\n`,
+  },
+  // An Upgrade with a body desyncs the pooled app connection: refused; then a GET pipelined behind
+  // it on the same connection and a GET on a new HTTP/2 connection must both reach the app intact.
+  {
+    id: "upgrade-with-body",
+    cls: "Upgrade + Content-Length",
+    expect: "refused",
+    h1Answers: 1,
+    h1: (route) =>
+      `GET /items/1 HTTP/1.1\r\n${HOST}${route}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 44\r\n\r\n${"x".repeat(44)}` +
+      `GET /items/2 HTTP/1.1\r\n${HOST}${route}\r\n`,
+    legit: (r) => r.path === "/items/2" && r.bodyBytes === 0,
+    tapMustNotMatch: /^upgrade:/im,
+    followUp: "/items/3",
+  },
+];
+
+/** Cases sent over HTTP/2 (inbound: mTLS + ALPN h2; outbound: prior knowledge). */
+export const H2_CASES: Case[] = [
+  { id: "legit-get", cls: "success", expect: "allowed", h2: h2Get("/items/1") },
+  ...PATHS.map((p) => ({ id: `path-${p.id}`, cls: p.cls, expect: p.expect, h2: h2Get(p.path) })),
+  // H2→H1 body smuggling: END_STREAM ends an HTTP/2 body; toward HTTP/1.1 it needs explicit framing.
+  { id: "smuggle-get-body", cls: "H2→H1 smuggling", expect: "either", h2: h2Get("/items/1", { body: SMUGGLED }) },
+  { id: "smuggle-head-body", cls: "H2→H1 smuggling", expect: "either", h2: { method: "HEAD", path: "/items/1", body: SMUGGLED } },
+  { id: "smuggle-delete-body", cls: "H2→H1 smuggling", expect: "refused", h2: { method: "DELETE", path: "/items/1", body: SMUGGLED } },
+  { id: "smuggle-options-body", cls: "H2→H1 smuggling", expect: "refused", h2: { method: "OPTIONS", path: "/items/1", body: SMUGGLED } },
+  // gRPC rules only for HTTP/2 + POST + application/grpc*: anything else is HTTP, verb rules apply.
+  { id: "grpc-type-delete", cls: "gRPC content-type verb bypass", expect: "refused", h2: { method: "DELETE", path: "/items/1", headers: grpcHeaders } },
+  { id: "grpc-type-put", cls: "gRPC content-type verb bypass", expect: "refused", h2: { method: "PUT", path: "/items/1", headers: grpcHeaders, body: "x" } },
+  { id: "grpc-type-post", cls: "gRPC content-type verb bypass", expect: "refused", h2: { method: "POST", path: "/items/1", headers: { ...grpcHeaders, "content-type": "application/grpc+proto" }, body: "x" } },
+  { id: "xfcc-header", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "x-forwarded-client-cert": FORGED_XFCC } }) },
+  { id: "xfcc-underscores", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { x_forwarded_client_cert: FORGED_XFCC } }) },
+  { id: "xfcc-trailers", cls: "XFCC in trailers", expect: "either", identity: true, h2: h2Get("/items/1", { body: "hello", trailers: { "x-forwarded-client-cert": FORGED_XFCC, x_forwarded_client_cert: FORGED_XFCC } }) },
+];
+
+/** Cases for the h2c app: the sidecar forwards gRPC to it over HTTP/2. */
+export const GRPC_CASES: Case[] = H2_CASES.filter((c) => c.id.startsWith("grpc-type-")).map((c) => ({ ...c, grpc: true }));

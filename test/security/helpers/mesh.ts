@@ -1,0 +1,299 @@
+/**
+ * The security suite's mesh: a real meshward CA, one inbound sidecar per recording app
+ * (namespace "shop", policy "orders may GET /items/**, everything else denied"), one outbound
+ * sidecar for the caller `orders`, and the attacker's clients: raw bytes over mTLS (HTTP/1.1),
+ * node:http2 over mTLS with ALPN h2, raw bytes and HTTP/2 prior knowledge (h2c) to the outbound
+ * port. The attacker holds a valid `orders` workload certificate throughout.
+ */
+import { readFileSync, writeFileSync } from "node:fs";
+import { connect as h2Connect, constants as h2c } from "node:http2";
+import type { ClientHttp2Session, OutgoingHttpHeaders } from "node:http2";
+import { connect as netConnect } from "node:net";
+import type { Socket } from "node:net";
+import { join } from "node:path";
+import { connect as tlsConnect } from "node:tls";
+import { startMeshCa, startTestSidecar, TD } from "../../proxy/fixtures.ts";
+import type { MeshCa } from "../../proxy/fixtures.ts";
+import type { Sidecar } from "../../../src/proxy/sidecar.ts";
+import { startRecordingApp } from "./apps.ts";
+import type { AppName, RecordingApp } from "./apps.ts";
+
+export const NAMESPACE = "shop";
+export const CALLER = "orders";
+export const CALLER_ID = `spiffe://${TD}/ns/${NAMESPACE}/${CALLER}`;
+
+/** Dapr accessControl: orders (namespace shop) may GET /items/**; everything else denied. */
+export const POLICY = `kind: Configuration
+spec:
+  accessControl:
+    defaultAction: deny
+    trustDomain: ${TD}
+    policies:
+      - appId: ${CALLER}
+        namespace: ${NAMESPACE}
+        trustDomain: ${TD}
+        defaultAction: deny
+        operations:
+          - name: /items/**
+            httpVerb: ["GET"]
+            action: allow
+`;
+
+/** The path the policy allows, as an app resolves it: /items or below (the policy matches segments case-insensitively). */
+export function underItems(route: string): boolean {
+  const lower = route.toLowerCase();
+  return lower === "/items" || lower.startsWith("/items/");
+}
+
+export type TestSidecar = Sidecar & { logs: { lines: Record<string, unknown>[] } };
+
+export interface MeshApp {
+  readonly app: RecordingApp;
+  /** The app id of its sidecar (what `dapr-app-id` names on the outbound port). */
+  readonly appId: string;
+  readonly sidecar: TestSidecar;
+  /** The only x-forwarded-client-cert the app may see. */
+  readonly xfcc: string;
+}
+
+export interface SecurityMesh {
+  readonly ca: MeshCa;
+  readonly apps: ReadonlyMap<AppName, MeshApp>;
+  readonly outbound: TestSidecar;
+  readonly caller: { cert: string; key: string; ca: string };
+  close(): Promise<void>;
+}
+
+export function appIdOf(name: AppName): string {
+  return `app-${name.replace(/[^a-z0-9]+/gi, "-").toLowerCase()}`;
+}
+
+/** Starts the CA, the apps (behind taps), their inbound sidecars and the caller's outbound sidecar. */
+export async function startSecurityMesh(names: readonly AppName[]): Promise<SecurityMesh> {
+  const started: (() => Promise<void>)[] = [];
+  const close = async () => {
+    for (const stop of started.splice(0).reverse()) await stop().catch(() => undefined);
+  };
+  try {
+    const ca = await startMeshCa();
+    started.push(() => ca.close());
+    const policy = join(ca.dir, "policy.yaml");
+    writeFileSync(policy, POLICY);
+    const apps = new Map<AppName, MeshApp>();
+    for (const name of names) {
+      const app = await startRecordingApp(name);
+      started.push(() => app.close());
+      const appId = appIdOf(name);
+      const sidecar = (await startTestSidecar(ca, { appId, namespace: NAMESPACE, app: `127.0.0.1:${app.tap.port}`, policy })) as TestSidecar;
+      started.push(() => sidecar.close());
+      apps.set(name, { app, appId, sidecar, xfcc: `By=${sidecar.addresses.spiffeId};URI=${CALLER_ID}` });
+    }
+    const peers = Object.fromEntries([...apps.values()].map((a) => [a.appId, `127.0.0.1:${a.sidecar.addresses.inbound.port}`]));
+    const outbound = (await startTestSidecar(ca, { appId: CALLER, namespace: NAMESPACE, app: "127.0.0.1:1", outbound: "127.0.0.1:0", peers })) as TestSidecar;
+    started.push(() => outbound.close());
+    const files = await ca.clientFiles(NAMESPACE, CALLER);
+    const caller = { cert: readFileSync(files.cert, "utf8"), key: readFileSync(files.key, "utf8"), ca: ca.bundlePem };
+    return { ca, apps, outbound, caller, close };
+  } catch (error) {
+    await close();
+    throw error;
+  }
+}
+
+// --- HTTP/1.1 responses, parsed from raw bytes ------------------------------------------
+
+export interface Answer {
+  readonly status: number;
+  readonly headers: Record<string, string>;
+  readonly body: string;
+}
+
+/** Answered by the sidecar itself (its JSON error answers carry x-meshward-error). */
+export const bySidecar = (a: Answer): boolean => a.headers["x-meshward-error"] !== undefined;
+/** Answered by one of the recording apps (each sets x-app). */
+export const byApp = (a: Answer): boolean => a.headers["x-app"] !== undefined;
+
+/** Parses complete HTTP/1.1 responses off the front of `buf` (Content-Length, chunked, or no body). */
+export function parseResponses(buf: Buffer, closed: boolean): Answer[] {
+  const out: Answer[] = [];
+  let at = 0;
+  while (at < buf.length) {
+    const end = buf.indexOf("\r\n\r\n", at);
+    if (end < 0) break;
+    const head = buf.subarray(at, end).toString("latin1").split("\r\n");
+    const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(head[0] ?? "")?.[1] ?? "0");
+    const headers: Record<string, string> = {};
+    for (const line of head.slice(1)) {
+      const i = line.indexOf(":");
+      if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
+    }
+    let bodyStart = end + 4;
+    if (status >= 100 && status < 200 && status !== 101) {
+      at = bodyStart;
+      continue;
+    }
+    let body: Buffer;
+    if (headers["transfer-encoding"]?.toLowerCase().includes("chunked")) {
+      const parts: Buffer[] = [];
+      let p = bodyStart;
+      let complete = false;
+      for (;;) {
+        const lineEnd = buf.indexOf("\r\n", p);
+        if (lineEnd < 0) break;
+        const size = parseInt(buf.subarray(p, lineEnd).toString("latin1"), 16);
+        if (Number.isNaN(size)) break;
+        if (size === 0) {
+          const trailerEnd = buf.indexOf("\r\n\r\n", lineEnd);
+          const emptyTrailer = buf.subarray(lineEnd, lineEnd + 4).toString("latin1") === "\r\n\r\n";
+          if (emptyTrailer) p = lineEnd + 4;
+          else if (trailerEnd >= 0) p = trailerEnd + 4;
+          else break;
+          complete = true;
+          break;
+        }
+        if (lineEnd + 2 + size + 2 > buf.length) break;
+        parts.push(buf.subarray(lineEnd + 2, lineEnd + 2 + size));
+        p = lineEnd + 2 + size + 2;
+      }
+      if (!complete) break;
+      body = Buffer.concat(parts);
+      bodyStart = p;
+      at = p;
+    } else if (headers["content-length"] !== undefined) {
+      const n = Number(headers["content-length"]);
+      if (bodyStart + n > buf.length) break;
+      body = buf.subarray(bodyStart, bodyStart + n);
+      at = bodyStart + n;
+    } else if (status === 204 || status === 304 || status === 101) {
+      body = Buffer.alloc(0);
+      at = bodyStart;
+    } else {
+      if (!closed) break;
+      body = buf.subarray(bodyStart);
+      at = buf.length;
+    }
+    out.push({ status, headers, body: body.toString("utf8") });
+  }
+  return out;
+}
+
+export type Direction = "inbound" | "outbound";
+
+/**
+ * Writes `bytes` on a fresh connection (mTLS to the app's inbound sidecar, or plaintext to the
+ * outbound port) and collects the answers: until the peer closes, `expect` answers have come
+ * and the line stayed quiet for `quietMs`, or `timeoutMs` passed. The connection is then closed.
+ */
+export async function h1Exchange(
+  mesh: SecurityMesh,
+  target: MeshApp,
+  direction: Direction,
+  bytes: Buffer,
+  options: { expect?: number; quietMs?: number; timeoutMs?: number } = {},
+): Promise<{ answers: Answer[]; closed: boolean; raw: Buffer }> {
+  const socket: Socket =
+    direction === "inbound"
+      ? tlsConnect({ host: "127.0.0.1", port: target.sidecar.addresses.inbound.port, cert: mesh.caller.cert, key: mesh.caller.key, ca: mesh.caller.ca, ALPNProtocols: ["http/1.1"], checkServerIdentity: () => undefined })
+      : netConnect({ host: "127.0.0.1", port: mesh.outbound.addresses.outbound!.port });
+  const expect = options.expect ?? 1;
+  const chunks: Buffer[] = [];
+  let closed = false;
+  await new Promise<void>((resolve, reject) => {
+    socket.once(direction === "inbound" ? "secureConnect" : "connect", () => resolve());
+    socket.once("error", reject);
+  });
+  socket.on("error", () => undefined);
+  return new Promise((resolve) => {
+    let quiet: NodeJS.Timeout | undefined;
+    const finish = () => {
+      clearTimeout(quiet);
+      clearTimeout(overall);
+      socket.destroy();
+      const raw = Buffer.concat(chunks);
+      resolve({ answers: parseResponses(raw, closed), closed, raw });
+    };
+    const overall = setTimeout(finish, options.timeoutMs ?? 5_000);
+    const check = () => {
+      clearTimeout(quiet);
+      if (parseResponses(Buffer.concat(chunks), false).length >= expect) quiet = setTimeout(finish, options.quietMs ?? 300);
+    };
+    socket.on("data", (d: Buffer) => {
+      chunks.push(d);
+      check();
+    });
+    socket.once("close", () => {
+      closed = true;
+      finish();
+    });
+    socket.write(bytes);
+  });
+}
+
+/** The routing header a request to the outbound port needs; none on the inbound port. */
+export function routeHeader(target: MeshApp, direction: Direction): string {
+  return direction === "outbound" ? `dapr-app-id: ${target.appId}\r\n` : "";
+}
+
+// --- HTTP/2 ---------------------------------------------------------------------------
+
+export interface H2Request {
+  readonly method: string;
+  readonly path: string;
+  readonly headers?: OutgoingHttpHeaders;
+  readonly body?: string | Buffer;
+  readonly trailers?: OutgoingHttpHeaders;
+}
+
+/** An HTTP/2 session: mTLS + ALPN h2 to the inbound port, or prior knowledge (h2c) to the outbound port. */
+export function h2Session(mesh: SecurityMesh, target: MeshApp, direction: Direction): ClientHttp2Session {
+  const session =
+    direction === "inbound"
+      ? h2Connect(`https://127.0.0.1:${target.sidecar.addresses.inbound.port}`, { cert: mesh.caller.cert, key: mesh.caller.key, ca: mesh.caller.ca, checkServerIdentity: () => undefined })
+      : h2Connect(`http://127.0.0.1:${mesh.outbound.addresses.outbound!.port}`);
+  session.on("error", () => undefined);
+  return session;
+}
+
+/** One HTTP/2 request with any method, body (also on GET/HEAD) and trailers; never throws. */
+export async function h2Exchange(mesh: SecurityMesh, target: MeshApp, direction: Direction, request: H2Request, timeoutMs = 5_000): Promise<{ answer?: Answer; error?: string }> {
+  const session = h2Session(mesh, target, direction);
+  try {
+    return await new Promise((resolve) => {
+      const timer = setTimeout(() => resolve({ error: "timeout" }), timeoutMs);
+      const done = (r: { answer?: Answer; error?: string }) => {
+        clearTimeout(timer);
+        resolve(r);
+      };
+      let stream;
+      try {
+        const hasBody = request.body !== undefined || request.trailers !== undefined;
+        stream = session.request(
+          {
+            [h2c.HTTP2_HEADER_METHOD]: request.method,
+            [h2c.HTTP2_HEADER_PATH]: request.path,
+            ...(direction === "outbound" ? { "dapr-app-id": target.appId } : {}),
+            ...request.headers,
+          },
+          { endStream: !hasBody, ...(request.trailers ? { waitForTrailers: true } : {}) },
+        );
+        if (request.trailers) stream.once("wantTrailers", () => stream!.sendTrailers(request.trailers!));
+        if (hasBody) stream.end(request.body ?? "");
+      } catch (error) {
+        return done({ error: `client refused to send: ${(error as Error).message}` });
+      }
+      let status = 0;
+      const headers: Record<string, string> = {};
+      const body: Buffer[] = [];
+      stream.on("response", (h) => {
+        status = Number(h[":status"]);
+        for (const [k, v] of Object.entries(h)) if (!k.startsWith(":")) headers[k] = String(v);
+      });
+      stream.on("data", (d: Buffer) => body.push(d));
+      stream.on("end", () => done(status === 0 ? { error: "no response" } : { answer: { status, headers, body: Buffer.concat(body).toString("utf8") } }));
+      stream.on("error", (error) => done(status === 0 ? { error: error.message } : { answer: { status, headers, body: Buffer.concat(body).toString("utf8") } }));
+      stream.on("close", () => done(status === 0 ? { error: `stream closed (code ${stream!.rstCode})` } : { answer: { status, headers, body: Buffer.concat(body).toString("utf8") } }));
+    });
+  } finally {
+    session.destroy();
+  }
+}
