@@ -29,12 +29,17 @@
  *      else the app default (rule 6) — a verb mismatch does not fall through to a less
  *      specific operation (as in Dapr). Rules without httpVerb apply to gRPC only (Dapr docs:
  *      "httpVerb ... unused for grpc invocation").
- *  10. gRPC/TCP request (verb "" or "*"): the chosen operation's action, verbs ignored.
+ *  10. gRPC/TCP request (verb "" or "*"): the chosen operation's rule without httpVerb decides.
+ *      An operation whose rules all name HTTP verbs does not grant gRPC: it denies when one of
+ *      its rules denies, else the app default decides. (Dapr applies such an operation's action
+ *      to gRPC whatever its verbs, so a GET-only allow would admit any gRPC method on the path;
+ *      meshward is never more permissive than Dapr here.)
  *  11. Operation `action` defaults to allow (Dapr docs), `defaultAction`/`action` values are
  *      case-insensitive and anything other than allow/deny is refused at parse time.
  *
  * Differences from Dapr on purpose (fail closed, never silently): unknown fields, duplicate
- * policies and conflicting duplicate operations are parse errors; `**` only as last segment.
+ * policies and conflicting duplicate operations are parse errors; `**` only as last segment;
+ * HTTP-verb rules do not allow gRPC (rule 10).
  *
  * The operation is the app-side path. Dapr strips `/v1.0/invoke/<app-id>/method` before
  * matching; the meshward sidecar forwards the app's own path, so policies are written
@@ -82,7 +87,8 @@ interface CompiledOperation {
   readonly pattern: OperationPattern;
   readonly verbDecisions: ReadonlyMap<string, Decision>;
   readonly anyVerbDecision: Decision | undefined;
-  readonly grpcDecision: Decision;
+  /** Undefined: the operation has only HTTP-verb allows, and gRPC gets the app default. */
+  readonly grpcDecision: Decision | undefined;
 }
 
 interface CompiledApp {
@@ -141,7 +147,7 @@ export function compilePolicy(config: AccessControlConfig | undefined): AccessPo
       path.load(operation);
       for (const candidate of app.operations) {
         if (!matchesOperation(isHttp ? candidate.pattern.lowerSegments : candidate.pattern.segments, path)) continue;
-        if (!isHttp) return candidate.grpcDecision;
+        if (!isHttp) return candidate.grpcDecision ?? app.defaultDecision;
         return candidate.verbDecisions.get(upperVerb(verb)) ?? candidate.anyVerbDecision ?? app.defaultDecision;
       }
       return app.defaultDecision;
@@ -195,12 +201,15 @@ function compileApp(policy: AppPolicy, globalAction: Action): CompiledApp {
         else if (!verbDecisions.has(verb)) verbDecisions.set(verb, made);
       }
     }
-    const grpcRule = rules.find((rule) => rule.httpVerb.length === 0) ?? rules[0]!;
-    const grpcDecision = decision(
-      grpcRule.action === "allow",
-      `${label}:op:${pattern.name}`,
-      `operation ${pattern.name} is ${grpcRule.action === "allow" ? "allowed" : "denied"} by app policy ${policy.appId}/${policy.namespace}`,
-    );
+    const grpcRule = rules.find((rule) => rule.httpVerb.length === 0) ?? rules.find((rule) => rule.action === "deny");
+    const grpcDecision =
+      grpcRule === undefined
+        ? undefined
+        : decision(
+            grpcRule.action === "allow",
+            `${label}:op:${pattern.name}`,
+            `operation ${pattern.name} is ${grpcRule.action === "allow" ? "allowed" : "denied"}${grpcRule.httpVerb.length > 0 ? " (a verb rule that denies also denies gRPC)" : ""} by app policy ${policy.appId}/${policy.namespace}`,
+          );
     operations.push({ pattern, verbDecisions, anyVerbDecision, grpcDecision });
   }
   // Array.prototype.sort is stable: equal specificity keeps declaration order.

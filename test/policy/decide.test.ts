@@ -237,6 +237,39 @@ accessControl:
   });
 });
 
+describe("gRPC and HTTP-verb rules (meshward is never more permissive than Dapr)", () => {
+  const policy = policyFrom(`
+accessControl:
+  defaultAction: deny
+  policies:
+  - appId: orders
+    namespace: default
+    defaultAction: deny
+    operations:
+    - { name: /items/**, httpVerb: [GET], action: allow }
+    - { name: /admin/**, httpVerb: ['*'], action: deny }
+    - { name: /pkg.Orders/*, action: allow }
+  - appId: billing
+    namespace: default
+    defaultAction: allow
+    operations:
+    - { name: /items/**, httpVerb: [GET], action: allow }
+    - { name: /admin/**, httpVerb: [DELETE], action: deny }
+`);
+  it("does not let a GET-only allow admit gRPC on its path (Dapr would: pkg/acl/acl.go applies the operation's action to gRPC)", () => {
+    expect(policy.decide(http(caller("orders"), "GET", "/items/1")).allowed).toBe(true);
+    expect(policy.decide(grpc(caller("orders"), "/items/1"))).toMatchObject({ allowed: false, rule: "app:orders/default:default-action" });
+    expect(policy.decide(grpc(caller("orders"), "/pkg.Orders/Get")).allowed).toBe(true);
+  });
+
+  it("lets a verb rule that denies deny gRPC too, even where the app default allows", () => {
+    expect(policy.decide(grpc(caller("orders"), "/admin/x"))).toMatchObject({ allowed: false, rule: "app:orders/default:op:/admin/**" });
+    expect(policy.decide(grpc(caller("billing"), "/admin/x"))).toMatchObject({ allowed: false, rule: "app:billing/default:op:/admin/**" });
+    // Only verb allows: the app default (allow for billing) decides.
+    expect(policy.decide(grpc(caller("billing"), "/items/1"))).toMatchObject({ allowed: true, rule: "app:billing/default:default-action" });
+  });
+});
+
 describe("robustness", () => {
   const policy = policyFrom(MAIN);
   // A small deterministic PRNG so failures reproduce.

@@ -21,6 +21,11 @@ const ALL: AppName[] = [...HTTP1_APPS, "node:http2"];
 const SELECTED = process.env.SEC_APPS ? ALL.filter((a) => process.env.SEC_APPS!.split(",").includes(a)) : ALL;
 /** Statuses a refusal may have (issue 14: 400 for ambiguous input, 403 policy, 405/501 methods). */
 const REFUSAL = [400, 403, 405, 501];
+/**
+ * A refusal by the sidecar: one of REFUSAL, or for a gRPC request a trailers-only answer with a
+ * non-zero grpc-status (PERMISSION_DENIED for a denial: gRPC answers HTTP 200 whatever the outcome).
+ */
+const refusedBySidecar = (a: Answer): boolean => bySidecar(a) && (REFUSAL.includes(a.status) || (a.status === 200 && /^[1-9]\d*$/.test(String(a.headers["grpc-status"] ?? ""))));
 const XFCC = "x-forwarded-client-cert";
 
 interface Observed {
@@ -126,7 +131,7 @@ function checkExpectation(c: Case, o: Observed): void {
   }
   if (c.expect === "refused") {
     if (first !== undefined) {
-      expect.soft(REFUSAL.includes(first.status) && bySidecar(first), `answered ${first.status} by ${first.headers["x-app"] ?? (bySidecar(first) ? "the sidecar" : "?")} (${first.body.slice(0, 160)}); wanted a sidecar refusal ${REFUSAL.join("/")}`).toBe(true);
+      expect.soft(refusedBySidecar(first), `answered ${first.status} by ${first.headers["x-app"] ?? (bySidecar(first) ? "the sidecar" : "?")} (${first.body.slice(0, 160)}); wanted a sidecar refusal ${REFUSAL.join("/")}`).toBe(true);
     }
     const attackRecords = o.records.filter((r) => !(c.legit?.(r) ?? false));
     expect.soft(attackRecords.map(describeRecord), "a refused request reached the app").toEqual([]);
@@ -136,7 +141,7 @@ function checkExpectation(c: Case, o: Observed): void {
   }
   // either: a sidecar answer is a refusal; an app answer is 200 (recorded, checked by the invariants).
   if (first !== undefined && !byApp(first)) {
-    expect.soft(REFUSAL.includes(first.status) && bySidecar(first), `answered ${first.status} (${first.body.slice(0, 160)}): neither a sidecar refusal nor the app; app saw [${seen.join(" | ")}]`).toBe(true);
+    expect.soft(refusedBySidecar(first), `answered ${first.status} (${first.body.slice(0, 160)}): neither a sidecar refusal nor the app; app saw [${seen.join(" | ")}]`).toBe(true);
   }
 }
 
