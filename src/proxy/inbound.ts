@@ -109,7 +109,7 @@ export function limitedWarn(logger: Logger, limiter: LogLimiter, key: string, fi
 
 /** Starts the periodic summary of suppressed log lines; returns its stopper. */
 export function summariseSuppressed(logger: Logger, limiter: LogLimiter, intervalMs = 10_000): () => void {
-  const timer = setInterval(() => limiter.sweep((key, suppressed) => logger.warn({ event: "log-suppressed", key, suppressed }, `left out ${suppressed} log lines like the last one for ${key}`)), intervalMs);
+  const timer = setInterval(() => limiter.sweep((key, suppressed) => logger.warn({ event: "log-suppressed", about: key, suppressed }, `left out ${suppressed} log lines like the last one for ${key}`)), intervalMs);
   timer.unref();
   return () => clearInterval(timer);
 }
