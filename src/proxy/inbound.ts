@@ -18,7 +18,7 @@ import { peerOf, prepareServer } from "../transport/common.ts";
 import { secureServer } from "../transport/tls.ts";
 import type { HostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
-import { LogLimiter } from "../telemetry/log-limiter.ts";
+import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { canonicalH2Request, isRefusal } from "./canonical.ts";
 import type { EscapedSlashAction } from "./canonical.ts";
 import { ConnectionTracker } from "./connections.ts";
@@ -97,23 +97,6 @@ export function h2Refusal(status: 400 | 405, message: string): ProxyAnswer {
   return { status, grpcStatus: GrpcStatus.INTERNAL, code: status === 405 ? "E_CONNECT_UNSUPPORTED" : "E_AMBIGUOUS_REQUEST", message };
 }
 
-/**
- * Log lines a peer can cause at will, rate-limited per key (caller and reason); summaries say
- * how many were left out. Metrics count every event regardless.
- */
-export function limitedWarn(logger: Logger, limiter: LogLimiter, key: string, fields: Record<string, unknown>, message: string): void {
-  const suppressed = limiter.admit(key);
-  if (suppressed === undefined) return;
-  logger.warn(suppressed > 0 ? { ...fields, suppressed } : fields, message);
-}
-
-/** Starts the periodic summary of suppressed log lines; returns its stopper. */
-export function summariseSuppressed(logger: Logger, limiter: LogLimiter, intervalMs = 10_000): () => void {
-  const timer = setInterval(() => limiter.sweep((key, suppressed) => logger.warn({ event: "log-suppressed", about: key, suppressed }, `left out ${suppressed} log lines like the last one for ${key}`)), intervalMs);
-  timer.unref();
-  return () => clearInterval(timer);
-}
-
 const STRICT_REFUSAL: ProxyAnswer = {
   status: 400,
   grpcStatus: GrpcStatus.UNAUTHENTICATED,
@@ -139,8 +122,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   const pending = new Set<Socket>();
   const appLabel = `${options.app.host}:${options.app.port}`;
 
-  const logLimiter = new LogLimiter();
-  const stopSummaries = summariseSuppressed(logger, logLimiter);
+  /** Warnings a caller can cause at will (denials, refusals), rate-limited per caller and reason. */
+  const warnings = new LimitedWarnings(logger);
 
   // --- upstream: the app on loopback ---------------------------------------------------
   let appH2: ClientHttp2Session | undefined;
@@ -170,7 +153,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     const caller = peer?.spiffeId ?? "unverified";
     mesh.policyDenials.inc({ caller, rule: decision.rule });
     telemetry.refusals?.denied({ rule: decision.rule, remote: remoteOf(socket), ...(peer ? { spiffeId: peer.spiffeId } : {}) });
-    limitedWarn(logger, logLimiter, `policy-denied|${caller}|${decision.rule}`, { event: "policy-denied", caller, rule: decision.rule, operation, verb, reason: decision.reason }, "request denied by the access policy");
+    warnings.warn(`policy-denied|${caller}|${decision.rule}`, { event: "policy-denied", caller, rule: decision.rule, operation, verb, reason: decision.reason }, "request denied by the access policy");
     return { status: 403, grpcStatus: GrpcStatus.PERMISSION_DENIED, code: "E_POLICY_DENIED", message: decision.reason, extra: { rule: decision.rule, caller } };
   };
   /** Counts the request in flight on its connection (drain waits for it) and times it; call once it is answered. */
@@ -199,7 +182,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   });
   const clientError = (reason: ClientErrorReason, detail: string, socket: Socket) => {
     telemetry.refused.inc({ direction: "inbound", reason });
-    limitedWarn(logger, logLimiter, `client-error|${reason}|${socket.remoteAddress}`, { event: "client-error", reason, remote: socket.remoteAddress, err: detail }, "refused a malformed, ambiguous or slow request");
+    warnings.warn(`client-error|${reason}|${socket.remoteAddress}`, { event: "client-error", reason, remote: socket.remoteAddress, err: detail }, "refused a malformed, ambiguous or slow request");
   };
   const http1 = new Http1Relay({
     ...relaySettings(limits, options.escapedSlashes),
@@ -374,7 +357,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       const reason = plaintextHttp ? "plaintext" : "garbage";
       telemetry.refused.inc({ direction: "inbound", reason });
       telemetry.refusals?.refused({ reason, remote: remoteOf(socket) });
-      limitedWarn(logger, logLimiter, `refused|${reason}|${socket.remoteAddress}`, { event: "refused", reason, remote: socket.remoteAddress, mode: options.mode }, plaintextHttp ? "refused a plaintext request: this port needs mTLS" : "refused a connection that is neither TLS nor HTTP");
+      warnings.warn(`refused|${reason}|${socket.remoteAddress}`, { event: "refused", reason, remote: socket.remoteAddress, mode: options.mode }, plaintextHttp ? "refused a plaintext request: this port needs mTLS" : "refused a connection that is neither TLS nor HTTP");
       if (kind === "http1") {
         socket.end(answerText(STRICT_REFUSAL, true));
         setTimeout(() => socket.destroy(), 1000).unref();
@@ -402,7 +385,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     await control.meshward.close();
     appPool.close();
     appH2?.destroy();
-    stopSummaries();
+    warnings.close();
   };
   return {
     address: { host: bound.address, port: bound.port },

@@ -11,14 +11,14 @@ import type { HostPort } from "../util/address.ts";
 import { ConnectionTracker } from "./connections.ts";
 import { forwardH2, forwardUpgrade, isUnreachable } from "./forward.ts";
 import type { ForwardHooks } from "./forward.ts";
-import { LogLimiter } from "../telemetry/log-limiter.ts";
+import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { canonicalH2Request, isRefusal } from "./canonical.ts";
 import type { EscapedSlashAction } from "./canonical.ts";
 import { APP_ID_HEADER, targetAppId } from "./headers.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
 import { Http1Relay } from "./http1/relay.ts";
 import { findHeader } from "./http1/wire.ts";
-import { h2Refusal, limitedWarn, relaySettings, RESPONSE_HEADER_BYTES, summariseSuppressed } from "./inbound.ts";
+import { h2Refusal, relaySettings, RESPONSE_HEADER_BYTES } from "./inbound.ts";
 import type { ProxyTelemetry } from "./inbound.ts";
 import { PeerPool, resolvePeer } from "./peers.ts";
 import type { PeerDirectory, PeerTarget } from "./peers.ts";
@@ -59,8 +59,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   const tracker = new ConnectionTracker((delta) => mesh.connectionsActive.inc({ direction: "outbound" }, delta));
   const servers: NetServer[] = [];
   let relay: Http1Relay | undefined;
-  const logLimiter = new LogLimiter();
-  const stopSummaries = summariseSuppressed(logger, logLimiter);
+  const warnings = new LimitedWarnings(logger);
 
   const unknownApp = (name: string | undefined): ProxyAnswer => {
     telemetry.upstreamErrors.inc({ direction: "outbound", reason: "unknown_app" });
@@ -149,7 +148,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       },
       clientError: (reason, detail, socket) => {
         telemetry.refused.inc({ direction: "outbound", reason });
-        limitedWarn(logger, logLimiter, `client-error|${reason}`, { event: "client-error", reason, remote: socket.remoteAddress, err: detail }, "refused a malformed, ambiguous or slow request from the app");
+        warnings.warn(`client-error|${reason}`, { event: "client-error", reason, remote: socket.remoteAddress, err: detail }, "refused a malformed, ambiguous or slow request from the app");
       },
       closeAfterResponse: () => tracker.draining,
     });
@@ -258,7 +257,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     await stopped;
     relay?.close();
     pool.close();
-    stopSummaries();
+    warnings.close();
   };
   return { address, tcp, drain: shutdown, close: () => shutdown(0) };
 }

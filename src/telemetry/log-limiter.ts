@@ -80,3 +80,37 @@ export class LogLimiter {
     return this.#keys.size;
   }
 }
+
+interface WarnLogger {
+  warn(fields: Record<string, unknown>, message: string): void;
+}
+
+/**
+ * A logger's warnings about events a peer can cause at will, through a LogLimiter: the admitted
+ * ones carry `suppressed` when lines were left out before them, and every `sweepMs` the keys
+ * whose windows ended with lines left out get a `log-suppressed` summary.
+ */
+export class LimitedWarnings {
+  readonly #limiter: LogLimiter;
+  readonly #timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly logger: WarnLogger,
+    options: LogLimiterOptions & { readonly sweepMs?: number } = {},
+  ) {
+    this.#limiter = new LogLimiter(options);
+    this.#timer = setInterval(() => this.#limiter.sweep((key, suppressed) => logger.warn({ event: "log-suppressed", about: key, suppressed }, `left out ${suppressed} log lines like the last one for ${key}`)), options.sweepMs ?? 10_000);
+    this.#timer.unref();
+  }
+
+  /** Logs `fields` at warn unless `key` is over its budget (a name, not a secret: it is logged). */
+  warn(key: string, fields: Record<string, unknown>, message: string): void {
+    const suppressed = this.#limiter.admit(key);
+    if (suppressed === undefined) return;
+    this.logger.warn(suppressed > 0 ? { ...fields, suppressed } : fields, message);
+  }
+
+  close(): void {
+    clearInterval(this.#timer);
+  }
+}

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { LogLimiter, OTHER_KEY } from "../../src/telemetry/log-limiter.ts";
+import { LimitedWarnings, LogLimiter, OTHER_KEY } from "../../src/telemetry/log-limiter.ts";
 
 describe("LogLimiter: log lines a peer can cause at will", () => {
   it("logs the first lines of a key per window, counts the rest, and reports the count on the next window's first line", () => {
@@ -40,5 +40,27 @@ describe("LogLimiter: log lines a peer can cause at will", () => {
     expect(later.admit("z")).toBeUndefined();
     expect(later.size).toBe(2);
     expect(later.admit(OTHER_KEY)).toBeUndefined();
+  });
+});
+
+describe("LimitedWarnings", () => {
+  it("puts the count of left-out lines on the next admitted line, and in a log-suppressed summary when none comes", async () => {
+    let now = 0;
+    const lines: Record<string, unknown>[] = [];
+    const warnings = new LimitedWarnings({ warn: (fields, msg) => lines.push({ ...fields, msg }) }, { perWindow: 2, windowMs: 1000, sweepMs: 20, now: () => now });
+    try {
+      for (let i = 0; i < 5; i++) warnings.warn("policy-denied|orders|rule", { event: "policy-denied", i }, "denied");
+      expect(lines.map((l) => l.i)).toEqual([0, 1]);
+      now = 1000;
+      warnings.warn("policy-denied|orders|rule", { event: "policy-denied", i: 5 }, "denied");
+      expect(lines[2]).toMatchObject({ i: 5, suppressed: 3 });
+      warnings.warn("policy-denied|orders|rule", { event: "policy-denied", i: 6 }, "denied");
+      warnings.warn("policy-denied|orders|rule", { event: "policy-denied", i: 7 }, "denied");
+      now = 2500;
+      await new Promise((resolve) => setTimeout(resolve, 60));
+      expect(lines.at(-1)).toMatchObject({ event: "log-suppressed", about: "policy-denied|orders|rule", suppressed: 1 });
+    } finally {
+      warnings.close();
+    }
   });
 });
