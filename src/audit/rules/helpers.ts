@@ -19,18 +19,87 @@ export function typePath(): (string | number)[] {
 }
 
 /** Names of settings that hold a secret (password, token, key material, credentials). */
-const SENSITIVE_NAME = /(pass(word|wd|phrase)?$|passwd|pwd$|secret|token|api.?key|access.?key|account.?key|master.?key|private.?key|signing.?key|credential|sas.?key|auth.?key|client.?key)/i;
-/** …except names that point at where a secret lives or describe it rather than hold it. */
-const NOT_A_SECRET = /(file|path|ref|name|header|ttl|type|enabled|version|prefix|store|id|url|length|expir|refresh.?interval|secondary)$/i;
+const SENSITIVE_NAME = /(pass(word|wd|phrase)?$|passwd|pwd$|secret|token|api.?key|access.?key|account.?key|master.?key|private.?key|signing.?key|credential|sas.?key|auth.?key|client.?key|^authorization$)/i;
+/**
+ * …except names that point at where a secret lives or describe it rather than hold it:
+ * files, references, identifiers, endpoints (`oidcTokenEndpoint`, `token_uri`), audiences
+ * and scopes, and public certificates (`oidcTokenCAPEM`, `caCert`).
+ */
+const NOT_A_SECRET = /(file|path|ref|name|header|ttl|type|enabled|version|prefix|store|id|url|uri|endpoint|audiences?|scopes?|namespace|length|expir|refresh.?interval|secondary|ca.?pem|ca|ca.?cert(ificate)?|root.?ca|cert(ificate)?|public.?key|issuer|mode|algorithm|format)$/i;
 
 export function isSensitiveName(name: string): boolean {
   return SENSITIVE_NAME.test(name) && !NOT_A_SECRET.test(name);
 }
 
-/** A value that is a placeholder filled in later, not a literal secret. */
+/** `${X}`, `${{X}}`, `$(X)`, `{{ .Values.x }}`, `$X`, `%X%`, `{X}`: filled in by a tool before use. */
+const WHOLE_SUBSTITUTION = /^(\$\{\{?[^}]*\}\}?|\$\([^)]*\)|\{\{.*\}\}|\$[A-Za-z_][A-Za-z0-9_]*|%[A-Za-z_][A-Za-z0-9_]*%|\{[A-Za-z_][A-Za-z0-9_.]*\})$/s;
+/** A substitution anywhere in the value. */
+const SUBSTITUTION = /\$\{\{?[^}]*\}|\$\([A-Za-z_][^)]*\)|\{\{[^}]*\}\}/;
+/** Words that mark an example value rather than a real one. */
+const PLACEHOLDER_WORD = /(replace|change[-_ ]?me|placeholder|example|dummy|redacted|fill[-_ ]?in|insert[-_ ]?your|^(your|my)[-_ ]|^your[A-Z_])/i;
+
+/**
+ * A value that is a placeholder filled in later, not a literal secret: empty, `null`, a
+ * whole substitution, `<…>`, `[…]`, `***`, `...`, `xxxx`, or a value with a placeholder word
+ * (`YOUR_API_KEY`, `REPLACE_SECRET`, `my-secret`, `changeme`).
+ */
 export function isPlaceholder(value: string): boolean {
   const text = value.trim();
-  return text === "" || /^\$\{[^}]*\}$/.test(text) || /^\$\([^)]*\)$/.test(text) || /^\{\{.*\}\}$/.test(text) || /^<[^>]*>$/.test(text);
+  if (text === "" || /^(null|nil|none|~|undefined)$/i.test(text)) return true;
+  if (WHOLE_SUBSTITUTION.test(text)) return true;
+  if (/^<[^>]*>$/.test(text) || /^\[[^\]]*\]$/.test(text) || /^[*.…x_-]+$/i.test(text)) return true;
+  return PLACEHOLDER_WORD.test(text);
+}
+
+/** A value that contains a substitution anywhere (`Bearer ${TOKEN}`, `host=${{PGHOST}}`). */
+export function hasSubstitution(value: string): boolean {
+  return SUBSTITUTION.test(value);
+}
+
+/**
+ * A value that is not a secret whatever the name says: a URL without credentials, a file
+ * path, a public certificate.
+ */
+export function isNotSecretValue(value: string): boolean {
+  const text = value.trim();
+  if (/^[a-z][a-z0-9+.-]*:\/\/[^\s]*$/i.test(text) && !/^[a-z][a-z0-9+.-]*:\/\/[^/@:\s]+:[^/@\s]+@/i.test(text)) return true;
+  if (/^(\.{0,2}\/|~\/|[A-Za-z]:\\)[^\s]*$/.test(text) || /^[\w./-]+\.(pem|key|crt|cer|der|p12|pfx|jks|json|txt|ya?ml)$/i.test(text)) return true;
+  return /^-----BEGIN (CERTIFICATE|PUBLIC KEY)-----/.test(text);
+}
+
+/** Loopback destinations: `localhost` (and `*.localhost`), 127.0.0.0/8, ::1. */
+export function isLoopbackHost(host: string): boolean {
+  const bare = host.trim().replace(/^\[|\](:\d+)?$/g, "").replace(/:\d+$/, "").toLowerCase();
+  return bare === "localhost" || bare.endsWith(".localhost") || /^127(\.\d{1,3}){3}$/.test(bare) || bare === "::1";
+}
+
+/** Hosts named in an address value: a URL, `host:port` lists, `host=` keywords, `tcp(host)`. */
+export function hostsIn(value: string): string[] {
+  const text = value.trim();
+  if (text === "") return [];
+  const keyword = connectionParam(text, "host");
+  if (keyword !== undefined) return keyword.split(",").filter((host) => host !== "");
+  const tcp = /@(?:tcp|unix)\(([^)]*)\)/i.exec(text);
+  if (tcp !== null) return [tcp[1] ?? ""];
+  return text.split(/[,\s]+/).filter((part) => part !== "").map((part) => {
+    const host = hostOf(part);
+    if (host !== "") return host.split(",")[0] ?? host;
+    return part.replace(/\/.*$/, "");
+  });
+}
+
+const ADDRESS_NAME = /(host|hosts|endpoint|endpoints|url|uri|addr|address|brokers|servers?|connection.?string|dsn|nodes|baseurl)$/i;
+
+/**
+ * True when every address a component names is on loopback (and it names at least one):
+ * its traffic never leaves the machine, so transport findings are low. Addresses from
+ * secrets are unknown, so they make it false.
+ */
+export function isLoopbackComponent(component: { metadata: readonly ComponentMetadataItem[] }): boolean {
+  const addresses = component.metadata.filter((item) => ADDRESS_NAME.test(item.name));
+  if (addresses.length === 0 || addresses.some((item) => !item.hasInlineValue || isPlaceholder(item.value))) return false;
+  const hosts = addresses.flatMap((item) => hostsIn(item.value));
+  return hosts.length > 0 && hosts.every(isLoopbackHost);
 }
 
 /** Shows what a secret looks like without showing it. */
