@@ -68,8 +68,9 @@ function pemFixture(label: string): string {
 export function hasRealKeyBody(text: string, afterBegin: number, label: string): boolean {
   const end = text.indexOf(`-----END ${label}-----`, afterBegin);
   if (end < 0 || end - afterBegin > 20_000) return false;
-  // Newlines may be `\n` escapes and lines may be string literals joined with `+` (code).
-  const body = text.slice(afterBegin, end).replace(/\\[rn]/g, "\n").replace(/["']\s*\+\s*["']/g, "").replace(/["',\s]/g, "");
+  // Newlines may be `\n` escapes (once or twice escaped: a key in code in a source map) and
+  // lines may be string literals joined with `+` (code).
+  const body = text.slice(afterBegin, end).replace(/\\+[rn]/g, "\n").replace(/\\+(["'])/g, "$1").replace(/["']\s*\+\s*["']/g, "").replace(/["',\s]/g, "");
   if (body.length < 64 || !/^[A-Za-z0-9+/]+={0,2}$/.test(body)) return false;
   const der = Buffer.from(body, "base64");
   if (der.subarray(0, 15).toString("latin1") === "openssh-key-v1\u0000") return true;
