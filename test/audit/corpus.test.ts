@@ -105,6 +105,14 @@ describe("fixture corpus", () => {
     expect(finding).toMatchObject({ line: 18, column: 9, evidence: "dapr.io/sidecar-listen-addresses: 0.0.0.0" });
   });
 
+  it("does not resolve dapr.io/config to a same-named Configuration in an unrelated folder", () => {
+    // secure/config.yaml defines `appconfig`, but it is not in order-processor's folder tree.
+    const apart = auditPaths([join(FIXTURES, "quickstart", "deploy"), join(FIXTURES, "secure")]);
+    const order = apart.findings.filter((finding) => finding.file.endsWith("order-processor.yaml"));
+    expect(order.map((finding) => finding.ruleId)).toEqual(["MW-K8S-002", "MW-K8S-004", "MW-SECRET-005"]);
+    expect(order.find((finding) => finding.ruleId === "MW-K8S-004")?.message).toMatch(/A Configuration named appconfig exists in .*secure\/config\.yaml, outside this workload's folder or namespace/);
+  });
+
   it("resolves dapr.io/config to the nearest Configuration with the same name", () => {
     // quickstart/ and secure/ both define `appconfig`; only the quickstart one has mTLS off.
     const both = auditPaths([join(FIXTURES, "secure"), join(FIXTURES, "quickstart")]);
