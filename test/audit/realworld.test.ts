@@ -26,6 +26,13 @@ const LENGTHS: Record<string, number> = {
   "dapr/quickstarts/tutorials/distributed-calculator/deploy/go-adder.yaml": 551,
   "micro/go-micro/gateway/mcp/deploy/helm/mcp-gateway/templates/deployment.yaml": 3336,
   "dapr/docs/daprdocs/content/en/reference/components-reference/supported-pubsub/setup-gcp-pubsub.md": 9066,
+  "dapr/samples/hello-docker-compose/components/pubsub.yaml": 202,
+  "dapr/samples/middleware-oauth-google/deploy/pipeline.yaml": 298,
+  "dapr/samples/dapr-argocd/gitops/conductor/secret.yaml": 264,
+  "dapr/samples/batch-file-processing/deploy/batch-processor.yaml": 803,
+  "dapr/samples/batch-file-processing/deploy/dapr-tracing.yaml": 113,
+  "dapr/samples/batch-file-processing/deploy/messagebus.yaml": 345,
+  "dapr/samples/outbox/resources/statestoresql.yaml": 342,
 };
 
 const CC = "dapr/components-contrib/tests";
@@ -46,6 +53,12 @@ const EXPECTED: Record<string, string[]> = {
   // micro settings in docker-compose environment (two services) and in a container env.
   "micro/go-micro/examples/deployment/docker-compose.yml": ["MW-MICRO-001@34:high", "MW-MICRO-001@49:high"],
   "micro/go-micro/examples/kubernetes/config/micro/api.yaml": ["MW-MICRO-001@20:high"],
+  // dapr/samples: dapr.io/config "tracing" resolves to dapr-tracing.yaml in the same folder.
+  "dapr/samples/batch-file-processing/deploy/batch-processor.yaml": ["MW-K8S-002@17:medium"],
+  "dapr/samples/dapr-argocd/gitops/conductor/secret.yaml": ["MW-SECRET-007@9:low"],
+  "dapr/samples/hello-docker-compose/components/pubsub.yaml": ["MW-TLS-001@6:high"],
+  "dapr/samples/middleware-oauth-google/deploy/pipeline.yaml": ["MW-TLS-012@9:low"],
+  "dapr/samples/outbox/resources/statestoresql.yaml": ["MW-SECRET-002@10:high", "MW-TLS-004@10:low"],
   // Quiet (false-positive classes): `privateKey: private.key`, a connection string that is a
   // `${{…}}` substitution, clientTLS from secrets, and the elided key in a markdown table of
   // dapr/docs are not reported; they have no entry here.
@@ -81,6 +94,7 @@ describe("real-world files (issue 19)", () => {
       `${CC}/certification/pubsub/pulsar/components/consumer_five/pulsar.yaml`,
       `${CC}/config/bindings/postgresql/azure/bindings.yml`,
       "dapr/dapr/tests/config/external_invocation_http_endpoint_tls.yaml",
+      "dapr/samples/batch-file-processing/deploy/messagebus.yaml",
       "dapr/docs/daprdocs/content/en/reference/components-reference/supported-pubsub/setup-gcp-pubsub.md",
     ]) expect(files, quiet).not.toContain(quiet);
   });

@@ -10,7 +10,7 @@ function connectionString(component: DaprComponent): ComponentMetadataItem | und
 }
 
 /** Settings whose value is a URL used as a name, never connected to (`oidcAudience: http://…`). */
-const IDENTIFIER_NAME = /(audiences?|aud|scopes?|namespace|schema|identifier|resource.?id|issuer|realm)$/i;
+const IDENTIFIER_NAME = /(audiences?|aud|scopes?|namespace|schema|identifier|resource.?id)$/i;
 
 /** `low` for a loopback URL, else the rule's own severity. */
 function urlSeverity(url: string): Severity | undefined {
