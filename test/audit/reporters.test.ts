@@ -72,6 +72,10 @@ describe("SARIF", () => {
     const all = auditPaths([join(FIXTURES)], { enable: ["all"] });
     const prints = findingFingerprints(all.findings);
     expect(new Set(prints).size).toBe(prints.length);
+    // …and the log of the whole corpus (real-world files, Helm templates, YAML errors) is valid.
+    const sarif = JSON.parse(renderSarif(all, { rules: ALL_RULES, toolVersion: "0.1.0" })) as { runs: { results: { partialFingerprints: Record<string, string> }[] }[] };
+    expect(validateJsonSchema(schema, sarif)).toEqual([]);
+    expect(sarif.runs[0]?.results.map((each) => each.partialFingerprints["meshwardFinding/v2"])).toEqual(prints);
     expect(prints.length).toBeGreaterThan(50);
   });
 
