@@ -1,4 +1,4 @@
-import { isPlaceholder } from "../rules/helpers.ts";
+import { isPlaceholder } from "../values.ts";
 import { asArray, asDict, asText, get, isDict } from "../shape.ts";
 import type { Dict } from "../shape.ts";
 import type { ContainerEnvVar, KubernetesSecret, NodePath, SourceDocument, Workload } from "../types.ts";
