@@ -38,7 +38,10 @@ export function isNotSecretValue(value: string): boolean {
 
 /** Loopback destinations: `localhost` (and `*.localhost`), 127.0.0.0/8, ::1. */
 export function isLoopbackHost(host: string): boolean {
-  const bare = host.trim().replace(/^\[|\](:\d+)?$/g, "").replace(/:\d+$/, "").toLowerCase();
+  const text = host.trim().toLowerCase();
+  // `[::1]:8080`, `::1` (IPv6, several colons) or `name:port`.
+  const bare = text.startsWith("[") ? text.slice(1, text.indexOf("]") < 0 ? undefined : text.indexOf("]"))
+    : (text.match(/:/g) ?? []).length > 1 ? text : text.replace(/:\d*$/, "");
   return bare === "localhost" || bare.endsWith(".localhost") || /^127(\.\d{1,3}){3}$/.test(bare) || bare === "::1";
 }
 
