@@ -1,9 +1,11 @@
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { parse as parseYaml } from "yaml";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { auditSources } from "../../src/audit/audit.ts";
 import { ALL_RULES } from "../../src/audit/rules/index.ts";
+import { buildSidecarConfig } from "../../src/cli/sidecar.ts";
 import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
 import { RULE_TABLE_BEGIN, RULE_TABLE_END, renderRulesMarkdown } from "../../src/audit/rules-doc.ts";
 
@@ -50,5 +52,24 @@ describe("docs/audit-rules.md", () => {
     // Only MW-CONFIG-001's own bad example (`app-id:`) is refused.
     expect(refused).toBe(1);
     expect(doc).toMatch(/### MW-CONFIG-001[\s\S]*?that fires:\n\n```yaml\napp-id: orders/);
+  });
+
+  it("the sidecar's own --config loading (buildSidecarConfig) accepts the fixed examples and refuses `app-id:`", () => {
+    const dir = mkdtempSync(join(tmpdir(), "meshward-audit-docs-"));
+    try {
+      const blocks = [...doc.matchAll(/Fixed form \(no finding\):\n\n```yaml\n([\s\S]*?)```/g)].map((match) => match[1] ?? "").filter((text) => /^appId: /m.test(text));
+      expect(blocks.length).toBeGreaterThanOrEqual(5);
+      for (const [index, text] of blocks.entries()) {
+        const file = join(dir, `example-${index}.yaml`);
+        writeFileSync(file, text);
+        // --bundle and --app as a user would give them on the command line.
+        expect(() => buildSidecarConfig({ config: file, bundle: "/etc/meshward/bundle.pem", app: "127.0.0.1:8080" }), text).not.toThrow();
+      }
+      const refused = join(dir, "app-id.yaml");
+      writeFileSync(refused, "app-id: orders\nca: ca.prod.svc:8443\nbundle: /etc/meshward/bundle.pem\napp: 127.0.0.1:8080\n");
+      expect(() => buildSidecarConfig({ config: refused })).toThrow(/app-id/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
