@@ -59,7 +59,7 @@ export function registerAuditCommand(program: Command): void {
     .addOption(new Option("-f, --format <format>", "report format").choices(["text", "json", "sarif"]).default("text"))
     .addOption(new Option("--fail-on <severity>", "exit 1 when a finding of this severity or higher exists").choices(["high", "medium", "low", "none"]).default("none"))
     .option("--fail-on-unparsed", "exit 1 when a file could not be read as configuration (YAML errors, Helm templates, unreadable or too-large files)")
-    .option("--enable <ids>", "also run opt-in rules (comma-separated ids, or all)", (value: string, previous: string[]) => [...previous, value], [] as string[])
+    .addOption(new Option("--enable <ids>", "also run opt-in rules (comma-separated ids, repeatable, or all)").argParser((value: string, previous: string[]) => [...previous, value]).default([], "none"))
     .option("--max-file-size <bytes>", "skip (and report) files larger than this", String(DEFAULT_MAX_FILE_BYTES))
     .option("--no-color", "never colour the text report (colour is used only on a terminal)")
     .action((paths: string[], options: { format: string; failOn: string; failOnUnparsed?: boolean; enable: string[]; maxFileSize: string; color?: boolean }) => {
