@@ -1,11 +1,15 @@
 import { loadFile } from "./loaders/index.ts";
+import { isLoopbackComponent } from "./rules/helpers.ts";
 import { ALL_RULES } from "./rules/index.ts";
 import type { AuditResult, Corpus, DaprConfiguration, Finding, Position, Resource, Rule } from "./types.ts";
 import { DEFAULT_MAX_FILE_BYTES, walk } from "./walk.ts";
 import type { ReadFile } from "./walk.ts";
 
 export interface AuditOptions {
+  /** The rules to run; default: every rule that is not opt-in, plus those named in `enable`. */
   rules?: readonly Rule[];
+  /** Opt-in rule ids to run as well, or "all". */
+  enable?: readonly string[];
   /** Files over this size are skipped and reported (default 4 MiB). */
   maxFileBytes?: number;
 }
@@ -25,6 +29,7 @@ export function loadSources(files: readonly ReadFile[]): LoadedCorpus {
     resourcesAudited: 0,
     unknownKinds: {},
     skipped: [],
+    binaryFiles: 0,
     parseErrors: [],
   };
   for (const { file, text } of files) {
@@ -40,14 +45,21 @@ export function loadSources(files: readonly ReadFile[]): LoadedCorpus {
   return { corpus: { resources, configurations }, result };
 }
 
+/** The default rule set: every rule that is not opt-in, plus the opt-in rules named (or "all"). */
+export function selectRules(enable: readonly string[] = [], rules: readonly Rule[] = ALL_RULES): Rule[] {
+  const wanted = new Set(enable.map((id) => id.trim().toUpperCase()));
+  return rules.filter((rule) => rule.optIn !== true || wanted.has("ALL") || wanted.has(rule.id));
+}
+
 /** Runs the rules over a loaded corpus and returns the findings, sorted by file and position. */
-export function runRules(corpus: Corpus, rules: readonly Rule[] = ALL_RULES): Finding[] {
+export function runRules(corpus: Corpus, rules: readonly Rule[] = selectRules()): Finding[] {
   const findings: Finding[] = [];
   const byKind = new Map<string, Rule[]>();
   for (const rule of rules) {
     for (const kind of rule.appliesTo) byKind.set(kind, [...(byKind.get(kind) ?? []), rule]);
   }
   for (const resource of corpus.resources) {
+    let loopback: boolean | undefined;
     for (const rule of byKind.get(resource.kind) ?? []) {
       let hits;
       try {
@@ -57,19 +69,31 @@ export function runRules(corpus: Corpus, rules: readonly Rule[] = ALL_RULES): Fi
         continue;
       }
       for (const hit of hits) {
+        // Transport findings on a component whose every address is loopback are low: the
+        // traffic never leaves the machine.
+        let severity = hit.severity ?? rule.severity;
+        let detail = hit.detail;
+        if (hit.severity === undefined && rule.family === "tls" && resource.kind === "dapr-component" && severity !== "low") {
+          loopback ??= isLoopbackComponent(resource);
+          if (loopback) {
+            severity = "low";
+            detail = [detail, "Lowered to low: every address the component names is on loopback."].filter((part) => part !== undefined).join(" ");
+          }
+        }
         const file = resource.kind === "raw-file" ? resource.file : resource.source.file;
         const position: Position = hit.position
           ?? (resource.kind === "raw-file" ? { line: 1, column: 1 } : resource.source.locate(hit.path ?? []));
         findings.push({
           ruleId: rule.id,
-          severity: rule.severity,
+          severity,
           title: rule.title,
           file,
           line: position.line,
           column: position.column,
           evidence: hit.evidence,
-          message: hit.detail === undefined ? rule.title : `${rule.title}. ${hit.detail}`,
+          message: detail === undefined ? rule.title : `${rule.title}. ${detail}`,
           fix: rule.fix,
+          document: resource.kind === "raw-file" ? 0 : resource.source.index,
         });
       }
     }
@@ -84,7 +108,7 @@ function compareFindings(a: Finding, b: Finding): number {
 /** Audits files given in memory (pure): used by tests, the drift view and the docs' examples. */
 export function auditSources(files: readonly ReadFile[], options: AuditOptions = {}): AuditResult {
   const { corpus, result } = loadSources(files);
-  result.findings = runRules(corpus, options.rules);
+  result.findings = runRules(corpus, options.rules ?? selectRules(options.enable));
   return result;
 }
 
@@ -93,5 +117,6 @@ export function auditPaths(paths: readonly string[], options: AuditOptions = {})
   const walked = walk(paths, options.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES);
   const result = auditSources(walked.files, options);
   result.skipped.push(...walked.skipped);
+  result.binaryFiles += walked.binaryFiles;
   return result;
 }

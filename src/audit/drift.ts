@@ -99,7 +99,8 @@ function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, su
     }
     case "meshward-ca": {
       const subject = `CA ${asText(lookup(resource.config, "trustDomain")?.value) || basename(resource.source.file)}`;
-      const names = validatorNames(resource.config).map((validator) => validator.name).sort();
+      const fallback = asText(lookup(resource.config, "defaultValidator")?.value).trim().toLowerCase();
+      const names = [...new Set([...validatorNames(resource.config).map((validator) => validator.name), ...(fallback === "" ? [] : [fallback])])].sort();
       put("validators", subject, { value: names.join(", ") || "none", rank: names.includes("insecure") ? 0 : 1 });
       put("workload cert TTL", subject, durationRank(lookup(resource.config, "workloadTtl")?.value, "24h"));
       put("allowed clock skew", subject, durationRank(lookup(resource.config, "clockSkew")?.value, "15m"));

@@ -10,14 +10,18 @@ export const RULE_TABLE_END = "<!-- rule-table:end -->";
 /** The markdown rule table and one section per rule, generated from the rule definitions. */
 export function renderRulesMarkdown(rules: readonly Rule[]): string {
   const lines = ["| id | severity | family | title |", "| --- | --- | --- | --- |"];
-  for (const rule of rules) lines.push(`| [${rule.id}](#${rule.id.toLowerCase()}) | ${rule.severity} | ${rule.family} | ${rule.title} |`);
+  for (const rule of rules) lines.push(`| [${rule.id}](#${rule.id.toLowerCase()}) | ${rule.severity}${rule.optIn === true ? " (opt-in)" : ""} | ${rule.family} | ${rule.title} |`);
   lines.push("");
   for (const rule of rules) {
-    lines.push(`### ${rule.id}`, "", `**${rule.title}** — severity ${rule.severity}, family ${rule.family}.`, "");
+    const optIn = rule.optIn === true ? ` Opt-in: runs only with \`--enable ${rule.id}\` (or \`--enable all\`).` : "";
+    lines.push(`### ${rule.id}`, "", `**${rule.title}** — severity ${rule.severity}, family ${rule.family}.${optIn}`, "");
     lines.push(`*Why it matters.* ${rule.why}`, "", `*How to fix.* ${rule.fix}`, "");
     const language = /\.env$/.test(rule.example.file) ? "sh" : /\.ya?ml$/.test(rule.example.file) ? "yaml" : "text";
+    const companion = rule.example.companion;
     lines.push(`Example (\`${rule.example.file}\`) that fires:`, "", `\`\`\`${language}`, shown(rule.example.bad), "```", "");
+    if (companion !== undefined) lines.push(`with \`${companion.file}\`:`, "", "```yaml", shown(companion.bad), "```", "");
     lines.push("Fixed form (no finding):", "", `\`\`\`${language}`, shown(rule.example.good), "```", "");
+    if (companion !== undefined) lines.push(`with \`${companion.file}\`:`, "", "```yaml", shown(companion.good), "```", "");
   }
   return `${RULE_TABLE_BEGIN}\n${lines.join("\n")}${RULE_TABLE_END}\n`;
 }

@@ -39,6 +39,17 @@ export interface ComponentMetadataItem {
   path: NodePath;
 }
 
+/** A Dapr `HTTPEndpoint`: a non-Dapr HTTP service the sidecar calls, with headers it adds. */
+export interface DaprHttpEndpoint {
+  kind: "dapr-httpendpoint";
+  source: SourceDocument;
+  name: string;
+  namespace: string | undefined;
+  baseUrl: string;
+  /** Headers, read like component metadata (`value` or `secretKeyRef`). */
+  metadata: ComponentMetadataItem[];
+}
+
 export interface DaprComponent {
   kind: "dapr-component";
   source: SourceDocument;
@@ -75,7 +86,8 @@ export interface KubernetesSecret {
   source: SourceDocument;
   name: string;
   namespace: string | undefined;
-  keys: { name: string; path: NodePath }[];
+  /** `placeholder`: the value is a template expression or placeholder (`{{ .Values.x | b64enc }}`), not data. */
+  keys: { name: string; path: NodePath; placeholder: boolean }[];
 }
 
 /** micro/go-micro settings, from micro.yaml or env-style files, keys normalised (see docs). */
@@ -86,16 +98,24 @@ export interface MicroSettings {
   settings: Map<string, { value: string; path: NodePath }>;
 }
 
+/** A problem the component's own schema (src/config/) finds: the CA or sidecar would refuse the file. */
+export interface SchemaIssue {
+  path: NodePath;
+  message: string;
+}
+
 export interface MeshwardCaConfig {
   kind: "meshward-ca";
   source: SourceDocument;
   config: Record<string, unknown>;
+  schemaIssues: SchemaIssue[];
 }
 
 export interface MeshwardSidecarConfig {
   kind: "meshward-sidecar";
   source: SourceDocument;
   config: Record<string, unknown>;
+  schemaIssues: SchemaIssue[];
 }
 
 /** Any scanned file, for rules that look at raw content (private keys). */
@@ -108,6 +128,7 @@ export interface RawFile {
 export type Resource =
   | DaprConfiguration
   | DaprComponent
+  | DaprHttpEndpoint
   | Workload
   | KubernetesSecret
   | MicroSettings
@@ -131,6 +152,8 @@ export interface Hit {
   evidence: string;
   /** Optional extra sentence specific to this hit. */
   detail?: string;
+  /** Overrides the rule's severity for this hit (e.g. a loopback endpoint is low). */
+  severity?: Severity;
 }
 
 export interface RuleExample {
@@ -138,6 +161,8 @@ export interface RuleExample {
   file: string;
   bad: string;
   good: string;
+  /** A second file audited with the example (e.g. the policy file a sidecar config names). */
+  companion?: { file: string; bad: string; good: string };
 }
 
 export interface Rule<K extends ResourceKind = ResourceKind> {
@@ -149,6 +174,8 @@ export interface Rule<K extends ResourceKind = ResourceKind> {
   fix: string;
   example: RuleExample;
   appliesTo: readonly K[];
+  /** Off unless asked for (`--enable ID` or `--enable all`): rules that fire on most workloads. */
+  optIn?: boolean;
   check(resource: Extract<Resource, { kind: K }>, corpus: Corpus): Hit[];
 }
 
@@ -162,9 +189,11 @@ export interface Finding {
   evidence: string;
   message: string;
   fix: string;
+  /** Index of the YAML document inside the file (0 for single documents and raw files). */
+  document: number;
 }
 
-export type SkipReason = "binary" | "too-large" | "symlink-loop" | "unreadable" | "not-config";
+export type SkipReason = "too-large" | "symlink-loop" | "unreadable" | "not-config" | "not-regular";
 
 export interface SkippedFile {
   file: string;
@@ -177,6 +206,8 @@ export interface ParseProblem {
   line: number;
   column: number;
   message: string;
+  /** `helm-template`: a chart template, reported once per file and not audited. */
+  kind?: "yaml" | "helm-template";
 }
 
 export interface AuditResult {
@@ -187,5 +218,7 @@ export interface AuditResult {
   /** kind (apiVersion/kind) → count of documents skipped because the audit has no rules for them. */
   unknownKinds: Record<string, number>;
   skipped: SkippedFile[];
+  /** Binary files (a NUL byte) are counted, not listed. */
+  binaryFiles: number;
   parseErrors: ParseProblem[];
 }

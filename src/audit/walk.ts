@@ -13,16 +13,20 @@ export interface ReadFile {
 export interface WalkResult {
   files: ReadFile[];
   skipped: SkippedFile[];
+  /** Binary files (a NUL byte in them) are counted, not listed. */
+  binaryFiles: number;
 }
 
 /**
  * Collects the text files under `roots` (files or folders, recursively). Symlinks are
- * followed once: a directory whose real path was already visited is a loop and is skipped;
- * a file reached twice is read once. Binary files (a NUL byte in the first 8 KiB) and files
- * over `maxFileBytes` are skipped and reported, never read whole.
+ * followed: a link to a folder that encloses it (its real path is one of the folders being
+ * walked) is a loop and is reported; a link that aliases a folder scanned elsewhere is not a
+ * loop, the folder is simply not read twice; a file reached twice is read once. Files over
+ * `maxFileBytes` are skipped and reported, never read; binary files (a NUL byte in the first
+ * 8 KiB) are counted; named pipes, sockets and devices are listed as skipped, never opened.
  */
 export function walk(roots: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_BYTES): WalkResult {
-  const result: WalkResult = { files: [], skipped: [] };
+  const result: WalkResult = { files: [], skipped: [], binaryFiles: 0 };
   const seenDirectories = new Set<string>();
   const seenFiles = new Set<string>();
 
@@ -30,6 +34,8 @@ export function walk(roots: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_B
     result.skipped.push({ file, reason, detail });
   };
 
+  /** Real paths of the folders currently being walked (the ancestors of the path visited). */
+  const ancestors: string[] = [];
   const visit = (path: string, isRoot: boolean): void => {
     let stats;
     let real: string;
@@ -44,10 +50,12 @@ export function walk(roots: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_B
       return;
     }
     if (stats.isDirectory()) {
-      if (seenDirectories.has(real)) {
-        skip(path, "symlink-loop", `directory already scanned as ${real}`);
+      if (ancestors.includes(real)) {
+        skip(path, "symlink-loop", `links back to ${real}, a folder that contains it`);
         return;
       }
+      // An alias of a folder scanned elsewhere: read once, not reported.
+      if (seenDirectories.has(real)) return;
       seenDirectories.add(real);
       let entries: string[];
       try {
@@ -56,13 +64,19 @@ export function walk(roots: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_B
         skip(path, "unreadable", String((error as NodeJS.ErrnoException).code ?? error));
         return;
       }
+      ancestors.push(real);
       for (const entry of entries) {
         if (IGNORED_DIRECTORIES.has(entry)) continue;
         visit(join(path, entry), false);
       }
+      ancestors.pop();
       return;
     }
-    if (!stats.isFile()) return;
+    if (!stats.isFile()) {
+      const what = stats.isFIFO() ? "named pipe" : stats.isSocket() ? "socket" : stats.isCharacterDevice() || stats.isBlockDevice() ? "device" : "not a regular file";
+      skip(path, "not-regular", `${what}, not read`);
+      return;
+    }
     if (seenFiles.has(real)) return;
     seenFiles.add(real);
     if (stats.size > maxFileBytes) {
@@ -71,7 +85,7 @@ export function walk(roots: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_B
     }
     const text = readText(path, stats.size);
     if (text === undefined) {
-      skip(path, "binary", "contains NUL bytes");
+      result.binaryFiles += 1;
       return;
     }
     result.files.push({ file: path, text });

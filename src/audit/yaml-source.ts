@@ -1,4 +1,5 @@
-import { LineCounter, isMap, isPair, isScalar, isSeq, parseAllDocuments } from "yaml";
+import { LineCounter, isMap, isPair, isScalar, isSeq, parseAllDocuments, visit } from "yaml";
+import type { Document } from "yaml";
 import type { Node as YamlNode } from "yaml";
 import type { NodePath, ParseProblem, Position, SourceDocument } from "./types.ts";
 
@@ -17,7 +18,9 @@ export function parseYamlFile(file: string, text: string): ParsedYaml {
   const problems: ParseProblem[] = [];
   let parsed;
   try {
-    parsed = parseAllDocuments(text, { lineCounter, uniqueKeys: false, merge: true });
+    // logLevel "error": the yaml package would otherwise print warnings (e.g. on the
+    // `{{ … }}` keys of an unrendered template) straight to stderr.
+    parsed = parseAllDocuments(text, { lineCounter, uniqueKeys: false, merge: true, logLevel: "error" });
   } catch (error) {
     problems.push({ file, line: 1, column: 1, message: error instanceof Error ? error.message : String(error) });
     return { documents, problems };
@@ -42,8 +45,10 @@ export function parseYamlFile(file: string, text: string): ParsedYaml {
     try {
       data = doc.toJS({ maxAliasCount: 100 });
     } catch (error) {
-      const pos = lineCounter.linePos(doc.range[0]);
-      problems.push({ file, line: pos.line, column: pos.col, message: firstLine(error instanceof Error ? error.message : String(error)) });
+      const message = firstLine(error instanceof Error ? error.message : String(error));
+      // Alias errors (unresolved, or too many expansions) point at the alias itself.
+      const pos = lineCounter.linePos(aliasOffset(doc, message) ?? doc.range[0]);
+      problems.push({ file, line: pos.line, column: pos.col, message });
       return;
     }
     const root = doc.contents;
@@ -56,6 +61,27 @@ export function parseYamlFile(file: string, text: string): ParsedYaml {
     });
   });
   return { documents, problems };
+}
+
+/** Offset of the alias an alias error is about: the one named in the message, else the first. */
+function aliasOffset(doc: Document.Parsed, message: string): number | undefined {
+  if (!/alias/i.test(message)) return undefined;
+  const named = /:\s*(\S+)$/.exec(message)?.[1];
+  let first: number | undefined;
+  let match: number | undefined;
+  visit(doc, {
+    Alias(_key, node) {
+      const start = node.range?.[0];
+      if (start === undefined) return undefined;
+      first ??= start;
+      if (named !== undefined && node.source === named) {
+        match = start;
+        return visit.BREAK;
+      }
+      return undefined;
+    },
+  });
+  return match ?? first;
 }
 
 function firstLine(message: string): string {

@@ -4,6 +4,7 @@ import { auditPaths } from "../audit/audit.ts";
 import { driftPaths, renderDriftJson, renderDriftText } from "../audit/drift.ts";
 import { renderJson } from "../audit/reporters/json.ts";
 import { renderSarif } from "../audit/reporters/sarif.ts";
+import { unparsedFiles } from "../audit/reporters/summary.ts";
 import { renderText } from "../audit/reporters/text.ts";
 import { ALL_RULES } from "../audit/rules/index.ts";
 import { renderRulesMarkdown } from "../audit/rules-doc.ts";
@@ -24,6 +25,20 @@ function parseSize(value: string): number {
   return bytes;
 }
 
+/** `--enable` ids, comma-separated or repeated; unknown ids and rules that are not opt-in are usage errors. */
+function parseEnable(values: readonly string[]): string[] {
+  const ids = values.flatMap((value) => value.split(",")).map((id) => id.trim().toUpperCase()).filter((id) => id !== "");
+  const optIn = ALL_RULES.filter((rule) => rule.optIn === true).map((rule) => rule.id);
+  for (const id of ids) {
+    if (id === "ALL" || optIn.includes(id)) continue;
+    const known = ALL_RULES.some((rule) => rule.id === id);
+    throw new MeshwardError("E_AUDIT_USAGE", known
+      ? `--enable ${id}: that rule always runs; opt-in rules are ${optIn.join(", ")}`
+      : `--enable ${id}: no such rule; opt-in rules are ${optIn.join(", ")} (or all)`);
+  }
+  return ids;
+}
+
 function useColor(flag: boolean | undefined): boolean {
   if (flag === false || process.env["NO_COLOR"] !== undefined) return false;
   return process.stdout.isTTY === true;
@@ -35,7 +50,7 @@ export function registerAuditCommand(program: Command): void {
   const audit = program
     .command("audit")
     .description("find insecure communication settings in Dapr, Kubernetes, micro and meshward configs")
-    .addHelpText("after", "\nUsage: meshward audit [scan] PATH... [--format text|json|sarif] [--fail-on high|medium|low]\nA folder literally named scan, drift or rules: write ./drift.");
+    .addHelpText("after", "\nUsage: meshward audit [scan] PATH... [--format text|json|sarif] [--fail-on high|medium|low] [--fail-on-unparsed] [--enable IDS]\nA folder literally named scan, drift or rules: write ./drift.");
 
   audit
     .command("scan", { isDefault: true })
@@ -43,11 +58,14 @@ export function registerAuditCommand(program: Command): void {
     .argument("[paths...]", "files or folders to audit (folders recursively)")
     .addOption(new Option("-f, --format <format>", "report format").choices(["text", "json", "sarif"]).default("text"))
     .addOption(new Option("--fail-on <severity>", "exit 1 when a finding of this severity or higher exists").choices(["high", "medium", "low", "none"]).default("none"))
+    .option("--fail-on-unparsed", "exit 1 when a file could not be read as configuration (YAML errors, Helm templates, unreadable or too-large files)")
+    .addOption(new Option("--enable <ids>", "also run opt-in rules (comma-separated ids, repeatable, or all)").argParser((value: string, previous: string[]) => [...previous, value]).default([], "none"))
     .option("--max-file-size <bytes>", "skip (and report) files larger than this", String(DEFAULT_MAX_FILE_BYTES))
     .option("--no-color", "never colour the text report (colour is used only on a terminal)")
-    .action((paths: string[], options: { format: string; failOn: string; maxFileSize: string; color?: boolean }) => {
+    .action((paths: string[], options: { format: string; failOn: string; failOnUnparsed?: boolean; enable: string[]; maxFileSize: string; color?: boolean }) => {
       if (paths.length === 0) throw new MeshwardError("E_AUDIT_USAGE", "give at least one file or folder to audit, e.g. `meshward audit deploy/`");
-      const result = auditPaths(paths, { maxFileBytes: parseSize(options.maxFileSize) });
+      const enable = parseEnable(options.enable);
+      const result = auditPaths(paths, { maxFileBytes: parseSize(options.maxFileSize), enable });
       const missing = result.skipped.filter((skipped) => paths.includes(skipped.file) && skipped.detail === "does not exist");
       if (missing.length === paths.length) {
         throw new MeshwardError("E_AUDIT_NOT_FOUND", `nothing to audit: ${missing.map((skipped) => skipped.file).join(", ")} not found`);
@@ -58,6 +76,13 @@ export function registerAuditCommand(program: Command): void {
       if (options.failOn !== "none") {
         const threshold = SEVERITY_RANK[options.failOn as Severity];
         if (result.findings.some((finding) => SEVERITY_RANK[finding.severity] >= threshold)) process.exitCode = EXIT_FINDINGS;
+      }
+      if (options.failOnUnparsed === true) {
+        const unparsed = unparsedFiles(result);
+        if (unparsed.length > 0) {
+          process.stderr.write(`meshward: --fail-on-unparsed: ${unparsed.length} file${unparsed.length === 1 ? "" : "s"} could not be read as configuration: ${unparsed.slice(0, 5).join(", ")}${unparsed.length > 5 ? ", …" : ""}\n`);
+          process.exitCode = EXIT_FINDINGS;
+        }
       }
     });
 
@@ -86,10 +111,10 @@ export function registerAuditCommand(program: Command): void {
       if (options.format === "markdown") {
         process.stdout.write(renderRulesMarkdown(ALL_RULES));
       } else if (options.format === "json") {
-        const rules = ALL_RULES.map(({ id, family, severity, title, why, fix }) => ({ id, family, severity, title, why, fix }));
+        const rules = ALL_RULES.map(({ id, family, severity, title, why, fix, optIn }) => ({ id, family, severity, optIn: optIn === true, title, why, fix }));
         process.stdout.write(`${JSON.stringify(rules, null, 2)}\n`);
       } else {
-        process.stdout.write(ALL_RULES.map((rule) => `${rule.id.padEnd(14)} ${rule.severity.padEnd(7)} ${rule.title}\n`).join(""));
+        process.stdout.write(ALL_RULES.map((rule) => `${rule.id.padEnd(14)} ${rule.severity.padEnd(7)} ${rule.title}${rule.optIn === true ? " (opt-in: --enable " + rule.id + ")" : ""}\n`).join(""));
       }
     });
 }

@@ -23,8 +23,42 @@ describe("meshward audit (real process)", () => {
     const run = meshward("audit", `${FIXTURES}/quickstart`);
     expect(run.code).toBe(0);
     expect(run.stdout).not.toContain("\u001b[");
-    expect(run.stdout).toContain(`${FIXTURES}/quickstart/config.yaml\n  11:5`);
-    expect(run.stdout.trimEnd().split("\n").pop()).toMatch(/^17 findings \(8 high, 7 medium, 2 low\) in 6 files, 6 files scanned/);
+    expect(run.stdout).toContain(`${FIXTURES}/quickstart/config.yaml\n  9:7`);
+    expect(run.stdout.trimEnd().split("\n").pop()).toMatch(/^16 findings \(5 high, 7 medium, 4 low\) in 6 files, 6 files scanned/);
+  });
+
+  it("prints each rule's fix once, in a per-rule summary", () => {
+    const run = meshward("audit", `${FIXTURES}/quickstart`);
+    // MW-K8S-002 fires on both workloads; its fix text appears once, in the summary.
+    const fix = "Create a Secret with a random token and set `dapr.io/api-token-secret` to its name";
+    expect(run.stdout.split(fix).length - 1).toBe(1);
+    expect(run.stdout).toMatch(/By rule \(count, then how to fix\):\n {2}MW-K8S-002 +2 {2}Dapr sidecar API without an API token \(2 medium\)\n +fix: Create a Secret/);
+    const json = JSON.parse(meshward("audit", `${FIXTURES}/quickstart`, "--format", "json").stdout) as { summary: { byRule: { ruleId: string; count: number; fix: string }[] } };
+    expect(json.summary.byRule[0]).toMatchObject({ ruleId: "MW-K8S-002", count: 2 });
+    expect(json.summary.byRule.reduce((sum, rule) => sum + rule.count, 0)).toBe(16);
+  });
+
+  it("--enable runs opt-in rules; an unknown or always-on id is a usage error", () => {
+    const run = meshward("audit", `${FIXTURES}/quickstart`, "--enable", "MW-K8S-003,mw-k8s-006", "--format", "json");
+    const ids = (JSON.parse(run.stdout) as { findings: { ruleId: string }[] }).findings.map((finding) => finding.ruleId);
+    expect(ids.filter((id) => id === "MW-K8S-003").length).toBe(1);
+    expect(ids.filter((id) => id === "MW-K8S-006").length).toBe(1);
+    const unknown = meshward("audit", `${FIXTURES}/quickstart`, "--enable", "MW-K8S-099");
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/--enable MW-K8S-099: no such rule; opt-in rules are MW-K8S-003, MW-K8S-006 \(or all\) \[E_AUDIT_USAGE\]/);
+    expect(meshward("audit", `${FIXTURES}/quickstart`, "--enable", "MW-TLS-001").stderr).toMatch(/that rule always runs/);
+  });
+
+  it("--fail-on-unparsed fails a gate on YAML errors and Helm templates, and only then", () => {
+    // broken/ has a YAML error and no finding at --fail-on high is needed to fail.
+    const broken = meshward("audit", `${FIXTURES}/broken`, "--fail-on-unparsed");
+    expect(broken.code).toBe(1);
+    expect(broken.stderr).toMatch(/--fail-on-unparsed: 1 file could not be read as configuration: .*broken\/mixed\.yaml/);
+    expect(meshward("audit", `${FIXTURES}/broken`).code).toBe(0);
+    const helm = meshward("audit", `${FIXTURES}/helm-chart`, "--fail-on-unparsed");
+    expect(helm.code).toBe(1);
+    expect(helm.stdout).toContain("Helm templates (not YAML until rendered; run `helm template` and audit its output):");
+    expect(meshward("audit", `${FIXTURES}/secure`, "--fail-on-unparsed").code).toBe(0);
   });
 
   it("--fail-on sets the exit code by severity threshold", () => {

@@ -1,7 +1,12 @@
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { parse as parseYaml } from "yaml";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { auditSources } from "../../src/audit/audit.ts";
 import { ALL_RULES } from "../../src/audit/rules/index.ts";
+import { buildSidecarConfig } from "../../src/cli/sidecar.ts";
+import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
 import { RULE_TABLE_BEGIN, RULE_TABLE_END, renderRulesMarkdown } from "../../src/audit/rules-doc.ts";
 
 const doc = readFileSync(join(import.meta.dirname, "..", "..", "docs", "audit-rules.md"), "utf8");
@@ -27,5 +32,44 @@ describe("docs/audit-rules.md", () => {
     const known = new Set(ALL_RULES.map((rule) => rule.id));
     const mentioned = new Set(doc.match(/MW-[A-Z0-9]+-\d{3}/g) ?? []);
     for (const id of mentioned) expect(known.has(id), id).toBe(true);
+  });
+
+  // Issue 15 item 6: the example sidecar.yaml used `app-id:`, which the sidecar refuses.
+  it("every meshward sidecar example the docs show is accepted by the sidecar's own schema, except MW-CONFIG-001's bad one", () => {
+    const blocks = [...doc.matchAll(/Example \(`sidecar\.yaml`\) that fires:\n\n```yaml\n([\s\S]*?)```[\s\S]*?Fixed form \(no finding\):\n\n```yaml\n([\s\S]*?)```/g)];
+    expect(blocks.length).toBeGreaterThanOrEqual(5);
+    let refused = 0;
+    for (const [, bad, good] of blocks) {
+      for (const text of [bad, good]) {
+        // Fields the docs leave to flags (bundle, app) are filled in the way the CLI would.
+        const config = { bundle: "/etc/meshward/bundle.pem", app: "127.0.0.1:8080", ...(parseYaml(text ?? "") as Record<string, unknown>) };
+        const ok = sidecarConfigSchema.safeParse(config).success;
+        if (!ok) refused += 1;
+        const schemaFindings = auditSources([{ file: "sidecar.yaml", text: text ?? "" }]).findings.filter((finding) => finding.ruleId === "MW-CONFIG-001");
+        expect(schemaFindings.length > 0, text).toBe(!ok);
+      }
+    }
+    // Only MW-CONFIG-001's own bad example (`app-id:`) is refused.
+    expect(refused).toBe(1);
+    expect(doc).toMatch(/### MW-CONFIG-001[\s\S]*?that fires:\n\n```yaml\napp-id: orders/);
+  });
+
+  it("the sidecar's own --config loading (buildSidecarConfig) accepts the fixed examples and refuses `app-id:`", () => {
+    const dir = mkdtempSync(join(tmpdir(), "meshward-audit-docs-"));
+    try {
+      const blocks = [...doc.matchAll(/Fixed form \(no finding\):\n\n```yaml\n([\s\S]*?)```/g)].map((match) => match[1] ?? "").filter((text) => /^appId: /m.test(text));
+      expect(blocks.length).toBeGreaterThanOrEqual(5);
+      for (const [index, text] of blocks.entries()) {
+        const file = join(dir, `example-${index}.yaml`);
+        writeFileSync(file, text);
+        // --bundle and --app as a user would give them on the command line.
+        expect(() => buildSidecarConfig({ config: file, bundle: "/etc/meshward/bundle.pem", app: "127.0.0.1:8080" }), text).not.toThrow();
+      }
+      const refused = join(dir, "app-id.yaml");
+      writeFileSync(refused, "app-id: orders\nca: ca.prod.svc:8443\nbundle: /etc/meshward/bundle.pem\napp: 127.0.0.1:8080\n");
+      expect(() => buildSidecarConfig({ config: refused })).toThrow(/app-id/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

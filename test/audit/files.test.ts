@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -27,24 +28,33 @@ describe("reading files", () => {
     writeFileSync(join(root, "tree", "issuer.key"), encrypted);
     mkdirSync(join(root, "tree", "node_modules"));
     writeFileSync(join(root, "tree", "node_modules", "x.yaml"), REDIS);
+    // A named pipe: opening it would block the audit forever (coreutils mkfifo; no Node API).
+    execFileSync("mkfifo", [join(root, "tree", "pipe.yaml")]);
+    // An alias: a link to a folder scanned elsewhere in the tree is not a loop.
+    mkdirSync(join(root, "tree", "shared"));
+    writeFileSync(join(root, "tree", "shared", "pubsub.yaml"), REDIS.replace("name: s", "name: p"));
+    symlinkSync(join(root, "tree", "shared"), join(root, "tree", "alias"));
   });
 
   afterAll(() => {
     rmSync(root, { recursive: true, force: true });
   });
 
-  it("handles symlink loops, binary, oversized and dangling files, and still audits the rest", () => {
+  it("handles symlink loops, pipes, binary, oversized and dangling files, and still audits the rest", () => {
     const result = auditPaths([join(root, "tree")], { maxFileBytes: 10_000 });
-    const skipped = result.skipped.map((entry) => `${entry.file.slice(root.length + 1)}:${entry.reason}`).sort();
+    const skipped = result.skipped.map((entry) => `${entry.file.slice(root.length + 1)}:${entry.reason}:${entry.detail}`).sort();
     expect(skipped).toEqual([
-      "tree/dangling.yaml:unreadable",
-      "tree/huge.yaml:too-large",
-      "tree/image.yaml:binary",
-      "tree/nested/back:symlink-loop",
-      "tree/self:symlink-loop",
+      "tree/dangling.yaml:unreadable:dangling symbolic link",
+      "tree/huge.yaml:too-large:20141 bytes is over the 10000-byte limit",
+      `tree/nested/back:symlink-loop:links back to ${join(root, "tree")}, a folder that contains it`,
+      "tree/pipe.yaml:not-regular:named pipe, not read",
+      "tree/self:symlink-loop:symbolic link points back at itself",
     ]);
+    // Binary files are counted, not listed.
+    expect(result.binaryFiles).toBe(1);
+    // tree/alias is the same folder as tree/shared: read once (under the name reached first), not a loop.
     const findings = result.findings.map((finding) => `${finding.file.slice(root.length + 1)}:${finding.line}:${finding.ruleId}`);
-    expect(findings).toEqual(["tree/nested/store.yaml:6:MW-TLS-001", "tree/notes.txt:3:MW-SECRET-003"]);
+    expect(findings).toEqual(["tree/alias/pubsub.yaml:6:MW-TLS-001", "tree/nested/store.yaml:6:MW-TLS-001", "tree/notes.txt:3:MW-SECRET-003"]);
   });
 
   it("reads a large file once the limit allows it", () => {

@@ -1,9 +1,9 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { auditPaths } from "../../src/audit/audit.ts";
+import { auditPaths, auditSources } from "../../src/audit/audit.ts";
 import { renderJson } from "../../src/audit/reporters/json.ts";
-import { renderSarif } from "../../src/audit/reporters/sarif.ts";
+import { findingFingerprints, renderSarif } from "../../src/audit/reporters/sarif.ts";
 import { renderText } from "../../src/audit/reporters/text.ts";
 import { ALL_RULES } from "../../src/audit/rules/index.ts";
 import { validateJsonSchema } from "./json-schema-lite.ts";
@@ -44,6 +44,41 @@ describe("SARIF", () => {
     }
   });
 
+  it("gives every finding its own partialFingerprint, also for identical findings in one multi-document file", () => {
+    const component = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: s\nspec:\n  type: state.redis\n  metadata:\n  - name: redisHost\n    value: redis:6379\n";
+    // Two identical documents, and the same document twice more in a second file.
+    const twice = auditSources([{ file: "multi.yaml", text: `${component}---\n${component}` }, { file: "other.yaml", text: `${component}---\n${component}` }]);
+    expect(twice.findings.map((finding) => `${finding.file}:${finding.document}:${finding.ruleId}:${finding.evidence}`)).toEqual([
+      "multi.yaml:0:MW-TLS-001:state.redis without enableTLS",
+      "multi.yaml:1:MW-TLS-001:state.redis without enableTLS",
+      "other.yaml:0:MW-TLS-001:state.redis without enableTLS",
+      "other.yaml:1:MW-TLS-001:state.redis without enableTLS",
+    ]);
+    const sarif = JSON.parse(renderSarif(twice, { rules: ALL_RULES, toolVersion: "0.1.0" })) as { runs: { results: { partialFingerprints: Record<string, string> }[] }[] };
+    const prints = sarif.runs[0]?.results.map((each) => each.partialFingerprints["meshwardFinding/v2"]) ?? [];
+    expect(prints.length).toBe(4);
+    expect(new Set(prints).size).toBe(4);
+    expect(validateJsonSchema(schema, sarif)).toEqual([]);
+    // Same finding, same document, twice (two list entries): the ordinal keeps them apart.
+    const dup = findingFingerprints([twice.findings[0]!, twice.findings[0]!]);
+    expect(dup[0]).not.toBe(dup[1]);
+    expect(dup[0]?.replace(/:\d+$/, "")).toBe(dup[1]?.replace(/:\d+$/, ""));
+    // Stable when the line moves (fingerprints follow content, not position).
+    const moved = auditSources([{ file: "multi.yaml", text: `# a comment that moves everything down\n${component}---\n${component}` }]);
+    expect(findingFingerprints(moved.findings)).toEqual(findingFingerprints(twice.findings.slice(0, 2)));
+  });
+
+  it("fingerprints are unique over the whole fixture corpus", () => {
+    const all = auditPaths([join(FIXTURES)], { enable: ["all"] });
+    const prints = findingFingerprints(all.findings);
+    expect(new Set(prints).size).toBe(prints.length);
+    // …and the log of the whole corpus (real-world files, Helm templates, YAML errors) is valid.
+    const sarif = JSON.parse(renderSarif(all, { rules: ALL_RULES, toolVersion: "0.1.0" })) as { runs: { results: { partialFingerprints: Record<string, string> }[] }[] };
+    expect(validateJsonSchema(schema, sarif)).toEqual([]);
+    expect(sarif.runs[0]?.results.map((each) => each.partialFingerprints["meshwardFinding/v2"])).toEqual(prints);
+    expect(prints.length).toBeGreaterThan(50);
+  });
+
   it("is valid with no findings and with absolute paths", () => {
     const empty = auditPaths([join(FIXTURES, "secure")]);
     const absolute = auditPaths([join(FIXTURES, "micro")]);
@@ -61,6 +96,9 @@ describe("text and JSON", () => {
     const lastLine = plain.trimEnd().split("\n").pop() ?? "";
     expect(lastLine).toMatch(/^\d+ findings \(\d+ high, \d+ medium, \d+ low\) in \d+ files, \d+ files scanned/);
     expect(lastLine).toContain("1 YAML errors");
+    // Fix text is printed once per rule (in the summary), not under each finding.
+    expect(plain).not.toMatch(/^ +fix: .*\n +fix: /m);
+    expect(plain).toContain("By rule (count, then how to fix):");
     expect(plain).toContain("test/audit/fixtures/broken/mixed.yaml:5:1");
     expect(renderText(result, { color: true })).toContain("\u001b[31;1mhigh");
   });

@@ -20,8 +20,13 @@ describe("rule registry", () => {
 // Each rule's own example is its test: the insecure form must produce this rule's finding,
 // the fixed form must produce no finding at all (no false positive from any other rule).
 describe.each(ALL_RULES.map((rule) => [rule.id, rule] as const))("%s", (_id, rule) => {
+  const files = (form: "bad" | "good") => [
+    { file: rule.example.file, text: rule.example[form] },
+    ...(rule.example.companion === undefined ? [] : [{ file: rule.example.companion.file, text: rule.example.companion[form] }]),
+  ];
+
   it("fires on the insecure example", () => {
-    const result = auditSources([{ file: rule.example.file, text: rule.example.bad }]);
+    const result = auditSources(files("bad"), { enable: ["all"] });
     expect(result.parseErrors).toEqual([]);
     const hits = result.findings.filter((finding) => finding.ruleId === rule.id);
     expect(hits.length).toBeGreaterThanOrEqual(1);
@@ -35,7 +40,7 @@ describe.each(ALL_RULES.map((rule) => [rule.id, rule] as const))("%s", (_id, rul
   });
 
   it("stays quiet on the fixed example", () => {
-    const result = auditSources([{ file: rule.example.file, text: rule.example.good }]);
+    const result = auditSources(files("good"), { enable: ["all"] });
     expect(result.parseErrors).toEqual([]);
     expect(result.findings).toEqual([]);
   });
@@ -55,11 +60,11 @@ describe("rule details", () => {
   });
 
   it("never prints a secret in evidence", () => {
-    const text = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: s\nspec:\n  type: state.postgresql\n  metadata:\n  - name: connectionString\n    value: postgres://app:TopSecret99@pg/db?sslmode=verify-full\n  - name: accessKey\n    value: AKIAEXAMPLEKEY\n  - name: dsn\n    value: app:Hidden42@tcp(db:3306)/x\n";
+    const text = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: s\nspec:\n  type: state.postgresql\n  metadata:\n  - name: connectionString\n    value: postgres://app:TopSecret99@pg/db?sslmode=verify-full\n  - name: accessKey\n    value: AKIAQX7RZ2LMN4BV\n  - name: dsn\n    value: app:Hidden42@tcp(db:3306)/x\n";
     const result = auditSources([{ file: "s.yaml", text }]);
     expect(result.findings.map((finding) => finding.ruleId)).toEqual(["MW-SECRET-002", "MW-SECRET-001", "MW-SECRET-002"]);
     const serialized = JSON.stringify(result.findings);
-    for (const secret of ["TopSecret99", "AKIAEXAMPLEKEY", "Hidden42"]) expect(serialized).not.toContain(secret);
+    for (const secret of ["TopSecret99", "AKIAQX7RZ2LMN4BV", "Hidden42"]) expect(serialized).not.toContain(secret);
   });
 
   it("flags each plaintext scheme and leaves the TLS forms alone", () => {
@@ -82,9 +87,12 @@ describe("rule details", () => {
 
   it("reads meshward configs in kind/spec form with camelCase keys", () => {
     const sidecar = "apiVersion: meshward.dev/v1\nkind: Sidecar\nspec:\n  appId: web\n  ca: ca:8443\n  policy: p.yaml\n  mode: PERMISSIVE\n  token: abcdef123\n";
-    expect(audit("s.yaml", sidecar)).toEqual(["MW-MTLS-004@7:3", "MW-SECRET-006@8:3"]);
+    // The sidecar refuses the wrapper (3:1, at `spec:`) and `PERMISSIVE` (it reads `permissive`):
+    // MW-CONFIG-001 says so, and the settings are still analysed.
+    expect(audit("s.yaml", sidecar)).toEqual(["MW-CONFIG-001@3:1", "MW-CONFIG-001@7:3", "MW-MTLS-004@7:3", "MW-SECRET-006@8:3"]);
     const ca = "apiVersion: meshward.dev/v1\nkind: CAConfig\nspec:\n  trustDomain: td\n  validators:\n    insecure: {}\n    join-token: { enabled: true }\n    jwks: false\n";
-    expect(audit("c.yaml", ca)).toEqual(["MW-MTLS-005@6:5"]);
+    // A legacy `validators` map is still analysed, and reported as a key the CA does not read.
+    expect(audit("c.yaml", ca)).toEqual(["MW-CONFIG-002@3:1", "MW-CONFIG-002@5:3", "MW-MTLS-005@6:5"]);
   });
 
   it("reads kubectl List output", () => {

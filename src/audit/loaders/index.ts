@@ -3,10 +3,12 @@ import { asArray, asText, isDict } from "../shape.ts";
 import type { Dict } from "../shape.ts";
 import type { NodePath, ParseProblem, Resource, SourceDocument } from "../types.ts";
 import { parseYamlFile } from "../yaml-source.ts";
-import { isDaprKind, loadDaprComponent, loadDaprConfiguration } from "./dapr.ts";
+import { isDaprKind, loadDaprComponent, loadDaprConfiguration, loadDaprHttpEndpoint } from "./dapr.ts";
 import { isSecretKind, isWorkloadKind, loadSecret, loadWorkload } from "./kubernetes.ts";
 import { classifyMeshward, loadMeshwardCa, loadMeshwardSidecar } from "./meshward.ts";
-import { isMicroYamlName, loadMicroSettings, looksLikeMicroEnv } from "./micro.ts";
+import { composeEnvironment, isMicroYamlName, loadMicroEnv, loadMicroSettings, looksLikeMicroEnv } from "./micro.ts";
+import type { EnvPair } from "./micro.ts";
+import type { Workload } from "../types.ts";
 
 export type FileFormat = "yaml" | "env" | "other";
 
@@ -19,7 +21,7 @@ export interface LoadedFile {
 
 export function formatOf(file: string): FileFormat {
   const name = file.split(/[\\/]/).pop() ?? file;
-  if (/\.(ya?ml|json)$/i.test(name)) return "yaml";
+  if (/\.(ya?ml|json|jsonc)$/i.test(name)) return "yaml";
   if (/^\.env(\..+)?$/i.test(name) || /\.env$/i.test(name)) return "env";
   return "other";
 }
@@ -36,7 +38,18 @@ export function loadFile(file: string, text: string): LoadedFile {
     return loaded;
   }
   if (format !== "yaml") return loaded;
-  const parsed = parseYamlFile(file, text);
+  const helm = helmTemplateLine(file, text);
+  if (helm !== undefined) {
+    loaded.problems.push({
+      file,
+      line: helm,
+      column: 1,
+      kind: "helm-template",
+      message: "Helm template: not YAML until rendered; run `helm template` and audit its output",
+    });
+    return loaded;
+  }
+  const parsed = parseYamlFile(file, /\.jsonc?$/i.test(file) ? blankJsonComments(text) : text);
   loaded.problems.push(...parsed.problems);
   for (const source of parsed.documents) {
     if (source.data === null || source.data === undefined) continue;
@@ -56,12 +69,22 @@ function classify(file: string, source: SourceDocument, data: unknown, base: Nod
     loaded.resources.push(loadDaprConfiguration(view, data));
   } else if (isDaprKind(data, "Component")) {
     loaded.resources.push(loadDaprComponent(view, data));
+  } else if (isDaprKind(data, "HTTPEndpoint")) {
+    loaded.resources.push(loadDaprHttpEndpoint(view, data));
   } else if (isWorkloadKind(data)) {
-    loaded.resources.push(loadWorkload(view, data));
+    const workload = loadWorkload(view, data);
+    loaded.resources.push(workload, ...containerMicroSettings(workload));
   } else if (isSecretKind(data)) {
     loaded.resources.push(loadSecret(view, data));
   } else if (asText(data["kind"]) === "List" && Array.isArray(data["items"])) {
     asArray(data["items"]).forEach((item, index) => classify(file, source, item, [...base, "items", index], loaded));
+  } else if (base.length === 0 && isComposeFile(data)) {
+    for (const [name, service] of Object.entries(data["services"] as Dict)) {
+      if (!isDict(service)) continue;
+      const settings = loadMicroEnv(source, composeEnvironment(service["environment"], ["services", name, "environment"]));
+      if (settings !== undefined) loaded.resources.push(settings);
+    }
+    if (!loaded.resources.some((resource) => resource.kind === "micro-settings")) count(loaded.unknownKinds, "docker-compose file without MICRO_* settings");
   } else if (base.length === 0 && (isMicroYamlName(file) || isDict(data["micro"]))) {
     loaded.resources.push(loadMicroSettings(isDict(data["micro"]) ? microSection(source, data) : source));
   } else {
@@ -70,6 +93,76 @@ function classify(file: string, source: SourceDocument, data: unknown, base: Nod
     else if (meshward === "ca") loaded.resources.push(loadMeshwardCa(view, data));
     else count(loaded.unknownKinds, kindLabel(data));
   }
+}
+
+/** A docker-compose file: a top-level `services` map whose entries look like containers. */
+function isComposeFile(data: Dict): boolean {
+  if (!isDict(data["services"]) || "kind" in data) return false;
+  return Object.values(data["services"]).some((service) => isDict(service) && ("image" in service || "build" in service || "environment" in service));
+}
+
+/** One micro settings resource per container that sets `MICRO_*` variables in `env`. */
+function containerMicroSettings(workload: Workload): Resource[] {
+  const byContainer = new Map<string, EnvPair[]>();
+  for (const entry of workload.env) {
+    const container = JSON.stringify(entry.path.slice(0, -3));
+    byContainer.set(container, [...(byContainer.get(container) ?? []), { name: entry.name, value: entry.value, path: entry.path }]);
+  }
+  const resources: Resource[] = [];
+  for (const pairs of byContainer.values()) {
+    const settings = loadMicroEnv(workload.source, pairs);
+    if (settings !== undefined) resources.push(settings);
+  }
+  return resources;
+}
+
+const HELM_DIRECTIVE = /\{\{-?\s*(\.Values|\.Release|\.Chart|\.Capabilities|\.Files|include\s|template\s|toYaml|tpl\s|define\s|if\s|else|range\s|with\s|end\s*-?\}\}|\/\*)/;
+
+/**
+ * The line of the first template action when the file is a Helm chart template (under a
+ * `templates/` folder with `{{`, or any file with Helm's own directives); else undefined.
+ */
+export function helmTemplateLine(file: string, text: string): number | undefined {
+  const first = text.indexOf("{{");
+  if (first < 0) return undefined;
+  const inTemplates = /(^|[\\/])templates[\\/]/.test(file);
+  const match = HELM_DIRECTIVE.exec(text);
+  if (!inTemplates && match === null) return undefined;
+  const at = inTemplates ? first : (match?.index ?? first);
+  return text.slice(0, at).split("\n").length;
+}
+
+/**
+ * JSON with comments (tsconfig-style `//` and `/* … *\/`): the comments are replaced by
+ * spaces, newlines kept, so positions stay right; strings are left alone.
+ */
+export function blankJsonComments(text: string): string {
+  if (!text.includes("//") && !text.includes("/*")) return text;
+  let out = "";
+  let index = 0;
+  while (index < text.length) {
+    const char = text[index] ?? "";
+    if (char === '"') {
+      let end = index + 1;
+      while (end < text.length && text[end] !== '"' && text[end] !== "\n") end += text[end] === "\\" ? 2 : 1;
+      out += text.slice(index, end + 1);
+      index = end + 1;
+    } else if (char === "/" && text[index + 1] === "/") {
+      let end = text.indexOf("\n", index);
+      if (end < 0) end = text.length;
+      out += " ".repeat(end - index);
+      index = end;
+    } else if (char === "/" && text[index + 1] === "*") {
+      let end = text.indexOf("*/", index + 2);
+      end = end < 0 ? text.length : end + 2;
+      out += text.slice(index, end).replace(/[^\n]/g, " ");
+      index = end;
+    } else {
+      out += char;
+      index += 1;
+    }
+  }
+  return out;
 }
 
 function microSection(source: SourceDocument, data: Dict): SourceDocument {

@@ -1,3 +1,4 @@
+import { isPlaceholder } from "../values.ts";
 import { asArray, asDict, asText, get, isDict } from "../shape.ts";
 import type { Dict } from "../shape.ts";
 import type { ContainerEnvVar, KubernetesSecret, NodePath, SourceDocument, Workload } from "../types.ts";
@@ -60,9 +61,13 @@ export function loadWorkload(source: SourceDocument, doc: Dict, base: NodePath =
 }
 
 export function loadSecret(source: SourceDocument, doc: Dict, base: NodePath = []): KubernetesSecret {
-  const keys: { name: string; path: NodePath }[] = [];
+  const keys: KubernetesSecret["keys"] = [];
   for (const field of ["data", "stringData"]) {
-    for (const name of Object.keys(asDict(doc[field]))) keys.push({ name, path: [...base, field, name] });
+    for (const [name, value] of Object.entries(asDict(doc[field]))) {
+      // An unquoted `{{ … }}` reads as a YAML flow mapping; a quoted one as a string.
+      const placeholder = isDict(value) || Array.isArray(value) || /\{\{.*\}\}/s.test(asText(value)) || isPlaceholder(asText(value));
+      keys.push({ name, path: [...base, field, name], placeholder });
+    }
   }
   return {
     kind: "kubernetes-secret",

@@ -1,4 +1,4 @@
-import { asText, isDict, normaliseKey } from "../shape.ts";
+import { asArray, asText, isDict, normaliseKey } from "../shape.ts";
 import type { MicroSettings, NodePath, SourceDocument } from "../types.ts";
 
 /**
@@ -14,12 +14,51 @@ export function loadMicroSettings(source: SourceDocument): MicroSettings {
       return;
     }
     if (Array.isArray(value)) return;
-    let key = normaliseKey(prefix);
-    if (key.startsWith("micro")) key = key.slice("micro".length);
+    const key = microKey(prefix);
     if (key !== "") settings.set(key, { value: asText(value), path });
   };
   visit(source.data, "", []);
   return { kind: "micro-settings", source, settings };
+}
+
+function microKey(name: string): string {
+  const key = normaliseKey(name);
+  return key.startsWith("micro") ? key.slice("micro".length) : key;
+}
+
+/** One environment variable as a deployment file gives it, with the path to its line. */
+export interface EnvPair {
+  name: string;
+  value: string;
+  path: NodePath;
+}
+
+/**
+ * micro settings given as environment variables of a container (docker-compose
+ * `environment:`, Kubernetes `env:`): only the `MICRO_*` variables count. Undefined when
+ * the container sets none.
+ */
+export function loadMicroEnv(source: SourceDocument, pairs: readonly EnvPair[]): MicroSettings | undefined {
+  const settings = new Map<string, { value: string; path: NodePath }>();
+  for (const pair of pairs) {
+    if (!/^MICRO_/i.test(pair.name)) continue;
+    settings.set(microKey(pair.name), { value: pair.value, path: pair.path });
+  }
+  return settings.size === 0 ? undefined : { kind: "micro-settings", source, settings };
+}
+
+/** docker-compose `environment:` as a map (`KEY: value`) or a list (`- KEY=value`). */
+export function composeEnvironment(environment: unknown, base: NodePath): EnvPair[] {
+  if (isDict(environment)) {
+    return Object.entries(environment).map(([name, value]) => ({ name, value: asText(value), path: [...base, name] }));
+  }
+  const pairs: EnvPair[] = [];
+  asArray(environment).forEach((entry, index) => {
+    const text = asText(entry);
+    const eq = text.indexOf("=");
+    pairs.push({ name: eq < 0 ? text : text.slice(0, eq), value: eq < 0 ? "" : text.slice(eq + 1), path: [...base, index] });
+  });
+  return pairs;
 }
 
 /** An env file counts as micro settings when it sets at least one `MICRO_*` variable. */

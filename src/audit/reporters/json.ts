@@ -1,5 +1,5 @@
 import type { AuditResult } from "../types.ts";
-import { countBySeverity, summaryLine, unknownKindCount } from "./summary.ts";
+import { countBySeverity, helmTemplates, summaryByRule, summaryLine, unknownKindCount, unparsedFiles, yamlErrors } from "./summary.ts";
 
 export const JSON_REPORT_VERSION = 1;
 
@@ -14,7 +14,11 @@ export function renderJson(result: AuditResult): string {
       resourcesAudited: result.resourcesAudited,
       unknownKindDocuments: unknownKindCount(result),
       filesSkipped: result.skipped.length,
-      parseErrors: result.parseErrors.length,
+      binaryFiles: result.binaryFiles,
+      parseErrors: yamlErrors(result).length,
+      helmTemplates: helmTemplates(result).length,
+      unparsedFiles: unparsedFiles(result).length,
+      byRule: summaryByRule(result.findings),
       text: summaryLine(result),
     },
     findings: result.findings,

@@ -1,6 +1,7 @@
+import { createHash } from "node:crypto";
 import { isAbsolute } from "node:path";
 import { pathToFileURL } from "node:url";
-import type { AuditResult, Rule, Severity } from "../types.ts";
+import type { AuditResult, Finding, Rule, Severity } from "../types.ts";
 
 const LEVEL: Readonly<Record<Severity, "error" | "warning" | "note">> = { high: "error", medium: "warning", low: "note" };
 /** GitHub code scanning maps `security-severity` to its own high/medium/low. */
@@ -16,8 +17,25 @@ function artifactUri(file: string): string {
   return file.split(/[\\/]/).filter((part) => part !== "." && part !== "").map(encodeURIComponent).join("/");
 }
 
+/**
+ * One fingerprint per finding, unique in the run and stable when lines move: a hash of rule,
+ * file, document index and evidence, then the finding's ordinal among findings with the same
+ * hash (two identical findings in one document get `:0` and `:1`). GitHub code scanning
+ * merges results that share a fingerprint, so each must be distinct.
+ */
+export function findingFingerprints(findings: readonly Finding[]): string[] {
+  const seen = new Map<string, number>();
+  return findings.map((finding) => {
+    const hash = createHash("sha256").update([finding.ruleId, finding.file, String(finding.document), finding.evidence].join("\u0000")).digest("hex").slice(0, 32);
+    const ordinal = seen.get(hash) ?? 0;
+    seen.set(hash, ordinal + 1);
+    return `${hash}:${ordinal}`;
+  });
+}
+
 /** A SARIF 2.1.0 log with one run; relative paths are relative to `%SRCROOT%` (the cwd). */
 export function renderSarif(result: AuditResult, options: SarifOptions): string {
+  const fingerprints = findingFingerprints(result.findings);
   const ruleIndex = new Map(options.rules.map((rule, index) => [rule.id, index]));
   const log = {
     $schema: "https://json.schemastore.org/sarif-2.1.0.json",
@@ -46,7 +64,7 @@ export function renderSarif(result: AuditResult, options: SarifOptions): string 
             toolExecutionNotifications: [
               ...result.parseErrors.map((problem) => ({
                 level: "warning",
-                message: { text: `YAML error: ${problem.message}` },
+                message: { text: problem.kind === "helm-template" ? problem.message : `YAML error: ${problem.message}` },
                 locations: [location(problem.file, problem.line, problem.column)],
               })),
               ...result.skipped.map((skipped) => ({
@@ -57,13 +75,13 @@ export function renderSarif(result: AuditResult, options: SarifOptions): string 
             ],
           },
         ],
-        results: result.findings.map((finding) => ({
+        results: result.findings.map((finding, index) => ({
           ruleId: finding.ruleId,
           ...(ruleIndex.has(finding.ruleId) ? { ruleIndex: ruleIndex.get(finding.ruleId) } : {}),
           level: LEVEL[finding.severity],
           message: { text: `${finding.message} (${finding.evidence}). Fix: ${finding.fix}` },
           locations: [location(finding.file, finding.line, finding.column)],
-          partialFingerprints: { "meshwardFinding/v1": `${finding.ruleId}:${finding.file}:${finding.evidence}` },
+          partialFingerprints: { "meshwardFinding/v2": fingerprints[index] },
         })),
         columnKind: "unicodeCodePoints",
       },

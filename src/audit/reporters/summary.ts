@@ -1,4 +1,4 @@
-import type { AuditResult, Finding, Severity } from "../types.ts";
+import type { AuditResult, Finding, ParseProblem, Severity } from "../types.ts";
 
 export function countBySeverity(findings: readonly Finding[]): Record<Severity, number> {
   const counts: Record<Severity, number> = { high: 0, medium: 0, low: 0 };
@@ -6,8 +6,50 @@ export function countBySeverity(findings: readonly Finding[]): Record<Severity, 
   return counts;
 }
 
+export interface RuleSummary {
+  ruleId: string;
+  title: string;
+  count: number;
+  bySeverity: Record<Severity, number>;
+  fix: string;
+}
+
+/** One entry per rule that fired, most findings first, then by id. */
+export function summaryByRule(findings: readonly Finding[]): RuleSummary[] {
+  const byRule = new Map<string, RuleSummary>();
+  for (const finding of findings) {
+    let entry = byRule.get(finding.ruleId);
+    if (entry === undefined) {
+      entry = { ruleId: finding.ruleId, title: finding.title, count: 0, bySeverity: { high: 0, medium: 0, low: 0 }, fix: finding.fix };
+      byRule.set(finding.ruleId, entry);
+    }
+    entry.count += 1;
+    entry.bySeverity[finding.severity] += 1;
+  }
+  return [...byRule.values()].sort((a, b) => b.count - a.count || a.ruleId.localeCompare(b.ruleId));
+}
+
 export function unknownKindCount(result: AuditResult): number {
   return Object.values(result.unknownKinds).reduce((sum, count) => sum + count, 0);
+}
+
+export function helmTemplates(result: AuditResult): ParseProblem[] {
+  return result.parseErrors.filter((problem) => problem.kind === "helm-template");
+}
+
+export function yamlErrors(result: AuditResult): ParseProblem[] {
+  return result.parseErrors.filter((problem) => problem.kind !== "helm-template");
+}
+
+/**
+ * Files the audit could not read as configuration: YAML errors (per file), Helm templates,
+ * and files skipped as unreadable or too large. `--fail-on-unparsed` fails on any.
+ */
+export function unparsedFiles(result: AuditResult): string[] {
+  const files = new Set<string>();
+  for (const problem of result.parseErrors) files.add(problem.file);
+  for (const skipped of result.skipped) if (skipped.reason === "unreadable" || skipped.reason === "too-large") files.add(skipped.file);
+  return [...files].sort();
 }
 
 export function summaryLine(result: AuditResult): string {
@@ -20,6 +62,10 @@ export function summaryLine(result: AuditResult): string {
     `${unknownKindCount(result)} documents of unknown kinds skipped`,
   ];
   if (result.skipped.length > 0) parts.push(`${result.skipped.length} files skipped`);
-  if (result.parseErrors.length > 0) parts.push(`${result.parseErrors.length} YAML errors`);
+  if (result.binaryFiles > 0) parts.push(`${result.binaryFiles} binary file${result.binaryFiles === 1 ? "" : "s"} not read`);
+  const helm = helmTemplates(result).length;
+  if (helm > 0) parts.push(`${helm} Helm template${helm === 1 ? "" : "s"} not audited`);
+  const yaml = yamlErrors(result).length;
+  if (yaml > 0) parts.push(`${yaml} YAML errors`);
   return parts.join(", ");
 }

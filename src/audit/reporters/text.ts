@@ -1,5 +1,5 @@
 import type { AuditResult, Finding, Severity } from "../types.ts";
-import { summaryLine } from "./summary.ts";
+import { helmTemplates, summaryByRule, summaryLine, yamlErrors } from "./summary.ts";
 
 export interface TextOptions {
   /** ANSI colours; the CLI turns them on only when stdout is a TTY. */
@@ -8,6 +8,11 @@ export interface TextOptions {
 
 const SEVERITY_COLOR: Readonly<Record<Severity, string>> = { high: "31;1", medium: "33", low: "36" };
 
+/**
+ * Findings grouped by file (position, severity, rule, message, evidence), then one line per
+ * rule that fired with its count and its fix (printed once, not per finding), then what could
+ * not be read, then the summary line.
+ */
 export function renderText(result: AuditResult, options: TextOptions): string {
   const paint = (code: string, text: string): string => (options.color ? `\u001b[${code}m${text}\u001b[0m` : text);
   const lines: string[] = [];
@@ -20,13 +25,29 @@ export function renderText(result: AuditResult, options: TextOptions): string {
       const severity = paint(SEVERITY_COLOR[finding.severity], finding.severity.padEnd(6));
       lines.push(`  ${where} ${severity} ${paint("1", finding.ruleId.padEnd(13))} ${finding.message}`);
       lines.push(`           ${paint("2", "evidence:")} ${finding.evidence}`);
-      lines.push(`           ${paint("2", "fix:")} ${finding.fix}`);
     }
     lines.push("");
   }
-  if (result.parseErrors.length > 0) {
+  const rules = summaryByRule(result.findings);
+  if (rules.length > 0) {
+    lines.push(paint("1", "By rule (count, then how to fix):"));
+    for (const rule of rules) {
+      const severities = (["high", "medium", "low"] as const).filter((severity) => rule.bySeverity[severity] > 0).map((severity) => `${rule.bySeverity[severity]} ${severity}`).join(", ");
+      lines.push(`  ${paint("1", rule.ruleId.padEnd(13))} ${String(rule.count).padStart(4)}  ${rule.title} (${severities})`);
+      lines.push(`  ${" ".repeat(13)}       ${paint("2", "fix:")} ${rule.fix}`);
+    }
+    lines.push("");
+  }
+  const yaml = yamlErrors(result);
+  if (yaml.length > 0) {
     lines.push(paint("1", "YAML errors (documents left out, audit continued):"));
-    for (const problem of result.parseErrors) lines.push(`  ${problem.file}:${problem.line}:${problem.column}  ${problem.message}`);
+    for (const problem of yaml) lines.push(`  ${problem.file}:${problem.line}:${problem.column}  ${problem.message}`);
+    lines.push("");
+  }
+  const helm = helmTemplates(result);
+  if (helm.length > 0) {
+    lines.push(paint("1", "Helm templates (not YAML until rendered; run `helm template` and audit its output):"));
+    for (const problem of helm) lines.push(`  ${problem.file}:${problem.line}`);
     lines.push("");
   }
   if (result.skipped.length > 0) {

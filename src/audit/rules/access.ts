@@ -3,13 +3,15 @@ import { asArray, asDict, asText, get, isDict, lookup } from "../shape.ts";
 import type { Corpus, DaprConfiguration, Hit, MeshwardSidecarConfig, NodePath, Rule } from "../types.ts";
 import { defineRule } from "./helpers.ts";
 
-const sidecar = (policy: string): string => `app-id: orders
+const sidecar = (policy: string): string => `appId: orders
 namespace: prod
 ca: ca.prod.svc:8443
 inbound: 0.0.0.0:15006
 app: 127.0.0.1:8080
 mode: strict
 ${policy}`;
+
+const POLICY = "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: orders-policy\nspec:\n  accessControl:\n    defaultAction: ACTION\n    trustDomain: prod.example.org\nPOLICIES";
 
 export interface ResolvedPolicy {
   accessControl: Record<string, unknown>;
@@ -73,8 +75,13 @@ export const accessRules: Rule[] = [
     fix: "Give the sidecar a policy with `defaultAction: deny` and an entry per caller app id.",
     example: {
       file: "sidecar.yaml",
-      bad: sidecar("policy:\n  defaultAction: allow\n"),
-      good: sidecar("policy:\n  defaultAction: deny\n  policies:\n    - appId: checkout\n      defaultAction: allow\n"),
+      bad: sidecar("policy: policy.yaml\n"),
+      good: sidecar("policy: policy.yaml\n"),
+      companion: {
+        file: "policy.yaml",
+        bad: POLICY.replace("ACTION", "allow").replace("POLICIES", ""),
+        good: POLICY.replace("ACTION", "deny").replace("POLICIES", "    policies:\n      - appId: checkout\n        defaultAction: allow\n"),
+      },
     },
     appliesTo: ["meshward-sidecar"],
     check(config, corpus) {
@@ -98,7 +105,7 @@ export const accessRules: Rule[] = [
     check(config) {
       const entry = lookup(config.config, "policy");
       if (entry !== undefined && (isDict(entry.value) || asText(entry.value).trim() !== "")) return [];
-      const appId = lookup(config.config, "app-id");
+      const appId = lookup(config.config, "appId");
       return [{ path: appId === undefined ? [] : [appId.key], evidence: "policy: not set" }];
     },
   }),

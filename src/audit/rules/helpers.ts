@@ -1,4 +1,7 @@
 import type { ComponentMetadataItem, DaprComponent, ResourceKind, Rule } from "../types.ts";
+import { hostsIn, isLoopbackHost, isPlaceholder } from "../values.ts";
+
+export { connectionParam, hasSubstitution, hostOf, hostsIn, isLoopbackHost, isNotSecretValue, isPlaceholder } from "../values.ts";
 
 /** Keeps each rule typed by the resources it checks while the registry holds them all. */
 export function defineRule<K extends ResourceKind>(rule: Rule<K>): Rule {
@@ -19,18 +22,30 @@ export function typePath(): (string | number)[] {
 }
 
 /** Names of settings that hold a secret (password, token, key material, credentials). */
-const SENSITIVE_NAME = /(pass(word|wd|phrase)?$|passwd|pwd$|secret|token|api.?key|access.?key|account.?key|master.?key|private.?key|signing.?key|credential|sas.?key|auth.?key|client.?key)/i;
-/** …except names that point at where a secret lives or describe it rather than hold it. */
-const NOT_A_SECRET = /(file|path|ref|name|header|ttl|type|enabled|version|prefix|store|id|url|length|expir|refresh.?interval|secondary)$/i;
+const SENSITIVE_NAME = /(pass(word|wd|phrase)?$|passwd|pwd$|secret|token|api.?key|access.?key|account.?key|master.?key|private.?key|signing.?key|credential|sas.?key|auth.?key|client.?key|^authorization$)/i;
+/**
+ * …except names that point at where a secret lives or describe it rather than hold it:
+ * files, references, identifiers, endpoints (`oidcTokenEndpoint`, `token_uri`), audiences
+ * and scopes, and public certificates (`oidcTokenCAPEM`, `caCert`).
+ */
+const NOT_A_SECRET = /(file|path|ref|name|header|ttl|type|enabled|version|prefix|store|id|url|uri|endpoint|audiences?|scopes?|namespace|length|expir|refresh.?interval|secondary|ca.?pem|ca|ca.?cert(ificate)?|root.?ca|cert(ificate)?|public.?key|issuer|mode|algorithm|format)$/i;
 
 export function isSensitiveName(name: string): boolean {
   return SENSITIVE_NAME.test(name) && !NOT_A_SECRET.test(name);
 }
 
-/** A value that is a placeholder filled in later, not a literal secret. */
-export function isPlaceholder(value: string): boolean {
-  const text = value.trim();
-  return text === "" || /^\$\{[^}]*\}$/.test(text) || /^\$\([^)]*\)$/.test(text) || /^\{\{.*\}\}$/.test(text) || /^<[^>]*>$/.test(text);
+const ADDRESS_NAME = /(host|hosts|endpoint|endpoints|url|uri|addr|address|brokers|servers?|connection.?string|dsn|nodes|baseurl)$/i;
+
+/**
+ * True when every address a component names is on loopback (and it names at least one):
+ * its traffic never leaves the machine, so transport findings are low. Addresses from
+ * secrets are unknown, so they make it false.
+ */
+export function isLoopbackComponent(component: { metadata: readonly ComponentMetadataItem[] }): boolean {
+  const addresses = component.metadata.filter((item) => ADDRESS_NAME.test(item.name));
+  if (addresses.length === 0 || addresses.some((item) => !item.hasInlineValue || isPlaceholder(item.value))) return false;
+  const hosts = addresses.flatMap((item) => hostsIn(item.value));
+  return hosts.length > 0 && hosts.every(isLoopbackHost);
 }
 
 /** Shows what a secret looks like without showing it. */
@@ -44,17 +59,4 @@ export function redactConnectionString(value: string): string {
     .replace(/(\/\/[^:/@\s]*):[^@/\s]*@/g, "$1:****@")
     .replace(/^([^:/@\s()]+):[^@\s/]*@(?=(tcp|unix)\()/, "$1:****@")
     .replace(/((?:password|pwd)\s*=\s*)('[^']*'|"[^"]*"|[^\s;&]*)/gi, "$1****");
-}
-
-export function hostOf(value: string): string {
-  const match = /^[a-z][a-z0-9+.-]*:\/\/(?:[^@/]*@)?([^/?#]*)/i.exec(value.trim());
-  return match?.[1] ?? "";
-}
-
-/** Query/keyword parameter of a connection string (URL `?a=b&c=d` or libpq `a=b c=d`). */
-export function connectionParam(value: string, name: string): string | undefined {
-  const pattern = new RegExp(`(?:^|[?&;\\s])${name}\\s*=\\s*('[^']*'|"[^"]*"|[^\\s&;]*)`, "i");
-  const match = pattern.exec(value);
-  if (match === null) return undefined;
-  return (match[1] ?? "").replace(/^['"]|['"]$/g, "");
 }

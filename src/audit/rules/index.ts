@@ -1,5 +1,6 @@
 import type { Rule } from "../types.ts";
 import { accessRules } from "./access.ts";
+import { configRules } from "./config.ts";
 import { kubernetesRules } from "./kubernetes.ts";
 import { microRules } from "./micro.ts";
 import { mtlsRules } from "./mtls.ts";
@@ -14,6 +15,7 @@ export const ALL_RULES: readonly Rule[] = [
   ...secretRules,
   ...kubernetesRules,
   ...microRules,
+  ...configRules,
 ];
 
 export function ruleById(id: string): Rule | undefined {

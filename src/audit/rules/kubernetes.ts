@@ -1,3 +1,4 @@
+import { dirname, relative, resolve, sep } from "node:path";
 import { get, isFalsy, isTruthy } from "../shape.ts";
 import type { Corpus, DaprConfiguration, Hit, Rule, Workload } from "../types.ts";
 import { SECURE_DAPR_ANNOTATIONS, deploymentYaml } from "./example-builders.ts";
@@ -18,14 +19,30 @@ function missingAnnotation(workload: Workload, key: string): Hit[] {
 }
 
 /**
- * The Configuration a workload's `dapr.io/config` names: same name, and a namespace that
- * matches or is unset; among several, an exact namespace match wins, then the one whose file
- * is nearest the workload's (Helm charts and env folders keep them together).
+ * Whether a Configuration file belongs with a workload file: in the workload's folder or one
+ * above it, or in a folder beside it (`deploy/` and `components/` of one app). A file of the
+ * same name in another app's folder elsewhere in the tree does not count.
+ */
+export function sameDeployment(configurationFile: string, workloadFile: string): boolean {
+  const configurationDir = resolve(dirname(configurationFile));
+  const workloadDir = resolve(dirname(workloadFile));
+  const within = (dir: string, root: string): boolean => {
+    const path = relative(root, dir);
+    return path === "" || (!path.startsWith("..") && !path.startsWith(sep) && !/^[a-zA-Z]:/.test(path));
+  };
+  return within(workloadDir, configurationDir) || within(configurationDir, dirname(workloadDir));
+}
+
+/**
+ * The Configuration a workload's `dapr.io/config` names: same name, a namespace that matches
+ * or is unset, and a file that belongs with the workload's (see `sameDeployment`); among
+ * several, an exact namespace match wins, then the one whose file is nearest.
  */
 export function referencedConfiguration(workload: Workload, corpus: Corpus): DaprConfiguration | undefined {
   const name = (workload.annotations["dapr.io/config"] ?? "").trim();
   const candidates = configurationsNamed(corpus, name).filter((configuration) =>
-    (configuration.namespace === undefined || workload.namespace === undefined || configuration.namespace === workload.namespace));
+    (configuration.namespace === undefined || workload.namespace === undefined || configuration.namespace === workload.namespace)
+    && sameDeployment(configuration.source.file, workload.source.file));
   const score = (configuration: DaprConfiguration): number =>
     (configuration.namespace !== undefined && configuration.namespace === workload.namespace ? 10_000 : 0)
     + commonPrefixLength(configuration.source.file, workload.source.file);
@@ -91,6 +108,7 @@ export const kubernetesRules: Rule[] = [
     id: "MW-K8S-003",
     family: "kubernetes",
     severity: "low",
+    optIn: true,
     title: "Dapr calls the app over plaintext",
     why: "`dapr.io/app-protocol` `http`, `grpc` or `h2c` (or unset, which is http) means sidecar-to-app traffic is unencrypted; it stays inside the pod, but any container or debug tool in the pod network namespace can read it.",
     fix: "Serve TLS in the app and set `dapr.io/app-protocol: https` (or `grpcs`).",
@@ -108,14 +126,17 @@ export const kubernetesRules: Rule[] = [
     family: "kubernetes",
     severity: "medium",
     title: "dapr.io/config names a Configuration that is not in the scanned files",
-    why: "If the named Configuration does not exist the sidecar fails to start or runs with defaults, and its mTLS and access-control settings cannot be reviewed with the workload.",
-    fix: "Add the Configuration to the same tree (or chart), or fix the name in `dapr.io/config`.",
+    why: "If the named Configuration does not exist the sidecar fails to start or runs with defaults, and its mTLS and access-control settings cannot be reviewed with the workload. The Configuration is looked for with the workload: in its folder or one above it, or in a folder beside it, and in its namespace.",
+    fix: "Add the Configuration to the workload's folder (or chart), or fix the name in `dapr.io/config`.",
     example: { file: "deployment.yaml", bad: secure({ "dapr.io/config": "appconfig" }), good: secure({ "dapr.io/config": "appconfig" }) + APP_CONFIG.replace("ENABLED", "true") },
     appliesTo: ["workload"],
     check(workload, corpus) {
       const name = (workload.annotations["dapr.io/config"] ?? "").trim();
       if (!isDaprEnabled(workload) || name === "" || referencedConfiguration(workload, corpus) !== undefined) return [];
-      return [annotationHit(workload, "dapr.io/config", `dapr.io/config: ${name} (not found)`)];
+      const elsewhere = configurationsNamed(corpus, name)[0];
+      const hit = annotationHit(workload, "dapr.io/config", `dapr.io/config: ${name} (not found)`);
+      if (elsewhere === undefined) return [hit];
+      return [{ ...hit, detail: `A Configuration named ${name} exists in ${elsewhere.source.file}, outside this workload's folder or namespace.` }];
     },
   }),
   defineRule({
@@ -142,6 +163,7 @@ export const kubernetesRules: Rule[] = [
     id: "MW-K8S-006",
     family: "kubernetes",
     severity: "low",
+    optIn: true,
     title: "App accepts calls without checking they come from Dapr",
     why: "Without `dapr.io/app-token-secret` the app cannot tell the sidecar's calls from anyone else's on its port.",
     fix: "Set `dapr.io/app-token-secret` and have the app check the `dapr-api-token` header.",

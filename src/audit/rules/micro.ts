@@ -1,6 +1,6 @@
 import { isTruthy } from "../shape.ts";
 import type { Hit, MicroSettings, Rule } from "../types.ts";
-import { defineRule, hostOf } from "./helpers.ts";
+import { defineRule, hostOf, isLoopbackHost } from "./helpers.ts";
 
 const TLS_SWITCHES = ["enabletls", "tlsenable", "tlsenabled", "transportsecure", "secure", "tls"];
 const CA_KEYS = ["tlscafile", "tlsca", "tlscacert", "cafile", "transporttlsca"];
@@ -43,11 +43,15 @@ export const microRules: Rule[] = [
     severity: "high",
     title: "micro service transport without TLS",
     why: "go-micro's transports and servers are plaintext unless TLS is switched on: requests, responses and any tokens in metadata cross the network unencrypted.",
-    fix: "Set `MICRO_ENABLE_TLS=true` with `MICRO_TLS_CERT_FILE`, `MICRO_TLS_KEY_FILE`, `MICRO_TLS_CA_FILE` (or `transport.secure: true` plus the files in micro.yaml).",
+    fix: "Set `MICRO_ENABLE_TLS=true` with `MICRO_TLS_CERT_FILE`, `MICRO_TLS_KEY_FILE`, `MICRO_TLS_CA_FILE` (or `transport.secure: true` plus the files in micro.yaml). The same variables apply in docker-compose `environment:` and Kubernetes container `env:`.",
     example: { file: "service.env", bad: env("MICRO_ENABLE_TLS=false\n"), good: env(SECURE) },
     appliesTo: ["micro-settings"],
     check(settings) {
       if (microTlsEnabled(settings)) return [];
+      // `MICRO_TLS_INSECURE=true` is a TLS setting: MW-MICRO-003 reports it, and saying
+      // "no TLS" about the same file would contradict that finding.
+      const insecure = first(settings, INSECURE_KEYS);
+      if (insecure !== undefined && isTruthy(insecure.value)) return [];
       const entry = first(settings, TLS_SWITCHES);
       return [{ path: anchor(settings), evidence: entry === undefined ? "no TLS setting (plaintext default)" : `${entry.key}=${entry.value}` }];
     },
@@ -115,7 +119,8 @@ export const microRules: Rule[] = [
         if (!/(address|addrs|addr|url|nodes|endpoint)$/.test(key)) continue;
         const match = /^(nats|http|amqp|redis|tcp|mqtt|ws):\/\//i.exec(entry.value.trim());
         if (match === null) continue;
-        hits.push({ path: [...entry.path], evidence: `${key}=${(match[1] ?? "").toLowerCase()}://${hostOf(entry.value)}` });
+        const loopback = isLoopbackHost(hostOf(entry.value));
+        hits.push({ path: [...entry.path], evidence: `${key}=${(match[1] ?? "").toLowerCase()}://${hostOf(entry.value)}`, ...(loopback ? { severity: "low" as const } : {}) });
       }
       return hits;
     },

@@ -17,6 +17,8 @@ const caConfig = (body: string): string => `trustDomain: prod.example.org
 listen: 127.0.0.1:8443
 ${body}`;
 
+const JWKS = "defaultValidator: jwks\njwks:\n  jwksUrl: URL://issuer.example.org/.well-known/jwks.json\n  issuer: https://issuer.example.org\n  audience: meshward\n";
+
 /** Names of the CA validators however they are written: list of names, list of objects, or a map. */
 export function validatorNames(config: Record<string, unknown>): { name: string; path: (string | number)[] }[] {
   const entry = lookup(config, "validators");
@@ -110,8 +112,8 @@ export const mtlsRules: Rule[] = [
     fix: "Set `mode: strict` (the default) once every caller has a sidecar; watch the plaintext connection counter reach zero first.",
     example: {
       file: "sidecar.yaml",
-      bad: "app-id: orders\nnamespace: prod\nca: ca.prod.svc:8443\ninbound: 0.0.0.0:15006\napp: 127.0.0.1:8080\npolicy: policy.yaml\nmode: permissive\n",
-      good: "app-id: orders\nnamespace: prod\nca: ca.prod.svc:8443\ninbound: 0.0.0.0:15006\napp: 127.0.0.1:8080\npolicy: policy.yaml\nmode: strict\n",
+      bad: "appId: orders\nnamespace: prod\nca: ca.prod.svc:8443\ninbound: 0.0.0.0:15006\napp: 127.0.0.1:8080\npolicy: policy.yaml\nmode: permissive\n",
+      good: "appId: orders\nnamespace: prod\nca: ca.prod.svc:8443\ninbound: 0.0.0.0:15006\napp: 127.0.0.1:8080\npolicy: policy.yaml\nmode: strict\n",
     },
     appliesTo: ["meshward-sidecar"],
     check(sidecar) {
@@ -125,18 +127,23 @@ export const mtlsRules: Rule[] = [
     family: "mtls",
     severity: "high",
     title: "meshward CA accepts the insecure validator",
-    why: "The `insecure` validator issues an identity to any caller that asks for it, without attestation: anyone who can reach the CA can become any workload.",
-    fix: "Remove `insecure` from `validators`; attest workloads with `join-token` or `jwks`.",
+    why: "The `insecure` validator (`defaultValidator: insecure`) issues an identity to any caller that asks for it, without attestation: anyone who can reach the CA can become any workload.",
+    fix: "Set `defaultValidator` to `join-token` or `jwks` (and remove `insecure` from a legacy `validators` list); attest workloads with join tokens or JWTs.",
     example: {
       file: "ca.yaml",
-      bad: caConfig("validators:\n  - join-token\n  - insecure\n"),
-      good: caConfig("validators:\n  - join-token\n"),
+      bad: caConfig("defaultValidator: insecure\n"),
+      good: caConfig("defaultValidator: join-token\n"),
     },
     appliesTo: ["meshward-ca"],
     check(ca) {
-      return validatorNames(ca.config)
+      const hits: Hit[] = validatorNames(ca.config)
         .filter((validator) => validator.name === "insecure")
         .map((validator) => ({ path: validator.path, evidence: `validator: ${validator.name}` }));
+      const fallback = lookup(ca.config, "defaultValidator");
+      if (fallback !== undefined && /^insecure$/i.test(asText(fallback.value).trim())) {
+        hits.push({ path: [fallback.key], evidence: `${fallback.key}: ${asText(fallback.value)}` });
+      }
+      return hits;
     },
   }),
   defineRule({
@@ -146,7 +153,7 @@ export const mtlsRules: Rule[] = [
     title: "meshward CA issues workload certificates for longer than 24h",
     why: "Leaf SVIDs are not revoked one by one in practice; their lifetime is the window a stolen key stays useful.",
     fix: "Set `workloadTtl` to 24h or less; workloads renew at half their lifetime automatically.",
-    example: { file: "ca.yaml", bad: caConfig("workloadTtl: 168h\nvalidators: [join-token]\n"), good: caConfig("workloadTtl: 24h\nvalidators: [join-token]\n") },
+    example: { file: "ca.yaml", bad: caConfig("workloadTtl: 168h\n"), good: caConfig("workloadTtl: 24h\n") },
     appliesTo: ["meshward-ca"],
     check: (ca) => caDuration(ca, "workloadTtl", DAY, "24h"),
   }),
@@ -157,7 +164,7 @@ export const mtlsRules: Rule[] = [
     title: "meshward CA allows more than 1h of clock skew",
     why: "NotBefore is backdated by the clock skew, so a large value extends every certificate's validity into the past and hides clock problems.",
     fix: "Set `clockSkew` to 15m (the default) or at most 1h.",
-    example: { file: "ca.yaml", bad: caConfig("clockSkew: 6h\nvalidators: [join-token]\n"), good: caConfig("clockSkew: 15m\nvalidators: [join-token]\n") },
+    example: { file: "ca.yaml", bad: caConfig("clockSkew: 6h\n"), good: caConfig("clockSkew: 15m\n") },
     appliesTo: ["meshward-ca"],
     check: (ca) => caDuration(ca, "clockSkew", HOUR, "1h"),
   }),
@@ -168,7 +175,7 @@ export const mtlsRules: Rule[] = [
     title: "meshward CA runs with allowInsecureDev",
     why: "`allowInsecureDev` unlocks development shortcuts (the insecure validator, plaintext API) that must never reach a shared environment.",
     fix: "Remove `allowInsecureDev` or set it to false outside a developer laptop.",
-    example: { file: "ca.yaml", bad: caConfig("validators: [join-token]\nallowInsecureDev: true\n"), good: caConfig("validators: [join-token]\nallowInsecureDev: false\n") },
+    example: { file: "ca.yaml", bad: caConfig("allowInsecureDev: true\n"), good: caConfig("allowInsecureDev: false\n") },
     appliesTo: ["meshward-ca"],
     check(ca) {
       const entry = lookup(ca.config, "allowInsecureDev");
@@ -185,21 +192,23 @@ export const mtlsRules: Rule[] = [
     fix: "Use an `https://` JWKS URL (or a local file) for the jwks validator.",
     example: {
       file: "ca.yaml",
-      bad: caConfig("validators:\n  - type: jwks\n    url: http://issuer.example.org/.well-known/jwks.json\n"),
-      good: caConfig("validators:\n  - type: jwks\n    url: https://issuer.example.org/.well-known/jwks.json\n"),
+      bad: caConfig(JWKS.replace("URL", "http")),
+      good: caConfig(JWKS.replace("URL", "https")),
     },
     appliesTo: ["meshward-ca"],
     check(ca) {
-      const entry = lookup(ca.config, "validators");
-      if (entry === undefined) return [];
       const hits: Hit[] = [];
       const visit = (value: unknown, path: (string | number)[]): void => {
         if (typeof value === "string" && /^http:\/\//i.test(value.trim())) hits.push({ path, evidence: value.trim() });
         else if (Array.isArray(value)) value.forEach((item, index) => visit(item, [...path, index]));
         else if (isDict(value)) for (const [key, child] of Object.entries(value)) visit(child, [...path, key]);
       };
-      visit(entry.value, [entry.key]);
-      return hits;
+      // `jwks.jwksUrl` (the CA's schema), and URLs in a legacy `validators` list.
+      for (const name of ["jwks", "validators"]) {
+        const entry = lookup(ca.config, name);
+        if (entry !== undefined) visit(entry.value, [entry.key]);
+      }
+      return hits.filter((hit) => !/(issuer|audience)$/i.test(String(hit.path?.[hit.path.length - 1] ?? "")));
     },
   }),
 ];

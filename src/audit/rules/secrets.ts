@@ -1,7 +1,7 @@
 import { asText, lookup } from "../shape.ts";
 import type { Hit, Position, Rule } from "../types.ts";
 import { componentYaml, deploymentYaml, secretRefYaml } from "./example-builders.ts";
-import { defineRule, isPlaceholder, isSensitiveName, redactConnectionString, redactSecret } from "./helpers.ts";
+import { defineRule, hasSubstitution, isNotSecretValue, isPlaceholder, isSensitiveName, redactConnectionString, redactSecret } from "./helpers.ts";
 
 const PRODUCTION_SEGMENT = /(^|[-_.])(prod|production|prd|live)($|[-_.])/i;
 
@@ -10,20 +10,78 @@ export function looksLikeProduction(file: string, namespace: string | undefined)
   return segments.some((segment) => PRODUCTION_SEGMENT.test(segment)) || (namespace !== undefined && PRODUCTION_SEGMENT.test(namespace));
 }
 
-/** `scheme://user:pass@`, `user:pass@tcp(` (Go MySQL DSN) or a `password=` keyword. */
+/**
+ * `scheme://user:pass@`, `user:pass@tcp(` (Go MySQL DSN) or a `password=` keyword, where the
+ * password is a literal (not `${{PASS}}`, `<password>`, `{{ .Values.x }}`, `****`).
+ */
 export function hasEmbeddedCredentials(value: string): boolean {
   const text = value.trim();
-  return /^[a-z][a-z0-9+.-]*:\/\/[^/@:\s]+:[^/@\s]+@/i.test(text)
-    || /^[^\s:/@()]+:[^\s@]+@(tcp|unix)\(/i.test(text)
-    || /(^|[\s;?&])(password|pwd)\s*=\s*[^\s;&]+/i.test(text);
+  const passwords = [
+    /^[a-z][a-z0-9+.-]*:\/\/[^/@:\s]+:([^/@\s]+)@/i.exec(text)?.[1],
+    /^[^\s:/@()]+:([^\s@]+)@(tcp|unix)\(/i.exec(text)?.[1],
+    /(?:^|[\s;?&])(?:password|pwd)\s*=\s*('[^']*'|"[^"]*"|[^\s;&]+)/i.exec(text)?.[1]?.replace(/^['"]|['"]$/g, ""),
+  ];
+  return passwords.some((password) => password !== undefined && !isPlaceholder(password) && !hasSubstitution(password));
+}
+
+/** An inline value worth reporting under a secret-sounding name. */
+function isLiteralSecret(value: string): boolean {
+  return !isPlaceholder(value) && !hasSubstitution(value) && !isNotSecretValue(value);
+}
+
+/** Strong secret words: with one of these in the name, a name-like value is still a secret. */
+const STRONG_SECRET_NAME = /(pass|pwd|token|api.?key|access.?key|private.?key|credential|signing)/i;
+
+/**
+ * A value that names something rather than holding a secret: `default` (a namespace), or a
+ * Kubernetes-style name with a `-`/`.` and no digits (`dapr-secret`, `redis.password`, the key
+ * in a secret store), for a variable whose name only says SECRET (`SECRET_KEY`, `APP_SECRET`).
+ */
+function namesASecret(name: string, value: string): boolean {
+  if (STRONG_SECRET_NAME.test(name)) return false;
+  const text = value.trim();
+  return /^(default|kubernetes|kube-system|localsecretstore|secretstore)$/i.test(text)
+    || (/^[a-z]+([-.][a-z]+)+$/.test(text) && text.length <= 63);
 }
 
 // Split so this source file is not itself reported as holding a private key.
 const PEM_BEGIN = "-----BEGIN";
-const PRIVATE_KEY_PEM = new RegExp(`${PEM_BEGIN} ((?:RSA |EC |DSA |OPENSSH )?PRIVATE KEY)-----`);
+const PRIVATE_KEY_PEM = new RegExp(`${PEM_BEGIN} ((?:RSA |EC |DSA |OPENSSH )?PRIVATE KEY)-----`, "g");
 
+/**
+ * The rule's example: a DER SEQUENCE holding the text "NOT A REAL KEY…", so it has the
+ * shape the rule checks for without being key material.
+ */
 function pemFixture(label: string): string {
-  return `${PEM_BEGIN} ${label}-----\nTk9UIEEgUkVBTCBLRVksIEFOIEVYQU1QTEUgT0YgVEhFIEZPUk1BVA==\n-----END ${label}-----\n`;
+  const text = Buffer.from("NOT A REAL KEY, AN EXAMPLE OF THE FORMAT ONLY");
+  const der = Buffer.concat([Buffer.from([0x30, text.length + 2, 0x04, text.length]), text]);
+  return `${PEM_BEGIN} ${label}-----\n${der.toString("base64")}\n-----END ${label}-----\n`;
+}
+
+/**
+ * A real key body: base64 only (lines split by newlines or by `\n` escapes, as in JSON),
+ * at least 64 characters, ending in the matching END line, and decoding to a complete DER
+ * SEQUENCE (PKCS#1, SEC1, PKCS#8) or an `openssh-key-v1` blob. Elided examples
+ * (`MC4CAQ...`, `KEY-DATA-GOES-HERE`), a BEGIN line alone in a table or a string literal,
+ * and legacy encrypted keys (`Proc-Type: 4,ENCRYPTED`) are not key material.
+ */
+export function hasRealKeyBody(text: string, afterBegin: number, label: string): boolean {
+  const end = text.indexOf(`-----END ${label}-----`, afterBegin);
+  if (end < 0 || end - afterBegin > 20_000) return false;
+  // Newlines may be `\n` escapes (once or twice escaped: a key in code in a source map) and
+  // lines may be string literals joined with `+` (code).
+  const body = text.slice(afterBegin, end).replace(/\\+[rn]/g, "\n").replace(/\\+(["'])/g, "$1").replace(/["']\s*\+\s*["']/g, "").replace(/["',\s]/g, "");
+  if (body.length < 64 || !/^[A-Za-z0-9+/]+={0,2}$/.test(body)) return false;
+  const der = Buffer.from(body, "base64");
+  if (der.subarray(0, 15).toString("latin1") === "openssh-key-v1\u0000") return true;
+  if (der[0] !== 0x30 || der.length < 2) return false;
+  const first = der[1] ?? 0;
+  if (first < 0x80) return der.length === 2 + first;
+  const octets = first & 0x7f;
+  if (octets < 1 || octets > 3 || der.length < 2 + octets) return false;
+  let length = 0;
+  for (let index = 0; index < octets; index += 1) length = length * 256 + (der[2 + index] ?? 0);
+  return der.length === 2 + octets + length;
 }
 
 function positionOf(text: string, index: number): Position {
@@ -41,7 +99,7 @@ export const secretRules: Rule[] = [
     id: "MW-SECRET-001",
     family: "secrets",
     severity: "high",
-    title: "Secret inline in a Dapr component",
+    title: "Secret inline in a Dapr component or HTTPEndpoint",
     why: "A password, token or key written as `value:` ends up in git, in Helm release history and in every copy of the manifest; it cannot be rotated without a redeploy and anyone who can read the file has it.",
     fix: "Store it in a secret store and reference it with `secretKeyRef` (plus `auth.secretStore` in self-hosted mode).",
     example: {
@@ -49,10 +107,10 @@ export const secretRules: Rule[] = [
       bad: componentYaml("state.redis", { redisHost: "redis:6379", enableTLS: "true", redisPassword: "s3cr3t-Passw0rd" }),
       good: componentYaml("state.redis", { redisHost: "redis:6379", enableTLS: "true" }) + secretRefYaml("redisPassword", "redis"),
     },
-    appliesTo: ["dapr-component"],
+    appliesTo: ["dapr-component", "dapr-httpendpoint"],
     check(component) {
       return component.metadata
-        .filter((item) => item.hasInlineValue && isSensitiveName(item.name) && !isPlaceholder(item.value))
+        .filter((item) => item.hasInlineValue && isSensitiveName(item.name) && isLiteralSecret(item.value))
         .map((item) => ({ path: item.path, evidence: `${item.name}: ${redactSecret(item.value)}` }));
     },
   }),
@@ -85,9 +143,12 @@ export const secretRules: Rule[] = [
     example: { file: "certs/tls.key", bad: pemFixture("PRIVATE KEY"), good: pemFixture("CERTIFICATE") },
     appliesTo: ["raw-file"],
     check(file) {
-      const match = PRIVATE_KEY_PEM.exec(file.text);
-      if (match === null) return [];
-      return [{ position: positionOf(file.text, match.index), evidence: `${match[1] ?? "PRIVATE KEY"} block` }];
+      for (const match of file.text.matchAll(PRIVATE_KEY_PEM)) {
+        const label = match[1] ?? "PRIVATE KEY";
+        if (!hasRealKeyBody(file.text, match.index + match[0].length, label)) continue;
+        return [{ position: positionOf(file.text, match.index), evidence: `${label} block` }];
+      }
+      return [];
     },
   }),
   defineRule({
@@ -124,7 +185,7 @@ export const secretRules: Rule[] = [
     appliesTo: ["workload"],
     check(workload) {
       return workload.env
-        .filter((entry) => entry.hasInlineValue && isSensitiveName(entry.name) && !isPlaceholder(entry.value))
+        .filter((entry) => entry.hasInlineValue && isSensitiveName(entry.name) && isLiteralSecret(entry.value) && !namesASecret(entry.name, entry.value))
         .map((entry) => ({ path: entry.path, evidence: `${entry.name}: ${redactSecret(entry.value)}` }));
     },
   }),
@@ -134,11 +195,11 @@ export const secretRules: Rule[] = [
     severity: "high",
     title: "meshward join token inline in the sidecar config",
     why: "A join token attests a workload to the CA: whoever reads the config file can obtain that workload's identity while the token is valid.",
-    fix: "Use `token-file:` pointing at a file mounted from a secret (mode 0600), or JWT attestation.",
+    fix: "Use `tokenFile:` pointing at a file mounted from a secret (mode 0600), or JWT attestation.",
     example: {
       file: "sidecar.yaml",
-      bad: "app-id: orders\nca: ca.prod.svc:8443\npolicy: policy.yaml\ntoken: mw-join-3f9a1c2b7d\n",
-      good: "app-id: orders\nca: ca.prod.svc:8443\npolicy: policy.yaml\ntoken-file: /var/run/secrets/meshward/token\n",
+      bad: "appId: orders\nca: ca.prod.svc:8443\npolicy: policy.yaml\ntoken: mw-join-3f9a1c2b7d\n",
+      good: "appId: orders\nca: ca.prod.svc:8443\npolicy: policy.yaml\ntokenFile: /var/run/secrets/meshward/token\n",
     },
     appliesTo: ["meshward-sidecar"],
     check(sidecar) {
@@ -162,9 +223,11 @@ export const secretRules: Rule[] = [
     },
     appliesTo: ["kubernetes-secret"],
     check(secret) {
-      return secret.keys.slice(0, 1).map((key): Hit => ({
+      // Keys whose value is a template expression (`{{ .Values.x | b64enc }}`) hold no data.
+      const literal = secret.keys.filter((key) => !key.placeholder);
+      return literal.slice(0, 1).map((key): Hit => ({
         path: key.path,
-        evidence: `Secret ${secret.name}: ${secret.keys.map((entry) => entry.name).join(", ")}`,
+        evidence: `Secret ${secret.name}: ${literal.map((entry) => entry.name).join(", ")}`,
       }));
     },
   }),

@@ -1,11 +1,33 @@
-import type { ComponentMetadataItem, DaprComponent, Hit, Rule } from "../types.ts";
-import { isTruthy } from "../shape.ts";
+import type { ComponentMetadataItem, DaprComponent, Hit, Rule, Severity } from "../types.ts";
+import { asText, get, isDict, isFalsy, isTruthy } from "../shape.ts";
 import { componentYaml, secretRefYaml } from "./example-builders.ts";
-import { componentFamily, connectionParam, defineRule, hostOf, metadataItem, typePath } from "./helpers.ts";
+import { componentFamily, connectionParam, defineRule, hostOf, isLoopbackHost, isPlaceholder, metadataItem, typePath } from "./helpers.ts";
 
+/** The inline connection string, unless it is wholly a substitution or a placeholder. */
 function connectionString(component: DaprComponent): ComponentMetadataItem | undefined {
   const item = metadataItem(component, "connectionString", "url", "dsn", "connection");
-  return item?.hasInlineValue === true && item.value.trim() !== "" ? item : undefined;
+  return item?.hasInlineValue === true && !isPlaceholder(item.value) ? item : undefined;
+}
+
+/** Settings whose value is a URL used as a name, never connected to (`oidcAudience: http://…`). */
+const IDENTIFIER_NAME = /(audiences?|aud|scopes?|namespace|schema|identifier|resource.?id)$/i;
+
+/** `low` for a loopback URL, else the rule's own severity. */
+function urlSeverity(url: string): Severity | undefined {
+  return isLoopbackHost(hostOf(url)) ? "low" : undefined;
+}
+
+/** A switch that turns TLS off in a component (the families with their own rule are left to it). */
+function tlsOffSwitch(component: DaprComponent, item: ComponentMetadataItem): boolean {
+  if (!item.hasInlineValue) return false;
+  const family = componentFamily(component);
+  if (/^(disable.?(ssl|tls)|use.?plain.?text(.?connection)?|plain.?text|insecure.?connection)$/i.test(item.name)) {
+    return isTruthy(item.value) && !(family === "kafka" && /^disable.?tls$/i.test(item.name));
+  }
+  if (/^(tls.?enabled?|enable.?tls|use.?tls|ssl.?enabled?|enable.?ssl|use.?ssl|ssl|tls)$/i.test(item.name)) {
+    return isFalsy(item.value) && family !== "redis";
+  }
+  return false;
 }
 
 function isPostgres(component: DaprComponent): boolean {
@@ -188,12 +210,13 @@ export const transportRules: Rule[] = [
     check(component) {
       const hits: Hit[] = [];
       for (const item of component.metadata) {
-        if (!item.hasInlineValue) continue;
+        if (!item.hasInlineValue || IDENTIFIER_NAME.test(item.name)) continue;
         const match = /^([a-z]+):\/\//i.exec(item.value.trim());
         const scheme = match?.[1]?.toLowerCase() ?? "";
         const secure = PLAINTEXT_SCHEMES[scheme];
         if (secure === undefined) continue;
-        hits.push({ path: item.path, evidence: `${item.name}: ${scheme}://${hostOf(item.value)}`, detail: `Use ${secure}.` });
+        const severity = urlSeverity(item.value);
+        hits.push({ path: item.path, evidence: `${item.name}: ${scheme}://${hostOf(item.value)}`, detail: `Use ${secure}.`, ...(severity === undefined ? {} : { severity }) });
       }
       return hits;
     },
@@ -229,7 +252,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "TLS certificate verification disabled",
-    why: "`skipVerify`/`insecureSkipVerify: true` accepts any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything.",
+    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true` accepts any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything.",
     fix: "Remove the skip-verify setting and give the component the CA that signed the server's certificate (`caCert`).",
     example: {
       file: "pubsub.yaml",
@@ -239,7 +262,7 @@ export const transportRules: Rule[] = [
     appliesTo: ["dapr-component"],
     check(component) {
       return component.metadata
-        .filter((item) => /(skip.?(tls.?)?verif|insecure.?skip|tls.?insecure|^insecure$)/i.test(item.name) && isTruthy(item.value))
+        .filter((item) => /(skip.?(tls.?)?verif|insecure.?skip|tls.?insecure|^insecure$|^insecure.?ssl$|^tls.?allow.?insecure)/i.test(item.name) && isTruthy(item.value))
         .map((item) => hit(item, `${item.name}: "${item.value}"`));
     },
   }),
@@ -260,6 +283,66 @@ export const transportRules: Rule[] = [
       return component.metadata
         .filter((item) => /(min.?(tls.?)?version|tls.?min.?version|min.?tls)$/i.test(item.name) && isInsecureTlsVersion(item.value))
         .map((item) => hit(item, `${item.name}: "${item.value}"`));
+    },
+  }),
+  defineRule({
+    id: "MW-TLS-011",
+    family: "tls",
+    severity: "high",
+    title: "TLS switched off in a component",
+    why: "`disableSSL: true` (AWS S3 and S3-compatible stores), `usePlainTextConnection: true` (Zeebe), `tlsEnable: \"false\"` (etcd) and `enableTLS: \"false\"` (Pulsar and others) make the component talk to its backend in plaintext: data and credentials cross the network readable and changeable by anyone on the path.",
+    fix: "Remove the switch (or set it the secure way) and point the component at the backend's TLS endpoint, with the CA that signs its certificate.",
+    example: {
+      file: "binding.yaml",
+      bad: componentYaml("bindings.aws.s3", { bucket: "orders", endpoint: "https://s3.eu-west-1.amazonaws.com", disableSSL: "true" }, "s3"),
+      good: componentYaml("bindings.aws.s3", { bucket: "orders", endpoint: "https://s3.eu-west-1.amazonaws.com", disableSSL: "false" }, "s3"),
+    },
+    appliesTo: ["dapr-component"],
+    check(component) {
+      return component.metadata.filter((item) => tlsOffSwitch(component, item)).map((item) => hit(item, `${item.name}: "${item.value}"`));
+    },
+  }),
+  defineRule({
+    id: "MW-TLS-012",
+    family: "tls",
+    severity: "low",
+    title: "Tracing exporter sends spans over plaintext",
+    why: "Spans carry URLs, headers and timings of every call; a `zipkin.endpointAddress: http://…` or an OpenTelemetry exporter with `isSecure: false` sends them unencrypted to the collector.",
+    fix: "Use an `https://` Zipkin endpoint, or set `otel.isSecure: true` with a collector that serves TLS.",
+    example: {
+      file: "config.yaml",
+      bad: "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: tracing\nspec:\n  tracing:\n    samplingRate: \"1\"\n    zipkin:\n      endpointAddress: http://zipkin.observability.svc:9411/api/v2/spans\n",
+      good: "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: tracing\nspec:\n  tracing:\n    samplingRate: \"1\"\n    zipkin:\n      endpointAddress: https://zipkin.observability.svc:9411/api/v2/spans\n",
+    },
+    appliesTo: ["dapr-configuration"],
+    check(configuration) {
+      const hits: Hit[] = [];
+      const zipkin = asText(get(configuration.spec, "tracing", "zipkin", "endpointAddress")).trim();
+      if (/^http:\/\//i.test(zipkin)) hits.push({ path: ["spec", "tracing", "zipkin", "endpointAddress"], evidence: `zipkin.endpointAddress: http://${hostOf(zipkin)}` });
+      const otel = get(configuration.spec, "tracing", "otel");
+      if (isDict(otel) && isFalsy(otel["isSecure"])) {
+        hits.push({ path: ["spec", "tracing", "otel", "isSecure"], evidence: `otel.isSecure: ${asText(otel["isSecure"])} (${asText(otel["endpointAddress"]) || "no endpoint"})` });
+      }
+      return hits;
+    },
+  }),
+  defineRule({
+    id: "MW-TLS-013",
+    family: "tls",
+    severity: "high",
+    title: "HTTPEndpoint calls a service over plaintext HTTP",
+    why: "A Dapr `HTTPEndpoint` with an `http://` `baseUrl` sends every invocation, and the headers the sidecar adds to it (often API keys), unencrypted to the external service.",
+    fix: "Use an `https://` `baseUrl`; give `clientTLS.rootCA` when the service's certificate is not from a public CA.",
+    example: {
+      file: "httpendpoint.yaml",
+      bad: "apiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata:\n  name: payments\nspec:\n  baseUrl: http://payments.example.org\n",
+      good: "apiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata:\n  name: payments\nspec:\n  baseUrl: https://payments.example.org\n",
+    },
+    appliesTo: ["dapr-httpendpoint"],
+    check(endpoint) {
+      if (!/^http:\/\//i.test(endpoint.baseUrl.trim())) return [];
+      const severity = urlSeverity(endpoint.baseUrl);
+      return [{ path: ["spec", "baseUrl"], evidence: `baseUrl: http://${hostOf(endpoint.baseUrl)}`, ...(severity === undefined ? {} : { severity }) }];
     },
   }),
 ];
