@@ -17,6 +17,7 @@ const COMMANDS: Readonly<Record<string, () => Promise<Register>>> = {
   demo: async () => (await import("./demo.ts")).registerDemoCommand,
   sidecar: async () => (await import("./sidecar.ts")).registerSidecarCommand,
   inject: async () => (await import("./inject.ts")).registerInjectCommand,
+  injector: async () => (await import("./injector.ts")).registerInjectorCommand,
 };
 
 /**

@@ -44,9 +44,19 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
       const { namespace, appId } = mapClaims(payload, options.mapping);
       const spiffeId = formatWorkloadId({ trustDomain: options.trustDomain, namespace, appId });
       assertRequestMatches(request, spiffeId);
-      return { spiffeId, allowedDnsNames: [], method: name };
+      return { spiffeId, allowedDnsNames: options.mapping === "kubernetes" ? serviceDnsNames(namespace, appId) : [], method: name };
     },
   };
+}
+
+/**
+ * A Kubernetes service account may have the DNS names of the Service named like it in its
+ * namespace (<account>.<namespace>.svc and .svc.cluster.local): what a webhook such as
+ * `meshward injector` serves under. The name is already tied to the account that the token
+ * proves; a pod cannot get another Service's name.
+ */
+export function serviceDnsNames(namespace: string, serviceAccount: string): string[] {
+  return [`${serviceAccount}.${namespace}.svc`, `${serviceAccount}.${namespace}.svc.cluster.local`];
 }
 
 function loadKeySet(options: JwksAttestorOptions): JWTVerifyGetKey {
