@@ -15,6 +15,7 @@ test_deps=(
   "pg_ctl postgresql"
   "promtool prometheus"
   "chromium chromium"
+  "kubectl kubectl"
 )
 bench_deps=(
   "wrk wrk"
