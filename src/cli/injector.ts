@@ -2,7 +2,9 @@ import { Option, type Command } from "commander";
 import { MeshwardError } from "../errors.ts";
 import { createIdentity } from "../identity/ca-source.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
+import { syncWebhookCaBundle } from "../inject/webhook-ca-bundle.ts";
 import { startWebhookServer } from "../inject/webhook-server.ts";
+import { parseDuration } from "../util/duration.ts";
 import { parseHostPort } from "../util/address.ts";
 import { DEFAULT_AUDIENCE, defaultImage } from "./inject.ts";
 import { cliLogger, collect, logFormatOption, logLevelOption, untilSignal } from "./options.ts";
@@ -18,6 +20,11 @@ interface InjectorOptions {
   image: string;
   caAddress?: string;
   audience: string;
+  webhookConfig?: string;
+  apiServer: string;
+  apiTokenFile: string;
+  apiCaFile: string;
+  bundleRefreshInterval: string;
   logFormat: string;
   logLevel: string;
 }
@@ -38,6 +45,11 @@ export function registerInjectorCommand(program: Command): void {
     .option("--image <image>", "sidecar image", defaultImage())
     .option("--ca-address <host:port>", "the CA as injected sidecars dial it [default: --ca]")
     .option("--audience <aud>", "audience of the projected service-account token in injected pods", DEFAULT_AUDIENCE)
+    .option("--webhook-config <name>", "keep this MutatingWebhookConfiguration's caBundle equal to the CA's current bundle (needs get and patch on it)")
+    .option("--api-server <url>", "the Kubernetes API server, for --webhook-config", "https://kubernetes.default.svc")
+    .option("--api-token-file <file>", "service-account token for the API server", "/var/run/secrets/kubernetes.io/serviceaccount/token")
+    .option("--api-ca-file <file>", "PEM roots of the API server's certificate", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    .option("--bundle-refresh-interval <duration>", "how often the trust bundle is fetched from the CA", "60s")
     .addOption(logFormatOption())
     .addOption(logLevelOption())
     .action(async (opts: InjectorOptions) => {
@@ -56,6 +68,7 @@ export function registerInjectorCommand(program: Command): void {
         tokenFile: opts.tokenFile,
         validator: "KUBERNETES",
         dnsNames: opts.dnsName ?? [`${opts.appId}.${namespace}.svc`],
+        bundleRefreshMs: parseDuration(opts.bundleRefreshInterval, "--bundle-refresh-interval"),
         logger,
       });
       let server;
@@ -71,10 +84,20 @@ export function registerInjectorCommand(program: Command): void {
         await identity.close();
         throw error;
       }
+      const caBundle =
+        opts.webhookConfig === undefined
+          ? undefined
+          : syncWebhookCaBundle({
+              api: { apiServer: opts.apiServer, tokenFile: opts.apiTokenFile, caFile: opts.apiCaFile },
+              webhookConfiguration: opts.webhookConfig,
+              identity,
+              logger,
+            });
       const snapshot = identity.current();
       process.stdout.write(`meshward injector ready: id=${snapshot?.svid.spiffeId ?? "?"} listen=${server.address}\n`);
       const signal = await untilSignal();
       logger.info({ event: "signal", signal }, "shutting down");
+      caBundle?.stop();
       await server.close();
       await identity.close();
     });

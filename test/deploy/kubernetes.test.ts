@@ -126,6 +126,12 @@ describe("deploy/kubernetes: kustomize overlays single and ha", () => {
     const injector = container(find(rendered.single.docs, "Deployment", "meshward-injector"), "injector");
     expect(injector.args).toEqual(expect.arrayContaining(["--namespace", "$(POD_NAMESPACE)"]));
     expect((injector.env as Doc[])[0]?.valueFrom.fieldRef.fieldPath).toBe("metadata.namespace");
+    // It keeps this webhook's caBundle current, with rights on that one object only.
+    const args = injector.args as string[];
+    expect(args[args.indexOf("--webhook-config") + 1]).toBe("meshward-injector");
+    const role = find(rendered.single.docs, "ClusterRole", "meshward-injector");
+    expect(role.rules).toEqual([{ apiGroups: ["admissionregistration.k8s.io"], resources: ["mutatingwebhookconfigurations"], resourceNames: ["meshward-injector"], verbs: ["get", "patch"] }]);
+    expect(find(rendered.single.docs, "ClusterRoleBinding", "meshward-injector").subjects).toEqual([{ kind: "ServiceAccount", name: "meshward-injector", namespace: "meshward-system" }]);
   });
 
   it("every flag the manifests pass exists in the CLI's --help (ca serve, injector, the injected sidecar)", () => {

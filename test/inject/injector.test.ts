@@ -1,5 +1,7 @@
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { request } from "node:https";
+import { createServer, request, type Server } from "node:https";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import jsonPatch from "fast-json-patch";
@@ -8,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseAllDocuments, stringify } from "yaml";
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { validateK8sObjects } from "../helpers/k8s-schema.ts";
+import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
 
 // `meshward injector` as the API server calls it: HTTPS to its Service's DNS name, verified
 // against the CA's bundle (the webhook's caBundle), POST /mutate with a real AdmissionReview v1
@@ -29,9 +32,43 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
   let injector: LongRunning | undefined;
   let port: number;
   let bundle: string;
+  // A stand-in for the API server holding the rendered MutatingWebhookConfiguration: GET, and
+  // PATCH with an RFC 6902 JSON patch (its `test` on resourceVersion honoured, as the API server does).
+  let pki: TestPki;
+  let apiServer: Server;
+  let webhookConfiguration: Record<string, any>;
+  const patches: unknown[][] = [];
+  const API_TOKEN = "injector-service-account-token";
 
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), "meshward-injector-"));
+    pki = createTestPki({ name: "cluster ca" });
+    const leaf = pki.issueLeaf({ dnsNames: ["localhost"] });
+    const rendered = spawnSync("kubectl", ["kustomize", join(HERE, "../../deploy/kubernetes/overlays/single")], { encoding: "utf8" });
+    webhookConfiguration = parseAllDocuments(rendered.stdout).map((d) => d.toJS()).find((d: any) => d.kind === "MutatingWebhookConfiguration");
+    webhookConfiguration.metadata.resourceVersion = "1";
+    const path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/meshward-injector";
+    apiServer = createServer({ cert: leaf.chainPem, key: leaf.keyPem }, (req, res) => {
+      let body = "";
+      req.on("data", (d) => (body += d));
+      req.on("end", () => {
+        if (req.headers.authorization !== `Bearer ${API_TOKEN}`) return void res.writeHead(401).end("{}");
+        if (req.url !== path) return void res.writeHead(404).end("{}");
+        if (req.method === "PATCH" && req.headers["content-type"] === "application/json-patch+json") {
+          const ops = JSON.parse(body) as jsonPatch.Operation[];
+          try {
+            webhookConfiguration = jsonPatch.applyPatch(structuredClone(webhookConfiguration), ops, true, false).newDocument;
+          } catch {
+            return void res.writeHead(409).end("{}");
+          }
+          patches.push(ops);
+          webhookConfiguration.metadata.resourceVersion = String(Number(webhookConfiguration.metadata.resourceVersion) + 1);
+        } else if (req.method !== "GET") return void res.writeHead(405).end("{}");
+        res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(webhookConfiguration));
+      });
+    });
+    await new Promise<void>((resolve) => apiServer.listen(0, "127.0.0.1", resolve));
+    writeFileSync(join(work, "api-token"), API_TOKEN);
     const keys = await generateKeyPair("ES256");
     writeFileSync(join(work, "jwks.json"), JSON.stringify({ keys: [{ ...(await exportJWK(keys.publicKey)), kid: "k1", alg: "ES256" }] }));
     expect((await runCli(["ca", "init", "--trust-domain", "cluster.test", "--dir", join(work, "ca")])).code).toBe(0);
@@ -52,7 +89,12 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
       .sign(keys.privateKey);
     writeFileSync(join(work, "token"), token);
     const started = await startCli(
-      ["injector", "--ca", startedCa.match[1] as string, "--bundle", bundle, "--token-file", join(work, "token"), "--namespace", "meshward-system", "--listen", "127.0.0.1:0", "--image", "meshward:test", "--ca-address", SIDECAR_CA],
+      [
+        "injector", "--ca", startedCa.match[1] as string, "--bundle", bundle, "--token-file", join(work, "token"), "--namespace", "meshward-system",
+        "--listen", "127.0.0.1:0", "--image", "meshward:test", "--ca-address", SIDECAR_CA,
+        "--webhook-config", "meshward-injector", "--api-server", `https://localhost:${(apiServer.address() as AddressInfo).port}`,
+        "--api-token-file", join(work, "api-token"), "--api-ca-file", pki.rootPath, "--bundle-refresh-interval", "1s",
+      ],
       /meshward injector ready: id=(\S+) listen=(\S+)/,
     );
     injector = started;
@@ -63,6 +105,9 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
   afterAll(async () => {
     await injector?.stop();
     await ca?.stop();
+    apiServer?.closeAllConnections();
+    await new Promise<void>((resolve) => (apiServer ? apiServer.close(() => resolve()) : resolve()));
+    pki?.cleanup();
     rmSync(work, { recursive: true, force: true });
   });
 
@@ -183,4 +228,29 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
     expect(result.code).not.toBe(0);
     expect(result.stderr).toMatch(/E_CSR_DNS_NOT_ALLOWED/);
   });
+
+  /** The certificates (DER, base64) in a PEM text or a base64 caBundle. */
+  const certs = (pem: string) => [...pem.matchAll(/-----BEGIN CERTIFICATE-----([\s\S]+?)-----END CERTIFICATE-----/g)].map((m) => (m[1] as string).replace(/\s/g, ""));
+  const caBundleCerts = () => certs(Buffer.from(String(webhookConfiguration.webhooks[0].clientConfig.caBundle ?? ""), "base64").toString("utf8"));
+  async function until(condition: () => boolean, what: string): Promise<void> {
+    for (let i = 0; i < 300 && !condition(); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(condition(), what).toBe(true);
+  }
+
+  it("keeps the webhook's caBundle equal to the CA's bundle, through a root rotation (prepare adds the new root)", async () => {
+    await until(() => caBundleCerts().length > 0, "the injector set caBundle");
+    expect(caBundleCerts()).toEqual(certs(readFileSync(bundle, "utf8")));
+    // The patch is guarded by the resourceVersion it read and touches only caBundle.
+    const first = patches[0] as { op: string; path: string }[];
+    expect(first[0]).toMatchObject({ op: "test", path: "/metadata/resourceVersion" });
+    expect(first.slice(1).map((op) => op.path)).toEqual(["/webhooks/0/clientConfig/caBundle"]);
+    const result = await runCli(["ca", "rotate-root", "prepare", "--dir", join(work, "ca")]);
+    expect(result.code, result.stderr).toBe(0);
+    expect(certs(readFileSync(bundle, "utf8"))).toHaveLength(2);
+    await until(() => caBundleCerts().length === 2, "the injector added the new root to caBundle");
+    expect(caBundleCerts().sort()).toEqual(certs(readFileSync(bundle, "utf8")).sort());
+    // Nothing else in the object changed.
+    expect(webhookConfiguration.webhooks[0].failurePolicy).toBe("Fail");
+    expect(validateK8sObjects([webhookConfiguration])).toBe(1);
+  }, 60_000);
 });
