@@ -75,6 +75,20 @@ export function injectObject(object: unknown, options: InjectOptions, where: str
  * injected document keeps its comments outside the parts injection changes.
  */
 export function injectManifest(text: string, options: InjectOptions, file = "-"): InjectResult {
+  // JSON in (kubectl get -o json), JSON out.
+  if (/^\s*[{[]/.test(text)) {
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined; // YAML flow style: read as YAML below
+    }
+    if (json !== undefined) {
+      const result = injectObject(json, options, `${file} document 1`);
+      if (result === undefined) return { text, injected: [], notes: [] };
+      return { text: `${JSON.stringify(result.object, null, 2)}\n`, injected: result.injected, notes: result.notes };
+    }
+  }
   const tokens = [...new Parser().parse(text)];
   const composer = new Composer({ prettyErrors: false, uniqueKeys: true });
   const injected: string[] = [];

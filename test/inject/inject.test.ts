@@ -101,6 +101,14 @@ describe("meshward inject: what the sidecar gets", () => {
     expect(segments[2] && output.includes(segments[2])).toBe(false);
   });
 
+  it("JSON in (kubectl get -o json), JSON out, injected the same way; again changes nothing", () => {
+    const yamlOut = docsOf(injectManifest(readFileSync(join(FIXTURES, "list.yaml"), "utf8"), OPTIONS).text)[0];
+    const json = JSON.stringify(docsOf(readFileSync(join(FIXTURES, "list.yaml"), "utf8"))[0], null, 2);
+    const out = injectManifest(json, OPTIONS).text;
+    expect(JSON.parse(out)).toEqual(yamlOut);
+    expect(injectManifest(out, OPTIONS).text).toBe(out);
+  });
+
   it("a manifest with nothing to inject comes out byte for byte", () => {
     const text = "# just a service\napiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{port: 1}]\n...\n";
     expect(injectManifest(text, OPTIONS).text).toBe(text);
