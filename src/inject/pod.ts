@@ -55,7 +55,7 @@ export function injectPod(input: PodLike, options: InjectOptions, where: string,
   }
   const account = spec.serviceAccountName ?? spec.serviceAccount;
   const ownAccount = account === undefined || account === "" || account === "default" ? undefined : account;
-  const settings = readSettings(annotations, ownAccount ?? fallbackName, where);
+  const settings = readSettings(annotations, ownAccount ?? fallbackName, where, (input.metadata?.labels ?? {}) as Record<string, unknown>);
   if (ownAccount !== undefined && ownAccount !== settings.appId) {
     throw new MeshwardError(
       "E_INJECT_APP_ID_MISMATCH",
@@ -64,6 +64,7 @@ export function injectPod(input: PodLike, options: InjectOptions, where: string,
   }
   const notes: string[] = [];
   if (ownAccount === undefined) notes.push(`${where}: runs as ServiceAccount ${settings.appId} (it must exist in the pod's namespace)`);
+  if (settings.mode === "permissive") notes.push(`${where}: ${ANNOTATION.mode} permissive: plaintext is accepted on the inbound port (for migrations only)`);
   if (settings.config === undefined) notes.push(`${where}: no ${ANNOTATION.config}: every caller with a certificate of this trust domain is allowed`);
 
   const base = uninjectPod(input);
@@ -123,6 +124,8 @@ function sidecarContainer(settings: PodSettings, options: InjectOptions): Record
     "{appId}.{namespace}.svc.cluster.local:{port}",
     "--protocol",
     settings.protocol,
+    "--mode",
+    settings.mode,
     // The kubelet's probes come from outside the pod, so the status port is not on loopback;
     // it serves only /healthz, /readyz and /metrics (the page, which shows peers, is off).
     "--status",

@@ -19,6 +19,8 @@ export interface PodSettings {
   readonly appId: string;
   readonly appPort: number;
   readonly protocol: "http" | "tcp";
+  /** strict (mTLS only) or permissive (plaintext accepted too, for migrations). */
+  readonly mode: "strict" | "permissive";
   /** Name of the ConfigMap holding the access policy (a Dapr Configuration YAML under key config.yaml). */
   readonly config: string | undefined;
 }
@@ -29,6 +31,7 @@ export const ANNOTATION = {
   appPort: "meshward.io/app-port",
   protocol: "meshward.io/protocol",
   config: "meshward.io/config",
+  mode: "meshward.io/mode",
   injected: "meshward.io/injected",
   daprEnabled: "dapr.io/enabled",
   daprAppId: "dapr.io/app-id",
@@ -64,7 +67,12 @@ function isTrue(value: unknown, key: string): boolean {
  * document and object for error messages. `fallbackAppId` is the service account or the
  * workload's name, used when neither app-id annotation is set (Dapr's default too).
  */
-export function readSettings(annotations: Readonly<Record<string, unknown>>, fallbackAppId: string | undefined, where: string): PodSettings {
+export function readSettings(
+  annotations: Readonly<Record<string, unknown>>,
+  fallbackAppId: string | undefined,
+  where: string,
+  labels: Readonly<Record<string, unknown>> = {},
+): PodSettings {
   const pick = (own: string, dapr?: string): string | undefined => {
     const value = annotations[own] ?? (dapr === undefined ? undefined : annotations[dapr]);
     return value === undefined || value === null ? undefined : String(value).trim();
@@ -98,7 +106,12 @@ export function readSettings(annotations: Readonly<Record<string, unknown>>, fal
   if (config !== undefined && config !== "" && !DNS_SUBDOMAIN.test(config)) {
     throw new MeshwardError("E_INJECT_ANNOTATION", `${where}: ${ANNOTATION.config} must name a ConfigMap, got ${JSON.stringify(config)}`);
   }
-  return { appId, appPort, protocol, config: config === "" ? undefined : config };
+  // The label is what deploy/prometheus's relabelling reads; an annotation works too.
+  const mode = String(annotations[ANNOTATION.mode] ?? labels[ANNOTATION.mode] ?? "strict").trim();
+  if (mode !== "strict" && mode !== "permissive") {
+    throw new MeshwardError("E_INJECT_ANNOTATION", `${where}: ${ANNOTATION.mode} must be strict or permissive, got ${JSON.stringify(mode)}`);
+  }
+  return { appId, appPort, protocol, mode, config: config === "" ? undefined : config };
 }
 
 /** The sidecar's inbound mTLS, outbound and status ports. */

@@ -109,6 +109,17 @@ describe("meshward inject: what the sidecar gets", () => {
     expect(injectManifest(out, OPTIONS).text).toBe(out);
   });
 
+  it("the meshward.io/mode label (what the Prometheus relabelling reads) sets the sidecar's --mode", () => {
+    const text = readFileSync(join(FIXTURES, "multi.yaml"), "utf8").replace("labels: { app: orders }", "labels: { app: orders, meshward.io/mode: permissive }");
+    const result = injectManifest(text, OPTIONS);
+    const pod = docsOf(result.text).find((d) => d.kind === "Pod") as Record<string, any>;
+    const args = pod.spec.initContainers[0].args as string[];
+    expect(args[args.indexOf("--mode") + 1]).toBe("permissive");
+    expect(result.notes.join("\n")).toMatch(/permissive: plaintext is accepted/);
+    const strict = docsOf(injectManifest(readFileSync(join(FIXTURES, "multi.yaml"), "utf8"), OPTIONS).text).find((d) => d.kind === "Pod") as Record<string, any>;
+    expect(strict.spec.initContainers[0].args[strict.spec.initContainers[0].args.indexOf("--mode") + 1]).toBe("strict");
+  });
+
   it("a manifest with nothing to inject comes out byte for byte", () => {
     const text = "# just a service\napiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{port: 1}]\n...\n";
     expect(injectManifest(text, OPTIONS).text).toBe(text);
@@ -136,6 +147,7 @@ describe("meshward inject: refusals are clear errors, never a stack trace", () =
     ["an app id that differs from the ServiceAccount", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/app-id": "web" }, "      serviceAccountName: other\n"), /\[E_INJECT_APP_ID_MISMATCH\]/],
     ["hostNetwork", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80" }, "      hostNetwork: true\n"), /hostNetwork/],
     ["an app id that is not a DNS label", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/app-id": "Web_1" }), /not a DNS label/],
+    ["a mode that is neither strict nor permissive", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/mode": "off" }), /strict or permissive/],
     ["broken YAML", "kind: Deployment\nmetadata: {name: [\n", /\[E_INJECT_INVALID\]/],
   ];
   for (const [what, input, message] of cases) {
