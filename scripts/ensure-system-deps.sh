@@ -18,6 +18,7 @@ test_deps=(
   # test/security runs these as real apps behind the sidecar, under Debian's python3.
   "py:gunicorn python3-gunicorn"
   "py:uvicorn python3-uvicorn"
+  "kubectl kubectl"
 )
 bench_deps=(
   "wrk wrk"

@@ -16,6 +16,8 @@ const COMMANDS: Readonly<Record<string, () => Promise<Register>>> = {
   status: async () => (await import("./status.ts")).registerStatusCommand,
   demo: async () => (await import("./demo.ts")).registerDemoCommand,
   sidecar: async () => (await import("./sidecar.ts")).registerSidecarCommand,
+  inject: async () => (await import("./inject.ts")).registerInjectCommand,
+  injector: async () => (await import("./injector.ts")).registerInjectorCommand,
 };
 
 /**

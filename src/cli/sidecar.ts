@@ -111,6 +111,11 @@ export function buildSidecarConfig(opts: Record<string, unknown>): SidecarConfig
     merged[field] = table;
     fromFlag.set(field, flag);
   }
+  // commander sets statusPage true unless --no-status-page: only the flag overrides the file.
+  if (opts.statusPage === false) {
+    merged.statusPage = false;
+    fromFlag.set("statusPage", "--no-status-page");
+  }
   if (opts.dnsName !== undefined) {
     merged.dnsNames = opts.dnsName;
     fromFlag.set("dnsNames", "--dns-name");
@@ -146,6 +151,7 @@ export function registerSidecarCommand(program: Command): void {
     .option("--peer <APPID=HOST:PORT>", `${FIELD_HELP.peers} Repeatable.`, collect)
     .option("--tcp-upstream <APPID=HOST:PORT>", `${FIELD_HELP.tcpUpstreams} Repeatable.`, collect)
     .option("--egress <spec>", `${FIELD_HELP.egress} spec: listen=HOST:PORT,backend=HOST:PORT[,serverName=N][,caFile=F][,mtls=true]. Repeatable.`, collect)
+    .option("--no-status-page", FIELD_HELP.statusPage ?? "")
     .addOption(new Option("--mode <mode>", `${FIELD_HELP.mode} (default strict)`).choices(["strict", "permissive"]))
     .addOption(new Option("--protocol <protocol>", `${FIELD_HELP.protocol} (default http)`).choices(["http", "tcp"]))
     .addOption(new Option("--escaped-slashes <action>", FIELD_HELP.escapedSlashes ?? "").choices(["reject", "unescape", "keep"]))

@@ -17,7 +17,18 @@ export const jwksValidatorSchema = z
   .object({
     jwksFile: z.string().optional().describe("Path to a JWKS document (JSON) holding the token signers' public keys."),
     jwksUrl: z.string().url().optional().describe("URL of a JWKS document; fetched and cached, refreshed on unknown key ids."),
-    issuer: z.string().min(1).describe("Required `iss` claim."),
+    kubernetes: z
+      .object({
+        apiServer: z.string().url().default("https://kubernetes.default.svc").describe("The API server, as pods reach it."),
+        tokenFile: z.string().min(1).default("/var/run/secrets/kubernetes.io/serviceaccount/token").describe("The CA's own service-account token, sent as a bearer token (re-read at each fetch)."),
+        caFile: z.string().min(1).default("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt").describe("PEM roots the API server's certificate must chain to."),
+        cacheMaxAge: duration("JWKS cache max age").default(parseDuration("10m")).describe("Refetch the signing keys when they are older than this."),
+        cooldown: duration("JWKS cooldown").default(parseDuration("30s")).describe("After a fetch, a token with an unknown key id triggers no new fetch for this long."),
+      })
+      .strict()
+      .optional()
+      .describe("Find the cluster's service-account signing keys through the API server's OIDC discovery (/.well-known/openid-configuration, /openid/v1/jwks) with the CA's own token; follows key rotation."),
+    issuer: z.string().min(1).optional().describe("Required `iss` claim; with `kubernetes`, read from the API server's discovery document when omitted."),
     audience: z.string().min(1).describe("Required `aud` claim (Dapr uses `dapr.io/sentry`)."),
     mapping: z
       .union([
@@ -32,7 +43,8 @@ export const jwksValidatorSchema = z
         "How claims become an identity: `kubernetes` maps a service-account token's namespace and service account name to ns/<namespace>/<service-account>; or name the claims.",
       ),
   })
-  .refine((v) => (v.jwksFile === undefined) !== (v.jwksUrl === undefined), { message: "give exactly one of jwksFile or jwksUrl" });
+  .refine((v) => [v.jwksFile, v.jwksUrl, v.kubernetes].filter((x) => x !== undefined).length === 1, { message: "give exactly one of jwksFile, jwksUrl or kubernetes" })
+  .refine((v) => v.issuer !== undefined || v.kubernetes !== undefined, { message: "issuer is required unless kubernetes discovery finds it", path: ["issuer"] });
 
 export const caConfigSchema = z
   .object({

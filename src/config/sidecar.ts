@@ -61,7 +61,11 @@ export const sidecarConfigSchema = z
       .optional()
       .describe("Trust domain; read from the bundle's root when omitted."),
     ca: hostPort("CA address").describe("Address of the meshward CA (HOST:PORT)."),
-    bundle: z.string().min(1).describe("Bootstrap trust bundle file (PEM) the CA's certificate must chain to."),
+    bundle: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("Bootstrap trust bundle file (PEM) the CA's certificate must chain to; when omitted, the PEM in MESHWARD_TRUST_ANCHORS (what the Kubernetes injector sets)."),
     token: z.string().min(1).optional().describe("Join token or JWT for the first certificate (prefer tokenFile or MESHWARD_TOKEN; a token here is a secret in a file)."),
     tokenFile: z.string().min(1).optional().describe("File holding the token, re-read at each use (Kubernetes projected tokens rotate)."),
     dnsNames: z.array(z.string().min(1)).default([]).describe("DNS names to ask for in the SVID (the token must allow them), so non-SPIFFE callers such as curl can verify the inbound port by host name."),
@@ -86,6 +90,10 @@ export const sidecarConfigSchema = z
       .describe("Paths with %2F or %5C: reject (400, default), unescape (decode to '/' before the policy judges and the app receives the path), or keep (judged and forwarded as they are; only for apps that never decode them). Like Envoy's path_with_escaped_slashes_action."),
     status: hostPort("status address").optional().describe("Serve /metrics, /healthz, /readyz and the status page (/) on this HOST:PORT."),
     statusTokenFile: z.string().min(1).optional().describe("File holding the status page token (at least 16 characters); required when status is not on loopback (or MESHWARD_STATUS_TOKEN)."),
+    statusPage: z
+      .boolean()
+      .default(true)
+      .describe("Serve the status page (/ and /status.json) on the status port. When false only /healthz, /readyz and /metrics are served, and no status token is needed off loopback (Kubernetes probes)."),
     limits: limitsSchema.default(limitsSchema.parse({})).describe("Connection and request limits."),
     egress: z.array(egressEntrySchema).default([]).describe("TLS origination: plaintext loopback ports turned into (m)TLS to a backend."),
     policyReloadInterval: duration("policy reload interval").default(1000).describe("How often the policy file is checked for changes."),

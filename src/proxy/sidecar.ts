@@ -2,6 +2,7 @@ import type { Logger } from "pino";
 import type { SidecarConfig } from "../config/sidecar.ts";
 import { describeError, MeshwardError } from "../errors.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
+import { certificatesFromPem } from "../pki/pem.ts";
 import { createIdentity } from "../identity/ca-source.ts";
 import { instrumentIdentity } from "../identity/instrument.ts";
 import type { IdentitySource } from "../identity/source.ts";
@@ -79,12 +80,30 @@ function refusalsToRecorder(recorder: StatusRecorder): RefusalListener {
   };
 }
 
+/**
+ * The bootstrap trust bundle: the --bundle file, else the PEM in MESHWARD_TRUST_ANCHORS (the
+ * Kubernetes injector puts the CA's current bundle there, as Dapr's does with DAPR_TRUST_ANCHORS).
+ */
+function bootstrapBundle(file: string | undefined): string {
+  if (file !== undefined) return readBundleFile(file);
+  const pem = process.env.MESHWARD_TRUST_ANCHORS;
+  if (pem === undefined || pem.trim() === "") {
+    throw new MeshwardError("E_USAGE", "no trust bundle: give --bundle FILE (the CA's bundle.pem) or set MESHWARD_TRUST_ANCHORS to its PEM");
+  }
+  try {
+    certificatesFromPem(pem);
+  } catch (error) {
+    throw new MeshwardError("E_BUNDLE_INVALID", `MESHWARD_TRUST_ANCHORS is not usable (${describeError(error)}); set it to the CA's bundle.pem`);
+  }
+  return pem;
+}
+
 /** Starts every part of the sidecar from a validated config; throws a MeshwardError a person can act on. */
 export async function startSidecar(config: SidecarConfig, deps: SidecarDependencies): Promise<Sidecar> {
   const { logger } = deps;
   const metrics = deps.metrics ?? createMetrics({ processMetrics: true });
   // The status page's recorder exists before the listeners so it sees their first refusals.
-  const recorder = config.status === undefined ? undefined : createStatusRecorder();
+  const recorder = config.status === undefined || !config.statusPage ? undefined : createStatusRecorder();
   const telemetry = sidecarTelemetry(logger, metrics, recorder);
   const closers: (() => Promise<void> | void)[] = [];
   const closeAll = async () => {
@@ -99,7 +118,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
   try {
     // Checked before anything starts: a status page off loopback needs a token.
     const statusAt = config.status === undefined ? undefined : parseHostPort(config.status, "status");
-    const statusToken = statusAt === undefined ? undefined : resolveStatusToken(statusAt.host, config.statusTokenFile);
+    const statusToken = statusAt === undefined || !config.statusPage ? undefined : resolveStatusToken(statusAt.host, config.statusTokenFile);
     const policy = watchPolicy(config.policy, { intervalMs: config.policyReloadInterval, logger });
     closers.push(() => policy.close());
 
@@ -109,7 +128,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       if (token === undefined && config.tokenFile === undefined && config.validator !== "INSECURE") {
         throw new MeshwardError("E_USAGE", "a token is needed for the first certificate: --token, --token-file, tokenFile in the config, or MESHWARD_TOKEN");
       }
-      const bundlePem = readBundleFile(config.bundle);
+      const bundlePem = bootstrapBundle(config.bundle);
       const source = createIdentity({
         ca: config.ca,
         bundlePem,
@@ -181,7 +200,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       health.register("alive", () => ({ ok: true }), ["liveness"]);
       const page = identityStatus({ component: "sidecar", name: `${config.namespace}/${config.appId}`, source: identity, health, ...(recorder ? { recorder } : {}) });
       closers.push(() => page.stop());
-      const routes = createStatusRoutes(page.provider, statusToken === undefined ? {} : { token: statusToken }).routes;
+      const routes = config.statusPage ? createStatusRoutes(page.provider, statusToken === undefined ? {} : { token: statusToken }).routes : {};
       const ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics, health, extraRoutes: routes });
       const bound = await ops.start();
       closers.unshift(() => ops.close());

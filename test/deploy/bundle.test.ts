@@ -128,4 +128,14 @@ describe("the bundled CLI (dist/bundle)", () => {
     expect(sarif.runs[0]!.tool.driver.version).toBe((await import("../../package.json", { with: { type: "json" } })).default.version);
     expect(sarif.runs[0]!.results.length).toBeGreaterThan(0);
   });
+
+  it("runs meshward inject (what the image's injector uses) with the same output as the sources", async () => {
+    const fixture = join(ROOT, "test/inject/fixtures/multi.yaml");
+    const args = ["inject", fixture, "--trust-anchors", join(ROOT, "test/inject/fixtures/trust-anchors.pem"), "--image", "meshward:test", "--quiet"];
+    const fromBundle = await runCli(args, { bin });
+    const fromSources = await runCli(args);
+    expect(fromBundle.code, fromBundle.stderr).toBe(0);
+    expect(fromBundle.stdout).toBe(fromSources.stdout);
+    expect(fromBundle.stdout).toMatch(/restartPolicy: Always/);
+  });
 });

@@ -1,43 +1,49 @@
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { parseAllDocuments, parse as parseYaml, stringify } from "yaml";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { parseYamlConfig } from "../../src/config/load.ts";
+import { injectManifest } from "../../src/inject/manifest.ts";
+import { validateK8sObjects } from "../helpers/k8s-schema.ts";
 
+// deploy/kubernetes as an operator renders it: `kubectl kustomize` (Debian's kubectl, which
+// renders offline) of each overlay and of the example app, then checked against the
+// Kubernetes 1.34 OpenAPI schemas, the real CLI's flags and `meshward audit`.
 const ROOT = new URL("../../", import.meta.url).pathname;
 const K8S_DIR = join(ROOT, "deploy/kubernetes");
+const BIN = join(ROOT, "bin/meshward.js");
+const CLUSTER_SCOPED = new Set(["Namespace", "ClusterRoleBinding", "ClusterRole", "MutatingWebhookConfiguration"]);
 
-interface Manifest {
-  apiVersion?: string;
-  kind?: string;
-  metadata?: { name?: string; namespace?: string; labels?: Record<string, string> };
-  data?: Record<string, string>;
-  spec?: { template?: { metadata?: { labels?: Record<string, string> }; spec?: { containers?: { name: string; args?: string[] }[] } } };
+type Doc = Record<string, any>;
+
+function kustomize(dir: string): { text: string; docs: Doc[] } {
+  const result = spawnSync("kubectl", ["kustomize", join(K8S_DIR, dir)], { encoding: "utf8", timeout: 60_000 });
+  expect(result.status, result.stderr).toBe(0);
+  const docs = parseAllDocuments(result.stdout).map((d) => {
+    if (d.errors.length > 0) throw new Error(`${dir}: ${d.errors[0]?.message}`);
+    return d.toJS() as Doc;
+  });
+  return { text: result.stdout, docs };
 }
 
-const manifests: { file: string; doc: Manifest }[] = readdirSync(K8S_DIR)
-  .filter((f) => f.endsWith(".yaml"))
-  .flatMap((file) =>
-    parseAllDocuments(readFileSync(join(K8S_DIR, file), "utf8")).map((d) => {
-      if (d.errors.length > 0) throw new Error(`${file}: ${d.errors[0]?.message}`);
-      return { file, doc: d.toJS() as Manifest };
-    }),
-  );
+const rendered = { single: kustomize("overlays/single"), ha: kustomize("overlays/ha") };
+const example = kustomize("examples/orders");
+const anchors = readFileSync(join(ROOT, "test/inject/fixtures/trust-anchors.pem"), "utf8");
+const injectedExample = injectManifest(example.text, { trustAnchors: anchors, image: "meshward:0.1.0", caAddress: "meshward-ca.meshward-system.svc:8443", audience: "meshward" }).text;
 
-function containerArgs(name: string): string[] {
-  for (const { doc } of manifests) {
-    const container = doc.spec?.template?.spec?.containers?.find((c) => c.name === name);
-    if (container?.args) return container.args;
-  }
-  throw new Error(`no container ${name} with args in deploy/kubernetes`);
-}
+const find = (docs: Doc[], kind: string, name: string): Doc => {
+  const doc = docs.find((d) => d.kind === kind && d.metadata?.name === name);
+  if (doc === undefined) throw new Error(`no ${kind} ${name}`);
+  return doc;
+};
+const container = (deployment: Doc, name: string): Doc => (deployment.spec.template.spec.containers as Doc[]).find((c) => c.name === name) as Doc;
 
 /** The real CLI's --help text for a command. */
 function help(args: string[]): string {
-  const result = spawnSync(process.execPath, [join(ROOT, "bin/meshward.js"), ...args, "--help"], { encoding: "utf8", timeout: 30_000 });
+  const result = spawnSync(process.execPath, [BIN, ...args, "--help"], { encoding: "utf8", timeout: 30_000 });
   expect(result.status, result.stderr).toBe(0);
   return result.stdout;
 }
@@ -45,31 +51,98 @@ function help(args: string[]): string {
 const scratch = mkdtempSync(join(tmpdir(), "meshward-k8s-"));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
-describe("deploy/kubernetes manifests", () => {
-  it("every document has apiVersion, kind and a name; namespaced objects name their namespace", () => {
-    expect(manifests.length).toBeGreaterThan(5);
-    for (const { file, doc } of manifests) {
-      expect(doc.apiVersion, file).toBeTruthy();
-      expect(doc.kind, file).toBeTruthy();
-      expect(doc.metadata?.name, `${file} ${doc.kind}`).toBeTruthy();
-      if (doc.kind !== "Namespace") expect(doc.metadata?.namespace, `${file} ${doc.kind} ${doc.metadata?.name}`).toBeTruthy();
-    }
+describe("deploy/kubernetes: kustomize overlays single and ha", () => {
+  for (const [name, { docs }] of Object.entries(rendered)) {
+    it(`${name}: renders, every object validates against the Kubernetes 1.34 schemas, namespaced objects name their namespace`, () => {
+      expect(validateK8sObjects(docs)).toBe(docs.length);
+      for (const doc of docs) {
+        expect(doc.metadata?.name, `${doc.kind}`).toBeTruthy();
+        if (!CLUSTER_SCOPED.has(doc.kind)) expect(doc.metadata?.namespace, `${doc.kind} ${doc.metadata?.name}`).toBe("meshward-system");
+      }
+      // both overlays run the injector with its webhook
+      expect(find(docs, "MutatingWebhookConfiguration", "meshward-injector")).toBeDefined();
+      expect(container(find(docs, "Deployment", "meshward-injector"), "injector").args[0]).toBe("injector");
+    });
+  }
+
+  it("the schema check refuses a broken object (negative control)", () => {
+    const broken = structuredClone(find(rendered.ha.docs, "Deployment", "meshward-ca"));
+    broken.spec.replicas = "3";
+    expect(() => validateK8sObjects([broken])).toThrow(/replicas must be integer/);
   });
 
-  it("the CA's ca.yaml ConfigMap passes the real CA config schema", () => {
-    const configMap = manifests.find(({ doc }) => doc.kind === "ConfigMap" && doc.metadata?.name === "meshward-ca-config")?.doc;
-    const text = configMap?.data?.["ca.yaml"];
-    expect(text).toBeDefined();
-    const config = parseYamlConfig(text as string, caConfigSchema, "ca.yaml");
+  it("the CA's ca.yaml passes the real CA config schema and finds signing keys by OIDC discovery (no JWKS ConfigMap)", () => {
+    const text = find(rendered.single.docs, "ConfigMap", "meshward-ca-config").data["ca.yaml"] as string;
+    const config = parseYamlConfig(text, caConfigSchema, "ca.yaml");
     expect(config.listen).toBe("0.0.0.0:8443");
-    expect(config.jwks?.mapping).toBe("kubernetes");
+    expect(config.jwks?.kubernetes?.apiServer).toBe("https://kubernetes.default.svc");
+    expect(config.jwks?.jwksFile).toBeUndefined();
     expect(config.dnsNames).toContain("meshward-ca.meshward-system.svc");
+    for (const { docs } of Object.values(rendered)) expect(docs.some((d) => d.kind === "ConfigMap" && /jwks/.test(d.metadata.name))).toBe(false);
+    // The CA's token for discovery: the API server audience, the cluster CA, and the built-in role.
+    const ca = find(rendered.single.docs, "Deployment", "meshward-ca");
+    const access = (ca.spec.template.spec.volumes as Doc[]).find((v) => v.name === "kube-api-access") as Doc;
+    expect(access.projected.sources[0].serviceAccountToken.audience).toBeUndefined();
+    expect(find(rendered.single.docs, "ClusterRoleBinding", "meshward-ca-issuer-discovery").roleRef.name).toBe("system:service-account-issuer-discovery");
   });
 
-  it("every flag the manifests pass exists in the CLI's --help (ca serve, sidecar)", () => {
-    const cases: [container: string, command: string[]][] = [["ca", ["ca", "serve"]], ["meshward", ["sidecar"]]];
-    for (const [container, command] of cases) {
-      const args = containerArgs(container);
+  it("single: one replica, Recreate, the CA directory and SQLite on a ReadWriteOnce volume, filled from a Secret", () => {
+    const ca = find(rendered.single.docs, "Deployment", "meshward-ca");
+    expect(ca.spec.replicas).toBe(1);
+    expect(ca.spec.strategy.type).toBe("Recreate");
+    expect(container(ca, "ca").args).toEqual(expect.arrayContaining(["--dir", "/var/lib/meshward/ca", "--store", "sqlite:/var/lib/meshward/ca/ca.db"]));
+    expect(find(rendered.single.docs, "PersistentVolumeClaim", "meshward-ca-data").spec.accessModes).toEqual(["ReadWriteOnce"]);
+    const init = ca.spec.template.spec.initContainers[0] as Doc;
+    expect(init.command.join(" ")).toMatch(/install -m 0600/);
+  });
+
+  it("ha: 3 replicas, store URL from a Secret, CA directory from a Secret, PDB, anti-affinity, NetworkPolicy", () => {
+    const docs = rendered.ha.docs;
+    const ca = find(docs, "Deployment", "meshward-ca");
+    expect(ca.spec.replicas).toBe(3);
+    const args = container(ca, "ca").args as string[];
+    expect(args.slice(args.indexOf("--store"), args.indexOf("--store") + 2)).toEqual(["--store", "$(MESHWARD_STORE_URL)"]);
+    expect(args.slice(args.indexOf("--dir"), args.indexOf("--dir") + 2)).toEqual(["--dir", "/etc/meshward/ca"]);
+    const env = container(ca, "ca").env as Doc[];
+    expect(env.find((e) => e.name === "MESHWARD_STORE_URL")?.valueFrom.secretKeyRef).toEqual({ name: "meshward-ca-store", key: "url" });
+    const volume = (ca.spec.template.spec.volumes as Doc[]).find((v) => v.name === "ca-dir") as Doc;
+    expect(volume.secret.secretName).toBe("meshward-ca-dir");
+    expect((container(ca, "ca").volumeMounts as Doc[]).find((m) => m.name === "ca-dir")).toMatchObject({ mountPath: "/etc/meshward/ca", readOnly: true });
+    expect(find(docs, "PodDisruptionBudget", "meshward-ca").spec.minAvailable).toBe(2);
+    expect(ca.spec.template.spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey).toBe("kubernetes.io/hostname");
+    expect(find(docs, "NetworkPolicy", "default-deny").spec.policyTypes).toEqual(["Ingress", "Egress"]);
+    expect(find(docs, "Deployment", "meshward-injector").spec.replicas).toBe(2);
+  });
+
+  it("the webhook: AdmissionReview v1, failurePolicy Fail, opted-in namespaces only, never its own namespace", () => {
+    const webhook = find(rendered.single.docs, "MutatingWebhookConfiguration", "meshward-injector").webhooks[0] as Doc;
+    expect(webhook.admissionReviewVersions).toEqual(["v1"]);
+    expect(webhook.failurePolicy).toBe("Fail");
+    expect(webhook.sideEffects).toBe("None");
+    expect(webhook.clientConfig.service).toEqual({ name: "meshward-injector", namespace: "meshward-system", path: "/mutate", port: 443 });
+    const excluded = (webhook.namespaceSelector.matchExpressions as Doc[]).find((e) => e.key === "kubernetes.io/metadata.name") as Doc;
+    expect(excluded.operator).toBe("NotIn");
+    expect(excluded.values).toContain("meshward-system");
+    const injector = container(find(rendered.single.docs, "Deployment", "meshward-injector"), "injector");
+    expect(injector.args).toEqual(expect.arrayContaining(["--namespace", "$(POD_NAMESPACE)"]));
+    expect((injector.env as Doc[])[0]?.valueFrom.fieldRef.fieldPath).toBe("metadata.namespace");
+    // It keeps this webhook's caBundle current, with rights on that one object only.
+    const args = injector.args as string[];
+    expect(args[args.indexOf("--webhook-config") + 1]).toBe("meshward-injector");
+    const role = find(rendered.single.docs, "ClusterRole", "meshward-injector");
+    expect(role.rules).toEqual([{ apiGroups: ["admissionregistration.k8s.io"], resources: ["mutatingwebhookconfigurations"], resourceNames: ["meshward-injector"], verbs: ["get", "patch"] }]);
+    expect(find(rendered.single.docs, "ClusterRoleBinding", "meshward-injector").subjects).toEqual([{ kind: "ServiceAccount", name: "meshward-injector", namespace: "meshward-system" }]);
+  });
+
+  it("every flag the manifests pass exists in the CLI's --help (ca serve, injector, the injected sidecar)", () => {
+    const sidecar = (parseAllDocuments(injectedExample).map((d) => d.toJS() as Doc).find((d) => d.kind === "Deployment") as Doc).spec.template.spec.initContainers[0] as Doc;
+    const cases: [string[], string[]][] = [
+      [container(find(rendered.ha.docs, "Deployment", "meshward-ca"), "ca").args, ["ca", "serve"]],
+      [container(find(rendered.single.docs, "Deployment", "meshward-ca"), "ca").args, ["ca", "serve"]],
+      [container(find(rendered.single.docs, "Deployment", "meshward-injector"), "injector").args, ["injector"]],
+      [sidecar.args, ["sidecar"]],
+    ];
+    for (const [args, command] of cases) {
       expect(args.slice(0, command.length)).toEqual(command);
       const text = help(command);
       const flags = args.filter((a) => a.startsWith("--"));
@@ -80,12 +153,53 @@ describe("deploy/kubernetes manifests", () => {
     expect(help(["ca", "serve"])).not.toMatch(/(^|[\s,])--no-such-flag[\s<]/m);
   });
 
-  it("the example scrape config passes promtool check config and labels permissive pods as the alert expects", () => {
+  it("meshward audit of the rendered overlays and the injected example reports nothing of medium or higher severity", () => {
+    const files = [
+      ["single.yaml", rendered.single.text],
+      ["ha.yaml", rendered.ha.text],
+      ["orders.yaml", injectedExample],
+    ].map(([name, text]) => {
+      const file = join(scratch, name as string);
+      writeFileSync(file, text as string);
+      return file;
+    });
+    const result = spawnSync(process.execPath, [BIN, "audit", ...files, "--format", "json", "--fail-on", "medium"], { encoding: "utf8", timeout: 60_000 });
+    expect(result.status, result.stdout + result.stderr).toBe(0);
+    const report = JSON.parse(result.stdout) as { findings: { severity: string; ruleId?: string }[] };
+    expect(report.findings.filter((f) => f.severity !== "low")).toEqual([]);
+    // negative control: the same command does fail on a manifest with a medium finding
+    const bad = join(scratch, "bad.yaml");
+    writeFileSync(bad, `${rendered.single.text}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x, namespace: shop}\nspec:\n  selector: {matchLabels: {app: x}}\n  template:\n    metadata:\n      labels: {app: x}\n      annotations: {dapr.io/enabled: "true", dapr.io/app-id: x, dapr.io/sidecar-listen-addresses: 0.0.0.0}\n    spec:\n      containers: [{name: x, image: x}]\n`);
+    expect(spawnSync(process.execPath, [BIN, "audit", bad, "--fail-on", "medium"], { encoding: "utf8", timeout: 60_000 }).status).toBe(1);
+  });
+});
+
+describe("deploy/kubernetes/examples/orders", () => {
+  const docs = parseAllDocuments(injectedExample).map((d) => d.toJS() as Doc);
+
+  it("has its Namespace (opted in to injection), an access policy, and validates once injected", () => {
+    const namespace = find(docs, "Namespace", "shop");
+    expect(namespace.metadata.labels["meshward.io/injection"]).toBe("enabled");
+    expect(find(docs, "ConfigMap", "orders-policy").data["config.yaml"]).toMatch(/defaultAction: deny/);
+    expect(validateK8sObjects(docs)).toBe(docs.length);
+  });
+
+  it("its injected sidecar needs no status token (status page off), loads the policy, and pods keep the meshward.io/mode label", () => {
+    const deployment = find(docs, "Deployment", "orders");
+    const args = deployment.spec.template.spec.initContainers[0].args as string[];
+    expect(args).toEqual(expect.arrayContaining(["--status", "0.0.0.0:9090", "--no-status-page", "--policy", "/etc/meshward/policy/config.yaml"]));
+    expect(deployment.spec.template.metadata.labels["meshward.io/mode"]).toBe("strict");
+  });
+
+  it("the example scrape config passes promtool check config and keeps the injected sidecar's status port", () => {
     const scrape = parseYaml(readFileSync(join(ROOT, "deploy/prometheus/scrape-config.example.yaml"), "utf8")) as { scrape_configs: Record<string, unknown>[] };
     const alerts = readFileSync(join(ROOT, "deploy/prometheus/alerts.yaml"), "utf8");
-    const sidecarJob = scrape.scrape_configs.find((j) => j.job_name === "meshward-sidecar") as { relabel_configs: { target_label?: string; replacement?: string }[] };
+    const sidecarJob = scrape.scrape_configs.find((j) => j.job_name === "meshward-sidecar") as { relabel_configs: { target_label?: string; replacement?: string; regex?: string; action?: string }[] };
     const modeRule = sidecarJob.relabel_configs.find((r) => r.target_label === "meshward_mode");
     expect(modeRule?.replacement).toBe("permissive");
+    const keep = sidecarJob.relabel_configs.find((r) => r.action === "keep");
+    const statusPort = (find(docs, "Deployment", "orders").spec.template.spec.initContainers[0].ports as Doc[]).find((p) => p.containerPort === 9090) as Doc;
+    expect(keep?.regex).toBe(statusPort.name);
     expect(alerts).toContain('meshward_mode!="permissive"');
     expect(alerts).toContain('job=~"meshward-ca.*"');
     expect(scrape.scrape_configs.some((j) => String(j.job_name).startsWith("meshward-ca"))).toBe(true);
@@ -109,11 +223,5 @@ describe("deploy/kubernetes manifests", () => {
     const result = spawnSync("promtool", ["check", "config", config], { encoding: "utf8", timeout: 30_000 });
     expect(result.stdout + result.stderr).toContain("SUCCESS");
     expect(result.status, result.stdout + result.stderr).toBe(0);
-  });
-
-  it("pods of the example workload carry the meshward.io/mode label the scrape config reads", () => {
-    const workload = manifests.find(({ doc }) => doc.kind === "Deployment" && doc.metadata?.name === "orders")?.doc;
-    expect(workload?.spec?.template?.metadata?.labels?.["meshward.io/mode"]).toBe("strict");
-    expect(containerArgs("meshward")).toContain("strict");
   });
 });

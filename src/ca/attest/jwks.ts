@@ -5,6 +5,7 @@ import { MeshwardError } from "../../errors.ts";
 import { formatWorkloadId } from "../../spiffe/id.ts";
 import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
+import { kubernetesOidc, type KubernetesOidc } from "./kubernetes-oidc.ts";
 
 const MAX_JWT_LENGTH = 16 * 1024;
 /** Asymmetric only: a shared-secret (HS*) or `none` token is never accepted. */
@@ -21,7 +22,8 @@ export interface JwksAttestorOptions extends JwksValidatorConfig {
  * JWKS file or URL, with issuer and audience, then mapped to a workload identity.
  */
 export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attestor {
-  const keys = loadKeySet(options);
+  const oidc = options.kubernetes === undefined ? undefined : kubernetesOidc(options.kubernetes);
+  const keys = oidc?.getKey ?? loadKeySet(options);
   return {
     name,
     async attest(request: AttestationRequest): Promise<AttestedIdentity> {
@@ -30,8 +32,9 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
       if (token.length > MAX_JWT_LENGTH) throw new MeshwardError("E_TOKEN_INVALID", `the JWT is longer than ${MAX_JWT_LENGTH} bytes`);
       let payload: JWTPayload;
       try {
+        const issuer = options.issuer ?? (await (oidc as KubernetesOidc).issuer());
         ({ payload } = await jwtVerify(token, keys, {
-          issuer: options.issuer,
+          issuer,
           audience: options.audience,
           algorithms: ALGORITHMS,
           currentDate: request.now,
@@ -44,9 +47,19 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
       const { namespace, appId } = mapClaims(payload, options.mapping);
       const spiffeId = formatWorkloadId({ trustDomain: options.trustDomain, namespace, appId });
       assertRequestMatches(request, spiffeId);
-      return { spiffeId, allowedDnsNames: [], method: name };
+      return { spiffeId, allowedDnsNames: options.mapping === "kubernetes" ? serviceDnsNames(namespace, appId) : [], method: name };
     },
   };
+}
+
+/**
+ * A Kubernetes service account may have the DNS names of the Service named like it in its
+ * namespace (<account>.<namespace>.svc and .svc.cluster.local): what a webhook such as
+ * `meshward injector` serves under. The name is already tied to the account that the token
+ * proves; a pod cannot get another Service's name.
+ */
+export function serviceDnsNames(namespace: string, serviceAccount: string): string[] {
+  return [`${serviceAccount}.${namespace}.svc`, `${serviceAccount}.${namespace}.svc.cluster.local`];
 }
 
 function loadKeySet(options: JwksAttestorOptions): JWTVerifyGetKey {
@@ -106,6 +119,9 @@ function classifyJwtError(error: unknown): MeshwardError {
     return new MeshwardError("E_TOKEN_SIGNATURE", "the JWT's signature does not verify against the configured JWKS");
   }
   if (error instanceof joseErrors.JOSEAlgNotAllowed) return new MeshwardError("E_TOKEN_SIGNATURE", "the JWT uses a signature algorithm that is not allowed");
+  if (error instanceof joseErrors.JOSEError && error.code === "ERR_JOSE_GENERIC" && /JSON Web Key Set/.test(error.message)) {
+    return new MeshwardError("E_JWKS_UNAVAILABLE", "the JWKS could not be fetched (the server did not answer 200 with JSON); try again");
+  }
   if (error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JOSEError && error.code === "ERR_JWKS_INVALID") {
     return new MeshwardError("E_JWKS_UNAVAILABLE", "the JWKS could not be fetched; try again");
   }

@@ -1,0 +1,104 @@
+import { Option, type Command } from "commander";
+import { MeshwardError } from "../errors.ts";
+import { createIdentity } from "../identity/ca-source.ts";
+import { readBundleFile } from "../identity/bundle-file.ts";
+import { syncWebhookCaBundle } from "../inject/webhook-ca-bundle.ts";
+import { startWebhookServer } from "../inject/webhook-server.ts";
+import { parseDuration } from "../util/duration.ts";
+import { parseHostPort } from "../util/address.ts";
+import { DEFAULT_AUDIENCE, defaultImage } from "./inject.ts";
+import { cliLogger, collect, logFormatOption, logLevelOption, untilSignal } from "./options.ts";
+
+interface InjectorOptions {
+  listen: string;
+  ca: string;
+  bundle: string;
+  tokenFile: string;
+  namespace?: string;
+  appId: string;
+  dnsName?: string[];
+  image: string;
+  caAddress?: string;
+  audience: string;
+  webhookConfig?: string;
+  apiServer: string;
+  apiTokenFile: string;
+  apiCaFile: string;
+  bundleRefreshInterval: string;
+  logFormat: string;
+  logLevel: string;
+}
+
+export function registerInjectorCommand(program: Command): void {
+  program
+    .command("injector")
+    .description(
+      "run the sidecar injector: a mutating admission webhook (AdmissionReview v1, JSONPatch on POST /mutate) doing what 'meshward inject' does, over TLS with a certificate from the CA for its Service's DNS name. Prints one ready line.",
+    )
+    .requiredOption("--ca <addr>", "the CA (HOST:PORT)")
+    .requiredOption("--bundle <file>", "bootstrap trust bundle (the CA's bundle.pem); injected pods get the CA's current bundle")
+    .requiredOption("--token-file <file>", "the injector's projected service-account token (audience: the CA's)")
+    .option("--listen <addr>", "HOST:PORT for the webhook", "0.0.0.0:8443")
+    .option("--namespace <ns>", "the injector's own namespace, whose pods are never mutated (default: $POD_NAMESPACE)")
+    .option("--app-id <id>", "the injector's ServiceAccount (and Service) name", "meshward-injector")
+    .option("--dns-name <name>", "DNS name in the serving certificate (repeatable) [default: <app-id>.<namespace>.svc]", collect)
+    .option("--image <image>", "sidecar image", defaultImage())
+    .option("--ca-address <host:port>", "the CA as injected sidecars dial it [default: --ca]")
+    .option("--audience <aud>", "audience of the projected service-account token in injected pods", DEFAULT_AUDIENCE)
+    .option("--webhook-config <name>", "keep this MutatingWebhookConfiguration's caBundle equal to the CA's current bundle (needs get and patch on it)")
+    .option("--api-server <url>", "the Kubernetes API server, for --webhook-config", "https://kubernetes.default.svc")
+    .option("--api-token-file <file>", "service-account token for the API server", "/var/run/secrets/kubernetes.io/serviceaccount/token")
+    .option("--api-ca-file <file>", "PEM roots of the API server's certificate", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    .option("--bundle-refresh-interval <duration>", "how often the trust bundle is fetched from the CA", "60s")
+    .addOption(logFormatOption())
+    .addOption(logLevelOption())
+    .action(async (opts: InjectorOptions) => {
+      const namespace = opts.namespace ?? process.env.POD_NAMESPACE;
+      if (namespace === undefined || namespace === "") {
+        throw new MeshwardError("E_USAGE", "the injector's namespace is needed (its own pods are never mutated): --namespace or POD_NAMESPACE");
+      }
+      const listen = parseHostPort(opts.listen, "--listen");
+      parseHostPort(opts.caAddress ?? opts.ca, "--ca-address");
+      const logger = cliLogger("injector", opts);
+      const identity = createIdentity({
+        ca: opts.ca,
+        bundlePem: readBundleFile(opts.bundle),
+        namespace,
+        appId: opts.appId,
+        tokenFile: opts.tokenFile,
+        validator: "KUBERNETES",
+        dnsNames: opts.dnsName ?? [`${opts.appId}.${namespace}.svc`],
+        bundleRefreshMs: parseDuration(opts.bundleRefreshInterval, "--bundle-refresh-interval"),
+        logger,
+      });
+      let server;
+      try {
+        server = await startWebhookServer({
+          listen,
+          identity,
+          inject: { image: opts.image, caAddress: opts.caAddress ?? opts.ca, audience: opts.audience },
+          ownNamespace: namespace,
+          logger,
+        });
+      } catch (error) {
+        await identity.close();
+        throw error;
+      }
+      const caBundle =
+        opts.webhookConfig === undefined
+          ? undefined
+          : syncWebhookCaBundle({
+              api: { apiServer: opts.apiServer, tokenFile: opts.apiTokenFile, caFile: opts.apiCaFile },
+              webhookConfiguration: opts.webhookConfig,
+              identity,
+              logger,
+            });
+      const snapshot = identity.current();
+      process.stdout.write(`meshward injector ready: id=${snapshot?.svid.spiffeId ?? "?"} listen=${server.address}\n`);
+      const signal = await untilSignal();
+      logger.info({ event: "signal", signal }, "shutting down");
+      caBundle?.stop();
+      await server.close();
+      await identity.close();
+    });
+}

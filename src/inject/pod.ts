@@ -1,0 +1,190 @@
+import { MeshwardError } from "../errors.ts";
+import { ANNOTATION, SIDECAR_PORTS, readSettings, wantsInjection, type InjectOptions, type PodSettings } from "./settings.ts";
+
+/** A pod template or a Pod, as plain JSON (only the fields injection reads are typed). */
+export interface PodLike {
+  metadata?: { name?: string; namespace?: string; annotations?: Record<string, unknown>; [key: string]: unknown };
+  spec?: PodSpecLike;
+  [key: string]: unknown;
+}
+
+export interface PodSpecLike {
+  serviceAccountName?: string;
+  serviceAccount?: string;
+  hostNetwork?: boolean;
+  initContainers?: Record<string, unknown>[];
+  containers?: Record<string, unknown>[];
+  volumes?: Record<string, unknown>[];
+  [key: string]: unknown;
+}
+
+/** Names of everything injection adds, so that injecting again first takes them out. */
+export const SIDECAR_CONTAINER = "meshward";
+export const TOKEN_VOLUME = "meshward-token";
+export const POLICY_VOLUME = "meshward-policy";
+export const TOKEN_DIR = "/var/run/secrets/meshward.io/token";
+export const POLICY_DIR = "/etc/meshward/policy";
+/** The key a policy ConfigMap holds its Dapr `kind: Configuration` YAML under. */
+export const POLICY_KEY = "config.yaml";
+
+export interface InjectedPod {
+  readonly pod: PodLike;
+  readonly settings: PodSettings;
+  /** Things an operator must know (a ServiceAccount to create, no access policy). */
+  readonly notes: readonly string[];
+}
+
+/**
+ * Injects the meshward sidecar into one pod template (or Pod) that asks for it; returns
+ * undefined when it does not. Pure: the input is not modified. Injecting an injected pod
+ * gives the same pod: what an earlier injection added is removed first, then added again
+ * from the current annotations.
+ *
+ * Identity: the CA maps a projected service-account token to ns/<namespace>/<service
+ * account>, so the sidecar's app id is the pod's ServiceAccount. A pod on the namespace's
+ * `default` account (shared by every pod there, so never a workload identity) or on none is
+ * moved to the account named like its app id; an account that differs from the app id is refused.
+ */
+export function injectPod(input: PodLike, options: InjectOptions, where: string, fallbackName?: string): InjectedPod | undefined {
+  const annotations = input.metadata?.annotations ?? {};
+  if (!wantsInjection(annotations)) return undefined;
+  const spec = input.spec;
+  if (spec === undefined || !Array.isArray(spec.containers)) throw new MeshwardError("E_INJECT_INVALID", `${where}: the pod template has no spec.containers`);
+  if (spec.hostNetwork === true) {
+    throw new MeshwardError("E_INJECT_INVALID", `${where}: hostNetwork pods share the node's ports and cannot take a sidecar; remove hostNetwork or ${ANNOTATION.inject}`);
+  }
+  const account = spec.serviceAccountName ?? spec.serviceAccount;
+  const ownAccount = account === undefined || account === "" || account === "default" ? undefined : account;
+  const settings = readSettings(annotations, ownAccount ?? fallbackName, where, (input.metadata?.labels ?? {}) as Record<string, unknown>);
+  if (ownAccount !== undefined && ownAccount !== settings.appId) {
+    throw new MeshwardError(
+      "E_INJECT_APP_ID_MISMATCH",
+      `${where}: app id ${JSON.stringify(settings.appId)} differs from serviceAccountName ${JSON.stringify(ownAccount)}; the CA proves identities by service account, so make them equal`,
+    );
+  }
+  const notes: string[] = [];
+  if (ownAccount === undefined) notes.push(`${where}: runs as ServiceAccount ${settings.appId} (it must exist in the pod's namespace)`);
+  if (settings.mode === "permissive") notes.push(`${where}: ${ANNOTATION.mode} permissive: plaintext is accepted on the inbound port (for migrations only)`);
+  if (settings.config === undefined) notes.push(`${where}: no ${ANNOTATION.config}: every caller with a certificate of this trust domain is allowed`);
+
+  const base = uninjectPod(input);
+  const baseSpec = base.spec as PodSpecLike;
+  const newSpec: PodSpecLike = { ...baseSpec };
+  newSpec.serviceAccountName = settings.appId;
+  if ("serviceAccount" in newSpec) newSpec.serviceAccount = settings.appId;
+  newSpec.initContainers = [sidecarContainer(settings, options), ...(baseSpec.initContainers ?? [])];
+  newSpec.volumes = [...(baseSpec.volumes ?? []), ...sidecarVolumes(settings, options)];
+  const pod: PodLike = {
+    ...base,
+    metadata: { ...base.metadata, annotations: { ...(base.metadata?.annotations ?? {}), [ANNOTATION.injected]: "true" } },
+    spec: newSpec,
+  };
+  return { pod, settings, notes };
+}
+
+/** The pod without anything injection added (fields emptied by removal are dropped). */
+export function uninjectPod(input: PodLike): PodLike {
+  const spec = { ...(input.spec ?? {}) } as PodSpecLike;
+  const drop = <T extends Record<string, unknown>>(list: T[] | undefined, names: readonly string[]): T[] | undefined => {
+    if (list === undefined) return undefined;
+    const kept = list.filter((item) => !names.includes(String(item.name)));
+    return kept.length === 0 ? undefined : kept;
+  };
+  const initContainers = drop(spec.initContainers, [SIDECAR_CONTAINER]);
+  const volumes = drop(spec.volumes, [TOKEN_VOLUME, POLICY_VOLUME]);
+  if (initContainers === undefined) delete spec.initContainers;
+  else spec.initContainers = initContainers;
+  if (volumes === undefined) delete spec.volumes;
+  else spec.volumes = volumes;
+  const annotations = { ...(input.metadata?.annotations ?? {}) };
+  delete annotations[ANNOTATION.injected];
+  return { ...input, metadata: { ...input.metadata, annotations }, spec };
+}
+
+function sidecarContainer(settings: PodSettings, options: InjectOptions): Record<string, unknown> {
+  const args = [
+    "sidecar",
+    "--app-id",
+    settings.appId,
+    "--namespace",
+    "$(POD_NAMESPACE)",
+    "--ca",
+    options.caAddress,
+    "--validator",
+    "kubernetes",
+    "--token-file",
+    `${TOKEN_DIR}/token`,
+    "--inbound",
+    `0.0.0.0:${SIDECAR_PORTS.inbound}`,
+    "--app",
+    `127.0.0.1:${settings.appPort}`,
+    "--outbound",
+    `127.0.0.1:${SIDECAR_PORTS.outbound}`,
+    "--peer-template",
+    "{appId}.{namespace}.svc.cluster.local:{port}",
+    "--protocol",
+    settings.protocol,
+    "--mode",
+    settings.mode,
+    // The kubelet's probes come from outside the pod, so the status port is not on loopback;
+    // it serves only /healthz, /readyz and /metrics (the page, which shows peers, is off).
+    "--status",
+    `0.0.0.0:${SIDECAR_PORTS.status}`,
+    "--no-status-page",
+    ...(settings.config === undefined ? [] : ["--policy", `${POLICY_DIR}/${POLICY_KEY}`]),
+    "--log-format",
+    "json",
+  ];
+  const probe = (path: string, extra: Record<string, number>) => ({ httpGet: { path, port: "mw-status" }, ...extra });
+  return {
+    name: SIDECAR_CONTAINER,
+    image: options.image,
+    imagePullPolicy: "IfNotPresent",
+    // A native sidecar (Kubernetes ≥ 1.29): started before the app containers, stopped after
+    // them, and it does not keep a Job from completing.
+    restartPolicy: "Always",
+    args,
+    env: [
+      { name: "POD_NAMESPACE", valueFrom: { fieldRef: { fieldPath: "metadata.namespace" } } },
+      { name: "MESHWARD_TRUST_ANCHORS", value: options.trustAnchors },
+    ],
+    ports: [
+      { name: "mw-mtls", containerPort: SIDECAR_PORTS.inbound, protocol: "TCP" },
+      { name: "mw-status", containerPort: SIDECAR_PORTS.status, protocol: "TCP" },
+    ],
+    // The app containers start once the sidecar holds a certificate.
+    startupProbe: probe("/readyz", { periodSeconds: 1, failureThreshold: 120 }),
+    readinessProbe: probe("/readyz", { periodSeconds: 10 }),
+    livenessProbe: probe("/healthz", { periodSeconds: 20 }),
+    resources: { requests: { cpu: "50m", memory: "64Mi" }, limits: { cpu: "1", memory: "256Mi" } },
+    securityContext: {
+      runAsNonRoot: true,
+      runAsUser: 10001,
+      runAsGroup: 10001,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ["ALL"] },
+      seccompProfile: { type: "RuntimeDefault" },
+    },
+    volumeMounts: [
+      { name: TOKEN_VOLUME, mountPath: TOKEN_DIR, readOnly: true },
+      ...(settings.config === undefined ? [] : [{ name: POLICY_VOLUME, mountPath: POLICY_DIR, readOnly: true }]),
+    ],
+  };
+}
+
+function sidecarVolumes(settings: PodSettings, options: InjectOptions): Record<string, unknown>[] {
+  const volumes: Record<string, unknown>[] = [
+    {
+      name: TOKEN_VOLUME,
+      projected: {
+        sources: [{ serviceAccountToken: { path: "token", audience: options.audience, expirationSeconds: options.tokenExpirationSeconds ?? 3600 } }],
+      },
+    },
+  ];
+  if (settings.config !== undefined) {
+    // Not optional: a pod whose policy is missing does not start (fail closed).
+    volumes.push({ name: POLICY_VOLUME, configMap: { name: settings.config, items: [{ key: POLICY_KEY, path: POLICY_KEY }] } });
+  }
+  return volumes;
+}

@@ -1,0 +1,126 @@
+import { createServer, type Server } from "node:https";
+import type { AddressInfo } from "node:net";
+import type { Logger } from "pino";
+import { describeError, MeshwardError } from "../errors.ts";
+import type { IdentitySnapshot, IdentitySource } from "../identity/source.ts";
+import { CIPHERS, CURVES, MIN_TLS_VERSION } from "../tls/policy.ts";
+import { formatHostPort, type HostPort } from "../util/address.ts";
+import { reviewAdmission } from "./admission.ts";
+import type { InjectOptions } from "./settings.ts";
+
+/** AdmissionReview bodies are capped by the API server's request limit (3 MiB of object). */
+export const MAX_REVIEW_BYTES = 4 * 1024 * 1024;
+export const MUTATE_PATH = "/mutate";
+
+export interface WebhookServerOptions {
+  readonly listen: HostPort;
+  /** The injector's serving certificate (with its Service's DNS name) and the CA's current bundle. */
+  readonly identity: IdentitySource;
+  /** Everything but the trust anchors, which are the identity's current bundle at each request. */
+  readonly inject: Omit<InjectOptions, "trustAnchors">;
+  readonly ownNamespace: string;
+  readonly logger: Logger;
+}
+
+export interface WebhookServer {
+  readonly address: string;
+  close(): Promise<void>;
+}
+
+function tlsOptions(snapshot: IdentitySnapshot) {
+  // The API server calls webhooks without a client certificate unless told to: none is asked.
+  return {
+    cert: snapshot.svid.certChainPem,
+    key: snapshot.svid.privateKey.export({ format: "pem", type: "pkcs8" }) as string,
+    minVersion: MIN_TLS_VERSION,
+    ciphers: CIPHERS,
+    ecdhCurve: CURVES,
+    honorCipherOrder: true,
+  } as const;
+}
+
+/**
+ * `meshward injector`: the mutating admission webhook. POST /mutate takes an AdmissionReview
+ * v1 and answers with a JSONPatch; GET /healthz and /readyz for the kubelet. The serving
+ * certificate is swapped on rotation for new connections (NODE-TLS-FACTS: setSecureContext).
+ */
+export async function startWebhookServer(options: WebhookServerOptions): Promise<WebhookServer> {
+  const { identity, logger } = options;
+  const first = await identity.ready();
+  const server: Server = createServer({ ...tlsOptions(first), requestTimeout: 10_000, headersTimeout: 5_000 }, (req, res) => {
+    const path = (req.url ?? "/").split("?", 1)[0];
+    const send = (status: number, body: unknown) => {
+      res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" });
+      res.end(JSON.stringify(body));
+    };
+    if (path === "/healthz" || path === "/readyz") {
+      const current = identity.current();
+      send(current === undefined && path === "/readyz" ? 503 : 200, { status: current === undefined && path === "/readyz" ? "no valid certificate" : "ok" });
+      return;
+    }
+    if (path !== MUTATE_PATH) return send(404, { error: "not found" });
+    if (req.method !== "POST") {
+      res.setHeader("allow", "POST");
+      return send(405, { error: "method not allowed" });
+    }
+    if (!/^application\/json\b/i.test(req.headers["content-type"] ?? "")) return send(415, { error: "the body must be application/json" });
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let refused = false;
+    req.on("data", (chunk: Buffer) => {
+      if (refused) return;
+      size += chunk.length;
+      if (size > MAX_REVIEW_BYTES) {
+        refused = true;
+        send(413, { error: `the AdmissionReview is larger than ${MAX_REVIEW_BYTES} bytes` });
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on("end", () => {
+      if (refused) return;
+      let review: unknown;
+      try {
+        review = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+      } catch {
+        return send(400, { error: "the body is not JSON" });
+      }
+      const current = identity.current();
+      if (current === undefined) return send(503, { error: "no current trust bundle" });
+      try {
+        const answer = reviewAdmission(review, { options: { ...options.inject, trustAnchors: current.bundle.rootsPem }, ownNamespace: options.ownNamespace });
+        logger.info(
+          { event: "admission", uid: answer.response.uid, allowed: answer.response.allowed, patched: answer.response.patch !== undefined, ...(answer.response.status ? { reason: answer.response.status.message } : {}) },
+          "admission review",
+        );
+        send(200, answer);
+      } catch (error) {
+        const code = error instanceof MeshwardError ? error.code : "E_INTERNAL";
+        logger.warn({ event: "admission-refused", err: describeError(error) }, "bad admission request");
+        send(400, { error: describeError(error), code });
+      }
+    });
+  });
+  const unsubscribe = identity.subscribe((event) => {
+    if (event.type === "rotated") {
+      server.setSecureContext(tlsOptions(event.snapshot));
+      logger.info({ event: "certificate-rotated", notAfter: event.snapshot.svid.notAfter.toISOString() }, "serving certificate rotated");
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", (error: NodeJS.ErrnoException) =>
+      reject(new MeshwardError("E_LISTEN", `cannot listen on ${formatHostPort(options.listen)}: ${error.code ?? error.message}`)),
+    );
+    server.listen(options.listen.port, options.listen.host, () => resolve());
+  });
+  const bound = server.address() as AddressInfo;
+  return {
+    address: formatHostPort({ host: bound.address, port: bound.port }),
+    async close() {
+      unsubscribe();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}

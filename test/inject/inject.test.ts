@@ -1,0 +1,168 @@
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { parseAllDocuments } from "yaml";
+import { injectManifest } from "../../src/inject/manifest.ts";
+import { runCli } from "../helpers/cli.ts";
+import { validateK8sObjects } from "../helpers/k8s-schema.ts";
+
+// `meshward inject` as an operator runs it (a real process), on the four kinds of input the
+// issue names. Compare: linkerd's `linkerd inject` (linkerd/linkerd2 cli/cmd/inject.go) and
+// `istioctl kube-inject`, which also pass non-workload documents through.
+const HERE = new URL(".", import.meta.url).pathname;
+const FIXTURES = join(HERE, "fixtures");
+const GOLDEN = join(HERE, "golden");
+const ANCHORS = join(FIXTURES, "trust-anchors.pem");
+const INPUTS = ["dapr-quickstart", "cronjob", "list", "multi"] as const;
+const ARGS = ["--trust-anchors", ANCHORS, "--image", "meshward:test"];
+const OPTIONS = { trustAnchors: readFileSync(ANCHORS, "utf8"), image: "meshward:test", caAddress: "meshward-ca.meshward-system.svc:8443", audience: "meshward" };
+
+const docsOf = (text: string): Record<string, any>[] => parseAllDocuments(text).map((d) => d.toJS() as Record<string, any>);
+
+function podSpecs(object: Record<string, any>): Record<string, any>[] {
+  if (object.kind === "List") return (object.items as Record<string, any>[]).flatMap(podSpecs);
+  if (object.kind === "Pod") return [object.spec];
+  if (object.kind === "CronJob") return [object.spec.jobTemplate.spec.template.spec];
+  return object.spec?.template?.spec ? [object.spec.template.spec] : [];
+}
+
+describe("meshward inject: golden files", () => {
+  for (const name of INPUTS) {
+    it(`${name}.yaml: output equals the golden file, validates against the Kubernetes 1.34 schemas, and injecting again changes nothing`, async () => {
+      const result = await runCli(["inject", join(FIXTURES, `${name}.yaml`), ...ARGS]);
+      expect(result.code, result.stderr).toBe(0);
+      const golden = join(GOLDEN, `${name}.yaml`);
+      if (process.env.UPDATE_GOLDEN === "1") writeFileSync(golden, result.stdout);
+      expect(result.stdout).toBe(readFileSync(golden, "utf8"));
+      expect(validateK8sObjects(docsOf(result.stdout))).toBeGreaterThan(0);
+      const again = await runCli(["inject", "-", ...ARGS], { input: result.stdout });
+      expect(again.code, again.stderr).toBe(0);
+      expect(again.stdout).toBe(result.stdout);
+    });
+  }
+
+  it("the schema check can fail: a sidecar with a misspelt restartPolicy value is refused", () => {
+    const out = docsOf(injectManifest(readFileSync(join(FIXTURES, "multi.yaml"), "utf8"), OPTIONS).text);
+    const pod = out.find((d) => d.kind === "Pod") as Record<string, any>;
+    pod.spec.initContainers[0].ports[0].containerPort = "3501";
+    expect(() => validateK8sObjects([pod])).toThrow(/containerPort must be integer/);
+  });
+});
+
+describe("meshward inject: what the sidecar gets", () => {
+  const out = docsOf(injectManifest(readFileSync(join(FIXTURES, "multi.yaml"), "utf8"), OPTIONS).text);
+  const pod = out.find((d) => d.kind === "Pod") as Record<string, any>;
+  const sidecar = pod.spec.initContainers[0] as Record<string, any>;
+
+  it("is a native sidecar (initContainer, restartPolicy Always) with probes, resources, non-root, read-only root fs, no capabilities", () => {
+    expect(sidecar.name).toBe("meshward");
+    expect(sidecar.restartPolicy).toBe("Always");
+    expect(pod.spec.containers.map((c: { name: string }) => c.name)).toEqual(["app"]);
+    expect(sidecar.readinessProbe.httpGet).toEqual({ path: "/readyz", port: "mw-status" });
+    expect(sidecar.livenessProbe.httpGet).toEqual({ path: "/healthz", port: "mw-status" });
+    expect(sidecar.startupProbe.httpGet.path).toBe("/readyz");
+    expect(Object.keys(sidecar.resources.requests).sort()).toEqual(["cpu", "memory"]);
+    expect(Object.keys(sidecar.resources.limits).sort()).toEqual(["cpu", "memory"]);
+    expect(sidecar.securityContext).toMatchObject({ runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } });
+    expect(sidecar.securityContext.runAsUser).toBeGreaterThan(0);
+  });
+
+  it("gets a projected token with the CA's audience, the trust anchors and the policy ConfigMap", () => {
+    const token = pod.spec.volumes.find((v: { name: string }) => v.name === "meshward-token");
+    expect(token.projected.sources[0].serviceAccountToken).toEqual({ path: "token", audience: "meshward", expirationSeconds: 3600 });
+    expect(sidecar.env.find((e: { name: string }) => e.name === "MESHWARD_TRUST_ANCHORS").value).toBe(OPTIONS.trustAnchors);
+    const policy = pod.spec.volumes.find((v: { name: string }) => v.name === "meshward-policy");
+    expect(policy.configMap).toEqual({ name: "orders-policy", items: [{ key: "config.yaml", path: "config.yaml" }] });
+    expect(sidecar.args).toEqual(expect.arrayContaining(["--policy", "/etc/meshward/policy/config.yaml", "--validator", "kubernetes", "--app", "127.0.0.1:8080", "--no-status-page"]));
+    // The other volume stays where it was.
+    expect(pod.spec.volumes[0]).toEqual({ name: "scratch", emptyDir: {} });
+    // A different audience reaches the token (the CA's jwks.audience).
+    const other = docsOf(injectManifest(readFileSync(join(FIXTURES, "multi.yaml"), "utf8"), { ...OPTIONS, audience: "meshward-ca.prod" }).text);
+    const otherPod = other.find((d) => d.kind === "Pod") as Record<string, any>;
+    expect(otherPod.spec.volumes.find((v: { name: string }) => v.name === "meshward-token").projected.sources[0].serviceAccountToken.audience).toBe("meshward-ca.prod");
+  });
+
+  it("reads Dapr's annotations: dapr.io/app-id, app-port and config, and moves the pod off the shared default account", () => {
+    const docs = docsOf(injectManifest(readFileSync(join(FIXTURES, "dapr-quickstart.yaml"), "utf8"), OPTIONS).text);
+    const spec = podSpecs(docs[1] as Record<string, any>)[0] as Record<string, any>;
+    expect(spec.serviceAccountName).toBe("nodeapp");
+    expect(spec.initContainers[0].args).toEqual(expect.arrayContaining(["--app-id", "nodeapp", "--app", "127.0.0.1:3000", "--policy", "/etc/meshward/policy/config.yaml"]));
+    expect(spec.volumes.find((v: { name: string }) => v.name === "meshward-policy").configMap.name).toBe("appconfig");
+  });
+
+  it("meshward.io/inject: \"false\" wins over dapr.io/enabled, and documents without the annotation pass through byte for byte", () => {
+    const listOut = docsOf(injectManifest(readFileSync(join(FIXTURES, "list.yaml"), "utf8"), OPTIONS).text)[0] as Record<string, any>;
+    const daemonSet = listOut.items.find((i: { kind: string }) => i.kind === "DaemonSet");
+    expect(daemonSet.spec.template.spec.initContainers).toBeUndefined();
+    const input = readFileSync(join(FIXTURES, "multi.yaml"), "utf8");
+    const output = injectManifest(input, OPTIONS).text;
+    const segments = input.split(/^---\n/m);
+    for (const index of [0, 1, 3, 5]) expect(output).toContain(segments[index]);
+    expect(segments[2] && output.includes(segments[2])).toBe(false);
+  });
+
+  it("JSON in (kubectl get -o json), JSON out, injected the same way; again changes nothing", () => {
+    const yamlOut = docsOf(injectManifest(readFileSync(join(FIXTURES, "list.yaml"), "utf8"), OPTIONS).text)[0];
+    const json = JSON.stringify(docsOf(readFileSync(join(FIXTURES, "list.yaml"), "utf8"))[0], null, 2);
+    const out = injectManifest(json, OPTIONS).text;
+    expect(JSON.parse(out)).toEqual(yamlOut);
+    expect(injectManifest(out, OPTIONS).text).toBe(out);
+  });
+
+  it("the meshward.io/mode label (what the Prometheus relabelling reads) sets the sidecar's --mode", () => {
+    const text = readFileSync(join(FIXTURES, "multi.yaml"), "utf8").replace("labels: { app: orders }", "labels: { app: orders, meshward.io/mode: permissive }");
+    const result = injectManifest(text, OPTIONS);
+    const pod = docsOf(result.text).find((d) => d.kind === "Pod") as Record<string, any>;
+    const args = pod.spec.initContainers[0].args as string[];
+    expect(args[args.indexOf("--mode") + 1]).toBe("permissive");
+    expect(result.notes.join("\n")).toMatch(/permissive: plaintext is accepted/);
+    const strict = docsOf(injectManifest(readFileSync(join(FIXTURES, "multi.yaml"), "utf8"), OPTIONS).text).find((d) => d.kind === "Pod") as Record<string, any>;
+    expect(strict.spec.initContainers[0].args[strict.spec.initContainers[0].args.indexOf("--mode") + 1]).toBe("strict");
+  });
+
+  it("a manifest with nothing to inject comes out byte for byte", () => {
+    const text = "# just a service\napiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{port: 1}]\n...\n";
+    expect(injectManifest(text, OPTIONS).text).toBe(text);
+  });
+
+  it("re-injecting after an annotation changed replaces the sidecar instead of adding a second one", () => {
+    const once = injectManifest(readFileSync(join(FIXTURES, "multi.yaml"), "utf8"), OPTIONS).text;
+    const twice = injectManifest(once.replace('meshward.io/app-port: "8080"', 'meshward.io/app-port: "8181"'), OPTIONS).text;
+    const pod = docsOf(twice).find((d) => d.kind === "Pod") as Record<string, any>;
+    expect(pod.spec.initContainers).toHaveLength(1);
+    expect(pod.spec.volumes.filter((v: { name: string }) => v.name.startsWith("meshward-"))).toHaveLength(2);
+    expect(pod.spec.initContainers[0].args).toContain("127.0.0.1:8181");
+  });
+});
+
+describe("meshward inject: refusals are clear errors, never a stack trace", () => {
+  const deployment = (annotations: Record<string, string>, spec = "") =>
+    `apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata:\n      labels: {app: web}\n      annotations: ${JSON.stringify(annotations)}\n    spec:\n${spec}      containers: [{name: web, image: web}]\n`;
+  const cases: [string, string, RegExp][] = [
+    ["no app port", deployment({ "meshward.io/inject": "true" }), /meshward\.io\/app-port.*\[E_INJECT_ANNOTATION\]/s],
+    ["a port that is not a number", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80x" }), /must be a port number.*\[E_INJECT_ANNOTATION\]/s],
+    ["the sidecar's own port", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "3501" }), /sidecar's own ports/],
+    ["an unknown protocol", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/protocol": "udp" }), /http or tcp/],
+    ["inject neither true nor false", deployment({ "meshward.io/inject": "yes", "meshward.io/app-port": "80" }), /"true" or "false"/],
+    ["an app id that differs from the ServiceAccount", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/app-id": "web" }, "      serviceAccountName: other\n"), /\[E_INJECT_APP_ID_MISMATCH\]/],
+    ["hostNetwork", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80" }, "      hostNetwork: true\n"), /hostNetwork/],
+    ["an app id that is not a DNS label", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/app-id": "Web_1" }), /not a DNS label/],
+    ["a mode that is neither strict nor permissive", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/mode": "off" }), /strict or permissive/],
+    ["broken YAML", "kind: Deployment\nmetadata: {name: [\n", /\[E_INJECT_INVALID\]/],
+  ];
+  for (const [what, input, message] of cases) {
+    it(what, async () => {
+      const result = await runCli(["inject", ...ARGS], { input });
+      expect(result.code).toBe(1);
+      expect(result.stdout).toBe("");
+      expect(result.stderr).toMatch(message);
+      expect(result.stderr).not.toMatch(/\n\s+at /);
+    });
+  }
+
+  it("a trust anchors file that is not PEM is refused before anything is read", async () => {
+    const result = await runCli(["inject", join(FIXTURES, "cronjob.yaml"), "--trust-anchors", join(FIXTURES, "cronjob.yaml")]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/\[E_BUNDLE_INVALID\]/);
+  });
+});

@@ -1,0 +1,256 @@
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, request, type Server } from "node:https";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import jsonPatch from "fast-json-patch";
+import { exportJWK, generateKeyPair, SignJWT } from "jose";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseAllDocuments, stringify } from "yaml";
+import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
+import { validateK8sObjects } from "../helpers/k8s-schema.ts";
+import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
+
+// `meshward injector` as the API server calls it: HTTPS to its Service's DNS name, verified
+// against the CA's bundle (the webhook's caBundle), POST /mutate with a real AdmissionReview v1
+// (the shape of k8s.io/api/admission/v1 types.go; compare dapr/dapr pkg/injector/service and
+// linkerd2 controller/webhook). The JSONPatch is applied with fast-json-patch, an RFC 6902
+// implementation independent of ours, and must give exactly what `meshward inject` prints.
+const HERE = new URL(".", import.meta.url).pathname;
+const ISSUER = "https://kubernetes.default.svc.cluster.local";
+const SERVICE_DNS = "meshward-injector.meshward-system.svc";
+const SIDECAR_CA = "meshward-ca.meshward-system.svc:8443";
+
+interface Review {
+  response: { uid: string; allowed: boolean; patchType?: string; patch?: string; status?: { code: number; message: string }; warnings?: string[] };
+}
+
+describe("meshward injector (mutating admission webhook over HTTPS)", () => {
+  let work: string;
+  let ca: LongRunning | undefined;
+  let injector: LongRunning | undefined;
+  let port: number;
+  let bundle: string;
+  // A stand-in for the API server holding the rendered MutatingWebhookConfiguration: GET, and
+  // PATCH with an RFC 6902 JSON patch (its `test` on resourceVersion honoured, as the API server does).
+  let pki: TestPki;
+  let apiServer: Server;
+  let webhookConfiguration: Record<string, any>;
+  const patches: unknown[][] = [];
+  const API_TOKEN = "injector-service-account-token";
+
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), "meshward-injector-"));
+    pki = createTestPki({ name: "cluster ca" });
+    const leaf = pki.issueLeaf({ dnsNames: ["localhost"] });
+    const rendered = spawnSync("kubectl", ["kustomize", join(HERE, "../../deploy/kubernetes/overlays/single")], { encoding: "utf8" });
+    webhookConfiguration = parseAllDocuments(rendered.stdout).map((d) => d.toJS()).find((d: any) => d.kind === "MutatingWebhookConfiguration");
+    webhookConfiguration.metadata.resourceVersion = "1";
+    const path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/meshward-injector";
+    apiServer = createServer({ cert: leaf.chainPem, key: leaf.keyPem }, (req, res) => {
+      let body = "";
+      req.on("data", (d) => (body += d));
+      req.on("end", () => {
+        if (req.headers.authorization !== `Bearer ${API_TOKEN}`) return void res.writeHead(401).end("{}");
+        if (req.url !== path) return void res.writeHead(404).end("{}");
+        if (req.method === "PATCH" && req.headers["content-type"] === "application/json-patch+json") {
+          const ops = JSON.parse(body) as jsonPatch.Operation[];
+          try {
+            webhookConfiguration = jsonPatch.applyPatch(structuredClone(webhookConfiguration), ops, true, false).newDocument;
+          } catch {
+            return void res.writeHead(409).end("{}");
+          }
+          patches.push(ops);
+          webhookConfiguration.metadata.resourceVersion = String(Number(webhookConfiguration.metadata.resourceVersion) + 1);
+        } else if (req.method !== "GET") return void res.writeHead(405).end("{}");
+        res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(webhookConfiguration));
+      });
+    });
+    await new Promise<void>((resolve) => apiServer.listen(0, "127.0.0.1", resolve));
+    writeFileSync(join(work, "api-token"), API_TOKEN);
+    const keys = await generateKeyPair("ES256");
+    writeFileSync(join(work, "jwks.json"), JSON.stringify({ keys: [{ ...(await exportJWK(keys.publicKey)), kid: "k1", alg: "ES256" }] }));
+    expect((await runCli(["ca", "init", "--trust-domain", "cluster.test", "--dir", join(work, "ca")])).code).toBe(0);
+    bundle = join(work, "ca", "bundle.pem");
+    const startedCa = await startCli(
+      ["ca", "serve", "--dir", join(work, "ca"), "--listen", "127.0.0.1:0", "--jwks-file", join(work, "jwks.json"), "--jwt-issuer", ISSUER, "--jwt-audience", "meshward"],
+      /listening on (\S+)/,
+    );
+    ca = startedCa;
+    // The injector's own projected service-account token: account meshward-injector in meshward-system.
+    const token = await new SignJWT({ "kubernetes.io": { namespace: "meshward-system", serviceaccount: { name: "meshward-injector", uid: "u-1" }, pod: { name: "meshward-injector-0", uid: "u-2" } } })
+      .setProtectedHeader({ alg: "ES256", kid: "k1" })
+      .setIssuer(ISSUER)
+      .setAudience(["meshward"])
+      .setSubject("system:serviceaccount:meshward-system:meshward-injector")
+      .setIssuedAt()
+      .setExpirationTime("1h")
+      .sign(keys.privateKey);
+    writeFileSync(join(work, "token"), token);
+    const started = await startCli(
+      [
+        "injector", "--ca", startedCa.match[1] as string, "--bundle", bundle, "--token-file", join(work, "token"), "--namespace", "meshward-system",
+        "--listen", "127.0.0.1:0", "--image", "meshward:test", "--ca-address", SIDECAR_CA,
+        "--webhook-config", "meshward-injector", "--api-server", `https://localhost:${(apiServer.address() as AddressInfo).port}`,
+        "--api-token-file", join(work, "api-token"), "--api-ca-file", pki.rootPath, "--bundle-refresh-interval", "1s",
+      ],
+      /meshward injector ready: id=(\S+) listen=(\S+)/,
+    );
+    injector = started;
+    expect(started.match[1]).toBe("spiffe://cluster.test/ns/meshward-system/meshward-injector");
+    port = Number((started.match[2] as string).split(":").pop());
+  }, 60_000);
+
+  afterAll(async () => {
+    await injector?.stop();
+    await ca?.stop();
+    apiServer?.closeAllConnections();
+    await new Promise<void>((resolve) => (apiServer ? apiServer.close(() => resolve()) : resolve()));
+    pki?.cleanup();
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  /** POST over HTTPS as the API server does: verify the serving certificate for `servername` with the CA bundle. */
+  function post(body: string, options: { servername?: string; path?: string; contentType?: string } = {}): Promise<{ status: number; json: any }> {
+    return new Promise((resolve, reject) => {
+      const req = request(
+        {
+          host: "127.0.0.1",
+          port,
+          path: options.path ?? "/mutate",
+          method: "POST",
+          ca: readFileSync(bundle),
+          servername: options.servername ?? SERVICE_DNS,
+          headers: { "content-type": options.contentType ?? "application/json" },
+        },
+        (res) => {
+          let text = "";
+          res.on("data", (d) => (text += d));
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(text) }));
+        },
+      );
+      req.on("error", reject);
+      req.end(body);
+    });
+  }
+
+  const admissionReview = (pod: Record<string, unknown>, namespace: string, uid = "705ab4f5-6393-11e8-b7cc-42010a800002") => ({
+    apiVersion: "admission.k8s.io/v1",
+    kind: "AdmissionReview",
+    request: {
+      uid,
+      kind: { group: "", version: "v1", kind: "Pod" },
+      resource: { group: "", version: "v1", resource: "pods" },
+      requestKind: { group: "", version: "v1", kind: "Pod" },
+      requestResource: { group: "", version: "v1", resource: "pods" },
+      name: "",
+      namespace,
+      operation: "CREATE",
+      userInfo: { username: "system:serviceaccount:kube-system:replicaset-controller", uid: "a1", groups: ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"] },
+      object: pod,
+      oldObject: null,
+      dryRun: false,
+      options: { kind: "CreateOptions", apiVersion: "meta.k8s.io/v1" },
+    },
+  });
+
+  /** The pod a ReplicaSet of the Dapr quickstart Deployment creates, as the API server has it when webhooks run. */
+  function quickstartPod(namespace: string): Record<string, any> {
+    const deployment = parseAllDocuments(readFileSync(join(HERE, "fixtures", "dapr-quickstart.yaml"), "utf8"))[1]!.toJS() as any;
+    const template = deployment.spec.template;
+    return {
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: { generateName: "nodeapp-6b5b4b9c7d-", namespace, labels: { ...template.metadata.labels, "pod-template-hash": "6b5b4b9c7d" }, annotations: template.metadata.annotations },
+      spec: { ...template.spec, serviceAccountName: "default", restartPolicy: "Always", dnsPolicy: "ClusterFirst", terminationGracePeriodSeconds: 30 },
+    };
+  }
+
+  it("patches a pod so that it equals `meshward inject`'s output for the same pod, and the result validates", async () => {
+    const pod = quickstartPod("shop");
+    const { status, json } = await post(JSON.stringify(admissionReview(pod, "shop")));
+    expect(status).toBe(200);
+    const review = json as Review;
+    expect(review.response).toMatchObject({ uid: "705ab4f5-6393-11e8-b7cc-42010a800002", allowed: true, patchType: "JSONPatch" });
+    const patch = JSON.parse(Buffer.from(review.response.patch as string, "base64").toString("utf8"));
+    const patched = jsonPatch.applyPatch(structuredClone(pod), patch, true, false).newDocument;
+
+    // The same pod through the real `meshward inject`, with the CA's bundle as trust anchors.
+    const inject = await runCli(["inject", "-", "--trust-anchors", bundle, "--image", "meshward:test", "--ca-address", SIDECAR_CA], { input: stringify(pod) });
+    expect(inject.code, inject.stderr).toBe(0);
+    const offline = parseAllDocuments(inject.stdout)[0]!.toJS();
+    expect(patched).toEqual(offline);
+    expect(patched.spec.initContainers[0].restartPolicy).toBe("Always");
+    expect(patched.spec.serviceAccountName).toBe("nodeapp");
+    expect(validateK8sObjects([patched])).toBe(1);
+    expect(review.response.warnings?.join("\n")).toMatch(/ServiceAccount nodeapp/);
+  });
+
+  it("a pod without the annotation, or in the injector's own namespace, is allowed without a patch", async () => {
+    const plain = quickstartPod("shop");
+    delete plain.metadata.annotations;
+    const first = (await post(JSON.stringify(admissionReview(plain, "shop")))).json as Review;
+    expect(first.response).toEqual({ uid: "705ab4f5-6393-11e8-b7cc-42010a800002", allowed: true });
+    const own = (await post(JSON.stringify(admissionReview(quickstartPod("meshward-system"), "meshward-system")))).json as Review;
+    expect(own.response).toEqual({ uid: "705ab4f5-6393-11e8-b7cc-42010a800002", allowed: true });
+  });
+
+  it("denies a pod whose annotations are wrong, with the reason (failurePolicy does not matter: the webhook answered)", async () => {
+    const pod = quickstartPod("shop");
+    pod.metadata.annotations["dapr.io/app-port"] = "http";
+    const review = (await post(JSON.stringify(admissionReview(pod, "shop", "uid-2")))).json as Review;
+    expect(review.response.allowed).toBe(false);
+    expect(review.response.patch).toBeUndefined();
+    expect(review.response.status?.code).toBe(400);
+    expect(review.response.status?.message).toMatch(/app-port must be a port number.*E_INJECT_ANNOTATION/);
+  });
+
+  it("refuses what is not an AdmissionReview v1: other JSON, no uid, not JSON, wrong content type, wrong path or method", async () => {
+    expect((await post(JSON.stringify({ apiVersion: "admission.k8s.io/v1beta1", kind: "AdmissionReview", request: { uid: "x" } }))).status).toBe(400);
+    expect((await post(JSON.stringify({ apiVersion: "admission.k8s.io/v1", kind: "AdmissionReview", request: {} }))).json.code).toBe("E_ADMISSION_INVALID");
+    expect((await post("{not json")).status).toBe(400);
+    expect((await post("{}", { contentType: "text/plain" })).status).toBe(415);
+    expect((await post("{}", { path: "/other" })).status).toBe(404);
+  });
+
+  it("serves a certificate from the CA for its Service's DNS name only: another name does not verify", async () => {
+    await expect(post("{}", { servername: "meshward-injector.other.svc" })).rejects.toThrow(/altnames|does not match|Hostname/i);
+    const { status } = await post(JSON.stringify(admissionReview(quickstartPod("shop"), "shop")), { servername: `${SERVICE_DNS}` });
+    expect(status).toBe(200);
+  });
+
+  it("cannot get a certificate for a DNS name its service account does not own (the CA refuses)", async () => {
+    const result = await runCli(
+      ["injector", "--ca", (ca as LongRunning & { match: RegExpMatchArray }).match[1] as string, "--bundle", bundle, "--token-file", join(work, "token"), "--namespace", "meshward-system", "--listen", "127.0.0.1:0", "--dns-name", "meshward-ca.meshward-system.svc"],
+      { timeoutMs: 30_000 },
+    );
+    expect(result.code).not.toBe(0);
+    expect(result.stderr).toMatch(/E_CSR_DNS_NOT_ALLOWED/);
+  });
+
+  /** The certificates (DER, base64) in a PEM text or a base64 caBundle. */
+  const certs = (pem: string) => [...pem.matchAll(/-----BEGIN CERTIFICATE-----([\s\S]+?)-----END CERTIFICATE-----/g)].map((m) => (m[1] as string).replace(/\s/g, ""));
+  const caBundleCerts = () => certs(Buffer.from(String(webhookConfiguration.webhooks[0].clientConfig.caBundle ?? ""), "base64").toString("utf8"));
+  async function until(condition: () => boolean, what: string): Promise<void> {
+    for (let i = 0; i < 300 && !condition(); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(condition(), what).toBe(true);
+  }
+
+  it("keeps the webhook's caBundle equal to the CA's bundle, through a root rotation (prepare adds the new root)", async () => {
+    await until(() => caBundleCerts().length > 0, "the injector set caBundle");
+    expect(caBundleCerts()).toEqual(certs(readFileSync(bundle, "utf8")));
+    // The patch is guarded by the resourceVersion it read and touches only caBundle.
+    const first = patches[0] as { op: string; path: string }[];
+    expect(first[0]).toMatchObject({ op: "test", path: "/metadata/resourceVersion" });
+    expect(first.slice(1).map((op) => op.path)).toEqual(["/webhooks/0/clientConfig/caBundle"]);
+    const result = await runCli(["ca", "rotate-root", "prepare", "--dir", join(work, "ca")]);
+    expect(result.code, result.stderr).toBe(0);
+    expect(certs(readFileSync(bundle, "utf8"))).toHaveLength(2);
+    await until(() => caBundleCerts().length === 2, "the injector added the new root to caBundle");
+    expect(caBundleCerts().sort()).toEqual(certs(readFileSync(bundle, "utf8")).sort());
+    // Nothing else in the object changed.
+    expect(webhookConfiguration.webhooks[0].failurePolicy).toBe("Fail");
+    expect(validateK8sObjects([webhookConfiguration])).toBe(1);
+  }, 60_000);
+});
