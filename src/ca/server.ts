@@ -24,6 +24,7 @@ import { handleGrpc } from "./api/grpc.ts";
 import { handleHttp } from "./api/http.ts";
 import { createCaMetrics } from "./metrics.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
+import { trustBundleVersion } from "../telemetry/bundle-version.ts";
 import { systemClock } from "../util/clock.ts";
 import { watchAnchors } from "./anchor-watcher.ts";
 import { createRotationManager } from "./rotation-manager.ts";
@@ -211,6 +212,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     metrics.certExpiry.set({ kind: "root" }, earliestRoot / 1000);
     metrics.certExpiry.set({ kind: "issuer" }, new Date(anchors.issuer.certificate.validTo).getTime() / 1000);
     metrics.revocations.set(crl.current?.revokedSerials.size ?? 0);
+    mesh.bundleVersion.set(trustBundleVersion(anchors.roots.map((r) => r.fingerprint256)));
   };
   setExpiryGauges();
 

@@ -152,6 +152,8 @@ export const REQUEST_DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.0
 export interface MeshMetrics {
   /** meshward_cert_expiry_timestamp_seconds{kind}: when a certificate expires (Unix seconds). */
   readonly certExpiry: Gauge<"kind">;
+  /** meshward_trust_bundle_version: the version of the trust bundle in use (telemetry/bundle-version.ts). */
+  readonly bundleVersion: Gauge;
   /** meshward_rotation_total{kind,result}: rotations by certificate kind and result (ok, error). */
   readonly rotations: Counter<"kind" | "result">;
   /** meshward_tls_handshakes_total{direction,result}: result is ok or failed. */
@@ -187,6 +189,10 @@ export function createMeshMetrics(metrics: Metrics): MeshMetrics {
       name: "meshward_cert_expiry_timestamp_seconds",
       help: "When a certificate expires (Unix seconds), by kind (root, issuer, workload).",
       labelNames: ["kind"],
+    }),
+    bundleVersion: metrics.gauge({
+      name: "meshward_trust_bundle_version",
+      help: "Version of the trust bundle in use: a number naming its set of roots, equal at the CA and at every workload that has fetched the CA's current bundle.",
     }),
     rotations: metrics.counter({
       name: "meshward_rotation_total",
