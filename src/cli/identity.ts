@@ -101,7 +101,7 @@ export function registerIdentityCommand(program: Command): void {
             return current ? { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` } : { ok: false, detail: "no valid certificate (expired or not yet issued)" };
           });
           const { host, port } = statusBind;
-          const page = identityStatus({ component: "sidecar", name: snapshot.svid.spiffeId, source, health });
+          const page = identityStatus({ component: "identity", name: snapshot.svid.spiffeId, source, health });
           closers.push(async () => page.stop());
           const ops = createOpsServer({ host, port, metrics, health, extraRoutes: createStatusRoutes(page.provider, statusPageToken === undefined ? {} : { token: statusPageToken }).routes });
           const bound = await ops.start();

@@ -320,6 +320,34 @@ export function classifyTlsError(error: unknown, socket?: TlsSocketLike): Handsh
   return "other";
 }
 
+/** What an "other" handshake failure was, in words, for logs and status pages (not a metric label). */
+const OTHER_FAILURES: ReadonlyMap<string, string> = new Map([
+  ["ERR_SSL_HTTP_REQUEST", "plain HTTP sent to the TLS port"],
+  ["ERR_SSL_WRONG_VERSION_NUMBER", "not TLS (the first bytes are no TLS record)"],
+  ["ERR_SSL_PACKET_LENGTH_TOO_LONG", "not TLS (the first bytes are no TLS record)"],
+  ["ECONNRESET", "the client closed the connection during the handshake"],
+  ["EPIPE", "the client closed the connection during the handshake"],
+  ["ERR_SSL_NO_SHARED_CIPHER", "no cipher suite in common"],
+  ["ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE", "the client aborted the handshake (handshake_failure alert)"],
+  ["ERR_SSL_TLSV1_ALERT_DECODE_ERROR", "the client could not parse the handshake (decode_error alert)"],
+  ["ERR_TLS_HANDSHAKE_TIMEOUT", "the client did not finish the handshake in time"],
+]);
+
+/**
+ * A handshake failure for people: the classified reason, and for `other` what actually
+ * happened (a known cause in words, else the error code), e.g. "other: plain HTTP sent to the
+ * TLS port" instead of a bare "other".
+ */
+export function describeHandshakeFailure(reason: HandshakeFailureReason, error: unknown): string {
+  if (reason !== "other") return reason;
+  const code = codeOf(error);
+  const known = code === undefined ? undefined : OTHER_FAILURES.get(code);
+  if (known !== undefined) return `other: ${known}`;
+  if (code !== undefined) return `other: ${code}`;
+  const message = error instanceof Error ? error.message : String(error);
+  return `other: ${message.slice(0, 120)}`;
+}
+
 function codeOf(value: unknown): string | undefined {
   if (typeof value !== "object" || value === null) return undefined;
   const code = (value as { code?: unknown }).code;
