@@ -201,13 +201,14 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   });
   server.on("tlsClientError", (error, socket) => {
     const reason = mesh.handshakeFailed("inbound", error, socket as import("node:tls").TLSSocket);
-    recorder.recordHandshakeFailure({ reason });
+    const described = describeHandshakeFailure(reason, error);
+    recorder.recordHandshakeFailure({ reason: described });
     const raw = (socket as unknown as { _parent?: object })._parent;
     const peer =
       socket.remoteAddress !== undefined
         ? `${socket.remoteAddress.includes(":") ? `[${socket.remoteAddress}]` : socket.remoteAddress}:${socket.remotePort}`
         : ((raw !== undefined ? peers.get(raw) : undefined) ?? peers.get(socket) ?? "(address not known: the client closed the connection)");
-    recorder.recordRefusal({ peer, reason: `handshake: ${describeHandshakeFailure(reason, error)}` });
+    recorder.recordRefusal({ peer, reason: `handshake: ${described}` });
     logger.info({ event: "tls-handshake-failed", peer: socket.remoteAddress, reason: (error as NodeJS.ErrnoException).code ?? error.message }, "TLS handshake failed");
   });
   server.on("sessionError", () => undefined);

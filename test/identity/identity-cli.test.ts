@@ -58,6 +58,10 @@ describe("meshward identity + meshward status (real processes)", () => {
     expect(ok.stdout).toMatch(/ca\s+ops\.test\s+root/);
     const json = JSON.parse((await runCli(["status", "--status-url", `http://${statusAddress}`, "--json"])).stdout) as { identity: string; healthy: boolean }[];
     expect(json).toEqual([expect.objectContaining({ identity: "spiffe://ops.test/ns/ops/nginx", healthy: true })]);
+    // an identity process is labelled as one (it used to say "sidecar")
+    expect(json[0]).toMatchObject({ component: "identity" });
+    expect(ok.stdout).toMatch(/^identity\s+spiffe:\/\/ops\.test\/ns\/ops\/nginx\s/m);
+    expect(ok.stdout).not.toMatch(/^sidecar/m);
 
     const down = await runCli(["status", "--status-url", "http://127.0.0.1:1"]);
     expect(down.code).toBe(1);

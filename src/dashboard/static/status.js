@@ -136,7 +136,7 @@
       var cls = lifeClass(Date.parse(id.notBefore), notAfter, now);
       return [
         { text: id.spiffeId, className: "mono spiffe-id", breakAfter: "/" },
-        { text: id.kind },
+        { text: id.kind, className: "nowrap" },
         { text: id.serial, className: "mono serial", data: { serial: id.serial }, breakAfter: 8 },
         { text: id.notAfter, className: "mono expires nowrap" },
         { text: timeLeft(notAfter - now), className: cls + "-text nowrap" },
@@ -153,30 +153,42 @@
   function renderTimeline(ids, now) {
     var svg = document.getElementById("timeline");
     clear(svg);
-    var rowH = 40, barH = 14, width = svg.clientWidth || 800;
-    var height = Math.max(ids.length, 1) * rowH + 4;
-    svg.setAttribute("viewBox", "0 0 " + width + " " + height);
-    svg.setAttribute("height", String(height));
+    var barH = 14, width = svg.clientWidth || 800;
+    var setHeight = function (height) {
+      svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+      svg.setAttribute("height", String(height));
+    };
+    setHeight(44 * Math.max(ids.length, 1));
     if (ids.length === 0) {
       svg.appendChild(svgEl("text", { x: 4, y: 24 }, "no certificate to show"));
       return;
     }
+    var top = 0;
     var day = function (t) { return new Date(t).toISOString().slice(0, 10); };
     ids.forEach(function (id, i) {
       var nb = Date.parse(id.notBefore), na = Date.parse(id.notAfter);
       var span = Math.max(na - nb, 1);
       var x = function (t) { return 1 + (Math.min(Math.max(t - nb, 0), span) / span) * (width - 2); };
-      var top = i * rowH;
       var barY = top + 20;
       var label = svgEl("text", { x: 1, y: top + 14, class: "label" }, id.kind + "  " + id.spiffeId);
       svg.appendChild(label);
-      svg.appendChild(svgEl("text", { x: width - 1, y: top + 14, "text-anchor": "end" }, timeLeft(na - now) + " left of " + timeLeft(span) + "  (" + day(nb) + " → " + day(na) + ")"));
+      var info = svgEl("text", { x: width - 1, y: top + 14, "text-anchor": "end", class: "life-info" }, timeLeft(na - now) + " left of " + timeLeft(span) + "  (" + day(nb) + " → " + day(na) + ")");
+      svg.appendChild(info);
+      // On a narrow page the two would overlap: the dates then go under the bar.
+      var below = label.getComputedTextLength() + info.getComputedTextLength() + 16 > width;
+      if (below) {
+        info.setAttribute("x", "1");
+        info.setAttribute("text-anchor", "start");
+        info.setAttribute("y", String(barY + barH + 13));
+      }
       var life = svgEl("rect", { x: 1, y: barY, width: width - 2, height: barH, rx: 3, class: "life " + lifeClass(nb, na, now), "data-kind": id.kind });
       life.appendChild(svgEl("title", {}, id.kind + " " + id.spiffeId + ": " + id.notBefore + " → " + id.notAfter));
       svg.appendChild(life);
       svg.appendChild(svgEl("rect", { x: 1, y: barY, width: Math.max(x(now) - 1, 0), height: barH, rx: 3, class: "used" }));
       if (now >= nb && now <= na) svg.appendChild(svgEl("line", { x1: x(now), x2: x(now), y1: barY - 3, y2: barY + barH + 3, class: "now" }));
+      top = barY + barH + (below ? 24 : 10);
     });
+    setHeight(top + 2);
   }
 
   function renderChart(id, series, summaryId, what) {
@@ -220,7 +232,7 @@
     fillTable("roots", s.roots.map(function (r) {
       var na = Date.parse(r.notAfter);
       var cells = [
-        { text: r.subject },
+        { text: r.subject, className: "subject breakable" },
         { text: r.fingerprint, className: "mono fingerprint", breakAfter: ":" },
         { text: r.notAfter, className: "mono nowrap" },
         { text: timeLeft(na - now), className: (na - now < 7 * 86400000 ? "bad" : na - now < 30 * 86400000 ? "warn" : "ok") + "-text nowrap" },
