@@ -13,6 +13,24 @@ export const DEFAULT_ISSUER_TTL_MS = 365 * 86_400_000;
 /** Anchors are backdated like leaves, so a new CA is trusted at once by hosts whose clocks run a little behind. */
 export const ANCHOR_BACKDATE_MS = 15 * 60_000;
 
+/**
+ * Subject CN of a generated root: `meshward root <trust domain> G<n>`, n counting the root
+ * generations of this CA (1 at `ca init`, +1 at each `rotate-root prepare`), so that the old and
+ * the new root of a rotation never carry the same subject (operators, openssl and the status
+ * page tell them apart by name, not only by fingerprint). A root without the suffix (made by an
+ * older meshward) counts as generation 1; imported roots keep their own subject.
+ */
+export function rootCommonName(trustDomain: string, existingRoots: readonly X509Certificate[] = []): string {
+  let newest = 0;
+  for (const root of existingRoots) {
+    const cn = /(?:^|\n)CN=(.*)/.exec(root.subject)?.[1] ?? "";
+    if (!cn.startsWith(`meshward root ${trustDomain}`)) continue;
+    const generation = /\sG(\d{1,6})$/.exec(cn);
+    newest = Math.max(newest, generation ? Number(generation[1]) : 1);
+  }
+  return `meshward root ${trustDomain} G${newest + 1}`;
+}
+
 /** Where a CA directory keeps its trust anchors and state. */
 export interface CaLayout {
   readonly dir: string;
@@ -129,6 +147,7 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
     const rootKeys = generateKeyPair();
     const root = await createRootCertificate({
       trustDomain,
+      commonName: rootCommonName(trustDomain),
       keyPair: rootKeys,
       notBefore,
       notAfter: new Date(options.now.getTime() + (options.rootTtlMs ?? DEFAULT_ROOT_TTL_MS)),

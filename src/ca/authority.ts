@@ -49,7 +49,15 @@ export interface AuthorityOptions {
   /** Where CSRs are verified and leaves signed (a worker pool in the server); on this thread when omitted. */
   readonly signing?: CsrSigning;
   /** Told of each refused request (the status page's refusals). */
-  readonly onRefused?: (event: { reason: string; remoteAddress: string | undefined; requested: string }) => void;
+  readonly onRefused?: (event: {
+    /** Error code, e.g. E_TOKEN_EXPIRED. */
+    readonly reason: string;
+    /** What the client was told (a refusal's message), at most 300 characters. */
+    readonly message: string;
+    readonly remoteAddress: string | undefined;
+    /** "ns/<namespace>/<app id>" as the request asked, or "" when it named neither. */
+    readonly requested: string;
+  }) => void;
 }
 
 /** Attest, check the CSR, sign, record: protocol-independent (gRPC and tests call this). */
@@ -85,7 +93,9 @@ export class CertificateAuthority {
         { event: "sign-refused", reason, validator: validatorName, peer: request.remoteAddress, appId: request.appId.slice(0, 256), namespace: request.namespace.slice(0, 256) },
         refused ? error.message : `internal error while signing: ${describeError(error)}`,
       );
-      this.options.onRefused?.({ reason, remoteAddress: request.remoteAddress, requested: `ns/${request.namespace.slice(0, 128)}/${request.appId.slice(0, 128)}` });
+      const message = refused ? error.message : "internal error while signing; see the CA's log";
+      const requested = request.namespace === "" && request.appId === "" ? "" : `ns/${request.namespace.slice(0, 128) || "?"}/${request.appId.slice(0, 128) || "?"}`;
+      this.options.onRefused?.({ reason, message: message.length > 300 ? `${message.slice(0, 300)}…` : message, remoteAddress: request.remoteAddress, requested });
       if (refused) throw error;
       throw new MeshwardError("E_INTERNAL", "the CA failed to sign the request; see the CA's log", { cause: error });
     }

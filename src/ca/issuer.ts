@@ -74,6 +74,7 @@ export function signWorkloadCertificate(input: {
     publicKey: csr.publicKey,
     signer,
     dnsNames: csr.dnsNames,
+    ...(identity.commonName !== undefined ? { commonName: identity.commonName } : {}),
     notBefore,
     notAfter,
   });

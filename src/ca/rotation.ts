@@ -6,7 +6,7 @@ import { decodePrivateKey, encodePrivateKey, generateKeyPair, keysMatch } from "
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import type { Store } from "../store/store.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
-import { ANCHOR_BACKDATE_MS, caLayout, DEFAULT_ISSUER_TTL_MS, DEFAULT_ROOT_TTL_MS, readCaState, writeCaState, type CaLayout, type CaState } from "./anchors.ts";
+import { ANCHOR_BACKDATE_MS, caLayout, DEFAULT_ISSUER_TTL_MS, DEFAULT_ROOT_TTL_MS, readCaState, rootCommonName, writeCaState, type CaLayout, type CaState } from "./anchors.ts";
 
 const DAY_MS = 86_400_000;
 
@@ -201,6 +201,7 @@ export async function prepareRoot(options: PrepareRootOptions): Promise<X509Cert
     const keys = generateKeyPair();
     const issued = await createRootCertificate({
       trustDomain: state.trustDomain,
+      commonName: rootCommonName(state.trustDomain, bundleRoots(layout)),
       keyPair: keys,
       notBefore: new Date(options.now.getTime() - ANCHOR_BACKDATE_MS),
       notAfter: new Date(options.now.getTime() + (options.rootTtlMs ?? DEFAULT_ROOT_TTL_MS)),
@@ -291,7 +292,8 @@ export async function retireRoot(options: { dir: string; store: Store; now: Date
   if (remaining > 0 && !options.force) {
     throw new MeshwardError(
       "E_ROTATION_CERTS_REMAIN",
-      `${remaining} unexpired certificate${remaining === 1 ? "" : "s"} still chain to the old root; retiring it now would break them. Wait until they renew (or use 'rotate-root activate --reissue'), or pass --force`,
+      `${remaining} unexpired certificate${remaining === 1 ? "" : "s"} still chain to the old root; retiring it now would break them. Wait until they renew (or use 'rotate-root activate --reissue'), or pass --force. ` +
+        `List them: meshward cert list --dir ${options.dir} --root ${previous} --live`,
       { details: { remaining } },
     );
   }

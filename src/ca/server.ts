@@ -24,6 +24,8 @@ import { handleGrpc } from "./api/grpc.ts";
 import { handleHttp } from "./api/http.ts";
 import { createCaMetrics } from "./metrics.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
+import { trustBundleVersion } from "../telemetry/bundle-version.ts";
+import { describeHandshakeFailure } from "../telemetry/metrics.ts";
 import { systemClock } from "../util/clock.ts";
 import { watchAnchors } from "./anchor-watcher.ts";
 import { createRotationManager } from "./rotation-manager.ts";
@@ -131,9 +133,10 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     metrics,
     logger,
     clock,
-    onRefused: ({ reason, remoteAddress, requested }) => {
+    onRefused: ({ reason, message, remoteAddress, requested }) => {
+      // The CA's page charts refused sign requests where a sidecar's charts policy denials.
       recorder.recordDenial({ rule: reason });
-      recorder.recordRefusal({ peer: remoteAddress ?? "unknown", reason: `sign refused: ${reason} (${requested})` });
+      recorder.recordRefusal({ peer: remoteAddress ?? "(address not known)", reason: `sign refused${requested === "" ? "" : ` for ${requested}`}: ${reason}: ${message}` });
     },
   });
 
@@ -190,10 +193,22 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       res.end();
     });
   });
+  // A client that resets during the handshake leaves no address on its TLS socket: remember
+  // each connection's peer when it arrives (the raw socket) so refusals can still name it.
+  const peers = new WeakMap<object, string>();
+  server.on("connection", (raw: import("node:net").Socket) => {
+    if (raw.remoteAddress !== undefined) peers.set(raw, `${raw.remoteAddress.includes(":") ? `[${raw.remoteAddress}]` : raw.remoteAddress}:${raw.remotePort}`);
+  });
   server.on("tlsClientError", (error, socket) => {
     const reason = mesh.handshakeFailed("inbound", error, socket as import("node:tls").TLSSocket);
-    recorder.recordHandshakeFailure({ reason });
-    recorder.recordRefusal({ peer: `${socket.remoteAddress ?? "unknown"}:${socket.remotePort ?? 0}`, reason: `handshake: ${reason}` });
+    const described = describeHandshakeFailure(reason, error);
+    recorder.recordHandshakeFailure({ reason: described });
+    const raw = (socket as unknown as { _parent?: object })._parent;
+    const peer =
+      socket.remoteAddress !== undefined
+        ? `${socket.remoteAddress.includes(":") ? `[${socket.remoteAddress}]` : socket.remoteAddress}:${socket.remotePort}`
+        : ((raw !== undefined ? peers.get(raw) : undefined) ?? peers.get(socket) ?? "(address not known: the client closed the connection)");
+    recorder.recordRefusal({ peer, reason: `handshake: ${described}` });
     logger.info({ event: "tls-handshake-failed", peer: socket.remoteAddress, reason: (error as NodeJS.ErrnoException).code ?? error.message }, "TLS handshake failed");
   });
   server.on("sessionError", () => undefined);
@@ -211,6 +226,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     metrics.certExpiry.set({ kind: "root" }, earliestRoot / 1000);
     metrics.certExpiry.set({ kind: "issuer" }, new Date(anchors.issuer.certificate.validTo).getTime() / 1000);
     metrics.revocations.set(crl.current?.revokedSerials.size ?? 0);
+    mesh.bundleVersion.set(trustBundleVersion(anchors.roots.map((r) => r.fingerprint256)));
   };
   setExpiryGauges();
 
@@ -319,6 +335,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         certificates: () => ({ trustDomain: anchors.trustDomain, servingChainPem: String(serving.options.cert), issuerPem: anchors.issuerChainPem, rootsPem: anchors.rootsPem }),
         health,
         recorder,
+        liveByRoot: cachedLiveCounts(store, clock),
       });
       const routes = createStatusRoutes(provider, statusToken === undefined ? {} : { token: statusToken }).routes;
       ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics: telemetry, health, extraRoutes: routes });
@@ -369,4 +386,23 @@ function readiness(anchors: LoadedAnchors, crl: CrlPublisher, now: Date, storeHe
     expiry: { ok: true, detail: warnings.length === 0 ? "no anchor expires soon" : warnings.join("; ") },
   };
   return { ready: Object.values(checks).every((c) => c.ok), checks };
+}
+
+/**
+ * Live certificates per root for the status page, read from the store at most every 5 s
+ * however many pages poll (each poll would otherwise be a query over the issuance log).
+ */
+function cachedLiveCounts(store: Store, clock: () => Date): () => Promise<ReadonlyMap<string, number>> {
+  let cached: { at: number; counts: Promise<ReadonlyMap<string, number>> } | undefined;
+  return () => {
+    const now = Date.now();
+    if (cached === undefined || now - cached.at > 5_000) {
+      const counts = store.countValidByRoot(clock());
+      cached = { at: now, counts };
+      counts.catch(() => {
+        if (cached?.counts === counts) cached = undefined;
+      });
+    }
+    return cached.counts;
+  };
 }

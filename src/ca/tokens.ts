@@ -21,6 +21,8 @@ export interface JoinTokenRequest {
   /** How many certificates it may obtain (default 1). */
   readonly uses?: number;
   readonly dnsNames?: readonly string[];
+  /** Certificates obtained with the token carry CN = this (the app id; see JoinTokenRecord.commonName). */
+  readonly commonName?: string;
   readonly now?: Date;
 }
 
@@ -30,6 +32,6 @@ export async function issueJoinToken(store: Pick<Store, "createToken">, request:
   const now = request.now ?? new Date();
   const expiresAt = new Date(now.getTime() + request.ttlMs);
   const uses = request.uses ?? 1;
-  await store.createToken({ id, tokenHash: hash, spiffeId: request.spiffeId, dnsNames: [...(request.dnsNames ?? [])], createdAt: now, expiresAt, usesAllowed: uses, usesLeft: uses });
+  await store.createToken({ id, tokenHash: hash, spiffeId: request.spiffeId, dnsNames: [...(request.dnsNames ?? [])], createdAt: now, expiresAt, usesAllowed: uses, usesLeft: uses, ...(request.commonName !== undefined ? { commonName: request.commonName } : {}) });
   return { token, id, expiresAt };
 }

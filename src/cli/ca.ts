@@ -7,6 +7,8 @@ import { loadYamlConfig } from "../config/load.ts";
 import { caLayout, initAnchors, loadAnchors } from "../ca/anchors.ts";
 import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../ca/rotation.ts";
 import { withCaStore } from "./store.ts";
+import type { Store } from "../store/store.ts";
+import { trustBundleVersion } from "../telemetry/bundle-version.ts";
 import { startCaServer } from "../ca/server.ts";
 import { MeshwardError } from "../errors.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
@@ -214,7 +216,7 @@ export function registerCaCommand(program: Command): void {
       const anchors = loadAnchors({ dir: opts.dir, ...withPassphrase(readPassphrase(opts.passphraseFile)) });
       const now = new Date();
       const warnMs = parseDuration(opts.warn, "--warn");
-      const liveByRoot = await withCaStore(opts.dir, opts.store, (store) => store.countValidByRoot(now));
+      const countsByRoot = await withCaStore(opts.dir, opts.store, (store) => certificateCountsByRoot(store, anchors.roots.map((r) => r.fingerprint256), now));
       const describe = (kind: string, cert: X509Certificate) => {
         const notAfter = new Date(cert.validTo);
         return {
@@ -229,19 +231,52 @@ export function registerCaCommand(program: Command): void {
       const rotation = anchors.state.rootRotation;
       const roots = anchors.roots.map((root) => ({
         ...describe(root.fingerprint256 === anchors.issuerRoot.fingerprint256 ? "root (active)" : rotation?.previousRootFingerprint === root.fingerprint256 ? "root (retiring)" : "root (next)", root),
-        liveCertificates: liveByRoot.get(root.fingerprint256) ?? 0,
+        liveCertificates: countsByRoot.get(root.fingerprint256)?.live ?? 0,
+        certificates: countsByRoot.get(root.fingerprint256) ?? { unexpired: 0, live: 0, superseded: 0, revoked: 0 },
       }));
       const issuer = describe("issuer", anchors.issuer.certificate);
       const entries = [...roots, issuer];
-      const result = { trustDomain: anchors.trustDomain, mode: anchors.mode, rootRotation: rotation ?? null, issuerStage: issuerRotationStage(anchors.issuer.certificate, now), anchors: entries };
+      const bundleVersion = trustBundleVersion(anchors.roots.map((r) => r.fingerprint256));
+      const result = { trustDomain: anchors.trustDomain, mode: anchors.mode, bundleVersion, rootRotation: rotation ?? null, issuerStage: issuerRotationStage(anchors.issuer.certificate, now), anchors: entries };
       if (opts.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
       else {
-        process.stdout.write(`trust domain ${anchors.trustDomain} (${anchors.mode})${rotation ? `, root rotation ${rotation.phase}` : ""}\n`);
-        for (const root of roots) process.stdout.write(`  ${root.kind.padEnd(16)} expires ${root.notAfter}  ${root.timeLeft}; ${root.liveCertificates} live certificate${root.liveCertificates === 1 ? "" : "s"} chain to it${root.expiringSoon ? `  ← within --warn ${opts.warn}` : ""}\n`);
+        process.stdout.write(`trust domain ${anchors.trustDomain} (${anchors.mode})${rotation ? `, root rotation ${rotation.phase}` : ""}; trust bundle version ${bundleVersion} (${roots.length} root${roots.length === 1 ? "" : "s"})\n`);
+        for (const root of roots) {
+          const c = root.certificates;
+          const others = [c.superseded > 0 ? `${c.superseded} superseded` : "", c.revoked > 0 ? `${c.revoked} revoked` : ""].filter((t) => t !== "");
+          process.stdout.write(
+            `  ${root.kind.padEnd(16)} ${root.subject}\n` +
+              `  ${"".padEnd(16)} ${root.fingerprint256}\n` +
+              `  ${"".padEnd(16)} expires ${root.notAfter}  ${root.timeLeft}${root.expiringSoon ? `  ← within --warn ${opts.warn}` : ""}\n` +
+              `  ${"".padEnd(16)} ${c.live} live certificate${c.live === 1 ? "" : "s"} chain${c.live === 1 ? "s" : ""} to it${others.length > 0 ? ` (not counted: ${others.join(", ")})` : ""}` +
+              `${c.live > 0 && root.kind !== "root (active)" ? `; list them: meshward cert list --dir ${opts.dir} --root ${root.fingerprint256} --live` : ""}\n`,
+          );
+        }
         process.stdout.write(`  ${"issuer".padEnd(16)} expires ${issuer.notAfter}  ${issuer.timeLeft}${result.issuerStage !== "current" ? ` (rotation stage: ${result.issuerStage})` : ""}${issuer.expiringSoon ? `  ← within --warn ${opts.warn}` : ""}\n`);
       }
       if (entries.some((e) => e.expiringSoon)) process.exitCode = 1;
     });
+}
+
+/**
+ * Unexpired certificates per root, split the way `rotate-root retire` sees them: live ones (what
+ * it waits for), and those that no longer count: superseded by a renewal, or revoked.
+ */
+async function certificateCountsByRoot(store: Store, roots: readonly string[], now: Date): Promise<Map<string, { unexpired: number; live: number; superseded: number; revoked: number }>> {
+  const live = await store.countValidByRoot(now);
+  const revoked = new Set((await store.listRevocations()).map((r) => r.serial));
+  const counts = new Map<string, { unexpired: number; live: number; superseded: number; revoked: number }>();
+  for (const root of roots) {
+    const records = await store.listIssuances({ rootFingerprint: root, validAt: now });
+    const superseded = await store.supersededBy(records.filter((r) => !revoked.has(r.serial)).map((r) => r.serial));
+    counts.set(root, {
+      unexpired: records.length,
+      live: live.get(root) ?? 0,
+      superseded: superseded.size,
+      revoked: records.filter((r) => revoked.has(r.serial)).length,
+    });
+  }
+  return counts;
 }
 
 function withPassphrase(passphrase: string | undefined): { passphrase?: string } {

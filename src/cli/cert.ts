@@ -69,31 +69,41 @@ export function registerCertCommand(program: Command): void {
     .requiredOption("--dir <dir>", "CA directory")
     .option("--store <url>", "store URL [default: <dir>/ca.db]")
     .option("--spiffe-id <id>", "only this identity")
-    .option("--valid", "only certificates valid now")
+    .option("--root <fingerprint>", "only certificates that chain to this root (SHA-256 fingerprint as 'meshward ca status' prints it; colons optional)")
+    .option("--valid", "only certificates within their validity period now")
+    .option("--live", "only live certificates: valid now, not revoked, not superseded by a renewal (what 'ca rotate-root retire' waits for)")
     .option("--limit <n>", "at most this many (newest first)", "100")
     .option("--json", "print JSON")
     .action(async (opts) => {
       const now = new Date();
-      const { records, revoked } = await withCaStore(opts.dir, opts.store, async (store) => ({
-        records: await store.listIssuances({
+      const limit = Number(opts.limit);
+      if (!Number.isSafeInteger(limit) || limit < 1) throw new MeshwardError("E_USAGE", `--limit must be a whole number of at least 1, got ${JSON.stringify(opts.limit)}`);
+      const root = opts.root === undefined ? undefined : parseRootFingerprint(opts.root);
+      const rows = await withCaStore(opts.dir, opts.store, async (store) => {
+        const records = await store.listIssuances({
           ...(opts.spiffeId !== undefined ? { spiffeId: parseSpiffeId(opts.spiffeId).toString() } : {}),
-          ...(opts.valid ? { validAt: now } : {}),
-          limit: Number(opts.limit),
-        }),
-        revoked: new Set((await store.listRevocations()).map((r) => r.serial)),
-      }));
-      const rows = records.map((r) => ({ ...summarize(r), status: revoked.has(r.serial) ? "revoked" : r.notAfter <= now ? "expired" : "valid" }));
+          ...(opts.valid || opts.live ? { validAt: now } : {}),
+          ...(root !== undefined ? { rootFingerprint: root } : {}),
+          // --live filters after reading: read every candidate, then keep --limit of them.
+          ...(opts.live ? {} : { limit }),
+        });
+        const revoked = new Set((await store.listRevocations()).map((r) => r.serial));
+        const superseded = await store.supersededBy(records.map((r) => r.serial));
+        return records.map((r) => certificateRow(r, now, revoked, superseded));
+      });
+      const shown = opts.live ? rows.filter((r) => r.status === "valid").slice(0, limit) : rows;
       if (opts.json) {
-        process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+        process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
         return;
       }
-      if (rows.length === 0) {
-        process.stdout.write("no certificates issued yet\n");
+      if (shown.length === 0) {
+        const filtered = opts.spiffeId !== undefined || root !== undefined || opts.valid || opts.live;
+        process.stdout.write(filtered ? "no certificate matches\n" : "no certificates issued yet\n");
         return;
       }
-      process.stdout.write(`${"SERIAL".padEnd(34)} ${"STATUS".padEnd(8)} ${"NOT AFTER".padEnd(24)} ${"VALIDATOR".padEnd(10)} SPIFFE ID\n`);
-      for (const row of rows) {
-        process.stdout.write(`${row.serial.padEnd(34)} ${row.status.padEnd(8)} ${row.notAfter.padEnd(24)} ${row.attestation.padEnd(10)} ${row.spiffeId}\n`);
+      process.stdout.write(`${"SERIAL".padEnd(34)} ${"STATUS".padEnd(10)} ${"NOT AFTER".padEnd(24)} ${"ROOT".padEnd(11)} ${"VALIDATOR".padEnd(10)} SPIFFE ID\n`);
+      for (const row of shown) {
+        process.stdout.write(`${row.serial.padEnd(34)} ${row.status.padEnd(10)} ${row.notAfter.padEnd(24)} ${row.rootFingerprint.slice(0, 11).padEnd(11)} ${row.attestation.padEnd(10)} ${row.spiffeId}\n`);
       }
     });
 
@@ -177,8 +187,32 @@ export function registerCertCommand(program: Command): void {
     });
 }
 
-function summarize(record: IssuanceRecord) {
-  return { serial: record.serial, spiffeId: record.spiffeId, notAfter: record.notAfter.toISOString(), issuedAt: record.issuedAt.toISOString(), attestation: record.attestation };
+/**
+ * One issued certificate as `cert list` shows it. Status, first match wins: revoked, expired,
+ * superseded (a renewal proven with it replaced it: it no longer counts as live), valid (live).
+ */
+function certificateRow(record: IssuanceRecord, now: Date, revoked: ReadonlySet<string>, superseded: ReadonlyMap<string, string>) {
+  const supersededBy = superseded.get(record.serial);
+  const status = revoked.has(record.serial) ? "revoked" : record.notAfter <= now ? "expired" : supersededBy !== undefined ? "superseded" : "valid";
+  return {
+    serial: record.serial,
+    spiffeId: record.spiffeId,
+    status,
+    notAfter: record.notAfter.toISOString(),
+    issuedAt: record.issuedAt.toISOString(),
+    attestation: record.attestation,
+    rootFingerprint: record.rootFingerprint,
+    ...(supersededBy !== undefined ? { supersededBy } : {}),
+  };
+}
+
+/** A root's SHA-256 fingerprint in node's colon form, from what a person pastes (any case, colons optional). */
+export function parseRootFingerprint(input: string): string {
+  const hex = input.trim().replace(/[\s:]/g, "").toUpperCase();
+  if (!/^[0-9A-F]{64}$/.test(hex)) {
+    throw new MeshwardError("E_USAGE", `--root ${JSON.stringify(input.slice(0, 100))} is not a SHA-256 fingerprint (64 hex digits, colons optional, as 'meshward ca status' prints it)`);
+  }
+  return hex.match(/../g)!.join(":");
 }
 
 function readToken(opts: { token?: string; tokenFile?: string }): string {

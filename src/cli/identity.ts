@@ -12,6 +12,7 @@ import { createStatusRoutes } from "../dashboard/routes.ts";
 import { identityStatus } from "../dashboard/identity-feed.ts";
 import { resolveStatusToken } from "../dashboard/token.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
+import { parseKeyFileMode, resolveFileOwner } from "../util/file-owner.ts";
 import { cliLogger, collect, logFormatOption, logLevelOption, untilSignal } from "./options.ts";
 
 const VALIDATORS = { "join-token": "JOIN_TOKEN", jwks: "JWKS", kubernetes: "KUBERNETES", insecure: "INSECURE" } as const;
@@ -29,7 +30,9 @@ export function registerIdentityCommand(program: Command): void {
     .option("--app-id <id>", "app id to ask for (checked against what the CA issues)")
     .option("--dns-name <name>", "DNS name for the certificate (repeatable; the token must allow it)", collect)
     .option("--out <dir>", "write cert.pem, key.pem (0600) and bundle.pem here on every rotation")
-    .option("--on-rotate <command>", "shell command run after each write (e.g. 'nginx -s reload')")
+    .option("--owner <user[:group]>", "owner of the files written to --out (e.g. postgres, whose server requires its key file to be its own); needs root unless it is you")
+    .option("--mode <octal>", "mode of key.pem in --out: 0600 (default), 0400, 0640 or 0440 (group-readable, e.g. --owner root:postgres --mode 0640)")
+    .option("--on-rotate <command>", "shell command run after each write (e.g. 'nginx -s reload'; as root for a server run as another user: 'runuser -u postgres -- pg_ctl reload -D DATA')")
     .option("--workload-api-socket <path>", "serve the SPIFFE Workload API on this unix socket")
     .option("--status <addr>", "serve /metrics, /healthz, /readyz and the status page (/) on HOST:PORT")
     .option("--status-token-file <file>", "token for the status page (required when --status is not on loopback; or MESHWARD_STATUS_TOKEN)")
@@ -41,6 +44,13 @@ export function registerIdentityCommand(program: Command): void {
         throw new MeshwardError("E_USAGE", "say where the identity goes: --out DIR and/or --workload-api-socket PATH");
       }
       if (opts.onRotate !== undefined && opts.out === undefined) throw new MeshwardError("E_USAGE", "--on-rotate needs --out");
+      if ((opts.owner !== undefined || opts.mode !== undefined) && opts.out === undefined) throw new MeshwardError("E_USAGE", "--owner and --mode apply to the files in --out; give --out DIR");
+      // Resolved before the token is spent: an unknown user or a bad mode must not cost it.
+      const owner = opts.owner !== undefined ? resolveFileOwner(opts.owner) : undefined;
+      if (owner !== undefined && process.getuid?.() !== 0 && owner.uid !== process.getuid?.()) {
+        throw new MeshwardError("E_USAGE", `--owner ${owner.label}: giving files to another user needs root (meshward runs as uid ${process.getuid?.()})`);
+      }
+      const keyMode = opts.mode !== undefined ? parseKeyFileMode(opts.mode) : undefined;
       const token = opts.token ?? (opts.tokenFile === undefined ? process.env.MESHWARD_TOKEN : undefined);
       if (token === undefined && opts.tokenFile === undefined) throw new MeshwardError("E_USAGE", "a token is needed: --token, --token-file or MESHWARD_TOKEN");
       // Checked before anything starts: a status page off loopback needs a token.
@@ -69,7 +79,14 @@ export function registerIdentityCommand(program: Command): void {
       try {
         const snapshot = await source.ready();
         if (opts.out !== undefined) {
-          const sink = startFileSink({ source, dir: opts.out, logger, ...(opts.onRotate !== undefined ? { onRotate: opts.onRotate } : {}) });
+          const sink = startFileSink({
+            source,
+            dir: opts.out,
+            logger,
+            ...(opts.onRotate !== undefined ? { onRotate: opts.onRotate } : {}),
+            ...(owner !== undefined ? { owner } : {}),
+            ...(keyMode !== undefined ? { keyMode } : {}),
+          });
           closers.push(() => sink.close());
           await sink.ready();
         }
@@ -84,7 +101,7 @@ export function registerIdentityCommand(program: Command): void {
             return current ? { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` } : { ok: false, detail: "no valid certificate (expired or not yet issued)" };
           });
           const { host, port } = statusBind;
-          const page = identityStatus({ component: "sidecar", name: snapshot.svid.spiffeId, source, health });
+          const page = identityStatus({ component: "identity", name: snapshot.svid.spiffeId, source, health });
           closers.push(async () => page.stop());
           const ops = createOpsServer({ host, port, metrics, health, extraRoutes: createStatusRoutes(page.provider, statusPageToken === undefined ? {} : { token: statusPageToken }).routes });
           const bound = await ops.start();

@@ -18,6 +18,7 @@ export function registerTokenCommand(program: Command): void {
     .option("--ttl <duration>", "how long the token can be used", "1h")
     .option("--uses <n>", "how many certificates it can obtain", "1")
     .option("--dns-name <name>", "DNS name the holder may put in its certificate (repeatable; for backend servers)", collect)
+    .option("--common-name", "certificates obtained with this token (and their renewals) carry the subject CN = <app id>, e.g. for PostgreSQL's cert authentication, which maps the CN to a role")
     .option("--store <url>", "store URL [default: <dir>/ca.db]")
     .action(async (opts) => {
       const state = readCaState(opts.dir);
@@ -34,10 +35,16 @@ export function registerTokenCommand(program: Command): void {
         }
       }
       const now = new Date();
-      const { token: secret, id, expiresAt } = await withCaStore(opts.dir, opts.store, (store) => issueJoinToken(store, { spiffeId, dnsNames, ttlMs, uses, now }));
+      const commonName: string | undefined = opts.commonName === true ? opts.appId : undefined;
+      if (commonName !== undefined && commonName.length > 64) {
+        throw new MeshwardError("E_USAGE", `--common-name: the app id is ${commonName.length} characters long; a certificate's CN holds at most 64`);
+      }
+      const { token: secret, id, expiresAt } = await withCaStore(opts.dir, opts.store, (store) =>
+        issueJoinToken(store, { spiffeId, dnsNames, ttlMs, uses, now, ...(commonName !== undefined ? { commonName } : {}) }),
+      );
       process.stdout.write(
         `join token ${id} for ${spiffeId}: ${uses} use${uses === 1 ? "" : "s"}, expires ${expiresAt.toISOString()} (${describeTimeLeft(expiresAt, now)})` +
-          `${dnsNames.length > 0 ? `, DNS names ${dnsNames.join(", ")}` : ""}\n${secret}\n`,
+          `${dnsNames.length > 0 ? `, DNS names ${dnsNames.join(", ")}` : ""}${commonName !== undefined ? `, subject CN=${commonName}` : ""}\n${secret}\n`,
       );
     });
 }

@@ -1,6 +1,7 @@
 import { identityFromPem, rootIdentitiesFromPem, trustRootsFromPem } from "./certs.ts";
 import { recordedSections, type IdentityStatus, type StatusProvider, type StatusRecorder } from "./feed.ts";
 import type { Health } from "../telemetry/health.ts";
+import { trustBundleVersionOfPem } from "../telemetry/bundle-version.ts";
 
 /** What the CA holds right now, as PEM (read on every refresh: rotations change it). */
 export interface CaCertificates {
@@ -18,18 +19,26 @@ export interface CaCertificates {
  * the trust bundle, and what the recorder saw (anchor changes, handshake failures on the API
  * port, refused sign requests).
  */
-export function caStatus(options: { certificates: () => CaCertificates; health: Health; recorder: StatusRecorder }): StatusProvider {
+export function caStatus(options: {
+  certificates: () => CaCertificates;
+  health: Health;
+  recorder: StatusRecorder;
+  /** Live certificates per root fingerprint (the store's countValidByRoot); a failure shows no counts. */
+  liveByRoot?: () => Promise<ReadonlyMap<string, number>>;
+}): StatusProvider {
   const { recorder } = options;
   return async () => {
     const certs = options.certificates();
     const report = await options.health.run("readiness");
+    const live = options.liveByRoot === undefined ? undefined : await options.liveByRoot().catch(() => undefined);
     const identities: IdentityStatus[] = [identityFromPem(certs.servingChainPem, "workload"), identityFromPem(certs.issuerPem, "issuer"), ...rootIdentitiesFromPem(certs.rootsPem)];
     return {
       component: "ca",
       name: certs.trustDomain,
       generatedAt: new Date(),
       identities,
-      roots: trustRootsFromPem(certs.rootsPem),
+      roots: trustRootsFromPem(certs.rootsPem).map((root) => (live === undefined ? root : { ...root, liveCertificates: live.get(root.fingerprint) ?? 0 })),
+      bundleVersion: trustBundleVersionOfPem(certs.rootsPem),
       ...recordedSections(recorder),
       health: { ok: report.ok, checks: report.checks },
     };

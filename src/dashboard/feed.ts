@@ -4,7 +4,7 @@
  * minute buckets and the most recent events in fixed-size lists, so its memory is bounded
  * no matter how much traffic is refused.
  */
-export type StatusComponent = "ca" | "sidecar";
+export type StatusComponent = "ca" | "sidecar" | "identity";
 export type IdentityKind = "workload" | "issuer" | "root";
 
 export interface IdentityStatus {
@@ -20,6 +20,8 @@ export interface TrustRootStatus {
   /** SHA-256 fingerprint, colon-separated hex (node:crypto X509Certificate.fingerprint256). */
   readonly fingerprint: string;
   readonly notAfter: Date;
+  /** CA only: live certificates (valid, not revoked, not superseded) that chain to this root. */
+  readonly liveCertificates?: number;
 }
 
 export interface RotationEvent {
@@ -60,11 +62,13 @@ export interface StatusHealth {
 
 export interface StatusSnapshot {
   readonly component: StatusComponent;
-  /** A human name: the trust domain for a CA, the app id for a sidecar. */
+  /** A human name: the trust domain for a CA, namespace/app id for a sidecar, the SPIFFE ID for an identity. */
   readonly name: string;
   readonly generatedAt: Date;
   readonly identities: readonly IdentityStatus[];
   readonly roots: readonly TrustRootStatus[];
+  /** Version of the trust bundle (telemetry/bundle-version.ts): equal at the CA and every workload that has fetched its bundle. */
+  readonly bundleVersion?: number;
   readonly rotations: readonly RotationEvent[];
   readonly handshakeFailures: MinuteSeries;
   readonly denials: MinuteSeries;

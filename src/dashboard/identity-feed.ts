@@ -1,4 +1,5 @@
 import { identityFromPem, trustRootsFromPem } from "./certs.ts";
+import { trustBundleVersionOfPem } from "../telemetry/bundle-version.ts";
 import { createStatusRecorder, recordedSections, type StatusComponent, type StatusProvider, type StatusRecorder } from "./feed.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import type { Health } from "../telemetry/health.ts";
@@ -26,6 +27,7 @@ export function identityStatus(options: { component: StatusComponent; name: stri
       generatedAt: new Date(),
       identities: current ? [identityFromPem(current.svid.certChainPem, "workload")] : [],
       roots: current ? trustRootsFromPem(current.bundle.rootsPem) : [],
+      ...(current ? { bundleVersion: trustBundleVersionOfPem(current.bundle.rootsPem) } : {}),
       ...recordedSections(recorder),
       health: { ok: report.ok, checks: report.checks },
     };

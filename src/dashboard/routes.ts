@@ -77,8 +77,11 @@ export function createStatusRoutes(provider: StatusProvider, options: StatusRout
 
   const page = guarded(async (req, res) => {
     const { html, csp } = pageAssets();
+    // The first state is rendered into the page, so it never shows empty while the first poll
+    // is on its way; when the provider fails the page starts in its LOADING state and polls.
+    const initial = req.method === "HEAD" ? undefined : await Promise.resolve().then(provider).catch(() => undefined);
     res.writeHead(200, { ...SECURITY_HEADERS, "content-type": "text/html; charset=utf-8", "content-security-policy": csp });
-    finish(req, res, html);
+    finish(req, res, html.replace("/*STATE*/", () => (initial === undefined ? "" : scriptSafeJson(initial))));
   });
 
   const feed = guarded(async (req, res) => {
@@ -120,6 +123,19 @@ const SECURITY_HEADERS = {
 function finish(req: StatusRequest, res: StatusResponse, body: string): void {
   if (req.method === "HEAD") res.end();
   else res.end(body);
+}
+
+/**
+ * JSON that can sit inside a <script type="application/json"> element: no "<" (so no
+ * "</script>" or "<!--"), no ">" or "&", and no U+2028/U+2029; JSON.parse reads it back unchanged.
+ */
+export function scriptSafeJson(value: unknown): string {
+  return JSON.stringify(value)
+    .replace(/</g, "\\u003c")
+    .replace(/>/g, "\\u003e")
+    .replace(/&/g, "\\u0026")
+    .replace(/\u2028/g, "\\u2028")
+    .replace(/\u2029/g, "\\u2029");
 }
 
 function pathOf(url: string | undefined): string {

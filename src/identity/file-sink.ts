@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Logger } from "pino";
-import { describeError } from "../errors.ts";
+import { describeError, MeshwardError } from "../errors.ts";
 import { encodePrivateKey } from "../pki/keys.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "./source.ts";
@@ -21,6 +21,13 @@ export interface FileSinkOptions {
    * its environment. A failure is logged and reported, never fatal.
    */
   readonly onRotate?: string;
+  /**
+   * Owner of the three files (chown before each rename), e.g. the postgres user, which
+   * PostgreSQL requires of its key file. Default: whoever runs the sink.
+   */
+  readonly owner?: { readonly uid: number; readonly gid: number };
+  /** Mode of key.pem (default 0600; 0640 lets the owner's group read it). cert.pem and bundle.pem are 0644. */
+  readonly keyMode?: number;
   /** Kill the command after this long (default 30 s). */
   readonly onRotateTimeoutMs?: number;
   readonly logger?: Logger;
@@ -59,6 +66,9 @@ const OUTPUT_LIMIT = 4096;
  * PostgreSQL clients), then runs `onRotate`. Each file is replaced atomically.
  */
 export function startFileSink(options: FileSinkOptions): FileSink {
+  if (options.keyMode !== undefined && ((options.keyMode & 0o400) === 0 || (options.keyMode & ~0o740) !== 0)) {
+    throw new MeshwardError("E_USAGE", `key file mode ${options.keyMode.toString(8).padStart(4, "0")} is not private: at most 0640 (owner read/write, group read)`);
+  }
   const dir = resolve(options.dir);
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   const paths = { cert: join(dir, CERT_FILE), key: join(dir, KEY_FILE), bundle: join(dir, BUNDLE_FILE) };
@@ -89,9 +99,11 @@ export function startFileSink(options: FileSinkOptions): FileSink {
     // so careful readers (meshward's file source) wait for cert.pem instead of using it. The
     // bundle goes first because during a root rotation it holds the old and the new root, so
     // the old certificate still verifies against it.
-    writeFileAtomic(paths.bundle, bundle.rootsPem, 0o644);
-    writeSecretFileAtomic(paths.key, encodePrivateKey(svid.privateKey));
-    writeFileAtomic(paths.cert, svid.certChainPem, 0o644);
+    const { owner } = options;
+    writeFileAtomic(paths.bundle, bundle.rootsPem, 0o644, owner);
+    if (owner === undefined && options.keyMode === undefined) writeSecretFileAtomic(paths.key, encodePrivateKey(svid.privateKey));
+    else writeFileAtomic(paths.key, encodePrivateKey(svid.privateKey), options.keyMode ?? 0o600, owner ?? { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 });
+    writeFileAtomic(paths.cert, svid.certChainPem, 0o644, owner);
     lastWritten = { chain: svid.certChainPem, roots: bundle.rootsPem };
     logger?.info({ event: "identity-files-written", dir, spiffeId: svid.spiffeId, serial: svid.serial, notAfter: svid.notAfter.toISOString() }, "identity files written");
     report({ type: "written", spiffeId: svid.spiffeId, serial: svid.serial });

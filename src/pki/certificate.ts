@@ -39,6 +39,12 @@ export interface LeafTemplate extends Validity {
   readonly publicKey: KeyObject;
   readonly signer: Signer;
   readonly dnsNames?: readonly string[];
+  /**
+   * Subject common name (O=SPIFFE, CN=<this>), for servers that map a certificate's CN to a
+   * user (PostgreSQL `cert` auth). Omitted: the subject is O=SPIFFE only. At most 64 characters
+   * of the SPIFFE path-segment alphabet (a-z, A-Z, 0-9, '.', '-', '_').
+   */
+  readonly commonName?: string;
   /** 16 random bytes when omitted. */
   readonly serial?: Buffer;
 }
@@ -197,7 +203,18 @@ export async function createIssuerCertificate(template: IssuerTemplate): Promise
 // ---------------------------------------------------------------- leaf (fast synchronous DER path)
 
 const VERSION_3 = der.explicit(0, der.integer(2));
-const LEAF_SUBJECT = der.sequence(der.set(der.sequence(der.oid(OID.organizationName), der.utf8String(SUBJECT_ORGANIZATION))));
+const LEAF_ORGANIZATION = der.set(der.sequence(der.oid(OID.organizationName), der.utf8String(SUBJECT_ORGANIZATION)));
+const LEAF_SUBJECT = der.sequence(LEAF_ORGANIZATION);
+const LEAF_COMMON_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
+
+/** O=SPIFFE, and CN=<commonName> when given (RFC 5280 ub-common-name: 64). */
+function leafSubject(commonName: string | undefined): Buffer {
+  if (commonName === undefined) return LEAF_SUBJECT;
+  if (typeof commonName !== "string" || !LEAF_COMMON_NAME_RE.test(commonName)) {
+    throw new MeshwardError("E_CN_INVALID", `common name ${JSON.stringify(String(commonName).slice(0, 80))} must be 1 to 64 characters of a-z, A-Z, 0-9, '.', '-' and '_' (an app id)`);
+  }
+  return der.sequence(LEAF_ORGANIZATION, der.set(der.sequence(der.oid(OID.commonName), der.utf8String(commonName))));
+}
 const CRITICAL = der.boolean(true);
 // CA:FALSE is the DEFAULT, so DER encodes basicConstraints as an empty SEQUENCE.
 const EXT_BASIC_CONSTRAINTS_LEAF = der.sequence(der.oid(OID.basicConstraints), CRITICAL, der.octetString(der.sequence()));
@@ -234,7 +251,7 @@ export function issueLeafCertificate(template: LeafTemplate): IssuedCertificate 
     context.algorithm.algorithmIdentifier,
     context.subject,
     der.sequence(der.time(template.notBefore), der.time(template.notAfter)),
-    LEAF_SUBJECT,
+    leafSubject(template.commonName),
     spki,
     der.explicit(
       3,

@@ -69,13 +69,13 @@ const DEFAULT_DRAIN_TIMEOUT_MS = 10_000;
 
 type FailureReason = "identity_unavailable" | "connect_failed" | "backend_no_tls" | "tls_failed" | "timeout" | "client_error";
 
-interface EgressMetrics {
+export interface EgressMetrics {
   readonly mesh: MeshMetrics;
   connection(result: "ok" | FailureReason): void;
   active(delta: number): void;
 }
 
-function egressMetrics(metrics: Metrics, backend: string): EgressMetrics {
+export function egressMetrics(metrics: Metrics, backend: string): EgressMetrics {
   const mesh = createMeshMetrics(metrics);
   const connections = metrics.counter({
     name: "meshward_egress_connections_total",

@@ -66,6 +66,13 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 3,
+    description: "join tokens that let the certificate carry CN = <app id>",
+    sql: `
+      ALTER TABLE join_tokens ADD COLUMN common_name TEXT;
+    `,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -117,6 +124,13 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
         serial TEXT PRIMARY KEY,
         superseded_by TEXT NOT NULL
       );
+    `,
+  },
+  {
+    version: 3,
+    description: "join tokens that let the certificate carry CN = <app id>",
+    sql: `
+      ALTER TABLE join_tokens ADD COLUMN common_name TEXT;
     `,
   },
 ];

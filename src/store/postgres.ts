@@ -29,10 +29,11 @@ interface TokenRow {
   expires_at: Date;
   uses_allowed: number;
   uses_left: number;
+  common_name: string | null;
 }
 
 const ISSUANCE_COLUMNS = "serial, spiffe_id, dns_names, not_before, not_after, issued_at, attestation, issuer_fingerprint, root_fingerprint, certificate_pem";
-const TOKEN_COLUMNS = "id, token_hash, spiffe_id, dns_names, created_at, expires_at, uses_allowed, uses_left";
+const TOKEN_COLUMNS = "id, token_hash, spiffe_id, dns_names, created_at, expires_at, uses_allowed, uses_left, common_name";
 
 // Named queries: pg prepares each once per pooled connection and reuses it.
 const Q = {
@@ -64,6 +65,10 @@ const Q = {
              AND NOT EXISTS (SELECT 1 FROM superseded s WHERE s.serial = i.serial)
            GROUP BY root_fingerprint`,
   },
+  supersededBy: {
+    name: "meshward_superseded_by",
+    text: "SELECT serial, superseded_by FROM superseded WHERE serial = ANY($1::text[])",
+  },
   revoke: {
     name: "meshward_revoke",
     text: "INSERT INTO revocations (serial, revoked_at, reason) VALUES ($1, $2, $3) ON CONFLICT (serial) DO NOTHING",
@@ -75,7 +80,7 @@ const Q = {
   },
   insertToken: {
     name: "meshward_insert_token",
-    text: `INSERT INTO join_tokens (${TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+    text: `INSERT INTO join_tokens (${TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
   },
   // Row-level locking makes this atomic: a concurrent spender re-checks uses_left after the
   // first commits, so a single-use token is spent exactly once however many replicas race.
@@ -172,6 +177,13 @@ export class PostgresStore implements Store {
     return new Map(result.rows.map((r) => [r.root, r.n]));
   }
 
+  async supersededBy(serials: readonly string[]): Promise<Map<string, string>> {
+    const wanted = serials.map((serial) => normalizeSerial(serial));
+    if (wanted.length === 0) return new Map();
+    const result = await this.#query<{ serial: string; superseded_by: string }>("E_STORE_READ", "read superseded certificates", Q.supersededBy, [wanted]);
+    return new Map(result.rows.map((r) => [r.serial, r.superseded_by]));
+  }
+
   async revoke(revocation: { serial: string; revokedAt: Date; reason: string }): Promise<boolean> {
     const serial = requireSerial(revocation.serial, "revoke");
     const revokedAt = new Date(requireDate(revocation.revokedAt, "revokedAt"));
@@ -199,6 +211,7 @@ export class PostgresStore implements Store {
       new Date(requireDate(token.expiresAt, "expiresAt")),
       token.usesAllowed,
       token.usesLeft,
+      token.commonName ?? null,
     ];
     await this.#query("E_STORE_WRITE", "store the join token", Q.insertToken, values, `a join token with id ${token.id} (or the same secret) already exists`);
   }
@@ -355,5 +368,6 @@ function tokenFromRow(row: TokenRow): JoinTokenRecord {
     expiresAt: row.expires_at,
     usesAllowed: row.uses_allowed,
     usesLeft: row.uses_left,
+    ...(row.common_name !== null ? { commonName: row.common_name } : {}),
   };
 }

@@ -32,6 +32,7 @@ interface TokenRow {
   expires_at: number;
   uses_allowed: number;
   uses_left: number;
+  common_name: string | null;
 }
 
 interface RevocationRow {
@@ -229,8 +230,16 @@ export class SqliteStore implements Store {
       expires_at: requireDate(token.expiresAt, "expiresAt"),
       uses_allowed: token.usesAllowed,
       uses_left: token.usesLeft,
+      common_name: token.commonName ?? null,
     };
     this.#write("store the join token", () => this.#stmts().insertToken.run(row), `a join token with id ${token.id} (or the same secret) already exists`);
+  }
+
+  async supersededBy(serials: readonly string[]): Promise<Map<string, string>> {
+    const wanted = serials.map((serial) => normalizeSerial(serial));
+    if (wanted.length === 0) return new Map();
+    const rows = this.#read("read superseded certificates", () => this.#stmts().supersededBy.all(JSON.stringify(wanted)) as { serial: string; superseded_by: string }[]);
+    return new Map(rows.map((r) => [r.serial, r.superseded_by]));
   }
 
   async consumeToken(tokenHash: string, now: Date): Promise<TokenConsumption> {
@@ -319,6 +328,7 @@ interface Statements {
   getIssuance: Database.Statement;
   countValidByRoot: Database.Statement;
   insertSuperseded: Database.Statement;
+  supersededBy: Database.Statement;
   revoke: Database.Statement;
   listRevocations: Database.Statement;
   insertToken: Database.Statement;
@@ -343,14 +353,15 @@ function prepareStatements(db: Database.Database): Statements {
        GROUP BY root_fingerprint`,
     ),
     insertSuperseded: db.prepare("INSERT INTO superseded (serial, superseded_by) VALUES (?, ?) ON CONFLICT (serial) DO NOTHING"),
+    supersededBy: db.prepare("SELECT serial, superseded_by FROM superseded WHERE serial IN (SELECT value FROM json_each(?))"),
     revoke: db.prepare("INSERT INTO revocations (serial, revoked_at, reason) VALUES (?, ?, ?) ON CONFLICT (serial) DO NOTHING"),
     listRevocations: db.prepare(
       `SELECT r.serial, r.revoked_at, r.reason, i.spiffe_id FROM revocations r
        LEFT JOIN issuances i ON i.serial = r.serial ORDER BY r.revoked_at, r.serial`,
     ),
     insertToken: db.prepare(
-      `INSERT INTO join_tokens (id, token_hash, spiffe_id, dns_names, created_at, expires_at, uses_allowed, uses_left)
-       VALUES (@id, @token_hash, @spiffe_id, @dns_names, @created_at, @expires_at, @uses_allowed, @uses_left)`,
+      `INSERT INTO join_tokens (id, token_hash, spiffe_id, dns_names, created_at, expires_at, uses_allowed, uses_left, common_name)
+       VALUES (@id, @token_hash, @spiffe_id, @dns_names, @created_at, @expires_at, @uses_allowed, @uses_left, @common_name)`,
     ),
     spendToken: db.prepare(
       "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash = ? AND uses_left > 0 AND expires_at > ? RETURNING *",
@@ -386,6 +397,7 @@ function tokenFromRow(row: TokenRow): JoinTokenRecord {
     expiresAt: new Date(row.expires_at),
     usesAllowed: row.uses_allowed,
     usesLeft: row.uses_left,
+    ...(row.common_name !== null ? { commonName: row.common_name } : {}),
   };
 }
 

@@ -45,6 +45,12 @@ export interface JoinTokenRecord {
   readonly expiresAt: Date;
   readonly usesAllowed: number;
   readonly usesLeft: number;
+  /**
+   * When set, certificates obtained with this token carry this subject common name (the
+   * workload's app id; `meshward token create --common-name`), for servers that map a
+   * certificate's CN to a user, such as PostgreSQL's `cert` authentication. Absent: no CN.
+   */
+  readonly commonName?: string;
 }
 
 export type TokenConsumption =
@@ -68,6 +74,11 @@ export interface Store {
   listIssuances(filter?: IssuanceFilter): Promise<IssuanceRecord[]>;
   /** Counts live certificates at `at` (valid, not revoked, not superseded by a renewal), grouped by root fingerprint. */
   countValidByRoot(at: Date): Promise<Map<string, number>>;
+  /**
+   * For each of `serials` that a renewal superseded (see IssuanceRecord.supersedes), the serial
+   * of the certificate that replaced it; serials never superseded are absent from the map.
+   */
+  supersededBy(serials: readonly string[]): Promise<Map<string, string>>;
   /** Returns false when the serial was already revoked (the first revocation is kept). */
   revoke(revocation: { serial: string; revokedAt: Date; reason: string }): Promise<boolean>;
   listRevocations(): Promise<RevocationRecord[]>;

@@ -152,6 +152,8 @@ export const REQUEST_DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.0
 export interface MeshMetrics {
   /** meshward_cert_expiry_timestamp_seconds{kind}: when a certificate expires (Unix seconds). */
   readonly certExpiry: Gauge<"kind">;
+  /** meshward_trust_bundle_version: the version of the trust bundle in use (telemetry/bundle-version.ts). */
+  readonly bundleVersion: Gauge;
   /** meshward_rotation_total{kind,result}: rotations by certificate kind and result (ok, error). */
   readonly rotations: Counter<"kind" | "result">;
   /** meshward_tls_handshakes_total{direction,result}: result is ok or failed. */
@@ -187,6 +189,10 @@ export function createMeshMetrics(metrics: Metrics): MeshMetrics {
       name: "meshward_cert_expiry_timestamp_seconds",
       help: "When a certificate expires (Unix seconds), by kind (root, issuer, workload).",
       labelNames: ["kind"],
+    }),
+    bundleVersion: metrics.gauge({
+      name: "meshward_trust_bundle_version",
+      help: "Version of the trust bundle in use: a number naming its set of roots, equal at the CA and at every workload that has fetched the CA's current bundle.",
     }),
     rotations: metrics.counter({
       name: "meshward_rotation_total",
@@ -312,6 +318,34 @@ export function classifyTlsError(error: unknown, socket?: TlsSocketLike): Handsh
     }
   }
   return "other";
+}
+
+/** What an "other" handshake failure was, in words, for logs and status pages (not a metric label). */
+const OTHER_FAILURES: ReadonlyMap<string, string> = new Map([
+  ["ERR_SSL_HTTP_REQUEST", "plain HTTP sent to the TLS port"],
+  ["ERR_SSL_WRONG_VERSION_NUMBER", "not TLS (the first bytes are no TLS record)"],
+  ["ERR_SSL_PACKET_LENGTH_TOO_LONG", "not TLS (the first bytes are no TLS record)"],
+  ["ECONNRESET", "the client closed the connection during the handshake"],
+  ["EPIPE", "the client closed the connection during the handshake"],
+  ["ERR_SSL_NO_SHARED_CIPHER", "no cipher suite in common"],
+  ["ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE", "the client aborted the handshake (handshake_failure alert)"],
+  ["ERR_SSL_TLSV1_ALERT_DECODE_ERROR", "the client could not parse the handshake (decode_error alert)"],
+  ["ERR_TLS_HANDSHAKE_TIMEOUT", "the client did not finish the handshake in time"],
+]);
+
+/**
+ * A handshake failure for people: the classified reason, and for `other` what actually
+ * happened (a known cause in words, else the error code), e.g. "other: plain HTTP sent to the
+ * TLS port" instead of a bare "other".
+ */
+export function describeHandshakeFailure(reason: HandshakeFailureReason, error: unknown): string {
+  if (reason !== "other") return reason;
+  const code = codeOf(error);
+  const known = code === undefined ? undefined : OTHER_FAILURES.get(code);
+  if (known !== undefined) return `other: ${known}`;
+  if (code !== undefined) return `other: ${code}`;
+  const message = error instanceof Error ? error.message : String(error);
+  return `other: ${message.slice(0, 120)}`;
 }
 
 function codeOf(value: unknown): string | undefined {

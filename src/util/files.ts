@@ -1,14 +1,16 @@
 import { randomBytes } from "node:crypto";
-import { closeSync, fsyncSync, openSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, fchmodSync, fchownSync, fsyncSync, openSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { MeshwardError } from "../errors.ts";
 
 /**
  * Writes a file so that readers see either the old or the new content, never a mix: a temp
  * file in the same directory (created with the final mode, so a key is never briefly
- * world-readable), fsync, rename, fsync of the directory.
+ * world-readable), fsync, rename, fsync of the directory. With `owner`, the temp file is
+ * chowned and set to exactly `mode` (whatever the umask) before the rename, so the file never
+ * appears under its name with another owner or mode.
  */
-export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): void {
+export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644, owner?: { uid: number; gid: number }): void {
   const dir = dirname(path);
   const temp = join(dir, `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
   let fd: number | undefined;
@@ -17,6 +19,10 @@ export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 
     const bytes = typeof data === "string" ? Buffer.from(data) : data;
     let written = 0;
     while (written < bytes.length) written += writeSync(fd, bytes, written, bytes.length - written);
+    if (owner !== undefined) {
+      fchownSync(fd, owner.uid, owner.gid);
+      fchmodSync(fd, mode);
+    }
     fsyncSync(fd);
     closeSync(fd);
     fd = undefined;

@@ -1,5 +1,5 @@
 import { X509Certificate } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium, type BrowserContext } from "playwright-core";
@@ -7,6 +7,8 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { caLayout, initAnchors } from "../../src/ca/anchors.ts";
 import { rotateIssuer } from "../../src/ca/rotation.ts";
+import { issueJoinToken } from "../../src/ca/tokens.ts";
+import { trustBundleVersionOfPem } from "../../src/telemetry/bundle-version.ts";
 import { startCaServer, type CaServer } from "../../src/ca/server.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { requestCertificate } from "../../src/identity/ca-client.ts";
@@ -33,6 +35,7 @@ interface Feed {
   health: { ok: boolean };
 }
 
+const ARTIFACTS = new URL("../../test-artifacts/", import.meta.url).pathname;
 let work: string;
 let dir: string;
 let server: CaServer;
@@ -84,11 +87,27 @@ describe("the CA's status page", () => {
     const tls11 = await exec("openssl", ["s_client", "-tls1_1", "-connect", server.address], { input: "Q\n" });
     expect(tls11.code).not.toBe(0);
 
+    // A request that names no app id, with an expired token (it used to read "E_TOKEN_EXPIRED (ns//)").
+    const { token: expired } = await issueJoinToken(server.store, { spiffeId: `spiffe://${TD}/ns/shop/cart`, ttlMs: 1_000, now: new Date(Date.now() - 60_000) });
+    await requestCertificate(
+      { address: server.address, bundlePem, trustDomain: TD },
+      { csrPem: await createCsr({ keyPair: generateKeyPair() }), token: expired, validator: "JOIN_TOKEN", namespace: "", appId: "" },
+    ).catch(() => undefined);
+    // Plain HTTP to the TLS port (it used to read "handshake: other").
+    await exec("curl", ["-s", "-m", "5", `http://${server.address}/`]);
+
     const f = await feed();
-    expect(f.denials.total).toBeGreaterThanOrEqual(1);
-    expect(f.refusals.some((r) => /^sign refused: E_\w+ \(ns\/shop\/cart\)$/.test(r.reason) && r.peer.startsWith("127.0.0.1"))).toBe(true);
+    expect(f.denials.total).toBeGreaterThanOrEqual(2);
+    expect(f.refusals.some((r) => /^sign refused for ns\/shop\/cart: E_TOKEN_UNKNOWN: the join token is not known to this CA$/.test(r.reason))).toBe(true);
+    expect(f.refusals.map((r) => r.reason)).toContain("sign refused: E_TOKEN_EXPIRED: the join token has expired; create a new one with 'meshward token create'");
     expect(f.handshakeFailures.byKey.map((k) => k.key)).toContain("protocol_version");
     expect(f.refusals.map((r) => r.reason)).toContain("handshake: protocol_version");
+    expect(f.refusals.map((r) => r.reason)).toContain("handshake: other: plain HTTP sent to the TLS port");
+    // Every reason reads as words, and every peer is an address with its port.
+    for (const r of f.refusals) {
+      expect(r.reason).not.toMatch(/\(ns\/\/\)|: other$|^handshake: other$/);
+      expect(r.peer).toMatch(/^127\.0\.0\.1:\d+$/);
+    }
   });
 
   it("in Chromium: shows the issuer, and follows an issuer rotation without a reload", async () => {
@@ -108,6 +127,85 @@ describe("the CA's status page", () => {
     expect(await page.locator("#rotations tbody tr").first().textContent()).toContain(after);
     expect(await page.evaluate(() => (globalThis as unknown as { notReloaded?: boolean }).notReloaded)).toBe(true);
     expect((await feed()).rotations[0]).toMatchObject({ kind: "issuer", result: "ok", serial: after });
+  });
+
+  it("in Chromium: every timeline bar visible, whole fingerprints and expiry times, refused sign requests (not policy denials), live certificates per root, bundle version; screenshot once loaded", async () => {
+    // One live certificate under the root.
+    const { token } = await issueJoinToken(server.store, { spiffeId: `spiffe://${TD}/ns/shop/orders`, ttlMs: 60_000 });
+    await requestCertificate(
+      { address: server.address, bundlePem: readFileSync(caLayout(dir).bundle, "utf8"), trustDomain: TD },
+      { csrPem: await createCsr({ keyPair: generateKeyPair() }), token, validator: "JOIN_TOKEN", namespace: "shop", appId: "orders" },
+    );
+    const rootPem = readFileSync(caLayout(dir).bundle, "utf8");
+    const root = new X509Certificate(rootPem);
+    userDataDir ??= mkdtempSync(join(tmpdir(), "meshward-chromium-"));
+    context ??= await chromium.launchPersistentContext(userDataDir, { executablePath: "/usr/bin/chromium", headless: true, args: CHROMIUM_ARGS });
+    for (const width of [1280, 640]) {
+      const page = await context.newPage();
+      page.setDefaultTimeout(15_000);
+      await page.setViewportSize({ width, height: 1100 });
+      await page.goto(`${server.status!.url}/`);
+      await page.locator('body[data-state="ready"]').waitFor();
+      expect(await page.locator("#loading").isVisible()).toBe(false);
+
+      // The timeline: the 24 h serving certificate, the 1 y issuer and the 10 y root each get a full-width bar.
+      const svgWidth = await page.locator("#timeline").evaluate((svg) => svg.getBoundingClientRect().width);
+      const bars = await page.locator("#timeline rect.life").evaluateAll((rects) => rects.map((r) => ({ kind: r.getAttribute("data-kind"), width: r.getBoundingClientRect().width })));
+      expect(bars.map((b) => b.kind)).toEqual(["workload", "issuer", "root"]);
+      for (const bar of bars) expect(bar.width, `${bar.kind} bar`).toBeGreaterThan(svgWidth * 0.9);
+      // and no label overlaps another text of the timeline
+      const boxes = await page.locator("#timeline text").evaluateAll((texts) => texts.map((t) => t.getBoundingClientRect()).map((r) => ({ left: r.left, right: r.right, top: r.top, bottom: r.bottom })));
+      const overlapping = boxes.flatMap((a, i) => boxes.slice(i + 1).filter((b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom).map(() => i));
+      expect(overlapping).toEqual([]);
+
+      // Whole values: the fingerprint is complete, and no colon-separated group (nor an expiry
+      // time) is split across lines, however narrow the page.
+      const fingerprintCell = page.locator("#roots td.fingerprint").first();
+      expect(await fingerprintCell.textContent()).toBe(root.fingerprint256);
+      const splitGroups = await page.locator("#roots td.fingerprint, #roots td.nowrap, #identities td.expires, #identities td.serial").evaluateAll((cells) =>
+        cells.flatMap((cell) =>
+          [...cell.childNodes]
+            .filter((n) => n.nodeType === 3)
+            .filter((n) => {
+              // (runs in the page)
+              const range = (globalThis as unknown as { document: { createRange(): { selectNodeContents(node: unknown): void; getClientRects(): { length: number } } } }).document.createRange();
+              range.selectNodeContents(n);
+              return range.getClientRects().length > 1;
+            })
+            .map((n) => n.textContent),
+        ),
+      );
+      expect(splitGroups).toEqual([]);
+      // words wrap between words only (the kind column used to read "wor/kloa/d")
+      const wordsSplit = await page.locator("#identities td.nowrap, #roots td.subject").evaluateAll((cells) =>
+        cells.filter((cell) => {
+          const range = (globalThis as unknown as { document: { createRange(): { selectNodeContents(node: unknown): void; getClientRects(): { length: number } } } }).document.createRange();
+          range.selectNodeContents(cell);
+          const words = (cell.textContent ?? "").split(/\s+/).filter((w: string) => w !== "").length;
+          return range.getClientRects().length > words;
+        }).map((cell) => cell.textContent),
+      );
+      expect(wordsSplit).toEqual([]);
+      expect(await page.locator("#identities td.expires").first().textContent()).toMatch(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
+
+      // The CA's second chart is refused sign requests, not policy denials; reasons in words.
+      expect(await page.locator("#denials-title").textContent()).toBe("Refused sign requests");
+      expect(await page.locator("#denials-summary").textContent()).toMatch(/refused sign requests in the last hour — E_TOKEN_/);
+      const refusals = await page.locator("#refusals tbody").textContent();
+      expect(refusals).not.toMatch(/unknown:0|\(ns\/\/\)/);
+
+      // Live certificates per root, and the bundle version operators compare with each workload's.
+      expect(await page.locator("#roots th.live-col").isVisible()).toBe(true);
+      // (the CA reads the count from its store at most every 5 s; the page polls every 2 s)
+      const live = String((await server.store.countValidByRoot(new Date())).get(root.fingerprint256));
+      expect(Number(live)).toBeGreaterThanOrEqual(1);
+      await expect.poll(() => page.locator(`#roots td.live[data-fingerprint="${root.fingerprint256}"]`).textContent(), { timeout: 10_000 }).toBe(live);
+      expect(await page.locator("#bundle-version").textContent()).toBe(`bundle version ${trustBundleVersionOfPem(rootPem)} · 1 root`);
+
+      mkdirSync(ARTIFACTS, { recursive: true });
+      await page.screenshot({ path: join(ARTIFACTS, `ca-status-page-${width}.png`), fullPage: true });
+      await page.close();
+    }
   });
 
   it("meshward ca serve exits with a clear error for a weak or unreadable token, before serving", async () => {

@@ -125,11 +125,61 @@ describe("status page in Chromium", () => {
     expect(await page.locator("#rotations tbody tr").first().textContent()).toContain("c0ffee00112233445566778899aabbcc");
     expect(await page.evaluate(() => (globalThis as unknown as { notReloaded?: boolean }).notReloaded)).toBe(true);
 
+    await page.locator('body[data-state="ready"]').waitFor();
     mkdirSync(ARTIFACTS, { recursive: true });
     const file = join(ARTIFACTS, "status-page.png");
     await page.screenshot({ path: file, fullPage: true });
     expect(statSync(file).size).toBeGreaterThan(10_000);
     await page.close();
+  });
+
+  it("renders the first state into the page: it shows the identity even when status.json never answers", async () => {
+    const html = await (await fetch(`${baseUrl}/`)).text();
+    const embedded = /<script id="initial-state" type="application\/json">([^<]*)<\/script>/.exec(html)?.[1];
+    expect(JSON.parse(embedded ?? "null")).toMatchObject({ component: "sidecar", identities: [{ spiffeId: identity.spiffeId }] });
+
+    const page = await context.newPage();
+    page.setDefaultTimeout(15_000);
+    let feedRequests = 0;
+    await page.route("**/status.json", (route) => {
+      feedRequests += 1;
+      return route.abort();
+    });
+    await page.goto(`${baseUrl}/`);
+    // straight from the page, before any feed request could have answered
+    expect(await page.locator("body").getAttribute("data-state")).toBe("ready");
+    expect(await page.locator("#loading").isVisible()).toBe(false);
+    expect(await page.locator("#identities td.spiffe-id").first().textContent()).toBe(identity.spiffeId);
+    expect(await page.locator("#timeline rect.life").count()).toBe(1);
+    // then the first poll fails and the page says so, keeping the data
+    await page.locator("#stale").waitFor({ state: "visible" });
+    expect(feedRequests).toBeGreaterThan(0);
+    expect(await page.locator("body").getAttribute("data-state")).toBe("stale");
+    expect(await page.locator("#identities td.spiffe-id").first().textContent()).toBe(identity.spiffeId);
+    await page.close();
+  });
+
+  it("marks the loading state unmistakably when there is no first state yet", async () => {
+    failFeed = true;
+    try {
+      const html = await (await fetch(`${baseUrl}/`)).text();
+      expect(html).toContain('<script id="initial-state" type="application/json"></script>');
+      const page = await openPage(`${baseUrl}/`);
+      expect(await page.locator("body").getAttribute("data-state")).toBe("loading");
+      expect(await page.locator("#loading").isVisible()).toBe(true);
+      expect(await page.locator("#loading").textContent()).toMatch(/^LOADING — waiting for the first status report/);
+      mkdirSync(ARTIFACTS, { recursive: true });
+      await page.screenshot({ path: join(ARTIFACTS, "status-page-loading.png") });
+      await page.locator("#stale").waitFor({ state: "visible" });
+      expect(await page.locator("#stale").textContent()).toContain("no data yet");
+      expect(await page.locator("body").getAttribute("data-state")).toBe("loading");
+      failFeed = false;
+      await page.locator('body[data-state="ready"]').waitFor();
+      expect(await page.locator("#loading").isVisible()).toBe(false);
+      await page.close();
+    } finally {
+      failFeed = false;
+    }
   });
 
   it("shows a clear stale state when the feed fails, and recovers", async () => {
@@ -158,6 +208,10 @@ describe("status page in Chromium", () => {
     hostile = payload;
     recorder.recordRefusal({ peer: `<b id="injected">10.0.0.1</b>:1`, reason: `<svg onload="globalThis.pwned=3">`, spiffeId: payload });
     try {
+      // the first state rendered into the page carries the payload only as escaped JSON
+      const html = await (await fetch(`${baseUrl}/`)).text();
+      expect(html).not.toContain("<img src=x");
+      expect(html).not.toContain("<script>globalThis.pwned");
       const page = await openPage(`${baseUrl}/`);
       await expect.poll(() => page.locator("#identities td.spiffe-id").allTextContents()).toContain(payload);
       expect(await page.locator("#name").textContent()).toBe(payload);

@@ -7,7 +7,7 @@ import { registerCommands } from "../../src/cli/commands.ts";
 // The operator's guides must not invent flags: every `meshward <command> … --flag` they show is
 // looked up in the real CLI definition (the same commander tree `meshward --help` prints).
 const DOCS = new URL("../../docs/", import.meta.url).pathname;
-const GUIDES = ["getting-started.md", "troubleshooting.md", "operations.md", "migrating-from-dapr-sentry.md", "threat-model.md", "kubernetes.md"];
+const GUIDES = ["getting-started.md", "troubleshooting.md", "operations.md", "migrating-from-dapr-sentry.md", "threat-model.md", "kubernetes.md", "rotation.md"];
 
 interface Usage { file: string; line: number; text: string }
 

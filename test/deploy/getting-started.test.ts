@@ -76,7 +76,7 @@ describe("docs/getting-started.md, steps 1–5", () => {
     expect(san.stdout).toContain("URI:spiffe://example.test/ns/shop/orders");
 
     const list = await meshward("cert", "list", "--dir", "./ca");
-    expect(list.stdout).toMatch(/valid\s+\S+\s+join-token\s+spiffe:\/\/example\.test\/ns\/shop\/orders/);
+    expect(list.stdout).toMatch(/valid\s+\S+\s+[0-9A-F:]{11}\s+join-token\s+spiffe:\/\/example\.test\/ns\/shop\/orders/);
 
     const again = await meshward("cert", "issue", "--ca", address, "--bundle", "ca/bundle.pem", "--token", secret, "--out", "./orders2");
     expect(again.code).toBe(1);

@@ -1,4 +1,7 @@
 import { createCaMetrics } from "../../src/ca/metrics.ts";
+import { pino } from "pino";
+import { egressMetrics } from "../../src/proxy/egress.ts";
+import { sidecarTelemetry } from "../../src/proxy/sidecar.ts";
 import { createMeshMetrics, createMetrics } from "../../src/telemetry/metrics.ts";
 
 /** Series Prometheus itself adds to every target. */
@@ -6,21 +9,28 @@ const PROMETHEUS_SERIES = ["up", "scrape_duration_seconds"];
 
 /**
  * Every series name meshward exposes, taken from the real definitions (not a copied list):
- * the shared mesh metrics, the CA's metrics and the process metrics, with the _bucket/_sum/_count
- * series of histograms.
+ * the shared mesh metrics, the CA's, the sidecar's and egress's metrics and the process metrics, with
+ * the _bucket/_sum/_count series of histograms.
  */
 export async function knownSeriesNames(): Promise<Set<string>> {
-  const metrics = createMetrics({ processMetrics: true });
-  createMeshMetrics(metrics);
-  createCaMetrics(metrics);
   const names = new Set<string>(PROMETHEUS_SERIES);
-  for (const metric of await metrics.registry.getMetricsAsJSON()) {
+  for (const metric of await definedMetrics({ processMetrics: true })) {
     names.add(metric.name);
     if (String(metric.type) === "histogram" || String(metric.type) === "summary") {
       for (const suffix of ["_bucket", "_sum", "_count"]) names.add(`${metric.name}${suffix}`);
     }
   }
   return names;
+}
+
+/** Every metric meshward's components register (the real definitions), by name and type. */
+export async function definedMetrics(options: { processMetrics: boolean }): Promise<{ name: string; type: string }[]> {
+  const metrics = createMetrics(options);
+  createMeshMetrics(metrics);
+  createCaMetrics(metrics);
+  sidecarTelemetry(pino({ level: "silent" }), metrics);
+  egressMetrics(metrics, "example");
+  return (await metrics.registry.getMetricsAsJSON()).map((m) => ({ name: m.name, type: String(m.type) }));
 }
 
 const KEYWORDS = new Set([

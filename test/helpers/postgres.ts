@@ -62,8 +62,17 @@ export interface RunningPostgres {
 }
 
 interface ServerUser {
+  readonly name: string;
   readonly uid: number;
   readonly gid: number;
+}
+
+/**
+ * The account the test PostgreSQL runs as: the unprivileged user when the tests run as root,
+ * else undefined (it runs as the current user). For tests that hand files to the server's user.
+ */
+export function postgresServerAccount(): ServerUser | undefined {
+  return serverUser();
 }
 
 const cleanups = new Set<() => void>();
@@ -154,7 +163,7 @@ function serverUser(): ServerUser | undefined {
 function lookupUser(name: string): ServerUser | undefined {
   for (const line of readFileSync("/etc/passwd", "utf8").split("\n")) {
     const [login, , uid, gid] = line.split(":");
-    if (login === name && uid !== undefined && gid !== undefined) return { uid: Number(uid), gid: Number(gid) };
+    if (login === name && uid !== undefined && gid !== undefined) return { name, uid: Number(uid), gid: Number(gid) };
   }
   return undefined;
 }

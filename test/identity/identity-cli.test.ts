@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { exec } from "../helpers/exec.ts";
+import { trustBundleVersionOfPem } from "../../src/telemetry/bundle-version.ts";
 
 // `meshward identity` and `meshward status` as an operator runs them: real processes.
 describe("meshward identity + meshward status (real processes)", () => {
@@ -47,6 +48,9 @@ describe("meshward identity + meshward status (real processes)", () => {
     const feed = (await (await fetch(`http://${statusAddress}/status.json`)).json()) as { identities: { spiffeId: string }[]; health: { ok: boolean } };
     expect(feed.identities[0]?.spiffeId).toBe("spiffe://ops.test/ns/ops/nginx");
     expect(feed.health.ok).toBe(true);
+    // the bundle version the page shows, equal to the CA's (docs/rotation.md)
+    expect((feed as unknown as { bundleVersion: number }).bundleVersion).toBe(trustBundleVersionOfPem(readFileSync(join(work, "ca", "bundle.pem"), "utf8")));
+    expect(await (await fetch(`http://${statusAddress}/metrics`)).text()).toContain(`meshward_trust_bundle_version ${trustBundleVersionOfPem(readFileSync(join(work, "ca", "bundle.pem"), "utf8"))}\n`);
     expect((await fetch(`http://${statusAddress}/`)).headers.get("content-type")).toMatch(/text\/html/);
   });
 
@@ -58,6 +62,10 @@ describe("meshward identity + meshward status (real processes)", () => {
     expect(ok.stdout).toMatch(/ca\s+ops\.test\s+root/);
     const json = JSON.parse((await runCli(["status", "--status-url", `http://${statusAddress}`, "--json"])).stdout) as { identity: string; healthy: boolean }[];
     expect(json).toEqual([expect.objectContaining({ identity: "spiffe://ops.test/ns/ops/nginx", healthy: true })]);
+    // an identity process is labelled as one (it used to say "sidecar")
+    expect(json[0]).toMatchObject({ component: "identity" });
+    expect(ok.stdout).toMatch(/^identity\s+spiffe:\/\/ops\.test\/ns\/ops\/nginx\s/m);
+    expect(ok.stdout).not.toMatch(/^sidecar/m);
 
     const down = await runCli(["status", "--status-url", "http://127.0.0.1:1"]);
     expect(down.code).toBe(1);

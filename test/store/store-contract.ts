@@ -307,6 +307,28 @@ export function defineStoreContract(backend: StoreBackend): void {
       });
     });
 
+    describe("supersededBy", () => {
+      it("names the renewal that replaced each superseded certificate, and nothing for the others (serials in either case)", async () => {
+        const old = issuance();
+        const other = issuance();
+        await store.recordIssuance(old);
+        await store.recordIssuance(other);
+        const renewed = { ...issuance(), supersedes: old.serial };
+        await store.recordIssuance(renewed);
+        const spelled = old.serial.toLowerCase();
+        expect(await store.supersededBy([spelled, other.serial, renewed.serial, "0A0B"])).toEqual(new Map([[old.serial, renewed.serial]]));
+        expect(await store.supersededBy([])).toEqual(new Map());
+        // another handle (a CLI next to the running CA) reads the same
+        expect(await (await open()).supersededBy([old.serial])).toEqual(new Map([[old.serial, renewed.serial]]));
+      });
+
+      it("treats a malformed serial as one that was never superseded (a parameter, never SQL)", async () => {
+        expect(await store.supersededBy(["zz'); DROP TABLE superseded; --"])).toEqual(new Map());
+        await store.recordIssuance({ ...issuance(), supersedes: issuance().serial });
+        expect(await store.countValidByRoot(new Date(T0))).toEqual(new Map([[ROOT_A, 1]]));
+      });
+    });
+
     describe("join tokens", () => {
       it("stores tokens and lists them", async () => {
         const a = token({ createdAt: new Date(T0) });
@@ -314,6 +336,17 @@ export function defineStoreContract(backend: StoreBackend): void {
         await store.createToken(b.record);
         await store.createToken(a.record);
         expect(await store.listTokens()).toEqual([a.record, b.record]);
+      });
+
+      it("keeps a token's common name (and none when it has none)", async () => {
+        const named = token({ createdAt: new Date(T0), commonName: "orders" });
+        const plain = token({ createdAt: new Date(T0 + 1) });
+        await store.createToken(named.record);
+        await store.createToken(plain.record);
+        expect(await store.listTokens()).toEqual([named.record, plain.record]);
+        expect((await store.listTokens())[1]).not.toHaveProperty("commonName");
+        const spent = await store.consumeToken(named.record.tokenHash, new Date(T0 + 1_000));
+        expect(spent.ok && spent.token.commonName).toBe("orders");
       });
 
       it("refuses a duplicate token id or secret with E_STORE_CONFLICT", async () => {

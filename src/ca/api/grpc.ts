@@ -68,7 +68,7 @@ async function answer(req: Http2ServerRequest, res: Http2ServerResponse, body: B
       namespace: request.namespace,
       trustDomain: request.trustDomain,
       peer: peerCertificateOf(socket),
-      remoteAddress: socket?.remoteAddress,
+      remoteAddress: socket?.remoteAddress === undefined ? undefined : formatPeer(socket.remoteAddress, socket.remotePort),
     });
     const reply = encodeSignResponse({
       workloadCertificate: Buffer.from(result.certificateChainPem),
@@ -107,4 +107,10 @@ function respondError(res: Http2ServerResponse, status: number, message: string,
   if (code !== undefined) trailers["meshward-error-code"] = code;
   res.addTrailers(trailers);
   res.end();
+}
+
+/** host:port, with brackets around an IPv6 host. */
+function formatPeer(host: string, port: number | undefined): string {
+  const shown = host.includes(":") ? `[${host}]` : host;
+  return port === undefined ? shown : `${shown}:${port}`;
 }

@@ -19,6 +19,12 @@ export interface AttestedIdentity {
   readonly allowedDnsNames: readonly string[];
   /** Validator name, recorded in the issuance log. */
   readonly method: string;
+  /**
+   * Subject CN the certificate carries, when the attestation grants one: a join token created
+   * with `--common-name` (CN = its app id), or a renewal of a certificate that already carried
+   * CN = its own app id. Never taken from the CSR.
+   */
+  readonly commonName?: string;
 }
 
 /**

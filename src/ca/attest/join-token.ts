@@ -29,7 +29,12 @@ export function joinTokenAttestor(store: Store): Attestor {
         }
       }
       assertRequestMatches(request, result.token.spiffeId);
-      return { spiffeId: result.token.spiffeId, allowedDnsNames: result.token.dnsNames, method: "join-token" };
+      return {
+        spiffeId: result.token.spiffeId,
+        allowedDnsNames: result.token.dnsNames,
+        method: "join-token",
+        ...(result.token.commonName !== undefined ? { commonName: result.token.commonName } : {}),
+      };
     },
   };
 }

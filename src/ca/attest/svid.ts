@@ -14,6 +14,11 @@ export interface SvidAttestorOptions {
  * Renewal: a workload proves its identity with its current certificate on the mTLS
  * connection (SPIRE's agent does the same), so single-use join tokens are needed only once.
  */
+function commonNameOf(certificate: X509Certificate): string | undefined {
+  const names = certificate.subject.split("\n").filter((line) => line.startsWith("CN="));
+  return names.length === 1 ? (names[0] as string).slice(3) : undefined;
+}
+
 export function svidAttestor(options: SvidAttestorOptions): Attestor {
   return {
     name: "svid",
@@ -40,9 +45,12 @@ export function svidAttestor(options: SvidAttestorOptions): Attestor {
       if (spiffeId === undefined || more.length > 0) {
         throw new MeshwardError("E_ATTESTATION_UNTRUSTED", "the certificate presented for renewal does not carry exactly one SPIFFE ID");
       }
-      parseWorkloadId(spiffeId);
+      const { appId } = parseWorkloadId(spiffeId);
       assertRequestMatches(request, spiffeId);
-      return { spiffeId, allowedDnsNames: peer.dnsNames, method: "svid" };
+      // A CN granted at the first issuance carries over to renewals, but only the one meshward
+      // grants (CN = the certificate's own app id): a CN of any other value is never copied.
+      const commonName = commonNameOf(peer.certificate);
+      return { spiffeId, allowedDnsNames: peer.dnsNames, method: "svid", ...(commonName === appId ? { commonName } : {}) };
     },
   };
 }

@@ -54,13 +54,42 @@
     rows.forEach(function (cells) {
       var tr = el("tr");
       cells.forEach(function (cell) {
-        var td = el("td", cell.text, cell.className);
+        var td = cell.breakAfter ? breakable(cell.text, cell.breakAfter, cell.className) : el("td", cell.text, cell.className);
         if (cell.title) td.title = cell.title;
         if (cell.data) for (var key in cell.data) td.dataset[key] = cell.data[key];
         tr.appendChild(td);
       });
       body.appendChild(tr);
     });
+  }
+
+  /**
+   * A cell whose long value (a fingerprint, a SPIFFE ID, a serial) may wrap only after
+   * `separator` (or every `separator` characters when it is a number), never inside a value
+   * group: <wbr> marks the places, the text stays exactly the value (copy and paste work).
+   */
+  function breakable(text, separator, className) {
+    var td = el("td", null, (className || "") + " breakable");
+    var value = String(text);
+    var parts = [];
+    if (typeof separator === "number") {
+      for (var i = 0; i < value.length; i += separator) parts.push(value.slice(i, i + separator));
+    } else {
+      var start = 0;
+      for (var j = 0; j < value.length; j++) {
+        if (value[j] === separator) {
+          parts.push(value.slice(start, j + 1));
+          start = j + 1;
+        }
+      }
+      parts.push(value.slice(start));
+    }
+    parts.forEach(function (part, index) {
+      if (part === "") return;
+      td.appendChild(document.createTextNode(part));
+      if (index < parts.length - 1) td.appendChild(document.createElement("wbr"));
+    });
+    return td;
   }
 
   function timeLeft(ms) {
@@ -92,6 +121,8 @@
 
   function renderHeader(s) {
     document.getElementById("component").textContent = s.component === "ca" ? "certificate authority" : s.component;
+    // The CA's second chart counts refused sign requests; a sidecar's counts access-policy denials.
+    document.getElementById("denials-title").textContent = s.component === "ca" ? "Refused sign requests" : "Policy denials";
     document.getElementById("name").textContent = s.name;
     var health = document.getElementById("health");
     health.textContent = s.health.ok ? "healthy" : "unhealthy";
@@ -104,46 +135,60 @@
       var notAfter = Date.parse(id.notAfter);
       var cls = lifeClass(Date.parse(id.notBefore), notAfter, now);
       return [
-        { text: id.spiffeId, className: "mono spiffe-id" },
-        { text: id.kind },
-        { text: id.serial, className: "mono serial", data: { serial: id.serial } },
-        { text: id.notAfter, className: "mono expires" },
+        { text: id.spiffeId, className: "mono spiffe-id", breakAfter: "/" },
+        { text: id.kind, className: "nowrap" },
+        { text: id.serial, className: "mono serial", data: { serial: id.serial }, breakAfter: 8 },
+        { text: id.notAfter, className: "mono expires nowrap" },
         { text: timeLeft(notAfter - now), className: cls + "-text nowrap" },
       ];
     }), 5, "no identity yet");
     renderTimeline(s.identities, now);
   }
 
-  /** One bar per identity from notBefore to notAfter; the part already lived is grey; a dashed line marks now. */
+  /**
+   * One row per identity, each on its own time scale: the bar spans the certificate's life
+   * (notBefore → notAfter), the part already lived is grey, a dashed line marks now. A shared
+   * scale would shrink a 24-hour certificate to a pixel next to a 10-year root.
+   */
   function renderTimeline(ids, now) {
     var svg = document.getElementById("timeline");
     clear(svg);
-    var rowH = 22, width = svg.clientWidth || 800, top = 16, axis = 16;
-    var height = top + Math.max(ids.length, 1) * rowH + axis;
-    svg.setAttribute("viewBox", "0 0 " + width + " " + height);
-    svg.setAttribute("height", String(height));
+    var barH = 14, width = svg.clientWidth || 800;
+    var setHeight = function (height) {
+      svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+      svg.setAttribute("height", String(height));
+    };
+    setHeight(44 * Math.max(ids.length, 1));
     if (ids.length === 0) {
-      svg.appendChild(svgEl("text", { x: 4, y: 30 }, "no certificate to show"));
+      svg.appendChild(svgEl("text", { x: 4, y: 24 }, "no certificate to show"));
       return;
     }
-    var from = Math.min.apply(null, ids.map(function (i) { return Date.parse(i.notBefore); }).concat([now]));
-    var to = Math.max.apply(null, ids.map(function (i) { return Date.parse(i.notAfter); }).concat([now]));
-    var span = Math.max(to - from, 1);
-    var x = function (t) { return 1 + ((t - from) / span) * (width - 2); };
-    var stamp = function (t) { return new Date(t).toISOString().slice(0, 16).replace("T", " ") + " UTC"; };
-    svg.appendChild(svgEl("text", { x: 1, y: height - 3 }, stamp(from)));
-    svg.appendChild(svgEl("text", { x: width - 1, y: height - 3, "text-anchor": "end" }, stamp(to)));
+    var top = 0;
+    var day = function (t) { return new Date(t).toISOString().slice(0, 10); };
     ids.forEach(function (id, i) {
       var nb = Date.parse(id.notBefore), na = Date.parse(id.notAfter);
-      var y = top + i * rowH;
-      svg.appendChild(svgEl("rect", { x: x(nb), y: y, width: Math.max(x(na) - x(nb), 1), height: rowH - 6, rx: 3, class: "life " + lifeClass(nb, na, now) }));
-      var lived = Math.min(Math.max(now, nb), na);
-      svg.appendChild(svgEl("rect", { x: x(nb), y: y, width: Math.max(x(lived) - x(nb), 0), height: rowH - 6, rx: 3, class: "used" }));
-      svg.appendChild(svgEl("text", { x: x(nb) + 6, y: y + rowH - 10, class: "label" }, id.kind + "  " + id.spiffeId + "  (" + timeLeft(na - now) + " left)"));
+      var span = Math.max(na - nb, 1);
+      var x = function (t) { return 1 + (Math.min(Math.max(t - nb, 0), span) / span) * (width - 2); };
+      var barY = top + 20;
+      var label = svgEl("text", { x: 1, y: top + 14, class: "label" }, id.kind + "  " + id.spiffeId);
+      svg.appendChild(label);
+      var info = svgEl("text", { x: width - 1, y: top + 14, "text-anchor": "end", class: "life-info" }, timeLeft(na - now) + " left of " + timeLeft(span) + "  (" + day(nb) + " → " + day(na) + ")");
+      svg.appendChild(info);
+      // On a narrow page the two would overlap: the dates then go under the bar.
+      var below = label.getComputedTextLength() + info.getComputedTextLength() + 16 > width;
+      if (below) {
+        info.setAttribute("x", "1");
+        info.setAttribute("text-anchor", "start");
+        info.setAttribute("y", String(barY + barH + 13));
+      }
+      var life = svgEl("rect", { x: 1, y: barY, width: width - 2, height: barH, rx: 3, class: "life " + lifeClass(nb, na, now), "data-kind": id.kind });
+      life.appendChild(svgEl("title", {}, id.kind + " " + id.spiffeId + ": " + id.notBefore + " → " + id.notAfter));
+      svg.appendChild(life);
+      svg.appendChild(svgEl("rect", { x: 1, y: barY, width: Math.max(x(now) - 1, 0), height: barH, rx: 3, class: "used" }));
+      if (now >= nb && now <= na) svg.appendChild(svgEl("line", { x1: x(now), x2: x(now), y1: barY - 3, y2: barY + barH + 3, class: "now" }));
+      top = barY + barH + (below ? 24 : 10);
     });
-    var nowX = x(now);
-    svg.appendChild(svgEl("line", { x1: nowX, x2: nowX, y1: top - 2, y2: height - axis + 2, class: "now" }));
-    svg.appendChild(svgEl("text", { x: Math.min(Math.max(nowX, 14), width - 14), y: top - 4, "text-anchor": "middle" }, "now"));
+    setHeight(top + 2);
   }
 
   function renderChart(id, series, summaryId, what) {
@@ -182,19 +227,24 @@
         { text: r.result === "ok" ? (r.serial || "") : (r.error || "failed"), className: "mono" },
       ];
     }), 4, "no rotation yet");
+    var withLive = s.roots.some(function (r) { return typeof r.liveCertificates === "number"; });
+    document.querySelector("#roots th.live-col").hidden = !withLive;
     fillTable("roots", s.roots.map(function (r) {
       var na = Date.parse(r.notAfter);
-      return [
-        { text: r.subject },
-        { text: r.fingerprint.slice(0, 23) + "…", title: r.fingerprint, className: "mono" },
-        { text: r.notAfter, className: "mono" },
+      var cells = [
+        { text: r.subject, className: "subject breakable" },
+        { text: r.fingerprint, className: "mono fingerprint", breakAfter: ":" },
+        { text: r.notAfter, className: "mono nowrap" },
         { text: timeLeft(na - now), className: (na - now < 7 * 86400000 ? "bad" : na - now < 30 * 86400000 ? "warn" : "ok") + "-text nowrap" },
       ];
-    }), 4, "no trust bundle");
+      if (withLive) cells.push({ text: typeof r.liveCertificates === "number" ? r.liveCertificates : "—", className: "live", data: { fingerprint: r.fingerprint } });
+      return cells;
+    }), withLive ? 5 : 4, "no trust bundle");
+    document.getElementById("bundle-version").textContent = typeof s.bundleVersion === "number" ? "bundle version " + s.bundleVersion + " · " + s.roots.length + " root" + (s.roots.length === 1 ? "" : "s") : "";
     fillTable("refusals", s.refusals.map(function (r) {
       return [
         { text: clock(r.time), title: r.time, className: "nowrap" },
-        { text: r.peer, className: "mono" },
+        { text: r.peer, className: "mono nowrap" },
         { text: r.reason, className: "bad-text" },
         { text: r.spiffeId || "—", className: "mono" },
       ];
@@ -205,12 +255,13 @@
       return [{ text: name }, { text: check.ok ? "ok" : "failing", className: check.ok ? "ok-text" : "bad-text" }, { text: detail }];
     }), 3, "no checks registered");
     renderChart("chart-failures", s.handshakeFailures, "failures-summary", "failures");
-    renderChart("chart-denials", s.denials, "denials-summary", "denials");
+    renderChart("chart-denials", s.denials, "denials-summary", s.component === "ca" ? "refused sign requests" : "denials");
   }
 
   function setStale(reason) {
     if (failingSince === null) failingSince = new Date();
     document.body.classList.add("stale");
+    document.body.dataset.state = lastGood ? "stale" : "loading";
     var banner = document.getElementById("stale");
     banner.hidden = false;
     banner.textContent = "STALE — the status feed is not answering (" + reason + ") since " + failingSince.toLocaleTimeString([], { hour12: false }) +
@@ -225,6 +276,8 @@
     failingSince = null;
     lastGood = new Date();
     document.body.classList.remove("stale");
+    document.body.dataset.state = "ready";
+    document.getElementById("loading").hidden = true;
     document.getElementById("stale").hidden = true;
     document.getElementById("updated").textContent = "updated " + lastGood.toLocaleTimeString([], { hour12: false });
   }
@@ -251,5 +304,25 @@
       });
   }
 
-  poll();
+  /** The server renders the first state into the page: show it at once, then poll. */
+  function initialState() {
+    var node = document.getElementById("initial-state");
+    try {
+      return node && node.textContent ? JSON.parse(node.textContent) : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  var first = initialState();
+  if (first) {
+    try {
+      render(first);
+      setFresh();
+    } catch (e) {
+      first = null; // fall back to the feed
+    }
+  }
+  if (first) setTimeout(poll, REFRESH_MS);
+  else poll();
 })();

@@ -1,0 +1,81 @@
+import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { MeshwardError } from "../errors.ts";
+
+/** Who owns a file meshward writes (chown), resolved once at start-up. */
+export interface FileOwner {
+  readonly uid: number;
+  readonly gid: number;
+  /** As the user typed it, for messages and logs. */
+  readonly label: string;
+}
+
+/**
+ * Resolves `USER[:GROUP]` (names or numeric ids; without GROUP, the user's primary group) the
+ * way chown(1) does: /etc/passwd and /etc/group first, then `getent` (NSS: LDAP, sssd, …).
+ * Throws E_USAGE for an unknown name, before anything is written or any token is spent.
+ */
+export function resolveFileOwner(spec: string, flag = "--owner"): FileOwner {
+  const match = /^([^:\s]+)(?::([^:\s]+))?$/.exec(spec.trim());
+  if (match === null) throw new MeshwardError("E_USAGE", `${flag} ${JSON.stringify(spec)}: expected USER or USER:GROUP (names or numeric ids)`);
+  const [, user, group] = match as unknown as [string, string, string | undefined];
+  const account = /^\d+$/.test(user) ? { uid: Number(user), gid: lookup("passwd", user, 2, 3)?.[1] } : lookupUser(user, flag);
+  let gid: number | undefined;
+  if (group !== undefined) {
+    if (/^\d+$/.test(group)) gid = Number(group);
+    else {
+      const found = lookup("group", group, 2, 2);
+      if (found === undefined) throw new MeshwardError("E_USAGE", `${flag} ${spec}: no group named ${JSON.stringify(group)} on this host`);
+      gid = found[0];
+    }
+  } else gid = account.gid;
+  if (gid === undefined) throw new MeshwardError("E_USAGE", `${flag} ${spec}: user id ${user} has no entry in the user database, so give the group too (${user}:GROUP)`);
+  for (const id of [account.uid, gid]) {
+    if (!Number.isSafeInteger(id) || id < 0 || id > 0xfffffffe) throw new MeshwardError("E_USAGE", `${flag} ${spec}: ${id} is not a valid user or group id`);
+  }
+  return { uid: account.uid, gid, label: spec.trim() };
+}
+
+function lookupUser(name: string, flag: string): { uid: number; gid: number } {
+  const found = lookup("passwd", name, 2, 3);
+  if (found === undefined) throw new MeshwardError("E_USAGE", `${flag}: no user named ${JSON.stringify(name)} on this host`);
+  return { uid: found[0], gid: found[1] };
+}
+
+/** [field a, field b] (numbers) of the entry named `name` (or with that id) in /etc/<db>, else from getent. */
+function lookup(db: "passwd" | "group", name: string, a: number, b: number): [number, number] | undefined {
+  const parse = (text: string): [number, number] | undefined => {
+    for (const line of text.split("\n")) {
+      const fields = line.split(":");
+      if (fields[0] === name || (/^\d+$/.test(name) && fields[2] === name)) return [Number(fields[a]), Number(fields[b])];
+    }
+    return undefined;
+  };
+  let local: string | undefined;
+  try {
+    local = readFileSync(`/etc/${db}`, "utf8");
+  } catch {
+    local = undefined;
+  }
+  const fromFile = local === undefined ? undefined : parse(local);
+  if (fromFile !== undefined) return fromFile;
+  const getent = spawnSync("getent", [db, name], { encoding: "utf8", timeout: 5_000 });
+  return getent.status === 0 ? parse(getent.stdout) : undefined;
+}
+
+/**
+ * Mode of a private key file meshward writes: octal, readable by its owner, at most readable
+ * by its group (0600, 0400, 0640, 0440). Anything that lets others read it, or anyone but the
+ * owner write it, is refused: a key is a secret.
+ */
+export function parseKeyFileMode(spec: string, flag = "--mode"): number {
+  if (!/^0?[0-7]{3}$/.test(spec.trim())) throw new MeshwardError("E_USAGE", `${flag} ${JSON.stringify(spec)}: expected an octal mode such as 0600 or 0640`);
+  const mode = Number.parseInt(spec.trim(), 8);
+  if ((mode & 0o400) === 0 || (mode & ~0o740) !== 0) {
+    throw new MeshwardError(
+      "E_USAGE",
+      `${flag} ${spec}: the key file must stay private: readable by its owner, at most readable (not writable) by its group, nothing for others (0600, 0400, 0640 or 0440)`,
+    );
+  }
+  return mode;
+}
