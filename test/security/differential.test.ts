@@ -156,7 +156,7 @@ describe.each(SELECTED)("differential: %s behind the inbound sidecar", (name) =>
       ? GRPC_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])
       : [...H1_CASES.flatMap((c) => [[c, "h1-in"], [c, "h1-out"]] as [Case, Transport][]), ...H2_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])];
 
-  it.each(cases.map(([c, t]) => ({ c, t, label: `${t} ${c.id} (${c.expect})` })))("$label", async ({ c, t }) => {
+  for (const [c, t] of cases) it(`${t} ${c.id} (${c.expect})`, async () => {
     const result = await observe(mesh, target, c, t);
     if (process.env.SEC_DEBUG) console.log(JSON.stringify({ case: c.id, t, answers: result.attack.answers, error: result.attack.error, records: result.attack.records.map(describeRecord), tap: result.attack.tapBytes.toString("latin1"), followUp: result.followUp }, null, 1));
     checkExpectation(c, result.attack);
