@@ -137,7 +137,9 @@ export const H2_CASES: Case[] = [
   { id: "legit-get", cls: "success", expect: "allowed", h2: h2Get("/items/1") },
   ...PATHS.map((p) => ({ id: `path-${p.id}`, cls: p.cls, expect: p.expect, h2: h2Get(p.path) })),
   // H2→H1 body smuggling: END_STREAM ends an HTTP/2 body; toward HTTP/1.1 it needs explicit framing.
-  { id: "smuggle-get-body", cls: "H2→H1 smuggling", expect: "either", h2: h2Get("/items/1", { body: SMUGGLED }) },
+  // The follow-up takes the same pooled app connection: a server that kept the smuggled bytes
+  // buffered (gunicorn's gthread worker does) answers it with the smuggled request's response.
+  { id: "smuggle-get-body", cls: "H2→H1 smuggling", expect: "either", h2: h2Get("/items/1", { body: SMUGGLED }), followUp: "/items/3" },
   { id: "smuggle-head-body", cls: "H2→H1 smuggling", expect: "either", h2: { method: "HEAD", path: "/items/1", body: SMUGGLED } },
   { id: "smuggle-delete-body", cls: "H2→H1 smuggling", expect: "refused", h2: { method: "DELETE", path: "/items/1", body: SMUGGLED } },
   { id: "smuggle-options-body", cls: "H2→H1 smuggling", expect: "refused", h2: { method: "OPTIONS", path: "/items/1", body: SMUGGLED } },
