@@ -10,12 +10,15 @@
  * the app. Run only some apps with SEC_APPS=node:http,gunicorn.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { HTTP1_APPS } from "./helpers/apps.ts";
+import { posix } from "node:path";
+import { HTTP1_APPS, nodeRoute } from "./helpers/apps.ts";
 import type { AppName, AppRecord } from "./helpers/apps.ts";
 import { FORGED, GRPC_CASES, H1_CASES, H2_CASES } from "./helpers/cases.ts";
 import type { Case, Transport } from "./helpers/cases.ts";
 import { byApp, bySidecar, h1Exchange, h2Exchange, routeHeader, startSecurityMesh, underItems } from "./helpers/mesh.ts";
 import type { Answer, MeshApp, SecurityMesh } from "./helpers/mesh.ts";
+import { readWire } from "./helpers/wire.ts";
+import type { WireReading } from "./helpers/wire.ts";
 
 const ALL: AppName[] = [...HTTP1_APPS, "node:http2"];
 const SELECTED = process.env.SEC_APPS ? ALL.filter((a) => process.env.SEC_APPS!.split(",").includes(a)) : ALL;
@@ -34,6 +37,8 @@ interface Observed {
   error?: string;
   records: AppRecord[];
   tapBytes: Buffer;
+  /** The tap's bytes read as an HTTP/1.1 request stream (HTTP/1 apps). */
+  wire: WireReading;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -75,8 +80,9 @@ async function observe(mesh: SecurityMesh, target: MeshApp, c: Case, transport: 
   const records = all.filter((r) => !(markerResult && r.path.includes(markerResult.id)));
   const chunks = app.tap.chunks.slice(firstChunk);
   const markerAt = markerResult ? chunks.findIndex((ch) => ch.data.includes(markerResult!.id)) : -1;
-  const tapBytes = Buffer.concat((markerAt < 0 ? chunks : chunks.slice(0, markerAt)).map((ch) => ch.data));
-  const attack: Observed = { answers: sent.answers, ...(sent.error ? { error: sent.error } : {}), records, tapBytes };
+  const attackChunks = markerAt < 0 ? chunks : chunks.slice(0, markerAt);
+  const tapBytes = Buffer.concat(attackChunks.map((ch) => ch.data));
+  const attack: Observed = { answers: sent.answers, ...(sent.error ? { error: sent.error } : {}), records, tapBytes, wire: readWire(attackChunks) };
   let followUp: { answer?: Answer; records: AppRecord[] } | undefined;
   if (c.followUp) {
     const before = app.records().length;
@@ -89,6 +95,18 @@ async function observe(mesh: SecurityMesh, target: MeshApp, c: Case, transport: 
 
 /** Header names normalised for case and '_'/'-' (how WSGI/CGI, and many frameworks, read them). */
 const norm = (name: string) => name.toLowerCase().replace(/_/g, "-");
+
+/** How Python's servers resolve a target: path before '?', percent-decoded, then posixpath.normpath. */
+function pythonRoute(target: string): string {
+  const path = target.split("?")[0]!;
+  let decoded = path;
+  try {
+    decoded = decodeURIComponent(path);
+  } catch {
+    /* kept as is */
+  }
+  return posix.normalize(decoded);
+}
 
 function describeRecord(r: AppRecord): string {
   return `${r.method} ${r.target ?? r.path} (route ${r.route}, body ${r.bodyBytes})`;
@@ -114,6 +132,17 @@ function checkInvariants(target: MeshApp, c: Case, o: Observed): void {
     expect.soft(hosts.length <= 1 && !hosts.some((h) => h[1]!.includes(",")), `(c) Host headers the app read: ${JSON.stringify(hosts)}`).toBe(true);
     expect.soft((r.trailers ?? []).filter((h) => norm(h[0]!) === XFCC), `(c) XFCC in the trailers the app read`).toEqual([]);
     expect.soft(JSON.stringify(r).includes(FORGED), `(c) the forged identity reached the app in ${describeRecord(r)}`).toBe(false);
+  }
+  if (target.app.speaks === "http1") {
+    // The same three checks on the wire: what any HTTP/1.1 app on that socket would parse.
+    const wire = o.wire.requests.map((w) => `${w.method} ${w.target} (body ${w.bodyBytes})`);
+    expect.soft(o.wire.unparsed.map((u) => u.text), "(b) bytes on the app's socket that are no HTTP/1.1 request").toEqual([]);
+    expect.soft(o.wire.requests.length, `(b) requests on the app's socket [${wire.join(" | ")}] vs app answers relayed (${o.answers.filter(byApp).length})`).toBe(o.answers.filter(byApp).length);
+    for (const w of o.wire.requests) {
+      expect.soft(w.method, `(a) a non-GET request on the app's socket: ${w.method} ${w.target}`).toBe("GET");
+      expect.soft(underItems(nodeRoute(w.target)) && underItems(pythonRoute(w.target)), `(a) a request outside /items on the app's socket: ${w.target} (WHATWG ${nodeRoute(w.target)}, Python ${pythonRoute(w.target)})`).toBe(true);
+      expect.soft(w.fields.filter(([n]) => norm(n) === XFCC).map(([, v]) => v), `(c) XFCC fields on the app's socket for ${w.method} ${w.target}`).toEqual([target.xfcc]);
+    }
   }
   if (c.identity) expect.soft(o.tapBytes.toString("latin1").includes(FORGED), "(c) the forged identity was written on the app's socket").toBe(false);
 }
@@ -161,7 +190,7 @@ describe.each(SELECTED)("differential: %s behind the inbound sidecar", (name) =>
       ? GRPC_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])
       : [...H1_CASES.flatMap((c) => [[c, "h1-in"], [c, "h1-out"]] as [Case, Transport][]), ...H2_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])];
 
-  it.each(cases.map(([c, t]) => ({ c, t, label: `${t} ${c.id} (${c.expect})` })))("$label", async ({ c, t }) => {
+  for (const [c, t] of cases) it(`${t} ${c.id} (${c.expect})`, async () => {
     const result = await observe(mesh, target, c, t);
     if (process.env.SEC_DEBUG) console.log(JSON.stringify({ case: c.id, t, answers: result.attack.answers, error: result.attack.error, records: result.attack.records.map(describeRecord), tap: result.attack.tapBytes.toString("latin1"), followUp: result.followUp }, null, 1));
     checkExpectation(c, result.attack);

@@ -115,6 +115,8 @@ export const H1_CASES: Case[] = [
     identity: true,
     h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\nTrailer: x-forwarded-client-cert\r\n\r\n5\r\nhello\r\n0\r\nx-forwarded-client-cert: ${FORGED_XFCC}\r\nx_forwarded_client_cert: ${FORGED_XFCC}\r\n\r\n`,
   },
+  // RFC 9113 §3.3/§3.4: HTTP/2 over TLS only by ALPN; a preface on an http/1.1 connection is no request.
+  { id: "h2-preface-without-alpn", cls: "HTTP/2 prior knowledge", expect: "refused", h1: () => "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" },
   // An Upgrade with a body desyncs the pooled app connection: refused; then a GET pipelined behind
   // it on the same connection and a GET on a new HTTP/2 connection must both reach the app intact.
   {
@@ -136,7 +138,9 @@ export const H2_CASES: Case[] = [
   { id: "legit-get", cls: "success", expect: "allowed", h2: h2Get("/items/1") },
   ...PATHS.map((p) => ({ id: `path-${p.id}`, cls: p.cls, expect: p.expect, h2: h2Get(p.path) })),
   // H2→H1 body smuggling: END_STREAM ends an HTTP/2 body; toward HTTP/1.1 it needs explicit framing.
-  { id: "smuggle-get-body", cls: "H2→H1 smuggling", expect: "either", h2: h2Get("/items/1", { body: SMUGGLED }) },
+  // The follow-up takes the same pooled app connection: a server that kept the smuggled bytes
+  // buffered (gunicorn's gthread worker does) answers it with the smuggled request's response.
+  { id: "smuggle-get-body", cls: "H2→H1 smuggling", expect: "either", h2: h2Get("/items/1", { body: SMUGGLED }), followUp: "/items/3" },
   { id: "smuggle-head-body", cls: "H2→H1 smuggling", expect: "either", h2: { method: "HEAD", path: "/items/1", body: SMUGGLED } },
   { id: "smuggle-delete-body", cls: "H2→H1 smuggling", expect: "refused", h2: { method: "DELETE", path: "/items/1", body: SMUGGLED } },
   { id: "smuggle-options-body", cls: "H2→H1 smuggling", expect: "refused", h2: { method: "OPTIONS", path: "/items/1", body: SMUGGLED } },
@@ -144,6 +148,14 @@ export const H2_CASES: Case[] = [
   { id: "grpc-type-delete", cls: "gRPC content-type verb bypass", expect: "refused", h2: { method: "DELETE", path: "/items/1", headers: grpcHeaders } },
   { id: "grpc-type-put", cls: "gRPC content-type verb bypass", expect: "refused", h2: { method: "PUT", path: "/items/1", headers: grpcHeaders, body: "x" } },
   { id: "grpc-type-post", cls: "gRPC content-type verb bypass", expect: "refused", h2: { method: "POST", path: "/items/1", headers: { ...grpcHeaders, "content-type": "application/grpc+proto" }, body: "x" } },
+  // RFC 9113 §8.3.1: :path is origin-form (or * for OPTIONS).
+  { id: "asterisk-get", cls: "asterisk-form", expect: "refused", h2: h2Get("*") },
+  { id: "absolute-path", cls: "absolute-form", expect: "refused", h2: h2Get("http://x/admin/x") },
+  // RFC 9113 §8.3.1: a Host that differs from :authority; the app must see one Host.
+  { id: "authority-host-mismatch", cls: "duplicate Host", expect: "either", h2: h2Get("/items/1", { headers: { host: "admin.shop" } }) },
+  // RFC 9113 §8.1.1: content-length that disagrees with the DATA is malformed; forwarded as is,
+  // the rest of the body is a second request at the app.
+  { id: "content-length-mismatch", cls: "H2→H1 smuggling", expect: "either", h2: h2Get("/items/1", { headers: { "content-length": "2" }, body: `ab${SMUGGLED}` }) },
   { id: "xfcc-header", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "x-forwarded-client-cert": FORGED_XFCC } }) },
   { id: "xfcc-underscores", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { x_forwarded_client_cert: FORGED_XFCC } }) },
   { id: "xfcc-trailers", cls: "XFCC in trailers", expect: "either", identity: true, h2: h2Get("/items/1", { body: "hello", trailers: { "x-forwarded-client-cert": FORGED_XFCC, x_forwarded_client_cert: FORGED_XFCC } }) },
