@@ -137,7 +137,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     },
   });
 
-  const spiffeId = formatWorkloadId({ trustDomain: anchors.trustDomain, namespace: CA_NAMESPACE, appId: CA_APP_ID });
+  const spiffeId = config.servingSpiffeId ?? formatWorkloadId({ trustDomain: anchors.trustDomain, namespace: CA_NAMESPACE, appId: CA_APP_ID });
   const tlsOptions = () => {
     const keys = generateKeyPair();
     const now = clock();

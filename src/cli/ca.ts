@@ -89,6 +89,7 @@ export function registerCaCommand(program: Command): void {
     .option("--workload-ttl <duration>", "workload certificate lifetime [default: 24h]")
     .option("--clock-skew <duration>", "NotBefore backdating for clock skew [default: 15m]")
     .option("--dns-name <name>", "DNS name in the CA's serving certificate (repeatable) [default: localhost]", collect)
+    .option("--serving-spiffe-id <id>", "SPIFFE ID in the CA's serving certificate (Dapr sidecars expect spiffe://<control-plane td>/ns/<control-plane ns>/dapr-sentry) [default: spiffe://<td>/ns/meshward-system/meshward-ca]")
     .addOption(new Option("--default-validator <name>", "validator for requests that name none").choices(["join-token", "jwks", "insecure"]))
     .option("--jwks-file <file>", "enable the JWT validator with this JWKS file")
     .option("--jwks-url <url>", "enable the JWT validator with this JWKS URL")
@@ -258,6 +259,7 @@ function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
     workloadTtl: opts.workloadTtl,
     clockSkew: opts.clockSkew,
     dnsNames: opts.dnsName,
+    servingSpiffeId: opts.servingSpiffeId,
     defaultValidator: opts.defaultValidator,
     allowInsecureDev: opts.allowInsecureDev === true ? true : undefined,
   };

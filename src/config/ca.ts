@@ -1,5 +1,5 @@
 import * as z from "zod";
-import { parseTrustDomain } from "../spiffe/id.ts";
+import { parseSpiffeId, parseTrustDomain } from "../spiffe/id.ts";
 import { hostPort } from "./fields.ts";
 import { parseDuration } from "../util/duration.ts";
 
@@ -7,6 +7,18 @@ const duration = (what: string) =>
   z.string().transform((value, ctx) => {
     try {
       return parseDuration(value, what);
+    } catch (error) {
+      ctx.addIssue({ code: "custom", message: (error as Error).message });
+      return z.NEVER;
+    }
+  });
+
+const spiffeIdWithPath = (what: string) =>
+  z.string().transform((value, ctx) => {
+    try {
+      const id = parseSpiffeId(value);
+      if (id.path === "") throw new Error(`${what} ${value} needs a path (an X509-SVID names a workload, not a trust domain)`);
+      return id.toString();
     } catch (error) {
       ctx.addIssue({ code: "custom", message: (error as Error).message });
       return z.NEVER;
@@ -53,6 +65,11 @@ export const caConfigSchema = z
     workloadTtl: duration("workload TTL").default(parseDuration("24h")).describe("Lifetime of workload certificates (capped by the issuer's remaining life)."),
     clockSkew: duration("clock skew").default(parseDuration("15m")).describe("How far NotBefore is backdated to tolerate clock skew."),
     dnsNames: z.array(z.string().min(1)).default(["localhost"]).describe("DNS names in the CA's own serving certificate."),
+    servingSpiffeId: spiffeIdWithPath("serving SPIFFE ID")
+      .optional()
+      .describe(
+        "SPIFFE ID in the CA's own serving certificate (default spiffe://<trust-domain>/ns/meshward-system/meshward-ca). Dapr sidecars expect spiffe://<control-plane trust domain>/ns/<control-plane namespace>/dapr-sentry.",
+      ),
     defaultValidator: z.enum(["join-token", "jwks", "insecure"]).default("join-token").describe("Validator used when a request names none (Dapr's UNKNOWN)."),
     jwks: jwksValidatorSchema.optional().describe("JWT/JWKS validator (also serves Dapr's KUBERNETES validator)."),
     allowInsecureDev: z.boolean().default(false).describe("Allow the `insecure` validator (no proof of identity). Development only; logged loudly."),

@@ -22,6 +22,8 @@ export interface CaConnection {
   /** PEM roots that the CA's serving certificate must chain to (the bootstrap bundle). */
   readonly bundlePem: string;
   readonly trustDomain: string;
+  /** The SPIFFE ID the CA presents, when it serves with `--serving-spiffe-id` (default: caSpiffeId(trustDomain)). */
+  readonly caSpiffeId?: string;
   /** Presented on the connection to renew with the current SVID. */
   readonly clientCertificate?: { readonly certChainPem: string; readonly privateKey: KeyObject };
   readonly timeoutMs?: number;
@@ -44,8 +46,8 @@ export interface SignedCertificate {
 }
 
 /** Verifies that the server is the CA of the expected trust domain, by SPIFFE ID, not host name. */
-function checkCaIdentity(trustDomain: string) {
-  const expected = caSpiffeId(trustDomain);
+function checkCaIdentity(trustDomain: string, servingId?: string) {
+  const expected = servingId ?? caSpiffeId(trustDomain);
   return (_host: string, cert: PeerCertificate): Error | undefined => {
     try {
       const uris = inspectCertificate(new X509Certificate(cert.raw)).uris;
@@ -76,7 +78,7 @@ export async function requestCertificate(connection: CaConnection, request: Cert
         ca: connection.bundlePem,
         ...(connection.clientCertificate ? { cert: connection.clientCertificate.certChainPem, key: encodePrivateKey(connection.clientCertificate.privateKey) } : {}),
         servername: "localhost",
-        checkServerIdentity: checkCaIdentity(connection.trustDomain),
+        checkServerIdentity: checkCaIdentity(connection.trustDomain, connection.caSpiffeId),
       },
       path: SIGN_CERTIFICATE_PATH,
       authority: "localhost",
@@ -101,8 +103,9 @@ export async function requestCertificate(connection: CaConnection, request: Cert
 }
 
 function transportError(error: unknown, address: string): MeshwardError {
-  const cause = (error as { cause?: unknown }).cause;
-  // The CA failed the SPIFFE ID check: say so, do not call it "unreachable".
+  // The CA failed the SPIFFE ID check: say so, do not call it "unreachable" (the check's error may sit a few causes deep).
+  let cause = (error as { cause?: unknown }).cause;
+  for (let depth = 0; depth < 4 && cause !== undefined && !(cause instanceof MeshwardError); depth++) cause = (cause as { cause?: unknown }).cause;
   if (cause instanceof MeshwardError) return new MeshwardError(cause.code, `the CA at ${address}: ${cause.message}`, { cause });
   if (error instanceof GrpcTransportError && error.status !== GRPC_UNAVAILABLE && error.status !== GRPC_DEADLINE_EXCEEDED) {
     return new MeshwardError("E_CA_ERROR", `the CA at ${address} answered ${GRPC_STATUS_NAMES[error.status] ?? error.status}: ${error.message}`, { cause: error });
@@ -133,7 +136,7 @@ export async function fetchFromCa(connection: CaConnection, path: string, maxByt
         method: "GET",
         ca: connection.bundlePem,
         servername: "localhost",
-        checkServerIdentity: checkCaIdentity(connection.trustDomain),
+        checkServerIdentity: checkCaIdentity(connection.trustDomain, connection.caSpiffeId),
         minVersion: "TLSv1.2",
         timeout: connection.timeoutMs ?? 10_000,
         agent: false,
