@@ -15,6 +15,7 @@ test_deps=(
   "pg_ctl postgresql"
   "promtool prometheus"
   "chromium chromium"
+  "go golang-go"
 )
 bench_deps=(
   "wrk wrk"

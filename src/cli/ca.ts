@@ -9,6 +9,7 @@ import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoo
 import { withCaStore } from "./store.ts";
 import { startCaServer } from "../ca/server.ts";
 import { MeshwardError } from "../errors.ts";
+import { KEY_ALGORITHMS } from "../pki/keys.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
 import { cliLogger, collect, logFormatOption, logLevelOption, readPassphrase, readTextFile, untilSignal } from "./options.ts";
 
@@ -25,6 +26,7 @@ export function registerCaCommand(program: Command): void {
     .option("--issuer-key <file>", "import: the issuer's private key (PEM)")
     .option("--root-ttl <duration>", "lifetime of a generated root", "10y")
     .option("--issuer-ttl <duration>", "lifetime of a generated issuer", "1y")
+    .addOption(new Option("--key-type <type>", "key algorithm of a generated root and issuer (Dapr >= 1.18 Sentry uses ed25519)").choices([...KEY_ALGORITHMS]).default("ec-p256"))
     .option("--json", "print the result as JSON")
     .action(async (opts) => {
       const importing = [opts.rootCert, opts.issuerCert, opts.issuerKey].filter((v) => v !== undefined).length;
@@ -38,6 +40,7 @@ export function registerCaCommand(program: Command): void {
         now: new Date(),
         rootTtlMs: parseDuration(opts.rootTtl, "--root-ttl"),
         issuerTtlMs: parseDuration(opts.issuerTtl, "--issuer-ttl"),
+        keyAlgorithm: opts.keyType,
         ...(passphrase !== undefined ? { passphrase } : {}),
         ...(importing === 3
           ? {
