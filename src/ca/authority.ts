@@ -5,6 +5,7 @@ import type { Store } from "../store/store.ts";
 import type { LoadedAnchors } from "./anchors.ts";
 import type { Attestor } from "./attest/attestor.ts";
 import type { PeerCertificate } from "./attest/peer.ts";
+import { routeValidator } from "./attest/routing.ts";
 import type { CrlPublisher } from "./crl-publisher.ts";
 import type { SigningPolicy } from "./issuer.ts";
 import type { CaMetrics } from "./metrics.ts";
@@ -63,7 +64,7 @@ export class CertificateAuthority {
   async sign(request: SignRequest): Promise<SignResult> {
     const started = process.hrtime.bigint();
     const { metrics, logger } = this.options;
-    const validatorName = request.validator ?? this.options.defaultValidator;
+    const validatorName = routeValidator(request.validator, request.token, this.options.defaultValidator);
     try {
       const result = await this.#sign(request, validatorName);
       metrics.signRequests.inc({ result: "ok", reason: "" });

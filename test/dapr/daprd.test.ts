@@ -1,0 +1,139 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
+import { buildGoCheck, daprCsr, daprdToken, SentryCallError, signCertificate, type DaprdRequest } from "./daprd-client.ts";
+
+// meshward's CA as an unmodified daprd sees it (issue 16). The client in daprd-client.ts follows
+// dapr/dapr pkg/security/sentry.go, pkg/security/token/token.go and dapr/kit crypto/spiffe/spiffe.go;
+// the CA runs as a real `meshward ca serve` process.
+const SENTRY_ID = "spiffe://public/ns/dapr-system/dapr-sentry";
+
+let work: string;
+let goCheck: string;
+
+beforeAll(async () => {
+  work = mkdtempSync(join(tmpdir(), "meshward-daprd-"));
+  goCheck = await buildGoCheck(join(work, "go"));
+}, 240_000);
+
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+async function startCa(name: string, flags: string[], options: { init?: string[]; config?: string } = {}) {
+  const dir = join(work, name);
+  const init = await runCli(["ca", "init", "--trust-domain", "public", "--dir", dir, ...(options.init ?? [])]);
+  expect(init.code, init.stderr).toBe(0);
+  const extra: string[] = [];
+  if (options.config !== undefined) {
+    writeFileSync(join(work, `${name}.yaml`), options.config);
+    extra.push("--config", join(work, `${name}.yaml`));
+  }
+  const server = await startCli(["ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--serving-spiffe-id", SENTRY_ID, ...extra, ...flags], /listening on (\S+) as (\S+)/);
+  return { dir, server, address: server.match[1] as string, anchors: readFileSync(join(dir, "bundle.pem"), "utf8") };
+}
+
+async function refused(promise: Promise<unknown>): Promise<SentryCallError> {
+  try {
+    await promise;
+  } catch (error) {
+    if (error instanceof SentryCallError) return error;
+    throw error;
+  }
+  throw new Error("the CA signed a request it should have refused");
+}
+
+type Ca = Awaited<ReturnType<typeof startCa>>;
+
+function daprd(ca: Ca, request: Partial<DaprdRequest> & Pick<DaprdRequest, "token" | "validator" | "appId">, csrPem: string) {
+  return signCertificate({ address: ca.address, trustAnchorsPem: ca.anchors, sentryId: SENTRY_ID, namespace: "default", csrPem, ...request });
+}
+
+describe("a self-hosted dev CA: daprd sends UNKNOWN with no token", () => {
+  let dev: Ca;
+  let strict: Ca;
+  beforeAll(async () => {
+    dev = await startCa("dev", ["--default-validator", "insecure", "--allow-insecure-dev"]);
+    strict = await startCa("strict", []);
+  }, 120_000);
+  afterAll(async () => {
+    await dev?.server.stop();
+    await strict?.server.stop();
+  });
+
+  it("UNKNOWN without a token follows --default-validator insecure (with --allow-insecure-dev)", async () => {
+    const { csrPem } = await daprCsr(goCheck, "ed25519");
+    // Self-hosted daprd without DAPR_SENTRY_TOKEN_FILE (GetSentryToken(false)): "" and UNKNOWN.
+    const identity = await daprd(dev, { appId: "orders", ...daprdToken({}) }, csrPem);
+    expect(identity.spiffeId).toBe("spiffe://public/ns/default/orders");
+    expect(identity.chain).toHaveLength(2);
+    expect(identity.chain[0]!.ca).toBe(false);
+    expect(identity.trustChainPem.join("")).toBe(dev.anchors);
+    // valid_until equals the leaf's NotAfter.
+    expect(identity.validUntil.getTime()).toBe(new Date(identity.chain[0]!.validTo).getTime());
+  }, 60_000);
+
+  it("also signs dapr/kit's P-256 CSR (the stored dapr/kit versions generate P-256 keys)", async () => {
+    const { csrPem } = await daprCsr(goCheck, "p256");
+    const identity = await daprd(dev, { appId: "checkout", ...daprdToken({}) }, csrPem);
+    expect(identity.spiffeId).toBe("spiffe://public/ns/default/checkout");
+    expect(identity.chain[0]!.publicKey.asymmetricKeyDetails?.namedCurve).toBe("prime256v1");
+  }, 60_000);
+
+  it("without --allow-insecure-dev, UNKNOWN without a token is refused by the default join-token validator", async () => {
+    const { csrPem } = await daprCsr(goCheck, "ed25519");
+    const error = await refused(daprd(strict, { appId: "orders", ...daprdToken({}) }, csrPem));
+    expect(error.details).toMatch(/E_TOKEN_MISSING/);
+    const insecure = await refused(daprd(strict, { appId: "orders", token: "", validator: "INSECURE" }, csrPem));
+    expect(insecure.details).toMatch(/E_VALIDATOR_DISABLED/);
+  }, 60_000);
+
+  it("daprd refuses a CA presenting another SPIFFE ID (go-spiffe AuthorizeID)", async () => {
+    const { csrPem } = await daprCsr(goCheck, "ed25519");
+    await expect(signCertificate({ address: dev.address, trustAnchorsPem: dev.anchors, sentryId: "spiffe://public/ns/other/dapr-sentry", namespace: "default", csrPem, appId: "orders", ...daprdToken({}) })).rejects.toThrow(/unexpected ID|UNAVAILABLE/);
+  }, 60_000);
+});
+
+describe("a join token sent as daprd sends DAPR_SENTRY_TOKEN_FILE's content", () => {
+  let ca: Ca;
+  beforeAll(async () => {
+    ca = await startCa("join", []);
+  }, 120_000);
+  afterAll(async () => {
+    await ca?.server.stop();
+  });
+
+  const token = async (appId: string) => {
+    const r = await runCli(["token", "create", "--dir", ca.dir, "--namespace", "default", "--app-id", appId]);
+    expect(r.code, r.stderr).toBe(0);
+    // A token file as an operator writes it: with a trailing newline.
+    return `${r.stdout.trim().split("\n").pop()}\n`;
+  };
+
+  it("under JWKS (self-hosted) is recognised by its prefix and spent once", async () => {
+    const file = await token("orders");
+    const sent = daprdToken({ tokenFileContent: file });
+    expect(sent.validator).toBe("JWKS");
+    const { csrPem } = await daprCsr(goCheck, "ed25519");
+    const identity = await daprd(ca, { appId: "orders", ...sent }, csrPem);
+    expect(identity.spiffeId).toBe("spiffe://public/ns/default/orders");
+    const again = await refused(daprd(ca, { appId: "orders", ...sent }, csrPem));
+    expect(again.details).toMatch(/E_TOKEN_USED/);
+  }, 60_000);
+
+  it("under KUBERNETES (daprd in a cluster with a token file) too; a token for another app is refused", async () => {
+    const sent = daprdToken({ tokenFileContent: await token("checkout"), kubernetesMode: true });
+    expect(sent.validator).toBe("KUBERNETES");
+    const { csrPem } = await daprCsr(goCheck, "ed25519");
+    const wrongApp = await refused(daprd(ca, { appId: "payments", ...sent }, csrPem));
+    expect(wrongApp.details).toMatch(/E_IDENTITY_MISMATCH/);
+    const unknown = await refused(daprd(ca, { appId: "checkout", token: "mwjt_not-a-token", validator: "JWKS" }, csrPem));
+    expect(unknown.details).toMatch(/E_TOKEN_UNKNOWN/);
+  }, 60_000);
+
+  it("a non-join-token under JWKS still goes to the JWKS validator (not enabled here)", async () => {
+    const { csrPem } = await daprCsr(goCheck, "ed25519");
+    const error = await refused(daprd(ca, { appId: "orders", token: "eyJhbGciOiJFUzI1NiJ9.e30.sig", validator: "JWKS" }, csrPem));
+    expect(error.details).toMatch(/E_VALIDATOR_DISABLED/);
+  }, 60_000);
+});
