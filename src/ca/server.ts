@@ -16,7 +16,7 @@ import { loadAnchors, type LoadedAnchors } from "./anchors.ts";
 import type { Attestor } from "./attest/attestor.ts";
 import { insecureAttestor } from "./attest/insecure.ts";
 import { joinTokenAttestor } from "./attest/join-token.ts";
-import { jwksAttestor } from "./attest/jwks.ts";
+import { daprAttestors } from "./attest/dapr.ts";
 import { svidAttestor } from "./attest/svid.ts";
 import { CertificateAuthority, type ValidatorName } from "./authority.ts";
 import { CrlPublisher } from "./crl-publisher.ts";
@@ -103,11 +103,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     allowed: config.allowInsecureDev,
     warn: (message, fields) => logger.warn({ event: "insecure-validator", ...fields }, message),
   }));
-  if (config.jwks !== undefined) {
-    const validator = jwksAttestor({ ...config.jwks, trustDomain: anchors.trustDomain });
-    attestors.set("jwks", validator);
-    attestors.set("kubernetes", config.jwks.mapping === "kubernetes" ? validator : jwksAttestor({ ...config.jwks, mapping: "kubernetes", trustDomain: anchors.trustDomain }, "kubernetes"));
-  }
+  const servingId = config.servingSpiffeId ?? formatWorkloadId({ trustDomain: anchors.trustDomain, namespace: CA_NAMESPACE, appId: CA_APP_ID });
+  for (const [name, attestor] of daprAttestors(config, anchors.trustDomain, servingId)) attestors.set(name, attestor);
   if (config.allowInsecureDev) {
     logger.warn({ event: "insecure-validator-enabled" }, "the INSECURE validator is enabled (--allow-insecure-dev): any caller can get any identity. Never use this outside development.");
   }
@@ -137,7 +134,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     },
   });
 
-  const spiffeId = config.servingSpiffeId ?? formatWorkloadId({ trustDomain: anchors.trustDomain, namespace: CA_NAMESPACE, appId: CA_APP_ID });
+  const spiffeId = servingId;
   const tlsOptions = () => {
     const keys = generateKeyPair();
     const now = clock();

@@ -97,7 +97,8 @@ export function registerCaCommand(program: Command): void {
     .option("--jwks-file <file>", "enable the JWT validator with this JWKS file")
     .option("--jwks-url <url>", "enable the JWT validator with this JWKS URL")
     .option("--jwt-issuer <iss>", "required JWT issuer")
-    .option("--jwt-audience <aud>", "required JWT audience")
+    .option("--jwt-audience <aud>", "accepted JWT audience (repeatable) [default: the serving SPIFFE ID, and dapr.io/sentry for Kubernetes tokens]", collect)
+    .addOption(new Option("--jwt-mapping <mapping>", "how a JWT becomes an identity: kubernetes (service-account tokens) or sentry (sub is the SPIFFE ID, as Dapr Sentry's JWKS validator)").choices(["kubernetes", "sentry"]))
     .option("--allow-insecure-dev", "enable the insecure validator (no proof of identity; development only)")
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
     .addOption(logFormatOption())
@@ -267,7 +268,7 @@ function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
     allowInsecureDev: opts.allowInsecureDev === true ? true : undefined,
   };
   if (opts.jwksFile !== undefined || opts.jwksUrl !== undefined) {
-    flags.jwks = { jwksFile: opts.jwksFile, jwksUrl: opts.jwksUrl, issuer: opts.jwtIssuer, audience: opts.jwtAudience };
+    flags.jwks = { jwksFile: opts.jwksFile, jwksUrl: opts.jwksUrl, issuer: opts.jwtIssuer, audience: opts.jwtAudience, mapping: opts.jwtMapping };
   }
   let fileValues: Record<string, unknown> = {};
   if (typeof opts.config === "string") {

@@ -25,15 +25,25 @@ const spiffeIdWithPath = (what: string) =>
     }
   });
 
+/** Sentry's legacy audience for service-account tokens (dapr/dapr pkg/sentry/server/validator/kubernetes). */
+export const LEGACY_SENTRY_AUDIENCE = "dapr.io/sentry";
+
+const audiences = z
+  .union([z.string().min(1).transform((v) => [v]), z.array(z.string().min(1)).min(1)])
+  .optional();
+
 export const jwksValidatorSchema = z
   .object({
     jwksFile: z.string().optional().describe("Path to a JWKS document (JSON) holding the token signers' public keys."),
     jwksUrl: z.string().url().optional().describe("URL of a JWKS document; fetched and cached, refreshed on unknown key ids."),
-    issuer: z.string().min(1).describe("Required `iss` claim."),
-    audience: z.string().min(1).describe("Required `aud` claim (Dapr uses `dapr.io/sentry`)."),
+    issuer: z.string().min(1).optional().describe("Required `iss` claim. Required for the `kubernetes` and claim mappings; the `sentry` mapping checks it only when given (Sentry does not)."),
+    audience: audiences.describe(
+      "Accepted `aud` values, one or a list; a token must carry at least one. Default for the `kubernetes` mapping: the CA's serving SPIFFE ID (the audience Dapr's injector projects) and `dapr.io/sentry` (the legacy one); for `sentry`: the serving SPIFFE ID. Required for a claim mapping.",
+    ),
     mapping: z
       .union([
         z.literal("kubernetes"),
+        z.literal("sentry"),
         z.object({
           namespaceClaim: z.string().min(1).describe("Claim (dotted path allowed) that holds the namespace."),
           appIdClaim: z.string().min(1).describe("Claim (dotted path allowed) that holds the app id."),
@@ -41,10 +51,27 @@ export const jwksValidatorSchema = z
       ])
       .default("kubernetes")
       .describe(
-        "How claims become an identity: `kubernetes` maps a service-account token's namespace and service account name to ns/<namespace>/<service-account>; or name the claims.",
+        "How claims become an identity: `kubernetes` maps a service-account token's namespace and service account name to ns/<namespace>/<service-account>; `sentry` reads the whole SPIFFE ID from `sub`, as Dapr Sentry's JWKS validator does; or name the claims.",
       ),
   })
-  .refine((v) => (v.jwksFile === undefined) !== (v.jwksUrl === undefined), { message: "give exactly one of jwksFile or jwksUrl" });
+  .refine((v) => (v.jwksFile === undefined) !== (v.jwksUrl === undefined), { message: "give exactly one of jwksFile or jwksUrl" })
+  .refine((v) => v.mapping === "sentry" || v.issuer !== undefined, { message: "issuer is required unless mapping is sentry", path: ["issuer"] })
+  .refine((v) => typeof v.mapping === "string" || v.audience !== undefined, { message: "audience is required with a claim mapping", path: ["audience"] });
+
+export const kubernetesValidatorSchema = z
+  .object({
+    appId: z
+      .enum(["service-account", "annotation"])
+      .default("service-account")
+      .describe(
+        "Where the app id comes from: the service account's name (default, no pod read), or the pod's `dapr.io/app-id` annotation as Dapr Sentry does (needs `get` on pods; falls back to the pod name).",
+      ),
+    apiServer: z.string().url().optional().describe("Kubernetes API server URL (default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)."),
+    tokenFile: z.string().min(1).default("/var/run/secrets/kubernetes.io/serviceaccount/token").describe("The CA's own service-account token, read on every call (it rotates)."),
+    caFile: z.string().min(1).default("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt").describe("CA bundle of the API server."),
+    audience: audiences.describe("Audiences asked of the TokenReview; default: the CA's serving SPIFFE ID and `dapr.io/sentry`."),
+  })
+  .strict();
 
 export const caConfigSchema = z
   .object({
@@ -71,7 +98,10 @@ export const caConfigSchema = z
         "SPIFFE ID in the CA's own serving certificate (default spiffe://<trust-domain>/ns/meshward-system/meshward-ca). Dapr sidecars expect spiffe://<control-plane trust domain>/ns/<control-plane namespace>/dapr-sentry.",
       ),
     defaultValidator: z.enum(["join-token", "jwks", "insecure"]).default("join-token").describe("Validator used when a request names none (Dapr's UNKNOWN)."),
-    jwks: jwksValidatorSchema.optional().describe("JWT/JWKS validator (also serves Dapr's KUBERNETES validator)."),
+    jwks: jwksValidatorSchema.optional().describe("JWT/JWKS validator (also serves Dapr's KUBERNETES validator unless `kubernetes` is set)."),
+    kubernetes: kubernetesValidatorSchema
+      .optional()
+      .describe("Dapr's KUBERNETES validator through the Kubernetes API (TokenReview, and a pod read with `appId: annotation`), as Dapr Sentry does; see docs/migrating-from-dapr-sentry.md for the RBAC."),
     allowInsecureDev: z.boolean().default(false).describe("Allow the `insecure` validator (no proof of identity). Development only; logged loudly."),
     signingWorkers: z
       .number()
@@ -101,3 +131,4 @@ export const caConfigSchema = z
 
 export type CaConfig = z.infer<typeof caConfigSchema>;
 export type JwksValidatorConfig = z.infer<typeof jwksValidatorSchema>;
+export type KubernetesValidatorConfig = z.infer<typeof kubernetesValidatorSchema>;

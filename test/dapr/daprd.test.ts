@@ -137,3 +137,51 @@ describe("a join token sent as daprd sends DAPR_SENTRY_TOKEN_FILE's content", ()
     expect(error.details).toMatch(/E_VALIDATOR_DISABLED/);
   }, 60_000);
 });
+
+/** A signer of test JWTs, its public JWKS written to a file the CA reads (keys generated at test time). */
+async function jwtSigner(file: string) {
+  const { generateKeyPair, exportJWK, SignJWT } = await import("jose");
+  const { privateKey, publicKey } = await generateKeyPair("ES256");
+  writeFileSync(file, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: "k1", alg: "ES256", use: "sig" }] }));
+  return async (claims: Record<string, unknown>, options: { audience: string | string[]; subject?: string; issuer?: string; ttlSeconds?: number }) => {
+    const now = Math.floor(Date.now() / 1000);
+    let jwt = new SignJWT(claims).setProtectedHeader({ alg: "ES256", kid: "k1" }).setAudience(options.audience).setIssuedAt(now).setExpirationTime(now + (options.ttlSeconds ?? 600));
+    if (options.subject !== undefined) jwt = jwt.setSubject(options.subject);
+    if (options.issuer !== undefined) jwt = jwt.setIssuer(options.issuer);
+    return jwt.sign(privateKey);
+  };
+}
+
+describe("a Kubernetes token with the injector's audience (jwks, mapping kubernetes, default audiences)", () => {
+  let ca: Ca;
+  let sign: Awaited<ReturnType<typeof jwtSigner>>;
+  const issuer = "https://kubernetes.default.svc.cluster.local";
+  beforeAll(async () => {
+    sign = await jwtSigner(join(work, "k8s-jwks.json"));
+    // No audience configured: the serving SPIFFE ID and dapr.io/sentry are accepted.
+    ca = await startCa("k8s-jwks", [], { config: `jwks:\n  jwksFile: ${join(work, "k8s-jwks.json")}\n  issuer: ${issuer}\n  mapping: kubernetes\n` });
+  }, 120_000);
+  afterAll(async () => {
+    await ca?.server.stop();
+  });
+
+  const saToken = (audience: string) =>
+    sign({ "kubernetes.io": { namespace: "default", serviceaccount: { name: "orders", uid: "u1" }, pod: { name: "orders-0", uid: "p1" } } }, { audience, subject: "system:serviceaccount:default:orders", issuer });
+
+  it("accepts the audience dapr/dapr pkg/injector/patcher/sidecar_volumes.go projects (Sentry's SPIFFE ID) and the legacy dapr.io/sentry", async () => {
+    const { csrPem } = await daprCsr(goCheck, "ed25519");
+    for (const audience of [SENTRY_ID, "dapr.io/sentry"]) {
+      // daprd in Kubernetes mode reads /var/run/secrets/dapr.io/sentrytoken/token and sends KUBERNETES.
+      const identity = await daprd(ca, { appId: "orders", ...daprdToken({ kubernetesMode: true, kubernetesToken: await saToken(audience) }) }, csrPem);
+      expect(identity.spiffeId).toBe("spiffe://public/ns/default/orders");
+    }
+  }, 60_000);
+
+  it("refuses a token for another audience, and an app id other than the service account", async () => {
+    const { csrPem } = await daprCsr(goCheck, "ed25519");
+    const other = await refused(daprd(ca, { appId: "orders", ...daprdToken({ kubernetesMode: true, kubernetesToken: await saToken("https://kubernetes.default.svc") }) }, csrPem));
+    expect(other.details).toMatch(/E_TOKEN_AUDIENCE/);
+    const mismatch = await refused(daprd(ca, { appId: "payments", ...daprdToken({ kubernetesMode: true, kubernetesToken: await saToken(SENTRY_ID) }) }, csrPem));
+    expect(mismatch.details).toMatch(/E_IDENTITY_MISMATCH/);
+  }, 60_000);
+});

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { createLocalJWKSet, createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from "jose";
 import type { JwksValidatorConfig } from "../../config/ca.ts";
 import { MeshwardError } from "../../errors.ts";
-import { formatWorkloadId } from "../../spiffe/id.ts";
+import { formatWorkloadId, parseWorkloadId } from "../../spiffe/id.ts";
 import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
 
@@ -12,6 +12,8 @@ const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256
 
 export interface JwksAttestorOptions extends JwksValidatorConfig {
   readonly trustDomain: string;
+  /** Audiences accepted when the configuration names none (the CA's serving SPIFFE ID, …). */
+  readonly defaultAudiences?: readonly string[];
   /** Tolerated clock difference for exp/nbf/iat. */
   readonly clockToleranceSeconds?: number;
 }
@@ -22,6 +24,8 @@ export interface JwksAttestorOptions extends JwksValidatorConfig {
  */
 export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attestor {
   const keys = loadKeySet(options);
+  const audience = [...(options.audience ?? options.defaultAudiences ?? [])];
+  if (audience.length === 0) throw new MeshwardError("E_CONFIG_INVALID", "the JWKS validator needs at least one audience");
   return {
     name,
     async attest(request: AttestationRequest): Promise<AttestedIdentity> {
@@ -31,8 +35,8 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
       let payload: JWTPayload;
       try {
         ({ payload } = await jwtVerify(token, keys, {
-          issuer: options.issuer,
-          audience: options.audience,
+          ...(options.issuer !== undefined ? { issuer: options.issuer } : {}),
+          audience,
           algorithms: ALGORITHMS,
           currentDate: request.now,
           clockTolerance: options.clockToleranceSeconds ?? 60,
@@ -41,8 +45,7 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
       } catch (error) {
         throw classifyJwtError(error);
       }
-      const { namespace, appId } = mapClaims(payload, options.mapping);
-      const spiffeId = formatWorkloadId({ trustDomain: options.trustDomain, namespace, appId });
+      const spiffeId = options.mapping === "sentry" ? sentrySubject(payload) : formatWorkloadId({ trustDomain: options.trustDomain, ...mapClaims(payload, options.mapping) });
       assertRequestMatches(request, spiffeId);
       return { spiffeId, allowedDnsNames: [], method: name };
     },
@@ -66,7 +69,22 @@ function loadKeySet(options: JwksAttestorOptions): JWTVerifyGetKey {
   return createRemoteJWKSet(new URL(options.jwksUrl as string), { timeoutDuration: 5000, cooldownDuration: 30_000 });
 }
 
-function mapClaims(payload: JWTPayload, mapping: JwksValidatorConfig["mapping"]): { namespace: string; appId: string } {
+/**
+ * Dapr Sentry's JWKS validator (dapr/dapr pkg/sentry/server/validator/jwks/jwks.go): `sub` is the
+ * requester's whole SPIFFE ID, spiffe://<td>/ns/<namespace>/<app-id>; `iss` is not checked there.
+ */
+function sentrySubject(payload: JWTPayload): string {
+  const sub = payload.sub;
+  if (typeof sub !== "string" || sub === "") throw new MeshwardError("E_TOKEN_CLAIMS", "the JWT has no sub claim (the sentry mapping expects the workload's SPIFFE ID there)");
+  try {
+    const id = parseWorkloadId(sub);
+    return formatWorkloadId(id);
+  } catch (error) {
+    throw new MeshwardError("E_TOKEN_CLAIMS", `the JWT's sub is not a workload SPIFFE ID of the form spiffe://<td>/ns/<namespace>/<app-id>: ${(error as Error).message}`);
+  }
+}
+
+function mapClaims(payload: JWTPayload, mapping: Exclude<JwksValidatorConfig["mapping"], "sentry">): { namespace: string; appId: string } {
   if (mapping === "kubernetes") {
     const k8s = payload["kubernetes.io"] as { namespace?: unknown; serviceaccount?: { name?: unknown } } | undefined;
     if (typeof k8s?.namespace === "string" && typeof k8s.serviceaccount?.name === "string") {
