@@ -185,3 +185,42 @@ describe("a Kubernetes token with the injector's audience (jwks, mapping kuberne
     expect(mismatch.details).toMatch(/E_IDENTITY_MISMATCH/);
   }, 60_000);
 });
+
+describe("a Sentry-style JWKS token (mapping sentry: sub is the SPIFFE ID, aud the CA's ID, iss unchecked)", () => {
+  let ca: Ca;
+  let sign: Awaited<ReturnType<typeof jwtSigner>>;
+  beforeAll(async () => {
+    sign = await jwtSigner(join(work, "sentry-jwks.json"));
+    // As dapr/dapr pkg/sentry/server/validator/jwks/jwks.go: no issuer, the audience is Sentry's ID.
+    ca = await startCa("sentry-jwks", ["--jwks-file", join(work, "sentry-jwks.json"), "--jwt-mapping", "sentry"]);
+  }, 120_000);
+  afterAll(async () => {
+    await ca?.server.stop();
+  });
+
+  it("issues the identity named by sub, whatever the issuer", async () => {
+    const { csrPem } = await daprCsr(goCheck, "ed25519");
+    for (const issuer of ["https://issuer.one.example", undefined]) {
+      const token = await sign({}, { audience: SENTRY_ID, subject: "spiffe://public/ns/default/orders", ...(issuer ? { issuer } : {}) });
+      // Self-hosted daprd with DAPR_SENTRY_TOKEN_FILE: the file's content, validator JWKS.
+      const identity = await daprd(ca, { appId: "orders", ...daprdToken({ tokenFileContent: token }) }, csrPem);
+      expect(identity.spiffeId).toBe("spiffe://public/ns/default/orders");
+    }
+  }, 60_000);
+
+  it("refuses another app's sub, the legacy audience, another trust domain, a sub that is not a SPIFFE ID", async () => {
+    const { csrPem } = await daprCsr(goCheck, "ed25519");
+    const ask = async (appId: string, subject: string, audience = SENTRY_ID) =>
+      (await refused(daprd(ca, { appId, ...daprdToken({ tokenFileContent: await sign({}, { audience, subject }) }) }, csrPem))).details;
+    expect(await ask("orders", "spiffe://public/ns/default/payments")).toMatch(/E_IDENTITY_MISMATCH/);
+    expect(await ask("orders", "spiffe://public/ns/default/orders", "dapr.io/sentry")).toMatch(/E_TOKEN_AUDIENCE/);
+    expect(await ask("orders", "spiffe://other.td/ns/default/orders")).toMatch(/E_TRUST_DOMAIN_MISMATCH/);
+    expect(await ask("orders", "orders")).toMatch(/E_TOKEN_CLAIMS/);
+  }, 60_000);
+
+  it("a JWKS validator without an issuer is refused at start unless its mapping is sentry", async () => {
+    const r = await runCli(["ca", "serve", "--dir", ca.dir, "--listen", "127.0.0.1:0", "--jwks-file", join(work, "sentry-jwks.json")]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/E_CONFIG_INVALID[\s\S]*issuer is required unless mapping is sentry|issuer is required unless mapping is sentry[\s\S]*E_CONFIG_INVALID/);
+  }, 60_000);
+});
