@@ -5,7 +5,7 @@ import type { Store } from "../store/store.ts";
 import type { LoadedAnchors } from "./anchors.ts";
 import type { Attestor } from "./attest/attestor.ts";
 import type { PeerCertificate } from "./attest/peer.ts";
-import { routeValidator } from "./attest/routing.ts";
+import { routeValidator, trustDomainLimit } from "./attest/routing.ts";
 import type { CrlPublisher } from "./crl-publisher.ts";
 import type { SigningPolicy } from "./issuer.ts";
 import type { CaMetrics } from "./metrics.ts";
@@ -96,10 +96,7 @@ export class CertificateAuthority {
     const anchors = this.options.anchors();
     const now = this.options.clock();
     if (request.trustDomain !== "" && request.trustDomain !== anchors.trustDomain) {
-      throw new MeshwardError(
-        "E_TRUST_DOMAIN_MISMATCH",
-        `the request is for trust domain ${JSON.stringify(request.trustDomain.slice(0, 256))} but this CA serves ${JSON.stringify(anchors.trustDomain)}`,
-      );
+      throw trustDomainLimit(request.trustDomain, anchors.trustDomain);
     }
     const attestor = this.options.attestors.get(validatorName);
     // Parse and verify the CSR before attestation spends a single-use token on a bad request.

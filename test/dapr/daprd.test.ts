@@ -88,6 +88,18 @@ describe("a self-hosted dev CA: daprd sends UNKNOWN with no token", () => {
     expect(insecure.details).toMatch(/E_VALIDATOR_DISABLED/);
   }, 60_000);
 
+  it("a control-plane service's trust domain is refused with an error naming the one-trust-domain limit", async () => {
+    const { csrPem } = await daprCsr(goCheck, "ed25519");
+    // newRequestFn sets trust_domain only for dapr-operator, dapr-placement, … in the control-plane namespace.
+    const error = await refused(daprd(dev, { appId: "dapr-placement", namespace: "dapr-system", trustDomain: "cluster.local", ...daprdToken({}) }, csrPem));
+    expect(error.details).toMatch(/E_TRUST_DOMAIN_MISMATCH/);
+    expect(error.details).toMatch(/serves only "public": a meshward CA serves one trust domain/);
+    expect(error.details).toMatch(/controlPlaneTrustDomain=public/);
+    // The same request in the CA's trust domain is signed.
+    const same = await daprd(dev, { appId: "dapr-placement", namespace: "dapr-system", trustDomain: "public", ...daprdToken({}) }, csrPem);
+    expect(same.spiffeId).toBe("spiffe://public/ns/dapr-system/dapr-placement");
+  }, 60_000);
+
   it("daprd refuses a CA presenting another SPIFFE ID (go-spiffe AuthorizeID)", async () => {
     const { csrPem } = await daprCsr(goCheck, "ed25519");
     await expect(signCertificate({ address: dev.address, trustAnchorsPem: dev.anchors, sentryId: "spiffe://public/ns/other/dapr-sentry", namespace: "default", csrPem, appId: "orders", ...daprdToken({}) })).rejects.toThrow(/unexpected ID|UNAVAILABLE/);

@@ -1,3 +1,4 @@
+import { MeshwardError } from "../../errors.ts";
 import { JOIN_TOKEN_PREFIX } from "../tokens.ts";
 import type { ValidatorName } from "../authority.ts";
 
@@ -12,4 +13,19 @@ import type { ValidatorName } from "../authority.ts";
 export function routeValidator(requested: ValidatorName | undefined, token: string, defaultValidator: ValidatorName): ValidatorName {
   if ((requested === undefined || requested === "jwks" || requested === "kubernetes") && token.trimStart().startsWith(JOIN_TOKEN_PREFIX)) return "join-token";
   return requested ?? defaultValidator;
+}
+
+/**
+ * One meshward CA serves one trust domain. Dapr's control-plane services (dapr-operator,
+ * dapr-placement, dapr-scheduler, …) send `trust_domain` set to the control plane's own
+ * (dapr/dapr pkg/security/sentry.go newRequestFn; Helm global.mtls.controlPlaneTrustDomain,
+ * "cluster.local" by default), so they are refused with this error, which names the limit.
+ */
+export function trustDomainLimit(requested: string, served: string): MeshwardError {
+  return new MeshwardError(
+    "E_TRUST_DOMAIN_MISMATCH",
+    `the request is for trust domain ${JSON.stringify(requested.slice(0, 256))} but this CA serves only ${JSON.stringify(served)}: a meshward CA serves one trust domain. ` +
+      `Dapr control-plane services ask for the control plane's trust domain; keep them on Dapr Sentry, or run the control plane in ${JSON.stringify(served)} (Helm global.mtls.controlPlaneTrustDomain=${served})`,
+    { details: { requested: requested.slice(0, 256), served } },
+  );
 }
