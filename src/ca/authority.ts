@@ -3,6 +3,7 @@ import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
 import { toPem } from "../pki/pem.ts";
 import type { Store } from "../store/store.ts";
 import type { LoadedAnchors } from "./anchors.ts";
+import { checkJwtAudiences, type IssuedJwtSvids, type JwtSvidIssuer } from "./jwt-svid.ts";
 import type { Attestor } from "./attest/attestor.ts";
 import type { PeerCertificate } from "./attest/peer.ts";
 import { routeValidator, trustDomainLimit } from "./attest/routing.ts";
@@ -24,6 +25,8 @@ export interface SignRequest {
   readonly peer: PeerCertificate | undefined;
   /** For logs: where the request came from. */
   readonly remoteAddress?: string;
+  /** Audiences of the JWT-SVIDs asked for alongside the certificate (Dapr's field 7). */
+  readonly jwtAudiences?: readonly string[];
 }
 
 export interface SignResult {
@@ -35,6 +38,8 @@ export interface SignResult {
   readonly trustAnchorsPem: readonly string[];
   readonly notBefore: Date;
   readonly notAfter: Date;
+  /** JWT-SVIDs, when audiences were asked for and the CA signs them. */
+  readonly jwtSvids?: IssuedJwtSvids;
 }
 
 export interface AuthorityOptions {
@@ -49,6 +54,8 @@ export interface AuthorityOptions {
   readonly clock: () => Date;
   /** Where CSRs are verified and leaves signed (a worker pool in the server); on this thread when omitted. */
   readonly signing?: CsrSigning;
+  /** Signs JWT-SVIDs (off when omitted). */
+  readonly jwtSvids?: JwtSvidIssuer;
   /** Told of each refused request (the status page's refusals). */
   readonly onRefused?: (event: { reason: string; remoteAddress: string | undefined; requested: string }) => void;
 }
@@ -98,6 +105,8 @@ export class CertificateAuthority {
     if (request.trustDomain !== "" && request.trustDomain !== anchors.trustDomain) {
       throw trustDomainLimit(request.trustDomain, anchors.trustDomain);
     }
+    const wantsJwt = this.options.jwtSvids !== undefined && (request.jwtAudiences?.length ?? 0) > 0;
+    if (wantsJwt) checkJwtAudiences(request.jwtAudiences ?? []);
     const attestor = this.options.attestors.get(validatorName);
     // Parse and verify the CSR before attestation spends a single-use token on a bad request.
     const csr = attestor?.spends ? await this.#signing.parseCsr(request.csr) : undefined;
@@ -118,6 +127,7 @@ export class CertificateAuthority {
     const signing = { identity, signer: anchors.issuer, policy: this.options.policy, now };
     const leaf = csr !== undefined ? await this.#signing.sign({ ...signing, csr }) : await this.#signing.issue({ ...signing, csr: request.csr });
     const leafPem = toPem(leaf.der, "CERTIFICATE");
+    const jwtSvids = wantsJwt ? await this.options.jwtSvids?.issue(anchors.issuer.privateKey, leaf.spiffeId, request.jwtAudiences ?? [], leaf.notAfter) : undefined;
     await this.options.store.recordIssuance({
       serial: leaf.serial,
       spiffeId: leaf.spiffeId,
@@ -139,6 +149,7 @@ export class CertificateAuthority {
       trustAnchorsPem: rootPems(anchors),
       notBefore: leaf.notBefore,
       notAfter: leaf.notAfter,
+      ...(jwtSvids !== undefined ? { jwtSvids } : {}),
     };
   }
 

@@ -24,6 +24,8 @@ import { handleGrpc } from "./api/grpc.ts";
 import { handleHttp } from "./api/http.ts";
 import { createCaMetrics } from "./metrics.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
+import { JwtSvidIssuer } from "./jwt-svid.ts";
+import { join } from "node:path";
 import { systemClock } from "../util/clock.ts";
 import { watchAnchors } from "./anchor-watcher.ts";
 import { createRotationManager } from "./rotation-manager.ts";
@@ -117,7 +119,13 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     await pool.close();
     throw new MeshwardError("E_SIGNING_START", `the signing worker threads did not start: ${describeError(error)}`, { cause: error });
   });
+  // The JWT-SVID issuer URL needs the bound port: filled in once listening.
+  let jwtIssuerUrl = config.jwtSvid.issuer ?? "";
+  const jwtSvids = config.jwtSvid.enabled
+    ? new JwtSvidIssuer({ algorithm: config.jwtSvid.algorithm, ttlMs: config.jwtSvid.ttl, issuer: () => jwtIssuerUrl, clock, stateFile: join(options.dir, "jwt-keys.json") })
+    : undefined;
   const authority = new CertificateAuthority({
+    ...(jwtSvids !== undefined ? { jwtSvids } : {}),
     signing,
     anchors: () => anchors,
     store,
@@ -174,6 +182,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     crl: () => crl.current,
     registry,
     readiness: () => readiness(anchors, crl, clock(), storeHealthy, rotationWarnings()),
+    ...(jwtSvids !== undefined ? { jwtSvid: { discovery: () => jwtSvids.discovery(), jwks: () => jwtSvids.jwks(anchors.issuer.privateKey) } } : {}),
   };
   server.on("request", (req: Http2ServerRequest, res: Http2ServerResponse) => {
     const isGrpc = req.httpVersion === "2.0" && (req.headers["content-type"] ?? "").startsWith("application/grpc");
@@ -202,6 +211,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     throw error;
   });
   const bound = server.address() as AddressInfo;
+  if (jwtIssuerUrl === "") jwtIssuerUrl = `https://${config.dnsNames[0] ?? "localhost"}:${bound.port}`;
 
   const setExpiryGauges = () => {
     const earliestRoot = Math.min(...anchors.roots.map((r) => new Date(r.validTo).getTime()));
@@ -255,6 +265,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       "trust anchors changed on disk: now signing with the new set",
     );
     if (issuerChanged) recorder.recordRotation({ kind: "issuer", result: "ok", serial: next.issuer.certificate.serialNumber });
+    if (issuerChanged) void jwtSvids?.retire(previous.issuer.privateKey).catch((error) => logger.error({ event: "jwt-key-retire-failed", error: describeError(error) }, "could not keep the previous JWT-SVID key published"));
     if (rootsChanged) recorder.recordRotation({ kind: "root", result: "ok", serial: next.issuerRoot.serialNumber });
     renewServing();
     setExpiryGauges();

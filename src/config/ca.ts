@@ -102,6 +102,16 @@ export const caConfigSchema = z
     kubernetes: kubernetesValidatorSchema
       .optional()
       .describe("Dapr's KUBERNETES validator through the Kubernetes API (TokenReview, and a pod read with `appId: annotation`), as Dapr Sentry does; see docs/migrating-from-dapr-sentry.md for the RBAC."),
+    jwtSvid: z
+      .object({
+        enabled: z.boolean().default(true).describe("Sign JWT-SVIDs for requests that carry jwt_audiences (Dapr's SignCertificateRequest field 7)."),
+        algorithm: z.enum(["ES256", "EdDSA"]).default("ES256").describe("JWT-SVID signature algorithm; the key is derived from the X.509 issuer's and rotates with it."),
+        ttl: duration("JWT-SVID TTL").default(parseDuration("1h")).describe("JWT-SVID lifetime (capped by the X509-SVID's)."),
+        issuer: z.string().url().optional().describe("The `iss` claim and OIDC issuer URL (serve /.well-known/openid-configuration there); default https://<first dnsName>:<port>."),
+      })
+      .strict()
+      .default({ enabled: true, algorithm: "ES256", ttl: parseDuration("1h") })
+      .describe("JWT-SVIDs, their JWKS (/.well-known/jwks.json) and OIDC discovery (/.well-known/openid-configuration)."),
     allowInsecureDev: z.boolean().default(false).describe("Allow the `insecure` validator (no proof of identity). Development only; logged loudly."),
     signingWorkers: z
       .number()

@@ -35,6 +35,8 @@ export interface CertificateRequest {
   readonly validator: ValidatorChoice;
   readonly namespace: string;
   readonly appId: string;
+  /** Ask for JWT-SVIDs with these audiences too (SignCertificateRequest field 7). */
+  readonly jwtAudiences?: readonly string[];
 }
 
 export interface SignedCertificate {
@@ -43,6 +45,10 @@ export interface SignedCertificate {
   /** Trusted roots, PEM concatenated. */
   readonly bundlePem: string;
   readonly validUntil: Date;
+  /** The JWT-SVID for every requested audience (and the trust domain), when audiences were asked for. */
+  readonly jwtSvid?: string;
+  /** One JWT-SVID per requested audience. */
+  readonly perAudienceJwtSvids?: Readonly<Record<string, string>>;
 }
 
 /** Verifies that the server is the CA of the expected trust domain, by SPIFFE ID, not host name. */
@@ -69,6 +75,7 @@ export async function requestCertificate(connection: CaConnection, request: Cert
     namespace: request.namespace,
     certificateSigningRequest: Buffer.from(request.csrPem),
     tokenValidator: TokenValidator[request.validator],
+    jwtAudiences: [...(request.jwtAudiences ?? [])],
   };
   let result;
   try {
@@ -99,6 +106,8 @@ export async function requestCertificate(connection: CaConnection, request: Cert
     certChainPem: Buffer.from(decoded.workloadCertificate).toString("utf8"),
     bundlePem: decoded.trustChainCertificates.map((b) => Buffer.from(b).toString("utf8")).join(""),
     validUntil: new Date(decoded.validUntil.seconds * 1000),
+    ...(decoded.jwt !== undefined && decoded.jwt !== "" ? { jwtSvid: decoded.jwt } : {}),
+    ...(decoded.perAudienceJwts !== undefined ? { perAudienceJwtSvids: decoded.perAudienceJwts } : {}),
   };
 }
 
