@@ -47,15 +47,16 @@ describe("KUBERNETES validator: TokenReview + pod annotation (kubernetes.appId: 
     return pod;
   };
 
-  const projectedToken = async (options: { audience: string; podName: string; podUid: string; serviceAccount?: string }) => {
+  const projectedToken = async (options: { audience: string; podName: string; podUid: string; serviceAccount?: string; namespace?: string }) => {
+    const ns = options.namespace ?? "default";
     const { privateKey } = await generateKeyPair("ES256");
     const now = Math.floor(Date.now() / 1000);
     const token = await new SignJWT({
-      "kubernetes.io": { namespace: "default", pod: { name: options.podName, uid: options.podUid }, serviceaccount: { name: options.serviceAccount ?? "orders-sa", uid: "4e1f5c43-6ab8-4b9f-9d3a-1f0e2a7d9c11" } },
+      "kubernetes.io": { namespace: ns, pod: { name: options.podName, uid: options.podUid }, serviceaccount: { name: options.serviceAccount ?? "orders-sa", uid: "4e1f5c43-6ab8-4b9f-9d3a-1f0e2a7d9c11" } },
     })
       .setProtectedHeader({ alg: "ES256", kid: "test" })
       .setIssuer("https://kubernetes.default.svc.cluster.local")
-      .setSubject(`system:serviceaccount:default:${options.serviceAccount ?? "orders-sa"}`)
+      .setSubject(`system:serviceaccount:${ns}:${options.serviceAccount ?? "orders-sa"}`)
       .setAudience([options.audience])
       .setIssuedAt(now)
       .setExpirationTime(now + 7200)
@@ -63,7 +64,7 @@ describe("KUBERNETES validator: TokenReview + pod annotation (kubernetes.appId: 
     const review = fixture("tokenreview-orders.json");
     review.status.user.extra["authentication.kubernetes.io/pod-name"] = [options.podName];
     review.status.user.extra["authentication.kubernetes.io/pod-uid"] = [options.podUid];
-    if (options.serviceAccount !== undefined) review.status.user.username = `system:serviceaccount:default:${options.serviceAccount}`;
+    review.status.user.username = `system:serviceaccount:${ns}:${options.serviceAccount ?? "orders-sa"}`;
     tokens.set(token, { audiences: [options.audience], review });
     return token;
   };
@@ -135,10 +136,10 @@ describe("KUBERNETES validator: TokenReview + pod annotation (kubernetes.appId: 
     rmSync(work, { recursive: true, force: true });
   });
 
-  const ask = async (token: string, appId: string) => {
+  const ask = async (token: string, appId: string, namespace = "default", trustDomain?: string) => {
     const { csrPem } = await daprCsr(goCheck, "ed25519");
     // daprd in Kubernetes mode without DAPR_SENTRY_TOKEN_FILE: the projected token, KUBERNETES.
-    return signCertificate({ address, trustAnchorsPem: anchors, sentryId: SENTRY_ID, namespace: "default", csrPem, appId, ...daprdToken({ kubernetesMode: true, kubernetesToken: token }) });
+    return signCertificate({ address, trustAnchorsPem: anchors, sentryId: SENTRY_ID, namespace, csrPem, appId, ...daprdToken({ kubernetesMode: true, kubernetesToken: token }), ...(trustDomain ? { trustDomain } : {}) });
   };
   const refusal = async (promise: Promise<unknown>) => {
     try {
@@ -201,20 +202,30 @@ describe("KUBERNETES validator: TokenReview + pod annotation (kubernetes.appId: 
     expect(await refusal(ask(missing, "gone-0"))).toMatch(/E_ATTESTATION_UNTRUSTED.*does not exist/);
   }, 60_000);
 
-  it("refuses control-plane pods; says what RBAC is missing when the API forbids the review", async () => {
-    const sentryPod = podOf((p) => {
-      p.metadata.name = "dapr-operator-0";
-      p.metadata.uid = "55555555-2222-4333-8444-555555555555";
-      delete p.metadata.annotations["dapr.io/app-id"];
-      p.metadata.annotations["dapr.io/control-plane"] = "operator";
-    });
-    pods.set("default/dapr-operator-0", sentryPod);
-    const token = await projectedToken({ audience: SENTRY_ID, podName: "dapr-operator-0", podUid: sentryPod.metadata.uid });
-    expect(await refusal(ask(token, "dapr-operator-0"))).toMatch(/E_ATTESTATION_UNSUPPORTED.*control-plane/);
+  it("control-plane pods get dapr-<service> only in the control-plane namespace; says what RBAC is missing when the API forbids the review", async () => {
+    const operatorPod = (namespace: string, name: string, uid: string) =>
+      podOf((p) => {
+        p.metadata.name = name;
+        p.metadata.namespace = namespace;
+        p.metadata.uid = uid;
+        delete p.metadata.annotations["dapr.io/app-id"];
+        p.metadata.annotations["dapr.io/control-plane"] = "operator";
+      });
+    // As Sentry's expectedID (kubernetes.go): in the control-plane namespace (the serving ID's), dapr-operator.
+    const inDefault = operatorPod("default", "dapr-operator-0", "55555555-2222-4333-8444-555555555555");
+    pods.set("default/dapr-operator-0", inDefault);
+    const token = await projectedToken({ audience: SENTRY_ID, podName: "dapr-operator-0", podUid: inDefault.metadata.uid });
+    expect(await refusal(ask(token, "dapr-operator"))).toMatch(/E_ATTESTATION_UNTRUSTED.*only operator, placement, injector, sentry, scheduler in namespace dapr-system/);
+    const inControlPlane = operatorPod("dapr-system", "dapr-operator-1", "66666666-2222-4333-8444-555555555555");
+    inControlPlane.spec.serviceAccountName = "dapr-operator";
+    pods.set("dapr-system/dapr-operator-1", inControlPlane);
+    const operatorToken = await projectedToken({ audience: SENTRY_ID, podName: "dapr-operator-1", podUid: inControlPlane.metadata.uid, serviceAccount: "dapr-operator", namespace: "dapr-system" });
+    // newRequestFn sends the control plane's trust domain for dapr-operator in the control-plane namespace.
+    expect((await ask(operatorToken, "dapr-operator", "dapr-system", "public")).spiffeId).toBe("spiffe://public/ns/dapr-system/dapr-operator");
 
     forbidden = true;
     try {
-      const details = await refusal(ask(token, "orders"));
+      const details = await refusal(ask(token, "dapr-operator"));
       expect(details).toMatch(/E_KUBERNETES_UNAVAILABLE.*HTTP 403.*RBAC/);
     } finally {
       forbidden = false;

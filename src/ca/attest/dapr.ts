@@ -4,6 +4,13 @@ import type { Attestor } from "./attestor.ts";
 import { jwksAttestor } from "./jwks.ts";
 import { inClusterApiServer, kubernetesApi, type KubernetesApi } from "./kube-api.ts";
 import { kubernetesAttestor } from "./kubernetes.ts";
+import { parseSpiffeId } from "../../spiffe/id.ts";
+
+/** spiffe://<td>/ns/<namespace>/… → namespace (Sentry's own); "dapr-system" when the ID has another form. */
+function controlPlaneNamespaceOf(servingId: string): string {
+  const segments = parseSpiffeId(servingId).segments;
+  return segments[0] === "ns" && segments[1] !== undefined ? segments[1] : "dapr-system";
+}
 
 /**
  * The validators behind Dapr's JWKS and KUBERNETES: the `jwks` block serves JWKS, and KUBERNETES
@@ -36,6 +43,7 @@ export function daprAttestors(config: CaConfig, trustDomain: string, servingId: 
         trustDomain,
         audiences: k8s.audience ?? kubernetesAudiences,
         appId: k8s.appId,
+        controlPlaneNamespace: controlPlaneNamespaceOf(servingId),
       }),
     );
   }

@@ -8,6 +8,7 @@ import type { KubernetesApi } from "./kube-api.ts";
 const MAX_TOKEN_LENGTH = 16 * 1024;
 export const APP_ID_ANNOTATION = "dapr.io/app-id";
 const CONTROL_PLANE_ANNOTATION = "dapr.io/control-plane";
+const CONTROL_PLANE_SERVICES = new Set(["operator", "placement", "injector", "sentry", "scheduler"]);
 
 export interface KubernetesAttestorOptions {
   readonly api: KubernetesApi;
@@ -15,6 +16,8 @@ export interface KubernetesAttestorOptions {
   /** Audiences asked of the TokenReview (the serving SPIFFE ID and dapr.io/sentry by default). */
   readonly audiences: readonly string[];
   readonly appId: "service-account" | "annotation";
+  /** Namespace of the Dapr control plane (the serving SPIFFE ID's): control-plane pods are accepted there only. */
+  readonly controlPlaneNamespace: string;
 }
 
 /**
@@ -23,6 +26,7 @@ export interface KubernetesAttestorOptions {
  * accepted audiences proves the service account; with `appId: annotation` the pod named by the
  * token is read and its `dapr.io/app-id` annotation (else its name) is the app id, after checking
  * the pod runs under that service account (and is the same pod, by uid, when the review says which).
+ * A pod annotated dapr.io/control-plane gets dapr-<service> in the control-plane namespace only.
  */
 export function kubernetesAttestor(options: KubernetesAttestorOptions): Attestor {
   return {
@@ -45,7 +49,7 @@ export function kubernetesAttestor(options: KubernetesAttestorOptions): Attestor
       const namespace = parts[2];
       const serviceAccount = parts[3];
       let appId = serviceAccount;
-      if (options.appId === "annotation") appId = await appIdFromPod(options.api, token, review, namespace, serviceAccount);
+      if (options.appId === "annotation") appId = await appIdFromPod(options.api, token, review, namespace, serviceAccount, options.controlPlaneNamespace);
       const spiffeId = formatWorkloadId({ trustDomain: options.trustDomain, namespace, appId });
       assertRequestMatches(request, spiffeId);
       return { spiffeId, allowedDnsNames: [], method: "kubernetes" };
@@ -53,7 +57,14 @@ export function kubernetesAttestor(options: KubernetesAttestorOptions): Attestor
   };
 }
 
-async function appIdFromPod(api: KubernetesApi, token: string, review: { user?: { extra?: Readonly<Record<string, readonly string[]>> } }, namespace: string, serviceAccount: string): Promise<string> {
+async function appIdFromPod(
+  api: KubernetesApi,
+  token: string,
+  review: { user?: { extra?: Readonly<Record<string, readonly string[]>> } },
+  namespace: string,
+  serviceAccount: string,
+  controlPlaneNamespace: string,
+): Promise<string> {
   const extra = review.user?.extra ?? {};
   // Bound tokens: the API server names the pod in the review; else the (already reviewed) token's claim.
   let podName = extra["authentication.kubernetes.io/pod-name"]?.[0];
@@ -79,11 +90,16 @@ async function appIdFromPod(api: KubernetesApi, token: string, review: { user?: 
     throw new MeshwardError("E_ATTESTATION_UNTRUSTED", `pod ${namespace}/${podName} does not run under service account ${serviceAccount}`);
   }
   const annotations = pod.metadata?.annotations ?? {};
-  if (annotations[CONTROL_PLANE_ANNOTATION] !== undefined) {
-    throw new MeshwardError(
-      "E_ATTESTATION_UNSUPPORTED",
-      `pod ${namespace}/${podName} is a Dapr control-plane service (${CONTROL_PLANE_ANNOTATION}); meshward issues identities to apps, keep Sentry's control plane on its own CA`,
-    );
+  const controlPlane = annotations[CONTROL_PLANE_ANNOTATION];
+  if (controlPlane !== undefined) {
+    // As Sentry's expectedID: only in the control-plane namespace, only known services, no app id annotation.
+    if (namespace !== controlPlaneNamespace || !CONTROL_PLANE_SERVICES.has(controlPlane) || annotations[APP_ID_ANNOTATION] !== undefined) {
+      throw new MeshwardError(
+        "E_ATTESTATION_UNTRUSTED",
+        `pod ${namespace}/${podName} claims to be Dapr control-plane service ${JSON.stringify(controlPlane.slice(0, 64))}; only ${[...CONTROL_PLANE_SERVICES].join(", ")} in namespace ${controlPlaneNamespace}, without ${APP_ID_ANNOTATION}, may`,
+      );
+    }
+    return `dapr-${controlPlane}`;
   }
   return annotations[APP_ID_ANNOTATION] ?? podName;
 }
