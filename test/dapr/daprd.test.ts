@@ -236,3 +236,37 @@ describe("a Sentry-style JWKS token (mapping sentry: sub is the SPIFFE ID, aud t
     expect(r.stderr).toMatch(/E_CONFIG_INVALID[\s\S]*issuer is required unless mapping is sentry|issuer is required unless mapping is sentry[\s\S]*E_CONFIG_INVALID/);
   }, 60_000);
 });
+
+describe("imported Dapr >= 1.18 Ed25519 anchors (dapr-trust-bundle made by openssl)", () => {
+  let ca: { dir: string; server: LongRunning & { match: RegExpMatchArray }; address: string; anchors: string };
+  let anchorsDir: string;
+  beforeAll(async () => {
+    const { makeDaprAnchors } = await import("./openssl-anchors.ts");
+    anchorsDir = join(work, "sentry-anchors");
+    const sentry = makeDaprAnchors(anchorsDir, { key: "ed25519" });
+    const dir = join(work, "imported");
+    const init = await runCli(["ca", "init", "--trust-domain", "public", "--dir", dir, "--root-cert", sentry.rootCert, "--issuer-cert", sentry.issuerCert, "--issuer-key", sentry.issuerKey]);
+    expect(init.code, init.stderr).toBe(0);
+    const server = await startCli(["ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--serving-spiffe-id", SENTRY_ID, "--default-validator", "insecure", "--allow-insecure-dev"], /listening on (\S+) as (\S+)/);
+    ca = { dir, server, address: server.match[1] as string, anchors: readFileSync(sentry.rootCert, "utf8") };
+  }, 120_000);
+  afterAll(async () => {
+    await ca?.server.stop();
+  });
+
+  it("daprd, trusting Sentry's own ca.crt, gets an identity that openssl and Go's crypto/x509 verify to it", async () => {
+    const { csrPem } = await daprCsr(goCheck, "ed25519");
+    // daprd keeps the trust anchors it had from Sentry: the imported root, nothing from meshward.
+    const identity = await daprd(ca, { appId: "orders", ...daprdToken({}) }, csrPem);
+    expect(identity.spiffeId).toBe("spiffe://public/ns/default/orders");
+    expect(identity.chain[1]!.publicKey.asymmetricKeyType).toBe("ed25519");
+    writeFileSync(join(work, "imported-chain.pem"), identity.chainPem);
+    writeFileSync(join(work, "imported-leaf.pem"), identity.chain[0]!.toString());
+    writeFileSync(join(work, "imported-issuer.pem"), identity.chain.slice(1).map((c) => c.toString()).join(""));
+    const { exec } = await import("../helpers/exec.ts");
+    const verify = await exec("openssl", ["verify", "-CAfile", join(anchorsDir, "ca.crt"), "-untrusted", join(work, "imported-issuer.pem"), join(work, "imported-leaf.pem")]);
+    expect(verify.stdout + verify.stderr).toMatch(/imported-leaf\.pem: OK/);
+    const go = await exec(goCheck, ["x509", join(anchorsDir, "ca.crt"), join(work, "imported-chain.pem"), identity.spiffeId]);
+    expect(go.stdout).toMatch(/X509 OK/);
+  }, 60_000);
+});

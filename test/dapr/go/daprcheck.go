@@ -70,15 +70,25 @@ func main() {
 		makeCsr(os.Args[2], os.Args[3])
 		return
 	}
+	if len(os.Args) == 5 && os.Args[1] == "x509" {
+		verifyX509(os.Args[2], os.Args[3], os.Args[4])
+		return
+	}
 	if len(os.Args) != 7 || os.Args[1] != "verify" {
 		fail("usage: daprcheck csr ed25519|p256 OUT_DIR | daprcheck verify ROOTS CHAIN KEY EXPECTED_ID PEER_ID")
 	}
 	os.Args = os.Args[1:]
+	roots := verifyX509(os.Args[1], os.Args[2], os.Args[4])
+	serveOnce(roots)
+}
+
+// verifyX509 is step 1 alone (go run daprcheck.go x509 ROOTS CHAIN EXPECTED_ID).
+func verifyX509(rootsPath, chainPath, expected string) *x509.CertPool {
 	roots := x509.NewCertPool()
-	for _, root := range readCerts(os.Args[1]) {
+	for _, root := range readCerts(rootsPath) {
 		roots.AddCert(root)
 	}
-	chain := readCerts(os.Args[2])
+	chain := readCerts(chainPath)
 	leaf := chain[0]
 	intermediates := x509.NewCertPool()
 	for _, c := range chain[1:] {
@@ -93,14 +103,17 @@ func main() {
 	if len(chain) > 1 && chain[1].PublicKeyAlgorithm != x509.Ed25519 {
 		fail("issuer key is %v, expected Ed25519", chain[1].PublicKeyAlgorithm)
 	}
-	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != os.Args[4] {
-		fail("leaf URIs %v, expected exactly %s", leaf.URIs, os.Args[4])
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != expected {
+		fail("leaf URIs %v, expected exactly %s", leaf.URIs, expected)
 	}
 	if leaf.IsCA {
 		fail("leaf is a CA")
 	}
 	fmt.Println("X509 OK")
+	return roots
+}
 
+func serveOnce(roots *x509.CertPool) {
 	pair, err := tls.LoadX509KeyPair(os.Args[2], os.Args[3])
 	if err != nil {
 		fail("load key pair: %v", err)
