@@ -39,6 +39,8 @@ describe("KUBERNETES validator: TokenReview + pod annotation (kubernetes.appId: 
   const tokens = new Map<string, { audiences: string[]; review: object }>();
   const pods = new Map<string, object>();
   let forbidden = false;
+  /** Answer authenticated reviews without status.audiences (the API server's own audience). */
+  let omitAudiences = false;
   const caServiceAccountToken = "ca-sa-token-for-tests";
 
   const podOf = (changes: (pod: Record<string, any>) => void) => {
@@ -97,6 +99,7 @@ describe("KUBERNETES validator: TokenReview + pod annotation (kubernetes.appId: 
           const review = structuredClone(known.review) as { spec: object; status: { audiences: unknown } };
           review.spec = body.spec;
           review.status.audiences = matched;
+          if (omitAudiences) delete (review.status as { audiences?: unknown }).audiences;
           return reply(201, review);
         }
         const m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)$/.exec(req.url ?? "");
@@ -172,6 +175,13 @@ describe("KUBERNETES validator: TokenReview + pod annotation (kubernetes.appId: 
     expect((await ask(legacy, "orders")).spiffeId).toBe("spiffe://public/ns/default/orders");
     const other = await projectedToken({ audience: "https://kubernetes.default.svc", podName: pod.metadata.name, podUid: pod.metadata.uid });
     expect(await refusal(ask(other, "orders"))).toMatch(/E_TOKEN_INVALID.*invalid for the target audiences/);
+    // An authenticated review without status.audiences means the API server's own audience: refused.
+    omitAudiences = true;
+    try {
+      expect(await refusal(ask(legacy, "orders"))).toMatch(/E_TOKEN_AUDIENCE/);
+    } finally {
+      omitAudiences = false;
+    }
   }, 60_000);
 
   it("uses the pod name without the annotation; refuses a pod under another service account, a recreated pod, a missing pod", async () => {

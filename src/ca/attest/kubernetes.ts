@@ -38,8 +38,9 @@ export function kubernetesAttestor(options: KubernetesAttestorOptions): Attestor
       const review = await options.api.reviewToken(token, options.audiences);
       if (review.error) throw new MeshwardError("E_TOKEN_INVALID", `the Kubernetes TokenReview refused the token: ${review.error.slice(0, 300)}`);
       if (review.authenticated !== true) throw new MeshwardError("E_TOKEN_INVALID", "the Kubernetes TokenReview did not authenticate the token");
-      // An API server that checked audiences says which ones matched; none of ours means another audience.
-      if (review.audiences !== undefined && !review.audiences.some((a) => options.audiences.includes(a))) {
+      // The review names the requested audiences the token is valid for. An empty list means the
+      // API server's own audience (Kubernetes TokenReview docs), i.e. a token not meant for this CA.
+      if (review.audiences === undefined || !review.audiences.some((a) => options.audiences.includes(a))) {
         throw new MeshwardError("E_TOKEN_AUDIENCE", `the token is not for this CA (accepted audiences: ${options.audiences.join(", ")})`);
       }
       const parts = (review.user?.username ?? "").split(":");
