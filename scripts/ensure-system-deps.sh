@@ -19,6 +19,7 @@ test_deps=(
   "py:gunicorn python3-gunicorn"
   "py:uvicorn python3-uvicorn"
   "kubectl kubectl"
+  "go golang-go"
 )
 bench_deps=(
   "wrk wrk"

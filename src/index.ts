@@ -13,6 +13,8 @@ export type { SpiffeIdMatcher } from "./spiffe/match.ts";
 
 // Workload identity
 export { createIdentity } from "./identity/ca-source.ts";
+export { createJwtSvidValidator } from "./identity/jwt-svid.ts";
+export type { JwtSvidValidator, JwtSvidValidatorOptions, ValidatedJwtSvid } from "./identity/jwt-svid.ts";
 export type { CaIdentityOptions, CaIdentitySource } from "./identity/ca-source.ts";
 export { staticIdentity } from "./identity/source.ts";
 export type { IdentitySource, IdentitySnapshot, IdentityEvent, Svid, TrustBundle } from "./identity/source.ts";

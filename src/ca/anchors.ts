@@ -3,9 +3,10 @@ import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { MeshwardError } from "../errors.ts";
 import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
-import { decodePrivateKey, encodePrivateKey, generateKeyPair, keysMatch } from "../pki/keys.ts";
+import { decodePrivateKey, encodePrivateKey, generateKeyPair, keysMatch, type KeyAlgorithm } from "../pki/keys.ts";
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import { parseTrustDomain } from "../spiffe/id.ts";
+import { assertIssuerUsable } from "./issuer-check.ts";
 import { assertPrivateFile, writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
 
 export const DEFAULT_ROOT_TTL_MS = 10 * 365 * 86_400_000;
@@ -108,6 +109,8 @@ export interface InitOptions {
   readonly rootTtlMs?: number;
   readonly issuerTtlMs?: number;
   readonly imported?: ImportedAnchors;
+  /** Key algorithm of a generated root and issuer (ECDSA P-256 when omitted). */
+  readonly keyAlgorithm?: KeyAlgorithm;
 }
 
 export interface LoadedAnchors {
@@ -144,7 +147,7 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
     writeSecretFileAtomic(layout.issuerKey, encodePrivateKey(issuerKey, options.passphrase));
   } else {
     const notBefore = new Date(options.now.getTime() - ANCHOR_BACKDATE_MS);
-    const rootKeys = generateKeyPair();
+    const rootKeys = generateKeyPair(options.keyAlgorithm);
     const root = await createRootCertificate({
       trustDomain,
       commonName: rootCommonName(trustDomain),
@@ -153,7 +156,7 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
       notAfter: new Date(options.now.getTime() + (options.rootTtlMs ?? DEFAULT_ROOT_TTL_MS)),
     });
     const rootSigner: Signer = { certificate: new X509Certificate(root.der), der: root.der, privateKey: rootKeys.privateKey };
-    const issuerKeys = generateKeyPair();
+    const issuerKeys = generateKeyPair(options.keyAlgorithm);
     const issuer = await createIssuerCertificate({
       trustDomain,
       publicKey: issuerKeys.publicKey,
@@ -199,6 +202,7 @@ function validateImport(imported: ImportedAnchors, now: Date) {
       throw new MeshwardError("E_IMPORT_INVALID", `${cert.subject.replace(/\n/g, ", ")} is not valid now (${cert.validFrom} – ${cert.validTo})`);
     }
   }
+  assertIssuerUsable({ issuerChain, issuerKey, roots: [root], now, what: "--issuer-cert/--issuer-key" });
   return { root, issuerChain, issuerKey };
 }
 

@@ -3,8 +3,10 @@ import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
 import { toPem } from "../pki/pem.ts";
 import type { Store } from "../store/store.ts";
 import type { LoadedAnchors } from "./anchors.ts";
+import { checkJwtAudiences, type IssuedJwtSvids, type JwtSvidIssuer } from "./jwt-svid.ts";
 import type { Attestor } from "./attest/attestor.ts";
 import type { PeerCertificate } from "./attest/peer.ts";
+import { routeValidator, trustDomainLimit } from "./attest/routing.ts";
 import type { CrlPublisher } from "./crl-publisher.ts";
 import type { SigningPolicy } from "./issuer.ts";
 import type { CaMetrics } from "./metrics.ts";
@@ -23,6 +25,8 @@ export interface SignRequest {
   readonly peer: PeerCertificate | undefined;
   /** For logs: where the request came from. */
   readonly remoteAddress?: string;
+  /** Audiences of the JWT-SVIDs asked for alongside the certificate (Dapr's field 7). */
+  readonly jwtAudiences?: readonly string[];
 }
 
 export interface SignResult {
@@ -34,6 +38,8 @@ export interface SignResult {
   readonly trustAnchorsPem: readonly string[];
   readonly notBefore: Date;
   readonly notAfter: Date;
+  /** JWT-SVIDs, when audiences were asked for and the CA signs them. */
+  readonly jwtSvids?: IssuedJwtSvids;
 }
 
 export interface AuthorityOptions {
@@ -48,6 +54,8 @@ export interface AuthorityOptions {
   readonly clock: () => Date;
   /** Where CSRs are verified and leaves signed (a worker pool in the server); on this thread when omitted. */
   readonly signing?: CsrSigning;
+  /** Signs JWT-SVIDs (off when omitted). */
+  readonly jwtSvids?: JwtSvidIssuer;
   /** Told of each refused request (the status page's refusals). */
   readonly onRefused?: (event: {
     /** Error code, e.g. E_TOKEN_EXPIRED. */
@@ -71,7 +79,7 @@ export class CertificateAuthority {
   async sign(request: SignRequest): Promise<SignResult> {
     const started = process.hrtime.bigint();
     const { metrics, logger } = this.options;
-    const validatorName = request.validator ?? this.options.defaultValidator;
+    const validatorName = routeValidator(request.validator, request.token, this.options.defaultValidator);
     try {
       const result = await this.#sign(request, validatorName);
       metrics.signRequests.inc({ result: "ok", reason: "" });
@@ -105,11 +113,10 @@ export class CertificateAuthority {
     const anchors = this.options.anchors();
     const now = this.options.clock();
     if (request.trustDomain !== "" && request.trustDomain !== anchors.trustDomain) {
-      throw new MeshwardError(
-        "E_TRUST_DOMAIN_MISMATCH",
-        `the request is for trust domain ${JSON.stringify(request.trustDomain.slice(0, 256))} but this CA serves ${JSON.stringify(anchors.trustDomain)}`,
-      );
+      throw trustDomainLimit(request.trustDomain, anchors.trustDomain);
     }
+    const wantsJwt = this.options.jwtSvids !== undefined && (request.jwtAudiences?.length ?? 0) > 0;
+    if (wantsJwt) checkJwtAudiences(request.jwtAudiences ?? []);
     const attestor = this.options.attestors.get(validatorName);
     // Parse and verify the CSR before attestation spends a single-use token on a bad request.
     const csr = attestor?.spends ? await this.#signing.parseCsr(request.csr) : undefined;
@@ -130,6 +137,7 @@ export class CertificateAuthority {
     const signing = { identity, signer: anchors.issuer, policy: this.options.policy, now };
     const leaf = csr !== undefined ? await this.#signing.sign({ ...signing, csr }) : await this.#signing.issue({ ...signing, csr: request.csr });
     const leafPem = toPem(leaf.der, "CERTIFICATE");
+    const jwtSvids = wantsJwt ? await this.options.jwtSvids?.issue(anchors.issuer.privateKey, leaf.spiffeId, request.jwtAudiences ?? [], leaf.notAfter) : undefined;
     await this.options.store.recordIssuance({
       serial: leaf.serial,
       spiffeId: leaf.spiffeId,
@@ -151,6 +159,7 @@ export class CertificateAuthority {
       trustAnchorsPem: rootPems(anchors),
       notBefore: leaf.notBefore,
       notAfter: leaf.notAfter,
+      ...(jwtSvids !== undefined ? { jwtSvids } : {}),
     };
   }
 

@@ -2,7 +2,8 @@ import { X509Certificate } from "node:crypto";
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { MeshwardError } from "../errors.ts";
 import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
-import { decodePrivateKey, encodePrivateKey, generateKeyPair, keysMatch } from "../pki/keys.ts";
+import { assertIssuerUsable } from "./issuer-check.ts";
+import { decodePrivateKey, encodePrivateKey, generateKeyPair, keyAlgorithmOf, keysMatch } from "../pki/keys.ts";
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import type { Store } from "../store/store.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
@@ -56,7 +57,8 @@ function requireSelfManaged(state: CaState, what: string): void {
 }
 
 async function newIssuer(root: Signer, trustDomain: string, now: Date, ttlMs: number) {
-  const keys = generateKeyPair();
+  // The issuer keeps the root's key type (`ca init --key-type`).
+  const keys = generateKeyPair(keyAlgorithmOf(root.privateKey));
   const rootNotAfter = new Date(root.certificate.validTo).getTime();
   const issued = await createIssuerCertificate({
     trustDomain,
@@ -140,6 +142,7 @@ export function validateIssuerChain(chain: readonly X509Certificate[], roots: re
   const top = chain[chain.length - 1] as X509Certificate;
   const root = roots.find((r) => top.checkIssued(r) && top.verify(r.publicKey));
   if (root === undefined) throw new MeshwardError("E_IMPORT_INVALID", "the issuer does not chain to any root in the trust bundle");
+  assertIssuerUsable({ issuerChain: chain, issuerKey: key, roots: [root], now, what: "the issuer" });
   return root;
 }
 
@@ -198,7 +201,7 @@ export async function prepareRoot(options: PrepareRootOptions): Promise<X509Cert
     writeFileAtomic(layout.nextRootCert, toPem(next.raw, "CERTIFICATE"));
   } else {
     requireSelfManaged(state, "generating a root");
-    const keys = generateKeyPair();
+    const keys = generateKeyPair(keyAlgorithmOf(current.publicKey));
     const issued = await createRootCertificate({
       trustDomain: state.trustDomain,
       commonName: rootCommonName(state.trustDomain, bundleRoots(layout)),

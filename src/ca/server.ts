@@ -16,7 +16,7 @@ import { loadAnchors, type LoadedAnchors } from "./anchors.ts";
 import type { Attestor } from "./attest/attestor.ts";
 import { insecureAttestor } from "./attest/insecure.ts";
 import { joinTokenAttestor } from "./attest/join-token.ts";
-import { jwksAttestor } from "./attest/jwks.ts";
+import { daprAttestors } from "./attest/dapr.ts";
 import { svidAttestor } from "./attest/svid.ts";
 import { CertificateAuthority, type ValidatorName } from "./authority.ts";
 import { CrlPublisher } from "./crl-publisher.ts";
@@ -26,6 +26,8 @@ import { createCaMetrics } from "./metrics.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
 import { trustBundleVersion } from "../telemetry/bundle-version.ts";
 import { describeHandshakeFailure } from "../telemetry/metrics.ts";
+import { JwtSvidIssuer } from "./jwt-svid.ts";
+import { join } from "node:path";
 import { systemClock } from "../util/clock.ts";
 import { watchAnchors } from "./anchor-watcher.ts";
 import { createRotationManager } from "./rotation-manager.ts";
@@ -105,11 +107,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     allowed: config.allowInsecureDev,
     warn: (message, fields) => logger.warn({ event: "insecure-validator", ...fields }, message),
   }));
-  if (config.jwks !== undefined) {
-    const validator = jwksAttestor({ ...config.jwks, trustDomain: anchors.trustDomain });
-    attestors.set("jwks", validator);
-    attestors.set("kubernetes", config.jwks.mapping === "kubernetes" ? validator : jwksAttestor({ ...config.jwks, mapping: "kubernetes", trustDomain: anchors.trustDomain }, "kubernetes"));
-  }
+  const servingId = config.servingSpiffeId ?? formatWorkloadId({ trustDomain: anchors.trustDomain, namespace: CA_NAMESPACE, appId: CA_APP_ID });
+  for (const [name, attestor] of daprAttestors(config, anchors.trustDomain, servingId)) attestors.set(name, attestor);
   if (config.allowInsecureDev) {
     logger.warn({ event: "insecure-validator-enabled" }, "the INSECURE validator is enabled (--allow-insecure-dev): any caller can get any identity. Never use this outside development.");
   }
@@ -122,7 +121,13 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     await pool.close();
     throw new MeshwardError("E_SIGNING_START", `the signing worker threads did not start: ${describeError(error)}`, { cause: error });
   });
+  // The JWT-SVID issuer URL needs the bound port: filled in once listening.
+  let jwtIssuerUrl = config.jwtSvid.issuer ?? "";
+  const jwtSvids = config.jwtSvid.enabled
+    ? new JwtSvidIssuer({ algorithm: config.jwtSvid.algorithm, ttlMs: config.jwtSvid.ttl, issuer: () => jwtIssuerUrl, clock, stateFile: join(options.dir, "jwt-keys.json") })
+    : undefined;
   const authority = new CertificateAuthority({
+    ...(jwtSvids !== undefined ? { jwtSvids } : {}),
     signing,
     anchors: () => anchors,
     store,
@@ -140,7 +145,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     },
   });
 
-  const spiffeId = formatWorkloadId({ trustDomain: anchors.trustDomain, namespace: CA_NAMESPACE, appId: CA_APP_ID });
+  const spiffeId = servingId;
   const tlsOptions = () => {
     const keys = generateKeyPair();
     const now = clock();
@@ -180,6 +185,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     crl: () => crl.current,
     registry,
     readiness: () => readiness(anchors, crl, clock(), storeHealthy, rotationWarnings()),
+    ...(jwtSvids !== undefined ? { jwtSvid: { discovery: () => jwtSvids.discovery(), jwks: () => jwtSvids.jwks(anchors.issuer.privateKey) } } : {}),
   };
   server.on("request", (req: Http2ServerRequest, res: Http2ServerResponse) => {
     const isGrpc = req.httpVersion === "2.0" && (req.headers["content-type"] ?? "").startsWith("application/grpc");
@@ -220,6 +226,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     throw error;
   });
   const bound = server.address() as AddressInfo;
+  if (jwtIssuerUrl === "") jwtIssuerUrl = `https://${config.dnsNames[0] ?? "localhost"}:${bound.port}`;
 
   const setExpiryGauges = () => {
     const earliestRoot = Math.min(...anchors.roots.map((r) => new Date(r.validTo).getTime()));
@@ -274,6 +281,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       "trust anchors changed on disk: now signing with the new set",
     );
     if (issuerChanged) recorder.recordRotation({ kind: "issuer", result: "ok", serial: next.issuer.certificate.serialNumber });
+    if (issuerChanged) void jwtSvids?.retire(previous.issuer.privateKey).catch((error) => logger.error({ event: "jwt-key-retire-failed", error: describeError(error) }, "could not keep the previous JWT-SVID key published"));
     if (rootsChanged) recorder.recordRotation({ kind: "root", result: "ok", serial: next.issuerRoot.serialNumber });
     renewServing();
     setExpiryGauges();

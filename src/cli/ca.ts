@@ -11,6 +11,7 @@ import type { Store } from "../store/store.ts";
 import { trustBundleVersion } from "../telemetry/bundle-version.ts";
 import { startCaServer } from "../ca/server.ts";
 import { MeshwardError } from "../errors.ts";
+import { KEY_ALGORITHMS } from "../pki/keys.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
 import { cliLogger, collect, logFormatOption, logLevelOption, readPassphrase, readTextFile, untilSignal } from "./options.ts";
 
@@ -27,6 +28,7 @@ export function registerCaCommand(program: Command): void {
     .option("--issuer-key <file>", "import: the issuer's private key (PEM)")
     .option("--root-ttl <duration>", "lifetime of a generated root", "10y")
     .option("--issuer-ttl <duration>", "lifetime of a generated issuer", "1y")
+    .addOption(new Option("--key-type <type>", "key algorithm of a generated root and issuer (Dapr >= 1.18 Sentry uses ed25519)").choices([...KEY_ALGORITHMS]).default("ec-p256"))
     .option("--json", "print the result as JSON")
     .action(async (opts) => {
       const importing = [opts.rootCert, opts.issuerCert, opts.issuerKey].filter((v) => v !== undefined).length;
@@ -40,6 +42,7 @@ export function registerCaCommand(program: Command): void {
         now: new Date(),
         rootTtlMs: parseDuration(opts.rootTtl, "--root-ttl"),
         issuerTtlMs: parseDuration(opts.issuerTtl, "--issuer-ttl"),
+        keyAlgorithm: opts.keyType,
         ...(passphrase !== undefined ? { passphrase } : {}),
         ...(importing === 3
           ? {
@@ -91,11 +94,13 @@ export function registerCaCommand(program: Command): void {
     .option("--workload-ttl <duration>", "workload certificate lifetime [default: 24h]")
     .option("--clock-skew <duration>", "NotBefore backdating for clock skew [default: 15m]")
     .option("--dns-name <name>", "DNS name in the CA's serving certificate (repeatable) [default: localhost]", collect)
+    .option("--serving-spiffe-id <id>", "SPIFFE ID in the CA's serving certificate (Dapr sidecars expect spiffe://<control-plane td>/ns/<control-plane ns>/dapr-sentry) [default: spiffe://<td>/ns/meshward-system/meshward-ca]")
     .addOption(new Option("--default-validator <name>", "validator for requests that name none").choices(["join-token", "jwks", "insecure"]))
     .option("--jwks-file <file>", "enable the JWT validator with this JWKS file")
     .option("--jwks-url <url>", "enable the JWT validator with this JWKS URL")
     .option("--jwt-issuer <iss>", "required JWT issuer")
-    .option("--jwt-audience <aud>", "required JWT audience")
+    .option("--jwt-audience <aud>", "accepted JWT audience (repeatable) [default: the serving SPIFFE ID, and dapr.io/sentry for Kubernetes tokens]", collect)
+    .addOption(new Option("--jwt-mapping <mapping>", "how a JWT becomes an identity: kubernetes (service-account tokens) or sentry (sub is the SPIFFE ID, as Dapr Sentry's JWKS validator)").choices(["kubernetes", "sentry"]))
     .option("--allow-insecure-dev", "enable the insecure validator (no proof of identity; development only)")
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
     .addOption(logFormatOption())
@@ -293,11 +298,12 @@ function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
     workloadTtl: opts.workloadTtl,
     clockSkew: opts.clockSkew,
     dnsNames: opts.dnsName,
+    servingSpiffeId: opts.servingSpiffeId,
     defaultValidator: opts.defaultValidator,
     allowInsecureDev: opts.allowInsecureDev === true ? true : undefined,
   };
   if (opts.jwksFile !== undefined || opts.jwksUrl !== undefined) {
-    flags.jwks = { jwksFile: opts.jwksFile, jwksUrl: opts.jwksUrl, issuer: opts.jwtIssuer, audience: opts.jwtAudience };
+    flags.jwks = { jwksFile: opts.jwksFile, jwksUrl: opts.jwksUrl, issuer: opts.jwtIssuer, audience: opts.jwtAudience, mapping: opts.jwtMapping };
   }
   let fileValues: Record<string, unknown> = {};
   if (typeof opts.config === "string") {

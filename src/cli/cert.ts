@@ -39,6 +39,7 @@ export function registerCertCommand(program: Command): void {
     .option("--app-id <id>", "app id to ask for (must match what the token proves)", "")
     .option("--trust-domain <td>", "trust domain [default: read from the bundle's root]")
     .option("--dns-name <name>", "DNS name to request (repeatable; the token must allow it)", collect)
+    .option("--ca-spiffe-id <id>", "SPIFFE ID the CA presents, when it runs with --serving-spiffe-id [default: spiffe://<td>/ns/meshward-system/meshward-ca]")
     .option("--json", "print the result as JSON")
     .action(async (opts) => {
       const token = readToken(opts);
@@ -47,7 +48,7 @@ export function registerCertCommand(program: Command): void {
       const keyPair = generateKeyPair();
       const csrPem = await createCsr({ keyPair, dnsNames: opts.dnsName ?? [] });
       const signed = await requestCertificate(
-        { address: opts.ca, bundlePem, trustDomain },
+        { address: opts.ca, bundlePem, trustDomain, ...(opts.caSpiffeId !== undefined ? { caSpiffeId: parseSpiffeId(opts.caSpiffeId).toString() } : {}) },
         { csrPem, token, validator: VALIDATOR_CHOICES[opts.validator as string] as ValidatorChoice, namespace: opts.namespace, appId: opts.appId },
       );
       mkdirSync(opts.out, { recursive: true, mode: 0o700 });

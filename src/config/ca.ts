@@ -1,5 +1,5 @@
 import * as z from "zod";
-import { parseTrustDomain } from "../spiffe/id.ts";
+import { parseSpiffeId, parseTrustDomain } from "../spiffe/id.ts";
 import { hostPort } from "./fields.ts";
 import { parseDuration } from "../util/duration.ts";
 
@@ -12,6 +12,25 @@ const duration = (what: string) =>
       return z.NEVER;
     }
   });
+
+const spiffeIdWithPath = (what: string) =>
+  z.string().transform((value, ctx) => {
+    try {
+      const id = parseSpiffeId(value);
+      if (id.path === "") throw new Error(`${what} ${value} needs a path (an X509-SVID names a workload, not a trust domain)`);
+      return id.toString();
+    } catch (error) {
+      ctx.addIssue({ code: "custom", message: (error as Error).message });
+      return z.NEVER;
+    }
+  });
+
+/** Sentry's legacy audience for service-account tokens (dapr/dapr pkg/sentry/server/validator/kubernetes). */
+export const LEGACY_SENTRY_AUDIENCE = "dapr.io/sentry";
+
+const audiences = z
+  .union([z.string().min(1).transform((v) => [v]), z.array(z.string().min(1)).min(1)])
+  .optional();
 
 export const jwksValidatorSchema = z
   .object({
@@ -28,11 +47,14 @@ export const jwksValidatorSchema = z
       .strict()
       .optional()
       .describe("Find the cluster's service-account signing keys through the API server's OIDC discovery (/.well-known/openid-configuration, /openid/v1/jwks) with the CA's own token; follows key rotation."),
-    issuer: z.string().min(1).optional().describe("Required `iss` claim; with `kubernetes`, read from the API server's discovery document when omitted."),
-    audience: z.string().min(1).describe("Required `aud` claim (Dapr uses `dapr.io/sentry`)."),
+    issuer: z.string().min(1).optional().describe("Required `iss` claim. Required for the `kubernetes` and claim mappings unless `kubernetes` discovery finds it in the API server's discovery document; the `sentry` mapping checks it only when given (Sentry does not)."),
+    audience: audiences.describe(
+      "Accepted `aud` values, one or a list; a token must carry at least one. Default for the `kubernetes` mapping: the CA's serving SPIFFE ID (the audience Dapr's injector projects) and `dapr.io/sentry` (the legacy one); for `sentry`: the serving SPIFFE ID. Required for a claim mapping.",
+    ),
     mapping: z
       .union([
         z.literal("kubernetes"),
+        z.literal("sentry"),
         z.object({
           namespaceClaim: z.string().min(1).describe("Claim (dotted path allowed) that holds the namespace."),
           appIdClaim: z.string().min(1).describe("Claim (dotted path allowed) that holds the app id."),
@@ -40,11 +62,27 @@ export const jwksValidatorSchema = z
       ])
       .default("kubernetes")
       .describe(
-        "How claims become an identity: `kubernetes` maps a service-account token's namespace and service account name to ns/<namespace>/<service-account>; or name the claims.",
+        "How claims become an identity: `kubernetes` maps a service-account token's namespace and service account name to ns/<namespace>/<service-account>; `sentry` reads the whole SPIFFE ID from `sub`, as Dapr Sentry's JWKS validator does; or name the claims.",
       ),
   })
   .refine((v) => [v.jwksFile, v.jwksUrl, v.kubernetes].filter((x) => x !== undefined).length === 1, { message: "give exactly one of jwksFile, jwksUrl or kubernetes" })
-  .refine((v) => v.issuer !== undefined || v.kubernetes !== undefined, { message: "issuer is required unless kubernetes discovery finds it", path: ["issuer"] });
+  .refine((v) => v.mapping === "sentry" || v.issuer !== undefined || v.kubernetes !== undefined, { message: "issuer is required unless mapping is sentry or kubernetes discovery finds it", path: ["issuer"] })
+  .refine((v) => typeof v.mapping === "string" || v.audience !== undefined, { message: "audience is required with a claim mapping", path: ["audience"] });
+
+export const kubernetesValidatorSchema = z
+  .object({
+    appId: z
+      .enum(["service-account", "annotation"])
+      .default("service-account")
+      .describe(
+        "Where the app id comes from: the service account's name (default, no pod read), or the pod's `dapr.io/app-id` annotation as Dapr Sentry does (needs `get` on pods; falls back to the pod name).",
+      ),
+    apiServer: z.string().url().optional().describe("Kubernetes API server URL (default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)."),
+    tokenFile: z.string().min(1).default("/var/run/secrets/kubernetes.io/serviceaccount/token").describe("The CA's own service-account token, read on every call (it rotates)."),
+    caFile: z.string().min(1).default("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt").describe("CA bundle of the API server."),
+    audience: audiences.describe("Audiences asked of the TokenReview; default: the CA's serving SPIFFE ID and `dapr.io/sentry`."),
+  })
+  .strict();
 
 export const caConfigSchema = z
   .object({
@@ -65,8 +103,26 @@ export const caConfigSchema = z
     workloadTtl: duration("workload TTL").default(parseDuration("24h")).describe("Lifetime of workload certificates (capped by the issuer's remaining life)."),
     clockSkew: duration("clock skew").default(parseDuration("15m")).describe("How far NotBefore is backdated to tolerate clock skew."),
     dnsNames: z.array(z.string().min(1)).default(["localhost"]).describe("DNS names in the CA's own serving certificate."),
+    servingSpiffeId: spiffeIdWithPath("serving SPIFFE ID")
+      .optional()
+      .describe(
+        "SPIFFE ID in the CA's own serving certificate (default spiffe://<trust-domain>/ns/meshward-system/meshward-ca). Dapr sidecars expect spiffe://<control-plane trust domain>/ns/<control-plane namespace>/dapr-sentry.",
+      ),
     defaultValidator: z.enum(["join-token", "jwks", "insecure"]).default("join-token").describe("Validator used when a request names none (Dapr's UNKNOWN)."),
-    jwks: jwksValidatorSchema.optional().describe("JWT/JWKS validator (also serves Dapr's KUBERNETES validator)."),
+    jwks: jwksValidatorSchema.optional().describe("JWT/JWKS validator (also serves Dapr's KUBERNETES validator unless `kubernetes` is set)."),
+    kubernetes: kubernetesValidatorSchema
+      .optional()
+      .describe("Dapr's KUBERNETES validator through the Kubernetes API (TokenReview, and a pod read with `appId: annotation`), as Dapr Sentry does; see docs/migrating-from-dapr-sentry.md for the RBAC."),
+    jwtSvid: z
+      .object({
+        enabled: z.boolean().default(true).describe("Sign JWT-SVIDs for requests that carry jwt_audiences (Dapr's SignCertificateRequest field 7)."),
+        algorithm: z.enum(["ES256", "EdDSA"]).default("ES256").describe("JWT-SVID signature algorithm; the key is derived from the X.509 issuer's and rotates with it."),
+        ttl: duration("JWT-SVID TTL").default(parseDuration("1h")).describe("JWT-SVID lifetime (capped by the X509-SVID's)."),
+        issuer: z.string().url().optional().describe("The `iss` claim and OIDC issuer URL (serve /.well-known/openid-configuration there); default https://<first dnsName>:<port>."),
+      })
+      .strict()
+      .default({ enabled: true, algorithm: "ES256", ttl: parseDuration("1h") })
+      .describe("JWT-SVIDs, their JWKS (/.well-known/jwks.json) and OIDC discovery (/.well-known/openid-configuration)."),
     allowInsecureDev: z.boolean().default(false).describe("Allow the `insecure` validator (no proof of identity). Development only; logged loudly."),
     signingWorkers: z
       .number()
@@ -96,3 +152,4 @@ export const caConfigSchema = z
 
 export type CaConfig = z.infer<typeof caConfigSchema>;
 export type JwksValidatorConfig = z.infer<typeof jwksValidatorSchema>;
+export type KubernetesValidatorConfig = z.infer<typeof kubernetesValidatorSchema>;

@@ -22,6 +22,8 @@ export interface CaConnection {
   /** PEM roots that the CA's serving certificate must chain to (the bootstrap bundle). */
   readonly bundlePem: string;
   readonly trustDomain: string;
+  /** The SPIFFE ID the CA presents, when it serves with `--serving-spiffe-id` (default: caSpiffeId(trustDomain)). */
+  readonly caSpiffeId?: string;
   /** Presented on the connection to renew with the current SVID. */
   readonly clientCertificate?: { readonly certChainPem: string; readonly privateKey: KeyObject };
   readonly timeoutMs?: number;
@@ -33,6 +35,8 @@ export interface CertificateRequest {
   readonly validator: ValidatorChoice;
   readonly namespace: string;
   readonly appId: string;
+  /** Ask for JWT-SVIDs with these audiences too (SignCertificateRequest field 7). */
+  readonly jwtAudiences?: readonly string[];
 }
 
 export interface SignedCertificate {
@@ -41,11 +45,15 @@ export interface SignedCertificate {
   /** Trusted roots, PEM concatenated. */
   readonly bundlePem: string;
   readonly validUntil: Date;
+  /** The JWT-SVID for every requested audience (and the trust domain), when audiences were asked for. */
+  readonly jwtSvid?: string;
+  /** One JWT-SVID per requested audience. */
+  readonly perAudienceJwtSvids?: Readonly<Record<string, string>>;
 }
 
 /** Verifies that the server is the CA of the expected trust domain, by SPIFFE ID, not host name. */
-function checkCaIdentity(trustDomain: string) {
-  const expected = caSpiffeId(trustDomain);
+function checkCaIdentity(trustDomain: string, servingId?: string) {
+  const expected = servingId ?? caSpiffeId(trustDomain);
   return (_host: string, cert: PeerCertificate): Error | undefined => {
     try {
       const uris = inspectCertificate(new X509Certificate(cert.raw)).uris;
@@ -67,6 +75,7 @@ export async function requestCertificate(connection: CaConnection, request: Cert
     namespace: request.namespace,
     certificateSigningRequest: Buffer.from(request.csrPem),
     tokenValidator: TokenValidator[request.validator],
+    jwtAudiences: [...(request.jwtAudiences ?? [])],
   };
   let result;
   try {
@@ -76,7 +85,7 @@ export async function requestCertificate(connection: CaConnection, request: Cert
         ca: connection.bundlePem,
         ...(connection.clientCertificate ? { cert: connection.clientCertificate.certChainPem, key: encodePrivateKey(connection.clientCertificate.privateKey) } : {}),
         servername: "localhost",
-        checkServerIdentity: checkCaIdentity(connection.trustDomain),
+        checkServerIdentity: checkCaIdentity(connection.trustDomain, connection.caSpiffeId),
       },
       path: SIGN_CERTIFICATE_PATH,
       authority: "localhost",
@@ -97,12 +106,15 @@ export async function requestCertificate(connection: CaConnection, request: Cert
     certChainPem: Buffer.from(decoded.workloadCertificate).toString("utf8"),
     bundlePem: decoded.trustChainCertificates.map((b) => Buffer.from(b).toString("utf8")).join(""),
     validUntil: new Date(decoded.validUntil.seconds * 1000),
+    ...(decoded.jwt !== undefined && decoded.jwt !== "" ? { jwtSvid: decoded.jwt } : {}),
+    ...(decoded.perAudienceJwts !== undefined ? { perAudienceJwtSvids: decoded.perAudienceJwts } : {}),
   };
 }
 
 function transportError(error: unknown, address: string): MeshwardError {
-  const cause = (error as { cause?: unknown }).cause;
-  // The CA failed the SPIFFE ID check: say so, do not call it "unreachable".
+  // The CA failed the SPIFFE ID check: say so, do not call it "unreachable" (the check's error may sit a few causes deep).
+  let cause = (error as { cause?: unknown }).cause;
+  for (let depth = 0; depth < 4 && cause !== undefined && !(cause instanceof MeshwardError); depth++) cause = (cause as { cause?: unknown }).cause;
   if (cause instanceof MeshwardError) return new MeshwardError(cause.code, `the CA at ${address}: ${cause.message}`, { cause });
   if (error instanceof GrpcTransportError && error.status !== GRPC_UNAVAILABLE && error.status !== GRPC_DEADLINE_EXCEEDED) {
     return new MeshwardError("E_CA_ERROR", `the CA at ${address} answered ${GRPC_STATUS_NAMES[error.status] ?? error.status}: ${error.message}`, { cause: error });
@@ -133,7 +145,7 @@ export async function fetchFromCa(connection: CaConnection, path: string, maxByt
         method: "GET",
         ca: connection.bundlePem,
         servername: "localhost",
-        checkServerIdentity: checkCaIdentity(connection.trustDomain),
+        checkServerIdentity: checkCaIdentity(connection.trustDomain, connection.caSpiffeId),
         minVersion: "TLSv1.2",
         timeout: connection.timeoutMs ?? 10_000,
         agent: false,

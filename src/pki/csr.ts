@@ -3,7 +3,7 @@ import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { parseSpiffeId } from "../spiffe/id.ts";
 import type { Tlv } from "./der.ts";
 import { children, DerError, expectTag, readBigInt, readBitString, readOid, readWhole, TAG, whole } from "./der.ts";
-import { assertAcceptableKey } from "./keys.ts";
+import { ACCEPTED_KEYS, assertAcceptableKey } from "./keys.ts";
 import type { KeyPair } from "./keys.ts";
 import { formatName } from "./names.ts";
 import { OID } from "./oids.ts";
@@ -110,7 +110,7 @@ export function parseCsr(input: string | Uint8Array): ParsedCsr {
     if (error instanceof DerError) throw invalid(`public key: ${error.message}`, error);
     const { acceptable, label } = spkiAlgorithm(spki);
     if (acceptable) throw invalid(`the ${label} public key is damaged (not a valid key)`, error);
-    throw new MeshwardError("E_KEY_WEAK", `key ${label} is not accepted; use ECDSA P-256 (recommended), ECDSA P-384 or RSA with at least 2048 bits`, {
+    throw new MeshwardError("E_KEY_WEAK", `key ${label} is not accepted; use ${ACCEPTED_KEYS}`, {
       cause: error,
       details: { key: label },
     });

@@ -2,7 +2,9 @@ import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, si
 import type { KeyObject } from "node:crypto";
 import { MeshwardError } from "../errors.ts";
 
-export type KeyAlgorithm = "ec-p256" | "ec-p384" | "rsa-2048" | "rsa-3072" | "rsa-4096";
+export type KeyAlgorithm = "ec-p256" | "ec-p384" | "ed25519" | "rsa-2048" | "rsa-3072" | "rsa-4096";
+
+export const KEY_ALGORITHMS: readonly KeyAlgorithm[] = ["ec-p256", "ec-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096"];
 
 export interface KeyPair {
   readonly privateKey: KeyObject;
@@ -10,7 +12,7 @@ export interface KeyPair {
 }
 
 export interface KeyDescription {
-  readonly type: "ec" | "rsa" | "other";
+  readonly type: "ec" | "rsa" | "ed25519" | "other";
   readonly curve?: "P-256" | "P-384" | "P-521";
   readonly bits?: number;
   /** For people: "ECDSA P-256", "RSA 2048". */
@@ -38,13 +40,24 @@ export function generateKeyPair(algorithm: KeyAlgorithm = "ec-p256"): KeyPair {
       return generateKeyPairSync("ec", { namedCurve: "P-256" });
     case "ec-p384":
       return generateKeyPairSync("ec", { namedCurve: "P-384" });
+    case "ed25519":
+      return generateKeyPairSync("ed25519");
     case "rsa-2048":
     case "rsa-3072":
     case "rsa-4096":
       return generateKeyPairSync("rsa", { modulusLength: Number(algorithm.slice(4)) });
     default:
-      throw new MeshwardError("E_KEY_ALGORITHM", `unknown key algorithm ${JSON.stringify(algorithm)}; use ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096`);
+      throw new MeshwardError("E_KEY_ALGORITHM", `unknown key algorithm ${JSON.stringify(algorithm)}; use ${KEY_ALGORITHMS.join(", ")}`);
   }
+}
+
+/** The algorithm to generate a successor of this key with (rotation keeps the key type). */
+export function keyAlgorithmOf(key: KeyObject): KeyAlgorithm {
+  const description = describePublicKey(key);
+  if (description.type === "ed25519") return "ed25519";
+  if (description.type === "ec" && description.curve === "P-384") return "ec-p384";
+  if (description.type === "rsa") return (description.bits ?? 0) >= 4096 ? "rsa-4096" : (description.bits ?? 0) >= 3072 ? "rsa-3072" : "rsa-2048";
+  return "ec-p256";
 }
 
 /** PKCS#8 PEM; encrypted (PBES2, AES-256-CBC) when a passphrase is given. */
@@ -99,19 +112,27 @@ export function describePublicKey(key: KeyObject): KeyDescription {
     const bits = details.modulusLength ?? 0;
     return { type: "rsa", bits, label: `${type === "rsa-pss" ? "RSA-PSS" : "RSA"} ${bits}` };
   }
+  if (type === "ed25519") return { type: "ed25519", label: "Ed25519" };
   if (type === "dsa") return { type: "other", bits: details.modulusLength, label: `DSA ${details.modulusLength ?? ""}`.trim() };
   const names: Record<string, string> = { ed25519: "Ed25519", ed448: "Ed448", x25519: "X25519", x448: "X448", dh: "DH" };
   return { type: "other", label: names[type ?? ""] ?? String(type ?? key.type) };
 }
 
-/** ECDSA P-256/P-384 or RSA >= 2048 bits; anything else throws E_KEY_WEAK naming what was found. */
+/** What is accepted, for error messages. */
+export const ACCEPTED_KEYS = `ECDSA P-256 (recommended), ECDSA P-384, Ed25519 or RSA with at least ${MIN_RSA_BITS} bits`;
+
+/**
+ * ECDSA P-256/P-384, Ed25519 (what Dapr >= 1.18 uses, per the issue this follows) or RSA >= 2048
+ * bits; anything else throws E_KEY_WEAK naming what was found.
+ */
 export function assertAcceptableKey(key: KeyObject): void {
   const description = describePublicKey(key);
   if (description.type === "ec" && (description.curve === "P-256" || description.curve === "P-384")) return;
+  if (description.type === "ed25519") return;
   if (description.type === "rsa" && (description.bits ?? 0) >= MIN_RSA_BITS) return;
   throw new MeshwardError(
     "E_KEY_WEAK",
-    `key ${description.label} is not accepted; use ECDSA P-256 (recommended), ECDSA P-384 or RSA with at least ${MIN_RSA_BITS} bits`,
+    `key ${description.label} is not accepted; use ${ACCEPTED_KEYS}`,
     { details: { key: description.label } },
   );
 }

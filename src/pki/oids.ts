@@ -3,6 +3,8 @@ export const OID = {
   ecPublicKey: "1.2.840.10045.2.1",
   rsaEncryption: "1.2.840.113549.1.1.1",
   rsaPss: "1.2.840.113549.1.1.10",
+  /** RFC 8410: id-Ed25519 is both the key algorithm and the signature algorithm (no parameters). */
+  ed25519: "1.3.101.112",
   ecdsaWithSha256: "1.2.840.10045.4.3.2",
   ecdsaWithSha384: "1.2.840.10045.4.3.3",
   ecdsaWithSha512: "1.2.840.10045.4.3.4",

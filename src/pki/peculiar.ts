@@ -28,8 +28,9 @@ export function loadX509(): Promise<X509Module> {
 type WebCryptoKey = webcrypto.CryptoKey;
 
 /** WebCrypto import/sign parameters for a node key (ECDSA P-256/P-384, RSA PKCS#1 v1.5). */
-export function webCryptoAlgorithms(key: KeyObject): { importAlgorithm: webcrypto.EcKeyImportParams | webcrypto.RsaHashedImportParams; signingAlgorithm: webcrypto.EcdsaParams | webcrypto.Algorithm } {
+export function webCryptoAlgorithms(key: KeyObject): { importAlgorithm: webcrypto.EcKeyImportParams | webcrypto.RsaHashedImportParams | webcrypto.Algorithm; signingAlgorithm: webcrypto.EcdsaParams | webcrypto.Algorithm } {
   const description = describePublicKey(key);
+  if (description.type === "ed25519") return { importAlgorithm: { name: "Ed25519" }, signingAlgorithm: { name: "Ed25519" } };
   if (description.type === "ec" && (description.curve === "P-256" || description.curve === "P-384")) {
     return {
       importAlgorithm: { name: "ECDSA", namedCurve: description.curve },
@@ -42,7 +43,7 @@ export function webCryptoAlgorithms(key: KeyObject): { importAlgorithm: webcrypt
       signingAlgorithm: { name: "RSASSA-PKCS1-v1_5" },
     };
   }
-  throw new MeshwardError("E_KEY_UNSUPPORTED", `a ${description.label} key is not supported here; use ECDSA P-256, P-384 or RSA`);
+  throw new MeshwardError("E_KEY_UNSUPPORTED", `a ${description.label} key is not supported here; use ECDSA P-256, P-384, Ed25519 or RSA`);
 }
 
 export async function toWebCryptoPrivateKey(key: KeyObject): Promise<WebCryptoKey> {

@@ -28,7 +28,7 @@ const CURVE_LABELS: Record<string, string> = {
 
 /**
  * What an SPKI claims to hold, read without importing it: `acceptable` is true for
- * ECDSA P-256/P-384 and RSA (size is checked after import). For error messages and triage.
+ * ECDSA P-256/P-384, Ed25519 and RSA (size is checked after import). For error messages and triage.
  */
 export function spkiAlgorithm(spki: Buffer): { acceptable: boolean; label: string } {
   try {
@@ -36,6 +36,7 @@ export function spkiAlgorithm(spki: Buffer): { acceptable: boolean; label: strin
     const [algOid, params] = children(spki, expectTag(algorithm, TAG.SEQUENCE, "key algorithm"));
     const keyType = readOid(spki, algOid, "key algorithm");
     if (keyType === OID.rsaEncryption) return { acceptable: true, label: "RSA" };
+    if (keyType === OID.ed25519) return { acceptable: true, label: "Ed25519" };
     if (keyType === OID.ecPublicKey) {
       const curve = params?.tag === TAG.OID ? readOid(spki, params, "curve") : "explicit parameters";
       if (curve === P256 || curve === P384) return { acceptable: true, label: `ECDSA ${curve === P256 ? "P-256" : "P-384"}` };

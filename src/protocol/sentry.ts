@@ -20,12 +20,34 @@ export interface SignCertificateRequestMessage {
   namespace: string;
   certificateSigningRequest: Uint8Array;
   tokenValidator: number;
+  /** Field 7: audiences of the JWT-SVIDs asked for (none: no JWT-SVID). */
+  jwtAudiences?: string[];
 }
 
 export interface SignCertificateResponseMessage {
   workloadCertificate: Uint8Array;
   trustChainCertificates: Uint8Array[];
   validUntil: { seconds: number; nanos: number };
+  /** Field 4 (google.protobuf.StringValue): one JWT-SVID for every requested audience (and the trust domain). */
+  jwt?: string;
+  /** Field 5 (map<string, google.protobuf.StringValue>): one JWT-SVID per requested audience. */
+  perAudienceJwts?: Record<string, string>;
+}
+
+/** google.protobuf.StringValue: { string value = 1; } */
+function stringValue(value: string): Buffer {
+  return new ProtobufWriter().string(1, value).finish();
+}
+
+function readStringValue(bytes: Buffer, what: string): string {
+  let value = "";
+  readFields(bytes, (field, v) => {
+    if (field === 1) {
+      expectWire(field, v, 2, what);
+      value = (v.value as Buffer).toString("utf8");
+    }
+  });
+  return value;
 }
 
 function expectWire(field: number, value: FieldValue, wireType: 0 | 2, what: string): void {
@@ -40,12 +62,14 @@ export function encodeSignRequest(message: SignCertificateRequestMessage): Uint8
     .string(4, message.namespace)
     .bytes(5, message.certificateSigningRequest)
     .varint(6, message.tokenValidator)
+    .repeatedBytes(7, (message.jwtAudiences ?? []).map((a) => Buffer.from(a, "utf8")))
     .finish();
 }
 
 /** Throws ProtobufError when the bytes are not a SignCertificateRequest. */
 export function decodeSignRequest(bytes: Uint8Array): SignCertificateRequestMessage {
-  const message: SignCertificateRequestMessage = { id: "", token: "", trustDomain: "", namespace: "", certificateSigningRequest: Buffer.alloc(0), tokenValidator: 0 };
+  const jwtAudiences: string[] = [];
+  const message: SignCertificateRequestMessage = { id: "", token: "", trustDomain: "", namespace: "", certificateSigningRequest: Buffer.alloc(0), tokenValidator: 0, jwtAudiences };
   readFields(bytes, (field, value) => {
     switch (field) {
       case 1:
@@ -65,6 +89,10 @@ export function decodeSignRequest(bytes: Uint8Array): SignCertificateRequestMess
         expectWire(field, value, 0, "token_validator");
         message.tokenValidator = value.value as number;
         break;
+      case 7:
+        expectWire(field, value, 2, "jwt_audiences");
+        jwtAudiences.push((value.value as Buffer).toString("utf8"));
+        break;
       default:
         break; // unknown fields are skipped, as protobuf requires
     }
@@ -74,7 +102,12 @@ export function decodeSignRequest(bytes: Uint8Array): SignCertificateRequestMess
 
 export function encodeSignResponse(message: SignCertificateResponseMessage): Uint8Array {
   const validUntil = new ProtobufWriter().varint(1, message.validUntil.seconds).varint(2, message.validUntil.nanos).finish();
-  return new ProtobufWriter().bytes(1, message.workloadCertificate).repeatedBytes(2, message.trustChainCertificates).message(3, validUntil).finish();
+  const writer = new ProtobufWriter().bytes(1, message.workloadCertificate).repeatedBytes(2, message.trustChainCertificates).message(3, validUntil);
+  if (message.jwt !== undefined) writer.message(4, stringValue(message.jwt));
+  for (const [audience, jwt] of Object.entries(message.perAudienceJwts ?? {})) {
+    writer.message(5, new ProtobufWriter().string(1, audience).message(2, stringValue(jwt)).finish());
+  }
+  return writer.finish();
 }
 
 /** Throws ProtobufError when the bytes are not a SignCertificateResponse. */
@@ -93,6 +126,23 @@ export function decodeSignResponse(bytes: Uint8Array): SignCertificateResponseMe
         if (inner === 1 && v.wireType === 0) message.validUntil.seconds = v.value;
         else if (inner === 2 && v.wireType === 0) message.validUntil.nanos = v.value;
       });
+    } else if (field === 4) {
+      expectWire(field, value, 2, "jwt");
+      message.jwt = readStringValue(value.value as Buffer, "jwt");
+    } else if (field === 5) {
+      expectWire(field, value, 2, "per_audience_jwts");
+      let audience = "";
+      let jwt = "";
+      readFields(value.value as Buffer, (inner, v) => {
+        if (inner === 1) {
+          expectWire(inner, v, 2, "per_audience_jwts key");
+          audience = (v.value as Buffer).toString("utf8");
+        } else if (inner === 2) {
+          expectWire(inner, v, 2, "per_audience_jwts value");
+          jwt = readStringValue(v.value as Buffer, "per_audience_jwts value");
+        }
+      });
+      (message.perAudienceJwts ??= {})[audience] = jwt;
     }
   });
   return message;

@@ -86,7 +86,7 @@ describe("JWT validator with Kubernetes OIDC discovery", () => {
   const attestor = (overrides: { cooldown?: number; caFile?: string; tokenFile?: string; issuer?: string } = {}) =>
     jwksAttestor({
       kubernetes: { apiServer, tokenFile: overrides.tokenFile ?? tokenFile, caFile: overrides.caFile ?? pki.rootPath, cacheMaxAge: 600_000, cooldown: overrides.cooldown ?? 0 },
-      audience: "meshward",
+      audience: ["meshward"],
       mapping: "kubernetes",
       trustDomain: "cluster.test",
       ...(overrides.issuer !== undefined ? { issuer: overrides.issuer } : {}),

@@ -80,15 +80,16 @@ describe("keys", () => {
     expect(describePublicKey(decodePrivateKey(legacyEncrypted, "pw")).label).toBe("ECDSA P-256");
   });
 
-  it("accepts P-256, P-384, RSA >= 2048 and refuses the rest naming what it found", () => {
+  it("accepts P-256, P-384, Ed25519, RSA >= 2048 and refuses the rest naming what it found", () => {
     assertAcceptableKey(generateKeyPair().publicKey);
     assertAcceptableKey(generateKeyPair("ec-p384").publicKey);
     assertAcceptableKey(generateKeyPair("rsa-2048").publicKey);
+    assertAcceptableKey(generateKeyPair("ed25519").publicKey);
     const cases = [
       [generateKeyPairSync("rsa", { modulusLength: 1024 }).publicKey, /RSA 1024/],
       [generateKeyPairSync("ec", { namedCurve: "secp256k1" }).publicKey, /secp256k1/],
       [generateKeyPairSync("ec", { namedCurve: "P-192" }).publicKey, /P-192/],
-      [generateKeyPairSync("ed25519").publicKey, /Ed25519/],
+      [generateKeyPairSync("ed448").publicKey, /Ed448/],
       [generateKeyPairSync("dsa", { modulusLength: 2048, divisorLength: 256 }).publicKey, /DSA/],
     ] as const;
     for (const [key, label] of cases) {

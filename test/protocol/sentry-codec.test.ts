@@ -24,6 +24,7 @@ function randomRequest(i: number): SignCertificateRequestMessage {
     namespace: text(i % 20),
     certificateSigningRequest: randomBytes(i * 13),
     tokenValidator: validators[i % validators.length] as number,
+    jwtAudiences: Array.from({ length: i % 4 }, (_, j) => (j === 1 ? "" : text(3 + j))),
   };
 }
 
@@ -73,10 +74,23 @@ describe("SignCertificateResponse", () => {
       workloadCertificate: randomBytes(700),
       trustChainCertificates: Array.from({ length: n }, (_, i) => randomBytes(300 + i)),
       validUntil: { seconds: 1_900_000_000 + n, nanos: n * 1000 },
+      // Fields 4 and 5 (JWT-SVIDs) on every other case, an empty JWT string included.
+      ...(n % 2 === 1 ? { jwt: text(n * 50), perAudienceJwts: Object.fromEntries(Array.from({ length: n }, (_, i) => [`aud-${i}`, i === 0 ? "" : text(40 + i)])) } : {}),
     };
-    const theirs = ResponseType.toObject(ResponseType.decode(encodeSignResponse(message)), { defaults: true, longs: Number, bytes: Buffer as unknown as typeof String });
-    expect(plain(theirs)).toEqual(plain(message));
-    const back = decodeSignResponse(ResponseType.encode(ResponseType.fromObject(message)).finish());
+    const decoded = ResponseType.toObject(ResponseType.decode(encodeSignResponse(message)), { longs: Number, bytes: Buffer as unknown as typeof String }) as Record<string, unknown>;
+    const theirs = {
+      workloadCertificate: decoded.workloadCertificate,
+      trustChainCertificates: decoded.trustChainCertificates ?? [],
+      validUntil: decoded.validUntil,
+      ...(decoded.jwt !== undefined ? { jwt: (decoded.jwt as { value?: string }).value ?? "" } : {}),
+      ...(decoded.perAudienceJwts !== undefined ? { perAudienceJwts: Object.fromEntries(Object.entries(decoded.perAudienceJwts as Record<string, { value?: string }>).map(([k, v]) => [k, v.value ?? ""])) } : {}),
+    };
+    expect(plain({ ...theirs, validUntil: { nanos: 0, ...(theirs.validUntil as object) } })).toEqual(plain(message));
+    const wire = {
+      ...message,
+      ...(message.jwt !== undefined ? { jwt: { value: message.jwt }, perAudienceJwts: Object.fromEntries(Object.entries(message.perAudienceJwts ?? {}).map(([k, v]) => [k, { value: v }])) } : {}),
+    };
+    const back = decodeSignResponse(ResponseType.encode(ResponseType.fromObject(wire)).finish());
     expect(plain(back)).toEqual(plain(message));
   });
 });

@@ -23,7 +23,7 @@ export function grpcStatusForCode(code: string): number {
   }
   if (code.startsWith("E_TOKEN_") || code.startsWith("E_ATTESTATION_") || code === "E_CERT_EXPIRED") return GrpcStatus.UNAUTHENTICATED;
   if (code.startsWith("E_ISSUER_")) return GrpcStatus.FAILED_PRECONDITION;
-  if (code === "E_JWKS_UNAVAILABLE" || code.startsWith("E_STORE_")) return GrpcStatus.UNAVAILABLE;
+  if (code === "E_JWKS_UNAVAILABLE" || code === "E_KUBERNETES_UNAVAILABLE" || code.startsWith("E_STORE_")) return GrpcStatus.UNAVAILABLE;
   return GrpcStatus.INTERNAL;
 }
 

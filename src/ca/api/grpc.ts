@@ -69,11 +69,13 @@ async function answer(req: Http2ServerRequest, res: Http2ServerResponse, body: B
       trustDomain: request.trustDomain,
       peer: peerCertificateOf(socket),
       remoteAddress: socket?.remoteAddress === undefined ? undefined : formatPeer(socket.remoteAddress, socket.remotePort),
+      jwtAudiences: request.jwtAudiences ?? [],
     });
     const reply = encodeSignResponse({
       workloadCertificate: Buffer.from(result.certificateChainPem),
       trustChainCertificates: result.trustAnchorsPem.map((pem) => Buffer.from(pem)),
       validUntil: { seconds: Math.floor(result.notAfter.getTime() / 1000), nanos: 0 },
+      ...(result.jwtSvids !== undefined ? { jwt: result.jwtSvids.jwt, perAudienceJwts: result.jwtSvids.perAudience } : {}),
     });
     if (res.stream.destroyed) return;
     res.writeHead(200, { "content-type": "application/grpc" });

@@ -11,12 +11,14 @@ export interface HttpApiContext {
   readonly crl: () => PublishedCrl | undefined;
   readonly registry: Registry;
   readonly readiness: () => { ready: boolean; checks: Record<string, { ok: boolean; detail: string }> };
+  /** JWT-SVID keys and OIDC discovery, when the CA signs JWT-SVIDs. */
+  readonly jwtSvid?: { discovery(): object; jwks(): Promise<object> };
 }
 
 type Request = IncomingMessage | Http2ServerRequest;
 type Response = ServerResponse | Http2ServerResponse;
 
-/** GET /v1/bundle, /v1/crl, /healthz, /readyz, /metrics. */
+/** GET /v1/bundle, /v1/crl, /.well-known/openid-configuration, /.well-known/jwks.json, /healthz, /readyz, /metrics. */
 export async function handleHttp(req: Request, res: Response, ctx: HttpApiContext): Promise<void> {
   const url = new URL(req.url ?? "/", "https://ca.invalid");
   if (req.method !== "GET" && req.method !== "HEAD") {
@@ -35,6 +37,12 @@ export async function handleHttp(req: Request, res: Response, ctx: HttpApiContex
       if (url.searchParams.get("format") === "pem") return send(res, 200, "application/x-pem-file", crl.pem);
       return send(res, 200, "application/pkix-crl", crl.der);
     }
+    case "/.well-known/openid-configuration":
+      if (ctx.jwtSvid === undefined) break;
+      return send(res, 200, "application/json", `${JSON.stringify(ctx.jwtSvid.discovery(), null, 2)}\n`, { "cache-control": "max-age=300" });
+    case "/.well-known/jwks.json":
+      if (ctx.jwtSvid === undefined) break;
+      return send(res, 200, "application/json", `${JSON.stringify(await ctx.jwtSvid.jwks(), null, 2)}\n`, { "cache-control": "max-age=60" });
     case "/healthz":
       return send(res, 200, "application/json", '{"status":"ok"}\n');
     case "/readyz": {
@@ -44,8 +52,9 @@ export async function handleHttp(req: Request, res: Response, ctx: HttpApiContex
     case "/metrics":
       return send(res, 200, ctx.registry.contentType, await ctx.registry.metrics());
     default:
-      return send(res, 404, "text/plain; charset=utf-8", "not found\n");
+      break;
   }
+  return send(res, 404, "text/plain; charset=utf-8", "not found\n");
 }
 
 function send(res: Response, status: number, contentType: string, body: string | Buffer, headers: Record<string, string> = {}): void {

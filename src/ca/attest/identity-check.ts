@@ -1,6 +1,7 @@
 import { MeshwardError } from "../../errors.ts";
 import { parseWorkloadId } from "../../spiffe/id.ts";
 import type { AttestationRequest } from "./attestor.ts";
+import { trustDomainLimit } from "./routing.ts";
 
 /**
  * A request may name the identity it wants (Dapr sends app id, namespace, trust domain).
@@ -21,9 +22,6 @@ export function assertRequestMatches(request: AttestationRequest, attestedSpiffe
     throw mismatch("namespace", request.requestedNamespace, attested.namespace);
   }
   if (request.requestedTrustDomain !== "" && request.requestedTrustDomain !== attested.trustDomain) {
-    throw new MeshwardError(
-      "E_TRUST_DOMAIN_MISMATCH",
-      `the request names trust domain ${JSON.stringify(request.requestedTrustDomain)} but this CA serves ${JSON.stringify(attested.trustDomain)}`,
-    );
+    throw trustDomainLimit(request.requestedTrustDomain, attested.trustDomain);
   }
 }

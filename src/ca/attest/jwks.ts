@@ -2,10 +2,10 @@ import { readFileSync } from "node:fs";
 import { createLocalJWKSet, createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from "jose";
 import type { JwksValidatorConfig } from "../../config/ca.ts";
 import { MeshwardError } from "../../errors.ts";
-import { formatWorkloadId } from "../../spiffe/id.ts";
+import { formatWorkloadId, parseWorkloadId } from "../../spiffe/id.ts";
 import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
-import { kubernetesOidc, type KubernetesOidc } from "./kubernetes-oidc.ts";
+import { kubernetesOidc } from "./kubernetes-oidc.ts";
 
 const MAX_JWT_LENGTH = 16 * 1024;
 /** Asymmetric only: a shared-secret (HS*) or `none` token is never accepted. */
@@ -13,6 +13,8 @@ const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256
 
 export interface JwksAttestorOptions extends JwksValidatorConfig {
   readonly trustDomain: string;
+  /** Audiences accepted when the configuration names none (the CA's serving SPIFFE ID, …). */
+  readonly defaultAudiences?: readonly string[];
   /** Tolerated clock difference for exp/nbf/iat. */
   readonly clockToleranceSeconds?: number;
 }
@@ -24,6 +26,8 @@ export interface JwksAttestorOptions extends JwksValidatorConfig {
 export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attestor {
   const oidc = options.kubernetes === undefined ? undefined : kubernetesOidc(options.kubernetes);
   const keys = oidc?.getKey ?? loadKeySet(options);
+  const audience = [...(options.audience ?? options.defaultAudiences ?? [])];
+  if (audience.length === 0) throw new MeshwardError("E_CONFIG_INVALID", "the JWKS validator needs at least one audience");
   return {
     name,
     async attest(request: AttestationRequest): Promise<AttestedIdentity> {
@@ -32,10 +36,10 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
       if (token.length > MAX_JWT_LENGTH) throw new MeshwardError("E_TOKEN_INVALID", `the JWT is longer than ${MAX_JWT_LENGTH} bytes`);
       let payload: JWTPayload;
       try {
-        const issuer = options.issuer ?? (await (oidc as KubernetesOidc).issuer());
+        const issuer = options.issuer ?? (oidc === undefined ? undefined : await oidc.issuer());
         ({ payload } = await jwtVerify(token, keys, {
-          issuer,
-          audience: options.audience,
+          ...(issuer !== undefined ? { issuer } : {}),
+          audience,
           algorithms: ALGORITHMS,
           currentDate: request.now,
           clockTolerance: options.clockToleranceSeconds ?? 60,
@@ -43,6 +47,11 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
         }));
       } catch (error) {
         throw classifyJwtError(error);
+      }
+      if (options.mapping === "sentry") {
+        const spiffeId = sentrySubject(payload);
+        assertRequestMatches(request, spiffeId);
+        return { spiffeId, allowedDnsNames: [], method: name };
       }
       const { namespace, appId } = mapClaims(payload, options.mapping);
       const spiffeId = formatWorkloadId({ trustDomain: options.trustDomain, namespace, appId });
@@ -79,7 +88,22 @@ function loadKeySet(options: JwksAttestorOptions): JWTVerifyGetKey {
   return createRemoteJWKSet(new URL(options.jwksUrl as string), { timeoutDuration: 5000, cooldownDuration: 30_000 });
 }
 
-function mapClaims(payload: JWTPayload, mapping: JwksValidatorConfig["mapping"]): { namespace: string; appId: string } {
+/**
+ * Dapr Sentry's JWKS validator (dapr/dapr pkg/sentry/server/validator/jwks/jwks.go): `sub` is the
+ * requester's whole SPIFFE ID, spiffe://<td>/ns/<namespace>/<app-id>; `iss` is not checked there.
+ */
+function sentrySubject(payload: JWTPayload): string {
+  const sub = payload.sub;
+  if (typeof sub !== "string" || sub === "") throw new MeshwardError("E_TOKEN_CLAIMS", "the JWT has no sub claim (the sentry mapping expects the workload's SPIFFE ID there)");
+  try {
+    const id = parseWorkloadId(sub);
+    return formatWorkloadId(id);
+  } catch (error) {
+    throw new MeshwardError("E_TOKEN_CLAIMS", `the JWT's sub is not a workload SPIFFE ID of the form spiffe://<td>/ns/<namespace>/<app-id>: ${(error as Error).message}`);
+  }
+}
+
+function mapClaims(payload: JWTPayload, mapping: Exclude<JwksValidatorConfig["mapping"], "sentry">): { namespace: string; appId: string } {
   if (mapping === "kubernetes") {
     const k8s = payload["kubernetes.io"] as { namespace?: unknown; serviceaccount?: { name?: unknown } } | undefined;
     if (typeof k8s?.namespace === "string" && typeof k8s.serviceaccount?.name === "string") {

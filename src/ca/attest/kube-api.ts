@@ -1,0 +1,125 @@
+import { readFileSync } from "node:fs";
+import { request as httpsRequest } from "node:https";
+import { MeshwardError } from "../../errors.ts";
+
+/** The two Kubernetes API calls the KUBERNETES validator makes; an interface so tests can record them. */
+export interface KubernetesApi {
+  /** POST /apis/authentication.k8s.io/v1/tokenreviews; returns the TokenReview's status. */
+  reviewToken(token: string, audiences: readonly string[]): Promise<TokenReviewStatus>;
+  /** GET /api/v1/namespaces/{namespace}/pods/{name}; undefined when the pod does not exist. */
+  getPod(namespace: string, name: string): Promise<PodObject | undefined>;
+}
+
+export interface TokenReviewStatus {
+  readonly authenticated?: boolean;
+  readonly error?: string;
+  readonly audiences?: readonly string[];
+  readonly user?: { readonly username?: string; readonly uid?: string; readonly extra?: Readonly<Record<string, readonly string[]>> };
+}
+
+export interface PodObject {
+  readonly metadata?: { readonly name?: string; readonly namespace?: string; readonly uid?: string; readonly annotations?: Readonly<Record<string, string>> };
+  readonly spec?: { readonly serviceAccountName?: string };
+}
+
+export interface KubernetesApiOptions {
+  /** https://host:port of the API server. */
+  readonly apiServer: string;
+  /** The CA's own service-account token (read on every call: projected tokens rotate). */
+  readonly tokenFile: string;
+  /** PEM bundle the API server's certificate must chain to. */
+  readonly caFile: string;
+  readonly timeoutMs?: number;
+}
+
+const MAX_RESPONSE_BYTES = 1 << 20;
+const SEGMENT = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
+
+/** In a pod: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT. */
+export function inClusterApiServer(env: NodeJS.ProcessEnv = process.env): string {
+  const host = env.KUBERNETES_SERVICE_HOST;
+  const port = env.KUBERNETES_SERVICE_PORT ?? "443";
+  if (host === undefined || host === "") {
+    throw new MeshwardError("E_CONFIG_INVALID", "kubernetes.apiServer is not set and KUBERNETES_SERVICE_HOST is empty (not running in a pod); name the API server");
+  }
+  return `https://${host.includes(":") ? `[${host}]` : host}:${port}`;
+}
+
+/** node:https client for the two calls, verified against caFile, authenticated with tokenFile. */
+export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
+  const base = new URL(options.apiServer);
+  if (base.protocol !== "https:") throw new MeshwardError("E_CONFIG_INVALID", `kubernetes.apiServer must be an https:// URL, got ${options.apiServer}`);
+  const call = (method: "GET" | "POST", path: string, body?: object): Promise<{ status: number; json: unknown }> =>
+    new Promise((resolve, reject) => {
+      let token: string;
+      let ca: string;
+      try {
+        token = readFileSync(options.tokenFile, "utf8").trim();
+        ca = readFileSync(options.caFile, "utf8");
+      } catch (error) {
+        reject(new MeshwardError("E_KUBERNETES_UNAVAILABLE", `cannot read the CA's Kubernetes credentials: ${(error as Error).message}`));
+        return;
+      }
+      const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+      const req = httpsRequest(
+        {
+          host: base.hostname.replace(/^\[|\]$/g, ""),
+          port: base.port || 443,
+          path,
+          method,
+          ca,
+          minVersion: "TLSv1.2",
+          timeout: options.timeoutMs ?? 5000,
+          agent: false,
+          headers: { authorization: `Bearer ${token}`, accept: "application/json", ...(payload ? { "content-type": "application/json", "content-length": String(payload.length) } : {}) },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          let size = 0;
+          res.on("data", (chunk: Buffer) => {
+            size += chunk.length;
+            if (size > MAX_RESPONSE_BYTES) {
+              req.destroy(new Error(`the response is larger than ${MAX_RESPONSE_BYTES} bytes`));
+              return;
+            }
+            chunks.push(chunk);
+          });
+          res.on("end", () => {
+            try {
+              resolve({ status: res.statusCode ?? 0, json: JSON.parse(Buffer.concat(chunks).toString("utf8")) });
+            } catch {
+              reject(new MeshwardError("E_KUBERNETES_UNAVAILABLE", `the Kubernetes API answered ${method} ${path} with ${res.statusCode} and no JSON`));
+            }
+          });
+          res.on("error", reject);
+        },
+      );
+      req.on("timeout", () => req.destroy(new Error("timed out")));
+      req.on("error", (error) => reject(error instanceof MeshwardError ? error : new MeshwardError("E_KUBERNETES_UNAVAILABLE", `the Kubernetes API at ${options.apiServer} failed: ${error.message}`)));
+      req.end(payload);
+    });
+  return {
+    async reviewToken(token, audiences) {
+      const { status, json } = await call("POST", "/apis/authentication.k8s.io/v1/tokenreviews", {
+        apiVersion: "authentication.k8s.io/v1",
+        kind: "TokenReview",
+        spec: { token, audiences },
+      });
+      if (status !== 200 && status !== 201) throw apiError("TokenReview", status, json);
+      return ((json as { status?: TokenReviewStatus }).status ?? {}) as TokenReviewStatus;
+    },
+    async getPod(namespace, name) {
+      if (!SEGMENT.test(namespace) || !SEGMENT.test(name)) return undefined;
+      const { status, json } = await call("GET", `/api/v1/namespaces/${namespace}/pods/${name}`);
+      if (status === 404) return undefined;
+      if (status !== 200) throw apiError("pod read", status, json);
+      return json as PodObject;
+    },
+  };
+}
+
+function apiError(what: string, status: number, json: unknown): MeshwardError {
+  const message = typeof (json as { message?: unknown })?.message === "string" ? (json as { message: string }).message.slice(0, 300) : "";
+  const hint = status === 401 || status === 403 ? " (check the CA's RBAC: create tokenreviews, get pods; see docs/migrating-from-dapr-sentry.md)" : "";
+  return new MeshwardError("E_KUBERNETES_UNAVAILABLE", `the Kubernetes ${what} failed with HTTP ${status}${message ? `: ${message}` : ""}${hint}`);
+}

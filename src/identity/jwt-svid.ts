@@ -1,0 +1,122 @@
+import { createLocalJWKSet, errors as joseErrors, jwtVerify, type JSONWebKeySet, type JWTPayload, type JWTVerifyOptions } from "jose";
+import { MeshwardError } from "../errors.ts";
+import { parseSpiffeId } from "../spiffe/id.ts";
+import { fetchFromCa, type CaConnection } from "./ca-client.ts";
+
+/** JWT-SVID spec §3: RS/PS/ES families; EdDSA as meshward's CA can sign it. Never HS* or none. */
+const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
+
+export interface JwtSvidValidatorOptions {
+  /** The CA (address, bundle, trust domain, optionally its SPIFFE ID): keys are fetched from its /.well-known/jwks.json. */
+  readonly ca: Omit<CaConnection, "clientCertificate">;
+  /** Only tokens for SPIFFE IDs in this trust domain pass (default: the CA's). */
+  readonly trustDomain?: string;
+  /** Do not refetch the keys more often than this when a token names an unknown kid. */
+  readonly refreshCooldownMs?: number;
+  readonly clock?: () => Date;
+}
+
+export interface ValidatedJwtSvid {
+  readonly spiffeId: string;
+  readonly audiences: readonly string[];
+  readonly expiresAt: Date;
+  readonly claims: JWTPayload;
+}
+
+export interface JwtSvidValidator {
+  /** Verifies a JWT-SVID for `audience` (signature, exp, aud, sub); E_TOKEN_* when it does not pass. */
+  validate(token: string, audience: string): Promise<ValidatedJwtSvid>;
+  /** Fetches the CA's JWKS now (also done on first use and when a token names an unknown key). */
+  refresh(): Promise<void>;
+}
+
+/**
+ * Validates JWT-SVIDs (SPIFFE JWT-SVID spec §3–§5) against the keys the meshward CA publishes,
+ * fetched over TLS from the CA verified by its SPIFFE ID. A token signed with a key the cached
+ * set lacks triggers one refetch (the CA rotates its JWT key with its issuer).
+ */
+export function createJwtSvidValidator(options: JwtSvidValidatorOptions): JwtSvidValidator {
+  const trustDomain = options.trustDomain ?? options.ca.trustDomain;
+  const clock = options.clock ?? (() => new Date());
+  const cooldown = options.refreshCooldownMs ?? 30_000;
+  let keys: ReturnType<typeof createLocalJWKSet> | undefined;
+  let fetchedAt = -Infinity;
+  let inflight: Promise<void> | undefined;
+
+  const refresh = async () => {
+    inflight ??= (async () => {
+      try {
+        const body = await fetchFromCa(options.ca, "/.well-known/jwks.json", 1 << 20);
+        let jwks: JSONWebKeySet;
+        try {
+          jwks = JSON.parse(body.toString("utf8")) as JSONWebKeySet;
+          keys = createLocalJWKSet(jwks);
+        } catch (error) {
+          throw new MeshwardError("E_JWKS_INVALID", `the CA's /.well-known/jwks.json is not a JWKS: ${(error as Error).message}`);
+        }
+        fetchedAt = Date.now();
+      } finally {
+        inflight = undefined;
+      }
+    })();
+    return inflight;
+  };
+
+  const verify = async (token: string, audience: string) => {
+    if (keys === undefined) await refresh();
+    const at = clock();
+    const options: JWTVerifyOptions = { audience, algorithms: ALGORITHMS, currentDate: at, requiredClaims: ["exp", "sub", "aud"] };
+    try {
+      return await jwtVerify(token, keys!, options);
+    } catch (error) {
+      if (error instanceof joseErrors.JWKSNoMatchingKey && Date.now() - fetchedAt >= cooldown) {
+        await refresh();
+        return await jwtVerify(token, keys!, options);
+      }
+      throw error;
+    }
+  };
+
+  return {
+    refresh,
+    async validate(token, audience) {
+      if (typeof token !== "string" || token.length === 0 || token.length > 16 * 1024) throw new MeshwardError("E_TOKEN_INVALID", "the JWT-SVID is empty or too long");
+      let result;
+      try {
+        result = await verify(token.trim(), audience);
+      } catch (error) {
+        throw classify(error);
+      }
+      const { payload, protectedHeader } = result;
+      if (protectedHeader.typ !== undefined && protectedHeader.typ !== "JWT" && protectedHeader.typ !== "JOSE") {
+        throw new MeshwardError("E_TOKEN_INVALID", `the JWT-SVID's typ header is ${JSON.stringify(protectedHeader.typ)} (JWT-SVID §2.3: JWT or JOSE)`);
+      }
+      let spiffeId;
+      try {
+        spiffeId = parseSpiffeId(payload.sub as string);
+      } catch {
+        throw new MeshwardError("E_TOKEN_CLAIMS", "the JWT-SVID's sub is not a SPIFFE ID");
+      }
+      if (spiffeId.path === "") throw new MeshwardError("E_TOKEN_CLAIMS", "the JWT-SVID's sub names a trust domain, not a workload");
+      if (spiffeId.trustDomain !== trustDomain) {
+        throw new MeshwardError("E_TRUST_DOMAIN_MISMATCH", `the JWT-SVID is for ${spiffeId.toString()}, outside trust domain ${trustDomain}`);
+      }
+      const aud = payload.aud;
+      return { spiffeId: spiffeId.toString(), audiences: Array.isArray(aud) ? aud : [aud as string], expiresAt: new Date((payload.exp as number) * 1000), claims: payload };
+    },
+  };
+}
+
+function classify(error: unknown): MeshwardError {
+  if (error instanceof MeshwardError) return error;
+  if (error instanceof joseErrors.JWTExpired) return new MeshwardError("E_TOKEN_EXPIRED", "the JWT-SVID has expired");
+  if (error instanceof joseErrors.JWTClaimValidationFailed) {
+    if (error.claim === "aud") return new MeshwardError("E_TOKEN_AUDIENCE", "the JWT-SVID was issued for another audience");
+    return new MeshwardError("E_TOKEN_CLAIMS", `the JWT-SVID's ${error.claim} claim is not acceptable: ${error.reason}`);
+  }
+  if (error instanceof joseErrors.JWSSignatureVerificationFailed || error instanceof joseErrors.JWKSNoMatchingKey) {
+    return new MeshwardError("E_TOKEN_SIGNATURE", "the JWT-SVID's signature does not verify with the CA's published keys");
+  }
+  if (error instanceof joseErrors.JOSEAlgNotAllowed) return new MeshwardError("E_TOKEN_SIGNATURE", "the JWT-SVID uses a signature algorithm JWT-SVIDs do not allow");
+  return new MeshwardError("E_TOKEN_INVALID", "the JWT-SVID is malformed");
+}
