@@ -27,7 +27,8 @@ export function daprAttestors(config: CaConfig, trustDomain: string, servingId: 
     const defaultAudiences = config.jwks.mapping === "kubernetes" ? kubernetesAudiences : [servingId];
     const validator = jwksAttestor({ ...config.jwks, trustDomain, defaultAudiences });
     attestors.set("jwks", validator);
-    if (config.kubernetes === undefined && config.jwks.issuer !== undefined) {
+    // A KUBERNETES token must have its issuer checked: configured, or found by OIDC discovery.
+    if (config.kubernetes === undefined && (config.jwks.issuer !== undefined || config.jwks.kubernetes !== undefined)) {
       attestors.set(
         "kubernetes",
         config.jwks.mapping === "kubernetes" ? validator : jwksAttestor({ ...config.jwks, audience: undefined, mapping: "kubernetes", trustDomain, defaultAudiences: kubernetesAudiences }, "kubernetes"),
