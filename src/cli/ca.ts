@@ -16,7 +16,7 @@ export function registerCaCommand(program: Command): void {
   const ca = program.command("ca").description("run the meshward certificate authority");
 
   ca.command("init")
-    .description("create a CA directory: a root (10 years) and an issuer (1 year), or import your organisation's")
+    .description("create a CA directory: generate a root (10 years) and an issuer (1 year), or import your organisation's root and issuer with --root-cert, --issuer-cert and --issuer-key")
     .requiredOption("--trust-domain <td>", "trust domain, e.g. prod.example.com")
     .requiredOption("--dir <dir>", "CA directory to create (refuses to overwrite an existing CA)")
     .option("--passphrase-file <file>", "encrypt the key files at rest with this passphrase (or set MESHWARD_CA_PASSPHRASE)")

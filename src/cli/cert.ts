@@ -173,7 +173,14 @@ export function registerCertCommand(program: Command): void {
         ];
         process.stdout.write(`${lines.join("\n")}\n`);
       }
-      if (leftMs <= 0 || (warnMs !== undefined && leftMs < warnMs)) process.exitCode = 1;
+      // Exit 1 says why on stderr (stdout stays the report a script reads).
+      if (leftMs <= 0) {
+        process.stderr.write(`meshward: ${file} expired at ${result.notAfter}\n`);
+        process.exitCode = 1;
+      } else if (warnMs !== undefined && leftMs < warnMs) {
+        process.stderr.write(`meshward: ${file} expires within --warn ${opts.warn}: ${result.timeLeft} (at ${result.notAfter})\n`);
+        process.exitCode = 1;
+      }
     });
 }
 

@@ -37,10 +37,18 @@ export function cliLogger(component: string, options: { logFormat?: string; logL
   return createLogger({ component, format: options.logFormat === "pretty" ? "pretty" : "json", level: (options.logLevel ?? "info") as LogLevel });
 }
 
-/** Resolves when SIGTERM or SIGINT arrives. */
+/**
+ * Resolves when SIGTERM or SIGINT arrives, and keeps the process up until then. Signal
+ * handlers do not hold Node's event loop open, and a long-running command may have nothing
+ * else that does: `meshward identity --out DIR` alone has only its (unref'd) renewal timer,
+ * so without this it exited right after "ready" (code 13, unsettled top-level await) and never
+ * renewed (issue 15, item 1).
+ */
 export function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
+    const keepAlive = setInterval(() => undefined, 1 << 30);
     const handler = (signal: NodeJS.Signals) => {
+      clearInterval(keepAlive);
       process.off("SIGTERM", handler);
       process.off("SIGINT", handler);
       resolve(signal);

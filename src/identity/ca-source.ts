@@ -309,7 +309,7 @@ class CaSource implements CaIdentitySource {
 
 /** Errors that retrying cannot fix before a person acts (ready() rejects; retries go on). */
 function isFatal(error: unknown): boolean {
-  return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID|AUDIENCE|SIGNATURE|ISSUER)|IDENTITY_MISMATCH|SPIFFE_MISMATCH|VALIDATOR_DISABLED|TRUST_DOMAIN_MISMATCH)$/.test(error.code);
+  return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID|AUDIENCE|SIGNATURE|ISSUER)|IDENTITY_MISMATCH|SPIFFE_MISMATCH|VALIDATOR_DISABLED|TRUST_DOMAIN_MISMATCH|CA_UNTRUSTED|CA_NOT_TLS)$/.test(error.code);
 }
 
 interface PublishedBundle {
