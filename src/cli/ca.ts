@@ -103,9 +103,10 @@ export function registerCaCommand(program: Command): void {
       const logger = cliLogger("ca", opts);
       const passphrase = readPassphrase(opts.passphraseFile);
       const server = await startCaServer({ dir: opts.dir, config, logger, ...(passphrase !== undefined ? { passphrase } : {}) });
+      const stopped = untilSignal();
       process.stdout.write(`meshward CA listening on ${server.address} as ${server.spiffeId}\n`);
       if (server.status !== undefined) process.stdout.write(`status page: ${server.status.url}/\n`);
-      const signal = await untilSignal();
+      const signal = await stopped;
       logger.info({ event: "ca-stopping", signal }, "stopping");
       await server.close();
     });

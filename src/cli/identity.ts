@@ -12,6 +12,7 @@ import { createStatusRoutes } from "../dashboard/routes.ts";
 import { identityStatus } from "../dashboard/identity-feed.ts";
 import { resolveStatusToken } from "../dashboard/token.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
+import { prepareOutDir, readResumableSvid } from "../identity/resume.ts";
 import { cliLogger, collect, logFormatOption, logLevelOption, untilSignal } from "./options.ts";
 
 const VALIDATORS = { "join-token": "JOIN_TOKEN", jwks: "JWKS", kubernetes: "KUBERNETES", insecure: "INSECURE" } as const;
@@ -28,7 +29,7 @@ export function registerIdentityCommand(program: Command): void {
     .option("--namespace <ns>", "namespace to ask for (checked against what the CA issues)")
     .option("--app-id <id>", "app id to ask for (checked against what the CA issues)")
     .option("--dns-name <name>", "DNS name for the certificate (repeatable; the token must allow it)", collect)
-    .option("--out <dir>", "write cert.pem, key.pem (0600) and bundle.pem here on every rotation")
+    .option("--out <dir>", "write cert.pem, key.pem (0600) and bundle.pem here on every rotation (created 0700 when missing); a valid certificate left here by an earlier run renews the identity without a new token")
     .option("--on-rotate <command>", "shell command run after each write (e.g. 'nginx -s reload')")
     .option("--workload-api-socket <path>", "serve the SPIFFE Workload API on this unix socket")
     .option("--status <addr>", "serve /metrics, /healthz, /readyz and the status page (/) on HOST:PORT")
@@ -42,13 +43,18 @@ export function registerIdentityCommand(program: Command): void {
       }
       if (opts.onRotate !== undefined && opts.out === undefined) throw new MeshwardError("E_USAGE", "--on-rotate needs --out");
       const token = opts.token ?? (opts.tokenFile === undefined ? process.env.MESHWARD_TOKEN : undefined);
-      if (token === undefined && opts.tokenFile === undefined) throw new MeshwardError("E_USAGE", "a token is needed: --token, --token-file or MESHWARD_TOKEN");
+      const logger = cliLogger("identity", opts);
+      // Local checks first: nothing may spend a single-use token and then fail on this host.
+      const outDir = opts.out !== undefined ? prepareOutDir(opts.out) : undefined;
+      const resume = outDir !== undefined ? readResumableSvid(outDir, { namespace: opts.namespace, appId: opts.appId, now: new Date(), logger }) : undefined;
+      if (token === undefined && opts.tokenFile === undefined && resume === undefined) {
+        throw new MeshwardError("E_USAGE", `a token is needed: --token, --token-file or MESHWARD_TOKEN${outDir !== undefined ? ` (or a valid certificate and key from an earlier run in ${opts.out})` : ""}`);
+      }
       // Checked before anything starts: a status page off loopback needs a token.
       const statusBind = opts.status !== undefined ? parseHostPort(opts.status, "--status") : undefined;
       const statusPageToken = statusBind !== undefined ? resolveStatusToken(statusBind.host, opts.statusTokenFile) : undefined;
       const bundleRefreshMs = parseDuration(opts.bundleRefreshInterval, "--bundle-refresh-interval");
       if (bundleRefreshMs < 1000) throw new MeshwardError("E_USAGE", "--bundle-refresh-interval: at least 1s");
-      const logger = cliLogger("identity", opts);
       const metrics = createMetrics({ processMetrics: true });
       const mesh = createMeshMetrics(metrics);
       const source = createIdentity({
@@ -62,6 +68,7 @@ export function registerIdentityCommand(program: Command): void {
         ...(opts.namespace !== undefined ? { namespace: opts.namespace } : {}),
         ...(opts.appId !== undefined ? { appId: opts.appId } : {}),
         ...(opts.dnsName !== undefined ? { dnsNames: opts.dnsName } : {}),
+        ...(resume !== undefined ? { resume } : {}),
       });
       const stopInstrumenting = instrumentIdentity(source, mesh);
       const closers: (() => Promise<void>)[] = [];
@@ -69,7 +76,7 @@ export function registerIdentityCommand(program: Command): void {
       try {
         const snapshot = await source.ready();
         if (opts.out !== undefined) {
-          const sink = startFileSink({ source, dir: opts.out, logger, ...(opts.onRotate !== undefined ? { onRotate: opts.onRotate } : {}) });
+          const sink = startFileSink({ source, dir: outDir ?? opts.out, logger, ...(opts.onRotate !== undefined ? { onRotate: opts.onRotate } : {}) });
           closers.push(() => sink.close());
           await sink.ready();
         }
@@ -92,8 +99,9 @@ export function registerIdentityCommand(program: Command): void {
           statusAddress = `${bound.host}:${bound.port}`;
           logger.info({ event: "status-listening", address: statusAddress }, "status endpoints listening");
         }
+        const stopped = untilSignal();
         process.stdout.write(`meshward identity ready: ${snapshot.svid.spiffeId} (serial ${snapshot.svid.serial}, valid until ${snapshot.svid.notAfter.toISOString()})${statusAddress ? ` status=${statusAddress}` : ""}\n`);
-        await untilSignal();
+        await stopped;
       } finally {
         stopInstrumenting();
         for (const close of closers.reverse()) await close();

@@ -42,7 +42,9 @@ export function cliLogger(component: string, options: { logFormat?: string; logL
  * handlers do not hold Node's event loop open, and a long-running command may have nothing
  * else that does: `meshward identity --out DIR` alone has only its (unref'd) renewal timer,
  * so without this it exited right after "ready" (code 13, unsettled top-level await) and never
- * renewed (issue 15, item 1).
+ * renewed (issue 15, item 1). Call it before printing a ready line: a signal that arrives
+ * before its handler is installed kills the process with Node's default action (a test or a
+ * supervisor that stops the process as soon as it reads "ready" saw exit by SIGTERM).
  */
 export function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {

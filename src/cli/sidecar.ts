@@ -154,8 +154,9 @@ export function registerSidecarCommand(program: Command): void {
       const config = buildSidecarConfig(opts);
       const logger = cliLogger("sidecar", { logFormat: config.logFormat, logLevel: config.logLevel });
       const sidecar = await startSidecar(config, { logger });
+      const stopped = untilSignal();
       process.stdout.write(`${sidecar.readyLine()}\n`);
-      const signal = await untilSignal();
+      const signal = await stopped;
       logger.info({ event: "signal", signal }, "shutting down");
       const forced = () => {
         logger.warn({ event: "forced-exit" }, "second signal: closing at once");
