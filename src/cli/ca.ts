@@ -1,4 +1,4 @@
-import { Command, Option } from "commander";
+import { Command } from "commander";
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
@@ -10,7 +10,7 @@ import { withCaStore } from "./store.ts";
 import { startCaServer } from "../ca/server.ts";
 import { MeshwardError } from "../errors.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
-import { cliLogger, collect, logFormatOption, logLevelOption, readPassphrase, readTextFile, untilSignal } from "./options.ts";
+import { cliLogger, collect, logFormatOption, logLevelOption, readPassphrase, readTextFile, untilSignal, validatorOption } from "./options.ts";
 
 export function registerCaCommand(program: Command): void {
   const ca = program.command("ca").description("run the meshward certificate authority");
@@ -89,7 +89,7 @@ export function registerCaCommand(program: Command): void {
     .option("--workload-ttl <duration>", "workload certificate lifetime [default: 24h]")
     .option("--clock-skew <duration>", "NotBefore backdating for clock skew [default: 15m]")
     .option("--dns-name <name>", "DNS name in the CA's serving certificate (repeatable) [default: localhost]", collect)
-    .addOption(new Option("--default-validator <name>", "validator for requests that name none").choices(["join-token", "jwks", "insecure"]))
+    .addOption(validatorOption("--default-validator <name>", "validator for requests that name none", ["join-token", "jwks", "insecure"]))
     .option("--jwks-file <file>", "enable the JWT validator with this JWKS file")
     .option("--jwks-url <url>", "enable the JWT validator with this JWKS URL")
     .option("--jwt-issuer <iss>", "required JWT issuer")

@@ -13,7 +13,7 @@ import { parseSpiffeId } from "../spiffe/id.ts";
 import type { IssuanceRecord } from "../store/store.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
-import { collect, readTextFile } from "./options.ts";
+import { collect, readTextFile, validatorOption } from "./options.ts";
 import { withCaStore } from "./store.ts";
 
 const VALIDATOR_CHOICES: Record<string, ValidatorChoice> = {
@@ -34,7 +34,7 @@ export function registerCertCommand(program: Command): void {
     .option("--token <token>", "join token or JWT (or --token-file, or MESHWARD_TOKEN)")
     .option("--token-file <file>", "file holding the token")
     .requiredOption("--out <dir>", "directory for cert.pem, key.pem (0600) and bundle.pem")
-    .addOption(new Option("--validator <name>", "how the CA checks the token").choices(Object.keys(VALIDATOR_CHOICES)).default("join-token"))
+    .addOption(validatorOption("--validator <name>", "how the CA checks the token", Object.keys(VALIDATOR_CHOICES), "join-token"))
     .option("--namespace <ns>", "namespace to ask for (must match what the token proves)", "")
     .option("--app-id <id>", "app id to ask for (must match what the token proves)", "")
     .option("--trust-domain <td>", "trust domain [default: read from the bundle's root]")

@@ -1,4 +1,4 @@
-import { Option, type Command } from "commander";
+import type { Command } from "commander";
 import { createIdentity } from "../identity/ca-source.ts";
 import { startFileSink } from "../identity/file-sink.ts";
 import { instrumentIdentity } from "../identity/instrument.ts";
@@ -13,7 +13,7 @@ import { identityStatus } from "../dashboard/identity-feed.ts";
 import { resolveStatusToken } from "../dashboard/token.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
 import { prepareOutDir, readResumableSvid } from "../identity/resume.ts";
-import { cliLogger, collect, logFormatOption, logLevelOption, untilSignal } from "./options.ts";
+import { cliLogger, collect, logFormatOption, logLevelOption, untilSignal, validatorOption } from "./options.ts";
 
 const VALIDATORS = { "join-token": "JOIN_TOKEN", jwks: "JWKS", kubernetes: "KUBERNETES", insecure: "INSECURE" } as const;
 
@@ -25,7 +25,7 @@ export function registerIdentityCommand(program: Command): void {
     .requiredOption("--bundle <file>", "bootstrap trust bundle (PEM) that the CA's certificate must chain to")
     .option("--token <token>", "join token or JWT for the first certificate (or MESHWARD_TOKEN)")
     .option("--token-file <file>", "file holding the token, re-read at each use (Kubernetes projected tokens rotate)")
-    .addOption(new Option("--validator <name>", "how the CA checks the token").choices(Object.keys(VALIDATORS)).default("join-token"))
+    .addOption(validatorOption("--validator <name>", "how the CA checks the token", Object.keys(VALIDATORS), "join-token"))
     .option("--namespace <ns>", "namespace to ask for (checked against what the CA issues)")
     .option("--app-id <id>", "app id to ask for (checked against what the CA issues)")
     .option("--dns-name <name>", "DNS name for the certificate (repeatable; the token must allow it)", collect)

@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
-import { Option } from "commander";
+import { InvalidArgumentError, Option } from "commander";
+import { validatorEnumName, validatorFlagName } from "../config/fields.ts";
 import { createLogger, type LogLevel, type Logger } from "../telemetry/logger.ts";
 import { MeshwardError } from "../errors.ts";
 
@@ -25,6 +26,20 @@ export function readTextFile(file: string, what: string): string {
   } catch (error) {
     throw new MeshwardError("E_FILE_MISSING", `cannot read ${what} ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
   }
+}
+
+/**
+ * `--validator NAME` (or `--default-validator`): the CLI spelling (`join-token`) and Dapr's enum
+ * spelling that the docs use (`JOIN_TOKEN`) are both accepted; the value is the CLI spelling.
+ */
+export function validatorOption(flags: string, description: string, names: readonly string[], defaultName?: string): Option {
+  const listed = names.map((n) => `${n} (${validatorEnumName(n)})`).join(", ");
+  const option = new Option(flags, `${description}: ${listed}`).argParser((value: string) => {
+    const name = validatorFlagName(value);
+    if (!names.includes(name)) throw new InvalidArgumentError(`Allowed: ${listed}.`);
+    return name;
+  });
+  return defaultName === undefined ? option : option.default(defaultName);
 }
 
 export const logFormatOption = () =>

@@ -4,7 +4,8 @@ import { sidecarConfigSchema } from "../config/sidecar.ts";
 import type { SidecarConfig } from "../config/sidecar.ts";
 import { MeshwardError } from "../errors.ts";
 import { startSidecar } from "../proxy/sidecar.ts";
-import { cliLogger, collect, readTextFile, untilSignal } from "./options.ts";
+import { cliLogger, collect, readTextFile, untilSignal, validatorOption } from "./options.ts";
+import { validatorEnumName } from "../config/fields.ts";
 
 /** Flag → config field (top level, or limits.<field>). */
 const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: readonly string[], kind?: "number"])[] = [
@@ -96,7 +97,7 @@ export function buildSidecarConfig(opts: Record<string, unknown>): SidecarConfig
   }
   for (const [key, flag] of [["mode", "--mode"], ["protocol", "--protocol"], ["validator", "--validator"], ["logLevel", "--log-level"], ["logFormat", "--log-format"]] as const) {
     if (opts[key] !== undefined) {
-      merged[key] = key === "validator" ? String(opts[key]).toUpperCase().replace("-", "_") : opts[key];
+      merged[key] = key === "validator" ? validatorEnumName(String(opts[key])) : opts[key];
       fromFlag.set(key, flag);
     }
   }
@@ -141,11 +142,15 @@ export function registerSidecarCommand(program: Command): void {
     .option("--config <file>", "sidecar YAML config; flags override its fields");
   for (const [flag, key] of SCALAR_FLAGS) command.option(flag, FIELD_HELP[key] ?? key);
   command
-    .addOption(new Option("--validator <name>", FIELD_HELP.validator ?? "").choices(["join-token", "jwks", "kubernetes", "insecure"]))
+    .addOption(validatorOption("--validator <name>", "how the CA checks the token", ["join-token", "jwks", "kubernetes", "insecure"]))
     .option("--dns-name <name>", `${FIELD_HELP.dnsNames} Repeatable.`, collect)
     .option("--peer <APPID=HOST:PORT>", `${FIELD_HELP.peers} Repeatable.`, collect)
     .option("--tcp-upstream <APPID=HOST:PORT>", `${FIELD_HELP.tcpUpstreams} Repeatable.`, collect)
-    .option("--egress <spec>", `${FIELD_HELP.egress} spec: listen=HOST:PORT,backend=HOST:PORT[,serverName=N][,caFile=F][,mtls=true]. Repeatable.`, collect)
+    .option(
+      "--egress <spec>",
+      `${FIELD_HELP.egress} spec: listen=HOST:PORT,backend=HOST:PORT[,serverName=N][,caFile=F][,mtls=true][,expectSpiffeId=ID][,protocol=tls|postgres] (protocol=postgres for PostgreSQL's SSLRequest). Repeatable.`,
+      collect,
+    )
     .addOption(new Option("--mode <mode>", `${FIELD_HELP.mode} (default strict)`).choices(["strict", "permissive"]))
     .addOption(new Option("--protocol <protocol>", `${FIELD_HELP.protocol} (default http)`).choices(["http", "tcp"]))
     .addOption(new Option("--log-format <format>", "log format: json (default) or pretty").choices(["json", "pretty"]))

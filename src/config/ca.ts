@@ -1,6 +1,6 @@
 import * as z from "zod";
 import { parseTrustDomain } from "../spiffe/id.ts";
-import { hostPort } from "./fields.ts";
+import { hostPort, validatorFlagName } from "./fields.ts";
 import { parseDuration } from "../util/duration.ts";
 
 const duration = (what: string) =>
@@ -53,7 +53,9 @@ export const caConfigSchema = z
     workloadTtl: duration("workload TTL").default(parseDuration("24h")).describe("Lifetime of workload certificates (capped by the issuer's remaining life)."),
     clockSkew: duration("clock skew").default(parseDuration("15m")).describe("How far NotBefore is backdated to tolerate clock skew."),
     dnsNames: z.array(z.string().min(1)).default(["localhost"]).describe("DNS names in the CA's own serving certificate."),
-    defaultValidator: z.enum(["join-token", "jwks", "insecure"]).default("join-token").describe("Validator used when a request names none (Dapr's UNKNOWN)."),
+    defaultValidator: z
+      .preprocess((v) => (typeof v === "string" ? validatorFlagName(v) : v), z.enum(["join-token", "jwks", "insecure"]))
+      .default("join-token").describe("Validator used when a request names none (Dapr's UNKNOWN)."),
     jwks: jwksValidatorSchema.optional().describe("JWT/JWKS validator (also serves Dapr's KUBERNETES validator)."),
     allowInsecureDev: z.boolean().default(false).describe("Allow the `insecure` validator (no proof of identity). Development only; logged loudly."),
     signingWorkers: z

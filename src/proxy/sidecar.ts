@@ -1,5 +1,5 @@
 import type { Logger } from "pino";
-import type { SidecarConfig } from "../config/sidecar.ts";
+import { DEFAULT_INBOUND, type SidecarConfig } from "../config/sidecar.ts";
 import { describeError, MeshwardError } from "../errors.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
 import { createIdentity } from "../identity/ca-source.ts";
@@ -28,7 +28,8 @@ export interface SidecarDependencies {
 
 export interface SidecarAddresses {
   readonly spiffeId: string;
-  readonly inbound: HostPort;
+  /** Undefined for an outbound-only sidecar (no app): it has no inbound listener. */
+  readonly inbound: HostPort | undefined;
   readonly outbound: HostPort | undefined;
   readonly tcp: Readonly<Record<string, HostPort>>;
   readonly egress: readonly HostPort[];
@@ -131,17 +132,22 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
     const snapshot = await identity.ready();
     const trustDomain = snapshot.bundle.trustDomain;
 
-    const inbound = await startInbound({
-      listen: parseHostPort(config.inbound, "inbound"),
-      app: parseHostPort(config.app, "app"),
-      protocol: config.protocol,
-      mode: config.mode,
-      limits: config.limits,
-      identity,
-      policy,
-      telemetry,
-    });
-    closers.push(() => inbound.close());
+    // No app, no inbound listener: an app that only calls others (Dapr: a sidecar without an app port).
+    const inbound =
+      config.app === undefined
+        ? undefined
+        : await startInbound({
+            listen: parseHostPort(config.inbound ?? DEFAULT_INBOUND, "inbound"),
+            app: parseHostPort(config.app, "app"),
+            protocol: config.protocol,
+            mode: config.mode,
+            limits: config.limits,
+            identity,
+            policy,
+            telemetry,
+          });
+    if (inbound !== undefined) closers.push(() => inbound.close());
+    else logger.info({ event: "outbound-only" }, "no app configured: outbound only, no inbound listener");
     if (config.mode === "permissive") logger.warn({ event: "permissive" }, "PERMISSIVE mode: plaintext is accepted on the inbound port (counted in meshward_plaintext_connections_total)");
 
     const outbound = await startOutbound({
@@ -170,9 +176,9 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
     if (statusAt !== undefined) {
       const health = createHealth();
       health.register("identity", () => {
-        const h = inbound.health();
+        const h = inbound?.health();
         const current = identity.current();
-        if (!h.healthy || current === undefined) return { ok: false, detail: h.reason ?? "no valid certificate (expired or not yet issued)" };
+        if (h?.healthy === false || current === undefined) return { ok: false, detail: h?.reason ?? "no valid certificate (expired or not yet issued)" };
         return { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` };
       });
       health.register("draining", () => (draining ? { ok: false, detail: "shutting down" } : { ok: true }));
@@ -186,7 +192,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       status = { host: bound.host, port: bound.port };
     }
 
-    const addresses: SidecarAddresses = { spiffeId: snapshot.svid.spiffeId, inbound: inbound.address, outbound: outbound.address, tcp: outbound.tcp, egress, status };
+    const addresses: SidecarAddresses = { spiffeId: snapshot.svid.spiffeId, inbound: inbound?.address, outbound: outbound.address, tcp: outbound.tcp, egress, status };
     let closing: Promise<void> | undefined;
     return {
       addresses,
@@ -194,7 +200,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       readyLine: () =>
         [
           `meshward sidecar ready: id=${addresses.spiffeId}`,
-          `inbound=${formatHostPort(addresses.inbound)}`,
+          ...(addresses.inbound ? [`inbound=${formatHostPort(addresses.inbound)}`] : []),
           ...(addresses.outbound ? [`outbound=${formatHostPort(addresses.outbound)}`] : []),
           ...Object.entries(addresses.tcp).map(([app, a]) => `tcp.${app}=${formatHostPort(a)}`),
           ...addresses.egress.map((a, i) => `egress.${i}=${formatHostPort(a)}`),
@@ -206,7 +212,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
         (closing ??= (async () => {
           draining = true;
           logger.info({ event: "draining", deadlineMs: config.limits.drainTimeout }, "draining: no new connections, waiting for in-flight requests");
-          await Promise.all([inbound.drain(config.limits.drainTimeout), outbound.drain(config.limits.drainTimeout)]);
+          await Promise.all([inbound?.drain(config.limits.drainTimeout), outbound.drain(config.limits.drainTimeout)]);
           await closeAll();
         })()),
       close: () => (closing ??= closeAll()),
