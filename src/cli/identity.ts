@@ -12,7 +12,8 @@ import { createStatusRoutes } from "../dashboard/routes.ts";
 import { identityStatus } from "../dashboard/identity-feed.ts";
 import { resolveStatusToken } from "../dashboard/token.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
-import { prepareOutDir, readResumableSvid } from "../identity/resume.ts";
+import { readResumableSvid } from "../identity/resume.ts";
+import { checkSocketDir, prepareOutDir } from "../identity/local-paths.ts";
 import { cliLogger, collect, logFormatOption, logLevelOption, untilSignal, validatorOption } from "./options.ts";
 
 const VALIDATORS = { "join-token": "JOIN_TOKEN", jwks: "JWKS", kubernetes: "KUBERNETES", insecure: "INSECURE" } as const;
@@ -46,6 +47,7 @@ export function registerIdentityCommand(program: Command): void {
       const logger = cliLogger("identity", opts);
       // Local checks first: nothing may spend a single-use token and then fail on this host.
       const outDir = opts.out !== undefined ? prepareOutDir(opts.out) : undefined;
+      if (opts.workloadApiSocket !== undefined) checkSocketDir(opts.workloadApiSocket, "--workload-api-socket");
       const resume = outDir !== undefined ? readResumableSvid(outDir, { namespace: opts.namespace, appId: opts.appId, now: new Date(), logger }) : undefined;
       if (token === undefined && opts.tokenFile === undefined && resume === undefined) {
         throw new MeshwardError("E_USAGE", `a token is needed: --token, --token-file or MESHWARD_TOKEN${outDir !== undefined ? ` (or a valid certificate and key from an earlier run in ${opts.out})` : ""}`);

@@ -1,34 +1,13 @@
-import { accessSync, constants, existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import type { Logger } from "pino";
-import { describeError, MeshwardError } from "../errors.ts";
+import { describeError } from "../errors.ts";
 import { inspectCertificate, toX509 } from "../pki/inspect.ts";
 import { decodePrivateKey, keysMatch } from "../pki/keys.ts";
 import { certificatesFromPem } from "../pki/pem.ts";
 import { parseWorkloadId } from "../spiffe/id.ts";
 import { CERT_FILE, KEY_FILE } from "./file-sink.ts";
 import type { Svid } from "./source.ts";
-
-/**
- * Makes sure the directory an identity is written to exists (missing directories are created
- * 0700, parents included) and is writable, before anything is sent to the CA: a local mistake
- * must never spend a single-use join token (issue 15, item 4). Returns the absolute path.
- */
-export function prepareOutDir(dir: string, flag = "--out"): string {
-  const path = resolve(dir);
-  try {
-    mkdirSync(path, { recursive: true, mode: 0o700 });
-  } catch (error) {
-    throw new MeshwardError("E_OUT_DIR", `${flag} ${dir}: cannot create the directory (${(error as NodeJS.ErrnoException).code ?? describeError(error)}); create it, writable by this user, or choose another`);
-  }
-  if (!statSync(path).isDirectory()) throw new MeshwardError("E_OUT_DIR", `${flag} ${dir}: not a directory`);
-  try {
-    accessSync(path, constants.W_OK | constants.X_OK);
-  } catch (error) {
-    throw new MeshwardError("E_OUT_DIR", `${flag} ${dir}: not writable by this user (${(error as NodeJS.ErrnoException).code ?? describeError(error)})`);
-  }
-  return path;
-}
 
 /**
  * The certificate and key an earlier run left in `dir`, when they can still renew the
