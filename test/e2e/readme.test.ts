@@ -85,6 +85,22 @@ describe("README.md, followed in a clean copy of the repository", () => {
     expect(run.stdout.trim().split("\n")).toEqual(promised);
   }, 60_000);
 
+  it("docs/sdk.md covers authorize's default, expect, hot swap and errors, naming only real exports and error codes", async () => {
+    const sdk = readFileSync(join(ROOT, "docs/sdk.md"), "utf8");
+    for (const heading of ["## Servers: `authorize`", "## Clients: `expect`", "## Hot swap", "## Errors"]) expect(sdk).toContain(heading);
+    expect(sdk).toMatch(/\*\(left out\)\* \| \*\*any workload of this server's own trust domain\*\*/);
+    expect(README).toContain("[docs/sdk.md](docs/sdk.md)");
+    // Every SDK function it names is exported by the package (the built one, from the copy above).
+    const exported = new Set(Object.keys(await import(join(clone, "dist", "index.js"))));
+    const called = new Set([...sdk.matchAll(/`((?:create|connect|grpc|file|workload|static|mtls|https|is)[A-Z][A-Za-z0-9]*|mtlsFetch|httpsRequest)[`(]/g)].map((m) => m[1]!));
+    for (const name of called) expect(exported, `docs/sdk.md names ${name}`).toContain(name);
+    expect(called.size).toBeGreaterThanOrEqual(10);
+    // Every error code it lists is thrown somewhere in the sources.
+    const sources = (await exec("grep", ["-rhoE", "\"E_[A-Z_]+\"", join(ROOT, "src")])).stdout;
+    const thrown = new Set(sources.split("\n").map((l) => l.replaceAll('"', "")));
+    for (const code of new Set([...sdk.matchAll(/`(E_[A-Z_]+)`/g)].map((m) => m[1]!))) expect(thrown, `docs/sdk.md names ${code}`).toContain(code);
+  });
+
   it("the files the walkthrough leaves in a clone are ignored by git", async () => {
     const ignored = await exec("git", ["check-ignore", "--no-index", "ca/", "orders/", "inventory.token", "orders.token", "sdk.mjs", "dist/"], { cwd: ROOT });
     expect(ignored.stdout.trim().split("\n")).toEqual(["ca/", "orders/", "inventory.token", "orders.token", "sdk.mjs", "dist/"]);
