@@ -16,6 +16,7 @@ const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: readonl
   ["--bundle <file>", "bundle", ["bundle"]],
   ["--token <token>", "token", ["token"]],
   ["--token-file <file>", "tokenFile", ["tokenFile"]],
+  ["--out <dir>", "out", ["out"]],
   ["--inbound <addr>", "inbound", ["inbound"]],
   ["--app <addr>", "app", ["app"]],
   ["--outbound <addr>", "outbound", ["outbound"]],

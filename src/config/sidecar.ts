@@ -64,6 +64,11 @@ export const sidecarConfigSchema = z
     bundle: z.string().min(1).describe("Bootstrap trust bundle file (PEM) the CA's certificate must chain to."),
     token: z.string().min(1).optional().describe("Join token or JWT for the first certificate (prefer tokenFile or MESHWARD_TOKEN; a token here is a secret in a file)."),
     tokenFile: z.string().min(1).optional().describe("File holding the token, re-read at each use (Kubernetes projected tokens rotate)."),
+    out: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("Directory where the sidecar keeps its identity (cert.pem, key.pem 0600, bundle.pem; created 0700, rewritten on every rotation). After a restart a valid certificate found there renews the identity, so a spent single-use token is not needed again."),
     dnsNames: z.array(z.string().min(1)).default([]).describe("DNS names to ask for in the SVID (the token must allow them), so non-SPIFFE callers such as curl can verify the inbound port by host name."),
     validator: z
       .preprocess((v) => (typeof v === "string" ? validatorEnumName(v) : v), z.enum(["JOIN_TOKEN", "JWKS", "KUBERNETES", "INSECURE"]))

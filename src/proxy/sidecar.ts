@@ -4,6 +4,9 @@ import { describeError, MeshwardError } from "../errors.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
 import { createIdentity } from "../identity/ca-source.ts";
 import { instrumentIdentity } from "../identity/instrument.ts";
+import { startFileSink } from "../identity/file-sink.ts";
+import { prepareOutDir } from "../identity/local-paths.ts";
+import { readResumableSvid } from "../identity/resume.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import { createHealth, createOpsServer } from "../telemetry/health.ts";
 import { identityStatus } from "../dashboard/identity-feed.ts";
@@ -104,11 +107,17 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
     const policy = watchPolicy(config.policy, { intervalMs: config.policyReloadInterval, logger });
     closers.push(() => policy.close());
 
+    // Local checks before the CA is contacted: a local mistake must not spend a single-use token.
+    const outDir = config.out === undefined ? undefined : prepareOutDir(config.out, "out");
     let identity = deps.identity;
     if (identity === undefined) {
       const token = config.token ?? (config.tokenFile === undefined ? process.env.MESHWARD_TOKEN : undefined);
-      if (token === undefined && config.tokenFile === undefined && config.validator !== "INSECURE") {
-        throw new MeshwardError("E_USAGE", "a token is needed for the first certificate: --token, --token-file, tokenFile in the config, or MESHWARD_TOKEN");
+      const resume = outDir === undefined ? undefined : readResumableSvid(outDir, { namespace: config.namespace, appId: config.appId, now: new Date(), logger });
+      if (token === undefined && config.tokenFile === undefined && config.validator !== "INSECURE" && resume === undefined) {
+        throw new MeshwardError(
+          "E_USAGE",
+          `a token is needed for the first certificate: --token, --token-file, tokenFile in the config, or MESHWARD_TOKEN${outDir !== undefined ? ` (or a valid certificate and key from an earlier run in ${config.out})` : ""}`,
+        );
       }
       const bundlePem = readBundleFile(config.bundle);
       const source = createIdentity({
@@ -123,6 +132,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
         ...(token !== undefined ? { token } : {}),
         ...(config.tokenFile !== undefined ? { tokenFile: config.tokenFile } : {}),
         ...(config.dnsNames.length > 0 ? { dnsNames: config.dnsNames } : {}),
+        ...(resume !== undefined ? { resume } : {}),
       });
       closers.push(() => source.close());
       identity = source;
@@ -131,6 +141,11 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
     closers.push(stopInstrumenting);
     const snapshot = await identity.ready();
     const trustDomain = snapshot.bundle.trustDomain;
+    if (outDir !== undefined) {
+      const sink = startFileSink({ source: identity, dir: outDir, logger });
+      closers.push(() => sink.close());
+      await sink.ready();
+    }
 
     // No app, no inbound listener: an app that only calls others (Dapr: a sidecar without an app port).
     const inbound =

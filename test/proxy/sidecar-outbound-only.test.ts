@@ -1,4 +1,5 @@
-import { writeFileSync } from "node:fs";
+import { X509Certificate } from "node:crypto";
+import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startHttpApp, type HttpApp } from "../helpers/app-servers.ts";
@@ -75,6 +76,30 @@ describe("meshward sidecar without --app: outbound only (real process)", () => {
     const permissive = await runCli([...base, "--outbound", "127.0.0.1:0", "--mode", "permissive"]);
     expect(permissive.code).toBe(1);
     expect(permissive.stderr).toMatch(/--mode: mode: permissive mode applies to the inbound listener/);
+  });
+
+  it("item 4: with --out, a restarted sidecar renews with the certificate it left there (the token is spent)", async () => {
+    const out = join(ca.dir, "job-identity", "files");
+    const t = await ca.token("default", "restarting-job", { uses: 1 });
+    const args = ["sidecar", "--app-id", "restarting-job", "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", t, "--out", out, "--outbound", "127.0.0.1:0"];
+    const first = await startCli(args, /meshward sidecar ready: id=(\S+)/);
+    running.push(first);
+    expect(statSync(out).mode & 0o777).toBe(0o700);
+    expect(statSync(join(out, "key.pem")).mode & 0o777).toBe(0o600);
+    const firstSerial = new X509Certificate(readFileSync(join(out, "cert.pem"))).serialNumber;
+    expect(await first.stop()).toBe(0);
+
+    const again = await startCli(args, /meshward sidecar ready: id=(\S+)/);
+    running.push(again);
+    expect(again.match[1]).toBe(`spiffe://${TD}/ns/default/restarting-job`);
+    expect(again.stderr()).toContain('"event":"resuming"');
+    expect(new X509Certificate(readFileSync(join(out, "cert.pem"))).serialNumber).not.toBe(firstSerial);
+    expect(await again.stop()).toBe(0);
+
+    // Without --out the spent token is all it has, and the CA says so.
+    const without = await runCli(args.filter((a, i) => a !== "--out" && args[i - 1] !== "--out"));
+    expect(without.code).toBe(1);
+    expect(without.stderr).toMatch(/\[E_TOKEN_USED\]/);
   });
 
   it("item 6: --validator takes JOIN_TOKEN as well as join-token (cert issue, identity, sidecar), and lists both on a typo", async () => {
