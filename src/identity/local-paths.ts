@@ -8,11 +8,15 @@ import { describeError, MeshwardError } from "../errors.ts";
  * (issue 15, item 4).
  */
 
-/** The directory an identity is written to: missing directories are created 0700 (parents included), and it must be writable. Returns the absolute path. */
-export function prepareOutDir(dir: string, flag = "--out"): string {
+/**
+ * The directory an identity is written to: missing directories are created with `mode` (0700 by
+ * default; parents included), and it must be writable. Returns the absolute path. A caller that
+ * hands the files to another user (file owner options) passes a mode that user can traverse.
+ */
+export function prepareOutDir(dir: string, flag = "--out", mode = 0o700): string {
   const path = resolve(dir);
   try {
-    mkdirSync(path, { recursive: true, mode: 0o700 });
+    mkdirSync(path, { recursive: true, mode });
   } catch (error) {
     throw new MeshwardError("E_OUT_DIR", `${flag} ${dir}: cannot create the directory (${errno(error)}); create it, writable by this user, or choose another`);
   }
