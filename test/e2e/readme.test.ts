@@ -1,4 +1,4 @@
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -84,6 +84,39 @@ describe("README.md, followed in a clean copy of the repository", () => {
     expect(promised).toHaveLength(2);
     expect(run.stdout.trim().split("\n")).toEqual(promised);
   }, 60_000);
+
+  it("as a git dependency (npm install <git url> packs a clone after prepare), the package works too", async () => {
+    // npm installs a git dependency by cloning it, installing its dev dependencies, and packing it,
+    // which runs `prepare`; `npm pack` in a fresh copy without dist/ is that last step.
+    const gitClone = mkdtempSync(join(tmpdir(), "meshward-readme-git-"));
+    const app = mkdtempSync(join(tmpdir(), "meshward-readme-app-"));
+    try {
+      for (const entry of ["package.json", "bin", "src", "proto", "scripts", "tsconfig.json", "tsconfig.build.json"]) cpSync(join(ROOT, entry), join(gitClone, entry), { recursive: true });
+      symlinkSync(join(ROOT, "node_modules"), join(gitClone, "node_modules"), "dir");
+      const pack = await exec("npm", ["pack", "--pack-destination", app], { cwd: gitClone, timeoutMs: 120_000 });
+      expect(pack.code, pack.stderr).toBe(0);
+      const tarball = join(app, pack.stdout.trim().split("\n").pop()!);
+      const listing = (await exec("tar", ["tzf", tarball])).stdout.split("\n");
+      for (const file of ["package/dist/index.js", "package/dist/index.d.ts", "package/dist/bundle/main.js", "package/bin/meshward.js"]) expect(listing).toContain(file);
+      // Unpacked where npm would put it; its dependencies are this checkout's.
+      const installed = join(app, "node_modules", "meshward");
+      mkdirSync(installed, { recursive: true });
+      expect((await exec("tar", ["xzf", tarball, "-C", installed, "--strip-components=1"])).code).toBe(0);
+      symlinkSync(join(ROOT, "node_modules"), join(installed, "node_modules"), "dir");
+      // The README's snippet in that project, against the CA of the five-minute section.
+      symlinkSync(join(clone, "ca"), join(app, "ca"), "dir");
+      const t = await sh(blockAfter("## The SDK", "sh").body.replace("> inventory.token", `> ${join(app, "inventory.token")}`));
+      expect(t.code, t.stderr).toBe(0);
+      const snippet = blockAfter("## The SDK", "js", README.indexOf("## The SDK")).body;
+      writeFileSync(join(app, "sdk.mjs"), snippet.replaceAll("127.0.0.1:8443", caAddress));
+      const run = await exec("node", ["sdk.mjs"], { cwd: app, timeoutMs: 30_000 });
+      expect(run.code, run.stderr).toBe(0);
+      expect(run.stdout).toContain("200 hello spiffe://example.test/ns/shop/inventory");
+    } finally {
+      rmSync(gitClone, { recursive: true, force: true });
+      rmSync(app, { recursive: true, force: true });
+    }
+  }, 150_000);
 
   it("docs/sdk.md covers authorize's default, expect, hot swap and errors, naming only real exports and error codes", async () => {
     const sdk = readFileSync(join(ROOT, "docs/sdk.md"), "utf8");
