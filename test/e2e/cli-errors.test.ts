@@ -45,8 +45,9 @@ describe("the CLI names a user's mistake (real processes)", () => {
   it("item 5: the CA's start-up log lists only the validators that are enabled", async () => {
     const started = JSON.parse(ca.stderr().split("\n").find((line) => line.includes('"ca-started"')) as string) as { validators: string[] };
     expect(started.validators).toEqual(["join-token", "svid"]);
-    // With --allow-insecure-dev, insecure is enabled and listed (the listing is not fixed text).
-    const dev = await startCli(["ca", "serve", "--dir", caDir, "--listen", "127.0.0.1:0", "--store", `sqlite:${join(work, "dev.db")}`, "--allow-insecure-dev"], /listening on (\S+)/);
+    // With --allow-insecure-dev, insecure is enabled and listed (the listing is not fixed text);
+    // --default-validator takes Dapr's spelling too (issue 15, item 6).
+    const dev = await startCli(["ca", "serve", "--dir", caDir, "--listen", "127.0.0.1:0", "--store", `sqlite:${join(work, "dev.db")}`, "--allow-insecure-dev", "--default-validator", "JOIN_TOKEN"], /listening on (\S+)/);
     try {
       // The log line and the stdout line are separate writes: wait for the log line (bounded).
       let line: string | undefined;
