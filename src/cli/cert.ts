@@ -1,4 +1,4 @@
-import { mkdirSync } from "node:fs";
+import { prepareOutDir } from "../identity/local-paths.ts";
 import { join } from "node:path";
 import { Option, type Command } from "commander";
 import { readCaState } from "../ca/anchors.ts";
@@ -42,6 +42,8 @@ export function registerCertCommand(program: Command): void {
     .option("--json", "print the result as JSON")
     .action(async (opts) => {
       const token = readToken(opts);
+      // Before the CA is contacted: a local mistake must not spend a single-use token.
+      const out = prepareOutDir(opts.out);
       const bundlePem = readTextFile(opts.bundle, "trust bundle");
       const trustDomain = opts.trustDomain ?? trustDomainFromBundle(bundlePem, opts.bundle);
       const keyPair = generateKeyPair();
@@ -50,10 +52,9 @@ export function registerCertCommand(program: Command): void {
         { address: opts.ca, bundlePem, trustDomain },
         { csrPem, token, validator: VALIDATOR_CHOICES[opts.validator as string] as ValidatorChoice, namespace: opts.namespace, appId: opts.appId },
       );
-      mkdirSync(opts.out, { recursive: true, mode: 0o700 });
-      writeSecretFileAtomic(join(opts.out, "key.pem"), encodePrivateKey(keyPair.privateKey));
-      writeFileAtomic(join(opts.out, "cert.pem"), signed.certChainPem);
-      writeFileAtomic(join(opts.out, "bundle.pem"), signed.bundlePem);
+      writeSecretFileAtomic(join(out, "key.pem"), encodePrivateKey(keyPair.privateKey));
+      writeFileAtomic(join(out, "cert.pem"), signed.certChainPem);
+      writeFileAtomic(join(out, "bundle.pem"), signed.bundlePem);
       const info = inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer);
       if (opts.json) {
         process.stdout.write(`${JSON.stringify({ spiffeId: info.uris[0], serial: info.serial, notAfter: info.notAfter.toISOString(), dir: opts.out }, null, 2)}\n`);

@@ -134,6 +134,11 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     expect(bad.stderr).toMatch(/meshward: --out .*a-file\/meshward\/files: cannot create the directory \(ENOTDIR\).*\[E_OUT_DIR\]/);
     expect(bad.stderr).not.toMatch(/\n\s+at |unexpected error/);
 
+    // cert issue, too, checks --out before the CA is asked.
+    const badIssue = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(blocked, "issued")]);
+    expect(badIssue.code).toBe(1);
+    expect(badIssue.stderr).toMatch(/meshward: --out .*a-file\/issued: cannot create the directory \(ENOTDIR\).*\[E_OUT_DIR\]/);
+    expect(badIssue.stderr).not.toMatch(/\n\s+at |unexpected error/);
     const noSocketDir = await runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--workload-api-socket", join(work, "missing", "api.sock")]);
     expect(noSocketDir.code).toBe(1);
     expect(noSocketDir.stderr).toMatch(/meshward: --workload-api-socket .*api\.sock: the directory .*missing does not exist \(ENOENT\).*\[E_SOCKET_DIR\]/);
