@@ -2,7 +2,9 @@
 # Installs the Debian packages that meshward's tests (and, with --bench, its benchmarks) run
 # against, when they are missing. Tests use real peers (openssl, curl, nginx, haproxy, Redis,
 # PostgreSQL, promtool, Chromium) and never skip because one is absent, so this runs before
-# every `npm test` (the `pretest` script) and on CI.
+# every `npm test` (the `pretest` script) and on CI. It also installs the tools `npm ci` needs to
+# build better-sqlite3 from source when no prebuilt binary can be fetched for this Node release
+# and platform (python3, make, g++; README.md says so): run it before `npm ci` on a bare machine.
 set -euo pipefail
 
 # command-to-check  debian-package
@@ -20,6 +22,10 @@ test_deps=(
   "py:uvicorn python3-uvicorn"
   "kubectl kubectl"
   "go golang-go"
+  # node-gyp, when npm ci builds better-sqlite3 from source (and scripts/node-compat.sh always)
+  "python3 python3"
+  "make make"
+  "g++ g++"
 )
 bench_deps=(
   "wrk wrk"

@@ -113,6 +113,9 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     logger.warn({ event: "insecure-validator-enabled" }, "the INSECURE validator is enabled (--allow-insecure-dev): any caller can get any identity. Never use this outside development.");
   }
   const defaultValidator: ValidatorName = config.defaultValidator;
+  // The insecure attestor is always registered so that a request naming it gets
+  // E_VALIDATOR_DISABLED; the start-up log lists only what would issue a certificate.
+  const enabledValidators = [...attestors.keys()].filter((name) => name !== "insecure" || config.allowInsecureDev);
 
   const signingWorkers = config.signingWorkers ?? defaultSigningWorkers();
   const pool = signingWorkers === 0 ? undefined : new SigningPool(signingWorkers);
@@ -356,7 +359,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
 
   const host = bound.address;
   logger.info(
-    { event: "ca-started", address: `${host}:${bound.port}`, trustDomain: anchors.trustDomain, spiffeId, issuerNotAfter: anchors.issuer.certificate.validTo, validators: [...attestors.keys()] },
+    { event: "ca-started", address: `${host}:${bound.port}`, trustDomain: anchors.trustDomain, spiffeId, issuerNotAfter: anchors.issuer.certificate.validTo, validators: enabledValidators },
     "meshward CA serving",
   );
   return {

@@ -13,13 +13,13 @@ import { startCaServer } from "../ca/server.ts";
 import { MeshwardError } from "../errors.ts";
 import { KEY_ALGORITHMS } from "../pki/keys.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
-import { cliLogger, collect, logFormatOption, logLevelOption, readPassphrase, readTextFile, untilSignal } from "./options.ts";
+import { cliLogger, collect, logFormatOption, logLevelOption, readPassphrase, readTextFile, untilSignal, validatorOption } from "./options.ts";
 
 export function registerCaCommand(program: Command): void {
   const ca = program.command("ca").description("run the meshward certificate authority");
 
   ca.command("init")
-    .description("create a CA directory: a root (10 years) and an issuer (1 year), or import your organisation's")
+    .description("create a CA directory: generate a root (10 years) and an issuer (1 year), or import your organisation's root and issuer with --root-cert, --issuer-cert and --issuer-key")
     .requiredOption("--trust-domain <td>", "trust domain, e.g. prod.example.com")
     .requiredOption("--dir <dir>", "CA directory to create (refuses to overwrite an existing CA)")
     .option("--passphrase-file <file>", "encrypt the key files at rest with this passphrase (or set MESHWARD_CA_PASSPHRASE)")
@@ -95,7 +95,7 @@ export function registerCaCommand(program: Command): void {
     .option("--clock-skew <duration>", "NotBefore backdating for clock skew [default: 15m]")
     .option("--dns-name <name>", "DNS name in the CA's serving certificate (repeatable) [default: localhost]", collect)
     .option("--serving-spiffe-id <id>", "SPIFFE ID in the CA's serving certificate (Dapr sidecars expect spiffe://<control-plane td>/ns/<control-plane ns>/dapr-sentry) [default: spiffe://<td>/ns/meshward-system/meshward-ca]")
-    .addOption(new Option("--default-validator <name>", "validator for requests that name none").choices(["join-token", "jwks", "insecure"]))
+    .addOption(validatorOption("--default-validator <name>", "validator for requests that name none", ["join-token", "jwks", "insecure"]))
     .option("--jwks-file <file>", "enable the JWT validator with this JWKS file")
     .option("--jwks-url <url>", "enable the JWT validator with this JWKS URL")
     .option("--jwt-issuer <iss>", "required JWT issuer")
@@ -110,9 +110,10 @@ export function registerCaCommand(program: Command): void {
       const logger = cliLogger("ca", opts);
       const passphrase = readPassphrase(opts.passphraseFile);
       const server = await startCaServer({ dir: opts.dir, config, logger, ...(passphrase !== undefined ? { passphrase } : {}) });
+      const stopped = untilSignal();
       process.stdout.write(`meshward CA listening on ${server.address} as ${server.spiffeId}\n`);
       if (server.status !== undefined) process.stdout.write(`status page: ${server.status.url}/\n`);
-      const signal = await untilSignal();
+      const signal = await stopped;
       logger.info({ event: "ca-stopping", signal }, "stopping");
       await server.close();
     });

@@ -1,4 +1,4 @@
-import { mkdirSync } from "node:fs";
+import { prepareOutDir } from "../identity/local-paths.ts";
 import { join } from "node:path";
 import { Option, type Command } from "commander";
 import { readCaState } from "../ca/anchors.ts";
@@ -13,7 +13,7 @@ import { parseSpiffeId } from "../spiffe/id.ts";
 import type { IssuanceRecord } from "../store/store.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
-import { collect, readTextFile } from "./options.ts";
+import { collect, readTextFile, validatorOption } from "./options.ts";
 import { withCaStore } from "./store.ts";
 
 const VALIDATOR_CHOICES: Record<string, ValidatorChoice> = {
@@ -34,7 +34,7 @@ export function registerCertCommand(program: Command): void {
     .option("--token <token>", "join token or JWT (or --token-file, or MESHWARD_TOKEN)")
     .option("--token-file <file>", "file holding the token")
     .requiredOption("--out <dir>", "directory for cert.pem, key.pem (0600) and bundle.pem")
-    .addOption(new Option("--validator <name>", "how the CA checks the token").choices(Object.keys(VALIDATOR_CHOICES)).default("join-token"))
+    .addOption(validatorOption("--validator <name>", "how the CA checks the token", Object.keys(VALIDATOR_CHOICES), "join-token"))
     .option("--namespace <ns>", "namespace to ask for (must match what the token proves)", "")
     .option("--app-id <id>", "app id to ask for (must match what the token proves)", "")
     .option("--trust-domain <td>", "trust domain [default: read from the bundle's root]")
@@ -43,6 +43,8 @@ export function registerCertCommand(program: Command): void {
     .option("--json", "print the result as JSON")
     .action(async (opts) => {
       const token = readToken(opts);
+      // Before the CA is contacted: a local mistake must not spend a single-use token.
+      const out = prepareOutDir(opts.out);
       const bundlePem = readTextFile(opts.bundle, "trust bundle");
       const trustDomain = opts.trustDomain ?? trustDomainFromBundle(bundlePem, opts.bundle);
       const keyPair = generateKeyPair();
@@ -51,10 +53,9 @@ export function registerCertCommand(program: Command): void {
         { address: opts.ca, bundlePem, trustDomain, ...(opts.caSpiffeId !== undefined ? { caSpiffeId: parseSpiffeId(opts.caSpiffeId).toString() } : {}) },
         { csrPem, token, validator: VALIDATOR_CHOICES[opts.validator as string] as ValidatorChoice, namespace: opts.namespace, appId: opts.appId },
       );
-      mkdirSync(opts.out, { recursive: true, mode: 0o700 });
-      writeSecretFileAtomic(join(opts.out, "key.pem"), encodePrivateKey(keyPair.privateKey));
-      writeFileAtomic(join(opts.out, "cert.pem"), signed.certChainPem);
-      writeFileAtomic(join(opts.out, "bundle.pem"), signed.bundlePem);
+      writeSecretFileAtomic(join(out, "key.pem"), encodePrivateKey(keyPair.privateKey));
+      writeFileAtomic(join(out, "cert.pem"), signed.certChainPem);
+      writeFileAtomic(join(out, "bundle.pem"), signed.bundlePem);
       const info = inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer);
       if (opts.json) {
         process.stdout.write(`${JSON.stringify({ spiffeId: info.uris[0], serial: info.serial, notAfter: info.notAfter.toISOString(), dir: opts.out }, null, 2)}\n`);
@@ -184,7 +185,14 @@ export function registerCertCommand(program: Command): void {
         ];
         process.stdout.write(`${lines.join("\n")}\n`);
       }
-      if (leftMs <= 0 || (warnMs !== undefined && leftMs < warnMs)) process.exitCode = 1;
+      // Exit 1 says why on stderr (stdout stays the report a script reads).
+      if (leftMs <= 0) {
+        process.stderr.write(`meshward: ${file} expired at ${result.notAfter}\n`);
+        process.exitCode = 1;
+      } else if (warnMs !== undefined && leftMs < warnMs) {
+        process.stderr.write(`meshward: ${file} expires within --warn ${opts.warn}: ${result.timeLeft} (at ${result.notAfter})\n`);
+        process.exitCode = 1;
+      }
     });
 }
 

@@ -1,4 +1,4 @@
-import { Option, type Command } from "commander";
+import type { Command } from "commander";
 import { createIdentity } from "../identity/ca-source.ts";
 import { startFileSink } from "../identity/file-sink.ts";
 import { instrumentIdentity } from "../identity/instrument.ts";
@@ -13,7 +13,9 @@ import { identityStatus } from "../dashboard/identity-feed.ts";
 import { resolveStatusToken } from "../dashboard/token.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
 import { parseKeyFileMode, resolveFileOwner } from "../util/file-owner.ts";
-import { cliLogger, collect, logFormatOption, logLevelOption, untilSignal } from "./options.ts";
+import { readResumableSvid } from "../identity/resume.ts";
+import { checkSocketDir, prepareOutDir } from "../identity/local-paths.ts";
+import { cliLogger, collect, logFormatOption, logLevelOption, untilSignal, validatorOption } from "./options.ts";
 
 const VALIDATORS = { "join-token": "JOIN_TOKEN", jwks: "JWKS", kubernetes: "KUBERNETES", insecure: "INSECURE" } as const;
 
@@ -25,11 +27,11 @@ export function registerIdentityCommand(program: Command): void {
     .requiredOption("--bundle <file>", "bootstrap trust bundle (PEM) that the CA's certificate must chain to")
     .option("--token <token>", "join token or JWT for the first certificate (or MESHWARD_TOKEN)")
     .option("--token-file <file>", "file holding the token, re-read at each use (Kubernetes projected tokens rotate)")
-    .addOption(new Option("--validator <name>", "how the CA checks the token").choices(Object.keys(VALIDATORS)).default("join-token"))
+    .addOption(validatorOption("--validator <name>", "how the CA checks the token", Object.keys(VALIDATORS), "join-token"))
     .option("--namespace <ns>", "namespace to ask for (checked against what the CA issues)")
     .option("--app-id <id>", "app id to ask for (checked against what the CA issues)")
     .option("--dns-name <name>", "DNS name for the certificate (repeatable; the token must allow it)", collect)
-    .option("--out <dir>", "write cert.pem, key.pem (0600) and bundle.pem here on every rotation")
+    .option("--out <dir>", "write cert.pem, key.pem (0600) and bundle.pem here on every rotation (created 0700 when missing); a valid certificate left here by an earlier run renews the identity without a new token")
     .option("--owner <user[:group]>", "owner of the files written to --out (e.g. postgres, whose server requires its key file to be its own); needs root unless it is you")
     .option("--mode <octal>", "mode of key.pem in --out: 0600 (default), 0400, 0640 or 0440 (group-readable, e.g. --owner root:postgres --mode 0640)")
     .option("--on-rotate <command>", "shell command run after each write (e.g. 'nginx -s reload'; as root for a server run as another user: 'runuser -u postgres -- pg_ctl reload -D DATA')")
@@ -52,13 +54,20 @@ export function registerIdentityCommand(program: Command): void {
       }
       const keyMode = opts.mode !== undefined ? parseKeyFileMode(opts.mode) : undefined;
       const token = opts.token ?? (opts.tokenFile === undefined ? process.env.MESHWARD_TOKEN : undefined);
-      if (token === undefined && opts.tokenFile === undefined) throw new MeshwardError("E_USAGE", "a token is needed: --token, --token-file or MESHWARD_TOKEN");
+      const logger = cliLogger("identity", opts);
+      // Local checks first: nothing may spend a single-use token and then fail on this host.
+      // Created for a server run as another user (--owner): it must be able to reach its files (they stay 0600, its own).
+      const outDir = opts.out !== undefined ? prepareOutDir(opts.out, "--out", owner === undefined ? 0o700 : 0o755) : undefined;
+      if (opts.workloadApiSocket !== undefined) checkSocketDir(opts.workloadApiSocket, "--workload-api-socket");
+      const resume = outDir !== undefined ? readResumableSvid(outDir, { namespace: opts.namespace, appId: opts.appId, now: new Date(), logger }) : undefined;
+      if (token === undefined && opts.tokenFile === undefined && resume === undefined) {
+        throw new MeshwardError("E_USAGE", `a token is needed: --token, --token-file or MESHWARD_TOKEN${outDir !== undefined ? ` (or a valid certificate and key from an earlier run in ${opts.out})` : ""}`);
+      }
       // Checked before anything starts: a status page off loopback needs a token.
       const statusBind = opts.status !== undefined ? parseHostPort(opts.status, "--status") : undefined;
       const statusPageToken = statusBind !== undefined ? resolveStatusToken(statusBind.host, opts.statusTokenFile) : undefined;
       const bundleRefreshMs = parseDuration(opts.bundleRefreshInterval, "--bundle-refresh-interval");
       if (bundleRefreshMs < 1000) throw new MeshwardError("E_USAGE", "--bundle-refresh-interval: at least 1s");
-      const logger = cliLogger("identity", opts);
       const metrics = createMetrics({ processMetrics: true });
       const mesh = createMeshMetrics(metrics);
       const source = createIdentity({
@@ -72,6 +81,7 @@ export function registerIdentityCommand(program: Command): void {
         ...(opts.namespace !== undefined ? { namespace: opts.namespace } : {}),
         ...(opts.appId !== undefined ? { appId: opts.appId } : {}),
         ...(opts.dnsName !== undefined ? { dnsNames: opts.dnsName } : {}),
+        ...(resume !== undefined ? { resume } : {}),
       });
       const stopInstrumenting = instrumentIdentity(source, mesh);
       const closers: (() => Promise<void>)[] = [];
@@ -81,7 +91,7 @@ export function registerIdentityCommand(program: Command): void {
         if (opts.out !== undefined) {
           const sink = startFileSink({
             source,
-            dir: opts.out,
+            dir: outDir ?? opts.out,
             logger,
             ...(opts.onRotate !== undefined ? { onRotate: opts.onRotate } : {}),
             ...(owner !== undefined ? { owner } : {}),
@@ -109,8 +119,9 @@ export function registerIdentityCommand(program: Command): void {
           statusAddress = `${bound.host}:${bound.port}`;
           logger.info({ event: "status-listening", address: statusAddress }, "status endpoints listening");
         }
+        const stopped = untilSignal();
         process.stdout.write(`meshward identity ready: ${snapshot.svid.spiffeId} (serial ${snapshot.svid.serial}, valid until ${snapshot.svid.notAfter.toISOString()})${statusAddress ? ` status=${statusAddress}` : ""}\n`);
-        await untilSignal();
+        await stopped;
       } finally {
         stopInstrumenting();
         for (const close of closers.reverse()) await close();

@@ -15,11 +15,29 @@ export async function runCli(argv: readonly string[]): Promise<number> {
     .exitOverride();
   try {
     await registerCommands(program, argv);
+    unknownOptionsFirst(program);
     await program.parseAsync([...argv], { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : EXIT_OK;
   } catch (error) {
     return reportCliError(error);
   }
+}
+
+/**
+ * Commander checks required options before unknown ones, so a typo such as `--ca-addr` for
+ * `--ca` was answered "required option '--ca' not specified" (issue 15, item 9). Every
+ * command here reports an unknown option first; commands that allow unknown options still do.
+ */
+function unknownOptionsFirst(command: Command): void {
+  // Both methods are commander's own (lib/command.js), left out of its type declarations.
+  const internal = command as unknown as { missingMandatoryOptionValue(option: unknown): void; unknownOption(flag: string): void };
+  const missing = internal.missingMandatoryOptionValue.bind(command);
+  internal.missingMandatoryOptionValue = (option: unknown) => {
+    const unknown = command.args.find((arg) => arg.length > 1 && arg.startsWith("-") && arg !== "--");
+    if (unknown !== undefined) internal.unknownOption(unknown.split("=")[0] as string);
+    missing(option);
+  };
+  for (const sub of command.commands) unknownOptionsFirst(sub);
 }
 
 function reportCliError(error: unknown): number {

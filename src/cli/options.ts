@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
-import { Option } from "commander";
+import { InvalidArgumentError, Option } from "commander";
+import { validatorEnumName, validatorFlagName } from "../config/fields.ts";
 import { createLogger, type LogLevel, type Logger } from "../telemetry/logger.ts";
 import { MeshwardError } from "../errors.ts";
 
@@ -27,6 +28,20 @@ export function readTextFile(file: string, what: string): string {
   }
 }
 
+/**
+ * `--validator NAME` (or `--default-validator`): the CLI spelling (`join-token`) and Dapr's enum
+ * spelling that the docs use (`JOIN_TOKEN`) are both accepted; the value is the CLI spelling.
+ */
+export function validatorOption(flags: string, description: string, names: readonly string[], defaultName?: string): Option {
+  const listed = names.map((n) => `${n} (${validatorEnumName(n)})`).join(", ");
+  const option = new Option(flags, `${description}: ${listed}`).argParser((value: string) => {
+    const name = validatorFlagName(value);
+    if (!names.includes(name)) throw new InvalidArgumentError(`Allowed: ${listed}.`);
+    return name;
+  });
+  return defaultName === undefined ? option : option.default(defaultName);
+}
+
 export const logFormatOption = () =>
   new Option("--log-format <format>", "log format: json (for machines) or pretty (for people)").choices(["json", "pretty"]).default("json");
 export const logLevelOption = () =>
@@ -37,10 +52,20 @@ export function cliLogger(component: string, options: { logFormat?: string; logL
   return createLogger({ component, format: options.logFormat === "pretty" ? "pretty" : "json", level: (options.logLevel ?? "info") as LogLevel });
 }
 
-/** Resolves when SIGTERM or SIGINT arrives. */
+/**
+ * Resolves when SIGTERM or SIGINT arrives, and keeps the process up until then. Signal
+ * handlers do not hold Node's event loop open, and a long-running command may have nothing
+ * else that does: `meshward identity --out DIR` alone has only its (unref'd) renewal timer,
+ * so without this it exited right after "ready" (code 13, unsettled top-level await) and never
+ * renewed (issue 15, item 1). Call it before printing a ready line: a signal that arrives
+ * before its handler is installed kills the process with Node's default action (a test or a
+ * supervisor that stops the process as soon as it reads "ready" saw exit by SIGTERM).
+ */
 export function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
+    const keepAlive = setInterval(() => undefined, 1 << 30);
     const handler = (signal: NodeJS.Signals) => {
+      clearInterval(keepAlive);
       process.off("SIGTERM", handler);
       process.off("SIGINT", handler);
       resolve(signal);

@@ -4,7 +4,8 @@ import { sidecarConfigSchema } from "../config/sidecar.ts";
 import type { SidecarConfig } from "../config/sidecar.ts";
 import { MeshwardError } from "../errors.ts";
 import { startSidecar } from "../proxy/sidecar.ts";
-import { cliLogger, collect, readTextFile, untilSignal } from "./options.ts";
+import { cliLogger, collect, readTextFile, untilSignal, validatorOption } from "./options.ts";
+import { validatorEnumName } from "../config/fields.ts";
 
 /** Flag → config field (top level, or limits.<field>). */
 const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: readonly string[], kind?: "number"])[] = [
@@ -15,6 +16,7 @@ const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: readonl
   ["--bundle <file>", "bundle", ["bundle"]],
   ["--token <token>", "token", ["token"]],
   ["--token-file <file>", "tokenFile", ["tokenFile"]],
+  ["--out <dir>", "out", ["out"]],
   ["--inbound <addr>", "inbound", ["inbound"]],
   ["--app <addr>", "app", ["app"]],
   ["--outbound <addr>", "outbound", ["outbound"]],
@@ -96,7 +98,7 @@ export function buildSidecarConfig(opts: Record<string, unknown>): SidecarConfig
   }
   for (const [key, flag] of [["mode", "--mode"], ["protocol", "--protocol"], ["escapedSlashes", "--escaped-slashes"], ["validator", "--validator"], ["logLevel", "--log-level"], ["logFormat", "--log-format"]] as const) {
     if (opts[key] !== undefined) {
-      merged[key] = key === "validator" ? String(opts[key]).toUpperCase().replace("-", "_") : opts[key];
+      merged[key] = key === "validator" ? validatorEnumName(String(opts[key])) : opts[key];
       fromFlag.set(key, flag);
     }
   }
@@ -146,11 +148,15 @@ export function registerSidecarCommand(program: Command): void {
     .option("--config <file>", "sidecar YAML config; flags override its fields");
   for (const [flag, key] of SCALAR_FLAGS) command.option(flag, FIELD_HELP[key] ?? key);
   command
-    .addOption(new Option("--validator <name>", FIELD_HELP.validator ?? "").choices(["join-token", "jwks", "kubernetes", "insecure"]))
+    .addOption(validatorOption("--validator <name>", "how the CA checks the token", ["join-token", "jwks", "kubernetes", "insecure"]))
     .option("--dns-name <name>", `${FIELD_HELP.dnsNames} Repeatable.`, collect)
     .option("--peer <APPID=HOST:PORT>", `${FIELD_HELP.peers} Repeatable.`, collect)
     .option("--tcp-upstream <APPID=HOST:PORT>", `${FIELD_HELP.tcpUpstreams} Repeatable.`, collect)
-    .option("--egress <spec>", `${FIELD_HELP.egress} spec: listen=HOST:PORT,backend=HOST:PORT[,serverName=N][,caFile=F][,mtls=true]. Repeatable.`, collect)
+    .option(
+      "--egress <spec>",
+      `${FIELD_HELP.egress} spec: listen=HOST:PORT,backend=HOST:PORT[,serverName=N][,caFile=F][,mtls=true][,expectSpiffeId=ID][,protocol=tls|postgres] (protocol=postgres for PostgreSQL's SSLRequest). Repeatable.`,
+      collect,
+    )
     .option("--no-status-page", FIELD_HELP.statusPage ?? "")
     .addOption(new Option("--mode <mode>", `${FIELD_HELP.mode} (default strict)`).choices(["strict", "permissive"]))
     .addOption(new Option("--protocol <protocol>", `${FIELD_HELP.protocol} (default http)`).choices(["http", "tcp"]))
@@ -161,8 +167,9 @@ export function registerSidecarCommand(program: Command): void {
       const config = buildSidecarConfig(opts);
       const logger = cliLogger("sidecar", { logFormat: config.logFormat, logLevel: config.logLevel });
       const sidecar = await startSidecar(config, { logger });
+      const stopped = untilSignal();
       process.stdout.write(`${sidecar.readyLine()}\n`);
-      const signal = await untilSignal();
+      const signal = await stopped;
       logger.info({ event: "signal", signal }, "shutting down");
       const forced = () => {
         logger.warn({ event: "forced-exit" }, "second signal: closing at once");

@@ -1,6 +1,6 @@
 import * as z from "zod";
 import { parseSpiffeId, parseTrustDomain } from "../spiffe/id.ts";
-import { hostPort } from "./fields.ts";
+import { hostPort, validatorFlagName } from "./fields.ts";
 import { parseDuration } from "../util/duration.ts";
 
 const duration = (what: string) =>
@@ -108,7 +108,9 @@ export const caConfigSchema = z
       .describe(
         "SPIFFE ID in the CA's own serving certificate (default spiffe://<trust-domain>/ns/meshward-system/meshward-ca). Dapr sidecars expect spiffe://<control-plane trust domain>/ns/<control-plane namespace>/dapr-sentry.",
       ),
-    defaultValidator: z.enum(["join-token", "jwks", "insecure"]).default("join-token").describe("Validator used when a request names none (Dapr's UNKNOWN)."),
+    defaultValidator: z
+      .preprocess((v) => (typeof v === "string" ? validatorFlagName(v) : v), z.enum(["join-token", "jwks", "insecure"]))
+      .default("join-token").describe("Validator used when a request names none (Dapr's UNKNOWN)."),
     jwks: jwksValidatorSchema.optional().describe("JWT/JWKS validator (also serves Dapr's KUBERNETES validator unless `kubernetes` is set)."),
     kubernetes: kubernetesValidatorSchema
       .optional()

@@ -1,6 +1,6 @@
 import * as z from "zod";
 import { parseTrustDomain } from "../spiffe/id.ts";
-import { hostPort } from "./fields.ts";
+import { hostPort, validatorEnumName } from "./fields.ts";
 import { parseDuration } from "../util/duration.ts";
 
 
@@ -68,10 +68,22 @@ export const sidecarConfigSchema = z
       .describe("Bootstrap trust bundle file (PEM) the CA's certificate must chain to; when omitted, the PEM in MESHWARD_TRUST_ANCHORS (what the Kubernetes injector sets)."),
     token: z.string().min(1).optional().describe("Join token or JWT for the first certificate (prefer tokenFile or MESHWARD_TOKEN; a token here is a secret in a file)."),
     tokenFile: z.string().min(1).optional().describe("File holding the token, re-read at each use (Kubernetes projected tokens rotate)."),
+    out: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("Directory where the sidecar keeps its identity (cert.pem, key.pem 0600, bundle.pem; created 0700, rewritten on every rotation). After a restart a valid certificate found there renews the identity, so a spent single-use token is not needed again."),
     dnsNames: z.array(z.string().min(1)).default([]).describe("DNS names to ask for in the SVID (the token must allow them), so non-SPIFFE callers such as curl can verify the inbound port by host name."),
-    validator: z.enum(["JOIN_TOKEN", "JWKS", "KUBERNETES", "INSECURE"]).default("JOIN_TOKEN").describe("How the CA checks the token."),
-    inbound: hostPort("inbound address").default("0.0.0.0:3501").describe("Where the sidecar accepts mTLS from other sidecars (HOST:PORT, port 0 picks one)."),
-    app: hostPort("app address").describe("The app's own port on loopback (HOST:PORT) that inbound traffic is forwarded to."),
+    validator: z
+      .preprocess((v) => (typeof v === "string" ? validatorEnumName(v) : v), z.enum(["JOIN_TOKEN", "JWKS", "KUBERNETES", "INSECURE"]))
+      .default("JOIN_TOKEN")
+      .describe("How the CA checks the token: JOIN_TOKEN, JWKS, KUBERNETES or INSECURE (join-token, jwks, kubernetes, insecure are accepted too)."),
+    inbound: hostPort("inbound address")
+      .optional()
+      .describe("Where the sidecar accepts mTLS from other sidecars (HOST:PORT, port 0 picks one). Default 0.0.0.0:3501 when app is set; without app there is no inbound listener."),
+    app: hostPort("app address")
+      .optional()
+      .describe("The app's own port on loopback (HOST:PORT) that inbound traffic is forwarded to. Leave it out for an app that only calls others (a job, a CLI): no inbound listener, as Dapr runs a sidecar without an app port."),
     outbound: hostPort("outbound address").optional().describe("Loopback HOST:PORT where the app sends HTTP/gRPC for other apps (routed by dapr-app-id header or Host)."),
     peers: z.record(peerName, hostPort("peer address")).default({}).describe("Static peer table: app id (or appId.namespace) → HOST:PORT of that app's sidecar inbound port."),
     peerTemplate: z
@@ -109,8 +121,19 @@ export const sidecarConfigSchema = z
     if (value.token !== undefined && value.tokenFile !== undefined) {
       ctx.addIssue({ code: "custom", path: ["tokenFile"], message: "give token or tokenFile, not both" });
     }
+    if (value.app === undefined) {
+      // Outbound only: no inbound listener, so nothing that configures one may be given.
+      if (value.inbound !== undefined) ctx.addIssue({ code: "custom", path: ["inbound"], message: "an inbound listener forwards to the app: give app too (or leave inbound out for an outbound-only sidecar)" });
+      if (value.mode === "permissive") ctx.addIssue({ code: "custom", path: ["mode"], message: "permissive mode applies to the inbound listener, which an outbound-only sidecar (no app) does not have" });
+      if (value.outbound === undefined && Object.keys(value.tcpUpstreams).length === 0 && value.egress.length === 0) {
+        ctx.addIssue({ code: "custom", path: ["app"], message: "required unless the sidecar is outbound only: give app, or outbound, tcpUpstreams or egress" });
+      }
+    }
   });
 
 export type SidecarConfig = z.infer<typeof sidecarConfigSchema>;
+
+/** The inbound listener's address when the config has an app (outbound-only sidecars have none). */
+export const DEFAULT_INBOUND = "0.0.0.0:3501";
 export type SidecarLimits = z.infer<typeof limitsSchema>;
 export type EgressEntry = z.infer<typeof egressEntrySchema>;

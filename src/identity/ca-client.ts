@@ -111,11 +111,50 @@ export async function requestCertificate(connection: CaConnection, request: Cert
   };
 }
 
+/** OpenSSL's verdicts meaning "this certificate does not chain to the roots you gave". */
+const UNTRUSTED_CODES = new Set([
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "CERT_SIGNATURE_FAILURE",
+]);
+/** What a TLS client reads when the server answers a ClientHello in plain text (HTTP, Redis, …). */
+const NOT_TLS_CODES = new Set(["ERR_SSL_WRONG_VERSION_NUMBER", "ERR_SSL_PACKET_LENGTH_TOO_LONG", "ERR_SSL_UNKNOWN_PROTOCOL", "ERR_SSL_HTTP_REQUEST"]);
+
+/**
+ * Names a failed TLS handshake with the CA for what it is, from the error or any of its causes
+ * (an HTTP/2 stream error carries the session's TLS error as its cause): a bundle that does not
+ * trust the CA and a port that does not speak TLS are not "unreachable" (issue 15, item 9).
+ */
+export function handshakeError(error: unknown, address: string): MeshwardError | undefined {
+  for (let e: unknown = error, depth = 0; e !== undefined && e !== null && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    if (e instanceof MeshwardError) return new MeshwardError(e.code, `the CA at ${address}: ${e.message}`, { cause: e });
+    const code = (e as { code?: unknown }).code;
+    if (typeof code !== "string") continue;
+    if (UNTRUSTED_CODES.has(code)) {
+      return new MeshwardError(
+        "E_CA_UNTRUSTED",
+        `the CA at ${address} presented a certificate that does not chain to the trust bundle (${(e as Error).message}): give the bundle.pem of this CA (the CA directory's bundle.pem, or what 'meshward cert issue' wrote)`,
+        { cause: e },
+      );
+    }
+    if (code === "CERT_HAS_EXPIRED" || code === "CERT_NOT_YET_VALID") {
+      return new MeshwardError("E_CA_UNTRUSTED", `the CA at ${address} presented a certificate that ${code === "CERT_HAS_EXPIRED" ? "has expired" : "is not valid yet"}: check this host's clock and the CA's`, { cause: e });
+    }
+    // node:https reports the same OpenSSL verdict as EPROTO with the reason in the message.
+    if (NOT_TLS_CODES.has(code) || (code === "EPROTO" && /wrong version number|packet length too long|unknown protocol|http request/.test((e as Error).message))) {
+      return new MeshwardError("E_CA_NOT_TLS", `${address} is not a TLS server (it answered the TLS handshake in plain text): is this the CA's API port, and not its --status port or another service?`, { cause: e });
+    }
+  }
+  return undefined;
+}
+
 function transportError(error: unknown, address: string): MeshwardError {
-  // The CA failed the SPIFFE ID check: say so, do not call it "unreachable" (the check's error may sit a few causes deep).
-  let cause = (error as { cause?: unknown }).cause;
-  for (let depth = 0; depth < 4 && cause !== undefined && !(cause instanceof MeshwardError); depth++) cause = (cause as { cause?: unknown }).cause;
-  if (cause instanceof MeshwardError) return new MeshwardError(cause.code, `the CA at ${address}: ${cause.message}`, { cause });
+  // The CA failed the SPIFFE ID check, the bundle does not trust it, or the port is not TLS: say so, do not call it "unreachable".
+  const handshake = handshakeError(error, address);
+  if (handshake !== undefined) return handshake;
   if (error instanceof GrpcTransportError && error.status !== GRPC_UNAVAILABLE && error.status !== GRPC_DEADLINE_EXCEEDED) {
     return new MeshwardError("E_CA_ERROR", `the CA at ${address} answered ${GRPC_STATUS_NAMES[error.status] ?? error.status}: ${error.message}`, { cause: error });
   }
@@ -167,7 +206,11 @@ export async function fetchFromCa(connection: CaConnection, path: string, maxByt
     );
     req.on("timeout", () => req.destroy(new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${connection.address} did not answer in time`)));
     req.on("error", (error) =>
-      reject(error instanceof MeshwardError ? error : new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${connection.address} is unreachable: ${error.message}`, { cause: error })),
+      reject(
+        error instanceof MeshwardError
+          ? error
+          : (handshakeError(error, connection.address) ?? new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${connection.address} is unreachable: ${error.message}`, { cause: error })),
+      ),
     );
     req.end();
   });

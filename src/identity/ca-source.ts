@@ -29,6 +29,12 @@ export interface CaIdentityOptions {
   readonly tokenFile?: string;
   readonly validator?: ValidatorChoice;
   readonly dnsNames?: readonly string[];
+  /**
+   * A still-valid certificate from an earlier run (`identity --out DIR` after a restart): the
+   * first certificate is renewed with it (SVID validator), so a spent join token is not needed
+   * again. If the CA refuses it (revoked, untrusted), the token is used instead.
+   */
+  readonly resume?: Svid;
   readonly timing?: RenewalTiming;
   readonly backoff?: Backoff;
   /** How often the bundle and CRL are fetched from the CA (default 60 s). */
@@ -67,6 +73,8 @@ class CaSource implements CaIdentitySource {
   #snapshot: IdentitySnapshot | undefined;
   /** Last good SVID even after expiry, to tell the CA who we were. */
   #svid: Svid | undefined;
+  /** #svid is options.resume, not yet renewed: a refusal of it falls back to the token. */
+  #resuming = false;
   /** When (identity clock) the current SVID arrived. */
   #receivedAt = 0;
   #bundle: TrustBundle;
@@ -93,6 +101,11 @@ class CaSource implements CaIdentitySource {
       this.#rejectReady = reject;
     });
     this.#ready.catch(() => undefined);
+    if (options.resume !== undefined) {
+      this.#svid = options.resume;
+      this.#resuming = true;
+      this.#log("info", { event: "resuming", spiffeId: options.resume.spiffeId, serial: options.resume.serial, notAfter: options.resume.notAfter.toISOString() }, "renewing with the certificate from the last run");
+    }
     void this.#renew();
     this.#scheduleBundleRefresh();
   }
@@ -177,6 +190,7 @@ class CaSource implements CaIdentitySource {
       const svid = await this.#fetchSvid();
       if (this.#closed) return;
       this.#attempt = 0;
+      this.#resuming = false;
       this.#svid = svid;
       this.#receivedAt = this.#clock.now();
       this.#snapshot = { svid, bundle: this.#bundle };
@@ -187,10 +201,18 @@ class CaSource implements CaIdentitySource {
       this.#scheduleExpiry(svid);
     } catch (error) {
       if (this.#closed) return;
+      if (this.#resuming && isMeshwardError(error) && !/^E_CA_(UNAVAILABLE|NOT_TLS|UNTRUSTED)$/.test(error.code)) {
+        // The CA answered and refused the old certificate: attest with the token at once.
+        this.#resuming = false;
+        this.#svid = undefined;
+        this.#log("warn", { event: "resume-refused", reason: error.code, error: describeError(error) }, "the CA refused the certificate from the last run; attesting with the token");
+        this.#schedule(0);
+        return;
+      }
       const retryInMs = backoffDelay(this.#attempt++, this.#options.backoff ?? DEFAULT_BACKOFF, this.#rng);
       this.#log("warn", { event: "renewal-failed", reason: isMeshwardError(error) ? error.code : "E_INTERNAL", retryInMs, error: describeError(error) }, "could not renew the workload certificate; retrying");
       this.#emit({ type: "renewal-failed", error: error as Error, retryInMs });
-      if (isFatal(error) && this.#svid === undefined) {
+      if (isFatal(error) && (this.#svid === undefined || this.#resuming)) {
         this.#rejectReady(error as Error);
       }
       this.#schedule(retryInMs);
@@ -309,7 +331,7 @@ class CaSource implements CaIdentitySource {
 
 /** Errors that retrying cannot fix before a person acts (ready() rejects; retries go on). */
 function isFatal(error: unknown): boolean {
-  return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID|AUDIENCE|SIGNATURE|ISSUER)|IDENTITY_MISMATCH|SPIFFE_MISMATCH|VALIDATOR_DISABLED|TRUST_DOMAIN_MISMATCH)$/.test(error.code);
+  return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID|AUDIENCE|SIGNATURE|ISSUER)|IDENTITY_MISMATCH|SPIFFE_MISMATCH|VALIDATOR_DISABLED|TRUST_DOMAIN_MISMATCH|CA_UNTRUSTED|CA_NOT_TLS)$/.test(error.code);
 }
 
 interface PublishedBundle {

@@ -1,10 +1,13 @@
 import type { Logger } from "pino";
-import type { SidecarConfig } from "../config/sidecar.ts";
+import { DEFAULT_INBOUND, type SidecarConfig } from "../config/sidecar.ts";
 import { describeError, MeshwardError } from "../errors.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
 import { certificatesFromPem } from "../pki/pem.ts";
 import { createIdentity } from "../identity/ca-source.ts";
 import { instrumentIdentity } from "../identity/instrument.ts";
+import { startFileSink } from "../identity/file-sink.ts";
+import { prepareOutDir } from "../identity/local-paths.ts";
+import { readResumableSvid } from "../identity/resume.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import { createHealth, createOpsServer } from "../telemetry/health.ts";
 import { identityStatus } from "../dashboard/identity-feed.ts";
@@ -29,7 +32,8 @@ export interface SidecarDependencies {
 
 export interface SidecarAddresses {
   readonly spiffeId: string;
-  readonly inbound: HostPort;
+  /** Undefined for an outbound-only sidecar (no app): it has no inbound listener. */
+  readonly inbound: HostPort | undefined;
   readonly outbound: HostPort | undefined;
   readonly tcp: Readonly<Record<string, HostPort>>;
   readonly egress: readonly HostPort[];
@@ -122,11 +126,17 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
     const policy = watchPolicy(config.policy, { intervalMs: config.policyReloadInterval, logger });
     closers.push(() => policy.close());
 
+    // Local checks before the CA is contacted: a local mistake must not spend a single-use token.
+    const outDir = config.out === undefined ? undefined : prepareOutDir(config.out, "out");
     let identity = deps.identity;
     if (identity === undefined) {
       const token = config.token ?? (config.tokenFile === undefined ? process.env.MESHWARD_TOKEN : undefined);
-      if (token === undefined && config.tokenFile === undefined && config.validator !== "INSECURE") {
-        throw new MeshwardError("E_USAGE", "a token is needed for the first certificate: --token, --token-file, tokenFile in the config, or MESHWARD_TOKEN");
+      const resume = outDir === undefined ? undefined : readResumableSvid(outDir, { namespace: config.namespace, appId: config.appId, now: new Date(), logger });
+      if (token === undefined && config.tokenFile === undefined && config.validator !== "INSECURE" && resume === undefined) {
+        throw new MeshwardError(
+          "E_USAGE",
+          `a token is needed for the first certificate: --token, --token-file, tokenFile in the config, or MESHWARD_TOKEN${outDir !== undefined ? ` (or a valid certificate and key from an earlier run in ${config.out})` : ""}`,
+        );
       }
       const bundlePem = bootstrapBundle(config.bundle);
       const source = createIdentity({
@@ -141,6 +151,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
         ...(token !== undefined ? { token } : {}),
         ...(config.tokenFile !== undefined ? { tokenFile: config.tokenFile } : {}),
         ...(config.dnsNames.length > 0 ? { dnsNames: config.dnsNames } : {}),
+        ...(resume !== undefined ? { resume } : {}),
       });
       closers.push(() => source.close());
       identity = source;
@@ -149,19 +160,29 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
     closers.push(stopInstrumenting);
     const snapshot = await identity.ready();
     const trustDomain = snapshot.bundle.trustDomain;
+    if (outDir !== undefined) {
+      const sink = startFileSink({ source: identity, dir: outDir, logger });
+      closers.push(() => sink.close());
+      await sink.ready();
+    }
 
-    const inbound = await startInbound({
-      listen: parseHostPort(config.inbound, "inbound"),
-      app: parseHostPort(config.app, "app"),
-      protocol: config.protocol,
-      mode: config.mode,
-      escapedSlashes: config.escapedSlashes,
-      limits: config.limits,
-      identity,
-      policy,
-      telemetry,
-    });
-    closers.push(() => inbound.close());
+    // No app, no inbound listener: an app that only calls others (Dapr: a sidecar without an app port).
+    const inbound =
+      config.app === undefined
+        ? undefined
+        : await startInbound({
+            listen: parseHostPort(config.inbound ?? DEFAULT_INBOUND, "inbound"),
+            app: parseHostPort(config.app, "app"),
+            protocol: config.protocol,
+            mode: config.mode,
+            escapedSlashes: config.escapedSlashes,
+            limits: config.limits,
+            identity,
+            policy,
+            telemetry,
+          });
+    if (inbound !== undefined) closers.push(() => inbound.close());
+    else logger.info({ event: "outbound-only" }, "no app configured: outbound only, no inbound listener");
     if (config.mode === "permissive") logger.warn({ event: "permissive" }, "PERMISSIVE mode: plaintext is accepted on the inbound port (counted in meshward_plaintext_connections_total)");
 
     const outbound = await startOutbound({
@@ -191,9 +212,9 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
     if (statusAt !== undefined) {
       const health = createHealth();
       health.register("identity", () => {
-        const h = inbound.health();
+        const h = inbound?.health();
         const current = identity.current();
-        if (!h.healthy || current === undefined) return { ok: false, detail: h.reason ?? "no valid certificate (expired or not yet issued)" };
+        if (h?.healthy === false || current === undefined) return { ok: false, detail: h?.reason ?? "no valid certificate (expired or not yet issued)" };
         return { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` };
       });
       health.register("draining", () => (draining ? { ok: false, detail: "shutting down" } : { ok: true }));
@@ -207,7 +228,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       status = { host: bound.host, port: bound.port };
     }
 
-    const addresses: SidecarAddresses = { spiffeId: snapshot.svid.spiffeId, inbound: inbound.address, outbound: outbound.address, tcp: outbound.tcp, egress, status };
+    const addresses: SidecarAddresses = { spiffeId: snapshot.svid.spiffeId, inbound: inbound?.address, outbound: outbound.address, tcp: outbound.tcp, egress, status };
     let closing: Promise<void> | undefined;
     return {
       addresses,
@@ -215,7 +236,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       readyLine: () =>
         [
           `meshward sidecar ready: id=${addresses.spiffeId}`,
-          `inbound=${formatHostPort(addresses.inbound)}`,
+          ...(addresses.inbound ? [`inbound=${formatHostPort(addresses.inbound)}`] : []),
           ...(addresses.outbound ? [`outbound=${formatHostPort(addresses.outbound)}`] : []),
           ...Object.entries(addresses.tcp).map(([app, a]) => `tcp.${app}=${formatHostPort(a)}`),
           ...addresses.egress.map((a, i) => `egress.${i}=${formatHostPort(a)}`),
@@ -227,7 +248,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
         (closing ??= (async () => {
           draining = true;
           logger.info({ event: "draining", deadlineMs: config.limits.drainTimeout }, "draining: no new connections, waiting for in-flight requests");
-          await Promise.all([inbound.drain(config.limits.drainTimeout), outbound.drain(config.limits.drainTimeout)]);
+          await Promise.all([inbound?.drain(config.limits.drainTimeout), outbound.drain(config.limits.drainTimeout)]);
           await closeAll();
         })()),
       close: () => (closing ??= closeAll()),

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -47,6 +47,7 @@ describe("docs/getting-started.md, steps 1–5", () => {
     expect(statSync(join(work, "ca/bundle.pem")).isFile()).toBe(true);
 
     const address = await startCa();
+    writeFileSync(join(work, "ca-address"), address); // for step 6
     const port = address.split(":").pop() as string;
     const ready = await exec("curl", ["-sS", "--cacert", "ca/bundle.pem", `https://localhost:${port}/readyz`], { cwd: work });
     expect(JSON.parse(ready.stdout).status).toBe("ready");
@@ -82,5 +83,73 @@ describe("docs/getting-started.md, steps 1–5", () => {
     expect(again.code).toBe(1);
     expect(again.stderr).toContain("[E_TOKEN_USED]");
     expect(readFileSync(join(work, "orders/cert.pem"), "utf8")).toContain("BEGIN CERTIFICATE");
+  });
+});
+
+// Step 6 as written (after steps 1–5 above, in the same directory): the token goes to a file,
+// `identity --out ./orders` renews with the certificate step 4 left there, and restarts without a
+// usable token (issue 15, item 4). The only change: port 0 for the status port.
+describe("docs/getting-started.md, step 6", () => {
+  const identities: ChildProcess[] = [];
+  afterAll(() => {
+    for (const child of identities) child.kill("SIGKILL");
+  });
+
+  /** Starts `meshward identity …` from the guide's words; resolves with its ready line and a stop function. */
+  function startIdentity(args: string[]): Promise<{ line: string; stderr: () => string; stop: () => Promise<number | null> }> {
+    return new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, [CLI, ...args], { cwd: work, stdio: ["ignore", "pipe", "pipe"] });
+      identities.push(child);
+      let out = "";
+      let err = "";
+      const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+      const timer = setTimeout(() => reject(new Error(`identity did not start: ${err}`)), 20_000);
+      child.stderr?.on("data", (d) => (err += d));
+      child.stdout?.on("data", (d) => {
+        out += d;
+        const line = /^meshward identity ready: .*$/m.exec(out)?.[0];
+        if (line !== undefined) {
+          clearTimeout(timer);
+          resolve({ line, stderr: () => err, stop: () => (child.kill("SIGTERM"), exited) });
+        }
+      });
+      void exited.then((code) => reject(new Error(`identity exited with ${code}: ${err}`)));
+    });
+  }
+
+  it("creates orders.token as shown, renews with the certificate in --out, and restarts without the token", async () => {
+    const guide = readFileSync(join(ROOT, "docs/getting-started.md"), "utf8").split("## 6. Keep it fresh")[1]!;
+    const block = /```sh\n([\s\S]*?)\n```/.exec(guide)![1]!;
+    const [tokenLine, ...identityLines] = block.split("\n").filter((l) => !l.startsWith("#"));
+    // The token line, through bash, with `meshward` meaning this checkout's CLI.
+    const token = await exec("bash", ["-euo", "pipefail", "-c", `meshward() { node ${CLI} "$@"; }\n${tokenLine}`], { cwd: work });
+    expect(token.code, token.stderr).toBe(0);
+    expect(statSync(join(work, "orders.token")).mode & 0o777).toBe(0o600);
+    expect(readFileSync(join(work, "orders.token"), "utf8")).toMatch(/^mwjt_\S+\n$/);
+
+    const caAddress = readFileSync(join(work, "ca-address"), "utf8");
+    const words = identityLines.join(" ").replace(/\\\s+/g, " ").trim().split(/\s+/).slice(1);
+    const args = words.map((w) => w.replace("127.0.0.1:8443", caAddress).replace("127.0.0.1:9090", "127.0.0.1:0"));
+    expect(args.slice(0, 1)).toEqual(["identity"]);
+
+    // ./orders holds step 4's certificate: renewed with it, the token stays unused.
+    const first = await startIdentity(args);
+    expect(first.line).toMatch(/^meshward identity ready: spiffe:\/\/example\.test\/ns\/shop\/orders \(serial [0-9A-F]+, valid until .*\) status=127\.0\.0\.1:\d+$/);
+    expect(first.stderr()).toContain('"event":"resuming"');
+    expect(await first.stop()).toBe(0);
+
+    // Without a certificate in ./orders, the token from orders.token is used.
+    rmSync(join(work, "orders"), { recursive: true });
+    const second = await startIdentity(args);
+    expect(second.stderr()).not.toContain('"event":"resuming"');
+    expect(await second.stop()).toBe(0);
+
+    // The token is spent now; a restart renews with the certificate the last run left.
+    const third = await startIdentity(args);
+    expect(third.stderr()).toContain('"event":"resuming"');
+    expect(await third.stop()).toBe(0);
+    const list = await meshward("cert", "list", "--dir", "./ca", "--json");
+    const attestations = (JSON.parse(list.stdout) as { attestation: string }[]).map((r) => r.attestation).sort();
+    expect(attestations).toEqual(["join-token", "join-token", "svid", "svid"]);
   });
 });

@@ -15,6 +15,7 @@ import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
 import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
 import { certificatesFromPem, toPem } from "../../src/pki/pem.ts";
 import { startSidecar, type Sidecar } from "../../src/proxy/sidecar.ts";
+import { withInbound, type SidecarWithApp } from "../proxy/fixtures.ts";
 import { createHttpsServer } from "../../src/transport/index.ts";
 import { bundleRootCount, svidChainsTo } from "../helpers/identity-checks.ts";
 
@@ -83,9 +84,9 @@ describe("zero failed requests through issuer and root rotation (sidecars + SDK 
       cleanups.push(() => new Promise((r) => { server.close(r); server.closeAllConnections(); }));
       return (server.address() as AddressInfo).port;
     };
-    const sidecar = async (appId: string, appPort: number, extra: Record<string, unknown>): Promise<Sidecar> => {
+    const sidecar = async (appId: string, appPort: number, extra: Record<string, unknown>): Promise<SidecarWithApp> => {
       const config = sidecarConfigSchema.parse({ appId, namespace: "shop", ca: `127.0.0.1:${port}`, bundle: caLayout(dir).bundle, inbound: "127.0.0.1:0", app: `127.0.0.1:${appPort}`, ...extra });
-      const s = await startSidecar(config, { logger: silent, identity: await identity(appId) });
+      const s = withInbound(await startSidecar(config, { logger: silent, identity: await identity(appId) }));
       cleanups.push(() => s.close());
       return s;
     };

@@ -11,6 +11,7 @@ import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
 import { createIdentity } from "../../src/identity/ca-source.ts";
 import { startSidecar } from "../../src/proxy/sidecar.ts";
 import type { Sidecar } from "../../src/proxy/sidecar.ts";
+import type { HostPort } from "../../src/util/address.ts";
 
 export const TD = "mesh.test";
 
@@ -91,7 +92,7 @@ export async function startTestSidecar(
   ca: MeshCa,
   fields: Record<string, unknown> & { appId: string; app: string },
   options: { dnsNames?: string[] } = {},
-): Promise<Sidecar & { logs: LogCapture }> {
+): Promise<TestSidecarWithApp> {
   const namespace = (fields.namespace as string | undefined) ?? "default";
   const logs = logCapture();
   const config = sidecarConfigSchema.parse({
@@ -107,7 +108,16 @@ export async function startTestSidecar(
   });
   const logger = pino({ level: "info" }, logs);
   const sidecar = await startSidecar(config, { logger });
-  return Object.assign(sidecar, { logs });
+  return Object.assign(withInbound(sidecar), { logs });
+}
+
+/** A sidecar started with an app, so with an inbound listener (outbound-only sidecars have none). */
+export type SidecarWithApp = Sidecar & { readonly addresses: Sidecar["addresses"] & { readonly inbound: HostPort } };
+export type TestSidecarWithApp = SidecarWithApp & { logs: LogCapture };
+
+export function withInbound(sidecar: Sidecar): SidecarWithApp {
+  if (sidecar.addresses.inbound === undefined) throw new Error("this sidecar has no inbound listener (started without app)");
+  return sidecar as SidecarWithApp;
 }
 
 /** Reads one sample from Prometheus text, e.g. metricValue(text, "meshward_plaintext_connections_total"). */

@@ -8,7 +8,7 @@ import { startHttpApp } from "../helpers/app-servers.ts";
 import type { HttpApp } from "../helpers/app-servers.ts";
 import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
 import type { ManualIdentitySource, TestPki } from "../helpers/test-pki.ts";
-import { logCapture, metricValue } from "./fixtures.ts";
+import { logCapture, metricValue, withInbound, type SidecarWithApp } from "./fixtures.ts";
 
 // The identity is driven by hand (manualIdentitySource) so expiry and a CRL update happen on
 // cue; the CA-backed source is covered by the other files.
@@ -16,14 +16,14 @@ describe("sidecar identity health: expiry, recovery and revocation", () => {
   let pki: TestPki;
   let app: HttpApp;
   let identity: ManualIdentitySource;
-  let sidecar: Sidecar;
+  let sidecar: SidecarWithApp;
 
   beforeAll(async () => {
     pki = await createTestPki({ trustDomain: "health.test" });
     app = await startHttpApp();
     identity = manualIdentitySource(pki.snapshot({ spiffeId: "spiffe://health.test/ns/default/svc" }));
     const config = sidecarConfigSchema.parse({ appId: "svc", ca: "127.0.0.1:1", bundle: "unused.pem", inbound: "127.0.0.1:0", app: `127.0.0.1:${app.port}`, status: "127.0.0.1:0" });
-    sidecar = await startSidecar(config, { logger: pino({ level: "info" }, logCapture()), identity });
+    sidecar = withInbound(await startSidecar(config, { logger: pino({ level: "info" }, logCapture()), identity }));
   });
   afterAll(async () => {
     await sidecar?.close();

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { exec } from "../helpers/exec.ts";
 import { startHttpApp, startPythonApp } from "../helpers/app-servers.ts";
 import type { HttpApp } from "../helpers/app-servers.ts";
-import { metricValue, startMeshCa, startTestSidecar, TD } from "./fixtures.ts";
+import { metricValue, startMeshCa, startTestSidecar, TD, type SidecarWithApp } from "./fixtures.ts";
 import type { MeshCa } from "./fixtures.ts";
 import type { Sidecar } from "../../src/proxy/sidecar.ts";
 
@@ -34,7 +34,7 @@ spec:
 describe("sidecar inbound (HTTP mode, STRICT) with curl and openssl as callers", () => {
   let ca: MeshCa;
   let app: HttpApp;
-  let sidecar: Sidecar & { logs: { lines: Record<string, unknown>[] } };
+  let sidecar: SidecarWithApp & { logs: { lines: Record<string, unknown>[] } };
   let policyFile: string;
   let callerA: { cert: string; key: string; chain: string; spiffeId: string };
   let intruder: { cert: string; key: string; chain: string; spiffeId: string };

@@ -8,10 +8,10 @@ import { grpcSay, startGrpcApp, startHttpApp, startTcpEcho } from "../helpers/ap
 import { exec } from "../helpers/exec.ts";
 import type { HttpApp } from "../helpers/app-servers.ts";
 import type { Sidecar } from "../../src/proxy/sidecar.ts";
-import { metricValue, startMeshCa, startTestSidecar, TD } from "./fixtures.ts";
+import { metricValue, startMeshCa, startTestSidecar, TD, type SidecarWithApp } from "./fixtures.ts";
 import type { MeshCa } from "./fixtures.ts";
 
-type TestSidecar = Sidecar & { logs: { lines: Record<string, unknown>[] } };
+type TestSidecar = SidecarWithApp & { logs: { lines: Record<string, unknown>[] } };
 
 const POLICY = `kind: Configuration
 spec:

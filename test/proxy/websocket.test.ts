@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { chromium, type BrowserContext } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Sidecar } from "../../src/proxy/sidecar.ts";
-import { metricValue, startMeshCa, startTestSidecar, TD, type MeshCa } from "./fixtures.ts";
+import { metricValue, startMeshCa, startTestSidecar, TD, type MeshCa, type SidecarWithApp } from "./fixtures.ts";
 
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -122,8 +122,8 @@ const WS_HEADERS = (appId: string) => ({ connection: "Upgrade", upgrade: "websoc
 describe("WebSocket through the sidecar pair", () => {
   let ca: MeshCa;
   let app: WsApp;
-  let chat: Sidecar;
-  let impostor: Sidecar;
+  let chat: SidecarWithApp;
+  let impostor: SidecarWithApp;
   let client: Sidecar;
   let context: BrowserContext;
   let userDataDir: string;
@@ -140,7 +140,7 @@ describe("WebSocket through the sidecar pair", () => {
     const limits = { headersTimeout: "500ms", idleTimeout: "500ms" };
     chat = await startTestSidecar(ca, { appId: "chat", app: `127.0.0.1:${app.port}`, policy, limits });
     impostor = await startTestSidecar(ca, { appId: "impostor", app: `127.0.0.1:${app.port}` });
-    const inboundOf = (s: Sidecar) => `127.0.0.1:${s.addresses.inbound.port}`;
+    const inboundOf = (s: SidecarWithApp) => `127.0.0.1:${s.addresses.inbound.port}`;
     // "lookalike" is served by the impostor's sidecar: A must refuse it.
     client = await startTestSidecar(ca, { appId: "web", app: "127.0.0.1:1", outbound: "127.0.0.1:0", peers: { chat: inboundOf(chat), lookalike: inboundOf(impostor) }, limits });
     userDataDir = mkdtempSync(join(tmpdir(), "meshward-chromium-ws-"));

@@ -13,6 +13,7 @@ import type { Socket } from "node:net";
 import { join } from "node:path";
 import { connect as tlsConnect } from "node:tls";
 import { startMeshCa, startTestSidecar, TD } from "../../proxy/fixtures.ts";
+import type { TestSidecarWithApp } from "../../proxy/fixtures.ts";
 import type { MeshCa } from "../../proxy/fixtures.ts";
 import type { Sidecar } from "../../../src/proxy/sidecar.ts";
 import { startRecordingApp } from "./apps.ts";
@@ -45,7 +46,7 @@ export function underItems(route: string): boolean {
   return lower === "/items" || lower.startsWith("/items/");
 }
 
-export type TestSidecar = Sidecar & { logs: { lines: Record<string, unknown>[] } };
+export type TestSidecar = TestSidecarWithApp;
 
 export interface MeshApp {
   readonly app: RecordingApp;

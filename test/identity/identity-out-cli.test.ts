@@ -1,0 +1,156 @@
+import { X509Certificate } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
+import { exec } from "../helpers/exec.ts";
+
+/**
+ * `meshward identity --out DIR` as the file-sink guide runs it (nginx, Redis, PostgreSQL read
+ * the files): a real CA issuing 20-second certificates (the CA accepts any workload TTL; only a
+ * leaf cut short by the issuer's expiry has a 60 s floor, src/ca/issuer.ts), real processes
+ * (issue 15, items 1 and 4).
+ */
+describe("meshward identity --out (real processes, 20 s certificates)", () => {
+  const work = mkdtempSync(join(tmpdir(), "meshward-identity-out-"));
+  const caDir = join(work, "ca");
+  const bundle = join(caDir, "bundle.pem");
+  const running: LongRunning[] = [];
+  let caAddress: string;
+
+  const token = async (appId: string) => {
+    const r = await runCli(["token", "create", "--dir", caDir, "--namespace", "jobs", "--app-id", appId]);
+    expect(r.code, r.stderr).toBe(0);
+    return r.stdout.trim().split("\n").pop() as string;
+  };
+  const serialOf = (dir: string) => new X509Certificate(readFileSync(join(dir, "cert.pem"))).serialNumber;
+  /** Log events of one kind on a process's stderr (JSON lines). */
+  const events = (p: LongRunning, kind: string) =>
+    p
+      .stderr()
+      .split("\n")
+      .filter((line) => line.includes(`"event":"${kind}"`))
+      .map((line) => JSON.parse(line) as { serial?: string; reason?: string });
+  const waitFor = async (what: string, check: () => boolean, timeoutMs: number) => {
+    const deadline = Date.now() + timeoutMs;
+    while (!check()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  };
+
+  beforeAll(async () => {
+    expect((await runCli(["ca", "init", "--trust-domain", "renew.test", "--dir", caDir])).code).toBe(0);
+    const ca = await startCli(["ca", "serve", "--dir", caDir, "--listen", "127.0.0.1:0", "--workload-ttl", "20s"], /listening on (\S+)/);
+    running.push(ca);
+    caAddress = ca.match[1] as string;
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const p of running.reverse()) await p.stop();
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  it("item 1: keeps running after 'ready' with only --out, and renews the files twice", async () => {
+    const out = join(work, "files");
+    const id = await startCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", await token("report"), "--out", out], /identity ready: (\S+) \(serial (\S+)/);
+    running.push(id);
+    const first = serialOf(out);
+    // The initial write and two renewals (each at 40-60% of a 20 s life).
+    await waitFor("two renewals", () => events(id, "identity-files-written").length >= 3, 45_000);
+    expect(id.child.exitCode).toBeNull();
+    const serials = events(id, "identity-files-written").map((e) => e.serial);
+    expect(new Set(serials).size).toBe(serials.length);
+    expect(serialOf(out)).not.toBe(first);
+    const cert = new X509Certificate(readFileSync(join(out, "cert.pem")));
+    expect(new Date(cert.validTo).getTime() - Date.now()).toBeLessThanOrEqual(20_000);
+    const verify = await exec("openssl", ["verify", "-CAfile", join(out, "bundle.pem"), "-untrusted", join(out, "cert.pem"), join(out, "cert.pem")]);
+    expect(verify.stdout).toMatch(/OK/);
+    // SIGTERM stops it cleanly.
+    expect(await id.stop()).toBe(0);
+  }, 90_000);
+
+  it("item 4: a restart with a valid certificate in --out renews with it: the spent token, or no token at all", async () => {
+    const out = join(work, "restart");
+    const t = await token("restart");
+    const firstRun = await startCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", out], /identity ready: (\S+) \(serial (\S+)/);
+    running.push(firstRun);
+    expect(await firstRun.stop()).toBe(0);
+    const before = serialOf(out);
+
+    // The token is single-use and spent; the certificate in --out proves the identity.
+    const again = await startCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", out], /identity ready: (\S+) \(serial (\S+)/);
+    running.push(again);
+    expect(again.match[1]).toBe("spiffe://renew.test/ns/jobs/restart");
+    expect(events(again, "resuming")).toHaveLength(1);
+    expect(serialOf(out)).not.toBe(before);
+    expect(await again.stop()).toBe(0);
+
+    const noToken = await startCli(["identity", "--ca", caAddress, "--bundle", bundle, "--out", out], /identity ready: (\S+)/);
+    running.push(noToken);
+    expect(noToken.match[1]).toBe("spiffe://renew.test/ns/jobs/restart");
+    expect(await noToken.stop()).toBe(0);
+
+    // The CA's issuance log shows the renewals were proven by the old certificate, not a token.
+    const list = await runCli(["cert", "list", "--dir", caDir, "--json"]);
+    const records = (JSON.parse(list.stdout) as { spiffeId: string; attestation: string }[]).filter((r) => r.spiffeId.endsWith("/restart"));
+    expect(records.map((r) => r.attestation).sort()).toEqual(["join-token", "svid", "svid"]);
+
+    // A revoked certificate in --out is refused by the CA: the new token is used instead.
+    const revoke = await runCli(["cert", "revoke", "--dir", caDir, "--serial", serialOf(out)]);
+    expect(revoke.code, revoke.stderr).toBe(0);
+    await new Promise((r) => setTimeout(r, 3000)); // the CA re-reads revocations every second (crlRefresh); a wait, not a measurement
+    const fresh = await startCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", await token("restart"), "--out", out], /identity ready: (\S+)/);
+    running.push(fresh);
+    expect(events(fresh, "resume-refused")).toHaveLength(1);
+    expect(fresh.match[1]).toBe("spiffe://renew.test/ns/jobs/restart");
+    expect(await fresh.stop()).toBe(0);
+  }, 90_000);
+
+  it("item 4: a certificate in --out that is not this workload's is ignored, and the token is used", async () => {
+    const out = join(work, "foreign");
+    const issued = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", await token("someone"), "--out", out]);
+    expect(issued.code, issued.stderr).toBe(0);
+    const id = await startCli(["identity", "--ca", caAddress, "--bundle", bundle, "--app-id", "other", "--namespace", "jobs", "--token", await token("other"), "--out", out], /identity ready: (\S+)/);
+    running.push(id);
+    expect(id.match[1]).toBe("spiffe://renew.test/ns/jobs/other");
+    expect(events(id, "resume-ignored")).toHaveLength(1);
+    const code = await id.stop();
+    expect(code, `${id.child.signalCode} ${id.stderr()}`).toBe(0);
+    // Without a token and without a usable certificate it says what is missing.
+    rmSync(join(out, "key.pem"));
+    const r = await runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--out", out]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/a token is needed.*or a valid certificate and key from an earlier run in/);
+  }, 60_000);
+
+  it("item 4: --out with missing parents creates them 0700; a local error fails before attestation, without a stack trace", async () => {
+    const t = await token("files");
+    const blocked = join(work, "a-file");
+    writeFileSync(blocked, "not a directory\n");
+    const bad = await runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(blocked, "meshward", "files")]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/meshward: --out .*a-file\/meshward\/files: cannot create the directory \(ENOTDIR\).*\[E_OUT_DIR\]/);
+    expect(bad.stderr).not.toMatch(/\n\s+at |unexpected error/);
+
+    // cert issue, too, checks --out before the CA is asked.
+    const badIssue = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(blocked, "issued")]);
+    expect(badIssue.code).toBe(1);
+    expect(badIssue.stderr).toMatch(/meshward: --out .*a-file\/issued: cannot create the directory \(ENOTDIR\).*\[E_OUT_DIR\]/);
+    expect(badIssue.stderr).not.toMatch(/\n\s+at |unexpected error/);
+    const noSocketDir = await runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--workload-api-socket", join(work, "missing", "api.sock")]);
+    expect(noSocketDir.code).toBe(1);
+    expect(noSocketDir.stderr).toMatch(/meshward: --workload-api-socket .*api\.sock: the directory .*missing does not exist \(ENOENT\).*\[E_SOCKET_DIR\]/);
+    expect(noSocketDir.stderr).not.toMatch(/\n\s+at |unexpected error/);
+
+    // The token was not spent: the same token works with a directory whose parents are missing.
+    const out = join(work, "run", "meshward", "files");
+    const id = await startCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", out], /identity ready: (\S+)/);
+    running.push(id);
+    expect(statSync(join(work, "run")).mode & 0o777).toBe(0o700);
+    expect(statSync(out).mode & 0o777).toBe(0o700);
+    expect(statSync(join(out, "key.pem")).mode & 0o777).toBe(0o600);
+    expect(await id.stop()).toBe(0);
+  }, 60_000);
+});
