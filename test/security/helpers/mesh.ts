@@ -15,7 +15,6 @@ import { connect as tlsConnect } from "node:tls";
 import { startMeshCa, startTestSidecar, TD } from "../../proxy/fixtures.ts";
 import type { TestSidecarWithApp } from "../../proxy/fixtures.ts";
 import type { MeshCa } from "../../proxy/fixtures.ts";
-import type { Sidecar } from "../../../src/proxy/sidecar.ts";
 import { startRecordingApp } from "./apps.ts";
 import type { AppName, RecordingApp } from "./apps.ts";
 
