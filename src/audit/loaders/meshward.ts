@@ -66,6 +66,8 @@ export function schemaIssues(schema: z.ZodType, config: Dict, wrapped: boolean, 
   for (const issue of result.error.issues) {
     const path: NodePath = issue.path.filter((segment): segment is string | number => typeof segment !== "symbol");
     if (issue.code === "invalid_type" && /received undefined/.test(issue.message)) continue;
+    // A field required only in some shapes (the sidecar's `app` unless it is outbound only) says "required …".
+    if (issue.code === "custom" && /^required\b/.test(issue.message)) continue;
     if (issue.code === "unrecognized_keys") {
       for (const key of issue.keys) {
         const meant = path.length === 0 ? known.get(normaliseKey(key)) : undefined;
