@@ -11,17 +11,15 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { posix } from "node:path";
-import { HTTP1_APPS, nodeRoute } from "./helpers/apps.ts";
-import type { AppName, AppRecord } from "./helpers/apps.ts";
-import { FORGED, GRPC_CASES, H1_CASES, H2_CASES } from "./helpers/cases.ts";
-import type { Case, Transport } from "./helpers/cases.ts";
-import { byApp, bySidecar, h1Exchange, h2Exchange, routeHeader, startSecurityMesh, underItems } from "./helpers/mesh.ts";
-import type { Answer, MeshApp, SecurityMesh } from "./helpers/mesh.ts";
-import { readWire } from "./helpers/wire.ts";
-import type { WireReading } from "./helpers/wire.ts";
+import { nodeRoute } from "./apps.ts";
+import type { AppName, AppRecord } from "./apps.ts";
+import { FORGED, GRPC_CASES, H1_CASES, H2_CASES } from "./cases.ts";
+import type { Case, Transport } from "./cases.ts";
+import { byApp, bySidecar, h1Exchange, h2Exchange, routeHeader, startSecurityMesh, underItems } from "./mesh.ts";
+import type { Answer, MeshApp, SecurityMesh } from "./mesh.ts";
+import { readWire } from "./wire.ts";
+import type { WireReading } from "./wire.ts";
 
-const ALL: AppName[] = [...HTTP1_APPS, "node:http2"];
-const SELECTED = process.env.SEC_APPS ? ALL.filter((a) => process.env.SEC_APPS!.split(",").includes(a)) : ALL;
 /** Statuses a refusal may have (issue 14: 400 for ambiguous input, 403 policy, 405/501 methods). */
 const REFUSAL = [400, 403, 405, 501];
 /**
@@ -174,35 +172,43 @@ function checkExpectation(c: Case, o: Observed): void {
   }
 }
 
-describe.each(SELECTED)("differential: %s behind the inbound sidecar", (name) => {
-  let mesh: SecurityMesh;
-  let target: MeshApp;
-  beforeAll(async () => {
-    mesh = await startSecurityMesh([name]);
-    target = mesh.apps.get(name)!;
-  }, 60_000);
-  afterAll(async () => {
-    await mesh?.close();
-  });
+/**
+ * The suite against one app (one test file per app, so that the two test workers share them).
+ * SEC_APPS=node:http,gunicorn limits a run to those apps (for development: by default every file
+ * runs its app).
+ */
+export function differentialSuite(name: AppName): void {
+  if (process.env.SEC_APPS !== undefined && !process.env.SEC_APPS.split(",").includes(name)) return;
+  describe(`differential: ${name} behind the inbound sidecar`, () => {
+    let mesh: SecurityMesh;
+    let target: MeshApp;
+    beforeAll(async () => {
+      mesh = await startSecurityMesh([name]);
+      target = mesh.apps.get(name)!;
+    }, 60_000);
+    afterAll(async () => {
+      await mesh?.close();
+    });
 
-  const cases: [Case, Transport][] =
-    name === "node:http2"
-      ? GRPC_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])
-      : [...H1_CASES.flatMap((c) => [[c, "h1-in"], [c, "h1-out"]] as [Case, Transport][]), ...H2_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])];
+    const cases: [Case, Transport][] =
+      name === "node:http2"
+        ? GRPC_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])
+        : [...H1_CASES.flatMap((c) => [[c, "h1-in"], [c, "h1-out"]] as [Case, Transport][]), ...H2_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])];
 
-  for (const [c, t] of cases) it(`${t} ${c.id} (${c.expect})`, async () => {
-    const result = await observe(mesh, target, c, t);
-    if (process.env.SEC_DEBUG) console.log(JSON.stringify({ case: c.id, t, answers: result.attack.answers, error: result.attack.error, records: result.attack.records.map(describeRecord), tap: result.attack.tapBytes.toString("latin1"), followUp: result.followUp }, null, 1));
-    checkExpectation(c, result.attack);
-    checkInvariants(target, c, result.attack);
-    if (result.marker !== undefined || result.markerId !== undefined) {
-      // The next legitimate request on the app connection gets its own answer (no response desync).
-      expect.soft(result.marker?.status, "the legitimate request after the attack was not answered 200").toBe(200);
-      expect.soft(result.marker?.body ?? "", "the legitimate request after the attack got another request's answer").toContain(result.markerId);
-    }
-    if (result.followUp) {
-      expect.soft(result.followUp.answer?.status, "the follow-up GET after the attack").toBe(200);
-      expect.soft(result.followUp.records.map(describeRecord), "the follow-up GET reached the app as itself").toEqual([`GET ${c.followUp} (route ${c.followUp}, body 0)`]);
-    }
+    for (const [c, t] of cases) it(`${t} ${c.id} (${c.expect})`, async () => {
+      const result = await observe(mesh, target, c, t);
+      if (process.env.SEC_DEBUG) console.log(JSON.stringify({ case: c.id, t, answers: result.attack.answers, error: result.attack.error, records: result.attack.records.map(describeRecord), tap: result.attack.tapBytes.toString("latin1"), followUp: result.followUp }, null, 1));
+      checkExpectation(c, result.attack);
+      checkInvariants(target, c, result.attack);
+      if (result.marker !== undefined || result.markerId !== undefined) {
+        // The next legitimate request on the app connection gets its own answer (no response desync).
+        expect.soft(result.marker?.status, "the legitimate request after the attack was not answered 200").toBe(200);
+        expect.soft(result.marker?.body ?? "", "the legitimate request after the attack got another request's answer").toContain(result.markerId);
+      }
+      if (result.followUp) {
+        expect.soft(result.followUp.answer?.status, "the follow-up GET after the attack").toBe(200);
+        expect.soft(result.followUp.records.map(describeRecord), "the follow-up GET reached the app as itself").toEqual([`GET ${c.followUp} (route ${c.followUp}, body 0)`]);
+      }
+    });
   });
-});
+}

@@ -1,0 +1,5 @@
+// The differential suite (test/security/helpers/differential.ts) against wsgiref: one file per app,
+// so that the two test workers share the apps.
+import { differentialSuite } from "./helpers/differential.ts";
+
+differentialSuite("wsgiref");
