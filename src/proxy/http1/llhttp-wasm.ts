@@ -177,6 +177,8 @@ class WasmParser implements MessageParser {
   #failure: ParseFailure | undefined;
   #depth = 0;
   #closed = false;
+  /** An upgrade head was parsed: what follows is not HTTP/1, and nothing more is consumed. */
+  #upgraded = false;
 
   constructor(kind: "request" | "response", maxHeaderBytes: number, events: MessageEvents) {
     this.#request = kind === "request";
@@ -188,6 +190,8 @@ class WasmParser implements MessageParser {
 
   execute(chunk: Buffer): number | ParseFailure {
     if (this.#closed) return { code: "HPE_CLOSED_CONNECTION", reason: "the parser is closed" };
+    // Node's binding would parse on (and hide the error); the relay stops at the upgrade head.
+    if (this.#upgraded) return 0;
     const wasm = llhttp!;
     let offset = 0;
     while (offset < chunk.length) {
@@ -228,6 +232,7 @@ class WasmParser implements MessageParser {
         continue;
       }
       if (result === PAUSED_UPGRADE) {
+        this.#upgraded = true;
         wasm.llhttp_resume_after_upgrade(this.pointer);
         return offset + position;
       }
