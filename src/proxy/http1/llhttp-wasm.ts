@@ -63,7 +63,14 @@ interface Running {
   readonly parser: WasmParser;
   readonly base: number;
   readonly chunk: Buffer;
+  /** A latin1 decoding of the input from textStart (a pointer) to textEnd. */
+  text: string;
+  textStart: number;
+  textEnd: number;
 }
+
+/** How much input one latin1 decode covers (the fields of a few typical heads). */
+const TEXT_WINDOW = 2048;
 
 let llhttp: Llhttp | undefined;
 let running: Running | undefined;
@@ -214,7 +221,7 @@ class WasmParser implements MessageParser {
       let result: number;
       let position: number;
       const outer = running;
-      running = { parser: this, base, chunk: part };
+      running = { parser: this, base, chunk: part, text: "", textStart: 0, textEnd: 0 };
       this.#lastEnd = base;
       this.#depth++;
       try {
@@ -251,7 +258,7 @@ class WasmParser implements MessageParser {
     if (this.#rawLeft > 0) return { code: "HPE_INVALID_EOF_STATE", reason: `the stream ended ${this.#rawLeft} bytes before the end of the body` };
     if (this.#closed) return undefined;
     const outer = running;
-    running = { parser: this, base: 0, chunk: Buffer.alloc(0) };
+    running = { parser: this, base: 0, chunk: Buffer.alloc(0), text: "", textStart: 0, textEnd: 0 };
     this.#depth++;
     let result: number;
     try {
@@ -306,8 +313,17 @@ class WasmParser implements MessageParser {
   }
 
   #text(at: number, length: number): string {
-    const start = at - running!.base;
-    return running!.chunk.toString("latin1", start, start + length);
+    const run = running!;
+    if (at < run.textStart || at + length > run.textEnd) {
+      // One latin1 decode covers the head's (and the next heads') small fields: a call into C++
+      // per field cost more than the parse.
+      const start = at - run.base;
+      const end = Math.min(run.chunk.length, Math.max(start + length, start + TEXT_WINDOW));
+      run.text = run.chunk.toString("latin1", start, end);
+      run.textStart = at;
+      run.textEnd = at + (end - start);
+    }
+    return run.text.slice(at - run.textStart, at - run.textStart + length);
   }
 
   #data(at: number, length: number): number {
