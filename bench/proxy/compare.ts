@@ -5,7 +5,9 @@
  * round so that the machine's drift hits both alike. Prints req/s and CPU µs per request of each
  * sidecar per round, the medians, and the working tree's ratio to the base. Figures, not
  * assertions; run it on a quiet machine.
- *   node --import tsx bench/proxy/compare.ts [--base REV] [--rounds N] [--seconds S]
+ * With --parsers, both pairs are the working tree's, one with each HTTP/1 parser build
+ * (MESHWARD_HTTP1_PARSER=node, =wasm), and the ratio is wasm's to node's.
+ *   node --import tsx bench/proxy/compare.ts [--base REV | --parsers] [--rounds N] [--seconds S]
  */
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
@@ -23,7 +25,9 @@ const BASE = flag("--base", "HEAD");
 const ROUNDS = Number(flag("--rounds", "4"));
 const SECONDS = Number(flag("--seconds", "6"));
 
-const start = (args: string[], ready: RegExp) => startChild(process.execPath, args, ready);
+const PARSERS = process.argv.includes("--parsers");
+
+const start = (args: string[], ready: RegExp, env?: Record<string, string>) => startChild(process.execPath, args, ready, env);
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 
 /** The CLI bundle of `rev`, built from a temporary worktree that borrows this tree's node_modules. */
@@ -49,10 +53,16 @@ interface Round {
 
 async function main(): Promise<void> {
   const baseRev = execFileSync("git", ["rev-parse", "--short", BASE], { cwd: ROOT, encoding: "utf8" }).trim();
-  const builds = [
-    { name: `base ${baseRev}`, cli: bundleRevision(BASE) },
-    { name: "working tree", cli: await bundleCli(join(ROOT, "node_modules/.cache/meshward-bench")) },
-  ];
+  const tree = await bundleCli(join(ROOT, "node_modules/.cache/meshward-bench"));
+  const builds: { name: string; cli: string; env?: Record<string, string> }[] = PARSERS
+    ? [
+        { name: "parser node", cli: tree, env: { MESHWARD_HTTP1_PARSER: "node" } },
+        { name: "parser wasm", cli: tree, env: { MESHWARD_HTTP1_PARSER: "wasm" } },
+      ]
+    : [
+        { name: `base ${baseRev}`, cli: bundleRevision(BASE) },
+        { name: "working tree", cli: tree },
+      ];
   const ca = await startMeshCa({ workloadTtl: "24h" });
   const dir = mkdtempSync(join(tmpdir(), "meshward-compare-"));
   const policy = join(dir, "policy.yaml");
@@ -73,6 +83,7 @@ async function main(): Promise<void> {
           start(
             [build.cli, "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", await ca.token("default", appId), "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra],
             /inbound=127\.0\.0\.1:(\d+)(?: outbound=127\.0\.0\.1:(\d+))?/,
+            build.env,
           );
         const inbound = await sidecar("bench-b", ["--app", `127.0.0.1:${backend.match![1]}`, "--policy", policy]);
         const outbound = await sidecar("bench-a", ["--app", "127.0.0.1:1", "--outbound", "127.0.0.1:0", "--peer", `bench-b=127.0.0.1:${inbound.match![1]}`]);
@@ -106,7 +117,7 @@ async function main(): Promise<void> {
     }
     const ratio = median(head!.map((r) => r.rps)) / median(base!.map((r) => r.rps));
     const pairRatios = head!.map((r, i) => r.rps / base![i]!.rps);
-    console.log(`  working tree / base: ${(ratio * 100).toFixed(1)} % of req/s (per round: ${pairRatios.map((r) => `${(r * 100).toFixed(0)} %`).join(", ")})`);
+    console.log(`  ${PARSERS ? "wasm / node" : "working tree / base"}: ${(ratio * 100).toFixed(1)} % of req/s (per round: ${pairRatios.map((r) => `${(r * 100).toFixed(0)} %`).join(", ")})`);
   } finally {
     for (const c of children) c.kill("SIGTERM");
     await ca.close();
