@@ -43,8 +43,8 @@ describe("meshward sidecar without one or both HTTP/1 parser builds (real proces
   const args = async (appId: string) => ["sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", await ca.token("default", appId), "--inbound", "127.0.0.1:0", "--app", `127.0.0.1:${app.port}`, "--mode", "permissive"];
   const fallbacks = (out: string) => out.split("\n").filter((line) => line.includes("http1-parser-fallback"));
 
-  it("falls back to the WebAssembly build when Node's is gone, says so once, and relays with it", async () => {
-    const side = await startCli(await args("no-native"), READY, { env: { NODE_OPTIONS: `--require ${noHttpCommon}`, MESHWARD_HTTP1_PARSER: "" } });
+  it("falls back to the WebAssembly build when Node's was asked for and is gone, says so once, and relays with it", async () => {
+    const side = await startCli(await args("no-native"), READY, { env: { NODE_OPTIONS: `--require ${noHttpCommon}`, MESHWARD_HTTP1_PARSER: "node" } });
     running.push(side);
     const warnings = fallbacks(side.stdout() + side.stderr());
     expect(warnings).toHaveLength(1);
@@ -57,14 +57,17 @@ describe("meshward sidecar without one or both HTTP/1 parser builds (real proces
     await side.stop();
   });
 
-  it("falls back to Node's build when WebAssembly is gone and the WebAssembly build was asked for", async () => {
-    const side = await startCli(await args("no-wasm"), READY, { env: { NODE_OPTIONS: "--jitless", MESHWARD_HTTP1_PARSER: "wasm" } });
+  it("falls back from the default (WebAssembly) build to Node's when WebAssembly is gone, says so once, and relays with it", async () => {
+    const side = await startCli(await args("no-wasm"), READY, { env: { NODE_OPTIONS: "--jitless", MESHWARD_HTTP1_PARSER: "" } });
     running.push(side);
     const warnings = fallbacks(side.stdout() + side.stderr());
     expect(warnings).toHaveLength(1);
     expect(warnings[0]).toContain('"parser":"node"');
+    expect(warnings[0]).toContain('"preferred":"wasm"');
+    expect(warnings[0]).toContain("WebAssembly is not available");
     const response = await fetch(`http://127.0.0.1:${side.match[2]}/jitless`, { headers: { connection: "close" } });
     expect(response.status).toBe(200);
+    expect(app.seen.at(-1)?.url).toBe("/jitless");
     await side.stop();
   });
 
@@ -72,7 +75,8 @@ describe("meshward sidecar without one or both HTTP/1 parser builds (real proces
     const refused = await runCli(await args("neither"), { env: { NODE_OPTIONS: `--jitless --require ${noHttpCommon}`, MESHWARD_HTTP1_PARSER: "" } });
     expect(refused.code).toBe(1);
     expect(refused.stderr).toContain("[E_RUNTIME_UNSUPPORTED]");
-    expect(refused.stderr).toMatch(/node: _http_common has no HTTPParser; wasm: .*WebAssembly/);
+    expect(refused.stderr).toContain("node: _http_common has no HTTPParser");
+    expect(refused.stderr).toContain("wasm: WebAssembly is not available");
   });
 
   it("refuses an unknown MESHWARD_HTTP1_PARSER value", async () => {

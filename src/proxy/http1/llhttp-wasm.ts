@@ -105,7 +105,9 @@ function call(pointer: number): WasmParser {
 export function loadWasmParser(source?: () => Uint8Array): typeof createWasmParser {
   if (llhttp === undefined) {
     const bytes = source?.() ?? (createRequire(import.meta.url)("undici/lib/llhttp/llhttp-wasm.js") as Uint8Array);
-    const { Module, Instance } = (globalThis as unknown as { WebAssembly: WebAssemblyApi }).WebAssembly;
+    const api = (globalThis as unknown as { WebAssembly?: WebAssemblyApi }).WebAssembly;
+    if (api === undefined) throw new Error("WebAssembly is not available in this Node.js (--jitless?)");
+    const { Module, Instance } = api;
     const instance = new Instance(new Module(bytes), imports);
     const exports = instance.exports as unknown as Llhttp;
     for (const name of ["llhttp_alloc", "llhttp_execute", "llhttp_finish", "llhttp_resume", "llhttp_resume_after_upgrade", "llhttp_reset", "llhttp_get_error_pos", "malloc"] as const) {

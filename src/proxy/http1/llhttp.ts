@@ -35,7 +35,7 @@ export type { MessageEvents, MessageHead, MessageParser, ParseFailure } from "./
 
 export type Http1ParserName = "node" | "wasm";
 
-export const DEFAULT_HTTP1_PARSER: Http1ParserName = "node";
+export const DEFAULT_HTTP1_PARSER: Http1ParserName = "wasm";
 
 /** Loads one build and returns its factory; throws when it is not available here. */
 export type ParserLoader = () => MessageParserFactory;
