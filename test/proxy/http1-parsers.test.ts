@@ -147,8 +147,11 @@ describe("the two llhttp builds", () => {
         onBody: () => undefined,
         onComplete: () => parser!.close(),
       });
-      expect(parser.execute(Buffer.from("GET /x HTTP/1.1\r\n\r\n"))).toBe(19);
+      // The second request is not parsed: the parser was closed after the first.
+      expect(parser.execute(Buffer.from("GET /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\n"))).toBe(19);
       expect(heads).toEqual(["/x"]);
+      expect(parser.execute(Buffer.from("GET /z HTTP/1.1\r\n\r\n"))).toMatchObject({ code: "HPE_CLOSED_CONNECTION" });
+      expect(parser.finish()).toBeUndefined();
     }
   });
 });

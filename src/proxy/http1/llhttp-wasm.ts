@@ -82,20 +82,21 @@ const methodNames = new Map<number, string>();
 /** The instance's imports: each callback goes to the parser running now. */
 const imports = {
   env: {
-    wasm_on_message_begin: (p: number) => call(p).onMessageBegin(),
-    wasm_on_url: (p: number, at: number, length: number) => call(p).onUrl(at, length),
-    wasm_on_status: (p: number, at: number, length: number) => call(p).onStatus(at, length),
-    wasm_on_header_field: (p: number, at: number, length: number) => call(p).onHeaderField(at, length),
-    wasm_on_header_value: (p: number, at: number, length: number) => call(p).onHeaderValue(at, length),
-    wasm_on_headers_complete: (p: number, status: number, upgrade: number, keepAlive: number) => call(p).onHeadersComplete(status, upgrade === 1, keepAlive === 1),
-    wasm_on_body: (p: number, at: number, length: number) => call(p).onBody(at, length),
-    wasm_on_message_complete: (p: number) => call(p).onMessageComplete(),
+    wasm_on_message_begin: (p: number) => call(p)?.onMessageBegin() ?? USER,
+    wasm_on_url: (p: number, at: number, length: number) => call(p)?.onUrl(at, length) ?? USER,
+    wasm_on_status: (p: number, at: number, length: number) => call(p)?.onStatus(at, length) ?? USER,
+    wasm_on_header_field: (p: number, at: number, length: number) => call(p)?.onHeaderField(at, length) ?? USER,
+    wasm_on_header_value: (p: number, at: number, length: number) => call(p)?.onHeaderValue(at, length) ?? USER,
+    wasm_on_headers_complete: (p: number, status: number, upgrade: number, keepAlive: number) => call(p)?.onHeadersComplete(status, upgrade === 1, keepAlive === 1) ?? USER,
+    wasm_on_body: (p: number, at: number, length: number) => call(p)?.onBody(at, length) ?? USER,
+    wasm_on_message_complete: (p: number) => call(p)?.onMessageComplete() ?? USER,
   },
 };
 
-function call(pointer: number): WasmParser {
+/** The parser llhttp calls back for; undefined (llhttp stops) once it was closed from a callback. */
+function call(pointer: number): WasmParser | undefined {
   if (running === undefined || running.parser.pointer !== pointer) throw new Error("llhttp called back outside of its parser's execute");
-  return running.parser;
+  return running.parser.closed ? undefined : running.parser;
 }
 
 /**
@@ -189,6 +190,10 @@ class WasmParser implements MessageParser {
   /** An upgrade head was parsed: what follows is not HTTP/1, and nothing more is consumed. */
   #upgraded = false;
 
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   constructor(kind: "request" | "response", maxHeaderBytes: number, events: MessageEvents) {
     this.#request = kind === "request";
     this.#maxHeaderBytes = maxHeaderBytes;
@@ -236,6 +241,8 @@ class WasmParser implements MessageParser {
         if (nested) wasm.free(base);
         this.#freeIfClosed();
       }
+      // Closed from one of its own callbacks: llhttp's struct is gone, nothing more is parsed.
+      if (this.#closed) return result === OK ? end : offset + position;
       if (result === OK) {
         offset = end;
         continue;
