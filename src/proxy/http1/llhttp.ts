@@ -25,17 +25,17 @@ export type { MessageEvents, MessageHead, MessageParser, ParseFailure } from "./
  *
  * The choice: "wasm" by default, "node" as its fallback (measured 2026-12-03, Node v20.20.2,
  * undici 7.30.2, a shared 2-core machine under load; bench/proxy/README.md has the tables):
- * - speed, parser alone (bench/proxy/parser.ts, 9 interleaved rounds, medians, wasm/node with
- *   the range of per-round ratios): pipelined small GETs 2.22M vs 1.37M messages/s, 1.61×
- *   (1.47–1.75); a new parser per request 3.24× (2.40–3.86); 13-byte responses 1.89×
- *   (1.55–2.20); 16 KiB chunked bodies 9.8× (6.6–13.4); 1 MiB chunked 3.85× (2.99–6.82). Node's
- *   binding pays for a C++ → JavaScript call per callback batch, a copied Buffer per body
- *   chunk and an Error object per pause; the adapter decodes a head's fields with one latin1
- *   decode per 2 KiB of input and hands bodies on as slices of the chunk they came in.
- * - speed, a sidecar pair (bench/proxy/compare.ts --parsers, wrk -c32, small GETs): the same
- *   within the machine's noise — CPU per request wasm/node 94 % in one run of 6 rounds,
- *   103 % in one of 8, per-round ratios 76–124 %; the parser is ~11 % of a sidecar's time.
- *   1 MiB bodies bypass the parser in both (RAW_BODY_MIN): no difference measured.
+ * - speed, parser alone (bench/proxy/parser.ts, 9 interleaved rounds, two runs; wasm/node
+ *   medians, the range of per-round ratios across both runs): pipelined small GETs 1.38–1.61×
+ *   (1.26–1.83), a new parser per request 2.9–3.2× (2.4–3.9), 13-byte responses 1.9–2.0×
+ *   (1.6–2.2), 16 KiB chunked bodies 8.4–9.8× (5.6–13.4), 1 MiB chunked 3.9–4.6× (3.0–6.9).
+ *   Node's binding pays for a C++ → JavaScript call per callback batch, a copied Buffer per
+ *   body chunk and an Error object per pause; the adapter decodes a head's fields with one
+ *   latin1 decode per 2 KiB of input and hands bodies on as slices of the chunk they came in.
+ * - speed, a sidecar pair (bench/proxy/compare.ts --parsers, wrk -c32): the same within the
+ *   machine's noise, the parser being ~11 % of a sidecar's time. CPU per request, wasm/node,
+ *   medians of three runs (6, 8, 10 rounds): outbound 92 %, 103 %, 89 %; inbound 94 %, 104 %,
+ *   88 %. 1 MiB bodies bypass the parser in both (RAW_BODY_MIN): 95 % / 100 %.
  * - the smuggling-refusal suites (test/proxy/http1-relay, http1-wire, inbound-http,
  *   test/security/differential): 771 of 771 with each build; the two adapters agree event for
  *   event and refusal for refusal (test/proxy/http1-parsers.test.ts).
