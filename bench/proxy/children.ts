@@ -20,8 +20,8 @@ export interface Started {
 }
 
 /** Starts `command args` in the repository root and waits (30 s at most) for `ready` on its stdout, if given. */
-export function startChild(command: string, args: string[], ready?: RegExp): Promise<Started> {
-  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT });
+export function startChild(command: string, args: string[], ready?: RegExp, env?: Record<string, string>): Promise<Started> {
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT, env: env === undefined ? process.env : { ...process.env, ...env } });
   children.push(child);
   let out = "";
   let err = "";

@@ -5,7 +5,10 @@
  * round so that the machine's drift hits both alike. Prints req/s and CPU µs per request of each
  * sidecar per round, the medians, and the working tree's ratio to the base. Figures, not
  * assertions; run it on a quiet machine.
- *   node --import tsx bench/proxy/compare.ts [--base REV] [--rounds N] [--seconds S]
+ * With --parsers, both pairs are the working tree's, one with each HTTP/1 parser build
+ * (MESHWARD_HTTP1_PARSER=node, =wasm), and the ratio is wasm's to node's.
+ * `--path /big` fetches 1 MiB bodies instead of 13 bytes (then MB/s are printed too).
+ *   node --import tsx bench/proxy/compare.ts [--base REV | --parsers] [--path P] [--rounds N] [--seconds S]
  */
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
@@ -23,7 +26,12 @@ const BASE = flag("--base", "HEAD");
 const ROUNDS = Number(flag("--rounds", "4"));
 const SECONDS = Number(flag("--seconds", "6"));
 
-const start = (args: string[], ready: RegExp) => startChild(process.execPath, args, ready);
+const PARSERS = process.argv.includes("--parsers");
+/** `/big` answers 1 MiB (content-length), any other path 13 bytes. */
+const PATH = flag("--path", "/items/1");
+
+const start = (args: string[], ready: RegExp, env?: Record<string, string>) => startChild(process.execPath, args, ready, env);
+const megabytes = (rps: number): string => (PATH === "/big" ? ` (${((rps * (1 << 20)) / 1e6).toFixed(0)} MB/s)` : "");
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 
 /** The CLI bundle of `rev`, built from a temporary worktree that borrows this tree's node_modules. */
@@ -49,10 +57,16 @@ interface Round {
 
 async function main(): Promise<void> {
   const baseRev = execFileSync("git", ["rev-parse", "--short", BASE], { cwd: ROOT, encoding: "utf8" }).trim();
-  const builds = [
-    { name: `base ${baseRev}`, cli: bundleRevision(BASE) },
-    { name: "working tree", cli: await bundleCli(join(ROOT, "node_modules/.cache/meshward-bench")) },
-  ];
+  const tree = await bundleCli(join(ROOT, "node_modules/.cache/meshward-bench"));
+  const builds: { name: string; cli: string; env?: Record<string, string> }[] = PARSERS
+    ? [
+        { name: "parser node", cli: tree, env: { MESHWARD_HTTP1_PARSER: "node" } },
+        { name: "parser wasm", cli: tree, env: { MESHWARD_HTTP1_PARSER: "wasm" } },
+      ]
+    : [
+        { name: `base ${baseRev}`, cli: bundleRevision(BASE) },
+        { name: "working tree", cli: tree },
+      ];
   const ca = await startMeshCa({ workloadTtl: "24h" });
   const dir = mkdtempSync(join(tmpdir(), "meshward-compare-"));
   const policy = join(dir, "policy.yaml");
@@ -63,7 +77,7 @@ async function main(): Promise<void> {
   const results = new Map<string, Round[]>(builds.map((b) => [b.name, []]));
   try {
     const backend = await start(
-      ["-e", `const s = require("node:http").createServer((q, r) => { r.writeHead(200, { "content-type": "text/plain", "content-length": 13 }); r.end("hello, mesh!\\n"); }); s.keepAliveTimeout = 60000; s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));`],
+      ["-e", `const big = Buffer.alloc(1 << 20, 97); const s = require("node:http").createServer((q, r) => { if (q.url === "/big") { r.writeHead(200, { "content-type": "application/octet-stream", "content-length": big.length }); r.end(big); return; } r.writeHead(200, { "content-type": "text/plain", "content-length": 13 }); r.end("hello, mesh!\\n"); }); s.keepAliveTimeout = 60000; s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));`],
       /PORT (\d+)/,
     );
     for (let round = 0; round < ROUNDS; round++) {
@@ -73,10 +87,11 @@ async function main(): Promise<void> {
           start(
             [build.cli, "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", await ca.token("default", appId), "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra],
             /inbound=127\.0\.0\.1:(\d+)(?: outbound=127\.0\.0\.1:(\d+))?/,
+            build.env,
           );
         const inbound = await sidecar("bench-b", ["--app", `127.0.0.1:${backend.match![1]}`, "--policy", policy]);
         const outbound = await sidecar("bench-a", ["--app", "127.0.0.1:1", "--outbound", "127.0.0.1:0", "--peer", `bench-b=127.0.0.1:${inbound.match![1]}`]);
-        const url = `http://127.0.0.1:${outbound.match![2]}/items/1`;
+        const url = `http://127.0.0.1:${outbound.match![2]}${PATH}`;
         execFileSync("wrk", ["-t1", "-c8", "-d2s", "-H", "dapr-app-id: bench-b", url]);
         const cpuBefore = [cpuSeconds(outbound.child.pid), cpuSeconds(inbound.child.pid)];
         const out = execFileSync("wrk", ["-t1", "-c32", `-d${SECONDS}s`, "-H", "dapr-app-id: bench-b", url], { encoding: "utf8" });
@@ -90,7 +105,7 @@ async function main(): Promise<void> {
           inboundUs: ((cpuAfter[1]! - cpuBefore[1]!) / requests) * 1e6,
         };
         results.get(build.name)!.push(row);
-        console.log(`round ${round + 1} ${build.name.padEnd(14)} ${row.rps.toFixed(0).padStart(7)} req/s  outbound ${row.outboundUs.toFixed(1)} µs/req  inbound ${row.inboundUs.toFixed(1)} µs/req`);
+        console.log(`round ${round + 1} ${build.name.padEnd(14)} ${row.rps.toFixed(0).padStart(7)} req/s${megabytes(row.rps)}  outbound ${row.outboundUs.toFixed(1)} µs/req  inbound ${row.inboundUs.toFixed(1)} µs/req`);
         for (const side of [outbound, inbound]) {
           const exited = new Promise((resolve) => side.child.once("exit", resolve));
           side.child.kill("SIGTERM");
@@ -102,11 +117,16 @@ async function main(): Promise<void> {
     const [base, head] = builds.map((b) => results.get(b.name)!);
     for (const build of builds) {
       const rows = results.get(build.name)!;
-      console.log(`  ${build.name.padEnd(14)} ${median(rows.map((r) => r.rps)).toFixed(0).padStart(7)} req/s  outbound ${median(rows.map((r) => r.outboundUs)).toFixed(1)} µs  inbound ${median(rows.map((r) => r.inboundUs)).toFixed(1)} µs`);
+      console.log(`  ${build.name.padEnd(14)} ${median(rows.map((r) => r.rps)).toFixed(0).padStart(7)} req/s${megabytes(median(rows.map((r) => r.rps)))}  outbound ${median(rows.map((r) => r.outboundUs)).toFixed(1)} µs  inbound ${median(rows.map((r) => r.inboundUs)).toFixed(1)} µs`);
     }
     const ratio = median(head!.map((r) => r.rps)) / median(base!.map((r) => r.rps));
     const pairRatios = head!.map((r, i) => r.rps / base![i]!.rps);
-    console.log(`  working tree / base: ${(ratio * 100).toFixed(1)} % of req/s (per round: ${pairRatios.map((r) => `${(r * 100).toFixed(0)} %`).join(", ")})`);
+    console.log(`  ${PARSERS ? "wasm / node" : "working tree / base"}: ${(ratio * 100).toFixed(1)} % of req/s (per round: ${pairRatios.map((r) => `${(r * 100).toFixed(0)} %`).join(", ")})`);
+    // CPU per request is steadier than req/s on a shared machine: the load of other jobs moves both sides.
+    for (const side of ["outboundUs", "inboundUs"] as const) {
+      const cpu = head!.map((r, i) => r[side] / base![i]![side]);
+      console.log(`  CPU per request, ${side === "outboundUs" ? "outbound" : "inbound"}: ${(median(cpu) * 100).toFixed(1)} % (per round: ${cpu.map((r) => `${(r * 100).toFixed(0)} %`).join(", ")})`);
+    }
   } finally {
     for (const c of children) c.kill("SIGTERM");
     await ca.close();

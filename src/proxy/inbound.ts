@@ -114,7 +114,7 @@ const STRICT_REFUSAL: ProxyAnswer = {
 export async function startInbound(options: InboundOptions): Promise<Inbound> {
   const { telemetry, limits, policy } = options;
   const { logger, mesh } = telemetry;
-  if (options.protocol === "http") checkHttp1Parser();
+  if (options.protocol === "http") checkHttp1Parser(logger);
   const runtime = await prepareServer({ identity: options.identity, logger, maxConnectionAgeMs: limits.maxConnectionAge }, "sidecar inbound");
   const ownId = () => runtime.holder.ownSpiffeId();
   const tracker = new ConnectionTracker((delta) => mesh.connectionsActive.inc({ direction: "inbound" }, delta));

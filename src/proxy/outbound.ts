@@ -120,7 +120,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   const peerPoolOptions = { maxHeaderBytes: RESPONSE_HEADER_BYTES, idleMs: Math.max(1000, Math.floor(limits.idleTimeout / 2)) };
   let address: HostPort | undefined;
   if (options.listen !== undefined) {
-    checkHttp1Parser();
+    checkHttp1Parser(logger);
     const http1 = new Http1Relay({
       ...relaySettings(limits, options.escapedSlashes),
       decide: (request, socket) => {
