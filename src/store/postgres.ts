@@ -84,6 +84,26 @@ const Q = {
     text: `UPDATE join_tokens SET uses_left = uses_left - 1
            WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 RETURNING ${TOKEN_COLUMNS}`,
   },
+  /**
+   * Spend and record in one statement (so one transaction): the issuance row is inserted only
+   * from the spent token row, so a request that loses the race for the last use records nothing,
+   * and a failed insert (duplicate serial) rolls the spend back.
+   */
+  spendTokenAndRecord: {
+    name: "meshward_spend_token_and_record",
+    text: `WITH spent AS (
+             UPDATE join_tokens SET uses_left = uses_left - 1
+             WHERE token_hash = $11 AND uses_left > 0 AND expires_at > $12 RETURNING ${TOKEN_COLUMNS}
+           ), inserted AS (
+             INSERT INTO issuances (${ISSUANCE_COLUMNS})
+             SELECT $1::text, $2::text, $3::text[], $4::timestamptz, $5::timestamptz, $6::timestamptz, $7::text, $8::text, $9::text, $10::text FROM spent
+             RETURNING serial
+           ), superseding AS (
+             INSERT INTO superseded (serial, superseded_by) SELECT $13::text, serial FROM inserted WHERE $13::text IS NOT NULL
+             ON CONFLICT (serial) DO NOTHING
+           )
+           SELECT ${TOKEN_COLUMNS} FROM spent`,
+  },
   getTokenByHash: { name: "meshward_get_token_by_hash", text: `SELECT ${TOKEN_COLUMNS} FROM join_tokens WHERE token_hash = $1` },
   listTokens: { name: "meshward_list_tokens", text: `SELECT ${TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id` },
   nextCrlNumber: { name: "meshward_next_crl_number", text: "SELECT nextval('crl_number_seq')::text AS value" },
@@ -127,18 +147,7 @@ export class PostgresStore implements Store {
 
   async recordIssuance(record: IssuanceRecord): Promise<void> {
     const serial = requireSerial(record.serial, "record the issuance");
-    const values = [
-      serial,
-      record.spiffeId,
-      [...record.dnsNames],
-      new Date(requireDate(record.notBefore, "notBefore")),
-      new Date(requireDate(record.notAfter, "notAfter")),
-      new Date(requireDate(record.issuedAt, "issuedAt")),
-      record.attestation,
-      record.issuerFingerprint,
-      record.rootFingerprint,
-      record.certificatePem,
-    ];
+    const values = issuanceValues(record, serial);
     const duplicate = `a certificate with serial ${serial} is already in the issuance log`;
     if (record.supersedes === undefined) {
       await this.#query("E_STORE_WRITE", "record the issuance", Q.insertIssuance, values, duplicate);
@@ -146,6 +155,32 @@ export class PostgresStore implements Store {
       const supersedes = requireSerial(record.supersedes, "record the superseded certificate");
       await this.#query("E_STORE_WRITE", "record the issuance", Q.insertIssuanceSuperseding, [...values, supersedes], duplicate);
     }
+  }
+
+  async recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date): Promise<TokenConsumption> {
+    const serial = requireSerial(record.serial, "record the issuance");
+    const supersedes = record.supersedes === undefined ? null : requireSerial(record.supersedes, "record the superseded certificate");
+    const at = new Date(requireDate(now, "now"));
+    const result = await this.#query<TokenRow>(
+      "E_STORE_WRITE",
+      "spend the join token and record the issuance",
+      Q.spendTokenAndRecord,
+      [...issuanceValues(record, serial), tokenHash, at, supersedes],
+      `a certificate with serial ${serial} is already in the issuance log`,
+    );
+    const row = result.rows[0];
+    if (row !== undefined) return { ok: true, token: tokenFromRow(row) };
+    return this.checkToken(tokenHash, now);
+  }
+
+  async checkToken(tokenHash: string, now: Date): Promise<TokenConsumption> {
+    const at = requireDate(now, "now");
+    const existing = await this.#query<TokenRow>("E_STORE_READ", "read the join token", Q.getTokenByHash, [tokenHash]);
+    const token = existing.rows[0];
+    if (token === undefined) return { ok: false, reason: "unknown" };
+    if (token.uses_left <= 0) return { ok: false, reason: "used-up" };
+    if (token.expires_at.getTime() <= at) return { ok: false, reason: "expired" };
+    return { ok: true, token: tokenFromRow(token) };
   }
 
   async getIssuance(serial: string): Promise<IssuanceRecord | undefined> {
@@ -328,6 +363,21 @@ function pgCode(error: unknown): string | undefined {
   if (typeof error !== "object" || error === null) return undefined;
   const code = (error as { code?: unknown }).code;
   return typeof code === "string" ? code : undefined;
+}
+
+function issuanceValues(record: IssuanceRecord, serial: string): unknown[] {
+  return [
+    serial,
+    record.spiffeId,
+    [...record.dnsNames],
+    new Date(requireDate(record.notBefore, "notBefore")),
+    new Date(requireDate(record.notAfter, "notAfter")),
+    new Date(requireDate(record.issuedAt, "issuedAt")),
+    record.attestation,
+    record.issuerFingerprint,
+    record.rootFingerprint,
+    record.certificatePem,
+  ];
 }
 
 function issuanceFromRow(row: IssuanceRow): IssuanceRecord {

@@ -107,19 +107,7 @@ export class SqliteStore implements Store {
   }
 
   async recordIssuance(record: IssuanceRecord): Promise<void> {
-    const serial = requireSerial(record.serial, "record the issuance");
-    const row: IssuanceRow = {
-      serial,
-      spiffe_id: record.spiffeId,
-      dns_names: JSON.stringify(record.dnsNames),
-      not_before: requireDate(record.notBefore, "notBefore"),
-      not_after: requireDate(record.notAfter, "notAfter"),
-      issued_at: requireDate(record.issuedAt, "issuedAt"),
-      attestation: record.attestation,
-      issuer_fingerprint: record.issuerFingerprint,
-      root_fingerprint: record.rootFingerprint,
-      certificate_pem: record.certificatePem,
-    };
+    const row = issuanceRow(record);
     const supersedes = record.supersedes === undefined ? undefined : requireSerial(record.supersedes, "record the superseded certificate");
     this.#assertOpen();
     if (this.#useWriterThread) {
@@ -247,6 +235,33 @@ export class SqliteStore implements Store {
     return this.#write("spend the join token", () => consume.immediate());
   }
 
+  async checkToken(tokenHash: string, now: Date): Promise<TokenConsumption> {
+    const at = requireDate(now, "now");
+    const row = this.#read("read the join token", () => this.#stmts().getTokenByHash.get(tokenHash) as TokenRow | undefined);
+    return tokenState(row, at);
+  }
+
+  async recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date): Promise<TokenConsumption> {
+    const row = issuanceRow(record);
+    const supersedes = record.supersedes === undefined ? undefined : requireSerial(record.supersedes, "record the superseded certificate");
+    const at = requireDate(now, "now");
+    const statements = this.#stmts();
+    // Not group-committed: the spend and the row commit together or not at all (join-token
+    // issuance is rare next to renewals, which keep the group-commit path).
+    const spendAndRecord = this.#db.transaction((): TokenConsumption => {
+      const spent = statements.spendToken.get(tokenHash, at) as TokenRow | undefined;
+      if (spent === undefined) return tokenState(statements.getTokenByHash.get(tokenHash) as TokenRow | undefined, at);
+      statements.insertIssuance.run(row);
+      if (supersedes !== undefined) statements.insertSuperseded.run(supersedes, row.serial);
+      return { ok: true, token: tokenFromRow(spent) };
+    });
+    return this.#write(
+      "spend the join token and record the issuance",
+      () => spendAndRecord.immediate(),
+      `a certificate with serial ${row.serial} is already in the issuance log`,
+    );
+  }
+
   async listTokens(): Promise<JoinTokenRecord[]> {
     const rows = this.#read("list join tokens", () => this.#stmts().listTokens.all() as TokenRow[]);
     return rows.map(tokenFromRow);
@@ -359,6 +374,29 @@ function prepareStatements(db: Database.Database): Statements {
     listTokens: db.prepare("SELECT * FROM join_tokens ORDER BY created_at, id"),
     nextCrlNumber: db.prepare("UPDATE crl_number SET value = value + 1 WHERE id = 1 RETURNING value").safeIntegers(true),
   };
+}
+
+function issuanceRow(record: IssuanceRecord): IssuanceRow {
+  return {
+    serial: requireSerial(record.serial, "record the issuance"),
+    spiffe_id: record.spiffeId,
+    dns_names: JSON.stringify(record.dnsNames),
+    not_before: requireDate(record.notBefore, "notBefore"),
+    not_after: requireDate(record.notAfter, "notAfter"),
+    issued_at: requireDate(record.issuedAt, "issuedAt"),
+    attestation: record.attestation,
+    issuer_fingerprint: record.issuerFingerprint,
+    root_fingerprint: record.rootFingerprint,
+    certificate_pem: record.certificatePem,
+  };
+}
+
+/** What spending the token would answer now (without spending it). */
+function tokenState(row: TokenRow | undefined, at: number): TokenConsumption {
+  if (row === undefined) return { ok: false, reason: "unknown" };
+  if (row.uses_left <= 0) return { ok: false, reason: "used-up" };
+  if (row.expires_at <= at) return { ok: false, reason: "expired" };
+  return { ok: true, token: tokenFromRow(row) };
 }
 
 function issuanceFromRow(row: IssuanceRow): IssuanceRecord {

@@ -74,6 +74,15 @@ export interface Store {
   createToken(token: JoinTokenRecord): Promise<void>;
   /** Atomically checks and spends one use of the token with this hash. */
   consumeToken(tokenHash: string, now: Date): Promise<TokenConsumption>;
+  /** Whether the token with this hash could be spent at `now`, without spending it (the answer may be stale at once). */
+  checkToken(tokenHash: string, now: Date): Promise<TokenConsumption>;
+  /**
+   * Spends one use of the token and records the issuance in one transaction: a use is spent
+   * only by a certificate that is recorded, and nothing is recorded when the token can no
+   * longer be spent (another request spent its last use first). The CA returns the
+   * certificate only when this answers ok.
+   */
+  recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date): Promise<TokenConsumption>;
   listTokens(): Promise<JoinTokenRecord[]>;
   /** Monotonic CRL number, persisted; each call returns the next one. */
   nextCrlNumber(): Promise<bigint>;

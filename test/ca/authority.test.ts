@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -133,6 +134,49 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
     const r = await refusal(ask({ csrPem: readFileSync(join(dir, "csr.pem"), "utf8"), token: await joinToken("orders", "api") }));
     expect(r.code).toBe(code);
     await stillServes();
+  });
+
+  // Issue 14: the token is only read at attestation; the use is spent with the issuance, so every
+  // refusal after attestation leaves it for the following good request.
+  const usesLeft = async (token: string) => {
+    const hash = createHash("sha256").update(token).digest("hex");
+    return (await server.store.listTokens()).find((t) => t.tokenHash === hash)?.usesLeft;
+  };
+  const opensslCaCsr = async (spiffeId: string) => {
+    const dir = mkdtempSync(join(work, "req-"));
+    const made = await exec("openssl", [
+      "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=x",
+      "-keyout", join(dir, "k.pem"), "-out", join(dir, "csr.pem"),
+      "-addext", "basicConstraints=critical,CA:TRUE", "-addext", `subjectAltName=URI:${spiffeId}`,
+    ]);
+    expect(made.code, made.stderr).toBe(0);
+    return { csrPem: readFileSync(join(dir, "csr.pem"), "utf8") };
+  };
+  it.each([
+    ["a CSR naming another ID", async () => ({ ...(await csr({ spiffeId: `spiffe://${TD}/ns/orders/payments` })) }), "E_CSR_IDENTITY_MISMATCH"],
+    ["a CSR asking for CA:TRUE", async () => await opensslCaCsr(`spiffe://${TD}/ns/orders/once`), "E_CSR_REQUESTS_CA"],
+    ["a DNS name the token does not allow", async () => await csr({ dnsNames: ["admin.internal"] }), "E_CSR_DNS_NOT_ALLOWED"],
+    ["an app id mismatch", async () => ({ ...(await csr()), appId: "payments" }), "E_IDENTITY_MISMATCH"],
+    ["a namespace mismatch", async () => ({ ...(await csr()), namespace: "billing" }), "E_IDENTITY_MISMATCH"],
+  ])("leaves a single-use token unspent when it refuses %s", async (_name, make, code) => {
+    const token = await joinToken("orders", "once");
+    expect((await refusal(ask({ ...(await make()), token }))).code).toBe(code);
+    expect(await usesLeft(token)).toBe(1);
+    const signed = await ask({ ...(await csr()), token });
+    expect(inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer).uris).toEqual([`spiffe://${TD}/ns/orders/once`]);
+    expect(await usesLeft(token)).toBe(0);
+    expect((await refusal(ask({ ...(await csr()), token }))).code).toBe("E_TOKEN_USED");
+  });
+
+  it("gives exactly one certificate for a single-use token raced by 24 requests, and logs only that one", async () => {
+    const token = await joinToken("orders", "raced");
+    const outcomes = await Promise.allSettled(Array.from({ length: 24 }, async () => ask({ ...(await csr()), token })));
+    const issued = outcomes.flatMap((o) => (o.status === "fulfilled" ? [o.value] : []));
+    expect(issued).toHaveLength(1);
+    for (const o of outcomes) if (o.status === "rejected") expect((o.reason as { code?: string }).code).toBe("E_TOKEN_USED");
+    const serial = inspectCertificate(certificatesFromPem(issued[0]!.certChainPem)[0] as Buffer).serial;
+    const logged = await server.store.listIssuances({ spiffeId: `spiffe://${TD}/ns/orders/raced` });
+    expect(logged.map((r) => r.serial)).toEqual([serial]);
   });
 
   it("accepts P-384 and RSA-2048 CSRs from openssl", async () => {
