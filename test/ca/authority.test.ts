@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, createPrivateKey } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -292,6 +292,38 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
       } finally {
         await other.close();
       }
+    });
+
+    // Issue 14: the CA's TLS layer (OpenSSL) accepts a CA certificate chained to the bundle as a
+    // client certificate, so the svid validator must refuse it itself. Made with the openssl CLI
+    // and signed by this CA's own issuer key, so only the CA:TRUE / keyCertSign bit is wrong.
+    it.each([
+      ["CA:TRUE", "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,digitalSignature,keyCertSign\n"],
+      ["keyCertSign", "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyCertSign\n"],
+    ])("refuses renewal with a %s certificate chained to the bundle (a leaf from the same issuer renews)", async (_name, ext) => {
+      const dir = mkdtempSync(join(work, "ca-leaf-"));
+      const caDir = join(work, "ca");
+      const spiffeId = `spiffe://${TD}/ns/orders/renewer`;
+      writeFileSync(join(dir, "ext"), `${ext}extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=URI:${spiffeId}\n`);
+      const steps = [
+        ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=not a leaf", "-keyout", join(dir, "k.pem"), "-out", join(dir, "csr.pem")],
+        ["x509", "-req", "-in", join(dir, "csr.pem"), "-CA", join(caDir, "issuer.pem"), "-CAkey", join(caDir, "issuer.key"), "-set_serial", "0x7a11ce", "-days", "1", "-extfile", join(dir, "ext"), "-out", join(dir, "cert.pem")],
+      ];
+      for (const args of steps) {
+        const made = await exec("openssl", args);
+        expect(made.code, made.stderr).toBe(0);
+      }
+      const chain = readFileSync(join(dir, "cert.pem"), "utf8") + readFileSync(join(caDir, "issuer.pem"), "utf8");
+      const verified = await exec("openssl", ["verify", "-purpose", "sslclient", "-CAfile", join(caDir, "bundle.pem"), "-untrusted", join(caDir, "issuer.pem"), join(dir, "cert.pem")]);
+      expect(verified.stdout + verified.stderr).toContain("OK");
+      const privateKey = createPrivateKey(readFileSync(join(dir, "k.pem")));
+      const r = await refusal(ask({ ...(await csr()), token: "", validator: "SVID" }, { ...connection, clientCertificate: { certChainPem: chain, privateKey } }));
+      expect(r.code).toBe("E_ATTESTATION_UNTRUSTED");
+      expect(r.message).toMatch(/not a leaf SVID/);
+      const first = await csr();
+      const leaf = await ask({ ...first, token: await joinToken("orders", "renewer") });
+      const renewed = await ask({ ...(await csr()), token: "", validator: "SVID" }, { ...connection, clientCertificate: { certChainPem: leaf.certChainPem, privateKey: first.keyPair.privateKey } });
+      expect(inspectCertificate(certificatesFromPem(renewed.certChainPem)[0] as Buffer).uris).toEqual([spiffeId]);
     });
 
     it("refuses renewal without a client certificate", async () => {
