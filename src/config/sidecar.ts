@@ -1,6 +1,6 @@
 import * as z from "zod";
 import { parseTrustDomain } from "../spiffe/id.ts";
-import { hostPort } from "./fields.ts";
+import { hostPort, hostPortList } from "./fields.ts";
 import { parseDuration } from "../util/duration.ts";
 
 
@@ -60,7 +60,7 @@ export const sidecarConfigSchema = z
       })
       .optional()
       .describe("Trust domain; read from the bundle's root when omitted."),
-    ca: hostPort("CA address").describe("Address of the meshward CA (HOST:PORT)."),
+    ca: hostPortList("CA address").describe("Address of the meshward CA (HOST:PORT), or of its replicas (HOST:PORT,HOST:PORT…; a DNS name may resolve to several)."),
     bundle: z.string().min(1).describe("Bootstrap trust bundle file (PEM) the CA's certificate must chain to."),
     token: z.string().min(1).optional().describe("Join token or JWT for the first certificate (prefer tokenFile or MESHWARD_TOKEN; a token here is a secret in a file)."),
     tokenFile: z.string().min(1).optional().describe("File holding the token, re-read at each use (Kubernetes projected tokens rotate)."),
