@@ -65,6 +65,26 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
         superseded_by TEXT NOT NULL
       );
     `,
+  },  {
+    version: 3,
+    description: "CA state shared by replicas: changed anchor files, their version, the published CRL",
+    sql: `
+      CREATE TABLE ca_files (
+        name TEXT PRIMARY KEY NOT NULL,
+        content TEXT
+      );
+      CREATE TABLE ca_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+      );
+      INSERT INTO ca_state (id, version) VALUES (1, 0);
+      CREATE TABLE published_crl (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        number INTEGER NOT NULL,
+        der BLOB NOT NULL,
+        this_update INTEGER NOT NULL
+      );
+    `,
   },
 ];
 
@@ -116,6 +136,26 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
       CREATE TABLE superseded (
         serial TEXT PRIMARY KEY,
         superseded_by TEXT NOT NULL
+      );
+    `,
+  },  {
+    version: 3,
+    description: "CA state shared by replicas: changed anchor files, their version, the published CRL",
+    sql: `
+      CREATE TABLE ca_files (
+        name TEXT PRIMARY KEY,
+        content TEXT
+      );
+      CREATE TABLE ca_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version BIGINT NOT NULL
+      );
+      INSERT INTO ca_state (id, version) VALUES (1, 0);
+      CREATE TABLE published_crl (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        number BIGINT NOT NULL,
+        der BYTEA NOT NULL,
+        this_update TIMESTAMPTZ NOT NULL
       );
     `,
   },

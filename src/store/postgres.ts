@@ -3,7 +3,8 @@ import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { assertSchemaNotNewer, latestVersion, migratePostgres, POSTGRES_MIGRATIONS, postgresSchemaVersion } from "./migrations.ts";
 import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
 import { redactConnectionString } from "./redact.ts";
-import type { IssuanceFilter, IssuanceRecord, JoinTokenRecord, RevocationRecord, Store, TokenConsumption } from "./store.ts";
+import { advisoryLeaderLock, CHANNELS, listenForChanges } from "./postgres-shared.ts";
+import type { CaFilesSnapshot, IssuanceFilter, IssuanceRecord, JoinTokenRecord, LeaderLock, RevocationRecord, Store, StoredCrl, TokenConsumption } from "./store.ts";
 
 export type PostgresStoreOptions = { connectionString: string } | pg.PoolConfig;
 
@@ -107,6 +108,20 @@ const Q = {
   getTokenByHash: { name: "meshward_get_token_by_hash", text: `SELECT ${TOKEN_COLUMNS} FROM join_tokens WHERE token_hash = $1` },
   listTokens: { name: "meshward_list_tokens", text: `SELECT ${TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id` },
   nextCrlNumber: { name: "meshward_next_crl_number", text: "SELECT nextval('crl_number_seq')::text AS value" },
+  caStateVersion: { name: "meshward_ca_state_version", text: "SELECT version::text AS version FROM ca_state WHERE id = 1" },
+  listCaFiles: { name: "meshward_list_ca_files", text: "SELECT name, content FROM ca_files ORDER BY name" },
+  // The fence between two leaders: only a higher CRL number replaces the published CRL.
+  publishCrl: {
+    name: "meshward_publish_crl",
+    text: `WITH published AS (
+             INSERT INTO published_crl (id, number, der, this_update) VALUES (1, $1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET number = EXCLUDED.number, der = EXCLUDED.der, this_update = EXCLUDED.this_update
+             WHERE EXCLUDED.number > published_crl.number
+             RETURNING number
+           )
+           SELECT pg_notify('${CHANNELS.crl}', number::text) FROM published`,
+  },
+  latestCrl: { name: "meshward_latest_crl", text: "SELECT number::text AS number, der, this_update FROM published_crl WHERE id = 1" },
 } as const;
 
 /** Opens a pool to PostgreSQL (nothing connects until the first call); call migrate() before use. */
@@ -119,6 +134,7 @@ export class PostgresStore implements Store {
   /** Where the store points, password hidden: safe for messages and logs. */
   readonly target: string;
   readonly #pool: pg.Pool;
+  readonly #config: pg.PoolConfig;
   #closed = false;
   #schemaChecked: Promise<void> | undefined;
 
@@ -126,6 +142,7 @@ export class PostgresStore implements Store {
     const config: pg.PoolConfig = { connectionTimeoutMillis: 10_000, application_name: "meshward-ca", ...options };
     this.target = describeTarget(config);
     assertParsable(config.connectionString, this.target);
+    this.#config = config;
     this.#pool = new pg.Pool(config);
     // An idle pooled connection that breaks (server restart, network) is dropped and replaced
     // on next use; without a listener the 'error' event would crash the CA process.
@@ -261,6 +278,75 @@ export class PostgresStore implements Store {
     const value = result.rows[0]?.value;
     if (value === undefined) throw new MeshwardError("E_STORE_WRITE", `${this.target}: the CRL number sequence returned nothing`);
     return BigInt(value);
+  }
+
+  async readCaFiles(): Promise<CaFilesSnapshot> {
+    // One snapshot: REPEATABLE READ makes the version and the files agree.
+    return this.#transaction("read the CA state", "E_STORE_READ", async (client) => {
+      await client.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ");
+      const version = await client.query<{ version: string }>(Q.caStateVersion);
+      const files = await client.query<{ name: string; content: string | null }>(Q.listCaFiles);
+      return { version: Number(version.rows[0]?.version ?? 0), files: new Map(files.rows.map((r) => [r.name, r.content])) };
+    });
+  }
+
+  async caStateVersion(): Promise<number> {
+    const result = await this.#query<{ version: string }>("E_STORE_READ", "read the CA state version", Q.caStateVersion, []);
+    return Number(result.rows[0]?.version ?? 0);
+  }
+
+  async writeCaFiles(expectedVersion: number, changes: ReadonlyMap<string, string | null>): Promise<number | undefined> {
+    return this.#transaction("write the CA state", "E_STORE_WRITE", async (client) => {
+      const bumped = await client.query<{ version: string }>("UPDATE ca_state SET version = version + 1 WHERE id = 1 AND version = $1 RETURNING version::text AS version", [expectedVersion]);
+      const version = bumped.rows[0]?.version;
+      if (version === undefined) return undefined;
+      for (const [name, content] of changes) {
+        await client.query("INSERT INTO ca_files (name, content) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET content = EXCLUDED.content", [name, content]);
+      }
+      await client.query("SELECT pg_notify($1, $2)", [CHANNELS.ca_state, version]);
+      return Number(version);
+    });
+  }
+
+  async publishCrl(crl: StoredCrl): Promise<boolean> {
+    const thisUpdate = new Date(requireDate(crl.thisUpdate, "thisUpdate"));
+    const result = await this.#query("E_STORE_WRITE", "publish the CRL", Q.publishCrl, [crl.number.toString(), crl.der, thisUpdate]);
+    return result.rowCount === 1;
+  }
+
+  async latestCrl(): Promise<StoredCrl | undefined> {
+    const result = await this.#query<{ number: string; der: Buffer; this_update: Date }>("E_STORE_READ", "read the published CRL", Q.latestCrl, []);
+    const row = result.rows[0];
+    return row === undefined ? undefined : { number: BigInt(row.number), der: row.der, thisUpdate: row.this_update };
+  }
+
+  listen(onChange: (channel: "ca_state" | "crl") => void): Promise<() => Promise<void>> {
+    this.#assertOpen();
+    return listenForChanges(this.#config, onChange);
+  }
+
+  leaderLock(): LeaderLock {
+    this.#assertOpen();
+    return advisoryLeaderLock(this.#config);
+  }
+
+  async #transaction<T>(what: string, code: "E_STORE_READ" | "E_STORE_WRITE", fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    this.#assertOpen();
+    await this.#ensureSchemaKnown().catch((error: unknown) => {
+      throw this.#error(code, what, error);
+    });
+    const client = await this.#connect(what);
+    try {
+      await client.query("BEGIN");
+      const result = await fn(client);
+      await client.query("COMMIT");
+      return result;
+    } catch (error) {
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw this.#error(code, what, error);
+    } finally {
+      client.release();
+    }
   }
 
   async close(): Promise<void> {

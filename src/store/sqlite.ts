@@ -5,7 +5,7 @@ import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { assertSchemaNotNewer, latestVersion, migrateSqlite, SQLITE_MIGRATIONS, sqliteSchemaVersion } from "./migrations.ts";
 import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
 import { SqliteWriter } from "./sqlite-writer.ts";
-import type { IssuanceFilter, IssuanceRecord, JoinTokenRecord, RevocationRecord, Store, TokenConsumption } from "./store.ts";
+import type { CaFilesSnapshot, IssuanceFilter, IssuanceRecord, JoinTokenRecord, RevocationRecord, Store, StoredCrl, TokenConsumption } from "./store.ts";
 
 const BUSY_TIMEOUT_MS = 5_000;
 const MEMORY = ":memory:";
@@ -275,6 +275,42 @@ export class SqliteStore implements Store {
     return row.value;
   }
 
+  async readCaFiles(): Promise<CaFilesSnapshot> {
+    const statements = this.#stmts();
+    const read = this.#db.transaction(() => ({
+      version: (statements.caStateVersion.get() as { version: number }).version,
+      rows: statements.listCaFiles.all() as { name: string; content: string | null }[],
+    }));
+    const { version, rows } = this.#read("read the CA state", () => read());
+    return { version, files: new Map(rows.map((r) => [r.name, r.content])) };
+  }
+
+  async caStateVersion(): Promise<number> {
+    return this.#read("read the CA state version", () => (this.#stmts().caStateVersion.get() as { version: number }).version);
+  }
+
+  async writeCaFiles(expectedVersion: number, changes: ReadonlyMap<string, string | null>): Promise<number | undefined> {
+    const statements = this.#stmts();
+    const write = this.#db.transaction((): number | undefined => {
+      const bumped = statements.bumpCaState.get(expectedVersion) as { version: number } | undefined;
+      if (bumped === undefined) return undefined;
+      for (const [name, content] of changes) statements.putCaFile.run(name, content);
+      return bumped.version;
+    });
+    return this.#write("write the CA state", () => write.immediate());
+  }
+
+  async publishCrl(crl: StoredCrl): Promise<boolean> {
+    const thisUpdate = requireDate(crl.thisUpdate, "thisUpdate");
+    const result = this.#write("publish the CRL", () => this.#stmts().publishCrl.run(crl.number, crl.der, thisUpdate));
+    return result.changes === 1;
+  }
+
+  async latestCrl(): Promise<StoredCrl | undefined> {
+    const row = this.#read("read the published CRL", () => this.#stmts().latestCrl.get() as { number: bigint; der: Buffer; this_update: bigint } | undefined);
+    return row === undefined ? undefined : { number: row.number, der: row.der, thisUpdate: new Date(Number(row.this_update)) };
+  }
+
   async close(): Promise<void> {
     await this.#writer?.close();
     if (this.#db.open) this.#flushIssuances();
@@ -341,6 +377,12 @@ interface Statements {
   getTokenByHash: Database.Statement;
   listTokens: Database.Statement;
   nextCrlNumber: Database.Statement;
+  caStateVersion: Database.Statement;
+  listCaFiles: Database.Statement;
+  bumpCaState: Database.Statement;
+  putCaFile: Database.Statement;
+  publishCrl: Database.Statement;
+  latestCrl: Database.Statement;
 }
 
 function prepareStatements(db: Database.Database): Statements {
@@ -373,6 +415,17 @@ function prepareStatements(db: Database.Database): Statements {
     getTokenByHash: db.prepare("SELECT * FROM join_tokens WHERE token_hash = ?"),
     listTokens: db.prepare("SELECT * FROM join_tokens ORDER BY created_at, id"),
     nextCrlNumber: db.prepare("UPDATE crl_number SET value = value + 1 WHERE id = 1 RETURNING value").safeIntegers(true),
+    caStateVersion: db.prepare("SELECT version FROM ca_state WHERE id = 1"),
+    listCaFiles: db.prepare("SELECT name, content FROM ca_files ORDER BY name"),
+    bumpCaState: db.prepare("UPDATE ca_state SET version = version + 1 WHERE id = 1 AND version = ? RETURNING version"),
+    putCaFile: db.prepare("INSERT INTO ca_files (name, content) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET content = excluded.content"),
+    // The fence between two leaders: only a higher CRL number replaces the published CRL.
+    publishCrl: db.prepare(
+      `INSERT INTO published_crl (id, number, der, this_update) VALUES (1, ?, ?, ?)
+       ON CONFLICT (id) DO UPDATE SET number = excluded.number, der = excluded.der, this_update = excluded.this_update
+       WHERE excluded.number > published_crl.number`,
+    ),
+    latestCrl: db.prepare("SELECT number, der, this_update FROM published_crl WHERE id = 1").safeIntegers(true),
   };
 }
 

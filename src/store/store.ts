@@ -59,6 +59,29 @@ export interface IssuanceFilter {
   readonly limit?: number;
 }
 
+/** The files of the CA directory changed after init, as the store holds them (null: deleted). */
+export interface CaFilesSnapshot {
+  /** Grows by one with every change; 0 before the first. */
+  readonly version: number;
+  /** File name inside the CA directory → content, or null when the change removed it. */
+  readonly files: ReadonlyMap<string, string | null>;
+}
+
+export interface StoredCrl {
+  readonly number: bigint;
+  readonly der: Buffer;
+  readonly thisUpdate: Date;
+}
+
+/** A PostgreSQL advisory lock held on its own connection: one leader among the CA replicas. */
+export interface LeaderLock {
+  /** Tries to take the lock (true when held, also when already held); false when another holds it. */
+  tryAcquire(): Promise<boolean>;
+  /** Whether the lock is held now (false once its connection broke). */
+  readonly held: boolean;
+  release(): Promise<void>;
+}
+
 export interface Store {
   /** Creates or upgrades the schema; idempotent. */
   migrate(): Promise<void>;
@@ -86,5 +109,24 @@ export interface Store {
   listTokens(): Promise<JoinTokenRecord[]>;
   /** Monotonic CRL number, persisted; each call returns the next one. */
   nextCrlNumber(): Promise<bigint>;
+  /** CA state that changed after init (issue 17): what rotations wrote, shared by every replica. */
+  readCaFiles(): Promise<CaFilesSnapshot>;
+  /** The version of that state alone (cheap; replicas poll it). */
+  caStateVersion(): Promise<number>;
+  /**
+   * Applies the changes in one transaction when the state is still at `expectedVersion`
+   * (compare-and-swap) and returns the new version; undefined when another writer came first.
+   */
+  writeCaFiles(expectedVersion: number, changes: ReadonlyMap<string, string | null>): Promise<number | undefined>;
+  /**
+   * Publishes a signed CRL unless one with a number as high or higher is already published
+   * (the fence between two leaders): true when this one is now the published CRL.
+   */
+  publishCrl(crl: StoredCrl): Promise<boolean>;
+  latestCrl(): Promise<StoredCrl | undefined>;
+  /** Shared stores (PostgreSQL): called on each change notification (LISTEN/NOTIFY); returns the unsubscribe. */
+  listen?(onChange: (channel: "ca_state" | "crl") => void): Promise<() => Promise<void>>;
+  /** Shared stores (PostgreSQL): the lock that elects the one replica rotating and signing CRLs. */
+  leaderLock?(): LeaderLock;
   close(): Promise<void>;
 }

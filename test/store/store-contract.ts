@@ -453,6 +453,44 @@ export function defineStoreContract(backend: StoreBackend): void {
       });
     });
 
+    describe("CA state shared by replicas (issue 17)", () => {
+      it("starts empty at version 0, and applies changes only at the expected version", async () => {
+        expect(await store.readCaFiles()).toEqual({ version: 0, files: new Map() });
+        expect(await store.caStateVersion()).toBe(0);
+        const v1 = await store.writeCaFiles(0, new Map([["issuer.pem", "PEM 1"], ["ca.json", "{}"]]));
+        expect(v1).toBe(1);
+        expect(await store.writeCaFiles(0, new Map([["issuer.pem", "stale writer"]]))).toBeUndefined();
+        expect(await store.writeCaFiles(1, new Map<string, string | null>([["issuer.pem", "PEM 2"], ["issuer.next.pem", null]]))).toBe(2);
+        const other = await open();
+        const snapshot = await other.readCaFiles();
+        expect(snapshot.version).toBe(2);
+        expect(snapshot.files).toEqual(new Map<string, string | null>([["ca.json", "{}"], ["issuer.next.pem", null], ["issuer.pem", "PEM 2"]]));
+        expect(await other.caStateVersion()).toBe(2);
+      });
+
+      it("lets exactly one of several writers racing from the same version win", async () => {
+        const handles = [store, await open(), await open()];
+        const results = await Promise.all(Array.from({ length: 12 }, (_, i) => handles[i % 3]!.writeCaFiles(0, new Map([["issuer.pem", `writer ${i}`]]))));
+        const winners = results.flatMap((r, i) => (r === undefined ? [] : [i]));
+        expect(winners).toHaveLength(1);
+        expect((await store.readCaFiles()).files.get("issuer.pem")).toBe(`writer ${winners[0]}`);
+      });
+
+      it("publishes a CRL only over a lower number (the fence between two leaders)", async () => {
+        expect(await store.latestCrl()).toBeUndefined();
+        const crl = (n: bigint) => ({ number: n, der: Buffer.from(`crl ${n}`), thisUpdate: new Date(T0 + Number(n)) });
+        expect(await store.publishCrl(crl(5n))).toBe(true);
+        expect(await store.publishCrl(crl(4n))).toBe(false);
+        expect(await store.publishCrl(crl(5n))).toBe(false);
+        const other = await open();
+        expect(await other.publishCrl(crl(7n))).toBe(true);
+        const latest = await store.latestCrl();
+        expect(latest?.number).toBe(7n);
+        expect(latest?.der.toString()).toBe("crl 7");
+        expect(latest?.thisUpdate.getTime()).toBe(T0 + 7);
+      });
+    });
+
     describe("CRL number", () => {
       it("is strictly increasing, also after a restart", async () => {
         const a = await store.nextCrlNumber();
