@@ -386,7 +386,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
 
   const host = bound.address;
   logger.info(
-    { event: "ca-started", address: `${host}:${bound.port}`, trustDomain: anchors.trustDomain, spiffeId, issuerNotAfter: anchors.issuer.certificate.validTo, validators: [...attestors.keys()] },
+    { event: "ca-started", address: `${host}:${bound.port}`, trustDomain: anchors.trustDomain, spiffeId, issuerNotAfter: anchors.issuer.certificate.validTo, validators: [...attestors.keys()], ...(replicated !== undefined ? { replicated: true, leader } : {}) },
     "meshward CA serving",
   );
   return {
