@@ -4,9 +4,11 @@ import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { caConfigSchema, type CaConfig } from "../config/ca.ts";
 import { loadYamlConfig } from "../config/load.ts";
-import { caLayout, initAnchors, loadAnchors } from "../ca/anchors.ts";
+import { caLayout, initAnchors, loadAnchors, readCaState } from "../ca/anchors.ts";
 import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../ca/rotation.ts";
-import { withCaFiles } from "./store.ts";
+import { withCaFiles, withCaStore } from "./store.ts";
+import { copyStore } from "../store/migrate-store.ts";
+import { redactConnectionString } from "../store/redact.ts";
 import { startCaServer } from "../ca/server.ts";
 import { MeshwardError } from "../errors.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
@@ -108,6 +110,21 @@ export function registerCaCommand(program: Command): void {
       const signal = await untilSignal();
       logger.info({ event: "ca-stopping", signal }, "stopping");
       await server.close();
+    });
+
+  ca.command("migrate-store")
+    .description("move a single-replica CA's records (certificates, revocations, tokens, CRL number) to another store, e.g. SQLite to PostgreSQL for several replicas; stop the CA first")
+    .requiredOption("--dir <dir>", "CA directory")
+    .option("--from <url>", "the store to read [default: sqlite:<dir>/ca.db]")
+    .requiredOption("--to <url>", "the empty store to fill, e.g. postgres://meshward@db:5432/meshward")
+    .action(async (opts) => {
+      readCaState(opts.dir);
+      const from = opts.from ?? `sqlite:${caLayout(opts.dir).database}`;
+      const report = await withCaStore(opts.dir, from, (source) => withCaStore(opts.dir, opts.to, (target) => copyStore(source, target)));
+      process.stdout.write(
+        `moved ${report.issuances} certificate${report.issuances === 1 ? "" : "s"}, ${report.revocations} revocation${report.revocations === 1 ? "" : "s"} and ${report.tokens} join token${report.tokens === 1 ? "" : "s"} to ${redactConnectionString(opts.to)}; the next CRL number is above ${report.crlNumber}.\n` +
+          `Next: give every replica a copy of ${opts.dir} and run: meshward ca serve --dir DIR --store URL --passphrase-file FILE\n`,
+      );
     });
 
   ca.command("rotate-issuer")

@@ -280,6 +280,19 @@ export class PostgresStore implements Store {
     return BigInt(value);
   }
 
+  async listSuperseded(): Promise<{ serial: string; supersededBy: string }[]> {
+    const result = await this.#query<{ serial: string; superseded_by: string }>("E_STORE_READ", "list superseded certificates", { name: "meshward_list_superseded", text: "SELECT serial, superseded_by FROM superseded ORDER BY serial" }, []);
+    return result.rows.map((r) => ({ serial: r.serial, supersededBy: r.superseded_by }));
+  }
+
+  async raiseCrlNumber(atLeast: bigint): Promise<void> {
+    // setval(…, n, true): the next nextval() returns n + 1.
+    await this.#query("E_STORE_WRITE", "raise the CRL number", {
+      name: "meshward_raise_crl_number",
+      text: "SELECT setval('crl_number_seq', GREATEST($1::bigint, (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM crl_number_seq)), true)",
+    }, [atLeast.toString()]);
+  }
+
   async readCaFiles(): Promise<CaFilesSnapshot> {
     // One snapshot: REPEATABLE READ makes the version and the files agree.
     return this.#transaction("read the CA state", "E_STORE_READ", async (client) => {

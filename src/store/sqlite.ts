@@ -275,6 +275,15 @@ export class SqliteStore implements Store {
     return row.value;
   }
 
+  async listSuperseded(): Promise<{ serial: string; supersededBy: string }[]> {
+    const rows = this.#read("list superseded certificates", () => this.#db.prepare("SELECT serial, superseded_by FROM superseded ORDER BY serial").all() as { serial: string; superseded_by: string }[]);
+    return rows.map((r) => ({ serial: r.serial, supersededBy: r.superseded_by }));
+  }
+
+  async raiseCrlNumber(atLeast: bigint): Promise<void> {
+    this.#write("raise the CRL number", () => this.#db.prepare("UPDATE crl_number SET value = MAX(value, ?) WHERE id = 1").run(atLeast));
+  }
+
   async readCaFiles(): Promise<CaFilesSnapshot> {
     const statements = this.#stmts();
     const read = this.#db.transaction(() => ({

@@ -109,6 +109,10 @@ export interface Store {
   listTokens(): Promise<JoinTokenRecord[]>;
   /** Monotonic CRL number, persisted; each call returns the next one. */
   nextCrlNumber(): Promise<bigint>;
+  /** Every renewal link (old serial → the serial that replaced it), for moving a store (ca migrate-store). */
+  listSuperseded(): Promise<{ serial: string; supersededBy: string }[]>;
+  /** Makes the next CRL number greater than `atLeast` (a store taking over another's CRLs); never lowers it. */
+  raiseCrlNumber(atLeast: bigint): Promise<void>;
   /** CA state that changed after init (issue 17): what rotations wrote, shared by every replica. */
   readCaFiles(): Promise<CaFilesSnapshot>;
   /** The version of that state alone (cheap; replicas poll it). */

@@ -476,6 +476,18 @@ export function defineStoreContract(backend: StoreBackend): void {
         expect((await store.readCaFiles()).files.get("issuer.pem")).toBe(`writer ${winners[0]}`);
       });
 
+      it("raises the CRL number (never lowers it) and lists renewal links (ca migrate-store)", async () => {
+        await store.raiseCrlNumber(41n);
+        expect(await store.nextCrlNumber()).toBe(42n);
+        await store.raiseCrlNumber(5n);
+        expect(await store.nextCrlNumber()).toBe(43n);
+        const old = issuance();
+        await store.recordIssuance(old);
+        const renewed = issuance({ supersedes: old.serial });
+        await store.recordIssuance(renewed);
+        expect(await store.listSuperseded()).toEqual([{ serial: old.serial, supersededBy: renewed.serial }]);
+      });
+
       it("publishes a CRL only over a lower number (the fence between two leaders)", async () => {
         expect(await store.latestCrl()).toBeUndefined();
         const crl = (n: bigint) => ({ number: n, der: Buffer.from(`crl ${n}`), thisUpdate: new Date(T0 + Number(n)) });
