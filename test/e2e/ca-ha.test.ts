@@ -190,16 +190,18 @@ describe("the CA as three replicas on PostgreSQL (read-only CA directories)", ()
   it("kill -9 of the leader under issuance load (64 clients): issuance continues, a new leader signs the next CRL, no issuance is lost", async () => {
     const leader = leaderOf();
     expect(leader).toBeDefined();
-    const all = replicas.map((r) => r.address).join(",");
+    // Each client lists the three in its own order (as separate workloads would), so clients are
+    // spread over the replicas and those on the leader must fail over when it dies.
+    const lists = [0, 1, 2].map((k) => [0, 1, 2].map((i) => replicas[(i + k) % 3]!.address).join(","));
     const received: string[] = [];
     const failures: unknown[] = [];
     const multi = await token("load", 100_000);
     let killed = false;
     let afterKill = 0;
-    const client = async () => {
+    const client = async (_: unknown, c: number) => {
       while (afterKill < 256) {
         try {
-          const chain = await issue(all, multi);
+          const chain = await issue(lists[c % 3]!, multi);
           received.push(chain[0]!.serial);
           if (killed) afterKill += 1;
         } catch (error) {
