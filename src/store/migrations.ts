@@ -66,7 +66,8 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
       );
     `,
   },  {
-    version: 3,
+    // 4, not 3: main's version 3 (join tokens with a common name) was written at the same time.
+    version: 4,
     description: "CA state shared by replicas: changed anchor files, their version, the published CRL",
     sql: `
       CREATE TABLE ca_files (
@@ -139,7 +140,8 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
       );
     `,
   },  {
-    version: 3,
+    // 4, not 3: main's version 3 (join tokens with a common name) was written at the same time.
+    version: 4,
     description: "CA state shared by replicas: changed anchor files, their version, the published CRL",
     sql: `
       CREATE TABLE ca_files (
