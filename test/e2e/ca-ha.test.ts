@@ -151,6 +151,9 @@ describe("the CA as three replicas on PostgreSQL (read-only CA directories)", ()
       const issuers = await Promise.all(replicas.map(async (r) => (await issue(r.address, multi))[1]!.fingerprint256));
       return issuers.every((f) => f === fingerprint) ? true : undefined;
     });
+    // ca status --store reads the shared state (the directory still holds the first issuer).
+    const status = JSON.parse(await admin(["ca", "status", "--json", "--passphrase-file", passphraseFile])) as { anchors: { kind: string; fingerprint256: string }[] };
+    expect(status.anchors.find((a) => a.kind === "issuer")?.fingerprint256).toBe(fingerprint);
     // The new issuer key is in the store, encrypted with the CA passphrase; no key in the clear.
     const db = openPostgresStore({ connectionString: store });
     try {
