@@ -76,7 +76,7 @@ function ownCpuMs(): number {
   return (user + system) / 1000;
 }
 
-function waitForLine(child: ChildProcess, pattern: RegExp, stream: "stdout" | "stderr" = "stdout", timeoutMs = 20_000): Promise<RegExpMatchArray> {
+export function waitForLine(child: ChildProcess, pattern: RegExp, stream: "stdout" | "stderr" = "stdout", timeoutMs = 20_000): Promise<RegExpMatchArray> {
   return new Promise((resolve, reject) => {
     let text = "";
     const timer = setTimeout(() => reject(new Error(`timed out waiting for ${pattern}: ${text}`)), timeoutMs);
@@ -92,14 +92,14 @@ function waitForLine(child: ChildProcess, pattern: RegExp, stream: "stdout" | "s
   });
 }
 
-async function makeCsrPool(size: number): Promise<string[]> {
+export async function makeCsrPool(size: number): Promise<string[]> {
   const pool: string[] = [];
   for (let i = 0; i < size; i++) pool.push(await createCsr({ keyPair: generateKeyPair() }));
   return pool;
 }
 
 /** Runs `clients` loops of `call` for `durationMs`; returns completed calls per second. */
-async function drive(clients: number, durationMs: number, call: (client: number, i: number) => Promise<void>): Promise<{ perSec: number; errors: number; done: number }> {
+export async function drive(clients: number, durationMs: number, call: (client: number, i: number) => Promise<void>): Promise<{ perSec: number; errors: number; done: number }> {
   let done = 0;
   let errors = 0;
   const deadline = performance.now() + durationMs;

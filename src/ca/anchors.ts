@@ -7,7 +7,8 @@ import { decodePrivateKey, encodePrivateKey, generateKeyPair, keysMatch, type Ke
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import { parseTrustDomain } from "../spiffe/id.ts";
 import { assertIssuerUsable } from "./issuer-check.ts";
-import { assertPrivateFile, writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
+import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
+import { directoryFiles, type AnchorFiles } from "./anchor-files.ts";
 
 export const DEFAULT_ROOT_TTL_MS = 10 * 365 * 86_400_000;
 export const DEFAULT_ISSUER_TTL_MS = 365 * 86_400_000;
@@ -125,6 +126,8 @@ export interface LoadedAnchors {
   readonly issuerChainPem: string;
   /** The root that the issuer chains to. */
   readonly issuerRoot: X509Certificate;
+  /** Version of the CA state in the store these were loaded from (several replicas); absent for a directory. */
+  readonly stateVersion?: number;
 }
 
 export async function initAnchors(options: InitOptions): Promise<CaState> {
@@ -206,15 +209,15 @@ function validateImport(imported: ImportedAnchors, now: Date) {
   return { root, issuerChain, issuerKey };
 }
 
-export function writeCaState(dir: string, state: CaState): void {
-  writeFileAtomic(caLayout(dir).state, `${JSON.stringify(state, null, 2)}\n`);
+export function writeCaState(dir: string, state: CaState, files: AnchorFiles = directoryFiles): void {
+  files.write(caLayout(dir).state, `${JSON.stringify(state, null, 2)}\n`, { secret: false });
 }
 
-export function readCaState(dir: string): CaState {
+export function readCaState(dir: string, files: AnchorFiles = directoryFiles): CaState {
   const layout = caLayout(dir);
   let text: string;
   try {
-    text = readFileSync(layout.state, "utf8");
+    text = files.read(layout.state);
   } catch {
     throw new MeshwardError("E_CA_NOT_FOUND", `${dir} is not a meshward CA directory (no ca.json); create one with 'meshward ca init --trust-domain TD --dir ${dir}'`);
   }
@@ -223,16 +226,17 @@ export function readCaState(dir: string): CaState {
   return state;
 }
 
-export function loadAnchors(options: { dir: string; passphrase?: string }): LoadedAnchors {
+export function loadAnchors(options: { dir: string; passphrase?: string; files?: AnchorFiles }): LoadedAnchors {
   const layout = caLayout(options.dir);
-  const state = readCaState(options.dir);
-  assertPrivateFile(layout.issuerKey, "issuer key file");
-  if (existsSync(layout.rootKey)) assertPrivateFile(layout.rootKey, "root key file");
-  const roots = certificatesFromPem(readFileSync(layout.bundle, "utf8")).map((der) => new X509Certificate(der));
-  const issuerChain = certificatesFromPem(readFileSync(layout.issuerCert, "utf8")).map((der) => new X509Certificate(der));
+  const files = options.files ?? directoryFiles;
+  const state = readCaState(options.dir, files);
+  files.assertPrivate(layout.issuerKey, "issuer key file");
+  if (files.exists(layout.rootKey)) files.assertPrivate(layout.rootKey, "root key file");
+  const roots = certificatesFromPem(files.read(layout.bundle)).map((der) => new X509Certificate(der));
+  const issuerChain = certificatesFromPem(files.read(layout.issuerCert)).map((der) => new X509Certificate(der));
   const issuerCert = issuerChain[0];
   if (issuerCert === undefined) throw new MeshwardError("E_CA_CORRUPT", `${layout.issuerCert} holds no certificate`);
-  const privateKey = decodePrivateKey(readFileSync(layout.issuerKey, "utf8"), options.passphrase);
+  const privateKey = decodePrivateKey(files.read(layout.issuerKey), options.passphrase);
   if (!keysMatch(privateKey, issuerCert.publicKey)) {
     throw new MeshwardError("E_CA_CORRUPT", `${layout.issuerKey} does not belong to ${layout.issuerCert}`);
   }
@@ -250,5 +254,6 @@ export function loadAnchors(options: { dir: string; passphrase?: string }): Load
     issuer: { certificate: issuerCert, der: issuerCert.raw, privateKey },
     issuerChainPem: issuerChain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""),
     issuerRoot,
+    ...(files.version !== undefined ? { stateVersion: files.version } : {}),
   };
 }

@@ -5,6 +5,7 @@ import type { Store } from "../store/store.ts";
 import type { LoadedAnchors } from "./anchors.ts";
 import { checkJwtAudiences, type IssuedJwtSvids, type JwtSvidIssuer } from "./jwt-svid.ts";
 import type { Attestor } from "./attest/attestor.ts";
+import { tokenRefusal } from "./attest/join-token.ts";
 import type { PeerCertificate } from "./attest/peer.ts";
 import { routeValidator, trustDomainLimit } from "./attest/routing.ts";
 import type { CrlPublisher } from "./crl-publisher.ts";
@@ -138,7 +139,7 @@ export class CertificateAuthority {
     const leaf = csr !== undefined ? await this.#signing.sign({ ...signing, csr }) : await this.#signing.issue({ ...signing, csr: request.csr });
     const leafPem = toPem(leaf.der, "CERTIFICATE");
     const jwtSvids = wantsJwt ? await this.options.jwtSvids?.issue(anchors.issuer.privateKey, leaf.spiffeId, request.jwtAudiences ?? [], leaf.notAfter) : undefined;
-    await this.options.store.recordIssuance({
+    const record = {
       serial: leaf.serial,
       spiffeId: leaf.spiffeId,
       dnsNames: leaf.dnsNames,
@@ -151,7 +152,15 @@ export class CertificateAuthority {
       certificatePem: leafPem,
       // A renewal proven with the current certificate retires it from the live count.
       ...(identity.method === "svid" && request.peer !== undefined ? { supersedes: request.peer.serial } : {}),
-    });
+    };
+    if (identity.spendsToken === undefined) {
+      await this.options.store.recordIssuance(record);
+    } else {
+      // Every check passed and the leaf is signed: spend the use and record the certificate in one
+      // transaction. Losing the race for a token's last use discards the leaf, never returned.
+      const spent = await this.options.store.recordIssuanceSpendingToken(record, identity.spendsToken, now);
+      if (!spent.ok) throw tokenRefusal(spent.reason);
+    }
     return {
       spiffeId: leaf.spiffeId,
       serial: leaf.serial,

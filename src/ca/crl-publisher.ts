@@ -1,7 +1,7 @@
 import type { Signer } from "../pki/certificate.ts";
-import { createCrl, type CrlEntry, type RevocationReason } from "../pki/crl.ts";
+import { createCrl, parseCrl, type CrlEntry, type RevocationReason } from "../pki/crl.ts";
 import { toPem } from "../pki/pem.ts";
-import type { Store } from "../store/store.ts";
+import type { RevocationRecord, Store } from "../store/store.ts";
 
 export const CRL_VALIDITY_MS = 24 * 3_600_000;
 /** Re-sign well before nextUpdate so relying parties never see a stale CRL. */
@@ -22,18 +22,72 @@ export class CrlPublisher {
   #fingerprint = "";
   #signedFor: Signer | undefined;
 
+  #publishedNumber: bigint | undefined;
+
+  /**
+   * `shared`: several replicas on one store (issue 17). Only the leader signs, and publishes to
+   * the store fenced by the CRL number; every replica serves the CRL published there, so all
+   * serve the same bytes.
+   */
   constructor(
     private readonly store: Store,
     private readonly signer: () => Signer,
     private readonly clock: () => Date,
+    private readonly shared?: { readonly isLeader: () => boolean },
   ) {}
 
   get current(): PublishedCrl | undefined {
     return this.#current;
   }
 
-  /** Returns true when a new CRL was signed. */
+  /** Returns true when a new CRL was signed (one replica) or adopted from the store (several). */
   async refresh(): Promise<boolean> {
+    if (this.shared === undefined) return this.#refreshLocal();
+    if (this.shared.isLeader()) await this.#signShared();
+    return this.#adoptPublished();
+  }
+
+  /** The leader: signs when the published CRL is missing, stale, not the store's revocations, or not by the current issuer. */
+  async #signShared(): Promise<void> {
+    const [revocations, published] = await Promise.all([this.store.listRevocations(), this.store.latestCrl()]);
+    const now = this.clock();
+    const signer = this.signer();
+    if (published !== undefined) {
+      let parsed: ReturnType<typeof parseCrl> | undefined;
+      try {
+        parsed = parseCrl(published.der, signer.certificate);
+      } catch {
+        parsed = undefined; // signed by a previous issuer: re-sign
+      }
+      const fresh = now.getTime() - published.thisUpdate.getTime() <= CRL_RESIGN_AFTER_MS;
+      const same = parsed !== undefined && parsed.revokedSerials.size === revocations.length && revocations.every((r) => parsed.revokedSerials.has(r.serial));
+      if (fresh && same) return;
+    }
+    const crlNumber = await this.store.nextCrlNumber();
+    const der = await this.#sign(signer, revocations, now, crlNumber);
+    // False when another leader published a higher number meanwhile: theirs stands.
+    await this.store.publishCrl({ number: crlNumber, der, thisUpdate: now });
+  }
+
+  async #adoptPublished(): Promise<boolean> {
+    const published = await this.store.latestCrl();
+    if (published === undefined || published.number === this.#publishedNumber) return false;
+    const parsed = parseCrl(published.der);
+    this.#current = { der: published.der, pem: toPem(published.der, "X509 CRL"), revokedSerials: parsed.revokedSerials, thisUpdate: published.thisUpdate };
+    this.#publishedNumber = published.number;
+    return true;
+  }
+
+  #sign(signer: Signer, revocations: readonly RevocationRecord[], now: Date, crlNumber: bigint): Promise<Buffer> {
+    const entries: CrlEntry[] = revocations.map((r) => ({
+      serial: r.serial,
+      revokedAt: r.revokedAt,
+      reason: REASONS.has(r.reason as RevocationReason) ? (r.reason as RevocationReason) : "unspecified",
+    }));
+    return createCrl({ signer, entries, thisUpdate: now, nextUpdate: new Date(now.getTime() + CRL_VALIDITY_MS), crlNumber });
+  }
+
+  async #refreshLocal(): Promise<boolean> {
     const revocations = await this.store.listRevocations();
     const fingerprint = revocations.map((r) => r.serial).sort().join(",");
     const now = this.clock();

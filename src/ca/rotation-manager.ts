@@ -5,6 +5,7 @@ import type { CaConfig } from "../config/ca.ts";
 import { describeError } from "../errors.ts";
 import type { Store } from "../store/store.ts";
 import { describeTimeLeft } from "../util/duration.ts";
+import { directoryFiles, type AnchorFiles } from "./anchor-files.ts";
 import { DEFAULT_ROOT_TTL_MS, type LoadedAnchors } from "./anchors.ts";
 import { activateRoot, issuerRotationStage, prepareIssuer, prepareRoot, retireRoot, rotateIssuer } from "./rotation.ts";
 
@@ -23,6 +24,13 @@ export interface RotationManagerOptions {
   readonly clock: () => Date;
   /** Told of each failed rotation step (the status page's rotation history). */
   readonly onFailed?: (kind: "issuer" | "root", error: unknown) => void;
+  /**
+   * Runs a step against the CA's files: the directory by default; with several replicas, the
+   * store's shared state, committed in one compare-and-swap (anchor-files.ts transactCaState).
+   */
+  readonly transact?: <T>(step: (files: AnchorFiles) => Promise<T>) => Promise<T>;
+  /** Whether a CA file exists (the shared state's view with several replicas). */
+  readonly exists?: (path: string) => boolean;
 }
 
 /**
@@ -42,9 +50,11 @@ export function createRotationManager(options: RotationManagerOptions) {
     logger.warn({ event: "expiry-warning", ...fields }, message);
   };
 
-  const step = async (kind: "issuer" | "root", what: string, action: () => Promise<unknown>) => {
+  const transact = options.transact ?? (<T>(run: (files: AnchorFiles) => Promise<T>) => run(directoryFiles));
+  const exists = options.exists ?? existsSync;
+  const step = async (kind: "issuer" | "root", what: string, action: (files: AnchorFiles) => Promise<unknown>) => {
     try {
-      await action();
+      await transact(action);
       options.rotations.inc({ kind, result: "ok" });
       logger.info({ event: "rotation", kind, step: what }, `${kind} rotation: ${what}`);
       options.reload();
@@ -66,10 +76,10 @@ export function createRotationManager(options: RotationManagerOptions) {
     const issuerLeft = new Date(issuer.validTo).getTime() - now.getTime();
     if (selfManaged && config.autoRotateIssuer) {
       const stage = issuerRotationStage(issuer, now);
-      if (stage === "prepare" && !existsSync(anchors.layout.nextIssuerCert)) {
-        await step("issuer", "prepare", () => prepareIssuer({ ...base, issuerTtlMs: config.issuerTtl }));
+      if (stage === "prepare" && !exists(anchors.layout.nextIssuerCert)) {
+        await step("issuer", "prepare", (files) => prepareIssuer({ ...base, files, issuerTtlMs: config.issuerTtl }));
       } else if (stage === "activate") {
-        await step("issuer", "activate", () => rotateIssuer({ ...base, issuerTtlMs: config.issuerTtl }));
+        await step("issuer", "activate", (files) => rotateIssuer({ ...base, files, issuerTtlMs: config.issuerTtl }));
       }
     } else if (issuerLeft < config.expiryWarning) {
       const text = `the issuer expires ${describeTimeLeft(new Date(issuer.validTo), now).replace(" left", " from now")}; import a new one with 'meshward ca import-issuer'`;
@@ -87,12 +97,12 @@ export function createRotationManager(options: RotationManagerOptions) {
       warn("auto-root-config", text, { kind: "root" });
     } else if (selfManaged && config.autoRotateRoot.enabled) {
       if (rotation === undefined && rootLeft < config.autoRotateRoot.prepareBefore) {
-        await step("root", "prepare", () => prepareRoot(base));
+        await step("root", "prepare", (files) => prepareRoot({ ...base, files }));
       } else if (rotation?.phase === "prepared" && now.getTime() - Date.parse(rotation.preparedAt) >= config.autoRotateRoot.activateAfter) {
-        await step("root", "activate", () => activateRoot({ ...base, issuerTtlMs: config.issuerTtl }));
+        await step("root", "activate", (files) => activateRoot({ ...base, files, issuerTtlMs: config.issuerTtl }));
       } else if (rotation?.phase === "activated") {
         const remaining = (await options.store.countValidByRoot(now)).get(rotation.previousRootFingerprint) ?? 0;
-        if (remaining === 0) await step("root", "retire", () => retireRoot({ dir: options.dir, store: options.store, now }));
+        if (remaining === 0) await step("root", "retire", (files) => retireRoot({ dir: options.dir, store: options.store, now, files }));
       }
     } else if (rootLeft < config.expiryWarning && rotation === undefined) {
       const text = `the root expires ${describeTimeLeft(new Date(root.validTo), now).replace(" left", " from now")}; start a rotation with 'meshward ca rotate-root prepare'`;

@@ -1,18 +1,18 @@
 import { X509Certificate } from "node:crypto";
-import { existsSync, readFileSync, rmSync } from "node:fs";
 import { MeshwardError } from "../errors.ts";
 import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
 import { assertIssuerUsable } from "./issuer-check.ts";
 import { decodePrivateKey, encodePrivateKey, generateKeyPair, keyAlgorithmOf, keysMatch } from "../pki/keys.ts";
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import type { Store } from "../store/store.ts";
-import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
+import { directoryFiles, type AnchorFiles } from "./anchor-files.ts";
 import { ANCHOR_BACKDATE_MS, caLayout, DEFAULT_ISSUER_TTL_MS, DEFAULT_ROOT_TTL_MS, readCaState, rootCommonName, writeCaState, type CaLayout, type CaState } from "./anchors.ts";
 
 const DAY_MS = 86_400_000;
 
 /**
- * Rotation changes only files in the CA directory, written atomically; a running CA watches
+ * Rotation changes only files of the CA directory, written atomically (or, with several
+ * replicas, the store's copy of them, committed in one transaction); a running CA watches
  * them and switches without a restart. Signing mechanism apart from rotation policy, and
  * rotation as prepare → activate → retire, as SPIRE does.
  */
@@ -38,11 +38,11 @@ interface RootMaterial {
   readonly signer: Signer;
 }
 
-function readRoot(certFile: string, keyFile: string, passphrase: string | undefined): RootMaterial {
-  const [der] = certificatesFromPem(readFileSync(certFile, "utf8"));
+function readRoot(files: AnchorFiles, certFile: string, keyFile: string, passphrase: string | undefined): RootMaterial {
+  const [der] = certificatesFromPem(files.read(certFile));
   if (der === undefined) throw new MeshwardError("E_CA_CORRUPT", `${certFile} holds no certificate`);
   const certificate = new X509Certificate(der);
-  const privateKey = decodePrivateKey(readFileSync(keyFile, "utf8"), passphrase);
+  const privateKey = decodePrivateKey(files.read(keyFile), passphrase);
   if (!keysMatch(privateKey, certificate.publicKey)) throw new MeshwardError("E_CA_CORRUPT", `${keyFile} does not belong to ${certFile}`);
   return { certificate, signer: { certificate, der: certificate.raw, privateKey } };
 }
@@ -71,9 +71,9 @@ async function newIssuer(root: Signer, trustDomain: string, now: Date, ttlMs: nu
 }
 
 /** Installs an issuer: key first, then the certificate, so a watcher never pairs a new certificate with an old key. */
-function installIssuer(layout: CaLayout, certPem: string, keyPem: string): void {
-  writeSecretFileAtomic(layout.issuerKey, keyPem);
-  writeFileAtomic(layout.issuerCert, certPem);
+function installIssuer(files: AnchorFiles, layout: CaLayout, certPem: string, keyPem: string): void {
+  files.write(layout.issuerKey, keyPem, { secret: true });
+  files.write(layout.issuerCert, certPem, { secret: false });
 }
 
 export interface RotateIssuerOptions {
@@ -81,6 +81,8 @@ export interface RotateIssuerOptions {
   readonly passphrase?: string;
   readonly now: Date;
   readonly issuerTtlMs?: number;
+  /** Where the CA's files are (the store's shared state with several replicas); the directory by default. */
+  readonly files?: AnchorFiles;
 }
 
 /**
@@ -89,35 +91,37 @@ export interface RotateIssuerOptions {
  */
 export async function rotateIssuer(options: RotateIssuerOptions): Promise<X509Certificate> {
   const layout = caLayout(options.dir);
-  const state = readCaState(options.dir);
+  const files = options.files ?? directoryFiles;
+  const state = readCaState(options.dir, files);
   requireSelfManaged(state, "issuer rotation");
-  if (existsSync(layout.nextIssuerCert) && existsSync(layout.nextIssuerKey)) {
-    const certPem = readFileSync(layout.nextIssuerCert, "utf8");
-    const keyPem = readFileSync(layout.nextIssuerKey, "utf8");
+  if (files.exists(layout.nextIssuerCert) && files.exists(layout.nextIssuerKey)) {
+    const certPem = files.read(layout.nextIssuerCert);
+    const keyPem = files.read(layout.nextIssuerKey);
     const certificate = new X509Certificate(certificatesFromPem(certPem)[0] as Buffer);
-    const root = readRoot(layout.rootCert, layout.rootKey, options.passphrase);
+    const root = readRoot(files, layout.rootCert, layout.rootKey, options.passphrase);
     if (certificate.checkIssued(root.certificate) && certificate.verify(root.certificate.publicKey) && new Date(certificate.validTo) > options.now) {
-      installIssuer(layout, certPem, keyPem);
-      rmSync(layout.nextIssuerCert, { force: true });
-      rmSync(layout.nextIssuerKey, { force: true });
+      installIssuer(files, layout, certPem, keyPem);
+      files.remove(layout.nextIssuerCert);
+      files.remove(layout.nextIssuerKey);
       return certificate;
     }
   }
-  const root = readRoot(layout.rootCert, layout.rootKey, options.passphrase);
+  const root = readRoot(files, layout.rootCert, layout.rootKey, options.passphrase);
   const issuer = await newIssuer(root.signer, state.trustDomain, options.now, options.issuerTtlMs ?? DEFAULT_ISSUER_TTL_MS);
-  installIssuer(layout, toPem(issuer.der, "CERTIFICATE"), encodePrivateKey(issuer.privateKey, options.passphrase));
+  installIssuer(files, layout, toPem(issuer.der, "CERTIFICATE"), encodePrivateKey(issuer.privateKey, options.passphrase));
   return new X509Certificate(issuer.der);
 }
 
 /** Prepares the successor issuer without switching to it (the "prepare" stage). */
 export async function prepareIssuer(options: RotateIssuerOptions): Promise<X509Certificate> {
   const layout = caLayout(options.dir);
-  const state = readCaState(options.dir);
+  const files = options.files ?? directoryFiles;
+  const state = readCaState(options.dir, files);
   requireSelfManaged(state, "issuer rotation");
-  const root = readRoot(layout.rootCert, layout.rootKey, options.passphrase);
+  const root = readRoot(files, layout.rootCert, layout.rootKey, options.passphrase);
   const issuer = await newIssuer(root.signer, state.trustDomain, options.now, options.issuerTtlMs ?? DEFAULT_ISSUER_TTL_MS);
-  writeSecretFileAtomic(layout.nextIssuerKey, encodePrivateKey(issuer.privateKey, options.passphrase));
-  writeFileAtomic(layout.nextIssuerCert, toPem(issuer.der, "CERTIFICATE"));
+  files.write(layout.nextIssuerKey, encodePrivateKey(issuer.privateKey, options.passphrase), { secret: true });
+  files.write(layout.nextIssuerCert, toPem(issuer.der, "CERTIFICATE"), { secret: false });
   return new X509Certificate(issuer.der);
 }
 
@@ -150,25 +154,26 @@ function describe(cert: X509Certificate): string {
   return JSON.stringify(cert.subject.replace(/\n/g, ", "));
 }
 
-function bundleRoots(layout: CaLayout): X509Certificate[] {
-  return certificatesFromPem(readFileSync(layout.bundle, "utf8")).map((der) => new X509Certificate(der));
+function bundleRoots(files: AnchorFiles, layout: CaLayout): X509Certificate[] {
+  return certificatesFromPem(files.read(layout.bundle)).map((der) => new X509Certificate(der));
 }
 
-function writeBundle(layout: CaLayout, roots: readonly X509Certificate[]): void {
-  writeFileAtomic(layout.bundle, roots.map((r) => toPem(r.raw, "CERTIFICATE")).join(""));
+function writeBundle(files: AnchorFiles, layout: CaLayout, roots: readonly X509Certificate[]): void {
+  files.write(layout.bundle, roots.map((r) => toPem(r.raw, "CERTIFICATE")).join(""), { secret: false });
 }
 
 /**
  * Installs an issuer signed by a root in the trust bundle (external-root CAs, or a
  * replacement made elsewhere). Refused, and nothing changes, if it does not validate.
  */
-export function importIssuer(options: { dir: string; issuerCertPem: string; issuerKeyPem: string; issuerKeyPassphrase?: string; passphrase?: string; now: Date }): X509Certificate {
+export function importIssuer(options: { dir: string; issuerCertPem: string; issuerKeyPem: string; issuerKeyPassphrase?: string; passphrase?: string; now: Date; files?: AnchorFiles }): X509Certificate {
   const layout = caLayout(options.dir);
-  readCaState(options.dir);
+  const files = options.files ?? directoryFiles;
+  readCaState(options.dir, files);
   const chain = certificatesFromPem(options.issuerCertPem).map((der) => new X509Certificate(der));
   const key = decodePrivateKey(options.issuerKeyPem, options.issuerKeyPassphrase ?? options.passphrase);
-  validateIssuerChain(chain, bundleRoots(layout), key, options.now);
-  installIssuer(layout, chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), encodePrivateKey(key, options.passphrase));
+  validateIssuerChain(chain, bundleRoots(files, layout), key, options.now);
+  installIssuer(files, layout, chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), encodePrivateKey(key, options.passphrase));
   return chain[0] as X509Certificate;
 }
 
@@ -179,46 +184,48 @@ export interface PrepareRootOptions {
   readonly rootTtlMs?: number;
   /** External-root CAs: the organisation's new root (certificate only). */
   readonly importedRootPem?: string;
+  readonly files?: AnchorFiles;
 }
 
 /** Step 1: a new root joins the trust bundle; signing is unchanged. */
 export async function prepareRoot(options: PrepareRootOptions): Promise<X509Certificate> {
   const layout = caLayout(options.dir);
-  const state = readCaState(options.dir);
+  const files = options.files ?? directoryFiles;
+  const state = readCaState(options.dir, files);
   if (state.rootRotation !== undefined) {
     throw new MeshwardError(
       "E_ROTATION_IN_PROGRESS",
       `a root rotation is already ${state.rootRotation.phase}; continue with 'meshward ca rotate-root ${state.rootRotation.phase === "prepared" ? "activate" : "retire"}'`,
     );
   }
-  const current = new X509Certificate(certificatesFromPem(readFileSync(layout.rootCert, "utf8"))[0] as Buffer);
+  const current = new X509Certificate(certificatesFromPem(files.read(layout.rootCert))[0] as Buffer);
   let next: X509Certificate;
   if (options.importedRootPem !== undefined) {
     const [der, ...more] = certificatesFromPem(options.importedRootPem);
     if (der === undefined || more.length > 0) throw new MeshwardError("E_IMPORT_INVALID", "the new root file must hold exactly one certificate");
     next = new X509Certificate(der);
     if (!next.ca || !next.checkIssued(next)) throw new MeshwardError("E_IMPORT_INVALID", "the new root must be a self-signed CA certificate");
-    writeFileAtomic(layout.nextRootCert, toPem(next.raw, "CERTIFICATE"));
+    files.write(layout.nextRootCert, toPem(next.raw, "CERTIFICATE"), { secret: false });
   } else {
     requireSelfManaged(state, "generating a root");
     const keys = generateKeyPair(keyAlgorithmOf(current.publicKey));
     const issued = await createRootCertificate({
       trustDomain: state.trustDomain,
-      commonName: rootCommonName(state.trustDomain, bundleRoots(layout)),
+      commonName: rootCommonName(state.trustDomain, bundleRoots(files, layout)),
       keyPair: keys,
       notBefore: new Date(options.now.getTime() - ANCHOR_BACKDATE_MS),
       notAfter: new Date(options.now.getTime() + (options.rootTtlMs ?? DEFAULT_ROOT_TTL_MS)),
     });
     next = new X509Certificate(issued.der);
-    writeSecretFileAtomic(layout.nextRootKey, encodePrivateKey(keys.privateKey, options.passphrase));
-    writeFileAtomic(layout.nextRootCert, toPem(issued.der, "CERTIFICATE"));
+    files.write(layout.nextRootKey, encodePrivateKey(keys.privateKey, options.passphrase), { secret: true });
+    files.write(layout.nextRootCert, toPem(issued.der, "CERTIFICATE"), { secret: false });
   }
-  const roots = bundleRoots(layout).filter((r) => r.fingerprint256 !== next.fingerprint256);
-  writeBundle(layout, [...roots, next]);
+  const roots = bundleRoots(files, layout).filter((r) => r.fingerprint256 !== next.fingerprint256);
+  writeBundle(files, layout, [...roots, next]);
   writeCaState(options.dir, {
     ...state,
     rootRotation: { phase: "prepared", preparedAt: options.now.toISOString(), previousRootFingerprint: current.fingerprint256, nextRootFingerprint: next.fingerprint256 },
-  });
+  }, files);
   return next;
 }
 
@@ -231,16 +238,18 @@ export interface ActivateRootOptions {
   readonly reissue?: boolean;
   /** External-root CAs: an issuer signed by the new root. */
   readonly importedIssuer?: { certPem: string; keyPem: string; keyPassphrase?: string };
+  readonly files?: AnchorFiles;
 }
 
 /** Step 2: an issuer under the new root signs from now on; workloads move at their next renewal. */
 export async function activateRoot(options: ActivateRootOptions): Promise<X509Certificate> {
   const layout = caLayout(options.dir);
-  const state = readCaState(options.dir);
+  const files = options.files ?? directoryFiles;
+  const state = readCaState(options.dir, files);
   if (state.rootRotation?.phase !== "prepared") {
     throw new MeshwardError("E_ROTATION_NOT_PREPARED", "no prepared root to activate; run 'meshward ca rotate-root prepare' first");
   }
-  const nextRoot = new X509Certificate(certificatesFromPem(readFileSync(layout.nextRootCert, "utf8"))[0] as Buffer);
+  const nextRoot = new X509Certificate(certificatesFromPem(files.read(layout.nextRootCert))[0] as Buffer);
   let issuer: { certPem: string; keyPem: string; certificate: X509Certificate };
   if (options.importedIssuer !== undefined) {
     const chain = certificatesFromPem(options.importedIssuer.certPem).map((der) => new X509Certificate(der));
@@ -249,17 +258,17 @@ export async function activateRoot(options: ActivateRootOptions): Promise<X509Ce
     issuer = { certPem: chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), keyPem: encodePrivateKey(key, options.passphrase), certificate: chain[0] as X509Certificate };
   } else {
     requireSelfManaged(state, "activating a generated root");
-    const root = readRoot(layout.nextRootCert, layout.nextRootKey, options.passphrase);
+    const root = readRoot(files, layout.nextRootCert, layout.nextRootKey, options.passphrase);
     const made = await newIssuer(root.signer, state.trustDomain, options.now, options.issuerTtlMs ?? DEFAULT_ISSUER_TTL_MS);
     issuer = { certPem: toPem(made.der, "CERTIFICATE"), keyPem: encodePrivateKey(made.privateKey, options.passphrase), certificate: new X509Certificate(made.der) };
   }
   // The old root is kept as root.prev.* until retire; the new one becomes root.*.
-  writeFileAtomic(layout.previousRootCert, readFileSync(layout.rootCert, "utf8"));
-  if (existsSync(layout.rootKey)) writeSecretFileAtomic(layout.previousRootKey, readFileSync(layout.rootKey, "utf8"));
-  if (existsSync(layout.nextRootKey)) writeSecretFileAtomic(layout.rootKey, readFileSync(layout.nextRootKey, "utf8"));
-  writeFileAtomic(layout.rootCert, readFileSync(layout.nextRootCert, "utf8"));
-  installIssuer(layout, issuer.certPem, issuer.keyPem);
-  for (const file of [layout.nextRootKey, layout.nextRootCert, layout.nextIssuerCert, layout.nextIssuerKey]) rmSync(file, { force: true });
+  files.write(layout.previousRootCert, files.read(layout.rootCert), { secret: false });
+  if (files.exists(layout.rootKey)) files.write(layout.previousRootKey, files.read(layout.rootKey), { secret: true });
+  if (files.exists(layout.nextRootKey)) files.write(layout.rootKey, files.read(layout.nextRootKey), { secret: true });
+  files.write(layout.rootCert, files.read(layout.nextRootCert), { secret: false });
+  installIssuer(files, layout, issuer.certPem, issuer.keyPem);
+  for (const file of [layout.nextRootKey, layout.nextRootCert, layout.nextIssuerCert, layout.nextIssuerKey]) files.remove(file);
   // A reissue request belongs to one activation: one left from an earlier rotation must not
   // make this one (without --reissue) renew every workload.
   const { reissueBefore: _earlier, ...base } = state;
@@ -268,7 +277,7 @@ export async function activateRoot(options: ActivateRootOptions): Promise<X509Ce
     ...base,
     rootRotation: { ...state.rootRotation, phase: "activated", activatedAt: options.now.toISOString() },
     ...(options.reissue ? { reissueBefore: options.now.toISOString() } : {}),
-  });
+  }, files);
   return issuer.certificate;
 }
 
@@ -281,9 +290,10 @@ export interface RetireRootResult {
  * Step 3: the old root leaves the bundle. Refused while unexpired certificates in the
  * issuance log still chain to it, unless forced (they would stop verifying at once).
  */
-export async function retireRoot(options: { dir: string; store: Store; now: Date; force?: boolean }): Promise<RetireRootResult> {
+export async function retireRoot(options: { dir: string; store: Store; now: Date; force?: boolean; files?: AnchorFiles }): Promise<RetireRootResult> {
   const layout = caLayout(options.dir);
-  const state = readCaState(options.dir);
+  const files = options.files ?? directoryFiles;
+  const state = readCaState(options.dir, files);
   if (state.rootRotation?.phase !== "activated") {
     throw new MeshwardError(
       "E_ROTATION_NOT_ACTIVATED",
@@ -300,13 +310,13 @@ export async function retireRoot(options: { dir: string; store: Store; now: Date
       { details: { remaining } },
     );
   }
-  writeBundle(layout, bundleRoots(layout).filter((r) => r.fingerprint256 !== previous));
-  rmSync(layout.previousRootCert, { force: true });
-  rmSync(layout.previousRootKey, { force: true });
+  writeBundle(files, layout, bundleRoots(files, layout).filter((r) => r.fingerprint256 !== previous));
+  files.remove(layout.previousRootCert);
+  files.remove(layout.previousRootKey);
   const { rootRotation: _done, reissueBefore: _reissued, ...rest } = state;
   void _done;
   void _reissued;
-  writeCaState(options.dir, rest);
+  writeCaState(options.dir, rest, files);
   return { retiredFingerprint: previous, remaining };
 }
 

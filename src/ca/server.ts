@@ -30,6 +30,8 @@ import { JwtSvidIssuer } from "./jwt-svid.ts";
 import { join } from "node:path";
 import { systemClock } from "../util/clock.ts";
 import { watchAnchors } from "./anchor-watcher.ts";
+import { directoryFiles, storeStateFiles, transactCaState, type AnchorFiles } from "./anchor-files.ts";
+import { replicatedState, watchStoreState } from "./state-watcher.ts";
 import { createRotationManager } from "./rotation-manager.ts";
 import { defaultSigningWorkers, inlineSigning, SigningPool } from "./signing-pool.ts";
 import { caStatus } from "../dashboard/ca-feed.ts";
@@ -85,12 +87,32 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   }
   const store = options.store ?? openCaStore(config.store ?? `sqlite:${anchors.layout.database}`);
   await store.migrate();
+  // Several replicas on one PostgreSQL (issue 17): what changes after init is read from the store
+  // (DIR may be read-only), one leader rotates and signs the CRL, the others follow.
+  const replicated = replicatedState(store);
+  const loadFromStore = async () => {
+    stateFiles = await storeStateFiles(store, options.dir);
+    return loadAnchors({ dir: options.dir, files: stateFiles, ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}) });
+  };
+  let stateFiles: AnchorFiles = directoryFiles;
+  const lock = replicated?.leaderLock();
+  let leader = replicated === undefined;
+  if (replicated !== undefined) {
+    try {
+      anchors = await loadFromStore();
+      leader = (await lock?.tryAcquire()) === true;
+    } catch (error) {
+      await lock?.release();
+      if (options.store === undefined) await store.close();
+      throw error;
+    }
+  }
 
   const telemetry = createMetrics({ processMetrics: true });
   const registry = telemetry.registry;
   const metrics = createCaMetrics(telemetry);
   const mesh = createMeshMetrics(telemetry);
-  const crl = new CrlPublisher(store, () => anchors.issuer, clock);
+  const crl = new CrlPublisher(store, () => anchors.issuer, clock, replicated === undefined ? undefined : { isLeader: () => leader });
   await crl.refresh();
 
   const attestors = new Map<ValidatorName, Attestor>();
@@ -290,7 +312,19 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     setExpiryGauges();
     void crl.refresh().catch((error) => logger.error({ event: "crl-refresh-failed", error: describeError(error) }, "could not re-sign the CRL"));
   };
-  const watcher = watchAnchors({
+  const watcher = replicated !== undefined ? await watchStoreState({
+    store: replicated,
+    intervalMs: config.anchorPoll,
+    version: () => anchors.stateVersion ?? 0,
+    load: loadFromStore,
+    onChange: adopt,
+    onCrlChange: () => void crl.refresh().then(setExpiryGauges, (error: unknown) => logger.error({ event: "crl-refresh-failed", error: describeError(error) }, "could not read the CRL from the store")),
+    onRefused: (error) => {
+      mesh.rotations.inc({ kind: "issuer", result: "error" });
+      recorder.recordRotation({ kind: "issuer", result: "error", error: errorCode(error) });
+      logger.error({ event: "anchors-refused", error: describeError(error) }, "refused the CA state changed in the store; still signing with the previous issuer");
+    },
+  }) : watchAnchors({
     layout: anchors.layout,
     intervalMs: config.anchorPoll,
     clock: systemClock,
@@ -313,11 +347,30 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     reload: () => watcher.check(),
     clock,
     onFailed: (kind, error) => recorder.recordRotation({ kind, result: "error", error: errorCode(error) }),
+    ...(replicated !== undefined
+      ? { transact: <T>(step: (files: AnchorFiles) => Promise<T>) => transactCaState(store, options.dir, step), exists: (path: string) => stateFiles.exists(path) }
+      : {}),
   });
   rotationWarnings = rotation.warnings;
-  await rotation.check();
-  const rotationTimer = setInterval(() => void rotation.check(), config.rotationCheck);
+  // With several replicas only the leader rotates (the others' warnings stay empty).
+  if (leader) await rotation.check();
+  const rotationTimer = setInterval(() => {
+    if (leader) void rotation.check();
+  }, config.rotationCheck);
   rotationTimer.unref();
+  // A lost leader (process killed: PostgreSQL drops its session lock) is replaced within a poll.
+  const leaderTimer = lock === undefined ? undefined : setInterval(() => {
+    void lock.tryAcquire().then((held) => {
+      if (held === leader) return;
+      leader = held;
+      logger.info({ event: held ? "leader-elected" : "leader-lost" }, held ? "this replica is now the leader: it rotates and signs the CRL" : "this replica is no longer the leader");
+      if (held) {
+        void rotation.check();
+        void crl.refresh().catch(() => undefined);
+      }
+    });
+  }, Math.min(config.anchorPoll, 1_000));
+  leaderTimer?.unref();
 
   let ops: OpsServer | undefined;
   let status: BoundAddress | undefined;
@@ -326,6 +379,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     await ops?.close();
     clearInterval(crlTimer);
     clearInterval(rotationTimer);
+    clearInterval(leaderTimer);
+    await lock?.release();
     clearTimeout(servingTimer);
     watcher.close();
     await new Promise<void>((resolve) => {
@@ -359,7 +414,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
 
   const host = bound.address;
   logger.info(
-    { event: "ca-started", address: `${host}:${bound.port}`, trustDomain: anchors.trustDomain, spiffeId, issuerNotAfter: anchors.issuer.certificate.validTo, validators: enabledValidators },
+    { event: "ca-started", address: `${host}:${bound.port}`, trustDomain: anchors.trustDomain, spiffeId, issuerNotAfter: anchors.issuer.certificate.validTo, validators: enabledValidators, ...(replicated !== undefined ? { replicated: true, leader } : {}) },
     "meshward CA serving",
   );
   return {

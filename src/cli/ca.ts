@@ -4,11 +4,13 @@ import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { caConfigSchema, type CaConfig } from "../config/ca.ts";
 import { loadYamlConfig } from "../config/load.ts";
-import { caLayout, initAnchors, loadAnchors } from "../ca/anchors.ts";
+import { caLayout, initAnchors, loadAnchors, readCaState } from "../ca/anchors.ts";
 import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../ca/rotation.ts";
-import { withCaStore } from "./store.ts";
+import { withCaFiles, withCaStore } from "./store.ts";
 import type { Store } from "../store/store.ts";
 import { trustBundleVersion } from "../telemetry/bundle-version.ts";
+import { copyStore } from "../store/migrate-store.ts";
+import { redactConnectionString } from "../store/redact.ts";
 import { startCaServer } from "../ca/server.ts";
 import { MeshwardError } from "../errors.ts";
 import { KEY_ALGORITHMS } from "../pki/keys.ts";
@@ -118,21 +120,40 @@ export function registerCaCommand(program: Command): void {
       await server.close();
     });
 
+  ca.command("migrate-store")
+    .description("move a single-replica CA's records (certificates, revocations, tokens, CRL number) to another store, e.g. SQLite to PostgreSQL for several replicas; stop the CA first")
+    .requiredOption("--dir <dir>", "CA directory")
+    .option("--from <url>", "the store to read [default: sqlite:<dir>/ca.db]")
+    .requiredOption("--to <url>", "the empty store to fill, e.g. postgres://meshward@db:5432/meshward")
+    .action(async (opts) => {
+      readCaState(opts.dir);
+      const from = opts.from ?? `sqlite:${caLayout(opts.dir).database}`;
+      const report = await withCaStore(opts.dir, from, (source) => withCaStore(opts.dir, opts.to, (target) => copyStore(source, target)));
+      process.stdout.write(
+        `moved ${report.issuances} certificate${report.issuances === 1 ? "" : "s"}, ${report.revocations} revocation${report.revocations === 1 ? "" : "s"} and ${report.tokens} join token${report.tokens === 1 ? "" : "s"} to ${redactConnectionString(opts.to)}; the next CRL number is above ${report.crlNumber}.\n` +
+          `Next: give every replica a copy of ${opts.dir} and run: meshward ca serve --dir DIR --store URL --passphrase-file FILE\n`,
+      );
+    });
+
   ca.command("rotate-issuer")
     .description("self-managed CAs: replace the issuer with a new one signed by the root (a running CA switches within a second)")
     .requiredOption("--dir <dir>", "CA directory")
     .option("--now", "rotate even though the issuer is not near its rotation threshold")
     .option("--issuer-ttl <duration>", "lifetime of the new issuer", "1y")
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
+    .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")
     .action(async (opts) => {
       const now = new Date();
-      const current = loadAnchors({ dir: opts.dir, ...withPassphrase(readPassphrase(opts.passphraseFile)) });
-      const stage = issuerRotationStage(current.issuer.certificate, now);
-      if (stage === "current" && !opts.now) {
-        process.stdout.write(`the issuer has ${describeTimeLeft(new Date(current.issuer.certificate.validTo), now)}, above the rotation threshold; nothing to do (use --now to rotate anyway)\n`);
-        return;
-      }
-      const issuer = await rotateIssuer({ dir: opts.dir, now, issuerTtlMs: parseDuration(opts.issuerTtl, "--issuer-ttl"), ...withPassphrase(readPassphrase(opts.passphraseFile)) });
+      const issuer = await withCaFiles(opts.dir, opts.store, async (files) => {
+        const current = loadAnchors({ dir: opts.dir, files, ...withPassphrase(readPassphrase(opts.passphraseFile)) });
+        const stage = issuerRotationStage(current.issuer.certificate, now);
+        if (stage === "current" && !opts.now) {
+          process.stdout.write(`the issuer has ${describeTimeLeft(new Date(current.issuer.certificate.validTo), now)}, above the rotation threshold; nothing to do (use --now to rotate anyway)\n`);
+          return undefined;
+        }
+        return rotateIssuer({ dir: opts.dir, now, files, issuerTtlMs: parseDuration(opts.issuerTtl, "--issuer-ttl"), ...withPassphrase(readPassphrase(opts.passphraseFile)) });
+      });
+      if (issuer === undefined) return;
       process.stdout.write(`new issuer ${issuer.fingerprint256}, valid until ${new Date(issuer.validTo).toISOString()}; a running CA signs with it within a second\n`);
     });
 
@@ -143,15 +164,17 @@ export function registerCaCommand(program: Command): void {
     .requiredOption("--issuer-key <file>", "its private key (PEM)")
     .option("--issuer-key-passphrase-file <file>", "passphrase of the imported key, if it is encrypted")
     .option("--passphrase-file <file>", "passphrase to encrypt the key at rest (or MESHWARD_CA_PASSPHRASE)")
-    .action((opts) => {
-      const issuer = importIssuer({
+    .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")
+    .action(async (opts) => {
+      const issuer = await withCaFiles(opts.dir, opts.store, async (files) => importIssuer({
         dir: opts.dir,
+        files,
         issuerCertPem: readTextFile(opts.issuerCert, "issuer certificate"),
         issuerKeyPem: readTextFile(opts.issuerKey, "issuer key"),
         now: new Date(),
         ...withPassphrase(readPassphrase(opts.passphraseFile)),
         ...(opts.issuerKeyPassphraseFile !== undefined ? { issuerKeyPassphrase: readTextFile(opts.issuerKeyPassphraseFile, "passphrase file").replace(/\r?\n$/, "") } : {}),
-      });
+      }));
       process.stdout.write(`installed issuer ${issuer.fingerprint256}, valid until ${new Date(issuer.validTo).toISOString()}\n`);
     });
 
@@ -163,14 +186,16 @@ export function registerCaCommand(program: Command): void {
     .option("--root-cert <file>", "external roots: your organisation's new root certificate (instead of generating one)")
     .option("--root-ttl <duration>", "lifetime of a generated root", "10y")
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
+    .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")
     .action(async (opts) => {
-      const root = await prepareRoot({
+      const root = await withCaFiles(opts.dir, opts.store, (files) => prepareRoot({
         dir: opts.dir,
+        files,
         now: new Date(),
         rootTtlMs: parseDuration(opts.rootTtl, "--root-ttl"),
         ...withPassphrase(readPassphrase(opts.passphraseFile)),
         ...(opts.rootCert !== undefined ? { importedRootPem: readTextFile(opts.rootCert, "root certificate") } : {}),
-      });
+      }));
       process.stdout.write(
         `prepared root ${root.fingerprint256} (valid until ${new Date(root.validTo).toISOString()}); the bundle now holds it beside the current root.\n` +
           `Next, once every workload has fetched the new bundle (they refresh it every minute): meshward ca rotate-root activate --dir ${opts.dir}\n`,
@@ -185,16 +210,18 @@ export function registerCaCommand(program: Command): void {
     .option("--issuer-key <file>", "external roots: its private key")
     .option("--issuer-ttl <duration>", "lifetime of a generated issuer", "1y")
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
+    .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")
     .action(async (opts) => {
       if ((opts.issuerCert === undefined) !== (opts.issuerKey === undefined)) throw new MeshwardError("E_USAGE", "give both --issuer-cert and --issuer-key, or neither");
-      const issuer = await activateRoot({
+      const issuer = await withCaFiles(opts.dir, opts.store, (files) => activateRoot({
         dir: opts.dir,
+        files,
         now: new Date(),
         reissue: opts.reissue === true,
         issuerTtlMs: parseDuration(opts.issuerTtl, "--issuer-ttl"),
         ...withPassphrase(readPassphrase(opts.passphraseFile)),
         ...(opts.issuerCert !== undefined ? { importedIssuer: { certPem: readTextFile(opts.issuerCert, "issuer certificate"), keyPem: readTextFile(opts.issuerKey, "issuer key") } } : {}),
-      });
+      }));
       process.stdout.write(
         `activated: signing with issuer ${issuer.fingerprint256} under the new root${opts.reissue ? "; workloads renew now" : "; workloads move at their next renewal"}.\n` +
           `Next, when no certificate chains to the old root (see 'meshward ca status'): meshward ca rotate-root retire --dir ${opts.dir}\n`,
@@ -207,7 +234,7 @@ export function registerCaCommand(program: Command): void {
     .option("--force", "retire even though certificates still chain to the old root (they stop verifying)")
     .option("--store <url>", "store URL [default: <dir>/ca.db]")
     .action(async (opts) => {
-      const result = await withCaStore(opts.dir, opts.store, (store) => retireRoot({ dir: opts.dir, store, now: new Date(), force: opts.force === true }));
+      const result = await withCaFiles(opts.dir, opts.store ?? `sqlite:${caLayout(opts.dir).database}`, (files, store) => retireRoot({ dir: opts.dir, store: store!, files, now: new Date(), force: opts.force === true }));
       process.stdout.write(`retired root ${result.retiredFingerprint}${result.remaining > 0 ? ` (forced: ${result.remaining} certificates still chained to it)` : ""}; the rotation is complete\n`);
     });
 
@@ -219,10 +246,17 @@ export function registerCaCommand(program: Command): void {
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
     .option("--json", "print JSON")
     .action(async (opts) => {
-      const anchors = loadAnchors({ dir: opts.dir, ...withPassphrase(readPassphrase(opts.passphraseFile)) });
       const now = new Date();
       const warnMs = parseDuration(opts.warn, "--warn");
-      const countsByRoot = await withCaStore(opts.dir, opts.store, (store) => certificateCountsByRoot(store, anchors.roots.map((r) => r.fingerprint256), now));
+      const { anchors, countsByRoot } = await withCaFiles(
+        opts.dir,
+        opts.store ?? `sqlite:${caLayout(opts.dir).database}`,
+        async (files, store) => {
+          const loaded = loadAnchors({ dir: opts.dir, files, ...withPassphrase(readPassphrase(opts.passphraseFile)) });
+          return { anchors: loaded, countsByRoot: await certificateCountsByRoot(store!, loaded.roots.map((r) => r.fingerprint256), now) };
+        },
+        false,
+      );
       const describe = (kind: string, cert: X509Certificate) => {
         const notAfter = new Date(cert.validTo);
         return {

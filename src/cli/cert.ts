@@ -29,7 +29,7 @@ export function registerCertCommand(program: Command): void {
   cert
     .command("issue")
     .description("get a workload certificate from a CA: the key is made here and never leaves this host")
-    .requiredOption("--ca <addr>", "CA address HOST:PORT")
+    .requiredOption("--ca <addr>", "CA address HOST:PORT, or the replicas' addresses comma-separated")
     .requiredOption("--bundle <file>", "trust bundle (PEM) that the CA's certificate must chain to")
     .option("--token <token>", "join token or JWT (or --token-file, or MESHWARD_TOKEN)")
     .option("--token-file <file>", "file holding the token")

@@ -23,7 +23,7 @@ export function registerIdentityCommand(program: Command): void {
   program
     .command("identity")
     .description("keep a workload identity fresh: get it from the CA, renew it before expiry, and hand it to files on disk and the SPIFFE Workload API")
-    .requiredOption("--ca <addr>", "CA address HOST:PORT")
+    .requiredOption("--ca <addr>", "CA address HOST:PORT, or the replicas' addresses comma-separated")
     .requiredOption("--bundle <file>", "bootstrap trust bundle (PEM) that the CA's certificate must chain to")
     .option("--token <token>", "join token or JWT for the first certificate (or MESHWARD_TOKEN)")
     .option("--token-file <file>", "file holding the token, re-read at each use (Kubernetes projected tokens rotate)")

@@ -1,4 +1,6 @@
+import { directoryFiles, storeStateFiles, transactCaState, type AnchorFiles } from "../ca/anchor-files.ts";
 import { caLayout } from "../ca/anchors.ts";
+import { replicatedState } from "../ca/state-watcher.ts";
 import { openStore } from "../store/index.ts";
 import type { Store } from "../store/store.ts";
 
@@ -16,4 +18,18 @@ export async function withCaStore<T>(dir: string, url: string | undefined, fn: (
   } finally {
     await store.close();
   }
+}
+
+/**
+ * Runs an admin step on the CA's files: the directory, or (when --store names a store shared by
+ * replicas, PostgreSQL) the store's CA state, committed in one compare-and-swap that the running
+ * replicas pick up. `write: false` only reads (status).
+ */
+export async function withCaFiles<T>(dir: string, url: string | undefined, fn: (files: AnchorFiles, store: Store | undefined) => Promise<T>, write = true): Promise<T> {
+  if (url === undefined) return fn(directoryFiles, undefined);
+  return withCaStore(dir, url, async (store) => {
+    if (replicatedState(store) === undefined) return fn(directoryFiles, store);
+    if (!write) return fn(await storeStateFiles(store, dir), store);
+    return transactCaState(store, dir, (files) => fn(files, store));
+  });
 }

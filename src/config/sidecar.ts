@@ -1,6 +1,6 @@
 import * as z from "zod";
 import { parseTrustDomain } from "../spiffe/id.ts";
-import { hostPort, validatorEnumName } from "./fields.ts";
+import { hostPort, hostPortList, validatorEnumName } from "./fields.ts";
 import { parseDuration } from "../util/duration.ts";
 
 
@@ -60,7 +60,7 @@ export const sidecarConfigSchema = z
       })
       .optional()
       .describe("Trust domain; read from the bundle's root when omitted."),
-    ca: hostPort("CA address").describe("Address of the meshward CA (HOST:PORT)."),
+    ca: hostPortList("CA address").describe("Address of the meshward CA (HOST:PORT), or of its replicas (HOST:PORT,HOST:PORT…; a DNS name may resolve to several)."),
     bundle: z
       .string()
       .min(1)

@@ -5,7 +5,8 @@ import { MeshwardError } from "../errors.ts";
 import { inspectCertificate } from "../pki/inspect.ts";
 import { encodePrivateKey } from "../pki/keys.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
-import { parseHostPort } from "../util/address.ts";
+import { formatHostPort, type HostPort } from "../util/address.ts";
+import { withCaFailover } from "./ca-endpoints.ts";
 import { callUnary, GRPC_DEADLINE_EXCEEDED, GRPC_STATUS_NAMES, GRPC_UNAVAILABLE, GrpcTransportError, type UnaryResult } from "../protocol/grpc-unary.ts";
 import { decodeSignResponse, encodeSignRequest, SIGN_CERTIFICATE_PATH, TokenValidator, type SignCertificateRequestMessage } from "../protocol/sentry.ts";
 
@@ -17,7 +18,7 @@ export function caSpiffeId(trustDomain: string): string {
 export type ValidatorChoice = keyof typeof TokenValidator;
 
 export interface CaConnection {
-  /** host:port of the CA API. */
+  /** host:port of the CA API; several replicas as a comma-separated list (a DNS name may stand for several addresses). */
   readonly address: string;
   /** PEM roots that the CA's serving certificate must chain to (the bootstrap bundle). */
   readonly bundlePem: string;
@@ -67,7 +68,12 @@ function checkCaIdentity(trustDomain: string, servingId?: string) {
 
 /** Calls dapr.proto.sentry.v1.CA/SignCertificate (gRPC over HTTP/2, the CA verified by SPIFFE ID). */
 export async function requestCertificate(connection: CaConnection, request: CertificateRequest): Promise<SignedCertificate> {
-  const { host, port } = parseHostPort(connection.address, "CA address");
+  return withCaFailover(connection.address, (endpoint) => requestFrom(endpoint, connection, request));
+}
+
+async function requestFrom(endpoint: HostPort, connection: CaConnection, request: CertificateRequest): Promise<SignedCertificate> {
+  const { host, port } = endpoint;
+  const address = formatHostPort(endpoint);
   const message: SignCertificateRequestMessage = {
     id: request.appId,
     token: request.token,
@@ -93,14 +99,14 @@ export async function requestCertificate(connection: CaConnection, request: Cert
       timeoutMs: connection.timeoutMs ?? 10_000,
     });
   } catch (error) {
-    throw transportError(error, connection.address);
+    throw transportError(error, address);
   }
-  if (result.status !== 0) throw statusError(result, connection.address);
+  if (result.status !== 0) throw statusError(result, address);
   let decoded;
   try {
     decoded = decodeSignResponse(result.message as Buffer);
   } catch (error) {
-    throw new MeshwardError("E_CA_ERROR", `the CA at ${connection.address} answered with a malformed SignCertificateResponse: ${(error as Error).message}`, { cause: error });
+    throw new MeshwardError("E_CA_ERROR", `the CA at ${address} answered with a malformed SignCertificateResponse: ${(error as Error).message}`, { cause: error });
   }
   return {
     certChainPem: Buffer.from(decoded.workloadCertificate).toString("utf8"),
@@ -174,7 +180,12 @@ function statusError(result: UnaryResult, address: string): MeshwardError {
 
 /** GET a path of the CA's HTTPS API, verifying the CA by SPIFFE ID. */
 export async function fetchFromCa(connection: CaConnection, path: string, maxBytes = 4 << 20): Promise<Buffer> {
-  const { host, port } = parseHostPort(connection.address, "CA address");
+  return withCaFailover(connection.address, (endpoint) => fetchFrom(endpoint, connection, path, maxBytes));
+}
+
+async function fetchFrom(endpoint: HostPort, connection: CaConnection, path: string, maxBytes: number): Promise<Buffer> {
+  const { host, port } = endpoint;
+  const address = formatHostPort(endpoint);
   return await new Promise<Buffer>((resolve, reject) => {
     const req = httpsRequest(
       {
@@ -198,18 +209,20 @@ export async function fetchFromCa(connection: CaConnection, path: string, maxByt
           else chunks.push(chunk);
         });
         res.on("end", () => {
-          if (res.statusCode !== 200) reject(new MeshwardError("E_CA_ERROR", `the CA answered ${res.statusCode} to GET ${path}`));
+          // 503: this replica cannot serve it yet (no CRL built, shutting down): another may.
+          if (res.statusCode === 503) reject(new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address} answered 503 to GET ${path}`));
+          else if (res.statusCode !== 200) reject(new MeshwardError("E_CA_ERROR", `the CA answered ${res.statusCode} to GET ${path}`));
           else resolve(Buffer.concat(chunks));
         });
         res.on("error", reject);
       },
     );
-    req.on("timeout", () => req.destroy(new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${connection.address} did not answer in time`)));
+    req.on("timeout", () => req.destroy(new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address} did not answer in time`)));
     req.on("error", (error) =>
       reject(
         error instanceof MeshwardError
           ? error
-          : (handshakeError(error, connection.address) ?? new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${connection.address} is unreachable: ${error.message}`, { cause: error })),
+          : (handshakeError(error, address) ?? new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address} is unreachable: ${error.message}`, { cause: error })),
       ),
     );
     req.end();

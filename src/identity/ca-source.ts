@@ -10,13 +10,17 @@ import { generateKeyPair } from "../pki/keys.ts";
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import { formatWorkloadId, parseSpiffeId } from "../spiffe/id.ts";
 import { systemClock, type Clock, type ClockTimer, type Rng } from "../util/clock.ts";
+import { parseCaAddresses } from "./ca-endpoints.ts";
 import { fetchFromCa, requestCertificate, type CaConnection, type ValidatorChoice } from "./ca-client.ts";
 import { backoffDelay, DEFAULT_BACKOFF, DEFAULT_RENEWAL_TIMING, renewalDelay, type Backoff, type RenewalTiming } from "./schedule.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource, Svid, TrustBundle } from "./source.ts";
 
 export interface CaIdentityOptions {
-  /** CA address, HOST:PORT. */
-  readonly ca: string;
+  /**
+   * CA address, HOST:PORT; CA replicas as a comma-separated list or an array (a DNS name may
+   * resolve to several addresses). A request the replica could not serve is retried on the next.
+   */
+  readonly ca: string | readonly string[];
   /** Bootstrap trust bundle (PEM): the CA's certificate must chain to it. */
   readonly bundlePem: string;
   /** Read from the bundle's root when omitted. */
@@ -88,8 +92,12 @@ class CaSource implements CaIdentitySource {
   #rejectReady!: (error: Error) => void;
   readonly #ready: Promise<IdentitySnapshot>;
 
+  readonly #ca: string;
+
   constructor(options: CaIdentityOptions) {
     this.#options = options;
+    this.#ca = typeof options.ca === "string" ? options.ca : options.ca.join(",");
+    parseCaAddresses(this.#ca); // a bad address fails here, not at the first renewal
     this.#clock = options.clock ?? systemClock;
     this.#rng = options.rng ?? Math.random;
     this.#trustDomain = options.trustDomain ?? trustDomainOf(options.bundlePem);
@@ -266,7 +274,7 @@ class CaSource implements CaIdentitySource {
 
   #connection(): CaConnection {
     return {
-      address: this.#options.ca,
+      address: this.#ca,
       bundlePem: this.#bundle.rootsPem,
       trustDomain: this.#trustDomain,
       ...(this.#options.requestTimeoutMs !== undefined ? { timeoutMs: this.#options.requestTimeoutMs } : {}),

@@ -6,6 +6,7 @@
 import { createHash } from "node:crypto";
 import { children, content, DerError, expectTag, readBigInt, readBitString, readBoolean, readOid, readTime, readTlv, readWhole, TAG, whole } from "./der.ts";
 import type { Tlv } from "./der.ts";
+import { OID } from "./oids.ts";
 
 export interface RawExtension {
   readonly critical: boolean;
@@ -147,3 +148,24 @@ export function readSubjectKeyId(value: Uint8Array): Buffer {
   return content(value, readWhole(value, TAG.OCTET_STRING));
 }
 
+
+/**
+ * Why a certificate with these extensions must not be used as an end-entity (a client or
+ * server SVID, a renewal proof): basicConstraints CA:TRUE, or keyUsage keyCertSign / cRLSign
+ * (X509-SVID spec §4.1–4.3). undefined when it is a leaf. Malformed values count as not a leaf.
+ */
+export function notLeafReason(extensions: ReadonlyMap<string, RawExtension>): string | undefined {
+  const basic = extensions.get(OID.basicConstraints);
+  const usage = extensions.get(OID.keyUsage);
+  try {
+    if (basic !== undefined && readBasicConstraints(basic.value).ca) return "it is a CA certificate (basicConstraints CA:TRUE)";
+    if (usage !== undefined) {
+      const bits = readKeyUsage(usage.value);
+      if (bits.has(KEY_USAGE_BITS.keyCertSign)) return "its key usage allows signing certificates (keyCertSign)";
+      if (bits.has(KEY_USAGE_BITS.cRLSign)) return "its key usage allows signing CRLs (cRLSign)";
+    }
+  } catch {
+    return "its basicConstraints or keyUsage extension is malformed";
+  }
+  return undefined;
+}

@@ -4,7 +4,7 @@ import { redactConnectionString } from "./redact.ts";
 import { openSqliteStore } from "./sqlite.ts";
 import type { Store } from "./store.ts";
 
-export type { IssuanceFilter, IssuanceRecord, JoinTokenRecord, RevocationRecord, Store, TokenConsumption } from "./store.ts";
+export type { CaFilesSnapshot, IssuanceFilter, IssuanceRecord, JoinTokenRecord, LeaderLock, RevocationRecord, Store, StoredCrl, TokenConsumption } from "./store.ts";
 export { openPostgresStore, PostgresStore } from "./postgres.ts";
 export type { PostgresStoreOptions } from "./postgres.ts";
 export { openSqliteStore, SqliteStore } from "./sqlite.ts";

@@ -65,6 +65,27 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
         superseded_by TEXT NOT NULL
       );
     `,
+  },  {
+    // 4, not 3: main's version 3 (join tokens with a common name) was written at the same time.
+    version: 4,
+    description: "CA state shared by replicas: changed anchor files, their version, the published CRL",
+    sql: `
+      CREATE TABLE ca_files (
+        name TEXT PRIMARY KEY NOT NULL,
+        content TEXT
+      );
+      CREATE TABLE ca_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+      );
+      INSERT INTO ca_state (id, version) VALUES (1, 0);
+      CREATE TABLE published_crl (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        number INTEGER NOT NULL,
+        der BLOB NOT NULL,
+        this_update INTEGER NOT NULL
+      );
+    `,
   },
   {
     version: 3,
@@ -123,6 +144,27 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
       CREATE TABLE superseded (
         serial TEXT PRIMARY KEY,
         superseded_by TEXT NOT NULL
+      );
+    `,
+  },  {
+    // 4, not 3: main's version 3 (join tokens with a common name) was written at the same time.
+    version: 4,
+    description: "CA state shared by replicas: changed anchor files, their version, the published CRL",
+    sql: `
+      CREATE TABLE ca_files (
+        name TEXT PRIMARY KEY,
+        content TEXT
+      );
+      CREATE TABLE ca_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version BIGINT NOT NULL
+      );
+      INSERT INTO ca_state (id, version) VALUES (1, 0);
+      CREATE TABLE published_crl (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        number BIGINT NOT NULL,
+        der BYTEA NOT NULL,
+        this_update TIMESTAMPTZ NOT NULL
       );
     `,
   },

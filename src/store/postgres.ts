@@ -3,7 +3,8 @@ import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { assertSchemaNotNewer, latestVersion, migratePostgres, POSTGRES_MIGRATIONS, postgresSchemaVersion } from "./migrations.ts";
 import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
 import { redactConnectionString } from "./redact.ts";
-import type { IssuanceFilter, IssuanceRecord, JoinTokenRecord, RevocationRecord, Store, TokenConsumption } from "./store.ts";
+import { advisoryLeaderLock, CHANNELS, listenForChanges } from "./postgres-shared.ts";
+import type { CaFilesSnapshot, IssuanceFilter, IssuanceRecord, JoinTokenRecord, LeaderLock, RevocationRecord, Store, StoredCrl, TokenConsumption } from "./store.ts";
 
 export type PostgresStoreOptions = { connectionString: string } | pg.PoolConfig;
 
@@ -89,9 +90,43 @@ const Q = {
     text: `UPDATE join_tokens SET uses_left = uses_left - 1
            WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 RETURNING ${TOKEN_COLUMNS}`,
   },
+  /**
+   * Spend and record in one statement (so one transaction): the issuance row is inserted only
+   * from the spent token row, so a request that loses the race for the last use records nothing,
+   * and a failed insert (duplicate serial) rolls the spend back.
+   */
+  spendTokenAndRecord: {
+    name: "meshward_spend_token_and_record",
+    text: `WITH spent AS (
+             UPDATE join_tokens SET uses_left = uses_left - 1
+             WHERE token_hash = $11 AND uses_left > 0 AND expires_at > $12 RETURNING ${TOKEN_COLUMNS}
+           ), inserted AS (
+             INSERT INTO issuances (${ISSUANCE_COLUMNS})
+             SELECT $1::text, $2::text, $3::text[], $4::timestamptz, $5::timestamptz, $6::timestamptz, $7::text, $8::text, $9::text, $10::text FROM spent
+             RETURNING serial
+           ), superseding AS (
+             INSERT INTO superseded (serial, superseded_by) SELECT $13::text, serial FROM inserted WHERE $13::text IS NOT NULL
+             ON CONFLICT (serial) DO NOTHING
+           )
+           SELECT ${TOKEN_COLUMNS} FROM spent`,
+  },
   getTokenByHash: { name: "meshward_get_token_by_hash", text: `SELECT ${TOKEN_COLUMNS} FROM join_tokens WHERE token_hash = $1` },
   listTokens: { name: "meshward_list_tokens", text: `SELECT ${TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id` },
   nextCrlNumber: { name: "meshward_next_crl_number", text: "SELECT nextval('crl_number_seq')::text AS value" },
+  caStateVersion: { name: "meshward_ca_state_version", text: "SELECT version::text AS version FROM ca_state WHERE id = 1" },
+  listCaFiles: { name: "meshward_list_ca_files", text: "SELECT name, content FROM ca_files ORDER BY name" },
+  // The fence between two leaders: only a higher CRL number replaces the published CRL.
+  publishCrl: {
+    name: "meshward_publish_crl",
+    text: `WITH published AS (
+             INSERT INTO published_crl (id, number, der, this_update) VALUES (1, $1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET number = EXCLUDED.number, der = EXCLUDED.der, this_update = EXCLUDED.this_update
+             WHERE EXCLUDED.number > published_crl.number
+             RETURNING number
+           )
+           SELECT pg_notify('${CHANNELS.crl}', number::text) FROM published`,
+  },
+  latestCrl: { name: "meshward_latest_crl", text: "SELECT number::text AS number, der, this_update FROM published_crl WHERE id = 1" },
 } as const;
 
 /** Opens a pool to PostgreSQL (nothing connects until the first call); call migrate() before use. */
@@ -104,6 +139,7 @@ export class PostgresStore implements Store {
   /** Where the store points, password hidden: safe for messages and logs. */
   readonly target: string;
   readonly #pool: pg.Pool;
+  readonly #config: pg.PoolConfig;
   #closed = false;
   #schemaChecked: Promise<void> | undefined;
 
@@ -111,6 +147,7 @@ export class PostgresStore implements Store {
     const config: pg.PoolConfig = { connectionTimeoutMillis: 10_000, application_name: "meshward-ca", ...options };
     this.target = describeTarget(config);
     assertParsable(config.connectionString, this.target);
+    this.#config = config;
     this.#pool = new pg.Pool(config);
     // An idle pooled connection that breaks (server restart, network) is dropped and replaced
     // on next use; without a listener the 'error' event would crash the CA process.
@@ -132,18 +169,7 @@ export class PostgresStore implements Store {
 
   async recordIssuance(record: IssuanceRecord): Promise<void> {
     const serial = requireSerial(record.serial, "record the issuance");
-    const values = [
-      serial,
-      record.spiffeId,
-      [...record.dnsNames],
-      new Date(requireDate(record.notBefore, "notBefore")),
-      new Date(requireDate(record.notAfter, "notAfter")),
-      new Date(requireDate(record.issuedAt, "issuedAt")),
-      record.attestation,
-      record.issuerFingerprint,
-      record.rootFingerprint,
-      record.certificatePem,
-    ];
+    const values = issuanceValues(record, serial);
     const duplicate = `a certificate with serial ${serial} is already in the issuance log`;
     if (record.supersedes === undefined) {
       await this.#query("E_STORE_WRITE", "record the issuance", Q.insertIssuance, values, duplicate);
@@ -151,6 +177,32 @@ export class PostgresStore implements Store {
       const supersedes = requireSerial(record.supersedes, "record the superseded certificate");
       await this.#query("E_STORE_WRITE", "record the issuance", Q.insertIssuanceSuperseding, [...values, supersedes], duplicate);
     }
+  }
+
+  async recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date): Promise<TokenConsumption> {
+    const serial = requireSerial(record.serial, "record the issuance");
+    const supersedes = record.supersedes === undefined ? null : requireSerial(record.supersedes, "record the superseded certificate");
+    const at = new Date(requireDate(now, "now"));
+    const result = await this.#query<TokenRow>(
+      "E_STORE_WRITE",
+      "spend the join token and record the issuance",
+      Q.spendTokenAndRecord,
+      [...issuanceValues(record, serial), tokenHash, at, supersedes],
+      `a certificate with serial ${serial} is already in the issuance log`,
+    );
+    const row = result.rows[0];
+    if (row !== undefined) return { ok: true, token: tokenFromRow(row) };
+    return this.checkToken(tokenHash, now);
+  }
+
+  async checkToken(tokenHash: string, now: Date): Promise<TokenConsumption> {
+    const at = requireDate(now, "now");
+    const existing = await this.#query<TokenRow>("E_STORE_READ", "read the join token", Q.getTokenByHash, [tokenHash]);
+    const token = existing.rows[0];
+    if (token === undefined) return { ok: false, reason: "unknown" };
+    if (token.uses_left <= 0) return { ok: false, reason: "used-up" };
+    if (token.expires_at.getTime() <= at) return { ok: false, reason: "expired" };
+    return { ok: true, token: tokenFromRow(token) };
   }
 
   async getIssuance(serial: string): Promise<IssuanceRecord | undefined> {
@@ -239,6 +291,88 @@ export class PostgresStore implements Store {
     const value = result.rows[0]?.value;
     if (value === undefined) throw new MeshwardError("E_STORE_WRITE", `${this.target}: the CRL number sequence returned nothing`);
     return BigInt(value);
+  }
+
+  async listSuperseded(): Promise<{ serial: string; supersededBy: string }[]> {
+    const result = await this.#query<{ serial: string; superseded_by: string }>("E_STORE_READ", "list superseded certificates", { name: "meshward_list_superseded", text: "SELECT serial, superseded_by FROM superseded ORDER BY serial" }, []);
+    return result.rows.map((r) => ({ serial: r.serial, supersededBy: r.superseded_by }));
+  }
+
+  async raiseCrlNumber(atLeast: bigint): Promise<void> {
+    // setval(…, n, true): the next nextval() returns n + 1.
+    await this.#query("E_STORE_WRITE", "raise the CRL number", {
+      name: "meshward_raise_crl_number",
+      text: "SELECT setval('crl_number_seq', GREATEST($1::bigint, (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM crl_number_seq)), true)",
+    }, [atLeast.toString()]);
+  }
+
+  async readCaFiles(): Promise<CaFilesSnapshot> {
+    // One snapshot: REPEATABLE READ makes the version and the files agree.
+    return this.#transaction("read the CA state", "E_STORE_READ", async (client) => {
+      await client.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ");
+      const version = await client.query<{ version: string }>(Q.caStateVersion);
+      const files = await client.query<{ name: string; content: string | null }>(Q.listCaFiles);
+      return { version: Number(version.rows[0]?.version ?? 0), files: new Map(files.rows.map((r) => [r.name, r.content])) };
+    });
+  }
+
+  async caStateVersion(): Promise<number> {
+    const result = await this.#query<{ version: string }>("E_STORE_READ", "read the CA state version", Q.caStateVersion, []);
+    return Number(result.rows[0]?.version ?? 0);
+  }
+
+  async writeCaFiles(expectedVersion: number, changes: ReadonlyMap<string, string | null>): Promise<number | undefined> {
+    return this.#transaction("write the CA state", "E_STORE_WRITE", async (client) => {
+      const bumped = await client.query<{ version: string }>("UPDATE ca_state SET version = version + 1 WHERE id = 1 AND version = $1 RETURNING version::text AS version", [expectedVersion]);
+      const version = bumped.rows[0]?.version;
+      if (version === undefined) return undefined;
+      for (const [name, content] of changes) {
+        await client.query("INSERT INTO ca_files (name, content) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET content = EXCLUDED.content", [name, content]);
+      }
+      await client.query("SELECT pg_notify($1, $2)", [CHANNELS.ca_state, version]);
+      return Number(version);
+    });
+  }
+
+  async publishCrl(crl: StoredCrl): Promise<boolean> {
+    const thisUpdate = new Date(requireDate(crl.thisUpdate, "thisUpdate"));
+    const result = await this.#query("E_STORE_WRITE", "publish the CRL", Q.publishCrl, [crl.number.toString(), crl.der, thisUpdate]);
+    return result.rowCount === 1;
+  }
+
+  async latestCrl(): Promise<StoredCrl | undefined> {
+    const result = await this.#query<{ number: string; der: Buffer; this_update: Date }>("E_STORE_READ", "read the published CRL", Q.latestCrl, []);
+    const row = result.rows[0];
+    return row === undefined ? undefined : { number: BigInt(row.number), der: row.der, thisUpdate: row.this_update };
+  }
+
+  listen(onChange: (channel: "ca_state" | "crl") => void): Promise<() => Promise<void>> {
+    this.#assertOpen();
+    return listenForChanges(this.#config, onChange);
+  }
+
+  leaderLock(): LeaderLock {
+    this.#assertOpen();
+    return advisoryLeaderLock(this.#config);
+  }
+
+  async #transaction<T>(what: string, code: "E_STORE_READ" | "E_STORE_WRITE", fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    this.#assertOpen();
+    await this.#ensureSchemaKnown().catch((error: unknown) => {
+      throw this.#error(code, what, error);
+    });
+    const client = await this.#connect(what);
+    try {
+      await client.query("BEGIN");
+      const result = await fn(client);
+      await client.query("COMMIT");
+      return result;
+    } catch (error) {
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw this.#error(code, what, error);
+    } finally {
+      client.release();
+    }
   }
 
   async close(): Promise<void> {
@@ -341,6 +475,21 @@ function pgCode(error: unknown): string | undefined {
   if (typeof error !== "object" || error === null) return undefined;
   const code = (error as { code?: unknown }).code;
   return typeof code === "string" ? code : undefined;
+}
+
+function issuanceValues(record: IssuanceRecord, serial: string): unknown[] {
+  return [
+    serial,
+    record.spiffeId,
+    [...record.dnsNames],
+    new Date(requireDate(record.notBefore, "notBefore")),
+    new Date(requireDate(record.notAfter, "notAfter")),
+    new Date(requireDate(record.issuedAt, "issuedAt")),
+    record.attestation,
+    record.issuerFingerprint,
+    record.rootFingerprint,
+    record.certificatePem,
+  ];
 }
 
 function issuanceFromRow(row: IssuanceRow): IssuanceRecord {

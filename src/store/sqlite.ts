@@ -5,7 +5,7 @@ import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { assertSchemaNotNewer, latestVersion, migrateSqlite, SQLITE_MIGRATIONS, sqliteSchemaVersion } from "./migrations.ts";
 import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
 import { SqliteWriter } from "./sqlite-writer.ts";
-import type { IssuanceFilter, IssuanceRecord, JoinTokenRecord, RevocationRecord, Store, TokenConsumption } from "./store.ts";
+import type { CaFilesSnapshot, IssuanceFilter, IssuanceRecord, JoinTokenRecord, RevocationRecord, Store, StoredCrl, TokenConsumption } from "./store.ts";
 
 const BUSY_TIMEOUT_MS = 5_000;
 const MEMORY = ":memory:";
@@ -108,19 +108,7 @@ export class SqliteStore implements Store {
   }
 
   async recordIssuance(record: IssuanceRecord): Promise<void> {
-    const serial = requireSerial(record.serial, "record the issuance");
-    const row: IssuanceRow = {
-      serial,
-      spiffe_id: record.spiffeId,
-      dns_names: JSON.stringify(record.dnsNames),
-      not_before: requireDate(record.notBefore, "notBefore"),
-      not_after: requireDate(record.notAfter, "notAfter"),
-      issued_at: requireDate(record.issuedAt, "issuedAt"),
-      attestation: record.attestation,
-      issuer_fingerprint: record.issuerFingerprint,
-      root_fingerprint: record.rootFingerprint,
-      certificate_pem: record.certificatePem,
-    };
+    const row = issuanceRow(record);
     const supersedes = record.supersedes === undefined ? undefined : requireSerial(record.supersedes, "record the superseded certificate");
     this.#assertOpen();
     if (this.#useWriterThread) {
@@ -256,6 +244,33 @@ export class SqliteStore implements Store {
     return this.#write("spend the join token", () => consume.immediate());
   }
 
+  async checkToken(tokenHash: string, now: Date): Promise<TokenConsumption> {
+    const at = requireDate(now, "now");
+    const row = this.#read("read the join token", () => this.#stmts().getTokenByHash.get(tokenHash) as TokenRow | undefined);
+    return tokenState(row, at);
+  }
+
+  async recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date): Promise<TokenConsumption> {
+    const row = issuanceRow(record);
+    const supersedes = record.supersedes === undefined ? undefined : requireSerial(record.supersedes, "record the superseded certificate");
+    const at = requireDate(now, "now");
+    const statements = this.#stmts();
+    // Not group-committed: the spend and the row commit together or not at all (join-token
+    // issuance is rare next to renewals, which keep the group-commit path).
+    const spendAndRecord = this.#db.transaction((): TokenConsumption => {
+      const spent = statements.spendToken.get(tokenHash, at) as TokenRow | undefined;
+      if (spent === undefined) return tokenState(statements.getTokenByHash.get(tokenHash) as TokenRow | undefined, at);
+      statements.insertIssuance.run(row);
+      if (supersedes !== undefined) statements.insertSuperseded.run(supersedes, row.serial);
+      return { ok: true, token: tokenFromRow(spent) };
+    });
+    return this.#write(
+      "spend the join token and record the issuance",
+      () => spendAndRecord.immediate(),
+      `a certificate with serial ${row.serial} is already in the issuance log`,
+    );
+  }
+
   async listTokens(): Promise<JoinTokenRecord[]> {
     const rows = this.#read("list join tokens", () => this.#stmts().listTokens.all() as TokenRow[]);
     return rows.map(tokenFromRow);
@@ -267,6 +282,51 @@ export class SqliteStore implements Store {
     const row = this.#write("advance the CRL number", () => next.immediate());
     if (row === undefined) throw new MeshwardError("E_STORE_WRITE", `${this.path} has no CRL number row; the schema is damaged (run migrate() on a fresh store)`);
     return row.value;
+  }
+
+  async listSuperseded(): Promise<{ serial: string; supersededBy: string }[]> {
+    const rows = this.#read("list superseded certificates", () => this.#db.prepare("SELECT serial, superseded_by FROM superseded ORDER BY serial").all() as { serial: string; superseded_by: string }[]);
+    return rows.map((r) => ({ serial: r.serial, supersededBy: r.superseded_by }));
+  }
+
+  async raiseCrlNumber(atLeast: bigint): Promise<void> {
+    this.#write("raise the CRL number", () => this.#db.prepare("UPDATE crl_number SET value = MAX(value, ?) WHERE id = 1").run(atLeast));
+  }
+
+  async readCaFiles(): Promise<CaFilesSnapshot> {
+    const statements = this.#stmts();
+    const read = this.#db.transaction(() => ({
+      version: (statements.caStateVersion.get() as { version: number }).version,
+      rows: statements.listCaFiles.all() as { name: string; content: string | null }[],
+    }));
+    const { version, rows } = this.#read("read the CA state", () => read());
+    return { version, files: new Map(rows.map((r) => [r.name, r.content])) };
+  }
+
+  async caStateVersion(): Promise<number> {
+    return this.#read("read the CA state version", () => (this.#stmts().caStateVersion.get() as { version: number }).version);
+  }
+
+  async writeCaFiles(expectedVersion: number, changes: ReadonlyMap<string, string | null>): Promise<number | undefined> {
+    const statements = this.#stmts();
+    const write = this.#db.transaction((): number | undefined => {
+      const bumped = statements.bumpCaState.get(expectedVersion) as { version: number } | undefined;
+      if (bumped === undefined) return undefined;
+      for (const [name, content] of changes) statements.putCaFile.run(name, content);
+      return bumped.version;
+    });
+    return this.#write("write the CA state", () => write.immediate());
+  }
+
+  async publishCrl(crl: StoredCrl): Promise<boolean> {
+    const thisUpdate = requireDate(crl.thisUpdate, "thisUpdate");
+    const result = this.#write("publish the CRL", () => this.#stmts().publishCrl.run(crl.number, crl.der, thisUpdate));
+    return result.changes === 1;
+  }
+
+  async latestCrl(): Promise<StoredCrl | undefined> {
+    const row = this.#read("read the published CRL", () => this.#stmts().latestCrl.get() as { number: bigint; der: Buffer; this_update: bigint } | undefined);
+    return row === undefined ? undefined : { number: row.number, der: row.der, thisUpdate: new Date(Number(row.this_update)) };
   }
 
   async close(): Promise<void> {
@@ -336,6 +396,12 @@ interface Statements {
   getTokenByHash: Database.Statement;
   listTokens: Database.Statement;
   nextCrlNumber: Database.Statement;
+  caStateVersion: Database.Statement;
+  listCaFiles: Database.Statement;
+  bumpCaState: Database.Statement;
+  putCaFile: Database.Statement;
+  publishCrl: Database.Statement;
+  latestCrl: Database.Statement;
 }
 
 function prepareStatements(db: Database.Database): Statements {
@@ -369,7 +435,41 @@ function prepareStatements(db: Database.Database): Statements {
     getTokenByHash: db.prepare("SELECT * FROM join_tokens WHERE token_hash = ?"),
     listTokens: db.prepare("SELECT * FROM join_tokens ORDER BY created_at, id"),
     nextCrlNumber: db.prepare("UPDATE crl_number SET value = value + 1 WHERE id = 1 RETURNING value").safeIntegers(true),
+    caStateVersion: db.prepare("SELECT version FROM ca_state WHERE id = 1"),
+    listCaFiles: db.prepare("SELECT name, content FROM ca_files ORDER BY name"),
+    bumpCaState: db.prepare("UPDATE ca_state SET version = version + 1 WHERE id = 1 AND version = ? RETURNING version"),
+    putCaFile: db.prepare("INSERT INTO ca_files (name, content) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET content = excluded.content"),
+    // The fence between two leaders: only a higher CRL number replaces the published CRL.
+    publishCrl: db.prepare(
+      `INSERT INTO published_crl (id, number, der, this_update) VALUES (1, ?, ?, ?)
+       ON CONFLICT (id) DO UPDATE SET number = excluded.number, der = excluded.der, this_update = excluded.this_update
+       WHERE excluded.number > published_crl.number`,
+    ),
+    latestCrl: db.prepare("SELECT number, der, this_update FROM published_crl WHERE id = 1").safeIntegers(true),
   };
+}
+
+function issuanceRow(record: IssuanceRecord): IssuanceRow {
+  return {
+    serial: requireSerial(record.serial, "record the issuance"),
+    spiffe_id: record.spiffeId,
+    dns_names: JSON.stringify(record.dnsNames),
+    not_before: requireDate(record.notBefore, "notBefore"),
+    not_after: requireDate(record.notAfter, "notAfter"),
+    issued_at: requireDate(record.issuedAt, "issuedAt"),
+    attestation: record.attestation,
+    issuer_fingerprint: record.issuerFingerprint,
+    root_fingerprint: record.rootFingerprint,
+    certificate_pem: record.certificatePem,
+  };
+}
+
+/** What spending the token would answer now (without spending it). */
+function tokenState(row: TokenRow | undefined, at: number): TokenConsumption {
+  if (row === undefined) return { ok: false, reason: "unknown" };
+  if (row.uses_left <= 0) return { ok: false, reason: "used-up" };
+  if (row.expires_at <= at) return { ok: false, reason: "expired" };
+  return { ok: true, token: tokenFromRow(row) };
 }
 
 function issuanceFromRow(row: IssuanceRow): IssuanceRecord {

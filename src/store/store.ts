@@ -65,6 +65,29 @@ export interface IssuanceFilter {
   readonly limit?: number;
 }
 
+/** The files of the CA directory changed after init, as the store holds them (null: deleted). */
+export interface CaFilesSnapshot {
+  /** Grows by one with every change; 0 before the first. */
+  readonly version: number;
+  /** File name inside the CA directory → content, or null when the change removed it. */
+  readonly files: ReadonlyMap<string, string | null>;
+}
+
+export interface StoredCrl {
+  readonly number: bigint;
+  readonly der: Buffer;
+  readonly thisUpdate: Date;
+}
+
+/** A PostgreSQL advisory lock held on its own connection: one leader among the CA replicas. */
+export interface LeaderLock {
+  /** Tries to take the lock (true when held, also when already held); false when another holds it. */
+  tryAcquire(): Promise<boolean>;
+  /** Whether the lock is held now (false once its connection broke). */
+  readonly held: boolean;
+  release(): Promise<void>;
+}
+
 export interface Store {
   /** Creates or upgrades the schema; idempotent. */
   migrate(): Promise<void>;
@@ -85,8 +108,40 @@ export interface Store {
   createToken(token: JoinTokenRecord): Promise<void>;
   /** Atomically checks and spends one use of the token with this hash. */
   consumeToken(tokenHash: string, now: Date): Promise<TokenConsumption>;
+  /** Whether the token with this hash could be spent at `now`, without spending it (the answer may be stale at once). */
+  checkToken(tokenHash: string, now: Date): Promise<TokenConsumption>;
+  /**
+   * Spends one use of the token and records the issuance in one transaction: a use is spent
+   * only by a certificate that is recorded, and nothing is recorded when the token can no
+   * longer be spent (another request spent its last use first). The CA returns the
+   * certificate only when this answers ok.
+   */
+  recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date): Promise<TokenConsumption>;
   listTokens(): Promise<JoinTokenRecord[]>;
   /** Monotonic CRL number, persisted; each call returns the next one. */
   nextCrlNumber(): Promise<bigint>;
+  /** Every renewal link (old serial → the serial that replaced it), for moving a store (ca migrate-store). */
+  listSuperseded(): Promise<{ serial: string; supersededBy: string }[]>;
+  /** Makes the next CRL number greater than `atLeast` (a store taking over another's CRLs); never lowers it. */
+  raiseCrlNumber(atLeast: bigint): Promise<void>;
+  /** CA state that changed after init (issue 17): what rotations wrote, shared by every replica. */
+  readCaFiles(): Promise<CaFilesSnapshot>;
+  /** The version of that state alone (cheap; replicas poll it). */
+  caStateVersion(): Promise<number>;
+  /**
+   * Applies the changes in one transaction when the state is still at `expectedVersion`
+   * (compare-and-swap) and returns the new version; undefined when another writer came first.
+   */
+  writeCaFiles(expectedVersion: number, changes: ReadonlyMap<string, string | null>): Promise<number | undefined>;
+  /**
+   * Publishes a signed CRL unless one with a number as high or higher is already published
+   * (the fence between two leaders): true when this one is now the published CRL.
+   */
+  publishCrl(crl: StoredCrl): Promise<boolean>;
+  latestCrl(): Promise<StoredCrl | undefined>;
+  /** Shared stores (PostgreSQL): called on each change notification (LISTEN/NOTIFY); returns the unsubscribe. */
+  listen?(onChange: (channel: "ca_state" | "crl") => void): Promise<() => Promise<void>>;
+  /** Shared stores (PostgreSQL): the lock that elects the one replica rotating and signing CRLs. */
+  leaderLock?(): LeaderLock;
   close(): Promise<void>;
 }

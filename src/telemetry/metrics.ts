@@ -279,6 +279,7 @@ const BY_CODE: ReadonlyMap<string, HandshakeFailureReason> = new Map<string, Han
   ["E_SPIFFE_MISMATCH", "spiffe_mismatch"],
   ["ERR_TLS_CERT_ALTNAME_INVALID", "spiffe_mismatch"],
   ["E_PEER_NO_SPIFFE_ID", "spiffe_mismatch"],
+  ["E_PEER_NOT_LEAF", "spiffe_mismatch"],
   ["E_TRUST_DOMAIN_MISMATCH", "spiffe_mismatch"],
   // TLS version below our minimum, or no common version.
   ["ERR_SSL_UNSUPPORTED_PROTOCOL", "protocol_version"],

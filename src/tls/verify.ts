@@ -1,7 +1,7 @@
 import type { PeerCertificate, TLSSocket } from "node:tls";
 import { MeshwardError } from "../errors.ts";
 import { OID } from "../pki/oids.ts";
-import { parseCertificateParts, readGeneralNames } from "../pki/x509der.ts";
+import { notLeafReason, parseCertificateParts, readGeneralNames } from "../pki/x509der.ts";
 import { parseSpiffeId } from "../spiffe/id.ts";
 import type { CompiledMatcher } from "../spiffe/match.ts";
 
@@ -47,13 +47,20 @@ function normalizedRevoked(set: ReadonlySet<string>): ReadonlySet<string> {
 export function readSvidIdentity(der: Uint8Array): PeerIdentity {
   let uris: string[];
   let serialBytes: Buffer;
+  let notLeaf: string | undefined;
   try {
     const parts = parseCertificateParts(der);
     serialBytes = parts.serial;
     const san = parts.extensions.get(OID.subjectAltName);
     uris = san === undefined ? [] : readGeneralNames(san.value).uris;
+    notLeaf = notLeafReason(parts.extensions);
   } catch (error) {
     throw new MeshwardError("E_PEER_NO_SPIFFE_ID", "the peer certificate could not be parsed", { cause: error });
+  }
+  // OpenSSL accepts a CA certificate as the peer's own certificate when it chains to the bundle;
+  // an X509-SVID is a leaf (X509-SVID spec §4.1), so a CA holding an ID is no caller or server.
+  if (notLeaf !== undefined) {
+    throw new MeshwardError("E_PEER_NOT_LEAF", `the peer certificate is not a leaf SVID: ${notLeaf}`);
   }
   if (uris.length !== 1) {
     throw new MeshwardError(
@@ -80,7 +87,7 @@ export function readSvidIdentity(der: Uint8Array): PeerIdentity {
   };
 }
 
-/** Identity check + revocation; throws E_PEER_NO_SPIFFE_ID, E_SPIFFE_MISMATCH or E_CERT_REVOKED. */
+/** Identity check + revocation; throws E_PEER_NO_SPIFFE_ID, E_PEER_NOT_LEAF, E_SPIFFE_MISMATCH or E_CERT_REVOKED. */
 export function verifyPeerCertificate(der: Uint8Array, policy: PeerPolicy): PeerIdentity {
   const peer = readSvidIdentity(der);
   if (normalizedRevoked(policy.revokedSerials()).has(peer.serial)) {

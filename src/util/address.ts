@@ -20,3 +20,16 @@ export function parseHostPort(input: string, what = "address"): HostPort {
 export function formatHostPort({ host, port }: HostPort): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
+
+/** "HOST:PORT[,HOST:PORT…]" (several replicas of one service); no empty entry, no port 0. */
+export function parseHostPortList(input: string, what = "address"): HostPort[] {
+  const entries = String(input).split(",").map((entry) => entry.trim());
+  if (entries.some((entry) => entry === "")) {
+    throw new MeshwardError("E_ADDRESS_INVALID", `invalid ${what} ${JSON.stringify(input)}: use HOST:PORT, or several separated by commas (ca-0:8443,ca-1:8443)`);
+  }
+  return entries.map((entry) => {
+    const parsed = parseHostPort(entry, what);
+    if (parsed.port === 0) throw new MeshwardError("E_ADDRESS_INVALID", `invalid ${what} ${JSON.stringify(entry)}: the port cannot be 0`);
+    return parsed;
+  });
+}

@@ -1,3 +1,4 @@
+import { createHash, createPrivateKey } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -135,6 +136,49 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
     await stillServes();
   });
 
+  // Issue 14: the token is only read at attestation; the use is spent with the issuance, so every
+  // refusal after attestation leaves it for the following good request.
+  const usesLeft = async (token: string) => {
+    const hash = createHash("sha256").update(token).digest("hex");
+    return (await server.store.listTokens()).find((t) => t.tokenHash === hash)?.usesLeft;
+  };
+  const opensslCaCsr = async (spiffeId: string) => {
+    const dir = mkdtempSync(join(work, "req-"));
+    const made = await exec("openssl", [
+      "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=x",
+      "-keyout", join(dir, "k.pem"), "-out", join(dir, "csr.pem"),
+      "-addext", "basicConstraints=critical,CA:TRUE", "-addext", `subjectAltName=URI:${spiffeId}`,
+    ]);
+    expect(made.code, made.stderr).toBe(0);
+    return { csrPem: readFileSync(join(dir, "csr.pem"), "utf8") };
+  };
+  it.each([
+    ["a CSR naming another ID", async () => ({ ...(await csr({ spiffeId: `spiffe://${TD}/ns/orders/payments` })) }), "E_CSR_IDENTITY_MISMATCH"],
+    ["a CSR asking for CA:TRUE", async () => await opensslCaCsr(`spiffe://${TD}/ns/orders/once`), "E_CSR_REQUESTS_CA"],
+    ["a DNS name the token does not allow", async () => await csr({ dnsNames: ["admin.internal"] }), "E_CSR_DNS_NOT_ALLOWED"],
+    ["an app id mismatch", async () => ({ ...(await csr()), appId: "payments" }), "E_IDENTITY_MISMATCH"],
+    ["a namespace mismatch", async () => ({ ...(await csr()), namespace: "billing" }), "E_IDENTITY_MISMATCH"],
+  ])("leaves a single-use token unspent when it refuses %s", async (_name, make, code) => {
+    const token = await joinToken("orders", "once");
+    expect((await refusal(ask({ ...(await make()), token }))).code).toBe(code);
+    expect(await usesLeft(token)).toBe(1);
+    const signed = await ask({ ...(await csr()), token });
+    expect(inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer).uris).toEqual([`spiffe://${TD}/ns/orders/once`]);
+    expect(await usesLeft(token)).toBe(0);
+    expect((await refusal(ask({ ...(await csr()), token }))).code).toBe("E_TOKEN_USED");
+  });
+
+  it("gives exactly one certificate for a single-use token raced by 24 requests, and logs only that one", async () => {
+    const token = await joinToken("orders", "raced");
+    const outcomes = await Promise.allSettled(Array.from({ length: 24 }, async () => ask({ ...(await csr()), token })));
+    const issued = outcomes.flatMap((o) => (o.status === "fulfilled" ? [o.value] : []));
+    expect(issued).toHaveLength(1);
+    for (const o of outcomes) if (o.status === "rejected") expect((o.reason as { code?: string }).code).toBe("E_TOKEN_USED");
+    const serial = inspectCertificate(certificatesFromPem(issued[0]!.certChainPem)[0] as Buffer).serial;
+    const logged = await server.store.listIssuances({ spiffeId: `spiffe://${TD}/ns/orders/raced` });
+    expect(logged.map((r) => r.serial)).toEqual([serial]);
+  });
+
   it("accepts P-384 and RSA-2048 CSRs from openssl", async () => {
     for (const keyArgs of [["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"], ["-newkey", "rsa:2048"]]) {
       const dir = mkdtempSync(join(work, "req-"));
@@ -248,6 +292,38 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
       } finally {
         await other.close();
       }
+    });
+
+    // Issue 14: the CA's TLS layer (OpenSSL) accepts a CA certificate chained to the bundle as a
+    // client certificate, so the svid validator must refuse it itself. Made with the openssl CLI
+    // and signed by this CA's own issuer key, so only the CA:TRUE / keyCertSign bit is wrong.
+    it.each([
+      ["CA:TRUE", "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,digitalSignature,keyCertSign\n"],
+      ["keyCertSign", "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyCertSign\n"],
+    ])("refuses renewal with a %s certificate chained to the bundle (a leaf from the same issuer renews)", async (_name, ext) => {
+      const dir = mkdtempSync(join(work, "ca-leaf-"));
+      const caDir = join(work, "ca");
+      const spiffeId = `spiffe://${TD}/ns/orders/renewer`;
+      writeFileSync(join(dir, "ext"), `${ext}extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=URI:${spiffeId}\n`);
+      const steps = [
+        ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=not a leaf", "-keyout", join(dir, "k.pem"), "-out", join(dir, "csr.pem")],
+        ["x509", "-req", "-in", join(dir, "csr.pem"), "-CA", join(caDir, "issuer.pem"), "-CAkey", join(caDir, "issuer.key"), "-set_serial", "0x7a11ce", "-days", "1", "-extfile", join(dir, "ext"), "-out", join(dir, "cert.pem")],
+      ];
+      for (const args of steps) {
+        const made = await exec("openssl", args);
+        expect(made.code, made.stderr).toBe(0);
+      }
+      const chain = readFileSync(join(dir, "cert.pem"), "utf8") + readFileSync(join(caDir, "issuer.pem"), "utf8");
+      const verified = await exec("openssl", ["verify", "-purpose", "sslclient", "-CAfile", join(caDir, "bundle.pem"), "-untrusted", join(caDir, "issuer.pem"), join(dir, "cert.pem")]);
+      expect(verified.stdout + verified.stderr).toContain("OK");
+      const privateKey = createPrivateKey(readFileSync(join(dir, "k.pem")));
+      const r = await refusal(ask({ ...(await csr()), token: "", validator: "SVID" }, { ...connection, clientCertificate: { certChainPem: chain, privateKey } }));
+      expect(r.code).toBe("E_ATTESTATION_UNTRUSTED");
+      expect(r.message).toMatch(/not a leaf SVID/);
+      const first = await csr();
+      const leaf = await ask({ ...first, token: await joinToken("orders", "renewer") });
+      const renewed = await ask({ ...(await csr()), token: "", validator: "SVID" }, { ...connection, clientCertificate: { certChainPem: leaf.certChainPem, privateKey: first.keyPair.privateKey } });
+      expect(inspectCertificate(certificatesFromPem(renewed.certChainPem)[0] as Buffer).uris).toEqual([spiffeId]);
     });
 
     it("refuses renewal without a client certificate", async () => {

@@ -42,6 +42,8 @@ export interface LeafRequest {
   /** Validity window; default: now-15m .. now+1d. */
   readonly notBefore?: Date;
   readonly notAfter?: Date;
+  /** Makes a certificate that must not be used as a leaf: "ca" = CA:TRUE + keyCertSign, "cert-sign" = CA:FALSE with keyCertSign. */
+  readonly notLeaf?: "ca" | "cert-sign";
 }
 
 export interface TestPki {
@@ -130,7 +132,12 @@ export function createTestPki(options: { trustDomain?: string; name?: string } =
       ];
       writeFileSync(
         `${base}.ext`,
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n" +
+        (request.notLeaf === "ca"
+          ? "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,digitalSignature,keyCertSign\n"
+          : request.notLeaf === "cert-sign"
+            ? "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyCertSign\n"
+            : "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n") +
+          "extendedKeyUsage=serverAuth,clientAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n" +
           (sans.length > 0 ? `subjectAltName=${sans.join(",")}\n` : ""),
       );
       const notBefore = request.notBefore ?? new Date(Date.now() - 15 * 60_000);

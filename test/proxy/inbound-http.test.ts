@@ -157,6 +157,36 @@ describe("sidecar inbound (HTTP mode, STRICT) with curl and openssl as callers",
     expect(r.stdout).toContain(`URI=${callerA.spiffeId}`);
   });
 
+  // Issue 14: a CA:TRUE certificate signed by the mesh's own issuer passes OpenSSL's chain check;
+  // the inbound refuses it as a caller (an X509-SVID is a leaf), while the same ID as a leaf passes.
+  it("refuses a CA:TRUE client certificate chained to the mesh bundle (openssl s_client), nothing reaching the app", async () => {
+    const dir = join(ca.dir, "ca-true-caller");
+    const caDir = join(ca.dir, "ca");
+    await exec("mkdir", ["-p", dir]);
+    writeFileSync(join(dir, "ext"), `basicConstraints=critical,CA:TRUE\nkeyUsage=critical,digitalSignature,keyCertSign\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=URI:${callerA.spiffeId}\n`);
+    for (const args of [
+      ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=ca caller", "-keyout", join(dir, "k.pem"), "-out", join(dir, "csr.pem")],
+      ["x509", "-req", "-in", join(dir, "csr.pem"), "-CA", join(caDir, "issuer.pem"), "-CAkey", join(caDir, "issuer.key"), "-set_serial", "0x5ca1ab1e", "-days", "1", "-extfile", join(dir, "ext"), "-out", join(dir, "cert.pem")],
+    ]) {
+      const made = await exec("openssl", args);
+      expect(made.code, made.stderr).toBe(0);
+    }
+    const refusedBefore = metricValue(await metrics(), "meshward_tls_handshake_failures_total", { direction: "inbound", reason: "spiffe_mismatch" });
+    const sclient = (cert: string, key: string, path: string) =>
+      exec(
+        "openssl",
+        ["s_client", "-connect", `127.0.0.1:${sidecar.addresses.inbound.port}`, "-servername", HOST, "-cert", cert, "-key", key, "-cert_chain", join(caDir, "issuer.pem"), "-CAfile", ca.bundleFile, "-alpn", "http/1.1", "-ign_eof"],
+        { input: `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n` },
+      );
+    const refused = await sclient(join(dir, "cert.pem"), join(dir, "k.pem"), "/allowed/ca-caller");
+    expect(refused.stdout).not.toContain("HTTP/1.1");
+    expect(app.seen.some((s) => s.url.includes("ca-caller"))).toBe(false);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(metricValue(await metrics(), "meshward_tls_handshake_failures_total", { direction: "inbound", reason: "spiffe_mismatch" })).toBeGreaterThan(refusedBefore);
+    const ok = await sclient(callerA.cert, callerA.key, "/allowed/leaf-caller");
+    expect(ok.stdout).toContain("HTTP/1.1 200");
+  });
+
   it("refuses a smuggled request (Content-Length with Transfer-Encoding) and CONNECT over mTLS, nothing reaching the app", async () => {
     const sclient = (input: string) =>
       exec(

@@ -95,8 +95,60 @@ describe("postgres store specifics", () => {
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
         connectionString.split("/").pop(),
       );
-      expect(tables.rows.map((r) => r.table_name)).toEqual(["issuances", "join_tokens", "revocations", "schema_version", "superseded"]);
+      expect(tables.rows.map((r) => r.table_name)).toEqual(["ca_files", "ca_state", "issuances", "join_tokens", "published_crl", "revocations", "schema_version", "superseded"]);
     } finally {
+      await store.close();
+    }
+  });
+});
+
+// Issue 17: what several CA replicas share beyond tables, on the real server.
+describe("postgres: change notifications and the leader lock", () => {
+  it("notifies listeners of a CA state change and of a published CRL (LISTEN/NOTIFY), after commit", async () => {
+    const connectionString = await server.createDatabase();
+    const writer = openPostgresStore({ connectionString });
+    const listener = openPostgresStore({ connectionString });
+    await writer.migrate();
+    const seen: string[] = [];
+    const unlisten = await listener.listen((channel) => seen.push(channel));
+    try {
+      expect(await writer.writeCaFiles(0, new Map([["issuer.pem", "x"]]))).toBe(1);
+      expect(await writer.writeCaFiles(0, new Map([["issuer.pem", "lost the race"]]))).toBeUndefined();
+      expect(await writer.publishCrl({ number: 3n, der: Buffer.from("crl"), thisUpdate: new Date() })).toBe(true);
+      expect(await writer.publishCrl({ number: 2n, der: Buffer.from("old"), thisUpdate: new Date() })).toBe(false);
+      for (let i = 0; i < 100 && seen.length < 2; i += 1) await new Promise((r) => setTimeout(r, 20));
+      await new Promise((r) => setTimeout(r, 200));
+      // One notification per committed change; none for the refused write or the fenced CRL.
+      expect(seen).toEqual(["ca_state", "crl"]);
+    } finally {
+      await unlisten();
+      await listener.close();
+      await writer.close();
+    }
+  });
+
+  it("gives the leader lock to one holder; when its connection dies another takes it", async () => {
+    const connectionString = await server.createDatabase();
+    const store = openPostgresStore({ connectionString });
+    const a = store.leaderLock();
+    const b = store.leaderLock();
+    try {
+      expect(await a.tryAcquire()).toBe(true);
+      expect(await b.tryAcquire()).toBe(false);
+      expect(await a.tryAcquire()).toBe(true);
+      // As when the leader's process is killed: its session ends on the server.
+      await server.adminQuery("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'meshward-ca-leader' AND pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)");
+      let taken = false;
+      for (let i = 0; i < 50 && !taken; i += 1) {
+        taken = await b.tryAcquire();
+        if (!taken) await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(taken).toBe(true);
+      expect(await a.tryAcquire()).toBe(false);
+      expect(a.held).toBe(false);
+    } finally {
+      await a.release();
+      await b.release();
       await store.close();
     }
   });

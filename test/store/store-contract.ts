@@ -410,6 +410,132 @@ export function defineStoreContract(backend: StoreBackend): void {
       });
     });
 
+    describe("join tokens spent with the issuance (issue 14: only a certificate actually issued spends a use)", () => {
+      it("checkToken answers as a spend would, without spending", async () => {
+        const t = token({ usesAllowed: 1, expiresAt: new Date(T0 + HOUR) });
+        await store.createToken(t.record);
+        const now = new Date(T0 + 1_000);
+        for (let i = 0; i < 3; i += 1) {
+          const check = await store.checkToken(t.record.tokenHash, now);
+          expect(check.ok && check.token.spiffeId).toBe(t.record.spiffeId);
+        }
+        expect((await store.listTokens())[0]?.usesLeft).toBe(1);
+        expect(await store.checkToken(t.record.tokenHash, new Date(T0 + HOUR))).toEqual({ ok: false, reason: "expired" });
+        expect(await store.checkToken(createHash("sha256").update("guess").digest("hex"), now)).toEqual({ ok: false, reason: "unknown" });
+        expect((await store.consumeToken(t.record.tokenHash, now)).ok).toBe(true);
+        expect(await store.checkToken(t.record.tokenHash, now)).toEqual({ ok: false, reason: "used-up" });
+      });
+
+      it("spends one use and records the issuance together", async () => {
+        const t = token({ usesAllowed: 2 });
+        await store.createToken(t.record);
+        const record = issuance({ spiffeId: t.record.spiffeId });
+        const result = await store.recordIssuanceSpendingToken(record, t.record.tokenHash, new Date(T0 + 1_000));
+        expect(result.ok && result.token.usesLeft).toBe(1);
+        expect((await store.getIssuance(record.serial))?.spiffeId).toBe(t.record.spiffeId);
+        expect((await store.listTokens())[0]?.usesLeft).toBe(1);
+      });
+
+      it("records nothing when the token cannot be spent (used up, expired, unknown)", async () => {
+        const t = token({ usesAllowed: 1 });
+        await store.createToken(t.record);
+        const now = new Date(T0 + 1_000);
+        expect((await store.consumeToken(t.record.tokenHash, now)).ok).toBe(true);
+        const late = issuance();
+        expect(await store.recordIssuanceSpendingToken(late, t.record.tokenHash, now)).toEqual({ ok: false, reason: "used-up" });
+        const expired = token({ expiresAt: new Date(T0 + HOUR) });
+        await store.createToken(expired.record);
+        expect(await store.recordIssuanceSpendingToken(issuance(), expired.record.tokenHash, new Date(T0 + HOUR))).toEqual({ ok: false, reason: "expired" });
+        expect(await store.recordIssuanceSpendingToken(issuance(), "0".repeat(64), now)).toEqual({ ok: false, reason: "unknown" });
+        expect(await store.listIssuances()).toHaveLength(0);
+        expect((await store.listTokens()).find((r) => r.id === expired.record.id)?.usesLeft).toBe(1);
+      });
+
+      it("leaves the use unspent when the issuance cannot be recorded (duplicate serial)", async () => {
+        const existing = issuance();
+        await store.recordIssuance(existing);
+        const t = token({ usesAllowed: 1 });
+        await store.createToken(t.record);
+        await expectCode(store.recordIssuanceSpendingToken(issuance({ serial: existing.serial }), t.record.tokenHash, new Date(T0 + 1_000)), "E_STORE_CONFLICT");
+        expect((await store.listTokens())[0]?.usesLeft).toBe(1);
+      });
+
+      it("records a superseded certificate with the issuance", async () => {
+        const old = issuance();
+        await store.recordIssuance(old);
+        const t = token();
+        await store.createToken(t.record);
+        const renewed = issuance({ supersedes: old.serial });
+        expect((await store.recordIssuanceSpendingToken(renewed, t.record.tokenHash, new Date(T0 + 1_000))).ok).toBe(true);
+        expect(await store.countValidByRoot(new Date(T0 + 1_000))).toEqual(new Map([[ROOT_A, 1]]));
+      });
+
+      it("gives exactly one issuance for a single-use token raced across handles", async () => {
+        const t = token({ usesAllowed: 1 });
+        await store.createToken(t.record);
+        const handles = [store, await open(), await open()];
+        const now = new Date(T0 + 1_000);
+        const records = Array.from({ length: 30 }, () => issuance({ spiffeId: t.record.spiffeId }));
+        const results = await Promise.all(records.map((record, i) => handles[i % handles.length]!.recordIssuanceSpendingToken(record, t.record.tokenHash, now)));
+        const winners = records.filter((_, i) => results[i]!.ok);
+        expect(winners).toHaveLength(1);
+        expect(results.filter((r) => !r.ok && r.reason === "used-up")).toHaveLength(29);
+        const logged = await store.listIssuances();
+        expect(logged.map((r) => r.serial)).toEqual([winners[0]!.serial]);
+        expect((await store.listTokens())[0]?.usesLeft).toBe(0);
+      });
+    });
+
+    describe("CA state shared by replicas (issue 17)", () => {
+      it("starts empty at version 0, and applies changes only at the expected version", async () => {
+        expect(await store.readCaFiles()).toEqual({ version: 0, files: new Map() });
+        expect(await store.caStateVersion()).toBe(0);
+        const v1 = await store.writeCaFiles(0, new Map([["issuer.pem", "PEM 1"], ["ca.json", "{}"]]));
+        expect(v1).toBe(1);
+        expect(await store.writeCaFiles(0, new Map([["issuer.pem", "stale writer"]]))).toBeUndefined();
+        expect(await store.writeCaFiles(1, new Map<string, string | null>([["issuer.pem", "PEM 2"], ["issuer.next.pem", null]]))).toBe(2);
+        const other = await open();
+        const snapshot = await other.readCaFiles();
+        expect(snapshot.version).toBe(2);
+        expect(snapshot.files).toEqual(new Map<string, string | null>([["ca.json", "{}"], ["issuer.next.pem", null], ["issuer.pem", "PEM 2"]]));
+        expect(await other.caStateVersion()).toBe(2);
+      });
+
+      it("lets exactly one of several writers racing from the same version win", async () => {
+        const handles = [store, await open(), await open()];
+        const results = await Promise.all(Array.from({ length: 12 }, (_, i) => handles[i % 3]!.writeCaFiles(0, new Map([["issuer.pem", `writer ${i}`]]))));
+        const winners = results.flatMap((r, i) => (r === undefined ? [] : [i]));
+        expect(winners).toHaveLength(1);
+        expect((await store.readCaFiles()).files.get("issuer.pem")).toBe(`writer ${winners[0]}`);
+      });
+
+      it("raises the CRL number (never lowers it) and lists renewal links (ca migrate-store)", async () => {
+        await store.raiseCrlNumber(41n);
+        expect(await store.nextCrlNumber()).toBe(42n);
+        await store.raiseCrlNumber(5n);
+        expect(await store.nextCrlNumber()).toBe(43n);
+        const old = issuance();
+        await store.recordIssuance(old);
+        const renewed = issuance({ supersedes: old.serial });
+        await store.recordIssuance(renewed);
+        expect(await store.listSuperseded()).toEqual([{ serial: old.serial, supersededBy: renewed.serial }]);
+      });
+
+      it("publishes a CRL only over a lower number (the fence between two leaders)", async () => {
+        expect(await store.latestCrl()).toBeUndefined();
+        const crl = (n: bigint) => ({ number: n, der: Buffer.from(`crl ${n}`), thisUpdate: new Date(T0 + Number(n)) });
+        expect(await store.publishCrl(crl(5n))).toBe(true);
+        expect(await store.publishCrl(crl(4n))).toBe(false);
+        expect(await store.publishCrl(crl(5n))).toBe(false);
+        const other = await open();
+        expect(await other.publishCrl(crl(7n))).toBe(true);
+        const latest = await store.latestCrl();
+        expect(latest?.number).toBe(7n);
+        expect(latest?.der.toString()).toBe("crl 7");
+        expect(latest?.thisUpdate.getTime()).toBe(T0 + 7);
+      });
+    });
+
     describe("CRL number", () => {
       it("is strictly increasing, also after a restart", async () => {
         const a = await store.nextCrlNumber();

@@ -104,6 +104,25 @@ describe("HTTPS server with curl (real peer, normal host-name verification via D
     for (const leaf of [none, two]) expect((await curl(leaf)).code).not.toBe(0);
     expect(logger.lines.filter((l) => l.includes("E_PEER_NO_SPIFFE_ID")).length).toBeGreaterThanOrEqual(2);
   });
+  // Issue 14: OpenSSL accepts a CA certificate that chains to the bundle as a client certificate;
+  // an X509-SVID is a leaf (spiffe/spiffe standards/X509-SVID.md §4.1), so the SDK refuses it.
+  it.each([
+    ["CA:TRUE", "ca"],
+    ["keyCertSign", "cert-sign"],
+  ] as const)("refuses a %s client certificate chained to the bundle (openssl s_client and curl), and a leaf still passes", async (_name, notLeaf) => {
+    const ca = pki.issueLeaf({ spiffeId: CLIENT_ID, notLeaf });
+    const request = "GET /who HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    const before = logger.lines.filter((l) => l.includes("E_PEER_NOT_LEAF")).length;
+    const refused = await run("openssl", ["s_client", "-connect", `127.0.0.1:${port}`, "-cert", ca.certPath, "-key", ca.keyPath, "-cert_chain", pki.issuer.certPath, "-CAfile", pki.rootPath, "-verify_return_error", "-ign_eof"], request);
+    // The handshake completes (OpenSSL itself accepts the chain), then the server drops the connection unanswered.
+    expect(refused.stdout).toContain("TLSv1.3");
+    expect(refused.stdout).not.toContain("HTTP/1.1 200");
+    expect(refused.stdout).not.toContain(CLIENT_ID);
+    expect((await curl(ca)).stdout).toBe("");
+    expect(logger.lines.filter((l) => l.includes("E_PEER_NOT_LEAF")).length).toBeGreaterThanOrEqual(before + 2);
+    const ok = await run("openssl", ["s_client", "-connect", `127.0.0.1:${port}`, "-cert", clientLeaf.certPath, "-key", clientLeaf.keyPath, "-cert_chain", pki.issuer.certPath, "-CAfile", pki.rootPath, "-verify_return_error", "-ign_eof"], request);
+    expect(ok.stdout).toContain(CLIENT_ID);
+  });
   it("refuses a revoked certificate once the bundle carries the CRL, and closes its open connection", async () => {
     const victim = pki.issueLeaf({ spiffeId: CLIENT_ID });
     expect((await curl(victim)).code).toBe(0);

@@ -66,7 +66,8 @@ function send(res: Response, status: number, contentType: string, body: string |
 export function spiffeBundle(anchors: LoadedAnchors): object {
   let sequence = 1;
   try {
-    sequence = Math.floor(statSync(anchors.layout.bundle).mtimeMs / 1000);
+    // Several replicas: the shared state's version, the same on each (the directory's file never changes there).
+    sequence = anchors.stateVersion !== undefined ? anchors.stateVersion + 1 : Math.floor(statSync(anchors.layout.bundle).mtimeMs / 1000);
   } catch {
     // keep 1
   }

@@ -25,6 +25,11 @@ export interface AttestedIdentity {
    * CN = its own app id. Never taken from the CSR.
    */
   readonly commonName?: string;
+  /**
+   * SHA-256 of a join token that vouched for this identity and is not spent yet: the CA spends
+   * one use in the same store transaction that records the certificate, after every check.
+   */
+  readonly spendsToken?: string;
 }
 
 /**
@@ -34,8 +39,8 @@ export interface AttestedIdentity {
 export interface Attestor {
   readonly name: string;
   /**
-   * True when attesting uses something up (a single-use join token): the CA then checks the
-   * CSR first, so that a malformed request never costs the workload its token. Validators
+   * True when issuing uses something up (a single-use join token): the CA then parses the
+   * CSR before attesting, and spends the use only with the issuance (see spendsToken). Validators
    * that only verify (JWT, SVID, insecure) let the CA check and sign the CSR in one step.
    */
   readonly spends?: boolean;

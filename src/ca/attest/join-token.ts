@@ -17,24 +17,31 @@ export function joinTokenAttestor(store: Store): Attestor {
       if (token.length > MAX_TOKEN_LENGTH || !token.startsWith(JOIN_TOKEN_PREFIX)) {
         throw new MeshwardError("E_TOKEN_INVALID", "the join token is malformed (expected the value printed by 'meshward token create')");
       }
-      const result = await store.consumeToken(hashToken(token), request.now);
-      if (!result.ok) {
-        switch (result.reason) {
-          case "unknown":
-            throw new MeshwardError("E_TOKEN_UNKNOWN", "the join token is not known to this CA");
-          case "expired":
-            throw new MeshwardError("E_TOKEN_EXPIRED", "the join token has expired; create a new one with 'meshward token create'");
-          case "used-up":
-            throw new MeshwardError("E_TOKEN_USED", "the join token was already used; join tokens are single-use unless created with --uses");
-        }
-      }
+      // Only read here: the use is spent by the store in the same transaction that records the
+      // certificate (CertificateAuthority), so a request refused later costs the workload nothing.
+      const tokenHash = hashToken(token);
+      const result = await store.checkToken(tokenHash, request.now);
+      if (!result.ok) throw tokenRefusal(result.reason);
       assertRequestMatches(request, result.token.spiffeId);
       return {
         spiffeId: result.token.spiffeId,
         allowedDnsNames: result.token.dnsNames,
         method: "join-token",
+        spendsToken: tokenHash,
         ...(result.token.commonName !== undefined ? { commonName: result.token.commonName } : {}),
       };
     },
   };
+}
+
+/** The error for a token that cannot be spent (at attestation, or when the use is spent with the issuance). */
+export function tokenRefusal(reason: "unknown" | "expired" | "used-up"): MeshwardError {
+  switch (reason) {
+    case "unknown":
+      return new MeshwardError("E_TOKEN_UNKNOWN", "the join token is not known to this CA");
+    case "expired":
+      return new MeshwardError("E_TOKEN_EXPIRED", "the join token has expired; create a new one with 'meshward token create'");
+    case "used-up":
+      return new MeshwardError("E_TOKEN_USED", "the join token was already used; join tokens are single-use unless created with --uses");
+  }
 }

@@ -1,6 +1,8 @@
 import type { X509Certificate } from "node:crypto";
 import { MeshwardError } from "../../errors.ts";
 import { verifyChain } from "../../pki/chain.ts";
+import { certificateParts } from "../../pki/inspect.ts";
+import { notLeafReason } from "../../pki/x509der.ts";
 import { parseWorkloadId } from "../../spiffe/id.ts";
 import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
@@ -30,6 +32,11 @@ export function svidAttestor(options: SvidAttestorOptions): Attestor {
       const trust = options.trust();
       if (peer.notAfter <= request.now) {
         throw new MeshwardError("E_CERT_EXPIRED", `the certificate presented for renewal expired at ${peer.notAfter.toISOString()}; get a new one with a token`);
+      }
+      // OpenSSL accepts a CA certificate as a TLS client certificate; renewal is for leaves only.
+      const notLeaf = notLeafReason(certificateParts(peer.certificate).extensions);
+      if (notLeaf !== undefined) {
+        throw new MeshwardError("E_ATTESTATION_UNTRUSTED", `the certificate presented for renewal is not a leaf SVID: ${notLeaf}`);
       }
       if (!peer.chainVerifiedByTls) {
         try {
