@@ -58,23 +58,34 @@ function syncDirectory(dir: string): void {
 
 /**
  * Refuses a secret file that group or others can read or write, as ssh does for private
- * keys, with the command that fixes it.
+ * keys, with the command that fixes it. One exception, the shape of a Kubernetes Secret
+ * volume with `fsGroup`: a file owned by another user (root), readable by a group this process
+ * is in, and by no one else (mode 0440 or 0400) — the process cannot change it, and only the
+ * pod's own group can read it.
  */
 export function assertPrivateFile(path: string, what = "private key file"): void {
-  let mode: number;
+  let stats: { mode: number; uid: number; gid: number };
   try {
-    mode = statSync(path).mode;
+    stats = statSync(path);
   } catch (error) {
     throw new MeshwardError("E_FILE_MISSING", `${what} ${path} cannot be read: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, {
       cause: error,
     });
   }
-  if ((mode & 0o077) !== 0) {
-    throw new MeshwardError(
-      "E_KEY_PERMISSIONS",
-      `${what} ${path} is accessible by group or others (mode ${(mode & 0o777).toString(8).padStart(4, "0")}); ` +
-        `it must be readable by its owner only. Fix it with: chmod 600 ${path}`,
-      { details: { path, mode: mode & 0o777 } },
-    );
-  }
+  const mode = stats.mode & 0o777;
+  if ((mode & 0o077) === 0 || mountedSecretShape(stats)) return;
+  throw new MeshwardError(
+    "E_KEY_PERMISSIONS",
+    `${what} ${path} is accessible by group or others (mode ${mode.toString(8).padStart(4, "0")}); ` +
+      `it must be readable by its owner only. Fix it with: chmod 600 ${path}` +
+      ` (a Kubernetes Secret volume: defaultMode 0440 with the pod's fsGroup)`,
+    { details: { path, mode } },
+  );
+}
+
+/** Owned by someone else, readable only by its owner and by a group this process is in (no write, nothing for others). */
+function mountedSecretShape(stats: { mode: number; uid: number; gid: number }): boolean {
+  const mode = stats.mode & 0o777;
+  if ((mode & 0o037) !== 0 || stats.uid === process.getuid?.()) return false;
+  return stats.gid === process.getgid?.() || (process.getgroups?.() ?? []).includes(stats.gid);
 }
