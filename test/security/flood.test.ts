@@ -13,12 +13,13 @@
  */
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { connect as tlsConnect } from "node:tls";
 import type { TLSSocket } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { MESHWARD_BIN } from "../helpers/cli.ts";
+import { bundleCli } from "../../scripts/bundle.ts";
 import { metricValue, startMeshCa } from "../proxy/fixtures.ts";
 import type { MeshCa } from "../proxy/fixtures.ts";
 import { startRecordingApp } from "./helpers/apps.ts";
@@ -49,7 +50,13 @@ describe("bounded flood: pipelined denied requests that are never read", () => {
   let status = "";
   let caller: { cert: string; key: string };
 
+  // The sidecar runs as the package runs it, from the CLI bundle (not the sources through tsx,
+  // which alone holds ~50 MB more): the RSS bound is about the product. The bundle sits under
+  // node_modules so that its native and lazily loaded dependencies resolve.
+  const bundleDir = join(fileURLToPath(new URL("../../", import.meta.url)), "node_modules/.cache", `meshward-flood-${process.pid}`);
+
   beforeAll(async () => {
+    const cli = await bundleCli(bundleDir);
     ca = await startMeshCa();
     app = await startRecordingApp("node:http");
     const policy = join(ca.dir, "policy.yaml");
@@ -59,7 +66,7 @@ describe("bounded flood: pipelined denied requests that are never read", () => {
     const token = await ca.token(NAMESPACE, "app-flood");
     child = spawn(
       process.execPath,
-      [MESHWARD_BIN, "sidecar", "--app-id", "app-flood", "--namespace", NAMESPACE, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", token, "--inbound", "127.0.0.1:0", "--app", `127.0.0.1:${app.tap.port}`, "--policy", policy, "--status", "127.0.0.1:0"],
+      [cli, "sidecar", "--app-id", "app-flood", "--namespace", NAMESPACE, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", token, "--inbound", "127.0.0.1:0", "--app", `127.0.0.1:${app.tap.port}`, "--policy", policy, "--status", "127.0.0.1:0"],
       { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env } },
     );
     // Count log lines without keeping them (the unbounded case writes hundreds of MB).
@@ -101,6 +108,7 @@ describe("bounded flood: pipelined denied requests that are never read", () => {
     }
     await app?.close();
     await ca?.close();
+    rmSync(bundleDir, { recursive: true, force: true });
   });
 
   const connect = (): Promise<TLSSocket> =>
