@@ -148,8 +148,10 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   });
   // The JWT-SVID issuer URL needs the bound port: filled in once listening.
   let jwtIssuerUrl = config.jwtSvid.issuer ?? "";
+  // Replicas never write to the CA directory (it may be a read-only Secret): each keeps the
+  // retired JWT-SVID keys it saw in memory only (each derives them from the issuer it rotated from).
   const jwtSvids = config.jwtSvid.enabled
-    ? new JwtSvidIssuer({ algorithm: config.jwtSvid.algorithm, ttlMs: config.jwtSvid.ttl, issuer: () => jwtIssuerUrl, clock, stateFile: join(options.dir, "jwt-keys.json") })
+    ? new JwtSvidIssuer({ algorithm: config.jwtSvid.algorithm, ttlMs: config.jwtSvid.ttl, issuer: () => jwtIssuerUrl, clock, ...(replicated === undefined ? { stateFile: join(options.dir, "jwt-keys.json") } : {}) })
     : undefined;
   const authority = new CertificateAuthority({
     ...(jwtSvids !== undefined ? { jwtSvids } : {}),
