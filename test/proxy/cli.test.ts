@@ -97,4 +97,28 @@ describe("meshward sidecar (real process)", () => {
     expect(await exited).toBe(0);
     expect(side.stderr()).toContain('"event":"draining"');
   });
+
+  it("--escaped-slashes: curl's escaped slash is refused by default, and with unescape judged and forwarded as the path it decodes to", async () => {
+    const caller = await ca.clientFiles("default", "escaper");
+    const curl = (port: string, path: string) =>
+      exec("curl", ["-sS", "--path-as-is", "--max-time", "10", "-w", "\n%{http_code}", "--cacert", ca.bundleFile, "--resolve", `web.mesh.test:${port}:127.0.0.1`, "--cert", caller.cert, "--key", caller.key, `https://web.mesh.test:${port}${path}`]);
+    const start = async (extra: string[]) => {
+      const side = await startCli(["sidecar", "--app-id", "web", "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", await ca.token("default", "web", { dnsNames: ["web.mesh.test"] }), "--dns-name", "web.mesh.test", "--inbound", "127.0.0.1:0", "--app", `127.0.0.1:${app.port}`, "--status", "127.0.0.1:0", ...extra], READY);
+      running.push(side);
+      return { side, port: side.match[2]!.split(":")[1]! };
+    };
+    const seenBefore = app.seen.length;
+    const strict = await start([]);
+    const refused = await curl(strict.port, "/items/..%2fadmin/x");
+    expect(refused.stdout.trim().endsWith("400")).toBe(true);
+    expect(refused.stdout).toContain("E_AMBIGUOUS_REQUEST");
+    expect(app.seen.length).toBe(seenBefore);
+    const unescaping = await start(["--escaped-slashes", "unescape"]);
+    const decoded = await curl(unescaping.port, "/items/..%2fadmin/x");
+    expect(decoded.stdout.trim().endsWith("200")).toBe(true);
+    expect(app.seen.at(-1)?.url).toBe("/admin/x");
+    const bad = await runCli(["sidecar", "--escaped-slashes", "decode"]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/--escaped-slashes.*decode.*(reject|Allowed)/s);
+  });
 });
