@@ -1,4 +1,4 @@
-import { Option, type Command } from "commander";
+import { InvalidArgumentError, Option, type Command } from "commander";
 import { LineCounter, parseDocument } from "yaml";
 import { sidecarConfigSchema } from "../config/sidecar.ts";
 import type { SidecarConfig } from "../config/sidecar.ts";
@@ -158,7 +158,13 @@ export function registerSidecarCommand(program: Command): void {
       collect,
     )
     .option("--no-status-page", FIELD_HELP.statusPage ?? "")
-    .addOption(new Option("--mode <mode>", `${FIELD_HELP.mode} (default strict)`).choices(["strict", "permissive"]))
+    .addOption(
+      new Option("--mode <mode>", `${FIELD_HELP.mode} (default strict; STRICT and PERMISSIVE, as Istio writes them, are accepted too)`).argParser((value: string) => {
+        const mode = value.toLowerCase();
+        if (mode !== "strict" && mode !== "permissive") throw new InvalidArgumentError("Allowed: strict, permissive.");
+        return mode;
+      }),
+    )
     .addOption(new Option("--protocol <protocol>", `${FIELD_HELP.protocol} (default http)`).choices(["http", "tcp"]))
     .addOption(new Option("--escaped-slashes <action>", FIELD_HELP.escapedSlashes ?? "").choices(["reject", "unescape", "keep"]))
     .addOption(new Option("--log-format <format>", "log format: json (default) or pretty").choices(["json", "pretty"]))

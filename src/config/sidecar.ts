@@ -94,7 +94,9 @@ export const sidecarConfigSchema = z
     peerPort: z.number().int().min(1).max(65535).default(3501).describe("The {port} value in peerTemplate."),
     tcpUpstreams: z.record(peerName, hostPort("TCP upstream listen address")).default({}).describe("TCP outbound: app id → local HOST:PORT; bytes sent there are carried over mTLS to that app's sidecar."),
     policy: z.string().min(1).optional().describe("Access policy file: a Dapr `kind: Configuration` YAML with spec.accessControl; watched and reloaded."),
-    mode: z.enum(["strict", "permissive"]).default("strict").describe("strict: only mTLS on the inbound port; permissive: plaintext too (counted and logged), for migrations."),
+    mode: z
+      .preprocess((v) => (typeof v === "string" ? v.toLowerCase() : v), z.enum(["strict", "permissive"]))
+      .default("strict").describe("strict: only mTLS on the inbound port; permissive: plaintext too (counted and logged), for migrations."),
     protocol: z.enum(["http", "tcp"]).default("http").describe("http: HTTP/1.1, HTTP/2 and gRPC with per-request policy and XFCC; tcp: bytes piped, policy decided on connect."),
     escapedSlashes: z
       .enum(["reject", "unescape", "keep"])

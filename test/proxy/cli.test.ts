@@ -121,4 +121,19 @@ describe("meshward sidecar (real process)", () => {
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(/--escaped-slashes.*decode.*(reject|Allowed)/s);
   });
+
+  it("takes --mode and the config's mode in either case (STRICT/PERMISSIVE, as Istio writes them), and names the values it takes", async () => {
+    // An outbound-only sidecar has no inbound listener for PERMISSIVE to apply to: the refusal
+    // shows the upper-case value was read as permissive.
+    const upper = await runCli(["sidecar", "--app-id", "web", "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", "x", "--outbound", "127.0.0.1:0", "--mode", "PERMISSIVE"]);
+    expect(upper.code).toBe(1);
+    expect(upper.stderr).toContain("permissive mode applies to the inbound listener");
+    const file = join(ca.dir, "upper-mode.yaml");
+    writeFileSync(file, `appId: web\nca: ${ca.server.address}\nbundle: ${ca.bundleFile}\noutbound: 127.0.0.1:0\nmode: PERMISSIVE\n`);
+    const fromFile = await runCli(["sidecar", "--config", file, "--token", "x"]);
+    expect(fromFile.stderr).toContain("permissive mode applies to the inbound listener");
+    const wrong = await runCli(["sidecar", "--mode", "loose"]);
+    expect(wrong.code).not.toBe(0);
+    expect(wrong.stderr).toContain("Allowed: strict, permissive.");
+  });
 });
