@@ -1,4 +1,4 @@
-import { createServer, request, type Server } from "node:http";
+import { createServer, type Server } from "node:http";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -16,6 +16,7 @@ import { openPostgresStore } from "../../src/store/postgres.ts";
 import { runCli } from "../helpers/cli.ts";
 import { bundleRootCount, svidChainsTo } from "../helpers/identity-checks.ts";
 import { startPostgres, type RunningPostgres } from "../helpers/postgres.ts";
+import { callThroughOutbound } from "../proxy/fixtures.ts";
 
 // Issue 17: root rotation prepare → activate → retire runs through the store (the admin CLI with
 // --store, as an operator would) while a client calls through a sidecar pair the whole time,
@@ -25,19 +26,6 @@ import { startPostgres, type RunningPostgres } from "../helpers/postgres.ts";
 const TD = "ha-rotation.test";
 const PASSPHRASE = "rotate through the store";
 const silent = pino({ level: "silent" });
-
-function call(port: number, appId: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: "127.0.0.1", port, path: "/hello", headers: { "dapr-app-id": appId }, timeout: 5000 }, (res) => {
-      let body = "";
-      res.on("data", (d) => (body += d));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on("timeout", () => req.destroy(new Error("timed out")));
-    req.on("error", reject);
-    req.end();
-  });
-}
 
 async function waitFor(condition: () => boolean, what: string, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -106,7 +94,7 @@ describe("root rotation through the shared store with three replicas, traffic th
     const traffic = (async () => {
       while (running) {
         try {
-          const r = await call(a.addresses.outbound!.port, "backend");
+          const r = await callThroughOutbound(a.addresses.outbound!.port, "backend");
           if (r.status === 200 && r.body.includes(`spiffe://${TD}/ns/shop/frontend`)) ok += 1;
           else failures.push(`${r.status} ${r.body.slice(0, 200)}`);
         } catch (error) {

@@ -1,4 +1,4 @@
-import { createServer, request, type Server } from "node:http";
+import { createServer, type Server } from "node:http";
 import { X509Certificate } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import type { AddressInfo } from "node:net";
@@ -15,7 +15,7 @@ import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
 import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
 import { certificatesFromPem, toPem } from "../../src/pki/pem.ts";
 import { startSidecar, type Sidecar } from "../../src/proxy/sidecar.ts";
-import { withInbound, type SidecarWithApp } from "../proxy/fixtures.ts";
+import { callThroughOutbound, withInbound, type SidecarWithApp } from "../proxy/fixtures.ts";
 import { createHttpsServer } from "../../src/transport/index.ts";
 import { bundleRootCount, svidChainsTo } from "../helpers/identity-checks.ts";
 
@@ -33,19 +33,6 @@ async function waitFor(condition: () => boolean, what: string, timeoutMs = 20_00
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; the identities' last log lines:\n${identityLog.slice(-20).join("")}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-}
-
-function call(port: number, appId: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: "127.0.0.1", port, path: "/hello", headers: { "dapr-app-id": appId }, timeout: 5000 }, (res) => {
-      let body = "";
-      res.on("data", (d) => (body += d));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on("timeout", () => req.destroy(new Error("timed out")));
-    req.on("error", reject);
-    req.end();
-  });
 }
 
 describe("zero failed requests through issuer and root rotation (sidecars + SDK service)", () => {
@@ -109,7 +96,7 @@ describe("zero failed requests through issuer and root rotation (sidecars + SDK 
       for (let i = 0; running && i < 100_000; i++) {
         for (const target of ["backend", "billing"]) {
           try {
-            const r = await call(outbound, target);
+            const r = await callThroughOutbound(outbound, target);
             if (r.status === 200 && r.body.includes(`spiffe://${TD}/ns/shop/frontend`)) ok += 1;
             else failures.push(`${target}: ${r.status} ${r.body.slice(0, 200)}`);
           } catch (error) {
