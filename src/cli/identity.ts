@@ -87,7 +87,14 @@ export function registerIdentityCommand(program: Command): void {
       const closers: (() => Promise<void>)[] = [];
       let statusAddress: string | undefined;
       try {
-        const snapshot = await source.ready();
+        // Installed before the first certificate: with the CA down, only unref'd retry timers
+        // run, and the process would exit (code 13) instead of waiting for the CA.
+        const stopped = untilSignal();
+        const snapshot = await Promise.race([source.ready(), stopped.then(() => undefined)]);
+        if (snapshot === undefined) {
+          logger.info({ event: "stopped" }, "stopped before the first certificate arrived");
+          return;
+        }
         if (opts.out !== undefined) {
           const sink = startFileSink({
             source,
@@ -119,7 +126,6 @@ export function registerIdentityCommand(program: Command): void {
           statusAddress = `${bound.host}:${bound.port}`;
           logger.info({ event: "status-listening", address: statusAddress }, "status endpoints listening");
         }
-        const stopped = untilSignal();
         process.stdout.write(`meshward identity ready: ${snapshot.svid.spiffeId} (serial ${snapshot.svid.serial}, valid until ${snapshot.svid.notAfter.toISOString()})${statusAddress ? ` status=${statusAddress}` : ""}\n`);
         await stopped;
       } finally {

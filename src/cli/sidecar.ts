@@ -2,7 +2,7 @@ import { InvalidArgumentError, Option, type Command } from "commander";
 import { LineCounter, parseDocument } from "yaml";
 import { sidecarConfigSchema } from "../config/sidecar.ts";
 import type { SidecarConfig } from "../config/sidecar.ts";
-import { MeshwardError } from "../errors.ts";
+import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { startSidecar } from "../proxy/sidecar.ts";
 import { cliLogger, collect, readTextFile, untilSignal, validatorOption } from "./options.ts";
 import { validatorEnumName } from "../config/fields.ts";
@@ -172,8 +172,19 @@ export function registerSidecarCommand(program: Command): void {
     .action(async (opts: Record<string, unknown>) => {
       const config = buildSidecarConfig(opts);
       const logger = cliLogger("sidecar", { logFormat: config.logFormat, logLevel: config.logLevel });
-      const sidecar = await startSidecar(config, { logger });
+      // Before the first certificate: the CA may be down and the sidecar retrying on unref'd
+      // timers only, which would let the process exit (code 13) instead of waiting for it.
       const stopped = untilSignal();
+      const stopStarting = new AbortController();
+      void stopped.then(() => stopStarting.abort());
+      const sidecar = await startSidecar(config, { logger, stopSignal: stopStarting.signal }).catch((error: unknown) => {
+        if (isMeshwardError(error) && error.code === "E_STOPPED") return undefined;
+        throw error;
+      });
+      if (sidecar === undefined) {
+        logger.info({ event: "stopped" }, "stopped before the first certificate arrived");
+        return;
+      }
       process.stdout.write(`${sidecar.readyLine()}\n`);
       const signal = await stopped;
       logger.info({ event: "signal", signal }, "shutting down");

@@ -28,6 +28,8 @@ export interface SidecarDependencies {
   /** Default: a CA-backed identity built from the config (tests may pass their own). */
   readonly identity?: IdentitySource;
   readonly metrics?: Metrics;
+  /** Aborting it while the sidecar waits for its first certificate stops the start (E_STOPPED). */
+  readonly stopSignal?: AbortSignal;
 }
 
 export interface SidecarAddresses {
@@ -158,7 +160,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
     }
     const stopInstrumenting = instrumentIdentity(identity, telemetry.mesh);
     closers.push(stopInstrumenting);
-    const snapshot = await identity.ready();
+    const snapshot = await untilStopped(identity.ready(), deps.stopSignal);
     const trustDomain = snapshot.bundle.trustDomain;
     if (outDir !== undefined) {
       const sink = startFileSink({ source: identity, dir: outDir, logger });
@@ -257,4 +259,16 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
     await closeAll();
     throw error;
   }
+}
+
+/** The promise, or E_STOPPED as soon as the signal aborts (a CA that never answers must not keep Ctrl-C waiting). */
+function untilStopped<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return promise;
+  const stopped = () => new MeshwardError("E_STOPPED", "stopped before the first certificate arrived");
+  if (signal.aborted) return Promise.reject(stopped());
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(stopped());
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }

@@ -41,12 +41,18 @@ process.on("exit", () => {
   for (const child of running) child.kill("SIGKILL");
 });
 
-/** Starts a long-running CLI command and waits until stdout matches `ready`. */
-export async function startCli(args: readonly string[], ready: RegExp, options: { env?: NodeJS.ProcessEnv; timeoutMs?: number; bin?: string } = {}): Promise<LongRunning & { match: RegExpMatchArray }> {
+/** A CLI process that is running, ready or not: its output so far, its exit, and a way to stop it. */
+export interface Spawned extends LongRunning {
+  readonly exited: Promise<number | null>;
+}
+
+/** Spawns a long-running CLI command without waiting for anything; the caller must stop() it. */
+export function spawnCli(args: readonly string[], options: { env?: NodeJS.ProcessEnv; bin?: string } = {}): Spawned {
   const child = spawn(process.execPath, [options.bin ?? MESHWARD_BIN, ...args], { env: { ...process.env, ...options.env }, stdio: ["ignore", "pipe", "pipe"] });
   running.add(child);
   let out = "";
   let err = "";
+  child.stdout.on("data", (d) => (out += d));
   child.stderr.on("data", (d) => (err += d));
   const exited = new Promise<number | null>((resolve) => child.on("close", (code) => {
     running.delete(child);
@@ -62,23 +68,30 @@ export async function startCli(args: readonly string[], ready: RegExp, options: 
     }
     return child.exitCode;
   };
+  return { child, exited, stdout: () => out, stderr: () => err, stop };
+}
+
+/** Starts a long-running CLI command and waits until stdout matches `ready`. */
+export async function startCli(args: readonly string[], ready: RegExp, options: { env?: NodeJS.ProcessEnv; timeoutMs?: number; bin?: string } = {}): Promise<LongRunning & { match: RegExpMatchArray }> {
+  const spawned = spawnCli(args, options);
   const match = await new Promise<RegExpMatchArray>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${ready} from meshward ${args.join(" ")}\nstdout: ${out}\nstderr: ${err}`)), options.timeoutMs ?? 20_000);
-    child.stdout.on("data", (d) => {
-      out += d;
-      const m = out.match(ready);
+    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${ready} from meshward ${args.join(" ")}\nstdout: ${spawned.stdout()}\nstderr: ${spawned.stderr()}`)), options.timeoutMs ?? 20_000);
+    const check = () => {
+      const m = spawned.stdout().match(ready);
       if (m) {
         clearTimeout(timer);
         resolve(m);
       }
-    });
-    void exited.then((code) => {
+    };
+    spawned.child.stdout?.on("data", check);
+    void spawned.exited.then((code) => {
       clearTimeout(timer);
-      reject(new Error(`meshward ${args.join(" ")} exited with ${code} before it was ready\nstdout: ${out}\nstderr: ${err}`));
+      reject(new Error(`meshward ${args.join(" ")} exited with ${code} before it was ready\nstdout: ${spawned.stdout()}\nstderr: ${spawned.stderr()}`));
     });
   }).catch(async (error) => {
-    await stop("SIGKILL");
+    await spawned.stop("SIGKILL");
     throw error;
   });
-  return { child, match, stdout: () => out, stderr: () => err, stop };
+  const { child, stdout, stderr, stop } = spawned;
+  return { child, match, stdout, stderr, stop };
 }

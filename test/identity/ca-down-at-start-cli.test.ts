@@ -1,0 +1,122 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { runCli, spawnCli, startCli, type LongRunning, type Spawned } from "../helpers/cli.ts";
+
+/**
+ * `meshward identity` and `meshward sidecar` started while the CA is unreachable, as real
+ * processes. Before the fix both exited with code 13 after the first failed attempt: their
+ * retry timers are unref'd and nothing else held Node's event loop, so the process ended instead
+ * of waiting for the CA (CI caught the same exit after a resumed certificate was refused).
+ * The CA is real; a gate in this process refuses connections (accept, then reset) until it is
+ * opened, and then pipes bytes to the CA, so no port is freed and re-bound.
+ */
+describe("the first certificate while the CA is down (real processes)", () => {
+  const work = mkdtempSync(join(tmpdir(), "meshward-ca-down-"));
+  const caDir = join(work, "ca");
+  const bundle = join(caDir, "bundle.pem");
+  const processes: LongRunning[] = [];
+  let ca: LongRunning & { match: RegExpMatchArray };
+  let gate: Server;
+  let gateOpen = false;
+  let gateAddress = "";
+  const sockets = new Set<Socket>();
+
+  const token = async (appId: string) => {
+    const r = await runCli(["token", "create", "--dir", caDir, "--namespace", "jobs", "--app-id", appId]);
+    expect(r.code, r.stderr).toBe(0);
+    return r.stdout.trim().split("\n").pop() as string;
+  };
+  const count = (p: LongRunning, event: string) => p.stderr().split("\n").filter((line) => line.includes(`"event":"${event}"`)).length;
+  const waitFor = async (what: string, check: () => boolean, timeoutMs = 20_000) => {
+    const deadline = Date.now() + timeoutMs;
+    while (!check()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+
+  beforeAll(async () => {
+    expect((await runCli(["ca", "init", "--trust-domain", "down.test", "--dir", caDir])).code).toBe(0);
+    ca = await startCli(["ca", "serve", "--dir", caDir, "--listen", "127.0.0.1:0"], /listening on (\S+)/);
+    processes.push(ca);
+    const [caHost, caPort] = (ca.match[1] as string).split(":") as [string, string];
+    gate = createServer((client) => {
+      sockets.add(client);
+      client.on("close", () => sockets.delete(client));
+      if (!gateOpen) {
+        client.resetAndDestroy();
+        return;
+      }
+      const upstream = createConnection({ host: caHost, port: Number(caPort) });
+      sockets.add(upstream);
+      upstream.on("close", () => sockets.delete(upstream));
+      client.pipe(upstream).pipe(client);
+      client.on("error", () => upstream.destroy());
+      upstream.on("error", () => client.destroy());
+    });
+    await new Promise<void>((resolve) => gate.listen(0, "127.0.0.1", resolve));
+    const address = gate.address();
+    if (address === null || typeof address === "string") throw new Error("the gate has no TCP address");
+    gateAddress = `127.0.0.1:${address.port}`;
+  }, 60_000);
+
+  afterEach(async () => {
+    for (const p of processes.splice(1).reverse()) await p.stop();
+    gateOpen = false;
+  });
+
+  afterAll(async () => {
+    for (const p of processes.reverse()) await p.stop();
+    for (const s of sockets) s.destroy();
+    await new Promise((resolve) => gate?.close(resolve));
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  /** Waits until the process has logged `n` failed attempts, and checks it is still running. */
+  const waitForFailures = async (p: Spawned, n: number) => {
+    await waitFor(`${n} failed attempts`, () => count(p, "renewal-failed") >= n || p.child.exitCode !== null, 30_000);
+    expect(p.child.exitCode, `exited early:\n${p.stderr()}`).toBeNull();
+    expect(p.stdout()).toBe("");
+  };
+
+  it("identity keeps retrying with backoff and becomes ready once the CA answers; the token is spent once", async () => {
+    const identity = spawnCli(["identity", "--ca", gateAddress, "--bundle", bundle, "--token", await token("report"), "--out", join(work, "identity-out")]);
+    processes.push(identity);
+    await waitForFailures(identity, 3);
+    expect(identity.stderr()).toMatch(/"reason":"E_CA_UNAVAILABLE"/);
+    gateOpen = true;
+    await waitFor("ready", () => /identity ready: spiffe:\/\/down\.test\/ns\/jobs\/report /.test(identity.stdout()), 30_000);
+    expect(await identity.stop()).toBe(0);
+    // One issuance for the one token: the refused attempts never reached the CA.
+    const list = await runCli(["cert", "list", "--dir", caDir, "--json"]);
+    const records = (JSON.parse(list.stdout) as { spiffeId: string }[]).filter((r) => r.spiffeId.endsWith("/report"));
+    expect(records).toHaveLength(1);
+  }, 60_000);
+
+  it("sidecar (outbound only) waits for the CA too, then prints its ready line", async () => {
+    const sidecar = spawnCli(["sidecar", "--ca", gateAddress, "--bundle", bundle, "--token", await token("caller"), "--namespace", "jobs", "--app-id", "caller", "--outbound", "127.0.0.1:0"]);
+    processes.push(sidecar);
+    await waitForFailures(sidecar, 2);
+    gateOpen = true;
+    await waitFor("ready", () => /spiffe:\/\/down\.test\/ns\/jobs\/caller/.test(sidecar.stdout()), 30_000);
+    expect(await sidecar.stop()).toBe(0);
+  }, 60_000);
+
+  it("identity and sidecar stop cleanly on SIGTERM while still waiting for the CA (exit 0, no stack trace)", async () => {
+    for (const args of [
+      ["identity", "--ca", gateAddress, "--bundle", bundle, "--token", await token("waiter"), "--out", join(work, "waiter-out")],
+      ["sidecar", "--ca", gateAddress, "--bundle", bundle, "--token", await token("caller2"), "--namespace", "jobs", "--app-id", "caller2", "--outbound", "127.0.0.1:0"],
+    ]) {
+      const waiting = spawnCli(args);
+      processes.push(waiting);
+      await waitForFailures(waiting, 2);
+      expect(await waiting.stop("SIGTERM"), waiting.stderr()).toBe(0);
+      expect(waiting.stdout()).toBe("");
+      expect(waiting.stderr()).toMatch(/"event":"stopped"/);
+      expect(waiting.stderr()).not.toMatch(/\n\s+at |unexpected error/);
+    }
+  }, 60_000);
+});
