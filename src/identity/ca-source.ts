@@ -14,6 +14,7 @@ import { parseCaAddresses } from "./ca-endpoints.ts";
 import { fetchFromCa, requestCertificate, type CaConnection, type ValidatorChoice } from "./ca-client.ts";
 import { backoffDelay, DEFAULT_BACKOFF, DEFAULT_RENEWAL_TIMING, renewalDelay, type Backoff, type RenewalTiming } from "./schedule.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource, Svid, TrustBundle } from "./source.ts";
+import { holdEventLoopUntilSettled } from "../util/event-loop-hold.ts";
 
 export interface CaIdentityOptions {
   /**
@@ -109,6 +110,7 @@ class CaSource implements CaIdentitySource {
       this.#rejectReady = reject;
     });
     this.#ready.catch(() => undefined);
+    holdEventLoopUntilSettled(this.#ready);
     if (options.resume !== undefined) {
       this.#svid = options.resume;
       this.#resuming = true;

@@ -9,6 +9,7 @@ import { certificatesFromPem } from "../pki/pem.ts";
 import { systemClock, type Clock, type ClockTimer } from "../util/clock.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "./source.ts";
 import { buildSnapshot, revocationsFromCrls } from "./workload-api/material.ts";
+import { holdEventLoopUntilSettled } from "../util/event-loop-hold.ts";
 
 export interface FileIdentityOptions {
   /** Leaf certificate, then intermediates, PEM. */
@@ -78,6 +79,7 @@ class FileSource implements IdentitySource {
       this.#rejectReady = reject;
     });
     this.#ready.catch(() => undefined);
+    holdEventLoopUntilSettled(this.#ready);
     this.#watch();
     this.#poll = setInterval(() => void this.#pollOnce(), options.pollMs ?? 2000);
     this.#poll.unref();

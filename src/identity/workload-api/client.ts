@@ -8,6 +8,7 @@ import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "../source.
 import { buildSnapshot, revocationsFromCrls, splitDerCertificates } from "./material.ts";
 import { ENDPOINT_SOCKET_ENV, SECURITY_HEADER, SECURITY_HEADER_VALUE, workloadApiDefinition } from "./proto.ts";
 import type { X509SvidResponseMessage } from "./proto.ts";
+import { holdEventLoopUntilSettled } from "../../util/event-loop-hold.ts";
 
 export interface WorkloadApiClientOptions {
   /**
@@ -191,6 +192,7 @@ class WorkloadApiSource implements IdentitySource {
       this.#rejectReady = reject;
     });
     this.#ready.catch(() => undefined);
+    holdEventLoopUntilSettled(this.#ready);
     this.#connect();
   }
 

@@ -1,7 +1,9 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { runCli, spawnCli, startCli, type LongRunning, type Spawned } from "../helpers/cli.ts";
 
@@ -103,6 +105,38 @@ describe("the first certificate while the CA is down (real processes)", () => {
     gateOpen = true;
     await waitFor("ready", () => /spiffe:\/\/down\.test\/ns\/jobs\/caller/.test(sidecar.stdout()), 30_000);
     expect(await sidecar.stop()).toBe(0);
+  }, 60_000);
+
+  it("the SDK: an app awaiting identity.ready() at the top level waits for the CA instead of exiting 13", async () => {
+    const script = join(work, "app.mts");
+    const sdk = fileURLToPath(new URL("../../src/index.ts", import.meta.url));
+    writeFileSync(
+      script,
+      [
+        `import { createIdentity } from ${JSON.stringify(sdk)};`,
+        `import { readFileSync } from "node:fs";`,
+        `const identity = createIdentity({ ca: process.argv[2], bundlePem: readFileSync(process.argv[3], "utf8"), token: process.argv[4], logger: { info() {}, warn(fields) { console.error(JSON.stringify(fields)); }, error() {}, debug() {} } });`,
+        `const { svid } = await identity.ready();`,
+        `console.log("ready " + svid.spiffeId);`,
+        `await identity.close();`,
+      ].join("\n"),
+    );
+    const child = spawn(process.execPath, ["--import", "tsx", script, gateAddress, bundle, await token("sdk-app")], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stderr.on("data", (d) => (err += d));
+    const exited = new Promise<number | null>((resolve) => child.on("close", resolve));
+    try {
+      await waitFor("two failed attempts", () => (err.match(/"event":"renewal-failed"/g) ?? []).length >= 2 || child.exitCode !== null, 30_000);
+      expect(child.exitCode, `exited early:\n${err}`).toBeNull();
+      gateOpen = true;
+      // With the certificate in hand the script closes the identity and ends by itself: the hold is released.
+      expect(await exited, err).toBe(0);
+      expect(out).toBe("ready spiffe://down.test/ns/jobs/sdk-app\n");
+    } finally {
+      child.kill("SIGKILL");
+    }
   }, 60_000);
 
   it("identity and sidecar stop cleanly on SIGTERM while still waiting for the CA (exit 0, no stack trace)", async () => {
