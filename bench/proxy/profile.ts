@@ -6,7 +6,9 @@
  * Chrome DevTools' Performance panel). Figures, not assertions; run it on a quiet machine.
  * With --strace, both sidecars run without the profiler and `strace -c -f` counts their system
  * calls during the measured run instead, printed per request (needs strace and ptrace rights).
- *   node --import tsx bench/proxy/profile.ts [seconds] [wrk-connections] [--strace]
+ * With --close, wrk sends `Connection: close`: each request on a new client connection into the
+ * outbound sidecar (the pair's own connection stays pooled), the bench's new-connections load.
+ *   node --import tsx bench/proxy/profile.ts [seconds] [wrk-connections] [--strace] [--close]
  */
 import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
@@ -20,6 +22,7 @@ const positional = process.argv.slice(2).filter((a) => !a.startsWith("--"));
 const SECONDS = Number(positional[0] ?? 8);
 const CONNECTIONS = Number(positional[1] ?? 32);
 const STRACE = process.argv.includes("--strace");
+const CLOSE = process.argv.includes("--close");
 
 const start = (args: string[], ready: RegExp) => startChild(process.execPath, args, ready);
 
@@ -98,9 +101,9 @@ async function main(): Promise<void> {
     execFileSync("wrk", ["-t1", "-c8", "-d2s", "-H", "dapr-app-id: bench-b", url]);
     const tracers = STRACE ? [outbound, inbound].map((side) => traceSyscalls(side.child.pid!)) : [];
     if (STRACE) await new Promise((resolve) => setTimeout(resolve, 500));
-    const out = execFileSync("wrk", ["-t1", `-c${CONNECTIONS}`, `-d${SECONDS}s`, "--latency", "-H", "dapr-app-id: bench-b", url], { encoding: "utf8" });
+    const out = execFileSync("wrk", ["-t1", `-c${CONNECTIONS}`, `-d${SECONDS}s`, "--latency", "-H", "dapr-app-id: bench-b", ...(CLOSE ? ["-H", "Connection: close"] : []), url], { encoding: "utf8" });
     const requests = Number(/(\d+) requests in/.exec(out)?.[1]);
-    console.log(`Node ${process.version}, wrk -c${CONNECTIONS} ${SECONDS}s through the pair: ${/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]} req/s (2 s warm-up before)`);
+    console.log(`Node ${process.version}, wrk -c${CONNECTIONS} ${SECONDS}s through the pair${CLOSE ? " (Connection: close)" : ""}: ${/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]} req/s (2 s warm-up before)`);
     if (STRACE) {
       for (const [i, role] of ["outbound (A)", "inbound (B)"].entries()) {
         console.log(`\n${role}: system calls per request (${requests} requests; strace slows the pair, so only the counts mean anything)`);

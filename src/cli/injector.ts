@@ -71,18 +71,27 @@ export function registerInjectorCommand(program: Command): void {
         bundleRefreshMs: parseDuration(opts.bundleRefreshInterval, "--bundle-refresh-interval"),
         logger,
       });
+      // Before the first certificate: with the CA down it retries, and SIGTERM then stops it cleanly.
+      const stopped = untilSignal();
       let server;
       try {
-        server = await startWebhookServer({
+        const starting = startWebhookServer({
           listen,
           identity,
           inject: { image: opts.image, caAddress: opts.caAddress ?? opts.ca, audience: opts.audience },
           ownNamespace: namespace,
           logger,
         });
+        starting.catch(() => undefined); // stopped first: closing the identity rejects it
+        server = await Promise.race([starting, stopped.then(() => undefined)]);
       } catch (error) {
         await identity.close();
         throw error;
+      }
+      if (server === undefined) {
+        logger.info({ event: "stopped" }, "stopped before the first certificate arrived");
+        await identity.close();
+        return;
       }
       const caBundle =
         opts.webhookConfig === undefined
@@ -95,7 +104,7 @@ export function registerInjectorCommand(program: Command): void {
             });
       const snapshot = identity.current();
       process.stdout.write(`meshward injector ready: id=${snapshot?.svid.spiffeId ?? "?"} listen=${server.address}\n`);
-      const signal = await untilSignal();
+      const signal = await stopped;
       logger.info({ event: "signal", signal }, "shutting down");
       caBundle?.stop();
       await server.close();

@@ -139,10 +139,14 @@ describe("the first certificate while the CA is down (real processes)", () => {
     }
   }, 60_000);
 
-  it("identity and sidecar stop cleanly on SIGTERM while still waiting for the CA (exit 0, no stack trace)", async () => {
+  it("identity, sidecar and injector stop cleanly on SIGTERM while still waiting for the CA (exit 0, no stack trace)", async () => {
+    // The injector attests with a Kubernetes token; none is checked here, since no attempt reaches the CA.
+    const tokenFile = join(work, "sa-token");
+    writeFileSync(tokenFile, "header.payload.signature\n");
     for (const args of [
       ["identity", "--ca", gateAddress, "--bundle", bundle, "--token", await token("waiter"), "--out", join(work, "waiter-out")],
       ["sidecar", "--ca", gateAddress, "--bundle", bundle, "--token", await token("caller2"), "--namespace", "jobs", "--app-id", "caller2", "--outbound", "127.0.0.1:0"],
+      ["injector", "--ca", gateAddress, "--bundle", bundle, "--token-file", tokenFile, "--namespace", "meshward-system", "--listen", "127.0.0.1:0"],
     ]) {
       const waiting = spawnCli(args);
       processes.push(waiting);
