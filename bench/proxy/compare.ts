@@ -8,7 +8,9 @@
  * With --parsers, both pairs are the working tree's, one with each HTTP/1 parser build
  * (MESHWARD_HTTP1_PARSER=node, =wasm), and the ratio is wasm's to node's.
  * `--path /big` fetches 1 MiB bodies instead of 13 bytes (then MB/s are printed too).
- *   node --import tsx bench/proxy/compare.ts [--base REV | --parsers] [--path P] [--rounds N] [--seconds S]
+ * `--close` sends `Connection: close` with wrk -c16: every request on a new client connection into
+ * the outbound sidecar (the pair's own connection stays pooled), the bench's new-connections load.
+ *   node --import tsx bench/proxy/compare.ts [--base REV | --parsers] [--path P] [--close] [--rounds N] [--seconds S]
  */
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
@@ -29,6 +31,8 @@ const SECONDS = Number(flag("--seconds", "6"));
 const PARSERS = process.argv.includes("--parsers");
 /** `/big` answers 1 MiB (content-length), any other path 13 bytes. */
 const PATH = flag("--path", "/items/1");
+const CLOSE = process.argv.includes("--close");
+const LOAD = CLOSE ? ["-c16", "-H", "Connection: close"] : ["-c32"];
 
 const start = (args: string[], ready: RegExp, env?: Record<string, string>) => startChild(process.execPath, args, ready, env);
 const megabytes = (rps: number): string => (PATH === "/big" ? ` (${((rps * (1 << 20)) / 1e6).toFixed(0)} MB/s)` : "");
@@ -94,7 +98,7 @@ async function main(): Promise<void> {
         const url = `http://127.0.0.1:${outbound.match![2]}${PATH}`;
         execFileSync("wrk", ["-t1", "-c8", "-d2s", "-H", "dapr-app-id: bench-b", url]);
         const cpuBefore = [cpuSeconds(outbound.child.pid), cpuSeconds(inbound.child.pid)];
-        const out = execFileSync("wrk", ["-t1", "-c32", `-d${SECONDS}s`, "-H", "dapr-app-id: bench-b", url], { encoding: "utf8" });
+        const out = execFileSync("wrk", ["-t1", ...LOAD, `-d${SECONDS}s`, "-H", "dapr-app-id: bench-b", url], { encoding: "utf8" });
         const cpuAfter = [cpuSeconds(outbound.child.pid), cpuSeconds(inbound.child.pid)];
         const requests = Number(/(\d+) requests in/.exec(out)?.[1]);
         const non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1];
@@ -113,7 +117,7 @@ async function main(): Promise<void> {
         }
       }
     }
-    console.log(`\nNode ${process.version}, ${ROUNDS} rounds of wrk -t1 -c32 ${SECONDS}s, medians:`);
+    console.log(`\nNode ${process.version}, ${ROUNDS} rounds of wrk -t1 ${LOAD.join(" ")} ${SECONDS}s, medians:`);
     const [base, head] = builds.map((b) => results.get(b.name)!);
     for (const build of builds) {
       const rows = results.get(build.name)!;

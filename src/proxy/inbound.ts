@@ -117,7 +117,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   if (options.protocol === "http") checkHttp1Parser(logger);
   const runtime = await prepareServer({ identity: options.identity, logger, maxConnectionAgeMs: limits.maxConnectionAge }, "sidecar inbound");
   const ownId = () => runtime.holder.ownSpiffeId();
-  const tracker = new ConnectionTracker((delta) => mesh.connectionsActive.inc({ direction: "inbound" }, delta));
+  const activeConnections = mesh.connectionsActive.labels({ direction: "inbound" }); // bound once: a labelled inc hashes the labels each call
+  const tracker = new ConnectionTracker((delta) => activeConnections.inc(delta));
   /** Every accepted TCP connection, until it closes. */
   const pending = new Set<Socket>();
   const appLabel = `${options.app.host}:${options.app.port}`;

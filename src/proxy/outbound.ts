@@ -56,7 +56,8 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   const { telemetry, limits } = options;
   const { logger, mesh } = telemetry;
   const pool = new PeerPool(options.identity, logger);
-  const tracker = new ConnectionTracker((delta) => mesh.connectionsActive.inc({ direction: "outbound" }, delta));
+  const activeConnections = mesh.connectionsActive.labels({ direction: "outbound" }); // bound once: a labelled inc hashes the labels each call
+  const tracker = new ConnectionTracker((delta) => activeConnections.inc(delta));
   const servers: NetServer[] = [];
   let relay: Http1Relay | undefined;
   const warnings = new LimitedWarnings(logger);

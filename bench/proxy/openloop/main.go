@@ -1,10 +1,13 @@
 // Open-loop constant-rate HTTP/1.1 load for bench/proxy (Go standard library only).
 //
-// Each request has an intended start time on a fixed schedule (RATE per second); its latency is
-// measured from that time, not from when a connection was free to send it, so a stall shows up
-// as the queue it causes (no coordinated omission, as in wrk2). CONNECTIONS keep-alive
-// connections each take the next due request. The first WARMUP seconds run at the same rate
-// unrecorded. Written in Go because the Node generator (bench/proxy/load.ts) needs about a core
+// Requests arrive on a fixed schedule (RATE per second): a scheduler hands each one to a queue
+// when it is due, and its latency is measured from that moment, not from when a connection was
+// free to send it, so a stall shows up as the queue it causes (no coordinated omission, as in
+// wrk2). The arrival is when the scheduler actually queued it: Go 1.19's timers wake with up to
+// ~1 ms of slop, and a late wake-up of the generator is not the server's latency (the requests
+// it held back are then queued together, a burstier arrival than the schedule's). CONNECTIONS
+// keep-alive connections each take the next queued request. The first WARMUP seconds run at the same rate
+// unrecorded. Written in Go because a Node generator (bench/proxy/load.ts until 2026-12-03) needed about a core
 // at 14k req/s on this 2-core machine, which is the pair's own CPU.
 //
 //	go build -o openloop bench/proxy/openloop/main.go
@@ -65,7 +68,11 @@ func main() {
 	interval := time.Duration(float64(time.Second) / *rate)
 	total := int((*warmup + *seconds) * *rate)
 	recordFrom := int(*warmup * *rate)
-	due := make(chan time.Time, total)
+	type arrival struct {
+		at       time.Time
+		recorded bool
+	}
+	due := make(chan arrival, total)
 	start := time.Now().Add(50 * time.Millisecond)
 	go func() {
 		for i := 0; i < total; i++ {
@@ -73,7 +80,7 @@ func main() {
 			if d := time.Until(at); d > 0 {
 				time.Sleep(d)
 			}
-			due <- at
+			due <- arrival{time.Now(), i >= recordFrom}
 		}
 		close(due)
 	}()
@@ -81,6 +88,8 @@ func main() {
 	var mu sync.Mutex
 	samples := make([]sample, 0, total-recordFrom)
 	recordedStart := start.Add(time.Duration(recordFrom) * interval)
+	var firstRecorded time.Time
+	var firstOnce sync.Once
 	var wg sync.WaitGroup
 	for c := 0; c < *conns; c++ {
 		wg.Add(1)
@@ -88,7 +97,7 @@ func main() {
 			defer wg.Done()
 			var conn net.Conn
 			var reader *bufio.Reader
-			for at := range due {
+			for a := range due {
 				ok := false
 				if conn == nil {
 					conn, err = net.Dial("tcp", u.Host)
@@ -115,8 +124,9 @@ func main() {
 						conn = nil
 					}
 				}
-				if !at.Before(recordedStart) {
-					latency := time.Since(at)
+				if a.recorded {
+					firstOnce.Do(func() { firstRecorded = a.at })
+					latency := time.Since(a.at)
 					mu.Lock()
 					samples = append(samples, sample{latency, ok})
 					mu.Unlock()
@@ -159,7 +169,8 @@ func main() {
 	out, _ := json.Marshal(map[string]any{
 		"sent": len(samples), "ok": okCount, "errors": errCount,
 		"p50Ms": at(0.5), "p90Ms": at(0.9), "p99Ms": at(0.99), "p999Ms": at(0.999), "maxMs": maxMs,
-		"achievedRate": float64(okCount) / time.Since(recordedStart).Seconds(),
+		"achievedRate":    float64(okCount) / time.Since(recordedStart).Seconds(),
+		"generatorLateMs": float64(firstRecorded.Sub(recordedStart)) / float64(time.Millisecond),
 	})
 	fmt.Println(string(out))
 }

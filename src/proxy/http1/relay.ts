@@ -72,6 +72,9 @@ const CLIENT_ERRORS: Readonly<Record<ClientErrorReason, ProxyAnswer>> = {
  */
 const UNREAD_ANSWER_BYTES = 64 * 1024;
 
+/** How long a connection the sidecar closed after a response may stay open waiting for the client's side. */
+const CLOSE_GRACE_MS = 1000;
+
 /**
  * HTTP/1.1 reverse proxying on raw sockets: each client connection is parsed with llhttp,
  * each request decided and forwarded on a pooled upstream connection, each response relayed
@@ -91,6 +94,7 @@ export class Http1Relay {
   serve(socket: Socket): void {
     const connection = new ClientConnection(socket, this.options, () => this.#connections.delete(connection));
     this.#connections.add(connection);
+    connection.start();
   }
 
   close(): void {
@@ -162,6 +166,8 @@ class ClientConnection {
   #parsing: Exchange | undefined;
   #headStartedAt = 0;
   #idleSince = Date.now();
+  /** When the response that closes the connection was written (0: not closing). */
+  #closingSince = 0;
   #upgrade: { head: MessageHead; rest: Buffer | undefined } | undefined;
   #gone = false;
   #handedOver = false;
@@ -219,10 +225,19 @@ class ClientConnection {
     });
     socket.on("error", () => undefined);
     socket.once("close", () => this.#closed());
-    if (socket.isPaused()) socket.resume();
+  }
+
+  /** Starts reading; called once the relay tracks this connection (the first chunk may end it at once). */
+  start(): void {
+    // A chunk put back by the first-bytes sniffer is parsed now rather than a tick later: on a
+    // paused socket with a 'data' listener, read() hands it to that listener synchronously.
+    if (this.socket.readableLength > 0) this.socket.read();
+    if (this.socket.isPaused() && !this.#readingPaused && !this.#gone && this.#upgrade === undefined) this.socket.resume();
   }
 
   checkTimers(now: number): void {
+    // A client that keeps the connection open after `connection: close` is not waited for.
+    if (this.#closingSince !== 0 && now - this.#closingSince > CLOSE_GRACE_MS) return void this.socket.destroy();
     if (this.#gone) return;
     if (this.#headStartedAt !== 0 && now - this.#headStartedAt > this.options.headersTimeout) return this.#refuse("header_timeout", "the request headers did not arrive in time");
     if (this.#queue.length === 0 && this.#headStartedAt === 0 && now - this.#idleSince > this.options.idleTimeout) this.socket.destroy();
@@ -461,8 +476,7 @@ class ClientConnection {
     if (exchange.closeAfter) {
       this.#gone = true;
       this.socket.end();
-      // A client that keeps the connection open after `connection: close` is not waited for.
-      setTimeout(() => this.socket.destroy(), 1000).unref();
+      this.#closingSince = Date.now(); // destroyed by the sweeper after CLOSE_GRACE_MS (no timer per connection)
       return;
     }
     if (exchange.requestComplete) this.#next(exchange);
