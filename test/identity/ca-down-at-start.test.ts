@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { runCli, spawnCli, startCli, type LongRunning, type Spawned } from "../helpers/cli.ts";
+import { waitFor } from "../helpers/wait.ts";
 
 /**
  * `meshward identity` and `meshward sidecar` started while the CA is unreachable, as real
@@ -32,13 +33,6 @@ describe("the first certificate while the CA is down (real processes)", () => {
     return r.stdout.trim().split("\n").pop() as string;
   };
   const count = (p: LongRunning, event: string) => p.stderr().split("\n").filter((line) => line.includes(`"event":"${event}"`)).length;
-  const waitFor = async (what: string, check: () => boolean, timeoutMs = 20_000) => {
-    const deadline = Date.now() + timeoutMs;
-    while (!check()) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  };
 
   beforeAll(async () => {
     expect((await runCli(["ca", "init", "--trust-domain", "down.test", "--dir", caDir])).code).toBe(0);

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { exec } from "../helpers/exec.ts";
+import { waitFor } from "../helpers/wait.ts";
 
 /**
  * `meshward identity --out DIR` as the file-sink guide runs it (nginx, Redis, PostgreSQL read
@@ -32,13 +33,6 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
       .split("\n")
       .filter((line) => line.includes(`"event":"${kind}"`))
       .map((line) => JSON.parse(line) as { serial?: string; reason?: string });
-  const waitFor = async (what: string, check: () => boolean, timeoutMs: number) => {
-    const deadline = Date.now() + timeoutMs;
-    while (!check()) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  };
 
   beforeAll(async () => {
     expect((await runCli(["ca", "init", "--trust-domain", "renew.test", "--dir", caDir])).code).toBe(0);
