@@ -339,11 +339,10 @@ class CaSource implements CaIdentitySource {
   }
 }
 
-/** Errors that retrying cannot fix before a person acts (ready() rejects; retries go on). */
 /**
- * Refusals that the next attempt would get again (a token or a configuration the CA will not
- * accept): before the first certificate they fail ready() instead of retrying for ever. A DNS
- * name the workload may not have, or a CSR naming another identity, is such a configuration.
+ * Errors that retrying cannot fix before a person acts: a token or a configuration the CA will
+ * not accept (a DNS name the workload may not have, a CSR naming another identity). Before the
+ * first certificate they reject ready(); retries go on in the background.
  */
 function isFatal(error: unknown): boolean {
   return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID|AUDIENCE|SIGNATURE|ISSUER)|IDENTITY_MISMATCH|SPIFFE_MISMATCH|VALIDATOR_DISABLED|TRUST_DOMAIN_MISMATCH|CA_UNTRUSTED|CA_NOT_TLS|CSR_DNS_NOT_ALLOWED|CSR_IDENTITY_MISMATCH)$/.test(error.code);
