@@ -130,7 +130,11 @@ export class SentryCallError extends Error {
 
 export async function signCertificate(request: DaprdRequest): Promise<DaprdIdentity> {
   const credentials = grpc.credentials.createSsl(Buffer.from(request.trustAnchorsPem), null, null, { checkServerIdentity: authorizeId(request.sentryId) });
-  const client = new CaClient(request.address, credentials) as unknown as grpc.Client & { SignCertificate: (request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, value: RawResponse) => void) => void };
+  // daprd dials Sentry by its Service's DNS name, so its TLS server name is never an IP address.
+  // grpc-js would send the target's IP as the server name, which Node 26 refuses outright
+  // (ERR_INVALID_ARG_VALUE; DEP0123 before); the name here is daprd's, and authorizeId, not the
+  // name, decides whether the CA is trusted.
+  const client = new CaClient(request.address, credentials, { "grpc.ssl_target_name_override": "dapr-sentry.dapr-system.svc.cluster.local" }) as unknown as grpc.Client & { SignCertificate: (request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, value: RawResponse) => void) => void };
   try {
     const response = await new Promise<RawResponse>((resolve, reject) => {
       client.SignCertificate(
