@@ -12,7 +12,11 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdirSync } from "node:fs";
 import { request as httpRequest, Agent } from "node:http";
+import { request as httpsRequest, Agent as HttpsAgent } from "node:https";
+import type { TLSSocket } from "node:tls";
 import { createServer } from "node:net";
 import * as os from "node:os";
 import { tmpdir } from "node:os";
@@ -39,7 +43,12 @@ export interface ApiBenchResult {
   readonly meshwardGrpcPerSec: number;
   /** CPU milliseconds per certificate: the CA process (all threads) and the load generator. */
   readonly meshwardCpuMsPerCert: { readonly server: number; readonly client: number };
+  /** cfssl serve over HTTPS (-tls-cert/-tls-key), the headline comparison. */
   readonly cfsslPerSec: number | undefined;
+  readonly cfsslCpuMsPerCert: { readonly server: number; readonly client: number } | undefined;
+  /** cfssl serve on plain HTTP, measured only with cfsslPlain / --cfssl-plain. */
+  readonly cfsslPlainPerSec: number | undefined;
+  /** meshward / cfssl over TLS. */
   readonly ratioToCfssl: number | undefined;
   readonly target: number;
 }
@@ -120,7 +129,7 @@ export async function drive(clients: number, durationMs: number, call: (client: 
   return { perSec: (done * 1000) / (performance.now() - start), errors, done };
 }
 
-async function benchMeshward(work: string, clients: number, durationMs: number, csrs: string[], loadClient: LoadClient, signingWorkers: number | undefined, bin: string): Promise<{ perSec: number; cpuMsPerCert: { server: number; client: number } }> {
+async function benchMeshward(work: string, clients: number, durationMs: number, csrs: string[], loadClient: LoadClient, signingWorkers: number | undefined, bin: string): Promise<{ perSec: number; cpuMsPerCert: { server: number; client: number }; tlsVersion: string | undefined }> {
   const dir = join(work, "ca");
   await initAnchors({ dir, trustDomain: TD, now: new Date() });
   const store = openStore(`sqlite:${caLayout(dir).database}`);
@@ -140,12 +149,14 @@ async function benchMeshward(work: string, clients: number, durationMs: number, 
     // Each client joins once with the token, then renews with its SVID over mTLS.
     const calls: ((request: Uint8Array) => Promise<Buffer>)[] = [];
     const closers: (() => void)[] = [];
+    let tlsVersion: string | undefined;
     for (let c = 0; c < clients; c++) {
       const keyPair = generateKeyPair();
       const signed = await requestCertificate({ address: address as string, bundlePem, trustDomain: TD }, { csrPem: await createCsr({ keyPair }), token: t.token, validator: "JOIN_TOKEN", namespace: "", appId: "" });
       const keyPem = encodePrivateKey(keyPair.privateKey);
       if (loadClient === "h2") {
         const client = await connectH2Grpc(address as string, { ca: bundlePem, key: keyPem, cert: signed.certChainPem, servername: "localhost" });
+        tlsVersion ??= client.tlsVersion;
         calls.push((request) => client.unary(SIGN_CERTIFICATE_PATH, request));
         closers.push(() => client.close());
       } else {
@@ -172,7 +183,7 @@ async function benchMeshward(work: string, clients: number, durationMs: number, 
     const cpuMsPerCert = { server: (processCpuMs(ca.pid!) - serverBefore) / done, client: (ownCpuMs() - clientBefore) / done };
     if (errors > 0) console.log(`  (meshward: ${errors} failed calls)`);
     for (const close of closers) close();
-    return { perSec, cpuMsPerCert };
+    return { perSec, cpuMsPerCert, tlsVersion };
   } finally {
     // SIGTERM first, so that a CA run with --cpu-prof writes its profile.
     const exited = new Promise((resolve) => ca.once("exit", resolve));
@@ -183,20 +194,52 @@ async function benchMeshward(work: string, clients: number, durationMs: number, 
   }
 }
 
-async function benchCfssl(work: string, clients: number, durationMs: number, csrs: string[]): Promise<{ perSec: number; cpuMsPerCert: { server: number; client: number } }> {
+/**
+ * A serving certificate for cfssl, made at bench time with openssl in the bench's temporary
+ * directory (removed afterwards): a throwaway ECDSA P-256 CA and a leaf for 127.0.0.1 signed by
+ * it, the same key type as meshward's SVIDs. The load generator trusts that CA only.
+ */
+function makeCfsslTlsFiles(work: string): { cert: string; key: string; caPem: string } {
+  const d = join(work, "cfssl-tls");
+  mkdirSync(d, { recursive: true, mode: 0o700 });
+  const f = (n: string) => join(d, n);
+  const openssl = (...args: string[]) => {
+    const r = spawnSync("openssl", args, { encoding: "utf8" });
+    if (r.status !== 0) throw new Error(`openssl ${args[0]} failed: ${r.stderr}`);
+  };
+  writeFileSync(f("leaf.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n");
+  openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", f("ca.key"), "-out", f("ca.pem"), "-days", "1", "-subj", "/CN=bench cfssl TLS CA");
+  openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", f("server.key"), "-out", f("server.csr"), "-subj", "/CN=127.0.0.1");
+  openssl("x509", "-req", "-in", f("server.csr"), "-CA", f("ca.pem"), "-CAkey", f("ca.key"), "-CAcreateserial", "-days", "1", "-extfile", f("leaf.ext"), "-out", f("server.pem"));
+  return { cert: f("server.pem"), key: f("server.key"), caPem: readFileSync(f("ca.pem"), "utf8") };
+}
+
+export interface CfsslFigures {
+  readonly perSec: number;
+  readonly cpuMsPerCert: { readonly server: number; readonly client: number };
+  readonly tlsVersion: string | undefined;
+}
+
+async function benchCfssl(work: string, clients: number, durationMs: number, csrs: string[], tls: boolean): Promise<CfsslFigures> {
   const dir = join(work, "ca");
   const layout = caLayout(dir);
   // cfssl wants an unencrypted issuer key; the bench CA was created without a passphrase.
   writeFileSync(join(work, "cfssl-config.json"), JSON.stringify({ signing: { default: { expiry: "24h", usages: ["digital signature", "server auth", "client auth"] } } }));
   const port = await freePort();
-  const cfssl = spawn("cfssl", ["serve", "-address", "127.0.0.1", "-port", String(port), "-ca", layout.issuerCert, "-ca-key", layout.issuerKey, "-config", join(work, "cfssl-config.json")], { stdio: ["ignore", "pipe", "pipe"] });
+  const tlsFiles = tls ? makeCfsslTlsFiles(work) : undefined;
+  const tlsArgs = tlsFiles ? ["-tls-cert", tlsFiles.cert, "-tls-key", tlsFiles.key] : [];
+  const cfssl = spawn("cfssl", ["serve", "-address", "127.0.0.1", "-port", String(port), "-ca", layout.issuerCert, "-ca-key", layout.issuerKey, "-config", join(work, "cfssl-config.json"), ...tlsArgs], { stdio: ["ignore", "pipe", "pipe"] });
   try {
     await waitForLine(cfssl, /Now listening on/, "stderr");
-    const agent = new Agent({ keepAlive: true, maxSockets: clients });
+    // Keep-alive on both: the handshake is paid once per client, as meshward's h2 clients pay it.
+    const agent = tlsFiles ? new HttpsAgent({ keepAlive: true, maxSockets: clients, ca: tlsFiles.caPem }) : new Agent({ keepAlive: true, maxSockets: clients });
+    const send = tlsFiles ? httpsRequest : httpRequest;
+    let tlsVersion: string | undefined;
     const call = (client: number, i: number) =>
       new Promise<void>((resolve, reject) => {
         const body = JSON.stringify({ certificate_request: csrs[(client * 7919 + i) % csrs.length] });
-        const req = httpRequest({ host: "127.0.0.1", port, path: "/api/v1/cfssl/sign", method: "POST", agent, headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (res) => {
+        const req = send({ host: "127.0.0.1", port, path: "/api/v1/cfssl/sign", method: "POST", agent, headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (res) => {
+          if (tlsFiles && tlsVersion === undefined) tlsVersion = (res.socket as TLSSocket).getProtocol?.() ?? undefined;
           let text = "";
           res.on("data", (d) => (text += d));
           res.on("end", () => (res.statusCode === 200 && text.includes('"success":true') ? resolve() : reject(new Error(text))));
@@ -209,15 +252,15 @@ async function benchCfssl(work: string, clients: number, durationMs: number, csr
     const clientBefore = ownCpuMs();
     const { perSec, errors, done } = await drive(clients, durationMs, call);
     const cpuMsPerCert = { server: (processCpuMs(cfssl.pid!) - serverBefore) / done, client: (ownCpuMs() - clientBefore) / done };
-    if (errors > 0) console.log(`  (cfssl: ${errors} failed calls)`);
+    if (errors > 0) console.log(`  (cfssl${tls ? " TLS" : ""}: ${errors} failed calls)`);
     agent.destroy();
-    return { perSec, cpuMsPerCert };
+    return { perSec, cpuMsPerCert, tlsVersion };
   } finally {
     cfssl.kill("SIGKILL");
   }
 }
 
-export async function runApiBench(options: { durationMs?: number; clients?: number; loadClient?: LoadClient; signingWorkers?: number; caBin?: string; print?: boolean } = {}): Promise<ApiBenchResult> {
+export async function runApiBench(options: { durationMs?: number; clients?: number; loadClient?: LoadClient; signingWorkers?: number; caBin?: string; cfsslPlain?: boolean; print?: boolean } = {}): Promise<ApiBenchResult> {
   const durationMs = options.durationMs ?? 5000;
   const clients = options.clients ?? 64;
   const loadClient = options.loadClient ?? "h2";
@@ -227,21 +270,43 @@ export async function runApiBench(options: { durationMs?: number; clients?: numb
     const caBin = options.caBin ?? (await bundleCli(join(ROOT, "node_modules/.cache/meshward-bench-ca")));
     const meshward = await benchMeshward(work, clients, durationMs, csrs, loadClient, options.signingWorkers, caBin);
     const meshwardGrpcPerSec = meshward.perSec;
-    let cfsslPerSec: number | undefined;
-    let cfsslCpuMsPerCert: { server: number; client: number } | undefined;
-    try {
-      ({ perSec: cfsslPerSec, cpuMsPerCert: cfsslCpuMsPerCert } = await benchCfssl(work, clients, durationMs, csrs));
-    } catch (error) {
-      console.log(`  cfssl not measured: ${(error as Error).message} (install it with: bash scripts/ensure-system-deps.sh --bench)`);
-    }
-    const result = { clients, loadClient, meshwardGrpcPerSec, meshwardCpuMsPerCert: meshward.cpuMsPerCert, cfsslPerSec, ratioToCfssl: cfsslPerSec ? meshwardGrpcPerSec / cfsslPerSec : undefined, target: 5000 };
+    const cfssl = async (tls: boolean): Promise<CfsslFigures | undefined> => {
+      try {
+        return await benchCfssl(work, clients, durationMs, csrs, tls);
+      } catch (error) {
+        console.log(`  cfssl${tls ? " (TLS)" : ""} not measured: ${(error as Error).message} (install it with: bash scripts/ensure-system-deps.sh --bench)`);
+        return undefined;
+      }
+    };
+    const cfsslTls = await cfssl(true);
+    const cfsslPlain = options.cfsslPlain ? await cfssl(false) : undefined;
+    const result: ApiBenchResult = {
+      clients,
+      loadClient,
+      meshwardGrpcPerSec,
+      meshwardCpuMsPerCert: meshward.cpuMsPerCert,
+      cfsslPerSec: cfsslTls?.perSec,
+      cfsslCpuMsPerCert: cfsslTls?.cpuMsPerCert,
+      cfsslPlainPerSec: cfsslPlain?.perSec,
+      ratioToCfssl: cfsslTls ? meshwardGrpcPerSec / cfsslTls.perSec : undefined,
+      target: 5000,
+    };
     if (options.print ?? true) {
-      console.log(`CA API, ${clients} concurrent clients, ${durationMs} ms each`);
-      console.log(`  meshward gRPC SignCertificate (mTLS renewal, ${loadClient} clients${options.signingWorkers !== undefined ? `, signingWorkers ${options.signingWorkers}` : ""}): ${meshwardGrpcPerSec.toFixed(0)} certs/s  (target >= ${result.target}/s)`);
+      const ms = (x: number) => x.toFixed(3);
+      console.log(`CA API, ${clients} concurrent keep-alive clients, ${durationMs} ms each; node ${process.version} (OpenSSL ${process.versions.openssl}), ${os.availableParallelism()} cores, load average ${os.loadavg()[0]!.toFixed(2)}`);
+      console.log(`  meshward gRPC SignCertificate (mTLS ${meshward.tlsVersion ?? "?"}, HTTP/2, renewal with an SVID, ${loadClient} clients${options.signingWorkers !== undefined ? `, signingWorkers ${options.signingWorkers}` : ""}): ${meshwardGrpcPerSec.toFixed(0)} certs/s`);
       const cpu = result.meshwardCpuMsPerCert;
-      console.log(`    CPU per certificate: CA process ${cpu.server.toFixed(3)} ms, load generator ${cpu.client.toFixed(3)} ms (${os.availableParallelism()} cores, load average ${os.loadavg()[0]!.toFixed(2)})`);
-      if (cfsslPerSec !== undefined) console.log(`  cfssl serve /api/v1/cfssl/sign (plain HTTP):  ${cfsslPerSec.toFixed(0)} certs/s  → meshward/cfssl = ${result.ratioToCfssl!.toFixed(2)}x`);
-      if (cfsslCpuMsPerCert !== undefined) console.log(`    CPU per certificate: cfssl process ${cfsslCpuMsPerCert.server.toFixed(3)} ms, load generator ${cfsslCpuMsPerCert.client.toFixed(3)} ms`);
+      console.log(`    CPU per certificate: CA process ${ms(cpu.server)} ms, load generator ${ms(cpu.client)} ms, sum ${ms(cpu.server + cpu.client)} ms`);
+      if (cfsslTls !== undefined) {
+        console.log(`  cfssl serve /api/v1/cfssl/sign (HTTPS ${cfsslTls.tlsVersion ?? "?"}, HTTP/1.1 keep-alive, server-only TLS): ${cfsslTls.perSec.toFixed(0)} certs/s  -> meshward/cfssl = ${result.ratioToCfssl!.toFixed(2)}x (target >= 1.00x)`);
+        const c = cfsslTls.cpuMsPerCert;
+        console.log(`    CPU per certificate: cfssl process ${ms(c.server)} ms, load generator ${ms(c.client)} ms, sum ${ms(c.server + c.client)} ms`);
+      }
+      if (cfsslPlain !== undefined) {
+        const c = cfsslPlain.cpuMsPerCert;
+        console.log(`  (extra) cfssl serve on plain HTTP: ${cfsslPlain.perSec.toFixed(0)} certs/s; CPU per certificate: cfssl ${ms(c.server)} ms, load generator ${ms(c.client)} ms`);
+      }
+      console.log("  (the load generator runs on the same 2 cores: its TLS client side, HTTP/2 or HTTP/1.1 and JSON or protobuf cost is CPU the server under test cannot use)");
     }
     return result;
   } finally {
@@ -253,6 +318,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
   const client = process.argv[process.argv.indexOf("--client") + 1];
   const workers = process.argv.includes("--signing-workers") ? arg("--signing-workers", 0) : undefined;
   await runApiBench({
+    cfsslPlain: process.argv.includes("--cfssl-plain"),
     durationMs: arg("--duration-ms", 5000),
     clients: arg("--clients", 64),
     loadClient: process.argv.includes("--client") && client === "grpc-js" ? "grpc-js" : "h2",
