@@ -1,8 +1,10 @@
 /**
  * CA API throughput: SignCertificate over gRPC (mTLS renewal, the steady-state load of a
  * mesh) with N concurrent clients against `meshward ca serve` in its own process, and
- * `cfssl serve` (Debian's golang-cfssl) signing the same CSRs in the same run.
- * Run: node --import tsx bench/ca/api-bench.ts [--duration-ms 5000] [--clients 64]
+ * `cfssl serve` (Debian's golang-cfssl) signing the same CSRs in the same run, over HTTPS
+ * (-tls-cert/-tls-key with a P-256 server certificate made by openssl at bench time), so that
+ * both sides pay for TLS; --cfssl-plain adds cfssl on plain HTTP as an extra figure.
+ * Run: node --import tsx bench/ca/api-bench.ts [--duration-ms 5000] [--rounds 3] [--clients 64] [--cfssl-plain]
  *        [--client h2|grpc-js] [--signing-workers N] [--ca-bin path/to/bin/meshward.js]
  * The load generator runs in this process; its CPU per certificate is printed beside the
  * server's, because on a 2-core machine every millisecond it burns is one the CA lacks.
@@ -10,17 +12,15 @@
  * and the published package runs it), written to node_modules/.cache/meshward-bench-ca: never a
  * dist/ left over from an older build, and not the TypeScript sources through tsx.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { spawnSync } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request as httpRequest, Agent } from "node:http";
 import { request as httpsRequest, Agent as HttpsAgent } from "node:https";
-import type { TLSSocket } from "node:tls";
 import { createServer } from "node:net";
 import * as os from "node:os";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { TLSSocket } from "node:tls";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { caLayout, initAnchors } from "../../src/ca/anchors.ts";
@@ -48,8 +48,10 @@ export interface ApiBenchResult {
   readonly cfsslCpuMsPerCert: { readonly server: number; readonly client: number } | undefined;
   /** cfssl serve on plain HTTP, measured only with cfsslPlain / --cfssl-plain. */
   readonly cfsslPlainPerSec: number | undefined;
-  /** meshward / cfssl over TLS. */
+  /** meshward / cfssl over TLS: the median of the rounds' ratios. */
   readonly ratioToCfssl: number | undefined;
+  /** meshward / cfssl over TLS in each round. */
+  readonly ratios: readonly number[];
   readonly target: number;
 }
 
@@ -129,9 +131,15 @@ export async function drive(clients: number, durationMs: number, call: (client: 
   return { perSec: (done * 1000) / (performance.now() - start), errors, done };
 }
 
-async function benchMeshward(work: string, clients: number, durationMs: number, csrs: string[], loadClient: LoadClient, signingWorkers: number | undefined, bin: string): Promise<{ perSec: number; cpuMsPerCert: { server: number; client: number }; tlsVersion: string | undefined }> {
+/** The bench CA of one round (both servers sign with its issuer), created on first use. */
+async function ensureCa(work: string): Promise<string> {
   const dir = join(work, "ca");
-  await initAnchors({ dir, trustDomain: TD, now: new Date() });
+  if (!existsSync(caLayout(dir).bundle)) await initAnchors({ dir, trustDomain: TD, now: new Date() });
+  return dir;
+}
+
+async function benchMeshward(work: string, clients: number, durationMs: number, csrs: string[], loadClient: LoadClient, signingWorkers: number | undefined, bin: string): Promise<{ perSec: number; cpuMsPerCert: { server: number; client: number }; tlsVersion: string | undefined }> {
+  const dir = await ensureCa(work);
   const store = openStore(`sqlite:${caLayout(dir).database}`);
   await store.migrate();
   const t = await issueJoinToken(store, { spiffeId: `spiffe://${TD}/ns/bench/client`, ttlMs: 3_600_000, uses: clients });
@@ -214,15 +222,8 @@ function makeCfsslTlsFiles(work: string): { cert: string; key: string; caPem: st
   return { cert: f("server.pem"), key: f("server.key"), caPem: readFileSync(f("ca.pem"), "utf8") };
 }
 
-export interface CfsslFigures {
-  readonly perSec: number;
-  readonly cpuMsPerCert: { readonly server: number; readonly client: number };
-  readonly tlsVersion: string | undefined;
-}
-
-async function benchCfssl(work: string, clients: number, durationMs: number, csrs: string[], tls: boolean): Promise<CfsslFigures> {
-  const dir = join(work, "ca");
-  const layout = caLayout(dir);
+async function benchCfssl(work: string, clients: number, durationMs: number, csrs: string[], tls: boolean): Promise<Figures> {
+  const layout = caLayout(await ensureCa(work));
   // cfssl wants an unencrypted issuer key; the bench CA was created without a passphrase.
   writeFileSync(join(work, "cfssl-config.json"), JSON.stringify({ signing: { default: { expiry: "24h", usages: ["digital signature", "server auth", "client auth"] } } }));
   const port = await freePort();
@@ -260,53 +261,100 @@ async function benchCfssl(work: string, clients: number, durationMs: number, csr
   }
 }
 
-export async function runApiBench(options: { durationMs?: number; clients?: number; loadClient?: LoadClient; signingWorkers?: number; caBin?: string; cfsslPlain?: boolean; print?: boolean } = {}): Promise<ApiBenchResult> {
+interface Figures {
+  readonly perSec: number;
+  readonly cpuMsPerCert: { readonly server: number; readonly client: number };
+  readonly tlsVersion: string | undefined;
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((x, y) => x - y);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/**
+ * `rounds` paired runs (default 3), the order alternating (meshward first, then cfssl first),
+ * each round on a fresh bench CA: on a shared machine the load of other processes drifts over
+ * minutes, and a pair measured seconds apart sees about the same. The result holds the medians.
+ */
+export async function runApiBench(options: { durationMs?: number; clients?: number; rounds?: number; loadClient?: LoadClient; signingWorkers?: number; caBin?: string; cfsslPlain?: boolean; print?: boolean } = {}): Promise<ApiBenchResult> {
   const durationMs = options.durationMs ?? 5000;
   const clients = options.clients ?? 64;
+  const rounds = Math.max(1, options.rounds ?? 3);
   const loadClient = options.loadClient ?? "h2";
+  const print = options.print ?? true;
+  const ms = (x: number) => x.toFixed(3);
+  const cpuLine = (who: string, f: Figures) => `    CPU per certificate: ${who} ${ms(f.cpuMsPerCert.server)} ms, load generator ${ms(f.cpuMsPerCert.client)} ms, sum ${ms(f.cpuMsPerCert.server + f.cpuMsPerCert.client)} ms`;
   const work = mkdtempSync(join(tmpdir(), "meshward-bench-ca-"));
   try {
     const csrs = await makeCsrPool(256);
     const caBin = options.caBin ?? (await bundleCli(join(ROOT, "node_modules/.cache/meshward-bench-ca")));
-    const meshward = await benchMeshward(work, clients, durationMs, csrs, loadClient, options.signingWorkers, caBin);
-    const meshwardGrpcPerSec = meshward.perSec;
-    const cfssl = async (tls: boolean): Promise<CfsslFigures | undefined> => {
+    if (print) console.log(`CA API, ${clients} concurrent keep-alive clients, ${durationMs} ms per figure, ${rounds} rounds; node ${process.version} (OpenSSL ${process.versions.openssl}), ${os.availableParallelism()} cores, load average ${os.loadavg()[0]!.toFixed(2)}`);
+    const cfssl = async (roundWork: string, tls: boolean): Promise<Figures | undefined> => {
       try {
-        return await benchCfssl(work, clients, durationMs, csrs, tls);
+        return await benchCfssl(roundWork, clients, durationMs, csrs, tls);
       } catch (error) {
         console.log(`  cfssl${tls ? " (TLS)" : ""} not measured: ${(error as Error).message} (install it with: bash scripts/ensure-system-deps.sh --bench)`);
         return undefined;
       }
     };
-    const cfsslTls = await cfssl(true);
-    const cfsslPlain = options.cfsslPlain ? await cfssl(false) : undefined;
+    const meshwardRuns: Figures[] = [];
+    const cfsslRuns: Figures[] = [];
+    const plainRuns: Figures[] = [];
+    const ratios: number[] = [];
+    for (let round = 0; round < rounds; round++) {
+      const roundWork = join(work, `round-${round}`);
+      mkdirSync(roundWork);
+      const runMeshward = () => benchMeshward(roundWork, clients, durationMs, csrs, loadClient, options.signingWorkers, caBin);
+      let meshward: Figures;
+      let cfsslTls: Figures | undefined;
+      if (round % 2 === 0) {
+        meshward = await runMeshward();
+        cfsslTls = await cfssl(roundWork, true);
+      } else {
+        cfsslTls = await cfssl(roundWork, true);
+        meshward = await runMeshward();
+      }
+      const cfsslPlain = options.cfsslPlain ? await cfssl(roundWork, false) : undefined;
+      meshwardRuns.push(meshward);
+      if (cfsslTls !== undefined) {
+        cfsslRuns.push(cfsslTls);
+        ratios.push(meshward.perSec / cfsslTls.perSec);
+      }
+      if (cfsslPlain !== undefined) plainRuns.push(cfsslPlain);
+      if (!print) continue;
+      console.log(`  round ${round + 1}/${rounds} (${round % 2 === 0 ? "meshward first" : "cfssl first"}; load average ${os.loadavg()[0]!.toFixed(2)})`);
+      console.log(`  meshward gRPC SignCertificate (mTLS ${meshward.tlsVersion ?? "?"}, HTTP/2, renewal with an SVID, ${loadClient} clients${options.signingWorkers !== undefined ? `, signingWorkers ${options.signingWorkers}` : ""}): ${meshward.perSec.toFixed(0)} certs/s`);
+      console.log(cpuLine("CA process", meshward));
+      if (cfsslTls !== undefined) {
+        console.log(`  cfssl serve /api/v1/cfssl/sign (HTTPS ${cfsslTls.tlsVersion ?? "?"}, HTTP/1.1 keep-alive, server-only TLS): ${cfsslTls.perSec.toFixed(0)} certs/s  -> meshward/cfssl = ${(meshward.perSec / cfsslTls.perSec).toFixed(2)}x`);
+        console.log(cpuLine("cfssl process", cfsslTls));
+      }
+      if (cfsslPlain !== undefined) console.log(`  (extra) cfssl serve on plain HTTP: ${cfsslPlain.perSec.toFixed(0)} certs/s\n${cpuLine("cfssl process", cfsslPlain)}`);
+    }
+    const medianCpu = (runs: readonly Figures[]) => ({ server: median(runs.map((r) => r.cpuMsPerCert.server)), client: median(runs.map((r) => r.cpuMsPerCert.client)) });
     const result: ApiBenchResult = {
       clients,
       loadClient,
-      meshwardGrpcPerSec,
-      meshwardCpuMsPerCert: meshward.cpuMsPerCert,
-      cfsslPerSec: cfsslTls?.perSec,
-      cfsslCpuMsPerCert: cfsslTls?.cpuMsPerCert,
-      cfsslPlainPerSec: cfsslPlain?.perSec,
-      ratioToCfssl: cfsslTls ? meshwardGrpcPerSec / cfsslTls.perSec : undefined,
+      meshwardGrpcPerSec: median(meshwardRuns.map((r) => r.perSec)),
+      meshwardCpuMsPerCert: medianCpu(meshwardRuns),
+      cfsslPerSec: cfsslRuns.length > 0 ? median(cfsslRuns.map((r) => r.perSec)) : undefined,
+      cfsslCpuMsPerCert: cfsslRuns.length > 0 ? medianCpu(cfsslRuns) : undefined,
+      cfsslPlainPerSec: plainRuns.length > 0 ? median(plainRuns.map((r) => r.perSec)) : undefined,
+      ratioToCfssl: ratios.length > 0 ? median(ratios) : undefined,
+      ratios,
       target: 5000,
     };
-    if (options.print ?? true) {
-      const ms = (x: number) => x.toFixed(3);
-      console.log(`CA API, ${clients} concurrent keep-alive clients, ${durationMs} ms each; node ${process.version} (OpenSSL ${process.versions.openssl}), ${os.availableParallelism()} cores, load average ${os.loadavg()[0]!.toFixed(2)}`);
-      console.log(`  meshward gRPC SignCertificate (mTLS ${meshward.tlsVersion ?? "?"}, HTTP/2, renewal with an SVID, ${loadClient} clients${options.signingWorkers !== undefined ? `, signingWorkers ${options.signingWorkers}` : ""}): ${meshwardGrpcPerSec.toFixed(0)} certs/s`);
-      const cpu = result.meshwardCpuMsPerCert;
-      console.log(`    CPU per certificate: CA process ${ms(cpu.server)} ms, load generator ${ms(cpu.client)} ms, sum ${ms(cpu.server + cpu.client)} ms`);
-      if (cfsslTls !== undefined) {
-        console.log(`  cfssl serve /api/v1/cfssl/sign (HTTPS ${cfsslTls.tlsVersion ?? "?"}, HTTP/1.1 keep-alive, server-only TLS): ${cfsslTls.perSec.toFixed(0)} certs/s  -> meshward/cfssl = ${result.ratioToCfssl!.toFixed(2)}x (target >= 1.00x)`);
-        const c = cfsslTls.cpuMsPerCert;
-        console.log(`    CPU per certificate: cfssl process ${ms(c.server)} ms, load generator ${ms(c.client)} ms, sum ${ms(c.server + c.client)} ms`);
+    if (print) {
+      const m = result.meshwardCpuMsPerCert;
+      console.log(`  median of ${rounds}: meshward ${result.meshwardGrpcPerSec.toFixed(0)} certs/s (CPU ${ms(m.server)} + ${ms(m.client)} ms)`);
+      if (result.cfsslPerSec !== undefined) {
+        const c = result.cfsslCpuMsPerCert!;
+        console.log(`                cfssl over TLS ${result.cfsslPerSec.toFixed(0)} certs/s (CPU ${ms(c.server)} + ${ms(c.client)} ms); meshward/cfssl per round ${ratios.map((r) => r.toFixed(2)).join(", ")}, median ${result.ratioToCfssl!.toFixed(2)}x (target >= 1.00x: ${result.ratioToCfssl! >= 1 ? "MET" : "NOT MET"})`);
       }
-      if (cfsslPlain !== undefined) {
-        const c = cfsslPlain.cpuMsPerCert;
-        console.log(`  (extra) cfssl serve on plain HTTP: ${cfsslPlain.perSec.toFixed(0)} certs/s; CPU per certificate: cfssl ${ms(c.server)} ms, load generator ${ms(c.client)} ms`);
-      }
-      console.log("  (the load generator runs on the same 2 cores: its TLS client side, HTTP/2 or HTTP/1.1 and JSON or protobuf cost is CPU the server under test cannot use)");
+      if (result.cfsslPlainPerSec !== undefined) console.log(`                cfssl on plain HTTP ${result.cfsslPlainPerSec.toFixed(0)} certs/s`);
+      console.log("  (the load generator shares the 2 cores: its side of TLS, HTTP/2 or HTTP/1.1, protobuf or JSON is CPU the server under test cannot use, so it is counted for both)");
     }
     return result;
   } finally {
@@ -318,6 +366,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
   const client = process.argv[process.argv.indexOf("--client") + 1];
   const workers = process.argv.includes("--signing-workers") ? arg("--signing-workers", 0) : undefined;
   await runApiBench({
+    rounds: arg("--rounds", 3),
     cfsslPlain: process.argv.includes("--cfssl-plain"),
     durationMs: arg("--duration-ms", 5000),
     clients: arg("--clients", 64),
