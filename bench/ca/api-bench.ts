@@ -13,7 +13,7 @@
  * dist/ left over from an older build, and not the TypeScript sources through tsx.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request as httpRequest, Agent } from "node:http";
 import { request as httpsRequest, Agent as HttpsAgent } from "node:https";
 import { createServer } from "node:net";
@@ -82,6 +82,40 @@ function processCpuMs(pid: number): number {
 }
 const CLOCK_TICKS = 100;
 
+/** CPU ms of each thread of a process (Linux /proc/<pid>/task), keyed "tid name". */
+function threadCpuMs(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+        const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+        const fields = stat.slice(stat.lastIndexOf(") ") + 2).split(" ");
+        out.set(`${tid} ${name}`, ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS);
+      } catch {
+        // the thread ended between the listing and the read
+      }
+    }
+  } catch {
+    // not Linux, or the process is gone
+  }
+  return out;
+}
+
+/** Per-thread CPU per certificate between two threadCpuMs readings, busiest first, threads under 0.01 ms/cert folded into "other". */
+function threadBreakdown(before: Map<string, number>, after: Map<string, number>, done: number): string {
+  const rows: [string, number][] = [];
+  let other = 0;
+  for (const [key, ms] of after) {
+    const perCert = (ms - (before.get(key) ?? 0)) / done;
+    const name = key.slice(key.indexOf(" ") + 1);
+    if (perCert >= 0.01) rows.push([name, perCert]);
+    else other += perCert;
+  }
+  rows.sort((a, b) => b[1] - a[1]);
+  return [...rows.map(([name, v]) => `${name} ${v.toFixed(3)}`), `other ${other.toFixed(3)}`].join(", ");
+}
+
 function ownCpuMs(): number {
   const { user, system } = process.cpuUsage();
   return (user + system) / 1000;
@@ -138,7 +172,7 @@ async function ensureCa(work: string): Promise<string> {
   return dir;
 }
 
-async function benchMeshward(work: string, clients: number, durationMs: number, csrs: string[], loadClient: LoadClient, signingWorkers: number | undefined, bin: string): Promise<{ perSec: number; cpuMsPerCert: { server: number; client: number }; tlsVersion: string | undefined }> {
+async function benchMeshward(work: string, clients: number, durationMs: number, csrs: string[], loadClient: LoadClient, signingWorkers: number | undefined, bin: string): Promise<Figures> {
   const dir = await ensureCa(work);
   const store = openStore(`sqlite:${caLayout(dir).database}`);
   await store.migrate();
@@ -186,12 +220,14 @@ async function benchMeshward(work: string, clients: number, durationMs: number, 
     };
     await drive(clients, Math.min(1000, durationMs / 4), call); // warm-up
     const serverBefore = processCpuMs(ca.pid!);
+    const threadsBefore = threadCpuMs(ca.pid!);
     const clientBefore = ownCpuMs();
     const { perSec, errors, done } = await drive(clients, durationMs, call);
     const cpuMsPerCert = { server: (processCpuMs(ca.pid!) - serverBefore) / done, client: (ownCpuMs() - clientBefore) / done };
+    const threads = threadBreakdown(threadsBefore, threadCpuMs(ca.pid!), done);
     if (errors > 0) console.log(`  (meshward: ${errors} failed calls)`);
     for (const close of closers) close();
-    return { perSec, cpuMsPerCert, tlsVersion };
+    return { perSec, cpuMsPerCert, tlsVersion, threads };
   } finally {
     // SIGTERM first, so that a CA run with --cpu-prof writes its profile.
     const exited = new Promise((resolve) => ca.once("exit", resolve));
@@ -265,6 +301,8 @@ interface Figures {
   readonly perSec: number;
   readonly cpuMsPerCert: { readonly server: number; readonly client: number };
   readonly tlsVersion: string | undefined;
+  /** The server's CPU per certificate by thread (meshward only). */
+  readonly threads?: string;
 }
 
 function median(values: readonly number[]): number {
@@ -327,6 +365,7 @@ export async function runApiBench(options: { durationMs?: number; clients?: numb
       console.log(`  round ${round + 1}/${rounds} (${round % 2 === 0 ? "meshward first" : "cfssl first"}; load average ${os.loadavg()[0]!.toFixed(2)})`);
       console.log(`  meshward gRPC SignCertificate (mTLS ${meshward.tlsVersion ?? "?"}, HTTP/2, renewal with an SVID, ${loadClient} clients${options.signingWorkers !== undefined ? `, signingWorkers ${options.signingWorkers}` : ""}): ${meshward.perSec.toFixed(0)} certs/s`);
       console.log(cpuLine("CA process", meshward));
+      if (meshward.threads !== undefined) console.log(`      CA threads, ms/cert: ${meshward.threads}`);
       if (cfsslTls !== undefined) {
         console.log(`  cfssl serve /api/v1/cfssl/sign (HTTPS ${cfsslTls.tlsVersion ?? "?"}, HTTP/1.1 keep-alive, server-only TLS): ${cfsslTls.perSec.toFixed(0)} certs/s  -> meshward/cfssl = ${(meshward.perSec / cfsslTls.perSec).toFixed(2)}x`);
         console.log(cpuLine("cfssl process", cfsslTls));
