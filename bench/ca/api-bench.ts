@@ -103,12 +103,13 @@ function threadCpuMs(pid: number): Map<string, number> {
 }
 
 /** Per-thread CPU per certificate between two threadCpuMs readings, busiest first, threads under 0.01 ms/cert folded into "other". */
-function threadBreakdown(before: Map<string, number>, after: Map<string, number>, done: number): string {
+function threadBreakdown(pid: number, before: Map<string, number>, after: Map<string, number>, done: number): string {
   const rows: [string, number][] = [];
   let other = 0;
   for (const [key, ms] of after) {
     const perCert = (ms - (before.get(key) ?? 0)) / done;
-    const name = key.slice(key.indexOf(" ") + 1);
+    const tid = key.slice(0, key.indexOf(" "));
+    const name = tid === String(pid) ? "main" : `${key.slice(key.indexOf(" ") + 1)}:${tid}`;
     if (perCert >= 0.01) rows.push([name, perCert]);
     else other += perCert;
   }
@@ -224,7 +225,7 @@ async function benchMeshward(work: string, clients: number, durationMs: number, 
     const clientBefore = ownCpuMs();
     const { perSec, errors, done } = await drive(clients, durationMs, call);
     const cpuMsPerCert = { server: (processCpuMs(ca.pid!) - serverBefore) / done, client: (ownCpuMs() - clientBefore) / done };
-    const threads = threadBreakdown(threadsBefore, threadCpuMs(ca.pid!), done);
+    const threads = threadBreakdown(ca.pid!, threadsBefore, threadCpuMs(ca.pid!), done);
     if (errors > 0) console.log(`  (meshward: ${errors} failed calls)`);
     for (const close of closers) close();
     return { perSec, cpuMsPerCert, tlsVersion, threads };
