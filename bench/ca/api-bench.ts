@@ -144,6 +144,8 @@ export async function makeCsrPool(size: number): Promise<string[]> {
   return pool;
 }
 
+const CALL_TIMEOUT_MS = 30_000;
+
 /** Runs `clients` loops of `call` for `durationMs`; returns completed calls per second. */
 export async function drive(clients: number, durationMs: number, call: (client: number, i: number) => Promise<void>): Promise<{ perSec: number; errors: number; done: number }> {
   let done = 0;
@@ -154,11 +156,16 @@ export async function drive(clients: number, durationMs: number, call: (client: 
     Array.from({ length: clients }, async (_, client) => {
       let i = 0;
       while (performance.now() < deadline) {
+        let timer: NodeJS.Timeout | undefined;
         try {
-          await call(client, i++);
+          // A call that never answers is a failure, not a bench that hangs.
+          const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error("no answer within 30 s")), CALL_TIMEOUT_MS)));
+          await Promise.race([call(client, i++), timeout]);
           done += 1;
         } catch {
           errors += 1;
+        } finally {
+          clearTimeout(timer);
         }
       }
     }),
