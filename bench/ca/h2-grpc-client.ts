@@ -5,10 +5,13 @@
  * on 2 shared cores that is CPU the server under test no longer has.
  */
 import { connect, constants, type ClientHttp2Session } from "node:http2";
+import type { TLSSocket } from "node:tls";
 
 export interface H2GrpcClient {
   unary(path: string, message: Uint8Array): Promise<Buffer>;
   close(): void;
+  /** The negotiated TLS version, e.g. "TLSv1.3". */
+  readonly tlsVersion: string | undefined;
 }
 
 export async function connectH2Grpc(address: string, tls: { ca: string; key: string; cert: string; servername: string }): Promise<H2GrpcClient> {
@@ -52,5 +55,6 @@ export async function connectH2Grpc(address: string, tls: { ca: string; key: str
       });
     },
     close: () => session.close(),
+    tlsVersion: (session.socket as TLSSocket).getProtocol() ?? undefined,
   };
 }

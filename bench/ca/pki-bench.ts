@@ -4,7 +4,7 @@
  *       also verify with a fresh key per operation (what a CA does with every new CSR);
  *   (b) meshward's path: parseCsr (incl. signature check) + issueLeafCertificate + PEM;
  *   (c) the same with @peculiar/x509 (Pkcs10CertificateRequest + X509CertificateGenerator).
- * Run: node --import tsx bench/ca/pki-bench.ts [--duration-ms 2500] [--pool 1000]
+ * Run: node --import tsx bench/ca/pki-bench.ts [--duration-ms 2500] [--pool 1000] [--rounds 5]
  */
 import { sign, verify, X509Certificate } from "node:crypto";
 import type { KeyObject } from "node:crypto";
@@ -20,6 +20,8 @@ export interface PkiBenchOptions {
   readonly durationMs?: number;
   /** Distinct pre-made CSRs (distinct keys) cycled through; default 1000. */
   readonly poolSize?: number;
+  /** Interleaved slices for sign, fresh-key verify and meshward issuance (best kept); default 5. */
+  readonly rounds?: number;
   /** Print progress and the table; default true. */
   readonly print?: boolean;
 }
@@ -44,6 +46,8 @@ export interface PkiBenchResult {
 }
 
 const TARGET = 0.7;
+/** Issue 20: in-process issuance at >= 80 % of the fresh-key ceiling (the least work a CSR needs). */
+const FRESH_KEY_TARGET = 0.8;
 
 /** Runs `op` in batches until `durationMs` has passed; returns operations per second. */
 function measureSync(durationMs: number, op: (i: number) => void): number {
@@ -113,30 +117,43 @@ export async function runPkiBench(options: PkiBenchOptions = {}): Promise<PkiBen
   const fixedSignature = sign("sha256", message, fixed.privateKey);
   const signKey = fixed.privateKey;
   const verifyKey = fixed.publicKey;
-  const signPerSec = measureSync(durationMs, () => void sign("sha256", message, signKey));
-  log(`  sign            ${rate(signPerSec)}`);
+  const signOp = () => void sign("sha256", message, signKey);
+  const freshVerifyOp = (i: number) => {
+    const k = i % poolSize;
+    const key: KeyObject = importSpki(spkis[k]!);
+    if (!verify("sha256", message, key, signatures[k]!)) throw new Error("verify failed");
+  };
+  // (b) meshward: sync parse + verify + DER leaf + PEM
+  const notBefore = new Date(Date.now() - 900_000);
+  const notAfter = new Date(Date.now() + 86_400_000);
+  const issueOp = (i: number) => {
+    const csr = parseCsr(csrs[i % poolSize]!);
+    const leaf = issueLeafCertificate({ notBefore, notAfter, spiffeId: csr.uris[0]!, publicKey: csr.publicKey, signer });
+    toPem(leaf.der, "CERTIFICATE");
+  };
+  // The three figures of the headline ratio are measured in turns (`rounds` slices each) and the
+  // best slice of each kept: on a shared machine a figure measured alone can land in a busy
+  // second that its baseline missed; the best of interleaved slices is what the code can do.
+  const rounds = options.rounds ?? 5;
+  const slice = durationMs / rounds;
+  let signPerSec = 0;
+  let freshKeyVerifyPerSec = 0;
+  let meshwardIssuePerSec = 0;
+  for (let round = 0; round < rounds; round++) {
+    signPerSec = Math.max(signPerSec, measureSync(slice, signOp));
+    freshKeyVerifyPerSec = Math.max(freshKeyVerifyPerSec, measureSync(slice, freshVerifyOp));
+    meshwardIssuePerSec = Math.max(meshwardIssuePerSec, measureSync(slice, issueOp));
+  }
+  log(`  sign            ${rate(signPerSec)}  (best of ${rounds} interleaved slices)`);
+  log(`  verify (fresh)  ${rate(freshKeyVerifyPerSec)}  (best of ${rounds})`);
+  log(`  meshward issue  ${rate(meshwardIssuePerSec)}  (best of ${rounds})`);
   const verifyPerSec = measureSync(durationMs, () => {
     if (!verify("sha256", message, verifyKey, fixedSignature)) throw new Error("verify failed");
   });
   log(`  verify          ${rate(verifyPerSec)}`);
-  const freshKeyVerifyPerSec = measureSync(durationMs, (i) => {
-    const k = i % poolSize;
-    const key: KeyObject = importSpki(spkis[k]!);
-    if (!verify("sha256", message, key, signatures[k]!)) throw new Error("verify failed");
-  });
-  log(`  verify (fresh)  ${rate(freshKeyVerifyPerSec)}`);
   const ceilingPerSec = 1 / (1 / signPerSec + 1 / verifyPerSec);
   const freshKeyCeilingPerSec = 1 / (1 / signPerSec + 1 / freshKeyVerifyPerSec);
 
-  // (b) meshward: sync parse + verify + DER leaf + PEM
-  const notBefore = new Date(Date.now() - 900_000);
-  const notAfter = new Date(Date.now() + 86_400_000);
-  const meshwardIssuePerSec = measureSync(durationMs, (i) => {
-    const csr = parseCsr(csrs[i % poolSize]!);
-    const leaf = issueLeafCertificate({ notBefore, notAfter, spiffeId: csr.uris[0]!, publicKey: csr.publicKey, signer });
-    toPem(leaf.der, "CERTIFICATE");
-  });
-  log(`  meshward issue  ${rate(meshwardIssuePerSec)}`);
   const parsedKeys = csrs.slice(0, Math.min(poolSize, 200)).map((pem) => parseCsr(pem));
   const meshwardLeafOnlyPerSec = measureSync(durationMs, (i) => {
     const csr = parsedKeys[i % parsedKeys.length]!;
@@ -211,7 +228,7 @@ function printTable(r: PkiBenchResult): void {
   const verdict = r.ratioToCeiling >= r.target ? "MET" : "NOT MET";
   process.stdout.write(
     `\n(b)/ceiling = ${pct(r.ratioToCeiling)} (target >= ${pct(r.target)}: ${verdict}); ` +
-      `(b)/fresh-key ceiling = ${pct(r.ratioToFreshKeyCeiling)}; (b)/(c) = ${(r.meshwardIssuePerSec / r.peculiarIssuePerSec).toFixed(1)}x\n`,
+      `(b)/fresh-key ceiling = ${pct(r.ratioToFreshKeyCeiling)} (target >= ${pct(FRESH_KEY_TARGET)}: ${r.ratioToFreshKeyCeiling >= FRESH_KEY_TARGET ? "MET" : "NOT MET"}); (b)/(c) = ${(r.meshwardIssuePerSec / r.peculiarIssuePerSec).toFixed(1)}x\n`,
   );
 }
 
@@ -221,5 +238,5 @@ function argument(name: string): number | undefined {
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  await runPkiBench({ durationMs: argument("--duration-ms"), poolSize: argument("--pool") });
+  await runPkiBench({ durationMs: argument("--duration-ms"), poolSize: argument("--pool"), rounds: argument("--rounds") });
 }

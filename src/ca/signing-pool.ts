@@ -82,10 +82,21 @@ interface PoolThread {
   readonly worker: Worker;
   readonly started: Promise<void>;
   readonly pending: Map<number, PendingJob>;
-  /** Messages of this turn of the event loop, posted together (one wake-up of the worker). */
+  /** Messages not posted yet, in order: those of this turn of the event loop, or all since the worker got busy. */
   outbox: WorkerRequest[];
+  /** Batches with at least one job posted and not answered yet (the worker answers each such batch once). */
+  inFlight: number;
   ready: boolean;
 }
+
+/**
+ * Batches a worker holds at most: one it works on and one queued behind it, so it never waits
+ * for the event loop between batches. Jobs that come while both are out wait in the outbox and
+ * go together when the first answer comes back: under load the batches grow instead of the
+ * wake-ups (on 2 cores, 64 clients: ~5 jobs a batch made the worker spend 190 µs a certificate
+ * against 144 µs with large batches). An idle worker still gets a job in the same turn.
+ */
+const MAX_BATCHES_IN_FLIGHT = 2;
 
 /**
  * Worker threads that verify CSRs and sign leaves, so the CA's event loop keeps only TLS,
@@ -169,12 +180,18 @@ export class SigningPool implements CsrSigning {
     this.#flushScheduled = true;
     setImmediate(() => {
       this.#flushScheduled = false;
-      for (const each of this.#threads) {
-        if (each.outbox.length === 0) continue;
-        each.worker.postMessage(each.outbox);
-        each.outbox = [];
-      }
+      for (const each of this.#threads) this.#flush(each);
     });
+  }
+
+  /** Posts the outbox unless the worker already holds MAX_BATCHES_IN_FLIGHT batches of jobs. */
+  #flush(thread: PoolThread): void {
+    if (thread.outbox.length === 0) return;
+    const hasJob = thread.outbox.some((message) => message.type !== "signer");
+    if (hasJob && thread.inFlight >= MAX_BATCHES_IN_FLIGHT) return;
+    if (hasJob) thread.inFlight += 1;
+    thread.worker.postMessage(thread.outbox);
+    thread.outbox = [];
   }
 
   #run(job: (id: number) => WorkerRequest): Promise<unknown> {
@@ -195,7 +212,7 @@ export class SigningPool implements CsrSigning {
     this.#running += 1;
     let started!: () => void;
     let failed!: (error: Error) => void;
-    const thread: PoolThread = { worker, started: new Promise((resolve, reject) => ((started = resolve), (failed = reject))), pending: new Map(), outbox: [], ready: false };
+    const thread: PoolThread = { worker, started: new Promise((resolve, reject) => ((started = resolve), (failed = reject))), pending: new Map(), outbox: [], inFlight: 0, ready: false };
     thread.started.catch(() => undefined);
     worker.unref();
     worker.once("error", (error) => failed(error));
@@ -206,6 +223,9 @@ export class SigningPool implements CsrSigning {
         started();
         return;
       }
+      // The worker answers each batch that held a job with exactly one message.
+      thread.inFlight = Math.max(0, thread.inFlight - 1);
+      this.#flush(thread);
       for (const reply of replies) {
         const job = thread.pending.get(reply.id);
         if (job === undefined) continue;

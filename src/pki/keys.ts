@@ -126,16 +126,26 @@ export const ACCEPTED_KEYS = `ECDSA P-256 (recommended), ECDSA P-384, Ed25519 or
  * bits; anything else throws E_KEY_WEAK naming what was found.
  */
 export function assertAcceptableKey(key: KeyObject): void {
+  // A KeyObject never changes: one found acceptable stays so (a CSR's key is checked when the
+  // CSR is parsed and again when its leaf is built).
+  if (acceptedKeys.has(key)) return;
   const description = describePublicKey(key);
-  if (description.type === "ec" && (description.curve === "P-256" || description.curve === "P-384")) return;
-  if (description.type === "ed25519") return;
-  if (description.type === "rsa" && (description.bits ?? 0) >= MIN_RSA_BITS) return;
+  const acceptable =
+    (description.type === "ec" && (description.curve === "P-256" || description.curve === "P-384")) ||
+    description.type === "ed25519" ||
+    (description.type === "rsa" && (description.bits ?? 0) >= MIN_RSA_BITS);
+  if (acceptable) {
+    acceptedKeys.add(key);
+    return;
+  }
   throw new MeshwardError(
     "E_KEY_WEAK",
     `key ${description.label} is not accepted; use ${ACCEPTED_KEYS}`,
     { details: { key: description.label } },
   );
 }
+
+const acceptedKeys = new WeakSet<KeyObject>();
 
 /** True when the private key belongs to the public key (sign/verify round trip). */
 export function keysMatch(privateKey: KeyObject, publicKey: KeyObject): boolean {

@@ -14,6 +14,12 @@ function invalid(message: string): MeshwardError {
 
 /** Body between BEGIN and END: optional RFC 1421 headers ("Proc-Type: ..."), then base64. */
 function decodeBody(body: string, label: string): Buffer {
+  if (!body.includes(":")) {
+    // No headers (every CSR and certificate): the base64 is the body without its line breaks.
+    const base64 = body.replace(/\s+/g, "");
+    if (base64.length === 0 || base64.length % 4 !== 0 || !BASE64_RE.test(base64)) throw invalid(`the ${label} block is not valid base64`);
+    return Buffer.from(base64, "base64");
+  }
   const lines = body.split(/\r?\n/);
   let first = 0;
   if (lines.some((line) => line.includes(":"))) {

@@ -3,6 +3,7 @@
  * display text): raw subject/issuer DER, SubjectPublicKeyInfo, extensions, SANs, basic
  * constraints and key usage. Throws DerError on malformed input.
  */
+import * as nodeCrypto from "node:crypto";
 import { createHash } from "node:crypto";
 import { children, content, DerError, expectTag, readBigInt, readBitString, readBoolean, readOid, readTime, readTlv, readWhole, TAG, whole } from "./der.ts";
 import type { Tlv } from "./der.ts";
@@ -77,14 +78,21 @@ export function parseCertificateParts(der: Uint8Array): CertificateParts {
 const P256_SPKI_PREFIX = Buffer.from("3059301306072a8648ce3d020106082a8648ce3d030107034200", "hex");
 const P256_SPKI_LENGTH = 91;
 
+/** crypto.hash (Node 20.12+, 21.7+): a one-shot digest without a Hash object, ~1 µs less per call. */
+const oneShotHash = (nodeCrypto as { hash?: (algorithm: string, data: Uint8Array, encoding: "buffer") => Buffer }).hash;
+
+function sha1(data: Uint8Array): Buffer {
+  return oneShotHash !== undefined ? oneShotHash("sha1", data, "buffer") : createHash("sha1").update(data).digest();
+}
+
 /** RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING value. */
 export function keyIdentifier(spkiDer: Uint8Array): Buffer {
   if (spkiDer.length === P256_SPKI_LENGTH && Buffer.compare(spkiDer.subarray(0, P256_SPKI_PREFIX.length), P256_SPKI_PREFIX) === 0) {
-    return createHash("sha1").update(spkiDer.subarray(P256_SPKI_PREFIX.length)).digest();
+    return sha1(spkiDer.subarray(P256_SPKI_PREFIX.length));
   }
   const spki = readWhole(spkiDer, TAG.SEQUENCE);
   const [, keyBits] = children(spkiDer, spki);
-  return createHash("sha1").update(readBitString(spkiDer, keyBits, "subjectPublicKey").bytes).digest();
+  return sha1(readBitString(spkiDer, keyBits, "subjectPublicKey").bytes);
 }
 
 export interface GeneralNames {

@@ -39,6 +39,51 @@ describe("der", () => {
     expect(der.readBigInt(n, der.readWhole(n), "n")).toBe(0x1234567890n);
   });
 
+  it("writes the length header of every size class, in one buffer for a SEQUENCE of parts", () => {
+    // Each boundary of the short and long forms (X.690 8.1.3), as a primitive and as a SEQUENCE
+    // whose content is split into two parts, read back by the reader and by openssl.
+    const headers: [number, string][] = [
+      [0, "0400"],
+      [127, "047f"],
+      [128, "048180"],
+      [255, "0481ff"],
+      [256, "04820100"],
+      [65_535, "0482ffff"],
+      [65_536, "0483010000"],
+    ];
+    for (const [size, header] of headers) {
+      const content = Buffer.alloc(size, 0x5a);
+      const octets = der.octetString(content);
+      expect(octets.subarray(0, header.length / 2).toString("hex")).toBe(header);
+      expect(der.content(octets, der.readWhole(octets, der.TAG.OCTET_STRING))).toEqual(content);
+      const half = Math.floor(size / 2);
+      const seq = der.sequence(content.subarray(0, half), content.subarray(half));
+      expect(seq[0]).toBe(0x30);
+      expect(seq.subarray(1, header.length / 2).toString("hex")).toBe(header.slice(2));
+      expect(der.content(seq, der.readWhole(seq, der.TAG.SEQUENCE))).toEqual(content);
+    }
+    const nested = der.sequence(der.octetString(Buffer.alloc(300, 1)), der.set(der.integer(1), der.boolean(true)));
+    const lines = openssl(["asn1parse", "-inform", "DER"], nested).split("\n").map((line) => line.slice(0, 60));
+    expect(lines[0]).toMatch(/d=0\s+hl=4 l=\s*312 cons: SEQUENCE/);
+    expect(lines[1]).toMatch(/d=1\s+hl=4 l=\s*300 prim: OCTET STRING/);
+    expect(lines[2]).toMatch(/d=1\s+hl=2 l=\s*6 cons: SET/);
+  });
+
+  it("writes UTCTime from 1950 to 2049 and GeneralizedTime outside, digit by digit", () => {
+    const cases: [string, string][] = [
+      ["1950-01-01T00:00:00Z", "170d3530303130313030303030305a"],
+      ["2031-05-06T07:08:09Z", "170d3331303530363037303830395a"],
+      ["2049-12-31T23:59:59Z", "170d3439313233313233353935395a"],
+      ["1949-12-31T23:59:59Z", "180f31393439313233313233353935395a"],
+    ];
+    for (const [iso, hex] of cases) {
+      expect(der.time(new Date(iso)).toString("hex")).toBe(hex);
+      const t = der.time(new Date(iso));
+      expect(der.readTime(t, der.readWhole(t), "t").toISOString()).toBe(new Date(iso).toISOString());
+    }
+    expect(() => der.time(new Date(Number.NaN))).toThrow(/invalid date/);
+  });
+
   it("refuses non-DER and truncated input", () => {
     const bad: [string, number[]][] = [
       ["indefinite length", [0x30, 0x80, 0x00, 0x00]],

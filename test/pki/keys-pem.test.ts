@@ -13,6 +13,7 @@ import {
   pemBlocks,
   toPem,
 } from "../../src/pki/index.ts";
+import { derImportIsFast, importSpki, spkiOf } from "../../src/pki/spki.ts";
 import { openssl } from "./helpers.ts";
 
 function caught(fn: () => unknown): { code: string; message: string } {
@@ -97,6 +98,32 @@ describe("keys", () => {
       expect(error.code).toBe("E_KEY_WEAK");
       expect(error.message).toMatch(label);
     }
+  });
+
+  it("remembers an accepted key, never a refused one: a second check refuses the same weak key again", () => {
+    const good = generateKeyPair().publicKey;
+    assertAcceptableKey(good);
+    assertAcceptableKey(good);
+    const weak = generateKeyPairSync("ec", { namedCurve: "secp256k1" }).publicKey;
+    for (let i = 0; i < 2; i++) expect(caught(() => assertAcceptableKey(weak)).code).toBe("E_KEY_WEAK");
+  });
+
+  it("imports P-256 SPKI the way this OpenSSL does fastest, with the same key either way", () => {
+    expect(derImportIsFast("3.0.19")).toBe(false);
+    expect(derImportIsFast("3.0.15+quic")).toBe(false);
+    expect(derImportIsFast("3.5.9")).toBe(true);
+    expect(derImportIsFast("3.10.0")).toBe(true);
+    expect(derImportIsFast("4.0.0")).toBe(true);
+    expect(derImportIsFast("")).toBe(false);
+    const { publicKey } = generateKeyPair();
+    const spki = publicKey.export({ type: "spki", format: "der" });
+    const imported = importSpki(spki);
+    expect(imported.export({ format: "jwk" })).toEqual(publicKey.export({ format: "jwk" }));
+    expect(spkiOf(imported)).toEqual(spki);
+    // A point that is not on the curve is refused on either path.
+    const offCurve = Buffer.from(spki);
+    offCurve[offCurve.length - 1] = offCurve[offCurve.length - 1]! ^ 0x01;
+    expect(() => importSpki(offCurve)).toThrow();
   });
 
   it("keysMatch tells pairs apart", () => {
