@@ -287,13 +287,18 @@ async function main(): Promise<void> {
     // Rounds: each round runs every path once, the order rotated; ratios are taken within a round.
     const big: Record<string, WrkResult>[] = [];
     const fresh: Record<string, WrkResult>[] = [];
+    const cpuPerConnection: Record<string, number[][]> = {};
     for (let round = 0; round < ROUNDS; round++) {
       big.push({});
       for (const [name, p] of rotated(Object.entries(withPipe), round)) big[round]![name] = wrk(`${p.url}/big`, 4, p.headers);
     }
     for (let round = 0; round < ROUNDS; round++) {
       fresh.push({});
-      for (const [name, p] of rotated(Object.entries(paths), round)) fresh[round]![name] = wrk(`${p.url}/`, 16, [...p.headers, "Connection: close"]);
+      for (const [name, p] of rotated(Object.entries(paths), round)) {
+        const before = processes[name]!.map(cpuSeconds);
+        fresh[round]![name] = wrk(`${p.url}/`, 16, [...p.headers, "Connection: close"]);
+        (cpuPerConnection[name] ??= []).push(processes[name]!.map((pid, i) => ((cpuSeconds(pid) - before[i]!) * 1e6) / fresh[round]![name]!.requests));
+      }
     }
     // Open loop at half of the meshward pair's own peak. The saturated runs above leave a backlog in
     // the proxies; let it drain, then warm the pools again at the rate.
@@ -338,6 +343,8 @@ async function main(): Promise<void> {
     console.log("\nnew client connections (wrk -c16, Connection: close; proxy-to-proxy connections stay pooled in both), conn/s per round");
     for (const name of Object.keys(paths)) console.log(`  ${name.padEnd(10)} ${fresh.map((r) => f(r[name]!.rps).padStart(7)).join("  ")}`);
     const freshRatios = fresh.map((r) => r.meshward!.rps / r.nginx!.rps);
+    console.log("  CPU µs per connection (user + system, /proc; median of the rounds):   outbound   inbound   backend");
+    for (const [name, rows] of Object.entries(cpuPerConnection)) console.log(`  ${name.padEnd(10)} ${" ".repeat(57)}${[0, 1, 2].map((i) => f(median(rows.map((r) => r[i]!)), 1).padStart(8)).join("  ")}`);
     console.log(`  meshward / nginx per round: ${freshRatios.map(pct).join(", ")} (target ≥ 50%: ${met(freshRatios.every((r) => r >= 0.5))} in every round, ${met(median(freshRatios) >= 0.5)} at the median)`);
 
     const openLoopTable = (title: string, rate: number, rows: Record<string, OpenLoopResult>[], isTarget: boolean) => {

@@ -6,6 +6,7 @@ import { createServer as createHttpServer } from "node:http";
 import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import { connect as netConnect, createServer as createNetServer } from "node:net";
 import type { AddressInfo, Server as NetServer, Socket } from "node:net";
+import { Duplex } from "node:stream";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { checkHttp1Parser, createMessageParser } from "../../src/proxy/http1/llhttp.ts";
 import type { MessageHead } from "../../src/proxy/http1/llhttp.ts";
@@ -13,6 +14,7 @@ import { Http1Pool } from "../../src/proxy/http1/pool.ts";
 import { Http1Relay } from "../../src/proxy/http1/relay.ts";
 import type { ClientErrorReason } from "../../src/proxy/http1/relay.ts";
 import { exec } from "../helpers/exec.ts";
+import { waitFor } from "../helpers/wait.ts";
 import { startHttpApp } from "../helpers/app-servers.ts";
 import type { HttpApp } from "../helpers/app-servers.ts";
 
@@ -34,6 +36,8 @@ interface RelayUnderTest {
   readonly clientErrors: ClientErrorReason[];
   readonly upgrades: { head: MessageHead; rest: string }[];
   readonly statuses: number[];
+  /** Hands the relay a connection directly (a stream standing in for a socket). */
+  serve(socket: Socket): void;
   close(): Promise<void>;
 }
 
@@ -94,6 +98,7 @@ async function startRelay(upstreamPort: number, options: { idleTimeout?: number;
     clientErrors,
     upgrades,
     statuses,
+    serve: (socket: Socket) => relay.serve(socket),
     close: async () => {
       relay.close();
       pool.close();
@@ -547,6 +552,63 @@ describe("HTTP/1.1 relay", () => {
     const open = await raw(relay.port, "POST /deny HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok", (t) => t.endsWith("}\n"));
     expect(open.closed).toBe(false);
     expect(open.text).not.toContain("connection: close");
+  });
+
+  it("closes a plaintext connection whose client asked for close once the whole response is out, without waiting for the client's side", async () => {
+    const relay = await startRelay(app.port);
+    const client = netConnect({ host: "127.0.0.1", port: relay.port });
+    let text = "";
+    let serverEnded = false;
+    client.on("data", (d: Buffer) => (text += d.toString("latin1")));
+    client.on("end", () => (serverEnded = true)); // allowHalfOpen is off: Node ends our side too, after this
+    client.on("error", () => undefined);
+    running.push({ close: () => void client.destroy() });
+    client.write("GET /fast-close HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    await waitFor("the relay to close its side", () => serverEnded && relay.sockets.size === 0, 5000, 10);
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(text.toLowerCase()).toContain("connection: close");
+    expect(text).toContain('"url":"/fast-close"');
+    expect(relay.statuses).toEqual([200]);
+  });
+
+  it("keeps a closing connection until a client too slow to read has taken the whole response, past the close grace", async () => {
+    // A stream stands in for the client socket: loopback sockets autotune their buffers to
+    // megabytes and Node cannot shrink them, so a real reader cannot make the relay hold the
+    // end of a response in its own buffer. This one takes nothing until released.
+    const body = "b".repeat(12 * 1024);
+    const upstream = await startServer((_req, res) => {
+      res.writeHead(200, { "content-type": "text/plain", "content-length": body.length });
+      res.end(body);
+    });
+    const relay = await startRelay(upstream.port, { headersTimeout: 400 }); // the sweeper then runs every 100 ms
+    const held: (() => void)[] = [];
+    let received = "";
+    let reading = false;
+    let finished = false;
+    const client = new Duplex({
+      read() {},
+      write(chunk: Buffer, _encoding, callback) {
+        received += chunk.toString("latin1");
+        if (reading) callback();
+        else held.push(() => callback());
+      },
+      final(callback) {
+        finished = true;
+        callback();
+      },
+    });
+    relay.serve(client as unknown as Socket);
+    client.push("GET /slow HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    await waitFor("the upstream's response", () => relay.statuses.length === 1, 5000, 10);
+    await new Promise((resolve) => setTimeout(resolve, 1500)); // past CLOSE_GRACE_MS (1 s) and a sweep
+    expect(client.destroyed).toBe(false);
+    expect(finished).toBe(false);
+    reading = true;
+    for (const release of held.splice(0)) release();
+    await waitFor("the relay to end the connection", () => finished, 5000, 10);
+    expect(received).toMatch(/^HTTP\/1\.1 200 /);
+    expect(received.endsWith(`\r\n\r\n${body}`)).toBe(true);
+    await waitFor("the relay to destroy the connection after the grace", () => client.destroyed, 5000, 50);
   });
 
   it("answers 500 when deciding a request throws, and keeps serving the connection", async () => {

@@ -158,6 +158,8 @@ class Exchange implements ResponseSink {
 const MAX_PENDING_BODY = 1 << 20;
 const CRLF = Buffer.from("\r\n");
 
+const isTls = (socket: Socket): boolean => (socket as { encrypted?: boolean }).encrypted === true;
+
 class ClientConnection {
   readonly #parser: MessageParser;
   /** queue[0] is being answered; later entries were pipelined behind it. */
@@ -166,8 +168,10 @@ class ClientConnection {
   #parsing: Exchange | undefined;
   #headStartedAt = 0;
   #idleSince = Date.now();
-  /** When the response that closes the connection was written (0: not closing). */
+  /** When the response that closes the connection was with the kernel (0: not closing, or not yet). */
   #closingSince = 0;
+  /** When the connection was ended after its last response (0: not ended). */
+  #flushingSince = 0;
   #upgrade: { head: MessageHead; rest: Buffer | undefined } | undefined;
   #gone = false;
   #handedOver = false;
@@ -238,6 +242,10 @@ class ClientConnection {
   checkTimers(now: number): void {
     // A client that keeps the connection open after `connection: close` is not waited for.
     if (this.#closingSince !== 0 && now - this.#closingSince > CLOSE_GRACE_MS) return void this.socket.destroy();
+    if (this.#flushingSince !== 0) {
+      if (this.#closingSince === 0 && now - this.#flushingSince > this.options.idleTimeout) this.socket.destroy();
+      return;
+    }
     if (this.#gone) return;
     if (this.#headStartedAt !== 0 && now - this.#headStartedAt > this.options.headersTimeout) return this.#refuse("header_timeout", "the request headers did not arrive in time");
     if (this.#queue.length === 0 && this.#headStartedAt === 0 && now - this.#idleSince > this.options.idleTimeout) this.socket.destroy();
@@ -475,11 +483,37 @@ class ClientConnection {
     exchange.finished = true;
     if (exchange.closeAfter) {
       this.#gone = true;
-      this.socket.end();
-      this.#closingSince = Date.now(); // destroyed by the sweeper after CLOSE_GRACE_MS (no timer per connection)
+      // A plaintext client that asked to close and sent nothing more: the connection is closed as
+      // soon as the response is with the kernel (as node:http's destroySoon and nginx do), not
+      // after its FIN, which saves a wake-up per connection. Otherwise, or when unread bytes
+      // could turn the close into a reset that loses the response, the client's side is awaited.
+      if (!exchange.head.keepAlive && exchange.requestComplete && this.#queue.length === 1 && this.#parsing === undefined && !isTls(this.socket)) {
+        process.nextTick(() => this.#closeNow());
+        return;
+      }
+      this.#closeGracefully();
       return;
     }
     if (exchange.requestComplete) this.#next(exchange);
+  }
+
+  /** After the response left (the socket was uncorked): close at once if all of it is with the kernel. */
+  #closeNow(): void {
+    if (this.socket.destroyed) return;
+    if (this.socket.writableLength === 0 && this.socket.readableLength === 0) return void this.socket.destroy();
+    this.#closeGracefully();
+  }
+
+  /**
+   * Ends our side and lets the client close its own. The sweeper (no timer per connection)
+   * destroys the socket CLOSE_GRACE_MS after the response was flushed, or after idleTimeout
+   * while a client too slow to take the rest of the response makes no progress.
+   */
+  #closeGracefully(): void {
+    this.socket.end();
+    this.#flushingSince = Date.now();
+    if (this.socket.writableLength === 0) this.#closingSince = this.#flushingSince;
+    else this.socket.once("finish", () => (this.#closingSince = Date.now()));
   }
 
   #next(exchange: Exchange): void {
