@@ -25,7 +25,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { startMeshCa } from "../../test/proxy/fixtures.ts";
-import { children, cpuSeconds, ROOT, startChild } from "./children.ts";
+import { children, cpuSeconds, ROOT, startChild, withOtherLoad } from "./children.ts";
 
 const SECONDS = Number(process.argv[2] ?? 8);
 const ROUNDS = process.argv.includes("--rounds") ? Number(process.argv[process.argv.indexOf("--rounds") + 1]) : 3;
@@ -277,11 +277,20 @@ async function main(): Promise<void> {
       "node-naive": [nvA.child.pid, nvB.child.pid, backend.child.pid],
       "node-pipe": [ppA.child.pid, ppB.child.pid, backend.child.pid],
     };
+    // Everything of this benchmark's that uses CPU besides itself and its load generators, so that
+    // each section can say how much of the machine something else took during its runs.
+    const benchPids = [...children.map((c) => c.pid), nginxWorkerPid(ngA.child.pid), nginxWorkerPid(ngB.child.pid)];
+    const otherLoad: Record<string, number[]> = {};
+    const measured = <T>(section: string, run: () => T): T => {
+      const { result, otherCores } = withOtherLoad(benchPids, run);
+      (otherLoad[section] ??= []).push(otherCores);
+      return result;
+    };
     const cpuPerRequest: Record<string, number[]> = {};
     for (const [name, p] of Object.entries(withPipe)) {
       wrk(`${p.url}/`, 8, p.headers); // warm-up
       const before = processes[name]!.map(cpuSeconds);
-      small[name] = wrk(`${p.url}/`, 32, p.headers);
+      small[name] = measured("small", () => wrk(`${p.url}/`, 32, p.headers));
       cpuPerRequest[name] = processes[name]!.map((pid, i) => ((cpuSeconds(pid) - before[i]!) * 1e6) / small[name]!.requests);
     }
     // Rounds: each round runs every path once, the order rotated; ratios are taken within a round.
@@ -290,13 +299,13 @@ async function main(): Promise<void> {
     const cpuPerConnection: Record<string, number[][]> = {};
     for (let round = 0; round < ROUNDS; round++) {
       big.push({});
-      for (const [name, p] of rotated(Object.entries(withPipe), round)) big[round]![name] = wrk(`${p.url}/big`, 4, p.headers);
+      for (const [name, p] of rotated(Object.entries(withPipe), round)) big[round]![name] = measured("big", () => wrk(`${p.url}/big`, 4, p.headers));
     }
     for (let round = 0; round < ROUNDS; round++) {
       fresh.push({});
       for (const [name, p] of rotated(Object.entries(paths), round)) {
         const before = processes[name]!.map(cpuSeconds);
-        fresh[round]![name] = wrk(`${p.url}/`, 16, [...p.headers, "Connection: close"]);
+        fresh[round]![name] = measured("fresh", () => wrk(`${p.url}/`, 16, [...p.headers, "Connection: close"]));
         (cpuPerConnection[name] ??= []).push(processes[name]!.map((pid, i) => ((cpuSeconds(pid) - before[i]!) * 1e6) / fresh[round]![name]!.requests));
       }
     }
@@ -308,20 +317,24 @@ async function main(): Promise<void> {
     const atMeshHalf: Record<string, OpenLoopResult>[] = [];
     for (let round = 0; round < ROUNDS; round++) {
       atMeshHalf.push({});
-      for (const name of rotated(["direct", "meshward", "nginx"] as const, round)) atMeshHalf[round]![name] = openLoop(`${paths[name].url}/`, meshHalf, paths[name].headers);
+      for (const name of rotated(["direct", "meshward", "nginx"] as const, round)) atMeshHalf[round]![name] = measured("half", () => openLoop(`${paths[name].url}/`, meshHalf, paths[name].headers));
     }
     // For information: a quarter of the peak, where fewer processes compete for the two cores.
     const meshQuarter = Math.round(small.meshward!.rps / 4);
     const atMeshQuarter: Record<string, OpenLoopResult>[] = [];
     for (let round = 0; round < ROUNDS; round++) {
       atMeshQuarter.push({});
-      for (const name of rotated(["direct", "meshward", "nginx"] as const, round)) atMeshQuarter[round]![name] = openLoop(`${paths[name].url}/`, meshQuarter, paths[name].headers);
+      for (const name of rotated(["direct", "meshward", "nginx"] as const, round)) atMeshQuarter[round]![name] = measured("quarter", () => openLoop(`${paths[name].url}/`, meshQuarter, paths[name].headers));
     }
     const loaded = rssAll();
 
     const f = (n: number, d = 0) => (Number.isFinite(n) ? n.toFixed(d) : "n/a");
     const pct = (n: number) => `${(n * 100).toFixed(0)}%`;
     const met = (ok: boolean) => (ok ? "MET" : "NOT MET");
+    const other = (section: string) => {
+      const cores = otherLoad[section] ?? [];
+      console.log(`  other load on the machine during these runs (not this bench's processes): ${f(Math.min(...cores), 2)}–${f(Math.max(...cores), 2)} cores, median ${f(median(cores), 2)}`);
+    };
     console.log(`\nmeshward sidecar bench — ${SECONDS}s per run, ${ROUNDS} rounds, wrk -t1, Node ${process.version}, loopback, 2 cores shared by everything\n`);
     console.log("small keep-alive requests (wrk -c32, 13-byte body)");
     console.log("  path        req/s     p50 ms   p99 ms   errors");
@@ -334,11 +347,13 @@ async function main(): Promise<void> {
     const [pipeOut, pipeIn] = cpuPerRequest["node-pipe"]!;
     const cpuRatio = Math.max(meshOut! / pipeOut!, meshIn! / pipeIn!);
     console.log(`  CPU per request, meshward / node-pipe: outbound ${f(meshOut! / pipeOut!, 2)}×, inbound ${f(meshIn! / pipeIn!, 2)}× (target ≤ 1.5×: ${met(cpuRatio <= 1.5)})`);
+    other("small");
 
     console.log(`\n1 MiB bodies (wrk -c4), MB/s per round`);
     for (const name of Object.keys(withPipe)) console.log(`  ${name.padEnd(10)} ${big.map((b) => f(b[name]!.mbps, 1).padStart(7)).join("  ")}${big.some((b) => b[name]!.errors) ? `   ${big.map((b) => b[name]!.errors).join("; ")}` : ""}`);
     const bigRatios = big.map((b) => b.meshward!.mbps / b.nginx!.mbps);
     console.log(`  meshward / nginx per round: ${bigRatios.map(pct).join(", ")} (target ≥ 90% in every run: ${met(bigRatios.every((r) => r >= 0.9))})`);
+    other("big");
 
     console.log("\nnew client connections (wrk -c16, Connection: close; proxy-to-proxy connections stay pooled in both), conn/s per round");
     for (const name of Object.keys(paths)) console.log(`  ${name.padEnd(10)} ${fresh.map((r) => f(r[name]!.rps).padStart(7)).join("  ")}`);
@@ -346,8 +361,9 @@ async function main(): Promise<void> {
     console.log("  CPU µs per connection (user + system, /proc; median of the rounds):   outbound   inbound   backend");
     for (const [name, rows] of Object.entries(cpuPerConnection)) console.log(`  ${name.padEnd(10)} ${" ".repeat(57)}${[0, 1, 2].map((i) => f(median(rows.map((r) => r[i]!)), 1).padStart(8)).join("  ")}`);
     console.log(`  meshward / nginx per round: ${freshRatios.map(pct).join(", ")} (target ≥ 50%: ${met(freshRatios.every((r) => r >= 0.5))} in every round, ${met(median(freshRatios) >= 0.5)} at the median)`);
+    other("fresh");
 
-    const openLoopTable = (title: string, rate: number, rows: Record<string, OpenLoopResult>[], isTarget: boolean) => {
+    const openLoopTable = (title: string, rate: number, rows: Record<string, OpenLoopResult>[], isTarget: boolean, section: string) => {
       console.log(`\nopen loop at ${title} (${rate} req/s, ${SECONDS} s recorded after 2 s unrecorded, 64 connections; bench/proxy/openloop)`);
       const held = (r: OpenLoopResult) => r.achievedRate >= 0.95 * rate && r.errors === 0;
       for (const name of ["direct", "meshward", "nginx"]) {
@@ -360,9 +376,10 @@ async function main(): Promise<void> {
       console.log(`  noise: direct's own p99 ranged ${f(Math.min(...directP99), 2)}–${f(Math.max(...directP99), 2)} ms across the rounds`);
       const verdict = `${met(rows.every((r) => held(r.meshward!)) && median(added) <= 1)} at the median (${f(median(added), 2)} ms), ${met(added.every((a) => a <= 1))} in every round`;
       console.log(`  ${isTarget ? "target p99 added ≤ 1 ms" : "p99 added ≤ 1 ms (for information)"}: ${verdict}`);
+      other(section);
     };
-    openLoopTable("half of the meshward pair's own peak", meshHalf, atMeshHalf, true);
-    openLoopTable("a quarter of the meshward pair's peak", meshQuarter, atMeshQuarter, false);
+    openLoopTable("half of the meshward pair's own peak", meshHalf, atMeshHalf, true, "half");
+    openLoopTable("a quarter of the meshward pair's peak", meshQuarter, atMeshQuarter, false, "quarter");
 
     console.log(`\nRSS (MB)             after 1st request   idle ${IDLE_SETTLE_MS / 1000} s   after load`);
     for (const name of Object.keys(idle) as (keyof typeof idle)[]) console.log(`  ${name.padEnd(22)} ${f(started[name], 1).padStart(6)}            ${f(idle[name], 1).padStart(6)}      ${f(loaded[name], 1).padStart(6)}`);

@@ -56,3 +56,35 @@ export function cpuSeconds(pid: number | undefined): number {
   }
 }
 const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim());
+
+/** Busy and total CPU seconds of the whole machine so far, all cores (/proc/stat; busy is all but idle and iowait). */
+export function machineSeconds(): { busy: number; total: number } {
+  const fields = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = fields.reduce((sum, n) => sum + n, 0);
+  return { busy: (total - fields[3]! - fields[4]!) / CLOCK_TICKS, total: total / CLOCK_TICKS };
+}
+
+/** CPU seconds of this process and of its children that have exited (the load generators, run to completion). */
+export function ownAndFinishedChildrenSeconds(): number {
+  const stat = readFileSync("/proc/self/stat", "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / CLOCK_TICKS;
+}
+
+/**
+ * Measures how much of the machine something else used while `run` ran: the machine's busy
+ * time less the time of the benchmark's own processes (`pids`, this process and the load
+ * generators it waited for), in cores. Kernel work done for the benchmark outside its processes
+ * (ksoftirqd) counts as "other" too, so a quiet machine reads a little above zero.
+ */
+export function withOtherLoad<T>(pids: readonly (number | undefined)[], run: () => T): { result: T; otherCores: number } {
+  const ownBefore = pids.reduce<number>((sum, pid) => sum + (cpuSeconds(pid) || 0), ownAndFinishedChildrenSeconds());
+  const machineBefore = machineSeconds();
+  const result = run();
+  const machineAfter = machineSeconds();
+  const ownAfter = pids.reduce<number>((sum, pid) => sum + (cpuSeconds(pid) || 0), ownAndFinishedChildrenSeconds());
+  const cores = machineAfter.total - machineBefore.total; // elapsed seconds × cores
+  const wallSeconds = cores / CORES;
+  return { result, otherCores: Math.max(0, (machineAfter.busy - machineBefore.busy - (ownAfter - ownBefore)) / wallSeconds) };
+}
+const CORES = readFileSync("/proc/stat", "utf8").split("\n").filter((line) => /^cpu\d+ /.test(line)).length;
