@@ -24,7 +24,7 @@ import { PeerPool, resolvePeer } from "./peers.ts";
 import type { PeerDirectory, PeerTarget } from "./peers.ts";
 import { answerH2, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
-import { sniffFirstBytes } from "./sniff.ts";
+import { FirstChunkWatch } from "./sniff.ts";
 
 export interface OutboundOptions {
   /** HTTP/gRPC listener for the app; undefined = none. */
@@ -60,6 +60,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   const tracker = new ConnectionTracker((delta) => activeConnections.inc(delta));
   const servers: NetServer[] = [];
   let relay: Http1Relay | undefined;
+  let firstChunks: FirstChunkWatch | undefined;
   const warnings = new LimitedWarnings(logger);
 
   const unknownApp = (name: string | undefined): ProxyAnswer => {
@@ -183,27 +184,30 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         },
       );
     });
+    const refuse = (socket: Socket, kind: string) => {
+      telemetry.refused.inc({ direction: "outbound", reason: kind === "tls" ? "tls_on_plaintext_port" : kind });
+      if (kind === "tls") logger.warn({ event: "refused" }, "the outbound port takes plaintext HTTP from the local app; the sidecar adds mTLS itself");
+      socket.destroy();
+    };
+    firstChunks = new FirstChunkWatch(limits.handshakeTimeout, (socket) => refuse(socket, "timeout"));
+    const watch = firstChunks;
     const raw = createNetServer({ noDelay: true }, (socket: Socket) => {
-      socket.setNoDelay(true);
       socket.on("error", () => undefined);
-      sniffFirstBytes(socket, limits.handshakeTimeout, (kind) => {
-        if (socket.destroyed || kind === "closed") return;
-        if (kind === "http1" || kind === "h2c") {
+      watch.watch(socket, (kind, first) => {
+        if (kind === "http1") {
           tracker.add(socket);
-          // The sniffed chunk was put back: the HTTP/2 session reads it from the paused socket
-          // itself, the HTTP/1 parser only once the socket flows again.
-          if (kind === "h2c") {
-            handing = socket;
-            h2.emit("connection", socket);
-            handing = undefined;
-          } else {
-            http1.serve(socket);
-          }
-          return;
+          http1.serve(socket, first);
+        } else if (kind === "h2c") {
+          tracker.add(socket);
+          // The HTTP/2 session reads the chunk put back from the paused socket itself.
+          socket.pause();
+          socket.unshift(first);
+          handing = socket;
+          h2.emit("connection", socket);
+          handing = undefined;
+        } else {
+          refuse(socket, kind);
         }
-        telemetry.refused.inc({ direction: "outbound", reason: kind === "tls" ? "tls_on_plaintext_port" : kind });
-        if (kind === "tls") logger.warn({ event: "refused" }, "the outbound port takes plaintext HTTP from the local app; the sidecar adds mTLS itself");
-        socket.destroy();
       });
     });
     servers.push(raw);
@@ -257,6 +261,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     await tracker.drain(deadlineMs);
     await stopped;
     relay?.close();
+    firstChunks?.close();
     pool.close();
     warnings.close();
   };

@@ -90,11 +90,14 @@ export class Http1Relay {
     this.#sweeper.unref();
   }
 
-  /** Takes over a connected socket (plaintext or TLS) whose bytes are HTTP/1. */
-  serve(socket: Socket): void {
+  /**
+   * Takes over a connected socket (plaintext or TLS) whose bytes are HTTP/1. `first`: a chunk
+   * already read from it (inside its 'data' event), parsed before anything else.
+   */
+  serve(socket: Socket, first?: Buffer): void {
     const connection = new ClientConnection(socket, this.options, () => this.#connections.delete(connection));
     this.#connections.add(connection);
-    connection.start();
+    connection.start(first);
   }
 
   close(): void {
@@ -232,10 +235,11 @@ class ClientConnection {
   }
 
   /** Starts reading; called once the relay tracks this connection (the first chunk may end it at once). */
-  start(): void {
+  start(first: Buffer | undefined): void {
+    if (first !== undefined) this.#onData(first);
     // A chunk put back by the first-bytes sniffer is parsed now rather than a tick later: on a
     // paused socket with a 'data' listener, read() hands it to that listener synchronously.
-    if (this.socket.readableLength > 0) this.socket.read();
+    else if (this.socket.readableLength > 0) this.socket.read();
     if (this.socket.isPaused() && !this.#readingPaused && !this.#gone && this.#upgrade === undefined) this.socket.resume();
   }
 
