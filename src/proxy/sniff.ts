@@ -9,12 +9,14 @@ const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 const HTTP_METHOD = /^[A-Z]{3,10} /;
 
 /**
- * Reads the first chunk of a new connection and puts it back (TLSSocket and the HTTP
- * parsers pick up buffered data), then says what it looks like: a TLS handshake record
- * (0x16), the HTTP/2 prior-knowledge preface, an HTTP/1 request line, or anything else.
+ * Reads the first bytes of a new connection and puts them back (TLSSocket and the HTTP
+ * parsers pick up buffered data), then says what they look like: a TLS handshake record
+ * (0x16), the HTTP/2 prior-knowledge preface, an HTTP/1 request line, or anything else. A first
+ * chunk too short to tell (a request line cut before the space after its method) waits for more.
  */
 export function sniffFirstBytes(socket: Socket, timeoutMs: number, onResult: (kind: FirstBytes, first: Buffer | undefined) => void): void {
   let done = false;
+  let seen: Buffer | undefined;
   const finish = (kind: FirstBytes, chunk?: Buffer) => {
     if (done) return;
     done = true;
@@ -28,7 +30,11 @@ export function sniffFirstBytes(socket: Socket, timeoutMs: number, onResult: (ki
     }
     onResult(kind, chunk);
   };
-  const onData = (chunk: Buffer) => finish(classify(chunk), chunk);
+  const onData = (chunk: Buffer) => {
+    seen = seen === undefined ? chunk : Buffer.concat([seen, chunk]);
+    const kind = classify(seen);
+    if (kind !== "more") finish(kind, seen);
+  };
   const onClose = () => finish("closed");
   const timer = setTimeout(() => finish("timeout"), timeoutMs);
   timer.unref();
@@ -37,13 +43,21 @@ export function sniffFirstBytes(socket: Socket, timeoutMs: number, onResult: (ki
   socket.once("error", onClose);
 }
 
-export function classify(chunk: Buffer): ChunkKind {
-  if (chunk.length === 0) return "garbage";
-  if (chunk[0] === TLS_HANDSHAKE) return "tls";
-  const head = chunk.subarray(0, Math.min(chunk.length, H2_PREFACE.length));
-  if (head.length >= 3 && H2_PREFACE.subarray(0, head.length).equals(head)) return "h2c";
-  if (HTTP_METHOD.test(chunk.subarray(0, 12).toString("latin1"))) return "http1";
-  return "garbage";
+/** Request-line bytes after which an HTTP/1 method must have ended (the longest is 10 letters). */
+const METHOD_WINDOW = 12;
+
+/**
+ * What the first bytes of a connection are, or "more" while they are too few to tell: a
+ * beginning of the HTTP/2 preface or uppercase letters that may yet be a method and its space.
+ */
+export function classify(first: Buffer): ChunkKind | "more" {
+  if (first.length === 0) return "more";
+  if (first[0] === TLS_HANDSHAKE) return "tls";
+  const head = first.subarray(0, Math.min(first.length, H2_PREFACE.length));
+  if (H2_PREFACE.subarray(0, head.length).equals(head)) return head.length >= 4 ? "h2c" : "more";
+  const start = first.subarray(0, METHOD_WINDOW).toString("latin1");
+  if (HTTP_METHOD.test(start)) return "http1";
+  return first.length < METHOD_WINDOW && /^[A-Z]+$/.test(start) ? "more" : "garbage";
 }
 
 /**
@@ -65,15 +79,21 @@ export class FirstChunkWatch {
   }
 
   /**
-   * Calls `onFirst` with the first chunk, inside its 'data' event: the callee must take the
-   * socket over at once (attach its own 'data' listener, or pause it), or later chunks are lost.
+   * Calls `onFirst` with the first bytes once they tell what they are (usually the first chunk),
+   * inside a 'data' event: the callee must take the socket over at once (attach its own 'data'
+   * listener, or pause it), or later chunks are lost.
    */
   watch(socket: Socket, onFirst: (kind: ChunkKind, first: Buffer) => void): void {
     this.#waiting.set(socket, Date.now());
-    socket.once("data", (chunk: Buffer) => {
-      if (!this.#waiting.delete(socket)) return;
-      onFirst(classify(chunk), chunk);
-    });
+    let seen: Buffer | undefined;
+    const onData = (chunk: Buffer) => {
+      seen = seen === undefined ? chunk : Buffer.concat([seen, chunk]);
+      const kind = classify(seen);
+      if (kind === "more") return;
+      socket.removeListener("data", onData);
+      if (this.#waiting.delete(socket)) onFirst(kind, seen);
+    };
+    socket.on("data", onData);
   }
 
   close(): void {

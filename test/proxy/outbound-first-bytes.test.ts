@@ -3,6 +3,7 @@ import type { Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startHttpApp, type HttpApp } from "../helpers/app-servers.ts";
 import { exec } from "../helpers/exec.ts";
+import { classify } from "../../src/proxy/sniff.ts";
 import { metricValue, startMeshCa, startTestSidecar, type MeshCa, type TestSidecarWithApp } from "./fixtures.ts";
 
 /**
@@ -74,6 +75,39 @@ describe("outbound listener: the first chunk decides", () => {
     });
     expect(split).toMatch(/^HTTP\/1\.1 200 /);
     expect(split).toContain('"url":"/split"');
+    // The first chunk is too short to tell what it is: the sidecar waits for more.
+    const short = await new Promise<string>((resolve) => {
+      const socket = netConnect({ host: "127.0.0.1", port: outbound });
+      let text = "";
+      socket.on("data", (d: Buffer) => (text += d.toString("latin1")));
+      socket.on("close", () => resolve(text));
+      socket.write("GE");
+      setTimeout(() => socket.write("T /short HTTP/1.1\r\nHost: inventory\r\nConnection: close\r\n\r\n"), 50);
+    });
+    expect(short).toMatch(/^HTTP\/1\.1 200 /);
+    expect(short).toContain('"url":"/short"');
+  });
+
+  it("tells TLS, HTTP/2, HTTP/1 and garbage apart from the first bytes, and asks for more while it cannot", () => {
+    const kinds = Object.fromEntries(
+      ["", "G", "GE", "DELETE", "PR", "PRI", "PRI * HTTP/2.0\r\n", "PUT /x HTTP/1.1", "GET / HTTP/1.1", "get / HTTP/1.1", "ABCDEFGHIJKL", "\x16\x03\x01\x02\x00", "GET\t/", "\r\nGET / HTTP/1.1"].map((t) => [t, classify(Buffer.from(t, "latin1"))]),
+    );
+    expect(kinds).toEqual({
+      "": "more",
+      G: "more",
+      GE: "more",
+      DELETE: "more",
+      PR: "more",
+      PRI: "more",
+      "PRI * HTTP/2.0\r\n": "h2c",
+      "PUT /x HTTP/1.1": "http1",
+      "GET / HTTP/1.1": "http1",
+      "get / HTTP/1.1": "garbage",
+      ABCDEFGHIJKL: "garbage",
+      "\x16\x03\x01\x02\x00": "tls",
+      "GET\t/": "garbage",
+      "\r\nGET / HTTP/1.1": "garbage",
+    });
   });
 
   it("relays HTTP/2 with prior knowledge (curl)", async () => {
