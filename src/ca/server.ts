@@ -22,6 +22,7 @@ import { CertificateAuthority, type ValidatorName } from "./authority.ts";
 import { CrlPublisher } from "./crl-publisher.ts";
 import { handleGrpc } from "./api/grpc.ts";
 import { handleHttp } from "./api/http.ts";
+import { SECURE_OPTIONS } from "../tls/policy.ts";
 import { createCaMetrics } from "./metrics.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
 import { trustBundleVersion } from "../telemetry/bundle-version.ts";
@@ -197,6 +198,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         ciphers: TLS12_CIPHERS,
         ecdhCurve: "X25519:P-256:P-384",
         honorCipherOrder: true,
+        secureOptions: SECURE_OPTIONS,
       },
       notAfter,
     };

@@ -3,7 +3,7 @@ import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySnapshot, IdentitySource } from "../identity/source.ts";
-import { CIPHERS, CURVES, MIN_TLS_VERSION } from "../tls/policy.ts";
+import { CIPHERS, CURVES, MIN_TLS_VERSION, SECURE_OPTIONS } from "../tls/policy.ts";
 import { formatHostPort, type HostPort } from "../util/address.ts";
 import { reviewAdmission } from "./admission.ts";
 import type { InjectOptions } from "./settings.ts";
@@ -36,6 +36,7 @@ function tlsOptions(snapshot: IdentitySnapshot) {
     ciphers: CIPHERS,
     ecdhCurve: CURVES,
     honorCipherOrder: true,
+    secureOptions: SECURE_OPTIONS,
   } as const;
 }
 

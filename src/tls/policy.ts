@@ -1,3 +1,4 @@
+import { constants } from "node:crypto";
 import type { SecureContextOptions, TlsOptions } from "node:tls";
 import type { Svid, TrustBundle } from "../identity/source.ts";
 
@@ -14,6 +15,13 @@ export const TLS12_SUITES = [
 export const CIPHERS = [...TLS13_SUITES, ...TLS12_SUITES].join(":");
 export const CURVES = "X25519:P-256:P-384";
 export const MIN_TLS_VERSION = "TLSv1.2" as const;
+/**
+ * Renegotiation (TLS 1.2) is refused in both directions, as nginx and BoringSSL-based proxies do:
+ * a peer's identity is checked once, at the handshake, and a renegotiation could present another
+ * certificate that meshward's own checks (SPIFFE ID, CRL) never see; it also costs the server a
+ * handshake the peer can trigger at will. TLS 1.3 has no renegotiation.
+ */
+export const SECURE_OPTIONS = constants.SSL_OP_NO_RENEGOTIATION;
 /** Seconds a server-issued session ticket may be used to resume. */
 export const DEFAULT_SESSION_TIMEOUT_SECONDS = 300;
 
@@ -40,6 +48,7 @@ export function buildSecureContextOptions(material: ContextMaterial, role: TlsRo
     ciphers: CIPHERS,
     ecdhCurve: CURVES,
     honorCipherOrder: true,
+    secureOptions: SECURE_OPTIONS,
     cert: material.svid.certChainPem,
     key: material.svid.privateKey.export({ format: "pem", type: "pkcs8" }) as string,
     ca: material.bundle.rootsPem,

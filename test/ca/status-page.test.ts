@@ -16,6 +16,7 @@ import { createCsr } from "../../src/pki/csr.ts";
 import { generateKeyPair } from "../../src/pki/keys.ts";
 import { runCli } from "../helpers/cli.ts";
 import { exec } from "../helpers/exec.ts";
+import { renegotiateWithSClient } from "../helpers/openssl-renegotiate.ts";
 
 // The CA's own status page: a real CA (in-process) with --status on 127.0.0.1:0, refused
 // sign requests over real gRPC, a TLS 1.1 ClientHello from openssl, an issuer rotation on
@@ -86,6 +87,10 @@ describe("the CA's status page", () => {
     expect(refused).toBeInstanceOf(Error);
     const tls11 = await exec("openssl", ["s_client", "-tls1_1", "-connect", server.address], { input: "Q\n" });
     expect(tls11.code).not.toBe(0);
+    // The CA refuses a client-initiated TLS 1.2 renegotiation too (a renewal's peer certificate is read once per connection).
+    const renegotiation = await renegotiateWithSClient(server.address, ["-CAfile", caLayout(dir).bundle]);
+    expect(renegotiation.output).toContain("RENEGOTIATING");
+    expect(renegotiation.output).toMatch(/no renegotiation/);
 
     // A request that names no app id, with an expired token (it used to read "E_TOKEN_EXPIRED (ns//)").
     const { token: expired } = await issueJoinToken(server.store, { spiffeId: `spiffe://${TD}/ns/shop/cart`, ttlMs: 1_000, now: new Date(Date.now() - 60_000) });

@@ -10,6 +10,7 @@ import type { HttpApp } from "../helpers/app-servers.ts";
 import { metricValue, startMeshCa, startTestSidecar, TD, type SidecarWithApp } from "./fixtures.ts";
 import type { MeshCa } from "./fixtures.ts";
 import type { Sidecar } from "../../src/proxy/sidecar.ts";
+import { renegotiateWithSClient } from "../helpers/openssl-renegotiate.ts";
 
 const HOST = "app-b.mesh.test";
 const POLICY = `apiVersion: dapr.io/v1alpha1
@@ -145,6 +146,14 @@ describe("sidecar inbound (HTTP mode, STRICT) with curl and openssl as callers",
     expect(r.stdout).toContain("Cipher is (NONE)");
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(metricValue(await metrics(), "meshward_tls_handshake_failures_total", { direction: "inbound", reason: "protocol_version" })).toBeGreaterThanOrEqual(1);
+  });
+
+  it("refuses a client-initiated TLS 1.2 renegotiation (openssl s_client, R): the caller cannot swap its certificate after the SPIFFE and CRL checks", async () => {
+    const r = await renegotiateWithSClient(`127.0.0.1:${sidecar.addresses.inbound.port}`, ["-servername", HOST, "-cert", callerA.cert, "-key", callerA.key, "-cert_chain", callerA.chain, "-CAfile", ca.bundleFile, "-alpn", "http/1.1"], `GET /allowed/reneg HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`);
+    expect(r.output).toContain("Protocol  : TLSv1.2");
+    expect(r.output).toContain("RENEGOTIATING");
+    expect(r.output).toMatch(/no renegotiation/);
+    expect(r.output).not.toContain("HTTP/1.1 200");
   });
 
   it("accepts a TLS 1.3 mTLS handshake from openssl s_client and verifies against the mesh bundle", async () => {

@@ -8,6 +8,7 @@ import type { MtlsHttpsServer, MtlsServer } from "../../src/transport/index.ts";
 import { createTestPki } from "../helpers/openssl-pki.ts";
 import type { TestLeaf, TestPki } from "../helpers/openssl-pki.ts";
 import { bundleOf, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
+import { renegotiateWithSClient } from "../helpers/openssl-renegotiate.ts";
 
 const TD = "example.org";
 const SERVER_ID = `spiffe://${TD}/ns/default/api`;
@@ -142,6 +143,13 @@ describe("HTTPS server with curl (real peer, normal host-name verification via D
     const ok = await run("openssl", ["s_client", "-connect", `127.0.0.1:${port}`, "-cert", clientLeaf.certPath, "-key", clientLeaf.keyPath, "-cert_chain", pki.issuer.certPath, "-CAfile", pki.rootPath, "-verify_return_error", "-ign_eof"], "GET /who HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     expect(ok.stdout).toContain("TLSv1.3");
     expect(ok.stdout).toContain(CLIENT_ID);
+  });
+  it("refuses a client-initiated TLS 1.2 renegotiation (openssl s_client, R): the identity checked at the handshake cannot be swapped", async () => {
+    const r = await renegotiateWithSClient(`127.0.0.1:${port}`, ["-cert", clientLeaf.certPath, "-key", clientLeaf.keyPath, "-cert_chain", pki.issuer.certPath, "-CAfile", pki.rootPath], "GET /who HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    expect(r.output).toContain("Protocol  : TLSv1.2");
+    expect(r.output).toContain("RENEGOTIATING");
+    expect(r.output).toMatch(/no renegotiation/);
+    expect(r.output).not.toContain(CLIENT_ID);
   });
   it("s_client without a certificate gets no HTTP response", async () => {
     const r = await run("openssl", ["s_client", "-connect", `127.0.0.1:${port}`, "-CAfile", pki.rootPath, "-ign_eof"], "GET /who HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
