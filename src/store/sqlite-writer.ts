@@ -8,15 +8,6 @@ export type WriterReply =
   | { readonly type: "ready" }
   | { readonly type: "results"; readonly results: readonly { readonly id: number; readonly error?: { readonly code?: ErrorCode; readonly message: string } }[] };
 
-/**
- * Messages out to the writer thread and not answered yet. The thread spends each batch's time
- * in one fsync'd commit; issuances recorded meanwhile wait in the queue and go together when
- * the answer comes back (they would have waited for that commit anyway), so under load there
- * is one message (one wake-up of each thread, one structured clone) per commit, not one per
- * turn of the event loop.
- */
-const MAX_BATCHES_IN_FLIGHT = 1;
-
 interface Pending {
   readonly resolve: () => void;
   readonly reject: (error: unknown) => void;
@@ -36,8 +27,6 @@ export class SqliteWriter {
   readonly #pending = new Map<number, Pending>();
   #queue: { id: number; record: IssuanceRecord }[] = [];
   #nextId = 1;
-  #inFlight = 0;
-  #sendScheduled = false;
   #failure: Error | undefined;
   #closing: Promise<void> | undefined;
 
@@ -52,8 +41,6 @@ export class SqliteWriter {
     this.started.catch(() => undefined);
     this.#worker.on("message", (reply: WriterReply) => {
       if (reply.type !== "results") return;
-      this.#inFlight = Math.max(0, this.#inFlight - 1);
-      this.#send();
       for (const result of reply.results) {
         const pending = this.#pending.get(result.id);
         if (pending === undefined) continue;
@@ -80,16 +67,9 @@ export class SqliteWriter {
     return new Promise((resolve, reject) => {
       if (this.#pending.size === 0) this.#worker.ref();
       this.#pending.set(id, { resolve, reject });
-      // One message carries every issuance of this turn of the event loop, and of the turns
-      // since, while the thread is still committing the previous batch.
+      // One message per turn of the event loop carries every issuance of that turn.
       this.#queue.push({ id, record });
-      if (!this.#sendScheduled) {
-        this.#sendScheduled = true;
-        setImmediate(() => {
-          this.#sendScheduled = false;
-          this.#send();
-        });
-      }
+      if (this.#queue.length === 1) setImmediate(() => this.#send());
     });
   }
 
@@ -105,9 +85,8 @@ export class SqliteWriter {
 
   #send(): void {
     const batch = this.#queue;
-    if (batch.length === 0 || this.#inFlight >= MAX_BATCHES_IN_FLIGHT || this.#failure !== undefined) return;
+    if (batch.length === 0) return;
     this.#queue = [];
-    this.#inFlight += 1;
     this.#worker.postMessage({ type: "record", batch } satisfies WriterRequest);
   }
 }
