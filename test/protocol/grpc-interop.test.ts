@@ -227,6 +227,33 @@ describe("a @grpc/grpc-js client with stubs from proto/sentry.proto against the 
     }
   });
 
+  it("keeps serving when clients reset their calls while the CA signs", async () => {
+    const session = connect(`https://${ca.server.address}`, { ca: ca.bundlePem, servername: "localhost", checkServerIdentity: () => undefined });
+    session.on("error", () => undefined);
+    try {
+      const token = await ca.token("shop", "reset", { uses: 20 });
+      const csr = await createCsr({ keyPair: generateKeyPair() });
+      const message = Buffer.from(encodeSignRequest({ id: "reset", namespace: "shop", trustDomain: TD, token, tokenValidator: TokenValidator.JOIN_TOKEN, certificateSigningRequest: Buffer.from(csr) }));
+      const frame = Buffer.alloc(5);
+      frame.writeUInt32BE(message.length, 1);
+      await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          new Promise<void>((resolve) => {
+            const stream = session.request({ ":method": "POST", ":path": SIGN_CERTIFICATE_PATH, "content-type": "application/grpc", te: "trailers" });
+            stream.on("error", () => undefined);
+            stream.on("close", () => resolve());
+            stream.end(Buffer.concat([frame, message]), () => setTimeout(() => stream.close(constants.NGHTTP2_CANCEL), i % 5));
+          }),
+        ),
+      );
+    } finally {
+      session.destroy();
+    }
+    const after = await ca.token("shop", "after-reset");
+    const { error } = await sign({ id: "after-reset", namespace: "shop", trust_domain: TD, token: after, token_validator: "JOIN_TOKEN", certificate_signing_request: Buffer.from(await createCsr({ keyPair: generateKeyPair() })) });
+    expect(error).toBeNull();
+  });
+
   it("still serves the HTTPS API on the same port, over HTTP/2 and HTTP/1.1", async () => {
     const viaH2 = await new Promise<{ status: number; body: string }>((resolve, reject) => {
       const session = connect(`https://${ca.server.address}`, { ca: ca.bundlePem, servername: "localhost", checkServerIdentity: () => undefined });

@@ -79,7 +79,10 @@ export function handleGrpcStream(stream: ServerHttp2Stream, headers: IncomingHtt
     chunks.push(chunk);
   });
   stream.on("end", () => {
-    if (!failed) void answer(stream, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size), authority);
+    if (!failed) {
+      // The stream can go away while the CA signs (the client resets it): never an unhandled rejection.
+      answer(stream, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size), authority).catch(() => stream.destroy());
+    }
   });
 }
 
@@ -148,7 +151,12 @@ function respondError(stream: ServerHttp2Stream, status: number, message: string
     "grpc-message": encodeGrpcMessage(message),
   };
   if (code !== undefined) headers["meshward-error-code"] = code;
-  stream.respond(headers, { endStream: true });
+  try {
+    stream.respond(headers, { endStream: true });
+  } catch {
+    // Closed between the check and the answer: nobody is left to read it.
+    stream.destroy();
+  }
 }
 
 /** host:port, with brackets around an IPv6 host. */
