@@ -1,5 +1,4 @@
 import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
-import type { IncomingMessage, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
@@ -21,8 +20,7 @@ import { daprAttestors } from "./attest/dapr.ts";
 import { svidAttestor } from "./attest/svid.ts";
 import { CertificateAuthority, type ValidatorName } from "./authority.ts";
 import { CrlPublisher } from "./crl-publisher.ts";
-import { handleGrpcStream } from "./api/grpc.ts";
-import { routeGrpcStreams } from "./api/grpc-route.ts";
+import { handleGrpc } from "./api/grpc.ts";
 import { handleHttp } from "./api/http.ts";
 import { createCaMetrics } from "./metrics.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
@@ -216,16 +214,18 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     readiness: () => readiness(anchors, crl, clock(), storeHealthy, rotationWarnings()),
     ...(jwtSvids !== undefined ? { jwtSvid: { discovery: () => jwtSvids.discovery(), jwks: () => jwtSvids.jwks(anchors.issuer.privateKey) } } : {}),
   };
-  // HTTP/1.1 and the HTTP/2 REST API go through Node's compatibility layer (request/response
-  // objects); gRPC calls are served from the core `stream` event, without those objects.
-  server.on("request", (req: Http2ServerRequest | IncomingMessage, res: Http2ServerResponse | ServerResponse) => {
+  server.on("request", (req: Http2ServerRequest, res: Http2ServerResponse) => {
+    const isGrpc = req.httpVersion === "2.0" && (req.headers["content-type"] ?? "").startsWith("application/grpc");
+    if (isGrpc) {
+      handleGrpc(req, res, authority, config.maxRequestBytes);
+      return;
+    }
     handleHttp(req, res, httpContext).catch((error) => {
       logger.error({ event: "http-error", error: describeError(error) }, "HTTP handler failed");
       if (!res.headersSent) res.writeHead(500);
       res.end();
     });
   });
-  routeGrpcStreams(server, (stream, headers) => handleGrpcStream(stream, headers, authority, config.maxRequestBytes));
   // A client that resets during the handshake leaves no address on its TLS socket: remember
   // each connection's peer when it arrives (the raw socket) so refusals can still name it.
   const peers = new WeakMap<object, string>();

@@ -158,9 +158,7 @@ describe("a @grpc/grpc-js client with stubs from proto/sentry.proto against the 
     expect(error?.code).toBe(grpc.status.INVALID_ARGUMENT);
   });
 
-  // The CA answers refusals "Trailers-Only" (grpc/grpc doc/PROTOCOL-HTTP2.md; grpc-js's server
-  // does the same for a call that fails before its first message, packages/grpc-js/src/
-  // server-interceptors.ts sendStatus): grpc-js must read the status from that one HEADERS frame.
+  // Calls grpc-js makes without stubs: a method the CA does not serve, an oversized request.
   const raw = (path: string, message: Buffer) =>
     new Promise<{ error: grpc.ServiceError | null }>((resolve) =>
       client.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, message, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (error) => resolve({ error })),
@@ -183,7 +181,9 @@ describe("a @grpc/grpc-js client with stubs from proto/sentry.proto against the 
     expect(after).toBeNull();
   });
 
-  it("sends a refusal as one HEADERS frame that ends the stream, and an answer as headers, message, trailers", async () => {
+  // gRPC over HTTP/2 (grpc/grpc doc/PROTOCOL-HTTP2.md): response headers, the message, then the
+  // status in trailers; a refusal sends no message and carries grpc-status in the trailers.
+  it("sends a refusal as headers then grpc-status in trailers, and an answer as headers, message, trailers", async () => {
     const session = connect(`https://${ca.server.address}`, { ca: ca.bundlePem, servername: "localhost", checkServerIdentity: () => undefined });
     try {
       const exchange = (message: Buffer) =>
@@ -208,10 +208,11 @@ describe("a @grpc/grpc-js client with stubs from proto/sentry.proto against the 
       const refused = await exchange(Buffer.from([0x0a, 0x03, 0x61, 0x62, 0x63])); // id "abc", no CSR, no token
       expect(refused.headers[":status"]).toBe(200);
       expect(refused.headers["content-type"]).toBe("application/grpc");
-      expect(refused.headers["grpc-status"]).toBeDefined();
-      expect(refused.headers["grpc-status"]).not.toBe("0");
-      expect(refused.endedWithHeaders).toBe(true);
-      expect(refused.trailers).toBeUndefined();
+      expect(refused.headers["grpc-status"]).toBeUndefined();
+      expect(refused.endedWithHeaders).toBe(false);
+      expect(refused.trailers?.["grpc-status"]).toBeDefined();
+      expect(refused.trailers?.["grpc-status"]).not.toBe("0");
+      expect(refused.trailers?.["meshward-error-code"]).toMatch(/^E_/);
       expect(refused.body.length).toBe(0);
 
       const token = await ca.token("shop", "wire");

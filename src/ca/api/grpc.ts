@@ -1,7 +1,7 @@
-import { constants, type IncomingHttpHeaders, type ServerHttp2Stream } from "node:http2";
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { TLSSocket } from "node:tls";
 import { isMeshwardError, MeshwardError } from "../../errors.ts";
-import { peerCertificateOf, type PeerCertificate } from "../attest/peer.ts";
+import { peerCertificateOf } from "../attest/peer.ts";
 import type { CertificateAuthority, ValidatorName } from "../authority.ts";
 import { encodeGrpcMessage, grpcStatusForCode, GrpcStatus } from "./grpc-status.ts";
 import { frameMessage } from "../../protocol/grpc-unary.ts";
@@ -16,77 +16,45 @@ const VALIDATORS: ReadonlyMap<number, ValidatorName | undefined> = new Map([
   [TokenValidator.SVID, "svid"],
 ]);
 
-/** gRPC requests are HTTP/2 with an application/grpc content type (application/grpc+proto, …). */
-export function isGrpcRequest(headers: IncomingHttpHeaders): boolean {
-  return (headers["content-type"] ?? "").startsWith("application/grpc");
-}
-
-/** What a call needs from its connection, read once per HTTP/2 session (the peer never changes on one). */
-interface SessionPeer {
-  readonly peer: PeerCertificate | undefined;
-  readonly remoteAddress: string | undefined;
-}
-const sessionPeers = new WeakMap<object, SessionPeer>();
-
-function sessionPeerOf(stream: ServerHttp2Stream): SessionPeer {
-  const session = stream.session;
-  if (session === undefined) return { peer: undefined, remoteAddress: undefined };
-  let known = sessionPeers.get(session);
-  if (known === undefined) {
-    const socket = session.socket as TLSSocket | undefined;
-    known = {
-      peer: peerCertificateOf(socket),
-      remoteAddress: socket?.remoteAddress === undefined ? undefined : formatPeer(socket.remoteAddress, socket.remotePort),
-    };
-    sessionPeers.set(session, known);
-  }
-  return known;
-}
-
 /**
  * A unary gRPC endpoint for dapr.proto.sentry.v1.CA/SignCertificate, served on the same
- * HTTP/2 TLS port as the HTTPS API, from the core `stream` event (no compatibility-layer
- * request/response objects per call). gRPC is length-prefixed protobuf over HTTP/2 with
- * trailers (grpc/grpc doc/PROTOCOL-HTTP2.md): an answer is response headers, the message, then
- * grpc-status in trailers; a refusal is "Trailers-Only", one HEADERS frame that carries
- * :status, content-type and grpc-status/grpc-message and ends the stream, as gRPC servers send
- * a call that fails before any message.
+ * HTTP/2 TLS port as the HTTPS API (gRPC is length-prefixed protobuf over HTTP/2 with
+ * trailers; a unary call needs nothing more than this). Errors are sent as trailers after
+ * the response headers, which every gRPC client reads as the call's status.
  */
-export function handleGrpcStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, authority: CertificateAuthority, maxRequestBytes: number): void {
-  // A client that resets its stream makes it emit an error: nothing to answer then.
-  stream.on("error", () => undefined);
-  const path = headers[constants.HTTP2_HEADER_PATH] ?? "";
-  if (headers[constants.HTTP2_HEADER_METHOD] !== "POST" || path !== SIGN_CERTIFICATE_PATH) {
-    stream.resume();
-    respondError(stream, GrpcStatus.UNIMPLEMENTED, `unknown method ${path.slice(0, 200)}`);
+export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, authority: CertificateAuthority, maxRequestBytes: number): void {
+  if (req.method !== "POST" || req.url !== SIGN_CERTIFICATE_PATH) {
+    req.resume();
+    respondError(res, GrpcStatus.UNIMPLEMENTED, `unknown method ${req.url.slice(0, 200)}`);
     return;
   }
   const chunks: Buffer[] = [];
   let size = 0;
   let failed = false;
-  stream.on("data", (chunk: Buffer) => {
+  req.on("data", (chunk: Buffer) => {
     if (failed) return;
     size += chunk.length;
     if (size > maxRequestBytes + 5) {
       failed = true;
       chunks.length = 0;
-      respondError(stream, GrpcStatus.RESOURCE_EXHAUSTED, `E_REQUEST_TOO_LARGE: the request is larger than ${maxRequestBytes} bytes`, "E_REQUEST_TOO_LARGE");
-      // Reading stops at the bound: once the answer is out, RST_STREAM(NO_ERROR) tells the
-      // client to stop sending (RFC 9113 §8.1: a response may complete before the request).
-      if (!stream.destroyed) stream.close(constants.NGHTTP2_NO_ERROR);
+      respondError(res, GrpcStatus.RESOURCE_EXHAUSTED, `E_REQUEST_TOO_LARGE: the request is larger than ${maxRequestBytes} bytes`, "E_REQUEST_TOO_LARGE");
+      // Reading stops at the bound: the stream's flow-control window stops the client, which
+      // ends the call once it reads the status (RFC 9113 §8.1: a response may complete first).
+      req.pause();
       return;
     }
     chunks.push(chunk);
   });
-  stream.on("end", () => {
+  req.on("end", () => {
     if (!failed) {
       // The stream can go away while the CA signs (the client resets it): never an unhandled rejection.
-      answer(stream, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size), authority).catch(() => stream.destroy());
+      answer(req, res, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size), authority).catch(() => res.stream.destroy());
     }
   });
+  req.on("error", () => undefined);
 }
 
-async function answer(stream: ServerHttp2Stream, body: Buffer, authority: CertificateAuthority): Promise<void> {
+async function answer(req: Http2ServerRequest, res: Http2ServerResponse, body: Buffer, authority: CertificateAuthority): Promise<void> {
   try {
     const message = unframe(body);
     let request;
@@ -98,7 +66,7 @@ async function answer(stream: ServerHttp2Stream, body: Buffer, authority: Certif
     if (!VALIDATORS.has(request.tokenValidator)) {
       throw new MeshwardError("E_REQUEST_INVALID", `unknown token validator ${request.tokenValidator}`);
     }
-    const { peer, remoteAddress } = sessionPeerOf(stream);
+    const socket = req.stream.session?.socket as TLSSocket | undefined;
     const result = await authority.sign({
       csr: Buffer.from(request.certificateSigningRequest).toString("utf8"),
       token: request.token,
@@ -106,8 +74,8 @@ async function answer(stream: ServerHttp2Stream, body: Buffer, authority: Certif
       appId: request.id,
       namespace: request.namespace,
       trustDomain: request.trustDomain,
-      peer,
-      remoteAddress,
+      peer: peerCertificateOf(socket),
+      remoteAddress: socket?.remoteAddress === undefined ? undefined : formatPeer(socket.remoteAddress, socket.remotePort),
       jwtAudiences: request.jwtAudiences ?? [],
     });
     const reply = encodeSignResponse({
@@ -116,15 +84,15 @@ async function answer(stream: ServerHttp2Stream, body: Buffer, authority: Certif
       validUntil: { seconds: Math.floor(result.notAfter.getTime() / 1000), nanos: 0 },
       ...(result.jwtSvids !== undefined ? { jwt: result.jwtSvids.jwt, perAudienceJwts: result.jwtSvids.perAudience } : {}),
     });
-    if (stream.destroyed || stream.headersSent) return;
-    stream.respond({ [constants.HTTP2_HEADER_STATUS]: 200, [constants.HTTP2_HEADER_CONTENT_TYPE]: "application/grpc" }, { waitForTrailers: true });
-    stream.once("wantTrailers", () => stream.sendTrailers({ "grpc-status": String(GrpcStatus.OK) }));
-    stream.end(frameMessage(reply));
+    if (res.stream.destroyed) return;
+    res.writeHead(200, { "content-type": "application/grpc" });
+    res.addTrailers({ "grpc-status": String(GrpcStatus.OK) });
+    res.end(frameMessage(reply));
   } catch (error) {
     if (isMeshwardError(error)) {
-      respondError(stream, grpcStatusForCode(error.code), `${error.code}: ${error.message}`, error.code);
+      respondError(res, grpcStatusForCode(error.code), `${error.code}: ${error.message}`, error.code);
     } else {
-      respondError(stream, GrpcStatus.INTERNAL, "E_INTERNAL: internal error", "E_INTERNAL");
+      respondError(res, GrpcStatus.INTERNAL, "E_INTERNAL: internal error", "E_INTERNAL");
     }
   }
 }
@@ -137,26 +105,17 @@ function unframe(body: Buffer): Buffer {
   return body.subarray(5);
 }
 
-/** A Trailers-Only answer: the status in the one HEADERS frame, which ends the stream. */
-function respondError(stream: ServerHttp2Stream, status: number, message: string, code?: string): void {
-  if (stream.destroyed) return;
-  if (stream.headersSent) {
-    stream.close(constants.NGHTTP2_INTERNAL_ERROR);
+
+function respondError(res: Http2ServerResponse, status: number, message: string, code?: string): void {
+  if (res.stream.destroyed || res.headersSent) {
+    res.stream.close();
     return;
   }
-  const headers: Record<string, string | number> = {
-    [constants.HTTP2_HEADER_STATUS]: 200,
-    [constants.HTTP2_HEADER_CONTENT_TYPE]: "application/grpc",
-    "grpc-status": String(status),
-    "grpc-message": encodeGrpcMessage(message),
-  };
-  if (code !== undefined) headers["meshward-error-code"] = code;
-  try {
-    stream.respond(headers, { endStream: true });
-  } catch {
-    // Closed between the check and the answer: nobody is left to read it.
-    stream.destroy();
-  }
+  res.writeHead(200, { "content-type": "application/grpc" });
+  const trailers: Record<string, string> = { "grpc-status": String(status), "grpc-message": encodeGrpcMessage(message) };
+  if (code !== undefined) trailers["meshward-error-code"] = code;
+  res.addTrailers(trailers);
+  res.end();
 }
 
 /** host:port, with brackets around an IPv6 host. */
