@@ -228,6 +228,38 @@ describe("a @grpc/grpc-js client with stubs from proto/sentry.proto against the 
     }
   });
 
+  it("stops reading a request at maxRequestBytes: flow control holds the rest at the client", async () => {
+    const session = connect(`https://${ca.server.address}`, { ca: ca.bundlePem, servername: "localhost", checkServerIdentity: () => undefined });
+    session.on("error", () => undefined);
+    try {
+      const stream = session.request({ ":method": "POST", ":path": SIGN_CERTIFICATE_PATH, "content-type": "application/grpc", te: "trailers" });
+      stream.on("error", () => undefined);
+      const chunk = Buffer.alloc(64 * 1024, 0x41);
+      const header = Buffer.alloc(5);
+      header.writeUInt32BE(4 << 20, 1); // announces a 4 MiB message; the default limit is 64 KiB
+      stream.write(header);
+      let flushed = 0;
+      for (let i = 0; i < 64; i++) stream.write(chunk, () => (flushed += chunk.length));
+      const trailers = await new Promise<IncomingHttpHeaders>((resolve) => stream.on("trailers", resolve));
+      expect(trailers["grpc-status"]).toBe(String(grpc.status.RESOURCE_EXHAUSTED));
+      // A server that kept reading takes the whole 4 MiB within milliseconds on loopback; one that
+      // stopped never does. A negative can only be watched for a while: 2 s here (on a machine too
+      // busy to move 4 MiB in 2 s this passes without proving anything; it never fails wrongly).
+      await new Promise<void>((resolve) => {
+        let ticks = 0;
+        const check = setInterval(() => {
+          if (flushed < 64 * chunk.length && ++ticks < 200) return;
+          clearInterval(check);
+          resolve();
+        }, 10);
+      });
+      expect(flushed).toBeLessThanOrEqual(256 * 1024);
+      stream.close(constants.NGHTTP2_CANCEL);
+    } finally {
+      session.destroy();
+    }
+  });
+
   it("keeps serving when clients reset their calls while the CA signs", async () => {
     const session = connect(`https://${ca.server.address}`, { ca: ca.bundlePem, servername: "localhost", checkServerIdentity: () => undefined });
     session.on("error", () => undefined);
