@@ -47,7 +47,27 @@ export function parseTrustDomain(name: string): string {
   return name;
 }
 
+/**
+ * IDs already parsed: a CA parses the same few IDs on every renewal (attestation, the request
+ * check, the leaf template), each parse ~2 µs. The results are frozen, so they are shared;
+ * bounded in count and length, emptied when full; only valid IDs are kept.
+ */
+const parsedIds = new Map<string, SpiffeId>();
+const PARSED_IDS_MAX = 1024;
+const PARSED_ID_MAX_LENGTH = 256;
+
 export function parseSpiffeId(input: string): SpiffeId {
+  const known = typeof input === "string" ? parsedIds.get(input) : undefined;
+  if (known !== undefined) return known;
+  const id = parseSpiffeIdUncached(input);
+  if (input.length <= PARSED_ID_MAX_LENGTH) {
+    if (parsedIds.size >= PARSED_IDS_MAX) parsedIds.clear();
+    parsedIds.set(input, id);
+  }
+  return id;
+}
+
+function parseSpiffeIdUncached(input: string): SpiffeId {
   if (typeof input !== "string" || input.length === 0) throw invalid(String(input), "it is empty");
   if (Buffer.byteLength(input, "utf8") > MAX_SPIFFE_ID_BYTES) throw invalid(input, `it is longer than ${MAX_SPIFFE_ID_BYTES} bytes`);
   if (!input.startsWith(SPIFFE_SCHEME)) {

@@ -1,10 +1,12 @@
 import * as grpc from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
 import { X509Certificate } from "node:crypto";
+import { connect, constants, type IncomingHttpHeaders } from "node:http2";
+import { request as httpsRequest } from "node:https";
 import { createServer, type Server } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { callUnary, GrpcTransportError } from "../../src/protocol/grpc-unary.ts";
-import { SIGN_CERTIFICATE_PATH } from "../../src/protocol/sentry.ts";
+import { encodeSignRequest, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../src/protocol/sentry.ts";
 import { createCsr } from "../../src/pki/csr.ts";
 import { generateKeyPair } from "../../src/pki/keys.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
@@ -154,5 +156,165 @@ describe("a @grpc/grpc-js client with stubs from proto/sentry.proto against the 
     const token = await ca.token("shop", "cart2");
     const { error } = await sign({ id: "cart2", namespace: "shop", trust_domain: TD, token, token_validator: "JOIN_TOKEN", certificate_signing_request: Buffer.from("not a csr") });
     expect(error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+  });
+
+  // Calls grpc-js makes without stubs: a method the CA does not serve, an oversized request.
+  const raw = (path: string, message: Buffer) =>
+    new Promise<{ error: grpc.ServiceError | null }>((resolve) =>
+      client.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, message, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (error) => resolve({ error })),
+    );
+
+  it("gets UNIMPLEMENTED for a method the CA does not serve", async () => {
+    const { error } = await raw("/dapr.proto.sentry.v1.CA/NoSuchMethod", Buffer.alloc(0));
+    expect(error?.code).toBe(grpc.status.UNIMPLEMENTED);
+    expect(error?.details).toMatch(/unknown method \/dapr\.proto\.sentry\.v1\.CA\/NoSuchMethod/);
+  });
+
+  it("gets RESOURCE_EXHAUSTED with E_REQUEST_TOO_LARGE for a request over maxRequestBytes, and the CA keeps serving", async () => {
+    // 64 KiB is the default maxRequestBytes; 256 KiB spans several DATA frames.
+    const { error } = await raw(SIGN_CERTIFICATE_PATH, Buffer.alloc(256 * 1024, 0x41));
+    expect(error?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    expect(error?.metadata.get("meshward-error-code")[0]).toBe("E_REQUEST_TOO_LARGE");
+    const token = await ca.token("shop", "after-large");
+    const csr = await createCsr({ keyPair: generateKeyPair() });
+    const { error: after } = await sign({ id: "after-large", namespace: "shop", trust_domain: TD, token, token_validator: "JOIN_TOKEN", certificate_signing_request: Buffer.from(csr) });
+    expect(after).toBeNull();
+  });
+
+  // gRPC over HTTP/2 (grpc/grpc doc/PROTOCOL-HTTP2.md): response headers, the message, then the
+  // status in trailers; a refusal sends no message and carries grpc-status in the trailers.
+  it("sends a refusal as headers then grpc-status in trailers, and an answer as headers, message, trailers", async () => {
+    const session = connect(`https://${ca.server.address}`, { ca: ca.bundlePem, servername: "localhost", checkServerIdentity: () => undefined });
+    try {
+      const exchange = (message: Buffer) =>
+        new Promise<{ headers: IncomingHttpHeaders; trailers: IncomingHttpHeaders | undefined; body: Buffer; endedWithHeaders: boolean }>((resolve, reject) => {
+          const stream = session.request({ ":method": "POST", ":path": SIGN_CERTIFICATE_PATH, "content-type": "application/grpc", te: "trailers" });
+          let headers: IncomingHttpHeaders = {};
+          let trailers: IncomingHttpHeaders | undefined;
+          let endedWithHeaders = false;
+          const chunks: Buffer[] = [];
+          stream.on("response", (h, flags: number) => {
+            headers = h;
+            endedWithHeaders = (flags & constants.NGHTTP2_FLAG_END_STREAM) !== 0;
+          });
+          stream.on("trailers", (t) => (trailers = t));
+          stream.on("data", (c: Buffer) => chunks.push(c));
+          stream.on("error", reject);
+          stream.on("close", () => resolve({ headers, trailers, body: Buffer.concat(chunks), endedWithHeaders }));
+          const frame = Buffer.alloc(5);
+          frame.writeUInt32BE(message.length, 1);
+          stream.end(Buffer.concat([frame, message]));
+        });
+      const refused = await exchange(Buffer.from([0x0a, 0x03, 0x61, 0x62, 0x63])); // id "abc", no CSR, no token
+      expect(refused.headers[":status"]).toBe(200);
+      expect(refused.headers["content-type"]).toBe("application/grpc");
+      expect(refused.headers["grpc-status"]).toBeUndefined();
+      expect(refused.endedWithHeaders).toBe(false);
+      expect(refused.trailers?.["grpc-status"]).toBeDefined();
+      expect(refused.trailers?.["grpc-status"]).not.toBe("0");
+      expect(refused.trailers?.["meshward-error-code"]).toMatch(/^E_/);
+      expect(refused.body.length).toBe(0);
+
+      const token = await ca.token("shop", "wire");
+      const csr = await createCsr({ keyPair: generateKeyPair() });
+      const ok = await exchange(Buffer.from(encodeSignRequest({ id: "wire", namespace: "shop", trustDomain: TD, token, tokenValidator: TokenValidator.JOIN_TOKEN, certificateSigningRequest: Buffer.from(csr) })));
+      expect(ok.headers[":status"]).toBe(200);
+      expect(ok.headers["grpc-status"]).toBeUndefined();
+      expect(ok.endedWithHeaders).toBe(false);
+      expect(ok.trailers?.["grpc-status"]).toBe("0");
+      expect(ok.body.readUInt32BE(1)).toBe(ok.body.length - 5);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it("stops reading a request at maxRequestBytes: flow control holds the rest at the client", async () => {
+    const session = connect(`https://${ca.server.address}`, { ca: ca.bundlePem, servername: "localhost", checkServerIdentity: () => undefined });
+    session.on("error", () => undefined);
+    try {
+      const stream = session.request({ ":method": "POST", ":path": SIGN_CERTIFICATE_PATH, "content-type": "application/grpc", te: "trailers" });
+      stream.on("error", () => undefined);
+      const chunk = Buffer.alloc(64 * 1024, 0x41);
+      const header = Buffer.alloc(5);
+      header.writeUInt32BE(4 << 20, 1); // announces a 4 MiB message; the default limit is 64 KiB
+      stream.write(header);
+      let flushed = 0;
+      for (let i = 0; i < 64; i++) stream.write(chunk, () => (flushed += chunk.length));
+      const trailers = await new Promise<IncomingHttpHeaders>((resolve) => stream.on("trailers", resolve));
+      expect(trailers["grpc-status"]).toBe(String(grpc.status.RESOURCE_EXHAUSTED));
+      // A server that kept reading takes the whole 4 MiB within milliseconds on loopback; one that
+      // stopped never does. A negative can only be watched for a while: 2 s here (on a machine too
+      // busy to move 4 MiB in 2 s this passes without proving anything; it never fails wrongly).
+      await new Promise<void>((resolve) => {
+        let ticks = 0;
+        const check = setInterval(() => {
+          if (flushed < 64 * chunk.length && ++ticks < 200) return;
+          clearInterval(check);
+          resolve();
+        }, 10);
+      });
+      expect(flushed).toBeLessThanOrEqual(256 * 1024);
+      stream.close(constants.NGHTTP2_CANCEL);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it("keeps serving when clients reset their calls while the CA signs", async () => {
+    const session = connect(`https://${ca.server.address}`, { ca: ca.bundlePem, servername: "localhost", checkServerIdentity: () => undefined });
+    session.on("error", () => undefined);
+    try {
+      const token = await ca.token("shop", "reset", { uses: 20 });
+      const csr = await createCsr({ keyPair: generateKeyPair() });
+      const message = Buffer.from(encodeSignRequest({ id: "reset", namespace: "shop", trustDomain: TD, token, tokenValidator: TokenValidator.JOIN_TOKEN, certificateSigningRequest: Buffer.from(csr) }));
+      const frame = Buffer.alloc(5);
+      frame.writeUInt32BE(message.length, 1);
+      await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          new Promise<void>((resolve) => {
+            const stream = session.request({ ":method": "POST", ":path": SIGN_CERTIFICATE_PATH, "content-type": "application/grpc", te: "trailers" });
+            stream.on("error", () => undefined);
+            stream.on("close", () => resolve());
+            stream.end(Buffer.concat([frame, message]), () => setTimeout(() => stream.close(constants.NGHTTP2_CANCEL), i % 5));
+          }),
+        ),
+      );
+    } finally {
+      session.destroy();
+    }
+    const after = await ca.token("shop", "after-reset");
+    const { error } = await sign({ id: "after-reset", namespace: "shop", trust_domain: TD, token: after, token_validator: "JOIN_TOKEN", certificate_signing_request: Buffer.from(await createCsr({ keyPair: generateKeyPair() })) });
+    expect(error).toBeNull();
+  });
+
+  it("still serves the HTTPS API on the same port, over HTTP/2 and HTTP/1.1", async () => {
+    const viaH2 = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const session = connect(`https://${ca.server.address}`, { ca: ca.bundlePem, servername: "localhost", checkServerIdentity: () => undefined });
+      session.on("error", reject);
+      const stream = session.request({ ":path": "/v1/bundle" });
+      let status = 0;
+      let body = "";
+      stream.on("response", (h) => (status = Number(h[":status"])));
+      stream.setEncoding("utf8");
+      stream.on("data", (d: string) => (body += d));
+      stream.on("error", reject);
+      stream.on("close", () => {
+        session.destroy();
+        resolve({ status, body });
+      });
+    });
+    expect(viaH2.status).toBe(200);
+    expect(viaH2.body).toBe(ca.bundlePem);
+    const viaH1 = await new Promise<{ status: number; body: string; version: string }>((resolve, reject) => {
+      const req = httpsRequest({ host: ca.server.host, port: ca.server.port, path: "/v1/bundle", ca: ca.bundlePem, servername: "localhost", checkServerIdentity: () => undefined, agent: false }, (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (d: string) => (body += d));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body, version: res.httpVersion }));
+      });
+      req.on("error", reject);
+      req.end();
+    });
+    expect(viaH1).toEqual({ status: 200, body: ca.bundlePem, version: "1.1" });
   });
 });

@@ -97,3 +97,23 @@ describe("workload IDs (Dapr form)", () => {
     expect(refusal(() => formatWorkloadId(input)).message).toMatch(reason);
   });
 });
+
+describe("parsed IDs are remembered (a bounded cache of valid IDs)", () => {
+  it("gives the same frozen result for an ID parsed again, and refuses an invalid ID every time", () => {
+    const first = parseSpiffeId("spiffe://cache.test/ns/a/b");
+    const again = parseSpiffeId("spiffe://cache.test/ns/a/b");
+    expect(again).toBe(first);
+    expect(Object.isFrozen(again) && Object.isFrozen(again.segments)).toBe(true);
+    for (let i = 0; i < 2; i++) expect(refusal(() => parseSpiffeId("spiffe://cache.test/ns/a/../b")).code).toBe("E_SPIFFE_ID_INVALID");
+  });
+
+  it("stays correct past its bound", () => {
+    for (let i = 0; i < 3000; i++) {
+      const id = parseSpiffeId(`spiffe://cache.test/ns/n${i}/app`);
+      expect(id.segments[1]).toBe(`n${i}`);
+    }
+    expect(parseWorkloadId("spiffe://cache.test/ns/n5/app")).toEqual({ trustDomain: "cache.test", namespace: "n5", appId: "app" });
+    const long = `spiffe://cache.test/ns/a/${"x".repeat(300)}`;
+    expect(parseSpiffeId(long).toString()).toBe(long);
+  });
+});

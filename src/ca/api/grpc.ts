@@ -36,13 +36,20 @@ export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, au
     size += chunk.length;
     if (size > maxRequestBytes + 5) {
       failed = true;
+      chunks.length = 0;
       respondError(res, GrpcStatus.RESOURCE_EXHAUSTED, `E_REQUEST_TOO_LARGE: the request is larger than ${maxRequestBytes} bytes`, "E_REQUEST_TOO_LARGE");
+      // Reading stops at the bound: the stream's flow-control window stops the client, which
+      // ends the call once it reads the status (RFC 9113 §8.1: a response may complete first).
+      req.pause();
       return;
     }
     chunks.push(chunk);
   });
   req.on("end", () => {
-    if (!failed) void answer(req, res, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size), authority);
+    if (!failed) {
+      // The stream can go away while the CA signs (the client resets it): never an unhandled rejection.
+      answer(req, res, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size), authority).catch(() => res.stream.destroy());
+    }
   });
   req.on("error", () => undefined);
 }

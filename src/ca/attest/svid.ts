@@ -21,6 +21,22 @@ function commonNameOf(certificate: X509Certificate): string | undefined {
   return names.length === 1 ? (names[0] as string).slice(3) : undefined;
 }
 
+/** What renewal reads from a certificate's own bytes, worked out once per certificate (a workload renews over one connection). */
+interface CertificateFacts {
+  readonly notLeaf: string | undefined;
+  readonly commonName: string | undefined;
+}
+const facts = new WeakMap<X509Certificate, CertificateFacts>();
+
+function factsOf(certificate: X509Certificate): CertificateFacts {
+  let known = facts.get(certificate);
+  if (known === undefined) {
+    known = { notLeaf: notLeafReason(certificateParts(certificate).extensions), commonName: commonNameOf(certificate) };
+    facts.set(certificate, known);
+  }
+  return known;
+}
+
 export function svidAttestor(options: SvidAttestorOptions): Attestor {
   return {
     name: "svid",
@@ -34,7 +50,7 @@ export function svidAttestor(options: SvidAttestorOptions): Attestor {
         throw new MeshwardError("E_CERT_EXPIRED", `the certificate presented for renewal expired at ${peer.notAfter.toISOString()}; get a new one with a token`);
       }
       // OpenSSL accepts a CA certificate as a TLS client certificate; renewal is for leaves only.
-      const notLeaf = notLeafReason(certificateParts(peer.certificate).extensions);
+      const { notLeaf, commonName } = factsOf(peer.certificate);
       if (notLeaf !== undefined) {
         throw new MeshwardError("E_ATTESTATION_UNTRUSTED", `the certificate presented for renewal is not a leaf SVID: ${notLeaf}`);
       }
@@ -56,7 +72,6 @@ export function svidAttestor(options: SvidAttestorOptions): Attestor {
       assertRequestMatches(request, spiffeId);
       // A CN granted at the first issuance carries over to renewals, but only the one meshward
       // grants (CN = the certificate's own app id): a CN of any other value is never copied.
-      const commonName = commonNameOf(peer.certificate);
       return { spiffeId, allowedDnsNames: peer.dnsNames, method: "svid", ...(commonName === appId ? { commonName } : {}) };
     },
   };
