@@ -24,8 +24,8 @@ describe("outbound listener: the first chunk decides", () => {
     return metricValue(text, "meshward_sidecar_refused_total", { direction: "outbound", reason });
   };
 
-  /** Opens a connection, writes `bytes` (if any), reads until the sidecar closes it. */
-  const exchange = (bytes: string | undefined): Promise<{ text: string; closedBySidecar: boolean }> =>
+  /** Opens a connection, writes `bytes` (if any) and 50 ms later `later` (if any), reads until the sidecar closes it. */
+  const exchange = (bytes: string | undefined, later?: string): Promise<{ text: string; closedBySidecar: boolean }> =>
     new Promise((resolve) => {
       const socket: Socket = netConnect({ host: "127.0.0.1", port: outbound });
       let text = "";
@@ -35,6 +35,7 @@ describe("outbound listener: the first chunk decides", () => {
       socket.on("error", () => (closedBySidecar = true)); // a reset is the sidecar closing too
       socket.on("close", () => resolve({ text, closedBySidecar }));
       if (bytes !== undefined) socket.write(bytes);
+      if (later !== undefined) setTimeout(() => socket.write(later), 50);
     });
 
   beforeAll(async () => {
@@ -65,25 +66,11 @@ describe("outbound listener: the first chunk decides", () => {
     expect(two.text.match(/HTTP\/1\.1 200 /g)).toHaveLength(2);
     expect(two.text.indexOf('"url":"/first"')).toBeLessThan(two.text.indexOf('"url":"/second"'));
     // The first chunk ends inside the head: the rest arrives in later chunks, to the relay.
-    const split = await new Promise<string>((resolve) => {
-      const socket = netConnect({ host: "127.0.0.1", port: outbound });
-      let text = "";
-      socket.on("data", (d: Buffer) => (text += d.toString("latin1")));
-      socket.on("close", () => resolve(text));
-      socket.write("GET /split HTTP/1.1\r\nHo");
-      setTimeout(() => socket.write("st: inventory\r\nConnection: close\r\n\r\n"), 50);
-    });
+    const split = (await exchange("GET /split HTTP/1.1\r\nHo", "st: inventory\r\nConnection: close\r\n\r\n")).text;
     expect(split).toMatch(/^HTTP\/1\.1 200 /);
     expect(split).toContain('"url":"/split"');
     // The first chunk is too short to tell what it is: the sidecar waits for more.
-    const short = await new Promise<string>((resolve) => {
-      const socket = netConnect({ host: "127.0.0.1", port: outbound });
-      let text = "";
-      socket.on("data", (d: Buffer) => (text += d.toString("latin1")));
-      socket.on("close", () => resolve(text));
-      socket.write("GE");
-      setTimeout(() => socket.write("T /short HTTP/1.1\r\nHost: inventory\r\nConnection: close\r\n\r\n"), 50);
-    });
+    const short = (await exchange("GE", "T /short HTTP/1.1\r\nHost: inventory\r\nConnection: close\r\n\r\n")).text;
     expect(short).toMatch(/^HTTP\/1\.1 200 /);
     expect(short).toContain('"url":"/short"');
   });
