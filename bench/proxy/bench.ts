@@ -16,19 +16,27 @@
  * node_modules/.cache/meshward-bench, not through the tsx loader. RSS is read right after the
  * first request, after 20 s without traffic (the idle figure: V8 gives back the young
  * generation it grew during start-up only once its memory reducer runs) and after the load.
- *   node --import tsx bench/proxy/bench.ts [seconds-per-run] [--rounds 3]
+ *   node --import tsx bench/proxy/bench.ts [seconds-per-run] [--rounds 3] [--open-loop-only] [--rate N]
  */
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { startMeshCa } from "../../test/proxy/fixtures.ts";
-import { children, cpuSeconds, ROOT, startChild, withOtherLoad } from "./children.ts";
+import { children, cpuSeconds, ownAndFinishedChildrenSeconds, ROOT, startChild, withOtherLoad } from "./children.ts";
+import { openLoop as runOpenLoop, type OpenLoopResult } from "./openloop.ts";
 
 const SECONDS = Number(process.argv[2] ?? 8);
 const ROUNDS = process.argv.includes("--rounds") ? Number(process.argv[process.argv.indexOf("--rounds") + 1]) : 3;
+/** Only the open-loop rounds (after one keep-alive run of the meshward pair for its peak): for work on latency. */
+const OPEN_LOOP_ONLY = process.argv.includes("--open-loop-only");
+/** The open loop's "half" rate, fixed (the quarter is half of it), instead of half the peak this run measures: to compare runs. */
+const FIXED_RATE = process.argv.includes("--rate") ? Number(process.argv[process.argv.indexOf("--rate") + 1]) : undefined;
+/** For looking into a sidecar: Node/V8 flags for both (BENCH_SIDECAR_NODE_ARGS="--trace-gc") and files for their stdout (BENCH_SIDECAR_STDOUT=/tmp/gc gives /tmp/gc.outbound and /tmp/gc.inbound). */
+const SIDECAR_NODE_ARGS = process.env.BENCH_SIDECAR_NODE_ARGS?.split(" ").filter(Boolean) ?? [];
+const SIDECAR_STDOUT = process.env.BENCH_SIDECAR_STDOUT || undefined;
 
 function freePort(): Promise<number> {
   return new Promise((resolve) => {
@@ -107,27 +115,7 @@ function wrk(url: string, connections: number, headers: string[] = []): WrkResul
   };
 }
 
-interface OpenLoopResult {
-  readonly p50Ms: number;
-  readonly p99Ms: number;
-  readonly p999Ms: number;
-  readonly achievedRate: number;
-  readonly errors: number;
-}
-
-/** Builds bench/proxy/openloop (Go standard library only) into node_modules/.cache; returns the binary. */
-function buildOpenLoop(): string {
-  const out = join(ROOT, "node_modules/.cache/meshward-bench/openloop");
-  execFileSync("go", ["build", "-o", out, join(ROOT, "bench/proxy/openloop/main.go")], { cwd: ROOT, env: { ...process.env, GOCACHE: join(ROOT, "node_modules/.cache/go-build"), GOFLAGS: "-mod=mod", GO111MODULE: "auto" } });
-  return out;
-}
-
-let openLoopBinary: string | undefined;
-function openLoop(url: string, rate: number, headers: string[]): OpenLoopResult {
-  openLoopBinary ??= buildOpenLoop();
-  const out = execFileSync(openLoopBinary, ["-url", url, "-rate", String(rate), "-seconds", String(SECONDS), "-c", "64", ...headers.flatMap((h) => ["-H", h])], { encoding: "utf8" });
-  return JSON.parse(out.trim().split("\n").pop()!) as OpenLoopResult;
-}
+const openLoop = (url: string, rate: number, headers: readonly string[]): OpenLoopResult => runOpenLoop(url, rate, SECONDS, headers);
 
 /** The paths in a different order each round, so no path always runs first (or right after the same one). */
 function rotated<T>(items: readonly T[], round: number): T[] {
@@ -202,11 +190,15 @@ async function main(): Promise<void> {
     const sidecar = async (appId: string, extra: string[]) =>
       startChild(
         process.execPath,
-        [cli, "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", await ca.token("default", appId), "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra],
+        [...SIDECAR_NODE_ARGS, cli, "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", await ca.token("default", appId), "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra],
         /inbound=127\.0\.0\.1:(\d+)(?: outbound=127\.0\.0\.1:(\d+))?/,
       );
     const sideB = await sidecar("bench-b", ["--app", `127.0.0.1:${backendPort}`]);
     const sideA = await sidecar("bench-a", ["--app", "127.0.0.1:1", "--outbound", "127.0.0.1:0", "--peer", `bench-b=127.0.0.1:${sideB.match![1]}`]);
+    if (SIDECAR_STDOUT !== undefined) {
+      sideB.child.stdout!.pipe(createWriteStream(`${SIDECAR_STDOUT}.inbound`));
+      sideA.child.stdout!.pipe(createWriteStream(`${SIDECAR_STDOUT}.outbound`));
+    }
     const meshwardUrl = `http://127.0.0.1:${sideA.match![2]}`;
     const meshwardHeaders = ["dapr-app-id: bench-b"];
 
@@ -256,7 +248,7 @@ async function main(): Promise<void> {
       "node-naive outbound": rssMb(nvA.child.pid),
     });
     const started = rssAll();
-    await new Promise((r) => setTimeout(r, IDLE_SETTLE_MS));
+    if (!OPEN_LOOP_ONLY) await new Promise((r) => setTimeout(r, IDLE_SETTLE_MS));
     const idle = rssAll();
 
     const paths = {
@@ -288,6 +280,7 @@ async function main(): Promise<void> {
     };
     const cpuPerRequest: Record<string, number[]> = {};
     for (const [name, p] of Object.entries(withPipe)) {
+      if (OPEN_LOOP_ONLY && (name !== "meshward" || FIXED_RATE !== undefined)) continue;
       wrk(`${p.url}/`, 8, p.headers); // warm-up
       const before = processes[name]!.map(cpuSeconds);
       small[name] = measured("small", () => wrk(`${p.url}/`, 32, p.headers));
@@ -297,11 +290,11 @@ async function main(): Promise<void> {
     const big: Record<string, WrkResult>[] = [];
     const fresh: Record<string, WrkResult>[] = [];
     const cpuPerConnection: Record<string, number[][]> = {};
-    for (let round = 0; round < ROUNDS; round++) {
+    for (let round = 0; round < (OPEN_LOOP_ONLY ? 0 : ROUNDS); round++) {
       big.push({});
       for (const [name, p] of rotated(Object.entries(withPipe), round)) big[round]![name] = measured("big", () => wrk(`${p.url}/big`, 4, p.headers));
     }
-    for (let round = 0; round < ROUNDS; round++) {
+    for (let round = 0; round < (OPEN_LOOP_ONLY ? 0 : ROUNDS); round++) {
       fresh.push({});
       for (const [name, p] of rotated(Object.entries(paths), round)) {
         const before = processes[name]!.map(cpuSeconds);
@@ -311,21 +304,32 @@ async function main(): Promise<void> {
     }
     // Open loop at half of the meshward pair's own peak. The saturated runs above leave a backlog in
     // the proxies; let it drain, then warm the pools again at the rate.
-    const meshHalf = Math.round(small.meshward!.rps / 2);
+    const meshHalf = FIXED_RATE ?? Math.round(small.meshward!.rps / 2);
     await new Promise((r) => setTimeout(r, 5000));
     openLoop(`${paths.meshward.url}/`, meshHalf, paths.meshward.headers);
-    const atMeshHalf: Record<string, OpenLoopResult>[] = [];
-    for (let round = 0; round < ROUNDS; round++) {
-      atMeshHalf.push({});
-      for (const name of rotated(["direct", "meshward", "nginx"] as const, round)) atMeshHalf[round]![name] = measured("half", () => openLoop(`${paths[name].url}/`, meshHalf, paths[name].headers));
-    }
+    // The pipe pair runs too: its added p99 is what any Node pair adds at that rate on this machine.
+    const openLoopPaths = ["direct", "meshward", "nginx", "node-pipe"] as const;
+    const openLoopCpu: Record<string, Record<string, number[][]>> = {};
+    const openLoopRounds = (section: string, rate: number): Record<string, OpenLoopResult>[] => {
+      const rows: Record<string, OpenLoopResult>[] = [];
+      for (let round = 0; round < ROUNDS; round++) {
+        rows.push({});
+        for (const name of rotated(openLoopPaths, round)) {
+          const before = [...processes[name]!.map(cpuSeconds), ownAndFinishedChildrenSeconds()];
+          const result = measured(section, () => openLoop(`${withPipe[name].url}/`, rate, withPipe[name].headers));
+          const after = [...processes[name]!.map(cpuSeconds), ownAndFinishedChildrenSeconds()];
+          // Per recorded request, though the 2 s unrecorded at the same rate count too (same rate, so the same per request).
+          const requests = result.achievedRate > 0 ? (result.ok / SECONDS) * (SECONDS + 2) : NaN;
+          ((openLoopCpu[section] ??= {})[name] ??= []).push(after.map((a, i) => ((a - before[i]!) * 1e6) / requests));
+          rows[round]![name] = result;
+        }
+      }
+      return rows;
+    };
+    const atMeshHalf = openLoopRounds("half", meshHalf);
     // For information: a quarter of the peak, where fewer processes compete for the two cores.
-    const meshQuarter = Math.round(small.meshward!.rps / 4);
-    const atMeshQuarter: Record<string, OpenLoopResult>[] = [];
-    for (let round = 0; round < ROUNDS; round++) {
-      atMeshQuarter.push({});
-      for (const name of rotated(["direct", "meshward", "nginx"] as const, round)) atMeshQuarter[round]![name] = measured("quarter", () => openLoop(`${paths[name].url}/`, meshQuarter, paths[name].headers));
-    }
+    const meshQuarter = Math.round(meshHalf / 2);
+    const atMeshQuarter = openLoopRounds("quarter", meshQuarter);
     const loaded = rssAll();
 
     const f = (n: number, d = 0) => (Number.isFinite(n) ? n.toFixed(d) : "n/a");
@@ -336,55 +340,61 @@ async function main(): Promise<void> {
       console.log(`  other load on the machine during these runs (not this bench's processes): ${f(Math.min(...cores), 2)}–${f(Math.max(...cores), 2)} cores, median ${f(median(cores), 2)}`);
     };
     console.log(`\nmeshward sidecar bench — ${SECONDS}s per run, ${ROUNDS} rounds, wrk -t1, Node ${process.version}, loopback, 2 cores shared by everything\n`);
-    console.log("small keep-alive requests (wrk -c32, 13-byte body)");
-    console.log("  path        req/s     p50 ms   p99 ms   errors");
-    for (const [name, r] of Object.entries(small)) console.log(`  ${name.padEnd(10)} ${f(r.rps).padStart(7)}   ${f(r.p50, 2).padStart(6)}   ${f(r.p99, 2).padStart(6)}   ${r.errors || "-"}`);
-    const ratio = small.meshward!.rps / small.nginx!.rps;
-    console.log("  CPU µs per request (user + system, /proc):   outbound   inbound   backend");
-    for (const [name, us] of Object.entries(cpuPerRequest)) console.log(`  ${name.padEnd(10)} ${" ".repeat(33)}${us.map((u) => f(u, 1).padStart(8)).join("  ")}`);
-    console.log(`  meshward / nginx req/s = ${pct(ratio)} (target ≥ 65%: ${met(ratio >= 0.65)}); meshward / node-naive = ${pct(small.meshward!.rps / small["node-naive"]!.rps)}, meshward / node-pipe = ${pct(small.meshward!.rps / small["node-pipe"]!.rps)}, node-pipe / nginx = ${pct(small["node-pipe"]!.rps / small.nginx!.rps)}`);
-    const [meshOut, meshIn] = cpuPerRequest.meshward!;
-    const [pipeOut, pipeIn] = cpuPerRequest["node-pipe"]!;
-    const cpuRatio = Math.max(meshOut! / pipeOut!, meshIn! / pipeIn!);
-    console.log(`  CPU per request, meshward / node-pipe: outbound ${f(meshOut! / pipeOut!, 2)}×, inbound ${f(meshIn! / pipeIn!, 2)}× (target ≤ 1.5×: ${met(cpuRatio <= 1.5)})`);
-    other("small");
+    if (OPEN_LOOP_ONLY) console.log(FIXED_RATE === undefined ? `meshward pair keep-alive peak (wrk -c32): ${f(small.meshward!.rps)} req/s` : `open-loop rates fixed by --rate`);
+    else {
+      console.log("small keep-alive requests (wrk -c32, 13-byte body)");
+      console.log("  path        req/s     p50 ms   p99 ms   errors");
+      for (const [name, r] of Object.entries(small)) console.log(`  ${name.padEnd(10)} ${f(r.rps).padStart(7)}   ${f(r.p50, 2).padStart(6)}   ${f(r.p99, 2).padStart(6)}   ${r.errors || "-"}`);
+      const ratio = small.meshward!.rps / small.nginx!.rps;
+      console.log("  CPU µs per request (user + system, /proc):   outbound   inbound   backend");
+      for (const [name, us] of Object.entries(cpuPerRequest)) console.log(`  ${name.padEnd(10)} ${" ".repeat(33)}${us.map((u) => f(u, 1).padStart(8)).join("  ")}`);
+      console.log(`  meshward / nginx req/s = ${pct(ratio)} (target ≥ 65%: ${met(ratio >= 0.65)}); meshward / node-naive = ${pct(small.meshward!.rps / small["node-naive"]!.rps)}, meshward / node-pipe = ${pct(small.meshward!.rps / small["node-pipe"]!.rps)}, node-pipe / nginx = ${pct(small["node-pipe"]!.rps / small.nginx!.rps)}`);
+      const [meshOut, meshIn] = cpuPerRequest.meshward!;
+      const [pipeOut, pipeIn] = cpuPerRequest["node-pipe"]!;
+      const cpuRatio = Math.max(meshOut! / pipeOut!, meshIn! / pipeIn!);
+      console.log(`  CPU per request, meshward / node-pipe: outbound ${f(meshOut! / pipeOut!, 2)}×, inbound ${f(meshIn! / pipeIn!, 2)}× (target ≤ 1.5×: ${met(cpuRatio <= 1.5)})`);
+      other("small");
 
-    console.log(`\n1 MiB bodies (wrk -c4), MB/s per round`);
-    for (const name of Object.keys(withPipe)) console.log(`  ${name.padEnd(10)} ${big.map((b) => f(b[name]!.mbps, 1).padStart(7)).join("  ")}${big.some((b) => b[name]!.errors) ? `   ${big.map((b) => b[name]!.errors).join("; ")}` : ""}`);
-    const bigRatios = big.map((b) => b.meshward!.mbps / b.nginx!.mbps);
-    console.log(`  meshward / nginx per round: ${bigRatios.map(pct).join(", ")} (target ≥ 90% in every run: ${met(bigRatios.every((r) => r >= 0.9))})`);
-    other("big");
+      console.log(`\n1 MiB bodies (wrk -c4), MB/s per round`);
+      for (const name of Object.keys(withPipe)) console.log(`  ${name.padEnd(10)} ${big.map((b) => f(b[name]!.mbps, 1).padStart(7)).join("  ")}${big.some((b) => b[name]!.errors) ? `   ${big.map((b) => b[name]!.errors).join("; ")}` : ""}`);
+      const bigRatios = big.map((b) => b.meshward!.mbps / b.nginx!.mbps);
+      console.log(`  meshward / nginx per round: ${bigRatios.map(pct).join(", ")} (target ≥ 90% in every run: ${met(bigRatios.every((r) => r >= 0.9))})`);
+      other("big");
 
-    console.log("\nnew client connections (wrk -c16, Connection: close; proxy-to-proxy connections stay pooled in both), conn/s per round");
-    for (const name of Object.keys(paths)) console.log(`  ${name.padEnd(10)} ${fresh.map((r) => f(r[name]!.rps).padStart(7)).join("  ")}`);
-    const freshRatios = fresh.map((r) => r.meshward!.rps / r.nginx!.rps);
-    console.log("  CPU µs per connection (user + system, /proc; median of the rounds):   outbound   inbound   backend");
-    for (const [name, rows] of Object.entries(cpuPerConnection)) console.log(`  ${name.padEnd(10)} ${" ".repeat(57)}${[0, 1, 2].map((i) => f(median(rows.map((r) => r[i]!)), 1).padStart(8)).join("  ")}`);
-    console.log(`  meshward / nginx per round: ${freshRatios.map(pct).join(", ")} (target ≥ 50%: ${met(freshRatios.every((r) => r >= 0.5))} in every round, ${met(median(freshRatios) >= 0.5)} at the median)`);
-    other("fresh");
+      console.log("\nnew client connections (wrk -c16, Connection: close; proxy-to-proxy connections stay pooled in both), conn/s per round");
+      for (const name of Object.keys(paths)) console.log(`  ${name.padEnd(10)} ${fresh.map((r) => f(r[name]!.rps).padStart(7)).join("  ")}`);
+      const freshRatios = fresh.map((r) => r.meshward!.rps / r.nginx!.rps);
+      console.log("  CPU µs per connection (user + system, /proc; median of the rounds):   outbound   inbound   backend");
+      for (const [name, rows] of Object.entries(cpuPerConnection)) console.log(`  ${name.padEnd(10)} ${" ".repeat(57)}${[0, 1, 2].map((i) => f(median(rows.map((r) => r[i]!)), 1).padStart(8)).join("  ")}`);
+      console.log(`  meshward / nginx per round: ${freshRatios.map(pct).join(", ")} (target ≥ 50%: ${met(freshRatios.every((r) => r >= 0.5))} in every round, ${met(median(freshRatios) >= 0.5)} at the median)`);
+      other("fresh");
+    }
 
     const openLoopTable = (title: string, rate: number, rows: Record<string, OpenLoopResult>[], isTarget: boolean, section: string) => {
       console.log(`\nopen loop at ${title} (${rate} req/s, ${SECONDS} s recorded after 2 s unrecorded, 64 connections; bench/proxy/openloop)`);
       const held = (r: OpenLoopResult) => r.achievedRate >= 0.95 * rate && r.errors === 0;
-      for (const name of ["direct", "meshward", "nginx"]) {
+      for (const name of openLoopPaths) {
         console.log(`  ${name.padEnd(10)} p50 / p99 / p99.9 ms per round: ${rows.map((r) => `${f(r[name]!.p50Ms, 2)} / ${f(r[name]!.p99Ms, 2)} / ${f(r[name]!.p999Ms, 2)}${held(r[name]!) ? "" : ` (SATURATED or errors: ${f(r[name]!.achievedRate)} req/s, ${r[name]!.errors} errors)`}`).join("   ")}`);
       }
       const added = rows.map((r) => r.meshward!.p99Ms - r.direct!.p99Ms);
       const addedNginx = rows.map((r) => r.nginx!.p99Ms - r.direct!.p99Ms);
+      const addedPipe = rows.map((r) => r["node-pipe"]!.p99Ms - r.direct!.p99Ms);
       const directP99 = rows.map((r) => r.direct!.p99Ms);
-      console.log(`  p99 added (path − direct, same round): meshward ${added.map((a) => `${f(a, 2)}`).join(", ")} ms; nginx ${addedNginx.map((a) => `${f(a, 2)}`).join(", ")} ms`);
+      console.log(`  p99 added (path − direct, same round): meshward ${added.map((a) => `${f(a, 2)}`).join(", ")} ms; nginx ${addedNginx.map((a) => `${f(a, 2)}`).join(", ")} ms; node-pipe (bytes only, the floor of a Node pair) ${addedPipe.map((a) => `${f(a, 2)}`).join(", ")} ms`);
+      console.log("  CPU µs per request at this rate (median of the rounds):   outbound   inbound   backend   load generator");
+      for (const [name, rows] of Object.entries(openLoopCpu[section] ?? {})) console.log(`  ${name.padEnd(10)} ${" ".repeat(47)}${[0, 1, 2, 3].map((i) => f(median(rows.map((r) => r[i]!)), 1).padStart(8)).join("  ")}`);
       console.log(`  noise: direct's own p99 ranged ${f(Math.min(...directP99), 2)}–${f(Math.max(...directP99), 2)} ms across the rounds`);
       const verdict = `${met(rows.every((r) => held(r.meshward!)) && median(added) <= 1)} at the median (${f(median(added), 2)} ms), ${met(added.every((a) => a <= 1))} in every round`;
       console.log(`  ${isTarget ? "target p99 added ≤ 1 ms" : "p99 added ≤ 1 ms (for information)"}: ${verdict}`);
       other(section);
     };
-    openLoopTable("half of the meshward pair's own peak", meshHalf, atMeshHalf, true, "half");
-    openLoopTable("a quarter of the meshward pair's peak", meshQuarter, atMeshQuarter, false, "quarter");
+    openLoopTable(FIXED_RATE === undefined ? "half of the meshward pair's own peak" : "the rate given with --rate", meshHalf, atMeshHalf, FIXED_RATE === undefined, "half");
+    openLoopTable(FIXED_RATE === undefined ? "a quarter of the meshward pair's peak" : "half the rate given with --rate", meshQuarter, atMeshQuarter, false, "quarter");
 
     console.log(`\nRSS (MB)             after 1st request   idle ${IDLE_SETTLE_MS / 1000} s   after load`);
     for (const name of Object.keys(idle) as (keyof typeof idle)[]) console.log(`  ${name.padEnd(22)} ${f(started[name], 1).padStart(6)}            ${f(idle[name], 1).padStart(6)}      ${f(loaded[name], 1).padStart(6)}`);
     const idleMax = Math.max(idle["meshward inbound"], idle["meshward outbound"]);
-    console.log(`  sidecar idle RSS ${f(idleMax, 1)} MB (the earlier target, ≤ 60 MB: ${met(idleMax <= 60)}; not one of issue 20's)`);
+    if (!OPEN_LOOP_ONLY) console.log(`  sidecar idle RSS ${f(idleMax, 1)} MB (the earlier target, ≤ 60 MB: ${met(idleMax <= 60)}; not one of issue 20's)`);
   } finally {
     for (const c of children) c.kill("SIGTERM");
     await new Promise((r) => setTimeout(r, 300));

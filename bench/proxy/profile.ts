@@ -8,7 +8,10 @@
  * calls during the measured run instead, printed per request (needs strace and ptrace rights).
  * With --close, wrk sends `Connection: close`: each request on a new client connection into the
  * outbound sidecar (the pair's own connection stays pooled), the bench's new-connections load.
- *   node --import tsx bench/proxy/profile.ts [seconds] [wrk-connections] [--strace] [--close]
+ * With --rate N, the Go open-loop generator (bench/proxy/openloop) sends N requests per second
+ * instead of wrk: where the time goes at a moderate rate, with few requests per wake-up (the
+ * open-loop p99 runs of bench.ts), rather than at the peak.
+ *   node --import tsx bench/proxy/profile.ts [seconds] [wrk-connections] [--strace] [--close] [--rate N]
  */
 import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
@@ -17,12 +20,14 @@ import { join } from "node:path";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { startMeshCa } from "../../test/proxy/fixtures.ts";
 import { children, ROOT, startChild } from "./children.ts";
+import { openLoop } from "./openloop.ts";
 
-const positional = process.argv.slice(2).filter((a) => !a.startsWith("--"));
+const positional = process.argv.slice(2).filter((a, i, all) => !a.startsWith("--") && all[i - 1] !== "--rate");
 const SECONDS = Number(positional[0] ?? 8);
 const CONNECTIONS = Number(positional[1] ?? 32);
 const STRACE = process.argv.includes("--strace");
 const CLOSE = process.argv.includes("--close");
+const RATE = process.argv.includes("--rate") ? Number(process.argv[process.argv.indexOf("--rate") + 1]) : undefined;
 
 const start = (args: string[], ready: RegExp) => startChild(process.execPath, args, ready);
 
@@ -101,9 +106,17 @@ async function main(): Promise<void> {
     execFileSync("wrk", ["-t1", "-c8", "-d2s", "-H", "dapr-app-id: bench-b", url]);
     const tracers = STRACE ? [outbound, inbound].map((side) => traceSyscalls(side.child.pid!)) : [];
     if (STRACE) await new Promise((resolve) => setTimeout(resolve, 500));
-    const out = execFileSync("wrk", ["-t1", `-c${CONNECTIONS}`, `-d${SECONDS}s`, "--latency", "-H", "dapr-app-id: bench-b", ...(CLOSE ? ["-H", "Connection: close"] : []), url], { encoding: "utf8" });
-    const requests = Number(/(\d+) requests in/.exec(out)?.[1]);
-    console.log(`Node ${process.version}, wrk -c${CONNECTIONS} ${SECONDS}s through the pair${CLOSE ? " (Connection: close)" : ""}: ${/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]} req/s (2 s warm-up before)`);
+    let requests: number;
+    if (RATE === undefined) {
+      const out = execFileSync("wrk", ["-t1", `-c${CONNECTIONS}`, `-d${SECONDS}s`, "--latency", "-H", "dapr-app-id: bench-b", ...(CLOSE ? ["-H", "Connection: close"] : []), url], { encoding: "utf8" });
+      requests = Number(/(\d+) requests in/.exec(out)?.[1]);
+      console.log(`Node ${process.version}, wrk -c${CONNECTIONS} ${SECONDS}s through the pair${CLOSE ? " (Connection: close)" : ""}: ${/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]} req/s (2 s warm-up before)`);
+    } else {
+      const result = openLoop(url, RATE, SECONDS, ["dapr-app-id: bench-b", ...(CLOSE ? ["Connection: close"] : [])]);
+      // The generator's 2 s unrecorded run at the same rate is traced and profiled too.
+      requests = ((result.ok + result.errors) / SECONDS) * (SECONDS + 2);
+      console.log(`Node ${process.version}, open loop at ${RATE} req/s, ${SECONDS} s (+2 s unrecorded) through the pair${CLOSE ? " (Connection: close)" : ""}: p50 ${result.p50Ms.toFixed(2)} ms, p99 ${result.p99Ms.toFixed(2)} ms, ${result.errors} errors`);
+    }
     if (STRACE) {
       for (const [i, role] of ["outbound (A)", "inbound (B)"].entries()) {
         console.log(`\n${role}: system calls per request (${requests} requests; strace slows the pair, so only the counts mean anything)`);
