@@ -4,7 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
-import { caSpiffeId, fetchFromCa, type CaConnection } from "../../src/identity/ca-client.ts";
+import { caSpiffeId, fetchFromCa, requestCertificate, type CaConnection } from "../../src/identity/ca-client.ts";
+import { callUnary } from "../../src/protocol/grpc-unary.ts";
 import { encodePrivateKey } from "../../src/pki/keys.ts";
 import { writeSecretFileAtomic } from "../../src/util/files.ts";
 import { opensslServerRenegotiating } from "../helpers/openssl-renegotiate.ts";
@@ -81,6 +82,53 @@ describe("fetchFromCa refuses a CA that renegotiates (real openssl s_server, TLS
       const { refusedByClient } = await server.renegotiateThenReply("GET /ca/bundle", REPLY);
       expect(refusedByClient).toBe(false);
       expect(await fetched).toBe("bundle-body");
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
+// requestCertificate speaks gRPC over HTTP/2 (src/protocol/grpc-unary.ts): s_server offers ALPN
+// h2 and renegotiates once the HTTP/2 connection preface has arrived. It cannot answer gRPC, so the
+// control shows only s_server's verdict (the client renegotiated), then ends the connection.
+describe("requestCertificate refuses a CA that renegotiates (gRPC over HTTP/2, real openssl s_server)", () => {
+  const request = { csrPem: "not read by s_server", token: "t", validator: "INSECURE", namespace: "default", appId: "app" } as const;
+
+  it("the call fails with a MeshwardError naming the CA; s_server saw the refusal", async () => {
+    const server = await opensslServerRenegotiating(certFile, keyFile, ["-cert_chain", certFile, "-alpn", "h2"]);
+    try {
+      const signed = requestCertificate(connection(server.port), request).then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      const { refusedByClient } = await server.renegotiateThenReply("PRI * HTTP/2.0", "");
+      // Checked first: a client that renegotiated would otherwise wait for its deadline.
+      expect(refusedByClient).toBe(true);
+      expect(server.output()).toContain("SSL3 alert read:warning:no renegotiation");
+      const error = await signed;
+      expect(isMeshwardError(error, "E_CA_UNAVAILABLE")).toBe(true);
+      expect((error as Error).message).toContain(`127.0.0.1:${server.port}`);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it("control: the same gRPC client code with the same trust but without SSL_OP_NO_RENEGOTIATION renegotiates", async () => {
+    const server = await opensslServerRenegotiating(certFile, keyFile, ["-cert_chain", certFile, "-alpn", "h2"]);
+    try {
+      const call = callUnary({
+        url: `https://127.0.0.1:${server.port}`,
+        tls: { ca: pki.rootPem, servername: "localhost" },
+        path: "/spiffe.sentry.v1.CA/SignCertificate",
+        authority: "localhost",
+        message: Buffer.alloc(0),
+        timeoutMs: 30_000,
+      }).catch((error: unknown) => error);
+      const { refusedByClient } = await server.renegotiateThenReply("PRI * HTTP/2.0", "");
+      expect(refusedByClient).toBe(false);
+      expect(server.output()).not.toContain("no renegotiation");
+      await server.stop(); // ends the call: s_server cannot answer gRPC
+      await call;
     } finally {
       await server.stop();
     }
