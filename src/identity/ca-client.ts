@@ -5,6 +5,7 @@ import { MeshwardError } from "../errors.ts";
 import { inspectCertificate } from "../pki/inspect.ts";
 import { encodePrivateKey } from "../pki/keys.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
+import { SECURE_OPTIONS } from "../tls/policy.ts";
 import { formatHostPort, type HostPort } from "../util/address.ts";
 import { withCaFailover } from "./ca-endpoints.ts";
 import { callUnary, GRPC_DEADLINE_EXCEEDED, GRPC_STATUS_NAMES, GRPC_UNAVAILABLE, GrpcTransportError, type UnaryResult } from "../protocol/grpc-unary.ts";
@@ -92,6 +93,8 @@ async function requestFrom(endpoint: HostPort, connection: CaConnection, request
         ...(connection.clientCertificate ? { cert: connection.clientCertificate.certChainPem, key: encodePrivateKey(connection.clientCertificate.privateKey) } : {}),
         servername: "localhost",
         checkServerIdentity: checkCaIdentity(connection.trustDomain, connection.caSpiffeId),
+        // The CA's identity is checked once, at the handshake: a renegotiation is refused.
+        secureOptions: SECURE_OPTIONS,
       },
       path: SIGN_CERTIFICATE_PATH,
       authority: "localhost",
@@ -197,6 +200,7 @@ async function fetchFrom(endpoint: HostPort, connection: CaConnection, path: str
         servername: "localhost",
         checkServerIdentity: checkCaIdentity(connection.trustDomain, connection.caSpiffeId),
         minVersion: "TLSv1.2",
+        secureOptions: SECURE_OPTIONS,
         timeout: connection.timeoutMs ?? 10_000,
         agent: false,
       },

@@ -3,6 +3,7 @@ import { request } from "node:https";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
+import { SECURE_OPTIONS } from "../tls/policy.ts";
 
 export interface KubeApiConfig {
   /** e.g. https://kubernetes.default.svc */
@@ -103,6 +104,7 @@ function kubeRequest(api: KubeApiConfig, method: string, path: string, body?: st
       {
         method,
         ca,
+        secureOptions: SECURE_OPTIONS,
         timeout: 10_000,
         headers: { authorization: `Bearer ${token}`, accept: "application/json", ...(contentType ? { "content-type": contentType } : {}) },
       },

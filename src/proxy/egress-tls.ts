@@ -4,7 +4,7 @@ import { isIP } from "node:net";
 import { MeshwardError } from "../errors.ts";
 import type { IdentitySnapshot, IdentitySource } from "../identity/source.ts";
 import { compileMatcher } from "../spiffe/match.ts";
-import { CIPHERS, CURVES, MIN_TLS_VERSION, buildSecureContextOptions } from "../tls/policy.ts";
+import { CIPHERS, CURVES, MIN_TLS_VERSION, SECURE_OPTIONS, buildSecureContextOptions } from "../tls/policy.ts";
 import type { SecureOptions } from "../tls/policy.ts";
 import { verifyPeerCertificate } from "../tls/verify.ts";
 import type { PeerPolicy } from "../tls/verify.ts";
@@ -70,7 +70,8 @@ export class EgressTlsMaterials {
     if (settings.mtls) {
       options = buildSecureContextOptions({ svid: snapshot!.svid, bundle: { ...snapshot!.bundle, rootsPem: roots } }, "client");
     } else {
-      options = { minVersion: MIN_TLS_VERSION, maxVersion: "TLSv1.3", ciphers: CIPHERS, ecdhCurve: CURVES, ca: roots };
+      // A backend that renegotiates (asks for a client certificate mid-connection) is refused, as in the mTLS branch.
+      options = { minVersion: MIN_TLS_VERSION, maxVersion: "TLSv1.3", ciphers: CIPHERS, ecdhCurve: CURVES, secureOptions: SECURE_OPTIONS, ca: roots };
     }
     const secureContext = createSecureContext(options);
     const revoked = settings.fileRootsPem === undefined && snapshot !== undefined ? snapshot.bundle.revokedSerials : new Set<string>();

@@ -6,6 +6,7 @@ import { exportJWK, generateKeyPair, SignJWT, type CryptoKey } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { jwksAttestor } from "../../src/ca/attest/jwks.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
+import { opensslServerRenegotiating } from "../helpers/openssl-renegotiate.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
 
 // The CA finds the cluster's service-account signing keys through the API server's OIDC
@@ -164,6 +165,36 @@ describe("JWT validator with Kubernetes OIDC discovery", () => {
       expect((await refusal(attestor({ caFile: other.rootPath }).attest(ask(await projected(k1))))).code).toBe("E_JWKS_UNAVAILABLE");
     } finally {
       other.cleanup();
+    }
+  });
+
+  // An API server that renegotiates (openssl s_server, TLS 1.2, HelloRequest with a client-certificate
+  // request once the discovery GET has arrived) is refused, as Envoy refuses server-initiated
+  // renegotiation upstream by default (envoyproxy/envoy
+  // api/envoy/extensions/transport_sockets/tls/v3/tls.proto, UpstreamTlsContext.allow_renegotiation).
+  // The control (a client without the option accepting the same flow) is in test/ca/kube-api.test.ts.
+  it("refuses an API server that renegotiates mid-request: E_JWKS_UNAVAILABLE, the discovery document is never read", async () => {
+    const leaf = pki.issueLeaf({ dnsNames: ["localhost"] });
+    const server = await opensslServerRenegotiating(leaf.certPath, leaf.keyPath, ["-cert_chain", leaf.chainPath]);
+    try {
+      const validator = jwksAttestor({
+        kubernetes: { apiServer: `https://localhost:${server.port}`, tokenFile, caFile: pki.rootPath, cacheMaxAge: 600_000, cooldown: 0 },
+        audience: ["meshward"],
+        mapping: "kubernetes",
+        trustDomain: "cluster.test",
+      });
+      const outcome = validator.attest(ask(await projected(k1))).then(
+        () => new Error("expected a refusal"),
+        (error: unknown) => error,
+      );
+      const reply = `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${DISCOVERY.length}\r\nConnection: close\r\n\r\n${DISCOVERY}`;
+      const { refusedByClient } = await server.renegotiateThenReply("GET /.well-known/openid-configuration", reply);
+      expect(refusedByClient).toBe(true);
+      const error = (await outcome) as { code: string; message: string };
+      expect(error.code).toBe("E_JWKS_UNAVAILABLE");
+      expect(error.message).toContain("/.well-known/openid-configuration");
+    } finally {
+      await server.stop();
     }
   });
 });

@@ -7,6 +7,7 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { staticIdentity, type IdentitySnapshot } from "../../src/identity/source.ts";
 import { syncWebhookCaBundle } from "../../src/inject/webhook-ca-bundle.ts";
+import { opensslServerRenegotiating } from "../helpers/openssl-renegotiate.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
 
 // The injector's caBundle reconciler against an API-server stand-in (no cluster runs here):
@@ -99,6 +100,31 @@ describe("syncWebhookCaBundle", () => {
       expect(patchCount).toBe(patches);
     } finally {
       sync.stop();
+    }
+  });
+
+  // An API server that renegotiates (openssl s_server, TLS 1.2, HelloRequest with a client-certificate
+  // request once the GET has arrived) is refused, as Envoy refuses server-initiated renegotiation
+  // upstream by default (envoyproxy/envoy api/envoy/extensions/transport_sockets/tls/v3/tls.proto,
+  // UpstreamTlsContext.allow_renegotiation). The control (a client without the option accepting
+  // the same flow) is in test/ca/kube-api.test.ts.
+  it("refuses an API server that renegotiates: the pass fails and is logged with the request", async () => {
+    const leaf = pki.issueLeaf({ dnsNames: ["localhost"] });
+    const server = await opensslServerRenegotiating(leaf.certPath, leaf.keyPath, ["-cert_chain", leaf.chainPath]);
+    const lines: string[] = [];
+    const logger = pino({ level: "warn" }, { write: (line: string) => void lines.push(line) });
+    const sync = syncWebhookCaBundle({ api: { apiServer: `https://localhost:${server.port}`, tokenFile: join(pki.dir, "token"), caFile: pki.rootPath }, webhookConfiguration: "meshward-injector", identity, logger, intervalMs: 3_600_000 });
+    try {
+      const pass = sync.sync(); // the pass the reconciler started with
+      const reply = `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`;
+      const { refusedByClient } = await server.renegotiateThenReply(`GET ${PATH}`, reply);
+      expect(refusedByClient).toBe(true);
+      expect(await pass).toBe(false);
+      const failed = lines.map((line) => JSON.parse(line) as { event?: string; err?: string }).find((entry) => entry.event === "webhook-ca-bundle-failed");
+      expect(failed?.err).toContain(`GET https://localhost:${server.port}${PATH}`);
+    } finally {
+      sync.stop();
+      await server.stop();
     }
   });
 });

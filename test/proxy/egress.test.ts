@@ -1,5 +1,7 @@
 import { connect as netConnect } from "node:net";
 import type { Socket } from "node:net";
+import { readFileSync } from "node:fs";
+import { connect as tlsConnect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
 import type { CaIdentitySource } from "../../src/identity/ca-source.ts";
@@ -8,8 +10,10 @@ import { createMetrics, type Metrics } from "../../src/telemetry/metrics.ts";
 import { createMtlsServer, type MtlsServer } from "../../src/transport/index.ts";
 import { foreignIdentity, quietTlsLogger, startMeshCa, type ForeignIdentity, type IdentityFiles, type MeshCa } from "../backends/fixtures.ts";
 import { plainPing } from "../backends/resp.ts";
+import { opensslServerRenegotiating } from "../helpers/openssl-renegotiate.ts";
 import { freePort, startRedisTls, type RunningRedis } from "../helpers/redis.ts";
 import { manualIdentitySource } from "../helpers/test-pki.ts";
+import { waitFor } from "../helpers/wait.ts";
 
 // Egress (TLS origination) against a real redis-server (tls-auth-clients yes) and an SDK mTLS
 // server that reports which client certificate it saw; all certificates from a real meshward CA.
@@ -119,6 +123,66 @@ describe("egress to Redis over TLS (real redis-server)", () => {
     const e = await egress({ backend: `127.0.0.1:${closedPort}`, serverName: "localhost", mtls: true });
     expect(await converse(port(e), "hello")).toBe("");
     expect(e.stats().failed).toEqual({ connect_failed: 1 });
+  });
+});
+
+// A backend that renegotiates mid-connection (TLS 1.2 HelloRequest, here with a client-certificate
+// request: s_server's "R") could present or ask for other certificates than the ones checked at
+// the handshake. Egress refuses it like Envoy's upstream default: UpstreamTlsContext's
+// `allow_renegotiation` ("If true, server-initiated TLS renegotiation will be allowed", default
+// false) in envoyproxy/envoy api/envoy/extensions/transport_sockets/tls/v3/tls.proto.
+describe("egress refuses a backend that renegotiates (real openssl s_server, TLS 1.2)", () => {
+  for (const mtls of [false, true]) {
+    it(`${mtls ? "mTLS" : "server-authenticated TLS"}: the backend's renegotiation is refused and the app connection closes without the backend's reply`, async () => {
+      const backend = await opensslServerRenegotiating(redisFiles.cert, redisFiles.key, ["-cert_chain", redisFiles.cert]);
+      let appSocket: Socket | undefined;
+      try {
+        const e = await egress({ backend: `127.0.0.1:${backend.port}`, serverName: "localhost", mtls, caFile: redisFiles.bundle }, mtls ? app : undefined);
+        appSocket = netConnect({ host: "127.0.0.1", port: port(e) });
+        let text = "";
+        let closed = false;
+        appSocket.setEncoding("utf8");
+        appSocket.on("data", (chunk: string) => (text += chunk));
+        appSocket.on("error", () => undefined);
+        appSocket.on("close", () => (closed = true));
+        appSocket.write("hello-before\n");
+        const { refusedByClient } = await backend.renegotiateThenReply("hello-before", "reply-after-renegotiation\n");
+        // Stops at whichever comes first, so that a client that renegotiated fails here, not by a timeout.
+        await waitFor("the app connection to close (or to get the reply)", () => closed || text.includes("reply-after-renegotiation"), 10_000, 20);
+        expect(text).toBe("");
+        expect(closed).toBe(true);
+        expect(refusedByClient).toBe(true);
+        expect(backend.output()).toContain("SSL3 alert read:warning:no renegotiation");
+        expect(e.stats().established).toBe(1); // refused mid-connection, after a verified handshake
+        expect(e.stats().failed).toEqual({});
+      } finally {
+        appSocket?.destroy();
+        await backend.stop();
+      }
+    });
+  }
+
+  it("control: the same s_server flow against a node:tls client without SSL_OP_NO_RENEGOTIATION renegotiates and gets the reply", async () => {
+    const backend = await opensslServerRenegotiating(redisFiles.cert, redisFiles.key, ["-cert_chain", redisFiles.cert]);
+    const socket = tlsConnect({ host: "127.0.0.1", port: backend.port, servername: "localhost", ca: readFileSync(redisFiles.bundle), minVersion: "TLSv1.2" });
+    try {
+      let text = "";
+      socket.setEncoding("utf8");
+      socket.on("data", (chunk: string) => (text += chunk));
+      socket.on("error", () => undefined);
+      await new Promise<void>((resolve, reject) => {
+        socket.once("secureConnect", resolve);
+        socket.once("error", reject);
+      });
+      socket.write("hello-before\n");
+      const { refusedByClient } = await backend.renegotiateThenReply("hello-before", "reply-after-renegotiation\n");
+      expect(refusedByClient).toBe(false);
+      await waitFor("the reply after the renegotiation", () => text.includes("reply-after-renegotiation"), 10_000, 20);
+      expect(backend.output()).not.toContain("no renegotiation");
+    } finally {
+      socket.destroy();
+      await backend.stop();
+    }
   });
 });
 

@@ -1,8 +1,10 @@
 import { readFileSync } from "node:fs";
-import { createLocalJWKSet, createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from "jose";
+import { createLocalJWKSet, createRemoteJWKSet, customFetch, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from "jose";
+import { Agent, fetch as undiciFetch } from "undici";
 import type { JwksValidatorConfig } from "../../config/ca.ts";
 import { MeshwardError } from "../../errors.ts";
 import { formatWorkloadId, parseWorkloadId } from "../../spiffe/id.ts";
+import { SECURE_OPTIONS } from "../../tls/policy.ts";
 import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
 import { kubernetesOidc } from "./kubernetes-oidc.ts";
@@ -85,7 +87,27 @@ function loadKeySet(options: JwksAttestorOptions): JWTVerifyGetKey {
       throw new MeshwardError("E_JWKS_INVALID", `${options.jwksFile} is not a JWKS document: ${(error as Error).message}`);
     }
   }
-  return createRemoteJWKSet(new URL(options.jwksUrl as string), { timeoutDuration: 5000, cooldownDuration: 30_000 });
+  return createRemoteJWKSet(new URL(options.jwksUrl as string), { timeoutDuration: 5000, cooldownDuration: 30_000, [customFetch]: jwksFetch });
+}
+
+let jwksDispatcher: Agent | undefined;
+
+/**
+ * jose's own request (GET, its headers, redirects not followed, its abort signal), sent with
+ * undici's fetch through a dispatcher whose TLS refuses renegotiation: the global fetch takes
+ * no TLS options.
+ */
+async function jwksFetch(url: string, init: { headers: Headers; method: "GET"; redirect: "manual"; signal: AbortSignal }): Promise<Response> {
+  jwksDispatcher ??= new Agent({ connect: { secureOptions: SECURE_OPTIONS } });
+  try {
+    const response = await undiciFetch(url, { method: init.method, redirect: init.redirect, signal: init.signal, headers: Object.fromEntries(init.headers), dispatcher: jwksDispatcher });
+    return response as unknown as Response;
+  } catch (error) {
+    // jose turns a TimeoutError into its JWKSTimeout; any other failure (refused, TLS) is named here, not taken for a bad token.
+    if ((error as Error).name === "TimeoutError" || (error as Error).name === "AbortError") throw error;
+    const cause = (error as Error).cause as NodeJS.ErrnoException | undefined;
+    throw new MeshwardError("E_JWKS_UNAVAILABLE", `cannot fetch the JWKS from ${url}: ${cause?.code ?? cause?.message ?? (error as Error).message}; try again`);
+  }
 }
 
 /**

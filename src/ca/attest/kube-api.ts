@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { request as httpsRequest } from "node:https";
 import { MeshwardError } from "../../errors.ts";
+import { SECURE_OPTIONS } from "../../tls/policy.ts";
 
 /** The two Kubernetes API calls the KUBERNETES validator makes; an interface so tests can record them. */
 export interface KubernetesApi {
@@ -69,6 +70,7 @@ export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
           method,
           ca,
           minVersion: "TLSv1.2",
+          secureOptions: SECURE_OPTIONS,
           timeout: options.timeoutMs ?? 5000,
           agent: false,
           headers: { authorization: `Bearer ${token}`, accept: "application/json", ...(payload ? { "content-type": "application/json", "content-length": String(payload.length) } : {}) },

@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { request } from "node:https";
 import { createRemoteJWKSet, customFetch, type JWTVerifyGetKey } from "jose";
 import { MeshwardError } from "../../errors.ts";
+import { SECURE_OPTIONS } from "../../tls/policy.ts";
 
 export interface KubernetesOidcConfig {
   readonly apiServer: string;
@@ -78,7 +79,7 @@ function get(url: string, config: KubernetesOidcConfig, signal: AbortSignal): Pr
     return Promise.reject(new MeshwardError("E_JWKS_UNAVAILABLE", `cannot read the CA's service-account token or the cluster CA: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`));
   }
   return new Promise((resolve, reject) => {
-    const req = request(url, { method: "GET", ca, signal, headers: { authorization: `Bearer ${token}`, accept: "application/json" } }, (res) => {
+    const req = request(url, { method: "GET", ca, secureOptions: SECURE_OPTIONS, signal, headers: { authorization: `Bearer ${token}`, accept: "application/json" } }, (res) => {
       const chunks: Buffer[] = [];
       let size = 0;
       res.on("data", (chunk: Buffer) => {
