@@ -2,9 +2,9 @@
  * Sidecar speed, one run, same Node backend, same load generators, all on loopback:
  *   direct (no proxy) · meshward outbound → meshward inbound (mTLS) · nginx outbound
  *   (proxy_ssl_certificate) → nginx inbound (ssl_verify_client on), one worker each.
- * Prints req/s, p50/p99 and CPU per request for small keep-alive requests (wrk -c32); then, in
- * ROUNDS rounds with the paths' order rotated each round (so every ratio compares runs minutes
- * apart at most): MB/s for 1 MiB bodies, new client connections per second (Connection: close),
+ * In ROUNDS rounds, the paths' order rotated each round (so every ratio compares runs minutes
+ * apart at most), prints req/s, p50/p99 and CPU per request for small keep-alive requests
+ * (wrk -c32); then, in ROUNDS rounds each: MB/s for 1 MiB bodies, new client connections per second (Connection: close),
  * and open-loop latency at half of the meshward pair's own peak (bench/proxy/openloop, a Go
  * generator: the Node one needs a core at these rates); each process's RSS; the targets of issue
  * 20 beside them. No assertions: figures and ratios only. Two Node baselines are printed
@@ -278,13 +278,28 @@ async function main(): Promise<void> {
       (otherLoad[section] ??= []).push(otherCores);
       return result;
     };
+    // Small keep-alive requests in rounds too: one 6 s run of a pair moves by ±20 % from one run to
+    // the next on this machine, so the targets compare each round's pair and read the median.
+    const smallPaths = Object.entries(withPipe).filter(([name]) => !OPEN_LOOP_ONLY || (name === "meshward" && FIXED_RATE === undefined));
+    for (const [, p] of smallPaths) wrk(`${p.url}/`, 8, p.headers); // warm-up
+    const smallRounds: Record<string, WrkResult>[] = [];
+    const cpuRounds: Record<string, number[]>[] = [];
+    for (let round = 0; round < (OPEN_LOOP_ONLY ? 1 : ROUNDS); round++) {
+      smallRounds.push({});
+      cpuRounds.push({});
+      for (const [name, p] of rotated(smallPaths, round)) {
+        const before = processes[name]!.map(cpuSeconds);
+        const result = measured("small", () => wrk(`${p.url}/`, 32, p.headers));
+        smallRounds[round]![name] = result;
+        cpuRounds[round]![name] = processes[name]!.map((pid, i) => ((cpuSeconds(pid) - before[i]!) * 1e6) / result.requests);
+      }
+    }
+    // Medians over the rounds, path by path.
     const cpuPerRequest: Record<string, number[]> = {};
-    for (const [name, p] of Object.entries(withPipe)) {
-      if (OPEN_LOOP_ONLY && (name !== "meshward" || FIXED_RATE !== undefined)) continue;
-      wrk(`${p.url}/`, 8, p.headers); // warm-up
-      const before = processes[name]!.map(cpuSeconds);
-      small[name] = measured("small", () => wrk(`${p.url}/`, 32, p.headers));
-      cpuPerRequest[name] = processes[name]!.map((pid, i) => ((cpuSeconds(pid) - before[i]!) * 1e6) / small[name]!.requests);
+    for (const [name] of smallPaths) {
+      const runs = smallRounds.map((r) => r[name]!);
+      small[name] = { requests: median(runs.map((r) => r.requests)), rps: median(runs.map((r) => r.rps)), p50: median(runs.map((r) => r.p50)), p99: median(runs.map((r) => r.p99)), mbps: median(runs.map((r) => r.mbps)), errors: runs.map((r) => r.errors).filter(Boolean).join("; ") };
+      cpuPerRequest[name] = [0, 1, 2].map((i) => median(cpuRounds.map((r) => r[name]![i]!)));
     }
     // Rounds: each round runs every path once, the order rotated; ratios are taken within a round.
     const big: Record<string, WrkResult>[] = [];
@@ -342,17 +357,16 @@ async function main(): Promise<void> {
     console.log(`\nmeshward sidecar bench — ${SECONDS}s per run, ${ROUNDS} rounds, wrk -t1, Node ${process.version}, loopback, 2 cores shared by everything\n`);
     if (OPEN_LOOP_ONLY) console.log(FIXED_RATE === undefined ? `meshward pair keep-alive peak (wrk -c32): ${f(small.meshward!.rps)} req/s` : `open-loop rates fixed by --rate`);
     else {
-      console.log("small keep-alive requests (wrk -c32, 13-byte body)");
-      console.log("  path        req/s     p50 ms   p99 ms   errors");
-      for (const [name, r] of Object.entries(small)) console.log(`  ${name.padEnd(10)} ${f(r.rps).padStart(7)}   ${f(r.p50, 2).padStart(6)}   ${f(r.p99, 2).padStart(6)}   ${r.errors || "-"}`);
-      const ratio = small.meshward!.rps / small.nginx!.rps;
-      console.log("  CPU µs per request (user + system, /proc):   outbound   inbound   backend");
-      for (const [name, us] of Object.entries(cpuPerRequest)) console.log(`  ${name.padEnd(10)} ${" ".repeat(33)}${us.map((u) => f(u, 1).padStart(8)).join("  ")}`);
-      console.log(`  meshward / nginx req/s = ${pct(ratio)} (target ≥ 65%: ${met(ratio >= 0.65)}); meshward / node-naive = ${pct(small.meshward!.rps / small["node-naive"]!.rps)}, meshward / node-pipe = ${pct(small.meshward!.rps / small["node-pipe"]!.rps)}, node-pipe / nginx = ${pct(small["node-pipe"]!.rps / small.nginx!.rps)}`);
-      const [meshOut, meshIn] = cpuPerRequest.meshward!;
-      const [pipeOut, pipeIn] = cpuPerRequest["node-pipe"]!;
-      const cpuRatio = Math.max(meshOut! / pipeOut!, meshIn! / pipeIn!);
-      console.log(`  CPU per request, meshward / node-pipe: outbound ${f(meshOut! / pipeOut!, 2)}×, inbound ${f(meshIn! / pipeIn!, 2)}× (target ≤ 1.5×: ${met(cpuRatio <= 1.5)})`);
+      console.log(`small keep-alive requests (wrk -c32, 13-byte body), ${ROUNDS} rounds`);
+      console.log("  path       req/s per round            median   p50 ms   p99 ms (medians)   errors");
+      for (const [name, r] of Object.entries(small)) console.log(`  ${name.padEnd(10)} ${smallRounds.map((round) => f(round[name]!.rps).padStart(7)).join(" ").padEnd(26)} ${f(r.rps).padStart(7)}   ${f(r.p50, 2).padStart(6)}   ${f(r.p99, 2).padStart(6)}             ${r.errors || "-"}`);
+      console.log("  CPU µs per request (user + system, /proc; median of the rounds):   outbound   inbound   backend");
+      for (const [name, us] of Object.entries(cpuPerRequest)) console.log(`  ${name.padEnd(10)} ${" ".repeat(57)}${us.map((u) => f(u, 1).padStart(8)).join("  ")}`);
+      const ratios = smallRounds.map((r) => r.meshward!.rps / r.nginx!.rps);
+      console.log(`  meshward / nginx req/s per round: ${ratios.map(pct).join(", ")} (target ≥ 65%: ${met(median(ratios) >= 0.65)} at the median, ${met(ratios.every((r) => r >= 0.65))} in every round); medians: meshward / node-naive = ${pct(small.meshward!.rps / small["node-naive"]!.rps)}, meshward / node-pipe = ${pct(small.meshward!.rps / small["node-pipe"]!.rps)}, node-pipe / nginx = ${pct(small["node-pipe"]!.rps / small.nginx!.rps)}`);
+      const cpuRatios = cpuRounds.map((r) => [r.meshward![0]! / r["node-pipe"]![0]!, r.meshward![1]! / r["node-pipe"]![1]!] as const);
+      const worst = cpuRatios.map(([o, i]) => Math.max(o, i));
+      console.log(`  CPU per request, meshward / node-pipe per round (outbound, inbound): ${cpuRatios.map(([o, i]) => `${f(o, 2)}×, ${f(i, 2)}×`).join("; ")} (target ≤ 1.5×: ${met(median(worst) <= 1.5)} at the median, ${met(worst.every((w) => w <= 1.5))} in every round)`);
       other("small");
 
       console.log(`\n1 MiB bodies (wrk -c4), MB/s per round`);
