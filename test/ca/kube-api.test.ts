@@ -1,12 +1,11 @@
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { kubernetesApi } from "../../src/ca/attest/kube-api.ts";
 import { isMeshwardError } from "../../src/errors.ts";
-import { opensslServerRenegotiating } from "../helpers/openssl-renegotiate.ts";
+import { httpsGetText, opensslServerRenegotiating } from "../helpers/openssl-renegotiate.ts";
 
 // The KUBERNETES validator's API client against a real `openssl s_server` standing in for the API
 // server (a self-signed certificate for IP 127.0.0.1, made at test time, as test/dapr/kubernetes
@@ -56,17 +55,7 @@ describe("kubernetesApi refuses an API server that renegotiates (real openssl s_
   it("control: node:https with the same trust but without SSL_OP_NO_RENEGOTIATION renegotiates and reads the pod", async () => {
     const server = await opensslServerRenegotiating(certFile, keyFile);
     try {
-      const fetched = new Promise<string>((resolve, reject) => {
-        const req = httpsRequest({ host: "127.0.0.1", port: server.port, path: "/api/v1/namespaces/default/pods/app-0", ca: readFileSync(certFile), minVersion: "TLSv1.2", agent: false }, (res) => {
-          let text = "";
-          res.setEncoding("utf8");
-          res.on("data", (chunk: string) => (text += chunk));
-          res.on("end", () => resolve(text));
-          res.on("error", reject);
-        });
-        req.on("error", reject);
-        req.end();
-      });
+      const fetched = httpsGetText({ host: "127.0.0.1", port: server.port, path: "/api/v1/namespaces/default/pods/app-0", ca: readFileSync(certFile), minVersion: "TLSv1.2" });
       const { refusedByClient } = await server.renegotiateThenReply("GET /api/v1/namespaces/default/pods/app-0", REPLY);
       expect(refusedByClient).toBe(false);
       expect(JSON.parse(await fetched)).toEqual(JSON.parse(POD));

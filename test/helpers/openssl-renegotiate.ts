@@ -1,4 +1,5 @@
 import { spawn } from "node:child_process";
+import { request as httpsRequest, type RequestOptions } from "node:https";
 import { waitFor } from "./wait.ts";
 
 /**
@@ -98,4 +99,22 @@ export async function opensslServerRenegotiating(certFile: string, keyFile: stri
     await stop();
     throw error;
   }
+}
+
+/**
+ * A plain node:https GET (Node's defaults, so renegotiation is allowed) that resolves with the
+ * body as text: the control client of the renegotiation tests.
+ */
+export function httpsGetText(options: RequestOptions): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const req = httpsRequest({ ...options, method: "GET", agent: false }, (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => (text += chunk));
+      res.on("end", () => resolve(text));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    req.end();
+  });
 }

@@ -1,5 +1,4 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -8,7 +7,7 @@ import { caSpiffeId, fetchFromCa, requestCertificate, type CaConnection } from "
 import { callUnary } from "../../src/protocol/grpc-unary.ts";
 import { encodePrivateKey } from "../../src/pki/keys.ts";
 import { writeSecretFileAtomic } from "../../src/util/files.ts";
-import { opensslServerRenegotiating } from "../helpers/openssl-renegotiate.ts";
+import { httpsGetText, opensslServerRenegotiating } from "../helpers/openssl-renegotiate.ts";
 import { createTestPki, type TestPki } from "../helpers/test-pki.ts";
 
 // The CA client's HTTPS path (fetchFromCa: bundle, CRL, JWKS) against a real `openssl s_server`
@@ -68,17 +67,7 @@ describe("fetchFromCa refuses a CA that renegotiates (real openssl s_server, TLS
   it("control: the same flow with node:https and the same trust but without SSL_OP_NO_RENEGOTIATION renegotiates and reads the reply", async () => {
     const server = await opensslServerRenegotiating(certFile, keyFile, ["-cert_chain", certFile]);
     try {
-      const fetched = new Promise<string>((resolve, reject) => {
-        const req = httpsRequest({ host: "127.0.0.1", port: server.port, path: "/ca/bundle", ca: pki.rootPem, servername: "localhost", minVersion: "TLSv1.2", agent: false }, (res) => {
-          let text = "";
-          res.setEncoding("utf8");
-          res.on("data", (chunk: string) => (text += chunk));
-          res.on("end", () => resolve(text));
-          res.on("error", reject);
-        });
-        req.on("error", reject);
-        req.end();
-      });
+      const fetched = httpsGetText({ host: "127.0.0.1", port: server.port, path: "/ca/bundle", ca: pki.rootPem, servername: "localhost", minVersion: "TLSv1.2" });
       const { refusedByClient } = await server.renegotiateThenReply("GET /ca/bundle", REPLY);
       expect(refusedByClient).toBe(false);
       expect(await fetched).toBe("bundle-body");
