@@ -3,14 +3,18 @@
  * `npm run build`) is a different artefact from the sources the other tests run through tsx:
  * one folder of chunks, workers as entry points of their own, files found from the package
  * root. This runs every part that loads something at run time through a bundle built here:
- * the CA (signing worker, SQLite writer thread, status page assets), the sidecar (lazy egress
- * module, status page), the identity command (Workload API proto) and the auditor (version
- * from package.json) — real processes, real mTLS between them.
+ * the CA (signing worker, SQLite writer thread, status page assets, the JWKS fetch through
+ * undici), the sidecar (lazy egress module, status page), the identity command (Workload API
+ * proto) and the auditor (version from package.json) — real processes, real mTLS between them.
  */
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createServer as createHttpsServer } from "node:https";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { fetchX509Svid } from "../../src/identity/workload-api/index.ts";
@@ -71,6 +75,40 @@ describe("the bundled CLI (dist/bundle)", () => {
     const page = await fetch(`${caStatus}/`);
     expect(page.status).toBe(200);
     expect(await page.text()).toMatch(/<script[^>]*>[\s\S]+<\/script>/);
+  });
+
+  it("runs a CA that attests JWTs against a jwksUrl: the JWKS is fetched over HTTPS through the bundled undici", async () => {
+    // The JWKS server's certificate is trusted the way an operator's is, through the system
+    // store: NODE_EXTRA_CA_CERTS for the CA process (Node reads it at start only).
+    const certFile = join(work, "jwks.crt");
+    const keyFile = join(work, "jwks.key");
+    execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", keyFile, "-out", certFile, "-days", "1", "-subj", "/CN=jwks", "-addext", "subjectAltName=IP:127.0.0.1"], { stdio: "ignore" });
+    const signer = await generateKeyPair("ES256");
+    const jwks = JSON.stringify({ keys: [{ ...(await exportJWK(signer.publicKey)), kid: "k1", alg: "ES256", use: "sig" }] });
+    let fetches = 0;
+    const server = createHttpsServer({ cert: readFileSync(certFile), key: readFileSync(keyFile) }, (_req, res) => {
+      fetches += 1;
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(jwks);
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const jwtCaDir = join(work, "jwt-ca");
+      expect((await runCli(["ca", "init", "--trust-domain", TD, "--dir", jwtCaDir], { bin })).code).toBe(0);
+      const config = join(work, "jwt-ca.yaml");
+      const issuer = "https://issuer.bundle.test";
+      writeFileSync(config, `jwks:\n  jwksUrl: https://127.0.0.1:${(server.address() as AddressInfo).port}/jwks.json\n  issuer: ${issuer}\n  audience: meshward-bundle-test\n  mapping:\n    namespaceClaim: ns\n    appIdClaim: app\n`);
+      const ca = await startCli(["ca", "serve", "--dir", jwtCaDir, "--config", config, "--listen", "127.0.0.1:0"], /listening on (\S+) as/, { bin, env: { NODE_EXTRA_CA_CERTS: certFile } });
+      running.push(ca);
+      const jwt = await new SignJWT({ ns: "default", app: "jwt-app" }).setProtectedHeader({ alg: "ES256", kid: "k1" }).setIssuer(issuer).setAudience("meshward-bundle-test").setIssuedAt().setExpirationTime("5m").sign(signer.privateKey);
+      const issued = await runCli(["cert", "issue", "--ca", ca.match[1]!, "--bundle", join(jwtCaDir, "bundle.pem"), "--token", jwt, "--validator", "jwks", "--namespace", "default", "--app-id", "jwt-app", "--out", join(work, "jwt-issued"), "--json"], { bin });
+      expect(issued.code, issued.stderr).toBe(0);
+      expect(issued.stdout).toContain(`spiffe://${TD}/ns/default/jwt-app`);
+      expect(fetches).toBeGreaterThan(0);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
   });
 
   it("runs two sidecars: outbound → inbound over mTLS, egress (a lazily loaded chunk) to the same peer, status page", async () => {
