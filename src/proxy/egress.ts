@@ -182,6 +182,13 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
         if (reason === "tls_failed") metrics?.mesh.handshakeFailed("outbound", error, socket);
         logger.warn(`${what}: connection refused (${reason}): ${describeError(error)}`);
       },
+      onBrokenAfterHandshake: (error) => {
+        // A reset or a broken pipe is the backend going away; a TLS alert is worth a line, since
+        // nothing else would say why (e.g. a backend that renegotiates, which is refused).
+        if ((error as NodeJS.ErrnoException).code?.startsWith("ERR_SSL_")) {
+          logger.warn(`${what}: the backend's TLS failed after the handshake, connection closed (a backend that renegotiates, e.g. to ask for a client certificate mid-connection, is refused): ${describeError(error)}`);
+        }
+      },
       onClose: () => {
         open.delete(relay);
         metrics?.active(-1);
@@ -243,6 +250,8 @@ interface RelayOptions {
   readonly materials: EgressTlsMaterials;
   readonly onEstablished: () => void;
   readonly onFailed: (reason: FailureReason, error: unknown, socket?: TLSSocket) => void;
+  /** The backend's TLS failed after a verified handshake (the connection then closes). */
+  readonly onBrokenAfterHandshake: (error: Error) => void;
   readonly onClose: () => void;
 }
 
@@ -338,7 +347,10 @@ class Relay {
     }));
     tls.on("error", (error) => {
       if (!this.#backendReady) this.#fail("tls_failed", error, tls);
-      else this.destroy();
+      else {
+        this.#options.onBrokenAfterHandshake(error);
+        this.destroy();
+      }
     });
     tls.once("secureConnect", () => {
       if (this.#done) return;

@@ -137,7 +137,12 @@ describe("egress refuses a backend that renegotiates (real openssl s_server, TLS
       const backend = await opensslServerRenegotiating(redisFiles.cert, redisFiles.key, ["-cert_chain", redisFiles.cert]);
       let appSocket: Socket | undefined;
       try {
-        const e = await egress({ backend: `127.0.0.1:${backend.port}`, serverName: "localhost", mtls, caFile: redisFiles.bundle }, mtls ? app : undefined);
+        const warnings: string[] = [];
+        const e = await startEgress(
+          { listen: "127.0.0.1:0", backend: `127.0.0.1:${backend.port}`, serverName: "localhost", mtls, caFile: redisFiles.bundle },
+          { ...(mtls ? { identity: app } : {}), logger: { ...quietTlsLogger, warn: (message: string) => warnings.push(message) } },
+        );
+        egresses.push(e);
         appSocket = netConnect({ host: "127.0.0.1", port: port(e) });
         let text = "";
         let closed = false;
@@ -155,6 +160,8 @@ describe("egress refuses a backend that renegotiates (real openssl s_server, TLS
         expect(backend.output()).toContain("SSL3 alert read:warning:no renegotiation");
         expect(e.stats().established).toBe(1); // refused mid-connection, after a verified handshake
         expect(e.stats().failed).toEqual({});
+        // The one line that says why the connection closed.
+        expect(warnings).toEqual([expect.stringMatching(/the backend's TLS failed after the handshake, connection closed \(a backend that renegotiates.*\): .*alert/)]);
       } finally {
         appSocket?.destroy();
         await backend.stop();
