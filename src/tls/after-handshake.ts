@@ -36,11 +36,11 @@ export function watchHandshake(socket: TLSSocket | Socket): void {
  * `error`'s cause chain: what likely happened, with OpenSSL's own text. Otherwise undefined, and
  * the caller says what it said before.
  */
-export function tlsAfterHandshakeFailure(error: unknown, peer = "the server"): string | undefined {
+export function tlsAfterHandshakeFailure(error: unknown): string | undefined {
   for (let e: unknown = error, depth = 0; typeof e === "object" && e !== null && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
     const tlsError = (e as Record<symbol, unknown>)[AFTER_HANDSHAKE];
     if (tlsError instanceof Error) {
-      return `${peer}'s TLS connection failed after the handshake (${tlsError.message.trim()}); meshward refuses TLS renegotiation, which ${peer} may have asked for`;
+      return `the server's TLS connection failed after the handshake (${tlsError.message.trim()}); meshward refuses TLS renegotiation, which the server may have asked for`;
     }
   }
   return undefined;
