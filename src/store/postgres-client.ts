@@ -15,9 +15,9 @@ interface PgConnection {
  * pg's Client whose TLS refuses a server-initiated renegotiation (see tls/policy.ts). pg resolves
  * its TLS options itself, from the `ssl` option, the connection string (sslmode, sslrootcert,
  * sslcert, sslkey, ssl, through pg-connection-string; TLS parameters in the string win over an
- * `ssl` option) or PGSSLMODE; this adds SSL_OP_NO_RENEGOTIATION to what it resolved and changes nothing else:
- * no TLS stays no TLS (sslmode=disable), and verify-full, verify-ca, require and no-verify keep
- * their checks. The TLS socket's later errors are marked so that a refused renegotiation can be
+ * `ssl` option) or PGSSLMODE; this adds SSL_OP_NO_RENEGOTIATION to what it resolved and changes
+ * nothing else: no TLS stays no TLS (sslmode=disable), and verify-full, verify-ca, require and
+ * no-verify keep their checks. The TLS socket's later errors are marked so that a refused renegotiation can be
  * named (tls/after-handshake.ts).
  */
 export class RenegotiationRefusingClient extends pg.Client {

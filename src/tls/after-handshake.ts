@@ -11,6 +11,8 @@ import type { TLSSocket } from "node:tls";
  * clients are watched (`watchHandshake`) and their later errors marked.
  */
 const AFTER_HANDSHAKE = Symbol("meshward.tls.afterHandshake");
+/** Sockets already watched: a keep-alive agent hands the same socket to several requests. */
+const watched = new WeakSet<Socket>();
 
 /**
  * Marks every error `socket` emits from now on as one after a completed TLS handshake, carrying
@@ -18,6 +20,7 @@ const AFTER_HANDSHAKE = Symbol("meshward.tls.afterHandshake");
  * destroys the socket with "other side closed" on the end that follows the alert).
  */
 export function markHandshakeCompleted(socket: Socket): void {
+  watched.add(socket);
   let tlsError: Error | undefined;
   socket.prependListener("error", (error: unknown) => {
     if (typeof error !== "object" || error === null) return;
@@ -28,6 +31,8 @@ export function markHandshakeCompleted(socket: Socket): void {
 
 /** Calls markHandshakeCompleted once `socket`'s handshake completes ('secureConnect'). */
 export function watchHandshake(socket: TLSSocket | Socket): void {
+  if (watched.has(socket)) return;
+  watched.add(socket);
   socket.once("secureConnect", () => markHandshakeCompleted(socket));
 }
 

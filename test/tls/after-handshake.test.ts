@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { request, type RequestOptions } from "node:https";
+import { Agent, createServer as createHttpsServer, request, type RequestOptions } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -68,6 +68,37 @@ describe("tlsAfterHandshakeFailure", () => {
       expect(error.message).toMatch(/alert handshake failure/);
       expect(tlsAfterHandshakeFailure(error)).toBeUndefined();
     } finally {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+
+  it("watches a socket once, however many requests a keep-alive agent sends over it", async () => {
+    const server = createHttpsServer({ cert: readFileSync(certFile), key: readFileSync(keyFile) }, (_req, res) => res.end("ok"));
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const sockets = new Set<unknown>();
+      const listeners: number[] = [];
+      for (let i = 0; i < 12; i++) {
+        await new Promise<void>((resolve, reject) => {
+          const req = request({ host: "127.0.0.1", port: (server.address() as AddressInfo).port, path: "/", ca: readFileSync(certFile), agent }, (res) => {
+            res.resume();
+            res.on("end", resolve);
+          });
+          req.on("socket", (socket) => {
+            watchHandshake(socket);
+            sockets.add(socket);
+            listeners.push(socket.listenerCount("error") + socket.listenerCount("secureConnect"));
+          });
+          req.on("error", reject);
+          req.end();
+        });
+      }
+      expect(sockets.size).toBe(1);
+      expect(new Set(listeners.slice(1)).size).toBe(1); // no listener added per reuse
+    } finally {
+      agent.destroy();
+      server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     }
   });
