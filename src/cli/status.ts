@@ -1,9 +1,12 @@
 import type { Command } from "commander";
+import { fetch as undiciFetch } from "undici";
 import { MeshwardError, describeError } from "../errors.ts";
 import { fetchFromCa } from "../identity/ca-client.ts";
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import { inspectCertificate } from "../pki/inspect.ts";
 import { parseSpiffeId } from "../spiffe/id.ts";
+import { tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
+import { renegotiationRefusingAgent } from "../tls/undici-agent.ts";
 import { describeTimeLeft } from "../util/duration.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
 import { collect } from "./options.ts";
@@ -101,11 +104,17 @@ async function readiness(connection: Parameters<typeof fetchFromCa>[0]): Promise
 async function feedRows(url: string, token: string | undefined, now: Date): Promise<Row[]> {
   let feed: Feed;
   try {
-    const response = await fetch(new URL("/status.json", url), { headers: token ? { authorization: `Bearer ${token}` } : {}, signal: AbortSignal.timeout(5000) });
+    // An https:// status URL is trusted through Node's default store (NODE_EXTRA_CA_CERTS adds
+    // to it) and, like every meshward TLS client, refuses a server-initiated renegotiation.
+    const response = await undiciFetch(new URL("/status.json", url), {
+      headers: token ? { authorization: `Bearer ${token}` } : {},
+      signal: AbortSignal.timeout(5000),
+      dispatcher: renegotiationRefusingAgent(),
+    });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     feed = (await response.json()) as Feed;
   } catch (error) {
-    return [{ component: "?", name: url, identity: "", expires: null, timeLeft: "", healthy: false, health: `unreachable: ${describeError(error)}`, lastRotation: "" }];
+    return [{ component: "?", name: url, identity: "", expires: null, timeLeft: "", healthy: false, health: `unreachable: ${describeFetchError(error)}`, lastRotation: "" }];
   }
   const last = feed.rotations[0];
   const lastRotation = last ? `${last.kind} ${last.result} ${describeTimeLeft(new Date(last.time), now).replace(/^expired (.*) ago$/, "$1 ago")}` : "none yet";
@@ -119,6 +128,15 @@ async function feedRows(url: string, token: string | undefined, now: Date): Prom
     const healthy = feed.health.ok && notAfter > now;
     return { component: feed.component, name: feed.name, identity: i.spiffeId, expires: notAfter.toISOString(), timeLeft: describeTimeLeft(notAfter, now), healthy, health: healthy ? "healthy" : failing.join("; ") || "expired", lastRotation };
   });
+}
+
+/** fetch says only "fetch failed": the reason is its cause (ECONNREFUSED, a certificate, a TLS alert). */
+function describeFetchError(error: unknown): string {
+  const named = tlsAfterHandshakeFailure(error);
+  if (named !== undefined) return named;
+  const cause = (error as { cause?: unknown }).cause;
+  if (error instanceof TypeError && cause instanceof Error) return `${error.message}: ${cause.message}`;
+  return describeError(error);
 }
 
 function renderTable(rows: readonly Row[]): string {

@@ -5,6 +5,7 @@ import { MeshwardError } from "../errors.ts";
 import { inspectCertificate } from "../pki/inspect.ts";
 import { encodePrivateKey } from "../pki/keys.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
+import { tlsAfterHandshakeFailure, watchHandshake } from "../tls/after-handshake.ts";
 import { SECURE_OPTIONS } from "../tls/policy.ts";
 import { formatHostPort, type HostPort } from "../util/address.ts";
 import { withCaFailover } from "./ca-endpoints.ts";
@@ -167,6 +168,13 @@ function transportError(error: unknown, address: string): MeshwardError {
   if (error instanceof GrpcTransportError && error.status !== GRPC_UNAVAILABLE && error.status !== GRPC_DEADLINE_EXCEEDED) {
     return new MeshwardError("E_CA_ERROR", `the CA at ${address} answered ${GRPC_STATUS_NAMES[error.status] ?? error.status}: ${error.message}`, { cause: error });
   }
+  return unreachable(error, address);
+}
+
+/** E_CA_UNAVAILABLE (another replica may answer), naming a TLS failure after the handshake for what it likely is. */
+function unreachable(error: unknown, address: string): MeshwardError {
+  const afterHandshake = tlsAfterHandshakeFailure(error);
+  if (afterHandshake !== undefined) return new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address}: ${afterHandshake}`, { cause: error });
   return new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address} is unreachable: ${(error as Error).message}`, { cause: error });
 }
 
@@ -221,12 +229,13 @@ async function fetchFrom(endpoint: HostPort, connection: CaConnection, path: str
         res.on("error", reject);
       },
     );
+    req.on("socket", watchHandshake);
     req.on("timeout", () => req.destroy(new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address} did not answer in time`)));
     req.on("error", (error) =>
       reject(
         error instanceof MeshwardError
           ? error
-          : (handshakeError(error, address) ?? new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address} is unreachable: ${error.message}`, { cause: error })),
+          : (handshakeError(error, address) ?? unreachable(error, address)),
       ),
     );
     req.end();

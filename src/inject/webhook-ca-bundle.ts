@@ -3,6 +3,7 @@ import { request } from "node:https";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
+import { tlsAfterHandshakeFailure, watchHandshake } from "../tls/after-handshake.ts";
 import { SECURE_OPTIONS } from "../tls/policy.ts";
 
 export interface KubeApiConfig {
@@ -119,8 +120,9 @@ function kubeRequest(api: KubeApiConfig, method: string, path: string, body?: st
         res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }));
       },
     );
+    req.on("socket", watchHandshake);
     req.on("timeout", () => req.destroy(new Error("timed out")));
-    req.on("error", (error: NodeJS.ErrnoException) => reject(new MeshwardError("E_KUBE_API", `${method} ${url.href}: ${error.code ?? error.message}`)));
+    req.on("error", (error: NodeJS.ErrnoException) => reject(new MeshwardError("E_KUBE_API", `${method} ${url.href}: ${tlsAfterHandshakeFailure(error) ?? error.code ?? error.message}`)));
     req.end(body);
   });
 }

@@ -1,4 +1,5 @@
 import { connect, constants, type ClientHttp2Session, type IncomingHttpHeaders, type SecureClientSessionOptions } from "node:http2";
+import { markHandshakeCompleted } from "../tls/after-handshake.ts";
 
 /**
  * A unary gRPC call over node:http2 (gRPC over HTTP/2 spec: one length-prefixed message each
@@ -111,6 +112,8 @@ export function callUnary(call: UnaryCall): Promise<UnaryResult> {
       finish(new GrpcTransportError(`cannot connect: ${(error as Error).message}`, GRPC_UNAVAILABLE, { cause: error }));
       return;
     }
+    // The TLS socket, once its handshake completed: its later errors can be named (a refused renegotiation).
+    session.once("connect", (_session, socket) => markHandshakeCompleted(socket));
     session.on("error", (error: NodeJS.ErrnoException) => finish(new GrpcTransportError(error.code ? `${error.code}: ${error.message}` : error.message, GRPC_UNAVAILABLE, { cause: error })));
     const stream = session.request({
       [constants.HTTP2_HEADER_METHOD]: "POST",

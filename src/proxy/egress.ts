@@ -8,6 +8,7 @@ import type { IdentitySource } from "../identity/source.ts";
 import { parseSpiffeId } from "../spiffe/id.ts";
 import { createMeshMetrics } from "../telemetry/metrics.ts";
 import type { MeshMetrics, Metrics } from "../telemetry/metrics.ts";
+import { markHandshakeCompleted, tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import type { TlsLogger } from "../tls/logger.ts";
 import { formatHostPort, parseHostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
@@ -185,9 +186,8 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
       onBrokenAfterHandshake: (error) => {
         // A reset or a broken pipe is the backend going away; a TLS alert is worth a line, since
         // nothing else would say why (e.g. a backend that renegotiates, which is refused).
-        if ((error as NodeJS.ErrnoException).code?.startsWith("ERR_SSL_")) {
-          logger.warn(`${what}: the backend's TLS failed after the handshake, connection closed (a backend that renegotiates, e.g. to ask for a client certificate mid-connection, is refused): ${describeError(error)}`);
-        }
+        const afterHandshake = tlsAfterHandshakeFailure(error);
+        if (afterHandshake !== undefined) logger.warn(`${what}: backend connection closed: ${afterHandshake}`);
       },
       onClose: () => {
         open.delete(relay);
@@ -359,6 +359,7 @@ class Relay {
         return;
       }
       clearTimeout(this.#connectTimer);
+      markHandshakeCompleted(tls);
       this.#backendReady = true;
       this.#options.onEstablished();
       this.#maybePipe();

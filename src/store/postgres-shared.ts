@@ -1,4 +1,5 @@
 import pg from "pg";
+import { RenegotiationRefusingClient } from "./postgres-client.ts";
 import type { LeaderLock } from "./store.ts";
 
 /**
@@ -26,7 +27,7 @@ export async function listenForChanges(config: pg.ClientConfig, onChange: (chann
   const byChannel = new Map<string, "ca_state" | "crl">(Object.entries(CHANNELS).map(([k, v]) => [v, k as "ca_state" | "crl"]));
 
   const connect = async (): Promise<void> => {
-    const next = new pg.Client({ ...config, application_name: "meshward-ca-listen" });
+    const next = new RenegotiationRefusingClient({ ...config, application_name: "meshward-ca-listen" });
     next.on("error", () => undefined);
     next.on("notification", (message) => {
       const channel = byChannel.get(message.channel);
@@ -88,7 +89,7 @@ export function advisoryLeaderLock(config: pg.ClientConfig, key = LEADER_LOCK_KE
       if (closed) return false;
       try {
         if (client === undefined) {
-          const next = new pg.Client({ ...config, application_name: "meshward-ca-leader" });
+          const next = new RenegotiationRefusingClient({ ...config, application_name: "meshward-ca-leader" });
           next.on("error", () => {
             if (client === next) drop();
           });

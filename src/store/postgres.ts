@@ -1,8 +1,10 @@
 import pg from "pg";
 import { MeshwardError, isMeshwardError } from "../errors.ts";
+import { tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import { assertSchemaNotNewer, latestVersion, migratePostgres, POSTGRES_MIGRATIONS, postgresSchemaVersion } from "./migrations.ts";
 import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
 import { redactConnectionString } from "./redact.ts";
+import { RenegotiationRefusingClient } from "./postgres-client.ts";
 import { advisoryLeaderLock, CHANNELS, listenForChanges } from "./postgres-shared.ts";
 import type { CaFilesSnapshot, IssuanceFilter, IssuanceRecord, JoinTokenRecord, LeaderLock, RevocationRecord, Store, StoredCrl, TokenConsumption } from "./store.ts";
 
@@ -148,7 +150,7 @@ export class PostgresStore implements Store {
     this.target = describeTarget(config);
     assertParsable(config.connectionString, this.target);
     this.#config = config;
-    this.#pool = new pg.Pool(config);
+    this.#pool = new pg.Pool({ ...config, Client: RenegotiationRefusingClient });
     // An idle pooled connection that breaks (server restart, network) is dropped and replaced
     // on next use; without a listener the 'error' event would crash the CA process.
     this.#pool.on("error", () => undefined);
@@ -435,6 +437,8 @@ export class PostgresStore implements Store {
     if (isMeshwardError(error)) return error;
     if (this.#closed) return new MeshwardError("E_STORE_CLOSED", `cannot ${what}: the store ${this.target} was closed`, { cause: error });
     const message = error instanceof Error ? error.message : String(error);
+    const afterHandshake = tlsAfterHandshakeFailure(error);
+    if (afterHandshake !== undefined) return new MeshwardError("E_STORE_OPEN", `cannot reach PostgreSQL at ${this.target} to ${what}: ${afterHandshake}`, { cause: error });
     const sqlState = pgCode(error);
     if (!(error instanceof pg.DatabaseError) || sqlState?.startsWith("28") || sqlState === "3D000" || sqlState?.startsWith("08") || sqlState === "57P03") {
       return new MeshwardError("E_STORE_OPEN", `cannot reach PostgreSQL at ${this.target} to ${what}: ${message}; check the store URL, the server and its pg_hba.conf`, {

@@ -47,6 +47,7 @@ describe("kubernetesApi refuses an API server that renegotiates (real openssl s_
       expect(value).toBeUndefined();
       expect(isMeshwardError(error, "E_KUBERNETES_UNAVAILABLE")).toBe(true);
       expect((error as Error).message).toContain(`https://127.0.0.1:${server.port}`);
+      expect((error as Error).message).toMatch(/the server's TLS connection failed after the handshake \(.*alert handshake failure.*\); meshward refuses TLS renegotiation, which the server may have asked for/);
     } finally {
       await server.stop();
     }

@@ -193,6 +193,7 @@ describe("JWT validator with Kubernetes OIDC discovery", () => {
       const error = (await outcome) as { code: string; message: string };
       expect(error.code).toBe("E_JWKS_UNAVAILABLE");
       expect(error.message).toContain("/.well-known/openid-configuration");
+      expect(error.message).toMatch(/the server's TLS connection failed after the handshake \(.*alert handshake failure.*\); meshward refuses TLS renegotiation, which the server may have asked for/);
     } finally {
       await server.stop();
     }

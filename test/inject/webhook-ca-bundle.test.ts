@@ -122,6 +122,7 @@ describe("syncWebhookCaBundle", () => {
       expect(await pass).toBe(false);
       const failed = lines.map((line) => JSON.parse(line) as { event?: string; err?: string }).find((entry) => entry.event === "webhook-ca-bundle-failed");
       expect(failed?.err).toContain(`GET https://localhost:${server.port}${PATH}`);
+      expect(failed?.err).toMatch(/the server's TLS connection failed after the handshake \(.*alert handshake failure.*\); meshward refuses TLS renegotiation, which the server may have asked for/);
     } finally {
       sync.stop();
       await server.stop();

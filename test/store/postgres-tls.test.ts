@@ -64,6 +64,30 @@ describe("postgres store over TLS with client certificates", () => {
     }
   });
 
+  // The store's pg Client adds SSL_OP_NO_RENEGOTIATION to the TLS options pg resolves from the
+  // connection string (test/store/postgres-renegotiation.test.ts): the string's own TLS
+  // parameters must keep working against a real server.
+  it("works through a connection string (sslmode=verify-full, sslrootcert, sslcert, sslkey); sslmode=disable is plaintext and refused", async () => {
+    const base = `postgres://postgres@127.0.0.1:${server!.port}/postgres`;
+    const files = `sslrootcert=${join(dir, "ca.crt")}&sslcert=${join(dir, "client.crt")}&sslkey=${join(dir, "client.key")}`;
+    const store = openPostgresStore({ connectionString: `${base}?sslmode=verify-full&${files}`, connectionTimeoutMillis: 5_000 });
+    try {
+      await store.migrate();
+      const ssl = await server!.adminQuery("SELECT count(*)::int AS n FROM pg_stat_ssl WHERE ssl AND client_dn = '/CN=postgres'");
+      expect(ssl.rows[0]?.n).toBeGreaterThanOrEqual(1);
+    } finally {
+      await store.close();
+    }
+    const plain = openPostgresStore({ connectionString: `${base}?sslmode=disable&${files}`, connectionTimeoutMillis: 5_000 });
+    try {
+      const error = await plain.migrate().then(() => undefined, (e: unknown) => e);
+      expect(isMeshwardError(error, "E_STORE_OPEN"), String(error)).toBe(true);
+      expect((error as Error).message).toMatch(/no encryption|pg_hba\.conf rejects/);
+    } finally {
+      await plain.close();
+    }
+  });
+
   it("is refused (E_STORE_OPEN) without a client certificate and without TLS", async () => {
     for (const config of [tlsConfig(false), { ...tlsConfig(false), ssl: false }]) {
       const store = openPostgresStore(config);

@@ -1,10 +1,11 @@
 import { readFileSync } from "node:fs";
 import { createLocalJWKSet, createRemoteJWKSet, customFetch, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from "jose";
-import { Agent, fetch as undiciFetch } from "undici";
+import { fetch as undiciFetch } from "undici";
 import type { JwksValidatorConfig } from "../../config/ca.ts";
 import { MeshwardError } from "../../errors.ts";
 import { formatWorkloadId, parseWorkloadId } from "../../spiffe/id.ts";
-import { SECURE_OPTIONS } from "../../tls/policy.ts";
+import { tlsAfterHandshakeFailure } from "../../tls/after-handshake.ts";
+import { renegotiationRefusingAgent } from "../../tls/undici-agent.ts";
 import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
 import { kubernetesOidc } from "./kubernetes-oidc.ts";
@@ -90,23 +91,21 @@ function loadKeySet(options: JwksAttestorOptions): JWTVerifyGetKey {
   return createRemoteJWKSet(new URL(options.jwksUrl as string), { timeoutDuration: 5000, cooldownDuration: 30_000, [customFetch]: jwksFetch });
 }
 
-let jwksDispatcher: Agent | undefined;
-
 /**
  * jose's own request (GET, its headers, redirects not followed, its abort signal), sent with
  * undici's fetch through a dispatcher whose TLS refuses renegotiation: the global fetch takes
  * no TLS options.
  */
 async function jwksFetch(url: string, init: { headers: Headers; method: "GET"; redirect: "manual"; signal: AbortSignal }): Promise<Response> {
-  jwksDispatcher ??= new Agent({ connect: { secureOptions: SECURE_OPTIONS } });
   try {
-    const response = await undiciFetch(url, { method: init.method, redirect: init.redirect, signal: init.signal, headers: Object.fromEntries(init.headers), dispatcher: jwksDispatcher });
+    const response = await undiciFetch(url, { method: init.method, redirect: init.redirect, signal: init.signal, headers: Object.fromEntries(init.headers), dispatcher: renegotiationRefusingAgent() });
     return response as unknown as Response;
   } catch (error) {
     // jose turns a TimeoutError into its JWKSTimeout; any other failure (refused, TLS) is named here, not taken for a bad token.
     if ((error as Error).name === "TimeoutError" || (error as Error).name === "AbortError") throw error;
     const cause = (error as Error).cause as NodeJS.ErrnoException | undefined;
-    throw new MeshwardError("E_JWKS_UNAVAILABLE", `cannot fetch the JWKS from ${url}: ${cause?.code ?? cause?.message ?? (error as Error).message}; try again`);
+    const reason = tlsAfterHandshakeFailure(error) ?? cause?.code ?? cause?.message ?? (error as Error).message;
+    throw new MeshwardError("E_JWKS_UNAVAILABLE", `cannot fetch the JWKS from ${url}: ${reason}; try again`);
   }
 }
 

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { request as httpsRequest } from "node:https";
 import { MeshwardError } from "../../errors.ts";
+import { tlsAfterHandshakeFailure, watchHandshake } from "../../tls/after-handshake.ts";
 import { SECURE_OPTIONS } from "../../tls/policy.ts";
 
 /** The two Kubernetes API calls the KUBERNETES validator makes; an interface so tests can record them. */
@@ -96,8 +97,11 @@ export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
           res.on("error", reject);
         },
       );
+      req.on("socket", watchHandshake);
       req.on("timeout", () => req.destroy(new Error("timed out")));
-      req.on("error", (error) => reject(error instanceof MeshwardError ? error : new MeshwardError("E_KUBERNETES_UNAVAILABLE", `the Kubernetes API at ${options.apiServer} failed: ${error.message}`)));
+      req.on("error", (error) =>
+        reject(error instanceof MeshwardError ? error : new MeshwardError("E_KUBERNETES_UNAVAILABLE", `the Kubernetes API at ${options.apiServer} failed: ${tlsAfterHandshakeFailure(error) ?? error.message}`)),
+      );
       req.end(payload);
     });
   return {

@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { request } from "node:https";
 import { createRemoteJWKSet, customFetch, type JWTVerifyGetKey } from "jose";
 import { MeshwardError } from "../../errors.ts";
+import { tlsAfterHandshakeFailure, watchHandshake } from "../../tls/after-handshake.ts";
 import { SECURE_OPTIONS } from "../../tls/policy.ts";
 
 export interface KubernetesOidcConfig {
@@ -94,7 +95,8 @@ function get(url: string, config: KubernetesOidcConfig, signal: AbortSignal): Pr
       res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }));
       res.on("error", reject);
     });
-    req.on("error", (error: NodeJS.ErrnoException) => reject(new MeshwardError("E_JWKS_UNAVAILABLE", `cannot fetch ${url}: ${error.code ?? error.message}`)));
+    req.on("socket", watchHandshake);
+    req.on("error", (error: NodeJS.ErrnoException) => reject(new MeshwardError("E_JWKS_UNAVAILABLE", `cannot fetch ${url}: ${tlsAfterHandshakeFailure(error) ?? error.code ?? error.message}`)));
     req.end();
   });
 }
