@@ -1,6 +1,9 @@
+import { createHash, createPublicKey } from "node:crypto";
 import { afterAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
-import { createCsr, generateKeyPair, keysMatch, parseCsr, pemBlocks, toPem } from "../../src/pki/index.ts";
+import * as der from "../../src/pki/der.ts";
+import { OID } from "../../src/pki/oids.ts";
+import { assertAcceptableKey, createCsr, generateKeyPair, keysMatch, parseCsr, pemBlocks, toPem } from "../../src/pki/index.ts";
 import { openssl, opensslResult, scratchDir } from "./helpers.ts";
 
 const scratch = scratchDir();
@@ -104,6 +107,73 @@ describe("parseCsr refusals", () => {
     expectCode(() => parseCsr("hello"), "E_CSR_INVALID");
     expectCode(() => parseCsr(Buffer.alloc(0)), "E_CSR_INVALID");
     expectCode(() => parseCsr(Buffer.of(0x30, 0x03, 0x02, 0x01, 0x00)), "E_CSR_INVALID");
+  });
+});
+
+/**
+ * Keys whose SubjectPublicKeyInfo Go's crypto/x509 (Dapr's daprd and Sentry, SPIRE) refuses, or
+ * whose proof of possession can be forged without a private key. Go: src/crypto/x509/parser.go
+ * parsePublicKey reads the EC parameters as a namedCurve OID only and unmarshals the point with
+ * elliptic.Unmarshal (uncompressed only); src/crypto/rsa/rsa.go checkPub refuses e < 2 and
+ * e > 2^31-1. RFC 5480 §2.1.1: specifiedCurve (explicit parameters) MUST NOT be used in PKIX.
+ * A leaf carrying such a key would be refused by every Go peer, so the CA refuses the CSR.
+ */
+describe("parseCsr refuses keys a Go peer would refuse in the leaf", () => {
+  it("refuses explicit EC parameters (even of P-256) with E_KEY_WEAK; the same key as a named curve is accepted", () => {
+    const explicit = scratch.file("explicit.pem", openssl(["ecparam", "-name", "prime256v1", "-param_enc", "explicit", "-genkey", "-noout"]));
+    const named = scratch.file("named.pem", openssl(["ec", "-in", explicit, "-param_enc", "named_curve"]));
+    const request = (key: string) => openssl(["req", "-new", "-key", key, "-subj", "/CN=x"]);
+    expect(openssl(["req", "-text", "-noout"], request(explicit))).toMatch(/Field Type: prime-field/);
+    expect(expectCode(() => parseCsr(request(explicit)), "E_KEY_WEAK")).toMatch(/explicit parameters/);
+    const accepted = parseCsr(request(named));
+    expect(accepted.publicKey.asymmetricKeyDetails?.namedCurve).toBe("prime256v1");
+  });
+
+  it("refuses a compressed EC point with E_CSR_INVALID; the same key uncompressed is accepted", () => {
+    const key = scratch.file("uncompressed.pem", openssl(["ecparam", "-name", "prime256v1", "-genkey", "-noout"]));
+    const compressed = scratch.file("compressed.pem", openssl(["ec", "-in", key, "-conv_form", "compressed"]));
+    const request = (k: string) => openssl(["req", "-new", "-key", k, "-subj", "/CN=x"]);
+    expect(openssl(["req", "-text", "-noout"], request(compressed))).toMatch(/pub:\s+0[23]:/);
+    expect(expectCode(() => parseCsr(request(compressed)), "E_CSR_INVALID")).toMatch(/compressed/);
+    expect(parseCsr(request(key)).publicKey.asymmetricKeyDetails?.namedCurve).toBe("prime256v1");
+  });
+
+  const bytesOf = (value: bigint) => {
+    const hex = value.toString(16);
+    return Buffer.from(hex.length % 2 === 1 ? `0${hex}` : hex, "hex");
+  };
+
+  /** An RSA CSR for modulus n and exponent e, "signed" with the PKCS#1 v1.5 encoding itself: with e = 1 that is a valid signature, and no private key is involved. */
+  function rsaCsrWithoutPrivateKey(exponent: number): Buffer {
+    const n = Buffer.from(generateKeyPair("rsa-2048").publicKey.export({ format: "jwk" }).n as string, "base64url");
+    const e = bytesOf(BigInt(exponent));
+    const spki = der.sequence(der.sequence(der.oid(OID.rsaEncryption), der.NULL), der.bitString(der.sequence(der.unsignedInteger(n), der.unsignedInteger(e))));
+    const info = der.sequence(der.integer(0), der.sequence(), spki, der.explicit(0, Buffer.alloc(0)));
+    const digestInfo = Buffer.concat([Buffer.from("3031300d060960864801650304020105000420", "hex"), createHash("sha256").update(info).digest()]);
+    const encoded = Buffer.concat([Buffer.of(0, 1), Buffer.alloc(256 - 3 - digestInfo.length, 0xff), Buffer.of(0), digestInfo]);
+    return der.sequence(info, der.sequence(der.oid(OID.sha256WithRsa), der.NULL), der.bitString(encoded));
+  }
+
+  it("refuses RSA public exponent 1 (a proof of possession anyone can forge) with E_KEY_WEAK; e = 3 and 65537 are accepted", () => {
+    // Control: the forgery is a real one. With e = 1, s^e mod n = s, so OpenSSL verifies the CSR.
+    const forged = rsaCsrWithoutPrivateKey(1);
+    const verified = opensslResult(["req", "-in", scratch.file("forged.csr", toPem(forged, "CERTIFICATE REQUEST")), "-verify", "-noout"]);
+    expect(verified.output).toMatch(/verify OK|Certificate request self-signature verify OK/);
+    expect(expectCode(() => parseCsr(forged), "E_KEY_WEAK")).toMatch(/public exponent 1/);
+    // The same forgery with any usable exponent does not verify (the key is then a real one).
+    expectCode(() => parseCsr(rsaCsrWithoutPrivateKey(65537)), "E_CSR_SIGNATURE");
+    const e3 = scratch.file("rsa-e3.pem", openssl(["genrsa", "-3", "2048"]));
+    expect(parseCsr(openssl(["req", "-new", "-key", e3, "-subj", "/CN=x"])).publicKey.asymmetricKeyDetails?.publicExponent).toBe(3n);
+    expect(parseCsr(opensslCsr(["-newkey", "rsa:2048"])).publicKey.asymmetricKeyDetails?.publicExponent).toBe(65537n);
+  });
+
+  it("refuses an RSA key with an even or an over-large public exponent (Go: e > 2^31-1), and a signer or leaf key alike", () => {
+    for (const [e, label] of [[4n, /public exponent 4/], [2n ** 31n + 1n, /public exponent 2147483649/]] as const) {
+      const n = generateKeyPair("rsa-2048").publicKey.export({ format: "jwk" }).n as string;
+      const key = createPublicKey({ key: { kty: "RSA", n, e: bytesOf(e).toString("base64url") }, format: "jwk" });
+      expect(expectCode(() => assertAcceptableKey(key), "E_KEY_WEAK")).toMatch(label);
+    }
+    expect(() => assertAcceptableKey(generateKeyPair("rsa-2048").publicKey)).not.toThrow();
   });
 });
 
