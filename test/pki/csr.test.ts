@@ -3,6 +3,8 @@ import { afterAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
 import * as der from "../../src/pki/der.ts";
 import { OID } from "../../src/pki/oids.ts";
+import { signingAlgorithmFor } from "../../src/pki/signature.ts";
+import { spkiOf } from "../../src/pki/spki.ts";
 import { assertAcceptableKey, createCsr, generateKeyPair, keysMatch, parseCsr, pemBlocks, toPem } from "../../src/pki/index.ts";
 import { openssl, opensslResult, scratchDir } from "./helpers.ts";
 
@@ -174,6 +176,33 @@ describe("parseCsr refuses keys a Go peer would refuse in the leaf", () => {
       expect(expectCode(() => assertAcceptableKey(key), "E_KEY_WEAK")).toMatch(label);
     }
     expect(() => assertAcceptableKey(generateKeyPair("rsa-2048").publicKey)).not.toThrow();
+  });
+});
+
+/**
+ * PKCS#10 (RFC 2986 §4.1) carries requested extensions in one extensionRequest attribute (PKCS#9,
+ * RFC 2985 §5.4.2: single-valued). A CSR with two must not have the second overwrite what the
+ * first asked for: parseCsr once kept only the last one's SAN and basicConstraints, so CA:TRUE or a
+ * DNS name in the first slipped past the CA's checks unseen (never into the leaf, but silently).
+ */
+describe("parseCsr reads one extensionRequest", () => {
+  const keys = generateKeyPair();
+  const extensionRequest = (...extensions: Buffer[]) => der.sequence(der.oid(OID.extensionRequest), der.set(der.sequence(...extensions)));
+  const basicConstraintsCa = der.sequence(der.oid(OID.basicConstraints), der.boolean(true), der.octetString(der.sequence(der.boolean(true))));
+  const san = (dns: string) => der.sequence(der.oid(OID.subjectAltName), der.octetString(der.sequence(der.implicit(2, Buffer.from(dns, "latin1")))));
+  const csrWith = (...attributes: Buffer[]) => {
+    const info = der.sequence(der.integer(0), der.sequence(), spkiOf(keys.publicKey), der.explicit(0, Buffer.concat(attributes)));
+    const algorithm = signingAlgorithmFor(keys.privateKey);
+    return der.sequence(info, algorithm.algorithmIdentifier, der.bitString(algorithm.sign(info)));
+  };
+
+  it("refuses two extensionRequest attributes with E_CSR_INVALID; one holding the same extensions is read whole", () => {
+    const twice = csrWith(extensionRequest(basicConstraintsCa, san("admin.internal")), extensionRequest(san("app.example.org")));
+    expect(opensslResult(["req", "-in", scratch.file("twice.csr", toPem(twice, "CERTIFICATE REQUEST")), "-verify", "-noout"]).output).toMatch(/verify OK/);
+    expect(expectCode(() => parseCsr(twice), "E_CSR_INVALID")).toMatch(/extensionRequest/);
+    const once = parseCsr(csrWith(extensionRequest(basicConstraintsCa, san("admin.internal"))));
+    expect(once.requestsCa).toBe(true);
+    expect(once.dnsNames).toEqual(["admin.internal"]);
   });
 });
 
