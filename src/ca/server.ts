@@ -229,7 +229,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   server.on("request", (req: Http2ServerRequest, res: Http2ServerResponse) => {
     const isGrpc = req.httpVersion === "2.0" && (req.headers["content-type"] ?? "").startsWith("application/grpc");
     if (isGrpc) {
-      handleGrpc(req, res, authority, config.maxRequestBytes, budget);
+      handleGrpc(req, res, authority, { maxRequestBytes: config.maxRequestBytes, budget, requestTimeoutMs: config.requestTimeout });
       return;
     }
     handleHttp(req, res, httpContext).catch((error) => {

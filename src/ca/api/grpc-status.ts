@@ -2,6 +2,7 @@
 export const GrpcStatus = {
   OK: 0,
   INVALID_ARGUMENT: 3,
+  DEADLINE_EXCEEDED: 4,
   NOT_FOUND: 5,
   PERMISSION_DENIED: 7,
   RESOURCE_EXHAUSTED: 8,
@@ -21,6 +22,7 @@ export function grpcStatusForCode(code: string): number {
     return GrpcStatus.INVALID_ARGUMENT;
   }
   if (code === "E_REQUEST_TOO_LARGE" || code === "E_CA_BUSY") return GrpcStatus.RESOURCE_EXHAUSTED;
+  if (code === "E_REQUEST_TIMEOUT") return GrpcStatus.DEADLINE_EXCEEDED;
   if (code === "E_IDENTITY_MISMATCH" || code === "E_TRUST_DOMAIN_MISMATCH" || code === "E_VALIDATOR_DISABLED" || code === "E_CERT_REVOKED") {
     return GrpcStatus.PERMISSION_DENIED;
   }

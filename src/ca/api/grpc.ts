@@ -1,4 +1,4 @@
-import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
+import { constants as http2Constants, type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
 import type { TLSSocket } from "node:tls";
 import { isMeshwardError, MeshwardError } from "../../errors.ts";
 import { peerCertificateOf } from "../attest/peer.ts";
@@ -52,7 +52,16 @@ export function requestBudget(maxBytes: number): RequestBudget {
   };
 }
 
-export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, authority: CertificateAuthority, maxRequestBytes: number, budget?: RequestBudget): void {
+export interface GrpcLimits {
+  readonly maxRequestBytes: number;
+  /** Bytes buffered across all calls (see RequestBudget). */
+  readonly budget?: RequestBudget;
+  /** Longest a call may take to send its whole request (slowloris). */
+  readonly requestTimeoutMs?: number;
+}
+
+export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, authority: CertificateAuthority, limits: GrpcLimits): void {
+  const { maxRequestBytes, budget, requestTimeoutMs } = limits;
   if (req.method !== "POST" || req.url !== SIGN_CERTIFICATE_PATH) {
     req.resume();
     respondError(res, GrpcStatus.UNIMPLEMENTED, `unknown method ${req.url.slice(0, 200)}`);
@@ -66,16 +75,29 @@ export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, au
     budget?.give(held);
     held = 0;
   };
-  res.stream.once("close", release);
   const refuse = (status: number, message: string, code: string) => {
     failed = true;
+    clearTimeout(deadline);
     chunks.length = 0;
     release();
     respondError(res, status, `${code}: ${message}`, code);
-    // Reading stops at the bound: the stream's flow-control window stops the client, which
-    // ends the call once it reads the status (RFC 9113 §8.1: a response may complete first).
+    // Reading stops at the bound, and once the status is out the stream is reset with NO_ERROR:
+    // RFC 9113 §8.1 lets a server answer before the request is complete and then ask the client
+    // to stop sending, so a client that never ends its request cannot hold the stream open.
     req.pause();
+    resetAfterStatus(res);
   };
+  const deadline =
+    requestTimeoutMs === undefined
+      ? undefined
+      : setTimeout(() => {
+          if (!failed) refuse(GrpcStatus.DEADLINE_EXCEEDED, `the request did not arrive within ${requestTimeoutMs / 1000} s`, "E_REQUEST_TIMEOUT");
+        }, requestTimeoutMs);
+  deadline?.unref();
+  res.stream.once("close", () => {
+    clearTimeout(deadline);
+    release();
+  });
   req.on("data", (chunk: Buffer) => {
     if (failed) return;
     size += chunk.length;
@@ -93,6 +115,7 @@ export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, au
     chunks.push(chunk);
   });
   req.on("end", () => {
+    clearTimeout(deadline);
     if (!failed) {
       // The stream can go away while the CA signs (the client resets it): never an unhandled rejection.
       answer(req, res, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size), authority).catch(() => res.stream.destroy());
@@ -152,6 +175,17 @@ function unframe(body: Buffer): Buffer {
   return body.subarray(5);
 }
 
+
+/** RST_STREAM NO_ERROR once the status trailers are out (after the compat layer's own wantTrailers handler sent them). */
+function resetAfterStatus(res: Http2ServerResponse): void {
+  const stream = res.stream;
+  if (stream.destroyed) return;
+  const reset = () => setImmediate(() => {
+    if (!stream.destroyed) stream.close(http2Constants.NGHTTP2_NO_ERROR);
+  });
+  if (stream.sentTrailers !== undefined) reset();
+  else stream.once("wantTrailers", reset);
+}
 
 function respondError(res: Http2ServerResponse, status: number, message: string, code?: string): void {
   if (res.stream.destroyed || res.headersSent) {
