@@ -91,6 +91,18 @@ describe("renewal with the current SVID: exactly the presented identity, only wh
     expect(await renew(leaf(id, rotatedCa), { trust: [rotatedCa] })).toMatchObject({ spiffeId: id });
   });
 
+  // A connection's TLS verification is as old as the connection: a peer that connected while the
+  // old root was trusted (say, one whose key leaked, so its "SVID" is forged) and keeps its
+  // HTTP/2 connection busy must not renew once that root is retired. NODE-TLS-FACTS: open
+  // connections are never re-verified after setSecureContext.
+  it("does not take a TLS verification from before a root was retired for a verification now", async () => {
+    const verifiedAtConnect = { ...leaf(id, ca), chainVerifiedByTls: true, presentedIntermediates: [ca.issuer.certificate] };
+    expect(await renew(verifiedAtConnect, { trust: [rotatedCa, ca] })).toMatchObject({ spiffeId: id });
+    expect((await refusal(renew(verifiedAtConnect, { trust: [rotatedCa] }))).code).toBe("E_ATTESTATION_UNTRUSTED");
+    const current = { ...leaf(id, rotatedCa), chainVerifiedByTls: true, presentedIntermediates: [rotatedCa.issuer.certificate] };
+    expect(await renew(current, { trust: [rotatedCa] })).toMatchObject({ spiffeId: id });
+  });
+
   it("refuses an SVID of another trust domain's CA, for its own identity or for ours", async () => {
     for (const foreign of ["spiffe://other.test/ns/orders/api", id]) {
       expect((await refusal(renew(leaf(foreign, otherDomain)))).code).toBe("E_ATTESTATION_UNTRUSTED");
