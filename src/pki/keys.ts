@@ -20,6 +20,8 @@ export interface KeyDescription {
 }
 
 export const MIN_RSA_BITS = 2048;
+/** Go's crypto/tls verifies no larger RSA key in a handshake (defaultMaxRSAKeySize, CVE-2023-29409). */
+export const MAX_RSA_BITS = 8192;
 
 const CURVES: Record<string, "P-256" | "P-384" | "P-521"> = {
   prime256v1: "P-256",
@@ -131,7 +133,7 @@ function usableRsaExponent(exponent: bigint): boolean {
 }
 
 /** What is accepted, for error messages. */
-export const ACCEPTED_KEYS = `ECDSA P-256 (recommended), ECDSA P-384 (named curve), Ed25519 or RSA with at least ${MIN_RSA_BITS} bits (public exponent odd, 3 to 2^31-1)`;
+export const ACCEPTED_KEYS = `ECDSA P-256 (recommended), ECDSA P-384 (named curve), Ed25519 or RSA with at least ${MIN_RSA_BITS} and at most ${MAX_RSA_BITS} bits (public exponent odd, 3 to 2^31-1)`;
 
 /**
  * ECDSA P-256/P-384, Ed25519 (what Dapr >= 1.18 uses, per the issue this follows) or RSA >= 2048
@@ -145,7 +147,7 @@ export function assertAcceptableKey(key: KeyObject): void {
   const acceptable =
     (description.type === "ec" && (description.curve === "P-256" || description.curve === "P-384")) ||
     description.type === "ed25519" ||
-    (description.type === "rsa" && (description.bits ?? 0) >= MIN_RSA_BITS && usableRsaExponent(key.asymmetricKeyDetails?.publicExponent ?? 65537n));
+    (description.type === "rsa" && (description.bits ?? 0) >= MIN_RSA_BITS && (description.bits ?? 0) <= MAX_RSA_BITS && usableRsaExponent(key.asymmetricKeyDetails?.publicExponent ?? 65537n));
   if (acceptable) {
     acceptedKeys.add(key);
     return;

@@ -169,6 +169,26 @@ describe("parseCsr refuses keys a Go peer would refuse in the leaf", () => {
     expect(parseCsr(opensslCsr(["-newkey", "rsa:2048"])).publicKey.asymmetricKeyDetails?.publicExponent).toBe(65537n);
   });
 
+  // Go's crypto/tls verifies no RSA key over 8192 bits in a handshake (handshake_client.go and
+  // handshake_server.go, defaultMaxRSAKeySize, CVE-2023-29409); cert-manager caps keys there too
+  // (pkg/util/pki MaxRSAKeySize). A bigger leaf key is refused by every Go peer and costs the CA
+  // ~13x a P-256 CSR to verify (16384 bits: 1.3 ms per parse, measured here).
+  it("refuses an RSA modulus over 8192 bits, in a CSR before its signature is checked; 8192 bits is accepted", () => {
+    const modulus = (bits: number) => {
+      const n = Buffer.alloc(bits / 8, 0xa5);
+      n[0] = 0xc0;
+      n[n.length - 1] = 0x01;
+      return n;
+    };
+    const spki = (bits: number) => der.sequence(der.sequence(der.oid(OID.rsaEncryption), der.NULL), der.bitString(der.sequence(der.unsignedInteger(modulus(bits)), der.unsignedInteger(Buffer.of(1, 0, 1)))));
+    const info = der.sequence(der.integer(0), der.sequence(), spki(8200), der.explicit(0, Buffer.alloc(0)));
+    const csr = der.sequence(info, der.sequence(der.oid(OID.sha256WithRsa), der.NULL), der.bitString(Buffer.alloc(1025, 1)));
+    expect(expectCode(() => parseCsr(csr), "E_KEY_WEAK")).toMatch(/RSA 8200/);
+    const key = (bits: number) => createPublicKey({ key: { kty: "RSA", n: modulus(bits).toString("base64url"), e: "AQAB" }, format: "jwk" });
+    expect(expectCode(() => assertAcceptableKey(key(8200)), "E_KEY_WEAK")).toMatch(/at most 8192/);
+    expect(() => assertAcceptableKey(key(8192))).not.toThrow();
+  });
+
   it("refuses an RSA key with an even or an over-large public exponent (Go: e > 2^31-1), and a signer or leaf key alike", () => {
     for (const [e, label] of [[4n, /public exponent 4/], [2n ** 31n + 1n, /public exponent 2147483649/]] as const) {
       const n = generateKeyPair("rsa-2048").publicKey.export({ format: "jwk" }).n as string;
