@@ -16,6 +16,8 @@ describe("grpcStatusForCode: every refusal a request can cause has a status othe
     ["E_CN_INVALID", GrpcStatus.INVALID_ARGUMENT],
     ["E_REQUEST_INVALID", GrpcStatus.INVALID_ARGUMENT],
     ["E_REQUEST_TOO_LARGE", GrpcStatus.RESOURCE_EXHAUSTED],
+    ["E_CA_BUSY", GrpcStatus.RESOURCE_EXHAUSTED],
+    ["E_REQUEST_TIMEOUT", GrpcStatus.DEADLINE_EXCEEDED],
     ["E_IDENTITY_MISMATCH", GrpcStatus.PERMISSION_DENIED],
     ["E_CERT_REVOKED", GrpcStatus.PERMISSION_DENIED],
     ["E_TOKEN_USED", GrpcStatus.UNAUTHENTICATED],

@@ -6,9 +6,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { exportJWK, generateKeyPair, SignJWT, type JWTPayload } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { pino } from "pino";
+import { initAnchors } from "../../src/ca/anchors.ts";
 import type { Attestor } from "../../src/ca/attest/attestor.ts";
+import { startCaServer } from "../../src/ca/server.ts";
+import { createCsr } from "../../src/pki/csr.ts";
+import { generateKeyPair as meshwardKeyPair } from "../../src/pki/keys.ts";
 import { jwksAttestor } from "../../src/ca/attest/jwks.ts";
-import { jwksValidatorSchema } from "../../src/config/ca.ts";
+import { caConfigSchema, jwksValidatorSchema } from "../../src/config/ca.ts";
 import { isMeshwardError } from "../../src/errors.ts";
 
 // The JWT validator against what an attacker can put in a token (RFC 8725, JWT Best Current
@@ -198,5 +203,34 @@ describe("jwksUrl: a token with an unknown kid does not make the CA refetch with
     expect(fetches).toBe(1);
     expect(await attest(await sign(claims()), {}, remote)).toBe(`spiffe://${TD}/ns/orders/api`);
     expect(fetches).toBe(1);
+  });
+});
+
+describe("sentry mapping (sub is the whole SPIFFE ID, as Sentry's JWKS validator reads it)", () => {
+  // dapr/dapr pkg/sentry/server/validator/jwks/jwks.go: the expected sub is built from the request's
+  // trust domain, namespace and app id. Here sub decides, and the CA signs only its own trust domain.
+  it("signs sub in the CA's trust domain and refuses a sub in another one, or one that is not a workload ID", async () => {
+    const caDir = join(dir, "sentry-ca");
+    await initAnchors({ dir: caDir, trustDomain: TD, now: new Date() });
+    const config = caConfigSchema.parse({ listen: "127.0.0.1:0", signingWorkers: 0, jwks: { jwksFile: join(dir, "jwks.json"), mapping: "sentry", audience: AUDIENCE } });
+    const server = await startCaServer({ dir: caDir, config, logger: pino({ level: "silent" }) });
+    try {
+      const ask = async (sub: string) => {
+        const token = await sign(claims({ sub }));
+        try {
+          const signed = await server.authority.sign({ csr: await createCsr({ keyPair: meshwardKeyPair() }), token, validator: "jwks", appId: "", namespace: "", trustDomain: "", peer: undefined });
+          return signed.spiffeId;
+        } catch (error) {
+          if (isMeshwardError(error)) return error.code;
+          throw error;
+        }
+      };
+      expect(await ask(`spiffe://${TD}/ns/orders/api`)).toBe(`spiffe://${TD}/ns/orders/api`);
+      expect(await ask("spiffe://other.test/ns/orders/api")).toBe("E_TRUST_DOMAIN_MISMATCH");
+      expect(await ask(`spiffe://${TD}/admin`)).toBe("E_TOKEN_CLAIMS");
+      expect(await ask(`spiffe://${TD}/ns/orders/../admin`)).toBe("E_TOKEN_CLAIMS");
+    } finally {
+      await server.close();
+    }
   });
 });
