@@ -101,6 +101,18 @@ describe("parseCsr refusals", () => {
     expectCode(() => parseCsr(tampered), "E_CSR_INVALID");
   });
 
+  // Go's x509 CheckSignature refuses SHA-1 (and MD5) signatures as insecure (crypto/x509
+  // x509.go, InsecureAlgorithmError); so does meshward, naming the algorithm.
+  it.each([
+    ["ECDSA with SHA-1", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-sha1"], /1\.2\.840\.10045\.4\.1/],
+    ["RSA with SHA-1", ["-newkey", "rsa:2048", "-sha1"], /1\.2\.840\.113549\.1\.1\.5/],
+    ["RSA with MD5", ["-newkey", "rsa:2048", "-md5"], /1\.2\.840\.113549\.1\.1\.4/],
+  ])("refuses a CSR signed with %s (E_CSR_INVALID naming it); SHA-256 is accepted", (_name, keyOptions, algorithm) => {
+    const pem = opensslCsr(keyOptions);
+    expect(expectCode(() => parseCsr(pem), "E_CSR_INVALID")).toMatch(algorithm);
+    expect(parseCsr(opensslCsr(keyOptions.filter((o) => !o.startsWith("-sha1") && o !== "-md5"))).requestsCa).toBe(false);
+  });
+
   it("refuses malformed input with E_CSR_INVALID", () => {
     expectCode(() => parseCsr(Buffer.concat([der, Buffer.of(0)])), "E_CSR_INVALID");
     expectCode(() => parseCsr(der.subarray(0, der.length - 5)), "E_CSR_INVALID");
