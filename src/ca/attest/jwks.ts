@@ -171,7 +171,7 @@ function classifyJwtError(error: unknown): MeshwardError {
     return new MeshwardError("E_TOKEN_SIGNATURE", "the JWT's signature does not verify against the configured JWKS");
   }
   if (error instanceof joseErrors.JWKSMultipleMatchingKeys) {
-    return new MeshwardError("E_TOKEN_SIGNATURE", "the JWT names no key (kid) and several keys of the JWKS could have signed it; the issuer must set kid");
+    return new MeshwardError("E_TOKEN_SIGNATURE", "several keys of the JWKS could have signed the JWT (it names no kid, or the JWKS lists its kid twice); the issuer must name its key with a unique kid");
   }
   if (error instanceof joseErrors.JOSEAlgNotAllowed) return new MeshwardError("E_TOKEN_SIGNATURE", "the JWT uses a signature algorithm that is not allowed");
   if (error instanceof joseErrors.JOSEError && error.code === "ERR_JOSE_GENERIC" && /JSON Web Key Set/.test(error.message)) {
