@@ -20,7 +20,7 @@ import { daprAttestors } from "./attest/dapr.ts";
 import { svidAttestor } from "./attest/svid.ts";
 import { CertificateAuthority, type ValidatorName } from "./authority.ts";
 import { CrlPublisher } from "./crl-publisher.ts";
-import { handleGrpc } from "./api/grpc.ts";
+import { BUFFERED_REQUESTS, handleGrpc, requestBudget } from "./api/grpc.ts";
 import { handleHttp } from "./api/http.ts";
 import { SECURE_OPTIONS } from "../tls/policy.ts";
 import { createCaMetrics } from "./metrics.ts";
@@ -45,6 +45,8 @@ import { createHealth, createOpsServer, type BoundAddress, type OpsServer } from
 export const CA_NAMESPACE = "meshward-system";
 export const CA_APP_ID = "meshward-ca";
 const SERVING_CERT_TTL_MS = 24 * 3_600_000;
+/** HTTP/2 streams one connection may have open at once. */
+export const MAX_CONCURRENT_STREAMS = 100;
 /** TLS 1.2 only with ECDHE + AEAD; TLS 1.3 suites are all AEAD. */
 const TLS12_CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305";
 
@@ -206,7 +208,15 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
 
   let serving = tlsOptions();
   let rotationWarnings: () => readonly string[] = () => [];
-  const server: Http2SecureServer = createSecureServer({ ...serving.options, allowHTTP1: true, ALPNProtocols: ["h2", "http/1.1"] });
+  // Streams per connection are bounded (Node's default is 2^32-1; Go's net/http2 server allows
+  // 250), and so are the request bytes buffered across all connections (see RequestBudget).
+  const server: Http2SecureServer = createSecureServer({
+    ...serving.options,
+    allowHTTP1: true,
+    ALPNProtocols: ["h2", "http/1.1"],
+    settings: { maxConcurrentStreams: MAX_CONCURRENT_STREAMS },
+  });
+  const budget = requestBudget(config.maxRequestBytes * BUFFERED_REQUESTS);
   // Idle sessions (and slow clients that never finish a request) are closed.
   server.setTimeout(60_000);
   const httpContext = {
@@ -219,7 +229,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   server.on("request", (req: Http2ServerRequest, res: Http2ServerResponse) => {
     const isGrpc = req.httpVersion === "2.0" && (req.headers["content-type"] ?? "").startsWith("application/grpc");
     if (isGrpc) {
-      handleGrpc(req, res, authority, config.maxRequestBytes);
+      handleGrpc(req, res, authority, { maxRequestBytes: config.maxRequestBytes, budget, requestTimeoutMs: config.requestTimeout });
       return;
     }
     handleHttp(req, res, httpContext).catch((error) => {

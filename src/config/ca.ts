@@ -133,7 +133,8 @@ export const caConfigSchema = z
       .max(256)
       .optional()
       .describe("Worker threads that verify CSRs and sign certificates; 0 signs on the main thread. Default: one per CPU less one for the event loop (os.availableParallelism() - 1)."),
-    maxRequestBytes: z.number().int().min(1024).max(1 << 20).default(64 * 1024).describe("Largest accepted API request body."),
+    maxRequestBytes: z.number().int().min(1024).max(1 << 20).default(64 * 1024).describe("Largest accepted API request body. The CA holds at most 256 of these at once across all unfinished calls (more get E_CA_BUSY), and allows 100 concurrent streams per connection."),
+    requestTimeout: duration("request timeout").default(parseDuration("30s")).describe("Longest a SignCertificate call may take to send its whole request; a slower one gets DEADLINE_EXCEEDED (E_REQUEST_TIMEOUT) and its stream is reset, so a peer sending a byte at a time cannot hold it open."),
     crlRefresh: duration("CRL refresh interval").default(parseDuration("1s")).describe("How often the store is checked for new revocations."),
     anchorPoll: duration("anchor poll interval").default(parseDuration("1s")).describe("How often the CA directory is checked for rotated or replaced trust anchors."),
     rotationCheck: duration("rotation check interval").default(parseDuration("1m")).describe("How often rotation thresholds are checked."),

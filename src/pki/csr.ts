@@ -129,9 +129,12 @@ export function parseCsr(input: string | Uint8Array): ParsedCsr {
     subject = formatName(der, infoFields[1]!);
     const attributes = infoFields[3];
     if (attributes === undefined || attributes.tag !== 0xa0 || infoFields.length !== 4) throw new DerError("attributes [0] missing or extra fields");
+    let extensionRequests = 0;
     for (const attribute of children(der, attributes)) {
       const [type, values] = children(der, expectTag(attribute, TAG.SEQUENCE, "attribute"));
       if (readOid(der, type, "attribute type") !== OID.extensionRequest) continue;
+      // A second one would otherwise replace what the first asked for, unseen by the CA's checks.
+      if (++extensionRequests > 1) throw new DerError("the extensionRequest attribute appears more than once");
       const valueSet = expectTag(values, TAG.SET, "attribute values");
       const [extensionsSeq, ...extra] = children(der, valueSet);
       if (extensionsSeq === undefined || extra.length > 0) throw new DerError("extensionRequest must hold exactly one Extensions value");

@@ -20,6 +20,8 @@ export interface KeyDescription {
 }
 
 export const MIN_RSA_BITS = 2048;
+/** Go's crypto/tls verifies no larger RSA key in a handshake (defaultMaxRSAKeySize, CVE-2023-29409). */
+export const MAX_RSA_BITS = 8192;
 
 const CURVES: Record<string, "P-256" | "P-384" | "P-521"> = {
   prime256v1: "P-256",
@@ -110,7 +112,10 @@ export function describePublicKey(key: KeyObject): KeyDescription {
   }
   if (type === "rsa" || type === "rsa-pss") {
     const bits = details.modulusLength ?? 0;
-    return { type: "rsa", bits, label: `${type === "rsa-pss" ? "RSA-PSS" : "RSA"} ${bits}` };
+    const exponent = details.publicExponent;
+    const name = `${type === "rsa-pss" ? "RSA-PSS" : "RSA"} ${bits}`;
+    if (exponent !== undefined && !usableRsaExponent(exponent)) return { type: "rsa", bits, label: `${name} with public exponent ${exponent}` };
+    return { type: "rsa", bits, label: name };
   }
   if (type === "ed25519") return { type: "ed25519", label: "Ed25519" };
   if (type === "dsa") return { type: "other", bits: details.modulusLength, label: `DSA ${details.modulusLength ?? ""}`.trim() };
@@ -118,8 +123,17 @@ export function describePublicKey(key: KeyObject): KeyDescription {
   return { type: "other", label: names[type ?? ""] ?? String(type ?? key.type) };
 }
 
+/**
+ * An RSA public exponent a peer can use: odd, 3 to 2^31-1. With e = 1 a "signature" is the padded
+ * message itself, so a CSR's proof of possession is forged without any private key; an even e is
+ * never a real RSA key; Go's crypto/rsa (Dapr, SPIRE) refuses e < 2 and e > 2^31-1 (rsa.go checkPub).
+ */
+function usableRsaExponent(exponent: bigint): boolean {
+  return exponent >= 3n && exponent <= 0x7fffffffn && exponent % 2n === 1n;
+}
+
 /** What is accepted, for error messages. */
-export const ACCEPTED_KEYS = `ECDSA P-256 (recommended), ECDSA P-384, Ed25519 or RSA with at least ${MIN_RSA_BITS} bits`;
+export const ACCEPTED_KEYS = `ECDSA P-256 (recommended), ECDSA P-384 (named curve), Ed25519 or RSA with at least ${MIN_RSA_BITS} and at most ${MAX_RSA_BITS} bits (public exponent odd, 3 to 2^31-1)`;
 
 /**
  * ECDSA P-256/P-384, Ed25519 (what Dapr >= 1.18 uses, per the issue this follows) or RSA >= 2048
@@ -133,7 +147,7 @@ export function assertAcceptableKey(key: KeyObject): void {
   const acceptable =
     (description.type === "ec" && (description.curve === "P-256" || description.curve === "P-384")) ||
     description.type === "ed25519" ||
-    (description.type === "rsa" && (description.bits ?? 0) >= MIN_RSA_BITS);
+    (description.type === "rsa" && (description.bits ?? 0) >= MIN_RSA_BITS && (description.bits ?? 0) <= MAX_RSA_BITS && usableRsaExponent(key.asymmetricKeyDetails?.publicExponent ?? 65537n));
   if (acceptable) {
     acceptedKeys.add(key);
     return;

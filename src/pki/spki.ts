@@ -52,6 +52,11 @@ export function spkiAlgorithm(spki: Buffer): { acceptable: boolean; label: strin
   }
 }
 
+/** A well-formed SPKI holding a key meshward does not accept (the caller says E_KEY_WEAK, naming spkiAlgorithm's label). */
+export class UnacceptableKey extends Error {
+  override readonly name = "UnacceptableKey";
+}
+
 /** Canonical P-256 SPKI header: SEQ { SEQ { ecPublicKey, prime256v1 }, BIT STRING (66 bytes) 00 04 ... }. */
 const P256_PREFIX = Buffer.from("3059301306072a8648ce3d020106082a8648ce3d030107034200", "hex");
 
@@ -69,7 +74,7 @@ export function spkiOf(publicKey: KeyObject): Buffer {
   return spkiByKey.get(publicKey) ?? publicKey.export({ type: "spki", format: "der" });
 }
 
-/** Imports a public key from SPKI DER. Throws DerError when the structure is broken, or node's error when the key is. */
+/** Imports a public key from SPKI DER. Throws DerError when the structure is broken, UnacceptableKey for a form never accepted, or node's error when the key is. */
 export function importSpki(spki: Buffer): KeyObject {
   const seq = readWhole(spki, TAG.SEQUENCE);
   const [algorithm, keyBits] = children(spki, seq);
@@ -77,6 +82,13 @@ export function importSpki(spki: Buffer): KeyObject {
   const keyType = readOid(spki, algOid, "key algorithm");
   const { bytes, unusedBits } = readBitString(spki, keyBits, "subjectPublicKey");
   if (unusedBits !== 0) throw new DerError("subjectPublicKey has unused bits");
+  if (keyType === OID.ecPublicKey) {
+    // RFC 5480 §2.1.1: namedCurve only (specifiedCurve MUST NOT be used); Go's crypto/x509 refuses
+    // anything else, so a leaf carrying it would be refused by every Go peer (Dapr, SPIRE).
+    if (params?.tag !== TAG.OID) throw new UnacceptableKey("EC key with explicit parameters instead of a named curve (RFC 5480 §2.1.1)");
+    // RFC 5480 §2.2: uncompressed is the form every peer reads (Go's x509 reads no other).
+    if (bytes[0] !== 4) throw new DerError("compressed EC points are not accepted; use the uncompressed form (RFC 5480 §2.2)");
+  }
   let key: KeyObject;
   if (keyType === OID.ecPublicKey && params?.tag === TAG.OID && readOid(spki, params, "curve") === P256 && bytes.length === 65 && bytes[0] === 4) {
     if (P256_FROM_DER) {

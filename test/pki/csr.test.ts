@@ -1,6 +1,11 @@
+import { createHash, createPublicKey } from "node:crypto";
 import { afterAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
-import { createCsr, generateKeyPair, keysMatch, parseCsr, pemBlocks, toPem } from "../../src/pki/index.ts";
+import * as der from "../../src/pki/der.ts";
+import { OID } from "../../src/pki/oids.ts";
+import { signingAlgorithmFor } from "../../src/pki/signature.ts";
+import { spkiOf } from "../../src/pki/spki.ts";
+import { assertAcceptableKey, createCsr, generateKeyPair, keysMatch, parseCsr, pemBlocks, toPem } from "../../src/pki/index.ts";
 import { openssl, opensslResult, scratchDir } from "./helpers.ts";
 
 const scratch = scratchDir();
@@ -96,6 +101,18 @@ describe("parseCsr refusals", () => {
     expectCode(() => parseCsr(tampered), "E_CSR_INVALID");
   });
 
+  // Go's x509 CheckSignature refuses SHA-1 (and MD5) signatures as insecure (crypto/x509
+  // x509.go, InsecureAlgorithmError); so does meshward, naming the algorithm.
+  it.each([
+    ["ECDSA with SHA-1", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-sha1"], /1\.2\.840\.10045\.4\.1/],
+    ["RSA with SHA-1", ["-newkey", "rsa:2048", "-sha1"], /1\.2\.840\.113549\.1\.1\.5/],
+    ["RSA with MD5", ["-newkey", "rsa:2048", "-md5"], /1\.2\.840\.113549\.1\.1\.4/],
+  ])("refuses a CSR signed with %s (E_CSR_INVALID naming it); SHA-256 is accepted", (_name, keyOptions, algorithm) => {
+    const pem = opensslCsr(keyOptions);
+    expect(expectCode(() => parseCsr(pem), "E_CSR_INVALID")).toMatch(algorithm);
+    expect(parseCsr(opensslCsr(keyOptions.filter((o) => !o.startsWith("-sha1") && o !== "-md5"))).requestsCa).toBe(false);
+  });
+
   it("refuses malformed input with E_CSR_INVALID", () => {
     expectCode(() => parseCsr(Buffer.concat([der, Buffer.of(0)])), "E_CSR_INVALID");
     expectCode(() => parseCsr(der.subarray(0, der.length - 5)), "E_CSR_INVALID");
@@ -104,6 +121,120 @@ describe("parseCsr refusals", () => {
     expectCode(() => parseCsr("hello"), "E_CSR_INVALID");
     expectCode(() => parseCsr(Buffer.alloc(0)), "E_CSR_INVALID");
     expectCode(() => parseCsr(Buffer.of(0x30, 0x03, 0x02, 0x01, 0x00)), "E_CSR_INVALID");
+  });
+});
+
+/**
+ * Keys whose SubjectPublicKeyInfo Go's crypto/x509 (Dapr's daprd and Sentry, SPIRE) refuses, or
+ * whose proof of possession can be forged without a private key. Go: src/crypto/x509/parser.go
+ * parsePublicKey reads the EC parameters as a namedCurve OID only and unmarshals the point with
+ * elliptic.Unmarshal (uncompressed only); src/crypto/rsa/rsa.go checkPub refuses e < 2 and
+ * e > 2^31-1. RFC 5480 §2.1.1: specifiedCurve (explicit parameters) MUST NOT be used in PKIX.
+ * A leaf carrying such a key would be refused by every Go peer, so the CA refuses the CSR.
+ */
+describe("parseCsr refuses keys a Go peer would refuse in the leaf", () => {
+  it("refuses explicit EC parameters (even of P-256) with E_KEY_WEAK; the same key as a named curve is accepted", () => {
+    const explicit = scratch.file("explicit.pem", openssl(["ecparam", "-name", "prime256v1", "-param_enc", "explicit", "-genkey", "-noout"]));
+    const named = scratch.file("named.pem", openssl(["ec", "-in", explicit, "-param_enc", "named_curve"]));
+    const request = (key: string) => openssl(["req", "-new", "-key", key, "-subj", "/CN=x"]);
+    expect(openssl(["req", "-text", "-noout"], request(explicit))).toMatch(/Field Type: prime-field/);
+    expect(expectCode(() => parseCsr(request(explicit)), "E_KEY_WEAK")).toMatch(/explicit parameters/);
+    const accepted = parseCsr(request(named));
+    expect(accepted.publicKey.asymmetricKeyDetails?.namedCurve).toBe("prime256v1");
+  });
+
+  it("refuses a compressed EC point with E_CSR_INVALID; the same key uncompressed is accepted", () => {
+    const key = scratch.file("uncompressed.pem", openssl(["ecparam", "-name", "prime256v1", "-genkey", "-noout"]));
+    const compressed = scratch.file("compressed.pem", openssl(["ec", "-in", key, "-conv_form", "compressed"]));
+    const request = (k: string) => openssl(["req", "-new", "-key", k, "-subj", "/CN=x"]);
+    expect(openssl(["req", "-text", "-noout"], request(compressed))).toMatch(/pub:\s+0[23]:/);
+    expect(expectCode(() => parseCsr(request(compressed)), "E_CSR_INVALID")).toMatch(/compressed/);
+    expect(parseCsr(request(key)).publicKey.asymmetricKeyDetails?.namedCurve).toBe("prime256v1");
+  });
+
+  const bytesOf = (value: bigint) => {
+    const hex = value.toString(16);
+    return Buffer.from(hex.length % 2 === 1 ? `0${hex}` : hex, "hex");
+  };
+
+  /** An RSA CSR for modulus n and exponent e, "signed" with the PKCS#1 v1.5 encoding itself: with e = 1 that is a valid signature, and no private key is involved. */
+  function rsaCsrWithoutPrivateKey(exponent: number): Buffer {
+    const n = Buffer.from(generateKeyPair("rsa-2048").publicKey.export({ format: "jwk" }).n as string, "base64url");
+    const e = bytesOf(BigInt(exponent));
+    const spki = der.sequence(der.sequence(der.oid(OID.rsaEncryption), der.NULL), der.bitString(der.sequence(der.unsignedInteger(n), der.unsignedInteger(e))));
+    const info = der.sequence(der.integer(0), der.sequence(), spki, der.explicit(0, Buffer.alloc(0)));
+    const digestInfo = Buffer.concat([Buffer.from("3031300d060960864801650304020105000420", "hex"), createHash("sha256").update(info).digest()]);
+    const encoded = Buffer.concat([Buffer.of(0, 1), Buffer.alloc(256 - 3 - digestInfo.length, 0xff), Buffer.of(0), digestInfo]);
+    return der.sequence(info, der.sequence(der.oid(OID.sha256WithRsa), der.NULL), der.bitString(encoded));
+  }
+
+  it("refuses RSA public exponent 1 (a proof of possession anyone can forge) with E_KEY_WEAK; e = 3 and 65537 are accepted", () => {
+    // Control: the forgery is a real one. With e = 1, s^e mod n = s, so OpenSSL verifies the CSR.
+    const forged = rsaCsrWithoutPrivateKey(1);
+    const verified = opensslResult(["req", "-in", scratch.file("forged.csr", toPem(forged, "CERTIFICATE REQUEST")), "-verify", "-noout"]);
+    expect(verified.output).toMatch(/verify OK|Certificate request self-signature verify OK/);
+    expect(expectCode(() => parseCsr(forged), "E_KEY_WEAK")).toMatch(/public exponent 1/);
+    // The same forgery with any usable exponent does not verify (the key is then a real one).
+    expectCode(() => parseCsr(rsaCsrWithoutPrivateKey(65537)), "E_CSR_SIGNATURE");
+    const e3 = scratch.file("rsa-e3.pem", openssl(["genrsa", "-3", "2048"]));
+    expect(parseCsr(openssl(["req", "-new", "-key", e3, "-subj", "/CN=x"])).publicKey.asymmetricKeyDetails?.publicExponent).toBe(3n);
+    expect(parseCsr(opensslCsr(["-newkey", "rsa:2048"])).publicKey.asymmetricKeyDetails?.publicExponent).toBe(65537n);
+  });
+
+  // Go's crypto/tls verifies no RSA key over 8192 bits in a handshake (handshake_client.go and
+  // handshake_server.go, defaultMaxRSAKeySize, CVE-2023-29409); cert-manager caps keys there too
+  // (pkg/util/pki MaxRSAKeySize). A bigger leaf key is refused by every Go peer and costs the CA
+  // ~13x a P-256 CSR to verify (16384 bits: 1.3 ms per parse, measured here).
+  it("refuses an RSA modulus over 8192 bits, in a CSR before its signature is checked; 8192 bits is accepted", () => {
+    const modulus = (bits: number) => {
+      const n = Buffer.alloc(bits / 8, 0xa5);
+      n[0] = 0xc0;
+      n[n.length - 1] = 0x01;
+      return n;
+    };
+    const spki = (bits: number) => der.sequence(der.sequence(der.oid(OID.rsaEncryption), der.NULL), der.bitString(der.sequence(der.unsignedInteger(modulus(bits)), der.unsignedInteger(Buffer.of(1, 0, 1)))));
+    const info = der.sequence(der.integer(0), der.sequence(), spki(8200), der.explicit(0, Buffer.alloc(0)));
+    const csr = der.sequence(info, der.sequence(der.oid(OID.sha256WithRsa), der.NULL), der.bitString(Buffer.alloc(1025, 1)));
+    expect(expectCode(() => parseCsr(csr), "E_KEY_WEAK")).toMatch(/RSA 8200/);
+    const key = (bits: number) => createPublicKey({ key: { kty: "RSA", n: modulus(bits).toString("base64url"), e: "AQAB" }, format: "jwk" });
+    expect(expectCode(() => assertAcceptableKey(key(8200)), "E_KEY_WEAK")).toMatch(/at most 8192/);
+    expect(() => assertAcceptableKey(key(8192))).not.toThrow();
+  });
+
+  it("refuses an RSA key with an even or an over-large public exponent (Go: e > 2^31-1), and a signer or leaf key alike", () => {
+    for (const [e, label] of [[4n, /public exponent 4/], [2n ** 31n + 1n, /public exponent 2147483649/]] as const) {
+      const n = generateKeyPair("rsa-2048").publicKey.export({ format: "jwk" }).n as string;
+      const key = createPublicKey({ key: { kty: "RSA", n, e: bytesOf(e).toString("base64url") }, format: "jwk" });
+      expect(expectCode(() => assertAcceptableKey(key), "E_KEY_WEAK")).toMatch(label);
+    }
+    expect(() => assertAcceptableKey(generateKeyPair("rsa-2048").publicKey)).not.toThrow();
+  });
+});
+
+/**
+ * PKCS#10 (RFC 2986 §4.1) carries requested extensions in one extensionRequest attribute (PKCS#9,
+ * RFC 2985 §5.4.2: single-valued). A CSR with two must not have the second overwrite what the
+ * first asked for: parseCsr once kept only the last one's SAN and basicConstraints, so CA:TRUE or a
+ * DNS name in the first slipped past the CA's checks unseen (never into the leaf, but silently).
+ */
+describe("parseCsr reads one extensionRequest", () => {
+  const keys = generateKeyPair();
+  const extensionRequest = (...extensions: Buffer[]) => der.sequence(der.oid(OID.extensionRequest), der.set(der.sequence(...extensions)));
+  const basicConstraintsCa = der.sequence(der.oid(OID.basicConstraints), der.boolean(true), der.octetString(der.sequence(der.boolean(true))));
+  const san = (dns: string) => der.sequence(der.oid(OID.subjectAltName), der.octetString(der.sequence(der.implicit(2, Buffer.from(dns, "latin1")))));
+  const csrWith = (...attributes: Buffer[]) => {
+    const info = der.sequence(der.integer(0), der.sequence(), spkiOf(keys.publicKey), der.explicit(0, Buffer.concat(attributes)));
+    const algorithm = signingAlgorithmFor(keys.privateKey);
+    return der.sequence(info, algorithm.algorithmIdentifier, der.bitString(algorithm.sign(info)));
+  };
+
+  it("refuses two extensionRequest attributes with E_CSR_INVALID; one holding the same extensions is read whole", () => {
+    const twice = csrWith(extensionRequest(basicConstraintsCa, san("admin.internal")), extensionRequest(san("app.example.org")));
+    expect(opensslResult(["req", "-in", scratch.file("twice.csr", toPem(twice, "CERTIFICATE REQUEST")), "-verify", "-noout"]).output).toMatch(/verify OK/);
+    expect(expectCode(() => parseCsr(twice), "E_CSR_INVALID")).toMatch(/extensionRequest/);
+    const once = parseCsr(csrWith(extensionRequest(basicConstraintsCa, san("admin.internal"))));
+    expect(once.requestsCa).toBe(true);
+    expect(once.dnsNames).toEqual(["admin.internal"]);
   });
 });
 

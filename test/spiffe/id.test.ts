@@ -117,3 +117,39 @@ describe("parsed IDs are remembered (a bounded cache of valid IDs)", () => {
     expect(parseSpiffeId(long).toString()).toBe(long);
   });
 });
+
+// Input a token claim, a pod annotation or a request field can carry, refused as go-spiffe v2 does
+// (spiffe/go-spiffe v2/spiffeid/path.go and trustdomain.go: path segments of
+// [a-zA-Z0-9.-_] only, never "." or ".."; trust domain [a-z0-9.-_]): look-alike letters, encoded
+// or full-width slashes, control characters, a trailing newline (a regex anchor trap elsewhere),
+// and an app id that would make the whole ID longer than 2048 bytes.
+describe("names that only look like a valid app id or namespace", () => {
+  it.each([
+    ["Cyrillic а in the app id", "оrders"],
+    ["Latin-1 letter", "ördérs"],
+    ["percent-encoded slash", "a%2Fb"],
+    ["full-width slash", "a／b"],
+    ["backslash", "a\\b"],
+    ["NUL", "api\u0000"],
+    ["tab", "a\tb"],
+    ["trailing newline", "api\n"],
+    ["zero-width space", "a\u200bpi"],
+    ["colon", "a:b"],
+  ])("formatWorkloadId refuses %s", (_name, appId) => {
+    expect(refusal(() => formatWorkloadId({ trustDomain: "td", namespace: "ns", appId })).code).toBe("E_SPIFFE_ID_INVALID");
+    expect(refusal(() => parseSpiffeId(`spiffe://td/ns/ns/${appId}`)).code).toBe("E_SPIFFE_ID_INVALID");
+  });
+
+  it("refuses an app id that makes the ID longer than 2048 bytes, and accepts the longest that fits", () => {
+    const prefix = "spiffe://td/ns/ns/";
+    expect(formatWorkloadId({ trustDomain: "td", namespace: "ns", appId: "a".repeat(2048 - prefix.length) })).toHaveLength(2048);
+    expect(refusal(() => formatWorkloadId({ trustDomain: "td", namespace: "ns", appId: "a".repeat(2049 - prefix.length) })).message).toMatch(/2048 bytes/);
+  });
+
+  it("refuses a trust domain with look-alike or upper-case letters (IDN is not allowed)", () => {
+    for (const td of ["exаmple.org", "xn--exmple-4nf.org".toUpperCase(), "bücher.example"]) {
+      expect(refusal(() => parseSpiffeId(`spiffe://${td}/ns/a/b`)).code).toBe("E_SPIFFE_ID_INVALID");
+    }
+    expect(parseSpiffeId("spiffe://xn--exmple-4nf.org/ns/a/b").trustDomain).toBe("xn--exmple-4nf.org");
+  });
+});

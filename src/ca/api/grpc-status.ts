@@ -2,6 +2,7 @@
 export const GrpcStatus = {
   OK: 0,
   INVALID_ARGUMENT: 3,
+  DEADLINE_EXCEEDED: 4,
   NOT_FOUND: 5,
   PERMISSION_DENIED: 7,
   RESOURCE_EXHAUSTED: 8,
@@ -12,12 +13,16 @@ export const GrpcStatus = {
   UNAUTHENTICATED: 16,
 } as const;
 
+/** A name in the request, the token or the presented certificate that cannot be an identity (a refusal, not the CA failing). */
+const INVALID_NAMES = new Set(["E_SPIFFE_ID_INVALID", "E_SPIFFE_ID_NOT_WORKLOAD", "E_TRUST_DOMAIN_INVALID", "E_DNS_NAME_INVALID", "E_CN_INVALID"]);
+
 /** Which gRPC status a meshward error code becomes on the wire. */
 export function grpcStatusForCode(code: string): number {
-  if (code.startsWith("E_CSR_") || code.startsWith("E_PEM_") || code === "E_KEY_WEAK" || code === "E_SPIFFE_ID_INVALID" || code === "E_REQUEST_INVALID") {
+  if (code.startsWith("E_CSR_") || code.startsWith("E_PEM_") || code === "E_KEY_WEAK" || code === "E_REQUEST_INVALID" || INVALID_NAMES.has(code)) {
     return GrpcStatus.INVALID_ARGUMENT;
   }
-  if (code === "E_REQUEST_TOO_LARGE") return GrpcStatus.RESOURCE_EXHAUSTED;
+  if (code === "E_REQUEST_TOO_LARGE" || code === "E_CA_BUSY") return GrpcStatus.RESOURCE_EXHAUSTED;
+  if (code === "E_REQUEST_TIMEOUT") return GrpcStatus.DEADLINE_EXCEEDED;
   if (code === "E_IDENTITY_MISMATCH" || code === "E_TRUST_DOMAIN_MISMATCH" || code === "E_VALIDATOR_DISABLED" || code === "E_CERT_REVOKED") {
     return GrpcStatus.PERMISSION_DENIED;
   }

@@ -20,7 +20,13 @@ type Response = ServerResponse | Http2ServerResponse;
 
 /** GET /v1/bundle, /v1/crl, /.well-known/openid-configuration, /.well-known/jwks.json, /healthz, /readyz, /metrics. */
 export async function handleHttp(req: Request, res: Response, ctx: HttpApiContext): Promise<void> {
-  const url = new URL(req.url ?? "/", "https://ca.invalid");
+  let url: URL;
+  try {
+    url = new URL(req.url ?? "/", "https://ca.invalid");
+  } catch {
+    // A request target that is no URL is the client's error, not the CA's (it logged one before).
+    return send(res, 400, "text/plain; charset=utf-8", "bad request target\n");
+  }
   if (req.method !== "GET" && req.method !== "HEAD") {
     return send(res, 405, "text/plain; charset=utf-8", "method not allowed\n", { allow: "GET, HEAD" });
   }

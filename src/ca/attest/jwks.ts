@@ -38,6 +38,7 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
       if (token === "") throw new MeshwardError("E_TOKEN_MISSING", "no JWT was sent");
       if (token.length > MAX_JWT_LENGTH) throw new MeshwardError("E_TOKEN_INVALID", `the JWT is longer than ${MAX_JWT_LENGTH} bytes`);
       let payload: JWTPayload;
+      const tolerance = options.clockToleranceSeconds ?? 60;
       try {
         const issuer = options.issuer ?? (oidc === undefined ? undefined : await oidc.issuer());
         ({ payload } = await jwtVerify(token, keys, {
@@ -45,11 +46,16 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
           audience,
           algorithms: ALGORITHMS,
           currentDate: request.now,
-          clockTolerance: options.clockToleranceSeconds ?? 60,
+          clockTolerance: tolerance,
           requiredClaims: ["exp"],
         }));
       } catch (error) {
         throw classifyJwtError(error);
+      }
+      // jose reads iat only to check its type; Sentry's jwx refuses a token issued in the future
+      // beyond its skew (lestrrat-go/jwx jwt/validate.go, "iat not satisfied"), and so does meshward.
+      if (typeof payload.iat === "number" && payload.iat > request.now.getTime() / 1000 + tolerance) {
+        throw new MeshwardError("E_TOKEN_NOT_YET_VALID", `the JWT was issued in the future (iat ${new Date(payload.iat * 1000).toISOString()}); check the issuer's clock`);
       }
       if (options.mapping === "sentry") {
         const spiffeId = sentrySubject(payload);
@@ -162,6 +168,9 @@ function classifyJwtError(error: unknown): MeshwardError {
   }
   if (error instanceof joseErrors.JWSSignatureVerificationFailed || error instanceof joseErrors.JWKSNoMatchingKey) {
     return new MeshwardError("E_TOKEN_SIGNATURE", "the JWT's signature does not verify against the configured JWKS");
+  }
+  if (error instanceof joseErrors.JWKSMultipleMatchingKeys) {
+    return new MeshwardError("E_TOKEN_SIGNATURE", "several keys of the JWKS could have signed the JWT (it names no kid, or the JWKS lists its kid twice); the issuer must name its key with a unique kid");
   }
   if (error instanceof joseErrors.JOSEAlgNotAllowed) return new MeshwardError("E_TOKEN_SIGNATURE", "the JWT uses a signature algorithm that is not allowed");
   if (error instanceof joseErrors.JOSEError && error.code === "ERR_JOSE_GENERIC" && /JSON Web Key Set/.test(error.message)) {

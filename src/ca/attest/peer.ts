@@ -11,9 +11,12 @@ export interface PeerCertificate {
   readonly notAfter: Date;
   /**
    * OpenSSL verified the presented chain against the CA's roots during the handshake
-   * (`socket.authorized`); otherwise the attestor verifies it itself.
+   * (`socket.authorized`). Informational: that was against the roots of that moment, so the
+   * attestor verifies the chain itself against the current ones (once per certificate and set of roots).
    */
   readonly chainVerifiedByTls: boolean;
+  /** CA certificates the peer sent above its leaf (Node links them as issuerCertificate), e.g. an issuer that is not the CA's current one. */
+  readonly presentedIntermediates?: readonly X509Certificate[];
 }
 
 const cache = new WeakMap<TLSSocket, PeerCertificate | null>();
@@ -34,5 +37,16 @@ export function peerCertificateOf(socket: TLSSocket | undefined): PeerCertificat
 
 export function fromCertificate(certificate: X509Certificate, chainVerifiedByTls = false): PeerCertificate {
   const info = inspectCertificate(certificate);
-  return { certificate, uris: info.uris, dnsNames: info.dnsNames, serial: info.serial, notAfter: info.notAfter, chainVerifiedByTls };
+  return { certificate, uris: info.uris, dnsNames: info.dnsNames, serial: info.serial, notAfter: info.notAfter, chainVerifiedByTls, presentedIntermediates: issuersOf(certificate) };
+}
+
+/** The issuerCertificate links Node made from the peer's chain, at most 4 deep. */
+function issuersOf(certificate: X509Certificate): X509Certificate[] {
+  const out: X509Certificate[] = [];
+  let current = certificate.issuerCertificate;
+  while (current !== undefined && out.length < 4 && !out.includes(current) && current !== certificate) {
+    out.push(current);
+    current = current.issuerCertificate;
+  }
+  return out;
 }

@@ -37,6 +37,9 @@ function factsOf(certificate: X509Certificate): CertificateFacts {
   return known;
 }
 
+/** Which set of roots (by identity: the CA keeps one array per set of anchors) a certificate's chain was verified against. */
+const verifiedAgainst = new WeakMap<X509Certificate, readonly X509Certificate[]>();
+
 export function svidAttestor(options: SvidAttestorOptions): Attestor {
   return {
     name: "svid",
@@ -54,12 +57,16 @@ export function svidAttestor(options: SvidAttestorOptions): Attestor {
       if (notLeaf !== undefined) {
         throw new MeshwardError("E_ATTESTATION_UNTRUSTED", `the certificate presented for renewal is not a leaf SVID: ${notLeaf}`);
       }
-      if (!peer.chainVerifiedByTls) {
+      // Verified here even when OpenSSL verified it at the handshake: that was against the roots of
+      // that moment, and a connection can outlive a root's retirement. Once per certificate and set
+      // of roots (a workload renews over one connection; the roots change only with a rotation).
+      if (verifiedAgainst.get(peer.certificate) !== trust.roots) {
         try {
-          verifyChain({ leaf: peer.certificate, intermediates: trust.intermediates, roots: trust.roots, at: request.now });
+          verifyChain({ leaf: peer.certificate, intermediates: [...trust.intermediates, ...(peer.presentedIntermediates ?? [])], roots: trust.roots, at: request.now });
         } catch (error) {
           throw new MeshwardError("E_ATTESTATION_UNTRUSTED", `the certificate presented for renewal is not acceptable: ${(error as Error).message}`, { cause: error });
         }
+        verifiedAgainst.set(peer.certificate, trust.roots);
       }
       if (trust.revoked.has(peer.serial)) {
         throw new MeshwardError("E_CERT_REVOKED", `the certificate presented for renewal (serial ${peer.serial}) is revoked`);

@@ -1,0 +1,126 @@
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { connect, type ClientHttp2Session } from "node:http2";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { initAnchors } from "../../src/ca/anchors.ts";
+import { MAX_CONCURRENT_STREAMS, startCaServer, type CaServer } from "../../src/ca/server.ts";
+import { issueJoinToken } from "../../src/ca/tokens.ts";
+import { caConfigSchema } from "../../src/config/ca.ts";
+import { requestCertificate } from "../../src/identity/ca-client.ts";
+import { createCsr } from "../../src/pki/csr.ts";
+import { generateKeyPair } from "../../src/pki/keys.ts";
+import { exec } from "../helpers/exec.ts";
+
+// Anyone who can reach the CA's port can open TLS without a certificate (first-time workloads
+// have none) and start SignCertificate calls. Each call is bounded by maxRequestBytes; this is
+// about many calls that never finish. Measured before the bound: 8000 unfinished 60 KB calls on
+// 4 connections took the CA from 181 MB to 785 MB RSS, and Node's HTTP/2 server allows 2^32-1
+// streams per connection. Go's net/http2 server (under grpc-go, Dapr Sentry's server) advertises
+// 250 streams per connection (golang.org/x/net/http2 server.go defaultMaxStreams).
+const TD = "api-limits.test";
+const logged: string[] = [];
+const logger = pino({ level: "info" }, new Writable({ write: (chunk, _encoding, done) => (logged.push(String(chunk)), done()) }));
+const MAX_REQUEST_BYTES = 1024; // the schema's minimum: a budget of 256 KiB for all calls
+
+describe("the CA's API bounds what unfinished calls can make it hold", () => {
+  let work: string;
+  let server: CaServer;
+  let bundlePem: string;
+  const sessions: ClientHttp2Session[] = [];
+
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), "meshward-api-limits-"));
+    await initAnchors({ dir: join(work, "ca"), trustDomain: TD, now: new Date() });
+    server = await startCaServer({ dir: join(work, "ca"), config: caConfigSchema.parse({ listen: "127.0.0.1:0", maxRequestBytes: MAX_REQUEST_BYTES, signingWorkers: 0, requestTimeout: "1s" }), logger });
+    bundlePem = readFileSync(join(work, "ca", "bundle.pem"), "utf8");
+  });
+  afterAll(async () => {
+    for (const session of sessions) session.destroy();
+    await server?.close();
+    if (work !== undefined) rmSync(work, { recursive: true, force: true });
+  });
+
+  const open = () => {
+    const session = connect(`https://${server.address}`, { rejectUnauthorized: false });
+    session.on("error", () => undefined);
+    sessions.push(session);
+    return session;
+  };
+  const sign = async () => {
+    const { token } = await issueJoinToken(server.store, { spiffeId: `spiffe://${TD}/ns/orders/api`, ttlMs: 60_000 });
+    return requestCertificate({ address: server.address, bundlePem, trustDomain: TD }, { csrPem: await createCsr({ keyPair: generateKeyPair() }), token, validator: "JOIN_TOKEN", namespace: "", appId: "" });
+  };
+
+  it(`advertises at most ${MAX_CONCURRENT_STREAMS} concurrent streams per connection`, async () => {
+    const session = open();
+    const settings = await new Promise<{ maxConcurrentStreams?: number }>((resolve) => session.once("remoteSettings", resolve));
+    expect(settings.maxConcurrentStreams).toBe(MAX_CONCURRENT_STREAMS);
+    session.close();
+  });
+
+  it("refuses calls past the buffered-bytes budget with RESOURCE_EXHAUSTED / E_CA_BUSY, and signs again once they are gone", async () => {
+    // A gRPC frame announcing 1020 bytes, of which 995 arrive: every call stays unfinished.
+    const partial = Buffer.alloc(1000, 0x41);
+    partial[0] = 0;
+    partial.writeUInt32BE(1020, 1);
+    let refused = 0;
+    const codes = new Set<string>();
+    for (let s = 0; s < 3; s++) {
+      const session = open();
+      for (let i = 0; i < MAX_CONCURRENT_STREAMS; i++) {
+        const call = session.request({ ":method": "POST", ":path": "/dapr.proto.sentry.v1.CA/SignCertificate", "content-type": "application/grpc", te: "trailers" });
+        call.on("error", () => undefined);
+        call.on("trailers", (trailers) => {
+          if (trailers["grpc-status"] === "8") refused++;
+          codes.add(String(trailers["meshward-error-code"]));
+        });
+        call.write(partial);
+      }
+    }
+    // 300 calls of 1000 bytes against 256 KiB: the last ~38 are refused, the others held.
+    await vi.waitFor(() => expect(refused).toBeGreaterThanOrEqual(300 - Math.floor((MAX_REQUEST_BYTES * 256) / 1000)), { timeout: 20_000, interval: 50 });
+    expect(refused).toBeLessThan(300);
+    expect([...codes]).toEqual(["E_CA_BUSY"]);
+    // While the budget is full, a real request is refused the same way …
+    await expect(sign()).rejects.toMatchObject({ code: "E_CA_BUSY" });
+    // … and once the unfinished calls go away, the CA signs again.
+    for (const session of sessions.splice(0)) session.destroy();
+    await vi.waitFor(async () => expect((await sign()).certChainPem).toMatch(/BEGIN CERTIFICATE/), { timeout: 20_000, interval: 100 });
+  });
+
+  // Slowloris: a call that sends its request one byte at a time held its stream (and connection)
+  // open for good (measured: still open after 200 s with a byte every 10 s; an idle HTTP/2 session
+  // closes after 60 s, a plain TCP one after 120 s). Go's net/http2 has no per-stream body deadline
+  // either, but grpc-go callers set one; the CA sets its own: requestTimeout.
+  it("answers DEADLINE_EXCEEDED / E_REQUEST_TIMEOUT to a call whose request does not arrive in requestTimeout, and resets its stream", async () => {
+    const session = open();
+    const call = session.request({ ":method": "POST", ":path": "/dapr.proto.sentry.v1.CA/SignCertificate", "content-type": "application/grpc", te: "trailers" });
+    let trailers: Record<string, unknown> | undefined;
+    call.on("trailers", (t) => (trailers = t));
+    call.on("error", () => undefined);
+    const closed = new Promise<number>((resolve) => call.on("close", () => resolve(call.rstCode ?? -1)));
+    call.write(Buffer.of(0, 0, 0, 1, 0)); // announces 256 bytes
+    const trickle = setInterval(() => !call.destroyed && call.write(Buffer.of(0x41)), 200);
+    try {
+      expect(await closed).toBe(0); // RST_STREAM NO_ERROR after the status (RFC 9113 §8.1)
+      expect(trailers).toMatchObject({ "grpc-status": "4", "meshward-error-code": "E_REQUEST_TIMEOUT" });
+    } finally {
+      clearInterval(trickle);
+      session.destroy();
+    }
+    // A call that sends its request at once is not affected (control).
+    expect((await sign()).certChainPem).toMatch(/BEGIN CERTIFICATE/);
+  });
+
+  it("answers a request target that is not a URL with 400, without an error in the log", async () => {
+    const before = logged.length;
+    const bad = await exec("curl", ["-sk", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "--request-target", "http://[::1", `https://${server.address}/`]);
+    expect(bad.stdout).toBe("400");
+    const good = await exec("curl", ["-sk", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", `https://${server.address}/healthz`]);
+    expect(good.stdout).toBe("200");
+    expect(logged.slice(before).join("")).not.toMatch(/"level":50/);
+  });
+});
