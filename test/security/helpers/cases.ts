@@ -99,6 +99,82 @@ export const H1_CASES: Case[] = [
   { id: "obs-fold", cls: "obs-fold", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}X-Pad: a\r\n x-forwarded-client-cert: ${FORGED_XFCC}\r\n\r\n` },
   // A body with Content-Length must be forwarded framed (or refused), never as a second request.
   { id: "get-body-content-length", cls: "body framing", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Content-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}` },
+  // --- message framing and the request line (issue 14 red team, 2026-12-03) ---------------------------
+  // RFC 9112 §6.1: a server that does not understand a transfer coding answers 501; Envoy accepts
+  // exactly "chunked" (source/common/http/http1/codec_impl.cc: InvalidTransferEncoding, 501).
+  // Forwarded as plain chunked, "gzip, chunked" would reach the app with its coding dropped.
+  ...[
+    ["te-gzip-chunked", "Transfer-Encoding: gzip, chunked\r\n"],
+    ["te-identity-chunked", "Transfer-Encoding: identity, chunked\r\n"],
+    ["te-two-lines", "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"],
+    ["te-chunked-identity", "Transfer-Encoding: chunked, identity\r\n"],
+    ["te-chunked-twice", "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"],
+    ["te-xchunked", "Transfer-Encoding: xchunked\r\n"],
+  ].map(([id, te]) => ({ id: id!, cls: "Transfer-Encoding codings", expect: "refused" as const, h1: (route: string) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}${te}\r\n3\r\nabc\r\n0\r\n\r\n${SMUGGLED}` })),
+  // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request is faulty framing (the connection must
+  // not carry on); a GET for /admin pipelined behind it must not be read as a request of its own.
+  { id: "te-http10-keep-alive", cls: "Transfer-Encoding codings", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.0\r\n${HOST}${route}Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n${SMUGGLED}` },
+  // Chunk lines: llhttp (strict) takes hex digits and an extension, nothing else (nodejs/llhttp
+  // test/request/transfer-encoding.md); the sidecar re-chunks, so an extension never reaches the app.
+  { id: "chunk-extension", cls: "chunk size", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\n\r\n3;a=b\r\nabc\r\n0\r\n\r\n` },
+  { id: "chunk-leading-zeros", cls: "chunk size", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\n\r\n0003\r\nabc\r\n0\r\n\r\n` },
+  ...[
+    ["chunk-0x", "0x3\r\nabc\r\n0\r\n\r\n"],
+    ["chunk-negative", "-3\r\nabc\r\n0\r\n\r\n"],
+    ["chunk-overflow", "fffffffffffffffff\r\nabc\r\n0\r\n\r\n"],
+    ["chunk-space", "3 \r\nabc\r\n0\r\n\r\n"],
+    ["chunk-bare-lf", "3\nabc\n0\n\n"],
+  ].map(([id, body]) => ({ id: id!, cls: "chunk size", expect: "refused" as const, h1: (route: string) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\n\r\n${body}${SMUGGLED}` })),
+  // RFC 9110 §8.6: Content-Length = 1*DIGIT; llhttp refuses a sign, a list and a duplicate (even equal).
+  ...[
+    ["cl-plus", "Content-Length: +3\r\n"],
+    ["cl-minus", "Content-Length: -3\r\n"],
+    ["cl-list", "Content-Length: 3, 3\r\n"],
+    ["cl-two-equal", "Content-Length: 3\r\nContent-Length: 3\r\n"],
+    ["cl-two-different", "Content-Length: 3\r\nContent-Length: 0\r\n"],
+    ["cl-overflow", "Content-Length: 99999999999999999999999\r\n"],
+  ].map(([id, cl]) => ({ id: id!, cls: "Content-Length", expect: "refused" as const, h1: (route: string) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}${cl}\r\nabc${SMUGGLED}` })),
+  { id: "cl-leading-zero", cls: "Content-Length", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Content-Length: 003\r\n\r\nabc` },
+  // HTTP/1.0 keep-alive with a body, then a pipelined request: each framed once.
+  { id: "http10-keep-alive-body", cls: "body framing", expect: "either", h1Answers: 2, h1: (route) => `GET /items/1 HTTP/1.0\r\n${HOST}${route}Connection: keep-alive\r\nContent-Length: 3\r\n\r\nabcGET /items/2 HTTP/1.0\r\n${HOST}${route}\r\n` },
+  // RFC 9112 §2.2: bare LF and whitespace before the colon are refused (llhttp strict, Envoy).
+  { id: "bare-lf", cls: "line endings / field syntax", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\n${HOST.replace("\r\n", "\n")}${route.replace("\r\n", "\n")}\n` },
+  { id: "space-before-colon", cls: "line endings / field syntax", expect: "refused", identity: true, h1: get("/items/1", `x-forwarded-client-cert : ${FORGED_XFCC}\r\n`) },
+  { id: "obs-text-in-name", cls: "line endings / field syntax", expect: "refused", identity: true, h1: (route) => Buffer.from(`GET /items/1 HTTP/1.1\r\n${HOST}${route}x-forwarded-client-cert\xa0: ${FORGED_XFCC}\r\n\r\n`, "latin1") },
+  { id: "nul-in-value", cls: "line endings / field syntax", expect: "refused", h1: (route) => Buffer.from(`GET /items/1 HTTP/1.1\r\n${HOST}${route}x-pad: a\0b\r\n\r\n`, "latin1") },
+  { id: "cr-in-value", cls: "line endings / field syntax", expect: "refused", identity: true, h1: get("/items/1", `x-pad: a\rx-forwarded-client-cert: ${FORGED_XFCC}\r\n`) },
+  // RFC 9112 §3: request-line = method SP request-target SP HTTP-version; the sidecar writes its own.
+  { id: "request-line-two-spaces", cls: "request line", expect: "either", h1: (route) => `GET  /items/1  HTTP/1.1\r\n${HOST}${route}\r\n` },
+  { id: "request-line-tabs", cls: "request line", expect: "refused", h1: (route) => `GET\t/admin/x\tHTTP/1.1\r\n${HOST}${route}\r\n` },
+  // RFC 9110 §2.5, §15.6.6: only HTTP/1.0 and 1.1 on an HTTP/1 connection (llhttp also parses
+  // "HTTP/2.0", whose minor version 0 would otherwise pass for 1.0: no Host needed, 505 instead).
+  { id: "version-2.0", cls: "request line", expect: "refused", h1: (route) => `GET /items/1 HTTP/2.0\r\n${HOST}${route}\r\n` },
+  { id: "version-2.0-no-host", cls: "request line", expect: "refused", h1: (route) => `GET /items/1 HTTP/2.0\r\n${route}\r\n` },
+  { id: "version-1.2", cls: "request line", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.2\r\n${HOST}${route}\r\n` },
+  { id: "version-0.9", cls: "request line", expect: "refused", h1: () => `GET /items/1\r\n\r\n` },
+  { id: "fragment", cls: "request line", expect: "refused", h1: get("/items/1#/../../admin") },
+  { id: "connect", cls: "method", expect: "refused", h1: (route) => `CONNECT app.shop:443 HTTP/1.1\r\n${HOST}${route}\r\n` },
+  { id: "method-not-token", cls: "method", expect: "refused", h1: (route) => `G@T /items/1 HTTP/1.1\r\n${HOST}${route}\r\n` },
+  { id: "method-head", cls: "method", expect: "refused", h1: (route) => `HEAD /items/1 HTTP/1.1\r\n${HOST}${route}\r\n` },
+  { id: "method-propfind", cls: "method", expect: "refused", h1: (route) => `PROPFIND /items/1 HTTP/1.1\r\n${HOST}${route}\r\n` },
+  { id: "expect-continue-denied", cls: "Expect: 100-continue", expect: "refused", h1: (route) => `DELETE /items/1 HTTP/1.1\r\n${HOST}${route}Expect: 100-continue\r\nContent-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}` },
+  { id: "target-too-long", cls: "limits", expect: "refused", h1: get(`/items/${"a".repeat(70_000)}`) },
+  // RFC 9112 §3.2: 400 for a Host with an invalid value; RFC 3986 §3.2: authority = host [":" port]
+  // with no userinfo (RFC 9110 §4.2.4) and no path, query or fragment. Envoy checks it
+  // (source/common/http/header_validation.cc, authorityIsValid). An app that builds its URL as
+  // `http://${host}${url}` would route "app.shop/admin?" + "/items/1" to /admin.
+  ...[
+    ["host-path", "app.shop/admin?"],
+    ["host-fragment", "app.shop/admin#"],
+    ["host-userinfo", "admin@app.shop"],
+    ["host-space", "app.shop admin"],
+    ["host-backslash", "app.shop\\admin"],
+    ["host-list", "app.shop, admin.shop"],
+    ["host-bad-port", "app.shop:80x"],
+  ].map(([id, host]) => ({ id: id!, cls: "Host value", expect: "refused" as const, h1: (route: string) => `GET /items/1 HTTP/1.1\r\nHost: ${host}\r\n${route}\r\n` })),
+  { id: "host-ipv6", cls: "Host value", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\nHost: [::1]:8080\r\n${route}\r\n` },
+  // RFC 9110 §7.6.1: Connection names hop-by-hop fields; a Host it names must still reach the app.
+  { id: "connection-names-host", cls: "Connection", expect: "either", h1: get("/items/1", "Connection: host\r\n") },
   // XFCC in every spelling (names normalised for case and '_'/'-', PEP 3333 maps both to HTTP_X_FORWARDED_CLIENT_CERT).
   ...[
     ["xfcc-canonical", "X-Forwarded-Client-Cert"],
@@ -156,6 +232,10 @@ export const H2_CASES: Case[] = [
   // RFC 9113 §8.1.1: content-length that disagrees with the DATA is malformed; forwarded as is,
   // the rest of the body is a second request at the app.
   { id: "content-length-mismatch", cls: "H2→H1 smuggling", expect: "either", h2: h2Get("/items/1", { headers: { "content-length": "2" }, body: `ab${SMUGGLED}` }) },
+  // RFC 9113 §8.3.1: :authority MUST NOT include userinfo (nghttp2_check_authority lets '@' through).
+  { id: "authority-userinfo", cls: "Host value", expect: "refused", h2: h2Get("/items/1", { headers: { ":authority": "admin@app.shop" } }) },
+  { id: "authority-host-userinfo", cls: "Host value", expect: "refused", h2: h2Get("/items/1", { headers: { ":authority": "admin@app.shop", host: "admin@app.shop" } }) },
+  { id: "method-head", cls: "method", expect: "refused", h2: { method: "HEAD", path: "/items/1" } },
   { id: "xfcc-header", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "x-forwarded-client-cert": FORGED_XFCC } }) },
   { id: "xfcc-underscores", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { x_forwarded_client_cert: FORGED_XFCC } }) },
   { id: "xfcc-trailers", cls: "XFCC in trailers", expect: "either", identity: true, h2: h2Get("/items/1", { body: "hello", trailers: { "x-forwarded-client-cert": FORGED_XFCC, x_forwarded_client_cert: FORGED_XFCC } }) },
