@@ -7,7 +7,7 @@ import type { ProxyAnswer } from "../respond.ts";
 import { createMessageParser } from "./llhttp.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
-import { declaredFraming, downstreamResponseHead, findHeader, interimResponseHead, requestHost, lastChunk, requestHeadBytes, upstreamRequestHead } from "./wire.ts";
+import { declaredFraming, downstreamResponseHead, findHeader, interimResponseHead, requestFramingProblem, requestHost, lastChunk, requestHeadBytes, upstreamRequestHead } from "./wire.ts";
 import type { BodyFraming } from "./wire.ts";
 
 /** A request as the policy judges it and the upstream receives it: the parsed head and its canonical target. */
@@ -35,7 +35,7 @@ export interface AnswerDecision {
   readonly done?: (status: number) => void;
 }
 
-export type ClientErrorReason = "header_too_large" | "header_timeout" | "bad_request" | "ambiguous_request" | "connect";
+export type ClientErrorReason = "header_too_large" | "header_timeout" | "bad_request" | "ambiguous_request" | "connect" | "transfer_coding" | "http_version";
 
 export interface Http1RelayOptions {
   readonly maxHeaderBytes: number;
@@ -63,6 +63,8 @@ const CLIENT_ERRORS: Readonly<Record<ClientErrorReason, ProxyAnswer>> = {
   header_timeout: { status: 408, grpcStatus: 13, code: "E_HEADER_TIMEOUT", message: "Request Timeout" },
   bad_request: { status: 400, grpcStatus: 13, code: "E_BAD_REQUEST", message: "Bad Request" },
   ambiguous_request: { status: 400, grpcStatus: 13, code: "E_AMBIGUOUS_REQUEST", message: "Bad Request" },
+  transfer_coding: { status: 501, grpcStatus: 13, code: "E_TRANSFER_CODING_UNSUPPORTED", message: "Not Implemented" },
+  http_version: { status: 505, grpcStatus: 13, code: "E_HTTP_VERSION_UNSUPPORTED", message: "HTTP Version Not Supported" },
   connect: { status: 405, grpcStatus: 13, code: "E_CONNECT_UNSUPPORTED", message: "the sidecar is not a forward proxy: CONNECT is not accepted" },
 };
 
@@ -281,6 +283,11 @@ class ClientConnection {
 
   /** The canonical form of a request, or undefined after refusing it (the connection closes). */
   #canonical(head: MessageHead): RelayRequest | undefined {
+    const framing = requestFramingProblem(head);
+    if (framing !== undefined) {
+      this.#refuse(framing.status === 501 ? "transfer_coding" : framing.status === 505 ? "http_version" : "ambiguous_request", `the request is refused: ${framing.problem}`);
+      return undefined;
+    }
     const target = canonicalTarget(head.method, head.url, this.options.escapedSlashes);
     if (isRefusal(target)) {
       this.#refuse("ambiguous_request", `the request target is refused: ${target.refused}`);
@@ -622,7 +629,7 @@ class ClientConnection {
     this.options.clientError(reason, detail, this.socket);
     const busy = this.#queue.some((exchange) => exchange.responded && !exchange.finished);
     this.#gone = true;
-    const answer = reason === "ambiguous_request" || reason === "bad_request" ? { ...CLIENT_ERRORS[reason], message: detail } : CLIENT_ERRORS[reason];
+    const answer = reason === "ambiguous_request" || reason === "bad_request" || reason === "transfer_coding" || reason === "http_version" ? { ...CLIENT_ERRORS[reason], message: detail } : CLIENT_ERRORS[reason];
     if (!busy && this.socket.writable) this.socket.end(answerText(answer, true));
     setTimeout(() => this.socket.destroy(), busy ? 0 : 1000).unref();
     this.#abandon();
