@@ -75,6 +75,9 @@ const PATHS: { id: string; path: string; expect: Expect; cls: string }[] = [
 ];
 
 const h2Get = (path: string, extra: Partial<H2Request> = {}): H2Request => ({ method: "GET", path, ...extra });
+/** A request whose header block is written field by field as given (what node:http2 would refuse to send). */
+const rawH2 = (fields: [string, string][], body?: string): H2Request => ({ method: "GET", path: "/", rawFields: fields, ...(body === undefined ? {} : { body }) });
+const pseudo = (path = "/items/1", method = "GET", authority = "app.shop"): [string, string][] => [[":method", method], [":scheme", "https"], [":authority", authority], [":path", path]];
 const grpcHeaders: OutgoingHttpHeaders = { "content-type": "application/grpc", te: "trailers" };
 
 /** Cases sent as raw HTTP/1.1 bytes (inbound over mTLS, outbound in plaintext). */
@@ -236,6 +239,60 @@ export const H2_CASES: Case[] = [
   { id: "authority-userinfo", cls: "Host value", expect: "refused", h2: h2Get("/items/1", { headers: { ":authority": "admin@app.shop" } }) },
   { id: "authority-host-userinfo", cls: "Host value", expect: "refused", h2: h2Get("/items/1", { headers: { ":authority": "admin@app.shop", host: "admin@app.shop" } }) },
   { id: "method-head", cls: "method", expect: "refused", h2: { method: "HEAD", path: "/items/1" } },
+  // RFC 9113 §8.2.2: connection-specific fields make a request malformed (te only as "trailers");
+  // §8.2: names are lower-case; §8.3: pseudo-headers once each, before regular fields, no unknown
+  // ones, :path non-empty; §8.5: CONNECT; RFC 8441 §3: :protocol only when the server enabled it
+  // (node:http2 does not). nghttp2 resets such a stream (PROTOCOL_ERROR) before the sidecar sees it.
+  ...(
+    [
+      ["h2-connection", [...pseudo(), ["connection", "x-forwarded-client-cert"]]],
+      ["h2-keep-alive", [...pseudo(), ["keep-alive", "timeout=5"]]],
+      ["h2-proxy-connection", [...pseudo(), ["proxy-connection", "keep-alive"]]],
+      ["h2-transfer-encoding", [...pseudo(), ["transfer-encoding", "chunked"]], `3\r\nabc\r\n0\r\n\r\n${SMUGGLED}`],
+      ["h2-upgrade", [...pseudo(), ["upgrade", "websocket"]]],
+      ["h2-te-gzip", [...pseudo(), ["te", "gzip"]]],
+      ["h2-te-trailers-gzip", [...pseudo(), ["te", "trailers, gzip"]]],
+      ["h2-upper-case-name", [...pseudo(), ["X-Forwarded-Client-Cert", FORGED_XFCC]]],
+      ["h2-path-empty", pseudo("")],
+      ["h2-path-relative", pseudo("admin/x")],
+      ["h2-path-twice", [...pseudo(), [":path", "/admin/x"]]],
+      ["h2-method-twice", [...pseudo(), [":method", "DELETE"]]],
+      ["h2-path-missing", [[":method", "GET"], [":scheme", "https"], [":authority", "app.shop"]]],
+      ["h2-scheme-missing", [[":method", "GET"], [":authority", "app.shop"], [":path", "/items/1"]]],
+      ["h2-pseudo-after-regular", [[":method", "GET"], [":scheme", "https"], [":authority", "app.shop"], ["x-a", "1"], [":path", "/admin/x"]]],
+      ["h2-pseudo-unknown", [...pseudo(), [":foo", "bar"]]],
+      ["h2-extended-connect", [[":method", "CONNECT"], [":protocol", "websocket"], [":scheme", "https"], [":authority", "app.shop"], [":path", "/items/1"]]],
+      ["h2-authority-path", pseudo("/items/1", "GET", "app.shop/admin?")],
+      ["h2-two-hosts", [[":method", "GET"], [":scheme", "https"], [":path", "/items/1"], ["host", "app.shop"], ["host", "admin.shop"]]],
+      ["h2-host-path-no-authority", [[":method", "GET"], [":scheme", "https"], [":path", "/items/1"], ["host", "app.shop/admin?"]]],
+      ["h2-content-length-twice", [...pseudo(), ["content-length", "3"], ["content-length", "3"]], `abc`],
+      ["h2-content-length-list", [...pseudo(), ["content-length", "3, 3"]], `abc`],
+      ["h2-method-space", pseudo("/items/1", "GET ")],
+      ["h2-path-space", pseudo("/items/1 HTTP/1.1\r\nx: y")],
+    ] as [string, [string, string][], string?][]
+  ).map(([id, fields, body]) => ({ id, cls: "HTTP/2 malformed requests", expect: "refused" as const, identity: id === "h2-upper-case-name", h2: rawH2(fields, body) })),
+  // Sidecar refusals of header blocks nghttp2 passes: CONNECT (405), a lower-case method, '#'.
+  { id: "h2-connect", cls: "method", expect: "refused", h2: rawH2([[":method", "CONNECT"], [":authority", "app.shop:443"]]) },
+  { id: "h2-method-lower-case", cls: "method", expect: "refused", h2: rawH2(pseudo("/items/1", "get")) },
+  { id: "h2-path-fragment", cls: "request line", expect: "refused", h2: rawH2(pseudo("/items/1#/../../admin")) },
+  // RFC 9113 §8.2.1: CR, LF, NUL in a value, and names that are not tokens, make a request
+  // malformed; nghttp2 drops such a field (no on_invalid_header callback in node:http2): the app
+  // must get the request without it, never a header line split at the CR LF.
+  ...(
+    [
+      ["h2-value-crlf", [...pseudo(), ["x-pad", `a\r\nx-forwarded-client-cert: ${FORGED_XFCC}`]]],
+      ["h2-value-lf", [...pseudo(), ["x-pad", `a\nx-forwarded-client-cert: ${FORGED_XFCC}`]]],
+      ["h2-value-nul", [...pseudo(), ["x-pad", `a\0${FORGED_XFCC}`]]],
+      ["h2-name-crlf", [...pseudo(), [`x-pad\r\nx-forwarded-client-cert`, FORGED_XFCC]]],
+      ["h2-name-space", [...pseudo(), ["x-forwarded-client-cert ", FORGED_XFCC]]],
+      ["h2-name-colon", [...pseudo(), ["x-forwarded-client-cert:x", FORGED_XFCC]]],
+      ["h2-name-empty", [...pseudo(), ["", FORGED_XFCC]]],
+      ["h2-value-spaces", [...pseudo(), ["x-pad", " a "]]],
+      ["h2-host-path-with-authority", [...pseudo(), ["host", "app.shop/admin?"]]],
+      ["h2-cookie-crumbs", [...pseudo(), ["cookie", "a=1"], ["cookie", "b=2"]]],
+      ["h2-xfcc-twice", [...pseudo(), ["x-forwarded-client-cert", FORGED_XFCC], ["x_forwarded_client_cert", FORGED_XFCC]]],
+    ] as [string, [string, string][]][]
+  ).map(([id, fields]) => ({ id, cls: "HTTP/2 field syntax", expect: "either" as const, identity: true, h2: rawH2(fields) })),
   { id: "xfcc-header", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "x-forwarded-client-cert": FORGED_XFCC } }) },
   { id: "xfcc-underscores", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { x_forwarded_client_cert: FORGED_XFCC } }) },
   { id: "xfcc-trailers", cls: "XFCC in trailers", expect: "either", identity: true, h2: h2Get("/items/1", { body: "hello", trailers: { "x-forwarded-client-cert": FORGED_XFCC, x_forwarded_client_cert: FORGED_XFCC } }) },
