@@ -178,6 +178,8 @@ class ClientConnection {
   /** When the connection was ended after its last response (0: not ended). */
   #flushingSince = 0;
   #upgrade: { head: MessageHead; rest: Buffer | undefined } | undefined;
+  /** Bytes after the requests in the queue could not be parsed: refused once those are answered. */
+  #failAfter: { reason: ClientErrorReason; detail: string } | undefined;
   #gone = false;
   #handedOver = false;
   #readingPaused = false;
@@ -258,7 +260,7 @@ class ClientConnection {
   }
 
   #onData(chunk: Buffer): void {
-    if (this.#gone) return;
+    if (this.#gone || this.#failAfter !== undefined) return;
     this.#idleSince = Date.now();
     if (this.#parsing === undefined && this.#headStartedAt === 0) this.#headStartedAt = this.#idleSince;
     this.#executing = true;
@@ -270,7 +272,24 @@ class ClientConnection {
     if (first?.answer !== undefined) this.#answer(first);
     if (typeof result !== "number") {
       const reason: ClientErrorReason = result.code === "HPE_HEADER_OVERFLOW" ? "header_too_large" : "bad_request";
-      return this.#refuse(reason, `${result.code}: ${result.reason}`);
+      const detail = `${result.code}: ${result.reason}`;
+      // A request whose head was fine but whose body is not, and that waits behind others: dropped.
+      const bad = this.#parsing;
+      if (bad !== undefined && !bad.started && this.#queue.length > 1 && this.#queue[this.#queue.length - 1] === bad) {
+        this.#queue.pop();
+        bad.finished = true;
+        this.#parsing = undefined;
+      }
+      // The requests before the bad bytes were read whole and may already be with the app: they
+      // are answered first, in order (a 400 now would take the place of the first one's answer);
+      // the refusal follows. After one that closes the connection nothing more is read (RFC 9112
+      // §9.6; llhttp reports the bytes after it as HPE_CLOSED_CONNECTION), so it ends there.
+      if (this.#parsing === undefined && this.#queue.length > 0) {
+        this.#failAfter = { reason, detail };
+        this.#headStartedAt = 0;
+        return;
+      }
+      return this.#refuse(reason, detail);
     }
     if (this.#upgrade !== undefined && this.#upgrade.rest === undefined) {
       this.#upgrade.rest = chunk.subarray(result);
@@ -573,6 +592,7 @@ class ClientConnection {
       if (!first.started) this.#start(first);
       return;
     }
+    if (this.#failAfter !== undefined) return this.#refuse(this.#failAfter.reason, this.#failAfter.detail);
     if (this.#upgrade?.rest !== undefined) return this.#handOver();
     this.#resumeReading();
   }

@@ -138,6 +138,10 @@ export const H1_CASES: Case[] = [
     ["cl-overflow", "Content-Length: 99999999999999999999999\r\n"],
   ].map(([id, cl]) => ({ id: id!, cls: "Content-Length", expect: "refused" as const, h1: (route: string) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}${cl}\r\nabc${SMUGGLED}` })),
   { id: "cl-leading-zero", cls: "Content-Length", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Content-Length: 003\r\n\r\nabc` },
+  // RFC 9112 §9.6: no request is read after one that closes the connection; the GET pipelined
+  // behind `Connection: close` (or an HTTP/1.0 request without keep-alive) must not reach the app.
+  { id: "pipelined-after-close", cls: "body framing", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Connection: close\r\n\r\nGET /admin/x HTTP/1.1\r\n${HOST}${route}\r\n` },
+  { id: "pipelined-after-http10", cls: "body framing", expect: "either", h1: (route) => `GET /items/1 HTTP/1.0\r\n${HOST}${route}\r\nGET /admin/x HTTP/1.1\r\n${HOST}${route}\r\n` },
   // HTTP/1.0 keep-alive with a body, then a pipelined request: each framed once.
   { id: "http10-keep-alive-body", cls: "body framing", expect: "either", h1Answers: 2, h1: (route) => `GET /items/1 HTTP/1.0\r\n${HOST}${route}Connection: keep-alive\r\nContent-Length: 3\r\n\r\nabcGET /items/2 HTTP/1.0\r\n${HOST}${route}\r\n` },
   // RFC 9112 §2.2: bare LF and whitespace before the colon are refused (llhttp strict, Envoy).
