@@ -30,6 +30,11 @@ describe("HTTP/1.1 heads on the wire", () => {
     expect(forward(request(["Host", "a", "Connection", "keep-alive", "Connection", "X-Two", "x-two", "2"]))).toBe("GET /x HTTP/1.1\r\nHost: a\r\nx-added: 1\r\n\r\n");
   });
 
+  it("writes Content-Length without leading zeros (the length the body was framed with)", () => {
+    expect(forward(request(["Host", "a", "Content-Length", "003"], { method: "POST" }))).toBe("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nx-added: 1\r\n\r\n");
+    expect(forward(request(["Host", "a", "Content-Length", "0"], { method: "POST" }))).toBe("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nx-added: 1\r\n\r\n");
+  });
+
   it("keeps the Host it was judged with even when Connection names it (RFC 9112 §3.2)", () => {
     expect(forward(request(["Host", "a", "Connection", "host, x-hop", "x-hop", "1"]))).toBe("GET /x HTTP/1.1\r\nHost: a\r\nx-added: 1\r\n\r\n");
   });

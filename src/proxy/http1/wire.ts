@@ -62,7 +62,8 @@ function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, keepH
     }
     const lower = name.toLowerCase();
     if (lower === "content-length") {
-      if (keepLength) lines += `${name}: ${rawHeaders[i + 1]}\r\n`;
+      // The digits llhttp (or the HTTP/2 check) framed the body with, without leading zeros.
+      if (keepLength) lines += `${name}: ${rawHeaders[i + 1]!.replace(/^0+(?=\d)/, "")}\r\n`;
       continue;
     }
     if (lower === "host") {

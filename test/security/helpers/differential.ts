@@ -167,6 +167,7 @@ function checkExpectation(c: Case, o: Observed): void {
     return;
   }
   // either: a sidecar answer is a refusal; an app answer is 200 (recorded, checked by the invariants).
+  if (c.tapMustNotMatch) expect.soft(c.tapMustNotMatch.test(o.tapBytes.toString("latin1")), `bytes the sidecar must not write were on the app's socket: ${JSON.stringify(o.tapBytes.toString("latin1").slice(0, 300))}`).toBe(false);
   if (first !== undefined && !byApp(first)) {
     expect.soft(refusedBySidecar(first), `answered ${first.status} (${first.body.slice(0, 160)}): neither a sidecar refusal nor the app; app saw [${seen.join(" | ")}]`).toBe(true);
   }
