@@ -72,6 +72,15 @@ const PATHS: { id: string; path: string; expect: Expect; cls: string }[] = [
   { id: "upper-case", path: "/ITEMS/1", expect: "either", cls: "path: case" },
   { id: "query-dotdot", path: "/items/1?next=../../admin", expect: "either", cls: "path: query" },
   { id: "double-encoded", path: "/items/%252e%252e/admin", expect: "either", cls: "path: double encoding" },
+  // Policy matching (Dapr accessControl, dapr/dapr pkg/acl: operations normalised, "**" = any
+  // number of segments, HTTP paths matched case-insensitively): a sibling prefix and a segment
+  // that only starts with ".." are other paths; a trailing slash and the bare prefix stay inside.
+  { id: "policy-sibling-prefix", path: "/itemsx/1", expect: "refused", cls: "policy matching" },
+  { id: "policy-dots-in-segment", path: "/items../admin", expect: "refused", cls: "policy matching" },
+  { id: "policy-upper-dotdot", path: "/ITEMS/../admin", expect: "refused", cls: "policy matching" },
+  { id: "policy-trailing-slash", path: "/items/1/", expect: "either", cls: "policy matching" },
+  { id: "policy-bare-prefix", path: "/items", expect: "either", cls: "policy matching" },
+  { id: "policy-dotdot-to-prefix", path: "/items/1/..", expect: "either", cls: "policy matching" },
 ];
 
 const h2Get = (path: string, extra: Partial<H2Request> = {}): H2Request => ({ method: "GET", path, ...extra });
