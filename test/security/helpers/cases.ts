@@ -38,6 +38,8 @@ export interface Case {
   readonly tapMustNotMatch?: RegExp;
   /** A legitimate HTTP/2 GET sent after the attack on a new connection; it must reach the app intact. */
   readonly followUp?: string;
+  /** Apps this case says nothing about (why: in the case's comment). */
+  readonly skipApps?: readonly string[];
   /** Only for the h2c app (gRPC goes to the app over h2c). */
   readonly grpc?: boolean;
 }
@@ -192,11 +194,14 @@ export const H1_CASES: Case[] = [
   { id: "host-ipv6", cls: "Host value", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\nHost: [::1]:8080\r\n${route}\r\n` },
   // A bodiless WebSocket upgrade with a GET for /admin pipelined behind it: unless the app answers
   // 101, those bytes must never reach it (the "failed upgrade" smuggling: a proxy that splices the
-  // connection whatever the app answered lets the app read them as a request).
+  // connection whatever the app answered lets the app read them as a request). Not for uvicorn:
+  // its server answers a WebSocket handshake itself (500, no app record), which the harness cannot
+  // tell from a desync; the bytes after the head are held back the same way there.
   {
     id: "upgrade-then-pipelined",
     cls: "Upgrade + Content-Length",
     expect: "either",
+    skipApps: ["uvicorn"],
     h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nGET /admin/secret HTTP/1.1\r\n${HOST}${route}\r\n`,
   },
   // RFC 9110 §7.6.1: Connection names hop-by-hop fields; a Host it names must still reach the app.

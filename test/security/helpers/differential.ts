@@ -194,7 +194,7 @@ export function differentialSuite(name: AppName): void {
     const cases: [Case, Transport][] =
       name === "node:http2"
         ? GRPC_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])
-        : [...H1_CASES.flatMap((c) => [[c, "h1-in"], [c, "h1-out"]] as [Case, Transport][]), ...H2_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])];
+        : [...H1_CASES.filter((c) => !(c.skipApps ?? []).includes(name)).flatMap((c) => [[c, "h1-in"], [c, "h1-out"]] as [Case, Transport][]), ...H2_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])];
 
     for (const [c, t] of cases) it(`${t} ${c.id} (${c.expect})`, async () => {
       const result = await observe(mesh, target, c, t);
