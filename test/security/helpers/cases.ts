@@ -176,6 +176,7 @@ export const H1_CASES: Case[] = [
   { id: "method-not-token", cls: "method", expect: "refused", h1: (route) => `G@T /items/1 HTTP/1.1\r\n${HOST}${route}\r\n` },
   { id: "method-head", cls: "method", expect: "refused", h1: (route) => `HEAD /items/1 HTTP/1.1\r\n${HOST}${route}\r\n` },
   { id: "method-propfind", cls: "method", expect: "refused", h1: (route) => `PROPFIND /items/1 HTTP/1.1\r\n${HOST}${route}\r\n` },
+  { id: "chunk-extension-huge", cls: "chunk size", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\n\r\n3;${"a".repeat(20_000)}\r\nabc\r\n0\r\n\r\n` },
   { id: "expect-continue-denied", cls: "Expect: 100-continue", expect: "refused", h1: (route) => `DELETE /items/1 HTTP/1.1\r\n${HOST}${route}Expect: 100-continue\r\nContent-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}` },
   { id: "target-too-long", cls: "limits", expect: "refused", h1: get(`/items/${"a".repeat(70_000)}`) },
   // RFC 9112 §3.2: 400 for a Host with an invalid value; RFC 3986 §3.2: authority = host [":" port]
@@ -293,6 +294,7 @@ export const H2_CASES: Case[] = [
       ["h2-authority-path", pseudo("/items/1", "GET", "app.shop/admin?")],
       ["h2-two-hosts", [[":method", "GET"], [":scheme", "https"], [":path", "/items/1"], ["host", "app.shop"], ["host", "admin.shop"]]],
       ["h2-host-path-no-authority", [[":method", "GET"], [":scheme", "https"], [":path", "/items/1"], ["host", "app.shop/admin?"]]],
+      ["h2-content-length-no-data", [...pseudo(), ["content-length", String(SMUGGLED.length)]]],
       ["h2-content-length-twice", [...pseudo(), ["content-length", "3"], ["content-length", "3"]], `abc`],
       ["h2-content-length-list", [...pseudo(), ["content-length", "3, 3"]], `abc`],
       ["h2-method-space", pseudo("/items/1", "GET ")],
