@@ -87,6 +87,16 @@ export function xfccValue(ownId: string, callerId: string): string {
   return `By=${ownId};URI=${callerId}`;
 }
 
+/**
+ * Why the `dapr-app-id` values of a request do not name one app, or undefined: more than one
+ * field (node:http2 joins repeated fields with ", ", and no app id holds a comma). The sidecar
+ * would route by the first while the peer's app reads another.
+ */
+export function appIdProblem(values: readonly string[]): string | undefined {
+  if (values.length > 1 || values.some((value) => value.includes(","))) return `more than one ${APP_ID_HEADER} field: the request names no single app to call`;
+  return undefined;
+}
+
 /** An app id from `dapr-app-id` or the Host/:authority (port stripped); lowercase. */
 export function targetAppId(headers: IncomingHttpHeaders | Record<string, unknown>): string | undefined {
   const explicit = headers[APP_ID_HEADER];

@@ -38,6 +38,8 @@ export interface Case {
   readonly tapMustNotMatch?: RegExp;
   /** A legitimate HTTP/2 GET sent after the attack on a new connection; it must reach the app intact. */
   readonly followUp?: string;
+  /** Only in this direction (the outbound port's routing header means nothing inbound). */
+  readonly direction?: "inbound" | "outbound";
   /** Apps this case says nothing about (why: in the case's comment). */
   readonly skipApps?: readonly string[];
   /** Only for the h2c app (gRPC goes to the app over h2c). */
@@ -205,6 +207,11 @@ export const H1_CASES: Case[] = [
     skipApps: ["uvicorn"],
     h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nGET /admin/secret HTTP/1.1\r\n${HOST}${route}\r\n`,
   },
+  // The outbound routing header twice (Dapr reads the first, r.Header.Get): the sidecar would
+  // route by one while the peer's app may read the other; refused. Odd case and spaces route.
+  { id: "dapr-app-id-twice", cls: "routing header", direction: "outbound", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}dapr-app-id: other\r\n\r\n` },
+  { id: "dapr-app-id-twice-first-other", cls: "routing header", direction: "outbound", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}dapr-app-id: other\r\n${route}\r\n` },
+  { id: "dapr-app-id-case-spaces", cls: "routing header", direction: "outbound", expect: "allowed", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route.replace(/^dapr-app-id: (.*)\r\n$/, (_, id: string) => `DAPR-App-Id:   ${id.toUpperCase()}  \r\n`)}\r\n` },
   // RFC 9110 §7.6.1: Connection names hop-by-hop fields; a Host it names must still reach the app.
   { id: "connection-names-host", cls: "Connection", expect: "either", h1: get("/items/1", "Connection: host\r\n") },
   // XFCC in every spelling (names normalised for case and '_'/'-', PEP 3333 maps both to HTTP_X_FORWARDED_CLIENT_CERT).
@@ -268,6 +275,8 @@ export const H2_CASES: Case[] = [
   { id: "authority-userinfo", cls: "Host value", expect: "refused", h2: h2Get("/items/1", { headers: { ":authority": "admin@app.shop" } }) },
   { id: "authority-host-userinfo", cls: "Host value", expect: "refused", h2: h2Get("/items/1", { headers: { ":authority": "admin@app.shop", host: "admin@app.shop" } }) },
   { id: "method-head", cls: "method", expect: "refused", h2: { method: "HEAD", path: "/items/1" } },
+  // Two dapr-app-id fields (node:http2 joins them with ", "): refused, not routed.
+  { id: "dapr-app-id-twice", cls: "routing header", direction: "outbound", expect: "refused", h2: rawH2([...pseudo(), ["dapr-app-id", "other"]]) },
   // RFC 9113 §8.2.2: connection-specific fields make a request malformed (te only as "trailers");
   // §8.2: names are lower-case; §8.3: pseudo-headers once each, before regular fields, no unknown
   // ones, :path non-empty; §8.5: CONNECT; RFC 8441 §3: :protocol only when the server enabled it

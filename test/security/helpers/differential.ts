@@ -192,9 +192,10 @@ export function differentialSuite(name: AppName): void {
     });
 
     const cases: [Case, Transport][] =
-      name === "node:http2"
+      (name === "node:http2"
         ? GRPC_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])
-        : [...H1_CASES.filter((c) => !(c.skipApps ?? []).includes(name)).flatMap((c) => [[c, "h1-in"], [c, "h1-out"]] as [Case, Transport][]), ...H2_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])];
+        : [...H1_CASES.filter((c) => !(c.skipApps ?? []).includes(name)).flatMap((c) => [[c, "h1-in"], [c, "h1-out"]] as [Case, Transport][]), ...H2_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])]
+      ).filter(([c, t]) => c.direction === undefined || t.endsWith(c.direction === "inbound" ? "-in" : "-out"));
 
     for (const [c, t] of cases) it(`${t} ${c.id} (${c.expect})`, async () => {
       const result = await observe(mesh, target, c, t);
