@@ -150,6 +150,8 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         };
       },
       upgrade: (request, socket, rest) => {
+        const ambiguous = appIdProblem(appIdFields(request.head.rawHeaders));
+        if (ambiguous !== undefined) return void answerRawHttp1(socket, ambiguousRoute(ambiguous));
         const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host: request.target.authority ?? request.host });
         if (target === undefined) return void answerRawHttp1(socket, unknownApp(name));
         const hooks = hooksFor(socket, target, "http");
