@@ -223,6 +223,15 @@ export const H1_CASES: Case[] = [
     ["xfcc-mixed", "x-forwarded_client-cert"],
   ].map(([id, name]) => ({ id: id!, cls: "XFCC spelling", expect: "either" as const, identity: true, h1: get("/items/1", `${name}: ${FORGED_XFCC}\r\n`) })),
   { id: "xfcc-twice", cls: "XFCC spelling", expect: "either", identity: true, h1: get("/items/1", `x-forwarded-client-cert: ${FORGED_XFCC}\r\nx_forwarded_client_cert: ${FORGED_XFCC}\r\n`) },
+  // Dapr's caller attribution (dapr-caller-app-id, dapr-caller-namespace): Dapr's callee sidecar
+  // sets them from the verified caller and strips what a caller sent (dapr/dapr
+  // pkg/messaging/v1 CallerIDHeader/CallerNamespaceHeader; workflow StripUntrustedCallerIdentity),
+  // and apps authorise on them. A forged one must not reach the app, in any spelling.
+  ...[
+    ["dapr-caller-canonical", "Dapr-Caller-App-Id", "dapr-caller-namespace"],
+    ["dapr-caller-underscores", "dapr_caller_app_id", "DAPR_CALLER_NAMESPACE"],
+  ].map(([id, app, ns]) => ({ id: id!, cls: "Dapr caller headers", expect: "either" as const, identity: true, h1: get("/items/1", `${app}: ${FORGED}\r\n${ns}: ${FORGED}\r\n`) })),
+  { id: "dapr-caller-chunked-trailer", cls: "Dapr caller headers", expect: "either", identity: true, h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\ndapr-caller-app-id: ${FORGED}\r\n\r\n` },
   // RFC 9112 §7.1.2: trailer fields must not carry what the proxy sets.
   {
     id: "xfcc-chunked-trailer",
@@ -333,6 +342,7 @@ export const H2_CASES: Case[] = [
       ["h2-xfcc-twice", [...pseudo(), ["x-forwarded-client-cert", FORGED_XFCC], ["x_forwarded_client_cert", FORGED_XFCC]]],
     ] as [string, [string, string][]][]
   ).map(([id, fields]) => ({ id, cls: "HTTP/2 field syntax", expect: "either" as const, identity: true, h2: rawH2(fields) })),
+  { id: "dapr-caller-headers", cls: "Dapr caller headers", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "dapr-caller-app-id": FORGED, dapr_caller_namespace: FORGED } }) },
   { id: "xfcc-header", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "x-forwarded-client-cert": FORGED_XFCC } }) },
   { id: "xfcc-underscores", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { x_forwarded_client_cert: FORGED_XFCC } }) },
   { id: "xfcc-trailers", cls: "XFCC in trailers", expect: "either", identity: true, h2: h2Get("/items/1", { body: "hello", trailers: { "x-forwarded-client-cert": FORGED_XFCC, x_forwarded_client_cert: FORGED_XFCC } }) },
