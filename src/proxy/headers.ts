@@ -29,8 +29,15 @@ export function connectionListed(connectionValues: Iterable<string>): Set<string
   return listed;
 }
 
-/** The headers the sidecar sets itself to tell the app who called: never taken from a caller. */
-export const IDENTITY_HEADERS: readonly string[] = [XFCC];
+/**
+ * Headers that tell the app who called: never taken from a caller. The sidecar sets XFCC itself.
+ * Dapr's callee sidecar sets `dapr-caller-app-id` / `dapr-caller-namespace` from the verified
+ * caller and strips what a caller sent (dapr/dapr pkg/messaging/v1 CallerIDHeader,
+ * CallerNamespaceHeader; StripUntrustedCallerIdentity), so apps moved from Dapr authorise on
+ * them: a caller's own would be a forged identity. (`dapr-callee-app-id` names the target, not
+ * the caller, and passes.)
+ */
+export const IDENTITY_HEADERS: readonly string[] = [XFCC, "dapr-caller-app-id", "dapr-caller-namespace"];
 /** Their name lengths, for callers that skip names no rule can match. */
 export const IDENTITY_LENGTHS: ReadonlySet<number> = new Set(IDENTITY_HEADERS.map((name) => name.length));
 
