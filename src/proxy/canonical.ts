@@ -167,6 +167,8 @@ export function canonicalTarget(method: string, raw: string, escapedSlashes: Esc
     if (absolute === null) return { refused: "the request target is neither origin-form ('/path') nor absolute-form ('http://host/path')" };
     authority = absolute[2]!;
     if (authority === "" || authority.includes("@")) return { refused: "an absolute-form target needs a host and no user information" };
+    const problem = authorityProblem(authority);
+    if (problem !== undefined) return { refused: `the absolute-form target's authority is refused: ${problem}` };
     rest = absolute[3]!;
     if (rest === "" || rest.charCodeAt(0) === 0x3f /* ? */) rest = `/${rest}`;
     else if (rest.charCodeAt(0) !== SLASH) return { refused: "the absolute-form target's path does not start with '/'" };
@@ -182,6 +184,31 @@ export function canonicalTarget(method: string, raw: string, escapedSlashes: Esc
   if (typeof path !== "string") return path;
   const target = query === undefined ? path : `${path}?${query}`;
   return { target: authority === undefined && target === raw ? raw : target, path, authority };
+}
+
+// RFC 3986 §3.2.2 reg-name: unreserved / pct-encoded / sub-delims, less "," (a list separator to
+// anything that splits field values; WSGI joins two Host fields with it).
+const REG_NAME = /^(?:[A-Za-z0-9\-._~!$&'()*+;=]|%[0-9A-Fa-f]{2})*$/;
+const IP_LITERAL = /^\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]$/;
+
+/**
+ * Why a Host or :authority value is not `host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2/§3.2.3:
+ * no userinfo, RFC 9110 §4.2.4 and RFC 9113 §8.3.1; no path, query, fragment, space or list),
+ * or undefined. An empty value is valid (RFC 9112 §3.2: a target without authority). Envoy checks
+ * the same before routing (source/common/http/header_validation.cc, authorityIsValid); an app that
+ * builds its URL as `http://${host}${path}` would otherwise route `Host: x/admin?` to /admin.
+ */
+export function authorityProblem(value: string): string | undefined {
+  if (value === "") return undefined;
+  let host = value;
+  const colon = value.lastIndexOf(":");
+  if (colon !== -1 && colon > value.lastIndexOf("]")) {
+    if (!/^\d{0,5}$/.test(value.slice(colon + 1))) return "a Host whose port is not a number";
+    host = value.slice(0, colon);
+  }
+  if (host.startsWith("[") ? IP_LITERAL.test(host) : host !== "" && REG_NAME.test(host)) return undefined;
+  if (host.includes("@")) return "a Host or :authority with user information (RFC 9110 §4.2.4)";
+  return "a Host or :authority that is not host[:port] (RFC 3986 §3.2)";
 }
 
 export function isRefusal<T extends object | string, R extends TargetRefusal>(value: T | R): value is R {
@@ -240,6 +267,10 @@ export function canonicalH2Request(headers: H2Headers, escapedSlashes: EscapedSl
   const authority = headers[":authority"];
   const host = headers.host;
   if (Array.isArray(host)) return { status: 400, refused: "more than one Host field" };
+  for (const value of [authority, host]) {
+    const problem = typeof value === "string" ? authorityProblem(value) : undefined;
+    if (problem !== undefined) return { status: 400, refused: problem };
+  }
   if (typeof authority === "string" && typeof host === "string" && authority.toLowerCase() !== host.toLowerCase()) {
     return { status: 400, refused: "Host differs from :authority (RFC 9113 §8.3.1)" };
   }

@@ -29,8 +29,15 @@ export function connectionListed(connectionValues: Iterable<string>): Set<string
   return listed;
 }
 
-/** The headers the sidecar sets itself to tell the app who called: never taken from a caller. */
-export const IDENTITY_HEADERS: readonly string[] = [XFCC];
+/**
+ * Headers that tell the app who called: never taken from a caller. The sidecar sets XFCC itself.
+ * Dapr's callee sidecar sets `dapr-caller-app-id` / `dapr-caller-namespace` from the verified
+ * caller and strips what a caller sent (dapr/dapr pkg/messaging/v1 CallerIDHeader,
+ * CallerNamespaceHeader; StripUntrustedCallerIdentity), so apps moved from Dapr authorise on
+ * them: a caller's own would be a forged identity. (`dapr-callee-app-id` names the target, not
+ * the caller, and passes.)
+ */
+export const IDENTITY_HEADERS: readonly string[] = [XFCC, "dapr-caller-app-id", "dapr-caller-namespace"];
 /** Their name lengths, for callers that skip names no rule can match. */
 export const IDENTITY_LENGTHS: ReadonlySet<number> = new Set(IDENTITY_HEADERS.map((name) => name.length));
 
@@ -85,6 +92,16 @@ export function forwardableHeaders(headers: IncomingHttpHeaders | Record<string,
 /** Envoy's x-forwarded-client-cert form: By=<our SPIFFE ID>;URI=<verified caller SPIFFE ID>. */
 export function xfccValue(ownId: string, callerId: string): string {
   return `By=${ownId};URI=${callerId}`;
+}
+
+/**
+ * Why the `dapr-app-id` values of a request do not name one app, or undefined: more than one
+ * field (node:http2 joins repeated fields with ", ", and no app id holds a comma). The sidecar
+ * would route by the first while the peer's app reads another.
+ */
+export function appIdProblem(values: readonly string[]): string | undefined {
+  if (values.length > 1 || values.some((value) => value.includes(","))) return `more than one ${APP_ID_HEADER} field: the request names no single app to call`;
+  return undefined;
 }
 
 /** An app id from `dapr-app-id` or the Host/:authority (port stripped); lowercase. */

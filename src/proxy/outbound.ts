@@ -14,7 +14,7 @@ import type { ForwardHooks } from "./forward.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { canonicalH2Request, isRefusal } from "./canonical.ts";
 import type { EscapedSlashAction } from "./canonical.ts";
-import { APP_ID_HEADER, targetAppId } from "./headers.ts";
+import { APP_ID_HEADER, appIdProblem, targetAppId } from "./headers.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
 import { Http1Relay } from "./http1/relay.ts";
 import { findHeader } from "./http1/wire.ts";
@@ -105,6 +105,18 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     onUpstreamError: peerError(target),
     done: begin(socket, protocol),
   });
+  const ambiguousRoute = (problem: string): ProxyAnswer => {
+    telemetry.refused.inc({ direction: "outbound", reason: "ambiguous_request" });
+    return h2Refusal(400, problem);
+  };
+  const appIdFields = (rawHeaders: readonly string[]): string[] => {
+    const values: string[] = [];
+    for (let i = 0; i < rawHeaders.length; i += 2) {
+      const name = rawHeaders[i]!;
+      if (name.length === APP_ID_HEADER.length && name.toLowerCase() === APP_ID_HEADER) values.push(rawHeaders[i + 1]!);
+    }
+    return values;
+  };
   // Resolution is pure (table or template): cache it per name, bounded.
   const resolved = new Map<string, PeerTarget | undefined>();
   const route = (headers: Record<string, unknown>): { name: string | undefined; target: PeerTarget | undefined } => {
@@ -126,6 +138,8 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     const http1 = new Http1Relay({
       ...relaySettings(limits, options.escapedSlashes),
       decide: (request, socket) => {
+        const ambiguous = appIdProblem(appIdFields(request.head.rawHeaders));
+        if (ambiguous !== undefined) return { answer: ambiguousRoute(ambiguous) };
         const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host: request.target.authority ?? request.host });
         if (target === undefined) return { answer: unknownApp(name) };
         return {
@@ -136,6 +150,8 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         };
       },
       upgrade: (request, socket, rest) => {
+        const ambiguous = appIdProblem(appIdFields(request.head.rawHeaders));
+        if (ambiguous !== undefined) return void answerRawHttp1(socket, ambiguousRoute(ambiguous));
         const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host: request.target.authority ?? request.host });
         if (target === undefined) return void answerRawHttp1(socket, unknownApp(name));
         const hooks = hooksFor(socket, target, "http");
@@ -173,6 +189,9 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         return answerH2(stream, h2Refusal(request.status, request.refused), false);
       }
       const { grpc } = request;
+      const appIds = headers[APP_ID_HEADER];
+      const ambiguous = appIdProblem(appIds === undefined ? [] : Array.isArray(appIds) ? appIds : [appIds]);
+      if (ambiguous !== undefined) return answerH2(stream, ambiguousRoute(ambiguous), grpc);
       const { name, target } = route(headers);
       if (target === undefined || socket === undefined) return answerH2(stream, unknownApp(name), grpc);
       const hooks = hooksFor(socket, target, grpc ? "grpc" : "http");

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { canonicalH2Request, canonicalPath, canonicalTarget, isGrpcRequest, isRefusal, methodProblem } from "../../src/proxy/canonical.ts";
+import { authorityProblem, canonicalH2Request, canonicalPath, canonicalTarget, isGrpcRequest, isRefusal, methodProblem } from "../../src/proxy/canonical.ts";
 import type { CanonicalTarget, TargetRefusal } from "../../src/proxy/canonical.ts";
 
 /**
@@ -134,5 +134,21 @@ describe("HTTP/2 requests", () => {
   it("keeps the regular fields as pairs for an HTTP/1.1 upstream, Host left to :authority", () => {
     const request = h2({ host: "orders", "content-length": "3", "x-a": "1", "set-cookie": ["a", "b"] });
     expect(request).toMatchObject({ authority: "orders", contentLength: 3, rawHeaders: ["content-length", "3", "x-a", "1", "set-cookie", "a", "set-cookie", "b"] });
+  });
+});
+
+describe("Host and :authority values (RFC 9110 §7.2, RFC 3986 §3.2)", () => {
+  it("accepts host[:port], IP literals and the empty value", () => {
+    for (const ok of ["", "app.shop", "app.shop:8080", "127.0.0.1:3500", "[::1]", "[::1]:8080", "my_app.ns.svc", "xn--bcher-kva.example", "a%41b"]) expect(authorityProblem(ok), ok).toBeUndefined();
+  });
+
+  it("refuses userinfo, paths, queries, fragments, spaces, backslashes, lists and bad ports", () => {
+    for (const bad of ["admin@app.shop", "app.shop/admin?", "app.shop/admin#", "app.shop?x", "app.shop admin", "app.shop\\admin", "a, b", "a,b", "app.shop:80x", "app.shop:123456", ":80", "[::1", "[::1]x", "a%4"]) expect(authorityProblem(bad), bad).toBeDefined();
+  });
+
+  it("refuses an HTTP/2 :authority or host with userinfo", () => {
+    expect(isRefusal(canonicalH2Request({ ":method": "GET", ":path": "/", ":authority": "admin@app" }, "reject"))).toBe(true);
+    expect(isRefusal(canonicalH2Request({ ":method": "GET", ":path": "/", host: "app/admin?" }, "reject"))).toBe(true);
+    expect(isRefusal(canonicalH2Request({ ":method": "GET", ":path": "/", ":authority": "app:80" }, "reject"))).toBe(false);
   });
 });

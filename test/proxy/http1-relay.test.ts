@@ -483,6 +483,27 @@ describe("HTTP/1.1 relay", () => {
     expect(relay.clientErrors).toEqual(["bad_request", "header_too_large"]);
   });
 
+  it("answers the requests read before bad bytes first (the app may be acting on them), then refuses, and reads nothing after a request that closes", async () => {
+    // Found by the red team (test/security pipelined-after-http10 on h1-out, 2026-12-03): with a
+    // pooled upstream connection at hand the first request is forwarded while its chunk is still
+    // parsed; a parse error later in that chunk used to answer 400 in its place and drop the
+    // app's answer, so the client was told "refused" for a request the app had carried out.
+    const upstream = await startServer((req, res) => res.end(`ok ${req.url}`));
+    const relay = await startRelay(upstream.port);
+    const warm = await raw(relay.port, "GET /warm HTTP/1.1\r\nHost: a\r\n\r\n", (t) => t.includes("ok /warm"));
+    expect(warm.text).toMatch(/^HTTP\/1\.1 200 /);
+    const bad = await raw(relay.port, "GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    expect(bad.text).toMatch(/^HTTP\/1\.1 200 [^]*ok \/first[^]*HTTP\/1\.1 400 /);
+    expect(bad.closed).toBe(true);
+    // RFC 9112 §9.6: nothing after a request that closes the connection is processed (or refused).
+    const closing = await raw(relay.port, "GET /third HTTP/1.0\r\nHost: a\r\n\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n");
+    expect(closing.text).toMatch(/^HTTP\/1\.1 200 [^]*ok \/third$/);
+    const closeOption = await raw(relay.port, "GET /fourth HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n");
+    expect(closeOption.text).toMatch(/^HTTP\/1\.1 200 [^]*ok \/fourth$/);
+    expect(upstream.requests.map((r) => r.url)).toEqual(["/warm", "/first", "/third", "/fourth"]);
+    expect(relay.clientErrors).toEqual(["bad_request"]);
+  });
+
   it("sends a bodiless request again when a reused upstream connection turns out closed, but never a request with a body", async () => {
     // An upstream that answers the first request of each connection keep-alive, and drops the
     // connection when a second one arrives on it: what a server closing idle connections does

@@ -1,14 +1,14 @@
 import { describe, expect, it } from "vitest";
 import type { MessageHead } from "../../src/proxy/http1/llhttp.ts";
-import { declaredFraming, downstreamResponseHead, lastChunk, requestHeadBytes, requestHost, upstreamRequestHead } from "../../src/proxy/http1/wire.ts";
+import { declaredFraming, downstreamResponseHead, lastChunk, requestFramingProblem, requestHeadBytes, requestHost, upstreamRequestHead } from "../../src/proxy/http1/wire.ts";
 
 /**
  * The heads the relay writes, byte for byte (the relay tests send real traffic through them;
  * these pin down each field rule, including the shortcut that leaves names no hop-by-hop rule
  * can match unexamined).
  */
-const request = (rawHeaders: string[], extra: Partial<MessageHead> = {}): MessageHead => ({ method: "GET", url: "/x", status: 0, statusMessage: "", httpMinor: 1, rawHeaders, upgrade: false, keepAlive: true, ...extra });
-const response = (rawHeaders: string[], status = 200): MessageHead => ({ method: "", url: "", status, statusMessage: "OK", httpMinor: 1, rawHeaders, upgrade: false, keepAlive: true });
+const request = (rawHeaders: string[], extra: Partial<MessageHead> = {}): MessageHead => ({ method: "GET", url: "/x", status: 0, statusMessage: "", httpMajor: 1, httpMinor: 1, rawHeaders, upgrade: false, keepAlive: true, ...extra });
+const response = (rawHeaders: string[], status = 200): MessageHead => ({ method: "", url: "", status, statusMessage: "OK", httpMajor: 1, httpMinor: 1, rawHeaders, upgrade: false, keepAlive: true });
 const forward = (head: MessageHead) => upstreamRequestHead(head.method, head.url, head.rawHeaders, declaredFraming(head.rawHeaders), "x-added: 1\r\n", undefined);
 
 describe("HTTP/1.1 heads on the wire", () => {
@@ -28,6 +28,33 @@ describe("HTTP/1.1 heads on the wire", () => {
     }
     // Two Connection lines are one list.
     expect(forward(request(["Host", "a", "Connection", "keep-alive", "Connection", "X-Two", "x-two", "2"]))).toBe("GET /x HTTP/1.1\r\nHost: a\r\nx-added: 1\r\n\r\n");
+  });
+
+  it("drops Dapr's caller headers in any spelling, in headers and trailers (a caller's own would be forged)", () => {
+    expect(forward(request(["Host", "a", "Dapr-Caller-App-Id", "admin", "dapr_caller_namespace", "kube-system", "dapr-callee-app-id", "b"]))).toBe("GET /x HTTP/1.1\r\nHost: a\r\ndapr-callee-app-id: b\r\nx-added: 1\r\n\r\n");
+    expect(lastChunk(["DAPR_CALLER_APP_ID", "admin", "x-t", "1"])).toBe("0\r\nx-t: 1\r\n\r\n");
+  });
+
+  it("writes Content-Length without leading zeros (the length the body was framed with)", () => {
+    expect(forward(request(["Host", "a", "Content-Length", "003"], { method: "POST" }))).toBe("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nx-added: 1\r\n\r\n");
+    expect(forward(request(["Host", "a", "Content-Length", "0"], { method: "POST" }))).toBe("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nx-added: 1\r\n\r\n");
+  });
+
+  it("keeps the Host it was judged with even when Connection names it (RFC 9112 §3.2)", () => {
+    expect(forward(request(["Host", "a", "Connection", "host, x-hop", "x-hop", "1"]))).toBe("GET /x HTTP/1.1\r\nHost: a\r\nx-added: 1\r\n\r\n");
+  });
+
+  it("refuses HTTP versions other than 1.0/1.1 (505), codings other than chunked (501) and Transfer-Encoding in HTTP/1.0 (400)", () => {
+    expect(requestFramingProblem(request(["Host", "a"]))).toBeUndefined();
+    expect(requestFramingProblem(request(["Host", "a", "Transfer-Encoding", "Chunked"]))).toBeUndefined();
+    expect(requestFramingProblem(request(["Host", "a", "Content-Length", "3"], { httpMinor: 0 }))).toBeUndefined();
+    expect(requestFramingProblem(request(["Host", "a"], { httpMajor: 2, httpMinor: 0 }))?.status).toBe(505);
+    expect(requestFramingProblem(request([], { httpMajor: 0, httpMinor: 9 }))?.status).toBe(505);
+    for (const codings of [["gzip, chunked"], ["identity, chunked"], ["gzip", "chunked"], ["chunked", "chunked"]]) {
+      const fields = codings.flatMap((value) => ["Transfer-Encoding", value]);
+      expect(requestFramingProblem(request(["Host", "a", ...fields]))?.status, codings.join(" | ")).toBe(501);
+    }
+    expect(requestFramingProblem(request(["Host", "a", "Transfer-Encoding", "chunked"], { httpMinor: 0 }))?.status).toBe(400);
   });
 
   it("drops a caller's X-Forwarded-Client-Cert in any case, and keeps Content-Length only for a body framed by it", () => {

@@ -72,7 +72,7 @@ export function createNodeParser(kind: "request" | "response", maxHeaderBytes: n
     if (!inBody && url) pendingUrl += url;
   };
   parser[Parser.kOnHeadersComplete] = (
-    _major: number,
+    major: number,
     minor: number,
     headers: string[] | undefined,
     method: number | undefined,
@@ -93,6 +93,7 @@ export function createNodeParser(kind: "request" | "response", maxHeaderBytes: n
       url: target,
       status: status ?? 0,
       statusMessage: statusMessage ?? "",
+      httpMajor: major,
       httpMinor: minor,
       rawHeaders,
       upgrade,

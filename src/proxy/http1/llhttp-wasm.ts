@@ -39,6 +39,7 @@ interface Llhttp {
   llhttp_errno_name(errno: number): number;
   llhttp_method_name(method: number): number;
   llhttp_get_method(parser: number): number;
+  llhttp_get_http_major(parser: number): number;
   llhttp_get_http_minor(parser: number): number;
 }
 
@@ -111,7 +112,7 @@ export function loadWasmParser(source?: () => Uint8Array): typeof createWasmPars
     const { Module, Instance } = api;
     const instance = new Instance(new Module(bytes), imports);
     const exports = instance.exports as unknown as Llhttp;
-    for (const name of ["llhttp_alloc", "llhttp_execute", "llhttp_finish", "llhttp_resume", "llhttp_resume_after_upgrade", "llhttp_reset", "llhttp_get_error_pos", "malloc"] as const) {
+    for (const name of ["llhttp_alloc", "llhttp_execute", "llhttp_finish", "llhttp_resume", "llhttp_resume_after_upgrade", "llhttp_reset", "llhttp_get_error_pos", "llhttp_get_http_major", "llhttp_get_http_minor", "malloc"] as const) {
       if (typeof exports[name] !== "function") throw new Error(`the llhttp WebAssembly module has no ${name}`);
     }
     exports._initialize?.();
@@ -420,6 +421,7 @@ class WasmParser implements MessageParser {
       url: this.#request ? this.#url : "",
       status: this.#request ? 0 : status,
       statusMessage: this.#request ? "" : this.#statusMessage,
+      httpMajor: wasm.llhttp_get_http_major(this.pointer),
       httpMinor: wasm.llhttp_get_http_minor(this.pointer),
       rawHeaders,
       upgrade,

@@ -144,7 +144,7 @@ export function http1ParserSelfTest(create: MessageParserFactory): string | unde
     const many = Array.from({ length: 40 }, (_, i) => `x-h${i}: v${i}\r\n`).join("");
     const parser = create("request", 16 * 1024, {
       onHead: (h) => {
-        seen.push(`${h.method} ${h.url} 1.${h.httpMinor} ${h.rawHeaders.length} ${h.rawHeaders[0]}=${h.rawHeaders[1]} ${h.keepAlive} ${h.upgrade}`);
+        seen.push(`${h.method} ${h.url} ${h.httpMajor}.${h.httpMinor} ${h.rawHeaders.length} ${h.rawHeaders[0]}=${h.rawHeaders[1]} ${h.keepAlive} ${h.upgrade}`);
         return false;
       },
       onBody: (chunk) => seen.push(`body ${chunk.length > 8 ? `${chunk.length} bytes` : chunk.toString("latin1")}`),

@@ -13,6 +13,8 @@ export interface MessageHead {
   /** Response status (responses only; 0 for requests). */
   readonly status: number;
   readonly statusMessage: string;
+  /** The HTTP version as received (llhttp parses 0.9, 1.0, 1.1 and 2.0 in a request line). */
+  readonly httpMajor: number;
   readonly httpMinor: number;
   /** Name, value, name, value… in the order and case received. */
   readonly rawHeaders: readonly string[];

@@ -7,7 +7,7 @@ import type { ProxyAnswer } from "../respond.ts";
 import { createMessageParser } from "./llhttp.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
-import { declaredFraming, downstreamResponseHead, findHeader, interimResponseHead, requestHost, lastChunk, requestHeadBytes, upstreamRequestHead } from "./wire.ts";
+import { declaredFraming, downstreamResponseHead, findHeader, interimResponseHead, requestFramingProblem, requestHost, lastChunk, requestHeadBytes, upstreamRequestHead } from "./wire.ts";
 import type { BodyFraming } from "./wire.ts";
 
 /** A request as the policy judges it and the upstream receives it: the parsed head and its canonical target. */
@@ -35,7 +35,7 @@ export interface AnswerDecision {
   readonly done?: (status: number) => void;
 }
 
-export type ClientErrorReason = "header_too_large" | "header_timeout" | "bad_request" | "ambiguous_request" | "connect";
+export type ClientErrorReason = "header_too_large" | "header_timeout" | "bad_request" | "ambiguous_request" | "connect" | "transfer_coding" | "http_version";
 
 export interface Http1RelayOptions {
   readonly maxHeaderBytes: number;
@@ -63,6 +63,8 @@ const CLIENT_ERRORS: Readonly<Record<ClientErrorReason, ProxyAnswer>> = {
   header_timeout: { status: 408, grpcStatus: 13, code: "E_HEADER_TIMEOUT", message: "Request Timeout" },
   bad_request: { status: 400, grpcStatus: 13, code: "E_BAD_REQUEST", message: "Bad Request" },
   ambiguous_request: { status: 400, grpcStatus: 13, code: "E_AMBIGUOUS_REQUEST", message: "Bad Request" },
+  transfer_coding: { status: 501, grpcStatus: 13, code: "E_TRANSFER_CODING_UNSUPPORTED", message: "Not Implemented" },
+  http_version: { status: 505, grpcStatus: 13, code: "E_HTTP_VERSION_UNSUPPORTED", message: "HTTP Version Not Supported" },
   connect: { status: 405, grpcStatus: 13, code: "E_CONNECT_UNSUPPORTED", message: "the sidecar is not a forward proxy: CONNECT is not accepted" },
 };
 
@@ -176,6 +178,8 @@ class ClientConnection {
   /** When the connection was ended after its last response (0: not ended). */
   #flushingSince = 0;
   #upgrade: { head: MessageHead; rest: Buffer | undefined } | undefined;
+  /** Bytes after the requests in the queue could not be parsed: refused once those are answered. */
+  #failAfter: { reason: ClientErrorReason; detail: string } | undefined;
   #gone = false;
   #handedOver = false;
   #readingPaused = false;
@@ -256,7 +260,7 @@ class ClientConnection {
   }
 
   #onData(chunk: Buffer): void {
-    if (this.#gone) return;
+    if (this.#gone || this.#failAfter !== undefined) return;
     this.#idleSince = Date.now();
     if (this.#parsing === undefined && this.#headStartedAt === 0) this.#headStartedAt = this.#idleSince;
     this.#executing = true;
@@ -268,7 +272,24 @@ class ClientConnection {
     if (first?.answer !== undefined) this.#answer(first);
     if (typeof result !== "number") {
       const reason: ClientErrorReason = result.code === "HPE_HEADER_OVERFLOW" ? "header_too_large" : "bad_request";
-      return this.#refuse(reason, `${result.code}: ${result.reason}`);
+      const detail = `${result.code}: ${result.reason}`;
+      // A request whose head was fine but whose body is not, and that waits behind others: dropped.
+      const bad = this.#parsing;
+      if (bad !== undefined && !bad.started && this.#queue.length > 1 && this.#queue[this.#queue.length - 1] === bad) {
+        this.#queue.pop();
+        bad.finished = true;
+        this.#parsing = undefined;
+      }
+      // The requests before the bad bytes were read whole and may already be with the app: they
+      // are answered first, in order (a 400 now would take the place of the first one's answer);
+      // the refusal follows. After one that closes the connection nothing more is read (RFC 9112
+      // §9.6; llhttp reports the bytes after it as HPE_CLOSED_CONNECTION), so it ends there.
+      if (this.#parsing === undefined && this.#queue.length > 0) {
+        this.#failAfter = { reason, detail };
+        this.#headStartedAt = 0;
+        return;
+      }
+      return this.#refuse(reason, detail);
     }
     if (this.#upgrade !== undefined && this.#upgrade.rest === undefined) {
       this.#upgrade.rest = chunk.subarray(result);
@@ -281,6 +302,11 @@ class ClientConnection {
 
   /** The canonical form of a request, or undefined after refusing it (the connection closes). */
   #canonical(head: MessageHead): RelayRequest | undefined {
+    const framing = requestFramingProblem(head);
+    if (framing !== undefined) {
+      this.#refuse(framing.status === 501 ? "transfer_coding" : framing.status === 505 ? "http_version" : "ambiguous_request", `the request is refused: ${framing.problem}`);
+      return undefined;
+    }
     const target = canonicalTarget(head.method, head.url, this.options.escapedSlashes);
     if (isRefusal(target)) {
       this.#refuse("ambiguous_request", `the request target is refused: ${target.refused}`);
@@ -566,6 +592,7 @@ class ClientConnection {
       if (!first.started) this.#start(first);
       return;
     }
+    if (this.#failAfter !== undefined) return this.#refuse(this.#failAfter.reason, this.#failAfter.detail);
     if (this.#upgrade?.rest !== undefined) return this.#handOver();
     this.#resumeReading();
   }
@@ -622,7 +649,7 @@ class ClientConnection {
     this.options.clientError(reason, detail, this.socket);
     const busy = this.#queue.some((exchange) => exchange.responded && !exchange.finished);
     this.#gone = true;
-    const answer = reason === "ambiguous_request" || reason === "bad_request" ? { ...CLIENT_ERRORS[reason], message: detail } : CLIENT_ERRORS[reason];
+    const answer = reason === "ambiguous_request" || reason === "bad_request" || reason === "transfer_coding" || reason === "http_version" ? { ...CLIENT_ERRORS[reason], message: detail } : CLIENT_ERRORS[reason];
     if (!busy && this.socket.writable) this.socket.end(answerText(answer, true));
     setTimeout(() => this.socket.destroy(), busy ? 0 : 1000).unref();
     this.#abandon();

@@ -1,3 +1,4 @@
+import { authorityProblem } from "../canonical.ts";
 import { connectionListed, forwardedTrailer, forwardedValue, HOP_BY_HOP, IDENTITY_LENGTHS } from "../headers.ts";
 import type { MessageHead } from "./llhttp.ts";
 
@@ -61,10 +62,15 @@ function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, keepH
     }
     const lower = name.toLowerCase();
     if (lower === "content-length") {
-      if (keepLength) lines += `${name}: ${rawHeaders[i + 1]}\r\n`;
+      // The digits llhttp (or the HTTP/2 check) framed the body with, without leading zeros.
+      if (keepLength) lines += `${name}: ${rawHeaders[i + 1]!.replace(/^0+(?=\d)/, "")}\r\n`;
       continue;
     }
-    if (!keepHost && lower === "host") continue;
+    if (lower === "host") {
+      // Whatever Connection names, the one Host the request was judged with goes on (RFC 9112 §3.2).
+      if (keepHost) lines += `${name}: ${rawHeaders[i + 1]}\r\n`;
+      continue;
+    }
     const value = forwardedValue(lower, rawHeaders[i + 1]!, listed);
     if (value !== undefined) lines += `${lower === "te" ? lower : name}: ${value}\r\n`;
   }
@@ -109,8 +115,37 @@ export function requestHost(rawHeaders: readonly string[], httpMinor: number, ab
     host = rawHeaders[i + 1]!;
   }
   if (host === undefined && httpMinor >= 1) return { problem: "an HTTP/1.1 request without Host (RFC 9112 §3.2)" };
+  const invalid = host === undefined ? undefined : authorityProblem(host);
+  if (invalid !== undefined) return { problem: `${invalid} (RFC 9112 §3.2: 400 for an invalid Host)` };
   if (host !== undefined && absoluteAuthority !== undefined && host.toLowerCase() !== absoluteAuthority.toLowerCase()) return { problem: "an absolute-form target whose authority differs from Host" };
   return { host };
+}
+
+/** Why a request's version or transfer coding is refused, and the status that says so. */
+export interface FramingProblem {
+  readonly status: 400 | 501 | 505;
+  readonly problem: string;
+}
+
+/**
+ * What llhttp (strict) accepts that the relay must not forward: an HTTP version other than 1.0
+ * and 1.1 (llhttp also parses "HTTP/2.0", whose minor version 0 would pass for 1.0, and 0.9:
+ * RFC 9110 §15.6.6, 505); a Transfer-Encoding other than exactly "chunked" (RFC 9112 §6.1: a
+ * coding the server does not understand gets 501, as in Envoy's HTTP/1 codec; forwarded as plain
+ * chunked, "gzip, chunked" would reach the app with its coding dropped); a Transfer-Encoding in
+ * an HTTP/1.0 request (RFC 9112 §6.1: faulty framing). Undefined when none applies.
+ */
+export function requestFramingProblem(head: MessageHead): FramingProblem | undefined {
+  if (head.httpMajor !== 1 || head.httpMinor > 1) return { status: 505, problem: `HTTP/${head.httpMajor}.${head.httpMinor} on an HTTP/1 connection (only 1.0 and 1.1)` };
+  let codings: string | undefined;
+  for (let i = 0; i < head.rawHeaders.length; i += 2) {
+    const name = head.rawHeaders[i]!;
+    if (name.length === 17 && name.toLowerCase() === "transfer-encoding") codings = codings === undefined ? head.rawHeaders[i + 1]! : `${codings},${head.rawHeaders[i + 1]!}`;
+  }
+  if (codings === undefined) return undefined;
+  if (codings.trim().toLowerCase() !== "chunked") return { status: 501, problem: `the transfer coding ${JSON.stringify(codings.slice(0, 64))} is not supported: only "chunked" (RFC 9112 §6.1)` };
+  if (head.httpMinor === 0) return { status: 400, problem: "Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1: faulty framing)" };
+  return undefined;
 }
 
 /**

@@ -34,10 +34,14 @@ export interface Case {
   readonly identity?: boolean;
   /** Records of legitimate requests pipelined behind the attack (not the attack itself). */
   readonly legit?: (r: AppRecord) => boolean;
-  /** Bytes of the attack that must never be written on the app's socket (when `legit` requests share it). */
+  /** Bytes that must never be written on the app's socket (a refused attack when `legit` requests share it; what a forwarded request must not carry). */
   readonly tapMustNotMatch?: RegExp;
   /** A legitimate HTTP/2 GET sent after the attack on a new connection; it must reach the app intact. */
   readonly followUp?: string;
+  /** Only in this direction (the outbound port's routing header means nothing inbound). */
+  readonly direction?: "inbound" | "outbound";
+  /** Apps this case says nothing about (why: in the case's comment). */
+  readonly skipApps?: readonly string[];
   /** Only for the h2c app (gRPC goes to the app over h2c). */
   readonly grpc?: boolean;
 }
@@ -72,9 +76,21 @@ const PATHS: { id: string; path: string; expect: Expect; cls: string }[] = [
   { id: "upper-case", path: "/ITEMS/1", expect: "either", cls: "path: case" },
   { id: "query-dotdot", path: "/items/1?next=../../admin", expect: "either", cls: "path: query" },
   { id: "double-encoded", path: "/items/%252e%252e/admin", expect: "either", cls: "path: double encoding" },
+  // Policy matching (Dapr accessControl, dapr/dapr pkg/acl: operations normalised, "**" = any
+  // number of segments, HTTP paths matched case-insensitively): a sibling prefix and a segment
+  // that only starts with ".." are other paths; a trailing slash and the bare prefix stay inside.
+  { id: "policy-sibling-prefix", path: "/itemsx/1", expect: "refused", cls: "policy matching" },
+  { id: "policy-dots-in-segment", path: "/items../admin", expect: "refused", cls: "policy matching" },
+  { id: "policy-upper-dotdot", path: "/ITEMS/../admin", expect: "refused", cls: "policy matching" },
+  { id: "policy-trailing-slash", path: "/items/1/", expect: "either", cls: "policy matching" },
+  { id: "policy-bare-prefix", path: "/items", expect: "either", cls: "policy matching" },
+  { id: "policy-dotdot-to-prefix", path: "/items/1/..", expect: "either", cls: "policy matching" },
 ];
 
 const h2Get = (path: string, extra: Partial<H2Request> = {}): H2Request => ({ method: "GET", path, ...extra });
+/** A request whose header block is written field by field as given (what node:http2 would refuse to send). */
+const rawH2 = (fields: [string, string][], body?: string): H2Request => ({ method: "GET", path: "/", rawFields: fields, ...(body === undefined ? {} : { body }) });
+const pseudo = (path = "/items/1", method = "GET", authority = "app.shop"): [string, string][] => [[":method", method], [":scheme", "https"], [":authority", authority], [":path", path]];
 const grpcHeaders: OutgoingHttpHeaders = { "content-type": "application/grpc", te: "trailers" };
 
 /** Cases sent as raw HTTP/1.1 bytes (inbound over mTLS, outbound in plaintext). */
@@ -99,6 +115,106 @@ export const H1_CASES: Case[] = [
   { id: "obs-fold", cls: "obs-fold", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}X-Pad: a\r\n x-forwarded-client-cert: ${FORGED_XFCC}\r\n\r\n` },
   // A body with Content-Length must be forwarded framed (or refused), never as a second request.
   { id: "get-body-content-length", cls: "body framing", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Content-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}` },
+  // --- message framing and the request line (issue 14 red team, 2026-12-03) ---------------------------
+  // RFC 9112 §6.1: a server that does not understand a transfer coding answers 501; Envoy accepts
+  // exactly "chunked" (source/common/http/http1/codec_impl.cc: InvalidTransferEncoding, 501).
+  // Forwarded as plain chunked, "gzip, chunked" would reach the app with its coding dropped.
+  ...[
+    ["te-gzip-chunked", "Transfer-Encoding: gzip, chunked\r\n"],
+    ["te-identity-chunked", "Transfer-Encoding: identity, chunked\r\n"],
+    ["te-two-lines", "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"],
+    ["te-chunked-identity", "Transfer-Encoding: chunked, identity\r\n"],
+    ["te-chunked-twice", "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"],
+    ["te-xchunked", "Transfer-Encoding: xchunked\r\n"],
+  ].map(([id, te]) => ({ id: id!, cls: "Transfer-Encoding codings", expect: "refused" as const, h1: (route: string) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}${te}\r\n3\r\nabc\r\n0\r\n\r\n${SMUGGLED}` })),
+  // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request is faulty framing (the connection must
+  // not carry on); a GET for /admin pipelined behind it must not be read as a request of its own.
+  { id: "te-http10-keep-alive", cls: "Transfer-Encoding codings", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.0\r\n${HOST}${route}Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n${SMUGGLED}` },
+  // Chunk lines: llhttp (strict) takes hex digits and an extension, nothing else (nodejs/llhttp
+  // test/request/transfer-encoding.md); the sidecar re-chunks, so an extension never reaches the app.
+  { id: "chunk-extension", cls: "chunk size", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\n\r\n3;a=b\r\nabc\r\n0\r\n\r\n` },
+  { id: "chunk-leading-zeros", cls: "chunk size", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\n\r\n0003\r\nabc\r\n0\r\n\r\n` },
+  ...[
+    ["chunk-0x", "0x3\r\nabc\r\n0\r\n\r\n"],
+    ["chunk-negative", "-3\r\nabc\r\n0\r\n\r\n"],
+    ["chunk-overflow", "fffffffffffffffff\r\nabc\r\n0\r\n\r\n"],
+    ["chunk-space", "3 \r\nabc\r\n0\r\n\r\n"],
+    ["chunk-bare-lf", "3\nabc\n0\n\n"],
+  ].map(([id, body]) => ({ id: id!, cls: "chunk size", expect: "refused" as const, h1: (route: string) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\n\r\n${body}${SMUGGLED}` })),
+  // RFC 9110 §8.6: Content-Length = 1*DIGIT; llhttp refuses a sign, a list and a duplicate (even equal).
+  ...[
+    ["cl-plus", "Content-Length: +3\r\n"],
+    ["cl-minus", "Content-Length: -3\r\n"],
+    ["cl-list", "Content-Length: 3, 3\r\n"],
+    ["cl-two-equal", "Content-Length: 3\r\nContent-Length: 3\r\n"],
+    ["cl-two-different", "Content-Length: 3\r\nContent-Length: 0\r\n"],
+    ["cl-overflow", "Content-Length: 99999999999999999999999\r\n"],
+  ].map(([id, cl]) => ({ id: id!, cls: "Content-Length", expect: "refused" as const, h1: (route: string) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}${cl}\r\nabc${SMUGGLED}` })),
+  // Forwarded as "Content-Length: 3": the sidecar writes the length it framed the body with.
+  { id: "cl-leading-zero", cls: "Content-Length", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Content-Length: 003\r\n\r\nabc`, tapMustNotMatch: /content-length: 0/i },
+  // RFC 9112 §9.6: no request is read after one that closes the connection; the GET pipelined
+  // behind `Connection: close` (or an HTTP/1.0 request without keep-alive) must not reach the app.
+  { id: "pipelined-after-close", cls: "body framing", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Connection: close\r\n\r\nGET /admin/x HTTP/1.1\r\n${HOST}${route}\r\n` },
+  { id: "pipelined-after-http10", cls: "body framing", expect: "either", h1: (route) => `GET /items/1 HTTP/1.0\r\n${HOST}${route}\r\nGET /admin/x HTTP/1.1\r\n${HOST}${route}\r\n` },
+  // HTTP/1.0 keep-alive with a body, then a pipelined request: each framed once.
+  { id: "http10-keep-alive-body", cls: "body framing", expect: "either", h1Answers: 2, h1: (route) => `GET /items/1 HTTP/1.0\r\n${HOST}${route}Connection: keep-alive\r\nContent-Length: 3\r\n\r\nabcGET /items/2 HTTP/1.0\r\n${HOST}${route}\r\n` },
+  // RFC 9112 §2.2: bare LF and whitespace before the colon are refused (llhttp strict, Envoy).
+  { id: "bare-lf", cls: "line endings / field syntax", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\n${HOST.replace("\r\n", "\n")}${route.replace("\r\n", "\n")}\n` },
+  { id: "space-before-colon", cls: "line endings / field syntax", expect: "refused", identity: true, h1: get("/items/1", `x-forwarded-client-cert : ${FORGED_XFCC}\r\n`) },
+  { id: "obs-text-in-name", cls: "line endings / field syntax", expect: "refused", identity: true, h1: (route) => Buffer.from(`GET /items/1 HTTP/1.1\r\n${HOST}${route}x-forwarded-client-cert\xa0: ${FORGED_XFCC}\r\n\r\n`, "latin1") },
+  { id: "nul-in-value", cls: "line endings / field syntax", expect: "refused", h1: (route) => Buffer.from(`GET /items/1 HTTP/1.1\r\n${HOST}${route}x-pad: a\0b\r\n\r\n`, "latin1") },
+  { id: "cr-in-value", cls: "line endings / field syntax", expect: "refused", identity: true, h1: get("/items/1", `x-pad: a\rx-forwarded-client-cert: ${FORGED_XFCC}\r\n`) },
+  // RFC 9112 §3: request-line = method SP request-target SP HTTP-version; the sidecar writes its own.
+  { id: "request-line-two-spaces", cls: "request line", expect: "either", h1: (route) => `GET  /items/1  HTTP/1.1\r\n${HOST}${route}\r\n` },
+  { id: "request-line-tabs", cls: "request line", expect: "refused", h1: (route) => `GET\t/admin/x\tHTTP/1.1\r\n${HOST}${route}\r\n` },
+  // RFC 9110 §2.5, §15.6.6: only HTTP/1.0 and 1.1 on an HTTP/1 connection (llhttp also parses
+  // "HTTP/2.0", whose minor version 0 would otherwise pass for 1.0: no Host needed, 505 instead).
+  { id: "version-2.0", cls: "request line", expect: "refused", h1: (route) => `GET /items/1 HTTP/2.0\r\n${HOST}${route}\r\n` },
+  { id: "version-2.0-no-host", cls: "request line", expect: "refused", h1: (route) => `GET /items/1 HTTP/2.0\r\n${route}\r\n` },
+  { id: "version-1.2", cls: "request line", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.2\r\n${HOST}${route}\r\n` },
+  { id: "version-0.9", cls: "request line", expect: "refused", h1: () => `GET /items/1\r\n\r\n` },
+  { id: "fragment", cls: "request line", expect: "refused", h1: get("/items/1#/../../admin") },
+  { id: "connect", cls: "method", expect: "refused", h1: (route) => `CONNECT app.shop:443 HTTP/1.1\r\n${HOST}${route}\r\n` },
+  { id: "method-not-token", cls: "method", expect: "refused", h1: (route) => `G@T /items/1 HTTP/1.1\r\n${HOST}${route}\r\n` },
+  { id: "method-head", cls: "method", expect: "refused", h1: (route) => `HEAD /items/1 HTTP/1.1\r\n${HOST}${route}\r\n` },
+  { id: "method-propfind", cls: "method", expect: "refused", h1: (route) => `PROPFIND /items/1 HTTP/1.1\r\n${HOST}${route}\r\n` },
+  { id: "chunk-extension-huge", cls: "chunk size", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\n\r\n3;${"a".repeat(20_000)}\r\nabc\r\n0\r\n\r\n` },
+  { id: "expect-continue-denied", cls: "Expect: 100-continue", expect: "refused", h1: (route) => `DELETE /items/1 HTTP/1.1\r\n${HOST}${route}Expect: 100-continue\r\nContent-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}` },
+  { id: "target-too-long", cls: "limits", expect: "refused", h1: get(`/items/${"a".repeat(70_000)}`) },
+  // RFC 9112 §3.2: 400 for a Host with an invalid value; RFC 3986 §3.2: authority = host [":" port]
+  // with no userinfo (RFC 9110 §4.2.4) and no path, query or fragment. Envoy checks it
+  // (source/common/http/header_validation.cc, authorityIsValid). An app that builds its URL as
+  // `http://${host}${url}` would route "app.shop/admin?" + "/items/1" to /admin.
+  ...[
+    ["host-path", "app.shop/admin?"],
+    ["host-fragment", "app.shop/admin#"],
+    ["host-userinfo", "admin@app.shop"],
+    ["host-space", "app.shop admin"],
+    ["host-backslash", "app.shop\\admin"],
+    ["host-list", "app.shop, admin.shop"],
+    ["host-bad-port", "app.shop:80x"],
+  ].map(([id, host]) => ({ id: id!, cls: "Host value", expect: "refused" as const, h1: (route: string) => `GET /items/1 HTTP/1.1\r\nHost: ${host}\r\n${route}\r\n` })),
+  { id: "host-ipv6", cls: "Host value", expect: "either", h1: (route) => `GET /items/1 HTTP/1.1\r\nHost: [::1]:8080\r\n${route}\r\n` },
+  // A bodiless WebSocket upgrade with a GET for /admin pipelined behind it: unless the app answers
+  // 101, those bytes must never reach it (the "failed upgrade" smuggling: a proxy that splices the
+  // connection whatever the app answered lets the app read them as a request). Not for uvicorn:
+  // its server answers a WebSocket handshake itself (500, no app record), which the harness cannot
+  // tell from a desync; the bytes after the head are held back the same way there.
+  {
+    id: "upgrade-then-pipelined",
+    cls: "Upgrade + Content-Length",
+    expect: "either",
+    skipApps: ["uvicorn"],
+    h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nGET /admin/secret HTTP/1.1\r\n${HOST}${route}\r\n`,
+  },
+  // The outbound routing header twice (Dapr reads the first, r.Header.Get): the sidecar would
+  // route by one while the peer's app may read the other; refused. Odd case and spaces route.
+  { id: "dapr-app-id-twice", cls: "routing header", direction: "outbound", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}dapr-app-id: other\r\n\r\n` },
+  { id: "dapr-app-id-twice-first-other", cls: "routing header", direction: "outbound", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}dapr-app-id: other\r\n${route}\r\n` },
+  { id: "dapr-app-id-twice-upgrade", cls: "routing header", direction: "outbound", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}dapr-app-id: other\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n` },
+  { id: "dapr-app-id-case-spaces", cls: "routing header", direction: "outbound", expect: "allowed", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route.replace(/^dapr-app-id: (.*)\r\n$/, (_, id: string) => `DAPR-App-Id:   ${id.toUpperCase()}  \r\n`)}\r\n` },
+  // RFC 9110 §7.6.1: Connection names hop-by-hop fields; a Host it names must still reach the app.
+  { id: "connection-names-host", cls: "Connection", expect: "either", h1: get("/items/1", "Connection: host\r\n") },
   // XFCC in every spelling (names normalised for case and '_'/'-', PEP 3333 maps both to HTTP_X_FORWARDED_CLIENT_CERT).
   ...[
     ["xfcc-canonical", "X-Forwarded-Client-Cert"],
@@ -107,6 +223,15 @@ export const H1_CASES: Case[] = [
     ["xfcc-mixed", "x-forwarded_client-cert"],
   ].map(([id, name]) => ({ id: id!, cls: "XFCC spelling", expect: "either" as const, identity: true, h1: get("/items/1", `${name}: ${FORGED_XFCC}\r\n`) })),
   { id: "xfcc-twice", cls: "XFCC spelling", expect: "either", identity: true, h1: get("/items/1", `x-forwarded-client-cert: ${FORGED_XFCC}\r\nx_forwarded_client_cert: ${FORGED_XFCC}\r\n`) },
+  // Dapr's caller attribution (dapr-caller-app-id, dapr-caller-namespace): Dapr's callee sidecar
+  // sets them from the verified caller and strips what a caller sent (dapr/dapr
+  // pkg/messaging/v1 CallerIDHeader/CallerNamespaceHeader; workflow StripUntrustedCallerIdentity),
+  // and apps authorise on them. A forged one must not reach the app, in any spelling.
+  ...[
+    ["dapr-caller-canonical", "Dapr-Caller-App-Id", "dapr-caller-namespace"],
+    ["dapr-caller-underscores", "dapr_caller_app_id", "DAPR_CALLER_NAMESPACE"],
+  ].map(([id, app, ns]) => ({ id: id!, cls: "Dapr caller headers", expect: "either" as const, identity: true, h1: get("/items/1", `${app}: ${FORGED}\r\n${ns}: ${FORGED}\r\n`) })),
+  { id: "dapr-caller-chunked-trailer", cls: "Dapr caller headers", expect: "either", identity: true, h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\ndapr-caller-app-id: ${FORGED}\r\n\r\n` },
   // RFC 9112 §7.1.2: trailer fields must not carry what the proxy sets.
   {
     id: "xfcc-chunked-trailer",
@@ -156,6 +281,68 @@ export const H2_CASES: Case[] = [
   // RFC 9113 §8.1.1: content-length that disagrees with the DATA is malformed; forwarded as is,
   // the rest of the body is a second request at the app.
   { id: "content-length-mismatch", cls: "H2→H1 smuggling", expect: "either", h2: h2Get("/items/1", { headers: { "content-length": "2" }, body: `ab${SMUGGLED}` }) },
+  // RFC 9113 §8.3.1: :authority MUST NOT include userinfo (nghttp2_check_authority lets '@' through).
+  { id: "authority-userinfo", cls: "Host value", expect: "refused", h2: h2Get("/items/1", { headers: { ":authority": "admin@app.shop" } }) },
+  { id: "authority-host-userinfo", cls: "Host value", expect: "refused", h2: h2Get("/items/1", { headers: { ":authority": "admin@app.shop", host: "admin@app.shop" } }) },
+  { id: "method-head", cls: "method", expect: "refused", h2: { method: "HEAD", path: "/items/1" } },
+  // Two dapr-app-id fields (node:http2 joins them with ", "): refused, not routed.
+  { id: "dapr-app-id-twice", cls: "routing header", direction: "outbound", expect: "refused", h2: rawH2([...pseudo(), ["dapr-app-id", "other"]]) },
+  // RFC 9113 §8.2.2: connection-specific fields make a request malformed (te only as "trailers");
+  // §8.2: names are lower-case; §8.3: pseudo-headers once each, before regular fields, no unknown
+  // ones, :path non-empty; §8.5: CONNECT; RFC 8441 §3: :protocol only when the server enabled it
+  // (node:http2 does not). nghttp2 resets such a stream (PROTOCOL_ERROR) before the sidecar sees it.
+  ...(
+    [
+      ["h2-connection", [...pseudo(), ["connection", "x-forwarded-client-cert"]]],
+      ["h2-keep-alive", [...pseudo(), ["keep-alive", "timeout=5"]]],
+      ["h2-proxy-connection", [...pseudo(), ["proxy-connection", "keep-alive"]]],
+      ["h2-transfer-encoding", [...pseudo(), ["transfer-encoding", "chunked"]], `3\r\nabc\r\n0\r\n\r\n${SMUGGLED}`],
+      ["h2-upgrade", [...pseudo(), ["upgrade", "websocket"]]],
+      ["h2-te-gzip", [...pseudo(), ["te", "gzip"]]],
+      ["h2-te-trailers-gzip", [...pseudo(), ["te", "trailers, gzip"]]],
+      ["h2-upper-case-name", [...pseudo(), ["X-Forwarded-Client-Cert", FORGED_XFCC]]],
+      ["h2-path-empty", pseudo("")],
+      ["h2-path-relative", pseudo("admin/x")],
+      ["h2-path-twice", [...pseudo(), [":path", "/admin/x"]]],
+      ["h2-method-twice", [...pseudo(), [":method", "DELETE"]]],
+      ["h2-path-missing", [[":method", "GET"], [":scheme", "https"], [":authority", "app.shop"]]],
+      ["h2-scheme-missing", [[":method", "GET"], [":authority", "app.shop"], [":path", "/items/1"]]],
+      ["h2-pseudo-after-regular", [[":method", "GET"], [":scheme", "https"], [":authority", "app.shop"], ["x-a", "1"], [":path", "/admin/x"]]],
+      ["h2-pseudo-unknown", [...pseudo(), [":foo", "bar"]]],
+      ["h2-extended-connect", [[":method", "CONNECT"], [":protocol", "websocket"], [":scheme", "https"], [":authority", "app.shop"], [":path", "/items/1"]]],
+      ["h2-authority-path", pseudo("/items/1", "GET", "app.shop/admin?")],
+      ["h2-two-hosts", [[":method", "GET"], [":scheme", "https"], [":path", "/items/1"], ["host", "app.shop"], ["host", "admin.shop"]]],
+      ["h2-host-path-no-authority", [[":method", "GET"], [":scheme", "https"], [":path", "/items/1"], ["host", "app.shop/admin?"]]],
+      ["h2-content-length-no-data", [...pseudo(), ["content-length", String(SMUGGLED.length)]]],
+      ["h2-content-length-twice", [...pseudo(), ["content-length", "3"], ["content-length", "3"]], `abc`],
+      ["h2-content-length-list", [...pseudo(), ["content-length", "3, 3"]], `abc`],
+      ["h2-method-space", pseudo("/items/1", "GET ")],
+      ["h2-path-space", pseudo("/items/1 HTTP/1.1\r\nx: y")],
+    ] as [string, [string, string][], string?][]
+  ).map(([id, fields, body]) => ({ id, cls: "HTTP/2 malformed requests", expect: "refused" as const, identity: id === "h2-upper-case-name", h2: rawH2(fields, body) })),
+  // Sidecar refusals of header blocks nghttp2 passes: CONNECT (405), a lower-case method, '#'.
+  { id: "h2-connect", cls: "method", expect: "refused", h2: rawH2([[":method", "CONNECT"], [":authority", "app.shop:443"]]) },
+  { id: "h2-method-lower-case", cls: "method", expect: "refused", h2: rawH2(pseudo("/items/1", "get")) },
+  { id: "h2-path-fragment", cls: "request line", expect: "refused", h2: rawH2(pseudo("/items/1#/../../admin")) },
+  // RFC 9113 §8.2.1: CR, LF, NUL in a value, and names that are not tokens, make a request
+  // malformed; nghttp2 drops such a field (no on_invalid_header callback in node:http2): the app
+  // must get the request without it, never a header line split at the CR LF.
+  ...(
+    [
+      ["h2-value-crlf", [...pseudo(), ["x-pad", `a\r\nx-forwarded-client-cert: ${FORGED_XFCC}`]]],
+      ["h2-value-lf", [...pseudo(), ["x-pad", `a\nx-forwarded-client-cert: ${FORGED_XFCC}`]]],
+      ["h2-value-nul", [...pseudo(), ["x-pad", `a\0${FORGED_XFCC}`]]],
+      ["h2-name-crlf", [...pseudo(), [`x-pad\r\nx-forwarded-client-cert`, FORGED_XFCC]]],
+      ["h2-name-space", [...pseudo(), ["x-forwarded-client-cert ", FORGED_XFCC]]],
+      ["h2-name-colon", [...pseudo(), ["x-forwarded-client-cert:x", FORGED_XFCC]]],
+      ["h2-name-empty", [...pseudo(), ["", FORGED_XFCC]]],
+      ["h2-value-spaces", [...pseudo(), ["x-pad", " a "]]],
+      ["h2-host-path-with-authority", [...pseudo(), ["host", "app.shop/admin?"]]],
+      ["h2-cookie-crumbs", [...pseudo(), ["cookie", "a=1"], ["cookie", "b=2"]]],
+      ["h2-xfcc-twice", [...pseudo(), ["x-forwarded-client-cert", FORGED_XFCC], ["x_forwarded_client_cert", FORGED_XFCC]]],
+    ] as [string, [string, string][]][]
+  ).map(([id, fields]) => ({ id, cls: "HTTP/2 field syntax", expect: "either" as const, identity: true, h2: rawH2(fields) })),
+  { id: "dapr-caller-headers", cls: "Dapr caller headers", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "dapr-caller-app-id": FORGED, dapr_caller_namespace: FORGED } }) },
   { id: "xfcc-header", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "x-forwarded-client-cert": FORGED_XFCC } }) },
   { id: "xfcc-underscores", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { x_forwarded_client_cert: FORGED_XFCC } }) },
   { id: "xfcc-trailers", cls: "XFCC in trailers", expect: "either", identity: true, h2: h2Get("/items/1", { body: "hello", trailers: { "x-forwarded-client-cert": FORGED_XFCC, x_forwarded_client_cert: FORGED_XFCC } }) },

@@ -11,6 +11,7 @@ import type { ClientHttp2Session, OutgoingHttpHeaders } from "node:http2";
 import { connect as netConnect } from "node:net";
 import type { Socket } from "node:net";
 import { join } from "node:path";
+import { Duplex } from "node:stream";
 import { connect as tlsConnect } from "node:tls";
 import { startMeshCa, startTestSidecar, TD } from "../../proxy/fixtures.ts";
 import type { TestSidecarWithApp } from "../../proxy/fixtures.ts";
@@ -242,21 +243,143 @@ export interface H2Request {
   readonly headers?: OutgoingHttpHeaders;
   readonly body?: string | Buffer;
   readonly trailers?: OutgoingHttpHeaders;
+  /**
+   * The request's whole header block as raw fields, pseudo-headers included, for what node:http2
+   * refuses to send (connection-specific fields, upper-case names, CR/LF in values, a second
+   * :path…): written as HPACK literals in place of the block node:http2 encoded (see RawHeaderBlock).
+   */
+  readonly rawFields?: readonly (readonly [string, string])[];
 }
 
-/** An HTTP/2 session: mTLS + ALPN h2 to the inbound port, or prior knowledge (h2c) to the outbound port. */
-export function h2Session(mesh: SecurityMesh, target: MeshApp, direction: Direction): ClientHttp2Session {
+/** An HPACK integer with an N-bit prefix (RFC 7541 §5.1). */
+function hpackInteger(value: number, prefixBits: number, first: number): number[] {
+  const max = (1 << prefixBits) - 1;
+  if (value < max) return [first | value];
+  const out = [first | max];
+  let rest = value - max;
+  while (rest >= 128) {
+    out.push((rest % 128) + 128);
+    rest = Math.floor(rest / 128);
+  }
+  out.push(rest);
+  return out;
+}
+
+/** Fields as "literal header field without indexing — new name", no Huffman (RFC 7541 §6.2.2). */
+export function hpackLiterals(fields: readonly (readonly [string, string])[]): Buffer {
+  const bytes: number[] = [];
+  for (const [name, value] of fields) {
+    const n = Buffer.from(name, "latin1");
+    const v = Buffer.from(value, "latin1");
+    bytes.push(0x00, ...hpackInteger(n.length, 7, 0), ...n, ...hpackInteger(v.length, 7, 0), ...v);
+  }
+  return Buffer.from(bytes);
+}
+
+/**
+ * A stream between node:http2's client session and the real socket that swaps the header block
+ * of the first HEADERS frame the client writes for `block` (keeping its flags), and passes every
+ * other byte through either way. node:http2 still reads the answer (HPACK, Huffman and all); its
+ * own encoder's table is left with entries the server never saw, so the session carries this one
+ * request only. A real client could send these bytes: the sidecar behind nghttp2 must judge them.
+ */
+class RawHeaderBlock extends Duplex {
+  #pending = Buffer.alloc(0);
+  #prefaceLeft = 24;
+  #swapped = false;
+
+  constructor(
+    private readonly inner: Socket,
+    private readonly block: Buffer,
+  ) {
+    super();
+    inner.on("data", (d: Buffer) => {
+      if (!this.push(d)) inner.pause();
+    });
+    inner.on("end", () => this.push(null));
+    inner.on("close", () => this.destroy());
+    inner.on("error", (e) => this.destroy(e));
+  }
+
+  override _read(): void {
+    this.inner.resume();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    if (this.#swapped) return void this.inner.write(chunk, callback);
+    this.#pending = Buffer.concat([this.#pending, chunk]);
+    const out: Buffer[] = [];
+    if (this.#prefaceLeft > 0) {
+      const take = Math.min(this.#prefaceLeft, this.#pending.length);
+      out.push(this.#pending.subarray(0, take));
+      this.#pending = this.#pending.subarray(take);
+      this.#prefaceLeft -= take;
+    }
+    while (!this.#swapped && this.#pending.length >= 9) {
+      const length = this.#pending.readUIntBE(0, 3);
+      if (this.#pending.length < 9 + length) break;
+      const frame = this.#pending.subarray(0, 9 + length);
+      this.#pending = this.#pending.subarray(9 + length);
+      if (frame[3] === 0x1) {
+        // HEADERS: keep END_STREAM/END_HEADERS, drop PADDED/PRIORITY with the bytes they add.
+        const flags = frame[4]! & 0x05;
+        const header = Buffer.alloc(9);
+        header.writeUIntBE(this.block.length, 0, 3);
+        header[3] = 0x1;
+        header[4] = flags | 0x04;
+        frame.copy(header, 5, 5, 9);
+        out.push(header, this.block);
+        this.#swapped = true;
+      } else {
+        out.push(frame);
+      }
+    }
+    if (this.#swapped && this.#pending.length > 0) {
+      out.push(this.#pending);
+      this.#pending = Buffer.alloc(0);
+    }
+    if (out.length === 0) return callback();
+    this.inner.write(Buffer.concat(out), callback);
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    this.inner.end(callback);
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.inner.destroy();
+    callback(error);
+  }
+}
+
+/**
+ * An HTTP/2 session: mTLS + ALPN h2 to the inbound port, or prior knowledge (h2c) to the outbound
+ * port. With `rawBlock`, the first request's header block is replaced by it on the wire.
+ */
+export function h2Session(mesh: SecurityMesh, target: MeshApp, direction: Direction, rawBlock?: Buffer): ClientHttp2Session {
+  const tlsOptions = { cert: mesh.caller.cert, key: mesh.caller.key, ca: mesh.caller.ca, checkServerIdentity: () => undefined };
+  const inboundPort = target.sidecar.addresses.inbound.port;
+  const outboundPort = mesh.outbound.addresses.outbound!.port;
   const session =
-    direction === "inbound"
-      ? h2Connect(`https://127.0.0.1:${target.sidecar.addresses.inbound.port}`, { cert: mesh.caller.cert, key: mesh.caller.key, ca: mesh.caller.ca, checkServerIdentity: () => undefined })
-      : h2Connect(`http://127.0.0.1:${mesh.outbound.addresses.outbound!.port}`);
+    rawBlock !== undefined
+      ? h2Connect(`http://127.0.0.1:${direction === "inbound" ? inboundPort : outboundPort}`, {
+          createConnection: () =>
+            new RawHeaderBlock(
+              direction === "inbound" ? tlsConnect({ host: "127.0.0.1", port: inboundPort, ...tlsOptions, ALPNProtocols: ["h2"] }) : netConnect({ host: "127.0.0.1", port: outboundPort }),
+              rawBlock,
+            ),
+        })
+      : direction === "inbound"
+        ? h2Connect(`https://127.0.0.1:${inboundPort}`, tlsOptions)
+        : h2Connect(`http://127.0.0.1:${outboundPort}`);
   session.on("error", () => undefined);
   return session;
 }
 
 /** One HTTP/2 request with any method, body (also on GET/HEAD) and trailers; never throws. */
 export async function h2Exchange(mesh: SecurityMesh, target: MeshApp, direction: Direction, request: H2Request, timeoutMs = 5_000): Promise<{ answer?: Answer; error?: string }> {
-  const session = h2Session(mesh, target, direction);
+  const raw = request.rawFields === undefined ? undefined : hpackLiterals([...request.rawFields, ...(direction === "outbound" ? [["dapr-app-id", target.appId] as const] : [])]);
+  const session = h2Session(mesh, target, direction, raw);
   try {
     return await new Promise((resolve) => {
       const timer = setTimeout(() => resolve({ error: "timeout" }), timeoutMs);
