@@ -33,7 +33,7 @@ export function connectionListed(connectionValues: Iterable<string>): Set<string
 /**
  * Dapr's caller attribution, as Dapr's callee sidecar stamps it on a request for its app
  * (dapr/dapr pkg/messaging/v1/util.go: CallerIDHeader = "dapr-caller-app-id", CalleeIDHeader =
- * "dapr-callee-app-id", CallerNamespaceHeader = "dapr-caller-namespace"; set in
+ * "dapr-callee-app-id", and in newer releases CallerNamespaceHeader = "dapr-caller-namespace"; set in
  * pkg/messaging/grpc_proxy.go setLocalIdentityMetadata from the peer's SPIFFE ID,
  * pkg/security/spiffe FromGRPCContext). Lowercase, as Dapr writes them.
  */
