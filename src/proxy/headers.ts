@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
+import { parseSpiffeId } from "../spiffe/id.ts";
 
 export const XFCC = "x-forwarded-client-cert";
 export const APP_ID_HEADER = "dapr-app-id";
@@ -30,14 +31,24 @@ export function connectionListed(connectionValues: Iterable<string>): Set<string
 }
 
 /**
- * Headers that tell the app who called: never taken from a caller. The sidecar sets XFCC itself.
- * Dapr's callee sidecar sets `dapr-caller-app-id` / `dapr-caller-namespace` from the verified
- * caller and strips what a caller sent (dapr/dapr pkg/messaging/v1 CallerIDHeader,
- * CallerNamespaceHeader; StripUntrustedCallerIdentity), so apps moved from Dapr authorise on
- * them: a caller's own would be a forged identity. (`dapr-callee-app-id` names the target, not
- * the caller, and passes.)
+ * Dapr's caller attribution, as Dapr's callee sidecar stamps it on a request for its app
+ * (dapr/dapr pkg/messaging/v1/util.go: CallerIDHeader = "dapr-caller-app-id", CalleeIDHeader =
+ * "dapr-callee-app-id", and in newer releases CallerNamespaceHeader = "dapr-caller-namespace"; set in
+ * pkg/messaging/grpc_proxy.go setLocalIdentityMetadata from the peer's SPIFFE ID,
+ * pkg/security/spiffe FromGRPCContext). Lowercase, as Dapr writes them.
  */
-export const IDENTITY_HEADERS: readonly string[] = [XFCC, "dapr-caller-app-id", "dapr-caller-namespace"];
+export const CALLER_APP_ID = "dapr-caller-app-id";
+export const CALLER_NAMESPACE = "dapr-caller-namespace";
+export const CALLEE_APP_ID = "dapr-callee-app-id";
+
+/**
+ * Headers that tell the app who called (and whom): never taken from a caller, only set by the
+ * sidecar (callerStamp). Dapr's callee sidecar replaces all three with what the verified peer
+ * and its own app id say, and strips a caller's own (dapr/dapr pkg/messaging/grpc_proxy.go
+ * setLocalIdentityMetadata; StripUntrustedCallerIdentity), so apps moved from Dapr authorise on
+ * them: a caller's own would be a forged identity.
+ */
+export const IDENTITY_HEADERS: readonly string[] = [XFCC, CALLER_APP_ID, CALLER_NAMESPACE, CALLEE_APP_ID];
 /** Their name lengths, for callers that skip names no rule can match. */
 export const IDENTITY_LENGTHS: ReadonlySet<number> = new Set(IDENTITY_HEADERS.map((name) => name.length));
 
@@ -92,6 +103,54 @@ export function forwardableHeaders(headers: IncomingHttpHeaders | Record<string,
 /** Envoy's x-forwarded-client-cert form: By=<our SPIFFE ID>;URI=<verified caller SPIFFE ID>. */
 export function xfccValue(ownId: string, callerId: string): string {
   return `By=${ownId};URI=${callerId}`;
+}
+
+/** A verified SPIFFE ID with its workload parts (set only for spiffe://td/ns/<namespace>/<app-id>). */
+export interface StampIdentity {
+  readonly spiffeId: string;
+  readonly trustDomain: string;
+  readonly namespace: string | undefined;
+  readonly appId: string | undefined;
+}
+
+/** The workload parts of a valid SPIFFE ID (the same rule as the peer's, src/tls/verify.ts). */
+export function stampIdentityOf(spiffeId: string): StampIdentity {
+  const id = parseSpiffeId(spiffeId);
+  const [ns, namespace, appId, ...extra] = id.segments;
+  const workload = ns === "ns" && namespace !== undefined && appId !== undefined && extra.length === 0;
+  return { spiffeId: id.toString(), trustDomain: id.trustDomain, namespace: workload ? namespace : undefined, appId: workload ? appId : undefined };
+}
+
+/** The identity headers the inbound sidecar sets on a request from one verified caller. */
+export interface CallerStamp {
+  /** The sidecar's own SPIFFE ID it was built with (rebuilt if that ever changes). */
+  readonly ownId: string;
+  /** For an HTTP/2 request to the app: name → value, one field each. */
+  readonly fields: Readonly<Record<string, string>>;
+  /** The same as HTTP/1.1 header lines ("name: value\r\n"…). */
+  readonly lines: string;
+}
+
+/**
+ * What the app is told about a caller verified by mutual TLS: the XFCC, and, as Dapr's callee
+ * sidecar does, `dapr-caller-app-id`, `dapr-caller-namespace` and `dapr-callee-app-id` when the
+ * caller's SPIFFE ID is a workload ID (ns/<namespace>/<app-id>) in the sidecar's own trust
+ * domain. A caller of another trust domain (federation) or of another shape gets the XFCC only:
+ * its app id would read the same as a local app's. The callee app id is the sidecar's own
+ * (from its SVID), set together with the caller's, as Dapr does; omitted if the sidecar's ID is
+ * no workload ID. Values are SPIFFE path segments (a-z A-Z 0-9 . - _), safe in a field value.
+ * Built once per connection: the inbound side caches it per peer.
+ */
+export function callerStamp(own: StampIdentity, caller: StampIdentity): CallerStamp {
+  const fields: Record<string, string> = { [XFCC]: xfccValue(own.spiffeId, caller.spiffeId) };
+  if (caller.trustDomain === own.trustDomain && caller.namespace !== undefined && caller.appId !== undefined) {
+    fields[CALLER_APP_ID] = caller.appId;
+    fields[CALLER_NAMESPACE] = caller.namespace;
+    if (own.appId !== undefined) fields[CALLEE_APP_ID] = own.appId;
+  }
+  let lines = "";
+  for (const [name, value] of Object.entries(fields)) lines += `${name}: ${value}\r\n`;
+  return { ownId: own.spiffeId, fields: Object.freeze(fields), lines };
 }
 
 /**

@@ -24,7 +24,8 @@ import type { EscapedSlashAction } from "./canonical.ts";
 import { ConnectionTracker } from "./connections.ts";
 import { forwardH2, forwardUpgrade, unreachableAnswer } from "./forward.ts";
 import type { ForwardHooks } from "./forward.ts";
-import { XFCC, xfccValue } from "./headers.ts";
+import { callerStamp, stampIdentityOf } from "./headers.ts";
+import type { CallerStamp, StampIdentity } from "./headers.ts";
 import type { PolicySource } from "./policy-source.ts";
 import { forwardH2ToHttp1 } from "./http1/h2-bridge.ts";
 import { Http1Pool } from "./http1/pool.ts";
@@ -117,6 +118,18 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   if (options.protocol === "http") checkHttp1Parser(logger);
   const runtime = await prepareServer({ identity: options.identity, logger, maxConnectionAgeMs: limits.maxConnectionAge }, "sidecar inbound");
   const ownId = () => runtime.holder.ownSpiffeId();
+  let own: StampIdentity | undefined;
+  /** What the app is told about a verified caller (XFCC, Dapr's caller headers): built once per connection. */
+  const stamps = new WeakMap<PeerIdentity, CallerStamp>();
+  const stampFor = (peer: PeerIdentity): CallerStamp => {
+    const ownSpiffeId = ownId();
+    const known = stamps.get(peer);
+    if (known !== undefined && known.ownId === ownSpiffeId) return known;
+    if (own?.spiffeId !== ownSpiffeId) own = stampIdentityOf(ownSpiffeId);
+    const stamp = callerStamp(own, peer);
+    stamps.set(peer, stamp);
+    return stamp;
+  };
   const activeConnections = mesh.connectionsActive.labels({ direction: "inbound" }); // bound once: a labelled inc hashes the labels each call
   const tracker = new ConnectionTracker((delta) => activeConnections.inc(delta));
   /** Every accepted TCP connection, until it closes. */
@@ -167,7 +180,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     };
   };
   const hooksFor = (peer: PeerIdentity | undefined, socket: Socket, protocol: string): ForwardHooks => ({
-    setHeaders: peer === undefined ? {} : { [XFCC]: xfccValue(ownId(), peer.spiffeId) },
+    setHeaders: peer === undefined ? {} : stampFor(peer).fields,
     onUpstreamError: appError,
     done: begin(socket, protocol),
   });
@@ -193,7 +206,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       if (refusal !== undefined) return { answer: refusal, done: tracker.begin(socket) };
       return {
         upstream: appPool,
-        addHeaders: peer === undefined ? "" : `${XFCC}: ${xfccValue(ownId(), peer.spiffeId)}\r\n`,
+        addHeaders: peer === undefined ? "" : stampFor(peer).lines,
         onUpstreamError: appError,
         done: begin(socket, "http"),
       };
@@ -243,8 +256,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     if (grpc) {
       forwardH2(stream, headers, request, flags, appSession(), hooks);
     } else {
-      const xfcc = hooks.setHeaders[XFCC];
-      forwardH2ToHttp1(stream, request, endStream, appPool, { addHeaders: xfcc === undefined ? "" : `${XFCC}: ${String(xfcc)}\r\n`, onUpstreamError: appError, done: hooks.done });
+      forwardH2ToHttp1(stream, request, endStream, appPool, { addHeaders: peer === undefined ? "" : stampFor(peer).lines, onUpstreamError: appError, done: hooks.done });
     }
   });
   const toHttp = (socket: Socket, h2Preface: boolean) => {

@@ -108,7 +108,9 @@ export async function startGrpcApp(): Promise<{ port: number; close(): Promise<v
     const xfcc = call.metadata.get("x-forwarded-client-cert")[0];
     const trailer = new grpc.Metadata();
     trailer.set("x-app-trailer", "kept");
-    callback(null, { echo: call.request.text ?? "", xfcc: xfcc === undefined ? null : String(xfcc), path: call.getPath() }, trailer);
+    // Every value of Dapr's caller attribution, to prove the sidecar set exactly one of each.
+    const dapr = Object.fromEntries(["dapr-caller-app-id", "dapr-caller-namespace", "dapr-callee-app-id"].map((name) => [name, call.metadata.get(name).map(String)]));
+    callback(null, { echo: call.request.text ?? "", xfcc: xfcc === undefined ? null : String(xfcc), path: call.getPath(), dapr }, trailer);
   };
   server.addService(ECHO_SERVICE, { say: handler, secret: handler });
   const port = await new Promise<number>((resolve, reject) =>

@@ -30,9 +30,10 @@ describe("HTTP/1.1 heads on the wire", () => {
     expect(forward(request(["Host", "a", "Connection", "keep-alive", "Connection", "X-Two", "x-two", "2"]))).toBe("GET /x HTTP/1.1\r\nHost: a\r\nx-added: 1\r\n\r\n");
   });
 
-  it("drops Dapr's caller headers in any spelling, in headers and trailers (a caller's own would be forged)", () => {
-    expect(forward(request(["Host", "a", "Dapr-Caller-App-Id", "admin", "dapr_caller_namespace", "kube-system", "dapr-callee-app-id", "b"]))).toBe("GET /x HTTP/1.1\r\nHost: a\r\ndapr-callee-app-id: b\r\nx-added: 1\r\n\r\n");
-    expect(lastChunk(["DAPR_CALLER_APP_ID", "admin", "x-t", "1"])).toBe("0\r\nx-t: 1\r\n\r\n");
+  // Dapr's callee sidecar replaces all three with its own values (dapr/dapr pkg/messaging/grpc_proxy.go setLocalIdentityMetadata).
+  it("drops Dapr's caller and callee headers in any spelling, in headers and trailers (a caller's own would be forged)", () => {
+    expect(forward(request(["Host", "a", "Dapr-Caller-App-Id", "admin", "dapr_caller_namespace", "kube-system", "dapr-callee-app-id", "b", "DAPR_CALLEE_APP_ID", "c", "dapr-caller-app", "kept"]))).toBe("GET /x HTTP/1.1\r\nHost: a\r\ndapr-caller-app: kept\r\nx-added: 1\r\n\r\n");
+    expect(lastChunk(["DAPR_CALLER_APP_ID", "admin", "Dapr-Callee-App-Id", "b", "x-t", "1"])).toBe("0\r\nx-t: 1\r\n\r\n");
   });
 
   it("writes Content-Length without leading zeros (the length the body was framed with)", () => {

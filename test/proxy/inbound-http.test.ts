@@ -95,6 +95,19 @@ describe("sidecar inbound (HTTP mode, STRICT) with curl and openssl as callers",
     expect(echoed.headers["x-forwarded-client-cert"]).toBe(`By=spiffe://${TD}/ns/default/app-b;URI=${callerA.spiffeId}`);
   });
 
+  // As Dapr's callee sidecar (dapr/dapr pkg/messaging/grpc_proxy.go setLocalIdentityMetadata):
+  // caller app id and namespace from the verified SPIFFE ID, callee app id its own; curl's forged
+  // ones (any spelling) dropped. node:http joins repeated fields with ", ", so one value is one field.
+  it("sets dapr-caller-app-id, dapr-caller-namespace and dapr-callee-app-id from the verified caller (HTTP/1.1 and HTTP/2), forged ones dropped", async () => {
+    for (const http of ["--http1.1", "--http2"]) {
+      const forged = ["-H", "Dapr-Caller-App-Id: admin", "-H", "dapr_caller_app_id: admin", "-H", "DAPR-CALLER-NAMESPACE: kube-system", "-H", "dapr-callee-app-id: payments"];
+      const r = split((await curl(callerA, [http, ...forged, `${base}/allowed/dapr`])).stdout);
+      expect(r.status).toBe(200);
+      const { headers } = JSON.parse(r.body) as { headers: Record<string, string> };
+      expect(Object.fromEntries(Object.entries(headers).filter(([name]) => /^dapr[-_]/i.test(name))), http).toEqual({ "dapr-caller-app-id": "app-a", "dapr-caller-namespace": "default", "dapr-callee-app-id": "app-b" });
+    }
+  });
+
   it("speaks HTTP/2 (ALPN h2) to callers and HTTP/1.1 to an app that only knows HTTP/1.1", async () => {
     const r = split((await curl(callerA, ["--http2", "-X", "POST", "-d", "hello", `${base}/allowed/h2`])).stdout);
     expect(r.version).toBe("2");

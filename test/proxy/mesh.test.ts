@@ -91,9 +91,20 @@ describe("app → outbound sidecar A → inbound sidecar B → app B", () => {
     expect((JSON.parse(byHost.body) as { url: string }).url).toBe("/v1/host");
   });
 
-  it("does not let the app forge XFCC through its own sidecar", async () => {
-    const r = await httpGet(out(), "/v1/forge", { "dapr-app-id": "app-b", "x-forwarded-client-cert": "By=x;URI=spiffe://mesh.test/ns/default/admin" });
-    expect((JSON.parse(r.body) as { headers: Record<string, string> }).headers["x-forwarded-client-cert"]).toBe(`By=spiffe://${TD}/ns/default/app-b;URI=spiffe://${TD}/ns/default/app-a`);
+  // Dapr's callee sidecar stamps the caller from its SPIFFE ID and its own app id, replacing a
+  // caller's values (dapr/dapr pkg/messaging/grpc_proxy.go setLocalIdentityMetadata).
+  it("does not let the app forge XFCC or Dapr's caller headers through its own sidecar: app B gets the inbound sidecar's", async () => {
+    const r = await httpGet(out(), "/v1/forge", {
+      "dapr-app-id": "app-b",
+      "x-forwarded-client-cert": "By=x;URI=spiffe://mesh.test/ns/default/admin",
+      "dapr-caller-app-id": "admin",
+      "dapr-caller-namespace": "kube-system",
+      "dapr-callee-app-id": "payments",
+    });
+    const headers = (JSON.parse(r.body) as { headers: Record<string, string> }).headers;
+    expect(headers["x-forwarded-client-cert"]).toBe(`By=spiffe://${TD}/ns/default/app-b;URI=spiffe://${TD}/ns/default/app-a`);
+    // node:http joins repeated fields with ", ": one value each means one field each.
+    expect([headers["dapr-caller-app-id"], headers["dapr-caller-namespace"], headers["dapr-callee-app-id"]]).toEqual(["app-a", "default", "app-b"]);
   });
 
   it("denies by policy through the real proxy pair: HTTP 403", async () => {
@@ -107,6 +118,7 @@ describe("app → outbound sidecar A → inbound sidecar B → app B", () => {
     const ok = await grpcSay(address, "say", "hi", { "dapr-app-id": "greeter" });
     expect(ok.code).toBe(0);
     expect(ok.response).toMatchObject({ echo: "hi", path: "/test.Echo/Say", xfcc: `By=spiffe://${TD}/ns/default/greeter;URI=spiffe://${TD}/ns/default/app-a` });
+    expect(ok.response?.dapr).toEqual({ "dapr-caller-app-id": ["app-a"], "dapr-caller-namespace": ["default"], "dapr-callee-app-id": ["greeter"] });
     expect(ok.trailers["x-app-trailer"]).toBe("kept");
     const denied = await grpcSay(address, "secret", "hi", { "dapr-app-id": "greeter" });
     expect(denied.code).toBe(7);

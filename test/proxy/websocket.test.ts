@@ -48,7 +48,7 @@ function textFrame(text: string): Buffer {
 
 interface WsApp {
   readonly port: number;
-  readonly upgrades: { url: string; xfcc: string | undefined }[];
+  readonly upgrades: { url: string; xfcc: string | undefined; dapr: (string | string[] | undefined)[] }[];
   readonly plain: { url: string; upgrade: string | undefined }[];
   closed: number;
   close(): Promise<void>;
@@ -71,7 +71,9 @@ async function startWsApp(): Promise<WsApp> {
   server.on("upgrade", (req: IncomingMessage, socket: Duplex) => {
     sockets.add(socket);
     const xfcc = req.headers["x-forwarded-client-cert"] as string | undefined;
-    app.upgrades.push({ url: req.url ?? "", xfcc });
+    // Dapr's caller attribution as the app read it (node:http joins repeated fields with ", ").
+    const dapr = ["dapr-caller-app-id", "dapr-caller-namespace", "dapr-callee-app-id"].map((name) => req.headers[name]);
+    app.upgrades.push({ url: req.url ?? "", xfcc, dapr });
     const accept = createHash("sha1").update(`${req.headers["sec-websocket-key"]}${GUID}`).digest("base64");
     socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
     const caller = /URI=([^;,]+)/.exec(xfcc ?? "")?.[1] ?? "nobody";
@@ -184,7 +186,7 @@ describe("WebSocket through the sidecar pair", () => {
     await page.close();
     const caller = `spiffe://${TD}/ns/default/web`;
     expect(replies).toEqual([`${caller} says: hello`, `${caller} says: ${"x".repeat(300)}`]);
-    expect(app.upgrades.at(-1)).toEqual({ url: "/ws/room-1", xfcc: `By=spiffe://${TD}/ns/default/chat;URI=${caller}` });
+    expect(app.upgrades.at(-1)).toEqual({ url: "/ws/room-1", xfcc: `By=spiffe://${TD}/ns/default/chat;URI=${caller}`, dapr: ["web", "default", "chat"] });
     // The browser's close reaches the app through both sidecars.
     await expect.poll(() => app.closed, { timeout: 5000 }).toBeGreaterThanOrEqual(1);
   });

@@ -232,6 +232,9 @@ export const H1_CASES: Case[] = [
     ["dapr-caller-underscores", "dapr_caller_app_id", "DAPR_CALLER_NAMESPACE"],
   ].map(([id, app, ns]) => ({ id: id!, cls: "Dapr caller headers", expect: "either" as const, identity: true, h1: get("/items/1", `${app}: ${FORGED}\r\n${ns}: ${FORGED}\r\n`) })),
   { id: "dapr-caller-chunked-trailer", cls: "Dapr caller headers", expect: "either", identity: true, h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\ndapr-caller-app-id: ${FORGED}\r\n\r\n` },
+  // Plausible forged values (an app id, a namespace) and the callee header, which Dapr's callee
+  // sidecar also replaces with its own app id: check (c) wants exactly the sidecar's values.
+  { id: "dapr-caller-plain-values", cls: "Dapr caller headers", expect: "either", identity: true, h1: get("/items/1", `dapr-caller-app-id: admin\r\nDapr-Caller-Namespace: kube-system\r\nDAPR_CALLEE_APP_ID: payments\r\ndapr-callee-app-id: ${FORGED}\r\n`) },
   // RFC 9112 §7.1.2: trailer fields must not carry what the proxy sets.
   {
     id: "xfcc-chunked-trailer",
@@ -342,7 +345,8 @@ export const H2_CASES: Case[] = [
       ["h2-xfcc-twice", [...pseudo(), ["x-forwarded-client-cert", FORGED_XFCC], ["x_forwarded_client_cert", FORGED_XFCC]]],
     ] as [string, [string, string][]][]
   ).map(([id, fields]) => ({ id, cls: "HTTP/2 field syntax", expect: "either" as const, identity: true, h2: rawH2(fields) })),
-  { id: "dapr-caller-headers", cls: "Dapr caller headers", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "dapr-caller-app-id": FORGED, dapr_caller_namespace: FORGED } }) },
+  { id: "dapr-caller-headers", cls: "Dapr caller headers", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "dapr-caller-app-id": FORGED, dapr_caller_namespace: FORGED, "dapr-callee-app-id": FORGED } }) },
+  { id: "dapr-caller-plain-values", cls: "Dapr caller headers", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "dapr-caller-app-id": ["admin", "orders"], "dapr-caller-namespace": "kube-system", dapr_callee_app_id: "payments" } }) },
   { id: "xfcc-header", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "x-forwarded-client-cert": FORGED_XFCC } }) },
   { id: "xfcc-underscores", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { x_forwarded_client_cert: FORGED_XFCC } }) },
   { id: "xfcc-trailers", cls: "XFCC in trailers", expect: "either", identity: true, h2: h2Get("/items/1", { body: "hello", trailers: { "x-forwarded-client-cert": FORGED_XFCC, x_forwarded_client_cert: FORGED_XFCC } }) },

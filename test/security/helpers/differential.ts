@@ -5,7 +5,10 @@
  *   (a) the app saw only requests the policy allowed (GET under /items, as the app resolves it);
  *   (b) each request framed once: the app saw as many requests as the sidecar answered from it;
  *   (c) no identity header but the sidecar's own XFCC, exactly once, in any spelling, also in
- *       trailers and in WSGI's HTTP_X_FORWARDED_CLIENT_CERT (PEP 3333).
+ *       trailers and in WSGI's HTTP_X_FORWARDED_CLIENT_CERT (PEP 3333); likewise exactly the
+ *       sidecar's dapr-caller-app-id `orders`, dapr-caller-namespace `shop` and dapr-callee-app-id
+ *       (its own app id), as Dapr's callee sidecar sets them (dapr/dapr
+ *       pkg/messaging/grpc_proxy.go setLocalIdentityMetadata), never a forged value.
  * Refusals are checked as well: answered 400/403/405/501 by the sidecar and nothing reaches
  * the app. Run only some apps with SEC_APPS=node:http,gunicorn.
  */
@@ -129,6 +132,12 @@ function checkInvariants(target: MeshApp, c: Case, o: Observed): void {
     const hosts = r.headers.filter((h) => norm(h[0]!) === "host");
     expect.soft(hosts.length <= 1 && !hosts.some((h) => h[1]!.includes(",")), `(c) Host headers the app read: ${JSON.stringify(hosts)}`).toBe(true);
     expect.soft((r.trailers ?? []).filter((h) => norm(h[0]!) === XFCC), `(c) XFCC in the trailers the app read`).toEqual([]);
+    for (const [name, value] of Object.entries(target.dapr)) {
+      expect.soft(r.headers.filter((h) => norm(h[0]!) === name).map((h) => h[1]), `(c) ${name} values the app read for ${describeRecord(r)}`).toEqual([value]);
+      const environKey = `HTTP_${name.toUpperCase().replaceAll("-", "_")}`;
+      if (r.headers.some((h) => h.length === 3)) expect.soft(r.headers.filter((h) => h[2] === environKey).map((h) => h[1]), `(c) WSGI environ ${environKey}`).toEqual([value]);
+      expect.soft((r.trailers ?? []).filter((h) => norm(h[0]!) === name), `(c) ${name} in the trailers the app read`).toEqual([]);
+    }
     expect.soft(JSON.stringify(r).includes(FORGED), `(c) the forged identity reached the app in ${describeRecord(r)}`).toBe(false);
   }
   if (target.app.speaks === "http1") {
@@ -140,6 +149,7 @@ function checkInvariants(target: MeshApp, c: Case, o: Observed): void {
       expect.soft(w.method, `(a) a non-GET request on the app's socket: ${w.method} ${w.target}`).toBe("GET");
       expect.soft(underItems(nodeRoute(w.target)) && underItems(pythonRoute(w.target)), `(a) a request outside /items on the app's socket: ${w.target} (WHATWG ${nodeRoute(w.target)}, Python ${pythonRoute(w.target)})`).toBe(true);
       expect.soft(w.fields.filter(([n]) => norm(n) === XFCC).map(([, v]) => v), `(c) XFCC fields on the app's socket for ${w.method} ${w.target}`).toEqual([target.xfcc]);
+      for (const [name, value] of Object.entries(target.dapr)) expect.soft(w.fields.filter(([n]) => norm(n) === name).map(([, v]) => v), `(c) ${name} fields on the app's socket for ${w.method} ${w.target}`).toEqual([value]);
     }
   }
   if (c.identity) expect.soft(o.tapBytes.toString("latin1").includes(FORGED), "(c) the forged identity was written on the app's socket").toBe(false);

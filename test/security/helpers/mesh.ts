@@ -55,6 +55,13 @@ export interface MeshApp {
   readonly sidecar: TestSidecar;
   /** The only x-forwarded-client-cert the app may see. */
   readonly xfcc: string;
+  /**
+   * The only Dapr caller attribution the app may see, one field each, as Dapr's callee sidecar
+   * sets it (dapr/dapr pkg/messaging/grpc_proxy.go setLocalIdentityMetadata): the caller's app
+   * id and namespace from its verified SPIFFE ID (the attacker's `orders` in `shop`), the callee's
+   * app id the sidecar's own.
+   */
+  readonly dapr: Readonly<Record<"dapr-caller-app-id" | "dapr-caller-namespace" | "dapr-callee-app-id", string>>;
 }
 
 export interface SecurityMesh {
@@ -87,7 +94,8 @@ export async function startSecurityMesh(names: readonly AppName[]): Promise<Secu
       const appId = appIdOf(name);
       const sidecar = (await startTestSidecar(ca, { appId, namespace: NAMESPACE, app: `127.0.0.1:${app.tap.port}`, policy })) as TestSidecar;
       started.push(() => sidecar.close());
-      apps.set(name, { app, appId, sidecar, xfcc: `By=${sidecar.addresses.spiffeId};URI=${CALLER_ID}` });
+      const dapr = { "dapr-caller-app-id": CALLER, "dapr-caller-namespace": NAMESPACE, "dapr-callee-app-id": appId };
+      apps.set(name, { app, appId, sidecar, xfcc: `By=${sidecar.addresses.spiffeId};URI=${CALLER_ID}`, dapr });
     }
     const peers = Object.fromEntries([...apps.values()].map((a) => [a.appId, `127.0.0.1:${a.sidecar.addresses.inbound.port}`]));
     const outbound = (await startTestSidecar(ca, { appId: CALLER, namespace: NAMESPACE, app: "127.0.0.1:1", outbound: "127.0.0.1:0", peers })) as TestSidecar;
