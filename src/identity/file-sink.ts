@@ -5,6 +5,7 @@ import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
 import { encodePrivateKey } from "../pki/keys.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
+import { assertOwnDirectory } from "./local-paths.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "./source.ts";
 
 export const CERT_FILE = "cert.pem";
@@ -13,7 +14,7 @@ export const BUNDLE_FILE = "bundle.pem";
 
 export interface FileSinkOptions {
   readonly source: IdentitySource;
-  /** Created (0755) when missing. */
+  /** Created (0755) when missing; refused (E_OUT_DIR_UNSAFE) when another user owns it or group or others can write it. */
   readonly dir: string;
   /**
    * Shell command run (via /bin/sh -c) after every write, e.g. "nginx -s reload". It gets
@@ -71,6 +72,7 @@ export function startFileSink(options: FileSinkOptions): FileSink {
   }
   const dir = resolve(options.dir);
   mkdirSync(dir, { recursive: true, mode: 0o755 });
+  assertOwnDirectory(dir, dir);
   const paths = { cert: join(dir, CERT_FILE), key: join(dir, KEY_FILE), bundle: join(dir, BUNDLE_FILE) };
   const { logger } = options;
   let closed = false;

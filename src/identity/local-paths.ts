@@ -10,8 +10,9 @@ import { describeError, MeshwardError } from "../errors.ts";
 
 /**
  * The directory an identity is written to: missing directories are created with `mode` (0700 by
- * default; parents included), and it must be writable. Returns the absolute path. A caller that
- * hands the files to another user (file owner options) passes a mode that user can traverse.
+ * default; parents included), and it must be writable by this user and by no one else (see
+ * `assertOwnDirectory`). Returns the absolute path. A caller that hands the files to another
+ * user (file owner options) passes a mode that user can traverse.
  */
 export function prepareOutDir(dir: string, flag = "--out", mode = 0o700): string {
   const path = resolve(dir);
@@ -26,7 +27,36 @@ export function prepareOutDir(dir: string, flag = "--out", mode = 0o700): string
   } catch (error) {
     throw new MeshwardError("E_OUT_DIR", `${flag} ${dir}: not writable by this user (${errno(error)})`);
   }
+  assertOwnDirectory(path, `${flag} ${dir}`);
   return path;
+}
+
+/**
+ * Refuses a directory that someone other than this user (or root) can write into: that person
+ * could replace the key and certificate a server loads, or plant a certificate and key of
+ * their own that a restart renews (resume), so the workload would run as their identity. A
+ * sticky bit does not help (a file planted first stays). OpenSSH's StrictModes refuses such
+ * directories for the same reason. A symlink is judged by the directory it leads to.
+ */
+export function assertOwnDirectory(path: string, what: string): void {
+  const stats = statSync(path);
+  const uid = process.getuid?.();
+  if (uid !== undefined && stats.uid !== uid && stats.uid !== 0) {
+    throw new MeshwardError(
+      "E_OUT_DIR_UNSAFE",
+      `${what}: the directory is owned by uid ${stats.uid}, not by this user (uid ${uid}) or root; its owner could replace the key and certificate written there. Use a directory of your own`,
+      { details: { path, uid: stats.uid } },
+    );
+  }
+  const mode = stats.mode & 0o7777;
+  if ((mode & 0o022) !== 0) {
+    const who = (mode & 0o002) !== 0 ? "others" : "group";
+    throw new MeshwardError(
+      "E_OUT_DIR_UNSAFE",
+      `${what}: the directory is writable by group or others (mode ${mode.toString(8).padStart(4, "0")}), so ${who} could replace the key and certificate written there, or plant ones this process would renew at its next start. Fix it with: chmod go-w ${path} (or use a directory of your own, created 0700)`,
+      { details: { path, mode } },
+    );
+  }
 }
 
 /**
