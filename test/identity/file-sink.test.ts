@@ -96,6 +96,34 @@ describe("file sink", () => {
     expect(events.filter((event) => event.type === "command-finished").every((event) => event.type === "command-finished" && event.result.ok)).toBe(true);
   });
 
+  it("does not pass meshward's own secrets (join token, status token, CA passphrase) to the on-rotate command", async () => {
+    // Red team: the command inherits meshward's environment. The guide's PostgreSQL hook is
+    // 'runuser -u postgres -- pg_ctl reload', and runuser keeps the environment, so a
+    // reusable join token in MESHWARD_TOKEN would reach processes of another user.
+    const secrets = { MESHWARD_TOKEN: "mwjt_reusable-join-token-value", MESHWARD_STATUS_TOKEN: "status-token-0123456789", MESHWARD_CA_PASSPHRASE: "ca-passphrase-value" };
+    const saved = Object.fromEntries(Object.keys(secrets).map((name) => [name, process.env[name]]));
+    Object.assign(process.env, secrets, { MESHWARD_HOOK_PROBE: "kept" });
+    cleanups.push(() => {
+      for (const [name, value] of Object.entries(saved)) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
+      delete process.env.MESHWARD_HOOK_PROBE;
+    });
+    const marker = join(root, `env-${++counter}`);
+    const files = sink({ source: manualIdentitySource(pki.snapshot()), dir: freshDir(), onRotate: `env > ${marker}` });
+    await files.ready();
+    const env = readFileSync(marker, "utf8");
+    for (const [name, value] of Object.entries(secrets)) {
+      expect(env).not.toContain(name);
+      expect(env).not.toContain(value);
+    }
+    // The rest of the environment, and the file paths, are passed on.
+    expect(env).toContain("MESHWARD_HOOK_PROBE=kept");
+    expect(env).toContain(`PATH=${process.env.PATH}`);
+    expect(env).toContain(`MESHWARD_KEY_FILE=${files.paths.key}`);
+  });
+
   it("reports a failing or hanging command without stopping", async () => {
     const source = manualIdentitySource(pki.snapshot());
     const lines: { msg: string; exitCode?: number; output?: string; timedOut?: boolean }[] = [];
