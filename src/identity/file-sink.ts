@@ -19,7 +19,8 @@ export interface FileSinkOptions {
   /**
    * Shell command run (via /bin/sh -c) after every write, e.g. "nginx -s reload". It gets
    * MESHWARD_CERT_FILE, MESHWARD_KEY_FILE, MESHWARD_BUNDLE_FILE and MESHWARD_SPIFFE_ID in
-   * its environment. A failure is logged and reported, never fatal.
+   * its environment, and meshward's environment without its secrets (SECRET_ENVIRONMENT).
+   * A failure is logged and reported, never fatal.
    */
   readonly onRotate?: string;
   /**
@@ -60,6 +61,13 @@ export interface FileSink {
 }
 
 const OUTPUT_LIMIT = 4096;
+
+/**
+ * Secrets meshward reads from its own environment. They are not passed on to the on-rotate
+ * command: it needs none of them, and a hook such as 'runuser -u postgres -- pg_ctl reload'
+ * keeps the environment, so they would reach processes of another user.
+ */
+export const SECRET_ENVIRONMENT = ["MESHWARD_TOKEN", "MESHWARD_STATUS_TOKEN", "MESHWARD_CA_PASSPHRASE"] as const;
 
 /**
  * Keeps `cert.pem` (leaf + intermediates), `key.pem` (0600) and `bundle.pem` in `dir` equal
@@ -174,12 +182,14 @@ export function startFileSink(options: FileSinkOptions): FileSink {
   };
 }
 
-/** Runs `command` with /bin/sh, collects its output, kills the process group on timeout. */
+/** Runs `command` with /bin/sh (without meshward's secrets in its environment), collects its output, kills the process group on timeout. */
 export function runCommand(command: string, options: { timeoutMs: number; env?: Record<string, string> }): Promise<CommandResult> {
   return new Promise((resolvePromise) => {
     let output = "";
     let timedOut = false;
-    const child = spawn("/bin/sh", ["-c", command], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...options.env }, detached: true });
+    const env: NodeJS.ProcessEnv = { ...process.env, ...options.env };
+    for (const name of SECRET_ENVIRONMENT) delete env[name];
+    const child = spawn("/bin/sh", ["-c", command], { stdio: ["ignore", "pipe", "pipe"], env, detached: true });
     const collect = (chunk: Buffer) => {
       output = (output + chunk.toString("utf8")).slice(-OUTPUT_LIMIT);
     };
