@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { createHash, createPublicKey, X509Certificate } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
@@ -9,6 +9,7 @@ import { startFileSink } from "../../src/identity/file-sink.ts";
 import type { FileSink, FileSinkEvent, FileSinkOptions } from "../../src/identity/file-sink.ts";
 import { decodePrivateKey } from "../../src/pki/index.ts";
 import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
+import { waitFor } from "../helpers/wait.ts";
 import type { TestPki } from "../helpers/test-pki.ts";
 
 let pki: TestPki;
@@ -146,6 +147,49 @@ describe("file sink", () => {
     const timedOut = events.filter((event) => event.type === "command-finished").at(-1);
     expect(timedOut?.type === "command-finished" && timedOut.result).toMatchObject({ ok: false, timedOut: true, signal: "SIGKILL" });
     expect(lines.some((line) => line.msg === "on-rotate command timed out and was killed")).toBe(true);
+  });
+
+  /*
+   * Red team: a failed reload (nginx busy, a PostgreSQL restart in progress) or a failed write
+   * (disk full) was only tried again at the next rotation, about half a lifetime later, when the
+   * certificate the server still holds may have expired. Now both are retried with backoff until
+   * they succeed or newer files supersede them. spiffe-helper, by contrast, logs a failed
+   * X.509 write or signal and waits for the next SVID; only its JWT path retries, from 1 s
+   * doubling to 60 s (spiffe/spiffe-helper pkg/sidecar/sidecar.go, updateCertificates and
+   * createRetryIntervalFunc).
+   */
+  it("retries a failed on-rotate command with backoff until it succeeds", async () => {
+    const attempts = join(root, `attempts-${++counter}`);
+    const events: FileSinkEvent[] = [];
+    const command = `n=$(cat ${attempts} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${attempts}; [ $n -ge 3 ] || { echo "reload failed $n" >&2; exit 1; }`;
+    const files = sink({ source: manualIdentitySource(pki.snapshot()), dir: freshDir(), onRotate: command, retryMs: { initial: 20, max: 100 }, onEvent: (event) => events.push(event) });
+    await files.ready();
+    const results = () => events.flatMap((event) => (event.type === "command-finished" ? [event.result.ok] : []));
+    await waitFor("a successful on-rotate run", () => results().includes(true), 10_000, 10);
+    expect(results()).toEqual([false, false, true]);
+    expect(readFileSync(attempts, "utf8").trim()).toBe("3");
+  });
+
+  it("retries a failed write until it succeeds, and stops retrying on close", async () => {
+    const dir = freshDir();
+    mkdirSync(join(dir, "cert.pem", "blocker"), { recursive: true }); // rename(2) cannot replace a non-empty directory
+    const events: FileSinkEvent[] = [];
+    const snapshot = pki.snapshot();
+    const files = sink({ source: manualIdentitySource(snapshot), dir, retryMs: { initial: 20, max: 100 }, onEvent: (event) => events.push(event) });
+    await waitFor("two failed writes", () => events.filter((event) => event.type === "write-failed").length >= 2, 10_000, 10);
+    rmSync(join(dir, "cert.pem"), { recursive: true });
+    await files.ready();
+    expect(new X509Certificate(readFileSync(files.paths.cert)).serialNumber).toBe(snapshot.svid.serial);
+
+    // A command that always fails is retried until the sink closes, then never again.
+    const marker = join(root, `forever-${counter}`);
+    const failing = sink({ source: manualIdentitySource(pki.snapshot()), dir: freshDir(), onRotate: `echo x >> ${marker}; exit 1`, retryMs: { initial: 20, max: 20 } });
+    await failing.ready();
+    await waitFor("three runs", () => readFileSync(marker, "utf8").split("\n").length > 3, 10_000, 10);
+    await failing.close();
+    const runs = readFileSync(marker, "utf8");
+    await new Promise((r) => setTimeout(r, 300)); // a wait for a retry that must not come, not a measurement
+    expect(readFileSync(marker, "utf8")).toBe(runs);
   });
 
   it("a reader polling in another process never sees a partial file, nor a new certificate with an old key", async () => {
