@@ -34,7 +34,7 @@ export function registerIdentityCommand(program: Command): void {
     .option("--out <dir>", "write cert.pem, key.pem (0600) and bundle.pem here on every rotation (created 0700 when missing; refused when another user can write to it); a valid certificate left here by an earlier run renews the identity without a new token")
     .option("--owner <user[:group]>", "owner of the files written to --out (e.g. postgres, whose server requires its key file to be its own); needs root unless it is you")
     .option("--mode <octal>", "mode of key.pem in --out: 0600 (default), 0400, 0640 or 0440 (group-readable, e.g. --owner root:postgres --mode 0640)")
-    .option("--on-rotate <command>", "shell command run after each write (e.g. 'nginx -s reload'; as root for a server run as another user: 'runuser -u postgres -- pg_ctl reload -D DATA')")
+    .option("--on-rotate <command>", "shell command run after each write, retried with backoff while it fails (e.g. 'nginx -s reload'; as root for a server run as another user: 'runuser -u postgres -- pg_ctl reload -D DATA')")
     .option("--workload-api-socket <path>", "serve the SPIFFE Workload API on this unix socket")
     .option("--status <addr>", "serve /metrics, /healthz, /readyz and the status page (/) on HOST:PORT")
     .option("--status-token-file <file>", "token for the status page (required when --status is not on loopback; or MESHWARD_STATUS_TOKEN)")

@@ -32,6 +32,12 @@ export interface FileSinkOptions {
   readonly keyMode?: number;
   /** Kill the command after this long (default 30 s). */
   readonly onRotateTimeoutMs?: number;
+  /**
+   * A failed write or a failed command is tried again after `initial` ms, doubling up to `max`
+   * (default 1 s to 60 s), until it succeeds or a newer identity is written; a server must not
+   * keep an old certificate until the next rotation, half a lifetime later.
+   */
+  readonly retryMs?: { readonly initial: number; readonly max: number };
   readonly logger?: Logger;
   /** Called after each write and each command run (for status pages and tests). */
   readonly onEvent?: (event: FileSinkEvent) => void;
@@ -87,6 +93,10 @@ export function startFileSink(options: FileSinkOptions): FileSink {
   let pending: IdentitySnapshot | undefined;
   let running: Promise<void> | undefined;
   let lastWritten: { chain: string; roots: string } | undefined;
+  /** The command for the files now on disk has not succeeded yet (it failed: run it again even though nothing changed). */
+  let commandOwed = false;
+  let retryTimer: NodeJS.Timeout | undefined;
+  let retryDelay = options.retryMs?.initial ?? 1_000;
   let resolveReady!: () => void;
   const readyPromise = new Promise<void>((resolvePromise) => (resolveReady = resolvePromise));
 
@@ -128,22 +138,46 @@ export function startFileSink(options: FileSinkOptions): FileSink {
       try {
         changed = write(snapshot);
       } catch (error) {
-        logger?.error({ event: "identity-files-write-failed", dir, error: describeError(error) }, "cannot write the identity files");
+        const retryInMs = retryLater(snapshot);
+        logger?.error({ event: "identity-files-write-failed", dir, error: describeError(error), retryInMs }, "cannot write the identity files");
         report({ type: "write-failed", error: error as Error });
         continue;
       }
-      if (changed && options.onRotate !== undefined) {
+      if ((changed || commandOwed) && options.onRotate !== undefined) {
         const result = await runCommand(options.onRotate, {
           timeoutMs: options.onRotateTimeoutMs ?? 30_000,
           env: { MESHWARD_CERT_FILE: paths.cert, MESHWARD_KEY_FILE: paths.key, MESHWARD_BUNDLE_FILE: paths.bundle, MESHWARD_SPIFFE_ID: snapshot.svid.spiffeId },
         });
-        const fields = { event: "on-rotate-finished", exitCode: result.exitCode, signal: result.signal, timedOut: result.timedOut, output: result.output };
+        commandOwed = !result.ok;
+        const retryInMs = result.ok ? undefined : retryLater(snapshot);
+        const fields = { event: "on-rotate-finished", exitCode: result.exitCode, signal: result.signal, timedOut: result.timedOut, output: result.output, retryInMs };
         if (result.ok) logger?.info(fields, "on-rotate command succeeded");
         else logger?.error(fields, result.timedOut ? "on-rotate command timed out and was killed" : "on-rotate command failed");
         report({ type: "command-finished", result });
       }
       if (lastWritten !== undefined) resolveReady();
+      if (!commandOwed && lastWritten?.chain === snapshot.svid.certChainPem && lastWritten.roots === snapshot.bundle.rootsPem) succeeded();
     }
+  };
+
+  /** Schedules another attempt for `snapshot` (unless something newer comes first); returns the delay. */
+  const retryLater = (snapshot: IdentitySnapshot): number | undefined => {
+    if (closed) return undefined;
+    const delay = retryDelay;
+    retryDelay = Math.min(retryDelay * 2, options.retryMs?.max ?? 60_000);
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      if (pending === undefined) schedule(snapshot);
+    }, delay);
+    retryTimer.unref();
+    return delay;
+  };
+
+  const succeeded = () => {
+    clearTimeout(retryTimer);
+    retryTimer = undefined;
+    retryDelay = options.retryMs?.initial ?? 1_000;
   };
 
   // Coalesces bursts: while a write or a command runs, only the newest snapshot waits.
@@ -176,6 +210,7 @@ export function startFileSink(options: FileSinkOptions): FileSink {
     },
     async close() {
       closed = true;
+      clearTimeout(retryTimer);
       unsubscribe();
       if (running !== undefined) await running;
     },
