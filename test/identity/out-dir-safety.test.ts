@@ -1,9 +1,10 @@
-import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
+import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startFileSink } from "../../src/identity/file-sink.ts";
-import { prepareOutDir } from "../../src/identity/local-paths.ts";
+import { checkSocketDir, prepareOutDir } from "../../src/identity/local-paths.ts";
+import { startWorkloadApiServer } from "../../src/identity/workload-api/index.ts";
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
 
@@ -49,6 +50,55 @@ describe("the --out directory must be writable by its owner only", () => {
     expect(prepareOutDir(dir("own-0700", 0o700))).toBe(join(work, "own-0700"));
     expect(prepareOutDir(dir("own-0755", 0o755))).toBe(join(work, "own-0755"));
     expect(prepareOutDir(join(work, "new", "files"))).toBe(join(work, "new", "files"));
+  });
+});
+
+/**
+ * Red team: the directory of the Workload API socket. Whoever can write there can rename
+ * meshward's socket away and bind their own at its path (or bind it while meshward is
+ * restarting, sticky bit or not), and every workload that connects then takes their SVID and,
+ * worse, their trust bundle. So the directory must be this user's or root's and writable by no
+ * one else; who may connect is still decided by the socket's mode and the directory's
+ * read/search bits.
+ */
+describe("the Workload API socket's directory must be writable by its owner only", () => {
+  const work = mkdtempSync(join(tmpdir(), "meshward-socket-safety-"));
+  afterAll(() => rmSync(work, { recursive: true, force: true }));
+  const dir = (name: string, mode: number, owner?: number) => {
+    const path = join(work, name);
+    mkdirSync(path);
+    if (owner !== undefined) chownSync(path, owner, owner);
+    chmodSync(path, mode);
+    return path;
+  };
+
+  it("refuses a directory others or the group can write, or another user's; accepts its own 0755 one", async () => {
+    expect(process.getuid?.()).toBe(0);
+    for (const [name, mode] of [["world", 0o777], ["sticky", 0o1777], ["group", 0o775]] as const) {
+      const socket = join(dir(name, mode), "api.sock");
+      expect(() => checkSocketDir(socket, "--workload-api-socket")).toThrow(expect.objectContaining({ code: "E_SOCKET_DIR_UNSAFE", message: expect.stringMatching(/--workload-api-socket .*api\.sock: .*writable by group or others.*bind its own socket.*chmod go-w/) }));
+    }
+    const foreign = join(dir("foreign", 0o755, 12345), "api.sock");
+    expect(() => checkSocketDir(foreign, "--workload-api-socket")).toThrow(expect.objectContaining({ code: "E_SOCKET_DIR_UNSAFE", message: expect.stringMatching(/owned by uid 12345/) }));
+    // The SDK's server checks the same before it binds.
+    const refused = await startWorkloadApiServer({ socketPath: join(work, "world", "sdk.sock"), source: manualIdentitySource() }).catch((error: unknown) => error);
+    expect(refused).toMatchObject({ code: "E_SOCKET_DIR_UNSAFE" });
+
+    const own = join(dir("own", 0o755), "api.sock");
+    expect(() => checkSocketDir(own, "--workload-api-socket")).not.toThrow();
+    const server = await startWorkloadApiServer({ socketPath: own, source: manualIdentitySource() });
+    await server.close();
+  });
+
+  it("meshward identity refuses such a directory before the CA is contacted, without a stack trace", async () => {
+    const shared = dir("cli-shared", 0o777);
+    // The CA address is never dialled: the local check comes first (the token is not spent).
+    const bundle = join(work, "bundle.pem");
+    writeFileSync(bundle, (await createTestPki()).rootPem);
+    const r = await runCli(["identity", "--ca", "127.0.0.1:9", "--bundle", bundle, "--token", "mwjt_unused", "--workload-api-socket", join(shared, "api.sock")], { timeoutMs: 15_000 });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/meshward: --workload-api-socket .*cli-shared\/api\.sock: the directory .* is writable by group or others \(mode 0777\).*\[E_SOCKET_DIR_UNSAFE\]/);
+    expect(r.stderr).not.toMatch(/\n\s+at |unexpected error/);
   });
 });
 
