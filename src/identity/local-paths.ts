@@ -39,29 +39,35 @@ export function prepareOutDir(dir: string, flag = "--out", mode = 0o700): string
  * directories for the same reason. A symlink is judged by the directory it leads to.
  */
 export function assertOwnDirectory(path: string, what: string): void {
+  assertNoOtherWriter(path, what, "E_OUT_DIR_UNSAFE", "replace the key and certificate written there, or plant ones this process would renew at its next start", "created 0700");
+}
+
+function assertNoOtherWriter(path: string, what: string, code: `E_${string}`, risk: string, own: string): void {
   const stats = statSync(path);
   const uid = process.getuid?.();
   if (uid !== undefined && stats.uid !== uid && stats.uid !== 0) {
     throw new MeshwardError(
-      "E_OUT_DIR_UNSAFE",
-      `${what}: the directory is owned by uid ${stats.uid}, not by this user (uid ${uid}) or root; its owner could replace the key and certificate written there. Use a directory of your own`,
+      code,
+      `${what}: the directory ${path} is owned by uid ${stats.uid}, not by this user (uid ${uid}) or root; its owner could ${risk}. Use a directory of your own (${own})`,
       { details: { path, uid: stats.uid } },
     );
   }
   const mode = stats.mode & 0o7777;
   if ((mode & 0o022) !== 0) {
-    const who = (mode & 0o002) !== 0 ? "others" : "group";
     throw new MeshwardError(
-      "E_OUT_DIR_UNSAFE",
-      `${what}: the directory is writable by group or others (mode ${mode.toString(8).padStart(4, "0")}), so ${who} could replace the key and certificate written there, or plant ones this process would renew at its next start. Fix it with: chmod go-w ${path} (or use a directory of your own, created 0700)`,
+      code,
+      `${what}: the directory ${path} is writable by group or others (mode ${mode.toString(8).padStart(4, "0")}); they could ${risk}. Fix it with: chmod go-w ${path} (or use a directory of your own, ${own})`,
       { details: { path, mode } },
     );
   }
 }
 
 /**
- * The directory of a unix socket must exist and be writable. It is not created: who may reach
- * the socket is decided by that directory's owner and mode, which the operator chooses.
+ * The directory of a unix socket must exist, be writable, and be writable by no one else
+ * (owned by this user or root, no group/other write bit, sticky or not): whoever can write there
+ * can rename the socket away, or bind while this process restarts, and serve workloads their own
+ * SVID and trust bundle. It is not created: who may reach the socket is decided by that
+ * directory's owner and mode, which the operator chooses.
  */
 export function checkSocketDir(socketPath: string, flag: string): void {
   const dir = dirname(resolve(socketPath));
@@ -77,6 +83,7 @@ export function checkSocketDir(socketPath: string, flag: string): void {
   } catch (error) {
     throw new MeshwardError("E_SOCKET_DIR", `${flag} ${socketPath}: the directory ${dir} is not writable by this user (${errno(error)})`);
   }
+  assertNoOtherWriter(dir, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", "bind its own socket there and hand workloads another SVID and trust bundle", `e.g. install -d -m 0755 ${dir}`);
 }
 
 function errno(error: unknown): string {
