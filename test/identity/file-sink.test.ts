@@ -8,6 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startFileSink } from "../../src/identity/file-sink.ts";
 import type { FileSink, FileSinkEvent, FileSinkOptions } from "../../src/identity/file-sink.ts";
 import { decodePrivateKey } from "../../src/pki/index.ts";
+import { createLogger } from "../../src/telemetry/logger.ts";
 import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
 import { waitFor } from "../helpers/wait.ts";
 import type { TestPki } from "../helpers/test-pki.ts";
@@ -123,6 +124,22 @@ describe("file sink", () => {
     expect(env).toContain("MESHWARD_HOOK_PROBE=kept");
     expect(env).toContain(`PATH=${process.env.PATH}`);
     expect(env).toContain(`MESHWARD_KEY_FILE=${files.paths.key}`);
+  });
+
+  it("never logs the private key, even when the on-rotate command prints it", async () => {
+    const lines: string[] = [];
+    const logger = createLogger({ component: "identity", destination: { write: (line: string) => void lines.push(line) } });
+    const events: FileSinkEvent[] = [];
+    const snapshot = pki.snapshot();
+    const files = sink({ source: manualIdentitySource(snapshot), dir: freshDir(), onRotate: 'cat "$MESHWARD_KEY_FILE"; exit 1', retryMs: { initial: 60_000, max: 60_000 }, logger, onEvent: (event) => events.push(event) });
+    await files.ready();
+    const keyBody = readFileSync(files.paths.key, "utf8").split("\n")[1]!;
+    expect(lines.some((line) => line.includes("on-rotate command failed"))).toBe(true);
+    expect(lines.join("")).not.toContain(keyBody);
+    expect(lines.join("")).toContain("[REDACTED PRIVATE KEY]");
+    // Nor in what listeners (status pages) are handed.
+    const finished = events.find((event) => event.type === "command-finished");
+    expect(finished?.type === "command-finished" && finished.result.output).toBe("[REDACTED PRIVATE KEY]");
   });
 
   it("reports a failing or hanging command without stopping", async () => {
