@@ -4,6 +4,7 @@ import { join, resolve } from "node:path";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
 import { encodePrivateKey } from "../pki/keys.ts";
+import { redactSecrets } from "../telemetry/redact.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
 import { assertOwnDirectory } from "./local-paths.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "./source.ts";
@@ -53,7 +54,7 @@ export interface CommandResult {
   readonly exitCode: number | null;
   readonly signal: NodeJS.Signals | null;
   readonly timedOut: boolean;
-  /** stdout + stderr, at most the last 4 KiB. */
+  /** stdout + stderr, at most the last 4 KiB, private keys, JWTs and bearer values scrubbed. */
   readonly output: string;
 }
 
@@ -240,11 +241,11 @@ export function runCommand(command: string, options: { timeoutMs: number; env?: 
     }, options.timeoutMs);
     child.on("error", (error) => {
       clearTimeout(timer);
-      resolvePromise({ ok: false, exitCode: null, signal: null, timedOut, output: `${output}${describeError(error)}` });
+      resolvePromise({ ok: false, exitCode: null, signal: null, timedOut, output: redactSecrets(`${output}${describeError(error)}`) });
     });
     child.on("close", (exitCode, signal) => {
       clearTimeout(timer);
-      resolvePromise({ ok: exitCode === 0 && !timedOut, exitCode, signal, timedOut, output: output.trim() });
+      resolvePromise({ ok: exitCode === 0 && !timedOut, exitCode, signal, timedOut, output: redactSecrets(output.trim()) });
     });
   });
 }
