@@ -57,7 +57,7 @@ export function registerIdentityCommand(program: Command): void {
       const logger = cliLogger("identity", opts);
       // Local checks first: nothing may spend a single-use token and then fail on this host.
       // Created for a server run as another user (--owner): it must be able to reach its files (they stay 0600, its own).
-      const outDir = opts.out !== undefined ? prepareOutDir(opts.out, "--out", owner === undefined ? 0o700 : 0o755) : undefined;
+      const outDir = opts.out !== undefined ? prepareOutDir(opts.out, "--out", owner === undefined ? 0o700 : 0o755, owner?.uid) : undefined;
       if (opts.workloadApiSocket !== undefined) checkSocketDir(opts.workloadApiSocket, "--workload-api-socket");
       const resume = outDir !== undefined ? readResumableSvid(outDir, { namespace: opts.namespace, appId: opts.appId, now: new Date(), logger }) : undefined;
       if (token === undefined && opts.tokenFile === undefined && resume === undefined) {

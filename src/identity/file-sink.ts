@@ -87,7 +87,7 @@ export function startFileSink(options: FileSinkOptions): FileSink {
   }
   const dir = resolve(options.dir);
   mkdirSync(dir, { recursive: true, mode: 0o755 });
-  assertOwnDirectory(dir, dir);
+  assertOwnDirectory(dir, dir, options.owner?.uid);
   const paths = { cert: join(dir, CERT_FILE), key: join(dir, KEY_FILE), bundle: join(dir, BUNDLE_FILE) };
   const { logger } = options;
   let closed = false;

@@ -12,9 +12,10 @@ import { describeError, MeshwardError } from "../errors.ts";
  * The directory an identity is written to: missing directories are created with `mode` (0700 by
  * default; parents included), and it must be writable by this user and by no one else (see
  * `assertOwnDirectory`). Returns the absolute path. A caller that hands the files to another
- * user (file owner options) passes a mode that user can traverse.
+ * user (file owner options) passes a mode that user can traverse, and that user's uid as
+ * `filesOwner`: a directory of theirs is accepted, since they own the files anyway.
  */
-export function prepareOutDir(dir: string, flag = "--out", mode = 0o700): string {
+export function prepareOutDir(dir: string, flag = "--out", mode = 0o700, filesOwner?: number): string {
   const path = resolve(dir);
   try {
     mkdirSync(path, { recursive: true, mode });
@@ -27,25 +28,26 @@ export function prepareOutDir(dir: string, flag = "--out", mode = 0o700): string
   } catch (error) {
     throw new MeshwardError("E_OUT_DIR", `${flag} ${dir}: not writable by this user (${errno(error)})`);
   }
-  assertOwnDirectory(path, `${flag} ${dir}`);
+  assertOwnDirectory(path, `${flag} ${dir}`, filesOwner);
   return path;
 }
 
 /**
- * Refuses a directory that someone other than this user (or root) can write into: that person
- * could replace the key and certificate a server loads, or plant a certificate and key of
- * their own that a restart renews (resume), so the workload would run as their identity. A
- * sticky bit does not help (a file planted first stays). OpenSSH's StrictModes refuses such
- * directories for the same reason. A symlink is judged by the directory it leads to.
+ * Refuses a directory that someone other than this user (or root, or `filesOwner`, who gets
+ * the files anyway) can write into: that person could replace the files a server loads — a
+ * trust bundle of theirs lets them in as any identity — or plant a certificate and key that a
+ * restart renews (resume), so the workload would run as another identity. A sticky bit does not
+ * help (a file planted first stays). OpenSSH's StrictModes refuses such directories for the
+ * same reason. A symlink is judged by the directory it leads to.
  */
-export function assertOwnDirectory(path: string, what: string): void {
-  assertNoOtherWriter(path, what, "E_OUT_DIR_UNSAFE", "replace the key and certificate written there, or plant ones this process would renew at its next start", "created 0700");
+export function assertOwnDirectory(path: string, what: string, filesOwner?: number): void {
+  assertNoOtherWriter(path, what, "E_OUT_DIR_UNSAFE", "replace the trust bundle, certificate or key written there, or plant a certificate this process would renew at its next start", "created 0700", filesOwner);
 }
 
-function assertNoOtherWriter(path: string, what: string, code: `E_${string}`, risk: string, own: string): void {
+function assertNoOtherWriter(path: string, what: string, code: `E_${string}`, risk: string, own: string, trustedUid?: number): void {
   const stats = statSync(path);
   const uid = process.getuid?.();
-  if (uid !== undefined && stats.uid !== uid && stats.uid !== 0) {
+  if (uid !== undefined && stats.uid !== uid && stats.uid !== 0 && stats.uid !== trustedUid) {
     throw new MeshwardError(
       code,
       `${what}: the directory ${path} is owned by uid ${stats.uid}, not by this user (uid ${uid}) or root; its owner could ${risk}. Use a directory of your own (${own})`,

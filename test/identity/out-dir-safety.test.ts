@@ -46,8 +46,13 @@ describe("the --out directory must be writable by its owner only", () => {
     expect(() => startFileSink({ source: manualIdentitySource(), dir: join(work, "world") })).toThrow(expect.objectContaining({ code: "E_OUT_DIR_UNSAFE" }));
   });
 
-  it("accepts its own 0700 and 0755 directories, and creates missing ones 0700", () => {
+  it("accepts its own 0700 and 0755 directories, creates missing ones 0700, and accepts one of the user the files are given to", () => {
     expect(prepareOutDir(dir("own-0700", 0o700))).toBe(join(work, "own-0700"));
+    // identity --owner postgres into a directory postgres owns: that user gets the files anyway.
+    const servers = dir("files-owner", 0o755, 23456);
+    expect(prepareOutDir(servers, "--out", 0o755, 23456)).toBe(servers);
+    expect(() => prepareOutDir(servers, "--out", 0o755, 34567)).toThrow(expect.objectContaining({ code: "E_OUT_DIR_UNSAFE" }));
+    expect(() => startFileSink({ source: manualIdentitySource(), dir: servers, owner: { uid: 23456, gid: 23456 } }).close()).not.toThrow();
     expect(prepareOutDir(dir("own-0755", 0o755))).toBe(join(work, "own-0755"));
     expect(prepareOutDir(join(work, "new", "files"))).toBe(join(work, "new", "files"));
   });
