@@ -31,10 +31,10 @@ export function registerIdentityCommand(program: Command): void {
     .option("--namespace <ns>", "namespace to ask for (checked against what the CA issues)")
     .option("--app-id <id>", "app id to ask for (checked against what the CA issues)")
     .option("--dns-name <name>", "DNS name for the certificate (repeatable; the token must allow it)", collect)
-    .option("--out <dir>", "write cert.pem, key.pem (0600) and bundle.pem here on every rotation (created 0700 when missing); a valid certificate left here by an earlier run renews the identity without a new token")
+    .option("--out <dir>", "write cert.pem, key.pem (0600) and bundle.pem here on every rotation (created 0700 when missing; refused when another user can write to it); a valid certificate left here by an earlier run renews the identity without a new token")
     .option("--owner <user[:group]>", "owner of the files written to --out (e.g. postgres, whose server requires its key file to be its own); needs root unless it is you")
     .option("--mode <octal>", "mode of key.pem in --out: 0600 (default), 0400, 0640 or 0440 (group-readable, e.g. --owner root:postgres --mode 0640)")
-    .option("--on-rotate <command>", "shell command run after each write (e.g. 'nginx -s reload'; as root for a server run as another user: 'runuser -u postgres -- pg_ctl reload -D DATA')")
+    .option("--on-rotate <command>", "shell command run after each write, retried with backoff while it fails (e.g. 'nginx -s reload'; as root for a server run as another user: 'runuser -u postgres -- pg_ctl reload -D DATA')")
     .option("--workload-api-socket <path>", "serve the SPIFFE Workload API on this unix socket")
     .option("--status <addr>", "serve /metrics, /healthz, /readyz and the status page (/) on HOST:PORT")
     .option("--status-token-file <file>", "token for the status page (required when --status is not on loopback; or MESHWARD_STATUS_TOKEN)")
@@ -57,7 +57,7 @@ export function registerIdentityCommand(program: Command): void {
       const logger = cliLogger("identity", opts);
       // Local checks first: nothing may spend a single-use token and then fail on this host.
       // Created for a server run as another user (--owner): it must be able to reach its files (they stay 0600, its own).
-      const outDir = opts.out !== undefined ? prepareOutDir(opts.out, "--out", owner === undefined ? 0o700 : 0o755) : undefined;
+      const outDir = opts.out !== undefined ? prepareOutDir(opts.out, "--out", owner === undefined ? 0o700 : 0o755, owner?.uid) : undefined;
       if (opts.workloadApiSocket !== undefined) checkSocketDir(opts.workloadApiSocket, "--workload-api-socket");
       const resume = outDir !== undefined ? readResumableSvid(outDir, { namespace: opts.namespace, appId: opts.appId, now: new Date(), logger }) : undefined;
       if (token === undefined && opts.tokenFile === undefined && resume === undefined) {

@@ -3,10 +3,13 @@ import { InvalidArgumentError, Option } from "commander";
 import { validatorEnumName, validatorFlagName } from "../config/fields.ts";
 import { createLogger, type LogLevel, type Logger } from "../telemetry/logger.ts";
 import { MeshwardError } from "../errors.ts";
+import { assertPrivateFile } from "../util/files.ts";
 
 /** Passphrase for encrypted key files: --passphrase-file wins over MESHWARD_CA_PASSPHRASE. */
 export function readPassphrase(file: string | undefined): string | undefined {
   if (file !== undefined) {
+    // It decrypts the CA's keys: held to the key files' rule (owner only, or a Kubernetes Secret with fsGroup).
+    assertPrivateFile(file, "passphrase file");
     try {
       const text = readFileSync(file, "utf8").replace(/\r?\n$/, "");
       if (text.length === 0) throw new MeshwardError("E_PASSPHRASE_EMPTY", `passphrase file ${file} is empty`);

@@ -1,4 +1,5 @@
-import type { Command } from "commander";
+import { readFileSync } from "node:fs";
+import { Option, type Command } from "commander";
 import { fetch as undiciFetch } from "undici";
 import { MeshwardError, describeError } from "../errors.ts";
 import { fetchFromCa } from "../identity/ca-client.ts";
@@ -44,21 +45,42 @@ export function registerStatusCommand(program: Command): void {
     .option("--ca <addr>", "CA address HOST:PORT, or the replicas' comma-separated (with --bundle)")
     .option("--bundle <file>", "trust bundle to verify the CA with")
     .option("--status-url <url>", "a sidecar's or identity's status endpoint, e.g. http://127.0.0.1:9090 (repeatable)", collect)
-    .option("--status-token <token>", "bearer token for status endpoints that require one (or MESHWARD_STATUS_TOKEN)")
+    .option("--status-token-file <file>", "file holding the bearer token for status endpoints that require one (or MESHWARD_STATUS_TOKEN)")
+    // Refused with the way out: a token given here is readable by every local user (ps).
+    .addOption(new Option("--status-token <token>").hideHelp())
     .option("--json", "print JSON")
     .action(async (opts) => {
+      if (opts.statusToken !== undefined) {
+        throw new MeshwardError(
+          "E_USAGE",
+          "--status-token puts the token in the process list, where every local user can read it (ps, /proc/PID/cmdline): give it with --status-token-file FILE or MESHWARD_STATUS_TOKEN",
+        );
+      }
       if (opts.ca === undefined && opts.statusUrl === undefined) {
         throw new MeshwardError("E_USAGE", "name at least one thing to look at: --ca ADDR --bundle FILE and/or --status-url URL");
       }
       const rows: Row[] = [];
       const now = new Date();
       if (opts.ca !== undefined) rows.push(...(await caRows(opts.ca, opts.bundle, now)));
-      const token: string | undefined = opts.statusToken ?? process.env.MESHWARD_STATUS_TOKEN;
+      const token = statusToken(opts.statusTokenFile);
       for (const url of (opts.statusUrl as string[] | undefined) ?? []) rows.push(...(await feedRows(url, token, now)));
       if (opts.json) process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
       else process.stdout.write(renderTable(rows));
       if (rows.some((r) => !r.healthy)) process.exitCode = 1;
     });
+}
+
+/** The bearer token for status endpoints: --status-token-file, else MESHWARD_STATUS_TOKEN, else none. */
+function statusToken(file: string | undefined): string | undefined {
+  if (file === undefined) return process.env.MESHWARD_STATUS_TOKEN || undefined;
+  let token: string;
+  try {
+    token = readFileSync(file, "utf8").trim();
+  } catch (error) {
+    throw new MeshwardError("E_FILE_MISSING", `cannot read status token file ${file}: ${(error as NodeJS.ErrnoException).code ?? describeError(error)}`);
+  }
+  if (token === "") throw new MeshwardError("E_USAGE", `the status token file ${file} is empty`);
+  return token;
 }
 
 async function caRows(address: string, bundleFile: string | undefined, now: Date): Promise<Row[]> {

@@ -4,7 +4,9 @@ import { join, resolve } from "node:path";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
 import { encodePrivateKey } from "../pki/keys.ts";
+import { redactSecrets } from "../telemetry/redact.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
+import { assertOwnDirectory } from "./local-paths.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "./source.ts";
 
 export const CERT_FILE = "cert.pem";
@@ -13,12 +15,13 @@ export const BUNDLE_FILE = "bundle.pem";
 
 export interface FileSinkOptions {
   readonly source: IdentitySource;
-  /** Created (0755) when missing. */
+  /** Created (0755) when missing; refused (E_OUT_DIR_UNSAFE) when another user owns it or group or others can write it. */
   readonly dir: string;
   /**
    * Shell command run (via /bin/sh -c) after every write, e.g. "nginx -s reload". It gets
    * MESHWARD_CERT_FILE, MESHWARD_KEY_FILE, MESHWARD_BUNDLE_FILE and MESHWARD_SPIFFE_ID in
-   * its environment. A failure is logged and reported, never fatal.
+   * its environment, and meshward's environment without its secrets (SECRET_ENVIRONMENT).
+   * A failure is logged and reported, never fatal.
    */
   readonly onRotate?: string;
   /**
@@ -30,6 +33,12 @@ export interface FileSinkOptions {
   readonly keyMode?: number;
   /** Kill the command after this long (default 30 s). */
   readonly onRotateTimeoutMs?: number;
+  /**
+   * A failed write or a failed command is tried again after `initial` ms, doubling up to `max`
+   * (default 1 s to 60 s), until it succeeds or a newer identity is written; a server must not
+   * keep an old certificate until the next rotation, half a lifetime later.
+   */
+  readonly retryMs?: { readonly initial: number; readonly max: number };
   readonly logger?: Logger;
   /** Called after each write and each command run (for status pages and tests). */
   readonly onEvent?: (event: FileSinkEvent) => void;
@@ -45,7 +54,7 @@ export interface CommandResult {
   readonly exitCode: number | null;
   readonly signal: NodeJS.Signals | null;
   readonly timedOut: boolean;
-  /** stdout + stderr, at most the last 4 KiB. */
+  /** stdout + stderr, at most the last 4 KiB, private keys, JWTs and bearer values scrubbed. */
   readonly output: string;
 }
 
@@ -61,6 +70,13 @@ export interface FileSink {
 const OUTPUT_LIMIT = 4096;
 
 /**
+ * Secrets meshward reads from its own environment. They are not passed on to the on-rotate
+ * command: it needs none of them, and a hook such as 'runuser -u postgres -- pg_ctl reload'
+ * keeps the environment, so they would reach processes of another user.
+ */
+export const SECRET_ENVIRONMENT = ["MESHWARD_TOKEN", "MESHWARD_STATUS_TOKEN", "MESHWARD_CA_PASSPHRASE"] as const;
+
+/**
  * Keeps `cert.pem` (leaf + intermediates), `key.pem` (0600) and `bundle.pem` in `dir` equal
  * to the source's identity, for tools that only read files (nginx, haproxy, Redis,
  * PostgreSQL clients), then runs `onRotate`. Each file is replaced atomically.
@@ -71,12 +87,17 @@ export function startFileSink(options: FileSinkOptions): FileSink {
   }
   const dir = resolve(options.dir);
   mkdirSync(dir, { recursive: true, mode: 0o755 });
+  assertOwnDirectory(dir, dir, options.owner?.uid);
   const paths = { cert: join(dir, CERT_FILE), key: join(dir, KEY_FILE), bundle: join(dir, BUNDLE_FILE) };
   const { logger } = options;
   let closed = false;
   let pending: IdentitySnapshot | undefined;
   let running: Promise<void> | undefined;
   let lastWritten: { chain: string; roots: string } | undefined;
+  /** The command for the files now on disk has not succeeded yet (it failed: run it again even though nothing changed). */
+  let commandOwed = false;
+  let retryTimer: NodeJS.Timeout | undefined;
+  let retryDelay = options.retryMs?.initial ?? 1_000;
   let resolveReady!: () => void;
   const readyPromise = new Promise<void>((resolvePromise) => (resolveReady = resolvePromise));
 
@@ -118,22 +139,46 @@ export function startFileSink(options: FileSinkOptions): FileSink {
       try {
         changed = write(snapshot);
       } catch (error) {
-        logger?.error({ event: "identity-files-write-failed", dir, error: describeError(error) }, "cannot write the identity files");
+        const retryInMs = retryLater(snapshot);
+        logger?.error({ event: "identity-files-write-failed", dir, error: describeError(error), retryInMs }, "cannot write the identity files");
         report({ type: "write-failed", error: error as Error });
         continue;
       }
-      if (changed && options.onRotate !== undefined) {
+      if ((changed || commandOwed) && options.onRotate !== undefined) {
         const result = await runCommand(options.onRotate, {
           timeoutMs: options.onRotateTimeoutMs ?? 30_000,
           env: { MESHWARD_CERT_FILE: paths.cert, MESHWARD_KEY_FILE: paths.key, MESHWARD_BUNDLE_FILE: paths.bundle, MESHWARD_SPIFFE_ID: snapshot.svid.spiffeId },
         });
-        const fields = { event: "on-rotate-finished", exitCode: result.exitCode, signal: result.signal, timedOut: result.timedOut, output: result.output };
+        commandOwed = !result.ok;
+        const retryInMs = result.ok ? undefined : retryLater(snapshot);
+        const fields = { event: "on-rotate-finished", exitCode: result.exitCode, signal: result.signal, timedOut: result.timedOut, output: result.output, retryInMs };
         if (result.ok) logger?.info(fields, "on-rotate command succeeded");
         else logger?.error(fields, result.timedOut ? "on-rotate command timed out and was killed" : "on-rotate command failed");
         report({ type: "command-finished", result });
       }
       if (lastWritten !== undefined) resolveReady();
+      if (!commandOwed && lastWritten?.chain === snapshot.svid.certChainPem && lastWritten.roots === snapshot.bundle.rootsPem) succeeded();
     }
+  };
+
+  /** Schedules another attempt for `snapshot` (unless something newer comes first); returns the delay. */
+  const retryLater = (snapshot: IdentitySnapshot): number | undefined => {
+    if (closed) return undefined;
+    const delay = retryDelay;
+    retryDelay = Math.min(retryDelay * 2, options.retryMs?.max ?? 60_000);
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      if (pending === undefined) schedule(snapshot);
+    }, delay);
+    retryTimer.unref();
+    return delay;
+  };
+
+  const succeeded = () => {
+    clearTimeout(retryTimer);
+    retryTimer = undefined;
+    retryDelay = options.retryMs?.initial ?? 1_000;
   };
 
   // Coalesces bursts: while a write or a command runs, only the newest snapshot waits.
@@ -166,18 +211,21 @@ export function startFileSink(options: FileSinkOptions): FileSink {
     },
     async close() {
       closed = true;
+      clearTimeout(retryTimer);
       unsubscribe();
       if (running !== undefined) await running;
     },
   };
 }
 
-/** Runs `command` with /bin/sh, collects its output, kills the process group on timeout. */
+/** Runs `command` with /bin/sh (without meshward's secrets in its environment), collects its output, kills the process group on timeout. */
 export function runCommand(command: string, options: { timeoutMs: number; env?: Record<string, string> }): Promise<CommandResult> {
   return new Promise((resolvePromise) => {
     let output = "";
     let timedOut = false;
-    const child = spawn("/bin/sh", ["-c", command], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...options.env }, detached: true });
+    const env: NodeJS.ProcessEnv = { ...process.env, ...options.env };
+    for (const name of SECRET_ENVIRONMENT) delete env[name];
+    const child = spawn("/bin/sh", ["-c", command], { stdio: ["ignore", "pipe", "pipe"], env, detached: true });
     const collect = (chunk: Buffer) => {
       output = (output + chunk.toString("utf8")).slice(-OUTPUT_LIMIT);
     };
@@ -193,11 +241,11 @@ export function runCommand(command: string, options: { timeoutMs: number; env?: 
     }, options.timeoutMs);
     child.on("error", (error) => {
       clearTimeout(timer);
-      resolvePromise({ ok: false, exitCode: null, signal: null, timedOut, output: `${output}${describeError(error)}` });
+      resolvePromise({ ok: false, exitCode: null, signal: null, timedOut, output: redactSecrets(`${output}${describeError(error)}`) });
     });
     child.on("close", (exitCode, signal) => {
       clearTimeout(timer);
-      resolvePromise({ ok: exitCode === 0 && !timedOut, exitCode, signal, timedOut, output: output.trim() });
+      resolvePromise({ ok: exitCode === 0 && !timedOut, exitCode, signal, timedOut, output: redactSecrets(output.trim()) });
     });
   });
 }

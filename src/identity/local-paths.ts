@@ -10,10 +10,12 @@ import { describeError, MeshwardError } from "../errors.ts";
 
 /**
  * The directory an identity is written to: missing directories are created with `mode` (0700 by
- * default; parents included), and it must be writable. Returns the absolute path. A caller that
- * hands the files to another user (file owner options) passes a mode that user can traverse.
+ * default; parents included), and it must be writable by this user and by no one else (see
+ * `assertOwnDirectory`). Returns the absolute path. A caller that hands the files to another
+ * user (file owner options) passes a mode that user can traverse, and that user's uid as
+ * `filesOwner`: a directory of theirs is accepted, since they own the files anyway.
  */
-export function prepareOutDir(dir: string, flag = "--out", mode = 0o700): string {
+export function prepareOutDir(dir: string, flag = "--out", mode = 0o700, filesOwner?: number): string {
   const path = resolve(dir);
   try {
     mkdirSync(path, { recursive: true, mode });
@@ -26,12 +28,48 @@ export function prepareOutDir(dir: string, flag = "--out", mode = 0o700): string
   } catch (error) {
     throw new MeshwardError("E_OUT_DIR", `${flag} ${dir}: not writable by this user (${errno(error)})`);
   }
+  assertOwnDirectory(path, `${flag} ${dir}`, filesOwner);
   return path;
 }
 
 /**
- * The directory of a unix socket must exist and be writable. It is not created: who may reach
- * the socket is decided by that directory's owner and mode, which the operator chooses.
+ * Refuses a directory that someone other than this user (or root, or `filesOwner`, who gets
+ * the files anyway) can write into: that person could replace the files a server loads — a
+ * trust bundle of theirs lets them in as any identity — or plant a certificate and key that a
+ * restart renews (resume), so the workload would run as another identity. A sticky bit does not
+ * help (a file planted first stays). OpenSSH's StrictModes refuses such directories for the
+ * same reason. A symlink is judged by the directory it leads to.
+ */
+export function assertOwnDirectory(path: string, what: string, filesOwner?: number): void {
+  assertNoOtherWriter(path, what, "E_OUT_DIR_UNSAFE", "replace the trust bundle, certificate or key written there, or plant a certificate this process would renew at its next start", "created 0700", filesOwner);
+}
+
+function assertNoOtherWriter(path: string, what: string, code: `E_${string}`, risk: string, own: string, trustedUid?: number): void {
+  const stats = statSync(path);
+  const uid = process.getuid?.();
+  if (uid !== undefined && stats.uid !== uid && stats.uid !== 0 && stats.uid !== trustedUid) {
+    throw new MeshwardError(
+      code,
+      `${what}: the directory ${path} is owned by uid ${stats.uid}, not by this user (uid ${uid}) or root; its owner could ${risk}. Use a directory of your own (${own})`,
+      { details: { path, uid: stats.uid } },
+    );
+  }
+  const mode = stats.mode & 0o7777;
+  if ((mode & 0o022) !== 0) {
+    throw new MeshwardError(
+      code,
+      `${what}: the directory ${path} is writable by group or others (mode ${mode.toString(8).padStart(4, "0")}); they could ${risk}. Fix it with: chmod go-w ${path} (or use a directory of your own, ${own})`,
+      { details: { path, mode } },
+    );
+  }
+}
+
+/**
+ * The directory of a unix socket must exist, be writable, and be writable by no one else
+ * (owned by this user or root, no group/other write bit, sticky or not): whoever can write there
+ * can rename the socket away, or bind while this process restarts, and serve workloads their own
+ * SVID and trust bundle. It is not created: who may reach the socket is decided by that
+ * directory's owner and mode, which the operator chooses.
  */
 export function checkSocketDir(socketPath: string, flag: string): void {
   const dir = dirname(resolve(socketPath));
@@ -47,6 +85,7 @@ export function checkSocketDir(socketPath: string, flag: string): void {
   } catch (error) {
     throw new MeshwardError("E_SOCKET_DIR", `${flag} ${socketPath}: the directory ${dir} is not writable by this user (${errno(error)})`);
   }
+  assertNoOtherWriter(dir, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", "bind its own socket there and hand workloads another SVID and trust bundle", `e.g. install -d -m 0755 ${dir}`);
 }
 
 function errno(error: unknown): string {

@@ -19,14 +19,15 @@ export type { Logger };
  * A pino logger: one JSON object per line (default) or a compact human line ("pretty").
  * Secret-named fields (key, privateKey, token, passphrase, password, authorization, …, also
  * one level deep) are censored, and PEM private keys / JWTs / bearer values are scrubbed
- * from messages and error messages and stacks.
+ * from messages, error messages and stacks, and every string field (a command's output, a
+ * peer's input), nested objects and arrays included.
  */
 export function createLogger(config: LoggerConfig): Logger {
   const options: LoggerOptions = {
     level: config.level ?? "info",
     base: { component: config.component },
     redact: { paths: redactPaths(), censor: REDACTED },
-    formatters: { level: (label) => ({ level: label }) },
+    formatters: { level: (label) => ({ level: label }), log: (object) => scrubFields(object, 0) as Record<string, unknown> },
     serializers: { err: serializeError, error: serializeError },
     hooks: {
       logMethod(args, method) {
@@ -47,6 +48,18 @@ function resolveDestination(destination: LoggerConfig["destination"]): Destinati
   if (destination === undefined) return pino.destination({ dest: 2, sync: true });
   if (typeof destination === "number") return pino.destination({ dest: destination, sync: true });
   return destination as DestinationStream;
+}
+
+/** Copies plain objects and arrays (a few levels deep) with secrets scrubbed from their strings. */
+function scrubFields(value: unknown, depth: number): unknown {
+  if (typeof value === "string") return redactSecrets(value);
+  if (value === null || typeof value !== "object" || depth > 4) return value;
+  if (Array.isArray(value)) return value.map((item) => scrubFields(item, depth + 1));
+  const proto = Object.getPrototypeOf(value);
+  if (proto !== Object.prototype && proto !== null) return value; // errors have their serializer; buffers, dates stay
+  const out: Record<string, unknown> = {};
+  for (const [key, field] of Object.entries(value)) out[key] = scrubFields(field, depth + 1);
+  return out;
 }
 
 function serializeError(value: unknown): unknown {

@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { createHash, createPublicKey, X509Certificate } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
@@ -8,7 +8,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startFileSink } from "../../src/identity/file-sink.ts";
 import type { FileSink, FileSinkEvent, FileSinkOptions } from "../../src/identity/file-sink.ts";
 import { decodePrivateKey } from "../../src/pki/index.ts";
+import { createLogger } from "../../src/telemetry/logger.ts";
 import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
+import { waitFor } from "../helpers/wait.ts";
 import type { TestPki } from "../helpers/test-pki.ts";
 
 let pki: TestPki;
@@ -96,6 +98,50 @@ describe("file sink", () => {
     expect(events.filter((event) => event.type === "command-finished").every((event) => event.type === "command-finished" && event.result.ok)).toBe(true);
   });
 
+  it("does not pass meshward's own secrets (join token, status token, CA passphrase) to the on-rotate command", async () => {
+    // Red team: the command inherits meshward's environment. The guide's PostgreSQL hook is
+    // 'runuser -u postgres -- pg_ctl reload', and runuser keeps the environment, so a
+    // reusable join token in MESHWARD_TOKEN would reach processes of another user.
+    const secrets = { MESHWARD_TOKEN: "mwjt_reusable-join-token-value", MESHWARD_STATUS_TOKEN: "status-token-0123456789", MESHWARD_CA_PASSPHRASE: "ca-passphrase-value" };
+    const saved = Object.fromEntries(Object.keys(secrets).map((name) => [name, process.env[name]]));
+    Object.assign(process.env, secrets, { MESHWARD_HOOK_PROBE: "kept" });
+    cleanups.push(() => {
+      for (const [name, value] of Object.entries(saved)) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
+      delete process.env.MESHWARD_HOOK_PROBE;
+    });
+    const marker = join(root, `env-${++counter}`);
+    const files = sink({ source: manualIdentitySource(pki.snapshot()), dir: freshDir(), onRotate: `env > ${marker}` });
+    await files.ready();
+    const env = readFileSync(marker, "utf8");
+    for (const [name, value] of Object.entries(secrets)) {
+      expect(env).not.toContain(name);
+      expect(env).not.toContain(value);
+    }
+    // The rest of the environment, and the file paths, are passed on.
+    expect(env).toContain("MESHWARD_HOOK_PROBE=kept");
+    expect(env).toContain(`PATH=${process.env.PATH}`);
+    expect(env).toContain(`MESHWARD_KEY_FILE=${files.paths.key}`);
+  });
+
+  it("never logs the private key, even when the on-rotate command prints it", async () => {
+    const lines: string[] = [];
+    const logger = createLogger({ component: "identity", destination: { write: (line: string) => void lines.push(line) } });
+    const events: FileSinkEvent[] = [];
+    const snapshot = pki.snapshot();
+    const files = sink({ source: manualIdentitySource(snapshot), dir: freshDir(), onRotate: 'cat "$MESHWARD_KEY_FILE"; exit 1', retryMs: { initial: 60_000, max: 60_000 }, logger, onEvent: (event) => events.push(event) });
+    await files.ready();
+    const keyBody = readFileSync(files.paths.key, "utf8").split("\n")[1]!;
+    expect(lines.some((line) => line.includes("on-rotate command failed"))).toBe(true);
+    expect(lines.join("")).not.toContain(keyBody);
+    expect(lines.join("")).toContain("[REDACTED PRIVATE KEY]");
+    // Nor in what listeners (status pages) are handed.
+    const finished = events.find((event) => event.type === "command-finished");
+    expect(finished?.type === "command-finished" && finished.result.output).toBe("[REDACTED PRIVATE KEY]");
+  });
+
   it("reports a failing or hanging command without stopping", async () => {
     const source = manualIdentitySource(pki.snapshot());
     const lines: { msg: string; exitCode?: number; output?: string; timedOut?: boolean }[] = [];
@@ -118,6 +164,49 @@ describe("file sink", () => {
     const timedOut = events.filter((event) => event.type === "command-finished").at(-1);
     expect(timedOut?.type === "command-finished" && timedOut.result).toMatchObject({ ok: false, timedOut: true, signal: "SIGKILL" });
     expect(lines.some((line) => line.msg === "on-rotate command timed out and was killed")).toBe(true);
+  });
+
+  /*
+   * Red team: a failed reload (nginx busy, a PostgreSQL restart in progress) or a failed write
+   * (disk full) was only tried again at the next rotation, about half a lifetime later, when the
+   * certificate the server still holds may have expired. Now both are retried with backoff until
+   * they succeed or newer files supersede them. spiffe-helper, by contrast, logs a failed
+   * X.509 write or signal and waits for the next SVID; only its JWT path retries, from 1 s
+   * doubling to 60 s (spiffe/spiffe-helper pkg/sidecar/sidecar.go, updateCertificates and
+   * createRetryIntervalFunc).
+   */
+  it("retries a failed on-rotate command with backoff until it succeeds", async () => {
+    const attempts = join(root, `attempts-${++counter}`);
+    const events: FileSinkEvent[] = [];
+    const command = `n=$(cat ${attempts} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${attempts}; [ $n -ge 3 ] || { echo "reload failed $n" >&2; exit 1; }`;
+    const files = sink({ source: manualIdentitySource(pki.snapshot()), dir: freshDir(), onRotate: command, retryMs: { initial: 20, max: 100 }, onEvent: (event) => events.push(event) });
+    await files.ready();
+    const results = () => events.flatMap((event) => (event.type === "command-finished" ? [event.result.ok] : []));
+    await waitFor("a successful on-rotate run", () => results().includes(true), 10_000, 10);
+    expect(results()).toEqual([false, false, true]);
+    expect(readFileSync(attempts, "utf8").trim()).toBe("3");
+  });
+
+  it("retries a failed write until it succeeds, and stops retrying on close", async () => {
+    const dir = freshDir();
+    mkdirSync(join(dir, "cert.pem", "blocker"), { recursive: true }); // rename(2) cannot replace a non-empty directory
+    const events: FileSinkEvent[] = [];
+    const snapshot = pki.snapshot();
+    const files = sink({ source: manualIdentitySource(snapshot), dir, retryMs: { initial: 20, max: 100 }, onEvent: (event) => events.push(event) });
+    await waitFor("two failed writes", () => events.filter((event) => event.type === "write-failed").length >= 2, 10_000, 10);
+    rmSync(join(dir, "cert.pem"), { recursive: true });
+    await files.ready();
+    expect(new X509Certificate(readFileSync(files.paths.cert)).serialNumber).toBe(snapshot.svid.serial);
+
+    // A command that always fails is retried until the sink closes, then never again.
+    const marker = join(root, `forever-${counter}`);
+    const failing = sink({ source: manualIdentitySource(pki.snapshot()), dir: freshDir(), onRotate: `echo x >> ${marker}; exit 1`, retryMs: { initial: 20, max: 20 } });
+    await failing.ready();
+    await waitFor("three runs", () => readFileSync(marker, "utf8").split("\n").length > 3, 10_000, 10);
+    await failing.close();
+    const runs = readFileSync(marker, "utf8");
+    await new Promise((r) => setTimeout(r, 300)); // a wait for a retry that must not come, not a measurement
+    expect(readFileSync(marker, "utf8")).toBe(runs);
   });
 
   it("a reader polling in another process never sees a partial file, nor a new certificate with an old key", async () => {

@@ -71,6 +71,17 @@ describe("createLogger", () => {
     expect(text).toContain("E_TOKEN_INVALID");
   });
 
+  it("scrubs private keys, JWTs and bearer values from any string field, not only secret-named ones", () => {
+    // Red team: the on-rotate command's output is logged as a field ("output"); a hook that
+    // prints the key (cat "$MESHWARD_KEY_FILE", openssl … -text) put it in the log verbatim.
+    const { logger, lines, records } = capture();
+    logger.error({ event: "on-rotate-finished", output: `unable to load\n${PKCS8}`, nested: { detail: `x ${SEC1}`, list: [ENCRYPTED, `auth Bearer ${JWT}`] } }, "on-rotate command failed");
+    const text = lines.join("");
+    for (const secret of [KEY_BODY_LINE, SEC1.split("\n")[1]!, ENCRYPTED.split("\n")[1]!, JWT.split(".")[1]!]) expect(text).not.toContain(secret);
+    const [record] = records();
+    expect(record).toMatchObject({ event: "on-rotate-finished", output: "unable to load\n[REDACTED PRIVATE KEY]\n", nested: { detail: "x [REDACTED PRIVATE KEY]\n" } });
+  });
+
   it("pretty format prints one readable line per record, still redacted", () => {
     const { logger, lines } = capture({ component: "ca", format: "pretty" });
     logger.info({ spiffeId: "spiffe://example.org/ns/default/a", token: "t-secret-1", count: 3 }, "issued");

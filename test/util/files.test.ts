@@ -1,8 +1,8 @@
-import { chmodSync, chownSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { assertPrivateFile } from "../../src/util/files.ts";
+import { assertPrivateFile, writeFileAtomic, writeSecretFileAtomic } from "../../src/util/files.ts";
 
 /**
  * Key file permissions. The exception is a Kubernetes Secret volume with fsGroup: the kubelet
@@ -36,5 +36,73 @@ describe("assertPrivateFile", () => {
     expect(() => assertPrivateFile(file("k8s-world", 0o444, { uid: 12345, gid: ourGroup }))).toThrow(/accessible by group or others/);
     expect(() => assertPrivateFile(file("k8s-group-write", 0o460, { uid: 12345, gid: ourGroup }))).toThrow(/accessible by group or others/);
     expect(() => assertPrivateFile(file("k8s-other-group", 0o440, { uid: 12345, gid: 54321 }))).toThrow(/accessible by group or others/);
+  });
+});
+
+/**
+ * Red team: links planted where a key is about to be written. The file is written to a new
+ * temp file (random name, O_CREAT|O_EXCL, which never follows a link) and renamed over the
+ * final name, and rename(2) replaces a link instead of writing through it. Compare
+ * spiffe-helper, which writes with os.WriteFile (follows a planted symlink, keeps an existing
+ * file's mode): spiffe/spiffe-helper pkg/disk/x509.go.
+ */
+describe("writeSecretFileAtomic with a planted link or a loose old file", () => {
+  const dir = mkdtempSync(join(tmpdir(), "meshward-atomic-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("replaces a symlink or hard link at the key's name, leaving its target untouched", () => {
+    const victim = join(dir, "victim");
+    writeFileSync(victim, "the victim's content\n");
+    chmodSync(victim, 0o644);
+    const viaSymlink = join(dir, "key.pem");
+    symlinkSync(victim, viaSymlink);
+    writeSecretFileAtomic(viaSymlink, "SECRET-1");
+    expect(readFileSync(victim, "utf8")).toBe("the victim's content\n");
+    expect(lstatSync(viaSymlink).isFile()).toBe(true);
+    expect(lstatSync(viaSymlink).mode & 0o777).toBe(0o600);
+    expect(readFileSync(viaSymlink, "utf8")).toBe("SECRET-1");
+
+    // A dangling symlink (to where an attacker would like the key to land) is replaced, not created through.
+    const landing = join(dir, "landing");
+    const dangling = join(dir, "dangling-key.pem");
+    symlinkSync(landing, dangling);
+    writeSecretFileAtomic(dangling, "SECRET-2");
+    expect(() => lstatSync(landing)).toThrow(/ENOENT/);
+    expect(lstatSync(dangling).isFile()).toBe(true);
+
+    const viaHardLink = join(dir, "hard-key.pem");
+    linkSync(victim, viaHardLink);
+    writeSecretFileAtomic(viaHardLink, "SECRET-3");
+    expect(readFileSync(victim, "utf8")).toBe("the victim's content\n");
+    expect(lstatSync(viaHardLink).nlink).toBe(1);
+    // No temp file is left behind.
+    expect(readdirSync(dir).filter((name) => name.endsWith(".tmp"))).toEqual([]);
+  });
+
+  it("a key file left 0644 by an earlier writer becomes 0600; a umask of 000 does not loosen it", () => {
+    const path = join(dir, "old-key.pem");
+    writeFileSync(path, "old");
+    chmodSync(path, 0o644);
+    writeSecretFileAtomic(path, "new");
+    expect(lstatSync(path).mode & 0o777).toBe(0o600);
+    const previous = process.umask(0o000);
+    try {
+      writeSecretFileAtomic(path, "newer");
+      expect(lstatSync(path).mode & 0o777).toBe(0o600);
+      writeFileAtomic(join(dir, "cert.pem"), "cert", 0o644);
+      expect(lstatSync(join(dir, "cert.pem")).mode & 0o777).toBe(0o644);
+    } finally {
+      process.umask(previous);
+    }
+  });
+
+  it("a directory entry that is not writable fails with E_FILE_WRITE naming the path, and leaves no temp file", () => {
+    const blocked = join(dir, "blocked");
+    writeFileSync(blocked, "");
+    expect(() => writeSecretFileAtomic(join(blocked, "key.pem"), "secret")).toThrow(expect.objectContaining({ code: "E_FILE_WRITE", message: expect.stringContaining(join(blocked, "key.pem")) }));
+    const asDir = join(dir, "is-a-dir");
+    mkdirSync(asDir);
+    expect(() => writeSecretFileAtomic(asDir, "secret")).toThrow(expect.objectContaining({ code: "E_FILE_WRITE" }));
+    expect(readdirSync(dir).filter((name) => name.endsWith(".tmp"))).toEqual([]);
   });
 });

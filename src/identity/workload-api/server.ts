@@ -5,6 +5,7 @@ import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../../errors.ts";
+import { checkSocketDir } from "../local-paths.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource, TrustBundle } from "../source.ts";
 import { pemToConcatenatedDer } from "./material.ts";
 import { SECURITY_HEADER, SECURITY_HEADER_VALUE, workloadApiDefinition } from "./proto.ts";
@@ -43,6 +44,7 @@ type BundlesCall = grpc.ServerWritableStream<unknown, X509BundlesResponseMessage
  */
 export async function startWorkloadApiServer(options: WorkloadApiServerOptions): Promise<WorkloadApiServer> {
   const socketPath = socketPathFrom(options.socketPath);
+  checkSocketDir(socketPath, "Workload API socket");
   const mode = options.socketMode ?? 0o600;
   const { source, logger } = options;
   const svidCalls = new Set<SvidCall>();

@@ -1,0 +1,157 @@
+import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startFileSink } from "../../src/identity/file-sink.ts";
+import { checkSocketDir, prepareOutDir } from "../../src/identity/local-paths.ts";
+import { startWorkloadApiServer } from "../../src/identity/workload-api/index.ts";
+import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
+import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
+
+/**
+ * Red team: the directory that receives cert.pem and key.pem, when another local user can write
+ * into it. Whoever can write there can replace the files the TLS server loads, and can plant a
+ * certificate and key of their own that `identity --out` / `sidecar --out` then renews at
+ * startup ("a valid certificate left here by an earlier run renews the identity"): the
+ * workload silently runs as the planter's identity. A sticky bit (/tmp) does not help: a file
+ * planted before the first run stays, and cannot be replaced. OpenSSH's StrictModes refuses
+ * group- or world-writable directories and directories of other users for the same reason
+ * (openssh-portable auth.c, auth_secure_path). Other owners need chown: these cases need root
+ * (the test machines run as root; said plainly, not skipped).
+ */
+describe("the --out directory must be writable by its owner only", () => {
+  const work = mkdtempSync(join(tmpdir(), "meshward-out-safety-"));
+  afterAll(() => rmSync(work, { recursive: true, force: true }));
+  const dir = (name: string, mode: number, owner?: number) => {
+    const path = join(work, name);
+    mkdirSync(path);
+    if (owner !== undefined) chownSync(path, owner, owner);
+    chmodSync(path, mode);
+    return path;
+  };
+
+  it("refuses a directory others or the group can write (sticky or not), or that another user owns, naming the fix", () => {
+    expect(process.getuid?.()).toBe(0);
+    for (const [name, mode] of [["world", 0o777], ["sticky", 0o1777], ["group", 0o770], ["world-no-read", 0o733]] as const) {
+      const path = dir(name, mode);
+      expect(() => prepareOutDir(path)).toThrow(expect.objectContaining({ code: "E_OUT_DIR_UNSAFE", message: expect.stringMatching(new RegExp(`--out ${path}: .*writable by (group|others).*chmod go-w ${path}`)) }));
+    }
+    const foreign = dir("foreign", 0o700, 12345);
+    expect(() => prepareOutDir(foreign)).toThrow(expect.objectContaining({ code: "E_OUT_DIR_UNSAFE", message: expect.stringMatching(/owned by uid 12345.*not by this user \(uid 0\) or root/) }));
+    // A symlink is judged by the directory it leads to.
+    const link = join(work, "link-to-foreign");
+    symlinkSync(foreign, link);
+    expect(() => prepareOutDir(link)).toThrow(expect.objectContaining({ code: "E_OUT_DIR_UNSAFE" }));
+    // The SDK's file sink checks the same.
+    expect(() => startFileSink({ source: manualIdentitySource(), dir: join(work, "world") })).toThrow(expect.objectContaining({ code: "E_OUT_DIR_UNSAFE" }));
+  });
+
+  it("accepts its own 0700 and 0755 directories, creates missing ones 0700, and accepts one of the user the files are given to", () => {
+    expect(prepareOutDir(dir("own-0700", 0o700))).toBe(join(work, "own-0700"));
+    // identity --owner postgres into a directory postgres owns: that user gets the files anyway.
+    const servers = dir("files-owner", 0o755, 23456);
+    expect(prepareOutDir(servers, "--out", 0o755, 23456)).toBe(servers);
+    expect(() => prepareOutDir(servers, "--out", 0o755, 34567)).toThrow(expect.objectContaining({ code: "E_OUT_DIR_UNSAFE" }));
+    expect(() => startFileSink({ source: manualIdentitySource(), dir: servers, owner: { uid: 23456, gid: 23456 } }).close()).not.toThrow();
+    expect(prepareOutDir(dir("own-0755", 0o755))).toBe(join(work, "own-0755"));
+    expect(prepareOutDir(join(work, "new", "files"))).toBe(join(work, "new", "files"));
+  });
+});
+
+/**
+ * Red team: the directory of the Workload API socket. Whoever can write there can rename
+ * meshward's socket away and bind their own at its path (or bind it while meshward is
+ * restarting, sticky bit or not), and every workload that connects then takes their SVID and,
+ * worse, their trust bundle. So the directory must be this user's or root's and writable by no
+ * one else; who may connect is still decided by the socket's mode and the directory's
+ * read/search bits.
+ */
+describe("the Workload API socket's directory must be writable by its owner only", () => {
+  const work = mkdtempSync(join(tmpdir(), "meshward-socket-safety-"));
+  afterAll(() => rmSync(work, { recursive: true, force: true }));
+  const dir = (name: string, mode: number, owner?: number) => {
+    const path = join(work, name);
+    mkdirSync(path);
+    if (owner !== undefined) chownSync(path, owner, owner);
+    chmodSync(path, mode);
+    return path;
+  };
+
+  it("refuses a directory others or the group can write, or another user's; accepts its own 0755 one", async () => {
+    expect(process.getuid?.()).toBe(0);
+    for (const [name, mode] of [["world", 0o777], ["sticky", 0o1777], ["group", 0o775]] as const) {
+      const socket = join(dir(name, mode), "api.sock");
+      expect(() => checkSocketDir(socket, "--workload-api-socket")).toThrow(expect.objectContaining({ code: "E_SOCKET_DIR_UNSAFE", message: expect.stringMatching(/--workload-api-socket .*api\.sock: .*writable by group or others.*bind its own socket.*chmod go-w/) }));
+    }
+    const foreign = join(dir("foreign", 0o755, 12345), "api.sock");
+    expect(() => checkSocketDir(foreign, "--workload-api-socket")).toThrow(expect.objectContaining({ code: "E_SOCKET_DIR_UNSAFE", message: expect.stringMatching(/owned by uid 12345/) }));
+    // The SDK's server checks the same before it binds.
+    const refused = await startWorkloadApiServer({ socketPath: join(work, "world", "sdk.sock"), source: manualIdentitySource() }).catch((error: unknown) => error);
+    expect(refused).toMatchObject({ code: "E_SOCKET_DIR_UNSAFE" });
+
+    const own = join(dir("own", 0o755), "api.sock");
+    expect(() => checkSocketDir(own, "--workload-api-socket")).not.toThrow();
+    const server = await startWorkloadApiServer({ socketPath: own, source: manualIdentitySource() });
+    await server.close();
+  });
+
+  it("meshward identity refuses such a directory before the CA is contacted, without a stack trace", async () => {
+    const shared = dir("cli-shared", 0o777);
+    // The CA address is never dialled: the local check comes first (the token is not spent).
+    const bundle = join(work, "bundle.pem");
+    writeFileSync(bundle, (await createTestPki()).rootPem);
+    const r = await runCli(["identity", "--ca", "127.0.0.1:9", "--bundle", bundle, "--token", "mwjt_unused", "--workload-api-socket", join(shared, "api.sock")], { timeoutMs: 15_000 });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/meshward: --workload-api-socket .*cli-shared\/api\.sock: the directory .* is writable by group or others \(mode 0777\).*\[E_SOCKET_DIR_UNSAFE\]/);
+    expect(r.stderr).not.toMatch(/\n\s+at |unexpected error/);
+  });
+});
+
+describe("meshward identity --out: a certificate planted in a world-writable directory is not renewed (real processes)", () => {
+  const work = mkdtempSync(join(tmpdir(), "meshward-out-plant-"));
+  const caDir = join(work, "ca");
+  const bundle = join(caDir, "bundle.pem");
+  const running: LongRunning[] = [];
+  let caAddress: string;
+
+  beforeAll(async () => {
+    expect((await runCli(["ca", "init", "--trust-domain", "plant.test", "--dir", caDir])).code).toBe(0);
+    const ca = await startCli(["ca", "serve", "--dir", caDir, "--listen", "127.0.0.1:0"], /listening on (\S+)/);
+    running.push(ca);
+    caAddress = ca.match[1] as string;
+  }, 60_000);
+  afterAll(async () => {
+    for (const p of running.reverse()) await p.stop();
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  it("refuses to start (E_OUT_DIR_UNSAFE, no stack trace); after chmod 700 it starts", async () => {
+    // Mallory, another local user, holds a certificate of her own and plants it in the shared directory.
+    const token = (await runCli(["token", "create", "--dir", caDir, "--namespace", "jobs", "--app-id", "mallory"])).stdout.trim().split("\n").pop() as string;
+    const mallory = join(work, "mallory");
+    const issued = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", token, "--out", mallory]);
+    expect(issued.code, issued.stderr).toBe(0);
+    const shared = join(work, "shared");
+    mkdirSync(shared);
+    chmodSync(shared, 0o777);
+    for (const file of ["cert.pem", "key.pem"]) copyFileSync(join(mallory, file), join(shared, file));
+
+    // The workload restarts without a token, relying on its files.
+    const refused = await runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--out", shared], { timeoutMs: 20_000 });
+    expect(refused.stdout).not.toMatch(/identity ready/);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/meshward: --out .*shared: .*writable by group or others \(mode 0777\).*chmod go-w .*\[E_OUT_DIR_UNSAFE\]/);
+    expect(refused.stderr).not.toMatch(/\n\s+at |unexpected error/);
+    // cert issue checks the same, before the CA is asked (the token is not spent).
+    const issueRefused = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", token, "--out", shared]);
+    expect(issueRefused.code).toBe(1);
+    expect(issueRefused.stderr).toMatch(/\[E_OUT_DIR_UNSAFE\]/);
+    expect(readFileSync(join(shared, "cert.pem"), "utf8")).toBe(readFileSync(join(mallory, "cert.pem"), "utf8"));
+
+    chmodSync(shared, 0o700);
+    const started = await startCli(["identity", "--ca", caAddress, "--bundle", bundle, "--out", shared], /identity ready: (\S+)/);
+    running.push(started);
+    expect(started.match[1]).toBe("spiffe://plant.test/ns/jobs/mallory");
+    expect(await started.stop()).toBe(0);
+  }, 60_000);
+});
