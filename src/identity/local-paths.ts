@@ -96,16 +96,18 @@ export function checkSocketDir(socketPath: string, flag: string): void {
  * in it is read or written. A missing directory passes (`ca init` creates it 0700; the other
  * commands report it missing).
  *
- * One exception, narrow: a directory on a read-only mount, as the Kubernetes HA overlay mounts
- * the CA's Secret volume. The kubelet makes a Secret volume's directory 0777 (an emptyDir on
- * tmpfs, kubernetes pkg/volume/emptydir/empty_dir.go `perm`; with fsGroup also setgid) and
- * mounts it read-only into the container, so nobody in the pod can write it whatever its mode.
- * The owner rule still holds there (the kubelet makes it root's).
+ * One exception, narrow: a directory that is itself the mount point of a read-only mount, as the
+ * Kubernetes HA overlay mounts the CA's Secret volume. The kubelet makes a Secret volume's
+ * directory 0777 (an emptyDir on tmpfs, kubernetes pkg/volume/emptydir/empty_dir.go `perm`; with
+ * fsGroup also setgid) and mounts it read-only into the container, so nobody in the pod can
+ * write it whatever its mode (and making a mount takes root). A directory merely somewhere
+ * below a read-only mount is not excepted. The owner rule still holds (the kubelet makes it root's).
  */
 export function checkCaDir(dir: string, flag = "--dir", mountInfo: () => string | undefined = readMountInfo): void {
   const path = resolve(dir);
   if (!existsSync(path) || !statSync(path).isDirectory()) return;
-  const readOnly = isOnReadOnlyMount(realpathSync(path), mountInfo());
+  const real = realpathSync(path);
+  const readOnly = readOnlyMountPoint(real, mountInfo()) === real;
   assertNoOtherWriter(path, `${flag} ${dir}`, "E_CA_DIR_UNSAFE", "replace the root, trust bundle, issuer certificate and key or ca.db the CA loads, and have it sign for them", "owned by the user the CA runs as, mode 0700", undefined, readOnly);
 }
 
@@ -117,14 +119,20 @@ function readMountInfo(): string | undefined {
   }
 }
 
-/**
- * Whether `realPath` lies on a read-only mount, from /proc/self/mountinfo (proc(5)): the mount
- * whose mount point (field 5, octal escapes) is the longest prefix of the path, the last one
- * listed when several share it (the topmost); read-only when its mount options (field 6) or
- * its super options (after the "-" separator) hold `ro`. Unknown (no mountinfo) means writable.
- */
+/** Whether `realPath` lies on a read-only mount (see readOnlyMountPoint). */
 export function isOnReadOnlyMount(realPath: string, mountInfo: string | undefined): boolean {
-  if (mountInfo === undefined) return false;
+  return readOnlyMountPoint(realPath, mountInfo) !== undefined;
+}
+
+/**
+ * The mount point of the read-only mount `realPath` lies on, or undefined, from
+ * /proc/self/mountinfo (proc(5)): the mount whose mount point (field 5, octal escapes) is the
+ * longest prefix of the path, the last one listed when several share it (the topmost);
+ * read-only when its mount options (field 6) or its super options (after the "-" separator)
+ * hold `ro`. Unknown (no mountinfo) means writable.
+ */
+export function readOnlyMountPoint(realPath: string, mountInfo: string | undefined): string | undefined {
+  if (mountInfo === undefined) return undefined;
   let best: { point: string; readOnly: boolean } | undefined;
   for (const line of mountInfo.split("\n")) {
     const fields = line.split(" ");
@@ -136,7 +144,7 @@ export function isOnReadOnlyMount(realPath: string, mountInfo: string | undefine
     const options = [...fields[5]!.split(","), ...(fields[separator + 3] ?? "").split(",")];
     best = { point, readOnly: options.includes("ro") };
   }
-  return best?.readOnly ?? false;
+  return best?.readOnly === true ? best.point : undefined;
 }
 
 function errno(error: unknown): string {

@@ -3,7 +3,7 @@ import { chmodSync, chownSync, cpSync, mkdirSync, mkdtempSync, readdirSync, read
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { checkCaDir, isOnReadOnlyMount } from "../../src/identity/local-paths.ts";
+import { checkCaDir, isOnReadOnlyMount, readOnlyMountPoint } from "../../src/identity/local-paths.ts";
 import { runCli, startCli } from "../helpers/cli.ts";
 
 /**
@@ -114,13 +114,15 @@ describe("a CA directory on a read-only mount (a Kubernetes Secret volume)", () 
     expect(isOnReadOnlyMount("/srv/ro-sb/x", mountInfo)).toBe(true);
     expect(isOnReadOnlyMount("/srv/stacked", mountInfo)).toBe(false);
     expect(isOnReadOnlyMount("/etc/meshward/ca", undefined)).toBe(false);
+    expect(readOnlyMountPoint("/etc/meshward/ca/..data", mountInfo)).toBe("/etc/meshward/ca");
+    expect(readOnlyMountPoint("/etc/meshward/ca dir", mountInfo)).toBeUndefined();
   });
 
   /*
    * The decision with the mount table mocked: a test cannot mount where CAP_SYS_ADMIN is
    * missing (CI containers). The real mount follows when this machine allows it.
    */
-  it("accepts a root-owned 0777 directory only when its mount is read-only; the owner rule still holds", () => {
+  it("accepts a root-owned 0777 directory only when it is itself a read-only mount; the owner rule still holds", () => {
     const work = mkdtempSync(join(tmpdir(), "meshward-ca-dir-ro-"));
     try {
       const dir = join(work, "ca");
@@ -129,6 +131,8 @@ describe("a CA directory on a read-only mount (a Kubernetes Secret volume)", () 
       const readOnlyAt = (point: string) => () => `22 1 0:21 / / rw - overlay overlay rw\n30 22 0:25 / ${point} ro,relatime - tmpfs tmpfs rw`;
       expect(() => checkCaDir(dir, "--dir", readOnlyAt(dir))).not.toThrow();
       expect(() => checkCaDir(dir, "--dir", readOnlyAt(join(work, "elsewhere")))).toThrow(expect.objectContaining({ code: "E_CA_DIR_UNSAFE" }));
+      // Somewhere below a read-only mount is not enough: the directory must be the mount itself.
+      expect(() => checkCaDir(dir, "--dir", readOnlyAt(work))).toThrow(expect.objectContaining({ code: "E_CA_DIR_UNSAFE" }));
       expect(() => checkCaDir(dir, "--dir", () => undefined)).toThrow(expect.objectContaining({ code: "E_CA_DIR_UNSAFE" }));
       chownSync(dir, 12345, 12345);
       expect(() => checkCaDir(dir, "--dir", readOnlyAt(dir))).toThrow(expect.objectContaining({ code: "E_CA_DIR_UNSAFE", message: expect.stringMatching(/owned by uid 12345/) }));
