@@ -15,10 +15,10 @@ import { startCaServer } from "../ca/server.ts";
 import { MeshwardError } from "../errors.ts";
 import { KEY_ALGORITHMS } from "../pki/keys.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
-import { cliLogger, collect, logFormatOption, logLevelOption, readPassphrase, readTextFile, untilSignal, validatorOption } from "./options.ts";
+import { checkCaDirOption, cliLogger, collect, logFormatOption, logLevelOption, readPassphrase, readTextFile, untilSignal, validatorOption } from "./options.ts";
 
 export function registerCaCommand(program: Command): void {
-  const ca = program.command("ca").description("run the meshward certificate authority");
+  const ca = program.command("ca").description("run the meshward certificate authority").hook("preAction", checkCaDirOption);
 
   ca.command("init")
     .description("create a CA directory: generate a root (10 years) and an issuer (1 year), or import your organisation's root and issuer with --root-cert, --issuer-cert and --issuer-key")

@@ -13,7 +13,7 @@ import { parseSpiffeId } from "../spiffe/id.ts";
 import type { IssuanceRecord } from "../store/store.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
-import { collect, readTextFile, validatorOption } from "./options.ts";
+import { checkCaDirOption, collect, readTextFile, validatorOption } from "./options.ts";
 import { withCaStore } from "./store.ts";
 
 const VALIDATOR_CHOICES: Record<string, ValidatorChoice> = {
@@ -24,7 +24,7 @@ const VALIDATOR_CHOICES: Record<string, ValidatorChoice> = {
 };
 
 export function registerCertCommand(program: Command): void {
-  const cert = program.command("cert").description("workload certificates: issue, list, revoke, inspect");
+  const cert = program.command("cert").description("workload certificates: issue, list, revoke, inspect").hook("preAction", checkCaDirOption);
 
   cert
     .command("issue")

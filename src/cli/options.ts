@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
-import { InvalidArgumentError, Option } from "commander";
+import { InvalidArgumentError, Option, type Command } from "commander";
+import { checkCaDir } from "../identity/local-paths.ts";
 import { validatorEnumName, validatorFlagName } from "../config/fields.ts";
 import { createLogger, type LogLevel, type Logger } from "../telemetry/logger.ts";
 import { MeshwardError } from "../errors.ts";
@@ -21,6 +22,15 @@ export function readPassphrase(file: string | undefined): string | undefined {
   }
   const env = process.env.MESHWARD_CA_PASSPHRASE;
   return env === undefined || env === "" ? undefined : env;
+}
+
+/**
+ * A preAction hook for the commands that read or write a CA directory (ca, cert, token): their
+ * --dir is checked (E_CA_DIR_UNSAFE) before the action reads or writes anything in it.
+ */
+export function checkCaDirOption(_hooked: Command, action: Command): void {
+  const dir: unknown = action.opts().dir;
+  if (typeof dir === "string") checkCaDir(dir);
 }
 
 export function readTextFile(file: string, what: string): string {

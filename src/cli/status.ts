@@ -9,6 +9,7 @@ import { parseSpiffeId } from "../spiffe/id.ts";
 import { tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import { renegotiationRefusingAgent } from "../tls/undici-agent.ts";
 import { describeTimeLeft } from "../util/duration.ts";
+import { assertPrivateFile } from "../util/files.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
 import { collect } from "./options.ts";
 
@@ -79,6 +80,8 @@ function statusToken(file: string | undefined): string | undefined {
   } catch (error) {
     throw new MeshwardError("E_FILE_MISSING", `cannot read status token file ${file}: ${(error as NodeJS.ErrnoException).code ?? describeError(error)}`);
   }
+  // It opens the status endpoints: held to the key files' rule, as the servers hold theirs.
+  assertPrivateFile(file, "status token file");
   if (token === "") throw new MeshwardError("E_USAGE", `the status token file ${file} is empty`);
   return token;
 }

@@ -4,11 +4,11 @@ import { issueJoinToken } from "../ca/tokens.ts";
 import { MeshwardError } from "../errors.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
-import { collect } from "./options.ts";
+import { checkCaDirOption, collect } from "./options.ts";
 import { withCaStore } from "./store.ts";
 
 export function registerTokenCommand(program: Command): void {
-  const token = program.command("token").description("join tokens: one-time proof of identity for a workload's first certificate");
+  const token = program.command("token").description("join tokens: one-time proof of identity for a workload's first certificate").hook("preAction", checkCaDirOption);
   token
     .command("create")
     .description("create a join token bound to one workload identity; prints the token alone on the last line")

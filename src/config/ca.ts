@@ -98,7 +98,7 @@ export const caConfigSchema = z
     status: hostPort("status address")
       .optional()
       .describe("Serve the status page (/), /metrics, /healthz and /readyz over plain HTTP on this HOST:PORT (off by default)."),
-    statusTokenFile: z.string().min(1).optional().describe("File holding the status page token (at least 16 characters); required when status is not on loopback (or MESHWARD_STATUS_TOKEN)."),
+    statusTokenFile: z.string().min(1).optional().describe("File holding the status page token (at least 16 characters; the file readable by its owner only, mode 0600, else E_KEY_PERMISSIONS); required when status is not on loopback (or MESHWARD_STATUS_TOKEN)."),
     store: z.string().optional().describe("Store URL: sqlite:/path/ca.db (default: <dir>/ca.db) or postgres://…"),
     workloadTtl: duration("workload TTL").default(parseDuration("24h")).describe("Lifetime of workload certificates (capped by the issuer's remaining life)."),
     clockSkew: duration("clock skew").default(parseDuration("15m")).describe("How far NotBefore is backdated to tolerate clock skew."),

@@ -103,7 +103,7 @@ export const sidecarConfigSchema = z
       .default("reject")
       .describe("Paths with %2F or %5C: reject (400, default), unescape (decode to '/' before the policy judges and the app receives the path), or keep (judged and forwarded as they are; only for apps that never decode them). Like Envoy's path_with_escaped_slashes_action."),
     status: hostPort("status address").optional().describe("Serve /metrics, /healthz, /readyz and the status page (/) on this HOST:PORT."),
-    statusTokenFile: z.string().min(1).optional().describe("File holding the status page token (at least 16 characters); required when status is not on loopback (or MESHWARD_STATUS_TOKEN)."),
+    statusTokenFile: z.string().min(1).optional().describe("File holding the status page token (at least 16 characters; the file readable by its owner only, mode 0600, else E_KEY_PERMISSIONS); required when status is not on loopback (or MESHWARD_STATUS_TOKEN)."),
     statusPage: z
       .boolean()
       .default(true)

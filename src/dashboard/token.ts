@@ -1,10 +1,11 @@
 import { readFileSync } from "node:fs";
 import { MeshwardError } from "../errors.ts";
+import { assertPrivateFile } from "../util/files.ts";
 import { checkStatusToken, statusTokenRequired } from "./routes.ts";
 
 /**
  * The status page token from a file or MESHWARD_STATUS_TOKEN, checked (at least 16
- * characters) before anything starts. Required when the status port is not on loopback: the
+ * characters) before anything starts; the file is held to the key files' rule (E_KEY_PERMISSIONS). Required when the status port is not on loopback: the
  * page shows identities and refusals.
  */
 export function resolveStatusToken(host: string, tokenFile: string | undefined): string | undefined {
@@ -15,6 +16,8 @@ export function resolveStatusToken(host: string, tokenFile: string | undefined):
     } catch (error) {
       throw new MeshwardError("E_FILE_MISSING", `cannot read status token file ${tokenFile}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
     }
+    // Whoever reads it can open the status page: held to the key files' rule (owner only, or a Kubernetes Secret with fsGroup).
+    assertPrivateFile(tokenFile, "status token file");
   }
   if (statusTokenRequired(host) && (token === undefined || token === "")) {
     throw new MeshwardError(

@@ -215,7 +215,7 @@ describe("the CA's status page", () => {
 
   it("meshward ca serve exits with a clear error for a weak or unreadable token, before serving", async () => {
     const short = join(work, "short-token");
-    writeFileSync(short, "too-short\n");
+    writeFileSync(short, "too-short\n", { mode: 0o600 });
     const weak = await runCli(["ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--status", "0.0.0.0:0", "--status-token-file", short], { timeoutMs: 20_000 });
     expect(weak.code).toBe(1);
     expect(weak.stderr).toMatch(/at least 16 characters.*\[E_STATUS_TOKEN_WEAK\]/);

@@ -76,7 +76,7 @@ describe("meshward status: the status token from a file or the environment, neve
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/cannot read status token file .*nope: ENOENT.*\[E_FILE_MISSING\]/);
     const empty = join(dir, "empty");
-    writeFileSync(empty, "\n");
+    writeFileSync(empty, "\n", { mode: 0o600 });
     const r = await runCli(["status", "--status-url", url, "--status-token-file", empty]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/status token file .*empty is empty.*\[E_USAGE\]/);

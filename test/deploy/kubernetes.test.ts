@@ -94,6 +94,10 @@ describe("deploy/kubernetes: kustomize overlays single and ha", () => {
     expect(find(rendered.single.docs, "PersistentVolumeClaim", "meshward-ca-data").spec.accessModes).toEqual(["ReadWriteOnce"]);
     const init = ca.spec.template.spec.initContainers[0] as Doc;
     expect(init.command.join(" ")).toMatch(/install -m 0600/);
+    // The CA directory must be writable by the CA's user only (E_CA_DIR_UNSAFE): created 0700, and
+    // the kubelet must not make it group-writable at every start (fsGroup applied to the root only).
+    expect(init.command.join(" ")).toMatch(/mkdir -p -m 0700 \/var\/lib\/meshward\/ca/);
+    expect(ca.spec.template.spec.securityContext.fsGroupChangePolicy).toBe("OnRootMismatch");
   });
 
   it("ha: 3 replicas, store URL from a Secret, CA directory from a Secret, PDB, anti-affinity, NetworkPolicy", () => {

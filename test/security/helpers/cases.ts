@@ -9,6 +9,7 @@
  */
 import type { OutgoingHttpHeaders } from "node:http2";
 import type { AppRecord } from "./apps.ts";
+import { GRPC_METHOD } from "./mesh.ts";
 import type { H2Request } from "./mesh.ts";
 
 export type Expect = "refused" | "allowed" | "either";
@@ -42,6 +43,8 @@ export interface Case {
   readonly direction?: "inbound" | "outbound";
   /** Apps this case says nothing about (why: in the case's comment). */
   readonly skipApps?: readonly string[];
+  /** An allowed case: the route the app must see (default /items/1). */
+  readonly allowedRoute?: string;
   /** Only for the h2c app (gRPC goes to the app over h2c). */
   readonly grpc?: boolean;
 }
@@ -92,6 +95,8 @@ const h2Get = (path: string, extra: Partial<H2Request> = {}): H2Request => ({ me
 const rawH2 = (fields: [string, string][], body?: string): H2Request => ({ method: "GET", path: "/", rawFields: fields, ...(body === undefined ? {} : { body }) });
 const pseudo = (path = "/items/1", method = "GET", authority = "app.shop"): [string, string][] => [[":method", method], [":scheme", "https"], [":authority", authority], [":path", path]];
 const grpcHeaders: OutgoingHttpHeaders = { "content-type": "application/grpc", te: "trailers" };
+/** One gRPC length-prefixed message (not compressed, 3 bytes). */
+const GRPC_FRAME = Buffer.from([0, 0, 0, 0, 3, 0x0a, 0x01, 0x31]);
 
 /** Cases sent as raw HTTP/1.1 bytes (inbound over mTLS, outbound in plaintext). */
 export const H1_CASES: Case[] = [
@@ -353,4 +358,37 @@ export const H2_CASES: Case[] = [
 ];
 
 /** Cases for the h2c app: the sidecar forwards gRPC to it over HTTP/2. */
-export const GRPC_CASES: Case[] = H2_CASES.filter((c) => c.id.startsWith("grpc-type-")).map((c) => ({ ...c, grpc: true }));
+export const GRPC_CASES: Case[] = ([
+  ...H2_CASES.filter((c) => c.id.startsWith("grpc-type-")),
+  /*
+   * An allowed gRPC call (POST, application/grpc, the method the policy allows) carrying forged
+   * identity headers: check (c) on a gRPC request — the app must read exactly the sidecar's XFCC
+   * and dapr-caller-app-id / dapr-caller-namespace / dapr-callee-app-id, as Dapr's callee sidecar
+   * sets them on gRPC metadata (dapr/dapr pkg/messaging/grpc_proxy.go setLocalIdentityMetadata).
+   * The body is one gRPC message frame (PROTOCOL-HTTP2.md: 1-byte flag, 4-byte length, message).
+   */
+  {
+    id: "grpc-allowed-forged-identity",
+    cls: "Dapr caller headers",
+    expect: "allowed",
+    identity: true,
+    allowedRoute: GRPC_METHOD,
+    h2: {
+      method: "POST",
+      path: GRPC_METHOD,
+      headers: {
+        ...grpcHeaders,
+        "x-forwarded-client-cert": FORGED_XFCC,
+        "x_forwarded_client_cert": FORGED_XFCC,
+        "dapr-caller-app-id": FORGED,
+        "dapr_caller_namespace": FORGED,
+        "dapr-callee-app-id": FORGED,
+      },
+      body: GRPC_FRAME,
+    },
+  },
+  { id: "grpc-allowed-plain-values", cls: "Dapr caller headers", expect: "allowed", allowedRoute: GRPC_METHOD, h2: { method: "POST", path: GRPC_METHOD, headers: { ...grpcHeaders, "dapr-caller-app-id": "admin", "dapr-caller-namespace": "kube-system", "dapr-callee-app-id": "payments" }, body: GRPC_FRAME } },
+  // The allow is for that one method: another method of the same service, and the same method over HTTP, stay denied.
+  { id: "grpc-other-method", cls: "policy matching", expect: "refused", h2: { method: "POST", path: "/shop.Items/Delete", headers: grpcHeaders, body: GRPC_FRAME } },
+  { id: "grpc-method-as-http", cls: "policy matching", expect: "refused", h2: { method: "POST", path: GRPC_METHOD, headers: { "content-type": "application/json" }, body: "{}" } },
+] satisfies Case[]).map((c): Case => ({ ...c, grpc: true }));

@@ -2,7 +2,8 @@
  * Issue 14, Proof: the differential suite. Every attack class, over HTTP/1.1 (raw bytes) and
  * HTTP/2 (ALPN h2 inbound, prior knowledge outbound), inbound and outbound, through the sidecar
  * to real app servers. From what each app itself parsed (and the bytes a tap saw on its socket):
- *   (a) the app saw only requests the policy allowed (GET under /items, as the app resolves it);
+ *   (a) the app saw only requests the policy allowed (GET under /items, as the app resolves it;
+ *       on the h2c app also gRPC calls of the one method it allows, GRPC_METHOD);
  *   (b) each request framed once: the app saw as many requests as the sidecar answered from it;
  *   (c) no identity header but the sidecar's own XFCC, exactly once, in any spelling, also in
  *       trailers and in WSGI's HTTP_X_FORWARDED_CLIENT_CERT (PEP 3333); likewise exactly the
@@ -18,7 +19,7 @@ import { nodeRoute } from "./apps.ts";
 import type { AppName, AppRecord } from "./apps.ts";
 import { FORGED, GRPC_CASES, H1_CASES, H2_CASES } from "./cases.ts";
 import type { Case, Transport } from "./cases.ts";
-import { byApp, bySidecar, h1Exchange, h2Exchange, routeHeader, startSecurityMesh, underItems } from "./mesh.ts";
+import { byApp, bySidecar, GRPC_METHOD, h1Exchange, h2Exchange, routeHeader, startSecurityMesh, underItems } from "./mesh.ts";
 import type { Answer, MeshApp, SecurityMesh } from "./mesh.ts";
 import { readWire } from "./wire.ts";
 import type { WireReading } from "./wire.ts";
@@ -117,6 +118,11 @@ function checkInvariants(target: MeshApp, c: Case, o: Observed): void {
   const seen = o.records.map(describeRecord);
   // (a) only what the policy allows, as the app itself resolved it.
   for (const r of o.records) {
+    // The one gRPC method the policy allows (GRPC_METHOD): a gRPC POST to exactly that method.
+    if (c.grpc && r.method === "POST" && r.route === GRPC_METHOD) {
+      expect.soft(r.headers.filter((h) => norm(h[0]!) === "content-type").map((h) => h[1]), `(a) the app saw ${describeRecord(r)} without the gRPC content-type`).toEqual(["application/grpc"]);
+      continue;
+    }
     expect.soft(r.method, `(a) the app saw a non-GET request: ${describeRecord(r)}`).toBe("GET");
     expect.soft(underItems(r.route), `(a) the app resolved a path outside /items: ${describeRecord(r)}`).toBe(true);
   }
@@ -163,7 +169,7 @@ function checkExpectation(c: Case, o: Observed): void {
     expect(first!.status, first!.body).toBe(200);
     expect(byApp(first!)).toBe(true);
     expect(o.records).toHaveLength(1);
-    expect(o.records[0]!.route).toBe("/items/1");
+    expect(o.records[0]!.route).toBe(c.allowedRoute ?? "/items/1");
     return;
   }
   if (c.expect === "refused") {

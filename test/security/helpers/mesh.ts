@@ -1,6 +1,7 @@
 /**
  * The security suite's mesh: a real meshward CA, one inbound sidecar per recording app
- * (namespace "shop", policy "orders may GET /items/**, everything else denied"), one outbound
+ * (namespace "shop", policy "orders may GET /items/** and call gRPC /shop.Items/Get, everything
+ * else denied"), one outbound
  * sidecar for the caller `orders`, and the attacker's clients: raw bytes over mTLS (HTTP/1.1),
  * node:http2 over mTLS with ALPN h2, raw bytes and HTTP/2 prior knowledge (h2c) to the outbound
  * port. The attacker holds a valid `orders` workload certificate throughout.
@@ -23,7 +24,15 @@ export const NAMESPACE = "shop";
 export const CALLER = "orders";
 export const CALLER_ID = `spiffe://${TD}/ns/${NAMESPACE}/${CALLER}`;
 
-/** Dapr accessControl: orders (namespace shop) may GET /items/**; everything else denied. */
+/**
+ * The one gRPC method the policy allows (a rule without httpVerb: gRPC only, src/policy/decide.ts
+ * rule 9/10), so that an allowed gRPC request reaches the h2c app and check (c) runs on it. It is
+ * outside /items: an HTTP request to it, with any verb, still gets the default deny, and gRPC to
+ * /items/** is still not granted (the grpc-type-* cases stay refused).
+ */
+export const GRPC_METHOD = "/shop.Items/Get";
+
+/** Dapr accessControl: orders (namespace shop) may GET /items/** and call the gRPC method GRPC_METHOD; everything else denied. */
 export const POLICY = `kind: Configuration
 spec:
   accessControl:
@@ -37,6 +46,8 @@ spec:
         operations:
           - name: /items/**
             httpVerb: ["GET"]
+            action: allow
+          - name: ${GRPC_METHOD}
             action: allow
 `;
 
