@@ -9,27 +9,19 @@ import { caConfigSchema } from "../../src/config/ca.ts";
 import { initAnchors } from "../../src/ca/anchors.ts";
 import { startCaServer, type CaServer } from "../../src/ca/server.ts";
 import { issueJoinToken } from "../../src/ca/tokens.ts";
-import { isMeshwardError } from "../../src/errors.ts";
 import { requestCertificate, type CaConnection, type CertificateRequest } from "../../src/identity/ca-client.ts";
 import { createCsr } from "../../src/pki/csr.ts";
 import { inspectCertificate } from "../../src/pki/inspect.ts";
 import { generateKeyPair } from "../../src/pki/keys.ts";
 import { certificatesFromPem, pemBlocks, toPem } from "../../src/pki/pem.ts";
 import { exec } from "../helpers/exec.ts";
+import { refusal } from "../helpers/refusal.ts";
 
 type SigningKey = Awaited<ReturnType<typeof joseKeyPair>>["privateKey"];
 const TD = "authority.test";
 const silent = pino({ level: "silent" });
 
-async function refusal(promise: Promise<unknown>): Promise<{ code: string; message: string }> {
-  try {
-    await promise;
-  } catch (error) {
-    if (isMeshwardError(error)) return { code: error.code, message: error.message };
-    throw error;
-  }
-  throw new Error("expected the CA to refuse, but it signed");
-}
+const refused = (promise: Promise<unknown>) => refusal(promise, "the CA signed");
 
 describe("CA signing API: every refusal, and the CA keeps serving", () => {
   let work: string;
@@ -112,14 +104,14 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
     ["a CSR naming another app's SPIFFE ID", async () => await csr({ spiffeId: `spiffe://${TD}/ns/orders/payments` }), "E_CSR_IDENTITY_MISMATCH"],
     ["a CSR asking for a DNS name the token does not allow", async () => await csr({ dnsNames: ["db.internal"] }), "E_CSR_DNS_NOT_ALLOWED"],
   ])("refuses %s", async (_name, make, code) => {
-    const r = await refusal(ask({ ...(await make()), token: await joinToken("orders", "api") }));
+    const r = await refused(ask({ ...(await make()), token: await joinToken("orders", "api") }));
     expect(r.code).toBe(code);
     await stillServes();
   });
 
   it("does not spend a join token on a CSR it refuses", async () => {
     const token = await joinToken("orders", "retry");
-    expect((await refusal(ask({ csrPem: "garbage", token }))).code).toBe("E_CSR_INVALID");
+    expect((await refused(ask({ csrPem: "garbage", token }))).code).toBe("E_CSR_INVALID");
     await ask({ ...(await csr()), token });
   });
 
@@ -131,7 +123,7 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
     const keyArgs = keyType === "ec" ? ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] : ["-newkey", keyType];
     const made = await exec("openssl", ["req", "-new", ...keyArgs, "-nodes", "-subj", "/CN=x", "-keyout", join(dir, "k.pem"), "-out", join(dir, "csr.pem"), ...ext]);
     expect(made.code, made.stderr).toBe(0);
-    const r = await refusal(ask({ csrPem: readFileSync(join(dir, "csr.pem"), "utf8"), token: await joinToken("orders", "api") }));
+    const r = await refused(ask({ csrPem: readFileSync(join(dir, "csr.pem"), "utf8"), token: await joinToken("orders", "api") }));
     expect(r.code).toBe(code);
     await stillServes();
   });
@@ -160,12 +152,12 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
     ["a namespace mismatch", async () => ({ ...(await csr()), namespace: "billing" }), "E_IDENTITY_MISMATCH"],
   ])("leaves a single-use token unspent when it refuses %s", async (_name, make, code) => {
     const token = await joinToken("orders", "once");
-    expect((await refusal(ask({ ...(await make()), token }))).code).toBe(code);
+    expect((await refused(ask({ ...(await make()), token }))).code).toBe(code);
     expect(await usesLeft(token)).toBe(1);
     const signed = await ask({ ...(await csr()), token });
     expect(inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer).uris).toEqual([`spiffe://${TD}/ns/orders/once`]);
     expect(await usesLeft(token)).toBe(0);
-    expect((await refusal(ask({ ...(await csr()), token }))).code).toBe("E_TOKEN_USED");
+    expect((await refused(ask({ ...(await csr()), token }))).code).toBe("E_TOKEN_USED");
   });
 
   it("gives exactly one certificate for a single-use token raced by 24 requests, and logs only that one", async () => {
@@ -196,32 +188,32 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
   it("refuses a reused, an expired and an unknown join token", async () => {
     const token = await joinToken("orders", "api");
     await ask({ ...(await csr()), token });
-    expect((await refusal(ask({ ...(await csr()), token }))).code).toBe("E_TOKEN_USED");
-    expect((await refusal(ask({ ...(await csr()), token: await joinToken("orders", "api", { expiresInMs: -1000 }) }))).code).toBe("E_TOKEN_EXPIRED");
-    expect((await refusal(ask({ ...(await csr()), token: "mwjt_" + "A".repeat(43) }))).code).toBe("E_TOKEN_UNKNOWN");
-    expect((await refusal(ask({ ...(await csr()), token: "" }))).code).toBe("E_TOKEN_MISSING");
+    expect((await refused(ask({ ...(await csr()), token }))).code).toBe("E_TOKEN_USED");
+    expect((await refused(ask({ ...(await csr()), token: await joinToken("orders", "api", { expiresInMs: -1000 }) }))).code).toBe("E_TOKEN_EXPIRED");
+    expect((await refused(ask({ ...(await csr()), token: "mwjt_" + "A".repeat(43) }))).code).toBe("E_TOKEN_UNKNOWN");
+    expect((await refused(ask({ ...(await csr()), token: "" }))).code).toBe("E_TOKEN_MISSING");
     await stillServes();
   });
 
   it("refuses a request for another trust domain", async () => {
-    const r = await refusal(ask({ ...(await csr()), token: await joinToken("orders", "api") }, { ...connection, trustDomain: "other.test" }).catch((e) => Promise.reject(e)));
+    const r = await refused(ask({ ...(await csr()), token: await joinToken("orders", "api") }, { ...connection, trustDomain: "other.test" }).catch((e) => Promise.reject(e)));
     // The client itself refuses to talk to a CA that is not other.test's (server identity check) …
     expect(["E_SPIFFE_MISMATCH", "E_CA_UNAVAILABLE", "E_CA_ERROR"]).toContain(r.code);
     // … and the CA refuses a request naming another trust domain.
-    const direct = await refusal(
+    const direct = await refused(
       server.authority.sign({ csr: (await csr()).csrPem, token: await joinToken("orders", "api"), validator: "join-token", appId: "", namespace: "", trustDomain: "other.test", peer: undefined }),
     );
     expect(direct.code).toBe("E_TRUST_DOMAIN_MISMATCH");
   });
 
   it("refuses an oversized request", async () => {
-    const r = await refusal(ask({ csrPem: "A".repeat(64 * 1024), token: "x" }));
+    const r = await refused(ask({ csrPem: "A".repeat(64 * 1024), token: "x" }));
     expect(r.code).toBe("E_REQUEST_TOO_LARGE");
     await stillServes();
   });
 
   it("refuses the insecure validator unless --allow-insecure-dev", async () => {
-    const r = await refusal(ask({ ...(await csr()), token: "", validator: "INSECURE", namespace: "orders", appId: "api" }));
+    const r = await refused(ask({ ...(await csr()), token: "", validator: "INSECURE", namespace: "orders", appId: "api" }));
     expect(r.code).toBe("E_VALIDATOR_DISABLED");
   });
 
@@ -246,14 +238,14 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
       ["an expired token", { expiresIn: "-5m" }, "E_TOKEN_EXPIRED"],
     ])("refuses %s", async (_name, opts, code) => {
       const token = await sat({ ...opts, ...("wrongKey" in opts ? { key: otherJwtKey } : {}) });
-      expect((await refusal(ask({ ...(await csr()), token, validator: "JWKS" }))).code).toBe(code);
+      expect((await refused(ask({ ...(await csr()), token, validator: "JWKS" }))).code).toBe(code);
       await stillServes();
     });
     it("refuses a token for one app used to ask for another", async () => {
-      expect((await refusal(ask({ ...(await csr()), token: await sat(), validator: "JWKS", appId: "payments" }))).code).toBe("E_IDENTITY_MISMATCH");
+      expect((await refused(ask({ ...(await csr()), token: await sat(), validator: "JWKS", appId: "payments" }))).code).toBe("E_IDENTITY_MISMATCH");
     });
     it("refuses garbage", async () => {
-      expect((await refusal(ask({ ...(await csr()), token: "not.a.jwt", validator: "JWKS" }))).code).toBe("E_TOKEN_INVALID");
+      expect((await refused(ask({ ...(await csr()), token: "not.a.jwt", validator: "JWKS" }))).code).toBe("E_TOKEN_INVALID");
     });
   });
 
@@ -272,7 +264,7 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
       let r = { code: "" };
       for (let i = 0; i < 30 && r.code !== "E_CERT_REVOKED"; i++) {
         await new Promise((resolve) => setTimeout(resolve, 100));
-        r = await refusal(ask({ ...(await csr()), token: "", validator: "SVID" }, renewConn)).catch(() => ({ code: "signed" }));
+        r = await refused(ask({ ...(await csr()), token: "", validator: "SVID" }, renewConn)).catch(() => ({ code: "signed" }));
       }
       expect(r.code).toBe("E_CERT_REVOKED");
     });
@@ -287,7 +279,7 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
           { address: other.address, bundlePem: readFileSync(join(otherDir, "bundle.pem"), "utf8"), trustDomain: TD },
           { csrPem: await createCsr({ keyPair }), token: "", validator: "INSECURE", namespace: "orders", appId: "renewer" },
         );
-        const r = await refusal(ask({ ...(await csr()), token: "", validator: "SVID" }, { ...connection, clientCertificate: { certChainPem: foreign.certChainPem, privateKey: keyPair.privateKey } }));
+        const r = await refused(ask({ ...(await csr()), token: "", validator: "SVID" }, { ...connection, clientCertificate: { certChainPem: foreign.certChainPem, privateKey: keyPair.privateKey } }));
         expect(r.code).toBe("E_ATTESTATION_UNTRUSTED");
       } finally {
         await other.close();
@@ -317,7 +309,7 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
       const verified = await exec("openssl", ["verify", "-purpose", "sslclient", "-CAfile", join(caDir, "bundle.pem"), "-untrusted", join(caDir, "issuer.pem"), join(dir, "cert.pem")]);
       expect(verified.stdout + verified.stderr).toContain("OK");
       const privateKey = createPrivateKey(readFileSync(join(dir, "k.pem")));
-      const r = await refusal(ask({ ...(await csr()), token: "", validator: "SVID" }, { ...connection, clientCertificate: { certChainPem: chain, privateKey } }));
+      const r = await refused(ask({ ...(await csr()), token: "", validator: "SVID" }, { ...connection, clientCertificate: { certChainPem: chain, privateKey } }));
       expect(r.code).toBe("E_ATTESTATION_UNTRUSTED");
       expect(r.message).toMatch(/not a leaf SVID/);
       const first = await csr();
@@ -327,7 +319,7 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
     });
 
     it("refuses renewal without a client certificate", async () => {
-      expect((await refusal(ask({ ...(await csr()), token: "", validator: "SVID" }))).code).toBe("E_ATTESTATION_NO_CERT");
+      expect((await refused(ask({ ...(await csr()), token: "", validator: "SVID" }))).code).toBe("E_ATTESTATION_NO_CERT");
     });
   });
 
@@ -359,9 +351,9 @@ describe("the issuer's validity bounds every signature", () => {
         const issuerNotAfter = t0.getTime() + 2 * 3_600_000;
         expect(Math.abs(capped.notAfter.getTime() - issuerNotAfter)).toBeLessThan(1000);
         now = new Date(issuerNotAfter + 1000);
-        expect((await refusal(sign())).code).toBe("E_ISSUER_EXPIRED");
+        expect((await refused(sign())).code).toBe("E_ISSUER_EXPIRED");
         now = new Date(t0.getTime() - 3_600_000);
-        expect((await refusal(sign())).code).toBe("E_ISSUER_NOT_YET_VALID");
+        expect((await refused(sign())).code).toBe("E_ISSUER_NOT_YET_VALID");
       } finally {
         await server.close();
       }

@@ -15,6 +15,7 @@ import { generateKeyPair as meshwardKeyPair } from "../../src/pki/keys.ts";
 import { jwksAttestor } from "../../src/ca/attest/jwks.ts";
 import { caConfigSchema, jwksValidatorSchema } from "../../src/config/ca.ts";
 import { isMeshwardError } from "../../src/errors.ts";
+import { refusal } from "../helpers/refusal.ts";
 
 // The JWT validator against what an attacker can put in a token (RFC 8725, JWT Best Current
 // Practices): the algorithm (§2.1, §3.1: `none`, and HS256 keyed with a public key — §2.1
@@ -82,15 +83,7 @@ async function attest(token: string, request: { appId?: string; namespace?: stri
   return identity.spiffeId;
 }
 
-async function refusal(promise: Promise<unknown>): Promise<{ code: string; message: string }> {
-  try {
-    await promise;
-  } catch (error) {
-    if (isMeshwardError(error)) return { code: error.code, message: error.message };
-    throw error;
-  }
-  throw new Error("expected a refusal, but the token was accepted");
-}
+const refused = (promise: Promise<unknown>) => refusal(promise, "the token was accepted");
 
 describe("JWT validator: algorithms (RFC 8725 §2.1, §3.1)", () => {
   it("accepts the ES256 token signed by a JWKS key (control)", async () => {
@@ -98,7 +91,7 @@ describe("JWT validator: algorithms (RFC 8725 §2.1, §3.1)", () => {
   });
 
   it("refuses alg none, even naming a JWKS key id", async () => {
-    const r = await refusal(attest(`${b64({ alg: "none", kid: "ec-1" })}.${b64(claims())}.`));
+    const r = await refused(attest(`${b64({ alg: "none", kid: "ec-1" })}.${b64(claims())}.`));
     expect(r.code).toBe("E_TOKEN_SIGNATURE");
     expect(r.message).toMatch(/algorithm that is not allowed/);
   });
@@ -106,13 +99,13 @@ describe("JWT validator: algorithms (RFC 8725 §2.1, §3.1)", () => {
   it("refuses HS256 keyed with the JWKS's RSA public key (algorithm confusion); RS256 with that key id is the only way in", async () => {
     const input = `${b64({ alg: "HS256", kid: "rsa-1" })}.${b64(claims())}`;
     const forged = `${input}.${createHmac("sha256", rsaPublicPem).update(input).digest("base64url")}`;
-    expect((await refusal(attest(forged))).code).toBe("E_TOKEN_SIGNATURE");
+    expect((await refused(attest(forged))).code).toBe("E_TOKEN_SIGNATURE");
     // The same key id with an ES256 signature from another key does not verify either.
-    expect((await refusal(attest(await sign(claims(), { alg: "ES256", kid: "rsa-1" }))))).toMatchObject({ code: "E_TOKEN_SIGNATURE" });
+    expect((await refused(attest(await sign(claims(), { alg: "ES256", kid: "rsa-1" }))))).toMatchObject({ code: "E_TOKEN_SIGNATURE" });
   });
 
   it("refuses a token without kid when several JWKS keys could have signed it, naming why; with its kid it is accepted", async () => {
-    const r = await refusal(attest(await sign(claims(), { alg: "ES256" }, secondEcKey)));
+    const r = await refused(attest(await sign(claims(), { alg: "ES256" }, secondEcKey)));
     expect(r.code).toBe("E_TOKEN_SIGNATURE");
     expect(r.message).toMatch(/kid/);
     expect(await attest(await sign(claims(), { alg: "ES256", kid: "ec-2" }, secondEcKey))).toBe(`spiffe://${TD}/ns/orders/api`);
@@ -122,23 +115,23 @@ describe("JWT validator: algorithms (RFC 8725 §2.1, §3.1)", () => {
 describe("JWT validator: time claims (60 s tolerance)", () => {
   it("refuses a token without exp; one with exp is accepted", async () => {
     const { exp: _exp, ...withoutExp } = claims();
-    const r = await refusal(attest(await sign(withoutExp)));
+    const r = await refused(attest(await sign(withoutExp)));
     expect(r.code).toBe("E_TOKEN_CLAIMS");
     expect(r.message).toMatch(/exp/);
   });
 
   it("refuses nbf 10 minutes ahead; nbf 30 s ahead is within the tolerance", async () => {
-    expect((await refusal(attest(await sign(claims({ nbf: nowSeconds() + 600 }))))).code).toBe("E_TOKEN_NOT_YET_VALID");
+    expect((await refused(attest(await sign(claims({ nbf: nowSeconds() + 600 }))))).code).toBe("E_TOKEN_NOT_YET_VALID");
     expect(await attest(await sign(claims({ nbf: nowSeconds() + 30 })))).toBe(`spiffe://${TD}/ns/orders/api`);
   });
 
   it("refuses exp 5 minutes ago; exp 30 s ago is within the tolerance", async () => {
-    expect((await refusal(attest(await sign(claims({ exp: nowSeconds() - 300 }))))).code).toBe("E_TOKEN_EXPIRED");
+    expect((await refused(attest(await sign(claims({ exp: nowSeconds() - 300 }))))).code).toBe("E_TOKEN_EXPIRED");
     expect(await attest(await sign(claims({ exp: nowSeconds() - 30 })))).toBe(`spiffe://${TD}/ns/orders/api`);
   });
 
   it("refuses a token issued in the future (iat a day ahead), as jwx does for Sentry; iat 30 s ahead is within the tolerance", async () => {
-    const r = await refusal(attest(await sign(claims({ iat: nowSeconds() + 86_400, exp: nowSeconds() + 2 * 86_400 }))));
+    const r = await refused(attest(await sign(claims({ iat: nowSeconds() + 86_400, exp: nowSeconds() + 2 * 86_400 }))));
     expect(r.code).toBe("E_TOKEN_NOT_YET_VALID");
     expect(r.message).toMatch(/issued in the future/);
     expect(await attest(await sign(claims({ iat: nowSeconds() + 30 })))).toBe(`spiffe://${TD}/ns/orders/api`);
@@ -153,18 +146,18 @@ describe("JWT validator: claims become an identity only as valid SPIFFE path seg
     ["orders", ""],
     ["Orders\n", "api"],
   ])("refuses namespace %j / service account %j", async (namespace, serviceAccount) => {
-    const r = await refusal(attest(await sign(claims({}, namespace, serviceAccount))));
+    const r = await refused(attest(await sign(claims({}, namespace, serviceAccount))));
     expect(r.code).toBe("E_SPIFFE_ID_INVALID");
   });
 
   it("refuses a token for namespace orders asking for namespace billing; asking for orders is accepted", async () => {
     const token = await sign(claims());
-    expect((await refusal(attest(token, { namespace: "billing" }))).code).toBe("E_IDENTITY_MISMATCH");
+    expect((await refused(attest(token, { namespace: "billing" }))).code).toBe("E_IDENTITY_MISMATCH");
     expect(await attest(token, { namespace: "orders", appId: "api" })).toBe(`spiffe://${TD}/ns/orders/api`);
   });
 
   it("refuses a token over 16 KiB before parsing it", async () => {
-    const r = await refusal(attest(await sign(claims({ padding: "x".repeat(16 * 1024) }))));
+    const r = await refused(attest(await sign(claims({ padding: "x".repeat(16 * 1024) }))));
     expect(r.code).toBe("E_TOKEN_INVALID");
     expect(r.message).toMatch(/longer than/);
   });
@@ -198,7 +191,7 @@ describe("jwksUrl: a token with an unknown kid does not make the CA refetch with
     expect(fetches).toBe(1);
     for (let i = 0; i < 20; i++) {
       const kid = `forged-${Math.random().toString(36).slice(2)}`;
-      expect((await refusal(attest(await sign(claims(), { alg: "ES256", kid }), {}, remote))).code).toBe("E_TOKEN_SIGNATURE");
+      expect((await refused(attest(await sign(claims(), { alg: "ES256", kid }), {}, remote))).code).toBe("E_TOKEN_SIGNATURE");
     }
     expect(fetches).toBe(1);
     expect(await attest(await sign(claims()), {}, remote)).toBe(`spiffe://${TD}/ns/orders/api`);

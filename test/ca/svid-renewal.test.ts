@@ -2,9 +2,9 @@ import { X509Certificate } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
 import { fromCertificate } from "../../src/ca/attest/peer.ts";
 import { svidAttestor } from "../../src/ca/attest/svid.ts";
-import { isMeshwardError } from "../../src/errors.ts";
 import { generateKeyPair, issueLeafCertificate } from "../../src/pki/index.ts";
 import { HOUR, makeCa, type TestCa } from "../pki/helpers.ts";
+import { refusal } from "../helpers/refusal.ts";
 
 // Renewal with the current SVID (validator "svid"), as SPIRE's agent renews with its own SVID
 // (spiffe/spire pkg/server/api/svid/v1 and pkg/server/ca): what a workload presenting a
@@ -44,15 +44,7 @@ function renew(peer: ReturnType<typeof leaf>, request: { appId?: string; namespa
   });
 }
 
-async function refusal(promise: Promise<unknown>): Promise<{ code: string; message: string }> {
-  try {
-    await promise;
-  } catch (error) {
-    if (isMeshwardError(error)) return { code: error.code, message: error.message };
-    throw error;
-  }
-  throw new Error("expected a refusal, but the renewal was accepted");
-}
+const refused = (promise: Promise<unknown>) => refusal(promise, "the renewal was accepted");
 
 describe("renewal with the current SVID: exactly the presented identity, only while it is valid and trusted", () => {
   const id = `spiffe://${TD}/ns/orders/api`;
@@ -67,18 +59,18 @@ describe("renewal with the current SVID: exactly the presented identity, only wh
     ["another namespace", { namespace: "billing" }, "E_IDENTITY_MISMATCH"],
     ["another trust domain", { trustDomain: "other.test" }, "E_TRUST_DOMAIN_MISMATCH"],
   ])("refuses a request for %s than the presented SVID", async (_name, request, code) => {
-    expect((await refusal(renew(leaf(id), request))).code).toBe(code);
+    expect((await refused(renew(leaf(id), request))).code).toBe(code);
   });
 
   it("refuses an expired SVID (E_CERT_EXPIRED), and the same SVID a second before it expires renews", async () => {
     const peer = leaf(id);
-    expect((await refusal(renew(peer, { now: new Date(peer.notAfter.getTime() + 1000) }))).code).toBe("E_CERT_EXPIRED");
+    expect((await refused(renew(peer, { now: new Date(peer.notAfter.getTime() + 1000) }))).code).toBe("E_CERT_EXPIRED");
     expect(await renew(peer, { now: new Date(peer.notAfter.getTime() - 1000) })).toMatchObject({ spiffeId: id });
   });
 
   it("refuses an SVID that is not valid yet", async () => {
     const future = leaf(id, ca, { notBefore: new Date(Date.now() + HOUR), notAfter: new Date(Date.now() + 2 * HOUR) });
-    const r = await refusal(renew(future));
+    const r = await refused(renew(future));
     expect(r.code).toBe("E_ATTESTATION_UNTRUSTED");
     expect(r.message).toMatch(/not valid before/);
   });
@@ -86,7 +78,7 @@ describe("renewal with the current SVID: exactly the presented identity, only wh
   it("renews an SVID of the old root while both roots are trusted, and refuses it once the old root is retired", async () => {
     const old = leaf(id, ca);
     expect(await renew(old, { trust: [rotatedCa, ca] })).toMatchObject({ spiffeId: id });
-    const r = await refusal(renew(old, { trust: [rotatedCa] }));
+    const r = await refused(renew(old, { trust: [rotatedCa] }));
     expect(r.code).toBe("E_ATTESTATION_UNTRUSTED");
     expect(await renew(leaf(id, rotatedCa), { trust: [rotatedCa] })).toMatchObject({ spiffeId: id });
   });
@@ -98,19 +90,19 @@ describe("renewal with the current SVID: exactly the presented identity, only wh
   it("does not take a TLS verification from before a root was retired for a verification now", async () => {
     const verifiedAtConnect = { ...leaf(id, ca), chainVerifiedByTls: true, presentedIntermediates: [ca.issuer.certificate] };
     expect(await renew(verifiedAtConnect, { trust: [rotatedCa, ca] })).toMatchObject({ spiffeId: id });
-    expect((await refusal(renew(verifiedAtConnect, { trust: [rotatedCa] }))).code).toBe("E_ATTESTATION_UNTRUSTED");
+    expect((await refused(renew(verifiedAtConnect, { trust: [rotatedCa] }))).code).toBe("E_ATTESTATION_UNTRUSTED");
     const current = { ...leaf(id, rotatedCa), chainVerifiedByTls: true, presentedIntermediates: [rotatedCa.issuer.certificate] };
     expect(await renew(current, { trust: [rotatedCa] })).toMatchObject({ spiffeId: id });
   });
 
   it("refuses an SVID of another trust domain's CA, for its own identity or for ours", async () => {
     for (const foreign of ["spiffe://other.test/ns/orders/api", id]) {
-      expect((await refusal(renew(leaf(foreign, otherDomain)))).code).toBe("E_ATTESTATION_UNTRUSTED");
+      expect((await refused(renew(leaf(foreign, otherDomain)))).code).toBe("E_ATTESTATION_UNTRUSTED");
     }
   });
 
   it("refuses an SVID that is not a workload ID (spiffe://<td>/ns/<ns>/<app>), though it chains to the CA", async () => {
-    const r = await refusal(renew(leaf(`spiffe://${TD}/admin`)));
+    const r = await refused(renew(leaf(`spiffe://${TD}/admin`)));
     expect(r.code).toBe("E_SPIFFE_ID_NOT_WORKLOAD");
   });
 });
