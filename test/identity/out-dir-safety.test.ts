@@ -8,6 +8,15 @@ import { startWorkloadApiServer } from "../../src/identity/workload-api/index.ts
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
 
+/** A directory under `work` with `mode`, owned by `owner` (uid and gid) when given. */
+function makeDir(work: string, name: string, mode: number, owner?: number): string {
+  const path = join(work, name);
+  mkdirSync(path);
+  if (owner !== undefined) chownSync(path, owner, owner);
+  chmodSync(path, mode);
+  return path;
+}
+
 /**
  * Red team: the directory that receives cert.pem and key.pem, when another local user can write
  * into it. Whoever can write there can replace the files the TLS server loads, and can plant a
@@ -22,13 +31,7 @@ import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
 describe("the --out directory must be writable by its owner only", () => {
   const work = mkdtempSync(join(tmpdir(), "meshward-out-safety-"));
   afterAll(() => rmSync(work, { recursive: true, force: true }));
-  const dir = (name: string, mode: number, owner?: number) => {
-    const path = join(work, name);
-    mkdirSync(path);
-    if (owner !== undefined) chownSync(path, owner, owner);
-    chmodSync(path, mode);
-    return path;
-  };
+  const dir = (name: string, mode: number, owner?: number) => makeDir(work, name, mode, owner);
 
   it("refuses a directory others or the group can write (sticky or not), or that another user owns, naming the fix", () => {
     expect(process.getuid?.()).toBe(0);
@@ -69,13 +72,7 @@ describe("the --out directory must be writable by its owner only", () => {
 describe("the Workload API socket's directory must be writable by its owner only", () => {
   const work = mkdtempSync(join(tmpdir(), "meshward-socket-safety-"));
   afterAll(() => rmSync(work, { recursive: true, force: true }));
-  const dir = (name: string, mode: number, owner?: number) => {
-    const path = join(work, name);
-    mkdirSync(path);
-    if (owner !== undefined) chownSync(path, owner, owner);
-    chmodSync(path, mode);
-    return path;
-  };
+  const dir = (name: string, mode: number, owner?: number) => makeDir(work, name, mode, owner);
 
   it("refuses a directory others or the group can write, or another user's; accepts its own 0755 one", async () => {
     expect(process.getuid?.()).toBe(0);
