@@ -211,7 +211,10 @@ describe("sidecar inbound: dapr-caller-app-id / dapr-caller-namespace / dapr-cal
   const grpcCall = (spiffeId: string) => {
     const { cert, key, ca } = credentials(spiffeId);
     const creds = grpc.credentials.createSsl(Buffer.from(ca), Buffer.from(key), Buffer.from(cert), { checkServerIdentity: () => undefined });
-    const client = new EchoClient(`127.0.0.1:${grpcSidecar.addresses.inbound.port}`, creds) as unknown as Record<string, (...args: unknown[]) => grpc.ClientUnaryCall> & grpc.Client;
+    const client = new EchoClient(`127.0.0.1:${grpcSidecar.addresses.inbound.port}`, creds, {
+      // Node 26 refuses an IP address as the TLS server name, which grpc-js would send for 127.0.0.1.
+      "grpc.ssl_target_name_override": "localhost",
+    }) as unknown as Record<string, (...args: unknown[]) => grpc.ClientUnaryCall> & grpc.Client;
     const md = new grpc.Metadata();
     md.add("dapr-caller-app-id", "admin");
     md.add("dapr-caller-namespace", "kube-system");
