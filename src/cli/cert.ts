@@ -13,7 +13,7 @@ import { parseSpiffeId } from "../spiffe/id.ts";
 import type { IssuanceRecord } from "../store/store.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
-import { checkCaDirOption, collect, readTextFile, validatorOption } from "./options.ts";
+import { TOKEN_ON_COMMAND_LINE, checkCaDirOption, collect, readTextFile, validatorOption } from "./options.ts";
 import { withCaStore } from "./store.ts";
 
 const VALIDATOR_CHOICES: Record<string, ValidatorChoice> = {
@@ -31,7 +31,7 @@ export function registerCertCommand(program: Command): void {
     .description("get a workload certificate from a CA: the key is made here and never leaves this host")
     .requiredOption("--ca <addr>", "CA address HOST:PORT, or the replicas' addresses comma-separated")
     .requiredOption("--bundle <file>", "trust bundle (PEM) that the CA's certificate must chain to")
-    .option("--token <token>", "join token or JWT (or --token-file, or MESHWARD_TOKEN)")
+    .option("--token <token>", "join token or JWT; visible to every local user in the process list (warned): prefer --token-file or MESHWARD_TOKEN")
     .option("--token-file <file>", "file holding the token")
     .requiredOption("--out <dir>", "directory for cert.pem, key.pem (0600) and bundle.pem")
     .addOption(validatorOption("--validator <name>", "how the CA checks the token", Object.keys(VALIDATOR_CHOICES), "join-token"))
@@ -226,6 +226,7 @@ export function parseRootFingerprint(input: string): string {
 
 function readToken(opts: { token?: string; tokenFile?: string }): string {
   if (opts.token !== undefined && opts.tokenFile !== undefined) throw new MeshwardError("E_USAGE", "give --token or --token-file, not both");
+  if (opts.token !== undefined) process.stderr.write(`meshward: warning: ${TOKEN_ON_COMMAND_LINE}\n`);
   const token = opts.token ?? (opts.tokenFile !== undefined ? readTextFile(opts.tokenFile, "token file").trim() : process.env.MESHWARD_TOKEN);
   if (token === undefined || token === "") throw new MeshwardError("E_USAGE", "a token is needed: --token, --token-file or MESHWARD_TOKEN");
   return token;

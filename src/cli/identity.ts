@@ -15,7 +15,7 @@ import { readBundleFile } from "../identity/bundle-file.ts";
 import { parseKeyFileMode, resolveFileOwner } from "../util/file-owner.ts";
 import { readResumableSvid } from "../identity/resume.ts";
 import { checkSocketDir, prepareOutDir } from "../identity/local-paths.ts";
-import { cliLogger, collect, logFormatOption, logLevelOption, untilSignal, validatorOption } from "./options.ts";
+import { cliLogger, collect, logFormatOption, logLevelOption, untilSignal, validatorOption, warnTokenOnCommandLine } from "./options.ts";
 
 const VALIDATORS = { "join-token": "JOIN_TOKEN", jwks: "JWKS", kubernetes: "KUBERNETES", insecure: "INSECURE" } as const;
 
@@ -25,7 +25,7 @@ export function registerIdentityCommand(program: Command): void {
     .description("keep a workload identity fresh: get it from the CA, renew it before expiry, and hand it to files on disk and the SPIFFE Workload API")
     .requiredOption("--ca <addr>", "CA address HOST:PORT, or the replicas' addresses comma-separated")
     .requiredOption("--bundle <file>", "bootstrap trust bundle (PEM) that the CA's certificate must chain to")
-    .option("--token <token>", "join token or JWT for the first certificate (or MESHWARD_TOKEN)")
+    .option("--token <token>", "join token or JWT for the first certificate; visible to every local user in the process list (warned): prefer --token-file or MESHWARD_TOKEN")
     .option("--token-file <file>", "file holding the token, re-read at each use (Kubernetes projected tokens rotate)")
     .addOption(validatorOption("--validator <name>", "how the CA checks the token", Object.keys(VALIDATORS), "join-token"))
     .option("--namespace <ns>", "namespace to ask for (checked against what the CA issues)")
@@ -55,6 +55,7 @@ export function registerIdentityCommand(program: Command): void {
       const keyMode = opts.mode !== undefined ? parseKeyFileMode(opts.mode) : undefined;
       const token = opts.token ?? (opts.tokenFile === undefined ? process.env.MESHWARD_TOKEN : undefined);
       const logger = cliLogger("identity", opts);
+      if (opts.token !== undefined) warnTokenOnCommandLine(logger);
       // Local checks first: nothing may spend a single-use token and then fail on this host.
       // Created for a server run as another user (--owner): it must be able to reach its files (they stay 0600, its own).
       const outDir = opts.out !== undefined ? prepareOutDir(opts.out, "--out", owner === undefined ? 0o700 : 0o755, owner?.uid) : undefined;

@@ -33,6 +33,21 @@ export function checkCaDirOption(_hooked: Command, action: Command): void {
   if (typeof dir === "string") checkCaDir(dir);
 }
 
+/**
+ * A join token or JWT given with --token stays accepted (SPIRE's agent takes -joinToken, and
+ * scripts depend on the flag), with a warning: while the process runs every local user reads its
+ * arguments (ps, /proc/PID/cmdline), and a single-use join token read there can be spent first,
+ * which gets that workload's certificate. The warning never contains the token. A `token` in the
+ * sidecar's config file is a file and is not warned about.
+ */
+export const TOKEN_ON_COMMAND_LINE =
+  "--token puts the token in the process list, where every local user can read it (ps, /proc/PID/cmdline) and spend a single-use join token before this process does: give it with --token-file FILE or MESHWARD_TOKEN";
+
+/** For the daemons (identity, sidecar): the warning once, at start, through the structured logger. */
+export function warnTokenOnCommandLine(logger: Logger): void {
+  logger.warn({ event: "token-on-command-line" }, TOKEN_ON_COMMAND_LINE);
+}
+
 export function readTextFile(file: string, what: string): string {
   try {
     return readFileSync(file, "utf8");

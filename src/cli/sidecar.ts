@@ -4,7 +4,7 @@ import { sidecarConfigSchema } from "../config/sidecar.ts";
 import type { SidecarConfig } from "../config/sidecar.ts";
 import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { startSidecar } from "../proxy/sidecar.ts";
-import { cliLogger, collect, readTextFile, untilSignal, validatorOption } from "./options.ts";
+import { cliLogger, collect, readTextFile, untilSignal, validatorOption, warnTokenOnCommandLine } from "./options.ts";
 import { validatorEnumName } from "../config/fields.ts";
 
 /** Flag → config field (top level, or limits.<field>). */
@@ -43,6 +43,11 @@ const FIELD_HELP: Record<string, string> = (() => {
   for (const [key, field] of Object.entries(limits)) out[key] = field.description ?? "";
   return out;
 })();
+
+/** Where a flag's help differs from its config field's. */
+const FLAG_HELP: Record<string, string> = {
+  token: "Join token or JWT for the first certificate; visible to every local user in the process list (warned): prefer --token-file or MESHWARD_TOKEN.",
+};
 
 function splitPair(value: string, flag: string): [string, string] {
   const eq = value.indexOf("=");
@@ -146,7 +151,7 @@ export function registerSidecarCommand(program: Command): void {
       "run the meshward sidecar: mTLS in front of an app (inbound), mTLS to other apps' sidecars (outbound), access policy, TLS origination (egress). Prints one ready line with the bound addresses on stdout.",
     )
     .option("--config <file>", "sidecar YAML config; flags override its fields");
-  for (const [flag, key] of SCALAR_FLAGS) command.option(flag, FIELD_HELP[key] ?? key);
+  for (const [flag, key] of SCALAR_FLAGS) command.option(flag, FLAG_HELP[key] ?? FIELD_HELP[key] ?? key);
   command
     .addOption(validatorOption("--validator <name>", "how the CA checks the token", ["join-token", "jwks", "kubernetes", "insecure"]))
     .option("--dns-name <name>", `${FIELD_HELP.dnsNames} Repeatable.`, collect)
@@ -172,6 +177,8 @@ export function registerSidecarCommand(program: Command): void {
     .action(async (opts: Record<string, unknown>) => {
       const config = buildSidecarConfig(opts);
       const logger = cliLogger("sidecar", { logFormat: config.logFormat, logLevel: config.logLevel });
+      // The flag only: a token in the config file is in a file, which is what the warning asks for.
+      if (opts.token !== undefined) warnTokenOnCommandLine(logger);
       // Before the first certificate: the CA may be down and the sidecar retrying on unref'd
       // timers only, which would let the process exit (code 13) instead of waiting for it.
       const stopped = untilSignal();

@@ -59,8 +59,11 @@ describe("docs/getting-started.md, steps 1–5", () => {
     const secret = lines.at(-1) as string;
     expect(secret).toMatch(/^mwjt_/);
 
-    const issue = await meshward("cert", "issue", "--ca", address, "--bundle", "ca/bundle.pem", "--token", secret, "--out", "./orders");
+    // Step 4: the token in a file only its owner reads, not on the command line (no warning then).
+    writeFileSync(join(work, "orders.token"), `${secret}\n`, { mode: 0o600 });
+    const issue = await meshward("cert", "issue", "--ca", address, "--bundle", "ca/bundle.pem", "--token-file", "orders.token", "--out", "./orders");
     expect(issue.code, issue.stderr).toBe(0);
+    expect(issue.stderr).toBe("");
     expect(issue.stdout).toMatch(/^issued spiffe:\/\/example\.test\/ns\/shop\/orders \(serial [0-9A-F]+\), valid until .* \(23 hours 59 minutes left\)$/m);
     expect(statSync(join(work, "orders/key.pem")).mode & 0o777).toBe(0o600);
 
@@ -79,7 +82,7 @@ describe("docs/getting-started.md, steps 1–5", () => {
     const list = await meshward("cert", "list", "--dir", "./ca");
     expect(list.stdout).toMatch(/valid\s+\S+\s+[0-9A-F:]{11}\s+join-token\s+spiffe:\/\/example\.test\/ns\/shop\/orders/);
 
-    const again = await meshward("cert", "issue", "--ca", address, "--bundle", "ca/bundle.pem", "--token", secret, "--out", "./orders2");
+    const again = await meshward("cert", "issue", "--ca", address, "--bundle", "ca/bundle.pem", "--token-file", "orders.token", "--out", "./orders2");
     expect(again.code).toBe(1);
     expect(again.stderr).toContain("[E_TOKEN_USED]");
     expect(readFileSync(join(work, "orders/cert.pem"), "utf8")).toContain("BEGIN CERTIFICATE");

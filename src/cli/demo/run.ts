@@ -91,8 +91,8 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
     });
     writeFileSync(join(work, "inventory-policy.yaml"), INVENTORY_POLICY);
     const inventory = await step("inventory's sidecar (mTLS in, Dapr access policy, STRICT)", async () =>
-      startSidecar(work, cleanups, "inventory", [
-        "--app-id", "inventory", "--namespace", NAMESPACE, "--ca", ca.address, "--bundle", bundle, "--token", await token("inventory"),
+      startSidecar(work, cleanups, "inventory", await token("inventory"), [
+        "--app-id", "inventory", "--namespace", NAMESPACE, "--ca", ca.address, "--bundle", bundle,
         "--inbound", "127.0.0.1:0", "--app", `127.0.0.1:${inventoryApp.port}`, "--policy", join(work, "inventory-policy.yaml"), "--status", "127.0.0.1:0",
       ]),
     );
@@ -118,8 +118,8 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
       return app;
     });
     const orders = await step("orders' sidecar (mTLS out to inventory and billing)", async () =>
-      startSidecar(work, cleanups, "orders", [
-        "--app-id", "orders", "--namespace", NAMESPACE, "--ca", ca.address, "--bundle", bundle, "--token", await token("orders"),
+      startSidecar(work, cleanups, "orders", await token("orders"), [
+        "--app-id", "orders", "--namespace", NAMESPACE, "--ca", ca.address, "--bundle", bundle,
         "--inbound", "127.0.0.1:0", "--app", `127.0.0.1:${ordersApp.port}`, "--outbound", "127.0.0.1:0",
         "--peer", `inventory=${inventory.fields.inbound}`, "--peer", `billing=127.0.0.1:${billing.port}`, "--status", "127.0.0.1:0",
       ]),
@@ -228,8 +228,9 @@ async function createJoinToken(ca: CaServer, appId: string): Promise<string> {
   return (await issueJoinToken(ca.store, { spiffeId: `spiffe://${TRUST_DOMAIN}/ns/${NAMESPACE}/${appId}`, ttlMs: 600_000 })).token;
 }
 
-async function startSidecar(work: string, cleanups: (() => unknown)[], name: string, args: string[]): Promise<{ fields: Record<string, string> }> {
-  const child = spawn(process.execPath, [MESHWARD_BIN, "sidecar", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+/** The token goes in the environment, not the arguments, which every local user can read (ps). */
+async function startSidecar(work: string, cleanups: (() => unknown)[], name: string, token: string, args: string[]): Promise<{ fields: Record<string, string> }> {
+  const child = spawn(process.execPath, [MESHWARD_BIN, "sidecar", ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, MESHWARD_TOKEN: token } });
   child.stderr.pipe(createWriteStream(join(work, "logs", `${name}-sidecar.log`)));
   cleanups.push(() => stopChild(child));
   const [, line] = await firstLine(child, /meshward sidecar ready: (.*)/);
