@@ -11,6 +11,7 @@ import { formatWorkloadId } from "../spiffe/id.ts";
 import { openSqliteStore, openStore, parseStoreUrl } from "../store/index.ts";
 import type { Store } from "../store/store.ts";
 import { parseHostPort } from "../util/address.ts";
+import { checkCaDir } from "../util/dir-safety.ts";
 import { listenOn } from "../util/listen.ts";
 import { loadAnchors, type LoadedAnchors } from "./anchors.ts";
 import type { Attestor } from "./attest/attestor.ts";
@@ -51,6 +52,7 @@ export const MAX_CONCURRENT_STREAMS = 100;
 const TLS12_CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305";
 
 export interface CaServerOptions {
+  /** The CA directory (from `initAnchors`); refused when another user owns it or group/others can write it (E_CA_DIR_UNSAFE). */
   readonly dir: string;
   readonly config: CaConfig;
   readonly passphrase?: string;
@@ -77,6 +79,9 @@ export interface CaServer {
 export async function startCaServer(options: CaServerOptions): Promise<CaServer> {
   const { config, logger } = options;
   const clock = options.clock ?? (() => new Date());
+  // Before anything in it is read or created (ca.db, jwt-keys.json): the CLI checks --dir too,
+  // this is for SDK users, who would otherwise serve from a directory others can write.
+  checkCaDir(options.dir, "startCaServer dir");
   // Checked before anything starts: a status page off loopback needs a token.
   const statusAt = config.status === undefined ? undefined : parseHostPort(config.status, "--status");
   const statusToken = statusAt === undefined ? undefined : resolveStatusToken(statusAt.host, config.statusTokenFile);

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { InvalidArgumentError, Option, type Command } from "commander";
-import { checkCaDir } from "../identity/local-paths.ts";
+import { checkCaDir } from "../util/dir-safety.ts";
 import { validatorEnumName, validatorFlagName } from "../config/fields.ts";
 import { createLogger, type LogLevel, type Logger } from "../telemetry/logger.ts";
 import { MeshwardError } from "../errors.ts";

@@ -3,8 +3,13 @@ import { chmodSync, chownSync, cpSync, mkdirSync, mkdtempSync, readdirSync, read
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { checkCaDir, isOnReadOnlyMount, readOnlyMountPoint } from "../../src/identity/local-paths.ts";
+import { pino } from "pino";
+import { initAnchors } from "../../src/ca/anchors.ts";
+import { startCaServer } from "../../src/ca/server.ts";
+import { caConfigSchema } from "../../src/config/ca.ts";
+import { checkCaDir, isOnReadOnlyMount, readOnlyMountPoint } from "../../src/util/dir-safety.ts";
 import { runCli, startCli } from "../helpers/cli.ts";
+import { refusal } from "../helpers/refusal.ts";
 
 /**
  * Red team: the CA directory (`--dir`) holds the root, the trust bundle, the issuer certificate
@@ -86,6 +91,38 @@ describe("the CA --dir must be writable by its owner only", () => {
       expect(await server.stop()).toBe(0);
     }
     chmodSync(ca, 0o700);
+  });
+});
+
+/**
+ * The same check for SDK users: `startCaServer` (what `ca serve` runs) used to start on any
+ * directory, since only the CLI's --dir hook checked it (src/ca may not import src/identity,
+ * where the check lived; it is in src/util now, which both import).
+ */
+describe("startCaServer (the SDK) refuses a CA directory others can write", () => {
+  it("E_CA_DIR_UNSAFE before anything is created in it, for group- or world-writable; serves once it is 0700", async () => {
+    const work = mkdtempSync(join(tmpdir(), "meshward-ca-dir-sdk-"));
+    const dir = join(work, "ca");
+    const start = () => startCaServer({ dir, config: caConfigSchema.parse({ listen: "127.0.0.1:0" }), logger: pino({ level: "silent" }) });
+    try {
+      await initAnchors({ dir, trustDomain: "dir.test", now: new Date() });
+      const before = readdirSync(dir).sort();
+      for (const mode of [0o777, 0o770]) {
+        chmodSync(dir, mode);
+        // A server that starts anyway is closed, and the test fails.
+        const refused = await refusal(start().then((server) => server.close()), "the CA started");
+        expect(refused.code).toBe("E_CA_DIR_UNSAFE");
+        expect(refused.message).toMatch(new RegExp(`^startCaServer dir ${dir}: the directory ${dir} is writable by group or others \\(mode 0${mode.toString(8)}\\).*chmod go-w ${dir}`));
+        expect(readdirSync(dir).sort()).toEqual(before);
+      }
+      // Fixed, it serves, and creates its database there (what the refusals above did not).
+      chmodSync(dir, 0o700);
+      const server = await start();
+      await server.close();
+      expect(readdirSync(dir)).toContain("ca.db");
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
   });
 });
 
