@@ -5,6 +5,7 @@ import type { Server as NetServer, Socket } from "node:net";
 import type { SidecarLimits } from "../config/sidecar.ts";
 import { describeError, isMeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
+import { tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import { parseHostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
 import type { HostPort } from "../util/address.ts";
@@ -76,19 +77,26 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     };
   };
   const peerError = (target: PeerTarget) => (error: Error): ProxyAnswer => {
+    // A TLS alert after the verified handshake (a peer that asked to renegotiate, refused) would
+    // otherwise read as a bare "alert handshake failure" on a connection that was working; the
+    // peer's identity was verified, so it is not counted as an identity failure whatever the alert.
+    const afterHandshake = tlsAfterHandshakeFailure(error);
     const identity = isMeshwardError(error) || (error as { code?: string }).code?.startsWith("E_") === true || /certificate|SPIFFE|verify/i.test(error.message);
-    const reason = identity && !isUnreachable(error) ? "peer_identity" : "peer_unreachable";
+    const reason = identity && afterHandshake === undefined && !isUnreachable(error) ? "peer_identity" : "peer_unreachable";
     telemetry.upstreamErrors.inc({ direction: "outbound", reason });
     if (reason === "peer_identity") mesh.handshakeFailed("outbound", error);
-    logger.warn({ event: reason.replace("_", "-"), app: target.appId, peer: `${target.host}:${target.port}`, expected: target.expectedId, err: describeError(error) }, "outbound call failed");
+    const detail = afterHandshake ?? describeError(error);
+    logger.warn({ event: reason.replace("_", "-"), app: target.appId, peer: `${target.host}:${target.port}`, expected: target.expectedId, err: detail }, "outbound call failed");
     return {
       status: 502,
       grpcStatus: GrpcStatus.UNAVAILABLE,
       code: reason === "peer_identity" ? "E_PEER_IDENTITY" : "E_PEER_UNREACHABLE",
       message:
         reason === "peer_identity"
-          ? `the sidecar at ${target.host}:${target.port} is not ${target.expectedId}: ${describeError(error)}`
-          : `the sidecar of ${target.appId} at ${target.host}:${target.port} is not reachable: ${describeError(error)}`,
+          ? `the sidecar at ${target.host}:${target.port} is not ${target.expectedId}: ${detail}`
+          : afterHandshake !== undefined
+            ? `the connection to the sidecar of ${target.appId} at ${target.host}:${target.port} failed: ${afterHandshake}`
+            : `the sidecar of ${target.appId} at ${target.host}:${target.port} is not reachable: ${detail}`,
     };
   };
   /** Counts the request in flight on its connection (drain waits for it) and times it; call once it is answered. */

@@ -5,6 +5,7 @@ import type { IdentitySource } from "../identity/source.ts";
 import { compileMatcher, describeMatcher } from "../spiffe/match.ts";
 import type { SpiffeIdMatcher } from "../spiffe/match.ts";
 import { SecureContextHolder } from "../tls/context.ts";
+import { markHandshakeCompleted, tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import { consoleLogger } from "../tls/logger.ts";
 import type { TlsLogger } from "../tls/logger.ts";
 import { spiffeCheckServerIdentity, verifyRememberedPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
@@ -110,19 +111,26 @@ export interface DialOptions {
 export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: SessionCache): TLSSocket {
   const sessionKey = `${runtime.key}|${dial.host}|${dial.port}|${dial.servername ?? ""}`;
   const resumable = runtime.insecure ? undefined : offerable(dial.session ?? sessions?.get(sessionKey), runtime.policy, () => sessions?.delete(sessionKey));
+  const checkIdentity = spiffeCheckServerIdentity(runtime.policy);
+  // Node runs checkServerIdentity again when OpenSSL reports another handshake on a connection:
+  // the server asked to renegotiate, which SSL_OP_NO_RENEGOTIATION refuses. The peer certificate
+  // may be gone by then (seen with OpenSSL 3.0 against openssl s_server), and failing on that
+  // closed the connection before the no_renegotiation alert went out, as E_PEER_NO_SPIFFE_ID "the
+  // server sent no certificate". With no certificate there is nothing new to judge; one that is
+  // there is still checked. The server's answer to the refusal is then named (afterHandshakeError).
+  let verified: { peer: PeerIdentity; notAfter: Date } | undefined;
   const options: ConnectionOptions = {
     host: dial.host,
     port: dial.port,
     secureContext: runtime.holder.secureContext(),
     rejectUnauthorized: !runtime.insecure,
-    checkServerIdentity: runtime.insecure ? () => undefined : spiffeCheckServerIdentity(runtime.policy),
+    checkServerIdentity: runtime.insecure ? () => undefined : (host, cert) => (verified !== undefined && !cert?.raw ? undefined : checkIdentity(host, cert)),
     ...(dial.servername !== undefined && isHostName(dial.servername) ? { servername: dial.servername } : {}),
     ...(dial.ALPNProtocols ? { ALPNProtocols: dial.ALPNProtocols } : {}),
     ...(resumable ? { session: resumable.ticket } : {}),
   };
   if (runtime.insecure) warnInsecure(runtime.logger, `a connection to ${dial.host}:${dial.port}`);
   const socket = tlsConnect(options);
-  let verified: { peer: PeerIdentity; notAfter: Date } | undefined;
   let pendingTicket: Buffer | undefined;
   const remember = (ticket: Buffer) => {
     const entry: ResumableSession = { ticket, peer: verified!.peer, notAfter: verified!.notAfter };
@@ -130,7 +138,7 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
     sessions?.set(sessionKey, entry);
   };
   socket.once("secureConnect", () => {
-    if (runtime.insecure) return;
+    if (runtime.insecure) return markHandshakeCompleted(socket);
     try {
       if (socket.isSessionReused()) {
         // Node skipped checkServerIdentity and shows no peer certificate: check what the ticket was issued to.
@@ -140,6 +148,8 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
         verified = verifyTlsPeerWithValidity(socket, runtime.policy);
       }
       setPeer(socket, verified.peer);
+      // From here a TLS alert is not a handshake failure: marked, so that callers can name it.
+      markHandshakeCompleted(socket);
       if (pendingTicket !== undefined) remember(pendingTicket);
     } catch (error) {
       sessions?.delete(sessionKey);
@@ -154,6 +164,17 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
     });
   }
   return socket;
+}
+
+/**
+ * `error` as the SDK's clients report it: a TLS failure after a completed, verified handshake
+ * (e.g. the server asked to renegotiate, which meshward refuses, and ended the connection with an
+ * alert) becomes E_TLS_AFTER_HANDSHAKE naming it, with the original as `cause`; anything else is
+ * returned as it is.
+ */
+export function afterHandshakeError(error: Error, server: string): Error {
+  const named = tlsAfterHandshakeFailure(error);
+  return named === undefined ? error : new MeshwardError("E_TLS_AFTER_HANDSHAKE", `${server}: ${named}`, { cause: error });
 }
 
 /** A remembered session is offered only while its server certificate is still good for a while. */

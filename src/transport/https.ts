@@ -7,7 +7,7 @@ import type { IdentitySource } from "../identity/source.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import { peerOf, prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
-import { dialTls, prepareClient, SessionCache } from "./client-common.ts";
+import { afterHandshakeError, dialTls, prepareClient, SessionCache } from "./client-common.ts";
 import type { ClientRuntime } from "./client-common.ts";
 import { secureServer } from "./tls.ts";
 import type { MeshwardServerControl } from "./tls.ts";
@@ -148,6 +148,7 @@ export async function httpsRequest(url: string | URL, options: MtlsRequestOption
     throw new MeshwardError("E_INSECURE_CONFIG", `${target.protocol} URLs are not allowed; meshward clients speak https only`);
   }
   return new Promise<MtlsResponse>((resolve, reject) => {
+    const fail = (error: Error) => reject(afterHandshakeError(error, `the server at ${target.host}`));
     const req = httpsNodeRequest(
       target,
       { agent, method: options.method ?? "GET", headers: options.headers ?? {}, ...(options.timeoutMs ? { timeout: options.timeoutMs } : {}) },
@@ -155,7 +156,7 @@ export async function httpsRequest(url: string | URL, options: MtlsRequestOption
         const peer = peerOf(res.socket);
         const chunks: Buffer[] = [];
         res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("error", reject);
+        res.on("error", fail);
         res.on("end", () => {
           const body = Buffer.concat(chunks);
           resolve({
@@ -169,7 +170,7 @@ export async function httpsRequest(url: string | URL, options: MtlsRequestOption
         });
       },
     );
-    req.on("error", reject);
+    req.on("error", fail);
     if (options.timeoutMs) req.on("timeout", () => req.destroy(new Error(`request timed out after ${options.timeoutMs} ms`)));
     req.end(options.body);
   });
