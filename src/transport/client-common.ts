@@ -112,12 +112,15 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
   const sessionKey = `${runtime.key}|${dial.host}|${dial.port}|${dial.servername ?? ""}`;
   const resumable = runtime.insecure ? undefined : offerable(dial.session ?? sessions?.get(sessionKey), runtime.policy, () => sessions?.delete(sessionKey));
   const checkIdentity = spiffeCheckServerIdentity(runtime.policy);
-  // Node runs checkServerIdentity again when OpenSSL reports another handshake on a connection:
-  // the server asked to renegotiate, which SSL_OP_NO_RENEGOTIATION refuses. The peer certificate
-  // may be gone by then (seen with OpenSSL 3.0 against openssl s_server), and failing on that
-  // closed the connection before the no_renegotiation alert went out, as E_PEER_NO_SPIFFE_ID "the
-  // server sent no certificate". With no certificate there is nothing new to judge; one that is
-  // there is still checked. The server's answer to the refusal is then named (afterHandshakeError).
+  // Node runs checkServerIdentity again (onConnectSecure on every 'secure') when OpenSSL reports
+  // another handshake on the connection: the server asked to renegotiate, which
+  // SSL_OP_NO_RENEGOTIATION refuses. By then getPeerCertificate() is empty on our sockets: on a
+  // client, getPeerX509Certificate() (verifyTlsPeerWithValidity, below) deletes the leaf from
+  // OpenSSL's own peer chain (X509Certificate::GetPeerCert, sk_X509_delete; nodejs/node#65579).
+  // Failing on that closed the connection before the no_renegotiation alert went out, as
+  // E_PEER_NO_SPIFFE_ID "the server sent no certificate". With no certificate after a verified
+  // handshake there is nothing new to judge; one that is there is still checked. The server's
+  // answer to the refusal is then named (afterHandshakeError).
   let verified: { peer: PeerIdentity; notAfter: Date } | undefined;
   const options: ConnectionOptions = {
     host: dial.host,

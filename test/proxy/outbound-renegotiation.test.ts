@@ -14,8 +14,11 @@ import { callThroughOutbound, metricValue, startMeshCa, startTestSidecar, type M
  * alert, which the client reads as a bare "sslv3 alert handshake failure" on a connection that
  * had been verified and was working. The SDK's HTTPS client and the sidecar's outbound
  * connection to a peer (both dial through src/transport's dialTls) now name it, as the CA client
- * and egress already did (test/proxy/egress.test.ts). The peer is a real s_server presenting a
- * meshward SVID with the SPIFFE ID the client expects, so the handshake itself passes.
+ * and egress already did (test/proxy/egress.test.ts). Before, both reported E_PEER_NO_SPIFFE_ID
+ * "the server sent no certificate" instead and cut the connection before refusing: Node re-ran
+ * checkServerIdentity on the renegotiation request, with the leaf already gone from the socket's
+ * peer chain (nodejs/node#65579; see dialTls). The peer is a real s_server presenting a meshward
+ * SVID with the SPIFFE ID the client expects, so the handshake itself passes.
  */
 let ca: MeshCa;
 let peer: { cert: string; key: string; chain: string; spiffeId: string };
