@@ -66,7 +66,7 @@ export const sidecarConfigSchema = z
       .min(1)
       .optional()
       .describe("Bootstrap trust bundle file (PEM) the CA's certificate must chain to; when omitted, the PEM in MESHWARD_TRUST_ANCHORS (what the Kubernetes injector sets)."),
-    token: z.string().min(1).optional().describe("Join token or JWT for the first certificate (prefer tokenFile or MESHWARD_TOKEN; a token here is a secret in a file)."),
+    token: z.string().min(1).optional().describe("Join token or JWT for the first certificate (prefer tokenFile or MESHWARD_TOKEN; a token here is a secret in a file). Given as the --token flag instead, it is readable by every local user in the process list, and the sidecar logs a warning."),
     tokenFile: z.string().min(1).optional().describe("File holding the token, re-read at each use (Kubernetes projected tokens rotate)."),
     out: z
       .string()
