@@ -7,6 +7,7 @@ import { decodePrivateKey, encodePrivateKey, generateKeyPair, keysMatch, type Ke
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import { parseTrustDomain } from "../spiffe/id.ts";
 import { assertIssuerUsable } from "./issuer-check.ts";
+import { checkCaDir } from "../util/dir-safety.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
 import { directoryFiles, type AnchorFiles } from "./anchor-files.ts";
 
@@ -132,6 +133,9 @@ export interface LoadedAnchors {
 
 export async function initAnchors(options: InitOptions): Promise<CaState> {
   const trustDomain = parseTrustDomain(options.trustDomain);
+  // An existing directory others can write is refused before anything is written into it (the
+  // CLI's --dir hook does the same for `ca init`; this is for SDK callers).
+  checkCaDir(options.dir, "initAnchors dir");
   const layout = caLayout(options.dir);
   if (existsSync(layout.state) || existsSync(layout.issuerKey)) {
     throw new MeshwardError(

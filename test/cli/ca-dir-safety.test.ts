@@ -95,17 +95,24 @@ describe("the CA --dir must be writable by its owner only", () => {
 });
 
 /**
- * The same check for SDK users: `startCaServer` (what `ca serve` runs) used to start on any
- * directory, since only the CLI's --dir hook checked it (src/ca may not import src/identity,
+ * The same check for SDK users: `initAnchors` and `startCaServer` (what `ca init` and `ca serve`
+ * run) used to write to and start on any directory, since only the CLI's --dir hook checked it (src/ca may not import src/identity,
  * where the check lived; it is in src/util now, which both import).
  */
-describe("startCaServer (the SDK) refuses a CA directory others can write", () => {
-  it("E_CA_DIR_UNSAFE before anything is created in it, for group- or world-writable; serves once it is 0700", async () => {
+describe("initAnchors and startCaServer (the SDK) refuse a CA directory others can write", () => {
+  it("E_CA_DIR_UNSAFE before anything is created in it, for group- or world-writable; inits and serves once it is 0700", async () => {
     const work = mkdtempSync(join(tmpdir(), "meshward-ca-dir-sdk-"));
     const dir = join(work, "ca");
     const start = () => startCaServer({ dir, config: caConfigSchema.parse({ listen: "127.0.0.1:0" }), logger: pino({ level: "silent" }) });
     try {
-      await initAnchors({ dir, trustDomain: "dir.test", now: new Date() });
+      mkdirSync(dir);
+      chmodSync(dir, 0o777);
+      const init = () => initAnchors({ dir, trustDomain: "dir.test", now: new Date() });
+      const notInitialised = await refusal(init(), "the CA was initialised");
+      expect(notInitialised).toMatchObject({ code: "E_CA_DIR_UNSAFE", message: expect.stringMatching(new RegExp(`^initAnchors dir ${dir}: the directory ${dir} is writable by group or others \\(mode 0777\\)`)) });
+      expect(readdirSync(dir)).toEqual([]);
+      chmodSync(dir, 0o700);
+      await init();
       const before = readdirSync(dir).sort();
       for (const mode of [0o777, 0o770]) {
         chmodSync(dir, mode);
