@@ -33,6 +33,7 @@ const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: readonl
   ["--idle-timeout <duration>", "idleTimeout", ["limits", "idleTimeout"]],
   ["--max-connection-age <duration>", "maxConnectionAge", ["limits", "maxConnectionAge"]],
   ["--drain-timeout <duration>", "drainTimeout", ["limits", "drainTimeout"]],
+  ["--max-connections <n>", "maxConnections", ["limits", "maxConnections"], "number"],
 ];
 
 const FIELD_HELP: Record<string, string> = (() => {

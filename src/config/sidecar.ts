@@ -21,6 +21,9 @@ const appIdName = z
 /** "orders" (this namespace) or "orders.shop" (app orders in namespace shop). */
 const peerName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9][A-Za-z0-9_-]*)?$/, "a peer is an app id or appId.namespace");
 
+/** Open connections per listener: ~80 KiB each idle on the inbound (mTLS), ~12 KiB on the outbound (bench/proxy/connection-rss.ts). */
+export const DEFAULT_MAX_CONNECTIONS = 4096;
+
 export const limitsSchema = z
   .object({
     maxHeaderBytes: z.number().int().min(1024).max(1 << 20).default(16 * 1024).describe("Largest request header block accepted on either listener; larger requests get 431."),
@@ -29,6 +32,13 @@ export const limitsSchema = z
     idleTimeout: duration("idle timeout").default(60_000).describe("Close a connection with no traffic for this long (keep-alive and TCP mode)."),
     maxConnectionAge: duration("max connection age").default(3_600_000).describe("Close inbound connections older than this (HTTP/2 GOAWAY, HTTP/1 Connection: close) so revocations and root retirement reach them."),
     drainTimeout: duration("drain timeout").default(10_000).describe("On SIGTERM: how long in-flight requests may take before the remaining connections are closed."),
+    maxConnections: z
+      .number({ error: "must be a number of connections" })
+      .int({ error: "must be a whole number" })
+      .min(1, { error: "must be at least 1 (a listener that takes no connection is no listener)" })
+      .max(1_000_000, { error: "must be at most 1000000 (each connection is a file descriptor)" })
+      .default(DEFAULT_MAX_CONNECTIONS)
+      .describe("Open connections each listener (inbound, outbound, each TCP upstream and egress port) accepts; past it a new connection is closed at once, before any TLS or HTTP, and counted."),
   })
   .strict();
 

@@ -12,6 +12,9 @@ import { markHandshakeCompleted, tlsAfterHandshakeFailure } from "../tls/after-h
 import type { TlsLogger } from "../tls/logger.ts";
 import { formatHostPort, parseHostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
+import { DEFAULT_MAX_CONNECTIONS } from "../config/sidecar.ts";
+import { LimitedWarnings } from "../telemetry/log-limiter.ts";
+import { capConnections, listenerMetrics } from "./listener-cap.ts";
 import { ClientPreamble, postgresErrorResponse, readBackendAnswer, SSL_REQUEST } from "./egress-postgres.ts";
 import { EgressTlsMaterials } from "./egress-tls.ts";
 import type { EgressTlsMaterial } from "./egress-tls.ts";
@@ -39,6 +42,8 @@ export interface EgressEntry {
   readonly idleTimeoutMs?: number;
   /** How long close() lets open connections finish before cutting them (default 10 s). */
   readonly drainTimeoutMs?: number;
+  /** Open app connections accepted at once; past it a new one is closed when accepted (default 4096). */
+  readonly maxConnections?: number;
 }
 
 export interface EgressContext {
@@ -199,7 +204,17 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
     relay.start();
   });
   server.on("error", (error) => logger.error(`${what}: listener error: ${describeError(error)}`));
-  const address = formatHostPort(await listenOn(server, listen, what));
+  // Refusals at the cap are logged rate-limited; the TLS logger takes one string per line.
+  const warnings = new LimitedWarnings({ warn: (fields, message) => logger.warn(`${what}: ${message}${typeof fields.suppressed === "number" ? ` (${fields.suppressed} like it left out before)` : ""}`) });
+  const uncap = capConnections(server, `egress/${entry.backend}`, entry.maxConnections ?? DEFAULT_MAX_CONNECTIONS, ctx.metrics ? listenerMetrics(ctx.metrics) : undefined, warnings);
+  let address: string;
+  try {
+    address = formatHostPort(await listenOn(server, listen, what));
+  } catch (error) {
+    uncap();
+    warnings.close();
+    throw error;
+  }
   logger.info(`${what}: listening on ${address} (${protocol}${entry.mtls ? ", mTLS" : ""}, verifying ${entry.expectSpiffeId ?? `host name ${entry.serverName ?? backend.host}`})`);
 
   let closing: Promise<void> | undefined;
@@ -212,6 +227,8 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
         for (const relay of open) relay.drain();
         const finish = () => {
           clearTimeout(deadline);
+          uncap();
+          warnings.close();
           resolve();
         };
         const deadline = setTimeout(() => {

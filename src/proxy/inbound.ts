@@ -22,6 +22,8 @@ import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { canonicalH2Request, isRefusal } from "./canonical.ts";
 import type { EscapedSlashAction } from "./canonical.ts";
 import { ConnectionTracker } from "./connections.ts";
+import { capConnections } from "./listener-cap.ts";
+import type { ListenerMetrics } from "./listener-cap.ts";
 import { forwardH2, forwardUpgrade, unreachableAnswer } from "./forward.ts";
 import type { ForwardHooks } from "./forward.ts";
 import { callerStamp, stampIdentityOf } from "./headers.ts";
@@ -45,6 +47,8 @@ export interface ProxyTelemetry {
   readonly upstreamErrors: Counter<"direction" | "reason">;
   /** Told of each refusal as it happens (the status page's recent refusals and charts). */
   readonly refusals?: RefusalListener;
+  /** Open connections, cap and overflow of each listener (limits.maxConnections). */
+  readonly listeners?: ListenerMetrics;
 }
 
 /** What the inbound side refused, with the remote address and the caller when known. */
@@ -379,6 +383,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       }
     });
   });
+  const uncap = capConnections(raw, "inbound", limits.maxConnections, telemetry.listeners, warnings);
   await listenOn(raw, options.listen, "the inbound listener");
   raw.on("error", (error) => logger.error({ event: "listener-error", err: describeError(error) }, "inbound listener error"));
   const bound = raw.address() as AddressInfo;
@@ -393,6 +398,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     // Whatever is left never became a request (sniffing, TLS handshake): close it.
     for (const socket of pending) socket.destroy();
     await stopped;
+    uncap();
     http1.close();
     h2.close();
     await control.meshward.close();

@@ -10,6 +10,7 @@ import { parseHostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
 import type { HostPort } from "../util/address.ts";
 import { ConnectionTracker } from "./connections.ts";
+import { capConnections } from "./listener-cap.ts";
 import { forwardH2, forwardUpgrade, isUnreachable } from "./forward.ts";
 import type { ForwardHooks } from "./forward.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
@@ -63,6 +64,9 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   let relay: Http1Relay | undefined;
   let firstChunks: FirstChunkWatch | undefined;
   const warnings = new LimitedWarnings(logger);
+  /** Each listener's cap: a new connection past limits.maxConnections is closed when accepted. */
+  const uncaps: (() => void)[] = [];
+  const cap = (server: NetServer, listener: string) => uncaps.push(capConnections(server, listener, limits.maxConnections, telemetry.listeners, warnings));
 
   const unknownApp = (name: string | undefined): ProxyAnswer => {
     telemetry.upstreamErrors.inc({ direction: "outbound", reason: "unknown_app" });
@@ -238,6 +242,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       });
     });
     servers.push(raw);
+    cap(raw, "outbound");
     address = await listenOn(raw, options.listen, "the outbound listener");
   }
 
@@ -277,6 +282,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       );
     });
     servers.push(server);
+    cap(server, `tcp/${name}`);
     tcp[name] = await listenOn(server, parseHostPort(at, `tcpUpstreams.${name}`), `the TCP listener for ${name}`);
   }
 
@@ -287,6 +293,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     const stopped = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     await tracker.drain(deadlineMs);
     await stopped;
+    for (const uncap of uncaps) uncap();
     relay?.close();
     firstChunks?.close();
     pool.close();

@@ -21,6 +21,7 @@ import type { HostPort } from "../util/address.ts";
 import { startInbound } from "./inbound.ts";
 import type { ProxyTelemetry, RefusalListener } from "./inbound.ts";
 import { startOutbound } from "./outbound.ts";
+import { listenerMetrics } from "./listener-cap.ts";
 import { watchPolicy } from "./policy-source.ts";
 
 export interface SidecarDependencies {
@@ -57,6 +58,7 @@ export function sidecarTelemetry(logger: Logger, metrics: Metrics, recorder?: St
     logger,
     ...(recorder === undefined ? {} : { refusals: refusalsToRecorder(recorder) }),
     mesh: createMeshMetrics(metrics),
+    listeners: listenerMetrics(metrics),
     refused: metrics.counter({
       name: "meshward_sidecar_refused_total",
       help: "Connections and requests the sidecar refused itself, by direction and reason (plaintext, garbage, tls_<handshake reason>, header_timeout, header_too_large, policy, …).",
@@ -203,7 +205,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       // Loaded only when configured: most sidecars have no egress, and every module costs memory.
       const { startEgress } = await import("./egress.ts");
       for (const entry of config.egress) {
-        const running = await startEgress({ ...entry, drainTimeoutMs: config.limits.drainTimeout }, { identity, logger, metrics });
+        const running = await startEgress({ ...entry, drainTimeoutMs: config.limits.drainTimeout, maxConnections: config.limits.maxConnections }, { identity, logger, metrics });
         closers.push(() => running.close());
         egress.push(parseHostPort(running.address, "egress address"));
       }

@@ -15,6 +15,11 @@ export interface MetricOptions<L extends string> {
   readonly labelNames?: readonly L[];
 }
 
+export interface GaugeOptions<L extends string> extends MetricOptions<L> {
+  /** Sets the gauge's values when it is scraped (a value read from elsewhere, no work in between). */
+  readonly collect?: (this: Gauge<L>) => void | Promise<void>;
+}
+
 export interface HistogramOptions<L extends string> extends MetricOptions<L> {
   readonly buckets?: readonly number[];
 }
@@ -22,7 +27,7 @@ export interface HistogramOptions<L extends string> extends MetricOptions<L> {
 export interface Metrics {
   readonly registry: Registry;
   counter<L extends string = never>(options: MetricOptions<L>): Counter<L>;
-  gauge<L extends string = never>(options: MetricOptions<L>): Gauge<L>;
+  gauge<L extends string = never>(options: GaugeOptions<L>): Gauge<L>;
   histogram<L extends string = never>(options: HistogramOptions<L>): LabelledHistogram<L>;
   /** Prometheus text exposition of everything in the registry. */
   text(): Promise<string>;
@@ -94,13 +99,13 @@ export function createMetrics(config: MetricsConfig = {}): Metrics {
         new Counter<L>({ name: options.name, help: options.help, labelNames: [...labelNames], registers: [registry] })
       );
     },
-    gauge<L extends string = never>(options: MetricOptions<L>): Gauge<L> {
+    gauge<L extends string = never>(options: GaugeOptions<L>): Gauge<L> {
       const labelNames = options.labelNames ?? [];
       checkMetricName(options.name, "gauge");
       checkLabels(options.name, labelNames);
       return (
         existing<Gauge<L>>(options.name, "gauge", labelNames) ??
-        new Gauge<L>({ name: options.name, help: options.help, labelNames: [...labelNames], registers: [registry] })
+        new Gauge<L>({ name: options.name, help: options.help, labelNames: [...labelNames], registers: [registry], ...(options.collect ? { collect: options.collect } : {}) })
       );
     },
     histogram<L extends string = never>(options: HistogramOptions<L>): LabelledHistogram<L> {

@@ -116,6 +116,7 @@ describe("deploy/prometheus/alerts.yaml (real promtool)", () => {
     ["handshake-no-floor", "MeshwardHandshakeFailureRateHigh", "(rate(meshward_tls_handshake_failures_total[5m])) > 0.1", "(rate(meshward_tls_handshake_failures_total[5m])) > 0"],
     ["plaintext-everywhere", "MeshwardPlaintextInStrictEnvironment", '{meshward_mode!="permissive"}', ""],
     ["denials-short-baseline", "MeshwardPolicyDenialSpike", "[1h] offset 1h", "[1h] offset 5m"],
+    ["cap-no-for", "MeshwardSidecarConnectionCapReached", "overflow_total[5m])) > 0\n        for: 10m", "overflow_total[5m])) > 0\n        for: 1m"],
   ];
   // promtool runs as a child process, so two of these can use both cores at once.
   it.concurrent.each(mutations)("negative control %s: weakening %s makes promtool test rules fail", async (name, alert, from, to) => {

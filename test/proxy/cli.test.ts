@@ -47,6 +47,29 @@ describe("meshward sidecar (real process)", () => {
     expect(missing.stderr).toMatch(/appId: required \(give --app-id/);
   });
 
+  it("refuses a --max-connections (limits.maxConnections) that is not a whole number of at least 1, naming the flag or file:line:column", async () => {
+    const base = ["sidecar", "--app-id", "web", "--ca", "127.0.0.1:1", "--bundle", ca.bundleFile, "--token", "x", "--app", "127.0.0.1:1"];
+    const cases = [
+      ["0", "must be at least 1"],
+      ["-5", "must be at least 1"],
+      ["1.5", "must be a whole number"],
+      ["many", "must be a number of connections"],
+    ] as const;
+    const results = await Promise.all(cases.map(([value]) => runCli([...base, "--max-connections", value])));
+    results.forEach((r, i) => {
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(`--max-connections: limits.maxConnections: ${cases[i]![1]}`);
+      expect(r.stderr).toContain("[E_CONFIG_INVALID]");
+      expect(r.stderr).not.toMatch(/\n\s+at /); // a message, not a stack trace
+    });
+    const file = join(ca.dir, "max-connections.yaml");
+    writeFileSync(file, `appId: web\nca: 127.0.0.1:1\nbundle: ${ca.bundleFile}\napp: 127.0.0.1:1\nlimits:\n  maxConnections: 2.5\n`);
+    const fromFile = await runCli(["sidecar", "--config", file, "--token", "x"]);
+    expect(fromFile.code).toBe(1);
+    expect(fromFile.stderr).toContain(`${file}:6:19: limits.maxConnections: must be a whole number`);
+    expect((await runCli(["sidecar", "--help"])).stdout).toContain("--max-connections <n>");
+  });
+
   it("refuses a bundle file that holds no certificate, naming the file, and a taken inbound port", async () => {
     const garbage = join(ca.dir, "garbage.pem");
     writeFileSync(garbage, "not a bundle\n");

@@ -14,6 +14,7 @@ import { opensslServerRenegotiating } from "../helpers/openssl-renegotiate.ts";
 import { freePort, startRedisTls, type RunningRedis } from "../helpers/redis.ts";
 import { manualIdentitySource } from "../helpers/test-pki.ts";
 import { waitFor } from "../helpers/wait.ts";
+import { metricValue } from "./fixtures.ts";
 
 // Egress (TLS origination) against a real redis-server (tls-auth-clients yes) and an SDK mTLS
 // server that reports which client certificate it saw; all certificates from a real meshward CA.
@@ -249,6 +250,31 @@ describe("egress to an SDK mTLS server (sees the client certificate)", () => {
       s.on("connect", () => resolve("connected"));
     });
     expect(refused).toBe("ECONNREFUSED");
+  });
+
+  // The sidecar's limits.maxConnections, per egress listener (test/proxy/max-connections.test.ts
+  // has the inbound and outbound ones, and Envoy's listener limit they follow).
+  it("maxConnections: an app connection past the cap is closed before the backend is dialled, counted; one closing frees its slot", async () => {
+    const metrics = createMetrics();
+    const e = await egress({ backend: `127.0.0.1:${echoPort}`, serverName: "localhost", mtls: true, maxConnections: 1 }, app, metrics);
+    const listener = `egress/127.0.0.1:${echoPort}`;
+    const held = netConnect({ host: "127.0.0.1", port: port(e) });
+    held.on("error", () => undefined);
+    try {
+      // The echo server's greeting: the held connection reached the backend.
+      await new Promise<void>((resolve) => held.once("data", () => resolve()));
+      expect(await converse(port(e), "over the cap")).toBe("");
+      const text = await metrics.text();
+      expect(metricValue(text, "meshward_sidecar_listener_connections_overflow_total", { listener })).toBe(1);
+      expect(metricValue(text, "meshward_sidecar_listener_connections_active", { listener })).toBe(1);
+      expect(metricValue(text, "meshward_sidecar_listener_connections_max", { listener })).toBe(1);
+      // Refused at accept: no relay was started, so no backend connection was tried or failed.
+      expect(e.stats()).toEqual({ active: 1, established: 1, failed: {} });
+    } finally {
+      held.destroy();
+    }
+    await waitFor("the held connection's slot to be freed", () => e.stats().active === 0);
+    expect(await converse(port(e), "after")).toContain(`${app.current()!.svid.spiffeId}`);
   });
 });
 
