@@ -1,7 +1,12 @@
 import { connect as netConnect, type Socket } from "node:net";
 import { connect as http2Connect } from "node:http2";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 import { startTestCa, type TestCa } from "../helpers/ca-server.ts";
+import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
+import { exec } from "../helpers/exec.ts";
 
 // The CA's API port takes callers without a certificate (first-time workloads have none), so a
 // peer could open connections and hold each in the TLS handshake: Node's default handshake
@@ -35,8 +40,8 @@ interface Held {
  * ClientHello. Resolves once connected, or once the CA has reset it (a reset can come before
  * the client sees its connect complete).
  */
-async function open(ca: TestCa, from = "127.0.0.1"): Promise<Held> {
-  const socket = netConnect({ host: "127.0.0.1", port: ca.server.port, localAddress: from });
+async function open(ca: TestCa | number, from = "127.0.0.1"): Promise<Held> {
+  const socket = netConnect({ host: "127.0.0.1", port: typeof ca === "number" ? ca : ca.server.port, localAddress: from });
   held.push(socket);
   socket.on("error", () => undefined);
   let closedHere = false;
@@ -173,4 +178,69 @@ describe("the CA closes connections that do not finish the TLS handshake in hand
     expect((await ca.sign()).certChainPem).toMatch(/BEGIN CERTIFICATE/);
     expect(await ca.metric(REFUSED, { reason: "handshake_timeout" })).toBe(2);
   });
+});
+
+describe("meshward ca serve --handshake-timeout --max-connections --max-connections-per-address (real processes)", () => {
+  let work: string;
+  let caDir: string;
+  let server: LongRunning | undefined;
+
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), "meshward-ca-connections-"));
+    caDir = join(work, "ca");
+    const init = await runCli(["ca", "init", "--trust-domain", "connections.test", "--dir", caDir]);
+    expect(init.code, init.stderr).toBe(0);
+  }, 60_000);
+  afterAll(async () => {
+    await server?.stop();
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  it("refuses bad values with E_USAGE or E_CONFIG_INVALID naming the setting, before listening", async () => {
+    const cases: [string[], string, RegExp][] = [
+      [["--max-connections", "lots"], "E_USAGE", /--max-connections takes a whole number, got "lots"/],
+      [["--max-connections-per-address", "-1"], "E_USAGE", /--max-connections-per-address takes a whole number, got "-1"/],
+      [["--max-connections", "0"], "E_CONFIG_INVALID", /maxConnections: /],
+      [["--max-connections", "4", "--max-connections-per-address", "8"], "E_CONFIG_INVALID", /maxConnectionsPerAddress: maxConnectionsPerAddress cannot be above maxConnections/],
+      [["--handshake-timeout", "0s"], "E_CONFIG_INVALID", /handshakeTimeout: the handshake timeout must be above 0/],
+      [["--handshake-timeout", "soon"], "E_CONFIG_INVALID", /handshakeTimeout: invalid handshake timeout "soon"/],
+    ];
+    for (const [flags, code, expected] of cases) {
+      const r = await runCli(["ca", "serve", "--dir", caDir, "--listen", "127.0.0.1:0", ...flags]);
+      expect(r.code, flags.join(" ")).toBe(1);
+      expect(r.stderr, flags.join(" ")).toMatch(expected);
+      expect(r.stderr, flags.join(" ")).toContain(`[${code}]`);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+      expect(r.stdout).not.toMatch(/listening/);
+    }
+  }, 120_000);
+
+  it("applies the flags: the third connection from one address is closed, counted on /metrics; cert issue works once they are gone", async () => {
+    const started = await startCli(
+      ["ca", "serve", "--dir", caDir, "--listen", "127.0.0.1:0", "--status", "127.0.0.1:0", "--handshake-timeout", "5m", "--max-connections", "4", "--max-connections-per-address", "2"],
+      /listening on (\S+) as \S+\nstatus page: (\S+)\//,
+    );
+    server = started;
+    const address = started.match[1]!;
+    const metricsUrl = `${started.match[2]}/metrics`;
+    const metrics = async () => (await exec("curl", ["-sS", metricsUrl])).stdout;
+    const port = Number(address.split(":").pop());
+
+    const held = [await open(port), await open(port)];
+    await vi.waitFor(async () => expect(await metrics()).toMatch(/^meshward_connections_active\{direction="inbound"\} 2$/m), { timeout: 20_000, interval: 50 });
+    const third = await open(port);
+    await third.closedByCa;
+    const text = await metrics();
+    expect(text).toMatch(/^meshward_ca_connections_refused_total\{reason="max_connections_per_address"\} 1$/m);
+    expect(text).toMatch(/^meshward_ca_connections_refused_total\{reason="max_connections"\} 0$/m);
+    expect(held.every((s) => s.open)).toBe(true);
+    expect(started.stderr()).toMatch(/"event":"connection-refused"/);
+
+    for (const socket of held) socket.close();
+    await vi.waitFor(async () => expect(await metrics()).toMatch(/^meshward_connections_active\{direction="inbound"\} 0$/m), { timeout: 20_000, interval: 50 });
+    const token = (await runCli(["token", "create", "--dir", caDir, "--namespace", "orders", "--app-id", "api"])).stdout.trim().split("\n").pop()!;
+    const issued = await runCli(["cert", "issue", "--ca", address, "--bundle", join(caDir, "bundle.pem"), "--token", token, "--out", join(work, "orders-api")]);
+    expect(issued.code, issued.stderr).toBe(0);
+    expect(issued.stdout).toMatch(/issued spiffe:\/\/connections\.test\/ns\/orders\/api/);
+  }, 120_000);
 });
