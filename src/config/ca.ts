@@ -152,7 +152,7 @@ export const caConfigSchema = z
       .min(1)
       .max(1_000_000)
       .default(256)
-      .describe("API connections open at once from one source IP address; more are closed on accept. Callers behind one NAT (a node's SNAT, a load balancer that does not keep the client address) share one address: allow two per workload behind it (default: a node's 110 pods)."),
+      .describe("API connections open at once from one source IP address; more are closed on accept. Callers behind one NAT (a node's SNAT, a load balancer that does not keep the client address) share one address: allow two per workload behind it (default: a node's 110 pods). Above maxConnections it has no effect."),
     crlRefresh: duration("CRL refresh interval").default(parseDuration("1s")).describe("How often the store is checked for new revocations."),
     anchorPoll: duration("anchor poll interval").default(parseDuration("1s")).describe("How often the CA directory is checked for rotated or replaced trust anchors."),
     rotationCheck: duration("rotation check interval").default(parseDuration("1m")).describe("How often rotation thresholds are checked."),
@@ -169,8 +169,7 @@ export const caConfigSchema = z
       .default({ enabled: false, prepareBefore: parseDuration("1y"), activateAfter: parseDuration("7d") })
       .describe("Automatic root rotation: prepare, activate after a delay, retire once no certificate chains to the old root."),
   })
-  .strict()
-  .refine((c) => c.maxConnectionsPerAddress <= c.maxConnections, { message: "maxConnectionsPerAddress cannot be above maxConnections", path: ["maxConnectionsPerAddress"] });
+  .strict();
 
 export type CaConfig = z.infer<typeof caConfigSchema>;
 export type JwksValidatorConfig = z.infer<typeof jwksValidatorSchema>;

@@ -201,7 +201,7 @@ describe("meshward ca serve --handshake-timeout --max-connections --max-connecti
       [["--max-connections", "lots"], "E_USAGE", /--max-connections takes a whole number, got "lots"/],
       [["--max-connections-per-address", "-1"], "E_USAGE", /--max-connections-per-address takes a whole number, got "-1"/],
       [["--max-connections", "0"], "E_CONFIG_INVALID", /maxConnections: /],
-      [["--max-connections", "4", "--max-connections-per-address", "8"], "E_CONFIG_INVALID", /maxConnectionsPerAddress: maxConnectionsPerAddress cannot be above maxConnections/],
+      [["--max-connections-per-address", "0"], "E_CONFIG_INVALID", /maxConnectionsPerAddress: /],
       [["--handshake-timeout", "0s"], "E_CONFIG_INVALID", /handshakeTimeout: the handshake timeout must be above 0/],
       [["--handshake-timeout", "soon"], "E_CONFIG_INVALID", /handshakeTimeout: invalid handshake timeout "soon"/],
     ];
