@@ -5,7 +5,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 import { startTestCa, type TestCa } from "../helpers/ca-server.ts";
-import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
+import { MESHWARD_BIN, runCli, startCli, type LongRunning } from "../helpers/cli.ts";
+import { spawn } from "node:child_process";
 import { exec } from "../helpers/exec.ts";
 
 // The CA's API port takes callers without a certificate (first-time workloads have none), so a
@@ -235,6 +236,7 @@ describe("meshward ca serve --handshake-timeout --max-connections --max-connecti
     expect(text).toMatch(/^meshward_ca_connections_refused_total\{reason="max_connections"\} 0$/m);
     expect(held.every((s) => s.open)).toBe(true);
     expect(started.stderr()).toMatch(/"event":"connection-refused"/);
+    expect(started.stderr()).not.toMatch(/open-file-limit-low/); // 4 connections, far below this machine's limit
 
     for (const socket of held) socket.close();
     await vi.waitFor(async () => expect(await metrics()).toMatch(/^meshward_connections_active\{direction="inbound"\} 0$/m), { timeout: 20_000, interval: 50 });
@@ -243,4 +245,27 @@ describe("meshward ca serve --handshake-timeout --max-connections --max-connecti
     expect(issued.code, issued.stderr).toBe(0);
     expect(issued.stdout).toMatch(/issued spiffe:\/\/connections\.test\/ns\/orders\/api/);
   }, 120_000);
+
+  it("warns at start when the open-file limit is below maxConnections (ulimit -n 512, default cap 4096), and still serves", async () => {
+    // sh's ulimit -n sets the soft and hard limits, so Node cannot raise its soft limit past 512.
+    const child = spawn("sh", ["-c", 'ulimit -n 512 && exec "$0" "$@"', process.execPath, MESHWARD_BIN, "ca", "serve", "--dir", caDir, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => (stderr += d));
+    const exited = new Promise<void>((resolve) => child.on("close", () => resolve()));
+    try {
+      await vi.waitFor(() => expect(stdout).toMatch(/listening on/), { timeout: 20_000, interval: 50 });
+      const line = stderr.split("\n").find((l) => l.includes('"open-file-limit-low"'));
+      expect(line, stderr).toBeDefined();
+      expect(JSON.parse(line!)).toMatchObject({ level: "warn", openFileLimit: 512, maxConnections: 4096 });
+      expect(JSON.parse(line!).msg).toMatch(/lower maxConnections to 448/);
+      const address = /listening on (\S+)/.exec(stdout)![1]!;
+      const health = await exec("curl", ["-sk", "-o", "/dev/null", "-w", "%{http_code}", `https://${address}/healthz`]);
+      expect(health.stdout).toBe("200");
+    } finally {
+      child.kill("SIGTERM");
+      await exited;
+    }
+  }, 60_000);
 });
