@@ -1,4 +1,4 @@
-import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
+import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from "node:http2";
 import { createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
@@ -50,11 +50,11 @@ export const CA_APP_ID = "meshward-ca";
 const SERVING_CERT_TTL_MS = 24 * 3_600_000;
 /** HTTP/2 streams one connection may have open at once. */
 export const MAX_CONCURRENT_STREAMS = 100;
-/** TLS 1.2 only with ECDHE + AEAD; TLS 1.3 suites are all AEAD. */
 /** File descriptors kept apart from API connections: the store, logs, worker threads, the status port. */
 const RESERVED_FILES = 64;
 /** Distinct (reason, address) pairs whose refusals are logged apart; more share one budget. */
 const LOGGED_PEERS = 100;
+/** TLS 1.2 only with ECDHE + AEAD; TLS 1.3 suites are all AEAD. */
 const TLS12_CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305";
 
 export interface CaServerOptions {
@@ -273,6 +273,12 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     notices.warn(`tls-handshake-failed|${code ?? reason}|${peer.replace(/:\d+$/, "")}`, { event: "tls-handshake-failed", peer, reason: code ?? error.message }, "TLS handshake failed");
   });
   server.on("sessionError", () => undefined);
+  // Node 20's Http2SecureServer.close() leaves open sessions alone: stop() closes them itself.
+  const sessions = new Set<ServerHttp2Session>();
+  server.on("session", (session: ServerHttp2Session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+  });
 
   // The API port is open to callers without a certificate (first-time workloads have none), so
   // connections are counted before any TLS work: over a cap, the socket is reset on accept.
@@ -450,8 +456,10 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     await new Promise<void>((resolve) => {
       // Stop accepting; the callback comes once every connection has closed.
       listener.close(() => resolve());
-      // Idle HTTP/2 sessions get GOAWAY, idle HTTP/1 keep-alive connections close.
+      // HTTP/2 sessions get GOAWAY and close once their streams finish; HTTP/1 keep-alive
+      // connections (curl, health checks) are cut with the rest after the grace period.
       server.close();
+      for (const session of sessions) session.close();
       setTimeout(() => resolve(), graceMs).unref();
     });
     // What is left after the grace period (a handshake in progress, a request still running) is cut.

@@ -181,6 +181,30 @@ describe("the CA closes connections that do not finish the TLS handshake in hand
   });
 });
 
+describe("close(): the CA's connections end with it", () => {
+  it("sends GOAWAY to an idle HTTP/2 session and cuts a connection still in the handshake after the grace period", async () => {
+    const ca = await startTestCa("close.test", { handshakeTimeout: "5m" });
+    let closed = false;
+    try {
+      const session = http2Connect(`https://${ca.server.address}`, { rejectUnauthorized: false });
+      session.on("error", () => undefined);
+      const goaway = new Promise<void>((resolve) => session.once("goaway", () => resolve()));
+      const sessionClosed = new Promise<void>((resolve) => session.once("close", () => resolve()));
+      await new Promise<void>((resolve, reject) => {
+        session.once("connect", () => resolve());
+        session.once("error", reject);
+      });
+      const silent = await open(ca);
+      await vi.waitFor(async () => expect(await ca.metric(ACTIVE, { direction: "inbound" })).toBe(2), { timeout: 20_000, interval: 20 });
+      await ca.close();
+      closed = true;
+      await Promise.all([goaway, sessionClosed, silent.closedByCa]);
+    } finally {
+      if (!closed) await ca.close();
+    }
+  }, 60_000);
+});
+
 describe("meshward ca serve --handshake-timeout --max-connections --max-connections-per-address (real processes)", () => {
   let work: string;
   let caDir: string;
