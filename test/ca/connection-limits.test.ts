@@ -5,8 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 import { startTestCa, type TestCa } from "../helpers/ca-server.ts";
-import { MESHWARD_BIN, runCli, startCli, type LongRunning } from "../helpers/cli.ts";
-import { spawn } from "node:child_process";
+import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { exec } from "../helpers/exec.ts";
 
 // The CA's API port takes callers without a certificate (first-time workloads have none), so a
@@ -272,24 +271,18 @@ describe("meshward ca serve --handshake-timeout --max-connections --max-connecti
 
   it("warns at start when the open-file limit is below maxConnections (ulimit -n 512, default cap 4096), and still serves", async () => {
     // sh's ulimit -n sets the soft and hard limits, so Node cannot raise its soft limit past 512.
-    const child = spawn("sh", ["-c", 'ulimit -n 512 && exec "$0" "$@"', process.execPath, MESHWARD_BIN, "ca", "serve", "--dir", caDir, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => (stdout += d));
-    child.stderr.on("data", (d) => (stderr += d));
-    const exited = new Promise<void>((resolve) => child.on("close", () => resolve()));
+    const limited = await startCli(["ca", "serve", "--dir", caDir, "--listen", "127.0.0.1:0"], /listening on (\S+)/, { via: ["sh", "-c", 'ulimit -n 512 && exec "$0" "$@"'] });
     try {
-      await vi.waitFor(() => expect(stdout).toMatch(/listening on/), { timeout: 20_000, interval: 50 });
-      const line = stderr.split("\n").find((l) => l.includes('"open-file-limit-low"'));
-      expect(line, stderr).toBeDefined();
+      // stderr and stdout are separate pipes: the warning (logged before listening) may arrive after the ready line.
+      await vi.waitFor(() => expect(limited.stderr()).toContain('"open-file-limit-low"'), { timeout: 20_000, interval: 50 });
+      const line = limited.stderr().split("\n").find((l) => l.includes('"open-file-limit-low"'));
+      expect(line, limited.stderr()).toBeDefined();
       expect(JSON.parse(line!)).toMatchObject({ level: "warn", openFileLimit: 512, maxConnections: 4096 });
       expect(JSON.parse(line!).msg).toMatch(/lower maxConnections to 448/);
-      const address = /listening on (\S+)/.exec(stdout)![1]!;
-      const health = await exec("curl", ["-sk", "-o", "/dev/null", "-w", "%{http_code}", `https://${address}/healthz`]);
+      const health = await exec("curl", ["-sk", "-o", "/dev/null", "-w", "%{http_code}", `https://${limited.match[1]}/healthz`]);
       expect(health.stdout).toBe("200");
     } finally {
-      child.kill("SIGTERM");
-      await exited;
+      await limited.stop();
     }
   }, 60_000);
 });
