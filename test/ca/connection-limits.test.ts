@@ -13,8 +13,11 @@ import { exec } from "../helpers/exec.ts";
 // timeout is 120 s, and there was no cap on connections. For comparison upstream: grpc-go (under
 // Dapr Sentry, dapr/dapr pkg/sentry/server/server.go builds grpc.NewServer with TLS creds only)
 // waits 120 s for a handshake (grpc/grpc-go server.go defaultServerOptions.connectionTimeout) and
-// caps nothing; golang.org/x/net/netutil LimitListener caps connections overall (it blocks in
-// Accept where the CA resets the surplus connection, so the backlog never fills with them).
+// caps nothing; step-ca (smallstep/certificates server/server.go) sets 15 s Read/ReadHeader/Write
+// timeouts on its http.Server, which Go's net/http also applies to the TLS handshake (server.go
+// tlsHandshakeTimeout: the smallest of the three), and caps nothing either;
+// golang.org/x/net/netutil LimitListener caps connections overall (it blocks in Accept where the
+// CA resets the surplus connection, so the backlog never fills with them).
 // Real sockets on loopback here; 127.0.0.2 and 127.0.0.3 are other loopback addresses (Linux
 // routes all of 127.0.0.0/8 to lo), so per-address caps are checked against a real peer address.
 
