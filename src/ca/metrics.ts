@@ -1,6 +1,7 @@
 import type { Counter, Gauge } from "prom-client";
 import type { LabelledHistogram } from "../telemetry/histogram.ts";
 import { createMeshMetrics, type Metrics } from "../telemetry/metrics.ts";
+import { CONNECTION_REFUSALS } from "../util/connection-gate.ts";
 
 /** The CA's metrics (names per DESIGN.md: meshward_<component>_<what>_<unit>). */
 export interface CaMetrics {
@@ -10,7 +11,13 @@ export interface CaMetrics {
   /** Shared definition: meshward_cert_expiry_timestamp_seconds{kind}. */
   readonly certExpiry: Gauge<"kind">;
   readonly revocations: Gauge;
+  /** meshward_ca_connections_refused_total{reason}: connections closed without being served. */
+  readonly connectionsRefused: Counter<"reason">;
 }
+
+/** Why the CA closed a connection without serving it (a closed set: alerts rely on it). */
+export const CA_CONNECTION_REFUSALS = [...CONNECTION_REFUSALS, "handshake_timeout"] as const;
+export type CaConnectionRefusal = (typeof CA_CONNECTION_REFUSALS)[number];
 
 export function createCaMetrics(metrics: Metrics): CaMetrics {
   return {
@@ -35,5 +42,17 @@ export function createCaMetrics(metrics: Metrics): CaMetrics {
       name: "meshward_ca_revoked_certificates",
       help: "Certificates on the CRL.",
     }),
+    connectionsRefused: connectionsRefused(metrics),
   };
+}
+
+function connectionsRefused(metrics: Metrics): Counter<"reason"> {
+  const counter = metrics.counter({
+    name: "meshward_ca_connections_refused_total",
+    help: "API connections the CA closed without serving them, by reason: max_connections and max_connections_per_address (closed on accept, before any TLS work), handshake_timeout (no complete TLS handshake within handshakeTimeout).",
+    labelNames: ["reason"],
+  });
+  // Every reason exported from the start, so rate() and increase() see the first refusal.
+  for (const reason of CA_CONNECTION_REFUSALS) counter.inc({ reason }, 0);
+  return counter;
 }

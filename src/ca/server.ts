@@ -1,5 +1,5 @@
-import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
-import type { AddressInfo } from "node:net";
+import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from "node:http2";
+import { createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import type { CaConfig } from "../config/ca.ts";
@@ -41,6 +41,9 @@ import { createStatusRecorder } from "../dashboard/feed.ts";
 import { createStatusRoutes } from "../dashboard/routes.ts";
 import { resolveStatusToken } from "../dashboard/token.ts";
 import { createHealth, createOpsServer, type BoundAddress, type OpsServer } from "../telemetry/health.ts";
+import { LimitedWarnings } from "../telemetry/log-limiter.ts";
+import { ConnectionGate, sourceAddress } from "../util/connection-gate.ts";
+import { openFileLimit } from "../util/open-file-limit.ts";
 
 /** The CA's own identity, presented on its API port. */
 export const CA_NAMESPACE = "meshward-system";
@@ -48,6 +51,10 @@ export const CA_APP_ID = "meshward-ca";
 const SERVING_CERT_TTL_MS = 24 * 3_600_000;
 /** HTTP/2 streams one connection may have open at once. */
 export const MAX_CONCURRENT_STREAMS = 100;
+/** File descriptors kept apart from API connections: the store, logs, worker threads, the status port. */
+const RESERVED_FILES = 64;
+/** Distinct (reason, address) pairs whose refusals are logged apart; more share one budget. */
+const LOGGED_PEERS = 100;
 /** TLS 1.2 only with ECDHE + AEAD; TLS 1.3 suites are all AEAD. */
 const TLS12_CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305";
 
@@ -215,8 +222,12 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   let rotationWarnings: () => readonly string[] = () => [];
   // Streams per connection are bounded (Node's default is 2^32-1; Go's net/http2 server allows
   // 250), and so are the request bytes buffered across all connections (see RequestBudget).
+  // Node's default handshake timeout is 120 s (so is grpc-go's ConnectionTimeout, under Dapr
+  // Sentry): a caller without a certificate could hold a connection that long for each byte it
+  // never sends. The CA's is handshakeTimeout (10 s by default, like the sidecar's).
   const server: Http2SecureServer = createSecureServer({
     ...serving.options,
+    handshakeTimeout: config.handshakeTimeout,
     allowHTTP1: true,
     ALPNProtocols: ["h2", "http/1.1"],
     settings: { maxConcurrentStreams: MAX_CONCURRENT_STREAMS },
@@ -249,7 +260,12 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   server.on("connection", (raw: import("node:net").Socket) => {
     if (raw.remoteAddress !== undefined) peers.set(raw, `${raw.remoteAddress.includes(":") ? `[${raw.remoteAddress}]` : raw.remoteAddress}:${raw.remotePort}`);
   });
+  /** Log lines a caller can cause at will (refused connections, failed handshakes), rate-limited per reason and address. */
+  const warnings = new LimitedWarnings(logger, { maxKeys: LOGGED_PEERS });
+  const notices = new LimitedWarnings({ warn: (fields, message) => logger.info(fields, message) }, { maxKeys: LOGGED_PEERS });
   server.on("tlsClientError", (error, socket) => {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ERR_TLS_HANDSHAKE_TIMEOUT") metrics.connectionsRefused.inc({ reason: "handshake_timeout" });
     const reason = mesh.handshakeFailed("inbound", error, socket as import("node:tls").TLSSocket);
     const described = describeHandshakeFailure(reason, error);
     recorder.recordHandshakeFailure({ reason: described });
@@ -259,17 +275,57 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         ? `${socket.remoteAddress.includes(":") ? `[${socket.remoteAddress}]` : socket.remoteAddress}:${socket.remotePort}`
         : ((raw !== undefined ? peers.get(raw) : undefined) ?? peers.get(socket) ?? "(address not known: the client closed the connection)");
     recorder.recordRefusal({ peer, reason: `handshake: ${described}` });
-    logger.info({ event: "tls-handshake-failed", peer: socket.remoteAddress, reason: (error as NodeJS.ErrnoException).code ?? error.message }, "TLS handshake failed");
+    notices.warn(`tls-handshake-failed|${code ?? reason}|${peer.replace(/:\d+$/, "")}`, { event: "tls-handshake-failed", peer, reason: code ?? error.message }, "TLS handshake failed");
   });
   server.on("sessionError", () => undefined);
+  // Node 20's Http2SecureServer.close() leaves open sessions alone: stop() closes them itself.
+  const sessions = new Set<ServerHttp2Session>();
+  server.on("session", (session: ServerHttp2Session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+  });
+
+  // The API port is open to callers without a certificate (first-time workloads have none), so
+  // connections are counted before any TLS work: over a cap, the socket is reset on accept.
+  const active = mesh.connectionsActive.labels({ direction: "inbound" });
+  const gate = new ConnectionGate({ maxConnections: config.maxConnections, maxConnectionsPerAddress: config.maxConnectionsPerAddress, onChange: (open) => active.set(open) });
+  active.set(0);
+  const listener = createNetServer((raw: Socket) => {
+    const refused = gate.admit(raw);
+    if (refused === undefined) {
+      server.emit("connection", raw);
+      return;
+    }
+    raw.on("error", () => undefined);
+    raw.resetAndDestroy();
+    metrics.connectionsRefused.inc({ reason: refused });
+    const address = sourceAddress(raw.remoteAddress);
+    warnings.warn(
+      `connection-refused|${refused}|${refused === "max_connections" ? "" : address}`,
+      { event: "connection-refused", reason: refused, peer: address, open: gate.open, limit: refused === "max_connections" ? config.maxConnections : config.maxConnectionsPerAddress },
+      refused === "max_connections"
+        ? "refused a connection: the CA API has maxConnections open"
+        : "refused a connection: this address has maxConnectionsPerAddress open",
+    );
+  });
+  listener.on("error", (error) => logger.error({ event: "listener-error", error: describeError(error) }, "CA API listener error"));
+  const files = openFileLimit();
+  if (files !== undefined && files < config.maxConnections + RESERVED_FILES) {
+    logger.warn(
+      { event: "open-file-limit-low", openFileLimit: files, maxConnections: config.maxConnections },
+      `the process may open ${files} files but maxConnections is ${config.maxConnections}: new connections will fail before the cap is reached; raise the limit (ulimit -n) or lower maxConnections to ${Math.max(1, files - RESERVED_FILES)}`,
+    );
+  }
 
   const listen = parseHostPort(config.listen, "--listen");
-  await listenOn(server, listen, "the CA API").catch(async (error: unknown) => {
+  await listenOn(listener, listen, "the CA API").catch(async (error: unknown) => {
+    warnings.close();
+    notices.close();
     await signing.close();
     if (options.store === undefined) await store.close();
     throw error;
   });
-  const bound = server.address() as AddressInfo;
+  const bound = listener.address() as AddressInfo;
   if (jwtIssuerUrl === "") jwtIssuerUrl = `https://${config.dnsNames[0] ?? "localhost"}:${bound.port}`;
 
   const setExpiryGauges = () => {
@@ -403,10 +459,18 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     clearTimeout(servingTimer);
     watcher.close();
     await new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      // Then drop idle keep-alive sessions.
+      // Stop accepting; the callback comes once every connection has closed.
+      listener.close(() => resolve());
+      // HTTP/2 sessions get GOAWAY and close once their streams finish; HTTP/1 keep-alive
+      // connections (curl, health checks) are cut with the rest after the grace period.
+      server.close();
+      for (const session of sessions) session.close();
       setTimeout(() => resolve(), graceMs).unref();
     });
+    // What is left after the grace period (a handshake in progress, a request still running) is cut.
+    gate.destroyAll();
+    warnings.close();
+    notices.close();
     await signing.close();
     if (options.store === undefined) await store.close();
   };

@@ -105,6 +105,9 @@ export function registerCaCommand(program: Command): void {
     .addOption(new Option("--jwt-mapping <mapping>", "how a JWT becomes an identity: kubernetes (service-account tokens) or sentry (sub is the SPIFFE ID, as Dapr Sentry's JWKS validator)").choices(["kubernetes", "sentry"]))
     .option("--allow-insecure-dev", "enable the insecure validator (no proof of identity; development only)")
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
+    .option("--handshake-timeout <duration>", "close an API connection that has not completed its TLS handshake in this long [default: 10s]")
+    .option("--max-connections <n>", "API connections open at once, from all callers; more are closed on accept [default: 4096]")
+    .option("--max-connections-per-address <n>", "API connections open at once from one source IP address; more are closed on accept [default: 256]")
     .addOption(logFormatOption())
     .addOption(logLevelOption())
     .action(async (opts) => {
@@ -336,6 +339,9 @@ function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
     servingSpiffeId: opts.servingSpiffeId,
     defaultValidator: opts.defaultValidator,
     allowInsecureDev: opts.allowInsecureDev === true ? true : undefined,
+    handshakeTimeout: opts.handshakeTimeout,
+    maxConnections: wholeNumber(opts.maxConnections, "--max-connections"),
+    maxConnectionsPerAddress: wholeNumber(opts.maxConnectionsPerAddress, "--max-connections-per-address"),
   };
   if (opts.jwksFile !== undefined || opts.jwksUrl !== undefined) {
     flags.jwks = { jwksFile: opts.jwksFile, jwksUrl: opts.jwksUrl, issuer: opts.jwtIssuer, audience: opts.jwtAudience, mapping: opts.jwtMapping };
@@ -352,6 +358,14 @@ function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
     throw new MeshwardError("E_CONFIG_INVALID", parsed.error.issues.map((i) => `${i.path.join(".") || "config"}: ${i.message}`).join("\n"));
   }
   return parsed.data;
+}
+
+/** A count flag: digits only (the schema then checks its range). */
+function wholeNumber(value: unknown, flag: string): number | undefined {
+  if (value === undefined) return undefined;
+  const text = String(value).trim();
+  if (!/^\d+$/.test(text)) throw new MeshwardError("E_USAGE", `${flag} takes a whole number, got ${JSON.stringify(value)}`);
+  return Number(text);
 }
 
 function dropUndefined(values: Record<string, unknown>): Record<string, unknown> {

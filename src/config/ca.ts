@@ -135,6 +135,24 @@ export const caConfigSchema = z
       .describe("Worker threads that verify CSRs and sign certificates; 0 signs on the main thread. Default: one per CPU less one for the event loop (os.availableParallelism() - 1)."),
     maxRequestBytes: z.number().int().min(1024).max(1 << 20).default(64 * 1024).describe("Largest accepted API request body. The CA holds at most 256 of these at once across all unfinished calls (more get E_CA_BUSY), and allows 100 concurrent streams per connection."),
     requestTimeout: duration("request timeout").default(parseDuration("30s")).describe("Longest a SignCertificate call may take to send its whole request; a slower one gets DEADLINE_EXCEEDED (E_REQUEST_TIMEOUT) and its stream is reset, so a peer sending a byte at a time cannot hold it open."),
+    handshakeTimeout: duration("handshake timeout")
+      .refine((ms) => ms > 0, { message: "the handshake timeout must be above 0 (0 would let a connection wait in the handshake for ever)" })
+      .default(parseDuration("10s"))
+      .describe("Time a caller has to complete the TLS handshake on the API port, from the moment its connection is accepted; a connection that has not finished by then (nothing sent, half a ClientHello) is closed and counted in meshward_ca_connections_refused_total{reason=\"handshake_timeout\"}."),
+    maxConnections: z
+      .number()
+      .int()
+      .min(1)
+      .max(1_000_000)
+      .default(4096)
+      .describe("API connections open at once, from all callers (each is a file descriptor and a TLS session); more are closed on accept, before any TLS work. Keep it below the process's open-file limit (the CA warns at start when it is not)."),
+    maxConnectionsPerAddress: z
+      .number()
+      .int()
+      .min(1)
+      .max(1_000_000)
+      .default(256)
+      .describe("API connections open at once from one source IP address; more are closed on accept. Callers behind one NAT (a node's SNAT, a load balancer that does not keep the client address) share one address: allow two per workload behind it (default: a node's 110 pods). Above maxConnections it has no effect."),
     crlRefresh: duration("CRL refresh interval").default(parseDuration("1s")).describe("How often the store is checked for new revocations."),
     anchorPoll: duration("anchor poll interval").default(parseDuration("1s")).describe("How often the CA directory is checked for rotated or replaced trust anchors."),
     rotationCheck: duration("rotation check interval").default(parseDuration("1m")).describe("How often rotation thresholds are checked."),

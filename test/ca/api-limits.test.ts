@@ -1,17 +1,7 @@
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { connect, type ClientHttp2Session } from "node:http2";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { Writable } from "node:stream";
-import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { initAnchors } from "../../src/ca/anchors.ts";
-import { MAX_CONCURRENT_STREAMS, startCaServer, type CaServer } from "../../src/ca/server.ts";
-import { issueJoinToken } from "../../src/ca/tokens.ts";
-import { caConfigSchema } from "../../src/config/ca.ts";
-import { requestCertificate } from "../../src/identity/ca-client.ts";
-import { createCsr } from "../../src/pki/csr.ts";
-import { generateKeyPair } from "../../src/pki/keys.ts";
+import { MAX_CONCURRENT_STREAMS } from "../../src/ca/server.ts";
+import { startTestCa, type TestCa } from "../helpers/ca-server.ts";
 import { exec } from "../helpers/exec.ts";
 
 // Anyone who can reach the CA's port can open TLS without a certificate (first-time workloads
@@ -20,39 +10,27 @@ import { exec } from "../helpers/exec.ts";
 // 4 connections took the CA from 181 MB to 785 MB RSS, and Node's HTTP/2 server allows 2^32-1
 // streams per connection. Go's net/http2 server (under grpc-go, Dapr Sentry's server) advertises
 // 250 streams per connection (golang.org/x/net/http2 server.go defaultMaxStreams).
-const TD = "api-limits.test";
-const logged: string[] = [];
-const logger = pino({ level: "info" }, new Writable({ write: (chunk, _encoding, done) => (logged.push(String(chunk)), done()) }));
 const MAX_REQUEST_BYTES = 1024; // the schema's minimum: a budget of 256 KiB for all calls
 
 describe("the CA's API bounds what unfinished calls can make it hold", () => {
-  let work: string;
-  let server: CaServer;
-  let bundlePem: string;
+  let ca: TestCa;
   const sessions: ClientHttp2Session[] = [];
 
   beforeAll(async () => {
-    work = mkdtempSync(join(tmpdir(), "meshward-api-limits-"));
-    await initAnchors({ dir: join(work, "ca"), trustDomain: TD, now: new Date() });
-    server = await startCaServer({ dir: join(work, "ca"), config: caConfigSchema.parse({ listen: "127.0.0.1:0", maxRequestBytes: MAX_REQUEST_BYTES, signingWorkers: 0, requestTimeout: "1s" }), logger });
-    bundlePem = readFileSync(join(work, "ca", "bundle.pem"), "utf8");
+    ca = await startTestCa("api-limits.test", { maxRequestBytes: MAX_REQUEST_BYTES, requestTimeout: "1s" });
   });
   afterAll(async () => {
     for (const session of sessions) session.destroy();
-    await server?.close();
-    if (work !== undefined) rmSync(work, { recursive: true, force: true });
+    await ca?.close();
   });
 
   const open = () => {
-    const session = connect(`https://${server.address}`, { rejectUnauthorized: false });
+    const session = connect(`https://${ca.server.address}`, { rejectUnauthorized: false });
     session.on("error", () => undefined);
     sessions.push(session);
     return session;
   };
-  const sign = async () => {
-    const { token } = await issueJoinToken(server.store, { spiffeId: `spiffe://${TD}/ns/orders/api`, ttlMs: 60_000 });
-    return requestCertificate({ address: server.address, bundlePem, trustDomain: TD }, { csrPem: await createCsr({ keyPair: generateKeyPair() }), token, validator: "JOIN_TOKEN", namespace: "", appId: "" });
-  };
+  const sign = () => ca.sign();
 
   it(`advertises at most ${MAX_CONCURRENT_STREAMS} concurrent streams per connection`, async () => {
     const session = open();
@@ -116,11 +94,11 @@ describe("the CA's API bounds what unfinished calls can make it hold", () => {
   });
 
   it("answers a request target that is not a URL with 400, without an error in the log", async () => {
-    const before = logged.length;
-    const bad = await exec("curl", ["-sk", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "--request-target", "http://[::1", `https://${server.address}/`]);
+    const before = ca.logged.length;
+    const bad = await exec("curl", ["-sk", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "--request-target", "http://[::1", `https://${ca.server.address}/`]);
     expect(bad.stdout).toBe("400");
-    const good = await exec("curl", ["-sk", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", `https://${server.address}/healthz`]);
+    const good = await exec("curl", ["-sk", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", `https://${ca.server.address}/healthz`]);
     expect(good.stdout).toBe("200");
-    expect(logged.slice(before).join("")).not.toMatch(/"level":50/);
+    expect(ca.logged.slice(before).join("")).not.toMatch(/"level":50/);
   });
 });

@@ -46,9 +46,21 @@ export interface Spawned extends LongRunning {
   readonly exited: Promise<number | null>;
 }
 
+export interface SpawnOptions {
+  readonly env?: NodeJS.ProcessEnv;
+  readonly bin?: string;
+  /**
+   * A command that runs `node meshward …` for us, given before it: e.g. a shell that lowers a
+   * limit first, `["sh", "-c", 'ulimit -n 512 && exec "$0" "$@"']` (it must exec, so that
+   * stop() signals meshward itself).
+   */
+  readonly via?: readonly string[];
+}
+
 /** Spawns a long-running CLI command without waiting for anything; the caller must stop() it. */
-export function spawnCli(args: readonly string[], options: { env?: NodeJS.ProcessEnv; bin?: string } = {}): Spawned {
-  const child = spawn(process.execPath, [options.bin ?? MESHWARD_BIN, ...args], { env: { ...process.env, ...options.env }, stdio: ["ignore", "pipe", "pipe"] });
+export function spawnCli(args: readonly string[], options: SpawnOptions = {}): Spawned {
+  const [command, ...before] = [...(options.via ?? []), process.execPath];
+  const child = spawn(command!, [...before, options.bin ?? MESHWARD_BIN, ...args], { env: { ...process.env, ...options.env }, stdio: ["ignore", "pipe", "pipe"] });
   running.add(child);
   let out = "";
   let err = "";
@@ -72,7 +84,7 @@ export function spawnCli(args: readonly string[], options: { env?: NodeJS.Proces
 }
 
 /** Starts a long-running CLI command and waits until stdout matches `ready`. */
-export async function startCli(args: readonly string[], ready: RegExp, options: { env?: NodeJS.ProcessEnv; timeoutMs?: number; bin?: string } = {}): Promise<LongRunning & { match: RegExpMatchArray }> {
+export async function startCli(args: readonly string[], ready: RegExp, options: SpawnOptions & { timeoutMs?: number } = {}): Promise<LongRunning & { match: RegExpMatchArray }> {
   const spawned = spawnCli(args, options);
   const match = await new Promise<RegExpMatchArray>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`timed out waiting for ${ready} from meshward ${args.join(" ")}\nstdout: ${spawned.stdout()}\nstderr: ${spawned.stderr()}`)), options.timeoutMs ?? 20_000);
