@@ -25,7 +25,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { startMeshCa } from "../../test/proxy/fixtures.ts";
-import { children, cpuSeconds, ownAndFinishedChildrenSeconds, ROOT, startChild, withOtherLoad } from "./children.ts";
+import { children, cpuSeconds, ownAndFinishedChildrenSeconds, ROOT, startChild, userCpuSeconds, withOtherLoad } from "./children.ts";
 import { openLoop as runOpenLoop, type OpenLoopResult } from "./openloop.ts";
 
 const SECONDS = Number(process.argv[2] ?? 8);
@@ -284,22 +284,29 @@ async function main(): Promise<void> {
     for (const [, p] of smallPaths) wrk(`${p.url}/`, 8, p.headers); // warm-up
     const smallRounds: Record<string, WrkResult>[] = [];
     const cpuRounds: Record<string, number[]>[] = [];
+    /** The user-mode part of cpuRounds (utime): the kernel's part is the same for pairs making the same system calls. */
+    const userRounds: Record<string, number[]>[] = [];
     for (let round = 0; round < (OPEN_LOOP_ONLY ? 1 : ROUNDS); round++) {
       smallRounds.push({});
       cpuRounds.push({});
+      userRounds.push({});
       for (const [name, p] of rotated(smallPaths, round)) {
         const before = processes[name]!.map(cpuSeconds);
+        const userBefore = processes[name]!.map(userCpuSeconds);
         const result = measured("small", () => wrk(`${p.url}/`, 32, p.headers));
         smallRounds[round]![name] = result;
         cpuRounds[round]![name] = processes[name]!.map((pid, i) => ((cpuSeconds(pid) - before[i]!) * 1e6) / result.requests);
+        userRounds[round]![name] = processes[name]!.map((pid, i) => ((userCpuSeconds(pid) - userBefore[i]!) * 1e6) / result.requests);
       }
     }
     // Medians over the rounds, path by path.
     const cpuPerRequest: Record<string, number[]> = {};
+    const userPerRequest: Record<string, number[]> = {};
     for (const [name] of smallPaths) {
       const runs = smallRounds.map((r) => r[name]!);
       small[name] = { requests: median(runs.map((r) => r.requests)), rps: median(runs.map((r) => r.rps)), p50: median(runs.map((r) => r.p50)), p99: median(runs.map((r) => r.p99)), mbps: median(runs.map((r) => r.mbps)), errors: runs.map((r) => r.errors).filter(Boolean).join("; ") };
       cpuPerRequest[name] = [0, 1, 2].map((i) => median(cpuRounds.map((r) => r[name]![i]!)));
+      userPerRequest[name] = [0, 1, 2].map((i) => median(userRounds.map((r) => r[name]![i]!)));
     }
     // Rounds: each round runs every path once, the order rotated; ratios are taken within a round.
     const big: Record<string, WrkResult>[] = [];
@@ -362,6 +369,8 @@ async function main(): Promise<void> {
       for (const [name, r] of Object.entries(small)) console.log(`  ${name.padEnd(10)} ${smallRounds.map((round) => f(round[name]!.rps).padStart(7)).join(" ").padEnd(26)} ${f(r.rps).padStart(7)}   ${f(r.p50, 2).padStart(6)}   ${f(r.p99, 2).padStart(6)}             ${r.errors || "-"}`);
       console.log("  CPU µs per request (user + system, /proc; median of the rounds):   outbound   inbound   backend");
       for (const [name, us] of Object.entries(cpuPerRequest)) console.log(`  ${name.padEnd(10)} ${" ".repeat(57)}${us.map((u) => f(u, 1).padStart(8)).join("  ")}`);
+      console.log("  of which user mode (utime; the rest is the kernel's):");
+      for (const [name, us] of Object.entries(userPerRequest)) console.log(`  ${name.padEnd(10)} ${" ".repeat(57)}${us.map((u) => f(u, 1).padStart(8)).join("  ")}`);
       const ratios = smallRounds.map((r) => r.meshward!.rps / r.nginx!.rps);
       console.log(`  meshward / nginx req/s per round: ${ratios.map(pct).join(", ")} (target ≥ 65%: ${met(median(ratios) >= 0.65)} at the median, ${met(ratios.every((r) => r >= 0.65))} in every round); medians: meshward / node-naive = ${pct(small.meshward!.rps / small["node-naive"]!.rps)}, meshward / node-pipe = ${pct(small.meshward!.rps / small["node-pipe"]!.rps)}, node-pipe / nginx = ${pct(small["node-pipe"]!.rps / small.nginx!.rps)}`);
       const cpuRatios = cpuRounds.map((r) => [r.meshward![0]! / r["node-pipe"]![0]!, r.meshward![1]! / r["node-pipe"]![1]!] as const);

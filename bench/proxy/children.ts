@@ -55,6 +55,16 @@ export function cpuSeconds(pid: number | undefined): number {
     return NaN;
   }
 }
+/** User-mode CPU seconds a process has used so far (utime alone); NaN when it is gone. */
+export function userCpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[11]) / CLOCK_TICKS;
+  } catch {
+    return NaN;
+  }
+}
 const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim());
 
 /** Busy and total CPU seconds of the whole machine so far, all cores (/proc/stat; busy is all but idle and iowait). */

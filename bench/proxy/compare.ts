@@ -3,8 +3,11 @@
  * one run: rounds of `wrk -t1 -c32` through each pair alone (bundled CLI, STRICT, a policy that
  * allows the path, a Node backend), the two builds interleaved and their order swapped every
  * round so that the machine's drift hits both alike. Prints req/s and CPU µs per request of each
- * sidecar per round, the medians, and the working tree's ratio to the base. Figures, not
- * assertions; run it on a quiet machine.
+ * sidecar per round, the medians, and the working tree's ratio to the base; then the same for the
+ * user-mode part of that CPU alone (utime): the kernel's part (system calls, TCP on loopback,
+ * wake-ups) is the same for any pair making the same system calls, and moves most with the
+ * machine, so a change to meshward's own work shows better there. Figures, not assertions; run
+ * it on a quiet machine.
  * With --parsers, both pairs are the working tree's, one with each HTTP/1 parser build
  * (MESHWARD_HTTP1_PARSER=node, =wasm), and the ratio is wasm's to node's.
  * `--path /big` fetches 1 MiB bodies instead of 13 bytes (then MB/s are printed too).
@@ -18,7 +21,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { startMeshCa } from "../../test/proxy/fixtures.ts";
-import { children, cpuSeconds, ROOT, startChild } from "./children.ts";
+import { children, cpuSeconds, ROOT, startChild, userCpuSeconds } from "./children.ts";
 
 const flag = (name: string, fallback: string): string => {
   const at = process.argv.indexOf(name);
@@ -57,6 +60,9 @@ interface Round {
   readonly rps: number;
   readonly outboundUs: number;
   readonly inboundUs: number;
+  /** The user-mode part of the two above. */
+  readonly outboundUserUs: number;
+  readonly inboundUserUs: number;
 }
 
 async function main(): Promise<void> {
@@ -98,8 +104,10 @@ async function main(): Promise<void> {
         const url = `http://127.0.0.1:${outbound.match![2]}${PATH}`;
         execFileSync("wrk", ["-t1", "-c8", "-d2s", "-H", "dapr-app-id: bench-b", url]);
         const cpuBefore = [cpuSeconds(outbound.child.pid), cpuSeconds(inbound.child.pid)];
+        const userBefore = [userCpuSeconds(outbound.child.pid), userCpuSeconds(inbound.child.pid)];
         const out = execFileSync("wrk", ["-t1", ...LOAD, `-d${SECONDS}s`, "-H", "dapr-app-id: bench-b", url], { encoding: "utf8" });
         const cpuAfter = [cpuSeconds(outbound.child.pid), cpuSeconds(inbound.child.pid)];
+        const userAfter = [userCpuSeconds(outbound.child.pid), userCpuSeconds(inbound.child.pid)];
         const requests = Number(/(\d+) requests in/.exec(out)?.[1]);
         const non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1];
         if (non2xx !== undefined) throw new Error(`${build.name}: ${non2xx} answers were not 2xx`);
@@ -107,9 +115,11 @@ async function main(): Promise<void> {
           rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]),
           outboundUs: ((cpuAfter[0]! - cpuBefore[0]!) / requests) * 1e6,
           inboundUs: ((cpuAfter[1]! - cpuBefore[1]!) / requests) * 1e6,
+          outboundUserUs: ((userAfter[0]! - userBefore[0]!) / requests) * 1e6,
+          inboundUserUs: ((userAfter[1]! - userBefore[1]!) / requests) * 1e6,
         };
         results.get(build.name)!.push(row);
-        console.log(`round ${round + 1} ${build.name.padEnd(14)} ${row.rps.toFixed(0).padStart(7)} req/s${megabytes(row.rps)}  outbound ${row.outboundUs.toFixed(1)} µs/req  inbound ${row.inboundUs.toFixed(1)} µs/req`);
+        console.log(`round ${round + 1} ${build.name.padEnd(14)} ${row.rps.toFixed(0).padStart(7)} req/s${megabytes(row.rps)}  outbound ${row.outboundUs.toFixed(1)} µs/req (user ${row.outboundUserUs.toFixed(1)})  inbound ${row.inboundUs.toFixed(1)} µs/req (user ${row.inboundUserUs.toFixed(1)})`);
         for (const side of [outbound, inbound]) {
           const exited = new Promise((resolve) => side.child.once("exit", resolve));
           side.child.kill("SIGTERM");
@@ -121,15 +131,16 @@ async function main(): Promise<void> {
     const [base, head] = builds.map((b) => results.get(b.name)!);
     for (const build of builds) {
       const rows = results.get(build.name)!;
-      console.log(`  ${build.name.padEnd(14)} ${median(rows.map((r) => r.rps)).toFixed(0).padStart(7)} req/s${megabytes(median(rows.map((r) => r.rps)))}  outbound ${median(rows.map((r) => r.outboundUs)).toFixed(1)} µs  inbound ${median(rows.map((r) => r.inboundUs)).toFixed(1)} µs`);
+      console.log(`  ${build.name.padEnd(14)} ${median(rows.map((r) => r.rps)).toFixed(0).padStart(7)} req/s${megabytes(median(rows.map((r) => r.rps)))}  outbound ${median(rows.map((r) => r.outboundUs)).toFixed(1)} µs (user ${median(rows.map((r) => r.outboundUserUs)).toFixed(1)})  inbound ${median(rows.map((r) => r.inboundUs)).toFixed(1)} µs (user ${median(rows.map((r) => r.inboundUserUs)).toFixed(1)})`);
     }
     const ratio = median(head!.map((r) => r.rps)) / median(base!.map((r) => r.rps));
     const pairRatios = head!.map((r, i) => r.rps / base![i]!.rps);
     console.log(`  ${PARSERS ? "wasm / node" : "working tree / base"}: ${(ratio * 100).toFixed(1)} % of req/s (per round: ${pairRatios.map((r) => `${(r * 100).toFixed(0)} %`).join(", ")})`);
     // CPU per request is steadier than req/s on a shared machine: the load of other jobs moves both sides.
-    for (const side of ["outboundUs", "inboundUs"] as const) {
+    for (const side of ["outboundUs", "inboundUs", "outboundUserUs", "inboundUserUs"] as const) {
       const cpu = head!.map((r, i) => r[side] / base![i]![side]);
-      console.log(`  CPU per request, ${side === "outboundUs" ? "outbound" : "inbound"}: ${(median(cpu) * 100).toFixed(1)} % (per round: ${cpu.map((r) => `${(r * 100).toFixed(0)} %`).join(", ")})`);
+      const label = { outboundUs: "CPU per request, outbound", inboundUs: "CPU per request, inbound", outboundUserUs: "user CPU per request, outbound", inboundUserUs: "user CPU per request, inbound" }[side];
+      console.log(`  ${label}: ${(median(cpu) * 100).toFixed(1)} % (per round: ${cpu.map((r) => `${(r * 100).toFixed(0)} %`).join(", ")})`);
     }
   } finally {
     for (const c of children) c.kill("SIGTERM");
