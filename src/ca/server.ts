@@ -308,7 +308,6 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         : "refused a connection: this address has maxConnectionsPerAddress open",
     );
   });
-  listener.on("error", (error) => logger.error({ event: "listener-error", error: describeError(error) }, "CA API listener error"));
   const files = openFileLimit();
   if (files !== undefined && files < config.maxConnections + RESERVED_FILES) {
     logger.warn(
@@ -325,6 +324,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     if (options.store === undefined) await store.close();
     throw error;
   });
+  // After listen: a failure to listen is listenOn's E_LISTEN_FAILED, not a log line.
+  listener.on("error", (error) => logger.error({ event: "listener-error", error: describeError(error) }, "CA API listener error"));
   const bound = listener.address() as AddressInfo;
   if (jwtIssuerUrl === "") jwtIssuerUrl = `https://${config.dnsNames[0] ?? "localhost"}:${bound.port}`;
 
