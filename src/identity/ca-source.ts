@@ -12,6 +12,7 @@ import { formatWorkloadId, parseSpiffeId } from "../spiffe/id.ts";
 import { systemClock, type Clock, type ClockTimer, type Rng } from "../util/clock.ts";
 import { parseCaAddresses } from "./ca-endpoints.ts";
 import { fetchFromCa, requestCertificate, type CaConnection, type ValidatorChoice } from "./ca-client.ts";
+import { checkSignedSvid } from "./svid-check.ts";
 import { backoffDelay, DEFAULT_BACKOFF, DEFAULT_RENEWAL_TIMING, renewalDelay, type Backoff, type RenewalTiming } from "./schedule.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource, Svid, TrustBundle } from "./source.ts";
 import { holdEventLoopUntilSettled } from "../util/event-loop-hold.ts";
@@ -246,16 +247,15 @@ class CaSource implements CaIdentitySource {
       namespace: this.#options.namespace ?? "",
       appId: this.#options.appId ?? "",
     });
-    const chain = certificatesFromPem(signed.certChainPem);
-    const leaf = inspectCertificate(chain[0] as Buffer);
     const rootsPem = normalizeRoots(signed.bundlePem);
-    verifyChain({ leaf: chain[0] as Buffer, intermediates: chain.slice(1), roots: certificatesFromPem(rootsPem), at: new Date(now) });
-    const spiffeId = leaf.uris[0];
-    if (spiffeId === undefined || leaf.uris.length !== 1) throw new MeshwardError("E_SVID_INVALID", "the CA returned a certificate without exactly one SPIFFE ID");
-    const expected = this.#svid?.spiffeId ?? this.#expectedId;
-    if (expected !== undefined && spiffeId !== expected) {
-      throw new MeshwardError("E_SPIFFE_MISMATCH", `the CA issued ${spiffeId} but this workload is ${expected}`);
-    }
+    const { spiffeId, leaf } = checkSignedSvid({
+      certChainPem: signed.certChainPem,
+      rootsPem,
+      privateKey: keyPair.privateKey,
+      trustDomain: this.#trustDomain,
+      expectedId: this.#svid?.spiffeId ?? this.#expectedId,
+      at: new Date(now),
+    });
     if (rootsPem !== this.#bundle.rootsPem) this.#bundle = { ...this.#bundle, rootsPem };
     return { spiffeId, certChainPem: signed.certChainPem, privateKey: keyPair.privateKey, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial };
   }
