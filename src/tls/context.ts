@@ -2,6 +2,7 @@ import { createSecureContext } from "node:tls";
 import type { SecureContext, Server as TlsServer } from "node:tls";
 import type { Socket } from "node:net";
 import { MeshwardError, describeError } from "../errors.ts";
+import { certificatesFromPem } from "../pki/pem.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "../identity/source.ts";
 import { buildSecureContextOptions } from "./policy.ts";
 import type { SecureOptions, TlsRole } from "./policy.ts";
@@ -51,6 +52,7 @@ export class SecureContextHolder {
   #expiredReason: string | undefined;
   #expiryTimer: NodeJS.Timeout | undefined;
   #generation = 1;
+  #rootsEpoch = 0;
   #closed = false;
 
   private constructor(identity: IdentitySource, snapshot: IdentitySnapshot, options: ContextHolderOptions) {
@@ -82,6 +84,16 @@ export class SecureContextHolder {
   /** Increases by one on every rebuild; tests and metrics use it. */
   get generation(): number {
     return this.#generation;
+  }
+
+  /**
+   * Increases by one whenever a bundle update removes a root. A TLS session (ticket) or an open
+   * connection verified before then may rest on the removed root, which resumption would never
+   * look at again: servers rotate their ticket keys, clients forget such sessions, and open
+   * connections are closed gracefully (ConnectionRegistry).
+   */
+  rootsEpoch(): number {
+    return this.#rootsEpoch;
   }
 
   snapshot(): IdentitySnapshot {
@@ -216,8 +228,11 @@ export class SecureContextHolder {
   #apply(snapshot: IdentitySnapshot): void {
     let options: SecureOptions;
     const identityChanged = snapshot.svid.spiffeId !== this.#snapshot.svid.spiffeId;
+    let rootRemoved = false;
     try {
-      if (identityChanged) this.#ticketKeys?.rotate(false); // a ticket must not resume into an identity we no longer hold
+      rootRemoved = rootsRemoved(this.#snapshot.bundle.rootsPem, snapshot.bundle.rootsPem);
+      // A ticket must not resume into an identity we no longer hold, nor on a root we no longer trust.
+      if (identityChanged || rootRemoved) this.#ticketKeys?.rotate(false);
       options = this.#build(snapshot);
       if (this.role === "client") createSecureContext(options); // validate before switching
     } catch (error) {
@@ -225,6 +240,10 @@ export class SecureContextHolder {
       return;
     }
     this.#snapshot = snapshot;
+    if (rootRemoved) {
+      this.#rootsEpoch++;
+      this.#logger.warn("a root was removed from the trust bundle: TLS sessions and open connections verified under it are no longer resumed or kept");
+    }
     this.#publish(options);
     const wasExpired = this.#expiredReason !== undefined;
     this.#expiredReason = undefined;
@@ -264,4 +283,11 @@ export class SecureContextHolder {
     this.#logger.error(reason);
     this.#onHealthChange?.(this.health());
   }
+}
+
+/** Whether `next` lacks a root that `previous` held (a root rotation's end, or a distrusted root). */
+function rootsRemoved(previous: string, next: string): boolean {
+  if (previous === next) return false;
+  const kept = new Set(certificatesFromPem(next).map((der) => der.toString("base64")));
+  return certificatesFromPem(previous).some((der) => !kept.has(der.toString("base64")));
 }

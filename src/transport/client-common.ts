@@ -69,6 +69,8 @@ export interface ResumableSession {
   readonly ticket: Buffer;
   readonly peer: PeerIdentity;
   readonly notAfter: Date;
+  /** The holder's rootsEpoch when the server was verified: a session outlives no root removal. */
+  readonly rootsEpoch: number;
 }
 
 const kResumable = Symbol("meshward.resumable");
@@ -110,7 +112,7 @@ export interface DialOptions {
  */
 export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: SessionCache): TLSSocket {
   const sessionKey = `${runtime.key}|${dial.host}|${dial.port}|${dial.servername ?? ""}`;
-  const resumable = runtime.insecure ? undefined : offerable(dial.session ?? sessions?.get(sessionKey), runtime.policy, () => sessions?.delete(sessionKey));
+  const resumable = runtime.insecure ? undefined : offerable(dial.session ?? sessions?.get(sessionKey), runtime, () => sessions?.delete(sessionKey));
   const checkIdentity = spiffeCheckServerIdentity(runtime.policy);
   // Node runs checkServerIdentity again (onConnectSecure on every 'secure') when OpenSSL reports
   // another handshake on the connection: the server asked to renegotiate, which
@@ -121,7 +123,7 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
   // E_PEER_NO_SPIFFE_ID "the server sent no certificate". With no certificate after a verified
   // handshake there is nothing new to judge; one that is there is still checked. The server's
   // answer to the refusal is then named (afterHandshakeError).
-  let verified: { peer: PeerIdentity; notAfter: Date } | undefined;
+  let verified: { peer: PeerIdentity; notAfter: Date; rootsEpoch: number } | undefined;
   const options: ConnectionOptions = {
     host: dial.host,
     port: dial.port,
@@ -136,7 +138,7 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
   const socket = tlsConnect(options);
   let pendingTicket: Buffer | undefined;
   const remember = (ticket: Buffer) => {
-    const entry: ResumableSession = { ticket, peer: verified!.peer, notAfter: verified!.notAfter };
+    const entry: ResumableSession = { ticket, peer: verified!.peer, notAfter: verified!.notAfter, rootsEpoch: verified!.rootsEpoch };
     (socket as unknown as { [kResumable]?: ResumableSession })[kResumable] = entry;
     sessions?.set(sessionKey, entry);
   };
@@ -146,9 +148,9 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
       if (socket.isSessionReused()) {
         // Node skipped checkServerIdentity and shows no peer certificate: check what the ticket was issued to.
         if (resumable === undefined) throw new MeshwardError("E_PEER_UNTRUSTED", "a session was resumed that this client did not offer");
-        verified = { peer: verifyRememberedPeer(resumable.peer, resumable.notAfter, runtime.policy), notAfter: resumable.notAfter };
+        verified = { peer: verifyRememberedPeer(resumable.peer, resumable.notAfter, runtime.policy), notAfter: resumable.notAfter, rootsEpoch: resumable.rootsEpoch };
       } else {
-        verified = verifyTlsPeerWithValidity(socket, runtime.policy);
+        verified = { ...verifyTlsPeerWithValidity(socket, runtime.policy), rootsEpoch: runtime.holder.rootsEpoch() };
       }
       setPeer(socket, verified.peer);
       // From here a TLS alert is not a handshake failure: marked, so that callers can name it.
@@ -186,12 +188,18 @@ const RESUME_MARGIN_MS = 5_000;
 /**
  * The session to offer, or undefined (and forgotten) when resuming it would be refused after the
  * handshake anyway: its certificate expired or expires within the margin, was revoked, or is
- * not the identity expected now. A full handshake then sees the server's current certificate.
+ * not the identity expected now; or when a root was removed from the bundle since the server was
+ * verified (its chain may rest on that root). A full handshake then sees the server's current
+ * certificate and chain.
  */
-function offerable(session: ResumableSession | undefined, policy: ClientRuntime["policy"], forget: () => void): ResumableSession | undefined {
+function offerable(session: ResumableSession | undefined, runtime: ClientRuntime, forget: () => void): ResumableSession | undefined {
   if (session === undefined) return undefined;
+  if (session.rootsEpoch !== runtime.holder.rootsEpoch()) {
+    forget();
+    return undefined;
+  }
   try {
-    verifyRememberedPeer(session.peer, new Date(session.notAfter.getTime() - RESUME_MARGIN_MS), policy);
+    verifyRememberedPeer(session.peer, new Date(session.notAfter.getTime() - RESUME_MARGIN_MS), runtime.policy);
     return session;
   } catch {
     forget();

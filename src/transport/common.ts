@@ -174,12 +174,26 @@ export function admitConnection(runtime: ServerRuntime, socket: TLSSocket, what:
 export class ConnectionRegistry {
   readonly #open = new Map<TLSSocket, NodeJS.Timeout | undefined>();
   readonly #off: () => void;
+  #rootsEpoch: number;
 
   constructor(
     private readonly runtime: ServerRuntime,
     private readonly onAged: (socket: TLSSocket) => void,
   ) {
-    this.#off = runtime.holder.onUpdate(() => this.recheckAll());
+    this.#rootsEpoch = runtime.holder.rootsEpoch();
+    this.#off = runtime.holder.onUpdate(() => this.#onUpdate());
+  }
+
+  #onUpdate(): void {
+    const epoch = this.runtime.holder.rootsEpoch();
+    if (epoch !== this.#rootsEpoch) {
+      this.#rootsEpoch = epoch;
+      // A root left the bundle: a caller's chain may rest on it, and a verified connection is never
+      // verified again. Each open connection ends as at the age cap (gracefully); callers come
+      // back with a full handshake against the current roots.
+      for (const socket of [...this.#open.keys()]) this.onAged(socket);
+    }
+    this.recheckAll();
   }
 
   add(socket: TLSSocket): void {

@@ -1,0 +1,114 @@
+import type { AddressInfo } from "node:net";
+import type { TLSSocket } from "node:tls";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { connectMtls, createMtlsServer, resumableSession } from "../../src/transport/index.ts";
+import type { MtlsServer } from "../../src/transport/index.ts";
+import { createTestPki } from "../helpers/openssl-pki.ts";
+import type { TestPki } from "../helpers/openssl-pki.ts";
+import { bundleOf, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
+
+// A resumed TLS session is never verified again (NODE-TLS-FACTS: resumption skips the chain and
+// identity checks), and neither is an open connection. When a root leaves the trust bundle (the
+// end of a root rotation, or a distrusted root), a peer whose chain rests on it must not keep
+// coming in through a session ticket or an old connection.
+const TD = "example.org";
+const SERVER_ID = `spiffe://${TD}/ns/default/api`;
+const CLIENT_ID = `spiffe://${TD}/ns/default/web`;
+const logger = makeLogger();
+
+let kept: TestPki;
+let removed: TestPki;
+const servers: MtlsServer[] = [];
+
+beforeAll(() => {
+  kept = createTestPki({ trustDomain: TD, name: "kept root" });
+  removed = createTestPki({ trustDomain: TD, name: "removed root" });
+});
+afterAll(async () => {
+  for (const s of servers) await s.meshward.close();
+  kept?.cleanup();
+  removed?.cleanup();
+});
+
+async function echoServer(identity: ManualIdentity): Promise<{ server: MtlsServer; port: number }> {
+  const server = await createMtlsServer({ identity, logger }, (socket, peer) => {
+    socket.on("data", (d) => socket.write(`${peer.spiffeId} ${d.toString()}`));
+  });
+  servers.push(server);
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+const echo = (socket: TLSSocket, text: string) =>
+  new Promise<string>((resolve, reject) => {
+    socket.once("data", (d) => resolve(d.toString()));
+    socket.once("error", reject);
+    socket.once("close", () => reject(new Error("closed")));
+    socket.write(text);
+  });
+
+const closed = (socket: TLSSocket) => new Promise<void>((resolve) => (socket.closed ? resolve() : socket.once("close", () => resolve())));
+
+/** A connection whose TLS session can be resumed (the TLS 1.3 ticket arrives after the handshake). */
+async function sessionOf(identity: ManualIdentity, port: number) {
+  const socket = await connectMtls({ identity, expect: SERVER_ID, port, logger, resumeSessions: false });
+  expect(await echo(socket, "hello")).toBe(`${CLIENT_ID} hello`);
+  const session = resumableSession(socket);
+  expect(session).toBeDefined();
+  return { socket, session: session! };
+}
+
+describe("a root removed from the bundle", () => {
+  it("server side: the open connection of a caller under that root is closed and its session ticket no longer resumes", async () => {
+    const serverIdentity = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: SERVER_ID }), bundleOf([kept, removed])));
+    const { port } = await echoServer(serverIdentity);
+    const client = new ManualIdentity(snapshotOf(removed.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept, removed])));
+
+    const { socket: open, session } = await sessionOf(client, port);
+    // The ticket works while both roots are trusted.
+    const resumed = await connectMtls({ identity: client, expect: SERVER_ID, port, logger, session });
+    expect(resumed.isSessionReused()).toBe(true);
+    expect(await echo(resumed, "again")).toBe(`${CLIENT_ID} again`);
+
+    serverIdentity.updateBundle(bundleOf([kept]));
+    await closed(open);
+    await closed(resumed);
+    // The client still trusts both roots and offers its ticket: the server must not resume it.
+    const refused = connectMtls({ identity: client, expect: SERVER_ID, port, logger, session }).then((s) => echo(s, "after"));
+    await expect(refused).rejects.toThrow();
+    // A caller under the kept root is served as before.
+    const other = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept])));
+    const fresh = await connectMtls({ identity: other, expect: SERVER_ID, port, logger, resumeSessions: false });
+    expect(await echo(fresh, "kept")).toBe(`${CLIENT_ID} kept`);
+    fresh.destroy();
+  });
+
+  it("client side: a session with a server under that root is not offered again, and the full handshake is refused", async () => {
+    const serverIdentity = new ManualIdentity(snapshotOf(removed.issueLeaf({ spiffeId: SERVER_ID }), bundleOf([kept, removed])));
+    const { port } = await echoServer(serverIdentity);
+    const client = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept, removed])));
+
+    const { socket, session } = await sessionOf(client, port);
+    socket.destroy();
+    const resumed = await connectMtls({ identity: client, expect: SERVER_ID, port, logger, session });
+    expect(resumed.isSessionReused()).toBe(true);
+    resumed.destroy();
+
+    client.updateBundle(bundleOf([kept]));
+    await expect(connectMtls({ identity: client, expect: SERVER_ID, port, logger, session })).rejects.toMatchObject({ code: "UNABLE_TO_GET_ISSUER_CERT_LOCALLY" });
+  });
+
+  it("adding a root keeps sessions resumable (a rotation's start costs no full handshakes)", async () => {
+    const serverIdentity = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: SERVER_ID }), bundleOf([kept])));
+    const { port } = await echoServer(serverIdentity);
+    const client = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept])));
+    const { socket, session } = await sessionOf(client, port);
+    serverIdentity.updateBundle(bundleOf([kept, removed]));
+    client.updateBundle(bundleOf([kept, removed]));
+    expect(await echo(socket, "open")).toBe(`${CLIENT_ID} open`);
+    const resumed = await connectMtls({ identity: client, expect: SERVER_ID, port, logger, session });
+    expect(resumed.isSessionReused()).toBe(true);
+    socket.destroy();
+    resumed.destroy();
+  });
+});
