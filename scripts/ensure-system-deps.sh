@@ -30,6 +30,8 @@ test_deps=(
 bench_deps=(
   "wrk wrk"
   "cfssl golang-cfssl"
+  # bench/proxy/instructions.ts: callgrind and callgrind_control
+  "valgrind valgrind"
 )
 
 deps=("${test_deps[@]}")

@@ -27,6 +27,7 @@ import { bundleCli } from "../../scripts/bundle.ts";
 import { startMeshCa } from "../../test/proxy/fixtures.ts";
 import { children, cpuSeconds, ownAndFinishedChildrenSeconds, ROOT, startChild, userCpuSeconds, withOtherLoad } from "./children.ts";
 import { openLoop as runOpenLoop, type OpenLoopResult } from "./openloop.ts";
+import { BACKEND, PIPE_INBOUND, PIPE_OUTBOUND } from "./pipe-pair.ts";
 
 const SECONDS = Number(process.argv[2] ?? 8);
 const ROUNDS = process.argv.includes("--rounds") ? Number(process.argv[process.argv.indexOf("--rounds") + 1]) : 3;
@@ -123,16 +124,6 @@ function rotated<T>(items: readonly T[], round: number): T[] {
   return [...items.slice(k), ...items.slice(0, k)];
 }
 
-const BACKEND = `
-const http = require("node:http");
-const big = Buffer.alloc(1 << 20, 97);
-const s = http.createServer((req, res) => {
-  if (req.url === "/big") { res.writeHead(200, { "content-type": "application/octet-stream", "content-length": big.length }); res.end(big); return; }
-  res.writeHead(200, { "content-type": "text/plain", "content-length": 13 }); res.end("hello, mesh!\\n");
-});
-s.keepAliveTimeout = 60000;
-s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));
-`;
 
 /** Bundles the CLI as `npm run build` does (scripts/bundle.ts) into node_modules/.cache; returns its entry. */
 async function buildCli(): Promise<string> {
@@ -150,23 +141,6 @@ const s = https.createServer({ cert: fs.readFileSync(${JSON.stringify(cert)}), k
   o.on("error", () => r.destroy()); q.pipe(o);
 });
 s.keepAliveTimeout = 60000;
-s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));`;
-const PIPE_INBOUND = (cert: string, key: string, ca: string, appPort: number) => `
-const fs = require("fs"), tls = require("tls"), net = require("net");
-const s = tls.createServer({ cert: fs.readFileSync(${JSON.stringify(cert)}), key: fs.readFileSync(${JSON.stringify(key)}), ca: fs.readFileSync(${JSON.stringify(ca)}), requestCert: true, rejectUnauthorized: true }, (c) => {
-  const u = net.connect({ host: "127.0.0.1", port: ${appPort}, noDelay: true });
-  c.pipe(u).pipe(c); c.on("error", () => u.destroy()); u.on("error", () => c.destroy());
-});
-s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));`;
-const PIPE_OUTBOUND = (cert: string, key: string, ca: string, peerPort: number) => `
-const fs = require("fs"), tls = require("tls"), net = require("net");
-const opts = { host: "127.0.0.1", port: ${peerPort}, cert: fs.readFileSync(${JSON.stringify(cert)}), key: fs.readFileSync(${JSON.stringify(key)}), ca: fs.readFileSync(${JSON.stringify(ca)}), servername: "naive-b.mesh.test" };
-let session;
-const s = net.createServer({ noDelay: true }, (c) => {
-  const u = tls.connect({ ...opts, session });
-  u.setNoDelay(true); u.on("session", (x) => (session = x));
-  c.pipe(u).pipe(c); c.on("error", () => u.destroy()); u.on("error", () => c.destroy());
-});
 s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));`;
 const NAIVE_OUTBOUND = (cert: string, key: string, ca: string, peerPort: number) => `
 const fs = require("fs"), https = require("https"), http = require("http");

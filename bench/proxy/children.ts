@@ -19,8 +19,8 @@ export interface Started {
   readonly match: RegExpMatchArray | null;
 }
 
-/** Starts `command args` in the repository root and waits (30 s at most) for `ready` on its stdout, if given. */
-export function startChild(command: string, args: string[], ready?: RegExp, env?: Record<string, string>): Promise<Started> {
+/** Starts `command args` in the repository root and waits (`timeoutMs`, 30 s by default) for `ready` on its stdout, if given. */
+export function startChild(command: string, args: string[], ready?: RegExp, env?: Record<string, string>, timeoutMs = 30_000): Promise<Started> {
   const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT, env: env === undefined ? process.env : { ...process.env, ...env } });
   children.push(child);
   let out = "";
@@ -28,7 +28,7 @@ export function startChild(command: string, args: string[], ready?: RegExp, env?
   child.stderr!.on("data", (d) => (err += d));
   if (ready === undefined) return Promise.resolve({ child, match: null });
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${command} not ready after 30 s: ${out} ${err}`)), 30_000);
+    const timer = setTimeout(() => reject(new Error(`${command} not ready after ${timeoutMs / 1000} s: ${out} ${err}`)), timeoutMs);
     child.stdout!.on("data", (d) => {
       out += d;
       const m = out.match(ready);

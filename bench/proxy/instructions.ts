@@ -1,0 +1,228 @@
+/**
+ * Instructions per proxied request, counted rather than timed: each sidecar of a pair runs under
+ * `valgrind --tool=callgrind`, which counts the user-mode instructions a process executes (all
+ * its threads: JavaScript, WebAssembly, V8's builtins, GC and compiler threads, OpenSSL, libuv,
+ * libc; not the kernel). Counters are zeroed before each round and dumped after exactly N
+ * requests, whatever else the machine is doing — which CPU time per request (bench.ts,
+ * compare.ts) is not: on two shared cores it moves by ±3–8 % per round. Measured (README): the
+ * first two rounds after any warm-up cost 1.3–2.8× the later ones, however long the warm-up (V8's
+ * concurrent compiler threads, serialised under valgrind, finish then), so they are reported but
+ * not counted (`--settle`); after them the pipe pair repeats within 1 %, while a meshward sidecar
+ * has a floor it repeats within 1 % and rounds above it where a major GC landed. The figure is
+ * that floor (the least of the counted rounds), with the median beside it. Use it to judge a change to the sidecar's per-request work; use bench.ts for what a
+ * user gets. Instructions are not time (a cache miss or a system call costs more than its
+ * count says), so the issue-20 target itself stays on CPU time.
+ *
+ * Pairs: the meshward pair (the CLI bundle, as bench.ts runs it: outbound → mTLS → inbound →
+ * backend, no policy) and the pipe pair (bench/proxy/pipe-pair.ts: bytes only, no HTTP), the
+ * ceiling of any Node sidecar pair. The client is a keep-alive node:http agent in this
+ * process with `--connections` requests in flight (default 1: one request per wake-up, so the
+ * count does not depend on how requests happened to batch); the backend runs without valgrind.
+ *   node --import tsx bench/proxy/instructions.ts [--requests 2000] [--warmup 2000] [--connections 1] [--rounds 6] [--settle 2] [--top 25] [--base <git-ref>]
+ * `--top N` prints the N costliest symbols (inclusive) of each meshward sidecar from
+ * callgrind_annotate (JIT code has no symbols: it shows as addresses). `--base REF` also
+ * measures the meshward pair built from REF (a git worktree under node_modules/.cache), for A/B.
+ * Needs valgrind (Debian's valgrind); under it a sidecar runs ~50× slower, so the defaults take
+ * ~7 minutes.
+ */
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { Agent, request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { bundleCli } from "../../scripts/bundle.ts";
+import { startMeshCa } from "../../test/proxy/fixtures.ts";
+import type { MeshCa } from "../../test/proxy/fixtures.ts";
+import { ROOT, startChild } from "./children.ts";
+import { BACKEND, PIPE_INBOUND, PIPE_OUTBOUND } from "./pipe-pair.ts";
+
+const flag = (name: string, fallback: number): number => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : fallback);
+const REQUESTS = flag("--requests", 2000);
+const WARMUP = flag("--warmup", 2000);
+const CONNECTIONS = flag("--connections", 1);
+const ROUNDS = flag("--rounds", 6);
+const SETTLE = flag("--settle", 2);
+const TOP = flag("--top", 0);
+const BASE = process.argv.includes("--base") ? process.argv[process.argv.indexOf("--base") + 1] : undefined;
+/** Start-up under valgrind (module loading, CSR, first handshake) takes tens of seconds. */
+const VALGRIND_READY_MS = 240_000;
+
+interface Pair {
+  readonly name: string;
+  readonly url: string;
+  readonly headers: Record<string, string>;
+  readonly outbound: { pid: number; out: string };
+  readonly inbound: { pid: number; out: string };
+  stop(): void;
+}
+
+function callgrind(out: string): string[] {
+  return ["--tool=callgrind", "--collect-atstart=yes", `--callgrind-out-file=${out}`];
+}
+
+/** Sends `count` GET / through `url` with CONNECTIONS in flight; every answer must be 200. */
+async function load(url: string, headers: Record<string, string>, count: number): Promise<void> {
+  const agent = new Agent({ keepAlive: true, maxSockets: CONNECTIONS });
+  const target = new URL(url);
+  let next = 0;
+  const one = () =>
+    new Promise<void>((resolve, reject) => {
+      const req = request({ host: target.hostname, port: target.port, path: "/", headers, agent }, (res) => {
+        res.resume();
+        res.on("end", () => (res.statusCode === 200 ? resolve() : reject(new Error(`${url} answered ${res.statusCode}`))));
+      });
+      req.on("error", reject);
+      req.end();
+    });
+  const worker = async () => {
+    while (next < count) {
+      next++;
+      await one();
+    }
+  };
+  await Promise.all(Array.from({ length: CONNECTIONS }, worker));
+  agent.destroy();
+}
+
+/** Zeroes a process's counters (callgrind_control waits until valgrind has done it). */
+const zero = (pid: number) => execFileSync("callgrind_control", ["--zero", String(pid)], { stdio: "ignore" });
+
+/** Dumps a process's counters and returns the instructions since the last zero. */
+function dump(pid: number, out: string): { instructions: number; file: string } {
+  const dir = join(out, "..");
+  const before = new Set(readdirSync(dir));
+  execFileSync("callgrind_control", ["--dump", String(pid)], { stdio: "ignore" });
+  const file = readdirSync(dir).find((f) => !before.has(f) && f.startsWith(`${out.split("/").pop()!}`));
+  if (file === undefined) throw new Error(`callgrind wrote no dump for ${pid}`);
+  const text = readFileSync(join(dir, file), "utf8");
+  const totals = /^(?:summary|totals): (\d+)/m.exec(text);
+  if (totals === null) throw new Error(`no totals in ${file}`);
+  return { instructions: Number(totals[1]), file: join(dir, file) };
+}
+
+function topSymbols(file: string, rows: number): string {
+  const text = execFileSync("callgrind_annotate", ["--inclusive=yes", `--threshold=100`, file], { encoding: "utf8", maxBuffer: 64 << 20 });
+  const lines = text.split("\n").filter((l) => /^\s*[\d,]+ \(/.test(l));
+  return lines
+    .slice(0, rows)
+    .map((l) => `    ${l.trim()}`)
+    .join("\n");
+}
+
+async function meshwardPair(name: string, cli: string, ca: MeshCa, backendPort: number, work: string): Promise<Pair> {
+  const sidecar = async (appId: string, out: string, extra: string[]) =>
+    startChild(
+      "valgrind",
+      [...callgrind(out), process.execPath, cli, "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra],
+      /inbound=127\.0\.0\.1:(\d+)(?: outbound=127\.0\.0\.1:(\d+))?/,
+      { MESHWARD_TOKEN: await ca.token("default", appId) },
+      VALGRIND_READY_MS,
+    );
+  const outB = join(work, `${name}-inbound`);
+  const outA = join(work, `${name}-outbound`);
+  const b = await sidecar(`${name}-b`, outB, ["--app", `127.0.0.1:${backendPort}`]);
+  const a = await sidecar(`${name}-a`, outA, ["--app", "127.0.0.1:1", "--outbound", "127.0.0.1:0", "--peer", `${name}-b=127.0.0.1:${b.match![1]}`]);
+  return {
+    name,
+    url: `http://127.0.0.1:${a.match![2]}`,
+    headers: { "dapr-app-id": `${name}-b` },
+    outbound: { pid: a.child.pid!, out: outA },
+    inbound: { pid: b.child.pid!, out: outB },
+    stop: () => [a, b].forEach((s) => s.child.kill("SIGKILL")),
+  };
+}
+
+async function pipePair(ca: MeshCa, backendPort: number, work: string): Promise<Pair> {
+  const filesB = await ca.clientFiles("default", "naive-b", ["naive-b.mesh.test"]);
+  const filesA = await ca.clientFiles("default", "naive-a");
+  const outB = join(work, "pipe-inbound");
+  const outA = join(work, "pipe-outbound");
+  const b = await startChild("valgrind", [...callgrind(outB), process.execPath, "-e", PIPE_INBOUND(filesB.cert, filesB.key, ca.bundleFile, backendPort)], /PORT (\d+)/, undefined, VALGRIND_READY_MS);
+  const a = await startChild("valgrind", [...callgrind(outA), process.execPath, "-e", PIPE_OUTBOUND(filesA.cert, filesA.key, ca.bundleFile, Number(b.match![1]))], /PORT (\d+)/, undefined, VALGRIND_READY_MS);
+  return {
+    name: "node-pipe",
+    url: `http://127.0.0.1:${a.match![1]}`,
+    headers: {},
+    outbound: { pid: a.child.pid!, out: outA },
+    inbound: { pid: b.child.pid!, out: outB },
+    stop: () => [a, b].forEach((s) => s.child.kill("SIGKILL")),
+  };
+}
+
+/** The CLI bundle of another commit, for --base: a detached worktree sharing this checkout's node_modules. */
+async function bundleAt(ref: string): Promise<string> {
+  const tree = join(ROOT, "node_modules/.cache/meshward-instructions-base");
+  if (existsSync(tree)) execFileSync("git", ["worktree", "remove", "--force", tree], { cwd: ROOT });
+  execFileSync("git", ["worktree", "add", "--detach", tree, ref], { cwd: ROOT, stdio: "ignore" });
+  execFileSync("ln", ["-s", join(ROOT, "node_modules"), join(tree, "node_modules")]);
+  const { bundleCli: bundleBase } = (await import(join(tree, "scripts/bundle.ts"))) as { bundleCli: (out: string) => Promise<string> };
+  return await bundleBase(join(ROOT, "node_modules/.cache/meshward-instructions-base-bundle"));
+}
+
+async function main(): Promise<void> {
+  execFileSync("valgrind", ["--version"], { stdio: "ignore" });
+  const cli = await bundleCli(join(ROOT, "node_modules/.cache/meshward-bench"));
+  const baseCli = BASE === undefined ? undefined : await bundleAt(BASE);
+  const ca = await startMeshCa({ workloadTtl: "24h" });
+  const work = mkdtempSync(join(tmpdir(), "meshward-instructions-"));
+  const backend = await startChild(process.execPath, ["-e", BACKEND], /PORT (\d+)/);
+  const backendPort = Number(backend.match![1]);
+  const pairs: Pair[] = [];
+  try {
+    console.log(`instructions per request (callgrind), ${REQUESTS} requests after ${WARMUP} of warm-up, ${CONNECTIONS} in flight, Node ${process.version}`);
+    pairs.push(await pipePair(ca, backendPort, work));
+    pairs.push(await meshwardPair("meshward", cli, ca, backendPort, work));
+    if (baseCli !== undefined) pairs.push(await meshwardPair("base", baseCli, ca, backendPort, work));
+    for (const pair of pairs) await load(pair.url, pair.headers, WARMUP);
+    const results = new Map<string, { outbound: number[]; inbound: number[]; files: string[] }>();
+    for (let round = 1; round <= ROUNDS; round++) {
+      for (const pair of pairs) {
+        zero(pair.outbound.pid);
+        zero(pair.inbound.pid);
+        await load(pair.url, pair.headers, REQUESTS);
+        const a = dump(pair.outbound.pid, pair.outbound.out);
+        const b = dump(pair.inbound.pid, pair.inbound.out);
+        const r = results.get(pair.name) ?? { outbound: [], inbound: [], files: [] };
+        r.outbound.push(a.instructions / REQUESTS);
+        r.inbound.push(b.instructions / REQUESTS);
+        r.files = [a.file, b.file];
+        results.set(pair.name, r);
+        console.log(`  round ${round} ${pair.name.padEnd(9)} outbound ${Math.round(a.instructions / REQUESTS).toLocaleString("en")} · inbound ${Math.round(b.instructions / REQUESTS).toLocaleString("en")} instructions per request`);
+      }
+    }
+    if (ROUNDS <= SETTLE) throw new Error(`--rounds ${ROUNDS} leaves no round after the ${SETTLE} settling rounds`);
+    const counted = (xs: number[]) => xs.slice(SETTLE);
+    const floor = (xs: number[]) => Math.min(...counted(xs));
+    const median = (xs: number[]) => {
+      const sorted = [...counted(xs)].sort((a, b) => a - b);
+      return sorted[Math.floor((sorted.length - 1) / 2)]!;
+    };
+    const fmt = (x: number) => Math.round(x).toLocaleString("en");
+    console.log(`rounds ${SETTLE + 1}–${ROUNDS} (the first ${SETTLE} settle V8): floor (median) instructions per request`);
+    for (const [name, r] of results) {
+      console.log(`  ${name.padEnd(9)} outbound ${fmt(floor(r.outbound))} (${fmt(median(r.outbound))}) · inbound ${fmt(floor(r.inbound))} (${fmt(median(r.inbound))})`);
+    }
+    const pipe = results.get("node-pipe")!;
+    for (const [name, r] of results) {
+      if (name === "node-pipe") continue;
+      console.log(`${name} / node-pipe at the floor: outbound ${(floor(r.outbound) / floor(pipe.outbound)).toFixed(3)}×, inbound ${(floor(r.inbound) / floor(pipe.inbound)).toFixed(3)}×`);
+    }
+    const base = results.get("base");
+    if (base !== undefined) {
+      const mesh = results.get("meshward")!;
+      console.log(`meshward / base at the floor: outbound ${((floor(mesh.outbound) / floor(base.outbound)) * 100).toFixed(2)} %, inbound ${((floor(mesh.inbound) / floor(base.inbound)) * 100).toFixed(2)} %`);
+    }
+    if (TOP > 0) {
+      const [fa, fb] = results.get("meshward")!.files;
+      console.log(`meshward outbound, costliest symbols (inclusive, last round):\n${topSymbols(fa!, TOP)}`);
+      console.log(`meshward inbound:\n${topSymbols(fb!, TOP)}`);
+    }
+  } finally {
+    pairs.forEach((p) => p.stop());
+    backend.child.kill("SIGKILL");
+    await ca.close();
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+await main();
