@@ -47,8 +47,8 @@ function socketPath(): string {
   return join(dir, `api-${++socketCounter}.sock`);
 }
 
-async function serve(source: IdentitySource, path = socketPath()): Promise<WorkloadApiServer> {
-  const server = await startWorkloadApiServer({ socketPath: path, source });
+async function serve(source: IdentitySource, path = socketPath(), maxStreams?: number): Promise<WorkloadApiServer> {
+  const server = await startWorkloadApiServer({ socketPath: path, source, ...(maxStreams !== undefined ? { maxStreams } : {}) });
   cleanups.push(() => server.close());
   return server;
 }
@@ -187,6 +187,39 @@ describe("Workload API server and client over a unix socket", () => {
     const ok = await firstMessage<X509SvidResponseMessage>(client, "FetchX509SVID", header("true"));
     expect(ok.error).toBeUndefined();
     expect(ok.message!.svids).toHaveLength(1);
+  });
+
+  it("caps open streams: one over the cap ends with RESOURCE_EXHAUSTED, and a closed stream frees its place", async () => {
+    const server = await serve(manualIdentitySource(pki.snapshot()), socketPath(), 2);
+    const client = rawClient(server.socketPath);
+    const open = (method: string) => {
+      const call = (client as unknown as Record<string, (req: object, md: grpc.Metadata) => grpc.ClientReadableStream<unknown>>)[method]!({}, header("true"));
+      call.on("error", () => undefined);
+      return new Promise<grpc.ClientReadableStream<unknown>>((resolve) => call.once("data", () => resolve(call)));
+    };
+    const first = await open("FetchX509SVID");
+    await open("FetchX509Bundles");
+    expect(server.openStreams()).toBe(2);
+    const refused = await firstMessage(client, "FetchX509SVID", header("true"));
+    expect(refused.error?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    first.cancel();
+    for (let i = 0; i < 200 && server.openStreams() > 1; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(server.openStreams()).toBe(1);
+    const again = await firstMessage<X509SvidResponseMessage>(client, "FetchX509SVID", header("true"));
+    expect(again.message?.svids.length).toBe(1);
+  });
+
+  it("refuses an oversized request message", async () => {
+    const server = await serve(manualIdentitySource(pki.snapshot()));
+    const client = rawClient(server.socketPath);
+    const error = await new Promise<grpc.ServiceError | null>((resolve) => {
+      (client as unknown as Record<string, (req: object, md: grpc.Metadata, cb: (e: grpc.ServiceError | null) => void) => void>)["FetchJWTSVID"]!(
+        { audience: ["x".repeat(128 * 1024)] },
+        header("true"),
+        (e) => resolve(e),
+      );
+    });
+    expect(error?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
   });
 
   it("serves FetchX509Bundles keyed by trust domain ID and answers JWT calls with UNIMPLEMENTED", async () => {

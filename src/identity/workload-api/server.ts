@@ -22,7 +22,17 @@ export interface WorkloadApiServerOptions {
    */
   readonly socketMode?: number;
   readonly logger?: Logger;
+  /**
+   * Open FetchX509SVID and FetchX509Bundles streams at most (default 1024): each holds memory
+   * and is written on every rotation, and any process that can open the socket can open
+   * streams. A stream over the cap ends at once with RESOURCE_EXHAUSTED.
+   */
+  readonly maxStreams?: number;
 }
+
+export const DEFAULT_WORKLOAD_API_MAX_STREAMS = 1024;
+/** The Workload API's requests are empty or a few audiences: nothing legitimate comes near this. */
+const MAX_REQUEST_BYTES = 64 * 1024;
 
 export interface WorkloadApiServer {
   readonly socketPath: string;
@@ -52,6 +62,18 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
   let lastBundle: TrustBundle | undefined = source.current()?.bundle;
   let hadIdentity = source.current() !== undefined;
   let closing = false;
+  const maxStreams = options.maxStreams ?? DEFAULT_WORKLOAD_API_MAX_STREAMS;
+  let refusedWarned = false;
+  /** False (and the stream ended with RESOURCE_EXHAUSTED) when the cap is reached. */
+  const admit = (call: grpc.ServerWritableStream<unknown, unknown>): boolean => {
+    if (svidCalls.size + bundleCalls.size < maxStreams) return true;
+    if (!refusedWarned) {
+      refusedWarned = true;
+      logger?.warn({ event: "workload-api-streams-exhausted", maxStreams }, "the Workload API refused a stream: the open-stream cap is reached (logged once)");
+    }
+    call.emit("error", grpcError(grpc.status.RESOURCE_EXHAUSTED, `the Workload API serves at most ${maxStreams} open streams; close unused ones`));
+    return false;
+  };
 
   const sendSvid = (call: SvidCall, snapshot: IdentitySnapshot) => {
     try {
@@ -99,6 +121,7 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
       return;
     }
     lastBundle = snapshot.bundle;
+    if (!admit(call)) return;
     svidCalls.add(call);
     call.on("cancelled", () => svidCalls.delete(call));
     call.on("close", () => svidCalls.delete(call));
@@ -112,6 +135,7 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
       call.emit("error", grpcError(grpc.status.UNAVAILABLE, "the trust bundle is not available yet; retry with backoff"));
       return;
     }
+    if (!admit(call)) return;
     bundleCalls.set(call, "");
     call.on("cancelled", () => bundleCalls.delete(call));
     call.on("close", () => bundleCalls.delete(call));
@@ -124,7 +148,7 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
     else (call as grpc.ServerWritableStream<unknown, unknown>).emit("error", error);
   };
 
-  const server = new grpc.Server();
+  const server = new grpc.Server({ "grpc.max_receive_message_length": MAX_REQUEST_BYTES });
   server.addService(workloadApiDefinition().service, {
     FetchX509SVID: fetchX509Svid,
     FetchX509Bundles: fetchX509Bundles,
