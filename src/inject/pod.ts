@@ -67,6 +67,7 @@ export function injectPod(input: PodLike, options: InjectOptions, where: string,
   if (settings.mode === "permissive") notes.push(`${where}: ${ANNOTATION.mode} permissive: plaintext is accepted on the inbound port (for migrations only)`);
   if (settings.config === undefined) notes.push(`${where}: no ${ANNOTATION.config}: every caller with a certificate of this trust domain is allowed`);
 
+  refuseTakenNames(spec, annotations, where);
   const base = uninjectPod(input);
   const baseSpec = base.spec as PodSpecLike;
   const newSpec: PodSpecLike = { ...baseSpec };
@@ -80,6 +81,26 @@ export function injectPod(input: PodLike, options: InjectOptions, where: string,
     spec: newSpec,
   };
   return { pod, settings, notes };
+}
+
+/**
+ * Kubernetes refuses a pod whose containers and init containers share a name, and a pod that is
+ * not marked injected holds no init container or volume of ours: one with our names is the
+ * user's, and injecting would fail at the API server or replace it.
+ */
+function refuseTakenNames(spec: PodSpecLike, annotations: Record<string, string>, where: string): void {
+  const named = (list: Record<string, unknown>[] | undefined, name: string) => Array.isArray(list) && list.some((item) => item?.name === name);
+  if (named(spec.containers, SIDECAR_CONTAINER)) {
+    throw new MeshwardError("E_INJECT_INVALID", `${where}: a container is already named ${JSON.stringify(SIDECAR_CONTAINER)}, the name of the sidecar; rename it, or remove ${ANNOTATION.inject}`);
+  }
+  if (annotations[ANNOTATION.injected] === "true") return;
+  const taken = [
+    ...(named(spec.initContainers, SIDECAR_CONTAINER) ? [`init container ${SIDECAR_CONTAINER}`] : []),
+    ...[TOKEN_VOLUME, POLICY_VOLUME].filter((name) => named(spec.volumes, name)).map((name) => `volume ${name}`),
+  ];
+  if (taken.length > 0) {
+    throw new MeshwardError("E_INJECT_INVALID", `${where}: the pod already has ${taken.join(" and ")}, names the sidecar uses, without the ${ANNOTATION.injected} annotation; rename them`);
+  }
 }
 
 /** The pod without anything injection added (fields emptied by removal are dropped). */

@@ -160,6 +160,28 @@ describe("meshward inject: refusals are clear errors, never a stack trace", () =
     });
   }
 
+  it("names the sidecar uses, taken by the pod's own containers or volumes, are refused instead of replaced", async () => {
+    const annotations = JSON.stringify({ "meshward.io/inject": "true", "meshward.io/app-port": "80" });
+    const pod = (spec: string) =>
+      `apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\n  annotations: ${annotations}\nspec:\n  serviceAccountName: web\n${spec}`;
+    const cases: [string, RegExp][] = [
+      ["  containers: [{name: web, image: web}, {name: meshward, image: mine}]\n", /a container is already named "meshward".*\[E_INJECT_INVALID\]/s],
+      ["  initContainers: [{name: meshward, image: mine}]\n  containers: [{name: web, image: web}]\n", /init container meshward.*\[E_INJECT_INVALID\]/s],
+      ["  containers: [{name: web, image: web}]\n  volumes: [{name: meshward-token, emptyDir: {}}]\n", /volume meshward-token.*\[E_INJECT_INVALID\]/s],
+    ];
+    for (const [spec, message] of cases) {
+      const result = await runCli(["inject", ...ARGS], { input: pod(spec) });
+      expect(result.code).toBe(1);
+      expect(result.stdout).toBe("");
+      expect(result.stderr).toMatch(message);
+      expect(result.stderr).not.toMatch(/\n\s+at /);
+    }
+    // The same pod without those names is injected.
+    const ok = await runCli(["inject", ...ARGS], { input: pod("  containers: [{name: web, image: web}]\n") });
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toMatch(/name: meshward\b/);
+  });
+
   it("a trust anchors file that is not PEM is refused before anything is read", async () => {
     const result = await runCli(["inject", join(FIXTURES, "cronjob.yaml"), "--trust-anchors", join(FIXTURES, "cronjob.yaml")]);
     expect(result.code).toBe(1);
