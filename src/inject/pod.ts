@@ -88,7 +88,7 @@ export function injectPod(input: PodLike, options: InjectOptions, where: string,
  * not marked injected holds no init container or volume of ours: one with our names is the
  * user's, and injecting would fail at the API server or replace it.
  */
-function refuseTakenNames(spec: PodSpecLike, annotations: Record<string, string>, where: string): void {
+function refuseTakenNames(spec: PodSpecLike, annotations: Readonly<Record<string, unknown>>, where: string): void {
   const named = (list: Record<string, unknown>[] | undefined, name: string) => Array.isArray(list) && list.some((item) => item?.name === name);
   if (named(spec.containers, SIDECAR_CONTAINER)) {
     throw new MeshwardError("E_INJECT_INVALID", `${where}: a container is already named ${JSON.stringify(SIDECAR_CONTAINER)}, the name of the sidecar; rename it, or remove ${ANNOTATION.inject}`);
