@@ -147,12 +147,39 @@ export async function httpsRequest(url: string | URL, options: MtlsRequestOption
     const { MeshwardError } = await import("../errors.ts");
     throw new MeshwardError("E_INSECURE_CONFIG", `${target.protocol} URLs are not allowed; meshward clients speak https only`);
   }
+  const method = (options.method ?? "GET").toUpperCase();
+  // A kept-alive connection the server closes (idle timeout, age cap, a root leaving the bundle)
+  // can take a request that was being written as it closed: the request failed before any of
+  // it was read, so an idempotent one is sent once more, on a new connection (as Go's
+  // net/http and undici do; Node's request.reusedSocket documents the race).
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await requestOnce(target, agent, method, options);
+    } catch (error) {
+      if (attempt > 0 || !(error instanceof StaleSocketError) || !IDEMPOTENT.has(method)) throw error instanceof StaleSocketError ? error.original : error;
+    }
+  }
+}
+
+/** RFC 9110 §9.2.2. */
+const IDEMPOTENT: ReadonlySet<string> = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
+
+/** A request that failed on a reused keep-alive socket before any response byte arrived. */
+class StaleSocketError extends Error {
+  constructor(readonly original: Error) {
+    super(original.message);
+  }
+}
+
+function requestOnce(target: URL, agent: HttpsAgent, method: string, options: MtlsRequestOptions): Promise<MtlsResponse> {
   return new Promise<MtlsResponse>((resolve, reject) => {
+    let responded = false;
     const fail = (error: Error) => reject(afterHandshakeError(error, `the server at ${target.host}`));
     const req = httpsNodeRequest(
       target,
-      { agent, method: options.method ?? "GET", headers: options.headers ?? {}, ...(options.timeoutMs ? { timeout: options.timeoutMs } : {}) },
+      { agent, method, headers: options.headers ?? {}, ...(options.timeoutMs ? { timeout: options.timeoutMs } : {}) },
       (res) => {
+        responded = true;
         const peer = peerOf(res.socket);
         const chunks: Buffer[] = [];
         res.on("data", (c: Buffer) => chunks.push(c));
@@ -170,7 +197,10 @@ export async function httpsRequest(url: string | URL, options: MtlsRequestOption
         });
       },
     );
-    req.on("error", fail);
+    req.on("error", (error: NodeJS.ErrnoException) => {
+      if (req.reusedSocket && !responded && (error.code === "ECONNRESET" || error.code === "EPIPE")) return reject(new StaleSocketError(error));
+      fail(error);
+    });
     if (options.timeoutMs) req.on("timeout", () => req.destroy(new Error(`request timed out after ${options.timeoutMs} ms`)));
     req.end(options.body);
   });
