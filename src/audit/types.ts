@@ -193,7 +193,8 @@ export interface Finding {
   document: number;
 }
 
-export type SkipReason = "too-large" | "symlink-loop" | "unreadable" | "not-config" | "not-regular";
+/** `outside-root`: a symbolic link whose target is outside the folder being audited (not followed). */
+export type SkipReason = "too-large" | "symlink-loop" | "unreadable" | "outside-root" | "not-config" | "not-regular";
 
 export interface SkippedFile {
   file: string;

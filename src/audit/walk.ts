@@ -1,5 +1,5 @@
 import { closeSync, lstatSync, openSync, readSync, readdirSync, readFileSync, realpathSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { join, sep } from "node:path";
 import type { SkippedFile } from "./types.ts";
 
 export const DEFAULT_MAX_FILE_BYTES = 4 * 1024 * 1024;
@@ -19,7 +19,10 @@ export interface WalkResult {
 
 /**
  * Collects the text files under `roots` (files or folders, recursively). Symlinks are
- * followed: a link to a folder that encloses it (its real path is one of the folders being
+ * followed only while they stay inside the root they were found under: a link whose real path
+ * leaves that root (to /etc, to a parent folder) is skipped as `outside-root`, never read, so a
+ * hostile tree cannot make the audit read (and quote) files it was not given. A link
+ * to a folder that encloses it (its real path is one of the folders being
  * walked) is a loop and is reported; a link that aliases a folder scanned elsewhere is not a
  * loop, the folder is simply not read twice; a file reached twice is read once. Files over
  * `maxFileBytes` are skipped and reported, never read; binary files (a NUL byte in the first
@@ -36,7 +39,9 @@ export function walk(roots: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_B
 
   /** Real paths of the folders currently being walked (the ancestors of the path visited). */
   const ancestors: string[] = [];
-  const visit = (path: string, isRoot: boolean): void => {
+  /** `root` is the real path of the root being walked; undefined when visiting the root itself. */
+  const visit = (path: string, root: string | undefined): void => {
+    const isRoot = root === undefined;
     let stats;
     let real: string;
     try {
@@ -47,6 +52,10 @@ export function walk(roots: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_B
       const code = (error as NodeJS.ErrnoException).code;
       if (code === "ELOOP") skip(path, "symlink-loop", "symbolic link points back at itself");
       else skip(path, "unreadable", code === "ENOENT" ? (isRoot ? "does not exist" : "dangling symbolic link") : String(code ?? error));
+      return;
+    }
+    if (root !== undefined && real !== root && !real.startsWith(root.endsWith(sep) ? root : root + sep)) {
+      skip(path, "outside-root", `symbolic link to ${real}, outside ${root}: not followed`);
       return;
     }
     if (stats.isDirectory()) {
@@ -67,7 +76,7 @@ export function walk(roots: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_B
       ancestors.push(real);
       for (const entry of entries) {
         if (IGNORED_DIRECTORIES.has(entry)) continue;
-        visit(join(path, entry), false);
+        visit(join(path, entry), root ?? real);
       }
       ancestors.pop();
       return;
@@ -91,7 +100,7 @@ export function walk(roots: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_B
     result.files.push({ file: path, text });
   };
 
-  for (const root of roots) visit(root, true);
+  for (const root of roots) visit(root, undefined);
   return result;
 }
 

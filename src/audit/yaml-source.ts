@@ -1,6 +1,7 @@
 import { LineCounter, isMap, isPair, isScalar, isSeq, parseAllDocuments, visit } from "yaml";
 import type { Document } from "yaml";
 import type { Node as YamlNode } from "yaml";
+import { findExcessiveNesting, MAX_NESTING_DEPTH } from "../util/yaml-depth.ts";
 import type { NodePath, ParseProblem, Position, SourceDocument } from "./types.ts";
 
 export interface ParsedYaml {
@@ -16,6 +17,13 @@ export function parseYamlFile(file: string, text: string): ParsedYaml {
   const lineCounter = new LineCounter();
   const documents: SourceDocument[] = [];
   const problems: ParseProblem[] = [];
+  // Nesting deep enough to exhaust the parser's stack is refused before parsing (a crash
+  // there would take the whole audit down): the file is reported, the others still audited.
+  const tooDeep = findExcessiveNesting(text);
+  if (tooDeep !== undefined) {
+    problems.push({ file, line: tooDeep.line, column: tooDeep.column, message: `nested more than ${MAX_NESTING_DEPTH} levels deep: not parsed (refused as hostile input)` });
+    return { documents, problems };
+  }
   let parsed;
   try {
     // logLevel "error": the yaml package would otherwise print warnings (e.g. on the

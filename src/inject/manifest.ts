@@ -2,6 +2,7 @@ import { Composer, CST, isMap, isSeq, Parser, type Document } from "yaml";
 import { MeshwardError } from "../errors.ts";
 import { injectPod, type PodLike } from "./pod.ts";
 import type { InjectOptions } from "./settings.ts";
+import { findExcessiveNesting, MAX_NESTING_DEPTH } from "../util/yaml-depth.ts";
 
 /** Kind → path from the object to its pod template ([] for a Pod itself). */
 const POD_TEMPLATE_PATHS: Readonly<Record<string, readonly string[]>> = {
@@ -75,6 +76,11 @@ export function injectObject(object: unknown, options: InjectOptions, where: str
  * injected document keeps its comments outside the parts injection changes.
  */
 export function injectManifest(text: string, options: InjectOptions, file = "-"): InjectResult {
+  // Refused before any parser sees it: deep enough nesting exhausts the parser's stack.
+  const tooDeep = findExcessiveNesting(text);
+  if (tooDeep !== undefined) {
+    throw new MeshwardError("E_INJECT_INVALID", `${file}:${tooDeep.line}:${tooDeep.column}: nested more than ${MAX_NESTING_DEPTH} levels deep; no Kubernetes manifest nests like this`);
+  }
   // JSON in (kubectl get -o json), JSON out.
   if (/^\s*[{[]/.test(text)) {
     let json: unknown;

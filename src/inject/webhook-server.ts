@@ -1,16 +1,24 @@
 import { createServer, type Server } from "node:https";
-import type { AddressInfo } from "node:net";
+import { createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySnapshot, IdentitySource } from "../identity/source.ts";
 import { CIPHERS, CURVES, MIN_TLS_VERSION, SECURE_OPTIONS } from "../tls/policy.ts";
 import { formatHostPort, type HostPort } from "../util/address.ts";
+import { ConnectionGate } from "../util/connection-gate.ts";
+import { findExcessiveNesting } from "../util/yaml-depth.ts";
 import { reviewAdmission } from "./admission.ts";
 import type { InjectOptions } from "./settings.ts";
 
 /** AdmissionReview bodies are capped by the API server's request limit (3 MiB of object). */
 export const MAX_REVIEW_BYTES = 4 * 1024 * 1024;
 export const MUTATE_PATH = "/mutate";
+/** Time a caller has to finish the TLS handshake (Node's own default is 120 s). */
+export const DEFAULT_WEBHOOK_HANDSHAKE_TIMEOUT_MS = 10_000;
+/** Connections open at once; the API server keeps a few, so this is generous. */
+export const DEFAULT_WEBHOOK_MAX_CONNECTIONS = 1024;
+/** Connections open at once from one source address (the API servers share a few addresses). */
+export const DEFAULT_WEBHOOK_MAX_CONNECTIONS_PER_ADDRESS = 256;
 
 export interface WebhookServerOptions {
   readonly listen: HostPort;
@@ -20,6 +28,12 @@ export interface WebhookServerOptions {
   readonly inject: Omit<InjectOptions, "trustAnchors">;
   readonly ownNamespace: string;
   readonly logger: Logger;
+  /** Milliseconds a caller has to finish the TLS handshake (default 10 s). */
+  readonly handshakeTimeoutMs?: number;
+  /** Connections open at once (default 1024); more are reset on accept, before any TLS work. */
+  readonly maxConnections?: number;
+  /** Connections open at once from one source address (default 256). */
+  readonly maxConnectionsPerAddress?: number;
 }
 
 export interface WebhookServer {
@@ -48,7 +62,10 @@ function tlsOptions(snapshot: IdentitySnapshot) {
 export async function startWebhookServer(options: WebhookServerOptions): Promise<WebhookServer> {
   const { identity, logger } = options;
   const first = await identity.ready();
-  const server: Server = createServer({ ...tlsOptions(first), requestTimeout: 10_000, headersTimeout: 5_000 }, (req, res) => {
+  // Node's default handshake timeout is 120 s: a caller that connects and never sends a
+  // ClientHello would hold a socket that long. Same guard as the CA API (src/ca/server.ts).
+  const handshakeTimeout = options.handshakeTimeoutMs ?? DEFAULT_WEBHOOK_HANDSHAKE_TIMEOUT_MS;
+  const server: Server = createServer({ ...tlsOptions(first), handshakeTimeout, requestTimeout: 10_000, headersTimeout: 5_000 }, (req, res) => {
     const path = (req.url ?? "/").split("?", 1)[0];
     const send = (status: number, body: unknown) => {
       res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" });
@@ -82,8 +99,11 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     req.on("end", () => {
       if (refused) return;
       let review: unknown;
+      const body = Buffer.concat(chunks).toString("utf8");
+      // Deep nesting would exhaust the stack of the code that walks the object: refused first.
+      if (findExcessiveNesting(body) !== undefined) return send(400, { error: "the body nests too deeply", code: "E_ADMISSION_INVALID" });
       try {
-        review = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+        review = JSON.parse(body);
       } catch {
         return send(400, { error: "the body is not JSON" });
       }
@@ -109,19 +129,43 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
       logger.info({ event: "certificate-rotated", notAfter: event.snapshot.svid.notAfter.toISOString() }, "serving certificate rotated");
     }
   });
+  // Connections are counted before any TLS work (like the CA API): over a cap, reset on accept.
+  const maxConnections = options.maxConnections ?? DEFAULT_WEBHOOK_MAX_CONNECTIONS;
+  const maxConnectionsPerAddress = options.maxConnectionsPerAddress ?? DEFAULT_WEBHOOK_MAX_CONNECTIONS_PER_ADDRESS;
+  const gate = new ConnectionGate({ maxConnections, maxConnectionsPerAddress });
+  let lastRefusalLog = 0;
+  const listener = createNetServer((raw: Socket) => {
+    const refused = gate.admit(raw);
+    if (refused === undefined) {
+      server.emit("connection", raw);
+      return;
+    }
+    raw.on("error", () => undefined);
+    raw.resetAndDestroy();
+    // Callers can cause this at will: at most one log line a second.
+    const now = Date.now();
+    if (now - lastRefusalLog >= 1_000) {
+      lastRefusalLog = now;
+      logger.warn({ event: "connection-refused", reason: refused, open: gate.open, limit: refused === "max_connections" ? maxConnections : maxConnectionsPerAddress }, "refused a connection: the webhook has too many connections open");
+    }
+  });
   await new Promise<void>((resolve, reject) => {
-    server.once("error", (error: NodeJS.ErrnoException) =>
+    listener.once("error", (error: NodeJS.ErrnoException) =>
       reject(new MeshwardError("E_LISTEN", `cannot listen on ${formatHostPort(options.listen)}: ${error.code ?? error.message}`)),
     );
-    server.listen(options.listen.port, options.listen.host, () => resolve());
+    listener.listen(options.listen.port, options.listen.host, () => resolve());
   });
-  const bound = server.address() as AddressInfo;
+  listener.on("error", (error: NodeJS.ErrnoException) => logger.error({ event: "listener-error", err: error.code ?? error.message }, "webhook listener error"));
+  const bound = listener.address() as AddressInfo;
   return {
     address: formatHostPort({ host: bound.address, port: bound.port }),
     async close() {
       unsubscribe();
+      const closed = new Promise<void>((resolve) => listener.close(() => resolve()));
       server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      // Sockets still in their TLS handshake are not HTTP connections yet: the gate holds them.
+      gate.destroyAll();
+      await closed;
     },
   };
 }
