@@ -488,7 +488,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         liveByRoot: cachedLiveCounts(store, clock),
       });
       const routes = createStatusRoutes(provider, statusToken === undefined ? {} : { token: statusToken }).routes;
-      ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics: telemetry, health, extraRoutes: routes });
+      ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics: telemetry, health, extraRoutes: routes, logger });
       status = await ops.start();
     } catch (error) {
       await stop(0);

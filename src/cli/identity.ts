@@ -121,7 +121,7 @@ export function registerIdentityCommand(program: Command): void {
           const { host, port } = statusBind;
           const page = identityStatus({ component: "identity", name: snapshot.svid.spiffeId, source, health });
           closers.push(async () => page.stop());
-          const ops = createOpsServer({ host, port, metrics, health, extraRoutes: createStatusRoutes(page.provider, statusPageToken === undefined ? {} : { token: statusPageToken }).routes });
+          const ops = createOpsServer({ host, port, metrics, health, logger, extraRoutes: createStatusRoutes(page.provider, statusPageToken === undefined ? {} : { token: statusPageToken }).routes });
           const bound = await ops.start();
           closers.push(() => ops.close());
           statusAddress = `${bound.host}:${bound.port}`;

@@ -32,7 +32,11 @@ export interface StatusRoutesOptions {
 export interface StatusRoutes {
   /** Exact-path routes for createOpsServer's extraRoutes: "/" (the page) and "/status.json" (the feed). */
   readonly routes: Readonly<Record<string, StatusHandler>>;
-  /** One handler for both paths (404 for any other), for servers with their own routing (the CA). */
+  /**
+   * One handler for both paths (404 for any other), for servers with their own routing (the CA).
+   * Such a server must apply the DNS rebinding guard itself (checkHostHeader in
+   * telemetry/host-check.ts), as createOpsServer does, when it listens on loopback.
+   */
   readonly handler: StatusHandler;
 }
 

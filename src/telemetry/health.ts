@@ -3,6 +3,8 @@ import { describeError, MeshwardError } from "../errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { formatHostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
+import { checkHostHeader } from "./host-check.ts";
+import { LimitedWarnings } from "./log-limiter.ts";
 
 export interface CheckResult {
   readonly ok: boolean;
@@ -79,6 +81,11 @@ export interface OpsServerConfig {
   readonly health?: Health;
   /** Extra exact-path routes (e.g. "/" for a status page, "/status.json"). */
   readonly extraRoutes?: Readonly<Record<string, RouteHandler>>;
+  /**
+   * Where refused requests are reported (warn, rate limited per reason: a browser page can
+   * cause them at will). Without one they are only refused.
+   */
+  readonly logger?: { warn(fields: Record<string, unknown>, message: string): void };
 }
 
 export interface BoundAddress {
@@ -115,7 +122,22 @@ export function createOpsServer(config: OpsServerConfig): OpsServer {
   routes.set("/readyz", healthRoute("readiness"));
   for (const [path, handler] of Object.entries(config.extraRoutes ?? {})) routes.set(path, handler);
 
+  // DNS rebinding guard (host-check.ts): set once listening, from the configured and bound hosts.
+  let boundHosts: readonly string[] = [config.host ?? "127.0.0.1"];
+  const warnings = config.logger ? new LimitedWarnings(config.logger) : undefined;
+
   const server = createServer({ requestTimeout: 10_000, headersTimeout: 5_000 }, (req, res) => {
+    const decision = checkHostHeader(req.headers.host, boundHosts);
+    if (!decision.ok) {
+      warnings?.warn(
+        `ops-${decision.reason}`,
+        { event: "ops-request-refused", reason: decision.reason, host: String(req.headers.host).slice(0, 100), path: (req.url ?? "/").split("?", 1)[0]!.slice(0, 100) },
+        "refused a request to the loopback-bound status port whose Host header is not a loopback name (DNS rebinding protection)",
+      );
+      res.writeHead(421, { "content-type": "text/plain; charset=utf-8", "cache-control": "no-store", connection: "close" });
+      res.end("misdirected request: this port is bound to loopback and answers only to Host localhost, 127.0.0.1 or [::1] (DNS rebinding protection)\n");
+      return;
+    }
     const path = (req.url ?? "/").split("?", 1)[0] ?? "/";
     const handler = routes.get(path);
     if (!handler) {
@@ -139,9 +161,11 @@ export function createOpsServer(config: OpsServerConfig): OpsServer {
     server,
     async start() {
       const at = await listenOn(server, { host: config.host ?? "127.0.0.1", port: config.port }, "the status port");
+      boundHosts = [config.host ?? "127.0.0.1", at.host];
       return { host: at.host, port: at.port, url: `http://${formatHostPort(at)}` };
     },
     close() {
+      warnings?.close();
       return new Promise<void>((resolve) => {
         if (!server.listening) {
           resolve();

@@ -22,3 +22,5 @@ export type {
 } from "./metrics.ts";
 export { createHealth, createOpsServer } from "./health.ts";
 export type { BoundAddress, CheckKind, CheckResult, Health, HealthCheck, HealthReport, OpsServer, OpsServerConfig, RouteHandler } from "./health.ts";
+export { checkHostHeader, hostOfHostHeader, isLoopbackAddress } from "./host-check.ts";
+export type { HostDecision } from "./host-check.ts";

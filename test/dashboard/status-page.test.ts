@@ -10,7 +10,9 @@ import { createOpsServer, type OpsServer } from "../../src/telemetry/health.ts";
 // Real Chromium (Debian's /usr/bin/chromium) driven by playwright-core against a real
 // createOpsServer on 127.0.0.1:0. The provider is an in-test object because the point is to
 // change the identity at will ("rotate") and watch the page follow without a reload.
-const CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+// rebind.meshward.test stands for an attacker's name whose DNS was rebound to 127.0.0.1.
+const REBOUND = "rebind.meshward.test";
+const CHROMIUM_ARGS = [`--host-resolver-rules=MAP ${REBOUND} 127.0.0.1`, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
 const ARTIFACTS = new URL("../../test-artifacts/", import.meta.url).pathname;
 const HOUR = 3_600_000;
 const TOKEN = "s3cret-status-token-0123456789";
@@ -262,5 +264,29 @@ describe("status page in Chromium", () => {
     expect(body.identities[0]?.spiffeId).toBe(identity.spiffeId);
     expect(body.handshakeFailures.counts).toHaveLength(60);
     expect(emptyMinuteSeries(new Date()).total).toBe(0);
+  });
+
+  it("DNS rebinding: a page on a name rebound to 127.0.0.1 gets 421 for the page and the feed; localhost works", async () => {
+    const port = new URL(baseUrl).port;
+    const page = await context.newPage();
+    page.setDefaultTimeout(15_000);
+    try {
+      const rebound = await page.goto(`http://${REBOUND}:${port}/`);
+      expect(rebound?.status()).toBe(421);
+      expect(await page.locator("body").textContent()).toMatch(/bound to loopback.*DNS rebinding/);
+      // what the attacker's script would do next, same-origin from its point of view
+      const feed = await page.evaluate(async () => {
+        const res = await fetch("/status.json");
+        return { status: res.status, body: await res.text() };
+      });
+      expect(feed.status).toBe(421);
+      expect(feed.body).not.toContain(identity.spiffeId);
+
+      const local = await page.goto(`http://localhost:${port}/`);
+      expect(local?.status()).toBe(200);
+      await expect.poll(() => page.locator("#identities tbody tr .spiffe-id").first().textContent()).toBe(identity.spiffeId);
+    } finally {
+      await page.close();
+    }
   });
 });

@@ -1,3 +1,5 @@
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { afterEach, describe, expect, it } from "vitest";
 import { createHealth, createOpsServer, type OpsServer } from "../../src/telemetry/health.ts";
 import { createMeshMetrics, createMetrics } from "../../src/telemetry/metrics.ts";
@@ -114,5 +116,59 @@ describe("createOpsServer (real HTTP on 127.0.0.1:0)", () => {
     const second = createOpsServer({ port: address.port });
     servers.push(second);
     await expect(second.start()).rejects.toMatchObject({ code: "E_LISTEN_FAILED" });
+  });
+});
+
+const run = promisify(execFile);
+
+/** curl with a chosen Host header (what a browser sends after a DNS rebinding): status code and body. */
+async function curl(url: string, host?: string): Promise<{ status: number; body: string }> {
+  const args = ["-sS", "--max-time", "10", "-w", "\n%{http_code}", ...(host === undefined ? [] : ["-H", `Host: ${host}`]), url];
+  const { stdout } = await run("curl", args);
+  const cut = stdout.lastIndexOf("\n");
+  return { status: Number(stdout.slice(cut + 1)), body: stdout.slice(0, cut) };
+}
+
+describe("createOpsServer on loopback refuses foreign Host headers (DNS rebinding; real curl)", () => {
+  const metrics = () => createMetrics();
+
+  it("421 for a rebound name on every path (metrics, health, extra routes), with a plain-text reason", async () => {
+    const warned: Record<string, unknown>[] = [];
+    const logger = { warn: (fields: Record<string, unknown>) => void warned.push(fields) };
+    const { address } = await start({ port: 0, metrics: metrics(), logger, extraRoutes: { "/status.json": (_req, res) => void res.writeHead(200).end("{}") } });
+    for (const path of ["/metrics", "/healthz", "/readyz", "/status.json", "/nope"]) {
+      const res = await curl(`${address.url}${path}`, `evil.example:${address.port}`);
+      expect(res.status, path).toBe(421);
+      expect(res.body).toMatch(/bound to loopback.*DNS rebinding/);
+    }
+    expect((await curl(`${address.url}/healthz`, "10.0.0.5")).status).toBe(421);
+    expect((await curl(`${address.url}/healthz`, "evil.example@127.0.0.1")).status).toBe(421);
+    expect(warned[0]).toMatchObject({ event: "ops-request-refused", reason: "host-not-loopback", host: `evil.example:${address.port}`, path: "/metrics" });
+  });
+
+  it("serves loopback Hosts: localhost, *.localhost, 127.0.0.1, [::1], with or without a port, and curl's own", async () => {
+    const { address } = await start({ port: 0, metrics: metrics() });
+    for (const host of [undefined, "localhost", `localhost:${address.port}`, "status.localhost", `127.0.0.1:${address.port}`, "127.0.0.9", `[::1]:${address.port}`, "[::1]"]) {
+      const res = await curl(`${address.url}/healthz`, host);
+      expect(res.status, String(host)).toBe(200);
+    }
+    expect((await curl(`${address.url}/metrics`, "localhost")).status).toBe(200);
+  });
+
+  it("applies to a [::1] bind as well", async () => {
+    const { address } = await start({ host: "::1", port: 0 });
+    expect((await curl(`${address.url}/healthz`, "evil.example")).status).toBe(421);
+    expect((await curl(`${address.url}/healthz`)).status).toBe(200);
+    expect((await curl(`${address.url}/healthz`, "localhost")).status).toBe(200);
+  });
+
+  it("rate-limits the refusal log lines: a page can cause refusals at will", async () => {
+    const warned: Record<string, unknown>[] = [];
+    const logger = { warn: (fields: Record<string, unknown>) => void warned.push(fields) };
+    const { address } = await start({ port: 0, logger });
+    for (let i = 0; i < 8; i++) expect((await curl(`${address.url}/healthz`, "evil.example")).status).toBe(421);
+    // 5 lines per 10 s window by default; no assertion on the window itself (no timing thresholds)
+    expect(warned.length).toBeGreaterThan(0);
+    expect(warned.length).toBeLessThan(8);
   });
 });
