@@ -1,5 +1,5 @@
 import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from "node:http2";
-import { createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
+import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import type { CaConfig } from "../config/ca.ts";
@@ -42,7 +42,7 @@ import { createStatusRoutes } from "../dashboard/routes.ts";
 import { resolveStatusToken } from "../dashboard/token.ts";
 import { createHealth, createOpsServer, type BoundAddress, type OpsServer } from "../telemetry/health.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
-import { ConnectionGate, sourceAddress } from "../util/connection-gate.ts";
+import { ConnectionGate, gatedListener, sourceAddress } from "../util/connection-gate.ts";
 import { openFileLimit } from "../util/open-file-limit.ts";
 
 /** The CA's own identity, presented on its API port. */
@@ -290,14 +290,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const active = mesh.connectionsActive.labels({ direction: "inbound" });
   const gate = new ConnectionGate({ maxConnections: config.maxConnections, maxConnectionsPerAddress: config.maxConnectionsPerAddress, onChange: (open) => active.set(open) });
   active.set(0);
-  const listener = createNetServer((raw: Socket) => {
-    const refused = gate.admit(raw);
-    if (refused === undefined) {
-      server.emit("connection", raw);
-      return;
-    }
-    raw.on("error", () => undefined);
-    raw.resetAndDestroy();
+  const listener = gatedListener(gate, server, (refused, raw) => {
     metrics.connectionsRefused.inc({ reason: refused });
     const address = sourceAddress(raw.remoteAddress);
     warnings.warn(

@@ -1,11 +1,11 @@
 import { createServer, type Server } from "node:https";
-import { createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
+import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySnapshot, IdentitySource } from "../identity/source.ts";
 import { CIPHERS, CURVES, MIN_TLS_VERSION, SECURE_OPTIONS } from "../tls/policy.ts";
 import { formatHostPort, type HostPort } from "../util/address.ts";
-import { ConnectionGate } from "../util/connection-gate.ts";
+import { ConnectionGate, gatedListener } from "../util/connection-gate.ts";
 import { findExcessiveNesting } from "../util/yaml-depth.ts";
 import { reviewAdmission } from "./admission.ts";
 import type { InjectOptions } from "./settings.ts";
@@ -134,14 +134,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   const maxConnectionsPerAddress = options.maxConnectionsPerAddress ?? DEFAULT_WEBHOOK_MAX_CONNECTIONS_PER_ADDRESS;
   const gate = new ConnectionGate({ maxConnections, maxConnectionsPerAddress });
   let lastRefusalLog = 0;
-  const listener = createNetServer((raw: Socket) => {
-    const refused = gate.admit(raw);
-    if (refused === undefined) {
-      server.emit("connection", raw);
-      return;
-    }
-    raw.on("error", () => undefined);
-    raw.resetAndDestroy();
+  const listener = gatedListener(gate, server, (refused) => {
     // Callers can cause this at will: at most one log line a second.
     const now = Date.now();
     if (now - lastRefusalLog >= 1_000) {

@@ -1,4 +1,4 @@
-import type { Socket } from "node:net";
+import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
 
 /** Which cap refused a connection (a metric label: keep the set closed). */
 export const CONNECTION_REFUSALS = ["max_connections", "max_connections_per_address"] as const;
@@ -62,4 +62,22 @@ export function sourceAddress(remoteAddress: string | undefined): string {
   if (remoteAddress === undefined) return "(unknown)";
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(remoteAddress);
   return mapped !== null ? mapped[1]! : remoteAddress.toLowerCase();
+}
+
+/**
+ * A plain TCP listener that admits each accepted socket through `gate` before `server` (a TLS
+ * or HTTPS server, which then does the handshake) sees it; a socket over a cap is reset at once,
+ * before any TLS work, and reported to `onRefused`.
+ */
+export function gatedListener(gate: ConnectionGate, server: { emit(event: "connection", socket: Socket): boolean }, onRefused: (reason: ConnectionRefusal, socket: Socket) => void): NetServer {
+  return createNetServer((raw: Socket) => {
+    const refused = gate.admit(raw);
+    if (refused === undefined) {
+      server.emit("connection", raw);
+      return;
+    }
+    raw.on("error", () => undefined);
+    raw.resetAndDestroy();
+    onRefused(refused, raw);
+  });
 }
