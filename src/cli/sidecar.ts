@@ -128,6 +128,10 @@ export function buildSidecarConfig(opts: Record<string, unknown>): SidecarConfig
     merged.dnsNames = opts.dnsName;
     fromFlag.set("dnsNames", "--dns-name");
   }
+  if (opts.outboundAllowedHost !== undefined) {
+    merged.outboundAllowedHosts = opts.outboundAllowedHost;
+    fromFlag.set("outboundAllowedHosts", "--outbound-allowed-host");
+  }
   if (opts.egress !== undefined) {
     merged.egress = [...((raw.egress as unknown[] | undefined) ?? []), ...(opts.egress as string[]).map(parseEgressFlag)];
     fromFlag.set("egress", "--egress");
@@ -156,6 +160,7 @@ export function registerSidecarCommand(program: Command): void {
   command
     .addOption(validatorOption("--validator <name>", "how the CA checks the token", ["join-token", "jwks", "kubernetes", "insecure"]))
     .option("--dns-name <name>", `${FIELD_HELP.dnsNames} Repeatable.`, collect)
+    .option("--outbound-allowed-host <name>", `${FIELD_HELP.outboundAllowedHosts} Repeatable.`, collect)
     .option("--peer <APPID=HOST:PORT>", `${FIELD_HELP.peers} Repeatable.`, collect)
     .option("--tcp-upstream <APPID=HOST:PORT>", `${FIELD_HELP.tcpUpstreams} Repeatable.`, collect)
     .option(

@@ -34,3 +34,15 @@ export function validatorFlagName(value: string): string {
 export function validatorEnumName(value: string): string {
   return value.trim().toUpperCase().replace(/-/g, "_");
 }
+
+const NAME = /^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$/;
+
+/** Why an outboundAllowedHosts entry (a host name, `*.suffix` or `*`) is not usable, or undefined when it is. */
+export function allowedHostProblem(entry: string): string | undefined {
+  if (entry === "*") return undefined;
+  const name = (entry.startsWith("*.") ? entry.slice(2) : entry).replace(/\.$/, "");
+  if (name.includes("*")) return `${JSON.stringify(entry)}: a wildcard may only be "*" or lead as "*.example.com"`;
+  if (/[:/@\[\]\s]/.test(name)) return `${JSON.stringify(entry)}: give a host name only (no scheme, port, path or brackets)`;
+  if (!NAME.test(name.toLowerCase())) return `${JSON.stringify(entry)}: not a host name`;
+  return undefined;
+}

@@ -1,6 +1,6 @@
 import * as z from "zod";
 import { parseTrustDomain } from "../spiffe/id.ts";
-import { hostPort, hostPortList, validatorEnumName } from "./fields.ts";
+import { allowedHostProblem, hostPort, hostPortList, validatorEnumName } from "./fields.ts";
 import { parseDuration } from "../util/duration.ts";
 
 
@@ -95,6 +95,17 @@ export const sidecarConfigSchema = z
       .optional()
       .describe("The app's own port on loopback (HOST:PORT) that inbound traffic is forwarded to. Leave it out for an app that only calls others (a job, a CLI): no inbound listener, as Dapr runs a sidecar without an app port."),
     outbound: hostPort("outbound address").optional().describe("Loopback HOST:PORT where the app sends HTTP/gRPC for other apps (routed by dapr-app-id header or Host)."),
+    outboundAllowedHosts: z
+      .array(
+        z.string().superRefine((entry, ctx) => {
+          const problem = allowedHostProblem(entry.trim());
+          if (problem !== undefined) ctx.addIssue({ code: "custom", message: problem });
+        }),
+      )
+      .default([])
+      .describe(
+        "Host names the outbound port answers besides 127.0.0.1, ::1, localhost and the app id the request is routed to: exact names, *.example.com, or * for any. Other Host values get 421 E_OUTBOUND_HOST, so a web page that rebinds its DNS name to 127.0.0.1 cannot call other apps as this workload; add names here only for callers that keep a forwarded Host (a gateway).",
+      ),
     peers: z.record(peerName, hostPort("peer address")).default({}).describe("Static peer table: app id (or appId.namespace) → HOST:PORT of that app's sidecar inbound port."),
     peerTemplate: z
       .string()

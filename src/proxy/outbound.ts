@@ -7,6 +7,7 @@ import { describeError, isMeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import { tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import { parseHostPort } from "../util/address.ts";
+import { checkOutboundHost, type OutboundHostRule } from "./outbound-host.ts";
 import { listenOn } from "../util/listen.ts";
 import type { HostPort } from "../util/address.ts";
 import { ConnectionTracker } from "./connections.ts";
@@ -37,6 +38,8 @@ export interface OutboundOptions {
   readonly identity: IdentitySource;
   readonly limits: SidecarLimits;
   readonly escapedSlashes: EscapedSlashAction;
+  /** Host names the outbound answers besides loopback, IP literals and the routed app id (outboundAllowedHosts). */
+  readonly allowedHosts: OutboundHostRule;
   readonly telemetry: ProxyTelemetry;
 }
 
@@ -121,6 +124,23 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     telemetry.refused.inc({ direction: "outbound", reason: "ambiguous_request" });
     return h2Refusal(400, problem);
   };
+  /** undefined when the request's Host may be acted on; else the refusal (DNS rebinding guard). */
+  const hostRefusal = (host: string | undefined, name: string, remote: string | undefined): ProxyAnswer | undefined => {
+    const decision = checkOutboundHost(host, name, options.allowedHosts);
+    if (decision.ok) return undefined;
+    telemetry.refused.inc({ direction: "outbound", reason: "host_not_allowed" });
+    warnings.warn(
+      "host-not-allowed",
+      { event: "outbound-host-refused", host: decision.host.slice(0, 256), app: name, remote },
+      "refused an outbound request addressed to a host name that is not loopback, the app id or in outboundAllowedHosts (a browser page rebinding its DNS name to 127.0.0.1 looks like this)",
+    );
+    return {
+      status: 421,
+      grpcStatus: GrpcStatus.PERMISSION_DENIED,
+      code: "E_OUTBOUND_HOST",
+      message: `the outbound port does not answer requests addressed to ${JSON.stringify(decision.host.slice(0, 256))}: address it as 127.0.0.1 or localhost, or add the name to outboundAllowedHosts (--outbound-allowed-host)`,
+    };
+  };
   const appIdFields = (rawHeaders: readonly string[]): string[] => {
     const values: string[] = [];
     for (let i = 0; i < rawHeaders.length; i += 2) {
@@ -152,7 +172,10 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       decide: (request, socket) => {
         const ambiguous = appIdProblem(appIdFields(request.head.rawHeaders));
         if (ambiguous !== undefined) return { answer: ambiguousRoute(ambiguous) };
-        const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host: request.target.authority ?? request.host });
+        const host = request.target.authority ?? request.host;
+        const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host });
+        const misdirected = name === undefined ? undefined : hostRefusal(host, name, socket.remoteAddress);
+        if (misdirected !== undefined) return { answer: misdirected };
         if (target === undefined) return { answer: unknownApp(name) };
         return {
           upstream: pool.http1(target, peerPoolOptions),
@@ -164,7 +187,10 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       upgrade: (request, socket, rest) => {
         const ambiguous = appIdProblem(appIdFields(request.head.rawHeaders));
         if (ambiguous !== undefined) return void answerRawHttp1(socket, ambiguousRoute(ambiguous));
-        const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host: request.target.authority ?? request.host });
+        const host = request.target.authority ?? request.host;
+        const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host });
+        const misdirected = name === undefined ? undefined : hostRefusal(host, name, socket.remoteAddress);
+        if (misdirected !== undefined) return void answerRawHttp1(socket, misdirected);
         if (target === undefined) return void answerRawHttp1(socket, unknownApp(name));
         const hooks = hooksFor(socket, target, "http");
         // An upgraded connection is the caller's alone: a fresh verified connection, never pooled.
@@ -205,6 +231,9 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       const ambiguous = appIdProblem(appIds === undefined ? [] : Array.isArray(appIds) ? appIds : [appIds]);
       if (ambiguous !== undefined) return answerH2(stream, ambiguousRoute(ambiguous), grpc);
       const { name, target } = route(headers);
+      const authority = headers[":authority"] ?? headers.host;
+      const misdirected = name === undefined ? undefined : hostRefusal(typeof authority === "string" ? authority : undefined, name, socket?.remoteAddress);
+      if (misdirected !== undefined) return answerH2(stream, misdirected, grpc);
       if (target === undefined || socket === undefined) return answerH2(stream, unknownApp(name), grpc);
       const hooks = hooksFor(socket, target, grpc ? "grpc" : "http");
       pool.h2(target).then(

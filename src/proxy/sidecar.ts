@@ -21,6 +21,7 @@ import type { HostPort } from "../util/address.ts";
 import { startInbound } from "./inbound.ts";
 import type { ProxyTelemetry, RefusalListener } from "./inbound.ts";
 import { startOutbound } from "./outbound.ts";
+import { compileOutboundHosts } from "./outbound-host.ts";
 import { listenerMetrics } from "./listener-cap.ts";
 import { watchPolicy } from "./policy-source.ts";
 
@@ -196,6 +197,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       identity,
       limits: config.limits,
       escapedSlashes: config.escapedSlashes,
+      allowedHosts: compileOutboundHosts(config.outboundAllowedHosts),
       telemetry,
     });
     closers.push(() => outbound.close());

@@ -25,7 +25,7 @@ import { readWire } from "./wire.ts";
 import type { WireReading } from "./wire.ts";
 
 /** Statuses a refusal may have (issue 14: 400 for ambiguous input, 403 policy, 405/501 methods and codings, 431 limits, 505 versions). */
-const REFUSAL = [400, 403, 405, 431, 501, 505];
+const REFUSAL = [400, 403, 405, 421, 431, 501, 505];
 /**
  * A refusal by the sidecar: one of REFUSAL, or for a gRPC request a trailers-only answer with a
  * non-zero grpc-status (PERMISSION_DENIED for a denial: gRPC answers HTTP 200 whatever the outcome).

@@ -109,7 +109,9 @@ export async function startSecurityMesh(names: readonly AppName[]): Promise<Secu
       apps.set(name, { app, appId, sidecar, xfcc: `By=${sidecar.addresses.spiffeId};URI=${CALLER_ID}`, dapr });
     }
     const peers = Object.fromEntries([...apps.values()].map((a) => [a.appId, `127.0.0.1:${a.sidecar.addresses.inbound.port}`]));
-    const outbound = (await startTestSidecar(ca, { appId: CALLER, namespace: NAMESPACE, app: "127.0.0.1:1", outbound: "127.0.0.1:0", peers })) as TestSidecar;
+    // The cases address requests to Host: app.shop (a name, as a gateway would forward it), which
+    // the outbound's DNS rebinding guard answers only when allowed.
+    const outbound = (await startTestSidecar(ca, { appId: CALLER, namespace: NAMESPACE, app: "127.0.0.1:1", outbound: "127.0.0.1:0", peers, outboundAllowedHosts: ["app.shop"] })) as TestSidecar;
     started.push(() => outbound.close());
     const files = await ca.clientFiles(NAMESPACE, CALLER);
     const caller = { cert: readFileSync(files.cert, "utf8"), key: readFileSync(files.key, "utf8"), ca: ca.bundlePem };

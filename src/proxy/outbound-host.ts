@@ -1,0 +1,54 @@
+import { isIP } from "node:net";
+import { hostOfHostHeader, isLoopbackAddress } from "../telemetry/host-check.ts";
+
+/**
+ * DNS rebinding guard for the outbound port. The outbound port is plain HTTP on loopback and
+ * speaks for the workload: whatever reaches it is sent to other apps with this workload's
+ * certificate. A web page in a browser on the same host can point its own DNS name at
+ * 127.0.0.1 and then send "same-origin" requests there, custom `dapr-app-id` header included.
+ * What it cannot forge is the Host header, which still carries the attacker's name. So the
+ * outbound answers only requests addressed to:
+ *   - no Host at all (HTTP/1.0; no browser sends one),
+ *   - an IP literal (a rebinding page's origin is a DNS name, never an address),
+ *   - localhost or *.localhost (browsers resolve these to loopback themselves),
+ *   - the app id the request is routed to (Host: orders, or Host routing itself),
+ *   - a name the operator allowed (outboundAllowedHosts: exact, `*.suffix`, or `*` for any).
+ */
+
+/** A validated allow list: exact names and `*.suffix` wildcards, or every name. */
+export interface OutboundHostRule {
+  readonly any: boolean;
+  readonly exact: ReadonlySet<string>;
+  /** Suffixes with their leading dot (".example.com" from "*.example.com"). */
+  readonly suffixes: readonly string[];
+}
+
+export function compileOutboundHosts(entries: readonly string[]): OutboundHostRule {
+  const exact = new Set<string>();
+  const suffixes: string[] = [];
+  let any = false;
+  for (const raw of entries) {
+    const entry = raw.trim().toLowerCase().replace(/\.$/, "");
+    if (entry === "*") any = true;
+    else if (entry.startsWith("*.")) suffixes.push(entry.slice(1));
+    else exact.add(entry);
+  }
+  return { any, exact, suffixes };
+}
+
+export type OutboundHostDecision = { readonly ok: true } | { readonly ok: false; readonly host: string };
+
+/**
+ * Whether the outbound may act on a request whose Host (HTTP/1 Host or absolute-form
+ * authority; HTTP/2 :authority) is `hostHeader` and which is routed to `routedAppId`.
+ */
+export function checkOutboundHost(hostHeader: string | undefined, routedAppId: string, rule: OutboundHostRule): OutboundHostDecision {
+  if (rule.any || hostHeader === undefined || hostHeader === "") return { ok: true };
+  const parsed = hostOfHostHeader(hostHeader);
+  if (parsed === undefined) return { ok: false, host: hostHeader };
+  const host = parsed.endsWith(".") ? parsed.slice(0, -1) : parsed;
+  if (isIP(host) !== 0 || isLoopbackAddress(host)) return { ok: true };
+  if (host === routedAppId || rule.exact.has(host)) return { ok: true };
+  if (rule.suffixes.some((suffix) => host.endsWith(suffix) && host.length > suffix.length)) return { ok: true };
+  return { ok: false, host };
+}
