@@ -162,7 +162,8 @@ export async function renderConfigDocs(): Promise<string> {
     "",
     "Every meshward config file is YAML, validated when it is loaded; an error names the file, line and",
     "column of the offending field. Durations are written with a unit (`90s`, `15m`, `24h`, `30d`,",
-    "`1h30m`); a bare number means seconds.",
+    "`1h30m`); a bare number means seconds. A file (config or access policy) nested more than 100",
+    "levels deep is refused before it is parsed, naming the line and column where the limit was passed.",
     "",
   ];
   for (const source of CONFIG_SCHEMAS) {

@@ -1,5 +1,6 @@
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { LineCounter, parseDocument } from "yaml";
+import { excessiveNestingMessage } from "../util/yaml-depth.ts";
 import { sidecarConfigSchema } from "../config/sidecar.ts";
 import type { SidecarConfig } from "../config/sidecar.ts";
 import { MeshwardError, isMeshwardError } from "../errors.ts";
@@ -72,6 +73,8 @@ export function buildSidecarConfig(opts: Record<string, unknown>): SidecarConfig
   const file = opts.config as string | undefined;
   if (file !== undefined) {
     const text = readTextFile(file, "sidecar config");
+    const tooDeep = excessiveNestingMessage(text, file);
+    if (tooDeep !== undefined) throw new MeshwardError("E_CONFIG_INVALID", tooDeep);
     const lineCounter = new LineCounter();
     const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
     if (doc.errors.length > 0) {

@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { isMap, isSeq, LineCounter, parseDocument, type Node as YamlNode } from "yaml";
 import type * as z from "zod";
 import { MeshwardError } from "../errors.ts";
+import { excessiveNestingMessage } from "../util/yaml-depth.ts";
 
 export interface SourcePosition {
   readonly file: string;
@@ -14,6 +15,8 @@ export interface SourcePosition {
  * of the offending field (or of the nearest parent that exists) and what is expected.
  */
 export function parseYamlConfig<S extends z.ZodType>(text: string, schema: S, file: string): z.infer<S> {
+  const tooDeep = excessiveNestingMessage(text, file);
+  if (tooDeep !== undefined) throw new MeshwardError("E_CONFIG_INVALID", tooDeep);
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {

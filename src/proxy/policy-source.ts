@@ -5,6 +5,7 @@ import { describeError, MeshwardError } from "../errors.ts";
 import { compilePolicy, parseAccessControl } from "../policy/index.ts";
 import type { AccessPolicy } from "../policy/index.ts";
 import type { TlsLogger } from "../tls/logger.ts";
+import { excessiveNestingMessage } from "../util/yaml-depth.ts";
 
 /** Parses a Dapr `kind: Configuration` (or bare accessControl) YAML into a compiled policy; throws E_POLICY_INVALID. */
 export function loadPolicyFile(file: string): AccessPolicy {
@@ -14,6 +15,8 @@ export function loadPolicyFile(file: string): AccessPolicy {
   } catch (error) {
     throw new MeshwardError("E_POLICY_INVALID", `cannot read policy file ${file}: ${(error as NodeJS.ErrnoException).code ?? describeError(error)}`);
   }
+  const tooDeep = excessiveNestingMessage(text, file);
+  if (tooDeep !== undefined) throw new MeshwardError("E_POLICY_INVALID", tooDeep);
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {

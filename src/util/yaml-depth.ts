@@ -103,3 +103,10 @@ export function findExcessiveNesting(text: string, limit = MAX_NESTING_DEPTH): N
   }
   return undefined;
 }
+
+/** "file:line:col: nested more than … levels deep" when `text` is too deep to parse safely, else undefined. */
+export function excessiveNestingMessage(text: string, file: string): string | undefined {
+  const tooDeep = findExcessiveNesting(text);
+  if (tooDeep === undefined) return undefined;
+  return `${file}:${tooDeep.line}:${tooDeep.column}: nested more than ${MAX_NESTING_DEPTH} levels deep; refused before parsing (no configuration nests like this)`;
+}
