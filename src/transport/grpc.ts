@@ -31,11 +31,37 @@ export class MeshwardServerCredentials extends ServerCredentials {
   readonly #interceptor: ServerInterceptor;
   readonly #off: () => void;
 
+  readonly #rootsRemoved = new Set<() => void>();
+
   constructor(runtime: ServerRuntime) {
     super({ requestCert: true, rejectUnauthorized: !runtime.insecure }, runtime.holder.options() as SecureOptions);
     this.#runtime = runtime;
-    this.#off = runtime.holder.onUpdate((options) => this.updateSecureContextOptions(options));
+    let epoch = runtime.holder.rootsEpoch();
+    this.#off = runtime.holder.onUpdate((options) => {
+      this.updateSecureContextOptions(options);
+      if (runtime.holder.rootsEpoch() === epoch) return;
+      epoch = runtime.holder.rootsEpoch();
+      for (const listener of this.#rootsRemoved) {
+        try {
+          listener();
+        } catch (error) {
+          runtime.logger.error(`an onRootsRemoved listener failed: ${describeError(error)}`);
+        }
+      }
+    });
     this.#interceptor = (_method, call) => authorizeCall(runtime, call);
+  }
+
+  /**
+   * Calls `listener` when a bundle update removes a root. grpc-js gives credentials no hold on
+   * its connections, so the server's owner closes them: `server.drain(boundAddress, graceMs)`
+   * sends GOAWAY, callers reconnect and their chains are verified against the new bundle (the
+   * node:https/http2 servers do this themselves). Without it, open connections live until
+   * `grpc.max_connection_age_ms` (grpcServerOptions: 1 h). Returns an unsubscribe function.
+   */
+  onRootsRemoved(listener: () => void): () => void {
+    this.#rootsRemoved.add(listener);
+    return () => this.#rootsRemoved.delete(listener);
   }
 
   /** @internal grpc-js hook */
@@ -58,6 +84,7 @@ export class MeshwardServerCredentials extends ServerCredentials {
 
   close(): void {
     this.#off();
+    this.#rootsRemoved.clear();
     this.#runtime.holder.close();
   }
 }
@@ -72,6 +99,14 @@ function authorizeCall(runtime: ServerRuntime, call: ServerInterceptingCallInter
           if (cert === undefined || !cert.raw) {
             runtime.logger.warn("gRPC server refused a call: the caller presented no verified certificate");
             call.sendStatus({ code: status.UNAUTHENTICATED, details: "E_PEER_NO_SPIFFE_ID: a client certificate is required", metadata: new Metadata() });
+            return;
+          }
+          // A call can arrive long after the handshake (connections live up to an hour) or on a
+          // resumed session, which was never verified again: the certificate must still be valid.
+          const now = Date.now();
+          if (Date.parse(cert.valid_to) <= now || Date.parse(cert.valid_from) > now) {
+            runtime.logger.warn(`gRPC server refused a call: the caller's certificate (serial ${cert.serialNumber}) is outside its validity period (${cert.valid_from} .. ${cert.valid_to})`);
+            call.sendStatus({ code: status.UNAUTHENTICATED, details: "E_CERT_EXPIRED: the caller's certificate has expired since the connection was made; reconnect with a current one", metadata: new Metadata() });
             return;
           }
           try {
