@@ -95,6 +95,13 @@ describe("rule details", () => {
     expect(audit("c.yaml", ca)).toEqual(["MW-CONFIG-002@3:1", "MW-CONFIG-002@5:3", "MW-MTLS-005@6:5"]);
   });
 
+  it("MW-ACCESS-004 reads outbound and every tcpUpstreams listener; loopback in any spelling is fine", () => {
+    const base = "appId: web\nca: ca:8443\nbundle: b.pem\npolicy: p.yaml\n";
+    expect(audit("s.yaml", `${base}outbound: "[::]:3500"\ntcpUpstreams:\n  redis: 127.0.0.1:6380\n  pg: 10.0.0.5:5433\n`)).toEqual(["MW-ACCESS-004@5:1", "MW-ACCESS-004@8:3"]);
+    expect(audit("s.yaml", `${base}outbound: localhost:3500\ntcpUpstreams:\n  redis: "[::1]:6380"\n  pg: 127.0.0.2:5433\n`)).toEqual([]);
+    expect(audit("s.yaml", `${base}outboundAllowedHosts: [gw.example, "*"]\n`)).toEqual(["MW-ACCESS-005@5:36"]);
+  });
+
   it("reads kubectl List output", () => {
     const list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: dapr.io/v1alpha1\n  kind: Configuration\n  metadata:\n    name: c\n  spec:\n    mtls:\n      enabled: false\n";
     expect(audit("l.yaml", list)).toEqual(["MW-MTLS-001@10:7"]);

@@ -1,7 +1,7 @@
 import { dirname, resolve } from "node:path";
 import { asArray, asDict, asText, get, isDict, lookup } from "../shape.ts";
 import type { Corpus, DaprConfiguration, Hit, MeshwardSidecarConfig, NodePath, Rule } from "../types.ts";
-import { defineRule } from "./helpers.ts";
+import { defineRule, isLoopbackHost } from "./helpers.ts";
 
 const sidecar = (policy: string): string => `appId: orders
 namespace: prod
@@ -109,4 +109,49 @@ export const accessRules: Rule[] = [
       return [{ path: appId === undefined ? [] : [appId.key], evidence: "policy: not set" }];
     },
   }),
+  defineRule({
+    id: "MW-ACCESS-004",
+    family: "access",
+    severity: "high",
+    title: "meshward sidecar outbound port listens beyond loopback",
+    why: "The outbound port (and each `tcpUpstreams` listener) takes plaintext and calls other apps with this workload's certificate. Bound to 0.0.0.0 or a network address, anyone who reaches it calls the mesh as this workload, and the leg to the sidecar crosses the network in clear.",
+    fix: "Bind `outbound` and `tcpUpstreams` to 127.0.0.1 (the app and its sidecar share the pod's or host's loopback).",
+    example: { file: "sidecar.yaml", bad: sidecar("policy: policy.yaml\noutbound: 0.0.0.0:3500\n"), good: sidecar("policy: policy.yaml\noutbound: 127.0.0.1:3500\n") },
+    appliesTo: ["meshward-sidecar"],
+    check(config) {
+      const hits: Hit[] = [];
+      const outbound = lookup(config.config, "outbound");
+      if (outbound !== undefined && offLoopback(outbound.value)) hits.push({ path: [outbound.key], evidence: `${outbound.key}: ${asText(outbound.value)}` });
+      const tcp = lookup(config.config, "tcpUpstreams");
+      for (const [name, value] of Object.entries(asDict(tcp?.value) ?? {})) {
+        if (offLoopback(value)) hits.push({ path: [tcp!.key, name], evidence: `${tcp!.key}.${name}: ${asText(value)}` });
+      }
+      return hits;
+    },
+  }),
+  defineRule({
+    id: "MW-ACCESS-005",
+    family: "access",
+    severity: "medium",
+    title: "meshward sidecar outbound answers any Host (DNS rebinding guard off)",
+    why: "`outboundAllowedHosts: [\"*\"]` turns off the Host check on the outbound port. A web page in a browser on the same machine can then rebind its DNS name to 127.0.0.1 and call any app in the mesh as this workload.",
+    fix: "List only the names your callers really send (a gateway's own host names) in `outboundAllowedHosts`; loopback, IP literals and the routed app id need no entry.",
+    example: {
+      file: "sidecar.yaml",
+      bad: sidecar("policy: policy.yaml\noutbound: 127.0.0.1:3500\noutboundAllowedHosts: [\"*\"]\n"),
+      good: sidecar("policy: policy.yaml\noutbound: 127.0.0.1:3500\noutboundAllowedHosts: [api.shop.example]\n"),
+    },
+    appliesTo: ["meshward-sidecar"],
+    check(config) {
+      const entry = lookup(config.config, "outboundAllowedHosts");
+      if (entry === undefined) return [];
+      return asArray(entry.value).flatMap((value, index) => (asText(value).trim() === "*" ? [{ path: [entry.key, index], evidence: `${entry.key}: "*"` }] : []));
+    },
+  }),
 ];
+
+/** A HOST:PORT value that does not name loopback (0.0.0.0, ::, a network address or name). */
+function offLoopback(value: unknown): boolean {
+  const text = asText(value).trim();
+  return text !== "" && !isLoopbackHost(text);
+}
