@@ -87,6 +87,8 @@ interface PeerEntry {
   readonly runtime: Promise<ClientRuntime>;
   http1?: Http1Pool;
   h2?: Promise<ClientHttp2Session>;
+  /** Stops watching for root removals. */
+  off?: () => void;
 }
 
 /**
@@ -113,7 +115,25 @@ export class PeerPool {
     const key = `${target.expectedId}|${target.host}|${target.port}`;
     let entry = this.#entries.get(key);
     if (entry === undefined) {
-      entry = { target, runtime: prepareClient({ identity: this.identity, expect: target.expectedId, logger: this.logger }, "sidecar outbound") };
+      const created: PeerEntry = { target, runtime: prepareClient({ identity: this.identity, expect: target.expectedId, logger: this.logger }, "sidecar outbound") };
+      created.runtime.then(
+        (runtime) => {
+          if (this.#closed) return;
+          // The peer was verified against roots of which one has left the bundle: pooled
+          // connections and the HTTP/2 session serve no new request (in-flight ones finish).
+          let epoch = runtime.holder.rootsEpoch();
+          created.off = runtime.holder.onUpdate(() => {
+            if (runtime.holder.rootsEpoch() === epoch) return;
+            epoch = runtime.holder.rootsEpoch();
+            created.http1?.retireAll();
+            const h2 = created.h2;
+            delete created.h2;
+            void h2?.then((session) => session.close(), () => undefined);
+          });
+        },
+        () => undefined,
+      );
+      entry = created;
       this.#entries.set(key, entry);
     }
     this.#byTarget.set(target, entry);
@@ -167,6 +187,7 @@ export class PeerPool {
   close(): void {
     this.#closed = true;
     for (const entry of this.#entries.values()) {
+      entry.off?.();
       entry.http1?.close();
       void entry.h2?.then((s) => s.close(), () => undefined);
     }

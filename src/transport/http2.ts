@@ -90,5 +90,12 @@ export async function connectHttp2(authority: string | URL, options: ConnectHttp
     timer.unref();
     session.once("close", () => clearTimeout(timer));
   }
+  // The server was verified against roots of which one has left the bundle: streams already
+  // open finish, new ones are refused (ERR_HTTP2_GOAWAY_SESSION); the caller connects anew.
+  const epoch = runtime.holder.rootsEpoch();
+  const offRoots = runtime.holder.onUpdate(() => {
+    if (runtime.holder.rootsEpoch() !== epoch) session.close();
+  });
+  session.once("close", offRoots);
   return Object.assign(session, { peer: peerOfSession(session) }) as ClientHttp2Session & { readonly peer: PeerIdentity | undefined };
 }

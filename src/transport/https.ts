@@ -67,6 +67,10 @@ export class MtlsAgent extends HttpsAgent {
   readonly #sessions = new SessionCache();
   readonly #maxAgeMs: number;
 
+  /** Open connections, so a root leaving the bundle can retire the ones verified before. */
+  readonly #open = new Set<TLSSocket & { [kAged]?: boolean }>();
+  readonly #offRoots: () => void;
+
   constructor(runtime: ClientRuntime, options: AgentOptions & { maxConnectionAgeMs?: number }) {
     super({ keepAlive: true, ...options, maxCachedSessions: 0 });
     this.#runtime = runtime;
@@ -74,6 +78,19 @@ export class MtlsAgent extends HttpsAgent {
     this.on("free", (socket: Duplex & { [kAged]?: boolean }) => {
       if (socket[kAged]) socket.destroy();
     });
+    // The server may rest on the removed root: no request goes out on a connection verified
+    // before. Idle ones close now, busy ones after their response (the next request dials anew).
+    let epoch = runtime.holder.rootsEpoch();
+    this.#offRoots = runtime.holder.onUpdate(() => {
+      if (runtime.holder.rootsEpoch() === epoch) return;
+      epoch = runtime.holder.rootsEpoch();
+      for (const socket of this.#open) retire(socket);
+    });
+  }
+
+  override destroy(): void {
+    this.#offRoots();
+    super.destroy();
   }
 
   get runtime(): ClientRuntime {
@@ -86,17 +103,22 @@ export class MtlsAgent extends HttpsAgent {
       { host: options.host ?? "127.0.0.1", port: Number(options.port ?? 443), ...(options.servername ? { servername: options.servername } : {}) },
       this.#sessions,
     ) as TLSSocket & { [kAged]?: boolean };
+    this.#open.add(socket);
+    socket.once("close", () => this.#open.delete(socket));
     if (this.#maxAgeMs > 0) {
-      const timer = setTimeout(() => {
-        socket[kAged] = true;
-        if (!(socket as unknown as { _httpMessage?: unknown })._httpMessage) socket.destroy();
-      }, this.#maxAgeMs);
+      const timer = setTimeout(() => retire(socket), this.#maxAgeMs);
       timer.unref();
       socket.once("close", () => clearTimeout(timer));
     }
     void callback;
     return socket;
   }
+}
+
+/** Marks a pooled connection as done: closed now when idle, else when its response has been read. */
+function retire(socket: TLSSocket & { [kAged]?: boolean }): void {
+  socket[kAged] = true;
+  if (!(socket as unknown as { _httpMessage?: unknown })._httpMessage) socket.destroy();
 }
 
 export async function createMtlsAgent(options: MtlsAgentOptions): Promise<MtlsAgent> {

@@ -1,7 +1,9 @@
+import { createServer as createPlainHttpsServer } from "node:https";
+import { createSecureServer as createPlainHttp2Server } from "node:http2";
 import type { AddressInfo } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { connectMtls, createMtlsServer, resumableSession } from "../../src/transport/index.ts";
+import { connectHttp2, connectMtls, createMtlsAgent, createMtlsServer, httpsRequest, resumableSession } from "../../src/transport/index.ts";
 import type { MtlsServer } from "../../src/transport/index.ts";
 import { createTestPki } from "../helpers/openssl-pki.ts";
 import type { TestPki } from "../helpers/openssl-pki.ts";
@@ -110,5 +112,69 @@ describe("a root removed from the bundle", () => {
     expect(resumed.isSessionReused()).toBe(true);
     socket.destroy();
     resumed.destroy();
+  });
+
+  // A server that is not meshward (nginx, Go, a plain node:https server) does not close its
+  // connections when the client's bundle changes: the client has to stop using them itself.
+  it("client side, HTTP/1.1 keep-alive: the pooled connection to a server under that root is not used again", async () => {
+    const leaf = removed.issueLeaf({ spiffeId: SERVER_ID });
+    const plain = createPlainHttpsServer({ cert: leaf.chainPem, key: leaf.keyPem, requestCert: true, rejectUnauthorized: false, keepAliveTimeout: 60_000 }, (req, res) => {
+      res.end(`${req.socket.remotePort}`);
+    });
+    await new Promise<void>((r) => plain.listen(0, "127.0.0.1", r));
+    const url = `https://127.0.0.1:${(plain.address() as AddressInfo).port}/`;
+    const client = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept, removed])));
+    const agent = await createMtlsAgent({ identity: client, expect: SERVER_ID, logger });
+    try {
+      const first = await httpsRequest(url, { identity: client, expect: SERVER_ID, logger, agent });
+      const again = await httpsRequest(url, { identity: client, expect: SERVER_ID, logger, agent });
+      expect(again.text()).toBe(first.text()); // the same pooled connection
+      client.updateBundle(bundleOf([kept]));
+      await expect(httpsRequest(url, { identity: client, expect: SERVER_ID, logger, agent })).rejects.toMatchObject({ code: "UNABLE_TO_GET_ISSUER_CERT_LOCALLY" });
+    } finally {
+      agent.destroy();
+      plain.closeAllConnections();
+      await new Promise<void>((r) => plain.close(() => r()));
+    }
+  });
+
+  it("client side, HTTP/2: a session with a server under that root takes no new stream", async () => {
+    const leaf = removed.issueLeaf({ spiffeId: SERVER_ID });
+    const plain = createPlainHttp2Server({ cert: leaf.chainPem, key: leaf.keyPem, requestCert: true, rejectUnauthorized: false }, (_req, res) => res.end("ok"));
+    await new Promise<void>((r) => plain.listen(0, "127.0.0.1", r));
+    const client = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept, removed])));
+    const session = await connectHttp2(`https://127.0.0.1:${(plain.address() as AddressInfo).port}`, { identity: client, expect: SERVER_ID, logger });
+    try {
+      const get = () =>
+        new Promise<string>((resolve, reject) => {
+          const stream = session.request({ ":path": "/" });
+          let body = "";
+          stream.on("data", (d: Buffer) => (body += d));
+          stream.on("end", () => resolve(body));
+          stream.on("error", reject);
+        });
+      expect(await get()).toBe("ok");
+      client.updateBundle(bundleOf([kept]));
+      expect(session.closed).toBe(true);
+      expect(() => session.request({ ":path": "/" })).toThrow();
+    } finally {
+      session.destroy();
+      await new Promise<void>((r) => plain.close(() => r()));
+    }
+  });
+
+  it("client side: adding a root retires nothing", async () => {
+    const leaf = kept.issueLeaf({ spiffeId: SERVER_ID });
+    const plain = createPlainHttp2Server({ cert: leaf.chainPem, key: leaf.keyPem, requestCert: true, rejectUnauthorized: false }, (_req, res) => res.end("ok"));
+    await new Promise<void>((r) => plain.listen(0, "127.0.0.1", r));
+    const client = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept])));
+    const session = await connectHttp2(`https://127.0.0.1:${(plain.address() as AddressInfo).port}`, { identity: client, expect: SERVER_ID, logger });
+    try {
+      client.updateBundle(bundleOf([kept, removed]));
+      expect(session.closed).toBe(false);
+    } finally {
+      session.destroy();
+      await new Promise<void>((r) => plain.close(() => r()));
+    }
   });
 });

@@ -24,6 +24,8 @@ export class UpstreamConnection {
   /** Served an exchange before: a failure before any response byte may be the upstream closing it idle. */
   reused = false;
   idleSince = 0;
+  /** Verified under trust that has changed since: closed instead of going back to the pool. */
+  retired = false;
   readonly #parser: MessageParser;
 
   constructor(
@@ -136,7 +138,7 @@ export class Http1Pool {
   /** Gives a connection back after a complete exchange, or closes it when it cannot serve another. */
   release(connection: UpstreamConnection): void {
     connection.detach();
-    if (this.#closed || !connection.keepAlive || this.#idle.length >= this.options.maxIdle) return void connection.destroy();
+    if (this.#closed || connection.retired || !connection.keepAlive || this.#idle.length >= this.options.maxIdle) return void connection.destroy();
     // Paused while a slow client caught up with the last response; idle, it must see the upstream close.
     if (connection.socket.isPaused()) connection.socket.resume();
     connection.reused = true;
@@ -146,6 +148,12 @@ export class Http1Pool {
 
   get size(): number {
     return this.#all.size;
+  }
+
+  /** No connection open now serves another request: idle ones close, busy ones after their exchange. */
+  retireAll(): void {
+    for (const connection of this.#all) connection.retired = true;
+    for (const connection of this.#idle.splice(0)) connection.destroy();
   }
 
   close(): void {
