@@ -17,10 +17,10 @@ export function diffJson(before: unknown, after: unknown, path = ""): JsonPatchO
   if (JSON.stringify(before) === JSON.stringify(after)) return [];
   if (isObject(before) && isObject(after)) {
     const ops: JsonPatchOperation[] = [];
-    for (const key of Object.keys(before)) if (!(key in after)) ops.push({ op: "remove", path: `${path}/${pointerSegment(key)}` });
+    for (const key of Object.keys(before)) if (!Object.hasOwn(after, key)) ops.push({ op: "remove", path: `${path}/${pointerSegment(key)}` });
     for (const [key, value] of Object.entries(after)) {
       const child = `${path}/${pointerSegment(key)}`;
-      if (key in before) ops.push(...diffJson(before[key], value, child));
+      if (Object.hasOwn(before, key)) ops.push(...diffJson(before[key], value, child));
       else ops.push({ op: "add", path: child, value });
     }
     return ops;
