@@ -144,13 +144,13 @@ class CaSource implements CaIdentitySource {
     const rootsPem = normalizeRoots(published.rootsPem);
     // A CRL this workload cannot verify yet (signed by an issuer it has not seen, right after
     // an issuer rotation) must not hold back a root change: keep the last good revocation set.
-    const revokedSerials = await this.#fetchRevocations(connection).catch((error: unknown) => {
+    const { revokedSerials, crls } = await this.#fetchRevocations(connection).catch((error: unknown) => {
       this.#log("warn", { event: "crl-refresh-failed", error: describeError(error) }, "could not verify the CA's CRL; keeping the last one");
-      return this.#bundle.revokedSerials;
+      return this.#lastRevocations();
     });
     const changed = rootsPem !== this.#bundle.rootsPem || !sameSet(revokedSerials, this.#bundle.revokedSerials);
     if (changed) {
-      this.#bundle = { trustDomain: this.#trustDomain, rootsPem, revokedSerials };
+      this.#bundle = { trustDomain: this.#trustDomain, rootsPem, revokedSerials, ...(crls !== undefined ? { crls } : {}) };
       this.#log("info", { event: "bundle-updated", roots: certificatesFromPem(rootsPem).length, revoked: revokedSerials.size }, "trust bundle updated");
       if (this.#svid !== undefined && this.#snapshot !== undefined) {
         this.#snapshot = { svid: this.#svid, bundle: this.#bundle };
@@ -260,18 +260,23 @@ class CaSource implements CaIdentitySource {
     return { spiffeId, certChainPem: signed.certChainPem, privateKey: keyPair.privateKey, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial };
   }
 
-  async #fetchRevocations(connection: CaConnection): Promise<ReadonlySet<string>> {
+  /** The revocations in effect and the CRL they came from (handed on by the Workload API). */
+  async #fetchRevocations(connection: CaConnection): Promise<{ revokedSerials: ReadonlySet<string>; crls?: readonly Buffer[] }> {
     const der = await fetchFromCa(connection, "/v1/crl");
     const issuers = this.#svid ? certificatesFromPem(this.#svid.certChainPem).slice(1).map((d) => toX509(d)) : [];
     for (const issuer of issuers) {
       try {
-        return parseCrl(der, issuer).revokedSerials;
+        return { revokedSerials: parseCrl(der, issuer).revokedSerials, crls: [Buffer.from(der)] };
       } catch {
         // signed by another issuer of the chain (or a newer one): try the next
       }
     }
-    if (issuers.length === 0) return this.#bundle.revokedSerials;
+    if (issuers.length === 0) return this.#lastRevocations();
     throw new MeshwardError("E_CRL_SIGNATURE", "the CA's CRL is not signed by this workload's issuer");
+  }
+
+  #lastRevocations(): { revokedSerials: ReadonlySet<string>; crls?: readonly Buffer[] } {
+    return { revokedSerials: this.#bundle.revokedSerials, ...(this.#bundle.crls !== undefined ? { crls: this.#bundle.crls } : {}) };
   }
 
   #connection(): CaConnection {

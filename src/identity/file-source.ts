@@ -8,7 +8,7 @@ import { decodePrivateKey } from "../pki/keys.ts";
 import { certificatesFromPem } from "../pki/pem.ts";
 import { systemClock, type Clock, type ClockTimer } from "../util/clock.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "./source.ts";
-import { buildSnapshot, revocationsFromCrls } from "./workload-api/material.ts";
+import { buildSnapshot, crlDer, revocationsFromCrls } from "./workload-api/material.ts";
 import { holdEventLoopUntilSettled } from "../util/event-loop-hold.ts";
 
 export interface FileIdentityOptions {
@@ -203,7 +203,7 @@ class FileSource implements IdentitySource {
     const roots = certificatesFromPem(bundlePem);
     const privateKey = decodePrivateKey(keyPem);
     const revokedSerials = crlBytes === undefined ? undefined : revocationsFromCrls([crlBytes], [...chain.slice(1), ...roots]);
-    return buildSnapshot({ chain, privateKey, roots, at: new Date(this.#clock.now()), ...(revokedSerials ? { revokedSerials } : {}) });
+    return buildSnapshot({ chain, privateKey, roots, at: new Date(this.#clock.now()), ...(revokedSerials ? { revokedSerials, crls: [crlDer(crlBytes!)] } : {}) });
   }
 
   #accept(snapshot: IdentitySnapshot): void {

@@ -21,6 +21,8 @@ export interface TrustBundle {
   readonly rootsPem: string;
   /** Revoked leaf serials (uppercase hex) from the CA's CRL; empty when none is known. */
   readonly revokedSerials: ReadonlySet<string>;
+  /** The verified CRLs (DER) revokedSerials came from, handed on by the Workload API. */
+  readonly crls?: readonly Buffer[];
 }
 
 export interface IdentitySnapshot {

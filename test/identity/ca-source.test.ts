@@ -9,6 +9,7 @@ import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
 import type { IdentityEvent } from "../../src/identity/source.ts";
+import { fetchX509Svid, startWorkloadApiServer } from "../../src/identity/workload-api/index.ts";
 import { FakeClock } from "../helpers/fake-clock.ts";
 
 const TD = "identity.test";
@@ -176,5 +177,18 @@ describe("CA-backed workload identity", () => {
     const event = await updated;
     if (event.type !== "bundle-updated") throw new Error("unreachable");
     expect(event.snapshot.bundle.revokedSerials.has(victim.svid.serial)).toBe(true);
+
+    // Handed on through the Workload API (spec: X509SVIDResponse.crl), a consumer of the socket
+    // refuses the revoked peer too. Before, the field was always empty and it refused nobody.
+    const socketDir = mkdtempSync(join(tmpdir(), "meshward-wl-crl-"));
+    const api = await startWorkloadApiServer({ socketPath: join(socketDir, "agent.sock"), source });
+    try {
+      const fetched = await fetchX509Svid(api.socketPath);
+      expect(fetched.bundle.revokedSerials.has(victim.svid.serial)).toBe(true);
+      expect(fetched.bundle.crls).toHaveLength(1);
+    } finally {
+      await api.close();
+      rmSync(socketDir, { recursive: true, force: true });
+    }
   });
 });

@@ -5,7 +5,7 @@ import { describeError, isMeshwardError, MeshwardError } from "../../errors.ts";
 import { systemClock, type Clock, type ClockTimer, type Rng } from "../../util/clock.ts";
 import { backoffDelay, type Backoff } from "../schedule.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "../source.ts";
-import { buildSnapshot, revocationsFromCrls, splitDerCertificates } from "./material.ts";
+import { buildSnapshot, crlDer, revocationsFromCrls, splitDerCertificates } from "./material.ts";
 import { ENDPOINT_SOCKET_ENV, SECURITY_HEADER, SECURITY_HEADER_VALUE, workloadApiDefinition } from "./proto.ts";
 import type { X509SvidResponseMessage } from "./proto.ts";
 import { holdEventLoopUntilSettled } from "../../util/event-loop-hold.ts";
@@ -83,7 +83,7 @@ export function snapshotFromResponse(response: X509SvidResponseMessage, at = new
     const chain = splitDerCertificates(first.x509_svid);
     const roots = splitDerCertificates(first.bundle);
     const revokedSerials = response.crl.length > 0 ? revocationsFromCrls(response.crl, [...chain.slice(1), ...roots]) : undefined;
-    const snapshot = buildSnapshot({ chain, privateKey, roots, at, ...(revokedSerials ? { revokedSerials } : {}) });
+    const snapshot = buildSnapshot({ chain, privateKey, roots, at, ...(revokedSerials ? { revokedSerials, crls: response.crl.map((crl) => crlDer(crl)) } : {}) });
     if (snapshot.svid.spiffeId !== first.spiffe_id) throw invalid(`spiffe_id ${first.spiffe_id} differs from the certificate's ${snapshot.svid.spiffeId}`);
     return snapshot;
   } catch (error) {

@@ -17,6 +17,8 @@ export interface IdentityMaterial {
   /** DER root certificates of the SVID's trust domain. */
   readonly roots: readonly Buffer[];
   readonly revokedSerials?: ReadonlySet<string>;
+  /** The verified CRLs (DER) revokedSerials came from. */
+  readonly crls?: readonly Buffer[];
   /** Validity is checked at this time (default now). */
   readonly at?: Date;
 }
@@ -62,6 +64,7 @@ export function buildSnapshot(material: IdentityMaterial): IdentitySnapshot {
       trustDomain: spiffeId.trustDomain,
       rootsPem: material.roots.map((der) => toPem(der, "CERTIFICATE")).join(""),
       revokedSerials: material.revokedSerials ?? new Set(),
+      ...(material.crls !== undefined && material.crls.length > 0 ? { crls: material.crls } : {}),
     },
   };
 }
@@ -113,4 +116,12 @@ export function revocationsFromCrls(crls: readonly (Uint8Array | string)[], issu
     }
   }
   return revoked;
+}
+
+/** A CRL as DER, whether it came as DER or PEM ("-----BEGIN X509 CRL-----"). */
+export function crlDer(crl: Uint8Array | string): Buffer {
+  const bytes = typeof crl === "string" ? Buffer.from(crl, "latin1") : Buffer.from(crl);
+  const text = bytes.toString("latin1");
+  const pem = /-----BEGIN X509 CRL-----([\s\S]*?)-----END X509 CRL-----/.exec(text);
+  return pem === null ? bytes : Buffer.from(pem[1]!.replace(/\s+/g, ""), "base64");
 }

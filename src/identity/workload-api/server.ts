@@ -224,7 +224,7 @@ function grpcError(code: grpc.status, details: string): Partial<grpc.StatusObjec
 }
 
 function bundleKey(bundle: TrustBundle): string {
-  return `${bundle.trustDomain}\n${bundle.rootsPem}`;
+  return `${bundle.trustDomain}\n${bundle.rootsPem}\n${[...bundle.revokedSerials].sort().join(",")}`;
 }
 
 /** Full response for one SVID (spec 5.2.1: every message carries everything). */
@@ -240,13 +240,13 @@ export function x509SvidResponse(snapshot: IdentitySnapshot): X509SvidResponseMe
         hint: "",
       },
     ],
-    crl: [],
+    crl: [...(bundle.crls ?? [])],
     federated_bundles: {},
   };
 }
 
 export function x509BundlesResponse(bundle: TrustBundle): X509BundlesResponseMessage {
-  return { crl: [], bundles: { [`spiffe://${bundle.trustDomain}`]: pemToConcatenatedDer(bundle.rootsPem) } };
+  return { crl: [...(bundle.crls ?? [])], bundles: { [`spiffe://${bundle.trustDomain}`]: pemToConcatenatedDer(bundle.rootsPem) } };
 }
 
 /** Accepts "/abs/path.sock" or "unix:///abs/path.sock". */
