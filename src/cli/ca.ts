@@ -15,7 +15,7 @@ import { startCaServer } from "../ca/server.ts";
 import { MeshwardError } from "../errors.ts";
 import { KEY_ALGORITHMS } from "../pki/keys.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
-import { checkCaDirOption, cliLogger, collect, logFormatOption, logLevelOption, readPassphrase, readTextFile, untilSignal, validatorOption } from "./options.ts";
+import { checkCaDirOption, cliLogger, collect, logFormatOption, logLevelOption, readPassphrase, readTextFile, untilSignal, validatorOption, wholeNumber } from "./options.ts";
 
 export function registerCaCommand(program: Command): void {
   const ca = program.command("ca").description("run the meshward certificate authority").hook("preAction", checkCaDirOption);
@@ -361,13 +361,6 @@ function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
 }
 
 /** A count flag: digits only (the schema then checks its range). */
-function wholeNumber(value: unknown, flag: string): number | undefined {
-  if (value === undefined) return undefined;
-  const text = String(value).trim();
-  if (!/^\d+$/.test(text)) throw new MeshwardError("E_USAGE", `${flag} takes a whole number, got ${JSON.stringify(value)}`);
-  return Number(text);
-}
-
 function dropUndefined(values: Record<string, unknown>): Record<string, unknown> {
   return Object.fromEntries(
     Object.entries(values)

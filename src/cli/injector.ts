@@ -3,11 +3,11 @@ import { MeshwardError } from "../errors.ts";
 import { createIdentity } from "../identity/ca-source.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
 import { syncWebhookCaBundle } from "../inject/webhook-ca-bundle.ts";
-import { startWebhookServer } from "../inject/webhook-server.ts";
+import { DEFAULT_WEBHOOK_MAX_CONNECTIONS, DEFAULT_WEBHOOK_MAX_CONNECTIONS_PER_ADDRESS, startWebhookServer } from "../inject/webhook-server.ts";
 import { parseDuration } from "../util/duration.ts";
 import { parseHostPort } from "../util/address.ts";
 import { DEFAULT_AUDIENCE, defaultImage } from "./inject.ts";
-import { cliLogger, collect, logFormatOption, logLevelOption, untilSignal } from "./options.ts";
+import { cliLogger, collect, logFormatOption, logLevelOption, untilSignal, wholeNumber } from "./options.ts";
 
 interface InjectorOptions {
   listen: string;
@@ -25,6 +25,8 @@ interface InjectorOptions {
   apiTokenFile: string;
   apiCaFile: string;
   bundleRefreshInterval: string;
+  maxConnections?: string;
+  maxConnectionsPerAddress?: string;
   logFormat: string;
   logLevel: string;
 }
@@ -50,6 +52,8 @@ export function registerInjectorCommand(program: Command): void {
     .option("--api-token-file <file>", "service-account token for the API server", "/var/run/secrets/kubernetes.io/serviceaccount/token")
     .option("--api-ca-file <file>", "PEM roots of the API server's certificate", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
     .option("--bundle-refresh-interval <duration>", "how often the trust bundle is fetched from the CA", "60s")
+    .option("--max-connections <n>", `webhook connections open at once; more are reset on accept, before any TLS work [default: ${DEFAULT_WEBHOOK_MAX_CONNECTIONS}]`)
+    .option("--max-connections-per-address <n>", `webhook connections open at once from one source address (the API server's) [default: ${DEFAULT_WEBHOOK_MAX_CONNECTIONS_PER_ADDRESS}]`)
     .addOption(logFormatOption())
     .addOption(logLevelOption())
     .action(async (opts: InjectorOptions) => {
@@ -58,6 +62,8 @@ export function registerInjectorCommand(program: Command): void {
         throw new MeshwardError("E_USAGE", "the injector's namespace is needed (its own pods are never mutated): --namespace or POD_NAMESPACE");
       }
       const listen = parseHostPort(opts.listen, "--listen");
+      const maxConnections = atLeastOne(wholeNumber(opts.maxConnections, "--max-connections"), "--max-connections");
+      const maxConnectionsPerAddress = atLeastOne(wholeNumber(opts.maxConnectionsPerAddress, "--max-connections-per-address"), "--max-connections-per-address");
       parseHostPort(opts.caAddress ?? opts.ca, "--ca-address");
       const logger = cliLogger("injector", opts);
       const identity = createIdentity({
@@ -81,6 +87,8 @@ export function registerInjectorCommand(program: Command): void {
           inject: { image: opts.image, caAddress: opts.caAddress ?? opts.ca, audience: opts.audience },
           ownNamespace: namespace,
           logger,
+          ...(maxConnections !== undefined ? { maxConnections } : {}),
+          ...(maxConnectionsPerAddress !== undefined ? { maxConnectionsPerAddress } : {}),
         });
         starting.catch(() => undefined); // stopped first: closing the identity rejects it
         server = await Promise.race([starting, stopped.then(() => undefined)]);
@@ -110,4 +118,9 @@ export function registerInjectorCommand(program: Command): void {
       await server.close();
       await identity.close();
     });
+}
+
+function atLeastOne(value: number | undefined, flag: string): number | undefined {
+  if (value === 0) throw new MeshwardError("E_USAGE", `${flag} must be at least 1 (0 would refuse every connection)`);
+  return value;
 }

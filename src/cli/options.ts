@@ -106,3 +106,11 @@ export function untilSignal(): Promise<NodeJS.Signals> {
 export function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
 }
+
+/** A flag's whole-number value (undefined when the flag was not given); E_USAGE otherwise. */
+export function wholeNumber(value: unknown, flag: string): number | undefined {
+  if (value === undefined) return undefined;
+  const text = String(value).trim();
+  if (!/^\d+$/.test(text)) throw new MeshwardError("E_USAGE", `${flag} takes a whole number, got ${JSON.stringify(value)}`);
+  return Number(text);
+}

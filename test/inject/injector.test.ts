@@ -1,7 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, request, type Server } from "node:https";
-import type { AddressInfo } from "node:net";
+import { connect as netConnect, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import jsonPatch from "fast-json-patch";
@@ -230,6 +230,35 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
     expect(result.code, result.stderr).toBe(1);
     expect(result.stderr).toMatch(/E_CSR_DNS_NOT_ALLOWED/);
     expect(result.stderr).not.toMatch(/\n\s+at |unexpected error/);
+  });
+
+  it("--max-connections and --max-connections-per-address: bad values are E_USAGE; a given cap is applied", async () => {
+    const caAddress = (ca as LongRunning & { match: RegExpMatchArray }).match[1] as string;
+    const base = ["injector", "--ca", caAddress, "--bundle", bundle, "--token-file", join(work, "token"), "--namespace", "meshward-system", "--listen", "127.0.0.1:0", "--image", "meshward:test"];
+    for (const [flag, value] of [["--max-connections", "0"], ["--max-connections-per-address", "many"], ["--max-connections", "1.5"]] as const) {
+      const bad = await runCli([...base, flag, value], { timeoutMs: 30_000 });
+      expect(bad.code, bad.stderr).toBe(1);
+      expect(bad.stderr).toContain("[E_USAGE]");
+      expect(bad.stderr).toContain(flag);
+      expect(bad.stderr).not.toMatch(/\n\s+at /);
+    }
+    const capped = await startCli([...base, "--max-connections-per-address", "1"], /meshward injector ready: id=(\S+) listen=(\S+)/);
+    try {
+      const cappedPort = Number((capped.match[2] as string).split(":").pop());
+      const held = netConnect({ host: "127.0.0.1", port: cappedPort });
+      await new Promise<void>((resolve, reject) => held.once("connect", resolve).once("error", reject));
+      await new Promise((r) => setTimeout(r, 200)); // accepted and counted by the gate
+      const second = netConnect({ host: "127.0.0.1", port: cappedPort });
+      const outcome = await new Promise<string>((resolve) => {
+        second.once("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+        second.once("close", () => resolve("closed"));
+      });
+      expect(["ECONNRESET", "closed"]).toContain(outcome);
+      expect(held.destroyed).toBe(false);
+      held.destroy();
+    } finally {
+      await capped.stop();
+    }
   });
 
   /** The certificates (DER, base64) in a PEM text or a base64 caBundle. */
