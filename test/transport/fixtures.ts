@@ -1,3 +1,4 @@
+import * as grpc from "@grpc/grpc-js";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource, TrustBundle } from "../../src/identity/source.ts";
 import type { TestLeaf, TestPki } from "../helpers/openssl-pki.ts";
 
@@ -50,3 +51,17 @@ export function makeLogger() {
   const lines: string[] = [];
   return { lines, info: (m: string) => void lines.push(`info ${m}`), warn: (m: string) => void lines.push(`warn ${m}`), error: (m: string) => void lines.push(`error ${m}`) };
 }
+
+/** A gRPC service with one unary method, Who, on raw bytes (no protobuf needed). */
+export const echoService: grpc.ServiceDefinition = {
+  who: {
+    path: "/test.Echo/Who",
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: (v: Buffer) => v,
+    requestDeserialize: (b: Buffer) => b,
+    responseSerialize: (v: Buffer) => v,
+    responseDeserialize: (b: Buffer) => b,
+  },
+};
+export const EchoClient = grpc.makeGenericClientConstructor(echoService, "Echo");

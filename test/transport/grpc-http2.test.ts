@@ -6,7 +6,7 @@ import { connectHttp2, createHttp2Server, grpcChannelCredentials, grpcServerCred
 import type { MtlsHttp2Server, PeerIdentity } from "../../src/transport/index.ts";
 import { createTestPki } from "../helpers/openssl-pki.ts";
 import type { TestPki } from "../helpers/openssl-pki.ts";
-import { bundleOf, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
+import { bundleOf, EchoClient, echoService, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
 
 const TD = "example.org";
 const SERVER_ID = `spiffe://${TD}/ns/default/orders`;
@@ -17,18 +17,6 @@ let serverIdentity: ManualIdentity;
 let clientIdentity: ManualIdentity;
 
 // A hand-written service definition keeps the test free of .proto files.
-const echoService: grpc.ServiceDefinition = {
-  who: {
-    path: "/test.Echo/Who",
-    requestStream: false,
-    responseStream: false,
-    requestSerialize: (v: Buffer) => v,
-    requestDeserialize: (b: Buffer) => b,
-    responseSerialize: (v: Buffer) => v,
-    responseDeserialize: (b: Buffer) => b,
-  },
-};
-const EchoClient = grpc.makeGenericClientConstructor(echoService, "Echo");
 
 beforeAll(() => {
   pki = createTestPki({ trustDomain: TD });

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { grpcChannelCredentials, grpcServerCredentials, peerIdentity } from "../../src/transport/index.ts";
 import { createTestPki } from "../helpers/openssl-pki.ts";
 import type { TestPki } from "../helpers/openssl-pki.ts";
-import { bundleOf, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
+import { bundleOf, EchoClient, echoService, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
 
 // A gRPC call can come long after its connection's handshake (grpc-js connections live up to
 // grpc.max_connection_age_ms, an hour with grpcServerOptions) or on a resumed TLS session, which
@@ -15,18 +15,6 @@ const SERVER_ID = `spiffe://${TD}/ns/default/api`;
 const CLIENT_ID = `spiffe://${TD}/ns/default/web`;
 const logger = makeLogger();
 
-const echoService: grpc.ServiceDefinition = {
-  who: {
-    path: "/test.Echo/Who",
-    requestStream: false,
-    responseStream: false,
-    requestSerialize: (v: Buffer) => v,
-    requestDeserialize: (b: Buffer) => b,
-    responseSerialize: (v: Buffer) => v,
-    responseDeserialize: (b: Buffer) => b,
-  },
-};
-const EchoClient = grpc.makeGenericClientConstructor(echoService, "Echo");
 
 let kept: TestPki;
 let removed: TestPki;
