@@ -360,7 +360,6 @@ function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
   return parsed.data;
 }
 
-/** A count flag: digits only (the schema then checks its range). */
 function dropUndefined(values: Record<string, unknown>): Record<string, unknown> {
   return Object.fromEntries(
     Object.entries(values)
