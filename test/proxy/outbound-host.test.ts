@@ -96,6 +96,15 @@ describe("outbound Host allow list (pure)", () => {
       expect(decision.ok, host).toBe(false);
     }
   });
+  it("remembers an accepted (Host, app id) pair only for that app id", () => {
+    const cached = compileOutboundHosts([]);
+    expect(checkOutboundHost("inventory", "inventory", cached)).toEqual({ ok: true });
+    expect(checkOutboundHost("inventory", "inventory", cached)).toEqual({ ok: true });
+    // Host: inventory is the routed app only when the request goes to inventory.
+    expect(checkOutboundHost("inventory", "billing", cached)).toEqual({ ok: false, host: "inventory" });
+    expect(checkOutboundHost("rebind.meshward.test", "inventory", cached).ok).toBe(false);
+    expect(checkOutboundHost("inventory", "inventory", cached)).toEqual({ ok: true });
+  });
   it("* turns the check off", () => {
     expect(checkOutboundHost("rebind.meshward.test", "inventory", compileOutboundHosts(["*"]))).toEqual({ ok: true });
   });
