@@ -8,6 +8,8 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
+    // Bundles the CLI once from the current sources for the tests that start it (test/global-setup.ts).
+    globalSetup: ["test/global-setup.ts"],
     pool: "forks",
     maxWorkers: 4,
     fileParallelism: true,

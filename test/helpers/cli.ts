@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
-export const MESHWARD_BIN = fileURLToPath(new URL("../../bin/meshward.js", import.meta.url));
+/** The CLI as a process runs it: the bundle test/global-setup.ts built from the current sources, else bin/meshward.js. */
+export const MESHWARD_BIN = process.env.MESHWARD_TEST_CLI ?? fileURLToPath(new URL("../../bin/meshward.js", import.meta.url));
 
 export interface CliResult {
   readonly code: number | null;
