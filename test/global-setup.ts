@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { bundleCli } from "../scripts/bundle.ts";
@@ -15,6 +15,7 @@ import { bundleCli } from "../scripts/bundle.ts";
 export default async function setup(): Promise<() => void> {
   if (process.env.MESHWARD_TEST_FROM_SOURCE === "1") return () => undefined;
   const cache = fileURLToPath(new URL("../node_modules/.cache/", import.meta.url));
+  mkdirSync(cache, { recursive: true });
   const dir = mkdtempSync(join(cache, "meshward-test-cli-"));
   process.env.MESHWARD_TEST_CLI = await bundleCli(join(dir, "bundle"));
   return () => rmSync(dir, { recursive: true, force: true });
