@@ -153,6 +153,7 @@ function sidecarContainer(settings: PodSettings, options: InjectOptions): Record
     `0.0.0.0:${SIDECAR_PORTS.status}`,
     "--no-status-page",
     ...(settings.config === undefined ? [] : ["--policy", `${POLICY_DIR}/${POLICY_KEY}`]),
+    ...settings.outboundAllowedHosts.flatMap((host) => ["--outbound-allowed-host", host]),
     "--log-format",
     "json",
   ];

@@ -1,3 +1,4 @@
+import { allowedHostProblem } from "../config/fields.ts";
 import { MeshwardError } from "../errors.ts";
 
 /** What `meshward inject` and the injector put into every pod: the same for a whole cluster. */
@@ -23,6 +24,8 @@ export interface PodSettings {
   readonly mode: "strict" | "permissive";
   /** Name of the ConfigMap holding the access policy (a Dapr Configuration YAML under key config.yaml). */
   readonly config: string | undefined;
+  /** Host names the outbound port answers besides loopback and the routed app id (a gateway's). */
+  readonly outboundAllowedHosts: readonly string[];
 }
 
 export const ANNOTATION = {
@@ -32,6 +35,7 @@ export const ANNOTATION = {
   protocol: "meshward.io/protocol",
   config: "meshward.io/config",
   mode: "meshward.io/mode",
+  outboundAllowedHosts: "meshward.io/outbound-allowed-hosts",
   injected: "meshward.io/injected",
   daprEnabled: "dapr.io/enabled",
   daprAppId: "dapr.io/app-id",
@@ -111,7 +115,13 @@ export function readSettings(
   if (mode !== "strict" && mode !== "permissive") {
     throw new MeshwardError("E_INJECT_ANNOTATION", `${where}: ${ANNOTATION.mode} must be strict or permissive, got ${JSON.stringify(mode)}`);
   }
-  return { appId, appPort, protocol, mode, config: config === "" ? undefined : config };
+  const hostsText = String(annotations[ANNOTATION.outboundAllowedHosts] ?? "").trim();
+  const outboundAllowedHosts = hostsText === "" ? [] : hostsText.split(",").map((entry) => entry.trim()).filter((entry) => entry !== "");
+  for (const entry of outboundAllowedHosts) {
+    const problem = allowedHostProblem(entry);
+    if (problem !== undefined) throw new MeshwardError("E_INJECT_ANNOTATION", `${where}: ${ANNOTATION.outboundAllowedHosts}: ${problem}`);
+  }
+  return { appId, appPort, protocol, mode, config: config === "" ? undefined : config, outboundAllowedHosts };
 }
 
 /** The sidecar's inbound mTLS, outbound and status ports. */

@@ -2,6 +2,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseAllDocuments } from "yaml";
+import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
 import { injectManifest } from "../../src/inject/manifest.ts";
 import { runCli } from "../helpers/cli.ts";
 import { validateK8sObjects } from "../helpers/k8s-schema.ts";
@@ -120,6 +121,17 @@ describe("meshward inject: what the sidecar gets", () => {
     expect(strict.spec.initContainers[0].args[strict.spec.initContainers[0].args.indexOf("--mode") + 1]).toBe("strict");
   });
 
+  it("meshward.io/outbound-allowed-hosts gives the sidecar one --outbound-allowed-host per name, which its own config schema accepts", () => {
+    const text = readFileSync(join(FIXTURES, "multi.yaml"), "utf8").replace("    meshward.io/config: orders-policy\n", "    meshward.io/config: orders-policy\n    meshward.io/outbound-allowed-hosts: \"api.shop.example, *.corp.example\"\n");
+    const pod = docsOf(injectManifest(text, OPTIONS).text).find((d) => d.kind === "Pod") as Record<string, any>;
+    const args = pod.spec.initContainers[0].args as string[];
+    const hosts = args.flatMap((arg, i) => (arg === "--outbound-allowed-host" ? [args[i + 1]!] : []));
+    expect(hosts).toEqual(["api.shop.example", "*.corp.example"]);
+    expect(sidecarConfigSchema.parse({ appId: "orders", ca: "ca:8443", outbound: "127.0.0.1:3500", outboundAllowedHosts: hosts }).outboundAllowedHosts).toEqual(hosts);
+    const without = docsOf(injectManifest(readFileSync(join(FIXTURES, "multi.yaml"), "utf8"), OPTIONS).text).find((d) => d.kind === "Pod") as Record<string, any>;
+    expect(without.spec.initContainers[0].args).not.toContain("--outbound-allowed-host");
+  });
+
   it("a manifest with nothing to inject comes out byte for byte", () => {
     const text = "# just a service\napiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{port: 1}]\n...\n";
     expect(injectManifest(text, OPTIONS).text).toBe(text);
@@ -148,6 +160,7 @@ describe("meshward inject: refusals are clear errors, never a stack trace", () =
     ["hostNetwork", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80" }, "      hostNetwork: true\n"), /hostNetwork/],
     ["an app id that is not a DNS label", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/app-id": "Web_1" }), /not a DNS label/],
     ["a mode that is neither strict nor permissive", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/mode": "off" }), /strict or permissive/],
+    ["an outbound allowed host with a scheme and port", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/outbound-allowed-hosts": "api.shop.example, http://gw:8080" }), /outbound-allowed-hosts: "http:\/\/gw:8080": give a host name only.*\[E_INJECT_ANNOTATION\]/s],
     ["broken YAML", "kind: Deployment\nmetadata: {name: [\n", /\[E_INJECT_INVALID\]/],
   ];
   for (const [what, input, message] of cases) {
