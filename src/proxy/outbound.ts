@@ -125,13 +125,13 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     return h2Refusal(400, problem);
   };
   /** undefined when the request's Host may be acted on; else the refusal (DNS rebinding guard). */
-  const hostRefusal = (host: string | undefined, name: string, remote: string | undefined): ProxyAnswer | undefined => {
+  const hostRefusal = (host: string | undefined, name: string, socket: Socket | undefined): ProxyAnswer | undefined => {
     const decision = checkOutboundHost(host, name, options.allowedHosts);
     if (decision.ok) return undefined;
     telemetry.refused.inc({ direction: "outbound", reason: "host_not_allowed" });
     warnings.warn(
       "host-not-allowed",
-      { event: "outbound-host-refused", host: decision.host.slice(0, 256), app: name, remote },
+      { event: "outbound-host-refused", host: decision.host.slice(0, 256), app: name, remote: socket?.remoteAddress },
       "refused an outbound request addressed to a host name that is not loopback, the app id or in outboundAllowedHosts (a browser page rebinding its DNS name to 127.0.0.1 looks like this)",
     );
     return {
@@ -174,7 +174,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         if (ambiguous !== undefined) return { answer: ambiguousRoute(ambiguous) };
         const host = request.target.authority ?? request.host;
         const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host });
-        const misdirected = name === undefined ? undefined : hostRefusal(host, name, socket.remoteAddress);
+        const misdirected = name === undefined ? undefined : hostRefusal(host, name, socket);
         if (misdirected !== undefined) return { answer: misdirected };
         if (target === undefined) return { answer: unknownApp(name) };
         return {
@@ -189,7 +189,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         if (ambiguous !== undefined) return void answerRawHttp1(socket, ambiguousRoute(ambiguous));
         const host = request.target.authority ?? request.host;
         const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host });
-        const misdirected = name === undefined ? undefined : hostRefusal(host, name, socket.remoteAddress);
+        const misdirected = name === undefined ? undefined : hostRefusal(host, name, socket);
         if (misdirected !== undefined) return void answerRawHttp1(socket, misdirected);
         if (target === undefined) return void answerRawHttp1(socket, unknownApp(name));
         const hooks = hooksFor(socket, target, "http");
@@ -232,7 +232,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       if (ambiguous !== undefined) return answerH2(stream, ambiguousRoute(ambiguous), grpc);
       const { name, target } = route(headers);
       const authority = headers[":authority"] ?? headers.host;
-      const misdirected = name === undefined ? undefined : hostRefusal(typeof authority === "string" ? authority : undefined, name, socket?.remoteAddress);
+      const misdirected = name === undefined ? undefined : hostRefusal(typeof authority === "string" ? authority : undefined, name, socket);
       if (misdirected !== undefined) return answerH2(stream, misdirected, grpc);
       if (target === undefined || socket === undefined) return answerH2(stream, unknownApp(name), grpc);
       const hooks = hooksFor(socket, target, grpc ? "grpc" : "http");
