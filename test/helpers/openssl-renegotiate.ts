@@ -89,6 +89,12 @@ export async function opensslServerRenegotiating(certFile: string, keyFile: stri
         // after the verdict, so it cannot slip through before the refusal is read.
         const outcome = () => output.slice(from);
         await waitFor("the renegotiation's outcome", () => exited || /SSLv3\/TLS read finished|no renegotiation|CONNECTION CLOSED/.test(outcome()), 10_000, 20);
+        // The alert line comes on stderr, "CONNECTION CLOSED" on stdout: two pipes, either may be
+        // read first. A connection that ended without a completed renegotiation is waited out
+        // (-naccept 1: s_server exits with it) before the verdict is read from the whole output.
+        if (!outcome().includes("read finished") && !outcome().includes("no renegotiation")) {
+          await waitFor("s_server to exit after the connection ended", () => exited || outcome().includes("no renegotiation"), 5_000, 20).catch(() => undefined);
+        }
         const refusedByClient = outcome().includes("no renegotiation");
         if (!exited && !refusedByClient && !outcome().includes("CONNECTION CLOSED")) child.stdin.write(reply);
         return { refusedByClient };

@@ -70,6 +70,9 @@ describe("CA-backed workload identity", () => {
     for (const s of sources.splice(0)) await s.close();
     await server?.close();
     server = undefined;
+    // The next test's CA binds port 0 again: a port freed here may be taken by another test
+    // file's process at once (EADDRINUSE, and every later test of the file failing with it).
+    port = 0;
   });
   afterAll(() => rmSync(work, { recursive: true, force: true }));
 
