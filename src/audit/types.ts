@@ -76,6 +76,9 @@ export interface Workload {
   /** Pod-template annotations (where `dapr.io/*` live). */
   annotations: Record<string, string>;
   annotationsPath: NodePath;
+  /** Pod-template labels (`meshward.io/mode` may be a label: Prometheus relabelling reads it). */
+  labels: Record<string, string>;
+  labelsPath: NodePath;
   podSpec: Record<string, unknown>;
   podSpecPath: NodePath;
   env: ContainerEnvVar[];

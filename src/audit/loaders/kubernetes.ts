@@ -29,6 +29,10 @@ export function loadWorkload(source: SourceDocument, doc: Dict, base: NodePath =
   for (const [key, value] of Object.entries(asDict(get(template, "metadata", "annotations")))) {
     annotations[key] = asText(value);
   }
+  const labels: Record<string, string> = {};
+  for (const [key, value] of Object.entries(asDict(get(template, "metadata", "labels")))) {
+    labels[key] = asText(value);
+  }
   const podSpec = asDict(get(template, "spec"));
   const podSpecPath = [...base, ...templatePath, "spec"];
   const env: ContainerEnvVar[] = [];
@@ -54,6 +58,8 @@ export function loadWorkload(source: SourceDocument, doc: Dict, base: NodePath =
     namespace: asText(get(doc, "metadata", "namespace")) || undefined,
     annotations,
     annotationsPath: [...base, ...templatePath, "metadata", "annotations"],
+    labels,
+    labelsPath: [...base, ...templatePath, "metadata", "labels"],
     podSpec,
     podSpecPath,
     env,

@@ -3,6 +3,7 @@ import { get, isFalsy, isTruthy } from "../shape.ts";
 import type { Corpus, DaprConfiguration, Hit, Rule, Workload } from "../types.ts";
 import { SECURE_DAPR_ANNOTATIONS, deploymentYaml } from "./example-builders.ts";
 import { defineRule } from "./helpers.ts";
+import { ANNOTATION, wantsInjection } from "../../inject/settings.ts";
 
 export function isDaprEnabled(workload: Workload): boolean {
   return isTruthy(workload.annotations["dapr.io/enabled"]);
@@ -66,6 +67,17 @@ function commonPrefixLength(a: string, b: string): number {
   while (index < a.length && index < b.length && a[index] === b[index]) index += 1;
   return index;
 }
+
+/** Whether `meshward inject` (or the webhook) adds a sidecar to this workload's pods. */
+function meshwardInjected(workload: Workload): boolean {
+  try {
+    return wantsInjection(workload.annotations);
+  } catch {
+    return false; // a value the injector refuses: it adds no sidecar (it names the error itself)
+  }
+}
+
+const MESHWARD_POD = { "meshward.io/inject": "true", "meshward.io/app-id": "orders", "meshward.io/app-port": "8080" };
 
 const secure = (extra: Record<string, string> = {}, podSpec = ""): string => deploymentYaml({ ...SECURE_DAPR_ANNOTATIONS, ...extra }, podSpec);
 const without = (key: string): Record<string, string> => {
@@ -200,6 +212,51 @@ export const kubernetesRules: Rule[] = [
     check(workload) {
       if (!isDaprEnabled(workload) || !isTruthy(workload.annotations["dapr.io/enable-profiling"])) return [];
       return [annotationHit(workload, "dapr.io/enable-profiling", "dapr.io/enable-profiling: true")];
+    },
+  }),
+  defineRule({
+    id: "MW-K8S-009",
+    family: "kubernetes",
+    severity: "high",
+    title: "Injected meshward sidecar in PERMISSIVE mode",
+    why: "`meshward.io/mode: permissive` (annotation or label) makes the injected sidecar's inbound port also accept plaintext connections that carry no identity: any pod that reaches the port can call the app. It is meant for a migration window only.",
+    fix: "Remove `meshward.io/mode` (strict is the default) once every caller has a sidecar; watch `meshward_plaintext_connections_total` stay at zero first.",
+    example: {
+      file: "deployment.yaml",
+      bad: deploymentYaml({ ...MESHWARD_POD, "meshward.io/mode": "permissive" }),
+      good: deploymentYaml({ ...MESHWARD_POD, "meshward.io/mode": "strict" }),
+    },
+    appliesTo: ["workload"],
+    check(workload) {
+      if (!meshwardInjected(workload)) return [];
+      const key = ANNOTATION.mode;
+      // The injector reads the annotation first, then the label.
+      const fromAnnotation = workload.annotations[key] !== undefined;
+      const value = (fromAnnotation ? workload.annotations[key] : workload.labels[key]) ?? "";
+      if (value.trim().toLowerCase() !== "permissive") return [];
+      const path = fromAnnotation ? [...workload.annotationsPath, key] : [...workload.labelsPath, key];
+      return [{ path, evidence: `${key}: ${value}${fromAnnotation ? "" : " (label)"}` }];
+    },
+  }),
+  defineRule({
+    id: "MW-K8S-010",
+    family: "kubernetes",
+    severity: "medium",
+    title: "Injected meshward sidecar's outbound answers any Host (DNS rebinding guard off)",
+    why: "`meshward.io/outbound-allowed-hosts` with `*` turns off the Host check on the injected sidecar's outbound port. A web page in a browser that reaches the pod (a debugging port-forward, a node-local browser) can rebind its DNS name to 127.0.0.1 and call any app in the mesh as this workload.",
+    fix: "List only the names your callers really send (a gateway's own host names); loopback, IP literals and the routed app id need no entry.",
+    example: {
+      file: "deployment.yaml",
+      bad: deploymentYaml({ ...MESHWARD_POD, "meshward.io/outbound-allowed-hosts": "api.shop.example, *" }),
+      good: deploymentYaml({ ...MESHWARD_POD, "meshward.io/outbound-allowed-hosts": "api.shop.example" }),
+    },
+    appliesTo: ["workload"],
+    check(workload) {
+      const key = ANNOTATION.outboundAllowedHosts;
+      const value = workload.annotations[key];
+      if (value === undefined || !meshwardInjected(workload)) return [];
+      if (!value.split(",").some((entry) => entry.trim() === "*")) return [];
+      return [annotationHit(workload, key, `${key}: ${value}`)];
     },
   }),
 ];
