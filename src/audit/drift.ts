@@ -4,7 +4,7 @@ import { microTlsEnabled } from "./rules/micro.ts";
 import { validatorNames } from "./rules/mtls.ts";
 import { transportRules } from "./rules/transport.ts";
 import { looksLikeProduction } from "./rules/secrets.ts";
-import { isDaprEnabled } from "./rules/kubernetes.ts";
+import { isDaprEnabled, meshwardInjected, meshwardMode } from "./rules/kubernetes.ts";
 import { asArray, asText, durationSeconds, get, isDict, isFalsy, isTruthy, lookup } from "./shape.ts";
 import type { Corpus, Resource } from "./types.ts";
 import { DEFAULT_MAX_FILE_BYTES, walk } from "./walk.ts";
@@ -79,8 +79,12 @@ function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, su
       return;
     }
     case "workload": {
-      if (!isDaprEnabled(resource)) return;
       const subject = `${resource.workloadKind} ${resource.name}`;
+      if (meshwardInjected(resource)) {
+        const permissive = meshwardMode(resource).value === "permissive";
+        put("mTLS", subject, { value: permissive ? "permissive" : "strict", rank: permissive ? 0 : 1 });
+      }
+      if (!isDaprEnabled(resource)) return;
       const token = (resource.annotations["dapr.io/api-token-secret"] ?? "") !== "";
       put("Dapr API token", subject, { value: token ? "set" : "none", rank: token ? 1 : 0 });
       const listen = resource.annotations["dapr.io/sidecar-listen-addresses"] ?? "127.0.0.1";

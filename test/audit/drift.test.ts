@@ -43,6 +43,21 @@ describe("drift", () => {
     expect(stronger.rows.find((row) => row.aspect === "mTLS")?.status).toBe("differs");
   });
 
+  it("an injected workload's meshward.io/mode (annotation, else label) is its mTLS posture", () => {
+    const env = (text: string) => collectPosture(loadSources([{ file: "d.yaml", text }]).corpus);
+    const deployment = (annotations: string, labels = "") =>
+      `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    metadata:\n      labels:\n        app: web\n${labels}      annotations:\n        meshward.io/inject: "true"\n${annotations}    spec:\n      containers:\n        - name: web\n          image: web:1\n`;
+    const staging = env(deployment("", "        meshward.io/mode: permissive\n"));
+    const production = env(deployment(""));
+    const report = compareEnvironments([{ name: "staging", posture: staging }, { name: "production", posture: production }]);
+    const row = report.rows.find((candidate) => candidate.aspect === "mTLS" && candidate.subject === "Deployment web");
+    expect(row?.values).toEqual(["permissive", "strict"]);
+    expect(row?.status).toBe("weaker");
+    // Not injected (meshward.io/inject: "false"): no meshward posture to compare.
+    const off = env(deployment("        meshward.io/mode: permissive\n").replace('meshward.io/inject: "true"', 'meshward.io/inject: "false"'));
+    expect(compareEnvironments([{ name: "staging", posture: off }, { name: "production", posture: production }]).rows.find((candidate) => candidate.aspect === "mTLS")?.values).toEqual([null, "strict"]);
+  });
+
   it("renders a table with one column per environment", () => {
     const text = renderDriftText(driftPaths([join(DRIFT, "staging"), join(DRIFT, "production")]), { color: false });
     expect(text.split("\n")[0]).toMatch(/^aspect +subject +staging +production \(reference\) +status$/);

@@ -69,12 +69,25 @@ function commonPrefixLength(a: string, b: string): number {
 }
 
 /** Whether `meshward inject` (or the webhook) adds a sidecar to this workload's pods. */
-function meshwardInjected(workload: Workload): boolean {
+export function meshwardInjected(workload: Workload): boolean {
   try {
     return wantsInjection(workload.annotations);
   } catch {
     return false; // a value the injector refuses: it adds no sidecar (it names the error itself)
   }
+}
+
+/** The injected sidecar's mode as the injector reads it: the annotation, else the label, else strict. */
+export function meshwardMode(workload: Workload): { value: string; hit: Hit } {
+  const key = ANNOTATION.mode;
+  const fromAnnotation = workload.annotations[key] !== undefined;
+  const text = fromAnnotation ? workload.annotations[key] : workload.labels[key];
+  const value = (text ?? "strict").trim().toLowerCase();
+  const hit: Hit = {
+    path: fromAnnotation ? [...workload.annotationsPath, key] : text === undefined ? workload.annotationsPath : [...workload.labelsPath, key],
+    evidence: `${key}: ${text ?? "not set (strict)"}${fromAnnotation || text === undefined ? "" : " (label)"}`,
+  };
+  return { value, hit };
 }
 
 const MESHWARD_POD = { "meshward.io/inject": "true", "meshward.io/app-id": "orders", "meshward.io/app-port": "8080" };
@@ -229,13 +242,8 @@ export const kubernetesRules: Rule[] = [
     appliesTo: ["workload"],
     check(workload) {
       if (!meshwardInjected(workload)) return [];
-      const key = ANNOTATION.mode;
-      // The injector reads the annotation first, then the label.
-      const fromAnnotation = workload.annotations[key] !== undefined;
-      const value = (fromAnnotation ? workload.annotations[key] : workload.labels[key]) ?? "";
-      if (value.trim().toLowerCase() !== "permissive") return [];
-      const path = fromAnnotation ? [...workload.annotationsPath, key] : [...workload.labelsPath, key];
-      return [{ path, evidence: `${key}: ${value}${fromAnnotation ? "" : " (label)"}` }];
+      const mode = meshwardMode(workload);
+      return mode.value === "permissive" ? [mode.hit] : [];
     },
   }),
   defineRule({
