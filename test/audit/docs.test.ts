@@ -19,6 +19,12 @@ describe("docs/audit-rules.md", () => {
     }
   });
 
+  it("the README's count of rules is the number of rules", () => {
+    const readme = readFileSync(join(import.meta.dirname, "..", "..", "README.md"), "utf8");
+    expect(readme).toMatch(/\| (\d+) rules over Dapr/);
+    expect(Number(/\| (\d+) rules over Dapr/.exec(readme)?.[1])).toBe(ALL_RULES.length);
+  });
+
   it("holds the rule table generated from the current rule definitions", () => {
     const begin = doc.indexOf(RULE_TABLE_BEGIN);
     const end = doc.indexOf(RULE_TABLE_END);
