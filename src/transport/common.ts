@@ -7,7 +7,7 @@ import { SecureContextHolder } from "../tls/context.ts";
 import type { IdentityHealth } from "../tls/context.ts";
 import { consoleLogger } from "../tls/logger.ts";
 import type { TlsLogger } from "../tls/logger.ts";
-import { verifyPeerCertificate, verifyTlsPeer } from "../tls/verify.ts";
+import { verifyPeerCertificate, verifyTlsPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
 import type { PeerIdentity, PeerPolicy } from "../tls/verify.ts";
 
 /** The only way to weaken verification; its name is the warning. Logged on every use. */
@@ -144,6 +144,12 @@ export async function prepareServer(options: ServerCommonOptions, what: string):
   return { holder, policy, logger, insecure, maxConnectionAgeMs: options.maxConnectionAgeMs ?? DEFAULT_MAX_CONNECTION_AGE_MS };
 }
 
+/** When the certificate a connection's caller was verified with expires (ms since the epoch). */
+const peerNotAfter = new WeakMap<TLSSocket, number>();
+
+/** setTimeout's longest delay (2^31 - 1 ms, ~24.8 days); a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Verifies a server-side connection; on refusal logs why and destroys it. Returns the peer or undefined. */
 export function admitConnection(runtime: ServerRuntime, socket: TLSSocket, what: string): PeerIdentity | undefined {
   if (runtime.insecure) {
@@ -157,8 +163,9 @@ export function admitConnection(runtime: ServerRuntime, socket: TLSSocket, what:
     }
   }
   try {
-    const peer = verifyTlsPeer(socket, runtime.policy);
+    const { peer, notAfter } = verifyTlsPeerWithValidity(socket, runtime.policy);
     setPeer(socket, peer);
+    peerNotAfter.set(socket, notAfter.getTime());
     return peer;
   } catch (error) {
     runtime.logger.warn(`${what} refused a connection from ${socket.remoteAddress ?? "?"}: ${describeError(error)}`);
@@ -196,13 +203,19 @@ export class ConnectionRegistry {
     this.recheckAll();
   }
 
+  /**
+   * Tracks a verified connection until it closes. It is retired (`onAged`: GOAWAY, Connection:
+   * close after the request in flight, end) at the age cap or when the certificate its caller was
+   * verified with expires, whichever comes first: TLS verifies validity at the handshake only, so
+   * without this a connection would go on serving a caller whose certificate has expired (for
+   * ever with the age cap off).
+   */
   add(socket: TLSSocket): void {
-    let timer: NodeJS.Timeout | undefined;
-    if (this.runtime.maxConnectionAgeMs > 0) {
-      timer = setTimeout(() => this.onAged(socket), this.runtime.maxConnectionAgeMs);
-      timer.unref();
-    }
-    this.#open.set(socket, timer);
+    const ageMs = this.runtime.maxConnectionAgeMs > 0 ? this.runtime.maxConnectionAgeMs : Number.POSITIVE_INFINITY;
+    const notAfter = peerNotAfter.get(socket);
+    const expiresInMs = notAfter === undefined ? Number.POSITIVE_INFINITY : Math.max(0, notAfter - Date.now());
+    this.#open.set(socket, undefined);
+    this.#arm(socket, Math.min(ageMs, expiresInMs));
     socket.once("close", () => {
       const t = this.#open.get(socket);
       if (t !== undefined) clearTimeout(t);
@@ -210,14 +223,26 @@ export class ConnectionRegistry {
     });
   }
 
+  #arm(socket: TLSSocket, delayMs: number): void {
+    if (!Number.isFinite(delayMs)) return;
+    const step = Math.min(delayMs, MAX_TIMER_MS);
+    const timer = setTimeout(() => {
+      if (!this.#open.has(socket)) return;
+      if (step < delayMs) return this.#arm(socket, delayMs - step);
+      this.#open.set(socket, undefined);
+      this.onAged(socket);
+    }, step);
+    timer.unref();
+    this.#open.set(socket, timer);
+  }
+
   get size(): number {
     return this.#open.size;
   }
 
   /**
-   * Closes open connections whose peer is now revoked or no longer authorized. Certificate
-   * validity is a handshake-time check: a connection outliving its peer's certificate keeps
-   * working (the age cap bounds it), as the caller's renewed certificate is on its next one.
+   * Closes open connections whose peer is now revoked or no longer authorized. (Expiry needs no
+   * recheck: `add` retires each connection when its caller's certificate expires.)
    */
   recheckAll(): void {
     if (this.runtime.insecure) return;
