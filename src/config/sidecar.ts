@@ -30,7 +30,7 @@ export const limitsSchema = z
     headersTimeout: duration("headers timeout").default(10_000).describe("Time a client has to send complete request headers (slowloris guard); then 408 and close."),
     handshakeTimeout: duration("handshake timeout").default(10_000).describe("Time a client has to finish the TLS handshake (and to send its first byte)."),
     idleTimeout: duration("idle timeout").default(60_000).describe("Close a connection with no traffic for this long (keep-alive and TCP mode)."),
-    maxConnectionAge: duration("max connection age").default(3_600_000).describe("Close inbound connections older than this (HTTP/2 GOAWAY, HTTP/1 Connection: close) so revocations and root retirement reach them."),
+    maxConnectionAge: duration("max connection age").default(3_600_000).describe("Close inbound connections older than this (HTTP/2 GOAWAY, HTTP/1 Connection: close, a TCP tunnel ended) so revocations and root retirement reach them; a connection also ends when its caller's certificate expires."),
     drainTimeout: duration("drain timeout").default(10_000).describe("On SIGTERM: how long in-flight requests may take before the remaining connections are closed."),
     maxConnections: z
       .number({ error: "must be a number of connections" })

@@ -89,6 +89,8 @@ function callerOf(peer: PeerIdentity | undefined): Caller | undefined {
 
 /** Largest response header block accepted from an upstream (Node's client default is 16 KiB). */
 export const RESPONSE_HEADER_BYTES = 64 * 1024;
+/** A retired TCP tunnel is destroyed this long after its end was sent, if the caller has not closed it. */
+const TUNNEL_END_GRACE_MS = 5_000;
 /** Idle keep-alive connections to the app close after this, below Node's default server keep-alive (5 s). */
 const APP_IDLE_MS = 4_000;
 
@@ -309,8 +311,14 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     handshakeTimeout: limits.handshakeTimeout,
     ...(options.protocol === "http" ? { ALPNProtocols: ["h2", "http/1.1"] } : {}),
   });
-  // At the age cap: HTTP/2 gets GOAWAY, HTTP/1 closes after its in-flight request, TCP ends.
-  const control = secureServer(tlsServer, runtime, "sidecar inbound", undefined, (socket) => tracker.retire(socket));
+  // At the age cap, when the caller's certificate expires or a root leaves the bundle: HTTP/2 gets
+  // GOAWAY, HTTP/1 closes after its in-flight request, a TCP tunnel (one "request" for its whole
+  // life, so the tracker would wait for ever) is ended, and destroyed if the caller holds it open.
+  const retireTunnel = (socket: TLSSocket) => {
+    socket.end();
+    setTimeout(() => socket.destroy(), TUNNEL_END_GRACE_MS).unref();
+  };
+  const control = secureServer(tlsServer, runtime, "sidecar inbound", undefined, (socket) => (options.protocol === "tcp" ? retireTunnel(socket) : tracker.retire(socket)));
   tlsServer.on("tlsClientError", (error: Error, socket: TLSSocket) => {
     const reason = mesh.handshakeFailed("inbound", error, socket);
     telemetry.refused.inc({ direction: "inbound", reason: `tls_${reason}` });

@@ -4,7 +4,7 @@ import type { TLSSocket } from "node:tls";
 import type { IdentitySource } from "../identity/source.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
 import type { TlsLogger } from "../tls/logger.ts";
-import { dialTls, prepareClient, SessionCache } from "../transport/client-common.ts";
+import { dialTls, prepareClient, retireAtServerExpiry, SessionCache } from "../transport/client-common.ts";
 import type { ClientRuntime } from "../transport/client-common.ts";
 import { peerOf } from "../transport/common.ts";
 import { parseHostPort } from "../util/address.ts";
@@ -144,7 +144,11 @@ export class PeerPool {
   http1(target: PeerTarget, options: { maxHeaderBytes: number; idleMs: number }): Http1Pool {
     const entry = this.#entry(target);
     entry.http1 ??= new Http1Pool({
-      dial: async () => dialVerified(await entry.runtime, { host: target.host, port: target.port }, this.#sessions),
+      dial: async () => {
+        const socket = await dialVerified(await entry.runtime, { host: target.host, port: target.port }, this.#sessions);
+        retireAtServerExpiry(socket, () => entry.http1?.retire(socket));
+        return socket;
+      },
       authority: `${target.appId}.${target.namespace}`,
       maxHeaderBytes: options.maxHeaderBytes,
       idleMs: options.idleMs,
@@ -168,6 +172,11 @@ export class PeerPool {
       session.once("goaway", forget);
       session.once("error", forget);
       session.on("error", () => undefined);
+      // The peer's certificate expired: open streams finish, the next call opens a new session.
+      retireAtServerExpiry(socket, () => {
+        forget();
+        session.close();
+      });
       if (this.#closed) session.close();
       return session;
     })();

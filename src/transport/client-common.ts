@@ -10,6 +10,7 @@ import { consoleLogger } from "../tls/logger.ts";
 import type { TlsLogger } from "../tls/logger.ts";
 import { spiffeCheckServerIdentity, verifyRememberedPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
 import type { PeerIdentity, PeerPolicy } from "../tls/verify.ts";
+import { systemClock } from "../util/clock.ts";
 import { assertSecureOptions, setPeer, warnInsecure } from "./common.ts";
 import type { ClientCommonOptions } from "./common.ts";
 
@@ -105,6 +106,21 @@ export interface DialOptions {
   readonly session?: ResumableSession;
 }
 
+/** When the certificate a client connection's server was verified with expires (ms since the epoch). */
+const serverNotAfter = new WeakMap<TLSSocket, number>();
+
+/**
+ * Calls `retire` when the server certificate this connection was verified with expires (TLS
+ * checks validity at the handshake only); call once the socket is verified (after dialTls's
+ * `secureConnect`). Does nothing for a socket that was not verified.
+ */
+export function retireAtServerExpiry(socket: TLSSocket, retire: () => void): void {
+  const notAfter = serverNotAfter.get(socket);
+  if (notAfter === undefined || socket.destroyed) return;
+  const timer = systemClock.setTimeout(retire, notAfter - Date.now());
+  socket.once("close", () => systemClock.clearTimeout(timer));
+}
+
 /**
  * Opens a TLS connection with the client policy: our SVID, the bundle roots, SPIFFE ID
  * check on full handshakes (checkServerIdentity) and again on `secureConnect`, because Node
@@ -153,6 +169,7 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
         verified = { ...verifyTlsPeerWithValidity(socket, runtime.policy), rootsEpoch: runtime.holder.rootsEpoch() };
       }
       setPeer(socket, verified.peer);
+      serverNotAfter.set(socket, verified.notAfter.getTime());
       // From here a TLS alert is not a handshake failure: marked, so that callers can name it.
       markHandshakeCompleted(socket);
       if (pendingTicket !== undefined) remember(pendingTicket);

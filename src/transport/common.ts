@@ -6,6 +6,8 @@ import type { SpiffeIdMatcher } from "../spiffe/match.ts";
 import { SecureContextHolder } from "../tls/context.ts";
 import type { IdentityHealth } from "../tls/context.ts";
 import { consoleLogger } from "../tls/logger.ts";
+import { systemClock } from "../util/clock.ts";
+import type { ClockTimer } from "../util/clock.ts";
 import type { TlsLogger } from "../tls/logger.ts";
 import { verifyPeerCertificate, verifyTlsPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
 import type { PeerIdentity, PeerPolicy } from "../tls/verify.ts";
@@ -147,9 +149,6 @@ export async function prepareServer(options: ServerCommonOptions, what: string):
 /** When the certificate a connection's caller was verified with expires (ms since the epoch). */
 const peerNotAfter = new WeakMap<TLSSocket, number>();
 
-/** setTimeout's longest delay (2^31 - 1 ms, ~24.8 days); a longer one fires at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
 /** Verifies a server-side connection; on refusal logs why and destroys it. Returns the peer or undefined. */
 export function admitConnection(runtime: ServerRuntime, socket: TLSSocket, what: string): PeerIdentity | undefined {
   if (runtime.insecure) {
@@ -179,7 +178,7 @@ export function admitConnection(runtime: ServerRuntime, socket: TLSSocket, what:
  * connections that are already open. `onAged` closes one gracefully (GOAWAY, Connection: close…).
  */
 export class ConnectionRegistry {
-  readonly #open = new Map<TLSSocket, NodeJS.Timeout | undefined>();
+  readonly #open = new Map<TLSSocket, ClockTimer | undefined>();
   readonly #off: () => void;
   #rootsEpoch: number;
 
@@ -213,27 +212,15 @@ export class ConnectionRegistry {
   add(socket: TLSSocket): void {
     const ageMs = this.runtime.maxConnectionAgeMs > 0 ? this.runtime.maxConnectionAgeMs : Number.POSITIVE_INFINITY;
     const notAfter = peerNotAfter.get(socket);
-    const expiresInMs = notAfter === undefined ? Number.POSITIVE_INFINITY : Math.max(0, notAfter - Date.now());
-    this.#open.set(socket, undefined);
-    this.#arm(socket, Math.min(ageMs, expiresInMs));
+    const retireInMs = Math.min(ageMs, notAfter === undefined ? Number.POSITIVE_INFINITY : notAfter - Date.now());
+    // systemClock's timers may wait past setTimeout's ~24.8-day limit (a longer delay would fire at once).
+    const timer = Number.isFinite(retireInMs) ? systemClock.setTimeout(() => this.onAged(socket), retireInMs) : undefined;
+    this.#open.set(socket, timer);
     socket.once("close", () => {
       const t = this.#open.get(socket);
-      if (t !== undefined) clearTimeout(t);
+      if (t !== undefined) systemClock.clearTimeout(t);
       this.#open.delete(socket);
     });
-  }
-
-  #arm(socket: TLSSocket, delayMs: number): void {
-    if (!Number.isFinite(delayMs)) return;
-    const step = Math.min(delayMs, MAX_TIMER_MS);
-    const timer = setTimeout(() => {
-      if (!this.#open.has(socket)) return;
-      if (step < delayMs) return this.#arm(socket, delayMs - step);
-      this.#open.set(socket, undefined);
-      this.onAged(socket);
-    }, step);
-    timer.unref();
-    this.#open.set(socket, timer);
   }
 
   get size(): number {
@@ -262,6 +249,6 @@ export class ConnectionRegistry {
 
   close(): void {
     this.#off();
-    for (const timer of this.#open.values()) if (timer !== undefined) clearTimeout(timer);
+    for (const timer of this.#open.values()) if (timer !== undefined) systemClock.clearTimeout(timer);
   }
 }

@@ -5,7 +5,7 @@ import { MeshwardError } from "../errors.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import { peerOf, prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
-import { dialTls, prepareClient } from "./client-common.ts";
+import { dialTls, prepareClient, retireAtServerExpiry } from "./client-common.ts";
 import { secureServer } from "./tls.ts";
 import type { MeshwardServerControl } from "./tls.ts";
 
@@ -73,8 +73,9 @@ export async function connectHttp2(authority: string | URL, options: ConnectHttp
   if (url.protocol !== "https:") throw new MeshwardError("E_INSECURE_CONFIG", `${url.protocol} is not allowed; HTTP/2 clients speak https only`);
   const host = url.hostname.replace(/^\[|\]$/g, "");
   const port = Number(url.port || 443);
+  let socket: TLSSocket | undefined;
   const session = http2Connect(url, {
-    createConnection: () => dialTls(runtime, { host, port, servername: host, ALPNProtocols: ["h2"] }),
+    createConnection: () => (socket = dialTls(runtime, { host, port, servername: host, ALPNProtocols: ["h2"] })),
   });
   await new Promise<void>((resolve, reject) => {
     session.once("connect", () => resolve());
@@ -85,6 +86,8 @@ export async function connectHttp2(authority: string | URL, options: ConnectHttp
     session.destroy();
     throw new MeshwardError("E_PEER_UNTRUSTED", "the HTTP/2 server was not verified");
   }
+  // Open streams finish; new ones are refused once the server's certificate has expired.
+  if (socket !== undefined) retireAtServerExpiry(socket, () => session.close());
   if (options.maxSessionAgeMs && options.maxSessionAgeMs > 0) {
     const timer = setTimeout(() => session.close(), options.maxSessionAgeMs);
     timer.unref();

@@ -232,6 +232,26 @@ describe("TCP mode: local port per upstream app, bytes over mTLS", () => {
     }
   });
 
+  it("ends a TCP tunnel at the inbound's maxConnectionAge (a tunnel is one request for its whole life: it was never retired)", async () => {
+    const aged = await startTestSidecar(ca, { appId: "echo", app: `127.0.0.1:${echo.port}`, protocol: "tcp", limits: { maxConnectionAge: "1s" } });
+    const caller = await startTestSidecar(ca, { appId: "app-a", app: "127.0.0.1:1", peers: { echo: `127.0.0.1:${aged.addresses.inbound.port}` }, tcpUpstreams: { echo: "127.0.0.1:0" } });
+    const socket = netConnect(caller.addresses.tcp.echo!.port, "127.0.0.1");
+    try {
+      socket.on("error", () => undefined);
+      const closed = new Promise<number>((resolve) => socket.once("close", () => resolve(Date.now())));
+      const opened = Date.now();
+      socket.write("one");
+      expect(String(await new Promise((resolve) => socket.once("data", resolve)))).toBe("one");
+      const at = await Promise.race([closed, new Promise<number>((resolve) => setTimeout(() => resolve(-1), 8_000))]);
+      expect(at).toBeGreaterThan(0);
+      expect(at - opened).toBeGreaterThanOrEqual(900);
+    } finally {
+      socket.destroy();
+      await caller.close();
+      await aged.close();
+    }
+  });
+
   it("closes a TCP connection from a caller the policy denies", async () => {
     const other = await startTestSidecar(ca, { appId: "stranger", app: "127.0.0.1:1", peers: { echo: `127.0.0.1:${sideB.addresses.inbound.port}` }, tcpUpstreams: { echo: "127.0.0.1:0" } });
     try {

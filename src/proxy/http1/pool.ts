@@ -156,6 +156,16 @@ export class Http1Pool {
     for (const connection of this.#idle.splice(0)) connection.destroy();
   }
 
+  /** The connection over `socket` serves no further request: closed now when idle, else after its exchange. */
+  retire(socket: Duplex): void {
+    for (const connection of this.#all) {
+      if (connection.socket !== socket) continue;
+      connection.retired = true;
+      const at = this.#idle.indexOf(connection);
+      if (at >= 0) this.#idle.splice(at, 1)[0]!.destroy();
+    }
+  }
+
   close(): void {
     this.#closed = true;
     clearInterval(this.#sweeper);

@@ -1,0 +1,82 @@
+import { createSecureServer, type Http2SecureServer } from "node:http2";
+import type { AddressInfo } from "node:net";
+import type { TLSSocket } from "node:tls";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { PeerPool, type PeerTarget } from "../../src/proxy/peers.ts";
+import { connectHttp2, createMtlsAgent, httpsRequest } from "../../src/transport/index.ts";
+import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
+import { bundleOf, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
+
+// TLS checks the server's certificate validity during the handshake only. A client that keeps a
+// connection (an SDK agent's keep-alive socket, a connectHttp2 session, the sidecar outbound's
+// pooled connections and HTTP/2 session to a peer) would go on sending requests to a server whose
+// certificate has expired. Each now stops using the connection when it does: idle ones close,
+// busy ones after their exchange, sessions refuse new streams. The server is a plain node:http2
+// server (allowHTTP1): nothing on its side closes anything.
+const TD = "example.org";
+const SERVER_ID = `spiffe://${TD}/ns/default/inventory`;
+const logger = makeLogger();
+
+let pki: TestPki;
+let server: Http2SecureServer;
+let port: number;
+let notAfter: Date;
+
+beforeAll(async () => {
+  pki = createTestPki({ trustDomain: TD });
+  notAfter = new Date(Date.now() + 4_000);
+  const leaf = pki.issueLeaf({ spiffeId: SERVER_ID, notAfter });
+  server = createSecureServer({ cert: leaf.chainPem, key: leaf.keyPem, requestCert: true, rejectUnauthorized: false, allowHTTP1: true }, (_req, res) => res.end("ok"));
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  port = (server.address() as AddressInfo).port;
+});
+afterAll(async () => {
+  await new Promise<void>((resolve) => server?.close(() => resolve()));
+  pki?.cleanup();
+});
+
+const client = () => new ManualIdentity(snapshotOf(pki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/web` }), bundleOf([pki])));
+
+describe("client connections end when the server's certificate expires", () => {
+  it("SDK agent, connectHttp2, the sidecar outbound's HTTP/1.1 pool and HTTP/2 session", async () => {
+    const identity = client();
+    const url = `https://127.0.0.1:${port}/`;
+    const target: PeerTarget = { appId: "inventory", namespace: "default", host: "127.0.0.1", port, expectedId: SERVER_ID };
+
+    const agent = await createMtlsAgent({ identity, expect: SERVER_ID, maxSockets: 1 });
+    const agentSockets = new Set<TLSSocket>();
+    agent.on("free", (socket: TLSSocket) => agentSockets.add(socket));
+    const session = await connectHttp2(url, { identity, expect: SERVER_ID, logger });
+    const pool = new PeerPool(identity, logger);
+    try {
+      expect((await httpsRequest(url, { identity, expect: SERVER_ID, agent })).status).toBe(200);
+      expect(agentSockets.size).toBe(1);
+      const http1 = pool.http1(target, { maxHeaderBytes: 16_384, idleMs: 60_000 });
+      const idle = await http1.acquire();
+      const busy = await http1.acquire();
+      http1.release(idle);
+      const peerSession = await pool.h2(target);
+      for (const socket of [...agentSockets, idle.socket, busy.socket]) expect(socket.destroyed).toBe(false);
+      expect(session.closed).toBe(false);
+      expect(peerSession.closed).toBe(false);
+
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, notAfter.getTime() - Date.now()) + 1_000));
+
+      expect([...agentSockets][0]!.destroyed).toBe(true); // idle keep-alive socket closed
+      expect(session.closed).toBe(true); // no new stream on it
+      expect(peerSession.closed).toBe(true);
+      expect(idle.socket.destroyed).toBe(true);
+      expect(busy.socket.destroyed).toBe(false); // its exchange may finish
+      http1.release(busy);
+      expect(busy.socket.destroyed).toBe(true);
+      // A new connection needs a handshake, which refuses the expired certificate.
+      await expect(Promise.resolve(http1.acquire())).rejects.toMatchObject({ code: "CERT_HAS_EXPIRED" });
+      await expect(pool.h2(target)).rejects.toMatchObject({ code: "CERT_HAS_EXPIRED" });
+      await expect(httpsRequest(url, { identity, expect: SERVER_ID, agent })).rejects.toThrow();
+    } finally {
+      agent.destroy();
+      session.destroy();
+      pool.close();
+    }
+  });
+});
