@@ -2,6 +2,9 @@ import { Option, type Command } from "commander";
 import { MeshwardError } from "../errors.ts";
 import { createIdentity } from "../identity/ca-source.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
+import { instrumentIdentity } from "../identity/instrument.ts";
+import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
+import { createInjectorMetrics } from "../inject/metrics.ts";
 import { syncWebhookCaBundle } from "../inject/webhook-ca-bundle.ts";
 import { DEFAULT_WEBHOOK_MAX_CONNECTIONS, DEFAULT_WEBHOOK_MAX_CONNECTIONS_PER_ADDRESS, startWebhookServer } from "../inject/webhook-server.ts";
 import { parseDuration } from "../util/duration.ts";
@@ -77,6 +80,11 @@ export function registerInjectorCommand(program: Command): void {
         bundleRefreshMs: parseDuration(opts.bundleRefreshInterval, "--bundle-refresh-interval"),
         logger,
       });
+      // GET /metrics on the webhook port: the serving certificate's expiry and renewals (the
+      // workload certificate alerts), reviews, refused connections and caBundle syncs.
+      const metrics = createMetrics({ processMetrics: true });
+      const stopInstrumenting = instrumentIdentity(identity, createMeshMetrics(metrics));
+      const injectorMetrics = createInjectorMetrics(metrics);
       // Before the first certificate: with the CA down it retries, and SIGTERM then stops it cleanly.
       const stopped = untilSignal();
       let server;
@@ -87,17 +95,20 @@ export function registerInjectorCommand(program: Command): void {
           inject: { image: opts.image, caAddress: opts.caAddress ?? opts.ca, audience: opts.audience },
           ownNamespace: namespace,
           logger,
+          metrics,
           ...(maxConnections !== undefined ? { maxConnections } : {}),
           ...(maxConnectionsPerAddress !== undefined ? { maxConnectionsPerAddress } : {}),
         });
         starting.catch(() => undefined); // stopped first: closing the identity rejects it
         server = await Promise.race([starting, stopped.then(() => undefined)]);
       } catch (error) {
+        stopInstrumenting();
         await identity.close();
         throw error;
       }
       if (server === undefined) {
         logger.info({ event: "stopped" }, "stopped before the first certificate arrived");
+        stopInstrumenting();
         await identity.close();
         return;
       }
@@ -109,6 +120,7 @@ export function registerInjectorCommand(program: Command): void {
               webhookConfiguration: opts.webhookConfig,
               identity,
               logger,
+              onResult: (result) => injectorMetrics.caBundleSync(result),
             });
       const snapshot = identity.current();
       process.stdout.write(`meshward injector ready: id=${snapshot?.svid.spiffeId ?? "?"} listen=${server.address}\n`);
@@ -116,6 +128,7 @@ export function registerInjectorCommand(program: Command): void {
       logger.info({ event: "signal", signal }, "shutting down");
       caBundle?.stop();
       await server.close();
+      stopInstrumenting();
       await identity.close();
     });
 }

@@ -5,6 +5,7 @@ import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import { tlsAfterHandshakeFailure, watchHandshake } from "../tls/after-handshake.ts";
 import { SECURE_OPTIONS } from "../tls/policy.ts";
+import type { CaBundleSyncResult } from "./metrics.ts";
 
 export interface KubeApiConfig {
   /** e.g. https://kubernetes.default.svc */
@@ -23,6 +24,8 @@ export interface CaBundleSyncOptions {
   readonly logger: Logger;
   /** How often the configuration is checked even without a bundle change (someone may have edited it). */
   readonly intervalMs?: number;
+  /** Told of each pass: patched, unchanged, or error (for meshward_injector_ca_bundle_syncs_total). */
+  readonly onResult?: (result: CaBundleSyncResult) => void;
 }
 
 const MAX_BODY = 4 * 1024 * 1024;
@@ -42,8 +45,13 @@ export function syncWebhookCaBundle(options: CaBundleSyncOptions): { stop(): voi
   let stopped = false;
   const sync = (): Promise<boolean> => {
     running ??= reconcile(options)
+      .then((patched) => {
+        options.onResult?.(patched ? "patched" : "unchanged");
+        return patched;
+      })
       .catch((error: unknown) => {
         logger.warn({ event: "webhook-ca-bundle-failed", err: describeError(error) }, "cannot update the webhook's caBundle; retrying");
+        options.onResult?.("error");
         return false;
       })
       .finally(() => (running = undefined));

@@ -3,6 +3,8 @@ import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySnapshot, IdentitySource } from "../identity/source.ts";
+import type { Metrics } from "../telemetry/metrics.ts";
+import { createInjectorMetrics } from "./metrics.ts";
 import { CIPHERS, CURVES, MIN_TLS_VERSION, SECURE_OPTIONS } from "../tls/policy.ts";
 import { formatHostPort, type HostPort } from "../util/address.ts";
 import { ConnectionGate, gatedListener } from "../util/connection-gate.ts";
@@ -34,6 +36,8 @@ export interface WebhookServerOptions {
   readonly maxConnections?: number;
   /** Connections open at once from one source address (default 256). */
   readonly maxConnectionsPerAddress?: number;
+  /** Served at GET /metrics on the webhook port (like the CA's API port), with the webhook's own counters added. */
+  readonly metrics?: Metrics;
 }
 
 export interface WebhookServer {
@@ -65,6 +69,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   // Node's default handshake timeout is 120 s: a caller that connects and never sends a
   // ClientHello would hold a socket that long. Same guard as the CA API (src/ca/server.ts).
   const handshakeTimeout = options.handshakeTimeoutMs ?? DEFAULT_WEBHOOK_HANDSHAKE_TIMEOUT_MS;
+  const counters = options.metrics === undefined ? undefined : createInjectorMetrics(options.metrics);
   const server: Server = createServer({ ...tlsOptions(first), handshakeTimeout, requestTimeout: 10_000, headersTimeout: 5_000 }, (req, res) => {
     const path = (req.url ?? "/").split("?", 1)[0];
     const send = (status: number, body: unknown) => {
@@ -74,6 +79,14 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     if (path === "/healthz" || path === "/readyz") {
       const current = identity.current();
       send(current === undefined && path === "/readyz" ? 503 : 200, { status: current === undefined && path === "/readyz" ? "no valid certificate" : "ok" });
+      return;
+    }
+    if (path === "/metrics" && options.metrics !== undefined) {
+      const metrics = options.metrics;
+      void metrics.text().then((body) => {
+        res.writeHead(200, { "content-type": metrics.contentType, "cache-control": "no-store" });
+        res.end(body);
+      });
       return;
     }
     if (path !== MUTATE_PATH) return send(404, { error: "not found" });
@@ -101,22 +114,31 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
       let review: unknown;
       const body = Buffer.concat(chunks).toString("utf8");
       // Deep nesting would exhaust the stack of the code that walks the object: refused first.
-      if (findExcessiveNesting(body) !== undefined) return send(400, { error: "the body nests too deeply", code: "E_ADMISSION_INVALID" });
+      if (findExcessiveNesting(body) !== undefined) {
+        counters?.review("invalid");
+        return send(400, { error: "the body nests too deeply", code: "E_ADMISSION_INVALID" });
+      }
       try {
         review = JSON.parse(body);
       } catch {
+        counters?.review("invalid");
         return send(400, { error: "the body is not JSON" });
       }
       const current = identity.current();
-      if (current === undefined) return send(503, { error: "no current trust bundle" });
+      if (current === undefined) {
+        counters?.review("unavailable");
+        return send(503, { error: "no current trust bundle" });
+      }
       try {
         const answer = reviewAdmission(review, { options: { ...options.inject, trustAnchors: current.bundle.rootsPem }, ownNamespace: options.ownNamespace });
         logger.info(
           { event: "admission", uid: answer.response.uid, allowed: answer.response.allowed, patched: answer.response.patch !== undefined, ...(answer.response.status ? { reason: answer.response.status.message } : {}) },
           "admission review",
         );
+        counters?.review(!answer.response.allowed ? "denied" : answer.response.patch !== undefined ? "injected" : "unchanged");
         send(200, answer);
       } catch (error) {
+        counters?.review("invalid");
         const code = error instanceof MeshwardError ? error.code : "E_INTERNAL";
         logger.warn({ event: "admission-refused", err: describeError(error) }, "bad admission request");
         send(400, { error: describeError(error), code });
@@ -135,6 +157,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   const gate = new ConnectionGate({ maxConnections, maxConnectionsPerAddress });
   let lastRefusalLog = 0;
   const listener = gatedListener(gate, server, (refused) => {
+    counters?.connectionRefused(refused);
     // Callers can cause this at will: at most one log line a second.
     const now = Date.now();
     if (now - lastRefusalLog >= 1_000) {

@@ -207,6 +207,13 @@ describe("deploy/kubernetes/examples/orders", () => {
     expect(alerts).toContain('meshward_mode!="permissive"');
     expect(alerts).toContain('job=~"meshward-ca.*"');
     expect(scrape.scrape_configs.some((j) => String(j.job_name).startsWith("meshward-ca"))).toBe(true);
+    // The injector job keeps the injector Deployment's webhook port, by its pod label and port name.
+    expect(alerts).toContain('job=~"meshward-injector.*"');
+    const injectorJob = scrape.scrape_configs.find((j) => String(j.job_name).startsWith("meshward-injector")) as { relabel_configs: { regex?: string; action?: string }[]; tls_config: { server_name: string } };
+    const injector = find(rendered.single.docs, "Deployment", "meshward-injector");
+    const webhookPort = (injector.spec.template.spec.containers[0].ports as Doc[])[0] as Doc;
+    expect(injectorJob.relabel_configs.find((r) => r.action === "keep")?.regex).toBe(`${injector.spec.template.metadata.labels["app.kubernetes.io/name"]};${webhookPort.name}`);
+    expect(injectorJob.tls_config.server_name).toBe(`${find(rendered.single.docs, "Service", "meshward-injector").metadata.name}.meshward-system.svc`);
 
     // Debian's promtool is built without Kubernetes service discovery, so that one block is
     // swapped for a static target; the relabelling, TLS settings and rule file are checked as written.

@@ -3,6 +3,7 @@ import { pino } from "pino";
 import { egressMetrics } from "../../src/proxy/egress.ts";
 import { sidecarTelemetry } from "../../src/proxy/sidecar.ts";
 import { createMeshMetrics, createMetrics } from "../../src/telemetry/metrics.ts";
+import { createInjectorMetrics } from "../../src/inject/metrics.ts";
 
 /** Series Prometheus itself adds to every target. */
 const PROMETHEUS_SERIES = ["up", "scrape_duration_seconds"];
@@ -30,6 +31,7 @@ export async function definedMetrics(options: { processMetrics: boolean }): Prom
   createCaMetrics(metrics);
   sidecarTelemetry(pino({ level: "silent" }), metrics);
   egressMetrics(metrics, "example");
+  createInjectorMetrics(metrics);
   return (await metrics.registry.getMetricsAsJSON()).map((m) => ({ name: m.name, type: String(m.type) }));
 }
 

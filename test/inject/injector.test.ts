@@ -135,6 +135,23 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
     });
   }
 
+  /** GET over HTTPS, verified as the API server (or Prometheus with the bundle) would. */
+  function get(path: string, onPort = port): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const req = request({ host: "127.0.0.1", port: onPort, path, ca: readFileSync(bundle), servername: SERVICE_DNS }, (res) => {
+        let text = "";
+        res.on("data", (d) => (text += d));
+        res.on("end", () => (res.statusCode === 200 ? resolve(text) : reject(new Error(`GET ${path}: HTTP ${res.statusCode}`))));
+      });
+      req.on("error", reject);
+      req.end();
+    });
+  }
+
+  /** Prometheus text exposition as `name{labels}` → value (labels as printed, sorted by prom-client). */
+  const metricsOf = (text: string): Map<string, number> =>
+    new Map(text.split("\n").filter((line) => line !== "" && !line.startsWith("#")).map((line) => [line.slice(0, line.lastIndexOf(" ")), Number(line.slice(line.lastIndexOf(" ") + 1))] as const));
+
   const admissionReview = (pod: Record<string, unknown>, namespace: string, uid = "705ab4f5-6393-11e8-b7cc-42010a800002") => ({
     apiVersion: "admission.k8s.io/v1",
     kind: "AdmissionReview",
@@ -256,6 +273,9 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
       expect(["ECONNRESET", "closed"]).toContain(outcome);
       expect(held.destroyed).toBe(false);
       held.destroy();
+      await new Promise((r) => setTimeout(r, 200)); // the held connection's slot is free again
+      const refused = metricsOf(await get("/metrics", cappedPort));
+      expect(refused.get('meshward_injector_connections_refused_total{reason="max_connections_per_address"}')).toBeGreaterThanOrEqual(1);
     } finally {
       await capped.stop();
     }
@@ -268,6 +288,35 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
     for (let i = 0; i < 300 && !condition(); i++) await new Promise((r) => setTimeout(r, 100));
     expect(condition(), what).toBe(true);
   }
+
+  it("serves /metrics on the webhook port (as the CA does on its API port): reviews by result, refused connections, caBundle syncs, its certificate's expiry", async () => {
+    // One review of each kind, counted on top of whatever the tests before this one sent.
+    const before = metricsOf(await get("/metrics"));
+    const pod = quickstartPod("shop");
+    await post(JSON.stringify(admissionReview(pod, "shop")));
+    delete pod.metadata.annotations;
+    await post(JSON.stringify(admissionReview(pod, "shop")));
+    const wrong = quickstartPod("shop");
+    wrong.metadata.annotations["dapr.io/app-port"] = "http";
+    await post(JSON.stringify(admissionReview(wrong, "shop")));
+    await post("{not json");
+    const text = await get("/metrics");
+    const after = metricsOf(text);
+    for (const result of ["injected", "unchanged", "denied", "invalid"]) {
+      expect(after.get(`meshward_injector_reviews_total{result="${result}"}`), result).toBe((before.get(`meshward_injector_reviews_total{result="${result}"}`) ?? 0) + 1);
+    }
+    expect(after.get('meshward_injector_reviews_total{result="unavailable"}')).toBe(0);
+    expect(after.get('meshward_injector_connections_refused_total{reason="max_connections"}') ?? 0).toBe(0);
+    expect(after.get('meshward_injector_ca_bundle_syncs_total{result="patched"}')).toBeGreaterThanOrEqual(1);
+    expect(after.get('meshward_injector_ca_bundle_syncs_total{result="error"}')).toBe(0);
+    // The serving certificate: what MeshwardWorkloadCertificateExpiringSoon and MeshwardRenewalFailing read.
+    const expiry = after.get('meshward_cert_expiry_timestamp_seconds{kind="workload"}') ?? 0;
+    expect(expiry * 1000).toBeGreaterThan(Date.now());
+    expect(after.has('meshward_rotation_total{kind="workload",result="error"}')).toBe(true);
+    const promtool = spawnSync("promtool", ["check", "metrics"], { input: text, encoding: "utf8" });
+    expect(`${promtool.stdout}${promtool.stderr}`.trim()).toBe("");
+    expect(promtool.status).toBe(0);
+  });
 
   it("keeps the webhook's caBundle equal to the CA's bundle, through a root rotation (prepare adds the new root)", async () => {
     await until(() => caBundleCerts().length > 0, "the injector set caBundle");
