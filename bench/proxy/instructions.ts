@@ -20,7 +20,11 @@
  * count does not depend on how requests happened to batch); the backend runs without valgrind.
  *   node --import tsx bench/proxy/instructions.ts [--requests 2000] [--warmup 2000] [--connections 1] [--rounds 6] [--settle 2] [--top 25] [--base <git-ref>]
  * `--top N` prints the N costliest symbols (inclusive) of each meshward sidecar from
- * callgrind_annotate (JIT code has no symbols: it shows as addresses). `--base REF` also
+ * callgrind_annotate (JIT code has no symbols: it shows as addresses). `--self N` prints the N
+ * costliest by their own instructions (exclusive), for every sidecar of both pairs, with JIT and
+ * remapped-builtin addresses named from V8's perf map (the sidecars then run with
+ * `--perf-basic-prof`, which V8 writes to /tmp/perf-<pid>.map; JavaScript functions show as
+ * `JS:*name file:line`, optimised ones with the `*`). `--base REF` also
  * measures the meshward pair built from REF (a git worktree under node_modules/.cache), for A/B.
  * Needs valgrind (Debian's valgrind); under it a sidecar runs ~50× slower, so the defaults take
  * ~7 minutes.
@@ -43,6 +47,9 @@ const CONNECTIONS = flag("--connections", 1);
 const ROUNDS = flag("--rounds", 6);
 const SETTLE = flag("--settle", 2);
 const TOP = flag("--top", 0);
+const SELF = flag("--self", 0);
+/** Node flags for the profiled processes: a perf map to name JIT code by, when --self asks for names. */
+const NODE_FLAGS = SELF > 0 ? ["--perf-basic-prof"] : [];
 const BASE = process.argv.includes("--base") ? process.argv[process.argv.indexOf("--base") + 1] : undefined;
 /** Start-up under valgrind (module loading, CSR, first handshake) takes tens of seconds. */
 const VALGRIND_READY_MS = 240_000;
@@ -109,11 +116,66 @@ function topSymbols(file: string, rows: number): string {
     .join("\n");
 }
 
+/** V8's perf map of a process: [start, end, name] sorted by start (later entries win on overlap: code moved or replaced). */
+function perfMap(pid: number): [number, number, string][] {
+  const file = `/tmp/perf-${pid}.map`;
+  if (!existsSync(file)) return [];
+  const entries = readFileSync(file, "utf8")
+    .split("\n")
+    .flatMap((line) => {
+      const m = /^([0-9a-f]+) ([0-9a-f]+) (.*)$/.exec(line);
+      return m === null ? [] : [[parseInt(m[1]!, 16), parseInt(m[1]!, 16) + parseInt(m[2]!, 16), m[3]!] as [number, number, string]];
+    });
+  return entries.sort((a, b) => a[0] - b[0]);
+}
+
+function nameAt(map: readonly [number, number, string][], address: number): string | undefined {
+  let lo = 0;
+  let hi = map.length - 1;
+  let found: string | undefined;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (map[mid]![0] <= address) {
+      if (address < map[mid]![1]) found = map[mid]![2];
+      lo = mid + 1;
+    } else hi = mid - 1;
+  }
+  return found;
+}
+
+/**
+ * The costliest symbols by their own instructions, JIT addresses named from the perf map, summed by
+ * name. A dump taken while the process runs (callgrind_control --dump) also lists the functions on
+ * the stack at that moment (main, the event loop, a thread's start) with the whole dump's cost as
+ * their own: those lines are left out.
+ */
+function selfSymbols(file: string, pid: number, rows: number, requests: number): string {
+  const text = execFileSync("callgrind_annotate", ["--inclusive=no", "--auto=no", "--threshold=100", file], { encoding: "utf8", maxBuffer: 256 << 20 });
+  const total = Number((/^\s*([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS/m.exec(text)?.[1] ?? "0").replace(/,/g, ""));
+  const map = perfMap(pid);
+  const byName = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    const m = /^\s*([\d,]+) \([^)]*\)\s+(.*)$/.exec(line);
+    if (m === null || m[2]!.startsWith("PROGRAM TOTALS")) continue;
+    const count = Number(m[1]!.replace(/,/g, ""));
+    if (total > 0 && count >= total / 2) continue;
+    let name = m[2]!.replace(/^\?\?\?:/, "").replace(/ \[\/usr\/bin\/node\]$/, "");
+    const address = /^0x([0-9a-f]+) \[\?\?\?\]$/.exec(name);
+    if (address !== null) name = nameAt(map, parseInt(address[1]!, 16)) ?? "(JIT or remapped code without a perf-map entry)";
+    byName.set(name, (byName.get(name) ?? 0) + count);
+  }
+  return [...byName]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, rows)
+    .map(([name, count]) => `    ${Math.round(count / requests).toLocaleString("en").padStart(7)}  ${((count / total) * 100).toFixed(1).padStart(5)} %  ${name.slice(0, 150)}`)
+    .join("\n");
+}
+
 async function meshwardPair(name: string, cli: string, ca: MeshCa, backendPort: number, work: string): Promise<Pair> {
   const sidecar = async (appId: string, out: string, extra: string[]) =>
     startChild(
       "valgrind",
-      [...callgrind(out), process.execPath, cli, "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra],
+      [...callgrind(out), process.execPath, ...NODE_FLAGS, cli, "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra],
       /inbound=127\.0\.0\.1:(\d+)(?: outbound=127\.0\.0\.1:(\d+))?/,
       { MESHWARD_TOKEN: await ca.token("default", appId) },
       VALGRIND_READY_MS,
@@ -137,8 +199,8 @@ async function pipePair(ca: MeshCa, backendPort: number, work: string): Promise<
   const filesA = await ca.clientFiles("default", "naive-a");
   const outB = join(work, "pipe-inbound");
   const outA = join(work, "pipe-outbound");
-  const b = await startChild("valgrind", [...callgrind(outB), process.execPath, "-e", PIPE_INBOUND(filesB.cert, filesB.key, ca.bundleFile, backendPort)], /PORT (\d+)/, undefined, VALGRIND_READY_MS);
-  const a = await startChild("valgrind", [...callgrind(outA), process.execPath, "-e", PIPE_OUTBOUND(filesA.cert, filesA.key, ca.bundleFile, Number(b.match![1]))], /PORT (\d+)/, undefined, VALGRIND_READY_MS);
+  const b = await startChild("valgrind", [...callgrind(outB), process.execPath, ...NODE_FLAGS, "-e", PIPE_INBOUND(filesB.cert, filesB.key, ca.bundleFile, backendPort)], /PORT (\d+)/, undefined, VALGRIND_READY_MS);
+  const a = await startChild("valgrind", [...callgrind(outA), process.execPath, ...NODE_FLAGS, "-e", PIPE_OUTBOUND(filesA.cert, filesA.key, ca.bundleFile, Number(b.match![1]))], /PORT (\d+)/, undefined, VALGRIND_READY_MS);
   return {
     name: "node-pipe",
     url: `http://127.0.0.1:${a.match![1]}`,
@@ -211,6 +273,13 @@ async function main(): Promise<void> {
     if (base !== undefined) {
       const mesh = results.get("meshward")!;
       console.log(`meshward / base at the floor: outbound ${((floor(mesh.outbound) / floor(base.outbound)) * 100).toFixed(2)} %, inbound ${((floor(mesh.inbound) / floor(base.inbound)) * 100).toFixed(2)} %`);
+    }
+    if (SELF > 0) {
+      for (const pair of pairs) {
+        const [fa, fb] = results.get(pair.name)!.files;
+        console.log(`${pair.name} outbound, own instructions per request by symbol (last round):\n${selfSymbols(fa!, pair.outbound.pid, SELF, REQUESTS)}`);
+        console.log(`${pair.name} inbound:\n${selfSymbols(fb!, pair.inbound.pid, SELF, REQUESTS)}`);
+      }
     }
     if (TOP > 0) {
       const [fa, fb] = results.get("meshward")!.files;
