@@ -146,9 +146,12 @@ function nameAt(map: readonly [number, number, string][], address: number): stri
 /**
  * The costliest symbols by their own instructions, JIT addresses named from the perf map, summed by
  * name. A dump taken while the process runs (callgrind_control --dump) also lists the functions on
- * the stack at that moment (main, the event loop, a thread's start) with the whole dump's cost as
- * their own: those lines are left out.
+ * the stack at that moment (main, the event loop, a thread's start) with their thread's whole cost
+ * as their own: those lines are left out.
  */
+/** Entry frames of the main and worker threads: no work of their own, but a mid-run dump lists them with their threads' whole cost. */
+const STACK_FRAMES = /clone\.S:clone|pthread_create\.c:start_thread|libc-start\.c:__libc_start_main|\(below main\)|ld-linux-x86-64\.so\.2\]|\?\?\?:main \[|NodeMainInstance::Run\(\)|SpinEventLoopInternal|node::Start\(int/;
+
 function selfSymbols(file: string, pid: number, rows: number, requests: number): string {
   const text = execFileSync("callgrind_annotate", ["--inclusive=no", "--auto=no", "--threshold=100", file], { encoding: "utf8", maxBuffer: 256 << 20 });
   const total = Number((/^\s*([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS/m.exec(text)?.[1] ?? "0").replace(/,/g, ""));
@@ -158,7 +161,7 @@ function selfSymbols(file: string, pid: number, rows: number, requests: number):
     const m = /^\s*([\d,]+) \([^)]*\)\s+(.*)$/.exec(line);
     if (m === null || m[2]!.startsWith("PROGRAM TOTALS")) continue;
     const count = Number(m[1]!.replace(/,/g, ""));
-    if (total > 0 && count >= total / 2) continue;
+    if ((total > 0 && count >= total / 2) || STACK_FRAMES.test(m[2]!)) continue;
     let name = m[2]!.replace(/^\?\?\?:/, "").replace(/ \[\/usr\/bin\/node\]$/, "");
     const address = /^0x([0-9a-f]+) \[\?\?\?\]$/.exec(name);
     if (address !== null) name = nameAt(map, parseInt(address[1]!, 16)) ?? "(JIT or remapped code without a perf-map entry)";
@@ -288,6 +291,8 @@ async function main(): Promise<void> {
     }
   } finally {
     pairs.forEach((p) => p.stop());
+    // V8 leaves its perf maps behind.
+    if (SELF > 0) for (const p of pairs) for (const pid of [p.outbound.pid, p.inbound.pid]) rmSync(`/tmp/perf-${pid}.map`, { force: true });
     backend.child.kill("SIGKILL");
     await ca.close();
     rmSync(work, { recursive: true, force: true });
