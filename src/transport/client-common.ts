@@ -72,6 +72,12 @@ export interface ResumableSession {
   readonly notAfter: Date;
   /** The holder's rootsEpoch when the server was verified: a session outlives no root removal. */
   readonly rootsEpoch: number;
+  /**
+   * Serial of our own certificate on the full handshake: the server sees that one again on every
+   * resumption, so once we have rotated, the session is not offered (the server would refuse it
+   * when that certificate expires, and should see the current one anyway).
+   */
+  readonly ownSerial: string;
 }
 
 const kResumable = Symbol("meshward.resumable");
@@ -139,7 +145,9 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
   // E_PEER_NO_SPIFFE_ID "the server sent no certificate". With no certificate after a verified
   // handshake there is nothing new to judge; one that is there is still checked. The server's
   // answer to the refusal is then named (afterHandshakeError).
-  let verified: { peer: PeerIdentity; notAfter: Date; rootsEpoch: number } | undefined;
+  let verified: { peer: PeerIdentity; notAfter: Date; rootsEpoch: number; ownSerial: string } | undefined;
+  // The certificate this connection presents: the one current as it is dialled (its secureContext).
+  const ownSerial = runtime.holder.snapshot().svid.serial;
   const options: ConnectionOptions = {
     host: dial.host,
     port: dial.port,
@@ -154,7 +162,7 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
   const socket = tlsConnect(options);
   let pendingTicket: Buffer | undefined;
   const remember = (ticket: Buffer) => {
-    const entry: ResumableSession = { ticket, peer: verified!.peer, notAfter: verified!.notAfter, rootsEpoch: verified!.rootsEpoch };
+    const entry: ResumableSession = { ticket, peer: verified!.peer, notAfter: verified!.notAfter, rootsEpoch: verified!.rootsEpoch, ownSerial: verified!.ownSerial };
     (socket as unknown as { [kResumable]?: ResumableSession })[kResumable] = entry;
     sessions?.set(sessionKey, entry);
   };
@@ -164,9 +172,9 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
       if (socket.isSessionReused()) {
         // Node skipped checkServerIdentity and shows no peer certificate: check what the ticket was issued to.
         if (resumable === undefined) throw new MeshwardError("E_PEER_UNTRUSTED", "a session was resumed that this client did not offer");
-        verified = { peer: verifyRememberedPeer(resumable.peer, resumable.notAfter, runtime.policy), notAfter: resumable.notAfter, rootsEpoch: resumable.rootsEpoch };
+        verified = { peer: verifyRememberedPeer(resumable.peer, resumable.notAfter, runtime.policy), notAfter: resumable.notAfter, rootsEpoch: resumable.rootsEpoch, ownSerial: resumable.ownSerial };
       } else {
-        verified = { ...verifyTlsPeerWithValidity(socket, runtime.policy), rootsEpoch: runtime.holder.rootsEpoch() };
+        verified = { ...verifyTlsPeerWithValidity(socket, runtime.policy), rootsEpoch: runtime.holder.rootsEpoch(), ownSerial };
       }
       setPeer(socket, verified.peer);
       serverNotAfter.set(socket, verified.notAfter.getTime());
@@ -211,7 +219,7 @@ const RESUME_MARGIN_MS = 5_000;
  */
 function offerable(session: ResumableSession | undefined, runtime: ClientRuntime, forget: () => void): ResumableSession | undefined {
   if (session === undefined) return undefined;
-  if (session.rootsEpoch !== runtime.holder.rootsEpoch()) {
+  if (session.rootsEpoch !== runtime.holder.rootsEpoch() || session.ownSerial !== runtime.holder.snapshot().svid.serial) {
     forget();
     return undefined;
   }

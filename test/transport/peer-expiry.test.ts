@@ -3,7 +3,7 @@ import type { AddressInfo } from "node:net";
 import { connect } from "node:tls";
 import type { TLSSocket } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createHttpsServer, createMtlsServer } from "../../src/transport/index.ts";
+import { connectMtls, createHttpsServer, createMtlsServer, resumableSession } from "../../src/transport/index.ts";
 import { createTestPki } from "../helpers/openssl-pki.ts";
 import type { TestLeaf, TestPki } from "../helpers/openssl-pki.ts";
 import { bundleOf, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
@@ -137,5 +137,45 @@ describe("a connection ends when its caller's certificate expires", () => {
     socket.write("ping");
     expect(String(await new Promise((resolve) => socket.once("data", resolve)))).toBe("ping");
     expect(server.meshward.openConnections()).toBe(1);
+  });
+
+  it("a client does not offer a session made with its own previous certificate: after it rotates, the server sees the new one", async () => {
+    // A resumed session carries the client certificate of the full handshake that made it. Offered
+    // after the client rotated, it would show the server the old certificate, and once that one
+    // expired the server would refuse every resumption (E_CERT_EXPIRED) while the client kept
+    // offering the ticket: with connections now ending at expiry, every reconnect failed.
+    const serials: string[] = [];
+    const server = await createMtlsServer({ identity: serverIdentity(), logger }, (socket, peer) => {
+      serials.push(peer.serial);
+      socket.on("error", () => undefined);
+      socket.on("data", () => socket.write(peer.serial));
+    });
+    cleanups.push(() => server.meshward.close());
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const port = (server.address() as AddressInfo).port;
+    const first = pki.issueLeaf({ spiffeId: CLIENT_ID });
+    const client = new ManualIdentity(snapshotOf(first, bundleOf([pki])));
+    const talk = async (socket: TLSSocket) => {
+      socket.write("?");
+      return String(await new Promise((resolve) => socket.once("data", resolve)));
+    };
+
+    const full = await connectMtls({ identity: client, expect: SERVER_ID, port, logger, resumeSessions: false });
+    cleanups.push(() => full.destroy());
+    expect(await talk(full)).toBe(first.serial);
+    const session = resumableSession(full);
+    expect(session).toBeDefined();
+    const resumed = await connectMtls({ identity: client, expect: SERVER_ID, port, logger, session: session! });
+    cleanups.push(() => resumed.destroy());
+    expect(resumed.isSessionReused()).toBe(true); // same certificate: resumption is fine
+    expect(await talk(resumed)).toBe(first.serial);
+
+    const second = pki.issueLeaf({ spiffeId: CLIENT_ID });
+    client.rotate(snapshotOf(second, bundleOf([pki])));
+    const after = await connectMtls({ identity: client, expect: SERVER_ID, port, logger, session: session! });
+    cleanups.push(() => after.destroy());
+    expect(after.isSessionReused()).toBe(false);
+    expect(await talk(after)).toBe(second.serial);
+    expect(serials).toEqual([first.serial, first.serial, second.serial]);
   });
 });
