@@ -4,7 +4,7 @@ import type { TLSSocket } from "node:tls";
 import type { IdentitySource } from "../identity/source.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
 import type { TlsLogger } from "../tls/logger.ts";
-import { dialTls, prepareClient, retireAtServerExpiry, SessionCache } from "../transport/client-common.ts";
+import { dialTls, prepareClient, retireAtCertificateExpiry, SessionCache } from "../transport/client-common.ts";
 import type { ClientRuntime } from "../transport/client-common.ts";
 import { peerOf } from "../transport/common.ts";
 import { parseHostPort } from "../util/address.ts";
@@ -146,7 +146,7 @@ export class PeerPool {
     entry.http1 ??= new Http1Pool({
       dial: async () => {
         const socket = await dialVerified(await entry.runtime, { host: target.host, port: target.port }, this.#sessions);
-        retireAtServerExpiry(socket, () => entry.http1?.retire(socket));
+        retireAtCertificateExpiry(socket, () => entry.http1?.retire(socket));
         return socket;
       },
       authority: `${target.appId}.${target.namespace}`,
@@ -172,8 +172,8 @@ export class PeerPool {
       session.once("goaway", forget);
       session.once("error", forget);
       session.on("error", () => undefined);
-      // The peer's certificate expired: open streams finish, the next call opens a new session.
-      retireAtServerExpiry(socket, () => {
+      // The peer's certificate (or ours on this session) expires: open streams finish, the next call opens a new session.
+      retireAtCertificateExpiry(socket, () => {
         forget();
         session.close();
       });

@@ -112,18 +112,27 @@ export interface DialOptions {
   readonly session?: ResumableSession;
 }
 
-/** When the certificate a client connection's server was verified with expires (ms since the epoch). */
-const serverNotAfter = new WeakMap<TLSSocket, number>();
+/**
+ * When a client connection is to stop taking requests (ms since the epoch): when the server's
+ * certificate it verified expires, or a little before our own certificate on it does (the server
+ * ends the connection then, and a request written just as it does would fail).
+ */
+const retireAt = new WeakMap<TLSSocket, number>();
+
+/** How long before our own certificate on a connection expires the connection takes no new request. */
+export const OWN_EXPIRY_MARGIN_MS = 2_000;
 
 /**
- * Calls `retire` when the server certificate this connection was verified with expires (TLS
- * checks validity at the handshake only); call once the socket is verified (after dialTls's
- * `secureConnect`). Does nothing for a socket that was not verified.
+ * Calls `retire` when the connection must stop taking requests: the server certificate it was
+ * verified with expires, or our own certificate on it is about to (TLS checks validity at the
+ * handshake only, and a meshward server ends the connection when the client's certificate
+ * expires). Call once the socket is verified (after dialTls's `secureConnect`); does nothing for
+ * a socket that was not verified.
  */
-export function retireAtServerExpiry(socket: TLSSocket, retire: () => void): void {
-  const notAfter = serverNotAfter.get(socket);
-  if (notAfter === undefined || socket.destroyed) return;
-  const timer = systemClock.setTimeout(retire, notAfter - Date.now());
+export function retireAtCertificateExpiry(socket: TLSSocket, retire: () => void): void {
+  const at = retireAt.get(socket);
+  if (at === undefined || socket.destroyed) return;
+  const timer = systemClock.setTimeout(retire, at - Date.now());
   socket.once("close", () => systemClock.clearTimeout(timer));
 }
 
@@ -146,8 +155,9 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
   // handshake there is nothing new to judge; one that is there is still checked. The server's
   // answer to the refusal is then named (afterHandshakeError).
   let verified: { peer: PeerIdentity; notAfter: Date; rootsEpoch: number; ownSerial: string } | undefined;
-  // The certificate this connection presents: the one current as it is dialled (its secureContext).
-  const ownSerial = runtime.holder.snapshot().svid.serial;
+  // The certificate this connection presents: the one current as it is dialled (its secureContext;
+  // a resumed session is offered only when it was made with this same certificate).
+  const { serial: ownSerial, notAfter: ownNotAfter } = runtime.holder.snapshot().svid;
   const options: ConnectionOptions = {
     host: dial.host,
     port: dial.port,
@@ -177,7 +187,7 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
         verified = { ...verifyTlsPeerWithValidity(socket, runtime.policy), rootsEpoch: runtime.holder.rootsEpoch(), ownSerial };
       }
       setPeer(socket, verified.peer);
-      serverNotAfter.set(socket, verified.notAfter.getTime());
+      retireAt.set(socket, Math.min(verified.notAfter.getTime(), ownNotAfter.getTime() - OWN_EXPIRY_MARGIN_MS));
       // From here a TLS alert is not a handshake failure: marked, so that callers can name it.
       markHandshakeCompleted(socket);
       if (pendingTicket !== undefined) remember(pendingTicket);

@@ -5,7 +5,7 @@ import { MeshwardError } from "../errors.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import { peerOf, prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
-import { dialTls, prepareClient, retireAtServerExpiry } from "./client-common.ts";
+import { dialTls, prepareClient, retireAtCertificateExpiry } from "./client-common.ts";
 import { secureServer } from "./tls.ts";
 import type { MeshwardServerControl } from "./tls.ts";
 
@@ -86,8 +86,8 @@ export async function connectHttp2(authority: string | URL, options: ConnectHttp
     session.destroy();
     throw new MeshwardError("E_PEER_UNTRUSTED", "the HTTP/2 server was not verified");
   }
-  // Open streams finish; new ones are refused once the server's certificate has expired.
-  if (socket !== undefined) retireAtServerExpiry(socket, () => session.close());
+  // Open streams finish; new ones are refused once the server's certificate (or ours on it) expires.
+  if (socket !== undefined) retireAtCertificateExpiry(socket, () => session.close());
   if (options.maxSessionAgeMs && options.maxSessionAgeMs > 0) {
     const timer = setTimeout(() => session.close(), options.maxSessionAgeMs);
     timer.unref();

@@ -7,7 +7,7 @@ import type { IdentitySource } from "../identity/source.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import { peerOf, prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
-import { afterHandshakeError, dialTls, prepareClient, retireAtServerExpiry, SessionCache } from "./client-common.ts";
+import { afterHandshakeError, dialTls, prepareClient, retireAtCertificateExpiry, SessionCache } from "./client-common.ts";
 import type { ClientRuntime } from "./client-common.ts";
 import { secureServer } from "./tls.ts";
 import type { MeshwardServerControl } from "./tls.ts";
@@ -106,7 +106,7 @@ export class MtlsAgent extends HttpsAgent {
     this.#open.add(socket);
     socket.once("close", () => this.#open.delete(socket));
     // dialTls verifies on its own secureConnect listener, which runs before this one.
-    socket.once("secureConnect", () => retireAtServerExpiry(socket, () => retire(socket)));
+    socket.once("secureConnect", () => retireAtCertificateExpiry(socket, () => retire(socket)));
     if (this.#maxAgeMs > 0) {
       const timer = setTimeout(() => retire(socket), this.#maxAgeMs);
       timer.unref();

@@ -11,8 +11,11 @@ import { bundleOf, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts"
 // connection (an SDK agent's keep-alive socket, a connectHttp2 session, the sidecar outbound's
 // pooled connections and HTTP/2 session to a peer) would go on sending requests to a server whose
 // certificate has expired. Each now stops using the connection when it does: idle ones close,
-// busy ones after their exchange, sessions refuse new streams. The server is a plain node:http2
-// server (allowHTTP1): nothing on its side closes anything.
+// busy ones after their exchange, sessions refuse new streams. It does the same a little before
+// its own certificate on the connection expires: a meshward server ends the connection then, and
+// a request written as it does would fail (found when the rotation-under-load test lost a request
+// to a pooled connection the server retired). The servers are plain node:http2 servers
+// (allowHTTP1): nothing on their side closes anything.
 const TD = "example.org";
 const SERVER_ID = `spiffe://${TD}/ns/default/inventory`;
 const logger = makeLogger();
@@ -77,6 +80,39 @@ describe("client connections end when the server's certificate expires", () => {
       agent.destroy();
       session.destroy();
       pool.close();
+    }
+  });
+
+  it("and a little before the client's own certificate expires (a meshward server ends the connection then)", async () => {
+    const leaf = pki.issueLeaf({ spiffeId: SERVER_ID });
+    const lasting = createSecureServer({ cert: leaf.chainPem, key: leaf.keyPem, requestCert: true, rejectUnauthorized: false, allowHTTP1: true }, (_req, res) => res.end("ok"));
+    await new Promise<void>((resolve) => lasting.listen(0, "127.0.0.1", resolve));
+    const lastingPort = (lasting.address() as AddressInfo).port;
+    const ownNotAfter = new Date(Date.now() + 5_000);
+    const identity = new ManualIdentity(snapshotOf(pki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/web`, notAfter: ownNotAfter }), bundleOf([pki])));
+    const url = `https://127.0.0.1:${lastingPort}/`;
+    const agent = await createMtlsAgent({ identity, expect: SERVER_ID, maxSockets: 1 });
+    const agentSockets = new Set<TLSSocket>();
+    agent.on("free", (socket: TLSSocket) => agentSockets.add(socket));
+    const session = await connectHttp2(url, { identity, expect: SERVER_ID, logger });
+    const pool = new PeerPool(identity, logger);
+    try {
+      expect((await httpsRequest(url, { identity, expect: SERVER_ID, agent })).status).toBe(200);
+      const http1 = pool.http1({ appId: "inventory", namespace: "default", host: "127.0.0.1", port: lastingPort, expectedId: SERVER_ID }, { maxHeaderBytes: 16_384, idleMs: 60_000 });
+      const idle = await http1.acquire();
+      http1.release(idle);
+      const socket = [...agentSockets][0]!;
+      expect(socket.destroyed || idle.socket.destroyed || session.closed).toBe(false);
+      // The server (plain node:http2) never closes anything: whatever closes is the client's doing.
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, ownNotAfter.getTime() - Date.now())));
+      expect(socket.destroyed).toBe(true);
+      expect(idle.socket.destroyed).toBe(true);
+      expect(session.closed).toBe(true);
+    } finally {
+      agent.destroy();
+      session.destroy();
+      pool.close();
+      await new Promise<void>((resolve) => lasting.close(() => resolve()));
     }
   });
 });
