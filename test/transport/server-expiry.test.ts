@@ -40,17 +40,28 @@ afterAll(async () => {
 
 const client = () => new ManualIdentity(snapshotOf(pki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/web` }), bundleOf([pki])));
 
+/** The three kinds of client that keep connections, toward one server: an SDK agent (its sockets recorded), a connectHttp2 session, a sidecar PeerPool. */
+async function clientsOf(identity: ManualIdentity, url: string) {
+  const agent = await createMtlsAgent({ identity, expect: SERVER_ID, maxSockets: 1 });
+  const agentSockets = new Set<TLSSocket>();
+  agent.on("free", (socket: TLSSocket) => agentSockets.add(socket));
+  const session = await connectHttp2(url, { identity, expect: SERVER_ID, logger });
+  const pool = new PeerPool(identity, logger);
+  const close = () => {
+    agent.destroy();
+    session.destroy();
+    pool.close();
+  };
+  return { agent, agentSockets, session, pool, close };
+}
+
 describe("client connections end when the server's certificate expires", () => {
   it("SDK agent, connectHttp2, the sidecar outbound's HTTP/1.1 pool and HTTP/2 session", async () => {
     const identity = client();
     const url = `https://127.0.0.1:${port}/`;
     const target: PeerTarget = { appId: "inventory", namespace: "default", host: "127.0.0.1", port, expectedId: SERVER_ID };
 
-    const agent = await createMtlsAgent({ identity, expect: SERVER_ID, maxSockets: 1 });
-    const agentSockets = new Set<TLSSocket>();
-    agent.on("free", (socket: TLSSocket) => agentSockets.add(socket));
-    const session = await connectHttp2(url, { identity, expect: SERVER_ID, logger });
-    const pool = new PeerPool(identity, logger);
+    const { agent, agentSockets, session, pool, close } = await clientsOf(identity, url);
     try {
       expect((await httpsRequest(url, { identity, expect: SERVER_ID, agent })).status).toBe(200);
       expect(agentSockets.size).toBe(1);
@@ -77,9 +88,7 @@ describe("client connections end when the server's certificate expires", () => {
       await expect(pool.h2(target)).rejects.toMatchObject({ code: "CERT_HAS_EXPIRED" });
       await expect(httpsRequest(url, { identity, expect: SERVER_ID, agent })).rejects.toThrow();
     } finally {
-      agent.destroy();
-      session.destroy();
-      pool.close();
+      close();
     }
   });
 
@@ -91,11 +100,7 @@ describe("client connections end when the server's certificate expires", () => {
     const ownNotAfter = new Date(Date.now() + 5_000);
     const identity = new ManualIdentity(snapshotOf(pki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/web`, notAfter: ownNotAfter }), bundleOf([pki])));
     const url = `https://127.0.0.1:${lastingPort}/`;
-    const agent = await createMtlsAgent({ identity, expect: SERVER_ID, maxSockets: 1 });
-    const agentSockets = new Set<TLSSocket>();
-    agent.on("free", (socket: TLSSocket) => agentSockets.add(socket));
-    const session = await connectHttp2(url, { identity, expect: SERVER_ID, logger });
-    const pool = new PeerPool(identity, logger);
+    const { agent, agentSockets, session, pool, close } = await clientsOf(identity, url);
     try {
       expect((await httpsRequest(url, { identity, expect: SERVER_ID, agent })).status).toBe(200);
       const http1 = pool.http1({ appId: "inventory", namespace: "default", host: "127.0.0.1", port: lastingPort, expectedId: SERVER_ID }, { maxHeaderBytes: 16_384, idleMs: 60_000 });
@@ -109,9 +114,7 @@ describe("client connections end when the server's certificate expires", () => {
       expect(idle.socket.destroyed).toBe(true);
       expect(session.closed).toBe(true);
     } finally {
-      agent.destroy();
-      session.destroy();
-      pool.close();
+      close();
       await new Promise<void>((resolve) => lasting.close(() => resolve()));
     }
   });
