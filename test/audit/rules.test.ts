@@ -102,21 +102,28 @@ describe("rule details", () => {
     expect(audit("s.yaml", `${base}outboundAllowedHosts: [gw.example, "*"]\n`)).toEqual(["MW-ACCESS-005@5:36"]);
   });
 
-  it("MW-K8S-009/010 read the pod template the injector reads: annotation before label, only where a sidecar is injected", () => {
+  it("MW-K8S-009/010/011 read the pod template the injector reads: annotation before label, only where a sidecar is injected", () => {
     const pod = (annotations: string, labels = "") =>
       `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    metadata:\n      labels:\n        app: web\n${labels}      annotations:\n${annotations}    spec:\n      containers:\n        - name: web\n          image: web:1\n`;
-    const injected = '        meshward.io/inject: "true"\n        meshward.io/app-port: "8080"\n';
+    const injected = '        meshward.io/inject: "true"\n        meshward.io/app-port: "8080"\n        meshward.io/config: web-policy\n';
     // The label alone (deploy/prometheus relabels on it) puts the sidecar in PERMISSIVE mode.
     expect(audit("d.yaml", pod(injected, "        meshward.io/mode: Permissive\n"))).toEqual(["MW-K8S-009@10:9"]);
     // The annotation wins over the label, as in src/inject/settings.ts.
     expect(audit("d.yaml", pod(`${injected}        meshward.io/mode: strict\n`, "        meshward.io/mode: permissive\n"))).toEqual([]);
-    expect(audit("d.yaml", pod(`${injected}        meshward.io/mode: permissive\n`))).toEqual(["MW-K8S-009@13:9"]);
+    expect(audit("d.yaml", pod(`${injected}        meshward.io/mode: permissive\n`))).toEqual(["MW-K8S-009@14:9"]);
     // Dapr's annotation asks for the sidecar too; an explicit meshward.io/inject: "false" does not.
     const dapr = '        dapr.io/enabled: "true"\n        dapr.io/app-port: "8080"\n        dapr.io/api-token-secret: t\n        dapr.io/app-protocol: https\n';
     expect(audit("d.yaml", pod(`${dapr}        meshward.io/outbound-allowed-hosts: "*"\n`))).toEqual(["MW-K8S-010@15:9"]);
     expect(audit("d.yaml", pod(`${dapr}        meshward.io/inject: "false"\n        meshward.io/outbound-allowed-hosts: "*"\n        meshward.io/mode: permissive\n`))).toEqual([]);
     // "*" only as a whole entry: a suffix pattern is a narrow allowance.
     expect(audit("d.yaml", pod(`${injected}        meshward.io/outbound-allowed-hosts: "*.shop.example, gw"\n`))).toEqual([]);
+    // MW-K8S-011: an explicit meshward.io/inject without a policy; dapr.io/config names one too.
+    const noPolicy = '        meshward.io/inject: "True"\n        meshward.io/app-port: "8080"\n';
+    expect(audit("d.yaml", pod(noPolicy))).toEqual(["MW-K8S-011@11:9"]);
+    expect(audit("d.yaml", pod(`${noPolicy}        meshward.io/config: " "\n`))).toEqual(["MW-K8S-011@11:9"]);
+    expect(audit("d.yaml", pod(`${noPolicy}        dapr.io/config: appconfig\n`))).toEqual([]);
+    // Dapr's annotation alone may be meant for daprd: its Configuration rules apply, not this one.
+    expect(audit("d.yaml", pod(dapr))).toEqual([]);
   });
 
   it("reads kubectl List output", () => {

@@ -90,7 +90,8 @@ export function meshwardMode(workload: Workload): { value: string; hit: Hit } {
   return { value, hit };
 }
 
-const MESHWARD_POD = { "meshward.io/inject": "true", "meshward.io/app-id": "orders", "meshward.io/app-port": "8080" };
+const MESHWARD_POD_WITHOUT_POLICY = { "meshward.io/inject": "true", "meshward.io/app-id": "orders", "meshward.io/app-port": "8080" };
+const MESHWARD_POD = { ...MESHWARD_POD_WITHOUT_POLICY, "meshward.io/config": "orders-policy" };
 
 const secure = (extra: Record<string, string> = {}, podSpec = ""): string => deploymentYaml({ ...SECURE_DAPR_ANNOTATIONS, ...extra }, podSpec);
 const without = (key: string): Record<string, string> => {
@@ -265,6 +266,23 @@ export const kubernetesRules: Rule[] = [
       if (value === undefined || !meshwardInjected(workload)) return [];
       if (!value.split(",").some((entry) => entry.trim() === "*")) return [];
       return [annotationHit(workload, key, `${key}: ${value}`)];
+    },
+  }),
+  defineRule({
+    id: "MW-K8S-011",
+    family: "kubernetes",
+    severity: "medium",
+    title: "Injected meshward sidecar has no access policy",
+    why: "Without `meshward.io/config` (or `dapr.io/config`) the injected sidecar loads no policy, so every workload with a certificate of the trust domain may call this app: one compromised service can reach all others.",
+    fix: "Create a ConfigMap whose `config.yaml` holds a Configuration with `accessControl` (default deny, one entry per caller) and name it in `meshward.io/config`.",
+    example: { file: "deployment.yaml", bad: deploymentYaml(MESHWARD_POD_WITHOUT_POLICY), good: deploymentYaml(MESHWARD_POD) },
+    appliesTo: ["workload"],
+    check(workload) {
+      // Only an explicit meshward.io/inject: Dapr's annotation alone may be meant for daprd, whose
+      // Configuration rules (MW-K8S-004/005) apply instead.
+      if ((workload.annotations[ANNOTATION.inject] ?? "").trim().toLowerCase() !== "true") return [];
+      const named = [ANNOTATION.config, ANNOTATION.daprConfig].some((key) => (workload.annotations[key] ?? "").trim() !== "");
+      return named ? [] : [annotationHit(workload, ANNOTATION.inject, `${ANNOTATION.inject}: true without ${ANNOTATION.config}`)];
     },
   }),
 ];
