@@ -161,6 +161,15 @@ export function assertAcceptableKey(key: KeyObject): void {
 
 const acceptedKeys = new WeakSet<KeyObject>();
 
+/**
+ * Records a key as acceptable without reading its details back from node:crypto (~2.4 µs per
+ * key on Node 26, once per CSR). Only for a key the caller imported itself from bytes that name
+ * an accepted algorithm and size: importSpki's canonical P-256 SubjectPublicKeyInfo.
+ */
+export function rememberAcceptableKey(key: KeyObject): void {
+  acceptedKeys.add(key);
+}
+
 /** True when the private key belongs to the public key (sign/verify round trip). */
 export function keysMatch(privateKey: KeyObject, publicKey: KeyObject): boolean {
   try {

@@ -12,6 +12,7 @@
 import { createPublicKey } from "node:crypto";
 import type { JsonWebKey, KeyObject } from "node:crypto";
 import { children, DerError, expectTag, readBitString, readOid, readUnsignedInteger, readWhole, TAG } from "./der.ts";
+import { rememberAcceptableKey } from "./keys.ts";
 import { OID } from "./oids.ts";
 
 const P256 = "1.2.840.10045.3.1.7";
@@ -74,8 +75,29 @@ export function spkiOf(publicKey: KeyObject): Buffer {
   return spkiByKey.get(publicKey) ?? publicKey.export({ type: "spki", format: "der" });
 }
 
+/** SEQ { SEQ { ecPublicKey, prime256v1 }, BIT STRING 00 04 X Y }, byte for byte: what every P-256 CSR carries. */
+function isCanonicalP256(spki: Buffer): boolean {
+  return spki.length === P256_PREFIX.length + 65 && spki[P256_PREFIX.length] === 4 && spki.compare(P256_PREFIX, 0, P256_PREFIX.length, 0, P256_PREFIX.length) === 0;
+}
+
+/** The hot path of every CSR: no DER walk, and the key is known to be P-256 without asking node:crypto. */
+function importCanonicalP256(spki: Buffer): KeyObject {
+  const key = importP256(spki, spki.subarray(P256_PREFIX.length));
+  spkiByKey.set(key, Buffer.from(spki));
+  rememberAcceptableKey(key);
+  return key;
+}
+
+/** `point` is the uncompressed point (04 X Y); OpenSSL checks that it lies on the curve. */
+function importP256(spki: Buffer, point: Buffer): KeyObject {
+  if (P256_FROM_DER) return createPublicKey({ key: spki, format: "der", type: "spki" });
+  const jwk: JsonWebKey = { kty: "EC", crv: "P-256", x: point.subarray(1, 33).toString("base64url"), y: point.subarray(33).toString("base64url") };
+  return createPublicKey({ key: jwk, format: "jwk" });
+}
+
 /** Imports a public key from SPKI DER. Throws DerError when the structure is broken, UnacceptableKey for a form never accepted, or node's error when the key is. */
 export function importSpki(spki: Buffer): KeyObject {
+  if (isCanonicalP256(spki)) return importCanonicalP256(spki);
   const seq = readWhole(spki, TAG.SEQUENCE);
   const [algorithm, keyBits] = children(spki, seq);
   const [algOid, params] = children(spki, expectTag(algorithm, TAG.SEQUENCE, "key algorithm"));
@@ -91,13 +113,7 @@ export function importSpki(spki: Buffer): KeyObject {
   }
   let key: KeyObject;
   if (keyType === OID.ecPublicKey && params?.tag === TAG.OID && readOid(spki, params, "curve") === P256 && bytes.length === 65 && bytes[0] === 4) {
-    if (P256_FROM_DER) {
-      key = createPublicKey({ key: spki, format: "der", type: "spki" });
-    } else {
-      const jwk: JsonWebKey = { kty: "EC", crv: "P-256", x: bytes.subarray(1, 33).toString("base64url"), y: bytes.subarray(33).toString("base64url") };
-      key = createPublicKey({ key: jwk, format: "jwk" });
-    }
-    if (spki.subarray(0, P256_PREFIX.length).equals(P256_PREFIX)) spkiByKey.set(key, Buffer.from(spki));
+    key = importP256(spki, bytes);
   } else if (keyType === OID.rsaEncryption) {
     const rsa = readWhole(bytes, TAG.SEQUENCE);
     const [n, e] = children(bytes, rsa);

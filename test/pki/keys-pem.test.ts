@@ -126,6 +126,22 @@ describe("keys", () => {
     expect(() => importSpki(offCurve)).toThrow();
   });
 
+  it("takes the fast P-256 path only for the canonical encoding; every other shape gets the full checks", () => {
+    const spki = generateKeyPair().publicKey.export({ type: "spki", format: "der" });
+    const imported = importSpki(spki);
+    // The fast path records the key as acceptable without asking node:crypto: it must be P-256.
+    expect(imported.asymmetricKeyDetails?.namedCurve).toBe("prime256v1");
+    assertAcceptableKey(imported);
+    // A trailing byte, a 65-byte point that claims to be compressed, or a P-384 key never
+    // reach the fast path; the first two are refused as broken, the last is imported as P-384.
+    expect(() => importSpki(Buffer.concat([spki, Buffer.of(0)]))).toThrow(/trailing bytes/);
+    const notUncompressed = Buffer.from(spki);
+    notUncompressed[26] = 0x02;
+    expect(() => importSpki(notUncompressed)).toThrow(/compressed EC points/);
+    const p384 = generateKeyPair("ec-p384").publicKey.export({ type: "spki", format: "der" });
+    expect(importSpki(p384).asymmetricKeyDetails?.namedCurve).toBe("secp384r1");
+  });
+
   it("keysMatch tells pairs apart", () => {
     const a = generateKeyPair();
     const b = generateKeyPair();
