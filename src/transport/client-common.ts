@@ -123,11 +123,20 @@ const retireAt = new WeakMap<TLSSocket, number>();
 export const OWN_EXPIRY_MARGIN_MS = 2_000;
 
 /**
+ * Records when a verified connection must stop taking requests: when the server certificate it
+ * was verified with expires, or OWN_EXPIRY_MARGIN_MS before our own certificate on it does.
+ * dialTls records its sockets; a client that dials through another library (grpc-js) records its own.
+ */
+export function recordCertificateExpiry(socket: TLSSocket, serverNotAfter: Date, ownNotAfter: Date): void {
+  retireAt.set(socket, Math.min(serverNotAfter.getTime(), ownNotAfter.getTime() - OWN_EXPIRY_MARGIN_MS));
+}
+
+/**
  * Calls `retire` when the connection must stop taking requests: the server certificate it was
  * verified with expires, or our own certificate on it is about to (TLS checks validity at the
  * handshake only, and a meshward server ends the connection when the client's certificate
  * expires). Call once the socket is verified (after dialTls's `secureConnect`); does nothing for
- * a socket that was not verified.
+ * a socket whose expiry was not recorded (recordCertificateExpiry).
  */
 export function retireAtCertificateExpiry(socket: TLSSocket, retire: () => void): void {
   const at = retireAt.get(socket);
@@ -187,7 +196,7 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
         verified = { ...verifyTlsPeerWithValidity(socket, runtime.policy), rootsEpoch: runtime.holder.rootsEpoch(), ownSerial };
       }
       setPeer(socket, verified.peer);
-      retireAt.set(socket, Math.min(verified.notAfter.getTime(), ownNotAfter.getTime() - OWN_EXPIRY_MARGIN_MS));
+      recordCertificateExpiry(socket, verified.notAfter, ownNotAfter);
       // From here a TLS alert is not a handshake failure: marked, so that callers can name it.
       markHandshakeCompleted(socket);
       if (pendingTicket !== undefined) remember(pendingTicket);

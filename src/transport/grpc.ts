@@ -1,6 +1,8 @@
 import { credentials, Metadata, ServerCredentials, ServerInterceptingCall, status } from "@grpc/grpc-js";
 import type { ChannelCredentials, ChannelOptions, ServerInterceptingCallInterface, ServerInterceptor } from "@grpc/grpc-js";
 import { isIP } from "node:net";
+import type { Socket } from "node:net";
+import { TLSSocket } from "node:tls";
 import type { PeerCertificate } from "node:tls";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
@@ -10,7 +12,8 @@ import type { PeerIdentity } from "../tls/verify.ts";
 import type { IdentityHealth } from "../tls/context.ts";
 import { prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
-import { prepareClient } from "./client-common.ts";
+import { prepareClient, recordCertificateExpiry, retireAtCertificateExpiry } from "./client-common.ts";
+import type { ClientRuntime } from "./client-common.ts";
 import type { ServerRuntime } from "./common.ts";
 
 export type GrpcServerCredentialsOptions = Omit<ServerCommonOptions, "identity" | "maxConnectionAgeMs">;
@@ -152,31 +155,38 @@ export type GrpcChannelOptions = Omit<ClientCommonOptions, "identity">;
 /**
  * Channel credentials that verify the server's SPIFFE ID. The secure context is looked up
  * on every new connection, so a rotated SVID or bundle is used by the next connection.
+ * A connection is closed when the server's certificate expires, and OWN_EXPIRY_MARGIN_MS before
+ * the client certificate it presented does (see `retireGrpcConnection`).
  */
 export async function grpcChannelCredentials(identity: IdentitySource, options: GrpcChannelOptions): Promise<ChannelCredentials> {
   const runtime = await prepareClient({ ...options, identity }, "grpcChannelCredentials");
-  return withoutIpServerName(
+  return withMeshwardConnector(
     credentials.createFromSecureContext(runtime.holder.liveSecureContext(), {
       rejectUnauthorized: !runtime.insecure,
       checkServerIdentity: runtime.insecure ? () => undefined : spiffeCheckServerIdentity(runtime.policy),
     }),
+    runtime,
   );
 }
 
 interface SecureConnectorInternals {
   connectionOptions?: { servername?: unknown };
+  connect?: (socket: Socket) => Promise<{ socket: Socket; secure: boolean }>;
 }
 type CreateSecureConnector = (...args: unknown[]) => SecureConnectorInternals;
 
 /**
- * grpc-js (1.14) sends the target's host as the TLS server name even when it is an IP
- * address. RFC 6066 forbids that; Node warns about it (DEP0123) and Node 26 refuses to connect
- * ("Setting the TLS ServerName to an IP address is not permitted"). The SPIFFE ID check does not
- * use the server name, so an IP target simply gets no SNI, as it does in node:tls clients.
- * `_createSecureConnector` and `connectionOptions` are grpc-js internals, like `_getInterceptors`
- * above; test/transport/grpc-http2.test.ts fails on any Node if the name is still sent.
+ * Adapts the connector grpc-js makes for each subchannel. `_createSecureConnector`,
+ * `connectionOptions` and `connect` are grpc-js internals, like `_getInterceptors` above;
+ * test/transport/grpc-http2.test.ts and grpc-lifetime.test.ts fail on any Node if either
+ * adaptation is lost.
+ * - grpc-js (1.14) sends the target's host as the TLS server name even when it is an IP
+ *   address. RFC 6066 forbids that; Node warns about it (DEP0123) and Node 26 refuses to connect
+ *   ("Setting the TLS ServerName to an IP address is not permitted"). The SPIFFE ID check does
+ *   not use the server name, so an IP target simply gets no SNI, as it does in node:tls clients.
+ * - Each verified connection is closed at its certificates' expiry (`retireGrpcConnection`).
  */
-function withoutIpServerName(creds: ChannelCredentials): ChannelCredentials {
+function withMeshwardConnector(creds: ChannelCredentials, runtime: ClientRuntime): ChannelCredentials {
   const internals = creds as unknown as { _createSecureConnector?: CreateSecureConnector };
   const create = internals._createSecureConnector;
   if (typeof create !== "function") return creds;
@@ -184,9 +194,39 @@ function withoutIpServerName(creds: ChannelCredentials): ChannelCredentials {
     const connector = create.apply(creds, args);
     const connection = connector.connectionOptions;
     if (typeof connection?.servername === "string" && isIP(connection.servername) !== 0) delete connection.servername;
+    const connect = connector.connect;
+    if (typeof connect === "function" && !runtime.insecure) {
+      connector.connect = async (tcp) => {
+        // The certificate this connection presents: the one current as it is dialled (liveSecureContext).
+        const ownNotAfter = runtime.holder.snapshot().svid.notAfter;
+        const result = await connect.call(connector, tcp);
+        if (result.socket instanceof TLSSocket) retireGrpcConnection(result.socket, ownNotAfter, runtime);
+        return result;
+      };
+    }
     return connector;
   };
   return creds;
+}
+
+/**
+ * TLS checks validity at the handshake only, and a grpc-js channel keeps its connection for as
+ * long as the server does: calls would go on to a server whose certificate has expired, or, once
+ * the client's own certificate on the connection expires, be refused by a meshward server
+ * (E_CERT_EXPIRED) until the server's age cap ends the connection. grpc-js shows credentials
+ * neither its HTTP/2 session nor its calls, so the connection cannot be drained from here: the
+ * socket is closed. grpc-js then stops using it and connects anew for the next call (verified,
+ * with the current certificate); calls still in flight end UNAVAILABLE.
+ */
+function retireGrpcConnection(socket: TLSSocket, ownNotAfter: Date, runtime: ClientRuntime): void {
+  const validTo = Date.parse(socket.getPeerCertificate().valid_to ?? "");
+  if (!socket.authorized || Number.isNaN(validTo)) return;
+  recordCertificateExpiry(socket, new Date(validTo), ownNotAfter);
+  retireAtCertificateExpiry(socket, () => {
+    const server = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
+    runtime.logger.info(`closing the gRPC connection to ${server}: the server's certificate on it, or this client's, is expiring; the next call connects anew`);
+    socket.destroy();
+  });
 }
 
 const peerCache = new Map<string, PeerIdentity>();

@@ -10,6 +10,10 @@ import { bundleOf, EchoClient, echoService, makeLogger, ManualIdentity, snapshot
 // is never verified again (NODE-TLS-FACTS). The per-call check therefore refuses a caller whose
 // certificate has expired since, and onRootsRemoved lets the server's owner drain connections
 // when a root leaves the bundle, as the node:https/http2 servers do on their own.
+// On the client side, a meshward channel closes a connection when the server's certificate on it
+// expires, and 2 s before its own does: grpc-js would otherwise go on calling a server whose
+// certificate has expired, or have every call refused E_CERT_EXPIRED by a meshward server until
+// that server's age cap (none without grpcServerOptions) ended the connection.
 const TD = "example.org";
 const SERVER_ID = `spiffe://${TD}/ns/default/api`;
 const CLIENT_ID = `spiffe://${TD}/ns/default/web`;
@@ -32,11 +36,13 @@ afterAll(() => {
   removed?.cleanup();
 });
 
-async function startServer(identity: ManualIdentity) {
+/** `report` "connection": Who answers with the caller certificate's serial and the caller's address (one per connection). */
+async function startServer(identity: ManualIdentity, report: "id" | "connection" = "id") {
   const server = new grpc.Server();
   servers.push(server);
   server.addService(echoService, {
-    who: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => cb(null, Buffer.from(peerIdentity(call)?.spiffeId ?? "none")),
+    who: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) =>
+      cb(null, Buffer.from(report === "id" ? (peerIdentity(call)?.spiffeId ?? "none") : `${call.getAuthContext().sslPeerCertificate?.serialNumber}|${call.getPeer()}`)),
   });
   const creds = await grpcServerCredentials(identity, { logger, authorize: { trustDomain: TD, namespace: "default" } });
   const port = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", creds, (e, p) => (e ? reject(e) : resolve(p))));
@@ -62,7 +68,11 @@ describe("gRPC server: calls long after the handshake", () => {
   it("a caller whose certificate expired since the connection was made is refused UNAUTHENTICATED E_CERT_EXPIRED", async () => {
     const { port } = await startServer(new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: SERVER_ID }), bundleOf([kept]))));
     const notAfter = new Date(Date.now() + 3_000);
-    const client = await clientOf(new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID, notAfter }), bundleOf([kept]))), port);
+    // A plain grpc-js client: a meshward channel would close its connection before this (below).
+    const leaf = kept.issueLeaf({ spiffeId: CLIENT_ID, notAfter });
+    const plain = grpc.credentials.createSsl(Buffer.from(kept.root.certPem), Buffer.from(leaf.keyPem), Buffer.from(leaf.chainPem), { checkServerIdentity: () => undefined });
+    const client = new EchoClient(`127.0.0.1:${port}`, plain, { "grpc.ssl_target_name_override": "api.test" });
+    clients.push(client);
     expect(await call(client)).toBe(CLIENT_ID);
     // Same channel, same connection: only the clock moved.
     await new Promise((r) => setTimeout(r, Math.max(0, notAfter.getTime() - Date.now()) + 1_100));
@@ -98,5 +108,52 @@ describe("gRPC server: calls long after the handshake", () => {
     expect(await call(underRemoved)).toBe(CLIENT_ID);
     serverIdentity.updateBundle(bundleOf([kept]));
     expect(await call(underRemoved)).toBe(CLIENT_ID);
+  });
+});
+
+describe("gRPC client (grpcChannelCredentials): a connection ends with its certificates", () => {
+  const sleepUntil = (at: Date) => new Promise((r) => setTimeout(r, Math.max(0, at.getTime() - Date.now())));
+
+  it("2 s before its own certificate expires: the next call goes on a new connection with the current certificate, not refused E_CERT_EXPIRED", async () => {
+    const { port } = await startServer(new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: SERVER_ID }), bundleOf([kept]))), "connection");
+    const notAfter = new Date(Date.now() + 4_000);
+    const expiring = kept.issueLeaf({ spiffeId: CLIENT_ID, notAfter });
+    const identity = new ManualIdentity(snapshotOf(expiring, bundleOf([kept])));
+    const clientLogger = makeLogger();
+    const client = new EchoClient(`127.0.0.1:${port}`, await grpcChannelCredentials(identity, { expect: SERVER_ID, logger: clientLogger }));
+    clients.push(client);
+    const first = await call(client);
+    const [firstSerial, firstPeer] = first.split("|");
+    const current = kept.issueLeaf({ spiffeId: CLIENT_ID });
+    identity.rotate(snapshotOf(current, bundleOf([kept])));
+    // Rotation alone keeps the open connection (and the certificate it was made with).
+    expect(await call(client)).toBe(first);
+
+    await sleepUntil(new Date(notAfter.getTime() + 500));
+    const [serial, peer] = (await call(client)).split("|");
+    expect(peer).not.toBe(firstPeer);
+    expect(serial).not.toBe(firstSerial);
+    expect(serial!.toUpperCase()).toBe(current.serial.toUpperCase());
+    expect(clientLogger.lines.some((l) => l.startsWith("info closing the gRPC connection to 127.0.0.1:"))).toBe(true);
+  });
+
+  it("when the server's certificate expires: the next call verifies the server's current certificate, and is refused when there is none", async () => {
+    const notAfter = new Date(Date.now() + 4_000);
+    const rotating = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: SERVER_ID, notAfter }), bundleOf([kept])));
+    const stale = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: SERVER_ID, notAfter }), bundleOf([kept])));
+    const { port: rotatingPort } = await startServer(rotating, "connection");
+    const { port: stalePort } = await startServer(stale, "connection");
+    const identity = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept])));
+    const toRotating = await clientOf(identity, rotatingPort);
+    const toStale = await clientOf(identity, stalePort);
+    const [, firstPeer] = (await call(toRotating)).split("|");
+    expect(await call(toStale)).toContain("|127.0.0.1:");
+    rotating.rotate(snapshotOf(kept.issueLeaf({ spiffeId: SERVER_ID }), bundleOf([kept])));
+    expect((await call(toRotating)).split("|")[1]).toBe(firstPeer);
+
+    await sleepUntil(new Date(notAfter.getTime() + 1_000));
+    expect((await call(toRotating)).split("|")[1]).not.toBe(firstPeer);
+    // The open connection to the server still on its expired certificate is gone, and a new one is refused.
+    await expect(call(toStale)).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
   });
 });
