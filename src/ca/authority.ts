@@ -57,6 +57,11 @@ export interface AuthorityOptions {
   readonly signing?: CsrSigning;
   /** Signs JWT-SVIDs (off when omitted). */
   readonly jwtSvids?: JwtSvidIssuer;
+  /**
+   * The CA's own serving SPIFFE ID, which workloads check to know they talk to the CA (and daprd
+   * to Sentry): never issued to a caller, whatever its attestation proves.
+   */
+  readonly servingSpiffeId?: string;
   /** Told of each refused request (the status page's refusals). */
   readonly onRefused?: (event: {
     /** Error code, e.g. E_TOKEN_EXPIRED. */
@@ -134,6 +139,15 @@ export class CertificateAuthority {
     });
     if (!identity.spiffeId.startsWith(`spiffe://${anchors.trustDomain}/`)) {
       throw new MeshwardError("E_TRUST_DOMAIN_MISMATCH", `attested identity ${identity.spiffeId} is outside this CA's trust domain ${anchors.trustDomain}`);
+    }
+    if (identity.spiffeId === this.options.servingSpiffeId) {
+      // A pod that may name its own app id (annotation mode) or runs as the CA's service account
+      // would otherwise attest as the CA, and every workload would then take it for the CA.
+      throw new MeshwardError(
+        "E_IDENTITY_RESERVED",
+        `${identity.spiffeId} is this CA's own serving identity: workloads authenticate the CA by it, so no caller is issued it (give the workload another app id or service account)`,
+        { details: { spiffeId: identity.spiffeId } },
+      );
     }
     const signing = { identity, signer: anchors.issuer, policy: this.options.policy, now };
     const leaf = csr !== undefined ? await this.#signing.sign({ ...signing, csr }) : await this.#signing.issue({ ...signing, csr: request.csr });

@@ -170,6 +170,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     : undefined;
   const authority = new CertificateAuthority({
     ...(jwtSvids !== undefined ? { jwtSvids } : {}),
+    servingSpiffeId: servingId,
     signing,
     anchors: () => anchors,
     store,

@@ -247,6 +247,24 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
     it("refuses garbage", async () => {
       expect((await refused(ask({ ...(await csr()), token: "not.a.jwt", validator: "JWKS" }))).code).toBe("E_TOKEN_INVALID");
     });
+    it("never issues the CA's own serving identity: the CA's service account is no workload", async () => {
+      // Workloads (and daprd) know the CA by this ID; whoever held it could pose as the CA to all of them.
+      const r = await refused(ask({ ...(await csr()), token: await sat({ namespace: "meshward-system", sa: "meshward-ca" }), validator: "KUBERNETES" }));
+      expect(r.code).toBe("E_IDENTITY_RESERVED");
+      expect(r.message).toContain(`spiffe://${TD}/ns/meshward-system/meshward-ca`);
+      // Another account of the same namespace is an ordinary workload.
+      const signed = await ask({ ...(await csr()), token: await sat({ namespace: "meshward-system", sa: "meshward-injector" }), validator: "KUBERNETES" });
+      expect(inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer).uris).toEqual([`spiffe://${TD}/ns/meshward-system/meshward-injector`]);
+    });
+  });
+
+  it("refuses a join token for the CA's serving identity without spending it", async () => {
+    const token = await joinToken("meshward-system", "meshward-ca");
+    for (let attempt = 0; attempt < 2; attempt++) {
+      expect((await refused(ask({ ...(await csr()), token }))).code).toBe("E_IDENTITY_RESERVED");
+    }
+    expect((await server.store.listTokens()).find((t) => t.spiffeId === `spiffe://${TD}/ns/meshward-system/meshward-ca`)?.usesLeft).toBe(1);
+    await stillServes();
   });
 
   describe("renewal with the current SVID", () => {

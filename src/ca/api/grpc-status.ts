@@ -23,7 +23,7 @@ export function grpcStatusForCode(code: string): number {
   }
   if (code === "E_REQUEST_TOO_LARGE" || code === "E_CA_BUSY") return GrpcStatus.RESOURCE_EXHAUSTED;
   if (code === "E_REQUEST_TIMEOUT") return GrpcStatus.DEADLINE_EXCEEDED;
-  if (code === "E_IDENTITY_MISMATCH" || code === "E_TRUST_DOMAIN_MISMATCH" || code === "E_VALIDATOR_DISABLED" || code === "E_CERT_REVOKED") {
+  if (code === "E_IDENTITY_MISMATCH" || code === "E_IDENTITY_RESERVED" || code === "E_TRUST_DOMAIN_MISMATCH" || code === "E_VALIDATOR_DISABLED" || code === "E_CERT_REVOKED") {
     return GrpcStatus.PERMISSION_DENIED;
   }
   if (code.startsWith("E_TOKEN_") || code.startsWith("E_ATTESTATION_") || code === "E_CERT_EXPIRED") return GrpcStatus.UNAUTHENTICATED;
