@@ -35,7 +35,14 @@ const audiences = z
 export const jwksValidatorSchema = z
   .object({
     jwksFile: z.string().optional().describe("Path to a JWKS document (JSON) holding the token signers' public keys."),
-    jwksUrl: z.string().url().optional().describe("URL of a JWKS document; fetched and cached, refreshed on unknown key ids."),
+    jwksUrl: z
+      .string()
+      .url()
+      .refine((url) => URL.canParse(url) && new URL(url).protocol === "https:", {
+        message: "must be an https:// URL: the JWKS holds the keys that decide every identity, so it is never fetched in plaintext (for a local document use jwksFile)",
+      })
+      .optional()
+      .describe("https:// URL of a JWKS document; fetched and cached, refreshed on unknown key ids."),
     kubernetes: z
       .object({
         apiServer: z.string().url().default("https://kubernetes.default.svc").describe("The API server, as pods reach it."),

@@ -163,6 +163,17 @@ describe("JWT validator: claims become an identity only as valid SPIFFE path seg
   });
 });
 
+describe("jwksUrl must be https", () => {
+  it.each(["http://127.0.0.1:8080/jwks.json", "HTTP://issuer.example.org/jwks", "ftp://issuer.example.org/jwks"])("refuses %s: the keys that decide every identity never travel in plaintext", (jwksUrl) => {
+    const result = caConfigSchema.safeParse({ jwks: { jwksUrl, issuer: ISSUER, audience: AUDIENCE } });
+    expect(result.success).toBe(false);
+    expect(JSON.stringify(result.error?.issues)).toContain("must be an https:// URL");
+  });
+  it("accepts https", () => {
+    expect(caConfigSchema.parse({ jwks: { jwksUrl: "https://issuer.example.org/jwks", issuer: ISSUER, audience: AUDIENCE } }).jwks?.jwksUrl).toBe("https://issuer.example.org/jwks");
+  });
+});
+
 describe("jwksUrl: a token with an unknown kid does not make the CA refetch within the cooldown", () => {
   // dapr/kit jwkscache (used by Sentry's JWKS validator) has a minimum refresh interval for the
   // same reason: otherwise anyone can make the CA hammer the JWKS server with forged key ids.
@@ -186,7 +197,10 @@ describe("jwksUrl: a token with an unknown kid does not make the CA refetch with
   });
 
   it("fetches once for 20 tokens with random kids, and still accepts a token with a known kid", async () => {
-    const remote = jwksAttestor({ ...jwksValidatorSchema.parse({ jwksUrl: url, issuer: ISSUER, audience: AUDIENCE }), trustDomain: TD });
+    // The configuration refuses a plain-HTTP jwksUrl (below); the attestor is given one directly here
+    // because an https fetch trusts the system store only (jwks-url.test.ts runs that in a child process).
+    const https = jwksValidatorSchema.parse({ jwksUrl: url.replace("http:", "https:"), issuer: ISSUER, audience: AUDIENCE });
+    const remote = jwksAttestor({ ...https, jwksUrl: url, trustDomain: TD });
     expect(await attest(await sign(claims()), {}, remote)).toBe(`spiffe://${TD}/ns/orders/api`);
     expect(fetches).toBe(1);
     for (let i = 0; i < 20; i++) {
