@@ -111,7 +111,7 @@ export function registerCertCommand(program: Command): void {
 
   cert
     .command("revoke")
-    .description("revoke by serial or by SPIFFE ID (every unexpired certificate of it); the CA re-signs its CRL within a second")
+    .description("revoke by serial or by SPIFFE ID (every unexpired certificate of it), with every certificate renewed from it; the CA re-signs its CRL within a second")
     .requiredOption("--dir <dir>", "CA directory")
     .option("--serial <serial>", "certificate serial (hex, colons allowed)")
     .option("--spiffe-id <id>", "revoke every unexpired certificate of this identity")
@@ -136,12 +136,17 @@ export function registerCertCommand(program: Command): void {
           serials = (await store.listIssuances({ spiffeId: id, validAt: now })).map((r) => r.serial);
           if (serials.length === 0) throw new MeshwardError("E_CERT_UNKNOWN", `no unexpired certificate of ${id} to revoke`);
         }
-        let revoked = 0;
-        for (const serial of serials) if (await store.revoke({ serial, revokedAt: now, reason: opts.reason })) revoked += 1;
+        // Each with everything renewed from it: a thief who renewed a stolen certificate loses those too.
+        const revoked = new Set<string>();
+        for (const serial of serials) for (const done of await store.revokeLineage({ serial, revokedAt: now, reason: opts.reason })) revoked.add(done);
         return { serials, revoked };
       });
+      const named = outcome.serials.filter((serial) => outcome.revoked.has(serial));
+      const renewals = [...outcome.revoked].filter((serial) => !outcome.serials.includes(serial));
+      const already = outcome.serials.length - named.length;
       process.stdout.write(
-        `revoked ${outcome.revoked} certificate${outcome.revoked === 1 ? "" : "s"}${outcome.revoked < outcome.serials.length ? ` (${outcome.serials.length - outcome.revoked} already revoked)` : ""}: ${outcome.serials.join(", ")}\n`,
+        `revoked ${named.length} certificate${named.length === 1 ? "" : "s"}${already > 0 ? ` (${already} already revoked)` : ""}: ${outcome.serials.join(", ")}\n` +
+          (renewals.length > 0 ? `also revoked ${renewals.length} certificate${renewals.length === 1 ? "" : "s"} renewed from ${outcome.serials.length === 1 ? "it" : "them"}: ${renewals.join(", ")}\n` : ""),
       );
     });
 

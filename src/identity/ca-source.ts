@@ -81,6 +81,8 @@ class CaSource implements CaIdentitySource {
   #svid: Svid | undefined;
   /** #svid is options.resume, not yet renewed: a refusal of it falls back to the token. */
   #resuming = false;
+  /** The CA refused to renew #svid as revoked: attest with the token instead, until a new one arrives. */
+  #svidRevoked = false;
   /** When (identity clock) the current SVID arrived. */
   #receivedAt = 0;
   #bundle: TrustBundle;
@@ -202,6 +204,7 @@ class CaSource implements CaIdentitySource {
       if (this.#closed) return;
       this.#attempt = 0;
       this.#resuming = false;
+      this.#svidRevoked = false;
       this.#svid = svid;
       this.#receivedAt = this.#clock.now();
       this.#snapshot = { svid, bundle: this.#bundle };
@@ -220,6 +223,15 @@ class CaSource implements CaIdentitySource {
         this.#schedule(0);
         return;
       }
+      if (!this.#svidRevoked && this.#svid !== undefined && isMeshwardError(error, "E_CERT_REVOKED")) {
+        // Revoked (its own serial, or one it was renewed from: revocation follows renewals). Every
+        // renewal with it would be refused: attest again with the token at once (a Kubernetes
+        // workload's service-account JWT; a join token only if it has a use left).
+        this.#svidRevoked = true;
+        this.#log("warn", { event: "revoked", serial: this.#svid.serial, error: describeError(error) }, "the CA says this workload's certificate is revoked; attesting again with the token");
+        this.#schedule(0);
+        return;
+      }
       const retryInMs = backoffDelay(this.#attempt++, this.#options.backoff ?? DEFAULT_BACKOFF, this.#rng);
       this.#log("warn", { event: "renewal-failed", reason: isMeshwardError(error) ? error.code : "E_INTERNAL", retryInMs, error: describeError(error) }, "could not renew the workload certificate; retrying");
       this.#emit({ type: "renewal-failed", error: error as Error, retryInMs });
@@ -234,7 +246,7 @@ class CaSource implements CaIdentitySource {
     const keyPair = generateKeyPair();
     const csrPem = await createCsr({ keyPair, dnsNames: this.#options.dnsNames ?? [] });
     const now = this.#clock.now();
-    const current = this.#svid !== undefined && this.#svid.notAfter.getTime() > now ? this.#svid : undefined;
+    const current = this.#svid !== undefined && !this.#svidRevoked && this.#svid.notAfter.getTime() > now ? this.#svid : undefined;
     const token = current === undefined ? this.#readToken() : "";
     const connection: CaConnection = {
       ...this.#connection(),

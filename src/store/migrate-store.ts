@@ -21,7 +21,8 @@ export async function copyStore(from: Store, to: Store): Promise<StoreCopyReport
     throw new MeshwardError("E_MIGRATE_TARGET_NOT_EMPTY", "the target store already holds certificates, tokens or revocations; migrate into an empty database");
   }
   const issuances = (await from.listIssuances()).reverse(); // oldest first, so a renewal follows what it replaced
-  const replaced = new Map((await from.listSuperseded()).map((s) => [s.supersededBy, s.serial]));
+  // Every renewal, forks included (revoking a certificate follows them all).
+  const replaced = new Map((await from.listRenewals()).map((r) => [r.serial, r.renews]));
   for (const record of issuances) {
     const supersedes = replaced.get(record.serial);
     await to.recordIssuance({ ...record, ...(supersedes !== undefined ? { supersedes } : {}) });

@@ -94,6 +94,18 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
       ALTER TABLE join_tokens ADD COLUMN common_name TEXT;
     `,
   },
+  {
+    version: 5,
+    description: "every renewal's parent, forks included (superseded keeps only the first renewal of a certificate): revocation follows them",
+    sql: `
+      CREATE TABLE renewals (
+        serial TEXT PRIMARY KEY NOT NULL,
+        renews TEXT NOT NULL
+      );
+      CREATE INDEX renewals_by_renews ON renewals (renews);
+      INSERT INTO renewals (serial, renews) SELECT superseded_by, serial FROM superseded WHERE true ON CONFLICT (serial) DO NOTHING;
+    `,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -173,6 +185,18 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
     description: "join tokens that let the certificate carry CN = <app id>",
     sql: `
       ALTER TABLE join_tokens ADD COLUMN common_name TEXT;
+    `,
+  },
+  {
+    version: 5,
+    description: "every renewal's parent, forks included (superseded keeps only the first renewal of a certificate): revocation follows them",
+    sql: `
+      CREATE TABLE renewals (
+        serial TEXT PRIMARY KEY NOT NULL,
+        renews TEXT NOT NULL
+      );
+      CREATE INDEX renewals_by_renews ON renewals (renews);
+      INSERT INTO renewals (serial, renews) SELECT superseded_by, serial FROM superseded ON CONFLICT (serial) DO NOTHING;
     `,
   },
 ];

@@ -6,6 +6,7 @@ import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./nor
 import { redactConnectionString } from "./redact.ts";
 import { RenegotiationRefusingClient } from "./postgres-client.ts";
 import { advisoryLeaderLock, CHANNELS, listenForChanges } from "./postgres-shared.ts";
+import { renewalOfRevoked } from "./store.ts";
 import type { CaFilesSnapshot, IssuanceFilter, IssuanceRecord, JoinTokenRecord, LeaderLock, RevocationRecord, Store, StoredCrl, TokenConsumption } from "./store.ts";
 
 export type PostgresStoreOptions = { connectionString: string } | pg.PoolConfig;
@@ -44,11 +45,40 @@ const Q = {
     name: "meshward_insert_issuance",
     text: `INSERT INTO issuances (${ISSUANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
   },
-  /** The issuance and the certificate it supersedes, in one statement (so in one transaction). */
-  insertIssuanceSuperseding: {
-    name: "meshward_insert_issuance_superseding",
-    text: `WITH inserted AS (INSERT INTO issuances (${ISSUANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING serial)
-           INSERT INTO superseded (serial, superseded_by) SELECT $11, serial FROM inserted ON CONFLICT (serial) DO NOTHING`,
+  /**
+   * A renewal: the issuance with its links (the first renewal of $11 supersedes it, every one is a
+   * renewal of it), unless $11 is revoked; then nothing, and no row comes back. Run under the
+   * identity's lineage lock (lockLineage).
+   */
+  insertRenewal: {
+    name: "meshward_insert_renewal",
+    text: `WITH inserted AS (
+             INSERT INTO issuances (${ISSUANCE_COLUMNS})
+             SELECT $1::text, $2::text, $3::text[], $4::timestamptz, $5::timestamptz, $6::timestamptz, $7::text, $8::text, $9::text, $10::text
+             WHERE NOT EXISTS (SELECT 1 FROM revocations WHERE serial = $11::text)
+             RETURNING serial
+           ), superseding AS (
+             INSERT INTO superseded (serial, superseded_by) SELECT $11::text, serial FROM inserted ON CONFLICT (serial) DO NOTHING
+           ), renewal AS (
+             INSERT INTO renewals (serial, renews) SELECT serial, $11::text FROM inserted
+           )
+           SELECT serial FROM inserted`,
+  },
+  /**
+   * Renewals and revocations of one SPIFFE ID take turns (a renewal keeps the ID): a revocation
+   * then sees every renewal committed before it, and a renewal after it sees the revocation.
+   * Two-key advisory locks do not share the key space of the one-key leader and migration locks.
+   */
+  lockLineage: { name: "meshward_lock_lineage", text: "SELECT pg_advisory_xact_lock(1836544622, hashtext($1::text))" },
+  spiffeIdOf: { name: "meshward_spiffe_id_of", text: "SELECT spiffe_id FROM issuances WHERE serial = $1" },
+  revokeRenewals: {
+    name: "meshward_revoke_renewals",
+    text: `WITH RECURSIVE lineage (serial) AS (
+             SELECT serial FROM renewals WHERE renews = $1
+             UNION SELECT r.serial FROM renewals r JOIN lineage l ON r.renews = l.serial
+           )
+           INSERT INTO revocations (serial, revoked_at, reason) SELECT serial, $2, $3 FROM lineage
+           ON CONFLICT (serial) DO NOTHING RETURNING serial`,
   },
   getIssuance: { name: "meshward_get_issuance", text: `SELECT ${ISSUANCE_COLUMNS} FROM issuances WHERE serial = $1` },
   listIssuances: {
@@ -109,6 +139,8 @@ const Q = {
            ), superseding AS (
              INSERT INTO superseded (serial, superseded_by) SELECT $13::text, serial FROM inserted WHERE $13::text IS NOT NULL
              ON CONFLICT (serial) DO NOTHING
+           ), renewal AS (
+             INSERT INTO renewals (serial, renews) SELECT serial, $13::text FROM inserted WHERE $13::text IS NOT NULL
            )
            SELECT ${TOKEN_COLUMNS} FROM spent`,
   },
@@ -175,10 +207,20 @@ export class PostgresStore implements Store {
     const duplicate = `a certificate with serial ${serial} is already in the issuance log`;
     if (record.supersedes === undefined) {
       await this.#query("E_STORE_WRITE", "record the issuance", Q.insertIssuance, values, duplicate);
-    } else {
-      const supersedes = requireSerial(record.supersedes, "record the superseded certificate");
-      await this.#query("E_STORE_WRITE", "record the issuance", Q.insertIssuanceSuperseding, [...values, supersedes], duplicate);
+      return;
     }
+    const supersedes = requireSerial(record.supersedes, "record the superseded certificate");
+    await this.#transaction("record the issuance", "E_STORE_WRITE", async (client) => {
+      await client.query({ ...Q.lockLineage, values: [record.spiffeId] });
+      let inserted: pg.QueryResult;
+      try {
+        inserted = await client.query({ ...Q.insertRenewal, values: [...values, supersedes] });
+      } catch (error) {
+        if (pgCode(error) === "23505") throw new MeshwardError("E_STORE_CONFLICT", duplicate, { cause: error });
+        throw error;
+      }
+      if (inserted.rowCount === 0) throw renewalOfRevoked(supersedes);
+    });
   }
 
   async recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date): Promise<TokenConsumption> {
@@ -243,6 +285,25 @@ export class PostgresStore implements Store {
     const revokedAt = new Date(requireDate(revocation.revokedAt, "revokedAt"));
     const result = await this.#query("E_STORE_WRITE", "record the revocation", Q.revoke, [serial, revokedAt, revocation.reason]);
     return result.rowCount === 1;
+  }
+
+  async revokeLineage(revocation: { serial: string; revokedAt: Date; reason: string }): Promise<string[]> {
+    const serial = requireSerial(revocation.serial, "revoke");
+    const revokedAt = new Date(requireDate(revocation.revokedAt, "revokedAt"));
+    return this.#transaction("record the revocation", "E_STORE_WRITE", async (client) => {
+      const owner = await client.query<{ spiffe_id: string }>({ ...Q.spiffeIdOf, values: [serial] });
+      const spiffeId = owner.rows[0]?.spiffe_id;
+      if (spiffeId !== undefined) await client.query({ ...Q.lockLineage, values: [spiffeId] });
+      const first = await client.query({ ...Q.revoke, values: [serial, revokedAt, revocation.reason] });
+      const rest = await client.query<{ serial: string }>({ ...Q.revokeRenewals, values: [serial, revokedAt, revocation.reason] });
+      const renewed = rest.rows.map((r) => r.serial).sort();
+      return first.rowCount === 1 ? [serial, ...renewed] : renewed;
+    });
+  }
+
+  async listRenewals(): Promise<{ serial: string; renews: string }[]> {
+    const result = await this.#query<{ serial: string; renews: string }>("E_STORE_READ", "list renewals", { name: "meshward_list_renewals", text: "SELECT serial, renews FROM renewals ORDER BY serial" }, []);
+    return result.rows;
   }
 
   async listRevocations(): Promise<RevocationRecord[]> {

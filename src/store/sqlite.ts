@@ -5,6 +5,7 @@ import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { assertSchemaNotNewer, latestVersion, migrateSqlite, SQLITE_MIGRATIONS, sqliteSchemaVersion } from "./migrations.ts";
 import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
 import { SqliteWriter } from "./sqlite-writer.ts";
+import { renewalOfRevoked } from "./store.ts";
 import type { CaFilesSnapshot, IssuanceFilter, IssuanceRecord, JoinTokenRecord, RevocationRecord, Store, StoredCrl, TokenConsumption } from "./store.ts";
 
 const BUSY_TIMEOUT_MS = 5_000;
@@ -133,21 +134,30 @@ export class SqliteStore implements Store {
       for (const entry of batch) entry.reject(new MeshwardError("E_STORE_CLOSED", "the store was closed before the issuance was recorded"));
       return;
     }
-    const { insertIssuance, insertSuperseded } = this.#stmts();
+    const statements = this.#stmts();
+    // A renewal of a revoked certificate is not recorded (and its leaf never returned). The write
+    // lock is taken up front (IMMEDIATE): a revocation committed by another connection (`cert
+    // revoke`) lands either before the check, or after the row, which it then revokes too.
+    const refused = new Set<(typeof batch)[number]>();
     const insert = (entry: (typeof batch)[number]) => {
-      insertIssuance.run(entry.row);
-      if (entry.supersedes !== undefined) insertSuperseded.run(entry.supersedes, entry.row.serial);
+      if (entry.supersedes !== undefined && statements.isRevoked.get(entry.supersedes) !== undefined) {
+        refused.add(entry);
+        return;
+      }
+      recordRow(statements, entry.row, entry.supersedes);
     };
+    const answer = (entry: (typeof batch)[number]) => (refused.has(entry) ? entry.reject(renewalOfRevoked(entry.supersedes!)) : entry.resolve());
     try {
-      this.#write("record the issuance", () => this.#db.transaction(() => batch.forEach(insert))(), duplicate(batch[0]!.row));
-      for (const entry of batch) entry.resolve();
+      this.#write("record the issuance", () => this.#db.transaction(() => batch.forEach(insert)).immediate(), duplicate(batch[0]!.row));
+      for (const entry of batch) answer(entry);
     } catch {
       // One bad row (a duplicate serial) fails the whole transaction: write the rows one by
       // one so that each caller gets its own answer.
+      refused.clear();
       for (const entry of batch) {
         try {
-          this.#write("record the issuance", () => this.#db.transaction(() => insert(entry))(), duplicate(entry.row));
-          entry.resolve();
+          this.#write("record the issuance", () => this.#db.transaction(() => insert(entry)).immediate(), duplicate(entry.row));
+          answer(entry);
         } catch (error) {
           entry.reject(error);
         }
@@ -201,6 +211,23 @@ export class SqliteStore implements Store {
     const revokedAt = requireDate(revocation.revokedAt, "revokedAt");
     const result = this.#write("record the revocation", () => this.#stmts().revoke.run(serial, revokedAt, revocation.reason));
     return result.changes === 1;
+  }
+
+  async revokeLineage(revocation: { serial: string; revokedAt: Date; reason: string }): Promise<string[]> {
+    const serial = requireSerial(revocation.serial, "revoke");
+    const revokedAt = requireDate(revocation.revokedAt, "revokedAt");
+    const statements = this.#stmts();
+    // One IMMEDIATE transaction: no renewal commits between reading the lineage and revoking it.
+    const revoke = this.#db.transaction(() => {
+      const first = statements.revoke.run(serial, revokedAt, revocation.reason).changes === 1;
+      const rest = (statements.revokeRenewals.all(serial, revokedAt, revocation.reason) as { serial: string }[]).map((r) => r.serial).sort();
+      return first ? [serial, ...rest] : rest;
+    });
+    return this.#write("record the revocation", () => revoke.immediate());
+  }
+
+  async listRenewals(): Promise<{ serial: string; renews: string }[]> {
+    return this.#read("list renewals", () => this.#db.prepare("SELECT serial, renews FROM renewals ORDER BY serial").all() as { serial: string; renews: string }[]);
   }
 
   async listRevocations(): Promise<RevocationRecord[]> {
@@ -260,8 +287,7 @@ export class SqliteStore implements Store {
     const spendAndRecord = this.#db.transaction((): TokenConsumption => {
       const spent = statements.spendToken.get(tokenHash, at) as TokenRow | undefined;
       if (spent === undefined) return tokenState(statements.getTokenByHash.get(tokenHash) as TokenRow | undefined, at);
-      statements.insertIssuance.run(row);
-      if (supersedes !== undefined) statements.insertSuperseded.run(supersedes, row.serial);
+      recordRow(statements, row, supersedes);
       return { ok: true, token: tokenFromRow(spent) };
     });
     return this.#write(
@@ -383,8 +409,19 @@ export class SqliteStore implements Store {
   }
 }
 
+/** The issuance row and, for a renewal, its links: the first renewal supersedes (live count), every one is a renewal (lineage). */
+function recordRow(statements: Statements, row: IssuanceRow, supersedes: string | undefined): void {
+  statements.insertIssuance.run(row);
+  if (supersedes === undefined) return;
+  statements.insertSuperseded.run(supersedes, row.serial);
+  statements.insertRenewal.run(row.serial, supersedes);
+}
+
 interface Statements {
   insertIssuance: Database.Statement;
+  insertRenewal: Database.Statement;
+  isRevoked: Database.Statement;
+  revokeRenewals: Database.Statement;
   getIssuance: Database.Statement;
   countValidByRoot: Database.Statement;
   insertSuperseded: Database.Statement;
@@ -419,6 +456,17 @@ function prepareStatements(db: Database.Database): Statements {
        GROUP BY root_fingerprint`,
     ),
     insertSuperseded: db.prepare("INSERT INTO superseded (serial, superseded_by) VALUES (?, ?) ON CONFLICT (serial) DO NOTHING"),
+    insertRenewal: db.prepare("INSERT INTO renewals (serial, renews) VALUES (?, ?)"),
+    isRevoked: db.prepare("SELECT 1 FROM revocations WHERE serial = ?"),
+    // Everything renewed from the serial, at any depth (not the serial itself), revoked with the date and reason given.
+    revokeRenewals: db.prepare(
+      `WITH RECURSIVE lineage (serial) AS (
+         SELECT serial FROM renewals WHERE renews = ?
+         UNION SELECT r.serial FROM renewals r JOIN lineage l ON r.renews = l.serial
+       )
+       INSERT INTO revocations (serial, revoked_at, reason) SELECT serial, ?, ? FROM lineage WHERE true
+       ON CONFLICT (serial) DO NOTHING RETURNING serial`,
+    ),
     supersededBy: db.prepare("SELECT serial, superseded_by FROM superseded WHERE serial IN (SELECT value FROM json_each(?))"),
     revoke: db.prepare("INSERT INTO revocations (serial, revoked_at, reason) VALUES (?, ?, ?) ON CONFLICT (serial) DO NOTHING"),
     listRevocations: db.prepare(

@@ -4,6 +4,8 @@
  * WAL, survives kill -9) and `postgres` (several CA replicas). All times are Dates (UTC),
  * serials are uppercase hex (as node:crypto prints them).
  */
+import { MeshwardError } from "../errors.ts";
+
 export interface IssuanceRecord {
   readonly serial: string;
   readonly spiffeId: string;
@@ -22,8 +24,16 @@ export interface IssuanceRecord {
   /**
    * Serial of the certificate this one replaces, when the workload renewed by proving it held
    * that certificate: the old one no longer counts as live (root retirement waits for live ones).
+   * recordIssuance refuses it (renewalOfRevoked) when that certificate is revoked by then.
    */
   readonly supersedes?: string;
+}
+
+/** recordIssuance's refusal of a renewal whose certificate is revoked (code E_CERT_REVOKED). */
+export function renewalOfRevoked(serial: string): MeshwardError {
+  return new MeshwardError("E_CERT_REVOKED", `the certificate presented for renewal (serial ${serial}) is revoked; a new certificate needs a new attestation (a join token or the workload's JWT)`, {
+    details: { serial },
+  });
 }
 
 export interface RevocationRecord {
@@ -102,8 +112,22 @@ export interface Store {
    * of the certificate that replaced it; serials never superseded are absent from the map.
    */
   supersededBy(serials: readonly string[]): Promise<Map<string, string>>;
-  /** Returns false when the serial was already revoked (the first revocation is kept). */
+  /**
+   * Revokes this one serial, nothing else (ca migrate-store copies revocations with it). Returns
+   * false when the serial was already revoked (the first revocation is kept).
+   */
   revoke(revocation: { serial: string; revokedAt: Date; reason: string }): Promise<boolean>;
+  /**
+   * Revokes the certificate and every certificate renewed from it, transitively and forks
+   * included: whoever stole a certificate and its key renews it, and revoking the stolen one must
+   * take those renewals too. Ordered with renewals of the same identity: a renewal recorded at
+   * the same time is either among those revoked here or refused (recordIssuance refuses to renew
+   * a revoked certificate). Returns the serials this call revoked, the given one first when it
+   * was not already revoked.
+   */
+  revokeLineage(revocation: { serial: string; revokedAt: Date; reason: string }): Promise<string[]>;
+  /** Every renewal (the new serial → the serial it renewed), forks included: for ca migrate-store. */
+  listRenewals(): Promise<{ serial: string; renews: string }[]>;
   listRevocations(): Promise<RevocationRecord[]>;
   createToken(token: JoinTokenRecord): Promise<void>;
   /** Atomically checks and spends one use of the token with this hash. */

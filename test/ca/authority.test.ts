@@ -287,6 +287,30 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
       expect(r.code).toBe("E_CERT_REVOKED");
     });
 
+    it("revoking a stolen certificate takes what the thief renewed from it, at once: the store refuses, not only the next CRL", async () => {
+      const stolen = await csr();
+      const signed = await ask({ ...stolen, token: await joinToken("orders", "stolen") });
+      const withStolen: CaConnection = { ...connection, clientCertificate: { certChainPem: signed.certChainPem, privateKey: stolen.keyPair.privateKey } };
+      // The thief renews onto a key of its own; the workload renews too (a fork of one certificate).
+      const thiefKey = await csr();
+      const thief = await ask({ ...thiefKey, token: "", validator: "SVID" }, withStolen);
+      const workload = await ask({ ...(await csr()), token: "", validator: "SVID" }, withStolen);
+      const serialOf = (chainPem: string) => inspectCertificate(certificatesFromPem(chainPem)[0] as Buffer).serial;
+      const withThiefs: CaConnection = { ...connection, clientCertificate: { certChainPem: thief.certChainPem, privateKey: thiefKey.keyPair.privateKey } };
+      // Still renewable before the revocation (this is what the revocation has to stop).
+      const thiefAgain = await ask({ ...(await csr()), token: "", validator: "SVID" }, withThiefs);
+
+      const revoked = await server.store.revokeLineage({ serial: serialOf(signed.certChainPem), revokedAt: new Date(), reason: "keyCompromise" });
+      expect([...revoked].sort()).toEqual([signed, thief, workload, thiefAgain].map((c) => serialOf(c.certChainPem)).sort());
+      // No wait for the CRL: the renewal is refused when it is recorded.
+      const r = await refused(ask({ ...(await csr()), token: "", validator: "SVID" }, withThiefs));
+      expect(r.code).toBe("E_CERT_REVOKED");
+      expect(r.message).toContain(serialOf(thief.certChainPem));
+      // And the next CRL lists every one of them.
+      for (let i = 0; i < 30 && !revoked.every((serial) => server.authority.revokedSerials().has(serial)); i++) await new Promise((resolve) => setTimeout(resolve, 100));
+      for (const serial of revoked) expect(server.authority.revokedSerials().has(serial)).toBe(true);
+    });
+
     it("refuses renewal with a certificate from another CA, even for the same SPIFFE ID", async () => {
       const otherDir = join(work, "other-ca");
       await initAnchors({ dir: otherDir, trustDomain: TD, now: new Date() });

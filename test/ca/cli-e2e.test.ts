@@ -1,7 +1,11 @@
+import { createPrivateKey } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { requestCertificate } from "../../src/identity/ca-client.ts";
+import { createCsr } from "../../src/pki/csr.ts";
+import { generateKeyPair } from "../../src/pki/keys.ts";
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { exec } from "../helpers/exec.ts";
 
@@ -144,6 +148,49 @@ describe("meshward ca / token / cert (real processes, real openssl and curl)", (
     const check = await exec("openssl", ["verify", "-crl_check", "-CRLfile", join(work, "crl.pem"), "-CAfile", join(out, "bundle.pem"), "-untrusted", join(out, "issuer.pem"), join(out, "leaf.pem")]);
     expect(check.code).not.toBe(0);
     expect(check.stdout + check.stderr).toMatch(/certificate revoked/);
+  });
+
+  it("cert revoke takes the certificates renewed from the revoked one, and the CRL lists them", async () => {
+    const token = await createToken("shop", "stolen");
+    const out = join(work, "stolen");
+    expect((await runCli(["cert", "issue", "--ca", address, "--bundle", join(caDir, "bundle.pem"), "--token", token, "--out", out])).code).toBe(0);
+    const serialOf = async (file: string) => (await exec("openssl", ["x509", "-in", file, "-noout", "-serial"])).stdout.trim().replace("serial=", "");
+    const stolen = await serialOf(join(out, "cert.pem"));
+    // Whoever holds the certificate and its key renews it onto a key of their own (over mTLS with it, as a workload renews).
+    const connection = {
+      address,
+      bundlePem: readFileSync(join(caDir, "bundle.pem"), "utf8"),
+      trustDomain: "example.test",
+      clientCertificate: { certChainPem: readFileSync(join(out, "cert.pem"), "utf8"), privateKey: createPrivateKey(readFileSync(join(out, "key.pem"))) },
+    };
+    const keyPair = generateKeyPair();
+    const renewed = await requestCertificate(connection, { csrPem: await createCsr({ keyPair }), token: "", validator: "SVID", namespace: "", appId: "" });
+    writeFileSync(join(out, "renewed.pem"), renewed.certChainPem);
+    const thief = await serialOf(join(out, "renewed.pem"));
+
+    const revoke = await runCli(["cert", "revoke", "--dir", caDir, "--serial", stolen, "--reason", "keyCompromise"]);
+    expect(revoke.code, revoke.stderr).toBe(0);
+    expect(revoke.stdout).toContain(`revoked 1 certificate: ${stolen}`);
+    expect(revoke.stdout).toContain(`also revoked 1 certificate renewed from it: ${thief}`);
+    const list = JSON.parse((await runCli(["cert", "list", "--dir", caDir, "--json", "--spiffe-id", "spiffe://example.test/ns/shop/stolen"])).stdout) as { serial: string; status: string }[];
+    expect(list.map((r) => r.status)).toEqual(["revoked", "revoked"]);
+    const again = await requestCertificate(
+      { ...connection, clientCertificate: { certChainPem: renewed.certChainPem, privateKey: keyPair.privateKey } },
+      { csrPem: await createCsr({ keyPair: generateKeyPair() }), token: "", validator: "SVID", namespace: "", appId: "" },
+    ).then(
+      () => "signed",
+      (error: { code?: string }) => error.code,
+    );
+    expect(again).toBe("E_CERT_REVOKED");
+    const crlFile = join(work, "crl-lineage.der");
+    let crlText = "";
+    for (let attempt = 0; attempt < 40 && !crlText.includes(thief); attempt++) {
+      await exec("curl", ["-sS", "--cacert", join(caDir, "bundle.pem"), "-o", crlFile, `https://localhost:${address.split(":")[1]}/v1/crl`]);
+      crlText = (await exec("openssl", ["crl", "-inform", "DER", "-in", crlFile, "-noout", "-text"])).stdout;
+      if (!crlText.includes(thief)) await new Promise((r) => setTimeout(r, 250));
+    }
+    expect(crlText).toContain(`Serial Number: ${stolen}`);
+    expect(crlText).toContain(`Serial Number: ${thief}`);
   });
 
   it("keeps every issuance across kill -9 and restart", async () => {

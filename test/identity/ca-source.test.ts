@@ -166,6 +166,31 @@ describe("CA-backed workload identity", () => {
     expect(source.current()!.svid.notAfter.getTime()).toBeGreaterThan(Date.now());
   });
 
+  it("a workload whose certificate was revoked attests again with its token, instead of retrying a renewal the CA refuses", async () => {
+    await startCa("1h");
+    const clock = new FakeClock(Date.now());
+    // Two uses: the second stands for a credential the workload can present again (a Kubernetes service-account JWT).
+    const { token: reusable } = await issueJoinToken(server!.store, { spiffeId: `spiffe://${TD}/ns/shop/reattest`, ttlMs: 600_000, uses: 2 });
+    const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem: readFileSync(join(caDir, "bundle.pem"), "utf8"), token: reusable, rng: () => 0.5, clock });
+    sources.push(source);
+    const first = await source.ready();
+    const events: string[] = [];
+    source.subscribe((e) => events.push(e.type));
+    await server!.store.revokeLineage({ serial: first.svid.serial, revokedAt: new Date(), reason: "keyCompromise" });
+    const rotated = nextEvent(source, "rotated", 10_000);
+    await source.renewNow(); // refused E_CERT_REVOKED …
+    await clock.advance(1); // … and attested again at once, with the token
+    const event = await rotated;
+    if (event.type !== "rotated") throw new Error("unreachable");
+    expect(event.snapshot.svid.serial).not.toBe(first.svid.serial);
+    expect(event.snapshot.svid.spiffeId).toBe(first.svid.spiffeId);
+    expect((await server!.store.getIssuance(event.snapshot.svid.serial))?.attestation).toBe("join-token");
+    expect(events).not.toContain("renewal-failed");
+    // The new certificate renews with itself again.
+    await source.renewNow();
+    expect((await server!.store.getIssuance(source.current()!.svid.serial))?.attestation).toBe("svid");
+  });
+
   it("picks up revocations and bundle changes from the CA", async () => {
     await startCa("1h");
     const clock = new FakeClock(Date.now());

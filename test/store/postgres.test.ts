@@ -95,7 +95,7 @@ describe("postgres store specifics", () => {
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
         connectionString.split("/").pop(),
       );
-      expect(tables.rows.map((r) => r.table_name)).toEqual(["ca_files", "ca_state", "issuances", "join_tokens", "published_crl", "revocations", "schema_version", "superseded"]);
+      expect(tables.rows.map((r) => r.table_name)).toEqual(["ca_files", "ca_state", "issuances", "join_tokens", "published_crl", "renewals", "revocations", "schema_version", "superseded"]);
     } finally {
       await store.close();
     }

@@ -4,7 +4,8 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
-import { latestVersion, SQLITE_MIGRATIONS } from "../../src/store/migrations.ts";
+import { latestVersion, migrateSqlite, SQLITE_MIGRATIONS } from "../../src/store/migrations.ts";
+import { copyStore } from "../../src/store/migrate-store.ts";
 import { openSqliteStore } from "../../src/store/sqlite.ts";
 import { defineStoreContract } from "./store-contract.ts";
 
@@ -105,6 +106,49 @@ describe("sqlite store specifics", () => {
     db.close();
     const error = caught(() => openSqliteStore(path));
     expect(isMeshwardError(error, "E_STORE_SCHEMA_NEWER")).toBe(true);
+  });
+
+  it("back-fills the renewal links of a store written before schema version 5, and revocation follows them", async () => {
+    const path = join(root, "v4.db");
+    const db = new Database(path);
+    migrateSqlite(db, path, SQLITE_MIGRATIONS.filter((m) => m.version <= 4));
+    db.prepare("INSERT INTO superseded (serial, superseded_by) VALUES (?, ?)").run("0A", "0B");
+    db.close();
+    const store = openSqliteStore(path);
+    await store.migrate();
+    expect(await store.listRenewals()).toEqual([{ serial: "0B", renews: "0A" }]);
+    expect(await store.revokeLineage({ serial: "0a", revokedAt: new Date(), reason: "keyCompromise" })).toEqual(["0A", "0B"]);
+    await store.close();
+  });
+
+  it("ca migrate-store copies every renewal, forks included, so revocation still follows them in the new store", async () => {
+    const from = openSqliteStore(join(root, "copy-from.db"));
+    const to = openSqliteStore(join(root, "copy-to.db"));
+    await from.migrate();
+    await to.migrate();
+    const record = (serial: string, supersedes?: string, at = 0) => ({
+      serial,
+      spiffeId: "spiffe://example.org/ns/default/web",
+      dnsNames: [],
+      notBefore: new Date(Date.UTC(2026, 0, 1)),
+      notAfter: new Date(Date.UTC(2026, 0, 2)),
+      issuedAt: new Date(Date.UTC(2026, 0, 1, 0, 0, at)),
+      attestation: supersedes === undefined ? "join-token" : "svid",
+      issuerFingerprint: "AA",
+      rootFingerprint: "BB",
+      certificatePem: "PEM",
+      ...(supersedes !== undefined ? { supersedes } : {}),
+    });
+    await from.recordIssuance(record("0A", undefined, 0));
+    await from.recordIssuance(record("0B", "0A", 1));
+    await from.recordIssuance(record("0C", "0A", 2)); // a second renewal of 0A: a fork
+    await from.recordIssuance(record("0D", "0C", 3));
+    await copyStore(from, to);
+    expect(await to.listRenewals()).toEqual(await from.listRenewals());
+    expect(await to.listRenewals()).toHaveLength(3);
+    expect(await to.revokeLineage({ serial: "0A", revokedAt: new Date(), reason: "keyCompromise" })).toEqual(["0A", "0B", "0C", "0D"]);
+    await from.close();
+    await to.close();
   });
 
   it("works in memory (sqlite::memory:) for throwaway CAs", async () => {

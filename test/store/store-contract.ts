@@ -267,6 +267,97 @@ export function defineStoreContract(backend: StoreBackend): void {
       });
     });
 
+    describe("revoking a certificate with everything renewed from it (a thief renews what it stole)", () => {
+      const renewal = (of: IssuanceRecord, overrides: Partial<IssuanceRecord> = {}) => issuance({ supersedes: of.serial, spiffeId: of.spiffeId, ...overrides });
+
+      it("revokes the renewals at any depth and the forks, not another lineage of the same identity", async () => {
+        const stolen = issuance();
+        const otherPod = issuance();
+        await store.recordIssuance(stolen);
+        await store.recordIssuance(otherPod);
+        const legit = renewal(stolen); // the workload renews
+        const thief = renewal(stolen); // and so does whoever holds a copy: a fork of the same certificate
+        await store.recordIssuance(legit);
+        await store.recordIssuance(thief);
+        const thiefAgain = renewal(thief);
+        await store.recordIssuance(thiefAgain);
+        const otherRenewed = renewal(otherPod);
+        await store.recordIssuance(otherRenewed);
+        expect((await store.listRenewals()).map((r) => `${r.serial}<${r.renews}`).sort()).toEqual(
+          [legit, thief, thiefAgain, otherRenewed].map((r) => `${r.serial}<${r.supersedes}`).sort(),
+        );
+
+        const revoked = await store.revokeLineage({ serial: stolen.serial.toLowerCase(), revokedAt: new Date(T0 + 1_000), reason: "keyCompromise" });
+        expect(revoked[0]).toBe(stolen.serial);
+        expect([...revoked].sort()).toEqual([stolen.serial, legit.serial, thief.serial, thiefAgain.serial].sort());
+        const listed = await store.listRevocations();
+        expect(listed.map((r) => r.serial).sort()).toEqual([...revoked].sort());
+        expect(listed.every((r) => r.reason === "keyCompromise" && r.revokedAt.getTime() === T0 + 1_000)).toBe(true);
+        // Again: nothing new. From the middle of a revoked lineage: nothing new either.
+        expect(await store.revokeLineage({ serial: stolen.serial, revokedAt: new Date(T0 + 2_000), reason: "superseded" })).toEqual([]);
+        expect(await store.revokeLineage({ serial: thief.serial, revokedAt: new Date(T0 + 2_000), reason: "superseded" })).toEqual([]);
+        expect((await store.countValidByRoot(new Date(T0))).get(ROOT_A)).toBe(1); // otherRenewed alone
+      });
+
+      it("refuses to record a renewal of a revoked certificate (E_CERT_REVOKED), on every handle", async () => {
+        const stolen = issuance();
+        await store.recordIssuance(stolen);
+        const thief = renewal(stolen);
+        await store.recordIssuance(thief);
+        await store.revokeLineage({ serial: stolen.serial, revokedAt: new Date(T0 + 1_000), reason: "keyCompromise" });
+        const other = await open();
+        for (const handle of [store, other]) {
+          const late = renewal(thief);
+          const error = await expectCode(handle.recordIssuance(late), "E_CERT_REVOKED");
+          expect(error.message).toContain(thief.serial);
+          expect(await handle.getIssuance(late.serial)).toBeUndefined();
+        }
+        // A renewal of a certificate revoked on its own (revoke, not revokeLineage) is refused too.
+        const single = issuance();
+        await store.recordIssuance(single);
+        await store.revoke({ serial: single.serial, revokedAt: new Date(T0), reason: "unspecified" });
+        await expectCode(store.recordIssuance(renewal(single)), "E_CERT_REVOKED");
+        // Renewals of live certificates recorded in the same turn are not held back by the refused one.
+        const live = issuance();
+        await store.recordIssuance(live);
+        const together = [renewal(live), renewal(thief), renewal(live)];
+        const results = await Promise.allSettled(together.map((r) => store.recordIssuance(r)));
+        expect(results.map((r) => r.status)).toEqual(["fulfilled", "rejected", "fulfilled"]);
+        expect(await store.getIssuance(together[0]!.serial)).toBeDefined();
+        expect(await store.getIssuance(together[1]!.serial)).toBeUndefined();
+      });
+
+      it("races renewals against the revocation from two handles: every renewal recorded is revoked", async () => {
+        const stolen = issuance();
+        await store.recordIssuance(stolen);
+        const other = await open();
+        let tip = stolen;
+        // A thief renewing as fast as it can (each renewal of the newest), while the revocation runs on another handle.
+        const thief = (async () => {
+          const recorded: string[] = [];
+          for (let i = 0; i < 40; i++) {
+            const next = renewal(tip);
+            try {
+              await store.recordIssuance(next);
+            } catch (error) {
+              if (isMeshwardError(error) && error.code === "E_CERT_REVOKED") return recorded;
+              throw error;
+            }
+            recorded.push(next.serial);
+            tip = next;
+          }
+          return recorded;
+        })();
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        const revoked = await other.revokeLineage({ serial: stolen.serial, revokedAt: new Date(T0 + 1_000), reason: "keyCompromise" });
+        const recorded = await thief;
+        const all = new Set((await store.listRevocations()).map((r) => r.serial));
+        for (const serial of recorded) expect(all.has(serial)).toBe(true);
+        expect(revoked.length).toBeGreaterThanOrEqual(1);
+        await expectCode(store.recordIssuance(renewal(tip)), "E_CERT_REVOKED");
+      });
+    });
+
     describe("countValidByRoot", () => {
       it("counts certificates valid at the instant per root, leaving out revoked ones", async () => {
         const validA1 = issuance({ rootFingerprint: ROOT_A });
