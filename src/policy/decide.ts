@@ -19,8 +19,8 @@
  *      independent policies (#2124).
  *   6. An app policy's defaultAction falls back to the global one.
  *   7. Operations: the request operation (HTTP path or gRPC "/pkg.Service/Method") is
- *      normalised (query dropped, "//" collapsed, "."/".." resolved, unreserved %-escapes
- *      decoded, trailing "/" dropped). HTTP matching is case-insensitive, gRPC case-sensitive
+ *      normalised (query dropped, "//" collapsed, "."/".." resolved, %-escapes of unreserved
+ *      characters, ":", "@" and the sub-delims but ";" decoded, trailing "/" dropped). HTTP matching is case-insensitive, gRPC case-sensitive
  *      (as in Dapr). Globs: see operation.ts (`*` one segment, `**` the rest, `a*` in-segment).
  *   8. Most specific operation wins: segments compared left to right, literal > in-segment
  *      glob > `*` > `**`; then the longer pattern; then more literal characters; then the

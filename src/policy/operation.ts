@@ -33,12 +33,16 @@ export interface OperationPattern {
 
 // Each in-segment "*" adds a level of backtracking over attacker-chosen paths: keep it small.
 const MAX_GLOBS_PER_SEGMENT = 3;
-const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
+/**
+ * Escapes decoded in an operation: those the sidecar's canonical path decodes (src/proxy/canonical.ts:
+ * unreserved, ":", "@" and the sub-delims but ";"), less "*", which in a rule name would become a wildcard.
+ */
+const DECODED = /^[A-Za-z0-9\-._~!$&'()+,=:@]$/;
 
 /**
  * Normalises a request path the way Dapr does before matching (purell "usually safe greedy"
  * plus duplicate-slash removal): drops the query and fragment, decodes percent-escapes of
- * unreserved characters, collapses "//", resolves "." and ".." (never above the root),
+ * the characters the sidecar decodes (DECODED), collapses "//", resolves "." and ".." (never above the root),
  * drops the trailing slash and guarantees a leading one. Never throws.
  */
 export function normaliseOperation(input: string): string {
@@ -90,7 +94,7 @@ function firstIndexOf(text: string, a: string, b: string): number {
 function decodeUnreserved(path: string): string {
   return path.replace(/%([0-9A-Fa-f]{2})/g, (escape, hex: string) => {
     const char = String.fromCharCode(Number.parseInt(hex, 16));
-    return UNRESERVED.test(char) ? char : escape.toUpperCase();
+    return DECODED.test(char) ? char : escape.toUpperCase();
   });
 }
 

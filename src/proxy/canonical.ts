@@ -3,15 +3,19 @@
  * the app is sent. HTTP/1.1 and HTTP/2, inbound and outbound, all go through `canonicalTarget`.
  *
  * The path is normalised per RFC 3986 §6 (percent-encodings of unreserved characters decoded,
- * other escapes upper-cased, dot segments removed, empty segments merged) and the target is
+ * and those of the other characters a path may carry as they are, `:`, `@` and the sub-delims but
+ * `;`, because every common server decodes them before routing: a policy denying `/a/*:delete`
+ * must see `/a/1%3Adelete` as the app will; other escapes upper-cased, dot segments removed,
+ * empty segments merged) and the target is
  * turned into origin-form (RFC 9112 §3.2). Whatever common servers read in different ways is
  * refused instead of guessed at, as Envoy's HTTP connection manager does by default
  * (`path_with_escaped_slashes_action`, `normalize_path`, `merge_slashes`, and its refusal of
  * backslashes and control characters):
  *   - `%2F` and `%5C` (escaped slashes: some servers split on them after decoding, some do not);
  *   - a raw backslash (WHATWG URL and IIS read it as `/`);
- *   - a dot segment with `;` parameters (`..;`: Tomcat and Jetty strip the parameter, then
- *     resolve the `..`);
+ *   - `;` in the path: Tomcat, Jetty and Spring strip `;` parameters from each segment before
+ *     routing (`/admin;x/secret` is their `/admin/secret`; `..;` their `..`), other servers keep
+ *     them. `%3B` stays escaped: every server reads it as a plain character of the segment;
  *   - NUL and other control characters, raw or escaped; characters RFC 3986 does not allow in
  *     a path (space, `"`, `<`, `>`, `^`, `` ` ``, `{`, `|`, `}`, non-ASCII); `#`; malformed `%`;
  *   - `*` for any method but OPTIONS; a target in authority-form; userinfo in absolute-form.
@@ -36,8 +40,10 @@ export interface TargetRefusal {
 // RFC 3986 pchar (unreserved / sub-delims / ":" / "@") plus "/", as a table over ASCII.
 const PATH_CHAR = new Uint8Array(128);
 for (const c of "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/") PATH_CHAR[c.charCodeAt(0)] = 1;
-const UNRESERVED = new Uint8Array(128);
-for (const c of "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~") UNRESERVED[c.charCodeAt(0)] = 1;
+// Escapes decoded into the canonical path: pchar but "/" (an escaped slash is decided apart) and
+// ";" (a parameter delimiter to Java servers when raw, so it stays escaped).
+const DECODED = new Uint8Array(128);
+for (const c of "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,=:@") DECODED[c.charCodeAt(0)] = 1;
 
 const SLASH = 47;
 const DOT = 46;
@@ -88,7 +94,7 @@ function canonicalSegment(segment: string, escapedSlashes: EscapedSlashAction): 
       out += `%${hex.toUpperCase()}`;
       continue;
     }
-    if (byte < 128 && UNRESERVED[byte] === 1) out += String.fromCharCode(byte);
+    if (byte < 128 && DECODED[byte] === 1) out += String.fromCharCode(byte);
     else out += `%${hex.toUpperCase()}`;
   }
   return out;
@@ -102,12 +108,13 @@ function refusedCharacter(c: number): string {
   return `the character ${JSON.stringify(String.fromCharCode(c))}, which RFC 3986 does not allow in a path`;
 }
 
-/** Whether a segment, without its `;` parameters, is a dot segment (`..;x`, `.;`). */
-function dotWithParameters(segment: string): boolean {
+/** Why a segment with a raw `;` is refused (undefined without one). */
+function semicolonProblem(segment: string): string | undefined {
   const semicolon = segment.indexOf(";");
-  if (semicolon === -1) return false;
+  if (semicolon === -1) return undefined;
   const name = segment.slice(0, semicolon);
-  return name === "." || name === "..";
+  if (name === "." || name === "..") return "a dot segment with ';' parameters (such as '..;'), which Java servers resolve after stripping the parameter";
+  return "a ';' in the path: Tomcat, Jetty and Spring strip ';' parameters from a segment before routing ('/admin;x/secret' is their '/admin/secret'), other servers keep them; send a ';' that belongs to a name as %3B";
 }
 
 /** The canonical form of a path (starting with "/", no query), or why it is refused. */
@@ -122,7 +129,8 @@ export function canonicalPath(path: string, escapedSlashes: EscapedSlashAction):
   for (let i = 1; i < parts.length; i++) {
     const decoded = canonicalSegment(parts[i]!, escapedSlashes);
     if (typeof decoded !== "string") return decoded;
-    if (dotWithParameters(decoded)) return { refused: "a dot segment with ';' parameters (such as '..;'), which Java servers resolve after stripping the parameter" };
+    const semicolon = semicolonProblem(decoded);
+    if (semicolon !== undefined) return { refused: semicolon };
     const last = i === parts.length - 1;
     if (decoded === "" || decoded === ".") {
       if (last) trailingSlash = true;

@@ -67,9 +67,21 @@ describe("canonical paths (RFC 3986 §6)", () => {
     for (const bad of ["/items/a b", '/items/"', "/items/<", "/items/{x}", "/items/|", "/items/^", "/items/`", "/items#frag"]) expect(isRefusal(target(bad))).toBe(true);
   });
 
-  it("keeps ';' parameters of ordinary segments, as RFC 3986 allows them", () => {
-    expect(target("/items;v=1/1")).toMatchObject({ path: "/items;v=1/1" });
-    expect(target("/items/1;jsessionid=x")).toMatchObject({ path: "/items/1;jsessionid=x" });
+  it("refuses ';' anywhere in the path: Tomcat, Jetty and Spring route '/admin;x/secret' as '/admin/secret' (found against Tomcat 9.0.70)", () => {
+    for (const raw of ["/items;v=1/1", "/items/1;jsessionid=x", "/admin;/secret", "/admin;x/secret", "/a/b;"]) expect(refused(raw)).toMatch(/';' in the path/);
+    // Escaped, it is a plain character of the segment to every server: kept escaped, never decoded into a parameter.
+    expect(target("/items/a%3bb")).toMatchObject({ path: "/items/a%3Bb", target: "/items/a%3Bb" });
+    // The query is not the path.
+    expect(target("/items/1?a=1;b=2")).toMatchObject({ path: "/items/1", target: "/items/1?a=1;b=2" });
+  });
+
+  it("decodes escaped ':', '@' and sub-delims (every common server does before routing), so the policy judges the path the app routes", () => {
+    expect(path("/api/users/42%3Adelete")).toBe("/api/users/42:delete");
+    expect(path("/api/users/42%3adelete")).toBe("/api/users/42:delete");
+    expect(path("/admin%40internal/x")).toBe("/admin@internal/x");
+    expect(path("/a/%21%24%26%27%28%29%2A%2B%2C%3D")).toBe("/a/!$&'()*+,=");
+    // Still escaped: what is not a path character, and what would change the path's structure.
+    expect(path("/a/%3F%23%25%20%22%3c")).toBe("/a/%3F%23%25%20%22%3C");
   });
 });
 

@@ -58,7 +58,7 @@ const get = (target: string, extra = "") => (route: string) => `GET ${target} HT
  * http_connection_manager.proto: normalize_path, merge_slashes, path_with_escaped_slashes_action;
  * source/common/http/path_utility.cc), RFC 3986 §6 for normalisation.
  */
-const PATHS: { id: string; path: string; expect: Expect; cls: string }[] = [
+const PATHS: { id: string; path: string; expect: Expect; cls: string; allowedRoute?: string }[] = [
   { id: "escaped-slash-lower", path: "/items/..%2fadmin/x", expect: "refused", cls: "path: %2F" },
   { id: "escaped-slash-upper", path: "/items/..%2Fadmin/x", expect: "refused", cls: "path: %2F" },
   { id: "escaped-slash-only", path: "/items%2F..%2Fadmin", expect: "refused", cls: "path: %2F" },
@@ -68,7 +68,18 @@ const PATHS: { id: string; path: string; expect: Expect; cls: string }[] = [
   { id: "backslash-single", path: "/items/..\\admin", expect: "refused", cls: "path: \\" },
   { id: "semicolon-dotdot", path: "/items/..;/admin", expect: "refused", cls: "path: ; around dot segments" },
   { id: "semicolon-param-dotdot", path: "/items;x=1/../admin", expect: "refused", cls: "path: ; around dot segments" },
-  { id: "semicolon-param", path: "/items/1;jsessionid=abc", expect: "either", cls: "path: ; parameters" },
+  // Tomcat, Jetty and Spring strip ';' parameters before routing ('/admin;x/secret' is their
+  // '/admin/secret'; found against Tomcat 9.0.70), others keep them: refused (issue 20 review).
+  { id: "semicolon-param", path: "/items/1;jsessionid=abc", expect: "refused", cls: "path: ; parameters" },
+  { id: "semicolon-bare", path: "/items;/1", expect: "refused", cls: "path: ; parameters" },
+  { id: "semicolon-escaped", path: "/items/a%3Bb", expect: "either", cls: "path: ; parameters" },
+  // Escaped reserved characters: every server decodes '%3A' before routing, so a deny rule on
+  // '/items/*:delete' must see '/items/1%3Adelete' as '/items/1:delete' (found against Flask).
+  { id: "deny-rule", path: "/items/1:delete", expect: "refused", cls: "policy: deny rule" },
+  { id: "deny-rule-escaped-colon", path: "/items/1%3Adelete", expect: "refused", cls: "path: escaped reserved characters" },
+  { id: "deny-rule-escaped-colon-lower", path: "/items/1%3adelete", expect: "refused", cls: "path: escaped reserved characters" },
+  { id: "deny-rule-escaped-everything", path: "/items/%31%3A%64%65%6C%65%74%65", expect: "refused", cls: "path: escaped reserved characters" },
+  { id: "escaped-at", path: "/items/a%40b", expect: "allowed", cls: "path: escaped reserved characters", allowedRoute: "/items/a@b" },
   { id: "encoded-dotdot", path: "/items/%2e%2e/admin", expect: "refused", cls: "path: dot segments (RFC 3986 §6.2.2)" },
   { id: "half-encoded-dotdot", path: "/items/.%2E/admin", expect: "refused", cls: "path: dot segments (RFC 3986 §6.2.2)" },
   { id: "plain-dotdot", path: "/items/../admin", expect: "refused", cls: "path: dot segments (RFC 3986 §6.2.2)" },
@@ -101,7 +112,7 @@ const GRPC_FRAME = Buffer.from([0, 0, 0, 0, 3, 0x0a, 0x01, 0x31]);
 /** Cases sent as raw HTTP/1.1 bytes (inbound over mTLS, outbound in plaintext). */
 export const H1_CASES: Case[] = [
   { id: "legit-get", cls: "success", expect: "allowed", h1: get("/items/1") },
-  ...PATHS.map((p) => ({ id: `path-${p.id}`, cls: p.cls, expect: p.expect, h1: get(p.path) })),
+  ...PATHS.map((p) => ({ id: `path-${p.id}`, cls: p.cls, expect: p.expect, h1: get(p.path), ...(p.allowedRoute !== undefined ? { allowedRoute: p.allowedRoute } : {}) })),
   // RFC 9112 §3.2.2: absolute-form is converted to origin-form. An authority that differs from
   // Host names two hosts: ambiguous (a server uses the target's, many frameworks Host), refused.
   { id: "absolute-form-admin", cls: "absolute-form", expect: "refused", h1: get("http://x/admin/x") },
@@ -269,7 +280,7 @@ export const H1_CASES: Case[] = [
 /** Cases sent over HTTP/2 (inbound: mTLS + ALPN h2; outbound: prior knowledge). */
 export const H2_CASES: Case[] = [
   { id: "legit-get", cls: "success", expect: "allowed", h2: h2Get("/items/1") },
-  ...PATHS.map((p) => ({ id: `path-${p.id}`, cls: p.cls, expect: p.expect, h2: h2Get(p.path) })),
+  ...PATHS.map((p) => ({ id: `path-${p.id}`, cls: p.cls, expect: p.expect, h2: h2Get(p.path), ...(p.allowedRoute !== undefined ? { allowedRoute: p.allowedRoute } : {}) })),
   // H2→H1 body smuggling: END_STREAM ends an HTTP/2 body; toward HTTP/1.1 it needs explicit framing.
   // The follow-up takes the same pooled app connection: a server that kept the smuggled bytes
   // buffered (gunicorn's gthread worker does) answers it with the smuggled request's response.

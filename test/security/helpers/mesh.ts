@@ -32,7 +32,7 @@ export const CALLER_ID = `spiffe://${TD}/ns/${NAMESPACE}/${CALLER}`;
  */
 export const GRPC_METHOD = "/shop.Items/Get";
 
-/** Dapr accessControl: orders (namespace shop) may GET /items/** and call the gRPC method GRPC_METHOD; everything else denied. */
+/** Dapr accessControl: orders (namespace shop) may GET /items/** but not /items/*:delete, and call the gRPC method GRPC_METHOD; everything else denied. */
 export const POLICY = `kind: Configuration
 spec:
   accessControl:
@@ -47,14 +47,21 @@ spec:
           - name: /items/**
             httpVerb: ["GET"]
             action: allow
+          - name: /items/*:delete
+            httpVerb: ["GET"]
+            action: deny
           - name: ${GRPC_METHOD}
             action: allow
 `;
 
-/** The path the policy allows, as an app resolves it: /items or below (the policy matches segments case-insensitively). */
+/**
+ * The path the policy allows, as an app resolves it: /items or below (the policy matches segments
+ * case-insensitively), except `/items/<x>:delete` (a deny rule inside the allowed tree, in the
+ * style of Google API custom methods: escaped reserved characters must not get past it).
+ */
 export function underItems(route: string): boolean {
   const lower = route.toLowerCase();
-  return lower === "/items" || lower.startsWith("/items/");
+  return (lower === "/items" || lower.startsWith("/items/")) && !/^\/items\/[^/]*:delete\/?$/.test(lower);
 }
 
 export type TestSidecar = TestSidecarWithApp;
