@@ -35,6 +35,7 @@ const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: readonl
   ["--max-connection-age <duration>", "maxConnectionAge", ["limits", "maxConnectionAge"]],
   ["--drain-timeout <duration>", "drainTimeout", ["limits", "drainTimeout"]],
   ["--max-connections <n>", "maxConnections", ["limits", "maxConnections"], "number"],
+  ["--max-concurrent-streams <n>", "maxConcurrentStreams", ["limits", "maxConcurrentStreams"], "number"],
 ];
 
 const FIELD_HELP: Record<string, string> = (() => {

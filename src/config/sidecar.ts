@@ -31,7 +31,14 @@ export const limitsSchema = z
     handshakeTimeout: duration("handshake timeout").default(10_000).describe("Time a client has to finish the TLS handshake (and to send its first byte)."),
     idleTimeout: duration("idle timeout").default(60_000).describe("Close a connection with no traffic for this long (keep-alive and TCP mode)."),
     maxConnectionAge: duration("max connection age").default(3_600_000).describe("Close inbound connections older than this (HTTP/2 GOAWAY, HTTP/1 Connection: close, a TCP tunnel ended) so revocations and root retirement reach them; a connection also ends when its caller's certificate expires."),
-    drainTimeout: duration("drain timeout").default(10_000).describe("On SIGTERM: how long in-flight requests may take before the remaining connections are closed."),
+    drainTimeout: duration("drain timeout").default(10_000).describe("On SIGTERM, and after an inbound connection is retired (age cap, caller certificate expiry, a root leaving the bundle): how long in-flight requests, WebSockets and HTTP/2 streams may take before the connection is closed."),
+    maxConcurrentStreams: z
+      .number({ error: "must be a number of streams" })
+      .int({ error: "must be a whole number" })
+      .min(1, { error: "must be at least 1" })
+      .max(10_000, { error: "must be at most 10000 (each stream to an HTTP/1 app takes a connection to it)" })
+      .default(100)
+      .describe("HTTP/2 streams one connection may have open at once on either listener (SETTINGS_MAX_CONCURRENT_STREAMS); each non-gRPC stream takes a connection to the app."),
     maxConnections: z
       .number({ error: "must be a number of connections" })
       .int({ error: "must be a whole number" })

@@ -229,7 +229,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   });
 
   // --- HTTP/2 and gRPC -----------------------------------------------------------------
-  const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes }, maxSessionMemory: 32 });
+  // Streams are bounded per connection: each non-gRPC one takes a connection to the app.
+  const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes, maxConcurrentStreams: limits.maxConcurrentStreams }, maxSessionMemory: 32 });
   let handing: Socket | undefined;
   const sessionSocket = new WeakMap<ServerHttp2Session, Socket>();
   h2.on("session", (session: ServerHttp2Session) => {
@@ -318,7 +319,15 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     socket.end();
     setTimeout(() => socket.destroy(), TUNNEL_END_GRACE_MS).unref();
   };
-  const control = secureServer(tlsServer, runtime, "sidecar inbound", undefined, (socket) => (options.protocol === "tcp" ? retireTunnel(socket) : tracker.retire(socket)));
+  // An upgraded connection (WebSocket) or an HTTP/2 stream never ends by itself: past drainTimeout
+  // the retired connection is closed, as Envoy does after max_connection_duration (drain_timeout).
+  const retireHttp = (socket: TLSSocket) => {
+    tracker.retire(socket);
+    const deadline = setTimeout(() => socket.destroy(), limits.drainTimeout);
+    deadline.unref();
+    socket.once("close", () => clearTimeout(deadline));
+  };
+  const control = secureServer(tlsServer, runtime, "sidecar inbound", undefined, (socket) => (options.protocol === "tcp" ? retireTunnel(socket) : retireHttp(socket)));
   tlsServer.on("tlsClientError", (error: Error, socket: TLSSocket) => {
     const reason = mesh.handshakeFailed("inbound", error, socket);
     telemetry.refused.inc({ direction: "inbound", reason: `tls_${reason}` });

@@ -209,7 +209,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       closeAfterResponse: () => tracker.draining,
     });
     relay = http1;
-    const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes } });
+    const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes, maxConcurrentStreams: limits.maxConcurrentStreams } });
     let handing: Socket | undefined;
     const sessionSocket = new WeakMap<ServerHttp2Session, Socket>();
     h2.on("session", (session: ServerHttp2Session) => {
