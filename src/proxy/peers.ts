@@ -83,13 +83,25 @@ export function dialVerified(runtime: ClientRuntime, target: { host: string; por
 }
 
 interface PeerEntry {
+  readonly key: string;
   readonly target: PeerTarget;
   readonly runtime: Promise<ClientRuntime>;
   http1?: Http1Pool;
   h2?: Promise<ClientHttp2Session>;
   /** Stops watching for root removals. */
   off?: () => void;
+  /** When it last served a request (a counter): the least recently used is evicted first. */
+  used: number;
+  /** Evicted: what still holds it finishes, nothing new is started through it. */
+  evicted: boolean;
 }
+
+/**
+ * Peers (address and expected identity) the pool keeps at once. Any local process can name a
+ * peer per request (the `dapr-app-id` header, resolved through the peer template), and each kept
+ * peer holds a pool, a timer and a listener: past this, the least recently used one is let go.
+ */
+export const MAX_PEERS = 1024;
 
 /**
  * Pooled mTLS connections to peer sidecars, one pool per (address, expected identity):
@@ -101,24 +113,41 @@ export class PeerPool {
   #byTarget = new WeakMap<PeerTarget, PeerEntry>();
   readonly #sessions = new SessionCache(1024);
   #closed = false;
+  #uses = 0;
 
   constructor(
     private readonly identity: IdentitySource,
     private readonly logger: TlsLogger,
+    private readonly maxPeers = MAX_PEERS,
   ) {}
+
+  /** Peers kept now. */
+  get size(): number {
+    return this.#entries.size;
+  }
 
   #entry(target: PeerTarget): PeerEntry {
     // Callers resolve a target once and pass the same object for each request: found without
     // building its key.
     const known = this.#byTarget.get(target);
-    if (known !== undefined) return known;
+    if (known !== undefined && !known.evicted) {
+      known.used = ++this.#uses;
+      return known;
+    }
     const key = `${target.expectedId}|${target.host}|${target.port}`;
     let entry = this.#entries.get(key);
     if (entry === undefined) {
-      const created: PeerEntry = { target, runtime: prepareClient({ identity: this.identity, expect: target.expectedId, logger: this.logger }, "sidecar outbound") };
+      if (this.#entries.size >= this.maxPeers) this.#evictLeastRecentlyUsed();
+      const created: PeerEntry = {
+        key,
+        target,
+        runtime: prepareClient({ identity: this.identity, expect: target.expectedId, logger: this.logger }, "sidecar outbound"),
+        used: 0,
+        evicted: false,
+      };
       created.runtime.then(
         (runtime) => {
-          if (this.#closed) return;
+          if (this.#closed || created.evicted) return;
           // The peer was verified against roots of which one has left the bundle: pooled
           // connections and the HTTP/2 session serve no new request (in-flight ones finish).
           let epoch = runtime.holder.rootsEpoch();
@@ -136,8 +165,23 @@ export class PeerPool {
       entry = created;
       this.#entries.set(key, entry);
     }
+    entry.used = ++this.#uses;
     this.#byTarget.set(target, entry);
     return entry;
+  }
+
+  /** Lets the least recently used peer go: idle connections close, busy ones after their exchange. */
+  #evictLeastRecentlyUsed(): void {
+    let oldest: PeerEntry | undefined;
+    for (const entry of this.#entries.values()) if (oldest === undefined || entry.used < oldest.used) oldest = entry;
+    if (oldest === undefined) return;
+    this.#entries.delete(oldest.key);
+    oldest.evicted = true;
+    oldest.off?.();
+    oldest.http1?.shutDown();
+    const h2 = oldest.h2;
+    delete oldest.h2;
+    void h2?.then((session) => session.close(), () => undefined);
   }
 
   /** Keep-alive HTTP/1.1 connections to a peer, each verified before its first request byte. */

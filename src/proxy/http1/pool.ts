@@ -117,6 +117,7 @@ export class Http1Pool {
   readonly #all = new Set<UpstreamConnection>();
   readonly #sweeper: NodeJS.Timeout;
   #closed = false;
+  #shuttingDown = false;
 
   readonly authority: string;
 
@@ -166,6 +167,13 @@ export class Http1Pool {
     }
   }
 
+  /** Serves nothing new: idle connections close now, busy ones after their exchange; the pool (its timer) stops once empty. */
+  shutDown(): void {
+    this.#shuttingDown = true;
+    this.retireAll();
+    if (this.#all.size === 0) this.close();
+  }
+
   close(): void {
     this.#closed = true;
     clearInterval(this.#sweeper);
@@ -179,7 +187,10 @@ export class Http1Pool {
       this.#all.delete(gone);
       const at = this.#idle.indexOf(gone);
       if (at >= 0) this.#idle.splice(at, 1);
+      if (this.#shuttingDown && this.#all.size === 0) this.close();
     });
+    // Dialled for a request that took the pool just before it shut down: serves that one only.
+    if (this.#shuttingDown) connection.retired = true;
     this.#all.add(connection);
     return connection;
   }
