@@ -199,6 +199,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     maxHeaderBytes: RESPONSE_HEADER_BYTES,
     idleMs: APP_IDLE_MS,
     maxIdle: 256,
+    // Every HTTP/1 request and non-gRPC HTTP/2 stream takes a connection to the app: bounded like a listener.
+    maxConnections: limits.maxConnections,
   });
   const clientError = (reason: ClientErrorReason, detail: string, socket: Socket) => {
     telemetry.refused.inc({ direction: "inbound", reason });

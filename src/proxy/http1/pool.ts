@@ -109,6 +109,16 @@ export interface Http1PoolOptions {
   readonly idleMs: number;
   /** At most this many idle connections are kept. */
   readonly maxIdle: number;
+  /**
+   * At most this many connections open at once (idle, busy and being dialled); past it a request
+   * waits for one to be released or to close. Unbounded when omitted.
+   */
+  readonly maxConnections?: number;
+}
+
+interface Waiter {
+  resolve(connection: UpstreamConnection): void;
+  reject(error: Error): void;
 }
 
 /** Keep-alive connections to one upstream, reused last-in first-out. */
@@ -116,6 +126,8 @@ export class Http1Pool {
   readonly #idle: UpstreamConnection[] = [];
   readonly #all = new Set<UpstreamConnection>();
   readonly #sweeper: NodeJS.Timeout;
+  readonly #waiters: Waiter[] = [];
+  #dialling = 0;
   #closed = false;
   #shuttingDown = false;
 
@@ -127,22 +139,61 @@ export class Http1Pool {
     this.#sweeper.unref();
   }
 
-  /** An idle connection at once, or a new one (a promise when dialling is asynchronous). */
+  /**
+   * An idle connection at once, or a new one (a promise when dialling is asynchronous, or when
+   * maxConnections are open: then the first to be released or to close makes room).
+   */
   acquire(): UpstreamConnection | Promise<UpstreamConnection> {
     for (let connection = this.#idle.pop(); connection !== undefined; connection = this.#idle.pop()) {
       if (!connection.dead) return connection;
     }
+    const max = this.options.maxConnections;
+    if (max !== undefined && this.#all.size + this.#dialling >= max && !this.#closed) {
+      return new Promise<UpstreamConnection>((resolve, reject) => this.#waiters.push({ resolve, reject }));
+    }
+    return this.#dial();
+  }
+
+  #dial(): UpstreamConnection | Promise<UpstreamConnection> {
     const socket = this.options.dial();
-    return socket instanceof Promise ? socket.then((s) => this.#adopt(s)) : this.#adopt(socket);
+    if (!(socket instanceof Promise)) return this.#adopt(socket);
+    this.#dialling++;
+    return socket.then(
+      (s) => {
+        this.#dialling--;
+        return this.#adopt(s);
+      },
+      (error: unknown) => {
+        this.#dialling--;
+        this.#makeRoom();
+        throw error;
+      },
+    );
+  }
+
+  /** A connection closed or a dial failed: the first waiting request gets a new connection. */
+  #makeRoom(): void {
+    const waiter = this.#waiters.shift();
+    if (waiter === undefined) return;
+    try {
+      const next = this.#dial();
+      if (next instanceof Promise) next.then(waiter.resolve, waiter.reject);
+      else waiter.resolve(next);
+    } catch (error) {
+      waiter.reject(error as Error);
+    }
   }
 
   /** Gives a connection back after a complete exchange, or closes it when it cannot serve another. */
   release(connection: UpstreamConnection): void {
     connection.detach();
-    if (this.#closed || connection.retired || !connection.keepAlive || this.#idle.length >= this.options.maxIdle) return void connection.destroy();
+    if (this.#closed || connection.retired || !connection.keepAlive) return void connection.destroy();
     // Paused while a slow client caught up with the last response; idle, it must see the upstream close.
     if (connection.socket.isPaused()) connection.socket.resume();
     connection.reused = true;
+    const waiter = this.#waiters.shift();
+    if (waiter !== undefined) return waiter.resolve(connection);
+    if (this.#idle.length >= this.options.maxIdle) return void connection.destroy();
     connection.idleSince = Date.now();
     this.#idle.push(connection);
   }
@@ -177,6 +228,7 @@ export class Http1Pool {
   close(): void {
     this.#closed = true;
     clearInterval(this.#sweeper);
+    for (const waiter of this.#waiters.splice(0)) waiter.reject(Object.assign(new Error("the connection pool was closed"), { code: "ECONNRESET" }));
     for (const connection of [...this.#all]) connection.destroy();
     this.#idle.length = 0;
   }
@@ -188,6 +240,7 @@ export class Http1Pool {
       const at = this.#idle.indexOf(gone);
       if (at >= 0) this.#idle.splice(at, 1);
       if (this.#shuttingDown && this.#all.size === 0) this.close();
+      else if (!this.#closed) this.#makeRoom();
     });
     // Dialled for a request that took the pool just before it shut down: serves that one only.
     if (this.#shuttingDown) connection.retired = true;
