@@ -20,8 +20,8 @@
  *   6. An app policy's defaultAction falls back to the global one.
  *   7. Operations: the request operation (HTTP path or gRPC "/pkg.Service/Method") is
  *      normalised (query dropped, "//" collapsed, "."/".." resolved, %-escapes of unreserved
- *      characters, ":", "@" and the sub-delims but ";" decoded, trailing "/" dropped). HTTP matching is case-insensitive, gRPC case-sensitive
- *      (as in Dapr). Globs: see operation.ts (`*` one segment, `**` the rest, `a*` in-segment).
+ *      characters, ":", "@" and the sub-delims but ";" decoded, trailing "/" dropped). HTTP
+ *      matching is case-insensitive, gRPC case-sensitive (as in Dapr). Globs: see operation.ts (`*` one segment, `**` the rest, `a*` in-segment).
  *   8. Most specific operation wins: segments compared left to right, literal > in-segment
  *      glob > `*` > `**`; then the longer pattern; then more literal characters; then the
  *      first declared. (Dapr's trie picks the first inserted match; we pick the most specific.)
