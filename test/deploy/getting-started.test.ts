@@ -3,12 +3,16 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { MESHWARD_BIN } from "../helpers/cli.ts";
 import { exec } from "../helpers/exec.ts";
 
 // Walks docs/getting-started.md steps 1–5 with the real CLI, a real CA process, curl and openssl,
-// and checks the outputs the guide shows.
+// and checks the outputs the guide shows. The CLI is the run's bundle of the current sources
+// (test/global-setup.ts), what `npm run build` gives users: started from the TypeScript sources,
+// each of the dozen processes here cost ~1.1 s of CPU, and on two shared cores a step timed out.
+// bin/meshward.js itself is run by test/e2e/readme.test.ts.
+const CLI = MESHWARD_BIN;
 const ROOT = new URL("../../", import.meta.url).pathname;
-const CLI = join(ROOT, "bin/meshward.js");
 const work = mkdtempSync(join(tmpdir(), "meshward-getting-started-"));
 let ca: ChildProcess | undefined;
 
