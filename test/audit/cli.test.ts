@@ -3,13 +3,14 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { validateJsonSchema } from "./json-schema-lite.ts";
+import { MESHWARD_BIN } from "../helpers/cli.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const FIXTURES = "test/audit/fixtures";
 
-/** Runs the real CLI as a child process (killed by spawnSync's timeout if it hangs). */
+/** Runs the real CLI (the run's bundle of the current sources, test/helpers/cli.ts) as a child process (killed by spawnSync's timeout if it hangs). */
 function meshward(...args: string[]): { code: number | null; stdout: string; stderr: string } {
-  const run = spawnSync(process.execPath, ["bin/meshward.js", ...args], {
+  const run = spawnSync(process.execPath, [MESHWARD_BIN, ...args], {
     cwd: ROOT,
     encoding: "utf8",
     timeout: 60_000,

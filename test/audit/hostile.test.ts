@@ -4,6 +4,7 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { MESHWARD_BIN } from "../helpers/cli.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const ANCHORS = join(ROOT, "test", "inject", "fixtures", "trust-anchors.pem");
@@ -11,7 +12,7 @@ const REDIS = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name:
 
 /** The real CLI as a child process, from the TypeScript sources (killed by the timeout if it hangs). */
 function meshward(...args: string[]) {
-  const run = spawnSync(process.execPath, ["bin/meshward.js", ...args], {
+  const run = spawnSync(process.execPath, [MESHWARD_BIN, ...args], {
     cwd: ROOT,
     encoding: "utf8",
     timeout: 120_000,
