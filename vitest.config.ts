@@ -1,4 +1,5 @@
 import { defineConfig } from "vitest/config";
+import LongFirstSequencer from "./test/sequencer.ts";
 
 // Two cores are shared by every test. Four test files run at once, each in its own process so
 // that servers and child processes of one file cannot leak into another: most files spend their
@@ -13,6 +14,7 @@ export default defineConfig({
     pool: "forks",
     maxWorkers: 4,
     fileParallelism: true,
+    sequence: { sequencer: LongFirstSequencer },
     testTimeout: 30_000,
     hookTimeout: 60_000,
     reporters: ["default"],
