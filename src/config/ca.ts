@@ -118,7 +118,7 @@ export const caConfigSchema = z
     defaultValidator: z
       .preprocess((v) => (typeof v === "string" ? validatorFlagName(v) : v), z.enum(["join-token", "jwks", "insecure"]))
       .default("join-token").describe("Validator used when a request names none (Dapr's UNKNOWN)."),
-    jwks: jwksValidatorSchema.optional().describe("JWT/JWKS validator (also serves Dapr's KUBERNETES validator unless `kubernetes` is set)."),
+    jwks: jwksValidatorSchema.optional().describe("JWT/JWKS validator; also serves Dapr's KUBERNETES validator when its keys are a cluster's (the `kubernetes` mapping, or `jwks.kubernetes` discovery) and no `kubernetes` block is set."),
     kubernetes: kubernetesValidatorSchema
       .optional()
       .describe("Dapr's KUBERNETES validator through the Kubernetes API (TokenReview, and a pod read with `appId: annotation`), as Dapr Sentry does; see docs/migrating-from-dapr-sentry.md for the RBAC."),

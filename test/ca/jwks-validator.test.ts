@@ -241,3 +241,37 @@ describe("sentry mapping (sub is the whole SPIFFE ID, as Sentry's JWKS validator
     }
   });
 });
+
+describe("Dapr's KUBERNETES validator is served from the jwks block only when its keys are a cluster's", () => {
+  // A claim or sentry mapping trusts another identity provider. If KUBERNETES were served with its
+  // keys too, a user of that provider who can pick their own subject and audience (a username, a
+  // CI job's requested audience) would mint spiffe://…/ns/<ns>/<sa> with
+  // sub system:serviceaccount:<ns>:<sa> and aud dapr.io/sentry. The kubernetes mapping (control)
+  // does serve it: those keys sign service-account tokens.
+  async function askKubernetes(jwks: Record<string, unknown>): Promise<string> {
+    const caDir = mkdtempSync(join(dir, "kubernetes-alias-"));
+    await initAnchors({ dir: caDir, trustDomain: TD, now: new Date() });
+    const config = caConfigSchema.parse({ listen: "127.0.0.1:0", signingWorkers: 0, jwks: { jwksFile: join(dir, "jwks.json"), issuer: ISSUER, ...jwks } });
+    const server = await startCaServer({ dir: caDir, config, logger: pino({ level: "silent" }) });
+    try {
+      const token = await sign(claims({ aud: "dapr.io/sentry", sub: "system:serviceaccount:prod:payments" }, "prod", "payments"));
+      const signed = await server.authority.sign({ csr: await createCsr({ keyPair: meshwardKeyPair() }), token, validator: "kubernetes", appId: "payments", namespace: "prod", trustDomain: "", peer: undefined });
+      return signed.spiffeId;
+    } catch (error) {
+      if (isMeshwardError(error)) return error.code;
+      throw error;
+    } finally {
+      await server.close();
+    }
+  }
+
+  it("refuses KUBERNETES with a claim mapping's keys", async () => {
+    expect(await askKubernetes({ audience: AUDIENCE, mapping: { namespaceClaim: "ns", appIdClaim: "app" } })).toBe("E_VALIDATOR_DISABLED");
+  });
+  it("refuses KUBERNETES with a sentry mapping's keys", async () => {
+    expect(await askKubernetes({ mapping: "sentry" })).toBe("E_VALIDATOR_DISABLED");
+  });
+  it("serves KUBERNETES with the kubernetes mapping (control)", async () => {
+    expect(await askKubernetes({ mapping: "kubernetes" })).toBe(`spiffe://${TD}/ns/prod/payments`);
+  });
+});

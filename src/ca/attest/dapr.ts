@@ -27,8 +27,11 @@ export function daprAttestors(config: CaConfig, trustDomain: string, servingId: 
     const defaultAudiences = config.jwks.mapping === "kubernetes" ? kubernetesAudiences : [servingId];
     const validator = jwksAttestor({ ...config.jwks, trustDomain, defaultAudiences });
     attestors.set("jwks", validator);
-    // A KUBERNETES token must have its issuer checked: configured, or found by OIDC discovery.
-    if (config.kubernetes === undefined && (config.jwks.issuer !== undefined || config.jwks.kubernetes !== undefined)) {
+    // KUBERNETES is served from the jwks block only when its keys are a cluster's: the kubernetes
+    // mapping (whose issuer is required) or OIDC discovery from the API server. Keys of another
+    // identity provider, behind a claim or sentry mapping, must not also mint identities from a
+    // `system:serviceaccount:<ns>:<sa>` subject, which such a provider may let a user choose.
+    if (config.kubernetes === undefined && (config.jwks.mapping === "kubernetes" || config.jwks.kubernetes !== undefined)) {
       attestors.set(
         "kubernetes",
         config.jwks.mapping === "kubernetes" ? validator : jwksAttestor({ ...config.jwks, audience: undefined, mapping: "kubernetes", trustDomain, defaultAudiences: kubernetesAudiences }, "kubernetes"),
