@@ -231,8 +231,10 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   });
 
   // --- HTTP/2 and gRPC -----------------------------------------------------------------
-  // Streams are bounded per connection: each non-gRPC one takes a connection to the app.
-  const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes, maxConcurrentStreams: limits.maxConcurrentStreams }, maxSessionMemory: 32 });
+  // Streams are bounded per connection: each non-gRPC one takes a connection to the app. A
+  // session's memory stays at Node's default bound (10 MB; past it new streams are refused),
+  // as on the outbound.
+  const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes, maxConcurrentStreams: limits.maxConcurrentStreams } });
   let handing: Socket | undefined;
   const sessionSocket = new WeakMap<ServerHttp2Session, Socket>();
   h2.on("session", (session: ServerHttp2Session) => {

@@ -695,6 +695,48 @@ describe("HTTP/1.1 relay", () => {
     expect(upstream.connections).toBe(0);
   });
 
+  it("counts a trailer section the same way: many empty trailer fields get 431 and the app never sees the body's end; a few are forwarded", async () => {
+    // Each upstream connection's bytes, and whether it is still open.
+    const upstreamConnections: { text: string; open: boolean }[] = [];
+    const seen = new WeakMap<Socket, { text: string; open: boolean }>();
+    const upstream = await startRawServer((socket, text) => {
+      let entry = seen.get(socket);
+      if (entry === undefined) {
+        const created = { text, open: true };
+        entry = created;
+        seen.set(socket, created);
+        upstreamConnections.push(created);
+        socket.once("close", () => (created.open = false));
+      }
+      entry.text = text;
+      const request = text.slice(text.lastIndexOf("POST /upload"));
+      if (request.endsWith("\r\n\r\n") && request.includes("\r\n0\r\n")) socket.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    });
+    const completeRequests = () => upstreamConnections.reduce((n, c) => n + count(c.text, "\r\n0\r\n"), 0);
+    const relay = await startRelay(upstream.port);
+    const head = "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n";
+    const few = await raw(relay.port, `${head}0\r\n${"X-Checksum: 1\r\n".repeat(10)}\r\n`, (text) => text.endsWith("ok"));
+    expect(few.text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(completeRequests()).toBe(1);
+    expect(upstreamConnections.reduce((n, c) => n + count(c.text, "X-Checksum: 1\r\n"), 0)).toBe(10);
+
+    // The head and body first, forwarded at once; then 1,500 empty trailer fields: llhttp counts
+    // 1,500 bytes (limit 4,096), the section takes 7,502.
+    const client = netConnect({ host: "127.0.0.1", port: relay.port });
+    running.push({ close: () => void client.destroy() });
+    let answer = "";
+    client.on("data", (d: Buffer) => (answer += d.toString("latin1")));
+    const clientClosed = new Promise<void>((resolve) => client.once("close", () => resolve()));
+    client.write(head);
+    await waitFor("the body to reach the upstream", () => upstreamConnections.some((c) => c.text.endsWith("3\r\nabc\r\n")), 5000);
+    client.write(`0\r\n${"X:\r\n".repeat(1500)}\r\n`);
+    await clientClosed;
+    expect(answer).toMatch(/^HTTP\/1\.1 431 /);
+    expect(relay.clientErrors).toEqual(["header_too_large"]);
+    await waitFor("the upstream connection that had the body to close", () => upstreamConnections.every((c) => !c.open || !c.text.endsWith("3\r\nabc\r\n")), 5000);
+    expect(completeRequests()).toBe(1);
+  });
+
   it("stops reading from a client that pipelines requests and never reads the answers, and answers them all once it reads", async () => {
     const upstream = await startRawServer(() => undefined);
     const relay = await startRelay(upstream.port);

@@ -7,7 +7,7 @@ import type { ProxyAnswer } from "../respond.ts";
 import { createMessageParser } from "./llhttp.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
-import { declaredFraming, downstreamResponseHead, findHeader, interimResponseHead, requestFramingProblem, requestHost, lastChunk, requestHeadBytes, upstreamRequestHead } from "./wire.ts";
+import { declaredFraming, downstreamResponseHead, findHeader, interimResponseHead, requestFramingProblem, requestHost, lastChunk, requestHeadBytes, trailerSectionBytes, upstreamRequestHead } from "./wire.ts";
 import type { BodyFraming } from "./wire.ts";
 
 /** A request as the policy judges it and the upstream receives it: the parsed head and its canonical target. */
@@ -225,6 +225,9 @@ class ClientConnection {
         this.#parsing = undefined;
         if (exchange === undefined) return;
         exchange.requestComplete = true;
+        // Counted like a head: llhttp counts names and values only, so 16,000 empty fields fit.
+        // The app has the body but not its end: refusing destroys the upstream connection.
+        if (trailers.length > 0 && trailerSectionBytes(trailers) > options.maxHeaderBytes) return this.#refuse("header_too_large", "the request's trailer section is larger than maxHeaderBytes");
         if (exchange.requestFraming === "chunked") this.#requestBytes(exchange, Buffer.from(lastChunk(trailers), "latin1"));
         if (exchange.finished) this.#next(exchange);
       },

@@ -102,6 +102,13 @@ export function requestHeadBytes(head: MessageHead): number {
   return bytes + 2;
 }
 
+/** The same count for a trailer section: each field line with its ": " and CRLF, the final CRLF. */
+export function trailerSectionBytes(trailers: readonly string[]): number {
+  let bytes = 2;
+  for (let i = 0; i < trailers.length; i++) bytes += trailers[i]!.length + 2;
+  return bytes;
+}
+
 /**
  * The request's one Host value (undefined for an HTTP/1.0 request without one), or why its
  * Host fields are refused (RFC 9112 §3.2, §3.2.2).
