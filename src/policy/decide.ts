@@ -29,6 +29,8 @@
  *      else the app default (rule 6) — a verb mismatch does not fall through to a less
  *      specific operation (as in Dapr). Rules without httpVerb apply to gRPC only (Dapr docs:
  *      "httpVerb ... unused for grpc invocation").
+ *      HEAD without a rule of its own is denied where the operation denies GET (frameworks
+ *      run the GET handler for HEAD; Dapr would apply the "*" rule or the default).
  *  10. gRPC/TCP request (verb "" or "*"): the chosen operation's rule without httpVerb decides.
  *      An operation whose rules all name HTTP verbs does not grant gRPC: it denies when one of
  *      its rules denies, else the app default decides. (Dapr applies such an operation's action
@@ -39,7 +41,7 @@
  *
  * Differences from Dapr on purpose (fail closed, never silently): unknown fields, duplicate
  * policies and conflicting duplicate operations are parse errors; `**` only as last segment;
- * HTTP-verb rules do not allow gRPC (rule 10).
+ * HTTP-verb rules do not allow gRPC (rule 10); a GET deny also denies HEAD (rule 9).
  *
  * The operation is the app-side path. Dapr strips `/v1.0/invoke/<app-id>/method` before
  * matching; the meshward sidecar forwards the app's own path, so policies are written
@@ -200,6 +202,12 @@ function compileApp(policy: AppPolicy, globalAction: Action): CompiledApp {
         if (verb === "*") anyVerbDecision ??= made;
         else if (!verbDecisions.has(verb)) verbDecisions.set(verb, made);
       }
+    }
+    // HEAD is GET without the body (RFC 9110 §9.3.2) and frameworks run the GET handler for it:
+    // a rule that denies GET denies HEAD too, unless a rule names HEAD itself.
+    const get = verbDecisions.get("GET");
+    if (get !== undefined && !get.allowed && !verbDecisions.has("HEAD")) {
+      verbDecisions.set("HEAD", decision(false, `${label}:op:${pattern.name}:GET`, `operation ${pattern.name} with verb HEAD is denied by app policy ${policy.appId}/${policy.namespace} (its GET rule denies, and HEAD runs GET's handler)`));
     }
     const grpcRule = rules.find((rule) => rule.httpVerb.length === 0) ?? rules.find((rule) => rule.action === "deny");
     const grpcDecision =

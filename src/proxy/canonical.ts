@@ -154,8 +154,45 @@ function queryProblem(query: string): string | undefined {
     if (c <= 0x20 || c >= 0x7f) return `${refusedCharacter(c)} in the query`;
     if (c === 0x23) return "a '#' (fragments are never sent to a server)";
   }
+  return methodParameterProblem(query);
+}
+
+/**
+ * A `_method` parameter in the query: Rails, Laravel, Symfony and Spring's HiddenHttpMethodFilter
+ * read it (on POST) as the request's method, so the app would do what the policy did not judge.
+ * The name is compared as PHP reads it: decoded, '+', ' ', '.' and '[' as '_', any case.
+ */
+function methodParameterProblem(query: string): string | undefined {
+  if (!/method|%/i.test(query)) return undefined;
+  for (const pair of query.split(/[&;]/)) {
+    const eq = pair.indexOf("=");
+    let name = (eq < 0 ? pair : pair.slice(0, eq)).replace(/\+/g, " ");
+    try {
+      name = decodeURIComponent(name);
+    } catch {
+      // not UTF-8 once decoded: compared as received
+    }
+    if (name.replace(/[ .[]/g, "_").toLowerCase() === "_method") {
+      return "a _method query parameter, which frameworks read as the request's method: send the method itself";
+    }
+  }
   return undefined;
 }
+
+/** Fields that make frameworks (Express method-override, OData, Google APIs) run another method than the request's. */
+const METHOD_OVERRIDE_FIELDS: ReadonlySet<string> = new Set(["x-http-method-override", "x-http-method", "x-method-override"]);
+
+/** Why a request with a method-override field is refused (names as received), or undefined. */
+export function methodOverrideProblem(rawHeaders: readonly string[]): string | undefined {
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    const n = name.length;
+    if ((n === 22 || n === 13 || n === 17) && METHOD_OVERRIDE_FIELDS.has(name.toLowerCase())) return overrideFieldRefusal(name);
+  }
+  return undefined;
+}
+
+const overrideFieldRefusal = (name: string): string => `a ${name.toLowerCase()} field, which frameworks read as the request's method: send the method itself`;
 
 const ABSOLUTE = /^(https?):\/\/([^/?#]*)(.*)$/is;
 
@@ -286,6 +323,7 @@ export function canonicalH2Request(headers: H2Headers, escapedSlashes: EscapedSl
   const rawHeaders: string[] = [];
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || name.charCodeAt(0) === 0x3a /* : */) continue;
+    if (METHOD_OVERRIDE_FIELDS.has(name)) return { status: 400, refused: overrideFieldRefusal(name) };
     if (name === "content-length") {
       if (typeof value !== "string" || !/^\d{1,15}$/.test(value)) return { status: 400, refused: "a Content-Length that is not one number" };
       contentLength = Number(value);

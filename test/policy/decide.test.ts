@@ -29,6 +29,8 @@ spec:
       - { name: /v1/items/*, httpVerb: [GET, POST], action: deny }
       - { name: /v1/items/special, httpVerb: [GET], action: allow }
       - { name: /Report*, httpVerb: [GET], action: deny }
+      - { name: /files/*, httpVerb: [GET], action: deny }
+      - { name: /files/*, httpVerb: [HEAD], action: allow }
     - appId: orders
       namespace: staging
       trustDomain: public
@@ -84,6 +86,10 @@ const ROWS: Row[] = [
   { rule: "most specific wins: literal over '*'", request: http(caller("orders"), "GET", "/v1/items/special"), allowed: true, decidedBy: "app:orders/default:op:/v1/items/special:GET" },
   { rule: "most specific chosen, then its verb table (POST not on it ⇒ app default)", request: http(caller("orders"), "POST", "/v1/items/special"), allowed: true, decidedBy: "app:orders/default:default-action" },
   { rule: "in-segment glob", request: http(caller("orders"), "GET", "/reports-2024"), allowed: false, decidedBy: "app:orders/default:op:/Report*:GET" },
+  { rule: "HEAD where the operation denies GET ⇒ denied (frameworks run GET's handler for HEAD)", request: http(caller("orders"), "HEAD", "/reports-2024"), allowed: false, decidedBy: "app:orders/default:op:/Report*:GET" },
+  { rule: "HEAD where the operation allows GET, no HEAD rule ⇒ app default (as Dapr)", request: http(caller("orders", "staging"), "HEAD", "/v1/items/7"), allowed: false, decidedBy: "app:orders/staging:default-action" },
+  { rule: "a rule naming HEAD decides HEAD, whatever GET's rule", request: http(caller("orders"), "HEAD", "/files/a"), allowed: true, decidedBy: "app:orders/default:op:/files/*:HEAD" },
+  { rule: "GET beside that HEAD rule keeps its own deny", request: http(caller("orders"), "GET", "/files/a"), allowed: false, decidedBy: "app:orders/default:op:/files/*:GET" },
   { rule: "HTTP matching is case-insensitive", request: http(caller("orders"), "get", "/ADMIN/Users"), allowed: false, decidedBy: "app:orders/default:op:/admin/**:*" },
   { rule: "multi-segment operation names (#2725), first", request: http(caller("caller-app"), "GET", "/works/foo"), allowed: true, decidedBy: "app:caller-app/default:op:/works/*:GET" },
   { rule: "multi-segment operation names (#2725), second", request: http(caller("caller-app"), "GET", "/shouldalso/work/foo"), allowed: true, decidedBy: "app:caller-app/default:op:/shouldalso/work/*:GET" },

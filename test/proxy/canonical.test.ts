@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { authorityProblem, canonicalH2Request, canonicalPath, canonicalTarget, isGrpcRequest, isRefusal, methodProblem } from "../../src/proxy/canonical.ts";
+import { authorityProblem, canonicalH2Request, canonicalPath, canonicalTarget, isGrpcRequest, isRefusal, methodOverrideProblem, methodProblem } from "../../src/proxy/canonical.ts";
 import type { CanonicalTarget, TargetRefusal } from "../../src/proxy/canonical.ts";
 
 /**
@@ -93,6 +93,20 @@ describe("canonical request targets (RFC 9112 §3.2)", () => {
     expect(refused("/items?a#b")).toMatch(/'#'/);
   });
 
+  it("refuses a _method query parameter (Rails, Laravel, Symfony, Spring run it as the method) in any spelling PHP reads as _method, and nothing else", () => {
+    for (const query of ["_method=DELETE", "a=1&_method=PUT", "_method", "%5Fmethod=DELETE", "%5fMETHOD=x", ".method=x", "+method=x", "%20method=x", "[method=x", "a=1;_method=x"]) {
+      expect(refused(`/items/1?${query}`, "POST"), query).toMatch(/_method query parameter/);
+    }
+    for (const query of ["q=_method", "methods=1", "_method_x=1", "x_method=1", "a=%ZZ", "method=DELETE"]) {
+      expect(target(`/items/1?${query}`, "POST"), query).toMatchObject({ target: `/items/1?${query}` });
+    }
+  });
+
+  it("refuses method-override fields in any case, and only those", () => {
+    for (const name of ["X-HTTP-Method-Override", "x-http-method", "X-Method-Override"]) expect(methodOverrideProblem(["Host", "a", name, "DELETE"]), name).toMatch(/send the method itself/);
+    expect(methodOverrideProblem(["Host", "a", "X-HTTP-Methods", "DELETE", "X-Method", "DELETE", "Transfer-Encoding", "chunked"])).toBeUndefined();
+  });
+
   it("turns absolute-form into origin-form and reports its authority", () => {
     expect(target("http://x/admin/x")).toEqual({ target: "/admin/x", path: "/admin/x", authority: "x" });
     expect(target("HTTPS://Inventory.shop:8443")).toEqual({ target: "/", path: "/", authority: "Inventory.shop:8443" });
@@ -141,6 +155,8 @@ describe("HTTP/2 requests", () => {
     expect(h2({ ":path": undefined })).toMatchObject({ status: 400 });
     expect(h2({ host: "admin" })).toMatchObject({ status: 400, refused: expect.stringMatching(/:authority/) });
     expect(h2({ "content-length": "1, 2" })).toMatchObject({ status: 400 });
+    expect(h2({ "x-http-method-override": "DELETE" })).toMatchObject({ status: 400, refused: expect.stringMatching(/x-http-method-override/) });
+    expect(h2({ ":path": "/items/1?_method=DELETE" })).toMatchObject({ status: 400, refused: expect.stringMatching(/_method/) });
   });
 
   it("keeps the regular fields as pairs for an HTTP/1.1 upstream, Host left to :authority", () => {

@@ -1,6 +1,6 @@
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { canonicalTarget, isRefusal } from "../canonical.ts";
+import { canonicalTarget, isRefusal, methodOverrideProblem } from "../canonical.ts";
 import type { CanonicalTarget, EscapedSlashAction } from "../canonical.ts";
 import { answerText } from "../respond.ts";
 import type { ProxyAnswer } from "../respond.ts";
@@ -313,6 +313,11 @@ class ClientConnection {
     const target = canonicalTarget(head.method, head.url, this.options.escapedSlashes);
     if (isRefusal(target)) {
       this.#refuse("ambiguous_request", `the request target is refused: ${target.refused}`);
+      return undefined;
+    }
+    const override = methodOverrideProblem(head.rawHeaders);
+    if (override !== undefined) {
+      this.#refuse("ambiguous_request", `the request is refused: ${override}`);
       return undefined;
     }
     const host = requestHost(head.rawHeaders, head.httpMinor, target.authority);

@@ -90,6 +90,14 @@ const PATHS: { id: string; path: string; expect: Expect; cls: string; allowedRou
   { id: "upper-case", path: "/ITEMS/1", expect: "either", cls: "path: case" },
   { id: "query-dotdot", path: "/items/1?next=../../admin", expect: "either", cls: "path: query" },
   { id: "double-encoded", path: "/items/%252e%252e/admin", expect: "either", cls: "path: double encoding" },
+  // Method override: Rails (Rack::MethodOverride), Laravel, Symfony and Spring's
+  // HiddenHttpMethodFilter run a POST with `_method=DELETE` as DELETE (PHP reads `.method`, `%5Fmethod`
+  // and ` method` as `_method`); the policy judged the request's own method, so these are refused.
+  { id: "method-param", path: "/items/1?_method=DELETE", expect: "refused", cls: "method override" },
+  { id: "method-param-escaped", path: "/items/1?a=1&%5Fmethod=DELETE", expect: "refused", cls: "method override" },
+  { id: "method-param-php-dot", path: "/items/1?.method=DELETE", expect: "refused", cls: "method override" },
+  { id: "method-param-upper", path: "/items/1?_METHOD=DELETE", expect: "refused", cls: "method override" },
+  { id: "method-param-value-only", path: "/items/1?q=_method", expect: "allowed", cls: "method override" },
   // Policy matching (Dapr accessControl, dapr/dapr pkg/acl: operations normalised, "**" = any
   // number of segments, HTTP paths matched case-insensitively): a sibling prefix and a segment
   // that only starts with ".." are other paths; a trailing slash and the bare prefix stay inside.
@@ -123,6 +131,11 @@ export const H1_CASES: Case[] = [
   { id: "raw-control", cls: "path: NUL/control", expect: "refused", h1: (route) => Buffer.from(`GET /items/\x01/../../admin HTTP/1.1\r\n${HOST}${route}\r\n`, "latin1") },
   { id: "lower-case-method", cls: "method", expect: "either", h1: (route) => `get /items/1 HTTP/1.1\r\n${HOST}${route}\r\n` },
   { id: "denied-verb", cls: "method", expect: "refused", h1: (route) => `DELETE /items/1 HTTP/1.1\r\n${HOST}${route}\r\n` },
+  // Method-override fields (Express method-override, OData's X-HTTP-Method, IBM's X-Method-Override):
+  // the app would run DELETE where the policy judged GET.
+  { id: "method-override-field", cls: "method override", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}X-HTTP-Method-Override: DELETE\r\n\r\n` },
+  { id: "method-override-odata", cls: "method override", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}x-http-method: DELETE\r\n\r\n` },
+  { id: "method-override-ibm", cls: "method override", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}X-METHOD-OVERRIDE: DELETE\r\n\r\n` },
   // RFC 9112 §3.2: more than one Host is answered 400.
   { id: "duplicate-host", cls: "duplicate Host", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}Host: admin.shop\r\n${route}\r\n` },
   // RFC 9112 §6.1/§6.3: CL+TE is an attack (refused, kept so); §5.2: obs-fold is refused.
@@ -304,6 +317,8 @@ export const H2_CASES: Case[] = [
   { id: "authority-userinfo", cls: "Host value", expect: "refused", h2: h2Get("/items/1", { headers: { ":authority": "admin@app.shop" } }) },
   { id: "authority-host-userinfo", cls: "Host value", expect: "refused", h2: h2Get("/items/1", { headers: { ":authority": "admin@app.shop", host: "admin@app.shop" } }) },
   { id: "method-head", cls: "method", expect: "refused", h2: { method: "HEAD", path: "/items/1" } },
+  { id: "method-override-field", cls: "method override", expect: "refused", h2: h2Get("/items/1", { headers: { "x-http-method-override": "DELETE" } }) },
+  { id: "method-override-odata", cls: "method override", expect: "refused", h2: h2Get("/items/1", { headers: { "x-http-method": "DELETE" } }) },
   // Two dapr-app-id fields (node:http2 joins them with ", "): refused, not routed.
   { id: "dapr-app-id-twice", cls: "routing header", direction: "outbound", expect: "refused", h2: rawH2([...pseudo(), ["dapr-app-id", "other"]]) },
   // RFC 9113 §8.2.2: connection-specific fields make a request malformed (te only as "trailers");
