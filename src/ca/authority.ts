@@ -12,6 +12,7 @@ import type { CrlPublisher } from "./crl-publisher.ts";
 import type { SigningPolicy } from "./issuer.ts";
 import type { CaMetrics } from "./metrics.ts";
 import { inlineSigning, type CsrSigning } from "./signing-pool.ts";
+import type { SignRateLimiter } from "./sign-rate-limit.ts";
 
 export type ValidatorName = "join-token" | "jwks" | "kubernetes" | "insecure" | "svid";
 
@@ -26,6 +27,8 @@ export interface SignRequest {
   readonly peer: PeerCertificate | undefined;
   /** For logs: where the request came from. */
   readonly remoteAddress?: string;
+  /** The source IP address, which the sign rate limit counts (not limited when omitted). */
+  readonly sourceAddress?: string;
   /** Audiences of the JWT-SVIDs asked for alongside the certificate (Dapr's field 7). */
   readonly jwtAudiences?: readonly string[];
 }
@@ -62,6 +65,8 @@ export interface AuthorityOptions {
    * to Sentry): never issued to a caller, whatever its attestation proves.
    */
   readonly servingSpiffeId?: string;
+  /** Certificates per source address (config signRateLimit); unlimited when omitted. */
+  readonly rateLimit?: SignRateLimiter;
   /** Told of each refused request (the status page's refusals). */
   readonly onRefused?: (event: {
     /** Error code, e.g. E_TOKEN_EXPIRED. */
@@ -118,6 +123,12 @@ export class CertificateAuthority {
   async #sign(request: SignRequest, validatorName: ValidatorName): Promise<SignResult> {
     const anchors = this.options.anchors();
     const now = this.options.clock();
+    if (this.options.rateLimit !== undefined && request.sourceAddress !== undefined) {
+      const waitMs = this.options.rateLimit.take(request.sourceAddress, now.getTime());
+      if (waitMs > 0) {
+        throw new MeshwardError("E_RATE_LIMITED", `this address was issued its share of certificates (signRateLimit); retry in ${Math.ceil(waitMs / 1000)} s`);
+      }
+    }
     if (request.trustDomain !== "" && request.trustDomain !== anchors.trustDomain) {
       throw trustDomainLimit(request.trustDomain, anchors.trustDomain);
     }

@@ -44,6 +44,7 @@ import { createHealth, createOpsServer, type BoundAddress, type OpsServer } from
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { ConnectionGate, gatedListener, sourceAddress } from "../util/connection-gate.ts";
 import { openFileLimit } from "../util/open-file-limit.ts";
+import { SignRateLimiter } from "./sign-rate-limit.ts";
 
 /** The CA's own identity, presented on its API port. */
 export const CA_NAMESPACE = "meshward-system";
@@ -171,6 +172,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const authority = new CertificateAuthority({
     ...(jwtSvids !== undefined ? { jwtSvids } : {}),
     servingSpiffeId: servingId,
+    ...(config.signRateLimit === false ? {} : { rateLimit: new SignRateLimiter(config.signRateLimit) }),
     signing,
     anchors: () => anchors,
     store,

@@ -160,6 +160,17 @@ export const caConfigSchema = z
       .max(1_000_000)
       .default(256)
       .describe("API connections open at once from one source IP address; more are closed on accept. Callers behind one NAT (a node's SNAT, a load balancer that does not keep the client address) share one address: allow two per workload behind it (default: a node's 110 pods). Above maxConnections it has no effect."),
+    signRateLimit: z
+      .object({
+        burst: z.number().int().min(1).max(1_000_000).default(100).describe("Certificates one address may be issued at once."),
+        perSecond: z.number().positive().max(1_000_000).default(2).describe("Certificates per second the address's allowance refills at."),
+      })
+      .strict()
+      .or(z.literal(false))
+      .default({ burst: 100, perSecond: 2 })
+      .describe(
+        "Certificates issued to one source IP address (attestations and renewals alike, counted per CA replica): `burst` at once, then `perSecond`. Past it the request is refused RESOURCE_EXHAUSTED (E_RATE_LIMITED) before attestation, so no join token is spent, and clients retry with backoff. Each certificate is a row in the store: one valid token or certificate would otherwise mint them without bound. `false` turns it off (a proxy in front of the CA that hides client addresses makes every caller one address).",
+      ),
     crlRefresh: duration("CRL refresh interval").default(parseDuration("1s")).describe("How often the store is checked for new revocations."),
     anchorPoll: duration("anchor poll interval").default(parseDuration("1s")).describe("How often the CA directory is checked for rotated or replaced trust anchors."),
     rotationCheck: duration("rotation check interval").default(parseDuration("1m")).describe("How often rotation thresholds are checked."),

@@ -21,7 +21,7 @@ export function grpcStatusForCode(code: string): number {
   if (code.startsWith("E_CSR_") || code.startsWith("E_PEM_") || code === "E_KEY_WEAK" || code === "E_REQUEST_INVALID" || INVALID_NAMES.has(code)) {
     return GrpcStatus.INVALID_ARGUMENT;
   }
-  if (code === "E_REQUEST_TOO_LARGE" || code === "E_CA_BUSY") return GrpcStatus.RESOURCE_EXHAUSTED;
+  if (code === "E_REQUEST_TOO_LARGE" || code === "E_CA_BUSY" || code === "E_RATE_LIMITED") return GrpcStatus.RESOURCE_EXHAUSTED;
   if (code === "E_REQUEST_TIMEOUT") return GrpcStatus.DEADLINE_EXCEEDED;
   if (code === "E_IDENTITY_MISMATCH" || code === "E_IDENTITY_RESERVED" || code === "E_TRUST_DOMAIN_MISMATCH" || code === "E_VALIDATOR_DISABLED" || code === "E_CERT_REVOKED") {
     return GrpcStatus.PERMISSION_DENIED;

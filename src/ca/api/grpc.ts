@@ -6,6 +6,7 @@ import type { CertificateAuthority, ValidatorName } from "../authority.ts";
 import { encodeGrpcMessage, grpcStatusForCode, GrpcStatus } from "./grpc-status.ts";
 import { frameMessage } from "../../protocol/grpc-unary.ts";
 import { decodeSignRequest, encodeSignResponse, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../protocol/sentry.ts";
+import { sourceAddress } from "../../util/connection-gate.ts";
 
 const VALIDATORS: ReadonlyMap<number, ValidatorName | undefined> = new Map([
   [TokenValidator.UNKNOWN, undefined],
@@ -146,6 +147,7 @@ async function answer(req: Http2ServerRequest, res: Http2ServerResponse, body: B
       trustDomain: request.trustDomain,
       peer: peerCertificateOf(socket),
       remoteAddress: socket?.remoteAddress === undefined ? undefined : formatPeer(socket.remoteAddress, socket.remotePort),
+      sourceAddress: sourceAddress(socket?.remoteAddress),
       jwtAudiences: request.jwtAudiences ?? [],
     });
     const reply = encodeSignResponse({

@@ -1,0 +1,50 @@
+/**
+ * How many certificates one source address may be issued: a token bucket per address (`burst`
+ * certificates at once, refilled at `perSecond`). Every issuance is a row in the store, and one
+ * valid token or SVID would otherwise mint them without bound. Checked before attestation, so a
+ * refused request spends no join token.
+ */
+export interface SignRateLimitOptions {
+  readonly burst: number;
+  readonly perSecond: number;
+  /** Addresses tracked at once; past it the least recently seen one is forgotten (a full bucket). */
+  readonly maxAddresses?: number;
+}
+
+interface Bucket {
+  tokens: number;
+  at: number;
+}
+
+const DEFAULT_MAX_ADDRESSES = 65_536;
+
+export class SignRateLimiter {
+  readonly #buckets = new Map<string, Bucket>();
+  readonly #maxAddresses: number;
+
+  constructor(private readonly options: SignRateLimitOptions) {
+    this.#maxAddresses = options.maxAddresses ?? DEFAULT_MAX_ADDRESSES;
+  }
+
+  /** Takes one issuance for `address`: 0 when allowed, else the milliseconds until one is. */
+  take(address: string, nowMs: number): number {
+    const { burst, perSecond } = this.options;
+    const bucket = this.#buckets.get(address);
+    let tokens = burst;
+    if (bucket !== undefined) {
+      tokens = Math.min(burst, bucket.tokens + (Math.max(0, nowMs - bucket.at) * perSecond) / 1000);
+      this.#buckets.delete(address); // re-inserted below: the map's order is least recently seen first
+    }
+    if (tokens < 1) {
+      this.#buckets.set(address, { tokens, at: nowMs });
+      return Math.ceil(((1 - tokens) * 1000) / perSecond);
+    }
+    if (this.#buckets.size >= this.#maxAddresses) this.#buckets.delete(this.#buckets.keys().next().value!);
+    this.#buckets.set(address, { tokens: tokens - 1, at: nowMs });
+    return 0;
+  }
+
+  get addresses(): number {
+    return this.#buckets.size;
+  }
+}

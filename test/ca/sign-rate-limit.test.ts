@@ -1,0 +1,72 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SignRateLimiter } from "../../src/ca/sign-rate-limit.ts";
+import { issueJoinToken } from "../../src/ca/tokens.ts";
+import { caConfigSchema } from "../../src/config/ca.ts";
+import { requestCertificate } from "../../src/identity/ca-client.ts";
+import { createCsr } from "../../src/pki/csr.ts";
+import { generateKeyPair } from "../../src/pki/keys.ts";
+import { startTestCa, type TestCa } from "../helpers/ca-server.ts";
+
+// Every issuance is a row in the store; one valid join token (with uses) or one SVID renewing in
+// a loop would otherwise mint certificates without bound. SPIRE Server limits signing per caller
+// IP the same way (its `ratelimit` block; spiffe/spire pkg/server/api/limits).
+
+describe("SignRateLimiter: a token bucket per address", () => {
+  it("gives `burst` at once, then refuses with the wait until the next one, and refills at perSecond", () => {
+    const limiter = new SignRateLimiter({ burst: 3, perSecond: 2 });
+    expect([0, 1, 2].map(() => limiter.take("10.0.0.1", 1_000))).toEqual([0, 0, 0]);
+    expect(limiter.take("10.0.0.1", 1_000)).toBe(500);
+    expect(limiter.take("10.0.0.1", 1_400)).toBe(100);
+    expect(limiter.take("10.0.0.1", 1_500)).toBe(0);
+    expect(limiter.take("10.0.0.1", 1_500)).toBe(500);
+    // Another address has its own bucket; a long pause refills to `burst`, never beyond.
+    expect(limiter.take("10.0.0.2", 1_500)).toBe(0);
+    expect([0, 1, 2, 3].map(() => limiter.take("10.0.0.1", 100_000))).toEqual([0, 0, 0, 500]);
+  });
+
+  it("tracks at most maxAddresses, forgetting the least recently seen (which then starts full)", () => {
+    const limiter = new SignRateLimiter({ burst: 1, perSecond: 0.001, maxAddresses: 2 });
+    expect(limiter.take("a", 0)).toBe(0);
+    expect(limiter.take("b", 0)).toBe(0);
+    expect(limiter.take("a", 1)).toBeGreaterThan(0); // seen again: now the most recent
+    expect(limiter.take("c", 2)).toBe(0); // evicts b
+    expect(limiter.addresses).toBe(2);
+    expect(limiter.take("a", 3)).toBeGreaterThan(0);
+    expect(limiter.take("b", 3)).toBe(0);
+  });
+
+  it("is on by default (100, then 2 a second), can be turned off, and refuses nonsense with the field named", () => {
+    expect(caConfigSchema.parse({}).signRateLimit).toEqual({ burst: 100, perSecond: 2 });
+    expect(caConfigSchema.parse({ signRateLimit: false }).signRateLimit).toBe(false);
+    expect(caConfigSchema.parse({ signRateLimit: { burst: 10 } }).signRateLimit).toEqual({ burst: 10, perSecond: 2 });
+    for (const bad of [{ burst: 0 }, { perSecond: 0 }, { perSecond: -1 }, { burst: 1.5 }, true, "off", { burst: 5, every: 1 }]) {
+      const parsed = caConfigSchema.safeParse({ signRateLimit: bad });
+      expect(parsed.success, JSON.stringify(bad)).toBe(false);
+      expect(parsed.error?.issues.some((issue) => issue.path[0] === "signRateLimit"), JSON.stringify(bad)).toBe(true);
+    }
+  });
+});
+
+describe("the CA's API limits certificates per source address", () => {
+  const TD = "sign-rate-limit.test";
+  let ca: TestCa;
+
+  beforeAll(async () => {
+    ca = await startTestCa(TD, { signRateLimit: { burst: 3, perSecond: 1 } });
+  });
+  afterAll(async () => {
+    await ca?.close();
+  });
+
+  it("signs `burst` certificates, then refuses RESOURCE_EXHAUSTED / E_RATE_LIMITED without spending the join token, which works once the allowance refills", async () => {
+    for (let i = 0; i < 3; i++) expect((await ca.sign("orders", `app-${i}`)).certChainPem).toMatch(/BEGIN CERTIFICATE/);
+    const { token } = await issueJoinToken(ca.server.store, { spiffeId: `spiffe://${TD}/ns/orders/late`, ttlMs: 60_000 });
+    const ask = async () => requestCertificate({ address: ca.server.address, bundlePem: ca.bundlePem, trustDomain: TD }, { csrPem: await createCsr({ keyPair: generateKeyPair() }), token, validator: "JOIN_TOKEN", namespace: "", appId: "" });
+    await expect(ask()).rejects.toMatchObject({ code: "E_RATE_LIMITED", message: expect.stringMatching(/signRateLimit.*retry in 1 s/) });
+    expect(await ca.metric("meshward_ca_sign_requests_total", { result: "refused", reason: "E_RATE_LIMITED" })).toBe(1);
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    const signed = await ask();
+    expect(signed.certChainPem).toMatch(/BEGIN CERTIFICATE/);
+    expect(await ca.metric("meshward_ca_sign_requests_total", { result: "refused", reason: "E_TOKEN_USED" })).toBe(0);
+  });
+});
