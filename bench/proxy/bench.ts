@@ -25,7 +25,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { startMeshCa } from "../../test/proxy/fixtures.ts";
-import { children, cpuSeconds, ownAndFinishedChildrenSeconds, ROOT, startChild, userCpuSeconds, withOtherLoad } from "./children.ts";
+import { children, requireTools, cpuSeconds, ownAndFinishedChildrenSeconds, ROOT, startChild, userCpuSeconds, withOtherLoad } from "./children.ts";
 import { openLoop as runOpenLoop, type OpenLoopResult } from "./openloop.ts";
 import { BACKEND, PIPE_INBOUND, PIPE_OUTBOUND } from "./pipe-pair.ts";
 
@@ -153,6 +153,7 @@ s.keepAliveTimeout = 60000;
 s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port));`;
 
 async function main(): Promise<void> {
+  requireTools("wrk", "nginx");
   const cli = await buildCli();
   const ca = await startMeshCa({ workloadTtl: "24h" });
   const work = mkdtempSync(join(tmpdir(), "meshward-bench-proxy-"));

@@ -98,3 +98,21 @@ export function withOtherLoad<T>(pids: readonly (number | undefined)[], run: () 
   return { result, otherCores: Math.max(0, (machineAfter.busy - machineBefore.busy - (ownAfter - ownBefore)) / wallSeconds) };
 }
 const CORES = readFileSync("/proc/stat", "utf8").split("\n").filter((line) => /^cpu\d+ /.test(line)).length;
+
+/**
+ * Exits with a clear message when a tool the benchmark drives is not installed (run alone, a
+ * benchmark does not go through `npm run bench`, whose `prebench` installs them).
+ */
+export function requireTools(...tools: string[]): void {
+  const missing = tools.filter((tool) => {
+    try {
+      execFileSync("sh", ["-c", `command -v ${tool}`], { stdio: "ignore" });
+      return false;
+    } catch {
+      return true;
+    }
+  });
+  if (missing.length === 0) return;
+  console.error(`this benchmark needs ${missing.join(", ")}: install with  bash scripts/ensure-system-deps.sh --bench`);
+  process.exit(2);
+}

@@ -21,7 +21,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { startMeshCa } from "../../test/proxy/fixtures.ts";
-import { children, cpuSeconds, ROOT, startChild, userCpuSeconds } from "./children.ts";
+import { children, requireTools, cpuSeconds, ROOT, startChild, userCpuSeconds } from "./children.ts";
 
 const flag = (name: string, fallback: string): string => {
   const at = process.argv.indexOf(name);
@@ -66,6 +66,7 @@ interface Round {
 }
 
 async function main(): Promise<void> {
+  requireTools("wrk");
   const baseRev = execFileSync("git", ["rev-parse", "--short", BASE], { cwd: ROOT, encoding: "utf8" }).trim();
   const tree = await bundleCli(join(ROOT, "node_modules/.cache/meshward-bench"));
   const builds: { name: string; cli: string; env?: Record<string, string> }[] = PARSERS

@@ -19,7 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { startMeshCa } from "../../test/proxy/fixtures.ts";
-import { children, ROOT, startChild } from "./children.ts";
+import { children, requireTools, ROOT, startChild } from "./children.ts";
 import { openLoop } from "./openloop.ts";
 
 const positional = process.argv.slice(2).filter((a, i, all) => !a.startsWith("--") && all[i - 1] !== "--rate");
@@ -87,6 +87,7 @@ function traceSyscalls(pid: number): (requests: number) => Promise<string> {
 }
 
 async function main(): Promise<void> {
+  requireTools("wrk");
   const cli = await bundleCli(join(ROOT, "node_modules/.cache/meshward-bench"));
   const ca = await startMeshCa({ workloadTtl: "24h" });
   const profiles = mkdtempSync(join(tmpdir(), "meshward-profile-"));
