@@ -35,6 +35,11 @@ export interface PkiBenchResult {
   readonly freshKeyVerifyPerSec: number;
   /** 1 / (1/sign + 1/freshKeyVerify): the least node:crypto work one issuance needs. */
   readonly freshKeyCeilingPerSec: number;
+  /**
+   * The same work in one loop (import, verify, sign per operation), in the order an issuance
+   * does it: the harmonic figure above combines two loops that each run alone, hot in the cache.
+   */
+  readonly freshKeyOneLoopPerSec: number;
   readonly meshwardIssuePerSec: number;
   /** issueLeafCertificate + PEM alone, public key already parsed (the signing half of (b)). */
   readonly meshwardLeafOnlyPerSec: number;
@@ -42,6 +47,7 @@ export interface PkiBenchResult {
   /** meshwardIssuePerSec / ceilingPerSec; the target is >= 0.70. */
   readonly ratioToCeiling: number;
   readonly ratioToFreshKeyCeiling: number;
+  readonly ratioToFreshKeyOneLoop: number;
   readonly target: number;
 }
 
@@ -123,6 +129,10 @@ export async function runPkiBench(options: PkiBenchOptions = {}): Promise<PkiBen
     const key: KeyObject = importSpki(spkis[k]!);
     if (!verify("sha256", message, key, signatures[k]!)) throw new Error("verify failed");
   };
+  const freshKeyOneLoopOp = (i: number) => {
+    freshVerifyOp(i);
+    signOp();
+  };
   // (b) meshward: sync parse + verify + DER leaf + PEM
   const notBefore = new Date(Date.now() - 900_000);
   const notAfter = new Date(Date.now() + 86_400_000);
@@ -139,14 +149,17 @@ export async function runPkiBench(options: PkiBenchOptions = {}): Promise<PkiBen
   let signPerSec = 0;
   let freshKeyVerifyPerSec = 0;
   let meshwardIssuePerSec = 0;
+  let freshKeyOneLoopPerSec = 0;
   for (let round = 0; round < rounds; round++) {
     signPerSec = Math.max(signPerSec, measureSync(slice, signOp));
     freshKeyVerifyPerSec = Math.max(freshKeyVerifyPerSec, measureSync(slice, freshVerifyOp));
     meshwardIssuePerSec = Math.max(meshwardIssuePerSec, measureSync(slice, issueOp));
+    freshKeyOneLoopPerSec = Math.max(freshKeyOneLoopPerSec, measureSync(slice, freshKeyOneLoopOp));
   }
   log(`  sign            ${rate(signPerSec)}  (best of ${rounds} interleaved slices)`);
   log(`  verify (fresh)  ${rate(freshKeyVerifyPerSec)}  (best of ${rounds})`);
   log(`  meshward issue  ${rate(meshwardIssuePerSec)}  (best of ${rounds})`);
+  log(`  import+verify+sign, one loop  ${rate(freshKeyOneLoopPerSec)}  (best of ${rounds})`);
   const verifyPerSec = measureSync(durationMs, () => {
     if (!verify("sha256", message, verifyKey, fixedSignature)) throw new Error("verify failed");
   });
@@ -198,11 +211,13 @@ export async function runPkiBench(options: PkiBenchOptions = {}): Promise<PkiBen
     ceilingPerSec,
     freshKeyVerifyPerSec,
     freshKeyCeilingPerSec,
+    freshKeyOneLoopPerSec,
     meshwardIssuePerSec,
     meshwardLeafOnlyPerSec,
     peculiarIssuePerSec,
     ratioToCeiling: meshwardIssuePerSec / ceilingPerSec,
     ratioToFreshKeyCeiling: meshwardIssuePerSec / freshKeyCeilingPerSec,
+    ratioToFreshKeyOneLoop: meshwardIssuePerSec / freshKeyOneLoopPerSec,
     target: TARGET,
   };
   if (print) printTable(result);
@@ -217,6 +232,7 @@ function printTable(r: PkiBenchResult): void {
     ["ECDSA P-256 verify, fresh key per op", rate(r.freshKeyVerifyPerSec), ""],
     ["ceiling 1/(1/sign+1/verify)", rate(r.ceilingPerSec), "100%"],
     ["ceiling with fresh-key verify", rate(r.freshKeyCeilingPerSec), pct(r.freshKeyCeilingPerSec / r.ceilingPerSec)],
+    ["the same work in one loop", rate(r.freshKeyOneLoopPerSec), pct(r.freshKeyOneLoopPerSec / r.ceilingPerSec)],
     ["(b) meshward parseCsr+issueLeaf+PEM", rate(r.meshwardIssuePerSec), pct(r.ratioToCeiling)],
     ["    leaf build+sign+PEM only (of sign/s)", rate(r.meshwardLeafOnlyPerSec), pct(r.meshwardLeafOnlyPerSec / r.signPerSec)],
     ["(c) @peculiar/x509 verify+create+PEM", rate(r.peculiarIssuePerSec), pct(r.peculiarIssuePerSec / r.ceilingPerSec)],
@@ -228,7 +244,7 @@ function printTable(r: PkiBenchResult): void {
   const verdict = r.ratioToCeiling >= r.target ? "MET" : "NOT MET";
   process.stdout.write(
     `\n(b)/ceiling = ${pct(r.ratioToCeiling)} (target >= ${pct(r.target)}: ${verdict}); ` +
-      `(b)/fresh-key ceiling = ${pct(r.ratioToFreshKeyCeiling)} (target >= ${pct(FRESH_KEY_TARGET)}: ${r.ratioToFreshKeyCeiling >= FRESH_KEY_TARGET ? "MET" : "NOT MET"}); (b)/(c) = ${(r.meshwardIssuePerSec / r.peculiarIssuePerSec).toFixed(1)}x\n`,
+      `(b)/fresh-key ceiling = ${pct(r.ratioToFreshKeyCeiling)} (target >= ${pct(FRESH_KEY_TARGET)}: ${r.ratioToFreshKeyCeiling >= FRESH_KEY_TARGET ? "MET" : "NOT MET"}); (b)/that work in one loop = ${pct(r.ratioToFreshKeyOneLoop)}; (b)/(c) = ${(r.meshwardIssuePerSec / r.peculiarIssuePerSec).toFixed(1)}x\n`,
   );
 }
 
