@@ -85,9 +85,9 @@ export function startFileSink(options: FileSinkOptions): FileSink {
   if (options.keyMode !== undefined && ((options.keyMode & 0o400) === 0 || (options.keyMode & ~0o740) !== 0)) {
     throw new MeshwardError("E_USAGE", `key file mode ${options.keyMode.toString(8).padStart(4, "0")} is not private: at most 0640 (owner read/write, group read)`);
   }
-  const dir = resolve(options.dir);
-  mkdirSync(dir, { recursive: true, mode: 0o755 });
-  assertOwnDirectory(dir, dir, options.owner?.uid);
+  mkdirSync(resolve(options.dir), { recursive: true, mode: 0o755 });
+  // Written under its real path from now on: a link on the way is not followed again.
+  const dir = assertOwnDirectory(resolve(options.dir), resolve(options.dir), options.owner?.uid);
   const paths = { cert: join(dir, CERT_FILE), key: join(dir, KEY_FILE), bundle: join(dir, BUNDLE_FILE) };
   const { logger } = options;
   let closed = false;

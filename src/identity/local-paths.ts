@@ -1,7 +1,7 @@
-import { accessSync, constants, mkdirSync, statSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { accessSync, constants, mkdirSync, realpathSync, statSync } from "node:fs";
+import { basename, dirname, join, resolve } from "node:path";
 import { describeError, MeshwardError } from "../errors.ts";
-import { assertNoOtherWriter } from "../util/dir-safety.ts";
+import { assertNoOtherRenamer, assertNoOtherWriter } from "../util/dir-safety.ts";
 
 /*
  * Checks of local paths, run before anything is sent to the CA: a local mistake must never
@@ -12,7 +12,7 @@ import { assertNoOtherWriter } from "../util/dir-safety.ts";
 /**
  * The directory an identity is written to: missing directories are created with `mode` (0700 by
  * default; parents included), and it must be writable by this user and by no one else (see
- * `assertOwnDirectory`). Returns the absolute path. A caller that hands the files to another
+ * `assertOwnDirectory`). Returns its real path (links resolved), where the files are written. A caller that hands the files to another
  * user (file owner options) passes a mode that user can traverse, and that user's uid as
  * `filesOwner`: a directory of theirs is accepted, since they own the files anyway.
  */
@@ -29,8 +29,7 @@ export function prepareOutDir(dir: string, flag = "--out", mode = 0o700, filesOw
   } catch (error) {
     throw new MeshwardError("E_OUT_DIR", `${flag} ${dir}: not writable by this user (${errno(error)})`);
   }
-  assertOwnDirectory(path, `${flag} ${dir}`, filesOwner);
-  return path;
+  return assertOwnDirectory(path, `${flag} ${dir}`, filesOwner);
 }
 
 /**
@@ -39,20 +38,27 @@ export function prepareOutDir(dir: string, flag = "--out", mode = 0o700, filesOw
  * trust bundle of theirs lets them in as any identity — or plant a certificate and key that a
  * restart renews (resume), so the workload would run as another identity. A sticky bit does not
  * help (a file planted first stays). OpenSSH's StrictModes refuses such directories for the
- * same reason. A symlink is judged by the directory it leads to.
+ * same reason. A symlink is judged by the directory it leads to, and that directory's parents
+ * too (`assertNoOtherRenamer`): the owner of a parent could swap the directory for a link, and
+ * the next rotation would write the key where they like, chowned to `filesOwner`. Returns the
+ * real path, which the files are written under from then on.
  */
-export function assertOwnDirectory(path: string, what: string, filesOwner?: number): void {
+export function assertOwnDirectory(path: string, what: string, filesOwner?: number): string {
   assertNoOtherWriter(path, what, "E_OUT_DIR_UNSAFE", "replace the trust bundle, certificate or key written there, or plant a certificate this process would renew at its next start", "created 0700", filesOwner);
+  const real = realpathSync(path);
+  assertNoOtherRenamer(real, what, "E_OUT_DIR_UNSAFE", "have the key, certificate and bundle written there (and given to the files' owner) and read or replace them");
+  return real;
 }
 
 /**
  * The directory of a unix socket must exist, be writable, and be writable by no one else
  * (owned by this user or root, no group/other write bit, sticky or not): whoever can write there
  * can rename the socket away, or bind while this process restarts, and serve workloads their own
- * SVID and trust bundle. It is not created: who may reach the socket is decided by that
- * directory's owner and mode, which the operator chooses.
+ * SVID and trust bundle; the same holds for its parents (`assertNoOtherRenamer`). It is not
+ * created: who may reach the socket is decided by that directory's owner and mode, which the
+ * operator chooses. Returns the socket's path in the directory's real path, where it is bound.
  */
-export function checkSocketDir(socketPath: string, flag: string): void {
+export function checkSocketDir(socketPath: string, flag: string): string {
   const dir = dirname(resolve(socketPath));
   let isDirectory: boolean;
   try {
@@ -67,6 +73,9 @@ export function checkSocketDir(socketPath: string, flag: string): void {
     throw new MeshwardError("E_SOCKET_DIR", `${flag} ${socketPath}: the directory ${dir} is not writable by this user (${errno(error)})`);
   }
   assertNoOtherWriter(dir, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", "bind its own socket there and hand workloads another SVID and trust bundle", `e.g. install -d -m 0755 ${dir}`);
+  const real = realpathSync(dir);
+  assertNoOtherRenamer(real, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", "bind its own socket there and hand workloads another SVID and trust bundle");
+  return join(real, basename(socketPath));
 }
 
 function errno(error: unknown): string {

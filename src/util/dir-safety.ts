@@ -1,5 +1,5 @@
-import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
-import { resolve } from "node:path";
+import { existsSync, lstatSync, readFileSync, realpathSync, statSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import { MeshwardError } from "../errors.ts";
 
 /*
@@ -30,6 +30,32 @@ export function assertNoOtherWriter(path: string, what: string, code: `E_${strin
       code,
       `${what}: the directory ${path} is writable by group or others (mode ${mode.toString(8).padStart(4, "0")}); they could ${risk}. Fix it with: chmod go-w ${path} (or use a directory of your own, ${own})`,
       { details: { path, mode } },
+    );
+  }
+}
+
+/**
+ * Refuses `realPath` (symbolic links resolved) when someone other than this user or root could
+ * rename it, or a directory above it, and put a link to a directory of their choosing in its
+ * place: every parent must be this user's or root's and writable by no one else, unless it has
+ * the sticky bit (as /tmp), which keeps others from renaming an entry this user or root owns.
+ * OpenSSH's secure_path checks the same. Paths are used as resolved afterwards, so a symbolic
+ * link on the way, which its owner could repoint, is followed only once.
+ */
+export function assertNoOtherRenamer(realPath: string, what: string, code: `E_${string}`, risk: string): void {
+  const uid = process.getuid?.();
+  if (uid === undefined) return;
+  const trusted = (owner: number) => owner === uid || owner === 0;
+  for (let child = realPath, parent = dirname(realPath); child !== parent; child = parent, parent = dirname(parent)) {
+    const stats = statSync(parent);
+    const mode = stats.mode & 0o7777;
+    const sticky = (mode & 0o1000) !== 0 && trusted(lstatSync(child).uid);
+    if (trusted(stats.uid) && ((mode & 0o022) === 0 || sticky)) continue;
+    const why = trusted(stats.uid) ? `is writable by group or others (mode ${mode.toString(8).padStart(4, "0")})` : `is owned by uid ${stats.uid}`;
+    throw new MeshwardError(
+      code,
+      `${what}: ${parent}, a parent of ${realPath}, ${why}: whoever can write it could move ${child} away and put a link to a directory of theirs in its place, then ${risk}. Use a directory whose parents only root or this user (uid ${uid}) can change (e.g. under /run/meshward or this user's home)`,
+      { details: { path: realPath, parent, uid: stats.uid, mode } },
     );
   }
 }

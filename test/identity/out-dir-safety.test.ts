@@ -62,6 +62,72 @@ describe("the --out directory must be writable by its owner only", () => {
 });
 
 /**
+ * Red team (stop 32 review): the parents of the --out directory. The --owner user owns its home
+ * (like /var/lib/postgresql); meshward, as root, writes into <home>/tls. Once the final directory
+ * passed, that user moved it away and put a link to another service's identity directory in its
+ * place: the next rotation wrote cert.pem, key.pem and bundle.pem there, chowned to that user, who
+ * then replaced that service's bundle.pem. And a link to --out that its owner could repoint was
+ * followed at every write. Now every parent must be root's or this user's and writable by no one
+ * else (sticky, as /tmp, is fine for an entry this user owns), and the files are written under
+ * the real path resolved once (OpenSSH's secure_path checks the same parents).
+ */
+describe("the --out directory's parents must be this user's or root's", () => {
+  const work = mkdtempSync(join(tmpdir(), "meshward-out-parents-"));
+  afterAll(() => rmSync(work, { recursive: true, force: true }));
+  const OWNER = 23457;
+
+  it("refuses an --out whose parent the files' owner (or anyone else) owns or may write, naming the parent; a root-owned parent is fine", () => {
+    expect(process.getuid?.()).toBe(0);
+    const home = makeDir(work, "pghome", 0o755, OWNER);
+    const out = makeDir(home, "tls", 0o700, OWNER);
+    expect(() => prepareOutDir(out, "--out", 0o755, OWNER)).toThrow(
+      expect.objectContaining({ code: "E_OUT_DIR_UNSAFE", message: expect.stringMatching(new RegExp(`--out ${out}: ${home}, a parent of ${out}, is owned by uid ${OWNER}: whoever can write it could move ${out} away`)) }),
+    );
+    expect(() => startFileSink({ source: manualIdentitySource(), dir: out, owner: { uid: OWNER, gid: OWNER } })).toThrow(expect.objectContaining({ code: "E_OUT_DIR_UNSAFE" }));
+    const shared = makeDir(work, "shared", 0o777);
+    const inShared = makeDir(shared, "tls", 0o700);
+    expect(() => prepareOutDir(inShared)).toThrow(expect.objectContaining({ code: "E_OUT_DIR_UNSAFE", message: expect.stringMatching(/shared, a parent of .*, is writable by group or others \(mode 0777\)/) }));
+    // Control: the same layout under a root-owned parent (as /run/meshward/postgres), and a
+    // directory of this user's in a sticky world-writable one (as /tmp: work itself).
+    const run = makeDir(work, "run", 0o755);
+    const served = makeDir(run, "postgres", 0o755, OWNER);
+    expect(prepareOutDir(served, "--out", 0o755, OWNER)).toBe(served);
+    const sticky = makeDir(work, "sticky-parent", 0o1777);
+    expect(prepareOutDir(makeDir(sticky, "mine", 0o700))).toBe(join(sticky, "mine"));
+    const theirs = makeDir(sticky, "theirs", 0o755, OWNER);
+    expect(() => prepareOutDir(theirs, "--out", 0o755, OWNER)).toThrow(expect.objectContaining({ code: "E_OUT_DIR_UNSAFE", message: expect.stringMatching(/sticky-parent, a parent of/) }));
+  });
+
+  it("writes under the real path: repointing a link to --out after the start changes nothing", async () => {
+    const pki = await createTestPki();
+    const real = makeDir(work, "real-out", 0o700);
+    const elsewhere = makeDir(work, "elsewhere", 0o700);
+    const link = join(work, "out-link");
+    symlinkSync(real, link);
+    expect(prepareOutDir(link)).toBe(real);
+    const source = manualIdentitySource(pki.snapshot());
+    const sink = startFileSink({ source, dir: link });
+    try {
+      await sink.ready();
+      rmSync(link);
+      symlinkSync(elsewhere, link);
+      source.rotate(pki.snapshot());
+      await sink.idle();
+      expect(readFileSync(join(real, "cert.pem"), "utf8")).toBe(source.current()!.svid.certChainPem);
+      expect(() => readFileSync(join(elsewhere, "key.pem"))).toThrow(/ENOENT/);
+    } finally {
+      await sink.close();
+    }
+  });
+
+  it("refuses a Workload API socket whose directory's parent another user owns", () => {
+    const parent = makeDir(work, "sock-parent", 0o755, OWNER);
+    const socket = join(makeDir(parent, "sock", 0o755), "api.sock");
+    expect(() => checkSocketDir(socket, "--workload-api-socket")).toThrow(expect.objectContaining({ code: "E_SOCKET_DIR_UNSAFE", message: expect.stringMatching(/sock-parent, a parent of .*is owned by uid 23457.*bind its own socket/) }));
+  });
+});
+
+/**
  * Red team: the directory of the Workload API socket. Whoever can write there can rename
  * meshward's socket away and bind their own at its path (or bind it while meshward is
  * restarting, sticky bit or not), and every workload that connects then takes their SVID and,

@@ -53,8 +53,8 @@ type BundlesCall = grpc.ServerWritableStream<unknown, X509BundlesResponseMessage
  * stream ends with PERMISSION_DENIED, which tells clients to stop using the SVID.
  */
 export async function startWorkloadApiServer(options: WorkloadApiServerOptions): Promise<WorkloadApiServer> {
-  const socketPath = socketPathFrom(options.socketPath);
-  checkSocketDir(socketPath, "Workload API socket");
+  // Bound under the directory's real path: a link on the way is not followed again.
+  const socketPath = checkSocketDir(socketPathFrom(options.socketPath), "Workload API socket");
   const mode = options.socketMode ?? 0o600;
   const { source, logger } = options;
   const svidCalls = new Set<SvidCall>();
