@@ -21,7 +21,7 @@ import { daprAttestors } from "./attest/dapr.ts";
 import { svidAttestor } from "./attest/svid.ts";
 import { CertificateAuthority, type ValidatorName } from "./authority.ts";
 import { CrlPublisher } from "./crl-publisher.ts";
-import { BUFFERED_REQUESTS, handleGrpc, requestBudget } from "./api/grpc.ts";
+import { BUFFERED_REQUESTS, handleGrpc } from "./api/grpc.ts";
 import { handleHttp } from "./api/http.ts";
 import { SECURE_OPTIONS } from "../tls/policy.ts";
 import { createCaMetrics } from "./metrics.ts";
@@ -43,6 +43,7 @@ import { resolveStatusToken } from "../dashboard/token.ts";
 import { createHealth, createOpsServer, type BoundAddress, type OpsServer } from "../telemetry/health.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { ConnectionGate, gatedListener, sourceAddress } from "../util/connection-gate.ts";
+import { requestBudget } from "../util/request-budget.ts";
 import { openFileLimit } from "../util/open-file-limit.ts";
 import { SignRateLimiter } from "./sign-rate-limit.ts";
 

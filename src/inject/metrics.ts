@@ -1,7 +1,7 @@
 import type { Metrics } from "../telemetry/metrics.ts";
 
 /** What became of one POST /mutate. */
-export type ReviewResult = "injected" | "unchanged" | "denied" | "invalid" | "unavailable";
+export type ReviewResult = "injected" | "unchanged" | "denied" | "invalid" | "unavailable" | "busy";
 export type CaBundleSyncResult = "patched" | "unchanged" | "error";
 
 /** The injector's own counters; the serving certificate's come from instrumentIdentity. */
@@ -11,14 +11,14 @@ export interface InjectorMetrics {
   caBundleSync(result: CaBundleSyncResult): void;
 }
 
-const REVIEW_RESULTS: readonly ReviewResult[] = ["injected", "unchanged", "denied", "invalid", "unavailable"];
+const REVIEW_RESULTS: readonly ReviewResult[] = ["injected", "unchanged", "denied", "invalid", "unavailable", "busy"];
 const SYNC_RESULTS: readonly CaBundleSyncResult[] = ["patched", "unchanged", "error"];
 
 /** Registers (or finds) the injector's counters in `metrics`, every result at 0 so alerts see the series. */
 export function createInjectorMetrics(metrics: Metrics): InjectorMetrics {
   const reviews = metrics.counter({
     name: "meshward_injector_reviews_total",
-    help: "Admission reviews answered: injected (patched), unchanged (allowed as is), denied (the pod's meshward/dapr annotations are refused), invalid (not an AdmissionReview), unavailable (no current trust bundle).",
+    help: "Admission reviews answered: injected (patched), unchanged (allowed as is), denied (the pod's meshward/dapr annotations are refused), invalid (not an AdmissionReview), unavailable (no current trust bundle), busy (503: the unfinished reviews held together reached the injector's memory budget).",
     labelNames: ["result"],
   });
   for (const result of REVIEW_RESULTS) reviews.inc({ result }, 0);

@@ -8,12 +8,20 @@ import { createInjectorMetrics } from "./metrics.ts";
 import { CIPHERS, CURVES, MIN_TLS_VERSION, SECURE_OPTIONS } from "../tls/policy.ts";
 import { formatHostPort, type HostPort } from "../util/address.ts";
 import { ConnectionGate, gatedListener } from "../util/connection-gate.ts";
+import { requestBudget } from "../util/request-budget.ts";
 import { findExcessiveNesting } from "../util/yaml-depth.ts";
 import { reviewAdmission } from "./admission.ts";
 import type { InjectOptions } from "./settings.ts";
 
 /** AdmissionReview bodies are capped by the API server's request limit (3 MiB of object). */
 export const MAX_REVIEW_BYTES = 4 * 1024 * 1024;
+/**
+ * AdmissionReview bytes held by all unfinished requests together: 8 of the largest. The API
+ * server sends a few small ones at a time; 40 callers that each send 4 MiB less one byte took the
+ * injector from 110 to 279 MB RSS, past its 256 Mi limit, and a pod OOM-killed fails every pod
+ * creation in its namespaces (failurePolicy: Fail). Past it, 503 and the API server retries.
+ */
+export const DEFAULT_WEBHOOK_MAX_BUFFERED_BYTES = 8 * MAX_REVIEW_BYTES;
 export const MUTATE_PATH = "/mutate";
 /** Time a caller has to finish the TLS handshake (Node's own default is 120 s). */
 export const DEFAULT_WEBHOOK_HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -36,6 +44,8 @@ export interface WebhookServerOptions {
   readonly maxConnections?: number;
   /** Connections open at once from one source address (default 256). */
   readonly maxConnectionsPerAddress?: number;
+  /** Request body bytes held by all unfinished requests together (default 32 MiB). */
+  readonly maxBufferedBytes?: number;
   /** Served at GET /metrics on the webhook port (like the CA's API port), with the webhook's own counters added. */
   readonly metrics?: Metrics;
 }
@@ -70,6 +80,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   // ClientHello would hold a socket that long. Same guard as the CA API (src/ca/server.ts).
   const handshakeTimeout = options.handshakeTimeoutMs ?? DEFAULT_WEBHOOK_HANDSHAKE_TIMEOUT_MS;
   const counters = options.metrics === undefined ? undefined : createInjectorMetrics(options.metrics);
+  const budget = requestBudget(options.maxBufferedBytes ?? DEFAULT_WEBHOOK_MAX_BUFFERED_BYTES);
   const server: Server = createServer({ ...tlsOptions(first), handshakeTimeout, requestTimeout: 10_000, headersTimeout: 5_000 }, (req, res) => {
     const path = (req.url ?? "/").split("?", 1)[0];
     const send = (status: number, body: unknown) => {
@@ -95,24 +106,45 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
       return send(405, { error: "method not allowed" });
     }
     if (!/^application\/json\b/i.test(req.headers["content-type"] ?? "")) return send(415, { error: "the body must be application/json" });
+    const tooLarge = () => send(413, { error: `the AdmissionReview is larger than ${MAX_REVIEW_BYTES} bytes` });
+    if (Number(req.headers["content-length"] ?? 0) > MAX_REVIEW_BYTES) {
+      tooLarge();
+      req.destroy();
+      return;
+    }
     const chunks: Buffer[] = [];
     let size = 0;
     let refused = false;
+    let held = 0;
+    const release = () => {
+      budget.give(held);
+      held = 0;
+    };
+    req.once("close", release);
+    const refuse = (answer: () => void) => {
+      refused = true;
+      chunks.length = 0;
+      release();
+      answer();
+      req.destroy();
+    };
     req.on("data", (chunk: Buffer) => {
       if (refused) return;
       size += chunk.length;
-      if (size > MAX_REVIEW_BYTES) {
-        refused = true;
-        send(413, { error: `the AdmissionReview is larger than ${MAX_REVIEW_BYTES} bytes` });
-        req.destroy();
-        return;
+      if (size > MAX_REVIEW_BYTES) return refuse(tooLarge);
+      if (!budget.take(chunk.length)) {
+        counters?.review("busy");
+        return refuse(() => send(503, { error: "the injector holds too many unfinished AdmissionReviews; retry", code: "E_INJECTOR_BUSY" }));
       }
+      held += chunk.length;
       chunks.push(chunk);
     });
     req.on("end", () => {
       if (refused) return;
       let review: unknown;
       const body = Buffer.concat(chunks).toString("utf8");
+      chunks.length = 0;
+      release();
       // Deep nesting would exhaust the stack of the code that walks the object: refused first.
       if (findExcessiveNesting(body) !== undefined) {
         counters?.review("invalid");

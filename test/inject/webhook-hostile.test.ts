@@ -3,7 +3,7 @@ import { request } from "node:https";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { staticIdentity, type IdentitySnapshot } from "../../src/identity/source.ts";
-import { startWebhookServer, type WebhookServer } from "../../src/inject/webhook-server.ts";
+import { MAX_REVIEW_BYTES, startWebhookServer, type WebhookServer } from "../../src/inject/webhook-server.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
 
 /** Resolves when the socket is closed by the other side (or errors, e.g. a reset). */
@@ -34,7 +34,7 @@ describe("admission webhook against hostile peers", () => {
     pki?.cleanup();
   });
 
-  const start = async (limits: { handshakeTimeoutMs?: number; maxConnections?: number; maxConnectionsPerAddress?: number }) => {
+  const start = async (limits: { handshakeTimeoutMs?: number; maxConnections?: number; maxConnectionsPerAddress?: number; maxBufferedBytes?: number }) => {
     const leaf = pki.issueLeaf({ spiffeId: `spiffe://${pki.trustDomain}/ns/meshward-system/sa/meshward-injector`, dnsNames: ["localhost"] });
     const snapshot = {
       svid: { spiffeId: leaf.spiffeId ?? "", certChainPem: leaf.chainPem, privateKey: leaf.key, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial },
@@ -95,5 +95,45 @@ describe("admission webhook against hostile peers", () => {
     expect(deep.status).toBe(400);
     expect(JSON.parse(deep.body)).toMatchObject({ code: "E_ADMISSION_INVALID" });
     expect((await get(port, "/healthz")).status).toBe(200);
+  }, 30_000);
+
+  /** A POST /mutate that declares `declared` bytes and sends `sent` of them, unfinished; resolves with the status once one arrives. */
+  const unfinished = (port: number, declared: number, sent: number) => {
+    const req = request({ host: "127.0.0.1", port, path: "/mutate", method: "POST", ca: pki.root.certPem, servername: "localhost", headers: { "content-type": "application/json", "content-length": String(declared) } });
+    const answered = new Promise<{ status: number; body: string }>((resolve) => {
+      req.on("response", (res) => {
+        let body = "";
+        res.on("data", (chunk: Buffer) => (body += chunk.toString("utf8")));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+      });
+    });
+    req.on("error", () => undefined);
+    if (sent > 0) req.write(Buffer.alloc(sent, 0x20));
+    else req.flushHeaders();
+    return { req, answered };
+  };
+
+  it("holds at most maxBufferedBytes of unfinished reviews together: past it 503 E_INJECTOR_BUSY, and room again once they go", async () => {
+    // Found by review (stop 32): 40 unfinished 4 MiB reviews took the injector from 110 to 279 MB RSS.
+    const { port } = await start({ maxBufferedBytes: 1024 * 1024 });
+    const first = unfinished(port, 900_000, 700_000);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const second = unfinished(port, 900_000, 700_000);
+    const refused = await second.answered;
+    expect(refused.status).toBe(503);
+    expect(JSON.parse(refused.body)).toMatchObject({ code: "E_INJECTOR_BUSY" });
+    first.req.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    // The budget is free again: a real (if empty) review is read and answered on its merits.
+    const answered = await get(port, "/mutate", "{}");
+    expect(answered.status).toBe(400);
+    expect(answered.body).not.toMatch(/E_INJECTOR_BUSY/);
+  }, 30_000);
+
+  it("answers 413 to a declared length over the cap before reading any of it", async () => {
+    const { port } = await start({});
+    const big = unfinished(port, MAX_REVIEW_BYTES + 1, 0);
+    expect((await big.answered).status).toBe(413);
+    big.req.destroy();
   }, 30_000);
 });

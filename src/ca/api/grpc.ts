@@ -7,6 +7,7 @@ import { encodeGrpcMessage, grpcStatusForCode, GrpcStatus } from "./grpc-status.
 import { frameMessage } from "../../protocol/grpc-unary.ts";
 import { decodeSignRequest, encodeSignResponse, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../protocol/sentry.ts";
 import { sourceAddress } from "../../util/connection-gate.ts";
+import type { RequestBudget } from "../../util/request-budget.ts";
 
 const VALIDATORS: ReadonlyMap<number, ValidatorName | undefined> = new Map([
   [TokenValidator.UNKNOWN, undefined],
@@ -23,35 +24,8 @@ const VALIDATORS: ReadonlyMap<number, ValidatorName | undefined> = new Map([
  * trailers; a unary call needs nothing more than this). Errors are sent as trailers after
  * the response headers, which every gRPC client reads as the call's status.
  */
-/**
- * Bytes of request bodies held by all calls in flight, across every connection. Each call is
- * bounded by maxRequestBytes, but a peer that opens many calls and never finishes them would
- * otherwise make the CA hold all of them (measured: 8000 unfinished 60 KB calls on 4
- * connections took the CA from 181 MB to 785 MB RSS). Past the budget, new data is refused.
- */
-export interface RequestBudget {
-  take(bytes: number): boolean;
-  give(bytes: number): void;
-  readonly held: () => number;
-}
-
 /** How many largest-size requests may be buffered at once, all connections together. */
 export const BUFFERED_REQUESTS = 256;
-
-export function requestBudget(maxBytes: number): RequestBudget {
-  let held = 0;
-  return {
-    take(bytes) {
-      if (held + bytes > maxBytes) return false;
-      held += bytes;
-      return true;
-    },
-    give(bytes) {
-      held = Math.max(0, held - bytes);
-    },
-    held: () => held,
-  };
-}
 
 export interface GrpcLimits {
   readonly maxRequestBytes: number;
