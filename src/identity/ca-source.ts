@@ -17,6 +17,9 @@ import { backoffDelay, DEFAULT_BACKOFF, DEFAULT_RENEWAL_TIMING, renewalDelay, ty
 import type { IdentityEvent, IdentitySnapshot, IdentitySource, Svid, TrustBundle } from "./source.ts";
 import { holdEventLoopUntilSettled } from "../util/event-loop-hold.ts";
 
+/** How often a CRL from an unknown issuer may make the identity renew (see refreshBundle). */
+const CRL_RENEWAL_COOLDOWN_MS = 5 * 60_000;
+
 export interface CaIdentityOptions {
   /**
    * CA address, HOST:PORT; CA replicas as a comma-separated list or an array (a DNS name may
@@ -83,6 +86,8 @@ class CaSource implements CaIdentitySource {
   #resuming = false;
   /** The CA refused to renew #svid as revoked: attest with the token instead, until a new one arrives. */
   #svidRevoked = false;
+  /** When a CRL from an issuer this certificate does not chain to last made it renew. */
+  #crlRenewedAt = Number.NEGATIVE_INFINITY;
   /** When (identity clock) the current SVID arrived. */
   #receivedAt = 0;
   #bundle: TrustBundle;
@@ -144,9 +149,22 @@ class CaSource implements CaIdentitySource {
     const connection = this.#connection();
     const published = parseBundleDocument(await fetchFromCa(connection, "/v1/bundle?format=spiffe"));
     const rootsPem = normalizeRoots(published.rootsPem);
-    // A CRL this workload cannot verify yet (signed by an issuer it has not seen, right after
-    // an issuer rotation) must not hold back a root change: keep the last good revocation set.
-    const { revokedSerials, crls } = await this.#fetchRevocations(connection).catch((error: unknown) => {
+    const { revokedSerials, crls } = await this.#fetchRevocations(connection).catch(async (error: unknown) => {
+      // Signed by an issuer this certificate's chain does not hold: the CA rotated its issuer
+      // (rotate-issuer --now is the answer to a leaked issuer key, together with revocations).
+      // Renew onto the new issuer now and verify again, so those revocations hold at once rather
+      // than at the next scheduled renewal, hours away. At most once per CRL_RENEWAL_COOLDOWN_MS.
+      if (isMeshwardError(error, "E_CRL_SIGNATURE") && this.#svid !== undefined && this.#clock.now() - this.#crlRenewedAt >= CRL_RENEWAL_COOLDOWN_MS) {
+        this.#crlRenewedAt = this.#clock.now();
+        this.#log("info", { event: "crl-issuer-changed" }, "the CA's CRL is signed by an issuer this certificate does not chain to (issuer rotation); renewing now");
+        await this.#renew();
+        try {
+          return await this.#fetchRevocations(connection);
+        } catch (again) {
+          error = again;
+        }
+      }
+      // A root change must not wait on it: keep the last good revocation set, and say so.
       this.#log("warn", { event: "crl-refresh-failed", error: describeError(error) }, "could not verify the CA's CRL; keeping the last one");
       return this.#lastRevocations();
     });

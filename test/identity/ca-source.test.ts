@@ -4,12 +4,17 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { initAnchors } from "../../src/ca/anchors.ts";
+import { rotateIssuer } from "../../src/ca/rotation.ts";
 import { startCaServer, type CaServer } from "../../src/ca/server.ts";
 import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
+import { fetchFromCa } from "../../src/identity/ca-client.ts";
 import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
 import type { IdentityEvent } from "../../src/identity/source.ts";
 import { fetchX509Svid, startWorkloadApiServer } from "../../src/identity/workload-api/index.ts";
+import { certificatesFromPem } from "../../src/pki/pem.ts";
+import { parseCrl } from "../../src/pki/crl.ts";
+import { toX509 } from "../../src/pki/inspect.ts";
 import { FakeClock } from "../helpers/fake-clock.ts";
 
 const TD = "identity.test";
@@ -218,5 +223,43 @@ describe("CA-backed workload identity", () => {
       await api.close();
       rmSync(socketDir, { recursive: true, force: true });
     }
+  });
+
+  // Last: it rotates the issuer of the CA directory the other tests share. Found by review
+  // (stop 32): after `rotate-issuer --now`, the answer to a leaked issuer key "together with
+  // revocations" (docs/rotation.md), the CA signs its CRL with the new issuer, which a workload
+  // still on the old one could not verify: it kept its old revocation set until its next
+  // scheduled renewal, hours later, and a certificate revoked meanwhile was still accepted.
+  it("after an issuer rotation, renews onto the new issuer as soon as a CRL it cannot verify arrives, and enforces that CRL", async () => {
+    await startCa("1h");
+    const clock = new FakeClock(Date.now());
+    const source = await identity("watcher", { clock, bundleRefreshMs: 5000 });
+    const first = await source.ready();
+    const leaked = await (await identity("leaked")).ready();
+    const oldIssuer = toX509(certificatesFromPem(first.svid.certChainPem)[1]!);
+    await rotateIssuer({ dir: caDir, now: new Date() });
+    const connection = { address: `127.0.0.1:${port}`, bundlePem: first.bundle.rootsPem, trustDomain: TD };
+    const signedByNewIssuer = async () => {
+      try {
+        parseCrl(await fetchFromCa(connection, "/v1/crl"), oldIssuer);
+        return false;
+      } catch {
+        return true;
+      }
+    };
+    for (const deadline = Date.now() + 10_000; !(await signedByNewIssuer()); ) {
+      if (Date.now() > deadline) throw new Error("the CA did not take the new issuer up");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await server!.store.revokeLineage({ serial: leaked.svid.serial, revokedAt: new Date(), reason: "keyCompromise" });
+    await new Promise((r) => setTimeout(r, 400)); // the CA re-signs its CRL every 100 ms here
+    const updated = nextEvent(source, "bundle-updated");
+    await clock.advance(5000);
+    const event = await updated;
+    if (event.type !== "bundle-updated") throw new Error("unreachable");
+    expect(event.snapshot.bundle.revokedSerials.has(leaked.svid.serial)).toBe(true);
+    const renewed = source.current()!.svid;
+    expect(renewed.serial).not.toBe(first.svid.serial);
+    expect(() => parseCrl(event.snapshot.bundle.crls![0]!, toX509(certificatesFromPem(renewed.certChainPem)[1]!))).not.toThrow();
   });
 });
