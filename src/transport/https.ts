@@ -5,6 +5,7 @@ import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import type { IdentitySource } from "../identity/source.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
+import { MeshwardError } from "../errors.ts";
 import { peerOf, prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
 import { afterHandshakeError, dialTls, prepareClient, retireAtCertificateExpiry, SessionCache } from "./client-common.ts";
@@ -144,6 +145,23 @@ export async function agentFor(options: ClientCommonOptions): Promise<MtlsAgent>
   return agent;
 }
 
+/**
+ * An agent given by the caller serves only the request its options describe: the same identity
+ * and the same expected server (its pool and sessions were verified for that one). Before, a
+ * given agent skipped every check of the options: a shared agent made for another `expect`, or a
+ * plain https.Agent, sent the request to whatever server answered.
+ */
+async function checkedAgent(agent: unknown, options: ClientCommonOptions): Promise<MtlsAgent> {
+  const runtime = await prepareClient(options, "mtlsFetch");
+  if (!(agent instanceof MtlsAgent)) {
+    throw new MeshwardError("E_INSECURE_CONFIG", "mtlsFetch: `agent` must be a MtlsAgent (from agentFor with the same identity and expect); a plain https.Agent does not verify the server's SPIFFE ID");
+  }
+  if (agent.runtime.holder !== runtime.holder || agent.runtime.key !== runtime.key) {
+    throw new MeshwardError("E_INSECURE_CONFIG", `mtlsFetch: the agent was made for another identity or expected server than this request's (${runtime.policy.expected}); use agentFor with this request's options`);
+  }
+  return agent;
+}
+
 export interface MtlsRequestOptions extends ClientCommonOptions {
   readonly method?: string;
   readonly headers?: OutgoingHttpHeaders;
@@ -165,10 +183,9 @@ export interface MtlsResponse {
 
 /** One HTTPS request over mutual TLS; resolves with the whole response body. */
 export async function httpsRequest(url: string | URL, options: MtlsRequestOptions): Promise<MtlsResponse> {
-  const agent = options.agent ?? (await agentFor(options));
+  const agent = options.agent === undefined ? await agentFor(options) : await checkedAgent(options.agent, options);
   const target = new URL(url);
   if (target.protocol !== "https:") {
-    const { MeshwardError } = await import("../errors.ts");
     throw new MeshwardError("E_INSECURE_CONFIG", `${target.protocol} URLs are not allowed; meshward clients speak https only`);
   }
   const method = (options.method ?? "GET").toUpperCase();

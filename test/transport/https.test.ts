@@ -216,11 +216,34 @@ describe("SDK clients against the SDK HTTPS server", () => {
     const warnLog = makeLogger();
     const agent = await createMtlsAgent({ identity: clientIdentity, expect: "spiffe://nobody/x", insecure: { iUnderstandThisDisablesSecurity: true }, logger: warnLog, keepAlive: false });
     for (let i = 0; i < 2; i++) {
-      const res = await httpsRequest(`https://127.0.0.1:${port}/who`, { identity: clientIdentity, expect: "spiffe://nobody/x", agent });
+      const res = await httpsRequest(`https://127.0.0.1:${port}/who`, { identity: clientIdentity, expect: "spiffe://nobody/x", insecure: { iUnderstandThisDisablesSecurity: true }, agent });
       expect(res.status).toBe(200);
     }
     expect(warnLog.lines.filter((l) => l.includes("INSECURE")).length).toBeGreaterThanOrEqual(2);
+    // The insecure agent does not serve a request that does not say so itself.
+    await expect(httpsRequest(`https://127.0.0.1:${port}/who`, { identity: clientIdentity, expect: "spiffe://nobody/x", agent })).rejects.toMatchObject({ code: "E_INSECURE_CONFIG" });
     agent.destroy();
+  });
+  it("takes a given agent only for the identity and expected server it was made for (found by review, stop 32)", async () => {
+    // Before, a given agent skipped every check of the request's options: an agent for the whole
+    // trust domain sent a request that expected ns/payments/api (and its Authorization header)
+    // to whichever workload answered, and a plain https.Agent verified nothing at all.
+    const wide = await createMtlsAgent({ identity: clientIdentity, expect: { trustDomain: TD }, logger });
+    const url = `https://127.0.0.1:${port}/who`;
+    try {
+      expect((await httpsRequest(url, { identity: clientIdentity, expect: { trustDomain: TD }, agent: wide, logger })).status).toBe(200);
+      await expect(httpsRequest(url, { identity: clientIdentity, expect: `spiffe://${TD}/ns/payments/api`, agent: wide, logger })).rejects.toMatchObject({ code: "E_INSECURE_CONFIG", message: expect.stringMatching(/another identity or expected server/) });
+      await expect(mtlsFetch(url, { identity: clientIdentity, expect: `spiffe://${TD}/ns/payments/api`, agent: wide, logger })).rejects.toMatchObject({ code: "E_INSECURE_CONFIG" });
+      await expect(httpsRequest(url, { identity: clientIdentity, agent: wide, rejectUnauthorized: false } as never)).rejects.toMatchObject({ code: "E_INSECURE_CONFIG" });
+      const other = new ManualIdentity(snapshotOf(clientLeaf, bundleOf([pki])));
+      await expect(httpsRequest(url, { identity: other, expect: { trustDomain: TD }, agent: wide, logger })).rejects.toMatchObject({ code: "E_INSECURE_CONFIG" });
+      const { Agent } = await import("node:https");
+      const plain = new Agent({ rejectUnauthorized: false });
+      await expect(httpsRequest(url, { identity: clientIdentity, expect: SERVER_ID, agent: plain as never, logger })).rejects.toMatchObject({ code: "E_INSECURE_CONFIG", message: expect.stringMatching(/must be a MtlsAgent/) });
+      plain.destroy();
+    } finally {
+      wide.destroy();
+    }
   });
 });
 
