@@ -30,6 +30,11 @@ export function normalizeSerial(hex: string): string {
   return hex.toUpperCase().replace(/^0+(?=.)/, "");
 }
 
+/** Whether the policy's current revocations hold `serial` (a PeerIdentity's, normalised). */
+export function isRevoked(policy: PeerPolicy, serial: string): boolean {
+  return normalizedRevoked(policy.revokedSerials()).has(serial);
+}
+
 const normalizedSets = new WeakMap<ReadonlySet<string>, ReadonlySet<string>>();
 function normalizedRevoked(set: ReadonlySet<string>): ReadonlySet<string> {
   let out = normalizedSets.get(set);

@@ -8,7 +8,7 @@ import { SecureContextHolder } from "../tls/context.ts";
 import { markHandshakeCompleted, tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import { consoleLogger } from "../tls/logger.ts";
 import type { TlsLogger } from "../tls/logger.ts";
-import { spiffeCheckServerIdentity, verifyRememberedPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
+import { isRevoked, spiffeCheckServerIdentity, verifyRememberedPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
 import type { PeerIdentity, PeerPolicy } from "../tls/verify.ts";
 import { systemClock } from "../util/clock.ts";
 import { assertSecureOptions, setPeer, warnInsecure } from "./common.ts";
@@ -146,6 +146,24 @@ export function retireAtCertificateExpiry(socket: TLSSocket, retire: () => void)
 }
 
 /**
+ * Closes a verified client connection as soon as the certificate its server was verified with
+ * is revoked (a new CRL reaches the identity): TLS judged it at the handshake only, and a pooled
+ * connection or an HTTP/2 session would otherwise go on carrying requests, and their credentials,
+ * to a revoked server until its certificate expires. Servers recheck their callers the same way
+ * (ConnectionRegistry.recheckAll). Requests in flight on it fail.
+ */
+export function closeWhenRevoked(socket: TLSSocket, server: { readonly spiffeId: string; readonly serial: string }, runtime: ClientRuntime): void {
+  if (runtime.insecure || socket.destroyed) return;
+  const off = runtime.holder.onUpdate(() => {
+    if (socket.destroyed || !isRevoked(runtime.policy, server.serial)) return;
+    const error = new MeshwardError("E_CERT_REVOKED", `the server certificate of this connection (serial ${server.serial}, ${server.spiffeId}) was revoked`);
+    runtime.logger.warn(`closing the connection to ${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}: ${error.message}`);
+    socket.destroy(error);
+  });
+  socket.once("close", off);
+}
+
+/**
  * Opens a TLS connection with the client policy: our SVID, the bundle roots, SPIFFE ID
  * check on full handshakes (checkServerIdentity) and again on `secureConnect`, because Node
  * skips checkServerIdentity for resumed sessions.
@@ -197,6 +215,7 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
       }
       setPeer(socket, verified.peer);
       recordCertificateExpiry(socket, verified.notAfter, ownNotAfter);
+      closeWhenRevoked(socket, verified.peer, runtime);
       // From here a TLS alert is not a handshake failure: marked, so that callers can name it.
       markHandshakeCompleted(socket);
       if (pendingTicket !== undefined) remember(pendingTicket);

@@ -7,12 +7,12 @@ import type { PeerCertificate } from "node:tls";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import type { SecureOptions } from "../tls/policy.ts";
-import { readSvidIdentity, spiffeCheckServerIdentity, verifyPeerCertificate } from "../tls/verify.ts";
+import { normalizeSerial, readSvidIdentity, spiffeCheckServerIdentity, verifyPeerCertificate } from "../tls/verify.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import type { IdentityHealth } from "../tls/context.ts";
 import { prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
-import { prepareClient, recordCertificateExpiry, retireAtCertificateExpiry } from "./client-common.ts";
+import { closeWhenRevoked, prepareClient, recordCertificateExpiry, retireAtCertificateExpiry } from "./client-common.ts";
 import type { ClientRuntime } from "./client-common.ts";
 import type { ServerRuntime } from "./common.ts";
 
@@ -184,7 +184,7 @@ type CreateSecureConnector = (...args: unknown[]) => SecureConnectorInternals;
  *   address. RFC 6066 forbids that; Node warns about it (DEP0123) and Node 26 refuses to connect
  *   ("Setting the TLS ServerName to an IP address is not permitted"). The SPIFFE ID check does
  *   not use the server name, so an IP target simply gets no SNI, as it does in node:tls clients.
- * - Each verified connection is closed at its certificates' expiry (`retireGrpcConnection`).
+ * - Each verified connection is closed at its certificates' expiry, and when its server's is revoked (`retireGrpcConnection`).
  */
 function withMeshwardConnector(creds: ChannelCredentials, runtime: ClientRuntime): ChannelCredentials {
   const internals = creds as unknown as { _createSecureConnector?: CreateSecureConnector };
@@ -219,8 +219,11 @@ function withMeshwardConnector(creds: ChannelCredentials, runtime: ClientRuntime
  * with the current certificate); calls still in flight end UNAVAILABLE.
  */
 function retireGrpcConnection(socket: TLSSocket, ownNotAfter: Date, runtime: ClientRuntime): void {
-  const validTo = Date.parse(socket.getPeerCertificate().valid_to ?? "");
+  const certificate = socket.getPeerCertificate();
+  const validTo = Date.parse(certificate.valid_to ?? "");
   if (!socket.authorized || Number.isNaN(validTo)) return;
+  // And at once when that certificate is revoked (the same for every meshward client connection).
+  closeWhenRevoked(socket, { spiffeId: certificate.subjectaltname?.replace(/^URI:/, "") ?? "?", serial: normalizeSerial(certificate.serialNumber ?? "") }, runtime);
   recordCertificateExpiry(socket, new Date(validTo), ownNotAfter);
   retireAtCertificateExpiry(socket, () => {
     const server = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;

@@ -1,5 +1,6 @@
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { normalizeSerial } from "../../src/tls/verify.ts";
 import { grpcChannelCredentials, grpcServerCredentials, peerIdentity } from "../../src/transport/index.ts";
 import { createTestPki } from "../helpers/openssl-pki.ts";
 import type { TestPki } from "../helpers/openssl-pki.ts";
@@ -155,5 +156,19 @@ describe("gRPC client (grpcChannelCredentials): a connection ends with its certi
     expect((await call(toRotating)).split("|")[1]).not.toBe(firstPeer);
     // The open connection to the server still on its expired certificate is gone, and a new one is refused.
     await expect(call(toStale)).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
+  });
+
+  it("when the server's certificate is revoked: the connection closes, and the next call is refused (found by review, stop 32)", async () => {
+    const server = kept.issueLeaf({ spiffeId: SERVER_ID });
+    // The server never learns of its revocation, as a thief holding its key would not.
+    const { port } = await startServer(new ManualIdentity(snapshotOf(server, bundleOf([kept]))), "connection");
+    const identity = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept])));
+    const client = await clientOf(identity, port);
+    expect(await call(client)).toContain("|127.0.0.1:");
+    identity.updateBundle(bundleOf([kept], new Set([normalizeSerial(server.serial)])));
+    // The call that finds its connection just closed fails (INTERNAL or UNAVAILABLE, as grpc-js
+    // sees it); the next one connects anew and is refused.
+    await expect(call(client)).rejects.toMatchObject({ code: expect.toBeOneOf([grpc.status.INTERNAL, grpc.status.UNAVAILABLE]) });
+    await expect(call(client)).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
   });
 });
