@@ -6,7 +6,7 @@ import type { IdentitySnapshot, IdentitySource } from "../identity/source.ts";
 import { compileMatcher } from "../spiffe/match.ts";
 import { CIPHERS, CURVES, MIN_TLS_VERSION, SECURE_OPTIONS, buildSecureContextOptions } from "../tls/policy.ts";
 import type { SecureOptions } from "../tls/policy.ts";
-import { verifyPeerCertificate } from "../tls/verify.ts";
+import { isRevoked, normalizeSerial, verifyPeerCertificate } from "../tls/verify.ts";
 import type { PeerPolicy } from "../tls/verify.ts";
 
 export interface EgressTlsSettings {
@@ -94,8 +94,15 @@ export class EgressTlsMaterials {
       };
     } else {
       // Node's own RFC 6125 check (DNS/IP SANs) against the name we were configured with,
-      // not whatever name the connection happened to use.
-      checkServerIdentity = (_host, cert) => checkHostName(settings.serverName, cert);
+      // not whatever name the connection happened to use; with the mesh's roots, the mesh's
+      // revocations too (a backend's certificate from the mesh CA is on its CRL when revoked).
+      const revocations = { revokedSerials: () => revoked } as PeerPolicy;
+      checkServerIdentity = (_host, cert) => {
+        const wrongName = checkHostName(settings.serverName, cert);
+        if (wrongName !== undefined || revoked.size === 0 || !cert?.serialNumber) return wrongName;
+        const serial = normalizeSerial(cert.serialNumber);
+        return isRevoked(revocations, serial) ? new MeshwardError("E_CERT_REVOKED", `the backend's certificate (serial ${serial}) is revoked`) : undefined;
+      };
     }
     const servername = isIP(settings.serverName) === 0 && settings.serverName.length > 0 ? settings.serverName : undefined;
     return { secureContext, checkServerIdentity, servername };

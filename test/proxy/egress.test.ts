@@ -26,6 +26,7 @@ let redisFiles: IdentityFiles;
 let foreign: ForeignIdentity;
 let echo: MtlsServer | undefined;
 let echoPort: number;
+let echoSerial: string;
 const egresses: Egress[] = [];
 
 beforeAll(async () => {
@@ -36,6 +37,7 @@ beforeAll(async () => {
   foreign = await foreignIdentity(ca.dir, TD, "redis", ["localhost"]);
   // Answers "<caller SPIFFE ID> <caller serial>\n", upper-cases what it gets, says BYE when the caller half-closes.
   const echoIdentity = await ca.identity("echo", { dnsNames: ["localhost"] });
+  echoSerial = echoIdentity.current()!.svid.serial;
   echo = await createMtlsServer({ identity: echoIdentity, logger: quietTlsLogger }, (socket, peer) => {
     socket.setEncoding("utf8");
     socket.write(`${peer.spiffeId} ${peer.serial}\n`);
@@ -202,6 +204,19 @@ describe("egress to an SDK mTLS server (sees the client certificate)", () => {
     expect(first).toBe(`${app.current()!.svid.spiffeId} ${app.current()!.svid.serial.replace(/^0+/, "")}`);
     // Our FIN reached the server as close_notify/FIN after the data; its reply and BYE came back.
     expect(rest.join("\n")).toBe("HELLOBYE\n");
+  });
+
+  it("verified by host name against the mesh bundle, a backend whose certificate is on the mesh CRL is refused (found by review, stop 32)", async () => {
+    const snapshot = app.current()!;
+    const knowsRevocation = manualIdentitySource({ svid: snapshot.svid, bundle: { ...snapshot.bundle, revokedSerials: new Set([echoSerial]) } });
+    for (const mtls of [true, false]) {
+      const refused = await egress({ backend: `127.0.0.1:${echoPort}`, serverName: "localhost", mtls }, knowsRevocation);
+      expect(await converse(port(refused), "hello"), `mtls ${mtls}`).toBe("");
+      expect(refused.stats().failed).toEqual({ tls_failed: 1 });
+    }
+    // Control: the same backend and name with a bundle that does not revoke it.
+    const control = await egress({ backend: `127.0.0.1:${echoPort}`, serverName: "localhost", mtls: true });
+    expect(await converse(port(control), "hello")).toContain("HELLO");
   });
 
   it("after a rotation new connections present the new certificate; an open one keeps working", async () => {
