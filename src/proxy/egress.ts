@@ -10,6 +10,8 @@ import { createMeshMetrics } from "../telemetry/metrics.ts";
 import type { MeshMetrics, Metrics } from "../telemetry/metrics.ts";
 import { markHandshakeCompleted, tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import type { TlsLogger } from "../tls/logger.ts";
+import { isRevoked, normalizeSerial } from "../tls/verify.ts";
+import type { PeerPolicy } from "../tls/verify.ts";
 import { formatHostPort, parseHostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
 import { DEFAULT_MAX_CONNECTIONS } from "../config/sidecar.ts";
@@ -216,6 +218,20 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
     throw error;
   }
   logger.info(`${what}: listening on ${address} (${protocol}${entry.mtls ? ", mTLS" : ""}, verifying ${entry.expectSpiffeId ?? `host name ${entry.serverName ?? backend.host}`})`);
+  // With the mesh's roots, a backend whose certificate the CRL now lists loses its open
+  // connections too (new ones are refused by the handshake's check): TLS judged it once.
+  const unsubscribe =
+    fileRootsPem !== undefined || ctx.identity === undefined
+      ? () => undefined
+      : ctx.identity.subscribe((event) => {
+          if (event.type !== "bundle-updated" || event.snapshot.bundle.revokedSerials.size === 0) return;
+          for (const relay of open) {
+            const serial = relay.backendSerial;
+            if (serial === undefined || !isRevoked({ revokedSerials: () => event.snapshot.bundle.revokedSerials } as PeerPolicy, serial)) continue;
+            logger.warn(`${what}: closing a connection: the backend's certificate (serial ${serial}) was revoked`);
+            relay.destroy();
+          }
+        });
 
   let closing: Promise<void> | undefined;
   return {
@@ -227,6 +243,7 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
         for (const relay of open) relay.drain();
         const finish = () => {
           clearTimeout(deadline);
+          unsubscribe();
           uncap();
           warnings.close();
           resolve();
@@ -278,6 +295,8 @@ class Relay {
   readonly #options: RelayOptions;
   #raw: Socket | undefined;
   #tls: TLSSocket | undefined;
+  /** The serial of the backend certificate this connection was verified with (once established). */
+  backendSerial: string | undefined;
   #preamble: ClientPreamble | undefined;
   /** Client bytes that arrived before the backend was ready (postgres preamble leftovers). */
   #pending: Buffer[] = [];
@@ -377,6 +396,7 @@ class Relay {
       }
       clearTimeout(this.#connectTimer);
       markHandshakeCompleted(tls);
+      this.backendSerial = normalizeSerial(tls.getPeerCertificate().serialNumber ?? "");
       this.#backendReady = true;
       this.#options.onEstablished();
       this.#maybePipe();

@@ -219,6 +219,29 @@ describe("egress to an SDK mTLS server (sees the client certificate)", () => {
     expect(await converse(port(control), "hello")).toContain("HELLO");
   });
 
+  it("closes an open connection when the backend's certificate is revoked after it was made", async () => {
+    const snapshot = app.current()!;
+    const identity = manualIdentitySource(snapshot);
+    const e = await egress({ backend: `127.0.0.1:${echoPort}`, serverName: "localhost", mtls: true }, identity);
+    const open = netConnect({ host: "127.0.0.1", port: port(e) });
+    open.setEncoding("utf8");
+    open.on("error", () => undefined);
+    let text = "";
+    open.on("data", (chunk: string) => (text += chunk));
+    const closed = new Promise<void>((resolve) => open.once("close", () => resolve()));
+    open.write("one");
+    for (const deadline = Date.now() + 5_000; !text.includes("ONE"); ) {
+      if (Date.now() > deadline) throw new Error(`no echo through the egress: ${JSON.stringify(text)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    identity.updateBundle({ ...snapshot.bundle, revokedSerials: new Set(["1234"]) }); // another serial: stays open
+    await new Promise((r) => setTimeout(r, 200));
+    expect(open.destroyed).toBe(false);
+    identity.updateBundle({ ...snapshot.bundle, revokedSerials: new Set([echoSerial]) });
+    await closed;
+    expect(text).not.toContain("BYE"); // cut, not a half-close the backend answered
+  });
+
   it("after a rotation new connections present the new certificate; an open one keeps working", async () => {
     const e = await egress({ backend: `127.0.0.1:${echoPort}`, serverName: "localhost", mtls: true });
     const before = app.current()!.svid.serial.replace(/^0+/, "");
