@@ -144,8 +144,12 @@ export function callUnary(call: UnaryCall): Promise<UnaryResult> {
       const httpStatus = Number(headers[constants.HTTP2_HEADER_STATUS] ?? 0);
       const rawStatus = metadata["grpc-status"];
       if (rawStatus === undefined) {
-        const why = httpStatus === 0 ? "the stream closed without an answer" : `HTTP ${httpStatus} without a gRPC status`;
-        finish(new GrpcTransportError(why, httpStatus === 0 ? GRPC_UNAVAILABLE : 2));
+        // Cut off after its headers (the server died, the connection broke): the transport failed,
+        // UNAVAILABLE as grpc-go reports a closing transport, so a client with several CA replicas
+        // tries the next one. A response that did end without a status is UNKNOWN (the gRPC spec).
+        const cut = httpStatus === 0 || stream.aborted || !stream.readableEnded || (stream.rstCode !== undefined && stream.rstCode !== constants.NGHTTP2_NO_ERROR);
+        const why = httpStatus === 0 ? "the stream closed without an answer" : cut ? `the stream was cut off after HTTP ${httpStatus}, before a gRPC status` : `HTTP ${httpStatus} without a gRPC status`;
+        finish(new GrpcTransportError(why, cut ? GRPC_UNAVAILABLE : 2));
         return;
       }
       const status = Number(rawStatus);

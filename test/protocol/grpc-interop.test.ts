@@ -95,6 +95,35 @@ describe("meshward's unary gRPC client against a @grpc/grpc-js server", () => {
     expect(String((error as Error).message)).toMatch(/ECONNREFUSED/);
   });
 
+  it("reports a response cut off after its headers (the server died) as UNAVAILABLE, one that ended without a status as UNKNOWN", async () => {
+    // Seen in test/e2e/ca-ha.test.ts: a replica killed between the headers and the trailers of an
+    // answer gave UNKNOWN, which the CA client does not fail over on.
+    const { createSecureServer } = await import("node:http2");
+    const leaf = pki.issueLeaf({ spiffeId: "spiffe://grpc.test/ns/default/dying", dnsNames: ["localhost"] });
+    const server = createSecureServer({ cert: leaf.chainPem, key: leaf.keyPem });
+    const sockets = new Set<import("node:tls").TLSSocket>();
+    server.on("secureConnection", (socket) => sockets.add(socket));
+    server.on("stream", (stream, headers) => {
+      stream.respond({ ":status": 200, "content-type": "application/grpc" });
+      if (headers[":path"] === "/ended/Call") stream.end();
+      // As kill -9 does: the connection goes, no trailers, no RST_STREAM, no GOAWAY.
+      else stream.write(Buffer.from([0, 0, 0, 0, 9]), () => setTimeout(() => sockets.forEach((socket) => socket.destroy()), 50));
+    });
+    server.on("sessionError", () => undefined);
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const dyingPort = (server.address() as import("node:net").AddressInfo).port;
+    try {
+      const unary = (path: string) =>
+        callUnary({ url: `https://127.0.0.1:${dyingPort}`, tls: { ca: pki.root.certPem, servername: "localhost" }, path, authority: "localhost", message: Buffer.from("x"), timeoutMs: 5_000 }).catch((e: unknown) => e);
+      const cut = await unary("/cut/Call");
+      expect(cut).toBeInstanceOf(GrpcTransportError);
+      expect(cut).toMatchObject({ status: grpc.status.UNAVAILABLE, message: expect.stringMatching(/cut off after HTTP 200/) });
+      expect(await unary("/ended/Call")).toMatchObject({ status: grpc.status.UNKNOWN, message: "HTTP 200 without a gRPC status" });
+    } finally {
+      server.close();
+    }
+  });
+
   it("refuses a server whose certificate does not chain to the given roots", async () => {
     const other = createTestPki({ trustDomain: "grpc.test", name: "other" });
     try {
