@@ -1,9 +1,10 @@
 import * as grpc from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
 import { X509Certificate } from "node:crypto";
-import { connect, constants, type IncomingHttpHeaders } from "node:http2";
+import { connect, constants, createSecureServer, type IncomingHttpHeaders } from "node:http2";
 import { request as httpsRequest } from "node:https";
-import { createServer, type Server } from "node:net";
+import { createServer, type AddressInfo, type Server } from "node:net";
+import type { TLSSocket } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { callUnary, GrpcTransportError } from "../../src/protocol/grpc-unary.ts";
 import { encodeSignRequest, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../src/protocol/sentry.ts";
@@ -98,10 +99,9 @@ describe("meshward's unary gRPC client against a @grpc/grpc-js server", () => {
   it("reports a response cut off after its headers (the server died) as UNAVAILABLE, one that ended without a status as UNKNOWN", async () => {
     // Seen in test/e2e/ca-ha.test.ts: a replica killed between the headers and the trailers of an
     // answer gave UNKNOWN, which the CA client does not fail over on.
-    const { createSecureServer } = await import("node:http2");
     const leaf = pki.issueLeaf({ spiffeId: "spiffe://grpc.test/ns/default/dying", dnsNames: ["localhost"] });
     const server = createSecureServer({ cert: leaf.chainPem, key: leaf.keyPem });
-    const sockets = new Set<import("node:tls").TLSSocket>();
+    const sockets = new Set<TLSSocket>();
     server.on("secureConnection", (socket) => sockets.add(socket));
     server.on("stream", (stream, headers) => {
       stream.respond({ ":status": 200, "content-type": "application/grpc" });
@@ -111,7 +111,7 @@ describe("meshward's unary gRPC client against a @grpc/grpc-js server", () => {
     });
     server.on("sessionError", () => undefined);
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-    const dyingPort = (server.address() as import("node:net").AddressInfo).port;
+    const dyingPort = (server.address() as AddressInfo).port;
     try {
       const unary = (path: string) =>
         callUnary({ url: `https://127.0.0.1:${dyingPort}`, tls: { ca: pki.root.certPem, servername: "localhost" }, path, authority: "localhost", message: Buffer.from("x"), timeoutMs: 5_000 }).catch((e: unknown) => e);

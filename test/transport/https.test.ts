@@ -1,4 +1,5 @@
 import { execFile, spawn } from "node:child_process";
+import { Agent } from "node:https";
 import { connect as netConnect } from "node:net";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -237,7 +238,6 @@ describe("SDK clients against the SDK HTTPS server", () => {
       await expect(httpsRequest(url, { identity: clientIdentity, agent: wide, rejectUnauthorized: false } as never)).rejects.toMatchObject({ code: "E_INSECURE_CONFIG" });
       const other = new ManualIdentity(snapshotOf(clientLeaf, bundleOf([pki])));
       await expect(httpsRequest(url, { identity: other, expect: { trustDomain: TD }, agent: wide, logger })).rejects.toMatchObject({ code: "E_INSECURE_CONFIG" });
-      const { Agent } = await import("node:https");
       const plain = new Agent({ rejectUnauthorized: false });
       await expect(httpsRequest(url, { identity: clientIdentity, expect: SERVER_ID, agent: plain as never, logger })).rejects.toMatchObject({ code: "E_INSECURE_CONFIG", message: expect.stringMatching(/must be a MtlsAgent/) });
       plain.destroy();
