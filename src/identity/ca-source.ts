@@ -4,7 +4,7 @@ import type { Logger } from "pino";
 import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
 import { verifyChain } from "../pki/chain.ts";
 import { createCsr } from "../pki/csr.ts";
-import { parseCrl } from "../pki/crl.ts";
+import { parseCrl, type ParsedCrl } from "../pki/crl.ts";
 import { inspectCertificate, toX509 } from "../pki/inspect.ts";
 import { generateKeyPair } from "../pki/keys.ts";
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
@@ -88,6 +88,8 @@ class CaSource implements CaIdentitySource {
   #svidRevoked = false;
   /** When a CRL from an issuer this certificate does not chain to last made it renew. */
   #crlRenewedAt = Number.NEGATIVE_INFINITY;
+  /** The CRL in force: a later fetch that is older than it (a lagging replica) does not replace it. */
+  #crlInForce: CrlVersion | undefined;
   /** When (identity clock) the current SVID arrived. */
   #receivedAt = 0;
   #bundle: TrustBundle;
@@ -295,11 +297,24 @@ class CaSource implements CaIdentitySource {
     const der = await fetchFromCa(connection, "/v1/crl");
     const issuers = this.#svid ? certificatesFromPem(this.#svid.certChainPem).slice(1).map((d) => toX509(d)) : [];
     for (const issuer of issuers) {
+      let parsed: ParsedCrl;
       try {
-        return { revokedSerials: parseCrl(der, issuer).revokedSerials, crls: [Buffer.from(der)] };
+        parsed = parseCrl(der, issuer);
       } catch {
-        // signed by another issuer of the chain (or a newer one): try the next
+        continue; // signed by another issuer of the chain (or a newer one): try the next
       }
+      const version: CrlVersion = { issuer: issuer.fingerprint256, number: parsed.crlNumber, thisUpdate: parsed.thisUpdate.getTime() };
+      const inForce = this.#crlInForce;
+      if (inForce !== undefined && isOlderCrl(version, inForce)) {
+        this.#log(
+          "warn",
+          { event: "crl-older-ignored", crlNumber: version.number?.toString(), inForce: inForce.number?.toString() },
+          "the CA served an older CRL than the one in force (a replica behind the others); keeping the newer one",
+        );
+        return this.#lastRevocations();
+      }
+      this.#crlInForce = version;
+      return { revokedSerials: parsed.revokedSerials, crls: [Buffer.from(der)] };
     }
     if (issuers.length === 0) return this.#lastRevocations();
     throw new MeshwardError("E_CRL_SIGNATURE", "the CA's CRL is not signed by this workload's issuer");
@@ -438,4 +453,23 @@ function trustDomainOf(bundlePem: string): string {
     if (uri !== undefined) return parseSpiffeId(uri).trustDomain;
   }
   throw new MeshwardError("E_TRUST_DOMAIN_UNKNOWN", "no root in the bundle names a SPIFFE trust domain; pass trustDomain");
+}
+
+/** Which CRL a workload holds: its issuer (certificate fingerprint), its cRLNumber and its thisUpdate. */
+interface CrlVersion {
+  readonly issuer: string;
+  readonly number: bigint | undefined;
+  readonly thisUpdate: number;
+}
+
+/**
+ * A CRL from the same issuer that is behind the one in force: a lower cRLNumber and no later
+ * thisUpdate. Behind a load balancer, a CA replica that has not yet adopted the CRL the others
+ * publish serves the previous one; taking it would drop a revocation until the next refresh.
+ * A lower number with a later thisUpdate (a store restored from a backup, re-signed since) is
+ * taken, and so is a higher number signed by a leader whose clock is a little behind.
+ */
+function isOlderCrl(candidate: CrlVersion, inForce: CrlVersion): boolean {
+  if (candidate.issuer !== inForce.issuer || candidate.number === undefined || inForce.number === undefined) return false;
+  return candidate.number < inForce.number && candidate.thisUpdate <= inForce.thisUpdate;
 }

@@ -1,4 +1,6 @@
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer, connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
@@ -42,6 +44,42 @@ async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<vo
     if (Date.now() > deadline) throw new Error("condition not met in time");
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
+}
+
+/**
+ * A TCP load balancer in front of CA replicas, as a Kubernetes Service is: each new connection
+ * goes to the port in `target`.
+ */
+async function startSwitchableForwarder(): Promise<{ port: number; target: number; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const state = { target: 0 };
+  const server = createServer((client) => {
+    const upstream = connect(state.target, "127.0.0.1");
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on("close", () => sockets.delete(socket));
+      socket.on("error", () => {
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (server.address() as { port: number }).port,
+    get target() {
+      return state.target;
+    },
+    set target(value: number) {
+      state.target = value;
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
 }
 
 describe("CA-backed workload identity", () => {
@@ -222,6 +260,56 @@ describe("CA-backed workload identity", () => {
     } finally {
       await api.close();
       rmSync(socketDir, { recursive: true, force: true });
+    }
+  });
+
+  // Behind a load balancer (a Kubernetes Service in front of CA replicas), one fetch can land on
+  // a replica that has not yet taken up the CRL the others publish. Here the replica behind is a
+  // second real CA from a copy of the same directory (same issuer), started before the revocation:
+  // it serves an earlier CRL (lower cRLNumber, earlier thisUpdate). Before, the workload took it,
+  // and the revoked certificate was accepted again until the next refresh.
+  it("keeps the newer CRL when a fetch lands on a replica that is behind, and takes a newer one from it later", async () => {
+    const behindDir = join(work, "ca-behind");
+    cpSync(caDir, behindDir, { recursive: true });
+    const behind = await startCaServer({ dir: behindDir, config: caConfigSchema.parse({ listen: "127.0.0.1:0", workloadTtl: "1h", crlRefresh: "100ms" }), logger: silent });
+    const balancer = await startSwitchableForwarder();
+    try {
+      await startCa("1h");
+      balancer.target = port;
+      const logged: Record<string, unknown>[] = [];
+      const logger = pino({ level: "info" }, { write: (line: string) => void logged.push(JSON.parse(line) as Record<string, unknown>) });
+      const source = await identity("lb-client", { ca: `127.0.0.1:${balancer.port}`, bundleRefreshMs: 3_600_000, logger });
+      await source.ready();
+      const victim = await (await identity("lb-victim")).ready();
+      await server!.store.revoke({ serial: victim.svid.serial, revokedAt: new Date(), reason: "keyCompromise" });
+      await new Promise((r) => setTimeout(r, 400)); // the CA re-signs its CRL every 100 ms here
+      await source.refreshBundle();
+      expect(source.current()!.bundle.revokedSerials.has(victim.svid.serial)).toBe(true);
+      const heldCrl = source.current()!.bundle.crls![0]!;
+
+      balancer.target = behind.port;
+      const served = parseCrl(await fetchFromCa({ address: `127.0.0.1:${balancer.port}`, bundlePem: readFileSync(join(caDir, "bundle.pem"), "utf8"), trustDomain: TD }, "/v1/crl"));
+      const held = parseCrl(heldCrl);
+      expect(served.revokedSerials.has(victim.svid.serial)).toBe(false);
+      expect(served.crlNumber! < held.crlNumber!).toBe(true);
+      await source.refreshBundle();
+      expect(source.current()!.bundle.revokedSerials.has(victim.svid.serial)).toBe(true);
+      expect(source.current()!.bundle.crls![0]!.equals(heldCrl)).toBe(true);
+      expect(logged.some((entry) => entry.event === "crl-older-ignored")).toBe(true);
+
+      // Not stuck: once that replica signs a CRL numbered at least as high, it is taken.
+      for (const reason of ["superseded", "keyCompromise"] as const) {
+        await behind.store.revoke({ serial: randomBytes(8).toString("hex").toUpperCase(), revokedAt: new Date(), reason });
+        await new Promise((r) => setTimeout(r, 400));
+      }
+      const newer = parseCrl(await fetchFromCa({ address: `127.0.0.1:${behind.port}`, bundlePem: readFileSync(join(caDir, "bundle.pem"), "utf8"), trustDomain: TD }, "/v1/crl"));
+      expect(newer.crlNumber! >= held.crlNumber!).toBe(true);
+      await source.refreshBundle();
+      expect([...source.current()!.bundle.revokedSerials].sort()).toEqual([...newer.revokedSerials].sort());
+    } finally {
+      await balancer.close();
+      await behind.close();
+      rmSync(behindDir, { recursive: true, force: true });
     }
   });
 
