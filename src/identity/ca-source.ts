@@ -170,7 +170,9 @@ class CaSource implements CaIdentitySource {
       this.#log("warn", { event: "crl-refresh-failed", error: describeError(error) }, "could not verify the CA's CRL; keeping the last one");
       return this.#lastRevocations();
     });
-    const changed = rootsPem !== this.#bundle.rootsPem || !sameSet(revokedSerials, this.#bundle.revokedSerials);
+    // A CRL re-signed with the same revocations is a change too: the Workload API hands the CRL
+    // itself on (X509SVIDResponse.crl), and a consumer that checks nextUpdate needs the fresh one.
+    const changed = rootsPem !== this.#bundle.rootsPem || !sameSet(revokedSerials, this.#bundle.revokedSerials) || !sameCrls(crls, this.#bundle.crls);
     if (changed) {
       this.#bundle = { trustDomain: this.#trustDomain, rootsPem, revokedSerials, ...(crls !== undefined ? { crls } : {}) };
       this.#log("info", { event: "bundle-updated", roots: certificatesFromPem(rootsPem).length, revoked: revokedSerials.size }, "trust bundle updated");
@@ -221,6 +223,8 @@ class CaSource implements CaIdentitySource {
     if (this.#renewTimer) this.#clock.clearTimeout(this.#renewTimer);
     try {
       const svid = await this.#fetchSvid();
+      if (this.#closed) return;
+      if (this.#crlInForce === undefined) await this.#takeFirstCrl(svid);
       if (this.#closed) return;
       this.#attempt = 0;
       this.#resuming = false;
@@ -292,10 +296,35 @@ class CaSource implements CaIdentitySource {
     return { spiffeId, certChainPem: signed.certChainPem, privateKey: keyPair.privateKey, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial };
   }
 
+  /**
+   * The CRL, before the first certificate is handed out: until the first bundle refresh (a
+   * minute later by default) a workload would otherwise enforce no revocation at all, and every
+   * start or restart of a pod would accept revoked peers for that minute. When it cannot be had,
+   * the certificate is kept (the retry renews with it: a single-use token is not needed again)
+   * and the attempt fails like a failed renewal, with backoff; ready() waits.
+   */
+  async #takeFirstCrl(svid: Svid): Promise<void> {
+    try {
+      const { revokedSerials, crls } = await this.#fetchRevocations(this.#connection(), svid.certChainPem);
+      this.#bundle = { ...this.#bundle, revokedSerials, ...(crls !== undefined ? { crls } : {}) };
+    } catch (error) {
+      if (!this.#closed) {
+        this.#svid = svid;
+        this.#resuming = false;
+        this.#svidRevoked = false;
+      }
+      throw new MeshwardError(
+        isMeshwardError(error) && /^E_CA_/.test(error.code) ? error.code : "E_CRL_UNAVAILABLE",
+        `got a certificate but not the CA's CRL, which a workload enforces from its first connection: ${describeError(error)}`,
+        { cause: error },
+      );
+    }
+  }
+
   /** The revocations in effect and the CRL they came from (handed on by the Workload API). */
-  async #fetchRevocations(connection: CaConnection): Promise<{ revokedSerials: ReadonlySet<string>; crls?: readonly Buffer[] }> {
+  async #fetchRevocations(connection: CaConnection, chainPem = this.#svid?.certChainPem): Promise<{ revokedSerials: ReadonlySet<string>; crls?: readonly Buffer[] }> {
     const der = await fetchFromCa(connection, "/v1/crl");
-    const issuers = this.#svid ? certificatesFromPem(this.#svid.certChainPem).slice(1).map((d) => toX509(d)) : [];
+    const issuers = chainPem !== undefined ? certificatesFromPem(chainPem).slice(1).map((d) => toX509(d)) : [];
     for (const issuer of issuers) {
       let parsed: ParsedCrl;
       try {
@@ -472,4 +501,10 @@ interface CrlVersion {
 function isOlderCrl(candidate: CrlVersion, inForce: CrlVersion): boolean {
   if (candidate.issuer !== inForce.issuer || candidate.number === undefined || inForce.number === undefined) return false;
   return candidate.number < inForce.number && candidate.thisUpdate <= inForce.thisUpdate;
+}
+
+function sameCrls(a: readonly Buffer[] | undefined, b: readonly Buffer[] | undefined): boolean {
+  if (a === b) return true;
+  if (a === undefined || b === undefined || a.length !== b.length) return false;
+  return a.every((der, i) => der.equals(b[i]!));
 }

@@ -159,6 +159,8 @@ export interface MeshMetrics {
   readonly certExpiry: Gauge<"kind">;
   /** meshward_trust_bundle_version: the version of the trust bundle in use (telemetry/bundle-version.ts). */
   readonly bundleVersion: Gauge;
+  /** meshward_crl_this_update_timestamp_seconds{kind}: when the CRL in force was signed (ca: the one it serves; workload: the one it enforces). */
+  readonly crlThisUpdate: Gauge<"kind">;
   /** meshward_rotation_total{kind,result}: rotations by certificate kind and result (ok, error). */
   readonly rotations: Counter<"kind" | "result">;
   /** meshward_tls_handshakes_total{direction,result}: result is ok or failed. */
@@ -198,6 +200,11 @@ export function createMeshMetrics(metrics: Metrics): MeshMetrics {
     bundleVersion: metrics.gauge({
       name: "meshward_trust_bundle_version",
       help: "Version of the trust bundle in use: a number naming its set of roots, equal at the CA and at every workload that has fetched the CA's current bundle.",
+    }),
+    crlThisUpdate: metrics.gauge({
+      name: "meshward_crl_this_update_timestamp_seconds",
+      help: "When the CRL in force was signed (its thisUpdate, Unix seconds), by kind: ca (the CRL the CA serves) and workload (the one an identity or sidecar enforces). A workload behind the CA has not fetched the latest revocations.",
+      labelNames: ["kind"],
     }),
     rotations: metrics.counter({
       name: "meshward_rotation_total",

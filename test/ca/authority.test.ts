@@ -9,7 +9,8 @@ import { caConfigSchema } from "../../src/config/ca.ts";
 import { initAnchors } from "../../src/ca/anchors.ts";
 import { startCaServer, type CaServer } from "../../src/ca/server.ts";
 import { issueJoinToken } from "../../src/ca/tokens.ts";
-import { requestCertificate, type CaConnection, type CertificateRequest } from "../../src/identity/ca-client.ts";
+import { fetchFromCa, requestCertificate, type CaConnection, type CertificateRequest } from "../../src/identity/ca-client.ts";
+import { parseCrl } from "../../src/pki/crl.ts";
 import { createCsr } from "../../src/pki/csr.ts";
 import { inspectCertificate } from "../../src/pki/inspect.ts";
 import { generateKeyPair } from "../../src/pki/keys.ts";
@@ -370,6 +371,10 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
     expect(text).toMatch(/meshward_ca_sign_requests_total\{result="ok",reason=""\} \d+/);
     expect(text).toMatch(/meshward_ca_sign_requests_total\{result="refused",reason="E_TOKEN_USED"\} [1-9]/);
     expect(text).toMatch(/meshward_cert_expiry_timestamp_seconds\{kind="issuer"\} \d+/);
+    // When the CRL it serves was signed, in the whole seconds the CRL carries: workloads export
+    // the same figure read from the CRL, and the alert MeshwardRevocationListBehind compares them.
+    const served = parseCrl(await fetchFromCa(connection, "/v1/crl"));
+    expect(text).toContain(`meshward_crl_this_update_timestamp_seconds{kind="ca"} ${served.thisUpdate.getTime() / 1000}\n`);
     expect(text).not.toMatch(/PRIVATE KEY/);
   });
 });

@@ -48,13 +48,13 @@ async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<vo
 
 /**
  * A TCP load balancer in front of CA replicas, as a Kubernetes Service is: each new connection
- * goes to the port in `target`.
+ * goes to the port `route()` names (by default the port in `target`).
  */
-async function startSwitchableForwarder(): Promise<{ port: number; target: number; close(): Promise<void> }> {
+async function startSwitchableForwarder(): Promise<{ port: number; target: number; route: () => number; close(): Promise<void> }> {
   const sockets = new Set<Socket>();
-  const state = { target: 0 };
+  const state = { target: 0, route: (): number => state.target };
   const server = createServer((client) => {
-    const upstream = connect(state.target, "127.0.0.1");
+    const upstream = connect(state.route(), "127.0.0.1");
     for (const socket of [client, upstream]) {
       sockets.add(socket);
       socket.on("close", () => sockets.delete(socket));
@@ -73,6 +73,12 @@ async function startSwitchableForwarder(): Promise<{ port: number; target: numbe
     },
     set target(value: number) {
       state.target = value;
+    },
+    get route() {
+      return state.route;
+    },
+    set route(value: () => number) {
+      state.route = value;
     },
     close: () =>
       new Promise<void>((resolve) => {
@@ -261,6 +267,63 @@ describe("CA-backed workload identity", () => {
       await api.close();
       rmSync(socketDir, { recursive: true, force: true });
     }
+  });
+
+  // Found in stop 33: the first snapshot had no revocations at all; the CRL came with the first
+  // bundle refresh, a minute later by default, so each start or restart of a workload accepted
+  // revoked peers for that minute.
+  it("enforces the CA's CRL from its first certificate on, before ready(); without one it retries, renewing with that certificate", async () => {
+    await startCa("1h");
+    const victim = await (await identity("first-crl-victim")).ready();
+    await server!.store.revoke({ serial: victim.svid.serial, revokedAt: new Date(), reason: "keyCompromise" });
+    await new Promise((r) => setTimeout(r, 400)); // the CA re-signs its CRL every 100 ms here
+    const fresh = await (await identity("first-crl", { bundleRefreshMs: 3_600_000 })).ready();
+    expect(fresh.bundle.revokedSerials.has(victim.svid.serial)).toBe(true);
+    expect(fresh.bundle.crls).toHaveLength(1);
+
+    // The CRL cannot be had (here the fetch reaches another CA, which this workload does not
+    // trust): not ready, and the retry renews with the certificate it got, since the join token
+    // is spent.
+    const otherDir = join(work, "ca-other");
+    await initAnchors({ dir: otherDir, trustDomain: TD, now: new Date() });
+    const balancer = await startSwitchableForwarder();
+    const other = await startCaServer({ dir: otherDir, config: caConfigSchema.parse({ listen: "127.0.0.1:0", workloadTtl: "1h" }), logger: silent });
+    try {
+      // Connections in order: the signing call to the CA, the CRL fetch to the other one, then
+      // the retry (renewal and CRL) to the CA again.
+      let connections = 0;
+      balancer.route = () => (++connections === 2 ? other.port : port);
+      const failures: string[] = [];
+      const source = await identity("first-crl-retry", { ca: `127.0.0.1:${balancer.port}`, backoff: { initialMs: 200, maxMs: 400 } });
+      source.subscribe((event) => void (event.type === "renewal-failed" && failures.push(event.error.message)));
+      const ready = await source.ready();
+      expect(failures).toHaveLength(1);
+      expect(failures[0]).toMatch(/got a certificate but not the CA's CRL/);
+      expect(ready.bundle.revokedSerials.has(victim.svid.serial)).toBe(true);
+      expect((await server!.store.getIssuance(ready.svid.serial))?.attestation).toBe("svid");
+    } finally {
+      await balancer.close();
+      await other.close();
+      rmSync(otherDir, { recursive: true, force: true });
+    }
+  });
+
+  it("takes a CRL the CA re-signed with the same revocations, so the Workload API hands on the fresh one", async () => {
+    let offsetMs = 0;
+    server = await startCaServer({ dir: caDir, config: caConfigSchema.parse({ listen: "127.0.0.1:0", workloadTtl: "1h", crlRefresh: "100ms" }), logger: silent, clock: () => new Date(Date.now() + offsetMs) });
+    port = server.port;
+    const source = await identity("resigned", { bundleRefreshMs: 3_600_000 });
+    const first = await source.ready();
+    const held = parseCrl(first.bundle.crls![0]!);
+    offsetMs = 13 * 3_600_000; // past the CA's re-signing age (12 h): same revocations, new CRL
+    await new Promise((r) => setTimeout(r, 400));
+    const updated = nextEvent(source, "bundle-updated");
+    await source.refreshBundle();
+    const event = await updated;
+    if (event.type !== "bundle-updated") throw new Error("unreachable");
+    const now = parseCrl(event.snapshot.bundle.crls![0]!);
+    expect(now.thisUpdate.getTime()).toBeGreaterThan(held.thisUpdate.getTime());
+    expect([...now.revokedSerials].sort()).toEqual([...held.revokedSerials].sort());
   });
 
   // Behind a load balancer (a Kubernetes Service in front of CA replicas), one fetch can land on

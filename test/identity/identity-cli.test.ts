@@ -4,6 +4,8 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { exec } from "../helpers/exec.ts";
+import { fetchFromCa } from "../../src/identity/ca-client.ts";
+import { parseCrl } from "../../src/pki/crl.ts";
 import { trustBundleVersionOfPem } from "../../src/telemetry/bundle-version.ts";
 
 // `meshward identity` and `meshward status` as an operator runs them: real processes.
@@ -50,7 +52,12 @@ describe("meshward identity + meshward status (real processes)", () => {
     expect(feed.health.ok).toBe(true);
     // the bundle version the page shows, equal to the CA's (docs/rotation.md)
     expect((feed as unknown as { bundleVersion: number }).bundleVersion).toBe(trustBundleVersionOfPem(readFileSync(join(work, "ca", "bundle.pem"), "utf8")));
-    expect(await (await fetch(`http://${statusAddress}/metrics`)).text()).toContain(`meshward_trust_bundle_version ${trustBundleVersionOfPem(readFileSync(join(work, "ca", "bundle.pem"), "utf8"))}\n`);
+    const metrics = await (await fetch(`http://${statusAddress}/metrics`)).text();
+    expect(metrics).toContain(`meshward_trust_bundle_version ${trustBundleVersionOfPem(readFileSync(join(work, "ca", "bundle.pem"), "utf8"))}\n`);
+    // The CRL it enforces, from its first certificate on (not a minute later, at the first bundle
+    // refresh): the one the CA serves, which the alert MeshwardRevocationListBehind compares.
+    const served = parseCrl(await fetchFromCa({ address: caAddress, bundlePem: readFileSync(join(work, "ca", "bundle.pem"), "utf8"), trustDomain: "ops.test" }, "/v1/crl"));
+    expect(metrics).toContain(`meshward_crl_this_update_timestamp_seconds{kind="workload"} ${served.thisUpdate.getTime() / 1000}\n`);
     expect((await fetch(`http://${statusAddress}/`)).headers.get("content-type")).toMatch(/text\/html/);
   });
 
