@@ -121,14 +121,24 @@ export class CertificateAuthority {
   }
 
   async #sign(request: SignRequest, validatorName: ValidatorName): Promise<SignResult> {
+    const { rateLimit } = this.options;
+    const address = request.sourceAddress;
+    if (rateLimit === undefined || address === undefined) return this.#signAttested(request, validatorName);
+    const waitMs = rateLimit.take(address, this.options.clock().getTime());
+    if (waitMs > 0) {
+      throw new MeshwardError("E_RATE_LIMITED", `this address was issued its share of certificates (signRateLimit); retry in ${Math.ceil(waitMs / 1000)} s`);
+    }
+    try {
+      return await this.#signAttested(request, validatorName);
+    } catch (error) {
+      rateLimit.giveBack(address); // no certificate: only issuances count
+      throw error;
+    }
+  }
+
+  async #signAttested(request: SignRequest, validatorName: ValidatorName): Promise<SignResult> {
     const anchors = this.options.anchors();
     const now = this.options.clock();
-    if (this.options.rateLimit !== undefined && request.sourceAddress !== undefined) {
-      const waitMs = this.options.rateLimit.take(request.sourceAddress, now.getTime());
-      if (waitMs > 0) {
-        throw new MeshwardError("E_RATE_LIMITED", `this address was issued its share of certificates (signRateLimit); retry in ${Math.ceil(waitMs / 1000)} s`);
-      }
-    }
     if (request.trustDomain !== "" && request.trustDomain !== anchors.trustDomain) {
       throw trustDomainLimit(request.trustDomain, anchors.trustDomain);
     }

@@ -1,8 +1,10 @@
 /**
  * How many certificates one source address may be issued: a token bucket per address (`burst`
  * certificates at once, refilled at `perSecond`). Every issuance is a row in the store, and one
- * valid token or SVID would otherwise mint them without bound. Checked before attestation, so a
- * refused request spends no join token.
+ * valid token or SVID would otherwise mint them without bound. Taken before attestation, so a
+ * refused request spends no join token, and given back when the request ends without a
+ * certificate: a caller without a credential sharing the address (pods behind their node's SNAT)
+ * must not use up the allowance of the workloads beside it with requests that are refused.
  */
 export interface SignRateLimitOptions {
   readonly burst: number;
@@ -42,6 +44,12 @@ export class SignRateLimiter {
     if (this.#buckets.size >= this.#maxAddresses) this.#buckets.delete(this.#buckets.keys().next().value!);
     this.#buckets.set(address, { tokens: tokens - 1, at: nowMs });
     return 0;
+  }
+
+  /** Gives back one taken by `take` for a request that ended without a certificate. */
+  giveBack(address: string): void {
+    const bucket = this.#buckets.get(address);
+    if (bucket !== undefined) bucket.tokens = Math.min(this.options.burst, bucket.tokens + 1);
   }
 
   get addresses(): number {

@@ -169,7 +169,7 @@ export const caConfigSchema = z
       .or(z.literal(false))
       .default({ burst: 100, perSecond: 2 })
       .describe(
-        "Certificates issued to one source IP address (attestations and renewals alike, counted per CA replica): `burst` at once, then `perSecond`. Past it the request is refused RESOURCE_EXHAUSTED (E_RATE_LIMITED) before attestation, so no join token is spent, and clients retry with backoff. Each certificate is a row in the store: one valid token or certificate would otherwise mint them without bound. `false` turns it off (a proxy in front of the CA that hides client addresses makes every caller one address).",
+        "Certificates issued to one source IP address (attestations and renewals alike, counted per CA replica): `burst` at once, then `perSecond`. Only issued certificates count: a refused request gives its share back, so callers without a credential behind the same address cannot use it up. Past it the request is refused RESOURCE_EXHAUSTED (E_RATE_LIMITED) before attestation, so no join token is spent, and clients retry with backoff. Each certificate is a row in the store: one valid token or certificate would otherwise mint them without bound. `false` turns it off (a proxy in front of the CA that hides client addresses makes every caller one address).",
       ),
     crlRefresh: duration("CRL refresh interval").default(parseDuration("1s")).describe("How often the store is checked for new revocations."),
     anchorPoll: duration("anchor poll interval").default(parseDuration("1s")).describe("How often the CA directory is checked for rotated or replaced trust anchors."),

@@ -24,6 +24,19 @@ describe("SignRateLimiter: a token bucket per address", () => {
     expect([0, 1, 2, 3].map(() => limiter.take("10.0.0.1", 100_000))).toEqual([0, 0, 0, 500]);
   });
 
+  it("takes back what giveBack returns (a request that got no certificate), never past `burst`", () => {
+    const limiter = new SignRateLimiter({ burst: 2, perSecond: 0.001 });
+    expect(limiter.take("10.0.0.1", 0)).toBe(0);
+    expect(limiter.take("10.0.0.1", 0)).toBe(0);
+    expect(limiter.take("10.0.0.1", 0)).toBeGreaterThan(0);
+    limiter.giveBack("10.0.0.1");
+    expect(limiter.take("10.0.0.1", 0)).toBe(0);
+    limiter.giveBack("10.0.0.1");
+    limiter.giveBack("10.0.0.1");
+    limiter.giveBack("10.0.0.2"); // never taken: nothing to give back
+    expect([0, 1, 2].map(() => limiter.take("10.0.0.1", 0) === 0)).toEqual([true, true, false]);
+  });
+
   it("tracks at most maxAddresses, forgetting the least recently seen (which then starts full)", () => {
     const limiter = new SignRateLimiter({ burst: 1, perSecond: 0.001, maxAddresses: 2 });
     expect(limiter.take("a", 0)).toBe(0);
@@ -68,5 +81,16 @@ describe("the CA's API limits certificates per source address", () => {
     const signed = await ask();
     expect(signed.certChainPem).toMatch(/BEGIN CERTIFICATE/);
     expect(await ca.metric("meshward_ca_sign_requests_total", { result: "refused", reason: "E_TOKEN_USED" })).toBe(0);
+  });
+
+  // Found by review (stop 33): refused requests used up the allowance too, so a caller without
+  // any credential behind the same address (a pod behind its node's SNAT) kept every workload
+  // there from renewing with a stream of garbage requests.
+  it("counts certificates, not attempts: refused requests from the address do not use up its allowance", async () => {
+    await new Promise((resolve) => setTimeout(resolve, 3_100)); // the bucket (3, 1/s) refills
+    const garbage = async () => requestCertificate({ address: ca.server.address, bundlePem: ca.bundlePem, trustDomain: TD }, { csrPem: await createCsr({ keyPair: generateKeyPair() }), token: "not-a-token", validator: "JOIN_TOKEN", namespace: "", appId: "" });
+    for (let i = 0; i < 20; i++) await expect(garbage()).rejects.toMatchObject({ code: "E_TOKEN_INVALID" });
+    for (let i = 0; i < 3; i++) expect((await ca.sign("orders", `after-garbage-${i}`)).certChainPem).toMatch(/BEGIN CERTIFICATE/);
+    await expect(ca.sign("orders", "one-too-many")).rejects.toMatchObject({ code: "E_RATE_LIMITED" });
   });
 });
