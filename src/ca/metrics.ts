@@ -1,6 +1,7 @@
 import type { Counter, Gauge } from "prom-client";
 import type { LabelledHistogram } from "../telemetry/histogram.ts";
 import { createMeshMetrics, type Metrics } from "../telemetry/metrics.ts";
+import { STREAM_REFUSALS } from "../util/address-slots.ts";
 import { CONNECTION_REFUSALS } from "../util/connection-gate.ts";
 
 /** The CA's metrics (names per DESIGN.md: meshward_<component>_<what>_<unit>). */
@@ -16,7 +17,7 @@ export interface CaMetrics {
 }
 
 /** Why the CA closed a connection without serving it (a closed set: alerts rely on it). */
-export const CA_CONNECTION_REFUSALS = [...CONNECTION_REFUSALS, "handshake_timeout"] as const;
+export const CA_CONNECTION_REFUSALS = [...CONNECTION_REFUSALS, "handshake_timeout", ...STREAM_REFUSALS] as const;
 export type CaConnectionRefusal = (typeof CA_CONNECTION_REFUSALS)[number];
 
 export function createCaMetrics(metrics: Metrics): CaMetrics {
@@ -49,7 +50,7 @@ export function createCaMetrics(metrics: Metrics): CaMetrics {
 function connectionsRefused(metrics: Metrics): Counter<"reason"> {
   const counter = metrics.counter({
     name: "meshward_ca_connections_refused_total",
-    help: "API connections the CA closed without serving them, by reason: max_connections and max_connections_per_address (closed on accept, before any TLS work), handshake_timeout (no complete TLS handshake within handshakeTimeout).",
+    help: "API connections and HTTP/2 streams the CA closed without serving them, by reason: max_connections and max_connections_per_address (closed on accept, before any TLS work), handshake_timeout (no complete TLS handshake within handshakeTimeout), max_streams and max_streams_per_address (a stream refused with REFUSED_STREAM over the open-stream caps).",
     labelNames: ["reason"],
   });
   // Every reason exported from the start, so rate() and increase() see the first refusal.

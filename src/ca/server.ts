@@ -1,4 +1,4 @@
-import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from "node:http2";
+import { constants as http2Constants, createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from "node:http2";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
@@ -42,6 +42,7 @@ import { createStatusRoutes } from "../dashboard/routes.ts";
 import { resolveStatusToken } from "../dashboard/token.ts";
 import { createHealth, createOpsServer, type BoundAddress, type OpsServer } from "../telemetry/health.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
+import { AddressSlots } from "../util/address-slots.ts";
 import { ConnectionGate, gatedListener, sourceAddress } from "../util/connection-gate.ts";
 import { requestBudget } from "../util/request-budget.ts";
 import { openFileLimit } from "../util/open-file-limit.ts";
@@ -52,7 +53,15 @@ export const CA_NAMESPACE = "meshward-system";
 export const CA_APP_ID = "meshward-ca";
 const SERVING_CERT_TTL_MS = 24 * 3_600_000;
 /** HTTP/2 streams one connection may have open at once. */
-export const MAX_CONCURRENT_STREAMS = 100;
+export const MAX_CONCURRENT_STREAMS = 16;
+/**
+ * HTTP/2 streams open at once on the API port, from everyone and from one source address (a
+ * node's pods behind SNAT share one). A workload has one call in flight; ~11 KB each, so the
+ * whole figure is ~22 MB. Over either, a new stream is refused with REFUSED_STREAM, which gRPC
+ * clients retry.
+ */
+export const MAX_OPEN_STREAMS = 2048;
+export const MAX_OPEN_STREAMS_PER_ADDRESS = 256;
 /** File descriptors kept apart from API connections: the store, logs, worker threads, the status port. */
 const RESERVED_FILES = 64;
 /** Distinct (reason, address) pairs whose refusals are logged apart; more share one budget. */
@@ -246,12 +255,27 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     readiness: () => readiness(anchors, crl, clock(), storeHealthy, rotationWarnings()),
     ...(jwtSvids !== undefined ? { jwtSvid: { discovery: () => jwtSvids.discovery(), jwks: () => jwtSvids.jwks(anchors.issuer.privateKey) } } : {}),
   };
+  const streams = new AddressSlots(MAX_OPEN_STREAMS, MAX_OPEN_STREAMS_PER_ADDRESS);
   server.on("request", (req: Http2ServerRequest, res: Http2ServerResponse) => {
+    if (req.httpVersion === "2.0") {
+      const address = sourceAddress(req.socket.remoteAddress);
+      const refused = streams.take(address);
+      if (refused !== undefined) {
+        metrics.connectionsRefused.inc({ reason: refused });
+        warnings.warn(`stream-refused|${refused}|${address}`, { event: "stream-refused", reason: refused, peer: address }, "refused an HTTP/2 stream over the CA's stream cap");
+        res.stream.close(http2Constants.NGHTTP2_REFUSED_STREAM);
+        return;
+      }
+      res.stream.once("close", () => streams.release(address));
+    }
     const isGrpc = req.httpVersion === "2.0" && (req.headers["content-type"] ?? "").startsWith("application/grpc");
     if (isGrpc) {
       handleGrpc(req, res, authority, { maxRequestBytes: config.maxRequestBytes, budget, requestTimeoutMs: config.requestTimeout });
       return;
     }
+    // Answered, the stream is reset with NO_ERROR (RFC 9113 §8.1): a caller that never ends its
+    // request would otherwise keep it, and its slot, until the session's idle timeout.
+    if (req.httpVersion === "2.0") res.once("finish", () => res.stream.closed || res.stream.close(http2Constants.NGHTTP2_NO_ERROR));
     handleHttp(req, res, httpContext).catch((error) => {
       logger.error({ event: "http-error", error: describeError(error) }, "HTTP handler failed");
       if (!res.headersSent) res.writeHead(500);

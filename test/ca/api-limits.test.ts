@@ -24,8 +24,9 @@ describe("the CA's API bounds what unfinished calls can make it hold", () => {
     await ca?.close();
   });
 
-  const open = () => {
-    const session = connect(`https://${ca.server.address}`, { rejectUnauthorized: false });
+  // http2.connect hands its options to tls.connect, which binds localAddress (not in its types).
+  const open = (localAddress = "127.0.0.1") => {
+    const session = connect(`https://${ca.server.address}`, { rejectUnauthorized: false, ...({ localAddress } as object) });
     session.on("error", () => undefined);
     sessions.push(session);
     return session;
@@ -46,9 +47,11 @@ describe("the CA's API bounds what unfinished calls can make it hold", () => {
     partial.writeUInt32BE(1020, 1);
     let refused = 0;
     const codes = new Set<string>();
-    for (let s = 0; s < 3; s++) {
-      const session = open();
-      for (let i = 0; i < MAX_CONCURRENT_STREAMS; i++) {
+    // 300 calls, on as many connections as that takes, from two addresses: the open-stream cap
+    // per address (256) is not what refuses them here.
+    for (let s = 0, calls = 0; calls < 300; s++) {
+      const session = open(s % 2 === 0 ? "127.0.0.1" : "127.0.0.6");
+      for (let i = 0; i < MAX_CONCURRENT_STREAMS && calls < 300; i++, calls++) {
         const call = session.request({ ":method": "POST", ":path": "/dapr.proto.sentry.v1.CA/SignCertificate", "content-type": "application/grpc", te: "trailers" });
         call.on("error", () => undefined);
         call.on("trailers", (trailers) => {

@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { MAX_CONCURRENT_STREAMS } from "../../src/ca/server.ts";
 import { startTestCa, type TestCa } from "../helpers/ca-server.ts";
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { exec } from "../helpers/exec.ts";
@@ -66,6 +67,88 @@ async function open(ca: TestCa | number, from = "127.0.0.1"): Promise<Held> {
     },
   };
 }
+
+// Found by review (stop 33): the streams on an admitted connection had no bound but the session's
+// 60 s idle timeout. A caller without any credential filled each connection with 100 streams it
+// never ended, GETs the CA had answered or gRPC calls without a body (~11 KB each): 500
+// connections from two addresses took the CA from 161 to 729 MiB, past its 512 Mi limit.
+describe("the CA bounds the HTTP/2 streams callers hold open", () => {
+  let ca: TestCa;
+  beforeAll(async () => {
+    ca = await startTestCa("stream-limits.test", { handshakeTimeout: "5m", requestTimeout: "5m" });
+  });
+  afterAll(async () => {
+    await ca?.close();
+  });
+  const sessions: ReturnType<typeof http2Connect>[] = [];
+  afterEach(() => {
+    for (const session of sessions.splice(0)) session.destroy();
+  });
+  const connectFrom = async (localAddress: string) => {
+    // http2.connect hands its options to tls.connect, which binds localAddress (not in its types).
+    const session = http2Connect(`https://${ca.server.address}`, { ca: ca.bundlePem, rejectUnauthorized: false, ...({ localAddress } as object) });
+    sessions.push(session);
+    session.on("error", () => undefined);
+    await new Promise<void>((resolve, reject) => {
+      session.once("remoteSettings", () => resolve());
+      session.once("error", reject);
+    });
+    return session;
+  };
+  /** A SignCertificate call that sends its headers and never a body (nor END_STREAM). */
+  const heldCall = (session: ReturnType<typeof http2Connect>) => {
+    const stream = session.request({ ":method": "POST", ":path": "/dapr.proto.sentry.v1.CA/SignCertificate", "content-type": "application/grpc", te: "trailers" }, { endStream: false });
+    stream.on("error", () => undefined);
+    const closed = new Promise<number>((resolve) => stream.once("close", () => resolve(stream.rstCode ?? -1)));
+    return { stream, closed };
+  };
+
+  it("resets an answered GET whose caller never ends its request (NO_ERROR), instead of keeping it", async () => {
+    const session = await connectFrom("127.0.0.1");
+    const stream = session.request({ ":path": "/v1/bundle" }, { endStream: false });
+    stream.on("error", () => undefined);
+    const status = new Promise<number>((resolve) => stream.once("response", (headers) => resolve(Number(headers[":status"]))));
+    stream.resume();
+    const rstCode = await new Promise<number>((resolve) => stream.once("close", () => resolve(stream.rstCode ?? -1)));
+    expect(await status).toBe(200);
+    expect(rstCode).toBe(0); // NGHTTP2_NO_ERROR, sent by the CA: this side never ended the stream
+  });
+
+  it("refuses streams past 256 per source address with REFUSED_STREAM, counts them, and serves again once they close; another address is not affected", async () => {
+    const held: ReturnType<typeof heldCall>[] = [];
+    // 17 connections of MAX_CONCURRENT_STREAMS (16): room for 272 streams, past the cap of 256.
+    const fromOne: ReturnType<typeof http2Connect>[] = [];
+    for (let i = 0; i < Math.ceil(257 / MAX_CONCURRENT_STREAMS); i++) fromOne.push(await connectFrom("127.0.0.4"));
+    for (let i = 0; i < 256; i++) held.push(heldCall(fromOne[i % fromOne.length]!));
+    // Held, not answered: the CA waits for their bodies.
+    const early = await Promise.race([Promise.all(held.map((h) => h.closed)).then(() => "closed"), new Promise((r) => setTimeout(() => r("open"), 300))]);
+    expect(early).toBe("open");
+    const over = heldCall(fromOne.at(-1)!);
+    expect(await over.closed).toBe(7); // NGHTTP2_REFUSED_STREAM
+    expect(await ca.metric(REFUSED, { reason: "max_streams_per_address" })).toBe(1);
+    expect(ca.logged.join("")).toMatch(/"event":"stream-refused"[^\n]*"reason":"max_streams_per_address"/);
+
+    // Another address is served meanwhile.
+    const other = await connectFrom("127.0.0.5");
+    const answered = await new Promise<number>((resolve, reject) => {
+      const request = other.request({ ":path": "/healthz" });
+      request.on("response", (headers) => resolve(Number(headers[":status"])));
+      request.on("error", reject);
+      request.resume();
+    });
+    expect(answered).toBe(200);
+
+    // Once the held streams close, the address gets streams again.
+    for (const h of held.splice(0, 10)) h.stream.close();
+    await vi.waitFor(async () => {
+      const next = fromOne[0]!.request({ ":path": "/healthz" });
+      next.on("error", () => undefined);
+      next.resume();
+      expect(await new Promise<number>((resolve) => next.once("response", (headers) => resolve(Number(headers[":status"]))).once("close", () => resolve(-1)))).toBe(200);
+    }, { timeout: 10_000, interval: 50 });
+    for (const h of held) h.stream.close();
+  });
+});
 
 describe("the CA caps API connections, overall and per source address, before any TLS work", () => {
   let ca: TestCa;
