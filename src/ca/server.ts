@@ -273,9 +273,6 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       handleGrpc(req, res, authority, { maxRequestBytes: config.maxRequestBytes, budget, requestTimeoutMs: config.requestTimeout });
       return;
     }
-    // Answered, the stream is reset with NO_ERROR (RFC 9113 §8.1): a caller that never ends its
-    // request would otherwise keep it, and its slot, until the session's idle timeout.
-    if (req.httpVersion === "2.0") res.once("finish", () => res.stream.closed || res.stream.close(http2Constants.NGHTTP2_NO_ERROR));
     handleHttp(req, res, httpContext).catch((error) => {
       logger.error({ event: "http-error", error: describeError(error) }, "HTTP handler failed");
       if (!res.headersSent) res.writeHead(500);

@@ -103,6 +103,8 @@ describe("the CA bounds the HTTP/2 streams callers hold open", () => {
     return { stream, closed };
   };
 
+  // Node's HTTP/2 server does this itself (RST_STREAM NO_ERROR once the response is out, RFC 9113
+  // §8.1); kept as a guard, since a held answered stream would keep its slot under the caps below.
   it("resets an answered GET whose caller never ends its request (NO_ERROR), instead of keeping it", async () => {
     const session = await connectFrom("127.0.0.1");
     const stream = session.request({ ":path": "/v1/bundle" }, { endStream: false });
