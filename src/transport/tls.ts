@@ -1,5 +1,6 @@
 import { createServer as createTlsServer } from "node:tls";
 import type { Server as TlsServer, TLSSocket } from "node:tls";
+import { LogLimiter } from "../telemetry/log-limiter.ts";
 import type { IdentityHealth } from "../tls/context.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import { admitConnection, ConnectionRegistry, peerOf, prepareServer } from "./common.ts";
@@ -58,13 +59,28 @@ export function secureServer<S extends TlsServer>(
       if (!socket.destroyed) onVerified(socket);
     });
   }
+  // Anyone who can reach the port can fail handshakes at will: 5 lines per reason and address
+  // every 10 s, the rest counted into the next line (the metrics count every failure).
+  const failures = new LogLimiter();
+  const sweeper = setInterval(() => failures.sweep(() => undefined), 10_000);
+  sweeper.unref();
   server.on("tlsClientError", (error: Error & { code?: string }, socket: TLSSocket) => {
-    runtime.logger.warn(`${what}: TLS handshake from ${socket?.remoteAddress ?? "?"} failed: ${error.code ?? ""} ${error.message}`);
+    const from = socket?.remoteAddress ?? "?";
+    const unlogged = failures.admit(`${error.code ?? "other"}|${from}`);
+    if (unlogged !== undefined) {
+      runtime.logger.warn(`${what}: TLS handshake from ${from} failed: ${error.code ?? ""} ${error.message}${unlogged > 0 ? ` (${unlogged} more like it not logged)` : ""}`);
+    }
+    // A plain tls.Server leaves the socket open after a failed handshake, a timed-out one
+    // included (the https and http2 servers add a listener that destroys it): one byte 0x16 then
+    // held a connection, and its slot under the listener's cap, for good. Destroyed once every
+    // listener of this event has read what it needs from it.
+    process.nextTick(() => socket?.destroy());
   });
   let released = false;
   const release = () => {
     if (released) return;
     released = true;
+    clearInterval(sweeper);
     detach();
     registry.close();
     runtime.holder.close();
