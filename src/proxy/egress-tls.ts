@@ -93,12 +93,15 @@ export class EgressTlsMaterials {
         }
       };
     } else {
-      // Node's own RFC 6125 check (DNS/IP SANs) against the name we were configured with,
+      // Node's own RFC 6125 check (DNS/IP SANs only) against the name we were configured with,
       // not whatever name the connection happened to use; with the mesh's roots, the mesh's
       // revocations too (a backend's certificate from the mesh CA is on its CRL when revoked).
       const revocations = { revokedSerials: () => revoked } as PeerPolicy;
       checkServerIdentity = (_host, cert) => {
-        const wrongName = checkHostName(settings.serverName, cert);
+        // Without its subject: Node falls back to the CN when a certificate has no DNS or IP SAN,
+        // and a mesh SVID (a URI SAN only) may carry CN=<app id> (tokens with --common-name), so any
+        // workload whose app id equals serverName would pass as this backend.
+        const wrongName = checkHostName(settings.serverName, cert === undefined ? cert : { ...cert, subject: {} as typeof cert.subject });
         if (wrongName !== undefined || revoked.size === 0 || !cert?.serialNumber) return wrongName;
         const serial = normalizeSerial(cert.serialNumber);
         return isRevoked(revocations, serial) ? new MeshwardError("E_CERT_REVOKED", `the backend's certificate (serial ${serial}) is revoked`) : undefined;

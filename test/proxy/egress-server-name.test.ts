@@ -91,6 +91,13 @@ describe("egress: server name, SNI and IP-address backends", () => {
     const ok = await egress({ backend: `127.0.0.1:${await backend(good)}`, serverName: "db.internal", caFile: good.cert });
     expect(await converse(ok)).toBe("SNI=db.internal\n");
 
+    // A CN equal to serverName is not a SAN (Node's checkServerIdentity would fall back to it; a
+    // mesh SVID has a URI SAN only and may carry CN=<app id>): found by review, stop 33.
+    const cnOnly = certificate("cn-db", "/CN=db.internal", "URI:spiffe://egress.test/ns/evil/db.internal");
+    expect(await refusedWith(await egress({ backend: `127.0.0.1:${await backend(cnOnly)}`, serverName: "db.internal", caFile: cnOnly.cert }))).toMatch(/Cert does not contain a DNS name/);
+    const bareCn = certificate("bare-cn", "/CN=db.internal");
+    expect(await refusedWith(await egress({ backend: `127.0.0.1:${await backend(bareCn)}`, serverName: "db.internal", caFile: bareCn.cert }))).toMatch(/Cert does not contain a DNS name/);
+
     const other = certificate("other", "/CN=other.internal", "DNS:other.internal");
     const refused = await egress({ backend: `127.0.0.1:${await backend(other)}`, serverName: "db.internal", caFile: other.cert });
     expect(await refusedWith(refused)).toMatch(/Host: db\.internal\. is not in the cert's altnames: DNS:other\.internal/);
