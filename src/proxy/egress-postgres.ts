@@ -12,6 +12,12 @@ export const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
 
 /** Longest preamble we keep before the startup message is recognised (a StartupMessage is at most 10 000 bytes). */
 const MAX_PREAMBLE_BYTES = 64 * 1024;
+/**
+ * SSLRequests and GSSENCRequests answered before the startup message: libpq sends at most one of
+ * each. Without a bound, a client streaming them and never reading had an 'N' queued in memory
+ * per 8 bytes it sent.
+ */
+const MAX_ENCRYPTION_REQUESTS = 2;
 
 export type BackendAnswer = { readonly ok: true } | { readonly ok: false; readonly reason: string };
 
@@ -37,6 +43,7 @@ export function readBackendAnswer(chunk: Buffer): BackendAnswer {
 export class ClientPreamble {
   #buffer: Buffer = Buffer.alloc(0);
   #done = false;
+  #encryptionRequests = 0;
 
   get done(): boolean {
     return this.#done;
@@ -55,6 +62,9 @@ export class ClientPreamble {
       const length = this.#buffer.readInt32BE(0);
       const code = this.#buffer.readInt32BE(4);
       if (length === 8 && (code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE)) {
+        if (++this.#encryptionRequests > MAX_ENCRYPTION_REQUESTS) {
+          return { reply: Buffer.concat(replies), forward: undefined, error: `more than ${MAX_ENCRYPTION_REQUESTS} SSLRequest/GSSENCRequest messages before the startup message` };
+        }
         replies.push(Buffer.from("N"));
         this.#buffer = this.#buffer.subarray(8);
         continue;

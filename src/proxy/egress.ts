@@ -329,7 +329,9 @@ class Relay {
         const step = preamble.push(chunk);
         if (step.reply.length > 0) client.write(step.reply);
         if (step.error !== undefined) {
+          client.removeListener("data", onData);
           this.#fail("client_error", new MeshwardError("E_PROTOCOL", step.error));
+          this.#sendPostgresError(); // no startup message will come to answer: say why now, and close
           return;
         }
         if (step.forward === undefined) return;

@@ -1,4 +1,4 @@
-import { createServer, type Server } from "node:net";
+import { connect as netConnect, createServer, type Server } from "node:net";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { CaIdentitySource } from "../../src/identity/ca-source.ts";
@@ -81,6 +81,25 @@ describe("egress to PostgreSQL (protocol: postgres)", () => {
       "SELECT current_user || ' ' || ssl_is_used()",
     ]);
     expect(out.stdout.trim(), out.stderr).toBe("app true");
+  });
+
+  // Found by review (stop 33): a client streaming SSLRequests without reading had an 'N' queued
+  // in memory per 8 bytes (480 MiB sent: +87 MiB RSS). libpq sends one of each kind at most.
+  it("refuses a third SSLRequest/GSSENCRequest before the startup message with an ErrorResponse, and closes", async () => {
+    const e = await egress({ backend: `127.0.0.1:${db!.server.port}`, serverName: "localhost", mtls: true });
+    const sslRequest = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+    const answer = await new Promise<Buffer>((resolve, reject) => {
+      const socket = netConnect({ host: "127.0.0.1", port: port(e) });
+      const chunks: Buffer[] = [];
+      socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+      socket.on("error", reject);
+      socket.on("close", () => resolve(Buffer.concat(chunks)));
+      socket.write(Buffer.concat(Array.from({ length: 50 }, () => sslRequest)));
+    });
+    expect(answer.subarray(0, 2).toString("latin1")).toBe("NN");
+    expect(answer.subarray(2, 3).toString("latin1")).toBe("E"); // ErrorResponse
+    expect(answer.toString("latin1")).toContain("more than 2 SSLRequest/GSSENCRequest messages");
+    expect(e.stats().failed).toMatchObject({ client_error: 1 });
   });
 
   it("a pg client that insists on TLS to the egress is told 'N' (the app side is plaintext on loopback)", async () => {
