@@ -5,6 +5,7 @@ import { compileMatcher, describeMatcher } from "../spiffe/match.ts";
 import type { SpiffeIdMatcher } from "../spiffe/match.ts";
 import { SecureContextHolder } from "../tls/context.ts";
 import type { IdentityHealth } from "../tls/context.ts";
+import { LogLimiter } from "../telemetry/log-limiter.ts";
 import { consoleLogger } from "../tls/logger.ts";
 import { systemClock } from "../util/clock.ts";
 import type { ClockTimer } from "../util/clock.ts";
@@ -123,6 +124,8 @@ export interface ServerRuntime {
   readonly logger: TlsLogger;
   readonly insecure: boolean;
   readonly maxConnectionAgeMs: number;
+  /** Refusals any peer can cause at will (failed handshakes, refused callers) are logged through it: 5 per reason and address every 10 s. */
+  readonly refusalLog: LogLimiter;
 }
 
 export async function prepareServer(options: ServerCommonOptions, what: string): Promise<ServerRuntime> {
@@ -143,7 +146,7 @@ export async function prepareServer(options: ServerCommonOptions, what: string):
     peerRole: "client",
   };
   if (insecure) warnInsecure(logger, what);
-  return { holder, policy, logger, insecure, maxConnectionAgeMs: options.maxConnectionAgeMs ?? DEFAULT_MAX_CONNECTION_AGE_MS };
+  return { holder, policy, logger, insecure, maxConnectionAgeMs: options.maxConnectionAgeMs ?? DEFAULT_MAX_CONNECTION_AGE_MS, refusalLog: new LogLimiter() };
 }
 
 /** When the certificate a connection's caller was verified with expires (ms since the epoch). */
@@ -167,7 +170,9 @@ export function admitConnection(runtime: ServerRuntime, socket: TLSSocket, what:
     peerNotAfter.set(socket, notAfter.getTime());
     return peer;
   } catch (error) {
-    runtime.logger.warn(`${what} refused a connection from ${socket.remoteAddress ?? "?"}: ${describeError(error)}`);
+    const from = socket.remoteAddress ?? "?";
+    const unlogged = runtime.refusalLog.admit(`refused|${(error as { code?: string }).code ?? "other"}|${from}`);
+    if (unlogged !== undefined) runtime.logger.warn(`${what} refused a connection from ${from}: ${describeError(error)}${unlogged > 0 ? ` (${unlogged} more like it not logged)` : ""}`);
     socket.destroy();
     return undefined;
   }

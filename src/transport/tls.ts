@@ -1,6 +1,5 @@
 import { createServer as createTlsServer } from "node:tls";
 import type { Server as TlsServer, TLSSocket } from "node:tls";
-import { LogLimiter } from "../telemetry/log-limiter.ts";
 import type { IdentityHealth } from "../tls/context.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import { admitConnection, ConnectionRegistry, peerOf, prepareServer } from "./common.ts";
@@ -61,7 +60,7 @@ export function secureServer<S extends TlsServer>(
   }
   // Anyone who can reach the port can fail handshakes at will: 5 lines per reason and address
   // every 10 s, the rest counted into the next line (the metrics count every failure).
-  const failures = new LogLimiter();
+  const failures = runtime.refusalLog;
   const sweeper = setInterval(() => failures.sweep(() => undefined), 10_000);
   sweeper.unref();
   server.on("tlsClientError", (error: Error & { code?: string }, socket: TLSSocket) => {
