@@ -1,9 +1,10 @@
 import type { KeyObject } from "node:crypto";
 import { availableParallelism } from "node:os";
-import { Worker } from "node:worker_threads";
+import type { Worker } from "node:worker_threads";
 import { MeshwardError, type ErrorCode } from "../errors.ts";
 import { parseCsr, type ParsedCsr } from "../pki/csr.ts";
 import type { Signer } from "../pki/signer.ts";
+import { startMeshwardWorker } from "../util/worker-thread.ts";
 import type { AttestedIdentity } from "./attest/attestor.ts";
 import { signWorkloadCertificate, type SignedLeaf, type SigningPolicy } from "./issuer.ts";
 
@@ -281,14 +282,6 @@ function toBuffer(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-/**
- * Runs signing-worker.js from the compiled build, or signing-worker.ts through tsx when the
- * CA itself runs from sources (a worker does not inherit the tsx hooks of its parent on Node 20).
- */
 function startWorker(): Worker {
-  const here = import.meta.url;
-  if (!here.endsWith(".ts")) return new Worker(new URL("./signing-worker.js", here));
-  const tsx = import.meta.resolve("tsx/esm/api");
-  const entry = new URL("./signing-worker.ts", here).href;
-  return new Worker(`import(${JSON.stringify(tsx)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(entry)}); });`, { eval: true });
+  return startMeshwardWorker(import.meta.url, "signing-worker");
 }

@@ -1,5 +1,6 @@
-import { Worker } from "node:worker_threads";
+import type { Worker } from "node:worker_threads";
 import { MeshwardError, type ErrorCode } from "../errors.ts";
+import { startMeshwardWorker } from "../util/worker-thread.ts";
 import type { IssuanceRecord } from "./store.ts";
 
 /** Messages between SqliteWriter and sqlite-writer-worker.ts. */
@@ -91,11 +92,6 @@ export class SqliteWriter {
   }
 }
 
-/** The compiled build runs the .js worker; from sources it goes through tsx (workers do not inherit the parent's tsx hooks on Node 20). */
 function startWriterWorker(path: string): Worker {
-  const here = import.meta.url;
-  if (!here.endsWith(".ts")) return new Worker(new URL("./sqlite-writer-worker.js", here), { workerData: { path } });
-  const tsx = import.meta.resolve("tsx/esm/api");
-  const entry = new URL("./sqlite-writer-worker.ts", here).href;
-  return new Worker(`import(${JSON.stringify(tsx)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(entry)}); });`, { eval: true, workerData: { path } });
+  return startMeshwardWorker(import.meta.url, "sqlite-writer-worker", { workerData: { path } });
 }
