@@ -1,5 +1,5 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, sign, verify } from "node:crypto";
-import type { KeyObject } from "node:crypto";
+import type { JsonWebKey, KeyObject } from "node:crypto";
 import { MeshwardError } from "../errors.ts";
 
 export type KeyAlgorithm = "ec-p256" | "ec-p384" | "ed25519" | "rsa-2048" | "rsa-3072" | "rsa-4096";
@@ -35,23 +35,48 @@ const OTHER_CURVE_LABELS: Record<string, string> = {
   secp256k1: "secp256k1",
 };
 
-/** Synchronous (node:crypto); ECDSA P-256 by default. */
+/**
+ * Synchronous (node:crypto); ECDSA P-256 by default.
+ *
+ * The pair comes back as JWK and is imported again, so the KeyObjects returned share nothing with
+ * Node's key-generation job. On Node 20 they would share its mutex: reading a generated key's
+ * details (asymmetricKeyDetails, export) locks it and allocates, and when that allocation runs
+ * the garbage collector just as it frees the finished job, the job's destructor waits for the
+ * same mutex, and the process hangs for good (measured: 20,000 P-256 keys read back hung 2 runs
+ * in 5; `meshward ca init` hung once in a test run). Node 26 does not hang. The round trip costs
+ * ~70 µs per P-256 key.
+ */
 export function generateKeyPair(algorithm: KeyAlgorithm = "ec-p256"): KeyPair {
-  switch (algorithm) {
-    case "ec-p256":
-      return generateKeyPairSync("ec", { namedCurve: "P-256" });
-    case "ec-p384":
-      return generateKeyPairSync("ec", { namedCurve: "P-384" });
-    case "ed25519":
-      return generateKeyPairSync("ed25519");
-    case "rsa-2048":
-    case "rsa-3072":
-    case "rsa-4096":
-      return generateKeyPairSync("rsa", { modulusLength: Number(algorithm.slice(4)) });
-    default:
-      throw new MeshwardError("E_KEY_ALGORITHM", `unknown key algorithm ${JSON.stringify(algorithm)}; use ${KEY_ALGORITHMS.join(", ")}`);
-  }
+  const privateKey = createPrivateKey({ key: generatePrivateJwk(algorithm), format: "jwk" });
+  return { privateKey, publicKey: createPublicKey(privateKey) };
 }
+
+function generatePrivateJwk(algorithm: KeyAlgorithm): JsonWebKey {
+  const pair = (() => {
+    switch (algorithm) {
+      case "ec-p256":
+        return generateKeyPairSync("ec", { namedCurve: "P-256", ...JWK_ENCODING });
+      case "ec-p384":
+        return generateKeyPairSync("ec", { namedCurve: "P-384", ...JWK_ENCODING });
+      case "ed25519":
+        return generateKeyPairSync("ed25519", JWK_ENCODING);
+      case "rsa-2048":
+      case "rsa-3072":
+      case "rsa-4096":
+        return generateKeyPairSync("rsa", { modulusLength: Number(algorithm.slice(4)), ...JWK_ENCODING });
+      default:
+        throw new MeshwardError("E_KEY_ALGORITHM", `unknown key algorithm ${JSON.stringify(algorithm)}; use ${KEY_ALGORITHMS.join(", ")}`);
+    }
+  })();
+  // @types/node has no overload for the "jwk" encoding, which Node supports since 15.9.
+  return pair.privateKey as unknown as JsonWebKey;
+}
+
+// Typed as the "der" encoding for @types/node's overloads; Node reads the format at run time.
+const JWK_ENCODING = { privateKeyEncoding: { format: "jwk" }, publicKeyEncoding: { format: "jwk" } } as unknown as {
+  privateKeyEncoding: { format: "der"; type: "pkcs8" };
+  publicKeyEncoding: { format: "der"; type: "spki" };
+};
 
 /** The algorithm to generate a successor of this key with (rotation keeps the key type). */
 export function keyAlgorithmOf(key: KeyObject): KeyAlgorithm {
