@@ -1,10 +1,10 @@
 import { execFileSync } from "node:child_process";
-import { generateKeyPairSync } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { auditPaths } from "../../src/audit/audit.ts";
+import { generateKeyPair } from "../../src/pki/keys.ts";
 
 const REDIS = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: s\nspec:\n  type: state.redis\n  metadata:\n  - name: redisHost\n    value: r:6379\n";
 
@@ -22,7 +22,7 @@ describe("reading files", () => {
     symlinkSync(join(root, "tree", "missing.yaml"), join(root, "tree", "dangling.yaml"));
     writeFileSync(join(root, "tree", "image.yaml"), Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x00, 0x00, 0x0d, 0x0a]));
     writeFileSync(join(root, "tree", "huge.yaml"), `${"# padding\n".repeat(2000)}${REDIS}`);
-    const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const { privateKey } = generateKeyPair();
     writeFileSync(join(root, "tree", "notes.txt"), `deploy notes\n\n${privateKey.export({ type: "pkcs8", format: "pem" }).toString()}`);
     const encrypted = privateKey.export({ type: "pkcs8", format: "pem", cipher: "aes-256-cbc", passphrase: "test-only" }).toString();
     writeFileSync(join(root, "tree", "issuer.key"), encrypted);

@@ -1,10 +1,10 @@
 import { spawnSync } from "node:child_process";
-import { generateKeyPairSync } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { MESHWARD_BIN } from "../helpers/cli.ts";
+import { generateKeyPair } from "../../src/pki/keys.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const ANCHORS = join(ROOT, "test", "inject", "fixtures", "trust-anchors.pem");
@@ -53,7 +53,7 @@ describe("meshward audit and inject on hostile trees (real process)", () => {
     // Inside the root: a link to a file is followed (read under the name reached first).
     symlinkSync(join(tree, "sub", "store.yaml"), join(tree, "linked.yaml"));
     // Outside the root: a folder, a file, the parent and /etc. Their content must never be read.
-    const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const { privateKey } = generateKeyPair();
     secretPem = privateKey.export({ type: "pkcs8", format: "pem" }).toString();
     writeFileSync(join(outside, "id.key"), secretPem);
     writeFileSync(join(outside, "store.yaml"), REDIS.replace("name: s", "name: outside-secret"));

@@ -1,10 +1,10 @@
-import { generateKeyPairSync } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from "jose";
 import { afterAll, describe, expect, it } from "vitest";
 import { JwtSvidIssuer } from "../../src/ca/jwt-svid.ts";
+import { generateKeyPair } from "../../src/pki/keys.ts";
 
 // JWT-SVIDs per the SPIFFE JWT-SVID spec (spiffe/spiffe standards/JWT-SVID.md): sub = SPIFFE ID,
 // aud and exp required, kid in the header, ES256 or EdDSA; the key rotates with the X.509 issuer
@@ -12,7 +12,7 @@ import { JwtSvidIssuer } from "../../src/ca/jwt-svid.ts";
 describe("JwtSvidIssuer", () => {
   const work = mkdtempSync(join(tmpdir(), "meshward-jwtsvid-"));
   afterAll(() => rmSync(work, { recursive: true, force: true }));
-  const issuerKey = () => generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
+  const issuerKey = () => generateKeyPair().privateKey;
   const start = new Date("2026-12-03T10:00:00Z");
 
   const make = (algorithm: "ES256" | "EdDSA", clock: { now: Date }, stateFile?: string) =>

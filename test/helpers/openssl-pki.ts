@@ -4,11 +4,12 @@
  * in its own mkdtemp directory; call `cleanup()` in afterAll.
  */
 import { execFileSync } from "node:child_process";
-import { createPrivateKey, generateKeyPairSync, randomBytes, X509Certificate } from "node:crypto";
+import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
 import type { KeyObject } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { generateKeyPair } from "../../src/pki/keys.ts";
 
 export interface TestCa {
   readonly certPem: string;
@@ -63,7 +64,7 @@ function openssl(args: readonly string[], cwd?: string): string {
 }
 
 function newKeyPem(): string {
-  const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const { privateKey } = generateKeyPair();
   return privateKey.export({ format: "pem", type: "pkcs8" }) as string;
 }
 

@@ -1,8 +1,8 @@
-import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { createLogger, type LoggerConfig } from "../../src/telemetry/logger.ts";
 import { redactSecrets } from "../../src/telemetry/redact.ts";
 import { MeshwardError } from "../../src/errors.ts";
+import { generateKeyPair } from "../../src/pki/keys.ts";
 
 function capture(config: Omit<LoggerConfig, "destination"> = { component: "test" }) {
   const lines: string[] = [];
@@ -11,7 +11,7 @@ function capture(config: Omit<LoggerConfig, "destination"> = { component: "test"
 }
 
 // Generated at test time: no key material lives in the repository.
-const { privateKey: ecKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+const { privateKey: ecKey } = generateKeyPair();
 const PKCS8 = ecKey.export({ type: "pkcs8", format: "pem" }).toString();
 const SEC1 = ecKey.export({ type: "sec1", format: "pem" }).toString();
 const ENCRYPTED = ecKey.export({ type: "pkcs8", format: "pem", cipher: "aes-256-cbc", passphrase: "pw-for-test" }).toString();
