@@ -60,7 +60,7 @@ export function registerIdentityCommand(program: Command): void {
       // Created for a server run as another user (--owner): it must be able to reach its files (they stay 0600, its own).
       const outDir = opts.out !== undefined ? prepareOutDir(opts.out, "--out", owner === undefined ? 0o700 : 0o755, owner?.uid) : undefined;
       if (opts.workloadApiSocket !== undefined) checkSocketDir(opts.workloadApiSocket, "--workload-api-socket");
-      const resume = outDir !== undefined ? readResumableSvid(outDir, { namespace: opts.namespace, appId: opts.appId, now: new Date(), logger }) : undefined;
+      const resume = outDir !== undefined ? readResumableSvid(outDir, { namespace: opts.namespace, appId: opts.appId, now: new Date(), logger, ...(owner !== undefined ? { filesOwner: owner.uid } : {}) }) : undefined;
       if (token === undefined && opts.tokenFile === undefined && resume === undefined) {
         throw new MeshwardError("E_USAGE", `a token is needed: --token, --token-file or MESHWARD_TOKEN${outDir !== undefined ? ` (or a valid certificate and key from an earlier run in ${opts.out})` : ""}`);
       }
