@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { chmodSync, lstatSync, mkdtempSync, renameSync, rmdirSync, unlinkSync } from "node:fs";
 import { connect } from "node:net";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
@@ -31,8 +31,10 @@ export interface WorkloadApiServerOptions {
 }
 
 export const DEFAULT_WORKLOAD_API_MAX_STREAMS = 1024;
-/** The Workload API's requests are empty or a few audiences: nothing legitimate comes near this. */
-const MAX_REQUEST_BYTES = 64 * 1024;
+/** Every request meshward answers is empty (the JWT calls are not implemented); 4 KiB leaves room for a JWT call's audiences. */
+const MAX_REQUEST_BYTES = 4 * 1024;
+/** A workload holds one or two streams (go-spiffe's X509Source: one); 16 leaves room for several clients sharing a connection. */
+const MAX_STREAMS_PER_CONNECTION = 16;
 
 export interface WorkloadApiServer {
   readonly socketPath: string;
@@ -148,7 +150,9 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
     else (call as grpc.ServerWritableStream<unknown, unknown>).emit("error", error);
   };
 
-  const server = new grpc.Server({ "grpc.max_receive_message_length": MAX_REQUEST_BYTES });
+  // A stream's request is buffered before its handler runs (and before the stream cap counts it):
+  // few streams per connection and a small request bound what an unfinished request holds.
+  const server = new grpc.Server({ "grpc.max_receive_message_length": MAX_REQUEST_BYTES, "grpc.max_concurrent_streams": MAX_STREAMS_PER_CONNECTION });
   server.addService(workloadApiDefinition().service, {
     FetchX509SVID: fetchX509Svid,
     FetchX509Bundles: fetchX509Bundles,
@@ -223,8 +227,10 @@ function grpcError(code: grpc.status, details: string): Partial<grpc.StatusObjec
   return Object.assign(new Error(details), { code, details });
 }
 
+/** What a FetchX509Bundles stream was last sent; a CRL re-signed with the same revocations counts as new (its nextUpdate moved). */
 function bundleKey(bundle: TrustBundle): string {
-  return `${bundle.trustDomain}\n${bundle.rootsPem}\n${[...bundle.revokedSerials].sort().join(",")}`;
+  const crls = (bundle.crls ?? []).map((crl) => createHash("sha256").update(crl).digest("hex")).join(",");
+  return `${bundle.trustDomain}\n${bundle.rootsPem}\n${[...bundle.revokedSerials].sort().join(",")}\n${crls}`;
 }
 
 /** Full response for one SVID (spec 5.2.1: every message carries everything). */
