@@ -2,7 +2,7 @@ import type { Command } from "commander";
 import { createIdentity } from "../identity/ca-source.ts";
 import { startFileSink } from "../identity/file-sink.ts";
 import { instrumentIdentity } from "../identity/instrument.ts";
-import { startWorkloadApiServer } from "../identity/workload-api/index.ts";
+import { socketPathFrom, startWorkloadApiServer } from "../identity/workload-api/index.ts";
 import { MeshwardError } from "../errors.ts";
 import { createHealth, createOpsServer } from "../telemetry/health.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
@@ -59,7 +59,7 @@ export function registerIdentityCommand(program: Command): void {
       // Local checks first: nothing may spend a single-use token and then fail on this host.
       // Created for a server run as another user (--owner): it must be able to reach its files (they stay 0600, its own).
       const outDir = opts.out !== undefined ? prepareOutDir(opts.out, "--out", owner === undefined ? 0o700 : 0o755, owner?.uid) : undefined;
-      if (opts.workloadApiSocket !== undefined) checkSocketDir(opts.workloadApiSocket, "--workload-api-socket");
+      if (opts.workloadApiSocket !== undefined) checkSocketDir(socketPathFrom(opts.workloadApiSocket), "--workload-api-socket");
       const resume = outDir !== undefined ? readResumableSvid(outDir, { namespace: opts.namespace, appId: opts.appId, now: new Date(), logger, ...(owner !== undefined ? { filesOwner: owner.uid } : {}) }) : undefined;
       if (token === undefined && opts.tokenFile === undefined && resume === undefined) {
         throw new MeshwardError("E_USAGE", `a token is needed: --token, --token-file or MESHWARD_TOKEN${outDir !== undefined ? ` (or a valid certificate and key from an earlier run in ${opts.out})` : ""}`);

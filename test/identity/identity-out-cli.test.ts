@@ -1,5 +1,5 @@
 import { X509Certificate } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -145,6 +145,18 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     expect(statSync(join(work, "run")).mode & 0o777).toBe(0o700);
     expect(statSync(out).mode & 0o777).toBe(0o700);
     expect(statSync(join(out, "key.pem")).mode & 0o777).toBe(0o600);
+    expect(await id.stop()).toBe(0);
+  }, 60_000);
+
+  it("--workload-api-socket takes unix:///abs/path as well as /abs/path, checked and bound at that path", async () => {
+    // The CLI checked the socket's directory on the raw value: `unix:/…` read as a relative path.
+    const sockets = join(work, "sockets");
+    mkdirSync(sockets, { mode: 0o700 });
+    const socket = join(sockets, "api.sock");
+    const id = await startCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", await token("uri"), "--workload-api-socket", `unix://${socket}`], /identity ready: (\S+)/);
+    running.push(id);
+    for (let i = 0; i < 100 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(statSync(socket).isSocket()).toBe(true);
     expect(await id.stop()).toBe(0);
   }, 60_000);
 });
