@@ -1,12 +1,13 @@
 import { spawn } from "node:child_process";
 import { X509Certificate, createPublicKey } from "node:crypto";
 import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { connect as netConnect, createServer } from "node:net";
+import { connect as netConnect, createServer, type Socket } from "node:net";
 import { connect as http2Connect } from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as tls from "node:tls";
 import * as grpc from "@grpc/grpc-js";
+import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
 import { createCrl, encodePrivateKey, inspectCertificate, keysMatch } from "../../src/pki/index.ts";
@@ -234,6 +235,36 @@ describe("Workload API server and client over a unix socket", () => {
       session.once("error", reject);
     });
     expect(session.remoteSettings.maxConcurrentStreams).toBe(16);
+  });
+
+  it("caps connections at maxStreams: one more is closed on accept, logged once, and a closed one frees its place", async () => {
+    const logged: string[] = [];
+    const logger = pino({ level: "warn" }, { write: (line: string) => void logged.push(line) });
+    const server = await startWorkloadApiServer({ socketPath: socketPath(), source: manualIdentitySource(pki.snapshot()), maxStreams: 2, logger });
+    cleanups.push(() => server.close());
+    const open = () =>
+      new Promise<Socket>((resolve, reject) => {
+        const socket = netConnect(server.socketPath, () => resolve(socket));
+        socket.once("error", reject);
+      });
+    const closedSoon = (socket: Socket) => new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), 1000);
+      socket.once("close", () => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+    const held = [await open(), await open()];
+    const third = await open();
+    expect(await closedSoon(third)).toBe(true);
+    expect(await closedSoon(await open())).toBe(true);
+    expect(logged.filter((line) => line.includes("workload-api-connections-exhausted"))).toHaveLength(1);
+    held[0]!.destroy();
+    await new Promise((r) => setTimeout(r, 50));
+    const client = rawClient(server.socketPath);
+    const { message } = await firstMessage<X509SvidResponseMessage>(client, "FetchX509SVID", header("true"));
+    expect(message?.svids).toHaveLength(1);
+    held[1]!.destroy();
   });
 
   it("sends FetchX509Bundles streams a CRL re-signed with the same revocations (its nextUpdate moved)", async () => {

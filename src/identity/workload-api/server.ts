@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
 import { chmodSync, lstatSync, mkdtempSync, renameSync, rmdirSync, unlinkSync } from "node:fs";
-import { connect } from "node:net";
+import { connect, createServer as createNetServer } from "node:net";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
@@ -25,7 +25,8 @@ export interface WorkloadApiServerOptions {
   /**
    * Open FetchX509SVID and FetchX509Bundles streams at most (default 1024): each holds memory
    * and is written on every rotation, and any process that can open the socket can open
-   * streams. A stream over the cap ends at once with RESOURCE_EXHAUSTED.
+   * streams. A stream over the cap ends at once with RESOURCE_EXHAUSTED. Connections are capped
+   * at the same number (a connection holds at least one stream); one over it is closed on accept.
    */
   readonly maxStreams?: number;
 }
@@ -161,6 +162,18 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
     ValidateJWTSVID: unimplemented,
   } as grpc.UntypedServiceImplementation);
 
+  // Connections are accepted here and handed to grpc-js, so that their number is bounded: each
+  // holds up to MAX_STREAMS_PER_CONNECTION requests that grpc-js buffers before a handler runs.
+  const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  const listener = createNetServer((socket) => injector.injectConnection(socket));
+  listener.maxConnections = maxStreams;
+  let connectionsWarned = false;
+  listener.on("drop", () => {
+    if (connectionsWarned) return;
+    connectionsWarned = true;
+    logger?.warn({ event: "workload-api-connections-exhausted", maxConnections: maxStreams }, "the Workload API refused a connection: the connection cap is reached (logged once)");
+  });
+
   await removeStaleSocket(socketPath);
   // Bind inside a private directory, set the mode, then rename into place: the socket is
   // never reachable at its public path with the umask's (possibly wider) mode.
@@ -168,11 +181,16 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
   const tempSocket = join(privateDir, "s");
   try {
     await new Promise<void>((resolvePromise, reject) => {
-      server.bindAsync(`unix://${tempSocket}`, grpc.ServerCredentials.createInsecure(), (error) => (error ? reject(error) : resolvePromise()));
+      listener.once("error", reject);
+      listener.listen(tempSocket, () => {
+        listener.removeListener("error", reject);
+        resolvePromise();
+      });
     });
     chmodSync(tempSocket, mode);
     renameSync(tempSocket, socketPath);
   } catch (error) {
+    listener.close();
     server.forceShutdown();
     throw new MeshwardError("E_WORKLOAD_API_BIND", `cannot serve the Workload API on ${socketPath}: ${describeError(error)}`, { cause: error });
   } finally {
@@ -196,6 +214,8 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
       for (const call of bundleCalls.keys()) call.end();
       svidCalls.clear();
       bundleCalls.clear();
+      listener.close();
+      // Closes the injected connections too: grpc-js tracks them as it does its own.
       await new Promise<void>((resolvePromise) => {
         const timer = setTimeout(() => {
           server.forceShutdown();
