@@ -8,6 +8,7 @@ import { createInjectorMetrics } from "./metrics.ts";
 import { CIPHERS, CURVES, MIN_TLS_VERSION, SECURE_OPTIONS } from "../tls/policy.ts";
 import { formatHostPort, type HostPort } from "../util/address.ts";
 import { ConnectionGate, gatedListener } from "../util/connection-gate.ts";
+import { enforceRequestDeadlines } from "../util/request-deadlines.ts";
 import { requestBudget } from "../util/request-budget.ts";
 import { findExcessiveNesting } from "../util/yaml-depth.ts";
 import { reviewAdmission } from "./admission.ts";
@@ -25,6 +26,9 @@ export const DEFAULT_WEBHOOK_MAX_BUFFERED_BYTES = 8 * MAX_REVIEW_BYTES;
 export const MUTATE_PATH = "/mutate";
 /** Time a caller has to finish the TLS handshake (Node's own default is 120 s). */
 export const DEFAULT_WEBHOOK_HANDSHAKE_TIMEOUT_MS = 10_000;
+/** A request's head within 5 s of the handshake or of the previous response; its body within 10 s of the head. */
+export const DEFAULT_WEBHOOK_HEADERS_TIMEOUT_MS = 5_000;
+export const DEFAULT_WEBHOOK_BODY_TIMEOUT_MS = 10_000;
 /** Connections open at once; the API server keeps a few, so this is generous. */
 export const DEFAULT_WEBHOOK_MAX_CONNECTIONS = 1024;
 /** Connections open at once from one source address (the API servers share a few addresses). */
@@ -40,6 +44,9 @@ export interface WebhookServerOptions {
   readonly logger: Logger;
   /** Milliseconds a caller has to finish the TLS handshake (default 10 s). */
   readonly handshakeTimeoutMs?: number;
+  /** See DEFAULT_WEBHOOK_HEADERS_TIMEOUT_MS and DEFAULT_WEBHOOK_BODY_TIMEOUT_MS (tests shorten them). */
+  readonly headersTimeoutMs?: number;
+  readonly bodyTimeoutMs?: number;
   /** Connections open at once (default 1024); more are reset on accept, before any TLS work. */
   readonly maxConnections?: number;
   /** Connections open at once from one source address (default 256). */
@@ -81,7 +88,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   const handshakeTimeout = options.handshakeTimeoutMs ?? DEFAULT_WEBHOOK_HANDSHAKE_TIMEOUT_MS;
   const counters = options.metrics === undefined ? undefined : createInjectorMetrics(options.metrics);
   const budget = requestBudget(options.maxBufferedBytes ?? DEFAULT_WEBHOOK_MAX_BUFFERED_BYTES);
-  const server: Server = createServer({ ...tlsOptions(first), handshakeTimeout, requestTimeout: 10_000, headersTimeout: 5_000 }, (req, res) => {
+  const server: Server = createServer({ ...tlsOptions(first), handshakeTimeout }, (req, res) => {
     const path = (req.url ?? "/").split("?", 1)[0];
     const send = (status: number, body: unknown) => {
       res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" });
@@ -134,7 +141,10 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
       if (size > MAX_REVIEW_BYTES) return refuse(tooLarge);
       if (!budget.take(chunk.length)) {
         counters?.review("busy");
-        return refuse(() => send(503, { error: "the injector holds too many unfinished AdmissionReviews; retry", code: "E_INJECTOR_BUSY" }));
+        return refuse(() => {
+          res.setHeader("retry-after", "1");
+          send(503, { error: "the injector holds too many unfinished AdmissionReviews; retry", code: "E_INJECTOR_BUSY" });
+        });
       }
       held += chunk.length;
       chunks.push(chunk);
@@ -177,6 +187,9 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
       }
     });
   });
+  // Connections come through the gated listener below, so Node's own headersTimeout and
+  // requestTimeout would never fire (src/util/request-deadlines.ts).
+  enforceRequestDeadlines(server, { headersMs: options.headersTimeoutMs ?? DEFAULT_WEBHOOK_HEADERS_TIMEOUT_MS, bodyMs: options.bodyTimeoutMs ?? DEFAULT_WEBHOOK_BODY_TIMEOUT_MS });
   const unsubscribe = identity.subscribe((event) => {
     if (event.type === "rotated") {
       server.setSecureContext(tlsOptions(event.snapshot));

@@ -1,5 +1,6 @@
 import { connect, type Socket } from "node:net";
 import { request } from "node:https";
+import { connect as tlsConnect } from "node:tls";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { staticIdentity, type IdentitySnapshot } from "../../src/identity/source.ts";
@@ -34,7 +35,7 @@ describe("admission webhook against hostile peers", () => {
     pki?.cleanup();
   });
 
-  const start = async (limits: { handshakeTimeoutMs?: number; maxConnections?: number; maxConnectionsPerAddress?: number; maxBufferedBytes?: number }) => {
+  const start = async (limits: { handshakeTimeoutMs?: number; headersTimeoutMs?: number; bodyTimeoutMs?: number; maxConnections?: number; maxConnectionsPerAddress?: number; maxBufferedBytes?: number }) => {
     const leaf = pki.issueLeaf({ spiffeId: `spiffe://${pki.trustDomain}/ns/meshward-system/sa/meshward-injector`, dnsNames: ["localhost"] });
     const snapshot = {
       svid: { spiffeId: leaf.spiffeId ?? "", certChainPem: leaf.chainPem, privateKey: leaf.key, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial },
@@ -100,11 +101,11 @@ describe("admission webhook against hostile peers", () => {
   /** A POST /mutate that declares `declared` bytes and sends `sent` of them, unfinished; resolves with the status once one arrives. */
   const unfinished = (port: number, declared: number, sent: number) => {
     const req = request({ host: "127.0.0.1", port, path: "/mutate", method: "POST", ca: pki.root.certPem, servername: "localhost", headers: { "content-type": "application/json", "content-length": String(declared) } });
-    const answered = new Promise<{ status: number; body: string }>((resolve) => {
+    const answered = new Promise<{ status: number; body: string; retryAfter: string | undefined }>((resolve) => {
       req.on("response", (res) => {
         let body = "";
         res.on("data", (chunk: Buffer) => (body += chunk.toString("utf8")));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body, retryAfter: res.headers["retry-after"] as string | undefined }));
       });
     });
     req.on("error", () => undefined);
@@ -122,10 +123,38 @@ describe("admission webhook against hostile peers", () => {
     const refused = await second.answered;
     expect(refused.status).toBe(503);
     expect(JSON.parse(refused.body)).toMatchObject({ code: "E_INJECTOR_BUSY" });
+    expect(refused.retryAfter).toBe("1");
     first.req.destroy();
     await new Promise((resolve) => setTimeout(resolve, 300));
     // The budget is free again: a real (if empty) review is read and answered on its merits.
     const answered = await get(port, "/mutate", "{}");
+    expect(answered.status).toBe(400);
+    expect(answered.body).not.toMatch(/E_INJECTOR_BUSY/);
+  }, 30_000);
+
+  // Found by review (stop 35): connections come through the gated listener, and Node checks its
+  // headersTimeout and requestTimeout only on a server that listens itself; a request never
+  // finished held its connection and its share of the body budget for as long as the caller liked.
+  it("closes a connection whose request head is still dripping in after the headers deadline, and keeps serving", async () => {
+    const { port } = await start({ headersTimeoutMs: 300 });
+    const socket = tlsConnect({ host: "127.0.0.1", port, ca: pki.root.certPem, servername: "localhost" });
+    socket.on("error", () => undefined);
+    await new Promise<void>((resolve) => socket.once("secureConnect", () => resolve()));
+    socket.write("POST /mutate HTTP/1.1\r\nHost: localhost\r\n");
+    const drip = setInterval(() => socket.write("X-Slow: 1\r\n"), 50);
+    const started = Date.now();
+    await new Promise<void>((resolve) => socket.once("close", () => resolve()));
+    clearInterval(drip);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    expect((await get(port, "/healthz")).status).toBe(200);
+  }, 30_000);
+
+  it("closes a request whose body does not arrive within the body deadline, and frees its share of the budget", async () => {
+    const { port } = await start({ bodyTimeoutMs: 300, maxBufferedBytes: 1024 * 1024 });
+    const stalled = unfinished(port, 1_000_001, 1_000_000);
+    await new Promise<void>((resolve) => stalled.req.once("close", () => resolve()));
+    // 200 kB would not fit beside the 1 MB the stalled request held: it is read and judged.
+    const answered = await get(port, "/mutate", `${" ".repeat(200_000)}{}`);
     expect(answered.status).toBe(400);
     expect(answered.body).not.toMatch(/E_INJECTOR_BUSY/);
   }, 30_000);

@@ -1,0 +1,54 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Socket } from "node:net";
+
+export interface RequestDeadlines {
+  /** A request's head must be complete within this long of the connection being ready (TLS done) or of the previous response. */
+  readonly headersMs: number;
+  /** Its body must be complete within this long of its head. */
+  readonly bodyMs: number;
+}
+
+interface DeadlineServer {
+  on(event: "secureConnection", listener: (socket: Socket) => void): unknown;
+  on(event: "request", listener: (req: IncomingMessage, res: ServerResponse) => void): unknown;
+}
+
+/**
+ * Request deadlines for an HTTP/1.1 server that gets its connections through
+ * `emit("connection")` (a gated listener) rather than its own listen(). Node checks
+ * `headersTimeout` and `requestTimeout` from a timer that only a listening server starts, so
+ * there they never fire: a caller could send half a request and hold its connection, and its
+ * share of any body budget, for as long as it liked. A connection past a deadline is destroyed.
+ */
+export function enforceRequestDeadlines(server: DeadlineServer, deadlines: RequestDeadlines): void {
+  const timers = new WeakMap<Socket, NodeJS.Timeout>();
+  const clear = (socket: Socket) => {
+    const timer = timers.get(socket);
+    if (timer !== undefined) clearTimeout(timer);
+    timers.delete(socket);
+  };
+  const arm = (socket: Socket, what: "headers" | "body") => {
+    clear(socket);
+    if (socket.destroyed) return;
+    const timer = setTimeout(() => {
+      timers.delete(socket);
+      socket.destroy();
+    }, what === "headers" ? deadlines.headersMs : deadlines.bodyMs);
+    timer.unref();
+    timers.set(socket, timer);
+  };
+  server.on("secureConnection", (socket) => {
+    arm(socket, "headers");
+    socket.once("close", () => clear(socket));
+  });
+  server.on("request", (req, res) => {
+    const socket = req.socket;
+    if (req.complete) clear(socket);
+    else {
+      arm(socket, "body");
+      req.once("end", () => clear(socket));
+    }
+    // The next request on a kept-alive connection gets the same time for its head.
+    res.once("finish", () => arm(socket, "headers"));
+  });
+}
