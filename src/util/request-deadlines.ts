@@ -21,10 +21,11 @@ interface DeadlineServer {
  * share of any body budget, for as long as it liked. A connection past a deadline is destroyed.
  */
 export function enforceRequestDeadlines(server: DeadlineServer, deadlines: RequestDeadlines): void {
-  const timers = new WeakMap<Socket, NodeJS.Timeout>();
-  const clear = (socket: Socket) => {
-    const timer = timers.get(socket);
-    if (timer !== undefined) clearTimeout(timer);
+  const timers = new WeakMap<Socket, { readonly timer: NodeJS.Timeout; readonly what: "headers" | "body" }>();
+  const clear = (socket: Socket, what?: "headers" | "body") => {
+    const armed = timers.get(socket);
+    if (armed === undefined || (what !== undefined && armed.what !== what)) return;
+    clearTimeout(armed.timer);
     timers.delete(socket);
   };
   const arm = (socket: Socket, what: "headers" | "body") => {
@@ -35,7 +36,7 @@ export function enforceRequestDeadlines(server: DeadlineServer, deadlines: Reque
       socket.destroy();
     }, what === "headers" ? deadlines.headersMs : deadlines.bodyMs);
     timer.unref();
-    timers.set(socket, timer);
+    timers.set(socket, { timer, what });
   };
   server.on("secureConnection", (socket) => {
     arm(socket, "headers");
@@ -46,7 +47,8 @@ export function enforceRequestDeadlines(server: DeadlineServer, deadlines: Reque
     if (req.complete) clear(socket);
     else {
       arm(socket, "body");
-      req.once("end", () => clear(socket));
+      // Only the body's own deadline: a body drained after the response must not clear the next head's.
+      req.once("end", () => clear(socket, "body"));
     }
     // The next request on a kept-alive connection gets the same time for its head.
     res.once("finish", () => arm(socket, "headers"));

@@ -149,6 +149,23 @@ describe("admission webhook against hostile peers", () => {
     expect((await get(port, "/healthz")).status).toBe(200);
   }, 30_000);
 
+  it("gives the next request on a kept-alive connection the same deadline for its head", async () => {
+    const { port } = await start({ headersTimeoutMs: 300 });
+    const socket = tlsConnect({ host: "127.0.0.1", port, ca: pki.root.certPem, servername: "localhost" });
+    socket.on("error", () => undefined);
+    await new Promise<void>((resolve) => socket.once("secureConnect", () => resolve()));
+    let received = "";
+    socket.on("data", (chunk: Buffer) => (received += chunk.toString("latin1")));
+    socket.write("GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    for (let i = 0; i < 100 && !received.includes("\r\n\r\n"); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(received).toMatch(/^HTTP\/1\.1 200/);
+    socket.write("GET /healthz HTTP/1.1\r\n");
+    const drip = setInterval(() => socket.write("X-Slow: 1\r\n"), 50);
+    await new Promise<void>((resolve) => socket.once("close", () => resolve()));
+    clearInterval(drip);
+    expect(received.match(/HTTP\/1\.1 200/g)).toHaveLength(1);
+  }, 30_000);
+
   it("closes a request whose body does not arrive within the body deadline, and frees its share of the budget", async () => {
     const { port } = await start({ bodyTimeoutMs: 300, maxBufferedBytes: 1024 * 1024 });
     const stalled = unfinished(port, 1_000_001, 1_000_000);
