@@ -87,10 +87,17 @@ describe("the CA's API limits certificates per source address", () => {
   // any credential behind the same address (a pod behind its node's SNAT) kept every workload
   // there from renewing with a stream of garbage requests.
   it("counts certificates, not attempts: refused requests from the address do not use up its allowance", async () => {
-    await new Promise((resolve) => setTimeout(resolve, 3_100)); // the bucket (3, 1/s) refills
-    const garbage = async () => requestCertificate({ address: ca.server.address, bundlePem: ca.bundlePem, trustDomain: TD }, { csrPem: await createCsr({ keyPair: generateKeyPair() }), token: "not-a-token", validator: "JOIN_TOKEN", namespace: "", appId: "" });
-    for (let i = 0; i < 20; i++) await expect(garbage()).rejects.toMatchObject({ code: "E_TOKEN_INVALID" });
-    for (let i = 0; i < 3; i++) expect((await ca.sign("orders", `after-garbage-${i}`)).certChainPem).toMatch(/BEGIN CERTIFICATE/);
-    await expect(ca.sign("orders", "one-too-many")).rejects.toMatchObject({ code: "E_RATE_LIMITED" });
+    // A CA of its own whose bucket (3, one per 100 s) does not refill while the test runs, however
+    // slow the machine: with one per second, a loaded run took over a second for the three
+    // signatures and the fourth got through.
+    const slow = await startTestCa(TD, { signRateLimit: { burst: 3, perSecond: 0.01 } });
+    try {
+      const garbage = async () => requestCertificate({ address: slow.server.address, bundlePem: slow.bundlePem, trustDomain: TD }, { csrPem: await createCsr({ keyPair: generateKeyPair() }), token: "not-a-token", validator: "JOIN_TOKEN", namespace: "", appId: "" });
+      for (let i = 0; i < 20; i++) await expect(garbage()).rejects.toMatchObject({ code: "E_TOKEN_INVALID" });
+      for (let i = 0; i < 3; i++) expect((await slow.sign("orders", `after-garbage-${i}`)).certChainPem).toMatch(/BEGIN CERTIFICATE/);
+      await expect(slow.sign("orders", "one-too-many")).rejects.toMatchObject({ code: "E_RATE_LIMITED" });
+    } finally {
+      await slow.close();
+    }
   });
 });
