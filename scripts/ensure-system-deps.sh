@@ -20,6 +20,11 @@ test_deps=(
   # test/security runs these as real apps behind the sidecar, under Debian's python3.
   "py:gunicorn python3-gunicorn"
   "py:uvicorn python3-uvicorn"
+  # test/security/method-override-body: frameworks that read _method from POST bodies (Rack, Symfony).
+  "rb:rack ruby-rack"
+  "rb:webrick ruby-webrick"
+  "php php-cli"
+  "file:/usr/share/php/Symfony/Component/HttpFoundation/Request.php php-symfony-http-foundation"
   "kubectl kubectl"
   "go golang-go"
   # node-gyp, when npm ci builds better-sqlite3 from source (and scripts/node-compat.sh always)
@@ -40,6 +45,9 @@ if [[ "${1:-}" == "--bench" ]]; then deps+=("${bench_deps[@]}"); fi
 have() {
   # "py:MODULE": a module Debian's /usr/bin/python3 must import.
   if [[ "$1" == py:* ]]; then /usr/bin/python3 -c "import ${1#py:}" >/dev/null 2>&1; return; fi
+  # "rb:LIBRARY": a library Debian's ruby must require (ruby comes with the package).
+  if [[ "$1" == rb:* ]]; then command -v ruby >/dev/null 2>&1 && ruby -e "require '${1#rb:}'" >/dev/null 2>&1; return; fi
+  if [[ "$1" == file:* ]]; then [[ -e "${1#file:}" ]]; return; fi
   command -v "$1" >/dev/null 2>&1 && return 0
   # PostgreSQL's server tools live outside PATH on Debian.
   compgen -G "/usr/lib/postgresql/*/bin/$1" >/dev/null 2>&1

@@ -71,6 +71,7 @@ export const SHARED_WORKER_FILES: readonly string[] = [
   "test/proxy/http1-wire.test.ts",
   "test/proxy/identity-health.test.ts",
   "test/proxy/max-connections.test.ts",
+  "test/proxy/method-override-body.test.ts",
   "test/proxy/outbound-first-bytes.test.ts",
   "test/proxy/outbound-renegotiation.test.ts",
   "test/proxy/peer-pool-bound.test.ts",

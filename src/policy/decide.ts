@@ -77,6 +77,11 @@ export interface Decision {
   /** Stable, metric-friendly name of the rule that decided. */
   readonly rule: string;
   readonly reason: string;
+  /**
+   * Another HTTP method on the same operation would be decided otherwise: a request that makes
+   * the app run another method (a `_method` field in a POST body) could get past this decision.
+   */
+  readonly verbSensitive?: boolean;
 }
 
 export interface AccessPolicy {
@@ -88,7 +93,8 @@ export interface AccessPolicy {
 interface CompiledOperation {
   readonly pattern: OperationPattern;
   readonly verbDecisions: ReadonlyMap<string, Decision>;
-  readonly anyVerbDecision: Decision | undefined;
+  /** For a verb without a rule of its own: the "*" rule, else the app default. */
+  readonly otherVerbDecision: Decision;
   /** Undefined: the operation has only HTTP-verb allows, and gRPC gets the app default. */
   readonly grpcDecision: Decision | undefined;
 }
@@ -150,7 +156,7 @@ export function compilePolicy(config: AccessControlConfig | undefined): AccessPo
       for (const candidate of app.operations) {
         if (!matchesOperation(isHttp ? candidate.pattern.lowerSegments : candidate.pattern.segments, path)) continue;
         if (!isHttp) return candidate.grpcDecision ?? app.defaultDecision;
-        return candidate.verbDecisions.get(upperVerb(verb)) ?? candidate.anyVerbDecision ?? app.defaultDecision;
+        return candidate.verbDecisions.get(upperVerb(verb)) ?? candidate.otherVerbDecision;
       }
       return app.defaultDecision;
     },
@@ -218,7 +224,15 @@ function compileApp(policy: AppPolicy, globalAction: Action): CompiledApp {
             `${label}:op:${pattern.name}`,
             `operation ${pattern.name} is ${grpcRule.action === "allow" ? "allowed" : "denied"}${grpcRule.httpVerb.length > 0 ? " (a verb rule that denies also denies gRPC)" : ""} by app policy ${policy.appId}/${policy.namespace}`,
           );
-    operations.push({ pattern, verbDecisions, anyVerbDecision, grpcDecision });
+    const otherVerbDecision = anyVerbDecision ?? defaultDecision;
+    const verbsAgree = [...verbDecisions.values()].every((d) => d.allowed === otherVerbDecision.allowed);
+    const marked = (d: Decision): Decision => (verbsAgree ? d : Object.freeze({ ...d, verbSensitive: true }));
+    operations.push({
+      pattern,
+      verbDecisions: new Map([...verbDecisions].map(([verb, d]) => [verb, marked(d)])),
+      otherVerbDecision: marked(otherVerbDecision),
+      grpcDecision,
+    });
   }
   // Array.prototype.sort is stable: equal specificity keeps declaration order.
   operations.sort((a, b) => compareSpecificity(a.pattern, b.pattern));

@@ -160,7 +160,7 @@ function queryProblem(query: string): string | undefined {
 /**
  * A `_method` parameter in the query: Rails, Laravel, Symfony and Spring's HiddenHttpMethodFilter
  * read it (on POST) as the request's method, so the app would do what the policy did not judge.
- * The name is compared as PHP reads it: decoded, '+', ' ', '.' and '[' as '_', any case.
+ * The name is compared decoded ('+' as space), as PHP registers it too (isMethodOverrideName).
  */
 function methodParameterProblem(query: string): string | undefined {
   if (!/method|%/i.test(query)) return undefined;
@@ -172,11 +172,28 @@ function methodParameterProblem(query: string): string | undefined {
     } catch {
       // not UTF-8 once decoded: compared as received
     }
-    if (name.replace(/[ .[]/g, "_").toLowerCase() === "_method") {
+    if (isMethodOverrideName(name)) {
       return "a _method query parameter, which frameworks read as the request's method: send the method itself";
     }
   }
   return undefined;
+}
+
+/**
+ * Whether a decoded parameter name is read as `_method`: as received, or as PHP registers it
+ * (leading spaces dropped, the name cut at a NUL, ' ' and '.' read as '_'). A '[' is read as '_'
+ * too (an unclosed '[' is, in PHP), a `_method[...]` array counts, and case is ignored: all of
+ * it wider than any one framework, none of it narrower.
+ */
+export function isMethodOverrideName(name: string): boolean {
+  return namedMethod(name) || (name.charCodeAt(0) === 0x20 && namedMethod(name.replace(/^ +/, "")));
+}
+
+function namedMethod(name: string): boolean {
+  const nul = name.indexOf("\0");
+  const cut = nul < 0 ? name : name.slice(0, nul);
+  if (cut.length < 7 || (cut.length > 7 && cut.charCodeAt(7) !== 0x5b)) return false;
+  return cut.slice(0, 7).replace(/[ .[]/g, "_").toLowerCase() === "_method";
 }
 
 /** Fields that make frameworks (Express method-override, OData, Google APIs) run another method than the request's. */

@@ -22,6 +22,8 @@ import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { canonicalH2Request, isRefusal } from "./canonical.ts";
 import type { EscapedSlashAction } from "./canonical.ts";
 import { ConnectionTracker } from "./connections.ts";
+import { methodOverrideInspector } from "./method-override-body.ts";
+import type { BodyInspector } from "./method-override-body.ts";
 import { capConnections } from "./listener-cap.ts";
 import type { ListenerMetrics } from "./listener-cap.ts";
 import { forwardH2, forwardUpgrade, unreachableAnswer } from "./forward.ts";
@@ -167,14 +169,33 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   };
 
   // --- policy --------------------------------------------------------------------------
-  const denied = (peer: PeerIdentity | undefined, socket: Socket, operation: string, verb: string): ProxyAnswer | undefined => {
+  /** The policy's refusal, or what an allowed request's body must be read for. */
+  const judge = (peer: PeerIdentity | undefined, socket: Socket, operation: string, verb: string): { refusal: ProxyAnswer } | { verbSensitive: boolean } => {
     const decision = policy.current().decide({ caller: callerOf(peer), operation, verb });
-    if (decision.allowed) return undefined;
+    if (decision.allowed) return { verbSensitive: decision.verbSensitive === true };
     const caller = peer?.spiffeId ?? "unverified";
     mesh.policyDenials.inc({ caller, rule: decision.rule });
     telemetry.refusals?.denied({ rule: decision.rule, remote: remoteOf(socket), ...(peer ? { spiffeId: peer.spiffeId } : {}) });
     warnings.warn(`policy-denied|${caller}|${decision.rule}`, { event: "policy-denied", caller, rule: decision.rule, operation, verb, reason: decision.reason }, "request denied by the access policy");
-    return { status: 403, grpcStatus: GrpcStatus.PERMISSION_DENIED, code: "E_POLICY_DENIED", message: decision.reason, extra: { rule: decision.rule, caller } };
+    return { refusal: { status: 403, grpcStatus: GrpcStatus.PERMISSION_DENIED, code: "E_POLICY_DENIED", message: decision.reason, extra: { rule: decision.rule, caller } } };
+  };
+  const denied = (peer: PeerIdentity | undefined, socket: Socket, operation: string, verb: string): ProxyAnswer | undefined => {
+    const judged = judge(peer, socket, operation, verb);
+    return "refusal" in judged ? judged.refusal : undefined;
+  };
+  /**
+   * Where the policy's answer for this operation depends on the method, a POST body that makes
+   * the app run another method (`_method`) must not get past it: such bodies are read on the way.
+   */
+  const bodyCheck = (verbSensitive: boolean, method: string, rawHeaders: readonly string[], socket: Socket): { refusal: ProxyAnswer } | { bodyInspector?: BodyInspector } => {
+    const made = verbSensitive ? methodOverrideInspector(method, rawHeaders) : undefined;
+    if (made === undefined) return {};
+    if ("refused" in made) return { refusal: bodyRefusal(made.refused, socket) };
+    return { bodyInspector: made };
+  };
+  const bodyRefusal = (problem: string, socket: Socket): ProxyAnswer => {
+    clientError("ambiguous_request", `the request is refused: ${problem}`, socket);
+    return { status: 400, grpcStatus: 13, code: "E_AMBIGUOUS_REQUEST", message: `the request is refused: ${problem}` };
   };
   /** Counts the request in flight on its connection (drain waits for it) and times it; call once it is answered. */
   const begin = (socket: Socket, protocol: string): ((status: number) => void) => {
@@ -210,13 +231,16 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     ...relaySettings(limits, options.escapedSlashes),
     decide: (request, socket) => {
       const peer = peerFor(socket);
-      const refusal = denied(peer, socket, request.target.path, request.method);
-      if (refusal !== undefined) return { answer: refusal, done: tracker.begin(socket) };
+      const judged = judge(peer, socket, request.target.path, request.method);
+      if ("refusal" in judged) return { answer: judged.refusal, done: tracker.begin(socket) };
+      const body = bodyCheck(judged.verbSensitive, request.method, request.head.rawHeaders, socket);
+      if ("refusal" in body) return { answer: body.refusal, done: tracker.begin(socket) };
       return {
         upstream: appPool,
         addHeaders: peer === undefined ? "" : stampFor(peer).lines,
         onUpstreamError: appError,
         done: begin(socket, "http"),
+        ...body,
       };
     },
     upgrade: (request, socket, rest) => {
@@ -257,9 +281,9 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       return;
     }
     const { grpc } = request;
-    const refusal = denied(peer, socket, request.target.path, grpc ? "" : request.method);
-    if (refusal !== undefined) {
-      answerH2(stream, refusal, grpc);
+    const judged = judge(peer, socket, request.target.path, grpc ? "" : request.method);
+    if ("refusal" in judged) {
+      answerH2(stream, judged.refusal, grpc);
       return;
     }
     const hooks = hooksFor(peer, socket, grpc ? "grpc" : "http");
@@ -267,7 +291,19 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     if (grpc) {
       forwardH2(stream, headers, request, flags, appSession(), hooks);
     } else {
-      forwardH2ToHttp1(stream, request, endStream, appPool, { addHeaders: peer === undefined ? "" : stampFor(peer).lines, onUpstreamError: appError, done: hooks.done });
+      const body = bodyCheck(judged.verbSensitive, request.method, request.rawHeaders, socket);
+      if ("refusal" in body) {
+        answerH2(stream, body.refusal, false);
+        hooks.done(400);
+        return;
+      }
+      forwardH2ToHttp1(stream, request, endStream, appPool, {
+        addHeaders: peer === undefined ? "" : stampFor(peer).lines,
+        onUpstreamError: appError,
+        done: hooks.done,
+        ...body,
+        refused: (problem) => bodyRefusal(problem, socket),
+      });
     }
   });
   const toHttp = (socket: Socket, h2Preface: boolean) => {

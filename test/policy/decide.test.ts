@@ -276,6 +276,41 @@ accessControl:
   });
 });
 
+describe("verbSensitive: whether another method on the operation is decided otherwise (the sidecar reads POST bodies for _method only then)", () => {
+  const policy = policyFrom(`
+accessControl:
+  defaultAction: deny
+  policies:
+  - appId: orders
+    namespace: default
+    defaultAction: deny
+    operations:
+    - { name: /items/**, httpVerb: [POST], action: allow }
+    - { name: /open/**, httpVerb: ['*'], action: allow }
+    - { name: /both/**, httpVerb: [POST, DELETE], action: allow }
+    - { name: /both/**, httpVerb: ['*'], action: allow }
+    - { name: /closed/**, httpVerb: [POST], action: deny }
+  - appId: billing
+    namespace: default
+    defaultAction: allow
+`);
+  const sensitive = (c: Caller | undefined, verb: string, path: string) => policy.decide(http(c, verb, path)).verbSensitive === true;
+  it("is set where a verb rule and the rest of the operation disagree, on every verb's decision", () => {
+    expect(sensitive(caller("orders"), "POST", "/items/1")).toBe(true);
+    expect(sensitive(caller("orders"), "DELETE", "/items/1")).toBe(true);
+    expect(policy.decide(http(caller("orders"), "DELETE", "/items/1")).allowed).toBe(false);
+  });
+  it("is not set where every method gets the same answer: one '*' rule, verb rules that agree with it, no operation, no app policy, no caller", () => {
+    expect(sensitive(caller("orders"), "POST", "/open/1")).toBe(false);
+    expect(sensitive(caller("orders"), "POST", "/both/1")).toBe(false);
+    expect(sensitive(caller("orders"), "POST", "/closed/1")).toBe(false);
+    expect(sensitive(caller("orders"), "POST", "/elsewhere")).toBe(false);
+    expect(sensitive(caller("billing"), "POST", "/items/1")).toBe(false);
+    expect(sensitive(undefined, "POST", "/items/1")).toBe(false);
+    expect(policyFrom("accessControl: {}").decide(http(caller("orders"), "POST", "/x")).verbSensitive).toBeUndefined();
+  });
+});
+
 describe("robustness", () => {
   const policy = policyFrom(MAIN);
   // A small deterministic PRNG so failures reproduce.

@@ -1,6 +1,7 @@
 import { constants as h2 } from "node:http2";
 import type { OutgoingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import type { CanonicalH2Request } from "../canonical.ts";
+import type { BodyInspector } from "../method-override-body.ts";
 import { forwardableHeaders } from "../headers.ts";
 import { answerH2 } from "../respond.ts";
 import type { ProxyAnswer } from "../respond.ts";
@@ -15,6 +16,10 @@ export interface H2ToHttp1Hooks {
   readonly onUpstreamError: (error: Error) => ProxyAnswer;
   /** Called once with the final status (0 when the exchange broke). */
   readonly done: (status: number) => void;
+  /** Reads the body before it is forwarded; a problem refuses the request (the app never gets the body's end). */
+  readonly bodyInspector?: BodyInspector;
+  /** The answer to a request the inspector refused (and the log line for it). */
+  readonly refused?: (problem: string) => ProxyAnswer;
 }
 
 const CRLF = Buffer.from("\r\n");
@@ -43,6 +48,7 @@ class H2Exchange implements ResponseSink {
   #responded = false;
   #retried = false;
   #finished = false;
+  #inspector: BodyInspector | undefined;
 
   constructor(
     private readonly stream: ServerHttp2Stream,
@@ -56,6 +62,7 @@ class H2Exchange implements ResponseSink {
     this.method = request.method;
     this.downstream = stream;
     this.#requestComplete = endStream;
+    this.#inspector = hooks.bodyInspector;
     stream.pause();
     stream.on("error", () => undefined);
     stream.once("close", () => {
@@ -90,6 +97,8 @@ class H2Exchange implements ResponseSink {
       if (this.#upstream?.socket !== upstream) return;
       this.#bodyBytes += chunk.length;
       if (this.framing === "length" && this.#bodyBytes > this.request.contentLength!) return this.#bodyMismatch();
+      const problem = this.#inspect(chunk);
+      if (problem !== undefined) return this.#refuse(problem);
       let writable: boolean;
       if (this.framing === "chunked") {
         upstream.cork();
@@ -108,11 +117,35 @@ class H2Exchange implements ResponseSink {
     this.stream.once("end", () => {
       if (this.#upstream?.socket !== upstream) return;
       if (this.framing === "length" && this.#bodyBytes !== this.request.contentLength) return this.#bodyMismatch();
+      const problem = this.#inspect(undefined);
+      if (problem !== undefined) return this.#refuse(problem);
       if (this.framing === "chunked") upstream.write("0\r\n\r\n", "latin1");
       this.#requestComplete = true;
       if (this.#finished && this.#upstream !== undefined) this.#releaseUpstream();
     });
     this.stream.resume();
+  }
+
+
+  /** A chunk (or the end: undefined) judged before it is forwarded; a Content-Length body's last chunk is its end too. */
+  #inspect(chunk: Buffer | undefined): string | undefined {
+    const inspector = this.#inspector;
+    if (inspector === undefined) return undefined;
+    const problem = chunk === undefined ? undefined : inspector.push(chunk);
+    if (problem !== undefined || (chunk !== undefined && !(this.framing === "length" && this.#bodyBytes === this.request.contentLength))) return problem;
+    this.#inspector = undefined;
+    return inspector.end();
+  }
+
+  /** The body showed what the policy did not judge: the app's connection is closed before it has all of it, the caller answered 400. */
+  #refuse(problem: string): void {
+    const connection = this.#upstream;
+    this.#upstream = undefined;
+    connection?.destroy();
+    const answer = this.hooks.refused?.(problem) ?? { status: 400, grpcStatus: 13, code: "E_AMBIGUOUS_REQUEST", message: `the request is refused: ${problem}` };
+    if (!this.stream.headersSent && !this.stream.closed) answerH2(this.stream, answer, false);
+    else if (!this.stream.closed) this.stream.close(h2.NGHTTP2_PROTOCOL_ERROR);
+    this.#finish(this.stream.headersSent ? 0 : answer.status);
   }
 
   #bodyMismatch(): void {

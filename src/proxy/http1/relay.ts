@@ -2,6 +2,7 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { canonicalTarget, isRefusal, methodOverrideProblem } from "../canonical.ts";
 import type { CanonicalTarget, EscapedSlashAction } from "../canonical.ts";
+import type { BodyInspector } from "../method-override-body.ts";
 import { answerText } from "../respond.ts";
 import type { ProxyAnswer } from "../respond.ts";
 import { createMessageParser } from "./llhttp.ts";
@@ -27,6 +28,8 @@ export interface ForwardDecision {
   readonly onUpstreamError: (error: Error) => ProxyAnswer;
   /** Called once with the final status (0 when the exchange broke). */
   readonly done: (status: number) => void;
+  /** Reads the body before it is forwarded; a problem refuses the request (the app never gets the body's end). */
+  readonly bodyInspector?: BodyInspector;
 }
 
 /** The proxy answers itself (denied, unknown app); `done` as for a forward. */
@@ -122,7 +125,16 @@ class Exchange implements ResponseSink {
   upstream: UpstreamConnection | undefined;
   /** Known from the head: body bytes of a pipelined request are framed (and held) before it is forwarded. */
   readonly requestFraming: BodyFraming;
+  /** The declared Content-Length ("length" framing), read when there is an inspector. */
+  bodyLength = 0;
   requestComplete = false;
+  /** Body bytes that arrived before the request was decided (pipelined behind another), as received. */
+  unjudged: Buffer[] | undefined;
+  /** The request ended before it was decided: its trailers. */
+  endedWith: readonly string[] | undefined;
+  inspector: BodyInspector | undefined;
+  /** Body bytes read so far (for an inspector: when a Content-Length body is whole). */
+  bodySeen = 0;
   /** Body bytes (already framed for upstream) that arrived before the upstream connection. */
   pending: Buffer[] | undefined = [];
   pendingBytes = 0;
@@ -228,7 +240,11 @@ class ClientConnection {
         // Counted like a head: llhttp counts names and values only, so 16,000 empty fields fit.
         // The app has the body but not its end: refusing destroys the upstream connection.
         if (trailers.length > 0 && trailerSectionBytes(trailers) > options.maxHeaderBytes) return this.#refuse("header_too_large", "the request's trailer section is larger than maxHeaderBytes");
-        if (exchange.requestFraming === "chunked") this.#requestBytes(exchange, Buffer.from(lastChunk(trailers), "latin1"));
+        if (!exchange.started) {
+          exchange.endedWith = trailers;
+          return;
+        }
+        this.#requestEnd(exchange, trailers);
         if (exchange.finished) this.#next(exchange);
       },
     });
@@ -344,6 +360,7 @@ class ClientConnection {
       // Its body is read and dropped. Answered once this chunk is parsed, when it is known
       // whether the body is all here; one still arriving closes the connection after.
       exchange.pending = undefined;
+      exchange.unjudged = undefined;
       exchange.answer = decision;
       if (!this.#executing) this.#answer(exchange);
       return;
@@ -353,7 +370,15 @@ class ClientConnection {
     // without Host gets the upstream's.
     const host = request.target.authority ?? (request.host === undefined ? decision.upstream.authority : undefined);
     exchange.sentHead = upstreamRequestHead(request.method, request.target.target, exchange.head.rawHeaders, exchange.requestFraming, decision.addHeaders, host);
+    exchange.inspector = decision.bodyInspector;
+    if (exchange.inspector !== undefined && exchange.requestFraming === "length") exchange.bodyLength = Number(findHeader(exchange.head.rawHeaders, "content-length"));
     this.#connect(exchange);
+    const unjudged = exchange.unjudged ?? [];
+    exchange.unjudged = undefined;
+    for (const chunk of unjudged) this.#forwardBody(exchange, chunk);
+    if (exchange.endedWith !== undefined) this.#requestEnd(exchange, exchange.endedWith);
+    // Written outside a client chunk's parse (a pipelined request started after a response): sent now.
+    if (!this.#executing) this.#unbatch();
   }
 
   #answer(exchange: Exchange): void {
@@ -404,6 +429,29 @@ class ClientConnection {
 
   #requestBody(exchange: Exchange, chunk: Buffer): void {
     if (exchange.decision === undefined && exchange.responded) return; // answered by the proxy: dropped
+    if (!exchange.started) {
+      // Judged, inspected and framed once the request is decided; reading stops past a bound.
+      (exchange.unjudged ??= []).push(chunk);
+      exchange.pendingBytes += chunk.length;
+      if (exchange.pendingBytes > MAX_PENDING_BODY) this.#pauseReading();
+      return;
+    }
+    this.#forwardBody(exchange, chunk);
+  }
+
+  #forwardBody(exchange: Exchange, chunk: Buffer): void {
+    if (exchange.finished || exchange.decision === undefined) return;
+    const inspector = exchange.inspector;
+    if (inspector !== undefined) {
+      exchange.bodySeen += chunk.length;
+      let problem = inspector.push(chunk);
+      // The chunk that completes a Content-Length body completes it for the app too: the end is judged first.
+      if (problem === undefined && exchange.requestFraming === "length" && exchange.bodySeen >= exchange.bodyLength) {
+        exchange.inspector = undefined;
+        problem = inspector.end();
+      }
+      if (problem !== undefined) return this.#refuse("ambiguous_request", `the request is refused: ${problem}`);
+    }
     if (exchange.requestFraming === "chunked") {
       this.#requestBytes(exchange, Buffer.from(`${chunk.length.toString(16)}\r\n`, "latin1"));
       this.#requestBytes(exchange, chunk);
@@ -411,6 +459,16 @@ class ClientConnection {
     } else {
       this.#requestBytes(exchange, chunk);
     }
+  }
+
+  /** The request's body ended (after its trailers, if any): judged, then its end forwarded. */
+  #requestEnd(exchange: Exchange, trailers: readonly string[]): void {
+    if (exchange.finished || exchange.decision === undefined) return;
+    const inspector = exchange.inspector;
+    exchange.inspector = undefined;
+    const problem = inspector?.end();
+    if (problem !== undefined) return this.#refuse("ambiguous_request", `the request is refused: ${problem}`);
+    if (exchange.requestFraming === "chunked") this.#requestBytes(exchange, Buffer.from(lastChunk(trailers), "latin1"));
   }
 
   #requestBytes(exchange: Exchange, bytes: Buffer): void {

@@ -208,12 +208,24 @@ const PYTHON_APPS: Record<string, (dir: string) => string[]> = {
 };
 
 async function startPythonApp(name: string): Promise<{ port: number; records: () => AppRecord[]; close(): Promise<void> }> {
+  return startChildApp(name, PYTHON, (dir) => ["-u", ...PYTHON_APPS[name]!(dir)], { PYTHONPATH: APPS_DIR, PYTHONDONTWRITEBYTECODE: "1" });
+}
+
+/**
+ * An app as a child process in its own process group (a gunicorn worker dies with its master)
+ * that prints its port (port 0) and appends one JSON line per request to RECORD_FILE.
+ */
+export async function startChildApp<R = AppRecord>(
+  name: string,
+  command: string,
+  args: (dir: string) => string[],
+  env: Record<string, string> = {},
+): Promise<{ port: number; records: () => R[]; close(): Promise<void> }> {
   const dir = mkdtempSync(join(tmpdir(), "meshward-secapp-"));
   const recordFile = join(dir, "records.jsonl");
   writeFileSync(recordFile, "");
-  // detached: its own process group, so gunicorn's worker is killed with its master.
-  const child: ChildProcess = spawn(PYTHON, ["-u", ...PYTHON_APPS[name]!(dir)], {
-    env: { ...process.env, RECORD_FILE: recordFile, PYTHONPATH: APPS_DIR, PYTHONDONTWRITEBYTECODE: "1" },
+  const child: ChildProcess = spawn(command, args(dir), {
+    env: { ...process.env, RECORD_FILE: recordFile, ...env },
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
   });
@@ -223,8 +235,8 @@ async function startPythonApp(name: string): Promise<{ port: number; records: ()
     const timer = setTimeout(() => reject(new Error(`${name} did not print its port:\n${output}`)), 20_000);
     const onData = (d: Buffer) => {
       output += d.toString();
-      // Our scripts print "PORT n"; gunicorn logs "Listening at: http://127.0.0.1:n".
-      const m = /PORT (\d+)/.exec(output) ?? /Listening at: http:\/\/127\.0\.0\.1:(\d+)/.exec(output);
+      // Our scripts print "PORT n"; gunicorn logs "Listening at: http://127.0.0.1:n", php -S "(http://127.0.0.1:n)".
+      const m = /PORT (\d+)/.exec(output) ?? /(?:Listening at: |\()http:\/\/127\.0\.0\.1:(\d+)/.exec(output);
       if (m) {
         clearTimeout(timer);
         resolve(Number(m[1]));
@@ -236,6 +248,10 @@ async function startPythonApp(name: string): Promise<{ port: number; records: ()
       clearTimeout(timer);
       reject(new Error(`${name} exited with ${code}:\n${output}`));
     });
+  }).catch(async (error: unknown) => {
+    await killGroup(child);
+    rmSync(dir, { recursive: true, force: true });
+    throw error;
   });
   return {
     port,
@@ -243,7 +259,7 @@ async function startPythonApp(name: string): Promise<{ port: number; records: ()
       readFileSync(recordFile, "utf8")
         .split("\n")
         .filter((l) => l.trim() !== "")
-        .map((l) => JSON.parse(l) as AppRecord),
+        .map((l) => JSON.parse(l) as R),
     close: async () => {
       await killGroup(child);
       rmSync(dir, { recursive: true, force: true });

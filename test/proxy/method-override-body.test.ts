@@ -1,0 +1,140 @@
+import { describe, expect, it } from "vitest";
+import { isMethodOverrideName } from "../../src/proxy/canonical.ts";
+import { methodOverrideInspector } from "../../src/proxy/method-override-body.ts";
+import type { BodyInspector } from "../../src/proxy/method-override-body.ts";
+
+/**
+ * What the sidecar's body inspector refuses, read in every way the body can arrive: whole, split
+ * at every byte into two chunks, and one byte at a time. The end-to-end proof against real Rack
+ * and Symfony is test/security/method-override-body.test.ts.
+ */
+function inspector(contentType: string | undefined, extra: string[] = []): BodyInspector {
+  const made = methodOverrideInspector("POST", [...(contentType === undefined ? [] : ["Content-Type", contentType]), ...extra]);
+  if (made === undefined || "refused" in made) throw new Error(`expected an inspector, got ${JSON.stringify(made)}`);
+  return made;
+}
+
+function verdicts(contentType: string | undefined, body: string): (string | undefined)[] {
+  const bytes = Buffer.from(body, "latin1");
+  const splits: Buffer[][] = [[bytes], [...bytes].map((b) => Buffer.from([b]))];
+  for (let at = 1; at < bytes.length; at++) splits.push([bytes.subarray(0, at), bytes.subarray(at)]);
+  return splits.map((chunks) => {
+    const reader = inspector(contentType);
+    for (const chunk of chunks) {
+      const problem = reader.push(chunk);
+      if (problem !== undefined) return problem;
+    }
+    return reader.end();
+  });
+}
+
+const refusedEveryWay = (contentType: string | undefined, body: string) => {
+  const all = verdicts(contentType, body);
+  expect(all.filter((v) => v === undefined).length, `${JSON.stringify(body)} got through in some split`).toBe(0);
+  expect(all[0]).toMatch(/_method field in the body/);
+};
+const acceptedEveryWay = (contentType: string | undefined, body: string) => {
+  expect(verdicts(contentType, body).filter((v) => v !== undefined), JSON.stringify(body)).toEqual([]);
+};
+
+const FORM = "application/x-www-form-urlencoded";
+
+describe("isMethodOverrideName", () => {
+  it("reads names as Rack, Spring and PHP register them (PHP: main/php_variables.c php_register_variable_ex)", () => {
+    for (const name of ["_method", "_METHOD", ".method", " method", " _method", "   _method", "_method\0junk", "_method[]", "_method[x]", "[method"]) expect(isMethodOverrideName(name), JSON.stringify(name)).toBe(true);
+    for (const name of ["method", "payment_method", "_methods", "_method_", "x_method", "_metho", "\0_method", "_method]"]) expect(isMethodOverrideName(name), JSON.stringify(name)).toBe(false);
+  });
+});
+
+describe("form bodies (application/x-www-form-urlencoded, and a POST without Content-Type)", () => {
+  it("refuses a _method field however it is written, wherever the chunks split", () => {
+    for (const body of [
+      "_method=DELETE",
+      "a=1&_method=DELETE",
+      "a=1&_method=DELETE&b=2",
+      "a=1;_method=DELETE",
+      "%5Fmethod=DELETE",
+      "%5f%6D%65%74%68%6f%64=DELETE",
+      "+++_method=DELETE",
+      "%20_method=DELETE",
+      ".method=DELETE",
+      "_method%00ignored=DELETE",
+      "_method[]=DELETE",
+      "_method%5B%5D=DELETE",
+      "a=1&_method",
+      "a=1&_method&b",
+      "x=a%26b&_method=PUT",
+    ]) {
+      refusedEveryWay(FORM, body);
+      refusedEveryWay(undefined, body);
+    }
+  });
+
+  it("lets other fields through, _method as a value included", () => {
+    for (const body of ["payment_method=card", "method=x", "_methods=1", "x=_method", "x=_method&y=%5Fmethod", "a=b=_method", "%ZZ_method=1", "_metho=d", "", "&&&", "_method_=1", "\x00\xff%=&"]) {
+      acceptedEveryWay(FORM, body);
+    }
+  });
+
+  it("is chosen by Content-Type as Rack, PHP and Spring choose (case, parameters, an empty value)", () => {
+    for (const type of ["Application/X-WWW-Form-Urlencoded", `${FORM}; charset=UTF-8`, `${FORM};charset="iso-8859-1"`, "", "  "]) {
+      const reader = inspector(type);
+      expect(reader.push(Buffer.from("_method=DELETE")), type).toBeDefined();
+    }
+  });
+
+  it("refuses a form in a charset where _method would not be ASCII, and a compressed form", () => {
+    expect(methodOverrideInspector("POST", ["Content-Type", `${FORM}; charset=UTF-16`])).toEqual({ refused: expect.stringMatching(/charset utf-16/) });
+    expect(methodOverrideInspector("POST", ["Content-Type", `${FORM}; charset=utf-7`])).toEqual({ refused: expect.stringMatching(/charset utf-7/) });
+    expect(methodOverrideInspector("POST", ["Content-Type", FORM, "Content-Encoding", "gzip"])).toEqual({ refused: expect.stringMatching(/Content-Encoding gzip/) });
+    expect(methodOverrideInspector("POST", ["Content-Type", FORM, "content-type", "text/plain"])).toEqual({ refused: expect.stringMatching(/more than one Content-Type/) });
+  });
+
+  it("reads nothing but POST, and no body no framework reads _method from", () => {
+    for (const method of ["PUT", "PATCH", "GET", "DELETE"]) expect(methodOverrideInspector(method, ["Content-Type", FORM])).toBeUndefined();
+    for (const type of ["text/plain", "application/octet-stream", "application/grpc", "image/png"]) expect(methodOverrideInspector("POST", ["Content-Type", type])).toBeUndefined();
+    // A compressed body that no such framework parses is nobody's concern here.
+    expect(methodOverrideInspector("POST", ["Content-Type", "application/octet-stream", "Content-Encoding", "gzip"])).toBeUndefined();
+  });
+});
+
+describe("multipart bodies", () => {
+  const part = (disposition: string, content: string, boundary = "XyZ") => `--${boundary}\r\nContent-Disposition: ${disposition}\r\n\r\n${content}\r\n`;
+  const type = "multipart/form-data; boundary=XyZ";
+
+  it("refuses a part named _method in every way a parser reads a name", () => {
+    for (const disposition of ['form-data; name="_method"', "form-data; name=_method", 'form-data;name="_method"', "form-data; NAME = \"_method\"", 'form-data; name="\\_method"', 'form-data; name*=UTF-8\'\'%5Fmethod', 'form-data; name=".method"', 'form-data; name="_method[]"', 'form-data; filename="a; name=_method"']) {
+      refusedEveryWay(type, `${part('form-data; name="a"', "1")}${part(disposition, "DELETE")}--XyZ--\r\n`);
+    }
+    // A quoted boundary, a multipart type other than form-data (Rack and Spring parse any multipart/*).
+    refusedEveryWay('multipart/mixed; boundary="a b"', `${part('form-data; name="_method"', "PUT", "a b")}--a b--`);
+    // Bare LF line ends, which lenient parsers accept.
+    refusedEveryWay(type, '--XyZ\nContent-Disposition: form-data; name="_method"\n\nPUT\n--XyZ--');
+  });
+
+  it("does not read part contents, file names or what follows the close delimiter", () => {
+    const html = '<form><input type="hidden" name="_method" value="patch"></form>\r\n\r\nname="_method"';
+    acceptedEveryWay(type, `${part('form-data; name="template"; filename="edit.html"', html)}${part('form-data; name="payment_method"; filename="payment_method.csv"', "a,b")}--XyZ--\r\n`);
+    acceptedEveryWay(type, `preamble name=_method\r\n${part('form-data; name="a"', "1")}--XyZ--\r\n\r\nepilogue name=_method`);
+  });
+
+  it("refuses a multipart type without exactly one boundary, and a part whose headers do not end", () => {
+    expect(methodOverrideInspector("POST", ["Content-Type", "multipart/form-data"])).toEqual({ refused: expect.stringMatching(/exactly one boundary/) });
+    expect(methodOverrideInspector("POST", ["Content-Type", "multipart/form-data; boundary=a; boundary=b"])).toEqual({ refused: expect.stringMatching(/exactly one boundary/) });
+    const reader = inspector(type);
+    expect(reader.push(Buffer.from(`--XyZ\r\nX-Pad: ${"a".repeat(20_000)}`))).toMatch(/exceed 16 KiB/);
+  });
+});
+
+describe("JSON bodies (Laravel reads _method from them: Illuminate\\Http\\Request::createFromBase)", () => {
+  it("refuses a member named _method, escaped or not, with the ':' however far", () => {
+    for (const body of ['{"_method":"DELETE"}', '{"a":1,"_method" : "DELETE"}', '{"\\u005fmethod":"DELETE"}', '{"\\u005F\\u006D\\u0065\\u0074\\u0068\\u006F\\u0064":"PUT"}', `{"_method"${" ".repeat(100)}\n:"PUT"}`, '{"a":{"_method":"PUT"}}']) {
+      refusedEveryWay("application/json", body);
+    }
+    refusedEveryWay("application/vnd.api+json; charset=utf-8", '{"_method":"PATCH"}');
+  });
+
+  it("lets other members and _method as a value through", () => {
+    for (const body of ['{"payment_method":"card"}', '{"a":"_method"}', '{"a":["_method", "x"]}', '{"a":"\\"_method\\":1"}', '{"a":"_method"   }', '{"_methods":1}']) acceptedEveryWay("application/json", body);
+  });
+});

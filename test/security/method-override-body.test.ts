@@ -1,0 +1,219 @@
+/**
+ * `_method` in a POST body, against the real frameworks that honour it: Rack::MethodOverride
+ * (Debian's ruby-rack 2.2, under WEBrick; Rails puts it in every app) and Symfony HttpFoundation
+ * (Debian's php-symfony-http-foundation 5.4, under `php -S`; Laravel turns its override on), each
+ * behind its own inbound sidecar. The policy lets `orders` POST to /items/** and nothing else
+ * there, and use any method on /open/**.
+ *
+ * On /open the policy's answer does not depend on the method, so nothing is read and the apps
+ * show what each body means to them (DELETE, PUT…): the control. On /items every such body must
+ * be refused by the sidecar before the app has it: the apps' own records must never show a
+ * method other than POST there. Laravel's JSON reading (Illuminate\Http\Request::createFromBase)
+ * is not packaged for Debian: the JSON inspector's cases are in test/proxy/method-override-body.test.ts.
+ */
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { startMeshCa, startTestSidecar, TD } from "../proxy/fixtures.ts";
+import type { MeshCa, TestSidecarWithApp } from "../proxy/fixtures.ts";
+import { startChildApp } from "./helpers/apps.ts";
+import { h1Exchange, h2Exchange } from "./helpers/mesh.ts";
+import type { Answer, MeshApp, SecurityMesh } from "./helpers/mesh.ts";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+
+const APPS_DIR = fileURLToPath(new URL("./apps/", import.meta.url));
+
+const POLICY = `kind: Configuration
+spec:
+  accessControl:
+    defaultAction: deny
+    trustDomain: ${TD}
+    policies:
+      - appId: orders
+        namespace: shop
+        trustDomain: ${TD}
+        defaultAction: deny
+        operations:
+          - name: /items/**
+            httpVerb: ["POST"]
+            action: allow
+          - name: /open/**
+            httpVerb: ["*"]
+            action: allow
+`;
+
+interface Ran {
+  readonly method: string;
+  readonly path: string;
+  readonly body: number;
+}
+
+interface Framework {
+  readonly name: "rack" | "symfony";
+  readonly sidecar: TestSidecarWithApp;
+  readonly records: () => Ran[];
+  /** The app's own port (plaintext, no sidecar). */
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+const FORM = "application/x-www-form-urlencoded";
+
+/** Past 16 KiB a Content-Length body bypasses llhttp (RAW_BODY_MIN): the relay reads it all the same. */
+const PAD = `pad=${"x".repeat(40_000)}`;
+
+/** Bodies each framework runs as another method than POST (the control proves it), with the Content-Type they need. */
+const OVERRIDES: Readonly<Record<Framework["name"], readonly { readonly type: string | undefined; readonly body: string; readonly runs: string }[]>> = {
+  rack: [
+    { type: FORM, body: "_method=DELETE", runs: "DELETE" },
+    { type: FORM, body: "a=1&%5Fmethod=put", runs: "PUT" },
+    { type: FORM, body: `${PAD}&_method=DELETE`, runs: "DELETE" },
+    // Rack parses a POST without Content-Type as a form (Rack::Request#form_data?).
+    { type: undefined, body: "_method=DELETE", runs: "DELETE" },
+    { type: "multipart/form-data; boundary=B", body: '--B\r\nContent-Disposition: form-data; name="_method"\r\n\r\nPATCH\r\n--B--\r\n', runs: "PATCH" },
+    { type: "multipart/mixed; boundary=B", body: '--B\r\nContent-Disposition: form-data; name="_method"\r\n\r\nPUT\r\n--B--\r\n', runs: "PUT" },
+  ],
+  symfony: [
+    { type: FORM, body: "_method=DELETE", runs: "DELETE" },
+    // PHP registers these names as `_method` (main/php_variables.c: leading spaces dropped, '.' read as '_', cut at NUL).
+    { type: FORM, body: "%20_method=DELETE", runs: "DELETE" },
+    { type: FORM, body: "++_method=PUT", runs: "PUT" },
+    { type: FORM, body: `${PAD}&_method=DELETE`, runs: "DELETE" },
+    { type: FORM, body: ".method=DELETE", runs: "DELETE" },
+    { type: FORM, body: "_method%00ignored=PATCH", runs: "PATCH" },
+    { type: "multipart/form-data; boundary=B", body: '--B\r\nContent-Disposition: form-data; name="_method"\r\n\r\nPUT\r\n--B--\r\n', runs: "PUT" },
+    { type: "multipart/form-data; boundary=B", body: '--B\r\nContent-Disposition: form-data; name=".method"\r\n\r\nDELETE\r\n--B--\r\n', runs: "DELETE" },
+  ],
+};
+
+/** Bodies no framework reads as another method: they reach the app and it runs POST. */
+const HARMLESS: readonly { readonly type: string | undefined; readonly body: string }[] = [
+  { type: FORM, body: "payment_method=card&note=_method" },
+  { type: FORM, body: `${PAD}&payment_method=card` },
+  { type: "application/json", body: '{"payment_method":"card","note":"_method"}' },
+  { type: "multipart/form-data; boundary=B", body: '--B\r\nContent-Disposition: form-data; name="page"; filename="payment_method.html"\r\n\r\n<input type="hidden" name="_method" value="delete">\r\n--B--\r\n' },
+  { type: "text/plain", body: "_method=DELETE" },
+];
+
+function post(path: string, type: string | undefined, body: string, extra = ""): Buffer {
+  const bytes = Buffer.from(body, "latin1");
+  return Buffer.from(`POST ${path} HTTP/1.1\r\nHost: app\r\n${type === undefined ? "" : `Content-Type: ${type}\r\n`}Content-Length: ${bytes.length}\r\n${extra}\r\n${body}`, "latin1");
+}
+
+let ca: MeshCa;
+let caller: SecurityMesh["caller"];
+const frameworks: Framework[] = [];
+
+beforeAll(async () => {
+  ca = await startMeshCa();
+  const policy = join(ca.dir, "policy.yaml");
+  writeFileSync(policy, POLICY);
+  const files = await ca.clientFiles("shop", "orders");
+  caller = { cert: readFileSync(files.cert, "utf8"), key: readFileSync(files.key, "utf8"), ca: ca.bundlePem };
+  const apps = {
+    rack: () => startChildApp<Ran>("rack", "ruby", () => [join(APPS_DIR, "rack_app.rb")]),
+    symfony: () => startChildApp<Ran>("symfony", "php", () => ["-S", "127.0.0.1:0", join(APPS_DIR, "symfony_app.php")]),
+  };
+  for (const name of ["rack", "symfony"] as const) {
+    const app = await apps[name]();
+    const entry: { name: typeof name; records: () => Ran[]; port: number; sidecar?: TestSidecarWithApp; close(): Promise<void> } = {
+      name,
+      port: app.port,
+      records: app.records,
+      close: async () => {
+        await entry.sidecar?.close();
+        await app.close();
+      },
+    };
+    frameworks.push(entry as Framework);
+    entry.sidecar = await startTestSidecar(ca, { appId: `app-${name}`, namespace: "shop", app: `127.0.0.1:${app.port}`, policy });
+  }
+}, 90_000);
+
+afterAll(async () => {
+  for (const framework of frameworks.splice(0)) await framework.close().catch(() => undefined);
+  await ca?.close();
+});
+
+const meshOf = (): SecurityMesh => ({ caller, outbound: { addresses: { outbound: { port: 0 } } } }) as unknown as SecurityMesh;
+const targetOf = (framework: Framework): MeshApp => ({ sidecar: framework.sidecar, appId: `app-${framework.name}` }) as unknown as MeshApp;
+
+async function h1(framework: Framework, bytes: Buffer, expect = 1): Promise<Answer[]> {
+  return (await h1Exchange(meshOf(), targetOf(framework), "inbound", bytes, { expect })).answers;
+}
+
+const refused = (answer: Answer | undefined) => {
+  expect(answer?.status, JSON.stringify(answer)).toBe(400);
+  expect(answer?.headers["x-meshward-error"]).toBe("E_AMBIGUOUS_REQUEST");
+  expect(answer?.body).toMatch(/_method/);
+};
+
+describe.each(["rack", "symfony"] as const)("%s behind the sidecar", (name) => {
+  let framework: Framework;
+  let seen = 0;
+  beforeEach(() => {
+    framework = frameworks.find((f) => f.name === name)!;
+    seen = framework.records().length;
+  });
+  const ranSince = () => framework.records().slice(seen);
+
+  it("runs the method a _method body names where the policy allows every method (the control: nothing is read)", async () => {
+    for (const { type, body, runs } of OVERRIDES[name]) {
+      const [answer] = await h1(framework, post("/open/x", type, body));
+      expect(answer?.status, `${type} ${JSON.stringify(body)}`).toBe(200);
+      expect(answer?.body, `${type} ${JSON.stringify(body)}`).toBe(runs);
+    }
+  });
+
+  it("never runs another method on /items: each such body is refused before the app has it, over HTTP/1.1 and HTTP/2", async () => {
+    for (const { type, body } of OVERRIDES[name]) {
+      refused((await h1(framework, post("/items/1", type, body)))[0]);
+      const h2 = await h2Exchange(meshOf(), targetOf(framework), "inbound", { method: "POST", path: "/items/2", headers: type === undefined ? {} : { "content-type": type }, body });
+      refused(h2.answer);
+    }
+    expect(ranSince().filter((r) => r.path.startsWith("/items"))).toEqual([]);
+  });
+
+  it("refuses a field split across chunks of a chunked body, and one in a body pipelined behind another request", async () => {
+    const chunked = Buffer.from(`POST /items/3 HTTP/1.1\r\nHost: app\r\nContent-Type: ${FORM}\r\nTransfer-Encoding: chunked\r\n\r\n6\r\na=1&_m\r\nd\r\nethod=DELETE&\r\n3\r\nb=2\r\n0\r\n\r\n`, "latin1");
+    refused((await h1(framework, chunked))[0]);
+    // The second request's body is read while the first is with the app: judged once it is decided.
+    const answers = await h1(framework, Buffer.concat([post("/items/4", FORM, "a=1"), post("/items/5", FORM, "x=1&_method=DELETE")]), 2);
+    expect(answers.map((a) => a.status)).toEqual([200, 400]);
+    expect(answers[0]!.body).toBe("POST");
+    refused(answers[1]);
+    expect(ranSince()).toEqual([{ method: "POST", path: "/items/4", body: 3 }]);
+  });
+
+  it("forwards POST bodies that name no _method, whole, pipelined ones included", async () => {
+    for (const { type, body } of HARMLESS) {
+      const [answer] = await h1(framework, post("/items/6", type, body));
+      expect(answer?.status, `${type} ${JSON.stringify(body)}`).toBe(200);
+      expect(answer?.body).toBe("POST");
+      const h2 = await h2Exchange(meshOf(), targetOf(framework), "inbound", { method: "POST", path: "/items/7", headers: type === undefined ? {} : { "content-type": type }, body });
+      expect(h2.answer?.status).toBe(200);
+    }
+    const answers = await h1(framework, Buffer.concat([post("/items/8", FORM, "a=1"), post("/items/9", FORM, "payment_method=card")]), 2);
+    expect(answers.map((a) => `${a.status} ${a.body}`)).toEqual(["200 POST", "200 POST"]);
+    const ran = ranSince();
+    expect(ran.every((r) => r.method === "POST")).toBe(true);
+    expect(ran.length).toBe(HARMLESS.length * 2 + 2);
+    // PHP takes a multipart body for itself (php://input is empty then): sizes of the others.
+    const sized = HARMLESS.map((h, i) => [h, i] as const).filter(([h]) => !h.type?.startsWith("multipart/"));
+    expect(sized.map(([, i]) => ran.filter((r) => r.path === "/items/6")[i]!.body)).toEqual(sized.map(([h]) => Buffer.byteLength(h.body, "latin1")));
+  });
+});
+
+describe("a _method query parameter PHP reads with a leading space", () => {
+  it("runs PATCH on Symfony, and the sidecar refuses it whatever the policy", async () => {
+    const symfony = frameworks.find((f) => f.name === "symfony")!;
+    // Straight to the app (no sidecar): what the name means to PHP.
+    const direct = await fetch(`http://127.0.0.1:${symfony.port}/open/q?%20_method=PATCH`, { method: "POST", headers: { "content-type": FORM }, body: "a=1" });
+    expect(await direct.text()).toBe("PATCH");
+    for (const path of ["/items/q?%20_method=PATCH", "/items/q?_method%00x=PATCH", "/open/q?%20_method=PATCH"]) {
+      const [answer] = await h1(symfony, post(path, FORM, "a=1"));
+      expect(answer?.status, path).toBe(400);
+      expect(answer?.headers["x-meshward-error"]).toBe("E_AMBIGUOUS_REQUEST");
+    }
+  });
+});
