@@ -45,6 +45,7 @@ import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { AddressSlots } from "../util/address-slots.ts";
 import { ConnectionGate, gatedListener, sourceAddress } from "../util/connection-gate.ts";
 import { requestBudget } from "../util/request-budget.ts";
+import { enforceRequestDeadlines } from "../util/request-deadlines.ts";
 import { openFileLimit } from "../util/open-file-limit.ts";
 import { SignRateLimiter } from "./sign-rate-limit.ts";
 
@@ -246,6 +247,9 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     settings: { maxConcurrentStreams: MAX_CONCURRENT_STREAMS },
   });
   const budget = requestBudget(config.maxRequestBytes * BUFFERED_REQUESTS);
+  // HTTP/1.1 callers come through the gated listener too, where Node's headersTimeout never
+  // fires: a head (and a body, which the HTTP API never reads) gets requestTimeout to arrive.
+  enforceRequestDeadlines(server, { headersMs: config.requestTimeout, bodyMs: config.requestTimeout });
   // Idle sessions (and slow clients that never finish a request) are closed.
   server.setTimeout(60_000);
   const httpContext = {

@@ -141,7 +141,7 @@ export const caConfigSchema = z
       .optional()
       .describe("Worker threads that verify CSRs and sign certificates; 0 signs on the main thread. Default: one per CPU less one for the event loop (os.availableParallelism() - 1)."),
     maxRequestBytes: z.number().int().min(1024).max(1 << 20).default(64 * 1024).describe("Largest accepted API request body. The CA holds at most 256 of these at once across all unfinished calls (more get E_CA_BUSY), and allows 100 concurrent streams per connection."),
-    requestTimeout: duration("request timeout").default(parseDuration("30s")).describe("Longest a SignCertificate call may take to send its whole request; a slower one gets DEADLINE_EXCEEDED (E_REQUEST_TIMEOUT) and its stream is reset, so a peer sending a byte at a time cannot hold it open."),
+    requestTimeout: duration("request timeout").default(parseDuration("30s")).describe("Longest a SignCertificate call may take to send its whole request; a slower one gets DEADLINE_EXCEEDED (E_REQUEST_TIMEOUT) and its stream is reset, so a peer sending a byte at a time cannot hold it open. An HTTP/1.1 caller of the HTTP API (bundle, CRL, health) has as long to send each request head, from the handshake or the previous response; past it the connection is closed."),
     handshakeTimeout: duration("handshake timeout")
       .refine((ms) => ms > 0, { message: "the handshake timeout must be above 0 (0 would let a connection wait in the handshake for ever)" })
       .default(parseDuration("10s"))

@@ -9,8 +9,8 @@ export interface RequestDeadlines {
 }
 
 interface DeadlineServer {
-  on(event: "secureConnection", listener: (socket: Socket) => void): unknown;
-  on(event: "request", listener: (req: IncomingMessage, res: ServerResponse) => void): unknown;
+  on(event: "secureConnection", listener: (socket: Socket & { alpnProtocol?: string | false | null }) => void): unknown;
+  on(event: "request", listener: (req: IncomingMessage | { httpVersion: string }, res: ServerResponse | object) => void): unknown;
 }
 
 /**
@@ -19,6 +19,8 @@ interface DeadlineServer {
  * `headersTimeout` and `requestTimeout` from a timer that only a listening server starts, so
  * there they never fire: a caller could send half a request and hold its connection, and its
  * share of any body budget, for as long as it liked. A connection past a deadline is destroyed.
+ * On an HTTP/2 server with `allowHTTP1`, only the HTTP/1.1 connections get deadlines (an HTTP/2
+ * session's requests come whole in HEADERS frames; its idle time is the session's own timeout).
  */
 export function enforceRequestDeadlines(server: DeadlineServer, deadlines: RequestDeadlines): void {
   const timers = new WeakMap<Socket, { readonly timer: NodeJS.Timeout; readonly what: "headers" | "body" }>();
@@ -39,10 +41,14 @@ export function enforceRequestDeadlines(server: DeadlineServer, deadlines: Reque
     timers.set(socket, { timer, what });
   };
   server.on("secureConnection", (socket) => {
+    if (socket.alpnProtocol === "h2") return;
     arm(socket, "headers");
     socket.once("close", () => clear(socket));
   });
-  server.on("request", (req, res) => {
+  server.on("request", (message, response) => {
+    if (message.httpVersion === "2.0") return;
+    const req = message as IncomingMessage;
+    const res = response as ServerResponse;
     const socket = req.socket;
     if (req.complete) clear(socket);
     else {

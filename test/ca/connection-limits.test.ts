@@ -1,5 +1,6 @@
 import { connect as netConnect, type Socket } from "node:net";
 import { connect as http2Connect } from "node:http2";
+import { connect as tlsConnect } from "node:tls";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -25,7 +26,7 @@ import { exec } from "../helpers/exec.ts";
 const REFUSED = "meshward_ca_connections_refused_total";
 const ACTIVE = "meshward_connections_active";
 
-const held: Socket[] = [];
+const held: { destroy(): void }[] = [];
 afterEach(() => {
   for (const socket of held.splice(0)) socket.destroy();
 });
@@ -266,6 +267,75 @@ describe("the CA closes connections that do not finish the TLS handshake in hand
     expect((await ca.sign()).certChainPem).toMatch(/BEGIN CERTIFICATE/);
     expect(await ca.metric(REFUSED, { reason: "handshake_timeout" })).toBe(2);
   });
+});
+
+// Found by review (stop 35, the injector had the same hole): HTTP/1.1 callers reach the API through
+// the gated listener, and Node checks headersTimeout only on a server that listens itself. The
+// socket's 60 s idle timeout restarts on every byte: a caller without a certificate dripping a
+// header line every few seconds held its connection (and a maxConnections slot) for ever.
+describe("the CA gives an HTTP/1.1 request head requestTimeout to arrive", () => {
+  let ca: TestCa;
+  beforeAll(async () => {
+    ca = await startTestCa("request-deadline.test", { requestTimeout: "400ms", handshakeTimeout: "5m" });
+  });
+  afterAll(async () => {
+    await ca?.close();
+  });
+
+  const http1 = async () => {
+    const socket = tlsConnect({ host: "127.0.0.1", port: ca.server.port, ca: ca.bundlePem, rejectUnauthorized: false, ALPNProtocols: ["http/1.1"] });
+    held.push(socket);
+    socket.on("error", () => undefined);
+    await new Promise<void>((resolve) => socket.once("secureConnect", () => resolve()));
+    expect(socket.alpnProtocol).toBe("http/1.1");
+    let received = "";
+    socket.on("data", (chunk: Buffer) => (received += chunk.toString("latin1")));
+    const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+    return { socket, closed, received: () => received };
+  };
+  const dripUntilClosed = async (connection: Awaited<ReturnType<typeof http1>>) => {
+    const drip = setInterval(() => connection.socket.write("X-Slow: 1\r\n"), 50);
+    const outcome = await Promise.race([connection.closed.then(() => "closed"), new Promise((r) => setTimeout(() => r("still open after 5 s"), 5_000))]);
+    clearInterval(drip);
+    return outcome;
+  };
+
+  it("closes a connection whose head is still dripping in after requestTimeout, the first request or a kept-alive one's", async () => {
+    const first = await http1();
+    first.socket.write("GET /healthz HTTP/1.1\r\nHost: ca\r\n");
+    expect(await dripUntilClosed(first)).toBe("closed");
+
+    const kept = await http1();
+    kept.socket.write("GET /healthz HTTP/1.1\r\nHost: ca\r\n\r\n");
+    for (let i = 0; i < 100 && !kept.received().includes("\r\n\r\n"); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(kept.received()).toMatch(/^HTTP\/1\.1 200/);
+    kept.socket.write("GET /healthz HTTP/1.1\r\n");
+    expect(await dripUntilClosed(kept)).toBe("closed");
+    expect(kept.received().match(/HTTP\/1\.1 200/g)).toHaveLength(1);
+  }, 30_000);
+
+  it("leaves HTTP/2 sessions to their own idle timeout: one quiet for longer than requestTimeout still serves", async () => {
+    const session = http2Connect(`https://${ca.server.address}`, { ca: ca.bundlePem, rejectUnauthorized: false });
+    session.on("error", () => undefined);
+    const get = () =>
+      new Promise<number>((resolve, reject) => {
+        const request = session.request({ ":path": "/healthz" });
+        request.on("response", (headers) => resolve(Number(headers[":status"])));
+        request.on("error", reject);
+        request.resume();
+        request.end();
+      });
+    expect(await get()).toBe(200);
+    await new Promise((r) => setTimeout(r, 1_200));
+    expect(session.closed || session.destroyed).toBe(false);
+    expect(await get()).toBe(200);
+    session.close();
+    // And a whole HTTP/1.1 request in time is answered.
+    const prompt = await http1();
+    prompt.socket.write("GET /healthz HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n");
+    await prompt.closed;
+    expect(prompt.received()).toMatch(/^HTTP\/1\.1 200/);
+  }, 30_000);
 });
 
 describe("close(): the CA's connections end with it", () => {
