@@ -31,7 +31,7 @@ const ASCII_COMPATIBLE = /^(?:utf-?8|us-ascii|ascii|iso-?8859-\d+|latin-?1|windo
 export function methodOverrideInspector(method: string, rawHeaders: readonly string[]): BodyInspector | { refused: string } | undefined {
   if (method !== "POST") return undefined;
   const types = findHeaders(rawHeaders, "content-type");
-  if (types.length > 1) return { refused: "a POST with more than one Content-Type field" };
+  if (types.length > 1) return { refused: "a POST with more than one Content-Type field, whose body a _method field could hide in" };
   const type = (types[0] ?? "").trim().toLowerCase();
   const encoding = (findHeader(rawHeaders, "content-encoding") ?? "identity").trim().toLowerCase();
   const inspectors: BodyInspector[] = [];
@@ -41,14 +41,32 @@ export function methodOverrideInspector(method: string, rawHeaders: readonly str
     inspectors.push(new FormInspector());
   }
   if (type.includes("multipart/")) {
-    const boundaries = [...(types[0] ?? "").matchAll(/(?:^|[;,\s])boundary\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;,\s]*))/gi)].map((m) => (m[1] ?? m[2] ?? "").replace(/\\(.)/g, "$1"));
-    if (boundaries.length !== 1 || boundaries[0] === "") return { refused: "a multipart body whose Content-Type does not name exactly one boundary" };
-    inspectors.push(new MultipartInspector(boundaries[0]!));
+    const boundary = boundaryPrefix(types[0] ?? "");
+    if (boundary === undefined) return { refused: "a multipart body whose Content-Type does not name exactly one boundary, in which a _method field cannot be read" };
+    inspectors.push(new MultipartInspector(boundary));
   }
   if (type.includes("json")) inspectors.push(new JsonInspector());
   if (inspectors.length === 0) return undefined;
   if (encoding !== "identity") return { refused: `a POST form or JSON body with Content-Encoding ${encoding}, in which a _method field cannot be read: send it uncompressed` };
   return inspectors.length === 1 ? inspectors[0] : new AllOf(inspectors);
+}
+
+/**
+ * The start of the boundary every parser reads from this Content-Type. Rack takes the last
+ * `boundary=` (any case) and stops at '"', ';' or ','; PHP the first "boundary" (lower case
+ * first), then the first '=' after it, and keeps what follows up to ';' or ',' (spaces and
+ * quotes too) or, quoted, up to the next '"'; RFC 2045 parsers unescape a quoted one. Each of
+ * their delimiters begins with `--` and this prefix (up to the first '"', '\\', ';', ',' or
+ * space), so looking for that finds every delimiter any of them sees. Undefined unless all of
+ * them read the same `boundary=`: the first "boundary" is lower case and directly followed by
+ * '=' (spaces allowed), no other `boundary=` follows, and a value starts right after the '='.
+ */
+function boundaryPrefix(contentType: string): string | undefined {
+  const at = contentType.toLowerCase().indexOf("boundary");
+  if (at < 0 || contentType.slice(at, at + 8) !== "boundary") return undefined;
+  const m = /^boundary\s*=("?)([^"\\;,\s]*)/.exec(contentType.slice(at));
+  if (m === null || m[2] === "" || /boundary\s*=/i.test(contentType.slice(at + 8))) return undefined;
+  return m[2];
 }
 
 class AllOf implements BodyInspector {
@@ -268,10 +286,18 @@ function partHeadersProblem(block: string): string | undefined {
       const value = extended ? candidate.replace(/^[^']*'[^']*'/, "") : candidate;
       candidates.add(value);
       candidates.add(percentDecoded(value));
+      // RFC 2047 encoded words, which Tomcat's multipart parser (for Spring) decodes in every parameter.
+      if (value.includes("=?")) candidates.add(encodedWordsDecoded(value));
     }
     for (const candidate of candidates) if (isMethodOverrideName(candidate)) return REFUSAL;
   }
   return undefined;
+}
+
+function encodedWordsDecoded(text: string): string {
+  return text.replace(/=\?[^?]*\?([qb])\?([^?]*)\?=/gi, (_, encoding: string, data: string) =>
+    encoding.toLowerCase() === "b" ? Buffer.from(data, "base64").toString("latin1") : data.replace(/_/g, " ").replace(/=([0-9a-f]{2})/gi, (__, hex: string) => String.fromCharCode(parseInt(hex, 16))),
+  );
 }
 
 function percentDecoded(text: string): string {

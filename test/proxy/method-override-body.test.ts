@@ -108,6 +108,17 @@ describe("multipart bodies", () => {
     }
     // A quoted boundary, a multipart type other than form-data (Rack and Spring parse any multipart/*).
     refusedEveryWay('multipart/mixed; boundary="a b"', `${part('form-data; name="_method"', "PUT", "a b")}--a b--`);
+    // Every parser's boundary starts with what is read up to the first '"', '\\', ';', ',' or space:
+    // Rack stops at '"' (B), PHP keeps it (B"x), an RFC 2045 parser unescapes a quoted one (B"x).
+    for (const type of ['multipart/form-data; boundary=B"x', 'multipart/form-data; boundary="B\\"x"', "multipart/form-data; boundary=B x", "multipart/form-data; boundary =B"]) {
+      refusedEveryWay(type, `${part('form-data; name="_method"', "PUT", "B")}--B--`);
+      refusedEveryWay(type, `${part('form-data; name="_method"', "PUT", 'B"x')}--B"x--`);
+    }
+    // Chrome's and Firefox's boundaries.
+    refusedEveryWay("multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW", `${part('form-data; name="_method"', "PUT", "----WebKitFormBoundary7MA4YWxkTrZu0gW")}`);
+    // RFC 2047 encoded words, which Tomcat's parser decodes in every parameter.
+    refusedEveryWay(type, `${part('form-data; name="=?UTF-8?Q?=5Fmethod?="', "PUT")}--XyZ--`);
+    refusedEveryWay(type, `${part(`form-data; name="=?utf-8?b?${Buffer.from("_method").toString("base64")}?="`, "PUT")}--XyZ--`);
     // Bare LF line ends, which lenient parsers accept.
     refusedEveryWay(type, '--XyZ\nContent-Disposition: form-data; name="_method"\n\nPUT\n--XyZ--');
   });
@@ -120,7 +131,10 @@ describe("multipart bodies", () => {
 
   it("refuses a multipart type without exactly one boundary, and a part whose headers do not end", () => {
     expect(methodOverrideInspector("POST", ["Content-Type", "multipart/form-data"])).toEqual({ refused: expect.stringMatching(/exactly one boundary/) });
-    expect(methodOverrideInspector("POST", ["Content-Type", "multipart/form-data; boundary=a; boundary=b"])).toEqual({ refused: expect.stringMatching(/exactly one boundary/) });
+    // Where parsers would read different boundaries (a part delimited by one of them could hide from the other).
+    for (const type of ["multipart/form-data; boundary=a; boundary=b", "multipart/form-data; boundary=a; xboundary=b", "multipart/form-data; BOUNDARY=a; xboundary; y=b", "multipart/form-data; boundaryjunk=b", "multipart/form-data; boundary= b", 'multipart/form-data; boundary=""', "multipart/form-data; boundary=xxboundary=b"]) {
+      expect(methodOverrideInspector("POST", ["Content-Type", type]), type).toEqual({ refused: expect.stringMatching(/exactly one boundary/) });
+    }
     const reader = inspector(type);
     expect(reader.push(Buffer.from(`--XyZ\r\nX-Pad: ${"a".repeat(20_000)}`))).toMatch(/exceed 16 KiB/);
   });

@@ -62,6 +62,8 @@ const FORM = "application/x-www-form-urlencoded";
 /** Past 16 KiB a Content-Length body bypasses llhttp (RAW_BODY_MIN): the relay reads it all the same. */
 const PAD = `pad=${"x".repeat(40_000)}`;
 
+const PUT_PART_B = '--B\r\nContent-Disposition: form-data; name="_method"\r\n\r\nPUT\r\n--B--\r\n';
+
 /** Bodies each framework runs as another method than POST (the control proves it), with the Content-Type they need. */
 const OVERRIDES: Readonly<Record<Framework["name"], readonly { readonly type: string | undefined; readonly body: string; readonly runs: string }[]>> = {
   rack: [
@@ -71,7 +73,9 @@ const OVERRIDES: Readonly<Record<Framework["name"], readonly { readonly type: st
     // Rack parses a POST without Content-Type as a form (Rack::Request#form_data?).
     { type: undefined, body: "_method=DELETE", runs: "DELETE" },
     { type: "multipart/form-data; boundary=B", body: '--B\r\nContent-Disposition: form-data; name="_method"\r\n\r\nPATCH\r\n--B--\r\n', runs: "PATCH" },
-    { type: "multipart/mixed; boundary=B", body: '--B\r\nContent-Disposition: form-data; name="_method"\r\n\r\nPUT\r\n--B--\r\n', runs: "PUT" },
+    { type: "multipart/mixed; boundary=B", body: PUT_PART_B, runs: "PUT" },
+    // Rack's boundary stops at '"' (Rack::Multipart::Parser MULTIPART): the parts are delimited by --B.
+    { type: 'multipart/form-data; boundary=B"x', body: PUT_PART_B, runs: "PUT" },
   ],
   symfony: [
     { type: FORM, body: "_method=DELETE", runs: "DELETE" },
@@ -83,6 +87,9 @@ const OVERRIDES: Readonly<Record<Framework["name"], readonly { readonly type: st
     { type: FORM, body: "_method%00ignored=PATCH", runs: "PATCH" },
     { type: "multipart/form-data; boundary=B", body: '--B\r\nContent-Disposition: form-data; name="_method"\r\n\r\nPUT\r\n--B--\r\n', runs: "PUT" },
     { type: "multipart/form-data; boundary=B", body: '--B\r\nContent-Disposition: form-data; name=".method"\r\n\r\nDELETE\r\n--B--\r\n', runs: "DELETE" },
+    // PHP (main/rfc1867.c) finds the first "boundary" (lower case first), then the first '=' after it.
+    { type: "multipart/form-data; BOUNDARY=AAA; xboundary; y=B", body: PUT_PART_B, runs: "PUT" },
+    { type: "multipart/form-data; boundaryjunk=B", body: PUT_PART_B, runs: "PUT" },
   ],
 };
 
