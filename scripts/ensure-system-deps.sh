@@ -45,8 +45,8 @@ if [[ "${1:-}" == "--bench" ]]; then deps+=("${bench_deps[@]}"); fi
 have() {
   # "py:MODULE": a module Debian's /usr/bin/python3 must import.
   if [[ "$1" == py:* ]]; then /usr/bin/python3 -c "import ${1#py:}" >/dev/null 2>&1; return; fi
-  # "rb:LIBRARY": a library Debian's ruby must require (ruby comes with the package).
-  if [[ "$1" == rb:* ]]; then command -v ruby >/dev/null 2>&1 && ruby -e "require '${1#rb:}'" >/dev/null 2>&1; return; fi
+  # "rb:LIBRARY": a library Debian's /usr/bin/ruby must require (the package brings ruby with it).
+  if [[ "$1" == rb:* ]]; then /usr/bin/ruby -e "require '${1#rb:}'" >/dev/null 2>&1; return; fi
   if [[ "$1" == file:* ]]; then [[ -e "${1#file:}" ]]; return; fi
   command -v "$1" >/dev/null 2>&1 && return 0
   # PostgreSQL's server tools live outside PATH on Debian.

@@ -48,9 +48,16 @@ export function reviewAdmission(review: unknown, context: AdmissionContext): Adm
     kind: "AdmissionReview",
     response: { uid, ...rest },
   });
+  if (typeof request.operation !== "string") throw new MeshwardError("E_ADMISSION_INVALID", "the AdmissionReview has no request.operation");
   const namespace = typeof request.namespace === "string" ? request.namespace : undefined;
   if (namespace === context.ownNamespace) return respond({ allowed: true });
-  if (request.operation !== undefined && request.operation !== "CREATE") return respond({ allowed: true });
+  if (request.operation !== "CREATE") return respond({ allowed: true });
+  // Only a Pod itself is injected (as dapr/dapr pkg/injector/service/handler.go admits other kinds
+  // unchanged): a webhook rule that also matches Deployments or pods/* subresources (pods/binding,
+  // pods/eviction, pods/ephemeralcontainers) gets them back untouched.
+  const kind = request.kind as { group?: unknown; kind?: unknown } | undefined;
+  const subResource = request.subResource;
+  if (kind?.kind !== "Pod" || (kind.group !== undefined && kind.group !== "") || (typeof subResource === "string" && subResource !== "")) return respond({ allowed: true });
   const object = request.object;
   if (object === null || typeof object !== "object") return respond({ allowed: true });
   const meta = (object as { metadata?: { name?: unknown; generateName?: unknown } }).metadata;

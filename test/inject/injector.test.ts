@@ -213,6 +213,28 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
     expect(own.response).toEqual({ uid: "705ab4f5-6393-11e8-b7cc-42010a800002", allowed: true });
   });
 
+  it("admits unchanged what is not a Pod, a pods/* subresource, or not a CREATE, as Dapr's injector does; a review without operation is refused", async () => {
+    const pod = quickstartPod("shop");
+    const base = admissionReview(pod, "shop");
+    const variants: Record<string, unknown>[] = [
+      { ...base.request, kind: { group: "apps", version: "v1", kind: "Deployment" }, resource: { group: "apps", version: "v1", resource: "deployments" } },
+      { ...base.request, kind: { group: "", version: "v1", kind: "Binding" }, subResource: "binding" },
+      { ...base.request, subResource: "ephemeralcontainers" },
+      { ...base.request, kind: { group: "example.com", version: "v1", kind: "Pod" } },
+      { ...base.request, kind: undefined },
+      { ...base.request, operation: "UPDATE" },
+    ];
+    for (const request of variants) {
+      const review = (await post(JSON.stringify({ ...base, request }))).json as Review;
+      expect(review.response, JSON.stringify(request.kind)).toEqual({ uid: "705ab4f5-6393-11e8-b7cc-42010a800002", allowed: true });
+    }
+    // The same pod as a Pod CREATE is patched (the control).
+    expect(((await post(JSON.stringify(base))).json as Review).response.patchType).toBe("JSONPatch");
+    const noOperation = await post(JSON.stringify({ ...base, request: { ...base.request, operation: undefined } }));
+    expect(noOperation.status).toBe(400);
+    expect(noOperation.json.code).toBe("E_ADMISSION_INVALID");
+  });
+
   it("denies a pod whose annotations are wrong, with the reason (failurePolicy does not matter: the webhook answered)", async () => {
     const pod = quickstartPod("shop");
     pod.metadata.annotations["dapr.io/app-port"] = "http";
