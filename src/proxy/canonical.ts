@@ -160,18 +160,14 @@ function queryProblem(query: string): string | undefined {
 /**
  * A `_method` parameter in the query: Rails, Laravel, Symfony and Spring's HiddenHttpMethodFilter
  * read it (on POST) as the request's method, so the app would do what the policy did not judge.
- * The name is compared decoded ('+' as space), as PHP registers it too (isMethodOverrideName).
+ * The name is compared decoded byte by byte ('+' as space, an escape that is not one kept as it
+ * is: PHP's urldecode), so a NUL cuts it whatever follows.
  */
 function methodParameterProblem(query: string): string | undefined {
   if (!/method|%/i.test(query)) return undefined;
   for (const pair of query.split(/[&;]/)) {
     const eq = pair.indexOf("=");
-    let name = (eq < 0 ? pair : pair.slice(0, eq)).replace(/\+/g, " ");
-    try {
-      name = decodeURIComponent(name);
-    } catch {
-      // not UTF-8 once decoded: compared as received
-    }
+    const name = urlDecodedBytes((eq < 0 ? pair : pair.slice(0, eq)).replace(/\+/g, " "));
     if (isMethodOverrideName(name)) {
       return "a _method query parameter, which frameworks read as the request's method: send the method itself";
     }
@@ -179,32 +175,48 @@ function methodParameterProblem(query: string): string | undefined {
   return undefined;
 }
 
+/** %XX escapes decoded to the bytes they stand for (one char each); anything else kept as it is. */
+export function urlDecodedBytes(text: string): string {
+  return text.includes("%") ? text.replace(/%([0-9a-f]{2})/gi, (_, hex: string) => String.fromCharCode(parseInt(hex, 16))) : text;
+}
+
 /**
- * Whether a decoded parameter name is read as `_method`: as received, or as PHP registers it
- * (leading spaces dropped, the name cut at a NUL, ' ' and '.' read as '_'). A '[' is read as '_'
- * too (an unclosed '[' is, in PHP), a `_method[...]` array counts, and case is ignored: all of
- * it wider than any one framework, none of it narrower.
+ * Whether a decoded parameter name is read as `_method` by some framework. As received; as PHP
+ * registers it (leading spaces dropped, cut at a NUL, ' ' and '.' read as '_', main/php_variables.c);
+ * as Rack keys it (leading '[' and ']' dropped, the key ends at the next '[' or ']': `[_method`,
+ * `_method]`, `_method[]`, Rack::QueryParser#normalize_params). A '[' is read as '_' too and case
+ * is ignored: wider than any one framework, never narrower.
  */
 export function isMethodOverrideName(name: string): boolean {
-  return namedMethod(name) || (name.charCodeAt(0) === 0x20 && namedMethod(name.replace(/^ +/, "")));
+  const nul = name.indexOf("\0");
+  const cut = nul < 0 ? name : name.slice(0, nul);
+  if (cut.length < 7) return false;
+  return namedMethod(cut) || namedMethod(cut.replace(/^ +/, "")) || namedMethod(cut.replace(/^[ [\]]+/, ""));
 }
 
 function namedMethod(name: string): boolean {
-  const nul = name.indexOf("\0");
-  const cut = nul < 0 ? name : name.slice(0, nul);
-  if (cut.length < 7 || (cut.length > 7 && cut.charCodeAt(7) !== 0x5b)) return false;
-  return cut.slice(0, 7).replace(/[ .[]/g, "_").toLowerCase() === "_method";
+  if (name.length < 7 || (name.length > 7 && name.charCodeAt(7) !== 0x5b && name.charCodeAt(7) !== 0x5d)) return false;
+  return name.slice(0, 7).replace(/[ .[]/g, "_").toLowerCase() === "_method";
 }
 
-/** Fields that make frameworks (Express method-override, OData, Google APIs) run another method than the request's. */
+/**
+ * Fields that make frameworks (Express method-override, OData, Google APIs, Symfony, Rack apps)
+ * run another method than the request's, compared with '_' and '.' read as '-': CGI-style servers
+ * (WEBrick, PHP) give `X_HTTP_METHOD_OVERRIDE` and `X-HTTP-Method-Override` the same variable, and
+ * PHP reads '.' in a name as '_'.
+ */
 const METHOD_OVERRIDE_FIELDS: ReadonlySet<string> = new Set(["x-http-method-override", "x-http-method", "x-method-override"]);
+
+function isOverrideField(name: string): boolean {
+  const n = name.length;
+  return (n === 22 || n === 13 || n === 17) && METHOD_OVERRIDE_FIELDS.has(name.toLowerCase().replace(/[_.]/g, "-"));
+}
 
 /** Why a request with a method-override field is refused (names as received), or undefined. */
 export function methodOverrideProblem(rawHeaders: readonly string[]): string | undefined {
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
-    const n = name.length;
-    if ((n === 22 || n === 13 || n === 17) && METHOD_OVERRIDE_FIELDS.has(name.toLowerCase())) return overrideFieldRefusal(name);
+    if (isOverrideField(name)) return overrideFieldRefusal(name);
   }
   return undefined;
 }
@@ -340,7 +352,7 @@ export function canonicalH2Request(headers: H2Headers, escapedSlashes: EscapedSl
   const rawHeaders: string[] = [];
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || name.charCodeAt(0) === 0x3a /* : */) continue;
-    if (METHOD_OVERRIDE_FIELDS.has(name)) return { status: 400, refused: overrideFieldRefusal(name) };
+    if (isOverrideField(name)) return { status: 400, refused: overrideFieldRefusal(name) };
     if (name === "content-length") {
       if (typeof value !== "string" || !/^\d{1,15}$/.test(value)) return { status: 400, refused: "a Content-Length that is not one number" };
       contentLength = Number(value);

@@ -5,9 +5,14 @@
  * and refuses the request before the app has all of it: the chunk that shows the field, and the
  * body's end, are never forwarded (the upstream connection is closed instead), and every one of
  * those frameworks parses the whole body before it reads the field.
+ *
+ * Each reading is wider than any one parser's (Rack 2.2, PHP 8.2, Tomcat's), never narrower: a
+ * name is checked in every form one of them could give it (isMethodOverrideName), and a multipart
+ * head in every way one of them splits it. Work is linear in the body: names and part heads are
+ * decoded, values and part contents are skipped with indexOf.
  */
-import { isMethodOverrideName } from "./canonical.ts";
-import { findHeader, findHeaders } from "./http1/wire.ts";
+import { isMethodOverrideName, urlDecodedBytes } from "./canonical.ts";
+import { findHeaders } from "./http1/wire.ts";
 
 /** Reads a request body as it passes; a problem stops the request before the bytes that showed it are forwarded. */
 export interface BodyInspector {
@@ -19,21 +24,28 @@ export interface BodyInspector {
 
 const REFUSAL = "a _method field in the body, which frameworks read as the request's method: send the method itself";
 
-/** Charsets in which `_method` is written as in ASCII (a form body in UTF-16 would hide it). */
-const ASCII_COMPATIBLE = /^(?:utf-?8|us-ascii|ascii|iso-?8859-\d+|latin-?1|windows-125\d|cp125\d)$/i;
+/**
+ * Charsets in which every ASCII character of a form is the byte it is in ASCII, and no other
+ * bytes make one (what the inspector reads is what Spring decodes). UTF-16/32, UTF-7, EBCDIC and
+ * ISO-2022 (whose escapes can split `_met` from `hod` in the bytes) are not among them.
+ */
+const ASCII_COMPATIBLE =
+  /^(?:utf-?8|us-ascii|ascii|iso[-_]?8859[-_]\d+|latin-?\d|l\d|windows-125\d|cp125\d|shift[-_]jis|sjis|windows-31j|ms932|cp932|euc-?(?:jp|kr|cn|tw)|gb2312|gbk|gb18030|cp936|big5(?:-hkscs)?|cp950|koi8-[ru]|tis-620|cp874)$/i;
 
 /**
  * What a POST with these fields needs: undefined (nothing to read: not a POST, or a body no such
  * framework reads `_method` from), a refusal (a body that cannot be read with certainty), or an
- * inspector. Only the forms and JSON are read: Rack also parses a POST without Content-Type as
- * a form, Rack and Spring any multipart/* type, Laravel any type naming JSON.
+ * inspector. Forms and JSON are read: Rack also parses a POST without Content-Type as a form, Rack
+ * and Spring any multipart/* type, Laravel any type naming JSON. A body with a Content-Encoding
+ * is none of theirs to parse: none of them inflates request bodies.
  */
 export function methodOverrideInspector(method: string, rawHeaders: readonly string[]): BodyInspector | { refused: string } | undefined {
   if (method !== "POST") return undefined;
   const types = findHeaders(rawHeaders, "content-type");
   if (types.length > 1) return { refused: "a POST with more than one Content-Type field, whose body a _method field could hide in" };
+  const encodings = findHeaders(rawHeaders, "content-encoding").map((e) => e.trim().toLowerCase());
+  if (encodings.some((e) => e !== "" && e !== "identity")) return undefined;
   const type = (types[0] ?? "").trim().toLowerCase();
-  const encoding = (findHeader(rawHeaders, "content-encoding") ?? "identity").trim().toLowerCase();
   const inspectors: BodyInspector[] = [];
   if (type === "" || type.includes("x-www-form-urlencoded")) {
     const charset = /(?:^|[;,\s])charset\s*=\s*"?([^";,\s]*)/.exec(type)?.[1];
@@ -47,7 +59,6 @@ export function methodOverrideInspector(method: string, rawHeaders: readonly str
   }
   if (type.includes("json")) inspectors.push(new JsonInspector());
   if (inspectors.length === 0) return undefined;
-  if (encoding !== "identity") return { refused: `a POST form or JSON body with Content-Encoding ${encoding}, in which a _method field cannot be read: send it uncompressed` };
   return inspectors.length === 1 ? inspectors[0] : new AllOf(inspectors);
 }
 
@@ -58,13 +69,16 @@ export function methodOverrideInspector(method: string, rawHeaders: readonly str
  * quotes too) or, quoted, up to the next '"'; RFC 2045 parsers unescape a quoted one. Each of
  * their delimiters begins with `--` and this prefix (up to the first '"', '\\', ';', ',' or
  * space), so looking for that finds every delimiter any of them sees. Undefined unless all of
- * them read the same `boundary=`: the first "boundary" is lower case and directly followed by
- * '=' (spaces allowed), no other `boundary=` follows, and a value starts right after the '='.
+ * them read the same `boundary=`: the only "boundary" in the field, or the first one in lower
+ * case, directly followed by '=' (spaces allowed) with a value right after it, and no other
+ * `boundary=` after it.
  */
 function boundaryPrefix(contentType: string): string | undefined {
-  const at = contentType.toLowerCase().indexOf("boundary");
-  if (at < 0 || contentType.slice(at, at + 8) !== "boundary") return undefined;
-  const m = /^boundary\s*=("?)([^"\\;,\s]*)/.exec(contentType.slice(at));
+  const all = [...contentType.matchAll(/boundary/gi)];
+  if (all.length === 0) return undefined;
+  const at = all[0]!.index;
+  if (all.length > 1 && contentType.slice(at, at + 8) !== "boundary") return undefined;
+  const m = /^boundary\s*=("?)([^"\\;,\s]*)/i.exec(contentType.slice(at));
   if (m === null || m[2] === "" || /boundary\s*=/i.test(contentType.slice(at + 8))) return undefined;
   return m[2];
 }
@@ -92,6 +106,7 @@ const SEMI = 0x3b;
 const EQ = 0x3d;
 const PCT = 0x25;
 const PLUS = 0x2b;
+const DASH = 0x2d;
 /** Decoded characters of a name kept: one leading space (a run of them collapsed), `_method` and the one after it. */
 const NAME_KEPT = 9;
 
@@ -102,10 +117,15 @@ function hexValue(c: number): number {
   return -1;
 }
 
+/** The next index of `byte` at or after `from`, reusing `known` while it is still ahead (-1: none left in the chunk). */
+function nextIndex(chunk: Buffer, byte: number, known: number, from: number): number {
+  return known === -1 || known >= from ? known : chunk.indexOf(byte, from);
+}
+
 /**
  * `application/x-www-form-urlencoded`: each name (at the start and after '&', or ';' as old Rack
  * read them) decoded as it streams ('+' as space, %XX), its first characters kept; values are
- * skipped with indexOf.
+ * skipped with indexOf. A name is complete at '=', '&', ';' or the body's end.
  */
 class FormInspector implements BodyInspector {
   #inValue = false;
@@ -116,33 +136,55 @@ class FormInspector implements BodyInspector {
   #escape = "";
 
   push(chunk: Buffer): string | undefined {
-    let i = 0;
     const n = chunk.length;
+    let amp = -2;
+    let semi = -2;
+    let eq = -2;
+    let i = 0;
     while (i < n) {
       if (this.#inValue) {
-        const next = nextSeparator(chunk, i);
-        if (next < 0) return undefined;
+        // A short value is stepped over here; a long one with indexOf.
+        let k = i;
+        const near = Math.min(n, i + 32);
+        while (k < near && chunk[k] !== AMP && chunk[k] !== SEMI) k++;
+        if (k === near) {
+          amp = nextIndex(chunk, AMP, amp, k);
+          semi = nextIndex(chunk, SEMI, semi, k);
+          k = amp < 0 ? semi : semi < 0 ? amp : Math.min(amp, semi);
+          if (k < 0) return undefined;
+        }
         this.#inValue = false;
-        i = next + 1;
+        i = k + 1;
         continue;
       }
-      const c = chunk[i]!;
-      if (c === AMP || c === SEMI || c === EQ) {
-        const problem = this.#endName();
-        if (problem !== undefined) return problem;
-        this.#inValue = c === EQ;
-        i++;
-        continue;
+      if (this.#name === "" && this.#escape === "" && !this.#nameFull) {
+        // A name shorter than `_method`, or without an 'm' or an escape, cannot be `_method`: its
+        // bytes are only looked at. (One that goes on into the next chunk is decoded below.)
+        let k = i;
+        let interesting = false;
+        for (; k < n; k++) {
+          const c = chunk[k]!;
+          if (c === AMP || c === SEMI || c === EQ) break;
+          if (c === 0x6d || c === 0x4d || c === PCT) interesting = true;
+        }
+        if (k < n && (!interesting || k - i < 7)) {
+          this.#inValue = chunk[k] === EQ;
+          i = k + 1;
+          continue;
+        }
       }
-      if (this.#nameFull) {
-        // The rest of a name that cannot change the verdict: skip to its end.
-        const next = nextNameEnd(chunk, i);
-        if (next < 0) return undefined;
-        i = next;
-        continue;
-      }
-      this.#take(c);
-      i++;
+      amp = nextIndex(chunk, AMP, amp, i);
+      semi = nextIndex(chunk, SEMI, semi, i);
+      eq = nextIndex(chunk, EQ, eq, i);
+      const separator = amp < 0 ? semi : semi < 0 ? amp : Math.min(amp, semi);
+      const end = separator < 0 ? eq : eq < 0 ? separator : Math.min(separator, eq);
+      const stop = end < 0 ? n : end;
+      for (let k = i; k < stop && !this.#nameFull; k++) this.#take(chunk[k]!);
+      if (end < 0) return undefined;
+      const problem = this.#endName();
+      if (problem !== undefined) return problem;
+      this.#inValue = chunk[end] === EQ;
+      i = end + 1;
     }
     return undefined;
   }
@@ -178,7 +220,12 @@ class FormInspector implements BodyInspector {
       this.#nameFull = true;
       return;
     }
-    if (decoded === 0x20 && this.#name === " ") return;
+    // Runs of leading spaces or brackets (PHP drops the spaces, Rack the brackets) collapse to one.
+    const leading = decoded === 0x20 || decoded === 0x5b || decoded === 0x5d;
+    if (leading && this.#name.length === 1 && (this.#name === " " || this.#name === "[" || this.#name === "]")) {
+      if (this.#name !== String.fromCharCode(decoded)) this.#name = "[";
+      return;
+    }
     this.#name += String.fromCharCode(decoded);
     if (this.#name.length >= NAME_KEPT) this.#nameFull = true;
   }
@@ -192,116 +239,175 @@ class FormInspector implements BodyInspector {
   }
 }
 
-function nextSeparator(chunk: Buffer, from: number): number {
-  const amp = chunk.indexOf(AMP, from);
-  const semi = chunk.indexOf(SEMI, from);
-  return amp < 0 ? semi : semi < 0 ? amp : Math.min(amp, semi);
-}
-
-function nextNameEnd(chunk: Buffer, from: number): number {
-  const sep = nextSeparator(chunk, from);
-  const eq = chunk.indexOf(EQ, from);
-  return sep < 0 ? eq : eq < 0 ? sep : Math.min(sep, eq);
-}
-
-/** Bytes of a part's header block kept before the request is refused (real ones are a few hundred). */
-const PART_HEADERS_MAX = 16 * 1024;
+/** Bytes of a part's head read before the request is refused (real ones are a few hundred). */
+const PART_HEAD_MAX = 16 * 1024;
+/**
+ * Delimiters in one body past which it is refused: each starts a head to read. Rack refuses more
+ * than 4,096 parts (multipart_total_part_limit), Tomcat more than 10,000 parameters.
+ */
+const MAX_PARTS = 10_000;
+const HEAD_END = Buffer.from("\r\n\r\n");
+const EMPTY = Buffer.alloc(0);
 
 /**
- * `multipart/*`: the header block after every `--boundary` (anywhere, not only at a line start:
- * wider than any parser) is read up to its empty line, and each `name` or `name*` parameter in
- * it, quoted or not, escaped or not, is checked. Bytes inside parts are not read.
+ * `multipart/*`. Every `--boundary` (anywhere, not only at a line start, and after the close
+ * delimiter too: PHP parses on) starts a head, read up to the first CRLF CRLF (where Rack and
+ * Tomcat end it; PHP ends it at any empty line, sooner) or up to the next `--boundary`, whichever
+ * comes first, so that no head, real or not, hides the next one. A head longer than 16 KiB is
+ * refused. Part contents are not read.
  */
 class MultipartInspector implements BodyInspector {
   readonly #delimiter: Buffer;
-  /** The last bytes of the previous chunk (a delimiter may straddle two chunks). */
-  #carry = Buffer.alloc(0);
-  /** The header block being collected, or undefined while in a part's content. */
-  #headers: string | undefined;
+  /** Bytes not yet settled: the end of the previous chunk (a delimiter may straddle two) or a head so far. */
+  #pending = EMPTY;
+  /** #pending starts with a head (right after its delimiter). */
+  #inHead = false;
+  #parts = 0;
 
   constructor(boundary: string) {
     this.#delimiter = Buffer.from(`--${boundary}`, "latin1");
   }
 
   push(chunk: Buffer): string | undefined {
-    const data = this.#carry.length > 0 ? Buffer.concat([this.#carry, chunk]) : chunk;
-    this.#carry = Buffer.alloc(0);
+    const delimiter = this.#delimiter;
+    let data = chunk;
     let at = 0;
+    /** The end of the stream before this chunk, when a delimiter could start in it and end past this (short) chunk. */
+    let before = EMPTY;
+    if (this.#pending.length > 0 && this.#inHead) {
+      data = Buffer.concat([this.#pending, chunk]);
+    } else if (this.#pending.length > 0) {
+      // A delimiter across the two chunks (copying only its bytes: a copy of every chunk cost more than the search).
+      const probe = Buffer.concat([this.#pending, chunk.subarray(0, delimiter.length - 1)]);
+      const found = probe.indexOf(delimiter);
+      if (found >= 0) {
+        at = found + delimiter.length - this.#pending.length;
+        this.#inHead = true;
+        if (++this.#parts > MAX_PARTS) return `a multipart body of more than ${MAX_PARTS} parts`;
+      } else if (chunk.length < delimiter.length - 1) {
+        before = this.#pending;
+      }
+    }
+    this.#pending = EMPTY;
+    // Next delimiter and next CRLF CRLF, kept while still ahead: each search runs once per find.
+    let next = -2;
+    let blank = -2;
+    const nextDelimiter = (from: number) => (next = next === -1 || next >= from ? next : data.indexOf(delimiter, from));
     for (;;) {
-      const before = this.#headers;
-      if (before !== undefined) {
-        const text = before + data.toString("latin1", at);
-        // A close delimiter ("--boundary--") ends the parts: what follows is no header block.
-        if (before.length < 2 && text.startsWith("--")) {
-          this.#headers = undefined;
-          at += 2 - before.length;
+      if (this.#inHead) {
+        // The close delimiter ("--boundary--") starts no head; two bytes are needed to know.
+        if (data.length - at < 2) return this.#keep(data, at, true);
+        if (data[at] === DASH && data[at + 1] === DASH) {
+          this.#inHead = false;
+          at += 2;
           continue;
         }
-        const blank = /\r?\n\r?\n/.exec(text);
-        if (blank === null) {
-          if (text.length > PART_HEADERS_MAX) return "a multipart part whose headers exceed 16 KiB";
-          this.#headers = text;
-          return undefined;
-        }
-        const problem = partHeadersProblem(text.slice(0, blank.index));
+        nextDelimiter(at);
+        blank = blank === -1 || blank >= at ? blank : data.indexOf(HEAD_END, at);
+        const end = blank >= 0 && (next < 0 || blank + HEAD_END.length <= next) ? blank + HEAD_END.length : next;
+        if (end < 0 ? data.length - at > PART_HEAD_MAX : end - at > PART_HEAD_MAX) return "a multipart part whose head exceeds 16 KiB";
+        if (end < 0) return this.#keep(data, at, true);
+        const problem = partHeadProblem(data.toString("latin1", at, end));
         if (problem !== undefined) return problem;
-        this.#headers = undefined;
-        // The block cannot have ended inside the text kept before (it would have been found then).
-        at += blank.index + blank[0].length - before.length;
+        this.#inHead = false;
+        at = end;
         continue;
       }
-      const found = data.indexOf(this.#delimiter, at);
+      const found = nextDelimiter(at);
       if (found < 0) {
-        const keep = Math.min(data.length - at, this.#delimiter.length - 1);
-        this.#carry = Buffer.from(data.subarray(data.length - keep));
-        return undefined;
+        if (before.length > 0 && at === 0) return this.#keep(Buffer.concat([before, data]), Math.max(0, before.length + data.length - (delimiter.length - 1)), false);
+        const keep = Math.min(data.length - at, delimiter.length - 1);
+        return this.#keep(data, data.length - keep, false);
       }
-      at = found + this.#delimiter.length;
-      this.#headers = "";
+      at = found + delimiter.length;
+      this.#inHead = true;
+      if (++this.#parts > MAX_PARTS) return `a multipart body of more than ${MAX_PARTS} parts`;
     }
   }
 
   end(): string | undefined {
-    const headers = this.#headers;
-    this.#headers = undefined;
-    return headers === undefined ? undefined : partHeadersProblem(headers);
+    if (!this.#inHead) return undefined;
+    this.#inHead = false;
+    return partHeadProblem(this.#pending.toString("latin1"));
+  }
+
+  #keep(data: Buffer, from: number, inHead: boolean): undefined {
+    this.#pending = Buffer.from(data.subarray(from));
+    this.#inHead = inHead;
+    return undefined;
   }
 }
 
-/** A `name` / `name*` parameter of a part that names `_method`, in any of the ways parsers read one. */
-function partHeadersProblem(block: string): string | undefined {
-  for (const m of block.matchAll(/(?:^|[\s;])name(\*?)\s*=\s*("(?:[^"\\]|\\[\s\S])*"?|[^;\s]*)/gi)) {
-    const extended = m[1] === "*";
-    const raw = m[2]!;
-    const candidates = new Set<string>();
-    if (raw.startsWith('"')) {
-      const inner = raw.slice(1, raw.endsWith('"') && raw.length > 1 ? -1 : undefined);
-      candidates.add(inner.replace(/\\([\s\S])/g, "$1"));
-      candidates.add(inner);
-    } else {
-      candidates.add(raw);
-      candidates.add(raw.split(/["',]/)[0]!);
-    }
-    for (const candidate of [...candidates]) {
-      const value = extended ? candidate.replace(/^[^']*'[^']*'/, "") : candidate;
-      candidates.add(value);
-      candidates.add(percentDecoded(value));
-      // RFC 2047 encoded words, which Tomcat's multipart parser (for Spring) decodes in every parameter.
-      if (value.includes("=?")) candidates.add(encodedWordsDecoded(value));
-    }
-    for (const candidate of candidates) if (isMethodOverrideName(candidate)) return REFUSAL;
+/**
+ * A part head that names `_method` as some parser reads it. Rack (2.2, Rack::Multipart::Parser):
+ * `Content-Disposition:[^:]*;\s*name=(quoted|token)` across lines, else the `Content-ID` value.
+ * PHP (main/rfc1867.c): lines up to the first empty one, a line without ':' (or indented) joined
+ * to the one before as it is, parameters split at ';' (quotes not minded), values in '"' or "'"
+ * with backslash escapes. RFC 2231/5987 (`name*=`), RFC 2047 encoded words (Tomcat) and percent
+ * escapes decoded too. Every parameter of every line whose name is `name` counts, whatever the
+ * header, and a quoted value never runs past its line.
+ */
+function partHeadProblem(head: string): string | undefined {
+  // No name without "name" or "Content-ID" (a line break may split them: PHP joins lines), and
+  // no `_method` without an 'm', an escape or an encoded word.
+  const joined = head.includes("\n") ? head.replace(/\r?\n/g, "") : head;
+  if (!/name|content-id/i.test(joined) || !/[m%?]/i.test(joined)) return undefined;
+  const candidates = new Set<string>();
+  for (const m of head.matchAll(/Content-Disposition:[^:]*;\s*name=("(?:\\"|[^"])*"|[^\s()<>,;:\\"/[\]?=]+)/gi)) candidates.add(unquoted(m[1]!));
+  for (const m of head.matchAll(/Content-ID:\s*([^\r\n]*)/gi)) candidates.add(m[1]!.trim());
+  const lines = head.split(/\r?\n/);
+  // PHP's reading: up to the first empty line, continuation lines joined with nothing between.
+  const php: string[] = [];
+  for (const line of lines) {
+    if (line === "" && php.length > 0) break;
+    if (php.length > 0 && (!line.includes(":") || /^[ \t]/.test(line))) php[php.length - 1] += line;
+    else if (line !== "") php.push(line);
+  }
+  // RFC 5322 unfolding, and each line on its own.
+  const unfolded = head.replace(/\r?\n[ \t]+/g, " ").split(/\r?\n/);
+  for (const line of [...php, ...unfolded, ...lines]) parameterNames(line, candidates);
+  for (const candidate of candidates) {
+    for (const form of nameForms(candidate)) if (isMethodOverrideName(form)) return REFUSAL;
   }
   return undefined;
+}
+
+/** Values of `name` / `name*` parameters in one header line, split at ';' both minding quotes and not. */
+function parameterNames(line: string, into: Set<string>): void {
+  if (!/name/i.test(line)) return;
+  const value = line.includes(":") ? line.slice(line.indexOf(":") + 1) : line;
+  const pieces = [...value.split(";"), ...(value.match(/(?:[^;"']|"(?:\\.|[^"\\])*"?|'(?:\\.|[^'\\])*'?)+/g) ?? [])];
+  for (const piece of pieces) {
+    const eq = piece.indexOf("=");
+    if (eq < 0) continue;
+    const key = piece.slice(0, eq).trim().toLowerCase();
+    if (key !== "name" && key !== "name*") continue;
+    const raw = piece.slice(eq + 1).trim();
+    into.add(raw);
+    into.add(unquoted(raw));
+    if (key === "name*") into.add(urlDecodedBytes(unquoted(raw).replace(/^[^']*'[^']*'/, "")));
+  }
+}
+
+/** A value without its quotes ('"' or "'", closed or not) and with backslash escapes undone. */
+function unquoted(value: string): string {
+  const q = value[0];
+  if (q !== '"' && q !== "'") return value;
+  const inner = value.length > 1 && value.endsWith(q) ? value.slice(1, -1) : value.slice(1);
+  return inner.replace(/\\([\s\S])/g, "$1");
+}
+
+/** A parameter value as each parser could read it: as is, percent-decoded, RFC 2047-decoded. */
+function nameForms(value: string): string[] {
+  const forms = [value, urlDecodedBytes(value)];
+  if (value.includes("=?")) forms.push(encodedWordsDecoded(value));
+  return forms;
 }
 
 function encodedWordsDecoded(text: string): string {
   return text.replace(/=\?[^?]*\?([qb])\?([^?]*)\?=/gi, (_, encoding: string, data: string) =>
     encoding.toLowerCase() === "b" ? Buffer.from(data, "base64").toString("latin1") : data.replace(/_/g, " ").replace(/=([0-9a-f]{2})/gi, (__, hex: string) => String.fromCharCode(parseInt(hex, 16))),
   );
-}
-
-function percentDecoded(text: string): string {
-  return text.replace(/%([0-9a-f]{2})/gi, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
 }
 
 /**
@@ -326,7 +432,6 @@ class JsonInspector implements BodyInspector {
       if (rest.length > 0) this.#awaitingColon = false;
     }
     text = this.#carry + text;
-    JSON_NAME.lastIndex = 0;
     for (const m of text.matchAll(JSON_NAME)) {
       if (m[1] === ":") return REFUSAL;
       this.#awaitingColon = true;

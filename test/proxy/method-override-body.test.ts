@@ -42,7 +42,9 @@ const FORM = "application/x-www-form-urlencoded";
 describe("isMethodOverrideName", () => {
   it("reads names as Rack, Spring and PHP register them (PHP: main/php_variables.c php_register_variable_ex)", () => {
     for (const name of ["_method", "_METHOD", ".method", " method", " _method", "   _method", "_method\0junk", "_method[]", "_method[x]", "[method"]) expect(isMethodOverrideName(name), JSON.stringify(name)).toBe(true);
-    for (const name of ["method", "payment_method", "_methods", "_method_", "x_method", "_metho", "\0_method", "_method]"]) expect(isMethodOverrideName(name), JSON.stringify(name)).toBe(false);
+    // Rack keys these as `_method` (Rack::QueryParser#normalize_params: leading '[' / ']' dropped, the key ends at '[' or ']').
+    for (const name of ["[_method", "_method]", "[]_method", "]]_method]]", "_method]x"]) expect(isMethodOverrideName(name), JSON.stringify(name)).toBe(true);
+    for (const name of ["method", "payment_method", "_methods", "_method_", "x_method", "_metho", "\0_method", "user[_method]", "order[_method_id]"]) expect(isMethodOverrideName(name), JSON.stringify(name)).toBe(false);
   });
 });
 
@@ -64,6 +66,12 @@ describe("form bodies (application/x-www-form-urlencoded, and a POST without Con
       "a=1&_method",
       "a=1&_method&b",
       "x=a%26b&_method=PUT",
+      "_method]=DELETE",
+      "[_method=DELETE",
+      "]]_method]]=DELETE",
+      "_method%5D=DELETE",
+      "[[[[[[[[[[_method=DELETE",
+      "+++[[[_method=DELETE",
     ]) {
       refusedEveryWay(FORM, body);
       refusedEveryWay(undefined, body);
@@ -83,11 +91,21 @@ describe("form bodies (application/x-www-form-urlencoded, and a POST without Con
     }
   });
 
-  it("refuses a form in a charset where _method would not be ASCII, and a compressed form", () => {
-    expect(methodOverrideInspector("POST", ["Content-Type", `${FORM}; charset=UTF-16`])).toEqual({ refused: expect.stringMatching(/charset utf-16/) });
-    expect(methodOverrideInspector("POST", ["Content-Type", `${FORM}; charset=utf-7`])).toEqual({ refused: expect.stringMatching(/charset utf-7/) });
-    expect(methodOverrideInspector("POST", ["Content-Type", FORM, "Content-Encoding", "gzip"])).toEqual({ refused: expect.stringMatching(/Content-Encoding gzip/) });
+  it("refuses a form in a charset where _method would not be ASCII; reads those where it is", () => {
+    for (const charset of ["UTF-16", "utf-7", "ISO-2022-JP", "IBM037", "UTF-32LE"]) {
+      expect(methodOverrideInspector("POST", ["Content-Type", `${FORM}; charset=${charset}`]), charset).toEqual({ refused: expect.stringMatching(new RegExp(`charset ${charset.toLowerCase()}`)) });
+    }
+    for (const charset of ["UTF-8", "Shift_JIS", "EUC-JP", "GBK", "Big5", "EUC-KR", "KOI8-R", "ISO_8859-1", "windows-1252"]) {
+      const reader = methodOverrideInspector("POST", ["Content-Type", `${FORM}; charset=${charset}`]) as BodyInspector;
+      expect(reader.push(Buffer.from("_method=DELETE")), charset).toBeDefined();
+    }
     expect(methodOverrideInspector("POST", ["Content-Type", FORM, "content-type", "text/plain"])).toEqual({ refused: expect.stringMatching(/more than one Content-Type/) });
+  });
+
+  it("does not read a compressed body: none of the frameworks that honour _method inflates a request body", () => {
+    expect(methodOverrideInspector("POST", ["Content-Type", FORM, "Content-Encoding", "gzip"])).toBeUndefined();
+    expect(methodOverrideInspector("POST", ["Content-Type", "application/json", "Content-Encoding", "br"])).toBeUndefined();
+    expect(methodOverrideInspector("POST", ["Content-Type", FORM, "Content-Encoding", "identity"])).toBeDefined();
   });
 
   it("reads nothing but POST, and no body no framework reads _method from", () => {
@@ -119,24 +137,50 @@ describe("multipart bodies", () => {
     // RFC 2047 encoded words, which Tomcat's parser decodes in every parameter.
     refusedEveryWay(type, `${part('form-data; name="=?UTF-8?Q?=5Fmethod?="', "PUT")}--XyZ--`);
     refusedEveryWay(type, `${part(`form-data; name="=?utf-8?b?${Buffer.from("_method").toString("base64")}?="`, "PUT")}--XyZ--`);
+    // The only boundary parameter, in upper case (RFC 2045 allows it; Rack and PHP read it).
+    refusedEveryWay("multipart/form-data; BOUNDARY=XyZ", `${part('form-data; name="_method"', "PUT")}--XyZ--`);
+    // Found by review (stop 36): heads Rack or PHP read a `_method` name in.
+    for (const head of [
+      'Content-Disposition: form-data; name="[_method"',
+      "Content-ID: _method",
+      "Content-Disposition: form-data\n\n; name=_method",
+      'X-Foo: name="\r\nContent-Disposition: form-data; name="_method"',
+      'Content-Disposition: form-data; name="a; name=_method',
+      "Content-Disposition: form-data; name='_method'",
+      'Content-Disposition: form-data; na\r\nme="_method"',
+      'Content-Disposition: form-data; name="_met\r\nhod"',
+      "Content-Disposition: form-data;\r\n name=_method",
+    ]) {
+      refusedEveryWay(type, `--XyZ\r\n${head}\r\n\r\nDELETE\r\n--XyZ--\r\n`);
+    }
+    // A `--XyZ` inside content is no delimiter to Rack or PHP; it must not hide the real part after it.
+    refusedEveryWay(type, `${part('form-data; name="a"', 'x--XyZ name="')}--XyZ\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XyZ--\r\n`);
+    // PHP parses on after the close delimiter.
+    refusedEveryWay(type, `${part('form-data; name="a"', "1")}--XyZ--\r\n--XyZ\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XyZ--\r\n`);
     // Bare LF line ends, which lenient parsers accept.
     refusedEveryWay(type, '--XyZ\nContent-Disposition: form-data; name="_method"\n\nPUT\n--XyZ--');
   });
 
-  it("does not read part contents, file names or what follows the close delimiter", () => {
+  it("does not read part contents, file names, a preamble or an epilogue", () => {
     const html = '<form><input type="hidden" name="_method" value="patch"></form>\r\n\r\nname="_method"';
     acceptedEveryWay(type, `${part('form-data; name="template"; filename="edit.html"', html)}${part('form-data; name="payment_method"; filename="payment_method.csv"', "a,b")}--XyZ--\r\n`);
     acceptedEveryWay(type, `preamble name=_method\r\n${part('form-data; name="a"', "1")}--XyZ--\r\n\r\nepilogue name=_method`);
+    acceptedEveryWay(type, `${part('form-data; name="user[payment_method]"', "card")}${part('form-data; name="order[_method_id]"', "1")}--XyZ--\r\n`);
   });
 
   it("refuses a multipart type without exactly one boundary, and a part whose headers do not end", () => {
     expect(methodOverrideInspector("POST", ["Content-Type", "multipart/form-data"])).toEqual({ refused: expect.stringMatching(/exactly one boundary/) });
     // Where parsers would read different boundaries (a part delimited by one of them could hide from the other).
-    for (const type of ["multipart/form-data; boundary=a; boundary=b", "multipart/form-data; boundary=a; xboundary=b", "multipart/form-data; BOUNDARY=a; xboundary; y=b", "multipart/form-data; boundaryjunk=b", "multipart/form-data; boundary= b", 'multipart/form-data; boundary=""', "multipart/form-data; boundary=xxboundary=b"]) {
+    for (const type of ["multipart/form-data; boundary=a; boundary=b", "multipart/form-data; boundary=a; xboundary=b", "multipart/form-data; BOUNDARY=a; xboundary; y=b", "multipart/form-data; boundaryjunk=b", "multipart/form-data; boundary= b", 'multipart/form-data; boundary=""', "multipart/form-data; boundary=xxboundary=b", "multipart/form-data; BOUNDARY=a; boundary=b"]) {
       expect(methodOverrideInspector("POST", ["Content-Type", type]), type).toEqual({ refused: expect.stringMatching(/exactly one boundary/) });
     }
     const reader = inspector(type);
-    expect(reader.push(Buffer.from(`--XyZ\r\nX-Pad: ${"a".repeat(20_000)}`))).toMatch(/exceed 16 KiB/);
+    expect(reader.push(Buffer.from(`--XyZ\r\nX-Pad: ${"a".repeat(20_000)}`))).toMatch(/exceeds 16 KiB/);
+    const dripped = inspector(type);
+    expect(dripped.push(Buffer.from("--XyZ\r\nX-Pad: "))).toBeUndefined();
+    let problem: string | undefined;
+    for (let i = 0; i < 40 && problem === undefined; i++) problem = dripped.push(Buffer.from("a".repeat(1000)));
+    expect(problem).toMatch(/exceeds 16 KiB/);
   });
 });
 

@@ -64,6 +64,17 @@ const PAD = `pad=${"x".repeat(40_000)}`;
 
 const PUT_PART_B = '--B\r\nContent-Disposition: form-data; name="_method"\r\n\r\nPUT\r\n--B--\r\n';
 
+/** A multipart body (boundary B) of one part with this head and DELETE as its content. */
+const mp = (head: string) => `--B\r\n${head}\r\n\r\nDELETE\r\n--B--\r\n`;
+const MP = "multipart/form-data; boundary=B";
+/** Found by review (stop 36): heads both apps read a `_method` name in where a simpler reading did not. */
+const SHARED_HEADS = [
+  // An unclosed quote on an earlier line must not swallow the real name.
+  'X-Foo: name="\r\nContent-Disposition: form-data; name="_method"',
+  // A `--B` inside a part's content is no delimiter to either app, and must not hide the next real part.
+];
+const FAKE_DELIMITER = '--B\r\nContent-Disposition: form-data; name="a"\r\n\r\nx--B name="\r\n--B\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--B--\r\n';
+
 /** Bodies each framework runs as another method than POST (the control proves it), with the Content-Type they need. */
 const OVERRIDES: Readonly<Record<Framework["name"], readonly { readonly type: string | undefined; readonly body: string; readonly runs: string }[]>> = {
   rack: [
@@ -76,6 +87,15 @@ const OVERRIDES: Readonly<Record<Framework["name"], readonly { readonly type: st
     { type: "multipart/mixed; boundary=B", body: PUT_PART_B, runs: "PUT" },
     // Rack's boundary stops at '"' (Rack::Multipart::Parser MULTIPART): the parts are delimited by --B.
     { type: 'multipart/form-data; boundary=B"x', body: PUT_PART_B, runs: "PUT" },
+    // Rack keys `[_method` and `_method]` as `_method` (Rack::QueryParser#normalize_params).
+    { type: FORM, body: "_method]=DELETE", runs: "DELETE" },
+    { type: FORM, body: "[_method=DELETE", runs: "DELETE" },
+    { type: MP, body: mp('Content-Disposition: form-data; name="[_method"'), runs: "DELETE" },
+    // A part named by its Content-ID, and a head Rack ends only at CRLF CRLF.
+    { type: MP, body: mp("Content-ID: _method"), runs: "DELETE" },
+    { type: MP, body: mp("Content-Disposition: form-data\n\n; name=_method"), runs: "DELETE" },
+    ...SHARED_HEADS.map((head) => ({ type: MP, body: mp(head), runs: "DELETE" })),
+    { type: MP, body: FAKE_DELIMITER, runs: "DELETE" },
   ],
   symfony: [
     { type: FORM, body: "_method=DELETE", runs: "DELETE" },
@@ -90,6 +110,12 @@ const OVERRIDES: Readonly<Record<Framework["name"], readonly { readonly type: st
     // PHP (main/rfc1867.c) finds the first "boundary" (lower case first), then the first '=' after it.
     { type: "multipart/form-data; BOUNDARY=AAA; xboundary; y=B", body: PUT_PART_B, runs: "PUT" },
     { type: "multipart/form-data; boundaryjunk=B", body: PUT_PART_B, runs: "PUT" },
+    // PHP reads single-quoted values, and joins a line without ':' to the one before as it is.
+    { type: MP, body: mp("Content-Disposition: form-data; name='_method'"), runs: "DELETE" },
+    { type: MP, body: mp('Content-Disposition: form-data; na\r\nme="_method"'), runs: "DELETE" },
+    { type: MP, body: mp('Content-Disposition: form-data; name="_met\r\nhod"'), runs: "DELETE" },
+    ...SHARED_HEADS.map((head) => ({ type: MP, body: mp(head), runs: "DELETE" })),
+    { type: MP, body: FAKE_DELIMITER, runs: "DELETE" },
   ],
 };
 
@@ -211,16 +237,45 @@ describe.each(["rack", "symfony"] as const)("%s behind the sidecar", (name) => {
   });
 });
 
-describe("a _method query parameter PHP reads with a leading space", () => {
-  it("runs PATCH on Symfony, and the sidecar refuses it whatever the policy", async () => {
+describe("_method in the query and override fields, as PHP and Rack read them", () => {
+  it("runs PATCH on Symfony for names PHP registers as _method, and the sidecar refuses them whatever the policy", async () => {
     const symfony = frameworks.find((f) => f.name === "symfony")!;
-    // Straight to the app (no sidecar): what the name means to PHP.
-    const direct = await fetch(`http://127.0.0.1:${symfony.port}/open/q?%20_method=PATCH`, { method: "POST", headers: { "content-type": FORM }, body: "a=1" });
-    expect(await direct.text()).toBe("PATCH");
-    for (const path of ["/items/q?%20_method=PATCH", "/items/q?_method%00x=PATCH", "/open/q?%20_method=PATCH"]) {
-      const [answer] = await h1(symfony, post(path, FORM, "a=1"));
-      expect(answer?.status, path).toBe(400);
-      expect(answer?.headers["x-meshward-error"]).toBe("E_AMBIGUOUS_REQUEST");
+    // A leading space (dropped by PHP) and a NUL followed by an escape that is not UTF-8 (PHP cuts the name at the NUL).
+    for (const query of ["%20_method=PATCH", "_method%00%ff=PATCH"]) {
+      // Straight to the app (no sidecar): what the name means to PHP.
+      const direct = await fetch(`http://127.0.0.1:${symfony.port}/open/q?${query}`, { method: "POST", headers: { "content-type": FORM }, body: "a=1" });
+      expect(await direct.text(), query).toBe("PATCH");
+      for (const path of [`/items/q?${query}`, `/open/q?${query}`]) {
+        const [answer] = await h1(symfony, post(path, FORM, "a=1"));
+        expect(answer?.status, path).toBe(400);
+        expect(answer?.headers["x-meshward-error"]).toBe("E_AMBIGUOUS_REQUEST");
+      }
+    }
+  });
+
+  it("refuses override fields spelt with '_' or '.', which both apps read as X-HTTP-Method-Override", async () => {
+    for (const framework of frameworks) {
+      const spellings = framework.name === "symfony" ? ["X_HTTP_METHOD_OVERRIDE", "X-HTTP_Method-Override", "X.HTTP.Method.Override"] : ["X_HTTP_METHOD_OVERRIDE", "X-HTTP_Method-Override"];
+      for (const field of spellings) {
+        const direct = await rawToApp(framework.port, `POST /open/h HTTP/1.1\r\nHost: app\r\n${field}: DELETE\r\nContent-Type: ${FORM}\r\nContent-Length: 3\r\nConnection: close\r\n\r\na=1`);
+        expect(direct, `${framework.name} ${field}`).toMatch(/\r\n\r\nDELETE$/);
+        const [answer] = await h1(framework, post("/items/h", FORM, "a=1", `${field}: DELETE\r\n`));
+        expect(answer?.status, `${framework.name} ${field}`).toBe(400);
+        expect(answer?.headers["x-meshward-error"]).toBe("E_AMBIGUOUS_REQUEST");
+      }
     }
   });
 });
+
+/** Raw bytes to the app itself (fetch would not send these field names); what it answered. */
+async function rawToApp(port: number, request: string): Promise<string> {
+  const { connect } = await import("node:net");
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: "127.0.0.1", port }, () => socket.end(request));
+    let text = "";
+    socket.on("data", (d: Buffer) => (text += d.toString("latin1")));
+    socket.on("close", () => resolve(text));
+    socket.on("error", reject);
+    socket.setTimeout(10_000, () => socket.destroy(new Error("no answer")));
+  });
+}
