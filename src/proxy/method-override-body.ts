@@ -117,6 +117,13 @@ function hexValue(c: number): number {
   return -1;
 }
 
+const NAME_END = 1;
+const NAME_INTERESTING = 2;
+/** Per byte, in a form: ends a name ('&', ';', '='), or could be part of a `_method` name ('m', 'M', '%'). */
+const NAME_BYTE = new Uint8Array(256);
+for (const c of [AMP, SEMI, EQ]) NAME_BYTE[c] = NAME_END;
+for (const c of [0x6d, 0x4d, PCT]) NAME_BYTE[c] = NAME_INTERESTING;
+
 /** The next index of `byte` at or after `from`, reusing `known` while it is still ahead (-1: none left in the chunk). */
 function nextIndex(chunk: Buffer, byte: number, known: number, from: number): number {
   return known === -1 || known >= from ? known : chunk.indexOf(byte, from);
@@ -161,11 +168,11 @@ class FormInspector implements BodyInspector {
         // A name shorter than `_method`, or without an 'm' or an escape, cannot be `_method`: its
         // bytes are only looked at. (One that goes on into the next chunk is decoded below.)
         let k = i;
-        let interesting = false;
+        let interesting = 0;
         for (; k < n; k++) {
-          const c = chunk[k]!;
-          if (c === AMP || c === SEMI || c === EQ) break;
-          if (c === 0x6d || c === 0x4d || c === PCT) interesting = true;
+          const kind = NAME_BYTE[chunk[k]!]!;
+          if (kind === NAME_END) break;
+          interesting |= kind;
         }
         if (k < n && (!interesting || k - i < 7)) {
           this.#inValue = chunk[k] === EQ;
@@ -243,9 +250,9 @@ class FormInspector implements BodyInspector {
 const PART_HEAD_MAX = 16 * 1024;
 /**
  * Delimiters in one body past which it is refused: each starts a head to read. Rack refuses more
- * than 4,096 parts (multipart_total_part_limit), Tomcat more than 10,000 parameters.
+ * parts too (multipart_total_part_limit, 4,096), PHP reads 1,000 fields (max_input_vars).
  */
-const MAX_PARTS = 10_000;
+const MAX_PARTS = 4096;
 const HEAD_END = Buffer.from("\r\n\r\n");
 const EMPTY = Buffer.alloc(0);
 
@@ -348,10 +355,10 @@ class MultipartInspector implements BodyInspector {
  * header, and a quoted value never runs past its line.
  */
 function partHeadProblem(head: string): string | undefined {
-  // No name without "name" or "Content-ID" (a line break may split them: PHP joins lines), and
-  // no `_method` without an 'm', an escape or an encoded word.
+  // No `_method` without "method" after a character read as '_' (a line break may come between:
+  // PHP joins lines), a percent escape, an encoded word or a backslash escape.
   const joined = head.includes("\n") ? head.replace(/\r?\n/g, "") : head;
-  if (!/name|content-id/i.test(joined) || !/[m%?]/i.test(joined)) return undefined;
+  if (!/[_. [\]]method|%|=\?|\\/i.test(joined)) return undefined;
   const candidates = new Set<string>();
   for (const m of head.matchAll(/Content-Disposition:[^:]*;\s*name=("(?:\\"|[^"])*"|[^\s()<>,;:\\"/[\]?=]+)/gi)) candidates.add(unquoted(m[1]!));
   for (const m of head.matchAll(/Content-ID:\s*([^\r\n]*)/gi)) candidates.add(m[1]!.trim());
@@ -365,7 +372,7 @@ function partHeadProblem(head: string): string | undefined {
   }
   // RFC 5322 unfolding, and each line on its own.
   const unfolded = head.replace(/\r?\n[ \t]+/g, " ").split(/\r?\n/);
-  for (const line of [...php, ...unfolded, ...lines]) parameterNames(line, candidates);
+  for (const line of new Set([...php, ...unfolded, ...lines])) parameterNames(line, candidates);
   for (const candidate of candidates) {
     for (const form of nameForms(candidate)) if (isMethodOverrideName(form)) return REFUSAL;
   }
@@ -376,7 +383,8 @@ function partHeadProblem(head: string): string | undefined {
 function parameterNames(line: string, into: Set<string>): void {
   if (!/name/i.test(line)) return;
   const value = line.includes(":") ? line.slice(line.indexOf(":") + 1) : line;
-  const pieces = [...value.split(";"), ...(value.match(/(?:[^;"']|"(?:\\.|[^"\\])*"?|'(?:\\.|[^'\\])*'?)+/g) ?? [])];
+  const pieces = value.split(";");
+  if (/["']/.test(value)) pieces.push(...(value.match(/(?:[^;"']|"(?:\\.|[^"\\])*"?|'(?:\\.|[^'\\])*'?)+/g) ?? []));
   for (const piece of pieces) {
     const eq = piece.indexOf("=");
     if (eq < 0) continue;
