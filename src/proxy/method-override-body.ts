@@ -30,21 +30,19 @@ const REFUSAL = "a _method field in the body, which frameworks read as the reque
  * ISO-2022 (whose escapes can split `_met` from `hod` in the bytes) are not among them.
  */
 const ASCII_COMPATIBLE =
-  /^(?:utf-?8|us-ascii|ascii|iso[-_]?8859[-_]\d+|latin-?\d|l\d|windows-125\d|cp125\d|shift[-_]jis|sjis|windows-31j|ms932|cp932|euc-?(?:jp|kr|cn|tw)|gb2312|gbk|gb18030|cp936|big5(?:-hkscs)?|cp950|koi8-[ru]|tis-620|cp874)$/i;
+  /^(?:utf-?8|us-ascii|ascii|iso[-_]?8859[-_]\d+|latin-?\d|l\d|windows-125\d|cp125\d|shift[-_]jis|sjis|windows-31j|ms932|cp932|euc-?(?:jp|kr|cn|tw)|gb2312|gbk|gb18030|cp936|big5(?:-hkscs)?|cp950|koi8-[ru]|tis-620|cp874|windows-874|ks_c_5601-1987|windows-949|cp949|uhc|x-sjis|csshiftjis|ms_kanji|x-euc-jp|iso-8859-8-i|macintosh|mac-?roman|ibm866|cp866)$/i;
 
 /**
  * What a POST with these fields needs: undefined (nothing to read: not a POST, or a body no such
  * framework reads `_method` from), a refusal (a body that cannot be read with certainty), or an
  * inspector. Forms and JSON are read: Rack also parses a POST without Content-Type as a form, Rack
- * and Spring any multipart/* type, Laravel any type naming JSON. A body with a Content-Encoding
- * is none of theirs to parse: none of them inflates request bodies.
+ * and Spring any multipart/* type, Laravel any type naming JSON. A Content-Encoding changes
+ * nothing: none of them inflates a request body, each parses the bytes as they come.
  */
 export function methodOverrideInspector(method: string, rawHeaders: readonly string[]): BodyInspector | { refused: string } | undefined {
   if (method !== "POST") return undefined;
   const types = findHeaders(rawHeaders, "content-type");
   if (types.length > 1) return { refused: "a POST with more than one Content-Type field, whose body a _method field could hide in" };
-  const encodings = findHeaders(rawHeaders, "content-encoding").map((e) => e.trim().toLowerCase());
-  if (encodings.some((e) => e !== "" && e !== "identity")) return undefined;
   const type = (types[0] ?? "").trim().toLowerCase();
   const inspectors: BodyInspector[] = [];
   if (type === "" || type.includes("x-www-form-urlencoded")) {
@@ -53,8 +51,8 @@ export function methodOverrideInspector(method: string, rawHeaders: readonly str
     inspectors.push(new FormInspector());
   }
   if (type.includes("multipart/")) {
-    const boundary = boundaryPrefix(types[0] ?? "");
-    if (boundary === undefined) return { refused: "a multipart body whose Content-Type does not name exactly one boundary, in which a _method field cannot be read" };
+    const boundary = multipartBoundary(types[0] ?? "");
+    if (boundary === undefined) return { refused: "a multipart body whose Content-Type does not name exactly one plain boundary (1 to 70 of RFC 2046's characters, no space or ','), in which a _method field cannot be read" };
     inspectors.push(new MultipartInspector(boundary));
   }
   if (type.includes("json")) inspectors.push(new JsonInspector());
@@ -63,24 +61,23 @@ export function methodOverrideInspector(method: string, rawHeaders: readonly str
 }
 
 /**
- * The start of the boundary every parser reads from this Content-Type. Rack takes the last
- * `boundary=` (any case) and stops at '"', ';' or ','; PHP the first "boundary" (lower case
- * first), then the first '=' after it, and keeps what follows up to ';' or ',' (spaces and
- * quotes too) or, quoted, up to the next '"'; RFC 2045 parsers unescape a quoted one. Each of
- * their delimiters begins with `--` and this prefix (up to the first '"', '\\', ';', ',' or
- * space), so looking for that finds every delimiter any of them sees. Undefined unless all of
- * them read the same `boundary=`: the only "boundary" in the field, or the first one in lower
- * case, directly followed by '=' (spaces allowed) with a value right after it, and no other
- * `boundary=` after it.
+ * The boundary, when every parser reads the same one from this Content-Type, else undefined.
+ * Rack takes the last `boundary=` (any case) and stops at '"', ';' or ','; PHP the first
+ * "boundary" (lower case first), then the first '=' after it, and keeps what follows up to ';'
+ * or ',' (spaces and quotes too) or, quoted, up to the next '"'; RFC 2045 parsers unescape a
+ * quoted one. They agree when the field names one `boundary=` (the only "boundary" in it, or
+ * the first, in lower case), whose value starts right after the '=' and is 1 to 70 of RFC 2046's
+ * characters without space or ',', bare or in quotes without escapes, and ends the parameter.
  */
-function boundaryPrefix(contentType: string): string | undefined {
+function multipartBoundary(contentType: string): string | undefined {
   const all = [...contentType.matchAll(/boundary/gi)];
   if (all.length === 0) return undefined;
   const at = all[0]!.index;
   if (all.length > 1 && contentType.slice(at, at + 8) !== "boundary") return undefined;
-  const m = /^boundary\s*=("?)([^"\\;,\s]*)/i.exec(contentType.slice(at));
-  if (m === null || m[2] === "" || /boundary\s*=/i.test(contentType.slice(at + 8))) return undefined;
-  return m[2];
+  if (/boundary\s*=/i.test(contentType.slice(at + 8))) return undefined;
+  const m = /^boundary\s*=(?:"([^"\\]*)"|([^";,\s]*))[ \t]*(?:;|$)/i.exec(contentType.slice(at));
+  const value = m?.[1] ?? m?.[2];
+  return value !== undefined && /^[0-9A-Za-z'()+_\-./:=?]{1,70}$/.test(value) ? value : undefined;
 }
 
 class AllOf implements BodyInspector {
@@ -248,153 +245,186 @@ class FormInspector implements BodyInspector {
 
 /** Bytes of a part's head read before the request is refused (real ones are a few hundred). */
 const PART_HEAD_MAX = 16 * 1024;
+/** A head line longer than this is refused (RFC 5322's limit; PHP reads head lines in 5 KiB pieces, each a line of its own). */
+const HEAD_LINE_MAX = 998;
 /**
  * Delimiters in one body past which it is refused: each starts a head to read. Rack refuses more
  * parts too (multipart_total_part_limit, 4,096), PHP reads 1,000 fields (max_input_vars).
  */
 const MAX_PARTS = 4096;
-const HEAD_END = Buffer.from("\r\n\r\n");
 const EMPTY = Buffer.alloc(0);
+const CRLF = Buffer.from("\r\n");
+const HEADER_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t\x20-\x7e\x80-\xff]*)$/;
+/** Content-Disposition as RFC 6266 / 7578 write it: a type, then `; name=value` parameters, value a token or a quoted string. */
+const DISPOSITION = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*;[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+=(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+|"(?:[^"\\]|\\[\s\S])*"))*[ \t]*$/;
+const DISPOSITION_PARAMETER = /;[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)=([!#$%&'*+.^_`|~0-9A-Za-z-]+|"(?:[^"\\]|\\[\s\S])*")/g;
+/** Rack 2.2's reading of a name in Content-Disposition (MULTIPART_CONTENT_DISPOSITION), Ruby's \s spelt out (JavaScript's takes U+00A0 too). */
+const RACK_NAME = /;[ \t\r\n\f\v]*name=("(?:\\"|[^"])*"|[^ \t\r\n\f\v()<>,;:\\"/[\]?=]+)/gi;
+
+type MultipartState = "preamble" | "delimiter" | "head" | "content" | "epilogue";
 
 /**
- * `multipart/*`. Every `--boundary` (anywhere, not only at a line start, and after the close
- * delimiter too: PHP parses on) starts a head, read up to the first CRLF CRLF (where Rack and
- * Tomcat end it; PHP ends it at any empty line, sooner) or up to the next `--boundary`, whichever
- * comes first, so that no head, real or not, hides the next one. A head longer than 16 KiB is
- * refused. Part contents are not read.
+ * `multipart/*`, read strictly: parsers differ on almost everything else (where a head starts
+ * and ends, quotes, continuation lines, line length, what a delimiter is), so a body is read
+ * only when it is written the one way they all read alike, and refused otherwise (where the
+ * policy's answer depends on the method). Every `--boundary` must start a line (CRLF before it,
+ * or the body's start) and be a delimiter line: `--boundary`, padding, CRLF, or the close
+ * `--boundary--`; the first one opens a part, nothing follows the close but an epilogue without
+ * the boundary. A head is non-empty CRLF-ended `Name: value` lines (no folding, no bare CR or LF,
+ * no control characters, at most 998 bytes, without the boundary) up to an empty line; at most one
+ * Content-Disposition, in RFC 6266 form. Its `name` / `name*` parameters, Rack's reading of a
+ * name in it and a Content-ID (Rack names a part by it) must not be `_method`. Part contents
+ * are skipped with indexOf.
  */
 class MultipartInspector implements BodyInspector {
   readonly #delimiter: Buffer;
-  /** Bytes not yet settled: the end of the previous chunk (a delimiter may straddle two) or a head so far. */
-  #pending = EMPTY;
-  /** #pending starts with a head (right after its delimiter). */
-  #inHead = false;
+  #state: MultipartState = "preamble";
+  /** The last bytes of the stream before the current chunk (a delimiter, or the CRLF before it, may straddle). */
+  #tail = EMPTY;
+  /** The current delimiter line's bytes after `--boundary`, or the current head line's. */
+  #line: Buffer[] = [];
+  #lineBytes = 0;
+  #headLines: string[] = [];
+  #headBytes = 0;
   #parts = 0;
+  #opened = false;
+  /** Bytes of the stream before the current chunk. */
+  #offset = 0;
 
   constructor(boundary: string) {
     this.#delimiter = Buffer.from(`--${boundary}`, "latin1");
   }
 
   push(chunk: Buffer): string | undefined {
-    const delimiter = this.#delimiter;
-    let data = chunk;
+    const problem = this.#read(chunk);
+    this.#offset += chunk.length;
+    return problem;
+  }
+
+  #read(chunk: Buffer): string | undefined {
     let at = 0;
-    /** The end of the stream before this chunk, when a delimiter could start in it and end past this (short) chunk. */
-    let before = EMPTY;
-    if (this.#pending.length > 0 && this.#inHead) {
-      data = Buffer.concat([this.#pending, chunk]);
-    } else if (this.#pending.length > 0) {
-      // A delimiter across the two chunks (copying only its bytes: a copy of every chunk cost more than the search).
-      const probe = Buffer.concat([this.#pending, chunk.subarray(0, delimiter.length - 1)]);
-      const found = probe.indexOf(delimiter);
-      if (found >= 0) {
-        at = found + delimiter.length - this.#pending.length;
-        this.#inHead = true;
-        if (++this.#parts > MAX_PARTS) return `a multipart body of more than ${MAX_PARTS} parts`;
-      } else if (chunk.length < delimiter.length - 1) {
-        before = this.#pending;
-      }
-    }
-    this.#pending = EMPTY;
-    // Next delimiter and next CRLF CRLF, kept while still ahead: each search runs once per find.
-    let next = -2;
-    let blank = -2;
-    const nextDelimiter = (from: number) => (next = next === -1 || next >= from ? next : data.indexOf(delimiter, from));
-    for (;;) {
-      if (this.#inHead) {
-        // The close delimiter ("--boundary--") starts no head; two bytes are needed to know.
-        if (data.length - at < 2) return this.#keep(data, at, true);
-        if (data[at] === DASH && data[at + 1] === DASH) {
-          this.#inHead = false;
-          at += 2;
-          continue;
-        }
-        nextDelimiter(at);
-        blank = blank === -1 || blank >= at ? blank : data.indexOf(HEAD_END, at);
-        const end = blank >= 0 && (next < 0 || blank + HEAD_END.length <= next) ? blank + HEAD_END.length : next;
-        if (end < 0 ? data.length - at > PART_HEAD_MAX : end - at > PART_HEAD_MAX) return "a multipart part whose head exceeds 16 KiB";
-        if (end < 0) return this.#keep(data, at, true);
-        const problem = partHeadProblem(data.toString("latin1", at, end));
+    while (at < chunk.length) {
+      const state = this.#state;
+      if (state === "delimiter" || state === "head") {
+        const lf = chunk.indexOf(0x0a, at);
+        const end = lf < 0 ? chunk.length : lf;
+        this.#line.push(chunk.subarray(at, end));
+        this.#lineBytes += end - at;
+        if (this.#lineBytes > HEAD_LINE_MAX + 1) return "a multipart body with a delimiter or head line longer than 998 bytes";
+        if (lf < 0) break;
+        const line = (this.#line.length === 1 ? this.#line[0]! : Buffer.concat(this.#line)).toString("latin1");
+        this.#line = [];
+        this.#lineBytes = 0;
+        at = lf + 1;
+        const problem = state === "delimiter" ? this.#delimiterLine(line) : this.#headLine(line);
         if (problem !== undefined) return problem;
-        this.#inHead = false;
-        at = end;
+        // A part's content (or the epilogue) starts a line: its first bytes may be a delimiter.
+        if (this.#state !== "delimiter" && this.#state !== "head") this.#tail = CRLF;
         continue;
       }
-      const found = nextDelimiter(at);
-      if (found < 0) {
-        if (before.length > 0 && at === 0) return this.#keep(Buffer.concat([before, data]), Math.max(0, before.length + data.length - (delimiter.length - 1)), false);
-        const keep = Math.min(data.length - at, delimiter.length - 1);
-        return this.#keep(data, data.length - keep, false);
+      // preamble, content, epilogue: the next delimiter, also across the chunk boundary.
+      const probe = this.#tail.length === 0 ? EMPTY : Buffer.concat([this.#tail, chunk.subarray(at, at + this.#delimiter.length - 1)]);
+      let found = probe.length === 0 ? -1 : probe.indexOf(this.#delimiter);
+      let before: Buffer;
+      if (found >= 0) {
+        before = probe.subarray(Math.max(0, found - 2), found);
+        found = at + found - this.#tail.length;
+      } else {
+        found = chunk.indexOf(this.#delimiter, at);
+        if (found < 0) {
+          const kept = Buffer.concat([this.#tail, chunk.subarray(at)]);
+          this.#tail = Buffer.from(kept.subarray(Math.max(0, kept.length - (this.#delimiter.length + 1))));
+          return undefined;
+        }
+        before = found - at >= 2 ? chunk.subarray(found - 2, found) : Buffer.concat([this.#tail, chunk.subarray(at, found)]).subarray(-2);
       }
-      at = found + delimiter.length;
-      this.#inHead = true;
+      const startsLine = this.#offset + found === 0 || (before.length === 2 && before[0] === 0x0d && before[1] === 0x0a);
+      if (state === "epilogue") return "a multipart body with the boundary after its close delimiter";
+      if (!startsLine) return "a multipart body with the boundary inside a line";
       if (++this.#parts > MAX_PARTS) return `a multipart body of more than ${MAX_PARTS} parts`;
+      this.#tail = EMPTY;
+      this.#state = "delimiter";
+      at = found + this.#delimiter.length;
     }
+    return undefined;
   }
 
   end(): string | undefined {
-    if (!this.#inHead) return undefined;
-    this.#inHead = false;
-    return partHeadProblem(this.#pending.toString("latin1"));
+    if (this.#state === "delimiter") {
+      // The close delimiter may end the body without its CRLF.
+      const rest = Buffer.concat(this.#line).toString("latin1");
+      if (/^--[ \t]*$/.test(rest) && this.#opened) return undefined;
+      return "a multipart body that ends inside a delimiter line";
+    }
+    if (this.#state === "head") return "a multipart body that ends inside a part head";
+    return undefined;
   }
 
-  #keep(data: Buffer, from: number, inHead: boolean): undefined {
-    this.#pending = Buffer.from(data.subarray(from));
-    this.#inHead = inHead;
+  /** The rest of a delimiter line (what follows `--boundary` up to LF). */
+  #delimiterLine(line: string): string | undefined {
+    if (!line.endsWith("\r")) return "a multipart delimiter line that does not end in CRLF";
+    const rest = line.slice(0, -1);
+    if (/^--[ \t]*$/.test(rest)) {
+      if (!this.#opened) return "a multipart body that starts with its close delimiter";
+      this.#state = "epilogue";
+      return undefined;
+    }
+    if (!/^[ \t]*$/.test(rest)) return "a multipart delimiter line with more after the boundary";
+    this.#opened = true;
+    this.#state = "head";
+    this.#headLines = [];
+    this.#headBytes = 0;
+    return undefined;
+  }
+
+  #headLine(line: string): string | undefined {
+    if (!line.endsWith("\r")) return "a multipart part head line that does not end in CRLF";
+    const text = line.slice(0, -1);
+    this.#headBytes += line.length + 1;
+    if (this.#headBytes > PART_HEAD_MAX) return "a multipart part whose head exceeds 16 KiB";
+    if (text === "") {
+      this.#state = "content";
+      return partHeadProblem(this.#headLines);
+    }
+    if (text.includes(this.#delimiter.toString("latin1"))) return "a multipart part head with the boundary in it";
+    this.#headLines.push(text);
     return undefined;
   }
 }
 
-/**
- * A part head that names `_method` as some parser reads it. Rack (2.2, Rack::Multipart::Parser):
- * `Content-Disposition:[^:]*;\s*name=(quoted|token)` across lines, else the `Content-ID` value.
- * PHP (main/rfc1867.c): lines up to the first empty one, a line without ':' (or indented) joined
- * to the one before as it is, parameters split at ';' (quotes not minded), values in '"' or "'"
- * with backslash escapes. RFC 2231/5987 (`name*=`), RFC 2047 encoded words (Tomcat) and percent
- * escapes decoded too. Every parameter of every line whose name is `name` counts, whatever the
- * header, and a quoted value never runs past its line.
- */
-function partHeadProblem(head: string): string | undefined {
-  // No `_method` without "method" after a character read as '_' (a line break may come between:
-  // PHP joins lines), a percent escape, an encoded word or a backslash escape.
-  const joined = head.includes("\n") ? head.replace(/\r?\n/g, "") : head;
-  if (!/[_. [\]]method|%|=\?|\\/i.test(joined)) return undefined;
-  const candidates = new Set<string>();
-  for (const m of head.matchAll(/Content-Disposition:[^:]*;\s*name=("(?:\\"|[^"])*"|[^\s()<>,;:\\"/[\]?=]+)/gi)) candidates.add(unquoted(m[1]!));
-  for (const m of head.matchAll(/Content-ID:\s*([^\r\n]*)/gi)) candidates.add(m[1]!.trim());
-  const lines = head.split(/\r?\n/);
-  // PHP's reading: up to the first empty line, continuation lines joined with nothing between.
-  const php: string[] = [];
+/** A part head (its lines) that names `_method` as Rack, PHP or an RFC parser reads it, or that they could read differently. */
+function partHeadProblem(lines: readonly string[]): string | undefined {
+  if (lines.length === 0) return "a multipart part without a head (Rack reads the next lines as its head)";
+  const candidates: string[] = [];
+  let dispositions = 0;
   for (const line of lines) {
-    if (line === "" && php.length > 0) break;
-    if (php.length > 0 && (!line.includes(":") || /^[ \t]/.test(line))) php[php.length - 1] += line;
-    else if (line !== "") php.push(line);
+    const m = HEADER_LINE.exec(line);
+    if (m === null) return "a multipart part head line that is not `Name: value`";
+    const name = m[1]!.toLowerCase();
+    const value = m[2]!;
+    const content = name === "content-id";
+    if (!content && name !== "content-disposition") continue;
+    if (!content && ++dispositions > 1) return "a multipart part with more than one Content-Disposition";
+    if (!content && !DISPOSITION.test(value)) return "a multipart Content-Disposition that is not `type; name=value…` (parsers read such ones differently)";
+    // No `_method` without "method" after a character read as '_', a percent escape, an encoded word or a backslash escape.
+    if (!/[_. [\]]method|%|=\?|\\/i.test(value)) continue;
+    if (content) {
+      candidates.push(value.trim());
+      continue;
+    }
+    for (const p of value.matchAll(DISPOSITION_PARAMETER)) {
+      const key = p[1]!.toLowerCase();
+      if (key !== "name" && key !== "name*") continue;
+      const raw = unquoted(p[2]!);
+      candidates.push(raw);
+      if (key === "name*") candidates.push(urlDecodedBytes(raw.replace(/^[^']*'[^']*'/, "")));
+    }
+    for (const r of value.matchAll(RACK_NAME)) candidates.push(unquoted(r[1]!), r[1]!);
   }
-  // RFC 5322 unfolding, and each line on its own.
-  const unfolded = head.replace(/\r?\n[ \t]+/g, " ").split(/\r?\n/);
-  for (const line of new Set([...php, ...unfolded, ...lines])) parameterNames(line, candidates);
   for (const candidate of candidates) {
     for (const form of nameForms(candidate)) if (isMethodOverrideName(form)) return REFUSAL;
   }
   return undefined;
-}
-
-/** Values of `name` / `name*` parameters in one header line, split at ';' both minding quotes and not. */
-function parameterNames(line: string, into: Set<string>): void {
-  if (!/name/i.test(line)) return;
-  const value = line.includes(":") ? line.slice(line.indexOf(":") + 1) : line;
-  const pieces = value.split(";");
-  if (/["']/.test(value)) pieces.push(...(value.match(/(?:[^;"']|"(?:\\.|[^"\\])*"?|'(?:\\.|[^'\\])*'?)+/g) ?? []));
-  for (const piece of pieces) {
-    const eq = piece.indexOf("=");
-    if (eq < 0) continue;
-    const key = piece.slice(0, eq).trim().toLowerCase();
-    if (key !== "name" && key !== "name*") continue;
-    const raw = piece.slice(eq + 1).trim();
-    into.add(raw);
-    into.add(unquoted(raw));
-    if (key === "name*") into.add(urlDecodedBytes(unquoted(raw).replace(/^[^']*'[^']*'/, "")));
-  }
 }
 
 /** A value without its quotes ('"' or "'", closed or not) and with backslash escapes undone. */
@@ -405,7 +435,7 @@ function unquoted(value: string): string {
   return inner.replace(/\\([\s\S])/g, "$1");
 }
 
-/** A parameter value as each parser could read it: as is, percent-decoded, RFC 2047-decoded. */
+/** A parameter value as each parser could read it: as is, percent-decoded, RFC 2047-decoded (Tomcat). */
 function nameForms(value: string): string[] {
   const forms = [value, urlDecodedBytes(value)];
   if (value.includes("=?")) forms.push(encodedWordsDecoded(value));

@@ -71,7 +71,8 @@ const MP = "multipart/form-data; boundary=B";
 const SHARED_HEADS = [
   // An unclosed quote on an earlier line must not swallow the real name.
   'X-Foo: name="\r\nContent-Disposition: form-data; name="_method"',
-  // A `--B` inside a part's content is no delimiter to either app, and must not hide the next real part.
+  // The boundary inside a head line (found by the second review, stop 36).
+  'Content-Disposition: form-data--B--; name="_method"',
 ];
 const FAKE_DELIMITER = '--B\r\nContent-Disposition: form-data; name="a"\r\n\r\nx--B name="\r\n--B\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--B--\r\n';
 
@@ -96,6 +97,9 @@ const OVERRIDES: Readonly<Record<Framework["name"], readonly { readonly type: st
     { type: MP, body: mp("Content-Disposition: form-data\n\n; name=_method"), runs: "DELETE" },
     ...SHARED_HEADS.map((head) => ({ type: MP, body: mp(head), runs: "DELETE" })),
     { type: MP, body: FAKE_DELIMITER, runs: "DELETE" },
+    // An empty head (Rack reads the next lines as the head), and a body that starts with its close delimiter.
+    { type: MP, body: '--B\r\n\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--B--\r\n', runs: "DELETE" },
+    { type: MP, body: '--B--\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--B--\r\n', runs: "DELETE" },
   ],
   symfony: [
     { type: FORM, body: "_method=DELETE", runs: "DELETE" },
@@ -116,6 +120,9 @@ const OVERRIDES: Readonly<Record<Framework["name"], readonly { readonly type: st
     { type: MP, body: mp('Content-Disposition: form-data; name="_met\r\nhod"'), runs: "DELETE" },
     ...SHARED_HEADS.map((head) => ({ type: MP, body: mp(head), runs: "DELETE" })),
     { type: MP, body: FAKE_DELIMITER, runs: "DELETE" },
+    // PHP cuts a quoted value at its quote, and reads head lines in 5 KiB pieces.
+    { type: MP, body: mp('Content-Disposition: name="_method"x'), runs: "DELETE" },
+    { type: MP, body: mp(`X: ${"a".repeat(5117)}Content-Disposition: name="_method"`), runs: "DELETE" },
   ],
 };
 
@@ -178,7 +185,7 @@ async function h1(framework: Framework, bytes: Buffer, expect = 1): Promise<Answ
 const refused = (answer: Answer | undefined) => {
   expect(answer?.status, JSON.stringify(answer)).toBe(400);
   expect(answer?.headers["x-meshward-error"]).toBe("E_AMBIGUOUS_REQUEST");
-  expect(answer?.body).toMatch(/_method/);
+  expect(answer?.body).toMatch(/_method|multipart/);
 };
 
 describe.each(["rack", "symfony"] as const)("%s behind the sidecar", (name) => {
@@ -204,6 +211,13 @@ describe.each(["rack", "symfony"] as const)("%s behind the sidecar", (name) => {
       const h2 = await h2Exchange(meshOf(), targetOf(framework), "inbound", { method: "POST", path: "/items/2", headers: type === undefined ? {} : { "content-type": type }, body });
       refused(h2.answer);
     }
+    expect(ranSince().filter((r) => r.path.startsWith("/items"))).toEqual([]);
+  });
+
+  it("reads a body whatever its Content-Encoding says: the app parses the bytes as they come", async () => {
+    const [open] = await h1(framework, post("/open/z", FORM, "_method=DELETE", "Content-Encoding: gzip\r\n"));
+    expect(open?.body).toBe("DELETE");
+    refused((await h1(framework, post("/items/z", FORM, "_method=DELETE", "Content-Encoding: gzip\r\n")))[0]);
     expect(ranSince().filter((r) => r.path.startsWith("/items"))).toEqual([]);
   });
 
