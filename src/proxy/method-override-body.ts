@@ -103,7 +103,6 @@ const SEMI = 0x3b;
 const EQ = 0x3d;
 const PCT = 0x25;
 const PLUS = 0x2b;
-const DASH = 0x2d;
 /** Decoded characters of a name kept: one leading space (a run of them collapsed), `_method` and the one after it. */
 const NAME_KEPT = 9;
 
@@ -278,6 +277,7 @@ type MultipartState = "preamble" | "delimiter" | "head" | "content" | "epilogue"
  */
 class MultipartInspector implements BodyInspector {
   readonly #delimiter: Buffer;
+  readonly #delimiterText: string;
   #state: MultipartState = "preamble";
   /** The last bytes of the stream before the current chunk (a delimiter, or the CRLF before it, may straddle). */
   #tail = EMPTY;
@@ -292,7 +292,8 @@ class MultipartInspector implements BodyInspector {
   #offset = 0;
 
   constructor(boundary: string) {
-    this.#delimiter = Buffer.from(`--${boundary}`, "latin1");
+    this.#delimiterText = `--${boundary}`;
+    this.#delimiter = Buffer.from(this.#delimiterText, "latin1");
   }
 
   push(chunk: Buffer): string | undefined {
@@ -386,7 +387,7 @@ class MultipartInspector implements BodyInspector {
       this.#state = "content";
       return partHeadProblem(this.#headLines);
     }
-    if (text.includes(this.#delimiter.toString("latin1"))) return "a multipart part head with the boundary in it";
+    if (text.includes(this.#delimiterText)) return "a multipart part head with the boundary in it";
     this.#headLines.push(text);
     return undefined;
   }
