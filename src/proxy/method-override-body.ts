@@ -257,8 +257,12 @@ const HEADER_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t\x20-\x7e\x80-\xff
 /** Content-Disposition as RFC 6266 / 7578 write it: a type, then `; name=value` parameters, value a token or a quoted string. */
 const DISPOSITION = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*;[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+=(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+|"(?:[^"\\]|\\[\s\S])*"))*[ \t]*$/;
 const DISPOSITION_PARAMETER = /;[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)=([!#$%&'*+.^_`|~0-9A-Za-z-]+|"(?:[^"\\]|\\[\s\S])*")/g;
-/** Rack 2.2's reading of a name in Content-Disposition (MULTIPART_CONTENT_DISPOSITION), Ruby's \s spelt out (JavaScript's takes U+00A0 too). */
-const RACK_NAME = /;[ \t\r\n\f\v]*name=("(?:\\"|[^"])*"|[^ \t\r\n\f\v()<>,;:\\"/[\]?=]+)/gi;
+/**
+ * Rack 2.2's reading of a name in Content-Disposition (MULTIPART_CONTENT_DISPOSITION), Ruby's \s
+ * spelt out (JavaScript's takes U+00A0 too); sticky, tried at every ';' (Rack's greedy `[^:]*`
+ * takes the last one, inside a quoted value too).
+ */
+const RACK_NAME = /;[ \t\r\n\f\v]*name=("(?:\\"|[^"])*"|[^ \t\r\n\f\v()<>,;:\\"/[\]?=]+)/iy;
 
 type MultipartState = "preamble" | "delimiter" | "head" | "content" | "epilogue";
 
@@ -396,6 +400,17 @@ class MultipartInspector implements BodyInspector {
 /** A part head (its lines) that names `_method` as Rack, PHP or an RFC parser reads it, or that they could read differently. */
 function partHeadProblem(lines: readonly string[]): string | undefined {
   if (lines.length === 0) return "a multipart part without a head (Rack reads the next lines as its head)";
+  // Rack looks for `Content-Disposition:` and `Content-ID:` anywhere in the head (inside other
+  // fields' names and values too): they may only be fields of their own.
+  const lineStarts = new Set<number>();
+  let offset = 0;
+  for (const line of lines) {
+    lineStarts.add(offset);
+    offset += line.length + 2;
+  }
+  for (const m of lines.join("\r\n").matchAll(/content-(?:disposition|id):/gi)) {
+    if (!lineStarts.has(m.index)) return "a multipart part head that names Content-Disposition or Content-ID elsewhere than as a field (Rack reads a name there)";
+  }
   const candidates: string[] = [];
   let dispositions = 0;
   for (const line of lines) {
@@ -420,12 +435,61 @@ function partHeadProblem(lines: readonly string[]): string | undefined {
       candidates.push(raw);
       if (key === "name*") candidates.push(urlDecodedBytes(raw.replace(/^[^']*'[^']*'/, "")));
     }
-    for (const r of value.matchAll(RACK_NAME)) candidates.push(unquoted(r[1]!), r[1]!);
+    for (let at = value.indexOf(";"); at >= 0; at = value.indexOf(";", at + 1)) {
+      RACK_NAME.lastIndex = at;
+      const r = RACK_NAME.exec(value);
+      if (r !== null) candidates.push(unquoted(r[1]!), r[1]!);
+    }
+    const php = phpName(value);
+    if (php !== undefined) candidates.push(php);
   }
   for (const candidate of candidates) {
     for (const form of nameForms(candidate)) if (isMethodOverrideName(form)) return REFUSAL;
   }
   return undefined;
+}
+
+/**
+ * The name PHP reads from a Content-Disposition value (main/rfc1867.c): parameters split at ';'
+ * outside '"…"' and "'…'" (php_ap_getword), the key up to '=' (the same way), compared as it is;
+ * the value (php_ap_getword_conf) in either quote up to the same quote, `\<quote>` escaped, or
+ * up to white space; the last `name` wins.
+ */
+function phpName(value: string): string | undefined {
+  const words = (text: string, stop: string): [string, string] => {
+    let pos = 0;
+    while (pos < text.length && text[pos] !== stop) {
+      const q = text[pos];
+      if (q === '"' || q === "'") {
+        pos++;
+        while (pos < text.length && text[pos] !== q) pos += text[pos] === "\\" && text[pos + 1] === q ? 2 : 1;
+        if (pos < text.length) pos++;
+      } else pos++;
+    }
+    return [text.slice(0, pos), text.slice(pos + 1)];
+  };
+  let name: string | undefined;
+  let rest = value.replace(/^[ \t]+/, "");
+  while (rest.length > 0) {
+    const [pair, after] = words(rest, ";");
+    rest = after.replace(/^[ \t\r\n\f\v]+/, "");
+    if (!pair.includes("=")) continue;
+    const [key, word] = words(pair, "=");
+    if (key.toLowerCase() !== "name") continue;
+    const w = word.replace(/^[ \t\r\n\f\v]+/, "");
+    const q = w[0];
+    if (q === '"' || q === "'") {
+      let out = "";
+      for (let i = 1; i < w.length && w[i] !== q; i++) {
+        if (w[i] === "\\" && w[i + 1] === q) i++;
+        out += w[i];
+      }
+      name = out;
+    } else {
+      name = w.split(/[ \t\r\n\f\v]/)[0]!;
+    }
+  }
+  return name;
 }
 
 /** A value without its quotes ('"' or "'", closed or not) and with backslash escapes undone. */

@@ -152,6 +152,16 @@ describe("multipart bodies (read strictly: what parsers would read differently i
       'X-Note: --XyZ--\r\nContent-Disposition: form-data; name="_method"',
       'Content-Disposition: form-data; name="a"\r\nContent-Disposition: form-data; name="_method"', // two of them
       "X-Foo:\x00bar", // a control character
+      // Found by the third review (stop 36): Rack searches the whole head for `Content-Disposition:` and `Content-ID:`,
+      "X-Content-Disposition: form-data; name=_method",
+      'X-Foo: Content-Disposition:; name=_method\r\nContent-Disposition: form-data; name="a"',
+      "X-Content-ID: _method",
+      "Content-Type: text/plain; x=Content-ID:_method",
+      // takes the last `; name=`, inside a quoted value too,
+      'Content-Disposition: form-data; name="x; name=_method"',
+      'Content-Disposition: form-data; name="\\"; name=_method"',
+      // and PHP splits at ';' outside '…' as well as "…".
+      `Content-Disposition: form-data; a='; name="'; name=_method; b="`,
     ]) {
       refusedEveryWay(type, body(head));
     }

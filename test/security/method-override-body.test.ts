@@ -73,6 +73,8 @@ const SHARED_HEADS = [
   'X-Foo: name="\r\nContent-Disposition: form-data; name="_method"',
   // The boundary inside a head line (found by the second review, stop 36).
   'Content-Disposition: form-data--B--; name="_method"',
+  // PHP splits parameters at ';' outside '…' too, Rack takes the last `; name=` (the third review).
+  `Content-Disposition: form-data; a='; name="'; name=_method; b="`,
 ];
 const FAKE_DELIMITER = '--B\r\nContent-Disposition: form-data; name="a"\r\n\r\nx--B name="\r\n--B\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--B--\r\n';
 
@@ -97,6 +99,10 @@ const OVERRIDES: Readonly<Record<Framework["name"], readonly { readonly type: st
     { type: MP, body: mp("Content-Disposition: form-data\n\n; name=_method"), runs: "DELETE" },
     ...SHARED_HEADS.map((head) => ({ type: MP, body: mp(head), runs: "DELETE" })),
     { type: MP, body: FAKE_DELIMITER, runs: "DELETE" },
+    // Rack looks for `Content-Disposition:` anywhere in the head, and takes the last `; name=`, in quotes too.
+    { type: MP, body: mp("X-Content-Disposition: form-data; name=_method"), runs: "DELETE" },
+    { type: MP, body: mp("X-Content-ID: _method"), runs: "DELETE" },
+    { type: MP, body: mp('Content-Disposition: form-data; name="x; name=_method"'), runs: "DELETE" },
     // An empty head (Rack reads the next lines as the head), and a body that starts with its close delimiter.
     { type: MP, body: '--B\r\n\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--B--\r\n', runs: "DELETE" },
     { type: MP, body: '--B--\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--B--\r\n', runs: "DELETE" },
