@@ -126,7 +126,6 @@ class H2Exchange implements ResponseSink {
     this.stream.resume();
   }
 
-
   /** A chunk (or the end: undefined) judged before it is forwarded; a Content-Length body's last chunk is its end too. */
   #inspect(chunk: Buffer | undefined): string | undefined {
     const inspector = this.#inspector;
