@@ -12,7 +12,6 @@
  * decoded, values and part contents are skipped with indexOf.
  */
 import { isMethodOverrideName, urlDecodedBytes } from "./canonical.ts";
-import { findHeaders } from "./http1/wire.ts";
 
 /** Reads a request body as it passes; a problem stops the request before the bytes that showed it are forwarded. */
 export interface BodyInspector {
@@ -41,8 +40,8 @@ const ASCII_COMPATIBLE =
  */
 export function methodOverrideInspector(method: string, rawHeaders: readonly string[]): BodyInspector | { refused: string } | undefined {
   if (method !== "POST") return undefined;
-  const types = findHeaders(rawHeaders, "content-type");
-  if (types.length > 1) return { refused: "a POST with more than one Content-Type field, whose body a _method field could hide in" };
+  const types = contentTypes(rawHeaders);
+  if (types.length > 1) return { refused: "a POST with more than one Content-Type field (also spelt with '_' or '.'), whose body a _method field could hide in" };
   const type = (types[0] ?? "").trim().toLowerCase();
   const inspectors: BodyInspector[] = [];
   if (type === "" || type.includes("x-www-form-urlencoded")) {
@@ -58,6 +57,20 @@ export function methodOverrideInspector(method: string, rawHeaders: readonly str
   if (type.includes("json")) inspectors.push(new JsonInspector());
   if (inspectors.length === 0) return undefined;
   return inspectors.length === 1 ? inspectors[0] : new AllOf(inspectors);
+}
+
+/**
+ * The Content-Type fields, with '_' and '.' in the name read as '-': CGI-style servers (`php -S`,
+ * which `php artisan serve` runs) give `Content_Type` and `Content.Type` the variable Laravel reads
+ * the type from.
+ */
+function contentTypes(rawHeaders: readonly string[]): string[] {
+  const values: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    if (name.length === 12 && name.toLowerCase().replace(/[_.]/g, "-") === "content-type") values.push(rawHeaders[i + 1]!);
+  }
+  return values;
 }
 
 /**
@@ -244,8 +257,11 @@ class FormInspector implements BodyInspector {
 
 /** Bytes of a part's head read before the request is refused (real ones are a few hundred). */
 const PART_HEAD_MAX = 16 * 1024;
-/** A head line longer than this is refused (RFC 5322's limit; PHP reads head lines in 5 KiB pieces, each a line of its own). */
-const HEAD_LINE_MAX = 998;
+/**
+ * A head line longer than this is refused: PHP reads head lines in 5 KiB pieces, each a line of
+ * its own. (.NET writes a file name twice, encoded, which passes RFC 5322's 998 with ~75 CJK characters.)
+ */
+const HEAD_LINE_MAX = 4000;
 /**
  * Delimiters in one body past which it is refused: each starts a head to read. Rack refuses more
  * parts too (multipart_total_part_limit, 4,096), PHP reads 1,000 fields (max_input_vars).
@@ -274,7 +290,7 @@ type MultipartState = "preamble" | "delimiter" | "head" | "content" | "epilogue"
  * or the body's start) and be a delimiter line: `--boundary`, padding, CRLF, or the close
  * `--boundary--`; the first one opens a part, nothing follows the close but an epilogue without
  * the boundary. A head is non-empty CRLF-ended `Name: value` lines (no folding, no bare CR or LF,
- * no control characters, at most 998 bytes, without the boundary) up to an empty line; at most one
+ * no control characters, at most 4,000 bytes, without the boundary) up to an empty line; at most one
  * Content-Disposition, in RFC 6266 form. Its `name` / `name*` parameters, Rack's reading of a
  * name in it and a Content-ID (Rack names a part by it) must not be `_method`. Part contents
  * are skipped with indexOf.
@@ -315,7 +331,7 @@ class MultipartInspector implements BodyInspector {
         const end = lf < 0 ? chunk.length : lf;
         this.#line.push(chunk.subarray(at, end));
         this.#lineBytes += end - at;
-        if (this.#lineBytes > HEAD_LINE_MAX + 1) return "a multipart body with a delimiter or head line longer than 998 bytes";
+        if (this.#lineBytes > HEAD_LINE_MAX + 1) return `a multipart body with a delimiter or head line longer than ${HEAD_LINE_MAX} bytes`;
         if (lf < 0) break;
         const line = (this.#line.length === 1 ? this.#line[0]! : Buffer.concat(this.#line)).toString("latin1");
         this.#line = [];

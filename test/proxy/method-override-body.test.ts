@@ -100,6 +100,12 @@ describe("form bodies (application/x-www-form-urlencoded, and a POST without Con
       expect(reader.push(Buffer.from("_method=DELETE")), charset).toBeDefined();
     }
     expect(methodOverrideInspector("POST", ["Content-Type", FORM, "content-type", "text/plain"])).toEqual({ refused: expect.stringMatching(/more than one Content-Type/) });
+    // Found by the fourth review (stop 36): `php -S` gives Content_Type and Content.Type the variable Laravel reads the type from.
+    for (const spelling of ["Content_Type", "Content.Type"]) {
+      expect(methodOverrideInspector("POST", ["Content-Type", "text/plain", spelling, "application/json"]), spelling).toEqual({ refused: expect.stringMatching(/more than one Content-Type/) });
+      const alone = methodOverrideInspector("POST", [spelling, "application/json"]) as BodyInspector;
+      expect(alone.push(Buffer.from('{"_method":"DELETE"}')), spelling).toBeDefined();
+    }
   });
 
   it("reads the bytes whatever Content-Encoding says: Rack and PHP parse them as they come (found by review, stop 36)", () => {
@@ -184,6 +190,9 @@ describe("multipart bodies (read strictly: what parsers would read differently i
     acceptedEveryWay(type, `preamble name=_method\r\n${part('form-data; name="a"', "1")}--XyZ--\r\n\r\nepilogue name=_method`);
     acceptedEveryWay(type, `${part('form-data; name="user[payment_method]"', "card")}${part('form-data; name="order[_method_id]"', "1")}--XyZ--`);
     // Chrome (UTF-8 file name), curl (Content-Type per part), a transport-padded delimiter, RFC 5987 file name.
+    // .NET: the file name twice, as an RFC 2047 word and RFC 5987, ~1,100 bytes for 75 CJK characters.
+    const cjk = Buffer.from("\u6587".repeat(75), "utf8");
+    acceptedEveryWay(type, `--XyZ\r\nContent-Disposition: form-data; name=file; filename="=?utf-8?B?${cjk.toString("base64")}?="; filename*=utf-8''${[...cjk].map((b) => `%${b.toString(16).toUpperCase()}`).join("")}\r\n\r\nx\r\n--XyZ--\r\n`);
     acceptedEveryWay(type, `--XyZ\r\nContent-Disposition: form-data; name="file"; filename="r\xc3\xa9sum\xc3\xa9.pdf"\r\nContent-Type: application/pdf\r\n\r\n%PDF\r\n--XyZ \t\r\nContent-Disposition: form-data; name=note; filename*=UTF-8''%E2%82%AC.txt\r\n\r\nx\r\n--XyZ--\r\n`);
   });
 
@@ -194,11 +203,11 @@ describe("multipart bodies (read strictly: what parsers would read differently i
     for (const t of ["multipart/form-data; boundary=a; boundary=b", "multipart/form-data; boundary=a; xboundary=b", "multipart/form-data; BOUNDARY=a; xboundary; y=b", "multipart/form-data; boundaryjunk=b", "multipart/form-data; boundary= b", 'multipart/form-data; boundary=""', "multipart/form-data; boundary=xxboundary=b", "multipart/form-data; BOUNDARY=a; boundary=b", 'multipart/form-data; boundary=B"x', 'multipart/form-data; boundary="B\\"x"', "multipart/form-data; boundary=B x", 'multipart/form-data; boundary="a b"', "multipart/form-data; boundary=a,b", `multipart/form-data; boundary=${"b".repeat(71)}`]) {
       expect(methodOverrideInspector("POST", ["Content-Type", t]), t).toEqual({ refused: expect.stringMatching(/exactly one plain boundary/) });
     }
-    expect(inspector(type).push(Buffer.from(`--XyZ\r\nX-Pad: ${"a".repeat(2_000)}`))).toMatch(/longer than 998 bytes/);
+    expect(inspector(type).push(Buffer.from(`--XyZ\r\nX-Pad: ${"a".repeat(5_000)}`))).toMatch(/longer than 4000 bytes/);
     const lines = inspector(type);
     expect(lines.push(Buffer.from("--XyZ\r\n"))).toBeUndefined();
     let problem: string | undefined;
-    for (let i = 0; i < 40 && problem === undefined; i++) problem = lines.push(Buffer.from(`X-Pad: ${"a".repeat(900)}\r\n`));
+    for (let i = 0; i < 40 && problem === undefined; i++) problem = lines.push(Buffer.from(`X-Pad: ${"a".repeat(3000)}\r\n`));
     expect(problem).toMatch(/exceeds 16 KiB/);
     const many = inspector(type);
     expect(many.push(Buffer.from(`${part('form-data; name="a"', "1")}`.repeat(4096)))).toBeUndefined();
