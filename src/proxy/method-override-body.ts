@@ -353,8 +353,9 @@ class MultipartInspector implements BodyInspector {
       } else {
         found = chunk.indexOf(this.#delimiter, at);
         if (found < 0) {
-          const kept = Buffer.concat([this.#tail, chunk.subarray(at)]);
-          this.#tail = Buffer.from(kept.subarray(Math.max(0, kept.length - (this.#delimiter.length + 1))));
+          const keep = this.#delimiter.length + 1;
+          const kept = chunk.length - at >= keep ? chunk.subarray(chunk.length - keep) : Buffer.concat([this.#tail, chunk.subarray(at)]);
+          this.#tail = Buffer.from(kept.subarray(Math.max(0, kept.length - keep)));
           return undefined;
         }
         before = found - at >= 2 ? chunk.subarray(found - 2, found) : Buffer.concat([this.#tail, chunk.subarray(at, found)]).subarray(-2);
