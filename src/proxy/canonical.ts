@@ -1,3 +1,5 @@
+import { cgiFieldName } from "./headers.ts";
+
 /**
  * The one canonical form of a request target: what the access policy judges and exactly what
  * the app is sent. HTTP/1.1 and HTTP/2, inbound and outbound, all go through `canonicalTarget`.
@@ -209,7 +211,7 @@ const METHOD_OVERRIDE_FIELDS: ReadonlySet<string> = new Set(["x-http-method-over
 
 function isOverrideField(name: string): boolean {
   const n = name.length;
-  return (n === 22 || n === 13 || n === 17) && METHOD_OVERRIDE_FIELDS.has(name.toLowerCase().replace(/[_.]/g, "-"));
+  return (n === 22 || n === 13 || n === 17) && METHOD_OVERRIDE_FIELDS.has(cgiFieldName(name.toLowerCase()));
 }
 
 /** Why a request with a method-override field is refused (names as received), or undefined. */

@@ -53,6 +53,14 @@ export const IDENTITY_HEADERS: readonly string[] = [XFCC, CALLER_APP_ID, CALLER_
 export const IDENTITY_LENGTHS: ReadonlySet<number> = new Set(IDENTITY_HEADERS.map((name) => name.length));
 
 /**
+ * A lowercase field name as CGI-style servers read it: '_' and '.' are '-' (WEBrick and PHP give
+ * `X_HTTP_METHOD_OVERRIDE`, `x-http-method-override` and `X.HTTP.Method.Override` one variable).
+ */
+export function cgiFieldName(lower: string): string {
+  return lower.includes("_") || lower.includes(".") ? lower.replace(/[_.]/g, "-") : lower;
+}
+
+/**
  * Whether a lowercase field name is an identity header in any spelling: `_` and `-` are the
  * same name to CGI/WSGI apps (PEP 3333 maps both to HTTP_X_FORWARDED_CLIENT_CERT).
  */

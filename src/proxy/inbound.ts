@@ -113,6 +113,14 @@ const STRICT_REFUSAL: ProxyAnswer = {
   message: "this port accepts mutual TLS only (meshward sidecar in STRICT mode); call it through your own meshward sidecar or with a workload certificate",
 };
 
+/** An allowed request, and whether its body must be read for `_method` (the policy's answer depends on the method). */
+interface Allowed {
+  readonly verbSensitive: boolean;
+}
+const ALLOWED: Allowed = Object.freeze({ verbSensitive: false });
+const ALLOWED_VERB_SENSITIVE: Allowed = Object.freeze({ verbSensitive: true });
+const NOT_READ: { inspector?: BodyInspector } = Object.freeze({});
+
 /**
  * The sidecar's inbound side: one TCP listener whose first byte decides what follows — a TLS
  * handshake (mutual TLS, caller's SPIFFE ID verified, hot-swapped certificate), or plaintext
@@ -169,10 +177,10 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   };
 
   // --- policy --------------------------------------------------------------------------
-  /** The policy's refusal, or what an allowed request's body must be read for. */
-  const judge = (peer: PeerIdentity | undefined, socket: Socket, operation: string, verb: string): { refusal: ProxyAnswer } | { verbSensitive: boolean } => {
+  /** The policy's refusal, or whether an allowed request's body must be read (constants: this runs per request). */
+  const judge = (peer: PeerIdentity | undefined, socket: Socket, operation: string, verb: string): { refusal: ProxyAnswer } | Allowed => {
     const decision = policy.current().decide({ caller: callerOf(peer), operation, verb });
-    if (decision.allowed) return { verbSensitive: decision.verbSensitive === true };
+    if (decision.allowed) return decision.verbSensitive === true ? ALLOWED_VERB_SENSITIVE : ALLOWED;
     const caller = peer?.spiffeId ?? "unverified";
     mesh.policyDenials.inc({ caller, rule: decision.rule });
     telemetry.refusals?.denied({ rule: decision.rule, remote: remoteOf(socket), ...(peer ? { spiffeId: peer.spiffeId } : {}) });
@@ -187,11 +195,11 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
    * Where the policy's answer for this operation depends on the method, a POST body that makes
    * the app run another method (`_method`) must not get past it: such bodies are read on the way.
    */
-  const bodyCheck = (verbSensitive: boolean, method: string, rawHeaders: readonly string[], socket: Socket): { refusal: ProxyAnswer } | { bodyInspector?: BodyInspector } => {
+  const bodyCheck = (verbSensitive: boolean, method: string, rawHeaders: readonly string[], socket: Socket): { refusal: ProxyAnswer } | { inspector?: BodyInspector } => {
     const made = verbSensitive ? methodOverrideInspector(method, rawHeaders) : undefined;
-    if (made === undefined) return {};
+    if (made === undefined) return NOT_READ;
     if ("refused" in made) return { refusal: bodyRefusal(made.refused, socket) };
-    return { bodyInspector: made };
+    return { inspector: made };
   };
   const bodyRefusal = (problem: string, socket: Socket): ProxyAnswer => {
     clientError("ambiguous_request", `the request is refused: ${problem}`, socket);
@@ -240,7 +248,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
         addHeaders: peer === undefined ? "" : stampFor(peer).lines,
         onUpstreamError: appError,
         done: begin(socket, "http"),
-        ...body,
+        ...(body.inspector === undefined ? {} : { bodyInspector: body.inspector }),
       };
     },
     upgrade: (request, socket, rest) => {
@@ -301,8 +309,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
         addHeaders: peer === undefined ? "" : stampFor(peer).lines,
         onUpstreamError: appError,
         done: hooks.done,
-        ...body,
-        refused: (problem) => bodyRefusal(problem, socket),
+        ...(body.inspector === undefined ? {} : { bodyCheck: { inspector: body.inspector, refused: (problem: string) => bodyRefusal(problem, socket) } }),
       });
     }
   });

@@ -12,6 +12,7 @@
  * decoded, values and part contents are skipped with indexOf.
  */
 import { isMethodOverrideName, urlDecodedBytes } from "./canonical.ts";
+import { cgiFieldName } from "./headers.ts";
 
 /** Reads a request body as it passes; a problem stops the request before the bytes that showed it are forwarded. */
 export interface BodyInspector {
@@ -68,7 +69,7 @@ function contentTypes(rawHeaders: readonly string[]): string[] {
   const values: string[] = [];
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
-    if (name.length === 12 && name.toLowerCase().replace(/[_.]/g, "-") === "content-type") values.push(rawHeaders[i + 1]!);
+    if (name.length === 12 && cgiFieldName(name.toLowerCase()) === "content-type") values.push(rawHeaders[i + 1]!);
   }
   return values;
 }

@@ -16,10 +16,11 @@ export interface H2ToHttp1Hooks {
   readonly onUpstreamError: (error: Error) => ProxyAnswer;
   /** Called once with the final status (0 when the exchange broke). */
   readonly done: (status: number) => void;
-  /** Reads the body before it is forwarded; a problem refuses the request (the app never gets the body's end). */
-  readonly bodyInspector?: BodyInspector;
-  /** The answer to a request the inspector refused (and the log line for it). */
-  readonly refused?: (problem: string) => ProxyAnswer;
+  /**
+   * Reads the body before it is forwarded; a problem refuses the request (the app never gets the
+   * body's end) with the answer `refused` gives (which also logs it).
+   */
+  readonly bodyCheck?: { readonly inspector: BodyInspector; readonly refused: (problem: string) => ProxyAnswer };
 }
 
 const CRLF = Buffer.from("\r\n");
@@ -62,7 +63,7 @@ class H2Exchange implements ResponseSink {
     this.method = request.method;
     this.downstream = stream;
     this.#requestComplete = endStream;
-    this.#inspector = hooks.bodyInspector;
+    this.#inspector = hooks.bodyCheck?.inspector;
     stream.pause();
     stream.on("error", () => undefined);
     stream.once("close", () => {
@@ -141,7 +142,7 @@ class H2Exchange implements ResponseSink {
     const connection = this.#upstream;
     this.#upstream = undefined;
     connection?.destroy();
-    const answer = this.hooks.refused?.(problem) ?? { status: 400, grpcStatus: 13, code: "E_AMBIGUOUS_REQUEST", message: `the request is refused: ${problem}` };
+    const answer = this.hooks.bodyCheck!.refused(problem);
     if (!this.stream.headersSent && !this.stream.closed) answerH2(this.stream, answer, false);
     else if (!this.stream.closed) this.stream.close(h2.NGHTTP2_PROTOCOL_ERROR);
     this.#finish(this.stream.headersSent ? 0 : answer.status);

@@ -14,16 +14,6 @@ export function findHeader(rawHeaders: readonly string[], lowerName: string): st
   return undefined;
 }
 
-/** The values of every header called `lowerName` (case-insensitive), in order. */
-export function findHeaders(rawHeaders: readonly string[], lowerName: string): string[] {
-  const values: string[] = [];
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    const name = rawHeaders[i]!;
-    if (name.length === lowerName.length && name.toLowerCase() === lowerName) values.push(rawHeaders[i + 1]!);
-  }
-  return values;
-}
-
 /** Node's IncomingMessage.headers shape (lowercase names, repeated values joined), for code that takes one. */
 export function headersObject(rawHeaders: readonly string[]): Record<string, string> {
   const out: Record<string, string> = {};
