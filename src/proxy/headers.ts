@@ -61,13 +61,12 @@ export function cgiFieldName(lower: string): string {
 }
 
 /**
- * Whether a lowercase field name is an identity header in any spelling: `_` and `-` are the
- * same name to CGI/WSGI apps (PEP 3333 maps both to HTTP_X_FORWARDED_CLIENT_CERT).
+ * Whether a lowercase field name is an identity header in any spelling: `_`, `.` and `-` are the
+ * same name to CGI/WSGI apps (PEP 3333 maps `_` and `-` to HTTP_X_FORWARDED_CLIENT_CERT, PHP `.` too).
  */
 export function isIdentityHeader(lower: string): boolean {
   if (!IDENTITY_LENGTHS.has(lower.length)) return false;
-  const dashed = lower.includes("_") ? lower.replaceAll("_", "-") : lower;
-  return IDENTITY_HEADERS.includes(dashed);
+  return IDENTITY_HEADERS.includes(cgiFieldName(lower));
 }
 
 /**

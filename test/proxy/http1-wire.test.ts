@@ -73,8 +73,8 @@ describe("HTTP/1.1 heads on the wire", () => {
     expect(listed.text).toBe("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
   });
 
-  it("drops an identity header in every spelling: case, and '_' for '-' (PEP 3333 reads both as HTTP_X_FORWARDED_CLIENT_CERT)", () => {
-    const head = request(["Host", "a", "x_forwarded_client_cert", "By=forged", "X_Forwarded-Client_CERT", "By=forged", "x-forwarded-client-certs", "kept"]);
+  it("drops an identity header in every spelling: case, '_' and '.' for '-' (PEP 3333 reads '_' as HTTP_X_FORWARDED_CLIENT_CERT, PHP '.' too)", () => {
+    const head = request(["Host", "a", "x_forwarded_client_cert", "By=forged", "X_Forwarded-Client_CERT", "By=forged", "X.Forwarded.Client.Cert", "By=forged", "dapr.caller.app-id", "forged", "x-forwarded-client-certs", "kept"]);
     expect(forward(head)).toBe("GET /x HTTP/1.1\r\nHost: a\r\nx-forwarded-client-certs: kept\r\nx-added: 1\r\n\r\n");
   });
 
