@@ -1,5 +1,5 @@
 import { connect, type ClientHttp2Session } from "node:http2";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
 import { MAX_CONCURRENT_STREAMS } from "../../src/ca/server.ts";
 import { startTestCa, type TestCa } from "../helpers/ca-server.ts";
 import { exec } from "../helpers/exec.ts";
@@ -17,7 +17,9 @@ describe("the CA's API bounds what unfinished calls can make it hold", () => {
   const sessions: ClientHttp2Session[] = [];
 
   beforeAll(async () => {
-    ca = await startTestCa("api-limits.test", { maxRequestBytes: MAX_REQUEST_BYTES, requestTimeout: "1s" });
+    // requestTimeout stays at its default (30 s) here: the budget test holds its unfinished calls
+    // while it checks the refusal, and with a 1 s deadline a loaded machine let them expire first.
+    ca = await startTestCa("api-limits.test", { maxRequestBytes: MAX_REQUEST_BYTES });
   });
   afterAll(async () => {
     for (const session of sessions) session.destroy();
@@ -25,8 +27,8 @@ describe("the CA's API bounds what unfinished calls can make it hold", () => {
   });
 
   // http2.connect hands its options to tls.connect, which binds localAddress (not in its types).
-  const open = (localAddress = "127.0.0.1") => {
-    const session = connect(`https://${ca.server.address}`, { rejectUnauthorized: false, ...({ localAddress } as object) });
+  const open = (localAddress = "127.0.0.1", address = ca.server.address) => {
+    const session = connect(`https://${address}`, { rejectUnauthorized: false, ...({ localAddress } as object) });
     session.on("error", () => undefined);
     sessions.push(session);
     return session;
@@ -77,7 +79,9 @@ describe("the CA's API bounds what unfinished calls can make it hold", () => {
   // closes after 60 s, a plain TCP one after 120 s). Go's net/http2 has no per-stream body deadline
   // either, but grpc-go callers set one; the CA sets its own: requestTimeout.
   it("answers DEADLINE_EXCEEDED / E_REQUEST_TIMEOUT to a call whose request does not arrive in requestTimeout, and resets its stream", async () => {
-    const session = open();
+    const slowCa = await startTestCa("api-limits.test-deadline", { maxRequestBytes: MAX_REQUEST_BYTES, requestTimeout: "1s" });
+    onTestFinished(() => slowCa.close());
+    const session = open("127.0.0.1", slowCa.server.address);
     const call = session.request({ ":method": "POST", ":path": "/dapr.proto.sentry.v1.CA/SignCertificate", "content-type": "application/grpc", te: "trailers" });
     let trailers: Record<string, unknown> | undefined;
     call.on("trailers", (t) => (trailers = t));
@@ -93,7 +97,7 @@ describe("the CA's API bounds what unfinished calls can make it hold", () => {
       session.destroy();
     }
     // A call that sends its request at once is not affected (control).
-    expect((await sign()).certChainPem).toMatch(/BEGIN CERTIFICATE/);
+    expect((await slowCa.sign()).certChainPem).toMatch(/BEGIN CERTIFICATE/);
   });
 
   it("answers a request target that is not a URL with 400, without an error in the log", async () => {
