@@ -1,6 +1,6 @@
 import { Agent as HttpsAgent, createServer as createHttpsNodeServer, request as httpsNodeRequest } from "node:https";
 import type { AgentOptions, RequestOptions, Server as HttpsServer } from "node:https";
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
+import type { ClientRequest, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import type { IdentitySource } from "../identity/source.ts";
@@ -94,6 +94,29 @@ export class MtlsAgent extends HttpsAgent {
     super.destroy();
   }
 
+  /**
+   * A pooled connection is closed once it has been idle a little less than the server said it
+   * would keep it (`Keep-Alive: timeout=N`). Node's agent applies that hint only when the agent
+   * has its own `timeout` option; without it an idle connection outlived the server's timeout
+   * (5 s on a Node server) and a request could be written on it as the server closed it.
+   */
+  override keepSocketAlive(socket: Duplex): boolean {
+    const kept: unknown = super.keepSocketAlive(socket);
+    if (kept === false) return false;
+    const hintMs = keepAliveHintMs(socket);
+    if (hintMs === undefined) return true;
+    const idleMs = hintMs - Math.min(KEEP_ALIVE_MARGIN_MS, hintMs / 2);
+    const agentTimeout = (this as unknown as { options: { timeout?: number } }).options.timeout ?? 0;
+    (socket as Duplex & { setTimeout(ms: number): void }).setTimeout(agentTimeout > 0 ? Math.min(agentTimeout, idleMs) : idleMs);
+    return true;
+  }
+
+  /** The idle limit set above is not a limit on a request: a reused connection gets the agent's own timeout back. */
+  override reuseSocket(socket: Duplex, request: ClientRequest): void {
+    super.reuseSocket(socket, request);
+    (socket as Duplex & { setTimeout(ms: number): void }).setTimeout((this as unknown as { options: { timeout?: number } }).options.timeout ?? 0);
+  }
+
   get runtime(): ClientRuntime {
     return this.#runtime;
   }
@@ -116,6 +139,17 @@ export class MtlsAgent extends HttpsAgent {
     void callback;
     return socket;
   }
+}
+
+/** How much sooner than the server's announced keep-alive timeout an idle connection is closed (undici's threshold). */
+const KEEP_ALIVE_MARGIN_MS = 2_000;
+
+/** The server's `Keep-Alive: timeout=N` on the response just read on `socket`, in ms. */
+function keepAliveHintMs(socket: Duplex): number | undefined {
+  const raw = (socket as Duplex & { _httpMessage?: { res?: IncomingMessage } })._httpMessage?.res?.headers["keep-alive"];
+  const header = Array.isArray(raw) ? raw.join(",") : raw;
+  const seconds = header === undefined ? undefined : /(?:^|,)\s*timeout\s*=\s*(\d{1,9})\s*(?:,|$)/i.exec(header)?.[1];
+  return seconds === undefined ? undefined : Number(seconds) * 1000;
 }
 
 /** Marks a pooled connection as done: closed now when idle, else when its response has been read. */
@@ -191,16 +225,27 @@ export async function httpsRequest(url: string | URL, options: MtlsRequestOption
   const method = (options.method ?? "GET").toUpperCase();
   // A kept-alive connection the server closes (idle timeout, age cap, a root leaving the bundle)
   // can take a request that was being written as it closed: the request failed before any of
-  // it was read, so an idempotent one is sent once more, on a new connection (as Go's
-  // net/http and undici do; Node's request.reusedSocket documents the race).
-  for (let attempt = 0; ; attempt++) {
+  // it was read, so an idempotent one is sent again (as Go's net/http and undici do; Node's
+  // request.reusedSocket documents the race). The server may have closed several idle
+  // connections at once, and the pool hands out the next before their close is read: each
+  // failed attempt's connection has left the pool, so the attempts end at the first new
+  // connection at the latest (Go's net/http loops the same way; once only, as before, failed
+  // when two pooled connections had been closed together).
+  for (let attempt = 1; ; attempt++) {
     try {
       return await requestOnce(target, agent, method, options);
     } catch (error) {
-      if (attempt > 0 || !(error instanceof StaleSocketError) || !IDEMPOTENT.has(method)) throw error instanceof StaleSocketError ? error.original : error;
+      if (!(error instanceof StaleSocketError)) throw error;
+      if (!IDEMPOTENT.has(method) || attempt >= MAX_STALE_ATTEMPTS) throw error.original;
     }
   }
 }
+
+/**
+ * A bound on the attempts above, against a server that drops every reused connection while
+ * other requests keep returning connections to the pool.
+ */
+const MAX_STALE_ATTEMPTS = 16;
 
 /** RFC 9110 §9.2.2. */
 const IDEMPOTENT: ReadonlySet<string> = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
