@@ -106,15 +106,20 @@ export class MtlsAgent extends HttpsAgent {
     const hintMs = keepAliveHintMs(socket);
     if (hintMs === undefined) return true;
     const idleMs = hintMs - Math.min(KEEP_ALIVE_MARGIN_MS, hintMs / 2);
-    const agentTimeout = (this as unknown as { options: { timeout?: number } }).options.timeout ?? 0;
-    (socket as Duplex & { setTimeout(ms: number): void }).setTimeout(agentTimeout > 0 ? Math.min(agentTimeout, idleMs) : idleMs);
+    const agentTimeout = this.#agentTimeoutMs();
+    (socket as TLSSocket).setTimeout(agentTimeout > 0 ? Math.min(agentTimeout, idleMs) : idleMs);
     return true;
   }
 
   /** The idle limit set above is not a limit on a request: a reused connection gets the agent's own timeout back. */
   override reuseSocket(socket: Duplex, request: ClientRequest): void {
     super.reuseSocket(socket, request);
-    (socket as Duplex & { setTimeout(ms: number): void }).setTimeout((this as unknown as { options: { timeout?: number } }).options.timeout ?? 0);
+    (socket as TLSSocket).setTimeout(this.#agentTimeoutMs());
+  }
+
+  /** The agent's own `timeout` option (0: none); @types/node does not declare `Agent.options`. */
+  #agentTimeoutMs(): number {
+    return (this as unknown as { options: AgentOptions }).options.timeout ?? 0;
   }
 
   get runtime(): ClientRuntime {
