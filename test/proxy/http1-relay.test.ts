@@ -527,6 +527,36 @@ describe("HTTP/1.1 relay", () => {
     expect(relay.statuses).toEqual([200, 200, 503]);
   });
 
+  it("two pooled upstream connections closed together: a GET moves on to a new connection, a bodiless POST is not sent again", async () => {
+    // Two connections are opened by two requests held until both arrived; each connection is
+    // dropped when a second request arrives on it, as when an app closes its idle connections in
+    // one go (a restart, one keep-alive timer for all). The pool hands out the second before its
+    // close is read, so one attempt more than "once" is needed.
+    const held: Socket[] = [];
+    const answer = (socket: Socket) => socket.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    const upstream = await startRawServer((socket, received) => {
+      const heads = count(received, "\r\n\r\n");
+      if (heads !== 1) return void socket.destroy();
+      if (upstream.connections > 2) return answer(socket);
+      held.push(socket);
+      if (held.length === 2) held.splice(0).forEach(answer);
+    });
+    const relay = await startRelay(upstream.port);
+    const pair = await Promise.all(["/a", "/b"].map((path) => raw(relay.port, `GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`, (t) => t.endsWith("ok"))));
+    expect(pair.map((r) => r.text.slice(0, 15))).toEqual(["HTTP/1.1 200 OK", "HTTP/1.1 200 OK"]);
+    expect(relay.pool.size).toBe(2);
+
+    const get = await raw(relay.port, "GET /c HTTP/1.1\r\nHost: a\r\n\r\n", (t) => t.endsWith("ok"));
+    expect(get.text).toMatch(/^HTTP\/1\.1 200/);
+    expect(upstream.connections).toBe(3);
+
+    // RFC 9110 §9.2.2: a proxy never sends a non-idempotent request again, with or without a body.
+    const post = await raw(relay.port, "POST /d HTTP/1.1\r\nHost: a\r\n\r\n");
+    expect(post.text).toMatch(/^HTTP\/1\.1 503 /);
+    expect(upstream.connections).toBe(3);
+    expect(relay.statuses).toEqual([200, 200, 200, 503]);
+  });
+
   it("answers 503 with a stable code when the upstream is down, and cuts the client when the upstream dies mid-response", async () => {
     const closed = await startRawServer(() => undefined);
     const down = await startRelay(await (async () => {

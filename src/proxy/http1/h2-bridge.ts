@@ -6,6 +6,7 @@ import { forwardableHeaders } from "../headers.ts";
 import { answerH2 } from "../respond.ts";
 import type { ProxyAnswer } from "../respond.ts";
 import type { MessageHead } from "./llhttp.ts";
+import { maySendAgain } from "./pool.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
 import { declaredFraming, headersObject, upstreamRequestHead } from "./wire.ts";
 import type { BodyFraming } from "./wire.ts";
@@ -47,7 +48,7 @@ class H2Exchange implements ResponseSink {
   #bodyBytes = 0;
   #status = 0;
   #responded = false;
-  #retried = false;
+  #attempts = 0;
   #finished = false;
   #inspector: BodyInspector | undefined;
 
@@ -77,6 +78,7 @@ class H2Exchange implements ResponseSink {
   }
 
   connect(): void {
+    this.#attempts++;
     let acquired: UpstreamConnection | Promise<UpstreamConnection>;
     try {
       acquired = this.pool.acquire();
@@ -158,7 +160,6 @@ class H2Exchange implements ResponseSink {
 
   onHead(response: MessageHead): void {
     if (response.status === 101) {
-      this.#retried = true;
       const connection = this.#upstream;
       this.#upstream = undefined;
       connection?.destroy();
@@ -201,11 +202,7 @@ class H2Exchange implements ResponseSink {
     if (this.#finished) return;
     const connection = this.#upstream;
     this.#upstream = undefined;
-    // A reused keep-alive connection the upstream closed while idle: send a bodiless request again, once.
-    if (connection?.reused === true && !responded && !this.#retried && this.framing === "none") {
-      this.#retried = true;
-      return this.connect();
-    }
+    if (!responded && maySendAgain(connection, this.method, this.framing === "none", this.#attempts)) return this.connect();
     connection?.destroy();
     if (this.#responded || this.stream.headersSent) {
       if (!this.stream.closed) this.stream.close(h2.NGHTTP2_INTERNAL_ERROR);

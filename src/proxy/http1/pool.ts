@@ -15,6 +15,24 @@ export interface ResponseSink {
   onFailure(error: Error, responded: boolean): void;
 }
 
+/** Methods a proxy may send again on its own (RFC 9110 §9.2.2: never a non-idempotent one). */
+const IDEMPOTENT_METHODS = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
+
+/** At most this many connections are tried for one request (all but the last reused ones found closed). */
+export const MAX_REQUEST_ATTEMPTS = 16;
+
+/**
+ * Whether a request whose upstream connection failed before any response byte goes again. Only
+ * after a reused connection, which the upstream may have closed while idle, and only a whole
+ * request without a body whose method is idempotent. Each connection that failed has left the
+ * pool, so when several idle ones were closed together (an app restart, a keep-alive timer firing
+ * for all of them) the attempts move on until a new connection, as Go's net/http does, and not
+ * past MAX_REQUEST_ATTEMPTS.
+ */
+export function maySendAgain(failed: UpstreamConnection | undefined, method: string, bodiless: boolean, attempts: number): boolean {
+  return failed?.reused === true && bodiless && IDEMPOTENT_METHODS.has(method) && attempts < MAX_REQUEST_ATTEMPTS;
+}
+
 /** One keep-alive HTTP/1.1 connection to an upstream, with its response parser. */
 export class UpstreamConnection {
   #sink: ResponseSink | undefined;

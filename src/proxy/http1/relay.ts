@@ -7,6 +7,7 @@ import { answerText } from "../respond.ts";
 import type { ProxyAnswer } from "../respond.ts";
 import { createMessageParser } from "./llhttp.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
+import { maySendAgain } from "./pool.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
 import { declaredFraming, downstreamResponseHead, findHeader, interimResponseHead, requestFramingProblem, requestHost, lastChunk, requestHeadBytes, trailerSectionBytes, upstreamRequestHead } from "./wire.ts";
 import type { BodyFraming } from "./wire.ts";
@@ -140,7 +141,8 @@ class Exchange implements ResponseSink {
   pendingBytes = 0;
   /** Bytes kept to send again if a reused upstream connection turns out to be closed. */
   sentHead = "";
-  retried = false;
+  /** Upstream connections tried for this request. */
+  attempts = 0;
   responseFraming: BodyFraming = "none";
   responded = false;
   status = 0;
@@ -394,6 +396,7 @@ class ClientConnection {
   }
 
   #connect(exchange: Exchange): void {
+    exchange.attempts++;
     let acquired: UpstreamConnection | Promise<UpstreamConnection>;
     try {
       acquired = exchange.decision!.upstream.acquire();
@@ -496,7 +499,6 @@ class ClientConnection {
       // Only an Upgrade request may be answered 101, and those never come here: a broken upstream.
       const connection = exchange.upstream;
       exchange.upstream = undefined;
-      exchange.retried = true;
       connection?.destroy();
       return this.upstreamFailed(exchange, Object.assign(new Error("the upstream switched protocols without being asked to"), { code: "E_UPSTREAM_PROTOCOL" }), true);
     }
@@ -550,9 +552,7 @@ class ClientConnection {
     const connection = exchange.upstream;
     exchange.upstream = undefined;
     const decision = exchange.decision!;
-    // A reused keep-alive connection the upstream closed while idle: send a bodiless request again, once.
-    if (connection?.reused === true && !responded && !exchange.retried && exchange.requestFraming === "none" && exchange.requestComplete) {
-      exchange.retried = true;
+    if (!responded && maySendAgain(connection, exchange.head.method, exchange.requestFraming === "none" && exchange.requestComplete, exchange.attempts)) {
       exchange.pending = [];
       return this.#connect(exchange);
     }
