@@ -6,6 +6,7 @@ import type { TLSSocket } from "node:tls";
 import type { IdentitySource } from "../identity/source.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import { MeshwardError } from "../errors.ts";
+import { idleLimitForHint, keepAliveTimeoutMs } from "../util/keep-alive-hint.ts";
 import { peerOf, prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
 import { afterHandshakeError, dialTls, prepareClient, retireAtCertificateExpiry, SessionCache } from "./client-common.ts";
@@ -105,7 +106,7 @@ export class MtlsAgent extends HttpsAgent {
     if (kept === false) return false;
     const hintMs = keepAliveHintMs(socket);
     if (hintMs === undefined) return true;
-    const idleMs = hintMs - Math.min(KEEP_ALIVE_MARGIN_MS, hintMs / 2);
+    const idleMs = idleLimitForHint(hintMs);
     const agentTimeout = this.#agentTimeoutMs();
     (socket as TLSSocket).setTimeout(agentTimeout > 0 ? Math.min(agentTimeout, idleMs) : idleMs);
     return true;
@@ -146,15 +147,10 @@ export class MtlsAgent extends HttpsAgent {
   }
 }
 
-/** How much sooner than the server's announced keep-alive timeout an idle connection is closed (undici's threshold). */
-const KEEP_ALIVE_MARGIN_MS = 2_000;
-
 /** The server's `Keep-Alive: timeout=N` on the response just read on `socket`, in ms. */
 function keepAliveHintMs(socket: Duplex): number | undefined {
   const raw = (socket as Duplex & { _httpMessage?: { res?: IncomingMessage } })._httpMessage?.res?.headers["keep-alive"];
-  const header = Array.isArray(raw) ? raw.join(",") : raw;
-  const seconds = header === undefined ? undefined : /(?:^|,)\s*timeout\s*=\s*(\d{1,9})\s*(?:,|$)/i.exec(header)?.[1];
-  return seconds === undefined ? undefined : Number(seconds) * 1000;
+  return keepAliveTimeoutMs(Array.isArray(raw) ? raw.join(",") : raw);
 }
 
 /** Marks a pooled connection as done: closed now when idle, else when its response has been read. */

@@ -557,6 +557,34 @@ describe("HTTP/1.1 relay", () => {
     expect(relay.statuses).toEqual([200, 200, 200, 503]);
   });
 
+  it("gives up a pooled connection idle past the upstream's Keep-Alive timeout hint, before the upstream closes it", async () => {
+    // A Node app with keepAliveTimeout 3 s announces `Keep-Alive: timeout=3` and closes an idle
+    // connection then; the pool keeps connections 4 s, so without the hint a request at 1.7 s
+    // idle would go out on a connection the app is about to close (the POST it carries then
+    // fails: it is not sent again). With it the pool closes the connection after 1.5 s idle.
+    const server = createHttpServer((_req, res) => res.end("ok"));
+    server.keepAliveTimeout = 3_000;
+    const ended: string[] = [];
+    let connections = 0;
+    server.on("connection", (socket: Socket) => {
+      connections++;
+      // Which side ended the connection: the pool's FIN ('end') or the app's own idle timer.
+      socket.once("timeout", () => ended.push("app timeout"));
+      socket.once("end", () => ended.push("relay closed"));
+    });
+    const port = await listen(server);
+    running.push({ close: () => new Promise<void>((resolve) => (server.closeAllConnections(), server.close(() => resolve()))) });
+    const relay = await startRelay(port);
+    const first = await raw(relay.port, "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n", (t) => t.endsWith("ok"));
+    expect(first.text).toMatch(/^HTTP\/1\.1 200/);
+    await new Promise((resolve) => setTimeout(resolve, 1_700));
+    const second = await raw(relay.port, "POST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi", (t) => t.endsWith("ok"));
+    expect(second.text).toMatch(/^HTTP\/1\.1 200/);
+    expect(connections).toBe(2);
+    await waitFor("the first connection to the app to end", () => ended.length > 0, 5_000, 20);
+    expect(ended).toEqual(["relay closed"]);
+  });
+
   it("answers 503 with a stable code when the upstream is down, and cuts the client when the upstream dies mid-response", async () => {
     const closed = await startRawServer(() => undefined);
     const down = await startRelay(await (async () => {

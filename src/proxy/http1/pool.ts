@@ -1,6 +1,8 @@
 import type { Duplex } from "node:stream";
 import { createMessageParser } from "./llhttp.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
+import { findHeader } from "./wire.ts";
+import { idleLimitForHint, keepAliveTimeoutMs } from "../../util/keep-alive-hint.ts";
 
 /** Where one exchange's response goes; attached to an upstream connection for that exchange. */
 export interface ResponseSink {
@@ -42,6 +44,9 @@ export class UpstreamConnection {
   /** Served an exchange before: a failure before any response byte may be the upstream closing it idle. */
   reused = false;
   idleSince = 0;
+  /** How long it may stay idle, from the upstream's `Keep-Alive: timeout=N` on its last response. */
+  idleLimitMs: number | undefined;
+  #keepAliveHeader: string | undefined;
   /** Verified under trust that has changed since: closed instead of going back to the pool. */
   retired = false;
   readonly #parser: MessageParser;
@@ -54,7 +59,10 @@ export class UpstreamConnection {
     this.#parser = createMessageParser("response", maxHeaderBytes, {
       onHead: (head) => {
         this.#responded = true;
-        if (head.status >= 200) this.#keepAlive = head.keepAlive;
+        if (head.status >= 200) {
+          this.#keepAlive = head.keepAlive;
+          this.#readKeepAliveHint(findHeader(head.rawHeaders, "keep-alive"));
+        }
         const sink = this.#sink;
         if (sink === undefined) return false;
         sink.onHead(head);
@@ -78,6 +86,14 @@ export class UpstreamConnection {
     });
     socket.on("error", (error: Error) => this.#fail(error));
     socket.on("close", () => this.#fail(Object.assign(new Error("the upstream connection closed"), { code: "ECONNRESET" })));
+  }
+
+  /** The upstream sends the same value on every response: it is parsed when it changes only. */
+  #readKeepAliveHint(header: string | undefined): void {
+    if (header === this.#keepAliveHeader) return;
+    this.#keepAliveHeader = header;
+    const hintMs = keepAliveTimeoutMs(header);
+    this.idleLimitMs = hintMs === undefined ? undefined : idleLimitForHint(hintMs);
   }
 
   get dead(): boolean {
@@ -163,7 +179,13 @@ export class Http1Pool {
    */
   acquire(): UpstreamConnection | Promise<UpstreamConnection> {
     for (let connection = this.#idle.pop(); connection !== undefined; connection = this.#idle.pop()) {
-      if (!connection.dead) return connection;
+      if (connection.dead) continue;
+      // Idle past what the upstream said it keeps: its close may be on the way.
+      if (connection.idleLimitMs !== undefined && Date.now() - connection.idleSince >= connection.idleLimitMs) {
+        connection.destroy();
+        continue;
+      }
+      return connection;
     }
     const max = this.options.maxConnections;
     if (max !== undefined && this.#all.size + this.#dialling >= max && !this.#closed) {
