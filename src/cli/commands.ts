@@ -20,11 +20,16 @@ const COMMANDS: Readonly<Record<string, () => Promise<Register>>> = {
   injector: async () => (await import("./injector.ts")).registerInjectorCommand,
 };
 
+/** `meshward --version` needs no command (from the bundle: 0.46 s with them all loaded, 0.12 s without; bare node 0.10 s). */
+const VERSION_FLAGS = new Set(["-V", "--version"]);
+
 /**
  * Registers the command named first in argv, or every command when none is (top-level help,
- * a typo that commander should answer with suggestions).
+ * a typo that commander should answer with suggestions), or none when argv asks only for the
+ * version.
  */
 export async function registerCommands(program: Command, argv: readonly string[] = []): Promise<void> {
+  if (argv.length > 0 && argv.every((arg) => VERSION_FLAGS.has(arg))) return;
   const first = argv.find((arg) => !arg.startsWith("-"));
   const names = first !== undefined && Object.hasOwn(COMMANDS, first) ? [first] : Object.keys(COMMANDS);
   const registers = await Promise.all(names.map((name) => (COMMANDS[name] as () => Promise<Register>)()));
