@@ -29,7 +29,7 @@ export const limitsSchema = z
     maxHeaderBytes: z.number().int().min(1024).max(1 << 20).default(16 * 1024).describe("Largest request header block accepted on either listener; larger requests get 431."),
     headersTimeout: duration("headers timeout").default(10_000).describe("Time a client has to send complete request headers (slowloris guard); then 408 and close."),
     handshakeTimeout: duration("handshake timeout").default(10_000).describe("Time a client has to finish the TLS handshake (and to send its first byte)."),
-    idleTimeout: duration("idle timeout").default(60_000).describe("Close a connection with no traffic for this long (keep-alive and TCP mode)."),
+    idleTimeout: duration("idle timeout").default(60_000).describe("Close a connection with no traffic for this long: HTTP/1.1 keep-alive, HTTP/2 (GOAWAY, open streams finish) and TCP mode."),
     maxConnectionAge: duration("max connection age").default(3_600_000).describe("Close inbound connections older than this (HTTP/2 GOAWAY, HTTP/1 Connection: close, a TCP tunnel ended) so revocations and root retirement reach them; a connection also ends when its caller's certificate expires."),
     drainTimeout: duration("drain timeout").default(10_000).describe("On SIGTERM, and after an inbound connection is retired (age cap, caller certificate expiry, a root leaving the bundle): how long in-flight requests, WebSockets and HTTP/2 streams may take before the connection is closed."),
     maxConcurrentStreams: z

@@ -8,6 +8,19 @@ interface Tracked {
 }
 
 /**
+ * An HTTP/2 session with no frame either way for `idleMs` is closed gracefully: GOAWAY, and the
+ * connection ends once the streams still open (a long, silent one) have. `limits.idleTimeout`
+ * closes an idle HTTP/1.1 connection; without this an idle HTTP/2 connection stayed open until
+ * the age cap, holding one of the listener's `maxConnections` slots.
+ */
+export function closeWhenIdle(session: Http2Session, idleMs: number, onIdle?: () => void): void {
+  session.setTimeout(idleMs, () => {
+    onIdle?.();
+    session.close();
+  });
+}
+
+/**
  * Open connections of one listener and their in-flight requests, for a graceful drain:
  * idle connections close at once, busy HTTP/1 ones after their response (Connection: close),
  * HTTP/2 sessions get GOAWAY; whatever is left at the deadline is destroyed.

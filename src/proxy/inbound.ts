@@ -21,7 +21,7 @@ import { listenOn } from "../util/listen.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { canonicalH2Request, isRefusal } from "./canonical.ts";
 import type { EscapedSlashAction } from "./canonical.ts";
-import { ConnectionTracker } from "./connections.ts";
+import { closeWhenIdle, ConnectionTracker } from "./connections.ts";
 import { methodOverrideInspector } from "./method-override-body.ts";
 import type { BodyInspector } from "./method-override-body.ts";
 import { capConnections } from "./listener-cap.ts";
@@ -275,6 +275,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     if (socket === undefined) return;
     sessionSocket.set(session, socket);
     tracker.attachSession(socket, session);
+    closeWhenIdle(session, limits.idleTimeout);
     session.on("error", () => undefined);
   });
   h2.on("stream", (stream: ServerHttp2Stream, headers: H2Headers, flags: number) => {

@@ -10,7 +10,7 @@ import { parseHostPort } from "../util/address.ts";
 import { checkOutboundHost, type OutboundHostRule } from "./outbound-host.ts";
 import { listenOn } from "../util/listen.ts";
 import type { HostPort } from "../util/address.ts";
-import { ConnectionTracker } from "./connections.ts";
+import { closeWhenIdle, ConnectionTracker } from "./connections.ts";
 import { capConnections } from "./listener-cap.ts";
 import { forwardH2, forwardUpgrade, isUnreachable } from "./forward.ts";
 import type { ForwardHooks } from "./forward.ts";
@@ -216,6 +216,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       if (handing === undefined) return;
       sessionSocket.set(session, handing);
       tracker.attachSession(handing, session);
+      closeWhenIdle(session, limits.idleTimeout);
       session.on("error", () => undefined);
     });
     h2.on("stream", (stream: ServerHttp2Stream, headers: H2Headers, flags: number) => {
@@ -236,7 +237,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       if (misdirected !== undefined) return answerH2(stream, misdirected, grpc);
       if (target === undefined || socket === undefined) return answerH2(stream, unknownApp(name), grpc);
       const hooks = hooksFor(socket, target, grpc ? "grpc" : "http");
-      pool.h2(target).then(
+      pool.h2(target, peerPoolOptions).then(
         (session) => forwardH2(stream, headers, request, flags, session, hooks),
         (error: Error) => {
           answerH2(stream, hooks.onUpstreamError(error), grpc);

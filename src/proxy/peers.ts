@@ -9,6 +9,7 @@ import type { ClientRuntime } from "../transport/client-common.ts";
 import { peerOf } from "../transport/common.ts";
 import { parseHostPort } from "../util/address.ts";
 import { Http1Pool } from "./http1/pool.ts";
+import { closeWhenIdle } from "./connections.ts";
 
 /** A peer sidecar: where it listens and the SPIFFE ID it must present. */
 export interface PeerTarget {
@@ -102,6 +103,9 @@ interface PeerEntry {
  * peer holds a pool, a timer and a listener: past this, the least recently used one is let go.
  */
 export const MAX_PEERS = 1024;
+
+/** Half of the sidecar's default `limits.idleTimeout` (60 s), which a peer closes idle connections after. */
+const DEFAULT_PEER_SESSION_IDLE_MS = 30_000;
 
 /**
  * Pooled mTLS connections to peer sidecars, one pool per (address, expected identity):
@@ -201,8 +205,12 @@ export class PeerPool {
     return entry.http1;
   }
 
-  /** The shared HTTP/2 session to a peer, (re)opened when missing, closing or broken. */
-  h2(target: PeerTarget): Promise<ClientHttp2Session> {
+  /**
+   * The shared HTTP/2 session to a peer, (re)opened when missing, closing or broken. Idle for
+   * `idleMs` (below the peer's own idleTimeout), it is let go before the peer closes it: a
+   * stream started as the peer's GOAWAY is on its way would be refused.
+   */
+  h2(target: PeerTarget, options: { idleMs: number } = { idleMs: DEFAULT_PEER_SESSION_IDLE_MS }): Promise<ClientHttp2Session> {
     const entry = this.#entry(target);
     if (entry.h2 !== undefined) return entry.h2;
     const opening = (async () => {
@@ -216,6 +224,7 @@ export class PeerPool {
       session.once("goaway", forget);
       session.once("error", forget);
       session.on("error", () => undefined);
+      closeWhenIdle(session, options.idleMs, forget);
       // The peer's certificate (or ours on this session) expires: open streams finish, the next call opens a new session.
       retireAtCertificateExpiry(socket, () => {
         forget();
