@@ -1,5 +1,5 @@
 import { createServer, type Server } from "node:http";
-import { connect as http2Connect, type ClientHttp2Session } from "node:http2";
+import { connect as http2Connect, type ClientHttp2Session, type ClientHttp2Stream } from "node:http2";
 import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import { connect as tlsConnect } from "node:tls";
@@ -63,9 +63,9 @@ describe("HTTP/2 sessions idle for limits.idleTimeout", () => {
       createConnection: () => tlsConnect({ host: "127.0.0.1", port, ALPNProtocols: ["h2"], ca: ca.bundlePem, cert: readFileSync(client.cert), key: readFileSync(client.key), checkServerIdentity: () => undefined }),
     });
   };
-  const get = (session: ClientHttp2Session, path: string, headers: Record<string, string> = {}) =>
+  /** The status and body a request stream gets. */
+  const answerOf = (stream: ClientHttp2Stream) =>
     new Promise<{ status: number; body: string }>((resolve, reject) => {
-      const stream = session.request({ ":path": path, ...headers });
       let body = "";
       let status = 0;
       stream.on("response", (h) => (status = Number(h[":status"])));
@@ -73,6 +73,7 @@ describe("HTTP/2 sessions idle for limits.idleTimeout", () => {
       stream.on("end", () => resolve({ status, body }));
       stream.on("error", reject);
     });
+  const get = (session: ClientHttp2Session, path: string, headers: Record<string, string> = {}) => answerOf(session.request({ ":path": path, ...headers }));
   /** Resolves "open" if `what` has not settled after `ms`: bounded, so a session never closed fails the test. */
   const within = <T>(what: Promise<T>, ms: number) => Promise.race([what, new Promise<"open">((resolve) => setTimeout(() => resolve("open"), ms))]);
 
@@ -89,14 +90,7 @@ describe("HTTP/2 sessions idle for limits.idleTimeout", () => {
     const { goaway, closed } = watched(session);
     const stream = session.request({ ":path": "/slow", ":method": "POST" });
     stream.write("first part");
-    const answer = new Promise<{ status: number; body: string }>((resolve, reject) => {
-      let body = "";
-      let status = 0;
-      stream.on("response", (h) => (status = Number(h[":status"])));
-      stream.on("data", (d: Buffer) => (body += d.toString()));
-      stream.on("end", () => resolve({ status, body }));
-      stream.on("error", reject);
-    });
+    const answer = answerOf(stream);
     // Nothing is sent until the session has been idle long enough for its GOAWAY.
     expect(await within(goaway, 15_000)).toBe(0);
     stream.end("last part");
