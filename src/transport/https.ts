@@ -6,7 +6,7 @@ import type { TLSSocket } from "node:tls";
 import type { IdentitySource } from "../identity/source.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import { MeshwardError } from "../errors.ts";
-import { idleLimitForHint, keepAliveTimeoutMs } from "../util/keep-alive-hint.ts";
+import { IDEMPOTENT_METHODS, idleLimitForHint, keepAliveTimeoutMs, MAX_REQUEST_ATTEMPTS } from "../util/keep-alive.ts";
 import { peerOf, prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
 import { afterHandshakeError, dialTls, prepareClient, retireAtCertificateExpiry, SessionCache } from "./client-common.ts";
@@ -237,19 +237,10 @@ export async function httpsRequest(url: string | URL, options: MtlsRequestOption
       return await requestOnce(target, agent, method, options);
     } catch (error) {
       if (!(error instanceof StaleSocketError)) throw error;
-      if (!IDEMPOTENT.has(method) || attempt >= MAX_STALE_ATTEMPTS) throw error.original;
+      if (!IDEMPOTENT_METHODS.has(method) || attempt >= MAX_REQUEST_ATTEMPTS) throw error.original;
     }
   }
 }
-
-/**
- * A bound on the attempts above, against a server that drops every reused connection while
- * other requests keep returning connections to the pool.
- */
-const MAX_STALE_ATTEMPTS = 16;
-
-/** RFC 9110 §9.2.2. */
-const IDEMPOTENT: ReadonlySet<string> = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
 
 /** A request that failed on a reused keep-alive socket before any response byte arrived. */
 class StaleSocketError extends Error {

@@ -2,7 +2,7 @@ import type { Duplex } from "node:stream";
 import { createMessageParser } from "./llhttp.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
 import { findHeader } from "./wire.ts";
-import { idleLimitForHint, keepAliveTimeoutMs } from "../../util/keep-alive-hint.ts";
+import { IDEMPOTENT_METHODS, idleLimitForHint, keepAliveTimeoutMs, MAX_REQUEST_ATTEMPTS } from "../../util/keep-alive.ts";
 
 /** Where one exchange's response goes; attached to an upstream connection for that exchange. */
 export interface ResponseSink {
@@ -16,12 +16,6 @@ export interface ResponseSink {
   /** The connection failed or closed before the response completed. `responded`: bytes of it had arrived. */
   onFailure(error: Error, responded: boolean): void;
 }
-
-/** Methods a proxy may send again on its own (RFC 9110 §9.2.2: never a non-idempotent one). */
-const IDEMPOTENT_METHODS = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
-
-/** At most this many connections are tried for one request (all but the last reused ones found closed). */
-export const MAX_REQUEST_ATTEMPTS = 16;
 
 /**
  * Whether a request whose upstream connection failed before any response byte goes again. Only

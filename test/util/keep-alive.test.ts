@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { idleLimitForHint, keepAliveTimeoutMs } from "../../src/util/keep-alive-hint.ts";
+import { idleLimitForHint, keepAliveTimeoutMs } from "../../src/util/keep-alive.ts";
 
 describe("the Keep-Alive timeout hint", () => {
   it.each([
