@@ -93,7 +93,7 @@ function callerOf(peer: PeerIdentity | undefined): Caller | undefined {
 export const RESPONSE_HEADER_BYTES = 64 * 1024;
 /** A retired TCP tunnel is destroyed this long after its end was sent, if the caller has not closed it. */
 const TUNNEL_END_GRACE_MS = 5_000;
-/** Idle keep-alive connections to the app close after this, below Node's default server keep-alive (5 s). */
+/** Idle keep-alive connections (and the HTTP/2 session) to the app close after this, below Node's default server keep-alive (5 s). */
 const APP_IDLE_MS = 4_000;
 
 /** The relay settings both sides take from the limits and the path rules. */
@@ -167,6 +167,9 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     session.once("close", forget);
     session.once("goaway", forget);
     session.once("error", forget);
+    // Let go like an idle HTTP/1 connection to the app: a gRPC server that closes idle
+    // connections itself (max-connection-idle) would refuse a stream started as its GOAWAY comes.
+    closeWhenIdle(session, APP_IDLE_MS, forget);
     appH2 = session;
     return session;
   };

@@ -1,5 +1,5 @@
 import { createServer, type Server } from "node:http";
-import { connect as http2Connect, type ClientHttp2Session, type ClientHttp2Stream } from "node:http2";
+import { connect as http2Connect, createServer as createH2cServer, type ClientHttp2Session, type ClientHttp2Stream, type Http2Server, type ServerHttp2Session } from "node:http2";
 import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import { connect as tlsConnect } from "node:tls";
@@ -112,4 +112,74 @@ describe("HTTP/2 sessions idle for limits.idleTimeout", () => {
     while ((await peerConnections()) !== 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
     expect(await peerConnections()).toBe(0);
   });
+});
+
+// The inbound's own HTTP/2 session to a gRPC app is let go after the app pool's 4 s without a
+// frame, as its idle HTTP/1 connections are: an app that closes idle connections itself
+// (grpc-go's and grpc-js's max-connection-idle) would otherwise refuse a stream the sidecar
+// started as the app's GOAWAY was on its way. node:http2's server stands in for the gRPC app: what
+// is checked is the session the sidecar keeps to it, the same for any HTTP/2 server.
+describe("the inbound's HTTP/2 session to a gRPC app", () => {
+  let ca: MeshCa;
+  let app: Http2Server;
+  let callee: TestSidecarWithApp;
+  let client: { cert: string; key: string };
+  const appSessions: { goaway: Promise<number>; closed: Promise<void> }[] = [];
+  let session: ClientHttp2Session | undefined;
+
+  beforeAll(async () => {
+    ca = await startMeshCa();
+    app = createH2cServer();
+    app.on("session", (s: ServerHttp2Session) => {
+      s.on("error", () => undefined);
+      appSessions.push({
+        goaway: new Promise((resolve) => s.once("goaway", (code: number) => resolve(code))),
+        closed: new Promise((resolve) => s.once("close", () => resolve())),
+      });
+    });
+    app.on("stream", (stream, headers) => {
+      stream.on("error", () => undefined);
+      stream.resume();
+      stream.on("end", () => {
+        stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+        stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0", "x-path": String(headers[":path"]) }));
+        stream.end();
+      });
+    });
+    await new Promise<void>((resolve) => app.listen(0, "127.0.0.1", resolve));
+    // The caller's side stays open (30 s): only the session to the app can close in the test.
+    callee = await startTestSidecar(ca, { appId: "grpc-callee", app: `127.0.0.1:${(app.address() as AddressInfo).port}`, limits: { idleTimeout: "30s" } });
+    client = await ca.clientFiles("default", "web");
+  }, 60_000);
+  afterAll(async () => {
+    session?.destroy();
+    await callee?.close();
+    await new Promise<void>((resolve) => (app ? app.close(() => resolve()) : resolve()));
+    await ca?.close();
+  });
+
+  /** A gRPC-shaped call through the inbound: its grpc-status and the path the app saw. */
+  const call = (path: string) =>
+    new Promise<{ grpcStatus: string; path: string }>((resolve, reject) => {
+      const stream = session!.request({ ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers" });
+      stream.on("trailers", (t) => resolve({ grpcStatus: String(t["grpc-status"]), path: String(t["x-path"]) }));
+      stream.on("error", reject);
+      stream.resume();
+      stream.end(Buffer.from([0, 0, 0, 0, 0]));
+    });
+  const within = <T>(what: Promise<T>, ms: number) => Promise.race([what, new Promise<"open">((resolve) => setTimeout(() => resolve("open"), ms))]);
+
+  it("sends GOAWAY (NO_ERROR) to the app after 4 s idle, and the next call opens a new session", async () => {
+    const port = callee.addresses.inbound.port;
+    session = http2Connect(`https://127.0.0.1:${port}`, {
+      createConnection: () => tlsConnect({ host: "127.0.0.1", port, ALPNProtocols: ["h2"], ca: ca.bundlePem, cert: readFileSync(client.cert), key: readFileSync(client.key), checkServerIdentity: () => undefined }),
+    });
+    session.on("error", () => undefined);
+    expect(await call("/pkg.Svc/One")).toEqual({ grpcStatus: "0", path: "/pkg.Svc/One" });
+    expect(appSessions).toHaveLength(1);
+    expect(await within(appSessions[0]!.goaway, 15_000)).toBe(0);
+    expect(await within(appSessions[0]!.closed, 15_000)).toBeUndefined();
+    expect(await call("/pkg.Svc/Two")).toEqual({ grpcStatus: "0", path: "/pkg.Svc/Two" });
+    expect(appSessions).toHaveLength(2);
+  }, 40_000);
 });
