@@ -11,8 +11,19 @@ export interface JwtSvidValidatorOptions {
   readonly ca: Omit<CaConnection, "clientCertificate">;
   /** Only tokens for SPIFFE IDs in this trust domain pass (default: the CA's). */
   readonly trustDomain?: string;
-  /** Do not refetch the keys more often than this when a token names an unknown kid. */
+  /** Do not try to refetch the keys more often than this (a token naming an unknown kid, a failed refetch). Default 30 s. */
   readonly refreshCooldownMs?: number;
+  /**
+   * The keys are fetched again before a validation once they are this old, so a key the CA has
+   * withdrawn stops validating (default 60 s, the CA's Cache-Control max-age for its JWKS).
+   */
+  readonly keysMaxAgeMs?: number;
+  /**
+   * While the CA cannot be reached, keys older than keysMaxAgeMs are still used until they are this
+   * old, then every token is refused with E_JWKS_STALE until a fetch succeeds (default 1 h, the
+   * CA's default JWT-SVID lifetime).
+   */
+  readonly keysMaxStaleMs?: number;
   readonly clock?: () => Date;
 }
 
@@ -26,25 +37,33 @@ export interface ValidatedJwtSvid {
 export interface JwtSvidValidator {
   /** Verifies a JWT-SVID for `audience` (signature, exp, aud, sub); E_TOKEN_* when it does not pass. */
   validate(token: string, audience: string): Promise<ValidatedJwtSvid>;
-  /** Fetches the CA's JWKS now (also done on first use and when a token names an unknown key). */
+  /** Fetches the CA's JWKS now (also done on first use, once the keys are keysMaxAgeMs old, and when a token names an unknown key). */
   refresh(): Promise<void>;
 }
 
 /**
  * Validates JWT-SVIDs (SPIFFE JWT-SVID spec §3–§5) against the keys the meshward CA publishes,
  * fetched over TLS from the CA verified by its SPIFFE ID. A token signed with a key the cached
- * set lacks triggers one refetch (the CA rotates its JWT key with its issuer).
+ * set lacks triggers one refetch (the CA rotates its JWT key with its issuer); the set is
+ * replaced once it is keysMaxAgeMs old, so that a key the CA stopped publishing (an issuer
+ * rotated after a leak) stops validating too, and not only when the process restarts.
  */
 export function createJwtSvidValidator(options: JwtSvidValidatorOptions): JwtSvidValidator {
   const trustDomain = options.trustDomain ?? options.ca.trustDomain;
   const clock = options.clock ?? (() => new Date());
   const cooldown = options.refreshCooldownMs ?? 30_000;
+  const maxAge = options.keysMaxAgeMs ?? 60_000;
+  const maxStale = Math.max(maxAge, options.keysMaxStaleMs ?? 3_600_000);
   let keys: ReturnType<typeof createLocalJWKSet> | undefined;
+  /** When the keys in use were fetched, when a fetch was last tried, and when one last failed. */
   let fetchedAt = -Infinity;
+  let triedAt = -Infinity;
+  let failedAt = -Infinity;
   let inflight: Promise<void> | undefined;
 
   const refresh = async () => {
     inflight ??= (async () => {
+      triedAt = Date.now();
       try {
         const body = await fetchFromCa(options.ca, "/.well-known/jwks.json", 1 << 20);
         let jwks: JSONWebKeySet;
@@ -55,6 +74,9 @@ export function createJwtSvidValidator(options: JwtSvidValidatorOptions): JwtSvi
           throw new MeshwardError("E_JWKS_INVALID", `the CA's /.well-known/jwks.json is not a JWKS: ${(error as Error).message}`);
         }
         fetchedAt = Date.now();
+      } catch (error) {
+        failedAt = Date.now();
+        throw error;
       } finally {
         inflight = undefined;
       }
@@ -62,14 +84,33 @@ export function createJwtSvidValidator(options: JwtSvidValidatorOptions): JwtSvi
     return inflight;
   };
 
+  /**
+   * The keys to verify with: fetched on first use and again once maxAge old. When that fetch
+   * fails (the CA is down), the old set serves until maxStale, tried again once per cooldown.
+   */
+  const currentKeys = async () => {
+    if (keys === undefined) return void (await refresh());
+    if (Date.now() - fetchedAt < maxAge) return;
+    if (inflight !== undefined || Date.now() - failedAt >= cooldown) {
+      try {
+        return void (await refresh());
+      } catch (error) {
+        if (Date.now() - fetchedAt < maxStale) return;
+        throw error;
+      }
+    }
+    if (Date.now() - fetchedAt < maxStale) return;
+    throw new MeshwardError("E_JWKS_STALE", `the CA's JWT-SVID keys were last fetched ${Math.round((Date.now() - fetchedAt) / 1000)} s ago and could not be fetched since: no token is accepted with keys that old`);
+  };
+
   const verify = async (token: string, audience: string) => {
-    if (keys === undefined) await refresh();
+    await currentKeys();
     const at = clock();
     const options: JWTVerifyOptions = { audience, algorithms: ALGORITHMS, currentDate: at, requiredClaims: ["exp", "sub", "aud"] };
     try {
       return await jwtVerify(token, keys!, options);
     } catch (error) {
-      if (error instanceof joseErrors.JWKSNoMatchingKey && Date.now() - fetchedAt >= cooldown) {
+      if (error instanceof joseErrors.JWKSNoMatchingKey && Date.now() - triedAt >= cooldown) {
         await refresh();
         return await jwtVerify(token, keys!, options);
       }
