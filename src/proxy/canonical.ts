@@ -203,9 +203,10 @@ function namedMethod(name: string): boolean {
 
 /**
  * Fields that make frameworks (Express method-override, OData, Google APIs, Symfony, Rack apps)
- * run another method than the request's, compared with '_' and '.' read as '-': CGI-style servers
- * (WEBrick, PHP) give `X_HTTP_METHOD_OVERRIDE` and `X-HTTP-Method-Override` the same variable, and
- * PHP reads '.' in a name as '_'.
+ * run another method than the request's, compared with every character but a letter or a digit
+ * read as '-' (cgiFieldName): CGI-style servers give `X_HTTP_METHOD_OVERRIDE` and
+ * `X-HTTP-Method-Override` the same variable, PHP reads '.' in a name as '_', and lighttpd's CGI
+ * and FastCGI environment any non-alphanumeric character (`x+http+method+override`).
  */
 const METHOD_OVERRIDE_FIELDS: ReadonlySet<string> = new Set(["x-http-method-override", "x-http-method", "x-method-override"]);
 

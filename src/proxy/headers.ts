@@ -52,17 +52,23 @@ export const IDENTITY_HEADERS: readonly string[] = [XFCC, CALLER_APP_ID, CALLER_
 /** Their name lengths, for callers that skip names no rule can match. */
 export const IDENTITY_LENGTHS: ReadonlySet<number> = new Set(IDENTITY_HEADERS.map((name) => name.length));
 
+const NOT_ALPHANUMERIC = /[^a-z0-9-]/;
+const NOT_ALPHANUMERIC_ALL = /[^a-z0-9-]/g;
+
 /**
- * A lowercase field name as CGI-style servers read it: '_' and '.' are '-' (WEBrick and PHP give
- * `X_HTTP_METHOD_OVERRIDE`, `x-http-method-override` and `X.HTTP.Method.Override` one variable).
+ * A lowercase field name as CGI-style servers may read it: every character but a letter or a
+ * digit is '-'. WEBrick and PHP give `X_HTTP_METHOD_OVERRIDE`, `x-http-method-override` and
+ * `X.HTTP.Method.Override` one variable; lighttpd's CGI and FastCGI environment maps every
+ * non-alphanumeric character to '_' (`x+forwarded~client!cert` is HTTP_X_FORWARDED_CLIENT_CERT).
  */
 export function cgiFieldName(lower: string): string {
-  return lower.includes("_") || lower.includes(".") ? lower.replace(/[_.]/g, "-") : lower;
+  return NOT_ALPHANUMERIC.test(lower) ? lower.replace(NOT_ALPHANUMERIC_ALL, "-") : lower;
 }
 
 /**
- * Whether a lowercase field name is an identity header in any spelling: `_`, `.` and `-` are the
- * same name to CGI/WSGI apps (PEP 3333 maps `_` and `-` to HTTP_X_FORWARDED_CLIENT_CERT, PHP `.` too).
+ * Whether a lowercase field name is an identity header in any spelling: any character but a
+ * letter or a digit is the same as '-' to some CGI/WSGI server (PEP 3333 maps `_` and `-` to
+ * HTTP_X_FORWARDED_CLIENT_CERT, PHP `.` too, lighttpd every other token character).
  */
 export function isIdentityHeader(lower: string): boolean {
   if (!IDENTITY_LENGTHS.has(lower.length)) return false;

@@ -61,9 +61,9 @@ export function methodOverrideInspector(method: string, rawHeaders: readonly str
 }
 
 /**
- * The Content-Type fields, with '_' and '.' in the name read as '-': CGI-style servers (`php -S`,
- * which `php artisan serve` runs) give `Content_Type` and `Content.Type` the variable Laravel reads
- * the type from.
+ * The Content-Type fields, with any character but a letter or a digit in the name read as '-'
+ * (cgiFieldName): CGI-style servers (`php -S`, which `php artisan serve` runs; lighttpd) give
+ * `Content_Type`, `Content.Type` and `Content+Type` the variable Laravel reads the type from.
  */
 function contentTypes(rawHeaders: readonly string[]): string[] {
   const values: string[] = [];

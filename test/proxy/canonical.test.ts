@@ -107,6 +107,13 @@ describe("canonical request targets (RFC 9112 §3.2)", () => {
     expect(methodOverrideProblem(["Host", "a", "X-HTTP-Methods", "DELETE", "X-Method", "DELETE", "Transfer-Encoding", "chunked"])).toBeUndefined();
   });
 
+  it("refuses method-override fields spelt with any token character for '-' (lighttpd's CGI/FastCGI environment reads x+http+method+override as HTTP_X_HTTP_METHOD_OVERRIDE)", () => {
+    for (const c of "!#$%&'*+.^_`|~") {
+      for (const name of [`X${c}HTTP${c}Method${c}Override`, `x${c}http${c}method`, `X${c}Method${c}Override`]) expect(methodOverrideProblem(["Host", "a", name, "DELETE"]), name).toMatch(/send the method itself/);
+    }
+    expect(methodOverrideProblem(["Host", "a", "X+HTTP+Methods", "DELETE", "X+Method", "DELETE", "x+http+method+overrides", "DELETE"])).toBeUndefined();
+  });
+
   it("turns absolute-form into origin-form and reports its authority", () => {
     expect(target("http://x/admin/x")).toEqual({ target: "/admin/x", path: "/admin/x", authority: "x" });
     expect(target("HTTPS://Inventory.shop:8443")).toEqual({ target: "/", path: "/", authority: "Inventory.shop:8443" });

@@ -78,6 +78,13 @@ describe("HTTP/1.1 heads on the wire", () => {
     expect(forward(head)).toBe("GET /x HTTP/1.1\r\nHost: a\r\nx-forwarded-client-certs: kept\r\nx-added: 1\r\n\r\n");
   });
 
+  it("drops an identity header spelled with any other token character for '-' (lighttpd's CGI/FastCGI environment maps every non-alphanumeric to '_')", () => {
+    // RFC 9110 §5.6.2 tchar: ! # $ % & ' * + - . ^ _ ` | ~ besides letters and digits.
+    const forged = [..."!#$%&'*+.^_`|~"].flatMap((c) => [`x${c}forwarded${c}client${c}cert`, "By=forged", `dapr${c}caller${c}app${c}id`, "forged"]);
+    const head = request(["Host", "a", ...forged, "x+forwarded+client+certs", "kept", "dapr+caller+app+idx", "kept"]);
+    expect(forward(head)).toBe("GET /x HTTP/1.1\r\nHost: a\r\nx+forwarded+client+certs: kept\r\ndapr+caller+app+idx: kept\r\nx-added: 1\r\n\r\n");
+  });
+
   it("writes the canonical target it is given and replaces Host when told to (absolute-form, HTTP/1.0, HTTP/2 :authority)", () => {
     const head = request(["Host", "a", "Accept", "*/*"], { url: "http://a/items/../admin" });
     expect(upstreamRequestHead("GET", "/admin", head.rawHeaders, "none", "", "a")).toBe("GET /admin HTTP/1.1\r\nhost: a\r\nAccept: */*\r\n\r\n");

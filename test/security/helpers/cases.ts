@@ -136,6 +136,10 @@ export const H1_CASES: Case[] = [
   { id: "method-override-field", cls: "method override", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}X-HTTP-Method-Override: DELETE\r\n\r\n` },
   { id: "method-override-odata", cls: "method override", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}x-http-method: DELETE\r\n\r\n` },
   { id: "method-override-ibm", cls: "method override", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}X-METHOD-OVERRIDE: DELETE\r\n\r\n` },
+  // lighttpd's CGI/FastCGI environment maps every non-alphanumeric name character to '_': Symfony
+  // under it reads x+http+method+override as HTTP_X_HTTP_METHOD_OVERRIDE.
+  { id: "method-override-plus", cls: "method override", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}x+http+method+override: DELETE\r\n\r\n` },
+  { id: "method-override-tilde", cls: "method override", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}X~HTTP~Method: DELETE\r\n\r\n` },
   // RFC 9112 §3.2: more than one Host is answered 400.
   { id: "duplicate-host", cls: "duplicate Host", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}Host: admin.shop\r\n${route}\r\n` },
   // RFC 9112 §6.1/§6.3: CL+TE is an attack (refused, kept so); §5.2: obs-fold is refused.
@@ -244,12 +248,16 @@ export const H1_CASES: Case[] = [
   { id: "dapr-app-id-case-spaces", cls: "routing header", direction: "outbound", expect: "allowed", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route.replace(/^dapr-app-id: (.*)\r\n$/, (_, id: string) => `DAPR-App-Id:   ${id.toUpperCase()}  \r\n`)}\r\n` },
   // RFC 9110 §7.6.1: Connection names hop-by-hop fields; a Host it names must still reach the app.
   { id: "connection-names-host", cls: "Connection", expect: "either", h1: get("/items/1", "Connection: host\r\n") },
-  // XFCC in every spelling (names normalised for case and '_'/'-', PEP 3333 maps both to HTTP_X_FORWARDED_CLIENT_CERT).
+  // XFCC in every spelling (names normalised for case and any non-alphanumeric as '-': PEP 3333 maps '_' and '-' to HTTP_X_FORWARDED_CLIENT_CERT).
   ...[
     ["xfcc-canonical", "X-Forwarded-Client-Cert"],
     ["xfcc-underscores", "x_forwarded_client_cert"],
     ["xfcc-upper-underscores", "X_FORWARDED_CLIENT_CERT"],
     ["xfcc-mixed", "x-forwarded_client-cert"],
+    // lighttpd's CGI/FastCGI environment maps every non-alphanumeric character to '_', PHP '.' too.
+    ["xfcc-dots", "X.Forwarded.Client.Cert"],
+    ["xfcc-plus", "x+forwarded+client+cert"],
+    ["xfcc-other-tchars", "x~forwarded!client*cert"],
   ].map(([id, name]) => ({ id: id!, cls: "XFCC spelling", expect: "either" as const, identity: true, h1: get("/items/1", `${name}: ${FORGED_XFCC}\r\n`) })),
   { id: "xfcc-twice", cls: "XFCC spelling", expect: "either", identity: true, h1: get("/items/1", `x-forwarded-client-cert: ${FORGED_XFCC}\r\nx_forwarded_client_cert: ${FORGED_XFCC}\r\n`) },
   // Dapr's caller attribution (dapr-caller-app-id, dapr-caller-namespace): Dapr's callee sidecar
@@ -259,6 +267,7 @@ export const H1_CASES: Case[] = [
   ...[
     ["dapr-caller-canonical", "Dapr-Caller-App-Id", "dapr-caller-namespace"],
     ["dapr-caller-underscores", "dapr_caller_app_id", "DAPR_CALLER_NAMESPACE"],
+    ["dapr-caller-plus", "dapr+caller+app+id", "Dapr|Caller|Namespace"],
   ].map(([id, app, ns]) => ({ id: id!, cls: "Dapr caller headers", expect: "either" as const, identity: true, h1: get("/items/1", `${app}: ${FORGED}\r\n${ns}: ${FORGED}\r\n`) })),
   { id: "dapr-caller-chunked-trailer", cls: "Dapr caller headers", expect: "either", identity: true, h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\ndapr-caller-app-id: ${FORGED}\r\n\r\n` },
   // Plausible forged values (an app id, a namespace) and the callee header, which Dapr's callee
@@ -319,6 +328,9 @@ export const H2_CASES: Case[] = [
   { id: "method-head", cls: "method", expect: "refused", h2: { method: "HEAD", path: "/items/1" } },
   { id: "method-override-field", cls: "method override", expect: "refused", h2: h2Get("/items/1", { headers: { "x-http-method-override": "DELETE" } }) },
   { id: "method-override-odata", cls: "method override", expect: "refused", h2: h2Get("/items/1", { headers: { "x-http-method": "DELETE" } }) },
+  { id: "method-override-plus", cls: "method override", expect: "refused", h2: h2Get("/items/1", { headers: { "x+http+method+override": "DELETE" } }) },
+  // Identity headers spelt with other token characters (lighttpd reads each as '_').
+  { id: "xfcc-plus", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "x+forwarded+client+cert": FORGED_XFCC, "dapr~caller~app~id": FORGED } }) },
   // Two dapr-app-id fields (node:http2 joins them with ", "): refused, not routed.
   { id: "dapr-app-id-twice", cls: "routing header", direction: "outbound", expect: "refused", h2: rawH2([...pseudo(), ["dapr-app-id", "other"]]) },
   // RFC 9113 §8.2.2: connection-specific fields make a request malformed (te only as "trailers");

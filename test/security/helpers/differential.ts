@@ -96,7 +96,8 @@ async function observe(mesh: SecurityMesh, target: MeshApp, c: Case, transport: 
 }
 
 /** Header names normalised for case and '_'/'-' (how WSGI/CGI, and many frameworks, read them). */
-const norm = (name: string) => name.toLowerCase().replace(/_/g, "-");
+/** A field name as the most liberal CGI-style server reads it (lighttpd: any non-alphanumeric character is '_'). */
+const norm = (name: string) => name.toLowerCase().replace(/[^a-z0-9]/g, "-");
 
 /** How Python's servers resolve a target: path before '?', percent-decoded, then posixpath.normpath. */
 function pythonRoute(target: string): string {
