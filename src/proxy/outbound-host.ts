@@ -11,7 +11,9 @@ import { hostOfHostHeader, isLoopbackAddress } from "../telemetry/host-check.ts"
  *   - no Host at all (HTTP/1.0; no browser sends one),
  *   - an IP literal (a rebinding page's origin is a DNS name, never an address),
  *   - localhost or *.localhost (browsers resolve these to loopback themselves),
- *   - the app id the request is routed to (Host: orders, or Host routing itself),
+ *   - the app id the request is routed to (Host: orders, or Host routing itself) when it is one
+ *     label: a namespaced id ("orders.shop") is also a name someone can register under a public
+ *     suffix (.shop is one), so it needs dapr-app-id with one of the Hosts above, or an allow entry,
  *   - a name the operator allowed (outboundAllowedHosts: exact, `*.suffix`, or `*` for any).
  */
 
@@ -63,7 +65,7 @@ function decide(hostHeader: string, routedAppId: string, rule: OutboundHostRule)
   if (parsed === undefined) return { ok: false, host: hostHeader };
   const host = parsed.endsWith(".") ? parsed.slice(0, -1) : parsed;
   if (isIP(host) !== 0 || isLoopbackAddress(host)) return OK;
-  if (host === routedAppId || rule.exact.has(host)) return OK;
+  if ((host === routedAppId && !routedAppId.includes(".")) || rule.exact.has(host)) return OK;
   if (rule.suffixes.some((suffix) => host.endsWith(suffix) && host.length > suffix.length)) return OK;
   return { ok: false, host };
 }

@@ -23,7 +23,9 @@ import { metricValue, startMeshCa, startTestSidecar, type MeshCa, type TestSidec
  * 127.0.0.1 with --host-resolver-rules: what a rebound DNS answer gives the page.
  */
 const REBOUND = "rebind.meshward.test";
-const CHROMIUM_ARGS = [`--host-resolver-rules=MAP ${REBOUND} 127.0.0.1`, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+/** A namespaced app id is a registrable name too (.default, .shop are public suffixes' look-alikes or real ones). */
+const NAMESPACED = "inventory.default";
+const CHROMIUM_ARGS = [`--host-resolver-rules=MAP ${REBOUND} 127.0.0.1, MAP ${NAMESPACED} 127.0.0.1`, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
 
 interface Reply {
   status: number;
@@ -96,6 +98,11 @@ describe("outbound Host allow list (pure)", () => {
       expect(decision.ok, host).toBe(false);
     }
   });
+  it("accepts the routed app id as Host only when it is one label: a namespaced id (orders.shop) is a name anyone may register", () => {
+    for (const host of ["orders.shop", "orders.shop:3500", "ORDERS.SHOP", "orders.shop."]) expect(checkOutboundHost(host, "orders.shop", compileOutboundHosts([])), host).toEqual({ ok: false, host: host.toLowerCase().replace(/(:\d+|\.)$/, "") });
+    expect(checkOutboundHost("127.0.0.1:3500", "orders.shop", compileOutboundHosts([]))).toEqual({ ok: true });
+    expect(checkOutboundHost("orders.shop", "orders.shop", compileOutboundHosts(["orders.shop"]))).toEqual({ ok: true });
+  });
   it("remembers an accepted (Host, app id) pair only for that app id", () => {
     const cached = compileOutboundHosts([]);
     expect(checkOutboundHost("inventory", "inventory", cached)).toEqual({ ok: true });
@@ -134,7 +141,7 @@ describe("outbound port against DNS rebinding (real sidecars, real Chromium)", (
     ca = await startMeshCa();
     app = await startHttpApp();
     inventory = await startTestSidecar(ca, { appId: "inventory", app: `127.0.0.1:${app.port}` });
-    const peers = { inventory: `127.0.0.1:${inventory.addresses.inbound.port}` };
+    const peers = { inventory: `127.0.0.1:${inventory.addresses.inbound.port}`, [NAMESPACED]: `127.0.0.1:${inventory.addresses.inbound.port}` };
     caller = await startTestSidecar(ca, { appId: "web", app: "127.0.0.1:1", outbound: "127.0.0.1:0", peers, outboundAllowedHosts: ["gw.example", "*.corp.example"] });
     open = await startTestSidecar(ca, { appId: "legacy", app: "127.0.0.1:1", outbound: "127.0.0.1:0", peers, outboundAllowedHosts: ["*"] });
   }, 60_000);
@@ -170,6 +177,18 @@ describe("outbound port against DNS rebinding (real sidecars, real Chromium)", (
     const routed = await get(port(), "/items/by-host", { host: "inventory" });
     expect(routed.status).toBe(200);
     expect(appSaw("/items/by-host")).toBe(1);
+  });
+
+  it("HTTP/1: a namespaced app id is not accepted as its own Host (a registrable name); by dapr-app-id with a loopback Host it is served", async () => {
+    for (const headers of [{ host: NAMESPACED }, { host: `${NAMESPACED}:${port()}`, "dapr-app-id": NAMESPACED }]) {
+      const r = await get(port(), "/items/namespaced-host", headers);
+      expect(r.status, JSON.stringify(headers)).toBe(421);
+      expect(r.headers["x-meshward-error"]).toBe("E_OUTBOUND_HOST");
+    }
+    expect(appSaw("/items/namespaced-host")).toBe(0);
+    const r = await get(port(), "/items/namespaced-by-id", { host: `127.0.0.1:${port()}`, "dapr-app-id": NAMESPACED });
+    expect(r.status).toBe(200);
+    expect(appSaw("/items/namespaced-by-id")).toBe(1);
   });
 
   it("absolute-form: the authority is what is checked", async () => {
@@ -215,6 +234,16 @@ describe("outbound port against DNS rebinding (real sidecars, real Chromium)", (
     await page.goto(`http://${REBOUND}:${port()}/`);
     expect(await attack(port(), "/items/from-browser")).toMatchObject({ status: 421, error: "E_OUTBOUND_HOST" });
     expect(appSaw("/items/from-browser")).toBe(0);
+
+    // A page whose own name is a namespaced app id: Host routing would send its same-origin fetch
+    // to that app with this workload's identity, without any custom header.
+    await page.goto(`http://${NAMESPACED}:${port()}/`);
+    const routed = await page.evaluate(async () => {
+      const res = await fetch("/items/from-namespaced-origin");
+      return { status: res.status, error: res.headers.get("x-meshward-error") };
+    });
+    expect(routed).toMatchObject({ status: 421, error: "E_OUTBOUND_HOST" });
+    expect(appSaw("/items/from-namespaced-origin")).toBe(0);
 
     // The same page against a sidecar whose guard is off: the call goes through as "legacy".
     await page.goto(`http://${REBOUND}:${open.addresses.outbound!.port}/`);
