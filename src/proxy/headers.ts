@@ -99,10 +99,13 @@ const NO_FIELDS: ReadonlySet<string> = new Set();
 
 /**
  * Request/response headers with hop-by-hop fields (RFC 9110 §7.6.1, and any named in
- * Connection), identity headers and HTTP/2 pseudo-headers removed (forwardedValue, per field).
+ * Connection but Host), identity headers and HTTP/2 pseudo-headers removed (forwardedValue, per field).
  */
 export function forwardableHeaders(headers: IncomingHttpHeaders | Record<string, unknown>): OutgoingHttpHeaders {
   const listed = connectionListed(headers.connection === undefined ? [] : [String(headers.connection)]);
+  // Whatever Connection names, the one Host the request was judged with goes on (RFC 9112 §3.2),
+  // as in the HTTP/1 relay: dropped, node:http would send its own ("localhost:80").
+  listed.delete("host");
   const out: OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || name.startsWith(":")) continue;

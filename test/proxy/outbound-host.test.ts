@@ -180,7 +180,7 @@ describe("outbound port against DNS rebinding (real sidecars, real Chromium)", (
   });
 
   it("HTTP/1: a namespaced app id is not accepted as its own Host (a registrable name); by dapr-app-id with a loopback Host it is served", async () => {
-    for (const headers of [{ host: NAMESPACED }, { host: `${NAMESPACED}:${port()}`, "dapr-app-id": NAMESPACED }]) {
+    for (const headers of [{ host: NAMESPACED }, { host: `${NAMESPACED}:${port()}`, "dapr-app-id": NAMESPACED }] as Record<string, string>[]) {
       const r = await get(port(), "/items/namespaced-host", headers);
       expect(r.status, JSON.stringify(headers)).toBe(421);
       expect(r.headers["x-meshward-error"]).toBe("E_OUTBOUND_HOST");
