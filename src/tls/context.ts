@@ -244,11 +244,15 @@ export class SecureContextHolder {
       this.#rootsEpoch++;
       this.#logger.warn("a root was removed from the trust bundle: TLS sessions and open connections verified under it are no longer resumed or kept");
     }
-    this.#publish(options);
+    // Expiry is settled before listeners run, so that they see isExpired() as it is for these
+    // options: a bundle update that arrives while the SVID is expired (a CRL refresh while the CA
+    // refuses to renew) still reaches the revocation and root-removal listeners, but the gRPC
+    // credentials keep publishing null and attached servers keep refusing new connections.
     const wasExpired = this.#expiredReason !== undefined;
-    this.#expiredReason = undefined;
+    if (snapshot.svid.notAfter.getTime() > this.#now()) this.#expiredReason = undefined;
     this.#armExpiry();
-    if (wasExpired) {
+    this.#publish(options);
+    if (wasExpired && this.#expiredReason === undefined) {
       this.#logger.info(`a valid certificate for ${snapshot.svid.spiffeId} is back; accepting new TLS connections again`);
       this.#onHealthChange?.(this.health());
     }
@@ -261,8 +265,14 @@ export class SecureContextHolder {
     for (const listener of this.#listeners) listener(options);
   }
 
+  /**
+   * Session-ticket rotation changes nothing but the keys. While the SVID is expired nothing is
+   * republished: a listener that hands options to a server (grpc-js takes any non-null options as
+   * valid credentials) would otherwise accept connections again; the next identity event builds
+   * the options with the current keys.
+   */
   #rebuildTicketKeysOnly(): void {
-    if (this.#closed) return;
+    if (this.#closed || this.#expiredReason !== undefined) return;
     this.#publish(this.#build(this.#snapshot));
   }
 

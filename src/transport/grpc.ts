@@ -41,7 +41,9 @@ export class MeshwardServerCredentials extends ServerCredentials {
     this.#runtime = runtime;
     let epoch = runtime.holder.rootsEpoch();
     this.#off = runtime.holder.onUpdate((options) => {
-      this.updateSecureContextOptions(options);
+      // grpc-js accepts connections whenever the options are not null: while the SVID is expired
+      // (a bundle update can still arrive then) they stay null, as applyHealth set them.
+      this.updateSecureContextOptions(runtime.holder.isExpired() ? null : options);
       if (runtime.holder.rootsEpoch() === epoch) return;
       epoch = runtime.holder.rootsEpoch();
       for (const listener of this.#rootsRemoved) {

@@ -22,6 +22,7 @@ import {
 import type { WorkloadApiServer } from "../../src/identity/workload-api/index.ts";
 import { workloadApiDefinition } from "../../src/identity/workload-api/proto.ts";
 import type { X509BundlesResponseMessage, X509SvidResponseMessage } from "../../src/identity/workload-api/proto.ts";
+import { FakeClock } from "../helpers/fake-clock.ts";
 import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
 import type { TestPki } from "../helpers/test-pki.ts";
 
@@ -480,5 +481,99 @@ describe("Workload API server and client over a unix socket", () => {
     const foreign = await dial({ svid: otherPki.issueSvid({ spiffeId: "spiffe://example.org/ns/default/intruder" }), bundle: clientId.bundle });
     expect(foreign.text ?? "").not.toBe("hello");
     expect(peers).toEqual(["spiffe://example.org/ns/default/client"]);
+  });
+});
+
+/**
+ * A FakeClock that tells when the Workload API client next reads it: the client reads it once for
+ * every message it accepts (the chain is verified at the clock's time), identical ones included,
+ * so a test knows a message was handled even when it changes nothing.
+ */
+class ReadClock extends FakeClock {
+  readonly #waiters: (() => void)[] = [];
+  override now(): number {
+    for (const wake of this.#waiters.splice(0)) wake();
+    return super.now();
+  }
+  nextRead(): Promise<void> {
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+}
+
+describe("Workload API client: expiry after a message that repeats the current SVID (found by review)", () => {
+  // Each message used to arm the expiry timer for the snapshot built from it; a message repeating
+  // the current SVID then put the previous snapshot object back, and the timer, which checks that
+  // its snapshot is still current, never reported `expired`.
+  it("after a reconnect (each stream starts with the full identity): the same snapshot stays current and `expired` fires at its notAfter", async () => {
+    const clock = new ReadClock(Date.now());
+    const path = socketPath();
+    const source = manualIdentitySource(pki.snapshot({ ttlMs: 10 * 60_000 }));
+    const first = await startWorkloadApiServer({ socketPath: path, source });
+    cleanups.push(() => first.close()); // closed below; again (a no-op) if the test stops before
+    const backoff = { initialMs: 10, maxMs: 10 };
+    const client = workloadApiSource({ socketPath: path, clock, backoff });
+    cleanups.push(() => client.close());
+    const kept = await client.ready();
+    const events: IdentityEvent["type"][] = [];
+    client.subscribe((event) => events.push(event.type));
+
+    await first.close();
+    await serve(source, path);
+    // Reconnection waits on the client's (fake) clock: move it a backoff at a time until the new stream's message is read.
+    let read = false;
+    void clock.nextRead().then(() => (read = true));
+    while (!read) {
+      await clock.advance(backoff.maxMs);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    expect(client.current()).toBe(kept);
+    expect(events).toEqual([]);
+    expect(clock.pendingTimers()).toBe(1); // the expiry timer, once
+
+    await clock.advance(kept.svid.notAfter.getTime() - clock.now());
+    expect(events).toEqual(["expired"]);
+    expect(client.current()).toBeUndefined();
+    await client.close();
+    expect(clock.pendingTimers()).toBe(0);
+  });
+
+  it("a CRL re-signed with the same revocations is adopted (bundle-updated, same SVID object), an identical resend changes nothing, and `expired` fires", async () => {
+    const clock = new ReadClock(Date.now());
+    const now = Date.now();
+    const crl = (number: bigint) =>
+      createCrl({ signer: pki.issuer, entries: [{ serial: "0ABC", revokedAt: new Date(now - 1000) }], thisUpdate: new Date(now - 60_000 + Number(number) * 1000), nextUpdate: new Date(now + 3_600_000), crlNumber: number });
+    const withCrl = (der: Buffer) => ({ ...pki.bundle({ revokedSerials: ["0ABC"] }), crls: [der] });
+    const source = manualIdentitySource({ svid: pki.issueSvid({ ttlMs: 10 * 60_000 }), bundle: withCrl(await crl(1n)) });
+    const server = await serve(source);
+    const client = workloadApiSource({ socketPath: server.socketPath, clock });
+    cleanups.push(() => client.close());
+    const initial = await client.ready();
+    const events: IdentityEvent[] = [];
+    client.subscribe((event) => events.push(event));
+
+    const resigned = await crl(2n);
+    let read = clock.nextRead();
+    source.updateBundle(withCrl(resigned));
+    await read;
+    expect(events.map((event) => event.type)).toEqual(["bundle-updated"]);
+    const updated = client.current()!;
+    expect(updated.bundle.crls?.map((der) => der.equals(resigned))).toEqual([true]);
+    expect([...updated.bundle.revokedSerials]).toEqual(["0ABC"]);
+    expect(updated.svid).toBe(initial.svid);
+    const event = events[0]!;
+    expect(event.type === "bundle-updated" && event.snapshot).toBe(updated);
+
+    read = clock.nextRead();
+    source.updateBundle(withCrl(resigned));
+    await read;
+    expect(client.current()).toBe(updated);
+    expect(events).toHaveLength(1);
+    expect(clock.pendingTimers()).toBe(1);
+
+    await clock.advance(updated.svid.notAfter.getTime() - clock.now());
+    expect(events.map((event) => event.type)).toEqual(["bundle-updated", "expired"]);
+    expect(client.current()).toBeUndefined();
+    await client.close();
+    expect(clock.pendingTimers()).toBe(0);
   });
 });

@@ -4,7 +4,7 @@ import type { Logger } from "pino";
 import { describeError, isMeshwardError, MeshwardError } from "../../errors.ts";
 import { systemClock, type Clock, type ClockTimer, type Rng } from "../../util/clock.ts";
 import { backoffDelay, type Backoff } from "../schedule.ts";
-import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "../source.ts";
+import type { IdentityEvent, IdentitySnapshot, IdentitySource, TrustBundle } from "../source.ts";
 import { buildSnapshot, crlDer, revocationsFromCrls, splitDerCertificates } from "./material.ts";
 import { ENDPOINT_SOCKET_ENV, SECURITY_HEADER, SECURITY_HEADER_VALUE, workloadApiDefinition } from "./proto.ts";
 import type { X509SvidResponseMessage } from "./proto.ts";
@@ -256,9 +256,10 @@ class WorkloadApiSource implements IdentitySource {
   }
 
   #accept(response: X509SvidResponseMessage): void {
-    let snapshot: IdentitySnapshot;
+    if (this.#closed) return; // a message already on its way when close() cancelled the stream arms no timer
+    let received: IdentitySnapshot;
     try {
-      snapshot = snapshotFromResponse(response, new Date(this.#clock.now()));
+      received = snapshotFromResponse(response, new Date(this.#clock.now()));
     } catch (error) {
       // Spec 4.5: report and discard; the current identity stays.
       this.#note("error", describeError(error));
@@ -267,24 +268,27 @@ class WorkloadApiSource implements IdentitySource {
     this.#attempt = 0;
     this.#lastProblem = "";
     const previous = this.#snapshot;
+    let snapshot: IdentitySnapshot;
+    let event: IdentityEvent;
+    if (previous === undefined || previous.svid.certChainPem !== received.svid.certChainPem) {
+      snapshot = received;
+      event = { type: "rotated", snapshot };
+      this.#logger?.info({ event: "rotated", spiffeId: snapshot.svid.spiffeId, serial: snapshot.svid.serial, notAfter: snapshot.svid.notAfter.toISOString() }, "X509-SVID received from the Workload API");
+    } else if (!sameBundle(previous.bundle, received.bundle)) {
+      // The same SVID (its object is kept) with new roots or revocations, or only a CRL re-signed
+      // with the same revocations: its nextUpdate moved, and whatever hands the CRL on (a Workload
+      // API server fed by this source, the CRL-age metric) needs the fresh one.
+      snapshot = { svid: previous.svid, bundle: received.bundle };
+      event = { type: "bundle-updated", snapshot };
+    } else {
+      // A resent, identical message (every reconnect: each stream starts with the full identity):
+      // the snapshot, and the expiry timer armed for it, stay as they are.
+      return;
+    }
     this.#snapshot = snapshot;
     this.#armExpiry(snapshot);
     this.#resolveReady(snapshot);
-    const sameSvid = previous !== undefined && previous.svid.certChainPem === snapshot.svid.certChainPem;
-    const sameBundle =
-      previous !== undefined &&
-      previous.bundle.rootsPem === snapshot.bundle.rootsPem &&
-      previous.bundle.revokedSerials.size === snapshot.bundle.revokedSerials.size &&
-      [...previous.bundle.revokedSerials].every((serial) => snapshot.bundle.revokedSerials.has(serial));
-    if (!sameSvid) {
-      this.#logger?.info({ event: "rotated", spiffeId: snapshot.svid.spiffeId, serial: snapshot.svid.serial, notAfter: snapshot.svid.notAfter.toISOString() }, "X509-SVID received from the Workload API");
-      this.#emit({ type: "rotated", snapshot });
-    } else if (!sameBundle) {
-      this.#emit({ type: "bundle-updated", snapshot });
-    } else {
-      // A resent, identical message (e.g. after a reconnect): keep the same snapshot object.
-      this.#snapshot = previous;
-    }
+    this.#emit(event);
   }
 
   #withdraw(reason: string): void {
@@ -325,4 +329,13 @@ class WorkloadApiSource implements IdentitySource {
       }
     }
   }
+}
+
+/** Same roots, revoked serials and CRL bytes. */
+function sameBundle(a: TrustBundle, b: TrustBundle): boolean {
+  if (a.rootsPem !== b.rootsPem || a.revokedSerials.size !== b.revokedSerials.size) return false;
+  if (![...a.revokedSerials].every((serial) => b.revokedSerials.has(serial))) return false;
+  const crlsA = a.crls ?? [];
+  const crlsB = b.crls ?? [];
+  return crlsA.length === crlsB.length && crlsA.every((der, i) => der.equals(crlsB[i]!));
 }
