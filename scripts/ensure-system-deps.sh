@@ -20,6 +20,8 @@ test_deps=(
   # test/security runs these as real apps behind the sidecar, under Debian's python3.
   "py:gunicorn python3-gunicorn"
   "py:uvicorn python3-uvicorn"
+  # ... and lighttpd, whose CGI-style environment reads any non-alphanumeric header-name character as '_'.
+  "file:/usr/sbin/lighttpd lighttpd"
   # test/security/method-override-body: frameworks that read _method from POST bodies (Rack, Symfony).
   "rb:rack ruby-rack"
   "rb:webrick ruby-webrick"

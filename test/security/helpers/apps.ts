@@ -3,10 +3,11 @@
  * loopback TCP tap that keeps the exact bytes the sidecar wrote toward the app.
  *
  * Apps: node:http, node:http2 (h2c, the only app the sidecar forwards gRPC to), Python's
- * http.server (BaseHTTPRequestHandler), wsgiref, gunicorn (gthread worker: keep-alive) and
- * uvicorn (h11). Python apps are child processes (Debian's /usr/bin/python3, which has
- * python3-gunicorn and python3-uvicorn) that print their port; each is killed, with its
- * process group, by `close()`.
+ * http.server (BaseHTTPRequestHandler), wsgiref, gunicorn (gthread worker: keep-alive), uvicorn
+ * (h11) and lighttpd (Debian's, in front of the recording WSGI app over SCGI: its CGI-style
+ * environment turns every non-alphanumeric header-name character into '_'). Python apps are
+ * child processes (Debian's /usr/bin/python3, which has python3-gunicorn and python3-uvicorn)
+ * that print their port; each is killed, with its process group, by `close()`.
  */
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
@@ -220,6 +221,8 @@ export async function startChildApp<R = AppRecord>(
   command: string,
   args: (dir: string) => string[],
   env: Record<string, string> = {},
+  /** Printed when the app is ready; its first group, if any, is the port (else 0). */
+  ready?: RegExp,
 ): Promise<{ port: number; records: () => R[]; close(): Promise<void> }> {
   const dir = mkdtempSync(join(tmpdir(), "meshward-secapp-"));
   const recordFile = join(dir, "records.jsonl");
@@ -236,10 +239,10 @@ export async function startChildApp<R = AppRecord>(
     const onData = (d: Buffer) => {
       output += d.toString();
       // Our scripts print "PORT n"; gunicorn logs "Listening at: http://127.0.0.1:n", php -S "(http://127.0.0.1:n)".
-      const m = /PORT (\d+)/.exec(output) ?? /(?:Listening at: |\()http:\/\/127\.0\.0\.1:(\d+)/.exec(output);
+      const m = ready !== undefined ? ready.exec(output) : (/PORT (\d+)/.exec(output) ?? /(?:Listening at: |\()http:\/\/127\.0\.0\.1:(\d+)/.exec(output));
       if (m) {
         clearTimeout(timer);
-        resolve(Number(m[1]));
+        resolve(Number(m[1] ?? 0));
       }
     };
     child.stdout!.on("data", onData);
@@ -265,6 +268,71 @@ export async function startChildApp<R = AppRecord>(
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * lighttpd in front of the recording WSGI app (apps/scgi_app.py, over SCGI on a Unix socket).
+ * lighttpd cannot print a port it chose, so it is handed a socket this process bound to port 0,
+ * the way systemd's socket activation hands one over (fd 3, LISTEN_FDS=1, LISTEN_PID its own).
+ */
+async function startLighttpdApp(): Promise<{ port: number; records: () => AppRecord[]; close(): Promise<void> }> {
+  const dir = mkdtempSync(join(tmpdir(), "meshward-lighttpd-"));
+  const socketPath = join(dir, "scgi.sock");
+  const backend = await startChildApp("lighttpd's SCGI app", PYTHON, () => ["-u", join(APPS_DIR, "scgi_app.py"), socketPath], { PYTHONPATH: APPS_DIR, PYTHONDONTWRITEBYTECODE: "1" }, /READY/);
+  const listener = createNetServer();
+  await new Promise<void>((resolve) => listener.listen(0, "127.0.0.1", resolve));
+  const port = (listener.address() as AddressInfo).port;
+  const fd = (listener as unknown as { _handle: { fd: number } })._handle.fd;
+  const errorLog = join(dir, "error.log");
+  const config = join(dir, "lighttpd.conf");
+  writeFileSync(
+    config,
+    [
+      `server.modules = ("mod_scgi")`,
+      `server.document-root = "${dir}"`,
+      `server.systemd-socket-activation = "enable"`,
+      `server.bind = "127.0.0.1"`,
+      `server.port = ${port}`,
+      `server.errorlog = "${errorLog}"`,
+      `server.max-keep-alive-idle = 30`,
+      // Like the other apps, take a GET with a body (lighttpd answers 400 itself by default).
+      `server.http-parseopts = ("method-get-body" => "enable")`,
+      `scgi.server = ("/" => (("socket" => "${socketPath}", "check-local" => "disable", "fix-root-scriptname" => "enable")))`,
+      "",
+    ].join("\n"),
+  );
+  const child: ChildProcess = spawn("/bin/sh", ["-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec /usr/sbin/lighttpd -D -f "$0"', config], { stdio: ["ignore", "pipe", "pipe", fd], detached: true });
+  liveChildren.add(child);
+  listener.close();
+  let output = "";
+  child.stdout!.on("data", (d: Buffer) => (output += d.toString()));
+  child.stderr!.on("data", (d: Buffer) => (output += d.toString()));
+  const stop = async () => {
+    await killGroup(child);
+    await backend.close();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`lighttpd exited: ${output}${readLog(errorLog)}`);
+      if (readLog(errorLog).includes("server started")) break;
+      if (Date.now() > deadline) throw new Error(`lighttpd did not start: ${output}${readLog(errorLog)}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { port, records: backend.records, close: stop };
+}
+
+function readLog(path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return "";
+  }
 }
 
 const liveChildren = new Set<ChildProcess>();
@@ -293,7 +361,7 @@ async function killGroup(child: ChildProcess): Promise<void> {
   await exited;
 }
 
-export const HTTP1_APPS = ["node:http", "http.server", "wsgiref", "gunicorn", "uvicorn"] as const;
+export const HTTP1_APPS = ["node:http", "http.server", "wsgiref", "gunicorn", "uvicorn", "lighttpd"] as const;
 export type AppName = (typeof HTTP1_APPS)[number] | "node:http2";
 
 /** Starts one app by name, behind its tap. */
@@ -303,7 +371,9 @@ export async function startRecordingApp(name: AppName): Promise<RecordingApp> {
       ? await startNodeHttpApp().then((a) => ({ ...a, records: () => a.records }))
       : name === "node:http2"
         ? await startNodeH2cApp().then((a) => ({ ...a, records: () => a.records }))
-        : await startPythonApp(name);
+        : name === "lighttpd"
+          ? await startLighttpdApp()
+          : await startPythonApp(name);
   const tap = await startTap(started.port);
   return {
     name,
