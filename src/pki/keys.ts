@@ -135,13 +135,15 @@ export function describePublicKey(key: KeyObject): KeyDescription {
     if (curve !== undefined) return { type: "ec", curve, label: `ECDSA ${curve}` };
     return { type: "other", label: `EC ${OTHER_CURVE_LABELS[named] ?? named}` };
   }
-  if (type === "rsa" || type === "rsa-pss") {
+  if (type === "rsa") {
     const bits = details.modulusLength ?? 0;
     const exponent = details.publicExponent;
-    const name = `${type === "rsa-pss" ? "RSA-PSS" : "RSA"} ${bits}`;
-    if (exponent !== undefined && !usableRsaExponent(exponent)) return { type: "rsa", bits, label: `${name} with public exponent ${exponent}` };
-    return { type: "rsa", bits, label: name };
+    if (exponent !== undefined && !usableRsaExponent(exponent)) return { type: "rsa", bits, label: `RSA ${bits} with public exponent ${exponent}` };
+    return { type: "rsa", bits, label: `RSA ${bits}` };
   }
+  // An id-RSASSA-PSS key (RFC 4055 §1.2) is not an "rsa" key: Go's crypto/x509 (Dapr, SPIRE)
+  // cannot parse a certificate carrying one, and node:crypto signs with it only with PSS padding.
+  if (type === "rsa-pss") return { type: "other", bits: details.modulusLength, label: `RSA-PSS ${details.modulusLength ?? ""}`.trim() };
   if (type === "ed25519") return { type: "ed25519", label: "Ed25519" };
   if (type === "dsa") return { type: "other", bits: details.modulusLength, label: `DSA ${details.modulusLength ?? ""}`.trim() };
   const names: Record<string, string> = { ed25519: "Ed25519", ed448: "Ed448", x25519: "X25519", x448: "X448", dh: "DH" };
@@ -158,21 +160,34 @@ function usableRsaExponent(exponent: bigint): boolean {
 }
 
 /** What is accepted, for error messages. */
-export const ACCEPTED_KEYS = `ECDSA P-256 (recommended), ECDSA P-384 (named curve), Ed25519 or RSA with at least ${MIN_RSA_BITS} and at most ${MAX_RSA_BITS} bits (public exponent odd, 3 to 2^31-1)`;
+export const ACCEPTED_KEYS = `ECDSA P-256 (recommended), ECDSA P-384 (named curve), Ed25519 or RSA (rsaEncryption, not RSA-PSS) with at least ${MIN_RSA_BITS} and at most ${MAX_RSA_BITS} bits (public exponent odd, 3 to 2^31-1)`;
 
 /**
- * ECDSA P-256/P-384, Ed25519 (what Dapr >= 1.18 uses, per the issue this follows) or RSA >= 2048
- * bits; anything else throws E_KEY_WEAK naming what was found.
+ * ECDSA P-256/P-384, Ed25519 (what Dapr >= 1.18 uses, per the issue this follows; not a
+ * small-order point) or RSA (rsaEncryption) >= 2048 bits; anything else, RSA-PSS keys included,
+ * throws E_KEY_WEAK naming what was found.
  */
 export function assertAcceptableKey(key: KeyObject): void {
   // A KeyObject never changes: one found acceptable stays so (a CSR's key is checked when the
   // CSR is parsed and again when its leaf is built).
   if (acceptedKeys.has(key)) return;
   const description = describePublicKey(key);
+  if (description.type === "ed25519" && isSmallOrderEd25519(ed25519PublicBytes(key))) {
+    const label = "Ed25519 with a small-order public key";
+    throw new MeshwardError(
+      "E_KEY_WEAK",
+      `key ${label} (a point of order 1, 2, 4 or 8, for which signatures verify without any private key) is not accepted; use ${ACCEPTED_KEYS}`,
+      { details: { key: label } },
+    );
+  }
   const acceptable =
     (description.type === "ec" && (description.curve === "P-256" || description.curve === "P-384")) ||
     description.type === "ed25519" ||
-    (description.type === "rsa" && (description.bits ?? 0) >= MIN_RSA_BITS && (description.bits ?? 0) <= MAX_RSA_BITS && usableRsaExponent(key.asymmetricKeyDetails?.publicExponent ?? 65537n));
+    (description.type === "rsa" &&
+      key.asymmetricKeyType === "rsa" &&
+      (description.bits ?? 0) >= MIN_RSA_BITS &&
+      (description.bits ?? 0) <= MAX_RSA_BITS &&
+      usableRsaExponent(key.asymmetricKeyDetails?.publicExponent ?? 65537n));
   if (acceptable) {
     acceptedKeys.add(key);
     return;
@@ -182,6 +197,46 @@ export function assertAcceptableKey(key: KeyObject): void {
     `key ${description.label} is not accepted; use ${ACCEPTED_KEYS}`,
     { details: { key: description.label } },
   );
+}
+
+/**
+ * The y-coordinates (little-endian, RFC 8032 §5.1.2) of the eight points of small order on
+ * edwards25519 (the torsion subgroup: orders 1, 2, 4 and 8), and the non-canonical encodings
+ * (y >= p) of any of them. p = 2^255 - 19, d = -121665/121666, curve -x^2 + y^2 = 1 + d x^2 y^2:
+ * - order 1: (0, 1); order 2: (0, -1); order 4: (±sqrt(-1), 0);
+ * - order 8: doubling one gives an order-4 point (y = 0), i.e. x^2 = -y^2, so d y^4 + 2 y^2 - 1 = 0
+ *   and y^2 = (-1 + sqrt(1 + d)) / d (the other root is not a square): y = ±y8 with
+ *   y8 = 2707385501144840649318225287225658788936804267575313519463743609750303402022;
+ * - non-canonical: y + p fits in 255 bits only for y < 19, so p (≡ 0) and p + 1 (≡ 1).
+ * The top bit of the last byte is the sign of x and is ignored in the comparison: x = 0 with the
+ * sign bit set (an invalid encoding some decoders accept as x = 0) and ±x alike stay small order.
+ * With such a key A, [8]A is the identity, so the verification equation holds for a signature
+ * (R, S = 0) with R = -[k]A — for the identity point, R = identity and every message.
+ */
+const SMALL_ORDER_ED25519_Y = new Set(
+  [
+    "0000000000000000000000000000000000000000000000000000000000000000", // y = 0: the two points of order 4
+    "0100000000000000000000000000000000000000000000000000000000000000", // y = 1: the identity (order 1)
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f", // y = p - 1: order 2
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05", // y = y8: two points of order 8
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a", // y = p - y8: two points of order 8
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f", // y = p: non-canonical 0
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f", // y = p + 1: non-canonical 1
+  ],
+);
+
+/** The 32-byte RFC 8032 encoding of an Ed25519 key's public point (of a private key too). */
+function ed25519PublicBytes(key: KeyObject): Buffer {
+  const x = (key.export({ format: "jwk" }) as JsonWebKey).x;
+  return Buffer.from(typeof x === "string" ? x : "", "base64url");
+}
+
+/** True for an encoding of a point of order 1, 2, 4 or 8 (see SMALL_ORDER_ED25519_Y); anything not 32 bytes counts as one. */
+function isSmallOrderEd25519(encoded: Uint8Array): boolean {
+  if (encoded.length !== 32) return true;
+  const y = Buffer.from(encoded);
+  y[31] = y[31]! & 0x7f;
+  return SMALL_ORDER_ED25519_Y.has(y.toString("hex"));
 }
 
 const acceptedKeys = new WeakSet<KeyObject>();

@@ -104,6 +104,9 @@ export function importSpki(spki: Buffer): KeyObject {
   const keyType = readOid(spki, algOid, "key algorithm");
   const { bytes, unusedBits } = readBitString(spki, keyBits, "subjectPublicKey");
   if (unusedBits !== 0) throw new DerError("subjectPublicKey has unused bits");
+  // id-RSASSA-PSS (RFC 4055 §1.2): node imports it as an "rsa-pss" key, but Go's crypto/x509 (Dapr,
+  // SPIRE) cannot parse a certificate carrying one, so a leaf with it would be refused by every Go peer.
+  if (keyType === OID.rsaPss) throw new UnacceptableKey("RSA-PSS (id-RSASSA-PSS) key; use an rsaEncryption RSA key");
   if (keyType === OID.ecPublicKey) {
     // RFC 5480 §2.1.1: namedCurve only (specifiedCurve MUST NOT be used); Go's crypto/x509 refuses
     // anything else, so a leaf carrying it would be refused by every Go peer (Dapr, SPIRE).

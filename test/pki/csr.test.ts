@@ -1,4 +1,5 @@
-import { createHash, createPublicKey } from "node:crypto";
+import { createHash, createPrivateKey, createPublicKey, verify } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { afterAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
 import * as der from "../../src/pki/der.ts";
@@ -201,6 +202,23 @@ describe("parseCsr refuses keys a Go peer would refuse in the leaf", () => {
     expect(() => assertAcceptableKey(key(8192))).not.toThrow();
   });
 
+  // id-RSASSA-PSS (RFC 4055 §1.2) in the SubjectPublicKeyInfo: node reads it as an "rsa-pss" key,
+  // Go's crypto/x509 parsePublicKey knows no such algorithm, so a leaf carrying it is unparseable
+  // for every Go peer (Dapr, SPIRE). An RSA key (rsaEncryption) with PSS *signatures* stays fine.
+  it("refuses an RSA-PSS (id-RSASSA-PSS) key with E_KEY_WEAK, in a CSR and as a signer or leaf key; rsaEncryption keys are accepted", () => {
+    const pssKey = scratch.file("pss.key", openssl(["genpkey", "-algorithm", "RSA-PSS", "-pkeyopt", "rsa_keygen_bits:2048"]));
+    const pem = openssl(["req", "-new", "-key", pssKey, "-subj", "/CN=pss"]);
+    // Control: a well-formed CSR whose proof of possession verifies, with the PSS key algorithm.
+    expect(opensslResult(["req", "-in", scratch.file("pss.csr", pem), "-verify", "-noout"]).output).toMatch(/verify OK/);
+    expect(openssl(["req", "-text", "-noout"], pem)).toMatch(/Public Key Algorithm: rsassaPss/);
+    expect(expectCode(() => parseCsr(pem), "E_KEY_WEAK")).toMatch(/key RSA-PSS is not accepted/);
+    const privateKey = createPrivateKey(readFileSync(pssKey));
+    expect(privateKey.asymmetricKeyType).toBe("rsa-pss");
+    expect(expectCode(() => assertAcceptableKey(createPublicKey(privateKey)), "E_KEY_WEAK")).toMatch(/RSA-PSS 2048/);
+    expect(expectCode(() => signingAlgorithmFor(privateKey), "E_KEY_WEAK")).toMatch(/RSA-PSS 2048/);
+    expect(parseCsr(opensslCsr(["-newkey", "rsa:2048", "-sigopt", "rsa_padding_mode:pss"])).publicKey.asymmetricKeyType).toBe("rsa");
+  });
+
   it("refuses an RSA key with an even or an over-large public exponent (Go: e > 2^31-1), and a signer or leaf key alike", () => {
     for (const [e, label] of [[4n, /public exponent 4/], [2n ** 31n + 1n, /public exponent 2147483649/]] as const) {
       const n = generateKeyPair("rsa-2048").publicKey.export({ format: "jwk" }).n as string;
@@ -208,6 +226,99 @@ describe("parseCsr refuses keys a Go peer would refuse in the leaf", () => {
       expect(expectCode(() => assertAcceptableKey(key), "E_KEY_WEAK")).toMatch(label);
     }
     expect(() => assertAcceptableKey(generateKeyPair("rsa-2048").publicKey)).not.toThrow();
+  });
+});
+
+/**
+ * Ed25519 public keys of small order (RFC 8032 §5.1.7 checks the cofactored or cofactorless
+ * equation [S]B = R + [k]A; with A in the torsion subgroup, S = 0 and R = -[k]A satisfy it): a
+ * "signature" that needs no private key, accepted by OpenSSL (so node and every TLS peer on it)
+ * and Go's crypto/ed25519. The eight torsion points are found here from the curve itself: [L]P
+ * for a point P on the curve is in the torsion subgroup; one of order 8 generates all eight.
+ */
+describe("Ed25519 keys of small order", () => {
+  const p = 2n ** 255n - 19n;
+  const L = 2n ** 252n + 27742317777372353535851937790883648493n;
+  const mod = (a: bigint) => ((a % p) + p) % p;
+  const pow = (base: bigint, exponent: bigint) => {
+    let result = 1n;
+    for (let b = mod(base), e = exponent; e > 0n; e >>= 1n, b = (b * b) % p) if (e & 1n) result = (result * b) % p;
+    return result;
+  };
+  const inv = (a: bigint) => pow(a, p - 2n);
+  const d = mod(-121665n * inv(121666n));
+  type Point = readonly [bigint, bigint];
+  const add = ([x1, y1]: Point, [x2, y2]: Point): Point => {
+    const t = mod(d * x1 * x2 * y1 * y2);
+    return [mod((x1 * y2 + y1 * x2) * inv(1n + t)), mod((y1 * y2 + x1 * x2) * inv(1n - t))];
+  };
+  const times = (k: bigint, point: Point): Point => {
+    let result: Point = [0n, 1n];
+    for (let q = point, n = k; n > 0n; n >>= 1n, q = add(q, q)) if (n & 1n) result = add(result, q);
+    return result;
+  };
+  const sqrt = (a: bigint) => {
+    let x = pow(a, (p + 3n) / 8n);
+    if (mod(x * x - a) !== 0n) x = mod(x * pow(2n, (p - 1n) / 4n));
+    return mod(x * x - a) === 0n ? x : undefined;
+  };
+  /** RFC 8032 §5.1.2: y little-endian, the sign of x in the top bit; y may be given >= p (non-canonical). */
+  const encode = (y: bigint, sign: number) => {
+    const bytes = Buffer.alloc(32);
+    for (let i = 0, v = y; i < 32; i++, v >>= 8n) bytes[i] = Number(v & 0xffn);
+    bytes[31]! |= sign << 7;
+    return bytes;
+  };
+  let generator: Point | undefined;
+  for (let y = 2n; generator === undefined; y++) {
+    const x = sqrt(mod((y * y - 1n) * inv(d * y * y + 1n)));
+    if (x === undefined) continue;
+    const t = times(L, [x, y]);
+    if (times(4n, t)[1] !== 1n) generator = t; // order 8
+  }
+  const torsion = Array.from({ length: 8 }, (_, k) => times(BigInt(k), generator!));
+  // Every encoding that decodes to one of them: both sign bits (x = 0 with the sign bit set is
+  // invalid per RFC 8032 but OpenSSL reads it), and y + p where that still fits (y = 0 and y = 1).
+  const encodings = new Map<string, Buffer>();
+  for (const [, y] of torsion) {
+    for (const value of y < 19n ? [y, y + p] : [y]) for (const sign of [0, 1]) encodings.set(encode(value, sign).toString("hex"), encode(value, sign));
+  }
+  const canonicalR = torsion.map(([x, y]) => encode(y, Number(x & 1n)));
+
+  /** A CSR for public key A "signed" with (R, 0) for some small-order R: no private key involved. */
+  function forgedCsr(publicKey: Buffer): Buffer | undefined {
+    const spki = der.sequence(der.sequence(der.oid(OID.ed25519)), der.bitString(publicKey));
+    const key = createPublicKey({ key: spki, format: "der", type: "spki" });
+    for (let attempt = 0; attempt < 64; attempt++) {
+      const subject = der.sequence(der.set(der.sequence(der.oid(OID.commonName), der.utf8String(`forged-${attempt}`))));
+      const info = der.sequence(der.integer(0), subject, spki, der.explicit(0, Buffer.alloc(0)));
+      for (const r of canonicalR) {
+        const signature = Buffer.concat([r, Buffer.alloc(32)]);
+        if (verify(null, info, key, signature)) return der.sequence(info, der.sequence(der.oid(OID.ed25519)), der.bitString(signature));
+      }
+    }
+    return undefined;
+  }
+
+  it("finds the 14 encodings of the 8 small-order points, and each signs a CSR with no private key (OpenSSL verifies it)", () => {
+    expect(new Set(torsion.map(([x, y]) => `${x},${y}`)).size).toBe(8);
+    expect(encodings.size).toBe(14);
+    expect(encodings.has(`01${"00".repeat(31)}`)).toBe(true); // the identity
+    for (const [hex, encoded] of encodings) expect(forgedCsr(encoded), hex).toBeDefined();
+    const identity = forgedCsr(encodings.get(`01${"00".repeat(31)}`)!)!;
+    expect(opensslResult(["req", "-in", scratch.file("ed-forged.csr", toPem(identity, "CERTIFICATE REQUEST")), "-verify", "-noout"]).output).toMatch(/verify OK/);
+  });
+
+  it("refuses each with E_KEY_WEAK, in a CSR and as a leaf or signer key; real Ed25519 keys are accepted", () => {
+    for (const [hex, encoded] of encodings) {
+      expect(expectCode(() => parseCsr(forgedCsr(encoded)!), "E_KEY_WEAK"), hex).toMatch(/Ed25519 with a small-order public key/);
+      const key = createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x: encoded.toString("base64url") }, format: "jwk" });
+      expect(expectCode(() => assertAcceptableKey(key), "E_KEY_WEAK"), hex).toMatch(/small-order/);
+    }
+    for (let i = 0; i < 20; i++) expect(() => assertAcceptableKey(generateKeyPair("ed25519").publicKey)).not.toThrow();
+    const signer = generateKeyPair("ed25519");
+    expect(() => signingAlgorithmFor(signer.privateKey)).not.toThrow();
+    expect(parseCsr(opensslCsr(["-newkey", "ed25519"])).publicKey.asymmetricKeyType).toBe("ed25519");
   });
 });
 
