@@ -147,7 +147,7 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
   const mode: AnchorMode = options.imported ? "external-root" : "self-managed";
 
   if (options.imported) {
-    const { root, issuerChain, issuerKey } = validateImport(options.imported, options.now);
+    const { root, issuerChain, issuerKey } = validateImport(options.imported, options.now, trustDomain);
     writeFileAtomic(layout.rootCert, toPem(root.raw, "CERTIFICATE"));
     writeFileAtomic(layout.bundle, toPem(root.raw, "CERTIFICATE"));
     writeFileAtomic(layout.issuerCert, issuerChain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""));
@@ -183,7 +183,7 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
   return state;
 }
 
-function validateImport(imported: ImportedAnchors, now: Date) {
+function validateImport(imported: ImportedAnchors, now: Date, trustDomain: string) {
   const [rootDer, ...extraRoots] = certificatesFromPem(imported.rootCertPem);
   if (rootDer === undefined || extraRoots.length > 0) {
     throw new MeshwardError("E_IMPORT_INVALID", "--root-cert must hold exactly one certificate (the root)");
@@ -209,7 +209,7 @@ function validateImport(imported: ImportedAnchors, now: Date) {
       throw new MeshwardError("E_IMPORT_INVALID", `${cert.subject.replace(/\n/g, ", ")} is not valid now (${cert.validFrom} – ${cert.validTo})`);
     }
   }
-  assertIssuerUsable({ issuerChain, issuerKey, roots: [root], now, what: "--issuer-cert/--issuer-key" });
+  assertIssuerUsable({ issuerChain, issuerKey, roots: [root], now, what: "--issuer-cert/--issuer-key", trustDomain });
   return { root, issuerChain, issuerKey };
 }
 

@@ -11,14 +11,16 @@ import { signerContext } from "../pki/signer.ts";
  * can sign: ECDSA P-256/P-384, Ed25519, RSA >= 2048), then a trial leaf, signed as the CA
  * signs and verified up to the root (key usage, path length, validity). E_IMPORT_INVALID.
  */
-export function assertIssuerUsable(options: { issuerChain: readonly X509Certificate[]; issuerKey: KeyObject; roots: readonly X509Certificate[]; now: Date; what: string }): void {
+export function assertIssuerUsable(options: { issuerChain: readonly X509Certificate[]; issuerKey: KeyObject; roots: readonly X509Certificate[]; now: Date; what: string; trustDomain: string }): void {
   const [issuer, ...intermediates] = options.issuerChain;
   if (issuer === undefined) throw new MeshwardError("E_IMPORT_INVALID", `${options.what} holds no certificate`);
   try {
     const signer = { certificate: issuer, der: issuer.raw, privateKey: options.issuerKey };
     signerContext(signer);
     const trial = issueLeafCertificate({
-      spiffeId: "spiffe://import.check/trial",
+      // A workload ID of the CA's own trust domain, as the CA issues: an issuer (or root) whose
+      // nameConstraints permit only that trust domain's URIs passes, one that excludes it does not.
+      spiffeId: `spiffe://${options.trustDomain}/ns/import-check/trial`,
       publicKey: generateKeyPair().publicKey,
       signer,
       notBefore: options.now,

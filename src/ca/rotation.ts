@@ -129,7 +129,7 @@ export async function prepareIssuer(options: RotateIssuerOptions): Promise<X509C
  * Validates an issuer (optionally followed by intermediates) against the roots: each
  * certificate signed by the next, the last by a root, all CAs, all valid now, key matching.
  */
-export function validateIssuerChain(chain: readonly X509Certificate[], roots: readonly X509Certificate[], key: ReturnType<typeof decodePrivateKey>, now: Date): X509Certificate {
+export function validateIssuerChain(chain: readonly X509Certificate[], roots: readonly X509Certificate[], key: ReturnType<typeof decodePrivateKey>, now: Date, trustDomain: string): X509Certificate {
   const issuer = chain[0];
   if (issuer === undefined) throw new MeshwardError("E_IMPORT_INVALID", "the issuer file holds no certificate");
   if (!keysMatch(key, issuer.publicKey)) throw new MeshwardError("E_IMPORT_INVALID", "the issuer key does not belong to the issuer certificate");
@@ -146,7 +146,7 @@ export function validateIssuerChain(chain: readonly X509Certificate[], roots: re
   const top = chain[chain.length - 1] as X509Certificate;
   const root = roots.find((r) => top.checkIssued(r) && top.verify(r.publicKey));
   if (root === undefined) throw new MeshwardError("E_IMPORT_INVALID", "the issuer does not chain to any root in the trust bundle");
-  assertIssuerUsable({ issuerChain: chain, issuerKey: key, roots: [root], now, what: "the issuer" });
+  assertIssuerUsable({ issuerChain: chain, issuerKey: key, roots: [root], now, what: "the issuer", trustDomain });
   return root;
 }
 
@@ -169,10 +169,10 @@ function writeBundle(files: AnchorFiles, layout: CaLayout, roots: readonly X509C
 export function importIssuer(options: { dir: string; issuerCertPem: string; issuerKeyPem: string; issuerKeyPassphrase?: string; passphrase?: string; now: Date; files?: AnchorFiles }): X509Certificate {
   const layout = caLayout(options.dir);
   const files = options.files ?? directoryFiles;
-  readCaState(options.dir, files);
+  const state = readCaState(options.dir, files);
   const chain = certificatesFromPem(options.issuerCertPem).map((der) => new X509Certificate(der));
   const key = decodePrivateKey(options.issuerKeyPem, options.issuerKeyPassphrase ?? options.passphrase);
-  validateIssuerChain(chain, bundleRoots(files, layout), key, options.now);
+  validateIssuerChain(chain, bundleRoots(files, layout), key, options.now, state.trustDomain);
   installIssuer(files, layout, chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), encodePrivateKey(key, options.passphrase));
   return chain[0] as X509Certificate;
 }
@@ -254,7 +254,7 @@ export async function activateRoot(options: ActivateRootOptions): Promise<X509Ce
   if (options.importedIssuer !== undefined) {
     const chain = certificatesFromPem(options.importedIssuer.certPem).map((der) => new X509Certificate(der));
     const key = decodePrivateKey(options.importedIssuer.keyPem, options.importedIssuer.keyPassphrase ?? options.passphrase);
-    validateIssuerChain(chain, [nextRoot], key, options.now);
+    validateIssuerChain(chain, [nextRoot], key, options.now, state.trustDomain);
     issuer = { certPem: chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), keyPem: encodePrivateKey(key, options.passphrase), certificate: chain[0] as X509Certificate };
   } else {
     requireSelfManaged(state, "activating a generated root");

@@ -150,6 +150,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       intermediates: [anchors.issuer.certificate],
       revoked: crl.current?.revokedSerials ?? new Set(),
     }),
+    issued: (serial) => store.getIssuance(serial),
   }));
   attestors.set("insecure", insecureAttestor({
     trustDomain: anchors.trustDomain,

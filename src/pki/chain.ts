@@ -2,6 +2,8 @@ import type { X509Certificate } from "node:crypto";
 import { MeshwardError } from "../errors.ts";
 import { DerError } from "./der.ts";
 import { certificateParts, toX509 } from "./inspect.ts";
+import { constrainedNames, NameConstraintError, nameConstraintViolation, readNameConstraints } from "./name-constraints.ts";
+import type { NameConstraints } from "./name-constraints.ts";
 import { OID } from "./oids.ts";
 import { KEY_USAGE_BITS, readBasicConstraints, readKeyUsage } from "./x509der.ts";
 import type { BasicConstraints } from "./x509der.ts";
@@ -77,10 +79,49 @@ function checkCa(certificate: X509Certificate, casBelow: number, role: string): 
   }
 }
 
+function nameConstraintsOf(certificate: X509Certificate, role: string): NameConstraints | undefined {
+  const ext = certificateParts(certificate).extensions.get(OID.nameConstraints);
+  if (ext === undefined) return undefined;
+  try {
+    return readNameConstraints(ext.value);
+  } catch (error) {
+    if (error instanceof NameConstraintError) throw chainInvalid(`${role} ${describe(certificate)} has a nameConstraints extension meshward does not accept: ${error.message}`);
+    throw chainInvalid(`${role} ${describe(certificate)} has a malformed nameConstraints extension${error instanceof DerError ? `: ${error.message}` : ""}`);
+  }
+}
+
 /**
- * Verifies leaf → intermediates → one of the roots: signatures, validity at `at`, CA flags
- * and path lengths. Returns the chain leaf first, root last. Errors: E_CHAIN_UNTRUSTED,
- * E_CERT_EXPIRED, E_CERT_NOT_YET_VALID, E_CHAIN_INVALID.
+ * RFC 5280 §6.1.3 (b)/(c): every CA's name constraints hold for every certificate below it (the
+ * root's too, as OpenSSL and Go apply them). Without this, a sub-CA that an organisation root
+ * confined to other names (say, URI other.example) could sign an SVID for any SPIFFE ID, and
+ * this check would pass it. See name-constraints.ts for the forms checked and those refused.
+ */
+function checkNameConstraints(chain: readonly X509Certificate[]): void {
+  for (let i = 1; i < chain.length; i++) {
+    const ca = chain[i]!;
+    const role = i === chain.length - 1 ? "root" : "intermediate";
+    const constraints = nameConstraintsOf(ca, role);
+    if (constraints === undefined) continue;
+    for (let j = 0; j < i; j++) {
+      const below = chain[j]!;
+      let violation: string | undefined;
+      try {
+        violation = nameConstraintViolation(constraints, constrainedNames(certificateParts(below)));
+      } catch (error) {
+        if (error instanceof NameConstraintError) throw chainInvalid(`${role} ${describe(ca)} has a nameConstraints extension meshward does not accept: ${error.message}`);
+        throw chainInvalid(`certificate ${describe(below)} has a malformed subjectAltName or subject${error instanceof DerError ? `: ${error.message}` : ""}`);
+      }
+      if (violation !== undefined) {
+        throw chainInvalid(`${j === 0 ? "leaf" : "intermediate"} ${describe(below)} violates the name constraints of ${role} ${describe(ca)}: ${violation}`);
+      }
+    }
+  }
+}
+
+/**
+ * Verifies leaf → intermediates → one of the roots: signatures, validity at `at`, CA flags,
+ * path lengths and name constraints. Returns the chain leaf first, root last. Errors:
+ * E_CHAIN_UNTRUSTED, E_CERT_EXPIRED, E_CERT_NOT_YET_VALID, E_CHAIN_INVALID.
  */
 export function verifyChain(input: ChainVerification): X509Certificate[] {
   const at = input.at ?? new Date();
@@ -106,6 +147,7 @@ export function verifyChain(input: ChainVerification): X509Certificate[] {
       checkCa(root, casBelow, "root");
       checkValidity(root, at);
       chain.push(root);
+      checkNameConstraints(chain);
       return chain;
     }
     let next: X509Certificate | undefined;

@@ -19,10 +19,13 @@ export const OID = {
   extensionRequest: "1.2.840.113549.1.9.14",
   commonName: "2.5.4.3",
   organizationName: "2.5.4.10",
+  /** PKCS#9 emailAddress in a subject: an rfc822Name for name constraints (RFC 5280 §4.2.1.10). */
+  emailAddress: "1.2.840.113549.1.9.1",
   subjectKeyIdentifier: "2.5.29.14",
   keyUsage: "2.5.29.15",
   subjectAltName: "2.5.29.17",
   basicConstraints: "2.5.29.19",
+  nameConstraints: "2.5.29.30",
   cRLNumber: "2.5.29.20",
   cRLReason: "2.5.29.21",
   authorityKeyIdentifier: "2.5.29.35",

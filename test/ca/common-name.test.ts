@@ -20,7 +20,12 @@ function leaf(spiffeId: string, commonName?: string): X509Certificate {
 }
 
 async function renew(peer: X509Certificate) {
-  const attestor = svidAttestor({ trust: () => ({ roots: [ca.root.certificate], intermediates: [ca.issuer.certificate], revoked: new Set() }) });
+  // Each leaf here stands for one this CA issued: the issuance log holds it.
+  const record = { serial: peer.serialNumber, spiffeId: peer.subjectAltName?.replace(/^URI:/, "") ?? "", certificatePem: peer.toString() };
+  const attestor = svidAttestor({
+    trust: () => ({ roots: [ca.root.certificate], intermediates: [ca.issuer.certificate], revoked: new Set() }),
+    issued: async (serial) => (serial === record.serial ? record : undefined),
+  });
   return attestor.attest({ token: "", requestedAppId: "", requestedNamespace: "", requestedTrustDomain: "", peer: fromCertificate(peer), now: new Date() });
 }
 

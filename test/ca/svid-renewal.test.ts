@@ -2,7 +2,7 @@ import { X509Certificate } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
 import { fromCertificate } from "../../src/ca/attest/peer.ts";
 import { svidAttestor } from "../../src/ca/attest/svid.ts";
-import { generateKeyPair, issueLeafCertificate } from "../../src/pki/index.ts";
+import { generateKeyPair, issueLeafCertificate, toPem } from "../../src/pki/index.ts";
 import { HOUR, makeCa, type TestCa } from "../pki/helpers.ts";
 import { refusal } from "../helpers/refusal.ts";
 
@@ -24,15 +24,25 @@ beforeAll(async () => {
   otherDomain = await makeCa("other.test");
 });
 
-function leaf(spiffeId: string, signer: TestCa = ca, window: { notBefore: Date; notAfter: Date } = { notBefore: new Date(Date.now() - HOUR), notAfter: new Date(Date.now() + HOUR) }) {
-  const issued = issueLeafCertificate({ spiffeId, publicKey: generateKeyPair().publicKey, signer: signer.issuer, ...window });
+/** The issuance log the attestor reads (the CA's store in production): what leaf() issues is recorded. */
+const log = new Map<string, { serial: string; spiffeId: string; certificatePem: string }>();
+
+function unlogged(spiffeId: string, signer: TestCa = ca, window: { notBefore: Date; notAfter: Date } = { notBefore: new Date(Date.now() - HOUR), notAfter: new Date(Date.now() + HOUR) }, serial?: Buffer) {
+  const issued = issueLeafCertificate({ spiffeId, publicKey: generateKeyPair().publicKey, signer: signer.issuer, ...window, ...(serial !== undefined ? { serial } : {}) });
   return fromCertificate(new X509Certificate(issued.der));
+}
+
+function leaf(spiffeId: string, signer: TestCa = ca, window?: { notBefore: Date; notAfter: Date }) {
+  const peer = unlogged(spiffeId, signer, window);
+  log.set(peer.serial, { serial: peer.serial, spiffeId, certificatePem: toPem(peer.certificate.raw, "CERTIFICATE") });
+  return peer;
 }
 
 function renew(peer: ReturnType<typeof leaf>, request: { appId?: string; namespace?: string; trustDomain?: string; now?: Date; trust?: TestCa[] } = {}) {
   const trust = request.trust ?? [ca];
   const attestor = svidAttestor({
     trust: () => ({ roots: trust.map((t) => t.root.certificate), intermediates: trust.map((t) => t.issuer.certificate), revoked: new Set() }),
+    issued: async (serial) => log.get(serial),
   });
   return attestor.attest({
     token: "",
@@ -99,6 +109,30 @@ describe("renewal with the current SVID: exactly the presented identity, only wh
     for (const foreign of ["spiffe://other.test/ns/orders/api", id]) {
       expect((await refused(renew(leaf(foreign, otherDomain)))).code).toBe("E_ATTESTATION_UNTRUSTED");
     }
+  });
+
+  // SPIRE's server renews an agent only with the SVID whose serial it recorded for that agent. A
+  // chain to the roots is not enough: under an organisation's root, other CAs sign leaves too.
+  it("refuses an SVID that chains to the roots but is not in the issuance log (E_ATTESTATION_NOT_ISSUED); the same once logged renews", async () => {
+    const peer = unlogged(id);
+    const r = await refused(renew(peer));
+    expect(r.code).toBe("E_ATTESTATION_NOT_ISSUED");
+    expect(r.message).toContain(`serial ${peer.serial}, ${id}) was not issued by this CA`);
+    log.set(peer.serial, { serial: peer.serial, spiffeId: id, certificatePem: toPem(peer.certificate.raw, "CERTIFICATE") });
+    expect(await renew(peer)).toMatchObject({ spiffeId: id });
+  });
+
+  it("refuses an SVID whose serial the log holds for another SPIFFE ID, or for another certificate (a serial is public)", async () => {
+    const logged = leaf(`spiffe://${TD}/ns/orders/payments`);
+    // Another signer that chains to the roots reuses the logged serial: for another identity, and for the same one.
+    for (const spiffeId of [id, `spiffe://${TD}/ns/orders/payments`]) {
+      const reused = unlogged(spiffeId, ca, undefined, Buffer.from(logged.serial, "hex"));
+      expect(reused.serial).toBe(logged.serial);
+      const r = await refused(renew(reused));
+      expect(r.code, spiffeId).toBe("E_ATTESTATION_NOT_ISSUED");
+      expect(r.message).toMatch(/is not the certificate this CA issued under that serial/);
+    }
+    expect(await renew(logged)).toMatchObject({ spiffeId: `spiffe://${TD}/ns/orders/payments` });
   });
 
   it("refuses an SVID that is not a workload ID (spiffe://<td>/ns/<ns>/<app>), though it chains to the CA", async () => {

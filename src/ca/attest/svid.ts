@@ -2,14 +2,22 @@ import type { X509Certificate } from "node:crypto";
 import { MeshwardError } from "../../errors.ts";
 import { verifyChain } from "../../pki/chain.ts";
 import { certificateParts } from "../../pki/inspect.ts";
+import { certificatesFromPem } from "../../pki/pem.ts";
 import { notLeafReason } from "../../pki/x509der.ts";
 import { parseWorkloadId } from "../../spiffe/id.ts";
+import type { IssuanceRecord } from "../../store/store.ts";
 import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
 
 export interface SvidAttestorOptions {
   /** Current trust anchors, the CA certificates that may sit between them and a leaf, and the CRL. */
   readonly trust: () => { roots: readonly X509Certificate[]; intermediates: readonly X509Certificate[]; revoked: ReadonlySet<string> };
+  /**
+   * The issuance log's record of a serial (Store.getIssuance; every replica of a PostgreSQL store
+   * reads the same log). Renewal is for certificates this CA issued: a chain to the roots is not
+   * enough when the root is an organisation's, under which other CAs sign leaves too.
+   */
+  readonly issued: (serial: string) => Promise<Pick<IssuanceRecord, "serial" | "spiffeId" | "certificatePem"> | undefined>;
 }
 
 /**
@@ -39,6 +47,38 @@ function factsOf(certificate: X509Certificate): CertificateFacts {
 
 /** Which set of roots (by identity: the CA keeps one array per set of anchors) a certificate's chain was verified against. */
 const verifiedAgainst = new WeakMap<X509Certificate, readonly X509Certificate[]>();
+
+/**
+ * The presented certificate is one this CA issued: its serial is in the issuance log, for the same
+ * SPIFFE ID, and the logged certificate is byte for byte the presented one. SPIRE's server does
+ * the same for an agent's renewal (it compares the presented SVID's serial with the one it
+ * recorded for the agent). Without it, any CA that chains to the roots, such as a sibling sub-CA
+ * of an imported organisation root whose nameConstraints confine it to other names, could sign
+ * a leaf for any identity of the trust domain and have this CA renew it into a real one.
+ */
+async function assertIssuedHere(options: SvidAttestorOptions, certificate: X509Certificate, serial: string, spiffeId: string): Promise<void> {
+  const record = await options.issued(serial);
+  if (record === undefined) {
+    throw new MeshwardError(
+      "E_ATTESTATION_NOT_ISSUED",
+      `the certificate presented for renewal (serial ${serial}, ${spiffeId}) was not issued by this CA (its issuance log has no such serial); only certificates this CA issued can be renewed: get a new one with a join token or the workload's JWT`,
+      { details: { serial } },
+    );
+  }
+  let logged: Buffer | undefined;
+  try {
+    logged = certificatesFromPem(record.certificatePem)[0];
+  } catch {
+    logged = undefined;
+  }
+  if (record.spiffeId !== spiffeId || logged === undefined || !logged.equals(certificate.raw)) {
+    throw new MeshwardError(
+      "E_ATTESTATION_NOT_ISSUED",
+      `the certificate presented for renewal (serial ${serial}, ${spiffeId}) is not the certificate this CA issued under that serial; only certificates this CA issued can be renewed: get a new one with a join token or the workload's JWT`,
+      { details: { serial } },
+    );
+  }
+}
 
 export function svidAttestor(options: SvidAttestorOptions): Attestor {
   return {
@@ -77,6 +117,7 @@ export function svidAttestor(options: SvidAttestorOptions): Attestor {
       }
       const { appId } = parseWorkloadId(spiffeId);
       assertRequestMatches(request, spiffeId);
+      await assertIssuedHere(options, peer.certificate, peer.serial, spiffeId);
       // A CN granted at the first issuance carries over to renewals, but only the one meshward
       // grants (CN = the certificate's own app id): a CN of any other value is never copied.
       return { spiffeId, allowedDnsNames: peer.dnsNames, method: "svid", ...(commonName === appId ? { commonName } : {}) };
