@@ -20,8 +20,12 @@
  *   6. An app policy's defaultAction falls back to the global one.
  *   7. Operations: the request operation (HTTP path or gRPC "/pkg.Service/Method") is
  *      normalised (query dropped, "//" collapsed, "."/".." resolved, %-escapes of unreserved
- *      characters, ":", "@" and the sub-delims but ";" decoded, trailing "/" dropped). HTTP
- *      matching is case-insensitive, gRPC case-sensitive (as in Dapr). Globs: see operation.ts (`*` one segment, `**` the rest, `a*` in-segment).
+ *      characters, ":", "@" and the sub-delims but ";" decoded, trailing "/" dropped). Matching
+ *      is case-insensitive, for HTTP and gRPC alike: servers that route paths or gRPC methods in
+ *      any case (ASP.NET Core, grpc-dotnet on it, Dubbo's Triple) would otherwise run a method a
+ *      deny rule names when it is spelt in another case. (Dapr compares gRPC methods
+ *      case-sensitively; an allow that now also matches another spelling reaches, on a
+ *      case-sensitive server, no method at all.) Globs: see operation.ts (`*` one segment, `**` the rest, `a*` in-segment).
  *   8. Most specific operation wins: segments compared left to right, literal > in-segment
  *      glob > `*` > `**`; then the longer pattern; then more literal characters; then the
  *      first declared. (Dapr's trie picks the first inserted match; we pick the most specific.)
@@ -41,7 +45,8 @@
  *
  * Differences from Dapr on purpose (fail closed, never silently): unknown fields, duplicate
  * policies and conflicting duplicate operations are parse errors; `**` only as last segment;
- * HTTP-verb rules do not allow gRPC (rule 10); a GET deny also denies HEAD (rule 9).
+ * HTTP-verb rules do not allow gRPC (rule 10); a GET deny also denies HEAD (rule 9); gRPC
+ * methods are matched in any case (rule 7).
  *
  * The operation is the app-side path. Dapr strips `/v1.0/invoke/<app-id>/method` before
  * matching; the meshward sidecar forwards the app's own path, so policies are written
@@ -150,11 +155,9 @@ export function compilePolicy(config: AccessControlConfig | undefined): AccessPo
 
       const verb = request.verb;
       const isHttp = verb !== "" && verb !== "*";
-      let operation = normaliseOperation(typeof request.operation === "string" ? request.operation : "");
-      if (isHttp) operation = operation.toLowerCase();
-      path.load(operation);
+      path.load(normaliseOperation(typeof request.operation === "string" ? request.operation : "").toLowerCase());
       for (const candidate of app.operations) {
-        if (!matchesOperation(isHttp ? candidate.pattern.lowerSegments : candidate.pattern.segments, path)) continue;
+        if (!matchesOperation(candidate.pattern.lowerSegments, path)) continue;
         if (!isHttp) return candidate.grpcDecision ?? app.defaultDecision;
         return candidate.verbDecisions.get(upperVerb(verb)) ?? candidate.otherVerbDecision;
       }

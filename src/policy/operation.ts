@@ -24,7 +24,7 @@ export interface OperationPattern {
   /** The normalised name as written (case kept), e.g. "/v1/orders/**". */
   readonly name: string;
   readonly segments: readonly Segment[];
-  /** Segments compared case-insensitively (HTTP). */
+  /** Segments compared case-insensitively (what requests are matched against). */
   readonly lowerSegments: readonly Segment[];
   /** Specificity per segment, left to right, then literal character count. */
   readonly ranks: readonly number[];

@@ -99,7 +99,9 @@ const ROWS: Row[] = [
   { rule: "gRPC wildcard service", request: grpc(caller("grpc-app", "app-namespace"), "/pkg.Inventory/Count"), allowed: true, decidedBy: "app:grpc-app/app-namespace:op:/pkg.Inventory/*" },
   { rule: "gRPC most specific: literal deny over '*' allow", request: grpc(caller("grpc-app", "app-namespace"), "/pkg.Inventory/Drop"), allowed: false, decidedBy: "app:grpc-app/app-namespace:op:/pkg.Inventory/Drop" },
   { rule: "gRPC unmatched method, no app default ⇒ global default via app", request: grpc(caller("grpc-app", "app-namespace"), "/pkg.Orders/Delete"), allowed: false, decidedBy: "app:grpc-app/app-namespace:default-action" },
-  { rule: "gRPC matching is case-sensitive", request: grpc(caller("grpc-app", "app-namespace"), "/pkg.orders/get"), allowed: false, decidedBy: "app:grpc-app/app-namespace:default-action" },
+  // Unlike Dapr: servers that route gRPC methods in any case (grpc-dotnet on ASP.NET Core routing, Dubbo's Triple) must not run a denied method spelt in another case.
+  { rule: "gRPC matching is case-insensitive (a deny too)", request: grpc(caller("grpc-app", "app-namespace"), "/PKG.inventory/drop"), allowed: false, decidedBy: "app:grpc-app/app-namespace:op:/pkg.Inventory/Drop" },
+  { rule: "gRPC matching is case-insensitive (an allow)", request: grpc(caller("grpc-app", "app-namespace"), "/pkg.orders/get"), allowed: true, decidedBy: "app:grpc-app/app-namespace:op:/pkg.Orders/Get" },
   { rule: "'*' verb request is gRPC/TCP: verbs ignored", request: { caller: caller("grpc-app", "app-namespace"), verb: "*", operation: "/pkg.Orders/Get" }, allowed: true, decidedBy: "app:grpc-app/app-namespace:op:/pkg.Orders/Get" },
   { rule: "HTTP request does not match rules without httpVerb (gRPC only)", request: http(caller("grpc-app", "app-namespace"), "POST", "/pkg.Orders/Get"), allowed: false, decidedBy: "app:grpc-app/app-namespace:default-action" },
   { rule: "normalisation: '..' cannot escape a deny", request: http(caller("orders"), "GET", "/public/../admin/x"), allowed: false, decidedBy: "app:orders/default:op:/admin/**:*" },
