@@ -85,6 +85,12 @@ describe("HTTP/1.1 heads on the wire", () => {
     expect(forward(head)).toBe("GET /x HTTP/1.1\r\nHost: a\r\nx+forwarded+client+certs: kept\r\ndapr+caller+app+idx: kept\r\nx-added: 1\r\n\r\n");
   });
 
+  it("gives a bodiless POST, PUT or PATCH content-length: 0 (lighttpd answers 411 without), and no other bodiless method a length", () => {
+    for (const method of ["POST", "PUT", "PATCH"]) expect(upstreamRequestHead(method, "/x", ["Host", "a"], "none", "", undefined)).toBe(`${method} /x HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\n\r\n`);
+    for (const method of ["GET", "HEAD", "DELETE", "OPTIONS"]) expect(upstreamRequestHead(method, "/x", ["Host", "a"], "none", "", undefined)).toBe(`${method} /x HTTP/1.1\r\nHost: a\r\n\r\n`);
+    expect(upstreamRequestHead("POST", "/x", ["Host", "a", "Content-Length", "3"], "length", "", undefined)).toBe("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n");
+  });
+
   it("writes the canonical target it is given and replaces Host when told to (absolute-form, HTTP/1.0, HTTP/2 :authority)", () => {
     const head = request(["Host", "a", "Accept", "*/*"], { url: "http://a/items/../admin" });
     expect(upstreamRequestHead("GET", "/admin", head.rawHeaders, "none", "", "a")).toBe("GET /admin HTTP/1.1\r\nhost: a\r\nAccept: */*\r\n\r\n");

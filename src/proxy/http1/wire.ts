@@ -81,14 +81,23 @@ function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, keepH
  * The request head as it goes upstream (always HTTP/1.1, keep-alive): the canonical `target`,
  * the end-to-end fields, and the body framed as `framing` says — the one place a forwarded
  * request is framed, for HTTP/1 and HTTP/2 callers alike: Content-Length or chunked when there
- * is a body, neither when there is none. `host` replaces the received Host when given (an
+ * is a body, neither when there is none (but `content-length: 0` for POST, PUT and PATCH). `host` replaces the received Host when given (an
  * HTTP/1.0 request without one, an absolute-form target, an HTTP/2 :authority).
  */
 export function upstreamRequestHead(method: string, target: string, rawHeaders: readonly string[], framing: BodyFraming, addLines: string, host: string | undefined): string {
   const received = endToEndLines(rawHeaders, framing === "length", host === undefined);
   const lines = host === undefined ? received : `host: ${host}\r\n${received}`;
-  return `${method} ${target} HTTP/1.1\r\n${lines}${framing === "chunked" ? "transfer-encoding: chunked\r\n" : ""}${addLines}\r\n`;
+  const framed = framing === "chunked" ? "transfer-encoding: chunked\r\n" : framing === "none" && CONTENT_METHODS.has(method) ? "content-length: 0\r\n" : "";
+  return `${method} ${target} HTTP/1.1\r\n${lines}${framed}${addLines}\r\n`;
 }
+
+/**
+ * Methods whose requests are defined to carry content (RFC 9110 §8.6: a user agent SHOULD send
+ * Content-Length for them): without a body they go on with `content-length: 0`, since some
+ * servers answer 411 to a POST that has neither (lighttpd does, to an HTTP/2 POST ended by its
+ * HEADERS frame, which carries no length).
+ */
+const CONTENT_METHODS: ReadonlySet<string> = new Set(["POST", "PUT", "PATCH"]);
 
 /**
  * The bytes a request head takes on the wire, less optional whitespace (which is neither kept
