@@ -186,7 +186,7 @@ type CreateSecureConnector = (...args: unknown[]) => SecureConnectorInternals;
  *   address. RFC 6066 forbids that; Node warns about it (DEP0123) and Node 26 refuses to connect
  *   ("Setting the TLS ServerName to an IP address is not permitted"). The SPIFFE ID check does
  *   not use the server name, so an IP target simply gets no SNI, as it does in node:tls clients.
- * - Each verified connection is closed at its certificates' expiry, and when its server's is revoked (`retireGrpcConnection`).
+ * - Each verified connection is closed at its certificates' expiry, when its server's is revoked, and when a root leaves the bundle (`retireGrpcConnection`).
  */
 function withMeshwardConnector(creds: ChannelCredentials, runtime: ClientRuntime): ChannelCredentials {
   const internals = creds as unknown as { _createSecureConnector?: CreateSecureConnector };
@@ -226,6 +226,15 @@ function retireGrpcConnection(socket: TLSSocket, ownNotAfter: Date, runtime: Cli
   if (!socket.authorized || Number.isNaN(validTo)) return;
   // And at once when that certificate is revoked (the same for every meshward client connection).
   closeWhenRevoked(socket, { spiffeId: certificate.subjectaltname?.replace(/^URI:/, "") ?? "?", serial: normalizeSerial(certificate.serialNumber ?? "") }, runtime);
+  // And when a root leaves the bundle: the server was verified against roots of which one may be
+  // what its chain rests on (the agents and HTTP/2 sessions retire their connections the same way).
+  const epoch = runtime.holder.rootsEpoch();
+  const offRoots = runtime.holder.onUpdate(() => {
+    if (socket.destroyed || runtime.holder.rootsEpoch() === epoch) return;
+    runtime.logger.info(`closing the gRPC connection to ${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}: a root left the trust bundle since its server was verified; the next call connects anew`);
+    socket.destroy();
+  });
+  socket.once("close", offRoots);
   recordCertificateExpiry(socket, new Date(validTo), ownNotAfter);
   retireAtCertificateExpiry(socket, () => {
     const server = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;

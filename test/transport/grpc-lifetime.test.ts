@@ -164,6 +164,23 @@ describe("gRPC client (grpcChannelCredentials): a connection ends with its certi
     await expect(call(toStale)).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
   });
 
+  it("when a root leaves the bundle: the connection to a server verified under it closes, and the next call is refused (found by review, stop 39)", async () => {
+    // The server's certificate chains to the root that is about to be removed from the client's bundle.
+    const { port } = await startServer(new ManualIdentity(snapshotOf(removed.issueLeaf({ spiffeId: SERVER_ID }), bundleOf([kept, removed]))), "connection");
+    const identity = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept, removed])));
+    const client = await clientOf(identity, port);
+    expect(await call(client)).toContain("|127.0.0.1:");
+    identity.updateBundle(bundleOf([kept]));
+    // As with a revocation: a call may find the connection just closed (INTERNAL or UNAVAILABLE);
+    // no call is answered by the server on it again, and a new connection is refused.
+    let refused = (await call(client).catch((error: unknown) => error)) as { code?: number; details?: string };
+    for (let i = 0; i < 20 && refused.code === grpc.status.INTERNAL; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      refused = (await call(client).catch((error: unknown) => error)) as { code?: number; details?: string };
+    }
+    expect(refused).toMatchObject({ code: grpc.status.UNAVAILABLE });
+  });
+
   it("when the server's certificate is revoked: the connection closes, and the next call is refused (found by review, stop 32)", async () => {
     const server = kept.issueLeaf({ spiffeId: SERVER_ID });
     // The server never learns of its revocation, as a thief holding its key would not.
