@@ -106,9 +106,10 @@ function refuseTakenNames(spec: PodSpecLike, annotations: Readonly<Record<string
 /** The pod without anything injection added (fields emptied by removal are dropped). */
 export function uninjectPod(input: PodLike): PodLike {
   const spec = { ...(input.spec ?? {}) } as PodSpecLike;
-  const drop = <T extends Record<string, unknown>>(list: T[] | undefined, names: readonly string[]): T[] | undefined => {
-    if (list === undefined) return undefined;
-    const kept = list.filter((item) => !names.includes(String(item.name)));
+  const drop = <T extends Record<string, unknown>>(list: T[] | undefined | null, names: readonly string[]): T[] | undefined => {
+    // An empty YAML key (`volumes:`) is null, which the API server takes as no list.
+    if (!Array.isArray(list)) return undefined;
+    const kept = list.filter((item) => item === null || typeof item !== "object" || !names.includes(String(item.name)));
     return kept.length === 0 ? undefined : kept;
   };
   const initContainers = drop(spec.initContainers, [SIDECAR_CONTAINER]);
@@ -142,7 +143,9 @@ function sidecarContainer(settings: PodSettings, options: InjectOptions): Record
     "--outbound",
     `127.0.0.1:${SIDECAR_PORTS.outbound}`,
     "--peer-template",
-    "{appId}.{namespace}.svc.cluster.local:{port}",
+    // Not .svc.cluster.local: the pod's DNS search path completes "<svc>.<ns>.svc" on a cluster
+    // with any domain, as the CA's address (.svc) already relies on.
+    "{appId}.{namespace}.svc:{port}",
     "--protocol",
     settings.protocol,
     "--mode",

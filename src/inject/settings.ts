@@ -49,15 +49,24 @@ const DNS_SUBDOMAIN = /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/;
 
 /**
  * Whether a pod template asks for a sidecar: `meshward.io/inject: "true"`, or Dapr's
- * `dapr.io/enabled: "true"` (so Dapr users move without editing manifests). An explicit
- * `meshward.io/inject: "false"` wins over Dapr's annotation.
+ * `dapr.io/enabled` (so Dapr users move without editing manifests), read as Dapr reads it. An
+ * explicit `meshward.io/inject: "false"` wins over Dapr's annotation.
  */
 export function wantsInjection(annotations: Readonly<Record<string, unknown>>): boolean {
   const own = annotations[ANNOTATION.inject];
   if (own !== undefined) return isTrue(own, ANNOTATION.inject);
   const dapr = annotations[ANNOTATION.daprEnabled];
-  return dapr !== undefined && isTrue(dapr, ANNOTATION.daprEnabled);
+  return dapr !== undefined && daprTruthy(dapr);
 }
+
+/**
+ * Dapr's rule for its boolean annotations (dapr/dapr pkg/injector, utils.IsTruthy): "y", "yes",
+ * "true", "t", "on" or "1", in any case, spaces trimmed, is true; anything else is false.
+ */
+function daprTruthy(value: unknown): boolean {
+  return DAPR_TRUE.has(String(value).trim().toLowerCase());
+}
+const DAPR_TRUE: ReadonlySet<string> = new Set(["y", "yes", "true", "t", "on", "1"]);
 
 function isTrue(value: unknown, key: string): boolean {
   const text = String(value).trim().toLowerCase();

@@ -137,6 +137,24 @@ describe("meshward inject: what the sidecar gets", () => {
     expect(injectManifest(text, OPTIONS).text).toBe(text);
   });
 
+  it("reads dapr.io/enabled as Dapr does (utils.IsTruthy: y, yes, true, t, on, 1 in any case; anything else false), meshward.io/inject strictly", () => {
+    const deployment = (enabled: string) =>
+      `apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata:\n      labels: {app: web}\n      annotations: {dapr.io/enabled: ${JSON.stringify(enabled)}, dapr.io/app-port: "80"}\n    spec:\n      serviceAccountName: web\n      containers: [{name: web, image: web}]\n`;
+    const injected = (enabled: string) => (podSpecs(docsOf(injectManifest(deployment(enabled), OPTIONS).text)[0]!)[0]!.initContainers ?? []).length === 1;
+    for (const enabled of ["true", "True", "1", "yes", "Y", "t", "on", " ON "]) expect(injected(enabled), enabled).toBe(true);
+    for (const enabled of ["false", "0", "no", "off", "", "enabled", "2"]) expect(injected(enabled), enabled).toBe(false);
+  });
+
+  it("an empty initContainers: or volumes: key (null) is no list, as the API server reads it", async () => {
+    const input = `apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata:\n      labels: {app: web}\n      annotations: {meshward.io/inject: "true", meshward.io/app-port: "80"}\n    spec:\n      serviceAccountName: web\n      initContainers:\n      volumes:\n      containers: [{name: web, image: web}]\n`;
+    const result = await runCli(["inject", ...ARGS], { input });
+    expect(result.stderr).not.toMatch(/\n\s+at /);
+    expect(result.code).toBe(0);
+    const spec = podSpecs(docsOf(result.stdout)[0]!)[0]!;
+    expect(spec.initContainers.map((c: { name: string }) => c.name)).toEqual(["meshward"]);
+    expect(spec.volumes.map((v: { name: string }) => v.name).sort()).toEqual(["meshward-token"]);
+  });
+
   it("re-injecting after an annotation changed replaces the sidecar instead of adding a second one", () => {
     const once = injectManifest(readFileSync(join(FIXTURES, "multi.yaml"), "utf8"), OPTIONS).text;
     const twice = injectManifest(once.replace('meshward.io/app-port: "8080"', 'meshward.io/app-port: "8181"'), OPTIONS).text;
