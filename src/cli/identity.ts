@@ -7,6 +7,7 @@ import { MeshwardError } from "../errors.ts";
 import { createHealth, createOpsServer } from "../telemetry/health.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
 import { parseHostPort } from "../util/address.ts";
+import { reserveAddresses } from "../util/listen.ts";
 import { parseDuration } from "../util/duration.ts";
 import { createStatusRoutes } from "../dashboard/routes.ts";
 import { identityStatus } from "../dashboard/identity-feed.ts";
@@ -69,6 +70,8 @@ export function registerIdentityCommand(program: Command): void {
       const statusPageToken = statusBind !== undefined ? resolveStatusToken(statusBind.host, opts.statusTokenFile) : undefined;
       const bundleRefreshMs = parseDuration(opts.bundleRefreshInterval, "--bundle-refresh-interval");
       if (bundleRefreshMs < 1000) throw new MeshwardError("E_USAGE", "--bundle-refresh-interval: at least 1s");
+      // Held from now on: a port in use must fail before the CA is asked (and a token spent).
+      const reserved = await reserveAddresses(statusBind === undefined ? [] : [{ at: statusBind, what: "the status endpoints" }]);
       const metrics = createMetrics({ processMetrics: true });
       const mesh = createMeshMetrics(metrics);
       const source = createIdentity({
@@ -85,7 +88,7 @@ export function registerIdentityCommand(program: Command): void {
         ...(resume !== undefined ? { resume } : {}),
       });
       const stopInstrumenting = instrumentIdentity(source, mesh);
-      const closers: (() => Promise<void>)[] = [];
+      const closers: (() => Promise<void>)[] = [() => reserved.release()];
       let statusAddress: string | undefined;
       try {
         // Installed before the first certificate: with the CA down, only unref'd retry timers
@@ -119,6 +122,7 @@ export function registerIdentityCommand(program: Command): void {
             return current ? { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` } : { ok: false, detail: "no valid certificate (expired or not yet issued)" };
           });
           const { host, port } = statusBind;
+          await reserved.release();
           const page = identityStatus({ component: "identity", name: snapshot.svid.spiffeId, source, health });
           closers.push(async () => page.stop());
           const ops = createOpsServer({ host, port, metrics, health, logger, extraRoutes: createStatusRoutes(page.provider, statusPageToken === undefined ? {} : { token: statusPageToken }).routes });

@@ -1,4 +1,5 @@
-import { accessSync, constants, mkdirSync, realpathSync, statSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { accessSync, constants, lstatSync, mkdirSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { describeError, MeshwardError } from "../errors.ts";
 import { assertNoOtherRenamer, assertNoOtherWriter } from "../util/dir-safety.ts";
@@ -29,7 +30,38 @@ export function prepareOutDir(dir: string, flag = "--out", mode = 0o700, filesOw
   } catch (error) {
     throw new MeshwardError("E_OUT_DIR", `${flag} ${dir}: not writable by this user (${errno(error)})`);
   }
-  return assertOwnDirectory(path, `${flag} ${dir}`, filesOwner);
+  const real = assertOwnDirectory(path, `${flag} ${dir}`, filesOwner);
+  assertWritableHere(real, `${flag} ${dir}`);
+  return real;
+}
+
+/** The files an identity is written as (file-sink.ts, `meshward cert issue`). */
+const IDENTITY_FILES = ["cert.pem", "key.pem", "bundle.pem"] as const;
+
+/**
+ * What only writing shows, found before the CA is asked: each identity file must be absent or a
+ * file (a directory or socket in its place cannot be renamed over), and a file can be created and
+ * removed there (a read-only or full file system).
+ */
+function assertWritableHere(dir: string, what: string): void {
+  for (const name of IDENTITY_FILES) {
+    let stats;
+    try {
+      stats = lstatSync(join(dir, name));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") continue;
+      throw new MeshwardError("E_OUT_DIR", `${what}: cannot examine ${name} (${errno(error)})`);
+    }
+    if (!stats.isFile() && !stats.isSymbolicLink()) throw new MeshwardError("E_OUT_DIR", `${what}: ${name} there is not a file (a directory or a special file): remove it, or choose another directory`);
+  }
+  const probe = join(dir, `.meshward-probe-${process.pid}-${randomBytes(4).toString("hex")}`);
+  try {
+    writeFileSync(probe, "x".repeat(4096), { mode: 0o600, flag: "wx" });
+  } catch (error) {
+    throw new MeshwardError("E_OUT_DIR", `${what}: cannot write a file there (${errno(error)})`);
+  } finally {
+    rmSync(probe, { force: true });
+  }
 }
 
 /**

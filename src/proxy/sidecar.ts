@@ -18,6 +18,7 @@ import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
 import type { Metrics } from "../telemetry/metrics.ts";
 import { formatHostPort, parseHostPort } from "../util/address.ts";
 import type { HostPort } from "../util/address.ts";
+import { reserveAddresses } from "../util/listen.ts";
 import { startInbound } from "./inbound.ts";
 import type { ProxyTelemetry, RefusalListener } from "./inbound.ts";
 import { startOutbound } from "./outbound.ts";
@@ -133,6 +134,15 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
 
     // Local checks before the CA is contacted: a local mistake must not spend a single-use token.
     const outDir = config.out === undefined ? undefined : prepareOutDir(config.out, "out");
+    // The listeners' fixed ports too: held until the listeners bind them, after the first certificate.
+    const reserved = await reserveAddresses([
+      ...(config.app === undefined ? [] : [{ at: parseHostPort(config.inbound ?? DEFAULT_INBOUND, "inbound"), what: "the inbound listener" }]),
+      ...(config.outbound === undefined ? [] : [{ at: parseHostPort(config.outbound, "outbound"), what: "the outbound listener" }]),
+      ...Object.entries(config.tcpUpstreams).map(([name, at]) => ({ at: parseHostPort(at, `tcpUpstreams.${name}`), what: `the TCP listener for ${name}` })),
+      ...config.egress.map((entry) => ({ at: parseHostPort(entry.listen, "egress listen address"), what: "the egress listener" })),
+      ...(statusAt === undefined ? [] : [{ at: statusAt, what: "the status endpoints" }]),
+    ]);
+    closers.push(() => reserved.release());
     let identity = deps.identity;
     if (identity === undefined) {
       const token = config.token ?? (config.tokenFile === undefined ? process.env.MESHWARD_TOKEN : undefined);
@@ -171,6 +181,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       await sink.ready();
     }
 
+    await reserved.release();
     // No app, no inbound listener: an app that only calls others (Dapr: a sidecar without an app port).
     const inbound =
       config.app === undefined

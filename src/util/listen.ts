@@ -1,3 +1,4 @@
+import { createServer } from "node:net";
 import type { AddressInfo, Server } from "node:net";
 import { MeshwardError } from "../errors.ts";
 import type { HostPort } from "./address.ts";
@@ -26,4 +27,37 @@ export function listenOn(server: Server, at: HostPort, what: string): Promise<Ho
       resolve({ host: bound.address, port: bound.port });
     });
   });
+}
+
+/** Addresses held by reserveAddresses, until released. */
+export interface Reservation {
+  /** Frees every held address (right before the real listeners bind them). */
+  release(): Promise<void>;
+}
+
+/**
+ * Binds each fixed address (port 0 can always be had) with a placeholder server that closes
+ * whatever connects, and holds it until `release()`. A daemon checks its ports this way before
+ * it asks the CA for its first certificate, since a port already in use must not cost a
+ * single-use token, and keeps them while it waits for the CA. Two entries with the same address
+ * fail like a port in use (E_LISTEN_FAILED naming the second).
+ */
+export async function reserveAddresses(entries: readonly { readonly at: HostPort; readonly what: string }[]): Promise<Reservation> {
+  const held: Server[] = [];
+  const release = async () => {
+    await Promise.all(held.splice(0).map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+  };
+  try {
+    for (const { at, what } of entries) {
+      if (at.port === 0) continue;
+      const server = createServer((socket) => socket.destroy());
+      server.unref();
+      await listenOn(server, at, what);
+      held.push(server);
+    }
+  } catch (error) {
+    await release();
+    throw error;
+  }
+  return { release };
 }

@@ -1,5 +1,6 @@
 import { X509Certificate } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -146,6 +147,33 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     expect(statSync(out).mode & 0o777).toBe(0o700);
     expect(statSync(join(out, "key.pem")).mode & 0o777).toBe(0o600);
     expect(await id.stop()).toBe(0);
+  }, 60_000);
+
+  it("what only binding or writing finds (key.pem a directory, a status or inbound port in use) fails before attestation, and the single-use token still works (found by review, stop 39)", async () => {
+    const t = await token("local-errors");
+    const busy = createNetServer();
+    await new Promise<void>((resolve) => busy.listen(0, "127.0.0.1", resolve));
+    const busyAt = `127.0.0.1:${(busy.address() as AddressInfo).port}`;
+    try {
+      const out = join(work, "key-is-a-dir");
+      mkdirSync(join(out, "key.pem"), { recursive: true, mode: 0o700 });
+      const issue = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", out]);
+      expect(issue.code).toBe(1);
+      expect(issue.stderr).toMatch(/key\.pem there is not a file.*\[E_OUT_DIR\]/s);
+      const status = await runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(work, "status-busy"), "--status", busyAt]);
+      expect(status.code).toBe(1);
+      expect(status.stderr).toMatch(/the status endpoints cannot listen on 127\.0\.0\.1:\d+: the address is already in use.*\[E_LISTEN_FAILED\]/s);
+      const sidecar = await runCli(["sidecar", "--app-id", "local-errors", "--namespace", "jobs", "--ca", caAddress, "--bundle", bundle, "--token", t, "--app", "127.0.0.1:1", "--inbound", busyAt]);
+      expect(sidecar.code).toBe(1);
+      expect(sidecar.stderr).toMatch(/the inbound listener cannot listen on 127\.0\.0\.1:\d+: the address is already in use.*\[E_LISTEN_FAILED\]/s);
+      for (const r of [issue, status, sidecar]) expect(r.stderr).not.toMatch(/\n\s+at |unexpected error|E_TOKEN/);
+    } finally {
+      busy.close();
+    }
+    // None of them asked the CA: the token gets a certificate now.
+    const ok = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(work, "local-errors-ok")]);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(/issued spiffe:\/\/renew\.test\/ns\/jobs\/local-errors/);
   }, 60_000);
 
   it("--workload-api-socket takes unix:///abs/path as well as /abs/path, checked and bound at that path", async () => {
