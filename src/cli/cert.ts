@@ -81,6 +81,8 @@ export function registerCertCommand(program: Command): void {
       const limit = Number(opts.limit);
       if (!Number.isSafeInteger(limit) || limit < 1) throw new MeshwardError("E_USAGE", `--limit must be a whole number of at least 1, got ${JSON.stringify(opts.limit)}`);
       const root = opts.root === undefined ? undefined : parseRootFingerprint(opts.root);
+      // A directory that is no CA is refused, not given an empty store (and "no certificates").
+      readCaState(opts.dir);
       const rows = await withCaStore(opts.dir, opts.store, async (store) => {
         const records = await store.listIssuances({
           ...(opts.spiffeId !== undefined ? { spiffeId: parseSpiffeId(opts.spiffeId).toString() } : {}),

@@ -96,7 +96,12 @@ export function buildSidecarConfig(opts: Record<string, unknown>): SidecarConfig
       return file;
     };
   }
-  const merged: Record<string, unknown> = { ...raw, limits: { ...((raw.limits as Record<string, unknown> | undefined) ?? {}) } };
+  // Flags set single limits into the file's `limits`, which must then be a mapping: spread, a
+  // scalar there (`limits: 5`) would vanish without a word.
+  if (raw.limits !== undefined && raw.limits !== null && (typeof raw.limits !== "object" || Array.isArray(raw.limits))) {
+    throw new MeshwardError("E_CONFIG_INVALID", `${locate(["limits"]) ?? "limits"}: limits must be a mapping (maxConnections, idleTimeout, …), got ${JSON.stringify(raw.limits).slice(0, 40)}`);
+  }
+  const merged: Record<string, unknown> = { ...raw, limits: { ...((raw.limits as Record<string, unknown> | undefined | null) ?? {}) } };
   const fromFlag = new Map<string, string>();
   for (const [flag, key, path, kind] of SCALAR_FLAGS) {
     const value = opts[key];
