@@ -41,7 +41,10 @@ export function loadSources(files: readonly ReadFile[]): LoadedCorpus {
     for (const [kind, count] of loaded.unknownKinds) result.unknownKinds[kind] = (result.unknownKinds[kind] ?? 0) + count;
   }
   result.resourcesAudited = resources.filter((resource) => resource.kind !== "raw-file").length;
-  const configurations = resources.filter((resource): resource is DaprConfiguration => resource.kind === "dapr-configuration");
+  // Configurations other resources resolve by name (`dapr.io/config`, a sidecar's policy). An
+  // inline kustomize patch is a partial document: it is audited, but never stands in for the
+  // Configuration it patches.
+  const configurations = resources.filter((resource): resource is DaprConfiguration => resource.kind === "dapr-configuration" && resource.source.origin === undefined);
   return { corpus: { resources, configurations }, result };
 }
 
@@ -80,6 +83,8 @@ export function runRules(corpus: Corpus, rules: readonly Rule[] = selectRules())
             detail = [detail, "Lowered to low: every address the component names is on loopback."].filter((part) => part !== undefined).join(" ");
           }
         }
+        const origin = resource.kind === "raw-file" ? undefined : resource.source.origin;
+        if (origin !== undefined) detail = [detail, origin].filter((part) => part !== undefined).join(" ");
         const file = resource.kind === "raw-file" ? resource.file : resource.source.file;
         const position: Position = hit.position
           ?? (resource.kind === "raw-file" ? { line: 1, column: 1 } : resource.source.locate(hit.path ?? []));

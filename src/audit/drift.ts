@@ -56,7 +56,12 @@ export function collectPosture(corpus: Corpus): Posture {
   const put = (aspect: string, subject: string, value: PostureValue): void => {
     posture.set(`${aspect}${SEP}${subject}`, value);
   };
-  for (const resource of corpus.resources) collectOne(resource, corpus, put);
+  for (const resource of corpus.resources) {
+    // Inline kustomize patches are partial documents (the audit reports the values they set):
+    // read as whole resources they would override the posture of the base with defaults.
+    if (resource.kind !== "raw-file" && resource.source.origin !== undefined) continue;
+    collectOne(resource, corpus, put);
+  }
   return posture;
 }
 

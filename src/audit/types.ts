@@ -19,6 +19,8 @@ export interface SourceDocument {
   index: number;
   data: unknown;
   locate(path: NodePath): Position;
+  /** Where the document comes from when it is not the file's own text (an inline kustomize patch): said in each finding's message. */
+  origin?: string;
 }
 
 export interface DaprConfiguration {

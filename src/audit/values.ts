@@ -31,7 +31,8 @@ export function hasSubstitution(value: string): boolean {
  */
 export function isNotSecretValue(value: string): boolean {
   const text = value.trim();
-  if (/^[a-z][a-z0-9+.-]*:\/\/[^\s]*$/i.test(text) && !/^[a-z][a-z0-9+.-]*:\/\/[^/@:\s]+:[^/@\s]+@/i.test(text)) return true;
+  // `redis://:password@host` (no user name) holds a password as much as `user:password@` does.
+  if (/^[a-z][a-z0-9+.-]*:\/\/[^\s]*$/i.test(text) && !/^[a-z][a-z0-9+.-]*:\/\/[^/@:\s]*:[^/@\s]+@/i.test(text)) return true;
   if (/^(\.{0,2}\/|~\/|[A-Za-z]:\\)[^\s]*$/.test(text) || /^[\w./-]+\.(pem|key|crt|cer|der|p12|pfx|jks|json|txt|ya?ml)$/i.test(text)) return true;
   return /^-----BEGIN (CERTIFICATE|PUBLIC KEY)-----/.test(text);
 }
@@ -71,4 +72,9 @@ export function connectionParam(value: string, name: string): string | undefined
   const match = pattern.exec(value);
   if (match === null) return undefined;
   return (match[1] ?? "").replace(/^['"]|['"]$/g, "");
+}
+
+/** The scheme of a URL value, lower-cased (`pulsar+ssl`, `mongodb+srv`), or "" when it is not a URL. */
+export function urlScheme(value: string): string {
+  return /^([a-z][a-z0-9+.-]*):\/\//i.exec(value.trim())?.[1]?.toLowerCase() ?? "";
 }

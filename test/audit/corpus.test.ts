@@ -33,16 +33,33 @@ const EXPECTED: Record<string, string[]> = {
   "broken/mixed.yaml": ["MW-TLS-001@14"],
   "broken/odd-shapes.yaml": ["MW-TLS-001@34"],
   "broken/component.json": ["MW-TLS-008@1"],
+  // Connection URLs in container env are judged by value, whatever the variable is called;
+  // DAPR_HTTP_ENDPOINT is on loopback (low).
+  "connection-urls/orders.yaml": [
+    "MW-SECRET-005@24", "MW-TLS-002@24",
+    "MW-SECRET-005@26", "MW-TLS-007@26",
+    "MW-SECRET-005@28", "MW-TLS-007@28",
+    "MW-SECRET-005@30", "MW-TLS-008@30",
+    "MW-TLS-003@32",
+    "MW-TLS-009@34",
+    "MW-TLS-007@36",
+    "MW-TLS-007@38",
+  ],
+  // MongoDB certificate checks off inside params/connection strings; Pulsar over pulsar://.
+  "connection-urls/stores.yaml": ["MW-TLS-009@22", "MW-TLS-009@38", "MW-TLS-009@50", "MW-TLS-007@62"],
+  // Inline patches, reported at the line inside the `patch: |` block (a quoted one at its key).
+  "kustomize/overlays/production/kustomization.yaml": ["MW-MTLS-001@16", "MW-MTLS-002@19", "MW-TLS-001@32", "MW-TLS-012@37"],
 };
 
 /** Findings lowered to low because every address is on loopback (`FILE@RULE@line`). */
 const LOOPBACK_LOW = [
+  "connection-urls/orders.yaml@MW-TLS-007@38",
   "quickstart/components/binding.yaml@MW-TLS-002@10",
   "quickstart/components/pubsub.yaml@MW-TLS-001@14",
   "quickstart/components/statestore.yaml@MW-TLS-001@6",
 ];
 
-const FOLDERS = ["quickstart", "helm", "meshward", "micro", "broken"];
+const FOLDERS = ["quickstart", "helm", "meshward", "micro", "broken", "connection-urls", "kustomize"];
 
 function byFile(result: ReturnType<typeof auditPaths>): Record<string, string[]> {
   const grouped: Record<string, string[]> = {};
@@ -58,6 +75,21 @@ describe("fixture corpus", () => {
 
   it("yields exactly the expected findings for every file", () => {
     expect(byFile(result)).toEqual(EXPECTED);
+  });
+
+  it("gives env URL, MongoDB and kustomize findings their severity", () => {
+    const severities = result.findings
+      .filter((finding) => /connection-urls|kustomize/.test(finding.file))
+      .map((finding) => `${relative(FIXTURES, finding.file)}@${finding.ruleId}@${finding.line}:${finding.severity}`)
+      .filter((entry) => !entry.endsWith(":high"));
+    expect(severities).toEqual([
+      "connection-urls/orders.yaml@MW-TLS-003@32:medium",
+      "connection-urls/orders.yaml@MW-TLS-009@34:medium",
+      "connection-urls/orders.yaml@MW-TLS-007@38:low",
+      "connection-urls/stores.yaml@MW-TLS-009@50:medium",
+      "kustomize/overlays/production/kustomization.yaml@MW-MTLS-002@19:medium",
+      "kustomize/overlays/production/kustomization.yaml@MW-TLS-012@37:low",
+    ]);
   });
 
   it("lowers transport findings to low when every address is loopback, and says why", () => {
@@ -94,9 +126,10 @@ describe("fixture corpus", () => {
     const secure = auditPaths([join(FIXTURES, "secure")]);
     expect(secure.parseErrors).toEqual([]);
     expect(secure.findings).toEqual([]);
-    // 7 components, 1 Configuration, 1 Deployment, 1 CA, 1 sidecar, micro.yaml, service.env
-    // (the CA and sidecar files use the schema the CA and sidecar load: no MW-CONFIG finding).
-    expect(secure.resourcesAudited).toBe(13);
+    // 8 components, 1 Configuration, 1 Deployment, 1 CA, 1 sidecar, micro.yaml, service.env,
+    // and the 2 documents of kustomization.yaml's inline patches (the CA and sidecar files use
+    // the schema the CA and sidecar load: no MW-CONFIG finding).
+    expect(secure.resourcesAudited).toBe(16);
     expect(secure.unknownKinds).toEqual({});
   });
 

@@ -113,3 +113,19 @@ describe("plaintext endpoints (MW-TLS-007)", () => {
     expect(findings("c.yaml", component("pubsub.kafka", { brokers: "kafka:9093", authType: "oidc", oidcTokenEndpoint: "http://idp.example.org/token" }))).toEqual(["MW-TLS-007@13"]);
   });
 });
+
+describe("MongoDB `server` (MW-TLS-008): Dapr connects with mongodb+srv://, TLS on by default", () => {
+  it("stays quiet on an Atlas server, inline or from a secret", () => {
+    expect(findings("m.yaml", component("state.mongodb", { server: "cluster0.abcd1.mongodb.net", databaseName: "orders" }))).toEqual([]);
+    expect(findings("m.yaml", component("state.mongodb", { server: "cluster0.abcd1.mongodb.net", params: "?retryWrites=true&w=majority" }))).toEqual([]);
+    const fromSecret = `${component("state.mongodb", { databaseName: "orders" })}  - name: server\n    secretKeyRef: { name: atlas, key: server }\n`;
+    expect(findings("m.yaml", fromSecret)).toEqual([]);
+  });
+  it("still reports a server whose params turn TLS off, and a plain host without tls=true", () => {
+    expect(findings("m.yaml", component("state.mongodb", { server: "cluster0.abcd1.mongodb.net", params: "?tls=false" }))).toEqual(["MW-TLS-008@11"]);
+    expect(findings("m.yaml", component("state.mongodb", { server: "cluster0.abcd1.mongodb.net", params: "?ssl=false" }))).toEqual(["MW-TLS-008@11"]);
+    expect(findings("m.yaml", component("state.mongodb", { host: "mongo.prod.internal:27017", databaseName: "orders" }))).toEqual(["MW-TLS-008@9"]);
+    // A mongodb:// connection string wins over `server` in Dapr, so it is what is judged.
+    expect(findings("m.yaml", component("state.mongodb", { server: "cluster0.abcd1.mongodb.net", connectionString: "mongodb://mongo.prod.internal/orders" }))).toEqual(["MW-TLS-008@11"]);
+  });
+});

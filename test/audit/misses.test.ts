@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { auditSources } from "../../src/audit/audit.ts";
+import { auditSources, loadSources } from "../../src/audit/audit.ts";
+import { collectPosture } from "../../src/audit/drift.ts";
 import { parseYamlFile } from "../../src/audit/yaml-source.ts";
 
 // Issue 19: settings no rule covered. Each class is reported now; the secure form is quiet.
@@ -98,5 +99,132 @@ describe("reading", () => {
     const result = auditSources([{ file: "chart/templates/secret.yaml", text: template }]);
     expect(result.findings).toEqual([]);
     expect(result.parseErrors).toEqual([{ file: "chart/templates/secret.yaml", line: 4, column: 1, kind: "helm-template", message: "Helm template: not YAML until rendered; run `helm template` and audit its output" }]);
+  });
+});
+
+// Review of `meshward audit` precision: connection URLs in container env, MongoDB certificate
+// checks switched off inside values, Pulsar's plaintext scheme, inline kustomize patches.
+describe("connection URLs in container env (MW-SECRET-005, MW-TLS-002/003/007/008/009)", () => {
+  const deployment = (env: Record<string, string>): string =>
+    `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: orders\nspec:\n  template:\n    spec:\n      containers:\n      - name: orders\n        image: orders:1.0\n        env:\n${Object.entries(env).map(([name, value]) => `        - name: ${name}\n          value: ${JSON.stringify(value)}\n`).join("")}`;
+
+  it("reports the password in a URL whatever the variable is called, and the plaintext connection", () => {
+    const text = deployment({
+      DATABASE_URL: "postgres://orders:Hunter2Secret@db:5432/orders?sslmode=disable",
+      REDIS_URL: "redis://:pw@redis:6379",
+      AMQP_URL: "amqp://u:p@mq",
+      MONGO_URI: "mongodb://u:p@mongo",
+    });
+    expect(audit("d.yaml", text)).toEqual([
+      "MW-SECRET-005@13:high", "MW-TLS-002@13:high",
+      "MW-SECRET-005@15:high", "MW-TLS-007@15:high",
+      "MW-SECRET-005@17:high", "MW-TLS-007@17:high",
+      "MW-SECRET-005@19:high", "MW-TLS-008@19:high",
+    ]);
+    const result = auditSources([{ file: "d.yaml", text }]);
+    expect(result.findings.map((finding) => finding.evidence)).toEqual([
+      "DATABASE_URL: postgres://orders:****@db:5432/orders?sslmode=disable",
+      "DATABASE_URL: sslmode=disable (postgres://db:5432)",
+      "REDIS_URL: redis://:****@redis:6379",
+      "REDIS_URL: redis://redis:6379",
+      "AMQP_URL: amqp://u:****@mq",
+      "AMQP_URL: amqp://mq",
+      "MONGO_URI: mongodb://u:****@mongo",
+      "MONGO_URI: no tls=true (mongodb://mongo)",
+    ]);
+    expect(JSON.stringify(result.findings)).not.toMatch(/Hunter2Secret|:pw@|:p@/);
+    // The location is the env entry's value: file, document, line and column.
+    expect(result.findings[0]).toMatchObject({ file: "d.yaml", document: 0, line: 13, column: 11 });
+  });
+
+  it("reads sslmode=require as TLS without host name checks, and lowers a loopback URL", () => {
+    expect(audit("d.yaml", deployment({ DATABASE_URL: "postgresql://db.shop.svc/orders?sslmode=require" }))).toEqual(["MW-TLS-003@13:medium"]);
+    expect(audit("d.yaml", deployment({ DATABASE_URL: "postgres://localhost:5432/orders?sslmode=disable" }))).toEqual(["MW-TLS-002@13:low"]);
+    expect(audit("d.yaml", deployment({ DATABASE_URL: "postgres://db.shop.svc/orders", PGSSLMODE: "disable" }))).toEqual(["MW-TLS-002@13:high"]);
+  });
+
+  it("stays quiet on the TLS forms, on URLs without a password and on values from a Secret", () => {
+    expect(audit("d.yaml", deployment({
+      DATABASE_URL: "postgres://db.shop.svc:5432/orders?sslmode=verify-full",
+      REPORTS_URL: "postgres://reports.shop.svc/reports",
+      PGSSLMODE: "verify-full",
+      REDIS_URL: "rediss://redis.shop.svc:6380",
+      AMQP_URL: "amqps://mq.shop.svc:5671",
+      MONGO_URI: "mongodb+srv://orders.abcd1.mongodb.net/orders",
+      AUDIT_MONGO_URI: "mongodb://mongo.shop.svc/audit?tls=true",
+      CACHE_URL: "rediss://:$(REDIS_PASSWORD)@redis.shop.svc:6380",
+      HTTPS_PROXY: "http://proxy.egress.svc:3128",
+      TOKEN_AUDIENCE: "http://orders.example.org",
+    }))).toEqual([]);
+    const fromSecret = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: orders\nspec:\n  template:\n    spec:\n      containers:\n      - name: orders\n        image: orders:1.0\n        env:\n        - name: DATABASE_URL\n          valueFrom:\n            secretKeyRef: { name: db, key: url }\n";
+    expect(audit("d.yaml", fromSecret)).toEqual([]);
+  });
+
+  it("leaves MICRO_* variables to the micro rules (one finding, not two)", () => {
+    expect(audit("d.yaml", deployment({ MICRO_BROKER_ADDRESS: "nats://nats.shop.svc:4222", MICRO_ENABLE_TLS: "true", MICRO_TLS_CERT_FILE: "/tls/cert.pem", MICRO_TLS_CA_FILE: "/tls/ca.pem", MICRO_TLS_CLIENT_CA_FILE: "/tls/ca.pem" })))
+      .toEqual(["MW-MICRO-005@13:medium"]);
+  });
+});
+
+describe("MongoDB certificate checks switched off inside values (MW-TLS-009)", () => {
+  it("reads tlsInsecure and tlsAllowInvalidCertificates in params, host and connection strings", () => {
+    expect(audit("m.yaml", component("state.mongodb", { host: "mongo.prod.internal:27017", params: "?tls=true&tlsInsecure=true" }))).toEqual(["MW-TLS-009@11:high"]);
+    expect(audit("m.yaml", component("state.mongodb", { host: "mongo.prod.internal:27017", params: "?tls=true&tlsAllowInvalidCertificates=true" }))).toEqual(["MW-TLS-009@11:high"]);
+    expect(audit("m.yaml", component("state.mongodb", { connectionString: "mongodb://mongo.prod.internal/orders?ssl=true&sslAllowInvalidCertificates=true" }))).toEqual(["MW-TLS-009@9:high"]);
+  });
+  it("tlsAllowInvalidHostnames is medium (the certificate is still checked), low on loopback", () => {
+    expect(audit("m.yaml", component("state.mongodb", { host: "mongo.prod.internal:27017", params: "?tls=true&tlsAllowInvalidHostnames=true" }))).toEqual(["MW-TLS-009@11:medium"]);
+    expect(audit("m.yaml", component("state.mongodb", { host: "localhost:27017", params: "?tls=true&tlsAllowInvalidHostnames=true" }))).toEqual(["MW-TLS-009@11:low"]);
+  });
+  it("stays quiet when the checks are on", () => {
+    expect(audit("m.yaml", component("state.mongodb", { host: "mongo.prod.internal:27017", params: "?tls=true&tlsInsecure=false&tlsCAFile=/etc/mongo/ca.pem" }))).toEqual([]);
+  });
+});
+
+describe("Pulsar's plaintext scheme (MW-TLS-007)", () => {
+  it("reports pulsar:// and leaves pulsar+ssl:// alone", () => {
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar://pulsar.prod.internal:6650" }))).toEqual(["MW-TLS-007@9:high"]);
+    const found = auditSources([{ file: "p.yaml", text: component("pubsub.pulsar", { host: "pulsar://pulsar.prod.internal:6650" }) }]).findings[0];
+    expect(found?.message).toMatch(/Use pulsar\+ssl:\/\//);
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar+ssl://pulsar.prod.internal:6651" }))).toEqual([]);
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar://localhost:6650" }))).toEqual(["MW-TLS-007@9:low"]);
+  });
+});
+
+describe("inline kustomize patches", () => {
+  const kustomization = (patches: string): string =>
+    `apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../base\npatches:\n${patches}`;
+  const json6902 = "  - target:\n      kind: Configuration\n      name: appconfig\n    patch: |-\n      - op: replace\n        path: /spec/mtls/enabled\n        value: false\n";
+  const strategicMerge = "  - patch: |-\n      apiVersion: dapr.io/v1alpha1\n      kind: Configuration\n      metadata:\n        name: appconfig\n      spec:\n        mtls:\n          enabled: false\n";
+
+  it("audits a JSON6902 operation's value and a strategic-merge document, at the Kustomization's lines", () => {
+    const result = auditSources([{ file: "overlays/prod/kustomization.yaml", text: kustomization(json6902 + strategicMerge) }]);
+    expect(result.findings.map((finding) => `${finding.ruleId}@${finding.line}:${finding.column}:${finding.severity}`)).toEqual(["MW-MTLS-001@12:9:high", "MW-MTLS-001@20:11:high"]);
+    expect(result.findings[0]).toMatchObject({ file: "overlays/prod/kustomization.yaml", document: 0, evidence: "mtls.enabled: false" });
+    expect(result.findings[0]?.message).toMatch(/inline kustomize patch \(patches\[0\], JSON6902 on Configuration appconfig\)/);
+    expect(result.findings[1]?.message).toMatch(/inline kustomize patch \(patches\[1\]\)/);
+    expect(result.unknownKinds).toEqual({});
+  });
+
+  it("names the document of a multi-document file, and reads JSON patches and patchesJson6902", () => {
+    const json = "patchesJson6902:\n  - target: { group: dapr.io, version: v1alpha1, kind: Configuration, name: appconfig }\n    patch: '[{\"op\": \"add\", \"path\": \"/spec/mtls\", \"value\": {\"enabled\": false}}]'\n";
+    const text = `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n---\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n${json}`;
+    const result = auditSources([{ file: "kustomization.yaml", text }]);
+    // A quoted (not block) patch is reported at its `patch:` key.
+    expect(result.findings.map((finding) => `${finding.ruleId}@${finding.line}:${finding.column} doc ${finding.document}`)).toEqual(["MW-MTLS-001@10:5 doc 1"]);
+  });
+
+  it("a partial patch never stands in for the Configuration it patches (dapr.io/config, drift)", () => {
+    const tracing = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\npatches:\n  - target: { kind: Configuration, name: appconfig }\n    patch: |-\n      - op: add\n        path: /spec/tracing/samplingRate\n        value: \"1\"\n";
+    const config = "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: appconfig\nspec:\n  mtls:\n    enabled: false\n";
+    const deploy = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: orders\nspec:\n  template:\n    metadata:\n      annotations:\n        dapr.io/enabled: \"true\"\n        dapr.io/app-id: orders\n        dapr.io/config: appconfig\n    spec:\n      containers:\n      - name: orders\n        image: orders:1.0\n";
+    const files = [{ file: "app/kustomization.yaml", text: tracing }, { file: "app/config.yaml", text: config }, { file: "app/deploy.yaml", text: deploy }];
+    expect(auditSources(files).findings.filter((finding) => finding.ruleId === "MW-K8S-005").map((finding) => finding.file)).toEqual(["app/deploy.yaml"]);
+    expect(collectPosture(loadSources(files).corpus).get("mTLS\u0000Configuration appconfig")?.value).toBe("off");
+  });
+
+  it("stays quiet on secure patch values and on patches that only name files", () => {
+    const secure = "  - target:\n      kind: Configuration\n      name: appconfig\n    patch: |-\n      - op: replace\n        path: /spec/mtls/enabled\n        value: true\n  - path: mtls-patch.yaml\n";
+    expect(audit("kustomization.yaml", kustomization(secure))).toEqual([]);
   });
 });

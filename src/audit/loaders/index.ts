@@ -5,6 +5,7 @@ import type { NodePath, ParseProblem, Resource, SourceDocument } from "../types.
 import { parseYamlFile } from "../yaml-source.ts";
 import { isDaprKind, loadDaprComponent, loadDaprConfiguration, loadDaprHttpEndpoint } from "./dapr.ts";
 import { isSecretKind, isWorkloadKind, loadSecret, loadWorkload } from "./kubernetes.ts";
+import { inlinePatches, isKustomization } from "./kustomize.ts";
 import { classifyMeshward, loadMeshwardCa, loadMeshwardSidecar } from "./meshward.ts";
 import { composeEnvironment, isMicroYamlName, loadMicroEnv, loadMicroSettings, looksLikeMicroEnv } from "./micro.ts";
 import type { EnvPair } from "./micro.ts";
@@ -49,14 +50,34 @@ export function loadFile(file: string, text: string): LoadedFile {
     });
     return loaded;
   }
-  const parsed = parseYamlFile(file, /\.jsonc?$/i.test(file) ? blankJsonComments(text) : text);
+  const yamlText = /\.jsonc?$/i.test(file) ? blankJsonComments(text) : text;
+  const parsed = parseYamlFile(file, yamlText);
   loaded.problems.push(...parsed.problems);
   for (const source of parsed.documents) {
     if (source.data === null || source.data === undefined) continue;
     loaded.documents += 1;
+    if (isDict(source.data) && isKustomization(file, source.data)) {
+      loadKustomization(file, source, source.data, yamlText, loaded);
+      continue;
+    }
     classify(file, source, source.data, [], loaded);
   }
   return loaded;
+}
+
+/**
+ * A Kustomization: the documents its inline patches stand for are audited (patch files on
+ * disk are audited as files); findings point into the Kustomization. A patch is never read
+ * as a Kustomization itself.
+ */
+function loadKustomization(file: string, source: SourceDocument, data: Dict, text: string, loaded: LoadedFile): void {
+  const patches = inlinePatches(source, data, text);
+  loaded.problems.push(...patches.problems);
+  if (patches.untargeted > 0) count(loaded.unknownKinds, "kustomize JSON6902 patch without a target kind", patches.untargeted);
+  for (const patch of patches.documents) {
+    if (isDict(patch.data) && isKustomization(file, patch.data)) count(loaded.unknownKinds, kindLabel(patch.data));
+    else classify(file, patch.source, patch.data, [], loaded);
+  }
 }
 
 function classify(file: string, source: SourceDocument, data: unknown, base: NodePath, loaded: LoadedFile): void {
@@ -180,6 +201,6 @@ function kindLabel(data: Dict): string {
   return `${apiVersion || "?"}/${kind || "?"}`;
 }
 
-function count(map: Map<string, number>, key: string): void {
-  map.set(key, (map.get(key) ?? 0) + 1);
+function count(map: Map<string, number>, key: string, by = 1): void {
+  map.set(key, (map.get(key) ?? 0) + by);
 }

@@ -1,7 +1,7 @@
 import type { ComponentMetadataItem, DaprComponent, ResourceKind, Rule } from "../types.ts";
 import { hostsIn, isLoopbackHost, isPlaceholder } from "../values.ts";
 
-export { connectionParam, hasSubstitution, hostOf, hostsIn, isLoopbackHost, isNotSecretValue, isPlaceholder } from "../values.ts";
+export { connectionParam, hasSubstitution, hostOf, hostsIn, isLoopbackHost, isNotSecretValue, isPlaceholder, urlScheme } from "../values.ts";
 
 /** Keeps each rule typed by the resources it checks while the registry holds them all. */
 export function defineRule<K extends ResourceKind>(rule: Rule<K>): Rule {

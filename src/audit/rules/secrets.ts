@@ -11,13 +11,13 @@ export function looksLikeProduction(file: string, namespace: string | undefined)
 }
 
 /**
- * `scheme://user:pass@`, `user:pass@tcp(` (Go MySQL DSN) or a `password=` keyword, where the
+ * `scheme://user:pass@` (also `redis://:pass@`, no user), `user:pass@tcp(` (Go MySQL DSN) or a `password=` keyword, where the
  * password is a literal (not `${{PASS}}`, `<password>`, `{{ .Values.x }}`, `****`).
  */
 export function hasEmbeddedCredentials(value: string): boolean {
   const text = value.trim();
   const passwords = [
-    /^[a-z][a-z0-9+.-]*:\/\/[^/@:\s]+:([^/@\s]+)@/i.exec(text)?.[1],
+    /^[a-z][a-z0-9+.-]*:\/\/[^/@:\s]*:([^/@\s]+)@/i.exec(text)?.[1],
     /^[^\s:/@()]+:([^\s@]+)@(tcp|unix)\(/i.exec(text)?.[1],
     /(?:^|[\s;?&])(?:password|pwd)\s*=\s*('[^']*'|"[^"]*"|[^\s;&]+)/i.exec(text)?.[1]?.replace(/^['"]|['"]$/g, ""),
   ];
@@ -175,8 +175,8 @@ export const secretRules: Rule[] = [
     family: "secrets",
     severity: "high",
     title: "Secret inline in a container environment variable",
-    why: "`env[].value` is stored in the workload spec: visible to everyone who can `get` the Deployment, in git and in Helm history.",
-    fix: "Use `valueFrom.secretKeyRef` (or mount the secret as a file).",
+    why: "`env[].value` is stored in the workload spec: visible to everyone who can `get` the Deployment, in git and in Helm history. That holds for a password under any name, including one inside a connection URL (`DATABASE_URL=postgres://user:password@db/orders`).",
+    fix: "Use `valueFrom.secretKeyRef` (or mount the secret as a file); for a connection URL, keep the whole URL in the Secret.",
     example: {
       file: "deployment.yaml",
       bad: deploymentYaml({ "prometheus.io/scrape": "true" }).replace("          ports:", "          env:\n            - name: DB_PASSWORD\n              value: \"hunter2\"\n          ports:"),
@@ -184,9 +184,15 @@ export const secretRules: Rule[] = [
     },
     appliesTo: ["workload"],
     check(workload) {
-      return workload.env
-        .filter((entry) => entry.hasInlineValue && isSensitiveName(entry.name) && isLiteralSecret(entry.value) && !namesASecret(entry.name, entry.value))
-        .map((entry) => ({ path: entry.path, evidence: `${entry.name}: ${redactSecret(entry.value)}` }));
+      const hits: Hit[] = [];
+      for (const entry of workload.env) {
+        if (!entry.hasInlineValue) continue;
+        // A password inside a connection URL or DSN is a secret whatever the variable is called
+        // (`DATABASE_URL`, `REDIS_URL`); a URL without one is not.
+        if (hasEmbeddedCredentials(entry.value)) hits.push({ path: entry.path, evidence: `${entry.name}: ${redactConnectionString(entry.value)}` });
+        else if (isSensitiveName(entry.name) && isLiteralSecret(entry.value) && !namesASecret(entry.name, entry.value)) hits.push({ path: entry.path, evidence: `${entry.name}: ${redactSecret(entry.value)}` });
+      }
+      return hits;
     },
   }),
   defineRule({

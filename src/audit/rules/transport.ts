@@ -1,7 +1,7 @@
-import type { ComponentMetadataItem, DaprComponent, Hit, Rule, Severity } from "../types.ts";
+import type { ComponentMetadataItem, ContainerEnvVar, DaprComponent, Hit, NodePath, Rule, Severity, Workload } from "../types.ts";
 import { asText, get, isDict, isFalsy, isTruthy } from "../shape.ts";
 import { componentYaml, secretRefYaml } from "./example-builders.ts";
-import { componentFamily, connectionParam, defineRule, hostOf, isLoopbackHost, isPlaceholder, metadataItem, typePath } from "./helpers.ts";
+import { componentFamily, connectionParam, defineRule, hostOf, isLoopbackComponent, isLoopbackHost, isPlaceholder, metadataItem, typePath, urlScheme } from "./helpers.ts";
 
 /** The inline connection string, unless it is wholly a substitution or a placeholder. */
 function connectionString(component: DaprComponent): ComponentMetadataItem | undefined {
@@ -15,6 +15,16 @@ const IDENTIFIER_NAME = /(audiences?|aud|scopes?|namespace|schema|identifier|res
 /** `low` for a loopback URL, else the rule's own severity. */
 function urlSeverity(url: string): Severity | undefined {
   return isLoopbackHost(hostOf(url)) ? "low" : undefined;
+}
+
+/**
+ * A hit on a container env URL: lowered to low (and said so) when the URL's host is on
+ * loopback, as the runner does for components whose every address is. `severity` is the
+ * hit's own severity otherwise (undefined: the rule's).
+ */
+function envHit(url: string, hit: Hit): Hit {
+  if (urlSeverity(url) !== "low") return hit;
+  return { ...hit, severity: "low", detail: [hit.detail, "Lowered to low: the URL's host is on loopback."].filter((part) => part !== undefined).join(" ") };
 }
 
 /** A switch that turns TLS off in a component (the families with their own rule are left to it). */
@@ -38,11 +48,90 @@ function isMysql(component: DaprComponent): boolean {
   return /^mysql|mariadb/.test(componentFamily(component));
 }
 
-function postgresSslMode(component: DaprComponent): { item: ComponentMetadataItem; mode: string } | undefined {
+/** A PostgreSQL connection and its sslmode ("" when not set), with where to report it. */
+interface PostgresConnection {
+  path: NodePath;
+  mode: string;
+  /** Prefix of the evidence (`DATABASE_URL: `) and severity, for container env values. */
+  label: string;
+  where?: string;
+  /** The URL, for container env values (a loopback one lowers the finding). */
+  url?: string;
+}
+
+function postgresSslMode(component: DaprComponent): PostgresConnection | undefined {
   const item = connectionString(component);
   if (item === undefined) return undefined;
-  return { item, mode: (connectionParam(item.value, "sslmode") ?? "").toLowerCase() };
+  return { path: item.path, mode: (connectionParam(item.value, "sslmode") ?? "").toLowerCase(), label: "" };
 }
+
+/**
+ * Container env values that are URLs (`DATABASE_URL=postgres://…`), not placeholders. `MICRO_*`
+ * variables are left to the micro rules, proxy settings (`HTTP_PROXY`: HTTPS goes through
+ * them in a CONNECT tunnel) and identifiers (`*_AUDIENCE`) are not connected to in plaintext.
+ */
+function envUrls(workload: Workload): (ContainerEnvVar & { scheme: string })[] {
+  return workload.env
+    .filter((entry) => entry.hasInlineValue && !isPlaceholder(entry.value) && !/^MICRO_/i.test(entry.name)
+      && !/(^|_)(https?|all|ftp|no)_proxy$/i.test(entry.name) && !IDENTIFIER_NAME.test(entry.name))
+    .map((entry) => ({ ...entry, scheme: urlScheme(entry.value) }))
+    .filter((entry) => entry.scheme !== "");
+}
+
+/** The other env variables of the container an env entry belongs to (path `…containers, i, env, j, value`). */
+function containerEnv(workload: Workload, entry: ContainerEnvVar): ContainerEnvVar[] {
+  const container = JSON.stringify(entry.path.slice(0, -3));
+  return workload.env.filter((other) => JSON.stringify(other.path.slice(0, -3)) === container);
+}
+
+/** `postgres://` / `postgresql://` URLs in container env; libpq's `PGSSLMODE` in the same container counts when the URL sets no sslmode. */
+function envPostgresConnections(workload: Workload): PostgresConnection[] {
+  return envUrls(workload).filter((entry) => entry.scheme === "postgres" || entry.scheme === "postgresql").map((entry) => {
+    const fromEnv = containerEnv(workload, entry).find((other) => other.name === "PGSSLMODE" && other.hasInlineValue)?.value ?? "";
+    const mode = (connectionParam(entry.value, "sslmode") ?? fromEnv).trim().toLowerCase();
+    return { path: entry.path, mode, label: `${entry.name}: `, where: ` (${entry.scheme}://${hostOf(entry.value)})`, url: entry.value };
+  });
+}
+
+function postgresConnections(resource: DaprComponent | Workload): PostgresConnection[] {
+  if (resource.kind === "workload") return envPostgresConnections(resource);
+  if (!isPostgres(resource)) return [];
+  const connection = postgresSslMode(resource);
+  return connection === undefined ? [] : [connection];
+}
+
+function postgresHit(connection: PostgresConnection, evidence: string): Hit {
+  const found: Hit = { path: connection.path, evidence: `${connection.label}${evidence}${connection.where ?? ""}` };
+  return connection.url === undefined ? found : envHit(connection.url, found);
+}
+
+/**
+ * MongoDB connection-string options that turn certificate or host name checks off, wherever
+ * they are written (`params: "?tls=true&tlsInsecure=true"`, a `host` or connection string).
+ * `hostnameOnly`: only the host name check is off (the certificate must still chain to a trusted CA).
+ */
+const VERIFICATION_OFF_PARAMS: readonly { name: string; hostnameOnly: boolean }[] = [
+  { name: "tlsInsecure", hostnameOnly: false },
+  { name: "tlsAllowInvalidCertificates", hostnameOnly: false },
+  { name: "sslAllowInvalidCertificates", hostnameOnly: false },
+  { name: "tlsAllowInvalidHostnames", hostnameOnly: true },
+  { name: "sslAllowInvalidHostnames", hostnameOnly: true },
+];
+
+function verificationOffParams(value: string): { evidence: string; hostnameOnly: boolean } | undefined {
+  const found = VERIFICATION_OFF_PARAMS.flatMap(({ name, hostnameOnly }) => {
+    const setting = connectionParam(value, name);
+    return setting !== undefined && isTruthy(setting) ? [{ text: `${name}=${setting}`, hostnameOnly }] : [];
+  });
+  if (found.length === 0) return undefined;
+  return { evidence: found.map((each) => each.text).join("&"), hostnameOnly: found.every((each) => each.hostnameOnly) };
+}
+
+const HOSTNAME_ONLY_DETAIL = "Host names are not checked: any certificate from a trusted CA is accepted for this server.";
+
+/** `tls=true` / `ssl=true` and `tls=false` / `ssl=false` as connection-string options. */
+const TLS_ON = /(^|[?&;\s])(tls|ssl)\s*=\s*true/i;
+const TLS_OFF = /(^|[?&;\s])(tls|ssl)\s*=\s*false/i;
 
 function hit(item: ComponentMetadataItem, evidence: string): Hit {
   return { path: item.path, evidence };
@@ -50,6 +139,7 @@ function hit(item: ComponentMetadataItem, evidence: string): Hit {
 
 const PLAINTEXT_SCHEMES: Readonly<Record<string, string>> = {
   amqp: "amqps://",
+  pulsar: "pulsar+ssl://",
   mqtt: "mqtts:// (or ssl://)",
   tcp: "ssl:// / tls://",
   nats: "tls:// with a CA",
@@ -94,19 +184,18 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "PostgreSQL connection without enforced TLS",
-    why: "libpq's `sslmode` `disable`, `allow` and `prefer` (and no sslmode, which means prefer) let the connection fall back to plaintext; an attacker on the path simply refuses TLS.",
+    why: "libpq's `sslmode` `disable`, `allow` and `prefer` (and no sslmode, which means prefer) let the connection fall back to plaintext; an attacker on the path simply refuses TLS. Read in component connection strings and in `postgres://` URLs in container env (`DATABASE_URL`, with `PGSSLMODE` of the same container when the URL sets no sslmode).",
     fix: "Use `sslmode=verify-full` with `sslrootcert` pointing at the server's CA.",
     example: {
       file: "statestore.yaml",
       bad: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=disable" }),
       good: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=verify-full sslrootcert=/etc/pg/ca.pem" }),
     },
-    appliesTo: ["dapr-component"],
-    check(component) {
-      if (!isPostgres(component)) return [];
-      const ssl = postgresSslMode(component);
-      if (ssl === undefined || !["", "disable", "allow", "prefer"].includes(ssl.mode)) return [];
-      return [hit(ssl.item, ssl.mode === "" ? "sslmode not set (libpq default: prefer)" : `sslmode=${ssl.mode}`)];
+    appliesTo: ["dapr-component", "workload"],
+    check(resource) {
+      return postgresConnections(resource)
+        .filter((connection) => ["", "disable", "allow", "prefer"].includes(connection.mode))
+        .map((connection) => postgresHit(connection, connection.mode === "" ? "sslmode not set (libpq default: prefer)" : `sslmode=${connection.mode}`));
     },
   }),
   defineRule({
@@ -121,12 +210,11 @@ export const transportRules: Rule[] = [
       bad: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=require" }),
       good: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=verify-full" }),
     },
-    appliesTo: ["dapr-component"],
-    check(component) {
-      if (!isPostgres(component)) return [];
-      const ssl = postgresSslMode(component);
-      if (ssl === undefined || !["require", "verify-ca"].includes(ssl.mode)) return [];
-      return [hit(ssl.item, `sslmode=${ssl.mode}`)];
+    appliesTo: ["dapr-component", "workload"],
+    check(resource) {
+      return postgresConnections(resource)
+        .filter((connection) => ["require", "verify-ca"].includes(connection.mode))
+        .map((connection) => postgresHit(connection, `sslmode=${connection.mode}`));
     },
   }),
   defineRule({
@@ -199,17 +287,25 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "Plaintext endpoint where a TLS form exists",
-    why: "`amqp://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form.",
-    fix: "Use the TLS scheme (`amqps://`, `mqtts://`/`ssl://`, `rediss://`, `https://`, `wss://`, `ldaps://`; NATS with `tls://` and a CA).",
+    why: "`amqp://`, `pulsar://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form. Read in component metadata and in container env values that are URLs (`REDIS_URL=redis://…`).",
+    fix: "Use the TLS scheme (`amqps://`, `pulsar+ssl://`, `mqtts://`/`ssl://`, `rediss://`, `https://`, `wss://`, `ldaps://`; NATS with `tls://` and a CA).",
     example: {
       file: "pubsub.yaml",
       bad: componentYaml("pubsub.rabbitmq", { host: "amqp://rabbitmq.default.svc:5672", durable: "true" }, "pubsub"),
       good: componentYaml("pubsub.rabbitmq", { host: "amqps://rabbitmq.default.svc:5671", durable: "true" }, "pubsub"),
     },
-    appliesTo: ["dapr-component"],
-    check(component) {
+    appliesTo: ["dapr-component", "workload"],
+    check(resource) {
       const hits: Hit[] = [];
-      for (const item of component.metadata) {
+      if (resource.kind === "workload") {
+        for (const entry of envUrls(resource)) {
+          const secure = PLAINTEXT_SCHEMES[entry.scheme];
+          if (secure === undefined) continue;
+          hits.push(envHit(entry.value, { path: entry.path, evidence: `${entry.name}: ${entry.scheme}://${hostOf(entry.value)}`, detail: `Use ${secure}.` }));
+        }
+        return hits;
+      }
+      for (const item of resource.metadata) {
         if (!item.hasInlineValue || IDENTIFIER_NAME.test(item.name)) continue;
         const match = /^([a-z]+):\/\//i.exec(item.value.trim());
         const scheme = match?.[1]?.toLowerCase() ?? "";
@@ -226,24 +322,44 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "MongoDB without TLS",
-    why: "A `mongodb://` connection without `tls=true` (or `ssl=true`) is plaintext: documents and credentials are readable on the network.",
-    fix: "Add `tls=true` to `params` (e.g. `?tls=true&tlsCAFile=...`) or use a `mongodb+srv://` server, which enables TLS by default.",
+    why: "A `mongodb://` connection (Dapr's `host` setting, or a `mongodb://` URL in a container env) without `tls=true` (or `ssl=true`) is plaintext: documents and credentials are readable on the network. Dapr's `server` setting connects with `mongodb+srv://`, which has TLS on unless `tls=false`.",
+    fix: "Add `tls=true` to `params` (e.g. `?tls=true&tlsCAFile=...`) or use a `mongodb+srv://` server (Dapr's `server` setting), which enables TLS by default.",
     example: {
       file: "statestore.yaml",
       bad: componentYaml("state.mongodb", { host: "mongo.db.svc:27017", databaseName: "orders" }),
       good: componentYaml("state.mongodb", { host: "mongo.db.svc:27017", databaseName: "orders", params: "?tls=true&tlsCAFile=/etc/mongo/ca.pem" }),
     },
-    appliesTo: ["dapr-component"],
-    check(component) {
+    appliesTo: ["dapr-component", "workload"],
+    check(resource) {
+      if (resource.kind === "workload") {
+        return envUrls(resource).flatMap((entry): Hit[] => {
+          if (entry.scheme !== "mongodb" && entry.scheme !== "mongodb+srv") return [];
+          const off = TLS_OFF.test(entry.value);
+          if (entry.scheme === "mongodb+srv" ? !off : TLS_ON.test(entry.value) && !off) return [];
+          const evidence = `${entry.name}: ${off ? "tls=false" : "no tls=true"} (${entry.scheme}://${hostOf(entry.value)})`;
+          return [envHit(entry.value, { path: entry.path, evidence })];
+        });
+      }
+      const component = resource;
       if (componentFamily(component) !== "mongodb") return [];
       const texts = component.metadata.filter((item) => item.hasInlineValue).map((item) => item.value);
-      if (texts.some((text) => /mongodb\+srv:\/\//i.test(text))) {
-        if (!texts.some((text) => /(tls|ssl)=false/i.test(text))) return [];
-      } else if (texts.some((text) => /(^|[?&])(tls|ssl)=true/i.test(text))) {
+      const off = texts.some((text) => TLS_OFF.test(text));
+      // Dapr builds `mongodb+srv://<server>/<params>` from `server` (components-contrib
+      // state/mongodb, connectionURIFormatWithSrv) unless a connection string is given.
+      const server = metadataItem(component, "server");
+      const connection = metadataItem(component, "connectionString");
+      const plainConnection = connection?.hasInlineValue === true && /^mongodb:\/\//i.test(connection.value.trim());
+      const srvServer = server !== undefined && !plainConnection && (server.hasInlineValue ? server.value.trim() !== "" : server.hasSecretRef);
+      if (srvServer || texts.some((text) => /mongodb\+srv:\/\//i.test(text))) {
+        if (!off) return [];
+      } else if (texts.some((text) => TLS_ON.test(text)) && !off) {
         return [];
       }
-      const anchor = metadataItem(component, "params", "connectionString", "server", "host");
-      const evidence = texts.some((text) => /(tls|ssl)=false/i.test(text)) ? "tls=false" : "no tls=true in host/params";
+      // Where to point: the value that turns TLS off, else the connection string Dapr uses, else params/server/host.
+      const anchor = component.metadata.find((item) => item.hasInlineValue && TLS_OFF.test(item.value))
+        ?? (plainConnection ? connection : undefined)
+        ?? ["params", "connectionString", "server", "host"].map((name) => metadataItem(component, name)).find((item) => item !== undefined);
+      const evidence = off ? "tls=false" : "no tls=true in host/params";
       return [anchor === undefined ? { path: typePath(), evidence } : hit(anchor, evidence)];
     },
   }),
@@ -252,18 +368,42 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "TLS certificate verification disabled",
-    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true` accepts any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything.",
+    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true`, and MongoDB's `tlsInsecure=true`/`tlsAllowInvalidCertificates=true` inside a value (`params`, a host or connection string, a container env URL), accept any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything. `tlsAllowInvalidHostnames=true` skips only the host name check (medium).",
     fix: "Remove the skip-verify setting and give the component the CA that signed the server's certificate (`caCert`).",
     example: {
       file: "pubsub.yaml",
       bad: componentYaml("pubsub.mqtt3", { url: "mqtts://mqtt.default.svc:8883", skipVerify: "true" }, "pubsub"),
       good: componentYaml("pubsub.mqtt3", { url: "mqtts://mqtt.default.svc:8883", skipVerify: "false" }, "pubsub"),
     },
-    appliesTo: ["dapr-component"],
-    check(component) {
-      return component.metadata
-        .filter((item) => /(skip.?(tls.?)?verif|insecure.?skip|tls.?insecure|^insecure$|^insecure.?ssl$|^tls.?allow.?insecure)/i.test(item.name) && isTruthy(item.value))
-        .map((item) => hit(item, `${item.name}: "${item.value}"`));
+    appliesTo: ["dapr-component", "workload"],
+    check(resource) {
+      if (resource.kind === "workload") {
+        return resource.env.flatMap((entry): Hit[] => {
+          if (!entry.hasInlineValue || /^MICRO_/i.test(entry.name)) return [];
+          const off = verificationOffParams(entry.value);
+          if (off === undefined) return [];
+          return [envHit(entry.value, { path: entry.path, evidence: `${entry.name}: ${off.evidence}`, ...(off.hostnameOnly ? { detail: HOSTNAME_ONLY_DETAIL, severity: "medium" as const } : {}) })];
+        });
+      }
+      const hits: Hit[] = [];
+      let loopback: boolean | undefined;
+      for (const item of resource.metadata) {
+        if (/(skip.?(tls.?)?verif|insecure.?skip|tls.?insecure|^insecure$|^insecure.?ssl$|^tls.?allow.?insecure)/i.test(item.name) && isTruthy(item.value)) {
+          hits.push(hit(item, `${item.name}: "${item.value}"`));
+          continue;
+        }
+        if (!item.hasInlineValue) continue;
+        const off = verificationOffParams(item.value);
+        if (off === undefined) continue;
+        if (!off.hostnameOnly) {
+          hits.push(hit(item, `${item.name}: ${off.evidence}`));
+          continue;
+        }
+        // The rule's own severity is lowered on loopback by the runner; this one is set here.
+        loopback ??= isLoopbackComponent(resource);
+        hits.push({ path: item.path, evidence: `${item.name}: ${off.evidence}`, detail: HOSTNAME_ONLY_DETAIL, severity: loopback ? "low" : "medium" });
+      }
+      return hits;
     },
   }),
   defineRule({
