@@ -23,8 +23,32 @@ export interface AnchorFiles {
   readonly version: number | undefined;
 }
 
+/**
+ * A file of the CA directory, read: one that is missing (or not a file) is E_CA_CORRUPT naming it,
+ * one that cannot be read is E_CA_UNREADABLE, never a bare ENOENT with a stack trace.
+ */
+export function readCaFile(path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || code === "EISDIR" || code === "ENOTDIR") {
+      throw new MeshwardError(
+        "E_CA_CORRUPT",
+        `${path} ${code === "EISDIR" ? "is a directory, not a file" : "is missing"}: the CA directory is incomplete. Restore ${basename(path)} (or the whole CA directory) from your backup`,
+        { details: { path, cause: code } },
+      );
+    }
+    throw new MeshwardError(
+      "E_CA_UNREADABLE",
+      `cannot read ${path} (${code ?? (error as Error).message}): run meshward as the user that owns the CA directory, or fix the file's owner and mode`,
+      { details: { path, ...(code !== undefined ? { cause: code } : {}) } },
+    );
+  }
+}
+
 export const directoryFiles: AnchorFiles = {
-  read: (path) => readFileSync(path, "utf8"),
+  read: (path) => readCaFile(path),
   exists: (path) => existsSync(path),
   write: (path, content, { secret }) => (secret ? writeSecretFileAtomic(path, content) : writeFileAtomic(path, content)),
   remove: (path) => rmSync(path, { force: true }),
@@ -63,7 +87,7 @@ export class StoreOverlayFiles implements AnchorFiles {
       if (held.content === null) throw new MeshwardError("E_CA_CORRUPT", `${basename(path)} was removed from the CA state in the store`);
       return held.content;
     }
-    return readFileSync(path, "utf8");
+    return readCaFile(path);
   }
 
   exists(path: string): boolean {

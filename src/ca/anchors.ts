@@ -1,9 +1,9 @@
-import { X509Certificate } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
-import { MeshwardError } from "../errors.ts";
+import { X509Certificate, type KeyObject } from "node:crypto";
+import { existsSync, mkdirSync, statSync } from "node:fs";
+import { basename, join } from "node:path";
+import { isMeshwardError, MeshwardError } from "../errors.ts";
 import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
-import { decodePrivateKey, encodePrivateKey, generateKeyPair, keysMatch, type KeyAlgorithm } from "../pki/keys.ts";
+import { decodePrivateKey, encodePrivateKey, generateKeyPair, isEncryptedPrivateKeyPem, keysMatch, type KeyAlgorithm } from "../pki/keys.ts";
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import { parseTrustDomain } from "../spiffe/id.ts";
 import { assertIssuerUsable } from "./issuer-check.ts";
@@ -84,6 +84,12 @@ export interface CaState {
   readonly rootRotation?: RootRotationState;
   /** Workloads whose certificate was issued before this instant renew at once (`rotate-root activate --reissue`). */
   readonly reissueBefore?: string;
+  /**
+   * The CA keeps its key files encrypted (PKCS#8 with the CA passphrase): `ca init` with a
+   * passphrase, or a later step that wrote a key with one. Every step that writes a key then needs
+   * the passphrase. Absent in directories made before it was recorded: the key files tell (`caKeysEncrypted`).
+   */
+  readonly keysEncrypted?: boolean;
 }
 
 export interface RootRotationState {
@@ -137,17 +143,23 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
   // CLI's --dir hook does the same for `ca init`; this is for SDK callers).
   checkCaDir(options.dir, "initAnchors dir");
   const layout = caLayout(options.dir);
-  if (existsSync(layout.state) || existsSync(layout.issuerKey)) {
+  if (existsSync(layout.state)) {
     throw new MeshwardError(
       "E_CA_EXISTS",
       `${options.dir} already holds a meshward CA; refusing to overwrite it. Use another --dir, or rotate with 'meshward ca rotate-*'.`,
     );
   }
-  mkdirSync(options.dir, { recursive: true, mode: 0o700 });
+  // Key or certificate files without ca.json: an interrupted init (or a lost ca.json). The same
+  // error as every other command gives there; nothing in it is overwritten or removed.
+  const partial = partialCaFiles(layout, directoryFiles);
+  if (partial.length > 0) throw incompleteCa(options.dir, partial);
   const mode: AnchorMode = options.imported ? "external-root" : "self-managed";
+  // Validated before the directory is made: a refused import leaves nothing behind.
+  const imported = options.imported ? validateImport(options.imported, options.now, trustDomain) : undefined;
+  makeCaDir(options.dir);
 
-  if (options.imported) {
-    const { root, issuerChain, issuerKey } = validateImport(options.imported, options.now, trustDomain);
+  if (imported) {
+    const { root, issuerChain, issuerKey } = imported;
     writeFileAtomic(layout.rootCert, toPem(root.raw, "CERTIFICATE"));
     writeFileAtomic(layout.bundle, toPem(root.raw, "CERTIFICATE"));
     writeFileAtomic(layout.issuerCert, issuerChain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""));
@@ -177,7 +189,7 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
     writeFileAtomic(layout.bundle, toPem(root.der, "CERTIFICATE"));
     writeFileAtomic(layout.issuerCert, toPem(issuer.der, "CERTIFICATE"));
   }
-  const state: CaState = { version: 1, trustDomain, mode, createdAt: options.now.toISOString() };
+  const state: CaState = { version: 1, trustDomain, mode, createdAt: options.now.toISOString(), keysEncrypted: options.passphrase !== undefined };
   // Written last: a directory with ca.json is a complete CA.
   writeFileAtomic(layout.state, `${JSON.stringify(state, null, 2)}\n`);
   return state;
@@ -217,30 +229,161 @@ export function writeCaState(dir: string, state: CaState, files: AnchorFiles = d
   files.write(caLayout(dir).state, `${JSON.stringify(state, null, 2)}\n`, { secret: false });
 }
 
+/** `ca init` creates the directory 0700; a path that cannot be one is E_CA_DIR with what to do. */
+function makeCaDir(dir: string): void {
+  if (existsSync(dir) && !statSync(dir).isDirectory()) {
+    throw new MeshwardError("E_CA_DIR", `${dir} exists and is not a directory; give --dir a new or empty directory`, { details: { path: dir } });
+  }
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const why =
+      code === "ENOTDIR" || code === "EEXIST"
+        ? "a part of that path is a file, not a directory"
+        : code === "EACCES" || code === "EPERM"
+          ? "permission denied"
+          : code === "EROFS"
+            ? "the file system is read-only"
+            : (code ?? (error as Error).message);
+    throw new MeshwardError("E_CA_DIR", `cannot create the CA directory ${dir} (${why}); give --dir a path where this user can create a directory`, {
+      details: { path: dir, ...(code !== undefined ? { cause: code } : {}) },
+    });
+  }
+}
+
+/** Files `ca init` writes before ca.json, which it writes last. */
+function partialCaFiles(layout: CaLayout, files: AnchorFiles): string[] {
+  return [layout.rootKey, layout.issuerKey, layout.rootCert, layout.bundle, layout.issuerCert].filter((file) => files.exists(file)).map((file) => basename(file));
+}
+
+function incompleteCa(dir: string, present: readonly string[]): MeshwardError {
+  return new MeshwardError(
+    "E_CA_INCOMPLETE",
+    `${dir} holds part of a meshward CA (${present.join(", ")}) but no ca.json, which 'meshward ca init' writes last: an init was interrupted, or ca.json was lost. ` +
+      `If this CA was never used, move the directory aside (mv ${dir} ${dir}.partial) and run 'meshward ca init' again; if it is in use, restore ca.json from your backup of the CA directory. Nothing was changed`,
+    { details: { dir, present } },
+  );
+}
+
+function corruptState(path: string, why: string): MeshwardError {
+  return new MeshwardError("E_CA_CORRUPT", `${path} ${why}: restore it from your backup of the CA directory`, { details: { path } });
+}
+
 export function readCaState(dir: string, files: AnchorFiles = directoryFiles): CaState {
   const layout = caLayout(dir);
-  let text: string;
-  try {
-    text = files.read(layout.state);
-  } catch {
+  if (!files.exists(layout.state)) {
+    const partial = partialCaFiles(layout, files);
+    if (partial.length > 0) throw incompleteCa(dir, partial);
     throw new MeshwardError("E_CA_NOT_FOUND", `${dir} is not a meshward CA directory (no ca.json); create one with 'meshward ca init --trust-domain TD --dir ${dir}'`);
   }
-  const state = JSON.parse(text) as CaState;
-  if (state.version !== 1) throw new MeshwardError("E_CA_STATE_NEWER", `${layout.state} was written by a newer meshward (version ${state.version})`);
-  return state;
+  const text = files.read(layout.state);
+  let state: unknown;
+  try {
+    state = JSON.parse(text);
+  } catch (error) {
+    throw corruptState(layout.state, `is not valid JSON (${(error as Error).message})`);
+  }
+  if (state === null || typeof state !== "object" || Array.isArray(state)) throw corruptState(layout.state, "does not hold a JSON object");
+  const { version, trustDomain, mode, keysEncrypted } = state as Record<string, unknown>;
+  if (typeof version === "number" && version > 1) throw new MeshwardError("E_CA_STATE_NEWER", `${layout.state} was written by a newer meshward (version ${version})`);
+  if (version !== 1) throw corruptState(layout.state, `has no valid "version" (found ${JSON.stringify(version) ?? "none"})`);
+  if (typeof trustDomain !== "string" || trustDomain === "") throw corruptState(layout.state, 'has no "trustDomain"');
+  if (mode !== "self-managed" && mode !== "external-root") throw corruptState(layout.state, `has no valid "mode" (found ${JSON.stringify(mode) ?? "none"})`);
+  if (keysEncrypted !== undefined && typeof keysEncrypted !== "boolean") throw corruptState(layout.state, '"keysEncrypted" is not true or false');
+  return state as CaState;
+}
+
+/** Key files a CA directory may hold. */
+function keyFiles(layout: CaLayout): string[] {
+  return [layout.rootKey, layout.issuerKey, layout.nextRootKey, layout.nextIssuerKey, layout.previousRootKey];
+}
+
+/**
+ * Whether the CA keeps its keys encrypted: ca.json says so, or (directories made before it
+ * recorded it, or whose keys were encrypted later) one of its key files is encrypted.
+ */
+export function caKeysEncrypted(dir: string, state: CaState, files: AnchorFiles = directoryFiles): boolean {
+  return encryptedBecause(dir, state, files) !== undefined;
+}
+
+function encryptedBecause(dir: string, state: CaState, files: AnchorFiles): string | undefined {
+  const layout = caLayout(dir);
+  if (state.keysEncrypted === true) return `${basename(layout.state)} records keysEncrypted`;
+  const file = keyFiles(layout).find((f) => files.exists(f) && isEncryptedPrivateKeyPem(files.read(f)));
+  return file === undefined ? undefined : `${basename(file)} is encrypted`;
+}
+
+/**
+ * Called by every step that writes a key file, before it writes anything: a CA that keeps its
+ * keys encrypted never gets one in the clear (E_KEY_PASSPHRASE_REQUIRED without a passphrase).
+ * With a passphrase, new keys are written encrypted, also into a CA whose keys were not (the
+ * store of several replicas holds keys only encrypted); `keysEncryptedState` records it.
+ */
+export function assertKeyWritable(dir: string, state: CaState, passphrase: string | undefined, files: AnchorFiles = directoryFiles): void {
+  if (passphrase !== undefined) return;
+  const because = encryptedBecause(dir, state, files);
+  if (because === undefined) return;
+  throw new MeshwardError(
+    "E_KEY_PASSPHRASE_REQUIRED",
+    `${dir} keeps its keys encrypted (${because}), and this step writes a new key, which without the CA passphrase would be stored unencrypted. ` +
+      "Give the passphrase with --passphrase-file FILE (or MESHWARD_CA_PASSPHRASE); nothing was written",
+    { details: { dir } },
+  );
+}
+
+/** The state to record after a step wrote keys with `passphrase` (undefined when nothing changes). */
+export function keysEncryptedState(state: CaState, passphrase: string | undefined): CaState | undefined {
+  if (passphrase === undefined || state.keysEncrypted === true) return undefined;
+  return { ...state, keysEncrypted: true };
+}
+
+/** Certificates of a CA file; a damaged one is E_CA_CORRUPT naming it. */
+export function readCaCertificates(files: AnchorFiles, path: string): X509Certificate[] {
+  const text = files.read(path);
+  try {
+    const certificates = certificatesFromPem(text).map((der) => new X509Certificate(der));
+    if (certificates.length === 0) throw new MeshwardError("E_PEM_INVALID", "no CERTIFICATE block found");
+    return certificates;
+  } catch (error) {
+    const why = isMeshwardError(error) ? error.message : "a certificate in it cannot be parsed";
+    throw new MeshwardError("E_CA_CORRUPT", `${path} is damaged (${why}): restore it from your backup of the CA directory`, { details: { path } });
+  }
+}
+
+/** A key file of the CA, decrypted; errors name the file and, for the passphrase, the flags. */
+export function readCaKey(files: AnchorFiles, path: string, passphrase: string | undefined): KeyObject {
+  const pem = files.read(path);
+  try {
+    return decodePrivateKey(pem, passphrase);
+  } catch (error) {
+    if (isMeshwardError(error, "E_KEY_PASSPHRASE_REQUIRED")) {
+      throw new MeshwardError("E_KEY_PASSPHRASE_REQUIRED", `${path} is encrypted: give the CA passphrase with --passphrase-file FILE (or MESHWARD_CA_PASSPHRASE)`, { details: { path } });
+    }
+    if (isMeshwardError(error, "E_KEY_PASSPHRASE_WRONG")) {
+      throw new MeshwardError("E_KEY_PASSPHRASE_WRONG", `the passphrase does not decrypt ${path} (wrong passphrase, or a damaged file): give the CA's passphrase, or restore the file from your backup`, {
+        details: { path, ...(error.details ?? {}) },
+      });
+    }
+    if (isMeshwardError(error)) {
+      throw new MeshwardError("E_CA_CORRUPT", `${path} is damaged (${error.message}): restore it from your backup of the CA directory`, { details: { path } });
+    }
+    throw error;
+  }
 }
 
 export function loadAnchors(options: { dir: string; passphrase?: string; files?: AnchorFiles }): LoadedAnchors {
   const layout = caLayout(options.dir);
   const files = options.files ?? directoryFiles;
   const state = readCaState(options.dir, files);
+  // A missing issuer key is E_CA_CORRUPT naming it (read), before its mode is checked.
+  if (!files.exists(layout.issuerKey)) files.read(layout.issuerKey);
   files.assertPrivate(layout.issuerKey, "issuer key file");
   if (files.exists(layout.rootKey)) files.assertPrivate(layout.rootKey, "root key file");
-  const roots = certificatesFromPem(files.read(layout.bundle)).map((der) => new X509Certificate(der));
-  const issuerChain = certificatesFromPem(files.read(layout.issuerCert)).map((der) => new X509Certificate(der));
-  const issuerCert = issuerChain[0];
-  if (issuerCert === undefined) throw new MeshwardError("E_CA_CORRUPT", `${layout.issuerCert} holds no certificate`);
-  const privateKey = decodePrivateKey(files.read(layout.issuerKey), options.passphrase);
+  const roots = readCaCertificates(files, layout.bundle);
+  const issuerChain = readCaCertificates(files, layout.issuerCert);
+  const issuerCert = issuerChain[0] as X509Certificate;
+  const privateKey = readCaKey(files, layout.issuerKey, options.passphrase);
   if (!keysMatch(privateKey, issuerCert.publicKey)) {
     throw new MeshwardError("E_CA_CORRUPT", `${layout.issuerKey} does not belong to ${layout.issuerCert}`);
   }

@@ -2,11 +2,25 @@ import { X509Certificate } from "node:crypto";
 import { MeshwardError } from "../errors.ts";
 import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
 import { assertIssuerUsable } from "./issuer-check.ts";
-import { decodePrivateKey, encodePrivateKey, generateKeyPair, keyAlgorithmOf, keysMatch } from "../pki/keys.ts";
+import { decodePrivateKey, encodePrivateKey, generateKeyPair, isEncryptedPrivateKeyPem, keyAlgorithmOf, keysMatch } from "../pki/keys.ts";
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import type { Store } from "../store/store.ts";
 import { directoryFiles, type AnchorFiles } from "./anchor-files.ts";
-import { ANCHOR_BACKDATE_MS, caLayout, DEFAULT_ISSUER_TTL_MS, DEFAULT_ROOT_TTL_MS, readCaState, rootCommonName, writeCaState, type CaLayout, type CaState } from "./anchors.ts";
+import {
+  ANCHOR_BACKDATE_MS,
+  assertKeyWritable,
+  caLayout,
+  DEFAULT_ISSUER_TTL_MS,
+  DEFAULT_ROOT_TTL_MS,
+  keysEncryptedState,
+  readCaCertificates,
+  readCaKey,
+  readCaState,
+  rootCommonName,
+  writeCaState,
+  type CaLayout,
+  type CaState,
+} from "./anchors.ts";
 
 const DAY_MS = 86_400_000;
 
@@ -39,12 +53,25 @@ interface RootMaterial {
 }
 
 function readRoot(files: AnchorFiles, certFile: string, keyFile: string, passphrase: string | undefined): RootMaterial {
-  const [der] = certificatesFromPem(files.read(certFile));
-  if (der === undefined) throw new MeshwardError("E_CA_CORRUPT", `${certFile} holds no certificate`);
-  const certificate = new X509Certificate(der);
-  const privateKey = decodePrivateKey(files.read(keyFile), passphrase);
+  const certificate = readCaCertificates(files, certFile)[0] as X509Certificate;
+  const privateKey = readCaKey(files, keyFile, passphrase);
   if (!keysMatch(privateKey, certificate.publicKey)) throw new MeshwardError("E_CA_CORRUPT", `${keyFile} does not belong to ${certFile}`);
   return { certificate, signer: { certificate, der: certificate.raw, privateKey } };
+}
+
+/**
+ * A key file's PEM as this CA stores it: with a passphrase, one left in the clear (a successor
+ * prepared by an older meshward without the passphrase) is encrypted before it is installed.
+ */
+function sealedKeyPem(pem: string, passphrase: string | undefined): string {
+  if (passphrase === undefined || isEncryptedPrivateKeyPem(pem)) return pem;
+  return encodePrivateKey(decodePrivateKey(pem), passphrase);
+}
+
+/** After a step wrote keys: a passphrase given to a CA not yet recorded as encrypting its keys is recorded in ca.json. */
+function recordKeysEncrypted(dir: string, state: CaState, passphrase: string | undefined, files: AnchorFiles): void {
+  const next = keysEncryptedState(state, passphrase);
+  if (next !== undefined) writeCaState(dir, next, files);
 }
 
 function requireSelfManaged(state: CaState, what: string): void {
@@ -94,21 +121,23 @@ export async function rotateIssuer(options: RotateIssuerOptions): Promise<X509Ce
   const files = options.files ?? directoryFiles;
   const state = readCaState(options.dir, files);
   requireSelfManaged(state, "issuer rotation");
+  assertKeyWritable(options.dir, state, options.passphrase, files);
   if (files.exists(layout.nextIssuerCert) && files.exists(layout.nextIssuerKey)) {
     const certPem = files.read(layout.nextIssuerCert);
-    const keyPem = files.read(layout.nextIssuerKey);
-    const certificate = new X509Certificate(certificatesFromPem(certPem)[0] as Buffer);
+    const certificate = readCaCertificates(files, layout.nextIssuerCert)[0] as X509Certificate;
     const root = readRoot(files, layout.rootCert, layout.rootKey, options.passphrase);
     if (certificate.checkIssued(root.certificate) && certificate.verify(root.certificate.publicKey) && new Date(certificate.validTo) > options.now) {
-      installIssuer(files, layout, certPem, keyPem);
+      installIssuer(files, layout, certPem, sealedKeyPem(files.read(layout.nextIssuerKey), options.passphrase));
       files.remove(layout.nextIssuerCert);
       files.remove(layout.nextIssuerKey);
+      recordKeysEncrypted(options.dir, state, options.passphrase, files);
       return certificate;
     }
   }
   const root = readRoot(files, layout.rootCert, layout.rootKey, options.passphrase);
   const issuer = await newIssuer(root.signer, state.trustDomain, options.now, options.issuerTtlMs ?? DEFAULT_ISSUER_TTL_MS);
   installIssuer(files, layout, toPem(issuer.der, "CERTIFICATE"), encodePrivateKey(issuer.privateKey, options.passphrase));
+  recordKeysEncrypted(options.dir, state, options.passphrase, files);
   return new X509Certificate(issuer.der);
 }
 
@@ -118,10 +147,12 @@ export async function prepareIssuer(options: RotateIssuerOptions): Promise<X509C
   const files = options.files ?? directoryFiles;
   const state = readCaState(options.dir, files);
   requireSelfManaged(state, "issuer rotation");
+  assertKeyWritable(options.dir, state, options.passphrase, files);
   const root = readRoot(files, layout.rootCert, layout.rootKey, options.passphrase);
   const issuer = await newIssuer(root.signer, state.trustDomain, options.now, options.issuerTtlMs ?? DEFAULT_ISSUER_TTL_MS);
   files.write(layout.nextIssuerKey, encodePrivateKey(issuer.privateKey, options.passphrase), { secret: true });
   files.write(layout.nextIssuerCert, toPem(issuer.der, "CERTIFICATE"), { secret: false });
+  recordKeysEncrypted(options.dir, state, options.passphrase, files);
   return new X509Certificate(issuer.der);
 }
 
@@ -155,7 +186,7 @@ function describe(cert: X509Certificate): string {
 }
 
 function bundleRoots(files: AnchorFiles, layout: CaLayout): X509Certificate[] {
-  return certificatesFromPem(files.read(layout.bundle)).map((der) => new X509Certificate(der));
+  return readCaCertificates(files, layout.bundle);
 }
 
 function writeBundle(files: AnchorFiles, layout: CaLayout, roots: readonly X509Certificate[]): void {
@@ -170,10 +201,12 @@ export function importIssuer(options: { dir: string; issuerCertPem: string; issu
   const layout = caLayout(options.dir);
   const files = options.files ?? directoryFiles;
   const state = readCaState(options.dir, files);
+  assertKeyWritable(options.dir, state, options.passphrase, files);
   const chain = certificatesFromPem(options.issuerCertPem).map((der) => new X509Certificate(der));
   const key = decodePrivateKey(options.issuerKeyPem, options.issuerKeyPassphrase ?? options.passphrase);
   validateIssuerChain(chain, bundleRoots(files, layout), key, options.now, state.trustDomain);
   installIssuer(files, layout, chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), encodePrivateKey(key, options.passphrase));
+  recordKeysEncrypted(options.dir, state, options.passphrase, files);
   return chain[0] as X509Certificate;
 }
 
@@ -198,7 +231,9 @@ export async function prepareRoot(options: PrepareRootOptions): Promise<X509Cert
       `a root rotation is already ${state.rootRotation.phase}; continue with 'meshward ca rotate-root ${state.rootRotation.phase === "prepared" ? "activate" : "retire"}'`,
     );
   }
-  const current = new X509Certificate(certificatesFromPem(files.read(layout.rootCert))[0] as Buffer);
+  // Only a generated root has a key to write.
+  if (options.importedRootPem === undefined) assertKeyWritable(options.dir, state, options.passphrase, files);
+  const current = readCaCertificates(files, layout.rootCert)[0] as X509Certificate;
   let next: X509Certificate;
   if (options.importedRootPem !== undefined) {
     const [der, ...more] = certificatesFromPem(options.importedRootPem);
@@ -222,8 +257,9 @@ export async function prepareRoot(options: PrepareRootOptions): Promise<X509Cert
   }
   const roots = bundleRoots(files, layout).filter((r) => r.fingerprint256 !== next.fingerprint256);
   writeBundle(files, layout, [...roots, next]);
+  const written = options.importedRootPem === undefined ? (keysEncryptedState(state, options.passphrase) ?? state) : state;
   writeCaState(options.dir, {
-    ...state,
+    ...written,
     rootRotation: { phase: "prepared", preparedAt: options.now.toISOString(), previousRootFingerprint: current.fingerprint256, nextRootFingerprint: next.fingerprint256 },
   }, files);
   return next;
@@ -249,7 +285,8 @@ export async function activateRoot(options: ActivateRootOptions): Promise<X509Ce
   if (state.rootRotation?.phase !== "prepared") {
     throw new MeshwardError("E_ROTATION_NOT_PREPARED", "no prepared root to activate; run 'meshward ca rotate-root prepare' first");
   }
-  const nextRoot = new X509Certificate(certificatesFromPem(files.read(layout.nextRootCert))[0] as Buffer);
+  assertKeyWritable(options.dir, state, options.passphrase, files);
+  const nextRoot = readCaCertificates(files, layout.nextRootCert)[0] as X509Certificate;
   let issuer: { certPem: string; keyPem: string; certificate: X509Certificate };
   if (options.importedIssuer !== undefined) {
     const chain = certificatesFromPem(options.importedIssuer.certPem).map((der) => new X509Certificate(der));
@@ -265,13 +302,13 @@ export async function activateRoot(options: ActivateRootOptions): Promise<X509Ce
   // The old root is kept as root.prev.* until retire; the new one becomes root.*.
   files.write(layout.previousRootCert, files.read(layout.rootCert), { secret: false });
   if (files.exists(layout.rootKey)) files.write(layout.previousRootKey, files.read(layout.rootKey), { secret: true });
-  if (files.exists(layout.nextRootKey)) files.write(layout.rootKey, files.read(layout.nextRootKey), { secret: true });
+  if (files.exists(layout.nextRootKey)) files.write(layout.rootKey, sealedKeyPem(files.read(layout.nextRootKey), options.passphrase), { secret: true });
   files.write(layout.rootCert, files.read(layout.nextRootCert), { secret: false });
   installIssuer(files, layout, issuer.certPem, issuer.keyPem);
   for (const file of [layout.nextRootKey, layout.nextRootCert, layout.nextIssuerCert, layout.nextIssuerKey]) files.remove(file);
   // A reissue request belongs to one activation: one left from an earlier rotation must not
   // make this one (without --reissue) renew every workload.
-  const { reissueBefore: _earlier, ...base } = state;
+  const { reissueBefore: _earlier, ...base } = keysEncryptedState(state, options.passphrase) ?? state;
   void _earlier;
   writeCaState(options.dir, {
     ...base,

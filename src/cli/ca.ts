@@ -4,7 +4,8 @@ import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { caConfigSchema, type CaConfig } from "../config/ca.ts";
 import { loadYamlConfig } from "../config/load.ts";
-import { caLayout, initAnchors, loadAnchors, readCaState } from "../ca/anchors.ts";
+import { caKeysEncrypted, caLayout, initAnchors, loadAnchors, readCaState } from "../ca/anchors.ts";
+import type { AnchorFiles } from "../ca/anchor-files.ts";
 import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../ca/rotation.ts";
 import { withCaFiles, withCaStore } from "./store.ts";
 import type { Store } from "../store/store.ts";
@@ -12,8 +13,9 @@ import { trustBundleVersion } from "../telemetry/bundle-version.ts";
 import { copyStore } from "../store/migrate-store.ts";
 import { redactConnectionString } from "../store/redact.ts";
 import { startCaServer } from "../ca/server.ts";
-import { MeshwardError } from "../errors.ts";
-import { KEY_ALGORITHMS } from "../pki/keys.ts";
+import { isMeshwardError, MeshwardError } from "../errors.ts";
+import { decodePrivateKey, KEY_ALGORITHMS } from "../pki/keys.ts";
+import { certificatesFromPem } from "../pki/pem.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
 import { checkCaDirOption, cliLogger, collect, logFormatOption, logLevelOption, readPassphrase, readTextFile, untilSignal, validatorOption, wholeNumber } from "./options.ts";
 
@@ -42,16 +44,17 @@ export function registerCaCommand(program: Command): void {
         dir: opts.dir,
         trustDomain: opts.trustDomain,
         now: new Date(),
-        rootTtlMs: parseDuration(opts.rootTtl, "--root-ttl"),
-        issuerTtlMs: parseDuration(opts.issuerTtl, "--issuer-ttl"),
+        rootTtlMs: anchorTtl(opts.rootTtl, "--root-ttl"),
+        issuerTtlMs: anchorTtl(opts.issuerTtl, "--issuer-ttl"),
         keyAlgorithm: opts.keyType,
         ...(passphrase !== undefined ? { passphrase } : {}),
         ...(importing === 3
           ? {
               imported: {
-                rootCertPem: readTextFile(opts.rootCert, "root certificate"),
-                issuerCertPem: readTextFile(opts.issuerCert, "issuer certificate"),
-                issuerKeyPem: readTextFile(opts.issuerKey, "issuer key"),
+                rootCertPem: readCertificateFile(opts.rootCert, "--root-cert"),
+                issuerCertPem: readCertificateFile(opts.issuerCert, "--issuer-cert"),
+                // Imported as it is and encrypted at rest with --passphrase-file: it must not be encrypted itself.
+                issuerKeyPem: readKeyFile(opts.issuerKey, "--issuer-key", undefined, "ca init imports only an unencrypted issuer key (it encrypts it at rest itself with --passphrase-file)"),
               },
             }
           : {}),
@@ -147,16 +150,21 @@ export function registerCaCommand(program: Command): void {
     .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")
     .action(async (opts) => {
       const now = new Date();
+      const issuerTtlMs = anchorTtl(opts.issuerTtl, "--issuer-ttl");
+      const passphrase = readPassphrase(opts.passphraseFile);
+      let note: string | undefined;
       const issuer = await withCaFiles(opts.dir, opts.store, async (files) => {
-        const current = loadAnchors({ dir: opts.dir, files, ...withPassphrase(readPassphrase(opts.passphraseFile)) });
+        const current = loadAnchors({ dir: opts.dir, files, ...withPassphrase(passphrase) });
         const stage = issuerRotationStage(current.issuer.certificate, now);
         if (stage === "current" && !opts.now) {
           process.stdout.write(`the issuer has ${describeTimeLeft(new Date(current.issuer.certificate.validTo), now)}, above the rotation threshold; nothing to do (use --now to rotate anyway)\n`);
           return undefined;
         }
-        return rotateIssuer({ dir: opts.dir, now, files, issuerTtlMs: parseDuration(opts.issuerTtl, "--issuer-ttl"), ...withPassphrase(readPassphrase(opts.passphraseFile)) });
+        note = encryptionNote(opts.dir, files, passphrase);
+        return rotateIssuer({ dir: opts.dir, now, files, issuerTtlMs, ...withPassphrase(passphrase) });
       });
       if (issuer === undefined) return;
+      if (note !== undefined) process.stderr.write(note);
       process.stdout.write(`new issuer ${issuer.fingerprint256}, valid until ${new Date(issuer.validTo).toISOString()}; a running CA signs with it within a second\n`);
     });
 
@@ -169,15 +177,24 @@ export function registerCaCommand(program: Command): void {
     .option("--passphrase-file <file>", "passphrase to encrypt the key at rest (or MESHWARD_CA_PASSPHRASE)")
     .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")
     .action(async (opts) => {
-      const issuer = await withCaFiles(opts.dir, opts.store, async (files) => importIssuer({
-        dir: opts.dir,
-        files,
-        issuerCertPem: readTextFile(opts.issuerCert, "issuer certificate"),
-        issuerKeyPem: readTextFile(opts.issuerKey, "issuer key"),
-        now: new Date(),
-        ...withPassphrase(readPassphrase(opts.passphraseFile)),
-        ...(opts.issuerKeyPassphraseFile !== undefined ? { issuerKeyPassphrase: readTextFile(opts.issuerKeyPassphraseFile, "passphrase file").replace(/\r?\n$/, "") } : {}),
-      }));
+      const passphrase = readPassphrase(opts.passphraseFile);
+      const issuerKeyPassphrase: string | undefined = opts.issuerKeyPassphraseFile !== undefined ? readTextFile(opts.issuerKeyPassphraseFile, "passphrase file").replace(/\r?\n$/, "") : undefined;
+      const issuerCertPem = readCertificateFile(opts.issuerCert, "--issuer-cert");
+      const issuerKeyPem = readKeyFile(opts.issuerKey, "--issuer-key", issuerKeyPassphrase ?? passphrase, "give its passphrase with --issuer-key-passphrase-file FILE");
+      let note: string | undefined;
+      const issuer = await withCaFiles(opts.dir, opts.store, async (files) => {
+        note = encryptionNote(opts.dir, files, passphrase);
+        return importIssuer({
+          dir: opts.dir,
+          files,
+          issuerCertPem,
+          issuerKeyPem,
+          now: new Date(),
+          ...withPassphrase(passphrase),
+          ...(issuerKeyPassphrase !== undefined ? { issuerKeyPassphrase } : {}),
+        });
+      });
+      if (note !== undefined) process.stderr.write(note);
       process.stdout.write(`installed issuer ${issuer.fingerprint256}, valid until ${new Date(issuer.validTo).toISOString()}\n`);
     });
 
@@ -191,14 +208,16 @@ export function registerCaCommand(program: Command): void {
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
     .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")
     .action(async (opts) => {
-      const root = await withCaFiles(opts.dir, opts.store, (files) => prepareRoot({
-        dir: opts.dir,
-        files,
-        now: new Date(),
-        rootTtlMs: parseDuration(opts.rootTtl, "--root-ttl"),
-        ...withPassphrase(readPassphrase(opts.passphraseFile)),
-        ...(opts.rootCert !== undefined ? { importedRootPem: readTextFile(opts.rootCert, "root certificate") } : {}),
-      }));
+      const rootTtlMs = anchorTtl(opts.rootTtl, "--root-ttl");
+      const passphrase = readPassphrase(opts.passphraseFile);
+      const importedRootPem = opts.rootCert !== undefined ? readCertificateFile(opts.rootCert, "--root-cert") : undefined;
+      let note: string | undefined;
+      const root = await withCaFiles(opts.dir, opts.store, async (files) => {
+        // An imported root comes without a key: nothing is encrypted.
+        if (importedRootPem === undefined) note = encryptionNote(opts.dir, files, passphrase);
+        return prepareRoot({ dir: opts.dir, files, now: new Date(), rootTtlMs, ...withPassphrase(passphrase), ...(importedRootPem !== undefined ? { importedRootPem } : {}) });
+      });
+      if (note !== undefined) process.stderr.write(note);
       process.stdout.write(
         `prepared root ${root.fingerprint256} (valid until ${new Date(root.validTo).toISOString()}); the bundle now holds it beside the current root.\n` +
           `Next, once every workload has fetched the new bundle (they refresh it every minute): meshward ca rotate-root activate --dir ${opts.dir}\n`,
@@ -216,15 +235,26 @@ export function registerCaCommand(program: Command): void {
     .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")
     .action(async (opts) => {
       if ((opts.issuerCert === undefined) !== (opts.issuerKey === undefined)) throw new MeshwardError("E_USAGE", "give both --issuer-cert and --issuer-key, or neither");
-      const issuer = await withCaFiles(opts.dir, opts.store, (files) => activateRoot({
-        dir: opts.dir,
-        files,
-        now: new Date(),
-        reissue: opts.reissue === true,
-        issuerTtlMs: parseDuration(opts.issuerTtl, "--issuer-ttl"),
-        ...withPassphrase(readPassphrase(opts.passphraseFile)),
-        ...(opts.issuerCert !== undefined ? { importedIssuer: { certPem: readTextFile(opts.issuerCert, "issuer certificate"), keyPem: readTextFile(opts.issuerKey, "issuer key") } } : {}),
-      }));
+      const issuerTtlMs = anchorTtl(opts.issuerTtl, "--issuer-ttl");
+      const passphrase = readPassphrase(opts.passphraseFile);
+      const importedIssuer =
+        opts.issuerCert !== undefined
+          ? { certPem: readCertificateFile(opts.issuerCert, "--issuer-cert"), keyPem: readKeyFile(opts.issuerKey, "--issuer-key", passphrase, "it is decrypted with the CA passphrase: give it with --passphrase-file FILE (or MESHWARD_CA_PASSPHRASE)") }
+          : undefined;
+      let note: string | undefined;
+      const issuer = await withCaFiles(opts.dir, opts.store, async (files) => {
+        note = encryptionNote(opts.dir, files, passphrase);
+        return activateRoot({
+          dir: opts.dir,
+          files,
+          now: new Date(),
+          reissue: opts.reissue === true,
+          issuerTtlMs,
+          ...withPassphrase(passphrase),
+          ...(importedIssuer !== undefined ? { importedIssuer } : {}),
+        });
+      });
+      if (note !== undefined) process.stderr.write(note);
       process.stdout.write(
         `activated: signing with issuer ${issuer.fingerprint256} under the new root${opts.reissue ? "; workloads renew now" : "; workloads move at their next renewal"}.\n` +
           `Next, when no certificate chains to the old root (see 'meshward ca status'): meshward ca rotate-root retire --dir ${opts.dir}\n`,
@@ -237,6 +267,8 @@ export function registerCaCommand(program: Command): void {
     .option("--force", "retire even though certificates still chain to the old root (they stop verifying)")
     .option("--store <url>", "store URL [default: <dir>/ca.db]")
     .action(async (opts) => {
+      // Before the store is opened: a directory that is no CA gets no ca.db made in it.
+      readCaState(opts.dir);
       const result = await withCaFiles(opts.dir, opts.store ?? `sqlite:${caLayout(opts.dir).database}`, (files, store) => retireRoot({ dir: opts.dir, store: store!, files, now: new Date(), force: opts.force === true }));
       process.stdout.write(`retired root ${result.retiredFingerprint}${result.remaining > 0 ? ` (forced: ${result.remaining} certificates still chained to it)` : ""}; the rotation is complete\n`);
     });
@@ -251,6 +283,8 @@ export function registerCaCommand(program: Command): void {
     .action(async (opts) => {
       const now = new Date();
       const warnMs = parseDuration(opts.warn, "--warn");
+      // Before the store is opened: a directory that is no CA gets no ca.db made in it.
+      readCaState(opts.dir);
       const { anchors, countsByRoot } = await withCaFiles(
         opts.dir,
         opts.store ?? `sqlite:${caLayout(opts.dir).database}`,
@@ -324,6 +358,61 @@ async function certificateCountsByRoot(store: Store, roots: readonly string[], n
 
 function withPassphrase(passphrase: string | undefined): { passphrase?: string } {
   return passphrase === undefined ? {} : { passphrase };
+}
+
+/**
+ * Shortest root or issuer lifetime accepted. Anchors are backdated 15 minutes, a leaf is cut to
+ * the issuer's remaining life and workloads renew at half of it: below an hour a CA is expired, or
+ * expiring before anything it signs is renewed once (`--root-ttl 0s` made an expired CA).
+ */
+const MIN_ANCHOR_TTL_MS = 3_600_000;
+
+function anchorTtl(value: string, flag: string): number {
+  const ms = parseDuration(value, flag);
+  if (ms < MIN_ANCHOR_TTL_MS) {
+    throw new MeshwardError(
+      "E_DURATION_INVALID",
+      `${flag} ${JSON.stringify(value)} is too short: a root or issuer must live at least 1h (they are usually years: 10y for a root, 1y for an issuer; a root shorter than the issuer cuts the issuer to the root's life)`,
+    );
+  }
+  return ms;
+}
+
+/** A certificate file given on the command line: errors name the flag and the file. */
+function readCertificateFile(file: string, flag: string): string {
+  const text = readTextFile(file, `${flag} file`);
+  try {
+    for (const der of certificatesFromPem(text)) new X509Certificate(der);
+  } catch (error) {
+    const why = isMeshwardError(error) ? `${error.message}; give the certificate as PEM (-----BEGIN CERTIFICATE-----)` : "a CERTIFICATE block does not hold an X.509 certificate (damaged or truncated file)";
+    throw new MeshwardError("E_PEM_INVALID", `${flag} ${file}: ${why}`, { details: { file } });
+  }
+  return text;
+}
+
+/** A private key file given on the command line, checked as it will be read: errors name the flag and the file, never the key. */
+function readKeyFile(file: string, flag: string, passphrase: string | undefined, passphraseHint: string): string {
+  const text = readTextFile(file, `${flag} file`);
+  try {
+    decodePrivateKey(text, passphrase);
+  } catch (error) {
+    if (!isMeshwardError(error)) throw error;
+    const message = error.code === "E_KEY_PASSPHRASE_REQUIRED" ? `the private key is encrypted; ${passphraseHint}` : error.message;
+    throw new MeshwardError(error.code, `${flag} ${file}: ${message}`, { details: { file, ...(error.details ?? {}) } });
+  }
+  return text;
+}
+
+/**
+ * A step that writes a key, given a passphrase, on a CA whose keys are not encrypted: the new key
+ * is encrypted and ca.json records that the CA now encrypts its keys. Said once, on stderr.
+ */
+function encryptionNote(dir: string, files: AnchorFiles, passphrase: string | undefined): string | undefined {
+  if (passphrase === undefined || caKeysEncrypted(dir, readCaState(dir, files), files)) return undefined;
+  return (
+    `meshward: note: ${dir} kept its keys unencrypted; the new key is encrypted with the passphrase given (--passphrase-file or MESHWARD_CA_PASSPHRASE), and from now on this CA keeps its keys encrypted: ` +
+    "every command that reads or writes them, 'meshward ca serve' included, needs the passphrase (a CA running without it keeps its previous issuer until restarted with it)\n"
+  );
 }
 
 /** Config file, then flags on top; both validated by the same zod schema. */

@@ -4,7 +4,7 @@ import { issueJoinToken } from "../ca/tokens.ts";
 import { MeshwardError } from "../errors.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
 import { describeTimeLeft, parseDuration } from "../util/duration.ts";
-import { checkCaDirOption, collect } from "./options.ts";
+import { checkCaDirOption, collect, wholeNumber } from "./options.ts";
 import { withCaStore } from "./store.ts";
 
 export function registerTokenCommand(program: Command): void {
@@ -24,8 +24,11 @@ export function registerTokenCommand(program: Command): void {
       const state = readCaState(opts.dir);
       const spiffeId = formatWorkloadId({ trustDomain: state.trustDomain, namespace: opts.namespace, appId: opts.appId });
       const ttlMs = parseDuration(opts.ttl, "--ttl");
-      const uses = Number(opts.uses);
-      if (!Number.isInteger(uses) || uses < 1 || uses > 1_000_000) {
+      // A token that expires at once is dead on arrival: refused rather than stored.
+      if (ttlMs < 1000) throw new MeshwardError("E_USAGE", `--ttl ${JSON.stringify(opts.ttl)} is too short: a join token must stay usable at least 1s (the default is 1h)`);
+      // Digits only: Number() also read "0x10" as 16 and "1e3" as 1000.
+      const uses = wholeNumber(opts.uses, "--uses") as number;
+      if (uses < 1 || uses > 1_000_000) {
         throw new MeshwardError("E_USAGE", `--uses must be a whole number from 1 to 1000000, got ${JSON.stringify(opts.uses)}`);
       }
       const dnsNames = (opts.dnsName as string[] | undefined) ?? [];
