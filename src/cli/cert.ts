@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { Option, type Command } from "commander";
 import { readCaState } from "../ca/anchors.ts";
 import { MeshwardError } from "../errors.ts";
+import { readBundleFile } from "../identity/bundle-file.ts";
 import { requestCertificate, type ValidatorChoice } from "../identity/ca-client.ts";
 import { normalizeSerial } from "../pki/certificate.ts";
 import { createCsr } from "../pki/csr.ts";
@@ -45,7 +46,7 @@ export function registerCertCommand(program: Command): void {
       const token = readToken(opts);
       // Before the CA is contacted: a local mistake must not spend a single-use token.
       const out = prepareOutDir(opts.out);
-      const bundlePem = readTextFile(opts.bundle, "trust bundle");
+      const bundlePem = readBundleFile(opts.bundle);
       const trustDomain = opts.trustDomain ?? trustDomainFromBundle(bundlePem, opts.bundle);
       const keyPair = generateKeyPair();
       const csrPem = await createCsr({ keyPair, dnsNames: opts.dnsName ?? [] });

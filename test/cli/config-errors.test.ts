@@ -25,6 +25,15 @@ describe("bad input is refused, not silently taken", () => {
     }
   });
 
+  it("cert issue with a --bundle that is not PEM names the file (E_BUNDLE_INVALID), before any CA is asked", async () => {
+    const garbage = join(dir, "garbage.pem");
+    writeFileSync(garbage, "not a certificate\n");
+    const r = await runCli(["cert", "issue", "--ca", "127.0.0.1:1", "--bundle", garbage, "--token-file", garbage, "--out", join(dir, "issued")]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/the trust bundle .*garbage\.pem is not usable.*\[E_BUNDLE_INVALID\]/s);
+    expect(r.stderr).not.toMatch(/\n\s+at |E_CA_UNAVAILABLE/);
+  });
+
   it("cert list on a directory that is no CA says so, and creates no store there", async () => {
     const notCa = join(dir, "not-a-ca");
     mkdirSync(notCa);
