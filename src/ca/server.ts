@@ -68,7 +68,7 @@ const RESERVED_FILES = 64;
 /** Distinct (reason, address) pairs whose refusals are logged apart; more share one budget. */
 const LOGGED_PEERS = 100;
 /** TLS 1.2 only with ECDHE + AEAD; TLS 1.3 suites are all AEAD. */
-const TLS12_CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305";
+const TLS12_CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305:@SECLEVEL=2";
 
 export interface CaServerOptions {
   /** The CA directory (from `initAnchors`); refused when another user owns it or group/others can write it (E_CA_DIR_UNSAFE). */

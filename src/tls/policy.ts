@@ -12,7 +12,12 @@ export const TLS12_SUITES = [
   "ECDHE-ECDSA-CHACHA20-POLY1305",
   "ECDHE-RSA-CHACHA20-POLY1305",
 ] as const;
-export const CIPHERS = [...TLS13_SUITES, ...TLS12_SUITES].join(":");
+/**
+ * `@SECLEVEL=2` (OpenSSL): keys of at least 112-bit strength in every certificate of either side
+ * (RSA and DH >= 2048 bits, EC >= 224) and no SHA-1 signatures. Node 20's OpenSSL 3.0 defaults to
+ * level 1, where a peer's RSA-1024 chain verifies.
+ */
+export const CIPHERS = [...TLS13_SUITES, ...TLS12_SUITES, "@SECLEVEL=2"].join(":");
 export const CURVES = "X25519:P-256:P-384";
 export const MIN_TLS_VERSION = "TLSv1.2" as const;
 /**
