@@ -39,9 +39,9 @@ export function prepareOutDir(dir: string, flag = "--out", mode = 0o700, filesOw
 const IDENTITY_FILES = ["cert.pem", "key.pem", "bundle.pem"] as const;
 
 /**
- * What only writing shows, found before the CA is asked: each identity file must be absent or a
- * file (a directory or socket in its place cannot be renamed over), and a file can be created and
- * removed there (a read-only or full file system).
+ * What only writing shows, found before the CA is asked: no identity file's name may be taken by
+ * a directory (a file is written by renaming over its name, which a directory stops), and a file
+ * can be created and removed there (a read-only or full file system).
  */
 function assertWritableHere(dir: string, what: string): void {
   for (const name of IDENTITY_FILES) {
@@ -52,7 +52,8 @@ function assertWritableHere(dir: string, what: string): void {
       if ((error as NodeJS.ErrnoException).code === "ENOENT") continue;
       throw new MeshwardError("E_OUT_DIR", `${what}: cannot examine ${name} (${errno(error)})`);
     }
-    if (!stats.isFile() && !stats.isSymbolicLink()) throw new MeshwardError("E_OUT_DIR", `${what}: ${name} there is not a file (a directory or a special file): remove it, or choose another directory`);
+    // A rename replaces any other kind of file (a FIFO planted there included), not a directory.
+    if (stats.isDirectory()) throw new MeshwardError("E_OUT_DIR", `${what}: ${name} there is a directory, where the file goes: remove it, or choose another directory`);
   }
   const probe = join(dir, `.meshward-probe-${process.pid}-${randomBytes(4).toString("hex")}`);
   try {

@@ -20,7 +20,8 @@ function refused(r: CliResult, code: string, message: RegExp): void {
   expect(r.stderr).not.toMatch(/\n\s+at |unexpected error/);
 }
 
-describe("a damaged CA directory gets an E_ code naming the file, never a stack trace", () => {
+// Each test runs several CLI processes in a row: on a loaded 2-core machine one takes seconds.
+describe("a damaged CA directory gets an E_ code naming the file, never a stack trace", { timeout: 180_000 }, () => {
   const work = mkdtempSync(join(tmpdir(), "meshward-ca-damage-"));
   const pristine = join(work, "pristine");
   afterAll(() => rmSync(work, { recursive: true, force: true }));

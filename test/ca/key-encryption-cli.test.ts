@@ -70,7 +70,7 @@ describe("a CA that keeps its keys encrypted never gets a key in the clear", () 
     for (const file of readdirSync(dir).filter((f) => f.endsWith(".key"))) {
       expect(readFileSync(join(dir, file), "utf8"), file).toContain(ENCRYPTED);
     }
-  });
+  }, 180_000);
 
   it("a CA directory made before keysEncrypted was recorded is judged by its key files", async () => {
     const dir = await initEncrypted("legacy");
@@ -80,7 +80,7 @@ describe("a CA that keeps its keys encrypted never gets a key in the clear", () 
     const before = snapshot(dir);
     refusedForPassphrase(await runCli(["ca", "rotate-root", "prepare", "--dir", dir]), dir, /root\.key is encrypted/);
     expect(snapshot(dir)).toEqual(before);
-  });
+  }, 60_000);
 
   it("a CA whose keys are in the clear: without a passphrase nothing changes; given one, new keys are encrypted, ca.json says so and stderr tells", async () => {
     const dir = join(work, "plain");
@@ -100,5 +100,5 @@ describe("a CA that keeps its keys encrypted never gets a key in the clear", () 
     refusedForPassphrase(await runCli(["ca", "rotate-root", "prepare", "--dir", dir]), dir, /ca\.json records keysEncrypted/);
     const status = await runCli(["ca", "status", "--dir", dir]);
     expect(status.stderr).toMatch(/issuer\.key is encrypted: give the CA passphrase with --passphrase-file FILE \(or MESHWARD_CA_PASSPHRASE\) \[E_KEY_PASSPHRASE_REQUIRED\]/);
-  });
+  }, 180_000);
 });

@@ -19,7 +19,8 @@ function refused(r: CliResult, code: string, message: RegExp): void {
   expect(r.stderr).not.toMatch(/\n\s+at |unexpected error/);
 }
 
-describe("CA command-line input is checked before anything is made", () => {
+// Each test runs several CLI processes in a row: on a loaded 2-core machine one takes seconds.
+describe("CA command-line input is checked before anything is made", { timeout: 180_000 }, () => {
   const work = mkdtempSync(join(tmpdir(), "meshward-ca-input-"));
   const ca = join(work, "ca");
   const garbage = join(work, "garbage.pem");

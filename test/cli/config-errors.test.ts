@@ -13,7 +13,7 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-describe("bad input is refused, not silently taken", () => {
+describe("bad input is refused, not silently taken", { timeout: 60_000 }, () => {
   it("a sidecar config whose limits is not a mapping (limits: 5) is refused naming file:line:column", async () => {
     const config = join(dir, "limits-scalar.yaml");
     writeFileSync(config, "appId: web\nca: 127.0.0.1:1\nbundle: /nonexistent\napp: 127.0.0.1:1\nlimits: 5\n");

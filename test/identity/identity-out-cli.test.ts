@@ -159,7 +159,7 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
       mkdirSync(join(out, "key.pem"), { recursive: true, mode: 0o700 });
       const issue = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", out]);
       expect(issue.code).toBe(1);
-      expect(issue.stderr).toMatch(/key\.pem there is not a file.*\[E_OUT_DIR\]/s);
+      expect(issue.stderr).toMatch(/key\.pem there is a directory.*\[E_OUT_DIR\]/s);
       const status = await runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(work, "status-busy"), "--status", busyAt]);
       expect(status.code).toBe(1);
       expect(status.stderr).toMatch(/the status endpoints cannot listen on 127\.0\.0\.1:\d+: the address is already in use.*\[E_LISTEN_FAILED\]/s);
