@@ -23,6 +23,9 @@ export class CrlPublisher {
   #signedFor: Signer | undefined;
 
   #publishedNumber: bigint | undefined;
+  /** The refresh running now, if any, and whether a call arrived since it began. */
+  #running: Promise<boolean> | undefined;
+  #again = false;
 
   /**
    * `shared`: several replicas on one store (issue 17). Only the leader signs, and publishes to
@@ -40,8 +43,41 @@ export class CrlPublisher {
     return this.#current;
   }
 
-  /** Returns true when a new CRL was signed (one replica) or adopted from the store (several). */
-  async refresh(): Promise<boolean> {
+  /**
+   * Returns true when a new CRL was signed (one replica) or adopted from the store (several).
+   * One refresh runs at a time (the timer, change notifications, a new issuer and leader
+   * election all call this): a call arriving meanwhile is served by one more run after the
+   * current one, which sees what was committed before the call, and settles with it. Two
+   * overlapping runs could otherwise sign out of order: the one that read the revocations first
+   * taking the higher CRL number, so the CRL clients keep (the highest number) would miss the
+   * revocation the other one had.
+   */
+  refresh(): Promise<boolean> {
+    this.#again = true;
+    this.#running ??= this.#drain();
+    return this.#running;
+  }
+
+  async #drain(): Promise<boolean> {
+    let changed = false;
+    try {
+      for (;;) {
+        this.#again = false;
+        try {
+          changed = (await this.#refreshOnce()) || changed;
+          if (!this.#again) return changed;
+        } catch (error) {
+          // A call that arrived during the failed run still gets its own run.
+          if (!this.#again) throw error;
+        }
+      }
+    } finally {
+      // Cleared in the same turn as the last check of #again: a later call starts a new run.
+      this.#running = undefined;
+    }
+  }
+
+  async #refreshOnce(): Promise<boolean> {
     if (this.shared === undefined) return this.#refreshLocal();
     if (this.shared.isLeader()) await this.#signShared();
     return this.#adoptPublished();
@@ -63,8 +99,11 @@ export class CrlPublisher {
       const same = parsed !== undefined && parsed.revokedSerials.size === revocations.length && revocations.every((r) => parsed.revokedSerials.has(r.serial));
       if (fresh && same) return;
     }
+    // The number first, then the revocations it covers: they only grow, so a CRL with a higher
+    // number (this replica's next one, or another leader's) holds at least these.
     const crlNumber = await this.store.nextCrlNumber();
-    const der = await this.#sign(signer, revocations, now, crlNumber);
+    const signed = await this.store.listRevocations();
+    const der = await this.#sign(signer, signed, now, crlNumber);
     // False when another leader published a higher number meanwhile: theirs stands.
     await this.store.publishCrl({ number: crlNumber, der, thisUpdate: now });
   }
@@ -88,26 +127,17 @@ export class CrlPublisher {
   }
 
   async #refreshLocal(): Promise<boolean> {
-    const revocations = await this.store.listRevocations();
-    const fingerprint = revocations.map((r) => r.serial).sort().join(",");
+    const fingerprintOf = (revocations: readonly RevocationRecord[]) => revocations.map((r) => r.serial).sort().join(",");
     const now = this.clock();
     const signer = this.signer();
     const stale = this.#current === undefined || now.getTime() - this.#current.thisUpdate.getTime() > CRL_RESIGN_AFTER_MS;
-    if (!stale && fingerprint === this.#fingerprint && signer === this.#signedFor) return false;
-    const entries: CrlEntry[] = revocations.map((r) => ({
-      serial: r.serial,
-      revokedAt: r.revokedAt,
-      reason: REASONS.has(r.reason as RevocationReason) ? (r.reason as RevocationReason) : "unspecified",
-    }));
-    const der = await createCrl({
-      signer,
-      entries,
-      thisUpdate: now,
-      nextUpdate: new Date(now.getTime() + CRL_VALIDITY_MS),
-      crlNumber: await this.store.nextCrlNumber(),
-    });
-    this.#current = { der, pem: toPem(der, "X509 CRL"), revokedSerials: new Set(entries.map((e) => e.serial)), thisUpdate: now };
-    this.#fingerprint = fingerprint;
+    if (!stale && fingerprintOf(await this.store.listRevocations()) === this.#fingerprint && signer === this.#signedFor) return false;
+    // The number first, then the revocations it covers (see #signShared).
+    const crlNumber = await this.store.nextCrlNumber();
+    const revocations = await this.store.listRevocations();
+    const der = await this.#sign(signer, revocations, now, crlNumber);
+    this.#current = { der, pem: toPem(der, "X509 CRL"), revokedSerials: new Set(revocations.map((r) => r.serial)), thisUpdate: now };
+    this.#fingerprint = fingerprintOf(revocations);
     this.#signedFor = signer;
     return true;
   }

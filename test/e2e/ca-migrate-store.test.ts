@@ -1,4 +1,5 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { X509Certificate } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -8,12 +9,14 @@ import { createCsr } from "../../src/pki/csr.ts";
 import { inspectCertificate } from "../../src/pki/inspect.ts";
 import { generateKeyPair } from "../../src/pki/keys.ts";
 import { certificatesFromPem } from "../../src/pki/pem.ts";
+import { openPostgresStore } from "../../src/store/postgres.ts";
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { startPostgres, type RunningPostgres } from "../helpers/postgres.ts";
 
-// Issue 17: `meshward ca migrate-store` moves a single-replica SQLite CA to PostgreSQL, run as
-// a user would: real processes, a real PostgreSQL started in a temp dir.
-describe("meshward ca migrate-store (SQLite → PostgreSQL)", () => {
+// Issue 17: `meshward ca migrate-store` moves a single-replica SQLite CA to PostgreSQL, and
+// replicas from one PostgreSQL to another, run as a user would: real processes, a real
+// PostgreSQL started in a temp dir.
+describe("meshward ca migrate-store", () => {
   let pgServer: RunningPostgres;
   let work: string;
   let caDir: string;
@@ -37,19 +40,23 @@ describe("meshward ca migrate-store (SQLite → PostgreSQL)", () => {
     await pgServer?.stop();
   });
 
-  const serve = async (store?: string) => {
-    const started = await startCli(["ca", "serve", "--dir", caDir, "--listen", "127.0.0.1:0", "--passphrase-file", passphraseFile, ...(store ? ["--store", store] : [])], /listening on (\S+) as/);
+  const serve = async (store?: string, dir = caDir) => {
+    // One CA at a time: a previous one (another test's) is stopped, never left behind.
+    await running?.stop();
+    running = undefined;
+    const started = await startCli(["ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--passphrase-file", passphraseFile, ...(store ? ["--store", store] : [])], /listening on (\S+) as/);
     running = started;
     return started.match[1] as string;
   };
-  const connection = (address: string) => ({ address, bundlePem: readFileSync(join(caDir, "bundle.pem"), "utf8"), trustDomain: TD });
-  const issue = async (address: string, token: string) => {
+  const connection = (address: string, dir = caDir) => ({ address, bundlePem: readFileSync(join(dir, "bundle.pem"), "utf8"), trustDomain: TD });
+  const issueChain = async (address: string, token: string, dir = caDir) => {
     const keyPair = generateKeyPair();
-    const signed = await requestCertificate(connection(address), { csrPem: await createCsr({ keyPair }), token, validator: "JOIN_TOKEN", namespace: "", appId: "" });
-    return inspectCertificate(certificatesFromPem(signed.certChainPem)[0]!);
+    const signed = await requestCertificate(connection(address, dir), { csrPem: await createCsr({ keyPair }), token, validator: "JOIN_TOKEN", namespace: "", appId: "" });
+    return certificatesFromPem(signed.certChainPem);
   };
-  const token = async (appId: string, uses: number, store?: string) => {
-    const r = await runCli(["token", "create", "--dir", caDir, "--namespace", "m", "--app-id", appId, "--uses", String(uses), ...(store ? ["--store", store] : [])]);
+  const issue = async (address: string, token: string) => inspectCertificate((await issueChain(address, token))[0]!);
+  const token = async (appId: string, uses: number, store?: string, dir = caDir) => {
+    const r = await runCli(["token", "create", "--dir", dir, "--namespace", "m", "--app-id", appId, "--uses", String(uses), ...(store ? ["--store", store] : [])]);
     expect(r.code, r.stderr).toBe(0);
     return r.stdout.trim().split("\n").at(-1)!;
   };
@@ -98,5 +105,70 @@ describe("meshward ca migrate-store (SQLite → PostgreSQL)", () => {
     await issue(address, multi);
     await issue(address, multi);
     await expect(issue(address, multi)).rejects.toMatchObject({ code: "E_TOKEN_USED" });
+  }, 120_000);
+
+  it("PostgreSQL → PostgreSQL keeps the shared CA state (the rotated issuer) and the published CRL", async () => {
+    const dir = join(work, "ca-replicas");
+    const init = await runCli(["ca", "init", "--trust-domain", TD, "--dir", dir, "--passphrase-file", passphraseFile]);
+    expect(init.code, init.stderr).toBe(0);
+    const oldStore = await pgServer.createDatabase("replicas_old");
+    // Rotated in the replicas' store: the new issuer and its encrypted key live only there.
+    const rotated = await runCli(["ca", "rotate-issuer", "--dir", dir, "--store", oldStore, "--now", "--passphrase-file", passphraseFile]);
+    expect(rotated.code, rotated.stderr).toBe(0);
+    const rotatedIssuer = /new issuer (\S+),/.exec(rotated.stdout)?.[1];
+    expect(rotatedIssuer).toBeDefined();
+    const status = async (store: string) => {
+      const r = await runCli(["ca", "status", "--dir", dir, "--store", store, "--passphrase-file", passphraseFile, "--json"]);
+      expect(r.code, r.stderr).toBe(0);
+      return (JSON.parse(r.stdout) as { anchors: { kind: string; fingerprint256: string }[] }).anchors.find((a) => a.kind === "issuer")?.fingerprint256;
+    };
+    expect(await status(oldStore)).toBe(rotatedIssuer);
+
+    // A replica on the old store signs with it and publishes a CRL holding a revocation.
+    let address = await serve(oldStore, dir);
+    const [leafDer, issuerDer] = await issueChain(address, await token("replica", 1, oldStore, dir), dir);
+    const [leaf, issuerCert] = [new X509Certificate(leafDer!), new X509Certificate(issuerDer!)];
+    expect(issuerCert.fingerprint256).toBe(rotatedIssuer);
+    const revoke = await runCli(["cert", "revoke", "--dir", dir, "--store", oldStore, "--serial", leaf.serialNumber]);
+    expect(revoke.code, revoke.stderr).toBe(0);
+    let published: Buffer | undefined;
+    for (let i = 0; i < 50 && published === undefined; i += 1) {
+      const crl = await fetchFromCa(connection(address, dir), "/v1/crl");
+      if (parseCrl(crl).revokedSerials.has(leaf.serialNumber)) published = Buffer.from(crl);
+      else await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(published).toBeDefined();
+    await running!.stop();
+    running = undefined;
+
+    const newStore = await pgServer.createDatabase("replicas_new");
+    const moved = await runCli(["ca", "migrate-store", "--dir", dir, "--from", oldStore, "--to", newStore]);
+    expect(moved.code, moved.stderr).toBe(0);
+    expect(await status(newStore)).toBe(rotatedIssuer);
+    // The new store's CA state is the old one's: same files, same version (the SPIFFE bundle's sequence).
+    const [oldHandle, newHandle] = [openPostgresStore({ connectionString: oldStore }), openPostgresStore({ connectionString: newStore })];
+    try {
+      const [oldState, newState] = [await oldHandle.readCaFiles(), await newHandle.readCaFiles()];
+      expect(newState.version).toBe(oldState.version);
+      expect(newState.files).toEqual(oldState.files);
+      const [oldCrl, newCrl] = [await oldHandle.latestCrl(), await newHandle.latestCrl()];
+      expect(newCrl?.number).toBe(oldCrl?.number);
+      expect(newCrl?.der.equals(oldCrl!.der)).toBe(true);
+    } finally {
+      await oldHandle.close();
+      await newHandle.close();
+    }
+    const again = await runCli(["ca", "migrate-store", "--dir", dir, "--from", oldStore, "--to", newStore]);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toMatch(/E_MIGRATE_TARGET_NOT_EMPTY/);
+
+    // A replica on the new store signs with the rotated issuer and serves the CRL, revocation included.
+    address = await serve(newStore, dir);
+    const crl = parseCrl(await fetchFromCa(connection(address, dir), "/v1/crl"), issuerCert);
+    expect(crl.revokedSerials.has(leaf.serialNumber)).toBe(true);
+    const [, newIssuer] = await issueChain(address, await token("after", 1, newStore, dir), dir);
+    expect(new X509Certificate(newIssuer!).fingerprint256).toBe(rotatedIssuer);
+    await running!.stop();
+    running = undefined;
   }, 120_000);
 });

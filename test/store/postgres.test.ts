@@ -1,8 +1,13 @@
+import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
+import { copyStore } from "../../src/store/migrate-store.ts";
 import { latestVersion, POSTGRES_MIGRATIONS } from "../../src/store/migrations.ts";
 import { openPostgresStore } from "../../src/store/postgres.ts";
+import { openSqliteStore } from "../../src/store/sqlite.ts";
 import { startPostgres, type RunningPostgres } from "../helpers/postgres.ts";
 import { defineStoreContract } from "./store-contract.ts";
 
@@ -150,6 +155,65 @@ describe("postgres: change notifications and the leader lock", () => {
       await a.release();
       await b.release();
       await store.close();
+    }
+  });
+});
+
+// ca migrate-store from the replicas' PostgreSQL to another one: the CA state they share (what
+// rotations changed after init) and the published CRL move too, not only the records.
+describe("postgres: ca migrate-store carries the shared CA state and the published CRL", () => {
+  const open = async (connectionString: string) => {
+    const store = openPostgresStore({ connectionString });
+    await store.migrate();
+    return store;
+  };
+
+  it("copies the CA state (removals and version included) and the published CRL; the next CRL number is above it", async () => {
+    const from = await open(await server.createDatabase());
+    const to = await open(await server.createDatabase());
+    try {
+      // Two rotations' worth of changes: the second removed a file the first wrote.
+      expect(await from.writeCaFiles(0, new Map([["issuer.pem", "ISSUER 1"], ["issuer.key", "-----BEGIN ENCRYPTED PRIVATE KEY-----1"], ["next-root.pem", "NEXT"]]))).toBe(1);
+      expect(await from.writeCaFiles(1, new Map<string, string | null>([["issuer.pem", "ISSUER 2"], ["next-root.pem", null], ["ca.json", "{}"]]))).toBe(2);
+      const crlNumber = await from.nextCrlNumber();
+      expect(await from.publishCrl({ number: crlNumber, der: Buffer.from("signed crl"), thisUpdate: new Date(Date.UTC(2026, 0, 1)) })).toBe(true);
+
+      const report = await copyStore(from, to);
+      const [source, target] = [await from.readCaFiles(), await to.readCaFiles()];
+      expect(target.version).toBe(source.version);
+      expect(target.files).toEqual(source.files);
+      expect(target.files.get("next-root.pem")).toBeNull();
+      expect(await to.latestCrl()).toEqual(await from.latestCrl());
+      expect(report).toMatchObject({ caStateFiles: 4, publishedCrl: crlNumber });
+      expect(await to.nextCrlNumber()).toBeGreaterThan(crlNumber);
+    } finally {
+      await from.close();
+      await to.close();
+    }
+  });
+
+  it("refuses a target that holds CA state or a published CRL, and a SQLite target for replicated state", async () => {
+    const from = await open(await server.createDatabase());
+    const withState = await open(await server.createDatabase());
+    const withCrl = await open(await server.createDatabase());
+    const sqliteDir = mkdtempSync(join(tmpdir(), "meshward-migrate-pg-"));
+    const sqlite = openSqliteStore(join(sqliteDir, "ca.db"));
+    await sqlite.migrate();
+    try {
+      await from.writeCaFiles(0, new Map([["issuer.pem", "ISSUER 2"]]));
+      await withState.writeCaFiles(0, new Map([["issuer.pem", "OTHER"]]));
+      await withCrl.publishCrl({ number: 1n, der: Buffer.from("other crl"), thisUpdate: new Date() });
+      await expect(copyStore(from, withState)).rejects.toMatchObject({ code: "E_MIGRATE_TARGET_NOT_EMPTY" });
+      await expect(copyStore(from, withCrl)).rejects.toMatchObject({ code: "E_MIGRATE_TARGET_NOT_EMPTY" });
+      expect((await withState.readCaFiles()).files.get("issuer.pem")).toBe("OTHER");
+      await expect(copyStore(from, sqlite)).rejects.toMatchObject({ code: "E_MIGRATE_TARGET_NOT_SHARED" });
+      expect((await sqlite.readCaFiles()).version).toBe(0);
+    } finally {
+      await from.close();
+      await withState.close();
+      await withCrl.close();
+      await sqlite.close();
+      rmSync(sqliteDir, { recursive: true, force: true });
     }
   });
 });

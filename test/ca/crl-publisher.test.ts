@@ -1,0 +1,147 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CrlPublisher } from "../../src/ca/crl-publisher.ts";
+import { parseCrl } from "../../src/pki/crl.ts";
+import { openPostgresStore } from "../../src/store/postgres.ts";
+import { openSqliteStore } from "../../src/store/sqlite.ts";
+import type { Store } from "../../src/store/store.ts";
+import { startPostgres, type RunningPostgres } from "../helpers/postgres.ts";
+import { createTestPki, type TestPki } from "../helpers/test-pki.ts";
+
+/**
+ * The store as CrlPublisher sees it, with the first CRL number held back until release() (a
+ * refresh slow to get its number: pool wait, GC, network), and a count of the calls made.
+ */
+function holdFirstNumber(store: Store) {
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  let requested!: () => void;
+  const firstRequested = new Promise<void>((resolve) => (requested = resolve));
+  const calls = { nextCrlNumber: 0, listRevocations: 0 };
+  const numbers: bigint[] = [];
+  let failFirst = false;
+  const held = new Proxy(store, {
+    get(target, prop, receiver) {
+      if (prop === "nextCrlNumber") {
+        return async () => {
+          if (++calls.nextCrlNumber === 1) {
+            requested();
+            await gate;
+            if (failFirst) throw new Error("the store went away");
+          }
+          const number = await target.nextCrlNumber();
+          numbers.push(number);
+          return number;
+        };
+      }
+      if (prop === "listRevocations") {
+        return () => {
+          calls.listRevocations += 1;
+          return target.listRevocations();
+        };
+      }
+      const value: unknown = Reflect.get(target, prop, receiver);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  }) as Store;
+  return { store: held, firstRequested, release, calls, numbers, failFirstNumber: () => (failFirst = true) };
+}
+
+const revoke = (store: Store, serial: string) => store.revoke({ serial, revokedAt: new Date(), reason: "keyCompromise" });
+
+/**
+ * Refresh A reads the store and waits for its CRL number; meanwhile a revocation commits and
+ * refresh B is called (the NOTIFY or timer). Overlapping refreshes let B sign and publish first
+ * and A publish a higher number without B's revocation; serialized ones serve B after A.
+ * Returns once both settled.
+ */
+async function raceTwoRefreshes(store: Store, publisher: (store: Store) => CrlPublisher) {
+  await revoke(store, "0A01");
+  const held = holdFirstNumber(store);
+  const crl = publisher(held.store);
+  const a = crl.refresh();
+  await held.firstRequested;
+  await revoke(store, "0B02"); // `cert revoke` commits
+  const readsBefore = held.calls.listRevocations;
+  let bSettled = false;
+  const b = crl.refresh().finally(() => (bSettled = true));
+  // An overlapping refresh reads the store at once: let it run to its end while A still waits
+  // (this is the race, made deterministic). A serialized one waits for A.
+  if (held.calls.listRevocations > readsBefore) await b;
+  else {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(bSettled).toBe(false); // served by a run after A's, not by A's
+  }
+  held.release();
+  await Promise.all([a, b]);
+  return { crl, numbers: held.numbers };
+}
+
+describe("CrlPublisher: one refresh at a time, the number before the revocations", () => {
+  let pki: TestPki;
+  let pg: RunningPostgres | undefined;
+  beforeAll(async () => {
+    pki = await createTestPki({ trustDomain: "crl.test" });
+  });
+  afterAll(async () => {
+    await pg?.stop();
+  });
+
+  it("several replicas (PostgreSQL, leader): the published CRL with the highest number holds every revocation", async () => {
+    pg = await startPostgres();
+    const store = openPostgresStore({ connectionString: await pg.createDatabase("crl_race") });
+    try {
+      await store.migrate();
+      const { numbers } = await raceTwoRefreshes(store, (s) => new CrlPublisher(s, () => pki.issuer, () => new Date(), { isLeader: () => true }));
+      const published = (await store.latestCrl())!;
+      expect(published.number).toBe(numbers.reduce((max, n) => (n > max ? n : max), 0n));
+      const parsed = parseCrl(published.der, pki.issuer.certificate);
+      expect(parsed.crlNumber).toBe(published.number);
+      expect([...parsed.revokedSerials].sort()).toEqual(["0A01", "0B02"]);
+    } finally {
+      await store.close();
+    }
+  }, 60_000);
+
+  it("one replica (SQLite): the CRL it serves, the highest numbered, holds every revocation", async () => {
+    const store = openSqliteStore(":memory:");
+    try {
+      await store.migrate();
+      const { crl, numbers } = await raceTwoRefreshes(store, (s) => new CrlPublisher(s, () => pki.issuer, () => new Date()));
+      const parsed = parseCrl(crl.current!.der, pki.issuer.certificate);
+      expect(parsed.crlNumber).toBe(numbers.reduce((max, n) => (n > max ? n : max), 0n));
+      expect([...parsed.revokedSerials].sort()).toEqual(["0A01", "0B02"]);
+      expect([...crl.current!.revokedSerials].sort()).toEqual(["0A01", "0B02"]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("calls made during a refresh share one more run; a failed run does not swallow a later call", async () => {
+    const store = openSqliteStore(":memory:");
+    try {
+      await store.migrate();
+      await revoke(store, "0A01");
+      const held = holdFirstNumber(store);
+      held.failFirstNumber();
+      const crl = new CrlPublisher(held.store, () => pki.issuer, () => new Date());
+      const first = crl.refresh();
+      await held.firstRequested;
+      await revoke(store, "0B02");
+      const later = [crl.refresh(), crl.refresh(), crl.refresh()];
+      held.release();
+      // The first run failed; the calls that came meanwhile got one run of their own, which signed.
+      expect(await Promise.all([first, ...later])).toEqual([true, true, true, true]);
+      expect(held.calls.nextCrlNumber).toBe(2);
+      expect([...crl.current!.revokedSerials].sort()).toEqual(["0A01", "0B02"]);
+      // Alone, a failure is the caller's.
+      const failing = holdFirstNumber(store);
+      failing.failFirstNumber();
+      failing.release();
+      const alone = new CrlPublisher(failing.store, () => pki.issuer, () => new Date());
+      await expect(alone.refresh()).rejects.toThrow(/the store went away/);
+      expect(await alone.refresh()).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+});
