@@ -127,7 +127,7 @@ export function registerCaCommand(program: Command): void {
     });
 
   ca.command("migrate-store")
-    .description("move a single-replica CA's records (certificates, revocations, tokens, CRL number) to another store, e.g. SQLite to PostgreSQL for several replicas; stop the CA first")
+    .description("move a CA's records (certificates, revocations, tokens, CRL number; from PostgreSQL also the replicas' shared CA state and published CRL) to another store, e.g. SQLite to PostgreSQL for several replicas; stop the CA first")
     .requiredOption("--dir <dir>", "CA directory")
     .option("--from <url>", "the store to read [default: sqlite:<dir>/ca.db]")
     .requiredOption("--to <url>", "the empty store to fill, e.g. postgres://meshward@db:5432/meshward")
@@ -136,7 +136,7 @@ export function registerCaCommand(program: Command): void {
       const from = opts.from ?? `sqlite:${caLayout(opts.dir).database}`;
       const report = await withCaStore(opts.dir, from, (source) => withCaStore(opts.dir, opts.to, (target) => copyStore(source, target)));
       process.stdout.write(
-        `moved ${report.issuances} certificate${report.issuances === 1 ? "" : "s"}, ${report.revocations} revocation${report.revocations === 1 ? "" : "s"} and ${report.tokens} join token${report.tokens === 1 ? "" : "s"} to ${redactConnectionString(opts.to)}; the next CRL number is above ${report.crlNumber}.\n` +
+        `moved ${report.issuances} certificate${report.issuances === 1 ? "" : "s"}, ${report.revocations} revocation${report.revocations === 1 ? "" : "s"} and ${report.tokens} join token${report.tokens === 1 ? "" : "s"}${report.caStateFiles > 0 ? `, ${report.caStateFiles} shared CA state file${report.caStateFiles === 1 ? "" : "s"}` : ""}${report.publishedCrl !== undefined ? ` and CRL #${report.publishedCrl}` : ""} to ${redactConnectionString(opts.to)}; the next CRL number is above ${report.crlNumber}.\n` +
           `Next: give every replica a copy of ${opts.dir} and run: meshward ca serve --dir DIR --store URL --passphrase-file FILE\n`,
       );
     });

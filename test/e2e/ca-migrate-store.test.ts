@@ -144,6 +144,7 @@ describe("meshward ca migrate-store", () => {
     const newStore = await pgServer.createDatabase("replicas_new");
     const moved = await runCli(["ca", "migrate-store", "--dir", dir, "--from", oldStore, "--to", newStore]);
     expect(moved.code, moved.stderr).toBe(0);
+    expect(moved.stdout).toMatch(/, \d+ shared CA state files? and CRL #\d+ to /);
     expect(await status(newStore)).toBe(rotatedIssuer);
     // The new store's CA state is the old one's: same files, same version (the SPIFFE bundle's sequence).
     const [oldHandle, newHandle] = [openPostgresStore({ connectionString: oldStore }), openPostgresStore({ connectionString: newStore })];
