@@ -3,7 +3,7 @@ import { BaseSequencer, type TestSpecification } from "vitest/node";
 
 /**
  * The files that take longest start first. Without a cache of earlier runs (a fresh clone: CI)
- * vitest starts the largest files first, and the differential suite's files are small: its six
+ * vitest starts the largest files first, and the differential suite's files are small: its seven
  * files (70–90 s each, mostly waiting) then ran last, on four workers, and the run waited for
  * them. Here they start early, each beside a long file that keeps the cores busy (a
  * differential file uses ~0.2 of a core). Measured on 2026-12-05: see the commit that added this.
@@ -19,9 +19,12 @@ const LONG_FIRST: readonly string[] = [
   "test/e2e/ca-ha.test.ts",
   "test/security/differential-node-http.test.ts",
   "test/store/sqlite.test.ts",
+  "test/security/differential-lighttpd.test.ts",
+  "test/store/postgres.test.ts",
   "test/security/differential-node-http2.test.ts",
   "test/deploy/alerts.test.ts",
   "test/security/flood.test.ts",
+  "test/e2e/ca-migrate-store.test.ts",
 ];
 
 export default class LongFirstSequencer extends BaseSequencer {

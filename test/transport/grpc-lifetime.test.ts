@@ -117,7 +117,9 @@ describe("gRPC client (grpcChannelCredentials): a connection ends with its certi
 
   it("2 s before its own certificate expires: the next call goes on a new connection with the current certificate, not refused E_CERT_EXPIRED", async () => {
     const { port } = await startServer(new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: SERVER_ID }), bundleOf([kept]))), "connection");
-    const notAfter = new Date(Date.now() + 4_000);
+    // 8 s: the connection retires 2 s before, and the steps below (two OpenSSL issuances, two
+    // calls) must fit before that even on a loaded machine (4 s did not, with five test files at once).
+    const notAfter = new Date(Date.now() + 8_000);
     const expiring = kept.issueLeaf({ spiffeId: CLIENT_ID, notAfter });
     const identity = new ManualIdentity(snapshotOf(expiring, bundleOf([kept])));
     const clientLogger = makeLogger();
