@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
+import { encodePrivateKey, generateKeyPair } from "../../src/pki/keys.ts";
 import { copyStore } from "../../src/store/migrate-store.ts";
 import { latestVersion, POSTGRES_MIGRATIONS } from "../../src/store/migrations.ts";
 import { openPostgresStore } from "../../src/store/postgres.ts";
@@ -173,7 +174,7 @@ describe("postgres: ca migrate-store carries the shared CA state and the publish
     const to = await open(await server.createDatabase());
     try {
       // Two rotations' worth of changes: the second removed a file the first wrote.
-      expect(await from.writeCaFiles(0, new Map([["issuer.pem", "ISSUER 1"], ["issuer.key", "-----BEGIN ENCRYPTED PRIVATE KEY-----1"], ["next-root.pem", "NEXT"]]))).toBe(1);
+      expect(await from.writeCaFiles(0, new Map([["issuer.pem", "ISSUER 1"], ["issuer.key", encodePrivateKey(generateKeyPair().privateKey, "test passphrase")], ["next-root.pem", "NEXT"]]))).toBe(1);
       expect(await from.writeCaFiles(1, new Map<string, string | null>([["issuer.pem", "ISSUER 2"], ["next-root.pem", null], ["ca.json", "{}"]]))).toBe(2);
       const crlNumber = await from.nextCrlNumber();
       expect(await from.publishCrl({ number: crlNumber, der: Buffer.from("signed crl"), thisUpdate: new Date(Date.UTC(2026, 0, 1)) })).toBe(true);
