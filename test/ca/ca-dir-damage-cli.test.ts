@@ -2,7 +2,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runCli, type CliResult } from "../helpers/cli.ts";
+import { expectRefused as refused, runCli } from "../helpers/cli.ts";
 
 /**
  * Review findings: a damaged or incomplete CA directory, or a --dir that cannot be one, got a
@@ -12,13 +12,6 @@ import { runCli, type CliResult } from "../helpers/cli.ts";
  * `ca serve` ("create one with ca init") and `ca init` (E_CA_EXISTS).
  */
 const TD = "damage.test";
-
-function refused(r: CliResult, code: string, message: RegExp): void {
-  expect(r.code, r.stdout).toBe(1);
-  expect(r.stderr).toMatch(message);
-  expect(r.stderr).toContain(`[${code}]`);
-  expect(r.stderr).not.toMatch(/\n\s+at |unexpected error/);
-}
 
 // Each test runs several CLI processes in a row: on a loaded 2-core machine one takes seconds.
 describe("a damaged CA directory gets an E_ code naming the file, never a stack trace", { timeout: 180_000 }, () => {

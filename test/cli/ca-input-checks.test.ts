@@ -2,7 +2,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runCli, type CliResult } from "../helpers/cli.ts";
+import { expectRefused as refused, runCli } from "../helpers/cli.ts";
 
 /**
  * Review findings (LOW): `ca init --root-ttl 0s` made an already-expired CA and exited 0;
@@ -11,13 +11,6 @@ import { runCli, type CliResult } from "../helpers/cli.ts";
  * "no PEM block found [E_PEM_INVALID]" without naming the file.
  */
 const TD = "input.test";
-
-function refused(r: CliResult, code: string, message: RegExp): void {
-  expect(r.code, r.stdout).toBe(1);
-  expect(r.stderr).toMatch(message);
-  expect(r.stderr).toContain(`[${code}]`);
-  expect(r.stderr).not.toMatch(/\n\s+at |unexpected error/);
-}
 
 // Each test runs several CLI processes in a row: on a loaded 2-core machine one takes seconds.
 describe("CA command-line input is checked before anything is made", { timeout: 180_000 }, () => {

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { expect } from "vitest";
 
 /** The CLI as a process runs it: the bundle test/global-setup.ts built from the current sources, else bin/meshward.js. */
 export const MESHWARD_BIN = process.env.MESHWARD_TEST_CLI ?? fileURLToPath(new URL("../../bin/meshward.js", import.meta.url));
@@ -8,6 +9,14 @@ export interface CliResult {
   readonly code: number | null;
   readonly stdout: string;
   readonly stderr: string;
+}
+
+/** A refusal as a user sees it: exit 1, the message and `[code]` on stderr, no stack trace. */
+export function expectRefused(r: CliResult, code: string, message: RegExp): void {
+  expect(r.code, r.stdout).toBe(1);
+  expect(r.stderr).toMatch(message);
+  expect(r.stderr).toContain(`[${code}]`);
+  expect(r.stderr).not.toMatch(/\n\s+at |unexpected error/);
 }
 
 /** Runs the real CLI as a separate process. */
