@@ -31,8 +31,7 @@ export function hasSubstitution(value: string): boolean {
  */
 export function isNotSecretValue(value: string): boolean {
   const text = value.trim();
-  // `redis://:password@host` (no user name) holds a password as much as `user:password@` does.
-  if (/^[a-z][a-z0-9+.-]*:\/\/[^\s]*$/i.test(text) && !/^[a-z][a-z0-9+.-]*:\/\/[^/@:\s]*:[^/@\s]+@/i.test(text)) return true;
+  if (/^[a-z][a-z0-9+.-]*:\/\/[^\s]*$/i.test(text) && !URL_PASSWORD.test(text)) return true;
   if (/^(\.{0,2}\/|~\/|[A-Za-z]:\\)[^\s]*$/.test(text) || /^[\w./-]+\.(pem|key|crt|cer|der|p12|pfx|jks|json|txt|ya?ml)$/i.test(text)) return true;
   return /^-----BEGIN (CERTIFICATE|PUBLIC KEY)-----/.test(text);
 }
@@ -73,6 +72,12 @@ export function connectionParam(value: string, name: string): string | undefined
   if (match === null) return undefined;
   return (match[1] ?? "").replace(/^['"]|['"]$/g, "");
 }
+
+/**
+ * A URL's password (group 1) in `scheme://user:password@`, also `redis://:password@host` with no
+ * user name: the one pattern the secret rules and isNotSecretValue read URLs with.
+ */
+export const URL_PASSWORD = /^[a-z][a-z0-9+.-]*:\/\/[^/@:\s]*:([^/@\s]+)@/i;
 
 /** The scheme of a URL value, lower-cased (`pulsar+ssl`, `mongodb+srv`), or "" when it is not a URL. */
 export function urlScheme(value: string): string {
