@@ -157,7 +157,7 @@ export function compilePolicy(config: AccessControlConfig | undefined): AccessPo
       const isHttp = verb !== "" && verb !== "*";
       path.load(normaliseOperation(typeof request.operation === "string" ? request.operation : "").toLowerCase());
       for (const candidate of app.operations) {
-        if (!matchesOperation(candidate.pattern.lowerSegments, path)) continue;
+        if (!matchesOperation(candidate.pattern.segments, path)) continue;
         if (!isHttp) return candidate.grpcDecision ?? app.defaultDecision;
         return candidate.verbDecisions.get(upperVerb(verb)) ?? candidate.otherVerbDecision;
       }

@@ -23,9 +23,8 @@ interface Segment {
 export interface OperationPattern {
   /** The normalised name as written (case kept), e.g. "/v1/orders/**". */
   readonly name: string;
+  /** Lower-cased: requests (also lower-cased) are matched without regard to case. */
   readonly segments: readonly Segment[];
-  /** Segments compared case-insensitively (what requests are matched against). */
-  readonly lowerSegments: readonly Segment[];
   /** Specificity per segment, left to right, then literal character count. */
   readonly ranks: readonly number[];
   readonly literalChars: number;
@@ -115,11 +114,10 @@ export function operationNameProblem(name: string): string | undefined {
 export function compileOperation(rawName: string): OperationPattern {
   const name = normaliseOperation(rawName);
   const parts = name === "/" ? [] : name.slice(1).split("/");
-  const segments = parts.map((part) => compileSegment(part));
-  const lowerSegments = parts.map((part) => compileSegment(part.toLowerCase()));
+  const segments = parts.map((part) => compileSegment(part.toLowerCase()));
   let literalChars = 0;
   for (const part of parts) literalChars += part.replaceAll("*", "").length;
-  return { name, segments, lowerSegments, ranks: segments.map((s) => s.kind), literalChars };
+  return { name, segments, ranks: segments.map((s) => s.kind), literalChars };
 }
 
 function compileSegment(part: string): Segment {
