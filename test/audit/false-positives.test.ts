@@ -76,6 +76,13 @@ describe("container env secrets (MW-SECRET-005)", () => {
     const env = "        - name: SECRET_STORE_KEY\n          value: dapr-secret\n        - name: SECRET_NAMESPACE\n          value: default\n        - name: APP_SECRET\n          value: default\n        - name: SECRET_KEY\n          value: redis.password\n";
     expect(findings("d.yaml", deployment(env))).toEqual([]);
   });
+  it("stays quiet on settings about a secret: its rotation, timeout, policy, provider", () => {
+    const settings = { SESSION_SECRET_ROTATION: "daily", TOKEN_TIMEOUT: "30m", PASSWORD_POLICY: "strict", SECRET_PROVIDER: "vault", JWT_SECRET_MAX_AGE: "3600", API_TOKEN_COUNT: "4", SECRETS_DIR: "run" };
+    const env = Object.entries(settings).map(([name, value]) => `        - name: ${name}\n          value: ${value}\n`).join("");
+    expect(findings("d.yaml", deployment(env))).toEqual([]);
+    // The same values under names that hold the secret itself are still reported.
+    expect(findings("d.yaml", deployment("        - name: SESSION_SECRET\n          value: daily\n        - name: API_TOKEN\n          value: strict\n"))).toEqual(["MW-SECRET-005@13", "MW-SECRET-005@15"]);
+  });
   it("still reports a literal secret, also when it looks like a word under a strong name", () => {
     const env = "        - name: APP_SECRET\n          value: Sup3rS3cret\n        - name: DB_PASSWORD\n          value: hunter-two\n";
     expect(findings("d.yaml", deployment(env))).toEqual(["MW-SECRET-005@13", "MW-SECRET-005@15"]);

@@ -26,9 +26,10 @@ const SENSITIVE_NAME = /(pass(word|wd|phrase)?$|passwd|pwd$|secret|token|api.?ke
 /**
  * …except names that point at where a secret lives or describe it rather than hold it:
  * files, references, identifiers, endpoints (`oidcTokenEndpoint`, `token_uri`), audiences
- * and scopes, and public certificates (`oidcTokenCAPEM`, `caCert`).
+ * and scopes, public certificates (`oidcTokenCAPEM`, `caCert`), and settings about a secret
+ * (`SESSION_SECRET_ROTATION: daily`, `TOKEN_TIMEOUT`, `PASSWORD_POLICY`, `SECRET_PROVIDER`).
  */
-const NOT_A_SECRET = /(file|path|ref|name|header|ttl|type|enabled|version|prefix|store|id|url|uri|endpoint|audiences?|scopes?|namespace|length|expir|refresh.?interval|secondary|ca.?pem|ca|ca.?cert(ificate)?|root.?ca|cert(ificate)?|public.?key|issuer|mode|algorithm|format)$/i;
+const NOT_A_SECRET = /(file|path|ref|name|header|ttl|type|enabled|version|prefix|store|id|url|uri|endpoint|audiences?|scopes?|namespace|length|expir|refresh.?interval|secondary|ca.?pem|ca|ca.?cert(ificate)?|root.?ca|cert(ificate)?|public.?key|issuer|mode|algorithm|format|rotation|interval|period|max.?age|timeout|duration|lifetime|count|size|policy|provider|backend|strategy|dir|directory|location)$/i;
 
 export function isSensitiveName(name: string): boolean {
   return SENSITIVE_NAME.test(name) && !NOT_A_SECRET.test(name);
