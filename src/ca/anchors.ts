@@ -106,6 +106,8 @@ export interface ImportedAnchors {
   /** The issuer certificate, optionally followed by intermediates up to the root. */
   readonly issuerCertPem: string;
   readonly issuerKeyPem: string;
+  /** Decrypts an encrypted `issuerKeyPem` (its own passphrase, not the one the CA encrypts its keys with). */
+  readonly issuerKeyPassphrase?: string;
 }
 
 export interface InitOptions {
@@ -206,7 +208,7 @@ function validateImport(imported: ImportedAnchors, now: Date, trustDomain: strin
   const issuer = issuerChain[0];
   if (issuer === undefined) throw new MeshwardError("E_IMPORT_INVALID", "--issuer-cert holds no certificate");
   if (!issuer.ca) throw new MeshwardError("E_IMPORT_INVALID", "--issuer-cert is not a CA certificate (basicConstraints CA:TRUE is missing)");
-  const issuerKey = decodePrivateKey(imported.issuerKeyPem);
+  const issuerKey = decodePrivateKey(imported.issuerKeyPem, imported.issuerKeyPassphrase);
   if (!keysMatch(issuerKey, issuer.publicKey)) {
     throw new MeshwardError("E_IMPORT_INVALID", "--issuer-key does not belong to --issuer-cert");
   }

@@ -30,6 +30,7 @@ export function registerCaCommand(program: Command): void {
     .option("--root-cert <file>", "import: your organisation's root certificate (PEM)")
     .option("--issuer-cert <file>", "import: an issuer (intermediate) certificate signed by that root, PEM (intermediates may follow)")
     .option("--issuer-key <file>", "import: the issuer's private key (PEM)")
+    .option("--issuer-key-passphrase-file <file>", "import: passphrase of --issuer-key, if it is encrypted (the CA encrypts its keys at rest with --passphrase-file)")
     .option("--root-ttl <duration>", "lifetime of a generated root", "10y")
     .option("--issuer-ttl <duration>", "lifetime of a generated issuer", "1y")
     .addOption(new Option("--key-type <type>", "key algorithm of a generated root and issuer (Dapr >= 1.18 Sentry uses ed25519)").choices([...KEY_ALGORITHMS]).default("ec-p256"))
@@ -39,7 +40,9 @@ export function registerCaCommand(program: Command): void {
       if (importing !== 0 && importing !== 3) {
         throw new MeshwardError("E_USAGE", "to import an existing CA give all three of --root-cert, --issuer-cert and --issuer-key");
       }
+      if (importing === 0 && opts.issuerKeyPassphraseFile !== undefined) throw new MeshwardError("E_USAGE", "--issuer-key-passphrase-file goes with an imported --issuer-key");
       const passphrase = readPassphrase(opts.passphraseFile);
+      const issuerKeyPassphrase: string | undefined = opts.issuerKeyPassphraseFile !== undefined ? readTextFile(opts.issuerKeyPassphraseFile, "passphrase file").replace(/\r?\n$/, "") : undefined;
       const state = await initAnchors({
         dir: opts.dir,
         trustDomain: opts.trustDomain,
@@ -53,13 +56,16 @@ export function registerCaCommand(program: Command): void {
               imported: {
                 rootCertPem: readCertificateFile(opts.rootCert, "--root-cert"),
                 issuerCertPem: readCertificateFile(opts.issuerCert, "--issuer-cert"),
-                // Imported as it is and encrypted at rest with --passphrase-file: it must not be encrypted itself.
-                issuerKeyPem: readKeyFile(opts.issuerKey, "--issuer-key", undefined, "ca init imports only an unencrypted issuer key (it encrypts it at rest itself with --passphrase-file)"),
+                issuerKeyPem: readKeyFile(opts.issuerKey, "--issuer-key", issuerKeyPassphrase, "give its passphrase with --issuer-key-passphrase-file FILE"),
+                ...(issuerKeyPassphrase !== undefined ? { issuerKeyPassphrase } : {}),
               },
             }
           : {}),
       });
       const layout = caLayout(opts.dir);
+      if (issuerKeyPassphrase !== undefined && passphrase === undefined) {
+        process.stderr.write(`meshward: note: the imported issuer key was encrypted; ${layout.issuerKey} holds it decrypted (mode 0600). To keep it encrypted at rest, give --passphrase-file (or MESHWARD_CA_PASSPHRASE) to 'ca init'.\n`);
+      }
       const root = new X509Certificate(readFileSync(layout.rootCert));
       const issuer = new X509Certificate(readFileSync(layout.issuerCert));
       const summary = {

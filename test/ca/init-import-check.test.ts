@@ -1,8 +1,10 @@
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { createPrivateKey } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runCli, startCli } from "../helpers/cli.ts";
+import { isEncryptedPrivateKeyPem } from "../../src/pki/keys.ts";
+import { expectRefused, runCli, startCli } from "../helpers/cli.ts";
 import { makeDaprAnchors } from "../dapr/openssl-anchors.ts";
 
 // `ca init` refuses at import whatever `ca serve` would refuse (issue 16): before, an Ed448
@@ -15,8 +17,8 @@ describe("ca init --root-cert/--issuer-cert/--issuer-key checks what ca serve ne
   });
   afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-  const init = (anchors: { rootCert: string; issuerCert: string; issuerKey: string }, dir: string) =>
-    runCli(["ca", "init", "--trust-domain", "public", "--dir", dir, "--root-cert", anchors.rootCert, "--issuer-cert", anchors.issuerCert, "--issuer-key", anchors.issuerKey]);
+  const init = (anchors: { rootCert: string; issuerCert: string; issuerKey: string }, dir: string, more: string[] = []) =>
+    runCli(["ca", "init", "--trust-domain", "public", "--dir", dir, "--root-cert", anchors.rootCert, "--issuer-cert", anchors.issuerCert, "--issuer-key", anchors.issuerKey, ...more]);
 
   it("refuses an Ed448 issuer (ca serve cannot sign with it) and writes nothing", async () => {
     const anchors = makeDaprAnchors(join(work, "ed448"), { key: "ed448" });
@@ -48,6 +50,52 @@ describe("ca init --root-cert/--issuer-cert/--issuer-key checks what ca serve ne
     const r = await runCli(["ca", "import-issuer", "--dir", dir, "--issuer-cert", bad.issuerCert, "--issuer-key", bad.issuerKey]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/E_IMPORT_INVALID/);
+  });
+
+  it("imports an encrypted issuer key with --issuer-key-passphrase-file; without it, refused by name and nothing written", async () => {
+    const anchors = makeDaprAnchors(join(work, "encrypted"), { key: "p256" });
+    const keyPassphrase = join(work, "issuer-key-passphrase");
+    writeFileSync(keyPassphrase, "issuer key secret\n");
+    const encryptedKey = join(work, "encrypted", "issuer.enc.key");
+    writeFileSync(encryptedKey, createPrivateKey(readFileSync(anchors.issuerKey)).export({ type: "pkcs8", format: "pem", cipher: "aes-256-cbc", passphrase: "issuer key secret" }));
+    const withEncrypted = { ...anchors, issuerKey: encryptedKey };
+
+    const refused = await init(withEncrypted, join(work, "ca-encrypted-refused"));
+    expectRefused(refused, "E_KEY_PASSPHRASE_REQUIRED", /--issuer-key .*issuer\.enc\.key: the private key is encrypted; give its passphrase with --issuer-key-passphrase-file FILE/);
+    expect(existsSync(join(work, "ca-encrypted-refused"))).toBe(false);
+    const wrong = join(work, "wrong-passphrase");
+    writeFileSync(wrong, "not it\n");
+    const wrongDir = join(work, "ca-encrypted-wrong");
+    expect((await init(withEncrypted, wrongDir, ["--issuer-key-passphrase-file", wrong])).code).toBe(1);
+    expect(existsSync(wrongDir)).toBe(false);
+
+    // Kept encrypted with the CA's own passphrase, which differs from the imported key's.
+    const caPassphrase = join(work, "ca-passphrase");
+    writeFileSync(caPassphrase, "ca secret\n", { mode: 0o600 });
+    const dir = join(work, "ca-encrypted");
+    const r = await init(withEncrypted, dir, ["--issuer-key-passphrase-file", keyPassphrase, "--passphrase-file", caPassphrase]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toBe("");
+    const stored = readFileSync(join(dir, "issuer.key"), "utf8");
+    expect(isEncryptedPrivateKeyPem(stored)).toBe(true);
+    expect(createPrivateKey({ key: stored, passphrase: "ca secret" }).asymmetricKeyType).toBe("ec");
+    const served = await startCli(["ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--passphrase-file", caPassphrase], /listening on (\S+) as (\S+)/);
+    await served.stop();
+
+    // Without a CA passphrase the key is stored decrypted, 0600, and stderr says so.
+    const plainDir = join(work, "ca-encrypted-plain");
+    const plain = await init(withEncrypted, plainDir, ["--issuer-key-passphrase-file", keyPassphrase]);
+    expect(plain.code, plain.stderr).toBe(0);
+    expect(plain.stderr).toMatch(/the imported issuer key was encrypted; .*issuer\.key holds it decrypted \(mode 0600\)/);
+    expect(statSync(join(plainDir, "issuer.key")).mode & 0o777).toBe(0o600);
+    expect(createPrivateKey(readFileSync(join(plainDir, "issuer.key"))).asymmetricKeyType).toBe("ec");
+    for (const out of [refused, r, plain]) expect(out.stderr + out.stdout).not.toMatch(/issuer key secret|ca secret/);
+  }, 60_000);
+
+  it("refuses --issuer-key-passphrase-file without an import", async () => {
+    const r = await runCli(["ca", "init", "--trust-domain", "public", "--dir", join(work, "ca-stray-flag"), "--issuer-key-passphrase-file", join(work, "nope")]);
+    expectRefused(r, "E_USAGE", /--issuer-key-passphrase-file goes with an imported --issuer-key/);
+    expect(existsSync(join(work, "ca-stray-flag"))).toBe(false);
   });
 
   it("accepts Dapr >= 1.18 Ed25519 anchors, and ca serve then starts with them", async () => {
