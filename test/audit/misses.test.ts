@@ -160,6 +160,36 @@ describe("connection URLs in container env (MW-SECRET-005, MW-TLS-002/003/007/00
     expect(audit("d.yaml", fromSecret)).toEqual([]);
   });
 
+  it("reads MySQL URLs and Go DSNs in env (MW-TLS-004): no TLS setting, or one that falls back or skips verification", () => {
+    const text = deployment({
+      DATABASE_URL: "mysql://orders:Hunter2Secret@mysql.shop.svc:3306/orders",
+      REPORTS_DSN: "reports:pw@tcp(mysql.shop.svc:3306)/reports?tls=preferred",
+      SQLALCHEMY_URL: "mysql+pymysql://app@mysql.shop.svc/app?ssl-mode=REQUIRED",
+      PRISMA_URL: "mysql://app@mysql.shop.svc/app?sslaccept=accept_invalid_certs",
+      LOCAL_URL: "mariadb://app@127.0.0.1/app",
+    });
+    expect(audit("d.yaml", text)).toEqual(["MW-SECRET-005@13:high", "MW-TLS-004@13:high", "MW-SECRET-005@15:high", "MW-TLS-004@15:high", "MW-TLS-004@17:high", "MW-TLS-004@19:high", "MW-TLS-004@21:low"]);
+    const evidence = auditSources([{ file: "d.yaml", text }]).findings.filter((finding) => finding.ruleId === "MW-TLS-004").map((finding) => finding.evidence);
+    expect(evidence).toEqual([
+      "DATABASE_URL: no TLS setting (mysql://mysql.shop.svc:3306)",
+      "REPORTS_DSN: tls=preferred (tcp(mysql.shop.svc:3306))",
+      "SQLALCHEMY_URL: ssl-mode=REQUIRED (mysql+pymysql://mysql.shop.svc)",
+      "PRISMA_URL: sslaccept=accept_invalid_certs (mysql://mysql.shop.svc)",
+      "LOCAL_URL: no TLS setting (mariadb://127.0.0.1)",
+    ]);
+    expect(JSON.stringify(auditSources([{ file: "d.yaml", text }]).findings)).not.toMatch(/Hunter2Secret|:pw@/);
+    // Verified TLS in each dialect: quiet.
+    expect(audit("d.yaml", deployment({
+      A_URL: "mysql://app@mysql.shop.svc/app?tls=true",
+      B_DSN: "app@tcp(mysql.shop.svc:3306)/app?tls=custom",
+      C_URL: "mysql+pymysql://app@mysql.shop.svc/app?ssl_ca=/etc/mysql/ca.pem",
+      D_URL: "mysql://app@mysql.shop.svc/app?sslaccept=strict",
+      E_URL: "mysql://app@mysql.shop.svc/app?ssl-mode=VERIFY_IDENTITY",
+      F_URL: "mysql://app@mysql.shop.svc/app?ssl={\"rejectUnauthorized\":true}",
+      G_URL: "postgres://db.shop.svc/app?sslmode=verify-full",
+    }))).toEqual([]);
+  });
+
   it("leaves MICRO_* variables to the micro rules (one finding, not two)", () => {
     expect(audit("d.yaml", deployment({ MICRO_BROKER_ADDRESS: "nats://nats.shop.svc:4222", MICRO_ENABLE_TLS: "true", MICRO_TLS_CERT_FILE: "/tls/cert.pem", MICRO_TLS_CA_FILE: "/tls/ca.pem", MICRO_TLS_CLIENT_CA_FILE: "/tls/ca.pem" })))
       .toEqual(["MW-MICRO-005@13:medium"]);

@@ -78,6 +78,40 @@ function envUrls(workload: Workload): (ContainerEnvVar & { scheme: string })[] {
     .filter((entry) => entry.scheme !== "");
 }
 
+/**
+ * MySQL connections in container env: `mysql://`, `mysql+pymysql://`, `mariadb://` URLs and Go
+ * driver DSNs (`user:pass@tcp(db:3306)/orders?tls=true`), which have no scheme.
+ */
+function envMysqlConnections(workload: Workload): (ContainerEnvVar & { dsn: boolean })[] {
+  return workload.env
+    .filter((entry) => entry.hasInlineValue && !isPlaceholder(entry.value) && !/^MICRO_/i.test(entry.name) && !IDENTIFIER_NAME.test(entry.name))
+    .map((entry) => ({ ...entry, dsn: /^[^\s/@]*@(?:tcp|unix)\(/i.test(entry.value.trim()) }))
+    .filter((entry) => entry.dsn || /^(mysql|mariadb)(\+[a-z0-9]+)?$/.test(urlScheme(entry.value)));
+}
+
+/**
+ * What a MySQL URL or DSN says about TLS: undefined when it asks for verified TLS (the Go
+ * driver's `tls=true`/`custom`/a registered config name, `ssl-mode=VERIFY_CA|VERIFY_IDENTITY`,
+ * `ssl=true` or a JSON `ssl` object (mysql2), Prisma's `sslaccept=strict`, a CA file
+ * (`ssl_ca`, `ssl-ca`, `sslca`)), else the evidence: the setting that turns it off or leaves it
+ * unverified, or that none is given (the drivers then connect in plaintext or unverified).
+ */
+function mysqlUrlTls(value: string): string | undefined {
+  const setting = (name: string): string | undefined => connectionParam(value, name)?.trim();
+  const tls = setting("tls");
+  if (tls !== undefined) return /^(false|preferred|skip-verify|0)$/i.test(tls) ? `tls=${tls}` : undefined;
+  for (const name of ["ssl-mode", "ssl_mode", "sslmode"]) {
+    const mode = setting(name);
+    if (mode !== undefined) return /^verify[-_](ca|identity|full)$/i.test(mode) ? undefined : `${name}=${mode}`;
+  }
+  const accept = setting("sslaccept");
+  if (accept !== undefined) return accept.toLowerCase() === "strict" ? undefined : `sslaccept=${accept}`;
+  const ssl = setting("ssl");
+  if (ssl !== undefined) return isTruthy(ssl) || ssl.startsWith("{") || ssl.startsWith("%7B") ? undefined : `ssl=${ssl}`;
+  if (["ssl_ca", "ssl-ca", "sslca", "sslrootcert"].some((name) => setting(name) !== undefined)) return undefined;
+  return "no TLS setting";
+}
+
 /** The other env variables of the container an env entry belongs to (path `…containers, i, env, j, value`). */
 function containerEnv(workload: Workload, entry: ContainerEnvVar): ContainerEnvVar[] {
   const container = JSON.stringify(entry.path.slice(0, -3));
@@ -222,15 +256,25 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "MySQL connection without verified TLS",
-    why: "The Go MySQL driver uses plaintext unless the DSN says `tls=true` or `tls=custom`; `tls=preferred` falls back to plaintext and `tls=skip-verify` accepts any certificate.",
+    why: "The Go MySQL driver uses plaintext unless the DSN says `tls=true` or `tls=custom`; `tls=preferred` falls back to plaintext and `tls=skip-verify` accepts any certificate. Read in component connection strings and in container env: `mysql://`/`mariadb://` URLs (`mysql+pymysql://`, Prisma, mysql2) and Go DSNs (`user:pass@tcp(db:3306)/orders`), where `ssl-mode=VERIFY_IDENTITY`, `sslaccept=strict`, `ssl=true` or a CA file (`ssl_ca`) count as verified TLS.",
     fix: "Add `tls=true` (or `tls=custom` with `pemPath`) to the DSN.",
     example: {
       file: "statestore.yaml",
       bad: componentYaml("state.mysql", { connectionString: "dapr@tcp(mysql.db.svc:3306)/?allowNativePasswords=true" }),
       good: componentYaml("state.mysql", { connectionString: "dapr@tcp(mysql.db.svc:3306)/?allowNativePasswords=true&tls=true" }),
     },
-    appliesTo: ["dapr-component"],
-    check(component) {
+    appliesTo: ["dapr-component", "workload"],
+    check(resource) {
+      if (resource.kind === "workload") {
+        return envMysqlConnections(resource).flatMap((entry): Hit[] => {
+          const verdict = mysqlUrlTls(entry.value);
+          if (verdict === undefined) return [];
+          const host = entry.dsn ? (/@(?:tcp|unix)\(([^)]*)\)/i.exec(entry.value)?.[1] ?? "") : hostOf(entry.value);
+          const where = entry.dsn ? `tcp(${host})` : `${urlScheme(entry.value)}://${host}`;
+          return [envHit(`mysql://${host}`, { path: entry.path, evidence: `${entry.name}: ${verdict} (${where})` })];
+        });
+      }
+      const component = resource;
       if (!isMysql(component)) return [];
       const item = connectionString(component);
       if (item === undefined) return [];
