@@ -86,6 +86,20 @@ export interface Workload {
   env: ContainerEnvVar[];
 }
 
+/**
+ * A docker-compose service: its `environment:` (map or `KEY=value` list) read like a container's
+ * env, for the rules on inline secrets and connection URLs.
+ */
+export interface ComposeService {
+  kind: "compose-service";
+  source: SourceDocument;
+  name: string;
+  env: ContainerEnvVar[];
+}
+
+/** What the env rules read: a Kubernetes workload's containers or a compose service. */
+export type EnvHolder = Workload | ComposeService;
+
 export interface KubernetesSecret {
   kind: "kubernetes-secret";
   source: SourceDocument;
@@ -135,6 +149,7 @@ export type Resource =
   | DaprComponent
   | DaprHttpEndpoint
   | Workload
+  | ComposeService
   | KubernetesSecret
   | MicroSettings
   | MeshwardCaConfig

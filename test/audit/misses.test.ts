@@ -69,7 +69,8 @@ describe("HTTPEndpoint resources", () => {
 describe("micro settings as environment variables", () => {
   it("docker-compose environment, map and list forms", () => {
     const compose = "services:\n  greeter:\n    image: greeter\n    environment:\n      MICRO_REGISTRY: mdns\n      MICRO_BROKER_ADDRESS: nats://nats:4222\n  api:\n    image: api\n    environment:\n      - MICRO_ENABLE_TLS=true\n      - MICRO_TLS_CERT_FILE=/tls/cert.pem\n      - MICRO_TLS_CA_FILE=/tls/ca.pem\n      - MICRO_TLS_CLIENT_CA_FILE=/tls/ca.pem\n  db:\n    image: postgres\n    environment:\n      POSTGRES_URL: http://not-micro\n";
-    expect(audit("docker-compose.yml", compose)).toEqual(["MW-MICRO-001@5:high", "MW-MICRO-005@6:medium"]);
+    // POSTGRES_URL is no micro setting, but a plaintext endpoint in the service's environment.
+    expect(audit("docker-compose.yml", compose)).toEqual(["MW-MICRO-001@5:high", "MW-MICRO-005@6:medium", "MW-TLS-007@17:high"]);
   });
   it("Kubernetes container env", () => {
     const deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: greeter\nspec:\n  template:\n    spec:\n      containers:\n      - name: greeter\n        image: greeter\n        env:\n        - name: MICRO_SERVER_ADDRESS\n          value: \":8080\"\n        - name: MICRO_TRANSPORT_SECURE\n          value: \"false\"\n";
@@ -188,6 +189,36 @@ describe("connection URLs in container env (MW-SECRET-005, MW-TLS-002/003/007/00
       F_URL: "mysql://app@mysql.shop.svc/app?ssl={\"rejectUnauthorized\":true}",
       G_URL: "postgres://db.shop.svc/app?sslmode=verify-full",
     }))).toEqual([]);
+  });
+
+  it("reads docker-compose environment like container env, map and list forms", () => {
+    const compose = [
+      "services:",
+      "  orders:",
+      "    image: orders",
+      "    environment:",
+      "      DATABASE_URL: postgres://orders:Hunter2Secret@db:5432/orders",
+      "      PGSSLMODE: verify-full",
+      "      API_TOKEN: tok_live_8f3a9c2d",
+      "      SESSION_SECRET_ROTATION: daily",
+      "  worker:",
+      "    image: worker",
+      "    environment:",
+      "      - REDIS_URL=redis://:pw@redis:6379",
+      "      - DB_PASSWORD",
+      "      - MYSQL_DSN=app@tcp(mysql:3306)/app",
+      "  reports:",
+      "    image: reports",
+      "    environment:",
+      "      REPORTS_URL: postgres://reports-db/reports",
+      "      DB_PASSWORD:",
+      "",
+    ].join("\n");
+    // orders: the URL's password and the token (PGSSLMODE of the same service verifies); worker:
+    // the Redis password and plaintext, the MySQL DSN without TLS; DB_PASSWORD passed through from
+    // the host holds nothing; reports: no sslmode (PGSSLMODE of another service does not count).
+    expect(audit("docker-compose.yml", compose)).toEqual(["MW-SECRET-005@5:high", "MW-SECRET-005@7:high", "MW-SECRET-005@12:high", "MW-TLS-007@12:high", "MW-TLS-004@14:high", "MW-TLS-002@18:high"]);
+    expect(JSON.stringify(auditSources([{ file: "docker-compose.yml", text: compose }]).findings)).not.toMatch(/Hunter2Secret|tok_live|:pw@/);
   });
 
   it("leaves MICRO_* variables to the micro rules (one finding, not two)", () => {

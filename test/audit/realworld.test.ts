@@ -59,7 +59,8 @@ const EXPECTED: Record<string, string[]> = {
   // K8S-003 and K8S-006 are opt-in; K8S-002 is one finding per workload.
   "dapr/quickstarts/tutorials/distributed-calculator/deploy/go-adder.yaml": ["MW-K8S-002@17:medium", "MW-K8S-004@20:medium"],
   // micro settings in docker-compose environment (two services) and in a container env.
-  "micro/go-micro/examples/deployment/docker-compose.yml": ["MW-MICRO-001@34:high", "MW-MICRO-001@49:high"],
+  // …and, since compose environment is read like container env, the OTLP exporter's plaintext endpoint.
+  "micro/go-micro/examples/deployment/docker-compose.yml": ["MW-MICRO-001@34:high", "MW-MICRO-001@49:high", "MW-TLS-007@52:high"],
   "micro/go-micro/examples/kubernetes/config/micro/api.yaml": ["MW-MICRO-001@20:high"],
   // dapr/samples: dapr.io/config "tracing" resolves to dapr-tracing.yaml in the same folder.
   "dapr/samples/batch-file-processing/deploy/batch-processor.yaml": ["MW-K8S-002@17:medium"],

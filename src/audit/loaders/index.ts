@@ -1,7 +1,7 @@
 import { parseEnvFile } from "../env-source.ts";
 import { asArray, asText, isDict } from "../shape.ts";
 import type { Dict } from "../shape.ts";
-import type { NodePath, ParseProblem, Resource, SourceDocument } from "../types.ts";
+import type { ComposeService, NodePath, ParseProblem, Resource, SourceDocument } from "../types.ts";
 import { parseYamlFile } from "../yaml-source.ts";
 import { isDaprKind, loadDaprComponent, loadDaprConfiguration, loadDaprHttpEndpoint } from "./dapr.ts";
 import { isSecretKind, isWorkloadKind, loadSecret, loadWorkload } from "./kubernetes.ts";
@@ -100,12 +100,15 @@ function classify(file: string, source: SourceDocument, data: unknown, base: Nod
   } else if (asText(data["kind"]) === "List" && Array.isArray(data["items"])) {
     asArray(data["items"]).forEach((item, index) => classify(file, source, item, [...base, "items", index], loaded));
   } else if (base.length === 0 && isComposeFile(data)) {
+    const before = loaded.resources.length;
     for (const [name, service] of Object.entries(data["services"] as Dict)) {
       if (!isDict(service)) continue;
-      const settings = loadMicroEnv(source, composeEnvironment(service["environment"], ["services", name, "environment"]));
+      const pairs = composeEnvironment(service["environment"], ["services", name, "environment"]);
+      const settings = loadMicroEnv(source, pairs);
       if (settings !== undefined) loaded.resources.push(settings);
+      if (pairs.length > 0) loaded.resources.push(composeService(source, name, service["environment"], pairs));
     }
-    if (!loaded.resources.some((resource) => resource.kind === "micro-settings")) count(loaded.unknownKinds, "docker-compose file without MICRO_* settings");
+    if (loaded.resources.length === before) count(loaded.unknownKinds, "docker-compose file without environment settings");
   } else if (base.length === 0 && (isMicroYamlName(file) || isDict(data["micro"]))) {
     loaded.resources.push(loadMicroSettings(isDict(data["micro"]) ? microSection(source, data) : source));
   } else {
@@ -114,6 +117,16 @@ function classify(file: string, source: SourceDocument, data: unknown, base: Nod
     else if (meshward === "ca") loaded.resources.push(loadMeshwardCa(view, data));
     else count(loaded.unknownKinds, kindLabel(data));
   }
+}
+
+/**
+ * A compose service's environment as container env: `KEY: value` and `- KEY=value` carry an
+ * inline value; `KEY:` (null) and `- KEY` pass the host's variable through, which holds nothing
+ * here.
+ */
+function composeService(source: SourceDocument, name: string, environment: unknown, pairs: readonly EnvPair[]): ComposeService {
+  const inline = (pair: EnvPair): boolean => (isDict(environment) ? environment[pair.name] !== null && environment[pair.name] !== undefined && !isDict(environment[pair.name]) : asText(asArray(environment)[Number(pair.path.at(-1))]).includes("="));
+  return { kind: "compose-service", source, name, env: pairs.map((pair) => ({ name: pair.name, value: pair.value, hasInlineValue: inline(pair), path: pair.path })) };
 }
 
 /** A docker-compose file: a top-level `services` map whose entries look like containers. */

@@ -176,14 +176,14 @@ export const secretRules: Rule[] = [
     family: "secrets",
     severity: "high",
     title: "Secret inline in a container environment variable",
-    why: "`env[].value` is stored in the workload spec: visible to everyone who can `get` the Deployment, in git and in Helm history. That holds for a password under any name, including one inside a connection URL (`DATABASE_URL=postgres://user:password@db/orders`).",
+    why: "`env[].value` is stored in the workload spec (and a docker-compose `environment:` entry in the compose file): visible to everyone who can `get` the Deployment, in git and in Helm history. That holds for a password under any name, including one inside a connection URL (`DATABASE_URL=postgres://user:password@db/orders`).",
     fix: "Use `valueFrom.secretKeyRef` (or mount the secret as a file); for a connection URL, keep the whole URL in the Secret.",
     example: {
       file: "deployment.yaml",
       bad: deploymentYaml({ "prometheus.io/scrape": "true" }).replace("          ports:", "          env:\n            - name: DB_PASSWORD\n              value: \"hunter2\"\n          ports:"),
       good: deploymentYaml({ "prometheus.io/scrape": "true" }).replace("          ports:", "          env:\n            - name: DB_PASSWORD\n              valueFrom:\n                secretKeyRef:\n                  name: db\n                  key: password\n          ports:"),
     },
-    appliesTo: ["workload"],
+    appliesTo: ["workload", "compose-service"],
     check(workload) {
       const hits: Hit[] = [];
       for (const entry of workload.env) {

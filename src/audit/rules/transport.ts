@@ -1,4 +1,4 @@
-import type { ComponentMetadataItem, ContainerEnvVar, DaprComponent, Hit, NodePath, Rule, Severity, Workload } from "../types.ts";
+import type { ComponentMetadataItem, ContainerEnvVar, DaprComponent, EnvHolder, Hit, NodePath, Rule, Severity } from "../types.ts";
 import { asText, get, isDict, isFalsy, isTruthy } from "../shape.ts";
 import { componentYaml, secretRefYaml } from "./example-builders.ts";
 import { componentFamily, connectionParam, defineRule, hostOf, isLoopbackComponent, isLoopbackHost, isPlaceholder, metadataItem, typePath, urlScheme } from "./helpers.ts";
@@ -70,7 +70,7 @@ function postgresSslMode(component: DaprComponent): PostgresConnection | undefin
  * variables are left to the micro rules, proxy settings (`HTTP_PROXY`: HTTPS goes through
  * them in a CONNECT tunnel) and identifiers (`*_AUDIENCE`) are not connected to in plaintext.
  */
-function envUrls(workload: Workload): (ContainerEnvVar & { scheme: string })[] {
+function envUrls(workload: EnvHolder): (ContainerEnvVar & { scheme: string })[] {
   return workload.env
     .filter((entry) => entry.hasInlineValue && !isPlaceholder(entry.value) && !/^MICRO_/i.test(entry.name)
       && !/(^|_)(https?|all|ftp|no)_proxy$/i.test(entry.name) && !IDENTIFIER_NAME.test(entry.name))
@@ -82,7 +82,7 @@ function envUrls(workload: Workload): (ContainerEnvVar & { scheme: string })[] {
  * MySQL connections in container env: `mysql://`, `mysql+pymysql://`, `mariadb://` URLs and Go
  * driver DSNs (`user:pass@tcp(db:3306)/orders?tls=true`), which have no scheme.
  */
-function envMysqlConnections(workload: Workload): (ContainerEnvVar & { dsn: boolean })[] {
+function envMysqlConnections(workload: EnvHolder): (ContainerEnvVar & { dsn: boolean })[] {
   return workload.env
     .filter((entry) => entry.hasInlineValue && !isPlaceholder(entry.value) && !/^MICRO_/i.test(entry.name) && !IDENTIFIER_NAME.test(entry.name))
     .map((entry) => ({ ...entry, dsn: /^[^\s/@]*@(?:tcp|unix)\(/i.test(entry.value.trim()) }))
@@ -112,14 +112,15 @@ function mysqlUrlTls(value: string): string | undefined {
   return "no TLS setting";
 }
 
-/** The other env variables of the container an env entry belongs to (path `…containers, i, env, j, value`). */
-function containerEnv(workload: Workload, entry: ContainerEnvVar): ContainerEnvVar[] {
+/** The other env variables of the container an env entry belongs to (path `…containers, i, env, j, value`; a compose service is one container). */
+function containerEnv(workload: EnvHolder, entry: ContainerEnvVar): ContainerEnvVar[] {
+  if (workload.kind === "compose-service") return workload.env;
   const container = JSON.stringify(entry.path.slice(0, -3));
   return workload.env.filter((other) => JSON.stringify(other.path.slice(0, -3)) === container);
 }
 
 /** `postgres://` / `postgresql://` URLs in container env; libpq's `PGSSLMODE` in the same container counts when the URL sets no sslmode. */
-function envPostgresConnections(workload: Workload): PostgresConnection[] {
+function envPostgresConnections(workload: EnvHolder): PostgresConnection[] {
   return envUrls(workload).filter((entry) => entry.scheme === "postgres" || entry.scheme === "postgresql").map((entry) => {
     const fromEnv = containerEnv(workload, entry).find((other) => other.name === "PGSSLMODE" && other.hasInlineValue)?.value ?? "";
     const mode = (connectionParam(entry.value, "sslmode") ?? fromEnv).trim().toLowerCase();
@@ -127,8 +128,8 @@ function envPostgresConnections(workload: Workload): PostgresConnection[] {
   });
 }
 
-function postgresConnections(resource: DaprComponent | Workload): PostgresConnection[] {
-  if (resource.kind === "workload") return envPostgresConnections(resource);
+function postgresConnections(resource: DaprComponent | EnvHolder): PostgresConnection[] {
+  if (resource.kind !== "dapr-component") return envPostgresConnections(resource);
   if (!isPostgres(resource)) return [];
   const connection = postgresSslMode(resource);
   return connection === undefined ? [] : [connection];
@@ -225,7 +226,7 @@ export const transportRules: Rule[] = [
       bad: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=disable" }),
       good: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=verify-full sslrootcert=/etc/pg/ca.pem" }),
     },
-    appliesTo: ["dapr-component", "workload"],
+    appliesTo: ["dapr-component", "workload", "compose-service"],
     check(resource) {
       return postgresConnections(resource)
         .filter((connection) => ["", "disable", "allow", "prefer"].includes(connection.mode))
@@ -244,7 +245,7 @@ export const transportRules: Rule[] = [
       bad: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=require" }),
       good: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=verify-full" }),
     },
-    appliesTo: ["dapr-component", "workload"],
+    appliesTo: ["dapr-component", "workload", "compose-service"],
     check(resource) {
       return postgresConnections(resource)
         .filter((connection) => ["require", "verify-ca"].includes(connection.mode))
@@ -263,9 +264,9 @@ export const transportRules: Rule[] = [
       bad: componentYaml("state.mysql", { connectionString: "dapr@tcp(mysql.db.svc:3306)/?allowNativePasswords=true" }),
       good: componentYaml("state.mysql", { connectionString: "dapr@tcp(mysql.db.svc:3306)/?allowNativePasswords=true&tls=true" }),
     },
-    appliesTo: ["dapr-component", "workload"],
+    appliesTo: ["dapr-component", "workload", "compose-service"],
     check(resource) {
-      if (resource.kind === "workload") {
+      if (resource.kind !== "dapr-component") {
         return envMysqlConnections(resource).flatMap((entry): Hit[] => {
           const verdict = mysqlUrlTls(entry.value);
           if (verdict === undefined) return [];
@@ -338,10 +339,10 @@ export const transportRules: Rule[] = [
       bad: componentYaml("pubsub.rabbitmq", { host: "amqp://rabbitmq.default.svc:5672", durable: "true" }, "pubsub"),
       good: componentYaml("pubsub.rabbitmq", { host: "amqps://rabbitmq.default.svc:5671", durable: "true" }, "pubsub"),
     },
-    appliesTo: ["dapr-component", "workload"],
+    appliesTo: ["dapr-component", "workload", "compose-service"],
     check(resource) {
       const hits: Hit[] = [];
-      if (resource.kind === "workload") {
+      if (resource.kind !== "dapr-component") {
         for (const entry of envUrls(resource)) {
           const secure = PLAINTEXT_SCHEMES[entry.scheme];
           if (secure === undefined) continue;
@@ -373,9 +374,9 @@ export const transportRules: Rule[] = [
       bad: componentYaml("state.mongodb", { host: "mongo.db.svc:27017", databaseName: "orders" }),
       good: componentYaml("state.mongodb", { host: "mongo.db.svc:27017", databaseName: "orders", params: "?tls=true&tlsCAFile=/etc/mongo/ca.pem" }),
     },
-    appliesTo: ["dapr-component", "workload"],
+    appliesTo: ["dapr-component", "workload", "compose-service"],
     check(resource) {
-      if (resource.kind === "workload") {
+      if (resource.kind !== "dapr-component") {
         return envUrls(resource).flatMap((entry): Hit[] => {
           if (entry.scheme !== "mongodb" && entry.scheme !== "mongodb+srv") return [];
           const off = TLS_OFF.test(entry.value);
@@ -419,9 +420,9 @@ export const transportRules: Rule[] = [
       bad: componentYaml("pubsub.mqtt3", { url: "mqtts://mqtt.default.svc:8883", skipVerify: "true" }, "pubsub"),
       good: componentYaml("pubsub.mqtt3", { url: "mqtts://mqtt.default.svc:8883", skipVerify: "false" }, "pubsub"),
     },
-    appliesTo: ["dapr-component", "workload"],
+    appliesTo: ["dapr-component", "workload", "compose-service"],
     check(resource) {
-      if (resource.kind === "workload") {
+      if (resource.kind !== "dapr-component") {
         return resource.env.flatMap((entry): Hit[] => {
           if (!entry.hasInlineValue || /^MICRO_/i.test(entry.name)) return [];
           const off = verificationOffParams(entry.value);
