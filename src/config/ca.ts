@@ -1,6 +1,6 @@
 import * as z from "zod";
 import { parseSpiffeId, parseTrustDomain } from "../spiffe/id.ts";
-import { hostPort, validatorFlagName } from "./fields.ts";
+import { hostPort, timerDurationText, validatorFlagName } from "./fields.ts";
 import { parseDuration } from "../util/duration.ts";
 
 const duration = (what: string) =>
@@ -48,8 +48,8 @@ export const jwksValidatorSchema = z
         apiServer: z.string().url().default("https://kubernetes.default.svc").describe("The API server, as pods reach it."),
         tokenFile: z.string().min(1).default("/var/run/secrets/kubernetes.io/serviceaccount/token").describe("The CA's own service-account token, sent as a bearer token (re-read at each fetch)."),
         caFile: z.string().min(1).default("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt").describe("PEM roots the API server's certificate must chain to."),
-        cacheMaxAge: duration("JWKS cache max age").default(parseDuration("10m")).describe("Refetch the signing keys when they are older than this."),
-        cooldown: duration("JWKS cooldown").default(parseDuration("30s")).describe("After a fetch, a token with an unknown key id triggers no new fetch for this long."),
+        cacheMaxAge: timerDurationText("JWKS cache max age").default(parseDuration("10m")).describe("Refetch the signing keys when they are older than this."),
+        cooldown: timerDurationText("JWKS cooldown").default(parseDuration("30s")).describe("After a fetch, a token with an unknown key id triggers no new fetch for this long."),
       })
       .strict()
       .optional()
@@ -141,8 +141,8 @@ export const caConfigSchema = z
       .optional()
       .describe("Worker threads that verify CSRs and sign certificates; 0 signs on the main thread. Default: one per CPU less one for the event loop (os.availableParallelism() - 1)."),
     maxRequestBytes: z.number().int().min(1024).max(1 << 20).default(64 * 1024).describe("Largest accepted API request body. The CA holds at most 256 of these at once across all unfinished calls (more get E_CA_BUSY), and allows 100 concurrent streams per connection."),
-    requestTimeout: duration("request timeout").default(parseDuration("30s")).describe("Longest a SignCertificate call may take to send its whole request; a slower one gets DEADLINE_EXCEEDED (E_REQUEST_TIMEOUT) and its stream is reset, so a peer sending a byte at a time cannot hold it open. An HTTP/1.1 caller of the HTTP API (bundle, CRL, health) has as long to send each request head, from the handshake or the previous response; past it the connection is closed."),
-    handshakeTimeout: duration("handshake timeout")
+    requestTimeout: timerDurationText("request timeout").default(parseDuration("30s")).describe("Longest a SignCertificate call may take to send its whole request; a slower one gets DEADLINE_EXCEEDED (E_REQUEST_TIMEOUT) and its stream is reset, so a peer sending a byte at a time cannot hold it open. An HTTP/1.1 caller of the HTTP API (bundle, CRL, health) has as long to send each request head, from the handshake or the previous response; past it the connection is closed."),
+    handshakeTimeout: timerDurationText("handshake timeout")
       .refine((ms) => ms > 0, { message: "the handshake timeout must be above 0 (0 would let a connection wait in the handshake for ever)" })
       .default(parseDuration("10s"))
       .describe("Time a caller has to complete the TLS handshake on the API port, from the moment its connection is accepted; a connection that has not finished by then (nothing sent, half a ClientHello) is closed and counted in meshward_ca_connections_refused_total{reason=\"handshake_timeout\"}."),
@@ -171,8 +171,8 @@ export const caConfigSchema = z
       .describe(
         "Certificates issued to one source IP address (attestations and renewals alike, counted per CA replica): `burst` at once, then `perSecond`. Only issued certificates count: a refused request gives its share back, so callers without a credential behind the same address cannot use it up. Past it the request is refused RESOURCE_EXHAUSTED (E_RATE_LIMITED) before attestation, so no join token is spent, and clients retry with backoff. Each certificate is a row in the store: one valid token or certificate would otherwise mint them without bound. `false` turns it off (a proxy in front of the CA that hides client addresses makes every caller one address).",
       ),
-    crlRefresh: duration("CRL refresh interval").default(parseDuration("1s")).describe("How often the store is checked for new revocations."),
-    anchorPoll: duration("anchor poll interval").default(parseDuration("1s")).describe("How often the CA directory is checked for rotated or replaced trust anchors."),
+    crlRefresh: timerDurationText("CRL refresh interval", 100).default(parseDuration("1s")).describe("How often the store is checked for new revocations."),
+    anchorPoll: timerDurationText("anchor poll interval", 100).default(parseDuration("1s")).describe("How often the CA directory is checked for rotated or replaced trust anchors."),
     rotationCheck: duration("rotation check interval").default(parseDuration("1m")).describe("How often rotation thresholds are checked."),
     autoRotateIssuer: z.boolean().default(true).describe("Self-managed CAs: prepare a new issuer at min(½ life, 30d) left and switch to it at min(⅙ life, 7d) left."),
     issuerTtl: duration("issuer TTL").default(parseDuration("1y")).describe("Lifetime of issuers made by rotation."),

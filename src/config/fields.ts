@@ -1,5 +1,45 @@
 import * as z from "zod";
 import { parseHostPort, parseHostPortList } from "../util/address.ts";
+import { formatDuration, parseDuration } from "../util/duration.ts";
+
+/** The longest delay a Node timer takes (2^31 − 1 ms, ~24.8 days); a longer one fires at once, with a warning. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** Milliseconds of a duration a timer is armed with, or an issue on `ctx` naming what is wrong. */
+function timerMs(value: string | number, what: string, minMs: number, ctx: z.RefinementCtx): number {
+  let ms: number;
+  try {
+    ms = typeof value === "number" ? Math.round(value * 1000) : parseDuration(value, what);
+  } catch (error) {
+    ctx.addIssue({ code: "custom", message: (error as Error).message });
+    return z.NEVER;
+  }
+  if (!Number.isFinite(ms) || ms < minMs) {
+    ctx.addIssue({ code: "custom", message: `${what} must be at least ${minMs < 1000 ? `${minMs}ms` : formatDuration(minMs)} (got ${JSON.stringify(value)})` });
+    return z.NEVER;
+  }
+  if (ms > MAX_TIMER_MS) {
+    ctx.addIssue({ code: "custom", message: `${what} must be at most 24d (got ${JSON.stringify(value)})` });
+    return z.NEVER;
+  }
+  return ms;
+}
+
+/**
+ * A duration a timer is armed with (`10s`, `1m30s`, or a number of seconds), in milliseconds,
+ * between `minMs` and MAX_TIMER_MS: a negative or zero timeout, or an interval of 0 (a busy
+ * loop), is refused by name instead of crashing or spinning when first used.
+ */
+export const timerDuration = (what: string, minMs = 1) => z.union([z.string(), z.number()]).transform((value, ctx) => timerMs(value, what, minMs, ctx));
+
+/** timerDuration for files that take durations as strings only (the CA's configuration). */
+export const timerDurationText = (what: string, minMs = 1) => z.string().transform((value, ctx) => timerMs(value, what, minMs, ctx));
+
+/** Loopback HOST:PORT (127.0.0.0/8, ::1, localhost): a listener that speaks plaintext for this workload only. */
+export function isLoopbackListenHost(host: string): boolean {
+  const bare = host.toLowerCase();
+  return bare === "localhost" || /^127(\.\d{1,3}){3}$/.test(bare) || bare === "::1";
+}
 
 /** HOST:PORT[,HOST:PORT…]: the replicas of one service (the CA), refused with the parser's message. */
 export const hostPortList = (what: string) =>

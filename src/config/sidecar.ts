@@ -1,18 +1,10 @@
 import * as z from "zod";
 import { parseTrustDomain } from "../spiffe/id.ts";
-import { allowedHostProblem, hostPort, hostPortList, validatorEnumName } from "./fields.ts";
-import { parseDuration } from "../util/duration.ts";
+import { allowedHostProblem, hostPort, hostPortList, isLoopbackListenHost, timerDuration, validatorEnumName } from "./fields.ts";
+import { parseHostPort } from "../util/address.ts";
 
 
-const duration = (what: string) =>
-  z.union([z.string(), z.number()]).transform((value, ctx) => {
-    try {
-      return typeof value === "number" ? Math.round(value * 1000) : parseDuration(value, what);
-    } catch (error) {
-      ctx.addIssue({ code: "custom", message: (error as Error).message });
-      return z.NEVER;
-    }
-  });
+const duration = timerDuration;
 
 const appIdName = z
   .string()
@@ -138,7 +130,7 @@ export const sidecarConfigSchema = z
       .describe("Serve the status page (/ and /status.json) on the status port. When false only /healthz, /readyz and /metrics are served, and no status token is needed off loopback (Kubernetes probes)."),
     limits: limitsSchema.default(limitsSchema.parse({})).describe("Connection and request limits."),
     egress: z.array(egressEntrySchema).default([]).describe("TLS origination: plaintext loopback ports turned into (m)TLS to a backend."),
-    policyReloadInterval: duration("policy reload interval").default(1000).describe("How often the policy file is checked for changes."),
+    policyReloadInterval: duration("policy reload interval", 100).default(1000).describe("How often the policy file is checked for changes."),
     bundleRefreshInterval: duration("bundle refresh interval")
       .default(60_000)
       .refine((ms) => ms >= 1000, { message: "bundle refresh interval: at least 1s" })
@@ -151,6 +143,22 @@ export const sidecarConfigSchema = z
     if (value.token !== undefined && value.tokenFile !== undefined) {
       ctx.addIssue({ code: "custom", path: ["tokenFile"], message: "give token or tokenFile, not both" });
     }
+    // The outbound and TCP upstream ports take plaintext and send it on with this workload's
+    // identity: off loopback, anyone who reaches them calls other apps as this workload.
+    const loopbackOnly = (address: string | undefined, path: (string | number)[], what: string) => {
+      if (address === undefined) return;
+      let host: string;
+      try {
+        host = parseHostPort(address, what).host;
+      } catch {
+        return; // refused by the field's own check
+      }
+      if (!isLoopbackListenHost(host)) {
+        ctx.addIssue({ code: "custom", path, message: `${what} ${address} is not loopback: whoever reaches it calls other apps as this workload, with its identity; listen on 127.0.0.1, ::1 or localhost` });
+      }
+    };
+    loopbackOnly(value.outbound, ["outbound"], "outbound address");
+    for (const [appId, address] of Object.entries(value.tcpUpstreams)) loopbackOnly(address, ["tcpUpstreams", appId], "TCP upstream listen address");
     if (value.app === undefined) {
       // Outbound only: no inbound listener, so nothing that configures one may be given.
       if (value.inbound !== undefined) ctx.addIssue({ code: "custom", path: ["inbound"], message: "an inbound listener forwards to the app: give app too (or leave inbound out for an outbound-only sidecar)" });

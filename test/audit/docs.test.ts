@@ -41,7 +41,7 @@ describe("docs/audit-rules.md", () => {
   });
 
   // Issue 15 item 6: the example sidecar.yaml used `app-id:`, which the sidecar refuses.
-  it("every meshward sidecar example the docs show is accepted by the sidecar's own schema, except MW-CONFIG-001's bad one", () => {
+  it("every meshward sidecar example the docs show is accepted by the sidecar's own schema, except the bad ones of MW-CONFIG-001 and MW-ACCESS-004", () => {
     const blocks = [...doc.matchAll(/Example \(`sidecar\.yaml`\) that fires:\n\n```yaml\n([\s\S]*?)```[\s\S]*?Fixed form \(no finding\):\n\n```yaml\n([\s\S]*?)```/g)];
     expect(blocks.length).toBeGreaterThanOrEqual(5);
     let refused = 0;
@@ -51,12 +51,14 @@ describe("docs/audit-rules.md", () => {
         const config = { bundle: "/etc/meshward/bundle.pem", app: "127.0.0.1:8080", ...(parseYaml(text ?? "") as Record<string, unknown>) };
         const ok = sidecarConfigSchema.safeParse(config).success;
         if (!ok) refused += 1;
-        const schemaFindings = auditSources([{ file: "sidecar.yaml", text: text ?? "" }]).findings.filter((finding) => finding.ruleId === "MW-CONFIG-001");
-        expect(schemaFindings.length > 0, text).toBe(!ok);
+        const findings = auditSources([{ file: "sidecar.yaml", text: text ?? "" }]).findings;
+        // A listener off loopback is refused by the sidecar and reported by MW-ACCESS-004 alone.
+        const refusedBy = findings.filter((finding) => finding.ruleId === "MW-CONFIG-001" || finding.ruleId === "MW-ACCESS-004");
+        expect(refusedBy.length > 0, text).toBe(!ok);
       }
     }
-    // Only MW-CONFIG-001's own bad example (`app-id:`) is refused.
-    expect(refused).toBe(1);
+    // Only MW-CONFIG-001's own bad example (`app-id:`) and MW-ACCESS-004's (outbound: 0.0.0.0) are refused.
+    expect(refused).toBe(2);
     expect(doc).toMatch(/### MW-CONFIG-001[\s\S]*?that fires:\n\n```yaml\napp-id: orders/);
   });
 

@@ -2,6 +2,7 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { caConfigSchema } from "../../src/config/ca.ts";
 import { runCli } from "../helpers/cli.ts";
 
 // Input the CLI took without a word (found by review, stop 39): a sidecar config whose `limits`
@@ -22,6 +23,54 @@ describe("bad input is refused, not silently taken", { timeout: 60_000 }, () => 
       expect(r.code).toBe(1);
       expect(r.stderr).toMatch(/limits-scalar\.yaml:5:\d+: limits must be a mapping.*\[E_CONFIG_INVALID\]/s);
       expect(r.stderr).not.toMatch(/\n\s+at /);
+    }
+  });
+
+  it("timeouts and intervals that are zero, negative or past a Node timer's range are refused by name (a negative idleTimeout crashed the sidecar on its first TCP connection)", async () => {
+    const cases: [string, RegExp][] = [
+      ["limits:\n  idleTimeout: -5\n", /limits\.idleTimeout.*idle timeout must be at least 1ms \(got -5\)/s],
+      ["limits:\n  headersTimeout: 0\n", /headers timeout must be at least 1ms \(got 0\)/],
+      ["limits:\n  idleTimeout: 30d\n", /idle timeout must be at most 24d \(got "30d"\)/],
+      ["policyReloadInterval: 0s\n", /policy reload interval must be at least 100ms \(got "0s"\)/],
+      ["policyReloadInterval: -1\n", /policy reload interval must be at least 100ms/],
+    ];
+    for (const [yaml, message] of cases) {
+      const config = join(dir, "durations.yaml");
+      writeFileSync(config, `appId: web\nca: 127.0.0.1:1\nbundle: /nonexistent\napp: 127.0.0.1:1\n${yaml}`);
+      const r = await runCli(["sidecar", "--config", config, "--token", "never-sent-0123456789"]);
+      expect(r.code, yaml).toBe(1);
+      expect(r.stderr, yaml).toMatch(message);
+      expect(r.stderr).toContain("[E_CONFIG_INVALID]");
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+    }
+    const flag = await runCli(["sidecar", "--app-id", "web", "--ca", "127.0.0.1:1", "--app", "127.0.0.1:1", "--token", "never-sent-0123456789", "--policy-reload-interval", "0ms"]);
+    expect(flag.code).toBe(1);
+    expect(flag.stderr).toMatch(/--policy-reload-interval.*must be at least 100ms/);
+  });
+
+  it("the CA's poll intervals and timeouts too: 0s (a busy loop) and 30d (past a timer's range) are refused", () => {
+    for (const [field, value, message] of [
+      ["crlRefresh", "0s", /CRL refresh interval must be at least 100ms/],
+      ["anchorPoll", "30d", /anchor poll interval must be at most 24d/],
+      ["requestTimeout", "0ms", /request timeout must be at least 1ms/],
+    ] as [string, string, RegExp][]) {
+      const parsed = caConfigSchema.safeParse({ [field]: value });
+      expect(parsed.success, field).toBe(false);
+      expect(parsed.error?.issues.map((issue) => issue.message).join("\n")).toMatch(message);
+    }
+    expect(caConfigSchema.parse({ crlRefresh: "250ms" }).crlRefresh).toBe(250);
+  });
+
+  it("an outbound or TCP upstream port off loopback is refused: anyone reaching it would call other apps as this workload", async () => {
+    for (const [args, message] of [
+      [["--outbound", "0.0.0.0:0"], /outbound address 0\.0\.0\.0:0 is not loopback: whoever reaches it calls other apps as this workload/],
+      [["--tcp-upstream", "db=10.0.0.5:5432"], /TCP upstream listen address 10\.0\.0\.5:5432 is not loopback/],
+      [["--outbound", "[::]:3500"], /outbound address \[::\]:3500 is not loopback/],
+    ] as [string[], RegExp][]) {
+      const r = await runCli(["sidecar", "--app-id", "web", "--ca", "127.0.0.1:1", "--token", "never-sent-0123456789", ...args]);
+      expect(r.code, args.join(" ")).toBe(1);
+      expect(r.stderr).toMatch(message);
+      expect(r.stderr).toContain("[E_CONFIG_INVALID]");
     }
   });
 

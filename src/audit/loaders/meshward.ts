@@ -68,6 +68,8 @@ export function schemaIssues(schema: z.ZodType, config: Dict, wrapped: boolean, 
     if (issue.code === "invalid_type" && /received undefined/.test(issue.message)) continue;
     // A field required only in some shapes (the sidecar's `app` unless it is outbound only) says "required …".
     if (issue.code === "custom" && /^required\b/.test(issue.message)) continue;
+    // A listener off loopback is reported by MW-ACCESS-004, which says why it matters.
+    if (issue.code === "custom" && / is not loopback: /.test(issue.message)) continue;
     if (issue.code === "unrecognized_keys") {
       for (const key of issue.keys) {
         const meant = path.length === 0 ? known.get(normaliseKey(key)) : undefined;

@@ -114,7 +114,7 @@ export const accessRules: Rule[] = [
     family: "access",
     severity: "high",
     title: "meshward sidecar outbound port listens beyond loopback",
-    why: "The outbound port (and each `tcpUpstreams` listener) takes plaintext and calls other apps with this workload's certificate. Bound to 0.0.0.0 or a network address, anyone who reaches it calls the mesh as this workload, and the leg to the sidecar crosses the network in clear.",
+    why: "The outbound port (and each `tcpUpstreams` listener) takes plaintext and calls other apps with this workload's certificate. Bound to 0.0.0.0 or a network address, anyone who reaches it calls the mesh as this workload, and the leg to the sidecar crosses the network in clear. The sidecar refuses such a config (`E_CONFIG_INVALID`).",
     fix: "Bind `outbound` and `tcpUpstreams` to 127.0.0.1 (the app and its sidecar share the pod's or host's loopback).",
     example: { file: "sidecar.yaml", bad: sidecar("policy: policy.yaml\noutbound: 0.0.0.0:3500\n"), good: sidecar("policy: policy.yaml\noutbound: 127.0.0.1:3500\n") },
     appliesTo: ["meshward-sidecar"],

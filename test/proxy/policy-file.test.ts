@@ -1,0 +1,116 @@
+import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { loadPolicyFile, watchPolicy } from "../../src/proxy/policy-source.ts";
+import type { AccessRequest } from "../../src/policy/index.ts";
+import { runCli } from "../helpers/cli.ts";
+
+/**
+ * Review finding (HIGH): a policy file that was empty or cut short mid-write (`kind:
+ * Configuration` and nothing after, `spec:`, `accessControl:`) loaded as "no access control":
+ * every caller allowed, at start and on reload, without a word in the log. A half-written file
+ * must never open access; the sidecar now refuses a policy file without its accessControl
+ * block, and applies a change only once the file has stayed the same for one reload interval.
+ */
+
+const POLICY = `apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata:
+  name: shop
+spec:
+  accessControl:
+    defaultAction: allow
+    trustDomain: public
+    policies:
+      - appId: evil
+        namespace: default
+        defaultAction: deny
+`;
+
+const evil: AccessRequest = { caller: { appId: "evil", namespace: "default", trustDomain: "public" }, verb: "GET", operation: "/items" };
+
+describe("a policy file must say what it allows", () => {
+  const work = mkdtempSync(join(tmpdir(), "meshward-policy-file-"));
+  afterAll(() => rmSync(work, { recursive: true, force: true }));
+  let n = 0;
+  const file = (text: string): string => {
+    const path = join(work, `policy-${++n}.yaml`);
+    writeFileSync(path, text);
+    return path;
+  };
+
+  it("refuses an empty file and every cut-short prefix that would read as no access control", () => {
+    const cuts = {
+      empty: "",
+      "blank lines": "\n\n",
+      "a comment only": "# policy\n",
+      "cut after kind": POLICY.slice(0, POLICY.indexOf("metadata:")),
+      "cut after spec": POLICY.slice(0, POLICY.indexOf("  accessControl:")),
+      "cut after accessControl": POLICY.slice(0, POLICY.indexOf("    defaultAction")),
+    };
+    for (const [what, text] of Object.entries(cuts)) {
+      expect(() => loadPolicyFile(file(text)), what).toThrow(/E_POLICY_INVALID|no access control/);
+      try {
+        loadPolicyFile(file(text));
+      } catch (error) {
+        expect((error as { code?: string }).code, what).toBe("E_POLICY_INVALID");
+        expect(String(error), what).toMatch(/no access control: an access policy file must hold a Dapr Configuration with spec\.accessControl .*never read as "allow everything"/);
+      }
+    }
+    // The whole file denies evil; the refusals above are not a parser that refuses everything.
+    expect(loadPolicyFile(file(POLICY)).decide(evil).allowed).toBe(false);
+  });
+
+  it("names a misspelt accessControl, and the file:line of a null block", () => {
+    expect(() => loadPolicyFile(file(POLICY.replace("accessControl:", "accesControl:")))).toThrow(/found "accesControl": did you mean accessControl\?/);
+    expect(() => loadPolicyFile(file(POLICY.replace("accessControl:", "access_control:")))).toThrow(/found "access_control"/);
+    const nullBlock = file("kind: Configuration\nspec:\n  accessControl:\n");
+    expect(() => loadPolicyFile(nullBlock)).toThrow(new RegExp(`${nullBlock}:3:\\d+: no access control`));
+    expect(() => loadPolicyFile(file("{}\n"))).toThrow(/holds an empty mapping: no access control/);
+  });
+
+  it("accepts allow-everything when the file says so", () => {
+    for (const text of ["kind: Configuration\nspec:\n  accessControl:\n    defaultAction: allow\n", "accessControl: {}\n", "defaultAction: allow\n"]) {
+      expect(loadPolicyFile(file(text)).decide(evil), text).toMatchObject({ allowed: true });
+    }
+  });
+
+  it("a policy file the sidecar is started with that is empty: exit 1 naming the file, before the CA is asked", async () => {
+    const empty = file("");
+    // No CA listens at 127.0.0.1:1: the policy is refused before any connection is tried.
+    const r = await runCli(["sidecar", "--app-id", "orders", "--app", "127.0.0.1:1", "--ca", "127.0.0.1:1", "--bundle", empty, "--token", "unused", "--policy", empty]);
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toContain(`${empty} is empty: no access control`);
+    expect(r.stderr).toContain("[E_POLICY_INVALID]");
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+
+  it("a file written slowly, in pieces, is applied whole: no cut-short state is ever in force", async () => {
+    const path = file(POLICY);
+    const logs: string[] = [];
+    const logger = { info: (m: string) => logs.push(m), warn: (m: string) => logs.push(m), error: (m: string) => logs.push(m) };
+    const source = watchPolicy(path, { intervalMs: 100, logger });
+    try {
+      const seen = new Set<boolean>();
+      const sample = setInterval(() => seen.add(source.current().decide(evil).allowed), 5);
+      // A writer that truncates and then writes the file a line every 50 ms (half the interval):
+      // every prefix of it is a valid policy or a refused one; the prefixes that end before
+      // evil's deny rule allow evil.
+      const lines = POLICY.split(/(?<=\n)/);
+      writeFileSync(path, "");
+      for (const line of lines) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        appendFileSync(path, line);
+      }
+      for (let i = 0; i < 100 && source.generation === 0; i++) await new Promise((resolve) => setTimeout(resolve, 20));
+      clearInterval(sample);
+      seen.add(source.current().decide(evil).allowed);
+      expect(source.generation, logs.join("\n")).toBe(1);
+      expect([...seen]).toEqual([false]);
+      expect(logs.filter((m) => m.includes("reloaded"))).toHaveLength(1);
+    } finally {
+      source.close();
+    }
+  }, 20_000);
+});
