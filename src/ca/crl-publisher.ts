@@ -26,6 +26,8 @@ export class CrlPublisher {
   /** The refresh running now, if any, and whether a call arrived since it began. */
   #running: Promise<boolean> | undefined;
   #again = false;
+  /** Whether this replica signed a CRL since it last became the leader. */
+  #signedAsLeader = false;
 
   /**
    * `shared`: several replicas on one store (issue 17). Only the leader signs, and publishes to
@@ -79,12 +81,22 @@ export class CrlPublisher {
 
   async #refreshOnce(): Promise<boolean> {
     if (this.shared === undefined) return this.#refreshLocal();
-    if (this.shared.isLeader()) await this.#signShared();
+    if (this.shared.isLeader()) {
+      await this.#signShared(!this.#signedAsLeader);
+      this.#signedAsLeader = true;
+    } else {
+      this.#signedAsLeader = false;
+    }
     return this.#adoptPublished();
   }
 
-  /** The leader: signs when the published CRL is missing, stale, not the store's revocations, or not by the current issuer. */
-  async #signShared(): Promise<void> {
+  /**
+   * The leader: signs when the published CRL is missing, stale, not the store's revocations, or
+   * not by the current issuer, and once on becoming the leader (`force`), as one CA process
+   * always did on start: the CRL served is then one this leader signed, numbered above any CRL a
+   * previous leader signed, published or not.
+   */
+  async #signShared(force: boolean): Promise<void> {
     const [revocations, published] = await Promise.all([this.store.listRevocations(), this.store.latestCrl()]);
     const now = this.clock();
     const signer = this.signer();
@@ -97,7 +109,7 @@ export class CrlPublisher {
       }
       const fresh = now.getTime() - published.thisUpdate.getTime() <= CRL_RESIGN_AFTER_MS;
       const same = parsed !== undefined && parsed.revokedSerials.size === revocations.length && revocations.every((r) => parsed.revokedSerials.has(r.serial));
-      if (fresh && same) return;
+      if (fresh && same && !force) return;
     }
     // The number first, then the revocations it covers: they only grow, so a CRL with a higher
     // number (this replica's next one, or another leader's) holds at least these.

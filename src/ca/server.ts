@@ -9,7 +9,7 @@ import { encodePrivateKey, generateKeyPair } from "../pki/keys.ts";
 import { toPem } from "../pki/pem.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
 import { openSqliteStore, openStore, parseStoreUrl } from "../store/index.ts";
-import type { Store } from "../store/store.ts";
+import type { LeaderLock, Store } from "../store/store.ts";
 import { parseHostPort } from "../util/address.ts";
 import { checkCaDir } from "../util/dir-safety.ts";
 import { listenOn } from "../util/listen.ts";
@@ -122,24 +122,26 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     return loadAnchors({ dir: options.dir, files: stateFiles, ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}) });
   };
   let stateFiles: AnchorFiles = directoryFiles;
-  const lock = replicated?.leaderLock();
-  let leader = replicated === undefined;
-  if (replicated !== undefined) {
-    try {
-      anchors = await loadFromStore();
-      leader = (await lock?.tryAcquire()) === true;
-    } catch (error) {
-      await lock?.release();
-      if (options.store === undefined) await store.close();
-      throw error;
-    }
+  // One leader among the processes sharing the store, PostgreSQL or SQLite (several `ca serve` on
+  // one CA directory: its lock file beside ca.db). Only the leader rotates and signs the CRL; the
+  // others read the CRL it publishes and, on SQLite, the files it rotates in the directory.
+  let lock: LeaderLock | undefined;
+  let leader = false;
+  try {
+    lock = store.leaderLock?.();
+    if (replicated !== undefined) anchors = await loadFromStore();
+    leader = lock === undefined || (await lock.tryAcquire());
+  } catch (error) {
+    await lock?.release();
+    if (options.store === undefined) await store.close();
+    throw error;
   }
 
   const telemetry = createMetrics({ processMetrics: true });
   const registry = telemetry.registry;
   const metrics = createCaMetrics(telemetry);
   const mesh = createMeshMetrics(telemetry);
-  const crl = new CrlPublisher(store, () => anchors.issuer, clock, replicated === undefined ? undefined : { isLeader: () => leader });
+  const crl = new CrlPublisher(store, () => anchors.issuer, clock, lock === undefined ? undefined : { isLeader: () => leader });
   await crl.refresh();
 
   const attestors = new Map<ValidatorName, Attestor>();
@@ -453,13 +455,13 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       : {}),
   });
   rotationWarnings = rotation.warnings;
-  // With several replicas only the leader rotates (the others' warnings stay empty).
+  // With several processes on one store only the leader rotates (the others' warnings stay empty).
   if (leader) await rotation.check();
   const rotationTimer = setInterval(() => {
     if (leader) void rotation.check();
   }, config.rotationCheck);
   rotationTimer.unref();
-  // A lost leader (process killed: PostgreSQL drops its session lock) is replaced within a poll.
+  // A lost leader (process killed: PostgreSQL drops its session lock, the kernel its file lock) is replaced within a poll.
   const leaderTimer = lock === undefined ? undefined : setInterval(() => {
     void lock.tryAcquire().then((held) => {
       if (held === leader) return;
@@ -523,7 +525,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
 
   const host = bound.address;
   logger.info(
-    { event: "ca-started", address: `${host}:${bound.port}`, trustDomain: anchors.trustDomain, spiffeId, issuerNotAfter: anchors.issuer.certificate.validTo, validators: enabledValidators, ...(replicated !== undefined ? { replicated: true, leader } : {}) },
+    { event: "ca-started", address: `${host}:${bound.port}`, trustDomain: anchors.trustDomain, spiffeId, issuerNotAfter: anchors.issuer.certificate.validTo, validators: enabledValidators, ...(replicated !== undefined ? { replicated: true } : {}), ...(lock !== undefined ? { leader } : {}) },
     "meshward CA serving",
   );
   return {

@@ -4,9 +4,10 @@ import Database from "better-sqlite3";
 import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { assertSchemaNotNewer, latestVersion, migrateSqlite, SQLITE_MIGRATIONS, sqliteSchemaVersion } from "./migrations.ts";
 import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
+import { assertLockFileUsable, sqliteLeaderLock } from "./sqlite-leader.ts";
 import { SqliteWriter } from "./sqlite-writer.ts";
 import { renewalOfRevoked } from "./store.ts";
-import type { CaFilesSnapshot, IssuanceFilter, IssuanceRecord, JoinTokenRecord, RevocationRecord, Store, StoredCrl, TokenConsumption } from "./store.ts";
+import type { CaFilesSnapshot, IssuanceFilter, IssuanceRecord, JoinTokenRecord, LeaderLock, RevocationRecord, Store, StoredCrl, TokenConsumption } from "./store.ts";
 
 const BUSY_TIMEOUT_MS = 5_000;
 const MEMORY = ":memory:";
@@ -353,6 +354,17 @@ export class SqliteStore implements Store {
   async latestCrl(): Promise<StoredCrl | undefined> {
     const row = this.#read("read the published CRL", () => this.#stmts().latestCrl.get() as { number: bigint; der: Buffer; this_update: bigint } | undefined);
     return row === undefined ? undefined : { number: row.number, der: row.der, thisUpdate: new Date(Number(row.this_update)) };
+  }
+
+  /**
+   * The lock electing the one CA process that rotates and signs CRLs when several serve from
+   * this file (sqlite-leader.ts); a ":memory:" store has one process, always the leader.
+   */
+  leaderLock(): LeaderLock {
+    this.#assertOpen();
+    if (this.path === MEMORY) return { held: true, tryAcquire: async () => true, release: async () => undefined };
+    assertLockFileUsable(this.path);
+    return sqliteLeaderLock(this.path);
   }
 
   async close(): Promise<void> {

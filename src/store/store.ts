@@ -89,7 +89,11 @@ export interface StoredCrl {
   readonly thisUpdate: Date;
 }
 
-/** A PostgreSQL advisory lock held on its own connection: one leader among the CA replicas. */
+/**
+ * One leader among the CA processes sharing a store: a PostgreSQL session advisory lock on its
+ * own connection, or for SQLite an exclusive lock on a file beside the database. Both are held
+ * for as long as the holder lives (no lease to renew) and released when it dies.
+ */
 export interface LeaderLock {
   /** Tries to take the lock (true when held, also when already held); false when another holds it. */
   tryAcquire(): Promise<boolean>;
@@ -165,7 +169,7 @@ export interface Store {
   latestCrl(): Promise<StoredCrl | undefined>;
   /** Shared stores (PostgreSQL): called on each change notification (LISTEN/NOTIFY); returns the unsubscribe. */
   listen?(onChange: (channel: "ca_state" | "crl") => void): Promise<() => Promise<void>>;
-  /** Shared stores (PostgreSQL): the lock that elects the one replica rotating and signing CRLs. */
+  /** The lock that elects the one process rotating and signing CRLs among those sharing the store. */
   leaderLock?(): LeaderLock;
   close(): Promise<void>;
 }

@@ -151,6 +151,31 @@ describe("sqlite store specifics", () => {
     await to.close();
   });
 
+  it("elects one leader among the stores of one file (ca.db-leader, 0600), handed over when it releases, given up when the file is replaced", async () => {
+    const dir = join(root, "leader");
+    mkdirSync(dir);
+    const stores = [openSqliteStore(join(dir, "ca.db")), openSqliteStore(join(dir, "ca.db"))];
+    const [a, b] = stores.map((store) => store.leaderLock());
+    try {
+      expect(await a!.tryAcquire()).toBe(true);
+      expect(await b!.tryAcquire()).toBe(false);
+      expect(await a!.tryAcquire()).toBe(true);
+      expect(statSync(join(dir, "ca.db-leader")).mode & 0o777).toBe(0o600);
+      await a!.release();
+      expect(await b!.tryAcquire()).toBe(true);
+      expect(b!.held).toBe(true);
+      // Someone removed the lock file: another process could lock a new one, so the holder gives up.
+      rmSync(join(dir, "ca.db-leader"));
+      expect(await b!.tryAcquire()).toBe(false);
+      expect(b!.held).toBe(false);
+      expect(await b!.tryAcquire()).toBe(true);
+    } finally {
+      await a!.release();
+      await b!.release();
+      for (const store of stores) await store.close();
+    }
+  });
+
   it("works in memory (sqlite::memory:) for throwaway CAs", async () => {
     const store = openSqliteStore(":memory:");
     await store.migrate();
