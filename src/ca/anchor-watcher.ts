@@ -11,6 +11,25 @@ export interface AnchorWatcherOptions {
   readonly onChange: (anchors: LoadedAnchors) => void;
   /** A changed set of files that does not load (bad issuer, key/cert mismatch, …); the old anchors stay. */
   readonly onRefused: (error: unknown) => void;
+  /**
+   * anchorFilesSignature() taken before the anchors in use were loaded: files changed since (by
+   * another process on the same directory, while this one started) are picked up at the first poll.
+   */
+  readonly loadedSignature?: string;
+}
+
+/** What the watcher compares between polls: the anchor files' mtime, size and inode. */
+export function anchorFilesSignature(layout: CaLayout): string {
+  return [layout.state, layout.bundle, layout.issuerCert, layout.issuerKey]
+    .map((file) => {
+      try {
+        const s = statSync(file);
+        return `${s.mtimeMs}:${s.size}:${s.ino}`;
+      } catch {
+        return "missing";
+      }
+    })
+    .join("|");
 }
 
 /**
@@ -21,19 +40,8 @@ export interface AnchorWatcherOptions {
  * key and the certificate is not mistaken for a bad file.
  */
 export function watchAnchors(options: AnchorWatcherOptions): { check(): void; close(): void } {
-  const files = [options.layout.state, options.layout.bundle, options.layout.issuerCert, options.layout.issuerKey];
-  const signature = () =>
-    files
-      .map((file) => {
-        try {
-          const s = statSync(file);
-          return `${s.mtimeMs}:${s.size}:${s.ino}`;
-        } catch {
-          return "missing";
-        }
-      })
-      .join("|");
-  let loaded = signature();
+  const signature = () => anchorFilesSignature(options.layout);
+  let loaded = options.loadedSignature ?? signature();
   let failedOnce: string | undefined;
   let timer: ClockTimer | undefined;
   let closed = false;

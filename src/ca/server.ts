@@ -13,7 +13,7 @@ import type { LeaderLock, Store } from "../store/store.ts";
 import { parseHostPort } from "../util/address.ts";
 import { checkCaDir } from "../util/dir-safety.ts";
 import { listenOn } from "../util/listen.ts";
-import { loadAnchors, type LoadedAnchors } from "./anchors.ts";
+import { caLayout, loadAnchors, type LoadedAnchors } from "./anchors.ts";
 import type { Attestor } from "./attest/attestor.ts";
 import { insecureAttestor } from "./attest/insecure.ts";
 import { joinTokenAttestor } from "./attest/join-token.ts";
@@ -31,7 +31,7 @@ import { describeHandshakeFailure } from "../telemetry/metrics.ts";
 import { JwtSvidIssuer } from "./jwt-svid.ts";
 import { join } from "node:path";
 import { systemClock } from "../util/clock.ts";
-import { watchAnchors } from "./anchor-watcher.ts";
+import { anchorFilesSignature, watchAnchors } from "./anchor-watcher.ts";
 import { directoryFiles, storeStateFiles, transactCaState, type AnchorFiles } from "./anchor-files.ts";
 import { replicatedState, watchStoreState } from "./state-watcher.ts";
 import { createRotationManager } from "./rotation-manager.ts";
@@ -105,6 +105,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const statusAt = config.status === undefined ? undefined : parseHostPort(config.status, "--status");
   const statusToken = statusAt === undefined ? undefined : resolveStatusToken(statusAt.host, config.statusTokenFile);
   const recorder = createStatusRecorder();
+  // Taken before the anchors are read: another process on the same directory may rotate them meanwhile.
+  const anchorsSignature = anchorFilesSignature(caLayout(options.dir));
   let anchors: LoadedAnchors = loadAnchors({ dir: options.dir, ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}) });
   if (config.trustDomain !== undefined && config.trustDomain !== anchors.trustDomain) {
     throw new MeshwardError(
@@ -429,6 +431,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     },
   }) : watchAnchors({
     layout: anchors.layout,
+    loadedSignature: anchorsSignature,
     intervalMs: config.anchorPoll,
     clock: systemClock,
     load: loadCurrent,
