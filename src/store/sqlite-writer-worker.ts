@@ -1,7 +1,8 @@
-/** The writer thread of SqliteWriter: a SqliteStore of its own that only records issuances. */
+/** The writer thread of SqliteWriter: a SqliteStore of its own that makes the store's writes. */
 import { parentPort, workerData } from "node:worker_threads";
 import { isMeshwardError } from "../errors.ts";
 import { openSqliteStore } from "./sqlite.ts";
+import type { StoredCrl } from "./store.ts";
 import type { WriterReply, WriterRequest } from "./sqlite-writer.ts";
 
 const port = parentPort;
@@ -9,14 +10,34 @@ if (port === null) throw new Error("sqlite-writer-worker.ts runs only as a worke
 const store = openSqliteStore((workerData as { path: string }).path, { writerThread: false });
 
 port.on("message", (message: WriterRequest) => {
-  // Every record() of this message joins the store's group commit: one transaction, one fsync.
+  // Every issuance of this message joins the store's group commit: one transaction, one fsync.
   void Promise.all(
-    message.batch.map(({ id, record }) =>
-      store.recordIssuance(record).then(
-        () => ({ id }),
-        (error: unknown) => ({ id, error: isMeshwardError(error) ? { code: error.code, message: error.message } : { message: error instanceof Error ? error.message : String(error) } }),
-      ),
-    ),
-  ).then((results) => port.postMessage({ type: "results", results } satisfies WriterReply));
+    message.batch.map(({ id, method, args }) => {
+      // A Buffer arrives as a plain Uint8Array, which SQLite would not bind as a blob.
+      if (method === "publishCrl") {
+        const crl = args[0] as StoredCrl;
+        args = [{ ...crl, der: Buffer.from(crl.der.buffer, crl.der.byteOffset, crl.der.byteLength) }];
+      }
+      const run = (store[method] as (...a: readonly unknown[]) => Promise<unknown>).bind(store);
+      return Promise.resolve()
+        .then(() => run(...args))
+        .then(
+          (value) => ({ id, value }),
+          (error: unknown) => ({
+            id,
+            error: isMeshwardError(error)
+              ? { code: error.code, message: error.message, ...(error.details !== undefined ? { details: { ...error.details } } : {}) }
+              : { message: error instanceof Error ? error.message : String(error) },
+          }),
+        );
+    }),
+  ).then((results) => {
+    try {
+      port.postMessage({ type: "results", results } satisfies WriterReply);
+    } catch {
+      // An error's details that do not clone: the callers still get their answers, without them.
+      port.postMessage({ type: "results", results: results.map((r) => ("error" in r && r.error !== undefined ? { id: r.id, error: { ...r.error, details: undefined } } : r)) } satisfies WriterReply);
+    }
+  });
 });
 port.postMessage({ type: "ready" } satisfies WriterReply);

@@ -1,32 +1,54 @@
 import type { Worker } from "node:worker_threads";
 import { MeshwardError, type ErrorCode } from "../errors.ts";
 import { startMeshwardWorker } from "../util/worker-thread.ts";
-import type { IssuanceRecord } from "./store.ts";
+import type { Store } from "./store.ts";
+
+/** The store's writes, which SqliteWriter runs on its thread (reads stay on the caller's connection). */
+export const WRITER_METHODS = [
+  "recordIssuance",
+  "recordIssuanceSpendingToken",
+  "consumeToken",
+  "createToken",
+  "revoke",
+  "revokeLineage",
+  "nextCrlNumber",
+  "raiseCrlNumber",
+  "writeCaFiles",
+  "publishCrl",
+] as const satisfies readonly (keyof Store)[];
+export type WriterMethod = (typeof WRITER_METHODS)[number];
+type Args<M extends WriterMethod> = Parameters<Store[M]>;
+type Result<M extends WriterMethod> = Awaited<ReturnType<Store[M]>>;
 
 /** Messages between SqliteWriter and sqlite-writer-worker.ts. */
-export type WriterRequest = { readonly type: "record"; readonly batch: readonly { readonly id: number; readonly record: IssuanceRecord }[] };
+export type WriterRequest = { readonly type: "calls"; readonly batch: readonly { readonly id: number; readonly method: WriterMethod; readonly args: readonly unknown[] }[] };
 export type WriterReply =
   | { readonly type: "ready" }
-  | { readonly type: "results"; readonly results: readonly { readonly id: number; readonly error?: { readonly code?: ErrorCode; readonly message: string } }[] };
+  | {
+      readonly type: "results";
+      readonly results: readonly { readonly id: number; readonly value?: unknown; readonly error?: { readonly code?: ErrorCode; readonly message: string; readonly details?: Record<string, unknown> } }[];
+    };
 
 interface Pending {
-  readonly resolve: () => void;
+  readonly resolve: (value: unknown) => void;
   readonly reject: (error: unknown) => void;
 }
 
 /**
- * Records issuances through a second connection owned by a worker thread, so the fsync of
- * each group commit (synchronous=FULL) blocks that thread instead of the CA's event loop.
- * The worker runs a SqliteStore of its own: same group commit, same durability, same errors
- * (E_STORE_CONFLICT for a duplicate serial, to that caller only); a caller's promise resolves
- * only after its row is committed, so a read on the main connection sees it (WAL).
+ * Runs the store's writes through a second connection owned by a worker thread, so that neither
+ * the fsync of a commit (synchronous=FULL) nor a wait for the write lock (another process holds
+ * it: an admin command, another CA process; up to the busy timeout, 5 s) blocks the CA's event
+ * loop: bundle, CRL, health and other sign requests are answered meanwhile. The worker runs a
+ * SqliteStore of its own: same group commit for issuances, same durability, same errors
+ * (E_STORE_CONFLICT for a duplicate serial, to that caller only); a caller's promise settles only
+ * after its transaction committed or failed, so a read on the main connection then sees it (WAL).
  */
 export class SqliteWriter {
   readonly #worker: Worker;
   /** Settles once the thread has opened its connection. */
   readonly started: Promise<void>;
   readonly #pending = new Map<number, Pending>();
-  #queue: { id: number; record: IssuanceRecord }[] = [];
+  #queue: { id: number; method: WriterMethod; args: readonly unknown[] }[] = [];
   #nextId = 1;
   #failure: Error | undefined;
   #closing: Promise<void> | undefined;
@@ -46,8 +68,9 @@ export class SqliteWriter {
         const pending = this.#pending.get(result.id);
         if (pending === undefined) continue;
         this.#pending.delete(result.id);
-        if (result.error === undefined) pending.resolve();
-        else pending.reject(result.error.code === undefined ? new Error(result.error.message) : new MeshwardError(result.error.code, result.error.message));
+        const error = result.error;
+        if (error === undefined) pending.resolve(result.value);
+        else pending.reject(error.code === undefined ? new Error(error.message) : new MeshwardError(error.code, error.message, error.details === undefined ? {} : { details: error.details }));
       }
       if (this.#pending.size === 0) this.#worker.unref();
     });
@@ -61,20 +84,26 @@ export class SqliteWriter {
     this.#worker.on("exit", (code) => lost(new Error(`exit code ${code}`)));
   }
 
-  record(record: IssuanceRecord): Promise<void> {
-    if (this.#closing !== undefined) return Promise.reject(new MeshwardError("E_STORE_CLOSED", "the store was closed before the issuance was recorded"));
+  /** Runs the store's `method` on the writer thread; settles once its transaction has committed (or failed). */
+  call<M extends WriterMethod>(method: M, ...args: Args<M>): Promise<Result<M>> {
+    if (this.#closing !== undefined) return Promise.reject(new MeshwardError("E_STORE_CLOSED", "the store was closed before the write was made"));
     if (this.#failure !== undefined) return Promise.reject(this.#failure);
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
       if (this.#pending.size === 0) this.#worker.ref();
-      this.#pending.set(id, { resolve, reject });
-      // One message per turn of the event loop carries every issuance of that turn.
-      this.#queue.push({ id, record });
+      this.#pending.set(id, { resolve: resolve as (value: unknown) => void, reject });
+      // One message per turn of the event loop carries every write of that turn (issuances of
+      // one turn share a transaction there).
+      this.#queue.push({ id, method, args });
       if (this.#queue.length === 1) setImmediate(() => this.#send());
     });
   }
 
-  /** Waits for every recorded issuance to be answered, then stops the thread. */
+  record(record: Args<"recordIssuance">[0]): Promise<void> {
+    return this.call("recordIssuance", record);
+  }
+
+  /** Waits for every write to be answered, then stops the thread. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#send();
@@ -88,7 +117,7 @@ export class SqliteWriter {
     const batch = this.#queue;
     if (batch.length === 0) return;
     this.#queue = [];
-    this.#worker.postMessage({ type: "record", batch } satisfies WriterRequest);
+    this.#worker.postMessage({ type: "calls", batch } satisfies WriterRequest);
   }
 }
 

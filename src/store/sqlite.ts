@@ -5,7 +5,7 @@ import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { assertSchemaNotNewer, latestVersion, migrateSqlite, SQLITE_MIGRATIONS, sqliteSchemaVersion } from "./migrations.ts";
 import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
 import { assertLockFileUsable, sqliteLeaderLock } from "./sqlite-leader.ts";
-import { SqliteWriter } from "./sqlite-writer.ts";
+import { SqliteWriter, type WriterMethod } from "./sqlite-writer.ts";
 import { renewalOfRevoked } from "./store.ts";
 import type { CaFilesSnapshot, IssuanceFilter, IssuanceRecord, JoinTokenRecord, LeaderLock, RevocationRecord, Store, StoredCrl, TokenConsumption } from "./store.ts";
 
@@ -46,8 +46,10 @@ interface RevocationRow {
 
 export interface SqliteStoreOptions {
   /**
-   * Commit issuances on a worker thread with its own connection (sqlite-writer.ts), so the
-   * fsync of each group commit does not stall this thread. Ignored for ":memory:".
+   * Make every write (issuances, token spends, revocations, CRL numbers, CA state) on a worker
+   * thread with its own connection (sqlite-writer.ts), so that neither the fsync of a commit nor
+   * a wait for another process's write lock (up to the 5 s busy timeout) stalls this thread;
+   * reads stay here (WAL: they never wait for a writer). Ignored for ":memory:".
    */
   readonly writerThread?: boolean;
 }
@@ -113,11 +115,7 @@ export class SqliteStore implements Store {
     const row = issuanceRow(record);
     const supersedes = record.supersedes === undefined ? undefined : requireSerial(record.supersedes, "record the superseded certificate");
     this.#assertOpen();
-    if (this.#useWriterThread) {
-      // Started on first use, after migrate(): the writer's connection prepares its statements then.
-      this.#writer ??= new SqliteWriter(this.path);
-      return this.#writer.record(record);
-    }
+    if (this.#useWriterThread) return this.#onWriter("recordIssuance", record);
     // Group commit: every issuance recorded in the same turn of the event loop shares one
     // transaction, so one fsync (synchronous=FULL) serves many concurrent signings. Each
     // caller's promise still resolves only after its row is committed.
@@ -208,6 +206,7 @@ export class SqliteStore implements Store {
   }
 
   async revoke(revocation: { serial: string; revokedAt: Date; reason: string }): Promise<boolean> {
+    if (this.#useWriterThread) return this.#onWriter("revoke", revocation);
     const serial = requireSerial(revocation.serial, "revoke");
     const revokedAt = requireDate(revocation.revokedAt, "revokedAt");
     const result = this.#write("record the revocation", () => this.#stmts().revoke.run(serial, revokedAt, revocation.reason));
@@ -215,6 +214,7 @@ export class SqliteStore implements Store {
   }
 
   async revokeLineage(revocation: { serial: string; revokedAt: Date; reason: string }): Promise<string[]> {
+    if (this.#useWriterThread) return this.#onWriter("revokeLineage", revocation);
     const serial = requireSerial(revocation.serial, "revoke");
     const revokedAt = requireDate(revocation.revokedAt, "revokedAt");
     const statements = this.#stmts();
@@ -237,6 +237,7 @@ export class SqliteStore implements Store {
   }
 
   async createToken(token: JoinTokenRecord): Promise<void> {
+    if (this.#useWriterThread) return this.#onWriter("createToken", token);
     const row: TokenRow = {
       id: token.id,
       token_hash: token.tokenHash,
@@ -259,6 +260,7 @@ export class SqliteStore implements Store {
   }
 
   async consumeToken(tokenHash: string, now: Date): Promise<TokenConsumption> {
+    if (this.#useWriterThread) return this.#onWriter("consumeToken", tokenHash, now);
     const at = requireDate(now, "now");
     const statements = this.#stmts();
     const consume = this.#db.transaction((): TokenConsumption => {
@@ -279,6 +281,7 @@ export class SqliteStore implements Store {
   }
 
   async recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date): Promise<TokenConsumption> {
+    if (this.#useWriterThread) return this.#onWriter("recordIssuanceSpendingToken", record, tokenHash, now);
     const row = issuanceRow(record);
     const supersedes = record.supersedes === undefined ? undefined : requireSerial(record.supersedes, "record the superseded certificate");
     const at = requireDate(now, "now");
@@ -304,6 +307,7 @@ export class SqliteStore implements Store {
   }
 
   async nextCrlNumber(): Promise<bigint> {
+    if (this.#useWriterThread) return this.#onWriter("nextCrlNumber");
     const statements = this.#stmts();
     const next = this.#db.transaction(() => statements.nextCrlNumber.get() as { value: bigint } | undefined);
     const row = this.#write("advance the CRL number", () => next.immediate());
@@ -317,6 +321,7 @@ export class SqliteStore implements Store {
   }
 
   async raiseCrlNumber(atLeast: bigint): Promise<void> {
+    if (this.#useWriterThread) return this.#onWriter("raiseCrlNumber", atLeast);
     this.#write("raise the CRL number", () => this.#db.prepare("UPDATE crl_number SET value = MAX(value, ?) WHERE id = 1").run(atLeast));
   }
 
@@ -335,6 +340,7 @@ export class SqliteStore implements Store {
   }
 
   async writeCaFiles(expectedVersion: number, changes: ReadonlyMap<string, string | null>): Promise<number | undefined> {
+    if (this.#useWriterThread) return this.#onWriter("writeCaFiles", expectedVersion, changes);
     const statements = this.#stmts();
     const write = this.#db.transaction((): number | undefined => {
       const bumped = statements.bumpCaState.get(expectedVersion) as { version: number } | undefined;
@@ -346,6 +352,7 @@ export class SqliteStore implements Store {
   }
 
   async publishCrl(crl: StoredCrl): Promise<boolean> {
+    if (this.#useWriterThread) return this.#onWriter("publishCrl", crl);
     const thisUpdate = requireDate(crl.thisUpdate, "thisUpdate");
     const result = this.#write("publish the CRL", () => this.#stmts().publishCrl.run(crl.number, crl.der, thisUpdate));
     return result.changes === 1;
@@ -383,6 +390,14 @@ export class SqliteStore implements Store {
       foreignKeys: Number(this.#db.pragma("foreign_keys", { simple: true })) === 1,
       busyTimeoutMs: Number(this.#db.pragma("busy_timeout", { simple: true })),
     };
+  }
+
+  /** A write on the writer thread (writerThread: true), so that waiting for the lock or the disk never blocks this thread. */
+  #onWriter<M extends WriterMethod>(method: M, ...args: Parameters<Store[M]>): ReturnType<Store[M]> {
+    this.#assertOpen();
+    // Started by migrate(), or on first use: the writer's connection prepares its statements then.
+    this.#writer ??= new SqliteWriter(this.path);
+    return this.#writer.call(method, ...args) as ReturnType<Store[M]>;
   }
 
   #assertOpen(): void {

@@ -176,6 +176,57 @@ describe("sqlite store specifics", () => {
     }
   });
 
+  it("with the writer thread, every write waits for another process's write lock without blocking this thread, and completes once it goes", async () => {
+    const dir = join(root, "locked");
+    mkdirSync(dir);
+    const path = join(dir, "ca.db");
+    const store = openSqliteStore(path, { writerThread: true });
+    await store.migrate();
+    const at = new Date();
+    const hash = (n: number) => `${n}`.padStart(64, "0");
+    const tokenRecord = (n: number) => ({ id: `t${n}`, tokenHash: hash(n), spiffeId: "spiffe://lock.test/ns/a/b", dnsNames: [], createdAt: at, expiresAt: new Date(at.getTime() + 3_600_000), usesAllowed: 2, usesLeft: 2 });
+    const leaf = (serial: string) => ({ serial, spiffeId: "spiffe://lock.test/ns/a/b", dnsNames: [], notBefore: at, notAfter: new Date(at.getTime() + 3_600_000), issuedAt: at, attestation: "join-token", issuerFingerprint: "AA", rootFingerprint: "BB", certificatePem: "pem" });
+    await store.createToken(tokenRecord(1));
+    await store.recordIssuance(leaf("0A"));
+    // Another process (an admin command, another CA process) holds the write lock.
+    const holder = new Database(path);
+    holder.exec("BEGIN IMMEDIATE");
+    let writes: Promise<unknown>[] = [];
+    try {
+      let settled = 0;
+      writes = [
+        store.recordIssuanceSpendingToken(leaf("0B"), hash(1), at),
+        store.consumeToken(hash(1), at),
+        store.createToken(tokenRecord(2)),
+        store.revoke({ serial: "0A", revokedAt: at, reason: "superseded" }),
+        store.revokeLineage({ serial: "0B", revokedAt: at, reason: "keyCompromise" }),
+        store.nextCrlNumber(),
+        store.raiseCrlNumber(10n),
+        store.publishCrl({ number: 11n, der: Buffer.from([1, 2, 3]), thisUpdate: at }),
+        store.writeCaFiles(0, new Map([["bundle.pem", "x"]])),
+      ].map((write) => write.finally(() => (settled += 1)));
+      for (const write of writes) write.catch(() => undefined);
+      // The thread stays free: timers fire, reads answer, and no write has been made or refused.
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect((await store.getIssuance("0A"))?.serial).toBe("0A");
+      expect(settled).toBe(0);
+    } finally {
+      holder.exec("COMMIT");
+      holder.close();
+    }
+    const [spent, consumed, , revoked, lineage, crlNumber, , published, version] = await Promise.all(writes);
+    expect(spent).toMatchObject({ ok: true });
+    expect(consumed).toMatchObject({ ok: true });
+    expect(revoked).toBe(true);
+    expect(lineage).toEqual(["0B"]);
+    expect(crlNumber).toBe(1n);
+    expect(published).toBe(true);
+    expect(version).toBe(1);
+    expect((await store.latestCrl())?.der).toEqual(Buffer.from([1, 2, 3]));
+    expect(await store.listTokens()).toHaveLength(2);
+    await store.close();
+  }, 60_000);
+
   it("works in memory (sqlite::memory:) for throwaway CAs", async () => {
     const store = openSqliteStore(":memory:");
     await store.migrate();
