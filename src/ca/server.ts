@@ -65,6 +65,8 @@ export const MAX_OPEN_STREAMS = 2048;
 export const MAX_OPEN_STREAMS_PER_ADDRESS = 256;
 /** File descriptors kept apart from API connections: the store, logs, worker threads, the status port. */
 const RESERVED_FILES = 64;
+/** A CRL refresh still running after this long marks the store unready (each query times out after 5 s). */
+const STORE_STALL_MS = 10_000;
 /** Distinct (reason, address) pairs whose refusals are logged apart; more share one budget. */
 const LOGGED_PEERS = 100;
 /** TLS 1.2 only with ECDHE + AEAD; TLS 1.3 suites are all AEAD. */
@@ -261,7 +263,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     anchors: () => anchors,
     crl: () => crl.current,
     registry,
-    readiness: () => readiness(anchors, crl, clock(), storeHealthy, rotationWarnings()),
+    readiness: () => readiness(anchors, crl, clock(), storeCheck(), rotationWarnings()),
     ...(jwtSvids !== undefined ? { jwtSvid: { discovery: () => jwtSvids.discovery(), jwks: () => jwtSvids.jwks(anchors.issuer.privateKey) } } : {}),
   };
   const streams = new AddressSlots(MAX_OPEN_STREAMS, MAX_OPEN_STREAMS_PER_ADDRESS);
@@ -367,8 +369,20 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   };
   setExpiryGauges();
 
+  // The store's health as the CRL refresh sees it: the last refresh failed, or the one running
+  // has not finished within STORE_STALL_MS (a server that stopped answering without closing the
+  // connection). One refresh at a time from this timer: a hung one is not joined by more.
   let storeHealthy = true;
+  let refreshingSince: number | undefined;
+  const storeCheck = (): { ok: boolean; detail: string } => {
+    if (refreshingSince !== undefined && Date.now() - refreshingSince > STORE_STALL_MS) {
+      return { ok: false, detail: `the store has not answered the refresh started ${Math.round((Date.now() - refreshingSince) / 1000)} s ago` };
+    }
+    return storeHealthy ? { ok: true, detail: "reachable" } : { ok: false, detail: "the last refresh failed" };
+  };
   const crlTimer = setInterval(() => {
+    if (refreshingSince !== undefined) return;
+    refreshingSince = Date.now();
     crl.refresh().then(
       (changed) => {
         storeHealthy = true;
@@ -379,7 +393,9 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         storeHealthy = false;
         logger.error({ event: "crl-refresh-failed", error: describeError(error) }, "could not refresh the CRL from the store");
       },
-    );
+    ).finally(() => {
+      refreshingSince = undefined;
+    });
   }, config.crlRefresh);
   crlTimer.unref();
 
@@ -465,8 +481,15 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   }, config.rotationCheck);
   rotationTimer.unref();
   // A lost leader (process killed: PostgreSQL drops its session lock, the kernel its file lock) is replaced within a poll.
+  // One attempt at a time: one that hangs (a server that stopped answering) is not joined by more
+  // on the same connection; the store's query timeout ends it.
+  let acquiring = false;
   const leaderTimer = lock === undefined ? undefined : setInterval(() => {
-    void lock.tryAcquire().then((held) => {
+    if (acquiring) return;
+    acquiring = true;
+    void lock.tryAcquire().finally(() => {
+      acquiring = false;
+    }).then((held) => {
       if (held === leader) return;
       leader = held;
       logger.info({ event: held ? "leader-elected" : "leader-lost" }, held ? "this replica is now the leader: it rotates and signs the CRL" : "this replica is no longer the leader");
@@ -508,7 +531,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   if (statusAt !== undefined) {
     try {
       const health = createHealth();
-      const check = (name: keyof ReturnType<typeof readiness>["checks"]) => () => readiness(anchors, crl, clock(), storeHealthy, rotationWarnings()).checks[name];
+      const check = (name: keyof ReturnType<typeof readiness>["checks"]) => () => readiness(anchors, crl, clock(), storeCheck(), rotationWarnings()).checks[name];
       for (const name of ["issuer", "crl", "store", "expiry"] as const) health.register(name, check(name));
       health.register("alive", () => ({ ok: true }), ["liveness"]);
       const provider = caStatus({
@@ -554,14 +577,14 @@ function openCaStore(url: string): Store {
   return location.kind === "sqlite" ? openSqliteStore(location.path, { writerThread: true }) : openStore(url);
 }
 
-function readiness(anchors: LoadedAnchors, crl: CrlPublisher, now: Date, storeHealthy: boolean, warnings: readonly string[]) {
+function readiness(anchors: LoadedAnchors, crl: CrlPublisher, now: Date, store: { ok: boolean; detail: string }, warnings: readonly string[]) {
   const issuerNotAfter = new Date(anchors.issuer.certificate.validTo);
   const issuerNotBefore = new Date(anchors.issuer.certificate.validFrom);
   const issuerOk = now >= issuerNotBefore && now < issuerNotAfter;
   const checks = {
     issuer: { ok: issuerOk, detail: issuerOk ? `valid until ${issuerNotAfter.toISOString()}` : `not valid now (${issuerNotBefore.toISOString()} – ${issuerNotAfter.toISOString()})` },
     crl: { ok: crl.current !== undefined, detail: crl.current ? `signed ${crl.current.thisUpdate.toISOString()}` : "not built" },
-    store: { ok: storeHealthy, detail: storeHealthy ? "reachable" : "the last refresh failed" },
+    store,
     // Expiring anchors are a warning, not unreadiness: the CA still signs correctly.
     expiry: { ok: true, detail: warnings.length === 0 ? "no anchor expires soon" : warnings.join("; ") },
   };

@@ -253,6 +253,8 @@ const POSTGRES_VERSION_TABLE = `CREATE TABLE IF NOT EXISTS schema_version (
 
 /** Arbitrary constant: the advisory lock that serialises migrate() across CA replicas. */
 const MIGRATION_LOCK_KEY = 0x6d657368;
+/** How long a migration waits for the lock, or runs one step, before it fails. */
+const MIGRATION_STEP_TIMEOUT_MS = 10 * 60_000;
 
 export async function postgresSchemaVersion(client: pg.ClientBase): Promise<number> {
   const exists = await client.query<{ present: boolean }>("SELECT to_regclass('schema_version') IS NOT NULL AS present");
@@ -265,13 +267,15 @@ export async function migratePostgres(client: pg.ClientBase, where: string, migr
   const known = latestVersion(migrations);
   await client.query("BEGIN");
   try {
-    await client.query("SELECT pg_advisory_xact_lock($1)", [MIGRATION_LOCK_KEY]);
+    // These two may take long (another replica migrating holds the lock; a step may rewrite a
+    // large table): they get MIGRATION_STEP_TIMEOUT_MS, not the store's short query timeout.
+    await client.query({ text: "SELECT pg_advisory_xact_lock($1)", values: [MIGRATION_LOCK_KEY], query_timeout: MIGRATION_STEP_TIMEOUT_MS } as pg.QueryConfig);
     await client.query(POSTGRES_VERSION_TABLE);
     const current = await postgresSchemaVersion(client);
     assertSchemaNotNewer(current, known, where);
     for (const step of migrations) {
       if (step.version <= current) continue;
-      await client.query(step.sql);
+      await client.query({ text: step.sql, query_timeout: MIGRATION_STEP_TIMEOUT_MS } as pg.QueryConfig);
       await client.query("INSERT INTO schema_version (version) VALUES ($1)", [step.version]);
     }
     await client.query("COMMIT");

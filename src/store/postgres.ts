@@ -163,6 +163,11 @@ const Q = {
   latestCrl: { name: "meshward_latest_crl", text: "SELECT number::text AS number, der, this_update FROM published_crl WHERE id = 1" },
 } as const;
 
+/** How long one query may go unanswered before it fails (E_STORE_OPEN) and its connection is dropped. */
+export const QUERY_TIMEOUT_MS = 5_000;
+/** Idle time before TCP keepalive probes start on a connection to PostgreSQL. */
+const KEEPALIVE_DELAY_MS = 10_000;
+
 /** Opens a pool to PostgreSQL (nothing connects until the first call); call migrate() before use. */
 export function openPostgresStore(options: PostgresStoreOptions): PostgresStore {
   return new PostgresStore(options);
@@ -178,7 +183,18 @@ export class PostgresStore implements Store {
   #schemaChecked: Promise<void> | undefined;
 
   constructor(options: PostgresStoreOptions) {
-    const config: pg.PoolConfig = { connectionTimeoutMillis: 10_000, application_name: "meshward-ca", ...options };
+    // A server that stops answering without closing the connection (host down, a partition, a
+    // firewall dropping packets) would otherwise hold a query, and the CA request behind it,
+    // until the kernel gives up on the connection (many minutes): each query gets QUERY_TIMEOUT_MS
+    // (pg then fails it and the pool drops its connection), idle connections keepalive probes.
+    const config: pg.PoolConfig = {
+      connectionTimeoutMillis: 10_000,
+      query_timeout: QUERY_TIMEOUT_MS,
+      keepAlive: true,
+      keepAliveInitialDelayMillis: KEEPALIVE_DELAY_MS,
+      application_name: "meshward-ca",
+      ...options,
+    };
     this.target = describeTarget(config);
     assertParsable(config.connectionString, this.target);
     this.#config = config;
@@ -191,13 +207,15 @@ export class PostgresStore implements Store {
   async migrate(): Promise<void> {
     this.#assertOpen();
     const client = await this.#connect("migrate the schema");
+    let broken: Error | undefined;
     try {
       await migratePostgres(client, this.target);
       this.#schemaChecked = Promise.resolve();
     } catch (error) {
+      if (!isMeshwardError(error) && !(error instanceof pg.DatabaseError)) broken = error instanceof Error ? error : new Error(String(error));
       throw this.#error("E_STORE_WRITE", "migrate the schema", error);
     } finally {
-      client.release();
+      client.release(broken);
     }
   }
 
@@ -425,16 +443,21 @@ export class PostgresStore implements Store {
       throw this.#error(code, what, error);
     });
     const client = await this.#connect(what);
+    let broken: unknown;
     try {
       await client.query("BEGIN");
       const result = await fn(client);
       await client.query("COMMIT");
       return result;
     } catch (error) {
-      await client.query("ROLLBACK").catch(() => undefined);
+      // An error from the server leaves the connection usable: roll back and keep it. Any other
+      // (a timeout, a broken connection) leaves it unusable, maybe still busy with the query:
+      // the pool drops it, and PostgreSQL rolls back when the session ends.
+      if (error instanceof pg.DatabaseError) await client.query("ROLLBACK").catch((rollback: unknown) => (broken = rollback));
+      else broken = error;
       throw this.#error(code, what, error);
     } finally {
-      client.release();
+      client.release(broken === undefined ? undefined : broken instanceof Error ? broken : new Error(String(broken)));
     }
   }
 
@@ -461,10 +484,14 @@ export class PostgresStore implements Store {
     if (this.#schemaChecked === undefined) {
       const check = (async () => {
         const client = await this.#connect("check the schema version");
+        let broken: Error | undefined;
         try {
           assertSchemaNotNewer(await postgresSchemaVersion(client), latestVersion(POSTGRES_MIGRATIONS), this.target);
+        } catch (error) {
+          if (!isMeshwardError(error) && !(error instanceof pg.DatabaseError)) broken = error instanceof Error ? error : new Error(String(error));
+          throw error;
         } finally {
-          client.release();
+          client.release(broken);
         }
       })();
       this.#schemaChecked = check;
@@ -498,6 +525,9 @@ export class PostgresStore implements Store {
     if (isMeshwardError(error)) return error;
     if (this.#closed) return new MeshwardError("E_STORE_CLOSED", `cannot ${what}: the store ${this.target} was closed`, { cause: error });
     const message = error instanceof Error ? error.message : String(error);
+    if (error instanceof Error && error.message === "Query read timeout") {
+      return new MeshwardError("E_STORE_OPEN", `cannot ${what}: PostgreSQL at ${this.target} did not answer within ${(this.#config.query_timeout ?? QUERY_TIMEOUT_MS) / 1000} s (server down or unreachable without the connection being closed: a partition, a firewall dropping packets)`, { cause: error });
+    }
     const afterHandshake = tlsAfterHandshakeFailure(error);
     if (afterHandshake !== undefined) return new MeshwardError("E_STORE_OPEN", `cannot reach PostgreSQL at ${this.target} to ${what}: ${afterHandshake}`, { cause: error });
     const sqlState = pgCode(error);
