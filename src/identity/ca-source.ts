@@ -135,6 +135,9 @@ class CaSource implements CaIdentitySource {
   }
 
   current(): IdentitySnapshot | undefined {
+    // The expiry timer may not have run yet (a host that just woke from a suspend): an expired
+    // certificate is never handed out.
+    if (this.#snapshot !== undefined && this.#snapshot.svid.notAfter.getTime() <= this.#clock.now()) return undefined;
     return this.#snapshot;
   }
 
@@ -176,7 +179,7 @@ class CaSource implements CaIdentitySource {
     if (changed) {
       this.#bundle = { trustDomain: this.#trustDomain, rootsPem, revokedSerials, ...(crls !== undefined ? { crls } : {}) };
       this.#log("info", { event: "bundle-updated", roots: certificatesFromPem(rootsPem).length, revoked: revokedSerials.size }, "trust bundle updated");
-      if (this.#svid !== undefined && this.#snapshot !== undefined) {
+      if (this.#svid !== undefined && this.current() !== undefined) {
         this.#snapshot = { svid: this.#svid, bundle: this.#bundle };
         this.#emit({ type: "bundle-updated", snapshot: this.#snapshot });
       }
