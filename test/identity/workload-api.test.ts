@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { X509Certificate, createPublicKey } from "node:crypto";
-import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { connect as netConnect, createServer, type Socket } from "node:net";
 import { connect as http2Connect } from "node:http2";
 import { tmpdir } from "node:os";
@@ -14,6 +14,7 @@ import { createCrl, encodePrivateKey, inspectCertificate, keysMatch } from "../.
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "../../src/identity/source.ts";
 import {
   fetchX509Svid,
+  listenWorkloadApi,
   snapshotFromResponse,
   startWorkloadApiServer,
   workloadApiSource,
@@ -320,6 +321,38 @@ describe("Workload API server and client over a unix socket", () => {
     const snapshot = pki.snapshot();
     source.rotate(snapshot);
     expect((await client.ready()).svid.serial).toBe(snapshot.svid.serial);
+  });
+
+  it("bound before its source exists (listenWorkloadApi), answers UNAVAILABLE until serve(), then serves the source", async () => {
+    const listener = await listenWorkloadApi({ socketPath: socketPath() });
+    cleanups.push(() => listener.close());
+    expect(statSync(listener.socketPath).isSocket()).toBe(true);
+    const early = await fetchX509Svid(listener.socketPath).catch((error: unknown) => error);
+    expect(isMeshwardError(early, "E_WORKLOAD_API_UNAVAILABLE")).toBe(true);
+    const bundles = await firstMessage<X509BundlesResponseMessage>(rawClient(listener.socketPath), "FetchX509Bundles", header("true"));
+    expect(bundles.error?.code).toBe(grpc.status.UNAVAILABLE);
+    const source = manualIdentitySource();
+    listener.serve(source);
+    const snapshot = pki.snapshot();
+    source.rotate(snapshot);
+    expect((await fetchX509Svid(listener.socketPath)).svid.serial).toBe(snapshot.svid.serial);
+  });
+
+  it("refuses a socket path that does not fit in a unix socket address, its own or the temporary one it is bound at first, leaving nothing behind", async () => {
+    // 107 bytes at most; the socket is bound at DIR/.mw-XXXXXX/s first (13 bytes after DIR), then renamed.
+    const deep = join(dir, "d".repeat(95 - dir.length - 1));
+    mkdirSync(deep);
+    await expect(startWorkloadApiServer({ socketPath: join(deep, "api.sock"), source: manualIdentitySource(pki.snapshot()) })).rejects.toMatchObject({
+      code: "E_WORKLOAD_API_SOCKET",
+      message: expect.stringMatching(/bound first at .*\(108 bytes\)/),
+    });
+    await expect(listenWorkloadApi({ socketPath: join(dir, "s".repeat(120 - dir.length)) })).rejects.toMatchObject({ code: "E_WORKLOAD_API_SOCKET", message: expect.stringMatching(/is 121 bytes/) });
+    expect(readdirSync(deep)).toEqual([]);
+    // One byte shorter fits.
+    mkdirSync(deep.slice(0, -1));
+    const fits = await listenWorkloadApi({ socketPath: join(deep.slice(0, -1), "api.sock") });
+    cleanups.push(() => fits.close());
+    expect(statSync(fits.socketPath).isSocket()).toBe(true);
   });
 
   it("pushes rotations and bundle updates to open streams, and withdraws an expired identity with PERMISSION_DENIED", async () => {
