@@ -61,7 +61,8 @@ type BundlesCall = grpc.ServerWritableStream<unknown, X509BundlesResponseMessage
 
 /**
  * Serves the SPIFFE Workload API (X.509-SVID profile) for `source` on a unix socket. Streams
- * send the full identity at once and again after every `rotated` / `bundle-updated` event.
+ * send the full identity at once and again after every `rotated` / `bundle-updated` event (to a
+ * client still reading an earlier one, only the newest).
  * Calls without the `workload.spiffe.io: true` metadata get INVALID_ARGUMENT; before the
  * source has an identity, UNAVAILABLE (still initializing); after it expired, the SVID
  * stream ends with PERMISSION_DENIED, which tells clients to stop using the SVID.
@@ -106,7 +107,7 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
 
   const sendSvid = (call: SvidCall, snapshot: IdentitySnapshot) => {
     try {
-      call.write(x509SvidResponse(snapshot));
+      writeLatest(call, x509SvidResponse(snapshot));
     } catch (error) {
       logger?.error({ event: "workload-api-encode-failed", error: describeError(error) }, "cannot encode the X509-SVID response");
       call.emit("error", grpcError(grpc.status.INTERNAL, "the server could not encode its identity"));
@@ -117,7 +118,7 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
     if (bundleCalls.get(call) === key) return;
     bundleCalls.set(call, key);
     try {
-      call.write(x509BundlesResponse(bundle));
+      writeLatest(call, x509BundlesResponse(bundle));
     } catch (error) {
       logger?.error({ event: "workload-api-encode-failed", error: describeError(error) }, "cannot encode the X.509 bundles response");
       call.emit("error", grpcError(grpc.status.INTERNAL, "the server could not encode its trust bundle"));
@@ -269,6 +270,38 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
       logger?.info({ event: "workload-api-closed", socket: socketPath }, "SPIFFE Workload API closed");
     },
   };
+}
+
+/** Per stream: whether a message is on its way to the client, and the newest one waiting behind it. */
+const outboxes = new WeakMap<grpc.ServerWritableStream<unknown, never>, { sending: boolean; waiting: unknown }>();
+
+/**
+ * Writes `message` once the stream's previous message has been sent; until then a newer message
+ * replaces the one waiting. A client that reads slowly, or not at all, thus holds at most two
+ * messages on the server (grpc-js would otherwise queue every rotation and bundle update, CRLs
+ * included, for as long as the stream stays open). Each message of these streams carries the
+ * whole state (spec 5.2.1), so one replaced loses nothing.
+ */
+function writeLatest<T>(call: grpc.ServerWritableStream<unknown, T>, message: T): void {
+  let outbox = outboxes.get(call);
+  if (outbox === undefined) {
+    outbox = { sending: false, waiting: undefined };
+    outboxes.set(call, outbox);
+  }
+  if (outbox.sending) {
+    outbox.waiting = message;
+    return;
+  }
+  const box = outbox;
+  box.sending = true;
+  // Called once the message was handed to the connection, or the stream failed (never for a
+  // cancelled stream, which is dropped with its outbox).
+  call.write(message, () => {
+    box.sending = false;
+    const next = box.waiting as T | undefined;
+    box.waiting = undefined;
+    if (next !== undefined && call.writable) writeLatest(call, next);
+  });
 }
 
 function hasSecurityHeader(call: grpc.ServerWritableStream<unknown, unknown>): boolean {
