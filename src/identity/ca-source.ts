@@ -14,7 +14,7 @@ import { parseCaAddresses } from "./ca-endpoints.ts";
 import { fetchFromCa, requestCertificate, type CaConnection, type ValidatorChoice } from "./ca-client.ts";
 import { checkSignedSvid } from "./svid-check.ts";
 import { backoffDelay, DEFAULT_BACKOFF, DEFAULT_RENEWAL_TIMING, renewalDelay, type Backoff, type RenewalTiming } from "./schedule.ts";
-import type { IdentityEvent, IdentitySnapshot, IdentitySource, Svid, TrustBundle } from "./source.ts";
+import { sameCrls, type IdentityEvent, type IdentitySnapshot, type IdentitySource, type Svid, type TrustBundle } from "./source.ts";
 import { holdEventLoopUntilSettled } from "../util/event-loop-hold.ts";
 
 /** How often a CRL from an unknown issuer may make the identity renew (see refreshBundle). */
@@ -504,10 +504,4 @@ interface CrlVersion {
 function isOlderCrl(candidate: CrlVersion, inForce: CrlVersion): boolean {
   if (candidate.issuer !== inForce.issuer || candidate.number === undefined || inForce.number === undefined) return false;
   return candidate.number < inForce.number && candidate.thisUpdate <= inForce.thisUpdate;
-}
-
-function sameCrls(a: readonly Buffer[] | undefined, b: readonly Buffer[] | undefined): boolean {
-  if (a === b) return true;
-  if (a === undefined || b === undefined || a.length !== b.length) return false;
-  return a.every((der, i) => der.equals(b[i]!));
 }
