@@ -8,6 +8,7 @@ import { checkJwtAudiences, type IssuedJwtSvids, type JwtSvidIssuer } from "./jw
 import type { Attestor } from "./attest/attestor.ts";
 import { tokenRefusal } from "./attest/join-token.ts";
 import type { PeerCertificate } from "./attest/peer.ts";
+import { daprControlPlaneDnsNames } from "./attest/dapr-control-plane.ts";
 import { routeValidator, trustDomainLimit } from "./attest/routing.ts";
 import type { CrlPublisher } from "./crl-publisher.ts";
 import type { SigningPolicy } from "./issuer.ts";
@@ -161,7 +162,7 @@ export class CertificateAuthority {
     if (attestor === undefined) {
       throw new MeshwardError("E_VALIDATOR_DISABLED", `the ${validatorName} validator is not enabled on this CA`);
     }
-    const identity = await attestor.attest({
+    const attested = await attestor.attest({
       token: request.token,
       requestedAppId: request.appId,
       requestedNamespace: request.namespace,
@@ -169,6 +170,10 @@ export class CertificateAuthority {
       peer: request.peer,
       now,
     });
+    // Dapr's control-plane services get the DNS names Sentry gives them (the injector's webhook
+    // name, …), decided here from the attested identity as Sentry decides them server side.
+    const controlPlaneNames = daprControlPlaneDnsNames(attested.spiffeId, this.options.servingSpiffeId);
+    const identity = controlPlaneNames.length === 0 ? attested : { ...attested, dnsNames: controlPlaneNames };
     if (!identity.spiffeId.startsWith(`spiffe://${anchors.trustDomain}/`)) {
       throw new MeshwardError("E_TRUST_DOMAIN_MISMATCH", `attested identity ${identity.spiffeId} is outside this CA's trust domain ${anchors.trustDomain}`);
     }
