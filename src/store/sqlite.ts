@@ -2,6 +2,7 @@ import { closeSync, constants, fchmodSync, fstatSync, openSync, statSync } from 
 import { dirname, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { MeshwardError, isMeshwardError } from "../errors.ts";
+import { throwIfCancelled } from "../util/abort.ts";
 import { assertSchemaNotNewer, latestVersion, migrateSqlite, SQLITE_MIGRATIONS, sqliteSchemaVersion } from "./migrations.ts";
 import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
 import { SqliteWriter } from "./sqlite-writer.ts";
@@ -277,7 +278,7 @@ export class SqliteStore implements Store {
     return tokenState(row, at);
   }
 
-  async recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date): Promise<TokenConsumption> {
+  async recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date, options: { readonly signal?: AbortSignal } = {}): Promise<TokenConsumption> {
     const row = issuanceRow(record);
     const supersedes = record.supersedes === undefined ? undefined : requireSerial(record.supersedes, "record the superseded certificate");
     const at = requireDate(now, "now");
@@ -290,6 +291,10 @@ export class SqliteStore implements Store {
       recordRow(statements, row, supersedes);
       return { ok: true, token: tokenFromRow(spent) };
     });
+    // The last moment a cancelled request can keep its token: from here the transaction runs
+    // synchronously (BEGIN IMMEDIATE, busy wait included, to COMMIT), so no abort can be seen
+    // before it has committed.
+    throwIfCancelled(options.signal);
     return this.#write(
       "spend the join token and record the issuance",
       () => spendAndRecord.immediate(),
