@@ -32,7 +32,7 @@ import { callerStamp, stampIdentityOf } from "./headers.ts";
 import type { CallerStamp, StampIdentity } from "./headers.ts";
 import type { PolicySource } from "./policy-source.ts";
 import { forwardH2ToHttp1 } from "./http1/h2-bridge.ts";
-import { Http1Pool } from "./http1/pool.ts";
+import { Http1Pool, POOL_TIMEOUT } from "./http1/pool.ts";
 import { Http1Relay } from "./http1/relay.ts";
 import type { ClientErrorReason } from "./http1/relay.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
@@ -174,6 +174,12 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     return session;
   };
   const appError = (error: Error): ProxyAnswer => {
+    if ((error as { code?: unknown }).code === POOL_TIMEOUT) {
+      // Every connection the app may have (limits.maxConnections) stayed busy for limits.idleTimeout.
+      telemetry.upstreamErrors.inc({ direction: "inbound", reason: "app_busy" });
+      warnings.warn("app-busy", { event: "app-busy", app: appLabel, err: error.message }, "a request waited too long for a connection to the app");
+      return { status: 503, grpcStatus: GrpcStatus.UNAVAILABLE, code: "E_APP_BUSY", message: `the app at ${appLabel} is busy: ${error.message}` };
+    }
     telemetry.upstreamErrors.inc({ direction: "inbound", reason: "app_unreachable" });
     logger.warn({ event: "app-unreachable", app: appLabel, err: describeError(error) }, "the app could not be reached");
     return unreachableAnswer(`the app at ${appLabel} is not reachable`, error, 503);
@@ -233,6 +239,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     maxIdle: 256,
     // Every HTTP/1 request and non-gRPC HTTP/2 stream takes a connection to the app: bounded like a listener.
     maxConnections: limits.maxConnections,
+    // A request waits for one of those at most as long as an exchange may stay idle: then 503 E_APP_BUSY.
+    maxWaitMs: limits.idleTimeout,
   });
   const clientError = (reason: ClientErrorReason, detail: string, socket: Socket) => {
     telemetry.refused.inc({ direction: "inbound", reason });

@@ -124,6 +124,8 @@ class Exchange implements ResponseSink {
   /** The proxy's own answer, written once the chunk that carried the head is parsed. */
   answer: AnswerDecision | undefined;
   upstream: UpstreamConnection | undefined;
+  /** Waiting for an upstream connection (the pool is at its cap, or dialling): withdrawn if the exchange is abandoned. */
+  acquiring: Promise<UpstreamConnection> | undefined;
   /** Known from the head: body bytes of a pipelined request are framed (and held) before it is forwarded. */
   readonly requestFraming: BodyFraming;
   /** The declared Content-Length ("length" framing), read when there is an inspector. */
@@ -404,9 +406,17 @@ class ClientConnection {
       return this.upstreamFailed(exchange, error as Error, false);
     }
     if (acquired instanceof Promise) {
-      acquired.then(
-        (connection) => this.#attach(exchange, connection),
-        (error: Error) => this.upstreamFailed(exchange, error, false),
+      const pending = acquired;
+      exchange.acquiring = pending;
+      pending.then(
+        (connection) => {
+          if (exchange.acquiring === pending) exchange.acquiring = undefined;
+          this.#attach(exchange, connection);
+        },
+        (error: Error) => {
+          if (exchange.acquiring === pending) exchange.acquiring = undefined;
+          this.upstreamFailed(exchange, error, false);
+        },
       );
     } else {
       this.#attach(exchange, acquired);
@@ -728,6 +738,9 @@ class ClientConnection {
       exchange.finished = true;
       exchange.upstream?.destroy();
       exchange.upstream = undefined;
+      // Still waiting for a connection: its place in the pool's queue goes to the next request.
+      if (exchange.acquiring !== undefined) exchange.decision?.upstream.cancel(exchange.acquiring);
+      exchange.acquiring = undefined;
       (exchange.decision?.done ?? (() => undefined))(0);
     }
     this.#queue.length = 0;
