@@ -17,6 +17,7 @@ import type { MeshMetrics } from "../telemetry/metrics.ts";
 import { peerOf, prepareServer } from "../transport/common.ts";
 import { secureServer } from "../transport/tls.ts";
 import type { HostPort } from "../util/address.ts";
+import { systemClock } from "../util/clock.ts";
 import { listenOn } from "../util/listen.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { canonicalH2Request, isRefusal } from "./canonical.ts";
@@ -95,6 +96,8 @@ export const RESPONSE_HEADER_BYTES = 64 * 1024;
 const TUNNEL_END_GRACE_MS = 5_000;
 /** Idle keep-alive connections (and the HTTP/2 session) to the app close after this, below Node's default server keep-alive (5 s). */
 const APP_IDLE_MS = 4_000;
+/** How often TCP mode looks for a reloaded policy, to judge its open tunnels again. */
+const POLICY_RECHECK_MS = 250;
 
 /** The relay settings both sides take from the limits and the path rules. */
 export function relaySettings(limits: SidecarLimits, escapedSlashes: EscapedSlashAction): { maxHeaderBytes: number; headersTimeout: number; idleTimeout: number; escapedSlashes: EscapedSlashAction } {
@@ -337,6 +340,25 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   };
 
   // --- TCP mode ------------------------------------------------------------------------
+  /** Open tunnels and their callers: judged again whenever the policy is reloaded. */
+  const tunnels = new Map<Socket, PeerIdentity | undefined>();
+  let judgedGeneration = policy.generation;
+  // The policy decides once per tunnel; a reload that denies a caller ends its open tunnels too
+  // (as new ones are refused), rather than leaving them open until the age cap.
+  const policyRecheck =
+    options.protocol === "tcp"
+      ? setInterval(() => {
+          const generation = policy.generation;
+          if (generation === judgedGeneration) return;
+          judgedGeneration = generation;
+          for (const [socket, peer] of tunnels) {
+            if (denied(peer, socket, "", "") === undefined) continue;
+            telemetry.refused.inc({ direction: "inbound", reason: "policy" });
+            socket.destroy();
+          }
+        }, POLICY_RECHECK_MS)
+      : undefined;
+  policyRecheck?.unref();
   const toTcp = (socket: Socket, peer: PeerIdentity | undefined) => {
     const refusal = denied(peer, socket, "", "");
     if (refusal !== undefined) {
@@ -344,6 +366,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       socket.destroy();
       return;
     }
+    tunnels.set(socket, peer);
+    socket.once("close", () => tunnels.delete(socket));
     tracker.add(socket);
     const end = tracker.begin(socket);
     const started = performance.now();
@@ -374,13 +398,13 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   // At the age cap, when the caller's certificate expires or a root leaves the bundle: HTTP/2 gets
   // GOAWAY, HTTP/1 closes after its in-flight request, a TCP tunnel (one "request" for its whole
   // life, so the tracker would wait for ever) is ended, and destroyed if the caller holds it open.
-  const retireTunnel = (socket: TLSSocket) => {
+  const retireTunnel = (socket: Socket) => {
     socket.end();
     setTimeout(() => socket.destroy(), TUNNEL_END_GRACE_MS).unref();
   };
   // An upgraded connection (WebSocket) or an HTTP/2 stream never ends by itself: past drainTimeout
   // the retired connection is closed, as Envoy does after max_connection_duration (drain_timeout).
-  const retireHttp = (socket: TLSSocket) => {
+  const retireHttp = (socket: Socket) => {
     tracker.retire(socket);
     const deadline = setTimeout(() => socket.destroy(), limits.drainTimeout);
     deadline.unref();
@@ -445,6 +469,11 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
         (socket as { [kPlaintext]?: boolean })[kPlaintext] = true;
         if (options.protocol === "tcp") toTcp(socket, undefined);
         else toHttp(socket, kind === "h2c");
+        // The age cap, as for mTLS connections (there it comes with the verified identity).
+        if (limits.maxConnectionAge > 0 && !socket.destroyed) {
+          const aged = systemClock.setTimeout(() => (options.protocol === "tcp" ? retireTunnel(socket) : retireHttp(socket)), limits.maxConnectionAge);
+          socket.once("close", () => systemClock.clearTimeout(aged));
+        }
         return;
       }
       const reason = plaintextHttp ? "plaintext" : "garbage";
@@ -475,6 +504,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     for (const socket of pending) socket.destroy();
     await stopped;
     uncap();
+    clearInterval(policyRecheck);
     http1.close();
     h2.close();
     await control.meshward.close();
