@@ -1,12 +1,14 @@
 import type { Logger } from "pino";
 import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
 import { toPem } from "../pki/pem.ts";
+import { throwIfCancelled } from "../util/abort.ts";
 import type { Store } from "../store/store.ts";
 import type { LoadedAnchors } from "./anchors.ts";
 import { checkJwtAudiences, type IssuedJwtSvids, type JwtSvidIssuer } from "./jwt-svid.ts";
 import type { Attestor } from "./attest/attestor.ts";
 import { tokenRefusal } from "./attest/join-token.ts";
 import type { PeerCertificate } from "./attest/peer.ts";
+import { daprControlPlaneDnsNames } from "./attest/dapr-control-plane.ts";
 import { routeValidator, trustDomainLimit } from "./attest/routing.ts";
 import type { CrlPublisher } from "./crl-publisher.ts";
 import type { SigningPolicy } from "./issuer.ts";
@@ -31,6 +33,14 @@ export interface SignRequest {
   readonly sourceAddress?: string;
   /** Audiences of the JWT-SVIDs asked for alongside the certificate (Dapr's field 7). */
   readonly jwtAudiences?: readonly string[];
+  /**
+   * Aborted when the caller gives up (the gRPC stream is reset or closed, or its grpc-timeout
+   * passes). Checked before each step and, last, by the store just before it spends a join
+   * token's use: a request nobody waits for any more is refused with the abort's reason
+   * (E_REQUEST_CANCELLED, E_REQUEST_TIMEOUT) instead of spending a use on a certificate that
+   * would never be delivered.
+   */
+  readonly signal?: AbortSignal;
 }
 
 export interface SignResult {
@@ -145,12 +155,14 @@ export class CertificateAuthority {
     const wantsJwt = this.options.jwtSvids !== undefined && (request.jwtAudiences?.length ?? 0) > 0;
     if (wantsJwt) checkJwtAudiences(request.jwtAudiences ?? []);
     const attestor = this.options.attestors.get(validatorName);
+    const { signal } = request;
+    throwIfCancelled(signal);
     // Parse and verify the CSR before attestation spends a single-use token on a bad request.
     const csr = attestor?.spends ? await this.#signing.parseCsr(request.csr) : undefined;
     if (attestor === undefined) {
       throw new MeshwardError("E_VALIDATOR_DISABLED", `the ${validatorName} validator is not enabled on this CA`);
     }
-    const identity = await attestor.attest({
+    const attested = await attestor.attest({
       token: request.token,
       requestedAppId: request.appId,
       requestedNamespace: request.namespace,
@@ -158,6 +170,10 @@ export class CertificateAuthority {
       peer: request.peer,
       now,
     });
+    // Dapr's control-plane services get the DNS names Sentry gives them (the injector's webhook
+    // name, …), decided here from the attested identity as Sentry decides them server side.
+    const controlPlaneNames = daprControlPlaneDnsNames(attested.spiffeId, this.options.servingSpiffeId);
+    const identity = controlPlaneNames.length === 0 ? attested : { ...attested, dnsNames: controlPlaneNames };
     if (!identity.spiffeId.startsWith(`spiffe://${anchors.trustDomain}/`)) {
       throw new MeshwardError("E_TRUST_DOMAIN_MISMATCH", `attested identity ${identity.spiffeId} is outside this CA's trust domain ${anchors.trustDomain}`);
     }
@@ -170,6 +186,7 @@ export class CertificateAuthority {
         { details: { spiffeId: identity.spiffeId } },
       );
     }
+    throwIfCancelled(signal); // attestation may have waited on the Kubernetes API or a JWKS fetch
     const signing = { identity, signer: anchors.issuer, policy: this.options.policy, now };
     const leaf = csr !== undefined ? await this.#signing.sign({ ...signing, csr }) : await this.#signing.issue({ ...signing, csr: request.csr });
     const leafPem = toPem(leaf.der, "CERTIFICATE");
@@ -193,7 +210,12 @@ export class CertificateAuthority {
     } else {
       // Every check passed and the leaf is signed: spend the use and record the certificate in one
       // transaction. Losing the race for a token's last use discards the leaf, never returned.
-      const spent = await this.options.store.recordIssuanceSpendingToken(record, identity.spendsToken, now);
+      // A caller that gave up meanwhile (daprd gives each attempt 3 s and then retries with the
+      // same token: dapr/dapr pkg/security/sentry.go, retry.WithPerRetryTimeout) keeps its use:
+      // the store checks the signal as late as it can (see Store.recordIssuanceSpendingToken).
+      // What is left is the store's own commit: a caller giving up during it, or between the
+      // commit and the response reaching it, leaves the use spent and the certificate logged.
+      const spent = await this.options.store.recordIssuanceSpendingToken(record, identity.spendsToken, now, signal === undefined ? {} : { signal });
       if (!spent.ok) throw tokenRefusal(spent.reason);
     }
     return {

@@ -46,7 +46,8 @@ export function signWorkloadCertificate(input: {
   if (csr.uris.length > 1) {
     throw new MeshwardError("E_CSR_IDENTITY_MISMATCH", "the CSR names more than one URI; an X509-SVID carries exactly one SPIFFE ID");
   }
-  const allowedDns = new Set(identity.allowedDnsNames.map((n) => n.toLowerCase()));
+  const granted = identity.dnsNames ?? [];
+  const allowedDns = new Set([...identity.allowedDnsNames, ...granted].map((n) => n.toLowerCase()));
   for (const name of csr.dnsNames) {
     if (!allowedDns.has(name.toLowerCase())) {
       throw new MeshwardError(
@@ -69,14 +70,22 @@ export function signWorkloadCertificate(input: {
     throw new MeshwardError("E_ISSUER_EXPIRING", `the issuer certificate expires at ${issuerNotAfter.toISOString()}, too soon to issue a useful certificate`);
   }
   const notBefore = new Date(Math.max(now.getTime() - policy.clockSkewMs, issuerNotBefore.getTime()));
+  // The names the CA grants first, then any other the CSR asked for (each once, case aside).
+  const seen = new Set<string>();
+  const dnsNames = [...granted, ...csr.dnsNames].filter((name) => {
+    const key = name.toLowerCase();
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
   const issued = issueLeafCertificate({
     spiffeId: identity.spiffeId,
     publicKey: csr.publicKey,
     signer,
-    dnsNames: csr.dnsNames,
+    dnsNames,
     ...(identity.commonName !== undefined ? { commonName: identity.commonName } : {}),
     notBefore,
     notAfter,
   });
-  return { ...issued, spiffeId: identity.spiffeId, dnsNames: csr.dnsNames, notBefore, notAfter };
+  return { ...issued, spiffeId: identity.spiffeId, dnsNames, notBefore, notAfter };
 }

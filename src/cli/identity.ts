@@ -1,8 +1,8 @@
 import type { Command } from "commander";
-import { createIdentity } from "../identity/ca-source.ts";
+import { createIdentity, type CaIdentitySource } from "../identity/ca-source.ts";
 import { startFileSink } from "../identity/file-sink.ts";
 import { instrumentIdentity } from "../identity/instrument.ts";
-import { socketPathFrom, startWorkloadApiServer } from "../identity/workload-api/index.ts";
+import { listenWorkloadApi, socketPathFrom, type WorkloadApiListener } from "../identity/workload-api/index.ts";
 import { MeshwardError } from "../errors.ts";
 import { createHealth, createOpsServer } from "../telemetry/health.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
@@ -72,36 +72,47 @@ export function registerIdentityCommand(program: Command): void {
       if (bundleRefreshMs < 1000) throw new MeshwardError("E_USAGE", "--bundle-refresh-interval: at least 1s");
       // Held from now on: a port in use must fail before the CA is asked (and a token spent).
       const reserved = await reserveAddresses(statusBind === undefined ? [] : [{ at: statusBind, what: "the status endpoints" }]);
-      const metrics = createMetrics({ processMetrics: true });
-      const mesh = createMeshMetrics(metrics);
-      const source = createIdentity({
-        ca: opts.ca,
-        bundlePem: readBundleFile(opts.bundle),
-        validator: VALIDATORS[opts.validator as keyof typeof VALIDATORS],
-        bundleRefreshMs,
-        logger,
-        ...(token !== undefined ? { token } : {}),
-        ...(opts.tokenFile !== undefined ? { tokenFile: opts.tokenFile } : {}),
-        ...(opts.namespace !== undefined ? { namespace: opts.namespace } : {}),
-        ...(opts.appId !== undefined ? { appId: opts.appId } : {}),
-        ...(opts.dnsName !== undefined ? { dnsNames: opts.dnsName } : {}),
-        ...(resume !== undefined ? { resume } : {}),
-      });
-      const stopInstrumenting = instrumentIdentity(source, mesh);
       const closers: (() => Promise<void>)[] = [() => reserved.release()];
+      let source: CaIdentitySource | undefined;
+      let stopInstrumenting = (): void => undefined;
       let statusAddress: string | undefined;
       try {
+        // Bound before the CA is asked, answering UNAVAILABLE until the first certificate: a live
+        // or stale socket, a file in the way or a path too long must not cost the token.
+        let api: WorkloadApiListener | undefined;
+        if (opts.workloadApiSocket !== undefined) {
+          api = await listenWorkloadApi({ socketPath: opts.workloadApiSocket, logger });
+          closers.push(() => api!.close());
+        }
+        const metrics = createMetrics({ processMetrics: true });
+        const mesh = createMeshMetrics(metrics);
+        const identity = createIdentity({
+          ca: opts.ca,
+          bundlePem: readBundleFile(opts.bundle),
+          validator: VALIDATORS[opts.validator as keyof typeof VALIDATORS],
+          bundleRefreshMs,
+          logger,
+          ...(token !== undefined ? { token } : {}),
+          ...(opts.tokenFile !== undefined ? { tokenFile: opts.tokenFile } : {}),
+          ...(opts.namespace !== undefined ? { namespace: opts.namespace } : {}),
+          ...(opts.appId !== undefined ? { appId: opts.appId } : {}),
+          ...(opts.dnsName !== undefined ? { dnsNames: opts.dnsName } : {}),
+          ...(resume !== undefined ? { resume } : {}),
+        });
+        source = identity;
+        stopInstrumenting = instrumentIdentity(identity, mesh);
+        api?.serve(identity);
         // Installed before the first certificate: with the CA down, only unref'd retry timers
         // run, and the process would exit (code 13) instead of waiting for the CA.
         const stopped = untilSignal();
-        const snapshot = await Promise.race([source.ready(), stopped.then(() => undefined)]);
+        const snapshot = await Promise.race([identity.ready(), stopped.then(() => undefined)]);
         if (snapshot === undefined) {
           logger.info({ event: "stopped" }, "stopped before the first certificate arrived");
           return;
         }
         if (opts.out !== undefined) {
           const sink = startFileSink({
-            source,
+            source: identity,
             dir: outDir ?? opts.out,
             logger,
             ...(opts.onRotate !== undefined ? { onRotate: opts.onRotate } : {}),
@@ -111,19 +122,15 @@ export function registerIdentityCommand(program: Command): void {
           closers.push(() => sink.close());
           await sink.ready();
         }
-        if (opts.workloadApiSocket !== undefined) {
-          const api = await startWorkloadApiServer({ socketPath: opts.workloadApiSocket, source, logger });
-          closers.push(() => api.close());
-        }
         if (statusBind !== undefined) {
           const health = createHealth();
           health.register("identity", () => {
-            const current = source.current();
+            const current = identity.current();
             return current ? { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` } : { ok: false, detail: "no valid certificate (expired or not yet issued)" };
           });
           const { host, port } = statusBind;
           await reserved.release();
-          const page = identityStatus({ component: "identity", name: snapshot.svid.spiffeId, source, health });
+          const page = identityStatus({ component: "identity", name: snapshot.svid.spiffeId, source: identity, health });
           closers.push(async () => page.stop());
           const ops = createOpsServer({ host, port, metrics, health, logger, extraRoutes: createStatusRoutes(page.provider, statusPageToken === undefined ? {} : { token: statusPageToken }).routes });
           const bound = await ops.start();
@@ -136,7 +143,7 @@ export function registerIdentityCommand(program: Command): void {
       } finally {
         stopInstrumenting();
         for (const close of closers.reverse()) await close();
-        await source.close();
+        await source?.close();
       }
     });
 }

@@ -177,7 +177,7 @@ export function registerSidecarCommand(program: Command): void {
       `${FIELD_HELP.egress} spec: listen=HOST:PORT,backend=HOST:PORT[,serverName=N][,caFile=F][,mtls=true][,expectSpiffeId=ID][,protocol=tls|postgres] (protocol=postgres for PostgreSQL's SSLRequest). Repeatable.`,
       collect,
     )
-    .option("--no-status-page", FIELD_HELP.statusPage ?? "")
+    .option("--no-status-page", "turn the status page (/ and /status.json) off on the status port: only /healthz, /readyz and /metrics are served, and no status token is needed off loopback (Kubernetes probes)")
     .addOption(
       new Option("--mode <mode>", `${FIELD_HELP.mode} (default strict; STRICT and PERMISSIVE, as Istio writes them, are accepted too)`).argParser((value: string) => {
         const mode = value.toLowerCase();

@@ -142,7 +142,7 @@ async function feedRows(url: string, token: string | undefined, now: Date): Prom
     return [{ component: "?", name: url, identity: "", expires: null, timeLeft: "", healthy: false, health: `unreachable: ${describeFetchError(error)}`, lastRotation: "" }];
   }
   const last = feed.rotations[0];
-  const lastRotation = last ? `${last.kind} ${last.result} ${describeTimeLeft(new Date(last.time), now).replace(/^expired (.*) ago$/, "$1 ago")}` : "none yet";
+  const lastRotation = last ? `${last.kind} ${last.result} ${describeTimeLeft(new Date(last.time), now).replace(/^expired (.*) ago$/, "$1 ago")}` : "none since start";
   const failing = Object.entries(feed.health.checks).filter(([, c]) => !c.ok).map(([k, c]) => `${k}: ${String(c.detail ?? "failing")}`);
   const workloads = feed.identities.filter((i) => i.kind === "workload");
   if (workloads.length === 0) {

@@ -32,6 +32,10 @@ const audiences = z
   .union([z.string().min(1).transform((v) => [v]), z.array(z.string().min(1)).min(1)])
   .optional();
 
+/** Dapr Sentry's JWT skew (dapr/dapr pkg/sentry/server/validator/jwks/jwks.go, jwt.WithAcceptableSkew). */
+export const DEFAULT_JWT_CLOCK_TOLERANCE = "5m";
+const MAX_JWT_CLOCK_TOLERANCE_MS = 3_600_000;
+
 export const jwksValidatorSchema = z
   .object({
     jwksFile: z.string().optional().describe("Path to a JWKS document (JSON) holding the token signers' public keys."),
@@ -70,6 +74,14 @@ export const jwksValidatorSchema = z
       .default("kubernetes")
       .describe(
         "How claims become an identity: `kubernetes` maps a service-account token's namespace and service account name to ns/<namespace>/<service-account>; `sentry` reads the whole SPIFFE ID from `sub`, as Dapr Sentry's JWKS validator does; or name the claims.",
+      ),
+    // Sentry's JWKS validator parses with jwt.WithAcceptableSkew(5*time.Minute)
+    // (dapr/dapr pkg/sentry/server/validator/jwks/jwks.go): the same default here.
+    clockTolerance: duration("JWT clock tolerance")
+      .refine((ms) => ms <= MAX_JWT_CLOCK_TOLERANCE_MS, { message: "the JWT clock tolerance must be at most 1h (a larger one would accept tokens long expired)" })
+      .default(parseDuration(DEFAULT_JWT_CLOCK_TOLERANCE))
+      .describe(
+        "How far the CA's clock may be from the token issuer's (the API server's) when checking exp, nbf and iat. Default 5m, as Dapr Sentry's JWKS validator; a CA whose clock lags by more refuses fresh tokens as not yet valid (E_TOKEN_NOT_YET_VALID). At most 1h.",
       ),
   })
   .refine((v) => [v.jwksFile, v.jwksUrl, v.kubernetes].filter((x) => x !== undefined).length === 1, { message: "give exactly one of jwksFile, jwksUrl or kubernetes" })

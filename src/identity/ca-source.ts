@@ -14,7 +14,7 @@ import { parseCaAddresses } from "./ca-endpoints.ts";
 import { fetchFromCa, requestCertificate, type CaConnection, type ValidatorChoice } from "./ca-client.ts";
 import { checkSignedSvid } from "./svid-check.ts";
 import { backoffDelay, DEFAULT_BACKOFF, DEFAULT_RENEWAL_TIMING, renewalDelay, type Backoff, type RenewalTiming } from "./schedule.ts";
-import type { IdentityEvent, IdentitySnapshot, IdentitySource, Svid, TrustBundle } from "./source.ts";
+import { sameCrls, type IdentityEvent, type IdentitySnapshot, type IdentitySource, type Svid, type TrustBundle } from "./source.ts";
 import { holdEventLoopUntilSettled } from "../util/event-loop-hold.ts";
 
 /** How often a CRL from an unknown issuer may make the identity renew (see refreshBundle). */
@@ -135,6 +135,9 @@ class CaSource implements CaIdentitySource {
   }
 
   current(): IdentitySnapshot | undefined {
+    // The expiry timer may not have run yet (a host that just woke from a suspend): an expired
+    // certificate is never handed out.
+    if (this.#snapshot !== undefined && this.#snapshot.svid.notAfter.getTime() <= this.#clock.now()) return undefined;
     return this.#snapshot;
   }
 
@@ -176,7 +179,7 @@ class CaSource implements CaIdentitySource {
     if (changed) {
       this.#bundle = { trustDomain: this.#trustDomain, rootsPem, revokedSerials, ...(crls !== undefined ? { crls } : {}) };
       this.#log("info", { event: "bundle-updated", roots: certificatesFromPem(rootsPem).length, revoked: revokedSerials.size }, "trust bundle updated");
-      if (this.#svid !== undefined && this.#snapshot !== undefined) {
+      if (this.#svid !== undefined && this.current() !== undefined) {
         this.#snapshot = { svid: this.#svid, bundle: this.#bundle };
         this.#emit({ type: "bundle-updated", snapshot: this.#snapshot });
       }
@@ -501,10 +504,4 @@ interface CrlVersion {
 function isOlderCrl(candidate: CrlVersion, inForce: CrlVersion): boolean {
   if (candidate.issuer !== inForce.issuer || candidate.number === undefined || inForce.number === undefined) return false;
   return candidate.number < inForce.number && candidate.thisUpdate <= inForce.thisUpdate;
-}
-
-function sameCrls(a: readonly Buffer[] | undefined, b: readonly Buffer[] | undefined): boolean {
-  if (a === b) return true;
-  if (a === undefined || b === undefined || a.length !== b.length) return false;
-  return a.every((der, i) => der.equals(b[i]!));
 }

@@ -7,7 +7,7 @@ import { describeError, MeshwardError } from "../errors.ts";
 import { decodePrivateKey } from "../pki/keys.ts";
 import { certificatesFromPem } from "../pki/pem.ts";
 import { systemClock, type Clock, type ClockTimer } from "../util/clock.ts";
-import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "./source.ts";
+import { sameCrls, type IdentityEvent, type IdentitySnapshot, type IdentitySource } from "./source.ts";
 import { buildSnapshot, crlDer, revocationsFromCrls } from "./workload-api/material.ts";
 import { holdEventLoopUntilSettled } from "../util/event-loop-hold.ts";
 
@@ -210,8 +210,13 @@ class FileSource implements IdentitySource {
     this.#clearProblem();
     const previous = this.#snapshot;
     const sameSvid = previous !== undefined && previous.svid.certChainPem === snapshot.svid.certChainPem;
+    // A CRL re-signed with the same revocations counts: the Workload API hands the CRL itself on,
+    // and a consumer that checks its nextUpdate needs the fresh one.
     const sameBundle =
-      previous !== undefined && previous.bundle.rootsPem === snapshot.bundle.rootsPem && sameSet(previous.bundle.revokedSerials, snapshot.bundle.revokedSerials);
+      previous !== undefined &&
+      previous.bundle.rootsPem === snapshot.bundle.rootsPem &&
+      sameSet(previous.bundle.revokedSerials, snapshot.bundle.revokedSerials) &&
+      sameCrls(previous.bundle.crls, snapshot.bundle.crls);
     if (sameSvid && sameBundle && !this.#expired) return;
     this.#snapshot = snapshot;
     this.#expired = false;

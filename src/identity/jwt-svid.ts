@@ -35,7 +35,11 @@ export interface ValidatedJwtSvid {
 }
 
 export interface JwtSvidValidator {
-  /** Verifies a JWT-SVID for `audience` (signature, exp, aud, sub); E_TOKEN_* when it does not pass. */
+  /**
+   * Verifies a JWT-SVID for `audience`, the one audience this service answers to (signature, exp,
+   * aud, sub); E_TOKEN_* when it does not pass. `audience` must be a non-empty string: anything else
+   * (undefined from an unset option, an array) is refused with E_USAGE, as it would weaken the check.
+   */
   validate(token: string, audience: string): Promise<ValidatedJwtSvid>;
   /** Fetches the CA's JWKS now (also done on first use, once the keys are keysMaxAgeMs old, and when a token names an unknown key). */
   refresh(): Promise<void>;
@@ -121,6 +125,10 @@ export function createJwtSvidValidator(options: JwtSvidValidatorOptions): JwtSvi
   return {
     refresh,
     async validate(token, audience) {
+      // jose checks aud only when an audience is given, and takes an array as any one of them.
+      if (typeof audience !== "string" || audience.length === 0) {
+        throw new MeshwardError("E_USAGE", `validate(token, audience): audience must be a non-empty string, the one audience this service answers to; got ${Array.isArray(audience) ? "an array" : JSON.stringify(audience) ?? typeof audience}`);
+      }
       if (typeof token !== "string" || token.length === 0 || token.length > 16 * 1024) throw new MeshwardError("E_TOKEN_INVALID", "the JWT-SVID is empty or too long");
       let result;
       try {

@@ -48,6 +48,13 @@ export interface IdentitySource {
   close(): Promise<void>;
 }
 
+/** Whether two bundles hold the same CRLs, byte for byte: a CRL re-signed with the same revocations (a later nextUpdate) is a change. */
+export function sameCrls(a: readonly Buffer[] | undefined, b: readonly Buffer[] | undefined): boolean {
+  if (a === b) return true;
+  if (a === undefined || b === undefined || a.length !== b.length) return false;
+  return a.every((der, i) => der.equals(b[i]!));
+}
+
 /** An identity that never changes, for tests and for certificates managed by hand. */
 export function staticIdentity(snapshot: IdentitySnapshot): IdentitySource {
   return {

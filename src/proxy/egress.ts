@@ -38,7 +38,7 @@ export interface EgressEntry {
   readonly expectSpiffeId?: string;
   /** "tls" (default; Redis, HTTP, most protocols) or "postgres" (SSLRequest preamble first). */
   readonly protocol?: EgressProtocol;
-  /** TCP connect + TLS handshake deadline (default 10 s). */
+  /** TCP connect + TLS handshake deadline (default 10 s); for "postgres" also the app's preamble (up to its startup message). */
   readonly connectTimeoutMs?: number;
   /** Close a connection with no traffic either way for this long (default 1 h; 0 = never). */
   readonly idleTimeoutMs?: number;
@@ -306,6 +306,8 @@ class Relay {
   #closed = false;
   #failure: string | undefined;
   #connectTimer: NodeJS.Timeout | undefined;
+  /** PostgreSQL: the app's preamble (SSLRequest/GSSENCRequest answers, then its startup message) must be done by then. */
+  #preambleTimer: NodeJS.Timeout | undefined;
 
   constructor(client: Socket, options: RelayOptions) {
     this.#client = client;
@@ -329,12 +331,14 @@ class Relay {
         const step = preamble.push(chunk);
         if (step.reply.length > 0) client.write(step.reply);
         if (step.error !== undefined) {
+          clearTimeout(this.#preambleTimer);
           client.removeListener("data", onData);
           this.#fail("client_error", new MeshwardError("E_PROTOCOL", step.error));
           this.#sendPostgresError(); // no startup message will come to answer: say why now, and close
           return;
         }
         if (step.forward === undefined) return;
+        clearTimeout(this.#preambleTimer);
         client.removeListener("data", onData);
         client.pause();
         this.#pending.push(step.forward);
@@ -347,6 +351,15 @@ class Relay {
         if (!this.#piping) this.destroy();
       });
       client.resume();
+      // The backend's verified connection is held for the app: one that never sends its startup
+      // message (or sends it slowly) is let go, whatever became of the backend meanwhile.
+      this.#preambleTimer = setTimeout(() => {
+        if (preamble.done || this.#closed) return;
+        // Counted once per connection: one the backend already verified was counted as `ok`.
+        if (!this.#done && !this.#backendReady) this.#fail("client_error", new MeshwardError("E_CLIENT_TIMEOUT", `the app sent no complete PostgreSQL startup message within ${this.#options.connectTimeoutMs} ms`));
+        this.destroy();
+      }, this.#options.connectTimeoutMs);
+      this.#preambleTimer.unref();
     }
     this.#connectTimer = setTimeout(() => {
       this.#fail("timeout", new MeshwardError("E_BACKEND_TIMEOUT", `the backend ${formatHostPort(this.#options.backend)} did not complete TCP + TLS within ${this.#options.connectTimeoutMs} ms`));
@@ -389,6 +402,11 @@ class Relay {
         this.#options.onBrokenAfterHandshake(error);
         this.destroy();
       }
+    });
+    // The backend closed its verified connection before the relay started (the app still in its
+    // preamble): nothing can be relayed any more, so the app's connection is closed too.
+    tls.once("close", () => {
+      if (!this.#piping && this.#backendReady && !this.#done) this.destroy();
     });
     tls.once("secureConnect", () => {
       if (this.#done) return;
@@ -456,6 +474,7 @@ class Relay {
     this.#closed = true;
     this.#done = true;
     clearTimeout(this.#connectTimer);
+    clearTimeout(this.#preambleTimer);
     const tls = this.#tls;
     if (tls !== undefined && !tls.destroyed) {
       if (this.#backendReady) {
@@ -479,6 +498,7 @@ class Relay {
   destroy(): void {
     this.#done = true;
     clearTimeout(this.#connectTimer);
+    clearTimeout(this.#preambleTimer);
     this.#tls?.destroy();
     this.#raw?.destroy();
     this.#client.destroy();

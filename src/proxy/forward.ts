@@ -19,7 +19,8 @@ export interface ForwardHooks {
   readonly done: (status: number) => void;
 }
 
-const UNREACHABLE = new Set(["ECONNREFUSED", "ECONNRESET", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "EPIPE"]);
+// E_PEER_UNREACHABLE: a peer sidecar that did not finish its handshake in time (dialVerified).
+const UNREACHABLE = new Set(["E_PEER_UNREACHABLE", "ECONNREFUSED", "ECONNRESET", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "EPIPE"]);
 
 export function isUnreachable(error: unknown): boolean {
   const code = (error as { code?: unknown } | undefined)?.code;

@@ -17,6 +17,7 @@ import type { MeshMetrics } from "../telemetry/metrics.ts";
 import { peerOf, prepareServer } from "../transport/common.ts";
 import { secureServer } from "../transport/tls.ts";
 import type { HostPort } from "../util/address.ts";
+import { systemClock } from "../util/clock.ts";
 import { listenOn } from "../util/listen.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { canonicalH2Request, isRefusal } from "./canonical.ts";
@@ -32,7 +33,7 @@ import { callerStamp, stampIdentityOf } from "./headers.ts";
 import type { CallerStamp, StampIdentity } from "./headers.ts";
 import type { PolicySource } from "./policy-source.ts";
 import { forwardH2ToHttp1 } from "./http1/h2-bridge.ts";
-import { Http1Pool } from "./http1/pool.ts";
+import { Http1Pool, POOL_TIMEOUT } from "./http1/pool.ts";
 import { Http1Relay } from "./http1/relay.ts";
 import type { ClientErrorReason } from "./http1/relay.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
@@ -95,6 +96,8 @@ export const RESPONSE_HEADER_BYTES = 64 * 1024;
 const TUNNEL_END_GRACE_MS = 5_000;
 /** Idle keep-alive connections (and the HTTP/2 session) to the app close after this, below Node's default server keep-alive (5 s). */
 const APP_IDLE_MS = 4_000;
+/** How often TCP mode looks for a reloaded policy, to judge its open tunnels again. */
+const POLICY_RECHECK_MS = 250;
 
 /** The relay settings both sides take from the limits and the path rules. */
 export function relaySettings(limits: SidecarLimits, escapedSlashes: EscapedSlashAction): { maxHeaderBytes: number; headersTimeout: number; idleTimeout: number; escapedSlashes: EscapedSlashAction } {
@@ -174,6 +177,12 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     return session;
   };
   const appError = (error: Error): ProxyAnswer => {
+    if ((error as { code?: unknown }).code === POOL_TIMEOUT) {
+      // Every connection the app may have (limits.maxConnections) stayed busy for limits.idleTimeout.
+      telemetry.upstreamErrors.inc({ direction: "inbound", reason: "app_busy" });
+      warnings.warn("app-busy", { event: "app-busy", app: appLabel, err: error.message }, "a request waited too long for a connection to the app");
+      return { status: 503, grpcStatus: GrpcStatus.UNAVAILABLE, code: "E_APP_BUSY", message: `the app at ${appLabel} is busy: ${error.message}` };
+    }
     telemetry.upstreamErrors.inc({ direction: "inbound", reason: "app_unreachable" });
     logger.warn({ event: "app-unreachable", app: appLabel, err: describeError(error) }, "the app could not be reached");
     return unreachableAnswer(`the app at ${appLabel} is not reachable`, error, 503);
@@ -233,6 +242,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     maxIdle: 256,
     // Every HTTP/1 request and non-gRPC HTTP/2 stream takes a connection to the app: bounded like a listener.
     maxConnections: limits.maxConnections,
+    // A request waits for one of those at most as long as an exchange may stay idle: then 503 E_APP_BUSY.
+    maxWaitMs: limits.idleTimeout,
   });
   const clientError = (reason: ClientErrorReason, detail: string, socket: Socket) => {
     telemetry.refused.inc({ direction: "inbound", reason });
@@ -329,6 +340,25 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   };
 
   // --- TCP mode ------------------------------------------------------------------------
+  /** Open tunnels and their callers: judged again whenever the policy is reloaded. */
+  const tunnels = new Map<Socket, PeerIdentity | undefined>();
+  let judgedGeneration = policy.generation;
+  // The policy decides once per tunnel; a reload that denies a caller ends its open tunnels too
+  // (as new ones are refused), rather than leaving them open until the age cap.
+  const policyRecheck =
+    options.protocol === "tcp"
+      ? setInterval(() => {
+          const generation = policy.generation;
+          if (generation === judgedGeneration) return;
+          judgedGeneration = generation;
+          for (const [socket, peer] of tunnels) {
+            if (denied(peer, socket, "", "") === undefined) continue;
+            telemetry.refused.inc({ direction: "inbound", reason: "policy" });
+            socket.destroy();
+          }
+        }, POLICY_RECHECK_MS)
+      : undefined;
+  policyRecheck?.unref();
   const toTcp = (socket: Socket, peer: PeerIdentity | undefined) => {
     const refusal = denied(peer, socket, "", "");
     if (refusal !== undefined) {
@@ -336,6 +366,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       socket.destroy();
       return;
     }
+    tunnels.set(socket, peer);
+    socket.once("close", () => tunnels.delete(socket));
     tracker.add(socket);
     const end = tracker.begin(socket);
     const started = performance.now();
@@ -366,13 +398,13 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   // At the age cap, when the caller's certificate expires or a root leaves the bundle: HTTP/2 gets
   // GOAWAY, HTTP/1 closes after its in-flight request, a TCP tunnel (one "request" for its whole
   // life, so the tracker would wait for ever) is ended, and destroyed if the caller holds it open.
-  const retireTunnel = (socket: TLSSocket) => {
+  const retireTunnel = (socket: Socket) => {
     socket.end();
     setTimeout(() => socket.destroy(), TUNNEL_END_GRACE_MS).unref();
   };
   // An upgraded connection (WebSocket) or an HTTP/2 stream never ends by itself: past drainTimeout
   // the retired connection is closed, as Envoy does after max_connection_duration (drain_timeout).
-  const retireHttp = (socket: TLSSocket) => {
+  const retireHttp = (socket: Socket) => {
     tracker.retire(socket);
     const deadline = setTimeout(() => socket.destroy(), limits.drainTimeout);
     deadline.unref();
@@ -437,6 +469,11 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
         (socket as { [kPlaintext]?: boolean })[kPlaintext] = true;
         if (options.protocol === "tcp") toTcp(socket, undefined);
         else toHttp(socket, kind === "h2c");
+        // The age cap, as for mTLS connections (there it comes with the verified identity).
+        if (limits.maxConnectionAge > 0 && !socket.destroyed) {
+          const aged = systemClock.setTimeout(() => (options.protocol === "tcp" ? retireTunnel(socket) : retireHttp(socket)), limits.maxConnectionAge);
+          socket.once("close", () => systemClock.clearTimeout(aged));
+        }
         return;
       }
       const reason = plaintextHttp ? "plaintext" : "garbage";
@@ -467,6 +504,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     for (const socket of pending) socket.destroy();
     await stopped;
     uncap();
+    clearInterval(policyRecheck);
     http1.close();
     h2.close();
     await control.meshward.close();

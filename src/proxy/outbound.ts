@@ -23,7 +23,7 @@ import { Http1Relay } from "./http1/relay.ts";
 import { findHeader } from "./http1/wire.ts";
 import { h2Refusal, relaySettings, RESPONSE_HEADER_BYTES } from "./inbound.ts";
 import type { ProxyTelemetry } from "./inbound.ts";
-import { PeerPool, resolvePeer } from "./peers.ts";
+import { MAX_PEERS, PeerPool, resolvePeer } from "./peers.ts";
 import type { PeerDirectory, PeerTarget } from "./peers.ts";
 import { answerH2, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
@@ -60,7 +60,7 @@ export interface Outbound {
 export async function startOutbound(options: OutboundOptions): Promise<Outbound> {
   const { telemetry, limits } = options;
   const { logger, mesh } = telemetry;
-  const pool = new PeerPool(options.identity, logger);
+  const pool = new PeerPool(options.identity, logger, MAX_PEERS, limits.handshakeTimeout);
   const activeConnections = mesh.connectionsActive.labels({ direction: "outbound" }); // bound once: a labelled inc hashes the labels each call
   const tracker = new ConnectionTracker((delta) => activeConnections.inc(delta));
   const servers: NetServer[] = [];

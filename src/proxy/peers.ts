@@ -2,6 +2,7 @@ import { connect as http2Connect } from "node:http2";
 import type { ClientHttp2Session } from "node:http2";
 import type { TLSSocket } from "node:tls";
 import type { IdentitySource } from "../identity/source.ts";
+import { MeshwardError } from "../errors.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
 import type { TlsLogger } from "../tls/logger.ts";
 import { dialTls, prepareClient, retireAtCertificateExpiry, SessionCache } from "../transport/client-common.ts";
@@ -53,8 +54,16 @@ export function resolvePeer(directory: PeerDirectory, name: string): PeerTarget 
   return { appId, namespace, host, port, expectedId };
 }
 
-/** Dials mTLS and resolves once dialTls's identity checks passed (it destroys the socket otherwise). */
-export function dialVerified(runtime: ClientRuntime, target: { host: string; port: number; alpn?: string[] }, sessions: SessionCache): Promise<TLSSocket> {
+/** How long dialVerified waits for TCP + TLS + the identity check when no deadline is given (the sidecar's default handshakeTimeout). */
+export const DEFAULT_PEER_DIAL_TIMEOUT_MS = 10_000;
+
+/**
+ * Dials mTLS and resolves once dialTls's identity checks passed (it destroys the socket otherwise).
+ * A peer that does not finish TCP + TLS within `timeoutMs` (one that accepts TCP and never answers
+ * the ClientHello: a hung sidecar, a port of a server-speaks-last service) is cut: the promise
+ * rejects with E_PEER_UNREACHABLE and the socket is destroyed, so nothing waits on it for ever.
+ */
+export function dialVerified(runtime: ClientRuntime, target: { host: string; port: number; alpn?: string[] }, sessions: SessionCache, timeoutMs = DEFAULT_PEER_DIAL_TIMEOUT_MS): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
     let socket: TLSSocket;
     try {
@@ -65,12 +74,24 @@ export function dialVerified(runtime: ClientRuntime, target: { host: string; por
       reject(error as Error);
       return;
     }
-    const onError = (error: Error) => reject(error);
-    const onClose = () => reject(Object.assign(new Error(`the connection to ${target.host}:${target.port} closed before the peer was verified`), { code: "ECONNRESET" }));
+    const deadline = setTimeout(() => {
+      reject(new MeshwardError("E_PEER_UNREACHABLE", `the sidecar at ${target.host}:${target.port} did not complete the TLS handshake within ${timeoutMs} ms (limits.handshakeTimeout)`));
+      socket.destroy();
+    }, timeoutMs);
+    deadline.unref();
+    const onError = (error: Error) => {
+      clearTimeout(deadline);
+      reject(error);
+    };
+    const onClose = () => {
+      clearTimeout(deadline);
+      reject(Object.assign(new Error(`the connection to ${target.host}:${target.port} closed before the peer was verified`), { code: "ECONNRESET" }));
+    };
     socket.once("error", onError);
     socket.once("close", onClose);
     socket.once("secureConnect", () => {
       setImmediate(() => {
+        clearTimeout(deadline);
         socket.removeListener("close", onClose);
         socket.removeListener("error", onError);
         if (socket.destroyed || peerOf(socket) === undefined) {
@@ -123,6 +144,8 @@ export class PeerPool {
     private readonly identity: IdentitySource,
     private readonly logger: TlsLogger,
     private readonly maxPeers = MAX_PEERS,
+    /** Deadline for each dial: TCP connect, TLS handshake and identity check (limits.handshakeTimeout). */
+    private readonly dialTimeoutMs = DEFAULT_PEER_DIAL_TIMEOUT_MS,
   ) {}
 
   /** Peers kept now. */
@@ -193,7 +216,7 @@ export class PeerPool {
     const entry = this.#entry(target);
     entry.http1 ??= new Http1Pool({
       dial: async () => {
-        const socket = await dialVerified(await entry.runtime, { host: target.host, port: target.port }, this.#sessions);
+        const socket = await dialVerified(await entry.runtime, { host: target.host, port: target.port }, this.#sessions, this.dialTimeoutMs);
         retireAtCertificateExpiry(socket, () => entry.http1?.retire(socket));
         return socket;
       },
@@ -215,7 +238,7 @@ export class PeerPool {
     if (entry.h2 !== undefined) return entry.h2;
     const opening = (async () => {
       const runtime = await entry.runtime;
-      const socket = await dialVerified(runtime, { host: target.host, port: target.port, alpn: ["h2"] }, this.#sessions);
+      const socket = await dialVerified(runtime, { host: target.host, port: target.port, alpn: ["h2"] }, this.#sessions, this.dialTimeoutMs);
       const session = http2Connect(`https://${target.appId}`, { createConnection: () => socket });
       const forget = () => {
         if (entry.h2 === opening) delete entry.h2;
@@ -243,7 +266,7 @@ export class PeerPool {
   /** A verified raw mTLS socket (TCP mode). */
   async socket(target: PeerTarget): Promise<TLSSocket> {
     const runtime = await this.#entry(target).runtime;
-    return dialVerified(runtime, { host: target.host, port: target.port }, this.#sessions);
+    return dialVerified(runtime, { host: target.host, port: target.port }, this.#sessions, this.dialTimeoutMs);
   }
 
   close(): void {

@@ -1,5 +1,6 @@
 import pg from "pg";
 import { MeshwardError, isMeshwardError } from "../errors.ts";
+import { throwIfCancelled } from "../util/abort.ts";
 import { tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import { assertSchemaNotNewer, latestVersion, migratePostgres, POSTGRES_MIGRATIONS, postgresSchemaVersion } from "./migrations.ts";
 import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
@@ -241,18 +242,27 @@ export class PostgresStore implements Store {
     });
   }
 
-  async recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date): Promise<TokenConsumption> {
+  async recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date, options: { readonly signal?: AbortSignal } = {}): Promise<TokenConsumption> {
     const serial = requireSerial(record.serial, "record the issuance");
     const supersedes = record.supersedes === undefined ? null : requireSerial(record.supersedes, "record the superseded certificate");
     const at = new Date(requireDate(now, "now"));
-    const result = await this.#query<TokenRow>(
-      "E_STORE_WRITE",
-      "spend the join token and record the issuance",
-      Q.spendTokenAndRecord,
-      [...issuanceValues(record, serial), tokenHash, at, supersedes],
-      `a certificate with serial ${serial} is already in the issuance log`,
-    );
-    const row = result.rows[0];
+    const duplicate = `a certificate with serial ${serial} is already in the issuance log`;
+    throwIfCancelled(options.signal);
+    // In a transaction, so that a request cancelled while the statement ran (waiting for a
+    // connection, for the token row's lock, or for a slow server) is rolled back: the signal is
+    // checked again just before COMMIT. What remains is the COMMIT round trip itself: a client
+    // giving up during it leaves the use spent and the certificate logged, unreturned.
+    const row = await this.#transaction("spend the join token and record the issuance", "E_STORE_WRITE", async (client) => {
+      let result: pg.QueryResult<TokenRow>;
+      try {
+        result = await client.query<TokenRow>({ ...Q.spendTokenAndRecord, values: [...issuanceValues(record, serial), tokenHash, at, supersedes] });
+      } catch (error) {
+        if (pgCode(error) === "23505") throw new MeshwardError("E_STORE_CONFLICT", duplicate, { cause: error });
+        throw error;
+      }
+      throwIfCancelled(options.signal);
+      return result.rows[0];
+    });
     if (row !== undefined) return { ok: true, token: tokenFromRow(row) };
     return this.checkToken(tokenHash, now);
   }

@@ -2,6 +2,7 @@ import { closeSync, constants, fchmodSync, fstatSync, openSync, statSync } from 
 import { dirname, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { MeshwardError, isMeshwardError } from "../errors.ts";
+import { throwIfCancelled } from "../util/abort.ts";
 import { assertSchemaNotNewer, latestVersion, migrateSqlite, SQLITE_MIGRATIONS, sqliteSchemaVersion } from "./migrations.ts";
 import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
 import { assertLockFileUsable, sqliteLeaderLock } from "./sqlite-leader.ts";
@@ -280,7 +281,11 @@ export class SqliteStore implements Store {
     return tokenState(row, at);
   }
 
-  async recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date): Promise<TokenConsumption> {
+  async recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date, options: { readonly signal?: AbortSignal } = {}): Promise<TokenConsumption> {
+    // The last moment a cancelled request can keep its token: past it the spend runs as one
+    // transaction (on the writer thread, or synchronously here: BEGIN IMMEDIATE, busy wait
+    // included, to COMMIT), where no abort can be seen before it has committed.
+    throwIfCancelled(options.signal);
     if (this.#useWriterThread) return this.#onWriter("recordIssuanceSpendingToken", record, tokenHash, now);
     const row = issuanceRow(record);
     const supersedes = record.supersedes === undefined ? undefined : requireSerial(record.supersedes, "record the superseded certificate");

@@ -143,8 +143,13 @@ export interface Store {
    * only by a certificate that is recorded, and nothing is recorded when the token can no
    * longer be spent (another request spent its last use first). The CA returns the
    * certificate only when this answers ok.
+   *
+   * `signal`: the request this issuance answers; once it is aborted (the client cancelled, or
+   * its deadline passed) nothing is spent or recorded and the abort's reason is thrown
+   * (E_REQUEST_CANCELLED / E_REQUEST_TIMEOUT). It is checked as late as each store allows (see
+   * the implementations); an abort after that point is too late, and the certificate stays logged.
    */
-  recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date): Promise<TokenConsumption>;
+  recordIssuanceSpendingToken(record: IssuanceRecord, tokenHash: string, now: Date, options?: { readonly signal?: AbortSignal }): Promise<TokenConsumption>;
   listTokens(): Promise<JoinTokenRecord[]>;
   /** Monotonic CRL number, persisted; each call returns the next one. */
   nextCrlNumber(): Promise<bigint>;

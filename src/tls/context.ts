@@ -7,6 +7,7 @@ import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "../identit
 import { buildSecureContextOptions } from "./policy.ts";
 import type { SecureOptions, TlsRole } from "./policy.ts";
 import { TicketKeyRing } from "./ticket-keys.ts";
+import { systemClock, type ClockTimer } from "../util/clock.ts";
 import { consoleLogger } from "./logger.ts";
 import type { TlsLogger } from "./logger.ts";
 
@@ -29,8 +30,6 @@ export interface ContextHolderOptions {
   readonly now?: () => number;
 }
 
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
 /**
  * The current TLS options for one identity, rebuilt once per identity event (never per
  * connection) and pushed to every attached server with `setSecureContext`. After the SVID
@@ -50,7 +49,7 @@ export class SecureContextHolder {
   #options: SecureOptions;
   #clientContext: SecureContext | undefined;
   #expiredReason: string | undefined;
-  #expiryTimer: NodeJS.Timeout | undefined;
+  #expiryTimer: ClockTimer | undefined;
   #generation = 1;
   #rootsEpoch = 0;
   #closed = false;
@@ -186,7 +185,7 @@ export class SecureContextHolder {
     this.#closed = true;
     this.#unsubscribe();
     this.#ticketKeys?.close();
-    if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
+    if (this.#expiryTimer !== undefined) systemClock.clearTimeout(this.#expiryTimer);
     this.#listeners.clear();
   }
 
@@ -277,14 +276,15 @@ export class SecureContextHolder {
   }
 
   #armExpiry(): void {
-    if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
+    if (this.#expiryTimer !== undefined) systemClock.clearTimeout(this.#expiryTimer);
     const remaining = this.#snapshot.svid.notAfter.getTime() - this.#now();
     if (remaining <= 0) {
       this.#markExpired(`the certificate for ${this.#snapshot.svid.spiffeId} expired at ${this.#snapshot.svid.notAfter.toISOString()}; new TLS connections are refused until a new one arrives`);
       return;
     }
-    this.#expiryTimer = setTimeout(() => this.#armExpiry(), Math.min(remaining, MAX_TIMER_MS));
-    this.#expiryTimer.unref();
+    // systemClock counts time the host spent suspended: a certificate that expired while it slept
+    // is withdrawn within seconds of waking, not once a monotonic timer catches up.
+    this.#expiryTimer = systemClock.setTimeout(() => this.#armExpiry(), remaining);
   }
 
   #markExpired(reason: string): void {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { GrpcStatus, grpcStatusForCode } from "../../src/ca/api/grpc-status.ts";
+import { GrpcStatus, grpcStatusForCode, parseGrpcTimeout } from "../../src/ca/api/grpc-status.ts";
 
 // A refusal is the client's to fix; INTERNAL (13) says the CA itself failed (grpc/grpc
 // doc/statuscodes.md: "reserved for serious errors"). Each code below can be caused by a request
@@ -18,6 +18,7 @@ describe("grpcStatusForCode: every refusal a request can cause has a status othe
     ["E_REQUEST_TOO_LARGE", GrpcStatus.RESOURCE_EXHAUSTED],
     ["E_CA_BUSY", GrpcStatus.RESOURCE_EXHAUSTED],
     ["E_REQUEST_TIMEOUT", GrpcStatus.DEADLINE_EXCEEDED],
+    ["E_REQUEST_CANCELLED", GrpcStatus.CANCELLED],
     ["E_IDENTITY_MISMATCH", GrpcStatus.PERMISSION_DENIED],
     ["E_CERT_REVOKED", GrpcStatus.PERMISSION_DENIED],
     ["E_TOKEN_USED", GrpcStatus.UNAUTHENTICATED],
@@ -30,5 +31,26 @@ describe("grpcStatusForCode: every refusal a request can cause has a status othe
   it("keeps INTERNAL for what is the CA's own failure (control)", () => {
     expect(grpcStatusForCode("E_INTERNAL")).toBe(GrpcStatus.INTERNAL);
     expect(grpcStatusForCode("E_SIGNING_CLOSED")).toBe(GrpcStatus.INTERNAL);
+  });
+});
+
+// The client's deadline as grpc-go and grpc-js send it (test/ca/cancelled-sign.test.ts: the CA stops
+// a call whose deadline passed before it spends a join token).
+describe("parseGrpcTimeout (gRPC over HTTP/2: TimeoutValue TimeoutUnit)", () => {
+  it.each([
+    ["3S", 3000],
+    ["2999m", 2999],
+    ["1H", 3_600_000],
+    ["5M", 300_000],
+    ["1500u", 2],
+    ["10n", 1],
+    ["0m", 1],
+    ["99999999m", 99_999_999],
+  ])("%s is %d ms", (header, ms) => {
+    expect(parseGrpcTimeout(header)).toBe(ms);
+  });
+
+  it.each([[undefined], [""], ["3"], ["3s"], ["123456789m"], ["-1S"], ["1.5S"], [["1S", "2S"]], ["99999999H"]])("%j is no deadline", (header) => {
+    expect(parseGrpcTimeout(header as string | undefined)).toBeUndefined();
   });
 });

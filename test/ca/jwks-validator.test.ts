@@ -112,7 +112,10 @@ describe("JWT validator: algorithms (RFC 8725 §2.1, §3.1)", () => {
   });
 });
 
-describe("JWT validator: time claims (60 s tolerance)", () => {
+describe("JWT validator: time claims (5 min tolerance by default, as Sentry)", () => {
+  // Sentry's JWKS validator: jwt.WithAcceptableSkew(5*time.Minute) (dapr/dapr
+  // pkg/sentry/server/validator/jwks/jwks.go). A CA whose clock lags the API server's by a few
+  // minutes must still take a token the API server has just projected.
   it("refuses a token without exp; one with exp is accepted", async () => {
     const { exp: _exp, ...withoutExp } = claims();
     const r = await refused(attest(await sign(withoutExp)));
@@ -120,21 +123,39 @@ describe("JWT validator: time claims (60 s tolerance)", () => {
     expect(r.message).toMatch(/exp/);
   });
 
-  it("refuses nbf 10 minutes ahead; nbf 30 s ahead is within the tolerance", async () => {
+  it("refuses nbf 10 minutes ahead; nbf 4 minutes ahead is within the tolerance", async () => {
     expect((await refused(attest(await sign(claims({ nbf: nowSeconds() + 600 }))))).code).toBe("E_TOKEN_NOT_YET_VALID");
-    expect(await attest(await sign(claims({ nbf: nowSeconds() + 30 })))).toBe(`spiffe://${TD}/ns/orders/api`);
+    expect(await attest(await sign(claims({ nbf: nowSeconds() + 240 })))).toBe(`spiffe://${TD}/ns/orders/api`);
   });
 
-  it("refuses exp 5 minutes ago; exp 30 s ago is within the tolerance", async () => {
-    expect((await refused(attest(await sign(claims({ exp: nowSeconds() - 300 }))))).code).toBe("E_TOKEN_EXPIRED");
-    expect(await attest(await sign(claims({ exp: nowSeconds() - 30 })))).toBe(`spiffe://${TD}/ns/orders/api`);
+  it("refuses exp 10 minutes ago; exp 4 minutes ago is within the tolerance", async () => {
+    expect((await refused(attest(await sign(claims({ exp: nowSeconds() - 600 }))))).code).toBe("E_TOKEN_EXPIRED");
+    expect(await attest(await sign(claims({ exp: nowSeconds() - 240 })))).toBe(`spiffe://${TD}/ns/orders/api`);
   });
 
-  it("refuses a token issued in the future (iat a day ahead), as jwx does for Sentry; iat 30 s ahead is within the tolerance", async () => {
+  it("refuses a token issued in the future (iat a day ahead), as jwx does for Sentry; iat 4 minutes ahead is within the tolerance", async () => {
     const r = await refused(attest(await sign(claims({ iat: nowSeconds() + 86_400, exp: nowSeconds() + 2 * 86_400 }))));
     expect(r.code).toBe("E_TOKEN_NOT_YET_VALID");
     expect(r.message).toMatch(/issued in the future/);
-    expect(await attest(await sign(claims({ iat: nowSeconds() + 30 })))).toBe(`spiffe://${TD}/ns/orders/api`);
+    expect(await attest(await sign(claims({ iat: nowSeconds() + 240 })))).toBe(`spiffe://${TD}/ns/orders/api`);
+  });
+
+  it("takes the tolerance from the config (jwks.clockTolerance): 10m accepts nbf 8 minutes ahead, 30s refuses nbf 2 minutes ahead", async () => {
+    const withTolerance = (clockTolerance: string) =>
+      jwksAttestor({ ...jwksValidatorSchema.parse({ jwksFile: join(dir, "jwks.json"), issuer: ISSUER, audience: AUDIENCE, clockTolerance }), trustDomain: TD });
+    const eightAhead = await sign(claims({ nbf: nowSeconds() + 480, iat: nowSeconds() + 480 }));
+    expect(await attest(eightAhead, {}, withTolerance("10m"))).toBe(`spiffe://${TD}/ns/orders/api`);
+    expect((await refused(attest(eightAhead, {}, attestor))).code).toBe("E_TOKEN_NOT_YET_VALID");
+    const twoAhead = await sign(claims({ nbf: nowSeconds() + 120 }));
+    expect((await refused(attest(twoAhead, {}, withTolerance("30s")))).code).toBe("E_TOKEN_NOT_YET_VALID");
+    expect(await attest(twoAhead)).toBe(`spiffe://${TD}/ns/orders/api`);
+  });
+
+  it("the CA config defaults jwks.clockTolerance to 5 minutes and refuses more than an hour", () => {
+    const jwks = { jwksFile: "/k.json", issuer: ISSUER, audience: AUDIENCE };
+    expect(caConfigSchema.parse({ jwks }).jwks?.clockTolerance).toBe(300_000);
+    expect(caConfigSchema.parse({ jwks: { ...jwks, clockTolerance: "90s" } }).jwks?.clockTolerance).toBe(90_000);
+    expect(caConfigSchema.safeParse({ jwks: { ...jwks, clockTolerance: "2h" } }).success).toBe(false);
   });
 });
 

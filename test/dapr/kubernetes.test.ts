@@ -161,6 +161,7 @@ describe("KUBERNETES validator: TokenReview + pod annotation (kubernetes.appId: 
     recorded.length = 0;
     const identity = await ask(token, "orders");
     expect(identity.spiffeId).toBe("spiffe://public/ns/default/orders");
+    expect(identity.chain[0]!.subjectAltName).toBe("URI:spiffe://public/ns/default/orders"); // an app: no DNS name
     const review = recorded.find((r) => r.path.endsWith("/tokenreviews"));
     expect(review?.authorization).toBe(`Bearer ${caServiceAccountToken}`);
     expect(review?.body?.spec?.audiences).toEqual([SENTRY_ID, "dapr.io/sentry"]);
@@ -231,7 +232,25 @@ describe("KUBERNETES validator: TokenReview + pod annotation (kubernetes.appId: 
     pods.set("dapr-system/dapr-operator-1", inControlPlane);
     const operatorToken = await projectedToken({ audience: SENTRY_ID, podName: "dapr-operator-1", podUid: inControlPlane.metadata.uid, serviceAccount: "dapr-operator", namespace: "dapr-system" });
     // newRequestFn sends the control plane's trust domain for dapr-operator in the control-plane namespace.
-    expect((await ask(operatorToken, "dapr-operator", "dapr-system", "public")).spiffeId).toBe("spiffe://public/ns/dapr-system/dapr-operator");
+    const operator = await ask(operatorToken, "dapr-operator", "dapr-system", "public");
+    expect(operator.spiffeId).toBe("spiffe://public/ns/dapr-system/dapr-operator");
+    // And the DNS name Sentry gives the operator (its webhook Service), added by the CA
+    // (dapr/dapr pkg/sentry/server/server.go signCertificate); daprd's CSR asks for none.
+    expect(operator.chain[0]!.subjectAltName).toBe("URI:spiffe://public/ns/dapr-system/dapr-operator, DNS:dapr-webhook.dapr-system.svc");
+    // The injector serves the admission webhook with its certificate (pkg/injector/service/injector.go):
+    // the API server calls dapr-sidecar-injector.<ns>.svc and checks that name.
+    const injectorPod = podOf((p) => {
+      p.metadata.name = "dapr-sidecar-injector-0";
+      p.metadata.namespace = "dapr-system";
+      p.metadata.uid = "77777777-2222-4333-8444-555555555555";
+      p.spec.serviceAccountName = "dapr-injector";
+      delete p.metadata.annotations["dapr.io/app-id"];
+      p.metadata.annotations["dapr.io/control-plane"] = "injector";
+    });
+    pods.set("dapr-system/dapr-sidecar-injector-0", injectorPod);
+    const injectorToken = await projectedToken({ audience: SENTRY_ID, podName: "dapr-sidecar-injector-0", podUid: injectorPod.metadata.uid, serviceAccount: "dapr-injector", namespace: "dapr-system" });
+    const injector = await ask(injectorToken, "dapr-injector", "dapr-system", "public");
+    expect(injector.chain[0]!.checkHost("dapr-sidecar-injector.dapr-system.svc")).toBe("dapr-sidecar-injector.dapr-system.svc");
 
     forbidden = true;
     try {

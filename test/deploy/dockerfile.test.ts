@@ -57,6 +57,31 @@ describe("deploy/docker/Dockerfile", () => {
     expect(readFileSync(join(ROOT, "bin/meshward.js"), "utf8")).toContain('"../dist/bundle/main.js"');
   });
 
+  // Review finding (HIGH): `RUN npm ci` ran the package's `prepare` script (node scripts/prepare.mjs)
+  // before scripts/ was copied, so the image did not build. Whatever an `npm ci` in the build runs
+  // must be there when it runs; with --ignore-scripts, the packages whose install script builds
+  // something the image needs are rebuilt by name.
+  it("npm ci runs no lifecycle script whose files are not copied yet; install scripts that build something are run by name", () => {
+    const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: Record<string, string> };
+    const lock = JSON.parse(readFileSync(join(ROOT, "package-lock.json"), "utf8")) as { packages: Record<string, { hasInstallScript?: boolean }> };
+    const build = all.filter((i) => i.stage === 0);
+    const ci = build.findIndex((i) => i.op === "RUN" && /\bnpm ci\b/.test(i.args));
+    expect(ci).toBeGreaterThan(0);
+    const copiedBefore = build.slice(0, ci).filter((i) => i.op === "COPY").flatMap((i) => i.args.split(/\s+/).slice(0, -1)).map((f) => f.replace(/^\.\//, "").replace(/\/$/, ""));
+    const isCopied = (file: string) => copiedBefore.some((source) => file === source || file.startsWith(`${source}/`));
+    const ignoresScripts = /--ignore-scripts/.test(build[ci]!.args);
+    if (!ignoresScripts) {
+      for (const name of ["preinstall", "install", "postinstall", "prepare"]) {
+        for (const file of (pkg.scripts[name] ?? "").match(/[\w./-]+\.(?:m?js|ts|cjs)\b/g) ?? []) expect(isCopied(file), `${name}: ${file} is not copied before npm ci`).toBe(true);
+      }
+    } else {
+      const rebuilt = build.slice(ci).filter((i) => i.op === "RUN").flatMap((i) => /npm rebuild ([^&]*)/.exec(i.args)?.[1]?.trim().split(/\s+/) ?? []);
+      // Top-level packages with an install script (protobufjs's nested one only prints a notice).
+      const withScripts = Object.entries(lock.packages).filter(([path, entry]) => entry.hasInstallScript === true && /^node_modules\/[^/]+$/.test(path)).map(([path]) => path.slice("node_modules/".length));
+      expect(withScripts.sort()).toEqual(rebuilt.sort());
+    }
+  });
+
   it("every COPY source exists in the repository and is not excluded by the .dockerignore", () => {
     const ignored = IGNORE.split("\n").map((l) => l.trim()).filter((l) => l !== "" && !l.startsWith("#"));
     for (const copy of all.filter((i) => i.op === "COPY" && !i.args.startsWith("--from"))) {

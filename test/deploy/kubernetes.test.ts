@@ -214,6 +214,16 @@ describe("deploy/kubernetes/examples/orders", () => {
     const webhookPort = (injector.spec.template.spec.containers[0].ports as Doc[])[0] as Doc;
     expect(injectorJob.relabel_configs.find((r) => r.action === "keep")?.regex).toBe(`${injector.spec.template.metadata.labels["app.kubernetes.io/name"]};${webhookPort.name}`);
     expect(injectorJob.tls_config.server_name).toBe(`${find(rendered.single.docs, "Service", "meshward-injector").metadata.name}.meshward-system.svc`);
+    // The CA job keeps every CA replica's API port the same way (review: through the Service a
+    // scrape reached one replica of three, and a replica that was down went unnoticed).
+    const caJob = scrape.scrape_configs.find((j) => String(j.job_name).startsWith("meshward-ca")) as { relabel_configs?: { regex?: string; action?: string }[]; kubernetes_sd_configs?: { role: string }[]; static_configs?: unknown };
+    expect(caJob.static_configs).toBeUndefined();
+    expect(caJob.kubernetes_sd_configs?.map((sd) => sd.role)).toEqual(["pod"]);
+    for (const overlay of ["single", "ha"] as const) {
+      const ca = find(rendered[overlay].docs, "Deployment", "meshward-ca");
+      const apiPort = (ca.spec.template.spec.containers[0].ports as Doc[]).find((p) => p.containerPort === 8443) as Doc;
+      expect(caJob.relabel_configs?.find((r) => r.action === "keep")?.regex, overlay).toBe(`${ca.spec.template.metadata.labels["app.kubernetes.io/name"]};${apiPort.name}`);
+    }
 
     // Debian's promtool is built without Kubernetes service discovery, so that one block is
     // swapped for a static target; the relabelling, TLS settings and rule file are checked as written.

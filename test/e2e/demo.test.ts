@@ -1,4 +1,5 @@
-import { readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { runCli, startCli } from "../helpers/cli.ts";
@@ -32,6 +33,19 @@ describe("meshward demo --once", () => {
     }
     // Refusals are logged with the peer and reason.
     expect(logs.join("\n")).toMatch(/E_MTLS_REQUIRED|plaintext/);
+  }, 120_000);
+
+  it("without python3 on PATH says what to install (exit 1, no stack trace)", async () => {
+    const empty = mkdtempSync(join(tmpdir(), "meshward-demo-path-"));
+    try {
+      const result = await runCli(["demo", "--once"], { env: { PATH: empty }, timeoutMs: 90_000 });
+      expect(result.code).toBe(1);
+      expect(result.stderr).toMatch(/could not start a demo process: spawn python3 ENOENT: python3 is not installed or not on PATH \(the demo's inventory app is a Python program; install python3/);
+      expect(result.stderr).toContain("[E_DEMO]");
+      expect(result.stderr).not.toMatch(/\n\s+at /);
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
   }, 120_000);
 });
 

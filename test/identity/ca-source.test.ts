@@ -17,7 +17,8 @@ import { fetchX509Svid, startWorkloadApiServer } from "../../src/identity/worklo
 import { certificatesFromPem } from "../../src/pki/pem.ts";
 import { parseCrl } from "../../src/pki/crl.ts";
 import { toX509 } from "../../src/pki/inspect.ts";
-import { FakeClock } from "../helpers/fake-clock.ts";
+import { wallClockTimers, WALL_CLOCK_SLICE_MS } from "../../src/util/clock.ts";
+import { FakeClock, SuspendableClock } from "../helpers/fake-clock.ts";
 
 const TD = "identity.test";
 const silent = pino({ level: "silent" });
@@ -176,6 +177,30 @@ describe("CA-backed workload identity", () => {
     await clock.advance(first.svid.notAfter.getTime() - clock.now() + 1000);
     const event = await expired;
     expect(event).toMatchObject({ type: "expired", spiffeId: first.svid.spiffeId });
+    expect(source.current()).toBeUndefined();
+  });
+
+  it("after a host suspend, renews on waking with the still-valid certificate, and never hands out an expired one", async () => {
+    await startCa("1h");
+    // systemClock is wallClockTimers over Node's timers; here over a host that can be suspended
+    // (monotonic timers, a wall clock that jumps), which a test cannot do for real.
+    const host = new SuspendableClock(Date.now());
+    const source = await identity("laptop", { clock: wallClockTimers(host), bundleRefreshMs: 10 * 3_600_000 }); // a single-use token
+    const first = await source.ready();
+    const events: string[] = [];
+    source.subscribe((e) => events.push(e.type));
+    await host.advance(5 * 60_000);
+    host.suspend(45 * 60_000); // the renewal was due at 30 minutes; the certificate is valid until 60
+    expect(source.current()?.svid.serial).toBe(first.svid.serial);
+    const rotated = nextEvent(source, "rotated");
+    await host.advance(WALL_CLOCK_SLICE_MS);
+    const event = await rotated;
+    if (event.type !== "rotated") throw new Error("unreachable");
+    expect(event.snapshot.svid.serial).not.toBe(first.svid.serial);
+    expect((await server!.store.getIssuance(event.snapshot.svid.serial))?.attestation).toBe("svid"); // not the spent token
+    expect(events).toEqual(["rotated"]);
+
+    host.suspend(3 * 3_600_000); // past the new certificate's NotAfter; no timer has run yet
     expect(source.current()).toBeUndefined();
   });
 

@@ -212,6 +212,28 @@ describe("file identity source", () => {
     expect(events.map((e) => e.type)).toEqual(["bundle-updated"]);
   });
 
+  it("passes on a CRL re-signed with the same revocations (a later nextUpdate), as the Workload API hands the CRL itself on (found by review)", async () => {
+    const dir = freshDir();
+    writeSet(dir, pki.snapshot());
+    const crlFile = join(dir, "crl.pem");
+    const now = Date.now();
+    const crl = async (crlNumber: bigint, thisUpdate: number) =>
+      createCrl({ signer: pki.issuer, entries: [{ serial: "0A0B", revokedAt: new Date(now - 1000) }], thisUpdate: new Date(thisUpdate), nextUpdate: new Date(thisUpdate + 3_600_000), crlNumber });
+    const first = await crl(1n, now - 60_000);
+    writeFileSync(crlFile, toPem(first, "X509 CRL"));
+    const src = source({ ...files(dir), crlFile });
+    expect((await src.ready()).bundle.crls?.[0]?.equals(first)).toBe(true);
+
+    const resigned = await crl(2n, now);
+    const updated = recorder(src).next("bundle-updated");
+    writeFileSync(crlFile, toPem(resigned, "X509 CRL"));
+    const event = await updated;
+    if (event.type !== "bundle-updated") throw new Error("unreachable");
+    expect([...event.snapshot.bundle.revokedSerials]).toEqual(["0A0B"]);
+    expect(event.snapshot.bundle.crls?.[0]?.equals(resigned)).toBe(true);
+    expect(src.current()?.bundle.crls?.[0]?.equals(resigned)).toBe(true);
+  });
+
   it("emits expired when the certificate passes notAfter without a replacement (injected clock)", async () => {
     const clock = new FakeClock(Date.now());
     const dir = freshDir();

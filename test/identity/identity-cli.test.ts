@@ -67,6 +67,8 @@ describe("meshward identity + meshward status (real processes)", () => {
     expect(ok.stdout).toMatch(/^COMPONENT\s+NAME\s+IDENTITY/);
     expect(ok.stdout).toMatch(/spiffe:\/\/ops\.test\/ns\/ops\/nginx\s+23 hours 59 minutes left|spiffe:\/\/ops\.test\/ns\/ops\/nginx\s+1 day left/);
     expect(ok.stdout).toMatch(/ca\s+ops\.test\s+root/);
+    // The identity was issued before its status server started: no rotation since (it said "none yet").
+    expect(ok.stdout).toMatch(/^identity\s.*\shealthy\s+none since start$/m);
     const json = JSON.parse((await runCli(["status", "--status-url", `http://${statusAddress}`, "--json"])).stdout) as { identity: string; healthy: boolean }[];
     expect(json).toEqual([expect.objectContaining({ identity: "spiffe://ops.test/ns/ops/nginx", healthy: true })]);
     // an identity process is labelled as one (it used to say "sidecar")

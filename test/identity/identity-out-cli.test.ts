@@ -1,5 +1,5 @@
 import { X509Certificate } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { exec } from "../helpers/exec.ts";
 import { waitFor } from "../helpers/wait.ts";
+import { fetchX509Svid } from "../../src/identity/workload-api/index.ts";
 
 /**
  * `meshward identity --out DIR` as the file-sink guide runs it (nginx, Redis, PostgreSQL read
@@ -174,6 +175,46 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     const ok = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(work, "local-errors-ok")]);
     expect(ok.code, ok.stderr).toBe(0);
     expect(ok.stdout).toMatch(/issued spiffe:\/\/renew\.test\/ns\/jobs\/local-errors/);
+  }, 60_000);
+
+  it("what only binding the Workload API socket finds (a file in the way, a live socket, a path too long) fails before attestation, and the single-use token still works (found by review)", async () => {
+    const t = await token("socket-errors");
+    const args = (socket: string) => ["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--workload-api-socket", socket];
+    const dir = join(work, "socket-errors");
+    mkdirSync(dir, { mode: 0o700 });
+    const regular = join(dir, "file.sock");
+    writeFileSync(regular, "not a socket\n");
+    const busy = createNetServer();
+    const live = join(dir, "live.sock");
+    await new Promise<void>((resolve) => busy.listen(live, resolve));
+    // The socket is bound at DIR/.mw-XXXXXX/s, then renamed: with a short name that path is the longer one.
+    const deep = join(dir, "d".repeat(95 - dir.length - 1));
+    mkdirSync(deep, { mode: 0o700 });
+    try {
+      const results = [
+        [await runCli(args(regular)), /file\.sock exists and is not a socket; refusing to replace it/],
+        [await runCli(args(live)), /another process is already serving on .*live\.sock/],
+        [await runCli(args(join(dir, "s".repeat(120)))), /socket path .* is \d+ bytes; a unix socket path holds at most 107/],
+        [await runCli(args(join(deep, "api.sock"))), /is bound first at .*\.mw-XXXXXX\/s \(108 bytes\), then renamed into place; a unix socket path holds at most 107/],
+      ] as const;
+      for (const [r, message] of results) {
+        expect(r.code, r.stderr).toBe(1);
+        expect(r.stderr).toMatch(message);
+        expect(r.stderr).toContain("[E_WORKLOAD_API_SOCKET]");
+        expect(r.stderr).not.toMatch(/\n\s+at |unexpected error|E_TOKEN|E_WORKLOAD_API_BIND/);
+      }
+      expect(readFileSync(regular, "utf8")).toBe("not a socket\n");
+      expect(readdirSync(deep)).toEqual([]); // nothing bound at a truncated path, no private directory left
+    } finally {
+      await new Promise<void>((resolve) => busy.close(() => resolve()));
+    }
+    // None of them asked the CA: the token gets an identity now, served on the socket.
+    const socket = join(dir, "api.sock");
+    const id = await startCli(args(socket), /identity ready: (\S+)/);
+    running.push(id);
+    expect(id.match[1]).toBe("spiffe://renew.test/ns/jobs/socket-errors");
+    expect((await fetchX509Svid(socket)).svid.spiffeId).toBe("spiffe://renew.test/ns/jobs/socket-errors");
+    expect(await id.stop()).toBe(0);
   }, 60_000);
 
   it("--workload-api-socket takes unix:///abs/path as well as /abs/path, checked and bound at that path", async () => {

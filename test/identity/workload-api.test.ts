@@ -1,8 +1,9 @@
 import { spawn } from "node:child_process";
-import { X509Certificate, createPublicKey } from "node:crypto";
-import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { X509Certificate, createPublicKey, randomBytes } from "node:crypto";
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { connect as netConnect, createServer, type Socket } from "node:net";
 import { connect as http2Connect } from "node:http2";
+import { Duplex } from "node:stream";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as tls from "node:tls";
@@ -14,6 +15,7 @@ import { createCrl, encodePrivateKey, inspectCertificate, keysMatch } from "../.
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "../../src/identity/source.ts";
 import {
   fetchX509Svid,
+  listenWorkloadApi,
   snapshotFromResponse,
   startWorkloadApiServer,
   workloadApiSource,
@@ -23,6 +25,7 @@ import type { WorkloadApiServer } from "../../src/identity/workload-api/index.ts
 import { workloadApiDefinition } from "../../src/identity/workload-api/proto.ts";
 import type { X509BundlesResponseMessage, X509SvidResponseMessage } from "../../src/identity/workload-api/proto.ts";
 import { FakeClock } from "../helpers/fake-clock.ts";
+import { waitFor } from "../helpers/wait.ts";
 import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
 import type { TestPki } from "../helpers/test-pki.ts";
 
@@ -320,6 +323,82 @@ describe("Workload API server and client over a unix socket", () => {
     const snapshot = pki.snapshot();
     source.rotate(snapshot);
     expect((await client.ready()).svid.serial).toBe(snapshot.svid.serial);
+  });
+
+  it("bound before its source exists (listenWorkloadApi), answers UNAVAILABLE until serve(), then serves the source", async () => {
+    const listener = await listenWorkloadApi({ socketPath: socketPath() });
+    cleanups.push(() => listener.close());
+    expect(statSync(listener.socketPath).isSocket()).toBe(true);
+    const early = await fetchX509Svid(listener.socketPath).catch((error: unknown) => error);
+    expect(isMeshwardError(early, "E_WORKLOAD_API_UNAVAILABLE")).toBe(true);
+    const bundles = await firstMessage<X509BundlesResponseMessage>(rawClient(listener.socketPath), "FetchX509Bundles", header("true"));
+    expect(bundles.error?.code).toBe(grpc.status.UNAVAILABLE);
+    const source = manualIdentitySource();
+    listener.serve(source);
+    const snapshot = pki.snapshot();
+    source.rotate(snapshot);
+    expect((await fetchX509Svid(listener.socketPath)).svid.serial).toBe(snapshot.svid.serial);
+  });
+
+  it("refuses a socket path that does not fit in a unix socket address, its own or the temporary one it is bound at first, leaving nothing behind", async () => {
+    // 107 bytes at most; the socket is bound at DIR/.mw-XXXXXX/s first (13 bytes after DIR), then renamed.
+    const deep = join(dir, "d".repeat(95 - dir.length - 1));
+    mkdirSync(deep);
+    await expect(startWorkloadApiServer({ socketPath: join(deep, "api.sock"), source: manualIdentitySource(pki.snapshot()) })).rejects.toMatchObject({
+      code: "E_WORKLOAD_API_SOCKET",
+      message: expect.stringMatching(/bound first at .*\(108 bytes\)/),
+    });
+    await expect(listenWorkloadApi({ socketPath: join(dir, "s".repeat(120 - dir.length)) })).rejects.toMatchObject({ code: "E_WORKLOAD_API_SOCKET", message: expect.stringMatching(/is 121 bytes/) });
+    expect(readdirSync(deep)).toEqual([]);
+    // One byte shorter fits.
+    mkdirSync(deep.slice(0, -1));
+    const fits = await listenWorkloadApi({ socketPath: join(deep.slice(0, -1), "api.sock") });
+    cleanups.push(() => fits.close());
+    expect(statSync(fits.socketPath).isSocket()).toBe(true);
+  });
+
+  it("a client that stops reading holds at most the message on its way and the newest one, not every update (found by review)", async () => {
+    const source = manualIdentitySource(pki.snapshot());
+    const server = await serve(source);
+    // The client's HTTP/2 runs over a stream the test controls: pausing the socket stops reading
+    // from the kernel, as a stuck or hostile client does; the server's writes then wait for
+    // HTTP/2 flow-control window (64 KiB) that never comes.
+    const socket = netConnect(server.socketPath);
+    const wire = new Duplex({ read: () => undefined, write: (chunk, _encoding, callback) => socket.write(chunk, callback) });
+    socket.on("data", (chunk) => wire.push(chunk));
+    const session = http2Connect("http://localhost", { createConnection: () => wire });
+    cleanups.push(() => {
+      session.destroy();
+      socket.destroy();
+    });
+    const frame = Buffer.alloc(5); // one empty gRPC request message
+    const streams = ["FetchX509SVID", "FetchX509Bundles"].map((method) => {
+      const stream = session.request({ ":method": "POST", ":path": `/SpiffeWorkloadAPI/${method}`, "content-type": "application/grpc", te: "trailers", "workload.spiffe.io": "true" });
+      stream.end(frame);
+      const messages: Buffer[] = [];
+      let pending = Buffer.alloc(0);
+      stream.on("data", (chunk: Buffer) => {
+        pending = Buffer.concat([pending, chunk]);
+        while (pending.length >= 5 && pending.length >= 5 + pending.readUInt32BE(1)) {
+          messages.push(pending.subarray(5, 5 + pending.readUInt32BE(1)));
+          pending = pending.subarray(5 + pending.readUInt32BE(1));
+        }
+      });
+      return { messages, stream };
+    });
+    await waitFor("the first message on both streams", () => streams.every((s) => s.messages.length === 1)); // the identity, at once
+    socket.pause();
+
+    const crls = Array.from({ length: 20 }, () => randomBytes(256 * 1024)); // a CRL of some thousand revocations, each re-signed
+    for (const crl of crls) source.updateBundle({ ...pki.bundle(), crls: [crl] });
+    socket.resume();
+    const last = crls.at(-1)!.subarray(0, 64);
+    await waitFor("the newest update on both streams", () => streams.every((s) => s.messages.at(-1)?.includes(last) === true));
+    for (const { messages } of streams) {
+      // The update that was on its way when the client stopped reading, then the newest.
+      expect(messages.slice(1).map((m) => crls.findIndex((crl) => m.includes(crl.subarray(0, 64))))).toEqual([0, crls.length - 1]);
+    }
+    expect(server.openStreams()).toBe(2);
   });
 
   it("pushes rotations and bundle updates to open streams, and withdraws an expired identity with PERMISSION_DENIED", async () => {

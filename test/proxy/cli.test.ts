@@ -32,6 +32,8 @@ describe("meshward sidecar (real process)", () => {
     for (const flag of ["--config", "--app-id", "--namespace", "--ca", "--bundle", "--token", "--token-file", "--inbound", "--app", "--outbound", "--peer", "--peer-template", "--tcp-upstream", "--policy", "--mode", "--protocol", "--status", "--headers-timeout", "--max-header-bytes", "--egress"]) {
       expect(r.stdout).toContain(flag);
     }
+    // A --no-* flag says what turning it off does (it read "Serve the status page…", the field's text).
+    expect(r.stdout.replace(/\s+/g, " ")).toMatch(/--no-status-page turn the status page \(\/ and \/status\.json\) off/);
   });
 
   it("names file:line:column of a bad config field, and the flag for a bad flag", async () => {

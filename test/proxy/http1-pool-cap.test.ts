@@ -91,3 +91,63 @@ describe("Http1Pool: at most maxConnections open to the upstream", () => {
     }
   });
 });
+
+// Found by review: a request waiting at the cap waited for ever (an h2c caller's 8 unanswered
+// streams held the inbound's 8 app connections; an HTTP/1 GET then got no answer), and a waiter
+// whose caller had gone stayed queued, to be handed a connection nobody would use.
+describe("Http1Pool: waiting at the cap is bounded and can be withdrawn", () => {
+  const waitPool = (maxConnections: number, maxWaitMs?: number) =>
+    new Http1Pool({
+      dial: () => netConnect({ host: "127.0.0.1", port }),
+      authority: `127.0.0.1:${port}`,
+      maxHeaderBytes: 16_384,
+      idleMs: 60_000,
+      maxIdle: 8,
+      maxConnections,
+      ...(maxWaitMs !== undefined ? { maxWaitMs } : {}),
+    });
+
+  it("fails a request that waited maxWaitMs for a connection with E_POOL_TIMEOUT, and forgets it", async () => {
+    const capped = waitPool(1, 200);
+    try {
+      capped.acquire();
+      const waiting = capped.acquire() as Promise<UpstreamConnection>;
+      const outcome = await Promise.race([waiting.then(() => "connection", (error: { code?: string }) => error.code), new Promise((resolve) => setTimeout(() => resolve("still waiting"), 10_000))]);
+      expect(outcome).toBe("E_POOL_TIMEOUT");
+      expect(capped.waiting).toBe(0);
+    } finally {
+      capped.close();
+    }
+  }, 20_000);
+
+  it("does not hand a released connection to a request that was withdrawn: it goes idle for the next one", async () => {
+    const capped = waitPool(1);
+    try {
+      const a = capped.acquire() as UpstreamConnection;
+      const gone = capped.acquire() as Promise<UpstreamConnection>;
+      let handed = false;
+      void gone.then(() => (handed = true));
+      capped.cancel(gone);
+      expect(capped.waiting).toBe(0);
+      capped.release(a);
+      expect(capped.acquire()).toBe(a); // taken from the idle list at once, no wait
+      await settle();
+      expect(handed).toBe(false);
+    } finally {
+      capped.close();
+    }
+  });
+
+  it("withdraws ten thousand abandoned waiters without holding them", () => {
+    const capped = waitPool(1);
+    try {
+      capped.acquire();
+      const pending = Array.from({ length: 10_000 }, () => capped.acquire() as Promise<UpstreamConnection>);
+      expect(capped.waiting).toBe(10_000);
+      for (const p of pending) capped.cancel(p);
+      expect(capped.waiting).toBe(0);
+    } finally {
+      capped.close();
+    }
+  });
+});

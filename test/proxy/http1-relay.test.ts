@@ -845,3 +845,97 @@ describe("HTTP/1.1 relay", () => {
     expect(upstream.connections).toBe(0);
   }, 60_000);
 });
+
+// Found by review: once a request's head was in, no deadline applied. A POST that sent 1 of 100
+// body bytes, and a GET whose large response the client never read, held their client and
+// upstream connections until the age cap (for ever on a plaintext PERMISSIVE connection). An
+// exchange on which no byte is read from or written to the client for idleTimeout now ends: 408
+// while its body is due, 504 when the upstream sent no response, cut once the response started.
+describe("HTTP/1.1 relay: an exchange idle for idleTimeout ends", () => {
+  /** A raw upstream that keeps count of its open connections. */
+  async function upstreamCounting(onData: (socket: Socket, received: string) => void = () => undefined): Promise<{ port: number; open: Set<Socket> }> {
+    const open = new Set<Socket>();
+    const server = createNetServer((socket) => {
+      open.add(socket);
+      socket.once("close", () => open.delete(socket));
+      socket.on("error", () => undefined);
+      let received = "";
+      socket.on("data", (d: Buffer) => {
+        received += d.toString("latin1");
+        onData(socket, received);
+      });
+    });
+    const port = await listen(server);
+    running.push({
+      close: () => {
+        for (const socket of open) socket.destroy();
+        return new Promise<void>((resolve) => server.close(() => resolve()));
+      },
+    });
+    return { port, open };
+  }
+
+  it("answers 408 E_BODY_TIMEOUT to a request whose body stopped coming, and closes both connections", async () => {
+    const upstream = await upstreamCounting();
+    const relay = await startRelay(upstream.port, { idleTimeout: 300 });
+    const answer = await raw(relay.port, "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nx", () => false, 15_000);
+    expect(answer.closed).toBe(true);
+    expect(answer.text).toMatch(/^HTTP\/1\.1 408 /);
+    expect(answer.text).toContain("x-meshward-error: E_BODY_TIMEOUT");
+    expect(relay.clientErrors).toEqual(["body_timeout"]);
+    expect(relay.statuses).toEqual([408]);
+    await waitFor("the upstream connection to close", () => upstream.open.size === 0, 15_000);
+  }, 30_000);
+
+  it("answers 504 E_UPSTREAM_TIMEOUT when the whole request is with an upstream that sends no response", async () => {
+    const upstream = await upstreamCounting();
+    const relay = await startRelay(upstream.port, { idleTimeout: 300 });
+    const answer = await raw(relay.port, "GET /never HTTP/1.1\r\nHost: a\r\n\r\n", () => false, 15_000);
+    expect(answer.closed).toBe(true);
+    expect(answer.text).toMatch(/^HTTP\/1\.1 504 /);
+    expect(answer.text).toContain("x-meshward-error: E_UPSTREAM_TIMEOUT");
+    expect(relay.statuses).toEqual([504]);
+    expect(relay.clientErrors).toEqual([]);
+    await waitFor("the upstream connection to close", () => upstream.open.size === 0, 15_000);
+  }, 30_000);
+
+  it("cuts a client that stops reading a large response, and the upstream connection with it", async () => {
+    const upstream = await upstreamCounting((socket, received) => {
+      if (!received.includes("\r\n\r\n") || (socket as { answered?: boolean }).answered) return;
+      (socket as { answered?: boolean }).answered = true;
+      const size = 8 * 1024 * 1024;
+      socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${size}\r\n\r\n`);
+      socket.write(Buffer.alloc(size, 97));
+    });
+    const relay = await startRelay(upstream.port, { idleTimeout: 300 });
+    // A stream stands in for the client socket (loopback buffers autotune to megabytes): it
+    // takes nothing of what is written to it.
+    const client = new Duplex({ read() {}, write(_chunk, _encoding, _callback) {} });
+    client.on("error", () => undefined);
+    running.push({ close: () => void client.destroy() });
+    relay.serve(client as unknown as Socket);
+    client.push("GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
+    await waitFor("the relay to cut the client", () => client.destroyed, 15_000);
+    expect(relay.statuses).toEqual([0]);
+    await waitFor("the upstream connection to close", () => upstream.open.size === 0, 15_000);
+  }, 30_000);
+
+  it("keeps an exchange whose body keeps coming, however long it takes in all", async () => {
+    const upstream = await startServer((req, res) => readBody(req, (size) => res.end(`got ${size}`)));
+    const relay = await startRelay(upstream.port, { idleTimeout: 1000 });
+    const client = netConnect({ host: "127.0.0.1", port: relay.port });
+    client.on("error", () => undefined);
+    running.push({ close: () => void client.destroy() });
+    let text = "";
+    client.on("data", (d: Buffer) => (text += d.toString("latin1")));
+    client.write("POST /drip HTTP/1.1\r\nHost: a\r\nContent-Length: 25\r\n\r\n");
+    // A byte every 100 ms: 2.5 s in all, well past idleTimeout, never idle for a tenth of it.
+    for (let i = 0; i < 25; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      client.write("x");
+    }
+    await waitFor("the answer", () => text.endsWith("got 25"), 15_000);
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(relay.clientErrors).toEqual([]);
+  }, 30_000);
+});

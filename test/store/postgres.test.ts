@@ -3,7 +3,8 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { isMeshwardError } from "../../src/errors.ts";
+import pg from "pg";
+import { isMeshwardError, MeshwardError } from "../../src/errors.ts";
 import { encodePrivateKey, generateKeyPair } from "../../src/pki/keys.ts";
 import { copyStore } from "../../src/store/migrate-store.ts";
 import { latestVersion, POSTGRES_MIGRATIONS } from "../../src/store/migrations.ts";
@@ -103,6 +104,59 @@ describe("postgres store specifics", () => {
       );
       expect(tables.rows.map((r) => r.table_name)).toEqual(["ca_files", "ca_state", "issuances", "join_tokens", "published_crl", "renewals", "revocations", "schema_version", "superseded"]);
     } finally {
+      await store.close();
+    }
+  });
+});
+
+// A SignCertificate call its client gave up on must not spend a join token's use (daprd retries
+// with the same token: dapr/dapr pkg/security/sentry.go). PostgreSQL can hold the spend for long
+// (a lock, a slow server); the store checks the request's signal again before COMMIT.
+describe("postgres: a spend whose request was given up on while the statement ran", () => {
+  it("is rolled back: the use stays and nothing is logged", async () => {
+    const connectionString = await server.createDatabase();
+    const store = openPostgresStore({ connectionString });
+    const locker = new pg.Client({ connectionString });
+    const now = new Date();
+    const tokenHash = "ab".repeat(32);
+    const spiffeId = "spiffe://example.org/ns/default/orders";
+    try {
+      await store.migrate();
+      await store.createToken({ id: "t1", tokenHash, spiffeId, dnsNames: [], createdAt: now, expiresAt: new Date(now.getTime() + 3_600_000), usesAllowed: 1, usesLeft: 1 });
+      await locker.connect();
+      await locker.query("BEGIN");
+      await locker.query("SELECT 1 FROM join_tokens WHERE token_hash = $1 FOR UPDATE", [tokenHash]);
+      const call = new AbortController();
+      const record = {
+        serial: "0A1B2C",
+        spiffeId,
+        dnsNames: [],
+        notBefore: now,
+        notAfter: new Date(now.getTime() + 3_600_000),
+        issuedAt: now,
+        attestation: "join-token",
+        issuerFingerprint: "AA",
+        rootFingerprint: "BB",
+        certificatePem: "not checked by the store",
+      };
+      const spending = store.recordIssuanceSpendingToken(record, tokenHash, now, { signal: call.signal }).then(
+        (result) => (result.ok ? "spent" : result.reason),
+        (error: unknown) => (isMeshwardError(error) ? error.code : String(error)),
+      );
+      // Until the spend waits for the token row's lock inside PostgreSQL.
+      const database = connectionString.split("/").pop();
+      for (let i = 0; i < 500; i += 1) {
+        const waiting = await server.adminQuery(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = '${database}' AND wait_event_type = 'Lock'`);
+        if (waiting.rows[0].n > 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      call.abort(new MeshwardError("E_REQUEST_CANCELLED", "the client reset the stream"));
+      await locker.query("COMMIT");
+      expect(await spending).toBe("E_REQUEST_CANCELLED");
+      expect((await store.listTokens())[0]?.usesLeft).toBe(1);
+      expect(await store.listIssuances()).toHaveLength(0);
+    } finally {
+      await locker.end().catch(() => undefined);
       await store.close();
     }
   });

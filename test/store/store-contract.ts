@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { isMeshwardError } from "../../src/errors.ts";
+import { isMeshwardError, MeshwardError } from "../../src/errors.ts";
 import type { IssuanceRecord, JoinTokenRecord, Store } from "../../src/store/store.ts";
 
 /**
@@ -540,6 +540,23 @@ export function defineStoreContract(backend: StoreBackend): void {
         expect(await store.recordIssuanceSpendingToken(issuance(), "0".repeat(64), now)).toEqual({ ok: false, reason: "unknown" });
         expect(await store.listIssuances()).toHaveLength(0);
         expect((await store.listTokens()).find((r) => r.id === expired.record.id)?.usesLeft).toBe(1);
+      });
+
+      it("spends and records nothing for a request its client gave up on (aborted signal), throwing the abort's reason", async () => {
+        const t = token({ usesAllowed: 1 });
+        await store.createToken(t.record);
+        const now = new Date(T0 + 1_000);
+        const cancelled = new AbortController();
+        cancelled.abort(new MeshwardError("E_REQUEST_TIMEOUT", "the client's deadline passed"));
+        await expectCode(store.recordIssuanceSpendingToken(issuance(), t.record.tokenHash, now, { signal: cancelled.signal }), "E_REQUEST_TIMEOUT");
+        const reasonless = new AbortController();
+        reasonless.abort();
+        await expectCode(store.recordIssuanceSpendingToken(issuance(), t.record.tokenHash, now, { signal: reasonless.signal }), "E_REQUEST_CANCELLED");
+        expect((await store.listTokens())[0]?.usesLeft).toBe(1);
+        expect(await store.listIssuances()).toHaveLength(0);
+        // A signal not aborted changes nothing.
+        expect((await store.recordIssuanceSpendingToken(issuance(), t.record.tokenHash, now, { signal: new AbortController().signal })).ok).toBe(true);
+        expect((await store.listTokens())[0]?.usesLeft).toBe(0);
       });
 
       it("leaves the use unspent when the issuance cannot be recorded (duplicate serial)", async () => {

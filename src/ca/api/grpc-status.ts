@@ -1,6 +1,7 @@
 /** gRPC status codes (grpc/grpc doc/statuscodes.md). */
 export const GrpcStatus = {
   OK: 0,
+  CANCELLED: 1,
   INVALID_ARGUMENT: 3,
   DEADLINE_EXCEEDED: 4,
   NOT_FOUND: 5,
@@ -23,6 +24,7 @@ export function grpcStatusForCode(code: string): number {
   }
   if (code === "E_REQUEST_TOO_LARGE" || code === "E_CA_BUSY" || code === "E_RATE_LIMITED") return GrpcStatus.RESOURCE_EXHAUSTED;
   if (code === "E_REQUEST_TIMEOUT") return GrpcStatus.DEADLINE_EXCEEDED;
+  if (code === "E_REQUEST_CANCELLED") return GrpcStatus.CANCELLED;
   if (code === "E_IDENTITY_MISMATCH" || code === "E_IDENTITY_RESERVED" || code === "E_TRUST_DOMAIN_MISMATCH" || code === "E_VALIDATOR_DISABLED" || code === "E_CERT_REVOKED") {
     return GrpcStatus.PERMISSION_DENIED;
   }
@@ -42,4 +44,20 @@ export function encodeGrpcMessage(message: string): string {
     out += byte >= 0x20 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
   }
   return out;
+}
+
+const GRPC_TIMEOUT_UNIT_MS: Readonly<Record<string, number>> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 0.001, n: 0.000001 };
+/** Longest a timer can be armed for (setTimeout's limit); a longer grpc-timeout is as good as none. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * grpc-timeout (gRPC over HTTP/2: TimeoutValue of at most 8 digits, then H, M, S, m, u or n) in
+ * whole milliseconds, at least 1; undefined when absent, malformed or beyond a timer's reach.
+ */
+export function parseGrpcTimeout(header: string | string[] | undefined): number | undefined {
+  if (typeof header !== "string") return undefined;
+  const match = /^(\d{1,8})([HMSmun])$/.exec(header);
+  if (match === null) return undefined;
+  const ms = Math.max(1, Math.ceil(Number(match[1]) * GRPC_TIMEOUT_UNIT_MS[match[2]!]!));
+  return ms > MAX_TIMER_MS ? undefined : ms;
 }

@@ -3,7 +3,7 @@ import type { TLSSocket } from "node:tls";
 import { isMeshwardError, MeshwardError } from "../../errors.ts";
 import { peerCertificateOf } from "../attest/peer.ts";
 import type { CertificateAuthority, ValidatorName } from "../authority.ts";
-import { encodeGrpcMessage, grpcStatusForCode, GrpcStatus } from "./grpc-status.ts";
+import { encodeGrpcMessage, grpcStatusForCode, GrpcStatus, parseGrpcTimeout } from "./grpc-status.ts";
 import { frameMessage } from "../../protocol/grpc-unary.ts";
 import { decodeSignRequest, encodeSignResponse, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../protocol/sentry.ts";
 import { sourceAddress } from "../../util/connection-gate.ts";
@@ -46,6 +46,11 @@ export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, au
   let size = 0;
   let failed = false;
   let held = 0;
+  // The call's lifetime as the client sees it: aborted when the stream closes (the client reset
+  // it, its connection went away, or the call is over) or when the client's grpc-timeout passes.
+  // The authority checks it before spending a join token's use (see SignRequest.signal).
+  const call = new AbortController();
+  const clientTimeoutMs = parseGrpcTimeout(req.headers["grpc-timeout"]);
   const release = () => {
     budget?.give(held);
     held = 0;
@@ -69,9 +74,22 @@ export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, au
           if (!failed) refuse(GrpcStatus.DEADLINE_EXCEEDED, `the request did not arrive within ${requestTimeoutMs / 1000} s`, "E_REQUEST_TIMEOUT");
         }, requestTimeoutMs);
   deadline?.unref();
+  // grpc-go and grpc-js send the caller's deadline as grpc-timeout (gRPC over HTTP/2 spec) and
+  // reset the stream when it passes; the server stops too, as grpc-go's server does for its handler.
+  const clientDeadline =
+    clientTimeoutMs === undefined
+      ? undefined
+      : setTimeout(() => {
+          const why = `the client's deadline (grpc-timeout ${clientTimeoutMs} ms) passed before the CA could answer; nothing was issued`;
+          call.abort(new MeshwardError("E_REQUEST_TIMEOUT", why));
+          if (!failed) refuse(GrpcStatus.DEADLINE_EXCEEDED, why, "E_REQUEST_TIMEOUT");
+        }, clientTimeoutMs);
+  clientDeadline?.unref();
   res.stream.once("close", () => {
     clearTimeout(deadline);
+    clearTimeout(clientDeadline);
     release();
+    call.abort(new MeshwardError("E_REQUEST_CANCELLED", "the client cancelled the call (stream reset or connection closed) before the CA answered; nothing was issued"));
   });
   req.on("data", (chunk: Buffer) => {
     if (failed) return;
@@ -93,13 +111,15 @@ export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, au
     clearTimeout(deadline);
     if (!failed) {
       // The stream can go away while the CA signs (the client resets it): never an unhandled rejection.
-      answer(req, res, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size), authority).catch(() => res.stream.destroy());
+      answer(req, res, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size), authority, call.signal)
+        .catch(() => res.stream.destroy())
+        .finally(() => clearTimeout(clientDeadline));
     }
   });
   req.on("error", () => undefined);
 }
 
-async function answer(req: Http2ServerRequest, res: Http2ServerResponse, body: Buffer, authority: CertificateAuthority): Promise<void> {
+async function answer(req: Http2ServerRequest, res: Http2ServerResponse, body: Buffer, authority: CertificateAuthority, signal: AbortSignal): Promise<void> {
   try {
     const message = unframe(body);
     let request;
@@ -123,6 +143,7 @@ async function answer(req: Http2ServerRequest, res: Http2ServerResponse, body: B
       remoteAddress: socket?.remoteAddress === undefined ? undefined : formatPeer(socket.remoteAddress, socket.remotePort),
       sourceAddress: sourceAddress(socket?.remoteAddress),
       jwtAudiences: request.jwtAudiences ?? [],
+      signal,
     });
     const reply = encodeSignResponse({
       workloadCertificate: Buffer.from(result.certificateChainPem),
@@ -130,11 +151,14 @@ async function answer(req: Http2ServerRequest, res: Http2ServerResponse, body: B
       validUntil: { seconds: Math.floor(result.notAfter.getTime() / 1000), nanos: 0 },
       ...(result.jwtSvids !== undefined ? { jwt: result.jwtSvids.jwt, perAudienceJwts: result.jwtSvids.perAudience } : {}),
     });
-    if (res.stream.destroyed) return;
+    // Given up on after the store committed (the remaining window): already answered or gone.
+    if (signal.aborted || res.stream.destroyed) return;
     res.writeHead(200, { "content-type": "application/grpc" });
     res.addTrailers({ "grpc-status": String(GrpcStatus.OK) });
     res.end(frameMessage(reply));
   } catch (error) {
+    // The client's deadline was already answered (DEADLINE_EXCEEDED), or the stream is gone.
+    if (signal.aborted) return;
     if (isMeshwardError(error)) {
       respondError(res, grpcStatusForCode(error.code), `${error.code}: ${error.message}`, error.code);
     } else {

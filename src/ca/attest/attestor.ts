@@ -17,6 +17,12 @@ export interface AttestedIdentity {
   readonly spiffeId: string;
   /** DNS names the workload may put in its certificate (server certificates of backends). */
   readonly allowedDnsNames: readonly string[];
+  /**
+   * DNS names the CA puts in the certificate whatever the CSR asks (and the CSR may ask for):
+   * the names Dapr Sentry gives its control-plane services (see dapr-control-plane.ts). Set by
+   * the authority from the attested SPIFFE ID, never by a validator from what a caller sends.
+   */
+  readonly dnsNames?: readonly string[];
   /** Validator name, recorded in the issuance log. */
   readonly method: string;
   /**

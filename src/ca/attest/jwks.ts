@@ -1,7 +1,8 @@
 import { readFileSync } from "node:fs";
 import { createLocalJWKSet, createRemoteJWKSet, customFetch, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from "jose";
 import { fetch as undiciFetch } from "undici";
-import type { JwksValidatorConfig } from "../../config/ca.ts";
+import { DEFAULT_JWT_CLOCK_TOLERANCE, type JwksValidatorConfig } from "../../config/ca.ts";
+import { parseDuration } from "../../util/duration.ts";
 import { MeshwardError } from "../../errors.ts";
 import { formatWorkloadId, parseWorkloadId } from "../../spiffe/id.ts";
 import { tlsAfterHandshakeFailure } from "../../tls/after-handshake.ts";
@@ -14,12 +15,12 @@ const MAX_JWT_LENGTH = 16 * 1024;
 /** Asymmetric only: a shared-secret (HS*) or `none` token is never accepted. */
 const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
 
-export interface JwksAttestorOptions extends JwksValidatorConfig {
+export interface JwksAttestorOptions extends Omit<JwksValidatorConfig, "clockTolerance"> {
   readonly trustDomain: string;
+  /** Milliseconds tolerated between the CA's clock and the issuer's for exp/nbf/iat (default 5 min, as Sentry). */
+  readonly clockTolerance?: number;
   /** Audiences accepted when the configuration names none (the CA's serving SPIFFE ID, …). */
   readonly defaultAudiences?: readonly string[];
-  /** Tolerated clock difference for exp/nbf/iat. */
-  readonly clockToleranceSeconds?: number;
 }
 
 /**
@@ -38,7 +39,8 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
       if (token === "") throw new MeshwardError("E_TOKEN_MISSING", "no JWT was sent");
       if (token.length > MAX_JWT_LENGTH) throw new MeshwardError("E_TOKEN_INVALID", `the JWT is longer than ${MAX_JWT_LENGTH} bytes`);
       let payload: JWTPayload;
-      const tolerance = options.clockToleranceSeconds ?? 60;
+      // Seconds, for jose; config `jwks.clockTolerance` (5 min by default, as Sentry).
+      const tolerance = (options.clockTolerance ?? parseDuration(DEFAULT_JWT_CLOCK_TOLERANCE)) / 1000;
       try {
         const issuer = options.issuer ?? (oidc === undefined ? undefined : await oidc.issuer());
         ({ payload } = await jwtVerify(token, keys, {

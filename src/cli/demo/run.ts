@@ -86,7 +86,7 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
     const inventoryApp = await step("inventory app (Python http.server) on loopback", async () => {
       const child = spawn("python3", ["-c", INVENTORY_APP_PY], { stdio: ["ignore", "pipe", "pipe"] });
       cleanups.push(() => stopChild(child));
-      const port = Number((await firstLine(child, /^(\d+)$/m))[1]);
+      const port = Number((await firstLine(child, /^(\d+)$/m, 30_000, "python3"))[1]);
       return { port };
     });
     writeFileSync(join(work, "inventory-policy.yaml"), INVENTORY_POLICY);
@@ -242,7 +242,7 @@ async function startSidecar(work: string, cleanups: (() => unknown)[], name: str
   return { fields };
 }
 
-function firstLine(child: ChildProcess, pattern: RegExp, timeoutMs = 30_000): Promise<RegExpMatchArray> {
+function firstLine(child: ChildProcess, pattern: RegExp, timeoutMs = 30_000, command = "node"): Promise<RegExpMatchArray> {
   return new Promise((resolve, reject) => {
     let text = "";
     const timer = setTimeout(() => reject(new MeshwardError("E_DEMO", `a demo process did not start in time: ${text.slice(-300)}`)), timeoutMs);
@@ -260,7 +260,8 @@ function firstLine(child: ChildProcess, pattern: RegExp, timeoutMs = 30_000): Pr
     });
     child.once("error", (error) => {
       clearTimeout(timer);
-      reject(new MeshwardError("E_DEMO", `could not start a demo process: ${error.message}`));
+      const missing = (error as NodeJS.ErrnoException).code === "ENOENT" && command === "python3" ? ": python3 is not installed or not on PATH (the demo's inventory app is a Python program; install python3, e.g. apt-get install python3)" : "";
+      reject(new MeshwardError("E_DEMO", `could not start a demo process: ${error.message}${missing}`));
     });
   });
 }

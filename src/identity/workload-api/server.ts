@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { chmodSync, lstatSync, mkdtempSync, renameSync, rmdirSync, unlinkSync } from "node:fs";
 import { connect, createServer as createNetServer } from "node:net";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
@@ -45,25 +45,52 @@ export interface WorkloadApiServer {
   close(): Promise<void>;
 }
 
+/** A Workload API socket bound before its identity source exists (listenWorkloadApi). */
+export interface WorkloadApiListener extends WorkloadApiServer {
+  /** Starts answering from `source`; until then every call gets UNAVAILABLE (still initializing). Once only. */
+  serve(source: IdentitySource): void;
+}
+
+/** Sockets are `struct sockaddr_un.sun_path`, 108 bytes with its NUL on Linux; Node cuts longer paths short without a word. */
+const MAX_SOCKET_PATH_BYTES = 107;
+/** mkdtemp's pattern for the private directory the socket is bound in before it is renamed into place. */
+const PRIVATE_DIR_PREFIX = ".mw-";
+
 type SvidCall = grpc.ServerWritableStream<unknown, X509SvidResponseMessage>;
 type BundlesCall = grpc.ServerWritableStream<unknown, X509BundlesResponseMessage>;
 
 /**
  * Serves the SPIFFE Workload API (X.509-SVID profile) for `source` on a unix socket. Streams
- * send the full identity at once and again after every `rotated` / `bundle-updated` event.
+ * send the full identity at once and again after every `rotated` / `bundle-updated` event (to a
+ * client still reading an earlier one, only the newest).
  * Calls without the `workload.spiffe.io: true` metadata get INVALID_ARGUMENT; before the
  * source has an identity, UNAVAILABLE (still initializing); after it expired, the SVID
  * stream ends with PERMISSION_DENIED, which tells clients to stop using the SVID.
  */
 export async function startWorkloadApiServer(options: WorkloadApiServerOptions): Promise<WorkloadApiServer> {
+  const listener = await listenWorkloadApi(options);
+  listener.serve(options.source);
+  return listener;
+}
+
+/**
+ * Binds the Workload API socket with no identity yet: every call gets UNAVAILABLE, which tells
+ * clients to retry, until serve(source). `meshward identity` binds first, so that what only
+ * binding finds (a live or stale socket, a file in the way, a path too long) fails before a
+ * single-use token is spent.
+ */
+export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, "source">): Promise<WorkloadApiListener> {
   // Bound under the directory's real path: a link on the way is not followed again.
   const socketPath = checkSocketDir(socketPathFrom(options.socketPath), "Workload API socket");
+  checkSocketPathLength(socketPath);
   const mode = options.socketMode ?? 0o600;
-  const { source, logger } = options;
+  const { logger } = options;
+  let source: IdentitySource | undefined;
+  let unsubscribe = (): void => undefined;
   const svidCalls = new Set<SvidCall>();
   const bundleCalls = new Map<BundlesCall, string>();
-  let lastBundle: TrustBundle | undefined = source.current()?.bundle;
-  let hadIdentity = source.current() !== undefined;
+  let lastBundle: TrustBundle | undefined;
+  let hadIdentity = false;
   let closing = false;
   const maxStreams = options.maxStreams ?? DEFAULT_WORKLOAD_API_MAX_STREAMS;
   let refusedWarned = false;
@@ -80,7 +107,7 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
 
   const sendSvid = (call: SvidCall, snapshot: IdentitySnapshot) => {
     try {
-      call.write(x509SvidResponse(snapshot));
+      writeLatest(call, x509SvidResponse(snapshot));
     } catch (error) {
       logger?.error({ event: "workload-api-encode-failed", error: describeError(error) }, "cannot encode the X509-SVID response");
       call.emit("error", grpcError(grpc.status.INTERNAL, "the server could not encode its identity"));
@@ -91,14 +118,14 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
     if (bundleCalls.get(call) === key) return;
     bundleCalls.set(call, key);
     try {
-      call.write(x509BundlesResponse(bundle));
+      writeLatest(call, x509BundlesResponse(bundle));
     } catch (error) {
       logger?.error({ event: "workload-api-encode-failed", error: describeError(error) }, "cannot encode the X.509 bundles response");
       call.emit("error", grpcError(grpc.status.INTERNAL, "the server could not encode its trust bundle"));
     }
   };
 
-  const unsubscribe = source.subscribe((event: IdentityEvent) => {
+  const onEvent = (event: IdentityEvent) => {
     if (event.type === "rotated" || event.type === "bundle-updated") {
       hadIdentity = true;
       lastBundle = event.snapshot.bundle;
@@ -109,11 +136,11 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
       for (const call of svidCalls) call.emit("error", grpcError(grpc.status.PERMISSION_DENIED, `the SVID ${event.spiffeId} expired and was not renewed`));
       svidCalls.clear();
     }
-  });
+  };
 
   const fetchX509Svid = (call: SvidCall) => {
     if (!hasSecurityHeader(call)) return;
-    const snapshot = source.current();
+    const snapshot = source?.current();
     if (snapshot === undefined || snapshot.svid.notAfter.getTime() <= Date.now()) {
       call.emit(
         "error",
@@ -133,7 +160,7 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
 
   const fetchX509Bundles = (call: BundlesCall) => {
     if (!hasSecurityHeader(call)) return;
-    const bundle = source.current()?.bundle ?? lastBundle;
+    const bundle = source?.current()?.bundle ?? lastBundle;
     if (bundle === undefined) {
       call.emit("error", grpcError(grpc.status.UNAVAILABLE, "the trust bundle is not available yet; retry with backoff"));
       return;
@@ -177,7 +204,7 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
   await removeStaleSocket(socketPath);
   // Bind inside a private directory, set the mode, then rename into place: the socket is
   // never reachable at its public path with the umask's (possibly wider) mode.
-  const privateDir = mkdtempSync(join(dirname(socketPath), `.mw-${randomBytes(3).toString("hex")}-`));
+  const privateDir = mkdtempSync(join(dirname(socketPath), PRIVATE_DIR_PREFIX));
   const tempSocket = join(privateDir, "s");
   try {
     await new Promise<void>((resolvePromise, reject) => {
@@ -205,6 +232,15 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
   return {
     socketPath,
     openStreams: () => svidCalls.size + bundleCalls.size,
+    serve(identity) {
+      if (source !== undefined) throw new MeshwardError("E_USAGE", "the Workload API server already serves an identity source");
+      if (closing) return;
+      source = identity;
+      const current = identity.current();
+      lastBundle = current?.bundle;
+      hadIdentity = current !== undefined;
+      unsubscribe = identity.subscribe(onEvent);
+    },
     async close() {
       if (closing) return;
       closing = true;
@@ -234,6 +270,38 @@ export async function startWorkloadApiServer(options: WorkloadApiServerOptions):
       logger?.info({ event: "workload-api-closed", socket: socketPath }, "SPIFFE Workload API closed");
     },
   };
+}
+
+/** Per stream: whether a message is on its way to the client, and the newest one waiting behind it. */
+const outboxes = new WeakMap<grpc.ServerWritableStream<unknown, never>, { sending: boolean; waiting: unknown }>();
+
+/**
+ * Writes `message` once the stream's previous message has been sent; until then a newer message
+ * replaces the one waiting. A client that reads slowly, or not at all, thus holds at most two
+ * messages on the server (grpc-js would otherwise queue every rotation and bundle update, CRLs
+ * included, for as long as the stream stays open). Each message of these streams carries the
+ * whole state (spec 5.2.1), so one replaced loses nothing.
+ */
+function writeLatest<T>(call: grpc.ServerWritableStream<unknown, T>, message: T): void {
+  let outbox = outboxes.get(call);
+  if (outbox === undefined) {
+    outbox = { sending: false, waiting: undefined };
+    outboxes.set(call, outbox);
+  }
+  if (outbox.sending) {
+    outbox.waiting = message;
+    return;
+  }
+  const box = outbox;
+  box.sending = true;
+  // Called once the message was handed to the connection, or the stream failed (never for a
+  // cancelled stream, which is dropped with its outbox).
+  call.write(message, () => {
+    box.sending = false;
+    const next = box.waiting as T | undefined;
+    box.waiting = undefined;
+    if (next !== undefined && call.writable) writeLatest(call, next);
+  });
 }
 
 function hasSecurityHeader(call: grpc.ServerWritableStream<unknown, unknown>): boolean {
@@ -282,6 +350,25 @@ export function socketPathFrom(input: string): string {
     throw new MeshwardError("E_WORKLOAD_API_SOCKET", `the Workload API socket must be an absolute path (or unix:///abs/path), got ${JSON.stringify(input)}`);
   }
   return resolve(path);
+}
+
+/**
+ * Both the path bound (`DIR/.mw-XXXXXX/s`, which is longer than the final path when its name is
+ * short) and the final one must fit in sun_path: Node would bind a truncated path instead.
+ */
+function checkSocketPathLength(socketPath: string): void {
+  const temporary = join(dirname(socketPath), `${PRIVATE_DIR_PREFIX}XXXXXX`, "s");
+  const bytes = Buffer.byteLength(socketPath);
+  const temporaryBytes = Buffer.byteLength(temporary);
+  if (bytes > MAX_SOCKET_PATH_BYTES) {
+    throw new MeshwardError("E_WORKLOAD_API_SOCKET", `the Workload API socket path ${socketPath} is ${bytes} bytes; a unix socket path holds at most ${MAX_SOCKET_PATH_BYTES}: choose a shorter path`);
+  }
+  if (temporaryBytes > MAX_SOCKET_PATH_BYTES) {
+    throw new MeshwardError(
+      "E_WORKLOAD_API_SOCKET",
+      `the Workload API socket ${socketPath} is bound first at ${temporary} (${temporaryBytes} bytes), then renamed into place; a unix socket path holds at most ${MAX_SOCKET_PATH_BYTES}: choose a shorter directory`,
+    );
+  }
 }
 
 /** Removes a socket file nobody listens on; refuses a live socket or a non-socket file. */

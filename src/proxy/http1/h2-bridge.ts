@@ -44,6 +44,8 @@ class H2Exchange implements ResponseSink {
   readonly method: string;
   readonly downstream: ServerHttp2Stream;
   #upstream: UpstreamConnection | undefined;
+  /** Waiting for a connection from the pool: withdrawn if the stream closes first. */
+  #acquiring: Promise<UpstreamConnection> | undefined;
   #requestComplete: boolean;
   #bodyBytes = 0;
   #status = 0;
@@ -73,6 +75,8 @@ class H2Exchange implements ResponseSink {
         this.#upstream.destroy();
         this.#upstream = undefined;
       }
+      if (this.#acquiring !== undefined) this.pool.cancel(this.#acquiring);
+      this.#acquiring = undefined;
       this.#finish(0);
     });
   }
@@ -85,8 +89,23 @@ class H2Exchange implements ResponseSink {
     } catch (error) {
       return this.onFailure(error as Error, false);
     }
-    if (acquired instanceof Promise) acquired.then((connection) => this.#attach(connection), (error: Error) => this.onFailure(error, false));
-    else this.#attach(acquired);
+    if (acquired instanceof Promise) {
+      const pending = acquired;
+      this.#acquiring = pending;
+      const settled = () => {
+        if (this.#acquiring === pending) this.#acquiring = undefined;
+      };
+      pending.then(
+        (connection) => {
+          settled();
+          this.#attach(connection);
+        },
+        (error: Error) => {
+          settled();
+          this.onFailure(error, false);
+        },
+      );
+    } else this.#attach(acquired);
   }
 
   #attach(connection: UpstreamConnection): void {

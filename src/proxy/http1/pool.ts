@@ -142,19 +142,29 @@ export interface Http1PoolOptions {
    * waits for one to be released or to close. Unbounded when omitted.
    */
   readonly maxConnections?: number;
+  /**
+   * How long a request may wait for a connection when maxConnections are open; past it the
+   * request fails with E_POOL_TIMEOUT (the caller answers 503). Unbounded when omitted.
+   */
+  readonly maxWaitMs?: number;
 }
 
 interface Waiter {
   resolve(connection: UpstreamConnection): void;
   reject(error: Error): void;
+  timer: NodeJS.Timeout | undefined;
 }
+
+/** The code of the error a request gets when no connection became free within maxWaitMs. */
+export const POOL_TIMEOUT = "E_POOL_TIMEOUT";
 
 /** Keep-alive connections to one upstream, reused last-in first-out. */
 export class Http1Pool {
   readonly #idle: UpstreamConnection[] = [];
   readonly #all = new Set<UpstreamConnection>();
   readonly #sweeper: NodeJS.Timeout;
-  readonly #waiters: Waiter[] = [];
+  /** Requests waiting for a connection, first come first served (a Map: a caller that leaves is withdrawn at once). */
+  readonly #waiters = new Map<Promise<UpstreamConnection>, Waiter>();
   #dialling = 0;
   #closed = false;
   #shuttingDown = false;
@@ -182,10 +192,50 @@ export class Http1Pool {
       return connection;
     }
     const max = this.options.maxConnections;
-    if (max !== undefined && this.#all.size + this.#dialling >= max && !this.#closed) {
-      return new Promise<UpstreamConnection>((resolve, reject) => this.#waiters.push({ resolve, reject }));
-    }
+    if (max !== undefined && this.#all.size + this.#dialling >= max && !this.#closed) return this.#wait(max);
     return this.#dial();
+  }
+
+  #wait(max: number): Promise<UpstreamConnection> {
+    let waiter!: Waiter;
+    const pending = new Promise<UpstreamConnection>((resolve, reject) => (waiter = { resolve, reject, timer: undefined }));
+    const maxWaitMs = this.options.maxWaitMs;
+    if (maxWaitMs !== undefined) {
+      waiter.timer = setTimeout(() => {
+        if (!this.#waiters.delete(pending)) return;
+        waiter.reject(Object.assign(new Error(`no connection to ${this.authority} became free within ${maxWaitMs} ms (all ${max} allowed are in use)`), { code: POOL_TIMEOUT }));
+      }, maxWaitMs);
+      waiter.timer.unref();
+    }
+    this.#waiters.set(pending, waiter);
+    return pending;
+  }
+
+  /** The first waiting request, taken off the queue (its deadline no longer applies). */
+  #nextWaiter(): Waiter | undefined {
+    for (const [pending, waiter] of this.#waiters) {
+      this.#waiters.delete(pending);
+      clearTimeout(waiter.timer);
+      return waiter;
+    }
+    return undefined;
+  }
+
+  /**
+   * Withdraws a request still waiting for a connection (its caller went away): it is neither
+   * answered nor given a connection, and does not hold its place in the queue. Does nothing once
+   * it has one (the caller releases or destroys that).
+   */
+  cancel(pending: Promise<UpstreamConnection>): void {
+    const waiter = this.#waiters.get(pending);
+    if (waiter === undefined) return;
+    this.#waiters.delete(pending);
+    clearTimeout(waiter.timer);
+  }
+
+  /** Requests waiting for a connection now. */
+  get waiting(): number {
+    return this.#waiters.size;
   }
 
   #dial(): UpstreamConnection | Promise<UpstreamConnection> {
@@ -207,7 +257,7 @@ export class Http1Pool {
 
   /** A connection closed or a dial failed: the first waiting request gets a new connection. */
   #makeRoom(): void {
-    const waiter = this.#waiters.shift();
+    const waiter = this.#nextWaiter();
     if (waiter === undefined) return;
     try {
       const next = this.#dial();
@@ -225,7 +275,7 @@ export class Http1Pool {
     // Paused while a slow client caught up with the last response; idle, it must see the upstream close.
     if (connection.socket.isPaused()) connection.socket.resume();
     connection.reused = true;
-    const waiter = this.#waiters.shift();
+    const waiter = this.#nextWaiter();
     if (waiter !== undefined) return waiter.resolve(connection);
     if (this.#idle.length >= this.options.maxIdle) return void connection.destroy();
     connection.idleSince = Date.now();
@@ -262,7 +312,10 @@ export class Http1Pool {
   close(): void {
     this.#closed = true;
     clearInterval(this.#sweeper);
-    for (const waiter of this.#waiters.splice(0)) waiter.reject(Object.assign(new Error("the connection pool was closed"), { code: "ECONNRESET" }));
+    const waiters = [...this.#waiters.values()];
+    this.#waiters.clear();
+    for (const waiter of waiters) clearTimeout(waiter.timer);
+    for (const waiter of waiters) waiter.reject(Object.assign(new Error("the connection pool was closed"), { code: "ECONNRESET" }));
     for (const connection of [...this.#all]) connection.destroy();
     this.#idle.length = 0;
   }

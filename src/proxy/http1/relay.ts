@@ -39,13 +39,19 @@ export interface AnswerDecision {
   readonly done?: (status: number) => void;
 }
 
-export type ClientErrorReason = "header_too_large" | "header_timeout" | "bad_request" | "ambiguous_request" | "connect" | "transfer_coding" | "http_version";
+export type ClientErrorReason = "header_too_large" | "header_timeout" | "body_timeout" | "bad_request" | "ambiguous_request" | "connect" | "transfer_coding" | "http_version";
 
 export interface Http1RelayOptions {
   readonly maxHeaderBytes: number;
   /** Time from a request's first byte to the end of its headers (slowloris guard). */
   readonly headersTimeout: number;
-  /** Close a connection with no request in flight and no bytes for this long. */
+  /**
+   * Close a connection with no request in flight and no bytes for this long; and end an exchange
+   * on which no byte was read from the client or written to it for this long (Envoy's
+   * stream_idle_timeout): 408 while its request body is still due, 504 when the whole request is
+   * with the upstream and no response came, the connection cut once the response has started.
+   * Waiting for an upstream connection is bounded by the pool and the dial instead.
+   */
   readonly idleTimeout: number;
   /** What to do with %2F and %5C in a path (Envoy's path_with_escaped_slashes_action). */
   readonly escapedSlashes: EscapedSlashAction;
@@ -65,6 +71,7 @@ export interface Http1RelayOptions {
 const CLIENT_ERRORS: Readonly<Record<ClientErrorReason, ProxyAnswer>> = {
   header_too_large: { status: 431, grpcStatus: 13, code: "E_HEADER_TOO_LARGE", message: "Request Header Fields Too Large" },
   header_timeout: { status: 408, grpcStatus: 13, code: "E_HEADER_TIMEOUT", message: "Request Timeout" },
+  body_timeout: { status: 408, grpcStatus: 13, code: "E_BODY_TIMEOUT", message: "Request Timeout: the rest of the request body did not arrive in time" },
   bad_request: { status: 400, grpcStatus: 13, code: "E_BAD_REQUEST", message: "Bad Request" },
   ambiguous_request: { status: 400, grpcStatus: 13, code: "E_AMBIGUOUS_REQUEST", message: "Bad Request" },
   transfer_coding: { status: 501, grpcStatus: 13, code: "E_TRANSFER_CODING_UNSUPPORTED", message: "Not Implemented" },
@@ -124,6 +131,8 @@ class Exchange implements ResponseSink {
   /** The proxy's own answer, written once the chunk that carried the head is parsed. */
   answer: AnswerDecision | undefined;
   upstream: UpstreamConnection | undefined;
+  /** Waiting for an upstream connection (the pool is at its cap, or dialling): withdrawn if the exchange is abandoned. */
+  acquiring: Promise<UpstreamConnection> | undefined;
   /** Known from the head: body bytes of a pipelined request are framed (and held) before it is forwarded. */
   readonly requestFraming: BodyFraming;
   /** The declared Content-Length ("length" framing), read when there is an inspector. */
@@ -187,6 +196,8 @@ class ClientConnection {
   #parsing: Exchange | undefined;
   #headStartedAt = 0;
   #idleSince = Date.now();
+  /** When a byte of the exchange in progress (queue[0]) was last read from or written to the client. */
+  #activeAt = 0;
   /** When the response that closes the connection was with the kernel (0: not closing, or not yet). */
   #closingSince = 0;
   /** When the connection was ended after its last response (0: not ended). */
@@ -277,12 +288,15 @@ class ClientConnection {
     }
     if (this.#gone) return;
     if (this.#headStartedAt !== 0 && now - this.#headStartedAt > this.options.headersTimeout) return this.#refuse("header_timeout", "the request headers did not arrive in time");
+    const first = this.#queue[0];
+    if (first !== undefined && first.started && !first.finished && first.acquiring === undefined && now - this.#activeAt > this.options.idleTimeout) return this.#exchangeIdle(first);
     if (this.#queue.length === 0 && this.#headStartedAt === 0 && now - this.#idleSince > this.options.idleTimeout) this.socket.destroy();
   }
 
   #onData(chunk: Buffer): void {
     if (this.#gone || this.#failAfter !== undefined) return;
     this.#idleSince = Date.now();
+    this.#activeAt = this.#idleSince;
     if (this.#parsing === undefined && this.#headStartedAt === 0) this.#headStartedAt = this.#idleSince;
     this.#executing = true;
     const result = this.#parser.execute(chunk);
@@ -349,6 +363,7 @@ class ClientConnection {
   /** The request's head is complete and it is first in line: decide, then forward or answer. */
   #start(exchange: Exchange): void {
     exchange.started = true;
+    this.#activeAt = Date.now();
     const request = this.#canonical(exchange.head);
     if (request === undefined) return;
     let decision: ForwardDecision | AnswerDecision;
@@ -404,9 +419,17 @@ class ClientConnection {
       return this.upstreamFailed(exchange, error as Error, false);
     }
     if (acquired instanceof Promise) {
-      acquired.then(
-        (connection) => this.#attach(exchange, connection),
-        (error: Error) => this.upstreamFailed(exchange, error, false),
+      const pending = acquired;
+      exchange.acquiring = pending;
+      pending.then(
+        (connection) => {
+          if (exchange.acquiring === pending) exchange.acquiring = undefined;
+          this.#attach(exchange, connection);
+        },
+        (error: Error) => {
+          if (exchange.acquiring === pending) exchange.acquiring = undefined;
+          this.upstreamFailed(exchange, error, false);
+        },
       );
     } else {
       this.#attach(exchange, acquired);
@@ -416,6 +439,7 @@ class ClientConnection {
   #attach(exchange: Exchange, connection: UpstreamConnection): void {
     if (this.#gone || exchange.finished) return void exchange.decision!.upstream.release(connection);
     exchange.upstream = connection;
+    this.#activeAt = Date.now();
     connection.attach(exchange);
     const pending = exchange.pending ?? [];
     exchange.pending = undefined;
@@ -495,6 +519,7 @@ class ClientConnection {
   // --- the response, from the upstream connection --------------------------------------
 
   responseHead(exchange: Exchange, response: MessageHead): void {
+    this.#activeAt = Date.now();
     if (response.status === 101) {
       // Only an Upgrade request may be answered 101, and those never come here: a broken upstream.
       const connection = exchange.upstream;
@@ -517,6 +542,7 @@ class ClientConnection {
 
   responseBody(exchange: Exchange, chunk: Buffer): void {
     if (!exchange.responded) return;
+    this.#activeAt = Date.now();
     let writable: boolean;
     if (exchange.responseFraming === "chunked") {
       this.socket.cork();
@@ -564,6 +590,39 @@ class ClientConnection {
       return;
     }
     const answer = decision.onUpstreamError(error);
+    exchange.closeAfter = true;
+    exchange.responded = true;
+    exchange.status = answer.status;
+    this.socket.write(answerText(answer, true));
+    decision.done(answer.status);
+    this.#finish(exchange);
+  }
+
+  /**
+   * No byte of this exchange was read from the client or written to it for idleTimeout: a body
+   * that stopped coming (408), an upstream that sent no response (504), or a response the client
+   * stopped reading or the upstream stopped sending (cut). The upstream connection is closed: it
+   * is in the middle of the exchange.
+   */
+  #exchangeIdle(exchange: Exchange): void {
+    const decision = exchange.decision;
+    const connection = exchange.upstream;
+    exchange.upstream = undefined;
+    connection?.destroy();
+    if (decision === undefined || exchange.responded) {
+      decision?.done(0);
+      exchange.finished = true;
+      this.#gone = true;
+      this.socket.destroy();
+      return;
+    }
+    let answer: ProxyAnswer;
+    if (!exchange.requestComplete) {
+      this.options.clientError("body_timeout", `no byte of the request body arrived for ${this.options.idleTimeout} ms`, this.socket);
+      answer = CLIENT_ERRORS.body_timeout;
+    } else {
+      answer = { status: 504, grpcStatus: 14, code: "E_UPSTREAM_TIMEOUT", message: `the upstream ${decision.upstream.authority} sent no response for ${this.options.idleTimeout} ms (limits.idleTimeout)` };
+    }
     exchange.closeAfter = true;
     exchange.responded = true;
     exchange.status = answer.status;
@@ -728,6 +787,9 @@ class ClientConnection {
       exchange.finished = true;
       exchange.upstream?.destroy();
       exchange.upstream = undefined;
+      // Still waiting for a connection: its place in the pool's queue goes to the next request.
+      if (exchange.acquiring !== undefined) exchange.decision?.upstream.cancel(exchange.acquiring);
+      exchange.acquiring = undefined;
       (exchange.decision?.done ?? (() => undefined))(0);
     }
     this.#queue.length = 0;
