@@ -155,7 +155,6 @@ export const caConfigSchema = z
     maxRequestBytes: z.number().int().min(1024).max(1 << 20).default(64 * 1024).describe("Largest accepted API request body. The CA holds at most 256 of these at once across all unfinished calls (more get E_CA_BUSY), and allows 100 concurrent streams per connection."),
     requestTimeout: timerDurationText("request timeout").default(parseDuration("30s")).describe("Longest a SignCertificate call may take to send its whole request; a slower one gets DEADLINE_EXCEEDED (E_REQUEST_TIMEOUT) and its stream is reset, so a peer sending a byte at a time cannot hold it open. An HTTP/1.1 caller of the HTTP API (bundle, CRL, health) has as long to send each request head, from the handshake or the previous response; past it the connection is closed."),
     handshakeTimeout: timerDurationText("handshake timeout")
-      .refine((ms) => ms > 0, { message: "the handshake timeout must be above 0 (0 would let a connection wait in the handshake for ever)" })
       .default(parseDuration("10s"))
       .describe("Time a caller has to complete the TLS handshake on the API port, from the moment its connection is accepted; a connection that has not finished by then (nothing sent, half a ClientHello) is closed and counted in meshward_ca_connections_refused_total{reason=\"handshake_timeout\"}."),
     maxConnections: z

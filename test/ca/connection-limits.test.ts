@@ -384,7 +384,7 @@ describe("meshward ca serve --handshake-timeout --max-connections --max-connecti
       [["--max-connections-per-address", "-1"], "E_USAGE", /--max-connections-per-address takes a whole number, got "-1"/],
       [["--max-connections", "0"], "E_CONFIG_INVALID", /maxConnections: /],
       [["--max-connections-per-address", "0"], "E_CONFIG_INVALID", /maxConnectionsPerAddress: /],
-      [["--handshake-timeout", "0s"], "E_CONFIG_INVALID", /handshakeTimeout: the handshake timeout must be above 0/],
+      [["--handshake-timeout", "0s"], "E_CONFIG_INVALID", /handshakeTimeout: handshake timeout must be at least 1ms \(got "0s"\)/],
       [["--handshake-timeout", "soon"], "E_CONFIG_INVALID", /handshakeTimeout: invalid handshake timeout "soon"/],
     ];
     for (const [flags, code, expected] of cases) {
