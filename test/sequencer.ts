@@ -4,9 +4,10 @@ import { BaseSequencer, type TestSpecification } from "vitest/node";
 /**
  * The files that take longest start first. Without a cache of earlier runs (a fresh clone: CI)
  * vitest starts the largest files first, and the differential suite's files are small: its seven
- * files (70–90 s each, mostly waiting) then ran last, on four workers, and the run waited for
- * them. Here they start early, each beside a long file that keeps the cores busy (a
- * differential file uses ~0.2 of a core). Measured on 2026-12-05: see the commit that added this.
+ * files (70–90 s each when their cases ran one at a time, ~25–30 s since they run three at a
+ * time, mostly waiting) then ran last, on four workers, and the run waited for them. Here they
+ * start early, each beside a long file that keeps the cores busy. Measured on 2026-12-05: see the
+ * commit that added this.
  */
 const LONG_FIRST: readonly string[] = [
   "test/security/differential-wsgiref.test.ts",

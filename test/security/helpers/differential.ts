@@ -13,7 +13,8 @@
  * Refusals are checked as well: answered 400/403/405/501 by the sidecar and nothing reaches
  * the app. Run only some apps with SEC_APPS=node:http,gunicorn.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, it } from "vitest";
+import type { ExpectStatic } from "vitest";
 import { posix } from "node:path";
 import { nodeRoute } from "./apps.ts";
 import type { AppName, AppRecord } from "./apps.ts";
@@ -118,7 +119,7 @@ function describeRecord(r: AppRecord): string {
   return `${r.method} ${r.target ?? r.path} (route ${r.route}, body ${r.bodyBytes})`;
 }
 
-function checkInvariants(target: MeshApp, c: Case, o: Observed): void {
+function checkInvariants(expect: ExpectStatic, target: MeshApp, c: Case, o: Observed): void {
   const seen = o.records.map(describeRecord);
   // (a) only what the policy allows, as the app itself resolved it.
   for (const r of o.records) {
@@ -165,7 +166,7 @@ function checkInvariants(target: MeshApp, c: Case, o: Observed): void {
   if (c.identity) expect.soft(o.tapBytes.toString("latin1").includes(FORGED), "(c) the forged identity was written on the app's socket").toBe(false);
 }
 
-function checkExpectation(c: Case, o: Observed): void {
+function checkExpectation(expect: ExpectStatic, c: Case, o: Observed): void {
   const first = o.answers[0];
   const seen = o.records.map(describeRecord);
   if (c.expect === "allowed") {
@@ -194,22 +195,52 @@ function checkExpectation(c: Case, o: Observed): void {
 }
 
 /**
+ * Meshes each file starts: its cases run this many at a time, each on a mesh of its own (its own
+ * CA, sidecars and app process), so one case's traffic never reaches another's app. Most of a
+ * case is waiting (the quiet windows that catch a second answer or a late request); one at a time,
+ * the seven files held four test workers for ~70 s each while using ~0.2 of a core.
+ * SEC_MESHES=1 runs the cases one after another.
+ */
+const MESHES = Math.max(1, Math.floor(Number(process.env.SEC_MESHES ?? 3)) || 1);
+
+/** Lends each case a mesh no other case is using. */
+class MeshPool {
+  readonly #free: MeshApp[];
+  readonly #waiting: ((target: MeshApp) => void)[] = [];
+  constructor(targets: MeshApp[]) {
+    this.#free = [...targets];
+  }
+  async use<T>(run: (target: MeshApp) => Promise<T>): Promise<T> {
+    const target = this.#free.pop() ?? (await new Promise<MeshApp>((resolve) => this.#waiting.push(resolve)));
+    try {
+      return await run(target);
+    } finally {
+      const next = this.#waiting.shift();
+      if (next) next(target);
+      else this.#free.push(target);
+    }
+  }
+}
+
+/**
  * The suite against one app (one test file per app, so that the two test workers share them).
  * SEC_APPS=node:http,gunicorn limits a run to those apps (for development: by default every file
  * runs its app).
  */
 export function differentialSuite(name: AppName): void {
   if (process.env.SEC_APPS !== undefined && !process.env.SEC_APPS.split(",").includes(name)) return;
-  describe(`differential: ${name} behind the inbound sidecar`, () => {
-    let mesh: SecurityMesh;
-    let target: MeshApp;
+  describe.concurrent(`differential: ${name} behind the inbound sidecar`, () => {
+    const meshes: SecurityMesh[] = [];
+    let pool: MeshPool;
     beforeAll(async () => {
-      mesh = await startSecurityMesh([name]);
-      target = mesh.apps.get(name)!;
-    }, 60_000);
+      // One after another: each start is mostly CPU (keys, processes), and two cores are shared.
+      for (let i = 0; i < MESHES; i++) meshes.push(await startSecurityMesh([name]));
+      pool = new MeshPool(meshes.map((mesh) => mesh.apps.get(name)!));
+    }, 120_000);
     afterAll(async () => {
-      await mesh?.close();
+      await Promise.all(meshes.map((mesh) => mesh.close()));
     });
+    const meshOf = (target: MeshApp): SecurityMesh => meshes.find((mesh) => mesh.apps.get(name) === target)!;
 
     const cases: [Case, Transport][] =
       (name === "node:http2"
@@ -217,20 +248,23 @@ export function differentialSuite(name: AppName): void {
         : [...H1_CASES.filter((c) => !(c.skipApps ?? []).includes(name)).flatMap((c) => [[c, "h1-in"], [c, "h1-out"]] as [Case, Transport][]), ...H2_CASES.flatMap((c) => [[c, "h2-in"], [c, "h2-out"]] as [Case, Transport][])]
       ).filter(([c, t]) => c.direction === undefined || t.endsWith(c.direction === "inbound" ? "-in" : "-out"));
 
-    for (const [c, t] of cases) it(`${t} ${c.id} (${c.expect})`, async () => {
-      const result = await observe(mesh, target, c, t);
-      if (process.env.SEC_DEBUG) console.log(JSON.stringify({ case: c.id, t, answers: result.attack.answers, error: result.attack.error, records: result.attack.records.map(describeRecord), tap: result.attack.tapBytes.toString("latin1"), followUp: result.followUp }, null, 1));
-      checkExpectation(c, result.attack);
-      checkInvariants(target, c, result.attack);
-      if (result.marker !== undefined || result.markerId !== undefined) {
-        // The next legitimate request on the app connection gets its own answer (no response desync).
-        expect.soft(result.marker?.status, "the legitimate request after the attack was not answered 200").toBe(200);
-        expect.soft(result.marker?.body ?? "", "the legitimate request after the attack got another request's answer").toContain(result.markerId);
-      }
-      if (result.followUp) {
-        expect.soft(result.followUp.answer?.status, "the follow-up GET after the attack").toBe(200);
-        expect.soft(result.followUp.records.map(describeRecord), "the follow-up GET reached the app as itself").toEqual([`GET ${c.followUp} (route ${c.followUp}, body 0)`]);
-      }
+    // Concurrent tests assert with their own `expect` (the global one cannot tell them apart).
+    for (const [c, t] of cases) it(`${t} ${c.id} (${c.expect})`, async ({ expect }) => {
+      await pool.use(async (target) => {
+        const result = await observe(meshOf(target), target, c, t);
+        if (process.env.SEC_DEBUG) console.log(JSON.stringify({ case: c.id, t, answers: result.attack.answers, error: result.attack.error, records: result.attack.records.map(describeRecord), tap: result.attack.tapBytes.toString("latin1"), followUp: result.followUp }, null, 1));
+        checkExpectation(expect, c, result.attack);
+        checkInvariants(expect, target, c, result.attack);
+        if (result.marker !== undefined || result.markerId !== undefined) {
+          // The next legitimate request on the app connection gets its own answer (no response desync).
+          expect.soft(result.marker?.status, "the legitimate request after the attack was not answered 200").toBe(200);
+          expect.soft(result.marker?.body ?? "", "the legitimate request after the attack got another request's answer").toContain(result.markerId);
+        }
+        if (result.followUp) {
+          expect.soft(result.followUp.answer?.status, "the follow-up GET after the attack").toBe(200);
+          expect.soft(result.followUp.records.map(describeRecord), "the follow-up GET reached the app as itself").toEqual([`GET ${c.followUp} (route ${c.followUp}, body 0)`]);
+        }
+      });
     });
   });
 }
