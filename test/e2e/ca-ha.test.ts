@@ -12,6 +12,7 @@ import { certificatesFromPem } from "../../src/pki/pem.ts";
 import { openPostgresStore } from "../../src/store/postgres.ts";
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { startPostgres, type RunningPostgres } from "../helpers/postgres.ts";
+import { until } from "../helpers/wait.ts";
 
 // Issue 17's proof: three `meshward ca serve` processes on one real PostgreSQL (Debian's,
 // started here in a temp dir), each with its own read-only copy of the CA directory, act as one
@@ -56,20 +57,6 @@ describe("the CA as three replicas on PostgreSQL (read-only CA directories)", ()
     const keyPair = generateKeyPair();
     const signed = await requestCertificate(connection(address), { csrPem: await createCsr({ keyPair }), token: joinToken, validator: "JOIN_TOKEN", namespace: "", appId: "" });
     return certificatesFromPem(signed.certChainPem).map((der) => inspectCertificate(der));
-  };
-  const until = async <T>(what: string, limitMs: number, probe: () => Promise<T | undefined>): Promise<T> => {
-    const deadline = Date.now() + limitMs;
-    let last: unknown;
-    for (;;) {
-      try {
-        const value = await probe();
-        if (value !== undefined) return value;
-      } catch (error) {
-        last = error;
-      }
-      if (Date.now() > deadline) throw new Error(`${what} did not happen within ${limitMs} ms${last ? `: ${String(last)}` : ""}`);
-      await new Promise((resolve) => setTimeout(resolve, 200));
-    }
   };
   const crlOf = async (address: string) => fetchFromCa(connection(address), "/v1/crl");
   const leaderOf = () => replicas.find((r) => /"leader":true/.test(r.stderr()) && !/"event":"leader-lost"/.test(r.stderr()));

@@ -13,6 +13,7 @@ import { requestCertificate } from "../../src/identity/ca-client.ts";
 import { createCsr } from "../../src/pki/csr.ts";
 import { generateKeyPair } from "../../src/pki/keys.ts";
 import { startPostgres, type RunningPostgres } from "../helpers/postgres.ts";
+import { until } from "../helpers/wait.ts";
 
 // PostgreSQL reachable but silent (its host down, a partition, a firewall dropping packets): no
 // connection is closed, nothing answers. Before, a sign request hung with its query, /readyz kept
@@ -90,20 +91,6 @@ describe("the CA on PostgreSQL during a network partition", () => {
   const warnings: string[] = [];
   const onWarning = (warning: Error) => warnings.push(warning.message);
 
-  const until = async <T>(what: string, limitMs: number, probe: () => Promise<T | undefined>): Promise<T> => {
-    const deadline = Date.now() + limitMs;
-    let last: unknown;
-    for (;;) {
-      try {
-        const value = await probe();
-        if (value !== undefined) return value;
-      } catch (error) {
-        last = error;
-      }
-      if (Date.now() > deadline) throw new Error(`${what} did not happen within ${limitMs} ms${last ? `: ${String(last)}` : ""}`);
-      await new Promise((resolve) => setTimeout(resolve, 250));
-    }
-  };
   const readyz = async () => {
     const response = await fetch(`http://${server!.status!.host}:${server!.status!.port}/readyz`);
     return { status: response.status, body: (await response.json()) as { checks: { store: { ok: boolean; detail: string } } } };

@@ -9,6 +9,7 @@ import { inspectCertificate } from "../../src/pki/inspect.ts";
 import { generateKeyPair } from "../../src/pki/keys.ts";
 import { certificatesFromPem } from "../../src/pki/pem.ts";
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
+import { until } from "../helpers/wait.ts";
 
 // Several `meshward ca serve` on one CA directory and its SQLite store (as
 // test/e2e/ca-failover.test.ts runs three) elect one leader, as replicas on PostgreSQL do: only
@@ -27,20 +28,6 @@ describe("CA processes sharing one SQLite CA directory elect one leader", () => 
   let bundlePem: string;
 
   const connection = (address: string): CaConnection => ({ address, bundlePem, trustDomain: TD, timeoutMs: 10_000 });
-  const until = async <T>(what: string, limitMs: number, probe: () => Promise<T | undefined>): Promise<T> => {
-    const deadline = Date.now() + limitMs;
-    let last: unknown;
-    for (;;) {
-      try {
-        const value = await probe();
-        if (value !== undefined) return value;
-      } catch (error) {
-        last = error;
-      }
-      if (Date.now() > deadline) throw new Error(`${what} did not happen within ${limitMs} ms${last ? `: ${String(last)}` : ""}\n${replicas.map((r) => r.stderr()).join("\n---\n")}`);
-      await new Promise((resolve) => setTimeout(resolve, 200));
-    }
-  };
   const crlOf = async (address: string) => fetchFromCa(connection(address), "/v1/crl");
   const rootsOf = (pem: string) => certificatesFromPem(pem).map((der) => inspectCertificate(der).fingerprint256).sort();
   const started = (r: Replica) => /"event":"ca-started"/.test(r.stderr());

@@ -6,3 +6,22 @@ export async function waitFor(what: string, check: () => boolean, timeoutMs = 20
     await new Promise((resolve) => setTimeout(resolve, pollMs));
   }
 }
+
+/**
+ * Polls an async `probe` until it returns a value (not undefined); a probe that throws counts as
+ * not yet, and the last error is named if `limitMs` passes first.
+ */
+export async function until<T>(what: string, limitMs: number, probe: () => Promise<T | undefined>, pollMs = 200): Promise<T> {
+  const deadline = Date.now() + limitMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await probe();
+      if (value !== undefined) return value;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > deadline) throw new Error(`${what} did not happen within ${limitMs} ms${last ? `: ${String(last)}` : ""}`);
+    await new Promise((resolve) => setTimeout(resolve, pollMs));
+  }
+}

@@ -589,7 +589,11 @@ class ClientConnection {
       this.socket.destroy();
       return;
     }
-    const answer = decision.onUpstreamError(error);
+    this.#answerAndClose(exchange, decision, decision.onUpstreamError(error));
+  }
+
+  /** The sidecar's own answer in place of the upstream's (none of it sent yet); the connection closes after it. */
+  #answerAndClose(exchange: Exchange, decision: ForwardDecision, answer: ProxyAnswer): void {
     exchange.closeAfter = true;
     exchange.responded = true;
     exchange.status = answer.status;
@@ -623,12 +627,7 @@ class ClientConnection {
     } else {
       answer = { status: 504, grpcStatus: 14, code: "E_UPSTREAM_TIMEOUT", message: `the upstream ${decision.upstream.authority} sent no response for ${this.options.idleTimeout} ms (limits.idleTimeout)` };
     }
-    exchange.closeAfter = true;
-    exchange.responded = true;
-    exchange.status = answer.status;
-    this.socket.write(answerText(answer, true));
-    decision.done(answer.status);
-    this.#finish(exchange);
+    this.#answerAndClose(exchange, decision, answer);
   }
 
   // --- sequencing ------------------------------------------------------------------------
