@@ -247,6 +247,15 @@ export class PeerPool {
       session.once("goaway", forget);
       session.once("error", forget);
       session.on("error", () => undefined);
+      // A peer that completes TLS but never speaks HTTP/2 (no SETTINGS frame): the streams sent
+      // on the session would wait for ever. Cut it after the same deadline as the dial.
+      const settingsDeadline = setTimeout(() => {
+        forget();
+        session.destroy(new MeshwardError("E_PEER_UNREACHABLE", `the sidecar at ${target.host}:${target.port} sent no HTTP/2 settings within ${this.dialTimeoutMs} ms of the TLS handshake (limits.handshakeTimeout)`));
+      }, this.dialTimeoutMs);
+      settingsDeadline.unref();
+      session.once("remoteSettings", () => clearTimeout(settingsDeadline));
+      session.once("close", () => clearTimeout(settingsDeadline));
       closeWhenIdle(session, options.idleMs, forget);
       // The peer's certificate (or ours on this session) expires: open streams finish, the next call opens a new session.
       retireAtCertificateExpiry(socket, () => {

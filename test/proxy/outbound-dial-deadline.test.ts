@@ -1,6 +1,8 @@
 import { request as httpRequest } from "node:http";
 import { connect as h2Connect } from "node:http2";
 import { connect as netConnect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { readFileSync } from "node:fs";
+import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startHttpApp, type HttpApp } from "../helpers/app-servers.ts";
 import { waitFor } from "../helpers/wait.ts";
@@ -95,6 +97,46 @@ describe("outbound dials to a peer that never answers the ClientHello end after 
       session.destroy();
     }
     await waitFor("the silent peer's connections to close", () => held.size === 0);
+  }, 45_000);
+
+  it("answers an HTTP/2 call 502 when the peer completes TLS (a valid SVID) but never speaks HTTP/2, and lets go of it", async () => {
+    // The peer proves `mute`'s identity and takes ALPN h2, then sends nothing: no SETTINGS frame.
+    const files = await ca.clientFiles("default", "mute");
+    const muteConnections = new Set<TLSSocket>();
+    const mute = createTlsServer({ key: readFileSync(files.key), cert: readFileSync(files.cert), ca: ca.bundlePem, requestCert: true, ALPNProtocols: ["h2"] }, (socket) => {
+      muteConnections.add(socket);
+      socket.on("error", () => undefined);
+      socket.resume();
+      socket.once("close", () => muteConnections.delete(socket));
+    });
+    await new Promise<void>((resolve) => mute.listen(0, "127.0.0.1", resolve));
+    const muteCaller = await startTestSidecar(ca, { appId: "caller2", app: `127.0.0.1:${app.port}`, outbound: "127.0.0.1:0", peers: { mute: `127.0.0.1:${(mute.address() as AddressInfo).port}` }, limits: { handshakeTimeout: "1s" } });
+    const session = h2Connect(`http://127.0.0.1:${muteCaller.addresses.outbound!.port}`);
+    session.on("error", () => undefined);
+    try {
+      const answer = await new Promise<{ status: number; error: unknown } | "no answer">((resolve) => {
+        const stream = session.request({ ":path": "/orders", ":method": "GET", "dapr-app-id": "mute" });
+        stream.on("error", () => undefined);
+        const timer = setTimeout(() => {
+          stream.close();
+          resolve("no answer");
+        }, 15_000);
+        stream.once("response", (headers) => {
+          clearTimeout(timer);
+          stream.resume();
+          resolve({ status: Number(headers[":status"]), error: headers["x-meshward-error"] });
+        });
+        stream.end();
+      });
+      expect(answer).toMatchObject({ status: 502 });
+      if (typeof answer === "object") expect(String(answer.error)).toMatch(/^E_(PEER|UPSTREAM)_UNREACHABLE$/);
+      await waitFor("the mute peer's connections to close", () => muteConnections.size === 0);
+    } finally {
+      session.destroy();
+      await muteCaller.close();
+      for (const socket of muteConnections) socket.destroy();
+      await new Promise<void>((resolve) => mute.close(() => resolve()));
+    }
   }, 45_000);
 
   it("closes a tcpUpstreams connection whose peer never completes the handshake", async () => {
