@@ -21,6 +21,8 @@ export interface SourceDocument {
   locate(path: NodePath): Position;
   /** Where the document comes from when it is not the file's own text (an inline kustomize patch): said in each finding's message. */
   origin?: string;
+  /** JSON6902 `remove` operations of an inline kustomize patch: the path each removes, and where the operation is. */
+  removed?: readonly { path: NodePath; at: Position }[];
 }
 
 export interface DaprConfiguration {

@@ -284,6 +284,18 @@ describe("inline kustomize patches", () => {
     expect(collectPosture(loadSources(files).corpus).get("mTLS\u0000Configuration appconfig")?.value).toBe("off");
   });
 
+  it("reports a JSON6902 remove of the access control (MW-ACCESS-006) at its operation, not other removals", () => {
+    const remove = (path: string) => `  - target:\n      kind: Configuration\n      name: appconfig\n    patch: |-\n      - op: remove\n        path: ${path}\n`;
+    const result = auditSources([{ file: "overlays/staging/kustomization.yaml", text: kustomization(remove("/spec/accessControl") + remove("/spec/tracing") + remove("/spec")) }]);
+    expect(result.findings.map((finding) => `${finding.ruleId}@${finding.line}:${finding.column} ${finding.evidence}`)).toEqual([
+      "MW-ACCESS-006@10:9 op: remove, path: /spec/accessControl",
+      "MW-ACCESS-006@22:9 op: remove, path: /spec",
+    ]);
+    expect(result.findings[0]?.message).toMatch(/inline kustomize patch \(patches\[0\], JSON6902 on Configuration appconfig\)/);
+    // A patch of remove operations only is read (it was counted as a patch without a target kind).
+    expect(result.unknownKinds).toEqual({});
+  });
+
   it("stays quiet on secure patch values and on patches that only name files", () => {
     const secure = "  - target:\n      kind: Configuration\n      name: appconfig\n    patch: |-\n      - op: replace\n        path: /spec/mtls/enabled\n        value: true\n  - path: mtls-patch.yaml\n";
     expect(audit("kustomization.yaml", kustomization(secure))).toEqual([]);

@@ -80,9 +80,10 @@ function readPatch(outer: SourceDocument, text: string, patch: string, path: Nod
         found.untargeted += 1;
         continue;
       }
+      const removed = built.removed.map((each) => ({ path: each.path, at: toOuter(inner.locate([each.op])) }));
       found.documents.push({
         data: built.data,
-        source: { file: outer.file, index: outer.index, data: built.data, locate: (p) => toOuter(built.locate(p)), origin: `Set by an inline kustomize patch (${label}, JSON6902 on ${built.subject}).` },
+        source: { file: outer.file, index: outer.index, data: built.data, locate: (p) => toOuter(built.locate(p)), origin: `Set by an inline kustomize patch (${label}, JSON6902 on ${built.subject}).`, ...(removed.length > 0 ? { removed } : {}) },
       });
     } else if (inner.data !== null && inner.data !== undefined) {
       found.documents.push({
@@ -114,6 +115,8 @@ function patchPositions(outer: SourceDocument, text: string, patch: string, path
 interface BuiltDocument {
   data: Dict;
   subject: string;
+  /** The paths `remove` operations take away (op: the operation's index in the patch). */
+  removed: { path: NodePath; op: number }[];
   locate(path: NodePath): Position;
 }
 
@@ -121,6 +124,7 @@ interface BuiltDocument {
  * A JSON6902 patch (`- op: replace, path: /spec/mtls/enabled, value: false`) read as the
  * document its `add`/`replace` operations write, under the target's kind and name, so the
  * rules judge the values it sets. Paths in that document point at the operation's `value`.
+ * `remove` operations are kept as the paths they take away (a rule judges removing access control).
  */
 function fromOperations(inner: SourceDocument, target: unknown): BuiltDocument | undefined {
   const kind = isDict(target) ? asText(target["kind"]) : "";
@@ -135,18 +139,26 @@ function fromOperations(inner: SourceDocument, target: unknown): BuiltDocument |
   const data: Dict = { apiVersion, kind, metadata: { name, ...(namespace === "" ? {} : { namespace }) } };
   const written: { path: NodePath; op: number }[] = [];
   const arrayIndexes = new Map<string, number>();
+  const removed: { path: NodePath; op: number }[] = [];
   asArray(inner.data).slice(0, MAX_OPERATIONS).forEach((operation, op) => {
-    if (!isDict(operation) || !["add", "replace"].includes(asText(operation["op"])) || !("value" in operation)) return;
+    if (!isDict(operation)) return;
+    const verb = asText(operation["op"]);
     const pointer = asText(operation["path"]);
     if (!pointer.startsWith("/")) return;
     const segments = pointer.slice(1).split("/").map((segment) => segment.replace(/~1/g, "/").replace(/~0/g, "~"));
     if (segments.some((segment) => segment === "__proto__" || segment === "constructor" || segment === "prototype")) return;
+    if (verb === "remove") {
+      removed.push({ path: segments.map((segment) => (/^\d+$/.test(segment) ? Number(segment) : segment)), op });
+      return;
+    }
+    if (!["add", "replace"].includes(verb) || !("value" in operation)) return;
     const path = write(data, segments, operation["value"], arrayIndexes);
     if (path !== undefined) written.push({ path, op });
   });
-  if (written.length === 0) return undefined;
+  if (written.length === 0 && removed.length === 0) return undefined;
   return {
     data,
+    removed,
     subject: `${kind} ${name || "(any name)"}`,
     locate(path) {
       // The operation that wrote the longest prefix of the path (the last one wins a tie).

@@ -148,6 +148,25 @@ export const accessRules: Rule[] = [
       return asArray(entry.value).flatMap((value, index) => (asText(value).trim() === "*" ? [{ path: [entry.key, index], evidence: `${entry.key}: "*"` }] : []));
     },
   }),
+  defineRule({
+    id: "MW-ACCESS-006",
+    family: "access",
+    severity: "high",
+    title: "Kustomize patch removes Dapr access control",
+    why: "A JSON6902 `remove` of `/spec/accessControl` (or of `/spec`) in an overlay takes the base's policy away: Dapr reads a Configuration without accessControl as no access control, so every app in the trust domain may call every operation in that environment, while the base looks protected.",
+    fix: "Patch the policy instead of removing it (replace `defaultAction` or the `policies` an environment needs), or give that environment a Configuration of its own with its own accessControl.",
+    example: {
+      file: "overlays/staging/kustomization.yaml",
+      bad: "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../../base\npatches:\n  - target:\n      group: dapr.io\n      kind: Configuration\n      name: appconfig\n    patch: |-\n      - op: remove\n        path: /spec/accessControl\n",
+      good: "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../../base\npatches:\n  - target:\n      group: dapr.io\n      kind: Configuration\n      name: appconfig\n    patch: |-\n      - op: replace\n        path: /spec/accessControl/defaultAction\n        value: deny\n",
+    },
+    appliesTo: ["dapr-configuration"],
+    check(configuration) {
+      return (configuration.source.removed ?? [])
+        .filter(({ path }) => (path.length === 1 && path[0] === "spec") || (path.length === 2 && path[0] === "spec" && path[1] === "accessControl"))
+        .map(({ path, at }): Hit => ({ position: at, evidence: `op: remove, path: /${path.join("/")}` }));
+    },
+  }),
 ];
 
 /** A HOST:PORT value that does not name loopback (0.0.0.0, ::, a network address or name). */
