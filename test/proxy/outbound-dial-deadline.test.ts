@@ -1,5 +1,5 @@
 import { request as httpRequest } from "node:http";
-import { connect as h2Connect } from "node:http2";
+import { connect as h2Connect, type ClientHttp2Session } from "node:http2";
 import { connect as netConnect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { readFileSync } from "node:fs";
 import { createServer as createTlsServer, type TLSSocket } from "node:tls";
@@ -14,6 +14,24 @@ import { startMeshCa, startTestSidecar, type MeshCa, type TestSidecarWithApp } f
 // dial in the peer's entry, where every later HTTP/2 call to that peer waited on it. Each dial now
 // ends after limits.handshakeTimeout: the socket is destroyed and the caller answered 502
 // E_PEER_UNREACHABLE. The outcomes are asserted (an answer, a close), each within a generous bound.
+/** GET /orders through the outbound's HTTP/2 port to `appId`: its status and x-meshward-error, or "no answer" after 15 s. */
+function h2Call(session: ClientHttp2Session, appId: string): Promise<{ status: number; error: unknown } | "no answer"> {
+  return new Promise((resolve) => {
+    const stream = session.request({ ":path": "/orders", ":method": "GET", "dapr-app-id": appId });
+    stream.on("error", () => undefined);
+    const timer = setTimeout(() => {
+      stream.close();
+      resolve("no answer");
+    }, 15_000);
+    stream.once("response", (headers) => {
+      clearTimeout(timer);
+      stream.resume();
+      resolve({ status: Number(headers[":status"]), error: headers["x-meshward-error"] });
+    });
+    stream.end();
+  });
+}
+
 describe("outbound dials to a peer that never answers the ClientHello end after handshakeTimeout", () => {
   let ca: MeshCa;
   let app: HttpApp;
@@ -75,21 +93,7 @@ describe("outbound dials to a peer that never answers the ClientHello end after 
   it("answers each HTTP/2 call 502 E_PEER_UNREACHABLE: a hung dial does not stay the peer's session for later calls", async () => {
     const session = h2Connect(`http://127.0.0.1:${caller.addresses.outbound!.port}`);
     session.on("error", () => undefined);
-    const call = () =>
-      new Promise<{ status: number; error: unknown } | "no answer">((resolve) => {
-        const stream = session.request({ ":path": "/orders", ":method": "GET", "dapr-app-id": "orders" });
-        stream.on("error", () => undefined);
-        const timer = setTimeout(() => {
-          stream.close();
-          resolve("no answer");
-        }, 15_000);
-        stream.once("response", (headers) => {
-          clearTimeout(timer);
-          stream.resume();
-          resolve({ status: Number(headers[":status"]), error: headers["x-meshward-error"] });
-        });
-        stream.end();
-      });
+    const call = () => h2Call(session, "orders");
     try {
       expect(await call()).toEqual({ status: 502, error: "E_PEER_UNREACHABLE" });
       expect(await call()).toEqual({ status: 502, error: "E_PEER_UNREACHABLE" });
@@ -114,20 +118,7 @@ describe("outbound dials to a peer that never answers the ClientHello end after 
     const session = h2Connect(`http://127.0.0.1:${muteCaller.addresses.outbound!.port}`);
     session.on("error", () => undefined);
     try {
-      const answer = await new Promise<{ status: number; error: unknown } | "no answer">((resolve) => {
-        const stream = session.request({ ":path": "/orders", ":method": "GET", "dapr-app-id": "mute" });
-        stream.on("error", () => undefined);
-        const timer = setTimeout(() => {
-          stream.close();
-          resolve("no answer");
-        }, 15_000);
-        stream.once("response", (headers) => {
-          clearTimeout(timer);
-          stream.resume();
-          resolve({ status: Number(headers[":status"]), error: headers["x-meshward-error"] });
-        });
-        stream.end();
-      });
+      const answer = await h2Call(session, "mute");
       expect(answer).toMatchObject({ status: 502 });
       if (typeof answer === "object") expect(String(answer.error)).toMatch(/^E_(PEER|UPSTREAM)_UNREACHABLE$/);
       await waitFor("the mute peer's connections to close", () => muteConnections.size === 0);
