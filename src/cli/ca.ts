@@ -42,7 +42,7 @@ export function registerCaCommand(program: Command): void {
       }
       if (importing === 0 && opts.issuerKeyPassphraseFile !== undefined) throw new MeshwardError("E_USAGE", "--issuer-key-passphrase-file goes with an imported --issuer-key");
       const passphrase = readPassphrase(opts.passphraseFile);
-      const issuerKeyPassphrase: string | undefined = opts.issuerKeyPassphraseFile !== undefined ? readTextFile(opts.issuerKeyPassphraseFile, "passphrase file").replace(/\r?\n$/, "") : undefined;
+      const issuerKeyPassphrase = readIssuerKeyPassphrase(opts.issuerKeyPassphraseFile);
       const state = await initAnchors({
         dir: opts.dir,
         trustDomain: opts.trustDomain,
@@ -184,7 +184,7 @@ export function registerCaCommand(program: Command): void {
     .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")
     .action(async (opts) => {
       const passphrase = readPassphrase(opts.passphraseFile);
-      const issuerKeyPassphrase: string | undefined = opts.issuerKeyPassphraseFile !== undefined ? readTextFile(opts.issuerKeyPassphraseFile, "passphrase file").replace(/\r?\n$/, "") : undefined;
+      const issuerKeyPassphrase = readIssuerKeyPassphrase(opts.issuerKeyPassphraseFile);
       const issuerCertPem = readCertificateFile(opts.issuerCert, "--issuer-cert");
       const issuerKeyPem = readKeyFile(opts.issuerKey, "--issuer-key", issuerKeyPassphrase ?? passphrase, "give its passphrase with --issuer-key-passphrase-file FILE");
       let note: string | undefined;
@@ -397,6 +397,11 @@ function readCertificateFile(file: string, flag: string): string {
 }
 
 /** A private key file given on the command line, checked as it will be read: errors name the flag and the file, never the key. */
+/** --issuer-key-passphrase-file: the imported key's own passphrase (the file without its final newline), if given. */
+function readIssuerKeyPassphrase(file: string | undefined): string | undefined {
+  return file === undefined ? undefined : readTextFile(file, "passphrase file").replace(/\r?\n$/, "");
+}
+
 function readKeyFile(file: string, flag: string, passphrase: string | undefined, passphraseHint: string): string {
   const text = readTextFile(file, `${flag} file`);
   try {

@@ -1,9 +1,8 @@
 import * as z from "zod";
 import { parseHostPort, parseHostPortList } from "../util/address.ts";
+import { MAX_TIMER_MS } from "../util/clock.ts";
 import { formatDuration, parseDuration } from "../util/duration.ts";
 
-/** The longest delay a Node timer takes (2^31 − 1 ms, ~24.8 days); a longer one fires at once, with a warning. */
-export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Milliseconds of a duration a timer is armed with, or an issue on `ctx` naming what is wrong. */
 function timerMs(value: string | number, what: string, minMs: number, ctx: z.RefinementCtx): number {
@@ -35,11 +34,6 @@ export const timerDuration = (what: string, minMs = 1) => z.union([z.string(), z
 /** timerDuration for files that take durations as strings only (the CA's configuration). */
 export const timerDurationText = (what: string, minMs = 1) => z.string().transform((value, ctx) => timerMs(value, what, minMs, ctx));
 
-/** Loopback HOST:PORT (127.0.0.0/8, ::1, localhost): a listener that speaks plaintext for this workload only. */
-export function isLoopbackListenHost(host: string): boolean {
-  const bare = host.toLowerCase();
-  return bare === "localhost" || /^127(\.\d{1,3}){3}$/.test(bare) || bare === "::1";
-}
 
 /** HOST:PORT[,HOST:PORT…]: the replicas of one service (the CA), refused with the parser's message. */
 export const hostPortList = (what: string) =>

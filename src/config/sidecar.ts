@@ -1,7 +1,7 @@
 import * as z from "zod";
 import { parseTrustDomain } from "../spiffe/id.ts";
-import { allowedHostProblem, hostPort, hostPortList, isLoopbackListenHost, timerDuration, validatorEnumName } from "./fields.ts";
-import { parseHostPort } from "../util/address.ts";
+import { allowedHostProblem, hostPort, hostPortList, timerDuration, validatorEnumName } from "./fields.ts";
+import { isLoopbackListenHost, parseHostPort } from "../util/address.ts";
 
 
 const duration = timerDuration;

@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { connect as netConnect, createServer, isIP } from "node:net";
+import { connect as netConnect, createServer } from "node:net";
 import type { Server, Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import type { TLSSocket } from "node:tls";
@@ -12,7 +12,7 @@ import { markHandshakeCompleted, tlsAfterHandshakeFailure } from "../tls/after-h
 import type { TlsLogger } from "../tls/logger.ts";
 import { isRevoked, normalizeSerial } from "../tls/verify.ts";
 import type { PeerPolicy } from "../tls/verify.ts";
-import { formatHostPort, parseHostPort } from "../util/address.ts";
+import { formatHostPort, isLoopbackListenHost, parseHostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
 import { DEFAULT_MAX_CONNECTIONS } from "../config/sidecar.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
@@ -106,17 +106,10 @@ export function egressMetrics(metrics: Metrics, backend: string): EgressMetrics 
   };
 }
 
-function isLoopback(host: string): boolean {
-  if (host === "localhost") return true;
-  if (isIP(host) === 4) return host.startsWith("127.");
-  if (isIP(host) === 6) return host === "::1";
-  return false;
-}
-
 /** Validates the entry; throws E_INSECURE_CONFIG / E_ADDRESS_INVALID with an actionable message. */
 function checkEntry(entry: EgressEntry, ctx: EgressContext): void {
   const listen = parseHostPort(entry.listen, "egress listen address");
-  if (!isLoopback(listen.host)) {
+  if (!isLoopbackListenHost(listen.host)) {
     throw new MeshwardError(
       "E_INSECURE_CONFIG",
       `egress listen address ${entry.listen} is not loopback: the app side of an egress is plaintext, so it may only listen on 127.0.0.1, ::1 or localhost`,

@@ -1,3 +1,4 @@
+import { isIP } from "node:net";
 import { MeshwardError } from "../errors.ts";
 
 export interface HostPort {
@@ -32,4 +33,15 @@ export function parseHostPortList(input: string, what = "address"): HostPort[] {
     if (parsed.port === 0) throw new MeshwardError("E_ADDRESS_INVALID", `invalid ${what} ${JSON.stringify(entry)}: the port cannot be 0`);
     return parsed;
   });
+}
+
+/**
+ * A host a plaintext listener may bind for this machine only: `localhost`, 127.0.0.0/8 or ::1
+ * (no DNS name: what it resolves to is not known here).
+ */
+export function isLoopbackListenHost(host: string): boolean {
+  if (host === "localhost") return true;
+  if (isIP(host) === 4) return host.startsWith("127.");
+  if (isIP(host) === 6) return host === "::1";
+  return false;
 }

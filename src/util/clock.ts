@@ -13,6 +13,9 @@ export interface ClockTimer {
   readonly id: unknown;
 }
 
+/** The longest delay a Node timer takes (2^31 − 1 ms, ~24.8 days); a longer one fires at once, with a warning. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /**
  * The longest a wall-clock timer sleeps before it looks at the clock again. Node's timers count
  * monotonic time, which stops while the host is suspended (a laptop lid, a paused VM), but the

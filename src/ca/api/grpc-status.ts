@@ -1,3 +1,5 @@
+import { MAX_TIMER_MS } from "../../util/clock.ts";
+
 /** gRPC status codes (grpc/grpc doc/statuscodes.md). */
 export const GrpcStatus = {
   OK: 0,
@@ -47,12 +49,11 @@ export function encodeGrpcMessage(message: string): string {
 }
 
 const GRPC_TIMEOUT_UNIT_MS: Readonly<Record<string, number>> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 0.001, n: 0.000001 };
-/** Longest a timer can be armed for (setTimeout's limit); a longer grpc-timeout is as good as none. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * grpc-timeout (gRPC over HTTP/2: TimeoutValue of at most 8 digits, then H, M, S, m, u or n) in
- * whole milliseconds, at least 1; undefined when absent, malformed or beyond a timer's reach.
+ * whole milliseconds, at least 1; undefined when absent, malformed or beyond a timer's reach
+ * (MAX_TIMER_MS: a longer grpc-timeout is as good as none).
  */
 export function parseGrpcTimeout(header: string | string[] | undefined): number | undefined {
   if (typeof header !== "string") return undefined;
