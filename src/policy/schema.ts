@@ -109,8 +109,13 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 /**
  * Validates and normalises an access-control document. Throws E_POLICY_INVALID naming the
  * bad field (and its file:line when `locate` knows it).
+ *
+ * Without an accessControl block the result is Dapr's "no access control" (every caller
+ * allowed). `required` refuses that instead: for a file the sidecar was pointed at, an empty
+ * file or one cut short mid-write (`kind: Configuration` and nothing after, `spec:`) reads the
+ * same, and must never open access; allowing everyone must then be said (`defaultAction: allow`).
  */
-export function parseAccessControl(doc: unknown, source?: string, locate?: Locate): AccessControlConfig {
+export function parseAccessControl(doc: unknown, source?: string, locate?: Locate, options: { readonly required?: boolean } = {}): AccessControlConfig {
   const fail = (path: readonly (string | number)[], message: string): never => {
     const where = locate?.(path) ?? source;
     const field = path.length === 0 ? "(document)" : formatPath(path);
@@ -118,8 +123,19 @@ export function parseAccessControl(doc: unknown, source?: string, locate?: Locat
       details: { path: [...path], source },
     });
   };
+  /** No accessControl block: Dapr's "no access control", or refused when it is required. */
+  const absent = (where: string | undefined, holder?: Record<string, unknown>): AccessControlConfig => {
+    if (!options.required) return emptyConfig(source);
+    const nearMiss = holder === undefined ? undefined : Object.keys(holder).find((key) => key !== "accessControl" && squeeze(key) === squeeze("accessControl"));
+    const hint = nearMiss === undefined ? "" : ` (found ${JSON.stringify(nearMiss)}: did you mean accessControl?)`;
+    throw new MeshwardError(
+      "E_POLICY_INVALID",
+      `${where ?? source ?? "the access policy"}: no access control: an access policy file must hold a Dapr Configuration with spec.accessControl (to allow every caller, say so: spec.accessControl.defaultAction: allow)${hint}; an empty or half-written file is refused, never read as "allow everything"`,
+      { details: { source } },
+    );
+  };
 
-  if (doc === undefined || doc === null) return emptyConfig(source);
+  if (doc === undefined || doc === null) return absent(`${source ?? "the access policy"} is empty`);
   if (!isRecord(doc)) return fail([], "an access policy must be a mapping (a Dapr Configuration or an accessControl block)");
 
   let block: unknown = doc;
@@ -129,15 +145,17 @@ export function parseAccessControl(doc: unknown, source?: string, locate?: Locat
       return fail(["kind"], `expected kind: Configuration, found ${JSON.stringify(doc.kind)}`);
     }
     const spec = doc.spec;
-    if (spec === undefined || spec === null) return emptyConfig(source);
+    if (spec === undefined || spec === null) return absent(locate?.("spec" in doc ? ["spec"] : []));
     if (!isRecord(spec)) return fail(["spec"], "must be a mapping");
     block = spec.accessControl;
     prefix = ["spec", "accessControl"];
-    if (block === undefined || block === null) return emptyConfig(source);
+    if (block === undefined || block === null) return absent(locate?.(block === null ? prefix : ["spec"]), spec);
   } else if ("accessControl" in doc) {
     block = doc.accessControl;
     prefix = ["accessControl"];
-    if (block === undefined || block === null) return emptyConfig(source);
+    if (block === undefined || block === null) return absent(locate?.(prefix), doc);
+  } else if (options.required && Object.keys(doc).length === 0) {
+    return absent(`${source ?? "the access policy"} holds an empty mapping`);
   }
   if (isRecord(block) && "policies" in block && Array.isArray(block.policies)) {
     block.policies.forEach((policy, index) => {
@@ -210,6 +228,11 @@ function checkConflicts(operations: readonly OperationRule[], fail: (index: numb
       entry.grpc = operation.action;
     }
   });
+}
+
+/** A key as a typo of it may read: lower case, letters only, no doubled letters (`accesControl`, `access_control`). */
+function squeeze(key: string): string {
+  return key.toLowerCase().replace(/[^a-z]/g, "").replace(/(.)\1+/g, "$1");
 }
 
 function emptyConfig(source: string | undefined): AccessControlConfig {

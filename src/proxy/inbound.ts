@@ -96,8 +96,6 @@ export const RESPONSE_HEADER_BYTES = 64 * 1024;
 const TUNNEL_END_GRACE_MS = 5_000;
 /** Idle keep-alive connections (and the HTTP/2 session) to the app close after this, below Node's default server keep-alive (5 s). */
 const APP_IDLE_MS = 4_000;
-/** How often TCP mode looks for a reloaded policy, to judge its open tunnels again. */
-const POLICY_RECHECK_MS = 250;
 
 /** The relay settings both sides take from the limits and the path rules. */
 export function relaySettings(limits: SidecarLimits, escapedSlashes: EscapedSlashAction): { maxHeaderBytes: number; headersTimeout: number; idleTimeout: number; escapedSlashes: EscapedSlashAction } {
@@ -342,23 +340,18 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   // --- TCP mode ------------------------------------------------------------------------
   /** Open tunnels and their callers: judged again whenever the policy is reloaded. */
   const tunnels = new Map<Socket, PeerIdentity | undefined>();
-  let judgedGeneration = policy.generation;
   // The policy decides once per tunnel; a reload that denies a caller ends its open tunnels too
   // (as new ones are refused), rather than leaving them open until the age cap.
-  const policyRecheck =
+  const stopRejudging =
     options.protocol === "tcp"
-      ? setInterval(() => {
-          const generation = policy.generation;
-          if (generation === judgedGeneration) return;
-          judgedGeneration = generation;
+      ? policy.onReload(() => {
           for (const [socket, peer] of tunnels) {
             if (denied(peer, socket, "", "") === undefined) continue;
             telemetry.refused.inc({ direction: "inbound", reason: "policy" });
             socket.destroy();
           }
-        }, POLICY_RECHECK_MS)
-      : undefined;
-  policyRecheck?.unref();
+        })
+      : () => undefined;
   const toTcp = (socket: Socket, peer: PeerIdentity | undefined) => {
     const refusal = denied(peer, socket, "", "");
     if (refusal !== undefined) {
@@ -504,7 +497,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     for (const socket of pending) socket.destroy();
     await stopped;
     uncap();
-    clearInterval(policyRecheck);
+    stopRejudging();
     http1.close();
     h2.close();
     await control.meshward.close();

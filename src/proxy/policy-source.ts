@@ -30,51 +30,7 @@ export function loadPolicyFile(file: string): AccessPolicy {
     const pos = lineCounter.linePos(node.range[0]);
     return `${file}:${pos.line}:${pos.col}`;
   };
-  const data: unknown = doc.toJS();
-  requireAccessControl(data, file, locate);
-  return compilePolicy(parseAccessControl(data, file, locate));
-}
-
-/** A key as a typo of it may read: lower case, letters only, no doubled letters (`accesControl`, `access_control`). */
-const squeeze = (key: string): string => key.toLowerCase().replace(/[^a-z]/g, "").replace(/(.)\1+/g, "$1");
-
-const isMapping = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null && !Array.isArray(value);
-
-/**
- * A policy file must say what it allows. Dapr reads a Configuration without accessControl as
- * "no access control" (every caller allowed); for a file the sidecar was pointed at, that is
- * what an empty file, or one cut short mid-write (`kind: Configuration` and nothing after,
- * `spec:` and nothing after), would also read as: the sidecar would open up on a half-written
- * file. So the block must be there; `accessControl: {defaultAction: allow}` allows everyone
- * explicitly.
- */
-function requireAccessControl(data: unknown, file: string, locate: (path: readonly (string | number)[]) => string): void {
-  const missing = (where: string, hint = ""): never => {
-    throw new MeshwardError(
-      "E_POLICY_INVALID",
-      `${where}: no access control: an access policy file must hold a Dapr Configuration with spec.accessControl (to allow every caller, say so: spec.accessControl.defaultAction: allow)${hint}; an empty or half-written file is refused, never read as "allow everything"`,
-    );
-  };
-  if (data === undefined || data === null) missing(`${file} is empty`);
-  if (!isMapping(data)) return; // parseAccessControl names what is wrong
-  const configuration = "kind" in data || "spec" in data || "apiVersion" in data;
-  const holder = configuration ? data["spec"] : data;
-  const prefix = configuration ? ["spec"] : [];
-  if (configuration && !isMapping(holder)) {
-    if (holder === undefined || holder === null) missing(locate(configuration && "spec" in data ? ["spec"] : []));
-    return;
-  }
-  if (!isMapping(holder)) return;
-  if (!configuration && !("accessControl" in holder)) {
-    // A bare accessControl block (defaultAction, trustDomain, policies at the top).
-    if (Object.keys(holder).length === 0) missing(`${file} holds an empty mapping`);
-    return;
-  }
-  const block = holder["accessControl"];
-  if (block === undefined || block === null) {
-    const nearMiss = Object.keys(holder).find((key) => key !== "accessControl" && squeeze(key) === squeeze("accessControl"));
-    missing(locate(block === null ? [...prefix, "accessControl"] : prefix.length > 0 ? prefix : []), nearMiss === undefined ? "" : ` (found ${JSON.stringify(nearMiss)}: did you mean accessControl?)`);
-  }
+  return compilePolicy(parseAccessControl(doc.toJS(), file, locate, { required: true }));
 }
 
 const sameFile = (a: Stats, b: Stats): boolean => a.mtimeMs === b.mtimeMs && a.size === b.size && a.ino === b.ino;
@@ -83,6 +39,8 @@ export interface PolicySource {
   current(): AccessPolicy;
   /** Bumps on every successful reload. */
   readonly generation: number;
+  /** Calls `listener` after each successful reload (the new policy is current()); returns the unsubscribe. */
+  onReload(listener: () => void): () => void;
   close(): void;
 }
 
@@ -93,11 +51,12 @@ export interface PolicySource {
 export function watchPolicy(file: string | undefined, options: { intervalMs: number; logger: TlsLogger }): PolicySource {
   if (file === undefined) {
     const everything = compilePolicy(undefined);
-    return { current: () => everything, generation: 0, close: () => undefined };
+    return { current: () => everything, generation: 0, onReload: () => () => undefined, close: () => undefined };
   }
   let policy = loadPolicyFile(file);
   let generation = 0;
   let settling: NodeJS.Timeout | undefined;
+  const listeners = new Set<() => void>();
   const reload = () => {
     try {
       policy = loadPolicyFile(file);
@@ -105,7 +64,9 @@ export function watchPolicy(file: string | undefined, options: { intervalMs: num
       options.logger.info(`access policy reloaded from ${file}`);
     } catch (error) {
       options.logger.error(`the changed access policy ${file} was refused; the previous policy stays in force: ${describeError(error)}`);
+      return;
     }
+    for (const listener of listeners) listener();
   };
   // A change is applied once the file has stayed the same for one interval: a file being
   // written in place (`>` in a shell, an editor, `cp`) is read whole, not cut short mid-list,
@@ -132,7 +93,12 @@ export function watchPolicy(file: string | undefined, options: { intervalMs: num
     get generation() {
       return generation;
     },
+    onReload(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
     close: () => {
+      listeners.clear();
       clearTimeout(settling);
       unwatchFile(file, onChange);
     },
