@@ -50,13 +50,14 @@ describe("a policy file must say what it allows", () => {
       "cut after accessControl": POLICY.slice(0, POLICY.indexOf("    defaultAction")),
     };
     for (const [what, text] of Object.entries(cuts)) {
-      expect(() => loadPolicyFile(file(text)), what).toThrow(/E_POLICY_INVALID|no access control/);
+      let refused: unknown;
       try {
         loadPolicyFile(file(text));
       } catch (error) {
-        expect((error as { code?: string }).code, what).toBe("E_POLICY_INVALID");
-        expect(String(error), what).toMatch(/no access control: an access policy file must hold a Dapr Configuration with spec\.accessControl .*never read as "allow everything"/);
+        refused = error;
       }
+      expect((refused as { code?: string } | undefined)?.code, what).toBe("E_POLICY_INVALID");
+      expect(String(refused), what).toMatch(/no access control: an access policy file must hold a Dapr Configuration with spec\.accessControl .*never read as "allow everything"/);
     }
     // The whole file denies evil; the refusals above are not a parser that refuses everything.
     expect(loadPolicyFile(file(POLICY)).decide(evil).allowed).toBe(false);

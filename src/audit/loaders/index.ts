@@ -106,7 +106,7 @@ function classify(file: string, source: SourceDocument, data: unknown, base: Nod
       const pairs = composeEnvironment(service["environment"], ["services", name, "environment"]);
       const settings = loadMicroEnv(source, pairs);
       if (settings !== undefined) loaded.resources.push(settings);
-      if (pairs.length > 0) loaded.resources.push(composeService(source, name, service["environment"], pairs));
+      if (pairs.length > 0) loaded.resources.push({ kind: "compose-service", source, name, env: pairs } satisfies ComposeService);
     }
     if (loaded.resources.length === before) count(loaded.unknownKinds, "docker-compose file without environment settings");
   } else if (base.length === 0 && (isMicroYamlName(file) || isDict(data["micro"]))) {
@@ -117,16 +117,6 @@ function classify(file: string, source: SourceDocument, data: unknown, base: Nod
     else if (meshward === "ca") loaded.resources.push(loadMeshwardCa(view, data));
     else count(loaded.unknownKinds, kindLabel(data));
   }
-}
-
-/**
- * A compose service's environment as container env: `KEY: value` and `- KEY=value` carry an
- * inline value; `KEY:` (null) and `- KEY` pass the host's variable through, which holds nothing
- * here.
- */
-function composeService(source: SourceDocument, name: string, environment: unknown, pairs: readonly EnvPair[]): ComposeService {
-  const inline = (pair: EnvPair): boolean => (isDict(environment) ? environment[pair.name] !== null && environment[pair.name] !== undefined && !isDict(environment[pair.name]) : asText(asArray(environment)[Number(pair.path.at(-1))]).includes("="));
-  return { kind: "compose-service", source, name, env: pairs.map((pair) => ({ name: pair.name, value: pair.value, hasInlineValue: inline(pair), path: pair.path })) };
 }
 
 /** A docker-compose file: a top-level `services` map whose entries look like containers. */

@@ -47,18 +47,19 @@ export function loadMicroEnv(source: SourceDocument, pairs: readonly EnvPair[]):
   return settings.size === 0 ? undefined : { kind: "micro-settings", source, settings };
 }
 
-/** docker-compose `environment:` as a map (`KEY: value`) or a list (`- KEY=value`). */
-export function composeEnvironment(environment: unknown, base: NodePath): EnvPair[] {
+/**
+ * docker-compose `environment:` as a map (`KEY: value`) or a list (`- KEY=value`). `KEY:` (null)
+ * and `- KEY` pass the host's variable through: no inline value.
+ */
+export function composeEnvironment(environment: unknown, base: NodePath): (EnvPair & { hasInlineValue: boolean })[] {
   if (isDict(environment)) {
-    return Object.entries(environment).map(([name, value]) => ({ name, value: asText(value), path: [...base, name] }));
+    return Object.entries(environment).map(([name, value]) => ({ name, value: asText(value), path: [...base, name], hasInlineValue: value !== null && value !== undefined && !isDict(value) }));
   }
-  const pairs: EnvPair[] = [];
-  asArray(environment).forEach((entry, index) => {
+  return asArray(environment).map((entry, index) => {
     const text = asText(entry);
     const eq = text.indexOf("=");
-    pairs.push({ name: eq < 0 ? text : text.slice(0, eq), value: eq < 0 ? "" : text.slice(eq + 1), path: [...base, index] });
+    return { name: eq < 0 ? text : text.slice(0, eq), value: eq < 0 ? "" : text.slice(eq + 1), path: [...base, index], hasInlineValue: eq >= 0 };
   });
-  return pairs;
 }
 
 /** An env file counts as micro settings when it sets at least one `MICRO_*` variable. */

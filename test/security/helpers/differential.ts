@@ -205,19 +205,19 @@ const MESHES = Math.max(1, Math.floor(Number(process.env.SEC_MESHES ?? 3)) || 1)
 
 /** Lends each case a mesh no other case is using. */
 class MeshPool {
-  readonly #free: MeshApp[];
-  readonly #waiting: ((target: MeshApp) => void)[] = [];
-  constructor(targets: MeshApp[]) {
-    this.#free = [...targets];
+  readonly #free: SecurityMesh[];
+  readonly #waiting: ((mesh: SecurityMesh) => void)[] = [];
+  constructor(meshes: SecurityMesh[]) {
+    this.#free = [...meshes];
   }
-  async use<T>(run: (target: MeshApp) => Promise<T>): Promise<T> {
-    const target = this.#free.pop() ?? (await new Promise<MeshApp>((resolve) => this.#waiting.push(resolve)));
+  async use<T>(run: (mesh: SecurityMesh) => Promise<T>): Promise<T> {
+    const mesh = this.#free.pop() ?? (await new Promise<SecurityMesh>((resolve) => this.#waiting.push(resolve)));
     try {
-      return await run(target);
+      return await run(mesh);
     } finally {
       const next = this.#waiting.shift();
-      if (next) next(target);
-      else this.#free.push(target);
+      if (next) next(mesh);
+      else this.#free.push(mesh);
     }
   }
 }
@@ -235,12 +235,11 @@ export function differentialSuite(name: AppName): void {
     beforeAll(async () => {
       // One after another: each start is mostly CPU (keys, processes), and two cores are shared.
       for (let i = 0; i < MESHES; i++) meshes.push(await startSecurityMesh([name]));
-      pool = new MeshPool(meshes.map((mesh) => mesh.apps.get(name)!));
+      pool = new MeshPool(meshes);
     }, 120_000);
     afterAll(async () => {
       await Promise.all(meshes.map((mesh) => mesh.close()));
     });
-    const meshOf = (target: MeshApp): SecurityMesh => meshes.find((mesh) => mesh.apps.get(name) === target)!;
 
     const cases: [Case, Transport][] =
       (name === "node:http2"
@@ -250,8 +249,9 @@ export function differentialSuite(name: AppName): void {
 
     // Concurrent tests assert with their own `expect` (the global one cannot tell them apart).
     for (const [c, t] of cases) it(`${t} ${c.id} (${c.expect})`, async ({ expect }) => {
-      await pool.use(async (target) => {
-        const result = await observe(meshOf(target), target, c, t);
+      await pool.use(async (mesh) => {
+        const target = mesh.apps.get(name)!;
+        const result = await observe(mesh, target, c, t);
         if (process.env.SEC_DEBUG) console.log(JSON.stringify({ case: c.id, t, answers: result.attack.answers, error: result.attack.error, records: result.attack.records.map(describeRecord), tap: result.attack.tapBytes.toString("latin1"), followUp: result.followUp }, null, 1));
         checkExpectation(expect, c, result.attack);
         checkInvariants(expect, target, c, result.attack);
