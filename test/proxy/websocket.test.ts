@@ -1,105 +1,19 @@
 /**
  * WebSocket through the sidecar pair: Chromium (a real WebSocket client) → outbound sidecar A
- * → mTLS → inbound sidecar B → an app speaking RFC 6455 (the minimal server below: Node has no
- * WebSocket server built in). The policy decides on the upgrade request; the app sees the
- * caller's SPIFFE ID in x-forwarded-client-cert. Refusals: a denied path (403), a peer with the
+ * → mTLS → inbound sidecar B → an app speaking RFC 6455 (test/helpers/ws-app.ts). The policy
+ * decides on the upgrade request; the app sees the caller's SPIFFE ID in x-forwarded-client-cert. Refusals: a denied path (403), a peer with the
  * wrong SPIFFE ID (502), an h2c upgrade with a body (501); an h2c upgrade without one is
  * answered as the plain request it also is.
  */
-import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer, request, type IncomingMessage, type Server } from "node:http";
-import type { Duplex } from "node:stream";
+import { request, type IncomingMessage } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium, type BrowserContext } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Sidecar } from "../../src/proxy/sidecar.ts";
+import { clientTextFrame, openWebSocket, startWsApp, WS_HEADERS, type WsApp } from "../helpers/ws-app.ts";
 import { metricValue, startMeshCa, startTestSidecar, TD, type MeshCa, type SidecarWithApp } from "./fixtures.ts";
-
-const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/** Text frames only, payloads under 64 KiB: what this test sends. */
-function decodeFrames(buffer: Buffer): { frames: { opcode: number; payload: Buffer }[]; rest: Buffer } {
-  const frames: { opcode: number; payload: Buffer }[] = [];
-  let offset = 0;
-  while (buffer.length - offset >= 6) {
-    const opcode = buffer[offset]! & 0x0f;
-    let length = buffer[offset + 1]! & 0x7f;
-    let at = offset + 2;
-    if (length === 126) {
-      length = buffer.readUInt16BE(at);
-      at += 2;
-    }
-    if (buffer.length < at + 4 + length) break;
-    const mask = buffer.subarray(at, at + 4);
-    const payload = Buffer.from(buffer.subarray(at + 4, at + 4 + length).map((byte, i) => byte ^ mask[i % 4]!));
-    frames.push({ opcode, payload });
-    offset = at + 4 + length;
-  }
-  return { frames, rest: buffer.subarray(offset) };
-}
-
-function textFrame(text: string): Buffer {
-  const payload = Buffer.from(text);
-  const header = payload.length < 126 ? Buffer.from([0x81, payload.length]) : Buffer.from([0x81, 126, payload.length >> 8, payload.length & 0xff]);
-  return Buffer.concat([header, payload]);
-}
-
-interface WsApp {
-  readonly port: number;
-  readonly upgrades: { url: string; xfcc: string | undefined; dapr: (string | string[] | undefined)[] }[];
-  readonly plain: { url: string; upgrade: string | undefined }[];
-  closed: number;
-  close(): Promise<void>;
-}
-
-/** Echoes each text message back as "<xfcc URI> says: <text>". */
-async function startWsApp(): Promise<WsApp> {
-  const app: WsApp = {
-    port: 0,
-    upgrades: [],
-    plain: [],
-    closed: 0,
-    close: async () => new Promise<void>((resolve) => server.close(() => resolve())),
-  };
-  const sockets = new Set<Duplex>();
-  const server: Server = createServer((req, res) => {
-    app.plain.push({ url: req.url ?? "", upgrade: req.headers.upgrade });
-    res.end("plain answer");
-  });
-  server.on("upgrade", (req: IncomingMessage, socket: Duplex) => {
-    sockets.add(socket);
-    const xfcc = req.headers["x-forwarded-client-cert"] as string | undefined;
-    // Dapr's caller attribution as the app read it (node:http joins repeated fields with ", ").
-    const dapr = ["dapr-caller-app-id", "dapr-caller-namespace", "dapr-callee-app-id"].map((name) => req.headers[name]);
-    app.upgrades.push({ url: req.url ?? "", xfcc, dapr });
-    const accept = createHash("sha1").update(`${req.headers["sec-websocket-key"]}${GUID}`).digest("base64");
-    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
-    const caller = /URI=([^;,]+)/.exec(xfcc ?? "")?.[1] ?? "nobody";
-    let pending: Buffer = Buffer.alloc(0);
-    socket.on("data", (chunk: Buffer) => {
-      const { frames, rest } = decodeFrames(Buffer.concat([pending, chunk]));
-      pending = rest;
-      for (const frame of frames) {
-        if (frame.opcode === 0x1) socket.write(textFrame(`${caller} says: ${frame.payload.toString()}`));
-        if (frame.opcode === 0x8) socket.end(Buffer.from([0x88, 0x00]));
-      }
-    });
-    socket.on("error", () => undefined);
-    socket.once("close", () => {
-      app.closed += 1;
-      sockets.delete(socket);
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const close = app.close;
-  app.close = async () => {
-    for (const socket of sockets) socket.destroy();
-    await close();
-  };
-  return Object.assign(app, { port: (server.address() as { port: number }).port });
-}
 
 /** A raw upgrade request: resolves with the status the proxy answered and the body when it did not upgrade. */
 function upgradeRequest(port: number, path: string, headers: Record<string, string>): Promise<{ status: number; body: string; headers: IncomingMessage["headers"] }> {
@@ -119,7 +33,6 @@ function upgradeRequest(port: number, path: string, headers: Record<string, stri
   });
 }
 
-const WS_HEADERS = (appId: string) => ({ connection: "Upgrade", upgrade: "websocket", "sec-websocket-version": "13", "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "dapr-app-id": appId });
 
 describe("WebSocket through the sidecar pair", () => {
   let ca: MeshCa;
@@ -192,18 +105,10 @@ describe("WebSocket through the sidecar pair", () => {
   });
 
   it("keeps a quiet WebSocket open past the sidecars' header and idle timeouts", async () => {
-    const socket = await new Promise<Duplex>((resolve, reject) => {
-      const req = request({ host: "127.0.0.1", port: outbound(), path: "/ws/quiet", headers: WS_HEADERS("chat") });
-      req.on("upgrade", (_res, upgraded) => resolve(upgraded));
-      req.on("response", (res) => reject(new Error(`not upgraded: ${res.statusCode}`)));
-      req.on("error", reject);
-      req.end();
-    });
+    const socket = await openWebSocket(outbound(), "/ws/quiet", WS_HEADERS("chat"));
     try {
       await new Promise((r) => setTimeout(r, 1500));
-      const payload = Buffer.from("still there?");
-      const mask = Buffer.from([1, 2, 3, 4]);
-      socket.write(Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, Buffer.from(payload.map((byte, i) => byte ^ mask[i % 4]!))]));
+      socket.write(clientTextFrame("still there?"));
       const reply = await new Promise<Buffer>((resolve, reject) => {
         socket.once("data", resolve);
         socket.once("close", () => reject(new Error("the WebSocket was closed")));
