@@ -40,7 +40,8 @@ export interface UpgradeRequest {
  * taken from nor returned to a keep-alive pool, so nothing it leaves behind can be read as
  * part of another request. A WebSocket upgrade is forwarded with its Connection/Upgrade pair;
  * once the upstream answers 101 the two sockets are spliced and bytes flow both ways untouched
- * until either side closes (the policy decided once, on the upgrade request, as Envoy does).
+ * until either side closes (the policy decided on the upgrade request, as Envoy does; the
+ * inbound judges that request again when the policy is reloaded, and closes a denied one).
  * Any other upgrade (h2c from an optimistic client) is forwarded as the plain request it also
  * is, as a server that ignores Upgrade would answer it. Either way a response that is not a
  * 101 is relayed and the connection closed: the socket's HTTP/1 parser has already let go of it.

@@ -85,6 +85,13 @@ export interface Inbound {
 
 const kPlaintext = Symbol("meshward.plaintext");
 
+/** What the policy allowed a tunnel on: its caller, and the path and method of an upgrade request (empty in TCP mode). */
+interface TunnelRequest {
+  readonly peer: PeerIdentity | undefined;
+  readonly operation: string;
+  readonly verb: string;
+}
+
 function callerOf(peer: PeerIdentity | undefined): Caller | undefined {
   if (peer === undefined || peer.namespace === undefined || peer.appId === undefined) return undefined;
   return { trustDomain: peer.trustDomain, namespace: peer.namespace, appId: peer.appId };
@@ -202,6 +209,25 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     return "refusal" in judged ? judged.refusal : undefined;
   };
   /**
+   * Open tunnels — TCP-mode connections and upgraded HTTP/1.1 connections (WebSocket) — with the
+   * request the policy allowed them on. The policy decides once per tunnel; a reload that denies
+   * it ends the open tunnel too (as a new one is refused), rather than leaving it open until the
+   * age cap.
+   */
+  const tunnels = new Map<Socket, TunnelRequest>();
+  const holdTunnel = (socket: Socket, opened: TunnelRequest) => {
+    if (socket.destroyed) return;
+    tunnels.set(socket, opened);
+    socket.once("close", () => tunnels.delete(socket));
+  };
+  const stopRejudging = policy.onReload(() => {
+    for (const [socket, { peer, operation, verb }] of tunnels) {
+      if (denied(peer, socket, operation, verb) === undefined) continue;
+      telemetry.refused.inc({ direction: "inbound", reason: "policy" });
+      socket.destroy();
+    }
+  });
+  /**
    * Where the policy's answer for this operation depends on the method, a POST body that makes
    * the app run another method (`_method`) must not get past it: such bodies are read on the way.
    */
@@ -267,6 +293,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       const peer = peerFor(socket);
       const refusal = denied(peer, socket, request.target.path, request.method);
       if (refusal !== undefined) return void answerRawHttp1(socket, refusal);
+      // Registered before the app answers: a reload while the 101 is on its way judges it too.
+      holdTunnel(socket, { peer, operation: request.target.path, verb: request.method });
       const app = netConnect({ host: options.app.host, port: options.app.port, noDelay: true });
       forwardUpgrade({ method: request.method, target: request.target.target, rawHeaders: request.head.rawHeaders }, socket, rest, app, hooksFor(peer, socket, "http"));
     },
@@ -338,20 +366,6 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   };
 
   // --- TCP mode ------------------------------------------------------------------------
-  /** Open tunnels and their callers: judged again whenever the policy is reloaded. */
-  const tunnels = new Map<Socket, PeerIdentity | undefined>();
-  // The policy decides once per tunnel; a reload that denies a caller ends its open tunnels too
-  // (as new ones are refused), rather than leaving them open until the age cap.
-  const stopRejudging =
-    options.protocol === "tcp"
-      ? policy.onReload(() => {
-          for (const [socket, peer] of tunnels) {
-            if (denied(peer, socket, "", "") === undefined) continue;
-            telemetry.refused.inc({ direction: "inbound", reason: "policy" });
-            socket.destroy();
-          }
-        })
-      : () => undefined;
   const toTcp = (socket: Socket, peer: PeerIdentity | undefined) => {
     const refusal = denied(peer, socket, "", "");
     if (refusal !== undefined) {
@@ -359,8 +373,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       socket.destroy();
       return;
     }
-    tunnels.set(socket, peer);
-    socket.once("close", () => tunnels.delete(socket));
+    holdTunnel(socket, { peer, operation: "", verb: "" });
     tracker.add(socket);
     const end = tracker.begin(socket);
     const started = performance.now();
