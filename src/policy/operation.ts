@@ -7,6 +7,8 @@
  *     prefix (Dapr: `/op3/a/*` matches `/op3/a`, see dapr/dapr pkg/acl/acl_test.go);
  *   - a segment `**` matches any number of segments (zero included) and must be the last one;
  *   - `*` inside a segment (`/v1/order*`) matches any characters within that segment.
+ * Names are compared with the canonical request path (src/proxy/canonical.ts): what it keeps
+ * percent-encoded a name spells encoded too (operationNameProblem refuses it raw).
  */
 
 /** Segment kinds, ordered by specificity (higher = more specific). */
@@ -100,6 +102,8 @@ function decodeUnreserved(path: string): string {
 /** Why an operation name cannot be compiled, or undefined when it can. */
 export function operationNameProblem(name: string): string | undefined {
   if (name.trim() === "") return "the operation name is empty";
+  const encoding = encodingProblem(name);
+  if (encoding !== undefined) return encoding;
   const segments = normaliseOperation(name).split("/").slice(1);
   const rest = segments.indexOf("**");
   if (rest !== -1 && rest !== segments.length - 1) {
@@ -109,6 +113,59 @@ export function operationNameProblem(name: string): string | undefined {
     return `at most ${MAX_GLOBS_PER_SEGMENT} '*' wildcards per path segment are supported`;
   }
   return undefined;
+}
+
+/**
+ * Characters a canonical request path holds as they are (src/proxy/canonical.ts: RFC 3986 pchar and
+ * "/", less ";", which it refuses raw). Any other character reaches the policy percent-encoded, so a
+ * rule naming it raw could never match: a deny rule written that way would deny nothing.
+ */
+const RAW_IN_PATH = /^[A-Za-z0-9\-._~!$&'()*+,=:@/]$/;
+
+/**
+ * Why a rule name could never match a request path, or undefined. Only the path part is read: a
+ * query or fragment is dropped from a rule name (normaliseOperation), as from a request.
+ */
+function encodingProblem(name: string): string | undefined {
+  const cut = firstIndexOf(name, "?", "#");
+  const path = cut === -1 ? name : name.slice(0, cut);
+  let written = "";
+  const offending: string[] = [];
+  // One escape or one code point at a time ("u": a surrogate pair is one token, a lone surrogate too).
+  for (const [token] of path.matchAll(/%[0-9A-Fa-f]{2}|./gsu)) {
+    if (token.length === 3 && token[0] === "%") {
+      const escape = token.toUpperCase();
+      const byte = Number.parseInt(escape.slice(1), 16);
+      if (byte < 0x20 || byte === 0x7f) {
+        return `the operation name holds ${escape}, an escaped control character: the sidecar refuses every request path with one, so the rule could never match`;
+      }
+      if (escape === "%2A") {
+        return "the operation name holds %2A: the sidecar decodes an escaped '*' in a request path (/a%2Ab is judged as /a*b), so the rule could never match; write '*', a wildcard, which matches a '*' too";
+      }
+      written += token;
+      continue;
+    }
+    if (RAW_IN_PATH.test(token)) {
+      written += token;
+      continue;
+    }
+    const code = token.charCodeAt(0);
+    if (code < 0x20 || code === 0x7f) {
+      return `the operation name holds a control character (${JSON.stringify(token)}): the sidecar refuses every request path with one, raw or escaped, so the rule could never match`;
+    }
+    if (token === "\\") {
+      return "the operation name holds a backslash: the sidecar refuses one in a request path (some servers read it as '/'), so the rule could never match; an escaped one (%5C) is refused too unless escapedSlashes is keep, and then judged as %5C";
+    }
+    if (token.length === 1 && code >= 0xd800 && code <= 0xdfff) {
+      return "the operation name holds a lone UTF-16 surrogate, which is not a character: no request path can spell it";
+    }
+    // encodeURIComponent: UTF-8, upper-case hex, as canonical.ts spells an escape it keeps.
+    if (!offending.includes(token)) offending.push(token);
+    written += encodeURIComponent(token);
+  }
+  if (offending.length === 0) return undefined;
+  const listed = offending.map((char) => `${JSON.stringify(char)} (${encodeURIComponent(char)})`).join(", ");
+  return `the operation name ${JSON.stringify(name)} holds ${listed}, which a request path always carries percent-encoded, so the rule could never match: write ${JSON.stringify(written + name.slice(path.length))} (UTF-8, upper-case hex, as the sidecar spells the path it judges)`;
 }
 
 export function compileOperation(rawName: string): OperationPattern {

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
 import { compilePolicy, parseAccessControl, type AccessRequest, type Caller } from "../../src/policy/index.ts";
+import { canonicalPath } from "../../src/proxy/canonical.ts";
 
 function policyFrom(yaml: string) {
   return compilePolicy(parseAccessControl(parseYaml(yaml), "test.yaml"));
@@ -310,6 +311,41 @@ accessControl:
     expect(sensitive(caller("billing"), "POST", "/items/1")).toBe(false);
     expect(sensitive(undefined, "POST", "/items/1")).toBe(false);
     expect(policyFrom("accessControl: {}").decide(http(caller("orders"), "POST", "/x")).verbSensitive).toBeUndefined();
+  });
+});
+
+describe("percent-encoded operation names (characters a request path carries encoded)", () => {
+  // Written as the refusal of "/données/**" and "/admin panel/**" says (UTF-8, upper-case hex).
+  const policy = policyFrom(`
+accessControl:
+  defaultAction: deny
+  policies:
+  - appId: orders
+    namespace: default
+    defaultAction: allow
+    operations:
+    - { name: "/donn%C3%A9es/**", httpVerb: ["*"], action: deny }
+    - { name: "/admin%20panel/**", httpVerb: ["*"], action: deny }
+    - { name: "/files/%e2%82%ac*", httpVerb: ["*"], action: deny }
+`);
+  /** The decision on a request target as the sidecar judges it: its canonical path. */
+  const decideTarget = (target: string) => {
+    const path = canonicalPath(target, "reject");
+    if (typeof path !== "string") throw new Error(`refused: ${path.refused}`);
+    return policy.decide(http(caller("orders"), "GET", path));
+  };
+
+  it("matches the request, whatever the case of its hex digits and of the ASCII letters", () => {
+    for (const target of ["/donn%C3%A9es/secret", "/donn%c3%a9es/secret", "/DONN%c3%A9ES/secret", "/donn%C3%A9es"]) {
+      expect(decideTarget(target), target).toMatchObject({ allowed: false, rule: "app:orders/default:op:/donn%C3%A9es/**:*" });
+    }
+    expect(decideTarget("/admin%20panel/x")).toMatchObject({ allowed: false, rule: "app:orders/default:op:/admin%20panel/**:*" });
+    // Lower-case hex in the rule too; an in-segment glob after an escape.
+    expect(decideTarget("/files/%E2%82%AC-2024.pdf")).toMatchObject({ allowed: false, rule: "app:orders/default:op:/files/%E2%82%AC*:*" });
+  });
+
+  it("compares an encoded letter byte for byte: %C3%89 (É) is not %C3%A9 (é)", () => {
+    expect(decideTarget("/DONN%C3%89ES/secret")).toMatchObject({ allowed: true, rule: "app:orders/default:default-action" });
   });
 });
 

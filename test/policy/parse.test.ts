@@ -2,7 +2,8 @@ import { describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
 import { isMeshwardError } from "../../src/errors.ts";
 import { parseAccessControl } from "../../src/policy/index.ts";
-import { normaliseOperation } from "../../src/policy/operation.ts";
+import { normaliseOperation, operationNameProblem } from "../../src/policy/operation.ts";
+import { canonicalPath } from "../../src/proxy/canonical.ts";
 
 function refusal(fn: () => unknown): { code: string; message: string; path: unknown } {
   try {
@@ -64,6 +65,19 @@ describe("parseAccessControl refuses bad input with the field's path", () => {
     ["too many globs", base({ appId: "a", namespace: "n", operations: [{ name: "/a*b*c*d*e" }] }), "spec.accessControl.policies[0].operations[0].name", /wildcards/],
     ["empty operation name", base({ appId: "a", namespace: "n", operations: [{ name: "" }] }), "spec.accessControl.policies[0].operations[0].name", /empty/],
     [
+      "a non-ASCII character, which a request path carries encoded",
+      base({ appId: "a", namespace: "n", operations: [{ name: "/admin/**" }, { name: "/données/**", httpVerb: ["*"], action: "deny" }] }),
+      "spec.accessControl.policies[0].operations[1].name",
+      /"\/données\/\*\*" holds "é" \(%C3%A9\).*never match: write "\/donn%C3%A9es\/\*\*"/,
+    ],
+    ["a space", base({ appId: "a", namespace: "n", operations: [{ name: "/admin panel/**" }] }), "spec.accessControl.policies[0].operations[0].name", /write "\/admin%20panel\/\*\*"/],
+    ["a raw ';'", base({ appId: "a", namespace: "n", operations: [{ name: "/a;b" }] }), "spec.accessControl.policies[0].operations[0].name", /write "\/a%3Bb"/],
+    ["a '%' that starts no escape", base({ appId: "a", namespace: "n", operations: [{ name: "/100%/x" }] }), "spec.accessControl.policies[0].operations[0].name", /write "\/100%25\/x"/],
+    ["a control character", base({ appId: "a", namespace: "n", operations: [{ name: "/a\tb" }] }), "spec.accessControl.policies[0].operations[0].name", /control character.*never match/],
+    ["an escaped control character", base({ appId: "a", namespace: "n", operations: [{ name: "/a%0ab" }] }), "spec.accessControl.policies[0].operations[0].name", /%0A, an escaped control character/],
+    ["an escaped '*' (requests have it decoded)", base({ appId: "a", namespace: "n", operations: [{ name: "/a%2ab" }] }), "spec.accessControl.policies[0].operations[0].name", /%2A.*never match/],
+    ["a backslash", base({ appId: "a", namespace: "n", operations: [{ name: "/a\\b" }] }), "spec.accessControl.policies[0].operations[0].name", /backslash/],
+    [
       "conflicting duplicate operation",
       base({ appId: "a", namespace: "n", operations: [{ name: "/x", httpVerb: ["GET"], action: "allow" }, { name: "x", httpVerb: ["GET"], action: "deny" }] }),
       "spec.accessControl.policies[0].operations[1]",
@@ -113,5 +127,29 @@ describe("normaliseOperation (Dapr's purell normalisation)", () => {
     ["/pkg.Service/Method", "/pkg.Service/Method"],
   ])("%s → %s", (input, expected) => {
     expect(normaliseOperation(input)).toBe(expected);
+  });
+});
+
+describe("operation names hold only what a canonical request path can (src/proxy/canonical.ts)", () => {
+  const samples = [...Array.from({ length: 128 }, (_, c) => String.fromCharCode(c)), "é", "É", "\u00a0", "€", "😀"];
+
+  it.each(samples.filter((c) => c !== "?" && c !== "#").map((c) => [JSON.stringify(c), c]))("%s: accepted exactly when a request path keeps it as it is", (_label, c) => {
+    const name = `/a${c}b`;
+    expect(operationNameProblem(name) === undefined).toBe(canonicalPath(name, "keep") === name);
+  });
+
+  it("the form a refusal says to write is the one the canonical path spells", () => {
+    let refused = 0;
+    for (const c of samples) {
+      const problem = operationNameProblem(`/a${c}b`);
+      const written = problem?.match(/write "(.+)" \(UTF-8/)?.[1];
+      if (written === undefined) continue;
+      refused++;
+      expect(canonicalPath(written, "keep")).toBe(written);
+      expect(canonicalPath(`/a${encodeURIComponent(c).toLowerCase()}b`, "keep")).toBe(written);
+      expect(operationNameProblem(written)).toBeUndefined();
+    }
+    // space " % < > [ ] ^ ` { | } ; and the five non-ASCII samples
+    expect(refused).toBe(18);
   });
 });
