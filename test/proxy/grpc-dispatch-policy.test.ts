@@ -23,12 +23,8 @@
  * as grpc-go documents, with a gRPC-Web/Connect handler as connect-go or Envoy's grpc_web filter would.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer as createHttpServer } from "node:http";
-import type { IncomingMessage, ServerResponse } from "node:http";
-import { connect as http2Connect, createServer as createH2Server } from "node:http2";
-import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
-import { createServer as createNetServer } from "node:net";
-import type { AddressInfo, Socket } from "node:net";
+import { connect as http2Connect } from "node:http2";
+import type { Http2ServerResponse } from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect as tlsConnect } from "node:tls";
@@ -36,6 +32,7 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
 import { startSidecar } from "../../src/proxy/sidecar.ts";
+import { startH1AndH2cApp } from "../helpers/app-servers.ts";
 import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
 import type { TestPki } from "../helpers/test-pki.ts";
 import { logCapture, withInbound, type SidecarWithApp } from "./fixtures.ts";
@@ -89,10 +86,10 @@ interface Handled {
  */
 async function startDispatchingApp(): Promise<{ port: number; handled: Handled[]; close(): Promise<void> }> {
   const handled: Handled[] = [];
-  const handle = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => {
+  const app = await startH1AndH2cApp((req, res) => {
     const type = String(req.headers["content-type"] ?? "");
     const grpc = req.httpVersionMajor === 2 && type.startsWith("application/grpc");
-    const rpc = /^application\/(grpc-web|connect\+)/i.test(type) || req.headers["connect-protocol-version"] !== undefined || /[?&]connect=/.test(req.url ?? "") || req.headers["sec-websocket-protocol"] === "grpc-websockets";
+    const rpc = /^application\/(grpc-web|connect\+)/i.test(type) || req.headers["connect-protocol-version"] !== undefined || /[?&]connect=v1(&|$)/.test(req.url ?? "") || req.headers["sec-websocket-protocol"] === "grpc-websockets";
     const handler = grpc ? "grpc" : rpc ? "rpc-over-http" : "http";
     req.resume();
     req.on("end", () => {
@@ -106,32 +103,8 @@ async function startDispatchingApp(): Promise<{ port: number; handled: Handled[]
       res.writeHead(200, { "content-type": "text/plain" });
       res.end(`${handler} handler ran ${req.method} ${req.url}`);
     });
-  };
-  const h1 = createHttpServer(handle);
-  const h2 = createH2Server(handle);
-  const sockets = new Set<Socket>();
-  const server = createNetServer((socket) => {
-    sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
-    // The first chunk put back, as the sidecar's own listener does (node:http2 reads it from the socket's buffer).
-    socket.once("data", (first: Buffer) => {
-      socket.pause();
-      socket.unshift(first);
-      if (first.subarray(0, 4).toString("latin1") === "PRI ") return void h2.emit("connection", socket);
-      h1.emit("connection", socket);
-      socket.resume();
-    });
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    port: (server.address() as AddressInfo).port,
-    handled,
-    close: async () => {
-      for (const socket of sockets) socket.destroy();
-      h2.close();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
+  return { ...app, handled };
 }
 
 describe("sidecar inbound: gRPC, gRPC-Web and Connect calls are judged as the app dispatches them", () => {
