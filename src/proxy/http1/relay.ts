@@ -255,6 +255,10 @@ class ClientConnection {
         // Counted like a head: llhttp counts names and values only, so 16,000 empty fields fit.
         // The app has the body but not its end: refusing destroys the upstream connection.
         if (trailers.length > 0 && trailerSectionBytes(trailers) > options.maxHeaderBytes) return this.#refuse("header_too_large", "the request's trailer section is larger than maxHeaderBytes");
+        // Refused in a trailer section as in the head: a framework that merges trailers into the
+        // headers (Apache httpd's MergeTrailers) would run another method than the one judged.
+        const override = trailers.length > 0 ? methodOverrideProblem(trailers) : undefined;
+        if (override !== undefined) return this.#refuse("ambiguous_request", `the request's trailer section is refused: ${override}`);
         if (!exchange.started) {
           exchange.endedWith = trailers;
           return;
