@@ -302,12 +302,75 @@ export function methodProblem(method: string): string | undefined {
   return undefined;
 }
 
+const GRPC_CONTENT_TYPE = /^application\/grpc([+;]|$)/;
+const GRPC_CONTENT_TYPE_ANY_CASE = /^application\/grpc([+;]|$)/i;
+
 /**
- * Whether an HTTP/2 request is gRPC for the policy: POST with content-type application/grpc*.
- * Anything else is HTTP, and the policy's verb rules apply to it.
+ * Whether an HTTP/2 request is gRPC for the policy: POST with content-type `application/grpc`,
+ * alone or followed by `+` or `;`, in exactly that spelling (the one every gRPC client sends).
+ * grpc-go compares it case-sensitively (internal/grpcutil ContentSubtype, "contentType is assumed
+ * to be lowercase already"; the ServeHTTP dispatch it documents, `strings.HasPrefix(ct,
+ * "application/grpc")`), so another spelling runs such an app's HTTP handler; contentTypeProblem
+ * refuses those. Anything else is HTTP, and the policy's verb rules apply to it.
  */
 export function isGrpcRequest(method: string, contentType: unknown): boolean {
-  return method === "POST" && typeof contentType === "string" && /^application\/grpc([+;]|$)/i.test(contentType);
+  return method === "POST" && typeof contentType === "string" && GRPC_CONTENT_TYPE.test(contentType);
+}
+
+/**
+ * Why a request's Content-Type (`fields`: name/value pairs) is refused: `application/grpc` in
+ * another letter case. Servers read it both ways: grpc-go and grpc-js compare case-sensitively (an
+ * app that serves gRPC and HTTP on one port runs its HTTP handler), grpc-dotnet
+ * (CommonGrpcProtocolHelpers.IsContentType, OrdinalIgnoreCase) and connect-go (mime.ParseMediaType)
+ * ignore case (the gRPC method runs). Judged either way, the app could run what the policy did not judge.
+ */
+export function contentTypeProblem(fields: readonly string[]): string | undefined {
+  for (let i = 0; i < fields.length; i += 2) {
+    const name = fields[i]!;
+    if (name.length !== 12 || name.toLowerCase() !== "content-type") continue;
+    const value = fields[i + 1]!;
+    if (GRPC_CONTENT_TYPE_ANY_CASE.test(value) && !GRPC_CONTENT_TYPE.test(value)) {
+      return `the content type ${JSON.stringify(value.slice(0, 64))}: gRPC servers read application/grpc in another letter case as gRPC or as plain HTTP; send "application/grpc"`;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Whether a request that is not gRPC over HTTP/2 (isGrpcRequest) is still a gRPC-style method
+ * call for servers that speak gRPC-Web or Connect (connect-go, Envoy's grpc_web filter,
+ * grpc-dotnet's UseGrpcWeb, tonic-web): a content type that begins with `application/grpc`
+ * (gRPC-Web, its `-text` form, gRPC over HTTP/1.1; grpc-js takes any type with that prefix as
+ * gRPC) or `application/connect+` (Connect streaming), in any case; a `Connect-Protocol-Version`
+ * field (Connect unary POST); a `connect=v1` query parameter (Connect unary GET; connect-go refuses
+ * any other value); a WebSocket upgrade offering the `grpc-websockets` subprotocol (improbable-eng's
+ * grpcweb wrapper). Such a request is judged by the policy's gRPC rules and by its HTTP rules: it
+ * must pass both. A Connect unary call without these marks (connect-go serves one unless
+ * WithRequireConnectProtocolHeader) is plain HTTP here. `fields`: name/value pairs.
+ */
+export function isRpcOverHttp(fields: readonly string[], target: CanonicalTarget): boolean {
+  for (let i = 0; i < fields.length; i += 2) {
+    const name = fields[i]!;
+    if (name.length === 24 && name.toLowerCase() === "connect-protocol-version") return true;
+    if (name.length === 12 && name.toLowerCase() === "content-type" && RPC_CONTENT_TYPE.test(fields[i + 1]!)) return true;
+    if (name.length === 22 && name.toLowerCase() === "sec-websocket-protocol" && GRPC_WEBSOCKETS.test(fields[i + 1]!)) return true;
+  }
+  const question = target.target.indexOf("?");
+  return question !== -1 && hasQueryParameter(target.target.slice(question + 1), "connect", "v1");
+}
+
+const RPC_CONTENT_TYPE = /^\s*application\/(grpc|connect\+)/i;
+const GRPC_WEBSOCKETS = /(^|,)\s*grpc-websockets\s*(,|$)/i;
+
+/** Whether a query holds `name=value` (decoded, '+' as space, split on '&' and ';': wider than Go's url.ParseQuery). */
+function hasQueryParameter(query: string, name: string, value: string): boolean {
+  if (!query.includes(name) && !query.includes("%")) return false;
+  const decoded = (text: string) => urlDecodedBytes(text.replace(/\+/g, " "));
+  for (const pair of query.split(/[&;]/)) {
+    const eq = pair.indexOf("=");
+    if (eq !== -1 && decoded(pair.slice(0, eq)) === name && decoded(pair.slice(eq + 1)) === value) return true;
+  }
+  return false;
 }
 
 /** An HTTP/2 request's canonical form: what the policy judges and the upstream receives. */
@@ -316,6 +379,8 @@ export interface CanonicalH2Request {
   readonly target: CanonicalTarget;
   /** gRPC for the policy and the forwarding (isGrpcRequest). */
   readonly grpc: boolean;
+  /** A gRPC-Web or Connect call (isRpcOverHttp): judged by the gRPC rules and the HTTP rules. */
+  readonly rpcOverHttp: boolean;
   /** :authority (or Host), which must agree with each other. */
   readonly authority: string | undefined;
   /** Regular fields as name/value pairs, for an HTTP/1.1 upstream. */
@@ -364,5 +429,9 @@ export function canonicalH2Request(headers: H2Headers, escapedSlashes: EscapedSl
     if (Array.isArray(value)) for (const each of value) rawHeaders.push(name, each);
     else rawHeaders.push(name, value);
   }
-  return { method, target, grpc: isGrpcRequest(method, headers["content-type"]), authority: typeof authority === "string" ? authority : host, rawHeaders, contentLength };
+  const contentType = contentTypeProblem(rawHeaders);
+  if (contentType !== undefined) return { status: 400, refused: contentType };
+  const grpc = isGrpcRequest(method, headers["content-type"]);
+  const rpcOverHttp = !grpc && isRpcOverHttp(rawHeaders, target);
+  return { method, target, grpc, rpcOverHttp, authority: typeof authority === "string" ? authority : host, rawHeaders, contentLength };
 }

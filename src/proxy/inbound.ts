@@ -90,6 +90,7 @@ interface TunnelRequest {
   readonly peer: PeerIdentity | undefined;
   readonly operation: string;
   readonly verb: string;
+  readonly rpcOverHttp?: boolean;
 }
 
 function callerOf(peer: PeerIdentity | undefined): Caller | undefined {
@@ -194,8 +195,16 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   };
 
   // --- policy --------------------------------------------------------------------------
-  /** The policy's refusal, or whether an allowed request's body must be read (constants: this runs per request). */
-  const judge = (peer: PeerIdentity | undefined, socket: Socket, operation: string, verb: string): { refusal: ProxyAnswer } | Allowed => {
+  /**
+   * The policy's refusal, or whether an allowed request's body must be read (constants: this runs
+   * per request). A gRPC-Web or Connect call (`rpcOverHttp`) is a gRPC method call to servers that
+   * speak those protocols and plain HTTP to others: it must pass the gRPC rules and the HTTP rules.
+   */
+  const judge = (peer: PeerIdentity | undefined, socket: Socket, operation: string, verb: string, rpcOverHttp = false): { refusal: ProxyAnswer } | Allowed => {
+    if (rpcOverHttp) {
+      const asGrpc = judge(peer, socket, operation, "");
+      if ("refusal" in asGrpc) return asGrpc;
+    }
     const decision = policy.current().decide({ caller: callerOf(peer), operation, verb });
     if (decision.allowed) return decision.verbSensitive === true ? ALLOWED_VERB_SENSITIVE : ALLOWED;
     const caller = peer?.spiffeId ?? "unverified";
@@ -204,8 +213,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     warnings.warn(`policy-denied|${caller}|${decision.rule}`, { event: "policy-denied", caller, rule: decision.rule, operation, verb, reason: decision.reason }, "request denied by the access policy");
     return { refusal: { status: 403, grpcStatus: GrpcStatus.PERMISSION_DENIED, code: "E_POLICY_DENIED", message: decision.reason, extra: { rule: decision.rule, caller } } };
   };
-  const denied = (peer: PeerIdentity | undefined, socket: Socket, operation: string, verb: string): ProxyAnswer | undefined => {
-    const judged = judge(peer, socket, operation, verb);
+  const denied = (peer: PeerIdentity | undefined, socket: Socket, operation: string, verb: string, rpcOverHttp = false): ProxyAnswer | undefined => {
+    const judged = judge(peer, socket, operation, verb, rpcOverHttp);
     return "refusal" in judged ? judged.refusal : undefined;
   };
   /**
@@ -221,8 +230,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     socket.once("close", () => tunnels.delete(socket));
   };
   const stopRejudging = policy.onReload(() => {
-    for (const [socket, { peer, operation, verb }] of tunnels) {
-      if (denied(peer, socket, operation, verb) === undefined) continue;
+    for (const [socket, { peer, operation, verb, rpcOverHttp }] of tunnels) {
+      if (denied(peer, socket, operation, verb, rpcOverHttp) === undefined) continue;
       telemetry.refused.inc({ direction: "inbound", reason: "policy" });
       socket.destroy();
     }
@@ -277,7 +286,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     ...relaySettings(limits, options.escapedSlashes),
     decide: (request, socket) => {
       const peer = peerFor(socket);
-      const judged = judge(peer, socket, request.target.path, request.method);
+      const judged = judge(peer, socket, request.target.path, request.method, request.rpcOverHttp);
       if ("refusal" in judged) return { answer: judged.refusal, done: tracker.begin(socket) };
       const body = bodyCheck(judged.verbSensitive, request.method, request.head.rawHeaders, socket);
       if ("refusal" in body) return { answer: body.refusal, done: tracker.begin(socket) };
@@ -291,10 +300,10 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     },
     upgrade: (request, socket, rest) => {
       const peer = peerFor(socket);
-      const refusal = denied(peer, socket, request.target.path, request.method);
+      const refusal = denied(peer, socket, request.target.path, request.method, request.rpcOverHttp);
       if (refusal !== undefined) return void answerRawHttp1(socket, refusal);
       // Registered before the app answers: a reload while the 101 is on its way judges it too.
-      holdTunnel(socket, { peer, operation: request.target.path, verb: request.method });
+      holdTunnel(socket, { peer, operation: request.target.path, verb: request.method, rpcOverHttp: request.rpcOverHttp });
       const app = netConnect({ host: options.app.host, port: options.app.port, noDelay: true });
       forwardUpgrade({ method: request.method, target: request.target.target, rawHeaders: request.head.rawHeaders }, socket, rest, app, hooksFor(peer, socket, "http"));
     },
@@ -330,7 +339,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       return;
     }
     const { grpc } = request;
-    const judged = judge(peer, socket, request.target.path, grpc ? "" : request.method);
+    const judged = judge(peer, socket, request.target.path, grpc ? "" : request.method, request.rpcOverHttp);
     if ("refusal" in judged) {
       answerH2(stream, judged.refusal, grpc);
       return;

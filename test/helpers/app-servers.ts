@@ -1,6 +1,8 @@
 import { spawn } from "node:child_process";
 import { createServer as createHttpServer } from "node:http";
-import type { IncomingHttpHeaders, Server } from "node:http";
+import type { IncomingHttpHeaders, IncomingMessage, Server, ServerResponse } from "node:http";
+import { createServer as createH2Server } from "node:http2";
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import { createServer as createNetServer } from "node:net";
 import type { AddressInfo, Server as NetServer, Socket } from "node:net";
 import * as grpc from "@grpc/grpc-js";
@@ -159,5 +161,40 @@ export async function startTcpEcho(): Promise<{ port: number; close(): Promise<v
         for (const s of sockets) s.destroy();
         server.close(() => resolve());
       }),
+  };
+}
+
+/**
+ * A plaintext app serving HTTP/1.1 and h2c (prior knowledge) on one port, as an app behind the
+ * sidecar gets both (gRPC over h2c, anything else over HTTP/1.1): `handle` gets node:http and
+ * node:http2 compat requests alike (`req.httpVersionMajor` tells them apart).
+ */
+export async function startH1AndH2cApp(
+  handle: (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void,
+): Promise<{ port: number; close(): Promise<void> }> {
+  const h1 = createHttpServer(handle);
+  const h2 = createH2Server(handle);
+  const sockets = new Set<Socket>();
+  const server = createNetServer((socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    socket.on("error", () => undefined);
+    // The first chunk put back, as the sidecar's own listener does (node:http2 reads it from the socket's buffer).
+    socket.once("data", (first: Buffer) => {
+      socket.pause();
+      socket.unshift(first);
+      if (first.subarray(0, 4).toString("latin1") === "PRI ") return void h2.emit("connection", socket);
+      h1.emit("connection", socket);
+      socket.resume();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      h2.close();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
   };
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { authorityProblem, canonicalH2Request, canonicalPath, canonicalTarget, isGrpcRequest, isRefusal, methodOverrideProblem, methodProblem } from "../../src/proxy/canonical.ts";
+import { authorityProblem, canonicalH2Request, canonicalPath, canonicalTarget, contentTypeProblem, isGrpcRequest, isRefusal, isRpcOverHttp, methodOverrideProblem, methodProblem } from "../../src/proxy/canonical.ts";
 import type { CanonicalTarget, TargetRefusal } from "../../src/proxy/canonical.ts";
 
 /**
@@ -141,15 +141,53 @@ describe("canonical request targets (RFC 9112 §3.2)", () => {
 describe("HTTP/2 requests", () => {
   const h2 = (headers: Record<string, string | string[] | undefined>) => canonicalH2Request({ ":method": "GET", ":path": "/items/1", ":scheme": "https", ":authority": "orders", ...headers }, "reject");
 
-  it("is gRPC only for POST with content-type application/grpc*, else HTTP whose verb rules apply", () => {
+  it("is gRPC only for POST with content-type application/grpc* spelt in lower case, else HTTP whose verb rules apply", () => {
     expect(isGrpcRequest("POST", "application/grpc")).toBe(true);
     expect(isGrpcRequest("POST", "application/grpc+proto")).toBe(true);
-    expect(isGrpcRequest("POST", "Application/GRPC; charset=utf-8")).toBe(true);
+    expect(isGrpcRequest("POST", "application/grpc;charset=utf-8")).toBe(true);
+    expect(isGrpcRequest("POST", "application/grpc+PROTO")).toBe(true);
+    expect(isGrpcRequest("POST", "Application/GRPC; charset=utf-8")).toBe(false);
     for (const method of ["GET", "DELETE", "PUT", "PATCH"]) expect(isGrpcRequest(method, "application/grpc")).toBe(false);
     expect(isGrpcRequest("POST", "application/grpc-web")).toBe(false);
     expect(isGrpcRequest("POST", "application/grpcx")).toBe(false);
     expect(h2({ ":method": "DELETE", "content-type": "application/grpc" })).toMatchObject({ grpc: false, method: "DELETE" });
-    expect(h2({ ":method": "POST", "content-type": "application/grpc" })).toMatchObject({ grpc: true });
+    expect(h2({ ":method": "POST", "content-type": "application/grpc" })).toMatchObject({ grpc: true, rpcOverHttp: false });
+  });
+
+  // grpc-go compares case-sensitively (internal/grpcutil ContentSubtype), grpc-dotnet and connect-go do not.
+  it("refuses application/grpc in another letter case, whatever the method", () => {
+    for (const type of ["Application/grpc", "APPLICATION/GRPC+proto", "application/gRPC;x=1", "application/GRPC"]) {
+      for (const method of ["POST", "GET"]) expect(h2({ ":method": method, "content-type": type }), `${method} ${type}`).toMatchObject({ status: 400, refused: expect.stringMatching(/letter case/) });
+      expect(contentTypeProblem(["Content-Type", type]), type).toMatch(/letter case/);
+    }
+    for (const type of ["application/grpc", "application/grpc+json", "Application/grpc-web", "APPLICATION/JSON", "text/plain"]) expect(contentTypeProblem(["content-type", type]), type).toBeUndefined();
+    expect(contentTypeProblem(["content-type", "application/grpc", "Content-Type", "Application/grpc"])).toMatch(/letter case/);
+  });
+
+  it("marks gRPC-Web and Connect calls, judged by the gRPC rules and the HTTP rules", () => {
+    const rpc = (fields: string[], raw = "/shop.Admin/Reset") => {
+      const target = canonicalTarget("POST", raw, "reject");
+      if (isRefusal(target)) throw new Error(target.refused);
+      return isRpcOverHttp(fields, target);
+    };
+    for (const type of ["application/grpc-web", "application/grpc-web+proto", "application/grpc-web-text", "Application/GRPC-WEB-TEXT+proto", "application/connect+json", "APPLICATION/CONNECT+PROTO", "application/grpc", "application/grpcx"]) {
+      expect(rpc(["Content-Type", type]), type).toBe(true);
+    }
+    expect(rpc(["content-type", "application/json", "Connect-Protocol-Version", "1"])).toBe(true);
+    expect(rpc(["connect-protocol-version", "1"])).toBe(true);
+    expect(rpc([], "/shop.Admin/Reset?connect=v1&encoding=json&message=%7B%7D")).toBe(true);
+    expect(rpc([], "/shop.Admin/Reset?encoding=json&%63onnect=v1")).toBe(true);
+    expect(rpc(["Upgrade", "websocket", "Sec-WebSocket-Protocol", "grpc-websockets"])).toBe(true);
+    expect(rpc(["sec-websocket-protocol", "chat, GRPC-WEBSOCKETS"])).toBe(true);
+    // Plain HTTP: JSON, forms, a query value or another parameter named like it, another subprotocol.
+    for (const fields of [["content-type", "application/json"], ["content-type", "application/x-www-form-urlencoded"], ["content-type", "application/connect"], ["sec-websocket-protocol", "grpc-websockets-v2"], ["x-connect-protocol-version", "1"]]) {
+      expect(rpc(fields), fields.join(": ")).toBe(false);
+    }
+    expect(rpc([], "/shop.Admin/Reset?connect=%76%31")).toBe(true);
+    for (const target of ["/a?q=connect", "/a?connected=1", "/a?x_connect=v1", "/connect?a=1", "/login?connect=github", "/a?connect", "/a?connect=v2"]) expect(rpc([], target), target).toBe(false);
+    expect(h2({ ":method": "POST", "content-type": "application/grpc-web+proto" })).toMatchObject({ grpc: false, rpcOverHttp: true });
+    expect(h2({ ":method": "DELETE", "content-type": "application/grpc" })).toMatchObject({ grpc: false, rpcOverHttp: true });
+    expect(h2({ ":method": "POST", "content-type": "application/json" })).toMatchObject({ grpc: false, rpcOverHttp: false });
   });
 
   it("judges and forwards the canonical :path, and refuses what HTTP/1 would refuse", () => {

@@ -1,6 +1,6 @@
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { canonicalTarget, isRefusal, methodOverrideProblem } from "../canonical.ts";
+import { canonicalTarget, contentTypeProblem, isRefusal, isRpcOverHttp, methodOverrideProblem } from "../canonical.ts";
 import type { CanonicalTarget, EscapedSlashAction } from "../canonical.ts";
 import type { BodyInspector } from "../method-override-body.ts";
 import { answerText } from "../respond.ts";
@@ -19,6 +19,8 @@ export interface RelayRequest {
   readonly target: CanonicalTarget;
   /** The received Host (undefined: an HTTP/1.0 request without one). */
   readonly host: string | undefined;
+  /** A gRPC-Web or Connect call (isRpcOverHttp): judged by the gRPC rules and the HTTP rules. */
+  readonly rpcOverHttp: boolean;
 }
 
 /** Where a request goes: an upstream pool, with the lines to add and what to say if it fails. */
@@ -253,6 +255,10 @@ class ClientConnection {
         // Counted like a head: llhttp counts names and values only, so 16,000 empty fields fit.
         // The app has the body but not its end: refusing destroys the upstream connection.
         if (trailers.length > 0 && trailerSectionBytes(trailers) > options.maxHeaderBytes) return this.#refuse("header_too_large", "the request's trailer section is larger than maxHeaderBytes");
+        // Refused in a trailer section as in the head: a framework that merges trailers into the
+        // headers (Apache httpd's MergeTrailers) would run another method than the one judged.
+        const override = trailers.length > 0 ? methodOverrideProblem(trailers) : undefined;
+        if (override !== undefined) return this.#refuse("ambiguous_request", `the request's trailer section is refused: ${override}`);
         if (!exchange.started) {
           exchange.endedWith = trailers;
           return;
@@ -347,9 +353,9 @@ class ClientConnection {
       this.#refuse("ambiguous_request", `the request target is refused: ${target.refused}`);
       return undefined;
     }
-    const override = methodOverrideProblem(head.rawHeaders);
-    if (override !== undefined) {
-      this.#refuse("ambiguous_request", `the request is refused: ${override}`);
+    const ambiguous = methodOverrideProblem(head.rawHeaders) ?? contentTypeProblem(head.rawHeaders);
+    if (ambiguous !== undefined) {
+      this.#refuse("ambiguous_request", `the request is refused: ${ambiguous}`);
       return undefined;
     }
     const host = requestHost(head.rawHeaders, head.httpMinor, target.authority);
@@ -357,7 +363,7 @@ class ClientConnection {
       this.#refuse("bad_request", `the request is refused: ${host.problem}`);
       return undefined;
     }
-    return { head, method: head.method, target, host: host.host };
+    return { head, method: head.method, target, host: host.host, rpcOverHttp: isRpcOverHttp(head.rawHeaders, target) };
   }
 
   /** The request's head is complete and it is first in line: decide, then forward or answer. */

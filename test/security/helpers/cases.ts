@@ -429,4 +429,7 @@ export const GRPC_CASES: Case[] = ([
   // The allow is for that one method: another method of the same service, and the same method over HTTP, stay denied.
   { id: "grpc-other-method", cls: "policy matching", expect: "refused", h2: { method: "POST", path: "/shop.Items/Delete", headers: grpcHeaders, body: GRPC_FRAME } },
   { id: "grpc-method-as-http", cls: "policy matching", expect: "refused", h2: { method: "POST", path: GRPC_METHOD, headers: { "content-type": "application/json" }, body: "{}" } },
+  // gRPC only in the one spelling every gRPC client sends: grpc-go compares it case-sensitively
+  // (internal/grpcutil ContentSubtype) and would run an HTTP handler for the allowed gRPC method's path.
+  { id: "grpc-type-case", cls: "gRPC content-type case", expect: "refused", h2: { method: "POST", path: GRPC_METHOD, headers: { ...grpcHeaders, "content-type": "Application/grpc" }, body: GRPC_FRAME } },
 ] satisfies Case[]).map((c): Case => ({ ...c, grpc: true }));
