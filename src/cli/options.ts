@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { checkCaDir } from "../util/dir-safety.ts";
-import { validatorEnumName, validatorFlagName } from "../config/fields.ts";
+import { validatorEnumName, validatorFlagName } from "../config/validator-names.ts";
 import { createLogger, type LogLevel, type Logger } from "../telemetry/logger.ts";
 import { MeshwardError } from "../errors.ts";
 import { assertPrivateFile } from "../util/files.ts";

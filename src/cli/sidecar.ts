@@ -6,7 +6,7 @@ import type { SidecarConfig } from "../config/sidecar.ts";
 import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { startSidecar } from "../proxy/sidecar.ts";
 import { cliLogger, collect, readTextFile, untilSignal, validatorOption, warnTokenOnCommandLine } from "./options.ts";
-import { validatorEnumName } from "../config/fields.ts";
+import { validatorEnumName } from "../config/validator-names.ts";
 
 /** Flag → config field (top level, or limits.<field>). */
 const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: readonly string[], kind?: "number"])[] = [
