@@ -1,23 +1,9 @@
-import { Command, Option } from "commander";
-import { X509Certificate } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { parse as parseYaml } from "yaml";
-import { caConfigSchema, type CaConfig } from "../config/ca.ts";
-import { loadYamlConfig } from "../config/load.ts";
-import { caKeysEncrypted, caLayout, initAnchors, loadAnchors, readCaState } from "../ca/anchors.ts";
-import type { AnchorFiles } from "../ca/anchor-files.ts";
-import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../ca/rotation.ts";
-import { withCaFiles, withCaStore } from "./store.ts";
-import type { Store } from "../store/store.ts";
-import { trustBundleVersion } from "../telemetry/bundle-version.ts";
-import { copyStore } from "../store/migrate-store.ts";
-import { redactConnectionString } from "../store/redact.ts";
-import { startCaServer } from "../ca/server.ts";
-import { isMeshwardError, MeshwardError } from "../errors.ts";
-import { decodePrivateKey, KEY_ALGORITHMS } from "../pki/keys.ts";
-import { certificatesFromPem } from "../pki/pem.ts";
-import { describeTimeLeft, parseDuration } from "../util/duration.ts";
-import { checkCaDirOption, cliLogger, collect, logFormatOption, logLevelOption, readPassphrase, readTextFile, untilSignal, validatorOption, wholeNumber } from "./options.ts";
+import { Option, type Command, type OptionValues } from "commander";
+import { KEY_ALGORITHMS } from "../pki/keys.ts";
+import { checkCaDirOption, collect, logFormatOption, logLevelOption, validatorOption } from "./options.ts";
+
+// What `meshward ca` accepts; what it does is in ./actions/ca.ts, loaded when it runs.
+const actions = () => import("./actions/ca.ts");
 
 export function registerCaCommand(program: Command): void {
   const ca = program.command("ca").description("run the meshward certificate authority").hook("preAction", checkCaDirOption);
@@ -35,64 +21,7 @@ export function registerCaCommand(program: Command): void {
     .option("--issuer-ttl <duration>", "lifetime of a generated issuer", "1y")
     .addOption(new Option("--key-type <type>", "key algorithm of a generated root and issuer (Dapr >= 1.18 Sentry uses ed25519)").choices([...KEY_ALGORITHMS]).default("ec-p256"))
     .option("--json", "print the result as JSON")
-    .action(async (opts) => {
-      const importing = [opts.rootCert, opts.issuerCert, opts.issuerKey].filter((v) => v !== undefined).length;
-      if (importing !== 0 && importing !== 3) {
-        throw new MeshwardError("E_USAGE", "to import an existing CA give all three of --root-cert, --issuer-cert and --issuer-key");
-      }
-      if (importing === 0 && opts.issuerKeyPassphraseFile !== undefined) throw new MeshwardError("E_USAGE", "--issuer-key-passphrase-file goes with an imported --issuer-key");
-      const passphrase = readPassphrase(opts.passphraseFile);
-      const issuerKeyPassphrase = readIssuerKeyPassphrase(opts.issuerKeyPassphraseFile);
-      const state = await initAnchors({
-        dir: opts.dir,
-        trustDomain: opts.trustDomain,
-        now: new Date(),
-        rootTtlMs: anchorTtl(opts.rootTtl, "--root-ttl"),
-        issuerTtlMs: anchorTtl(opts.issuerTtl, "--issuer-ttl"),
-        keyAlgorithm: opts.keyType,
-        ...(passphrase !== undefined ? { passphrase } : {}),
-        ...(importing === 3
-          ? {
-              imported: {
-                rootCertPem: readCertificateFile(opts.rootCert, "--root-cert"),
-                issuerCertPem: readCertificateFile(opts.issuerCert, "--issuer-cert"),
-                issuerKeyPem: readKeyFile(opts.issuerKey, "--issuer-key", issuerKeyPassphrase, "give its passphrase with --issuer-key-passphrase-file FILE"),
-                ...(issuerKeyPassphrase !== undefined ? { issuerKeyPassphrase } : {}),
-              },
-            }
-          : {}),
-      });
-      const layout = caLayout(opts.dir);
-      if (issuerKeyPassphrase !== undefined && passphrase === undefined) {
-        process.stderr.write(`meshward: note: the imported issuer key was encrypted; ${layout.issuerKey} holds it decrypted (mode 0600). To keep it encrypted at rest, give --passphrase-file (or MESHWARD_CA_PASSPHRASE) to 'ca init'.\n`);
-      }
-      const root = new X509Certificate(readFileSync(layout.rootCert));
-      const issuer = new X509Certificate(readFileSync(layout.issuerCert));
-      const summary = {
-        trustDomain: state.trustDomain,
-        mode: state.mode,
-        dir: opts.dir,
-        encrypted: passphrase !== undefined,
-        root: { fingerprint256: root.fingerprint256, notAfter: new Date(root.validTo).toISOString() },
-        issuer: { fingerprint256: issuer.fingerprint256, notAfter: new Date(issuer.validTo).toISOString() },
-        bundle: layout.bundle,
-      };
-      if (opts.json) {
-        process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
-        return;
-      }
-      const now = new Date();
-      process.stdout.write(
-        [
-          `Created a meshward CA for trust domain ${state.trustDomain} in ${opts.dir} (${state.mode === "self-managed" ? "self-managed root" : "imported root"}${summary.encrypted ? ", keys encrypted" : ""}).`,
-          `  root    ${root.fingerprint256}  expires ${summary.root.notAfter} (${describeTimeLeft(new Date(root.validTo), now)})`,
-          `  issuer  ${issuer.fingerprint256}  expires ${summary.issuer.notAfter} (${describeTimeLeft(new Date(issuer.validTo), now)})`,
-          `  trust bundle for workloads: ${layout.bundle}`,
-          `Next: meshward ca serve --dir ${opts.dir} --listen 127.0.0.1:8443`,
-          "",
-        ].join("\n"),
-      );
-    });
+    .action(async (opts: OptionValues) => (await actions()).caInit(opts));
 
   ca.command("serve")
     .description("serve the CA API (gRPC SignCertificate + HTTPS bundle, CRL, health, metrics) on one TLS port")
@@ -119,33 +48,14 @@ export function registerCaCommand(program: Command): void {
     .option("--max-connections-per-address <n>", "API connections open at once from one source IP address; more are closed on accept [default: 256]")
     .addOption(logFormatOption())
     .addOption(logLevelOption())
-    .action(async (opts) => {
-      const config = resolveCaConfig(opts);
-      const logger = cliLogger("ca", opts);
-      const passphrase = readPassphrase(opts.passphraseFile);
-      const server = await startCaServer({ dir: opts.dir, config, logger, ...(passphrase !== undefined ? { passphrase } : {}) });
-      const stopped = untilSignal();
-      process.stdout.write(`meshward CA listening on ${server.address} as ${server.spiffeId}\n`);
-      if (server.status !== undefined) process.stdout.write(`status page: ${server.status.url}/\n`);
-      const signal = await stopped;
-      logger.info({ event: "ca-stopping", signal }, "stopping");
-      await server.close();
-    });
+    .action(async (opts: OptionValues) => (await actions()).caServe(opts));
 
   ca.command("migrate-store")
     .description("move a CA's records (certificates, revocations, tokens, CRL number; from PostgreSQL also the replicas' shared CA state and published CRL) to another store, e.g. SQLite to PostgreSQL for several replicas; stop the CA first")
     .requiredOption("--dir <dir>", "CA directory")
     .option("--from <url>", "the store to read [default: sqlite:<dir>/ca.db]")
     .requiredOption("--to <url>", "the empty store to fill, e.g. postgres://meshward@db:5432/meshward")
-    .action(async (opts) => {
-      readCaState(opts.dir);
-      const from = opts.from ?? `sqlite:${caLayout(opts.dir).database}`;
-      const report = await withCaStore(opts.dir, from, (source) => withCaStore(opts.dir, opts.to, (target) => copyStore(source, target)));
-      process.stdout.write(
-        `moved ${report.issuances} certificate${report.issuances === 1 ? "" : "s"}, ${report.revocations} revocation${report.revocations === 1 ? "" : "s"} and ${report.tokens} join token${report.tokens === 1 ? "" : "s"}${report.caStateFiles > 0 ? `, ${report.caStateFiles} shared CA state file${report.caStateFiles === 1 ? "" : "s"}` : ""}${report.publishedCrl !== undefined ? ` and CRL #${report.publishedCrl}` : ""} to ${redactConnectionString(opts.to)}; the next CRL number is above ${report.crlNumber}.\n` +
-          `Next: give every replica a copy of ${opts.dir} and run: meshward ca serve --dir DIR --store URL --passphrase-file FILE\n`,
-      );
-    });
+    .action(async (opts: OptionValues) => (await actions()).caMigrateStore(opts));
 
   ca.command("rotate-issuer")
     .description("self-managed CAs: replace the issuer with a new one signed by the root (a running CA switches within a second)")
@@ -154,25 +64,7 @@ export function registerCaCommand(program: Command): void {
     .option("--issuer-ttl <duration>", "lifetime of the new issuer", "1y")
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
     .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")
-    .action(async (opts) => {
-      const now = new Date();
-      const issuerTtlMs = anchorTtl(opts.issuerTtl, "--issuer-ttl");
-      const passphrase = readPassphrase(opts.passphraseFile);
-      let note: string | undefined;
-      const issuer = await withCaFiles(opts.dir, opts.store, async (files) => {
-        const current = loadAnchors({ dir: opts.dir, files, ...withPassphrase(passphrase) });
-        const stage = issuerRotationStage(current.issuer.certificate, now);
-        if (stage === "current" && !opts.now) {
-          process.stdout.write(`the issuer has ${describeTimeLeft(new Date(current.issuer.certificate.validTo), now)}, above the rotation threshold; nothing to do (use --now to rotate anyway)\n`);
-          return undefined;
-        }
-        note = encryptionNote(opts.dir, files, passphrase);
-        return rotateIssuer({ dir: opts.dir, now, files, issuerTtlMs, ...withPassphrase(passphrase) });
-      });
-      if (issuer === undefined) return;
-      if (note !== undefined) process.stderr.write(note);
-      process.stdout.write(`new issuer ${issuer.fingerprint256}, valid until ${new Date(issuer.validTo).toISOString()}; a running CA signs with it within a second\n`);
-    });
+    .action(async (opts: OptionValues) => (await actions()).caRotateIssuer(opts));
 
   ca.command("import-issuer")
     .description("install a new issuer signed by a root in the trust bundle (external roots: your organisation's CA signed it); a running CA switches without a restart")
@@ -182,27 +74,7 @@ export function registerCaCommand(program: Command): void {
     .option("--issuer-key-passphrase-file <file>", "passphrase of the imported key, if it is encrypted")
     .option("--passphrase-file <file>", "passphrase to encrypt the key at rest (or MESHWARD_CA_PASSPHRASE)")
     .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")
-    .action(async (opts) => {
-      const passphrase = readPassphrase(opts.passphraseFile);
-      const issuerKeyPassphrase = readIssuerKeyPassphrase(opts.issuerKeyPassphraseFile);
-      const issuerCertPem = readCertificateFile(opts.issuerCert, "--issuer-cert");
-      const issuerKeyPem = readKeyFile(opts.issuerKey, "--issuer-key", issuerKeyPassphrase ?? passphrase, "give its passphrase with --issuer-key-passphrase-file FILE");
-      let note: string | undefined;
-      const issuer = await withCaFiles(opts.dir, opts.store, async (files) => {
-        note = encryptionNote(opts.dir, files, passphrase);
-        return importIssuer({
-          dir: opts.dir,
-          files,
-          issuerCertPem,
-          issuerKeyPem,
-          now: new Date(),
-          ...withPassphrase(passphrase),
-          ...(issuerKeyPassphrase !== undefined ? { issuerKeyPassphrase } : {}),
-        });
-      });
-      if (note !== undefined) process.stderr.write(note);
-      process.stdout.write(`installed issuer ${issuer.fingerprint256}, valid until ${new Date(issuer.validTo).toISOString()}\n`);
-    });
+    .action(async (opts: OptionValues) => (await actions()).caImportIssuer(opts));
 
   const rotateRoot = ca.command("rotate-root").description("replace the trust anchor without downtime: prepare → activate → retire (see docs/rotation.md)");
   rotateRoot
@@ -213,22 +85,7 @@ export function registerCaCommand(program: Command): void {
     .option("--root-ttl <duration>", "lifetime of a generated root", "10y")
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
     .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")
-    .action(async (opts) => {
-      const rootTtlMs = anchorTtl(opts.rootTtl, "--root-ttl");
-      const passphrase = readPassphrase(opts.passphraseFile);
-      const importedRootPem = opts.rootCert !== undefined ? readCertificateFile(opts.rootCert, "--root-cert") : undefined;
-      let note: string | undefined;
-      const root = await withCaFiles(opts.dir, opts.store, async (files) => {
-        // An imported root comes without a key: nothing is encrypted.
-        if (importedRootPem === undefined) note = encryptionNote(opts.dir, files, passphrase);
-        return prepareRoot({ dir: opts.dir, files, now: new Date(), rootTtlMs, ...withPassphrase(passphrase), ...(importedRootPem !== undefined ? { importedRootPem } : {}) });
-      });
-      if (note !== undefined) process.stderr.write(note);
-      process.stdout.write(
-        `prepared root ${root.fingerprint256} (valid until ${new Date(root.validTo).toISOString()}); the bundle now holds it beside the current root.\n` +
-          `Next, once every workload has fetched the new bundle (they refresh it every minute): meshward ca rotate-root activate --dir ${opts.dir}\n`,
-      );
-    });
+    .action(async (opts: OptionValues) => (await actions()).caRotateRootPrepare(opts));
   rotateRoot
     .command("activate")
     .description("step 2: sign with a new issuer under the new root; workloads move to it at their next renewal (or at once with --reissue)")
@@ -239,45 +96,14 @@ export function registerCaCommand(program: Command): void {
     .option("--issuer-ttl <duration>", "lifetime of a generated issuer", "1y")
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
     .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")
-    .action(async (opts) => {
-      if ((opts.issuerCert === undefined) !== (opts.issuerKey === undefined)) throw new MeshwardError("E_USAGE", "give both --issuer-cert and --issuer-key, or neither");
-      const issuerTtlMs = anchorTtl(opts.issuerTtl, "--issuer-ttl");
-      const passphrase = readPassphrase(opts.passphraseFile);
-      const importedIssuer =
-        opts.issuerCert !== undefined
-          ? { certPem: readCertificateFile(opts.issuerCert, "--issuer-cert"), keyPem: readKeyFile(opts.issuerKey, "--issuer-key", passphrase, "it is decrypted with the CA passphrase: give it with --passphrase-file FILE (or MESHWARD_CA_PASSPHRASE)") }
-          : undefined;
-      let note: string | undefined;
-      const issuer = await withCaFiles(opts.dir, opts.store, async (files) => {
-        note = encryptionNote(opts.dir, files, passphrase);
-        return activateRoot({
-          dir: opts.dir,
-          files,
-          now: new Date(),
-          reissue: opts.reissue === true,
-          issuerTtlMs,
-          ...withPassphrase(passphrase),
-          ...(importedIssuer !== undefined ? { importedIssuer } : {}),
-        });
-      });
-      if (note !== undefined) process.stderr.write(note);
-      process.stdout.write(
-        `activated: signing with issuer ${issuer.fingerprint256} under the new root${opts.reissue ? "; workloads renew now" : "; workloads move at their next renewal"}.\n` +
-          `Next, when no certificate chains to the old root (see 'meshward ca status'): meshward ca rotate-root retire --dir ${opts.dir}\n`,
-      );
-    });
+    .action(async (opts: OptionValues) => (await actions()).caRotateRootActivate(opts));
   rotateRoot
     .command("retire")
     .description("step 3: remove the old root from the bundle; refused while unexpired certificates still chain to it")
     .requiredOption("--dir <dir>", "CA directory")
     .option("--force", "retire even though certificates still chain to the old root (they stop verifying)")
     .option("--store <url>", "store URL [default: <dir>/ca.db]")
-    .action(async (opts) => {
-      // Before the store is opened: a directory that is no CA gets no ca.db made in it.
-      readCaState(opts.dir);
-      const result = await withCaFiles(opts.dir, opts.store ?? `sqlite:${caLayout(opts.dir).database}`, (files, store) => retireRoot({ dir: opts.dir, store: store!, files, now: new Date(), force: opts.force === true }));
-      process.stdout.write(`retired root ${result.retiredFingerprint}${result.remaining > 0 ? ` (forced: ${result.remaining} certificates still chained to it)` : ""}; the rotation is complete\n`);
-    });
+    .action(async (opts: OptionValues) => (await actions()).caRotateRootRetire(opts));
 
   ca.command("status")
     .description("show the trust anchors, time left, rotation state and how many live certificates chain to each root; exit 1 when one expires within --warn")
@@ -286,184 +112,5 @@ export function registerCaCommand(program: Command): void {
     .option("--store <url>", "store URL [default: <dir>/ca.db]")
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
     .option("--json", "print JSON")
-    .action(async (opts) => {
-      const now = new Date();
-      const warnMs = parseDuration(opts.warn, "--warn");
-      // Before the store is opened: a directory that is no CA gets no ca.db made in it.
-      readCaState(opts.dir);
-      const { anchors, countsByRoot } = await withCaFiles(
-        opts.dir,
-        opts.store ?? `sqlite:${caLayout(opts.dir).database}`,
-        async (files, store) => {
-          const loaded = loadAnchors({ dir: opts.dir, files, ...withPassphrase(readPassphrase(opts.passphraseFile)) });
-          return { anchors: loaded, countsByRoot: await certificateCountsByRoot(store!, loaded.roots.map((r) => r.fingerprint256), now) };
-        },
-        false,
-      );
-      const describe = (kind: string, cert: X509Certificate) => {
-        const notAfter = new Date(cert.validTo);
-        return {
-          kind,
-          subject: cert.subject.replace(/\n/g, ", "),
-          fingerprint256: cert.fingerprint256,
-          notAfter: notAfter.toISOString(),
-          timeLeft: describeTimeLeft(notAfter, now),
-          expiringSoon: notAfter.getTime() - now.getTime() < warnMs,
-        };
-      };
-      const rotation = anchors.state.rootRotation;
-      const roots = anchors.roots.map((root) => ({
-        ...describe(root.fingerprint256 === anchors.issuerRoot.fingerprint256 ? "root (active)" : rotation?.previousRootFingerprint === root.fingerprint256 ? "root (retiring)" : "root (next)", root),
-        liveCertificates: countsByRoot.get(root.fingerprint256)?.live ?? 0,
-        certificates: countsByRoot.get(root.fingerprint256) ?? { unexpired: 0, live: 0, superseded: 0, revoked: 0 },
-      }));
-      const issuer = describe("issuer", anchors.issuer.certificate);
-      const entries = [...roots, issuer];
-      const bundleVersion = trustBundleVersion(anchors.roots.map((r) => r.fingerprint256));
-      const result = { trustDomain: anchors.trustDomain, mode: anchors.mode, bundleVersion, rootRotation: rotation ?? null, issuerStage: issuerRotationStage(anchors.issuer.certificate, now), anchors: entries };
-      if (opts.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
-      else {
-        process.stdout.write(`trust domain ${anchors.trustDomain} (${anchors.mode})${rotation ? `, root rotation ${rotation.phase}` : ""}; trust bundle version ${bundleVersion} (${roots.length} root${roots.length === 1 ? "" : "s"})\n`);
-        for (const root of roots) {
-          const c = root.certificates;
-          const others = [c.superseded > 0 ? `${c.superseded} superseded` : "", c.revoked > 0 ? `${c.revoked} revoked` : ""].filter((t) => t !== "");
-          process.stdout.write(
-            `  ${root.kind.padEnd(16)} ${root.subject}\n` +
-              `  ${"".padEnd(16)} ${root.fingerprint256}\n` +
-              `  ${"".padEnd(16)} expires ${root.notAfter}  ${root.timeLeft}${root.expiringSoon ? `  ← within --warn ${opts.warn}` : ""}\n` +
-              `  ${"".padEnd(16)} ${c.live} live certificate${c.live === 1 ? "" : "s"} chain${c.live === 1 ? "s" : ""} to it${others.length > 0 ? ` (not counted: ${others.join(", ")})` : ""}` +
-              `${c.live > 0 && root.kind !== "root (active)" ? `; list them: meshward cert list --dir ${opts.dir} --root ${root.fingerprint256} --live` : ""}\n`,
-          );
-        }
-        process.stdout.write(`  ${"issuer".padEnd(16)} expires ${issuer.notAfter}  ${issuer.timeLeft}${result.issuerStage !== "current" ? ` (rotation stage: ${result.issuerStage})` : ""}${issuer.expiringSoon ? `  ← within --warn ${opts.warn}` : ""}\n`);
-      }
-      if (entries.some((e) => e.expiringSoon)) process.exitCode = 1;
-    });
-}
-
-/**
- * Unexpired certificates per root, split the way `rotate-root retire` sees them: live ones (what
- * it waits for), and those that no longer count: superseded by a renewal, or revoked.
- */
-async function certificateCountsByRoot(store: Store, roots: readonly string[], now: Date): Promise<Map<string, { unexpired: number; live: number; superseded: number; revoked: number }>> {
-  const live = await store.countValidByRoot(now);
-  const revoked = new Set((await store.listRevocations()).map((r) => r.serial));
-  const counts = new Map<string, { unexpired: number; live: number; superseded: number; revoked: number }>();
-  for (const root of roots) {
-    const records = await store.listIssuances({ rootFingerprint: root, validAt: now });
-    const superseded = await store.supersededBy(records.filter((r) => !revoked.has(r.serial)).map((r) => r.serial));
-    counts.set(root, {
-      unexpired: records.length,
-      live: live.get(root) ?? 0,
-      superseded: superseded.size,
-      revoked: records.filter((r) => revoked.has(r.serial)).length,
-    });
-  }
-  return counts;
-}
-
-function withPassphrase(passphrase: string | undefined): { passphrase?: string } {
-  return passphrase === undefined ? {} : { passphrase };
-}
-
-/**
- * Shortest root or issuer lifetime accepted. Anchors are backdated 15 minutes, a leaf is cut to
- * the issuer's remaining life and workloads renew at half of it: below an hour a CA is expired, or
- * expiring before anything it signs is renewed once (`--root-ttl 0s` made an expired CA).
- */
-const MIN_ANCHOR_TTL_MS = 3_600_000;
-
-function anchorTtl(value: string, flag: string): number {
-  const ms = parseDuration(value, flag);
-  if (ms < MIN_ANCHOR_TTL_MS) {
-    throw new MeshwardError(
-      "E_DURATION_INVALID",
-      `${flag} ${JSON.stringify(value)} is too short: a root or issuer must live at least 1h (they are usually years: 10y for a root, 1y for an issuer; a root shorter than the issuer cuts the issuer to the root's life)`,
-    );
-  }
-  return ms;
-}
-
-/** A certificate file given on the command line: errors name the flag and the file. */
-function readCertificateFile(file: string, flag: string): string {
-  const text = readTextFile(file, `${flag} file`);
-  try {
-    for (const der of certificatesFromPem(text)) new X509Certificate(der);
-  } catch (error) {
-    const why = isMeshwardError(error) ? `${error.message}; give the certificate as PEM (-----BEGIN CERTIFICATE-----)` : "a CERTIFICATE block does not hold an X.509 certificate (damaged or truncated file)";
-    throw new MeshwardError("E_PEM_INVALID", `${flag} ${file}: ${why}`, { details: { file } });
-  }
-  return text;
-}
-
-/** A private key file given on the command line, checked as it will be read: errors name the flag and the file, never the key. */
-/** --issuer-key-passphrase-file: the imported key's own passphrase (the file without its final newline), if given. */
-function readIssuerKeyPassphrase(file: string | undefined): string | undefined {
-  return file === undefined ? undefined : readTextFile(file, "passphrase file").replace(/\r?\n$/, "");
-}
-
-function readKeyFile(file: string, flag: string, passphrase: string | undefined, passphraseHint: string): string {
-  const text = readTextFile(file, `${flag} file`);
-  try {
-    decodePrivateKey(text, passphrase);
-  } catch (error) {
-    if (!isMeshwardError(error)) throw error;
-    const message = error.code === "E_KEY_PASSPHRASE_REQUIRED" ? `the private key is encrypted; ${passphraseHint}` : error.message;
-    throw new MeshwardError(error.code, `${flag} ${file}: ${message}`, { details: { file, ...(error.details ?? {}) } });
-  }
-  return text;
-}
-
-/**
- * A step that writes a key, given a passphrase, on a CA whose keys are not encrypted: the new key
- * is encrypted and ca.json records that the CA now encrypts its keys. Said once, on stderr.
- */
-function encryptionNote(dir: string, files: AnchorFiles, passphrase: string | undefined): string | undefined {
-  if (passphrase === undefined || caKeysEncrypted(dir, readCaState(dir, files), files)) return undefined;
-  return (
-    `meshward: note: ${dir} kept its keys unencrypted; the new key is encrypted with the passphrase given (--passphrase-file or MESHWARD_CA_PASSPHRASE), and from now on this CA keeps its keys encrypted: ` +
-    "every command that reads or writes them, 'meshward ca serve' included, needs the passphrase (a CA running without it keeps its previous issuer until restarted with it)\n"
-  );
-}
-
-/** Config file, then flags on top; both validated by the same zod schema. */
-function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
-  const flags: Record<string, unknown> = {
-    listen: opts.listen,
-    store: opts.store,
-    status: opts.status,
-    statusTokenFile: opts.statusTokenFile,
-    workloadTtl: opts.workloadTtl,
-    clockSkew: opts.clockSkew,
-    dnsNames: opts.dnsName,
-    servingSpiffeId: opts.servingSpiffeId,
-    defaultValidator: opts.defaultValidator,
-    allowInsecureDev: opts.allowInsecureDev === true ? true : undefined,
-    handshakeTimeout: opts.handshakeTimeout,
-    maxConnections: wholeNumber(opts.maxConnections, "--max-connections"),
-    maxConnectionsPerAddress: wholeNumber(opts.maxConnectionsPerAddress, "--max-connections-per-address"),
-  };
-  if (opts.jwksFile !== undefined || opts.jwksUrl !== undefined) {
-    flags.jwks = { jwksFile: opts.jwksFile, jwksUrl: opts.jwksUrl, issuer: opts.jwtIssuer, audience: opts.jwtAudience, mapping: opts.jwtMapping };
-  }
-  let fileValues: Record<string, unknown> = {};
-  if (typeof opts.config === "string") {
-    // Validate the file alone first so its errors carry file:line:column.
-    loadYamlConfig(opts.config, caConfigSchema);
-    fileValues = (parseYaml(readTextFile(opts.config, "config file")) ?? {}) as Record<string, unknown>;
-  }
-  const merged = { ...fileValues, ...dropUndefined(flags) };
-  const parsed = caConfigSchema.safeParse(merged);
-  if (!parsed.success) {
-    throw new MeshwardError("E_CONFIG_INVALID", parsed.error.issues.map((i) => `${i.path.join(".") || "config"}: ${i.message}`).join("\n"));
-  }
-  return parsed.data;
-}
-
-function dropUndefined(values: Record<string, unknown>): Record<string, unknown> {
-  return Object.fromEntries(
-    Object.entries(values)
-      .filter(([, v]) => v !== undefined)
-      .map(([k, v]) => [k, v !== null && typeof v === "object" && !Array.isArray(v) ? dropUndefined(v as Record<string, unknown>) : v]),
-  );
+    .action(async (opts: OptionValues) => (await actions()).caStatus(opts));
 }

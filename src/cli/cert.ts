@@ -1,23 +1,12 @@
-import { prepareOutDir } from "../identity/local-paths.ts";
-import { join } from "node:path";
-import { Option, type Command } from "commander";
-import { readCaState } from "../ca/anchors.ts";
-import { MeshwardError } from "../errors.ts";
-import { readBundleFile } from "../identity/bundle-file.ts";
-import { requestCertificate, type ValidatorChoice } from "../identity/ca-client.ts";
-import { normalizeSerial } from "../pki/certificate.ts";
-import { createCsr } from "../pki/csr.ts";
-import { inspectCertificate } from "../pki/inspect.ts";
-import { encodePrivateKey, generateKeyPair } from "../pki/keys.ts";
-import { certificatesFromPem } from "../pki/pem.ts";
-import { parseSpiffeId } from "../spiffe/id.ts";
-import type { IssuanceRecord } from "../store/store.ts";
-import { describeTimeLeft, parseDuration } from "../util/duration.ts";
-import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
-import { TOKEN_ON_COMMAND_LINE, checkCaDirOption, collect, readTextFile, validatorOption } from "./options.ts";
-import { withCaStore } from "./store.ts";
+import { Option, type Command, type OptionValues } from "commander";
+import type { ValidatorChoice } from "../identity/ca-client.ts";
+import { checkCaDirOption, collect, validatorOption } from "./options.ts";
 
-const VALIDATOR_CHOICES: Record<string, ValidatorChoice> = {
+// What `meshward cert` accepts; what it does is in ./actions/cert.ts, loaded when it runs.
+const actions = () => import("./actions/cert.ts");
+
+/** --validator: the CLI's names, and what the CA API calls them. */
+export const VALIDATOR_CHOICES: Record<string, ValidatorChoice> = {
   "join-token": "JOIN_TOKEN",
   jwks: "JWKS",
   kubernetes: "KUBERNETES",
@@ -42,29 +31,7 @@ export function registerCertCommand(program: Command): void {
     .option("--dns-name <name>", "DNS name to request (repeatable; the token must allow it)", collect)
     .option("--ca-spiffe-id <id>", "SPIFFE ID the CA presents, when it runs with --serving-spiffe-id [default: spiffe://<td>/ns/meshward-system/meshward-ca]")
     .option("--json", "print the result as JSON")
-    .action(async (opts) => {
-      const token = readToken(opts);
-      // Before the CA is contacted: a local mistake must not spend a single-use token.
-      const out = prepareOutDir(opts.out);
-      const bundlePem = readBundleFile(opts.bundle);
-      const trustDomain = opts.trustDomain ?? trustDomainFromBundle(bundlePem, opts.bundle);
-      const keyPair = generateKeyPair();
-      const csrPem = await createCsr({ keyPair, dnsNames: opts.dnsName ?? [] });
-      const signed = await requestCertificate(
-        { address: opts.ca, bundlePem, trustDomain, ...(opts.caSpiffeId !== undefined ? { caSpiffeId: parseSpiffeId(opts.caSpiffeId).toString() } : {}) },
-        { csrPem, token, validator: VALIDATOR_CHOICES[opts.validator as string] as ValidatorChoice, namespace: opts.namespace, appId: opts.appId },
-      );
-      writeSecretFileAtomic(join(out, "key.pem"), encodePrivateKey(keyPair.privateKey));
-      writeFileAtomic(join(out, "cert.pem"), signed.certChainPem);
-      writeFileAtomic(join(out, "bundle.pem"), signed.bundlePem);
-      const info = inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer);
-      if (opts.json) {
-        process.stdout.write(`${JSON.stringify({ spiffeId: info.uris[0], serial: info.serial, notAfter: info.notAfter.toISOString(), dir: opts.out }, null, 2)}\n`);
-      } else {
-        process.stdout.write(`issued ${info.uris[0]} (serial ${info.serial}), valid until ${info.notAfter.toISOString()} (${describeTimeLeft(info.notAfter, new Date())})\n`);
-        process.stdout.write(`wrote ${join(opts.out, "cert.pem")}, ${join(opts.out, "key.pem")} (0600), ${join(opts.out, "bundle.pem")}\n`);
-      }
-    });
+    .action(async (opts: OptionValues) => (await actions()).certIssue(opts));
 
   cert
     .command("list")
@@ -77,40 +44,7 @@ export function registerCertCommand(program: Command): void {
     .option("--live", "only live certificates: valid now, not revoked, not superseded by a renewal (what 'ca rotate-root retire' waits for)")
     .option("--limit <n>", "at most this many (newest first)", "100")
     .option("--json", "print JSON")
-    .action(async (opts) => {
-      const now = new Date();
-      const limit = Number(opts.limit);
-      if (!Number.isSafeInteger(limit) || limit < 1) throw new MeshwardError("E_USAGE", `--limit must be a whole number of at least 1, got ${JSON.stringify(opts.limit)}`);
-      const root = opts.root === undefined ? undefined : parseRootFingerprint(opts.root);
-      // A directory that is no CA is refused, not given an empty store (and "no certificates").
-      readCaState(opts.dir);
-      const rows = await withCaStore(opts.dir, opts.store, async (store) => {
-        const records = await store.listIssuances({
-          ...(opts.spiffeId !== undefined ? { spiffeId: parseSpiffeId(opts.spiffeId).toString() } : {}),
-          ...(opts.valid || opts.live ? { validAt: now } : {}),
-          ...(root !== undefined ? { rootFingerprint: root } : {}),
-          // --live filters after reading: read every candidate, then keep --limit of them.
-          ...(opts.live ? {} : { limit }),
-        });
-        const revoked = new Set((await store.listRevocations()).map((r) => r.serial));
-        const superseded = await store.supersededBy(records.map((r) => r.serial));
-        return records.map((r) => certificateRow(r, now, revoked, superseded));
-      });
-      const shown = opts.live ? rows.filter((r) => r.status === "valid").slice(0, limit) : rows;
-      if (opts.json) {
-        process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
-        return;
-      }
-      if (shown.length === 0) {
-        const filtered = opts.spiffeId !== undefined || root !== undefined || opts.valid || opts.live;
-        process.stdout.write(filtered ? "no certificate matches\n" : "no certificates issued yet\n");
-        return;
-      }
-      process.stdout.write(`${"SERIAL".padEnd(34)} ${"STATUS".padEnd(10)} ${"NOT AFTER".padEnd(24)} ${"ROOT".padEnd(11)} ${"VALIDATOR".padEnd(10)} SPIFFE ID\n`);
-      for (const row of shown) {
-        process.stdout.write(`${row.serial.padEnd(34)} ${row.status.padEnd(10)} ${row.notAfter.padEnd(24)} ${row.rootFingerprint.slice(0, 11).padEnd(11)} ${row.attestation.padEnd(10)} ${row.spiffeId}\n`);
-      }
-    });
+    .action(async (opts: OptionValues) => (await actions()).certList(opts));
 
   cert
     .command("revoke")
@@ -120,38 +54,7 @@ export function registerCertCommand(program: Command): void {
     .option("--spiffe-id <id>", "revoke every unexpired certificate of this identity")
     .addOption(new Option("--reason <reason>", "CRL reason").choices(["unspecified", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"]).default("unspecified"))
     .option("--store <url>", "store URL [default: <dir>/ca.db]")
-    .action(async (opts) => {
-      if ((opts.serial === undefined) === (opts.spiffeId === undefined)) {
-        throw new MeshwardError("E_USAGE", "give exactly one of --serial or --spiffe-id");
-      }
-      readCaState(opts.dir);
-      const now = new Date();
-      const outcome = await withCaStore(opts.dir, opts.store, async (store) => {
-        let serials: string[];
-        if (opts.serial !== undefined) {
-          const serial = normalizeSerial(opts.serial);
-          if ((await store.getIssuance(serial)) === undefined) {
-            throw new MeshwardError("E_CERT_UNKNOWN", `no certificate with serial ${serial} was issued by this CA; check 'meshward cert list --dir ${opts.dir}'`);
-          }
-          serials = [serial];
-        } else {
-          const id = parseSpiffeId(opts.spiffeId).toString();
-          serials = (await store.listIssuances({ spiffeId: id, validAt: now })).map((r) => r.serial);
-          if (serials.length === 0) throw new MeshwardError("E_CERT_UNKNOWN", `no unexpired certificate of ${id} to revoke`);
-        }
-        // Each with everything renewed from it: a thief who renewed a stolen certificate loses those too.
-        const revoked = new Set<string>();
-        for (const serial of serials) for (const done of await store.revokeLineage({ serial, revokedAt: now, reason: opts.reason })) revoked.add(done);
-        return { serials, revoked };
-      });
-      const named = outcome.serials.filter((serial) => outcome.revoked.has(serial));
-      const renewals = [...outcome.revoked].filter((serial) => !outcome.serials.includes(serial));
-      const already = outcome.serials.length - named.length;
-      process.stdout.write(
-        `revoked ${named.length} certificate${named.length === 1 ? "" : "s"}${already > 0 ? ` (${already} already revoked)` : ""}: ${outcome.serials.join(", ")}\n` +
-          (renewals.length > 0 ? `also revoked ${renewals.length} certificate${renewals.length === 1 ? "" : "s"} renewed from ${outcome.serials.length === 1 ? "it" : "them"}: ${renewals.join(", ")}\n` : ""),
-      );
-    });
+    .action(async (opts: OptionValues) => (await actions()).certRevoke(opts));
 
   cert
     .command("inspect")
@@ -159,92 +62,5 @@ export function registerCertCommand(program: Command): void {
     .argument("<file>", "PEM certificate (the first certificate of a chain is inspected)")
     .option("--warn <duration>", "exit non-zero when less than this is left (e.g. 7d)")
     .option("--json", "print JSON")
-    .action((file: string, opts) => {
-      const [der, ...rest] = certificatesFromPem(readTextFile(file, "certificate"));
-      const info = inspectCertificate(der as Buffer);
-      const now = new Date();
-      const leftMs = info.notAfter.getTime() - now.getTime();
-      const warnMs = opts.warn !== undefined ? parseDuration(opts.warn, "--warn") : undefined;
-      const result = {
-        spiffeId: info.uris[0] ?? null,
-        uris: info.uris,
-        dnsNames: info.dnsNames,
-        subject: info.subject,
-        issuer: info.issuer,
-        serial: info.serial,
-        isCa: info.isCa,
-        notBefore: info.notBefore.toISOString(),
-        notAfter: info.notAfter.toISOString(),
-        timeLeft: describeTimeLeft(info.notAfter, now),
-        expired: leftMs <= 0,
-        chainLength: 1 + rest.length,
-        fingerprint256: info.fingerprint256,
-      };
-      if (opts.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
-      else {
-        const lines = [
-          `SPIFFE ID   ${result.spiffeId ?? "(none)"}`,
-          ...(info.dnsNames.length > 0 ? [`DNS names   ${info.dnsNames.join(", ")}`] : []),
-          `issuer      ${info.issuer.replace(/\n/g, ", ") || "(empty)"}`,
-          `serial      ${info.serial}`,
-          `valid       ${result.notBefore} → ${result.notAfter}`,
-          `time left   ${result.timeLeft}`,
-          `kind        ${info.isCa ? "CA certificate" : "workload (leaf) certificate"}${rest.length > 0 ? `, followed by ${rest.length} chain certificate${rest.length === 1 ? "" : "s"}` : ""}`,
-        ];
-        process.stdout.write(`${lines.join("\n")}\n`);
-      }
-      // Exit 1 says why on stderr (stdout stays the report a script reads).
-      if (leftMs <= 0) {
-        process.stderr.write(`meshward: ${file} expired at ${result.notAfter}\n`);
-        process.exitCode = 1;
-      } else if (warnMs !== undefined && leftMs < warnMs) {
-        process.stderr.write(`meshward: ${file} expires within --warn ${opts.warn}: ${result.timeLeft} (at ${result.notAfter})\n`);
-        process.exitCode = 1;
-      }
-    });
+    .action(async (file: string, opts: OptionValues) => (await actions()).certInspect(file, opts));
 }
-
-/**
- * One issued certificate as `cert list` shows it. Status, first match wins: revoked, expired,
- * superseded (a renewal proven with it replaced it: it no longer counts as live), valid (live).
- */
-function certificateRow(record: IssuanceRecord, now: Date, revoked: ReadonlySet<string>, superseded: ReadonlyMap<string, string>) {
-  const supersededBy = superseded.get(record.serial);
-  const status = revoked.has(record.serial) ? "revoked" : record.notAfter <= now ? "expired" : supersededBy !== undefined ? "superseded" : "valid";
-  return {
-    serial: record.serial,
-    spiffeId: record.spiffeId,
-    status,
-    notAfter: record.notAfter.toISOString(),
-    issuedAt: record.issuedAt.toISOString(),
-    attestation: record.attestation,
-    rootFingerprint: record.rootFingerprint,
-    ...(supersededBy !== undefined ? { supersededBy } : {}),
-  };
-}
-
-/** A root's SHA-256 fingerprint in node's colon form, from what a person pastes (any case, colons optional). */
-export function parseRootFingerprint(input: string): string {
-  const hex = input.trim().replace(/[\s:]/g, "").toUpperCase();
-  if (!/^[0-9A-F]{64}$/.test(hex)) {
-    throw new MeshwardError("E_USAGE", `--root ${JSON.stringify(input.slice(0, 100))} is not a SHA-256 fingerprint (64 hex digits, colons optional, as 'meshward ca status' prints it)`);
-  }
-  return hex.match(/../g)!.join(":");
-}
-
-function readToken(opts: { token?: string; tokenFile?: string }): string {
-  if (opts.token !== undefined && opts.tokenFile !== undefined) throw new MeshwardError("E_USAGE", "give --token or --token-file, not both");
-  if (opts.token !== undefined) process.stderr.write(`meshward: warning: ${TOKEN_ON_COMMAND_LINE}\n`);
-  const token = opts.token ?? (opts.tokenFile !== undefined ? readTextFile(opts.tokenFile, "token file").trim() : process.env.MESHWARD_TOKEN);
-  if (token === undefined || token === "") throw new MeshwardError("E_USAGE", "a token is needed: --token, --token-file or MESHWARD_TOKEN");
-  return token;
-}
-
-function trustDomainFromBundle(bundlePem: string, file: string): string {
-  for (const der of certificatesFromPem(bundlePem)) {
-    const uri = inspectCertificate(der).uris.find((u) => u.startsWith("spiffe://"));
-    if (uri !== undefined) return parseSpiffeId(uri).trustDomain;
-  }
-  throw new MeshwardError("E_USAGE", `no root in ${file} names a SPIFFE trust domain; give --trust-domain`);
-}
-

@@ -5,7 +5,10 @@ type Register = (program: Command) => void;
 /**
  * Every CLI command, one module per command (DESIGN.md: src/cli), in help order. Loaded
  * lazily: `meshward sidecar` does not pay for the CA, the auditor or the demo (measured
- * ~18 MB of RSS in a long-running sidecar).
+ * ~18 MB of RSS in a long-running sidecar). A command's module is its definition only (flags,
+ * help); what it does is in ./actions/, imported when it runs, so that help and the usage
+ * errors commander reports load commander and the definitions alone
+ * (test/cli/lazy-commands.test.ts).
  */
 const COMMANDS: Readonly<Record<string, () => Promise<Register>>> = {
   audit: async () => (await import("./audit.ts")).registerAuditCommand,
@@ -20,7 +23,7 @@ const COMMANDS: Readonly<Record<string, () => Promise<Register>>> = {
   injector: async () => (await import("./injector.ts")).registerInjectorCommand,
 };
 
-/** `meshward --version` needs no command (from the bundle: 0.46 s with them all loaded, 0.12 s without; bare node 0.10 s). */
+/** `meshward --version` needs no command. */
 const VERSION_FLAGS = new Set(["-V", "--version"]);
 
 /**

@@ -1,5 +1,4 @@
 import type { Command } from "commander";
-import { runDemo } from "./demo/run.ts";
 import { untilSignal } from "./options.ts";
 
 export function registerDemoCommand(program: Command): void {
@@ -9,6 +8,8 @@ export function registerDemoCommand(program: Command): void {
     .option("--once", "run the checks and exit 0 (all passed) or 1")
     .option("--keep", "keep the working directory (certificates, logs) afterwards")
     .action(async (opts) => {
+      // Loaded when it runs: the demo starts a CA, sidecars and an SDK service.
+      const { runDemo } = await import("./demo/run.ts");
       const ok = await runDemo({
         once: opts.once === true,
         keep: opts.keep === true,

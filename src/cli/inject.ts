@@ -1,10 +1,9 @@
-import { readFileSync } from "node:fs";
 import type { Command } from "commander";
-import { MeshwardError } from "../errors.ts";
-import { readBundleFile } from "../identity/bundle-file.ts";
-import { injectManifest } from "../inject/manifest.ts";
-import type { InjectOptions } from "../inject/settings.ts";
 import { packageVersion } from "../util/package-files.ts";
+import type { InjectCommandOptions } from "./actions/inject.ts";
+
+// What `meshward inject` accepts; what it does is in ./actions/inject.ts, loaded when it runs.
+const actions = () => import("./actions/inject.ts");
 
 export const DEFAULT_CA_ADDRESS = "meshward-ca.meshward-system.svc:8443";
 export const DEFAULT_AUDIENCE = "meshward";
@@ -19,10 +18,6 @@ export function addInjectOptions(command: Command): Command {
     .option("--audience <aud>", "audience of the projected service-account token (the CA's jwks.audience)", DEFAULT_AUDIENCE);
 }
 
-export function injectOptionsFrom(opts: { trustAnchors: string; image: string; caAddress: string; audience: string }): InjectOptions {
-  return { trustAnchors: readBundleFile(opts.trustAnchors), image: opts.image, caAddress: opts.caAddress, audience: opts.audience };
-}
-
 export function registerInjectCommand(program: Command): void {
   addInjectOptions(
     program
@@ -33,19 +28,5 @@ export function registerInjectCommand(program: Command): void {
       .argument("[file]", "YAML or JSON manifest (several documents allowed); - or nothing reads stdin", "-"),
   )
     .option("--quiet", "do not print notes (ServiceAccounts to create, pods without a policy) on stderr")
-    .action((file: string, opts: { trustAnchors: string; image: string; caAddress: string; audience: string; quiet?: boolean }) => {
-      const options = injectOptionsFrom(opts);
-      let text: string;
-      try {
-        text = readFileSync(file === "-" ? 0 : file, "utf8");
-      } catch (error) {
-        throw new MeshwardError("E_FILE_MISSING", `cannot read ${file === "-" ? "stdin" : file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
-      }
-      const result = injectManifest(text, options, file === "-" ? "stdin" : file);
-      process.stdout.write(result.text);
-      if (opts.quiet !== true) {
-        for (const note of result.notes) process.stderr.write(`note: ${note}\n`);
-        process.stderr.write(`injected ${result.injected.length} pod template${result.injected.length === 1 ? "" : "s"}${result.injected.length > 0 ? `: ${result.injected.join(", ")}` : ""}\n`);
-      }
-    });
+    .action(async (file: string, opts: InjectCommandOptions) => (await actions()).runInject(file, opts));
 }

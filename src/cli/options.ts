@@ -1,8 +1,10 @@
+// Option helpers for the command definitions and the actions. Loaded by every `--help`, so
+// nothing here imports more than commander and node's built-ins (the logger is ./logger.ts).
 import { readFileSync } from "node:fs";
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { checkCaDir } from "../util/dir-safety.ts";
-import { validatorEnumName, validatorFlagName } from "../config/fields.ts";
-import { createLogger, type LogLevel, type Logger } from "../telemetry/logger.ts";
+import { validatorEnumName, validatorFlagName } from "../config/validator-names.ts";
+import type { Logger } from "../telemetry/logger.ts";
 import { MeshwardError } from "../errors.ts";
 import { assertPrivateFile } from "../util/files.ts";
 
@@ -74,11 +76,6 @@ export const logFormatOption = () =>
   new Option("--log-format <format>", "log format: json (for machines) or pretty (for people)").choices(["json", "pretty"]).default("json");
 export const logLevelOption = () =>
   new Option("--log-level <level>", "log level").choices(["trace", "debug", "info", "warn", "error"]).default("info");
-
-/** Logs go to stderr so stdout stays for results a script reads. */
-export function cliLogger(component: string, options: { logFormat?: string; logLevel?: string }): Logger {
-  return createLogger({ component, format: options.logFormat === "pretty" ? "pretty" : "json", level: (options.logLevel ?? "info") as LogLevel });
-}
 
 /**
  * Resolves when SIGTERM or SIGINT arrives, and keeps the process up until then. Signal

@@ -1,6 +1,7 @@
 import * as z from "zod";
 import { parseSpiffeId, parseTrustDomain } from "../spiffe/id.ts";
-import { hostPort, timerDurationText, validatorFlagName } from "./fields.ts";
+import { hostPort, timerDurationText } from "./fields.ts";
+import { validatorFlagName } from "./validator-names.ts";
 import { parseDuration } from "../util/duration.ts";
 
 const duration = (what: string) =>

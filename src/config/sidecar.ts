@@ -1,6 +1,8 @@
 import * as z from "zod";
 import { parseTrustDomain } from "../spiffe/id.ts";
-import { allowedHostProblem, hostPort, hostPortList, timerDuration, validatorEnumName } from "./fields.ts";
+import { allowedHostProblem, hostPort, hostPortList, timerDuration } from "./fields.ts";
+import { SIDECAR_FIELD_HELP, SIDECAR_LIMIT_HELP } from "./sidecar-fields.ts";
+import { validatorEnumName } from "./validator-names.ts";
 import { isLoopbackListenHost, parseHostPort } from "../util/address.ts";
 
 
@@ -18,26 +20,26 @@ export const DEFAULT_MAX_CONNECTIONS = 4096;
 
 export const limitsSchema = z
   .object({
-    maxHeaderBytes: z.number().int().min(1024).max(1 << 20).default(16 * 1024).describe("Largest request header block accepted on either listener; larger requests get 431."),
-    headersTimeout: duration("headers timeout").default(10_000).describe("Time a client has to send complete request headers (slowloris guard); then 408 and close."),
-    handshakeTimeout: duration("handshake timeout").default(10_000).describe("Time a client has to finish the TLS handshake (and to send its first byte)."),
-    idleTimeout: duration("idle timeout").default(60_000).describe("Close a connection with no traffic for this long: HTTP/1.1 keep-alive, HTTP/2 (GOAWAY, open streams finish) and TCP mode."),
-    maxConnectionAge: duration("max connection age").default(3_600_000).describe("Close inbound connections older than this (HTTP/2 GOAWAY, HTTP/1 Connection: close, a TCP tunnel ended) so revocations and root retirement reach them; a connection also ends when its caller's certificate expires."),
-    drainTimeout: duration("drain timeout").default(10_000).describe("On SIGTERM, and after an inbound connection is retired (age cap, caller certificate expiry, a root leaving the bundle): how long in-flight requests, WebSockets and HTTP/2 streams may take before the connection is closed."),
+    maxHeaderBytes: z.number().int().min(1024).max(1 << 20).default(16 * 1024).describe(SIDECAR_LIMIT_HELP.maxHeaderBytes),
+    headersTimeout: duration("headers timeout").default(10_000).describe(SIDECAR_LIMIT_HELP.headersTimeout),
+    handshakeTimeout: duration("handshake timeout").default(10_000).describe(SIDECAR_LIMIT_HELP.handshakeTimeout),
+    idleTimeout: duration("idle timeout").default(60_000).describe(SIDECAR_LIMIT_HELP.idleTimeout),
+    maxConnectionAge: duration("max connection age").default(3_600_000).describe(SIDECAR_LIMIT_HELP.maxConnectionAge),
+    drainTimeout: duration("drain timeout").default(10_000).describe(SIDECAR_LIMIT_HELP.drainTimeout),
     maxConcurrentStreams: z
       .number({ error: "must be a number of streams" })
       .int({ error: "must be a whole number" })
       .min(1, { error: "must be at least 1" })
       .max(10_000, { error: "must be at most 10000 (each stream to an HTTP/1 app takes a connection to it)" })
       .default(100)
-      .describe("HTTP/2 streams one connection may have open at once on either listener (SETTINGS_MAX_CONCURRENT_STREAMS); each non-gRPC stream takes a connection to the app."),
+      .describe(SIDECAR_LIMIT_HELP.maxConcurrentStreams),
     maxConnections: z
       .number({ error: "must be a number of connections" })
       .int({ error: "must be a whole number" })
       .min(1, { error: "must be at least 1 (a listener that takes no connection is no listener)" })
       .max(1_000_000, { error: "must be at most 1000000 (each connection is a file descriptor)" })
       .default(DEFAULT_MAX_CONNECTIONS)
-      .describe("Open connections each listener (inbound, outbound, each TCP upstream and egress port) accepts; past it a new connection is closed at once, before any TLS or HTTP, and counted."),
+      .describe(SIDECAR_LIMIT_HELP.maxConnections),
   })
   .strict();
 
@@ -55,8 +57,8 @@ export const egressEntrySchema = z
 
 export const sidecarConfigSchema = z
   .object({
-    appId: appIdName.describe("This app's id; the SVID is spiffe://<trustDomain>/ns/<namespace>/<appId>."),
-    namespace: appIdName.default("default").describe("This app's namespace."),
+    appId: appIdName.describe(SIDECAR_FIELD_HELP.appId),
+    namespace: appIdName.default("default").describe(SIDECAR_FIELD_HELP.namespace),
     trustDomain: z
       .string()
       .transform((v, ctx) => {
@@ -68,32 +70,32 @@ export const sidecarConfigSchema = z
         }
       })
       .optional()
-      .describe("Trust domain; read from the bundle's root when omitted."),
-    ca: hostPortList("CA address").describe("Address of the meshward CA (HOST:PORT), or of its replicas (HOST:PORT,HOST:PORT…; a DNS name may resolve to several)."),
+      .describe(SIDECAR_FIELD_HELP.trustDomain),
+    ca: hostPortList("CA address").describe(SIDECAR_FIELD_HELP.ca),
     bundle: z
       .string()
       .min(1)
       .optional()
-      .describe("Bootstrap trust bundle file (PEM) the CA's certificate must chain to; when omitted, the PEM in MESHWARD_TRUST_ANCHORS (what the Kubernetes injector sets)."),
-    token: z.string().min(1).optional().describe("Join token or JWT for the first certificate (prefer tokenFile or MESHWARD_TOKEN; a token here is a secret in a file). Given as the --token flag instead, it is readable by every local user in the process list, and the sidecar logs a warning."),
-    tokenFile: z.string().min(1).optional().describe("File holding the token, re-read at each use (Kubernetes projected tokens rotate)."),
+      .describe(SIDECAR_FIELD_HELP.bundle),
+    token: z.string().min(1).optional().describe(SIDECAR_FIELD_HELP.token),
+    tokenFile: z.string().min(1).optional().describe(SIDECAR_FIELD_HELP.tokenFile),
     out: z
       .string()
       .min(1)
       .optional()
-      .describe("Directory where the sidecar keeps its identity (cert.pem, key.pem 0600, bundle.pem; created 0700, rewritten on every rotation). After a restart a valid certificate found there renews the identity, so a spent single-use token is not needed again."),
-    dnsNames: z.array(z.string().min(1)).default([]).describe("DNS names to ask for in the SVID (the token must allow them), so non-SPIFFE callers such as curl can verify the inbound port by host name."),
+      .describe(SIDECAR_FIELD_HELP.out),
+    dnsNames: z.array(z.string().min(1)).default([]).describe(SIDECAR_FIELD_HELP.dnsNames),
     validator: z
       .preprocess((v) => (typeof v === "string" ? validatorEnumName(v) : v), z.enum(["JOIN_TOKEN", "JWKS", "KUBERNETES", "INSECURE"]))
       .default("JOIN_TOKEN")
-      .describe("How the CA checks the token: JOIN_TOKEN, JWKS, KUBERNETES or INSECURE (join-token, jwks, kubernetes, insecure are accepted too)."),
+      .describe(SIDECAR_FIELD_HELP.validator),
     inbound: hostPort("inbound address")
       .optional()
-      .describe("Where the sidecar accepts mTLS from other sidecars (HOST:PORT, port 0 picks one). Default 0.0.0.0:3501 when app is set; without app there is no inbound listener."),
+      .describe(SIDECAR_FIELD_HELP.inbound),
     app: hostPort("app address")
       .optional()
-      .describe("The app's own port on loopback (HOST:PORT) that inbound traffic is forwarded to. Leave it out for an app that only calls others (a job, a CLI): no inbound listener, as Dapr runs a sidecar without an app port."),
-    outbound: hostPort("outbound address").optional().describe("Loopback HOST:PORT where the app sends HTTP/gRPC for other apps (routed by dapr-app-id header or Host)."),
+      .describe(SIDECAR_FIELD_HELP.app),
+    outbound: hostPort("outbound address").optional().describe(SIDECAR_FIELD_HELP.outbound),
     outboundAllowedHosts: z
       .array(
         z.string().superRefine((entry, ctx) => {
@@ -102,41 +104,39 @@ export const sidecarConfigSchema = z
         }),
       )
       .default([])
-      .describe(
-        "Host names the outbound port answers besides 127.0.0.1, ::1, localhost and the app id the request is routed to: exact names, *.example.com, or * for any. Other Host values get 421 E_OUTBOUND_HOST, so a web page that rebinds its DNS name to 127.0.0.1 cannot call other apps as this workload; add names here only for callers that keep a forwarded Host (a gateway).",
-      ),
-    peers: z.record(peerName, hostPort("peer address")).default({}).describe("Static peer table: app id (or appId.namespace) → HOST:PORT of that app's sidecar inbound port."),
+      .describe(SIDECAR_FIELD_HELP.outboundAllowedHosts),
+    peers: z.record(peerName, hostPort("peer address")).default({}).describe(SIDECAR_FIELD_HELP.peers),
     peerTemplate: z
       .string()
       .regex(/\{appId\}/, "the template must contain {appId}")
       .optional()
-      .describe("DNS template for peers not in the table, e.g. {appId}.{namespace}.svc.cluster.local:{port}."),
-    peerPort: z.number().int().min(1).max(65535).default(3501).describe("The {port} value in peerTemplate."),
-    tcpUpstreams: z.record(peerName, hostPort("TCP upstream listen address")).default({}).describe("TCP outbound: app id → local HOST:PORT; bytes sent there are carried over mTLS to that app's sidecar."),
-    policy: z.string().min(1).optional().describe("Access policy file: a Dapr `kind: Configuration` YAML with spec.accessControl; watched and reloaded."),
+      .describe(SIDECAR_FIELD_HELP.peerTemplate),
+    peerPort: z.number().int().min(1).max(65535).default(3501).describe(SIDECAR_FIELD_HELP.peerPort),
+    tcpUpstreams: z.record(peerName, hostPort("TCP upstream listen address")).default({}).describe(SIDECAR_FIELD_HELP.tcpUpstreams),
+    policy: z.string().min(1).optional().describe(SIDECAR_FIELD_HELP.policy),
     mode: z
       .preprocess((v) => (typeof v === "string" ? v.toLowerCase() : v), z.enum(["strict", "permissive"]))
-      .default("strict").describe("strict: only mTLS on the inbound port; permissive: plaintext too (counted and logged), for migrations."),
-    protocol: z.enum(["http", "tcp"]).default("http").describe("http: HTTP/1.1, HTTP/2 and gRPC with per-request policy and XFCC; tcp: bytes piped, policy decided on connect."),
+      .default("strict").describe(SIDECAR_FIELD_HELP.mode),
+    protocol: z.enum(["http", "tcp"]).default("http").describe(SIDECAR_FIELD_HELP.protocol),
     escapedSlashes: z
       .enum(["reject", "unescape", "keep"])
       .default("reject")
-      .describe("Paths with %2F or %5C: reject (400, default), unescape (decode to '/' before the policy judges and the app receives the path), or keep (judged and forwarded as they are; only for apps that never decode them). Like Envoy's path_with_escaped_slashes_action."),
-    status: hostPort("status address").optional().describe("Serve /metrics, /healthz, /readyz and the status page (/) on this HOST:PORT."),
-    statusTokenFile: z.string().min(1).optional().describe("File holding the status page token (at least 16 characters; the file readable by its owner only, mode 0600, else E_KEY_PERMISSIONS); required when status is not on loopback (or MESHWARD_STATUS_TOKEN)."),
+      .describe(SIDECAR_FIELD_HELP.escapedSlashes),
+    status: hostPort("status address").optional().describe(SIDECAR_FIELD_HELP.status),
+    statusTokenFile: z.string().min(1).optional().describe(SIDECAR_FIELD_HELP.statusTokenFile),
     statusPage: z
       .boolean()
       .default(true)
-      .describe("Serve the status page (/ and /status.json) on the status port. When false only /healthz, /readyz and /metrics are served, and no status token is needed off loopback (Kubernetes probes)."),
-    limits: limitsSchema.default(limitsSchema.parse({})).describe("Connection and request limits."),
-    egress: z.array(egressEntrySchema).default([]).describe("TLS origination: plaintext loopback ports turned into (m)TLS to a backend."),
-    policyReloadInterval: duration("policy reload interval", 100).default(1000).describe("How often the policy file is checked for changes."),
+      .describe(SIDECAR_FIELD_HELP.statusPage),
+    limits: limitsSchema.default(limitsSchema.parse({})).describe(SIDECAR_FIELD_HELP.limits),
+    egress: z.array(egressEntrySchema).default([]).describe(SIDECAR_FIELD_HELP.egress),
+    policyReloadInterval: duration("policy reload interval", 100).default(1000).describe(SIDECAR_FIELD_HELP.policyReloadInterval),
     bundleRefreshInterval: duration("bundle refresh interval")
       .default(60_000)
       .refine((ms) => ms >= 1000, { message: "bundle refresh interval: at least 1s" })
-      .describe("How often the trust bundle and CRL are fetched from the CA (new roots and revocations reach open servers and clients within this)."),
-    logLevel: z.enum(["trace", "debug", "info", "warn", "error"]).default("info").describe("Log level."),
-    logFormat: z.enum(["json", "pretty"]).default("json").describe("Log format."),
+      .describe(SIDECAR_FIELD_HELP.bundleRefreshInterval),
+    logLevel: z.enum(["trace", "debug", "info", "warn", "error"]).default("info").describe(SIDECAR_FIELD_HELP.logLevel),
+    logFormat: z.enum(["json", "pretty"]).default("json").describe(SIDECAR_FIELD_HELP.logFormat),
   })
   .strict()
   .superRefine((value, ctx) => {

@@ -12,6 +12,7 @@ import { enforceRequestDeadlines } from "../util/request-deadlines.ts";
 import { requestBudget } from "../util/request-budget.ts";
 import { findExcessiveNesting } from "../util/yaml-depth.ts";
 import { reviewAdmission } from "./admission.ts";
+import { DEFAULT_WEBHOOK_MAX_CONNECTIONS, DEFAULT_WEBHOOK_MAX_CONNECTIONS_PER_ADDRESS } from "./webhook-limits.ts";
 import type { InjectOptions } from "./settings.ts";
 
 /** AdmissionReview bodies are capped by the API server's request limit (3 MiB of object). */
@@ -29,10 +30,6 @@ export const DEFAULT_WEBHOOK_HANDSHAKE_TIMEOUT_MS = 10_000;
 /** A request's head within 5 s of the handshake or of the previous response; its body within 10 s of the head. */
 export const DEFAULT_WEBHOOK_HEADERS_TIMEOUT_MS = 5_000;
 export const DEFAULT_WEBHOOK_BODY_TIMEOUT_MS = 10_000;
-/** Connections open at once; the API server keeps a few, so this is generous. */
-export const DEFAULT_WEBHOOK_MAX_CONNECTIONS = 1024;
-/** Connections open at once from one source address (the API servers share a few addresses). */
-export const DEFAULT_WEBHOOK_MAX_CONNECTIONS_PER_ADDRESS = 256;
 
 export interface WebhookServerOptions {
   readonly listen: HostPort;

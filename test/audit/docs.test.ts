@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { auditSources } from "../../src/audit/audit.ts";
 import { ALL_RULES } from "../../src/audit/rules/index.ts";
-import { buildSidecarConfig } from "../../src/cli/sidecar.ts";
+import { buildSidecarConfig } from "../../src/cli/sidecar-config.ts";
 import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
 import { RULE_TABLE_BEGIN, RULE_TABLE_END, renderRulesMarkdown } from "../../src/audit/rules-doc.ts";
 

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { afterAll, describe, expect, it } from "vitest";
-import { buildSidecarConfig } from "../../src/cli/sidecar.ts";
+import { buildSidecarConfig } from "../../src/cli/sidecar-config.ts";
 import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
 import { loadPolicyFile } from "../../src/proxy/policy-source.ts";
 import { runCli } from "../helpers/cli.ts";

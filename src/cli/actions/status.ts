@@ -1,0 +1,162 @@
+// What `meshward status` does; what it accepts (its flags, its help) is ../status.ts.
+import { readFileSync } from "node:fs";
+import type { OptionValues } from "commander";
+import { fetch as undiciFetch } from "undici";
+import { MeshwardError, describeError } from "../../errors.ts";
+import { fetchFromCa } from "../../identity/ca-client.ts";
+import { certificatesFromPem, toPem } from "../../pki/pem.ts";
+import { inspectCertificate } from "../../pki/inspect.ts";
+import { parseSpiffeId } from "../../spiffe/id.ts";
+import { tlsAfterHandshakeFailure } from "../../tls/after-handshake.ts";
+import { renegotiationRefusingAgent } from "../../tls/undici-agent.ts";
+import { describeTimeLeft } from "../../util/duration.ts";
+import { assertPrivateFile } from "../../util/files.ts";
+import { readBundleFile } from "../../identity/bundle-file.ts";
+
+interface Row {
+  readonly component: string;
+  readonly name: string;
+  readonly identity: string;
+  readonly expires: string | null;
+  readonly timeLeft: string;
+  readonly healthy: boolean;
+  readonly health: string;
+  readonly lastRotation: string;
+}
+
+interface FeedIdentity {
+  spiffeId: string;
+  serial: string;
+  notAfter: string;
+  kind: string;
+}
+
+interface Feed {
+  component: string;
+  name: string;
+  identities: FeedIdentity[];
+  rotations: { time: string; kind: string; result: string }[];
+  health: { ok: boolean; checks: Record<string, { ok: boolean; detail?: unknown }> };
+}
+
+/** `meshward status`: one table for the CA and the status endpoints named. */
+export async function runStatus(opts: OptionValues): Promise<void> {
+  if (opts.statusToken !== undefined) {
+    throw new MeshwardError(
+      "E_USAGE",
+      "--status-token puts the token in the process list, where every local user can read it (ps, /proc/PID/cmdline): give it with --status-token-file FILE or MESHWARD_STATUS_TOKEN",
+    );
+  }
+  if (opts.ca === undefined && opts.statusUrl === undefined) {
+    throw new MeshwardError("E_USAGE", "name at least one thing to look at: --ca ADDR --bundle FILE and/or --status-url URL");
+  }
+  const rows: Row[] = [];
+  const now = new Date();
+  if (opts.ca !== undefined) rows.push(...(await caRows(opts.ca, opts.bundle, now)));
+  const token = statusToken(opts.statusTokenFile);
+  for (const url of (opts.statusUrl as string[] | undefined) ?? []) rows.push(...(await feedRows(url, token, now)));
+  if (opts.json) process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+  else process.stdout.write(renderTable(rows));
+  if (rows.some((r) => !r.healthy)) process.exitCode = 1;
+}
+
+/** The bearer token for status endpoints: --status-token-file, else MESHWARD_STATUS_TOKEN, else none. */
+function statusToken(file: string | undefined): string | undefined {
+  if (file === undefined) return process.env.MESHWARD_STATUS_TOKEN || undefined;
+  let token: string;
+  try {
+    token = readFileSync(file, "utf8").trim();
+  } catch (error) {
+    throw new MeshwardError("E_FILE_MISSING", `cannot read status token file ${file}: ${(error as NodeJS.ErrnoException).code ?? describeError(error)}`);
+  }
+  // It opens the status endpoints: held to the key files' rule, as the servers hold theirs.
+  assertPrivateFile(file, "status token file");
+  if (token === "") throw new MeshwardError("E_USAGE", `the status token file ${file} is empty`);
+  return token;
+}
+
+async function caRows(address: string, bundleFile: string | undefined, now: Date): Promise<Row[]> {
+  if (bundleFile === undefined) throw new MeshwardError("E_USAGE", "--ca needs --bundle to verify the CA");
+  const bundlePem = readBundleFile(bundleFile);
+  const root = certificatesFromPem(bundlePem).map((der) => inspectCertificate(der)).find((c) => c.uris.some((u) => u.startsWith("spiffe://")));
+  const trustDomain = root ? parseSpiffeId(root.uris.find((u) => u.startsWith("spiffe://")) as string).trustDomain : undefined;
+  if (trustDomain === undefined) throw new MeshwardError("E_USAGE", `no root in ${bundleFile} names a trust domain`);
+  const connection = { address, bundlePem, trustDomain, timeoutMs: 5000 };
+  try {
+    const ready = await readiness(connection);
+    const roots = certificatesFromPem((await fetchFromCa(connection, "/v1/bundle")).toString("utf8")).map((der) => inspectCertificate(toPem(der, "CERTIFICATE")));
+    const issuerCheck = ready.checks.issuer?.detail ?? "";
+    const health = Object.entries(ready.checks).filter(([, c]) => !c.ok || (c.detail && /expire/.test(String(c.detail)) && !/no anchor/.test(String(c.detail)))).map(([k, c]) => `${k}: ${c.detail}`).join("; ");
+    return [
+      ...roots.map((r) => ({
+        component: "ca",
+        name: trustDomain,
+        identity: `root ${r.fingerprint256.slice(0, 23)}…`,
+        expires: r.notAfter.toISOString(),
+        timeLeft: describeTimeLeft(r.notAfter, now),
+        healthy: r.notAfter > now,
+        health: r.notAfter > now ? "trusted" : "expired",
+        lastRotation: "",
+      })),
+      { component: "ca", name: trustDomain, identity: `issuer (${issuerCheck})`, expires: null, timeLeft: "", healthy: ready.status === "ready", health: health || ready.status, lastRotation: "" },
+    ];
+  } catch (error) {
+    return [{ component: "ca", name: address, identity: "", expires: null, timeLeft: "", healthy: false, health: `unreachable: ${describeError(error)}`, lastRotation: "" }];
+  }
+}
+
+/** /readyz answers 503 with the failing checks when the CA is not ready. */
+async function readiness(connection: Parameters<typeof fetchFromCa>[0]): Promise<{ status: string; checks: Record<string, { ok: boolean; detail: string }> }> {
+  try {
+    return JSON.parse((await fetchFromCa(connection, "/readyz")).toString("utf8")) as { status: string; checks: Record<string, { ok: boolean; detail: string }> };
+  } catch (error) {
+    if (error instanceof MeshwardError && error.code === "E_CA_ERROR" && error.message.includes("503")) return { status: "not-ready", checks: {} };
+    throw error;
+  }
+}
+
+async function feedRows(url: string, token: string | undefined, now: Date): Promise<Row[]> {
+  let feed: Feed;
+  try {
+    // An https:// status URL is trusted through Node's default store (NODE_EXTRA_CA_CERTS adds
+    // to it) and, like every meshward TLS client, refuses a server-initiated renegotiation.
+    const response = await undiciFetch(new URL("/status.json", url), {
+      headers: token ? { authorization: `Bearer ${token}` } : {},
+      signal: AbortSignal.timeout(5000),
+      dispatcher: renegotiationRefusingAgent(),
+    });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    feed = (await response.json()) as Feed;
+  } catch (error) {
+    return [{ component: "?", name: url, identity: "", expires: null, timeLeft: "", healthy: false, health: `unreachable: ${describeFetchError(error)}`, lastRotation: "" }];
+  }
+  const last = feed.rotations[0];
+  const lastRotation = last ? `${last.kind} ${last.result} ${describeTimeLeft(new Date(last.time), now).replace(/^expired (.*) ago$/, "$1 ago")}` : "none since start";
+  const failing = Object.entries(feed.health.checks).filter(([, c]) => !c.ok).map(([k, c]) => `${k}: ${String(c.detail ?? "failing")}`);
+  const workloads = feed.identities.filter((i) => i.kind === "workload");
+  if (workloads.length === 0) {
+    return [{ component: feed.component, name: feed.name, identity: "(none)", expires: null, timeLeft: "", healthy: false, health: failing.join("; ") || "no identity", lastRotation }];
+  }
+  return workloads.map((i) => {
+    const notAfter = new Date(i.notAfter);
+    const healthy = feed.health.ok && notAfter > now;
+    return { component: feed.component, name: feed.name, identity: i.spiffeId, expires: notAfter.toISOString(), timeLeft: describeTimeLeft(notAfter, now), healthy, health: healthy ? "healthy" : failing.join("; ") || "expired", lastRotation };
+  });
+}
+
+/** fetch says only "fetch failed": the reason is its cause (ECONNREFUSED, a certificate, a TLS alert). */
+function describeFetchError(error: unknown): string {
+  const named = tlsAfterHandshakeFailure(error);
+  if (named !== undefined) return named;
+  const cause = (error as { cause?: unknown }).cause;
+  if (error instanceof TypeError && cause instanceof Error) return `${error.message}: ${cause.message}`;
+  return describeError(error);
+}
+
+function renderTable(rows: readonly Row[]): string {
+  const header = ["COMPONENT", "NAME", "IDENTITY", "EXPIRES", "HEALTH", "LAST ROTATION"];
+  const cells = rows.map((r) => [r.component, r.name, r.identity, r.expires ? `${r.timeLeft}` : "", r.health, r.lastRotation]);
+  const widths = header.map((h, i) => Math.min(70, Math.max(h.length, ...cells.map((c) => (c[i] ?? "").length))));
+  const line = (values: readonly string[]) => values.map((v, i) => v.padEnd(widths[i] as number)).join("  ").trimEnd();
+  return `${[line(header), ...cells.map(line)].join("\n")}\n`;
+}

@@ -1,0 +1,51 @@
+/**
+ * What each sidecar config field means: the schema's `.describe()` text (config/sidecar.ts,
+ * from which docs/configuration.md is generated) and the help of the matching `meshward
+ * sidecar` flag. Plain strings, so that `meshward sidecar --help` prints them without loading
+ * zod and the schema.
+ */
+export const SIDECAR_FIELD_HELP = {
+  appId: "This app's id; the SVID is spiffe://<trustDomain>/ns/<namespace>/<appId>.",
+  namespace: "This app's namespace.",
+  trustDomain: "Trust domain; read from the bundle's root when omitted.",
+  ca: "Address of the meshward CA (HOST:PORT), or of its replicas (HOST:PORT,HOST:PORT…; a DNS name may resolve to several).",
+  bundle: "Bootstrap trust bundle file (PEM) the CA's certificate must chain to; when omitted, the PEM in MESHWARD_TRUST_ANCHORS (what the Kubernetes injector sets).",
+  token: "Join token or JWT for the first certificate (prefer tokenFile or MESHWARD_TOKEN; a token here is a secret in a file). Given as the --token flag instead, it is readable by every local user in the process list, and the sidecar logs a warning.",
+  tokenFile: "File holding the token, re-read at each use (Kubernetes projected tokens rotate).",
+  out: "Directory where the sidecar keeps its identity (cert.pem, key.pem 0600, bundle.pem; created 0700, rewritten on every rotation). After a restart a valid certificate found there renews the identity, so a spent single-use token is not needed again.",
+  dnsNames: "DNS names to ask for in the SVID (the token must allow them), so non-SPIFFE callers such as curl can verify the inbound port by host name.",
+  validator: "How the CA checks the token: JOIN_TOKEN, JWKS, KUBERNETES or INSECURE (join-token, jwks, kubernetes, insecure are accepted too).",
+  inbound: "Where the sidecar accepts mTLS from other sidecars (HOST:PORT, port 0 picks one). Default 0.0.0.0:3501 when app is set; without app there is no inbound listener.",
+  app: "The app's own port on loopback (HOST:PORT) that inbound traffic is forwarded to. Leave it out for an app that only calls others (a job, a CLI): no inbound listener, as Dapr runs a sidecar without an app port.",
+  outbound: "Loopback HOST:PORT where the app sends HTTP/gRPC for other apps (routed by dapr-app-id header or Host).",
+  outboundAllowedHosts: "Host names the outbound port answers besides 127.0.0.1, ::1, localhost and the app id the request is routed to: exact names, *.example.com, or * for any. Other Host values get 421 E_OUTBOUND_HOST, so a web page that rebinds its DNS name to 127.0.0.1 cannot call other apps as this workload; add names here only for callers that keep a forwarded Host (a gateway).",
+  peers: "Static peer table: app id (or appId.namespace) → HOST:PORT of that app's sidecar inbound port.",
+  peerTemplate: "DNS template for peers not in the table, e.g. {appId}.{namespace}.svc.cluster.local:{port}.",
+  peerPort: "The {port} value in peerTemplate.",
+  tcpUpstreams: "TCP outbound: app id → local HOST:PORT; bytes sent there are carried over mTLS to that app's sidecar.",
+  policy: "Access policy file: a Dapr `kind: Configuration` YAML with spec.accessControl; watched and reloaded.",
+  mode: "strict: only mTLS on the inbound port; permissive: plaintext too (counted and logged), for migrations.",
+  protocol: "http: HTTP/1.1, HTTP/2 and gRPC with per-request policy and XFCC; tcp: bytes piped, policy decided on connect.",
+  escapedSlashes: "Paths with %2F or %5C: reject (400, default), unescape (decode to '/' before the policy judges and the app receives the path), or keep (judged and forwarded as they are; only for apps that never decode them). Like Envoy's path_with_escaped_slashes_action.",
+  status: "Serve /metrics, /healthz, /readyz and the status page (/) on this HOST:PORT.",
+  statusTokenFile: "File holding the status page token (at least 16 characters; the file readable by its owner only, mode 0600, else E_KEY_PERMISSIONS); required when status is not on loopback (or MESHWARD_STATUS_TOKEN).",
+  statusPage: "Serve the status page (/ and /status.json) on the status port. When false only /healthz, /readyz and /metrics are served, and no status token is needed off loopback (Kubernetes probes).",
+  limits: "Connection and request limits.",
+  egress: "TLS origination: plaintext loopback ports turned into (m)TLS to a backend.",
+  policyReloadInterval: "How often the policy file is checked for changes.",
+  bundleRefreshInterval: "How often the trust bundle and CRL are fetched from the CA (new roots and revocations reach open servers and clients within this).",
+  logLevel: "Log level.",
+  logFormat: "Log format.",
+} as const;
+
+/** The fields of `limits`. */
+export const SIDECAR_LIMIT_HELP = {
+  maxHeaderBytes: "Largest request header block accepted on either listener; larger requests get 431.",
+  headersTimeout: "Time a client has to send complete request headers (slowloris guard); then 408 and close.",
+  handshakeTimeout: "Time a client has to finish the TLS handshake (and to send its first byte).",
+  idleTimeout: "Close a connection with no traffic for this long: HTTP/1.1 keep-alive, HTTP/2 (GOAWAY, open streams finish) and TCP mode.",
+  maxConnectionAge: "Close inbound connections older than this (HTTP/2 GOAWAY, HTTP/1 Connection: close, a TCP tunnel ended) so revocations and root retirement reach them; a connection also ends when its caller's certificate expires.",
+  drainTimeout: "On SIGTERM, and after an inbound connection is retired (age cap, caller certificate expiry, a root leaving the bundle): how long in-flight requests, WebSockets and HTTP/2 streams may take before the connection is closed.",
+  maxConcurrentStreams: "HTTP/2 streams one connection may have open at once on either listener (SETTINGS_MAX_CONCURRENT_STREAMS); each non-gRPC stream takes a connection to the app.",
+  maxConnections: "Open connections each listener (inbound, outbound, each TCP upstream and egress port) accepts; past it a new connection is closed at once, before any TLS or HTTP, and counted.",
+} as const;

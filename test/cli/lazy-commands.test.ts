@@ -1,0 +1,139 @@
+/**
+ * `meshward --help`, `<command> --help`, `--version` and a bare `meshward audit` load the command
+ * definitions only: no command's action (src/cli/actions/, the demo) and no dependency but
+ * commander, both from the bundle users run (dist/bundle) and from the sources (tsx). Each
+ * process runs with a recorder preloaded (test/helpers/record-modules.mjs) that lists what it
+ * loaded; the bundle's chunks are read back to the modules in them through their source maps.
+ * A command that runs does load its action, seen by the same recorder.
+ */
+import { mkdtempSync, readFileSync, realpathSync, rmSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { bundleCli } from "../../scripts/bundle.ts";
+import { runCli, type CliResult } from "../helpers/cli.ts";
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+const RECORDER = fileURLToPath(new URL("../helpers/record-modules.mjs", import.meta.url));
+/** What bin/meshward.js loads to run the sources: not meshward's. */
+const TSX_MACHINERY = new Set(["tsx", "esbuild"]);
+/**
+ * Modules outside src/cli that a command definition may import: each imports nothing but
+ * node's built-ins and these (a flag's default or choices, a usage check).
+ */
+const DEFINITIONS_MAY_LOAD = new Set([
+  "src/errors.ts",
+  "src/util/package-files.ts",
+  "src/util/dir-safety.ts",
+  "src/util/files.ts",
+  "src/pki/keys.ts",
+  "src/audit/walk.ts",
+  "src/config/validator-names.ts",
+  "src/config/sidecar-fields.ts",
+  "src/inject/webhook-limits.ts",
+]);
+
+interface Loaded {
+  readonly result: CliResult;
+  /** meshward's own modules, from the repository root (src/cli/main.ts). */
+  readonly modules: string[];
+  /** node_modules packages, tsx's machinery left out. */
+  readonly packages: string[];
+}
+
+/** A module path or URL as the recorder or a source map names it: meshward's own module, or a package. */
+function classify(path: string): { module?: string; package?: string } {
+  const inPackage = /node_modules\/((?:@[^/]+\/)?[^/]+)\/(?!.*node_modules\/)/.exec(path);
+  if (inPackage && !inPackage[1]!.startsWith(".")) return { package: inPackage[1]! };
+  const own = /(?:^|\/)(src\/.+)$/.exec(path);
+  return own ? { module: own[1]! } : {};
+}
+
+/** The modules in a bundle chunk, from its source map. */
+function chunkSources(chunk: string): string[] {
+  const map = JSON.parse(readFileSync(`${chunk}.map`, "utf8")) as { sourceRoot?: string; sources: string[] };
+  return map.sources.map((source) => resolve(dirname(chunk), map.sourceRoot ?? "", source));
+}
+
+describe("the CLI loads a command's code only when the command runs", () => {
+  const work = mkdtempSync(join(ROOT, "node_modules/.cache/meshward-lazy-commands-"));
+  let bundle: string;
+  let bundleDir: string;
+  let n = 0;
+
+  beforeAll(async () => {
+    // The bundle test/global-setup.ts built from these sources; built here when the suite runs from sources.
+    bundle = process.env.MESHWARD_TEST_CLI?.endsWith("main.js") ? process.env.MESHWARD_TEST_CLI : await bundleCli(join(work, "bundle"));
+    bundleDir = realpathSync(dirname(bundle));
+  }, 60_000);
+  afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+  async function loaded(args: string[], from: "bundle" | "sources"): Promise<Loaded> {
+    const record = join(work, `modules-${++n}.txt`);
+    const result = await runCli(args, {
+      ...(from === "bundle" ? { bin: bundle } : { bin: join(ROOT, "bin/meshward.js") }),
+      env: { NODE_OPTIONS: `--import=${RECORDER}`, MESHWARD_RECORD_MODULES: record, ...(from === "sources" ? { MESHWARD_FROM_SOURCE: "1" } : {}) },
+    });
+    const recorded = readFileSync(record, "utf8").split("\n").filter((line) => line !== "");
+    const paths = recorded.flatMap((entry) => {
+      const path = entry.startsWith("file:") ? fileURLToPath(entry) : entry;
+      // A chunk of the bundle stands for the modules bundled into it.
+      return from === "bundle" && dirname(path) === bundleDir && path.endsWith(".js") ? chunkSources(path) : [path];
+    });
+    const modules = new Set<string>();
+    const packages = new Set<string>();
+    for (const path of paths) {
+      const { module, package: pkg } = classify(path);
+      if (module !== undefined) modules.add(module);
+      if (pkg !== undefined && !(from === "sources" && TSX_MACHINERY.has(pkg))) packages.add(pkg);
+    }
+    return { result, modules: [...modules].sort(), packages: [...packages].sort() };
+  }
+
+  function expectDefinitionsOnly({ modules, packages }: Loaded): void {
+    expect(packages).toEqual(["commander"]);
+    expect(modules).toContain("src/cli/main.ts");
+    const beyond = modules.filter((module) => !(/^src\/cli\/[^/]+\.ts$/.test(module) || DEFINITIONS_MAY_LOAD.has(module)));
+    expect(beyond, "modules a definition imported beyond src/cli/*.ts and DEFINITIONS_MAY_LOAD").toEqual([]);
+    for (const runOnly of ["src/cli/store.ts", "src/cli/logger.ts", "src/cli/sidecar-config.ts"]) expect(modules).not.toContain(runOnly);
+  }
+
+  for (const from of ["bundle", "sources"] as const) {
+    describe(`from the ${from}`, () => {
+      it("--help: every command's definition, no action and no dependency but commander", async () => {
+        const help = await loaded(["--help"], from);
+        expect(help.result.code, help.result.stderr).toBe(0);
+        expect(help.result.stdout).toMatch(/^Usage: meshward \[options\] \[command\]/);
+        for (const command of ["audit", "ca", "token", "cert", "identity", "status", "demo", "sidecar", "inject", "injector"]) expect(help.modules).toContain(`src/cli/${command}.ts`);
+        expectDefinitionsOnly(help);
+      });
+
+      it("sidecar --help, --version and a bare `audit` (a usage error) load no action either", async () => {
+        const sidecar = await loaded(["sidecar", "--help"], from);
+        expect(sidecar.result.code, sidecar.result.stderr).toBe(0);
+        expect(sidecar.result.stdout).toContain("--max-connections <n>");
+        expectDefinitionsOnly(sidecar);
+        expect(sidecar.modules).not.toContain("src/config/sidecar.ts");
+
+        const version = await loaded(["--version"], from);
+        expect(version.result.code).toBe(0);
+        expect(version.packages).toEqual(["commander"]);
+        expect(version.modules.filter((module) => module.startsWith("src/cli/"))).toEqual(["src/cli/commands.ts", "src/cli/main.ts"]);
+
+        const audit = await loaded(["audit"], from);
+        expect(audit.result.code).toBe(1);
+        expect(audit.result.stderr).toBe("meshward: give at least one file or folder to audit, e.g. `meshward audit deploy/` [E_AUDIT_USAGE]\n");
+        expectDefinitionsOnly(audit);
+      });
+
+      it("a command that runs loads its action (what the recorder sees when there is one to see)", async () => {
+        const rules = await loaded(["audit", "rules"], from);
+        expect(rules.result.code, rules.result.stderr).toBe(0);
+        expect(rules.result.stdout).toMatch(/^MW-/);
+        expect(rules.modules).toContain("src/cli/actions/audit.ts");
+        expect(rules.modules).toContain("src/audit/rules/index.ts");
+        expect(rules.packages).toContain("yaml");
+      });
+    });
+  }
+});
