@@ -28,6 +28,7 @@ import type { PeerDirectory, PeerTarget } from "./peers.ts";
 import { answerH2, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { FirstChunkWatch } from "./sniff.ts";
+import { isUpstreamTimeout, upstreamTimeoutAnswer } from "./stream-idle.ts";
 
 export interface OutboundOptions {
   /** HTTP/gRPC listener for the app; undefined = none. */
@@ -84,6 +85,12 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     };
   };
   const peerError = (target: PeerTarget) => (error: Error): ProxyAnswer => {
+    if (isUpstreamTimeout(error)) {
+      // A request the peer had whole and sent no response to for limits.idleTimeout: 504.
+      telemetry.upstreamErrors.inc({ direction: "outbound", reason: "peer_timeout" });
+      warnings.warn(`peer-timeout|${target.appId}`, { event: "peer-timeout", app: target.appId, peer: `${target.host}:${target.port}`, err: error.message }, "the peer sent no response in time");
+      return upstreamTimeoutAnswer(`the sidecar of ${target.appId} at ${target.host}:${target.port}`, error);
+    }
     // A TLS alert after the verified handshake (a peer that asked to renegotiate, refused) would
     // otherwise read as a bare "alert handshake failure" on a connection that was working; the
     // peer's identity was verified, so it is not counted as an identity failure whatever the alert.

@@ -68,7 +68,7 @@ export function sidecarTelemetry(logger: Logger, metrics: Metrics, recorder?: St
     }),
     upstreamErrors: metrics.counter({
       name: "meshward_sidecar_upstream_errors_total",
-      help: "Proxied requests that failed upstream, by direction and reason (app_unreachable, app_busy, peer_unreachable, peer_identity, unknown_app).",
+      help: "Proxied requests that failed upstream, by direction and reason (app_unreachable, app_busy, app_timeout, peer_unreachable, peer_identity, peer_timeout, unknown_app).",
       labelNames: ["direction", "reason"],
     }),
   };
