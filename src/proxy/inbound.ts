@@ -41,6 +41,7 @@ import { answerH2, answerRawHttp1, answerText, GrpcStatus, observeDuration, stat
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
 import { isUpstreamTimeout, upstreamTimeoutAnswer } from "./stream-idle.ts";
+import type { StreamIdleRule } from "./stream-idle.ts";
 
 export interface ProxyTelemetry {
   readonly logger: Logger;
@@ -316,8 +317,9 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     }
     const hooks = hooksFor(peer, socket, grpc ? "grpc" : "http");
     const endStream = (flags & h2constants.NGHTTP2_FLAG_END_STREAM) !== 0;
+    const idle: StreamIdleRule = { ms: limits.idleTimeout, bodyTimedOut: (detail) => clientError("body_timeout", detail, socket) };
     if (grpc) {
-      forwardH2(stream, headers, request, flags, appSession(), hooks);
+      forwardH2(stream, headers, request, flags, appSession(), { ...hooks, idle });
     } else {
       const body = bodyCheck(judged.verbSensitive, request.method, request.rawHeaders, socket);
       if ("refusal" in body) {
@@ -329,6 +331,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
         addHeaders: peer === undefined ? "" : stampFor(peer).lines,
         onUpstreamError: appError,
         done: hooks.done,
+        idle,
         ...(body.inspector === undefined ? {} : { bodyCheck: { inspector: body.inspector, refused: (problem: string) => bodyRefusal(problem, socket) } }),
       });
     }

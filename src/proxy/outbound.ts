@@ -20,6 +20,7 @@ import type { EscapedSlashAction } from "./canonical.ts";
 import { APP_ID_HEADER, appIdProblem, targetAppId } from "./headers.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
 import { Http1Relay } from "./http1/relay.ts";
+import type { ClientErrorReason } from "./http1/relay.ts";
 import { findHeader } from "./http1/wire.ts";
 import { h2Refusal, relaySettings, RESPONSE_HEADER_BYTES } from "./inbound.ts";
 import type { ProxyTelemetry } from "./inbound.ts";
@@ -29,6 +30,7 @@ import { answerH2, answerRawHttp1, GrpcStatus, observeDuration, statusClass } fr
 import type { ProxyAnswer } from "./respond.ts";
 import { FirstChunkWatch } from "./sniff.ts";
 import { isUpstreamTimeout, upstreamTimeoutAnswer } from "./stream-idle.ts";
+import type { StreamIdleRule } from "./stream-idle.ts";
 
 export interface OutboundOptions {
   /** HTTP/gRPC listener for the app; undefined = none. */
@@ -156,6 +158,10 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     }
     return values;
   };
+  const clientError = (reason: ClientErrorReason, detail: string, socket: Socket | undefined) => {
+    telemetry.refused.inc({ direction: "outbound", reason });
+    warnings.warn(`client-error|${reason}`, { event: "client-error", reason, remote: socket?.remoteAddress, err: detail }, "refused a malformed, ambiguous or slow request from the app");
+  };
   // Resolution is pure (table or template): cache it per name, bounded.
   const resolved = new Map<string, PeerTarget | undefined>();
   const route = (headers: Record<string, unknown>): { name: string | undefined; target: PeerTarget | undefined } => {
@@ -209,10 +215,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
           },
         );
       },
-      clientError: (reason, detail, socket) => {
-        telemetry.refused.inc({ direction: "outbound", reason });
-        warnings.warn(`client-error|${reason}`, { event: "client-error", reason, remote: socket.remoteAddress, err: detail }, "refused a malformed, ambiguous or slow request from the app");
-      },
+      clientError,
       closeAfterResponse: () => tracker.draining,
     });
     relay = http1;
@@ -244,8 +247,9 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       if (misdirected !== undefined) return answerH2(stream, misdirected, grpc);
       if (target === undefined || socket === undefined) return answerH2(stream, unknownApp(name), grpc);
       const hooks = hooksFor(socket, target, grpc ? "grpc" : "http");
+      const idle: StreamIdleRule = { ms: limits.idleTimeout, bodyTimedOut: (detail) => clientError("body_timeout", detail, socket) };
       pool.h2(target, peerPoolOptions).then(
-        (session) => forwardH2(stream, headers, request, flags, session, hooks),
+        (session) => forwardH2(stream, headers, request, flags, session, { ...hooks, idle }),
         (error: Error) => {
           answerH2(stream, hooks.onUpstreamError(error), grpc);
           hooks.done(502);

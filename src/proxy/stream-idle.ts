@@ -19,3 +19,52 @@ export function isUpstreamTimeout(error: unknown): boolean {
 export function upstreamTimeoutAnswer(upstream: string, error: Error): ProxyAnswer {
   return { status: 504, grpcStatus: GrpcStatus.UNAVAILABLE, code: UPSTREAM_TIMEOUT, message: `${upstream} ${error.message}` };
 }
+
+/** A request body that stopped coming for limits.idleTimeout (HTTP/1 and HTTP/2 alike). */
+export const BODY_TIMEOUT_ANSWER: ProxyAnswer = { status: 408, grpcStatus: GrpcStatus.INTERNAL, code: "E_BODY_TIMEOUT", message: "Request Timeout: the rest of the request body did not arrive in time" };
+
+/** The idle rule of one forwarded HTTP/2 stream, as the HTTP/1 relay applies it to an exchange. */
+export interface StreamIdleRule {
+  /** limits.idleTimeout */
+  readonly ms: number;
+  /** The request body stopped coming: counted and logged (refused, reason body_timeout) before the 408. */
+  readonly bodyTimedOut: (detail: string) => void;
+}
+
+/**
+ * One stream's idle clock: `touch()` on every byte read from the caller or written to it;
+ * `onIdle` runs once when no touch came for `ms`. A touch only reads the clock: the one timer is
+ * re-armed when it fires early, not on every chunk.
+ */
+export class IdleTimer {
+  #last = Date.now();
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly ms: number,
+    private readonly onIdle: () => void,
+  ) {
+    this.#arm(ms);
+  }
+
+  touch(): void {
+    this.#last = Date.now();
+  }
+
+  stop(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #arm(delayMs: number): void {
+    this.#timer = setTimeout(() => this.#check(), delayMs);
+    this.#timer.unref();
+  }
+
+  #check(): void {
+    const idle = Date.now() - this.#last;
+    if (idle < this.ms) return this.#arm(this.ms - idle);
+    this.#timer = undefined;
+    this.onIdle();
+  }
+}

@@ -5,7 +5,7 @@ import type { CanonicalTarget, EscapedSlashAction } from "../canonical.ts";
 import type { BodyInspector } from "../method-override-body.ts";
 import { answerText } from "../respond.ts";
 import type { ProxyAnswer } from "../respond.ts";
-import { upstreamTimeoutError } from "../stream-idle.ts";
+import { BODY_TIMEOUT_ANSWER, upstreamTimeoutError } from "../stream-idle.ts";
 import { createMessageParser } from "./llhttp.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
 import { maySendAgain } from "./pool.ts";
@@ -74,7 +74,7 @@ export interface Http1RelayOptions {
 const CLIENT_ERRORS: Readonly<Record<ClientErrorReason, ProxyAnswer>> = {
   header_too_large: { status: 431, grpcStatus: 13, code: "E_HEADER_TOO_LARGE", message: "Request Header Fields Too Large" },
   header_timeout: { status: 408, grpcStatus: 13, code: "E_HEADER_TIMEOUT", message: "Request Timeout" },
-  body_timeout: { status: 408, grpcStatus: 13, code: "E_BODY_TIMEOUT", message: "Request Timeout: the rest of the request body did not arrive in time" },
+  body_timeout: BODY_TIMEOUT_ANSWER,
   bad_request: { status: 400, grpcStatus: 13, code: "E_BAD_REQUEST", message: "Bad Request" },
   ambiguous_request: { status: 400, grpcStatus: 13, code: "E_AMBIGUOUS_REQUEST", message: "Bad Request" },
   transfer_coding: { status: 501, grpcStatus: 13, code: "E_TRANSFER_CODING_UNSUPPORTED", message: "Not Implemented" },
