@@ -24,7 +24,7 @@ import type { ClientErrorReason } from "./http1/relay.ts";
 import { findHeader } from "./http1/wire.ts";
 import { h2Refusal, relaySettings, RESPONSE_HEADER_BYTES } from "./inbound.ts";
 import type { ProxyTelemetry } from "./inbound.ts";
-import { MAX_PEERS, PeerPool, resolvePeer } from "./peers.ts";
+import { MAX_PEERS, NO_IDENTITY, PeerPool, resolvePeer } from "./peers.ts";
 import type { PeerDirectory, PeerTarget } from "./peers.ts";
 import { answerH2, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
@@ -92,6 +92,12 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       telemetry.upstreamErrors.inc({ direction: "outbound", reason: "peer_timeout" });
       warnings.warn(`peer-timeout|${target.appId}`, { event: "peer-timeout", app: target.appId, peer: `${target.host}:${target.port}`, err: error.message }, "the peer sent no response in time");
       return upstreamTimeoutAnswer(`the sidecar of ${target.appId} at ${target.host}:${target.port}`, error);
+    }
+    if ((error as { code?: unknown }).code === NO_IDENTITY) {
+      // Our own first certificate has not arrived: nothing was asked of the peer.
+      telemetry.refused.inc({ direction: "outbound", reason: "no_identity" });
+      warnings.warn("no-identity", { event: "no-identity", app: target.appId, err: error.message }, "an outbound call came before the sidecar had an identity");
+      return { status: 503, grpcStatus: GrpcStatus.UNAVAILABLE, code: NO_IDENTITY, message: error.message };
     }
     // A TLS alert after the verified handshake (a peer that asked to renegotiate, refused) would
     // otherwise read as a bare "alert handshake failure" on a connection that was working; the

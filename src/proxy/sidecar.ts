@@ -63,7 +63,7 @@ export function sidecarTelemetry(logger: Logger, metrics: Metrics, recorder?: St
     listeners: listenerMetrics(metrics),
     refused: metrics.counter({
       name: "meshward_sidecar_refused_total",
-      help: "Connections and requests the sidecar refused itself, by direction and reason (plaintext, garbage, tls_<handshake reason>, header_timeout, header_too_large, body_timeout, policy, …).",
+      help: "Connections and requests the sidecar refused itself, by direction and reason (plaintext, garbage, tls_<handshake reason>, header_timeout, header_too_large, body_timeout, policy, no_identity, …).",
       labelNames: ["direction", "reason"],
     }),
     upstreamErrors: metrics.counter({
