@@ -9,14 +9,21 @@ import { forwardableHeaders } from "./headers.ts";
 import { headersObject } from "./http1/wire.ts";
 import { answerH2, answerRawHttp1, GrpcStatus } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
+import { BODY_TIMEOUT_ANSWER, IdleTimer, upstreamTimeoutError } from "./stream-idle.ts";
+import type { StreamIdleRule } from "./stream-idle.ts";
 
 export interface ForwardHooks {
   /** Headers set on the upstream request (after the caller's were filtered). */
   readonly setHeaders: OutgoingHttpHeaders;
-  /** What to answer when the upstream cannot be reached or fails before answering. */
+  /** What to answer when the upstream cannot be reached or fails before answering, or sent no response in time (isUpstreamTimeout: 504). */
   readonly onUpstreamError: (error: Error) => ProxyAnswer;
   /** Called once with the final HTTP status (0 when the exchange broke). */
   readonly done: (status: number) => void;
+}
+
+export interface H2ForwardHooks extends ForwardHooks {
+  /** How long the stream may go without a byte either way (limits.idleTimeout). */
+  readonly idle: StreamIdleRule;
 }
 
 // E_PEER_UNREACHABLE: a peer sidecar that did not finish its handshake in time (dialVerified).
@@ -121,14 +128,19 @@ function responseHead(res: IncomingMessage, close: boolean): string {
 
 /**
  * HTTP/2 in, HTTP/2 out (gRPC and h2 between sidecars), the request in its canonical form:
- * streams, trailers and trailers-only answers kept. Request trailers are not passed on.
+ * streams, trailers and trailers-only answers kept. Request trailers are not passed on. A stream
+ * with no byte read from the caller or written to it for `idle.ms` ends as an HTTP/1 exchange
+ * does: 408 while its body is due, 504 when no response came, RST_STREAM (CANCEL) once the
+ * response has started (a gRPC stream silent that long too); the upstream stream is cancelled.
  */
-export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request: CanonicalH2Request, flags: number, session: ClientHttp2Session, hooks: ForwardHooks): void {
+export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request: CanonicalH2Request, flags: number, session: ClientHttp2Session, hooks: H2ForwardHooks): void {
   const grpc = request.grpc;
   let finished = false;
+  let idle: IdleTimer | undefined;
   const done = (status: number) => {
     if (finished) return;
     finished = true;
+    idle?.stop();
     hooks.done(status);
   };
   const endStream = (flags & h2.NGHTTP2_FLAG_END_STREAM) !== 0;
@@ -150,8 +162,30 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
   }
   let trailers: OutgoingHttpHeaders | undefined;
   let status = 0;
+  let requestEnded = endStream;
+  idle = new IdleTimer(hooks.idle.ms, () => {
+    if (finished) return;
+    if (!out.closed) out.close(h2.NGHTTP2_CANCEL);
+    if (stream.closed || stream.destroyed) return done(0);
+    if (status !== 0 || stream.headersSent) {
+      stream.close(h2.NGHTTP2_CANCEL);
+      return done(0);
+    }
+    let answer: ProxyAnswer;
+    if (!requestEnded) {
+      hooks.idle.bodyTimedOut(`no byte of the request body arrived for ${hooks.idle.ms} ms`);
+      answer = BODY_TIMEOUT_ANSWER;
+    } else {
+      answer = hooks.onUpstreamError(upstreamTimeoutError(hooks.idle.ms));
+    }
+    answerH2(stream, answer, grpc);
+    // The caller may still hold its side open: RST_STREAM (NO_ERROR) once the answer is sent frees the stream.
+    stream.close(h2.NGHTTP2_NO_ERROR);
+    done(answer.status);
+  });
   out.on("response", (response, responseFlags: number) => {
     if (stream.destroyed || stream.closed) return;
+    idle?.touch();
     status = Number(response[":status"] ?? 502);
     const responseHeaders = { ":status": status, ...forwardableHeaders(response) };
     if ((responseFlags & h2.NGHTTP2_FLAG_END_STREAM) !== 0) {
@@ -161,6 +195,7 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
     }
     stream.respond(responseHeaders, { waitForTrailers: true });
     out.pipe(stream);
+    out.on("data", () => idle?.touch());
   });
   out.on("trailers", (received) => {
     trailers = forwardableHeaders(received);
@@ -189,7 +224,14 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
     if (!out.closed) out.close(h2.NGHTTP2_CANCEL);
     done(status);
   });
-  if (!endStream) stream.pipe(out);
+  if (!endStream) {
+    stream.pipe(out);
+    stream.on("data", () => idle?.touch());
+    stream.once("end", () => {
+      requestEnded = true;
+      idle?.touch();
+    });
+  }
 }
 
 /** The answer for a failed app/peer exchange, HTTP and gRPC flavours. */

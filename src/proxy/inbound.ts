@@ -40,6 +40,8 @@ import { checkHttp1Parser } from "./http1/llhttp.ts";
 import { answerH2, answerRawHttp1, answerText, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
+import { isUpstreamTimeout, upstreamTimeoutAnswer } from "./stream-idle.ts";
+import type { StreamIdleRule } from "./stream-idle.ts";
 
 export interface ProxyTelemetry {
   readonly logger: Logger;
@@ -188,6 +190,12 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       telemetry.upstreamErrors.inc({ direction: "inbound", reason: "app_busy" });
       warnings.warn("app-busy", { event: "app-busy", app: appLabel, err: error.message }, "a request waited too long for a connection to the app");
       return { status: 503, grpcStatus: GrpcStatus.UNAVAILABLE, code: "E_APP_BUSY", message: `the app at ${appLabel} is busy: ${error.message}` };
+    }
+    if (isUpstreamTimeout(error)) {
+      // A request the app had whole and sent no response to for limits.idleTimeout: 504.
+      telemetry.upstreamErrors.inc({ direction: "inbound", reason: "app_timeout" });
+      warnings.warn("app-timeout", { event: "app-timeout", app: appLabel, err: error.message }, "the app sent no response in time");
+      return upstreamTimeoutAnswer(`the app at ${appLabel}`, error);
     }
     telemetry.upstreamErrors.inc({ direction: "inbound", reason: "app_unreachable" });
     logger.warn({ event: "app-unreachable", app: appLabel, err: describeError(error) }, "the app could not be reached");
@@ -346,8 +354,9 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     }
     const hooks = hooksFor(peer, socket, grpc ? "grpc" : "http");
     const endStream = (flags & h2constants.NGHTTP2_FLAG_END_STREAM) !== 0;
+    const idle: StreamIdleRule = { ms: limits.idleTimeout, bodyTimedOut: (detail) => clientError("body_timeout", detail, socket) };
     if (grpc) {
-      forwardH2(stream, headers, request, flags, appSession(), hooks);
+      forwardH2(stream, headers, request, flags, appSession(), { ...hooks, idle });
     } else {
       const body = bodyCheck(judged.verbSensitive, request.method, request.rawHeaders, socket);
       if ("refusal" in body) {
@@ -359,6 +368,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
         addHeaders: peer === undefined ? "" : stampFor(peer).lines,
         onUpstreamError: appError,
         done: hooks.done,
+        idle,
         ...(body.inspector === undefined ? {} : { bodyCheck: { inspector: body.inspector, refused: (problem: string) => bodyRefusal(problem, socket) } }),
       });
     }

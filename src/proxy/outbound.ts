@@ -20,14 +20,17 @@ import type { EscapedSlashAction } from "./canonical.ts";
 import { APP_ID_HEADER, appIdProblem, targetAppId } from "./headers.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
 import { Http1Relay } from "./http1/relay.ts";
+import type { ClientErrorReason } from "./http1/relay.ts";
 import { findHeader } from "./http1/wire.ts";
 import { h2Refusal, relaySettings, RESPONSE_HEADER_BYTES } from "./inbound.ts";
 import type { ProxyTelemetry } from "./inbound.ts";
-import { MAX_PEERS, PeerPool, resolvePeer } from "./peers.ts";
+import { MAX_PEERS, NO_IDENTITY, PeerPool, resolvePeer } from "./peers.ts";
 import type { PeerDirectory, PeerTarget } from "./peers.ts";
 import { answerH2, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { FirstChunkWatch } from "./sniff.ts";
+import { isUpstreamTimeout, upstreamTimeoutAnswer } from "./stream-idle.ts";
+import type { StreamIdleRule } from "./stream-idle.ts";
 
 export interface OutboundOptions {
   /** HTTP/gRPC listener for the app; undefined = none. */
@@ -84,6 +87,18 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     };
   };
   const peerError = (target: PeerTarget) => (error: Error): ProxyAnswer => {
+    if (isUpstreamTimeout(error)) {
+      // A request the peer had whole and sent no response to for limits.idleTimeout: 504.
+      telemetry.upstreamErrors.inc({ direction: "outbound", reason: "peer_timeout" });
+      warnings.warn(`peer-timeout|${target.appId}`, { event: "peer-timeout", app: target.appId, peer: `${target.host}:${target.port}`, err: error.message }, "the peer sent no response in time");
+      return upstreamTimeoutAnswer(`the sidecar of ${target.appId} at ${target.host}:${target.port}`, error);
+    }
+    if ((error as { code?: unknown }).code === NO_IDENTITY) {
+      // Our own first certificate has not arrived: nothing was asked of the peer.
+      telemetry.refused.inc({ direction: "outbound", reason: "no_identity" });
+      warnings.warn("no-identity", { event: "no-identity", app: target.appId, err: error.message }, "an outbound call came before the sidecar had an identity");
+      return { status: 503, grpcStatus: GrpcStatus.UNAVAILABLE, code: NO_IDENTITY, message: error.message };
+    }
     // A TLS alert after the verified handshake (a peer that asked to renegotiate, refused) would
     // otherwise read as a bare "alert handshake failure" on a connection that was working; the
     // peer's identity was verified, so it is not counted as an identity failure whatever the alert.
@@ -149,6 +164,10 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     }
     return values;
   };
+  const clientError = (reason: ClientErrorReason, detail: string, socket: Socket | undefined) => {
+    telemetry.refused.inc({ direction: "outbound", reason });
+    warnings.warn(`client-error|${reason}`, { event: "client-error", reason, remote: socket?.remoteAddress, err: detail }, "refused a malformed, ambiguous or slow request from the app");
+  };
   // Resolution is pure (table or template): cache it per name, bounded.
   const resolved = new Map<string, PeerTarget | undefined>();
   const route = (headers: Record<string, unknown>): { name: string | undefined; target: PeerTarget | undefined } => {
@@ -202,10 +221,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
           },
         );
       },
-      clientError: (reason, detail, socket) => {
-        telemetry.refused.inc({ direction: "outbound", reason });
-        warnings.warn(`client-error|${reason}`, { event: "client-error", reason, remote: socket.remoteAddress, err: detail }, "refused a malformed, ambiguous or slow request from the app");
-      },
+      clientError,
       closeAfterResponse: () => tracker.draining,
     });
     relay = http1;
@@ -237,8 +253,9 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       if (misdirected !== undefined) return answerH2(stream, misdirected, grpc);
       if (target === undefined || socket === undefined) return answerH2(stream, unknownApp(name), grpc);
       const hooks = hooksFor(socket, target, grpc ? "grpc" : "http");
+      const idle: StreamIdleRule = { ms: limits.idleTimeout, bodyTimedOut: (detail) => clientError("body_timeout", detail, socket) };
       pool.h2(target, peerPoolOptions).then(
-        (session) => forwardH2(stream, headers, request, flags, session, hooks),
+        (session) => forwardH2(stream, headers, request, flags, session, { ...hooks, idle }),
         (error: Error) => {
           answerH2(stream, hooks.onUpstreamError(error), grpc);
           hooks.done(502);

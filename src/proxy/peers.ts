@@ -104,10 +104,16 @@ export function dialVerified(runtime: ClientRuntime, target: { host: string; por
   });
 }
 
+/** The code of the error a dial gets when this workload has no certificate yet (the outbound answers 503). */
+export const NO_IDENTITY = "E_NO_IDENTITY";
+
 interface PeerEntry {
   readonly key: string;
   readonly target: PeerTarget;
+  /** Waits for this workload's first certificate: see #runtimeOf for the bounded wait. */
   readonly runtime: Promise<ClientRuntime>;
+  /** The runtime, once `runtime` has resolved. */
+  ready?: ClientRuntime;
   http1?: Http1Pool;
   h2?: Promise<ClientHttp2Session>;
   /** Stops watching for root removals. */
@@ -174,6 +180,7 @@ export class PeerPool {
       };
       created.runtime.then(
         (runtime) => {
+          created.ready = runtime;
           if (this.#closed || created.evicted) return;
           // The peer was verified against roots of which one has left the bundle: pooled
           // connections and the HTTP/2 session serve no new request (in-flight ones finish).
@@ -211,12 +218,42 @@ export class PeerPool {
     void h2?.then((session) => session.close(), () => undefined);
   }
 
+  /**
+   * The client runtime (this workload's certificate) for a dial. Before the first certificate
+   * arrives there is nothing to present: the wait is part of the dial and has its deadline
+   * (limits.handshakeTimeout), then fails with NO_IDENTITY rather than holding the request.
+   */
+  #runtimeOf(entry: PeerEntry): Promise<ClientRuntime> {
+    if (entry.ready !== undefined) return Promise.resolve(entry.ready);
+    return new Promise((resolve, reject) => {
+      const deadline = setTimeout(() => {
+        reject(
+          new MeshwardError(
+            NO_IDENTITY,
+            `this sidecar has no identity yet (its first certificate did not arrive within ${this.dialTimeoutMs} ms, limits.handshakeTimeout), so it cannot call ${entry.target.appId}; retry once it is ready (/readyz)`,
+          ),
+        );
+      }, this.dialTimeoutMs);
+      deadline.unref();
+      entry.runtime.then(
+        (runtime) => {
+          clearTimeout(deadline);
+          resolve(runtime);
+        },
+        (error: unknown) => {
+          clearTimeout(deadline);
+          reject(error as Error);
+        },
+      );
+    });
+  }
+
   /** Keep-alive HTTP/1.1 connections to a peer, each verified before its first request byte. */
   http1(target: PeerTarget, options: { maxHeaderBytes: number; idleMs: number }): Http1Pool {
     const entry = this.#entry(target);
     entry.http1 ??= new Http1Pool({
       dial: async () => {
-        const socket = await dialVerified(await entry.runtime, { host: target.host, port: target.port }, this.#sessions, this.dialTimeoutMs);
+        const socket = await dialVerified(await this.#runtimeOf(entry), { host: target.host, port: target.port }, this.#sessions, this.dialTimeoutMs);
         retireAtCertificateExpiry(socket, () => entry.http1?.retire(socket));
         return socket;
       },
@@ -237,7 +274,7 @@ export class PeerPool {
     const entry = this.#entry(target);
     if (entry.h2 !== undefined) return entry.h2;
     const opening = (async () => {
-      const runtime = await entry.runtime;
+      const runtime = await this.#runtimeOf(entry);
       const socket = await dialVerified(runtime, { host: target.host, port: target.port, alpn: ["h2"] }, this.#sessions, this.dialTimeoutMs);
       const session = http2Connect(`https://${target.appId}`, { createConnection: () => socket });
       const forget = () => {
@@ -274,7 +311,7 @@ export class PeerPool {
 
   /** A verified raw mTLS socket (TCP mode). */
   async socket(target: PeerTarget): Promise<TLSSocket> {
-    const runtime = await this.#entry(target).runtime;
+    const runtime = await this.#runtimeOf(this.#entry(target));
     return dialVerified(runtime, { host: target.host, port: target.port }, this.#sessions, this.dialTimeoutMs);
   }
 

@@ -63,12 +63,12 @@ export function sidecarTelemetry(logger: Logger, metrics: Metrics, recorder?: St
     listeners: listenerMetrics(metrics),
     refused: metrics.counter({
       name: "meshward_sidecar_refused_total",
-      help: "Connections and requests the sidecar refused itself, by direction and reason (plaintext, garbage, tls_<handshake reason>, header_timeout, header_too_large, policy, …).",
+      help: "Connections and requests the sidecar refused itself, by direction and reason (plaintext, garbage, tls_<handshake reason>, header_timeout, header_too_large, body_timeout, policy, no_identity, …).",
       labelNames: ["direction", "reason"],
     }),
     upstreamErrors: metrics.counter({
       name: "meshward_sidecar_upstream_errors_total",
-      help: "Proxied requests that failed upstream, by direction and reason (app_unreachable, app_busy, peer_unreachable, peer_identity, unknown_app).",
+      help: "Proxied requests that failed upstream, by direction and reason (app_unreachable, app_busy, app_timeout, peer_unreachable, peer_identity, peer_timeout, unknown_app).",
       labelNames: ["direction", "reason"],
     }),
   };

@@ -10,7 +10,9 @@ import { startMeshCa, startTestSidecar, type MeshCa, type TestSidecarWithApp } f
 // h2c connection with 8 unanswered streams held every app connection, and an HTTP/1 GET then got
 // no answer at all. A request now waits at most limits.idleTimeout for a connection, then gets
 // 503 E_APP_BUSY in the sidecar's JSON shape. The app is a raw TCP server: it answers GET /fast
-// and never answers anything else.
+// and never answers anything else. The streams that hold the app connections keep sending their
+// bodies (a byte every 100 ms): an HTTP/2 stream with no byte either way ends after idleTimeout
+// too (h2-stream-idle.test.ts), and its connection would be freed.
 describe("inbound: a request waiting for a connection to the app gets 503 after idleTimeout", () => {
   const CAP = 3;
   let ca: MeshCa;
@@ -60,10 +62,14 @@ describe("inbound: a request waiting for a connection to the app gets 503 after 
 
   it("answers 503 E_APP_BUSY while unanswered HTTP/2 streams hold every app connection, and serves again once they are gone", async () => {
     let session: ClientHttp2Session | undefined;
+    let drip: NodeJS.Timeout | undefined;
     try {
       session = h2Connect(`http://127.0.0.1:${callee.addresses.inbound.port}`);
       session.on("error", () => undefined);
-      for (let i = 0; i < CAP; i++) session.request({ ":path": "/slow", ":method": "GET" }).on("error", () => undefined);
+      const streams = Array.from({ length: CAP }, () => session!.request({ ":path": "/slow", ":method": "POST" }).on("error", () => undefined));
+      drip = setInterval(() => {
+        for (const stream of streams) if (!stream.closed) stream.write("x");
+      }, 100);
       await waitFor("the streams to take every app connection", () => appSockets.size === CAP);
 
       const answer = await get("/fast");
@@ -73,6 +79,7 @@ describe("inbound: a request waiting for a connection to the app gets 503 after 
       expect(error).toBe("E_APP_BUSY");
       expect(JSON.parse(body)).toMatchObject({ error: "E_APP_BUSY" });
     } finally {
+      clearInterval(drip);
       session?.destroy();
     }
     // The streams' app connections are let go with them: the next request is served.

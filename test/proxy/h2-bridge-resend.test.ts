@@ -71,6 +71,7 @@ async function startBridge(appPort: number): Promise<{ port: number; pool: Http1
       addHeaders: "",
       onUpstreamError: (error) => ({ status: 503, grpcStatus: 14, code: "E_UPSTREAM_UNREACHABLE", message: error.message }),
       done: (status) => statuses.push(status),
+      idle: { ms: 30_000, bodyTimedOut: () => undefined },
     });
   });
   const port = await listen(server);

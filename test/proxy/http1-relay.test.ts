@@ -13,6 +13,7 @@ import type { MessageHead } from "../../src/proxy/http1/llhttp.ts";
 import { Http1Pool } from "../../src/proxy/http1/pool.ts";
 import { Http1Relay } from "../../src/proxy/http1/relay.ts";
 import type { ClientErrorReason } from "../../src/proxy/http1/relay.ts";
+import { isUpstreamTimeout, upstreamTimeoutAnswer } from "../../src/proxy/stream-idle.ts";
 import { exec } from "../helpers/exec.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { startHttpApp } from "../helpers/app-servers.ts";
@@ -71,7 +72,8 @@ async function startRelay(upstreamPort: number, options: { idleTimeout?: number;
       return {
         upstream: pool,
         addHeaders: "x-forwarded-client-cert: By=spiffe://td/ns/default/b;URI=spiffe://td/ns/default/a\r\n",
-        onUpstreamError: (error) => ({ status: 503, grpcStatus: 14, code: "E_UPSTREAM_UNREACHABLE", message: error.message }),
+        // As the sidecar's sides answer: an upstream that sent no response in time gets 504.
+        onUpstreamError: (error) => (isUpstreamTimeout(error) ? upstreamTimeoutAnswer(`the upstream 127.0.0.1:${upstreamPort}`, error) : { status: 503, grpcStatus: 14, code: "E_UPSTREAM_UNREACHABLE", message: error.message }),
         done: (s) => statuses.push(s),
       };
     },

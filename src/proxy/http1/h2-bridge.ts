@@ -5,6 +5,8 @@ import type { BodyInspector } from "../method-override-body.ts";
 import { forwardableHeaders } from "../headers.ts";
 import { answerH2 } from "../respond.ts";
 import type { ProxyAnswer } from "../respond.ts";
+import { BODY_TIMEOUT_ANSWER, IdleTimer, upstreamTimeoutError } from "../stream-idle.ts";
+import type { StreamIdleRule } from "../stream-idle.ts";
 import type { MessageHead } from "./llhttp.ts";
 import { maySendAgain } from "./pool.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
@@ -14,9 +16,12 @@ import type { BodyFraming } from "./wire.ts";
 export interface H2ToHttp1Hooks {
   /** Header lines added to the forwarded request ("name: value\r\n"…). */
   readonly addHeaders: string;
+  /** What to answer when the upstream fails before responding, or sent no response in time (isUpstreamTimeout: 504). */
   readonly onUpstreamError: (error: Error) => ProxyAnswer;
   /** Called once with the final status (0 when the exchange broke). */
   readonly done: (status: number) => void;
+  /** How long the stream may go without a byte either way once it is forwarded (limits.idleTimeout). */
+  readonly idle: StreamIdleRule;
   /**
    * Reads the body before it is forwarded; a problem refuses the request (the app never gets the
    * body's end) with the answer `refused` gives (which also logs it).
@@ -32,7 +37,10 @@ const CRLF = Buffer.from("\r\n");
  * an HTTP/2 body ends with END_STREAM and needs no length, so it is sent with its declared
  * Content-Length, or chunked, and a request that ended with its HEADERS frame is sent with
  * neither. A body that does not match its declared length never reaches the app: the upstream
- * connection is closed instead.
+ * connection is closed instead. Once it has a connection, the stream ends as an HTTP/1 exchange
+ * does after `idle.ms` without a byte read from the caller or written to it: 408 while the body is
+ * due, 504 when the app sent no response, RST_STREAM (CANCEL) once the response has started; the
+ * connection to the app is closed (it is in the middle of the exchange).
  */
 export function forwardH2ToHttp1(stream: ServerHttp2Stream, request: CanonicalH2Request, endStream: boolean, pool: Http1Pool, hooks: H2ToHttp1Hooks): void {
   const framing: BodyFraming = endStream ? "none" : request.contentLength !== undefined ? "length" : "chunked";
@@ -53,6 +61,8 @@ class H2Exchange implements ResponseSink {
   #attempts = 0;
   #finished = false;
   #inspector: BodyInspector | undefined;
+  /** Runs from the first connection to the app until the exchange is over. */
+  #idle: IdleTimer | undefined;
 
   constructor(
     private readonly stream: ServerHttp2Stream,
@@ -70,6 +80,7 @@ class H2Exchange implements ResponseSink {
     stream.pause();
     stream.on("error", () => undefined);
     stream.once("close", () => {
+      this.#idle?.stop();
       // The caller went away (or reset the stream) before its request or the response completed.
       if (this.#upstream !== undefined && (!this.#finished || !this.#requestComplete)) {
         this.#upstream.destroy();
@@ -111,12 +122,15 @@ class H2Exchange implements ResponseSink {
   #attach(connection: UpstreamConnection): void {
     if (this.#finished) return void this.pool.release(connection);
     this.#upstream = connection;
+    if (this.#idle === undefined) this.#idle = new IdleTimer(this.hooks.idle.ms, () => this.#idleTimedOut());
+    else this.#idle.touch();
     connection.attach(this);
     connection.socket.write(this.head, "latin1");
     if (this.#requestComplete) return;
     const upstream = connection.socket;
     this.stream.on("data", (chunk: Buffer) => {
       if (this.#upstream?.socket !== upstream) return;
+      this.#idle?.touch();
       this.#bodyBytes += chunk.length;
       if (this.framing === "length" && this.#bodyBytes > this.request.contentLength!) return this.#bodyMismatch();
       const problem = this.#inspect(chunk);
@@ -138,12 +152,16 @@ class H2Exchange implements ResponseSink {
     });
     this.stream.once("end", () => {
       if (this.#upstream?.socket !== upstream) return;
+      this.#idle?.touch();
       if (this.framing === "length" && this.#bodyBytes !== this.request.contentLength) return this.#bodyMismatch();
       const problem = this.#inspect(undefined);
       if (problem !== undefined) return this.#refuse(problem);
       if (this.framing === "chunked") upstream.write("0\r\n\r\n", "latin1");
       this.#requestComplete = true;
-      if (this.#finished && this.#upstream !== undefined) this.#releaseUpstream();
+      if (this.#finished && this.#upstream !== undefined) {
+        this.#releaseUpstream();
+        this.#idle?.stop();
+      }
     });
     this.stream.resume();
   }
@@ -190,6 +208,7 @@ class H2Exchange implements ResponseSink {
     if (declaredFraming(response.rawHeaders) !== "length") delete headers["content-length"];
     this.#status = response.status;
     this.#responded = true;
+    this.#idle?.touch();
     try {
       this.stream.respond({ ...headers, ":status": response.status });
     } catch (error) {
@@ -201,6 +220,7 @@ class H2Exchange implements ResponseSink {
 
   onBody(chunk: Buffer): void {
     if (!this.#responded || this.stream.closed) return;
+    this.#idle?.touch();
     if (!this.stream.write(chunk)) {
       const upstream = this.#upstream?.socket;
       if (upstream !== undefined && !upstream.isPaused()) {
@@ -232,6 +252,38 @@ class H2Exchange implements ResponseSink {
     this.#finish(answer.status);
   }
 
+  /**
+   * No byte read from the caller or written to it for idle.ms: a body that stopped coming (408),
+   * an app that sent no response (504), or a response the caller stopped reading or the app
+   * stopped sending (RST_STREAM CANCEL).
+   */
+  #idleTimedOut(): void {
+    const connection = this.#upstream;
+    this.#upstream = undefined;
+    connection?.destroy();
+    if (this.#finished) {
+      // Answered early (before the whole body came), and the rest of the body stopped coming.
+      if (!this.stream.closed) this.stream.close(this.stream.writableFinished ? h2.NGHTTP2_NO_ERROR : h2.NGHTTP2_CANCEL);
+      return;
+    }
+    if (this.stream.closed || this.stream.destroyed) return this.#finish(0);
+    if (this.#responded || this.stream.headersSent) {
+      this.stream.close(h2.NGHTTP2_CANCEL);
+      return this.#finish(0);
+    }
+    let answer: ProxyAnswer;
+    if (!this.#requestComplete) {
+      this.hooks.idle.bodyTimedOut(`no byte of the request body arrived for ${this.hooks.idle.ms} ms`);
+      answer = BODY_TIMEOUT_ANSWER;
+    } else {
+      answer = this.hooks.onUpstreamError(upstreamTimeoutError(this.hooks.idle.ms));
+    }
+    answerH2(this.stream, answer, false);
+    // The caller may still hold its side open: RST_STREAM (NO_ERROR) once the answer is sent frees the stream.
+    this.stream.close(h2.NGHTTP2_NO_ERROR);
+    this.#finish(answer.status);
+  }
+
   #releaseUpstream(): void {
     const connection = this.#upstream;
     this.#upstream = undefined;
@@ -241,6 +293,8 @@ class H2Exchange implements ResponseSink {
   #finish(status: number): void {
     if (this.#finished) return;
     this.#finished = true;
+    // An app that answered before the whole body came still gets the rest: the clock runs until then.
+    if (this.#upstream === undefined || this.#requestComplete) this.#idle?.stop();
     this.hooks.done(status);
   }
 }

@@ -5,6 +5,7 @@ import type { CanonicalTarget, EscapedSlashAction } from "../canonical.ts";
 import type { BodyInspector } from "../method-override-body.ts";
 import { answerText } from "../respond.ts";
 import type { ProxyAnswer } from "../respond.ts";
+import { BODY_TIMEOUT_ANSWER, upstreamTimeoutError } from "../stream-idle.ts";
 import { createMessageParser } from "./llhttp.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
 import { maySendAgain } from "./pool.ts";
@@ -28,6 +29,7 @@ export interface ForwardDecision {
   readonly upstream: Http1Pool;
   /** Header lines added to the forwarded request ("name: value\r\n"…). */
   readonly addHeaders: string;
+  /** What to answer when the upstream fails before responding, or sent no response in time (isUpstreamTimeout: 504). */
   readonly onUpstreamError: (error: Error) => ProxyAnswer;
   /** Called once with the final status (0 when the exchange broke). */
   readonly done: (status: number) => void;
@@ -51,7 +53,8 @@ export interface Http1RelayOptions {
    * Close a connection with no request in flight and no bytes for this long; and end an exchange
    * on which no byte was read from the client or written to it for this long (Envoy's
    * stream_idle_timeout): 408 while its request body is still due, 504 when the whole request is
-   * with the upstream and no response came, the connection cut once the response has started.
+   * with the upstream and no response came (the decision's onUpstreamError is given an
+   * upstreamTimeoutError), the connection cut once the response has started.
    * Waiting for an upstream connection is bounded by the pool and the dial instead.
    */
   readonly idleTimeout: number;
@@ -73,7 +76,7 @@ export interface Http1RelayOptions {
 const CLIENT_ERRORS: Readonly<Record<ClientErrorReason, ProxyAnswer>> = {
   header_too_large: { status: 431, grpcStatus: 13, code: "E_HEADER_TOO_LARGE", message: "Request Header Fields Too Large" },
   header_timeout: { status: 408, grpcStatus: 13, code: "E_HEADER_TIMEOUT", message: "Request Timeout" },
-  body_timeout: { status: 408, grpcStatus: 13, code: "E_BODY_TIMEOUT", message: "Request Timeout: the rest of the request body did not arrive in time" },
+  body_timeout: BODY_TIMEOUT_ANSWER,
   bad_request: { status: 400, grpcStatus: 13, code: "E_BAD_REQUEST", message: "Bad Request" },
   ambiguous_request: { status: 400, grpcStatus: 13, code: "E_AMBIGUOUS_REQUEST", message: "Bad Request" },
   transfer_coding: { status: 501, grpcStatus: 13, code: "E_TRANSFER_CODING_UNSUPPORTED", message: "Not Implemented" },
@@ -631,7 +634,8 @@ class ClientConnection {
       this.options.clientError("body_timeout", `no byte of the request body arrived for ${this.options.idleTimeout} ms`, this.socket);
       answer = CLIENT_ERRORS.body_timeout;
     } else {
-      answer = { status: 504, grpcStatus: 14, code: "E_UPSTREAM_TIMEOUT", message: `the upstream ${decision.upstream.authority} sent no response for ${this.options.idleTimeout} ms (limits.idleTimeout)` };
+      // Counted and answered (504) where the side's other upstream failures are.
+      answer = decision.onUpstreamError(upstreamTimeoutError(this.options.idleTimeout));
     }
     this.#answerAndClose(exchange, decision, answer);
   }
