@@ -7,6 +7,7 @@ import { loadYamlConfig } from "../config/load.ts";
 import { caKeysEncrypted, caLayout, initAnchors, loadAnchors, readCaState } from "../ca/anchors.ts";
 import type { AnchorFiles } from "../ca/anchor-files.ts";
 import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../ca/rotation.ts";
+import { howTrusted, rootScopeGap, rootsTrustingEveryCa, TRUST_EVERY_CA_FLAG } from "../ca/root-scope.ts";
 import { withCaFiles, withCaStore } from "./store.ts";
 import type { Store } from "../store/store.ts";
 import { trustBundleVersion } from "../telemetry/bundle-version.ts";
@@ -27,10 +28,11 @@ export function registerCaCommand(program: Command): void {
     .requiredOption("--trust-domain <td>", "trust domain, e.g. prod.example.com")
     .requiredOption("--dir <dir>", "CA directory to create (refuses to overwrite an existing CA)")
     .option("--passphrase-file <file>", "encrypt the key files at rest with this passphrase (or set MESHWARD_CA_PASSPHRASE)")
-    .option("--root-cert <file>", "import: your organisation's root certificate (PEM)")
+    .option("--root-cert <file>", "import: your organisation's root certificate (PEM); its nameConstraints must confine URI names to the trust domain (permitted URI:<td>), else it is refused (E_ROOT_UNCONSTRAINED) unless --trust-every-ca-under-root")
     .option("--issuer-cert <file>", "import: an issuer (intermediate) certificate signed by that root, PEM (intermediates may follow)")
     .option("--issuer-key <file>", "import: the issuer's private key (PEM)")
     .option("--issuer-key-passphrase-file <file>", "import: passphrase of --issuer-key, if it is encrypted (the CA encrypts its keys at rest with --passphrase-file)")
+    .option(TRUST_EVERY_CA_FLAG, TRUST_EVERY_CA_HELP)
     .option("--root-ttl <duration>", "lifetime of a generated root", "10y")
     .option("--issuer-ttl <duration>", "lifetime of a generated issuer", "1y")
     .addOption(new Option("--key-type <type>", "key algorithm of a generated root and issuer (Dapr >= 1.18 Sentry uses ed25519)").choices([...KEY_ALGORITHMS]).default("ec-p256"))
@@ -41,6 +43,7 @@ export function registerCaCommand(program: Command): void {
         throw new MeshwardError("E_USAGE", "to import an existing CA give all three of --root-cert, --issuer-cert and --issuer-key");
       }
       if (importing === 0 && opts.issuerKeyPassphraseFile !== undefined) throw new MeshwardError("E_USAGE", "--issuer-key-passphrase-file goes with an imported --issuer-key");
+      if (importing === 0 && opts.trustEveryCaUnderRoot === true) throw new MeshwardError("E_USAGE", `${TRUST_EVERY_CA_FLAG} goes with an imported --root-cert (a generated root has no other CA under it)`);
       const passphrase = readPassphrase(opts.passphraseFile);
       const issuerKeyPassphrase = readIssuerKeyPassphrase(opts.issuerKeyPassphraseFile);
       const state = await initAnchors({
@@ -50,6 +53,7 @@ export function registerCaCommand(program: Command): void {
         rootTtlMs: anchorTtl(opts.rootTtl, "--root-ttl"),
         issuerTtlMs: anchorTtl(opts.issuerTtl, "--issuer-ttl"),
         keyAlgorithm: opts.keyType,
+        trustEveryCaUnderRoot: opts.trustEveryCaUnderRoot === true,
         ...(passphrase !== undefined ? { passphrase } : {}),
         ...(importing === 3
           ? {
@@ -68,11 +72,13 @@ export function registerCaCommand(program: Command): void {
       }
       const root = new X509Certificate(readFileSync(layout.rootCert));
       const issuer = new X509Certificate(readFileSync(layout.issuerCert));
+      if (opts.trustEveryCaUnderRoot === true) process.stderr.write(trustEveryCaNote(state.trustEveryCaUnderRoot !== undefined, root, state.trustDomain));
       const summary = {
         trustDomain: state.trustDomain,
         mode: state.mode,
         dir: opts.dir,
         encrypted: passphrase !== undefined,
+        trustEveryCaUnderRoot: state.trustEveryCaUnderRoot !== undefined,
         root: { fingerprint256: root.fingerprint256, notAfter: new Date(root.validTo).toISOString() },
         issuer: { fingerprint256: issuer.fingerprint256, notAfter: new Date(issuer.validTo).toISOString() },
         bundle: layout.bundle,
@@ -209,21 +215,34 @@ export function registerCaCommand(program: Command): void {
     .command("prepare")
     .description("step 1: add a new root to the trust bundle (every workload picks it up while running); signing is unchanged")
     .requiredOption("--dir <dir>", "CA directory")
-    .option("--root-cert <file>", "external roots: your organisation's new root certificate (instead of generating one)")
+    .option("--root-cert <file>", "external roots: your organisation's new root certificate (instead of generating one); its nameConstraints must confine URI names to the trust domain, else it is refused (E_ROOT_UNCONSTRAINED) unless --trust-every-ca-under-root")
+    .option(TRUST_EVERY_CA_FLAG, `with --root-cert: ${TRUST_EVERY_CA_HELP}`)
     .option("--root-ttl <duration>", "lifetime of a generated root", "10y")
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
     .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")
     .action(async (opts) => {
       const rootTtlMs = anchorTtl(opts.rootTtl, "--root-ttl");
       const passphrase = readPassphrase(opts.passphraseFile);
+      if (opts.rootCert === undefined && opts.trustEveryCaUnderRoot === true) throw new MeshwardError("E_USAGE", `${TRUST_EVERY_CA_FLAG} goes with --root-cert (a generated root has no other CA under it)`);
       const importedRootPem = opts.rootCert !== undefined ? readCertificateFile(opts.rootCert, "--root-cert") : undefined;
       let note: string | undefined;
+      let trustDomain = "";
       const root = await withCaFiles(opts.dir, opts.store, async (files) => {
+        trustDomain = readCaState(opts.dir, files).trustDomain;
         // An imported root comes without a key: nothing is encrypted.
         if (importedRootPem === undefined) note = encryptionNote(opts.dir, files, passphrase);
-        return prepareRoot({ dir: opts.dir, files, now: new Date(), rootTtlMs, ...withPassphrase(passphrase), ...(importedRootPem !== undefined ? { importedRootPem } : {}) });
+        return prepareRoot({
+          dir: opts.dir,
+          files,
+          now: new Date(),
+          rootTtlMs,
+          trustEveryCaUnderRoot: opts.trustEveryCaUnderRoot === true,
+          ...withPassphrase(passphrase),
+          ...(importedRootPem !== undefined ? { importedRootPem } : {}),
+        });
       });
       if (note !== undefined) process.stderr.write(note);
+      if (opts.trustEveryCaUnderRoot === true) process.stderr.write(trustEveryCaNote(rootScopeGap(root, trustDomain) !== undefined, root, trustDomain));
       process.stdout.write(
         `prepared root ${root.fingerprint256} (valid until ${new Date(root.validTo).toISOString()}); the bundle now holds it beside the current root.\n` +
           `Next, once every workload has fetched the new bundle (they refresh it every minute): meshward ca rotate-root activate --dir ${opts.dir}\n`,
@@ -320,7 +339,16 @@ export function registerCaCommand(program: Command): void {
       const issuer = describe("issuer", anchors.issuer.certificate);
       const entries = [...roots, issuer];
       const bundleVersion = trustBundleVersion(anchors.roots.map((r) => r.fingerprint256));
-      const result = { trustDomain: anchors.trustDomain, mode: anchors.mode, bundleVersion, rootRotation: rotation ?? null, issuerStage: issuerRotationStage(anchors.issuer.certificate, now), anchors: entries };
+      const trustingEveryCa = rootsTrustingEveryCa(anchors);
+      const result = {
+        trustDomain: anchors.trustDomain,
+        mode: anchors.mode,
+        bundleVersion,
+        rootRotation: rotation ?? null,
+        issuerStage: issuerRotationStage(anchors.issuer.certificate, now),
+        anchors: entries,
+        rootsTrustingEveryCa: trustingEveryCa.map((entry) => ({ fingerprint256: entry.root.fingerprint256, acceptedAt: entry.acceptedAt ?? null })),
+      };
       if (opts.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
       else {
         process.stdout.write(`trust domain ${anchors.trustDomain} (${anchors.mode})${rotation ? `, root rotation ${rotation.phase}` : ""}; trust bundle version ${bundleVersion} (${roots.length} root${roots.length === 1 ? "" : "s"})\n`);
@@ -334,11 +362,28 @@ export function registerCaCommand(program: Command): void {
               `  ${"".padEnd(16)} ${c.live} live certificate${c.live === 1 ? "" : "s"} chain${c.live === 1 ? "s" : ""} to it${others.length > 0 ? ` (not counted: ${others.join(", ")})` : ""}` +
               `${c.live > 0 && root.kind !== "root (active)" ? `; list them: meshward cert list --dir ${opts.dir} --root ${root.fingerprint256} --live` : ""}\n`,
           );
+          const trusting = trustingEveryCa.find((entry) => entry.root.fingerprint256 === root.fingerprint256);
+          if (trusting !== undefined) {
+            process.stdout.write(`  ${"".padEnd(16)} does not confine identities to spiffe://${anchors.trustDomain}: every CA under it can mint any of them (${howTrusted(trusting)})\n`);
+          }
         }
         process.stdout.write(`  ${"issuer".padEnd(16)} expires ${issuer.notAfter}  ${issuer.timeLeft}${result.issuerStage !== "current" ? ` (rotation stage: ${result.issuerStage})` : ""}${issuer.expiringSoon ? `  ← within --warn ${opts.warn}` : ""}\n`);
       }
       if (entries.some((e) => e.expiringSoon)) process.exitCode = 1;
     });
+}
+
+const TRUST_EVERY_CA_HELP =
+  "import a root whose nameConstraints do not confine URI names to the trust domain, accepting that every CA it has signed or will sign can mint identities this mesh accepts (recorded in ca.json; 'ca status' shows it, 'ca serve' warns at every start)";
+
+/** After an import with --trust-every-ca-under-root: what was recorded, or that nothing needed to be. */
+function trustEveryCaNote(recorded: boolean, root: X509Certificate, trustDomain: string): string {
+  if (!recorded) return `meshward: note: ${TRUST_EVERY_CA_FLAG} was not needed: the root's nameConstraints confine identities to spiffe://${trustDomain}; nothing recorded\n`;
+  return (
+    `meshward: warning: root ${JSON.stringify(root.subject.replace(/\n/g, ", "))} (${root.fingerprint256}) does not confine identities to spiffe://${trustDomain}: ` +
+    `every CA it has signed or will sign can mint certificates for any workload of ${trustDomain} that the mesh accepts. ` +
+    `Accepted with ${TRUST_EVERY_CA_FLAG} and recorded in ca.json ('meshward ca status' shows it; 'meshward ca serve' warns at every start)\n`
+  );
 }
 
 /**
