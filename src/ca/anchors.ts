@@ -7,6 +7,7 @@ import { decodePrivateKey, encodePrivateKey, generateKeyPair, isEncryptedPrivate
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import { parseTrustDomain } from "../spiffe/id.ts";
 import { assertIssuerUsable } from "./issuer-check.ts";
+import { checkRootScope, type RootTrustChoice } from "./root-scope.ts";
 import { checkCaDir } from "../util/dir-safety.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
 import { directoryFiles, type AnchorFiles } from "./anchor-files.ts";
@@ -90,6 +91,13 @@ export interface CaState {
    * the passphrase. Absent in directories made before it was recorded: the key files tell (`caKeysEncrypted`).
    */
   readonly keysEncrypted?: boolean;
+  /**
+   * Imported roots whose nameConstraints do not confine URI names to the trust domain, accepted
+   * with --trust-every-ca-under-root: every CA under them can mint identities the mesh accepts.
+   * `ca status` shows them and `ca serve` warns at every start; a root leaves the list when it
+   * leaves the bundle (`rotate-root retire`).
+   */
+  readonly trustEveryCaUnderRoot?: readonly RootTrustChoice[];
 }
 
 export interface RootRotationState {
@@ -121,6 +129,12 @@ export interface InitOptions {
   readonly imported?: ImportedAnchors;
   /** Key algorithm of a generated root and issuer (ECDSA P-256 when omitted). */
   readonly keyAlgorithm?: KeyAlgorithm;
+  /**
+   * Import a root whose nameConstraints do not confine URI names to the trust domain, accepting that
+   * every CA under it can mint identities the mesh accepts (recorded in ca.json). Without it such a
+   * root is refused with E_ROOT_UNCONSTRAINED.
+   */
+  readonly trustEveryCaUnderRoot?: boolean;
 }
 
 export interface LoadedAnchors {
@@ -157,7 +171,7 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
   if (partial.length > 0) throw incompleteCa(options.dir, partial);
   const mode: AnchorMode = options.imported ? "external-root" : "self-managed";
   // Validated before the directory is made: a refused import leaves nothing behind.
-  const imported = options.imported ? validateImport(options.imported, options.now, trustDomain) : undefined;
+  const imported = options.imported ? validateImport(options.imported, options.now, trustDomain, options.trustEveryCaUnderRoot === true) : undefined;
   makeCaDir(options.dir);
 
   if (imported) {
@@ -191,13 +205,20 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
     writeFileAtomic(layout.bundle, toPem(root.der, "CERTIFICATE"));
     writeFileAtomic(layout.issuerCert, toPem(issuer.der, "CERTIFICATE"));
   }
-  const state: CaState = { version: 1, trustDomain, mode, createdAt: options.now.toISOString(), keysEncrypted: options.passphrase !== undefined };
+  const state: CaState = {
+    version: 1,
+    trustDomain,
+    mode,
+    createdAt: options.now.toISOString(),
+    keysEncrypted: options.passphrase !== undefined,
+    ...(imported?.trustChoice !== undefined ? { trustEveryCaUnderRoot: [imported.trustChoice] } : {}),
+  };
   // Written last: a directory with ca.json is a complete CA.
   writeFileAtomic(layout.state, `${JSON.stringify(state, null, 2)}\n`);
   return state;
 }
 
-function validateImport(imported: ImportedAnchors, now: Date, trustDomain: string) {
+function validateImport(imported: ImportedAnchors, now: Date, trustDomain: string, trustEveryCa: boolean) {
   const [rootDer, ...extraRoots] = certificatesFromPem(imported.rootCertPem);
   if (rootDer === undefined || extraRoots.length > 0) {
     throw new MeshwardError("E_IMPORT_INVALID", "--root-cert must hold exactly one certificate (the root)");
@@ -224,7 +245,8 @@ function validateImport(imported: ImportedAnchors, now: Date, trustDomain: strin
     }
   }
   assertIssuerUsable({ issuerChain, issuerKey, roots: [root], now, what: "--issuer-cert/--issuer-key", trustDomain });
-  return { root, issuerChain, issuerKey };
+  const trustChoice = checkRootScope({ root, trustDomain, what: "--root-cert", trustEveryCa, now, issuerChain });
+  return { root, issuerChain, issuerKey, trustChoice };
 }
 
 export function writeCaState(dir: string, state: CaState, files: AnchorFiles = directoryFiles): void {
@@ -293,7 +315,17 @@ export function readCaState(dir: string, files: AnchorFiles = directoryFiles): C
   if (typeof trustDomain !== "string" || trustDomain === "") throw corruptState(layout.state, 'has no "trustDomain"');
   if (mode !== "self-managed" && mode !== "external-root") throw corruptState(layout.state, `has no valid "mode" (found ${JSON.stringify(mode) ?? "none"})`);
   if (keysEncrypted !== undefined && typeof keysEncrypted !== "boolean") throw corruptState(layout.state, '"keysEncrypted" is not true or false');
+  const { trustEveryCaUnderRoot } = state as Record<string, unknown>;
+  if (trustEveryCaUnderRoot !== undefined && !(Array.isArray(trustEveryCaUnderRoot) && trustEveryCaUnderRoot.every(isRootTrustChoice))) {
+    throw corruptState(layout.state, '"trustEveryCaUnderRoot" is not a list of { rootFingerprint, subject, acceptedAt }');
+  }
   return state as CaState;
+}
+
+function isRootTrustChoice(value: unknown): value is RootTrustChoice {
+  if (value === null || typeof value !== "object") return false;
+  const { rootFingerprint, subject, acceptedAt } = value as Record<string, unknown>;
+  return typeof rootFingerprint === "string" && typeof subject === "string" && typeof acceptedAt === "string";
 }
 
 /** Key files a CA directory may hold. */

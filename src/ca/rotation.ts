@@ -2,6 +2,7 @@ import { X509Certificate } from "node:crypto";
 import { MeshwardError } from "../errors.ts";
 import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
 import { assertIssuerUsable } from "./issuer-check.ts";
+import { checkRootScope, type RootTrustChoice } from "./root-scope.ts";
 import { decodePrivateKey, encodePrivateKey, generateKeyPair, isEncryptedPrivateKeyPem, keyAlgorithmOf, keysMatch } from "../pki/keys.ts";
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import type { Store } from "../store/store.ts";
@@ -217,6 +218,8 @@ export interface PrepareRootOptions {
   readonly rootTtlMs?: number;
   /** External-root CAs: the organisation's new root (certificate only). */
   readonly importedRootPem?: string;
+  /** Accept an imported root that does not confine URI names to the trust domain (see root-scope.ts); recorded in ca.json. */
+  readonly trustEveryCaUnderRoot?: boolean;
   readonly files?: AnchorFiles;
 }
 
@@ -235,11 +238,13 @@ export async function prepareRoot(options: PrepareRootOptions): Promise<X509Cert
   if (options.importedRootPem === undefined) assertKeyWritable(options.dir, state, options.passphrase, files);
   const current = readCaCertificates(files, layout.rootCert)[0] as X509Certificate;
   let next: X509Certificate;
+  let trustChoice: RootTrustChoice | undefined;
   if (options.importedRootPem !== undefined) {
     const [der, ...more] = certificatesFromPem(options.importedRootPem);
     if (der === undefined || more.length > 0) throw new MeshwardError("E_IMPORT_INVALID", "the new root file must hold exactly one certificate");
     next = new X509Certificate(der);
     if (!next.ca || !next.checkIssued(next)) throw new MeshwardError("E_IMPORT_INVALID", "the new root must be a self-signed CA certificate");
+    trustChoice = checkRootScope({ root: next, trustDomain: state.trustDomain, what: "the new root (--root-cert)", trustEveryCa: options.trustEveryCaUnderRoot === true, now: options.now });
     files.write(layout.nextRootCert, toPem(next.raw, "CERTIFICATE"), { secret: false });
   } else {
     requireSelfManaged(state, "generating a root");
@@ -260,6 +265,7 @@ export async function prepareRoot(options: PrepareRootOptions): Promise<X509Cert
   const written = options.importedRootPem === undefined ? (keysEncryptedState(state, options.passphrase) ?? state) : state;
   writeCaState(options.dir, {
     ...written,
+    ...(trustChoice !== undefined ? { trustEveryCaUnderRoot: [...(state.trustEveryCaUnderRoot ?? []).filter((c) => c.rootFingerprint !== trustChoice.rootFingerprint), trustChoice] } : {}),
     rootRotation: { phase: "prepared", preparedAt: options.now.toISOString(), previousRootFingerprint: current.fingerprint256, nextRootFingerprint: next.fingerprint256 },
   }, files);
   return next;
@@ -347,13 +353,16 @@ export async function retireRoot(options: { dir: string; store: Store; now: Date
       { details: { remaining } },
     );
   }
-  writeBundle(files, layout, bundleRoots(files, layout).filter((r) => r.fingerprint256 !== previous));
+  const remainingRoots = bundleRoots(files, layout).filter((r) => r.fingerprint256 !== previous);
+  writeBundle(files, layout, remainingRoots);
   files.remove(layout.previousRootCert);
   files.remove(layout.previousRootKey);
-  const { rootRotation: _done, reissueBefore: _reissued, ...rest } = state;
+  const { rootRotation: _done, reissueBefore: _reissued, trustEveryCaUnderRoot, ...rest } = state;
   void _done;
   void _reissued;
-  writeCaState(options.dir, rest, files);
+  // A root accepted with --trust-every-ca-under-root is no longer trusted once it leaves the bundle.
+  const stillTrusted = (trustEveryCaUnderRoot ?? []).filter((choice) => remainingRoots.some((r) => r.fingerprint256 === choice.rootFingerprint));
+  writeCaState(options.dir, { ...rest, ...(stillTrusted.length > 0 ? { trustEveryCaUnderRoot: stillTrusted } : {}) }, files);
   return { retiredFingerprint: previous, remaining };
 }
 

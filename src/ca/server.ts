@@ -14,6 +14,7 @@ import { parseHostPort } from "../util/address.ts";
 import { checkCaDir } from "../util/dir-safety.ts";
 import { listenOn } from "../util/listen.ts";
 import { caLayout, loadAnchors, type LoadedAnchors } from "./anchors.ts";
+import { describeRootTrustingEveryCa, rootsTrustingEveryCa } from "./root-scope.ts";
 import type { Attestor } from "./attest/attestor.ts";
 import { insecureAttestor } from "./attest/insecure.ts";
 import { joinTokenAttestor } from "./attest/join-token.ts";
@@ -139,6 +140,14 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     await lock?.release();
     if (options.store === undefined) await store.close();
     throw error;
+  }
+
+  // Said at every start, not only when the root was imported: whoever runs the CA later may not know.
+  for (const entry of rootsTrustingEveryCa(anchors)) {
+    logger.warn(
+      { event: "root-trusts-every-ca", root: entry.root.fingerprint256, trustDomain: anchors.trustDomain, ...(entry.acceptedAt !== undefined ? { acceptedAt: entry.acceptedAt } : {}) },
+      `${describeRootTrustingEveryCa(entry, anchors.trustDomain)}; see docs/threat-model.md#other-cas-under-an-imported-root`,
+    );
   }
 
   const telemetry = createMetrics({ processMetrics: true });
@@ -533,6 +542,11 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       const health = createHealth();
       const check = (name: keyof ReturnType<typeof readiness>["checks"]) => () => readiness(anchors, crl, clock(), storeCheck(), rotationWarnings()).checks[name];
       for (const name of ["issuer", "crl", "store", "expiry"] as const) health.register(name, check(name));
+      // A posture, not unreadiness: the CA signs correctly either way.
+      health.register("root-scope", () => {
+        const trusting = rootsTrustingEveryCa(anchors);
+        return { ok: true, detail: trusting.length === 0 ? `no root of the bundle was imported without nameConstraints that confine identities to spiffe://${anchors.trustDomain}` : trusting.map((entry) => describeRootTrustingEveryCa(entry, anchors.trustDomain)).join("; ") };
+      });
       health.register("alive", () => ({ ok: true }), ["liveness"]);
       const provider = caStatus({
         certificates: () => ({ trustDomain: anchors.trustDomain, servingChainPem: String(serving.options.cert), issuerPem: anchors.issuerChainPem, rootsPem: anchors.rootsPem }),

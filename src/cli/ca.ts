@@ -5,6 +5,11 @@ import { checkCaDirOption, collect, logFormatOption, logLevelOption, validatorOp
 // What `meshward ca` accepts; what it does is in ./actions/ca.ts, loaded when it runs.
 const actions = () => import("./actions/ca.ts");
 
+/** The opt-in of src/ca/root-scope.ts (spelled here too: help loads nothing of the CA). */
+const TRUST_EVERY_CA_FLAG = "--trust-every-ca-under-root";
+const TRUST_EVERY_CA_HELP =
+  "import a root whose nameConstraints do not confine URI names to the trust domain, accepting that every CA it has signed or will sign can mint identities this mesh accepts (recorded in ca.json; 'ca status' shows it, 'ca serve' warns at every start)";
+
 export function registerCaCommand(program: Command): void {
   const ca = program.command("ca").description("run the meshward certificate authority").hook("preAction", checkCaDirOption);
 
@@ -13,10 +18,11 @@ export function registerCaCommand(program: Command): void {
     .requiredOption("--trust-domain <td>", "trust domain, e.g. prod.example.com")
     .requiredOption("--dir <dir>", "CA directory to create (refuses to overwrite an existing CA)")
     .option("--passphrase-file <file>", "encrypt the key files at rest with this passphrase (or set MESHWARD_CA_PASSPHRASE)")
-    .option("--root-cert <file>", "import: your organisation's root certificate (PEM)")
+    .option("--root-cert <file>", "import: your organisation's root certificate (PEM); its nameConstraints must confine URI names to the trust domain (permitted URI:<td>), else it is refused (E_ROOT_UNCONSTRAINED) unless --trust-every-ca-under-root")
     .option("--issuer-cert <file>", "import: an issuer (intermediate) certificate signed by that root, PEM (intermediates may follow)")
     .option("--issuer-key <file>", "import: the issuer's private key (PEM)")
     .option("--issuer-key-passphrase-file <file>", "import: passphrase of --issuer-key, if it is encrypted (the CA encrypts its keys at rest with --passphrase-file)")
+    .option(TRUST_EVERY_CA_FLAG, TRUST_EVERY_CA_HELP)
     .option("--root-ttl <duration>", "lifetime of a generated root", "10y")
     .option("--issuer-ttl <duration>", "lifetime of a generated issuer", "1y")
     .addOption(new Option("--key-type <type>", "key algorithm of a generated root and issuer (Dapr >= 1.18 Sentry uses ed25519)").choices([...KEY_ALGORITHMS]).default("ec-p256"))
@@ -81,7 +87,8 @@ export function registerCaCommand(program: Command): void {
     .command("prepare")
     .description("step 1: add a new root to the trust bundle (every workload picks it up while running); signing is unchanged")
     .requiredOption("--dir <dir>", "CA directory")
-    .option("--root-cert <file>", "external roots: your organisation's new root certificate (instead of generating one)")
+    .option("--root-cert <file>", "external roots: your organisation's new root certificate (instead of generating one); its nameConstraints must confine URI names to the trust domain, else it is refused (E_ROOT_UNCONSTRAINED) unless --trust-every-ca-under-root")
+    .option(TRUST_EVERY_CA_FLAG, `with --root-cert: ${TRUST_EVERY_CA_HELP}`)
     .option("--root-ttl <duration>", "lifetime of a generated root", "10y")
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
     .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")

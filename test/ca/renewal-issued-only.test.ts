@@ -55,7 +55,8 @@ function certificate(name: string, subject: string, section: string, signer?: st
 }
 
 async function startCa(dir: string, imported: { rootCertPem: string; issuerCertPem: string; issuerKeyPem: string }) {
-  await initAnchors({ dir, trustDomain: TD, now: new Date(), imported } as Parameters<typeof initAnchors>[0]);
+  // The organisation root has no name constraints, on purpose: other teams' CAs sit under it.
+  await initAnchors({ dir, trustDomain: TD, now: new Date(), imported, trustEveryCaUnderRoot: true } as Parameters<typeof initAnchors>[0]);
   const server = await startCaServer({ dir, config: caConfigSchema.parse({ listen: "127.0.0.1:0", workloadTtl: "1h" }), logger: silent });
   const connection: CaConnection = { address: server.address, bundlePem: readFileSync(join(dir, "bundle.pem"), "utf8"), trustDomain: TD };
   return { server, connection };

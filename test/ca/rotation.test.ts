@@ -317,7 +317,7 @@ describe("rotation on a running CA", () => {
   it("an external-root CA cannot generate issuers: it says to import one", async () => {
     await initAnchors({ dir: join(work, "org"), trustDomain: TD, now: new Date() });
     const org = caLayout(join(work, "org"));
-    await initAnchors({ dir, trustDomain: TD, now: new Date(), imported: { rootCertPem: readFileSync(org.rootCert, "utf8"), issuerCertPem: readFileSync(org.issuerCert, "utf8"), issuerKeyPem: readFileSync(org.issuerKey, "utf8") } });
+    await initAnchors({ dir, trustDomain: TD, now: new Date(), imported: { rootCertPem: readFileSync(org.rootCert, "utf8"), issuerCertPem: readFileSync(org.issuerCert, "utf8"), issuerKeyPem: readFileSync(org.issuerKey, "utf8") }, trustEveryCaUnderRoot: true });
     await expect(rotateIssuer({ dir, now: new Date() })).rejects.toMatchObject({ code: "E_ROTATION_EXTERNAL_ROOT" });
     expect(() => importIssuer({ dir, issuerCertPem: "garbage", issuerKeyPem: "garbage", now: new Date() })).toThrow();
   });

@@ -245,7 +245,7 @@ describe("imported Dapr >= 1.18 Ed25519 anchors (dapr-trust-bundle made by opens
     anchorsDir = join(work, "sentry-anchors");
     const sentry = makeDaprAnchors(anchorsDir, { key: "ed25519" });
     const dir = join(work, "imported");
-    const init = await runCli(["ca", "init", "--trust-domain", "public", "--dir", dir, "--root-cert", sentry.rootCert, "--issuer-cert", sentry.issuerCert, "--issuer-key", sentry.issuerKey]);
+    const init = await runCli(["ca", "init", "--trust-domain", "public", "--dir", dir, "--root-cert", sentry.rootCert, "--issuer-cert", sentry.issuerCert, "--issuer-key", sentry.issuerKey, "--trust-every-ca-under-root"]);
     expect(init.code, init.stderr).toBe(0);
     const server = await startCli(["ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--serving-spiffe-id", SENTRY_ID, "--default-validator", "insecure", "--allow-insecure-dev"], /listening on (\S+) as (\S+)/);
     ca = { dir, server, address: server.match[1] as string, anchors: readFileSync(sentry.rootCert, "utf8") };

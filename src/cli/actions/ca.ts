@@ -8,6 +8,7 @@ import { loadYamlConfig } from "../../config/load.ts";
 import { caKeysEncrypted, caLayout, initAnchors, loadAnchors, readCaState } from "../../ca/anchors.ts";
 import type { AnchorFiles } from "../../ca/anchor-files.ts";
 import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../../ca/rotation.ts";
+import { howTrusted, rootScopeGap, rootsTrustingEveryCa, TRUST_EVERY_CA_FLAG } from "../../ca/root-scope.ts";
 import { withCaFiles, withCaStore } from "../store.ts";
 import type { Store } from "../../store/store.ts";
 import { trustBundleVersion } from "../../telemetry/bundle-version.ts";
@@ -28,6 +29,7 @@ export async function caInit(opts: OptionValues): Promise<void> {
     throw new MeshwardError("E_USAGE", "to import an existing CA give all three of --root-cert, --issuer-cert and --issuer-key");
   }
   if (importing === 0 && opts.issuerKeyPassphraseFile !== undefined) throw new MeshwardError("E_USAGE", "--issuer-key-passphrase-file goes with an imported --issuer-key");
+  if (importing === 0 && opts.trustEveryCaUnderRoot === true) throw new MeshwardError("E_USAGE", `${TRUST_EVERY_CA_FLAG} goes with an imported --root-cert (a generated root has no other CA under it)`);
   const passphrase = readPassphrase(opts.passphraseFile);
   const issuerKeyPassphrase = readIssuerKeyPassphrase(opts.issuerKeyPassphraseFile);
   const state = await initAnchors({
@@ -37,6 +39,7 @@ export async function caInit(opts: OptionValues): Promise<void> {
     rootTtlMs: anchorTtl(opts.rootTtl, "--root-ttl"),
     issuerTtlMs: anchorTtl(opts.issuerTtl, "--issuer-ttl"),
     keyAlgorithm: opts.keyType,
+    trustEveryCaUnderRoot: opts.trustEveryCaUnderRoot === true,
     ...(passphrase !== undefined ? { passphrase } : {}),
     ...(importing === 3
       ? {
@@ -55,11 +58,13 @@ export async function caInit(opts: OptionValues): Promise<void> {
   }
   const root = new X509Certificate(readFileSync(layout.rootCert));
   const issuer = new X509Certificate(readFileSync(layout.issuerCert));
+  if (opts.trustEveryCaUnderRoot === true) process.stderr.write(trustEveryCaNote(state.trustEveryCaUnderRoot !== undefined, root, state.trustDomain));
   const summary = {
     trustDomain: state.trustDomain,
     mode: state.mode,
     dir: opts.dir,
     encrypted: passphrase !== undefined,
+    trustEveryCaUnderRoot: state.trustEveryCaUnderRoot !== undefined,
     root: { fingerprint256: root.fingerprint256, notAfter: new Date(root.validTo).toISOString() },
     issuer: { fingerprint256: issuer.fingerprint256, notAfter: new Date(issuer.validTo).toISOString() },
     bundle: layout.bundle,
@@ -154,14 +159,26 @@ export async function caImportIssuer(opts: OptionValues): Promise<void> {
 export async function caRotateRootPrepare(opts: OptionValues): Promise<void> {
   const rootTtlMs = anchorTtl(opts.rootTtl, "--root-ttl");
   const passphrase = readPassphrase(opts.passphraseFile);
+  if (opts.rootCert === undefined && opts.trustEveryCaUnderRoot === true) throw new MeshwardError("E_USAGE", `${TRUST_EVERY_CA_FLAG} goes with --root-cert (a generated root has no other CA under it)`);
   const importedRootPem = opts.rootCert !== undefined ? readCertificateFile(opts.rootCert, "--root-cert") : undefined;
   let note: string | undefined;
+  let trustDomain = "";
   const root = await withCaFiles(opts.dir, opts.store, async (files) => {
+    trustDomain = readCaState(opts.dir, files).trustDomain;
     // An imported root comes without a key: nothing is encrypted.
     if (importedRootPem === undefined) note = encryptionNote(opts.dir, files, passphrase);
-    return prepareRoot({ dir: opts.dir, files, now: new Date(), rootTtlMs, ...withPassphrase(passphrase), ...(importedRootPem !== undefined ? { importedRootPem } : {}) });
+    return prepareRoot({
+      dir: opts.dir,
+      files,
+      now: new Date(),
+      rootTtlMs,
+      trustEveryCaUnderRoot: opts.trustEveryCaUnderRoot === true,
+      ...withPassphrase(passphrase),
+      ...(importedRootPem !== undefined ? { importedRootPem } : {}),
+    });
   });
   if (note !== undefined) process.stderr.write(note);
+  if (opts.trustEveryCaUnderRoot === true) process.stderr.write(trustEveryCaNote(rootScopeGap(root, trustDomain) !== undefined, root, trustDomain));
   process.stdout.write(
     `prepared root ${root.fingerprint256} (valid until ${new Date(root.validTo).toISOString()}); the bundle now holds it beside the current root.\n` +
       `Next, once every workload has fetched the new bundle (they refresh it every minute): meshward ca rotate-root activate --dir ${opts.dir}\n`,
@@ -240,7 +257,16 @@ export async function caStatus(opts: OptionValues): Promise<void> {
   const issuer = describe("issuer", anchors.issuer.certificate);
   const entries = [...roots, issuer];
   const bundleVersion = trustBundleVersion(anchors.roots.map((r) => r.fingerprint256));
-  const result = { trustDomain: anchors.trustDomain, mode: anchors.mode, bundleVersion, rootRotation: rotation ?? null, issuerStage: issuerRotationStage(anchors.issuer.certificate, now), anchors: entries };
+  const trustingEveryCa = rootsTrustingEveryCa(anchors);
+  const result = {
+    trustDomain: anchors.trustDomain,
+    mode: anchors.mode,
+    bundleVersion,
+    rootRotation: rotation ?? null,
+    issuerStage: issuerRotationStage(anchors.issuer.certificate, now),
+    anchors: entries,
+    rootsTrustingEveryCa: trustingEveryCa.map((entry) => ({ fingerprint256: entry.root.fingerprint256, acceptedAt: entry.acceptedAt ?? null })),
+  };
   if (opts.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
   else {
     process.stdout.write(`trust domain ${anchors.trustDomain} (${anchors.mode})${rotation ? `, root rotation ${rotation.phase}` : ""}; trust bundle version ${bundleVersion} (${roots.length} root${roots.length === 1 ? "" : "s"})\n`);
@@ -254,10 +280,24 @@ export async function caStatus(opts: OptionValues): Promise<void> {
           `  ${"".padEnd(16)} ${c.live} live certificate${c.live === 1 ? "" : "s"} chain${c.live === 1 ? "s" : ""} to it${others.length > 0 ? ` (not counted: ${others.join(", ")})` : ""}` +
           `${c.live > 0 && root.kind !== "root (active)" ? `; list them: meshward cert list --dir ${opts.dir} --root ${root.fingerprint256} --live` : ""}\n`,
       );
+      const trusting = trustingEveryCa.find((entry) => entry.root.fingerprint256 === root.fingerprint256);
+      if (trusting !== undefined) {
+        process.stdout.write(`  ${"".padEnd(16)} does not confine identities to spiffe://${anchors.trustDomain}: every CA under it can mint any of them (${howTrusted(trusting)})\n`);
+      }
     }
     process.stdout.write(`  ${"issuer".padEnd(16)} expires ${issuer.notAfter}  ${issuer.timeLeft}${result.issuerStage !== "current" ? ` (rotation stage: ${result.issuerStage})` : ""}${issuer.expiringSoon ? `  ← within --warn ${opts.warn}` : ""}\n`);
   }
   if (entries.some((e) => e.expiringSoon)) process.exitCode = 1;
+}
+
+/** After an import with --trust-every-ca-under-root: what was recorded, or that nothing needed to be. */
+function trustEveryCaNote(recorded: boolean, root: X509Certificate, trustDomain: string): string {
+  if (!recorded) return `meshward: note: ${TRUST_EVERY_CA_FLAG} was not needed: the root's nameConstraints confine identities to spiffe://${trustDomain}; nothing recorded\n`;
+  return (
+    `meshward: warning: root ${JSON.stringify(root.subject.replace(/\n/g, ", "))} (${root.fingerprint256}) does not confine identities to spiffe://${trustDomain}: ` +
+    `every CA it has signed or will sign can mint certificates for any workload of ${trustDomain} that the mesh accepts. ` +
+    `Accepted with ${TRUST_EVERY_CA_FLAG} and recorded in ca.json ('meshward ca status' shows it; 'meshward ca serve' warns at every start)\n`
+  );
 }
 
 /**
