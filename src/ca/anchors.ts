@@ -225,6 +225,11 @@ function validateImport(imported: ImportedAnchors, now: Date, trustDomain: strin
   }
   const root = new X509Certificate(rootDer);
   if (!root.ca) throw new MeshwardError("E_IMPORT_INVALID", "--root-cert is not a CA certificate (basicConstraints CA:TRUE is missing)");
+  // A trust anchor of every workload: node:tls builds no partial chain, so an intermediate given
+  // here would leave a CA whose certificates no workload can verify (E_CA_UNTRUSTED at first use).
+  if (!(root.checkIssued(root) && root.verify(root.publicKey))) {
+    throw new MeshwardError("E_IMPORT_INVALID", `--root-cert must be a self-signed root; ${root.subject.replace(/\n/g, ", ")} is issued by ${root.issuer.replace(/\n/g, ", ")} (give that root, and this certificate after the issuer in --issuer-cert)`);
+  }
   const issuerChain = certificatesFromPem(imported.issuerCertPem).map((der) => new X509Certificate(der));
   const issuer = issuerChain[0];
   if (issuer === undefined) throw new MeshwardError("E_IMPORT_INVALID", "--issuer-cert holds no certificate");

@@ -244,6 +244,10 @@ export async function prepareRoot(options: PrepareRootOptions): Promise<X509Cert
     if (der === undefined || more.length > 0) throw new MeshwardError("E_IMPORT_INVALID", "the new root file must hold exactly one certificate");
     next = new X509Certificate(der);
     if (!next.ca || !next.checkIssued(next)) throw new MeshwardError("E_IMPORT_INVALID", "the new root must be a self-signed CA certificate");
+    // Retiring "the previous root" would then remove the only one: an empty bundle, a CA that cannot start.
+    if (bundleRoots(files, layout).some((root) => root.fingerprint256 === next.fingerprint256)) {
+      throw new MeshwardError("E_IMPORT_INVALID", `the new root ${next.fingerprint256} is already in the trust bundle${next.fingerprint256 === current.fingerprint256 ? " (it is the current root)" : ""}: a rotation needs a root the bundle does not hold yet`);
+    }
     trustChoice = checkRootScope({ root: next, trustDomain: state.trustDomain, what: "the new root (--root-cert)", trustEveryCa: options.trustEveryCaUnderRoot === true, now: options.now });
     files.write(layout.nextRootCert, toPem(next.raw, "CERTIFICATE"), { secret: false });
   } else {

@@ -1,4 +1,5 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -72,5 +73,47 @@ describe("CA command-line input is checked before anything is made", { timeout: 
     refused(await runCli(["ca", "rotate-root", "prepare", "--dir", ca, "--root-cert", broken]), "E_PEM_INVALID", new RegExp(`--root-cert ${broken}: a CERTIFICATE block does not hold an X.509 certificate`));
     refused(await runCli(["ca", "rotate-root", "prepare", "--dir", ca, "--root-cert", garbage]), "E_PEM_INVALID", new RegExp(`--root-cert ${garbage}: no PEM block`));
     expect(JSON.parse(readFileSync(join(ca, "ca.json"), "utf8")).rootRotation).toBeUndefined();
+  });
+
+  // Review finding: preparing the current root again was accepted, and `activate` + `retire` then
+  // removed "the previous root", the only one: an empty bundle.pem and a CA that no longer started.
+  it("rotate-root prepare --root-cert refuses a root the bundle already holds, and changes nothing", async () => {
+    const before = { bundle: readFileSync(join(ca, "bundle.pem"), "utf8"), state: readFileSync(join(ca, "ca.json"), "utf8") };
+    refused(
+      await runCli(["ca", "rotate-root", "prepare", "--dir", ca, "--root-cert", join(ca, "root.pem"), "--trust-every-ca-under-root"]),
+      "E_IMPORT_INVALID",
+      /is already in the trust bundle \(it is the current root\): a rotation needs a root the bundle does not hold yet/,
+    );
+    expect(readFileSync(join(ca, "bundle.pem"), "utf8")).toBe(before.bundle);
+    expect(readFileSync(join(ca, "ca.json"), "utf8")).toBe(before.state);
+    expect(existsSync(join(ca, "root.next.pem"))).toBe(false);
+  });
+
+  // Review finding: node:tls builds no partial chain, so a CA initialised with an intermediate as
+  // its "root" made certificates no workload could verify (E_CA_UNTRUSTED at the first `cert issue`).
+  it("ca init refuses a --root-cert that is not self-signed, and makes no directory", async () => {
+    const pki = join(work, "chain");
+    mkdirSync(pki);
+    const p = (name: string) => join(pki, name);
+    writeFileSync(p("ext.cnf"), ["[req]", "distinguished_name=dn", "[dn]", "[ca]", "basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign", "subjectKeyIdentifier=hash", "authorityKeyIdentifier=keyid", "[issuer]", "basicConstraints=critical,CA:TRUE,pathlen:0", "keyUsage=critical,keyCertSign,cRLSign", "subjectKeyIdentifier=hash", "authorityKeyIdentifier=keyid", ""].join("\n"));
+    for (const key of ["root", "mid", "issuer"]) execFileSync("openssl", ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", p(`${key}.key`)]);
+    execFileSync("openssl", ["req", "-x509", "-new", "-key", p("root.key"), "-subj", "/O=Example Org/CN=org root", "-days", "30", "-config", p("ext.cnf"), "-extensions", "ca", "-out", p("root.pem")]);
+    const sign = (name: string, by: string, extensions: string, subject: string) => {
+      execFileSync("openssl", ["req", "-new", "-key", p(`${name}.key`), "-subj", subject, "-config", p("ext.cnf"), "-out", p(`${name}.csr`)]);
+      execFileSync("openssl", ["x509", "-req", "-in", p(`${name}.csr`), "-CA", p(`${by}.pem`), "-CAkey", p(`${by}.key`), "-CAcreateserial", "-days", "30", "-extfile", p("ext.cnf"), "-extensions", extensions, "-out", p(`${name}.pem`)]);
+    };
+    sign("mid", "root", "ca", "/O=Example Org/CN=org intermediate");
+    sign("issuer", "mid", "issuer", "/O=Example Org/CN=meshward issuer");
+    const dir = join(work, "intermediate-as-root");
+    refused(
+      await runCli(["ca", "init", "--trust-domain", TD, "--dir", dir, "--root-cert", p("mid.pem"), "--issuer-cert", p("issuer.pem"), "--issuer-key", p("issuer.key"), "--trust-every-ca-under-root"]),
+      "E_IMPORT_INVALID",
+      /--root-cert must be a self-signed root; O=Example Org, CN=org intermediate is issued by O=Example Org, CN=org root/,
+    );
+    expect(existsSync(dir)).toBe(false);
+    // The same chain with its real root imports (the intermediate follows the issuer).
+    writeFileSync(p("issuer-chain.pem"), readFileSync(p("issuer.pem"), "utf8") + readFileSync(p("mid.pem"), "utf8"));
+    const good = await runCli(["ca", "init", "--trust-domain", TD, "--dir", join(work, "org-root"), "--root-cert", p("root.pem"), "--issuer-cert", p("issuer-chain.pem"), "--issuer-key", p("issuer.key"), "--trust-every-ca-under-root"]);
+    expect(good.code, good.stderr).toBe(0);
   });
 });
