@@ -30,6 +30,12 @@ export interface H2ToHttp1Hooks {
 }
 
 const CRLF = Buffer.from("\r\n");
+const WAIT_FOR_TRAILERS = Object.freeze({ waitForTrailers: true });
+
+/** Ends a response whose trailers were waited for: empty trailers go as an empty END_STREAM DATA frame. */
+function sendNoTrailers(this: ServerHttp2Stream): void {
+  this.sendTrailers({});
+}
 
 /**
  * HTTP/2 in (a caller that is not gRPC), HTTP/1.1 out on a pooled upstream connection. The
@@ -210,7 +216,10 @@ class H2Exchange implements ResponseSink {
     this.#responded = true;
     this.#idle?.touch();
     try {
-      this.stream.respond({ ...headers, ":status": response.status });
+      // With trailers to come, ending the stream early (RST_STREAM CANCEL) cannot pass for the
+      // end of the response: close() ends the writable side first, which would otherwise send END_STREAM.
+      this.stream.respond({ ...headers, ":status": response.status }, WAIT_FOR_TRAILERS);
+      this.stream.once("wantTrailers", sendNoTrailers);
     } catch (error) {
       // A field HTTP/2 cannot carry (node:http2 refuses it): the exchange fails as a whole.
       this.#responded = false;
