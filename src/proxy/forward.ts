@@ -10,7 +10,7 @@ import { headersObject } from "./http1/wire.ts";
 import { answerH2, answerRawHttp1, GrpcStatus } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { BODY_TIMEOUT_ANSWER, IdleTimer, upstreamTimeoutError } from "./stream-idle.ts";
-import type { StreamIdleRule } from "./stream-idle.ts";
+import type { RevokeStream, StreamIdleRule } from "./stream-idle.ts";
 
 export interface ForwardHooks {
   /** Headers set on the upstream request (after the caller's were filtered). */
@@ -33,6 +33,8 @@ export function isUnreachable(error: unknown): boolean {
   const code = (error as { code?: unknown } | undefined)?.code;
   return typeof code === "string" && UNREACHABLE.has(code);
 }
+
+const NOTHING_TO_REVOKE: RevokeStream = () => undefined;
 
 /** A bodiless Upgrade request in its canonical form (the relay refused one with a body). */
 export interface UpgradeRequest {
@@ -132,8 +134,11 @@ function responseHead(res: IncomingMessage, close: boolean): string {
  * with no byte read from the caller or written to it for `idle.ms` ends as an HTTP/1 exchange
  * does: 408 while its body is due, 504 when no response came, RST_STREAM (CANCEL) once the
  * response has started (a gRPC stream silent that long too); the upstream stream is cancelled.
+ * Returns how to end the stream early with a refusal (a policy reload that denies its request):
+ * `answer` while no response has started, RST_STREAM (CANCEL) once one has; the upstream stream
+ * is cancelled either way.
  */
-export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request: CanonicalH2Request, flags: number, session: ClientHttp2Session, hooks: H2ForwardHooks): void {
+export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request: CanonicalH2Request, flags: number, session: ClientHttp2Session, hooks: H2ForwardHooks): RevokeStream {
   const grpc = request.grpc;
   let finished = false;
   let idle: IdleTimer | undefined;
@@ -158,12 +163,13 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
   } catch (error) {
     answerH2(stream, hooks.onUpstreamError(error as Error), grpc);
     done(0);
-    return;
+    return NOTHING_TO_REVOKE;
   }
   let trailers: OutgoingHttpHeaders | undefined;
   let status = 0;
   let requestEnded = endStream;
-  idle = new IdleTimer(hooks.idle.ms, () => {
+  /** Ends the exchange before its upstream does: `answer` while no response has started, else a cut. */
+  const endEarly = (answer: ProxyAnswer | (() => ProxyAnswer)) => {
     if (finished) return;
     if (!out.closed) out.close(h2.NGHTTP2_CANCEL);
     if (stream.closed || stream.destroyed) return done(0);
@@ -171,18 +177,19 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
       stream.close(h2.NGHTTP2_CANCEL);
       return done(0);
     }
-    let answer: ProxyAnswer;
-    if (!requestEnded) {
-      hooks.idle.bodyTimedOut(`no byte of the request body arrived for ${hooks.idle.ms} ms`);
-      answer = BODY_TIMEOUT_ANSWER;
-    } else {
-      answer = hooks.onUpstreamError(upstreamTimeoutError(hooks.idle.ms));
-    }
-    answerH2(stream, answer, grpc);
+    const answered = typeof answer === "function" ? answer() : answer;
+    answerH2(stream, answered, grpc);
     // The caller may still hold its side open: RST_STREAM (NO_ERROR) once the answer is sent frees the stream.
     stream.close(h2.NGHTTP2_NO_ERROR);
-    done(answer.status);
-  });
+    done(answered.status);
+  };
+  idle = new IdleTimer(hooks.idle.ms, () =>
+    endEarly(() => {
+      if (requestEnded) return hooks.onUpstreamError(upstreamTimeoutError(hooks.idle.ms));
+      hooks.idle.bodyTimedOut(`no byte of the request body arrived for ${hooks.idle.ms} ms`);
+      return BODY_TIMEOUT_ANSWER;
+    }),
+  );
   out.on("response", (response, responseFlags: number) => {
     if (stream.destroyed || stream.closed) return;
     idle?.touch();
@@ -232,6 +239,7 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
       idle?.touch();
     });
   }
+  return endEarly;
 }
 
 /** The answer for a failed app/peer exchange, HTTP and gRPC flavours. */

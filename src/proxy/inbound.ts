@@ -41,7 +41,7 @@ import { answerH2, answerRawHttp1, answerText, GrpcStatus, observeDuration, stat
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
 import { isUpstreamTimeout, upstreamTimeoutAnswer } from "./stream-idle.ts";
-import type { StreamIdleRule } from "./stream-idle.ts";
+import type { RevokeStream, StreamIdleRule } from "./stream-idle.ts";
 
 export interface ProxyTelemetry {
   readonly logger: Logger;
@@ -87,12 +87,21 @@ export interface Inbound {
 
 const kPlaintext = Symbol("meshward.plaintext");
 
-/** What the policy allowed a tunnel on: its caller, and the path and method of an upgrade request (empty in TCP mode). */
-interface TunnelRequest {
+/**
+ * What the policy allowed a tunnel or a forwarded stream on: its caller, and the canonical path
+ * and method of its request (empty for a TCP-mode tunnel; the verb is empty for gRPC).
+ */
+interface AllowedRequest {
   readonly peer: PeerIdentity | undefined;
   readonly operation: string;
   readonly verb: string;
   readonly rpcOverHttp?: boolean;
+}
+
+/** A forwarded HTTP/2 stream until its exchange is over; `revoke` is set once it is forwarded. */
+interface OpenStream extends AllowedRequest {
+  readonly socket: Socket;
+  revoke: RevokeStream | undefined;
 }
 
 function callerOf(peer: PeerIdentity | undefined): Caller | undefined {
@@ -231,19 +240,32 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
    * it ends the open tunnel too (as a new one is refused), rather than leaving it open until the
    * age cap.
    */
-  const tunnels = new Map<Socket, TunnelRequest>();
-  const holdTunnel = (socket: Socket, opened: TunnelRequest) => {
+  const tunnels = new Map<Socket, AllowedRequest>();
+  const holdTunnel = (socket: Socket, opened: AllowedRequest) => {
     if (socket.destroyed) return;
     tunnels.set(socket, opened);
     socket.once("close", () => tunnels.delete(socket));
   };
-  const stopRejudging = policy.onReload(() => {
-    for (const [socket, { peer, operation, verb, rpcOverHttp }] of tunnels) {
-      if (denied(peer, socket, operation, verb, rpcOverHttp) === undefined) continue;
-      telemetry.refused.inc({ direction: "inbound", reason: "policy" });
-      socket.destroy();
-    }
-  });
+  /**
+   * HTTP/2 streams forwarded to the app, until their exchange is over, with the request each was
+   * allowed on: judged again on reload like tunnels. (Forwarded HTTP/1 exchanges are the relay's:
+   * http1.revalidate.)
+   */
+  const streams = new Set<OpenStream>();
+  /** Holds `open` until the exchange is over: the returned `done` lets go of it, then calls `done`. */
+  const holdStream = (open: OpenStream, done: (status: number) => void): ((status: number) => void) => {
+    streams.add(open);
+    return (status) => {
+      streams.delete(open);
+      done(status);
+    };
+  };
+  /** The current policy's refusal of a request it allowed before (logged and counted as a denial and a refusal). */
+  const revoked = (peer: PeerIdentity | undefined, socket: Socket, operation: string, verb: string, rpcOverHttp = false): ProxyAnswer | undefined => {
+    const refusal = denied(peer, socket, operation, verb, rpcOverHttp);
+    if (refusal !== undefined) telemetry.refused.inc({ direction: "inbound", reason: "policy" });
+    return refusal;
+  };
   /**
    * Where the policy's answer for this operation depends on the method, a POST body that makes
    * the app run another method (`_method`) must not get past it: such bodies are read on the way.
@@ -347,7 +369,9 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       return;
     }
     const { grpc } = request;
-    const judged = judge(peer, socket, request.target.path, grpc ? "" : request.method, request.rpcOverHttp);
+    const operation = request.target.path;
+    const verb = grpc ? "" : request.method;
+    const judged = judge(peer, socket, operation, verb, request.rpcOverHttp);
     if ("refusal" in judged) {
       answerH2(stream, judged.refusal, grpc);
       return;
@@ -355,24 +379,42 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     const hooks = hooksFor(peer, socket, grpc ? "grpc" : "http");
     const endStream = (flags & h2constants.NGHTTP2_FLAG_END_STREAM) !== 0;
     const idle: StreamIdleRule = { ms: limits.idleTimeout, bodyTimedOut: (detail) => clientError("body_timeout", detail, socket) };
+    const body = grpc ? NOT_READ : bodyCheck(judged.verbSensitive, request.method, request.rawHeaders, socket);
+    if ("refusal" in body) {
+      answerH2(stream, body.refusal, false);
+      hooks.done(400);
+      return;
+    }
+    const open: OpenStream = { peer, socket, operation, verb, rpcOverHttp: request.rpcOverHttp, revoke: undefined };
+    const done = holdStream(open, hooks.done);
     if (grpc) {
-      forwardH2(stream, headers, request, flags, appSession(), { ...hooks, idle });
+      open.revoke = forwardH2(stream, headers, request, flags, appSession(), { ...hooks, done, idle });
     } else {
-      const body = bodyCheck(judged.verbSensitive, request.method, request.rawHeaders, socket);
-      if ("refusal" in body) {
-        answerH2(stream, body.refusal, false);
-        hooks.done(400);
-        return;
-      }
-      forwardH2ToHttp1(stream, request, endStream, appPool, {
+      open.revoke = forwardH2ToHttp1(stream, request, endStream, appPool, {
         addHeaders: peer === undefined ? "" : stampFor(peer).lines,
         onUpstreamError: appError,
-        done: hooks.done,
+        done,
         idle,
         ...(body.inspector === undefined ? {} : { bodyCheck: { inspector: body.inspector, refused: (problem: string) => bodyRefusal(problem, socket) } }),
       });
     }
   });
+  // --- policy reloads ------------------------------------------------------------------
+  // What the policy allowed once — a tunnel, an exchange whose request or response is still
+  // flowing (a download, an upload, a server stream, server-sent events) — is judged again with
+  // the request it was allowed on, and ended when the new policy denies it, as a new one is
+  // refused: answered 403 / PERMISSION_DENIED if no response has started, cut otherwise.
+  const stopRejudging = policy.onReload(() => {
+    for (const [socket, { peer, operation, verb, rpcOverHttp }] of tunnels) {
+      if (revoked(peer, socket, operation, verb, rpcOverHttp) !== undefined) socket.destroy();
+    }
+    for (const open of streams) {
+      const refusal = revoked(open.peer, open.socket, open.operation, open.verb, open.rpcOverHttp);
+      if (refusal !== undefined) open.revoke?.(refusal);
+    }
+    http1.revalidate((request, socket) => revoked(peerFor(socket), socket, request.target.path, request.method, request.rpcOverHttp));
+  });
+
   const toHttp = (socket: Socket, h2Preface: boolean) => {
     tracker.add(socket);
     if (h2Preface) {

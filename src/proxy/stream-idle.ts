@@ -32,6 +32,12 @@ export interface StreamIdleRule {
 }
 
 /**
+ * Ends a forwarded stream early with the proxy's refusal: `answer` while no response has started,
+ * RST_STREAM (CANCEL) once one has; what it holds upstream is let go. Nothing once it is over.
+ */
+export type RevokeStream = (answer: ProxyAnswer) => void;
+
+/**
  * One stream's idle clock: `touch()` on every byte read from the caller or written to it;
  * `onIdle` runs once when no touch came for `ms`. A touch only reads the clock: the one timer is
  * re-armed when it fires early, not on every chunk.

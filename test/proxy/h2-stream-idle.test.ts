@@ -79,6 +79,8 @@ async function startRecordingApp(): Promise<{ server: Server; port: number; sock
     // anything else gets the body size once it ended.
     if (path.startsWith("/early")) return void res.writeHead(413).end("too large");
     if (path.startsWith("/never") || path.startsWith("/upload")) return;
+    // /stall… starts a response of unknown length and sends nothing more.
+    if (path.startsWith("/stall")) return void res.writeHead(200, { "content-type": "text/plain" }).write("partial");
     req.on("end", () => res.end(`got ${received}`));
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -198,6 +200,16 @@ describe("HTTP/2 streams with no byte either way for limits.idleTimeout end", ()
     expect(got.status).toBe(200);
     expect(got.rstCode).toBe(h2.NGHTTP2_CANCEL);
     await appSocketCloses("/big-inbound");
+  }, 30_000);
+
+  it("inbound (mTLS): a response the app stops sending is reset (CANCEL), not ended as if it were whole, and its app connection closes", async () => {
+    const outcome = await outcomeOf(inbound(callee).request({ ":path": "/stall-inbound" }));
+    expect(outcome).not.toBe("still open");
+    const got = outcome as Outcome;
+    expect(got.status).toBe(200);
+    expect(got.body).toBe("partial");
+    expect(got.rstCode).toBe(h2.NGHTTP2_CANCEL);
+    await appSocketCloses("/stall-inbound");
   }, 30_000);
 
   it("inbound (mTLS): after an early answer (413), a body that stops coming ends the stream and the app connection closes", async () => {

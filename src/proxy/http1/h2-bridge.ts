@@ -6,7 +6,7 @@ import { forwardableHeaders } from "../headers.ts";
 import { answerH2 } from "../respond.ts";
 import type { ProxyAnswer } from "../respond.ts";
 import { BODY_TIMEOUT_ANSWER, IdleTimer, upstreamTimeoutError } from "../stream-idle.ts";
-import type { StreamIdleRule } from "../stream-idle.ts";
+import type { RevokeStream, StreamIdleRule } from "../stream-idle.ts";
 import type { MessageHead } from "./llhttp.ts";
 import { maySendAgain } from "./pool.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
@@ -30,6 +30,12 @@ export interface H2ToHttp1Hooks {
 }
 
 const CRLF = Buffer.from("\r\n");
+const WAIT_FOR_TRAILERS = Object.freeze({ waitForTrailers: true });
+
+/** Ends a response whose trailers were waited for: empty trailers go as an empty END_STREAM DATA frame. */
+function sendNoTrailers(this: ServerHttp2Stream): void {
+  this.sendTrailers({});
+}
 
 /**
  * HTTP/2 in (a caller that is not gRPC), HTTP/1.1 out on a pooled upstream connection. The
@@ -40,12 +46,15 @@ const CRLF = Buffer.from("\r\n");
  * connection is closed instead. Once it has a connection, the stream ends as an HTTP/1 exchange
  * does after `idle.ms` without a byte read from the caller or written to it: 408 while the body is
  * due, 504 when the app sent no response, RST_STREAM (CANCEL) once the response has started; the
- * connection to the app is closed (it is in the middle of the exchange).
+ * connection to the app is closed (it is in the middle of the exchange). Returns how to end it
+ * early with a refusal, as forwardH2 does.
  */
-export function forwardH2ToHttp1(stream: ServerHttp2Stream, request: CanonicalH2Request, endStream: boolean, pool: Http1Pool, hooks: H2ToHttp1Hooks): void {
+export function forwardH2ToHttp1(stream: ServerHttp2Stream, request: CanonicalH2Request, endStream: boolean, pool: Http1Pool, hooks: H2ToHttp1Hooks): RevokeStream {
   const framing: BodyFraming = endStream ? "none" : request.contentLength !== undefined ? "length" : "chunked";
   const head = upstreamRequestHead(request.method, request.target.target, request.rawHeaders, framing, hooks.addHeaders, request.authority ?? pool.authority);
-  new H2Exchange(stream, request, framing, head, pool, hooks, endStream).connect();
+  const exchange = new H2Exchange(stream, request, framing, head, pool, hooks, endStream);
+  exchange.connect();
+  return (answer) => exchange.revoke(answer);
 }
 
 class H2Exchange implements ResponseSink {
@@ -210,7 +219,10 @@ class H2Exchange implements ResponseSink {
     this.#responded = true;
     this.#idle?.touch();
     try {
-      this.stream.respond({ ...headers, ":status": response.status });
+      // With trailers to come, ending the stream early (RST_STREAM CANCEL) cannot pass for the
+      // end of the response: close() ends the writable side first, which would otherwise send END_STREAM.
+      this.stream.respond({ ...headers, ":status": response.status }, WAIT_FOR_TRAILERS);
+      this.stream.once("wantTrailers", sendNoTrailers);
     } catch (error) {
       // A field HTTP/2 cannot carry (node:http2 refuses it): the exchange fails as a whole.
       this.#responded = false;
@@ -258,30 +270,44 @@ class H2Exchange implements ResponseSink {
    * stopped sending (RST_STREAM CANCEL).
    */
   #idleTimedOut(): void {
-    const connection = this.#upstream;
-    this.#upstream = undefined;
-    connection?.destroy();
     if (this.#finished) {
+      const connection = this.#upstream;
+      this.#upstream = undefined;
+      connection?.destroy();
       // Answered early (before the whole body came), and the rest of the body stopped coming.
       if (!this.stream.closed) this.stream.close(this.stream.writableFinished ? h2.NGHTTP2_NO_ERROR : h2.NGHTTP2_CANCEL);
       return;
     }
+    this.#endEarly(() => {
+      if (this.#requestComplete) return this.hooks.onUpstreamError(upstreamTimeoutError(this.hooks.idle.ms));
+      this.hooks.idle.bodyTimedOut(`no byte of the request body arrived for ${this.hooks.idle.ms} ms`);
+      return BODY_TIMEOUT_ANSWER;
+    });
+  }
+
+  /** The proxy's refusal in place of the rest of the exchange (see RevokeStream); nothing once it is over. */
+  revoke(answer: ProxyAnswer): void {
+    if (this.#finished) return;
+    if (this.#acquiring !== undefined) this.pool.cancel(this.#acquiring);
+    this.#acquiring = undefined;
+    this.#endEarly(answer);
+  }
+
+  /** Ends the exchange before the app does: `answer` while no response has started, else a cut; the app's connection is closed. */
+  #endEarly(answer: ProxyAnswer | (() => ProxyAnswer)): void {
+    const connection = this.#upstream;
+    this.#upstream = undefined;
+    connection?.destroy();
     if (this.stream.closed || this.stream.destroyed) return this.#finish(0);
     if (this.#responded || this.stream.headersSent) {
       this.stream.close(h2.NGHTTP2_CANCEL);
       return this.#finish(0);
     }
-    let answer: ProxyAnswer;
-    if (!this.#requestComplete) {
-      this.hooks.idle.bodyTimedOut(`no byte of the request body arrived for ${this.hooks.idle.ms} ms`);
-      answer = BODY_TIMEOUT_ANSWER;
-    } else {
-      answer = this.hooks.onUpstreamError(upstreamTimeoutError(this.hooks.idle.ms));
-    }
-    answerH2(this.stream, answer, false);
+    const answered = typeof answer === "function" ? answer() : answer;
+    answerH2(this.stream, answered, false);
     // The caller may still hold its side open: RST_STREAM (NO_ERROR) once the answer is sent frees the stream.
     this.stream.close(h2.NGHTTP2_NO_ERROR);
-    this.#finish(answer.status);
+    this.#finish(answered.status);
   }
 
   #releaseUpstream(): void {

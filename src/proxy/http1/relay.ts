@@ -118,6 +118,17 @@ export class Http1Relay {
     connection.start(first);
   }
 
+  /**
+   * Judges again every forwarded exchange still open (one per connection: pipelined requests are
+   * decided in turn) with the request it was decided on. One `judge` refuses is ended as a fresh
+   * refusal would be: answered with it, the connection closing after, when no response has
+   * started; the connection cut once one has. Its upstream connection is closed either way (it
+   * is in the middle of the exchange).
+   */
+  revalidate(judge: (request: RelayRequest, socket: Socket) => ProxyAnswer | undefined): void {
+    for (const connection of this.#connections) connection.revalidate(judge);
+  }
+
   close(): void {
     clearInterval(this.#sweeper);
   }
@@ -133,6 +144,8 @@ class Exchange implements ResponseSink {
   readonly method: string;
   readonly downstream: Socket;
   decision: ForwardDecision | undefined;
+  /** The request as decided (forwarded ones), judged again by revalidate. */
+  request: RelayRequest | undefined;
   /** The proxy's own answer, written once the chunk that carried the head is parsed. */
   answer: AnswerDecision | undefined;
   upstream: UpstreamConnection | undefined;
@@ -392,6 +405,7 @@ class ClientConnection {
       return;
     }
     exchange.decision = decision;
+    exchange.request = request;
     // An absolute-form target's authority is the Host (RFC 9112 §3.2.2); an HTTP/1.0 request
     // without Host gets the upstream's.
     const host = request.target.authority ?? (request.host === undefined ? decision.upstream.authority : undefined);
@@ -638,6 +652,30 @@ class ClientConnection {
       answer = decision.onUpstreamError(upstreamTimeoutError(this.options.idleTimeout));
     }
     this.#answerAndClose(exchange, decision, answer);
+  }
+
+  /** See Http1Relay.revalidate: only the first exchange in line can have been forwarded and be open. */
+  revalidate(judge: (request: RelayRequest, socket: Socket) => ProxyAnswer | undefined): void {
+    const exchange = this.#queue[0];
+    if (this.#gone || exchange === undefined || exchange.finished || exchange.decision === undefined || exchange.request === undefined) return;
+    const refusal = judge(exchange.request, this.socket);
+    if (refusal === undefined) return;
+    const decision = exchange.decision;
+    const connection = exchange.upstream;
+    exchange.upstream = undefined;
+    connection?.destroy();
+    // Still waiting for a connection: its place in the pool's queue goes to the next request.
+    if (exchange.acquiring !== undefined) decision.upstream.cancel(exchange.acquiring);
+    exchange.acquiring = undefined;
+    if (exchange.responded) {
+      decision.done(0);
+      exchange.finished = true;
+      this.#gone = true;
+      this.socket.destroy();
+      return;
+    }
+    // Its body may still be on its way: the connection closes after the refusal.
+    this.#answerAndClose(exchange, decision, refusal);
   }
 
   // --- sequencing ------------------------------------------------------------------------
