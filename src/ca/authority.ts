@@ -2,7 +2,7 @@ import type { Logger } from "pino";
 import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
 import { toPem } from "../pki/pem.ts";
 import { throwIfCancelled } from "../util/abort.ts";
-import type { Store } from "../store/store.ts";
+import type { Store, TokenConsumption } from "../store/store.ts";
 import type { LoadedAnchors } from "./anchors.ts";
 import { checkJwtAudiences, type IssuedJwtSvids, type JwtSvidIssuer } from "./jwt-svid.ts";
 import type { Attestor } from "./attest/attestor.ts";
@@ -77,6 +77,11 @@ export interface AuthorityOptions {
   readonly servingSpiffeId?: string;
   /** Certificates per source address (config signRateLimit); unlimited when omitted. */
   readonly rateLimit?: SignRateLimiter;
+  /**
+   * Told of each issuance write: undefined when it committed, the error when the store failed it
+   * (E_STORE_*: locked by another process, disk full, writer thread gone), for the readiness check.
+   */
+  readonly onStoreWrite?: (failure: MeshwardError | undefined) => void;
   /** Told of each refused request (the status page's refusals). */
   readonly onRefused?: (event: {
     /** Error code, e.g. E_TOKEN_EXPIRED. */
@@ -205,19 +210,19 @@ export class CertificateAuthority {
       // A renewal proven with the current certificate retires it from the live count.
       ...(identity.method === "svid" && request.peer !== undefined ? { supersedes: request.peer.serial } : {}),
     };
-    if (identity.spendsToken === undefined) {
-      await this.options.store.recordIssuance(record);
-    } else {
-      // Every check passed and the leaf is signed: spend the use and record the certificate in one
-      // transaction. Losing the race for a token's last use discards the leaf, never returned.
-      // A caller that gave up meanwhile (daprd gives each attempt 3 s and then retries with the
-      // same token: dapr/dapr pkg/security/sentry.go, retry.WithPerRetryTimeout) keeps its use:
-      // the store checks the signal as late as it can (see Store.recordIssuanceSpendingToken).
-      // What is left is the store's own commit: a caller giving up during it, or between the
-      // commit and the response reaching it, leaves the use spent and the certificate logged.
-      const spent = await this.options.store.recordIssuanceSpendingToken(record, identity.spendsToken, now, signal === undefined ? {} : { signal });
-      if (!spent.ok) throw tokenRefusal(spent.reason);
-    }
+    // A join token: every check passed and the leaf is signed: spend the use and record the certificate in one
+    // transaction. Losing the race for a token's last use discards the leaf, never returned.
+    // A caller that gave up meanwhile (daprd gives each attempt 3 s and then retries with the
+    // same token: dapr/dapr pkg/security/sentry.go, retry.WithPerRetryTimeout) keeps its use:
+    // the store checks the signal as late as it can (see Store.recordIssuanceSpendingToken).
+    // What is left is the store's own commit: a caller giving up during it, or between the
+    // commit and the response reaching it, leaves the use spent and the certificate logged.
+    const spent = await this.#write<{ readonly ok: true } | Extract<TokenConsumption, { ok: false }>>(() =>
+      identity.spendsToken === undefined
+        ? this.options.store.recordIssuance(record).then(() => ({ ok: true }))
+        : this.options.store.recordIssuanceSpendingToken(record, identity.spendsToken, now, signal === undefined ? {} : { signal }),
+    );
+    if (!spent.ok) throw tokenRefusal(spent.reason);
     return {
       spiffeId: leaf.spiffeId,
       serial: leaf.serial,
@@ -227,6 +232,18 @@ export class CertificateAuthority {
       notAfter: leaf.notAfter,
       ...(jwtSvids !== undefined ? { jwtSvids } : {}),
     };
+  }
+
+  /** Runs an issuance write, telling onStoreWrite how the store answered (a refusal such as a cancelled request is not the store's failure). */
+  async #write<T>(write: () => Promise<T>): Promise<T> {
+    try {
+      const result = await write();
+      this.options.onStoreWrite?.(undefined);
+      return result;
+    } catch (error) {
+      if (isMeshwardError(error) && error.code.startsWith("E_STORE_") && error.code !== "E_STORE_CONFLICT") this.options.onStoreWrite?.(error);
+      throw error;
+    }
   }
 
   /** Revoked serials known to this CA (from the last CRL it signed). */
