@@ -121,12 +121,15 @@ export class CertificateAuthority {
     } catch (error) {
       const refused = isMeshwardError(error);
       const reason = refused ? error.code : "E_INTERNAL";
-      metrics.signRequests.inc({ result: refused ? "refused" : "error", reason });
-      metrics.signDuration.observe({ result: refused ? "refused" : "error" }, seconds(started));
-      logger.warn(
-        { event: "sign-refused", reason, validator: validatorName, peer: request.remoteAddress, appId: request.appId.slice(0, 256), namespace: request.namespace.slice(0, 256) },
-        refused ? error.message : `internal error while signing: ${describeError(error)}`,
-      );
+      // The caller's fault (credential, CSR, policy, its own limits) is a refusal; the CA's own
+      // (store, issuer, signing workers, attestation backends, bugs) an error, which pages.
+      const result = isCaFailure(reason) ? "error" : "refused";
+      metrics.signRequests.inc({ result, reason });
+      metrics.signDuration.observe({ result }, seconds(started));
+      const fields = { event: result === "error" ? "sign-failed" : "sign-refused", reason, validator: validatorName, peer: request.remoteAddress, appId: request.appId.slice(0, 256), namespace: request.namespace.slice(0, 256) };
+      const logged = refused ? error.message : `internal error while signing: ${describeError(error)}`;
+      if (result === "error") logger.error(fields, logged);
+      else logger.warn(fields, logged);
       const message = refused ? error.message : "internal error while signing; see the CA's log";
       const requested = request.namespace === "" && request.appId === "" ? "" : `ns/${request.namespace.slice(0, 128) || "?"}/${request.appId.slice(0, 128) || "?"}`;
       this.options.onRefused?.({ reason, message: message.length > 300 ? `${message.slice(0, 300)}…` : message, remoteAddress: request.remoteAddress, requested });
@@ -251,6 +254,18 @@ export class CertificateAuthority {
     return this.options.crl.current?.revokedSerials ?? new Set();
   }
 }
+
+/**
+ * Whether a sign request failed through the CA's fault rather than the caller's: the store, the
+ * issuer (expired, not yet valid), the signing workers, the JWKS or Kubernetes API the CA
+ * attests with, or a bug (E_INTERNAL). Counted result="error" (MeshwardCaSigningErrors).
+ */
+export function isCaFailure(code: string): boolean {
+  return CA_FAILURE_PREFIXES.some((prefix) => code.startsWith(prefix)) || CA_FAILURES.has(code);
+}
+
+const CA_FAILURE_PREFIXES = ["E_STORE_", "E_ISSUER_", "E_SIGNING_"] as const;
+const CA_FAILURES: ReadonlySet<string> = new Set(["E_INTERNAL", "E_JWKS_UNAVAILABLE", "E_KUBERNETES_UNAVAILABLE"]);
 
 const rootPemCache = new WeakMap<LoadedAnchors, readonly string[]>();
 

@@ -13,7 +13,8 @@ import { until } from "../helpers/wait.ts";
 
 // Reads keep working while another process holds SQLite's write lock (WAL), so the CRL refresh
 // (reads only) kept /readyz at 200 while every sign request failed with E_STORE_WRITE. A failed
-// issuance write now makes the CA unready until a write succeeds (the probe each refresh makes).
+// issuance write now makes the CA unready until a write succeeds (the probe each refresh makes),
+// and counts as the CA's failure (result="error"), not the caller's refusal.
 const TD = "store-write-readiness.test";
 
 /** A second process holding the database's write lock (BEGIN IMMEDIATE) until its stdin closes. */
@@ -63,6 +64,11 @@ describe("CA readiness follows the store's write path", () => {
     await expect(requestCertificate({ address: ca.server.address, bundlePem: ca.bundlePem, trustDomain: TD, timeoutMs: 30_000 }, { csrPem, token, validator: "JOIN_TOKEN", namespace: "", appId: "" })).rejects.toMatchObject({
       code: expect.stringMatching(/^E_STORE_/),
     });
+    // The CA's own failure: counted result="error" (MeshwardCaSigningErrors), logged at error.
+    const scraped = await (await fetch(`${ca.server.status!.url}/metrics`)).text();
+    expect(scraped).toMatch(/^meshward_ca_sign_requests_total\{result="error",reason="E_STORE_[A-Z]+"\} 1$/m);
+    expect(scraped).not.toMatch(/result="refused",reason="E_STORE_/);
+    expect(ca.logged.filter((l) => l.includes('"sign-failed"')).map((l) => JSON.parse(l) as { level: number; reason: string })).toEqual([expect.objectContaining({ level: 50, reason: expect.stringMatching(/^E_STORE_/) })]);
     const blocked = await readyz();
     expect(blocked.status).toBe(503);
     expect(blocked.body).toMatch(/the last write failed \(E_STORE_/);
@@ -75,6 +81,11 @@ describe("CA readiness follows the store's write path", () => {
     await until("/readyz to answer 200", 30_000, async () => ((await readyz()).status === 200 ? true : undefined));
     expect(ca.logged.some((l) => l.includes('"store-writable"'))).toBe(true);
     expect((await ca.sign("orders", "after")).certChainPem).toMatch(/BEGIN CERTIFICATE/);
+    // The caller's fault stays a refusal.
+    await expect(requestCertificate({ address: ca.server.address, bundlePem: ca.bundlePem, trustDomain: TD }, { csrPem, token: "not-a-token", validator: "JOIN_TOKEN", namespace: "", appId: "" })).rejects.toThrow();
+    const after = await (await fetch(`${ca.server.status!.url}/metrics`)).text();
+    expect(after).toMatch(/^meshward_ca_sign_requests_total\{result="refused",reason="E_TOKEN_[A-Z_]+"\} 1$/m);
+    expect(after).toMatch(/^meshward_ca_sign_requests_total\{result="error",reason="E_STORE_[A-Z]+"\} 1$/m);
   }
 
   it("SQLite: answers 503 on /readyz while another process holds the write lock and signs fail, 200 once it lets go", async () => {
