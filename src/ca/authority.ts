@@ -12,6 +12,7 @@ import { daprControlPlaneDnsNames } from "./attest/dapr-control-plane.ts";
 import { routeValidator, trustDomainLimit } from "./attest/routing.ts";
 import type { CrlPublisher } from "./crl-publisher.ts";
 import type { SigningPolicy } from "./issuer.ts";
+import type { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import type { CaMetrics } from "./metrics.ts";
 import { inlineSigning, type CsrSigning } from "./signing-pool.ts";
 import type { SignRateLimiter } from "./sign-rate-limit.ts";
@@ -82,6 +83,11 @@ export interface AuthorityOptions {
    * (E_STORE_*: locked by another process, disk full, writer thread gone), for the readiness check.
    */
   readonly onStoreWrite?: (failure: MeshwardError | undefined) => void;
+  /**
+   * Where refusals (the caller's fault) are logged: a rate-limited warning per reason and source
+   * address, since anyone who reaches the API can cause them at will. Straight to the logger when omitted.
+   */
+  readonly refusalWarnings?: Pick<LimitedWarnings, "warn">;
   /** Told of each refused request (the status page's refusals). */
   readonly onRefused?: (event: {
     /** Error code, e.g. E_TOKEN_EXPIRED. */
@@ -129,7 +135,8 @@ export class CertificateAuthority {
       const fields = { event: result === "error" ? "sign-failed" : "sign-refused", reason, validator: validatorName, peer: request.remoteAddress, appId: request.appId.slice(0, 256), namespace: request.namespace.slice(0, 256) };
       const logged = refused ? error.message : `internal error while signing: ${describeError(error)}`;
       if (result === "error") logger.error(fields, logged);
-      else logger.warn(fields, logged);
+      else if (this.options.refusalWarnings === undefined) logger.warn(fields, logged);
+      else this.options.refusalWarnings.warn(`sign-refused|${reason}|${request.sourceAddress ?? request.remoteAddress ?? ""}`, fields, logged);
       const message = refused ? error.message : "internal error while signing; see the CA's log";
       const requested = request.namespace === "" && request.appId === "" ? "" : `ns/${request.namespace.slice(0, 128) || "?"}/${request.appId.slice(0, 128) || "?"}`;
       this.options.onRefused?.({ reason, message: message.length > 300 ? `${message.slice(0, 300)}…` : message, remoteAddress: request.remoteAddress, requested });

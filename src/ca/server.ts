@@ -196,6 +196,9 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const jwtSvids = config.jwtSvid.enabled
     ? new JwtSvidIssuer({ algorithm: config.jwtSvid.algorithm, ttlMs: config.jwtSvid.ttl, issuer: () => jwtIssuerUrl, clock, ...(replicated === undefined ? { stateFile: join(options.dir, "jwt-keys.json") } : {}) })
     : undefined;
+  /** Log lines a caller can cause at will (refused connections and sign requests, failed handshakes), rate-limited per reason and address. */
+  const warnings = new LimitedWarnings(logger, { maxKeys: LOGGED_PEERS });
+  const notices = new LimitedWarnings({ warn: (fields, message) => logger.info(fields, message) }, { maxKeys: LOGGED_PEERS });
   /** The code of the last issuance write the store failed, until a write succeeds again (see storeCheck). */
   let writeFailure: string | undefined;
   const authority = new CertificateAuthority({
@@ -212,6 +215,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     metrics,
     logger,
     clock,
+    refusalWarnings: warnings,
     onStoreWrite: (failure) => {
       writeFailure = failure?.code;
     },
@@ -310,9 +314,6 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   server.on("connection", (raw: import("node:net").Socket) => {
     if (raw.remoteAddress !== undefined) peers.set(raw, `${raw.remoteAddress.includes(":") ? `[${raw.remoteAddress}]` : raw.remoteAddress}:${raw.remotePort}`);
   });
-  /** Log lines a caller can cause at will (refused connections, failed handshakes), rate-limited per reason and address. */
-  const warnings = new LimitedWarnings(logger, { maxKeys: LOGGED_PEERS });
-  const notices = new LimitedWarnings({ warn: (fields, message) => logger.info(fields, message) }, { maxKeys: LOGGED_PEERS });
   server.on("tlsClientError", (error, socket) => {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "ERR_TLS_HANDSHAKE_TIMEOUT") metrics.connectionsRefused.inc({ reason: "handshake_timeout" });
