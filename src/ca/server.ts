@@ -328,6 +328,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     recorder.recordRefusal({ peer, reason: `handshake: ${described}` });
     notices.warn(`tls-handshake-failed|${code ?? reason}|${peer.replace(/:\d+$/, "")}`, { event: "tls-handshake-failed", peer, reason: code ?? error.message }, "TLS handshake failed");
   });
+  // Successes counted where failures are (tlsClientError): the alert's ratio needs both.
+  server.on("secureConnection", () => mesh.handshakeSucceeded("inbound"));
   server.on("sessionError", () => undefined);
   // Node 20's Http2SecureServer.close() leaves open sessions alone: stop() closes them itself.
   const sessions = new Set<ServerHttp2Session>();
