@@ -2,7 +2,7 @@ import type { Logger } from "pino";
 import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
 import { toPem } from "../pki/pem.ts";
 import { throwIfCancelled } from "../util/abort.ts";
-import type { Store } from "../store/store.ts";
+import type { Store, TokenConsumption } from "../store/store.ts";
 import type { LoadedAnchors } from "./anchors.ts";
 import { checkJwtAudiences, type IssuedJwtSvids, type JwtSvidIssuer } from "./jwt-svid.ts";
 import type { Attestor } from "./attest/attestor.ts";
@@ -12,6 +12,7 @@ import { daprControlPlaneDnsNames } from "./attest/dapr-control-plane.ts";
 import { routeValidator, trustDomainLimit } from "./attest/routing.ts";
 import type { CrlPublisher } from "./crl-publisher.ts";
 import type { SigningPolicy } from "./issuer.ts";
+import type { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import type { CaMetrics } from "./metrics.ts";
 import { inlineSigning, type CsrSigning } from "./signing-pool.ts";
 import type { SignRateLimiter } from "./sign-rate-limit.ts";
@@ -77,6 +78,16 @@ export interface AuthorityOptions {
   readonly servingSpiffeId?: string;
   /** Certificates per source address (config signRateLimit); unlimited when omitted. */
   readonly rateLimit?: SignRateLimiter;
+  /**
+   * Told of each issuance write: undefined when it committed, the error when the store failed it
+   * (E_STORE_*: locked by another process, disk full, writer thread gone), for the readiness check.
+   */
+  readonly onStoreWrite?: (failure: MeshwardError | undefined) => void;
+  /**
+   * Where refusals (the caller's fault) are logged: a rate-limited warning per reason and source
+   * address, since anyone who reaches the API can cause them at will. Straight to the logger when omitted.
+   */
+  readonly refusalWarnings?: Pick<LimitedWarnings, "warn">;
   /** Told of each refused request (the status page's refusals). */
   readonly onRefused?: (event: {
     /** Error code, e.g. E_TOKEN_EXPIRED. */
@@ -116,12 +127,16 @@ export class CertificateAuthority {
     } catch (error) {
       const refused = isMeshwardError(error);
       const reason = refused ? error.code : "E_INTERNAL";
-      metrics.signRequests.inc({ result: refused ? "refused" : "error", reason });
-      metrics.signDuration.observe({ result: refused ? "refused" : "error" }, seconds(started));
-      logger.warn(
-        { event: "sign-refused", reason, validator: validatorName, peer: request.remoteAddress, appId: request.appId.slice(0, 256), namespace: request.namespace.slice(0, 256) },
-        refused ? error.message : `internal error while signing: ${describeError(error)}`,
-      );
+      // The caller's fault (credential, CSR, policy, its own limits) is a refusal; the CA's own
+      // (store, issuer, signing workers, attestation backends, bugs) an error, which pages.
+      const result = isCaFailure(reason) ? "error" : "refused";
+      metrics.signRequests.inc({ result, reason });
+      metrics.signDuration.observe({ result }, seconds(started));
+      const fields = { event: result === "error" ? "sign-failed" : "sign-refused", reason, validator: validatorName, peer: request.remoteAddress, appId: request.appId.slice(0, 256), namespace: request.namespace.slice(0, 256) };
+      const logged = refused ? error.message : `internal error while signing: ${describeError(error)}`;
+      if (result === "error") logger.error(fields, logged);
+      else if (this.options.refusalWarnings === undefined) logger.warn(fields, logged);
+      else this.options.refusalWarnings.warn(`sign-refused|${reason}|${request.sourceAddress ?? request.remoteAddress ?? ""}`, fields, logged);
       const message = refused ? error.message : "internal error while signing; see the CA's log";
       const requested = request.namespace === "" && request.appId === "" ? "" : `ns/${request.namespace.slice(0, 128) || "?"}/${request.appId.slice(0, 128) || "?"}`;
       this.options.onRefused?.({ reason, message: message.length > 300 ? `${message.slice(0, 300)}…` : message, remoteAddress: request.remoteAddress, requested });
@@ -205,19 +220,19 @@ export class CertificateAuthority {
       // A renewal proven with the current certificate retires it from the live count.
       ...(identity.method === "svid" && request.peer !== undefined ? { supersedes: request.peer.serial } : {}),
     };
-    if (identity.spendsToken === undefined) {
-      await this.options.store.recordIssuance(record);
-    } else {
-      // Every check passed and the leaf is signed: spend the use and record the certificate in one
-      // transaction. Losing the race for a token's last use discards the leaf, never returned.
-      // A caller that gave up meanwhile (daprd gives each attempt 3 s and then retries with the
-      // same token: dapr/dapr pkg/security/sentry.go, retry.WithPerRetryTimeout) keeps its use:
-      // the store checks the signal as late as it can (see Store.recordIssuanceSpendingToken).
-      // What is left is the store's own commit: a caller giving up during it, or between the
-      // commit and the response reaching it, leaves the use spent and the certificate logged.
-      const spent = await this.options.store.recordIssuanceSpendingToken(record, identity.spendsToken, now, signal === undefined ? {} : { signal });
-      if (!spent.ok) throw tokenRefusal(spent.reason);
-    }
+    // A join token: every check passed and the leaf is signed: spend the use and record the certificate in one
+    // transaction. Losing the race for a token's last use discards the leaf, never returned.
+    // A caller that gave up meanwhile (daprd gives each attempt 3 s and then retries with the
+    // same token: dapr/dapr pkg/security/sentry.go, retry.WithPerRetryTimeout) keeps its use:
+    // the store checks the signal as late as it can (see Store.recordIssuanceSpendingToken).
+    // What is left is the store's own commit: a caller giving up during it, or between the
+    // commit and the response reaching it, leaves the use spent and the certificate logged.
+    const spent = await this.#write<{ readonly ok: true } | Extract<TokenConsumption, { ok: false }>>(() =>
+      identity.spendsToken === undefined
+        ? this.options.store.recordIssuance(record).then(() => ({ ok: true }))
+        : this.options.store.recordIssuanceSpendingToken(record, identity.spendsToken, now, signal === undefined ? {} : { signal }),
+    );
+    if (!spent.ok) throw tokenRefusal(spent.reason);
     return {
       spiffeId: leaf.spiffeId,
       serial: leaf.serial,
@@ -229,11 +244,35 @@ export class CertificateAuthority {
     };
   }
 
+  /** Runs an issuance write, telling onStoreWrite how the store answered (a refusal such as a cancelled request is not the store's failure). */
+  async #write<T>(write: () => Promise<T>): Promise<T> {
+    try {
+      const result = await write();
+      this.options.onStoreWrite?.(undefined);
+      return result;
+    } catch (error) {
+      if (isMeshwardError(error) && error.code.startsWith("E_STORE_") && error.code !== "E_STORE_CONFLICT") this.options.onStoreWrite?.(error);
+      throw error;
+    }
+  }
+
   /** Revoked serials known to this CA (from the last CRL it signed). */
   revokedSerials(): ReadonlySet<string> {
     return this.options.crl.current?.revokedSerials ?? new Set();
   }
 }
+
+/**
+ * Whether a sign request failed through the CA's fault rather than the caller's: the store, the
+ * issuer (expired, not yet valid), the signing workers, the JWKS or Kubernetes API the CA
+ * attests with, or a bug (E_INTERNAL). Counted result="error" (MeshwardCaSigningErrors).
+ */
+export function isCaFailure(code: string): boolean {
+  return CA_FAILURE_PREFIXES.some((prefix) => code.startsWith(prefix)) || CA_FAILURES.has(code);
+}
+
+const CA_FAILURE_PREFIXES = ["E_STORE_", "E_ISSUER_", "E_SIGNING_"] as const;
+const CA_FAILURES: ReadonlySet<string> = new Set(["E_INTERNAL", "E_JWKS_UNAVAILABLE", "E_KUBERNETES_UNAVAILABLE"]);
 
 const rootPemCache = new WeakMap<LoadedAnchors, readonly string[]>();
 

@@ -52,7 +52,7 @@ export function signWorkloadCertificate(input: {
     if (!allowedDns.has(name.toLowerCase())) {
       throw new MeshwardError(
         "E_CSR_DNS_NOT_ALLOWED",
-        `the CSR asks for DNS name ${JSON.stringify(name)}, which this workload's attestation does not allow (create the join token with --dns-name ${name})`,
+        `the CSR asks for DNS name ${JSON.stringify(name)}, which this workload's attestation does not allow (create the join token with --dns-name ${JSON.stringify(name)})`,
       );
     }
   }

@@ -196,6 +196,11 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const jwtSvids = config.jwtSvid.enabled
     ? new JwtSvidIssuer({ algorithm: config.jwtSvid.algorithm, ttlMs: config.jwtSvid.ttl, issuer: () => jwtIssuerUrl, clock, ...(replicated === undefined ? { stateFile: join(options.dir, "jwt-keys.json") } : {}) })
     : undefined;
+  /** Log lines a caller can cause at will (refused connections and sign requests, failed handshakes), rate-limited per reason and address. */
+  const warnings = new LimitedWarnings(logger, { maxKeys: LOGGED_PEERS });
+  const notices = new LimitedWarnings({ warn: (fields, message) => logger.info(fields, message) }, { maxKeys: LOGGED_PEERS });
+  /** The code of the last issuance write the store failed, until a write succeeds again (see storeCheck). */
+  let writeFailure: string | undefined;
   const authority = new CertificateAuthority({
     ...(jwtSvids !== undefined ? { jwtSvids } : {}),
     servingSpiffeId: servingId,
@@ -210,6 +215,10 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     metrics,
     logger,
     clock,
+    refusalWarnings: warnings,
+    onStoreWrite: (failure) => {
+      writeFailure = failure?.code;
+    },
     onRefused: ({ reason, message, remoteAddress, requested }) => {
       // The CA's page charts refused sign requests where a sidecar's charts policy denials.
       recorder.recordDenial({ rule: reason });
@@ -305,9 +314,6 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   server.on("connection", (raw: import("node:net").Socket) => {
     if (raw.remoteAddress !== undefined) peers.set(raw, `${raw.remoteAddress.includes(":") ? `[${raw.remoteAddress}]` : raw.remoteAddress}:${raw.remotePort}`);
   });
-  /** Log lines a caller can cause at will (refused connections, failed handshakes), rate-limited per reason and address. */
-  const warnings = new LimitedWarnings(logger, { maxKeys: LOGGED_PEERS });
-  const notices = new LimitedWarnings({ warn: (fields, message) => logger.info(fields, message) }, { maxKeys: LOGGED_PEERS });
   server.on("tlsClientError", (error, socket) => {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "ERR_TLS_HANDSHAKE_TIMEOUT") metrics.connectionsRefused.inc({ reason: "handshake_timeout" });
@@ -322,6 +328,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     recorder.recordRefusal({ peer, reason: `handshake: ${described}` });
     notices.warn(`tls-handshake-failed|${code ?? reason}|${peer.replace(/:\d+$/, "")}`, { event: "tls-handshake-failed", peer, reason: code ?? error.message }, "TLS handshake failed");
   });
+  // Successes counted where failures are (tlsClientError): the alert's ratio needs both.
+  server.on("secureConnection", () => mesh.handshakeSucceeded("inbound"));
   server.on("sessionError", () => undefined);
   // Node 20's Http2SecureServer.close() leaves open sessions alone: stop() closes them itself.
   const sessions = new Set<ServerHttp2Session>();
@@ -381,13 +389,27 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   // The store's health as the CRL refresh sees it: the last refresh failed, or the one running
   // has not finished within STORE_STALL_MS (a server that stopped answering without closing the
   // connection). One refresh at a time from this timer: a hung one is not joined by more.
+  // Reads keep working while writes fail (WAL mode with another process holding SQLite's write
+  // lock, a read-only PostgreSQL), so the issuance writes report too: after a failed one the CA
+  // is not ready until a write succeeds, an issuance or the write probe each refresh then makes.
   let storeHealthy = true;
   let refreshingSince: number | undefined;
   const storeCheck = (): { ok: boolean; detail: string } => {
     if (refreshingSince !== undefined && Date.now() - refreshingSince > STORE_STALL_MS) {
       return { ok: false, detail: `the store has not answered the refresh started ${Math.round((Date.now() - refreshingSince) / 1000)} s ago` };
     }
+    if (writeFailure !== undefined) return { ok: false, detail: `the last write failed (${writeFailure}): sign requests fail until a write succeeds` };
     return storeHealthy ? { ok: true, detail: "reachable" } : { ok: false, detail: "the last refresh failed" };
+  };
+  const probeWrite = async () => {
+    if (writeFailure === undefined || store.probeWrite === undefined) return;
+    try {
+      await store.probeWrite();
+      writeFailure = undefined;
+      logger.info({ event: "store-writable" }, "the store accepts writes again");
+    } catch (error) {
+      writeFailure = isMeshwardError(error) ? error.code : "E_STORE_WRITE";
+    }
   };
   const crlTimer = setInterval(() => {
     if (refreshingSince !== undefined) return;
@@ -402,7 +424,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         storeHealthy = false;
         logger.error({ event: "crl-refresh-failed", error: describeError(error) }, "could not refresh the CRL from the store");
       },
-    ).finally(() => {
+    ).then(probeWrite).finally(() => {
       refreshingSince = undefined;
     });
   }, config.crlRefresh);

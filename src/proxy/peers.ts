@@ -145,6 +145,7 @@ export class PeerPool {
   readonly #sessions = new SessionCache(1024);
   #closed = false;
   #uses = 0;
+  onVerified: (() => void) | undefined; // told of each verified handshake with a peer (outbound.ts counts them)
 
   constructor(
     private readonly identity: IdentitySource,
@@ -174,7 +175,7 @@ export class PeerPool {
       const created: PeerEntry = {
         key,
         target,
-        runtime: prepareClient({ identity: this.identity, expect: target.expectedId, logger: this.logger }, "sidecar outbound"),
+        runtime: prepareClient({ identity: this.identity, expect: target.expectedId, logger: this.logger }, "sidecar outbound", { onVerified: () => this.onVerified?.() }),
         used: 0,
         evicted: false,
       };

@@ -166,6 +166,8 @@ const Q = {
 
 /** How long one query may go unanswered before it fails (E_STORE_OPEN) and its connection is dropped. */
 export const QUERY_TIMEOUT_MS = 5_000;
+/** How long the write probe waits for a lock another session holds before it reports writes blocked. */
+const PROBE_LOCK_TIMEOUT_MS = 2_000;
 /** Idle time before TCP keepalive probes start on a connection to PostgreSQL. */
 const KEEPALIVE_DELAY_MS = 10_000;
 
@@ -395,6 +397,15 @@ export class PostgresStore implements Store {
       name: "meshward_raise_crl_number",
       text: "SELECT setval('crl_number_seq', GREATEST($1::bigint, (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM crl_number_seq)), true)",
     }, [atLeast.toString()]);
+  }
+
+  async probeWrite(): Promise<void> {
+    // The lock an INSERT into issuances takes, given up at the COMMIT: waits while another
+    // session holds a conflicting one (LOCK TABLE, a long migration), fails on a read-only server.
+    await this.#transaction("take a write lock on the issuance log", "E_STORE_WRITE", async (client) => {
+      await client.query(`SET LOCAL lock_timeout = ${PROBE_LOCK_TIMEOUT_MS}`);
+      await client.query("LOCK TABLE issuances IN ROW EXCLUSIVE MODE");
+    });
   }
 
   async readCaFiles(): Promise<CaFilesSnapshot> {

@@ -15,10 +15,11 @@ export const WRITER_METHODS = [
   "raiseCrlNumber",
   "writeCaFiles",
   "publishCrl",
+  "probeWrite",
 ] as const satisfies readonly (keyof Store)[];
 export type WriterMethod = (typeof WRITER_METHODS)[number];
-type Args<M extends WriterMethod> = Parameters<Store[M]>;
-type Result<M extends WriterMethod> = Awaited<ReturnType<Store[M]>>;
+type Args<M extends WriterMethod> = Parameters<NonNullable<Store[M]>>;
+type Result<M extends WriterMethod> = Awaited<ReturnType<NonNullable<Store[M]>>>;
 
 /** Messages between SqliteWriter and sqlite-writer-worker.ts. */
 export type WriterRequest = { readonly type: "calls"; readonly batch: readonly { readonly id: number; readonly method: WriterMethod; readonly args: readonly unknown[] }[] };

@@ -330,6 +330,11 @@ export class SqliteStore implements Store {
     this.#write("raise the CRL number", () => this.#db.prepare("UPDATE crl_number SET value = MAX(value, ?) WHERE id = 1").run(atLeast));
   }
 
+  async probeWrite(): Promise<void> {
+    if (this.#useWriterThread) return this.#onWriter("probeWrite");
+    this.#write("take the write lock", () => this.#db.transaction(() => undefined).immediate());
+  }
+
   async readCaFiles(): Promise<CaFilesSnapshot> {
     const statements = this.#stmts();
     const read = this.#db.transaction(() => ({
@@ -398,11 +403,11 @@ export class SqliteStore implements Store {
   }
 
   /** A write on the writer thread (writerThread: true), so that waiting for the lock or the disk never blocks this thread. */
-  #onWriter<M extends WriterMethod>(method: M, ...args: Parameters<Store[M]>): ReturnType<Store[M]> {
+  #onWriter<M extends WriterMethod>(method: M, ...args: Parameters<NonNullable<Store[M]>>): ReturnType<NonNullable<Store[M]>> {
     this.#assertOpen();
     // Started by migrate(), or on first use: the writer's connection prepares its statements then.
     this.#writer ??= new SqliteWriter(this.path);
-    return this.#writer.call(method, ...args) as ReturnType<Store[M]>;
+    return this.#writer.call(method, ...args) as ReturnType<NonNullable<Store[M]>>;
   }
 
   #assertOpen(): void {

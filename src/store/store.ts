@@ -176,5 +176,10 @@ export interface Store {
   listen?(onChange: (channel: "ca_state" | "crl") => void): Promise<() => Promise<void>>;
   /** The lock that elects the one process rotating and signing CRLs among those sharing the store. */
   leaderLock?(): LeaderLock;
+  /**
+   * Takes the write lock the way an issuance does and lets it go without changing anything: how
+   * the CA learns that writes work again after one failed (another process held the lock).
+   */
+  probeWrite?(): Promise<void>;
   close(): Promise<void>;
 }

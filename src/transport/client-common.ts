@@ -50,9 +50,11 @@ export interface ClientRuntime {
   readonly logger: TlsLogger;
   readonly insecure: boolean;
   readonly key: string;
+  /** Told of each connection whose server was verified (full or resumed handshake): the sidecar counts its outbound handshakes. */
+  readonly onVerified?: () => void;
 }
 
-export async function prepareClient(options: ClientCommonOptions, what: string): Promise<ClientRuntime> {
+export async function prepareClient(options: ClientCommonOptions, what: string, hooks: { readonly onVerified?: () => void } = {}): Promise<ClientRuntime> {
   const { insecure } = assertSecureOptions(options, what, "client");
   const logger = options.logger ?? consoleLogger;
   const holder = await clientHolderFor(options.identity, logger);
@@ -62,7 +64,7 @@ export async function prepareClient(options: ClientCommonOptions, what: string):
     revokedSerials: () => holder.revokedSerials(),
     peerRole: "server",
   };
-  return { holder, policy, logger, insecure, key: insecure ? "insecure" : matcherKey(options.expect) };
+  return { holder, policy, logger, insecure, key: insecure ? "insecure" : matcherKey(options.expect), ...(hooks.onVerified !== undefined ? { onVerified: hooks.onVerified } : {}) };
 }
 
 /** A session ticket with the server identity verified on the full handshake that produced it. */
@@ -218,6 +220,7 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
       closeWhenRevoked(socket, verified.peer, runtime);
       // From here a TLS alert is not a handshake failure: marked, so that callers can name it.
       markHandshakeCompleted(socket);
+      runtime.onVerified?.();
       if (pendingTicket !== undefined) remember(pendingTicket);
     } catch (error) {
       sessions?.delete(sessionKey);

@@ -89,6 +89,20 @@ describe("createLogger", () => {
     expect(lines[0]).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO  ca: issued spiffeId=spiffe:\/\/example.org\/ns\/default\/a token=\[REDACTED\] count=3\n$/);
     expect(() => JSON.parse(lines[0]!)).toThrow();
   });
+
+  it("pretty format escapes control characters in the message, field values and errors, so a caller's text cannot start a line or drive the terminal", () => {
+    const { logger, lines } = capture({ component: "ca", format: "pretty" });
+    const forged = "x\r\n12:00:00.000 INFO  ca: issued workload certificate spiffeId=spiffe://example.org/ns/kube-system/admin";
+    logger.warn({ appId: forged, nested: { name: "a\u009b31mred\u2028" }, err: new MeshwardError("E_CSR_INVALID", "bad\nname\u001b[2J") }, `refused DNS name ${forged}\u0007`);
+    expect(lines).toHaveLength(1);
+    const line = lines[0]!;
+    expect(line.endsWith("\n")).toBe(true);
+    expect(line.slice(0, -1)).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/);
+    expect(line).toContain("refused DNS name x\\r\\n12:00:00.000 INFO  ca: issued workload certificate");
+    expect(line).toContain("\\x07");
+    expect(line).toContain("\\x9b31mred\\u2028");
+    expect(line).toContain("\\u001b[2J"); // JSON-quoted err
+  });
 });
 
 describe("redactSecrets", () => {
