@@ -85,9 +85,10 @@ export interface AuthorityOptions {
   readonly onStoreWrite?: (failure: MeshwardError | undefined) => void;
   /**
    * Where refusals (the caller's fault) are logged: a rate-limited warning per reason and source
-   * address, since anyone who reaches the API can cause them at will. Straight to the logger when omitted.
+   * address, since anyone who reaches the API can cause them at will; the CA's own failures a
+   * rate-limited error per reason. Straight to the logger when omitted.
    */
-  readonly refusalWarnings?: Pick<LimitedWarnings, "warn">;
+  readonly refusalWarnings?: Pick<LimitedWarnings, "warn" | "error">;
   /** Told of each refused request (the status page's refusals). */
   readonly onRefused?: (event: {
     /** Error code, e.g. E_TOKEN_EXPIRED. */
@@ -134,9 +135,11 @@ export class CertificateAuthority {
       metrics.signDuration.observe({ result }, seconds(started));
       const fields = { event: result === "error" ? "sign-failed" : "sign-refused", reason, validator: validatorName, peer: request.remoteAddress, appId: request.appId.slice(0, 256), namespace: request.namespace.slice(0, 256) };
       const logged = refused ? error.message : `internal error while signing: ${describeError(error)}`;
-      if (result === "error") logger.error(fields, logged);
-      else if (this.options.refusalWarnings === undefined) logger.warn(fields, logged);
-      else this.options.refusalWarnings.warn(`sign-refused|${reason}|${request.sourceAddress ?? request.remoteAddress ?? ""}`, fields, logged);
+      const warnings = this.options.refusalWarnings;
+      if (warnings === undefined) (result === "error" ? logger.error : logger.warn).call(logger, fields, logged);
+      // Both are rate-limited: callers repeat either at will (a failure too, while the JWKS is unreachable).
+      else if (result === "error") warnings.error(`sign-failed|${reason}`, fields, logged);
+      else warnings.warn(`sign-refused|${reason}|${request.sourceAddress ?? request.remoteAddress ?? ""}`, fields, logged);
       const message = refused ? error.message : "internal error while signing; see the CA's log";
       const requested = request.namespace === "" && request.appId === "" ? "" : `ns/${request.namespace.slice(0, 128) || "?"}/${request.appId.slice(0, 128) || "?"}`;
       this.options.onRefused?.({ reason, message: message.length > 300 ? `${message.slice(0, 300)}…` : message, remoteAddress: request.remoteAddress, requested });

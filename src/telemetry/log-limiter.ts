@@ -83,6 +83,8 @@ export class LogLimiter {
 
 interface WarnLogger {
   warn(fields: Record<string, unknown>, message: string): void;
+  /** Used by LimitedWarnings.error; without it such lines are logged at warn. */
+  error?(fields: Record<string, unknown>, message: string): void;
 }
 
 /**
@@ -108,6 +110,15 @@ export class LimitedWarnings {
     const suppressed = this.#limiter.admit(key);
     if (suppressed === undefined) return;
     this.logger.warn(suppressed > 0 ? { ...fields, suppressed } : fields, message);
+  }
+
+  /** The same at error level: a failure of this process's own that a peer's requests can repeat at will (an unreachable JWKS). */
+  error(key: string, fields: Record<string, unknown>, message: string): void {
+    const suppressed = this.#limiter.admit(key);
+    if (suppressed === undefined) return;
+    const line = suppressed > 0 ? { ...fields, suppressed } : fields;
+    if (this.logger.error !== undefined) this.logger.error(line, message);
+    else this.logger.warn(line, message);
   }
 
   close(): void {

@@ -1,3 +1,5 @@
+import { generateKeyPairSync } from "node:crypto";
+import { SignJWT } from "jose";
 import { afterEach, describe, expect, it } from "vitest";
 import { requestCertificate } from "../../src/identity/ca-client.ts";
 import { createCsr } from "../../src/pki/csr.ts";
@@ -48,5 +50,33 @@ describe("sign-refused log lines", () => {
       return total > 0 && total + lines === REFUSALS ? { total, lines } : undefined;
     });
     expect(reported.total).toBeGreaterThan(REFUSALS / 2);
+  }, 60_000);
+
+  // Found while fixing the above: the CA's own failures (sign-failed, error level) are caused by
+  // callers too, one per request: while the JWKS cannot be fetched, each JWT sent is one.
+  it("sign-failed lines (the CA's own failures, here an unreachable JWKS) are rate-limited too, every failure still counted", async () => {
+    // Port 1 on loopback: nothing listens, so every fetch of the keys fails (E_JWKS_UNAVAILABLE).
+    ca = await startTestCa(TD, { jwks: { jwksUrl: "https://127.0.0.1:1/jwks.json", issuer: "https://issuer.test", mapping: "sentry" } });
+    const signer = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
+    const csrPem = await createCsr({ keyPair: generateKeyPair() });
+    const fail = async () => {
+      const now = Math.floor(Date.now() / 1000);
+      const token = await new SignJWT({}).setProtectedHeader({ alg: "ES256", kid: "k1" }).setIssuer("https://issuer.test").setSubject(`spiffe://${TD}/ns/orders/api`).setAudience("meshward").setIssuedAt(now).setExpirationTime(now + 600).sign(signer);
+      return requestCertificate({ address: ca!.server.address, bundlePem: ca!.bundlePem, trustDomain: TD }, { csrPem, token, validator: "JWKS", namespace: "", appId: "" }).then(
+        () => "issued",
+        (error: unknown) => String((error as { code?: string }).code),
+      );
+    };
+    const FAILURES = 60;
+    for (let sent = 0; sent < FAILURES; sent += 10) {
+      const answers = await Promise.all(Array.from({ length: 10 }, fail));
+      for (const answer of answers) expect(answer).toBe("E_JWKS_UNAVAILABLE");
+    }
+    const counted = (await ca.server.registry.metrics()).split("\n").filter((l) => l.startsWith('meshward_ca_sign_requests_total{result="error",reason="E_JWKS_UNAVAILABLE"'));
+    expect(counted.reduce((sum, l) => sum + Number(l.split(" ").pop()), 0)).toBe(FAILURES);
+    const failedLines = ca.logged.map((l) => JSON.parse(l) as { event?: string; level?: number }).filter((e) => e.event === "sign-failed");
+    expect(failedLines.length).toBeGreaterThan(0);
+    expect(failedLines.length).toBeLessThan(FAILURES / 4);
+    for (const line of failedLines) expect(line.level).toBe(50);
   }, 60_000);
 });
