@@ -233,6 +233,8 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
   // The certificate this connection presents: the one current as it is dialled (its secureContext;
   // a resumed session is offered only when it was made with this same certificate).
   const { serial: ownSerial, notAfter: ownNotAfter } = runtime.holder.snapshot().svid;
+  // The roots this handshake verifies the server against: the secure context's, as it is dialled.
+  const dialRootsEpoch = runtime.holder.rootsEpoch();
   const options: ConnectionOptions = {
     host: dial.host,
     port: dial.port,
@@ -259,7 +261,7 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
         if (resumable === undefined) throw new MeshwardError("E_PEER_UNTRUSTED", "a session was resumed that this client did not offer");
         verified = { peer: verifyRememberedPeer(resumable.peer, resumable.notAfter, runtime.policy), notAfter: resumable.notAfter, rootsEpoch: resumable.rootsEpoch, ownSerial: resumable.ownSerial };
       } else {
-        verified = { ...verifyTlsPeerWithValidity(socket, runtime.policy), rootsEpoch: runtime.holder.rootsEpoch(), ownSerial };
+        verified = { ...verifyTlsPeerWithValidity(socket, runtime.policy), rootsEpoch: dialRootsEpoch, ownSerial };
       }
       setPeer(socket, verified.peer);
       recordCertificateExpiry(socket, verified.notAfter, ownNotAfter);
