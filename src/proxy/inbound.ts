@@ -14,7 +14,7 @@ import type { IdentityHealth } from "../tls/context.ts";
 import { verifyTlsPeer } from "../tls/verify.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import type { MeshMetrics } from "../telemetry/metrics.ts";
-import { peerOf, prepareServer } from "../transport/common.ts";
+import { endTunnel, peerOf, prepareServer } from "../transport/common.ts";
 import { secureServer } from "../transport/tls.ts";
 import type { HostPort } from "../util/address.ts";
 import { systemClock } from "../util/clock.ts";
@@ -111,8 +111,6 @@ function callerOf(peer: PeerIdentity | undefined): Caller | undefined {
 
 /** Largest response header block accepted from an upstream (Node's client default is 16 KiB). */
 export const RESPONSE_HEADER_BYTES = 64 * 1024;
-/** A retired TCP tunnel is destroyed this long after its end was sent, if the caller has not closed it. */
-const TUNNEL_END_GRACE_MS = 5_000;
 /** Idle keep-alive connections (and the HTTP/2 session) to the app close after this, below Node's default server keep-alive (5 s). */
 const APP_IDLE_MS = 4_000;
 
@@ -464,11 +462,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   });
   // At the age cap, when the caller's certificate expires or a root leaves the bundle: HTTP/2 gets
   // GOAWAY, HTTP/1 closes after its in-flight request, a TCP tunnel (one "request" for its whole
-  // life, so the tracker would wait for ever) is ended, and destroyed if the caller holds it open.
-  const retireTunnel = (socket: Socket) => {
-    socket.end();
-    setTimeout(() => socket.destroy(), TUNNEL_END_GRACE_MS).unref();
-  };
+  // life, so the tracker would wait for ever) is ended, and destroyed if the caller holds it open
+  // (endTunnel).
   // An upgraded connection (WebSocket) or an HTTP/2 stream never ends by itself: past drainTimeout
   // the retired connection is closed, as Envoy does after max_connection_duration (drain_timeout).
   const retireHttp = (socket: Socket) => {
@@ -477,7 +472,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     deadline.unref();
     socket.once("close", () => clearTimeout(deadline));
   };
-  const control = secureServer(tlsServer, runtime, "sidecar inbound", undefined, (socket) => (options.protocol === "tcp" ? retireTunnel(socket) : retireHttp(socket)));
+  const control = secureServer(tlsServer, runtime, "sidecar inbound", undefined, (socket) => (options.protocol === "tcp" ? endTunnel(socket) : retireHttp(socket)));
   tlsServer.on("tlsClientError", (error: Error, socket: TLSSocket) => {
     const reason = mesh.handshakeFailed("inbound", error, socket);
     telemetry.refused.inc({ direction: "inbound", reason: `tls_${reason}` });
@@ -538,7 +533,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
         else toHttp(socket, kind === "h2c");
         // The age cap, as for mTLS connections (there it comes with the verified identity).
         if (limits.maxConnectionAge > 0 && !socket.destroyed) {
-          const aged = systemClock.setTimeout(() => (options.protocol === "tcp" ? retireTunnel(socket) : retireHttp(socket)), limits.maxConnectionAge);
+          const aged = systemClock.setTimeout(() => (options.protocol === "tcp" ? endTunnel(socket) : retireHttp(socket)), limits.maxConnectionAge);
           socket.once("close", () => systemClock.clearTimeout(aged));
         }
         return;

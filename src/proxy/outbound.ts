@@ -63,7 +63,7 @@ export interface Outbound {
 export async function startOutbound(options: OutboundOptions): Promise<Outbound> {
   const { telemetry, limits } = options;
   const { logger, mesh } = telemetry;
-  const pool = new PeerPool(options.identity, logger, MAX_PEERS, limits.handshakeTimeout);
+  const pool = new PeerPool(options.identity, logger, MAX_PEERS, limits.handshakeTimeout, limits.maxConnectionAge);
   pool.onVerified = () => mesh.handshakeSucceeded("outbound");
   const activeConnections = mesh.connectionsActive.labels({ direction: "outbound" }); // bound once: a labelled inc hashes the labels each call
   const tracker = new ConnectionTracker((delta) => activeConnections.inc(delta));

@@ -5,7 +5,7 @@ import type { IdentitySource } from "../identity/source.ts";
 import { MeshwardError } from "../errors.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
 import type { TlsLogger } from "../tls/logger.ts";
-import { dialTls, prepareClient, retireAtCertificateExpiry, SessionCache } from "../transport/client-common.ts";
+import { dialTls, prepareClient, retireAtCertificateExpiry, retireTunnelWhenStale, SessionCache } from "../transport/client-common.ts";
 import type { ClientRuntime } from "../transport/client-common.ts";
 import { peerOf } from "../transport/common.ts";
 import { parseHostPort } from "../util/address.ts";
@@ -137,7 +137,8 @@ const DEFAULT_PEER_SESSION_IDLE_MS = 30_000;
 /**
  * Pooled mTLS connections to peer sidecars, one pool per (address, expected identity):
  * HTTP/1.1 keep-alive connections for the relay and one multiplexed HTTP/2 session per peer
- * (WebSocket upgrades get a verified connection of their own, `socket`); TLS sessions resumed.
+ * (TCP tunnels and WebSocket upgrades get a verified connection of their own, `socket`); TLS
+ * sessions resumed.
  */
 export class PeerPool {
   readonly #entries = new Map<string, PeerEntry>();
@@ -153,6 +154,8 @@ export class PeerPool {
     private readonly maxPeers = MAX_PEERS,
     /** Deadline for each dial: TCP connect, TLS handshake and identity check (limits.handshakeTimeout). */
     private readonly dialTimeoutMs = DEFAULT_PEER_DIAL_TIMEOUT_MS,
+    /** A connection handed out by `socket` is ended this long after it was verified (limits.maxConnectionAge); 0 = no cap. */
+    private readonly tunnelMaxAgeMs = 0,
   ) {}
 
   /** Peers kept now. */
@@ -310,10 +313,17 @@ export class PeerPool {
     return opening;
   }
 
-  /** A verified raw mTLS socket (TCP mode). */
+  /**
+   * A verified raw mTLS socket of the caller's own (a TCP tunnel, a WebSocket). Nothing above can
+   * drain it, so it is ended when a root leaves the bundle, when the peer's certificate (or ours on
+   * it) expires and at the age cap (retireTunnelWhenStale); closed at once if the peer's
+   * certificate is revoked (dialTls).
+   */
   async socket(target: PeerTarget): Promise<TLSSocket> {
     const runtime = await this.#runtimeOf(this.#entry(target));
-    return dialVerified(runtime, { host: target.host, port: target.port }, this.#sessions, this.dialTimeoutMs);
+    const socket = await dialVerified(runtime, { host: target.host, port: target.port }, this.#sessions, this.dialTimeoutMs);
+    retireTunnelWhenStale(socket, runtime, { maxAgeMs: this.tunnelMaxAgeMs });
+    return socket;
   }
 
   close(): void {

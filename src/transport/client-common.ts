@@ -11,7 +11,7 @@ import type { TlsLogger } from "../tls/logger.ts";
 import { isRevoked, spiffeCheckServerIdentity, verifyRememberedPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
 import type { PeerIdentity, PeerPolicy } from "../tls/verify.ts";
 import { systemClock } from "../util/clock.ts";
-import { assertSecureOptions, setPeer, warnInsecure } from "./common.ts";
+import { assertSecureOptions, endTunnel, setPeer, warnInsecure } from "./common.ts";
 import type { ClientCommonOptions } from "./common.ts";
 
 const holders = new WeakMap<IdentitySource, Promise<SecureContextHolder>>();
@@ -165,6 +165,54 @@ export function closeWhenRevoked(socket: TLSSocket, server: { readonly spiffeId:
   socket.once("close", off);
 }
 
+/** The holder's rootsEpoch whose roots verified a connection's server (dialTls records it). */
+const verifiedRootsEpoch = new WeakMap<TLSSocket, number>();
+
+export interface TunnelRetirement {
+  /** End the connection this long after it was verified; 0 or absent: no age cap. */
+  readonly maxAgeMs?: number;
+}
+
+/**
+ * Ends a verified client connection that carries a byte stream (a sidecar TCP tunnel or WebSocket,
+ * an SDK `connectMtls` socket): when a root has left the bundle since its server was verified (its
+ * chain may rest on it), when the server's certificate expires or ours on it is about to
+ * (retireAtCertificateExpiry), and at `maxAgeMs`. Pooled HTTP connections stop taking requests at
+ * the same moments; a tunnel has no request boundary, so it is ended (nothing more is sent) and
+ * destroyed after the grace if the server holds it open (endTunnel). Revocation is
+ * closeWhenRevoked's, at once, for every dialTls connection. Call once dialTls verified the socket.
+ */
+export function retireTunnelWhenStale(socket: TLSSocket, runtime: ClientRuntime, options: TunnelRetirement = {}): void {
+  if (socket.destroyed) return;
+  const server = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
+  const cleanups: (() => void)[] = [];
+  let retired = false;
+  const retire = (why: string) => {
+    if (retired || socket.destroyed) return;
+    retired = true;
+    for (const cleanup of cleanups) cleanup();
+    runtime.logger.info(`ending the connection to ${server}: ${why}`);
+    endTunnel(socket);
+  };
+  socket.once("close", () => {
+    for (const cleanup of cleanups) cleanup();
+  });
+  const epoch = verifiedRootsEpoch.get(socket);
+  if (epoch !== undefined) {
+    const rootRemoved = () => {
+      if (runtime.holder.rootsEpoch() !== epoch) retire("a root left the trust bundle since its server was verified");
+    };
+    cleanups.push(runtime.holder.onUpdate(rootRemoved));
+    // The bundle may have changed between the handshake and this call.
+    rootRemoved();
+  }
+  retireAtCertificateExpiry(socket, () => retire("the server's certificate on it, or this client's, is expiring"));
+  if (options.maxAgeMs !== undefined && options.maxAgeMs > 0 && !retired) {
+    const aged = systemClock.setTimeout(() => retire(`it reached the maximum connection age (${options.maxAgeMs} ms)`), options.maxAgeMs);
+    cleanups.push(() => systemClock.clearTimeout(aged));
+  }
+}
+
 /**
  * Opens a TLS connection with the client policy: our SVID, the bundle roots, SPIFFE ID
  * check on full handshakes (checkServerIdentity) and again on `secureConnect`, because Node
@@ -187,6 +235,8 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
   // The certificate this connection presents: the one current as it is dialled (its secureContext;
   // a resumed session is offered only when it was made with this same certificate).
   const { serial: ownSerial, notAfter: ownNotAfter } = runtime.holder.snapshot().svid;
+  // The roots this handshake verifies the server against: the secure context's, as it is dialled.
+  const dialRootsEpoch = runtime.holder.rootsEpoch();
   const options: ConnectionOptions = {
     host: dial.host,
     port: dial.port,
@@ -213,10 +263,11 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
         if (resumable === undefined) throw new MeshwardError("E_PEER_UNTRUSTED", "a session was resumed that this client did not offer");
         verified = { peer: verifyRememberedPeer(resumable.peer, resumable.notAfter, runtime.policy), notAfter: resumable.notAfter, rootsEpoch: resumable.rootsEpoch, ownSerial: resumable.ownSerial };
       } else {
-        verified = { ...verifyTlsPeerWithValidity(socket, runtime.policy), rootsEpoch: runtime.holder.rootsEpoch(), ownSerial };
+        verified = { ...verifyTlsPeerWithValidity(socket, runtime.policy), rootsEpoch: dialRootsEpoch, ownSerial };
       }
       setPeer(socket, verified.peer);
       recordCertificateExpiry(socket, verified.notAfter, ownNotAfter);
+      verifiedRootsEpoch.set(socket, verified.rootsEpoch);
       closeWhenRevoked(socket, verified.peer, runtime);
       // From here a TLS alert is not a handshake failure: marked, so that callers can name it.
       markHandshakeCompleted(socket);

@@ -1,3 +1,4 @@
+import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { MeshwardError, describeError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
@@ -147,6 +148,22 @@ export async function prepareServer(options: ServerCommonOptions, what: string):
   };
   if (insecure) warnInsecure(logger, what);
   return { holder, policy, logger, insecure, maxConnectionAgeMs: options.maxConnectionAgeMs ?? DEFAULT_MAX_CONNECTION_AGE_MS, refusalLog: new LogLimiter() };
+}
+
+/** How long a retired tunnel's other side has to close it after our end, before it is destroyed. */
+export const TUNNEL_END_GRACE_MS = 5_000;
+
+/**
+ * Retires a connection that carries a byte stream (a TCP tunnel, a WebSocket, a raw TLS socket):
+ * there is no request boundary to wait for, so it is ended at once (no byte is sent after this)
+ * and destroyed `graceMs` later if the other side holds it open.
+ */
+export function endTunnel(socket: Socket, graceMs = TUNNEL_END_GRACE_MS): void {
+  if (socket.destroyed) return;
+  socket.end();
+  const deadline = setTimeout(() => socket.destroy(), graceMs);
+  deadline.unref();
+  socket.once("close", () => clearTimeout(deadline));
 }
 
 /** When the certificate a connection's caller was verified with expires (ms since the epoch). */

@@ -2,9 +2,9 @@ import { createServer as createTlsServer } from "node:tls";
 import type { Server as TlsServer, TLSSocket } from "node:tls";
 import type { IdentityHealth } from "../tls/context.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
-import { admitConnection, ConnectionRegistry, peerOf, prepareServer } from "./common.ts";
+import { admitConnection, ConnectionRegistry, endTunnel, peerOf, prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
-import { dialTls, prepareClient, SessionCache } from "./client-common.ts";
+import { dialTls, prepareClient, retireTunnelWhenStale, SessionCache } from "./client-common.ts";
 import type { ClientRuntime, ResumableSession } from "./client-common.ts";
 
 /** What meshward adds to every server it creates. */
@@ -27,7 +27,9 @@ export type MtlsServerOptions = ServerCommonOptions;
 /**
  * Raw TLS server: client certificates required and verified, the caller's SPIFFE ID checked
  * against `authorize` (default: same trust domain) before `onConnection` sees the socket.
- * At the age cap the connection is ended (the protocol above decides how to reconnect).
+ * At the age cap, when the caller's certificate expires and when a root leaves the bundle, the
+ * connection is ended, and destroyed 5 s later if the caller holds it open (the protocol above
+ * decides how to reconnect).
  */
 export async function createMtlsServer(options: MtlsServerOptions, onConnection: (socket: MtlsSocket, peer: PeerIdentity) => void): Promise<MtlsServer> {
   const runtime = await prepareServer(options, "createMtlsServer");
@@ -35,7 +37,7 @@ export async function createMtlsServer(options: MtlsServerOptions, onConnection:
   return secureServer(server, runtime, "mTLS server", (socket) => {
     Object.defineProperty(socket, "peer", { value: peerOf(socket), enumerable: true });
     onConnection(socket as MtlsSocket, peerOf(socket)!);
-  }, (socket) => socket.end());
+  }, (socket) => endTunnel(socket));
 }
 
 /** Wires verification, hot swap, the age cap and clean shutdown into any tls.Server subclass. */
@@ -114,7 +116,12 @@ export interface ConnectMtlsOptions extends ClientCommonOptions {
 
 const sessionCaches = new WeakMap<ClientRuntime["holder"], SessionCache>();
 
-/** Opens a mutual-TLS connection and resolves once the server's SPIFFE ID is verified. */
+/**
+ * Opens a mutual-TLS connection and resolves once the server's SPIFFE ID is verified. The
+ * connection is ended (and destroyed 5 s later if the server holds it open) when a root leaves
+ * the bundle since the server was verified, and when the server's certificate expires or, 2 s
+ * before, our own on it; closed at once if the server's certificate is revoked.
+ */
 export async function connectMtls(options: ConnectMtlsOptions): Promise<MtlsSocket> {
   const runtime = await prepareClient(options, "connectMtls");
   let cache: SessionCache | undefined;
@@ -139,6 +146,7 @@ export async function connectMtls(options: ConnectMtlsOptions): Promise<MtlsSock
       setImmediate(() => {
         if (socket.destroyed) return;
         socket.removeListener("error", reject);
+        retireTunnelWhenStale(socket, runtime);
         Object.defineProperty(socket, "peer", { value: peerOf(socket), enumerable: true });
         resolve(socket as MtlsSocket);
       });

@@ -1,11 +1,13 @@
 import { createServer as createPlainHttpsServer } from "node:https";
 import { createSecureServer as createPlainHttp2Server } from "node:http2";
 import type { AddressInfo } from "node:net";
-import type { TLSSocket } from "node:tls";
+import { connect as tlsConnect, createServer as createPlainTlsServer } from "node:tls";
+import type { ConnectionOptions, TLSSocket } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { connectHttp2, connectMtls, createMtlsAgent, createMtlsServer, httpsRequest, resumableSession } from "../../src/transport/index.ts";
 import type { MtlsServer } from "../../src/transport/index.ts";
 import { createTestPki } from "../helpers/openssl-pki.ts";
+import { waitFor } from "../helpers/wait.ts";
 import type { TestPki } from "../helpers/openssl-pki.ts";
 import { bundleOf, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
 
@@ -98,6 +100,100 @@ describe("a root removed from the bundle", () => {
 
     client.updateBundle(bundleOf([kept]));
     await expect(connectMtls({ identity: client, expect: SERVER_ID, port, logger, session })).rejects.toMatchObject({ code: "UNABLE_TO_GET_ISSUER_CERT_LOCALLY" });
+  });
+
+  // A raw connection has no request boundary: it is ended (nothing more is sent on it) and
+  // destroyed 5 s later if the other side holds it open, as the sidecar's tunnels are.
+  it("client side, raw TLS (connectMtls): the open connection to a server that is not meshward is ended, nothing more is sent on it", async () => {
+    const leaf = removed.issueLeaf({ spiffeId: SERVER_ID });
+    const received: string[] = [];
+    let ended = false;
+    const plain = createPlainTlsServer({ cert: leaf.chainPem, key: leaf.keyPem, requestCert: true, rejectUnauthorized: false }, (socket) => {
+      socket.on("data", (d: Buffer) => {
+        received.push(d.toString());
+        socket.write(d);
+      });
+      socket.on("end", () => (ended = true));
+      socket.on("error", () => undefined);
+    });
+    await new Promise<void>((r) => plain.listen(0, "127.0.0.1", r));
+    const client = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept, removed])));
+    const lines = makeLogger();
+    const socket = await connectMtls({ identity: client, expect: SERVER_ID, port: (plain.address() as AddressInfo).port, logger: lines, resumeSessions: false });
+    try {
+      expect(await echo(socket, "before")).toBe("before");
+      client.updateBundle(bundleOf([kept, removed])); // no root removed: nothing ends
+      expect(await echo(socket, "same-roots")).toBe("same-roots");
+      client.updateBundle(bundleOf([kept]));
+      expect(socket.writableEnded).toBe(true);
+      await closed(socket);
+      expect(ended).toBe(true);
+      expect(received.join("")).toBe("beforesame-roots");
+      expect(lines.lines.some((line) => /^info ending the connection to 127\.0\.0\.1:\d+: a root left the trust bundle/.test(line))).toBe(true);
+    } finally {
+      socket.destroy();
+      await new Promise<void>((r) => plain.close(() => r()));
+    }
+  });
+
+  // The handshake verifies the server with the roots of the secure context it was dialled with:
+  // a root removed while it is in flight still verified this server.
+  it("client side: a root removed during the handshake ends the connection it verified, and its session is not offered again", async () => {
+    const leaf = removed.issueLeaf({ spiffeId: SERVER_ID });
+    const client = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept, removed])));
+    const plain = createPlainTlsServer({ cert: leaf.chainPem, key: leaf.keyPem, requestCert: true, rejectUnauthorized: false }, (socket) => {
+      socket.on("data", (d: Buffer) => socket.write(d));
+      socket.on("error", () => undefined);
+    });
+    let accepted = 0;
+    // Accepted: the client has dialled (with both roots) and the handshake has not completed.
+    plain.on("connection", () => {
+      if (accepted++ === 0) client.updateBundle(bundleOf([kept]));
+    });
+    await new Promise<void>((r) => plain.listen(0, "127.0.0.1", r));
+    const port = (plain.address() as AddressInfo).port;
+    const lines = makeLogger();
+    try {
+      const socket = await connectMtls({ identity: client, expect: SERVER_ID, port, logger: lines });
+      await closed(socket);
+      expect(lines.lines.some((line) => /ending the connection to .*a root left the trust bundle/.test(line))).toBe(true);
+      expect(resumableSession(socket)).toBeDefined(); // the server sent its ticket before it saw our end
+      await expect(connectMtls({ identity: client, expect: SERVER_ID, port, logger: lines })).rejects.toMatchObject({ code: "UNABLE_TO_GET_ISSUER_CERT_LOCALLY" });
+      expect(accepted).toBe(2);
+    } finally {
+      await new Promise<void>((r) => plain.close(() => r()));
+    }
+  });
+
+  it("server side, raw TLS: a caller that holds its side open after the server's end is disconnected after the grace", async () => {
+    const serverIdentity = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: SERVER_ID }), bundleOf([kept, removed])));
+    const received: string[] = [];
+    const server = await createMtlsServer({ identity: serverIdentity, logger }, (socket) => {
+      socket.on("data", (d: Buffer) => received.push(d.toString()));
+      socket.on("error", () => undefined);
+    });
+    servers.push(server);
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const leaf = removed.issueLeaf({ spiffeId: CLIENT_ID });
+    // Not a meshward client: it takes the server's end and keeps its own side open (half-open).
+    const caller = tlsConnect({ host: "127.0.0.1", port: (server.address() as AddressInfo).port, cert: leaf.chainPem, key: leaf.keyPem, ca: kept.root.certPem, checkServerIdentity: () => undefined, allowHalfOpen: true } as ConnectionOptions);
+    caller.on("error", () => undefined);
+    try {
+      await new Promise((resolve) => caller.once("secureConnect", resolve));
+      caller.write("hello");
+      await waitFor("the server to receive hello", () => received.join("") === "hello");
+      const serverEnded = new Promise((resolve) => caller.once("end", resolve));
+      serverIdentity.updateBundle(bundleOf([kept]));
+      await serverEnded;
+      expect(server.meshward.openConnections()).toBe(1); // the caller holds it open...
+      await waitFor("the server to drop the connection", () => server.meshward.openConnections() === 0); // ...until the server destroys it
+      // The first write after the server closed its socket is answered by a reset, the next fails.
+      const writing = setInterval(() => caller.write("late"), 50);
+      caller.once("close", () => clearInterval(writing));
+      await closed(caller);
+    } finally {
+      caller.destroy();
+    }
   });
 
   it("adding a root keeps sessions resumable (a rotation's start costs no full handshakes)", async () => {

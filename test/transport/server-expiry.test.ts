@@ -1,10 +1,12 @@
 import { createSecureServer, type Http2SecureServer } from "node:http2";
 import type { AddressInfo } from "node:net";
+import { createServer as createTlsServer } from "node:tls";
 import type { TLSSocket } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PeerPool, type PeerTarget } from "../../src/proxy/peers.ts";
-import { connectHttp2, createMtlsAgent, httpsRequest } from "../../src/transport/index.ts";
-import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
+import { connectHttp2, connectMtls, createMtlsAgent, httpsRequest } from "../../src/transport/index.ts";
+import { createTestPki, type TestLeaf, type TestPki } from "../helpers/openssl-pki.ts";
+import { waitFor } from "../helpers/wait.ts";
 import { bundleOf, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
 
 // TLS checks the server's certificate validity during the handshake only. A client that keeps a
@@ -89,6 +91,58 @@ describe("client connections end when the server's certificate expires", () => {
       await expect(httpsRequest(url, { identity, expect: SERVER_ID, agent })).rejects.toThrow();
     } finally {
       close();
+    }
+  });
+
+  it("SDK connectMtls: the raw connection is ended, and destroyed after the grace while the server holds it open; one to a server whose certificate lasts stays", async () => {
+    /** A plain TLS echo server that keeps its side open after the client's end (allowHalfOpen). */
+    const holdingServer = async (leaf: TestLeaf) => {
+      const state = { received: "", ended: false };
+      const accepted = new Set<TLSSocket>();
+      const plain = createTlsServer({ cert: leaf.chainPem, key: leaf.keyPem, requestCert: true, rejectUnauthorized: false, allowHalfOpen: true }, (socket) => {
+        socket.on("data", (d: Buffer) => {
+          state.received += d.toString();
+          if (!socket.writableEnded) socket.write(d);
+        });
+        socket.on("end", () => (state.ended = true));
+        socket.on("error", () => undefined);
+        accepted.add(socket);
+      });
+      await new Promise<void>((resolve) => plain.listen(0, "127.0.0.1", resolve));
+      return { state, port: (plain.address() as AddressInfo).port, close: () =>
+          new Promise<void>((resolve) => {
+            plain.close(() => resolve());
+            for (const socket of accepted) socket.destroy();
+          }),
+      };
+    };
+    const echoOn = (socket: TLSSocket, text: string) =>
+      new Promise<string>((resolve, reject) => {
+        socket.once("data", (d: Buffer) => resolve(d.toString()));
+        socket.once("close", () => reject(new Error("closed")));
+        socket.write(text);
+      });
+    const expiresAt = new Date(Date.now() + 4_000);
+    const expiring = await holdingServer(pki.issueLeaf({ spiffeId: SERVER_ID, notAfter: expiresAt }));
+    const lasting = await holdingServer(pki.issueLeaf({ spiffeId: SERVER_ID }));
+    const identity = client();
+    const toExpiring = await connectMtls({ identity, expect: SERVER_ID, port: expiring.port, logger, resumeSessions: false });
+    const toLasting = await connectMtls({ identity, expect: SERVER_ID, port: lasting.port, logger, resumeSessions: false });
+    try {
+      expect(await echoOn(toExpiring, "before")).toBe("before");
+      expect(await echoOn(toLasting, "before")).toBe("before");
+      const closed = new Promise<void>((resolve) => toExpiring.once("close", () => resolve()));
+      await waitFor("the expiring server to see the client's end", () => expiring.state.ended, 15_000);
+      expect(toExpiring.writableEnded).toBe(true);
+      await closed; // the server holds it open: the client destroys it after the grace
+      expect(expiring.state.received).toBe("before");
+      expect(await echoOn(toLasting, "after")).toBe("after");
+      expect(lasting.state.ended).toBe(false);
+    } finally {
+      toExpiring.destroy();
+      toLasting.destroy();
+      await expiring.close();
+      await lasting.close();
     }
   });
 
