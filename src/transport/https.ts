@@ -5,6 +5,7 @@ import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import type { IdentitySource } from "../identity/source.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
+import { loadOnce } from "../tls/policy.ts";
 import { MeshwardError } from "../errors.ts";
 import { IDEMPOTENT_METHODS, idleLimitForHint, keepAliveTimeoutMs, MAX_REQUEST_ATTEMPTS } from "../util/keep-alive.ts";
 import { peerOf, prepareServer } from "./common.ts";
@@ -31,11 +32,13 @@ export async function createHttpsServer(
   handler: (req: MtlsRequest, res: ServerResponse) => void,
 ): Promise<MtlsHttpsServer> {
   const runtime = await prepareServer(options, "createHttpsServer");
-  const server = createHttpsNodeServer({
-    ...runtime.holder.options(),
-    ...(runtime.insecure ? { rejectUnauthorized: false } : {}),
-    ...(options.keepAliveTimeoutMs !== undefined ? { keepAliveTimeout: options.keepAliveTimeoutMs } : {}),
-  });
+  const server = loadOnce(runtime.holder.options(), (secrets) =>
+    createHttpsNodeServer({
+      ...secrets,
+      ...(runtime.insecure ? { rejectUnauthorized: false } : {}),
+      ...(options.keepAliveTimeoutMs !== undefined ? { keepAliveTimeout: options.keepAliveTimeoutMs } : {}),
+    }),
+  );
   server.on("request", (req: IncomingMessage, res: ServerResponse) => {
     const socket = req.socket as Tracked;
     const peer = peerOf(socket);
