@@ -12,6 +12,7 @@ import type { IdentitySource } from "../identity/source.ts";
 import type { Caller } from "../policy/index.ts";
 import type { IdentityHealth } from "../tls/context.ts";
 import { verifyTlsPeer } from "../tls/verify.ts";
+import { loadOnce } from "../tls/policy.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import type { MeshMetrics } from "../telemetry/metrics.ts";
 import { endTunnel, peerOf, prepareServer } from "../transport/common.ts";
@@ -455,11 +456,13 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   };
 
   // --- TLS -----------------------------------------------------------------------------
-  const tlsServer = createTlsServer({
-    ...runtime.holder.options(),
-    handshakeTimeout: limits.handshakeTimeout,
-    ...(options.protocol === "http" ? { ALPNProtocols: ["h2", "http/1.1"] } : {}),
-  });
+  const tlsServer = loadOnce(runtime.holder.options(), (secrets) =>
+    createTlsServer({
+      ...secrets,
+      handshakeTimeout: limits.handshakeTimeout,
+      ...(options.protocol === "http" ? { ALPNProtocols: ["h2", "http/1.1"] } : {}),
+    }),
+  );
   // At the age cap, when the caller's certificate expires or a root leaves the bundle: HTTP/2 gets
   // GOAWAY, HTTP/1 closes after its in-flight request, a TCP tunnel (one "request" for its whole
   // life, so the tracker would wait for ever) is ended, and destroyed if the caller holds it open

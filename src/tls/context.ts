@@ -4,7 +4,7 @@ import type { Socket } from "node:net";
 import { MeshwardError, describeError } from "../errors.ts";
 import { certificatesFromPem } from "../pki/pem.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "../identity/source.ts";
-import { buildSecureContextOptions } from "./policy.ts";
+import { buildSecureContextOptions, loadOnce } from "./policy.ts";
 import type { SecureOptions, TlsRole } from "./policy.ts";
 import { TicketKeyRing } from "./ticket-keys.ts";
 import { systemClock, type ClockTimer } from "../util/clock.ts";
@@ -169,7 +169,7 @@ export class SecureContextHolder {
     server.prependListener("connection", guard);
     const off = this.onUpdate((options) => {
       try {
-        server.setSecureContext(options);
+        loadOnce(options, (secrets) => server.setSecureContext(secrets));
       } catch (error) {
         this.#logger.error(`could not apply the new TLS identity to a server; it keeps the previous one: ${describeError(error)}`);
       }

@@ -67,3 +67,32 @@ export function buildSecureContextOptions(material: ContextMaterial, role: TlsRo
     ...(material.ticketKeys === undefined ? {} : { ticketKeys: material.ticketKeys }),
   };
 }
+
+/**
+ * Node keeps what it is given: a server stores `key` and `ticketKeys` on itself (`this.key`), the
+ * http2 server and grpc-js keep the whole option object, so inspecting or logging a server, a
+ * request (its socket refers to the server) or the gRPC credentials printed the private key.
+ * Node copies both into its native context synchronously, so each load gets private copies that
+ * are zeroed once it has returned: what stays on those objects is zeros.
+ */
+export function disposableSecrets(options: SecureOptions): { readonly options: SecureOptions; dispose(): void } {
+  const key = typeof options.key === "string" ? Buffer.from(options.key) : undefined;
+  const ticketKeys = options.ticketKeys === undefined ? undefined : Buffer.from(options.ticketKeys);
+  return {
+    options: { ...options, ...(key === undefined ? {} : { key }), ...(ticketKeys === undefined ? {} : { ticketKeys }) },
+    dispose: () => {
+      key?.fill(0);
+      ticketKeys?.fill(0);
+    },
+  };
+}
+
+/** Runs `load` (a server constructor, `setSecureContext`) with secrets that are zeroed when it returns. */
+export function loadOnce<T>(options: SecureOptions, load: (options: SecureOptions) => T): T {
+  const secrets = disposableSecrets(options);
+  try {
+    return load(secrets.options);
+  } finally {
+    secrets.dispose();
+  }
+}

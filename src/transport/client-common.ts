@@ -2,8 +2,8 @@ import { connect as tlsConnect } from "node:tls";
 import type { ConnectionOptions, TLSSocket } from "node:tls";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
-import { compileMatcher, describeMatcher } from "../spiffe/match.ts";
-import type { SpiffeIdMatcher } from "../spiffe/match.ts";
+import { compileMatcher, describeMatcher, normalizeMatcher } from "../spiffe/match.ts";
+import type { NormalizedMatcher } from "../spiffe/match.ts";
 import { SecureContextHolder } from "../tls/context.ts";
 import { markHandshakeCompleted, tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import { consoleLogger } from "../tls/logger.ts";
@@ -31,17 +31,20 @@ const predicateIds = new WeakMap<object, number>();
 let nextPredicateId = 1;
 
 /** A stable key per expected identity: session caches and agents are never shared across keys. */
-export function matcherKey(matcher: SpiffeIdMatcher | undefined): string {
-  if (matcher === undefined) return "insecure";
-  if (typeof matcher === "function") {
-    let id = predicateIds.get(matcher);
-    if (id === undefined) predicateIds.set(matcher, (id = nextPredicateId++));
-    return `fn#${id}`;
+export function matcherKey(matcher: NormalizedMatcher): string {
+  switch (matcher.kind) {
+    case "predicate": {
+      let id = predicateIds.get(matcher.predicate);
+      if (id === undefined) predicateIds.set(matcher.predicate, (id = nextPredicateId++));
+      return `fn#${id}`;
+    }
+    case "id":
+      return `id:${matcher.id}`;
+    case "ids":
+      return `ids:${matcher.ids.join(",")}`;
+    case "pattern":
+      return `td:${matcher.trustDomain}/${matcher.namespace ?? "*"}/${matcher.appId ?? "*"}`;
   }
-  if (typeof matcher === "string") return `id:${matcher}`;
-  if (Array.isArray(matcher)) return `ids:${[...(matcher as readonly string[])].sort().join(",")}`;
-  const p = matcher as { trustDomain: string; namespace?: string; appId?: string };
-  return `td:${p.trustDomain}/${p.namespace ?? "*"}/${p.appId ?? "*"}`;
 }
 
 export interface ClientRuntime {
@@ -58,13 +61,15 @@ export async function prepareClient(options: ClientCommonOptions, what: string, 
   const { insecure } = assertSecureOptions(options, what, "client");
   const logger = options.logger ?? consoleLogger;
   const holder = await clientHolderFor(options.identity, logger);
+  // The policy and the key under which agents and sessions are pooled come from one copy.
+  const expected = insecure ? undefined : normalizeMatcher(options.expect);
   const policy: PeerPolicy = {
-    accepts: insecure ? () => true : compileMatcher(options.expect),
-    expected: insecure ? "anything (insecure)" : describeMatcher(options.expect),
+    accepts: expected === undefined ? () => true : compileMatcher(expected),
+    expected: expected === undefined ? "anything (insecure)" : describeMatcher(expected),
     revokedSerials: () => holder.revokedSerials(),
     peerRole: "server",
   };
-  return { holder, policy, logger, insecure, key: insecure ? "insecure" : matcherKey(options.expect), ...(hooks.onVerified !== undefined ? { onVerified: hooks.onVerified } : {}) };
+  return { holder, policy, logger, insecure, key: expected === undefined ? "insecure" : matcherKey(expected), ...(hooks.onVerified !== undefined ? { onVerified: hooks.onVerified } : {}) };
 }
 
 /** A session ticket with the server identity verified on the full handshake that produced it. */

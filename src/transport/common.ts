@@ -2,7 +2,7 @@ import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { MeshwardError, describeError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
-import { compileMatcher, describeMatcher } from "../spiffe/match.ts";
+import { compileMatcher, describeMatcher, normalizeMatcher } from "../spiffe/match.ts";
 import type { SpiffeIdMatcher } from "../spiffe/match.ts";
 import { SecureContextHolder } from "../tls/context.ts";
 import type { IdentityHealth } from "../tls/context.ts";
@@ -139,7 +139,7 @@ export async function prepareServer(options: ServerCommonOptions, what: string):
     ...(options.ticketKeyRotationMs !== undefined ? { ticketKeyRotationMs: options.ticketKeyRotationMs } : {}),
     ...(options.sessionTimeoutSeconds !== undefined ? { sessionTimeoutSeconds: options.sessionTimeoutSeconds } : {}),
   });
-  const authorize = options.authorize ?? { trustDomain: holder.trustDomain() };
+  const authorize = normalizeMatcher(options.authorize ?? { trustDomain: holder.trustDomain() });
   const policy: PeerPolicy = {
     accepts: compileMatcher(authorize),
     expected: describeMatcher(authorize),

@@ -1,11 +1,13 @@
 import { credentials, Metadata, ServerCredentials, ServerInterceptingCall, status } from "@grpc/grpc-js";
 import type { ChannelCredentials, ChannelOptions, ServerInterceptingCallInterface, ServerInterceptor } from "@grpc/grpc-js";
 import { isIP } from "node:net";
+import { inspect } from "node:util";
 import type { Socket } from "node:net";
 import { TLSSocket } from "node:tls";
 import type { PeerCertificate } from "node:tls";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
+import { disposableSecrets } from "../tls/policy.ts";
 import type { SecureOptions } from "../tls/policy.ts";
 import { normalizeSerial, readSvidIdentity, spiffeCheckServerIdentity, verifyPeerCertificate } from "../tls/verify.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
@@ -37,13 +39,19 @@ export class MeshwardServerCredentials extends ServerCredentials {
   readonly #rootsRemoved = new Set<() => void>();
 
   constructor(runtime: ServerRuntime) {
-    super({ requestCert: true, rejectUnauthorized: !runtime.insecure }, runtime.holder.options() as SecureOptions);
+    super({ requestCert: true, rejectUnauthorized: !runtime.insecure }, withoutSecrets(runtime.holder.options()));
     this.#runtime = runtime;
     let epoch = runtime.holder.rootsEpoch();
     this.#off = runtime.holder.onUpdate((options) => {
       // grpc-js accepts connections whenever the options are not null: while the SVID is expired
       // (a bundle update can still arrive then) they stay null, as applyHealth set them.
-      this.updateSecureContextOptions(runtime.holder.isExpired() ? null : options);
+      if (runtime.holder.isExpired()) this.updateSecureContextOptions(null);
+      else {
+        // The watchers (one per bound port) call setSecureContext synchronously; what grpc-js keeps is zeroed.
+        const secrets = disposableSecrets(options);
+        this.updateSecureContextOptions(secrets.options);
+        secrets.dispose();
+      }
       if (runtime.holder.rootsEpoch() === epoch) return;
       epoch = runtime.holder.rootsEpoch();
       for (const listener of this.#rootsRemoved) {
@@ -74,6 +82,26 @@ export class MeshwardServerCredentials extends ServerCredentials {
     return [this.#interceptor];
   }
 
+  /**
+   * @internal grpc-js hook: read as a port is bound, and used by that same synchronous call
+   * (createSecureServer), so the secrets handed over are zeroed once it has returned.
+   */
+  override _getSecureContextOptions(): SecureOptions | null {
+    if (super._getSecureContextOptions() === null) return null;
+    const secrets = disposableSecrets(this.#runtime.holder.options());
+    queueMicrotask(secrets.dispose);
+    return secrets.options;
+  }
+
+  /** Never shows the options grpc-js keeps (they hold the identity's certificates; the key is zeroed). */
+  [inspect.custom](): string {
+    return `MeshwardServerCredentials { identity: ${this.#runtime.holder.ownSpiffeId()}, authorize: ${this.#runtime.policy.expected} }`;
+  }
+
+  toJSON(): { readonly type: string; readonly identity: string } {
+    return { type: "MeshwardServerCredentials", identity: this.#runtime.holder.ownSpiffeId() };
+  }
+
   override _equals(other: ServerCredentials): boolean {
     return other === this;
   }
@@ -92,6 +120,12 @@ export class MeshwardServerCredentials extends ServerCredentials {
     this.#rootsRemoved.clear();
     this.#runtime.holder.close();
   }
+}
+
+/** The options grpc-js stores before the first bind: no key or ticket keys at all (`_getSecureContextOptions` supplies them). */
+function withoutSecrets(options: SecureOptions): SecureOptions {
+  const { key: _key, ticketKeys: _ticketKeys, ...rest } = options;
+  return rest;
 }
 
 function authorizeCall(runtime: ServerRuntime, call: ServerInterceptingCallInterface): ServerInterceptingCall {

@@ -3,6 +3,7 @@ import type { ClientHttp2Session, Http2SecureServer, Http2ServerRequest, Http2Se
 import type { TLSSocket } from "node:tls";
 import { MeshwardError } from "../errors.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
+import { loadOnce } from "../tls/policy.ts";
 import { peerOf, prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
 import { dialTls, prepareClient, retireAtCertificateExpiry } from "./client-common.ts";
@@ -31,7 +32,7 @@ export async function createHttp2Server(
   handler?: (req: MtlsHttp2Request, res: Http2ServerResponse) => void,
 ): Promise<MtlsHttp2Server> {
   const runtime = await prepareServer(options, "createHttp2Server");
-  const server = createSecureServer({ ...runtime.holder.options(), allowHTTP1: false, ...(runtime.insecure ? { rejectUnauthorized: false } : {}) });
+  const server = loadOnce(runtime.holder.options(), (secrets) => createSecureServer({ ...secrets, allowHTTP1: false, ...(runtime.insecure ? { rejectUnauthorized: false } : {}) }));
   const sessions = new WeakMap<TLSSocket, ServerHttp2Session>();
   // Runs after secureServer's verification (prepended later) and before http2 creates the session.
   let accepting: TLSSocket | undefined;

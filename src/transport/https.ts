@@ -5,6 +5,7 @@ import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import type { IdentitySource } from "../identity/source.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
+import { loadOnce } from "../tls/policy.ts";
 import { MeshwardError } from "../errors.ts";
 import { IDEMPOTENT_METHODS, idleLimitForHint, keepAliveTimeoutMs, MAX_REQUEST_ATTEMPTS } from "../util/keep-alive.ts";
 import { peerOf, prepareServer } from "./common.ts";
@@ -31,11 +32,13 @@ export async function createHttpsServer(
   handler: (req: MtlsRequest, res: ServerResponse) => void,
 ): Promise<MtlsHttpsServer> {
   const runtime = await prepareServer(options, "createHttpsServer");
-  const server = createHttpsNodeServer({
-    ...runtime.holder.options(),
-    ...(runtime.insecure ? { rejectUnauthorized: false } : {}),
-    ...(options.keepAliveTimeoutMs !== undefined ? { keepAliveTimeout: options.keepAliveTimeoutMs } : {}),
-  });
+  const server = loadOnce(runtime.holder.options(), (secrets) =>
+    createHttpsNodeServer({
+      ...secrets,
+      ...(runtime.insecure ? { rejectUnauthorized: false } : {}),
+      ...(options.keepAliveTimeoutMs !== undefined ? { keepAliveTimeout: options.keepAliveTimeoutMs } : {}),
+    }),
+  );
   server.on("request", (req: IncomingMessage, res: ServerResponse) => {
     const socket = req.socket as Tracked;
     const peer = peerOf(socket);
@@ -72,6 +75,7 @@ export class MtlsAgent extends HttpsAgent {
   /** Open connections, so a root leaving the bundle can retire the ones verified before. */
   readonly #open = new Set<TLSSocket & { [kAged]?: boolean }>();
   readonly #offRoots: () => void;
+  #retired = false;
 
   constructor(runtime: ClientRuntime, options: AgentOptions & { maxConnectionAgeMs?: number }) {
     super({ keepAlive: true, ...options, maxCachedSessions: 0 });
@@ -95,6 +99,13 @@ export class MtlsAgent extends HttpsAgent {
     super.destroy();
   }
 
+  /** Stops pooling without cutting a response short: idle connections close now, busy ones once their response is read. */
+  retire(): void {
+    this.#retired = true;
+    this.#offRoots();
+    for (const sockets of Object.values(this.freeSockets)) for (const socket of sockets ?? []) socket.destroy();
+  }
+
   /**
    * A pooled connection is closed once it has been idle a little less than the server said it
    * would keep it (`Keep-Alive: timeout=N`). Node's agent applies that hint only when the agent
@@ -102,6 +113,7 @@ export class MtlsAgent extends HttpsAgent {
    * (5 s on a Node server) and a request could be written on it as the server closed it.
    */
   override keepSocketAlive(socket: Duplex): boolean {
+    if (this.#retired) return false;
     const kept: unknown = super.keepSocketAlive(socket);
     if (kept === false) return false;
     const hintMs = keepAliveHintMs(socket);
@@ -167,17 +179,38 @@ export async function createMtlsAgent(options: MtlsAgentOptions): Promise<MtlsAg
 
 const sharedAgents = new WeakMap<IdentitySource, Map<string, Promise<MtlsAgent>>>();
 
+/**
+ * Agents for predicate `expect`s kept per identity source. A predicate's key is its function
+ * object, so an inline `(id) => …` made one agent (and one open connection) per call and kept it
+ * for ever; the least recently used beyond this many are retired (their connections closed).
+ */
+export const PREDICATE_AGENTS_PER_IDENTITY = 16;
+
 /** The shared agent for (identity source, expected identity). */
 export async function agentFor(options: ClientCommonOptions): Promise<MtlsAgent> {
   const runtime = await prepareClient(options, "mtlsFetch");
   let byKey = sharedAgents.get(options.identity);
   if (byKey === undefined) sharedAgents.set(options.identity, (byKey = new Map()));
   let agent = byKey.get(runtime.key);
+  const predicate = runtime.key.startsWith("fn#");
   if (agent === undefined) {
     agent = Promise.resolve(new MtlsAgent(runtime, {}));
     byKey.set(runtime.key, agent);
+    if (predicate) retireLeastRecentPredicateAgents(byKey);
+  } else if (predicate) {
+    byKey.delete(runtime.key); // most recently used last
+    byKey.set(runtime.key, agent);
   }
   return agent;
+}
+
+function retireLeastRecentPredicateAgents(byKey: Map<string, Promise<MtlsAgent>>): void {
+  const predicateKeys = [...byKey.keys()].filter((key) => key.startsWith("fn#"));
+  for (const key of predicateKeys.slice(0, Math.max(0, predicateKeys.length - PREDICATE_AGENTS_PER_IDENTITY))) {
+    const agent = byKey.get(key)!;
+    byKey.delete(key);
+    void agent.then((a) => a.retire());
+  }
 }
 
 /**

@@ -1,6 +1,7 @@
 import { createServer as createTlsServer } from "node:tls";
 import type { Server as TlsServer, TLSSocket } from "node:tls";
 import type { IdentityHealth } from "../tls/context.ts";
+import { loadOnce } from "../tls/policy.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import { admitConnection, ConnectionRegistry, endTunnel, peerOf, prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
@@ -33,7 +34,7 @@ export type MtlsServerOptions = ServerCommonOptions;
  */
 export async function createMtlsServer(options: MtlsServerOptions, onConnection: (socket: MtlsSocket, peer: PeerIdentity) => void): Promise<MtlsServer> {
   const runtime = await prepareServer(options, "createMtlsServer");
-  const server = createTlsServer({ ...runtime.holder.options(), ...(runtime.insecure ? { rejectUnauthorized: false } : {}) });
+  const server = loadOnce(runtime.holder.options(), (secrets) => createTlsServer({ ...secrets, ...(runtime.insecure ? { rejectUnauthorized: false } : {}) }));
   return secureServer(server, runtime, "mTLS server", (socket) => {
     Object.defineProperty(socket, "peer", { value: peerOf(socket), enumerable: true });
     onConnection(socket as MtlsSocket, peerOf(socket)!);

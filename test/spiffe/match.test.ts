@@ -42,4 +42,23 @@ describe("compileMatcher", () => {
     expect(describeMatcher({ trustDomain: "td", namespace: "prod" })).toContain("spiffe://td/ns/prod/*");
     expect(describeMatcher(["spiffe://td/a"])).toContain("spiffe://td/a");
   });
+  it("a pattern is copied when compiled: changing the object afterwards changes nothing", () => {
+    const pattern: { trustDomain: string; namespace?: string; appId?: string } = { trustDomain: "td", namespace: "a", appId: "svc" };
+    const m = compileMatcher(pattern);
+    pattern.namespace = "b";
+    expect(m("spiffe://td/ns/b/svc")).toBe(false);
+    delete pattern.namespace;
+    delete pattern.appId;
+    expect(m("spiffe://td/ns/a/other")).toBe(false);
+    expect(m("spiffe://td/ns/a/svc")).toBe(true);
+  });
+  it("refuses unknown keys in a pattern (a typo must not admit the whole trust domain)", () => {
+    expect(() => compileMatcher({ trustDomain: "td", nameSpace: "a" } as never)).toThrow(expect.objectContaining({ code: "E_USAGE", message: expect.stringContaining('"nameSpace"') }));
+    expect(() => compileMatcher({ trustDomain: "td", namespace: "a", appid: "svc" } as never)).toThrow(expect.objectContaining({ code: "E_USAGE" }));
+  });
+  it("refuses a namespace or appId that is not one path segment", () => {
+    for (const bad of [{ namespace: "" }, { namespace: "a/b" }, { namespace: 7 }, { namespace: "a", appId: ".." }, { namespace: "a", appId: null }]) {
+      expect(() => compileMatcher({ trustDomain: "td", ...bad } as never), JSON.stringify(bad)).toThrow(expect.objectContaining({ code: "E_MATCHER_INVALID" }));
+    }
+  });
 });
