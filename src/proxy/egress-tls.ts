@@ -2,6 +2,7 @@ import { createSecureContext, checkServerIdentity as checkHostName } from "node:
 import type { PeerCertificate, SecureContext } from "node:tls";
 import { isIP } from "node:net";
 import { MeshwardError } from "../errors.ts";
+import { certificatesFromPem } from "../pki/pem.ts";
 import type { IdentitySnapshot, IdentitySource } from "../identity/source.ts";
 import { compileMatcher } from "../spiffe/match.ts";
 import { CIPHERS, CURVES, MIN_TLS_VERSION, SECURE_OPTIONS, buildSecureContextOptions } from "../tls/policy.ts";
@@ -24,6 +25,15 @@ export interface EgressTlsMaterial {
   readonly checkServerIdentity: (host: string, cert: PeerCertificate) => Error | undefined;
   /** SNI; only host names are sent. */
   readonly servername: string | undefined;
+  /** The mesh roots (DER, base64) a backend is verified with; undefined with `caFile` (its roots never change). */
+  readonly meshRoots: ReadonlySet<string> | undefined;
+  /** When the workload certificate presented to the backend expires (`mtls` only). */
+  readonly ownNotAfter: Date | undefined;
+}
+
+/** The roots of a PEM bundle, each as its DER in base64: what `meshRoots` holds. */
+export function rootSet(rootsPem: string): Set<string> {
+  return new Set(certificatesFromPem(rootsPem).map((der) => der.toString("base64")));
 }
 
 /**
@@ -108,6 +118,7 @@ export class EgressTlsMaterials {
       };
     }
     const servername = isIP(settings.serverName) === 0 && settings.serverName.length > 0 ? settings.serverName : undefined;
-    return { secureContext, checkServerIdentity, servername };
+    const meshRoots = settings.fileRootsPem === undefined ? rootSet(roots) : undefined;
+    return { secureContext, checkServerIdentity, servername, meshRoots, ownNotAfter: settings.mtls ? snapshot!.svid.notAfter : undefined };
   }
 }

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { connect as netConnect, createServer } from "node:net";
 import type { Server, Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
-import type { TLSSocket } from "node:tls";
+import type { DetailedPeerCertificate, TLSSocket } from "node:tls";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import { parseSpiffeId } from "../spiffe/id.ts";
@@ -12,13 +12,17 @@ import { markHandshakeCompleted, tlsAfterHandshakeFailure } from "../tls/after-h
 import type { TlsLogger } from "../tls/logger.ts";
 import { isRevoked, normalizeSerial } from "../tls/verify.ts";
 import type { PeerPolicy } from "../tls/verify.ts";
+import { OWN_EXPIRY_MARGIN_MS } from "../transport/client-common.ts";
+import { endTunnel } from "../transport/common.ts";
 import { formatHostPort, isLoopbackListenHost, parseHostPort } from "../util/address.ts";
+import { systemClock } from "../util/clock.ts";
+import type { ClockTimer } from "../util/clock.ts";
 import { listenOn } from "../util/listen.ts";
 import { DEFAULT_MAX_CONNECTIONS } from "../config/sidecar.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { capConnections, listenerMetrics } from "./listener-cap.ts";
 import { ClientPreamble, postgresErrorResponse, readBackendAnswer, SSL_REQUEST } from "./egress-postgres.ts";
-import { EgressTlsMaterials } from "./egress-tls.ts";
+import { EgressTlsMaterials, rootSet } from "./egress-tls.ts";
 import type { EgressTlsMaterial } from "./egress-tls.ts";
 
 export type EgressProtocol = "tls" | "postgres";
@@ -46,6 +50,11 @@ export interface EgressEntry {
   readonly drainTimeoutMs?: number;
   /** Open app connections accepted at once; past it a new one is closed when accepted (default 4096). */
   readonly maxConnections?: number;
+  /**
+   * End a connection this long after its backend was verified (default 0: no cap; the sidecar
+   * passes limits.maxConnectionAge), so that what verified it is checked again on a new one.
+   */
+  readonly maxConnectionAgeMs?: number;
 }
 
 export interface EgressContext {
@@ -142,6 +151,7 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
   const connectTimeoutMs = entry.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
   const idleTimeoutMs = entry.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
   const drainTimeoutMs = entry.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS;
+  const maxConnectionAgeMs = entry.maxConnectionAgeMs ?? 0;
   let fileRootsPem: string | undefined;
   if (entry.caFile !== undefined) {
     try {
@@ -171,7 +181,9 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
       protocol,
       connectTimeoutMs,
       idleTimeoutMs,
+      maxConnectionAgeMs,
       materials,
+      onRetired: (why) => logger.info(`${what}: ending a connection: ${why}`),
       onEstablished: () => {
         established++;
         metrics?.connection("ok");
@@ -211,12 +223,24 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
     throw error;
   }
   logger.info(`${what}: listening on ${address} (${protocol}${entry.mtls ? ", mTLS" : ""}, verifying ${entry.expectSpiffeId ?? `host name ${entry.serverName ?? backend.host}`})`);
-  // With the mesh's roots, a backend whose certificate the CRL now lists loses its open
-  // connections too (new ones are refused by the handshake's check): TLS judged it once.
+  // With the mesh's roots, TLS judged a backend once: its open connections are closed when the
+  // CRL lists its certificate, and ended when a root they were verified with leaves the bundle
+  // (new ones are refused by the handshake then).
+  let rootsSeen = ctx.identity?.current()?.bundle.rootsPem;
   const unsubscribe =
     fileRootsPem !== undefined || ctx.identity === undefined
       ? () => undefined
       : ctx.identity.subscribe((event) => {
+          if (event.type !== "bundle-updated" && event.type !== "rotated") return;
+          const { rootsPem } = event.snapshot.bundle;
+          if (rootsPem !== rootsSeen) {
+            rootsSeen = rootsPem;
+            const roots = rootSet(rootsPem);
+            for (const relay of open) {
+              const verifiedWith = relay.meshRoots;
+              if (verifiedWith !== undefined && [...verifiedWith].some((root) => !roots.has(root))) relay.retire("the root its backend was verified with left the trust bundle");
+            }
+          }
           if (event.type !== "bundle-updated" || event.snapshot.bundle.revokedSerials.size === 0) return;
           for (const relay of open) {
             const serial = relay.backendSerial;
@@ -257,6 +281,22 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
   };
 }
 
+/**
+ * The mesh root a verified backend's chain rests on (the end of the chain Node completes from the
+ * trust store), as a one-root set; all of `roots` when it cannot be told.
+ */
+function anchorOf(tls: TLSSocket, roots: ReadonlySet<string> | undefined): ReadonlySet<string> | undefined {
+  if (roots === undefined) return undefined;
+  let cert = tls.getPeerCertificate(true) as DetailedPeerCertificate | undefined;
+  for (let hops = 0; cert?.raw !== undefined && hops < 16; hops++) {
+    const der = cert.raw.toString("base64");
+    if (roots.has(der)) return new Set([der]);
+    if (cert.issuerCertificate === undefined || cert.issuerCertificate === cert) break;
+    cert = cert.issuerCertificate;
+  }
+  return roots;
+}
+
 /** How long a socket we have ended may wait for the other side's FIN before it is cut. */
 const LINGER_MS = 5_000;
 
@@ -274,7 +314,11 @@ interface RelayOptions {
   readonly protocol: EgressProtocol;
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
+  /** 0: no cap. */
+  readonly maxConnectionAgeMs: number;
   readonly materials: EgressTlsMaterials;
+  /** An established connection is being ended (retire), and why. */
+  readonly onRetired: (why: string) => void;
   readonly onEstablished: () => void;
   readonly onFailed: (reason: FailureReason, error: unknown, socket?: TLSSocket) => void;
   /** The backend's TLS failed after a verified handshake (the connection then closes). */
@@ -290,6 +334,9 @@ class Relay {
   #tls: TLSSocket | undefined;
   /** The serial of the backend certificate this connection was verified with (once established). */
   backendSerial: string | undefined;
+  /** The mesh root the backend's chain rests on (all the roots when it cannot be told; undefined with caFile). */
+  meshRoots: ReadonlySet<string> | undefined;
+  #retired = false;
   #preamble: ClientPreamble | undefined;
   /** Client bytes that arrived before the backend was ready (postgres preamble leftovers). */
   #pending: Buffer[] = [];
@@ -410,10 +457,59 @@ class Relay {
       clearTimeout(this.#connectTimer);
       markHandshakeCompleted(tls);
       this.backendSerial = normalizeSerial(tls.getPeerCertificate().serialNumber ?? "");
+      this.meshRoots = anchorOf(tls, material.meshRoots);
+      this.#retireWhenStale(tls, material);
       this.#backendReady = true;
       this.#options.onEstablished();
       this.#maybePipe();
     });
+  }
+
+  /**
+   * TLS checked the backend's certificate (and the backend ours) at the handshake only: the
+   * connection is ended when the backend's certificate expires, a little before ours on it does
+   * (OWN_EXPIRY_MARGIN_MS, as the outbound's tunnels), and at maxConnectionAgeMs. Root removal
+   * and revocation come from the identity's events (startEgress).
+   */
+  #retireWhenStale(tls: TLSSocket, material: EgressTlsMaterial): void {
+    // getPeerCertificate, not getPeerX509Certificate: with the latter here, a TLS 1.2 backend's
+    // renegotiation was no longer refused (test/proxy/egress.test.ts, cause not yet known).
+    const backendNotAfter = Date.parse(tls.getPeerCertificate().valid_to ?? "");
+    const ownNotAfter = material.ownNotAfter === undefined ? Infinity : material.ownNotAfter.getTime() - OWN_EXPIRY_MARGIN_MS;
+    const at = Math.min(Number.isNaN(backendNotAfter) ? Infinity : backendNotAfter, ownNotAfter);
+    const timers: ClockTimer[] = [];
+    if (at !== Infinity) {
+      const why = at === ownNotAfter ? "this workload's certificate on it is expiring" : "the backend's certificate expired";
+      timers.push(systemClock.setTimeout(() => this.retire(why), at - Date.now()));
+    }
+    const maxAge = this.#options.maxConnectionAgeMs;
+    if (maxAge > 0) timers.push(systemClock.setTimeout(() => this.retire(`it reached the maximum connection age (${maxAge} ms)`), maxAge));
+    tls.once("close", () => {
+      for (const timer of timers) systemClock.clearTimeout(timer);
+    });
+  }
+
+  /**
+   * Ends an established connection whose backend would no longer be accepted: nothing more of the
+   * app's is sent, the backend gets close_notify + FIN and is cut after TUNNEL_END_GRACE_MS if it
+   * holds its side open (endTunnel); what it sends meanwhile still reaches the app, whose
+   * connection is then ended (and cut after LINGER_MS). One still in the PostgreSQL preamble is cut.
+   */
+  retire(why: string): void {
+    if (this.#retired || this.#closed || this.#done || !this.#backendReady) return;
+    this.#retired = true;
+    this.#options.onRetired(why);
+    const tls = this.#tls!;
+    if (!this.#piping) {
+      this.destroy();
+      return;
+    }
+    const client = this.#client;
+    client.unpipe(tls);
+    tls.once("close", () => {
+      if (!client.destroyed) setTimeout(() => client.destroy(), LINGER_MS).unref();
+    });
+    endTunnel(tls);
   }
 
   #maybePipe(): void {

@@ -95,9 +95,9 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       return upstreamTimeoutAnswer(`the sidecar of ${target.appId} at ${target.host}:${target.port}`, error);
     }
     if ((error as { code?: unknown }).code === NO_IDENTITY) {
-      // Our own first certificate has not arrived: nothing was asked of the peer.
+      // Our own certificate has not arrived yet, or has expired: nothing was asked of the peer.
       telemetry.refused.inc({ direction: "outbound", reason: "no_identity" });
-      warnings.warn("no-identity", { event: "no-identity", app: target.appId, err: error.message }, "an outbound call came before the sidecar had an identity");
+      warnings.warn("no-identity", { event: "no-identity", app: target.appId, err: error.message }, "an outbound call came while the sidecar had no valid certificate");
       return { status: 503, grpcStatus: GrpcStatus.UNAVAILABLE, code: NO_IDENTITY, message: error.message };
     }
     // A TLS alert after the verified handshake (a peer that asked to renegotiate, refused) would

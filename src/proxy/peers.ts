@@ -2,7 +2,7 @@ import { connect as http2Connect } from "node:http2";
 import type { ClientHttp2Session } from "node:http2";
 import type { TLSSocket } from "node:tls";
 import type { IdentitySource } from "../identity/source.ts";
-import { MeshwardError } from "../errors.ts";
+import { isMeshwardError, MeshwardError } from "../errors.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
 import type { TlsLogger } from "../tls/logger.ts";
 import { dialTls, prepareClient, retireAtCertificateExpiry, retireTunnelWhenStale, SessionCache } from "../transport/client-common.ts";
@@ -71,7 +71,7 @@ export function dialVerified(runtime: ClientRuntime, target: { host: string; por
       // Small request/response exchanges: Nagle + delayed ACK would add up to 40 ms each.
       socket.setNoDelay(true);
     } catch (error) {
-      reject(error as Error);
+      reject(isMeshwardError(error, "E_IDENTITY_EXPIRED") ? ownCertificateExpired(runtime, target) : (error as Error));
       return;
     }
     const deadline = setTimeout(() => {
@@ -104,8 +104,20 @@ export function dialVerified(runtime: ClientRuntime, target: { host: string; por
   });
 }
 
-/** The code of the error a dial gets when this workload has no certificate yet (the outbound answers 503). */
+/** The code of the error a dial gets when this workload has no valid certificate: none yet, or its own expired (the outbound answers 503). */
 export const NO_IDENTITY = "E_NO_IDENTITY";
+
+/**
+ * Our own certificate has expired (not renewed in time, e.g. the CA down for longer than its
+ * lifetime): nothing was asked of the peer, so the dial fails with NO_IDENTITY, saying so and when.
+ */
+function ownCertificateExpired(runtime: ClientRuntime, target: { host: string; port: number }): MeshwardError {
+  const { spiffeId, notAfter } = runtime.holder.health();
+  return new MeshwardError(
+    NO_IDENTITY,
+    `this sidecar's own certificate (${spiffeId}) expired${notAfter === undefined ? "" : ` at ${notAfter.toISOString()}`} and has not been renewed (is the CA reachable?), so it cannot call the sidecar at ${target.host}:${target.port}; outbound calls are refused until a new certificate arrives (/readyz)`,
+  );
+}
 
 interface PeerEntry {
   readonly key: string;

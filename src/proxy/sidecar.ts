@@ -218,7 +218,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       // Loaded only when configured: most sidecars have no egress, and every module costs memory.
       const { startEgress } = await import("./egress.ts");
       for (const entry of config.egress) {
-        const running = await startEgress({ ...entry, drainTimeoutMs: config.limits.drainTimeout, maxConnections: config.limits.maxConnections }, { identity, logger, metrics });
+        const running = await startEgress({ ...entry, drainTimeoutMs: config.limits.drainTimeout, maxConnections: config.limits.maxConnections, maxConnectionAgeMs: config.limits.maxConnectionAge }, { identity, logger, metrics });
         closers.push(() => running.close());
         egress.push(parseHostPort(running.address, "egress address"));
       }
