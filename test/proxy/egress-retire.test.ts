@@ -1,9 +1,9 @@
-import { connect as netConnect, type AddressInfo, type Socket } from "node:net";
-import { createServer as createTlsServer, type Server as TlsServer } from "node:tls";
+import { connect as netConnect, type Socket } from "node:net";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startEgress, type EgressEntry } from "../../src/proxy/egress.ts";
 import type { IdentitySource } from "../../src/identity/source.ts";
 import { createTestPki, type TestLeaf, type TestPki } from "../helpers/openssl-pki.ts";
+import { startTlsEchoServer, type TlsEchoServer } from "../helpers/tls-echo.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { bundleOf, ManualIdentity, snapshotOf } from "../transport/fixtures.ts";
 
@@ -18,13 +18,7 @@ import { bundleOf, ManualIdentity, snapshotOf } from "../transport/fixtures.ts";
 const TD = "example.org";
 const BOUND_MS = 15_000;
 
-interface Backend {
-  readonly port: number;
-  /** What each accepted connection received, in order of acceptance. */
-  readonly received: string[];
-  /** Whether each connection's client sent its end (FIN). */
-  readonly ended: boolean[];
-}
+type Backend = TlsEchoServer;
 
 let kept: TestPki;
 let removed: TestPki;
@@ -43,25 +37,7 @@ afterAll(() => {
 });
 
 /** A TLS echo server holding `leaf`; `holdOpen`: it keeps its side open after the client's end. */
-async function backend(leaf: TestLeaf, holdOpen = false): Promise<Backend> {
-  const received: string[] = [];
-  const ended: boolean[] = [];
-  const server: TlsServer = createTlsServer({ cert: leaf.chainPem, key: leaf.keyPem, requestCert: true, rejectUnauthorized: false, allowHalfOpen: holdOpen }, (socket) => {
-    const i = received.push("") - 1;
-    ended.push(false);
-    socket.on("data", (chunk: Buffer) => {
-      received[i] += chunk.toString();
-      if (!socket.writableEnded) socket.write(chunk);
-    });
-    socket.on("end", () => (ended[i] = true));
-    socket.on("error", () => undefined);
-    cleanups.push(() => socket.destroy());
-  });
-  server.on("tlsClientError", () => undefined);
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  cleanups.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
-  return { port: (server.address() as AddressInfo).port, received, ended };
-}
+const backend = (leaf: TestLeaf, holdOpen = false): Promise<Backend> => startTlsEchoServer(leaf, holdOpen, cleanups);
 
 /** An egress to `to` (verified as "localhost"); returns its port and the lines it logged. */
 async function egress(to: Backend, entry: Partial<EgressEntry>, identity?: IdentitySource): Promise<{ port: number; logs: string[] }> {

@@ -1,5 +1,4 @@
-import { request as httpRequest } from "node:http";
-import { connect as http2Connect, createSecureServer, type Http2SecureServer } from "node:http2";
+import { createSecureServer, type Http2SecureServer } from "node:http2";
 import { connect as netConnect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -9,6 +8,7 @@ import { startOutbound, type Outbound } from "../../src/proxy/outbound.ts";
 import { compileOutboundHosts } from "../../src/proxy/outbound-host.ts";
 import { sidecarTelemetry } from "../../src/proxy/sidecar.ts";
 import { createMetrics, type Metrics } from "../../src/telemetry/metrics.ts";
+import { h2Call, http1Call } from "../helpers/outbound-calls.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { bundleOf, snapshotOf } from "../transport/fixtures.ts";
@@ -106,61 +106,19 @@ describe("the outbound before the workload has an identity", () => {
     return handle;
   }
 
-  /** GET /orders over HTTP/1.1 through the outbound: status, x-meshward-error and body, or "no answer". */
-  const http1Call = (port: number, appId: string) =>
-    new Promise<{ status: number; error: unknown; body: string } | "no answer">((resolve, reject) => {
-      const req = httpRequest({ host: "127.0.0.1", port, path: "/orders", headers: { "dapr-app-id": appId }, timeout: BOUND_MS }, (res) => {
-        let body = "";
-        res.on("data", (d: Buffer) => (body += d.toString()));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, error: res.headers["x-meshward-error"], body }));
-      });
-      req.on("timeout", () => {
-        req.destroy();
-        resolve("no answer");
-      });
-      req.on("error", reject);
-      req.end();
-    });
-
-  /** The same over HTTP/2 (h2c), or "no answer". */
-  const h2Call = (port: number, appId: string) =>
-    new Promise<{ status: number; error: unknown; body: string } | "no answer">((resolve) => {
-      const session = http2Connect(`http://127.0.0.1:${port}`);
-      session.on("error", () => undefined);
-      const stream = session.request({ ":path": "/orders", "dapr-app-id": appId });
-      stream.on("error", () => undefined);
-      let status = 0;
-      let error: unknown;
-      let body = "";
-      const timer = setTimeout(() => {
-        session.destroy();
-        resolve("no answer");
-      }, BOUND_MS);
-      stream.on("response", (headers) => {
-        status = Number(headers[":status"]);
-        error = headers["x-meshward-error"];
-      });
-      stream.on("data", (d: Buffer) => (body += d.toString()));
-      stream.on("end", () => {
-        clearTimeout(timer);
-        session.close();
-        resolve({ status, error, body });
-      });
-      stream.end();
-    });
 
   it("answers HTTP/1.1 and HTTP/2 503 E_NO_IDENTITY after handshakeTimeout, closes a TCP upstream connection, dials nothing, and counts each", async () => {
     const { outbound, metrics } = await start({ orders: `127.0.0.1:${silentPort}` });
     const port = outbound.address!.port;
 
-    const http1 = await http1Call(port, "orders");
+    const http1 = await http1Call(port, "orders", BOUND_MS);
     expect(http1).not.toBe("no answer");
     const answered = http1 as { status: number; error: unknown; body: string };
     expect(answered.status).toBe(503);
     expect(answered.error).toBe("E_NO_IDENTITY");
     expect(JSON.parse(answered.body)).toMatchObject({ error: "E_NO_IDENTITY", message: expect.stringContaining("no identity yet") });
 
-    const h2 = await h2Call(port, "orders");
+    const h2 = await h2Call(port, "orders", BOUND_MS);
     expect(h2).not.toBe("no answer");
     expect(h2).toMatchObject({ status: 503, error: "E_NO_IDENTITY" });
 
@@ -181,7 +139,7 @@ describe("the outbound before the workload has an identity", () => {
 
   it("a request waiting for the identity goes through once it arrives in time", async () => {
     const { outbound, identity } = await start({ orders: `127.0.0.1:${peerPort}` });
-    const answer = http1Call(outbound.address!.port, "orders");
+    const answer = http1Call(outbound.address!.port, "orders", BOUND_MS);
     await waitFor("the outbound to wait for its identity", () => identity.waits > 0, BOUND_MS, 10);
     identity.arrive(snapshotOf(pki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/web` }), bundleOf([pki])));
     expect(await answer).toMatchObject({ status: 200, body: "from orders" });

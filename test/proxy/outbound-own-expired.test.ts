@@ -1,5 +1,4 @@
-import { request as httpRequest } from "node:http";
-import { connect as http2Connect, createSecureServer, type Http2SecureServer } from "node:http2";
+import { createSecureServer, type Http2SecureServer } from "node:http2";
 import { connect as netConnect, type AddressInfo } from "node:net";
 import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -8,6 +7,7 @@ import { startOutbound, type Outbound } from "../../src/proxy/outbound.ts";
 import { compileOutboundHosts } from "../../src/proxy/outbound-host.ts";
 import { sidecarTelemetry } from "../../src/proxy/sidecar.ts";
 import { createMetrics, type Metrics } from "../../src/telemetry/metrics.ts";
+import { h2Call, http1Call } from "../helpers/outbound-calls.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
 import { bundleOf, ManualIdentity, snapshotOf } from "../transport/fixtures.ts";
 import { metricValue } from "./fixtures.ts";
@@ -22,7 +22,6 @@ import { metricValue } from "./fixtures.ts";
 const TD = "example.org";
 const BOUND_MS = 15_000;
 
-type Answer = { status: number; error: unknown; body: string } | "no answer";
 
 describe("the outbound once this sidecar's own certificate has expired", () => {
   let pki: TestPki;
@@ -64,46 +63,6 @@ describe("the outbound once this sidecar's own certificate has expired", () => {
     return { outbound, metrics };
   }
 
-  const http1Call = (port: number) =>
-    new Promise<Answer>((resolve, reject) => {
-      const req = httpRequest({ host: "127.0.0.1", port, path: "/orders", headers: { "dapr-app-id": "orders" }, timeout: BOUND_MS }, (res) => {
-        let body = "";
-        res.on("data", (d: Buffer) => (body += d.toString()));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, error: res.headers["x-meshward-error"], body }));
-      });
-      req.on("timeout", () => {
-        req.destroy();
-        resolve("no answer");
-      });
-      req.on("error", reject);
-      req.end();
-    });
-
-  const h2Call = (port: number) =>
-    new Promise<Answer>((resolve) => {
-      const session = http2Connect(`http://127.0.0.1:${port}`);
-      session.on("error", () => undefined);
-      const stream = session.request({ ":path": "/orders", "dapr-app-id": "orders" });
-      stream.on("error", () => undefined);
-      let status = 0;
-      let error: unknown;
-      let body = "";
-      const timer = setTimeout(() => {
-        session.destroy();
-        resolve("no answer");
-      }, BOUND_MS);
-      stream.on("response", (headers) => {
-        status = Number(headers[":status"]);
-        error = headers["x-meshward-error"];
-      });
-      stream.on("data", (d: Buffer) => (body += d.toString()));
-      stream.on("end", () => {
-        clearTimeout(timer);
-        session.close();
-        resolve({ status, error, body });
-      });
-      stream.end();
-    });
 
   it("answers HTTP/1.1 and h2c 503 E_NO_IDENTITY naming the expiry, closes a TCP upstream connection, and counts refused no_identity, not peer_identity", async () => {
     const notAfter = new Date(Date.now() - 60 * 60_000);
@@ -111,7 +70,7 @@ describe("the outbound once this sidecar's own certificate has expired", () => {
     const { outbound, metrics } = await start(new ManualIdentity(snapshotOf(expired, bundleOf([pki]))));
     const port = outbound.address!.port;
 
-    const http1 = await http1Call(port);
+    const http1 = await http1Call(port, "orders", BOUND_MS);
     expect(http1).not.toBe("no answer");
     const answered = http1 as { status: number; error: unknown; body: string };
     expect(answered.status).toBe(503);
@@ -121,7 +80,7 @@ describe("the outbound once this sidecar's own certificate has expired", () => {
     expect(message).toContain(`expired at ${expired.notAfter.toISOString()}`);
     expect(message).not.toMatch(/is not spiffe:/);
 
-    const h2 = await h2Call(port);
+    const h2 = await h2Call(port, "orders", BOUND_MS);
     expect(h2).toMatchObject({ status: 503, error: "E_NO_IDENTITY" });
 
     const tunnel = netConnect({ host: "127.0.0.1", port: outbound.tcp.orders!.port });
@@ -144,8 +103,8 @@ describe("the outbound once this sidecar's own certificate has expired", () => {
     const expired = pki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/web`, notBefore: new Date(Date.now() - 2 * 60 * 60_000), notAfter: new Date(Date.now() - 60 * 60_000) });
     const identity = new ManualIdentity(snapshotOf(expired, bundleOf([pki])));
     const { outbound } = await start(identity);
-    expect(await http1Call(outbound.address!.port)).toMatchObject({ status: 503, error: "E_NO_IDENTITY" });
+    expect(await http1Call(outbound.address!.port, "orders", BOUND_MS)).toMatchObject({ status: 503, error: "E_NO_IDENTITY" });
     identity.rotate(snapshotOf(pki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/web` }), bundleOf([pki])));
-    expect(await http1Call(outbound.address!.port)).toMatchObject({ status: 200, body: "from orders" });
+    expect(await http1Call(outbound.address!.port, "orders", BOUND_MS)).toMatchObject({ status: 200, body: "from orders" });
   }, 60_000);
 });

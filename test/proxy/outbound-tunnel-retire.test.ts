@@ -2,12 +2,12 @@ import type { IncomingMessage } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import { connect as netConnect, type AddressInfo, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { createServer as createTlsServer, type Server as TlsServer } from "node:tls";
 import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
 import { startSidecar, type Sidecar } from "../../src/proxy/sidecar.ts";
 import { createTestPki, type TestLeaf, type TestPki } from "../helpers/openssl-pki.ts";
+import { startTlsEchoServer, type TlsEchoServer } from "../helpers/tls-echo.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { bundleOf, ManualIdentity, snapshotOf } from "../transport/fixtures.ts";
 import { logCapture, type LogCapture } from "./fixtures.ts";
@@ -25,14 +25,7 @@ const TD = "example.org";
 const DB_ID = `spiffe://${TD}/ns/default/db`;
 const CACHE_ID = `spiffe://${TD}/ns/default/cache`;
 
-interface PeerServer {
-  readonly port: number;
-  /** What each accepted connection received, in order of acceptance. */
-  readonly received: string[];
-  /** Whether each connection's client sent its end (FIN). */
-  readonly ended: boolean[];
-  close(): Promise<void>;
-}
+type PeerServer = TlsEchoServer;
 
 let kept: TestPki;
 let removed: TestPki;
@@ -55,25 +48,7 @@ afterAll(() => {
  * (allowHalfOpen), as a server that does not close a connection would; otherwise it closes
  * with the client, as most servers do.
  */
-async function peerServer(leaf: TestLeaf, holdOpen: boolean): Promise<PeerServer> {
-  const received: string[] = [];
-  const ended: boolean[] = [];
-  const server: TlsServer = createTlsServer({ cert: leaf.chainPem, key: leaf.keyPem, requestCert: true, rejectUnauthorized: false, allowHalfOpen: holdOpen }, (socket) => {
-    const i = received.push("") - 1;
-    ended.push(false);
-    socket.on("data", (chunk: Buffer) => {
-      received[i] += chunk.toString();
-      if (!socket.writableEnded) socket.write(chunk);
-    });
-    socket.on("end", () => (ended[i] = true));
-    socket.on("error", () => undefined);
-    cleanups.push(() => socket.destroy());
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const close = () => new Promise<void>((resolve) => server.close(() => resolve()));
-  cleanups.push(close);
-  return { port: (server.address() as AddressInfo).port, received, ended, close };
-}
+const peerServer = (leaf: TestLeaf, holdOpen: boolean): Promise<PeerServer> => startTlsEchoServer(leaf, holdOpen, cleanups);
 
 /**
  * A TLS server holding `leaf` that takes WebSocket upgrades and echoes the bytes after them; it
