@@ -107,18 +107,18 @@ export class LimitedWarnings {
 
   /** Logs `fields` at warn unless `key` is over its budget (a name, not a secret: it is logged). */
   warn(key: string, fields: Record<string, unknown>, message: string): void {
-    const suppressed = this.#limiter.admit(key);
-    if (suppressed === undefined) return;
-    this.logger.warn(suppressed > 0 ? { ...fields, suppressed } : fields, message);
+    this.#log("warn", key, fields, message);
   }
 
   /** The same at error level: a failure of this process's own that a peer's requests can repeat at will (an unreachable JWKS). */
   error(key: string, fields: Record<string, unknown>, message: string): void {
+    this.#log(this.logger.error !== undefined ? "error" : "warn", key, fields, message);
+  }
+
+  #log(level: "warn" | "error", key: string, fields: Record<string, unknown>, message: string): void {
     const suppressed = this.#limiter.admit(key);
     if (suppressed === undefined) return;
-    const line = suppressed > 0 ? { ...fields, suppressed } : fields;
-    if (this.logger.error !== undefined) this.logger.error(line, message);
-    else this.logger.warn(line, message);
+    this.logger[level]!(suppressed > 0 ? { ...fields, suppressed } : fields, message);
   }
 
   close(): void {

@@ -1,5 +1,6 @@
 import { request as httpRequest } from "node:http";
 import { connect as http2Connect } from "node:http2";
+import { connect as netConnect } from "node:net";
 
 /** What a call through a sidecar's outbound got: status, x-meshward-error and body; or no answer within the bound. */
 export type OutboundAnswer = { status: number; error: unknown; body: string } | "no answer";
@@ -46,5 +47,21 @@ export function h2Call(port: number, appId: string, boundMs: number): Promise<Ou
       resolve({ status, error, body });
     });
     stream.end();
+  });
+}
+
+/** Opens a TCP connection to an outbound's TCP listener: "closed" when the outbound closes it within the bound, else "open". */
+export function tcpOutcome(port: number, boundMs: number): Promise<"closed" | "open"> {
+  return new Promise((resolve) => {
+    const tunnel = netConnect({ host: "127.0.0.1", port });
+    tunnel.on("error", () => undefined);
+    const timer = setTimeout(() => {
+      tunnel.destroy();
+      resolve("open");
+    }, boundMs);
+    tunnel.once("close", () => {
+      clearTimeout(timer);
+      resolve("closed");
+    });
   });
 }

@@ -1,5 +1,5 @@
 import { createSecureServer, type Http2SecureServer } from "node:http2";
-import { connect as netConnect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { limitsSchema } from "../../src/config/sidecar.ts";
@@ -8,7 +8,7 @@ import { startOutbound, type Outbound } from "../../src/proxy/outbound.ts";
 import { compileOutboundHosts } from "../../src/proxy/outbound-host.ts";
 import { sidecarTelemetry } from "../../src/proxy/sidecar.ts";
 import { createMetrics, type Metrics } from "../../src/telemetry/metrics.ts";
-import { h2Call, http1Call } from "../helpers/outbound-calls.ts";
+import { h2Call, http1Call, tcpOutcome } from "../helpers/outbound-calls.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { bundleOf, snapshotOf } from "../transport/fixtures.ts";
@@ -122,14 +122,7 @@ describe("the outbound before the workload has an identity", () => {
     expect(h2).not.toBe("no answer");
     expect(h2).toMatchObject({ status: 503, error: "E_NO_IDENTITY" });
 
-    const tunnel = netConnect({ host: "127.0.0.1", port: outbound.tcp.nowhere!.port });
-    tunnel.on("error", () => undefined);
-    const closed = await Promise.race([
-      new Promise<"closed">((resolve) => tunnel.once("close", () => resolve("closed"))),
-      new Promise<"open">((resolve) => setTimeout(() => resolve("open"), BOUND_MS)),
-    ]);
-    tunnel.destroy();
-    expect(closed).toBe("closed");
+    expect(await tcpOutcome(outbound.tcp.nowhere!.port, BOUND_MS)).toBe("closed");
 
     expect(dialled).toBe(0);
     expect(metricValue(await metrics.text(), "meshward_sidecar_refused_total", { direction: "outbound", reason: "no_identity" })).toBe(3);
