@@ -65,6 +65,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   const { logger, mesh } = telemetry;
   const pool = new PeerPool(options.identity, logger, MAX_PEERS, limits.handshakeTimeout, limits.maxConnectionAge);
   pool.onVerified = () => mesh.handshakeSucceeded("outbound");
+  pool.onHandshakeFailed = (error) => void mesh.handshakeFailed("outbound", error);
   const activeConnections = mesh.connectionsActive.labels({ direction: "outbound" }); // bound once: a labelled inc hashes the labels each call
   const tracker = new ConnectionTracker((delta) => activeConnections.inc(delta));
   const servers: NetServer[] = [];
@@ -107,7 +108,6 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     const identity = isMeshwardError(error) || (error as { code?: string }).code?.startsWith("E_") === true || /certificate|SPIFFE|verify/i.test(error.message);
     const reason = identity && afterHandshake === undefined && !isUnreachable(error) ? "peer_identity" : "peer_unreachable";
     telemetry.upstreamErrors.inc({ direction: "outbound", reason });
-    if (reason === "peer_identity") mesh.handshakeFailed("outbound", error);
     const detail = afterHandshake ?? describeError(error);
     logger.warn({ event: reason.replace("_", "-"), app: target.appId, peer: `${target.host}:${target.port}`, expected: target.expectedId, err: detail }, "outbound call failed");
     return {

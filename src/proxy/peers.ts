@@ -63,9 +63,28 @@ export const DEFAULT_PEER_DIAL_TIMEOUT_MS = 10_000;
  * the ClientHello: a hung sidecar, a port of a server-speaks-last service) is cut: the promise
  * rejects with E_PEER_UNREACHABLE and the socket is destroyed, so nothing waits on it for ever.
  */
-export function dialVerified(runtime: ClientRuntime, target: { host: string; port: number; alpn?: string[] }, sessions: SessionCache, timeoutMs = DEFAULT_PEER_DIAL_TIMEOUT_MS): Promise<TLSSocket> {
-  return new Promise((resolve, reject) => {
+export function dialVerified(
+  runtime: ClientRuntime,
+  target: { host: string; port: number; alpn?: string[] },
+  sessions: SessionCache,
+  timeoutMs = DEFAULT_PEER_DIAL_TIMEOUT_MS,
+  /** Told once when TCP connected but TLS or the identity check did not complete (a failed handshake). */
+  onHandshakeFailed?: (error: Error) => void,
+): Promise<TLSSocket> {
+  return new Promise((resolveDial, rejectDial) => {
     let socket: TLSSocket;
+    let tcpConnected = false;
+    let settled = false;
+    const resolve = (verified: TLSSocket) => {
+      settled = true;
+      resolveDial(verified);
+    };
+    const reject = (error: Error) => {
+      if (settled) return;
+      settled = true;
+      if (tcpConnected) onHandshakeFailed?.(error);
+      rejectDial(error);
+    };
     try {
       socket = dialTls(runtime, { host: target.host, port: target.port, ...(target.alpn ? { ALPNProtocols: target.alpn } : {}) }, sessions);
       // Small request/response exchanges: Nagle + delayed ACK would add up to 40 ms each.
@@ -74,6 +93,9 @@ export function dialVerified(runtime: ClientRuntime, target: { host: string; por
       reject(isMeshwardError(error, "E_IDENTITY_EXPIRED") ? ownCertificateExpired(runtime, target) : (error as Error));
       return;
     }
+    socket.once("connect", () => {
+      tcpConnected = true;
+    });
     const deadline = setTimeout(() => {
       reject(new MeshwardError("E_PEER_UNREACHABLE", `the sidecar at ${target.host}:${target.port} did not complete the TLS handshake within ${timeoutMs} ms (limits.handshakeTimeout)`));
       socket.destroy();
@@ -159,6 +181,9 @@ export class PeerPool {
   #closed = false;
   #uses = 0;
   onVerified: (() => void) | undefined; // told of each verified handshake with a peer (outbound.ts counts them)
+  onHandshakeFailed: ((error: Error) => void) | undefined; // told of each peer that took TCP and failed TLS or the identity check
+
+  readonly #handshakeFailed = (error: Error) => this.onHandshakeFailed?.(error);
 
   constructor(
     private readonly identity: IdentitySource,
@@ -269,7 +294,7 @@ export class PeerPool {
     const entry = this.#entry(target);
     entry.http1 ??= new Http1Pool({
       dial: async () => {
-        const socket = await dialVerified(await this.#runtimeOf(entry), { host: target.host, port: target.port }, this.#sessions, this.dialTimeoutMs);
+        const socket = await dialVerified(await this.#runtimeOf(entry), { host: target.host, port: target.port }, this.#sessions, this.dialTimeoutMs, this.#handshakeFailed);
         retireAtCertificateExpiry(socket, () => entry.http1?.retire(socket));
         return socket;
       },
@@ -291,7 +316,7 @@ export class PeerPool {
     if (entry.h2 !== undefined) return entry.h2;
     const opening = (async () => {
       const runtime = await this.#runtimeOf(entry);
-      const socket = await dialVerified(runtime, { host: target.host, port: target.port, alpn: ["h2"] }, this.#sessions, this.dialTimeoutMs);
+      const socket = await dialVerified(runtime, { host: target.host, port: target.port, alpn: ["h2"] }, this.#sessions, this.dialTimeoutMs, this.#handshakeFailed);
       const session = http2Connect(`https://${target.appId}`, { createConnection: () => socket });
       const forget = () => {
         if (entry.h2 === opening) delete entry.h2;
@@ -333,7 +358,7 @@ export class PeerPool {
    */
   async socket(target: PeerTarget): Promise<TLSSocket> {
     const runtime = await this.#runtimeOf(this.#entry(target));
-    const socket = await dialVerified(runtime, { host: target.host, port: target.port }, this.#sessions, this.dialTimeoutMs);
+    const socket = await dialVerified(runtime, { host: target.host, port: target.port }, this.#sessions, this.dialTimeoutMs, this.#handshakeFailed);
     retireTunnelWhenStale(socket, runtime, { maxAgeMs: this.tunnelMaxAgeMs });
     return socket;
   }

@@ -1,7 +1,10 @@
-import { connect as netConnect } from "node:net";
+import { readFileSync } from "node:fs";
+import { connect as netConnect, createServer as createTcpServer, type AddressInfo, type Server } from "node:net";
+import { createServer as createTlsServer } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startHttpApp, type HttpApp } from "../helpers/app-servers.ts";
 import { exec } from "../helpers/exec.ts";
+import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
 import { callThroughOutbound, metricValue, startMeshCa, startTestSidecar, type MeshCa, type TestSidecarWithApp } from "./fixtures.ts";
 
 // meshward_tls_handshakes_total{result="ok"} was counted only by the sidecar's inbound side and by
@@ -13,10 +16,28 @@ describe("meshward_tls_handshakes_total counts successful handshakes where failu
   let sideB: TestSidecarWithApp;
   let sideC: TestSidecarWithApp;
   let sideA: TestSidecarWithApp;
+  let otherPki: TestPki;
+  let plaintextPeer: Server;
+  let refusingPeer: Server;
+  const listen = async (server: Server) => {
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    return (server.address() as AddressInfo).port;
+  };
 
   beforeAll(async () => {
     ca = await startMeshCa();
     app = await startHttpApp();
+    // Two peers that take the TCP connection and fail the TLS handshake: one that speaks plain
+    // HTTP, and one with a valid mesh certificate that trusts another CA for its callers (over
+    // TLS 1.2 its refusal ends the handshake; a Node server closes without an alert).
+    plaintextPeer = createTcpServer((socket) => socket.end("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"));
+    otherPki = createTestPki({ name: "other" });
+    const peerFiles = await ca.clientFiles("default", "refusing");
+    refusingPeer = createTlsServer(
+      { cert: readFileSync(peerFiles.cert), key: readFileSync(peerFiles.key), requestCert: true, rejectUnauthorized: true, ca: otherPki.root.certPem, maxVersion: "TLSv1.2" },
+      (socket) => socket.end(),
+    );
+    refusingPeer.on("tlsClientError", () => undefined);
     sideB = await startTestSidecar(ca, { appId: "app-b", app: `127.0.0.1:${app.port}` });
     sideC = await startTestSidecar(ca, { appId: "app-c", app: `127.0.0.1:${app.port}` });
     // "impostor" is served by app-c's sidecar: A's outbound refuses it (a failed handshake).
@@ -24,12 +45,21 @@ describe("meshward_tls_handshakes_total counts successful handshakes where failu
       appId: "app-a",
       app: "127.0.0.1:1",
       outbound: "127.0.0.1:0",
-      peers: { "app-b": `127.0.0.1:${sideB.addresses.inbound.port}`, impostor: `127.0.0.1:${sideC.addresses.inbound.port}` },
+      peers: {
+        "app-b": `127.0.0.1:${sideB.addresses.inbound.port}`,
+        impostor: `127.0.0.1:${sideC.addresses.inbound.port}`,
+        plaintext: `127.0.0.1:${await listen(plaintextPeer)}`,
+        refusing: `127.0.0.1:${await listen(refusingPeer)}`,
+        closed: "127.0.0.1:1",
+      },
     });
   }, 60_000);
 
   afterAll(async () => {
     for (const s of [sideA, sideB, sideC]) await s?.close();
+    plaintextPeer?.close();
+    refusingPeer?.close();
+    otherPki?.cleanup();
     await app?.close();
     await ca?.close();
   });
@@ -67,5 +97,20 @@ describe("meshward_tls_handshakes_total counts successful handshakes where failu
     // Only A connects to B: every handshake B accepted is one A verified.
     expect(handshakes(a, "outbound", "ok")).toBe(handshakes(b, "inbound", "ok"));
     expect(handshakes(a, "outbound", "failed")).toBe(1);
+  });
+
+  // Only failures the outbound judged itself (wrong server identity) used to be counted: a peer
+  // that took TCP and then failed TLS (not TLS at all, or refused this sidecar's certificate) was
+  // an upstream error alone, so MeshwardHandshakeFailureRateHigh never saw it.
+  it("on the sidecar's outbound side: a peer that takes TCP and fails the TLS handshake is failed; one that refuses TCP is not a handshake", async () => {
+    const before = handshakes(await scrape(sideA), "outbound", "failed");
+    expect((await callThroughOutbound(sideA.addresses.outbound!.port, "plaintext")).status).toBe(502);
+    expect(handshakes(await scrape(sideA), "outbound", "failed") - before).toBe(1);
+    expect((await callThroughOutbound(sideA.addresses.outbound!.port, "refusing")).status).toBe(502);
+    expect(handshakes(await scrape(sideA), "outbound", "failed") - before).toBe(2);
+    expect((await callThroughOutbound(sideA.addresses.outbound!.port, "closed")).status).toBe(502);
+    const after = await scrape(sideA);
+    expect(handshakes(after, "outbound", "failed") - before).toBe(2);
+    expect(metricValue(after, "meshward_sidecar_upstream_errors_total", { direction: "outbound", reason: "peer_unreachable" })).toBeGreaterThanOrEqual(3);
   });
 });
