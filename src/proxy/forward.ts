@@ -207,9 +207,17 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
   out.on("trailers", (received) => {
     trailers = forwardableHeaders(received);
   });
+  // RFC 9113 §8.1: a server that has answered in full may reset the stream with NO_ERROR to ask
+  // the client to stop sending; passed on once the caller has the whole answer (else its upload
+  // stays open until it ends it or the idle timer cuts it).
+  let stopSending = false;
+  const passStopSending = () => {
+    if (!requestEnded && !stream.closed && !stream.destroyed) stream.close(h2.NGHTTP2_NO_ERROR);
+  };
   stream.on("wantTrailers", () => {
     stream.sendTrailers(trailers ?? {});
     done(status);
+    if (stopSending) passStopSending();
   });
   out.on("error", (error: Error) => {
     if (!stream.headersSent) answerH2(stream, hooks.onUpstreamError(error), grpc);
@@ -224,6 +232,9 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
     } else if (out.rstCode !== undefined && out.rstCode !== h2.NGHTTP2_NO_ERROR && !stream.closed && !finished) {
       stream.close(out.rstCode);
       done(0);
+    } else if (out.rstCode === h2.NGHTTP2_NO_ERROR && !requestEnded) {
+      stopSending = true;
+      if (finished) passStopSending();
     }
   });
   stream.on("error", () => undefined);

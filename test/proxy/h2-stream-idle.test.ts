@@ -122,6 +122,16 @@ describe("HTTP/2 streams with no byte either way for limits.idleTimeout end", ()
         stream.respond({ ":status": 200, "content-type": "application/grpc" });
         stream.write(Buffer.from([0, 0, 0, 0, 0]));
       }
+      // Answers in full before the request has ended, then asks the client to stop sending
+      // (RST_STREAM NO_ERROR, RFC 9113 §8.1), as grpc-go does after its trailers.
+      if (path === "/pkg.Svc/AnswerEarly") {
+        stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+        stream.on("wantTrailers", () => {
+          stream.sendTrailers({ "grpc-status": "0" });
+          setImmediate(() => stream.close(h2.NGHTTP2_NO_ERROR));
+        });
+        stream.end(Buffer.from([0, 0, 0, 0, 0]));
+      }
     });
     await new Promise<void>((resolve) => grpcApp.listen(0, "127.0.0.1", resolve));
     const appAt = `127.0.0.1:${app.port}`;
@@ -276,6 +286,21 @@ describe("HTTP/2 streams with no byte either way for limits.idleTimeout end", ()
     expect(got.headers["x-meshward-error"]).toBe("E_BODY_TIMEOUT");
     expect(got.headers["grpc-status"]).toBe("13");
     await waitFor("the app's stream to close", () => grpcStreams.get(path)?.closed === true, BOUND_MS);
+  }, 30_000);
+
+  // Found in stop 40/41: the upstream's RST_STREAM NO_ERROR after a complete early answer was not
+  // passed on, so the caller's upload stayed open (the answer's idle timer had stopped) until the
+  // caller ended it. It is now passed on once the caller has the whole answer.
+  it("inbound (mTLS): an upstream that answers in full and resets NO_ERROR while the caller still sends: the caller gets the answer, then NO_ERROR", async () => {
+    const path = "/pkg.Svc/AnswerEarly";
+    const stream = inbound(grpcCallee).request({ ":path": path, ":method": "POST", "content-type": "application/grpc", te: "trailers" });
+    stream.write(Buffer.from([0, 0, 0, 0, 1, 120])); // one message; the request stays open
+    const outcome = await outcomeOf(stream);
+    expect(outcome).not.toBe("still open");
+    const got = outcome as Outcome;
+    expect(got.status).toBe(200);
+    expect(got.trailers["grpc-status"]).toBe("0");
+    expect(got.rstCode).toBe(h2.NGHTTP2_NO_ERROR);
   }, 30_000);
 
   it("outbound (h2c from the app): a request the peer never answers gets 504 E_UPSTREAM_TIMEOUT, counted, and the peer lets go of its app connection", async () => {
