@@ -19,6 +19,7 @@ import { canonicalH2Request, isRefusal } from "./canonical.ts";
 import type { EscapedSlashAction } from "./canonical.ts";
 import { APP_ID_HEADER, appIdProblem, targetAppId } from "./headers.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
+import { closedBeforeFirstResponse } from "./http1/pool.ts";
 import { Http1Relay } from "./http1/relay.ts";
 import type { ClientErrorReason } from "./http1/relay.ts";
 import { findHeader } from "./http1/wire.ts";
@@ -108,7 +109,11 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     const identity = isMeshwardError(error) || (error as { code?: string }).code?.startsWith("E_") === true || /certificate|SPIFFE|verify/i.test(error.message);
     const reason = identity && afterHandshake === undefined && !isUnreachable(error) ? "peer_identity" : "peer_unreachable";
     telemetry.upstreamErrors.inc({ direction: "outbound", reason });
-    const detail = afterHandshake ?? describeError(error);
+    const detail =
+      afterHandshake ??
+      (closedBeforeFirstResponse(error)
+        ? `${describeError(error)} before answering the first request on a new connection; the peer may have refused this sidecar's certificate (a meshward sidecar closes such a TLS 1.3 connection without an alert: see its log and meshward_tls_handshake_failures_total), or it restarted`
+        : describeError(error));
     logger.warn({ event: reason.replace("_", "-"), app: target.appId, peer: `${target.host}:${target.port}`, expected: target.expectedId, err: detail }, "outbound call failed");
     return {
       status: 502,

@@ -19,6 +19,7 @@ describe("meshward_tls_handshakes_total counts successful handshakes where failu
   let otherPki: TestPki;
   let plaintextPeer: Server;
   let refusingPeer: Server;
+  let refusingPeer13: Server;
   const listen = async (server: Server) => {
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     return (server.address() as AddressInfo).port;
@@ -38,6 +39,12 @@ describe("meshward_tls_handshakes_total counts successful handshakes where failu
       (socket) => socket.end(),
     );
     refusingPeer.on("tlsClientError", () => undefined);
+    const peer13Files = await ca.clientFiles("default", "refusing-13");
+    refusingPeer13 = createTlsServer(
+      { cert: readFileSync(peer13Files.cert), key: readFileSync(peer13Files.key), requestCert: true, rejectUnauthorized: true, ca: otherPki.root.certPem, minVersion: "TLSv1.3" },
+      (socket) => socket.end(),
+    );
+    refusingPeer13.on("tlsClientError", () => undefined);
     sideB = await startTestSidecar(ca, { appId: "app-b", app: `127.0.0.1:${app.port}` });
     sideC = await startTestSidecar(ca, { appId: "app-c", app: `127.0.0.1:${app.port}` });
     // "impostor" is served by app-c's sidecar: A's outbound refuses it (a failed handshake).
@@ -50,6 +57,7 @@ describe("meshward_tls_handshakes_total counts successful handshakes where failu
         impostor: `127.0.0.1:${sideC.addresses.inbound.port}`,
         plaintext: `127.0.0.1:${await listen(plaintextPeer)}`,
         refusing: `127.0.0.1:${await listen(refusingPeer)}`,
+        "refusing-13": `127.0.0.1:${await listen(refusingPeer13)}`,
         closed: "127.0.0.1:1",
       },
     });
@@ -59,6 +67,7 @@ describe("meshward_tls_handshakes_total counts successful handshakes where failu
     for (const s of [sideA, sideB, sideC]) await s?.close();
     plaintextPeer?.close();
     refusingPeer?.close();
+    refusingPeer13?.close();
     otherPki?.cleanup();
     await app?.close();
     await ca?.close();
@@ -112,5 +121,18 @@ describe("meshward_tls_handshakes_total counts successful handshakes where failu
     const after = await scrape(sideA);
     expect(handshakes(after, "outbound", "failed") - before).toBe(2);
     expect(metricValue(after, "meshward_sidecar_upstream_errors_total", { direction: "outbound", reason: "peer_unreachable" })).toBeGreaterThanOrEqual(3);
+  });
+
+  // Over TLS 1.3 the caller's handshake completes before the server has judged its certificate,
+  // and a Node server refuses by closing: the caller read a bare "the upstream closed the connection".
+  it("on the sidecar's outbound side: a TLS 1.3 peer that closes a new connection unanswered is named as a possible refusal of our certificate", async () => {
+    const answer = await callThroughOutbound(sideA.addresses.outbound!.port, "refusing-13");
+    expect(answer.status).toBe(502);
+    const body = JSON.parse(answer.body) as { error: string; message: string };
+    expect(body.error).toBe("E_PEER_UNREACHABLE");
+    expect(body.message).toContain("before answering the first request on a new connection");
+    expect(body.message).toContain("may have refused this sidecar's certificate");
+    // A peer that answered is never described so.
+    expect((await callThroughOutbound(sideA.addresses.outbound!.port, "app-b")).status).toBe(200);
   });
 });

@@ -18,6 +18,17 @@ export interface ResponseSink {
 }
 
 /**
+ * Marks an error that ended a connection's first exchange before any response byte: the upstream
+ * closed a connection it had just accepted (for an mTLS peer over TLS 1.3: possibly its refusal of
+ * our certificate, which a Node server makes by closing after the handshake, without an alert).
+ */
+export const CLOSED_BEFORE_FIRST_RESPONSE = Symbol("meshward.http1.closedBeforeFirstResponse");
+
+export function closedBeforeFirstResponse(error: unknown): boolean {
+  return typeof error === "object" && error !== null && (error as Record<symbol, unknown>)[CLOSED_BEFORE_FIRST_RESPONSE] === true;
+}
+
+/**
  * Whether a request whose upstream connection failed before any response byte goes again. Only
  * after a reused connection, which the upstream may have closed while idle, and only a whole
  * request without a body whose method is idempotent. Each connection that failed has left the
@@ -123,7 +134,10 @@ export class UpstreamConnection {
       setImmediate(() => this.#parser.close());
       this.onGone(this);
     }
-    if (sink !== undefined && error !== undefined) sink.onFailure(error, this.#responded);
+    if (sink !== undefined && error !== undefined) {
+      if (!this.reused && !this.#responded && (error as { code?: unknown }).code === "ECONNRESET") (error as unknown as Record<symbol, unknown>)[CLOSED_BEFORE_FIRST_RESPONSE] = true;
+      sink.onFailure(error, this.#responded);
+    }
   }
 }
 
