@@ -386,9 +386,13 @@ class Relay {
         else this.#maybePipe();
       };
       client.on("data", onData);
-      // A client that gives up during the preamble (e.g. it wanted TLS and got 'N') only half-closes.
+      // A client that gives up during the preamble (e.g. it wanted TLS and got 'N') only half-closes:
+      // its partial preamble is dropped. One whose preamble is complete may half-close at once: a
+      // CancelRequest is written, flushed and followed by shutdown(SHUT_WR) (tokio-postgres), long
+      // before the backend's handshake ends. Its held bytes still go to the backend, whose side is
+      // then ended (client.pipe(tls) carries the FIN already seen), within the connect deadline.
       client.once("end", () => {
-        if (!this.#piping) this.destroy();
+        if (!this.#piping && !preamble.done) this.destroy();
       });
       client.resume();
       // The backend's verified connection is held for the app: one that never sends its startup

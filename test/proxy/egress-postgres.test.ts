@@ -6,6 +6,7 @@ import { startEgress, type Egress, type EgressEntry } from "../../src/proxy/egre
 import { quietTlsLogger, startMeshCa, type MeshCa } from "../backends/fixtures.ts";
 import { startMeshPostgres, type MeshPostgres } from "../backends/pg-mesh.ts";
 import { exec } from "../helpers/exec.ts";
+import { until } from "../helpers/wait.ts";
 import { POSTGRES_BIN } from "../helpers/postgres.ts";
 
 // protocol "postgres": the app's plaintext pg client → egress → SSLRequest, 'S', mTLS → a real
@@ -136,6 +137,42 @@ describe("egress to PostgreSQL (protocol: postgres)", () => {
     expect(result.error).toMatch(/unencrypted bytes after 'S'/);
     expect(e.stats().failed).toEqual({ backend_no_tls: 1 });
   });
+
+  // Found by review (egress, MEDIUM-1): tokio-postgres cancels with write, flush, shutdown(SHUT_WR):
+  // the app's FIN came while the backend's TLS handshake was still running, and the egress threw
+  // the held CancelRequest away, so the query went on running.
+  it("a CancelRequest followed at once by the app's FIN (tokio-postgres) reaches PostgreSQL and cancels the query", async () => {
+    const e = await egress({ backend: `127.0.0.1:${db!.server.port}`, serverName: "localhost", mtls: true });
+    const client = new pg.Client({ host: "127.0.0.1", port: port(e), user: "app", database: "postgres", ssl: false });
+    client.on("error", () => undefined);
+    await client.connect();
+    try {
+      const { processID, secretKey } = client as unknown as { processID: number; secretKey: number };
+      const outcome = client.query("SELECT pg_sleep(20)").then(
+        () => "completed",
+        (error: Error) => `error: ${error.message}`,
+      );
+      await until("the query to run", 10_000, async () => {
+        const r = await db!.server.adminQuery(`SELECT 1 FROM pg_stat_activity WHERE pid = ${processID} AND state = 'active' AND query LIKE 'SELECT pg_sleep%'`);
+        return r.rowCount === 1 ? true : undefined;
+      });
+      const cancel = Buffer.alloc(16);
+      cancel.writeInt32BE(16, 0);
+      cancel.writeInt32BE(80877102, 4);
+      cancel.writeInt32BE(processID, 8);
+      cancel.writeInt32BE(secretKey | 0, 12);
+      const cancelClosed = new Promise<void>((resolve) => {
+        const socket = netConnect({ host: "127.0.0.1", port: port(e) }, () => socket.end(cancel));
+        socket.on("error", () => undefined);
+        socket.resume();
+        socket.once("close", () => resolve());
+      });
+      expect(await outcome).toBe("error: canceling statement due to user request");
+      await cancelClosed; // PostgreSQL closes a cancel connection; the egress then closes the app's
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }, 60_000);
 
   it("leaves no relay open once the apps and backends are done (successes and refusals alike)", async () => {
     const deadline = Date.now() + 10_000;
