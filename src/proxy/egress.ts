@@ -420,7 +420,15 @@ class Relay {
         return;
       }
       raw.write(SSL_REQUEST);
+      // A backend that closes instead of answering (a TCP load balancer with no healthy endpoint, a
+      // server that drops unknown preambles) is refused at once, not at the connect deadline.
+      const closedUnanswered = () =>
+        this.#fail("backend_no_tls", new MeshwardError("E_BACKEND_NO_TLS", "the backend closed the connection without answering the SSLRequest (is it PostgreSQL, and is a server behind it?)"));
+      raw.once("end", closedUnanswered);
+      raw.once("close", closedUnanswered);
       raw.once("data", (chunk: Buffer) => {
+        raw.removeListener("end", closedUnanswered);
+        raw.removeListener("close", closedUnanswered);
         const answer = readBackendAnswer(chunk);
         if (!answer.ok) {
           this.#fail("backend_no_tls", new MeshwardError("E_BACKEND_NO_TLS", answer.reason));

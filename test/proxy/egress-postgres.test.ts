@@ -54,11 +54,14 @@ async function query(p: number, ssl: pg.ClientConfig["ssl"] = false): Promise<{ 
   }
 }
 
-/** A stand-in that answers the SSLRequest with `answer` (a real PostgreSQL never sends bytes after 'S'). */
-async function fakeBackend(answer: Buffer): Promise<number> {
+/**
+ * A stand-in that answers the SSLRequest with `answer` (a real PostgreSQL never sends bytes after 'S'),
+ * or with its FIN only when `answer` is "close" (a TCP load balancer with no healthy endpoint).
+ */
+async function fakeBackend(answer: Buffer | "close"): Promise<number> {
   const server = createServer((socket) => {
     socket.on("error", () => undefined);
-    socket.once("data", () => socket.write(answer));
+    socket.once("data", () => (answer === "close" ? socket.end() : socket.write(answer)));
   });
   fakes.push(server);
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -135,6 +138,15 @@ describe("egress to PostgreSQL (protocol: postgres)", () => {
     const e = await egress({ backend: `127.0.0.1:${await fakeBackend(injected)}`, serverName: "localhost", mtls: true });
     const result = await query(port(e));
     expect(result.error).toMatch(/unencrypted bytes after 'S'/);
+    expect(e.stats().failed).toEqual({ backend_no_tls: 1 });
+  });
+
+  // Found by review (egress, LOW-1): nothing listened for the backend's FIN while the egress waited
+  // for the answer to its SSLRequest, so the app waited for connectTimeoutMs and was told `timeout`.
+  it("refuses at once a backend that closes without answering the SSLRequest (backend_no_tls, not the connect timeout)", async () => {
+    const e = await egress({ backend: `127.0.0.1:${await fakeBackend("close")}`, serverName: "localhost", mtls: true, connectTimeoutMs: 120_000 });
+    const result = await query(port(e)); // the pg client gives up after 5 s: only a prompt answer is seen
+    expect(result.error).toMatch(/securely \(backend_no_tls\): E_BACKEND_NO_TLS: the backend closed the connection without answering the SSLRequest/);
     expect(e.stats().failed).toEqual({ backend_no_tls: 1 });
   });
 
