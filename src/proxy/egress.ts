@@ -189,6 +189,7 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
         metrics?.connection("ok");
         metrics?.mesh.handshakeSucceeded("outbound");
       },
+      onRefusedAfterEstablished: (reason, error) => logger.warn(`${what}: closing the app's connection (${reason}; its backend was reached and counted as ok): ${describeError(error)}`),
       onFailed: (reason, error, socket) => {
         failed[reason] = (failed[reason] ?? 0) + 1;
         metrics?.connection(reason);
@@ -321,6 +322,8 @@ interface RelayOptions {
   readonly onRetired: (why: string) => void;
   readonly onEstablished: () => void;
   readonly onFailed: (reason: FailureReason, error: unknown, socket?: TLSSocket) => void;
+  /** The app's side failed (its PostgreSQL preamble was refused) after onEstablished: logged, not counted again. */
+  readonly onRefusedAfterEstablished: (reason: FailureReason, error: unknown) => void;
   /** The backend's TLS failed after a verified handshake (the connection then closes). */
   readonly onBrokenAfterHandshake: (error: Error) => void;
   readonly onClose: () => void;
@@ -551,7 +554,9 @@ class Relay {
     if (this.#done) return;
     this.#done = true;
     clearTimeout(this.#connectTimer);
-    this.#options.onFailed(reason, error, socket);
+    // Each connection is counted once: one whose backend was verified was counted as `ok`.
+    if (this.#backendReady) this.#options.onRefusedAfterEstablished(reason, error);
+    else this.#options.onFailed(reason, error, socket);
     this.#tls?.destroy();
     this.#raw?.destroy();
     this.#failure = `meshward egress could not reach ${formatHostPort(this.#options.backend)} securely (${reason}): ${describeError(error)}`;

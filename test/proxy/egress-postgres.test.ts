@@ -6,7 +6,8 @@ import { startEgress, type Egress, type EgressEntry } from "../../src/proxy/egre
 import { quietTlsLogger, startMeshCa, type MeshCa } from "../backends/fixtures.ts";
 import { startMeshPostgres, type MeshPostgres } from "../backends/pg-mesh.ts";
 import { exec } from "../helpers/exec.ts";
-import { until } from "../helpers/wait.ts";
+import { until, waitFor } from "../helpers/wait.ts";
+import { createMetrics } from "../../src/telemetry/metrics.ts";
 import { POSTGRES_BIN } from "../helpers/postgres.ts";
 
 // protocol "postgres": the app's plaintext pg client → egress → SSLRequest, 'S', mTLS → a real
@@ -104,6 +105,30 @@ describe("egress to PostgreSQL (protocol: postgres)", () => {
     expect(answer.subarray(2, 3).toString("latin1")).toBe("E"); // ErrorResponse
     expect(answer.toString("latin1")).toContain("more than 2 SSLRequest/GSSENCRequest messages");
     expect(e.stats().failed).toMatchObject({ client_error: 1 });
+  });
+
+  // Found by review (egress, LOW-2): the same refusal once the backend was verified counted the one
+  // connection twice, `ok` and `client_error` (the preamble timeout already counted it once).
+  it("an app whose preamble is refused after its backend was verified is counted once (ok), not also as client_error", async () => {
+    const metrics = createMetrics();
+    const backend = `127.0.0.1:${db!.server.port}`;
+    const e = await startEgress({ listen: "127.0.0.1:0", protocol: "postgres", backend, serverName: "localhost", mtls: true }, { identity: app, logger: quietTlsLogger, metrics });
+    egresses.push(e);
+    const sslRequest = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+    const socket = netConnect({ host: "127.0.0.1", port: port(e) });
+    socket.on("error", () => undefined);
+    const chunks: Buffer[] = [];
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+    await waitFor("the backend to be verified", () => e.stats().established === 1);
+    socket.write(Buffer.concat([sslRequest, sslRequest, sslRequest]));
+    await closed;
+    expect(Buffer.concat(chunks).toString("latin1")).toContain("more than 2 SSLRequest/GSSENCRequest messages");
+    expect(e.stats().established).toBe(1);
+    expect(e.stats().failed).toEqual({});
+    const text = await metrics.text();
+    const count = (result: string) => text.match(new RegExp(`^meshward_egress_connections_total\\{backend="${backend}",result="${result}"\\} (\\d+)$`, "m"))?.[1];
+    expect([count("ok"), count("client_error")]).toEqual(["1", "0"]);
   });
 
   it("a pg client that insists on TLS to the egress is told 'N' (the app side is plaintext on loopback)", async () => {
