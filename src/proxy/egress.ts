@@ -1,3 +1,4 @@
+import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { connect as netConnect, createServer } from "node:net";
 import type { Server, Socket } from "node:net";
@@ -5,6 +6,8 @@ import { connect as tlsConnect } from "node:tls";
 import type { DetailedPeerCertificate, TLSSocket } from "node:tls";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
+import { pemBlocks } from "../pki/pem.ts";
+import type { PemBlock } from "../pki/pem.ts";
 import { parseSpiffeId } from "../spiffe/id.ts";
 import { createMeshMetrics } from "../telemetry/metrics.ts";
 import type { MeshMetrics, Metrics } from "../telemetry/metrics.ts";
@@ -138,6 +141,28 @@ function checkEntry(entry: EgressEntry, ctx: EgressContext): void {
 }
 
 /**
+ * OpenSSL skips a CERTIFICATE block it cannot parse: a truncated or mangled caFile would leave an
+ * empty trust store, and every backend would be refused as unverified. Each block must parse.
+ * The file's content is never echoed (only the block's position).
+ */
+function checkCaFileCertificates(pem: string, caFile: string, backend: string): void {
+  let blocks: PemBlock[];
+  try {
+    blocks = pemBlocks(pem);
+  } catch (error) {
+    throw new MeshwardError("E_CONFIG_INVALID", `egress to ${backend}: caFile ${caFile} is not valid PEM: ${describeError(error)}`);
+  }
+  const certificates = blocks.filter((block) => block.label === "CERTIFICATE");
+  certificates.forEach((block, index) => {
+    try {
+      new X509Certificate(block.der);
+    } catch {
+      throw new MeshwardError("E_CONFIG_INVALID", `egress to ${backend}: caFile ${caFile}: certificate ${index + 1} of ${certificates.length} does not parse as an X.509 certificate; is the file truncated or damaged?`);
+    }
+  });
+}
+
+/**
  * TLS origination: the app talks plaintext to a loopback port, meshward opens TLS (mTLS with
  * the current workload identity when `mtls`) to the backend and verifies its chain and host
  * name (or SPIFFE ID). A connection is only relayed once the backend is verified; every
@@ -162,6 +187,7 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
     if (!fileRootsPem.includes("-----BEGIN CERTIFICATE-----")) {
       throw new MeshwardError("E_CONFIG_INVALID", `egress to ${entry.backend}: caFile ${entry.caFile} holds no PEM certificate`);
     }
+    checkCaFileCertificates(fileRootsPem, entry.caFile, entry.backend);
   }
   const materials = new EgressTlsMaterials(
     { fileRootsPem, mtls: entry.mtls === true, serverName: entry.serverName ?? backend.host, expectSpiffeId: entry.expectSpiffeId },
@@ -170,7 +196,9 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
   if (ctx.identity !== undefined) await ctx.identity.ready();
   const metrics = ctx.metrics ? egressMetrics(ctx.metrics, entry.backend) : undefined;
   const logger = ctx.logger;
-  const what = `egress ${entry.listen} -> ${entry.backend}`;
+  // Renamed with the bound address once listening (with port 0, or two egresses to one backend,
+  // the configured one does not tell the listeners apart).
+  let what = `egress ${entry.listen} -> ${entry.backend}`;
   const failed: Record<string, number> = {};
   let established = 0;
   const open = new Set<Relay>();
@@ -223,6 +251,7 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
     warnings.close();
     throw error;
   }
+  what = `egress ${address} -> ${entry.backend}`;
   logger.info(`${what}: listening on ${address} (${protocol}${entry.mtls ? ", mTLS" : ""}, verifying ${entry.expectSpiffeId ?? `host name ${entry.serverName ?? backend.host}`})`);
   // With the mesh's roots, TLS judged a backend once: its open connections are closed when the
   // CRL lists its certificate, and ended when a root they were verified with leaves the bundle
