@@ -17,6 +17,8 @@ function parseEgressFlag(value: string): Record<string, unknown> {
   const entry: Record<string, unknown> = {};
   for (const part of value.split(",")) {
     const [k, v] = splitPair(part, "--egress");
+    // As the config file's schema: a boolean, nothing else (mtls=True or a typo is not false).
+    if (k === "mtls" && v !== "true" && v !== "false") throw new MeshwardError("E_USAGE", `--egress: mtls takes true or false, got ${JSON.stringify(v)}`);
     entry[k] = k === "mtls" ? v === "true" : v;
   }
   return entry;

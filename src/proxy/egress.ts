@@ -1,3 +1,4 @@
+import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { connect as netConnect, createServer } from "node:net";
 import type { Server, Socket } from "node:net";
@@ -5,6 +6,8 @@ import { connect as tlsConnect } from "node:tls";
 import type { DetailedPeerCertificate, TLSSocket } from "node:tls";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
+import { pemBlocks } from "../pki/pem.ts";
+import type { PemBlock } from "../pki/pem.ts";
 import { parseSpiffeId } from "../spiffe/id.ts";
 import { createMeshMetrics } from "../telemetry/metrics.ts";
 import type { MeshMetrics, Metrics } from "../telemetry/metrics.ts";
@@ -138,6 +141,28 @@ function checkEntry(entry: EgressEntry, ctx: EgressContext): void {
 }
 
 /**
+ * OpenSSL skips a CERTIFICATE block it cannot parse: a truncated or mangled caFile would leave an
+ * empty trust store, and every backend would be refused as unverified. Each block must parse.
+ * The file's content is never echoed (only the block's position).
+ */
+function checkCaFileCertificates(pem: string, caFile: string, backend: string): void {
+  let blocks: PemBlock[];
+  try {
+    blocks = pemBlocks(pem);
+  } catch (error) {
+    throw new MeshwardError("E_CONFIG_INVALID", `egress to ${backend}: caFile ${caFile} is not valid PEM: ${describeError(error)}`);
+  }
+  const certificates = blocks.filter((block) => block.label === "CERTIFICATE");
+  certificates.forEach((block, index) => {
+    try {
+      new X509Certificate(block.der);
+    } catch {
+      throw new MeshwardError("E_CONFIG_INVALID", `egress to ${backend}: caFile ${caFile}: certificate ${index + 1} of ${certificates.length} does not parse as an X.509 certificate; is the file truncated or damaged?`);
+    }
+  });
+}
+
+/**
  * TLS origination: the app talks plaintext to a loopback port, meshward opens TLS (mTLS with
  * the current workload identity when `mtls`) to the backend and verifies its chain and host
  * name (or SPIFFE ID). A connection is only relayed once the backend is verified; every
@@ -162,6 +187,7 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
     if (!fileRootsPem.includes("-----BEGIN CERTIFICATE-----")) {
       throw new MeshwardError("E_CONFIG_INVALID", `egress to ${entry.backend}: caFile ${entry.caFile} holds no PEM certificate`);
     }
+    checkCaFileCertificates(fileRootsPem, entry.caFile, entry.backend);
   }
   const materials = new EgressTlsMaterials(
     { fileRootsPem, mtls: entry.mtls === true, serverName: entry.serverName ?? backend.host, expectSpiffeId: entry.expectSpiffeId },
@@ -170,7 +196,9 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
   if (ctx.identity !== undefined) await ctx.identity.ready();
   const metrics = ctx.metrics ? egressMetrics(ctx.metrics, entry.backend) : undefined;
   const logger = ctx.logger;
-  const what = `egress ${entry.listen} -> ${entry.backend}`;
+  // Renamed with the bound address once listening (with port 0, or two egresses to one backend,
+  // the configured one does not tell the listeners apart).
+  let what = `egress ${entry.listen} -> ${entry.backend}`;
   const failed: Record<string, number> = {};
   let established = 0;
   const open = new Set<Relay>();
@@ -189,6 +217,7 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
         metrics?.connection("ok");
         metrics?.mesh.handshakeSucceeded("outbound");
       },
+      onRefusedAfterEstablished: (reason, error) => logger.warn(`${what}: closing the app's connection (${reason}; its backend was reached and counted as ok): ${describeError(error)}`),
       onFailed: (reason, error, socket) => {
         failed[reason] = (failed[reason] ?? 0) + 1;
         metrics?.connection(reason);
@@ -222,6 +251,7 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
     warnings.close();
     throw error;
   }
+  what = `egress ${address} -> ${entry.backend}`;
   logger.info(`${what}: listening on ${address} (${protocol}${entry.mtls ? ", mTLS" : ""}, verifying ${entry.expectSpiffeId ?? `host name ${entry.serverName ?? backend.host}`})`);
   // With the mesh's roots, TLS judged a backend once: its open connections are closed when the
   // CRL lists its certificate, and ended when a root they were verified with leaves the bundle
@@ -321,6 +351,8 @@ interface RelayOptions {
   readonly onRetired: (why: string) => void;
   readonly onEstablished: () => void;
   readonly onFailed: (reason: FailureReason, error: unknown, socket?: TLSSocket) => void;
+  /** The app's side failed (its PostgreSQL preamble was refused) after onEstablished: logged, not counted again. */
+  readonly onRefusedAfterEstablished: (reason: FailureReason, error: unknown) => void;
   /** The backend's TLS failed after a verified handshake (the connection then closes). */
   readonly onBrokenAfterHandshake: (error: Error) => void;
   readonly onClose: () => void;
@@ -386,9 +418,13 @@ class Relay {
         else this.#maybePipe();
       };
       client.on("data", onData);
-      // A client that gives up during the preamble (e.g. it wanted TLS and got 'N') only half-closes.
+      // A client that gives up during the preamble (e.g. it wanted TLS and got 'N') only half-closes:
+      // its partial preamble is dropped. One whose preamble is complete may half-close at once: a
+      // CancelRequest is written, flushed and followed by shutdown(SHUT_WR) (tokio-postgres), long
+      // before the backend's handshake ends. Its held bytes still go to the backend, whose side is
+      // then ended (client.pipe(tls) carries the FIN already seen), within the connect deadline.
       client.once("end", () => {
-        if (!this.#piping) this.destroy();
+        if (!this.#piping && !preamble.done) this.destroy();
       });
       client.resume();
       // The backend's verified connection is held for the app: one that never sends its startup
@@ -416,7 +452,15 @@ class Relay {
         return;
       }
       raw.write(SSL_REQUEST);
+      // A backend that closes instead of answering (a TCP load balancer with no healthy endpoint, a
+      // server that drops unknown preambles) is refused at once, not at the connect deadline.
+      const closedUnanswered = () =>
+        this.#fail("backend_no_tls", new MeshwardError("E_BACKEND_NO_TLS", "the backend closed the connection without answering the SSLRequest (is it PostgreSQL, and is a server behind it?)"));
+      raw.once("end", closedUnanswered);
+      raw.once("close", closedUnanswered);
       raw.once("data", (chunk: Buffer) => {
+        raw.removeListener("end", closedUnanswered);
+        raw.removeListener("close", closedUnanswered);
         const answer = readBackendAnswer(chunk);
         if (!answer.ok) {
           this.#fail("backend_no_tls", new MeshwardError("E_BACKEND_NO_TLS", answer.reason));
@@ -539,7 +583,9 @@ class Relay {
     if (this.#done) return;
     this.#done = true;
     clearTimeout(this.#connectTimer);
-    this.#options.onFailed(reason, error, socket);
+    // Each connection is counted once: one whose backend was verified was counted as `ok`.
+    if (this.#backendReady) this.#options.onRefusedAfterEstablished(reason, error);
+    else this.#options.onFailed(reason, error, socket);
     this.#tls?.destroy();
     this.#raw?.destroy();
     this.#failure = `meshward egress could not reach ${formatHostPort(this.#options.backend)} securely (${reason}): ${describeError(error)}`;

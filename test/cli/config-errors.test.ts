@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { caConfigSchema } from "../../src/config/ca.ts";
-import { runCli } from "../helpers/cli.ts";
+import { expectRefused, runCli } from "../helpers/cli.ts";
 
 // Input the CLI took without a word (found by review, stop 39): a sidecar config whose `limits`
 // is a scalar was dropped when a flag set a limit or not at all, and `cert list` on a directory
@@ -72,6 +72,18 @@ describe("bad input is refused, not silently taken", { timeout: 60_000 }, () => 
       expect(r.stderr).toMatch(message);
       expect(r.stderr).toContain("[E_CONFIG_INVALID]");
     }
+  });
+
+  // Found by review (egress, LOW-4): `mtls=True`, `yes`, `1` or a typo became mtls: false without a
+  // word (the workload presented no certificate to the backend); the YAML config refuses them.
+  it("--egress …,mtls= takes true or false only: anything else is a usage error naming the flag", async () => {
+    const sidecar = (mtls: string) =>
+      runCli(["sidecar", "--app-id", "web", "--ca", "127.0.0.1:1", "--token", "never-sent-0123456789", "--egress", `listen=127.0.0.1:0,backend=127.0.0.1:1,mtls=${mtls}`]);
+    for (const mtls of ["True", "yes", "1", "ture", "TRUE", "false "]) {
+      expectRefused(await sidecar(mtls), "E_USAGE", new RegExp(`--egress: mtls takes true or false, got "${mtls}"`));
+    }
+    // true and false get past the flag (this sidecar then stops at its missing trust bundle).
+    for (const mtls of ["true", "false"]) expectRefused(await sidecar(mtls), "E_USAGE", /no trust bundle/);
   });
 
   it("cert issue with a --bundle that is not PEM names the file (E_BUNDLE_INVALID), before any CA is asked", async () => {

@@ -23,6 +23,8 @@ describe("postgres egress: an app that never finishes its preamble does not hold
   const backendRaw = new Set<Socket>();
   let backendReceived = "";
   let verified = 0;
+  /** The backend's TLS connections that saw the egress end its side (close_notify + FIN). */
+  let backendEnded = 0;
   const egresses: Egress[] = [];
   const apps: Socket[] = [];
 
@@ -38,6 +40,10 @@ describe("postgres egress: an app that never finishes its preamble does not hold
         const tls = new TLSSocket(socket, { isServer: true, cert: leaf.chainPem, key: leaf.keyPem });
         tls.on("error", () => undefined);
         tls.on("data", (d: Buffer) => (backendReceived += d.toString("latin1")));
+        tls.once("end", () => {
+          backendEnded++;
+          tls.end();
+        });
         tls.once("secure", () => {
           verified++;
           backendTls.add(tls);
@@ -55,6 +61,7 @@ describe("postgres egress: an app that never finishes its preamble does not hold
     closeAfterHandshake = false;
     backendReceived = "";
     verified = 0;
+    backendEnded = 0;
   });
   afterAll(async () => {
     await new Promise<void>((resolve) => (backend ? backend.close(() => resolve()) : resolve()));
@@ -95,6 +102,39 @@ describe("postgres egress: an app that never finishes its preamble does not hold
     const closed = connectApps(egress, 3);
     expect(await within(Promise.all(closed), 15_000)).not.toBe("open");
     await waitFor("the egress to hold no relay", () => egress.stats().active === 0);
+  }, 30_000);
+
+  // Found by review (egress, MEDIUM-1): a CancelRequest is written with the FIN right behind it
+  // (tokio-postgres: write, flush, shutdown), long before the backend's TLS handshake ends. The
+  // egress cut the relay at the FIN and the cancel never reached the backend.
+  it("a complete preamble followed at once by the app's FIN is still sent to the backend, then the backend's side is ended", async () => {
+    const egress = await start(10_000);
+    const cancel = Buffer.alloc(16);
+    cancel.writeInt32BE(16, 0);
+    cancel.writeInt32BE(80877102, 4);
+    cancel.writeInt32BE(4242, 8);
+    cancel.writeInt32BE(0x01020304, 12);
+    const app = netConnect({ host: "127.0.0.1", port: Number(egress.address.split(":").pop()) }, () => app.end(cancel));
+    app.on("error", () => undefined);
+    app.resume();
+    apps.push(app);
+    const closed = new Promise<"closed">((resolve) => app.once("close", () => resolve("closed")));
+    await waitFor("the backend to see the egress end its side", () => backendEnded === 1);
+    expect(Buffer.from(backendReceived, "latin1").equals(cancel)).toBe(true);
+    expect(await within(closed, 15_000)).toBe("closed"); // the backend ended its side: so does the app's
+    expect(egress.stats()).toMatchObject({ established: 1, failed: {} });
+  }, 30_000);
+
+  it("an app that half-closes in the middle of its preamble is still cut, and nothing reaches the backend", async () => {
+    const egress = await start(10_000);
+    const app = netConnect({ host: "127.0.0.1", port: Number(egress.address.split(":").pop()) }, () => app.end(Buffer.from([0, 0, 0, 16])));
+    app.on("error", () => undefined);
+    app.resume();
+    apps.push(app);
+    expect(await within(new Promise<"closed">((resolve) => app.once("close", () => resolve("closed"))), 15_000)).toBe("closed");
+    await waitFor("the egress to hold no relay", () => egress.stats().active === 0);
+    await waitFor("the backend's TLS connections to close", () => backendTls.size === 0);
+    expect(backendReceived).toBe("");
   }, 30_000);
 
   it("relays an app that sends its startup message in time", async () => {

@@ -6,6 +6,8 @@ import { startEgress, type Egress, type EgressEntry } from "../../src/proxy/egre
 import { quietTlsLogger, startMeshCa, type MeshCa } from "../backends/fixtures.ts";
 import { startMeshPostgres, type MeshPostgres } from "../backends/pg-mesh.ts";
 import { exec } from "../helpers/exec.ts";
+import { until, waitFor } from "../helpers/wait.ts";
+import { createMetrics } from "../../src/telemetry/metrics.ts";
 import { POSTGRES_BIN } from "../helpers/postgres.ts";
 
 // protocol "postgres": the app's plaintext pg client → egress → SSLRequest, 'S', mTLS → a real
@@ -53,11 +55,14 @@ async function query(p: number, ssl: pg.ClientConfig["ssl"] = false): Promise<{ 
   }
 }
 
-/** A stand-in that answers the SSLRequest with `answer` (a real PostgreSQL never sends bytes after 'S'). */
-async function fakeBackend(answer: Buffer): Promise<number> {
+/**
+ * A stand-in that answers the SSLRequest with `answer` (a real PostgreSQL never sends bytes after 'S'),
+ * or with its FIN only when `answer` is "close" (a TCP load balancer with no healthy endpoint).
+ */
+async function fakeBackend(answer: Buffer | "close"): Promise<number> {
   const server = createServer((socket) => {
     socket.on("error", () => undefined);
-    socket.once("data", () => socket.write(answer));
+    socket.once("data", () => (answer === "close" ? socket.end() : socket.write(answer)));
   });
   fakes.push(server);
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -102,6 +107,30 @@ describe("egress to PostgreSQL (protocol: postgres)", () => {
     expect(e.stats().failed).toMatchObject({ client_error: 1 });
   });
 
+  // Found by review (egress, LOW-2): the same refusal once the backend was verified counted the one
+  // connection twice, `ok` and `client_error` (the preamble timeout already counted it once).
+  it("an app whose preamble is refused after its backend was verified is counted once (ok), not also as client_error", async () => {
+    const metrics = createMetrics();
+    const backend = `127.0.0.1:${db!.server.port}`;
+    const e = await startEgress({ listen: "127.0.0.1:0", protocol: "postgres", backend, serverName: "localhost", mtls: true }, { identity: app, logger: quietTlsLogger, metrics });
+    egresses.push(e);
+    const sslRequest = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+    const socket = netConnect({ host: "127.0.0.1", port: port(e) });
+    socket.on("error", () => undefined);
+    const chunks: Buffer[] = [];
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+    await waitFor("the backend to be verified", () => e.stats().established === 1);
+    socket.write(Buffer.concat([sslRequest, sslRequest, sslRequest]));
+    await closed;
+    expect(Buffer.concat(chunks).toString("latin1")).toContain("more than 2 SSLRequest/GSSENCRequest messages");
+    expect(e.stats().established).toBe(1);
+    expect(e.stats().failed).toEqual({});
+    const text = await metrics.text();
+    const count = (result: string) => text.match(new RegExp(`^meshward_egress_connections_total\\{backend="${backend}",result="${result}"\\} (\\d+)$`, "m"))?.[1];
+    expect([count("ok"), count("client_error")]).toEqual(["1", "0"]);
+  });
+
   it("a pg client that insists on TLS to the egress is told 'N' (the app side is plaintext on loopback)", async () => {
     const e = await egress({ backend: `127.0.0.1:${db!.server.port}`, serverName: "localhost", mtls: true });
     expect((await query(port(e), { rejectUnauthorized: false })).error).toMatch(/does not support SSL/);
@@ -136,6 +165,51 @@ describe("egress to PostgreSQL (protocol: postgres)", () => {
     expect(result.error).toMatch(/unencrypted bytes after 'S'/);
     expect(e.stats().failed).toEqual({ backend_no_tls: 1 });
   });
+
+  // Found by review (egress, LOW-1): nothing listened for the backend's FIN while the egress waited
+  // for the answer to its SSLRequest, so the app waited for connectTimeoutMs and was told `timeout`.
+  it("refuses at once a backend that closes without answering the SSLRequest (backend_no_tls, not the connect timeout)", async () => {
+    const e = await egress({ backend: `127.0.0.1:${await fakeBackend("close")}`, serverName: "localhost", mtls: true, connectTimeoutMs: 120_000 });
+    const result = await query(port(e)); // the pg client gives up after 5 s: only a prompt answer is seen
+    expect(result.error).toMatch(/securely \(backend_no_tls\): E_BACKEND_NO_TLS: the backend closed the connection without answering the SSLRequest/);
+    expect(e.stats().failed).toEqual({ backend_no_tls: 1 });
+  });
+
+  // Found by review (egress, MEDIUM-1): tokio-postgres cancels with write, flush, shutdown(SHUT_WR):
+  // the app's FIN came while the backend's TLS handshake was still running, and the egress threw
+  // the held CancelRequest away, so the query went on running.
+  it("a CancelRequest followed at once by the app's FIN (tokio-postgres) reaches PostgreSQL and cancels the query", async () => {
+    const e = await egress({ backend: `127.0.0.1:${db!.server.port}`, serverName: "localhost", mtls: true });
+    const client = new pg.Client({ host: "127.0.0.1", port: port(e), user: "app", database: "postgres", ssl: false });
+    client.on("error", () => undefined);
+    await client.connect();
+    try {
+      const { processID, secretKey } = client as unknown as { processID: number; secretKey: number };
+      const outcome = client.query("SELECT pg_sleep(20)").then(
+        () => "completed",
+        (error: Error) => `error: ${error.message}`,
+      );
+      await until("the query to run", 10_000, async () => {
+        const r = await db!.server.adminQuery(`SELECT 1 FROM pg_stat_activity WHERE pid = ${processID} AND state = 'active' AND query LIKE 'SELECT pg_sleep%'`);
+        return r.rowCount === 1 ? true : undefined;
+      });
+      const cancel = Buffer.alloc(16);
+      cancel.writeInt32BE(16, 0);
+      cancel.writeInt32BE(80877102, 4);
+      cancel.writeInt32BE(processID, 8);
+      cancel.writeInt32BE(secretKey | 0, 12);
+      const cancelClosed = new Promise<void>((resolve) => {
+        const socket = netConnect({ host: "127.0.0.1", port: port(e) }, () => socket.end(cancel));
+        socket.on("error", () => undefined);
+        socket.resume();
+        socket.once("close", () => resolve());
+      });
+      expect(await outcome).toBe("error: canceling statement due to user request");
+      await cancelClosed; // PostgreSQL closes a cancel connection; the egress then closes the app's
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }, 60_000);
 
   it("leaves no relay open once the apps and backends are done (successes and refusals alike)", async () => {
     const deadline = Date.now() + 10_000;
