@@ -64,6 +64,7 @@ export const SHARED_WORKER_FILES: readonly string[] = [
   "test/proxy/bundle-refresh.test.ts",
   "test/proxy/canonical.test.ts",
   "test/proxy/dapr-caller-headers.test.ts",
+  "test/proxy/egress-config.test.ts",
   "test/proxy/egress-postgres.test.ts",
   "test/proxy/egress-server-name.test.ts",
   "test/proxy/http1-parsers.test.ts",
