@@ -181,7 +181,7 @@ export class CertificateAuthority {
     const { signal } = request;
     throwIfCancelled(signal);
     // Parse and verify the CSR before attestation spends a single-use token on a bad request.
-    const csr = attestor?.spends ? await this.#signing.parseCsr(request.csr) : undefined;
+    const csr = attestor?.spends ? await this.#signing.parseCsr(request.csr, signal) : undefined;
     if (attestor === undefined) {
       throw new MeshwardError("E_VALIDATOR_DISABLED", `the ${validatorName} validator is not enabled on this CA`);
     }
@@ -211,7 +211,7 @@ export class CertificateAuthority {
       );
     }
     throwIfCancelled(signal); // attestation may have waited on the Kubernetes API or a JWKS fetch
-    const signing = { identity, signer: anchors.issuer, policy: this.options.policy, now };
+    const signing = { identity, signer: anchors.issuer, policy: this.options.policy, now, ...(signal !== undefined ? { signal } : {}) };
     const leaf = csr !== undefined ? await this.#signing.sign({ ...signing, csr }) : await this.#signing.issue({ ...signing, csr: request.csr });
     const leafPem = toPem(leaf.der, "CERTIFICATE");
     const jwtSvids = wantsJwt ? await this.options.jwtSvids?.issue(anchors.issuer.privateKey, leaf.spiffeId, request.jwtAudiences ?? [], leaf.notAfter) : undefined;
