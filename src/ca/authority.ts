@@ -27,7 +27,12 @@ export interface SignRequest {
   readonly appId: string;
   readonly namespace: string;
   readonly trustDomain: string;
-  readonly peer: PeerCertificate | undefined;
+  /**
+   * The certificate the caller presented on its TLS connection. A function is called only when
+   * the request's validator reads it (svid renewal): the API port accepts any client certificate
+   * (first-time workloads have none), so one nobody asked about is never parsed.
+   */
+  readonly peer: PeerCertificate | (() => PeerCertificate | undefined) | undefined;
   /** For logs: where the request came from. */
   readonly remoteAddress?: string;
   /** The source IP address, which the sign rate limit counts (not limited when omitted). */
@@ -176,16 +181,17 @@ export class CertificateAuthority {
     const { signal } = request;
     throwIfCancelled(signal);
     // Parse and verify the CSR before attestation spends a single-use token on a bad request.
-    const csr = attestor?.spends ? await this.#signing.parseCsr(request.csr) : undefined;
+    const csr = attestor?.spends ? await this.#signing.parseCsr(request.csr, signal) : undefined;
     if (attestor === undefined) {
       throw new MeshwardError("E_VALIDATOR_DISABLED", `the ${validatorName} validator is not enabled on this CA`);
     }
+    const peer = attestor.readsPeer === true ? (typeof request.peer === "function" ? request.peer() : request.peer) : undefined;
     const attested = await attestor.attest({
       token: request.token,
       requestedAppId: request.appId,
       requestedNamespace: request.namespace,
       requestedTrustDomain: request.trustDomain,
-      peer: request.peer,
+      peer,
       now,
     });
     // Dapr's control-plane services get the DNS names Sentry gives them (the injector's webhook
@@ -205,7 +211,7 @@ export class CertificateAuthority {
       );
     }
     throwIfCancelled(signal); // attestation may have waited on the Kubernetes API or a JWKS fetch
-    const signing = { identity, signer: anchors.issuer, policy: this.options.policy, now };
+    const signing = { identity, signer: anchors.issuer, policy: this.options.policy, now, ...(signal !== undefined ? { signal } : {}) };
     const leaf = csr !== undefined ? await this.#signing.sign({ ...signing, csr }) : await this.#signing.issue({ ...signing, csr: request.csr });
     const leafPem = toPem(leaf.der, "CERTIFICATE");
     const jwtSvids = wantsJwt ? await this.options.jwtSvids?.issue(anchors.issuer.privateKey, leaf.spiffeId, request.jwtAudiences ?? [], leaf.notAfter) : undefined;
@@ -221,7 +227,7 @@ export class CertificateAuthority {
       rootFingerprint: anchors.issuerRoot.fingerprint256,
       certificatePem: leafPem,
       // A renewal proven with the current certificate retires it from the live count.
-      ...(identity.method === "svid" && request.peer !== undefined ? { supersedes: request.peer.serial } : {}),
+      ...(identity.method === "svid" && peer !== undefined ? { supersedes: peer.serial } : {}),
     };
     // A join token: every check passed and the leaf is signed: spend the use and record the certificate in one
     // transaction. Losing the race for a token's last use discards the leaf, never returned.

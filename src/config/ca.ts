@@ -152,8 +152,8 @@ export const caConfigSchema = z
       .min(0)
       .max(256)
       .optional()
-      .describe("Worker threads that verify CSRs and sign certificates; 0 signs on the main thread. Default: one per CPU less one for the event loop (os.availableParallelism() - 1)."),
-    maxRequestBytes: z.number().int().min(1024).max(1 << 20).default(64 * 1024).describe("Largest accepted API request body. The CA holds at most 256 of these at once across all unfinished calls (more get E_CA_BUSY), and allows 100 concurrent streams per connection."),
+      .describe("Worker threads that verify CSRs and sign certificates; 0 signs on the main thread. Default: one per CPU less one for the event loop (os.availableParallelism() - 1). The workers hold at most 128 requests each, waiting or running; past that a request is refused RESOURCE_EXHAUSTED (E_CA_BUSY) and the client retries with backoff. A request whose caller has gone (stream reset, deadline passed) is dropped from the queue unsigned."),
+    maxRequestBytes: z.number().int().min(1024).max(1 << 20).default(64 * 1024).describe("Largest accepted API request body. The CA holds at most 256 of these at once across all unfinished calls (more get E_CA_BUSY), and allows 16 concurrent streams per connection (more get REFUSED_STREAM)."),
     requestTimeout: timerDurationText("request timeout").default(parseDuration("30s")).describe("Longest a SignCertificate call may take to send its whole request; a slower one gets DEADLINE_EXCEEDED (E_REQUEST_TIMEOUT) and its stream is reset, so a peer sending a byte at a time cannot hold it open. An HTTP/1.1 caller of the HTTP API (bundle, CRL, health) has as long to send each request head, from the handshake or the previous response; past it the connection is closed."),
     handshakeTimeout: timerDurationText("handshake timeout")
       .default(parseDuration("10s"))

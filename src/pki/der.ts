@@ -267,31 +267,60 @@ export function whole(buf: Uint8Array, el: Tlv): Buffer {
   return Buffer.from(buf.buffer, buf.byteOffset + el.start, el.end - el.start);
 }
 
+/**
+ * Longest OID content read, in bytes. RFC 5280 sets no bound, but the OIDs meshward reads
+ * (algorithms, curves, extension ids, name attribute types, SPIFFE and X.509 ones) are under
+ * 16 bytes and OIDs met in practice under 40 (a 2.25.<UUID> one is 20). Anything longer is
+ * refused before any arc is decoded: the input is the attacker's (a CSR, a client certificate),
+ * and the work per byte must stay constant.
+ */
+export const MAX_OID_BYTES = 128;
+
+/** OIDs up to this many content bytes are remembered once decoded, at most CACHED_OIDS of them (~60 KB all told). */
+const CACHED_OID_BYTES = 32;
+const CACHED_OIDS = 512;
 const decodedOids = new Map<string, string>();
+
+/** How many decoded OIDs are remembered (for tests: attacker OIDs must not fill memory). */
+export function decodedOidCacheSize(): number {
+  return decodedOids.size;
+}
+
+/** Above this an arc no longer fits in a double after one more 7-bit step (2^53 / 2^7). */
+const NUMBER_ARC_LIMIT = 2 ** 46;
 
 export function decodeOid(bytes: Uint8Array): string {
   if (bytes.length === 0) throw new DerError("empty OID");
-  const key = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1");
-  const cached = decodedOids.get(key);
-  if (cached !== undefined) return cached;
-  const arcs: bigint[] = [];
-  let value = 0n;
+  if (bytes.length > MAX_OID_BYTES) throw new DerError(`OID too long (${bytes.length} bytes; at most ${MAX_OID_BYTES} are read)`);
+  const cacheable = bytes.length <= CACHED_OID_BYTES;
+  const key = cacheable ? Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1") : "";
+  if (cacheable) {
+    const cached = decodedOids.get(key);
+    if (cached !== undefined) return cached;
+  }
+  // Arcs as plain numbers; one that outgrows 2^53 (a UUID arc, 2.25.<128 bits>) continues as a
+  // BigInt, bounded by MAX_OID_BYTES.
+  const arcs: (number | bigint)[] = [];
+  let value = 0;
+  let big: bigint | undefined;
   let inArc = false;
   for (const byte of bytes) {
     if (!inArc && byte === 0x80) throw new DerError("non-minimal OID arc");
-    value = (value << 7n) | BigInt(byte & 0x7f);
+    if (big === undefined && value >= NUMBER_ARC_LIMIT) big = BigInt(value);
+    if (big === undefined) value = value * 128 + (byte & 0x7f);
+    else big = (big << 7n) | BigInt(byte & 0x7f);
     inArc = (byte & 0x80) !== 0;
     if (!inArc) {
-      arcs.push(value);
-      value = 0n;
+      arcs.push(big ?? value);
+      value = 0;
+      big = undefined;
     }
   }
   if (inArc) throw new DerError("truncated OID");
   const first = arcs[0]!;
-  const head = first < 80n ? [first / 40n, first % 40n] : [2n, first - 80n];
+  const head = typeof first === "bigint" ? [2, first - 80n] : first < 80 ? [Math.floor(first / 40), first % 40] : [2, first - 80];
   const dotted = [...head, ...arcs.slice(1)].join(".");
-  // Bounded: input is untrusted, but the OIDs seen in practice are a few dozen.
-  if (decodedOids.size < 512) decodedOids.set(key, dotted);
+  if (cacheable && decodedOids.size < CACHED_OIDS) decodedOids.set(key, dotted);
   return dotted;
 }
 

@@ -1,6 +1,8 @@
 import { connect, type ClientHttp2Session } from "node:http2";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
+import { BUFFERED_REQUESTS } from "../../src/ca/api/grpc.ts";
 import { MAX_CONCURRENT_STREAMS } from "../../src/ca/server.ts";
+import { caConfigSchema } from "../../src/config/ca.ts";
 import { startTestCa, type TestCa } from "../helpers/ca-server.ts";
 import { exec } from "../helpers/exec.ts";
 
@@ -11,6 +13,14 @@ import { exec } from "../helpers/exec.ts";
 // streams per connection. Go's net/http2 server (under grpc-go, Dapr Sentry's server) advertises
 // 250 streams per connection (golang.org/x/net/http2 server.go defaultMaxStreams).
 const MAX_REQUEST_BYTES = 1024; // the schema's minimum: a budget of 256 KiB for all calls
+
+// The config layer cannot import the CA's constants (layering), so its text states them and this holds it to them.
+it("maxRequestBytes' description (and so docs/configuration.md) states the stream and buffer limits the CA applies", () => {
+  const text = caConfigSchema.shape.maxRequestBytes.description ?? "";
+  expect(text).toContain(`at most ${BUFFERED_REQUESTS} of these at once`);
+  expect(text).toContain(`${MAX_CONCURRENT_STREAMS} concurrent streams per connection`);
+  expect(text).not.toMatch(/\b100 concurrent streams/);
+});
 
 describe("the CA's API bounds what unfinished calls can make it hold", () => {
   let ca: TestCa;

@@ -5,8 +5,9 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { initAnchors, loadAnchors, type LoadedAnchors } from "../../src/ca/anchors.ts";
 import type { AttestedIdentity } from "../../src/ca/attest/attestor.ts";
-import { inlineSigning, SigningPool } from "../../src/ca/signing-pool.ts";
-import { isMeshwardError } from "../../src/errors.ts";
+import { inlineSigning, MAX_QUEUED_JOBS_PER_WORKER, runBatch, SigningPool, type WorkerRequest } from "../../src/ca/signing-pool.ts";
+import { caConfigSchema } from "../../src/config/ca.ts";
+import { isMeshwardError, MeshwardError } from "../../src/errors.ts";
 import { createCsr } from "../../src/pki/csr.ts";
 import { generateKeyPair } from "../../src/pki/keys.ts";
 import { pemBlocks, toPem } from "../../src/pki/pem.ts";
@@ -158,3 +159,96 @@ describe("signing pool (worker threads)", () => {
     expect((await failure(own.parseCsr("x"))).code).toBe("E_SIGNING_CLOSED");
   });
 });
+
+// Review ca-api MEDIUM-3: a cancelled call's job still ran in the pool, and nothing bounded the
+// jobs waiting there: 100 calls sent and reset in 2.7 s delayed the next issuance by 33 s.
+describe("signing pool: jobs of callers that left, and the queue's bound", () => {
+  const cancelled = () => new MeshwardError("E_REQUEST_CANCELLED", "the client reset the stream");
+  let pem: string;
+  let dir: string;
+  let anchors: LoadedAnchors;
+  beforeAll(async () => {
+    pem = await createCsr({ keyPair: generateKeyPair() });
+    dir = mkdtempSync(join(tmpdir(), "meshward-signing-pool-cancel-"));
+    await initAnchors({ dir: join(dir, "a"), trustDomain: TD, now: new Date() });
+    anchors = loadAnchors({ dir: join(dir, "a") });
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const outcome = (promise: Promise<unknown>) => promise.then(() => "ok", (error: unknown) => (isMeshwardError(error) ? error.code : String(error)));
+
+  it("drops a job whose caller leaves before it is posted: it never reaches a worker, and the caller gets the abort's reason", async () => {
+    const own = new SigningPool(1);
+    try {
+      await own.parseCsr(pem);
+      const ranBefore = own.stats.ran;
+      const gone = new AbortController();
+      const kept = own.parseCsr(pem);
+      const dropped = own.parseCsr(pem, gone.signal);
+      gone.abort(cancelled());
+      expect(await outcome(dropped)).toBe("E_REQUEST_CANCELLED");
+      expect(await outcome(kept)).toBe("ok");
+      expect(own.stats).toEqual({ queued: 0, ran: ranBefore + 1, droppedBeforePosting: 1, skippedInWorker: 0, refusedBusy: 0 });
+      // A caller already gone is refused before anything is queued (sign and issue alike).
+      const signal = AbortSignal.abort(cancelled());
+      expect(await outcome(own.issue({ csr: pem, identity, signer: anchors.issuer, policy, now: new Date(), signal }))).toBe("E_REQUEST_CANCELLED");
+      expect(await outcome(own.parseCsr(pem, signal))).toBe("E_REQUEST_CANCELLED");
+      expect(own.stats).toMatchObject({ queued: 0, ran: ranBefore + 1, droppedBeforePosting: 1 });
+    } finally {
+      await own.close();
+    }
+  });
+
+  it("refuses a posted job's caller at once when it leaves, and frees its place once the worker has answered", async () => {
+    const own = new SigningPool(1, { maxQueuedJobs: 2 });
+    try {
+      await own.parseCsr(pem);
+      const ranBefore = own.stats.ran;
+      const gone = new AbortController();
+      const posted = own.parseCsr(pem, gone.signal);
+      await new Promise((resolve) => setImmediate(resolve)); // the outbox went to the worker
+      gone.abort(cancelled());
+      expect(await outcome(posted)).toBe("E_REQUEST_CANCELLED");
+      // The worker answers in order: once this one is done, the abandoned job was skipped or run.
+      expect(await outcome(own.parseCsr(pem))).toBe("ok");
+      const { ran, skippedInWorker, droppedBeforePosting, queued } = own.stats;
+      expect({ done: ran + skippedInWorker - ranBefore, droppedBeforePosting, queued }).toEqual({ done: 2, droppedBeforePosting: 0, queued: 0 });
+      expect(await Promise.all([outcome(own.parseCsr(pem)), outcome(own.parseCsr(pem))])).toEqual(["ok", "ok"]);
+    } finally {
+      await own.close();
+    }
+  });
+
+  it("a worker skips a posted job whose caller left (its shared flag is set) and runs the others in order", () => {
+    const flags = new Int32Array(new SharedArrayBuffer(3 * Int32Array.BYTES_PER_ELEMENT));
+    Atomics.store(flags, 1, 1);
+    const ran: number[] = [];
+    const batch: WorkerRequest[] = [
+      { type: "cancellations", flags },
+      { type: "parse", id: 10, slot: 0, csr: "a" },
+      { type: "parse", id: 11, slot: 1, csr: "b" },
+      { type: "parse", id: 12, slot: 2, csr: "c" },
+    ];
+    const replies = runBatch(batch, {}, () => undefined, (job) => (ran.push(job.id), job.id));
+    expect(ran).toEqual([10, 12]);
+    expect(replies).toEqual([
+      { id: 10, ok: true, value: 10 },
+      { id: 11, ok: false, skipped: true, error: { code: "E_REQUEST_CANCELLED", message: expect.stringMatching(/not done/) } },
+      { id: 12, ok: true, value: 12 },
+    ]);
+  });
+
+  it("holds at most maxQueuedJobs (default MAX_QUEUED_JOBS_PER_WORKER per worker): past it a job is refused E_CA_BUSY at once", async () => {
+    expect(MAX_QUEUED_JOBS_PER_WORKER).toBe(128);
+    expect(caConfigSchema.shape.signingWorkers.description).toContain(`at most ${MAX_QUEUED_JOBS_PER_WORKER} requests each`);
+    const own = new SigningPool(1, { maxQueuedJobs: 3 });
+    try {
+      const results = await Promise.all(Array.from({ length: 5 }, () => outcome(own.parseCsr(pem))));
+      expect(results).toEqual(["ok", "ok", "ok", "E_CA_BUSY", "E_CA_BUSY"]);
+      expect(own.stats).toMatchObject({ queued: 0, ran: 3, refusedBusy: 2 });
+      expect(await outcome(own.parseCsr(pem))).toBe("ok");
+    } finally {
+      await own.close();
+    }
+  });
+});
+

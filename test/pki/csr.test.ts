@@ -372,6 +372,23 @@ describe("parseCsr reads one extensionRequest", () => {
     expect(once.requestsCa).toBe(true);
     expect(once.dnsNames).toEqual(["admin.internal"]);
   });
+
+  // Review ca-api HIGH-1: a CSR is parsed before attestation (no token needed), and a 62 KB OID
+  // cost the signing worker ~0.25 s (quadratic). Each place a CSR carries an OID refuses it unread.
+  it("refuses a 40 KB OID as an attribute type, an extension id, a subject attribute type or the key algorithm with E_CSR_INVALID", () => {
+    const hugeOid = der.tlv(der.TAG.OID, Buffer.concat([Buffer.from([0x2a]), Buffer.alloc(40_000, 0xff), Buffer.from([0x7f])]));
+    const signed = (info: Buffer) => {
+      const algorithm = signingAlgorithmFor(keys.privateKey);
+      return der.sequence(info, algorithm.algorithmIdentifier, der.bitString(algorithm.sign(info)));
+    };
+    const attribute = csrWith(der.sequence(hugeOid, der.set(der.NULL)));
+    const extension = csrWith(extensionRequest(der.sequence(hugeOid, der.octetString(der.NULL))));
+    const subject = signed(der.sequence(der.integer(0), der.sequence(der.set(der.sequence(hugeOid, der.utf8String("x")))), spkiOf(keys.publicKey), der.explicit(0, Buffer.alloc(0))));
+    const spki = signed(der.sequence(der.integer(0), der.sequence(), der.sequence(der.sequence(hugeOid), der.bitString(Buffer.alloc(65, 4))), der.explicit(0, Buffer.alloc(0))));
+    for (const csr of [attribute, extension, subject, spki]) {
+      expect(expectCode(() => parseCsr(csr), "E_CSR_INVALID")).toMatch(/OID too long \(40002 bytes; at most 128 are read\)/);
+    }
+  });
 });
 
 describe("createCsr", () => {

@@ -97,4 +97,34 @@ describe("der", () => {
     const badTime = der.tlv(der.TAG.UTC_TIME, Buffer.from("4912312359"));
     expect(() => der.readTime(badTime, der.readWhole(badTime), "t")).toThrow(der.DerError);
   });
+
+  // Review ca-api HIGH-1: arcs were BigInts shifted once per byte and printed in decimal, so a
+  // 256 KB OID in a CSR or client certificate took 25 s; and every distinct OID was cached.
+  it("refuses an OID longer than MAX_OID_BYTES before decoding any arc", () => {
+    const huge = Buffer.concat([Buffer.from([0x2a]), Buffer.alloc(40_000, 0xff), Buffer.from([0x7f])]);
+    expect(() => der.decodeOid(huge)).toThrow(/OID too long \(40002 bytes; at most 128 are read\)/);
+    const element = der.tlv(der.TAG.OID, huge);
+    expect(() => der.readOid(element, der.readWhole(element), "extension id")).toThrow(der.DerError);
+    // the longest accepted still decodes
+    const longest = Buffer.concat([Buffer.from([0x2a]), Buffer.alloc(der.MAX_OID_BYTES - 1, 0x01)]);
+    expect(der.decodeOid(longest)).toBe(`1.2${".1".repeat(der.MAX_OID_BYTES - 1)}`);
+  });
+
+  it("decodes arcs past 2^53 exactly (2.25.<UUID>), with plain numbers below", () => {
+    for (const dotted of ["2.25.329800735698586629295641978511506172918", "1.2.9007199254740991", "1.2.9007199254740992.5", "1.2.18446744073709551616", "2.999999999999999999", "0.39", "1.0", "2.40"]) {
+      const encoded = der.oid(dotted);
+      expect(der.decodeOid(der.content(encoded, der.readWhole(encoded)))).toBe(dotted);
+    }
+  });
+
+  it("remembers only short OIDs, so distinct attacker OIDs cannot fill memory", () => {
+    const before = der.decodedOidCacheSize();
+    for (let i = 0; i < 600; i++) {
+      const bytes = Buffer.concat([Buffer.from([0x2a]), Buffer.alloc(60, 0x01), Buffer.from([((i >> 7) + 1) | 0x80, i & 0x7f])]);
+      der.decodeOid(bytes);
+    }
+    expect(der.decodedOidCacheSize()).toBe(before);
+    der.decodeOid(Uint8Array.from([0x2a, 0x03, 0x04, 0x05]));
+    expect(der.decodedOidCacheSize()).toBeLessThanOrEqual(before + 1);
+  });
 });

@@ -139,7 +139,8 @@ async function answer(req: Http2ServerRequest, res: Http2ServerResponse, body: B
       appId: request.id,
       namespace: request.namespace,
       trustDomain: request.trustDomain,
-      peer: peerCertificateOf(socket),
+      // Parsed only when the validator reads it (svid renewal), not for every caller that presents one.
+      peer: () => peerCertificateOf(socket),
       remoteAddress: socket?.remoteAddress === undefined ? undefined : formatPeer(socket.remoteAddress, socket.remotePort),
       sourceAddress: sourceAddress(socket?.remoteAddress),
       jwtAudiences: request.jwtAudiences ?? [],

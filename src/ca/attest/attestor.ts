@@ -7,7 +7,7 @@ export interface AttestationRequest {
   readonly requestedAppId: string;
   readonly requestedNamespace: string;
   readonly requestedTrustDomain: string;
-  /** The certificate the caller presented on the TLS connection, when any. */
+  /** The certificate the caller presented on the TLS connection, when any; given only to a validator with `readsPeer`. */
   readonly peer: PeerCertificate | undefined;
   readonly now: Date;
 }
@@ -50,5 +50,11 @@ export interface Attestor {
    * that only verify (JWT, SVID, insecure) let the CA check and sign the CSR in one step.
    */
   readonly spends?: boolean;
+  /**
+   * True when the validator reads the caller's TLS client certificate (svid renewal). The CA
+   * parses that certificate only for such a validator: anyone may present any certificate on
+   * the API port, and the others never look at it (they are given `peer: undefined`).
+   */
+  readonly readsPeer?: boolean;
   attest(request: AttestationRequest): Promise<AttestedIdentity>;
 }

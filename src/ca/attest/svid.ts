@@ -83,6 +83,7 @@ async function assertIssuedHere(options: SvidAttestorOptions, certificate: X509C
 export function svidAttestor(options: SvidAttestorOptions): Attestor {
   return {
     name: "svid",
+    readsPeer: true,
     async attest(request: AttestationRequest): Promise<AttestedIdentity> {
       const peer = request.peer;
       if (peer === undefined) {
