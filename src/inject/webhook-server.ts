@@ -50,6 +50,8 @@ export interface WebhookServerOptions {
   readonly maxConnectionsPerAddress?: number;
   /** Request body bytes held by all unfinished requests together (default 32 MiB). */
   readonly maxBufferedBytes?: number;
+  /** Bytes of JSON Patch one review may get (default MAX_PATCH_BYTES, 6 MiB); a larger patch is denied, not sent. */
+  readonly maxPatchBytes?: number;
   /** Served at GET /metrics on the webhook port (like the CA's API port), with the webhook's own counters added. */
   readonly metrics?: Metrics;
 }
@@ -169,7 +171,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
         return send(503, { error: "no current trust bundle" });
       }
       try {
-        const answer = reviewAdmission(review, { options: { ...options.inject, trustAnchors: current.bundle.rootsPem }, ownNamespace: options.ownNamespace });
+        const answer = reviewAdmission(review, { options: { ...options.inject, trustAnchors: current.bundle.rootsPem }, ownNamespace: options.ownNamespace, maxPatchBytes: options.maxPatchBytes });
         logger.info(
           { event: "admission", uid: answer.response.uid, allowed: answer.response.allowed, patched: answer.response.patch !== undefined, ...(answer.response.status ? { reason: answer.response.status.message } : {}) },
           "admission review",
