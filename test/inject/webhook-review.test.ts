@@ -123,4 +123,24 @@ describe("admission webhook: one Pod per review, and a bounded answer", () => {
     const small = annotatedPod("small", { initContainers: [{ name: "setup", image: "busybox", args: ["x".repeat(50_000)] }] });
     expect((await post(port, review(small))).json.response).toMatchObject({ allowed: true, patchType: "JSONPatch" });
   }, 30_000);
+
+  // Found by review: only an app-port annotation on a sidecar port was refused; a pod whose own
+  // containers declare 9090 (the Prometheus convention) or 3501 was injected and crash-looped.
+  it("denies a pod whose containers or init containers declare a sidecar TCP port, naming the container and the port", async () => {
+    const port = await start();
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ containers: [{ name: "app", image: "app:1", ports: [{ name: "metrics", containerPort: 9090 }] }] }, /container "app" declares containerPort 9090.*mw-status.*3500, 3501, 9090 are fixed/],
+      [{ containers: [{ name: "app", image: "app:1", ports: [{ containerPort: 8080 }, { containerPort: 3501, protocol: "TCP" }] }] }, /container "app" declares containerPort 3501.*mw-mtls/],
+      [{ containers: [{ name: "app", image: "app:1" }], initContainers: [{ name: "proxy", image: "p:1", restartPolicy: "Always", ports: [{ containerPort: 3500 }] }] }, /init container "proxy" declares containerPort 3500/],
+    ];
+    for (const [spec, reason] of cases) {
+      const answer = await post(port, review(annotatedPod("clash", spec)));
+      expect(answer.json.response).toMatchObject({ uid: UID, allowed: false, status: { code: 400 } });
+      expect(answer.json.response?.status?.message).toMatch(reason);
+      expect(answer.json.response?.status?.message).toMatch(/E_INJECT_INVALID/);
+    }
+    // UDP 9090 and a hostPort 9090 onto another containerPort bind nothing the sidecar binds: injected.
+    const fine = annotatedPod("fine", { containers: [{ name: "app", image: "app:1", ports: [{ containerPort: 9090, protocol: "UDP" }, { containerPort: 8080, hostPort: 9090 }] }] });
+    expect((await post(port, review(fine))).json.response).toMatchObject({ allowed: true, patchType: "JSONPatch" });
+  }, 30_000);
 });
