@@ -1,6 +1,6 @@
 import { describeError, MeshwardError } from "../errors.ts";
 import { diffJson } from "./json-patch.ts";
-import { injectObject } from "./manifest.ts";
+import { injectPod, type PodLike } from "./pod.ts";
 import type { InjectOptions } from "./settings.ts";
 
 /** The AdmissionReview v1 response the API server expects (k8s.io/api/admission/v1). */
@@ -22,7 +22,17 @@ export interface AdmissionContext {
   readonly options: InjectOptions;
   /** The injector's own namespace: never mutated (its own pods would wait for themselves). */
   readonly ownNamespace: string;
+  /** Bytes of JSON Patch (before base64) a review may get; a larger one is denied, not sent (default MAX_PATCH_BYTES). */
+  readonly maxPatchBytes?: number;
 }
+
+/**
+ * The largest JSON Patch one review may get: 6 MiB (8 MiB once base64'd). The patch replaces at
+ * most the pod's init containers, volumes and annotations and adds one sidecar, so a review of
+ * the largest size the webhook reads (4 MiB) stays under it; anything larger is not a pod the API
+ * server sent, and is denied instead of built.
+ */
+export const MAX_PATCH_BYTES = 6 * 1024 * 1024;
 
 const UID = /^[A-Za-z0-9-]{1,128}$/;
 
@@ -58,16 +68,36 @@ export function reviewAdmission(review: unknown, context: AdmissionContext): Adm
   const kind = request.kind as { group?: unknown; kind?: unknown } | undefined;
   const subResource = request.subResource;
   if (kind?.kind !== "Pod" || (kind.group !== undefined && kind.group !== "") || (typeof subResource === "string" && subResource !== "")) return respond({ allowed: true });
+  // The API server sends the Pod itself as request.object. Injection follows that object, so it
+  // must be exactly one v1 Pod matching request.kind and request.resource: a List (whose every
+  // item `meshward inject` would inject) or another kind is refused, not walked. Found by review:
+  // one 4 MiB review holding a List of 28k pods got a 94 MiB answer and took the injector to 940 MB.
   const object = request.object;
-  if (object === null || typeof object !== "object") return respond({ allowed: true });
-  const meta = (object as { metadata?: { name?: unknown; generateName?: unknown } }).metadata;
+  const problem = notOnePod(object, request.resource);
+  if (problem !== undefined) {
+    return respond({ allowed: false, status: { code: 400, message: `${namespace ?? ""}/${String(request.name ?? "")}: meshward injector: ${problem} [E_ADMISSION_INVALID]` } });
+  }
+  const pod = object as PodLike;
+  const meta = pod.metadata as { name?: unknown; generateName?: unknown } | undefined;
   const name = typeof meta?.name === "string" && meta.name !== "" ? meta.name : typeof meta?.generateName === "string" ? `${meta.generateName}…` : String(request.name ?? "");
   try {
-    const result = injectObject(object, context.options, `admission ${uid}`, namespace);
+    const ownName = typeof meta?.name === "string" ? meta.name : undefined;
+    const podNamespace = typeof pod.metadata?.namespace === "string" ? pod.metadata.namespace : namespace;
+    const label = `Pod ${podNamespace === undefined ? "" : `${podNamespace}/`}${ownName ?? "(unnamed)"}`;
+    const result = injectPod(pod, context.options, `admission ${uid}: ${label}`, ownName);
     if (result === undefined) return respond({ allowed: true });
-    const patch = diffJson(object, result.object);
+    const patch = diffJson(object, result.pod);
     if (patch.length === 0) return respond({ allowed: true });
-    return respond({ allowed: true, patchType: "JSONPatch", patch: Buffer.from(JSON.stringify(patch)).toString("base64"), warnings: result.notes.map(trimWhere) });
+    const patchText = JSON.stringify(patch);
+    const maxPatchBytes = context.maxPatchBytes ?? MAX_PATCH_BYTES;
+    const patchBytes = Buffer.byteLength(patchText);
+    if (patchBytes > maxPatchBytes) {
+      return respond({
+        allowed: false,
+        status: { code: 400, message: `${namespace ?? ""}/${name}: meshward injector: the patch would be ${patchBytes} bytes, over the injector's limit of ${maxPatchBytes} [E_ADMISSION_TOO_LARGE]` },
+      });
+    }
+    return respond({ allowed: true, patchType: "JSONPatch", patch: Buffer.from(patchText).toString("base64"), warnings: result.notes.map(trimWhere) });
   } catch (error) {
     const message = error instanceof MeshwardError ? `meshward injector: ${trimWhere(error.message)} [${error.code}]` : `meshward injector: ${describeError(error)}`;
     return respond({ allowed: false, status: { code: 400, message: `${namespace ?? ""}/${name}: ${message}` } });
@@ -77,4 +107,20 @@ export function reviewAdmission(review: unknown, context: AdmissionContext): Adm
 /** "admission <uid>: Pod shop/x: detail" → "detail": the API server already names the object. */
 function trimWhere(message: string): string {
   return message.replace(/^admission [^:]+: [^:]+: /, "");
+}
+
+/** Why `object` is not the one core v1 Pod a Pod review carries (undefined when it is). */
+function notOnePod(object: unknown, resource: unknown): string | undefined {
+  if (object === null || typeof object !== "object" || Array.isArray(object)) return "request.object is not a Pod object";
+  const { apiVersion, kind } = object as { apiVersion?: unknown; kind?: unknown };
+  if (kind !== "Pod" || apiVersion !== "v1") {
+    return `request.kind is a v1 Pod but request.object is ${JSON.stringify(String(apiVersion ?? "")).slice(0, 80)} ${JSON.stringify(String(kind ?? "")).slice(0, 80)}: only one Pod is injected per review`;
+  }
+  if (resource !== undefined && resource !== null) {
+    const { group, resource: plural } = resource as { group?: unknown; resource?: unknown };
+    if ((group !== undefined && group !== "") || plural !== "pods") {
+      return `request.kind is a Pod but request.resource is ${JSON.stringify(`${String(group ?? "")}/${String(plural ?? "")}`).slice(0, 120)}, not pods`;
+    }
+  }
+  return undefined;
 }

@@ -68,6 +68,7 @@ export function injectPod(input: PodLike, options: InjectOptions, where: string,
   if (settings.config === undefined) notes.push(`${where}: no ${ANNOTATION.config}: every caller with a certificate of this trust domain is allowed`);
 
   refuseTakenNames(spec, annotations, where);
+  refuseTakenPorts(spec, annotations, where);
   const base = uninjectPod(input);
   const baseSpec = base.spec as PodSpecLike;
   const newSpec: PodSpecLike = { ...baseSpec };
@@ -100,6 +101,50 @@ function refuseTakenNames(spec: PodSpecLike, annotations: Readonly<Record<string
   ];
   if (taken.length > 0) {
     throw new MeshwardError("E_INJECT_INVALID", `${where}: the pod already has ${taken.join(" and ")}, names the sidecar uses, without the ${ANNOTATION.injected} annotation; rename them`);
+  }
+}
+
+/** The TCP ports the sidecar binds in the pod's network namespace, by what it uses them for. */
+const SIDECAR_PORT_USES: ReadonlyMap<number, string> = new Map([
+  [SIDECAR_PORTS.inbound, "its inbound mTLS port mw-mtls"],
+  [SIDECAR_PORTS.outbound, "its outbound port (on 127.0.0.1)"],
+  [SIDECAR_PORTS.status, "its status port mw-status (probes, /metrics)"],
+]);
+
+/**
+ * The sidecar shares the pod's network namespace and starts first: an app container that
+ * declares one of its TCP ports as a containerPort would fail to bind it (EADDRINUSE) and
+ * crash-loop, or its probes would reach the sidecar. Kubernetes only warns about duplicate
+ * ports, so this is refused here with the container and port named. A hostPort alone is not
+ * refused: it maps a port of the node onto the containerPort, and binds nothing in the pod.
+ * On re-injection our own init container is skipped.
+ */
+function refuseTakenPorts(spec: PodSpecLike, annotations: Readonly<Record<string, unknown>>, where: string): void {
+  const injected = annotations[ANNOTATION.injected] === "true";
+  const lists: [string, Record<string, unknown>[] | undefined][] = [
+    ["container", spec.containers],
+    ["init container", spec.initContainers],
+  ];
+  for (const [what, list] of lists) {
+    if (!Array.isArray(list)) continue;
+    for (const container of list) {
+      if (container === null || typeof container !== "object") continue;
+      if (what === "init container" && injected && container.name === SIDECAR_CONTAINER) continue;
+      const ports = container.ports;
+      if (!Array.isArray(ports)) continue;
+      for (const port of ports as unknown[]) {
+        if (port === null || typeof port !== "object") continue;
+        const { containerPort, protocol } = port as { containerPort?: unknown; protocol?: unknown };
+        if (protocol !== undefined && protocol !== null && String(protocol).toUpperCase() !== "TCP") continue;
+        const number = Number(containerPort);
+        const use = SIDECAR_PORT_USES.get(number);
+        if (use === undefined) continue;
+        throw new MeshwardError(
+          "E_INJECT_INVALID",
+          `${where}: ${what} ${JSON.stringify(String(container.name ?? ""))} declares containerPort ${number}, which the sidecar binds in the pod's network namespace (${use}); the sidecar's ports ${[...SIDECAR_PORT_USES.keys()].sort((a, b) => a - b).join(", ")} are fixed: give the container another port, or remove ${ANNOTATION.inject}`,
+        );
+      }
+    }
   }
 }
 

@@ -21,7 +21,8 @@ export const MAX_REVIEW_BYTES = 4 * 1024 * 1024;
  * AdmissionReview bytes held by all unfinished requests together: 8 of the largest. The API
  * server sends a few small ones at a time; 40 callers that each send 4 MiB less one byte took the
  * injector from 110 to 279 MB RSS, past its 256 Mi limit, and a pod OOM-killed fails every pod
- * creation in its namespaces (failurePolicy: Fail). Past it, 503 and the API server retries.
+ * creation in its namespaces (failurePolicy: Fail). Answers not yet handed to their connections
+ * count too. Past it, 503 and the API server retries.
  */
 export const DEFAULT_WEBHOOK_MAX_BUFFERED_BYTES = 8 * MAX_REVIEW_BYTES;
 export const MUTATE_PATH = "/mutate";
@@ -30,6 +31,13 @@ export const DEFAULT_WEBHOOK_HANDSHAKE_TIMEOUT_MS = 10_000;
 /** A request's head within 5 s of the handshake or of the previous response; its body within 10 s of the head. */
 export const DEFAULT_WEBHOOK_HEADERS_TIMEOUT_MS = 5_000;
 export const DEFAULT_WEBHOOK_BODY_TIMEOUT_MS = 10_000;
+/**
+ * An answer must be wholly handed to the connection within 5 s of its review arriving, or the
+ * connection is closed. The API server reads at once (its own timeoutSeconds is 10 by default,
+ * 30 at most); a caller that never reads otherwise kept its answer (up to 8 MiB) in the
+ * injector's memory for as long as it stayed connected (40 of them held 758 MB).
+ */
+export const DEFAULT_WEBHOOK_RESPONSE_TIMEOUT_MS = 5_000;
 
 export interface WebhookServerOptions {
   readonly listen: HostPort;
@@ -44,12 +52,16 @@ export interface WebhookServerOptions {
   /** See DEFAULT_WEBHOOK_HEADERS_TIMEOUT_MS and DEFAULT_WEBHOOK_BODY_TIMEOUT_MS (tests shorten them). */
   readonly headersTimeoutMs?: number;
   readonly bodyTimeoutMs?: number;
+  /** See DEFAULT_WEBHOOK_RESPONSE_TIMEOUT_MS (tests lengthen or shorten it). */
+  readonly responseTimeoutMs?: number;
   /** Connections open at once (default 1024); more are reset on accept, before any TLS work. */
   readonly maxConnections?: number;
   /** Connections open at once from one source address (default 256). */
   readonly maxConnectionsPerAddress?: number;
-  /** Request body bytes held by all unfinished requests together (default 32 MiB). */
+  /** Bytes held by all unfinished requests and all answers not yet handed to their connections together (default 32 MiB). */
   readonly maxBufferedBytes?: number;
+  /** Bytes of JSON Patch one review may get (default MAX_PATCH_BYTES, 6 MiB); a larger patch is denied, not sent. */
+  readonly maxPatchBytes?: number;
   /** Served at GET /metrics on the webhook port (like the CA's API port), with the webhook's own counters added. */
   readonly metrics?: Metrics;
 }
@@ -169,13 +181,31 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
         return send(503, { error: "no current trust bundle" });
       }
       try {
-        const answer = reviewAdmission(review, { options: { ...options.inject, trustAnchors: current.bundle.rootsPem }, ownNamespace: options.ownNamespace });
+        const answer = reviewAdmission(review, { options: { ...options.inject, trustAnchors: current.bundle.rootsPem }, ownNamespace: options.ownNamespace, maxPatchBytes: options.maxPatchBytes });
         logger.info(
           { event: "admission", uid: answer.response.uid, allowed: answer.response.allowed, patched: answer.response.patch !== undefined, ...(answer.response.status ? { reason: answer.response.status.message } : {}) },
           "admission review",
         );
+        // The answer counts against the same budget as request bytes until it is wholly handed to
+        // the connection: a caller that does not read holds it in this process's memory.
+        const text = JSON.stringify(answer);
+        const bytes = Buffer.byteLength(text);
+        if (!budget.take(bytes)) {
+          counters?.review("busy");
+          res.setHeader("retry-after", "1");
+          return send(503, { error: "the injector holds too many unfinished AdmissionReviews and unsent answers; retry", code: "E_INJECTOR_BUSY" });
+        }
+        let given = false;
+        const giveBack = () => {
+          if (given) return;
+          given = true;
+          budget.give(bytes);
+        };
+        res.once("finish", giveBack);
+        res.once("close", giveBack);
         counters?.review(!answer.response.allowed ? "denied" : answer.response.patch !== undefined ? "injected" : "unchanged");
-        send(200, answer);
+        res.writeHead(200, { "content-type": "application/json", "cache-control": "no-store" });
+        res.end(text);
       } catch (error) {
         counters?.review("invalid");
         const code = error instanceof MeshwardError ? error.code : "E_INTERNAL";
@@ -186,7 +216,11 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   });
   // Connections come through the gated listener below, so Node's own headersTimeout and
   // requestTimeout would never fire (src/util/request-deadlines.ts).
-  enforceRequestDeadlines(server, { headersMs: options.headersTimeoutMs ?? DEFAULT_WEBHOOK_HEADERS_TIMEOUT_MS, bodyMs: options.bodyTimeoutMs ?? DEFAULT_WEBHOOK_BODY_TIMEOUT_MS });
+  enforceRequestDeadlines(server, {
+    headersMs: options.headersTimeoutMs ?? DEFAULT_WEBHOOK_HEADERS_TIMEOUT_MS,
+    bodyMs: options.bodyTimeoutMs ?? DEFAULT_WEBHOOK_BODY_TIMEOUT_MS,
+    responseMs: options.responseTimeoutMs ?? DEFAULT_WEBHOOK_RESPONSE_TIMEOUT_MS,
+  });
   const unsubscribe = identity.subscribe((event) => {
     if (event.type === "rotated") {
       server.setSecureContext(tlsOptions(event.snapshot));

@@ -1,5 +1,6 @@
 import { pino, type DestinationStream, type Logger, type LoggerOptions } from "pino";
 import { redactPaths, redactSecrets, REDACTED } from "./redact.ts";
+import { escapeControlCharacters } from "../util/control-characters.ts";
 
 export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
 export type LogFormat = "json" | "pretty";
@@ -100,13 +101,7 @@ export function formatPrettyLine(line: string): string {
   return `${escapeControlCharacters(text)}\n`;
 }
 
-const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
-const NAMED_ESCAPES: Readonly<Record<string, string>> = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
-
-/** C0 and C1 control characters, DEL and the Unicode line separators as visible escapes (\n, \x1b, \u2028). */
-export function escapeControlCharacters(text: string): string {
-  return text.replace(CONTROL_CHARACTERS, (c) => NAMED_ESCAPES[c] ?? (c.charCodeAt(0) <= 0xff ? `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}` : `\\u${c.charCodeAt(0).toString(16)}`));
-}
+export { escapeControlCharacters };
 
 function prettyStream(target: DestinationStream): DestinationStream {
   return {

@@ -6,7 +6,16 @@ export interface RequestDeadlines {
   readonly headersMs: number;
   /** Its body must be complete within this long of its head. */
   readonly bodyMs: number;
+  /**
+   * Its response must be wholly handed to the connection (`finish`) within this long of the
+   * request being complete; unset, a response may take as long as it likes. A caller that sends
+   * a request and never reads the answer otherwise keeps the connection, and the unsent answer in
+   * memory, for as long as it stays connected.
+   */
+  readonly responseMs?: number;
 }
+
+type Deadline = "headers" | "body" | "response";
 
 interface DeadlineServer {
   on(event: "secureConnection", listener: (socket: Socket & { alpnProtocol?: string | false | null }) => void): unknown;
@@ -23,26 +32,26 @@ interface DeadlineServer {
  * session's requests come whole in HEADERS frames; its idle time is the session's own timeout).
  */
 export function enforceRequestDeadlines(server: DeadlineServer, deadlines: RequestDeadlines): void {
-  const timers = new WeakMap<Socket, { readonly timer: NodeJS.Timeout; readonly what: "headers" | "body" }>();
-  const clear = (socket: Socket, what?: "headers" | "body") => {
+  const timers = new WeakMap<Socket, { readonly timer: NodeJS.Timeout; readonly what: Deadline }>();
+  const clear = (socket: Socket, what?: Deadline) => {
     const armed = timers.get(socket);
     if (armed === undefined || (what !== undefined && armed.what !== what)) return;
     clearTimeout(armed.timer);
     timers.delete(socket);
   };
-  const arm = (socket: Socket, what: "headers" | "body") => {
+  const arm = (socket: Socket, what: Deadline, ms: number) => {
     clear(socket);
     if (socket.destroyed) return;
     const timer = setTimeout(() => {
       timers.delete(socket);
       socket.destroy();
-    }, what === "headers" ? deadlines.headersMs : deadlines.bodyMs);
+    }, ms);
     timer.unref();
     timers.set(socket, { timer, what });
   };
   server.on("secureConnection", (socket) => {
     if (socket.alpnProtocol === "h2") return;
-    arm(socket, "headers");
+    arm(socket, "headers", deadlines.headersMs);
     socket.once("close", () => clear(socket));
   });
   server.on("request", (message, response) => {
@@ -50,13 +59,22 @@ export function enforceRequestDeadlines(server: DeadlineServer, deadlines: Reque
     const req = message as IncomingMessage;
     const res = response as ServerResponse;
     const socket = req.socket;
-    if (req.complete) clear(socket);
+    // Once the request is whole: its response's deadline, if there is one.
+    const complete = () => {
+      if (deadlines.responseMs !== undefined) arm(socket, "response", deadlines.responseMs);
+      else clear(socket);
+    };
+    if (req.complete) complete();
     else {
-      arm(socket, "body");
-      // Only the body's own deadline: a body drained after the response must not clear the next head's.
-      req.once("end", () => clear(socket, "body"));
+      arm(socket, "body", deadlines.bodyMs);
+      req.once("end", () => {
+        // Only the body's own deadline: a body drained after the response must not clear (or
+        // replace) the next head's.
+        if (res.writableFinished) clear(socket, "body");
+        else complete();
+      });
     }
     // The next request on a kept-alive connection gets the same time for its head.
-    res.once("finish", () => arm(socket, "headers"));
+    res.once("finish", () => arm(socket, "headers", deadlines.headersMs));
   });
 }

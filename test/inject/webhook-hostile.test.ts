@@ -35,7 +35,7 @@ describe("admission webhook against hostile peers", () => {
     pki?.cleanup();
   });
 
-  const start = async (limits: { handshakeTimeoutMs?: number; headersTimeoutMs?: number; bodyTimeoutMs?: number; maxConnections?: number; maxConnectionsPerAddress?: number; maxBufferedBytes?: number }) => {
+  const start = async (limits: { handshakeTimeoutMs?: number; headersTimeoutMs?: number; bodyTimeoutMs?: number; responseTimeoutMs?: number; maxConnections?: number; maxConnectionsPerAddress?: number; maxBufferedBytes?: number }) => {
     const leaf = pki.issueLeaf({ spiffeId: `spiffe://${pki.trustDomain}/ns/meshward-system/sa/meshward-injector`, dnsNames: ["localhost"] });
     const snapshot = {
       svid: { spiffeId: leaf.spiffeId ?? "", certChainPem: leaf.chainPem, privateKey: leaf.key, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial },
@@ -174,6 +174,81 @@ describe("admission webhook against hostile peers", () => {
     const answered = await get(port, "/mutate", `${" ".repeat(200_000)}{}`);
     expect(answered.status).toBe(400);
     expect(answered.body).not.toMatch(/E_INJECTOR_BUSY/);
+  }, 30_000);
+
+  /** A valid Pod review of about `argBytes` (one init container argument): its answer is about 4/3 of that (the init containers, base64'd). */
+  const bigReview = (argBytes: number) =>
+    JSON.stringify({
+      apiVersion: "admission.k8s.io/v1",
+      kind: "AdmissionReview",
+      request: {
+        uid: "0f0f0f0f-0000-0000-0000-000000000004",
+        kind: { group: "", version: "v1", kind: "Pod" },
+        resource: { group: "", version: "v1", resource: "pods" },
+        namespace: "shop",
+        operation: "CREATE",
+        object: {
+          apiVersion: "v1",
+          kind: "Pod",
+          metadata: { name: "p", namespace: "shop", annotations: { "meshward.io/inject": "true", "meshward.io/app-id": "a", "meshward.io/app-port": "8080" } },
+          spec: { initContainers: [{ name: "x", image: "busybox", args: ["A".repeat(argBytes)] }], containers: [{ name: "app", image: "app" }] },
+        },
+      },
+    });
+
+  /** Sends `body` as a POST /mutate and reads at most the first bytes of the answer, then nothing more. */
+  const nonReader = async (port: number, body: string) => {
+    const socket = tlsConnect({ host: "127.0.0.1", port, ca: pki.root.certPem, servername: "localhost" });
+    socket.on("error", () => undefined);
+    await new Promise<void>((resolve) => socket.once("secureConnect", () => resolve()));
+    const answered = new Promise<string>((resolve) =>
+      socket.once("data", (chunk: Buffer) => {
+        socket.pause();
+        resolve(chunk.toString("latin1"));
+      }),
+    );
+    socket.write(`POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    return { socket, answered };
+  };
+
+  // Found by review (dash-inject): a caller that sends a ~4 MiB Pod review and never reads its
+  // ~5 MiB answer kept the connection and the answer in memory for as long as it stayed
+  // connected; 40 of them held 758 MB (the injector's limit is 256 Mi).
+  it("closes a connection whose answer is not wholly sent within the response deadline", async () => {
+    // One connection per address: the next one is accepted only once the server has closed the non-reader's.
+    const { port } = await start({ responseTimeoutMs: 300, maxConnectionsPerAddress: 1 });
+    const { answered } = await nonReader(port, bigReview(3_500_000));
+    expect(await answered).toMatch(/^HTTP\/1\.1 200/);
+    // The answer stays unread (a paused client does not see the close itself): only the response
+    // deadline can free the slot (the test's own timeout is the bound).
+    let health: number | undefined;
+    while (health === undefined) {
+      health = await get(port, "/healthz").then(
+        (answer) => answer.status,
+        () => undefined,
+      );
+      if (health === undefined) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect(health).toBe(200);
+  }, 30_000);
+
+  it("counts answers not yet sent against maxBufferedBytes: past it 503 E_INJECTOR_BUSY, and room again once they go", async () => {
+    const { port } = await start({ maxBufferedBytes: 6 * 1024 * 1024, responseTimeoutMs: 600_000 });
+    // Its answer (~4.0 MB) is held unsent. A 2.0 MB review still fits beside it, its ~2.7 MB answer does not.
+    const first = await nonReader(port, bigReview(3_000_000));
+    expect(await first.answered).toMatch(/^HTTP\/1\.1 200/);
+    const refused = await get(port, "/mutate", bigReview(2_000_000));
+    expect(refused.status).toBe(503);
+    expect(JSON.parse(refused.body)).toMatchObject({ code: "E_INJECTOR_BUSY" });
+    first.socket.destroy();
+    // Room again once the server has seen the close (the test's own timeout is the bound).
+    let answered = await get(port, "/mutate", bigReview(2_000_000));
+    while (answered.status === 503) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      answered = await get(port, "/mutate", bigReview(2_000_000));
+    }
+    expect(answered.status).toBe(200);
+    expect(JSON.parse(answered.body).response).toMatchObject({ allowed: true, patchType: "JSONPatch" });
   }, 30_000);
 
   it("answers 413 to a declared length over the cap before reading any of it", async () => {

@@ -9,6 +9,7 @@ import { inspectCertificate } from "../../pki/inspect.ts";
 import { parseSpiffeId } from "../../spiffe/id.ts";
 import { tlsAfterHandshakeFailure } from "../../tls/after-handshake.ts";
 import { renegotiationRefusingAgent } from "../../tls/undici-agent.ts";
+import { escapeControlCharacters } from "../../util/control-characters.ts";
 import { describeTimeLeft } from "../../util/duration.ts";
 import { assertPrivateFile } from "../../util/files.ts";
 import { readBundleFile } from "../../identity/bundle-file.ts";
@@ -55,7 +56,7 @@ export async function runStatus(opts: OptionValues): Promise<void> {
   if (opts.ca !== undefined) rows.push(...(await caRows(opts.ca, opts.bundle, now)));
   const token = statusToken(opts.statusTokenFile);
   for (const url of (opts.statusUrl as string[] | undefined) ?? []) rows.push(...(await feedRows(url, token, now)));
-  if (opts.json) process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+  if (opts.json) process.stdout.write(`${jsonForTerminal(rows)}\n`);
   else process.stdout.write(renderTable(rows));
   if (rows.some((r) => !r.healthy)) process.exitCode = 1;
 }
@@ -153,9 +154,22 @@ function describeFetchError(error: unknown): string {
   return describeError(error);
 }
 
+/**
+ * JSON.stringify escapes C0 controls but writes DEL, the C1 controls (U+0080-U+009F, of which
+ * U+009B is a one-character CSI) and U+2028/2029 as they are. They can only occur inside JSON
+ * strings, where \uXXXX is the same value: escaped, so `--json` on a terminal is as safe as the table.
+ */
+function jsonForTerminal(value: unknown): string {
+  return JSON.stringify(value, null, 2).replace(/[\u007f-\u009f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
 function renderTable(rows: readonly Row[]): string {
   const header = ["COMPONENT", "NAME", "IDENTITY", "EXPIRES", "HEALTH", "LAST ROTATION"];
-  const cells = rows.map((r) => [r.component, r.name, r.identity, r.expires ? `${r.timeLeft}` : "", r.health, r.lastRotation]);
+  // Every cell may hold what a status endpoint or the CA sent (names, SPIFFE IDs, health details,
+  // error messages): control characters are printed as visible escapes, never to the terminal
+  // as they came (ESC sequences could overprint a failing row, set the title, or write the
+  // clipboard with OSC 52). --json is left as it is: JSON.stringify escapes them already.
+  const cells = rows.map((r) => [r.component, r.name, r.identity, r.expires ? `${r.timeLeft}` : "", r.health, r.lastRotation].map((cell) => escapeControlCharacters(String(cell ?? ""))));
   const widths = header.map((h, i) => Math.min(70, Math.max(h.length, ...cells.map((c) => (c[i] ?? "").length))));
   const line = (values: readonly string[]) => values.map((v, i) => v.padEnd(widths[i] as number)).join("  ").trimEnd();
   return `${[line(header), ...cells.map(line)].join("\n")}\n`;
