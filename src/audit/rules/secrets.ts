@@ -2,7 +2,7 @@ import { asText, lookup } from "../shape.ts";
 import type { Hit, Position, Rule } from "../types.ts";
 import { componentYaml, deploymentYaml, secretRefYaml } from "./example-builders.ts";
 import { defineRule, hasSubstitution, isNotSecretValue, isPlaceholder, isSensitiveName, redactConnectionString, redactSecret } from "./helpers.ts";
-import { URL_PASSWORD } from "../values.ts";
+import { urlPassword } from "../values.ts";
 
 const PRODUCTION_SEGMENT = /(^|[-_.])(prod|production|prd|live)($|[-_.])/i;
 
@@ -18,8 +18,8 @@ export function looksLikeProduction(file: string, namespace: string | undefined)
 export function hasEmbeddedCredentials(value: string): boolean {
   const text = value.trim();
   const passwords = [
-    URL_PASSWORD.exec(text)?.[1],
-    /^[^\s:/@()]+:([^\s@]+)@(tcp|unix)\(/i.exec(text)?.[1],
+    urlPassword(text),
+    /^[^\s:/@()]+:(\S+)@(tcp|unix)\(/i.exec(text)?.[1],
     /(?:^|[\s;?&])(?:password|pwd)\s*=\s*('[^']*'|"[^"]*"|[^\s;&]+)/i.exec(text)?.[1]?.replace(/^['"]|['"]$/g, ""),
   ];
   return passwords.some((password) => password !== undefined && !isPlaceholder(password) && !hasSubstitution(password));

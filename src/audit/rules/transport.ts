@@ -1,7 +1,7 @@
 import type { ComponentMetadataItem, ContainerEnvVar, DaprComponent, EnvHolder, Hit, NodePath, Rule, Severity } from "../types.ts";
 import { asText, get, isDict, isFalsy, isTruthy } from "../shape.ts";
 import { componentYaml, secretRefYaml } from "./example-builders.ts";
-import { componentFamily, connectionParam, defineRule, hostOf, isLoopbackComponent, isLoopbackHost, isPlaceholder, metadataItem, typePath, urlScheme } from "./helpers.ts";
+import { componentFamily, connectionParam, defineRule, hostOf, isLoopbackComponent, isLoopbackHost, isPlaceholder, metadataItem, redactConnectionString, typePath, urlScheme } from "./helpers.ts";
 
 /** The inline connection string, unless it is wholly a substitution or a placeholder. */
 function connectionString(component: DaprComponent): ComponentMetadataItem | undefined {
@@ -506,7 +506,7 @@ export const transportRules: Rule[] = [
       if (/^http:\/\//i.test(zipkin)) hits.push({ path: ["spec", "tracing", "zipkin", "endpointAddress"], evidence: `zipkin.endpointAddress: http://${hostOf(zipkin)}` });
       const otel = get(configuration.spec, "tracing", "otel");
       if (isDict(otel) && isFalsy(otel["isSecure"])) {
-        hits.push({ path: ["spec", "tracing", "otel", "isSecure"], evidence: `otel.isSecure: ${asText(otel["isSecure"])} (${asText(otel["endpointAddress"]) || "no endpoint"})` });
+        hits.push({ path: ["spec", "tracing", "otel", "isSecure"], evidence: `otel.isSecure: ${asText(otel["isSecure"])} (${redactConnectionString(asText(otel["endpointAddress"])) || "no endpoint"})` });
       }
       return hits;
     },
