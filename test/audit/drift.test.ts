@@ -1,9 +1,35 @@
-import { join } from "node:path";
-import { describe, expect, it } from "vitest";
+import { spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { MESHWARD_BIN } from "../helpers/cli.ts";
 import { loadSources } from "../../src/audit/audit.ts";
 import { collectPosture, compareEnvironments, driftPaths, referenceIndex, renderDriftText } from "../../src/audit/drift.ts";
 
 const DRIFT = join(import.meta.dirname, "fixtures", "drift");
+const scratch = mkdtempSync(join(tmpdir(), "mw-audit-drift-"));
+afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+/** Writes a tree of files under a fresh folder of the scratch folder; returns that folder. */
+function tree(name: string, files: Record<string, string>): string {
+  const root = join(scratch, name);
+  for (const [file, text] of Object.entries(files)) {
+    mkdirSync(dirname(join(root, file)), { recursive: true });
+    writeFileSync(join(root, file), text);
+  }
+  return root;
+}
+
+function meshward(...args: string[]): { code: number | null; stdout: string; stderr: string } {
+  const run = spawnSync(process.execPath, [MESHWARD_BIN, ...args], { encoding: "utf8", timeout: 60_000 });
+  return { code: run.status, stdout: run.stdout, stderr: run.stderr };
+}
+
+const configuration = (name: string, enabled: boolean, namespace?: string) =>
+  `apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: ${name}\n${namespace === undefined ? "" : `  namespace: ${namespace}\n`}spec:\n  mtls:\n    enabled: ${enabled}\n`;
+const mtlsRows = (report: { rows: { aspect: string; subject: string; values: (string | null)[]; status: string }[] }) =>
+  report.rows.filter((row) => row.aspect === "mTLS").map((row) => `${row.status} ${row.subject} ${JSON.stringify(row.values)}`);
 
 describe("drift", () => {
   it("flags every setting where staging is weaker than production", () => {
@@ -63,5 +89,57 @@ describe("drift", () => {
     expect(text.split("\n")[0]).toMatch(/^aspect +subject +staging +production \(reference\) +status$/);
     expect(text).toMatch(/mTLS +Configuration appconfig +off +on +WEAKER in staging/);
     expect(text).toContain("7 weaker than the reference");
+  });
+
+  it("resources with one name in two namespaces of an environment are two rows; neither hides the other (review audit H1)", () => {
+    const root = tree("h1-namespaces", {
+      "staging/payments/config.yaml": configuration("appconfig", false, "payments"),
+      "staging/shop/config.yaml": configuration("appconfig", true, "shop"),
+      "production/payments/config.yaml": configuration("appconfig", true, "payments"),
+      "production/shop/config.yaml": configuration("appconfig", true, "shop"),
+    });
+    expect(mtlsRows(driftPaths([join(root, "staging"), join(root, "production")]))).toEqual([
+      `weaker Configuration payments/appconfig ["off","on"]`,
+      `same Configuration shop/appconfig ["on","on"]`,
+    ]);
+    // The same the other way round (the weaker one read first).
+    const swapped = tree("h1-swapped", {
+      "staging/a/config.yaml": configuration("appconfig", true, "shop"),
+      "staging/b/config.yaml": configuration("appconfig", false, "payments"),
+      "production/config.yaml": configuration("appconfig", true, "payments") + "---\n" + configuration("appconfig", true, "shop"),
+    });
+    expect(mtlsRows(driftPaths([join(swapped, "staging"), join(swapped, "production")]))).toEqual([
+      `weaker Configuration payments/appconfig ["off","on"]`,
+      `same Configuration shop/appconfig ["on","on"]`,
+    ]);
+    const run = meshward("audit", "drift", join(root, "staging"), join(root, "production"), "--fail-on", "weaker");
+    expect(run.code, run.stderr).toBe(1);
+    expect(run.stdout).toMatch(/mTLS +Configuration payments\/appconfig +off +on +WEAKER in staging/);
+  });
+
+  it("without a namespace, resources with one name are told apart by file, and one file's duplicates by the weakest value (review audit H1)", () => {
+    const root = tree("h1-files", {
+      "staging/payments/config.yaml": configuration("appconfig", false),
+      "staging/shop/config.yaml": configuration("appconfig", true),
+      "production/payments/config.yaml": configuration("appconfig", true),
+      "production/shop/config.yaml": configuration("appconfig", true),
+    });
+    expect(mtlsRows(driftPaths([join(root, "staging"), join(root, "production")]))).toEqual([
+      `weaker Configuration appconfig in payments/config.yaml ["off","on"]`,
+      `same Configuration appconfig in shop/config.yaml ["on","on"]`,
+    ]);
+    const one = tree("h1-one-file", {
+      "staging/config.yaml": configuration("appconfig", false) + "---\n" + configuration("appconfig", true),
+      "production/config.yaml": configuration("appconfig", true),
+    });
+    expect(mtlsRows(driftPaths([join(one, "staging"), join(one, "production")]))).toEqual([
+      `weaker Configuration appconfig ["off (weakest of 2)","on"]`,
+    ]);
+    // A name unique in each environment still pairs across environments, whatever its namespace.
+    const unique = tree("h1-unique", {
+      "staging/config.yaml": configuration("appconfig", false, "staging"),
+      "production/config.yaml": configuration("appconfig", true, "production"),
+    });
+    expect(mtlsRows(driftPaths([join(unique, "staging"), join(unique, "production")]))).toEqual([`weaker Configuration appconfig ["off","on"]`]);
   });
 });

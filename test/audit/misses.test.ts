@@ -281,7 +281,7 @@ describe("inline kustomize patches", () => {
     const deploy = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: orders\nspec:\n  template:\n    metadata:\n      annotations:\n        dapr.io/enabled: \"true\"\n        dapr.io/app-id: orders\n        dapr.io/config: appconfig\n    spec:\n      containers:\n      - name: orders\n        image: orders:1.0\n";
     const files = [{ file: "app/kustomization.yaml", text: tracing }, { file: "app/config.yaml", text: config }, { file: "app/deploy.yaml", text: deploy }];
     expect(auditSources(files).findings.filter((finding) => finding.ruleId === "MW-K8S-005").map((finding) => finding.file)).toEqual(["app/deploy.yaml"]);
-    expect(collectPosture(loadSources(files).corpus).get("mTLS\u0000Configuration appconfig")?.value).toBe("off");
+    expect(collectPosture(loadSources(files).corpus).find((entry) => entry.aspect === "mTLS" && entry.label === "Configuration" && entry.name === "appconfig")?.value).toBe("off");
   });
 
   it("reports a JSON6902 remove of the access control (MW-ACCESS-006) at its operation, not other removals", () => {
