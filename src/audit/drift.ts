@@ -3,7 +3,8 @@ import { loadSources } from "./audit.ts";
 import { microTlsEnabled } from "./rules/micro.ts";
 import { validatorNames } from "./rules/mtls.ts";
 import { transportRules } from "./rules/transport.ts";
-import { looksLikeProduction } from "./rules/secrets.ts";
+import { productionScore } from "./rules/secrets.ts";
+import { MeshwardError } from "../errors.ts";
 import { isDaprEnabled, meshwardInjected, meshwardMode } from "./rules/kubernetes.ts";
 import { asArray, asText, durationSeconds, get, isDict, isFalsy, isTruthy, lookup } from "./shape.ts";
 import type { Corpus, Resource } from "./types.ts";
@@ -43,9 +44,13 @@ export interface DriftRow {
   weakerIn: string[];
 }
 
+/** How the reference was chosen: `--reference`, a folder named like production, or the last folder given. */
+export type ReferenceChoice = "flag" | "name" | "last";
+
 export interface DriftReport {
   environments: string[];
   reference: string;
+  referenceBy: ReferenceChoice;
   rows: DriftRow[];
 }
 
@@ -149,10 +154,26 @@ function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, su
   }
 }
 
-/** The reference is the first environment whose folder name looks like production, else the last. */
-export function referenceIndex(names: readonly string[]): number {
-  const index = names.findIndex((name) => looksLikeProduction(basename(resolve(name)), undefined));
-  return index >= 0 ? index : names.length - 1;
+/**
+ * The reference: the environment whose path names production most plainly, looking at every
+ * segment of the path that the environments do not all share (`environments/production/k8s`
+ * against `environments/staging/k8s`), a segment that is a production word (`production`, `prod`)
+ * before one with a production word in it (`env-prod`), never a negated one (`non-prod`,
+ * `pre-prod`); the first of equals. Else the last environment given.
+ */
+export function chooseReference(paths: readonly string[]): { index: number; by: ReferenceChoice } {
+  const segments = paths.map((path) => resolve(path).split(sep).filter((segment) => segment !== ""));
+  let shared = 0;
+  while (segments.every((each) => shared < each.length - 1 && each[shared] === segments[0]?.[shared])) shared += 1;
+  const scores = segments.map((each) => Math.max(0, ...each.slice(shared).map(productionScore)));
+  const best = Math.max(...scores);
+  if (best > 0) return { index: scores.indexOf(best), by: "name" };
+  return { index: paths.length - 1, by: "last" };
+}
+
+/** The index of the reference environment (see chooseReference). */
+export function referenceIndex(paths: readonly string[]): number {
+  return chooseReference(paths).index;
 }
 
 /**
@@ -206,9 +227,9 @@ function ambiguousWithinNamespace(environments: readonly { posture: Posture }[],
   });
 }
 
-export function compareEnvironments(environments: readonly { name: string; posture: Posture }[]): DriftReport {
+export function compareEnvironments(environments: readonly { name: string; posture: Posture }[], chosen?: { index: number; by: ReferenceChoice }): DriftReport {
   const names = environments.map((environment) => environment.name);
-  const reference = referenceIndex(names);
+  const { index: reference, by: referenceBy } = chosen ?? chooseReference(names);
   const keyOf = rowKeys(environments);
   const subjects = new Map<string, { aspect: string; subject: string }>();
   // Per environment, per row key: the weakest value (and how many resources gave one).
@@ -236,18 +257,52 @@ export function compareEnvironments(environments: readonly { name: string; postu
     const differs = new Set(values.map((value) => value ?? "\u0001missing")).size > 1;
     rows.push({ aspect, subject, values, status: weakerIn.length > 0 ? "weaker" : differs ? "differs" : "same", weakerIn });
   }
-  return { environments: names, reference: names[reference] ?? "", rows };
+  return { environments: names, reference: names[reference] ?? "", referenceBy, rows };
 }
 
-/** Drift between environment folders read from disk. */
-export function driftPaths(directories: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_BYTES): DriftReport {
+/**
+ * Drift between environment folders read from disk. `reference` names the reference environment
+ * (one of `directories`, as given or by its displayed name). An environment folder that does not
+ * exist or cannot be read, and one with nothing to compare, are refused (E_AUDIT_NOT_FOUND,
+ * E_AUDIT_NOTHING_TO_COMPARE): a comparison with it would say nothing and pass.
+ */
+export function driftPaths(directories: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_BYTES, options: { reference?: string } = {}): DriftReport {
   const short = directories.map((directory) => basename(resolve(directory)));
   const names = new Set(short).size === short.length ? short : [...directories];
-  return compareEnvironments(directories.map((directory, index) => {
-    const { corpus } = loadSources(walk([directory], maxFileBytes).files);
-    return { name: names[index] ?? directory, posture: collectPosture(corpus, directory) };
-  }));
+  let chosen: { index: number; by: ReferenceChoice } | undefined;
+  if (options.reference !== undefined) {
+    const wanted = options.reference;
+    const index = directories.findIndex((directory, at) => resolve(directory) === resolve(wanted) || names[at] === wanted);
+    if (index < 0) throw new MeshwardError("E_AUDIT_USAGE", `--reference ${wanted}: not one of the environments given (${directories.join(", ")})`);
+    chosen = { index, by: "flag" };
+  }
+  const missing: string[] = [];
+  const empty: string[] = [];
+  const environments = directories.map((directory, index) => {
+    const walked = walk([directory], maxFileBytes);
+    const root = walked.skipped.find((skipped) => skipped.file === directory);
+    if (root !== undefined) missing.push(`${directory} (${root.detail})`);
+    const { corpus } = loadSources(walked.files);
+    const posture = collectPosture(corpus, directory);
+    if (root === undefined && posture.length === 0) {
+      const overlay = corpus.resources.some((resource) => resource.kind !== "raw-file" && resource.source.origin !== undefined)
+        || walked.files.some((file) => /(^|[\\/])kustomization\.ya?ml$/i.test(file.file));
+      empty.push(overlay ? `${directory} (a kustomize overlay: its bases are not read; run \`kustomize build\` for each environment and compare the output)` : directory);
+    }
+    return { name: names[index] ?? directory, posture };
+  });
+  if (missing.length > 0) throw new MeshwardError("E_AUDIT_NOT_FOUND", `drift: environment folder not found: ${missing.join(", ")}`);
+  if (empty.length > 0) {
+    throw new MeshwardError("E_AUDIT_NOTHING_TO_COMPARE", `drift: nothing to compare in ${empty.join(", ")}: no Dapr Configuration, component or Dapr-enabled workload, meshward sidecar or CA config, or micro settings`);
+  }
+  return compareEnvironments(environments, chosen ?? chooseReference(directories));
 }
+
+const REFERENCE_WHY: Readonly<Record<ReferenceChoice, string>> = {
+  flag: "given with --reference",
+  name: "named like production",
+  last: "the last folder given: none is named like production; name it with --reference",
+};
 
 export function renderDriftText(report: DriftReport, options: { color: boolean }): string {
   const paint = (code: string, text: string): string => (options.color ? `\u001b[${code}m${text}\u001b[0m` : text);
@@ -262,7 +317,7 @@ export function renderDriftText(report: DriftReport, options: { color: boolean }
   });
   const weaker = report.rows.filter((row) => row.status === "weaker").length;
   const differs = report.rows.filter((row) => row.status === "differs").length;
-  lines.push("", `${report.rows.length} settings compared across ${report.environments.length} environments (reference: ${report.reference}): ${weaker} weaker than the reference, ${differs} differ.`);
+  lines.push("", `${report.rows.length} settings compared across ${report.environments.length} environments (reference: ${report.reference}, ${REFERENCE_WHY[report.referenceBy]}): ${weaker} weaker than the reference, ${differs} differ.`);
   return `${lines.join("\n")}\n`;
 }
 

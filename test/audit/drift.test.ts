@@ -5,7 +5,9 @@ import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { MESHWARD_BIN } from "../helpers/cli.ts";
 import { loadSources } from "../../src/audit/audit.ts";
-import { collectPosture, compareEnvironments, driftPaths, referenceIndex, renderDriftText } from "../../src/audit/drift.ts";
+import { chooseReference, collectPosture, compareEnvironments, driftPaths, referenceIndex, renderDriftText } from "../../src/audit/drift.ts";
+import { auditSources } from "../../src/audit/audit.ts";
+import { looksLikeProduction, productionScore } from "../../src/audit/rules/secrets.ts";
 
 const DRIFT = join(import.meta.dirname, "fixtures", "drift");
 const scratch = mkdtempSync(join(tmpdir(), "mw-audit-drift-"));
@@ -141,5 +143,77 @@ describe("drift", () => {
       "production/config.yaml": configuration("appconfig", true, "production"),
     });
     expect(mtlsRows(driftPaths([join(unique, "staging"), join(unique, "production")]))).toEqual([`weaker Configuration appconfig ["off","on"]`]);
+  });
+
+  it("takes production words whole, never negated, from every path segment the environments do not share (review audit H2)", () => {
+    for (const segment of ["prod", "Production", "prd", "live"]) expect(productionScore(segment), segment).toBe(2);
+    for (const segment of ["env-prod", "prod-eu", "eu_production"]) expect(productionScore(segment), segment).toBe(1);
+    for (const segment of ["non-prod", "pre-prod", "not_prod", "pre.production", "nonprod", "preprod", "products", "reprod", "staging"]) expect(productionScore(segment), segment).toBe(0);
+    expect(looksLikeProduction("deploy/non-prod/secretstore.yaml", undefined)).toBe(false);
+    expect(looksLikeProduction("deploy/prod-eu/secretstore.yaml", undefined)).toBe(true);
+    expect(chooseReference(["envs/non-prod", "envs/prod"])).toEqual({ index: 1, by: "name" });
+    expect(chooseReference(["envs/pre-prod", "envs/prod", "envs/dev"])).toEqual({ index: 1, by: "name" });
+    expect(chooseReference(["environments/production/k8s", "environments/staging/k8s"])).toEqual({ index: 0, by: "name" });
+    expect(chooseReference(["env-prod", "production"])).toEqual({ index: 1, by: "name" });
+    expect(chooseReference(["/srv/prod-repo/envs/staging", "/srv/prod-repo/envs/qa"])).toEqual({ index: 1, by: "last" });
+    // MW-SECRET-004 (a local secret store in a production path) reads the same words.
+    const store = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: secretstore\nspec:\n  type: secretstores.local.file\n  metadata:\n    - name: secretsFile\n      value: /secrets.json\n";
+    const ids = (file: string) => auditSources([{ file, text: store }]).findings.map((finding) => finding.ruleId).filter((id) => id === "MW-SECRET-004");
+    expect(ids("deploy/non-prod/secretstore.yaml")).toEqual([]);
+    expect(ids("deploy/prod/secretstore.yaml")).toEqual(["MW-SECRET-004"]);
+  });
+
+  it("the CLI compares against production whatever the folder order and names; --reference names it (review audit H2)", () => {
+    const root = tree("h2", {
+      "non-prod/config.yaml": configuration("daprsystem", false, "dapr-system"),
+      "pre-prod/config.yaml": configuration("daprsystem", false, "dapr-system"),
+      "prod/config.yaml": configuration("daprsystem", true, "dapr-system"),
+      "environments/production/k8s/config.yaml": configuration("daprsystem", true),
+      "environments/staging/k8s/config.yaml": configuration("daprsystem", false),
+      "a/config.yaml": configuration("daprsystem", false),
+      "b/config.yaml": configuration("daprsystem", true),
+    });
+    for (const lower of ["non-prod", "pre-prod"]) {
+      const run = meshward("audit", "drift", join(root, lower), join(root, "prod"), "--fail-on", "weaker");
+      expect(run.code, run.stdout + run.stderr).toBe(1);
+      expect(run.stdout).toMatch(new RegExp(`mTLS +Configuration daprsystem +off +on +WEAKER in ${lower}`));
+      expect(run.stdout).toContain("(reference: prod, named like production)");
+    }
+    const nested = meshward("audit", "drift", join(root, "environments/production/k8s"), join(root, "environments/staging/k8s"), "--fail-on", "weaker", "--format", "json");
+    expect(nested.code, nested.stderr).toBe(1);
+    expect(JSON.parse(nested.stdout)).toMatchObject({ reference: join(root, "environments/production/k8s"), referenceBy: "name" });
+    // No folder named like production: the last, said so; --reference picks another.
+    const last = meshward("audit", "drift", join(root, "b"), join(root, "a"), "--fail-on", "weaker");
+    expect(last.code).toBe(0);
+    expect(last.stdout).toContain("(reference: a, the last folder given: none is named like production; name it with --reference)");
+    const flag = meshward("audit", "drift", join(root, "a"), join(root, "b"), "--reference", join(root, "b"), "--fail-on", "weaker");
+    expect(flag.code, flag.stderr).toBe(1);
+    expect(flag.stdout).toContain("(reference: b, given with --reference)");
+    expect(meshward("audit", "drift", join(root, "a"), join(root, "b"), "--reference", "b", "--fail-on", "weaker").code).toBe(1);
+    const wrong = meshward("audit", "drift", join(root, "a"), join(root, "b"), "--reference", "c");
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toMatch(/--reference c: not one of the environments given .*\[E_AUDIT_USAGE\]/);
+    expect(meshward("audit", "drift", "--help").stdout).toContain("--reference <dir>");
+  });
+
+  it("refuses an environment folder that does not exist or holds nothing to compare (review audit M1)", () => {
+    const root = tree("m1", {
+      "staging/statestore.yaml": "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  metadata:\n    - name: redisHost\n      value: redis:6379\n",
+      "production/statestore.yaml": "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  metadata:\n    - name: redisHost\n      value: redis:6379\n    - name: enableTLS\n      value: \"true\"\n",
+      "docs/README.md": "# nothing here\n",
+      "overlays/staging/kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../../base\npatches:\n  - patch: |-\n      apiVersion: dapr.io/v1alpha1\n      kind: Configuration\n      metadata:\n        name: appconfig\n      spec:\n        mtls:\n          enabled: false\n",
+    });
+    const typo = meshward("audit", "drift", join(root, "staging"), join(root, "prodution"), "--fail-on", "weaker");
+    expect(typo.code).toBe(1);
+    expect(typo.stdout).toBe("");
+    expect(typo.stderr).toMatch(/drift: environment folder not found: .*prodution \(does not exist\) \[E_AUDIT_NOT_FOUND\]/);
+    const empty = meshward("audit", "drift", join(root, "docs"), join(root, "production"));
+    expect(empty.code).toBe(1);
+    expect(empty.stdout).toBe("");
+    expect(empty.stderr).toMatch(/drift: nothing to compare in .*docs: .*\[E_AUDIT_NOTHING_TO_COMPARE\]/);
+    const overlay = meshward("audit", "drift", join(root, "overlays/staging"), join(root, "production"), "--fail-on", "weaker");
+    expect(overlay.code).toBe(1);
+    expect(overlay.stderr).toMatch(/a kustomize overlay: its bases are not read; run `kustomize build`/);
+    expect(meshward("audit", "drift", join(root, "staging"), join(root, "production"), "--fail-on", "weaker").code).toBe(1);
   });
 });

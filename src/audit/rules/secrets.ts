@@ -4,11 +4,25 @@ import { componentYaml, deploymentYaml, secretRefYaml } from "./example-builders
 import { defineRule, hasSubstitution, isNotSecretValue, isPlaceholder, isSensitiveName, redactConnectionString, redactSecret } from "./helpers.ts";
 import { urlPassword } from "../values.ts";
 
-const PRODUCTION_SEGMENT = /(^|[-_.])(prod|production|prd|live)($|[-_.])/i;
+const PRODUCTION_WORD = /^(prod|production|prd|live)$/i;
+/** Words that make the production word after them mean the opposite (`non-prod`, `pre-prod`, `not-prod`). */
+const NEGATION_WORD = /^(non|pre|not|no)$/i;
+
+/**
+ * How much a path segment or namespace names production: 2 when it is a production word
+ * (`prod`, `production`, `prd`, `live`, any case), 1 when one of its `-`/`_`/`.`-separated words is
+ * and no negation comes right before it (`env-prod`, `prod-eu`; not `non-prod`, `pre_prod`,
+ * `nonprod`, `preproduction`), else 0. Whole words only: `products`, `reprod` are not production.
+ */
+export function productionScore(segment: string): number {
+  if (PRODUCTION_WORD.test(segment)) return 2;
+  const words = segment.split(/[-_.]/);
+  return words.some((word, index) => PRODUCTION_WORD.test(word) && !(index > 0 && NEGATION_WORD.test(words[index - 1] ?? ""))) ? 1 : 0;
+}
 
 export function looksLikeProduction(file: string, namespace: string | undefined): boolean {
   const segments = file.split(/[\\/]/);
-  return segments.some((segment) => PRODUCTION_SEGMENT.test(segment)) || (namespace !== undefined && PRODUCTION_SEGMENT.test(namespace));
+  return segments.some((segment) => productionScore(segment) > 0) || (namespace !== undefined && productionScore(namespace) > 0);
 }
 
 /**
