@@ -190,16 +190,18 @@ export const secretRules: Rule[] = [
     family: "secrets",
     severity: "high",
     title: "Secret inline in a container environment variable",
-    why: "`env[].value` is stored in the workload spec (and a docker-compose `environment:` entry in the compose file): visible to everyone who can `get` the Deployment, in git and in Helm history. That holds for a password under any name, including one inside a connection URL (`DATABASE_URL=postgres://user:password@db/orders`).",
+    why: "`env[].value` is stored in the workload spec (and a docker-compose `environment:` entry in the compose file): visible to everyone who can `get` the Deployment, in git and in Helm history. That holds for a password under any name, including one inside a connection URL (`DATABASE_URL=postgres://user:password@db/orders`). The same holds for a `.env` file and a ConfigMap's `data` (read into containers with `env_file:` and `envFrom`); a Secret's values are where secrets belong and are not reported here (MW-SECRET-007 reports Secrets kept in the tree).",
     fix: "Use `valueFrom.secretKeyRef` (or mount the secret as a file); for a connection URL, keep the whole URL in the Secret.",
     example: {
       file: "deployment.yaml",
       bad: deploymentYaml({ "prometheus.io/scrape": "true" }).replace("          ports:", "          env:\n            - name: DB_PASSWORD\n              value: \"hunter2\"\n          ports:"),
       good: deploymentYaml({ "prometheus.io/scrape": "true" }).replace("          ports:", "          env:\n            - name: DB_PASSWORD\n              valueFrom:\n                secretKeyRef:\n                  name: db\n                  key: password\n          ports:"),
     },
-    appliesTo: ["workload", "compose-service"],
+    appliesTo: ["workload", "compose-service", "config-values"],
     check(workload) {
       const hits: Hit[] = [];
+      // A Secret's values are where secrets belong (MW-SECRET-007 reports Secrets kept in the tree).
+      if (workload.kind === "config-values" && workload.holder === "Secret") return hits;
       for (const entry of workload.env) {
         if (!entry.hasInlineValue) continue;
         // A password inside a connection URL or DSN is a secret whatever the variable is called

@@ -114,7 +114,7 @@ function mysqlUrlTls(value: string): string | undefined {
 
 /** The other env variables of the container an env entry belongs to (path `…containers, i, env, j, value`; a compose service is one container). */
 function containerEnv(workload: EnvHolder, entry: ContainerEnvVar): ContainerEnvVar[] {
-  if (workload.kind === "compose-service") return workload.env;
+  if (workload.kind !== "workload") return workload.env;
   const container = JSON.stringify(entry.path.slice(0, -3));
   return workload.env.filter((other) => JSON.stringify(other.path.slice(0, -3)) === container);
 }
@@ -226,7 +226,7 @@ export const transportRules: Rule[] = [
       bad: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=disable" }),
       good: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=verify-full sslrootcert=/etc/pg/ca.pem" }),
     },
-    appliesTo: ["dapr-component", "workload", "compose-service"],
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
     check(resource) {
       return postgresConnections(resource)
         .filter((connection) => ["", "disable", "allow", "prefer"].includes(connection.mode))
@@ -245,7 +245,7 @@ export const transportRules: Rule[] = [
       bad: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=require" }),
       good: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=verify-full" }),
     },
-    appliesTo: ["dapr-component", "workload", "compose-service"],
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
     check(resource) {
       return postgresConnections(resource)
         .filter((connection) => ["require", "verify-ca"].includes(connection.mode))
@@ -264,7 +264,7 @@ export const transportRules: Rule[] = [
       bad: componentYaml("state.mysql", { connectionString: "dapr@tcp(mysql.db.svc:3306)/?allowNativePasswords=true" }),
       good: componentYaml("state.mysql", { connectionString: "dapr@tcp(mysql.db.svc:3306)/?allowNativePasswords=true&tls=true" }),
     },
-    appliesTo: ["dapr-component", "workload", "compose-service"],
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
     check(resource) {
       if (resource.kind !== "dapr-component") {
         return envMysqlConnections(resource).flatMap((entry): Hit[] => {
@@ -339,7 +339,7 @@ export const transportRules: Rule[] = [
       bad: componentYaml("pubsub.rabbitmq", { host: "amqp://rabbitmq.default.svc:5672", durable: "true" }, "pubsub"),
       good: componentYaml("pubsub.rabbitmq", { host: "amqps://rabbitmq.default.svc:5671", durable: "true" }, "pubsub"),
     },
-    appliesTo: ["dapr-component", "workload", "compose-service"],
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
     check(resource) {
       const hits: Hit[] = [];
       if (resource.kind !== "dapr-component") {
@@ -374,7 +374,7 @@ export const transportRules: Rule[] = [
       bad: componentYaml("state.mongodb", { host: "mongo.db.svc:27017", databaseName: "orders" }),
       good: componentYaml("state.mongodb", { host: "mongo.db.svc:27017", databaseName: "orders", params: "?tls=true&tlsCAFile=/etc/mongo/ca.pem" }),
     },
-    appliesTo: ["dapr-component", "workload", "compose-service"],
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
     check(resource) {
       if (resource.kind !== "dapr-component") {
         return envUrls(resource).flatMap((entry): Hit[] => {
@@ -420,7 +420,7 @@ export const transportRules: Rule[] = [
       bad: componentYaml("pubsub.mqtt3", { url: "mqtts://mqtt.default.svc:8883", skipVerify: "true" }, "pubsub"),
       good: componentYaml("pubsub.mqtt3", { url: "mqtts://mqtt.default.svc:8883", skipVerify: "false" }, "pubsub"),
     },
-    appliesTo: ["dapr-component", "workload", "compose-service"],
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
     check(resource) {
       if (resource.kind !== "dapr-component") {
         return resource.env.flatMap((entry): Hit[] => {
