@@ -61,7 +61,7 @@ interface PostgresConnection {
 
 function postgresSslMode(component: DaprComponent): PostgresConnection | undefined {
   const item = connectionString(component);
-  if (item === undefined) return undefined;
+  if (item === undefined || isPostgresSocketOnly(item.value)) return undefined;
   return { path: item.path, mode: (connectionParam(item.value, "sslmode") ?? "").toLowerCase(), label: "" };
 }
 
@@ -121,11 +121,34 @@ function containerEnv(workload: EnvHolder, entry: ContainerEnvVar): ContainerEnv
 
 /** `postgres://` / `postgresql://` URLs in container env; libpq's `PGSSLMODE` in the same container counts when the URL sets no sslmode. */
 function envPostgresConnections(workload: EnvHolder): PostgresConnection[] {
-  return envUrls(workload).filter((entry) => entry.scheme === "postgres" || entry.scheme === "postgresql").map((entry) => {
+  return envUrls(workload).filter((entry) => entry.scheme === "postgres" || entry.scheme === "postgresql").flatMap((entry) => {
+    const pgHost = containerEnv(workload, entry).find((other) => other.name === "PGHOST" && other.hasInlineValue)?.value ?? "";
+    if (isPostgresSocketOnly(entry.value, pgHost)) return [];
     const fromEnv = containerEnv(workload, entry).find((other) => other.name === "PGSSLMODE" && other.hasInlineValue)?.value ?? "";
     const mode = (connectionParam(entry.value, "sslmode") ?? fromEnv).trim().toLowerCase();
-    return { path: entry.path, mode, label: `${entry.name}: `, where: ` (${entry.scheme}://${hostOf(entry.value)})`, url: entry.value };
+    return [{ path: entry.path, mode, label: `${entry.name}: `, where: ` (${entry.scheme}://${hostOf(entry.value)})`, url: entry.value }];
   });
+}
+
+/**
+ * True when a PostgreSQL connection string names only Unix-domain sockets: every `host`
+ * (keyword, URL query or URL host, percent-decoded) is a path (`/cloudsql/proj:region:db`,
+ * `/var/run/postgresql`) or an abstract socket (`@name`), and no `hostaddr` is given. libpq
+ * uses no TLS on a socket and the traffic never leaves the machine, so sslmode says nothing.
+ * `pgHost` is `PGHOST` of the same container, used when the string names no host.
+ */
+export function isPostgresSocketOnly(value: string, pgHost = ""): boolean {
+  if (connectionParam(value, "hostaddr") !== undefined) return false;
+  const decode = (text: string): string => {
+    try {
+      return decodeURIComponent(text);
+    } catch {
+      return text;
+    }
+  };
+  const named = connectionParam(value, "host") ?? (urlScheme(value) === "" ? "" : hostOf(value));
+  const hosts = (named === "" ? pgHost : named).split(",").map((host) => decode(host.trim())).filter((host) => host !== "");
+  return hosts.length > 0 && hosts.every((host) => host.startsWith("/") || host.startsWith("@"));
 }
 
 function postgresConnections(resource: DaprComponent | EnvHolder): PostgresConnection[] {
@@ -268,6 +291,8 @@ export const transportRules: Rule[] = [
     check(resource) {
       if (resource.kind !== "dapr-component") {
         return envMysqlConnections(resource).flatMap((entry): Hit[] => {
+          // A Unix socket (`user@unix(/var/run/mysqld/mysqld.sock)/db`) never leaves the machine.
+          if (entry.dsn && /@unix\(/i.test(entry.value)) return [];
           const verdict = mysqlUrlTls(entry.value);
           if (verdict === undefined) return [];
           const host = entry.dsn ? (/@(?:tcp|unix)\(([^)]*)\)/i.exec(entry.value)?.[1] ?? "") : hostOf(entry.value);
@@ -278,7 +303,7 @@ export const transportRules: Rule[] = [
       const component = resource;
       if (!isMysql(component)) return [];
       const item = connectionString(component);
-      if (item === undefined) return [];
+      if (item === undefined || /@unix\(/i.test(item.value)) return [];
       const tls = (connectionParam(item.value, "tls") ?? "").toLowerCase();
       if (tls === "true" || tls === "custom") return [];
       return [hit(item, tls === "" ? "tls not set in the DSN" : `tls=${tls}`)];
