@@ -59,10 +59,24 @@ interface PostgresConnection {
   url?: string;
 }
 
+/**
+ * The component's connection and sslmode: its inline connection string, or, with no connection
+ * string at all, its individual `host`/`hostaddr` fields (Dapr's postgres components take `host`,
+ * `hostaddr`, `port`, `database`, `user`, `password`, `sslRootCert`; no sslmode among them, so
+ * libpq's default `prefer` applies). A socket path as `host` is not network traffic.
+ */
 function postgresSslMode(component: DaprComponent): PostgresConnection | undefined {
   const item = connectionString(component);
-  if (item === undefined || isPostgresSocketOnly(item.value)) return undefined;
-  return { path: item.path, mode: (connectionParam(item.value, "sslmode") ?? "").toLowerCase(), label: "" };
+  if (item !== undefined) {
+    if (isPostgresSocketOnly(item.value)) return undefined;
+    return { path: item.path, mode: (connectionParam(item.value, "sslmode") ?? "").toLowerCase(), label: "" };
+  }
+  // A connection string from a secret (or a placeholder) may carry the sslmode: not judged.
+  if (metadataItem(component, "connectionString", "url", "dsn", "connection") !== undefined) return undefined;
+  const host = metadataItem(component, "hostaddr") ?? metadataItem(component, "host");
+  if (host === undefined || (host.hasInlineValue && isPlaceholder(host.value))) return undefined;
+  if (host.name.toLowerCase() === "host" && host.hasInlineValue && isPostgresSocketOnly(`host=${host.value}`)) return undefined;
+  return { path: host.path, mode: "", label: "", where: host.hasInlineValue ? ` (${host.name}: ${host.value.trim()})` : ` (${host.name} from a secret)` };
 }
 
 /**
@@ -215,6 +229,29 @@ export function isInsecureTlsVersion(value: string): boolean {
   return digits === "1" || digits === "10" || digits === "11";
 }
 
+/**
+ * What a SQL Server connection string (ADO.NET / go-mssqldb keywords, or a `sqlserver://` URL)
+ * says against TLS: `Encrypt=false|no|disable|optional` (plaintext; go-mssqldb's `false` encrypts
+ * the login packet only) and `TrustServerCertificate=true` (any certificate accepted).
+ * `plaintext`: the encryption itself is off.
+ */
+export function sqlServerTlsIssues(value: string): { evidence: string; plaintext: boolean } | undefined {
+  const text = value.trim();
+  if (!/^sqlserver:\/\//i.test(text) && !text.includes(";")) return undefined;
+  const found: string[] = [];
+  let plaintext = false;
+  const encrypt = connectionParam(text, "encrypt")?.trim();
+  if (encrypt !== undefined && /^(false|no|disable|optional|0)$/i.test(encrypt)) {
+    found.push(`Encrypt=${encrypt}`);
+    plaintext = true;
+  }
+  for (const name of ["TrustServerCertificate", "Trust Server Certificate"]) {
+    const trust = connectionParam(text, name)?.trim();
+    if (trust !== undefined && /^(true|yes|1)$/i.test(trust)) found.push(`${name}=${trust}`);
+  }
+  return found.length === 0 ? undefined : { evidence: found.join(", "), plaintext };
+}
+
 export const transportRules: Rule[] = [
   defineRule({
     id: "MW-TLS-001",
@@ -242,7 +279,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "PostgreSQL connection without enforced TLS",
-    why: "libpq's `sslmode` `disable`, `allow` and `prefer` (and no sslmode, which means prefer) let the connection fall back to plaintext; an attacker on the path simply refuses TLS. Read in component connection strings and in `postgres://` URLs in container env (`DATABASE_URL`, with `PGSSLMODE` of the same container when the URL sets no sslmode).",
+    why: "libpq's `sslmode` `disable`, `allow` and `prefer` (and no sslmode, which means prefer) let the connection fall back to plaintext; an attacker on the path simply refuses TLS. Read in component connection strings, in a postgres component's individual `host`/`hostaddr` fields when it has no connection string (they take no sslmode, so the default prefer applies), and in `postgres://` URLs in container env (`DATABASE_URL`, with `PGSSLMODE` of the same container when the URL sets no sslmode).",
     fix: "Use `sslmode=verify-full` with `sslrootcert` pointing at the server's CA.",
     example: {
       file: "statestore.yaml",
@@ -357,7 +394,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "Plaintext endpoint where a TLS form exists",
-    why: "`amqp://`, `pulsar://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form. Read in component metadata and in container env values that are URLs (`REDIS_URL=redis://…`).",
+    why: "`amqp://`, `pulsar://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form. Read in component metadata (also RabbitMQ's `protocol: amqp` with `hostname`) and in container env values that are URLs (`REDIS_URL=redis://…`).",
     fix: "Use the TLS scheme (`amqps://`, `pulsar+ssl://`, `mqtts://`/`ssl://`, `rediss://`, `https://`, `wss://`, `ldaps://`; NATS with `tls://` and a CA).",
     example: {
       file: "pubsub.yaml",
@@ -383,6 +420,15 @@ export const transportRules: Rule[] = [
         if (secure === undefined) continue;
         const severity = urlSeverity(item.value);
         hits.push({ path: item.path, evidence: `${item.name}: ${scheme}://${hostOf(item.value)}`, detail: `Use ${secure}.`, ...(severity === undefined ? {} : { severity }) });
+      }
+      // RabbitMQ's properties profile (`hostname`, `username`, `password`) takes the scheme from
+      // `protocol` (pubsub/rabbitmq/metadata.yaml: "amqp", "amqps").
+      const protocol = componentFamily(resource) === "rabbitmq" ? metadataItem(resource, "protocol") : undefined;
+      if (hits.length === 0 && protocol?.hasInlineValue === true && protocol.value.trim().toLowerCase() === "amqp") {
+        const hostname = metadataItem(resource, "hostname");
+        const where = hostname?.hasInlineValue === true ? `, hostname: ${hostname.value.trim()}` : "";
+        const severity = hostname?.hasInlineValue === true && isLoopbackHost(hostname.value) ? "low" as const : undefined;
+        hits.push({ path: protocol.path, evidence: `protocol: amqp${where}`, detail: "Use protocol amqps.", ...(severity === undefined ? {} : { severity }) });
       }
       return hits;
     },
@@ -500,7 +546,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "TLS switched off in a component",
-    why: "`disableSSL: true` (AWS S3 and S3-compatible stores), `usePlainTextConnection: true` (Zeebe), `tlsEnable: \"false\"` (etcd) and `enableTLS: \"false\"` (Pulsar and others) make the component talk to its backend in plaintext: data and credentials cross the network readable and changeable by anyone on the path.",
+    why: "`disableSSL: true` (AWS S3 and S3-compatible stores), `usePlainTextConnection: true` (Zeebe), `tlsEnable: \"false\"` (etcd) and `enableTLS: \"false\"` (Pulsar and others) make the component talk to its backend in plaintext: data and credentials cross the network readable and changeable by anyone on the path. Pulsar's `enableTLS` defaults to false: a Pulsar component with a `host` without a scheme (`broker:6650`, dialled as `pulsar://`) and no `enableTLS` is reported too.",
     fix: "Remove the switch (or set it the secure way) and point the component at the backend's TLS endpoint, with the CA that signs its certificate.",
     example: {
       file: "binding.yaml",
@@ -509,7 +555,16 @@ export const transportRules: Rule[] = [
     },
     appliesTo: ["dapr-component"],
     check(component) {
-      return component.metadata.filter((item) => tlsOffSwitch(component, item)).map((item) => hit(item, `${item.name}: "${item.value}"`));
+      const hits = component.metadata.filter((item) => tlsOffSwitch(component, item)).map((item) => hit(item, `${item.name}: "${item.value}"`));
+      // Pulsar: `enableTLS` defaults to false (pubsub/pulsar/metadata.yaml) and a host without a
+      // scheme is dialled as `pulsar://` (plaintext); a `pulsar://` host is MW-TLS-007's.
+      if (componentFamily(component) === "pulsar" && metadataItem(component, "enableTLS") === undefined) {
+        const host = metadataItem(component, "host");
+        if (host?.hasInlineValue === true && !isPlaceholder(host.value) && urlScheme(host.value) === "") {
+          hits.push(hit(host, `${component.type} without enableTLS (host ${host.value.trim()}: pulsar://, plaintext)`));
+        }
+      }
+      return hits;
     },
   }),
   defineRule({
@@ -553,6 +608,36 @@ export const transportRules: Rule[] = [
       if (!/^http:\/\//i.test(endpoint.baseUrl.trim())) return [];
       const severity = urlSeverity(endpoint.baseUrl);
       return [{ path: ["spec", "baseUrl"], evidence: `baseUrl: http://${hostOf(endpoint.baseUrl)}`, ...(severity === undefined ? {} : { severity }) }];
+    },
+  }),
+  defineRule({
+    id: "MW-TLS-014",
+    family: "tls",
+    severity: "high",
+    title: "SQL Server connection without verified TLS",
+    why: "`Encrypt=false` (also `no`, `disable`, `optional`) sends queries and results in plaintext (go-mssqldb, which Dapr's SQL Server components use, encrypts only the login packet with `false`), and `TrustServerCertificate=true` accepts any certificate, so anyone on the path can impersonate the database (medium). Read in component connection strings (`state.sqlserver`, `bindings.sqlserver`) and in container env, `.env` files, ConfigMaps and Secrets.",
+    fix: "Use `Encrypt=true` (or `strict`) without `TrustServerCertificate`, and give the CA (`certificate=` for go-mssqldb) when the server's certificate is not from a public CA.",
+    example: {
+      file: "statestore.yaml",
+      bad: componentYaml("state.sqlserver", { connectionString: "Server=sql.db.svc;Database=dapr;User ID=dapr;Encrypt=false;" }),
+      good: componentYaml("state.sqlserver", { connectionString: "Server=sql.db.svc;Database=dapr;User ID=dapr;Encrypt=true;" }),
+    },
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
+    check(resource) {
+      if (resource.kind !== "dapr-component") {
+        return resource.env
+          .filter((entry) => entry.hasInlineValue && !isPlaceholder(entry.value) && !/^MICRO_/i.test(entry.name))
+          .flatMap((entry): Hit[] => {
+            const issues = sqlServerTlsIssues(entry.value);
+            return issues === undefined ? [] : [{ path: entry.path, evidence: `${entry.name}: ${issues.evidence}`, ...(issues.plaintext ? {} : { severity: "medium" as const }) }];
+          });
+      }
+      return resource.metadata
+        .filter((item) => item.hasInlineValue && !isPlaceholder(item.value) && !IDENTIFIER_NAME.test(item.name))
+        .flatMap((item): Hit[] => {
+          const issues = sqlServerTlsIssues(item.value);
+          return issues === undefined ? [] : [{ path: item.path, evidence: `${item.name}: ${issues.evidence}`, ...(issues.plaintext ? {} : { severity: "medium" as const }) }];
+        });
     },
   }),
 ];
