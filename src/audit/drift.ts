@@ -1,9 +1,10 @@
-import { basename, resolve } from "node:path";
+import { basename, relative, resolve, sep } from "node:path";
 import { loadSources } from "./audit.ts";
 import { microTlsEnabled } from "./rules/micro.ts";
 import { validatorNames } from "./rules/mtls.ts";
 import { transportRules } from "./rules/transport.ts";
-import { looksLikeProduction } from "./rules/secrets.ts";
+import { productionScore } from "./rules/secrets.ts";
+import { MeshwardError } from "../errors.ts";
 import { isDaprEnabled, meshwardInjected, meshwardMode } from "./rules/kubernetes.ts";
 import { asArray, asText, durationSeconds, get, isDict, isFalsy, isTruthy, lookup } from "./shape.ts";
 import type { Corpus, Resource } from "./types.ts";
@@ -15,7 +16,21 @@ export interface PostureValue {
   rank: number;
 }
 
-export type Posture = Map<string, PostureValue>;
+/**
+ * One setting of one resource: `label name suffix` (`component statestore (state.redis)`), with
+ * the resource's namespace and file (relative to the environment folder) to tell apart resources
+ * that share a name.
+ */
+export interface PostureEntry extends PostureValue {
+  aspect: string;
+  label: string;
+  name: string;
+  suffix: string;
+  namespace: string | undefined;
+  file: string;
+}
+
+export type Posture = PostureEntry[];
 
 export type DriftStatus = "same" | "differs" | "weaker";
 
@@ -29,9 +44,13 @@ export interface DriftRow {
   weakerIn: string[];
 }
 
+/** How the reference was chosen: `--reference`, a folder named like production, or the last folder given. */
+export type ReferenceChoice = "flag" | "name" | "last";
+
 export interface DriftReport {
   environments: string[];
   reference: string;
+  referenceBy: ReferenceChoice;
   rows: DriftRow[];
 }
 
@@ -50,25 +69,32 @@ function accessControlPosture(accessControl: unknown): PostureValue {
   return { value: `default ${action}, ${policies} polic${policies === 1 ? "y" : "ies"}`, rank };
 }
 
-/** Extracts the comparable security settings of one environment. */
-export function collectPosture(corpus: Corpus): Posture {
-  const posture: Posture = new Map();
-  const put = (aspect: string, subject: string, value: PostureValue): void => {
-    posture.set(`${aspect}${SEP}${subject}`, value);
-  };
+/**
+ * Extracts the comparable security settings of one environment. `root` is the environment's
+ * folder: files are named relative to it (to tell apart resources with one name and no namespace).
+ */
+export function collectPosture(corpus: Corpus, root?: string): Posture {
+  const posture: Posture = [];
   for (const resource of corpus.resources) {
     // Inline kustomize patches are partial documents (the audit reports the values they set):
     // read as whole resources they would override the posture of the base with defaults.
-    if (resource.kind !== "raw-file" && resource.source.origin !== undefined) continue;
-    collectOne(resource, corpus, put);
+    if (resource.kind === "raw-file" || resource.source.origin !== undefined) continue;
+    const namespace = "namespace" in resource && typeof resource.namespace === "string" && resource.namespace !== "" ? resource.namespace : undefined;
+    const file = root === undefined ? resource.source.file : relative(resolve(root), resolve(resource.source.file)).split(sep).join("/");
+    collectOne(resource, corpus, (aspect, subject, value) => {
+      posture.push({ aspect, ...subject, ...value, namespace, file });
+    });
   }
   return posture;
 }
 
-function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, subject: string, value: PostureValue) => void): void {
+type Subject = { label: string; name: string; suffix: string };
+const subjectOf = (label: string, name: string, suffix = ""): Subject => ({ label, name, suffix });
+
+function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, subject: Subject, value: PostureValue) => void): void {
   switch (resource.kind) {
     case "dapr-configuration": {
-      const subject = `Configuration ${resource.name}`;
+      const subject = subjectOf("Configuration", resource.name);
       const enabled = get(resource.spec, "mtls", "enabled");
       const off = enabled !== undefined && isFalsy(enabled);
       put("mTLS", subject, { value: off ? "off" : "on", rank: off ? 0 : 1 });
@@ -80,11 +106,11 @@ function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, su
     case "dapr-component": {
       const weak = transportRules.flatMap((rule) => (rule.appliesTo.includes("dapr-component") ? rule.check(resource as never, corpus).map(() => rule.id) : []));
       const value = weak.length === 0 ? "on" : `off/weak (${[...new Set(weak)].join(", ")})`;
-      put("TLS", `component ${resource.name} (${resource.type})`, { value, rank: weak.length === 0 ? 1 : 0 });
+      put("TLS", subjectOf("component", resource.name, ` (${resource.type})`), { value, rank: weak.length === 0 ? 1 : 0 });
       return;
     }
     case "workload": {
-      const subject = `${resource.workloadKind} ${resource.name}`;
+      const subject = subjectOf(resource.workloadKind, resource.name);
       if (meshwardInjected(resource)) {
         const permissive = meshwardMode(resource).value === "permissive";
         put("mTLS", subject, { value: permissive ? "permissive" : "strict", rank: permissive ? 0 : 1 });
@@ -99,7 +125,7 @@ function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, su
       return;
     }
     case "meshward-sidecar": {
-      const subject = `sidecar ${asText(lookup(resource.config, "app-id")?.value) || basename(resource.source.file)}`;
+      const subject = subjectOf("sidecar", asText(lookup(resource.config, "app-id")?.value) || basename(resource.source.file));
       const permissive = /^permissive$/i.test(asText(lookup(resource.config, "mode")?.value).trim());
       put("mTLS", subject, { value: permissive ? "permissive" : "strict", rank: permissive ? 0 : 1 });
       const policy = lookup(resource.config, "policy");
@@ -107,7 +133,7 @@ function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, su
       return;
     }
     case "meshward-ca": {
-      const subject = `CA ${asText(lookup(resource.config, "trustDomain")?.value) || basename(resource.source.file)}`;
+      const subject = subjectOf("CA", asText(lookup(resource.config, "trustDomain")?.value) || basename(resource.source.file));
       const fallback = asText(lookup(resource.config, "defaultValidator")?.value).trim().toLowerCase();
       const names = [...new Set([...validatorNames(resource.config).map((validator) => validator.name), ...(fallback === "" ? [] : [fallback])])].sort();
       put("validators", subject, { value: names.join(", ") || "none", rank: names.includes("insecure") ? 0 : 1 });
@@ -118,7 +144,7 @@ function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, su
       return;
     }
     case "micro-settings": {
-      const subject = `micro ${basename(resource.source.file)}`;
+      const subject = subjectOf("micro", basename(resource.source.file));
       const on = microTlsEnabled(resource);
       put("TLS", subject, { value: on ? "on" : "off", rank: on ? 1 : 0 });
       return;
@@ -128,21 +154,101 @@ function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, su
   }
 }
 
-/** The reference is the first environment whose folder name looks like production, else the last. */
-export function referenceIndex(names: readonly string[]): number {
-  const index = names.findIndex((name) => looksLikeProduction(basename(resolve(name)), undefined));
-  return index >= 0 ? index : names.length - 1;
+/**
+ * The reference: the environment whose path names production most plainly, looking at every
+ * segment of the path that the environments do not all share (`environments/production/k8s`
+ * against `environments/staging/k8s`), a segment that is a production word (`production`, `prod`)
+ * before one with a production word in it (`env-prod`), never a negated one (`non-prod`,
+ * `pre-prod`); the first of equals. Else the last environment given.
+ */
+export function chooseReference(paths: readonly string[]): { index: number; by: ReferenceChoice } {
+  const segments = paths.map((path) => resolve(path).split(sep).filter((segment) => segment !== ""));
+  let shared = 0;
+  while (segments.every((each) => shared < each.length - 1 && each[shared] === segments[0]?.[shared])) shared += 1;
+  const scores = segments.map((each) => Math.max(0, ...each.slice(shared).map(productionScore)));
+  const best = Math.max(...scores);
+  if (best > 0) return { index: scores.indexOf(best), by: "name" };
+  return { index: paths.length - 1, by: "last" };
 }
 
-export function compareEnvironments(environments: readonly { name: string; posture: Posture }[]): DriftReport {
+/** The index of the reference environment (see chooseReference). */
+export function referenceIndex(paths: readonly string[]): number {
+  return chooseReference(paths).index;
+}
+
+/**
+ * The row key of each entry. Resources are matched across environments by aspect, kind and name;
+ * where one environment holds several resources under that key (`payments/appconfig` and
+ * `shop/appconfig`), the key takes their namespace, and where that does not tell them apart,
+ * their file too, in every environment alike. Entries that still share a key (two documents of
+ * one file) become one row with the weakest value, so no resource hides a weaker one.
+ */
+function rowKeys(environments: readonly { posture: Posture }[]): Map<PostureEntry, { key: string; subject: string }> {
+  const base = (entry: PostureEntry): string => [entry.aspect, entry.label, entry.name, entry.suffix].join(SEP);
+  const ambiguous = (qualify: (entry: PostureEntry) => string): Set<string> => {
+    const found = new Set<string>();
+    for (const environment of environments) {
+      const seen = new Map<string, Set<string>>();
+      for (const entry of environment.posture) {
+        const variants = seen.get(base(entry)) ?? new Set<string>();
+        variants.add(qualify(entry));
+        seen.set(base(entry), variants);
+      }
+      for (const [key, variants] of seen) if (variants.size > 1) found.add(key);
+    }
+    return found;
+  };
+  const several = ambiguous((entry) => `${entry.namespace ?? ""}${SEP}${entry.file}`);
+  const keys = new Map<PostureEntry, { key: string; subject: string }>();
+  for (const environment of environments) {
+    for (const entry of environment.posture) {
+      const qualified = several.has(base(entry));
+      // By namespace; and by file too where that does not tell them apart (no namespace, or the
+      // same one in two files).
+      const withFile = qualified && ambiguousWithinNamespace(environments, entry, base);
+      const name = qualified && entry.namespace !== undefined ? `${entry.namespace}/${entry.name}` : entry.name;
+      const where = withFile ? ` in ${entry.file}` : "";
+      keys.set(entry, { key: [base(entry), qualified ? entry.namespace ?? "" : "", withFile ? entry.file : ""].join(SEP), subject: `${entry.label} ${name}${entry.suffix}${where}` });
+    }
+  }
+  return keys;
+}
+
+/** True when some environment has two resources with this entry's key in one namespace. */
+function ambiguousWithinNamespace(environments: readonly { posture: Posture }[], entry: PostureEntry, base: (entry: PostureEntry) => string): boolean {
+  return environments.some((environment) => {
+    const files = new Map<string, Set<string>>();
+    for (const other of environment.posture) {
+      if (base(other) !== base(entry)) continue;
+      const namespace = other.namespace ?? "";
+      files.set(namespace, (files.get(namespace) ?? new Set<string>()).add(other.file));
+    }
+    return [...files.values()].some((set) => set.size > 1);
+  });
+}
+
+export function compareEnvironments(environments: readonly { name: string; posture: Posture }[], chosen?: { index: number; by: ReferenceChoice }): DriftReport {
   const names = environments.map((environment) => environment.name);
-  const reference = referenceIndex(names);
-  const keys = new Set<string>();
-  for (const environment of environments) for (const key of environment.posture.keys()) keys.add(key);
+  const { index: reference, by: referenceBy } = chosen ?? chooseReference(names);
+  const keyOf = rowKeys(environments);
+  const subjects = new Map<string, { aspect: string; subject: string }>();
+  // Per environment, per row key: the weakest value (and how many resources gave one).
+  const tables = environments.map((environment) => {
+    const table = new Map<string, { value: PostureValue; count: number; values: Set<string> }>();
+    for (const entry of environment.posture) {
+      const { key, subject } = keyOf.get(entry) ?? { key: "", subject: "" };
+      subjects.set(key, { aspect: entry.aspect, subject });
+      const held = table.get(key);
+      const value = { value: entry.value, rank: entry.rank };
+      if (held === undefined) table.set(key, { value, count: 1, values: new Set([entry.value]) });
+      else table.set(key, { value: entry.rank < held.value.rank ? value : held.value, count: held.count + 1, values: held.values.add(entry.value) });
+    }
+    return new Map([...table].map(([key, held]) => [key, held.values.size > 1 ? { value: `${held.value.value} (weakest of ${held.count})`, rank: held.value.rank } : held.value]));
+  });
   const rows: DriftRow[] = [];
-  for (const key of [...keys].sort()) {
-    const [aspect = "", subject = ""] = key.split(SEP);
-    const entries = environments.map((environment) => environment.posture.get(key));
+  const ordered = [...subjects].sort(([, a], [, b]) => (a.aspect === b.aspect ? (a.subject < b.subject ? -1 : a.subject > b.subject ? 1 : 0) : a.aspect < b.aspect ? -1 : 1));
+  for (const [key, { aspect, subject }] of ordered) {
+    const entries = tables.map((table) => table.get(key));
     const referenceEntry = entries[reference];
     const weakerIn = referenceEntry === undefined
       ? []
@@ -151,18 +257,52 @@ export function compareEnvironments(environments: readonly { name: string; postu
     const differs = new Set(values.map((value) => value ?? "\u0001missing")).size > 1;
     rows.push({ aspect, subject, values, status: weakerIn.length > 0 ? "weaker" : differs ? "differs" : "same", weakerIn });
   }
-  return { environments: names, reference: names[reference] ?? "", rows };
+  return { environments: names, reference: names[reference] ?? "", referenceBy, rows };
 }
 
-/** Drift between environment folders read from disk. */
-export function driftPaths(directories: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_BYTES): DriftReport {
+/**
+ * Drift between environment folders read from disk. `reference` names the reference environment
+ * (one of `directories`, as given or by its displayed name). An environment folder that does not
+ * exist or cannot be read, and one with nothing to compare, are refused (E_AUDIT_NOT_FOUND,
+ * E_AUDIT_NOTHING_TO_COMPARE): a comparison with it would say nothing and pass.
+ */
+export function driftPaths(directories: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_BYTES, options: { reference?: string } = {}): DriftReport {
   const short = directories.map((directory) => basename(resolve(directory)));
   const names = new Set(short).size === short.length ? short : [...directories];
-  return compareEnvironments(directories.map((directory, index) => {
-    const { corpus } = loadSources(walk([directory], maxFileBytes).files);
-    return { name: names[index] ?? directory, posture: collectPosture(corpus) };
-  }));
+  let chosen: { index: number; by: ReferenceChoice } | undefined;
+  if (options.reference !== undefined) {
+    const wanted = options.reference;
+    const index = directories.findIndex((directory, at) => resolve(directory) === resolve(wanted) || names[at] === wanted);
+    if (index < 0) throw new MeshwardError("E_AUDIT_USAGE", `--reference ${wanted}: not one of the environments given (${directories.join(", ")})`);
+    chosen = { index, by: "flag" };
+  }
+  const missing: string[] = [];
+  const empty: string[] = [];
+  const environments = directories.map((directory, index) => {
+    const walked = walk([directory], maxFileBytes);
+    const root = walked.skipped.find((skipped) => skipped.file === directory);
+    if (root !== undefined) missing.push(`${directory} (${root.detail})`);
+    const { corpus } = loadSources(walked.files);
+    const posture = collectPosture(corpus, directory);
+    if (root === undefined && posture.length === 0) {
+      const overlay = corpus.resources.some((resource) => resource.kind !== "raw-file" && resource.source.origin !== undefined)
+        || walked.files.some((file) => /(^|[\\/])kustomization\.ya?ml$/i.test(file.file));
+      empty.push(overlay ? `${directory} (a kustomize overlay: its bases are not read; run \`kustomize build\` for each environment and compare the output)` : directory);
+    }
+    return { name: names[index] ?? directory, posture };
+  });
+  if (missing.length > 0) throw new MeshwardError("E_AUDIT_NOT_FOUND", `drift: environment folder not found: ${missing.join(", ")}`);
+  if (empty.length > 0) {
+    throw new MeshwardError("E_AUDIT_NOTHING_TO_COMPARE", `drift: nothing to compare in ${empty.join(", ")}: no Dapr Configuration, component or Dapr-enabled workload, meshward sidecar or CA config, or micro settings`);
+  }
+  return compareEnvironments(environments, chosen ?? chooseReference(directories));
 }
+
+const REFERENCE_WHY: Readonly<Record<ReferenceChoice, string>> = {
+  flag: "given with --reference",
+  name: "named like production",
+  last: "the last folder given: none is named like production; name it with --reference",
+};
 
 export function renderDriftText(report: DriftReport, options: { color: boolean }): string {
   const paint = (code: string, text: string): string => (options.color ? `\u001b[${code}m${text}\u001b[0m` : text);
@@ -177,7 +317,7 @@ export function renderDriftText(report: DriftReport, options: { color: boolean }
   });
   const weaker = report.rows.filter((row) => row.status === "weaker").length;
   const differs = report.rows.filter((row) => row.status === "differs").length;
-  lines.push("", `${report.rows.length} settings compared across ${report.environments.length} environments (reference: ${report.reference}): ${weaker} weaker than the reference, ${differs} differ.`);
+  lines.push("", `${report.rows.length} settings compared across ${report.environments.length} environments (reference: ${report.reference}, ${REFERENCE_WHY[report.referenceBy]}): ${weaker} weaker than the reference, ${differs} differ.`);
   return `${lines.join("\n")}\n`;
 }
 

@@ -99,8 +99,23 @@ export interface ComposeService {
   env: ContainerEnvVar[];
 }
 
-/** What the env rules read: a Kubernetes workload's containers or a compose service. */
-export type EnvHolder = Workload | ComposeService;
+/**
+ * Values kept as configuration outside a container spec, each read like a container env
+ * variable: the variables of an env file (`.env`), a ConfigMap's `data`, a Secret's `stringData`
+ * and `data` (base64-decoded). Values of more than one line (a file kept in a ConfigMap) are not
+ * env values and are left out.
+ */
+export interface ConfigValues {
+  kind: "config-values";
+  source: SourceDocument;
+  holder: "env-file" | "ConfigMap" | "Secret";
+  name: string;
+  namespace: string | undefined;
+  env: ContainerEnvVar[];
+}
+
+/** What the env rules read: a Kubernetes workload's containers, a compose service, an env file, a ConfigMap or Secret. */
+export type EnvHolder = Workload | ComposeService | ConfigValues;
 
 export interface KubernetesSecret {
   kind: "kubernetes-secret";
@@ -152,6 +167,7 @@ export type Resource =
   | DaprHttpEndpoint
   | Workload
   | ComposeService
+  | ConfigValues
   | KubernetesSecret
   | MicroSettings
   | MeshwardCaConfig

@@ -31,7 +31,7 @@ export function hasSubstitution(value: string): boolean {
  */
 export function isNotSecretValue(value: string): boolean {
   const text = value.trim();
-  if (/^[a-z][a-z0-9+.-]*:\/\/[^\s]*$/i.test(text) && !URL_PASSWORD.test(text)) return true;
+  if (/^[a-z][a-z0-9+.-]*:\/\/[^\s]*$/i.test(text) && urlPassword(text) === undefined) return true;
   if (/^(\.{0,2}\/|~\/|[A-Za-z]:\\)[^\s]*$/.test(text) || /^[\w./-]+\.(pem|key|crt|cer|der|p12|pfx|jks|json|txt|ya?ml)$/i.test(text)) return true;
   return /^-----BEGIN (CERTIFICATE|PUBLIC KEY)-----/.test(text);
 }
@@ -60,9 +60,41 @@ export function hostsIn(value: string): string[] {
   });
 }
 
+/**
+ * The host (and port) of a `scheme://` URL, without its user info, or "" when it is not a URL.
+ * The user info ends at the **last** `@` of the value, also past a `/`, `?` or `#`: URL parsers
+ * (WHATWG, Go, Node's legacy parser, so node-postgres, ioredis, mongodb) split a password with an
+ * unencoded `@` at the last `@`, and a value whose password holds a `/` must not show any of it
+ * either. What this returns is printed in evidence, so it never holds part of a password; a
+ * rare `@` in a path or query makes it show less (the part after that `@`), never more.
+ */
 export function hostOf(value: string): string {
-  const match = /^[a-z][a-z0-9+.-]*:\/\/(?:[^@/]*@)?([^/?#]*)/i.exec(value.trim());
-  return match?.[1] ?? "";
+  const match = /^[a-z][a-z0-9+.-]*:\/\/(.*)$/is.exec(value.trim());
+  if (match === null) return "";
+  const rest = match[1] ?? "";
+  return /^[^/?#]*/.exec(rest.slice(rest.lastIndexOf("@") + 1))?.[0] ?? "";
+}
+
+/**
+ * The user info of a `scheme://` URL as URL parsers read it (up to the last `@` before the first
+ * `/`, `?` or `#`), or undefined when there is none.
+ */
+export function urlUserinfo(value: string): string | undefined {
+  const authority = /^[a-z][a-z0-9+.-]*:\/\/([^/?#]*)/i.exec(value.trim())?.[1] ?? "";
+  const at = authority.lastIndexOf("@");
+  return at < 0 ? undefined : authority.slice(0, at);
+}
+
+/**
+ * A URL's password: the user info after its first `:` (`scheme://user:password@`, also
+ * `redis://:password@host` with no user name and `postgres://admin@server:pa@ss@host`, Azure's
+ * `user@server` user name with a password holding an `@`), or undefined when there is none.
+ */
+export function urlPassword(value: string): string | undefined {
+  const userinfo = urlUserinfo(value);
+  if (userinfo === undefined || !userinfo.includes(":")) return undefined;
+  const password = userinfo.slice(userinfo.indexOf(":") + 1);
+  return /\s/.test(password) || password === "" ? undefined : password;
 }
 
 /** Query/keyword parameter of a connection string (URL `?a=b&c=d` or libpq `a=b c=d`). */
@@ -73,11 +105,6 @@ export function connectionParam(value: string, name: string): string | undefined
   return (match[1] ?? "").replace(/^['"]|['"]$/g, "");
 }
 
-/**
- * A URL's password (group 1) in `scheme://user:password@`, also `redis://:password@host` with no
- * user name: the one pattern the secret rules and isNotSecretValue read URLs with.
- */
-export const URL_PASSWORD = /^[a-z][a-z0-9+.-]*:\/\/[^/@:\s]*:([^/@\s]+)@/i;
 
 /** The scheme of a URL value, lower-cased (`pulsar+ssl`, `mongodb+srv`), or "" when it is not a URL. */
 export function urlScheme(value: string): string {

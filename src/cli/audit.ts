@@ -33,10 +33,11 @@ export function registerAuditCommand(program: Command): void {
 
   audit
     .command("drift")
-    .description("compare the security posture of environments; the folder named like production (else the last) is the reference")
+    .description("compare the security posture of environments; the reference is --reference, else the folder named like production, else the last")
     .argument("<envs...>", "one folder per environment, e.g. staging/ production/")
     .addOption(new Option("-f, --format <format>", "report format").choices(["text", "json"]).default("text"))
     .addOption(new Option("--fail-on <what>", "exit 1 when an environment is weaker than the reference, or when any differ").choices(["weaker", "differs", "none"]).default("none"))
+    .option("--reference <dir>", "the environment the others are compared with (one of the folders given)")
     .option("--no-color", "never colour the table")
     .action(async (envs: string[], options: DriftOptions) => {
       if (envs.length < 2) throw new MeshwardError("E_AUDIT_USAGE", "drift needs at least two environment folders, e.g. `meshward audit drift staging/ production/`");

@@ -15,5 +15,6 @@ export function redactConnectionString(value: string): string {
     }
   }
   // libpq also accepts the password as a query parameter or a key=value pair.
-  return out.replace(/(password\s*=\s*)('[^']*'|[^&\s]*)/gi, "$1***");
+  // A quoted value ends at its closing quote, past `\'` escapes (libpq).
+  return out.replace(/(password\s*=\s*)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^&\s]*)/gi, "$1***");
 }

@@ -126,10 +126,11 @@ describe("fixture corpus", () => {
     const secure = auditPaths([join(FIXTURES, "secure")]);
     expect(secure.parseErrors).toEqual([]);
     expect(secure.findings).toEqual([]);
-    // 8 components, 1 Configuration, 1 Deployment, 1 CA, 1 sidecar, micro.yaml, service.env,
-    // and the 2 documents of kustomization.yaml's inline patches (the CA and sidecar files use
-    // the schema the CA and sidecar load: no MW-CONFIG finding).
-    expect(secure.resourcesAudited).toBe(16);
+    // 8 components, 1 Configuration, 1 Deployment, 1 CA, 1 sidecar, micro.yaml, service.env
+    // (its micro settings, and its variables read like a container's env), and the 2 documents
+    // of kustomization.yaml's inline patches (the CA and sidecar files use the schema the CA and
+    // sidecar load: no MW-CONFIG finding).
+    expect(secure.resourcesAudited).toBe(17);
     expect(secure.unknownKinds).toEqual({});
   });
 

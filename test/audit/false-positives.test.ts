@@ -48,6 +48,7 @@ describe("inline secrets (MW-SECRET-001)", () => {
   it("stays quiet on URLs, file paths, public CA certificates and null", () => {
     expect(findings("c.yaml", component("pubsub.pulsar", {
       host: "pulsar.svc:6651",
+      enableTLS: "true",
       oidcTokenEndpoint: "https://idp.example.org/token",
       token_uri: "https://oauth2.googleapis.com/token",
       oidcTokenCAPEM: `${BEGIN} CERTIFICATE-----\nMIIB\n${END} CERTIFICATE-----`,
@@ -134,5 +135,30 @@ describe("MongoDB `server` (MW-TLS-008): Dapr connects with mongodb+srv://, TLS 
     expect(findings("m.yaml", component("state.mongodb", { host: "mongo.prod.internal:27017", databaseName: "orders" }))).toEqual(["MW-TLS-008@9"]);
     // A mongodb:// connection string wins over `server` in Dapr, so it is what is judged.
     expect(findings("m.yaml", component("state.mongodb", { server: "cluster0.abcd1.mongodb.net", connectionString: "mongodb://mongo.prod.internal/orders" }))).toEqual(["MW-TLS-008@11"]);
+  });
+});
+
+describe("a Unix-domain socket is not network traffic (review audit M5)", () => {
+  const deploy = (env: Record<string, string>): string =>
+    `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: orders\nspec:\n  template:\n    spec:\n      containers:\n        - name: app\n          image: x\n          env:\n${Object.entries(env).map(([name, value]) => `            - name: ${name}\n              value: ${JSON.stringify(value)}\n`).join("")}`;
+
+  it("PostgreSQL over a socket (Cloud SQL Auth Proxy, /var/run/postgresql) has no sslmode finding; a network host still does", () => {
+    expect(findings("d.yaml", deploy({ DATABASE_URL: "postgresql:///orders?host=/cloudsql/acme-prod:europe-west1:orders-db" }))).toEqual([]);
+    expect(findings("d.yaml", deploy({ DATABASE_URL: "postgresql://%2Fvar%2Frun%2Fpostgresql/orders" }))).toEqual([]);
+    expect(findings("d.yaml", deploy({ DATABASE_URL: "postgresql:///orders", PGHOST: "/cloudsql/acme:eu:db" }))).toEqual([]);
+    expect(findings("c.yaml", component("state.postgresql", { connectionString: "host=/var/run/postgresql dbname=dapr user=dapr" }))).toEqual([]);
+    expect(findings("c.yaml", component("state.postgresql", { connectionString: "host=@pgsock dbname=dapr user=dapr" }))).toEqual([]);
+    // True cases beside them: a network host, a socket beside a network host, hostaddr, no host at all.
+    expect(findings("d.yaml", deploy({ DATABASE_URL: "postgresql:///orders?host=db.prod.internal" }))).toEqual(["MW-TLS-002@13"]);
+    expect(findings("c.yaml", component("state.postgresql", { connectionString: "host=/var/run/postgresql,db.prod.internal dbname=dapr" }))).toEqual(["MW-TLS-002@9"]);
+    expect(findings("c.yaml", component("state.postgresql", { connectionString: "host=/var/run/postgresql hostaddr=10.0.0.5 dbname=dapr" }))).toEqual(["MW-TLS-002@9"]);
+    expect(findings("c.yaml", component("state.postgresql", { connectionString: "dbname=dapr user=dapr sslmode=disable" }))).toEqual(["MW-TLS-002@9"]);
+  });
+
+  it("MySQL over a socket (user@unix(...)) has no TLS finding; tcp(...) still does", () => {
+    expect(findings("d.yaml", deploy({ MYSQL_DSN: "orders@unix(/var/run/mysqld/mysqld.sock)/orders" }))).toEqual([]);
+    expect(findings("c.yaml", component("state.mysql", { connectionString: "dapr@unix(/var/run/mysqld/mysqld.sock)/" }))).toEqual([]);
+    expect(findings("d.yaml", deploy({ MYSQL_DSN: "orders@tcp(db.prod.internal:3306)/orders" }))).toEqual(["MW-TLS-004@13"]);
+    expect(findings("c.yaml", component("state.mysql", { connectionString: "dapr@tcp(mysql.db.svc:3306)/" }))).toEqual(["MW-TLS-004@9"]);
   });
 });

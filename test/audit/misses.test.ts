@@ -281,7 +281,7 @@ describe("inline kustomize patches", () => {
     const deploy = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: orders\nspec:\n  template:\n    metadata:\n      annotations:\n        dapr.io/enabled: \"true\"\n        dapr.io/app-id: orders\n        dapr.io/config: appconfig\n    spec:\n      containers:\n      - name: orders\n        image: orders:1.0\n";
     const files = [{ file: "app/kustomization.yaml", text: tracing }, { file: "app/config.yaml", text: config }, { file: "app/deploy.yaml", text: deploy }];
     expect(auditSources(files).findings.filter((finding) => finding.ruleId === "MW-K8S-005").map((finding) => finding.file)).toEqual(["app/deploy.yaml"]);
-    expect(collectPosture(loadSources(files).corpus).get("mTLS\u0000Configuration appconfig")?.value).toBe("off");
+    expect(collectPosture(loadSources(files).corpus).find((entry) => entry.aspect === "mTLS" && entry.label === "Configuration" && entry.name === "appconfig")?.value).toBe("off");
   });
 
   it("reports a JSON6902 remove of the access control (MW-ACCESS-006) at its operation, not other removals", () => {
@@ -299,5 +299,62 @@ describe("inline kustomize patches", () => {
   it("stays quiet on secure patch values and on patches that only name files", () => {
     const secure = "  - target:\n      kind: Configuration\n      name: appconfig\n    patch: |-\n      - op: replace\n        path: /spec/mtls/enabled\n        value: true\n  - path: mtls-patch.yaml\n";
     expect(audit("kustomization.yaml", kustomization(secure))).toEqual([]);
+  });
+});
+
+// Review audit H4: documented Dapr component shapes that are insecure. Sources:
+// - Dapr docs, setup-postgresql-v2 ("Individual connection parameters": host, hostaddr, port,
+//   database, user, password, sslRootCert; no sslmode among them, so libpq's default prefer).
+//   dapr/components-contrib state/postgresql/v2/metadata.yaml (0031de0f92f8a98357b594ec7e39844aa36e00a1)
+//   documents the connectionString profile only.
+// - dapr/components-contrib pubsub/rabbitmq/metadata.yaml (04100bf61d663c921009302e81f979b21aac2e4f):
+//   profile "Authenticate Using RabbitMQ properties" (hostname, username, password) and
+//   `protocol` with example "amqp", "amqps".
+// - dapr/components-contrib pubsub/pulsar/metadata.yaml (026e40178b0d5c3d0410a1c3c1eac4974595728f):
+//   `enableTLS` default 'false'; pubsub/pulsar/pulsar.go of that tree prefixes a host without
+//   http(s):// with "pulsar://".
+// - dapr/components-contrib state/sqlserver/metadata.yaml (645e1b33bc9c04b1c34c4a181db71c6ccfc951aa):
+//   ADO-style connectionString ("Server=…;Database=…;User Id=…;Password=…;"); the driver,
+//   go-mssqldb, documents encrypt disable/false ("not encrypted beyond the login packet", the
+//   default) / true and TrustServerCertificate=true ("any certificate … susceptible to MITM").
+describe("documented component shapes (review audit H4)", () => {
+  it("postgres with individual host/user/password fields and no connection string: sslmode not set (MW-TLS-002)", () => {
+    const fields = { host: "pg.prod.internal", port: "5432", database: "orders", user: "dapr" };
+    expect(audit("pg.yaml", component("state.postgresql", fields))).toEqual(["MW-TLS-002@9:high"]);
+    expect(auditSources([{ file: "pg.yaml", text: component("state.postgresql", fields) }]).findings[0]?.evidence).toBe("sslmode not set (libpq default: prefer) (host: pg.prod.internal)");
+    expect(audit("pg.yaml", component("state.postgresql", { ...fields, host: "localhost" }))).toEqual(["MW-TLS-002@9:low"]);
+    // Quiet: a socket, and a connection string (from a secret) that may carry the sslmode.
+    expect(audit("pg.yaml", component("state.postgresql", { ...fields, host: "/var/run/postgresql" }))).toEqual([]);
+    const secretConnection = component("state.postgresql", fields) + "  - name: connectionString\n    secretKeyRef:\n      name: pg\n      key: dsn\n";
+    expect(audit("pg.yaml", secretConnection)).toEqual([]);
+  });
+
+  it("RabbitMQ properties profile with protocol: amqp (MW-TLS-007)", () => {
+    expect(audit("r.yaml", component("pubsub.rabbitmq", { hostname: "rabbitmq.prod.svc", username: "orders", protocol: "amqp" }))).toEqual(["MW-TLS-007@13:high"]);
+    expect(audit("r.yaml", component("pubsub.rabbitmq", { hostname: "localhost", protocol: "amqp" }))).toEqual(["MW-TLS-007@11:low"]);
+    expect(audit("r.yaml", component("pubsub.rabbitmq", { hostname: "rabbitmq.prod.svc", protocol: "amqps" }))).toEqual([]);
+    // One finding when the connection string already says amqp://.
+    expect(audit("r.yaml", component("pubsub.rabbitmq", { connectionString: "amqp://rabbitmq.prod.svc:5672", protocol: "amqp" }))).toEqual(["MW-TLS-007@9:high"]);
+  });
+
+  it("Pulsar with a host without a scheme and no enableTLS (MW-TLS-011)", () => {
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "broker.pulsar.svc:6650", consumerID: "orders" }))).toEqual(["MW-TLS-011@9:high"]);
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "broker.pulsar.svc:6650", enableTLS: "true" }))).toEqual([]);
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar+ssl://broker.pulsar.svc:6651" }))).toEqual([]);
+    // A pulsar:// host is MW-TLS-007's alone; an explicit "false" is MW-TLS-011's switch.
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar://broker.pulsar.svc:6650" }))).toEqual(["MW-TLS-007@9:high"]);
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "broker.pulsar.svc:6650", enableTLS: "false" }))).toEqual(["MW-TLS-011@11:high"]);
+  });
+
+  it("SQL Server Encrypt=false / TrustServerCertificate=true, in components and env (MW-TLS-014)", () => {
+    const conn = (options: string) => component("state.sqlserver", { connectionString: `Server=sql.prod.internal;Database=dapr;User ID=dapr;${options}` });
+    expect(audit("s.yaml", conn("Encrypt=false;"))).toEqual(["MW-TLS-014@9:high"]);
+    expect(audit("s.yaml", conn("encrypt=disable;"))).toEqual(["MW-TLS-014@9:high"]);
+    expect(audit("s.yaml", conn("Encrypt=true;TrustServerCertificate=true;"))).toEqual(["MW-TLS-014@9:medium"]);
+    expect(audit("s.yaml", conn("Encrypt=True;"))).toEqual([]);
+    expect(audit("s.yaml", conn("Encrypt=strict;"))).toEqual([]);
+    expect(audit("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  MSSQL_URL: sqlserver://sql.prod.internal:1433?database=orders&encrypt=disable\n")).toEqual(["MW-TLS-014@6:high"]);
+    // Not SQL Server: a MySQL .NET string (SslMode) and a URL that is not sqlserver://.
+    expect(audit("s.yaml", component("state.mysql", { connectionString: "dapr@tcp(mysql.db.svc:3306)/?tls=true" }))).toEqual([]);
   });
 });

@@ -69,6 +69,8 @@ describe("redactConnectionString", () => {
     ["postgres://:s3cret@db/meshward", "postgres://:***@db/meshward"],
     ["postgres://ca@db/meshward?password=s3cret&sslmode=require", "postgres://ca@db/meshward?password=***&sslmode=require"],
     ["host=db user=ca password='s 3cret' dbname=ca", "host=db user=ca password=*** dbname=ca"],
+    ["host=db user=ca password='it\\'s s3cret' dbname=ca", "host=db user=ca password=*** dbname=ca"],
+    ["postgres://ca:pa@s3cret@db/meshward", "postgres://ca:***@db/meshward"],
   ])("%s → %s", (input, output) => {
     expect(redactConnectionString(input)).toBe(output);
     expect(redactConnectionString(input)).not.toContain("s3cret");

@@ -1,10 +1,10 @@
 import { parseEnvFile } from "../env-source.ts";
 import { asArray, asText, isDict } from "../shape.ts";
 import type { Dict } from "../shape.ts";
-import type { ComposeService, NodePath, ParseProblem, Resource, SourceDocument } from "../types.ts";
+import type { ComposeService, ConfigValues, NodePath, ParseProblem, Resource, SourceDocument } from "../types.ts";
 import { parseYamlFile } from "../yaml-source.ts";
 import { isDaprKind, loadDaprComponent, loadDaprConfiguration, loadDaprHttpEndpoint } from "./dapr.ts";
-import { isSecretKind, isWorkloadKind, loadSecret, loadWorkload } from "./kubernetes.ts";
+import { isConfigMapKind, isSecretKind, isWorkloadKind, loadConfigValues, loadSecret, loadWorkload } from "./kubernetes.ts";
 import { inlinePatches, isKustomization } from "./kustomize.ts";
 import { classifyMeshward, loadMeshwardCa, loadMeshwardSidecar } from "./meshward.ts";
 import { composeEnvironment, isMicroYamlName, loadMicroEnv, loadMicroSettings, looksLikeMicroEnv } from "./micro.ts";
@@ -35,7 +35,12 @@ export function loadFile(file: string, text: string): LoadedFile {
     const source = parseEnvFile(file, text);
     loaded.documents = 1;
     if (looksLikeMicroEnv(source.data)) loaded.resources.push(loadMicroSettings(source));
-    else count(loaded.unknownKinds, "env file without MICRO_* settings");
+    // Every variable is also read like a container's env (connection URLs, inline secrets).
+    const env = Object.entries(source.data as Record<string, string>).map(([name, value]) => ({ name, value, hasInlineValue: value !== "", path: [name] }));
+    if (env.length > 0) {
+      const name = file.split(/[\\/]/).pop() ?? file;
+      loaded.resources.push({ kind: "config-values", source, holder: "env-file", name, namespace: undefined, env } satisfies ConfigValues);
+    } else if (!looksLikeMicroEnv(source.data)) count(loaded.unknownKinds, "env file without settings");
     return loaded;
   }
   if (format !== "yaml") return loaded;
@@ -96,7 +101,9 @@ function classify(file: string, source: SourceDocument, data: unknown, base: Nod
     const workload = loadWorkload(view, data);
     loaded.resources.push(workload, ...containerMicroSettings(workload));
   } else if (isSecretKind(data)) {
-    loaded.resources.push(loadSecret(view, data));
+    loaded.resources.push(loadSecret(view, data), loadConfigValues(view, data));
+  } else if (isConfigMapKind(data)) {
+    loaded.resources.push(loadConfigValues(view, data));
   } else if (asText(data["kind"]) === "List" && Array.isArray(data["items"])) {
     asArray(data["items"]).forEach((item, index) => classify(file, source, item, [...base, "items", index], loaded));
   } else if (base.length === 0 && isComposeFile(data)) {

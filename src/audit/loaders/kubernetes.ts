@@ -1,7 +1,7 @@
 import { isPlaceholder } from "../values.ts";
 import { asArray, asDict, asText, get, isDict } from "../shape.ts";
 import type { Dict } from "../shape.ts";
-import type { ContainerEnvVar, KubernetesSecret, NodePath, SourceDocument, Workload } from "../types.ts";
+import type { ConfigValues, ContainerEnvVar, KubernetesSecret, NodePath, SourceDocument, Workload } from "../types.ts";
 
 const TEMPLATE_PATHS: Readonly<Record<string, readonly string[]>> = {
   Pod: [],
@@ -15,6 +15,10 @@ const TEMPLATE_PATHS: Readonly<Record<string, readonly string[]>> = {
 
 export function isWorkloadKind(doc: Dict): boolean {
   return asText(doc["kind"]) in TEMPLATE_PATHS && typeof doc["apiVersion"] === "string" && !asText(doc["apiVersion"]).includes("dapr.io");
+}
+
+export function isConfigMapKind(doc: Dict): boolean {
+  return asText(doc["kind"]) === "ConfigMap" && asText(doc["apiVersion"]) === "v1";
 }
 
 export function isSecretKind(doc: Dict): boolean {
@@ -81,5 +85,42 @@ export function loadSecret(source: SourceDocument, doc: Dict, base: NodePath = [
     name: asText(get(doc, "metadata", "name")),
     namespace: asText(get(doc, "metadata", "namespace")) || undefined,
     keys,
+  };
+}
+
+/** A Secret `data` value decoded from base64, or undefined when it is not base64 of UTF-8 text. */
+function decodeBase64Text(value: string): string | undefined {
+  const text = value.replace(/\s/g, "");
+  if (text === "" || !/^[A-Za-z0-9+/]+={0,2}$/.test(text) || text.length % 4 !== 0) return undefined;
+  const decoded = Buffer.from(text, "base64").toString("utf8");
+  return decoded.includes("\uFFFD") || /[\u0000-\u0008\u000e-\u001f]/.test(decoded) ? undefined : decoded;
+}
+
+/**
+ * The values of a ConfigMap (`data`) or Secret (`stringData`, and `data` decoded from base64),
+ * each read like a container env variable (connection strings, inline secrets). A value of more
+ * than one line is a file kept in the object, not an env value, and a template expression holds
+ * nothing: both are left out.
+ */
+export function loadConfigValues(source: SourceDocument, doc: Dict, base: NodePath = []): ConfigValues {
+  const holder = isSecretKind(doc) ? "Secret" : "ConfigMap";
+  const env: ContainerEnvVar[] = [];
+  const fields = holder === "Secret" ? ["stringData", "data"] : ["data"];
+  for (const field of fields) {
+    for (const [name, raw] of Object.entries(asDict(doc[field]))) {
+      if (isDict(raw) || Array.isArray(raw) || raw === null || raw === undefined) continue;
+      const text = asText(raw);
+      const value = holder === "Secret" && field === "data" ? decodeBase64Text(text) : text;
+      if (value === undefined || /[\r\n]/.test(value.trim()) || /\{\{.*\}\}/s.test(value)) continue;
+      env.push({ name, value, hasInlineValue: true, path: [...base, field, name] });
+    }
+  }
+  return {
+    kind: "config-values",
+    source,
+    holder,
+    name: asText(get(doc, "metadata", "name")),
+    namespace: asText(get(doc, "metadata", "namespace")) || undefined,
+    env,
   };
 }

@@ -54,10 +54,27 @@ export function redactSecret(value: string): string {
   return `<redacted, ${value.length} characters>`;
 }
 
-/** Removes the password part of `scheme://user:password@host` and `password=...` pairs. */
+/**
+ * Removes the password part of `scheme://user:password@host`, `user:password@tcp(host)` and
+ * `password=...` / `pwd=...` pairs, so that no character of it is printed. The user info ends at
+ * the last `@` (as URL parsers read a password with an unencoded `@`; past a `/` too, so a
+ * password the parsers cannot read is hidden as well); user info without a `:` (a token as the
+ * user name) is hidden whole. A keyword value ends where its connection-string syntax ends it:
+ * a quoted value at its closing quote (`\'` and `''` escapes included), an unquoted one at `;` in a
+ * `;`-separated string (ADO.NET, where spaces belong to the value) and else at a space or `&`.
+ */
 export function redactConnectionString(value: string): string {
-  return value
-    .replace(/(\/\/[^:/@\s]*):[^@/\s]*@/g, "$1:****@")
-    .replace(/^([^:/@\s()]+):[^@\s/]*@(?=(tcp|unix)\()/, "$1:****@")
-    .replace(/((?:password|pwd)\s*=\s*)('[^']*'|"[^"]*"|[^\s;&]*)/gi, "$1****");
+  let text = value;
+  const start = text.indexOf("//");
+  const at = text.lastIndexOf("@");
+  if (start >= 0 && at > start) {
+    const userinfo = text.slice(start + 2, at);
+    const colon = userinfo.indexOf(":");
+    text = `${text.slice(0, start + 2)}${colon < 0 ? "" : `${userinfo.slice(0, colon)}:`}****${text.slice(at)}`;
+  }
+  text = text.replace(/^([^:/@\s()]+):.*@(?=(tcp|unix)\()/s, "$1:****@");
+  const semicolons = text.includes(";");
+  const unquoted = semicolons ? "[^;]*" : "[^\\s;&]*";
+  const keyword = new RegExp(`((?:password|pwd)\\s*=\\s*)('(?:[^'\\\\]|\\\\.|'')*'|"(?:[^"\\\\]|\\\\.|"")*"|${unquoted})`, "gi");
+  return text.replace(keyword, "$1****");
 }

@@ -1,6 +1,6 @@
 import { asText, durationSeconds, get, isDict, isFalsy, isTruthy, lookup } from "../shape.ts";
 import type { Hit, MeshwardCaConfig, Rule } from "../types.ts";
-import { defineRule } from "./helpers.ts";
+import { defineRule, redactConnectionString } from "./helpers.ts";
 
 const DAY = 86_400;
 const HOUR = 3_600;
@@ -199,7 +199,7 @@ export const mtlsRules: Rule[] = [
     check(ca) {
       const hits: Hit[] = [];
       const visit = (value: unknown, path: (string | number)[]): void => {
-        if (typeof value === "string" && /^http:\/\//i.test(value.trim())) hits.push({ path, evidence: value.trim() });
+        if (typeof value === "string" && /^http:\/\//i.test(value.trim())) hits.push({ path, evidence: redactConnectionString(value.trim()) });
         else if (Array.isArray(value)) value.forEach((item, index) => visit(item, [...path, index]));
         else if (isDict(value)) for (const [key, child] of Object.entries(value)) visit(child, [...path, key]);
       };

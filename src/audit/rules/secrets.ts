@@ -2,13 +2,27 @@ import { asText, lookup } from "../shape.ts";
 import type { Hit, Position, Rule } from "../types.ts";
 import { componentYaml, deploymentYaml, secretRefYaml } from "./example-builders.ts";
 import { defineRule, hasSubstitution, isNotSecretValue, isPlaceholder, isSensitiveName, redactConnectionString, redactSecret } from "./helpers.ts";
-import { URL_PASSWORD } from "../values.ts";
+import { urlPassword } from "../values.ts";
 
-const PRODUCTION_SEGMENT = /(^|[-_.])(prod|production|prd|live)($|[-_.])/i;
+const PRODUCTION_WORD = /^(prod|production|prd|live)$/i;
+/** Words that make the production word after them mean the opposite (`non-prod`, `pre-prod`, `not-prod`). */
+const NEGATION_WORD = /^(non|pre|not|no)$/i;
+
+/**
+ * How much a path segment or namespace names production: 2 when it is a production word
+ * (`prod`, `production`, `prd`, `live`, any case), 1 when one of its `-`/`_`/`.`-separated words is
+ * and no negation comes right before it (`env-prod`, `prod-eu`; not `non-prod`, `pre_prod`,
+ * `nonprod`, `preproduction`), else 0. Whole words only: `products`, `reprod` are not production.
+ */
+export function productionScore(segment: string): number {
+  if (PRODUCTION_WORD.test(segment)) return 2;
+  const words = segment.split(/[-_.]/);
+  return words.some((word, index) => PRODUCTION_WORD.test(word) && !(index > 0 && NEGATION_WORD.test(words[index - 1] ?? ""))) ? 1 : 0;
+}
 
 export function looksLikeProduction(file: string, namespace: string | undefined): boolean {
   const segments = file.split(/[\\/]/);
-  return segments.some((segment) => PRODUCTION_SEGMENT.test(segment)) || (namespace !== undefined && PRODUCTION_SEGMENT.test(namespace));
+  return segments.some((segment) => productionScore(segment) > 0) || (namespace !== undefined && productionScore(namespace) > 0);
 }
 
 /**
@@ -18,8 +32,8 @@ export function looksLikeProduction(file: string, namespace: string | undefined)
 export function hasEmbeddedCredentials(value: string): boolean {
   const text = value.trim();
   const passwords = [
-    URL_PASSWORD.exec(text)?.[1],
-    /^[^\s:/@()]+:([^\s@]+)@(tcp|unix)\(/i.exec(text)?.[1],
+    urlPassword(text),
+    /^[^\s:/@()]+:(\S+)@(tcp|unix)\(/i.exec(text)?.[1],
     /(?:^|[\s;?&])(?:password|pwd)\s*=\s*('[^']*'|"[^"]*"|[^\s;&]+)/i.exec(text)?.[1]?.replace(/^['"]|['"]$/g, ""),
   ];
   return passwords.some((password) => password !== undefined && !isPlaceholder(password) && !hasSubstitution(password));
@@ -176,16 +190,18 @@ export const secretRules: Rule[] = [
     family: "secrets",
     severity: "high",
     title: "Secret inline in a container environment variable",
-    why: "`env[].value` is stored in the workload spec (and a docker-compose `environment:` entry in the compose file): visible to everyone who can `get` the Deployment, in git and in Helm history. That holds for a password under any name, including one inside a connection URL (`DATABASE_URL=postgres://user:password@db/orders`).",
+    why: "`env[].value` is stored in the workload spec (and a docker-compose `environment:` entry in the compose file): visible to everyone who can `get` the Deployment, in git and in Helm history. That holds for a password under any name, including one inside a connection URL (`DATABASE_URL=postgres://user:password@db/orders`). The same holds for a `.env` file and a ConfigMap's `data` (read into containers with `env_file:` and `envFrom`); a Secret's values are where secrets belong and are not reported here (MW-SECRET-007 reports Secrets kept in the tree).",
     fix: "Use `valueFrom.secretKeyRef` (or mount the secret as a file); for a connection URL, keep the whole URL in the Secret.",
     example: {
       file: "deployment.yaml",
       bad: deploymentYaml({ "prometheus.io/scrape": "true" }).replace("          ports:", "          env:\n            - name: DB_PASSWORD\n              value: \"hunter2\"\n          ports:"),
       good: deploymentYaml({ "prometheus.io/scrape": "true" }).replace("          ports:", "          env:\n            - name: DB_PASSWORD\n              valueFrom:\n                secretKeyRef:\n                  name: db\n                  key: password\n          ports:"),
     },
-    appliesTo: ["workload", "compose-service"],
+    appliesTo: ["workload", "compose-service", "config-values"],
     check(workload) {
       const hits: Hit[] = [];
+      // A Secret's values are where secrets belong (MW-SECRET-007 reports Secrets kept in the tree).
+      if (workload.kind === "config-values" && workload.holder === "Secret") return hits;
       for (const entry of workload.env) {
         if (!entry.hasInlineValue) continue;
         // A password inside a connection URL or DSN is a secret whatever the variable is called

@@ -1,7 +1,7 @@
 import type { ComponentMetadataItem, ContainerEnvVar, DaprComponent, EnvHolder, Hit, NodePath, Rule, Severity } from "../types.ts";
 import { asText, get, isDict, isFalsy, isTruthy } from "../shape.ts";
 import { componentYaml, secretRefYaml } from "./example-builders.ts";
-import { componentFamily, connectionParam, defineRule, hostOf, isLoopbackComponent, isLoopbackHost, isPlaceholder, metadataItem, typePath, urlScheme } from "./helpers.ts";
+import { componentFamily, connectionParam, defineRule, hostOf, isLoopbackComponent, isLoopbackHost, isPlaceholder, metadataItem, redactConnectionString, typePath, urlScheme } from "./helpers.ts";
 
 /** The inline connection string, unless it is wholly a substitution or a placeholder. */
 function connectionString(component: DaprComponent): ComponentMetadataItem | undefined {
@@ -59,10 +59,24 @@ interface PostgresConnection {
   url?: string;
 }
 
+/**
+ * The component's connection and sslmode: its inline connection string, or, with no connection
+ * string at all, its individual `host`/`hostaddr` fields (Dapr's postgres components take `host`,
+ * `hostaddr`, `port`, `database`, `user`, `password`, `sslRootCert`; no sslmode among them, so
+ * libpq's default `prefer` applies). A socket path as `host` is not network traffic.
+ */
 function postgresSslMode(component: DaprComponent): PostgresConnection | undefined {
   const item = connectionString(component);
-  if (item === undefined) return undefined;
-  return { path: item.path, mode: (connectionParam(item.value, "sslmode") ?? "").toLowerCase(), label: "" };
+  if (item !== undefined) {
+    if (isPostgresSocketOnly(item.value)) return undefined;
+    return { path: item.path, mode: (connectionParam(item.value, "sslmode") ?? "").toLowerCase(), label: "" };
+  }
+  // A connection string from a secret (or a placeholder) may carry the sslmode: not judged.
+  if (metadataItem(component, "connectionString", "url", "dsn", "connection") !== undefined) return undefined;
+  const host = metadataItem(component, "hostaddr") ?? metadataItem(component, "host");
+  if (host === undefined || (host.hasInlineValue && isPlaceholder(host.value))) return undefined;
+  if (host.name.toLowerCase() === "host" && host.hasInlineValue && isPostgresSocketOnly(`host=${host.value}`)) return undefined;
+  return { path: host.path, mode: "", label: "", where: host.hasInlineValue ? ` (${host.name}: ${host.value.trim()})` : ` (${host.name} from a secret)` };
 }
 
 /**
@@ -114,18 +128,41 @@ function mysqlUrlTls(value: string): string | undefined {
 
 /** The other env variables of the container an env entry belongs to (path `…containers, i, env, j, value`; a compose service is one container). */
 function containerEnv(workload: EnvHolder, entry: ContainerEnvVar): ContainerEnvVar[] {
-  if (workload.kind === "compose-service") return workload.env;
+  if (workload.kind !== "workload") return workload.env;
   const container = JSON.stringify(entry.path.slice(0, -3));
   return workload.env.filter((other) => JSON.stringify(other.path.slice(0, -3)) === container);
 }
 
 /** `postgres://` / `postgresql://` URLs in container env; libpq's `PGSSLMODE` in the same container counts when the URL sets no sslmode. */
 function envPostgresConnections(workload: EnvHolder): PostgresConnection[] {
-  return envUrls(workload).filter((entry) => entry.scheme === "postgres" || entry.scheme === "postgresql").map((entry) => {
+  return envUrls(workload).filter((entry) => entry.scheme === "postgres" || entry.scheme === "postgresql").flatMap((entry) => {
+    const pgHost = containerEnv(workload, entry).find((other) => other.name === "PGHOST" && other.hasInlineValue)?.value ?? "";
+    if (isPostgresSocketOnly(entry.value, pgHost)) return [];
     const fromEnv = containerEnv(workload, entry).find((other) => other.name === "PGSSLMODE" && other.hasInlineValue)?.value ?? "";
     const mode = (connectionParam(entry.value, "sslmode") ?? fromEnv).trim().toLowerCase();
-    return { path: entry.path, mode, label: `${entry.name}: `, where: ` (${entry.scheme}://${hostOf(entry.value)})`, url: entry.value };
+    return [{ path: entry.path, mode, label: `${entry.name}: `, where: ` (${entry.scheme}://${hostOf(entry.value)})`, url: entry.value }];
   });
+}
+
+/**
+ * True when a PostgreSQL connection string names only Unix-domain sockets: every `host`
+ * (keyword, URL query or URL host, percent-decoded) is a path (`/cloudsql/proj:region:db`,
+ * `/var/run/postgresql`) or an abstract socket (`@name`), and no `hostaddr` is given. libpq
+ * uses no TLS on a socket and the traffic never leaves the machine, so sslmode says nothing.
+ * `pgHost` is `PGHOST` of the same container, used when the string names no host.
+ */
+export function isPostgresSocketOnly(value: string, pgHost = ""): boolean {
+  if (connectionParam(value, "hostaddr") !== undefined) return false;
+  const decode = (text: string): string => {
+    try {
+      return decodeURIComponent(text);
+    } catch {
+      return text;
+    }
+  };
+  const named = connectionParam(value, "host") ?? (urlScheme(value) === "" ? "" : hostOf(value));
+  const hosts = (named === "" ? pgHost : named).split(",").map((host) => decode(host.trim())).filter((host) => host !== "");
+  return hosts.length > 0 && hosts.every((host) => host.startsWith("/") || host.startsWith("@"));
 }
 
 function postgresConnections(resource: DaprComponent | EnvHolder): PostgresConnection[] {
@@ -192,6 +229,29 @@ export function isInsecureTlsVersion(value: string): boolean {
   return digits === "1" || digits === "10" || digits === "11";
 }
 
+/**
+ * What a SQL Server connection string (ADO.NET / go-mssqldb keywords, or a `sqlserver://` URL)
+ * says against TLS: `Encrypt=false|no|disable|optional` (plaintext; go-mssqldb's `false` encrypts
+ * the login packet only) and `TrustServerCertificate=true` (any certificate accepted).
+ * `plaintext`: the encryption itself is off.
+ */
+export function sqlServerTlsIssues(value: string): { evidence: string; plaintext: boolean } | undefined {
+  const text = value.trim();
+  if (!/^sqlserver:\/\//i.test(text) && !text.includes(";")) return undefined;
+  const found: string[] = [];
+  let plaintext = false;
+  const encrypt = connectionParam(text, "encrypt")?.trim();
+  if (encrypt !== undefined && /^(false|no|disable|optional|0)$/i.test(encrypt)) {
+    found.push(`Encrypt=${encrypt}`);
+    plaintext = true;
+  }
+  for (const name of ["TrustServerCertificate", "Trust Server Certificate"]) {
+    const trust = connectionParam(text, name)?.trim();
+    if (trust !== undefined && /^(true|yes|1)$/i.test(trust)) found.push(`${name}=${trust}`);
+  }
+  return found.length === 0 ? undefined : { evidence: found.join(", "), plaintext };
+}
+
 export const transportRules: Rule[] = [
   defineRule({
     id: "MW-TLS-001",
@@ -219,14 +279,14 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "PostgreSQL connection without enforced TLS",
-    why: "libpq's `sslmode` `disable`, `allow` and `prefer` (and no sslmode, which means prefer) let the connection fall back to plaintext; an attacker on the path simply refuses TLS. Read in component connection strings and in `postgres://` URLs in container env (`DATABASE_URL`, with `PGSSLMODE` of the same container when the URL sets no sslmode).",
+    why: "libpq's `sslmode` `disable`, `allow` and `prefer` (and no sslmode, which means prefer) let the connection fall back to plaintext; an attacker on the path simply refuses TLS. Read in component connection strings, in a postgres component's individual `host`/`hostaddr` fields when it has no connection string (they take no sslmode, so the default prefer applies), and in `postgres://` URLs in container env (`DATABASE_URL`, with `PGSSLMODE` of the same container when the URL sets no sslmode).",
     fix: "Use `sslmode=verify-full` with `sslrootcert` pointing at the server's CA.",
     example: {
       file: "statestore.yaml",
       bad: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=disable" }),
       good: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=verify-full sslrootcert=/etc/pg/ca.pem" }),
     },
-    appliesTo: ["dapr-component", "workload", "compose-service"],
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
     check(resource) {
       return postgresConnections(resource)
         .filter((connection) => ["", "disable", "allow", "prefer"].includes(connection.mode))
@@ -245,7 +305,7 @@ export const transportRules: Rule[] = [
       bad: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=require" }),
       good: componentYaml("state.postgresql", { connectionString: "host=pg.db.svc user=dapr dbname=state sslmode=verify-full" }),
     },
-    appliesTo: ["dapr-component", "workload", "compose-service"],
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
     check(resource) {
       return postgresConnections(resource)
         .filter((connection) => ["require", "verify-ca"].includes(connection.mode))
@@ -264,10 +324,12 @@ export const transportRules: Rule[] = [
       bad: componentYaml("state.mysql", { connectionString: "dapr@tcp(mysql.db.svc:3306)/?allowNativePasswords=true" }),
       good: componentYaml("state.mysql", { connectionString: "dapr@tcp(mysql.db.svc:3306)/?allowNativePasswords=true&tls=true" }),
     },
-    appliesTo: ["dapr-component", "workload", "compose-service"],
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
     check(resource) {
       if (resource.kind !== "dapr-component") {
         return envMysqlConnections(resource).flatMap((entry): Hit[] => {
+          // A Unix socket (`user@unix(/var/run/mysqld/mysqld.sock)/db`) never leaves the machine.
+          if (entry.dsn && /@unix\(/i.test(entry.value)) return [];
           const verdict = mysqlUrlTls(entry.value);
           if (verdict === undefined) return [];
           const host = entry.dsn ? (/@(?:tcp|unix)\(([^)]*)\)/i.exec(entry.value)?.[1] ?? "") : hostOf(entry.value);
@@ -278,7 +340,7 @@ export const transportRules: Rule[] = [
       const component = resource;
       if (!isMysql(component)) return [];
       const item = connectionString(component);
-      if (item === undefined) return [];
+      if (item === undefined || /@unix\(/i.test(item.value)) return [];
       const tls = (connectionParam(item.value, "tls") ?? "").toLowerCase();
       if (tls === "true" || tls === "custom") return [];
       return [hit(item, tls === "" ? "tls not set in the DSN" : `tls=${tls}`)];
@@ -332,14 +394,14 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "Plaintext endpoint where a TLS form exists",
-    why: "`amqp://`, `pulsar://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form. Read in component metadata and in container env values that are URLs (`REDIS_URL=redis://…`).",
+    why: "`amqp://`, `pulsar://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form. Read in component metadata (also RabbitMQ's `protocol: amqp` with `hostname`) and in container env values that are URLs (`REDIS_URL=redis://…`).",
     fix: "Use the TLS scheme (`amqps://`, `pulsar+ssl://`, `mqtts://`/`ssl://`, `rediss://`, `https://`, `wss://`, `ldaps://`; NATS with `tls://` and a CA).",
     example: {
       file: "pubsub.yaml",
       bad: componentYaml("pubsub.rabbitmq", { host: "amqp://rabbitmq.default.svc:5672", durable: "true" }, "pubsub"),
       good: componentYaml("pubsub.rabbitmq", { host: "amqps://rabbitmq.default.svc:5671", durable: "true" }, "pubsub"),
     },
-    appliesTo: ["dapr-component", "workload", "compose-service"],
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
     check(resource) {
       const hits: Hit[] = [];
       if (resource.kind !== "dapr-component") {
@@ -359,6 +421,15 @@ export const transportRules: Rule[] = [
         const severity = urlSeverity(item.value);
         hits.push({ path: item.path, evidence: `${item.name}: ${scheme}://${hostOf(item.value)}`, detail: `Use ${secure}.`, ...(severity === undefined ? {} : { severity }) });
       }
+      // RabbitMQ's properties profile (`hostname`, `username`, `password`) takes the scheme from
+      // `protocol` (pubsub/rabbitmq/metadata.yaml: "amqp", "amqps").
+      const protocol = componentFamily(resource) === "rabbitmq" ? metadataItem(resource, "protocol") : undefined;
+      if (hits.length === 0 && protocol?.hasInlineValue === true && protocol.value.trim().toLowerCase() === "amqp") {
+        const hostname = metadataItem(resource, "hostname");
+        const where = hostname?.hasInlineValue === true ? `, hostname: ${hostname.value.trim()}` : "";
+        const severity = hostname?.hasInlineValue === true && isLoopbackHost(hostname.value) ? "low" as const : undefined;
+        hits.push({ path: protocol.path, evidence: `protocol: amqp${where}`, detail: "Use protocol amqps.", ...(severity === undefined ? {} : { severity }) });
+      }
       return hits;
     },
   }),
@@ -374,7 +445,7 @@ export const transportRules: Rule[] = [
       bad: componentYaml("state.mongodb", { host: "mongo.db.svc:27017", databaseName: "orders" }),
       good: componentYaml("state.mongodb", { host: "mongo.db.svc:27017", databaseName: "orders", params: "?tls=true&tlsCAFile=/etc/mongo/ca.pem" }),
     },
-    appliesTo: ["dapr-component", "workload", "compose-service"],
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
     check(resource) {
       if (resource.kind !== "dapr-component") {
         return envUrls(resource).flatMap((entry): Hit[] => {
@@ -420,7 +491,7 @@ export const transportRules: Rule[] = [
       bad: componentYaml("pubsub.mqtt3", { url: "mqtts://mqtt.default.svc:8883", skipVerify: "true" }, "pubsub"),
       good: componentYaml("pubsub.mqtt3", { url: "mqtts://mqtt.default.svc:8883", skipVerify: "false" }, "pubsub"),
     },
-    appliesTo: ["dapr-component", "workload", "compose-service"],
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
     check(resource) {
       if (resource.kind !== "dapr-component") {
         return resource.env.flatMap((entry): Hit[] => {
@@ -475,7 +546,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "TLS switched off in a component",
-    why: "`disableSSL: true` (AWS S3 and S3-compatible stores), `usePlainTextConnection: true` (Zeebe), `tlsEnable: \"false\"` (etcd) and `enableTLS: \"false\"` (Pulsar and others) make the component talk to its backend in plaintext: data and credentials cross the network readable and changeable by anyone on the path.",
+    why: "`disableSSL: true` (AWS S3 and S3-compatible stores), `usePlainTextConnection: true` (Zeebe), `tlsEnable: \"false\"` (etcd) and `enableTLS: \"false\"` (Pulsar and others) make the component talk to its backend in plaintext: data and credentials cross the network readable and changeable by anyone on the path. Pulsar's `enableTLS` defaults to false: a Pulsar component with a `host` without a scheme (`broker:6650`, dialled as `pulsar://`) and no `enableTLS` is reported too.",
     fix: "Remove the switch (or set it the secure way) and point the component at the backend's TLS endpoint, with the CA that signs its certificate.",
     example: {
       file: "binding.yaml",
@@ -484,7 +555,16 @@ export const transportRules: Rule[] = [
     },
     appliesTo: ["dapr-component"],
     check(component) {
-      return component.metadata.filter((item) => tlsOffSwitch(component, item)).map((item) => hit(item, `${item.name}: "${item.value}"`));
+      const hits = component.metadata.filter((item) => tlsOffSwitch(component, item)).map((item) => hit(item, `${item.name}: "${item.value}"`));
+      // Pulsar: `enableTLS` defaults to false (pubsub/pulsar/metadata.yaml) and a host without a
+      // scheme is dialled as `pulsar://` (plaintext); a `pulsar://` host is MW-TLS-007's.
+      if (componentFamily(component) === "pulsar" && metadataItem(component, "enableTLS") === undefined) {
+        const host = metadataItem(component, "host");
+        if (host?.hasInlineValue === true && !isPlaceholder(host.value) && urlScheme(host.value) === "") {
+          hits.push(hit(host, `${component.type} without enableTLS (host ${host.value.trim()}: pulsar://, plaintext)`));
+        }
+      }
+      return hits;
     },
   }),
   defineRule({
@@ -506,7 +586,7 @@ export const transportRules: Rule[] = [
       if (/^http:\/\//i.test(zipkin)) hits.push({ path: ["spec", "tracing", "zipkin", "endpointAddress"], evidence: `zipkin.endpointAddress: http://${hostOf(zipkin)}` });
       const otel = get(configuration.spec, "tracing", "otel");
       if (isDict(otel) && isFalsy(otel["isSecure"])) {
-        hits.push({ path: ["spec", "tracing", "otel", "isSecure"], evidence: `otel.isSecure: ${asText(otel["isSecure"])} (${asText(otel["endpointAddress"]) || "no endpoint"})` });
+        hits.push({ path: ["spec", "tracing", "otel", "isSecure"], evidence: `otel.isSecure: ${asText(otel["isSecure"])} (${redactConnectionString(asText(otel["endpointAddress"])) || "no endpoint"})` });
       }
       return hits;
     },
@@ -528,6 +608,36 @@ export const transportRules: Rule[] = [
       if (!/^http:\/\//i.test(endpoint.baseUrl.trim())) return [];
       const severity = urlSeverity(endpoint.baseUrl);
       return [{ path: ["spec", "baseUrl"], evidence: `baseUrl: http://${hostOf(endpoint.baseUrl)}`, ...(severity === undefined ? {} : { severity }) }];
+    },
+  }),
+  defineRule({
+    id: "MW-TLS-014",
+    family: "tls",
+    severity: "high",
+    title: "SQL Server connection without verified TLS",
+    why: "`Encrypt=false` (also `no`, `disable`, `optional`) sends queries and results in plaintext (go-mssqldb, which Dapr's SQL Server components use, encrypts only the login packet with `false`), and `TrustServerCertificate=true` accepts any certificate, so anyone on the path can impersonate the database (medium). Read in component connection strings (`state.sqlserver`, `bindings.sqlserver`) and in container env, `.env` files, ConfigMaps and Secrets.",
+    fix: "Use `Encrypt=true` (or `strict`) without `TrustServerCertificate`, and give the CA (`certificate=` for go-mssqldb) when the server's certificate is not from a public CA.",
+    example: {
+      file: "statestore.yaml",
+      bad: componentYaml("state.sqlserver", { connectionString: "Server=sql.db.svc;Database=dapr;User ID=dapr;Encrypt=false;" }),
+      good: componentYaml("state.sqlserver", { connectionString: "Server=sql.db.svc;Database=dapr;User ID=dapr;Encrypt=true;" }),
+    },
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
+    check(resource) {
+      if (resource.kind !== "dapr-component") {
+        return resource.env
+          .filter((entry) => entry.hasInlineValue && !isPlaceholder(entry.value) && !/^MICRO_/i.test(entry.name))
+          .flatMap((entry): Hit[] => {
+            const issues = sqlServerTlsIssues(entry.value);
+            return issues === undefined ? [] : [{ path: entry.path, evidence: `${entry.name}: ${issues.evidence}`, ...(issues.plaintext ? {} : { severity: "medium" as const }) }];
+          });
+      }
+      return resource.metadata
+        .filter((item) => item.hasInlineValue && !isPlaceholder(item.value) && !IDENTIFIER_NAME.test(item.name))
+        .flatMap((item): Hit[] => {
+          const issues = sqlServerTlsIssues(item.value);
+          return issues === undefined ? [] : [{ path: item.path, evidence: `${item.name}: ${issues.evidence}`, ...(issues.plaintext ? {} : { severity: "medium" as const }) }];
+        });
     },
   }),
 ];

@@ -77,11 +77,12 @@ export function auditScan(paths: string[], options: ScanOptions): void {
 export interface DriftOptions {
   format: string;
   failOn: string;
+  reference?: string;
   color?: boolean;
 }
 
 export function auditDrift(envs: string[], options: DriftOptions): void {
-  const report = driftPaths(envs);
+  const report = driftPaths(envs, undefined, options.reference === undefined ? {} : { reference: options.reference });
   process.stdout.write(options.format === "json" ? renderDriftJson(report) : renderDriftText(report, { color: useColor(options.color) }));
   const failing = options.failOn === "weaker"
     ? report.rows.some((row) => row.status === "weaker")
