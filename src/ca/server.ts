@@ -133,7 +133,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   let lock: LeaderLock | undefined;
   let leader = false;
   try {
-    lock = store.leaderLock?.();
+    lock = store.leaderLock?.({ sessionTimeoutMs: config.leaderTimeout });
     if (replicated !== undefined) anchors = await loadFromStore();
     leader = lock === undefined || (await lock.tryAcquire());
   } catch (error) {
@@ -511,9 +511,11 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     if (leader) void rotation.check();
   }, config.rotationCheck);
   rotationTimer.unref();
-  // A lost leader (process killed: PostgreSQL drops its session lock, the kernel its file lock) is replaced within a poll.
+  // A lost leader (process killed: PostgreSQL drops its session lock, the kernel its file lock) is
+  // replaced within a poll; a silent one (partitioned, frozen) once PostgreSQL ends its session
+  // after leaderTimeout. The poll is also the leader's proof of life: at least three within it.
   // One attempt at a time: one that hangs (a server that stopped answering) is not joined by more
-  // on the same connection; the store's query timeout ends it.
+  // on the same connection; the lock's query timeout ends it.
   let acquiring = false;
   const leaderTimer = lock === undefined ? undefined : setInterval(() => {
     if (acquiring) return;
@@ -529,7 +531,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         void crl.refresh().catch(() => undefined);
       }
     });
-  }, Math.min(config.anchorPoll, 1_000));
+  }, Math.min(config.anchorPoll, 1_000, Math.floor(config.leaderTimeout / 3)));
   leaderTimer?.unref();
 
   let ops: OpsServer | undefined;

@@ -184,6 +184,11 @@ export const caConfigSchema = z
         "Certificates issued to one source IP address (attestations and renewals alike, counted per CA replica): `burst` at once, then `perSecond`. Only issued certificates count: a refused request gives its share back, so callers without a credential behind the same address cannot use it up. Past it the request is refused RESOURCE_EXHAUSTED (E_RATE_LIMITED) before attestation, so no join token is spent, and clients retry with backoff. Each certificate is a row in the store: one valid token or certificate would otherwise mint them without bound. `false` turns it off (a proxy in front of the CA that hides client addresses makes every caller one address).",
       ),
     crlRefresh: timerDurationText("CRL refresh interval", 100).default(parseDuration("1s")).describe("How often the store is checked for new revocations."),
+    leaderTimeout: timerDurationText("leader timeout", 2_000)
+      .default(parseDuration("15s"))
+      .describe(
+        "Replicas on PostgreSQL: how long the leader's lock session may stay silent before PostgreSQL ends it and another replica becomes the leader (a leader partitioned from the database or frozen: SIGSTOP, a paused VM). Set on the lock's connection as idle_session_timeout (PostgreSQL 14+), tcp_user_timeout (12+) and TCP keepalives; the leader checks its lock at least three times within it. Also sets when /readyz reports revocations no replica has signed into a CRL (docs/operations.md). Minimum 2s.",
+      ),
     anchorPoll: timerDurationText("anchor poll interval", 100).default(parseDuration("1s")).describe("How often the CA directory is checked for rotated or replaced trust anchors."),
     rotationCheck: duration("rotation check interval").default(parseDuration("1m")).describe("How often rotation thresholds are checked."),
     autoRotateIssuer: z.boolean().default(true).describe("Self-managed CAs: prepare a new issuer at min(½ life, 30d) left and switch to it at min(⅙ life, 7d) left."),

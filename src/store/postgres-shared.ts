@@ -70,8 +70,54 @@ export async function listenForChanges(config: pg.ClientConfig, onChange: (chann
   };
 }
 
-/** A session-level advisory lock on a dedicated connection: released by PostgreSQL when the holder dies. */
-export function advisoryLeaderLock(config: pg.ClientConfig, key = LEADER_LOCK_KEY): LeaderLock {
+/** How long the leader's session may stay silent before PostgreSQL ends it (and releases the lock). */
+export const DEFAULT_LEADER_SESSION_TIMEOUT_MS = 15_000;
+
+export interface LeaderLockOptions {
+  /**
+   * The leader's lock lives as long as its session, and PostgreSQL ends a session only when it
+   * notices the client gone. A holder that is alive but silent (partitioned from the server
+   * without the connection being closed, or frozen: SIGSTOP, a paused VM) would otherwise keep
+   * the lock for hours (tcp_keepalives_idle defaults to 2 h) or for ever (a frozen host's kernel
+   * still answers keepalives). The lock connection asks the server to end the session after this
+   * long without a statement (idle_session_timeout, PostgreSQL 14+; a live holder queries every
+   * poll, well within it) or without an acknowledgement of what it sent (tcp_user_timeout and
+   * keepalives, PostgreSQL 12+ for tcp_user_timeout). Another replica then takes the lock.
+   */
+  readonly sessionTimeoutMs?: number;
+}
+
+/**
+ * The settings the lock's session runs with (see LeaderLockOptions), as server-side GUCs: only
+ * those the server knows are set, so an older PostgreSQL gets what it supports.
+ */
+export function leaderSessionSettings(timeoutMs: number): [string, string][] {
+  const seconds = Math.max(1, Math.floor(timeoutMs / 1000));
+  return [
+    ["idle_session_timeout", String(timeoutMs)],
+    ["idle_in_transaction_session_timeout", String(timeoutMs)],
+    ["tcp_user_timeout", String(timeoutMs)],
+    // Probes after a third of the timeout idle, then every sixth, three of them: a dead peer is
+    // noticed by the keepalives within about the timeout too.
+    ["tcp_keepalives_idle", String(Math.max(1, Math.floor(seconds / 3)))],
+    ["tcp_keepalives_interval", String(Math.max(1, Math.floor(seconds / 6)))],
+    ["tcp_keepalives_count", "3"],
+  ];
+}
+
+const SET_SESSION_SETTINGS = `SELECT set_config(v.name, v.value, false) FROM unnest($1::text[], $2::text[]) AS v(name, value)
+  WHERE v.name IN (SELECT name FROM pg_settings)`;
+
+/**
+ * A session-level advisory lock on a dedicated connection: released by PostgreSQL when the
+ * holder dies, and when it stays silent for `sessionTimeoutMs` (frozen, partitioned).
+ */
+export function advisoryLeaderLock(config: pg.ClientConfig, key = LEADER_LOCK_KEY, options: LeaderLockOptions = {}): LeaderLock {
+  const timeoutMs = options.sessionTimeoutMs ?? DEFAULT_LEADER_SESSION_TIMEOUT_MS;
+  const settings = leaderSessionSettings(timeoutMs);
+  // The holder's own check gives up well before the server ends its session: a leader cut off
+  // from PostgreSQL stops leading before another replica can take over.
+  const queryTimeout = Math.min(config.query_timeout ?? timeoutMs, Math.max(500, Math.floor(timeoutMs / 2)));
   let client: pg.Client | undefined;
   let held = false;
   let closed = false;
@@ -89,7 +135,7 @@ export function advisoryLeaderLock(config: pg.ClientConfig, key = LEADER_LOCK_KE
       if (closed) return false;
       try {
         if (client === undefined) {
-          const next = new RenegotiationRefusingClient({ ...config, application_name: "meshward-ca-leader" });
+          const next = new RenegotiationRefusingClient({ ...config, query_timeout: queryTimeout, application_name: "meshward-ca-leader" });
           next.on("error", () => {
             if (client === next) drop();
           });
@@ -100,10 +146,17 @@ export function advisoryLeaderLock(config: pg.ClientConfig, key = LEADER_LOCK_KE
             }
           });
           await next.connect();
+          try {
+            await next.query(SET_SESSION_SETTINGS, [settings.map(([name]) => name), settings.map(([, value]) => value)]);
+          } catch (error) {
+            await next.end().catch(() => undefined);
+            throw error;
+          }
           client = next;
         }
         if (held) {
-          // Still ours? A cheap round trip proves the session (and so the lock) is alive.
+          // Still ours? A cheap round trip proves the session (and so the lock) is alive, and
+          // keeps it from idle_session_timeout.
           await client.query("SELECT 1");
           return held;
         }

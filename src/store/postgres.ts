@@ -8,7 +8,7 @@ import { redactConnectionString } from "./redact.ts";
 import { RenegotiationRefusingClient } from "./postgres-client.ts";
 import { advisoryLeaderLock, CHANNELS, listenForChanges } from "./postgres-shared.ts";
 import { renewalOfRevoked } from "./store.ts";
-import type { CaFilesSnapshot, IssuanceFilter, IssuanceRecord, JoinTokenRecord, LeaderLock, RevocationRecord, Store, StoredCrl, TokenConsumption } from "./store.ts";
+import type { CaFilesSnapshot, IssuanceFilter, IssuanceRecord, JoinTokenRecord, LeaderLock, LeaderLockOptions, RevocationRecord, Store, StoredCrl, TokenConsumption } from "./store.ts";
 
 export type PostgresStoreOptions = { connectionString: string } | pg.PoolConfig;
 
@@ -453,9 +453,9 @@ export class PostgresStore implements Store {
     return listenForChanges(this.#config, onChange);
   }
 
-  leaderLock(): LeaderLock {
+  leaderLock(options: LeaderLockOptions = {}): LeaderLock {
     this.#assertOpen();
-    return advisoryLeaderLock(this.#config);
+    return advisoryLeaderLock(this.#config, undefined, options);
   }
 
   async #transaction<T>(what: string, code: "E_STORE_READ" | "E_STORE_WRITE", fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {

@@ -94,6 +94,15 @@ export interface StoredCrl {
  * own connection, or for SQLite an exclusive lock on a file beside the database. Both are held
  * for as long as the holder lives (no lease to renew) and released when it dies.
  */
+export interface LeaderLockOptions {
+  /**
+   * PostgreSQL: how long the holder's session may stay silent (a frozen or partitioned leader)
+   * before the server ends it and another process can take the lock. Ignored by SQLite, whose
+   * lock lives as long as the holding process.
+   */
+  readonly sessionTimeoutMs?: number;
+}
+
 export interface LeaderLock {
   /** Tries to take the lock (true when held, also when already held); false when another holds it. */
   tryAcquire(): Promise<boolean>;
@@ -175,7 +184,7 @@ export interface Store {
   /** Shared stores (PostgreSQL): called on each change notification (LISTEN/NOTIFY); returns the unsubscribe. */
   listen?(onChange: (channel: "ca_state" | "crl") => void): Promise<() => Promise<void>>;
   /** The lock that elects the one process rotating and signing CRLs among those sharing the store. */
-  leaderLock?(): LeaderLock;
+  leaderLock?(options?: LeaderLockOptions): LeaderLock;
   /**
    * Takes the write lock the way an issuance does and lets it go without changing anything: how
    * the CA learns that writes work again after one failed (another process held the lock).

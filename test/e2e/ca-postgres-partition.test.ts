@@ -1,5 +1,4 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { connect, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
@@ -13,6 +12,7 @@ import { requestCertificate } from "../../src/identity/ca-client.ts";
 import { createCsr } from "../../src/pki/csr.ts";
 import { generateKeyPair } from "../../src/pki/keys.ts";
 import { startPostgres, type RunningPostgres } from "../helpers/postgres.ts";
+import { partitionableProxy } from "../helpers/partitionable-proxy.ts";
 import { until } from "../helpers/wait.ts";
 
 // PostgreSQL reachable but silent (its host down, a partition, a firewall dropping packets): no
@@ -25,61 +25,6 @@ import { until } from "../helpers/wait.ts";
 // and passes them again when the partition heals. Polling loops wait for observable states;
 // nothing asserts how fast they happened.
 const TD = "partition.test";
-
-/**
- * A TCP proxy to PostgreSQL that can stop passing bytes (both ways, new connections too) and pass
- * them again. Bytes read during the partition are held and passed on when it heals. (Not
- * pause()/pipe(): pipe() resumes a paused source when its destination drains, which let bytes
- * through a "partition" on a busy machine.)
- */
-async function partitionableProxy(port: number): Promise<{ port: number; partition(): void; heal(): void; close(): Promise<void> }> {
-  const sockets = new Set<Socket>();
-  const flushes = new Set<() => void>();
-  let partitioned = false;
-  /** Forwards `from` to `to`, holding what arrives while partitioned. */
-  const forward = (from: Socket, to: Socket) => {
-    const held: Buffer[] = [];
-    const flush = () => {
-      for (const chunk of held.splice(0)) to.write(chunk);
-    };
-    flushes.add(flush);
-    from.on("data", (chunk: Buffer) => {
-      if (partitioned) held.push(chunk);
-      else to.write(chunk);
-    });
-    from.on("close", () => {
-      flushes.delete(flush);
-      to.destroy();
-    });
-  };
-  const track = (socket: Socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
-    socket.on("error", () => undefined);
-  };
-  const server: Server = createServer((down) => {
-    const up = connect(port, "127.0.0.1");
-    track(down);
-    track(up);
-    forward(down, up);
-    forward(up, down);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    port: (server.address() as { port: number }).port,
-    partition() {
-      partitioned = true;
-    },
-    heal() {
-      partitioned = false;
-      for (const flush of flushes) flush();
-    },
-    async close() {
-      for (const socket of sockets) socket.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
 
 describe("the CA on PostgreSQL during a network partition", () => {
   let pgServer: RunningPostgres | undefined;

@@ -12,6 +12,7 @@ import { openPostgresStore } from "../../src/store/postgres.ts";
 import { openSqliteStore } from "../../src/store/sqlite.ts";
 import { startPostgres, type RunningPostgres } from "../helpers/postgres.ts";
 import { defineStoreContract } from "./store-contract.ts";
+import { partitionableProxy } from "../helpers/partitionable-proxy.ts";
 
 // One real PostgreSQL 15 for this file; every test gets a fresh database.
 let server: RunningPostgres;
@@ -212,6 +213,70 @@ describe("postgres: change notifications and the leader lock", () => {
       await store.close();
     }
   });
+});
+
+// A leader that is alive but silent keeps a session lock for as long as PostgreSQL keeps its
+// session: hours (a partition: TCP keepalive after 2 h) or for ever (a frozen process, whose
+// kernel still answers keepalives). The lock's session now has a server-side timeout: the
+// server ends a silent holder's session and another replica takes the lock. Bounds below are
+// generous waits for the outcome, not timing assertions.
+describe("postgres: a silent leader loses the lock", () => {
+  const takeWithin = async (lock: { tryAcquire(): Promise<boolean> }, ms: number) => {
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      if (await lock.tryAcquire()) return true;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    return false;
+  };
+
+  it("a holder that stops talking (frozen) loses the lock to another holder after its session timeout", async () => {
+    const connectionString = await server.createDatabase();
+    const store = openPostgresStore({ connectionString });
+    const frozen = store.leaderLock({ sessionTimeoutMs: 2_000 });
+    const other = store.leaderLock({ sessionTimeoutMs: 2_000 });
+    try {
+      expect(await frozen.tryAcquire()).toBe(true);
+      expect(await other.tryAcquire()).toBe(false);
+      // `frozen` sends nothing from here on, as a SIGSTOPped process; its TCP connection stays open.
+      expect(await takeWithin(other, 30_000)).toBe(true);
+      // The frozen holder, thawed, learns it lost the lock at its next check.
+      expect(await frozen.tryAcquire()).toBe(false);
+      expect(frozen.held).toBe(false);
+    } finally {
+      await frozen.release();
+      await other.release();
+      await store.close();
+    }
+  }, 60_000);
+
+  it("a holder partitioned from the server (connection silent, not closed) stops leading and another takes the lock", async () => {
+    const connectionString = await server.createDatabase();
+    const url = new URL(connectionString);
+    const proxy = await partitionableProxy(Number(url.port));
+    url.port = String(proxy.port);
+    const cutOff = openPostgresStore({ connectionString: url.toString() });
+    const direct = openPostgresStore({ connectionString });
+    const a = cutOff.leaderLock({ sessionTimeoutMs: 2_000 });
+    const b = direct.leaderLock({ sessionTimeoutMs: 2_000 });
+    try {
+      expect(await a.tryAcquire()).toBe(true);
+      expect(await b.tryAcquire()).toBe(false);
+      proxy.partition();
+      // The cut-off holder's own check times out: it stops leading.
+      expect(await a.tryAcquire()).toBe(false);
+      expect(a.held).toBe(false);
+      // And the server ended its session: the lock is free for another replica.
+      expect(await takeWithin(b, 30_000)).toBe(true);
+    } finally {
+      proxy.heal();
+      await a.release();
+      await b.release();
+      await cutOff.close();
+      await direct.close();
+      await proxy.close();
+    }
+  }, 60_000);
 });
 
 // ca migrate-store from the replicas' PostgreSQL to another one: the CA state they share (what
