@@ -7,6 +7,9 @@ export const CRL_VALIDITY_MS = 24 * 3_600_000;
 /** Re-sign well before nextUpdate so relying parties never see a stale CRL. */
 const CRL_RESIGN_AFTER_MS = CRL_VALIDITY_MS / 2;
 
+/** Followers: how often the store's revocations are compared with the CRL in force. */
+export const UNSIGNED_CHECK_MS = 5_000;
+
 const REASONS = new Set<RevocationReason>(["unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded", "cessationOfOperation"]);
 
 export interface PublishedCrl {
@@ -28,6 +31,9 @@ export class CrlPublisher {
   #again = false;
   /** Whether this replica signed a CRL since it last became the leader. */
   #signedAsLeader = false;
+  /** Followers: revocations in the store missing from the CRL in force, and since when (Date.now()) they have been. */
+  #unsigned: { count: number; since: number } | undefined;
+  #unsignedCheckedAt = 0;
 
   /**
    * `shared`: several replicas on one store (issue 17). Only the leader signs, and publishes to
@@ -43,6 +49,15 @@ export class CrlPublisher {
 
   get current(): PublishedCrl | undefined {
     return this.#current;
+  }
+
+  /**
+   * Several replicas: revocations the store holds that the CRL in force lacks, and since when
+   * (Date.now()) this replica has seen some missing; undefined when none are. A leader signs them
+   * within a refresh; missing for long means no replica leads (or the leader cannot sign).
+   */
+  get unsigned(): { readonly count: number; readonly since: number } | undefined {
+    return this.#unsigned;
   }
 
   /**
@@ -87,7 +102,20 @@ export class CrlPublisher {
     } else {
       this.#signedAsLeader = false;
     }
-    return this.#adoptPublished();
+    const adopted = await this.#adoptPublished();
+    if (this.shared.isLeader()) this.#unsigned = undefined;
+    else await this.#checkUnsigned();
+    return adopted;
+  }
+
+  /** At most every UNSIGNED_CHECK_MS: the revocations are a full read of the table. */
+  async #checkUnsigned(): Promise<void> {
+    if (Date.now() - this.#unsignedCheckedAt < UNSIGNED_CHECK_MS) return;
+    const revocations = await this.store.listRevocations();
+    this.#unsignedCheckedAt = Date.now();
+    const inForce = this.#current?.revokedSerials;
+    const count = revocations.filter((r) => inForce?.has(r.serial) !== true).length;
+    this.#unsigned = count === 0 ? undefined : { count, since: this.#unsigned?.since ?? this.#unsignedCheckedAt };
   }
 
   /**

@@ -12,6 +12,8 @@ export interface CaMetrics {
   /** Shared definition: meshward_cert_expiry_timestamp_seconds{kind}. */
   readonly certExpiry: Gauge<"kind">;
   readonly revocations: Gauge;
+  /** meshward_ca_leader: 1 on the process that rotates and signs CRLs, 0 on the other replicas. */
+  readonly leader: Gauge;
   /** meshward_ca_connections_refused_total{reason}: connections closed without being served. */
   readonly connectionsRefused: Counter<"reason">;
 }
@@ -42,6 +44,10 @@ export function createCaMetrics(metrics: Metrics): CaMetrics {
     revocations: metrics.gauge({
       name: "meshward_ca_revoked_certificates",
       help: "Certificates on the CRL.",
+    }),
+    leader: metrics.gauge({
+      name: "meshward_ca_leader",
+      help: "1 on the CA process that rotates and signs CRLs (the leader among replicas sharing a store, or a CA alone), 0 on the other replicas. The sum over one CA's replicas is 1; 0 means nobody signs revocations into a CRL.",
     }),
     connectionsRefused: connectionsRefused(metrics),
   };

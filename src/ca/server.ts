@@ -21,7 +21,7 @@ import { joinTokenAttestor } from "./attest/join-token.ts";
 import { daprAttestors } from "./attest/dapr.ts";
 import { svidAttestor } from "./attest/svid.ts";
 import { CertificateAuthority, type ValidatorName } from "./authority.ts";
-import { CrlPublisher } from "./crl-publisher.ts";
+import { CRL_VALIDITY_MS, CrlPublisher } from "./crl-publisher.ts";
 import { BUFFERED_REQUESTS, handleGrpc } from "./api/grpc.ts";
 import { handleHttp } from "./api/http.ts";
 import { SECURE_OPTIONS } from "../tls/policy.ts";
@@ -154,8 +154,12 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const registry = telemetry.registry;
   const metrics = createCaMetrics(telemetry);
   const mesh = createMeshMetrics(telemetry);
+  metrics.leader.set(leader ? 1 : 0);
   const crl = new CrlPublisher(store, () => anchors.issuer, clock, lock === undefined ? undefined : { isLeader: () => leader });
   await crl.refresh();
+  // Revocations missing from the CRL in force for longer than a leader takeover (a silent leader's
+  // session lasts leaderTimeout) plus a few refreshes: nobody is signing them, say so.
+  const unsignedAfterMs = 2 * config.leaderTimeout + 5 * config.crlRefresh;
 
   const attestors = new Map<ValidatorName, Attestor>();
   attestors.set("join-token", joinTokenAttestor(store));
@@ -281,7 +285,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     anchors: () => anchors,
     crl: () => crl.current,
     registry,
-    readiness: () => readiness(anchors, crl, clock(), storeCheck(), rotationWarnings()),
+    readiness: () => readiness(anchors, crl, clock(), storeCheck(), rotationWarnings(), unsignedAfterMs),
     ...(jwtSvids !== undefined ? { jwtSvid: { discovery: () => jwtSvids.discovery(), jwks: () => jwtSvids.jwks(anchors.issuer.privateKey) } } : {}),
   };
   const streams = new AddressSlots(MAX_OPEN_STREAMS, MAX_OPEN_STREAMS_PER_ADDRESS);
@@ -525,6 +529,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     }).then((held) => {
       if (held === leader) return;
       leader = held;
+      metrics.leader.set(held ? 1 : 0);
       logger.info({ event: held ? "leader-elected" : "leader-lost" }, held ? "this replica is now the leader: it rotates and signs the CRL" : "this replica is no longer the leader");
       if (held) {
         void rotation.check();
@@ -564,7 +569,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   if (statusAt !== undefined) {
     try {
       const health = createHealth();
-      const check = (name: keyof ReturnType<typeof readiness>["checks"]) => () => readiness(anchors, crl, clock(), storeCheck(), rotationWarnings()).checks[name];
+      const check = (name: keyof ReturnType<typeof readiness>["checks"]) => () => readiness(anchors, crl, clock(), storeCheck(), rotationWarnings(), unsignedAfterMs).checks[name];
       for (const name of ["issuer", "crl", "store", "expiry"] as const) health.register(name, check(name));
       // A posture, not unreadiness: the CA signs correctly either way.
       health.register("root-scope", () => {
@@ -615,13 +620,30 @@ function openCaStore(url: string): Store {
   return location.kind === "sqlite" ? openSqliteStore(location.path, { writerThread: true }) : openStore(url);
 }
 
-function readiness(anchors: LoadedAnchors, crl: CrlPublisher, now: Date, store: { ok: boolean; detail: string }, warnings: readonly string[]) {
+function crlCheck(crl: CrlPublisher, now: Date, unsignedAfterMs: number): { ok: boolean; detail: string } {
+  const current = crl.current;
+  if (current === undefined) return { ok: false, detail: "not built" };
+  const signed = `signed ${current.thisUpdate.toISOString()}`;
+  const nextUpdate = new Date(current.thisUpdate.getTime() + CRL_VALIDITY_MS);
+  if (now >= nextUpdate) return { ok: false, detail: `${signed}, expired ${nextUpdate.toISOString()}: no replica re-signed it (is there a leader? meshward_ca_leader)` };
+  const unsigned = crl.unsigned;
+  if (unsigned !== undefined && Date.now() - unsigned.since > unsignedAfterMs) {
+    const seconds = Math.round((Date.now() - unsigned.since) / 1000);
+    return {
+      ok: false,
+      detail: `${signed}; ${unsigned.count} revocation(s) in the store have been missing from it for ${seconds} s: no replica is signing CRLs (is there a leader? meshward_ca_leader, leader-elected/leader-lost in the logs)`,
+    };
+  }
+  return { ok: true, detail: signed };
+}
+
+function readiness(anchors: LoadedAnchors, crl: CrlPublisher, now: Date, store: { ok: boolean; detail: string }, warnings: readonly string[], unsignedAfterMs: number) {
   const issuerNotAfter = new Date(anchors.issuer.certificate.validTo);
   const issuerNotBefore = new Date(anchors.issuer.certificate.validFrom);
   const issuerOk = now >= issuerNotBefore && now < issuerNotAfter;
   const checks = {
     issuer: { ok: issuerOk, detail: issuerOk ? `valid until ${issuerNotAfter.toISOString()}` : `not valid now (${issuerNotBefore.toISOString()} – ${issuerNotAfter.toISOString()})` },
-    crl: { ok: crl.current !== undefined, detail: crl.current ? `signed ${crl.current.thisUpdate.toISOString()}` : "not built" },
+    crl: crlCheck(crl, now, unsignedAfterMs),
     store,
     // Expiring anchors are a warning, not unreadiness: the CA still signs correctly.
     expiry: { ok: true, detail: warnings.length === 0 ? "no anchor expires soon" : warnings.join("; ") },

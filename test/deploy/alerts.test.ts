@@ -121,6 +121,8 @@ describe("deploy/prometheus/alerts.yaml (real promtool)", () => {
     ["workload-expired", "MeshwardWorkloadCertificateExpired", 'time() - meshward_cert_expiry_timestamp_seconds{kind="workload"} > 0', 'time() - meshward_cert_expiry_timestamp_seconds{kind="workload"} > 3600'],
     ["renewal-no-unless", "MeshwardRenewalFailing", 'unless on (job, instance, kind)\n          sum by (job, instance, kind) (increase(meshward_rotation_total{result="ok"}[30m])) > 0', ""],
     ["crl-behind-no-for", "MeshwardRevocationListBehind", 'meshward_crl_this_update_timestamp_seconds{kind="workload"} > 0\n        for: 15m', 'meshward_crl_this_update_timestamp_seconds{kind="workload"} > 0\n        for: 1m'],
+    ["no-leader-no-for", "MeshwardCaNoLeader", "== 0\n        for: 3m", "== 0\n        for: 0m"],
+    ["no-leader-per-instance", "MeshwardCaNoLeader", "sum by (job) (meshward_ca_leader", "sum by (job, instance) (meshward_ca_leader"],
     ["ca-any-job", "MeshwardCaUnreachable", 'up{job=~"meshward-ca.*"} == 0', "up == 0"],
     ["connections-timeouts-too", "MeshwardCaConnectionsRefused", '{reason=~"max_connections|max_connections_per_address"}', ""],
     ["sign-refusals-too", "MeshwardCaSigningErrors", 'meshward_ca_sign_requests_total{result="error"}[10m]', "meshward_ca_sign_requests_total[10m]"],

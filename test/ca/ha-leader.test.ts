@@ -1,0 +1,133 @@
+import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import pg from "pg";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { initAnchors } from "../../src/ca/anchors.ts";
+import { startCaServer, type CaServer } from "../../src/ca/server.ts";
+import { caConfigSchema } from "../../src/config/ca.ts";
+import { fetchFromCa } from "../../src/identity/ca-client.ts";
+import { parseCrl } from "../../src/pki/crl.ts";
+import { LEADER_LOCK_KEY } from "../../src/store/postgres-shared.ts";
+import { partitionableProxy } from "../helpers/partitionable-proxy.ts";
+import { startPostgres, type RunningPostgres } from "../helpers/postgres.ts";
+import { until } from "../helpers/wait.ts";
+
+// CA replicas on one PostgreSQL (review HA HIGH-1): a leader that goes silent (partitioned from
+// the database, frozen) used to keep the leader lock for hours or for ever, so no replica signed
+// revocations into a CRL while every other replica said it was ready. Now the silent leader's
+// session ends after leaderTimeout and another replica leads; `meshward_ca_leader` says who
+// leads, and /readyz says when revocations stay unsigned. Short configured timeouts; the waits
+// are generous bounds on outcomes, not timing assertions.
+const TD = "ha-leader.test";
+
+describe("CA replicas on PostgreSQL: leadership", () => {
+  let pgServer: RunningPostgres;
+  let work: string;
+  let bundlePem: string;
+  const started: CaServer[] = [];
+
+  beforeAll(async () => {
+    pgServer = await startPostgres();
+    work = mkdtempSync(join(tmpdir(), "meshward-ha-leader-"));
+    await initAnchors({ dir: join(work, "ca"), trustDomain: TD, now: new Date() });
+    bundlePem = readFileSync(join(work, "ca", "bundle.pem"), "utf8");
+  }, 90_000);
+
+  afterAll(async () => {
+    for (const server of started) await server.close();
+    await pgServer?.stop();
+    if (work) rmSync(work, { recursive: true, force: true });
+  });
+
+  let replicas = 0;
+  const replica = async (store: string, extra: { clock?: () => Date } = {}) => {
+    replicas += 1;
+    const dir = join(work, `ca-${replicas}`);
+    cpSync(join(work, "ca"), dir, { recursive: true });
+    const config = caConfigSchema.parse({
+      listen: "127.0.0.1:0",
+      status: "127.0.0.1:0",
+      store,
+      signingWorkers: 0,
+      signRateLimit: false,
+      leaderTimeout: "2s",
+      crlRefresh: "200ms",
+      anchorPoll: "200ms",
+    });
+    const logged: string[] = [];
+    const logger = pino({ level: "info" }, new Writable({ write: (chunk, _encoding, done) => (logged.push(String(chunk)), done()) }));
+    const server = await startCaServer({ dir, config, logger, ...extra });
+    started.push(server);
+    return { server, logged };
+  };
+  const leaderGauge = async (server: CaServer) => (await server.registry.getSingleMetric("meshward_ca_leader")?.get())?.values[0]?.value;
+  const readyz = async (server: CaServer) => {
+    const response = await fetch(`http://${server.status!.host}:${server.status!.port}/readyz`);
+    return { status: response.status, body: (await response.json()) as { checks: Record<string, { ok: boolean; detail: string }> } };
+  };
+  const served = async (server: CaServer) => parseCrl(await fetchFromCa({ address: server.address, bundlePem, trustDomain: TD }, "/v1/crl")).revokedSerials;
+  const revoke = async (server: CaServer, serial: string) => {
+    expect(await server.store.revoke({ serial, revokedAt: new Date(), reason: "keyCompromise" })).toBe(true);
+  };
+
+  it("a leader partitioned from PostgreSQL is replaced: another replica leads (meshward_ca_leader 1) and signs the next revocation", async () => {
+    const direct = await pgServer.createDatabase("partitioned_leader");
+    const url = new URL(direct);
+    const proxy = await partitionableProxy(Number(url.port));
+    url.port = String(proxy.port);
+    try {
+      const a = await replica(url.toString());
+      const b = await replica(direct);
+      expect(await leaderGauge(a.server)).toBe(1);
+      expect(await leaderGauge(b.server)).toBe(0);
+
+      proxy.partition();
+      await revoke(b.server, "0A11CE01");
+      await until("B leading", 60_000, async () => ((await leaderGauge(b.server)) === 1 ? true : undefined));
+      await until("the revocation in B's CRL", 60_000, async () => ((await served(b.server)).has("0A11CE01") ? true : undefined));
+      // A stopped leading on its own: its lock check failed.
+      await until("A not leading", 60_000, async () => ((await leaderGauge(a.server)) === 0 ? true : undefined));
+      expect(b.logged.some((line) => line.includes('"event":"leader-elected"'))).toBe(true);
+    } finally {
+      proxy.heal();
+      await proxy.close();
+    }
+  }, 180_000);
+
+  it("with no replica leading, meshward_ca_leader is 0 and /readyz says the revocations are unsigned; once one leads it is ready again", async () => {
+    const store = await pgServer.createDatabase("no_leader");
+    // A first leader signs and publishes a CRL, then goes away.
+    const first = await replica(store);
+    expect(await leaderGauge(first.server)).toBe(1);
+    await first.server.close();
+    started.splice(started.indexOf(first.server), 1);
+    // Someone else holds the leader lock (as a silent leader whose session PostgreSQL keeps).
+    const squatter = new pg.Client({ connectionString: store });
+    await squatter.connect();
+    try {
+      expect((await squatter.query<{ l: boolean }>("SELECT pg_try_advisory_lock($1) AS l", [LEADER_LOCK_KEY])).rows[0]?.l).toBe(true);
+      const { server } = await replica(store);
+      expect(await leaderGauge(server)).toBe(0);
+      const before = await readyz(server);
+      expect(before, JSON.stringify(before.body)).toMatchObject({ status: 200 });
+
+      await revoke(server, "0B0B0B02");
+      const unready = await until("/readyz 503 with crl not ok", 60_000, async () => {
+        const state = await readyz(server);
+        return state.status === 503 && !state.body.checks["crl"]!.ok ? state : undefined;
+      });
+      expect(unready.body.checks["crl"]!.detail).toMatch(/1 revocation\(s\) in the store .* no replica is signing CRLs/);
+      expect((await served(server)).has("0B0B0B02")).toBe(false);
+
+      await squatter.query("SELECT pg_advisory_unlock_all()");
+      await until("the replica leading", 60_000, async () => ((await leaderGauge(server)) === 1 ? true : undefined));
+      await until("the revocation in its CRL", 60_000, async () => ((await served(server)).has("0B0B0B02") ? true : undefined));
+      await until("/readyz 200", 60_000, async () => ((await readyz(server)).status === 200 ? true : undefined));
+    } finally {
+      await squatter.end();
+    }
+  }, 180_000);
+});
