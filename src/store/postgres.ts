@@ -118,10 +118,13 @@ const Q = {
   },
   // Row-level locking makes this atomic: a concurrent spender re-checks uses_left after the
   // first commits, so a single-use token is spent exactly once however many replicas race.
+  // Expiry is judged by the later of the replica's clock and the database's: several replicas
+  // share one store, and a replica whose clock runs behind must not spend a token the database
+  // (and so every other replica) deems expired. Here and in spendTokenAndRecord and checkToken.
   spendToken: {
     name: "meshward_spend_token",
     text: `UPDATE join_tokens SET uses_left = uses_left - 1
-           WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 RETURNING ${TOKEN_COLUMNS}`,
+           WHERE token_hash = $1 AND uses_left > 0 AND expires_at > GREATEST($2::timestamptz, now()) RETURNING ${TOKEN_COLUMNS}`,
   },
   /**
    * Spend and record in one statement (so one transaction): the issuance row is inserted only
@@ -132,7 +135,7 @@ const Q = {
     name: "meshward_spend_token_and_record",
     text: `WITH spent AS (
              UPDATE join_tokens SET uses_left = uses_left - 1
-             WHERE token_hash = $11 AND uses_left > 0 AND expires_at > $12 RETURNING ${TOKEN_COLUMNS}
+             WHERE token_hash = $11 AND uses_left > 0 AND expires_at > GREATEST($12::timestamptz, now()) RETURNING ${TOKEN_COLUMNS}
            ), inserted AS (
              INSERT INTO issuances (${ISSUANCE_COLUMNS})
              SELECT $1::text, $2::text, $3::text[], $4::timestamptz, $5::timestamptz, $6::timestamptz, $7::text, $8::text, $9::text, $10::text FROM spent
@@ -146,6 +149,10 @@ const Q = {
            SELECT ${TOKEN_COLUMNS} FROM spent`,
   },
   getTokenByHash: { name: "meshward_get_token_by_hash", text: `SELECT ${TOKEN_COLUMNS} FROM join_tokens WHERE token_hash = $1` },
+  checkToken: {
+    name: "meshward_check_token",
+    text: `SELECT ${TOKEN_COLUMNS}, expires_at <= GREATEST($2::timestamptz, now()) AS expired FROM join_tokens WHERE token_hash = $1`,
+  },
   listTokens: { name: "meshward_list_tokens", text: `SELECT ${TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id` },
   nextCrlNumber: { name: "meshward_next_crl_number", text: "SELECT nextval('crl_number_seq')::text AS value" },
   caStateVersion: { name: "meshward_ca_state_version", text: "SELECT version::text AS version FROM ca_state WHERE id = 1" },
@@ -270,12 +277,12 @@ export class PostgresStore implements Store {
   }
 
   async checkToken(tokenHash: string, now: Date): Promise<TokenConsumption> {
-    const at = requireDate(now, "now");
-    const existing = await this.#query<TokenRow>("E_STORE_READ", "read the join token", Q.getTokenByHash, [tokenHash]);
+    const at = new Date(requireDate(now, "now"));
+    const existing = await this.#query<TokenRow & { expired: boolean }>("E_STORE_READ", "read the join token", Q.checkToken, [tokenHash, at]);
     const token = existing.rows[0];
     if (token === undefined) return { ok: false, reason: "unknown" };
     if (token.uses_left <= 0) return { ok: false, reason: "used-up" };
-    if (token.expires_at.getTime() <= at) return { ok: false, reason: "expired" };
+    if (token.expired) return { ok: false, reason: "expired" };
     return { ok: true, token: tokenFromRow(token) };
   }
 

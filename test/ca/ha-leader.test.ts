@@ -6,9 +6,12 @@ import pg from "pg";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { initAnchors } from "../../src/ca/anchors.ts";
+import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { startCaServer, type CaServer } from "../../src/ca/server.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
-import { fetchFromCa } from "../../src/identity/ca-client.ts";
+import { fetchFromCa, requestCertificate } from "../../src/identity/ca-client.ts";
+import { createCsr } from "../../src/pki/csr.ts";
+import { generateKeyPair } from "../../src/pki/keys.ts";
 import { parseCrl } from "../../src/pki/crl.ts";
 import { LEADER_LOCK_KEY } from "../../src/store/postgres-shared.ts";
 import { partitionableProxy } from "../helpers/partitionable-proxy.ts";
@@ -20,7 +23,8 @@ import { until } from "../helpers/wait.ts";
 // revocations into a CRL while every other replica said it was ready. Now the silent leader's
 // session ends after leaderTimeout and another replica leads; `meshward_ca_leader` says who
 // leads, and /readyz says when revocations stay unsigned. Short configured timeouts; the waits
-// are generous bounds on outcomes, not timing assertions.
+// are generous bounds on outcomes, not timing assertions. And (LOW-1) a replica's slow clock does
+// not extend a join token's life: the database's clock counts too.
 const TD = "ha-leader.test";
 
 describe("CA replicas on PostgreSQL: leadership", () => {
@@ -130,4 +134,22 @@ describe("CA replicas on PostgreSQL: leadership", () => {
       await squatter.end();
     }
   }, 180_000);
+  it("a replica whose clock runs 10 minutes behind refuses a join token the database deems expired (E_TOKEN_EXPIRED), and spends nothing", async () => {
+    const store = await pgServer.createDatabase("skewed_clock");
+    const behindMs = 10 * 60_000;
+    const { server } = await replica(store, { clock: () => new Date(Date.now() - behindMs) });
+    const spiffeId = `spiffe://${TD}/ns/shop/late`;
+    // Made 15 minutes ago with a 10-minute life: expired 5 minutes ago, valid for 5 more by the replica's clock.
+    const { token } = await issueJoinToken(server.store, { spiffeId, ttlMs: 10 * 60_000, now: new Date(Date.now() - 15 * 60_000) });
+    const outcome = await requestCertificate(
+      { address: server.address, bundlePem, trustDomain: TD, timeoutMs: 30_000 },
+      { csrPem: await createCsr({ keyPair: generateKeyPair() }), token, validator: "JOIN_TOKEN", namespace: "", appId: "" },
+    ).then(
+      () => "issued",
+      (error: unknown) => (error as { code?: string }).code ?? String(error),
+    );
+    expect(outcome).toBe("E_TOKEN_EXPIRED");
+    expect((await server.store.listTokens())[0]?.usesLeft).toBe(1);
+    expect(await server.store.listIssuances({ spiffeId })).toEqual([]);
+  }, 120_000);
 });

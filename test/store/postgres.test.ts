@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -210,6 +211,47 @@ describe("postgres: change notifications and the leader lock", () => {
     } finally {
       await a.release();
       await b.release();
+      await store.close();
+    }
+  });
+});
+
+// Several replicas share one store; a token's life is the store's, not the slowest replica's
+// clock (review HA LOW-1): a replica whose clock runs behind does not spend an expired token.
+describe("postgres: join-token expiry by the later of the replica's and the database's clock", () => {
+  it("refuses, and does not spend, a token the database deems expired when the replica's clock is 10 minutes behind", async () => {
+    const store = openPostgresStore({ connectionString: await server.createDatabase() });
+    await store.migrate();
+    try {
+      const secret = "mwjt_skewed_replica_token";
+      const tokenHash = createHash("sha256").update(secret).digest("hex");
+      const real = Date.now();
+      // Expired 5 minutes ago by the real (database) clock, valid for 5 more by the replica's.
+      await store.createToken({ id: "skew", tokenHash, spiffeId: "spiffe://example.org/ns/a/b", dnsNames: [], createdAt: new Date(real - 65 * 60_000), expiresAt: new Date(real - 5 * 60_000), usesAllowed: 2, usesLeft: 2 });
+      const behind = new Date(real - 10 * 60_000);
+      const record = {
+        serial: "5CE3D0000000000000000000000000A1",
+        spiffeId: "spiffe://example.org/ns/a/b",
+        dnsNames: [],
+        notBefore: behind,
+        notAfter: new Date(behind.getTime() + 3_600_000),
+        issuedAt: behind,
+        attestation: "join-token",
+        issuerFingerprint: "AA",
+        rootFingerprint: "BB",
+        certificatePem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+      };
+      expect(await store.checkToken(tokenHash, behind)).toEqual({ ok: false, reason: "expired" });
+      expect(await store.recordIssuanceSpendingToken(record, tokenHash, behind)).toEqual({ ok: false, reason: "expired" });
+      expect(await store.consumeToken(tokenHash, behind)).toEqual({ ok: false, reason: "expired" });
+      expect(await store.getIssuance(record.serial)).toBeUndefined();
+      expect((await store.listTokens())[0]?.usesLeft).toBe(2);
+      // A replica clock ahead of the database is obeyed too: the later clock wins either way.
+      const fresh = createHash("sha256").update("mwjt_fresh").digest("hex");
+      await store.createToken({ id: "fresh", tokenHash: fresh, spiffeId: "spiffe://example.org/ns/a/b", dnsNames: [], createdAt: new Date(real), expiresAt: new Date(real + 5 * 60_000), usesAllowed: 1, usesLeft: 1 });
+      expect(await store.consumeToken(fresh, new Date(real + 10 * 60_000))).toEqual({ ok: false, reason: "expired" });
+      expect((await store.consumeToken(fresh, new Date(real))).ok).toBe(true);
+    } finally {
       await store.close();
     }
   });
