@@ -620,18 +620,24 @@ function openCaStore(url: string): Store {
   return location.kind === "sqlite" ? openSqliteStore(location.path, { writerThread: true }) : openStore(url);
 }
 
+/**
+ * A CRL nobody re-signs (no leader) is reported in the check's detail but leaves the replica
+ * ready: issuance still works, and every replica shares the condition, so failing readiness would
+ * take the whole CA tier out of its Service and stop renewals across the mesh too. The gauge
+ * meshward_ca_leader and the alerts MeshwardCaNoLeader / MeshwardRevocationListBehind page.
+ */
 function crlCheck(crl: CrlPublisher, now: Date, unsignedAfterMs: number): { ok: boolean; detail: string } {
   const current = crl.current;
   if (current === undefined) return { ok: false, detail: "not built" };
   const signed = `signed ${current.thisUpdate.toISOString()}`;
   const nextUpdate = new Date(current.thisUpdate.getTime() + CRL_VALIDITY_MS);
-  if (now >= nextUpdate) return { ok: false, detail: `${signed}, expired ${nextUpdate.toISOString()}: no replica re-signed it (is there a leader? meshward_ca_leader)` };
+  if (now >= nextUpdate) return { ok: true, detail: `WARNING: ${signed}, past its nextUpdate ${nextUpdate.toISOString()}: no replica re-signed it (is there a leader? meshward_ca_leader)` };
   const unsigned = crl.unsigned;
   if (unsigned !== undefined && Date.now() - unsigned.since > unsignedAfterMs) {
     const seconds = Math.round((Date.now() - unsigned.since) / 1000);
     return {
-      ok: false,
-      detail: `${signed}; ${unsigned.count} revocation(s) in the store have been missing from it for ${seconds} s: no replica is signing CRLs (is there a leader? meshward_ca_leader, leader-elected/leader-lost in the logs)`,
+      ok: true,
+      detail: `WARNING: ${signed}; ${unsigned.count} revocation(s) in the store have been missing from it for ${seconds} s: no replica is signing CRLs (is there a leader? meshward_ca_leader, leader-elected/leader-lost in the logs)`,
     };
   }
   return { ok: true, detail: signed };
