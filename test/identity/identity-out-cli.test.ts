@@ -11,7 +11,7 @@ import { fetchX509Svid } from "../../src/identity/workload-api/index.ts";
 
 /**
  * `meshward identity --out DIR` as the file-sink guide runs it (nginx, Redis, PostgreSQL read
- * the files): a real CA issuing 20-second certificates (the CA accepts any workload TTL; only a
+ * the files): a real CA issuing 20-second certificates (the CA accepts a workload TTL from 5s; only a
  * leaf cut short by the issuer's expiry has a 60 s floor, src/ca/issuer.ts), real processes
  * (issue 15, items 1 and 4).
  */
