@@ -104,7 +104,7 @@ export async function caServe(opts: OptionValues): Promise<void> {
 export async function caMigrateStore(opts: OptionValues): Promise<void> {
   readCaState(opts.dir);
   const from = opts.from ?? `sqlite:${caLayout(opts.dir).database}`;
-  const report = await withCaStore(opts.dir, from, (source) => withCaStore(opts.dir, opts.to, (target) => copyStore(source, target)));
+  const report = await withCaStore(opts.dir, from, (source) => withCaStore(opts.dir, opts.to, (target) => copyStore(source, target), { create: true }));
   process.stdout.write(
     `moved ${report.issuances} certificate${report.issuances === 1 ? "" : "s"}, ${report.revocations} revocation${report.revocations === 1 ? "" : "s"} and ${report.tokens} join token${report.tokens === 1 ? "" : "s"}${report.caStateFiles > 0 ? `, ${report.caStateFiles} shared CA state file${report.caStateFiles === 1 ? "" : "s"}` : ""}${report.publishedCrl !== undefined ? ` and CRL #${report.publishedCrl}` : ""} to ${redactConnectionString(opts.to)}; the next CRL number is above ${report.crlNumber}.\n` +
       `Next: give every replica a copy of ${opts.dir} and run: meshward ca serve --dir DIR --store URL --passphrase-file FILE\n`,
