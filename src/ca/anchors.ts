@@ -1,5 +1,5 @@
 import { X509Certificate, type KeyObject } from "node:crypto";
-import { existsSync, mkdirSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { isMeshwardError, MeshwardError } from "../errors.ts";
 import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
@@ -159,20 +159,52 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
   // CLI's --dir hook does the same for `ca init`; this is for SDK callers).
   checkCaDir(options.dir, "initAnchors dir");
   const layout = caLayout(options.dir);
+  refuseExistingCa(options.dir, layout);
+  const mode: AnchorMode = options.imported ? "external-root" : "self-managed";
+  // Validated before the directory is made: a refused import leaves nothing behind.
+  const imported = options.imported ? validateImport(options.imported, options.now, trustDomain, options.trustEveryCaUnderRoot === true) : undefined;
+  makeCaDir(options.dir);
+  // Two inits on one directory (a retried Job, two admins) must not both write it: the first to
+  // create the claim file owns the directory until ca.json is written, and the other is refused.
+  const claim = join(options.dir, INIT_CLAIM);
+  try {
+    writeFileSync(claim, `${process.pid}\n`, { mode: 0o600, flag: "wx" });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+    refuseExistingCa(options.dir, layout);
+    throw new MeshwardError(
+      "E_CA_EXISTS",
+      `another 'meshward ca init' is creating a CA in ${options.dir} (it holds ${claim}); refusing to write there. If none runs (one was killed before it wrote anything), remove ${claim} and run 'meshward ca init' again`,
+      { details: { dir: options.dir } },
+    );
+  }
+  try {
+    // Checked again now that the directory is ours: another init may have finished in between.
+    refuseExistingCa(options.dir, layout);
+    return await writeNewCa(options, layout, trustDomain, mode, imported);
+  } finally {
+    rmSync(claim, { force: true });
+  }
+}
+
+/** The file an init holds (created O_EXCL) in the CA directory while it writes it. */
+export const INIT_CLAIM = ".meshward-init.lock";
+
+/** E_CA_EXISTS for a complete CA; E_CA_INCOMPLETE for key or certificate files without ca.json. */
+function refuseExistingCa(dir: string, layout: CaLayout): void {
   if (existsSync(layout.state)) {
     throw new MeshwardError(
       "E_CA_EXISTS",
-      `${options.dir} already holds a meshward CA; refusing to overwrite it. Use another --dir, or rotate with 'meshward ca rotate-*'.`,
+      `${dir} already holds a meshward CA; refusing to overwrite it. Use another --dir, or rotate with 'meshward ca rotate-*'.`,
     );
   }
   // Key or certificate files without ca.json: an interrupted init (or a lost ca.json). The same
   // error as every other command gives there; nothing in it is overwritten or removed.
   const partial = partialCaFiles(layout, directoryFiles);
-  if (partial.length > 0) throw incompleteCa(options.dir, partial);
-  const mode: AnchorMode = options.imported ? "external-root" : "self-managed";
-  // Validated before the directory is made: a refused import leaves nothing behind.
-  const imported = options.imported ? validateImport(options.imported, options.now, trustDomain, options.trustEveryCaUnderRoot === true) : undefined;
-  makeCaDir(options.dir);
+  if (partial.length > 0) throw incompleteCa(dir, partial);
+}
+
+async function writeNewCa(options: InitOptions, layout: CaLayout, trustDomain: string, mode: AnchorMode, imported: ReturnType<typeof validateImport> | undefined): Promise<CaState> {
 
   if (imported) {
     const { root, issuerChain, issuerKey } = imported;

@@ -37,7 +37,7 @@ export function registerCaCommand(program: Command): void {
     .option("--store <url>", "store: sqlite:/path/ca.db or postgres://… [default: <dir>/ca.db]")
     .option("--status <addr>", "HOST:PORT for the status page, /metrics, /healthz and /readyz over plain HTTP (off by default)")
     .option("--status-token-file <file>", "status page token file (or MESHWARD_STATUS_TOKEN); required when --status is not on loopback")
-    .option("--workload-ttl <duration>", "workload certificate lifetime [default: 24h]")
+    .option("--workload-ttl <duration>", "workload certificate lifetime, at least 5s [default: 24h]")
     .option("--clock-skew <duration>", "NotBefore backdating for clock skew [default: 15m]")
     .option("--dns-name <name>", "DNS name in the CA's serving certificate (repeatable) [default: localhost]", collect)
     .option("--serving-spiffe-id <id>", "SPIFFE ID in the CA's serving certificate (Dapr sidecars expect spiffe://<control-plane td>/ns/<control-plane ns>/dapr-sentry) [default: spiffe://<td>/ns/meshward-system/meshward-ca]")

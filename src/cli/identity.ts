@@ -26,7 +26,7 @@ export function registerIdentityCommand(program: Command): void {
     .option("--workload-api-socket <path>", "serve the SPIFFE Workload API on this unix socket")
     .option("--status <addr>", "serve /metrics, /healthz, /readyz and the status page (/) on HOST:PORT")
     .option("--status-token-file <file>", "token for the status page (required when --status is not on loopback; or MESHWARD_STATUS_TOKEN)")
-    .option("--bundle-refresh-interval <duration>", "how often the trust bundle and CRL are fetched from the CA", "60s")
+    .option("--bundle-refresh-interval <duration>", "how often the trust bundle and CRL are fetched from the CA (at least 1s)", "60s")
     .addOption(logFormatOption())
     .addOption(logLevelOption())
     .action(async (opts: OptionValues) => (await actions()).runIdentity(opts));

@@ -27,7 +27,7 @@ export function registerInjectorCommand(program: Command): void {
     .option("--api-server <url>", "the Kubernetes API server, for --webhook-config", "https://kubernetes.default.svc")
     .option("--api-token-file <file>", "service-account token for the API server", "/var/run/secrets/kubernetes.io/serviceaccount/token")
     .option("--api-ca-file <file>", "PEM roots of the API server's certificate", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
-    .option("--bundle-refresh-interval <duration>", "how often the trust bundle is fetched from the CA", "60s")
+    .option("--bundle-refresh-interval <duration>", "how often the trust bundle is fetched from the CA (at least 1s)", "60s")
     .option("--max-connections <n>", `webhook connections open at once; more are reset on accept, before any TLS work [default: ${DEFAULT_WEBHOOK_MAX_CONNECTIONS}]`)
     .option("--max-connections-per-address <n>", `webhook connections open at once from one source address (the API server's) [default: ${DEFAULT_WEBHOOK_MAX_CONNECTIONS_PER_ADDRESS}]`)
     .addOption(logFormatOption())

@@ -1,18 +1,36 @@
 import { directoryFiles, storeStateFiles, transactCaState, type AnchorFiles } from "../ca/anchor-files.ts";
 import { caLayout } from "../ca/anchors.ts";
 import { replicatedState } from "../ca/state-watcher.ts";
-import { openStore } from "../store/index.ts";
+import { existsSync } from "node:fs";
+import { MeshwardError } from "../errors.ts";
+import { openStore, parseStoreUrl } from "../store/index.ts";
 import type { Store } from "../store/store.ts";
 
-/** The store a CA directory uses: --store when given, else <dir>/ca.db. */
-export async function openCaStore(dir: string, url: string | undefined): Promise<Store> {
+/**
+ * The store a CA directory uses: --store when given, else <dir>/ca.db. A SQLite file named by
+ * --store must exist (unless `create`, for `ca migrate-store --to`): a mistyped path would
+ * otherwise become a new empty store, and `token create` would print a token the CA has never
+ * heard of (E_TOKEN_UNKNOWN at first use), `cert list` "no certificates issued yet". The
+ * default <dir>/ca.db is created as before (a CA that has not served yet has none).
+ */
+export async function openCaStore(dir: string, url: string | undefined, options: { readonly create?: boolean } = {}): Promise<Store> {
+  if (url !== undefined && options.create !== true) {
+    const location = parseStoreUrl(url);
+    if (location.kind === "sqlite" && location.path !== ":memory:" && !existsSync(location.path)) {
+      throw new MeshwardError(
+        "E_STORE_OPEN",
+        `--store ${url}: no store at ${location.path} (a mistyped path? 'meshward ca serve' creates the store it is given; this CA's default is sqlite:${caLayout(dir).database})`,
+        { details: { path: location.path } },
+      );
+    }
+  }
   const store = openStore(url ?? `sqlite:${caLayout(dir).database}`);
   await store.migrate();
   return store;
 }
 
-export async function withCaStore<T>(dir: string, url: string | undefined, fn: (store: Store) => Promise<T>): Promise<T> {
-  const store = await openCaStore(dir, url);
+export async function withCaStore<T>(dir: string, url: string | undefined, fn: (store: Store) => Promise<T>, options: { readonly create?: boolean } = {}): Promise<T> {
+  const store = await openCaStore(dir, url, options);
   try {
     return await fn(store);
   } finally {

@@ -4,15 +4,32 @@ import { hostPort, timerDurationText } from "./fields.ts";
 import { validatorFlagName } from "./validator-names.ts";
 import { parseDuration } from "../util/duration.ts";
 
-const duration = (what: string) =>
+/**
+ * A duration (`90s`, `24h`, `1y`; a bare number is seconds) in milliseconds. With `min`, a
+ * shorter one is refused by name: a unit slip (`0s`, `5` for five seconds) must not start a CA
+ * that issues certificates already expired, or spends every join token on them.
+ */
+const duration = (what: string, min?: { readonly text: string; readonly why: string }) =>
   z.string().transform((value, ctx) => {
+    let ms: number;
     try {
-      return parseDuration(value, what);
+      ms = parseDuration(value, what);
     } catch (error) {
       ctx.addIssue({ code: "custom", message: (error as Error).message });
       return z.NEVER;
     }
+    if (min !== undefined && ms < parseDuration(min.text)) {
+      ctx.addIssue({ code: "custom", message: `${what} ${JSON.stringify(value)} is too short: at least ${min.text} (${min.why})` });
+      return z.NEVER;
+    }
+    return ms;
   });
+
+/** The shortest values the CA accepts (docs/configuration.md, from the descriptions below). */
+export const MIN_WORKLOAD_TTL = "5s";
+export const MIN_ISSUER_TTL = "1h";
+export const MIN_JWT_SVID_TTL = "1m";
+export const MIN_EXPIRY_WARNING = "1h";
 
 const spiffeIdWithPath = (what: string) =>
   z.string().transform((value, ctx) => {
@@ -120,7 +137,9 @@ export const caConfigSchema = z
       .describe("Serve the status page (/), /metrics, /healthz and /readyz over plain HTTP on this HOST:PORT (off by default)."),
     statusTokenFile: z.string().min(1).optional().describe("File holding the status page token (at least 16 characters; the file readable by its owner only, mode 0600, else E_KEY_PERMISSIONS); required when status is not on loopback (or MESHWARD_STATUS_TOKEN)."),
     store: z.string().optional().describe("Store URL: sqlite:/path/ca.db (default: <dir>/ca.db) or postgres://…"),
-    workloadTtl: duration("workload TTL").default(parseDuration("24h")).describe("Lifetime of workload certificates (capped by the issuer's remaining life)."),
+    workloadTtl: duration("workload TTL", { text: MIN_WORKLOAD_TTL, why: "workloads renew at half of it; under a minute is for testing rotation only, production uses hours" })
+      .default(parseDuration("24h"))
+      .describe(`Lifetime of workload certificates (capped by the issuer's remaining life). At least ${MIN_WORKLOAD_TTL} (less, 0s included, is refused: the certificates would expire on arrival); under a minute is for testing rotation only.`),
     clockSkew: duration("clock skew").default(parseDuration("15m")).describe("How far NotBefore is backdated to tolerate clock skew."),
     dnsNames: z.array(z.string().min(1)).default(["localhost"]).describe("DNS names in the CA's own serving certificate."),
     servingSpiffeId: spiffeIdWithPath("serving SPIFFE ID")
@@ -139,7 +158,7 @@ export const caConfigSchema = z
       .object({
         enabled: z.boolean().default(true).describe("Sign JWT-SVIDs for requests that carry jwt_audiences (Dapr's SignCertificateRequest field 7)."),
         algorithm: z.enum(["ES256", "EdDSA"]).default("ES256").describe("JWT-SVID signature algorithm; the key is derived from the X.509 issuer's and rotates with it."),
-        ttl: duration("JWT-SVID TTL").default(parseDuration("1h")).describe("JWT-SVID lifetime (capped by the X509-SVID's)."),
+        ttl: duration("JWT-SVID TTL", { text: MIN_JWT_SVID_TTL, why: "a token must outlive its trip to the audience" }).default(parseDuration("1h")).describe(`JWT-SVID lifetime (capped by the X509-SVID's). At least ${MIN_JWT_SVID_TTL}.`),
         issuer: z.string().url().optional().describe("The `iss` claim and OIDC issuer URL (serve /.well-known/openid-configuration there); default https://<first dnsName>:<port>."),
       })
       .strict()
@@ -192,8 +211,10 @@ export const caConfigSchema = z
     anchorPoll: timerDurationText("anchor poll interval", 100).default(parseDuration("1s")).describe("How often the CA directory is checked for rotated or replaced trust anchors."),
     rotationCheck: duration("rotation check interval").default(parseDuration("1m")).describe("How often rotation thresholds are checked."),
     autoRotateIssuer: z.boolean().default(true).describe("Self-managed CAs: prepare a new issuer at min(½ life, 30d) left and switch to it at min(⅙ life, 7d) left."),
-    issuerTtl: duration("issuer TTL").default(parseDuration("1y")).describe("Lifetime of issuers made by rotation."),
-    expiryWarning: duration("expiry warning").default(parseDuration("30d")).describe("Warn (hourly log, /readyz detail) when the root or an external issuer expires within this."),
+    issuerTtl: duration("issuer TTL", { text: MIN_ISSUER_TTL, why: "as for ca init --issuer-ttl; issuers usually live a year" }).default(parseDuration("1y")).describe(`Lifetime of issuers made by rotation. At least ${MIN_ISSUER_TTL}, as for \`ca init --issuer-ttl\`.`),
+    expiryWarning: duration("expiry warning", { text: MIN_EXPIRY_WARNING, why: "the warning is logged hourly, so a shorter one could never be seen before the expiry" })
+      .default(parseDuration("30d"))
+      .describe(`Warn (hourly log, /readyz detail) when the root or an external issuer expires within this. At least ${MIN_EXPIRY_WARNING}.`),
     autoRotateRoot: z
       .object({
         enabled: z.boolean().default(false).describe("Rotate the root automatically (self-managed CAs)."),

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { closeSync, fchmodSync, fchownSync, fsyncSync, openSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, fchmodSync, fchownSync, fsyncSync, linkSync, openSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { MeshwardError } from "../errors.ts";
 
@@ -12,7 +12,21 @@ import { MeshwardError } from "../errors.ts";
  */
 export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644, owner?: { uid: number; gid: number }): void {
   const dir = dirname(path);
-  const temp = join(dir, `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  let temp: string | undefined;
+  try {
+    temp = writeTempFile(path, data, mode, owner);
+    renameSync(temp, path);
+    temp = undefined;
+    syncDirectory(dir);
+  } catch (error) {
+    if (temp !== undefined) removeQuietly(temp);
+    throw new MeshwardError("E_FILE_WRITE", `cannot write ${path}: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+/** A new file beside `path` holding `data`, created with `mode`, fsynced; its name is returned. Removed again if anything fails. */
+function writeTempFile(path: string, data: string | Uint8Array, mode: number, owner?: { uid: number; gid: number }): string {
+  const temp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
   let fd: number | undefined;
   try {
     fd = openSync(temp, "wx", mode);
@@ -26,17 +40,104 @@ export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 
     fsyncSync(fd);
     closeSync(fd);
     fd = undefined;
-    renameSync(temp, path);
-    syncDirectory(dir);
+    return temp;
   } catch (error) {
     if (fd !== undefined) closeSync(fd);
-    try {
-      unlinkSync(temp);
-    } catch {
-      // the temp file was never created or is already renamed
-    }
-    throw new MeshwardError("E_FILE_WRITE", `cannot write ${path}: ${(error as Error).message}`, { cause: error });
+    removeQuietly(temp);
+    throw error;
   }
+}
+
+function removeQuietly(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    // never created, or already renamed or removed
+  }
+}
+
+export interface FileToWrite {
+  readonly path: string;
+  readonly data: string | Uint8Array;
+  /** 0644 unless given (0600 for a key). */
+  readonly mode?: number;
+}
+
+/**
+ * Writes files that belong together (a key and its certificate) into one directory so that an
+ * existing set is never broken: every new file is first written in full to a temp file beside
+ * its name and fsynced, so a full disk or any other write error changes nothing; only then are
+ * they renamed into place, in the order given (the file readers check last, e.g. the
+ * certificate, goes last). Should a rename fail part-way, the files already renamed are put
+ * back as they were (the old ones are kept as hard links until the last rename is done; a file
+ * that did not exist is removed again). A crash between two renames can still leave a mix:
+ * renames of two names are never one step. Throws E_FILE_WRITE naming the file and whether the
+ * earlier files were put back.
+ */
+export function writeFilesTogether(files: readonly FileToWrite[]): void {
+  const temps: string[] = [];
+  const backups: (string | undefined)[] = [];
+  const cleanUp = () => {
+    for (const temp of temps) removeQuietly(temp);
+    for (const backup of backups) if (backup !== undefined) removeQuietly(backup);
+  };
+  let current = files[0]?.path ?? "";
+  try {
+    for (const file of files) {
+      current = file.path;
+      temps.push(writeTempFile(file.path, file.data, file.mode ?? 0o644));
+    }
+    // Every file renamed before the last may have to be put back: keep the old one under another name.
+    for (const file of files.slice(0, -1)) {
+      current = file.path;
+      const backup = join(dirname(file.path), `.${basename(file.path)}.${randomBytes(6).toString("hex")}.prev`);
+      try {
+        linkSync(file.path, backup);
+        backups.push(backup);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+        backups.push(undefined);
+      }
+    }
+  } catch (error) {
+    cleanUp();
+    throw new MeshwardError("E_FILE_WRITE", `cannot write ${current}: ${(error as Error).message} (nothing in ${dirname(current)} was changed)`, { cause: error });
+  }
+  let renamed = 0;
+  try {
+    for (const [i, file] of files.entries()) {
+      current = file.path;
+      renameSync(temps[i] as string, file.path);
+      renamed++;
+    }
+  } catch (error) {
+    const notRestored: string[] = [];
+    for (let i = 0; i < renamed; i++) {
+      const file = files[i] as FileToWrite;
+      const backup = backups[i];
+      try {
+        if (backup !== undefined) {
+          renameSync(backup, file.path);
+          backups[i] = undefined;
+        } else {
+          unlinkSync(file.path);
+        }
+      } catch {
+        notRestored.push(file.path);
+      }
+    }
+    temps.splice(0, renamed);
+    cleanUp();
+    syncDirectory(dirname(current));
+    const state =
+      notRestored.length === 0
+        ? `the files renamed before it were put back, so ${dirname(current)} holds what it held before`
+        : `${notRestored.join(", ")} could not be put back and hold the new content, which does not match the other files`;
+    throw new MeshwardError("E_FILE_WRITE", `cannot write ${current}: ${(error as Error).message} (${state})`, { cause: error, details: { notRestored } });
+  }
+  temps.length = 0;
+  cleanUp();
+  syncDirectory(dirname(current));
 }
 
 /** Private keys and other secrets: 0600, atomically. */

@@ -8,6 +8,8 @@ const HINTS: Readonly<Record<string, string>> = {
   EADDRINUSE: "the address is already in use: another process listens there (pick another port, or 0 for any free one)",
   EACCES: "permission denied: ports below 1024 need privileges (use a higher port)",
   EADDRNOTAVAIL: "the address does not belong to this machine",
+  ENOTFOUND: "the host name does not resolve (give an IP address of this machine, or a name that resolves to one)",
+  EAI_AGAIN: "the host name could not be resolved (DNS did not answer; give an IP address of this machine)",
 };
 
 /**
@@ -36,11 +38,14 @@ export interface Reservation {
 }
 
 /**
- * Binds each fixed address (port 0 can always be had) with a placeholder server that closes
- * whatever connects, and holds it until `release()`. A daemon checks its ports this way before
- * it asks the CA for its first certificate, since a port already in use must not cost a
- * single-use token, and keeps them while it waits for the CA. Two entries with the same address
- * fail like a port in use (E_LISTEN_FAILED naming the second).
+ * Binds each fixed address with a placeholder server that closes whatever connects, and holds
+ * it until `release()`. A daemon checks its addresses this way before it asks the CA for its
+ * first certificate, since a port already in use must not cost a single-use token, and keeps
+ * them while it waits for the CA. Two entries with the same address fail like a port in use
+ * (E_LISTEN_FAILED naming the second). An entry with port 0 is bound too (its host name
+ * resolved, its address proved to be this machine's) and released at once: any free port will
+ * do later, but a host name that does not resolve or an address that is not on this host
+ * (EADDRNOTAVAIL) fails the same way on a port-0 listen, and must fail before the token is spent.
  */
 export async function reserveAddresses(entries: readonly { readonly at: HostPort; readonly what: string }[]): Promise<Reservation> {
   const held: Server[] = [];
@@ -49,11 +54,11 @@ export async function reserveAddresses(entries: readonly { readonly at: HostPort
   };
   try {
     for (const { at, what } of entries) {
-      if (at.port === 0) continue;
       const server = createServer((socket) => socket.destroy());
       server.unref();
       await listenOn(server, at, what);
-      held.push(server);
+      if (at.port === 0) await new Promise<void>((resolve) => server.close(() => resolve()));
+      else held.push(server);
     }
   } catch (error) {
     await release();

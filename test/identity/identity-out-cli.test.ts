@@ -11,7 +11,7 @@ import { fetchX509Svid } from "../../src/identity/workload-api/index.ts";
 
 /**
  * `meshward identity --out DIR` as the file-sink guide runs it (nginx, Redis, PostgreSQL read
- * the files): a real CA issuing 20-second certificates (the CA accepts any workload TTL; only a
+ * the files): a real CA issuing 20-second certificates (the CA accepts a workload TTL from 5s; only a
  * leaf cut short by the issuer's expiry has a 60 s floor, src/ca/issuer.ts), real processes
  * (issue 15, items 1 and 4).
  */
@@ -175,6 +175,28 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     const ok = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(work, "local-errors-ok")]);
     expect(ok.code, ok.stderr).toBe(0);
     expect(ok.stdout).toMatch(/issued spiffe:\/\/renew\.test\/ns\/jobs\/local-errors/);
+  }, 60_000);
+
+  it("a port-0 listen address that is not on this host or does not resolve fails before attestation (sidecar --inbound, identity --status), and the single-use token still works (review cli, finding 1)", async () => {
+    const t = await token("port-zero");
+    const statusTokenFile = join(work, "port-zero-status-token");
+    writeFileSync(statusTokenFile, "a-status-token-of-enough-length\n", { mode: 0o600 });
+    const sidecar = (inbound: string) =>
+      runCli(["sidecar", "--app-id", "port-zero", "--namespace", "jobs", "--ca", caAddress, "--bundle", bundle, "--token", t, "--app", "127.0.0.1:1", "--inbound", inbound]);
+    const notHere = await sidecar("192.0.2.1:0");
+    expect(notHere.code).toBe(1);
+    expect(notHere.stderr).toMatch(/the inbound listener cannot listen on 192\.0\.2\.1:0: the address does not belong to this machine \[E_LISTEN_FAILED\]/);
+    const unresolvable = await sidecar("no-such-host.invalid:0");
+    expect(unresolvable.code).toBe(1);
+    expect(unresolvable.stderr).toMatch(/the inbound listener cannot listen on no-such-host\.invalid:0: the host name (does not resolve|could not be resolved).*\[E_LISTEN_FAILED\]/);
+    const status = await runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(work, "port-zero-id"), "--status", "192.0.2.1:0", "--status-token-file", statusTokenFile]);
+    expect(status.code).toBe(1);
+    expect(status.stderr).toMatch(/the status endpoints cannot listen on 192\.0\.2\.1:0: the address does not belong to this machine \[E_LISTEN_FAILED\]/);
+    for (const r of [notHere, unresolvable, status]) expect(r.stderr).not.toMatch(/\n\s+at |unexpected error|E_TOKEN|"event":"rotated"/);
+    // None of them asked the CA: the token gets a certificate now.
+    const ok = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(work, "port-zero-ok")]);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(/issued spiffe:\/\/renew\.test\/ns\/jobs\/port-zero/);
   }, 60_000);
 
   it("what only binding the Workload API socket finds (a file in the way, a live socket, a path too long) fails before attestation, and the single-use token still works (found by review)", async () => {

@@ -104,7 +104,7 @@ export async function caServe(opts: OptionValues): Promise<void> {
 export async function caMigrateStore(opts: OptionValues): Promise<void> {
   readCaState(opts.dir);
   const from = opts.from ?? `sqlite:${caLayout(opts.dir).database}`;
-  const report = await withCaStore(opts.dir, from, (source) => withCaStore(opts.dir, opts.to, (target) => copyStore(source, target)));
+  const report = await withCaStore(opts.dir, from, (source) => withCaStore(opts.dir, opts.to, (target) => copyStore(source, target), { create: true }));
   process.stdout.write(
     `moved ${report.issuances} certificate${report.issuances === 1 ? "" : "s"}, ${report.revocations} revocation${report.revocations === 1 ? "" : "s"} and ${report.tokens} join token${report.tokens === 1 ? "" : "s"}${report.caStateFiles > 0 ? `, ${report.caStateFiles} shared CA state file${report.caStateFiles === 1 ? "" : "s"}` : ""}${report.publishedCrl !== undefined ? ` and CRL #${report.publishedCrl}` : ""} to ${redactConnectionString(opts.to)}; the next CRL number is above ${report.crlNumber}.\n` +
       `Next: give every replica a copy of ${opts.dir} and run: meshward ca serve --dir DIR --store URL --passphrase-file FILE\n`,
@@ -385,6 +385,22 @@ function encryptionNote(dir: string, files: AnchorFiles, passphrase: string | un
   );
 }
 
+/** `ca serve` flags by the config key they set (for naming them in errors). */
+const CA_SERVE_FLAGS: Readonly<Record<string, string>> = {
+  listen: "--listen",
+  store: "--store",
+  status: "--status",
+  statusTokenFile: "--status-token-file",
+  workloadTtl: "--workload-ttl",
+  clockSkew: "--clock-skew",
+  dnsNames: "--dns-name",
+  servingSpiffeId: "--serving-spiffe-id",
+  defaultValidator: "--default-validator",
+  handshakeTimeout: "--handshake-timeout",
+  maxConnections: "--max-connections",
+  maxConnectionsPerAddress: "--max-connections-per-address",
+};
+
 /** Config file, then flags on top; both validated by the same zod schema. */
 function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
   const flags: Record<string, unknown> = {
@@ -414,7 +430,17 @@ function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
   const merged = { ...fileValues, ...dropUndefined(flags) };
   const parsed = caConfigSchema.safeParse(merged);
   if (!parsed.success) {
-    throw new MeshwardError("E_CONFIG_INVALID", parsed.error.issues.map((i) => `${i.path.join(".") || "config"}: ${i.message}`).join("\n"));
+    // A value given as a flag is named by its flag (`--workload-ttl: workloadTtl: …`), as the sidecar does.
+    const flagOf = (key: PropertyKey | undefined) => (typeof key === "string" && flags[key] !== undefined ? CA_SERVE_FLAGS[key] : undefined);
+    throw new MeshwardError(
+      "E_CONFIG_INVALID",
+      parsed.error.issues
+        .map((i) => {
+          const flag = flagOf(i.path[0]);
+          return `${flag !== undefined ? `${flag}: ` : ""}${i.path.join(".") || "config"}: ${i.message}`;
+        })
+        .join("\n"),
+    );
   }
   return parsed.data;
 }

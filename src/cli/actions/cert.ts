@@ -1,5 +1,5 @@
 // What `meshward cert` does; what it accepts (its flags, its help) is ../cert.ts.
-import { prepareOutDir } from "../../identity/local-paths.ts";
+import { lockOutDir, prepareOutDir } from "../../identity/local-paths.ts";
 import { join } from "node:path";
 import type { OptionValues } from "commander";
 import { readCaState } from "../../ca/anchors.ts";
@@ -14,7 +14,7 @@ import { certificatesFromPem } from "../../pki/pem.ts";
 import { parseSpiffeId } from "../../spiffe/id.ts";
 import type { IssuanceRecord } from "../../store/store.ts";
 import { describeTimeLeft, parseDuration } from "../../util/duration.ts";
-import { writeFileAtomic, writeSecretFileAtomic } from "../../util/files.ts";
+import { writeFilesTogether } from "../../util/files.ts";
 import { VALIDATOR_CHOICES } from "../cert.ts";
 import { TOKEN_ON_COMMAND_LINE, readTextFile } from "../options.ts";
 import { withCaStore } from "../store.ts";
@@ -26,15 +26,36 @@ export async function certIssue(opts: OptionValues): Promise<void> {
   const out = prepareOutDir(opts.out);
   const bundlePem = readBundleFile(opts.bundle);
   const trustDomain = opts.trustDomain ?? trustDomainFromBundle(bundlePem, opts.bundle);
-  const keyPair = generateKeyPair();
-  const csrPem = await createCsr({ keyPair, dnsNames: opts.dnsName ?? [] });
-  const signed = await requestCertificate(
-    { address: opts.ca, bundlePem, trustDomain, ...(opts.caSpiffeId !== undefined ? { caSpiffeId: parseSpiffeId(opts.caSpiffeId).toString() } : {}) },
-    { csrPem, token, validator: VALIDATOR_CHOICES[opts.validator as string] as ValidatorChoice, namespace: opts.namespace, appId: opts.appId },
-  );
-  writeSecretFileAtomic(join(out, "key.pem"), encodePrivateKey(keyPair.privateKey));
-  writeFileAtomic(join(out, "cert.pem"), signed.certChainPem);
-  writeFileAtomic(join(out, "bundle.pem"), signed.bundlePem);
+  // One writer at a time: two runs into one directory could leave one's key beside the other's certificate.
+  const unlock = lockOutDir(out, `--out ${opts.out}`);
+  let signed;
+  let keyPem: string;
+  try {
+    const keyPair = generateKeyPair();
+    keyPem = encodePrivateKey(keyPair.privateKey);
+    const csrPem = await createCsr({ keyPair, dnsNames: opts.dnsName ?? [] });
+    signed = await requestCertificate(
+      { address: opts.ca, bundlePem, trustDomain, ...(opts.caSpiffeId !== undefined ? { caSpiffeId: parseSpiffeId(opts.caSpiffeId).toString() } : {}) },
+      { csrPem, token, validator: VALIDATOR_CHOICES[opts.validator as string] as ValidatorChoice, namespace: opts.namespace, appId: opts.appId },
+    );
+    // All three written in full before any is renamed; the certificate, which servers check against the key, goes last.
+    try {
+      writeFilesTogether([
+        { path: join(out, "bundle.pem"), data: signed.bundlePem },
+        { path: join(out, "key.pem"), data: keyPem, mode: 0o600 },
+        { path: join(out, "cert.pem"), data: signed.certChainPem },
+      ]);
+    } catch (error) {
+      const issued = inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer);
+      throw new MeshwardError(
+        "E_FILE_WRITE",
+        `${(error as Error).message}. The CA issued ${issued.uris[0]} (serial ${issued.serial}) and the token is used, but its key existed only in this process and is lost, so the certificate cannot be used: revoke it (meshward cert revoke --serial ${issued.serial}), fix the directory, and run cert issue with a new token`,
+        { cause: error, details: { serial: issued.serial } },
+      );
+    }
+  } finally {
+    unlock();
+  }
   const info = inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer);
   if (opts.json) {
     process.stdout.write(`${JSON.stringify({ spiffeId: info.uris[0], serial: info.serial, notAfter: info.notAfter.toISOString(), dir: opts.out }, null, 2)}\n`);

@@ -9,7 +9,6 @@ import { createHealth, createOpsServer } from "../../telemetry/health.ts";
 import { createMeshMetrics, createMetrics } from "../../telemetry/metrics.ts";
 import { parseHostPort } from "../../util/address.ts";
 import { reserveAddresses } from "../../util/listen.ts";
-import { parseDuration } from "../../util/duration.ts";
 import { createStatusRoutes } from "../../dashboard/routes.ts";
 import { identityStatus } from "../../dashboard/identity-feed.ts";
 import { resolveStatusToken } from "../../dashboard/token.ts";
@@ -19,6 +18,7 @@ import { readResumableSvid } from "../../identity/resume.ts";
 import { checkSocketDir, prepareOutDir } from "../../identity/local-paths.ts";
 import { VALIDATORS } from "../identity.ts";
 import { cliLogger } from "../logger.ts";
+import { bundleRefreshInterval } from "../duration-flags.ts";
 import { untilSignal, warnTokenOnCommandLine } from "../options.ts";
 
 /** `meshward identity`: runs until SIGTERM or SIGINT. */
@@ -48,8 +48,7 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
   // Checked before anything starts: a status page off loopback needs a token.
   const statusBind = opts.status !== undefined ? parseHostPort(opts.status, "--status") : undefined;
   const statusPageToken = statusBind !== undefined ? resolveStatusToken(statusBind.host, opts.statusTokenFile) : undefined;
-  const bundleRefreshMs = parseDuration(opts.bundleRefreshInterval, "--bundle-refresh-interval");
-  if (bundleRefreshMs < 1000) throw new MeshwardError("E_USAGE", "--bundle-refresh-interval: at least 1s");
+  const bundleRefreshMs = bundleRefreshInterval(opts.bundleRefreshInterval);
   // Held from now on: a port in use must fail before the CA is asked (and a token spent).
   const reserved = await reserveAddresses(statusBind === undefined ? [] : [{ at: statusBind, what: "the status endpoints" }]);
   const closers: (() => Promise<void>)[] = [() => reserved.release()];

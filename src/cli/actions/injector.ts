@@ -7,9 +7,9 @@ import { createMeshMetrics, createMetrics } from "../../telemetry/metrics.ts";
 import { createInjectorMetrics } from "../../inject/metrics.ts";
 import { syncWebhookCaBundle } from "../../inject/webhook-ca-bundle.ts";
 import { startWebhookServer } from "../../inject/webhook-server.ts";
-import { parseDuration } from "../../util/duration.ts";
 import { parseHostPort } from "../../util/address.ts";
 import { cliLogger } from "../logger.ts";
+import { bundleRefreshInterval } from "../duration-flags.ts";
 import { untilSignal, wholeNumber } from "../options.ts";
 
 export interface InjectorOptions {
@@ -44,6 +44,8 @@ export async function runInjector(opts: InjectorOptions): Promise<void> {
   const maxConnections = atLeastOne(wholeNumber(opts.maxConnections, "--max-connections"), "--max-connections");
   const maxConnectionsPerAddress = atLeastOne(wholeNumber(opts.maxConnectionsPerAddress, "--max-connections-per-address"), "--max-connections-per-address");
   parseHostPort(opts.caAddress ?? opts.ca, "--ca-address");
+  // As for identity and sidecar: 0 would fetch the bundle and CRL from the CA in a tight loop.
+  const bundleRefreshMs = bundleRefreshInterval(opts.bundleRefreshInterval);
   const logger = cliLogger("injector", opts);
   const identity = createIdentity({
     ca: opts.ca,
@@ -53,7 +55,7 @@ export async function runInjector(opts: InjectorOptions): Promise<void> {
     tokenFile: opts.tokenFile,
     validator: "KUBERNETES",
     dnsNames: opts.dnsName ?? [`${opts.appId}.${namespace}.svc`],
-    bundleRefreshMs: parseDuration(opts.bundleRefreshInterval, "--bundle-refresh-interval"),
+    bundleRefreshMs,
     logger,
   });
   // GET /metrics on the webhook port: the serving certificate's expiry and renewals (the

@@ -1,0 +1,101 @@
+import { spawnSync } from "node:child_process";
+import { createPublicKey, X509Certificate } from "node:crypto";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
+
+/**
+ * `meshward cert issue --out DIR` writes a key and its certificate that belong together (review
+ * cli, finding 2): every file is written in full before any is renamed into place, a failure
+ * part-way puts the old pair back, a failure after the CA answered names the serial and says
+ * the token is used, and one run at a time holds the directory (a lock file). Real processes and
+ * a real CA. `chattr +i` stands in for a rename that fails (EIO, a full disk): it needs root,
+ * which the test machines run as (said plainly, not skipped).
+ */
+describe("meshward cert issue --out: the pair is never broken (real processes)", () => {
+  const work = mkdtempSync(join(tmpdir(), "meshward-cert-issue-files-"));
+  const caDir = join(work, "ca");
+  const bundle = join(caDir, "bundle.pem");
+  let ca: LongRunning & { match: RegExpMatchArray };
+  let caAddress: string;
+  let n = 0;
+
+  const token = async () => {
+    const r = await runCli(["token", "create", "--dir", caDir, "--namespace", "shop", "--app-id", `files-${++n}`]);
+    expect(r.code, r.stderr).toBe(0);
+    return { token: r.stdout.trim().split("\n").pop() as string, appId: `files-${n}` };
+  };
+  const issue = (t: { token: string; appId: string }, out: string) =>
+    runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t.token, "--namespace", "shop", "--app-id", t.appId, "--out", out]);
+  const keyId = (file: string) => createPublicKey(readFileSync(file)).export({ type: "spki", format: "der" }).toString("hex");
+  const certKeyId = (file: string) => new X509Certificate(readFileSync(file)).publicKey.export({ type: "spki", format: "der" }).toString("hex");
+
+  beforeAll(async () => {
+    expect((await runCli(["ca", "init", "--trust-domain", "files.test", "--dir", caDir])).code).toBe(0);
+    ca = await startCli(["ca", "serve", "--dir", caDir, "--listen", "127.0.0.1:0"], /listening on (\S+)/);
+    caAddress = ca.match[1] as string;
+  }, 60_000);
+  afterAll(async () => {
+    await ca?.stop();
+    spawnSync("chattr", ["-R", "-i", work]);
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  it("a rename that fails after the CA answered leaves the old working pair in place, and names the serial and the spent token", async () => {
+    const out = join(work, "pair");
+    const first = await issue(await token(), out);
+    expect(first.code, first.stderr).toBe(0);
+    const before = { key: readFileSync(join(out, "key.pem"), "utf8"), cert: readFileSync(join(out, "cert.pem"), "utf8"), bundle: readFileSync(join(out, "bundle.pem"), "utf8") };
+    expect(keyId(join(out, "key.pem"))).toBe(certKeyId(join(out, "cert.pem")));
+    const chattr = spawnSync("chattr", ["+i", join(out, "cert.pem")], { encoding: "utf8" });
+    expect(chattr.status, chattr.stderr).toBe(0);
+    let second;
+    try {
+      second = await issue(await token(), out);
+    } finally {
+      spawnSync("chattr", ["-i", join(out, "cert.pem")]);
+    }
+    expect(second.code).toBe(1);
+    expect(second.stderr).toMatch(/cannot write .*cert\.pem: .*EPERM.*the files renamed before it were put back.*The CA issued spiffe:\/\/files\.test\/ns\/shop\/files-\d+ \(serial ([0-9A-F]+)\) and the token is used.*meshward cert revoke --serial \1.*\[E_FILE_WRITE\]/s);
+    expect(second.stderr).not.toMatch(/\n\s+at |PRIVATE KEY/);
+    // The old pair, untouched: key.pem was put back, and it still matches cert.pem.
+    expect(readFileSync(join(out, "key.pem"), "utf8")).toBe(before.key);
+    expect(readFileSync(join(out, "cert.pem"), "utf8")).toBe(before.cert);
+    expect(readFileSync(join(out, "bundle.pem"), "utf8")).toBe(before.bundle);
+    expect(statSync(join(out, "key.pem")).mode & 0o777).toBe(0o600);
+    expect(readdirSync(out).sort()).toEqual(["bundle.pem", "cert.pem", "key.pem"]);
+  });
+
+  it("a directory another run holds is refused before the CA is asked (the token still works); a lock left by a killed run is taken over", async () => {
+    const out = join(work, "locked");
+    const t = await token();
+    expect((await issue(t, out)).code).toBe(0); // creates the directory
+    const lock = join(out, ".meshward-cert-issue.lock");
+    writeFileSync(lock, `${process.pid}\n`, { mode: 0o600 }); // a live process: this test's
+    const t2 = await token();
+    const busy = await issue(t2, out);
+    expect(busy.code).toBe(1);
+    expect(busy.stderr).toMatch(new RegExp(`another meshward cert issue \\(pid ${process.pid}\\) is writing there; wait for it, or, if none runs, remove .*\\.meshward-cert-issue\\.lock \\[E_OUT_DIR_BUSY\\]`));
+    expect(busy.stderr).not.toMatch(/\n\s+at |E_TOKEN/);
+    // A killed run's lock: its pid no longer runs.
+    const gone = spawnSync(process.execPath, ["-e", "process.stdout.write(String(process.pid))"], { encoding: "utf8" });
+    writeFileSync(lock, `${gone.stdout}\n`, { mode: 0o600 });
+    const after = await issue(t2, out);
+    expect(after.code, after.stderr).toBe(0);
+    expect(existsSync(lock)).toBe(false);
+    expect(keyId(join(out, "key.pem"))).toBe(certKeyId(join(out, "cert.pem")));
+  });
+
+  it("two runs at once into one directory: each exits 0 or is refused E_OUT_DIR_BUSY, and the key always matches the certificate", async () => {
+    const out = join(work, "race");
+    expect((await issue(await token(), out)).code).toBe(0);
+    for (let i = 0; i < 3; i++) {
+      const results = await Promise.all([issue(await token(), out), issue(await token(), out)]);
+      for (const r of results) expect(r.code === 0 || r.stderr.includes("[E_OUT_DIR_BUSY]"), r.stderr).toBe(true);
+      expect(keyId(join(out, "key.pem"))).toBe(certKeyId(join(out, "cert.pem")));
+      expect(readdirSync(out).sort()).toEqual(["bundle.pem", "cert.pem", "key.pem"]);
+    }
+  });
+});
