@@ -5,7 +5,7 @@ import { InvalidArgumentError, Option, type Command } from "commander";
 import { checkCaDir } from "../util/dir-safety.ts";
 import { validatorEnumName, validatorFlagName } from "../config/validator-names.ts";
 import type { Logger } from "../telemetry/logger.ts";
-import { MeshwardError } from "../errors.ts";
+import { fileReadError, MeshwardError } from "../errors.ts";
 import { assertPrivateFile } from "../util/files.ts";
 
 /** Passphrase for encrypted key files: --passphrase-file wins over MESHWARD_CA_PASSPHRASE. */
@@ -19,7 +19,7 @@ export function readPassphrase(file: string | undefined): string | undefined {
       return text;
     } catch (error) {
       if (error instanceof MeshwardError) throw error;
-      throw new MeshwardError("E_FILE_MISSING", `cannot read passphrase file ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+      throw fileReadError(`cannot read passphrase file ${file}`, error);
     }
   }
   const env = process.env.MESHWARD_CA_PASSPHRASE;
@@ -54,7 +54,7 @@ export function readTextFile(file: string, what: string): string {
   try {
     return readFileSync(file, "utf8");
   } catch (error) {
-    throw new MeshwardError("E_FILE_MISSING", `cannot read ${what} ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    throw fileReadError(`cannot read ${what} ${file}`, error);
   }
 }
 

@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { MeshwardError } from "../errors.ts";
+import { fileReadError, MeshwardError } from "../errors.ts";
 import { assertPrivateFile } from "../util/files.ts";
 import { checkStatusToken, statusTokenRequired } from "./routes.ts";
 
@@ -14,7 +14,7 @@ export function resolveStatusToken(host: string, tokenFile: string | undefined):
     try {
       token = readFileSync(tokenFile, "utf8").trim();
     } catch (error) {
-      throw new MeshwardError("E_FILE_MISSING", `cannot read status token file ${tokenFile}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
+      throw fileReadError(`cannot read status token file ${tokenFile}`, error);
     }
     // Whoever reads it can open the status page: held to the key files' rule (owner only, or a Kubernetes Secret with fsGroup).
     assertPrivateFile(tokenFile, "status token file");

@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { isMeshwardError, MeshwardError } from "../errors.ts";
+import { fileReadError, isMeshwardError, MeshwardError } from "../errors.ts";
 import { certificatesFromPem } from "../pki/pem.ts";
 
 /** Reads a bootstrap trust bundle file: PEM holding at least one certificate; errors name the file. */
@@ -8,7 +8,7 @@ export function readBundleFile(file: string): string {
   try {
     text = readFileSync(file, "utf8");
   } catch (error) {
-    throw new MeshwardError("E_FILE_MISSING", `cannot read trust bundle ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    throw fileReadError(`cannot read trust bundle ${file}`, error);
   }
   try {
     certificatesFromPem(text);

@@ -22,6 +22,9 @@ export function prepareOutDir(dir: string, flag = "--out", mode = 0o700, filesOw
   try {
     mkdirSync(path, { recursive: true, mode });
   } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    // mkdir -p meets a file where the directory (or one of its parents) should be.
+    if (code === "EEXIST" || code === "ENOTDIR") throw new MeshwardError("E_OUT_DIR", `${flag} ${dir}: not a directory (a file is there, or in its path): choose a directory`);
     throw new MeshwardError("E_OUT_DIR", `${flag} ${dir}: cannot create the directory (${errno(error)}); create it, writable by this user, or choose another`);
   }
   if (!statSync(path).isDirectory()) throw new MeshwardError("E_OUT_DIR", `${flag} ${dir}: not a directory`);

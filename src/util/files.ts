@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { closeSync, fchmodSync, fchownSync, fsyncSync, linkSync, openSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { MeshwardError } from "../errors.ts";
+import { fileReadError, MeshwardError } from "../errors.ts";
 
 /**
  * Writes a file so that readers see either the old or the new content, never a mix: a temp
@@ -169,9 +169,7 @@ export function assertPrivateFile(path: string, what = "private key file"): void
   try {
     stats = statSync(path);
   } catch (error) {
-    throw new MeshwardError("E_FILE_MISSING", `${what} ${path} cannot be read: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, {
-      cause: error,
-    });
+    throw fileReadError(`${what} ${path} cannot be read`, error);
   }
   const mode = stats.mode & 0o777;
   if ((mode & 0o077) === 0 || mountedSecretShape(stats)) return;

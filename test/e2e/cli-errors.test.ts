@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -20,6 +20,12 @@ describe("the CLI names a user's mistake (real processes)", () => {
   let plainHttp: Server;
   let plainHttpAddress: string;
 
+  let tokenFiles = 0;
+  const writeToken = (value: string) => {
+    const path = join(work, `token-${++tokenFiles}`);
+    writeFileSync(path, value, { mode: 0o600 });
+    return path;
+  };
   const token = async () => {
     const r = await runCli(["token", "create", "--dir", caDir, "--namespace", "shop", "--app-id", "orders"]);
     expect(r.code, r.stderr).toBe(0);
@@ -120,5 +126,30 @@ describe("the CLI names a user's mistake (real processes)", () => {
     expect(description).toBe(
       "create a CA directory: generate a root (10 years) and an issuer (1 year), or import your organisation's root and issuer with --root-cert, --issuer-cert and --issuer-key",
     );
+  });
+
+  // Found by review (cli, LOW-8): a file where --out wants a directory read "cannot create the
+  // directory (EEXIST)", a directory given as a file was E_FILE_MISSING, and `cert inspect` on a
+  // key said "no CERTIFICATE block found" without naming the file. The token is not spent.
+  it("a file given as --out, a directory given as a file, and a key given to cert inspect are each named for what they are", async () => {
+    const t = await token();
+    const file = join(work, "not-a-dir.txt");
+    writeFileSync(file, "x\n");
+    const issue = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", join(caDir, "bundle.pem"), "--token-file", writeToken(t), "--out", file]);
+    expect(issue.code).toBe(1);
+    expect(issue.stderr).toContain(`--out ${file}: not a directory`);
+    expect(issue.stderr).toContain("[E_OUT_DIR]");
+    const dir = await runCli(["cert", "inspect", caDir]);
+    expect(dir.code).toBe(1);
+    expect(dir.stderr).toBe(`meshward: cannot read certificate ${caDir}: EISDIR: it is a directory, not a file [E_FILE_UNREADABLE]\n`);
+    const missing = await runCli(["cert", "inspect", join(work, "nope.pem")]);
+    expect(missing.stderr).toMatch(/ENOENT: no such file \[E_FILE_MISSING\]/);
+    const key = join(work, "right-bundle", "key.pem");
+    const inspectKey = await runCli(["cert", "inspect", key]);
+    expect(inspectKey.code).toBe(1);
+    expect(inspectKey.stderr).toMatch(new RegExp(`^meshward: ${key.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")}: no CERTIFICATE block found \\(the file holds PRIVATE KEY and no CERTIFICATE: is it the key, or another file\\?\\) \\[E_PEM_INVALID\\]`));
+    // None of it spent the token.
+    const right = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", join(caDir, "bundle.pem"), "--token-file", writeToken(t), "--out", join(work, "after-mistakes")]);
+    expect(right.code, right.stderr).toBe(0);
   });
 });

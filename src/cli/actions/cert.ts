@@ -3,7 +3,7 @@ import { lockOutDir, prepareOutDir } from "../../identity/local-paths.ts";
 import { join } from "node:path";
 import type { OptionValues } from "commander";
 import { readCaState } from "../../ca/anchors.ts";
-import { MeshwardError } from "../../errors.ts";
+import { describeError, isMeshwardError, MeshwardError } from "../../errors.ts";
 import { readBundleFile } from "../../identity/bundle-file.ts";
 import { requestCertificate, type ValidatorChoice } from "../../identity/ca-client.ts";
 import { normalizeSerial } from "../../pki/certificate.ts";
@@ -137,7 +137,17 @@ export async function certRevoke(opts: OptionValues): Promise<void> {
 
 /** `meshward cert inspect`. */
 export function certInspect(file: string, opts: OptionValues): void {
-  const [der, ...rest] = certificatesFromPem(readTextFile(file, "certificate"));
+  const text = readTextFile(file, "certificate");
+  let certificates: Buffer[];
+  try {
+    certificates = certificatesFromPem(text);
+  } catch (error) {
+    // Name the file, and what it holds when it holds something else (a key given by mistake).
+    const labels = [...new Set([...text.matchAll(/-----BEGIN ([A-Z0-9 ]+)-----/g)].map((m) => m[1]))];
+    const holds = labels.length === 0 ? "" : ` (the file holds ${labels.join(", ")} and no CERTIFICATE: is it the key, or another file?)`;
+    throw new MeshwardError(isMeshwardError(error) ? error.code : "E_PEM_INVALID", `${file}: ${isMeshwardError(error) ? error.message : describeError(error)}${holds}`, { cause: error });
+  }
+  const [der, ...rest] = certificates;
   const info = inspectCertificate(der as Buffer);
   const now = new Date();
   const leftMs = info.notAfter.getTime() - now.getTime();

@@ -1,6 +1,6 @@
 // What `meshward inject` does; what it accepts (its flags, its help) is ../inject.ts.
 import { readFileSync } from "node:fs";
-import { MeshwardError } from "../../errors.ts";
+import { fileReadError } from "../../errors.ts";
 import { readBundleFile } from "../../identity/bundle-file.ts";
 import { injectManifest } from "../../inject/manifest.ts";
 import type { InjectOptions } from "../../inject/settings.ts";
@@ -24,7 +24,7 @@ export function runInject(file: string, opts: InjectCommandOptions): void {
   try {
     text = readFileSync(file === "-" ? 0 : file, "utf8");
   } catch (error) {
-    throw new MeshwardError("E_FILE_MISSING", `cannot read ${file === "-" ? "stdin" : file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    throw fileReadError(`cannot read ${file === "-" ? "stdin" : file}`, error);
   }
   const result = injectManifest(text, options, file === "-" ? "stdin" : file);
   process.stdout.write(result.text);

@@ -2,7 +2,7 @@
 import { readFileSync } from "node:fs";
 import type { OptionValues } from "commander";
 import { fetch as undiciFetch } from "undici";
-import { MeshwardError, describeError } from "../../errors.ts";
+import { describeError, fileReadError, MeshwardError } from "../../errors.ts";
 import { fetchFromCa } from "../../identity/ca-client.ts";
 import { certificatesFromPem, toPem } from "../../pki/pem.ts";
 import { inspectCertificate } from "../../pki/inspect.ts";
@@ -68,7 +68,7 @@ function statusToken(file: string | undefined): string | undefined {
   try {
     token = readFileSync(file, "utf8").trim();
   } catch (error) {
-    throw new MeshwardError("E_FILE_MISSING", `cannot read status token file ${file}: ${(error as NodeJS.ErrnoException).code ?? describeError(error)}`);
+    throw fileReadError(`cannot read status token file ${file}`, error);
   }
   // It opens the status endpoints: held to the key files' rule, as the servers hold theirs.
   assertPrivateFile(file, "status token file");
