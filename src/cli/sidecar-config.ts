@@ -1,4 +1,5 @@
 import { LineCounter, parseDocument } from "yaml";
+import { keyNodeIn } from "../config/load.ts";
 import { sidecarConfigSchema } from "../config/sidecar.ts";
 import type { SidecarConfig } from "../config/sidecar.ts";
 import { validatorEnumName } from "../config/validator-names.ts";
@@ -28,6 +29,7 @@ function parseEgressFlag(value: string): Record<string, unknown> {
 export function buildSidecarConfig(opts: Record<string, unknown>): SidecarConfig {
   let raw: Record<string, unknown> = {};
   let locate: (path: readonly PropertyKey[]) => string | undefined = () => undefined;
+  let locateKey: (path: readonly PropertyKey[], key: string) => string | undefined = () => undefined;
   const file = opts.config as string | undefined;
   if (file !== undefined) {
     const text = readTextFile(file, "sidecar config");
@@ -51,6 +53,13 @@ export function buildSidecarConfig(opts: Record<string, unknown>): SidecarConfig
         }
       }
       return file;
+    };
+    locateKey = (path, key) => {
+      const mapping = path.length === 0 ? doc.contents : doc.getIn(path as unknown[], true);
+      const range = (keyNodeIn(mapping, key) as { range?: [number, number, number] } | undefined)?.range;
+      if (range === undefined) return undefined;
+      const pos = lineCounter.linePos(range[0]);
+      return `${file}:${pos.line}:${pos.col}`;
     };
   }
   // Flags set single limits into the file's `limits`, which must then be a mapping: spread, a
@@ -107,7 +116,9 @@ export function buildSidecarConfig(opts: Record<string, unknown>): SidecarConfig
   const messages = result.error.issues.slice(0, 5).map((issue) => {
     const path = issue.path.map((p) => (typeof p === "symbol" ? p.toString() : p));
     const flag = fromFlag.get(path.slice(0, 2).join(".")) ?? fromFlag.get(String(path[0]));
-    const where = flag ?? locate(path) ?? "config";
+    // An unknown key is shown where it is written, not at the mapping holding it.
+    const unknownKey = issue.code === "unrecognized_keys" ? issue.keys[0] : undefined;
+    const where = flag ?? (unknownKey === undefined ? undefined : locateKey(path, unknownKey)) ?? locate(path) ?? "config";
     const field = path.length > 0 ? path.join(".") : "(config)";
     const missing = issue.code === "invalid_type" && issue.message.includes("undefined");
     return `${where}: ${field}: ${missing ? `required (give --${String(path[0]).replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} or set it in --config)` : issue.message}`;

@@ -29,7 +29,9 @@ export function parseYamlConfig<S extends z.ZodType>(text: string, schema: S, fi
   if (result.success) return result.data;
   const messages = result.error.issues.slice(0, 5).map((issue) => {
     const path = issue.path.map((p) => (typeof p === "symbol" ? p.toString() : p));
-    const node = nodeAt(doc.contents, path);
+    // An unknown key is shown where it is written, not at the mapping holding it.
+    const unknownKey = issue.code === "unrecognized_keys" ? issue.keys[0] : undefined;
+    const node = (unknownKey === undefined ? undefined : keyNodeIn(nodeAt(doc.contents, path), unknownKey)) ?? nodeAt(doc.contents, path);
     const offset = node?.range?.[0] ?? 0;
     const pos = lineCounter.linePos(offset);
     const field = path.length > 0 ? path.join(".") : "(document)";
@@ -48,6 +50,13 @@ export function loadYamlConfig<S extends z.ZodType>(file: string, schema: S): z.
     });
   }
   return parseYamlConfig(text, schema, file);
+}
+
+/** The node of `key` itself (not its value) in a YAML mapping, for pointing at an unknown key. */
+export function keyNodeIn(mapping: unknown, key: string): YamlNode | undefined {
+  if (!isMap(mapping)) return undefined;
+  const pair = mapping.items.find((item) => (item.key as { value?: unknown } | null)?.value === key);
+  return (pair?.key ?? undefined) as YamlNode | undefined;
 }
 
 /** The deepest node that exists along `path` (so a missing field points at its parent). */

@@ -26,6 +26,22 @@ describe("bad input is refused, not silently taken", { timeout: 60_000 }, () => 
     }
   });
 
+  // Found by review (cli, LOW-8): an unknown key was reported at its mapping (the CA: line 1,
+  // column 1; the sidecar: no line at all), not where it is written.
+  it("an unknown key (a typo) is reported at its own line and column, in the sidecar's and the CA's config", async () => {
+    const sidecar = join(dir, "unknown-keys.yaml");
+    writeFileSync(sidecar, "appId: web\nca: 127.0.0.1:1\napp: 127.0.0.1:1\nlimits:\n  idleTimeout: 5s\n  maxConnectionz: 3\nbundel: /x\n");
+    const r = await runCli(["sidecar", "--config", sidecar, "--token", "never-sent-0123456789"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`${sidecar}:6:3: limits: Unrecognized key: "maxConnectionz"`);
+    expect(r.stderr).toContain(`${sidecar}:7:1: (config): Unrecognized key: "bundel"`);
+    const ca = join(dir, "ca-unknown-key.yaml");
+    writeFileSync(ca, "listen: 127.0.0.1:0\nworkloadTtll: 1h\n");
+    const c = await runCli(["ca", "serve", "--dir", join(dir, "no-ca-here"), "--config", ca]);
+    expect(c.code).toBe(1);
+    expect(c.stderr).toContain(`${ca}:2:1: (document): Unrecognized key: "workloadTtll"`);
+  });
+
   it("timeouts and intervals that are zero, negative or past a Node timer's range are refused by name (a negative idleTimeout crashed the sidecar on its first TCP connection)", async () => {
     const cases: [string, RegExp][] = [
       ["limits:\n  idleTimeout: -5\n", /limits\.idleTimeout.*idle timeout must be at least 1ms \(got -5\)/s],
