@@ -2,6 +2,7 @@ import { directoryFiles, storeStateFiles, transactCaState, type AnchorFiles } fr
 import { caLayout } from "../ca/anchors.ts";
 import { replicatedState } from "../ca/state-watcher.ts";
 import { existsSync } from "node:fs";
+import { resolve } from "node:path";
 import { MeshwardError } from "../errors.ts";
 import { openStore, parseStoreUrl } from "../store/index.ts";
 import type { Store } from "../store/store.ts";
@@ -11,12 +12,14 @@ import type { Store } from "../store/store.ts";
  * --store must exist (unless `create`, for `ca migrate-store --to`): a mistyped path would
  * otherwise become a new empty store, and `token create` would print a token the CA has never
  * heard of (E_TOKEN_UNKNOWN at first use), `cert list` "no certificates issued yet". The
- * default <dir>/ca.db is created as before (a CA that has not served yet has none).
+ * default <dir>/ca.db is created as before, also when --store names it (a CA that has not
+ * served yet has none).
  */
 export async function openCaStore(dir: string, url: string | undefined, options: { readonly create?: boolean } = {}): Promise<Store> {
   if (url !== undefined && options.create !== true) {
     const location = parseStoreUrl(url);
-    if (location.kind === "sqlite" && location.path !== ":memory:" && !existsSync(location.path)) {
+    const isDefault = location.kind === "sqlite" && resolve(location.path) === resolve(caLayout(dir).database);
+    if (location.kind === "sqlite" && location.path !== ":memory:" && !isDefault && !existsSync(location.path)) {
       throw new MeshwardError(
         "E_STORE_OPEN",
         `--store ${url}: no store at ${location.path} (a mistyped path? 'meshward ca serve' creates the store it is given; this CA's default is sqlite:${caLayout(dir).database})`,
