@@ -47,7 +47,8 @@ function reportCliError(error: unknown): number {
   }
   if (error instanceof MeshwardError) {
     process.stderr.write(`meshward: ${error.message} [${error.code}]\n`);
-    return EXIT_FAILURE;
+    // A flag or argument the command cannot take exits 2, as commander's own usage errors do.
+    return error.code === "E_USAGE" || error.code === "E_AUDIT_USAGE" ? EXIT_USAGE : EXIT_FAILURE;
   }
   process.stderr.write(`meshward: unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
   return EXIT_FAILURE;

@@ -45,7 +45,7 @@ describe("meshward audit (real process)", () => {
     expect(ids.filter((id) => id === "MW-K8S-003").length).toBe(1);
     expect(ids.filter((id) => id === "MW-K8S-006").length).toBe(1);
     const unknown = meshward("audit", `${FIXTURES}/quickstart`, "--enable", "MW-K8S-099");
-    expect(unknown.code).toBe(1);
+    expect(unknown.code).toBe(2); // a usage error
     expect(unknown.stderr).toMatch(/--enable MW-K8S-099: no such rule; opt-in rules are MW-K8S-003, MW-K8S-006 \(or all\) \[E_AUDIT_USAGE\]/);
     expect(meshward("audit", `${FIXTURES}/quickstart`, "--enable", "MW-TLS-001").stderr).toMatch(/that rule always runs/);
   });

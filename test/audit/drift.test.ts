@@ -191,7 +191,7 @@ describe("drift", () => {
     expect(flag.stdout).toContain("(reference: b, given with --reference)");
     expect(meshward("audit", "drift", join(root, "a"), join(root, "b"), "--reference", "b", "--fail-on", "weaker").code).toBe(1);
     const wrong = meshward("audit", "drift", join(root, "a"), join(root, "b"), "--reference", "c");
-    expect(wrong.code).toBe(1);
+    expect(wrong.code).toBe(2); // a usage error
     expect(wrong.stderr).toMatch(/--reference c: not one of the environments given .*\[E_AUDIT_USAGE\]/);
     expect(meshward("audit", "drift", "--help").stdout).toContain("--reference <dir>");
   });

@@ -121,7 +121,7 @@ describe("the CLI loads a command's code only when the command runs", () => {
         expect(version.modules.filter((module) => module.startsWith("src/cli/"))).toEqual(["src/cli/commands.ts", "src/cli/main.ts"]);
 
         const audit = await loaded(["audit"], from);
-        expect(audit.result.code).toBe(1);
+        expect(audit.result.code).toBe(2);
         expect(audit.result.stderr).toBe("meshward: give at least one file or folder to audit, e.g. `meshward audit deploy/` [E_AUDIT_USAGE]\n");
         expectDefinitionsOnly(audit);
       });

@@ -64,7 +64,7 @@ describe("meshward status: the status token from a file or the environment, neve
   it("refuses --status-token on the command line before sending anything, naming the alternatives", async () => {
     const before = seen.length;
     const r = await runCli(["status", "--status-url", url, "--status-token", TOKEN]);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2); // a usage error (E_USAGE)
     expect(r.stderr).toMatch(/--status-token puts the token in the process list.*--status-token-file FILE or MESHWARD_STATUS_TOKEN.*\[E_USAGE\]/);
     expect(r.stderr).not.toContain(TOKEN);
     expect(r.stderr).not.toMatch(/\n\s+at |unexpected error/);
@@ -78,7 +78,7 @@ describe("meshward status: the status token from a file or the environment, neve
     const empty = join(dir, "empty");
     writeFileSync(empty, "\n", { mode: 0o600 });
     const r = await runCli(["status", "--status-url", url, "--status-token-file", empty]);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2); // a usage error (E_USAGE)
     expect(r.stderr).toMatch(/status token file .*empty is empty.*\[E_USAGE\]/);
   });
 });

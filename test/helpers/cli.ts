@@ -11,9 +11,9 @@ export interface CliResult {
   readonly stderr: string;
 }
 
-/** A refusal as a user sees it: exit 1, the message and `[code]` on stderr, no stack trace. */
+/** A refusal as a user sees it: exit 1 (2 for a usage error, E_USAGE), the message and `[code]` on stderr, no stack trace. */
 export function expectRefused(r: CliResult, code: string, message: RegExp): void {
-  expect(r.code, r.stdout).toBe(1);
+  expect(r.code, r.stdout).toBe(code === "E_USAGE" ? 2 : 1);
   expect(r.stderr).toMatch(message);
   expect(r.stderr).toContain(`[${code}]`);
   expect(r.stderr).not.toMatch(/\n\s+at |unexpected error/);

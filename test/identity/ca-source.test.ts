@@ -217,7 +217,7 @@ describe("CA-backed workload identity", () => {
   });
 
   it("rotates for real with short-lived certificates", async () => {
-    await startCa("3s");
+    await startCa("5s"); // the shortest workloadTtl the CA takes
     const source = await identity("fast");
     const first = await source.ready();
     const serials = new Set([first.svid.serial]);

@@ -117,7 +117,7 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     // Without a token and without a usable certificate it says what is missing.
     rmSync(join(out, "key.pem"));
     const r = await runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--out", out]);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2); // a usage error (E_USAGE)
     expect(r.stderr).toMatch(/a token is needed.*or a valid certificate and key from an earlier run in/);
   }, 60_000);
 
@@ -127,13 +127,13 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     writeFileSync(blocked, "not a directory\n");
     const bad = await runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(blocked, "meshward", "files")]);
     expect(bad.code).toBe(1);
-    expect(bad.stderr).toMatch(/meshward: --out .*a-file\/meshward\/files: cannot create the directory \(ENOTDIR\).*\[E_OUT_DIR\]/);
+    expect(bad.stderr).toMatch(/meshward: --out .*a-file\/meshward\/files: not a directory \(a file is there, or in its path\).*\[E_OUT_DIR\]/);
     expect(bad.stderr).not.toMatch(/\n\s+at |unexpected error/);
 
     // cert issue, too, checks --out before the CA is asked.
     const badIssue = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(blocked, "issued")]);
     expect(badIssue.code).toBe(1);
-    expect(badIssue.stderr).toMatch(/meshward: --out .*a-file\/issued: cannot create the directory \(ENOTDIR\).*\[E_OUT_DIR\]/);
+    expect(badIssue.stderr).toMatch(/meshward: --out .*a-file\/issued: not a directory \(a file is there, or in its path\).*\[E_OUT_DIR\]/);
     expect(badIssue.stderr).not.toMatch(/\n\s+at |unexpected error/);
     const noSocketDir = await runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--workload-api-socket", join(work, "missing", "api.sock")]);
     expect(noSocketDir.code).toBe(1);

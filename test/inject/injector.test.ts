@@ -276,7 +276,7 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
     const base = ["injector", "--ca", caAddress, "--bundle", bundle, "--token-file", join(work, "token"), "--namespace", "meshward-system", "--listen", "127.0.0.1:0", "--image", "meshward:test"];
     for (const [flag, value] of [["--max-connections", "0"], ["--max-connections-per-address", "many"], ["--max-connections", "1.5"]] as const) {
       const bad = await runCli([...base, flag, value], { timeoutMs: 30_000 });
-      expect(bad.code, bad.stderr).toBe(1);
+      expect(bad.code, bad.stderr).toBe(2); // a usage error
       expect(bad.stderr).toContain("[E_USAGE]");
       expect(bad.stderr).toContain(flag);
       expect(bad.stderr).not.toMatch(/\n\s+at /);

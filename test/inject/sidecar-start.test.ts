@@ -175,7 +175,7 @@ describe("the injected sidecar starts and becomes ready against a local CA", () 
     expect(bad.code).toBe(1);
     expect(bad.stderr).toMatch(/MESHWARD_TRUST_ANCHORS is not usable.*\[E_BUNDLE_INVALID\]/);
     const missing = await runCli(args, { env: { ...processEnv, MESHWARD_TRUST_ANCHORS: "" } });
-    expect(missing.code).toBe(1);
+    expect(missing.code).toBe(2); // a usage error
     expect(missing.stderr).toMatch(/no trust bundle.*\[E_USAGE\]/);
   });
 });
