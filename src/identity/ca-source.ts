@@ -11,7 +11,7 @@ import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import { formatWorkloadId, parseSpiffeId } from "../spiffe/id.ts";
 import { systemClock, type Clock, type ClockTimer, type Rng } from "../util/clock.ts";
 import { parseCaAddresses } from "./ca-endpoints.ts";
-import { fetchFromCa, requestCertificate, type CaConnection, type ValidatorChoice } from "./ca-client.ts";
+import { fetchFromCa, fetchFromCaWithChain, requestCertificate, type CaConnection, type ValidatorChoice } from "./ca-client.ts";
 import { checkSignedSvid } from "./svid-check.ts";
 import { backoffDelay, DEFAULT_BACKOFF, DEFAULT_RENEWAL_TIMING, renewalDelay, type Backoff, type RenewalTiming } from "./schedule.ts";
 import { sameCrls, type IdentityEvent, type IdentitySnapshot, type IdentitySource, type Svid, type TrustBundle } from "./source.ts";
@@ -152,8 +152,11 @@ class CaSource implements CaIdentitySource {
 
   async refreshBundle(): Promise<void> {
     const connection = this.#connection();
-    const published = parseBundleDocument(await fetchFromCa(connection, "/v1/bundle?format=spiffe"));
-    const rootsPem = normalizeRoots(published.rootsPem);
+    const delivered = await fetchFromCaWithChain(connection, "/v1/bundle?format=spiffe");
+    const published = parseBundleDocument(delivered.body);
+    // A root set that leaves out the root this very connection was verified under is refused:
+    // taking it would cut this workload off from its CA for good (see #acceptRoots).
+    const rootsPem = this.#acceptRoots(normalizeRoots(published.rootsPem), delivered.servingChain, "bundle") ?? this.#bundle.rootsPem;
     const { revokedSerials, crls } = await this.#fetchRevocations(connection).catch(async (error: unknown) => {
       // Signed by an issuer this certificate's chain does not hold: the CA rotated its issuer
       // (rotate-issuer --now is the answer to a leaked issuer key, together with revocations).
@@ -286,7 +289,9 @@ class CaSource implements CaIdentitySource {
       namespace: this.#options.namespace ?? "",
       appId: this.#options.appId ?? "",
     });
-    const rootsPem = normalizeRoots(signed.bundlePem);
+    // The roots of the answer are taken only under the same rule as a bundle refresh; refused,
+    // the leaf must verify against the roots this workload already holds.
+    const rootsPem = this.#acceptRoots(normalizeRoots(signed.bundlePem), signed.servingChain, "sign") ?? this.#bundle.rootsPem;
     const { spiffeId, leaf } = checkSignedSvid({
       certChainPem: signed.certChainPem,
       rootsPem,
@@ -297,6 +302,37 @@ class CaSource implements CaIdentitySource {
     });
     if (rootsPem !== this.#bundle.rootsPem) this.#bundle = { ...this.#bundle, rootsPem };
     return { spiffeId, certChainPem: signed.certChainPem, privateKey: keyPair.privateKey, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial };
+  }
+
+  /**
+   * A root set the CA delivered (a bundle refresh or a signing answer), or undefined when it is
+   * refused. It is taken only when it holds a root under which the CA's serving chain on the
+   * connection that delivered it verifies (one of the roots held now: the TLS handshake was
+   * verified against them). A root rotation passes (prepare adds a root, activate moves the CA's
+   * serving certificate to it, retire drops the old one, and each set holds the root of the
+   * connection that delivered it); a set that drops the current root, or holds only a foreign
+   * one (a replica restored from the wrong backup, a botched rotation, a compromised replica),
+   * does not: taking it would make every later connection to the real CA E_CA_UNTRUSTED. A
+   * refusal keeps the current set (nothing is emitted, so the SDK, the sidecar, the file sink
+   * and the Workload API never see it), is logged as an error and emitted as `bundle-refused`
+   * (meshward_identity_bundle_refused_total), and the next refresh tries again as usual.
+   */
+  #acceptRoots(offeredPem: string, servingChain: readonly Buffer[] | undefined, via: "bundle" | "sign"): string | undefined {
+    if (offeredPem === this.#bundle.rootsPem) return offeredPem;
+    const anchors = servingAnchors(servingChain, this.#bundle.rootsPem);
+    const offered = certificatesFromPem(offeredPem);
+    if (anchors.some((anchor) => offered.some((der) => der.equals(anchor)))) return offeredPem;
+    const reason =
+      anchors.length === 0
+        ? "the CA's serving chain on that connection could not be matched to a held root"
+        : `it leaves out the root the CA's connection was verified under (sha256 ${anchors.map(fingerprint).join(", ")})`;
+    this.#log(
+      "error",
+      { event: "bundle-refused", via, reason, offered: offered.map(fingerprint), held: certificatesFromPem(this.#bundle.rootsPem).map(fingerprint) },
+      `refused the root set the CA ${via === "bundle" ? "published" : "returned with a certificate"}: ${reason}; keeping the current roots and trying again at the next refresh`,
+    );
+    this.#emit({ type: "bundle-refused", reason });
+    return undefined;
   }
 
   /**
@@ -469,6 +505,32 @@ function chainsTo(certChainPem: string, root: Buffer): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * The held roots (DER) under which the chain a CA presented verifies: the roots that vouched
+ * for what that connection delivered. The chain is leaf first; a root Node appended to it (from
+ * the trusted store) is matched as a root, not used as an intermediate.
+ */
+function servingAnchors(servingChain: readonly Buffer[] | undefined, heldRootsPem: string): Buffer[] {
+  const [leaf, ...rest] = servingChain ?? [];
+  if (leaf === undefined) return [];
+  const intermediates = rest.filter((der) => {
+    const x509 = toX509(der);
+    return x509.subject !== x509.issuer;
+  });
+  return certificatesFromPem(heldRootsPem).filter((root) => {
+    try {
+      verifyChain({ leaf, intermediates, roots: [root] });
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+function fingerprint(der: Buffer): string {
+  return createHash("sha256").update(der).digest("hex");
 }
 
 function normalizeRoots(pem: string): string {

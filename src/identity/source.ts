@@ -35,6 +35,8 @@ export type IdentityEvent =
   | { readonly type: "rotated"; readonly snapshot: IdentitySnapshot }
   | { readonly type: "bundle-updated"; readonly snapshot: IdentitySnapshot }
   | { readonly type: "renewal-failed"; readonly error: Error; readonly retryInMs: number }
+  /** The CA delivered a root set that was refused (it leaves out the root that vouched for it); the current one is kept. */
+  | { readonly type: "bundle-refused"; readonly reason: string }
   /** The SVID expired and could not be renewed: it must no longer be presented. */
   | { readonly type: "expired"; readonly spiffeId: string };
 
