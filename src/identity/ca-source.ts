@@ -19,6 +19,8 @@ import { holdEventLoopUntilSettled } from "../util/event-loop-hold.ts";
 
 /** How often a CRL from an unknown issuer may make the identity renew (see refreshBundle). */
 const CRL_RENEWAL_COOLDOWN_MS = 5 * 60_000;
+/** How often an identity that needs a new token tries again (a token file may be replaced meanwhile). */
+export const NEEDS_TOKEN_RETRY_MS = 5 * 60_000;
 
 export interface CaIdentityOptions {
   /**
@@ -59,6 +61,7 @@ export interface CaIdentitySource extends IdentitySource {
   renewNow(): Promise<void>;
   /** Fetches the bundle and CRL at once. */
   refreshBundle(): Promise<void>;
+  problem(): string | undefined;
 }
 
 /**
@@ -86,6 +89,10 @@ class CaSource implements CaIdentitySource {
   #resuming = false;
   /** The CA refused to renew #svid as revoked: attest with the token instead, until a new one arrives. */
   #svidRevoked = false;
+  /** The current certificate's serial, while the CRL in force lists it (until a new certificate arrives). */
+  #ownRevoked: string | undefined;
+  /** The CA refused for good (a spent or expired token, an unknown identity) and no certificate is left to renew with. */
+  #needsToken: MeshwardError | undefined;
   /** When a CRL from an issuer this certificate does not chain to last made it renew. */
   #crlRenewedAt = Number.NEGATIVE_INFINITY;
   /** The CRL in force: a later fetch that is older than it (a lagging replica) does not replace it. */
@@ -141,6 +148,17 @@ class CaSource implements CaIdentitySource {
     return this.#snapshot;
   }
 
+  problem(): string | undefined {
+    const needsToken =
+      this.#needsToken === undefined
+        ? undefined
+        : `the CA refused to issue a certificate (${this.#needsToken.code}): a new join token is needed (meshward token create), or a valid --token-file; retrying every ${NEEDS_TOKEN_RETRY_MS / 60_000} minutes`;
+    if (this.#ownRevoked !== undefined) {
+      return `this workload's certificate serial ${this.#ownRevoked} was revoked (it is on the CA's CRL, and peers refuse it); ${needsToken ?? "renewing"}`;
+    }
+    return needsToken;
+  }
+
   subscribe(listener: (event: IdentityEvent) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
@@ -186,6 +204,15 @@ class CaSource implements CaIdentitySource {
         this.#snapshot = { svid: this.#svid, bundle: this.#bundle };
         this.#emit({ type: "bundle-updated", snapshot: this.#snapshot });
       }
+    }
+    // Our own certificate on the CRL: every peer refuses it from now on. Say so (not ready), and
+    // renew now rather than at the scheduled renewal, hours away; the CA refuses a renewal with
+    // a revoked certificate, and the identity then attests again with its token (#renewOnce).
+    const svid = this.#svid;
+    if (svid !== undefined && revokedSerials.has(svid.serial) && this.#ownRevoked !== svid.serial) {
+      this.#ownRevoked = svid.serial;
+      this.#log("error", { event: "own-certificate-revoked", serial: svid.serial, spiffeId: svid.spiffeId }, `this workload's certificate serial ${svid.serial} was revoked (it is on the CA's CRL); renewing now`);
+      await this.#renew();
     }
     // `meshward ca rotate-root activate --reissue`: certificates under the old root renew now.
     if (published.reissueBeforeMs !== undefined && this.#svid !== undefined && this.#mustReissue(this.#svid, published, rootsPem)) {
@@ -235,6 +262,8 @@ class CaSource implements CaIdentitySource {
       this.#attempt = 0;
       this.#resuming = false;
       this.#svidRevoked = false;
+      this.#ownRevoked = undefined;
+      this.#needsToken = undefined;
       this.#svid = svid;
       this.#receivedAt = this.#clock.now();
       this.#snapshot = { svid, bundle: this.#bundle };
@@ -262,7 +291,16 @@ class CaSource implements CaIdentitySource {
         this.#schedule(0);
         return;
       }
-      const retryInMs = backoffDelay(this.#attempt++, this.#options.backoff ?? DEFAULT_BACKOFF, this.#rng);
+      let retryInMs = backoffDelay(this.#attempt++, this.#options.backoff ?? DEFAULT_BACKOFF, this.#rng);
+      if (needsNewToken(error) && this.#svid !== undefined && !this.#resuming && !this.#renewableWith(this.#svid)) {
+        // Nothing left to renew with (expired or revoked) and the CA refuses the token for good:
+        // only an operator can fix it. Say it once, fail readiness, and try again only slowly.
+        if (this.#needsToken === undefined) {
+          this.#log("error", { event: "needs-new-token", reason: error.code, error: describeError(error) }, "the CA refuses this workload's token and it has no valid certificate to renew with: give it a new join token");
+        }
+        this.#needsToken = error;
+        retryInMs = Math.max(retryInMs, NEEDS_TOKEN_RETRY_MS);
+      }
       this.#log("warn", { event: "renewal-failed", reason: isMeshwardError(error) ? error.code : "E_INTERNAL", retryInMs, error: describeError(error) }, "could not renew the workload certificate; retrying");
       this.#emit({ type: "renewal-failed", error: error as Error, retryInMs });
       if (isFatal(error) && (this.#svid === undefined || this.#resuming)) {
@@ -270,6 +308,11 @@ class CaSource implements CaIdentitySource {
       }
       this.#schedule(retryInMs);
     }
+  }
+
+  /** Whether `svid` can still prove this workload's identity to the CA (not expired, not known revoked). */
+  #renewableWith(svid: Svid): boolean {
+    return !this.#svidRevoked && svid.notAfter.getTime() > this.#clock.now();
   }
 
   async #fetchSvid(): Promise<Svid> {
@@ -464,6 +507,11 @@ class CaSource implements CaIdentitySource {
  */
 function isFatal(error: unknown): boolean {
   return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID|AUDIENCE|SIGNATURE|ISSUER)|IDENTITY_MISMATCH|SPIFFE_MISMATCH|VALIDATOR_DISABLED|TRUST_DOMAIN_MISMATCH|CA_UNTRUSTED|CA_NOT_TLS|CSR_DNS_NOT_ALLOWED|CSR_IDENTITY_MISMATCH)$/.test(error.code);
+}
+
+/** A refusal only a new token (or identity registration) fixes: retrying the same token cannot succeed. */
+function needsNewToken(error: unknown): error is MeshwardError {
+  return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID)|ATTESTATION_(UNTRUSTED|NOT_ISSUED))$/.test(error.code);
 }
 
 interface PublishedBundle {

@@ -45,6 +45,12 @@ export interface IdentitySource {
   ready(): Promise<IdentitySnapshot>;
   /** The current identity, or undefined before the first one or after expiry. */
   current(): IdentitySnapshot | undefined;
+  /**
+   * Why this identity must not count as ready even though current() may still hand out a
+   * certificate (the CRL lists its serial; only a new token can get it another), for health
+   * checks; undefined when there is none. Optional: sources without such states omit it.
+   */
+  problem?(): string | undefined;
   /** Returns an unsubscribe function. */
   subscribe(listener: (event: IdentityEvent) => void): () => void;
   close(): Promise<void>;
