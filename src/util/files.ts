@@ -11,8 +11,57 @@ import { MeshwardError } from "../errors.ts";
  * appears under its name with another owner or mode.
  */
 export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644, owner?: { uid: number; gid: number }): void {
-  const dir = dirname(path);
-  const temp = join(dir, `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  writeFileSetAtomic([{ path, data, mode, ...(owner !== undefined ? { owner } : {}) }]);
+}
+
+/** One file of writeFileSetAtomic. */
+export interface FileSetEntry {
+  readonly path: string;
+  readonly data: string | Uint8Array;
+  /** Default 0644; 0600 for a private key. */
+  readonly mode?: number;
+  /** chown, and exactly `mode` whatever the umask, before the rename (see writeFileAtomic). */
+  readonly owner?: { readonly uid: number; readonly gid: number };
+}
+
+/**
+ * Writes files that only make sense together (a certificate and its private key, and the roots
+ * it chains to) so that a failure leaves the old set: every temp file is written first (each
+ * created with its final mode, so a key is never briefly readable by others, and fsynced), then
+ * they are renamed into place back to back in the order given, then each directory is fsynced
+ * once. A failure while writing any temp file (ENOSPC, EDQUOT, EFBIG, EIO, a crash) removes the
+ * temp files and leaves every old file in place and matching. Only rename(2) itself failing
+ * between two renames (the directory removed under it) can leave a mix, and the error says which
+ * files were replaced. The one pair writer for cert/key outputs: the identity file sink uses it,
+ * and `meshward cert issue` can too.
+ */
+export function writeFileSetAtomic(entries: readonly FileSetEntry[]): void {
+  const temps: { readonly path: string; readonly temp: string }[] = [];
+  try {
+    for (const entry of entries) temps.push({ path: entry.path, temp: writeTemp(entry) });
+  } catch (error) {
+    for (const { temp } of temps) removeQuietly(temp);
+    throw error;
+  }
+  const renamed: string[] = [];
+  for (const [i, { path, temp }] of temps.entries()) {
+    try {
+      renameSync(temp, path);
+      renamed.push(path);
+    } catch (error) {
+      for (const rest of temps.slice(i)) removeQuietly(rest.temp);
+      const done = renamed.length > 0 ? ` (already replaced: ${renamed.join(", ")})` : "";
+      throw new MeshwardError("E_FILE_WRITE", `cannot write ${path}: ${(error as Error).message}${done}`, { cause: error });
+    }
+  }
+  for (const dir of new Set(entries.map((entry) => dirname(entry.path)))) syncDirectory(dir);
+}
+
+/** Writes `entry` to a new temp file beside it (final mode and owner, fsynced) and returns the temp file's path. */
+function writeTemp(entry: FileSetEntry): string {
+  const { path, data, owner } = entry;
+  const mode = entry.mode ?? 0o644;
+  const temp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
   let fd: number | undefined;
   try {
     fd = openSync(temp, "wx", mode);
@@ -26,16 +75,19 @@ export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 
     fsyncSync(fd);
     closeSync(fd);
     fd = undefined;
-    renameSync(temp, path);
-    syncDirectory(dir);
+    return temp;
   } catch (error) {
     if (fd !== undefined) closeSync(fd);
-    try {
-      unlinkSync(temp);
-    } catch {
-      // the temp file was never created or is already renamed
-    }
+    removeQuietly(temp);
     throw new MeshwardError("E_FILE_WRITE", `cannot write ${path}: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+function removeQuietly(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    // never created, or already renamed
   }
 }
 
