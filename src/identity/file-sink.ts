@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
@@ -123,6 +123,13 @@ export function startFileSink(options: FileSinkOptions): FileSink {
     // All three temp files are written (and fsynced) before the first rename, so a failed write
     // (a full disk, a file size limit, a crash) leaves the old set whole: never a new key beside
     // the old certificate, which readers and a restart (resume.ts) would refuse.
+    if (!existsSync(dir)) {
+      // Removed while running (a cleanup job, an operator): created again as at the start, with
+      // the same checks, rather than failing every write until a restart.
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      if (assertOwnDirectory(dir, dir, options.owner?.uid) !== dir) throw new MeshwardError("E_OUT_DIR_UNSAFE", `${dir} is no longer the directory it was (a link now): not writing there`);
+      logger?.warn({ event: "out-dir-recreated", dir }, "the output directory was removed; created it again");
+    }
     const { owner } = options;
     const keyOwner = owner ?? (options.keyMode === undefined ? undefined : { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 });
     writeFileSetAtomic([

@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { createHash, createPublicKey, X509Certificate, type KeyObject } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -67,6 +67,26 @@ describe("file sink: a failed write keeps the old cert/key pair", () => {
       const now = new X509Certificate(readFileSync(join(dir, "cert.pem")));
       expect(now.serialNumber).not.toBe(first.svid.serial);
       expect(spkiHash(readFileSync(join(dir, "key.pem"), "utf8"))).toBe(spkiHash(now.publicKey));
+    } finally {
+      await files.close();
+    }
+  });
+
+  it("creates the output directory again (0700) when it was removed while running, and writes the pair there", async () => {
+    const source = manualIdentitySource(pki.snapshot());
+    const dir = join(root, "gone");
+    const files = startFileSink({ source, dir, retryMs: { initial: 60_000, max: 60_000 } });
+    try {
+      await files.ready();
+      await files.idle();
+      rmSync(dir, { recursive: true });
+      const next = pki.snapshot();
+      source.rotate(next);
+      await files.idle();
+      expect(statSync(dir).mode & 0o777).toBe(0o700);
+      expect(new X509Certificate(readFileSync(join(dir, "cert.pem"))).serialNumber).toBe(next.svid.serial);
+      expect(spkiHash(readFileSync(join(dir, "key.pem"), "utf8"))).toBe(spkiHash(next.svid.privateKey));
+      expect(statSync(join(dir, "key.pem")).mode & 0o777).toBe(0o600);
     } finally {
       await files.close();
     }
