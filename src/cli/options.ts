@@ -78,7 +78,7 @@ export const logLevelOption = () =>
   new Option("--log-level <level>", "log level").choices(["trace", "debug", "info", "warn", "error"]).default("info");
 
 /**
- * Resolves when SIGTERM or SIGINT arrives, and keeps the process up until then. Signal
+ * Resolves when SIGTERM, SIGINT or SIGHUP arrives, and keeps the process up until then. Signal
  * handlers do not hold Node's event loop open, and a long-running command may have nothing
  * else that does: `meshward identity --out DIR` alone has only its (unref'd) renewal timer,
  * so without this it exited right after "ready" (code 13, unsettled top-level await) and never
@@ -91,14 +91,20 @@ export function untilSignal(): Promise<NodeJS.Signals> {
     const keepAlive = setInterval(() => undefined, 1 << 30);
     const handler = (signal: NodeJS.Signals) => {
       clearInterval(keepAlive);
-      process.off("SIGTERM", handler);
-      process.off("SIGINT", handler);
+      for (const name of STOP_SIGNALS) process.off(name, handler);
       resolve(signal);
     };
-    process.on("SIGTERM", handler);
-    process.on("SIGINT", handler);
+    for (const name of STOP_SIGNALS) process.on(name, handler);
   });
 }
+
+/**
+ * The signals that stop a long-running command cleanly (listeners closed, sockets unlinked,
+ * --on-rotate commands ended). SIGHUP (a closed terminal, a `kill -HUP` from a supervisor's
+ * reload) stops it the same way: no command documents a reload, and Node's default action would
+ * kill the process at once (exit 129) without any of that.
+ */
+const STOP_SIGNALS: readonly NodeJS.Signals[] = ["SIGTERM", "SIGINT", "SIGHUP"];
 
 export function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];

@@ -1,6 +1,6 @@
 import { X509Certificate, type KeyObject } from "node:crypto";
 import { request as httpsRequest } from "node:https";
-import type { PeerCertificate } from "node:tls";
+import type { PeerCertificate, TLSSocket } from "node:tls";
 import { MeshwardError } from "../errors.ts";
 import { inspectCertificate } from "../pki/inspect.ts";
 import { encodePrivateKey } from "../pki/keys.ts";
@@ -9,7 +9,7 @@ import { tlsAfterHandshakeFailure, watchHandshake } from "../tls/after-handshake
 import { SECURE_OPTIONS } from "../tls/policy.ts";
 import { formatHostPort, type HostPort } from "../util/address.ts";
 import { withCaFailover } from "./ca-endpoints.ts";
-import { callUnary, GRPC_DEADLINE_EXCEEDED, GRPC_STATUS_NAMES, GRPC_UNAVAILABLE, GrpcTransportError, type UnaryResult } from "../protocol/grpc-unary.ts";
+import { callUnary, presentedChain, GRPC_DEADLINE_EXCEEDED, GRPC_STATUS_NAMES, GRPC_UNAVAILABLE, GrpcTransportError, type UnaryResult } from "../protocol/grpc-unary.ts";
 import { decodeSignResponse, encodeSignRequest, SIGN_CERTIFICATE_PATH, TokenValidator, type SignCertificateRequestMessage } from "../protocol/sentry.ts";
 
 /** The CA presents spiffe://<trust-domain>/ns/meshward-system/meshward-ca. */
@@ -52,6 +52,11 @@ export interface SignedCertificate {
   readonly jwtSvid?: string;
   /** One JWT-SVID per requested audience. */
   readonly perAudienceJwtSvids?: Readonly<Record<string, string>>;
+  /**
+   * The certificates the CA presented on the connection that delivered this answer (DER, leaf
+   * first): which of the held roots vouched for the answer (see servingAnchors in ca-source.ts).
+   */
+  readonly servingChain?: readonly Buffer[];
 }
 
 /** Verifies that the server is the CA of the expected trust domain, by SPIFFE ID, not host name. */
@@ -118,6 +123,7 @@ async function requestFrom(endpoint: HostPort, connection: CaConnection, request
     validUntil: new Date(decoded.validUntil.seconds * 1000),
     ...(decoded.jwt !== undefined && decoded.jwt !== "" ? { jwtSvid: decoded.jwt } : {}),
     ...(decoded.perAudienceJwts !== undefined ? { perAudienceJwtSvids: decoded.perAudienceJwts } : {}),
+    ...(result.peerChain !== undefined ? { servingChain: result.peerChain } : {}),
   };
 }
 
@@ -191,13 +197,21 @@ function statusError(result: UnaryResult, address: string): MeshwardError {
 
 /** GET a path of the CA's HTTPS API, verifying the CA by SPIFFE ID. */
 export async function fetchFromCa(connection: CaConnection, path: string, maxBytes = 4 << 20): Promise<Buffer> {
+  return (await fetchFromCaWithChain(connection, path, maxBytes)).body;
+}
+
+/**
+ * fetchFromCa, with the certificates the CA presented on the connection that delivered the
+ * answer (DER, leaf first): a new trust bundle is judged by the root that vouched for it.
+ */
+export async function fetchFromCaWithChain(connection: CaConnection, path: string, maxBytes = 4 << 20): Promise<{ body: Buffer; servingChain: readonly Buffer[] }> {
   return withCaFailover(connection.address, (endpoint) => fetchFrom(endpoint, connection, path, maxBytes));
 }
 
-async function fetchFrom(endpoint: HostPort, connection: CaConnection, path: string, maxBytes: number): Promise<Buffer> {
+async function fetchFrom(endpoint: HostPort, connection: CaConnection, path: string, maxBytes: number): Promise<{ body: Buffer; servingChain: readonly Buffer[] }> {
   const { host, port } = endpoint;
   const address = formatHostPort(endpoint);
-  return await new Promise<Buffer>((resolve, reject) => {
+  return await new Promise<{ body: Buffer; servingChain: readonly Buffer[] }>((resolve, reject) => {
     const req = httpsRequest(
       {
         host,
@@ -213,6 +227,7 @@ async function fetchFrom(endpoint: HostPort, connection: CaConnection, path: str
         agent: false,
       },
       (res) => {
+        const servingChain = presentedChain(res.socket as TLSSocket);
         const chunks: Buffer[] = [];
         let size = 0;
         res.on("data", (chunk: Buffer) => {
@@ -224,7 +239,7 @@ async function fetchFrom(endpoint: HostPort, connection: CaConnection, path: str
           // 503: this replica cannot serve it yet (no CRL built, shutting down): another may.
           if (res.statusCode === 503) reject(new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address} answered 503 to GET ${path}`));
           else if (res.statusCode !== 200) reject(new MeshwardError("E_CA_ERROR", `the CA answered ${res.statusCode} to GET ${path}`));
-          else resolve(Buffer.concat(chunks));
+          else resolve({ body: Buffer.concat(chunks), servingChain });
         });
         res.on("error", reject);
       },

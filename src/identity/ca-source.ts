@@ -11,7 +11,7 @@ import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import { formatWorkloadId, parseSpiffeId } from "../spiffe/id.ts";
 import { systemClock, type Clock, type ClockTimer, type Rng } from "../util/clock.ts";
 import { parseCaAddresses } from "./ca-endpoints.ts";
-import { fetchFromCa, requestCertificate, type CaConnection, type ValidatorChoice } from "./ca-client.ts";
+import { fetchFromCa, fetchFromCaWithChain, requestCertificate, type CaConnection, type ValidatorChoice } from "./ca-client.ts";
 import { checkSignedSvid } from "./svid-check.ts";
 import { backoffDelay, DEFAULT_BACKOFF, DEFAULT_RENEWAL_TIMING, renewalDelay, type Backoff, type RenewalTiming } from "./schedule.ts";
 import { sameCrls, type IdentityEvent, type IdentitySnapshot, type IdentitySource, type Svid, type TrustBundle } from "./source.ts";
@@ -19,6 +19,8 @@ import { holdEventLoopUntilSettled } from "../util/event-loop-hold.ts";
 
 /** How often a CRL from an unknown issuer may make the identity renew (see refreshBundle). */
 const CRL_RENEWAL_COOLDOWN_MS = 5 * 60_000;
+/** How often an identity that needs a new token tries again (a token file may be replaced meanwhile). */
+export const NEEDS_TOKEN_RETRY_MS = 5 * 60_000;
 
 export interface CaIdentityOptions {
   /**
@@ -59,6 +61,7 @@ export interface CaIdentitySource extends IdentitySource {
   renewNow(): Promise<void>;
   /** Fetches the bundle and CRL at once. */
   refreshBundle(): Promise<void>;
+  problem(): string | undefined;
 }
 
 /**
@@ -86,6 +89,10 @@ class CaSource implements CaIdentitySource {
   #resuming = false;
   /** The CA refused to renew #svid as revoked: attest with the token instead, until a new one arrives. */
   #svidRevoked = false;
+  /** The current certificate's serial, while the CRL in force lists it (until a new certificate arrives). */
+  #ownRevoked: string | undefined;
+  /** The CA refused for good (a spent or expired token, an unknown identity) and no certificate is left to renew with. */
+  #needsToken: MeshwardError | undefined;
   /** When a CRL from an issuer this certificate does not chain to last made it renew. */
   #crlRenewedAt = Number.NEGATIVE_INFINITY;
   /** The CRL in force: a later fetch that is older than it (a lagging replica) does not replace it. */
@@ -141,6 +148,17 @@ class CaSource implements CaIdentitySource {
     return this.#snapshot;
   }
 
+  problem(): string | undefined {
+    const needsToken =
+      this.#needsToken === undefined
+        ? undefined
+        : `the CA refused to issue a certificate (${this.#needsToken.code}): a new join token is needed (meshward token create), or a valid --token-file; retrying every ${NEEDS_TOKEN_RETRY_MS / 60_000} minutes`;
+    if (this.#ownRevoked !== undefined) {
+      return `this workload's certificate serial ${this.#ownRevoked} was revoked (it is on the CA's CRL, and peers refuse it); ${needsToken ?? "renewing"}`;
+    }
+    return needsToken;
+  }
+
   subscribe(listener: (event: IdentityEvent) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
@@ -152,8 +170,11 @@ class CaSource implements CaIdentitySource {
 
   async refreshBundle(): Promise<void> {
     const connection = this.#connection();
-    const published = parseBundleDocument(await fetchFromCa(connection, "/v1/bundle?format=spiffe"));
-    const rootsPem = normalizeRoots(published.rootsPem);
+    const delivered = await fetchFromCaWithChain(connection, "/v1/bundle?format=spiffe");
+    const published = parseBundleDocument(delivered.body);
+    // A root set that leaves out the root this very connection was verified under is refused:
+    // taking it would cut this workload off from its CA for good (see #acceptRoots).
+    const rootsPem = this.#acceptRoots(normalizeRoots(published.rootsPem), delivered.servingChain, "bundle") ?? this.#bundle.rootsPem;
     const { revokedSerials, crls } = await this.#fetchRevocations(connection).catch(async (error: unknown) => {
       // Signed by an issuer this certificate's chain does not hold: the CA rotated its issuer
       // (rotate-issuer --now is the answer to a leaked issuer key, together with revocations).
@@ -183,6 +204,15 @@ class CaSource implements CaIdentitySource {
         this.#snapshot = { svid: this.#svid, bundle: this.#bundle };
         this.#emit({ type: "bundle-updated", snapshot: this.#snapshot });
       }
+    }
+    // Our own certificate on the CRL: every peer refuses it from now on. Say so (not ready), and
+    // renew now rather than at the scheduled renewal, hours away; the CA refuses a renewal with
+    // a revoked certificate, and the identity then attests again with its token (#renewOnce).
+    const svid = this.#svid;
+    if (svid !== undefined && revokedSerials.has(svid.serial) && this.#ownRevoked !== svid.serial) {
+      this.#ownRevoked = svid.serial;
+      this.#log("error", { event: "own-certificate-revoked", serial: svid.serial, spiffeId: svid.spiffeId }, `this workload's certificate serial ${svid.serial} was revoked (it is on the CA's CRL); renewing now`);
+      await this.#renew();
     }
     // `meshward ca rotate-root activate --reissue`: certificates under the old root renew now.
     if (published.reissueBeforeMs !== undefined && this.#svid !== undefined && this.#mustReissue(this.#svid, published, rootsPem)) {
@@ -232,6 +262,8 @@ class CaSource implements CaIdentitySource {
       this.#attempt = 0;
       this.#resuming = false;
       this.#svidRevoked = false;
+      this.#ownRevoked = undefined;
+      this.#needsToken = undefined;
       this.#svid = svid;
       this.#receivedAt = this.#clock.now();
       this.#snapshot = { svid, bundle: this.#bundle };
@@ -259,7 +291,16 @@ class CaSource implements CaIdentitySource {
         this.#schedule(0);
         return;
       }
-      const retryInMs = backoffDelay(this.#attempt++, this.#options.backoff ?? DEFAULT_BACKOFF, this.#rng);
+      let retryInMs = backoffDelay(this.#attempt++, this.#options.backoff ?? DEFAULT_BACKOFF, this.#rng);
+      if (needsNewToken(error) && this.#svid !== undefined && !this.#resuming && !this.#renewableWith(this.#svid)) {
+        // Nothing left to renew with (expired or revoked) and the CA refuses the token for good:
+        // only an operator can fix it. Say it once, fail readiness, and try again only slowly.
+        if (this.#needsToken === undefined) {
+          this.#log("error", { event: "needs-new-token", reason: error.code, error: describeError(error) }, "the CA refuses this workload's token and it has no valid certificate to renew with: give it a new join token");
+        }
+        this.#needsToken = error;
+        retryInMs = Math.max(retryInMs, NEEDS_TOKEN_RETRY_MS);
+      }
       this.#log("warn", { event: "renewal-failed", reason: isMeshwardError(error) ? error.code : "E_INTERNAL", retryInMs, error: describeError(error) }, "could not renew the workload certificate; retrying");
       this.#emit({ type: "renewal-failed", error: error as Error, retryInMs });
       if (isFatal(error) && (this.#svid === undefined || this.#resuming)) {
@@ -267,6 +308,11 @@ class CaSource implements CaIdentitySource {
       }
       this.#schedule(retryInMs);
     }
+  }
+
+  /** Whether `svid` can still prove this workload's identity to the CA (not expired, not known revoked). */
+  #renewableWith(svid: Svid): boolean {
+    return !this.#svidRevoked && svid.notAfter.getTime() > this.#clock.now();
   }
 
   async #fetchSvid(): Promise<Svid> {
@@ -286,7 +332,9 @@ class CaSource implements CaIdentitySource {
       namespace: this.#options.namespace ?? "",
       appId: this.#options.appId ?? "",
     });
-    const rootsPem = normalizeRoots(signed.bundlePem);
+    // The roots of the answer are taken only under the same rule as a bundle refresh; refused,
+    // the leaf must verify against the roots this workload already holds.
+    const rootsPem = this.#acceptRoots(normalizeRoots(signed.bundlePem), signed.servingChain, "sign") ?? this.#bundle.rootsPem;
     const { spiffeId, leaf } = checkSignedSvid({
       certChainPem: signed.certChainPem,
       rootsPem,
@@ -297,6 +345,37 @@ class CaSource implements CaIdentitySource {
     });
     if (rootsPem !== this.#bundle.rootsPem) this.#bundle = { ...this.#bundle, rootsPem };
     return { spiffeId, certChainPem: signed.certChainPem, privateKey: keyPair.privateKey, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial };
+  }
+
+  /**
+   * A root set the CA delivered (a bundle refresh or a signing answer), or undefined when it is
+   * refused. It is taken only when it holds a root under which the CA's serving chain on the
+   * connection that delivered it verifies (one of the roots held now: the TLS handshake was
+   * verified against them). A root rotation passes (prepare adds a root, activate moves the CA's
+   * serving certificate to it, retire drops the old one, and each set holds the root of the
+   * connection that delivered it); a set that drops the current root, or holds only a foreign
+   * one (a replica restored from the wrong backup, a botched rotation, a compromised replica),
+   * does not: taking it would make every later connection to the real CA E_CA_UNTRUSTED. A
+   * refusal keeps the current set (nothing is emitted, so the SDK, the sidecar, the file sink
+   * and the Workload API never see it), is logged as an error and emitted as `bundle-refused`
+   * (meshward_identity_bundle_refused_total), and the next refresh tries again as usual.
+   */
+  #acceptRoots(offeredPem: string, servingChain: readonly Buffer[] | undefined, via: "bundle" | "sign"): string | undefined {
+    if (offeredPem === this.#bundle.rootsPem) return offeredPem;
+    const anchors = servingAnchors(servingChain, this.#bundle.rootsPem);
+    const offered = certificatesFromPem(offeredPem);
+    if (anchors.some((anchor) => offered.some((der) => der.equals(anchor)))) return offeredPem;
+    const reason =
+      anchors.length === 0
+        ? "the CA's serving chain on that connection could not be matched to a held root"
+        : `it leaves out the root the CA's connection was verified under (sha256 ${anchors.map(fingerprint).join(", ")})`;
+    this.#log(
+      "error",
+      { event: "bundle-refused", via, reason, offered: offered.map(fingerprint), held: certificatesFromPem(this.#bundle.rootsPem).map(fingerprint) },
+      `refused the root set the CA ${via === "bundle" ? "published" : "returned with a certificate"}: ${reason}; keeping the current roots and trying again at the next refresh`,
+    );
+    this.#emit({ type: "bundle-refused", reason });
+    return undefined;
   }
 
   /**
@@ -430,6 +509,11 @@ function isFatal(error: unknown): boolean {
   return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID|AUDIENCE|SIGNATURE|ISSUER)|IDENTITY_MISMATCH|SPIFFE_MISMATCH|VALIDATOR_DISABLED|TRUST_DOMAIN_MISMATCH|CA_UNTRUSTED|CA_NOT_TLS|CSR_DNS_NOT_ALLOWED|CSR_IDENTITY_MISMATCH)$/.test(error.code);
 }
 
+/** A refusal only a new token (or identity registration) fixes: retrying the same token cannot succeed. */
+function needsNewToken(error: unknown): error is MeshwardError {
+  return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID)|ATTESTATION_(UNTRUSTED|NOT_ISSUED))$/.test(error.code);
+}
+
 interface PublishedBundle {
   readonly rootsPem: string;
   readonly reissueBeforeMs: number | undefined;
@@ -469,6 +553,32 @@ function chainsTo(certChainPem: string, root: Buffer): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * The held roots (DER) under which the chain a CA presented verifies: the roots that vouched
+ * for what that connection delivered. The chain is leaf first; a root Node appended to it (from
+ * the trusted store) is matched as a root, not used as an intermediate.
+ */
+function servingAnchors(servingChain: readonly Buffer[] | undefined, heldRootsPem: string): Buffer[] {
+  const [leaf, ...rest] = servingChain ?? [];
+  if (leaf === undefined) return [];
+  const intermediates = rest.filter((der) => {
+    const x509 = toX509(der);
+    return x509.subject !== x509.issuer;
+  });
+  return certificatesFromPem(heldRootsPem).filter((root) => {
+    try {
+      verifyChain({ leaf, intermediates, roots: [root] });
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+function fingerprint(der: Buffer): string {
+  return createHash("sha256").update(der).digest("hex");
 }
 
 function normalizeRoots(pem: string): string {

@@ -1,11 +1,11 @@
 import { spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
 import { encodePrivateKey } from "../pki/keys.ts";
 import { redactSecrets } from "../telemetry/redact.ts";
-import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
+import { writeFilesTogether } from "../util/files.ts";
 import { assertOwnDirectory } from "./local-paths.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "./source.ts";
 
@@ -120,11 +120,23 @@ export function startFileSink(options: FileSinkOptions): FileSink {
     // so careful readers (meshward's file source) wait for cert.pem instead of using it. The
     // bundle goes first because during a root rotation it holds the old and the new root, so
     // the old certificate still verifies against it.
+    // All three temp files are written (and fsynced) before the first rename, so a failed write
+    // (a full disk, a file size limit, a crash) leaves the old set whole: never a new key beside
+    // the old certificate, which readers and a restart (resume.ts) would refuse.
+    if (!existsSync(dir)) {
+      // Removed while running (a cleanup job, an operator): created again as at the start, with
+      // the same checks, rather than failing every write until a restart.
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      if (assertOwnDirectory(dir, dir, options.owner?.uid) !== dir) throw new MeshwardError("E_OUT_DIR_UNSAFE", `${dir} is no longer the directory it was (a link now): not writing there`);
+      logger?.warn({ event: "out-dir-recreated", dir }, "the output directory was removed; created it again");
+    }
     const { owner } = options;
-    writeFileAtomic(paths.bundle, bundle.rootsPem, 0o644, owner);
-    if (owner === undefined && options.keyMode === undefined) writeSecretFileAtomic(paths.key, encodePrivateKey(svid.privateKey));
-    else writeFileAtomic(paths.key, encodePrivateKey(svid.privateKey), options.keyMode ?? 0o600, owner ?? { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 });
-    writeFileAtomic(paths.cert, svid.certChainPem, 0o644, owner);
+    const keyOwner = owner ?? (options.keyMode === undefined ? undefined : { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 });
+    writeFilesTogether([
+      { path: paths.bundle, data: bundle.rootsPem, mode: 0o644, ...(owner !== undefined ? { owner } : {}) },
+      { path: paths.key, data: encodePrivateKey(svid.privateKey), mode: options.keyMode ?? 0o600, ...(keyOwner !== undefined ? { owner: keyOwner } : {}) },
+      { path: paths.cert, data: svid.certChainPem, mode: 0o644, ...(owner !== undefined ? { owner } : {}) },
+    ]);
     lastWritten = { chain: svid.certChainPem, roots: bundle.rootsPem };
     logger?.info({ event: "identity-files-written", dir, spiffeId: svid.spiffeId, serial: svid.serial, notAfter: svid.notAfter.toISOString() }, "identity files written");
     report({ type: "written", spiffeId: svid.spiffeId, serial: svid.serial });

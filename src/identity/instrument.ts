@@ -11,7 +11,7 @@ import type { IdentitySource, TrustBundle } from "./source.ts";
  * with the CA's during a root rotation, and when the CRL it enforces was signed
  * (meshward_crl_this_update_timestamp_seconds{kind="workload"}), which an alert compares with the CA's.
  */
-export function instrumentIdentity(source: IdentitySource, metrics: Pick<MeshMetrics, "rotations" | "certExpiry" | "bundleVersion" | "crlThisUpdate">): () => void {
+export function instrumentIdentity(source: IdentitySource, metrics: Pick<MeshMetrics, "rotations" | "certExpiry" | "bundleVersion" | "crlThisUpdate"> & Partial<Pick<MeshMetrics, "bundleRefusals">>): () => void {
   const setBundle = (bundle: TrustBundle) => {
     metrics.bundleVersion.set(trustBundleVersionOfPem(bundle.rootsPem));
     const signedAt = crlSignedAt(bundle);
@@ -24,6 +24,7 @@ export function instrumentIdentity(source: IdentitySource, metrics: Pick<MeshMet
   }
   metrics.rotations.inc({ kind: "workload", result: "ok" }, 0);
   metrics.rotations.inc({ kind: "workload", result: "error" }, 0);
+  metrics.bundleRefusals?.inc(0);
   return source.subscribe((event) => {
     switch (event.type) {
       case "rotated":
@@ -36,6 +37,9 @@ export function instrumentIdentity(source: IdentitySource, metrics: Pick<MeshMet
         break;
       case "bundle-updated":
         setBundle(event.snapshot.bundle);
+        break;
+      case "bundle-refused":
+        metrics.bundleRefusals?.inc();
         break;
       case "expired":
         break;

@@ -35,6 +35,8 @@ export type IdentityEvent =
   | { readonly type: "rotated"; readonly snapshot: IdentitySnapshot }
   | { readonly type: "bundle-updated"; readonly snapshot: IdentitySnapshot }
   | { readonly type: "renewal-failed"; readonly error: Error; readonly retryInMs: number }
+  /** The CA delivered a root set that was refused (it leaves out the root that vouched for it); the current one is kept. */
+  | { readonly type: "bundle-refused"; readonly reason: string }
   /** The SVID expired and could not be renewed: it must no longer be presented. */
   | { readonly type: "expired"; readonly spiffeId: string };
 
@@ -43,6 +45,12 @@ export interface IdentitySource {
   ready(): Promise<IdentitySnapshot>;
   /** The current identity, or undefined before the first one or after expiry. */
   current(): IdentitySnapshot | undefined;
+  /**
+   * Why this identity must not count as ready even though current() may still hand out a
+   * certificate (the CRL lists its serial; only a new token can get it another), for health
+   * checks; undefined when there is none. Optional: sources without such states omit it.
+   */
+  problem?(): string | undefined;
   /** Returns an unsubscribe function. */
   subscribe(listener: (event: IdentityEvent) => void): () => void;
   close(): Promise<void>;

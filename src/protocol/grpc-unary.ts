@@ -1,5 +1,6 @@
 import { connect, constants, type ClientHttp2Session, type IncomingHttpHeaders, type SecureClientSessionOptions } from "node:http2";
 import { markHandshakeCompleted } from "../tls/after-handshake.ts";
+import type { DetailedPeerCertificate, TLSSocket } from "node:tls";
 
 /**
  * A unary gRPC call over node:http2 (gRPC over HTTP/2 spec: one length-prefixed message each
@@ -52,6 +53,8 @@ export interface UnaryResult {
   /** Response headers and trailers together (trailers win). */
   readonly metadata: IncomingHttpHeaders;
   readonly message?: Buffer;
+  /** The certificates the server presented on this connection (DER, leaf first), when TLS was used. */
+  readonly peerChain?: readonly Buffer[];
 }
 
 /** A failure below gRPC: the connection, TLS or HTTP/2 (the call never got a gRPC status). */
@@ -113,7 +116,11 @@ export function callUnary(call: UnaryCall): Promise<UnaryResult> {
       return;
     }
     // The TLS socket, once its handshake completed: its later errors can be named (a refused renegotiation).
-    session.once("connect", (_session, socket) => markHandshakeCompleted(socket));
+    let peerChain: readonly Buffer[] | undefined;
+    session.once("connect", (_session, socket) => {
+      markHandshakeCompleted(socket);
+      if (typeof (socket as TLSSocket).getPeerCertificate === "function") peerChain = presentedChain(socket as TLSSocket);
+    });
     session.on("error", (error: NodeJS.ErrnoException) => finish(new GrpcTransportError(error.code ? `${error.code}: ${error.message}` : error.message, GRPC_UNAVAILABLE, { cause: error })));
     const stream = session.request({
       [constants.HTTP2_HEADER_METHOD]: "POST",
@@ -155,7 +162,7 @@ export function callUnary(call: UnaryCall): Promise<UnaryResult> {
       const status = Number(rawStatus);
       const details = decodeGrpcMessage(String(metadata["grpc-message"] ?? ""));
       if (status !== 0) {
-        finish(undefined, { status, details, metadata });
+        finish(undefined, { status, details, metadata, ...(peerChain ? { peerChain } : {}) });
         return;
       }
       const message = unframeMessage(Buffer.concat(chunks));
@@ -163,8 +170,25 @@ export function callUnary(call: UnaryCall): Promise<UnaryResult> {
         finish(new GrpcTransportError("the response is not exactly one uncompressed gRPC message", 13));
         return;
       }
-      finish(undefined, { status, details, metadata, message });
+      finish(undefined, { status, details, metadata, message, ...(peerChain ? { peerChain } : {}) });
     });
     stream.end(frameMessage(call.message));
   });
+}
+
+/**
+ * The certificates a TLS peer presented, leaf first (DER), as far as Node hands them out:
+ * getPeerCertificate(true) links each to its issuer, and may end with the root Node found in
+ * the trusted store. Empty when the peer presented none.
+ */
+export function presentedChain(socket: TLSSocket): Buffer[] {
+  const chain: Buffer[] = [];
+  const seen = new Set<string>();
+  let cert: DetailedPeerCertificate | undefined = socket.getPeerCertificate(true) as DetailedPeerCertificate | undefined;
+  while (cert !== undefined && cert !== null && cert.raw !== undefined && !seen.has(cert.fingerprint256)) {
+    seen.add(cert.fingerprint256);
+    chain.push(Buffer.from(cert.raw));
+    cert = cert.issuerCertificate;
+  }
+  return chain;
 }

@@ -231,7 +231,9 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       health.register("identity", () => {
         const h = inbound?.health();
         const current = identity.current();
-        if (h?.healthy === false || current === undefined) return { ok: false, detail: h?.reason ?? "no valid certificate (expired or not yet issued)" };
+        const problem = identity.problem?.();
+        if (h?.healthy === false || current === undefined) return { ok: false, detail: h?.reason ?? problem ?? "no valid certificate (expired or not yet issued)" };
+        if (problem !== undefined) return { ok: false, detail: problem };
         return { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` };
       });
       health.register("draining", () => (draining ? { ok: false, detail: "shutting down" } : { ok: true }));

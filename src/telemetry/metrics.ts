@@ -163,6 +163,8 @@ export interface MeshMetrics {
   readonly crlThisUpdate: Gauge<"kind">;
   /** meshward_rotation_total{kind,result}: rotations by certificate kind and result (ok, error). */
   readonly rotations: Counter<"kind" | "result">;
+  /** meshward_identity_bundle_refused_total: root sets from the CA an identity refused (they left out the root that vouched for them). */
+  readonly bundleRefusals: Counter;
   /** meshward_tls_handshakes_total{direction,result}: result is ok or failed. */
   readonly handshakes: Counter<"direction" | "result">;
   /** meshward_tls_handshake_failures_total{direction,reason}: reason from HANDSHAKE_FAILURE_REASONS. */
@@ -210,6 +212,10 @@ export function createMeshMetrics(metrics: Metrics): MeshMetrics {
       name: "meshward_rotation_total",
       help: "Certificate rotations by kind (root, issuer, workload) and result (ok, error).",
       labelNames: ["kind", "result"],
+    }),
+    bundleRefusals: metrics.counter({
+      name: "meshward_identity_bundle_refused_total",
+      help: "Root sets from the CA that a workload identity refused because they leave out the root the CA's connection was verified under; the current roots were kept.",
     }),
     handshakes,
     handshakeFailures,

@@ -61,6 +61,8 @@ export interface FileToWrite {
   readonly data: string | Uint8Array;
   /** 0644 unless given (0600 for a key). */
   readonly mode?: number;
+  /** chown, and exactly `mode` whatever the umask, before the rename (see writeFileAtomic). */
+  readonly owner?: { readonly uid: number; readonly gid: number };
 }
 
 /**
@@ -72,7 +74,8 @@ export interface FileToWrite {
  * back as they were (the old ones are kept as hard links until the last rename is done; a file
  * that did not exist is removed again). A crash between two renames can still leave a mix:
  * renames of two names are never one step. Throws E_FILE_WRITE naming the file and whether the
- * earlier files were put back.
+ * earlier files were put back. The one writer for a certificate, its key and its roots: the
+ * identity file sink and `meshward cert issue` both use it.
  */
 export function writeFilesTogether(files: readonly FileToWrite[]): void {
   const temps: string[] = [];
@@ -85,7 +88,7 @@ export function writeFilesTogether(files: readonly FileToWrite[]): void {
   try {
     for (const file of files) {
       current = file.path;
-      temps.push(writeTempFile(file.path, file.data, file.mode ?? 0o644));
+      temps.push(writeTempFile(file.path, file.data, file.mode ?? 0o644, file.owner));
     }
     // Every file renamed before the last may have to be put back: keep the old one under another name.
     for (const file of files.slice(0, -1)) {

@@ -105,7 +105,10 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
       const health = createHealth();
       health.register("identity", () => {
         const current = identity.current();
-        return current ? { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` } : { ok: false, detail: "no valid certificate (expired or not yet issued)" };
+        const problem = identity.problem();
+        if (current === undefined) return { ok: false, detail: problem ?? "no valid certificate (expired or not yet issued)" };
+        if (problem !== undefined) return { ok: false, detail: problem };
+        return { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` };
       });
       const { host, port } = statusBind;
       await reserved.release();

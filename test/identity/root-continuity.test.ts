@@ -1,0 +1,122 @@
+/**
+ * A root set from the CA is taken only if it holds the root the CA's connection that delivered
+ * it was verified under (review of workload identity, HIGH 1). The answers here come from a fake
+ * CA (test/helpers/fake-ca.ts) because a real meshward CA never gives them: a bundle without its
+ * own root, a certificate under a foreign root. A real root rotation (prepare, activate, retire)
+ * is test/ca/rotation.test.ts and test/e2e/rotation-sidecars.test.ts.
+ */
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { initAnchors } from "../../src/ca/anchors.ts";
+import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
+import { instrumentIdentity } from "../../src/identity/instrument.ts";
+import type { IdentityEvent } from "../../src/identity/source.ts";
+import { certificatesFromPem } from "../../src/pki/pem.ts";
+import { createMeshMetrics, createMetrics } from "../../src/telemetry/metrics.ts";
+import { startFakeCa, type FakeCa } from "../helpers/fake-ca.ts";
+import { capturingLogger } from "../helpers/ca-server.ts";
+
+const TD = "continuity.test";
+
+describe("a root set from the CA must hold the root that vouched for it (fake CA: answers a real CA never gives)", () => {
+  let work: string;
+  let caDir: string;
+  let fake: FakeCa;
+  let realRoots: string;
+  const sources: CaIdentitySource[] = [];
+
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), "meshward-continuity-"));
+    caDir = join(work, "ca");
+    await initAnchors({ dir: caDir, trustDomain: TD, now: new Date() });
+    realRoots = readFileSync(join(caDir, "bundle.pem"), "utf8");
+    fake = await startFakeCa(caDir, TD);
+  });
+  afterEach(async () => {
+    for (const s of sources.splice(0)) await s.close();
+    fake.mode = "ok";
+  });
+  afterAll(async () => {
+    await fake.close();
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  const start = async () => {
+    const { logger, logged } = capturingLogger();
+    const source = createIdentity({ ca: fake.address, bundlePem: realRoots, token: "t", namespace: "shop", appId: "web", bundleRefreshMs: 3_600_000, logger });
+    sources.push(source);
+    const events: IdentityEvent[] = [];
+    source.subscribe((event) => events.push(event));
+    const metrics = createMetrics();
+    instrumentIdentity(source, createMeshMetrics(metrics));
+    await source.ready();
+    const refused = async () => Number(/^meshward_identity_bundle_refused_total (\d+)$/m.exec(await metrics.registry.metrics())?.[1] ?? -1);
+    return { source, events, logged, refused };
+  };
+  const roots = (source: CaIdentitySource) => certificatesFromPem(source.current()!.bundle.rootsPem);
+
+  it("refuses a published bundle without the current root, hands it to no consumer, and takes the CA's next good bundle", async () => {
+    const { source, events, logged, refused } = await start();
+    const before = source.current()!.bundle.rootsPem;
+    expect(await refused()).toBe(0);
+
+    fake.mode = "drop-root-bundle";
+    await source.refreshBundle();
+    expect(source.current()!.bundle.rootsPem).toBe(before);
+    // No event carries the refused set: the SDK's and the sidecar's SecureContextHolder, the file
+    // sink and the Workload API only learn of roots through rotated / bundle-updated.
+    for (const event of events) if ("snapshot" in event) expect(event.snapshot.bundle.rootsPem).toBe(before);
+    expect(events.some((e) => e.type === "bundle-refused")).toBe(true);
+    expect(await refused()).toBe(1);
+    const line = logged.map((l) => JSON.parse(l) as { level: number; event?: string; via?: string }).find((l) => l.event === "bundle-refused");
+    expect(line).toMatchObject({ level: 50, via: "bundle" });
+
+    // The CA answers correctly again: the connection still verifies, the bundle and a renewal work.
+    fake.mode = "ok";
+    await source.refreshBundle();
+    const serial = source.current()!.svid.serial;
+    await source.renewNow();
+    expect(source.current()!.svid.serial).not.toBe(serial);
+    expect(source.current()!.bundle.rootsPem).toBe(before);
+  });
+
+  it("takes a published bundle that adds a root next to the current one (a rotation's prepare step)", async () => {
+    const { source, refused } = await start();
+    fake.mode = "add-root";
+    await source.refreshBundle();
+    expect(roots(source)).toHaveLength(2);
+    expect(roots(source).some((der) => der.equals(fake.foreignRoot))).toBe(true);
+    expect(await refused()).toBe(0);
+  });
+
+  it("refuses a certificate under a foreign root and the roots it came with, and keeps renewing with its real CA", async () => {
+    const { source, events, refused } = await start();
+    const before = source.current()!.bundle.rootsPem;
+    const serial = source.current()!.svid.serial;
+    fake.mode = "foreign-root";
+    await source.renewNow();
+    expect(source.current()!.svid.serial).toBe(serial);
+    expect(source.current()!.bundle.rootsPem).toBe(before);
+    const failed = events.find((e) => e.type === "renewal-failed") as { error: { code?: string } } | undefined;
+    expect(failed?.error.code).toBe("E_CHAIN_UNTRUSTED");
+    expect(await refused()).toBe(1);
+
+    fake.mode = "ok";
+    await source.renewNow();
+    expect(source.current()!.svid.serial).not.toBe(serial);
+    expect(source.current()!.bundle.rootsPem).toBe(before);
+  });
+
+  it("takes a certificate of its CA that came with a foreign root set, but not that set", async () => {
+    const { source, refused } = await start();
+    const before = source.current()!.bundle.rootsPem;
+    const serial = source.current()!.svid.serial;
+    fake.mode = "drop-root";
+    await source.renewNow();
+    expect(source.current()!.svid.serial).not.toBe(serial);
+    expect(source.current()!.bundle.rootsPem).toBe(before);
+    expect(await refused()).toBe(1);
+  });
+});
