@@ -85,6 +85,8 @@ class CaSource implements CaIdentitySource {
   #snapshot: IdentitySnapshot | undefined;
   /** Last good SVID even after expiry, to tell the CA who we were. */
   #svid: Svid | undefined;
+  /** The chain this workload held before #svid: its issuer may still sign the CA's CRL for a moment after a rotation. */
+  #previousChainPem: string | undefined;
   /** #svid is options.resume, not yet renewed: a refusal of it falls back to the token. */
   #resuming = false;
   /** The CA refused to renew #svid as revoked: attest with the token instead, until a new one arrives. */
@@ -264,6 +266,7 @@ class CaSource implements CaIdentitySource {
       this.#svidRevoked = false;
       this.#ownRevoked = undefined;
       this.#needsToken = undefined;
+      if (this.#svid !== undefined && this.#svid.certChainPem !== svid.certChainPem) this.#previousChainPem = this.#svid.certChainPem;
       this.#svid = svid;
       this.#receivedAt = this.#clock.now();
       this.#snapshot = { svid, bundle: this.#bundle };
@@ -407,6 +410,16 @@ class CaSource implements CaIdentitySource {
   async #fetchRevocations(connection: CaConnection, chainPem = this.#svid?.certChainPem): Promise<{ revokedSerials: ReadonlySet<string>; crls?: readonly Buffer[] }> {
     const der = await fetchFromCa(connection, "/v1/crl");
     const issuers = chainPem !== undefined ? certificatesFromPem(chainPem).slice(1).map((d) => toX509(d)) : [];
+    // Just after a renewal onto a new issuer (root or issuer rotation) the CA may still serve the
+    // CRL its previous issuer signed, until its next refresh: that issuer is ours of a moment ago
+    // and still chains to a root of the bundle, so its CRL holds, and is no reason to renew again.
+    const previous = chainPem !== undefined && chainPem === this.#svid?.certChainPem ? this.#previousChainPem : undefined;
+    if (previous !== undefined && certificatesFromPem(this.#bundle.rootsPem).some((root) => chainsTo(previous, root))) {
+      for (const d of certificatesFromPem(previous).slice(1)) {
+        const issuer = toX509(d);
+        if (!issuers.some((held) => held.fingerprint256 === issuer.fingerprint256)) issuers.push(issuer);
+      }
+    }
     for (const issuer of issuers) {
       let parsed: ParsedCrl;
       try {

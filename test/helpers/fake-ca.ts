@@ -9,7 +9,10 @@
  * modes: ok | foreign-root (bundle, CRL and certificates of an unrelated root) |
  *        drop-root (certificates of the real issuer, returned with a foreign root set) |
  *        drop-root-bundle (a published bundle holding only a foreign root) |
- *        add-root (a published bundle holding the real root and a foreign one)
+ *        add-root (a published bundle holding the real root and a foreign one) |
+ *        new-issuer-old-crl (certificates of a second issuer under the real root, the CRL still
+ *          signed by the first: a real CA's answers in the moment after it rotated its issuer,
+ *          before its next CRL refresh, made to last)
  */
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -22,7 +25,7 @@ import { certificatesFromPem, toPem } from "../../src/pki/pem.ts";
 import { createIssuerCertificate, createRootCertificate, issueLeafCertificate } from "../../src/pki/index.ts";
 import { decodeSignRequest, encodeSignResponse } from "../../src/protocol/sentry.ts";
 
-export type FakeCaMode = "ok" | "foreign-root" | "drop-root" | "drop-root-bundle" | "add-root";
+export type FakeCaMode = "ok" | "foreign-root" | "drop-root" | "drop-root-bundle" | "add-root" | "new-issuer-old-crl";
 
 export interface FakeCa {
   readonly address: string;
@@ -48,6 +51,17 @@ export async function startFakeCa(caDir: string, trustDomain: string): Promise<F
     notAfter: new Date(now0 + 86400e3),
   });
   const otherIssuer = { certificate: new X509Certificate(otherIssuerCert.der), der: otherIssuerCert.der, privateKey: otherIssuerKeys.privateKey };
+  // A second issuer under the real root (as `ca rotate-issuer` makes).
+  const rootKey = decodePrivateKey(readFileSync(join(caDir, "root.key"), "utf8"));
+  const nextIssuerKeys = generateKeyPair();
+  const nextIssuerCert = await createIssuerCertificate({
+    trustDomain,
+    publicKey: nextIssuerKeys.publicKey,
+    signer: { certificate: new X509Certificate(rootDer), der: rootDer, privateKey: rootKey },
+    notBefore: new Date(now0 - 3600e3),
+    notAfter: new Date(now0 + 86400e3),
+  });
+  const nextIssuer = { certificate: new X509Certificate(nextIssuerCert.der), der: nextIssuerCert.der, privateKey: nextIssuerKeys.privateKey };
   const servingKeys = generateKeyPair();
   const serving = issueLeafCertificate({
     spiffeId: `spiffe://${trustDomain}/ns/meshward-system/meshward-ca`,
@@ -86,7 +100,7 @@ export async function startFakeCa(caDir: string, trustDomain: string): Promise<F
       const request = decodeSignRequest(Buffer.concat(chunks).subarray(5));
       const csr = parseCsr(Buffer.from(request.certificateSigningRequest).toString("utf8"));
       const now = Date.now();
-      const signer = mode === "foreign-root" ? otherIssuer : issuer;
+      const signer = mode === "foreign-root" ? otherIssuer : mode === "new-issuer-old-crl" ? nextIssuer : issuer;
       const roots = mode === "foreign-root" || mode === "drop-root" ? [otherRoot.der] : [rootDer];
       const leaf = issueLeafCertificate({
         spiffeId: `spiffe://${trustDomain}/ns/${request.namespace || "default"}/${request.id || "web"}`,
