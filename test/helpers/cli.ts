@@ -117,3 +117,18 @@ export async function startCli(args: readonly string[], ready: RegExp, options: 
   const { child, stdout, stderr, stop } = spawned;
   return { child, match, stdout, stderr, stop };
 }
+
+/** `meshward ca init` in `dir`, then `meshward ca serve` on 127.0.0.1:0: the running CA and its address. */
+export async function startCaCli(dir: string, trustDomain: string): Promise<{ ca: LongRunning; address: string }> {
+  const init = await runCli(["ca", "init", "--trust-domain", trustDomain, "--dir", dir]);
+  expect(init.code, init.stderr).toBe(0);
+  const ca = await startCli(["ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0"], /listening on (\S+)/);
+  return { ca, address: ca.match[1] as string };
+}
+
+/** A join token from `meshward token create` (its last line of output). */
+export async function createTokenCli(dir: string, namespace: string, appId: string): Promise<string> {
+  const created = await runCli(["token", "create", "--dir", dir, "--namespace", namespace, "--app-id", appId]);
+  expect(created.code, created.stderr).toBe(0);
+  return created.stdout.trim().split("\n").pop() as string;
+}

@@ -2,7 +2,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
+import { createTokenCli, runCli, startCaCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { exec } from "../helpers/exec.ts";
 import { fetchFromCa } from "../../src/identity/ca-client.ts";
 import { parseCrl } from "../../src/pki/crl.ts";
@@ -18,11 +18,8 @@ describe("meshward identity + meshward status (real processes)", () => {
 
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), "meshward-identity-cli-"));
-    expect((await runCli(["ca", "init", "--trust-domain", "ops.test", "--dir", join(work, "ca")])).code).toBe(0);
-    const started = await startCli(["ca", "serve", "--dir", join(work, "ca"), "--listen", "127.0.0.1:0"], /listening on (\S+)/);
-    ca = started;
-    caAddress = started.match[1] as string;
-    const token = (await runCli(["token", "create", "--dir", join(work, "ca"), "--namespace", "ops", "--app-id", "nginx"])).stdout.trim().split("\n").pop() as string;
+    ({ ca, address: caAddress } = await startCaCli(join(work, "ca"), "ops.test"));
+    const token = await createTokenCli(join(work, "ca"), "ops", "nginx");
     const id = await startCli(
       ["identity", "--ca", caAddress, "--bundle", join(work, "ca", "bundle.pem"), "--token", token, "--out", join(work, "files"), "--on-rotate", `touch ${join(work, "rotated")}`, "--status", "127.0.0.1:0"],
       /identity ready: (\S+) .* status=(\S+)/,

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { certificatesFromPem } from "../../src/pki/pem.ts";
 import { inspectCertificate } from "../../src/pki/inspect.ts";
-import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
+import { createTokenCli, runCli, startCaCli, startCli, type LongRunning } from "../helpers/cli.ts";
 
 async function waitFor<T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 20_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -27,11 +27,8 @@ describe("meshward identity whose own certificate is revoked (real processes)", 
 
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), "meshward-identity-revoked-"));
-    expect((await runCli(["ca", "init", "--trust-domain", "rv.test", "--dir", join(work, "ca")])).code).toBe(0);
-    const started = await startCli(["ca", "serve", "--dir", join(work, "ca"), "--listen", "127.0.0.1:0"], /listening on (\S+)/);
-    ca = started;
-    caAddress = started.match[1] as string;
-    const token = (await runCli(["token", "create", "--dir", join(work, "ca"), "--namespace", "ops", "--app-id", "rv"])).stdout.trim().split("\n").pop() as string;
+    ({ ca, address: caAddress } = await startCaCli(join(work, "ca"), "rv.test"));
+    const token = await createTokenCli(join(work, "ca"), "ops", "rv");
     identity = await startCli(
       ["identity", "--ca", caAddress, "--bundle", join(work, "ca", "bundle.pem"), "--token", token, "--out", join(work, "files"), "--status", "127.0.0.1:0", "--bundle-refresh-interval", "1s"],
       /identity ready: (\S+) .* status=(\S+)/,

@@ -1,11 +1,10 @@
 import { connect, type Socket } from "node:net";
 import { request } from "node:https";
 import { connect as tlsConnect } from "node:tls";
-import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { staticIdentity, type IdentitySnapshot } from "../../src/identity/source.ts";
-import { MAX_REVIEW_BYTES, startWebhookServer, type WebhookServer } from "../../src/inject/webhook-server.ts";
+import { MAX_REVIEW_BYTES, type WebhookServer } from "../../src/inject/webhook-server.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
+import { startTestWebhook, type WebhookLimits } from "../helpers/webhook.ts";
 
 /** Resolves when the socket is closed by the other side (or errors, e.g. a reset). */
 function closed(socket: Socket): Promise<void> {
@@ -35,23 +34,7 @@ describe("admission webhook against hostile peers", () => {
     pki?.cleanup();
   });
 
-  const start = async (limits: { handshakeTimeoutMs?: number; headersTimeoutMs?: number; bodyTimeoutMs?: number; responseTimeoutMs?: number; maxConnections?: number; maxConnectionsPerAddress?: number; maxBufferedBytes?: number }) => {
-    const leaf = pki.issueLeaf({ spiffeId: `spiffe://${pki.trustDomain}/ns/meshward-system/sa/meshward-injector`, dnsNames: ["localhost"] });
-    const snapshot = {
-      svid: { spiffeId: leaf.spiffeId ?? "", certChainPem: leaf.chainPem, privateKey: leaf.key, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial },
-      bundle: { trustDomain: pki.trustDomain, rootsPem: pki.root.certPem, revokedSerials: new Set<string>() },
-    } as unknown as IdentitySnapshot;
-    const server = await startWebhookServer({
-      listen: { host: "127.0.0.1", port: 0 },
-      identity: staticIdentity(snapshot),
-      inject: { image: "meshward:test", caAddress: "ca:8443", audience: "meshward" } as never,
-      ownNamespace: "meshward-system",
-      logger: pino({ level: "silent" }),
-      ...limits,
-    });
-    servers.push(server);
-    return { server, port: Number(server.address.split(":").pop()) };
-  };
+  const start = (limits: WebhookLimits) => startTestWebhook(pki, servers, limits);
 
   const get = (port: number, path: string, body?: string): Promise<{ status: number; body: string }> =>
     new Promise((resolve, reject) => {

@@ -1,9 +1,8 @@
 import { request } from "node:https";
-import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { staticIdentity, type IdentitySnapshot } from "../../src/identity/source.ts";
-import { startWebhookServer, type WebhookServer, type WebhookServerOptions } from "../../src/inject/webhook-server.ts";
+import type { WebhookServer } from "../../src/inject/webhook-server.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
+import { startTestWebhook, type WebhookLimits } from "../helpers/webhook.ts";
 
 // What the webhook answers to AdmissionReviews the API server never sends but any pod that
 // reaches port 8443 can (the webhook asks for no client certificate). Over real HTTPS.
@@ -49,23 +48,7 @@ describe("admission webhook: one Pod per review, and a bounded answer", () => {
     pki?.cleanup();
   });
 
-  const start = async (limits: Partial<Pick<WebhookServerOptions, "maxPatchBytes">> = {}) => {
-    const leaf = pki.issueLeaf({ spiffeId: `spiffe://${pki.trustDomain}/ns/meshward-system/sa/meshward-injector`, dnsNames: ["localhost"] });
-    const snapshot = {
-      svid: { spiffeId: leaf.spiffeId ?? "", certChainPem: leaf.chainPem, privateKey: leaf.key, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial },
-      bundle: { trustDomain: pki.trustDomain, rootsPem: pki.root.certPem, revokedSerials: new Set<string>() },
-    } as unknown as IdentitySnapshot;
-    const server = await startWebhookServer({
-      listen: { host: "127.0.0.1", port: 0 },
-      identity: staticIdentity(snapshot),
-      inject: { image: "meshward:test", caAddress: "ca:8443", audience: "meshward" } as never,
-      ownNamespace: "meshward-system",
-      logger: pino({ level: "silent" }),
-      ...limits,
-    });
-    servers.push(server);
-    return Number(server.address.split(":").pop());
-  };
+  const start = async (limits: WebhookLimits = {}) => (await startTestWebhook(pki, servers, limits)).port;
 
   const post = (port: number, body: unknown): Promise<Answer> =>
     new Promise((resolve, reject) => {

@@ -1,0 +1,31 @@
+import pino from "pino";
+import { staticIdentity, type IdentitySnapshot } from "../../src/identity/source.ts";
+import { startWebhookServer, type WebhookServer, type WebhookServerOptions } from "../../src/inject/webhook-server.ts";
+import type { TestPki } from "./openssl-pki.ts";
+
+/** The limits a test may set on the webhook server (its other options are fixed here). */
+export type WebhookLimits = Partial<
+  Pick<WebhookServerOptions, "handshakeTimeoutMs" | "headersTimeoutMs" | "bodyTimeoutMs" | "responseTimeoutMs" | "maxConnections" | "maxConnectionsPerAddress" | "maxBufferedBytes" | "maxPatchBytes">
+>;
+
+/**
+ * The injector's webhook server on 127.0.0.1:0 with a certificate from `pki` (the injector's
+ * SPIFFE ID, DNS name localhost) and `limits`; pushed to `servers` for the caller to close.
+ */
+export async function startTestWebhook(pki: TestPki, servers: WebhookServer[], limits: WebhookLimits = {}): Promise<{ server: WebhookServer; port: number }> {
+  const leaf = pki.issueLeaf({ spiffeId: `spiffe://${pki.trustDomain}/ns/meshward-system/sa/meshward-injector`, dnsNames: ["localhost"] });
+  const snapshot = {
+    svid: { spiffeId: leaf.spiffeId ?? "", certChainPem: leaf.chainPem, privateKey: leaf.key, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial },
+    bundle: { trustDomain: pki.trustDomain, rootsPem: pki.root.certPem, revokedSerials: new Set<string>() },
+  } as unknown as IdentitySnapshot;
+  const server = await startWebhookServer({
+    listen: { host: "127.0.0.1", port: 0 },
+    identity: staticIdentity(snapshot),
+    inject: { image: "meshward:test", caAddress: "ca:8443", audience: "meshward" } as never,
+    ownNamespace: "meshward-system",
+    logger: pino({ level: "silent" }),
+    ...limits,
+  });
+  servers.push(server);
+  return { server, port: Number(server.address.split(":").pop()) };
+}
