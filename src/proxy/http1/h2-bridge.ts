@@ -10,6 +10,7 @@ import type { RevokeStream, StreamIdleRule } from "../stream-idle.ts";
 import type { MessageHead } from "./llhttp.ts";
 import { maySendAgain } from "./pool.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
+import { chunkSizeLine, framedSmallChunk, SMALL_CHUNK } from "./chunk-stage.ts";
 import { declaredFraming, headersObject, upstreamRequestHead } from "./wire.ts";
 import type { BodyFraming } from "./wire.ts";
 
@@ -145,14 +146,17 @@ class H2Exchange implements ResponseSink {
       const problem = this.#inspect(chunk);
       if (problem !== undefined) return this.#refuse(problem);
       let writable: boolean;
-      if (this.framing === "chunked") {
+      if (this.framing !== "chunked") {
+        writable = upstream.write(chunk);
+      } else if (chunk.length < SMALL_CHUNK) {
+        // One write per DATA frame: three per frame made a stream of 1-byte frames cost ~50× its bytes.
+        writable = upstream.write(framedSmallChunk(chunk));
+      } else {
         upstream.cork();
-        upstream.write(`${chunk.length.toString(16)}\r\n`, "latin1");
+        upstream.write(chunkSizeLine(chunk.length));
         upstream.write(chunk);
         writable = upstream.write(CRLF);
         upstream.uncork();
-      } else {
-        writable = upstream.write(chunk);
       }
       if (!writable) {
         this.stream.pause();

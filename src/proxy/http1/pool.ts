@@ -13,6 +13,8 @@ export interface ResponseSink {
   onHead(head: MessageHead): void;
   onBody(chunk: Buffer): void;
   onComplete(trailers: readonly string[]): void;
+  /** Called once each chunk read from the upstream has been parsed (downstream still corked): writes what was gathered from it. */
+  onReadEnd?(): void;
   /** The connection failed or closed before the response completed. `responded`: bytes of it had arrived. */
   onFailure(error: Error, responded: boolean): void;
 }
@@ -81,6 +83,7 @@ export class UpstreamConnection {
       const downstream = this.#sink.downstream;
       downstream.cork();
       const result = this.#parser.execute(chunk);
+      this.#sink?.onReadEnd?.();
       downstream.uncork();
       if (typeof result !== "number") this.#fail(Object.assign(new Error(`the upstream sent an invalid HTTP/1.1 response: ${result.reason}`), { code: result.code }));
     });

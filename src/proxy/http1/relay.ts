@@ -6,6 +6,7 @@ import type { BodyInspector } from "../method-override-body.ts";
 import { answerText } from "../respond.ts";
 import type { ProxyAnswer } from "../respond.ts";
 import { BODY_TIMEOUT_ANSWER, upstreamTimeoutError } from "../stream-idle.ts";
+import { ChunkStage, chunkSizeLine, SMALL_CHUNK } from "./chunk-stage.ts";
 import { createMessageParser } from "./llhttp.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
 import { maySendAgain } from "./pool.ts";
@@ -196,6 +197,9 @@ class Exchange implements ResponseSink {
   onComplete(trailers: readonly string[]): void {
     this.client.responseComplete(this, trailers);
   }
+  onReadEnd(): void {
+    this.client.responseReadEnd(this);
+  }
   onFailure(error: Error, responded: boolean): void {
     this.client.upstreamFailed(this, error, responded);
   }
@@ -234,6 +238,11 @@ class ClientConnection {
   /** The upstream socket corked while a client chunk is parsed (its request head and body leave in one write). */
   #corked: Duplex | undefined;
   #executing = false;
+  /** Small pieces of a chunked request body framed for #stagedFor's upstream, written once the client chunk is parsed. */
+  readonly #requestStage = new ChunkStage();
+  #stagedFor: Exchange | undefined;
+  /** Small pieces of a chunked response framed for the client, written once the upstream's chunk is parsed. */
+  readonly #responseStage = new ChunkStage();
 
   constructor(
     readonly socket: Socket,
@@ -323,6 +332,7 @@ class ClientConnection {
     this.#executing = true;
     const result = this.#parser.execute(chunk);
     this.#executing = false;
+    if (this.#stagedFor !== undefined) this.#flushRequestStage();
     this.#corked?.uncork();
     this.#corked = undefined;
     const first = this.#queue[0];
@@ -418,7 +428,10 @@ class ClientConnection {
     for (const chunk of unjudged) this.#forwardBody(exchange, chunk);
     if (exchange.endedWith !== undefined) this.#requestEnd(exchange, exchange.endedWith);
     // Written outside a client chunk's parse (a pipelined request started after a response): sent now.
-    if (!this.#executing) this.#unbatch();
+    if (!this.#executing) {
+      if (this.#stagedFor !== undefined) this.#flushRequestStage();
+      this.#unbatch();
+    }
   }
 
   #answer(exchange: Exchange): void {
@@ -502,13 +515,27 @@ class ClientConnection {
       }
       if (problem !== undefined) return this.#refuse("ambiguous_request", `the request is refused: ${problem}`);
     }
-    if (exchange.requestFraming === "chunked") {
-      this.#requestBytes(exchange, Buffer.from(`${chunk.length.toString(16)}\r\n`, "latin1"));
-      this.#requestBytes(exchange, chunk);
-      this.#requestBytes(exchange, CRLF);
-    } else {
-      this.#requestBytes(exchange, chunk);
+    if (exchange.requestFraming !== "chunked") return this.#requestBytes(exchange, chunk);
+    if (chunk.length < SMALL_CHUNK) {
+      // Framed into the stage: one write per client chunk parsed, however many chunks it held.
+      if (this.#stagedFor !== exchange && this.#stagedFor !== undefined) this.#flushRequestStage();
+      this.#stagedFor = exchange;
+      const full = this.#requestStage.add(chunk);
+      if (full !== undefined) this.#requestBytes(exchange, full);
+      return;
     }
+    if (this.#stagedFor !== undefined) this.#flushRequestStage();
+    this.#requestBytes(exchange, chunkSizeLine(chunk.length));
+    this.#requestBytes(exchange, chunk);
+    this.#requestBytes(exchange, CRLF);
+  }
+
+  /** Writes the framed small pieces staged (they go before anything else written for that request). */
+  #flushRequestStage(): void {
+    const exchange = this.#stagedFor!;
+    this.#stagedFor = undefined;
+    const bytes = this.#requestStage.take();
+    if (bytes !== undefined) this.#requestBytes(exchange, bytes);
   }
 
   /** The request's body ended (after its trailers, if any): judged, then its end forwarded. */
@@ -518,6 +545,7 @@ class ClientConnection {
     exchange.inspector = undefined;
     const problem = inspector?.end();
     if (problem !== undefined) return this.#refuse("ambiguous_request", `the request is refused: ${problem}`);
+    if (this.#stagedFor !== undefined) this.#flushRequestStage();
     if (exchange.requestFraming === "chunked") this.#requestBytes(exchange, Buffer.from(lastChunk(trailers), "latin1"));
   }
 
@@ -567,17 +595,34 @@ class ClientConnection {
     if (!exchange.responded) return;
     this.#activeAt = Date.now();
     let writable: boolean;
-    if (exchange.responseFraming === "chunked") {
-      this.socket.cork();
-      this.socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
+    if (exchange.responseFraming !== "chunked") {
+      writable = this.socket.write(chunk);
+    } else if (chunk.length < SMALL_CHUNK) {
+      // Framed into the stage, written at the end of the upstream's chunk (responseReadEnd).
+      const full = this.#responseStage.add(chunk);
+      if (full === undefined) return;
+      writable = this.socket.write(full);
+    } else {
+      // The pool corks the client socket while it parses: these leave in one write.
+      const staged = this.#responseStage.take();
+      if (staged !== undefined) this.socket.write(staged);
+      this.socket.write(chunkSizeLine(chunk.length));
       this.socket.write(chunk);
       writable = this.socket.write(CRLF);
-      this.socket.uncork();
-    } else {
-      writable = this.socket.write(chunk);
     }
+    if (!writable) this.#holdUpstream(exchange);
+  }
+
+  /** The upstream's chunk is parsed: the small pieces staged from it go in one write. */
+  responseReadEnd(exchange: Exchange): void {
+    const staged = this.#responseStage.take();
+    if (staged !== undefined && !this.socket.write(staged)) this.#holdUpstream(exchange);
+  }
+
+  /** The client's socket holds its highWaterMark of unread answer: nothing more is read from the upstream until it drains. */
+  #holdUpstream(exchange: Exchange): void {
     const upstream = exchange.upstream?.socket;
-    if (!writable && upstream !== undefined && !upstream.isPaused()) {
+    if (upstream !== undefined && !upstream.isPaused()) {
       upstream.pause();
       this.socket.once("drain", () => upstream.resume());
     }
@@ -585,7 +630,11 @@ class ClientConnection {
 
   responseComplete(exchange: Exchange, trailers: readonly string[]): void {
     if (!exchange.responded) return; // the end of an interim (1xx) response
-    if (exchange.responseFraming === "chunked") this.socket.write(lastChunk(trailers), "latin1");
+    if (exchange.responseFraming === "chunked") {
+      const staged = this.#responseStage.take();
+      if (staged !== undefined) this.socket.write(staged);
+      this.socket.write(lastChunk(trailers), "latin1");
+    }
     const connection = exchange.upstream;
     exchange.upstream = undefined;
     if (connection !== undefined) {
@@ -829,6 +878,8 @@ class ClientConnection {
 
   /** Ends every exchange still open (the client went away or was refused). */
   #abandon(): void {
+    this.#requestStage.take();
+    this.#stagedFor = undefined;
     for (const exchange of this.#queue) {
       if (exchange.finished) continue;
       exchange.finished = true;

@@ -1,0 +1,85 @@
+/**
+ * HTTP/1.1 chunked framing of body pieces with few writes. A piece llhttp hands on is framed as
+ * one chunk ("<hex size>\r\n" + data + "\r\n"). Written as three writes each, a body of 1-byte
+ * chunks became three queued writes (a Buffer and a queue entry each, ~50× the bytes on the wire)
+ * per byte, and a read of 64 KiB of such a body became ~33,000 of them before the writer could
+ * say it was full (review bounds HIGH-1/2). Small pieces are instead copied into a stage and the
+ * stage leaves as one write at the end of the read (or when it is full), so what is queued is
+ * counted by the stream's writableLength within a few bytes, and the reader stops on it.
+ */
+
+/** Pieces shorter than this are copied into the stage; longer ones are written as they are (three writes, corked). */
+export const SMALL_CHUNK = 4096;
+/** A stage after the first one in a read (the first is sized to its piece, from Node's buffer pool). */
+const STAGE_BYTES = 16 * 1024;
+/** Room a small piece takes besides its data: up to 3 hex digits (SMALL_CHUNK - 1 = 0xfff) and two CRLFs. */
+const FRAMING = 7;
+const HEX = [48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 97, 98, 99, 100, 101, 102];
+
+/** Chunk framing for pieces of SMALL_CHUNK bytes or more: the size line, written before the piece and CRLF. */
+export function chunkSizeLine(length: number): Buffer {
+  return Buffer.from(`${length.toString(16)}\r\n`, "latin1");
+}
+
+/** A small piece framed as one chunk in one buffer (for a writer that writes each piece at once). */
+export function framedSmallChunk(data: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(data.length + FRAMING);
+  return out.subarray(0, frame(out, 0, data));
+}
+
+function frame(out: Buffer, at: number, data: Buffer): number {
+  const n = data.length;
+  if (n >= 256) out[at++] = HEX[n >> 8]!;
+  if (n >= 16) out[at++] = HEX[(n >> 4) & 15]!;
+  out[at++] = HEX[n & 15]!;
+  out[at++] = 13;
+  out[at++] = 10;
+  at += data.copy(out, at);
+  out[at++] = 13;
+  out[at++] = 10;
+  return at;
+}
+
+/**
+ * Small pieces framed back to back, taken out as one buffer. Holds a buffer only while a read is
+ * being handled: `take()` at the end of it lets the buffer go (what was taken stays valid), so an
+ * idle connection holds nothing here.
+ */
+export class ChunkStage {
+  #buffer: Buffer | undefined;
+  #start = 0;
+  #end = 0;
+
+  /** Whether bytes wait to be taken. */
+  get staged(): boolean {
+    return this.#end !== this.#start;
+  }
+
+  /**
+   * Frames a piece shorter than SMALL_CHUNK as one chunk after those staged. Returns the bytes
+   * staged before it when the stage had no room for it (to be written first), else undefined.
+   */
+  add(data: Buffer): Buffer | undefined {
+    const need = data.length + FRAMING;
+    let buffer = this.#buffer;
+    let full: Buffer | undefined;
+    if (buffer === undefined || buffer.length - this.#end < need) {
+      full = this.#end !== this.#start ? buffer!.subarray(this.#start, this.#end) : undefined;
+      // The first stage of a read fits its piece (a small body costs what one framed chunk did).
+      buffer = this.#buffer = Buffer.allocUnsafe(buffer === undefined ? need : Math.max(need, STAGE_BYTES));
+      this.#start = this.#end = 0;
+    }
+    this.#end = frame(buffer, this.#end, data);
+    return full;
+  }
+
+  /** The staged bytes (undefined when none); the stage is empty after, and holds no buffer. */
+  take(): Buffer | undefined {
+    const buffer = this.#buffer;
+    if (buffer === undefined) return undefined;
+    this.#buffer = undefined;
+    const bytes = this.#end !== this.#start ? buffer.subarray(this.#start, this.#end) : undefined;
+    this.#start = this.#end = 0;
+    return bytes;
+  }
+}
