@@ -148,6 +148,8 @@ class H2Exchange implements ResponseSink {
       let writable: boolean;
       if (this.framing !== "chunked") {
         writable = upstream.write(chunk);
+      } else if (chunk.length === 0) {
+        return; // an empty DATA frame: framed, it would be the last chunk and end the body early
       } else if (chunk.length < SMALL_CHUNK) {
         // One write per DATA frame: three per frame made a stream of 1-byte frames cost ~50× its bytes.
         writable = upstream.write(framedSmallChunk(chunk));

@@ -516,6 +516,8 @@ class ClientConnection {
       if (problem !== undefined) return this.#refuse("ambiguous_request", `the request is refused: ${problem}`);
     }
     if (exchange.requestFraming !== "chunked") return this.#requestBytes(exchange, chunk);
+    // An empty piece carries nothing, and framed it would be the last chunk: never written.
+    if (chunk.length === 0) return;
     if (chunk.length < SMALL_CHUNK) {
       // Framed into the stage: one write per client chunk parsed, however many chunks it held.
       if (this.#stagedFor !== exchange && this.#stagedFor !== undefined) this.#flushRequestStage();
@@ -597,6 +599,8 @@ class ClientConnection {
     let writable: boolean;
     if (exchange.responseFraming !== "chunked") {
       writable = this.socket.write(chunk);
+    } else if (chunk.length === 0) {
+      return; // framed, an empty piece would be the last chunk
     } else if (chunk.length < SMALL_CHUNK) {
       // Framed into the stage, written at the end of the upstream's chunk (responseReadEnd).
       const full = this.#responseStage.add(chunk);
