@@ -32,6 +32,7 @@ export const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: 
   ["--max-connection-age <duration>", "maxConnectionAge", ["limits", "maxConnectionAge"]],
   ["--drain-timeout <duration>", "drainTimeout", ["limits", "drainTimeout"]],
   ["--max-connections <n>", "maxConnections", ["limits", "maxConnections"], "number"],
+  ["--max-connections-per-address <n>", "maxConnectionsPerAddress", ["limits", "maxConnectionsPerAddress"], "number"],
   ["--max-concurrent-streams <n>", "maxConcurrentStreams", ["limits", "maxConcurrentStreams"], "number"],
 ];
 

@@ -15,8 +15,35 @@ const appIdName = z
 /** "orders" (this namespace) or "orders.shop" (app orders in namespace shop). */
 const peerName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9][A-Za-z0-9_-]*)?$/, "a peer is an app id or appId.namespace");
 
-/** Open connections per listener: ~80 KiB each idle on the inbound (mTLS), ~12 KiB on the outbound (bench/proxy/connection-rss.ts). */
-export const DEFAULT_MAX_CONNECTIONS = 4096;
+/**
+ * Open connections per listener, and the inbound's connections to the app: the most that fits
+ * the 256 Mi memory limit the injector gives the sidecar container with every listener full and
+ * every app connection held (sidecarMemoryBoundKib; docs/sidecar.md, "Connection cap", has the
+ * arithmetic).
+ */
+export const DEFAULT_MAX_CONNECTIONS = 768;
+/**
+ * Inbound connections open at once from one source address, and app connections held for it: a
+ * sixth of the default cap, so one caller pod cannot take every slot. (The CA allows 256: its
+ * callers may come through a node's SNAT; the sidecar's callers are pods with addresses of their own.)
+ */
+export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 128;
+
+/**
+ * What the sidecar's memory is made of, in KiB, measured on Node 20 with the production bundle:
+ * the process at rest; an inbound connection idle after its mTLS handshake (one left with an
+ * unfinished ClientHello costs ~56); an outbound (plaintext, loopback) connection
+ * (bench/proxy/connection-rss.ts); and a connection to the app held for an HTTP/2 caller that
+ * never opens its flow-control window (the app connection's read and the stream's buffer: 2000
+ * such streams took a sidecar from 65 to 313 MiB).
+ */
+export const SIDECAR_MEMORY_KIB = { base: 66 * 1024, inboundConnection: 80, outboundConnection: 12, appConnectionHeld: 124 } as const;
+
+/** The most the caps let the sidecar hold, in KiB: inbound and outbound listeners full, every app connection held. */
+export function sidecarMemoryBoundKib(maxConnections: number): number {
+  const m = SIDECAR_MEMORY_KIB;
+  return m.base + maxConnections * (m.inboundConnection + m.outboundConnection + m.appConnectionHeld);
+}
 
 export const limitsSchema = z
   .object({
@@ -40,6 +67,13 @@ export const limitsSchema = z
       .max(1_000_000, { error: "must be at most 1000000 (each connection is a file descriptor)" })
       .default(DEFAULT_MAX_CONNECTIONS)
       .describe(SIDECAR_LIMIT_HELP.maxConnections),
+    maxConnectionsPerAddress: z
+      .number({ error: "must be a number of connections" })
+      .int({ error: "must be a whole number" })
+      .min(1, { error: "must be at least 1" })
+      .max(1_000_000, { error: "must be at most 1000000 (each connection is a file descriptor)" })
+      .default(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
+      .describe(SIDECAR_LIMIT_HELP.maxConnectionsPerAddress),
   })
   .strict();
 

@@ -26,7 +26,9 @@ import type { EscapedSlashAction } from "./canonical.ts";
 import { closeWhenIdle, ConnectionTracker } from "./connections.ts";
 import { methodOverrideInspector } from "./method-override-body.ts";
 import type { BodyInspector } from "./method-override-body.ts";
-import { capConnections } from "./listener-cap.ts";
+import { AddressCaps, capConnections } from "./listener-cap.ts";
+import { AppShare } from "./app-share.ts";
+import { sourceAddress } from "../util/connection-gate.ts";
 import type { ListenerMetrics } from "./listener-cap.ts";
 import { forwardH2, forwardUpgrade, unreachableAnswer } from "./forward.ts";
 import type { ForwardHooks } from "./forward.ts";
@@ -307,6 +309,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     // A request waits for one of those at most as long as an exchange may stay idle: then 503 E_APP_BUSY.
     maxWaitMs: limits.idleTimeout,
   });
+  // One caller address holds at most limits.maxConnectionsPerAddress of those at once.
+  const appShare = new AppShare(limits.maxConnectionsPerAddress, limits.idleTimeout);
   const clientError = (reason: ClientErrorReason, detail: string, socket: Socket) => {
     telemetry.refused.inc({ direction: "inbound", reason });
     warnings.warn(`client-error|${reason}|${socket.remoteAddress}`, { event: "client-error", reason, remote: socket.remoteAddress, err: detail }, "refused a malformed, ambiguous or slow request");
@@ -319,11 +323,16 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       if ("refusal" in judged) return { answer: judged.refusal, done: tracker.begin(socket) };
       const body = bodyCheck(judged.verbSensitive, request.method, request.head.rawHeaders, socket);
       if ("refusal" in body) return { answer: body.refusal, done: tracker.begin(socket) };
+      const finished = begin(socket, "http");
+      const release = appShare.hold(sourceAddress(socket.remoteAddress));
       return {
         upstream: appPool,
         addHeaders: peer === undefined ? "" : stampFor(peer).lines,
         onUpstreamError: appError,
-        done: begin(socket, "http"),
+        done: (status: number) => {
+          release();
+          finished(status);
+        },
         ...(body.inspector === undefined ? {} : { bodyInspector: body.inspector }),
       };
     },
@@ -389,13 +398,52 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     if (grpc) {
       open.revoke = forwardH2(stream, headers, request, flags, appSession(), { ...hooks, done, idle });
     } else {
-      open.revoke = forwardH2ToHttp1(stream, request, endStream, appPool, {
-        addHeaders: peer === undefined ? "" : stampFor(peer).lines,
-        onUpstreamError: appError,
-        done,
-        idle,
-        ...(body.inspector === undefined ? {} : { bodyCheck: { inspector: body.inspector, refused: (problem: string) => bodyRefusal(problem, socket) } }),
-      });
+      // Each stream to an HTTP/1 app takes a connection to it: within this caller address's share
+      // (AppShare), waiting for one of its own exchanges to end when the share is taken.
+      let waiting = true;
+      const withdraw = appShare.enter(
+        sourceAddress(socket.remoteAddress),
+        (release) => {
+          waiting = false;
+          if (stream.closed || stream.destroyed) {
+            release();
+            return done(0);
+          }
+          open.revoke = forwardH2ToHttp1(stream, request, endStream, appPool, {
+            addHeaders: peer === undefined ? "" : stampFor(peer).lines,
+            onUpstreamError: appError,
+            done: (status) => {
+              release();
+              done(status);
+            },
+            idle,
+            ...(body.inspector === undefined ? {} : { bodyCheck: { inspector: body.inspector, refused: (problem: string) => bodyRefusal(problem, socket) } }),
+          });
+        },
+        (error) => {
+          waiting = false;
+          answerH2(stream, appError(error), false);
+          stream.close(h2constants.NGHTTP2_NO_ERROR);
+          done(503);
+        },
+      );
+      if (waiting) {
+        // Not forwarded yet: a reload that denies it, or its caller leaving, ends the wait.
+        open.revoke = (answer) => {
+          if (!waiting) return;
+          waiting = false;
+          withdraw();
+          answerH2(stream, answer, false);
+          stream.close(h2constants.NGHTTP2_NO_ERROR);
+          done(answer.status);
+        };
+        stream.once("close", () => {
+          if (!waiting) return;
+          waiting = false;
+          withdraw();
+          done(0);
+        });
+      }
     }
   });
   // --- policy reloads ------------------------------------------------------------------
@@ -502,6 +550,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       return;
     }
     mesh.handshakeSucceeded("inbound");
+    addressCaps.established(socket);
     socket.on("error", () => undefined);
     const peer = peerOf(socket);
     if (options.protocol === "tcp") toTcp(socket, peer);
@@ -509,7 +558,25 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   });
 
   // --- the listener: first byte decides ------------------------------------------------
+  const addressCaps = new AddressCaps(limits.maxConnectionsPerAddress);
   const raw = createNetServer({ noDelay: true }, (socket: Socket) => {
+    const overAddress = addressCaps.admit(socket);
+    if (overAddress !== undefined) {
+      // As past limits.maxConnections: reset at once, before any TLS or HTTP work.
+      socket.on("error", () => undefined);
+      socket.resetAndDestroy();
+      telemetry.refused.inc({ direction: "inbound", reason: overAddress });
+      telemetry.refusals?.refused({ reason: overAddress, remote: remoteOf(socket) });
+      const address = sourceAddress(socket.remoteAddress);
+      warnings.warn(
+        `${overAddress}|${address}`,
+        { event: "connection-refused", reason: overAddress, remote: address, limit: overAddress === "max_connections_per_address" ? addressCaps.maxPerAddress : addressCaps.maxHandshakes },
+        overAddress === "max_connections_per_address"
+          ? `refused a connection: this address has limits.maxConnectionsPerAddress (${addressCaps.maxPerAddress}) open`
+          : `refused a connection: this address has ${addressCaps.maxHandshakes} connections (half of limits.maxConnectionsPerAddress) still in their TLS handshake`,
+      );
+      return;
+    }
     socket.setNoDelay(true);
     pending.add(socket);
     socket.once("close", () => pending.delete(socket));
@@ -532,6 +599,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
         mesh.plaintextConnections.inc();
         logger.warn({ event: "plaintext-accepted", remote: `${socket.remoteAddress}:${socket.remotePort}` }, "PERMISSIVE: accepted a plaintext connection; the caller is unverified and gets the policy's global default");
         (socket as { [kPlaintext]?: boolean })[kPlaintext] = true;
+        addressCaps.established(socket);
         if (options.protocol === "tcp") toTcp(socket, undefined);
         else toHttp(socket, kind === "h2c");
         // The age cap, as for mTLS connections (there it comes with the verified identity).

@@ -1,6 +1,7 @@
-import type { Server } from "node:net";
+import type { Server, Socket } from "node:net";
 import type { Counter, Gauge } from "prom-client";
 import type { Metrics } from "../telemetry/metrics.ts";
+import { sourceAddress } from "../util/connection-gate.ts";
 
 /**
  * The per-listener connection metrics: open connections (read from the listener when scraped, so
@@ -88,4 +89,82 @@ export function capConnections(server: Server, listener: string, maxConnections:
     metrics.listeners.delete(listener);
     metrics.active.set({ listener }, 0);
   };
+}
+
+/** Which per-address cap refused a connection (the reason label of meshward_sidecar_refused_total). */
+export type AddressRefusal = "max_connections_per_address" | "max_handshakes_per_address";
+
+/**
+ * Connections a caller with a verified TLS handshake is still short of may hold, as a share of
+ * `maxConnectionsPerAddress`: half (at least one). A connection is "handshaking" from accept until its TLS
+ * handshake has completed (or, in PERMISSIVE mode, its plaintext was accepted), which is where a
+ * caller without any certificate can keep it (up to limits.handshakeTimeout).
+ */
+export function handshakesPerAddress(maxConnectionsPerAddress: number): number {
+  return Math.max(1, Math.ceil(maxConnectionsPerAddress / 2));
+}
+
+interface AddressCount {
+  open: number;
+  handshaking: number;
+}
+
+/**
+ * Per-source-address caps of one listener, next to its global cap (capConnections): at most
+ * `maxPerAddress` connections open from one address, of which at most
+ * handshakesPerAddress(maxPerAddress) not yet past their TLS handshake. Checked when a
+ * connection is accepted, before any byte is read; the caller resets a refused socket. A slot is
+ * given back when the socket closes; the handshake slot as soon as `established` is called.
+ * Addresses are counted as ConnectionGate counts them (sourceAddress: IPv4-mapped IPv6 as IPv4).
+ */
+export class AddressCaps {
+  readonly #counts = new Map<string, AddressCount>();
+  /** Sockets still handshaking, by remote address and port (a TLSSocket reports its raw socket's). */
+  readonly #handshaking = new Map<string, { socket: Socket; count: AddressCount }>();
+  readonly maxHandshakes: number;
+
+  constructor(readonly maxPerAddress: number) {
+    this.maxHandshakes = handshakesPerAddress(maxPerAddress);
+  }
+
+  /** Takes an open and a handshaking slot for `socket`, or names the cap that refuses it. */
+  admit(socket: Socket): AddressRefusal | undefined {
+    const address = sourceAddress(socket.remoteAddress);
+    let count = this.#counts.get(address);
+    if (count !== undefined && count.open >= this.maxPerAddress) return "max_connections_per_address";
+    if (count !== undefined && count.handshaking >= this.maxHandshakes) return "max_handshakes_per_address";
+    if (count === undefined) {
+      count = { open: 0, handshaking: 0 };
+      this.#counts.set(address, count);
+    }
+    const held = count;
+    held.open++;
+    held.handshaking++;
+    const key = `${socket.remoteAddress}|${socket.remotePort}`;
+    this.#handshaking.set(key, { socket, count: held });
+    socket.once("close", () => {
+      const pending = this.#handshaking.get(key);
+      if (pending?.socket === socket) {
+        this.#handshaking.delete(key);
+        held.handshaking--;
+      }
+      held.open--;
+      if (held.open <= 0 && this.#counts.get(address) === held) this.#counts.delete(address);
+    });
+    return undefined;
+  }
+
+  /** The connection (or the TLS socket over it) finished its handshake: its handshake slot is free. */
+  established(socket: Socket): void {
+    const key = `${socket.remoteAddress}|${socket.remotePort}`;
+    const pending = this.#handshaking.get(key);
+    if (pending === undefined) return;
+    this.#handshaking.delete(key);
+    pending.count.handshaking--;
+  }
+
+  /** Connections open now from `address` (a test and status helper). */
+  openFrom(address: string): number {
+    return this.#counts.get(sourceAddress(address))?.open ?? 0;
+  }
 }

@@ -2,7 +2,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseAllDocuments } from "yaml";
-import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
+import { sidecarConfigSchema, sidecarMemoryBoundKib } from "../../src/config/sidecar.ts";
 import { injectManifest } from "../../src/inject/manifest.ts";
 import { runCli } from "../helpers/cli.ts";
 import { validateK8sObjects } from "../helpers/k8s-schema.ts";
@@ -66,6 +66,15 @@ describe("meshward inject: what the sidecar gets", () => {
     expect(Object.keys(sidecar.resources.limits).sort()).toEqual(["cpu", "memory"]);
     expect(sidecar.securityContext).toMatchObject({ runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } });
     expect(sidecar.securityContext.runAsUser).toBeGreaterThan(0);
+  });
+
+  it("its memory limit holds what the sidecar's default caps let callers fill (every listener full, every app connection held)", () => {
+    const limit = /^(\d+)Mi$/.exec(sidecar.resources.limits.memory as string);
+    expect(limit).not.toBeNull();
+    // The caps the injected sidecar runs with: its args set none, so the config's defaults.
+    expect(sidecar.args).not.toContain("--max-connections");
+    const limits = sidecarConfigSchema.parse({ appId: "orders", ca: "ca:1", app: "127.0.0.1:8080" }).limits;
+    expect(sidecarMemoryBoundKib(limits.maxConnections)).toBeLessThanOrEqual(Number(limit![1]) * 1024);
   });
 
   it("gets a projected token with the CA's audience, the trust anchors and the policy ConfigMap", () => {
