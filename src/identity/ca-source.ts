@@ -256,6 +256,8 @@ class CaSource implements CaIdentitySource {
   async #renewOnce(): Promise<void> {
     if (this.#closed) return;
     if (this.#renewTimer) this.#clock.clearTimeout(this.#renewTimer);
+    // No certificate yet (or none from this run): the log says "issued", not "renewed".
+    const first = this.#snapshot === undefined;
     try {
       const svid = await this.#fetchSvid();
       if (this.#closed) return;
@@ -270,7 +272,7 @@ class CaSource implements CaIdentitySource {
       this.#svid = svid;
       this.#receivedAt = this.#clock.now();
       this.#snapshot = { svid, bundle: this.#bundle };
-      this.#log("info", { event: "rotated", spiffeId: svid.spiffeId, serial: svid.serial, notAfter: svid.notAfter.toISOString() }, "workload certificate renewed");
+      this.#log("info", { event: "rotated", spiffeId: svid.spiffeId, serial: svid.serial, notAfter: svid.notAfter.toISOString() }, first ? "workload certificate issued" : "workload certificate renewed");
       this.#emit({ type: "rotated", snapshot: this.#snapshot });
       this.#resolveReady(this.#snapshot);
       this.#schedule(renewalDelay(this.#clock.now(), svid.notAfter.getTime(), this.#options.timing ?? DEFAULT_RENEWAL_TIMING, this.#rng));
@@ -304,11 +306,12 @@ class CaSource implements CaIdentitySource {
         this.#needsToken = error;
         retryInMs = Math.max(retryInMs, NEEDS_TOKEN_RETRY_MS);
       }
-      this.#log("warn", { event: "renewal-failed", reason: isMeshwardError(error) ? error.code : "E_INTERNAL", retryInMs, error: describeError(error) }, "could not renew the workload certificate; retrying");
+      // A refusal that fails ready() (a CLI daemon then exits) is not announced as a retry.
+      const failsReady = isFatal(error) && (this.#svid === undefined || this.#resuming);
+      const what = first ? "could not get a workload certificate" : "could not renew the workload certificate";
+      this.#log("warn", { event: "renewal-failed", reason: isMeshwardError(error) ? error.code : "E_INTERNAL", retryInMs, error: describeError(error) }, failsReady ? `${what}; not retrying (only a new token or configuration fixes this)` : `${what}; retrying`);
       this.#emit({ type: "renewal-failed", error: error as Error, retryInMs });
-      if (isFatal(error) && (this.#svid === undefined || this.#resuming)) {
-        this.#rejectReady(error as Error);
-      }
+      if (failsReady) this.#rejectReady(error as Error);
       this.#schedule(retryInMs);
     }
   }

@@ -76,6 +76,9 @@ describe("the CLI names a user's mistake (real processes)", () => {
     const identity = await runCli(["identity", "--ca", caAddress, "--bundle", join(otherCaDir, "bundle.pem"), "--token", t, "--out", join(work, "wrong-bundle-id")]);
     expect(identity.code).toBe(1);
     expect(identity.stderr).toMatch(/meshward: the CA at .* does not chain to the trust bundle .*\[E_CA_UNTRUSTED\]/);
+    // It exits: its log does not announce a retry, nor a renewal of a certificate it never had (review cli LOW-8).
+    expect(identity.stderr).toContain("could not get a workload certificate; not retrying");
+    expect(identity.stderr).not.toMatch(/retrying"|could not renew/);
     // The handshake failed before attestation: the same token still works with the right bundle.
     const right = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", join(caDir, "bundle.pem"), "--token", t, "--out", join(work, "right-bundle")]);
     expect(right.code, right.stderr).toBe(0);

@@ -36,6 +36,9 @@ describe("meshward identity + meshward status (real processes)", () => {
 
   it("writes the identity files (key 0600), runs --on-rotate, and the certificate verifies with openssl", async () => {
     expect(statSync(join(work, "files", "key.pem")).mode & 0o777).toBe(0o600);
+    // Its first certificate is "issued" in the log, not "renewed".
+    expect(identity.stderr()).toContain('"msg":"workload certificate issued"');
+    expect(identity.stderr()).not.toContain("workload certificate renewed");
     for (let i = 0; i < 50 && !existsSync(join(work, "rotated")); i++) await new Promise((r) => setTimeout(r, 100));
     expect(existsSync(join(work, "rotated"))).toBe(true);
     const verify = await exec("openssl", ["verify", "-CAfile", join(work, "files", "bundle.pem"), "-untrusted", join(work, "files", "cert.pem"), join(work, "files", "cert.pem")]);
