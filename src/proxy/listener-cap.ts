@@ -1,7 +1,7 @@
 import type { Server, Socket } from "node:net";
 import type { Counter, Gauge } from "prom-client";
 import type { Metrics } from "../telemetry/metrics.ts";
-import { sourceAddress } from "../util/connection-gate.ts";
+import { ConnectionGate, sourceAddress } from "../util/connection-gate.ts";
 
 /**
  * The per-listener connection metrics: open connections (read from the listener when scraped, so
@@ -104,52 +104,39 @@ export function handshakesPerAddress(maxConnectionsPerAddress: number): number {
   return Math.max(1, Math.ceil(maxConnectionsPerAddress / 2));
 }
 
-interface AddressCount {
-  open: number;
-  handshaking: number;
-}
-
 /**
  * Per-source-address caps of one listener, next to its global cap (capConnections): at most
- * `maxPerAddress` connections open from one address, of which at most
- * handshakesPerAddress(maxPerAddress) not yet past their TLS handshake. Checked when a
- * connection is accepted, before any byte is read; the caller resets a refused socket. A slot is
- * given back when the socket closes; the handshake slot as soon as `established` is called.
- * Addresses are counted as ConnectionGate counts them (sourceAddress: IPv4-mapped IPv6 as IPv4).
+ * `maxPerAddress` connections open from one address (a ConnectionGate, as the CA and the
+ * injector count them), of which at most handshakesPerAddress(maxPerAddress) not yet past their
+ * TLS handshake. Checked when a connection is accepted, before any byte is read; the caller
+ * resets a refused socket, which gives its slot back as it closes. The handshake slot is given
+ * back as soon as `established` is called (or the socket closes).
  */
 export class AddressCaps {
-  readonly #counts = new Map<string, AddressCount>();
-  /** Sockets still handshaking, by remote address and port (a TLSSocket reports its raw socket's). */
-  readonly #handshaking = new Map<string, { socket: Socket; count: AddressCount }>();
+  /** Per address only: the listener's global cap is capConnections'. */
+  readonly #open: ConnectionGate;
+  readonly #handshakingFrom = new Map<string, number>();
+  /** Sockets still handshaking, by remote address and port (a TLSSocket reports its raw socket's), with their source address. */
+  readonly #handshaking = new Map<string, { socket: Socket; address: string }>();
   readonly maxHandshakes: number;
 
   constructor(readonly maxPerAddress: number) {
     this.maxHandshakes = handshakesPerAddress(maxPerAddress);
+    this.#open = new ConnectionGate({ maxConnections: Number.POSITIVE_INFINITY, maxConnectionsPerAddress: maxPerAddress });
   }
 
   /** Takes an open and a handshaking slot for `socket`, or names the cap that refuses it. */
   admit(socket: Socket): AddressRefusal | undefined {
+    const refused = this.#open.admit(socket);
+    if (refused !== undefined) return "max_connections_per_address";
     const address = sourceAddress(socket.remoteAddress);
-    let count = this.#counts.get(address);
-    if (count !== undefined && count.open >= this.maxPerAddress) return "max_connections_per_address";
-    if (count !== undefined && count.handshaking >= this.maxHandshakes) return "max_handshakes_per_address";
-    if (count === undefined) {
-      count = { open: 0, handshaking: 0 };
-      this.#counts.set(address, count);
-    }
-    const held = count;
-    held.open++;
-    held.handshaking++;
+    const handshaking = this.#handshakingFrom.get(address) ?? 0;
+    if (handshaking >= this.maxHandshakes) return "max_handshakes_per_address";
+    this.#handshakingFrom.set(address, handshaking + 1);
     const key = `${socket.remoteAddress}|${socket.remotePort}`;
-    this.#handshaking.set(key, { socket, count: held });
+    this.#handshaking.set(key, { socket, address });
     socket.once("close", () => {
-      const pending = this.#handshaking.get(key);
-      if (pending?.socket === socket) {
-        this.#handshaking.delete(key);
-        held.handshaking--;
-      }
-      held.open--;
-      if (held.open <= 0 && this.#counts.get(address) === held) this.#counts.delete(address);
+      if (this.#handshaking.get(key)?.socket === socket) this.#handshakeDone(key, address);
     });
     return undefined;
   }
@@ -158,13 +145,13 @@ export class AddressCaps {
   established(socket: Socket): void {
     const key = `${socket.remoteAddress}|${socket.remotePort}`;
     const pending = this.#handshaking.get(key);
-    if (pending === undefined) return;
-    this.#handshaking.delete(key);
-    pending.count.handshaking--;
+    if (pending !== undefined) this.#handshakeDone(key, pending.address);
   }
 
-  /** Connections open now from `address` (a test and status helper). */
-  openFrom(address: string): number {
-    return this.#counts.get(sourceAddress(address))?.open ?? 0;
+  #handshakeDone(key: string, address: string): void {
+    this.#handshaking.delete(key);
+    const left = (this.#handshakingFrom.get(address) ?? 1) - 1;
+    if (left <= 0) this.#handshakingFrom.delete(address);
+    else this.#handshakingFrom.set(address, left);
   }
 }
