@@ -89,6 +89,13 @@ export interface Inbound {
 }
 
 const kPlaintext = Symbol("meshward.plaintext");
+const kSourceAddress = Symbol("meshward.sourceAddress");
+
+/** The caller's address as the per-address caps count it (sourceAddress), worked out once per connection, not per request. */
+function sourceOf(socket: Socket): string {
+  const held = socket as Socket & { [kSourceAddress]?: string };
+  return (held[kSourceAddress] ??= sourceAddress(socket.remoteAddress));
+}
 
 /**
  * What the policy allowed a tunnel or a forwarded stream on: its caller, and the canonical path
@@ -324,7 +331,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       const body = bodyCheck(judged.verbSensitive, request.method, request.head.rawHeaders, socket);
       if ("refusal" in body) return { answer: body.refusal, done: tracker.begin(socket) };
       const finished = begin(socket, "http");
-      const release = appShare.hold(sourceAddress(socket.remoteAddress));
+      const release = appShare.hold(sourceOf(socket));
       return {
         upstream: appPool,
         addHeaders: peer === undefined ? "" : stampFor(peer).lines,
@@ -402,7 +409,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       // (AppShare), waiting for one of its own exchanges to end when the share is taken.
       let waiting = true;
       const withdraw = appShare.enter(
-        sourceAddress(socket.remoteAddress),
+        sourceOf(socket),
         (release) => {
           waiting = false;
           if (stream.closed || stream.destroyed) {
