@@ -1,6 +1,7 @@
 import { loadFile } from "./loaders/index.ts";
 import { isLoopbackComponent } from "./rules/helpers.ts";
 import { ALL_RULES } from "./rules/index.ts";
+import { applySuppressions } from "./suppressions.ts";
 import type { AuditResult, Corpus, DaprConfiguration, Finding, Position, Resource, Rule } from "./types.ts";
 import { DEFAULT_MAX_FILE_BYTES, walk } from "./walk.ts";
 import type { ReadFile } from "./walk.ts";
@@ -31,6 +32,8 @@ export function loadSources(files: readonly ReadFile[]): LoadedCorpus {
     skipped: [],
     binaryFiles: 0,
     parseErrors: [],
+    suppressed: [],
+    ignoreProblems: [],
   };
   for (const { file, text } of files) {
     const loaded = loadFile(file, text);
@@ -113,7 +116,11 @@ function compareFindings(a: Finding, b: Finding): number {
 /** Audits files given in memory (pure): used by tests, the drift view and the docs' examples. */
 export function auditSources(files: readonly ReadFile[], options: AuditOptions = {}): AuditResult {
   const { corpus, result } = loadSources(files);
-  result.findings = runRules(corpus, options.rules ?? selectRules(options.enable));
+  const rules = options.rules ?? selectRules(options.enable);
+  const outcome = applySuppressions(runRules(corpus, rules), files, new Set(ALL_RULES.map((rule) => rule.id)), new Set(rules.map((rule) => rule.id)));
+  result.findings = outcome.findings;
+  result.suppressed = outcome.suppressed;
+  result.ignoreProblems = outcome.problems;
   return result;
 }
 

@@ -231,6 +231,19 @@ export interface Finding {
   document: number;
 }
 
+/** A finding an ignore comment in its file covers (`meshward-audit-ignore RULE -- reason`). */
+export interface SuppressedFinding extends Finding {
+  suppression: { reason: string; /** Line of the ignore comment. */ line: number; scope: "line" | "file" };
+}
+
+/** An ignore comment that was not applied (unknown rule, no reason) or covers no finding. */
+export interface IgnoreProblem {
+  file: string;
+  line: number;
+  column: number;
+  message: string;
+}
+
 /** `outside-root`: a symbolic link whose target is outside the folder being audited (not followed). */
 export type SkipReason = "too-large" | "symlink-loop" | "unreadable" | "outside-root" | "not-config" | "not-regular";
 
@@ -260,4 +273,7 @@ export interface AuditResult {
   /** Binary files (a NUL byte) are counted, not listed. */
   binaryFiles: number;
   parseErrors: ParseProblem[];
+  /** Findings covered by ignore comments: not in `findings`, never counted by --fail-on. */
+  suppressed: SuppressedFinding[];
+  ignoreProblems: IgnoreProblem[];
 }

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { isAbsolute } from "node:path";
 import { pathToFileURL } from "node:url";
-import type { AuditResult, Finding, Rule, Severity } from "../types.ts";
+import type { AuditResult, Finding, Rule, Severity, SuppressedFinding } from "../types.ts";
 
 const LEVEL: Readonly<Record<Severity, "error" | "warning" | "note">> = { high: "error", medium: "warning", low: "note" };
 /** GitHub code scanning maps `security-severity` to its own high/medium/low. */
@@ -35,7 +35,9 @@ export function findingFingerprints(findings: readonly Finding[]): string[] {
 
 /** A SARIF 2.1.0 log with one run; relative paths are relative to `%SRCROOT%` (the cwd). */
 export function renderSarif(result: AuditResult, options: SarifOptions): string {
-  const fingerprints = findingFingerprints(result.findings);
+  // Suppressed findings are results too (with `suppressions`), fingerprinted with the rest so an
+  // alert keeps its identity when an ignore comment is added or removed.
+  const fingerprints = findingFingerprints([...result.findings, ...result.suppressed]);
   const ruleIndex = new Map(options.rules.map((rule, index) => [rule.id, index]));
   const log = {
     $schema: "https://json.schemastore.org/sarif-2.1.0.json",
@@ -67,6 +69,11 @@ export function renderSarif(result: AuditResult, options: SarifOptions): string 
                 message: { text: problem.kind === "helm-template" ? problem.message : `YAML error: ${problem.message}` },
                 locations: [location(problem.file, problem.line, problem.column)],
               })),
+              ...result.ignoreProblems.map((problem) => ({
+                level: "warning",
+                message: { text: problem.message },
+                locations: [location(problem.file, problem.line, problem.column)],
+              })),
               ...result.skipped.map((skipped) => ({
                 level: "note",
                 message: { text: `Skipped (${skipped.reason}): ${skipped.detail}` },
@@ -75,13 +82,15 @@ export function renderSarif(result: AuditResult, options: SarifOptions): string 
             ],
           },
         ],
-        results: result.findings.map((finding, index) => ({
+        results: [...result.findings, ...result.suppressed].map((finding, index) => ({
           ruleId: finding.ruleId,
           ...(ruleIndex.has(finding.ruleId) ? { ruleIndex: ruleIndex.get(finding.ruleId) } : {}),
           level: LEVEL[finding.severity],
           message: { text: `${finding.message} (${finding.evidence}). Fix: ${finding.fix}` },
           locations: [location(finding.file, finding.line, finding.column)],
           partialFingerprints: { "meshwardFinding/v2": fingerprints[index] },
+          // SARIF §3.35: accepted in source; code scanning shows such an alert as dismissed.
+          ...("suppression" in finding ? { suppressions: [{ kind: "inSource", status: "accepted", justification: (finding as SuppressedFinding).suppression.reason }] } : {}),
         })),
         columnKind: "unicodeCodePoints",
       },

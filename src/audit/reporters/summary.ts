@@ -61,6 +61,8 @@ export function summaryLine(result: AuditResult): string {
     `${result.resourcesAudited} resources audited`,
     `${unknownKindCount(result)} documents of unknown kinds skipped`,
   ];
+  if (result.suppressed.length > 0) parts.push(`${result.suppressed.length} suppressed by ignore comments`);
+  if (result.ignoreProblems.length > 0) parts.push(`${result.ignoreProblems.length} ignore comment${result.ignoreProblems.length === 1 ? "" : "s"} not applied`);
   if (result.skipped.length > 0) parts.push(`${result.skipped.length} files skipped`);
   if (result.binaryFiles > 0) parts.push(`${result.binaryFiles} binary file${result.binaryFiles === 1 ? "" : "s"} not read`);
   const helm = helmTemplates(result).length;

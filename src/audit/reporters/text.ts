@@ -38,6 +38,18 @@ export function renderText(result: AuditResult, options: TextOptions): string {
     }
     lines.push("");
   }
+  if (result.suppressed.length > 0) {
+    lines.push(paint("1", "Suppressed by ignore comments (not counted by --fail-on):"));
+    for (const finding of result.suppressed) {
+      lines.push(`  ${finding.file}:${finding.line}:${finding.column}  ${finding.ruleId}  ${paint("2", `-- ${finding.suppression.reason}`)} (${finding.suppression.scope === "file" ? "file-wide, " : ""}comment on line ${finding.suppression.line})`);
+    }
+    lines.push("");
+  }
+  if (result.ignoreProblems.length > 0) {
+    lines.push(paint("1", "Ignore comments not applied:"));
+    for (const problem of result.ignoreProblems) lines.push(`  ${problem.file}:${problem.line}:${problem.column}  ${problem.message}`);
+    lines.push("");
+  }
   const yaml = yamlErrors(result);
   if (yaml.length > 0) {
     lines.push(paint("1", "YAML errors (documents left out, audit continued):"));
