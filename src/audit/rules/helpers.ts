@@ -75,6 +75,6 @@ export function redactConnectionString(value: string): string {
   text = text.replace(/^([^:/@\s()]+):.*@(?=(tcp|unix)\()/s, "$1:****@");
   const semicolons = text.includes(";");
   const unquoted = semicolons ? "[^;]*" : "[^\\s;&]*";
-  const keyword = new RegExp(`((?:password|pwd)\\s*=\\s*)('(?:[^'\\\\]|\\\\.|'')*'|"(?:[^"\\\\]|\\\\.|"")*"|${unquoted})`, "gi");
+  const keyword = new RegExp(`((?:password|pwd|sharedaccesskey|accountkey|sharedaccesssignature)\\s*=\\s*)('(?:[^'\\\\]|\\\\.|'')*'|"(?:[^"\\\\]|\\\\.|"")*"|${unquoted})`, "gi");
   return text.replace(keyword, "$1****");
 }

@@ -26,7 +26,8 @@ export function looksLikeProduction(file: string, namespace: string | undefined)
 }
 
 /**
- * `scheme://user:pass@` (also `redis://:pass@`, no user), `user:pass@tcp(` (Go MySQL DSN) or a `password=` keyword, where the
+ * `scheme://user:pass@` (also `redis://:pass@`, no user), `user:pass@tcp(` (Go MySQL DSN), a `password=` keyword or an Azure
+ * `SharedAccessKey=` / `AccountKey=` / `SharedAccessSignature=`, where the
  * password is a literal (not `${{PASS}}`, `<password>`, `{{ .Values.x }}`, `****`).
  */
 export function hasEmbeddedCredentials(value: string): boolean {
@@ -35,6 +36,8 @@ export function hasEmbeddedCredentials(value: string): boolean {
     urlPassword(text),
     /^[^\s:/@()]+:(\S+)@(tcp|unix)\(/i.exec(text)?.[1],
     /(?:^|[\s;?&])(?:password|pwd)\s*=\s*('[^']*'|"[^"]*"|[^\s;&]+)/i.exec(text)?.[1]?.replace(/^['"]|['"]$/g, ""),
+    // Azure Service Bus / Event Hubs / Storage connection strings carry the key itself.
+    /(?:^|[\s;])(?:SharedAccessKey|AccountKey|SharedAccessSignature)\s*=\s*([^\s;]+)/i.exec(text)?.[1],
   ];
   return passwords.some((password) => password !== undefined && !isPlaceholder(password) && !hasSubstitution(password));
 }
@@ -134,7 +137,7 @@ export const secretRules: Rule[] = [
     family: "secrets",
     severity: "high",
     title: "Connection string with credentials inline",
-    why: "A connection string that embeds a user and password publishes the database credentials to everyone who can read the configuration.",
+    why: "A connection string that embeds a user and password (or an Azure `SharedAccessKey=`/`AccountKey=`) publishes the credentials to everyone who can read the configuration.",
     fix: "Move the whole connection string into a secret store and use `secretKeyRef`, or use workload identity (e.g. Azure AD, IAM auth) instead of a password.",
     example: {
       file: "statestore.yaml",
@@ -190,7 +193,7 @@ export const secretRules: Rule[] = [
     family: "secrets",
     severity: "high",
     title: "Secret inline in a container environment variable",
-    why: "`env[].value` is stored in the workload spec (and a docker-compose `environment:` entry in the compose file): visible to everyone who can `get` the Deployment, in git and in Helm history. That holds for a password under any name, including one inside a connection URL (`DATABASE_URL=postgres://user:password@db/orders`). The same holds for a `.env` file and a ConfigMap's `data` (read into containers with `env_file:` and `envFrom`); a Secret's values are where secrets belong and are not reported here (MW-SECRET-007 reports Secrets kept in the tree).",
+    why: "`env[].value` is stored in the workload spec (and a docker-compose `environment:` entry in the compose file): visible to everyone who can `get` the Deployment, in git and in Helm history. That holds for a password under any name, including one inside a connection URL (`DATABASE_URL=postgres://user:password@db/orders`, a JDBC URL's `password=`) or an Azure connection string's `SharedAccessKey=`/`AccountKey=`. The same holds for a `.env` file and a ConfigMap's `data` (read into containers with `env_file:` and `envFrom`); a Secret's values are where secrets belong and are not reported here (MW-SECRET-007 reports Secrets kept in the tree).",
     fix: "Use `valueFrom.secretKeyRef` (or mount the secret as a file); for a connection URL, keep the whole URL in the Secret.",
     example: {
       file: "deployment.yaml",

@@ -57,6 +57,8 @@ interface PostgresConnection {
   where?: string;
   /** The URL, for container env values (a loopback one lowers the finding). */
   url?: string;
+  /** What the connection says, when sslmode alone would misstate it (a JDBC driver's own default or factory). */
+  said?: string;
 }
 
 /**
@@ -84,22 +86,37 @@ function postgresSslMode(component: DaprComponent): PostgresConnection | undefin
  * variables are left to the micro rules, proxy settings (`HTTP_PROXY`: HTTPS goes through
  * them in a CONNECT tunnel) and identifiers (`*_AUDIENCE`) are not connected to in plaintext.
  */
-function envUrls(workload: EnvHolder): (ContainerEnvVar & { scheme: string })[] {
+function envUrls(workload: EnvHolder): (ContainerEnvVar & { scheme: string; jdbc: boolean })[] {
   return workload.env
     .filter((entry) => entry.hasInlineValue && !isPlaceholder(entry.value) && !/^MICRO_/i.test(entry.name)
       && !/(^|_)(https?|all|ftp|no)_proxy$/i.test(entry.name) && !IDENTIFIER_NAME.test(entry.name))
-    .map((entry) => ({ ...entry, scheme: urlScheme(entry.value) }))
+    .map((entry) => {
+      const value = withoutJdbc(entry.value);
+      return { ...entry, value, scheme: urlScheme(value), jdbc: value !== entry.value };
+    })
     .filter((entry) => entry.scheme !== "");
+}
+
+/**
+ * A JDBC URL (`jdbc:postgresql://db:5432/orders?sslmode=require`, Spring's
+ * `SPRING_DATASOURCE_URL`) as the URL its driver reads (`postgresql://…`), else the value as is.
+ */
+export function withoutJdbc(value: string): string {
+  const text = value.trim();
+  return /^jdbc:[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text.slice("jdbc:".length) : value;
 }
 
 /**
  * MySQL connections in container env: `mysql://`, `mysql+pymysql://`, `mariadb://` URLs and Go
  * driver DSNs (`user:pass@tcp(db:3306)/orders?tls=true`), which have no scheme.
  */
-function envMysqlConnections(workload: EnvHolder): (ContainerEnvVar & { dsn: boolean })[] {
+function envMysqlConnections(workload: EnvHolder): (ContainerEnvVar & { dsn: boolean; jdbc: boolean })[] {
   return workload.env
     .filter((entry) => entry.hasInlineValue && !isPlaceholder(entry.value) && !/^MICRO_/i.test(entry.name) && !IDENTIFIER_NAME.test(entry.name))
-    .map((entry) => ({ ...entry, dsn: /^[^\s/@]*@(?:tcp|unix)\(/i.test(entry.value.trim()) }))
+    .map((entry) => {
+      const value = withoutJdbc(entry.value);
+      return { ...entry, value, jdbc: value !== entry.value, dsn: /^[^\s/@]*@(?:tcp|unix)\(/i.test(value.trim()) };
+    })
     .filter((entry) => entry.dsn || /^(mysql|mariadb)(\+[a-z0-9]+)?$/.test(urlScheme(entry.value)));
 }
 
@@ -118,6 +135,13 @@ function mysqlUrlTls(value: string): string | undefined {
     const mode = setting(name);
     if (mode !== undefined) return /^verify[-_](ca|identity|full)$/i.test(mode) ? undefined : `${name}=${mode}`;
   }
+  // MySQL Connector/J's legacy switches: useSSL=true verifies the server only with verifyServerCertificate=true.
+  const useSsl = setting("useSSL");
+  if (useSsl !== undefined) {
+    if (!isTruthy(useSsl)) return `useSSL=${useSsl}`;
+    const verify = setting("verifyServerCertificate");
+    return verify !== undefined && isTruthy(verify) ? undefined : `useSSL=${useSsl} without verifyServerCertificate=true`;
+  }
   const accept = setting("sslaccept");
   if (accept !== undefined) return accept.toLowerCase() === "strict" ? undefined : `sslaccept=${accept}`;
   const ssl = setting("ssl");
@@ -133,15 +157,38 @@ function containerEnv(workload: EnvHolder, entry: ContainerEnvVar): ContainerEnv
   return workload.env.filter((other) => JSON.stringify(other.path.slice(0, -3)) === container);
 }
 
-/** `postgres://` / `postgresql://` URLs in container env; libpq's `PGSSLMODE` in the same container counts when the URL sets no sslmode. */
+/**
+ * `postgres://` / `postgresql://` URLs (also `jdbc:postgresql://`) in container env; libpq's
+ * `PGSSLMODE` in the same container counts when the URL sets no sslmode. A container with no
+ * such URL that sets `PGHOST` (a network host) and a `PGSSLMODE` connects with that mode (libpq
+ * reads both); with no PGSSLMODE the app may set sslmode in its code, so that is not judged.
+ */
 function envPostgresConnections(workload: EnvHolder): PostgresConnection[] {
-  return envUrls(workload).filter((entry) => entry.scheme === "postgres" || entry.scheme === "postgresql").flatMap((entry) => {
+  const urls = envUrls(workload).filter((entry) => entry.scheme === "postgres" || entry.scheme === "postgresql");
+  const containers = new Set(urls.filter((entry) => !entry.jdbc).map((entry) => JSON.stringify(entry.path.slice(0, -3))));
+  const bare = workload.env.filter((entry) => entry.name === "PGSSLMODE" && entry.hasInlineValue && !isPlaceholder(entry.value)
+    && !containers.has(JSON.stringify(entry.path.slice(0, -3)))).flatMap((entry): PostgresConnection[] => {
+    const host = containerEnv(workload, entry).find((other) => other.name === "PGHOST" && other.hasInlineValue && !isPlaceholder(other.value));
+    if (host === undefined || isPostgresSocketOnly(`host=${host.value.trim()}`)) return [];
+    return [{ path: entry.path, mode: entry.value.trim().toLowerCase(), label: "", said: `PGSSLMODE=${entry.value.trim()}`, where: ` (PGHOST: ${host.value.trim()})`, url: `postgres://${host.value.trim()}` }];
+  });
+  return [...bare, ...urls.flatMap((entry) => {
     const pgHost = containerEnv(workload, entry).find((other) => other.name === "PGHOST" && other.hasInlineValue)?.value ?? "";
     if (isPostgresSocketOnly(entry.value, pgHost)) return [];
-    const fromEnv = containerEnv(workload, entry).find((other) => other.name === "PGSSLMODE" && other.hasInlineValue)?.value ?? "";
-    const mode = (connectionParam(entry.value, "sslmode") ?? fromEnv).trim().toLowerCase();
-    return [{ path: entry.path, mode, label: `${entry.name}: `, where: ` (${entry.scheme}://${hostOf(entry.value)})`, url: entry.value }];
-  });
+    // The PostgreSQL JDBC driver reads no PGSSLMODE; its `ssl=true` without sslmode means verify-full,
+    // and its NonValidatingFactory accepts any certificate whatever sslmode says.
+    const fromEnv = entry.jdbc ? "" : containerEnv(workload, entry).find((other) => other.name === "PGSSLMODE" && other.hasInlineValue)?.value ?? "";
+    const jdbcDefault = entry.jdbc && isTruthy(connectionParam(entry.value, "ssl") ?? "") ? "verify-full" : "";
+    const explicit = connectionParam(entry.value, "sslmode");
+    let mode = (explicit ?? (fromEnv || jdbcDefault)).trim().toLowerCase();
+    let said = entry.jdbc && mode === "" ? "sslmode not set (PostgreSQL JDBC default: prefer)" : undefined;
+    if (entry.jdbc && /NonValidatingFactory$/.test(connectionParam(entry.value, "sslfactory") ?? "") && mode !== "" && !["disable", "allow", "prefer"].includes(mode)) {
+      said = `${explicit === undefined ? "ssl=true" : `sslmode=${mode}`} with sslfactory=NonValidatingFactory (no certificate check)`;
+      mode = "require";
+    }
+    const shown = `${entry.jdbc ? "jdbc:" : ""}${entry.scheme}://${hostOf(entry.value)}`;
+    return [{ path: entry.path, mode, label: `${entry.name}: `, where: ` (${shown})`, url: entry.value, ...(said === undefined ? {} : { said }) }];
+  })];
 }
 
 /**
@@ -173,7 +220,7 @@ function postgresConnections(resource: DaprComponent | EnvHolder): PostgresConne
 }
 
 function postgresHit(connection: PostgresConnection, evidence: string): Hit {
-  const found: Hit = { path: connection.path, evidence: `${connection.label}${evidence}${connection.where ?? ""}` };
+  const found: Hit = { path: connection.path, evidence: `${connection.label}${connection.said ?? evidence}${connection.where ?? ""}` };
   return connection.url === undefined ? found : envHit(connection.url, found);
 }
 
@@ -279,7 +326,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "PostgreSQL connection without enforced TLS",
-    why: "libpq's `sslmode` `disable`, `allow` and `prefer` (and no sslmode, which means prefer) let the connection fall back to plaintext; an attacker on the path simply refuses TLS. Read in component connection strings, in a postgres component's individual `host`/`hostaddr` fields when it has no connection string (they take no sslmode, so the default prefer applies), and in `postgres://` URLs in container env (`DATABASE_URL`, with `PGSSLMODE` of the same container when the URL sets no sslmode).",
+    why: "libpq's `sslmode` `disable`, `allow` and `prefer` (and no sslmode, which means prefer) let the connection fall back to plaintext; an attacker on the path simply refuses TLS. Read in component connection strings, in a postgres component's individual `host`/`hostaddr` fields when it has no connection string (they take no sslmode, so the default prefer applies), in `postgres://` URLs in container env (`DATABASE_URL`, with `PGSSLMODE` of the same container when the URL sets no sslmode), in `jdbc:postgresql://` URLs (`SPRING_DATASOURCE_URL`; the JDBC driver's `ssl=true` alone means verify-full, and its `NonValidatingFactory` checks no certificate), and in an explicit `PGSSLMODE` next to a network `PGHOST`.",
     fix: "Use `sslmode=verify-full` with `sslrootcert` pointing at the server's CA.",
     example: {
       file: "statestore.yaml",
@@ -317,7 +364,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "MySQL connection without verified TLS",
-    why: "The Go MySQL driver uses plaintext unless the DSN says `tls=true` or `tls=custom`; `tls=preferred` falls back to plaintext and `tls=skip-verify` accepts any certificate. Read in component connection strings and in container env: `mysql://`/`mariadb://` URLs (`mysql+pymysql://`, Prisma, mysql2) and Go DSNs (`user:pass@tcp(db:3306)/orders`), where `ssl-mode=VERIFY_IDENTITY`, `sslaccept=strict`, `ssl=true` or a CA file (`ssl_ca`) count as verified TLS.",
+    why: "The Go MySQL driver uses plaintext unless the DSN says `tls=true` or `tls=custom`; `tls=preferred` falls back to plaintext and `tls=skip-verify` accepts any certificate. Read in component connection strings and in container env: `mysql://`/`mariadb://` URLs (`mysql+pymysql://`, Prisma, mysql2) Go DSNs (`user:pass@tcp(db:3306)/orders`) and `jdbc:mysql://`/`jdbc:mariadb://` URLs, where `ssl-mode=VERIFY_IDENTITY` (`sslMode=VERIFY_CA`, `verify-full`), `sslaccept=strict`, `ssl=true`, a CA file (`ssl_ca`) or Connector/J's `useSSL=true&verifyServerCertificate=true` count as verified TLS.",
     fix: "Add `tls=true` (or `tls=custom` with `pemPath`) to the DSN.",
     example: {
       file: "statestore.yaml",
@@ -333,7 +380,7 @@ export const transportRules: Rule[] = [
           const verdict = mysqlUrlTls(entry.value);
           if (verdict === undefined) return [];
           const host = entry.dsn ? (/@(?:tcp|unix)\(([^)]*)\)/i.exec(entry.value)?.[1] ?? "") : hostOf(entry.value);
-          const where = entry.dsn ? `tcp(${host})` : `${urlScheme(entry.value)}://${host}`;
+          const where = entry.dsn ? `tcp(${host})` : `${entry.jdbc ? "jdbc:" : ""}${urlScheme(entry.value)}://${host}`;
           return [envHit(`mysql://${host}`, { path: entry.path, evidence: `${entry.name}: ${verdict} (${where})` })];
         });
       }
@@ -615,7 +662,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "SQL Server connection without verified TLS",
-    why: "`Encrypt=false` (also `no`, `disable`, `optional`) sends queries and results in plaintext (go-mssqldb, which Dapr's SQL Server components use, encrypts only the login packet with `false`), and `TrustServerCertificate=true` accepts any certificate, so anyone on the path can impersonate the database (medium). Read in component connection strings (`state.sqlserver`, `bindings.sqlserver`) and in container env, `.env` files, ConfigMaps and Secrets.",
+    why: "`Encrypt=false` (also `no`, `disable`, `optional`) sends queries and results in plaintext (go-mssqldb, which Dapr's SQL Server components use, encrypts only the login packet with `false`), and `TrustServerCertificate=true` accepts any certificate, so anyone on the path can impersonate the database (medium). Read in component connection strings (`state.sqlserver`, `bindings.sqlserver`) and in container env, `.env` files, ConfigMaps and Secrets (also `jdbc:sqlserver://` URLs).",
     fix: "Use `Encrypt=true` (or `strict`) without `TrustServerCertificate`, and give the CA (`certificate=` for go-mssqldb) when the server's certificate is not from a public CA.",
     example: {
       file: "statestore.yaml",
@@ -628,7 +675,7 @@ export const transportRules: Rule[] = [
         return resource.env
           .filter((entry) => entry.hasInlineValue && !isPlaceholder(entry.value) && !/^MICRO_/i.test(entry.name))
           .flatMap((entry): Hit[] => {
-            const issues = sqlServerTlsIssues(entry.value);
+            const issues = sqlServerTlsIssues(withoutJdbc(entry.value));
             return issues === undefined ? [] : [{ path: entry.path, evidence: `${entry.name}: ${issues.evidence}`, ...(issues.plaintext ? {} : { severity: "medium" as const }) }];
           });
       }
