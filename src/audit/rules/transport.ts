@@ -364,7 +364,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "MySQL connection without verified TLS",
-    why: "The Go MySQL driver uses plaintext unless the DSN says `tls=true` or `tls=custom`; `tls=preferred` falls back to plaintext and `tls=skip-verify` accepts any certificate. Read in component connection strings and in container env: `mysql://`/`mariadb://` URLs (`mysql+pymysql://`, Prisma, mysql2) Go DSNs (`user:pass@tcp(db:3306)/orders`) and `jdbc:mysql://`/`jdbc:mariadb://` URLs, where `ssl-mode=VERIFY_IDENTITY` (`sslMode=VERIFY_CA`, `verify-full`), `sslaccept=strict`, `ssl=true`, a CA file (`ssl_ca`) or Connector/J's `useSSL=true&verifyServerCertificate=true` count as verified TLS.",
+    why: "The Go MySQL driver uses plaintext unless the DSN says `tls=true` or `tls=custom`; `tls=preferred` falls back to plaintext and `tls=skip-verify` accepts any certificate. Read in component connection strings and in container env: `mysql://`/`mariadb://` URLs (`mysql+pymysql://`, Prisma, mysql2), Go DSNs (`user:pass@tcp(db:3306)/orders`) and `jdbc:mysql://`/`jdbc:mariadb://` URLs, where `ssl-mode=VERIFY_IDENTITY` (`sslMode=VERIFY_CA`, `verify-full`), `sslaccept=strict`, `ssl=true`, a CA file (`ssl_ca`) or Connector/J's `useSSL=true&verifyServerCertificate=true` count as verified TLS.",
     fix: "Add `tls=true` (or `tls=custom` with `pemPath`) to the DSN.",
     example: {
       file: "statestore.yaml",
