@@ -227,7 +227,63 @@ function ambiguousWithinNamespace(environments: readonly { posture: Posture }[],
   });
 }
 
-export function compareEnvironments(environments: readonly { name: string; posture: Posture }[], chosen?: { index: number; by: ReferenceChoice }): DriftReport {
+/** Words that name an environment inside a resource name (`statestore-staging`, `prod-appconfig`). */
+const ENVIRONMENT_WORDS = new Set(["dev", "devel", "development", "test", "testing", "qa", "uat", "int", "integration", "stage", "staging", "stg", "preprod", "pre-prod", "sandbox", "demo", "prod", "production", "prd", "live"]);
+
+/** The name without an environment word as its first or last `-`/`_`/`.` part, or undefined when it has none. */
+function withoutEnvironmentWord(name: string, words: ReadonlySet<string>): string | undefined {
+  const parts = name.split(/([-_.])/);
+  if (parts.length < 3) return undefined;
+  const first = parts[0]?.toLowerCase() ?? "";
+  const last = parts[parts.length - 1]?.toLowerCase() ?? "";
+  if (words.has(last)) return parts.slice(0, -2).join("");
+  if (words.has(first)) return parts.slice(2).join("");
+  return undefined;
+}
+
+/**
+ * Names that carry their environment (`statestore-staging` in staging, `statestore-production`
+ * in production) are compared as one resource (`statestore-<env>`): only where the exact name is
+ * in no other environment, the stripped name is shared by at least two environments, each of
+ * them holds exactly one such resource for it, and no environment holds the stripped name itself.
+ * Otherwise the names are left as they are: two rows, never a guess that merges two resources.
+ */
+export function matchEnvironmentNames<E extends { name: string; posture: Posture }>(environments: readonly E[]): E[] {
+  const words = new Set([...ENVIRONMENT_WORDS, ...environments.map((environment) => basename(environment.name).toLowerCase())]);
+  const identity = (entry: PostureEntry, name: string): string => [entry.aspect, entry.label, name, entry.suffix, entry.namespace ?? ""].join(SEP);
+  const exact = new Map<string, Set<number>>();
+  environments.forEach((environment, index) => {
+    for (const entry of environment.posture) exact.set(identity(entry, entry.name), (exact.get(identity(entry, entry.name)) ?? new Set()).add(index));
+  });
+  // Stripped identity → environment index → the raw names that strip to it there.
+  const stripped = new Map<string, Map<number, Set<string>>>();
+  environments.forEach((environment, index) => {
+    for (const entry of environment.posture) {
+      if ((exact.get(identity(entry, entry.name))?.size ?? 0) > 1) continue;
+      const short = withoutEnvironmentWord(entry.name, words);
+      if (short === undefined) continue;
+      const byEnvironment = stripped.get(identity(entry, short)) ?? new Map<number, Set<string>>();
+      byEnvironment.set(index, (byEnvironment.get(index) ?? new Set()).add(entry.name));
+      stripped.set(identity(entry, short), byEnvironment);
+    }
+  });
+  return environments.map((environment, index) => ({
+    ...environment,
+    posture: environment.posture.map((entry) => {
+      if ((exact.get(identity(entry, entry.name))?.size ?? 0) > 1) return entry;
+      const short = withoutEnvironmentWord(entry.name, words);
+      const byEnvironment = short === undefined ? undefined : stripped.get(identity(entry, short));
+      if (short === undefined || byEnvironment === undefined || byEnvironment.size < 2 || [...byEnvironment.values()].some((names) => names.size !== 1)) return entry;
+      // An unsuffixed resource of that name elsewhere would be a second, different row: leave both.
+      if (exact.has(identity(entry, short))) return entry;
+      const suffixed = entry.name.toLowerCase().startsWith(short.toLowerCase());
+      return { ...entry, name: suffixed ? `${short}-<env>` : `<env>-${short}` };
+    }),
+  }));
+}
+
+export function compareEnvironments(given: readonly { name: string; posture: Posture }[], chosen?: { index: number; by: ReferenceChoice }): DriftReport {
+  const environments = matchEnvironmentNames(given);
   const names = environments.map((environment) => environment.name);
   const { index: reference, by: referenceBy } = chosen ?? chooseReference(names);
   const keyOf = rowKeys(environments);
