@@ -64,6 +64,12 @@ export interface FileSink {
   ready(): Promise<void>;
   /** Resolves when no write or command is pending. */
   idle(): Promise<void>;
+  /**
+   * Why the files in `dir` do not hold the current identity (the last write failed and is being
+   * retried), or undefined when they do. A readiness check: a server reading these files would
+   * serve an old, soon expired certificate.
+   */
+  problem(): string | undefined;
   close(): Promise<void>;
 }
 
@@ -98,6 +104,7 @@ export function startFileSink(options: FileSinkOptions): FileSink {
   let commandOwed = false;
   let retryTimer: NodeJS.Timeout | undefined;
   let retryDelay = options.retryMs?.initial ?? 1_000;
+  let writeProblem: string | undefined;
   let resolveReady!: () => void;
   const readyPromise = new Promise<void>((resolvePromise) => (resolveReady = resolvePromise));
 
@@ -150,8 +157,10 @@ export function startFileSink(options: FileSinkOptions): FileSink {
       let changed = false;
       try {
         changed = write(snapshot);
+        writeProblem = undefined;
       } catch (error) {
         const retryInMs = retryLater(snapshot);
+        writeProblem = `cannot write the identity files in ${dir} (${describeError(error)}); retrying${retryInMs === undefined ? "" : ` in ${retryInMs} ms`}: they hold ${lastWritten === undefined ? "no identity yet" : "the previous certificate"}`;
         logger?.error({ event: "identity-files-write-failed", dir, error: describeError(error), retryInMs }, "cannot write the identity files");
         report({ type: "write-failed", error: error as Error });
         continue;
@@ -218,6 +227,7 @@ export function startFileSink(options: FileSinkOptions): FileSink {
   return {
     paths,
     ready: () => readyPromise,
+    problem: () => writeProblem,
     async idle() {
       while (running !== undefined) await running;
     },

@@ -250,4 +250,40 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     expect(statSync(socket).isSocket()).toBe(true);
     expect(await id.stop()).toBe(0);
   }, 60_000);
+  it("readiness fails with a 'files' check while renewed files cannot be written, and recovers when they can", async () => {
+    // Found by review (stop 42): a write failing at every renewal left /readyz green while nginx or
+    // PostgreSQL kept serving the old, expiring certificate from --out.
+    const out = join(work, "unwritable");
+    const id = await startCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", await token("files"), "--out", out, "--status", "127.0.0.1:0"], /identity ready: (\S+) .* status=(\S+)/);
+    running.push(id);
+    const statusAddress = id.match[2] as string;
+    const readyz = async () => {
+      const res = await fetch(`http://${statusAddress}/readyz`);
+      return { status: res.status, body: (await res.json()) as { checks: Record<string, { ok: boolean; detail: string }> } };
+    };
+    const healthy = await readyz();
+    expect(healthy.status).toBe(200);
+    expect(healthy.body.checks.files).toEqual({ ok: true, detail: `${join(out, "cert.pem")} holds the current certificate` });
+
+    // rename(2) cannot replace a non-empty directory: the next renewal's write fails, and is retried.
+    const first = serialOf(out);
+    rmSync(join(out, "cert.pem"));
+    mkdirSync(join(out, "cert.pem", "blocker"), { recursive: true });
+    const until = async (status: number, what: string) => {
+      for (const deadline = Date.now() + 30_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 100))) {
+        const r = await readyz();
+        if (r.status === status) return r;
+      }
+      throw new Error(`timed out waiting for ${what}`);
+    };
+    const failing = await until(503, "readiness to fail at the renewal");
+    expect(failing.body.checks.files!.ok).toBe(false);
+    expect(failing.body.checks.files!.detail).toMatch(/^cannot write the identity files in .*unwritable.*retrying in \d+ ms: they hold the previous certificate$/);
+    expect(failing.body.checks.identity!.ok).toBe(true);
+
+    rmSync(join(out, "cert.pem"), { recursive: true });
+    await until(200, "readiness to recover once the write succeeds");
+    expect(serialOf(out)).not.toBe(first);
+    expect(await id.stop()).toBe(0);
+  }, 90_000);
 });

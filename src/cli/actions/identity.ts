@@ -2,6 +2,7 @@
 import type { OptionValues } from "commander";
 import { createIdentity, type CaIdentitySource } from "../../identity/ca-source.ts";
 import { startFileSink } from "../../identity/file-sink.ts";
+import type { FileSink } from "../../identity/file-sink.ts";
 import { instrumentIdentity } from "../../identity/instrument.ts";
 import { listenWorkloadApi, socketPathFrom, type WorkloadApiListener } from "../../identity/workload-api/index.ts";
 import { MeshwardError } from "../../errors.ts";
@@ -89,8 +90,9 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
       logger.info({ event: "stopped" }, "stopped before the first certificate arrived");
       return;
     }
+    let sink: FileSink | undefined;
     if (opts.out !== undefined) {
-      const sink = startFileSink({
+      const files = startFileSink({
         source: identity,
         dir: outDir ?? opts.out,
         logger,
@@ -98,8 +100,9 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
         ...(owner !== undefined ? { owner } : {}),
         ...(keyMode !== undefined ? { keyMode } : {}),
       });
-      closers.push(() => sink.close());
-      await sink.ready();
+      sink = files;
+      closers.push(() => files.close());
+      await files.ready();
     }
     if (statusBind !== undefined) {
       const health = createHealth();
@@ -110,6 +113,13 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
         if (problem !== undefined) return { ok: false, detail: problem };
         return { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` };
       });
+      if (sink !== undefined) {
+        const files = sink;
+        health.register("files", () => {
+          const problem = files.problem();
+          return problem === undefined ? { ok: true, detail: `${files.paths.cert} holds the current certificate` } : { ok: false, detail: problem };
+        });
+      }
       const { host, port } = statusBind;
       await reserved.release();
       const page = identityStatus({ component: "identity", name: snapshot.svid.spiffeId, source: identity, health });
