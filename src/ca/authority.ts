@@ -175,7 +175,10 @@ export class CertificateAuthority {
     if (request.trustDomain !== "" && request.trustDomain !== anchors.trustDomain) {
       throw trustDomainLimit(request.trustDomain, anchors.trustDomain);
     }
-    const wantsJwt = this.options.jwtSvids !== undefined && (request.jwtAudiences?.length ?? 0) > 0;
+    // As Sentry with JWTs enabled: every response carries a JWT-SVID (aud: the trust domain, then
+    // whatever jwt_audiences names), asked for or not (dapr/dapr pkg/sentry/server/server.go,
+    // `if s.jwtEnabled { audiences := append([]string{td}, req.GetJwtAudiences()...) … }`).
+    const wantsJwt = this.options.jwtSvids !== undefined;
     if (wantsJwt) checkJwtAudiences(request.jwtAudiences ?? []);
     const attestor = this.options.attestors.get(validatorName);
     const { signal } = request;

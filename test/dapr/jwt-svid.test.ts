@@ -95,10 +95,18 @@ describe.each(["ES256", "EdDSA"] as const)("JWT-SVIDs signed %s", (algorithm) =>
     await expect(wrongId.validate(identity.perAudienceJwts.vault!, "vault")).rejects.toMatchObject({ code: "E_SPIFFE_MISMATCH" });
   }, 60_000);
 
-  it("asks for nothing, gets no JWT", async () => {
+  // Sentry with JWTs enabled returns `jwt` on every SignCertificate, asked for or not, with aud =
+  // [trust domain, ...jwt_audiences] (dapr/dapr pkg/sentry/server/server.go@8728f60 signCertificate:
+  // `if s.jwtEnabled { audiences := append([]string{res.TrustDomain.String()}, req.GetJwtAudiences()...) …}`),
+  // so a daprd without --sentry-request-jwt-audiences (the default) still has a JWT-SVID.
+  it("asks for no audience (daprd's default), still gets a JWT-SVID for the trust domain, and no per-audience ones", async () => {
     const identity = await ask([]);
-    expect(identity.jwt).toBeUndefined();
+    expect(identity.jwt).toBeDefined();
     expect(identity.perAudienceJwts).toEqual({});
+    const { payload } = await jwtVerify(identity.jwt!, createLocalJWKSet(await publishedKeys()), { audience: "public", algorithms: [algorithm] });
+    expect(payload.aud).toEqual(["public"]);
+    expect(payload.sub).toBe(identity.spiffeId);
+    expect((payload.exp as number) * 1000).toBeLessThanOrEqual(identity.validUntil.getTime());
   }, 60_000);
 
   it("rotates the key with the issuer and keeps the old one published: old tokens still validate", async () => {
