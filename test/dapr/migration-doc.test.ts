@@ -186,6 +186,15 @@ describe("docs/migrating-from-dapr-sentry.md, command by command", () => {
       const parsed = caConfigSchema.safeParse(parseYaml(text));
       expect(parsed.success, `${text}\n${JSON.stringify(parsed.error?.issues)}`).toBe(true);
     }
+    // One trust domain per CA: daprd dials spiffe://<controlPlaneTrustDomain>/ns/<ns>/dapr-sentry and
+    // the control-plane services ask for controlPlaneTrustDomain, so every Sentry ID the guide's CA
+    // configurations use must be in the imported CA's trust domain, the one the Helm values set.
+    const caTrustDomain = /meshward ca init --trust-domain (\S+) --dir \.\/ca --root-cert/.exec(readFileSync(DOC, "utf8"))![1];
+    const helm = parseYaml([...readFileSync(DOC, "utf8").matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => m[1] as string).find((b) => /controlPlaneTrustDomain:/.test(b))!);
+    expect(helm.global.mtls.controlPlaneTrustDomain).toBe(caTrustDomain);
+    const servingIds = caBlocks.map((b) => parseYaml(b).servingSpiffeId).filter((id): id is string => id !== undefined);
+    expect(servingIds.length).toBeGreaterThanOrEqual(2);
+    for (const id of servingIds) expect(id).toMatch(new RegExp(`^spiffe://${caTrustDomain}/ns/[^/]+/dapr-sentry$`));
     const rbac = yamlBlocks.find((b) => b.includes("kind: ClusterRole\n"))!;
     const role = parseAllDocuments(rbac).map((d) => d.toJSON()).find((d) => d.kind === "ClusterRole");
     expect(role.rules).toEqual([
