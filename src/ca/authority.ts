@@ -175,7 +175,13 @@ export class CertificateAuthority {
     if (request.trustDomain !== "" && request.trustDomain !== anchors.trustDomain) {
       throw trustDomainLimit(request.trustDomain, anchors.trustDomain);
     }
-    const wantsJwt = this.options.jwtSvids !== undefined && (request.jwtAudiences?.length ?? 0) > 0;
+    // As Sentry with JWTs enabled, a request naming one of Dapr's validators gets a JWT-SVID (aud:
+    // the trust domain, then whatever jwt_audiences names), asked for or not (dapr/dapr
+    // pkg/sentry/server/server.go, `if s.jwtEnabled { audiences := append([]string{td}, …) }`).
+    // meshward's own clients (JOIN_TOKEN, SVID: daprd never sends these) get one only when they list
+    // audiences: a token nobody reads would cost a signature on the CA's thread at every renewal.
+    const fromMeshwardClient = request.validator === "join-token" || request.validator === "svid";
+    const wantsJwt = this.options.jwtSvids !== undefined && (!fromMeshwardClient || (request.jwtAudiences?.length ?? 0) > 0);
     if (wantsJwt) checkJwtAudiences(request.jwtAudiences ?? []);
     const attestor = this.options.attestors.get(validatorName);
     const { signal } = request;

@@ -156,7 +156,7 @@ export const caConfigSchema = z
       .describe("Dapr's KUBERNETES validator through the Kubernetes API (TokenReview, and a pod read with `appId: annotation`), as Dapr Sentry does; see docs/migrating-from-dapr-sentry.md for the RBAC."),
     jwtSvid: z
       .object({
-        enabled: z.boolean().default(true).describe("Sign JWT-SVIDs for requests that carry jwt_audiences (Dapr's SignCertificateRequest field 7)."),
+        enabled: z.boolean().default(true).describe("Sign a JWT-SVID with every certificate (aud: the trust domain, then the request's jwt_audiences, Dapr's SignCertificateRequest field 7, each also signed alone), as Dapr Sentry does with JWTs enabled; meshward's own clients (JOIN_TOKEN, SVID validators) get one only when they list audiences; false issues none."),
         algorithm: z.enum(["ES256", "EdDSA"]).default("ES256").describe("JWT-SVID signature algorithm; the key is derived from the X.509 issuer's and rotates with it."),
         ttl: duration("JWT-SVID TTL", { text: MIN_JWT_SVID_TTL, why: "a token must outlive its trip to the audience" }).default(parseDuration("1h")).describe(`JWT-SVID lifetime (capped by the X509-SVID's). At least ${MIN_JWT_SVID_TTL}.`),
         issuer: z.string().url().optional().describe("The `iss` claim and OIDC issuer URL (serve /.well-known/openid-configuration there); default https://<first dnsName>:<port>."),

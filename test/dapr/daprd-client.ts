@@ -6,9 +6,11 @@
  *   dapr/dapr with its commit noted there), filled as dapr/dapr pkg/security/sentry.go newRequestFn
  *   fills it: id, token, namespace, token_validator, jwt_audiences, and trust_domain only for
  *   control-plane services;
- * - the token and validator are chosen as pkg/security/token/token.go does: GetSentryTokenFromFile
- *   sends the file's content as JWKS (forced to KUBERNETES in Kubernetes mode); no file and no
- *   Kubernetes token means UNKNOWN with an empty token;
+ * - the token and validator are chosen as pkg/security/token/token.go GetSentryToken does (see
+ *   daprdToken): the content of DAPR_SENTRY_TOKEN_FILE goes as JWKS, except in Kubernetes mode on a
+ *   daprd with dapr/dapr#8503 (merged 2025-02), which forces KUBERNETES; without that file, Kubernetes
+ *   mode sends the projected service-account token as KUBERNETES; nothing at all means UNKNOWN with
+ *   an empty token;
  * - the CA is checked as go-spiffe's tlsconfig.AuthorizeID (spiffetls/tlsconfig) with
  *   x509svid.Verify checks it: the chain reaches the trust anchors, the leaf carries exactly one
  *   URI SAN equal to the expected Sentry ID, and the leaf is not a CA; no host name check;
@@ -97,10 +99,27 @@ export async function daprCsr(goCheck: string, kind: "ed25519" | "p256"): Promis
   }
 }
 
-/** The token and validator daprd sends (pkg/security/token/token.go). */
-export function daprdToken(options: { tokenFileContent?: string; kubernetesMode?: boolean; kubernetesToken?: string }): { token: string; validator: DaprValidator } {
+/**
+ * The token and validator daprd sends (dapr/dapr pkg/security/token/token.go GetSentryToken(allowKubernetes),
+ * allowKubernetes being Kubernetes mode). With DAPR_SENTRY_TOKEN_FILE set, its content goes as JWKS
+ * in every mode up to dapr/dapr#8503 ("force to use kubernetes validator when DAPR_SENTRY_TOKEN_FILE
+ * is provided", merged 2025-02; token.go@57f324a returns JWKS before looking at allowKubernetes),
+ * and as KUBERNETES in Kubernetes mode from then on (token.go@23586fa, its token_test.go "token file
+ * env var set forces kubernetes validator when allowed"). `daprd: "before-8503"` models the older
+ * daprd; the default is the current one. The token file of daprd's SentryTokenFile option
+ * (GetSentryTokenFromFile) always goes as JWKS: `tokenFileOption`.
+ */
+export function daprdToken(options: {
+  tokenFileContent?: string;
+  tokenFileOption?: string;
+  kubernetesMode?: boolean;
+  kubernetesToken?: string;
+  daprd?: "current" | "before-8503";
+}): { token: string; validator: DaprValidator } {
+  if (options.tokenFileOption !== undefined) return { token: options.tokenFileOption, validator: "JWKS" };
   if (options.tokenFileContent !== undefined) {
-    return { token: options.tokenFileContent, validator: options.kubernetesMode ? "KUBERNETES" : "JWKS" };
+    const forcesKubernetes = options.kubernetesMode === true && options.daprd !== "before-8503";
+    return { token: options.tokenFileContent, validator: forcesKubernetes ? "KUBERNETES" : "JWKS" };
   }
   if (options.kubernetesMode && options.kubernetesToken) return { token: options.kubernetesToken, validator: "KUBERNETES" };
   return { token: "", validator: "UNKNOWN" };

@@ -143,6 +143,14 @@ describe("a join token sent as daprd sends DAPR_SENTRY_TOKEN_FILE's content", ()
     expect(unknown.details).toMatch(/E_TOKEN_UNKNOWN/);
   }, 60_000);
 
+  it("from an older daprd in a cluster (before dapr/dapr#8503: the token file goes as JWKS in every mode) too", async () => {
+    const sent = daprdToken({ tokenFileContent: await token("inventory"), kubernetesMode: true, daprd: "before-8503" });
+    expect(sent.validator).toBe("JWKS");
+    const { csrPem } = await daprCsr(goCheck, "ed25519");
+    const identity = await daprd(ca, { appId: "inventory", ...sent }, csrPem);
+    expect(identity.spiffeId).toBe("spiffe://public/ns/default/inventory");
+  }, 60_000);
+
   it("a non-join-token under JWKS still goes to the JWKS validator (not enabled here)", async () => {
     const { csrPem } = await daprCsr(goCheck, "ed25519");
     const error = await refused(daprd(ca, { appId: "orders", token: "eyJhbGciOiJFUzI1NiJ9.e30.sig", validator: "JWKS" }, csrPem));
@@ -185,6 +193,16 @@ describe("a Kubernetes token with the injector's audience (jwks, mapping kuberne
     for (const audience of [SENTRY_ID, "dapr.io/sentry"]) {
       // daprd in Kubernetes mode reads /var/run/secrets/dapr.io/sentrytoken/token and sends KUBERNETES.
       const identity = await daprd(ca, { appId: "orders", ...daprdToken({ kubernetesMode: true, kubernetesToken: await saToken(audience) }) }, csrPem);
+      expect(identity.spiffeId).toBe("spiffe://public/ns/default/orders");
+    }
+  }, 60_000);
+
+  it("takes a service-account token put in DAPR_SENTRY_TOKEN_FILE from current daprd (KUBERNETES) and from daprd before dapr/dapr#8503 (JWKS)", async () => {
+    const { csrPem } = await daprCsr(goCheck, "ed25519");
+    for (const version of ["current", "before-8503"] as const) {
+      const sent = daprdToken({ tokenFileContent: await saToken(SENTRY_ID), kubernetesMode: true, daprd: version });
+      expect(sent.validator).toBe(version === "current" ? "KUBERNETES" : "JWKS");
+      const identity = await daprd(ca, { appId: "orders", ...sent }, csrPem);
       expect(identity.spiffeId).toBe("spiffe://public/ns/default/orders");
     }
   }, 60_000);

@@ -4,7 +4,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { requestCertificate } from "../../src/identity/ca-client.ts";
 import { createJwtSvidValidator } from "../../src/index.ts";
+import { createCsr } from "../../src/pki/csr.ts";
+import { generateKeyPair } from "../../src/pki/keys.ts";
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { buildGoCheck, daprCsr, daprdToken, signCertificate } from "./daprd-client.ts";
 
@@ -95,10 +98,36 @@ describe.each(["ES256", "EdDSA"] as const)("JWT-SVIDs signed %s", (algorithm) =>
     await expect(wrongId.validate(identity.perAudienceJwts.vault!, "vault")).rejects.toMatchObject({ code: "E_SPIFFE_MISMATCH" });
   }, 60_000);
 
-  it("asks for nothing, gets no JWT", async () => {
+  // Sentry with JWTs enabled returns `jwt` on every SignCertificate, asked for or not, with aud =
+  // [trust domain, ...jwt_audiences] (dapr/dapr pkg/sentry/server/server.go@8728f60 signCertificate:
+  // `if s.jwtEnabled { audiences := append([]string{res.TrustDomain.String()}, req.GetJwtAudiences()...) …}`),
+  // so a daprd without --sentry-request-jwt-audiences (the default) still has a JWT-SVID.
+  it("asks for no audience (daprd's default), still gets a JWT-SVID for the trust domain, and no per-audience ones", async () => {
     const identity = await ask([]);
-    expect(identity.jwt).toBeUndefined();
+    expect(identity.jwt).toBeDefined();
     expect(identity.perAudienceJwts).toEqual({});
+    const { payload } = await jwtVerify(identity.jwt!, createLocalJWKSet(await publishedKeys()), { audience: "public", algorithms: [algorithm] });
+    expect(payload.aud).toEqual(["public"]);
+    expect(payload.sub).toBe(identity.spiffeId);
+    expect((payload.exp as number) * 1000).toBeLessThanOrEqual(identity.validUntil.getTime());
+  }, 60_000);
+
+  it("meshward's own clients (JOIN_TOKEN, SVID validators, which daprd never sends) get a JWT-SVID only when they list audiences", async () => {
+    // Signing one for every renewal would cost the CA a signature nobody reads.
+    const ask = async (jwtAudiences: string[]) => {
+      const created = await runCli(["token", "create", "--dir", caDir, "--namespace", "default", "--app-id", "orders"]);
+      expect(created.code, created.stderr).toBe(0);
+      const token = created.stdout.trim().split("\n").pop() as string;
+      const connection = { address, bundlePem: anchors, trustDomain: "public", caSpiffeId: SENTRY_ID };
+      return requestCertificate(connection, { csrPem: await createCsr({ keyPair: generateKeyPair() }), token, validator: "JOIN_TOKEN", namespace: "default", appId: "orders", jwtAudiences });
+    };
+    const plain = await ask([]);
+    expect(plain.certChainPem).toContain("BEGIN CERTIFICATE");
+    expect(plain.jwtSvid).toBeUndefined();
+    const withJwt = await ask(["vault"]);
+    const { payload } = await jwtVerify(withJwt.jwtSvid!, createLocalJWKSet(await publishedKeys()), { audience: "vault", algorithms: [algorithm] });
+    expect(payload.aud).toEqual(["public", "vault"]);
+    expect(Object.keys(withJwt.perAudienceJwtSvids ?? {})).toEqual(["vault"]);
   }, 60_000);
 
   it("rotates the key with the issuer and keeps the old one published: old tokens still validate", async () => {

@@ -134,6 +134,50 @@ describe("docs/migrating-from-dapr-sentry.md, command by command", () => {
     expect(jwks.keys[0].d).toBeUndefined();
   }, 120_000);
 
+  it("rotating the root with daprd: prepare, then the two-root bundle.pem is what goes to dapr-trust-bundle's ca.crt (ConfigMap and Secret) before the injector restarts; after retire the one-root bundle", async () => {
+    // kubectl needs a cluster: a stand-in on PATH records what each call would send (the file given
+    // as ConfigMap key ca.crt, the Secret patch) so the test sees what the API server would get.
+    const cwd = join(work, "rotate-daprd");
+    mkdirSync(cwd);
+    const record = join(cwd, "kubectl-record");
+    mkdirSync(record);
+    writeFileSync(
+      join(bin, "kubectl"),
+      `#!/bin/sh\necho "$*" >> "${record}/calls"\nprev=\nfor a in "$@"; do\n  case "$a" in --from-file=ca.crt=*) cp "\${a#--from-file=ca.crt=}" "${record}/configmap-ca.crt";; esac\n  [ "$prev" = "-p" ] && printf '%s' "$a" > "${record}/secret-patch.json"\n  prev="$a"\ndone\ncase "$*" in *"apply -f -"*) cat > /dev/null;; esac\nexit 0\n`,
+    );
+    chmodSync(join(bin, "kubectl"), 0o755);
+    const init = await bash("meshward ca init --trust-domain public --dir ./ca --key-type ed25519", cwd);
+    expect(init.code, init.stderr).toBe(0);
+    const script = block(/meshward ca rotate-root prepare --dir \.\/ca\n[\s\S]*dapr-trust-bundle/);
+    const lines = script.trim().split("\n");
+    // prepare comes first, the injector restart after both writes.
+    expect(lines[0]).toBe("meshward ca rotate-root prepare --dir ./ca");
+    const published = () => {
+      const bundle = readFileSync(join(cwd, "ca", "bundle.pem"), "utf8");
+      const calls = readFileSync(join(record, "calls"), "utf8").trim().split("\n");
+      expect(calls.findIndex((c) => c.includes("rollout restart deployment/dapr-sidecar-injector"))).toBeGreaterThan(calls.findIndex((c) => c.startsWith("-n dapr-system patch secret dapr-trust-bundle")));
+      expect(calls.some((c) => c.startsWith("-n dapr-system create configmap dapr-trust-bundle"))).toBe(true);
+      expect(readFileSync(join(record, "configmap-ca.crt"), "utf8")).toBe(bundle);
+      const patch = JSON.parse(readFileSync(join(record, "secret-patch.json"), "utf8"));
+      expect(Buffer.from(patch.data["ca.crt"], "base64").toString("utf8")).toBe(bundle);
+      rmSync(record, { recursive: true });
+      mkdirSync(record);
+      return bundle.match(/-----BEGIN CERTIFICATE-----/g)?.length;
+    };
+    const prepared = await bash(script, cwd);
+    expect(prepared.code, prepared.stderr).toBe(0);
+    expect(published()).toBe(2);
+    for (const step of ["activate", "retire"]) {
+      const r = await bash(`meshward ca rotate-root ${step} --dir ./ca`, cwd);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    // After retire: "the same kubectl commands again (without the prepare line)".
+    const again = await bash(lines.slice(1).join("\n"), cwd);
+    expect(again.code, again.stderr).toBe(0);
+    expect(published()).toBe(1);
+    rmSync(join(bin, "kubectl"));
+  }, 120_000);
+
   it("the guide's CA configuration blocks pass the CA's config schema; the RBAC grants what the validator calls", () => {
     const yamlBlocks = [...readFileSync(DOC, "utf8").matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => (m[1] as string).replace(/^ {3}/gm, ""));
     const caBlocks = yamlBlocks.filter((b) => /^(servingSpiffeId|kubernetes|jwks):/m.test(b));
@@ -142,6 +186,15 @@ describe("docs/migrating-from-dapr-sentry.md, command by command", () => {
       const parsed = caConfigSchema.safeParse(parseYaml(text));
       expect(parsed.success, `${text}\n${JSON.stringify(parsed.error?.issues)}`).toBe(true);
     }
+    // One trust domain per CA: daprd dials spiffe://<controlPlaneTrustDomain>/ns/<ns>/dapr-sentry and
+    // the control-plane services ask for controlPlaneTrustDomain, so every Sentry ID the guide's CA
+    // configurations use must be in the imported CA's trust domain, the one the Helm values set.
+    const caTrustDomain = /meshward ca init --trust-domain (\S+) --dir \.\/ca --root-cert/.exec(readFileSync(DOC, "utf8"))![1];
+    const helm = parseYaml([...readFileSync(DOC, "utf8").matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => m[1] as string).find((b) => /controlPlaneTrustDomain:/.test(b))!);
+    expect(helm.global.mtls.controlPlaneTrustDomain).toBe(caTrustDomain);
+    const servingIds = caBlocks.map((b) => parseYaml(b).servingSpiffeId).filter((id): id is string => id !== undefined);
+    expect(servingIds.length).toBeGreaterThanOrEqual(2);
+    for (const id of servingIds) expect(id).toMatch(new RegExp(`^spiffe://${caTrustDomain}/ns/[^/]+/dapr-sentry$`));
     const rbac = yamlBlocks.find((b) => b.includes("kind: ClusterRole\n"))!;
     const role = parseAllDocuments(rbac).map((d) => d.toJSON()).find((d) => d.kind === "ClusterRole");
     expect(role.rules).toEqual([
