@@ -242,10 +242,12 @@ export class CertificateAuthority {
     // the store checks the signal as late as it can (see Store.recordIssuanceSpendingToken).
     // What is left is the store's own commit: a caller giving up during it, or between the
     // commit and the response reaching it, leaves the use spent and the certificate logged.
-    const spent = await this.#write<{ readonly ok: true } | Extract<TokenConsumption, { ok: false }>>(() =>
-      identity.spendsToken === undefined
-        ? this.options.store.recordIssuance(record).then(() => ({ ok: true }))
-        : this.options.store.recordIssuanceSpendingToken(record, identity.spendsToken, now, signal === undefined ? {} : { signal }),
+    const spent = await this.#write<{ readonly ok: true } | Extract<TokenConsumption, { ok: false }>>(
+      () =>
+        identity.spendsToken === undefined
+          ? this.options.store.recordIssuance(record).then(() => ({ ok: true }))
+          : this.options.store.recordIssuanceSpendingToken(record, identity.spendsToken, now, signal === undefined ? {} : { signal }),
+      (result) => result.ok,
     );
     if (!spent.ok) throw tokenRefusal(spent.reason);
     return {
@@ -259,11 +261,16 @@ export class CertificateAuthority {
     };
   }
 
-  /** Runs an issuance write, telling onStoreWrite how the store answered (a refusal such as a cancelled request is not the store's failure). */
-  async #write<T>(write: () => Promise<T>): Promise<T> {
+  /**
+   * Runs an issuance write, telling onStoreWrite how the store answered (a refusal such as a
+   * cancelled request is not the store's failure). Only a write that `committed` tells it the
+   * store writes again: a token found used up was answered by a read (PostgreSQL's UPDATE that
+   * matched no row), which says nothing about whether the store accepts writes.
+   */
+  async #write<T>(write: () => Promise<T>, committed: (result: T) => boolean = () => true): Promise<T> {
     try {
       const result = await write();
-      this.options.onStoreWrite?.(undefined);
+      if (committed(result)) this.options.onStoreWrite?.(undefined);
       return result;
     } catch (error) {
       if (isMeshwardError(error) && error.code.startsWith("E_STORE_") && error.code !== "E_STORE_CONFLICT") this.options.onStoreWrite?.(error);

@@ -57,10 +57,14 @@ describe("CA readiness follows the store's write path", () => {
     await ca.sign();
     expect((await readyz()).status).toBe(200);
 
-    // The token is made first: making one is a write too.
+    // The tokens are made first: making one is a write too. `spent` is used up before the lock.
     const { token } = await issueJoinToken(ca.server.store, { spiffeId: `spiffe://${TD}/ns/orders/blocked`, ttlMs: 600_000 });
-    const unlock = await lock();
+    const { token: spent } = await issueJoinToken(ca.server.store, { spiffeId: `spiffe://${TD}/ns/orders/spent`, ttlMs: 600_000 });
     const csrPem = await createCsr({ keyPair: generateKeyPair() });
+    const askWith = (t: string, timeoutMs?: number) =>
+      requestCertificate({ address: ca!.server.address, bundlePem: ca!.bundlePem, trustDomain: TD, ...(timeoutMs !== undefined ? { timeoutMs } : {}) }, { csrPem, token: t, validator: "JOIN_TOKEN", namespace: "", appId: "" });
+    await askWith(spent);
+    const unlock = await lock();
     await expect(requestCertificate({ address: ca.server.address, bundlePem: ca.bundlePem, trustDomain: TD, timeoutMs: 30_000 }, { csrPem, token, validator: "JOIN_TOKEN", namespace: "", appId: "" })).rejects.toMatchObject({
       code: expect.stringMatching(/^E_STORE_/),
     });
@@ -72,6 +76,10 @@ describe("CA readiness follows the store's write path", () => {
     const blocked = await readyz();
     expect(blocked.status).toBe(503);
     expect(blocked.body).toMatch(/the last write failed \(E_STORE_/);
+    // A token found used up (PostgreSQL answers that with an UPDATE matching no row, no write)
+    // says nothing about writes: still unready (review, stop 41: it cleared the failure).
+    await expect(askWith(spent, 30_000)).rejects.toMatchObject({ code: expect.stringMatching(/^E_TOKEN_USED$|^E_STORE_/) });
+    expect((await readyz()).status).toBe(503);
     // Several CRL refreshes later (reads, which work): still unready.
     await new Promise((resolve) => setTimeout(resolve, 1_000));
     expect((await readyz()).status).toBe(503);
