@@ -75,6 +75,12 @@ export function createIdentity(options: CaIdentityOptions): CaIdentitySource {
   return new CaSource(options);
 }
 
+/**
+ * The CA's answers to a renewal with the current certificate that no retry with it can change
+ * (src/ca/attest/svid.ts): the identity attests with its token instead, at once.
+ */
+const SVID_REFUSED_FOR_GOOD = new Set(["E_CERT_REVOKED", "E_ATTESTATION_NOT_ISSUED", "E_ATTESTATION_UNTRUSTED", "E_CERT_EXPIRED"]);
+
 class CaSource implements CaIdentitySource {
   readonly #options: CaIdentityOptions;
   readonly #clock: Clock;
@@ -89,8 +95,8 @@ class CaSource implements CaIdentitySource {
   #previousChainPem: string | undefined;
   /** #svid is options.resume, not yet renewed: a refusal of it falls back to the token. */
   #resuming = false;
-  /** The CA refused to renew #svid as revoked: attest with the token instead, until a new one arrives. */
-  #svidRevoked = false;
+  /** The CA refused to renew with #svid for good (revoked, not issued here, untrusted): attest with the token instead, until a new one arrives. */
+  #svidRefused = false;
   /** The current certificate's serial, while the CRL in force lists it (until a new certificate arrives). */
   #ownRevoked: string | undefined;
   /** The CA refused for good (a spent or expired token, an unknown identity) and no certificate is left to renew with. */
@@ -265,7 +271,7 @@ class CaSource implements CaIdentitySource {
       if (this.#closed) return;
       this.#attempt = 0;
       this.#resuming = false;
-      this.#svidRevoked = false;
+      this.#svidRefused = false;
       this.#ownRevoked = undefined;
       this.#needsToken = undefined;
       if (this.#svid !== undefined && this.#svid.certChainPem !== svid.certChainPem) this.#previousChainPem = this.#svid.certChainPem;
@@ -287,12 +293,17 @@ class CaSource implements CaIdentitySource {
         this.#schedule(0);
         return;
       }
-      if (!this.#svidRevoked && this.#svid !== undefined && isMeshwardError(error, "E_CERT_REVOKED")) {
-        // Revoked (its own serial, or one it was renewed from: revocation follows renewals). Every
-        // renewal with it would be refused: attest again with the token at once (a Kubernetes
-        // workload's service-account JWT; a join token only if it has a use left).
-        this.#svidRevoked = true;
-        this.#log("warn", { event: "revoked", serial: this.#svid.serial, error: describeError(error) }, "the CA says this workload's certificate is revoked; attesting again with the token");
+      if (!this.#svidRefused && this.#svid !== undefined && isMeshwardError(error) && SVID_REFUSED_FOR_GOOD.has(error.code)) {
+        // Revoked (its own serial, or one it was renewed from: revocation follows renewals), not in
+        // the CA's issuance log, or no longer under its roots. Every renewal with it would be
+        // refused until it expires: attest again with the token at once (a Kubernetes workload's
+        // service-account JWT; a join token only if it has a use left).
+        this.#svidRefused = true;
+        if (error.code === "E_CERT_REVOKED") {
+          this.#log("warn", { event: "revoked", serial: this.#svid.serial, error: describeError(error) }, "the CA says this workload's certificate is revoked; attesting again with the token");
+        } else {
+          this.#log("warn", { event: "renewal-refused", reason: error.code, serial: this.#svid.serial, error: describeError(error) }, "the CA refuses renewals with this workload's certificate; attesting again with the token");
+        }
         this.#schedule(0);
         return;
       }
@@ -318,14 +329,14 @@ class CaSource implements CaIdentitySource {
 
   /** Whether `svid` can still prove this workload's identity to the CA (not expired, not known revoked). */
   #renewableWith(svid: Svid): boolean {
-    return !this.#svidRevoked && svid.notAfter.getTime() > this.#clock.now();
+    return !this.#svidRefused && svid.notAfter.getTime() > this.#clock.now();
   }
 
   async #fetchSvid(): Promise<Svid> {
     const keyPair = generateKeyPair();
     const csrPem = await createCsr({ keyPair, dnsNames: this.#options.dnsNames ?? [] });
     const now = this.#clock.now();
-    const current = this.#svid !== undefined && !this.#svidRevoked && this.#svid.notAfter.getTime() > now ? this.#svid : undefined;
+    const current = this.#svid !== undefined && !this.#svidRefused && this.#svid.notAfter.getTime() > now ? this.#svid : undefined;
     const token = current === undefined ? this.#readToken() : "";
     const connection: CaConnection = {
       ...this.#connection(),
@@ -399,7 +410,7 @@ class CaSource implements CaIdentitySource {
       if (!this.#closed) {
         this.#svid = svid;
         this.#resuming = false;
-        this.#svidRevoked = false;
+        this.#svidRefused = false;
       }
       throw new MeshwardError(
         isMeshwardError(error) && /^E_CA_/.test(error.code) ? error.code : "E_CRL_UNAVAILABLE",

@@ -3,6 +3,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer, connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import Database from "better-sqlite3";
 import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { initAnchors } from "../../src/ca/anchors.ts";
@@ -15,6 +16,7 @@ import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-sou
 import type { IdentityEvent } from "../../src/identity/source.ts";
 import { fetchX509Svid, startWorkloadApiServer } from "../../src/identity/workload-api/index.ts";
 import { certificatesFromPem } from "../../src/pki/pem.ts";
+import type { SqliteStore } from "../../src/store/sqlite.ts";
 import { parseCrl } from "../../src/pki/crl.ts";
 import { toX509 } from "../../src/pki/inspect.ts";
 import { wallClockTimers, WALL_CLOCK_SLICE_MS } from "../../src/util/clock.ts";
@@ -253,6 +255,33 @@ describe("CA-backed workload identity", () => {
     // The new certificate renews with itself again.
     await source.renewNow();
     expect((await server!.store.getIssuance(source.current()!.svid.serial))?.attestation).toBe("svid");
+  });
+
+  it("a workload whose certificate the CA has no record of (a store restored from an older backup) attests again with its token at once, not at expiry", async () => {
+    await startCa("1h");
+    const clock = new FakeClock(Date.now());
+    const { token: reusable } = await issueJoinToken(server!.store, { spiffeId: `spiffe://${TD}/ns/shop/forgotten`, ttlMs: 600_000, uses: 2 });
+    const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem: readFileSync(join(caDir, "bundle.pem"), "utf8"), token: reusable, rng: () => 0.5, clock });
+    sources.push(source);
+    const first = await source.ready();
+    const events: string[] = [];
+    source.subscribe((e) => events.push(e.type));
+    // Another process edits the store, as a restore would (WAL: this connection sees the CA's commits).
+    const db = new Database((server!.store as SqliteStore).path);
+    try {
+      expect(db.prepare("DELETE FROM issuances WHERE spiffe_id = ?").run(`spiffe://${TD}/ns/shop/forgotten`).changes).toBe(1);
+    } finally {
+      db.close();
+    }
+    await new Promise((resolve) => setImmediate(resolve)); // ready() resolves inside the first renewal: let it end
+    const rotated = nextEvent(source, "rotated", 10_000);
+    await source.renewNow(); // refused E_ATTESTATION_NOT_ISSUED …
+    await clock.advance(1); // … and attested again at once, with the token
+    const event = await rotated;
+    if (event.type !== "rotated") throw new Error("unreachable");
+    expect(event.snapshot.svid.serial).not.toBe(first.svid.serial);
+    expect((await server!.store.getIssuance(event.snapshot.svid.serial))?.attestation).toBe("join-token");
+    expect(events).not.toContain("renewal-failed");
   });
 
   it("picks up revocations and bundle changes from the CA", async () => {
