@@ -385,7 +385,10 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     metrics.certExpiry.set({ kind: "issuer" }, new Date(anchors.issuer.certificate.validTo).getTime() / 1000);
     metrics.revocations.set(crl.current?.revokedSerials.size ?? 0);
     // Whole seconds, as the CRL's thisUpdate is written (UTCTime): workloads export the same figure read back from it.
-    if (crl.current !== undefined) mesh.crlThisUpdate.set({ kind: "ca" }, Math.floor(crl.current.thisUpdate.getTime() / 1000));
+    if (crl.current !== undefined) {
+      mesh.crlThisUpdate.set({ kind: "ca" }, Math.floor(crl.current.thisUpdate.getTime() / 1000));
+      mesh.crlNextUpdate.set({ kind: "ca" }, Math.floor((crl.current.thisUpdate.getTime() + CRL_VALIDITY_MS) / 1000));
+    }
     mesh.bundleVersion.set(trustBundleVersion(anchors.roots.map((r) => r.fingerprint256)));
   };
   setExpiryGauges();

@@ -12,6 +12,7 @@ import { formatWorkloadId, parseSpiffeId } from "../spiffe/id.ts";
 import { systemClock, type Clock, type ClockTimer, type Rng } from "../util/clock.ts";
 import { parseCaAddresses } from "./ca-endpoints.ts";
 import { fetchFromCa, fetchFromCaWithChain, requestCertificate, type CaConnection, type ValidatorChoice } from "./ca-client.ts";
+import { newestCrl, staleCrlWarning } from "./instrument.ts";
 import { checkSignedSvid } from "./svid-check.ts";
 import { backoffDelay, DEFAULT_BACKOFF, DEFAULT_RENEWAL_TIMING, renewalDelay, type Backoff, type RenewalTiming } from "./schedule.ts";
 import { sameCrls, type IdentityEvent, type IdentitySnapshot, type IdentitySource, type Svid, type TrustBundle } from "./source.ts";
@@ -105,6 +106,8 @@ class CaSource implements CaIdentitySource {
   #crlRenewedAt = Number.NEGATIVE_INFINITY;
   /** The CRL in force: a later fetch that is older than it (a lagging replica) does not replace it. */
   #crlInForce: CrlVersion | undefined;
+  /** The nextUpdate (ms) of the stale CRL last reported (crl-stale), so that each CRL is logged once. */
+  #staleReported: number | undefined;
   /** When (identity clock) the current SVID arrived. */
   #receivedAt = 0;
   #bundle: TrustBundle;
@@ -213,6 +216,7 @@ class CaSource implements CaIdentitySource {
         this.#emit({ type: "bundle-updated", snapshot: this.#snapshot });
       }
     }
+    this.#reportStaleCrl();
     // Our own certificate on the CRL: every peer refuses it from now on. Say so (not ready), and
     // renew now rather than at the scheduled renewal, hours away; the CA refuses a renewal with
     // a revoked certificate, and the identity then attests again with its token (#renewOnce).
@@ -458,6 +462,21 @@ class CaSource implements CaIdentitySource {
     throw new MeshwardError("E_CRL_SIGNATURE", "the CA's CRL is not signed by this workload's issuer");
   }
 
+  /**
+   * Logs once per CRL (as an error) when the CRL in force is past its nextUpdate after a refresh:
+   * no newer one could be had. It stays enforced (revocations are never dropped because their CRL
+   * aged); revocations made since it was signed are unknown here. See staleCrlWarning.
+   */
+  #reportStaleCrl(): void {
+    // Keyed by the CRL's nextUpdate, not its buffer: a bundle update for another reason (a root
+    // change) hands the same CRL over in a new buffer, and that is no new stale CRL.
+    const nextUpdate = newestCrl(this.#bundle)?.nextUpdate;
+    const warning = staleCrlWarning(this.#bundle, this.#clock.now());
+    if (warning === undefined || nextUpdate === undefined || nextUpdate === this.#staleReported) return;
+    this.#staleReported = nextUpdate;
+    this.#log("error", { event: "crl-stale", revoked: this.#bundle.revokedSerials.size }, warning.replace(/^WARNING: /, ""));
+  }
+
   #lastRevocations(): { revokedSerials: ReadonlySet<string>; crls?: readonly Buffer[] } {
     return { revokedSerials: this.#bundle.revokedSerials, ...(this.#bundle.crls !== undefined ? { crls: this.#bundle.crls } : {}) };
   }
@@ -507,6 +526,8 @@ class CaSource implements CaIdentitySource {
       this.refreshBundle()
         .catch((error) => this.#log("warn", { event: "bundle-refresh-failed", error: describeError(error) }, "could not refresh the trust bundle"))
         .finally(() => {
+          // Also when the refresh failed: a CA that cannot be reached is what lets a CRL go stale.
+          this.#reportStaleCrl();
           if (!this.#closed) this.#scheduleBundleRefresh();
         });
     }, every);

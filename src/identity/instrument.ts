@@ -9,13 +9,18 @@ import type { IdentitySource, TrustBundle } from "./source.ts";
  * (meshward_cert_expiry_timestamp_seconds{kind="workload"}), which the alerts watch, and the
  * version of the trust bundle in use (meshward_trust_bundle_version), which an operator compares
  * with the CA's during a root rotation, and when the CRL it enforces was signed
- * (meshward_crl_this_update_timestamp_seconds{kind="workload"}), which an alert compares with the CA's.
+ * (meshward_crl_this_update_timestamp_seconds{kind="workload"}), which an alert compares with the CA's,
+ * and when it is due to be replaced (meshward_crl_next_update_timestamp_seconds{kind="workload"}),
+ * which an alert compares with the time: past it the CRL is stale (see staleCrlWarning).
  */
-export function instrumentIdentity(source: IdentitySource, metrics: Pick<MeshMetrics, "rotations" | "certExpiry" | "bundleVersion" | "crlThisUpdate"> & Partial<Pick<MeshMetrics, "bundleRefusals">>): () => void {
+export function instrumentIdentity(source: IdentitySource, metrics: Pick<MeshMetrics, "rotations" | "certExpiry" | "bundleVersion" | "crlThisUpdate"> & Partial<Pick<MeshMetrics, "bundleRefusals" | "crlNextUpdate">>): () => void {
   const setBundle = (bundle: TrustBundle) => {
     metrics.bundleVersion.set(trustBundleVersionOfPem(bundle.rootsPem));
-    const signedAt = crlSignedAt(bundle);
-    if (signedAt !== undefined) metrics.crlThisUpdate.set({ kind: "workload" }, signedAt / 1000);
+    const newest = newestCrl(bundle);
+    if (newest !== undefined) {
+      metrics.crlThisUpdate.set({ kind: "workload" }, newest.thisUpdate / 1000);
+      if (newest.nextUpdate !== undefined) metrics.crlNextUpdate?.set({ kind: "workload" }, newest.nextUpdate / 1000);
+    }
   };
   const current = source.current();
   if (current) {
@@ -47,16 +52,39 @@ export function instrumentIdentity(source: IdentitySource, metrics: Pick<MeshMet
   });
 }
 
-/** When the newest CRL of a bundle was signed (ms), or undefined without one (or unreadable: it was verified when it arrived). */
-function crlSignedAt(bundle: TrustBundle): number | undefined {
-  let newest: number | undefined;
+/**
+ * The newest CRL of a bundle: when it was signed and when it is due to be replaced (ms), or
+ * undefined without one (or unreadable: it was verified when it arrived).
+ */
+export function newestCrl(bundle: TrustBundle): { readonly thisUpdate: number; readonly nextUpdate: number | undefined } | undefined {
+  let newest: { thisUpdate: number; nextUpdate: number | undefined } | undefined;
   for (const der of bundle.crls ?? []) {
     try {
-      const at = parseCrl(der).thisUpdate.getTime();
-      if (newest === undefined || at > newest) newest = at;
+      const parsed = parseCrl(der);
+      const at = parsed.thisUpdate.getTime();
+      if (newest === undefined || at > newest.thisUpdate) newest = { thisUpdate: at, nextUpdate: parsed.nextUpdate?.getTime() };
     } catch {
       // left out of the figure
     }
   }
   return newest;
+}
+
+/**
+ * What a health check says (as a warning: the identity stays ready) while the CRL in force is
+ * past its nextUpdate: no newer CRL has reached this workload (the CA is down or unreachable, or
+ * no CA replica re-signs). Its revocations are still enforced (a revocation is never forgotten
+ * because its CRL aged), but revocations made since it was signed are unknown here. Undefined
+ * while it is current, or when there is none.
+ *
+ * Why a warning and not a refusal: a workload certificate revoked after that CRL was signed is
+ * accepted here until its own notAfter at the latest, stale CRL or not, so refusing peers once
+ * the CRL is stale does not bound that exposure more tightly than certificate expiry does, while
+ * it would turn a CA outage into an outage of the whole mesh up to a certificate lifetime early
+ * (docs/troubleshooting.md, "Revocation list stale"). The alert MeshwardRevocationListStale pages.
+ */
+export function staleCrlWarning(bundle: TrustBundle, now: number): string | undefined {
+  const newest = newestCrl(bundle);
+  if (newest?.nextUpdate === undefined || now < newest.nextUpdate) return undefined;
+  return `WARNING: the CRL in force (signed ${new Date(newest.thisUpdate).toISOString()}) is past its nextUpdate ${new Date(newest.nextUpdate).toISOString()}: no newer one has arrived (is the CA reachable? is there a CA leader?); its revocations are still enforced, revocations made since are unknown here`;
 }

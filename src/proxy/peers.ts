@@ -5,7 +5,7 @@ import type { IdentitySource } from "../identity/source.ts";
 import { isMeshwardError, MeshwardError } from "../errors.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
 import type { TlsLogger } from "../tls/logger.ts";
-import { dialTls, prepareClient, retireAtCertificateExpiry, retireTunnelWhenStale, SessionCache } from "../transport/client-common.ts";
+import { dialTls, prepareClient, retireAtCertificateExpiry, retireTunnelWhenStale, serverStillTrusted, SessionCache } from "../transport/client-common.ts";
 import type { ClientRuntime } from "../transport/client-common.ts";
 import { peerOf } from "../transport/common.ts";
 import { parseHostPort } from "../util/address.ts";
@@ -141,6 +141,9 @@ function ownCertificateExpired(runtime: ClientRuntime, target: { host: string; p
   );
 }
 
+/** The verified socket under each HTTP/2 session (session.socket is a proxy, not the socket dialTls recorded). */
+const h2Sockets = new WeakMap<ClientHttp2Session, TLSSocket>();
+
 interface PeerEntry {
   readonly key: string;
   readonly target: PeerTarget;
@@ -223,16 +226,24 @@ export class PeerPool {
         (runtime) => {
           created.ready = runtime;
           if (this.#closed || created.evicted) return;
-          // The peer was verified against roots of which one has left the bundle: pooled
-          // connections and the HTTP/2 session serve no new request (in-flight ones finish).
+          // A root has left the bundle: pooled connections and the HTTP/2 session whose peer's
+          // chain rested on it (verifies under no root still held) serve no new request
+          // (in-flight ones finish); those to a peer under a root that stayed go on.
           let epoch = runtime.holder.rootsEpoch();
           created.off = runtime.holder.onUpdate(() => {
             if (runtime.holder.rootsEpoch() === epoch) return;
             epoch = runtime.holder.rootsEpoch();
-            created.http1?.retireAll();
+            created.http1?.retireWhere((socket) => !serverStillTrusted(socket as TLSSocket, runtime));
             const h2 = created.h2;
-            delete created.h2;
-            void h2?.then((session) => session.close(), () => undefined);
+            void h2?.then(
+              (session) => {
+                const socket = h2Sockets.get(session);
+                if (socket !== undefined && serverStillTrusted(socket, runtime)) return;
+                if (created.h2 === h2) delete created.h2;
+                session.close();
+              },
+              () => undefined,
+            );
           });
         },
         () => undefined,
@@ -318,6 +329,7 @@ export class PeerPool {
       const runtime = await this.#runtimeOf(entry);
       const socket = await dialVerified(runtime, { host: target.host, port: target.port, alpn: ["h2"] }, this.#sessions, this.dialTimeoutMs, this.#handshakeFailed);
       const session = http2Connect(`https://${target.appId}`, { createConnection: () => socket });
+      h2Sockets.set(session, socket);
       const forget = () => {
         if (entry.h2 === opening) delete entry.h2;
       };

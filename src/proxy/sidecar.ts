@@ -4,7 +4,7 @@ import { describeError, MeshwardError } from "../errors.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
 import { certificatesFromPem } from "../pki/pem.ts";
 import { createIdentity } from "../identity/ca-source.ts";
-import { instrumentIdentity } from "../identity/instrument.ts";
+import { instrumentIdentity, staleCrlWarning } from "../identity/instrument.ts";
 import { startFileSink } from "../identity/file-sink.ts";
 import { prepareOutDir } from "../identity/local-paths.ts";
 import { readResumableSvid } from "../identity/resume.ts";
@@ -234,7 +234,8 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
         const problem = identity.problem?.();
         if (h?.healthy === false || current === undefined) return { ok: false, detail: h?.reason ?? problem ?? "no valid certificate (expired or not yet issued)" };
         if (problem !== undefined) return { ok: false, detail: problem };
-        return { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` };
+        const stale = staleCrlWarning(current.bundle, Date.now());
+        return { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}${stale === undefined ? "" : `; ${stale}`}` };
       });
       health.register("draining", () => (draining ? { ok: false, detail: "shutting down" } : { ok: true }));
       health.register("alive", () => ({ ok: true }), ["liveness"]);

@@ -161,6 +161,8 @@ export interface MeshMetrics {
   readonly bundleVersion: Gauge;
   /** meshward_crl_this_update_timestamp_seconds{kind}: when the CRL in force was signed (ca: the one it serves; workload: the one it enforces). */
   readonly crlThisUpdate: Gauge<"kind">;
+  /** meshward_crl_next_update_timestamp_seconds{kind}: the nextUpdate of the CRL in force; past it, the CRL is stale (still enforced). */
+  readonly crlNextUpdate: Gauge<"kind">;
   /** meshward_rotation_total{kind,result}: rotations by certificate kind and result (ok, error). */
   readonly rotations: Counter<"kind" | "result">;
   /** meshward_identity_bundle_refused_total: root sets from the CA an identity refused (they left out the root that vouched for them). */
@@ -206,6 +208,11 @@ export function createMeshMetrics(metrics: Metrics): MeshMetrics {
     crlThisUpdate: metrics.gauge({
       name: "meshward_crl_this_update_timestamp_seconds",
       help: "When the CRL in force was signed (its thisUpdate, Unix seconds), by kind: ca (the CRL the CA serves) and workload (the one an identity or sidecar enforces). A workload behind the CA has not fetched the latest revocations.",
+      labelNames: ["kind"],
+    }),
+    crlNextUpdate: metrics.gauge({
+      name: "meshward_crl_next_update_timestamp_seconds",
+      help: "When the CRL in force is due to be replaced (its nextUpdate, Unix seconds), by kind: ca (the CRL the CA serves) and workload (the one an identity or sidecar enforces). Past it the CRL is stale: its revocations are still enforced, but revocations made since it was signed are unknown there.",
       labelNames: ["kind"],
     }),
     rotations: metrics.counter({

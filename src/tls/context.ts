@@ -2,6 +2,9 @@ import { createSecureContext } from "node:tls";
 import type { SecureContext, Server as TlsServer } from "node:tls";
 import type { Socket } from "node:net";
 import { MeshwardError, describeError } from "../errors.ts";
+import type { X509Certificate } from "node:crypto";
+import { verifyChain } from "../pki/chain.ts";
+import { toX509 } from "../pki/inspect.ts";
 import { certificatesFromPem } from "../pki/pem.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "../identity/source.ts";
 import { buildSecureContextOptions, loadOnce } from "./policy.ts";
@@ -52,6 +55,8 @@ export class SecureContextHolder {
   #expiryTimer: ClockTimer | undefined;
   #generation = 1;
   #rootsEpoch = 0;
+  /** The current bundle's roots, parsed on the first chainTrusted after a change. */
+  #roots: { readonly pem: string; readonly certs: readonly X509Certificate[] } | undefined;
   #closed = false;
 
   private constructor(identity: IdentitySource, snapshot: IdentitySnapshot, options: ContextHolderOptions) {
@@ -89,7 +94,8 @@ export class SecureContextHolder {
    * Increases by one whenever a bundle update removes a root. A TLS session (ticket) or an open
    * connection verified before then may rest on the removed root, which resumption would never
    * look at again: servers rotate their ticket keys, clients forget such sessions, and open
-   * connections are closed gracefully (ConnectionRegistry).
+   * connections whose peer chain no longer verifies under the roots held (chainTrusted) are
+   * closed gracefully (ConnectionRegistry, the clients' pools and tunnels).
    */
   rootsEpoch(): number {
     return this.#rootsEpoch;
@@ -97,6 +103,29 @@ export class SecureContextHolder {
 
   snapshot(): IdentitySnapshot {
     return this.#snapshot;
+  }
+
+  /**
+   * Whether a peer chain (leaf first, as the peer sent it; a root Node appended is ignored)
+   * verifies under one of the roots held now. After a root leaves the bundle, a connection is
+   * ended only when its peer's chain does not (it rested on the removed root, or cannot be told):
+   * connections under the roots that stay are kept. Costs a chain verification; called once per
+   * open connection when a root is removed, never per handshake.
+   */
+  chainTrusted(chain: readonly Buffer[] | undefined): boolean {
+    const [leaf, ...rest] = chain ?? [];
+    if (leaf === undefined) return false;
+    const pem = this.#snapshot.bundle.rootsPem;
+    if (this.#roots?.pem !== pem) this.#roots = { pem, certs: certificatesFromPem(pem).map((der) => toX509(der)) };
+    const roots = this.#roots.certs;
+    if (roots.length === 0) return false;
+    const intermediates = rest.map((der) => toX509(der)).filter((x509) => x509.subject !== x509.issuer);
+    try {
+      verifyChain({ leaf, intermediates, roots, at: new Date(this.#now()) });
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   ownSpiffeId(): string {
@@ -241,7 +270,7 @@ export class SecureContextHolder {
     this.#snapshot = snapshot;
     if (rootRemoved) {
       this.#rootsEpoch++;
-      this.#logger.warn("a root was removed from the trust bundle: TLS sessions and open connections verified under it are no longer resumed or kept");
+      this.#logger.warn("a root was removed from the trust bundle: TLS sessions verified before are no longer resumed, and open connections whose peer chain rests on the removed root are ended");
     }
     // Expiry is settled before listeners run, so that they see isExpired() as it is for these
     // options: a bundle update that arrives while the SVID is expired (a CRL refresh while the CA

@@ -1,3 +1,4 @@
+import type { X509Certificate } from "node:crypto";
 import type { PeerCertificate, TLSSocket } from "node:tls";
 import { MeshwardError } from "../errors.ts";
 import { OID } from "../pki/oids.ts";
@@ -112,6 +113,37 @@ export function verifyPeerCertificate(der: Uint8Array, policy: PeerPolicy): Peer
   return peer;
 }
 
+/**
+ * The certificates a peer's detailed certificate (`getPeerCertificate(true)`, or the one
+ * checkServerIdentity receives) links to, leaf first, as DER: the chain the peer sent, with the
+ * root Node may have appended from the trusted store. Kept per connection so that a root
+ * leaving the bundle ends only connections whose chain rests on it (SecureContextHolder.chainTrusted).
+ */
+export function peerChainOf(cert: PeerCertificate | undefined): Buffer[] {
+  const chain: Buffer[] = [];
+  const seen = new Set<object>();
+  for (let c = cert as (PeerCertificate & { issuerCertificate?: PeerCertificate }) | undefined; c?.raw !== undefined && !seen.has(c) && chain.length < 10; c = c.issuerCertificate) {
+    seen.add(c);
+    chain.push(c.raw);
+  }
+  return chain;
+}
+
+/**
+ * As peerChainOf, from the X509Certificate `getPeerX509Certificate()` returned (its
+ * issuerCertificate links). Node builds that chain once, and a later `getPeerCertificate(true)`
+ * on the same socket shows the leaf alone: keep the object from the verification.
+ */
+export function x509ChainOf(cert: X509Certificate | undefined): Buffer[] {
+  const chain: Buffer[] = [];
+  const seen = new Set<X509Certificate>();
+  for (let c = cert; c !== undefined && !seen.has(c) && chain.length < 10; c = c.issuerCertificate) {
+    seen.add(c);
+    chain.push(c.raw);
+  }
+  return chain;
+}
+
 /** For `tls.connect({ checkServerIdentity })`: host names are ignored, the SPIFFE ID decides. */
 export function spiffeCheckServerIdentity(policy: PeerPolicy): (host: string, cert: PeerCertificate) => Error | undefined {
   return (_host, cert) => {
@@ -135,7 +167,7 @@ export function verifyTlsPeer(socket: TLSSocket, policy: PeerPolicy, now: () => 
 }
 
 /** As verifyTlsPeer, also returning the peer certificate's notAfter (for remembering resumable sessions). */
-export function verifyTlsPeerWithValidity(socket: TLSSocket, policy: PeerPolicy, now: () => number = Date.now): { peer: PeerIdentity; notAfter: Date } {
+export function verifyTlsPeerWithValidity(socket: TLSSocket, policy: PeerPolicy, now: () => number = Date.now): { peer: PeerIdentity; notAfter: Date; certificate: X509Certificate } {
   if (!socket.authorized) {
     throw new MeshwardError("E_PEER_UNTRUSTED", `the ${policy.peerRole} certificate was not verified: ${String(socket.authorizationError ?? "no certificate")}`);
   }
@@ -149,7 +181,7 @@ export function verifyTlsPeerWithValidity(socket: TLSSocket, policy: PeerPolicy,
       throw new MeshwardError("E_CERT_EXPIRED", `the resumed session's ${policy.peerRole} certificate (${peer.spiffeId}) is outside its validity period`);
     }
   }
-  return { peer, notAfter };
+  return { peer, notAfter, certificate: cert };
 }
 
 /**

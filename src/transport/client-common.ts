@@ -8,7 +8,7 @@ import { SecureContextHolder } from "../tls/context.ts";
 import { markHandshakeCompleted, tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import { consoleLogger } from "../tls/logger.ts";
 import type { TlsLogger } from "../tls/logger.ts";
-import { isRevoked, spiffeCheckServerIdentity, verifyRememberedPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
+import { isRevoked, peerChainOf, spiffeCheckServerIdentity, verifyRememberedPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
 import type { PeerIdentity, PeerPolicy } from "../tls/verify.ts";
 import { systemClock } from "../util/clock.ts";
 import { assertSecureOptions, endTunnel, setPeer, warnInsecure } from "./common.ts";
@@ -79,6 +79,8 @@ export interface ResumableSession {
   readonly notAfter: Date;
   /** The holder's rootsEpoch when the server was verified: a session outlives no root removal. */
   readonly rootsEpoch: number;
+  /** The server's chain on that full handshake (leaf first, DER): a connection resumed with it ends only if a removed root was what it rested on. */
+  readonly chain?: readonly Buffer[];
   /**
    * Serial of our own certificate on the full handshake: the server sees that one again on every
    * resumption, so once we have rotated, the session is not offered (the server would refuse it
@@ -170,8 +172,28 @@ export function closeWhenRevoked(socket: TLSSocket, server: { readonly spiffeId:
   socket.once("close", off);
 }
 
-/** The holder's rootsEpoch whose roots verified a connection's server (dialTls records it). */
-const verifiedRootsEpoch = new WeakMap<TLSSocket, number>();
+/** The holder's rootsEpoch whose roots verified a connection's server, and the chain it presented (dialTls records them). */
+const verifiedServer = new WeakMap<TLSSocket, { readonly rootsEpoch: number; readonly chain: readonly Buffer[] | undefined }>();
+
+/** Records what verified `socket`'s server, for a client that dials through another library (grpc-js). */
+export function recordVerifiedServer(socket: TLSSocket, rootsEpoch: number, chain: readonly Buffer[] | undefined): void {
+  verifiedServer.set(socket, { rootsEpoch, chain });
+}
+
+/**
+ * Whether the server of a verified client connection is still vouched for by the roots held now:
+ * no root has left the bundle since it was verified, or its chain verifies under a root that
+ * stayed. A root rotation's end (retire) thus ends the connections to servers still on the old
+ * root, not those to servers already under the new one (nor under any other root kept). A
+ * connection whose verification was not recorded counts as not trusted (insecure ones excepted:
+ * nothing was verified, nothing changes).
+ */
+export function serverStillTrusted(socket: TLSSocket, runtime: ClientRuntime): boolean {
+  const verified = verifiedServer.get(socket);
+  if (verified === undefined) return runtime.insecure;
+  if (verified.rootsEpoch === runtime.holder.rootsEpoch()) return true;
+  return runtime.holder.chainTrusted(verified.chain);
+}
 
 export interface TunnelRetirement {
   /** End the connection this long after it was verified; 0 or absent: no age cap. */
@@ -180,8 +202,8 @@ export interface TunnelRetirement {
 
 /**
  * Ends a verified client connection that carries a byte stream (a sidecar TCP tunnel or WebSocket,
- * an SDK `connectMtls` socket): when a root has left the bundle since its server was verified (its
- * chain may rest on it), when the server's certificate expires or ours on it is about to
+ * an SDK `connectMtls` socket): when a root has left the bundle since its server was verified and
+ * its server's chain no longer verifies under the roots that stayed (serverStillTrusted), when the server's certificate expires or ours on it is about to
  * (retireAtCertificateExpiry), and at `maxAgeMs`. Pooled HTTP connections stop taking requests at
  * the same moments; a tunnel has no request boundary, so it is ended (nothing more is sent) and
  * destroyed after the grace if the server holds it open (endTunnel). Revocation is
@@ -202,10 +224,15 @@ export function retireTunnelWhenStale(socket: TLSSocket, runtime: ClientRuntime,
   socket.once("close", () => {
     for (const cleanup of cleanups) cleanup();
   });
-  const epoch = verifiedRootsEpoch.get(socket);
-  if (epoch !== undefined) {
+  const verified = verifiedServer.get(socket);
+  if (verified !== undefined) {
+    // The chain is verified again once per root removal, not at every bundle update.
+    let checked = verified.rootsEpoch;
     const rootRemoved = () => {
-      if (runtime.holder.rootsEpoch() !== epoch) retire("a root left the trust bundle since its server was verified");
+      const epoch = runtime.holder.rootsEpoch();
+      if (epoch === checked) return;
+      checked = epoch;
+      if (!runtime.holder.chainTrusted(verified.chain)) retire("a root left the trust bundle since its server was verified, and the server's chain rests on no root still held");
     };
     cleanups.push(runtime.holder.onUpdate(rootRemoved));
     // The bundle may have changed between the handshake and this call.
@@ -236,7 +263,10 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
   // E_PEER_NO_SPIFFE_ID "the server sent no certificate". With no certificate after a verified
   // handshake there is nothing new to judge; one that is there is still checked. The server's
   // answer to the refusal is then named (afterHandshakeError).
-  let verified: { peer: PeerIdentity; notAfter: Date; rootsEpoch: number; ownSerial: string } | undefined;
+  let verified: { peer: PeerIdentity; notAfter: Date; rootsEpoch: number; ownSerial: string; chain: readonly Buffer[] | undefined } | undefined;
+  // The server's chain as the full handshake showed it to checkServerIdentity (a detailed
+  // certificate Node builds anyway): read later, on a client, the leaf may be gone from it.
+  let serverChain: readonly Buffer[] | undefined;
   // The certificate this connection presents: the one current as it is dialled (its secureContext;
   // a resumed session is offered only when it was made with this same certificate).
   const { serial: ownSerial, notAfter: ownNotAfter } = runtime.holder.snapshot().svid;
@@ -247,7 +277,13 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
     port: dial.port,
     secureContext: runtime.holder.secureContext(),
     rejectUnauthorized: !runtime.insecure,
-    checkServerIdentity: runtime.insecure ? () => undefined : (host, cert) => (verified !== undefined && !cert?.raw ? undefined : checkIdentity(host, cert)),
+    checkServerIdentity: runtime.insecure
+      ? () => undefined
+      : (host, cert) => {
+          if (verified !== undefined && !cert?.raw) return undefined;
+          serverChain ??= peerChainOf(cert);
+          return checkIdentity(host, cert);
+        },
     ...(dial.servername !== undefined && isHostName(dial.servername) ? { servername: dial.servername } : {}),
     ...(dial.ALPNProtocols ? { ALPNProtocols: dial.ALPNProtocols } : {}),
     ...(resumable ? { session: resumable.ticket } : {}),
@@ -256,7 +292,14 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
   const socket = tlsConnect(options);
   let pendingTicket: Buffer | undefined;
   const remember = (ticket: Buffer) => {
-    const entry: ResumableSession = { ticket, peer: verified!.peer, notAfter: verified!.notAfter, rootsEpoch: verified!.rootsEpoch, ownSerial: verified!.ownSerial };
+    const entry: ResumableSession = {
+      ticket,
+      peer: verified!.peer,
+      notAfter: verified!.notAfter,
+      rootsEpoch: verified!.rootsEpoch,
+      ownSerial: verified!.ownSerial,
+      ...(verified!.chain !== undefined ? { chain: verified!.chain } : {}),
+    };
     (socket as unknown as { [kResumable]?: ResumableSession })[kResumable] = entry;
     sessions?.set(sessionKey, entry);
   };
@@ -266,13 +309,13 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
       if (socket.isSessionReused()) {
         // Node skipped checkServerIdentity and shows no peer certificate: check what the ticket was issued to.
         if (resumable === undefined) throw new MeshwardError("E_PEER_UNTRUSTED", "a session was resumed that this client did not offer");
-        verified = { peer: verifyRememberedPeer(resumable.peer, resumable.notAfter, runtime.policy), notAfter: resumable.notAfter, rootsEpoch: resumable.rootsEpoch, ownSerial: resumable.ownSerial };
+        verified = { peer: verifyRememberedPeer(resumable.peer, resumable.notAfter, runtime.policy), notAfter: resumable.notAfter, rootsEpoch: resumable.rootsEpoch, ownSerial: resumable.ownSerial, chain: resumable.chain };
       } else {
-        verified = { ...verifyTlsPeerWithValidity(socket, runtime.policy), rootsEpoch: dialRootsEpoch, ownSerial };
+        verified = { ...verifyTlsPeerWithValidity(socket, runtime.policy), rootsEpoch: dialRootsEpoch, ownSerial, chain: serverChain };
       }
       setPeer(socket, verified.peer);
       recordCertificateExpiry(socket, verified.notAfter, ownNotAfter);
-      verifiedRootsEpoch.set(socket, verified.rootsEpoch);
+      verifiedServer.set(socket, { rootsEpoch: verified.rootsEpoch, chain: verified.chain });
       closeWhenRevoked(socket, verified.peer, runtime);
       // From here a TLS alert is not a handshake failure: marked, so that callers can name it.
       markHandshakeCompleted(socket);

@@ -1,3 +1,4 @@
+import type { X509Certificate } from "node:crypto";
 import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { MeshwardError, describeError } from "../errors.ts";
@@ -11,7 +12,7 @@ import { consoleLogger } from "../tls/logger.ts";
 import { systemClock } from "../util/clock.ts";
 import type { ClockTimer } from "../util/clock.ts";
 import type { TlsLogger } from "../tls/logger.ts";
-import { verifyPeerCertificate, verifyTlsPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
+import { verifyPeerCertificate, verifyTlsPeer, verifyTlsPeerWithValidity, x509ChainOf } from "../tls/verify.ts";
 import type { PeerIdentity, PeerPolicy } from "../tls/verify.ts";
 
 /** The only way to weaken verification; its name is the warning. Logged on every use. */
@@ -166,6 +167,17 @@ export function endTunnel(socket: Socket, graceMs = TUNNEL_END_GRACE_MS): void {
   socket.once("close", () => clearTimeout(deadline));
 }
 
+/**
+ * The caller's certificate as verified (its issuerCertificate links hold the chain it presented),
+ * walked only when a root leaves the bundle. A resumed session may show the leaf alone (a session
+ * keeps no intermediates): its connection then counts as resting on the removed root, and ends.
+ */
+const callerCertificate = new WeakMap<TLSSocket, X509Certificate>();
+
+function callerChain(socket: TLSSocket): Buffer[] {
+  return x509ChainOf(callerCertificate.get(socket));
+}
+
 /** When the certificate a connection's caller was verified with expires (ms since the epoch). */
 const peerNotAfter = new WeakMap<TLSSocket, number>();
 
@@ -182,8 +194,9 @@ export function admitConnection(runtime: ServerRuntime, socket: TLSSocket, what:
     }
   }
   try {
-    const { peer, notAfter } = verifyTlsPeerWithValidity(socket, runtime.policy);
+    const { peer, notAfter, certificate } = verifyTlsPeerWithValidity(socket, runtime.policy);
     setPeer(socket, peer);
+    callerCertificate.set(socket, certificate);
     peerNotAfter.set(socket, notAfter.getTime());
     return peer;
   } catch (error) {
@@ -217,9 +230,12 @@ export class ConnectionRegistry {
     if (epoch !== this.#rootsEpoch) {
       this.#rootsEpoch = epoch;
       // A root left the bundle: a caller's chain may rest on it, and a verified connection is never
-      // verified again. Each open connection ends as at the age cap (gracefully); callers come
-      // back with a full handshake against the current roots.
-      for (const socket of [...this.#open.keys()]) this.onAged(socket);
+      // verified again. Each open connection whose caller's chain verifies under no root still
+      // held ends as at the age cap (gracefully); that caller comes back with a full handshake
+      // against the current roots. Callers under a root that stayed keep their connections.
+      for (const socket of [...this.#open.keys()]) {
+        if (this.runtime.insecure || !this.runtime.holder.chainTrusted(callerChain(socket))) this.onAged(socket);
+      }
     }
     this.recheckAll();
   }

@@ -9,7 +9,7 @@ import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import { disposableSecrets } from "../tls/policy.ts";
 import type { SecureOptions } from "../tls/policy.ts";
-import { normalizeSerial, readSvidIdentity, spiffeCheckServerIdentity, verifyPeerCertificate } from "../tls/verify.ts";
+import { normalizeSerial, peerChainOf, readSvidIdentity, spiffeCheckServerIdentity, verifyPeerCertificate } from "../tls/verify.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import type { IdentityHealth } from "../tls/context.ts";
 import { prepareServer } from "./common.ts";
@@ -255,17 +255,22 @@ function withMeshwardConnector(creds: ChannelCredentials, runtime: ClientRuntime
  * with the current certificate); calls still in flight end UNAVAILABLE.
  */
 function retireGrpcConnection(socket: TLSSocket, ownNotAfter: Date, runtime: ClientRuntime): void {
-  const certificate = socket.getPeerCertificate();
+  // Detailed: the chain is kept, so that a root leaving the bundle ends this connection only when
+  // the server's chain rested on it.
+  const certificate = socket.getPeerCertificate(true);
   const validTo = Date.parse(certificate.valid_to ?? "");
   if (!socket.authorized || Number.isNaN(validTo)) return;
+  const chain = peerChainOf(certificate);
   // And at once when that certificate is revoked (the same for every meshward client connection).
   closeWhenRevoked(socket, { spiffeId: certificate.subjectaltname?.replace(/^URI:/, "") ?? "?", serial: normalizeSerial(certificate.serialNumber ?? "") }, runtime);
-  // And when a root leaves the bundle: the server was verified against roots of which one may be
-  // what its chain rests on (the agents and HTTP/2 sessions retire their connections the same way).
-  const epoch = runtime.holder.rootsEpoch();
+  // And when a root leaves the bundle and the server's chain rests on no root still held (the
+  // agents and HTTP/2 sessions retire their connections the same way).
+  let checked = runtime.holder.rootsEpoch();
   const offRoots = runtime.holder.onUpdate(() => {
-    if (socket.destroyed || runtime.holder.rootsEpoch() === epoch) return;
-    runtime.logger.info(`closing the gRPC connection to ${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}: a root left the trust bundle since its server was verified; the next call connects anew`);
+    if (socket.destroyed || runtime.holder.rootsEpoch() === checked) return;
+    checked = runtime.holder.rootsEpoch();
+    if (runtime.holder.chainTrusted(chain)) return;
+    runtime.logger.info(`closing the gRPC connection to ${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}: a root left the trust bundle since its server was verified, and the server's chain rests on no root still held; the next call connects anew`);
     socket.destroy();
   });
   socket.once("close", offRoots);

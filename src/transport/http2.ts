@@ -6,7 +6,7 @@ import type { PeerIdentity } from "../tls/verify.ts";
 import { loadOnce } from "../tls/policy.ts";
 import { peerOf, prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
-import { dialTls, prepareClient, retireAtCertificateExpiry } from "./client-common.ts";
+import { dialTls, prepareClient, retireAtCertificateExpiry, serverStillTrusted } from "./client-common.ts";
 import { secureServer } from "./tls.ts";
 import type { MeshwardServerControl } from "./tls.ts";
 
@@ -94,11 +94,14 @@ export async function connectHttp2(authority: string | URL, options: ConnectHttp
     timer.unref();
     session.once("close", () => clearTimeout(timer));
   }
-  // The server was verified against roots of which one has left the bundle: streams already
-  // open finish, new ones are refused (ERR_HTTP2_GOAWAY_SESSION); the caller connects anew.
-  const epoch = runtime.holder.rootsEpoch();
+  // A root has left the bundle and the server's chain rests on no root still held: streams
+  // already open finish, new ones are refused (ERR_HTTP2_GOAWAY_SESSION); the caller connects
+  // anew. A server under a root that stayed keeps its session.
+  let checked = runtime.holder.rootsEpoch();
   const offRoots = runtime.holder.onUpdate(() => {
-    if (runtime.holder.rootsEpoch() !== epoch) session.close();
+    if (runtime.holder.rootsEpoch() === checked) return;
+    checked = runtime.holder.rootsEpoch();
+    if (socket === undefined || !serverStillTrusted(socket, runtime)) session.close();
   });
   session.once("close", offRoots);
   return Object.assign(session, { peer: peerOfSession(session) }) as ClientHttp2Session & { readonly peer: PeerIdentity | undefined };

@@ -10,7 +10,7 @@ import { MeshwardError } from "../errors.ts";
 import { IDEMPOTENT_METHODS, idleLimitForHint, keepAliveTimeoutMs, MAX_REQUEST_ATTEMPTS } from "../util/keep-alive.ts";
 import { peerOf, prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
-import { afterHandshakeError, dialTls, prepareClient, retireAtCertificateExpiry, SessionCache } from "./client-common.ts";
+import { afterHandshakeError, dialTls, prepareClient, retireAtCertificateExpiry, serverStillTrusted, SessionCache } from "./client-common.ts";
 import type { ClientRuntime } from "./client-common.ts";
 import { secureServer } from "./tls.ts";
 import type { MeshwardServerControl } from "./tls.ts";
@@ -84,13 +84,14 @@ export class MtlsAgent extends HttpsAgent {
     this.on("free", (socket: Duplex & { [kAged]?: boolean }) => {
       if (socket[kAged]) socket.destroy();
     });
-    // The server may rest on the removed root: no request goes out on a connection verified
-    // before. Idle ones close now, busy ones after their response (the next request dials anew).
+    // A root left the bundle: no request goes out on a connection whose server's chain rested
+    // on it (serverStillTrusted). Idle ones close now, busy ones after their response (the next
+    // request dials anew); connections to servers under a root that stayed are kept.
     let epoch = runtime.holder.rootsEpoch();
     this.#offRoots = runtime.holder.onUpdate(() => {
       if (runtime.holder.rootsEpoch() === epoch) return;
       epoch = runtime.holder.rootsEpoch();
-      for (const socket of this.#open) retire(socket);
+      for (const socket of this.#open) if (!serverStillTrusted(socket, runtime)) retire(socket);
     });
   }
 

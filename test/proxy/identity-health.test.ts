@@ -2,6 +2,7 @@ import { Agent, request } from "node:https";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
+import { createCrl } from "../../src/pki/crl.ts";
 import { startSidecar } from "../../src/proxy/sidecar.ts";
 import type { Sidecar } from "../../src/proxy/sidecar.ts";
 import { startHttpApp } from "../helpers/app-servers.ts";
@@ -81,6 +82,31 @@ describe("sidecar identity health: expiry, recovery and revocation", () => {
     expect((await get(other.agent)).status).toBe(200);
     const metrics = await (await fetch(`http://127.0.0.1:${sidecar.addresses.status!.port}/metrics`)).text();
     expect(metricValue(metrics, "meshward_tls_handshake_failures_total", { direction: "inbound", reason: "revoked" })).toBeGreaterThanOrEqual(1);
+    revoked.agent.destroy();
+    other.agent.destroy();
+  });
+
+  it("stays ready while the CRL in force is past its nextUpdate, keeps enforcing it, and says so in /readyz", async () => {
+    const revoked = caller("spiffe://health.test/ns/default/stale-revoked");
+    const other = caller("spiffe://health.test/ns/default/stale-fine");
+    const HOUR = 3_600_000;
+    const thisUpdate = new Date(Math.floor((Date.now() - 25 * HOUR) / 1000) * 1000); // whole seconds, as a CRL holds them
+    const nextUpdate = new Date(thisUpdate.getTime() + 24 * HOUR);
+    const crl = await createCrl({ signer: pki.issuer, entries: [{ serial: revoked.svid.serial, revokedAt: thisUpdate }], thisUpdate, nextUpdate, crlNumber: 7n });
+    identity.updateBundle({ ...pki.bundle({ revokedSerials: [revoked.svid.serial] }), crls: [crl] });
+    const res = await fetch(`http://127.0.0.1:${sidecar.addresses.status!.port}/readyz`);
+    const body = (await res.json()) as { checks: Record<string, { ok: boolean; detail?: string }> };
+    expect(res.status).toBe(200);
+    expect(body.checks.identity!.ok).toBe(true);
+    expect(body.checks.identity!.detail).toContain(`past its nextUpdate ${nextUpdate.toISOString()}`);
+    expect(body.checks.identity!.detail).toContain("its revocations are still enforced");
+    await expect(get(revoked.agent)).rejects.toThrow();
+    expect((await get(other.agent)).status).toBe(200);
+    // A current CRL: the warning goes.
+    const fresh = await createCrl({ signer: pki.issuer, entries: [], thisUpdate: new Date(), nextUpdate: new Date(Date.now() + 24 * HOUR), crlNumber: 8n });
+    identity.updateBundle({ ...pki.bundle(), crls: [fresh] });
+    const after = (await (await fetch(`http://127.0.0.1:${sidecar.addresses.status!.port}/readyz`)).json()) as { checks: Record<string, { ok: boolean; detail?: string }> };
+    expect(after.checks.identity!.detail).not.toContain("nextUpdate");
     revoked.agent.destroy();
     other.agent.destroy();
   });

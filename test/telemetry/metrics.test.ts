@@ -86,6 +86,7 @@ describe("shared mesh metrics", () => {
     const metrics = createMetrics();
     const mesh = createMeshMetrics(metrics);
     mesh.certExpiry.set({ kind: "workload" }, 1_900_000_000);
+    mesh.crlNextUpdate.set({ kind: "workload" }, 1_800_000_000);
     mesh.rotations.inc({ kind: "workload", result: "ok" });
     mesh.connectionsActive.inc({ direction: "inbound" });
     mesh.plaintextConnections.inc();
@@ -93,6 +94,7 @@ describe("shared mesh metrics", () => {
     mesh.requestDuration.observe({ direction: "inbound", protocol: "http", status_class: "2xx" }, 0.003);
     const s = samples(await metrics.text());
     expect(s.get('meshward_cert_expiry_timestamp_seconds{kind="workload"}')).toBe(1_900_000_000);
+    expect(s.get('meshward_crl_next_update_timestamp_seconds{kind="workload"}')).toBe(1_800_000_000);
     expect(s.get('meshward_rotation_total{kind="workload",result="ok"}')).toBe(1);
     expect(s.get('meshward_connections_active{direction="inbound"}')).toBe(1);
     expect(s.get("meshward_plaintext_connections_total")).toBe(1);

@@ -275,6 +275,68 @@ describe("a root removed from the bundle", () => {
     }
   });
 
+  // Review (stale CRL / root removal, finding 2): a root leaving the bundle ended every open
+  // connection, those whose peer chain rests on a root that stays included. Only connections
+  // whose peer chain rested on the removed root end now.
+  it("server side: a caller under the kept root keeps its open connection, the one under the removed root loses it", async () => {
+    const serverIdentity = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: SERVER_ID }), bundleOf([kept, removed])));
+    const { port } = await echoServer(serverIdentity);
+    const underKept = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept])));
+    const underRemoved = new ManualIdentity(snapshotOf(removed.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept, removed])));
+    const staying = await connectMtls({ identity: underKept, expect: SERVER_ID, port, logger, resumeSessions: false });
+    const leaving = await connectMtls({ identity: underRemoved, expect: SERVER_ID, port, logger, resumeSessions: false });
+    expect(await echo(staying, "a")).toBe(`${CLIENT_ID} a`);
+    expect(await echo(leaving, "b")).toBe(`${CLIENT_ID} b`);
+    serverIdentity.updateBundle(bundleOf([kept]));
+    await closed(leaving);
+    expect(await echo(staying, "still")).toBe(`${CLIENT_ID} still`);
+    staying.destroy();
+  });
+
+  it("client side, raw TLS (connectMtls): a tunnel to a server under the kept root stays open", async () => {
+    const serverIdentity = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: SERVER_ID }), bundleOf([kept])));
+    const { port } = await echoServer(serverIdentity);
+    const client = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept, removed])));
+    const lines = makeLogger();
+    const socket = await connectMtls({ identity: client, expect: SERVER_ID, port, logger: lines, resumeSessions: false });
+    try {
+      expect(await echo(socket, "before")).toBe(`${CLIENT_ID} before`);
+      client.updateBundle(bundleOf([kept]));
+      expect(socket.writableEnded).toBe(false);
+      expect(await echo(socket, "after")).toBe(`${CLIENT_ID} after`);
+      expect(lines.lines.some((line) => /ending the connection/.test(line))).toBe(false);
+    } finally {
+      socket.destroy();
+    }
+  });
+
+  it("client side, HTTP/1.1 keep-alive and HTTP/2: connections to a server under the kept root are used again", async () => {
+    const leaf = kept.issueLeaf({ spiffeId: SERVER_ID });
+    const plain = createPlainHttpsServer({ cert: leaf.chainPem, key: leaf.keyPem, requestCert: true, rejectUnauthorized: false, keepAliveTimeout: 60_000 }, (req, res) => {
+      res.end(`${req.socket.remotePort}`);
+    });
+    await new Promise<void>((r) => plain.listen(0, "127.0.0.1", r));
+    const url = `https://127.0.0.1:${(plain.address() as AddressInfo).port}/`;
+    const h2Server = createPlainHttp2Server({ cert: leaf.chainPem, key: leaf.keyPem, requestCert: true, rejectUnauthorized: false }, (_req, res) => res.end("ok"));
+    await new Promise<void>((r) => h2Server.listen(0, "127.0.0.1", r));
+    const client = new ManualIdentity(snapshotOf(kept.issueLeaf({ spiffeId: CLIENT_ID }), bundleOf([kept, removed])));
+    const agent = await createMtlsAgent({ identity: client, expect: SERVER_ID, logger });
+    const session = await connectHttp2(`https://127.0.0.1:${(h2Server.address() as AddressInfo).port}`, { identity: client, expect: SERVER_ID, logger });
+    try {
+      const first = await httpsRequest(url, { identity: client, expect: SERVER_ID, logger, agent });
+      client.updateBundle(bundleOf([kept]));
+      const again = await httpsRequest(url, { identity: client, expect: SERVER_ID, logger, agent });
+      expect(again.text()).toBe(first.text()); // the same pooled connection
+      expect(session.closed).toBe(false);
+    } finally {
+      agent.destroy();
+      session.destroy();
+      plain.closeAllConnections();
+      await new Promise<void>((r) => plain.close(() => r()));
+      await new Promise<void>((r) => h2Server.close(() => r()));
+    }
+  });
+
   it("client side: adding a root retires nothing", async () => {
     const leaf = kept.issueLeaf({ spiffeId: SERVER_ID });
     const plain = createPlainHttp2Server({ cert: leaf.chainPem, key: leaf.keyPem, requestCert: true, rejectUnauthorized: false }, (_req, res) => res.end("ok"));

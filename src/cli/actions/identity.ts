@@ -3,7 +3,7 @@ import type { OptionValues } from "commander";
 import { createIdentity, type CaIdentitySource } from "../../identity/ca-source.ts";
 import { startFileSink } from "../../identity/file-sink.ts";
 import type { FileSink } from "../../identity/file-sink.ts";
-import { instrumentIdentity } from "../../identity/instrument.ts";
+import { instrumentIdentity, staleCrlWarning } from "../../identity/instrument.ts";
 import { listenWorkloadApi, socketPathFrom, type WorkloadApiListener } from "../../identity/workload-api/index.ts";
 import { MeshwardError } from "../../errors.ts";
 import { createHealth, createOpsServer } from "../../telemetry/health.ts";
@@ -111,7 +111,8 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
         const problem = identity.problem();
         if (current === undefined) return { ok: false, detail: problem ?? "no valid certificate (expired or not yet issued)" };
         if (problem !== undefined) return { ok: false, detail: problem };
-        return { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}` };
+        const stale = staleCrlWarning(current.bundle, Date.now());
+        return { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}${stale === undefined ? "" : `; ${stale}`}` };
       });
       if (sink !== undefined) {
         const files = sink;

@@ -309,6 +309,11 @@ export class Http1Pool {
     for (const connection of this.#idle.splice(0)) connection.destroy();
   }
 
+  /** As retire, for every connection whose socket `predicate` picks (a root removal: those whose server's chain rested on it). */
+  retireWhere(predicate: (socket: Duplex) => boolean): void {
+    for (const connection of [...this.#all]) if (!connection.retired && predicate(connection.socket)) this.retire(connection.socket);
+  }
+
   /** The connection over `socket` serves no further request: closed now when idle, else after its exchange. */
   retire(socket: Duplex): void {
     for (const connection of this.#all) {
