@@ -112,6 +112,21 @@ describe("deploy/kubernetes: kustomize overlays single and ha", () => {
     const volume = (ca.spec.template.spec.volumes as Doc[]).find((v) => v.name === "ca-dir") as Doc;
     expect(volume.secret.secretName).toBe("meshward-ca-dir");
     expect((container(ca, "ca").volumeMounts as Doc[]).find((m) => m.name === "ca-dir")).toMatchObject({ mountPath: "/etc/meshward/ca", readOnly: true });
+    // The store's CA (review k8s2, MEDIUM-1: with verify-full and nowhere to put sslrootcert, the
+    // replicas trusted public roots only and stopped at start against an in-cluster PostgreSQL).
+    const storeCa = (ca.spec.template.spec.volumes as Doc[]).find((v) => v.name === "store-ca") as Doc;
+    expect(storeCa.secret).toMatchObject({ secretName: "meshward-ca-store", items: [{ key: "ca.crt", path: "ca.crt" }], optional: true });
+    const storeMount = (container(ca, "ca").volumeMounts as Doc[]).find((m) => m.name === "store-ca") as Doc;
+    expect(storeMount).toMatchObject({ readOnly: true });
+    // The URL the docs and the overlay's comment give names that file.
+    const guide = readFileSync(join(ROOT, "docs/kubernetes.md"), "utf8");
+    const urls = [...guide.matchAll(/url='(postgres:\/\/[^']+)'/g), ...readFileSync(join(K8S_DIR, "overlays/ha/kustomization.yaml"), "utf8").matchAll(/key url: (postgres:\/\/\S+)/g)].map((m) => new URL(m[1]!));
+    expect(urls).toHaveLength(2);
+    for (const url of urls) {
+      expect(url.searchParams.get("sslmode")).toBe("verify-full");
+      expect(url.searchParams.get("sslrootcert")).toBe(`${storeMount.mountPath}/ca.crt`);
+    }
+    expect(guide).toContain("--from-file=ca.crt=");
     expect(find(docs, "PodDisruptionBudget", "meshward-ca").spec.minAvailable).toBe(2);
     expect(ca.spec.template.spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey).toBe("kubernetes.io/hostname");
     expect(find(docs, "NetworkPolicy", "default-deny").spec.policyTypes).toEqual(["Ingress", "Egress"]);
@@ -155,6 +170,18 @@ describe("deploy/kubernetes: kustomize overlays single and ha", () => {
     }
     // negative control: a made-up flag is not found by the same check
     expect(help(["ca", "serve"])).not.toMatch(/(^|[\s,])--no-such-flag[\s<]/m);
+  });
+
+  it("docs/kubernetes.md's sidecar command line has the flags the injector writes (review k8s2, LOW-1)", () => {
+    const sidecar = (parseAllDocuments(injectedExample).map((d) => d.toJS() as Doc).find((d) => d.kind === "Deployment") as Doc).spec.template.spec.initContainers[0] as Doc;
+    const line = /\*\*What the sidecar gets:\*\* the command line\n`(meshward sidecar [^`]+)`/.exec(readFileSync(join(ROOT, "docs/kubernetes.md"), "utf8"))?.[1];
+    expect(line).toBeDefined();
+    const documented = new Set(line!.split(" ").filter((word) => /^\[?--/.test(word)).map((word) => word.replace(/^\[/, "")));
+    const injected = new Set((sidecar.args as string[]).filter((a) => a.startsWith("--")));
+    for (const flag of injected) expect(documented, flag).toContain(flag);
+    // What the example's annotations leave out is documented as optional ([--flag …]).
+    const optional = [...documented].filter((flag) => !injected.has(flag));
+    for (const flag of optional) expect(line).toContain(`[${flag} `);
   });
 
   it("meshward audit of the rendered overlays and the injected example reports nothing of medium or higher severity", () => {
