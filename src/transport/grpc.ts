@@ -3,7 +3,8 @@ import type { ChannelCredentials, ChannelOptions, ServerInterceptingCallInterfac
 import { isIP } from "node:net";
 import { inspect } from "node:util";
 import type { Socket } from "node:net";
-import { TLSSocket } from "node:tls";
+import type { ServerHttp2Session } from "node:http2";
+import { Server as TlsServer, TLSSocket } from "node:tls";
 import type { PeerCertificate } from "node:tls";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
@@ -12,7 +13,7 @@ import type { SecureOptions } from "../tls/policy.ts";
 import { normalizeSerial, peerChainOf, readSvidIdentity, spiffeCheckServerIdentity, verifyPeerCertificate } from "../tls/verify.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import type { IdentityHealth } from "../tls/context.ts";
-import { prepareServer } from "./common.ts";
+import { admitConnection, ConnectionRegistry, prepareServer } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
 import { closeWhenRevoked, prepareClient, recordCertificateExpiry, retireAtCertificateExpiry } from "./client-common.ts";
 import type { ClientRuntime } from "./client-common.ts";
@@ -20,16 +21,31 @@ import type { ServerRuntime } from "./common.ts";
 
 export type GrpcServerCredentialsOptions = Omit<ServerCommonOptions, "identity" | "maxConnectionAgeMs">;
 
+/** How long a GOAWAY'd connection's calls may take to finish before it is destroyed (root removal, the caller's certificate expiring). */
+export const GRPC_RETIRE_GRACE_MS = 30_000;
+/** How long a connection whose caller was refused a call keeps its other calls' answers going out before it is destroyed. */
+export const GRPC_REFUSED_GRACE_MS = 1_000;
+
+type CredsWatcher = (options: SecureOptions | null) => void;
+
 /**
  * grpc-js server credentials on a meshward identity. grpc-js registers a watcher per bound
  * port and calls `http2Server.setSecureContext(options)` when we publish, so rotations and
  * bundle updates reach new connections; publishing `null` (identity expired) makes grpc-js
- * drop new connections. Callers are checked (revocation + `authorize`) by an interceptor
- * before any handler runs.
- * `_getInterceptors` and `_equals` are grpc-js internals (server.js calls them when a port is
- * bound): if a release stopped calling the first, callers would be checked by TLS alone, without
- * the SPIFFE ID, revocation and `authorize` checks. package.json therefore takes grpc-js patch
- * releases only (~1.14), and test/transport/grpc-http2.test.ts proves the interceptor refuses.
+ * drop new connections.
+ * Callers are checked as by the node servers: in the handshake (`secureConnection`: SPIFFE ID,
+ * revocation, `authorize`; a refused caller's socket is destroyed before HTTP/2 starts), and
+ * open connections are closed when a new CRL revokes their caller, when a root leaves the bundle
+ * (GOAWAY) and when the caller's certificate expires (GOAWAY). grpc-js keeps its http2 server to
+ * itself: it is found through the watcher grpc-js hands us (`serverOfWatcher`). Each call is
+ * checked again by an interceptor before any handler runs; a refused call also ends its
+ * connection (GOAWAY, destroyed GRPC_REFUSED_GRACE_MS later).
+ * `_getInterceptors`, `_addWatcher` and `_equals` are grpc-js internals (server.js calls them when
+ * a port is bound), and so are the interceptor call's `stream.session` and the watcher calling
+ * `setSecureContext` on the server: if a release stopped the first, callers would be checked by TLS
+ * alone; if it stopped the others, callers would be checked per call only and keep their
+ * connections. package.json therefore takes grpc-js patch releases only (~1.14), and
+ * test/transport/grpc-http2.test.ts and grpc-refused-peer.test.ts fail if any of them is lost.
  */
 export class MeshwardServerCredentials extends ServerCredentials {
   readonly #runtime: ServerRuntime;
@@ -37,6 +53,9 @@ export class MeshwardServerCredentials extends ServerCredentials {
   readonly #off: () => void;
 
   readonly #rootsRemoved = new Set<() => void>();
+  /** Watchers bound while the identity was expired: their servers are found once options are published. */
+  readonly #unguarded = new Set<CredsWatcher>();
+  readonly #registries = new Set<ConnectionRegistry>();
 
   constructor(runtime: ServerRuntime) {
     super({ requestCert: true, rejectUnauthorized: !runtime.insecure }, withoutSecrets(runtime.holder.options()));
@@ -49,6 +68,7 @@ export class MeshwardServerCredentials extends ServerCredentials {
       else {
         // The watchers (one per bound port) call setSecureContext synchronously; what grpc-js keeps is zeroed.
         const secrets = disposableSecrets(options);
+        for (const watcher of [...this.#unguarded]) this.#guard(watcher, secrets.options);
         this.updateSecureContextOptions(secrets.options);
         secrets.dispose();
       }
@@ -65,12 +85,83 @@ export class MeshwardServerCredentials extends ServerCredentials {
     this.#interceptor = (_method, call) => authorizeCall(runtime, call);
   }
 
+  /** @internal grpc-js hook: called once per bound port, right after its http2 server is created. */
+  override _addWatcher(watcher: CredsWatcher): void {
+    super._addWatcher(watcher);
+    const options = super._getSecureContextOptions();
+    if (options === null) {
+      this.#unguarded.add(watcher); // the identity is expired: found at the next publication
+      return;
+    }
+    const secrets = disposableSecrets(this.#runtime.holder.options());
+    try {
+      this.#guard(watcher, secrets.options);
+    } finally {
+      secrets.dispose();
+    }
+  }
+
+  /** @internal grpc-js hook: called when the port's server closes. */
+  override _removeWatcher(watcher: CredsWatcher): void {
+    super._removeWatcher(watcher);
+    this.#unguarded.delete(watcher);
+  }
+
+  /** Verified connections open on the servers these credentials are bound to. */
+  openConnections(): number {
+    let open = 0;
+    for (const registry of this.#registries) open += registry.size;
+    return open;
+  }
+
   /**
-   * Calls `listener` when a bundle update removes a root. grpc-js gives credentials no hold on
-   * its connections, so the server's owner closes them: `server.drain(boundAddress, graceMs)`
-   * sends GOAWAY, callers reconnect and their chains are verified against the new bundle (the
-   * node:https/http2 servers do this themselves). Without it, open connections live until
-   * `grpc.max_connection_age_ms` (grpcServerOptions: 1 h). Returns an unsubscribe function.
+   * Finds the http2 server behind `watcher` and checks its callers in the handshake, as
+   * `secureServer` does for the node servers. If grpc-js no longer reveals it, calls are still
+   * refused one by one (and end their connection), and this is said once in the log.
+   */
+  #guard(watcher: CredsWatcher, options: SecureOptions): void {
+    this.#unguarded.delete(watcher);
+    const runtime = this.#runtime;
+    const server = serverOfWatcher(watcher, options);
+    if (server === undefined) {
+      runtime.logger.warn("gRPC server: this grpc-js release did not reveal its HTTP/2 server to meshward; callers are checked on each call only, and a refused caller's connection is closed at its first call");
+      return;
+    }
+    const sessions = new WeakMap<TLSSocket, ServerHttp2Session>();
+    const registry = new ConnectionRegistry(runtime, (socket) => {
+      const session = sessions.get(socket);
+      if (session === undefined) return void socket.destroy();
+      retireSession(session, GRPC_RETIRE_GRACE_MS);
+    });
+    this.#registries.add(registry);
+    let accepting: TLSSocket | undefined;
+    // Runs before node:http2 makes a session of the connection (its listener was added first).
+    server.prependListener("secureConnection", (socket: TLSSocket) => {
+      accepting = socket;
+      const peer = admitConnection(runtime, socket, "gRPC server");
+      if (peer === undefined && !runtime.insecure) return;
+      registry.add(socket);
+    });
+    server.on("session", (session: ServerHttp2Session) => {
+      const socket = accepting;
+      accepting = undefined;
+      if (socket === undefined) return;
+      if (socket.destroyed) return void session.destroy();
+      sessions.set(socket, session);
+    });
+    const sweeper = setInterval(() => runtime.refusalLog.sweep(() => undefined), 10_000);
+    sweeper.unref();
+    server.once("close", () => {
+      clearInterval(sweeper);
+      registry.close();
+      this.#registries.delete(registry);
+    });
+  }
+
+  /**
+   * Calls `listener` when a bundle update removes a root. The credentials already send GOAWAY to
+   * every open connection then (callers reconnect and are verified against the new bundle), so
+   * this is for anything else the owner wants to do at that moment. Returns an unsubscribe function.
    */
   onRootsRemoved(listener: () => void): () => void {
     this.#rootsRemoved.add(listener);
@@ -118,6 +209,8 @@ export class MeshwardServerCredentials extends ServerCredentials {
   close(): void {
     this.#off();
     this.#rootsRemoved.clear();
+    for (const registry of this.#registries) registry.close();
+    this.#registries.clear();
     this.#runtime.holder.close();
   }
 }
@@ -128,7 +221,61 @@ function withoutSecrets(options: SecureOptions): SecureOptions {
   return rest;
 }
 
+/**
+ * Finds the http2 server a grpc-js credentials watcher belongs to: the watcher calls
+ * `setSecureContext(options)` on it synchronously, so it is called once with the current options
+ * while TLS servers' `setSecureContext` notes its receiver (restored before this returns; nothing
+ * else runs meanwhile). The server gets the options it already has.
+ */
+export function serverOfWatcher(watcher: CredsWatcher, options: SecureOptions): TlsServer | undefined {
+  const proto = TlsServer.prototype;
+  const original = proto.setSecureContext;
+  let found: TlsServer | undefined;
+  proto.setSecureContext = function (this: TlsServer, context: Parameters<typeof original>[0]) {
+    found ??= this;
+    return original.call(this, context);
+  };
+  try {
+    watcher(options);
+  } finally {
+    proto.setSecureContext = original;
+  }
+  return found;
+}
+
+/** GOAWAY (calls in flight finish, new ones go to a new connection), destroyed `graceMs` later. */
+function retireSession(session: ServerHttp2Session, graceMs: number): void {
+  if (session.destroyed || session.closed) return;
+  session.close();
+  const timer = setTimeout(() => session.destroy(), graceMs);
+  timer.unref();
+  session.once("close", () => clearTimeout(timer));
+}
+
+/** The HTTP/2 session a call came on: `stream.session` of grpc-js's BaseServerInterceptingCall (the call the first interceptor gets). */
+export function sessionOfCall(call: ServerInterceptingCallInterface): ServerHttp2Session | undefined {
+  return (call as unknown as { stream?: { session?: ServerHttp2Session } }).stream?.session;
+}
+
+/** "addr:port" (grpc-js getPeer) without the port, so one caller's reconnections share one log budget. */
+function addressOfPeer(peer: string): string {
+  return peer.replace(/:\d+$/, "");
+}
+
 function authorizeCall(runtime: ServerRuntime, call: ServerInterceptingCallInterface): ServerInterceptingCall {
+  /**
+   * A refused call: logged through the refusal limiter (a refused peer can make calls at will),
+   * answered, and its connection ended: its caller is refused whatever it calls, and the next
+   * connection is checked in the handshake.
+   */
+  const refuse = (code: string, reason: string, grpcCode: status, details: string) => {
+    const from = addressOfPeer(call.getPeer());
+    const unlogged = runtime.refusalLog.admit(`grpc-call|${code}|${from}`);
+    if (unlogged !== undefined) runtime.logger.warn(`gRPC server refused a call from ${from} and closes its connection: ${reason}${unlogged > 0 ? ` (${unlogged} more like it not logged)` : ""}`);
+    call.sendStatus({ code: grpcCode, details, metadata: new Metadata() });
+    const session = sessionOfCall(call);
+    if (session !== undefined) retireSession(session, GRPC_REFUSED_GRACE_MS);
+  };
   return new ServerInterceptingCall(call, {
     start: (next) => {
       next({
@@ -136,25 +283,24 @@ function authorizeCall(runtime: ServerRuntime, call: ServerInterceptingCallInter
           const cert = call.getAuthContext().sslPeerCertificate;
           if (runtime.insecure) return proceed(metadata);
           if (cert === undefined || !cert.raw) {
-            runtime.logger.warn("gRPC server refused a call: the caller presented no verified certificate");
-            call.sendStatus({ code: status.UNAUTHENTICATED, details: "E_PEER_NO_SPIFFE_ID: a client certificate is required", metadata: new Metadata() });
-            return;
+            return refuse("E_PEER_NO_SPIFFE_ID", "the caller presented no verified certificate", status.UNAUTHENTICATED, "E_PEER_NO_SPIFFE_ID: a client certificate is required");
           }
           // A call can arrive long after the handshake (connections live up to an hour) or on a
           // resumed session, which was never verified again: the certificate must still be valid.
           const now = Date.now();
           if (Date.parse(cert.valid_to) <= now || Date.parse(cert.valid_from) > now) {
-            runtime.logger.warn(`gRPC server refused a call: the caller's certificate (serial ${cert.serialNumber}) is outside its validity period (${cert.valid_from} .. ${cert.valid_to})`);
-            call.sendStatus({ code: status.UNAUTHENTICATED, details: "E_CERT_EXPIRED: the caller's certificate has expired since the connection was made; reconnect with a current one", metadata: new Metadata() });
-            return;
+            return refuse(
+              "E_CERT_EXPIRED",
+              `the caller's certificate (serial ${cert.serialNumber}) is outside its validity period (${cert.valid_from} .. ${cert.valid_to})`,
+              status.UNAUTHENTICATED,
+              "E_CERT_EXPIRED: the caller's certificate has expired since the connection was made; reconnect with a current one",
+            );
           }
           try {
             verifyPeerCertificate(cert.raw, runtime.policy);
           } catch (error) {
-            runtime.logger.warn(`gRPC server refused a call: ${describeError(error)}`);
             const code = error instanceof MeshwardError ? error.code : "E_PEER_UNTRUSTED";
-            call.sendStatus({ code: status.PERMISSION_DENIED, details: `${code}: the caller is not allowed`, metadata: new Metadata() });
-            return;
+            return refuse(code, describeError(error), status.PERMISSION_DENIED, `${code}: the caller is not allowed`);
           }
           proceed(metadata);
         },
@@ -170,6 +316,9 @@ export async function grpcServerCredentials(identity: IdentitySource, options: G
     {
       ...options,
       identity,
+      // The age cap is grpc-js's own (grpcServerOptions); the credentials still retire a connection
+      // when its caller's certificate expires, when a root leaves the bundle and when a CRL revokes it.
+      maxConnectionAgeMs: 0,
       onHealthChange: (health) => {
         creds?.applyHealth(health);
         options.onHealthChange?.(health);

@@ -68,11 +68,12 @@ describe("gRPC", () => {
       client.close();
     }
   });
-  it("the server refuses a caller outside `authorize` with PERMISSION_DENIED", async () => {
+  it("the server refuses a caller outside `authorize` in the handshake (UNAVAILABLE) and logs why", async () => {
     const outsider = new ManualIdentity(snapshotOf(pki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/other/web` }), bundleOf([pki])));
     const client = new EchoClient(`127.0.0.1:${port}`, await grpcChannelCredentials(outsider, { expect: SERVER_ID, logger }));
     try {
-      await expect(call(client)).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED });
+      await expect(call(client)).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
+      expect(logger.lines.some((l) => l.includes("gRPC server refused a connection") && l.includes("ns/other/web"))).toBe(true);
     } finally {
       client.close();
     }

@@ -1,0 +1,173 @@
+import * as grpc from "@grpc/grpc-js";
+import { connect as http2Connect } from "node:http2";
+import type { ClientHttp2Session } from "node:http2";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { SpiffeIdMatcher } from "../../src/spiffe/match.ts";
+import { normalizeSerial } from "../../src/tls/verify.ts";
+import { grpcChannelCredentials, grpcServerCredentials, peerIdentity } from "../../src/transport/index.ts";
+import type { MeshwardServerCredentials } from "../../src/transport/index.ts";
+import { createTestPki } from "../helpers/openssl-pki.ts";
+import type { TestLeaf, TestPki } from "../helpers/openssl-pki.ts";
+import { bundleOf, EchoClient, echoService, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
+
+// Found by review (review-sdk MEDIUM-1, MEDIUM-2, LOW-3): a grpc-js server checked callers per call
+// only. A revoked caller, or one outside `authorize`, completed the handshake and kept as many
+// HTTP/2 connections as it liked, a new CRL closed none of them, and every refused call wrote an
+// unthrottled warn line. Callers are now refused in the handshake, open connections are closed
+// when a CRL revokes their caller, a refused call ends its connection, and refusals are logged 5
+// per reason and address every 10 s.
+const TD = "example.org";
+const SERVER_ID = `spiffe://${TD}/ns/default/api`;
+const CLIENT_ID = `spiffe://${TD}/ns/default/web`;
+
+let pki: TestPki;
+const servers: grpc.Server[] = [];
+const clients: grpc.Client[] = [];
+const sessions: ClientHttp2Session[] = [];
+
+beforeAll(() => {
+  pki = createTestPki({ trustDomain: TD });
+});
+afterAll(() => {
+  for (const s of sessions) s.destroy();
+  for (const c of clients) c.close();
+  for (const s of servers) s.forceShutdown();
+  pki?.cleanup();
+});
+
+interface Started {
+  readonly port: number;
+  readonly creds: MeshwardServerCredentials;
+  readonly identity: ManualIdentity;
+  readonly logger: ReturnType<typeof makeLogger>;
+  readonly handled: () => number;
+}
+
+async function startServer(revoked: readonly TestLeaf[] = [], authorize: SpiffeIdMatcher = { trustDomain: TD, namespace: "default" }): Promise<Started> {
+  const logger = makeLogger();
+  const identity = new ManualIdentity(snapshotOf(pki.issueLeaf({ spiffeId: SERVER_ID }), bundleOf([pki], new Set(revoked.map((l) => normalizeSerial(l.serial))))));
+  let handled = 0;
+  const server = new grpc.Server();
+  servers.push(server);
+  server.addService(echoService, {
+    who: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
+      handled++;
+      cb(null, Buffer.from(peerIdentity(call)?.spiffeId ?? "none"));
+    },
+  });
+  const creds = await grpcServerCredentials(identity, { logger, authorize });
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", creds, (e, p) => (e ? reject(e) : resolve(p))));
+  return { port, creds, identity, logger, handled: () => handled };
+}
+
+async function clientOf(leaf: TestLeaf, port: number): Promise<grpc.Client> {
+  const client = new EchoClient(`127.0.0.1:${port}`, await grpcChannelCredentials(new ManualIdentity(snapshotOf(leaf, bundleOf([pki]))), { expect: SERVER_ID, logger: makeLogger() }));
+  clients.push(client);
+  return client;
+}
+
+const call = (client: grpc.Client) =>
+  new Promise<string>((resolve, reject) =>
+    (client as unknown as { who(req: Buffer, opts: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: Buffer) => void): void }).who(
+      Buffer.from("hi"),
+      { deadline: Date.now() + 5000 },
+      (e, r) => (e ? reject(e) : resolve(r!.toString())),
+    ),
+  );
+
+/** A plain node:http2 client with `leaf`: what a caller that ignores GOAWAY and holds its connection sees. */
+function rawSession(leaf: TestLeaf, port: number): ClientHttp2Session {
+  const session = http2Connect(`https://127.0.0.1:${port}`, { ca: pki.root.certPem, cert: leaf.chainPem, key: leaf.keyPem, checkServerIdentity: () => undefined });
+  session.on("error", () => undefined);
+  sessions.push(session);
+  return session;
+}
+
+/** One Who call on a raw session: "status N" from the trailers, or "closed" if the connection ends first. */
+function rawCall(session: ClientHttp2Session): Promise<string> {
+  return new Promise((resolve) => {
+    const closed = () => resolve("closed");
+    session.once("close", closed);
+    let stream;
+    try {
+      stream = session.request({ ":method": "POST", ":path": "/test.Echo/Who", "content-type": "application/grpc", te: "trailers" });
+    } catch {
+      return closed();
+    }
+    const done = (value: string) => {
+      session.off("close", closed);
+      resolve(value);
+    };
+    stream.on("error", () => undefined);
+    stream.on("response", (headers) => {
+      if (headers["grpc-status"] !== undefined) done(`status ${String(headers["grpc-status"])}`);
+    });
+    stream.on("trailers", (trailers) => done(`status ${String(trailers["grpc-status"])}`));
+    stream.on("close", () => setImmediate(() => done("closed")));
+    stream.resume();
+    stream.end(Buffer.from([0, 0, 0, 0, 0]));
+  });
+}
+
+/** Resolves "closed" when the session closes (a connection the server holds open never resolves). */
+const closedOf = (session: ClientHttp2Session) => new Promise<string>((resolve) => (session.closed || session.destroyed ? resolve("closed") : session.once("close", () => resolve("closed"))));
+
+const warned = (logger: ReturnType<typeof makeLogger>, pattern: RegExp) => logger.lines.filter((line) => line.startsWith("warn") && pattern.test(line)).length;
+
+describe("gRPC server: refused callers lose their connection", () => {
+  it("a revoked caller is refused in the handshake: no call is answered on its connection, the handler never runs", async () => {
+    const revoked = pki.issueLeaf({ spiffeId: CLIENT_ID });
+    const server = await startServer([revoked]);
+    const client = await clientOf(revoked, server.port);
+    await expect(call(client)).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
+    expect(await rawCall(rawSession(revoked, server.port))).toBe("closed");
+    expect(server.handled()).toBe(0);
+    expect(server.creds.openConnections()).toBe(0);
+    expect(server.logger.lines.some((l) => /gRPC server refused a connection from 127\.0\.0\.1: .*E_CERT_REVOKED/.test(l))).toBe(true);
+  });
+
+  it("a caller outside `authorize` is refused in the handshake the same way; an allowed caller is served on a tracked connection", async () => {
+    const server = await startServer();
+    const outsider = pki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/other/web` });
+    await expect(call(await clientOf(outsider, server.port))).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
+    expect(await rawCall(rawSession(outsider, server.port))).toBe("closed");
+    expect(server.handled()).toBe(0);
+    // The allowed caller: this also fails if grpc-js stops revealing its http2 server (serverOfWatcher).
+    expect(await call(await clientOf(pki.issueLeaf({ spiffeId: CLIENT_ID }), server.port))).toBe(CLIENT_ID);
+    expect(server.handled()).toBe(1);
+    expect(server.creds.openConnections()).toBe(1);
+    expect(server.logger.lines.filter((l) => l.includes("did not reveal"))).toEqual([]);
+  });
+
+  it("refusals are logged rate-limited: 5 lines for 20 connections of a revoked caller", async () => {
+    const revoked = pki.issueLeaf({ spiffeId: CLIENT_ID });
+    const server = await startServer([revoked]);
+    for (let i = 0; i < 20; i++) expect(await rawCall(rawSession(revoked, server.port))).toBe("closed");
+    expect(warned(server.logger, /gRPC server refused a/)).toBe(5);
+  });
+
+  it("a new CRL closes the open connection of a caller it revokes", async () => {
+    const leaf = pki.issueLeaf({ spiffeId: CLIENT_ID });
+    const server = await startServer();
+    const session = rawSession(leaf, server.port);
+    expect(await rawCall(session)).toBe("status 0");
+    server.identity.updateBundle(bundleOf([pki], new Set([normalizeSerial(leaf.serial)])));
+    expect(await Promise.race([closedOf(session), rawCall(session)])).toBe("closed");
+    expect(server.creds.openConnections()).toBe(0);
+    expect(server.handled()).toBe(1);
+  });
+
+  it("a call refused after the handshake (an `authorize` function that changed its mind) ends its connection; 20 such refusals log 5 lines", async () => {
+    let allowed = true;
+    const server = await startServer([], () => allowed);
+    const leaf = pki.issueLeaf({ spiffeId: CLIENT_ID });
+    const open = Array.from({ length: 20 }, () => rawSession(leaf, server.port));
+    expect(await Promise.all(open.map(rawCall))).toEqual(Array(20).fill("status 0"));
+    allowed = false;
+    // One call on each open connection, each refused by the per-call check.
+    expect(await Promise.all(open.map(rawCall))).toEqual(Array(20).fill("status 7"));
+    expect(await Promise.all(open.map(closedOf))).toEqual(Array(20).fill("closed"));
+    expect(warned(server.logger, /gRPC server refused a call from 127\.0\.0\.1/)).toBe(5);
+    expect(server.handled()).toBe(20);
+  });
+});
