@@ -210,4 +210,31 @@ describe("chunk framing of small pieces", () => {
     expect(staged).toBe(expected);
     expect(stage.take()).toBeUndefined();
   });
+
+  it("leaves an empty piece out, framed or not (framed, it would read as the last chunk: '0\\r\\n\\r\\n')", () => {
+    for (const framed of [true, false]) {
+      const stage = new ChunkStage(framed);
+      expect(stage.add(Buffer.alloc(0))).toBeUndefined();
+      expect(stage.staged).toBe(false);
+      expect(stage.take()).toBeUndefined();
+      let out = "";
+      for (const piece of ["ab", "", "c", ""]) out += stage.add(Buffer.from(piece))?.toString("latin1") ?? "";
+      out += stage.take()?.toString("latin1") ?? "";
+      expect(out).toBe(framed ? "2\r\nab\r\n1\r\nc\r\n" : "abc");
+    }
+  });
+
+  it("unframed (a body not chunked), copies pieces back to back, handing a full stage out before the piece that does not fit", () => {
+    const stage = new ChunkStage(false);
+    let out = "";
+    let expected = "";
+    for (let n = 1; n < SMALL_CHUNK; n += 97) {
+      const data = Buffer.alloc(n, 97 + (n % 26));
+      out += stage.add(data)?.toString("latin1") ?? "";
+      expected += data.toString("latin1");
+    }
+    out += stage.take()?.toString("latin1") ?? "";
+    expect(out).toBe(expected);
+    expect(stage.take()).toBeUndefined();
+  });
 });
