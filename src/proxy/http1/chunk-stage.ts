@@ -21,12 +21,6 @@ export function chunkSizeLine(length: number): Buffer {
   return Buffer.from(`${length.toString(16)}\r\n`, "latin1");
 }
 
-/** A small piece framed as one chunk in one buffer (for a writer that writes each piece at once). */
-export function framedSmallChunk(data: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(data.length + FRAMING);
-  return out.subarray(0, frame(out, 0, data));
-}
-
 function frame(out: Buffer, at: number, data: Buffer): number {
   const n = data.length;
   if (n >= 256) out[at++] = HEX[n >> 8]!;
