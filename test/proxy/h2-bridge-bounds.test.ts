@@ -3,6 +3,8 @@ import type { Http2Server, IncomingHttpHeaders, ServerHttp2Stream } from "node:h
 import { connect as netConnect, createServer as createNetServer } from "node:net";
 import type { AddressInfo, Server as NetServer, Socket } from "node:net";
 import { Duplex } from "node:stream";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { afterEach, describe, expect, it } from "vitest";
 import { canonicalH2Request, isRefusal } from "../../src/proxy/canonical.ts";
 import { SMALL_CHUNK } from "../../src/proxy/http1/chunk-stage.ts";
@@ -10,11 +12,16 @@ import { forwardH2ToHttp1 } from "../../src/proxy/http1/h2-bridge.ts";
 import { Http1Pool } from "../../src/proxy/http1/pool.ts";
 
 /**
- * The HTTP/2-caller-to-HTTP/1.1-app bridge with tiny DATA frames. Each was one write to the app
- * (three before 13d9dba): behind an app that does not read yet, one queued write (a Buffer and a
- * queue entry) per byte of body. Small frames are now staged and leave in one write per read. A
- * raw HTTP/2 client (node:http2's client coalesces writes into large frames).
+ * The HTTP/2-caller-to-HTTP/1.1-app bridge with tiny pieces. A caller's 1-byte DATA frames were
+ * one write to the app each (three before 13d9dba): behind an app that does not read yet, one
+ * queued write (a Buffer and a queue entry) per byte of body. An app's 1-byte chunks were one
+ * write each to the caller's stream, which counts a 1-byte write as one byte: behind a caller
+ * that keeps its window shut, ~2.5 MiB of heap per stream. Small pieces are now staged and leave
+ * in one write per read. A raw HTTP/2 client (node:http2's client coalesces writes into large frames).
  */
+
+setFlagsFromString("--expose-gc");
+const gc = runInNewContext("gc") as () => void;
 
 const running: (() => void)[] = [];
 afterEach(() => {
@@ -290,5 +297,53 @@ describe("HTTP/2 caller to HTTP/1.1 app: small DATA frames", () => {
     expect(await answered(caller, id)).toBe(true);
     // Before 9100d32 the app read "0\r\n\r\n" after the first piece: a body that ended early, the rest a second request.
     expect(app.received).toEqual([chunked(pieces)]);
+  }, 60_000);
+});
+
+describe("HTTP/1.1 app to HTTP/2 caller: small response pieces to a caller whose window stays shut", () => {
+  it("20 streams of 1-byte chunks: the bridge stops reading with about the bytes queued, one write per read", async () => {
+    const tiny = Buffer.from("1\r\na\r\n".repeat(10_000));
+    let appWrites = 0;
+    const sockets: Socket[] = [];
+    const app = createNetServer((socket) => {
+      sockets.push(socket);
+      socket.on("error", () => undefined);
+      socket.once("data", () => {
+        socket.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        const pump = () => {
+          while (!socket.destroyed) {
+            appWrites++;
+            if (!socket.write(tiny)) return void socket.once("drain", pump);
+          }
+        };
+        pump();
+      });
+    });
+    const appPort = await listen(app);
+    running.push(() => sockets.forEach((socket) => socket.destroy()));
+    const bridge = await startBridge(appPort);
+    gc();
+    gc();
+    const base = process.memoryUsage().heapUsed;
+    const caller = new RawCaller(bridge.port, 0);
+    const STREAMS = 20;
+    for (let i = 0; i < STREAMS; i++) caller.open("GET", `/tiny/${i}`, { endStream: true });
+    // Until the app's writing holds still for 300 ms (the bridge stopped reading; bounded, so one that never stops fails).
+    for (let before = -1, deadline = Date.now() + 30_000; appWrites !== before || before < STREAMS; ) {
+      if (Date.now() > deadline) throw new Error(`the app's writing never stopped: ${appWrites}`);
+      before = appWrites;
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+    gc();
+    gc();
+    const held = process.memoryUsage().heapUsed - base;
+    const read = bridge.appRead();
+    expect(bridge.streams).toHaveLength(STREAMS);
+    expect(read).toBeGreaterThan(STREAMS * 64 * 1024);
+    // Before: one write per 1-byte chunk (400,000 for 3.6 MiB read); now one per read from the app.
+    expect(bridge.counts.streamWrites).toBeLessThan(read / 1000);
+    expect(bridge.streams.reduce((sum, stream) => sum + stream.writableLength, 0)).toBeLessThan(STREAMS * 64 * 1024);
+    // Before: ~49 MiB (1-byte writes queued in the streams, each a Buffer and a queue entry); now the bytes.
+    expect(held).toBeLessThan(8 * 1024 * 1024);
   }, 60_000);
 });

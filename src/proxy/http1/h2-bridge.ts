@@ -78,6 +78,8 @@ class H2Exchange implements ResponseSink {
   #requestFlush: NodeJS.Immediate | undefined;
   /** Reading from the caller stopped until the app's connection drains. */
   #holdingCaller = false;
+  /** Small response pieces for the caller, staged until the end of the app's read (onReadEnd). */
+  readonly #responseStage = new ChunkStage(false);
 
   constructor(
     private readonly stream: ServerHttp2Stream,
@@ -276,18 +278,42 @@ class H2Exchange implements ResponseSink {
   onBody(chunk: Buffer): void {
     if (!this.#responded || this.stream.closed) return;
     this.#idle?.touch();
-    if (!this.stream.write(chunk)) {
-      const upstream = this.#upstream?.socket;
-      if (upstream !== undefined && !upstream.isPaused()) {
-        upstream.pause();
-        this.stream.once("drain", () => upstream.resume());
-      }
+    if (chunk.length === 0) return;
+    if (chunk.length < SMALL_CHUNK) {
+      // Staged: the small pieces of one read from the app (1-byte chunks, a row per write) leave in
+      // one write (onReadEnd), so that the caller's stream counts the bytes it holds.
+      const full = this.#responseStage.add(chunk);
+      if (full !== undefined) this.#toCaller(full);
+      return;
+    }
+    const staged = this.#responseStage.take();
+    if (staged !== undefined) this.stream.write(staged);
+    this.#toCaller(chunk);
+  }
+
+  /** The app's read is parsed (the stream still corked): the pieces staged from it go in one write. */
+  onReadEnd(): void {
+    const staged = this.#responseStage.take();
+    if (staged !== undefined && this.#responded && !this.stream.closed) this.#toCaller(staged);
+  }
+
+  /** Response bytes to the caller; once its stream holds its highWaterMark, nothing more is read from the app until it drains. */
+  #toCaller(bytes: Buffer): void {
+    if (this.stream.write(bytes)) return;
+    const upstream = this.#upstream?.socket;
+    if (upstream !== undefined && !upstream.isPaused()) {
+      upstream.pause();
+      this.stream.once("drain", () => upstream.resume());
     }
   }
 
   onComplete(): void {
     if (!this.#responded) return; // the end of an interim (1xx) response
-    if (!this.stream.closed) this.stream.end();
+    const staged = this.#responseStage.take();
+    if (!this.stream.closed) {
+      if (staged !== undefined) this.stream.write(staged);
+      this.stream.end();
+    }
     if (this.#requestComplete) this.#releaseUpstream();
     this.#finish(this.#status);
   }
