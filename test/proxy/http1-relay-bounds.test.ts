@@ -5,7 +5,7 @@ import type { AddressInfo, Server as NetServer, Socket } from "node:net";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { afterEach, describe, expect, it } from "vitest";
-import { ChunkStage, framedSmallChunk, SMALL_CHUNK } from "../../src/proxy/http1/chunk-stage.ts";
+import { ChunkStage, SMALL_CHUNK } from "../../src/proxy/http1/chunk-stage.ts";
 import { Http1Pool } from "../../src/proxy/http1/pool.ts";
 import { Http1Relay } from "../../src/proxy/http1/relay.ts";
 
@@ -202,12 +202,41 @@ describe("chunk framing of small pieces", () => {
     for (let n = 1; n < SMALL_CHUNK; n += n < 300 ? 1 : 37) {
       const data = Buffer.alloc(n, n & 0xff);
       const framed = `${n.toString(16)}\r\n${data.toString("latin1")}\r\n`;
-      expect(framedSmallChunk(data).toString("latin1")).toBe(framed);
+      const alone = new ChunkStage();
+      expect(alone.add(data)).toBeUndefined();
+      expect(alone.take()?.toString("latin1")).toBe(framed);
       staged += stage.add(data)?.toString("latin1") ?? "";
       expected += framed;
     }
     staged += stage.take()?.toString("latin1") ?? "";
     expect(staged).toBe(expected);
+    expect(stage.take()).toBeUndefined();
+  });
+
+  it("leaves an empty piece out, framed or not (framed, it would read as the last chunk: '0\\r\\n\\r\\n')", () => {
+    for (const framed of [true, false]) {
+      const stage = new ChunkStage(framed);
+      expect(stage.add(Buffer.alloc(0))).toBeUndefined();
+      expect(stage.staged).toBe(false);
+      expect(stage.take()).toBeUndefined();
+      let out = "";
+      for (const piece of ["ab", "", "c", ""]) out += stage.add(Buffer.from(piece))?.toString("latin1") ?? "";
+      out += stage.take()?.toString("latin1") ?? "";
+      expect(out).toBe(framed ? "2\r\nab\r\n1\r\nc\r\n" : "abc");
+    }
+  });
+
+  it("unframed (a body not chunked), copies pieces back to back, handing a full stage out before the piece that does not fit", () => {
+    const stage = new ChunkStage(false);
+    let out = "";
+    let expected = "";
+    for (let n = 1; n < SMALL_CHUNK; n += 97) {
+      const data = Buffer.alloc(n, 97 + (n % 26));
+      out += stage.add(data)?.toString("latin1") ?? "";
+      expected += data.toString("latin1");
+    }
+    out += stage.take()?.toString("latin1") ?? "";
+    expect(out).toBe(expected);
     expect(stage.take()).toBeUndefined();
   });
 });

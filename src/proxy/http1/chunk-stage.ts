@@ -21,12 +21,6 @@ export function chunkSizeLine(length: number): Buffer {
   return Buffer.from(`${length.toString(16)}\r\n`, "latin1");
 }
 
-/** A small piece framed as one chunk in one buffer (for a writer that writes each piece at once). */
-export function framedSmallChunk(data: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(data.length + FRAMING);
-  return out.subarray(0, frame(out, 0, data));
-}
-
 function frame(out: Buffer, at: number, data: Buffer): number {
   const n = data.length;
   if (n >= 256) out[at++] = HEX[n >> 8]!;
@@ -43,12 +37,16 @@ function frame(out: Buffer, at: number, data: Buffer): number {
 /**
  * Small pieces framed back to back, taken out as one buffer. Holds a buffer only while a read is
  * being handled: `take()` at the end of it lets the buffer go (what was taken stays valid), so an
- * idle connection holds nothing here.
+ * idle connection holds nothing here. Unframed (`framed` false), the pieces are only copied back
+ * to back: a body whose framing is not chunked (a Content-Length body toward an HTTP/1 app, any
+ * body toward an HTTP/2 caller).
  */
 export class ChunkStage {
   #buffer: Buffer | undefined;
   #start = 0;
   #end = 0;
+
+  constructor(private readonly framed = true) {}
 
   /** Whether bytes wait to be taken. */
   get staged(): boolean {
@@ -56,11 +54,13 @@ export class ChunkStage {
   }
 
   /**
-   * Frames a piece shorter than SMALL_CHUNK as one chunk after those staged. Returns the bytes
-   * staged before it when the stage had no room for it (to be written first), else undefined.
+   * Frames a piece shorter than SMALL_CHUNK as one chunk after those staged (unframed: copies it).
+   * Returns the bytes staged before it when the stage had no room for it (to be written first),
+   * else undefined. An empty piece is left out: framed, it would read as the last chunk.
    */
   add(data: Buffer): Buffer | undefined {
-    const need = data.length + FRAMING;
+    if (data.length === 0) return undefined;
+    const need = this.framed ? data.length + FRAMING : data.length;
     let buffer = this.#buffer;
     let full: Buffer | undefined;
     if (buffer === undefined || buffer.length - this.#end < need) {
@@ -69,7 +69,7 @@ export class ChunkStage {
       buffer = this.#buffer = Buffer.allocUnsafe(buffer === undefined ? need : Math.max(need, STAGE_BYTES));
       this.#start = this.#end = 0;
     }
-    this.#end = frame(buffer, this.#end, data);
+    this.#end = this.framed ? frame(buffer, this.#end, data) : this.#end + data.copy(buffer, this.#end);
     return full;
   }
 

@@ -10,7 +10,7 @@ import type { RevokeStream, StreamIdleRule } from "../stream-idle.ts";
 import type { MessageHead } from "./llhttp.ts";
 import { maySendAgain } from "./pool.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
-import { chunkSizeLine, framedSmallChunk, SMALL_CHUNK } from "./chunk-stage.ts";
+import { ChunkStage, chunkSizeLine, SMALL_CHUNK } from "./chunk-stage.ts";
 import { declaredFraming, headersObject, upstreamRequestHead } from "./wire.ts";
 import type { BodyFraming } from "./wire.ts";
 
@@ -73,6 +73,13 @@ class H2Exchange implements ResponseSink {
   #inspector: BodyInspector | undefined;
   /** Runs from the first connection to the app until the exchange is over. */
   #idle: IdleTimer | undefined;
+  /** Small DATA frames for the app, staged until the end of the session's read (a setImmediate) or a full stage. */
+  #requestStage: ChunkStage | undefined;
+  #requestFlush: NodeJS.Immediate | undefined;
+  /** Reading from the caller stopped until the app's connection drains. */
+  #holdingCaller = false;
+  /** Small response pieces for the caller, staged until the end of the app's read (onReadEnd). */
+  readonly #responseStage = new ChunkStage(false);
 
   constructor(
     private readonly stream: ServerHttp2Stream,
@@ -91,6 +98,7 @@ class H2Exchange implements ResponseSink {
     stream.on("error", () => undefined);
     stream.once("close", () => {
       this.#idle?.stop();
+      this.#dropRequestStage();
       // The caller went away (or reset the stream) before its request or the response completed.
       if (this.#upstream !== undefined && (!this.#finished || !this.#requestComplete)) {
         this.#upstream.destroy();
@@ -138,6 +146,7 @@ class H2Exchange implements ResponseSink {
     connection.socket.write(this.head, "latin1");
     if (this.#requestComplete) return;
     const upstream = connection.socket;
+    this.#requestStage = new ChunkStage(this.framing === "chunked");
     this.stream.on("data", (chunk: Buffer) => {
       if (this.#upstream?.socket !== upstream) return;
       this.#idle?.touch();
@@ -145,25 +154,26 @@ class H2Exchange implements ResponseSink {
       if (this.framing === "length" && this.#bodyBytes > this.request.contentLength!) return this.#bodyMismatch();
       const problem = this.#inspect(chunk);
       if (problem !== undefined) return this.#refuse(problem);
-      let writable: boolean;
-      if (this.framing !== "chunked") {
-        writable = upstream.write(chunk);
-      } else if (chunk.length === 0) {
-        return; // an empty DATA frame: framed, it would be the last chunk and end the body early
-      } else if (chunk.length < SMALL_CHUNK) {
-        // One write per DATA frame: three per frame made a stream of 1-byte frames cost ~50× its bytes.
-        writable = upstream.write(framedSmallChunk(chunk));
-      } else {
-        upstream.cork();
-        upstream.write(chunkSizeLine(chunk.length));
-        upstream.write(chunk);
-        writable = upstream.write(CRLF);
-        upstream.uncork();
+      // An empty DATA frame: framed, it would be the last chunk and end the body early.
+      if (chunk.length === 0) return;
+      if (chunk.length < SMALL_CHUNK) {
+        // Staged: the DATA frames of one read from the caller leave in one write (a stage of 16 KiB at
+        // most), so that what waits for the app is counted by its writableLength, as on the HTTP/1 side.
+        const full = this.#requestStage!.add(chunk);
+        if (full !== undefined) this.#toApp(upstream, full);
+        this.#requestFlush ??= setImmediate(() => {
+          this.#requestFlush = undefined;
+          this.#flushRequestStage(upstream);
+        });
+        return;
       }
-      if (!writable) {
-        this.stream.pause();
-        upstream.once("drain", () => this.stream.resume());
-      }
+      this.#flushRequestStage(upstream);
+      if (this.framing !== "chunked") return this.#toApp(upstream, chunk);
+      upstream.cork();
+      upstream.write(chunkSizeLine(chunk.length));
+      upstream.write(chunk);
+      this.#toApp(upstream, CRLF);
+      upstream.uncork();
     });
     this.stream.once("end", () => {
       if (this.#upstream?.socket !== upstream) return;
@@ -171,6 +181,8 @@ class H2Exchange implements ResponseSink {
       if (this.framing === "length" && this.#bodyBytes !== this.request.contentLength) return this.#bodyMismatch();
       const problem = this.#inspect(undefined);
       if (problem !== undefined) return this.#refuse(problem);
+      this.#flushRequestStage(upstream);
+      this.#dropRequestStage();
       if (this.framing === "chunked") upstream.write("0\r\n\r\n", "latin1");
       this.#requestComplete = true;
       if (this.#finished && this.#upstream !== undefined) {
@@ -179,6 +191,33 @@ class H2Exchange implements ResponseSink {
       }
     });
     this.stream.resume();
+  }
+
+  /**
+   * Body bytes to the app. When its connection holds a socket buffer it has not read, reading from
+   * the caller stops (the stream's flow-control window stops opening) until it drains.
+   */
+  #toApp(upstream: UpstreamConnection["socket"], bytes: Buffer): void {
+    if (upstream.write(bytes) || this.#holdingCaller) return;
+    this.#holdingCaller = true;
+    this.stream.pause();
+    upstream.once("drain", () => {
+      this.#holdingCaller = false;
+      this.stream.resume();
+    });
+  }
+
+  /** The staged small frames go to the app, if it is still this exchange's. */
+  #flushRequestStage(upstream: UpstreamConnection["socket"]): void {
+    const staged = this.#requestStage?.take();
+    if (staged !== undefined && this.#upstream?.socket === upstream) this.#toApp(upstream, staged);
+  }
+
+  /** What was staged is not sent: the body ended, or the app's connection was given up. */
+  #dropRequestStage(): void {
+    if (this.#requestFlush !== undefined) clearImmediate(this.#requestFlush);
+    this.#requestFlush = undefined;
+    this.#requestStage?.take();
   }
 
   /** A chunk (or the end: undefined) judged before it is forwarded; a Content-Length body's last chunk is its end too. */
@@ -239,18 +278,42 @@ class H2Exchange implements ResponseSink {
   onBody(chunk: Buffer): void {
     if (!this.#responded || this.stream.closed) return;
     this.#idle?.touch();
-    if (!this.stream.write(chunk)) {
-      const upstream = this.#upstream?.socket;
-      if (upstream !== undefined && !upstream.isPaused()) {
-        upstream.pause();
-        this.stream.once("drain", () => upstream.resume());
-      }
+    if (chunk.length === 0) return;
+    if (chunk.length < SMALL_CHUNK) {
+      // Staged: the small pieces of one read from the app (1-byte chunks, a row per write) leave in
+      // one write (onReadEnd), so that the caller's stream counts the bytes it holds.
+      const full = this.#responseStage.add(chunk);
+      if (full !== undefined) this.#toCaller(full);
+      return;
+    }
+    const staged = this.#responseStage.take();
+    if (staged !== undefined) this.stream.write(staged);
+    this.#toCaller(chunk);
+  }
+
+  /** The app's read is parsed (the stream still corked): the pieces staged from it go in one write. */
+  onReadEnd(): void {
+    const staged = this.#responseStage.take();
+    if (staged !== undefined && this.#responded && !this.stream.closed) this.#toCaller(staged);
+  }
+
+  /** Response bytes to the caller; once its stream holds its highWaterMark, nothing more is read from the app until it drains. */
+  #toCaller(bytes: Buffer): void {
+    if (this.stream.write(bytes)) return;
+    const upstream = this.#upstream?.socket;
+    if (upstream !== undefined && !upstream.isPaused()) {
+      upstream.pause();
+      this.stream.once("drain", () => upstream.resume());
     }
   }
 
   onComplete(): void {
     if (!this.#responded) return; // the end of an interim (1xx) response
-    if (!this.stream.closed) this.stream.end();
+    const staged = this.#responseStage.take();
+    if (!this.stream.closed) {
+      if (staged !== undefined) this.stream.write(staged);
+      this.stream.end();
+    }
     if (this.#requestComplete) this.#releaseUpstream();
     this.#finish(this.#status);
   }
