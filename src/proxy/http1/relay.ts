@@ -928,7 +928,8 @@ class ClientConnection {
   }
 
   #resumeReading(): void {
-    if (!this.#readingPaused || this.#gone || this.#held !== undefined) return;
+    // After an Upgrade head the socket's bytes are the callee's: no listener here would get them.
+    if (!this.#readingPaused || this.#gone || this.#held !== undefined || this.#upgrade !== undefined) return;
     if (this.#queue.length > 1 || (this.#queue[0]?.pendingBytes ?? 0) > MAX_PENDING_BODY || this.#congested()) return;
     this.#readingPaused = false;
     this.socket.resume();
