@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { DEFAULT_HTTP1_PARSER, checkHttp1Parser, http1ParserSelfTest, preferredHttp1Parser, selectHttp1Parser } from "../../src/proxy/http1/llhttp.ts";
 import { createNodeParser } from "../../src/proxy/http1/llhttp-node.ts";
 import { createWasmParser } from "../../src/proxy/http1/llhttp-wasm.ts";
+import { RAW_BODY_MIN, STOP_AFTER_HEAD } from "../../src/proxy/http1/message-parser.ts";
 import type { MessageParserFactory } from "../../src/proxy/http1/message-parser.ts";
 import { isMeshwardError } from "../../src/errors.ts";
 
@@ -153,6 +154,95 @@ describe("the two llhttp builds", () => {
       expect(parser.execute(Buffer.from("GET /z HTTP/1.1\r\n\r\n"))).toMatchObject({ code: "HPE_CLOSED_CONNECTION" });
       expect(parser.finish()).toBeUndefined();
     }
+  });
+});
+
+/**
+ * The relay stops the parser after the head of a request that has to wait, keeps the bytes
+ * after it, and parses them once the request is next (bounds MEDIUM-5). Both builds stop at the
+ * same byte, and resuming gives the events parsing straight through gives, wherever the input
+ * was split; an empty chunk after a stop completes a bodiless message.
+ */
+describe("stopping after a head", () => {
+  const large = "GET / HTTP/1.1\r\n\r\n".repeat(Math.ceil(RAW_BODY_MIN / 18)).slice(0, RAW_BODY_MIN + 5);
+  const input = [
+    "GET /a HTTP/1.1\r\nHost: h\r\n\r\n",
+    "POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+    "PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\n",
+    `PUT /d HTTP/1.1\r\nContent-Length: ${large.length}\r\n\r\n${large}`,
+    "GET /e HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    "\x81\x05hello",
+  ].join("");
+
+  /**
+   * Feeds `input` split by `sizes`, onHead asking to stop after every head but the upgrade's. A
+   * stop goes on with the rest of its chunk; one at a chunk's end with an empty chunk (as the
+   * relay does when nothing more was read).
+   */
+  function drive(create: MessageParserFactory, sizes: (length: number) => number[], stop: boolean): { log: string[]; stops: number[]; end: number } {
+    const log: string[] = [];
+    const stops: number[] = [];
+    let body: Buffer[] = [];
+    let asked = false;
+    const parser = create("request", 16 * 1024, {
+      onHead: (h) => {
+        log.push(`head ${h.method} ${h.url} ${JSON.stringify(h.rawHeaders)} ${h.upgrade}`);
+        asked = stop && !h.upgrade;
+        return asked ? STOP_AFTER_HEAD : false;
+      },
+      onBody: (chunk) => body.push(Buffer.from(chunk)),
+      onComplete: (trailers) => {
+        log.push(`body ${Buffer.concat(body).toString("latin1")}`, `complete ${JSON.stringify(trailers)}`);
+        body = [];
+      },
+    });
+    const bytes = Buffer.from(input, "latin1");
+    let position = 0;
+    let end = -1;
+    outer: for (const size of sizes(bytes.length)) {
+      let chunk = bytes.subarray(position, position + size);
+      for (;;) {
+        const result = parser.execute(chunk);
+        if (typeof result !== "number") {
+          log.push(`failure ${result.code}`);
+          break outer;
+        }
+        position += result;
+        if (asked) {
+          asked = false;
+          stops.push(position);
+          chunk = chunk.subarray(result);
+          continue; // an empty rest: the empty execute
+        }
+        if (result < chunk.length) {
+          end = position; // after the upgrade head: the rest is not HTTP/1
+          break outer;
+        }
+        break;
+      }
+    }
+    parser.close();
+    return { log, stops, end };
+  }
+
+  const whole = (length: number) => [length];
+  const bytewise = (length: number) => Array.from({ length }, () => 1);
+  const sevens = (length: number) => Array.from({ length: Math.ceil(length / 7) }, (_, i) => Math.min(7, length - i * 7));
+
+  it("both builds stop at the same bytes and, resumed, report what parsing straight through reports", () => {
+    const straight = drive(createNodeParser, whole, false);
+    expect(straight.log.filter((line) => line.startsWith("complete"))).toHaveLength(5);
+    for (const sizes of [whole, sevens, bytewise]) {
+      const node = drive(createNodeParser, sizes, true);
+      const wasm = drive(createWasmParser, sizes, true);
+      expect(wasm).toEqual(node);
+      expect(node.log).toEqual(straight.log);
+      // One stop after each head but the upgrade's, right where the head ends.
+      const heads = ["GET /a", "POST /b", "PUT /c", "PUT /d"].map((start) => input.indexOf("\r\n\r\n", input.indexOf(start)) + 4);
+      expect(node.stops).toEqual(heads);
+      expect(node.end).toBe(input.indexOf("\x81"));
+    }
+    expect(straight.end).toBe(input.indexOf("\x81"));
   });
 });
 

@@ -42,7 +42,7 @@ function countWrites(socket: Socket, count: () => void): Socket {
   return socket;
 }
 
-async function startRelay(appPort: number): Promise<{ port: number; relaySockets: Socket[]; appWrites: () => number; callerWrites: () => number; appRead: () => number }> {
+async function startRelay(appPort: number): Promise<{ port: number; relay: Http1Relay; relaySockets: Socket[]; appWrites: () => number; callerWrites: () => number; appRead: () => number }> {
   let writes = 0;
   let callerWrites = 0;
   const appSockets: Socket[] = [];
@@ -78,7 +78,7 @@ async function startRelay(appPort: number): Promise<{ port: number; relaySockets
     pool.close();
     for (const socket of relaySockets) socket.destroy();
   });
-  return { port, relaySockets, appWrites: () => writes, callerWrites: () => callerWrites, appRead: () => appSockets.reduce((sum, socket) => sum + socket.bytesRead, 0) };
+  return { port, relay, relaySockets, appWrites: () => writes, callerWrites: () => callerWrites, appRead: () => appSockets.reduce((sum, socket) => sum + socket.bytesRead, 0) };
 }
 
 /** Waits until `value` holds still for 300 ms (the relay stopped reading; bounded, so one that never stops fails). */
@@ -192,6 +192,58 @@ describe("HTTP/1.1 relay: memory held for peers that do not read", () => {
     // Before: ~11 MiB for 8 connections; now the bytes queued and less.
     expect(held).toBeLessThan(4 * MiB);
   }, 60_000);
+});
+
+/**
+ * Found by review (bounds MEDIUM-5): a caller that pipelines many small requests on one
+ * connection and does not read the answers had one whole read of them parsed ahead: ~1,800
+ * exchanges (each a head, its header array and a queue entry) per 64 KiB read of tiny GETs,
+ * 0.7-1.2 MiB of sidecar RSS per connection. The parser now stops after the head of a request that
+ * has to wait and keeps the rest of the read as bytes. Counted with Http1Relay.backlog(): at
+ * most the exchange being answered and the one after it, and less than one read held.
+ * Run with MESHWARD_HTTP1_PARSER=node and =wasm (the relay uses the process-wide build).
+ */
+describe("HTTP/1.1 relay: pipelined requests from callers that do not read", () => {
+  const GET = "GET /x HTTP/1.1\r\nHost: app\r\n\r\n";
+  const REQUESTS = 2000;
+
+  for (const [what, size] of [
+    ["a large answer the caller does not read keeps the first exchange open", 1 << 20],
+    ["small answers pile up unread until the caller's socket is full", 16 * 1024],
+  ] as const) {
+    it(`2,000 tiny GETs in one write, never read (${what}): at most two exchanges parsed, less than one read held`, async () => {
+      let answered = 0;
+      const answer = Buffer.alloc(size, 97);
+      const app = createHttpServer((_req, res) => {
+        answered++;
+        res.writeHead(200, { "content-length": answer.length }).end(answer);
+      });
+      const appPort = await listen(app);
+      running.push(() => app.closeAllConnections());
+      const { port, relay, relaySockets } = await startRelay(appPort);
+      const base = heapNow();
+      for (let i = 0; i < CONNECTIONS; i++) {
+        const client = netConnect({ host: "127.0.0.1", port });
+        client.on("error", () => undefined);
+        client.pause();
+        running.push(() => client.destroy());
+        client.write(GET.repeat(REQUESTS));
+      }
+      await new Promise<void>((resolve) => setTimeout(resolve, 300));
+      const read = await settled(() => relaySockets.reduce((sum, socket) => sum + socket.bytesRead, 0) + answered, "the relay's reading and the app's answering");
+      const backlog = relay.backlog();
+      const held = heapNow() - base;
+      expect(backlog).toHaveLength(CONNECTIONS);
+      // The callers' requests were read (a read each at least), and most are still unanswered.
+      expect(read).toBeGreaterThan(CONNECTIONS * 16 * 1024);
+      expect(answered).toBeLessThan((CONNECTIONS * REQUESTS) / 2);
+      // Before: the rest of each read parsed (~1,500-1,800 exchanges per connection); now the one
+      // being answered (or waiting for the caller to read) and at most one after it.
+      expect(Math.max(...backlog.map((b) => b.exchanges))).toBeLessThanOrEqual(2);
+      expect(Math.max(...backlog.map((b) => b.heldBytes))).toBeLessThanOrEqual(64 * 1024);
+      expect(held).toBeLessThan(2 * MiB);
+    }, 60_000);
+  }
 });
 
 describe("chunk framing of small pieces", () => {

@@ -35,7 +35,8 @@ interface RelayUnderTest {
   /** The relay's side of each client connection. */
   readonly sockets: ReadonlySet<Socket>;
   readonly clientErrors: ClientErrorReason[];
-  readonly upgrades: { head: MessageHead; rest: string }[];
+  /** `later`: what the callee read from the socket after taking it over. */
+  readonly upgrades: { head: MessageHead; rest: string; later: string }[];
   readonly statuses: number[];
   /** Hands the relay a connection directly (a stream standing in for a socket). */
   serve(socket: Socket): void;
@@ -78,7 +79,11 @@ async function startRelay(upstreamPort: number, options: { idleTimeout?: number;
       };
     },
     upgrade: ({ head }, socket, rest) => {
-      upgrades.push({ head, rest: rest.toString("latin1") });
+      const upgrade = { head, rest: rest.toString("latin1"), later: "" };
+      upgrades.push(upgrade);
+      // The relay hands the socket over paused (a 'data' listener alone does not resume it).
+      socket.on("data", (chunk: Buffer) => (upgrade.later += chunk.toString("latin1")));
+      socket.resume();
       socket.end("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: test\r\n\r\nswitched");
     },
     clientError: (reason) => clientErrors.push(reason),
@@ -472,6 +477,58 @@ describe("HTTP/1.1 relay", () => {
     }
   }, 60_000);
 
+  // The parser stops after the head of a request that has to wait (bounds MEDIUM-5) and resumes
+  // there once it is next: the reads below end exactly at that point, inside a body, inside a
+  // head, or after every byte. Before, a request whose head ended a read while another was being
+  // answered never got its body read (reading stayed paused once it was started).
+  it("answers pipelined requests in order however the reads split them, a head ending a read exactly where the parser stops included", async () => {
+    const gates: (() => void)[] = [];
+    const upstream = await startServer((req, res) => {
+      readBody(req, (size, sha256) => {
+        const answer = () => res.end(`${req.method} ${req.url} ${size} ${sha256.slice(0, 16)}`);
+        if (req.url === "/gate") gates.push(answer);
+        else answer();
+      });
+    });
+    const relay = await startRelay(upstream.port);
+    const sha = (text: string) => createHash("sha256").update(text).digest("hex").slice(0, 16);
+    const first = "GET /gate HTTP/1.1\r\nHost: a\r\n\r\nPOST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n";
+    const rest = ["hello", "worldGET /deny HTTP/1.1\r\nHost: a\r\n\r\nPUT /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /d HTTP/1.1\r\nHo", "st: a\r\n\r\nGET /e HTTP/1.1\r\nHost: a\r\n\r\n"];
+    const expected = [`GET /gate 0 ${sha("")}`, `POST /b 10 ${sha("helloworld")}`, "HTTP/1.1 403", `PUT /c 3 ${sha("abc")}`, `GET /d 0 ${sha("")}`, `GET /e 0 ${sha("")}`];
+    const bytes = (text: string) => [...Buffer.from(text, "latin1")].map((byte) => Buffer.from([byte]));
+    for (const [name, reads, later] of [
+      // The first read ends with /b's head, where the parser stops; the rest comes while /gate is answered.
+      ["cut at the stop", [Buffer.from(first)], rest.map((text) => Buffer.from(text))],
+      ["one byte a read", bytes(first), bytes(rest.join(""))],
+      ["one read", [Buffer.from(first + rest.join(""))], []],
+    ] as const) {
+      let received = "";
+      const client = new Duplex({
+        read() {},
+        write(chunk: Buffer, _encoding, callback) {
+          received += chunk.toString("latin1");
+          callback();
+        },
+      });
+      client.on("error", () => undefined);
+      running.push({ close: () => void client.destroy() });
+      const forwarded = upstream.requests.length;
+      relay.serve(client as unknown as Socket);
+      for (const chunk of reads) client.push(chunk);
+      await waitFor(`${name}: /gate at the upstream`, () => gates.length === 1, 5000, 10);
+      for (const chunk of later) client.push(chunk);
+      gates.pop()!();
+      await waitFor(`${name}: every answer (${JSON.stringify(received)})`, () => expected.every((line) => received.includes(line)), 5000, 10);
+      const positions = expected.map((line) => received.indexOf(line));
+      expect(positions.every((p, i) => i === 0 || p > positions[i - 1]!), name).toBe(true);
+      expect(count(received, "HTTP/1.1 "), name).toBe(expected.length);
+      expect(received.toLowerCase(), name).not.toContain("connection: close");
+      expect(upstream.requests.slice(forwarded).map((req) => req.url), name).toEqual(["/gate", "/b", "/c", "/d", "/e"]);
+      expect(client.destroyed, name).toBe(false);
+      client.destroy();
+    }
+  });
+
   it("refuses smuggling and oversized headers with 400/431 before anything reaches the upstream", async () => {
     const upstream = await startRawServer(() => undefined);
     const relay = await startRelay(upstream.port);
@@ -708,6 +765,42 @@ describe("HTTP/1.1 relay", () => {
     expect(relay.upgrades).toHaveLength(1);
     expect(relay.upgrades[0]!.head.url).toBe("/ws");
     expect(relay.upgrades[0]!.rest).toBe("early-frame");
+  });
+
+  // Nothing is read from the client after an Upgrade head until the callee has the socket: a
+  // pipelined request with a body before it, forwarded once the request ahead was answered, used
+  // to resume reading (its body had waited) with nobody listening, and the bytes that came then
+  // were lost to the callee.
+  it("reads nothing past an Upgrade head queued behind requests, a body forwarded late included: the callee gets every byte after it", async () => {
+    const gates: (() => void)[] = [];
+    const upstream = await startServer((req, res) => {
+      readBody(req, (size) => {
+        const answer = () => res.end(`${req.method} ${req.url} ${size}`);
+        if (req.url === "/gate") gates.push(answer);
+        else answer();
+      });
+    });
+    const relay = await startRelay(upstream.port);
+    let received = "";
+    const client = new Duplex({
+      read() {},
+      write(chunk: Buffer, _encoding, callback) {
+        received += chunk.toString("latin1");
+        callback();
+      },
+    });
+    client.on("error", () => undefined);
+    running.push({ close: () => void client.destroy() });
+    relay.serve(client as unknown as Socket);
+    client.push(Buffer.from("GET /gate HTTP/1.1\r\nHost: a\r\n\r\nPOST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\nearly-frame"));
+    await waitFor("/gate at the upstream", () => gates.length === 1, 5000, 10);
+    client.push(Buffer.from("late-frame"));
+    gates.pop()!();
+    await waitFor(`the hand-over (${JSON.stringify(received)})`, () => received.endsWith("switched"), 5000, 10);
+    expect(received.indexOf("POST /b 5")).toBeGreaterThan(received.indexOf("GET /gate 0"));
+    expect(received.indexOf("HTTP/1.1 101")).toBeGreaterThan(received.indexOf("POST /b 5"));
+    expect(relay.upgrades.map(({ head, rest }) => [head.url, rest])).toEqual([["/ws", "early-frame"]]);
+    await waitFor(`the late bytes at the callee (${JSON.stringify(relay.upgrades[0]!.later)})`, () => relay.upgrades[0]!.later === "late-frame", 2000, 10);
   });
 
   it("closes an idle keep-alive connection after idleTimeout, and a slow head after headersTimeout with 408", async () => {

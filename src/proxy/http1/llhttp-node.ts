@@ -34,6 +34,9 @@ interface NativeParserClass {
   readonly kOnMessageComplete: number;
 }
 
+/** An empty chunk backed by memory: the binding takes a null data pointer for finish(). */
+const NOTHING = Buffer.alloc(1).subarray(0, 0);
+
 let native: { Parser: NativeParserClass; methods: readonly string[] } | undefined;
 
 /** Loads `_http_common`'s parser; throws (a plain Error) when this Node has none. */
@@ -58,10 +61,13 @@ export function createNodeParser(kind: "request" | "response", maxHeaderBytes: n
   // head, the body's bytes are handed on as slices of the chunks they came in, and the parser
   // starts afresh at the next message.
   let rawLeft = 0;
-  let pausedForBody = false;
-  const bypass = (length: number) => {
+  let paused = false;
+  // onHead asked to stop after the head: execute returns there, and the next one parses on.
+  let stop = false;
+  const pause = (length: number, stopHere: boolean) => {
     rawLeft = length;
-    pausedForBody = true;
+    paused = true;
+    stop = stopHere;
   };
   // llhttp hands headers over in slices of 32 fields when there are more, and trailers the same way.
   let pending: string[] = [];
@@ -99,7 +105,7 @@ export function createNodeParser(kind: "request" | "response", maxHeaderBytes: n
       upgrade,
       keepAlive,
     };
-    return afterHead(head, events, bypass);
+    return afterHead(head, events, pause);
   };
   parser[Parser.kOnBody] = (chunk: Buffer) => events.onBody(chunk);
   parser[Parser.kOnMessageComplete] = () => {
@@ -117,8 +123,10 @@ export function createNodeParser(kind: "request" | "response", maxHeaderBytes: n
   return {
     execute(chunk) {
       let offset = 0;
-      while (offset < chunk.length) {
+      // An empty chunk runs llhttp too: after a stop it completes a bodiless message.
+      do {
         if (rawLeft > 0) {
+          if (offset === chunk.length) break;
           const take = Math.min(rawLeft, chunk.length - offset);
           events.onBody(offset === 0 && take === chunk.length ? chunk : chunk.subarray(offset, offset + take));
           rawLeft -= take;
@@ -126,13 +134,17 @@ export function createNodeParser(kind: "request" | "response", maxHeaderBytes: n
           if (rawLeft === 0) bodyDone();
           continue;
         }
-        const result = parser.execute(offset === 0 ? chunk : chunk.subarray(offset));
+        const result = parser.execute(chunk.length === 0 ? NOTHING : offset === 0 ? chunk : chunk.subarray(offset));
         if (typeof result === "number") return offset + result;
-        if (result.code !== "HPE_PAUSED" || !pausedForBody) return failure(result);
-        pausedForBody = false;
+        if (result.code !== "HPE_PAUSED" || !paused) return failure(result);
+        paused = false;
         parser.resume();
         offset += result.bytesParsed ?? 0;
-      }
+        if (stop) {
+          stop = false;
+          return offset;
+        }
+      } while (offset < chunk.length);
       return chunk.length;
     },
     finish() {

@@ -143,10 +143,10 @@ function place(chunk: Buffer, nested: boolean): number {
   let pointer = inputPointer;
   if (nested) {
     // A callback of one parser ran another's execute: the shared buffer is in use.
-    pointer = wasm.malloc(chunk.length);
-  } else if (chunk.length > inputSize) {
+    pointer = wasm.malloc(Math.max(1, chunk.length));
+  } else if (chunk.length > inputSize || inputPointer === 0) {
     if (inputPointer !== 0) wasm.free(inputPointer);
-    inputSize = Math.ceil(chunk.length / 4096) * 4096;
+    inputSize = Math.max(1, Math.ceil(chunk.length / 4096)) * 4096;
     inputPointer = pointer = wasm.malloc(inputSize);
   }
   if (pointer === 0) throw new Error("the llhttp WebAssembly module is out of memory");
@@ -184,7 +184,9 @@ class WasmParser implements MessageParser {
   #quiet = 0;
   #lastEnd = 0;
   #rawLeft = 0;
-  #pausedForBody = false;
+  /** onHeadersComplete paused llhttp: for a body handed on raw, or to stop after the head (#stop). */
+  #paused = false;
+  #stop = false;
   #failure: ParseFailure | undefined;
   #depth = 0;
   #closed = false;
@@ -209,8 +211,10 @@ class WasmParser implements MessageParser {
     if (this.#upgraded) return 0;
     const wasm = llhttp!;
     let offset = 0;
-    while (offset < chunk.length) {
+    // An empty chunk runs llhttp too: after a stop it completes a bodiless message.
+    do {
       if (this.#rawLeft > 0) {
+        if (offset === chunk.length) break;
         const take = Math.min(this.#rawLeft, chunk.length - offset);
         this.#events.onBody(offset === 0 && take === chunk.length ? chunk : chunk.subarray(offset, offset + take));
         this.#rawLeft -= take;
@@ -253,14 +257,18 @@ class WasmParser implements MessageParser {
         wasm.llhttp_resume_after_upgrade(this.pointer);
         return offset + position;
       }
-      if (result === PAUSED && this.#pausedForBody) {
-        this.#pausedForBody = false;
+      if (result === PAUSED && this.#paused) {
+        this.#paused = false;
         wasm.llhttp_resume(this.pointer);
         offset += position;
+        if (this.#stop) {
+          this.#stop = false;
+          return offset;
+        }
         continue;
       }
       return this.#failed(result);
-    }
+    } while (offset < chunk.length);
     return chunk.length;
   }
 
@@ -429,9 +437,10 @@ class WasmParser implements MessageParser {
     };
     this.#url = "";
     this.#statusMessage = "";
-    return afterHead(head, this.#events, (length) => {
+    return afterHead(head, this.#events, (length, stop) => {
       this.#rawLeft = length;
-      this.#pausedForBody = true;
+      this.#paused = true;
+      this.#stop = stop;
     });
   }
 

@@ -1,7 +1,7 @@
 import { MeshwardError } from "../../errors.ts";
 import { loadNodeParser } from "./llhttp-node.ts";
 import { loadWasmParser } from "./llhttp-wasm.ts";
-import { RAW_BODY_MIN } from "./message-parser.ts";
+import { RAW_BODY_MIN, STOP_AFTER_HEAD } from "./message-parser.ts";
 import type { MessageEvents, MessageParser, MessageParserFactory } from "./message-parser.ts";
 
 export type { MessageEvents, MessageHead, MessageParser, ParseFailure } from "./message-parser.ts";
@@ -43,7 +43,8 @@ export type { MessageEvents, MessageHead, MessageParser, ParseFailure } from "./
  *
  * At start-up `checkHttp1Parser()` loads the preferred build (MESHWARD_HTTP1_PARSER=node|wasm,
  * else the default) and proves on a fixed set of messages that it behaves as the relay expects
- * (callbacks, header batching, chunked bodies with trailers, pausing after a head, strict
+ * (callbacks, header batching, chunked bodies with trailers, pausing after a head, stopping
+ * after a head and resuming there (an empty chunk completing a bodiless request), strict
  * refusals, the header-size limit). If it cannot be loaded or fails, the other build is checked
  * and used, with one warning; if both fail the sidecar refuses to start (E_RUNTIME_UNSUPPORTED) —
  * it never guesses at a parser that might disagree with the app's about where a request ends.
@@ -135,7 +136,8 @@ export function createMessageParser(kind: "request" | "response", maxHeaderBytes
 /**
  * Proves a build behaves as the relay expects on a fixed set of messages: callbacks and their
  * arguments, header batching, chunked bodies with trailers, pausing after a head, the large-body
- * bypass, a stop after an upgrade head, the strict refusal of CL+TE and the header-size limit.
+ * bypass, a stop after an upgrade head, stopping after a head when asked and resuming there, the
+ * strict refusal of CL+TE and the header-size limit.
  * Returns what is wrong, or undefined.
  */
 export function http1ParserSelfTest(create: MessageParserFactory): string | undefined {
@@ -156,6 +158,12 @@ export function http1ParserSelfTest(create: MessageParserFactory): string | unde
     const consumed = parser.execute(input);
     const strict = create("request", 16 * 1024, { onHead: () => false, onBody: () => undefined, onComplete: () => undefined });
     const smuggled = strict.execute(Buffer.from("POST / HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"));
+    // Stopped after each head, resumed with the rest (or nothing: the GET completes then).
+    const steps: string[] = [];
+    const stopping = create("request", 1024, { onHead: (h) => (steps.push(h.url), STOP_AFTER_HEAD), onBody: (chunk) => steps.push(chunk.toString("latin1")), onComplete: () => steps.push("done") });
+    const pipelined = Buffer.from("POST /s HTTP/1.1\r\nContent-Length: 2\r\n\r\nokGET /t HTTP/1.1\r\n\r\n");
+    const stopsAt = [stopping.execute(pipelined), stopping.execute(pipelined.subarray(39)), stopping.execute(Buffer.alloc(0))];
+    stopping.close();
     const small = create("request", 64, { onHead: () => false, onBody: () => undefined, onComplete: () => undefined });
     const overflow = small.execute(Buffer.from(`GET / HTTP/1.1\r\nX: ${"v".repeat(64)}\r\n\r\n`));
     small.close();
@@ -164,6 +172,7 @@ export function http1ParserSelfTest(create: MessageParserFactory): string | unde
     const expected = ["POST /a?b 1.1 84 Host=h true false", "body hi", "done X-T=1", "PUT /l 1.1 4 Host=h true false", "body abc", "done ", "PUT /m 1.1 4 Host=h true false", `body ${large.length} bytes`, "done ", "GET /w 1.1 4 Connection=upgrade true true", "done "];
     if (JSON.stringify(seen) !== JSON.stringify(expected)) return `unexpected parse: ${JSON.stringify(seen)}`;
     if (consumed !== input.length - 3) return `execute did not stop after the upgrade head (${JSON.stringify(consumed)})`;
+    if (JSON.stringify([stopsAt, steps]) !== JSON.stringify([[39, 21, 0], ["/s", "ok", "done", "/t", "done"]])) return `stopping after a head: ${JSON.stringify([stopsAt, steps])}`;
     if (typeof smuggled === "number") return "a request with both Content-Length and Transfer-Encoding was accepted";
     if (typeof overflow === "number" || overflow.code !== "HPE_HEADER_OVERFLOW") return `a head over the size limit was not refused (${JSON.stringify(overflow)})`;
     return undefined;

@@ -24,9 +24,20 @@ export interface MessageHead {
   readonly keepAlive: boolean;
 }
 
+/**
+ * onHead's answer when what follows the head must wait (a pipelined request that cannot be
+ * started yet): execute returns the bytes consumed up to the end of this head, and the next
+ * execute resumes right there with the bytes that followed it (an empty chunk when none have
+ * come yet: it runs what needs no input, such as a bodiless message's onComplete).
+ */
+export const STOP_AFTER_HEAD = "stop";
+
 export interface MessageEvents {
-  /** Return true for a response that has no body whatever its headers say (the answer to HEAD). */
-  onHead(head: MessageHead): boolean;
+  /**
+   * Return true for a response that has no body whatever its headers say (the answer to HEAD);
+   * STOP_AFTER_HEAD to stop parsing after this head.
+   */
+  onHead(head: MessageHead): boolean | typeof STOP_AFTER_HEAD;
   onBody(chunk: Buffer): void;
   /** `trailers`: name/value pairs of a chunked message's trailer section (usually empty). */
   onComplete(trailers: readonly string[]): void;
@@ -39,7 +50,10 @@ export interface ParseFailure {
 }
 
 export interface MessageParser {
-  /** Parses a chunk; returns the bytes consumed (fewer than given after an upgrade head) or the failure. */
+  /**
+   * Parses a chunk; returns the bytes consumed (fewer than given after an upgrade head, or after
+   * a head onHead answered STOP_AFTER_HEAD) or the failure.
+   */
   execute(chunk: Buffer): number | ParseFailure;
   /** The stream ended: completes a close-delimited body, or fails for a message cut short. */
   finish(): ParseFailure | undefined;
@@ -74,14 +88,20 @@ export function knownLength(rawHeaders: readonly string[]): number {
 /**
  * What onHeadersComplete tells llhttp after the head, the same for both builds: 1 skips the body
  * (the answer to HEAD), PAUSE stops before a large body of known length (the adapter hands its
- * bytes on itself), 0 parses on. Sets `rawLeft` through the callback when it pauses.
+ * bytes on itself) or where onHead asked to stop, 0 parses on. When it pauses, `pause` gets the
+ * length of the body to hand on raw (0: none) and whether execute must return there.
  */
-export function afterHead(head: MessageHead, events: MessageEvents, bypass: (length: number) => void): number {
-  if (events.onHead(head)) return 1;
+export function afterHead(head: MessageHead, events: MessageEvents, pause: (rawLength: number, stop: boolean) => void): number {
+  const answer = events.onHead(head);
+  if (answer === true) return 1;
+  const stop = answer === STOP_AFTER_HEAD;
   const code = head.status;
-  if (head.upgrade || (code >= 100 && code < 200) || code === 204 || code === 304) return 0;
-  const length = knownLength(head.rawHeaders);
-  if (length < RAW_BODY_MIN) return 0;
-  bypass(length);
+  const length = head.upgrade || (code >= 100 && code < 200) || code === 204 || code === 304 ? -1 : knownLength(head.rawHeaders);
+  if (length < RAW_BODY_MIN) {
+    if (!stop) return 0;
+    pause(0, true);
+    return PAUSE;
+  }
+  pause(length, stop);
   return PAUSE;
 }

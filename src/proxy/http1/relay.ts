@@ -8,6 +8,7 @@ import type { ProxyAnswer } from "../respond.ts";
 import { BODY_TIMEOUT_ANSWER, upstreamTimeoutError } from "../stream-idle.ts";
 import { ChunkStage, chunkSizeLine, SMALL_CHUNK } from "./chunk-stage.ts";
 import { createMessageParser } from "./llhttp.ts";
+import { STOP_AFTER_HEAD } from "./message-parser.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
 import { maySendAgain } from "./pool.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
@@ -98,7 +99,8 @@ const CLOSE_GRACE_MS = 1000;
  * HTTP/1.1 reverse proxying on raw sockets: each client connection is parsed with llhttp,
  * each request decided and forwarded on a pooled upstream connection, each response relayed
  * back with hop-by-hop fields removed and the framing the client understands. Requests on one
- * connection are answered in order (pipelined ones wait their turn, reading paused).
+ * connection are answered in order (pipelined ones wait their turn, reading paused); one that
+ * waits is parsed to the end of its head, the bytes after it kept unparsed until it is next.
  */
 export class Http1Relay {
   readonly #connections = new Set<ClientConnection>();
@@ -128,6 +130,14 @@ export class Http1Relay {
    */
   revalidate(judge: (request: RelayRequest, socket: Socket) => ProxyAnswer | undefined): void {
     for (const connection of this.#connections) connection.revalidate(judge);
+  }
+
+  /**
+   * What each open connection holds of its caller's requests: exchanges parsed and not answered
+   * yet (the one being answered included), and bytes read but not parsed (for the bounds tests).
+   */
+  backlog(): { exchanges: number; heldBytes: number }[] {
+    return [...this.#connections].map((connection) => connection.backlog());
   }
 
   close(): void {
@@ -225,6 +235,16 @@ class ClientConnection {
   /** When the connection was ended after its last response (0: not ended). */
   #flushingSince = 0;
   #upgrade: { head: MessageHead; rest: Buffer | undefined } | undefined;
+  /**
+   * The parser stopped after the head of a request that has to wait its turn (the newest in the
+   * queue): the bytes read after that head, unparsed (at most the rest of one read; empty when
+   * the head ended the read). Parsed when that request is next; reading stays paused meanwhile.
+   */
+  #held: Buffer | undefined;
+  /** The parser stopped in the chunk being parsed now. */
+  #stopped = false;
+  /** The client ended its side while bytes were held: acted on once they are parsed. */
+  #endedWhileHeld = false;
   /** Bytes after the requests in the queue could not be parsed: refused once those are answered. */
   #failAfter: { reason: ClientErrorReason; detail: string } | undefined;
   #gone = false;
@@ -265,8 +285,13 @@ class ClientConnection {
         this.#parsing = exchange;
         this.#queue.push(exchange);
         if (this.#queue.length === 1) this.#advance();
-        else this.#pauseReading();
-        return false;
+        if (exchange.started || this.#gone) return false;
+        // It waits (another is being answered, or the client has answers to read): nothing after
+        // its head is parsed until it is next, so a read of pipelined requests costs its bytes,
+        // not a queue of parsed requests (#held).
+        this.#pauseReading();
+        this.#stopped = true;
+        return STOP_AFTER_HEAD;
       },
       onBody: (chunk) => {
         const exchange = this.#parsing;
@@ -295,7 +320,8 @@ class ClientConnection {
     socket.on("data", this.#onDataBound);
     socket.on("end", () => {
       // The client stopped sending: a request cut short is abandoned; answered ones still finish.
-      if (this.#parsing !== undefined && !this.#parsing.requestComplete) this.#abandon();
+      if (this.#held !== undefined) this.#endedWhileHeld = true;
+      else if (this.#parsing !== undefined && !this.#parsing.requestComplete) this.#abandon();
     });
     socket.on("error", () => undefined);
     socket.once("close", () => this.#closed());
@@ -308,6 +334,10 @@ class ClientConnection {
     // paused socket with a 'data' listener, read() hands it to that listener synchronously.
     else if (this.socket.readableLength > 0) this.socket.read();
     if (this.socket.isPaused() && !this.#readingPaused && !this.#gone && this.#upgrade === undefined) this.socket.resume();
+  }
+
+  backlog(): { exchanges: number; heldBytes: number } {
+    return { exchanges: this.#queue.length, heldBytes: this.#held?.length ?? 0 };
   }
 
   checkTimers(now: number): void {
@@ -326,12 +356,37 @@ class ClientConnection {
 
   #onData(chunk: Buffer): void {
     if (this.#gone || this.#failAfter !== undefined) return;
+    if (this.#held !== undefined) {
+      // Read while bytes are held (reading is paused then; a chunk already on its way): kept with them.
+      this.#held = Buffer.concat([this.#held, chunk]);
+      this.#pauseReading();
+      return;
+    }
+    this.#parse(chunk);
+  }
+
+  /** Parses the held bytes: the request the parser stopped after is next in line. */
+  #parseHeld(): void {
+    const held = this.#held!;
+    this.#held = undefined;
+    this.#parse(held);
+    if (this.#endedWhileHeld && this.#held === undefined && !this.#gone) {
+      this.#endedWhileHeld = false;
+      if (this.#parsing !== undefined && !this.#parsing.requestComplete) this.#abandon();
+    }
+  }
+
+  #parse(chunk: Buffer): void {
     this.#idleSince = Date.now();
     this.#activeAt = this.#idleSince;
     if (this.#parsing === undefined && this.#headStartedAt === 0) this.#headStartedAt = this.#idleSince;
     this.#executing = true;
     const result = this.#parser.execute(chunk);
     this.#executing = false;
+    if (this.#stopped) {
+      this.#stopped = false;
+      if (typeof result === "number" && !this.#gone) this.#held = chunk.subarray(result);
+    }
     if (this.#stagedFor !== undefined) this.#flushRequestStage();
     this.#corked?.uncork();
     this.#corked = undefined;
@@ -814,9 +869,19 @@ class ClientConnection {
     }
     const first = this.#queue[0];
     if (first !== undefined) {
-      if (!first.started) this.#start(first);
+      if (first.started) return;
+      // The parser stopped after its head: its body (and what follows) is parsed first, as for
+      // any request that waited, so that a body the parser refuses never reaches the app.
+      if (this.#held !== undefined) {
+        this.#parseHeld();
+        if (this.#gone || this.#queue[0] !== first || first.started) return;
+      }
+      this.#start(first);
+      // Its body is still due (the head ended a read): read on.
+      if (!first.finished && !first.requestComplete) this.#resumeReading();
       return;
     }
+    if (this.#held !== undefined) return this.#parseHeld();
     if (this.#failAfter !== undefined) return this.#refuse(this.#failAfter.reason, this.#failAfter.detail);
     if (this.#upgrade?.rest !== undefined) return this.#handOver();
     this.#resumeReading();
@@ -863,7 +928,8 @@ class ClientConnection {
   }
 
   #resumeReading(): void {
-    if (!this.#readingPaused || this.#gone) return;
+    // After an Upgrade head the socket's bytes are the callee's: no listener here would get them.
+    if (!this.#readingPaused || this.#gone || this.#held !== undefined || this.#upgrade !== undefined) return;
     if (this.#queue.length > 1 || (this.#queue[0]?.pendingBytes ?? 0) > MAX_PENDING_BODY || this.#congested()) return;
     this.#readingPaused = false;
     this.socket.resume();
@@ -882,6 +948,7 @@ class ClientConnection {
 
   /** Ends every exchange still open (the client went away or was refused). */
   #abandon(): void {
+    this.#held = undefined;
     this.#requestStage.take();
     this.#stagedFor = undefined;
     for (const exchange of this.#queue) {
