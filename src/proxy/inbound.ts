@@ -346,11 +346,11 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     upgrade: (request, socket, rest) => {
       const peer = peerFor(socket);
       const refusal = denied(peer, socket, request.target.path, request.method, request.rpcOverHttp);
-      if (refusal !== undefined) return void answerRawHttp1(socket, refusal);
+      if (refusal !== undefined) return void answerRawHttp1(socket, refusal, limits.idleTimeout);
       // Registered before the app answers: a reload while the 101 is on its way judges it too.
       holdTunnel(socket, { peer, operation: request.target.path, verb: request.method, rpcOverHttp: request.rpcOverHttp });
       const app = netConnect({ host: options.app.host, port: options.app.port, noDelay: true });
-      forwardUpgrade({ method: request.method, target: request.target.target, rawHeaders: request.head.rawHeaders }, socket, rest, app, hooksFor(peer, socket, "http"));
+      forwardUpgrade({ method: request.method, target: request.target.target, rawHeaders: request.head.rawHeaders }, socket, rest, app, { ...hooksFor(peer, socket, "http"), idleMs: limits.idleTimeout });
     },
     clientError,
     closeAfterResponse: (socket) => tracker.draining || tracker.retiring(socket),

@@ -211,18 +211,18 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       },
       upgrade: (request, socket, rest) => {
         const ambiguous = appIdProblem(appIdFields(request.head.rawHeaders));
-        if (ambiguous !== undefined) return void answerRawHttp1(socket, ambiguousRoute(ambiguous));
+        if (ambiguous !== undefined) return void answerRawHttp1(socket, ambiguousRoute(ambiguous), limits.idleTimeout);
         const host = request.target.authority ?? request.host;
         const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host });
         const misdirected = name === undefined ? undefined : hostRefusal(host, name, socket);
-        if (misdirected !== undefined) return void answerRawHttp1(socket, misdirected);
-        if (target === undefined) return void answerRawHttp1(socket, unknownApp(name));
-        const hooks = hooksFor(socket, target, "http");
+        if (misdirected !== undefined) return void answerRawHttp1(socket, misdirected, limits.idleTimeout);
+        if (target === undefined) return void answerRawHttp1(socket, unknownApp(name), limits.idleTimeout);
+        const hooks = { ...hooksFor(socket, target, "http"), idleMs: limits.idleTimeout };
         // An upgraded connection is the caller's alone: a fresh verified connection, never pooled.
         pool.socket(target).then(
           (peer) => forwardUpgrade({ method: request.method, target: request.target.target, rawHeaders: request.head.rawHeaders }, socket, rest, peer, hooks),
           (error: Error) => {
-            answerRawHttp1(socket, hooks.onUpstreamError(error));
+            answerRawHttp1(socket, hooks.onUpstreamError(error), limits.idleTimeout);
             hooks.done(502);
           },
         );
