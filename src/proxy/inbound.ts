@@ -43,6 +43,7 @@ import { checkHttp1Parser } from "./http1/llhttp.ts";
 import { answerH2, answerRawHttp1, answerText, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
+import { joinTunnel } from "./tunnel.ts";
 import { isUpstreamTimeout, upstreamTimeoutAnswer } from "./stream-idle.ts";
 import type { RevokeStream, StreamIdleRule } from "./stream-idle.ts";
 
@@ -492,7 +493,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     tracker.add(socket);
     const end = tracker.begin(socket);
     const started = performance.now();
-    const app = netConnect({ host: options.app.host, port: options.app.port });
+    const app = netConnect({ host: options.app.host, port: options.app.port, allowHalfOpen: true });
     let failed = false;
     app.once("error", (error) => {
       failed = true;
@@ -500,11 +501,11 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       socket.destroy();
     });
     socket.on("error", () => app.destroy());
+    // Half-closed too: a tunnel with no byte either way for this long is destroyed, both sides.
     socket.setTimeout(limits.idleTimeout, () => socket.destroy());
     app.setNoDelay(true);
-    socket.pipe(app).pipe(socket);
+    joinTunnel(socket, app);
     socket.once("close", () => {
-      app.destroy();
       end();
       observeDuration(mesh.requestDuration, "inbound", "tcp", failed ? "error" : "2xx", started);
     });

@@ -30,6 +30,7 @@ import type { PeerDirectory, PeerTarget } from "./peers.ts";
 import { answerH2, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { FirstChunkWatch } from "./sniff.ts";
+import { joinTunnel } from "./tunnel.ts";
 import { isUpstreamTimeout, upstreamTimeoutAnswer } from "./stream-idle.ts";
 import type { StreamIdleRule } from "./stream-idle.ts";
 
@@ -322,10 +323,9 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
           if (socket.destroyed) return void peer.destroy();
           ok = true;
           peer.on("error", () => socket.destroy());
-          peer.once("close", () => socket.destroy());
-          socket.once("close", () => peer.destroy());
+          // Half-closed too: a tunnel with no byte either way for this long is destroyed, both sides.
           socket.setTimeout(limits.idleTimeout, () => socket.destroy());
-          socket.pipe(peer).pipe(socket);
+          joinTunnel(socket, peer);
           socket.resume();
         },
         (error: Error) => {
