@@ -7,7 +7,7 @@ import type { Duplex } from "node:stream";
 import type { CanonicalH2Request } from "./canonical.ts";
 import { forwardableHeaders } from "./headers.ts";
 import { headersObject } from "./http1/wire.ts";
-import { answerH2, answerRawHttp1, GrpcStatus } from "./respond.ts";
+import { answerH2, answerRawHttp1, closeAfterResponse, GrpcStatus } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { BODY_TIMEOUT_ANSWER, IdleTimer, upstreamTimeoutError } from "./stream-idle.ts";
 import type { RevokeStream, StreamIdleRule } from "./stream-idle.ts";
@@ -36,6 +36,12 @@ export function isUnreachable(error: unknown): boolean {
 
 const NOTHING_TO_REVOKE: RevokeStream = () => undefined;
 
+/** An Upgrade request's hooks: those of any exchange, and limits.idleTimeout. */
+export interface UpgradeHooks extends ForwardHooks {
+  /** How long the upstream may take to answer, and a caller may leave a non-101 answer unread (limits.idleTimeout). */
+  readonly idleMs: number;
+}
+
 /** A bodiless Upgrade request in its canonical form (the relay refused one with a body). */
 export interface UpgradeRequest {
   readonly method: string;
@@ -53,9 +59,16 @@ export interface UpgradeRequest {
  * inbound judges that request again when the policy is reloaded, and closes a denied one).
  * Any other upgrade (h2c from an optimistic client) is forwarded as the plain request it also
  * is, as a server that ignores Upgrade would answer it. Either way a response that is not a
- * 101 is relayed and the connection closed: the socket's HTTP/1 parser has already let go of it.
+ * 101 is relayed with `connection: close` and the connection closed (closeAfterResponse): the
+ * socket's HTTP/1 parser has already let go of it, so it cannot go back to keep-alive. An
+ * upstream that sends no response head for `idleMs` gets the caller a 504, as any exchange.
  */
-export function forwardUpgrade(req: UpgradeRequest, socket: Duplex, head: Buffer, upstream: Duplex, hooks: ForwardHooks): void {
+export function forwardUpgrade(req: UpgradeRequest, socket: Socket, head: Buffer, upstream: Duplex, hooks: UpgradeHooks): void {
+  if (socket.destroyed) {
+    // The caller left while the upstream was being dialled.
+    upstream.destroy();
+    return hooks.done(0);
+  }
   const received = headersObject(req.rawHeaders);
   const websocket = String(received.upgrade ?? "").toLowerCase() === "websocket";
   let finished = false;
@@ -73,14 +86,18 @@ export function forwardUpgrade(req: UpgradeRequest, socket: Duplex, head: Buffer
     headers: websocket ? { ...headers, connection: "upgrade", upgrade: "websocket" } : { ...headers, connection: "close" },
     createConnection: () => upstream as Socket,
   });
+  const waiting = setTimeout(() => out.destroy(upstreamTimeoutError(hooks.idleMs)), hooks.idleMs);
+  waiting.unref();
   socket.on("error", () => socket.destroy());
   socket.once("close", () => {
+    clearTimeout(waiting);
     if (spliced) return;
     out.destroy();
     upstream.destroy();
     done(0);
   });
   out.on("upgrade", (res: IncomingMessage, upstreamSocket: Duplex, upstreamHead: Buffer) => {
+    clearTimeout(waiting);
     upstreamSocket.on("error", () => upstreamSocket.destroy());
     if (socket.destroyed) return void upstreamSocket.destroy();
     spliced = true;
@@ -96,18 +113,21 @@ export function forwardUpgrade(req: UpgradeRequest, socket: Duplex, head: Buffer
     });
   });
   out.on("response", (res: IncomingMessage) => {
+    clearTimeout(waiting);
     socket.write(responseHead(res, true));
     res.pipe(socket);
+    closeAfterResponse(socket, hooks.idleMs);
     res.once("end", () => {
       upstream.destroy();
       done(res.statusCode ?? 0);
     });
   });
   out.on("error", (error: Error) => {
+    clearTimeout(waiting);
     upstream.destroy();
     if (socket.destroyed) return;
     const answer = hooks.onUpstreamError(error);
-    answerRawHttp1(socket, answer);
+    answerRawHttp1(socket, answer, hooks.idleMs);
     done(answer.status);
   });
   out.end();

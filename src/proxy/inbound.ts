@@ -43,6 +43,7 @@ import { checkHttp1Parser } from "./http1/llhttp.ts";
 import { answerH2, answerRawHttp1, answerText, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
+import { joinTunnel } from "./tunnel.ts";
 import { isUpstreamTimeout, upstreamTimeoutAnswer } from "./stream-idle.ts";
 import type { RevokeStream, StreamIdleRule } from "./stream-idle.ts";
 
@@ -346,11 +347,11 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     upgrade: (request, socket, rest) => {
       const peer = peerFor(socket);
       const refusal = denied(peer, socket, request.target.path, request.method, request.rpcOverHttp);
-      if (refusal !== undefined) return void answerRawHttp1(socket, refusal);
+      if (refusal !== undefined) return void answerRawHttp1(socket, refusal, limits.idleTimeout);
       // Registered before the app answers: a reload while the 101 is on its way judges it too.
       holdTunnel(socket, { peer, operation: request.target.path, verb: request.method, rpcOverHttp: request.rpcOverHttp });
       const app = netConnect({ host: options.app.host, port: options.app.port, noDelay: true });
-      forwardUpgrade({ method: request.method, target: request.target.target, rawHeaders: request.head.rawHeaders }, socket, rest, app, hooksFor(peer, socket, "http"));
+      forwardUpgrade({ method: request.method, target: request.target.target, rawHeaders: request.head.rawHeaders }, socket, rest, app, { ...hooksFor(peer, socket, "http"), idleMs: limits.idleTimeout });
     },
     clientError,
     closeAfterResponse: (socket) => tracker.draining || tracker.retiring(socket),
@@ -492,7 +493,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     tracker.add(socket);
     const end = tracker.begin(socket);
     const started = performance.now();
-    const app = netConnect({ host: options.app.host, port: options.app.port });
+    const app = netConnect({ host: options.app.host, port: options.app.port, allowHalfOpen: true });
     let failed = false;
     app.once("error", (error) => {
       failed = true;
@@ -500,11 +501,11 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       socket.destroy();
     });
     socket.on("error", () => app.destroy());
+    // Half-closed too: a tunnel with no byte either way for this long is destroyed, both sides.
     socket.setTimeout(limits.idleTimeout, () => socket.destroy());
     app.setNoDelay(true);
-    socket.pipe(app).pipe(socket);
+    joinTunnel(socket, app);
     socket.once("close", () => {
-      app.destroy();
       end();
       observeDuration(mesh.requestDuration, "inbound", "tcp", failed ? "error" : "2xx", started);
     });

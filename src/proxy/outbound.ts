@@ -30,6 +30,7 @@ import type { PeerDirectory, PeerTarget } from "./peers.ts";
 import { answerH2, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { FirstChunkWatch } from "./sniff.ts";
+import { joinTunnel } from "./tunnel.ts";
 import { isUpstreamTimeout, upstreamTimeoutAnswer } from "./stream-idle.ts";
 import type { StreamIdleRule } from "./stream-idle.ts";
 
@@ -211,18 +212,18 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       },
       upgrade: (request, socket, rest) => {
         const ambiguous = appIdProblem(appIdFields(request.head.rawHeaders));
-        if (ambiguous !== undefined) return void answerRawHttp1(socket, ambiguousRoute(ambiguous));
+        if (ambiguous !== undefined) return void answerRawHttp1(socket, ambiguousRoute(ambiguous), limits.idleTimeout);
         const host = request.target.authority ?? request.host;
         const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host });
         const misdirected = name === undefined ? undefined : hostRefusal(host, name, socket);
-        if (misdirected !== undefined) return void answerRawHttp1(socket, misdirected);
-        if (target === undefined) return void answerRawHttp1(socket, unknownApp(name));
-        const hooks = hooksFor(socket, target, "http");
+        if (misdirected !== undefined) return void answerRawHttp1(socket, misdirected, limits.idleTimeout);
+        if (target === undefined) return void answerRawHttp1(socket, unknownApp(name), limits.idleTimeout);
+        const hooks = { ...hooksFor(socket, target, "http"), idleMs: limits.idleTimeout };
         // An upgraded connection is the caller's alone: a fresh verified connection, never pooled.
         pool.socket(target).then(
           (peer) => forwardUpgrade({ method: request.method, target: request.target.target, rawHeaders: request.head.rawHeaders }, socket, rest, peer, hooks),
           (error: Error) => {
-            answerRawHttp1(socket, hooks.onUpstreamError(error));
+            answerRawHttp1(socket, hooks.onUpstreamError(error), limits.idleTimeout);
             hooks.done(502);
           },
         );
@@ -322,10 +323,9 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
           if (socket.destroyed) return void peer.destroy();
           ok = true;
           peer.on("error", () => socket.destroy());
-          peer.once("close", () => socket.destroy());
-          socket.once("close", () => peer.destroy());
+          // Half-closed too: a tunnel with no byte either way for this long is destroyed, both sides.
           socket.setTimeout(limits.idleTimeout, () => socket.destroy());
-          socket.pipe(peer).pipe(socket);
+          joinTunnel(socket, peer);
           socket.resume();
         },
         (error: Error) => {

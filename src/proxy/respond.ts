@@ -1,7 +1,7 @@
 import { constants as h2 } from "node:http2";
 import type { ServerHttp2Stream } from "node:http2";
 import { STATUS_CODES } from "node:http";
-import type { Duplex } from "node:stream";
+import type { Socket } from "node:net";
 import type { LabelledHistogram } from "../telemetry/histogram.ts";
 
 /** gRPC status codes meshward answers with itself. */
@@ -31,13 +31,39 @@ export function answerText(answer: ProxyAnswer, close: boolean): string {
   );
 }
 
+/** How long a client may keep its side open after the response that closed the connection was flushed (as the HTTP/1 relay). */
+export const CLOSE_GRACE_MS = 1000;
+
+/**
+ * Closes a connection no HTTP parser owns any more (an Upgrade request that was not joined) once
+ * its last response, sent with `connection: close`, is written and ended (RFC 9112 §9.6: the
+ * server closes after such a response). The client's further bytes are read and dropped, so
+ * its FIN closes the socket at once; one that keeps its side open is destroyed CLOSE_GRACE_MS
+ * after the response was with the kernel, and one that stops reading it after `stuckMs`
+ * (limits.idleTimeout) without progress. Without this such a connection had no timer at all and
+ * held its listener and per-address slots until the age cap.
+ */
+export function closeAfterResponse(socket: Socket, stuckMs: number): void {
+  if (socket.destroyed) return;
+  socket.setTimeout(stuckMs, () => socket.destroy());
+  socket.resume();
+  const grace = () => {
+    const timer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS);
+    timer.unref();
+    socket.once("close", () => clearTimeout(timer));
+  };
+  if (socket.writableFinished) grace();
+  else socket.once("finish", grace);
+}
+
 /**
  * The answer written straight to a socket no HTTP parser owns any more (an Upgrade request
- * the sidecar will not forward), then closed.
+ * the sidecar will not forward), then closed (closeAfterResponse).
  */
-export function answerRawHttp1(socket: Duplex, answer: ProxyAnswer): void {
+export function answerRawHttp1(socket: Socket, answer: ProxyAnswer, stuckMs: number): void {
   if (!socket.writable) return void socket.destroy();
   socket.end(answerText(answer, true));
+  closeAfterResponse(socket, stuckMs);
 }
 
 /** HTTP/2: JSON with the HTTP status, or for gRPC a trailers-only response carrying grpc-status. */
