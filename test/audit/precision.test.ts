@@ -59,3 +59,44 @@ describe("SQL Server connection strings without Encrypt (MW-TLS-014)", () => {
     expect(audit("d.yaml", deployment({ FEATURES: "a=1;b=2" }))).toEqual([]);
   });
 });
+
+// Dapr's Pulsar components: what the scheme and enableTLS do.
+// - dapr/components-contrib pubsub/pulsar/pulsar.go (also bindings/pulsar/pulsar.go), current main:
+//   `sanitiseURL` keeps a host starting with pulsar+ssl://, pulsar://, http://, https:// and prefixes
+//   "pulsar://" to any other; `pulsar.ClientOptions{URL, ..., TLSAllowInsecureConnection: !m.EnableTLS}`,
+//   no TLSValidateHostname / TLSTrustCertsFilePath; pubsub/pulsar/metadata.go has no
+//   tlsAllowInsecureConnection / tlsValidateHostname field (older trees, e.g. 7827b515e24f, prefixed
+//   "pulsar://" to everything but http(s)://, with the same TLSAllowInsecureConnection: !EnableTLS).
+// - apache/pulsar-client-go pulsar/client_impl.go: `case "pulsar", "http": tlsConfig = nil`,
+//   `case "pulsar+ssl", "https": tlsConfig = &internal.TLSOptions{AllowInsecureConnection: ...}`.
+// So the scheme alone turns TLS on; enableTLS only turns the certificate check on.
+describe("Pulsar: the host's scheme decides TLS, enableTLS the certificate check", () => {
+  const pulsar = (items: Record<string, string>) => component("pubsub.pulsar", items);
+
+  it("a host without a scheme is plaintext whatever enableTLS says (MW-TLS-011 on host)", () => {
+    expect(evidence("p.yaml", pulsar({ host: "broker.pulsar.svc:6650", enableTLS: "true" })))
+      .toEqual(["MW-TLS-011(high) pubsub.pulsar host broker.pulsar.svc:6650 has no scheme: dialled as pulsar://, plaintext (enableTLS: \"true\"; enableTLS never turns TLS on)"]);
+    expect(audit("p.yaml", pulsar({ host: "broker.pulsar.svc:6650", enableTLS: "false" }))).toEqual(["MW-TLS-011@9:high"]);
+    expect(audit("p.yaml", pulsar({ host: "broker.pulsar.svc:6650" }))).toEqual(["MW-TLS-011@9:high"]);
+    expect(audit("p.yaml", component("bindings.pulsar", { host: "broker.pulsar.svc:6650", enableTLS: "true" }))).toEqual(["MW-TLS-011@9:high"]);
+    expect(audit("p.yaml", pulsar({ host: "localhost:6650", enableTLS: "true" }))).toEqual(["MW-TLS-011@9:low"]);
+  });
+
+  it("pulsar+ssl:// and https:// without enableTLS: \"true\" are TLS without a certificate check (MW-TLS-009)", () => {
+    expect(evidence("p.yaml", pulsar({ host: "pulsar+ssl://broker.pulsar.svc:6651" })))
+      .toEqual(["MW-TLS-009(high) pulsar+ssl://broker.pulsar.svc:6651 without enableTLS: \"true\" (Dapr sets TLSAllowInsecureConnection: any certificate accepted)"]);
+    expect(audit("p.yaml", pulsar({ host: "https://pulsar.prod.internal:8443" }))).toEqual(["MW-TLS-009@9:high"]);
+    expect(evidence("p.yaml", pulsar({ host: "pulsar+ssl://broker.pulsar.svc:6651", enableTLS: "false" })))
+      .toEqual(["MW-TLS-009(high) enableTLS: \"false\" with pulsar+ssl://broker.pulsar.svc:6651 (Dapr sets TLSAllowInsecureConnection: any certificate accepted)"]);
+  });
+
+  it("pulsar+ssl:// and https:// with enableTLS: \"true\" are verified TLS; keys Dapr does not read change nothing", () => {
+    expect(audit("p.yaml", pulsar({ host: "pulsar+ssl://broker.pulsar.svc:6651", enableTLS: "true" }))).toEqual([]);
+    expect(audit("p.yaml", pulsar({ host: "https://pulsar.prod.internal:8443", enableTLS: "true" }))).toEqual([]);
+    expect(audit("p.yaml", pulsar({ host: "pulsar+ssl://broker.pulsar.svc:6651", enableTLS: "true", tlsAllowInsecureConnection: "true", tlsValidateHostname: "false" }))).toEqual([]);
+    // Plaintext schemes stay MW-TLS-007's, once; a host from a secret is not judged.
+    expect(audit("p.yaml", pulsar({ host: "pulsar://broker.pulsar.svc:6650", enableTLS: "true" }))).toEqual(["MW-TLS-007@9:high"]);
+    expect(audit("p.yaml", pulsar({ host: "http://broker.pulsar.svc:8080" }))).toEqual(["MW-TLS-007@9:high"]);
+    expect(audit("p.yaml", component("pubsub.pulsar", { consumerID: "orders" }) + "  - name: host\n    secretKeyRef:\n      name: pulsar\n      key: host\n")).toEqual([]);
+  });
+});

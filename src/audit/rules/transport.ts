@@ -35,9 +35,40 @@ function tlsOffSwitch(component: DaprComponent, item: ComponentMetadataItem): bo
     return isTruthy(item.value) && !(family === "kafka" && /^disable.?tls$/i.test(item.name));
   }
   if (/^(tls.?enabled?|enable.?tls|use.?tls|ssl.?enabled?|enable.?ssl|use.?ssl|ssl|tls)$/i.test(item.name)) {
-    return isFalsy(item.value) && family !== "redis";
+    // Pulsar's enableTLS decides the certificate check, not TLS itself: pulsarTransport judges it.
+    return isFalsy(item.value) && family !== "redis" && family !== "pulsar";
   }
   return false;
+}
+
+/**
+ * What Dapr's Pulsar components (pubsub.pulsar, bindings.pulsar) do with `host` and `enableTLS`.
+ * dapr/components-contrib pubsub/pulsar/pulsar.go (and bindings/pulsar/pulsar.go): `sanitiseURL`
+ * keeps a host that starts with `pulsar+ssl://`, `pulsar://`, `http://` or `https://` and puts
+ * `pulsar://` before any other; the client is built with `TLSAllowInsecureConnection: !enableTLS`
+ * and nothing else about TLS (no CA file, no `TLSValidateHostname`). apache/pulsar-client-go
+ * pulsar/client_impl.go uses TLS for `pulsar+ssl://` and `https://` only. So the scheme alone
+ * decides TLS, and `enableTLS` only whether the certificate is checked:
+ * - no scheme (whatever enableTLS says): plaintext (MW-TLS-011); `pulsar://`, `http://`: MW-TLS-007;
+ * - `pulsar+ssl://`, `https://` without `enableTLS: "true"`: TLS accepting any certificate (MW-TLS-009);
+ * - `pulsar+ssl://`, `https://` with `enableTLS: "true"`: verified TLS.
+ * Settings the components do not read (`tlsAllowInsecureConnection`, `tlsValidateHostname`) change nothing.
+ */
+function pulsarTransport(component: DaprComponent): { verdict: "plaintext" | "unverified"; hit: Hit } | undefined {
+  if (componentFamily(component) !== "pulsar") return undefined;
+  const host = metadataItem(component, "host");
+  if (host === undefined || !host.hasInlineValue || isPlaceholder(host.value)) return undefined;
+  const enable = metadataItem(component, "enableTLS");
+  const scheme = urlScheme(host.value);
+  if (scheme === "") {
+    const said = enable === undefined ? "without enableTLS" : enable.hasInlineValue ? `enableTLS: "${enable.value.trim()}"` : "enableTLS from a secret";
+    return { verdict: "plaintext", hit: hit(host, `${component.type} host ${host.value.trim()} has no scheme: dialled as pulsar://, plaintext (${said}; enableTLS never turns TLS on)`) };
+  }
+  if (scheme !== "pulsar+ssl" && scheme !== "https") return undefined;
+  const where = `${scheme}://${hostOf(host.value)}`;
+  if (enable === undefined) return { verdict: "unverified", hit: hit(host, `${where} without enableTLS: "true" (Dapr sets TLSAllowInsecureConnection: any certificate accepted)`) };
+  if (!enable.hasInlineValue || isTruthy(enable.value)) return undefined;
+  return { verdict: "unverified", hit: hit(enable, `enableTLS: "${enable.value.trim()}" with ${where} (Dapr sets TLSAllowInsecureConnection: any certificate accepted)`) };
 }
 
 function isPostgres(component: DaprComponent): boolean {
@@ -577,7 +608,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "TLS certificate verification disabled",
-    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true`, and MongoDB's `tlsInsecure=true`/`tlsAllowInvalidCertificates=true` inside a value (`params`, a host or connection string, a container env URL), accept any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything. `tlsAllowInvalidHostnames=true` skips only the host name check (medium).",
+    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true` (not for Dapr's Pulsar components, which do not read it: there a `pulsar+ssl://`/`https://` host without `enableTLS: \"true\"` is TLS that accepts any certificate, as Dapr sets the client's TLSAllowInsecureConnection to the opposite of enableTLS), and MongoDB's `tlsInsecure=true`/`tlsAllowInvalidCertificates=true` inside a value (`params`, a host or connection string, a container env URL), accept any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything. `tlsAllowInvalidHostnames=true` skips only the host name check (medium).",
     fix: "Remove the skip-verify setting and give the component the CA that signed the server's certificate (`caCert`).",
     example: {
       file: "pubsub.yaml",
@@ -595,8 +626,12 @@ export const transportRules: Rule[] = [
         });
       }
       const hits: Hit[] = [];
+      const pulsar = pulsarTransport(resource);
+      if (pulsar?.verdict === "unverified") hits.push(pulsar.hit);
       let loopback: boolean | undefined;
       for (const item of resource.metadata) {
+        // Dapr's Pulsar components read no tlsAllowInsecureConnection: enableTLS decides (pulsarTransport).
+        if (componentFamily(resource) === "pulsar" && /^tls.?allow.?insecure/i.test(item.name)) continue;
         if (/(skip.?(tls.?)?verif|insecure.?skip|tls.?insecure|^insecure$|^insecure.?ssl$|^tls.?allow.?insecure)/i.test(item.name) && isTruthy(item.value)) {
           hits.push(hit(item, `${item.name}: "${item.value}"`));
           continue;
@@ -639,8 +674,8 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "TLS switched off in a component",
-    why: "`disableSSL: true` (AWS S3 and S3-compatible stores), `usePlainTextConnection: true` (Zeebe), `tlsEnable: \"false\"` (etcd) and `enableTLS: \"false\"` (Pulsar and others) make the component talk to its backend in plaintext: data and credentials cross the network readable and changeable by anyone on the path. Pulsar's `enableTLS` defaults to false: a Pulsar component with a `host` without a scheme (`broker:6650`, dialled as `pulsar://`) and no `enableTLS` is reported too.",
-    fix: "Remove the switch (or set it the secure way) and point the component at the backend's TLS endpoint, with the CA that signs its certificate.",
+    why: "`disableSSL: true` (AWS S3 and S3-compatible stores), `usePlainTextConnection: true` (Zeebe), `tlsEnable: \"false\"` (etcd) and `enableTLS: \"false\"` (components other than Redis, which is MW-TLS-001's, and Pulsar, below) make the component talk to its backend in plaintext: data and credentials cross the network readable and changeable by anyone on the path. Dapr's Pulsar components are different: the `host` scheme alone decides TLS (`pulsar+ssl://`, `https://`), and a host without a scheme (`broker:6650`) is dialled as `pulsar://`, plaintext, whatever `enableTLS` says (it only turns the certificate check on; MW-TLS-009), so such a host is reported here.",
+    fix: "Remove the switch (or set it the secure way) and point the component at the backend's TLS endpoint, with the CA that signs its certificate. For Pulsar: `host: pulsar+ssl://broker:6651` with `enableTLS: \"true\"`.",
     example: {
       file: "binding.yaml",
       bad: componentYaml("bindings.aws.s3", { bucket: "orders", endpoint: "https://s3.eu-west-1.amazonaws.com", disableSSL: "true" }, "s3"),
@@ -649,14 +684,10 @@ export const transportRules: Rule[] = [
     appliesTo: ["dapr-component"],
     check(component) {
       const hits = component.metadata.filter((item) => tlsOffSwitch(component, item)).map((item) => hit(item, `${item.name}: "${item.value}"`));
-      // Pulsar: `enableTLS` defaults to false (pubsub/pulsar/metadata.yaml) and a host without a
-      // scheme is dialled as `pulsar://` (plaintext); a `pulsar://` host is MW-TLS-007's.
-      if (componentFamily(component) === "pulsar" && metadataItem(component, "enableTLS") === undefined) {
-        const host = metadataItem(component, "host");
-        if (host?.hasInlineValue === true && !isPlaceholder(host.value) && urlScheme(host.value) === "") {
-          hits.push(hit(host, `${component.type} without enableTLS (host ${host.value.trim()}: pulsar://, plaintext)`));
-        }
-      }
+      // Pulsar: a host without a scheme is dialled as `pulsar://` whatever enableTLS says; a
+      // `pulsar://` host is MW-TLS-007's, an unverified `pulsar+ssl://` one MW-TLS-009's.
+      const pulsar = pulsarTransport(component);
+      if (pulsar?.verdict === "plaintext") hits.push(pulsar.hit);
       return hits;
     },
   }),
