@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { auditSources } from "../../src/audit/audit.ts";
+import { isPlaceholder } from "../../src/audit/values.ts";
 
 // Precision gaps of the audit (fix-audit): each block is one gap, with the quiet cases beside it.
 
@@ -98,5 +99,35 @@ describe("Pulsar: the host's scheme decides TLS, enableTLS the certificate check
     expect(audit("p.yaml", pulsar({ host: "pulsar://broker.pulsar.svc:6650", enableTLS: "true" }))).toEqual(["MW-TLS-007@9:high"]);
     expect(audit("p.yaml", pulsar({ host: "http://broker.pulsar.svc:8080" }))).toEqual(["MW-TLS-007@9:high"]);
     expect(audit("p.yaml", component("pubsub.pulsar", { consumerID: "orders" }) + "  - name: host\n    secretKeyRef:\n      name: pulsar\n      key: host\n")).toEqual([]);
+  });
+});
+
+// Placeholders are judged on the whole value: a real password that contains `my_`, `dummy` or
+// `example` is a secret; a value that is only a placeholder phrase is not.
+describe("placeholders are whole values, not substrings", () => {
+  const real = ["my_Pr0d-pass!", "dummyPass42", "example-Pr0d!", "Xk9-replace-7q", "MyDogRex", "changeme2024!"];
+  const placeholders = ["changeme", "CHANGE_ME", "<password>", "${VAR}", "{{ .Values.redis.password }}", "example", "dummy", "xxxxxxxx", "YOUR_API_KEY", "yourPassword", "my-secret", "dummy-password", "replace-with-your-key", "changeme-in-production", "REDACTED"];
+
+  it("isPlaceholder: phrases are placeholders, real values that contain a placeholder word are not", () => {
+    for (const value of placeholders) expect(isPlaceholder(value), value).toBe(true);
+    for (const value of real) expect(isPlaceholder(value), value).toBe(false);
+  });
+
+  it("an inline component secret with such a word is reported (MW-SECRET-001); placeholders stay quiet", () => {
+    for (const value of real) {
+      expect(audit("s.yaml", component("state.redis", { redisHost: "redis:6379", enableTLS: "true", redisPassword: value })), value).toEqual(["MW-SECRET-001@13:high"]);
+    }
+    for (const value of placeholders) {
+      expect(audit("s.yaml", component("state.redis", { redisHost: "redis:6379", enableTLS: "true", redisPassword: value })), value).toEqual([]);
+    }
+  });
+
+  it("in container env and inside a connection URL (MW-SECRET-005), redacted", () => {
+    expect(evidence("d.yaml", deployment({ DB_PASSWORD: "my_Pr0d-pass!" }))).toEqual(["MW-SECRET-005(high) DB_PASSWORD: <redacted, 13 characters>"]);
+    expect(evidence("d.yaml", deployment({ DATABASE_URL: "postgres://app:dummyPass42@db.prod.internal/orders?sslmode=verify-full" })))
+      .toEqual(["MW-SECRET-005(high) DATABASE_URL: postgres://app:****@db.prod.internal/orders?sslmode=verify-full"]);
+    expect(audit("d.yaml", deployment({ DB_PASSWORD: "changeme", DATABASE_URL: "postgres://app:<password>@db.prod.internal/orders?sslmode=verify-full" }))).toEqual([]);
+    // A URL on a host with `example` in its name is a URL, judged like any other.
+    expect(audit("d.yaml", deployment({ DATABASE_URL: "postgres://db.example.com/orders?sslmode=disable" }))).toEqual(["MW-TLS-002@13:high"]);
   });
 });
