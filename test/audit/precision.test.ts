@@ -1,6 +1,8 @@
 import { describe, expect, it } from "vitest";
 import { auditSources } from "../../src/audit/audit.ts";
 import { isPlaceholder } from "../../src/audit/values.ts";
+import { renderSarif } from "../../src/audit/reporters/sarif.ts";
+import { ALL_RULES } from "../../src/audit/rules/index.ts";
 
 // Precision gaps of the audit (fix-audit): each block is one gap, with the quiet cases beside it.
 
@@ -129,5 +131,40 @@ describe("placeholders are whole values, not substrings", () => {
     expect(audit("d.yaml", deployment({ DB_PASSWORD: "changeme", DATABASE_URL: "postgres://app:<password>@db.prod.internal/orders?sslmode=verify-full" }))).toEqual([]);
     // A URL on a host with `example` in its name is a URL, judged like any other.
     expect(audit("d.yaml", deployment({ DATABASE_URL: "postgres://db.example.com/orders?sslmode=disable" }))).toEqual(["MW-TLS-002@13:high"]);
+  });
+});
+
+// SARIF: GitHub code scanning ranks an alert by `properties.security-severity` of the rule
+// descriptor the result points at (docs.github.com, "SARIF support for code scanning",
+// reportingDescriptor object); a result's own `level` does not change a security alert's
+// severity. So a finding lowered to low (loopback) gets the sub-rule `<id>/low` (SARIF 2.1.0
+// §3.27.5 hierarchical rule ids) whose descriptor says 3.0, and carries its severity in its
+// own `properties` as well.
+describe("SARIF security-severity follows the finding's severity", () => {
+  interface Log { runs: { tool: { driver: { rules: { id: string; defaultConfiguration: { level: string }; properties: Record<string, unknown> }[] } }; results: { ruleId: string; ruleIndex: number; level: string; properties?: Record<string, unknown> }[] }[] }
+  const sarif = (text: string): Log => JSON.parse(renderSarif(auditSources([{ file: "s.yaml", text }]), { rules: ALL_RULES, toolVersion: "0.1.0" })) as Log;
+  const redis = (host: string) => component("state.redis", { redisHost: host });
+
+  it("a finding lowered to low points at a low sub-rule (security-severity 3.0), with its own properties", () => {
+    const log = sarif(redis("localhost:6379"));
+    const run = log.runs[0];
+    const result = run?.results[0];
+    expect(result?.ruleId).toBe("MW-TLS-001/low");
+    expect(result?.level).toBe("note");
+    expect(result?.properties).toEqual({ "security-severity": "3.0", "meshward/ruleId": "MW-TLS-001" });
+    const descriptor = run?.tool.driver.rules[result?.ruleIndex ?? -1];
+    expect(descriptor?.id).toBe("MW-TLS-001/low");
+    expect(descriptor?.properties["security-severity"]).toBe("3.0");
+    expect(descriptor?.defaultConfiguration.level).toBe("note");
+    // The base rule keeps its own severity, and is listed once.
+    expect(run?.tool.driver.rules.filter((rule) => rule.id === "MW-TLS-001").map((rule) => rule.properties["security-severity"])).toEqual(["8.0"]);
+  });
+
+  it("a finding at its rule's severity keeps the rule id; no sub-rule is added", () => {
+    const log = sarif(redis("redis.prod.svc:6379"));
+    const run = log.runs[0];
+    expect(run?.results.map((result) => result.ruleId)).toEqual(["MW-TLS-001"]);
+    expect(run?.results[0]?.properties?.["security-severity"]).toBe("8.0");
+    expect(run?.tool.driver.rules.length).toBe(ALL_RULES.length);
   });
 });
