@@ -4,20 +4,45 @@
 const WHOLE_SUBSTITUTION = /^(\$\{\{?[^}]*\}\}?|\$\([^)]*\)|\{\{.*\}\}|\$[A-Za-z_][A-Za-z0-9_]*|%[A-Za-z_][A-Za-z0-9_]*%|\{[A-Za-z_][A-Za-z0-9_.]*\})$/s;
 /** A substitution anywhere in the value. */
 const SUBSTITUTION = /\$\{\{?[^}]*\}|\$\([A-Za-z_][^)]*\)|\{\{[^}]*\}\}/;
-/** Words that mark an example value rather than a real one. */
-const PLACEHOLDER_WORD = /(replace|change[-_ ]?me|placeholder|example|dummy|redacted|fill[-_ ]?in|insert[-_ ]?your|^(your|my)[-_ ]|^your[A-Z_])/i;
+/** Words that alone make a value an example (`example`, `dummy`, `changeme`). */
+const PLACEHOLDER_MARKER = new Set(["replace", "replaceme", "changeme", "changeit", "change", "placeholder", "example", "examples", "sample", "dummy", "redacted", "fill", "insert", "enter", "todo", "tbd", "fixme", "fake", "xxx", "xxxx"]);
+/** Words a placeholder starts with, whatever follows (`YOUR_REDIS_PASSWORD`, `replace-with-…`). */
+const PLACEHOLDER_LEAD = new Set(["your", "replace", "replaceme", "changeme", "change", "insert", "enter", "fill", "put", "todo", "tbd", "fixme"]);
+/** Words a placeholder may hold besides its markers (`dummy-password`, `changeme-in-production`). */
+const PLACEHOLDER_FILLER = new Set(["me", "it", "with", "your", "my", "own", "the", "a", "an", "in", "here", "this", "to", "before", "use", "real", "actual", "value", "secret", "password", "pass", "passwd", "pwd", "token", "key", "api", "apikey", "access", "private", "client", "account", "user", "username", "name", "id", "string", "connection", "goes", "prod", "production"]);
+
+/**
+ * A value that is, as a whole, a placeholder phrase: letters and `-`/`_`/`.`/space separators only
+ * (no digit or symbol a real password would carry; camelCase words count as words), and either
+ * it starts with a placeholder lead word and says more (`YOUR_API_KEY`, `yourPassword`,
+ * `replace-with-your-key`, `CHANGE_ME`), or it starts with `my` and the rest are filler words
+ * (`my-secret`, `my_password`), or every word is a marker or filler word with at least one marker
+ * (`example`, `dummy`, `dummy-password`, `changeme-in-production`). `my_Pr0d-pass!`, `MyDogRex`,
+ * `dummyPass42` and `example-password-123` are not.
+ */
+function isPlaceholderPhrase(text: string): boolean {
+  if (!/^[A-Za-z]+([-_. ][A-Za-z]+)*$/.test(text)) return false;
+  const words = text.replace(/([a-z])([A-Z])/g, "$1 $2").toLowerCase().split(/[-_. ]/);
+  const [first = "", ...rest] = words;
+  const filler = (word: string): boolean => PLACEHOLDER_MARKER.has(word) || PLACEHOLDER_FILLER.has(word) || PLACEHOLDER_LEAD.has(word);
+  if (PLACEHOLDER_LEAD.has(first) && rest.length > 0) return true;
+  if (first === "my" && rest.length > 0 && rest.every(filler)) return true;
+  return words.some((word) => PLACEHOLDER_MARKER.has(word)) && words.every(filler);
+}
 
 /**
  * A value that is a placeholder filled in later, not a literal secret: empty, `null`, a
- * whole substitution, `<…>`, `[…]`, `***`, `...`, `xxxx`, or a value with a placeholder word
- * (`YOUR_API_KEY`, `REPLACE_SECRET`, `my-secret`, `changeme`).
+ * whole substitution, `<…>`, `[…]`, `***`, `...`, `xxxx`, or a value that is wholly a placeholder
+ * phrase (`YOUR_API_KEY`, `REPLACE_SECRET`, `my-secret`, `changeme`, `example`, `dummy`). Whole
+ * value only: a real value that merely contains such a word (`my_Pr0d-pass!`, `dummyPass42`,
+ * `db.example.com`) is not a placeholder.
  */
 export function isPlaceholder(value: string): boolean {
   const text = value.trim();
   if (text === "" || /^(null|nil|none|~|undefined)$/i.test(text)) return true;
   if (WHOLE_SUBSTITUTION.test(text)) return true;
   if (/^<[^>]*>$/.test(text) || /^\[[^\]]*\]$/.test(text) || /^[*.…x_-]+$/i.test(text)) return true;
-  return PLACEHOLDER_WORD.test(text);
+  return isPlaceholderPhrase(text);
 }
 
 /** A value that contains a substitution anywhere (`Bearer ${TOKEN}`, `host=${{PGHOST}}`). */

@@ -47,7 +47,7 @@ describe("inline secrets (MW-SECRET-001)", () => {
 
   it("stays quiet on URLs, file paths, public CA certificates and null", () => {
     expect(findings("c.yaml", component("pubsub.pulsar", {
-      host: "pulsar.svc:6651",
+      host: "pulsar+ssl://pulsar.svc:6651",
       enableTLS: "true",
       oidcTokenEndpoint: "https://idp.example.org/token",
       token_uri: "https://oauth2.googleapis.com/token",

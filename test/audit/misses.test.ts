@@ -25,10 +25,12 @@ describe("TLS switched off in components (MW-TLS-011) and certificate checks off
     expect(audit("e.yaml", component("state.etcd", { endpoints: "etcd-0.etcd.svc:2379", tlsEnable: "false" }))).toEqual(["MW-TLS-011@11:high"]);
     expect(audit("e.yaml", component("state.etcd", { endpoints: "etcd-0.etcd.svc:2379", tlsEnable: "true" }))).toEqual([]);
   });
-  it("Pulsar: enableTLS \"false\"; tlsAllowInsecureConnection", () => {
-    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar.svc:6650", enableTLS: "false" }))).toEqual(["MW-TLS-011@11:high"]);
-    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar.svc:6651", enableTLS: "true", tlsAllowInsecureConnection: "true" }))).toEqual(["MW-TLS-009@13:high"]);
-    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar.svc:6651", enableTLS: "true" }))).toEqual([]);
+  // Dapr's Pulsar components: the host scheme decides TLS, enableTLS the certificate check, and
+  // tlsAllowInsecureConnection is not read (precision.test.ts cites the upstream code).
+  it("Pulsar: a host without a scheme is plaintext (on the host); enableTLS \"false\" with pulsar+ssl:// is unverified", () => {
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar.svc:6650", enableTLS: "false" }))).toEqual(["MW-TLS-011@9:high"]);
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar+ssl://pulsar.svc:6651", enableTLS: "false" }))).toEqual(["MW-TLS-009@11:high"]);
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar+ssl://pulsar.svc:6651", enableTLS: "true" }))).toEqual([]);
   });
   it("is low when every address is loopback", () => {
     expect(audit("z.yaml", component("bindings.zeebe.command", { gatewayAddr: "localhost:26500", usePlainTextConnection: "true" }))).toEqual(["MW-TLS-011@11:low"]);
@@ -247,7 +249,7 @@ describe("Pulsar's plaintext scheme (MW-TLS-007)", () => {
     expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar://pulsar.prod.internal:6650" }))).toEqual(["MW-TLS-007@9:high"]);
     const found = auditSources([{ file: "p.yaml", text: component("pubsub.pulsar", { host: "pulsar://pulsar.prod.internal:6650" }) }]).findings[0];
     expect(found?.message).toMatch(/Use pulsar\+ssl:\/\//);
-    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar+ssl://pulsar.prod.internal:6651" }))).toEqual([]);
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar+ssl://pulsar.prod.internal:6651", enableTLS: "true" }))).toEqual([]);
     expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar://localhost:6650" }))).toEqual(["MW-TLS-007@9:low"]);
   });
 });
@@ -337,13 +339,13 @@ describe("documented component shapes (review audit H4)", () => {
     expect(audit("r.yaml", component("pubsub.rabbitmq", { connectionString: "amqp://rabbitmq.prod.svc:5672", protocol: "amqp" }))).toEqual(["MW-TLS-007@9:high"]);
   });
 
-  it("Pulsar with a host without a scheme and no enableTLS (MW-TLS-011)", () => {
+  it("Pulsar with a host without a scheme (MW-TLS-011, whatever enableTLS says)", () => {
     expect(audit("p.yaml", component("pubsub.pulsar", { host: "broker.pulsar.svc:6650", consumerID: "orders" }))).toEqual(["MW-TLS-011@9:high"]);
-    expect(audit("p.yaml", component("pubsub.pulsar", { host: "broker.pulsar.svc:6650", enableTLS: "true" }))).toEqual([]);
-    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar+ssl://broker.pulsar.svc:6651" }))).toEqual([]);
-    // A pulsar:// host is MW-TLS-007's alone; an explicit "false" is MW-TLS-011's switch.
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "broker.pulsar.svc:6650", enableTLS: "true" }))).toEqual(["MW-TLS-011@9:high"]);
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar+ssl://broker.pulsar.svc:6651", enableTLS: "true" }))).toEqual([]);
+    // A pulsar:// host is MW-TLS-007's alone; an explicit "false" does not add a second finding.
     expect(audit("p.yaml", component("pubsub.pulsar", { host: "pulsar://broker.pulsar.svc:6650" }))).toEqual(["MW-TLS-007@9:high"]);
-    expect(audit("p.yaml", component("pubsub.pulsar", { host: "broker.pulsar.svc:6650", enableTLS: "false" }))).toEqual(["MW-TLS-011@11:high"]);
+    expect(audit("p.yaml", component("pubsub.pulsar", { host: "broker.pulsar.svc:6650", enableTLS: "false" }))).toEqual(["MW-TLS-011@9:high"]);
   });
 
   it("SQL Server Encrypt=false / TrustServerCertificate=true, in components and env (MW-TLS-014)", () => {

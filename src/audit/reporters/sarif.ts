@@ -33,12 +33,48 @@ export function findingFingerprints(findings: readonly Finding[]): string[] {
   });
 }
 
+/**
+ * The SARIF rule id of a finding: the rule's id, or, when the finding's severity differs from the
+ * rule's (lowered on loopback, a host-name-only check), the hierarchical sub-rule
+ * `<rule id>/<severity>` (SARIF 2.1.0 §3.27.5). GitHub code scanning takes `security-severity`
+ * from the rule descriptor only (a result's own `properties` are not read for it), so a finding
+ * lowered to low under a high rule would otherwise rank High.
+ */
+export function sarifRuleId(finding: Finding, rules: readonly Rule[]): string {
+  const rule = rules.find((each) => each.id === finding.ruleId);
+  return rule === undefined || rule.severity === finding.severity ? finding.ruleId : `${finding.ruleId}/${finding.severity}`;
+}
+
+function ruleDescriptor(rule: Rule, severity: Severity = rule.severity): object {
+  const variant = severity !== rule.severity;
+  return {
+    id: variant ? `${rule.id}/${severity}` : rule.id,
+    name: `${rule.id.replace(/-/g, "")}${variant ? severity[0]?.toUpperCase() + severity.slice(1) : ""}`,
+    shortDescription: { text: variant ? `${rule.title} (${severity})` : rule.title },
+    fullDescription: { text: variant ? `${rule.why} (${rule.id} findings whose severity is ${severity}, e.g. on loopback.)` : rule.why },
+    help: { text: `${rule.why}\nFix: ${rule.fix}`, markdown: `${rule.why}\n\n**Fix:** ${rule.fix}` },
+    defaultConfiguration: { level: LEVEL[severity] },
+    properties: { tags: ["security", rule.family], "security-severity": SECURITY_SEVERITY[severity], precision: "high" },
+  };
+}
+
 /** A SARIF 2.1.0 log with one run; relative paths are relative to `%SRCROOT%` (the cwd). */
 export function renderSarif(result: AuditResult, options: SarifOptions): string {
   // Suppressed findings are results too (with `suppressions`), fingerprinted with the rest so an
   // alert keeps its identity when an ignore comment is added or removed.
-  const fingerprints = findingFingerprints([...result.findings, ...result.suppressed]);
+  const all = [...result.findings, ...result.suppressed];
+  const fingerprints = findingFingerprints(all);
+  // Every rule, then one sub-rule per (rule, severity) the findings need, in order of first use.
+  const descriptors = options.rules.map((rule) => ruleDescriptor(rule));
   const ruleIndex = new Map(options.rules.map((rule, index) => [rule.id, index]));
+  const ruleIds = all.map((finding) => sarifRuleId(finding, options.rules));
+  for (const [index, finding] of all.entries()) {
+    const id = ruleIds[index] ?? finding.ruleId;
+    const rule = options.rules.find((each) => each.id === finding.ruleId);
+    if (ruleIndex.has(id) || rule === undefined) continue;
+    ruleIndex.set(id, descriptors.length);
+    descriptors.push(ruleDescriptor(rule, finding.severity));
+  }
   const log = {
     $schema: "https://json.schemastore.org/sarif-2.1.0.json",
     version: "2.1.0",
@@ -49,15 +85,7 @@ export function renderSarif(result: AuditResult, options: SarifOptions): string 
             name: "meshward",
             version: options.toolVersion,
             informationUri: "https://github.com/meshward/meshward/blob/main/docs/audit-rules.md",
-            rules: options.rules.map((rule) => ({
-              id: rule.id,
-              name: rule.id.replace(/-/g, ""),
-              shortDescription: { text: rule.title },
-              fullDescription: { text: rule.why },
-              help: { text: `${rule.why}\nFix: ${rule.fix}`, markdown: `${rule.why}\n\n**Fix:** ${rule.fix}` },
-              defaultConfiguration: { level: LEVEL[rule.severity] },
-              properties: { tags: ["security", rule.family], "security-severity": SECURITY_SEVERITY[rule.severity], precision: "high" },
-            })),
+            rules: descriptors,
           },
         },
         invocations: [
@@ -82,10 +110,12 @@ export function renderSarif(result: AuditResult, options: SarifOptions): string 
             ],
           },
         ],
-        results: [...result.findings, ...result.suppressed].map((finding, index) => ({
-          ruleId: finding.ruleId,
-          ...(ruleIndex.has(finding.ruleId) ? { ruleIndex: ruleIndex.get(finding.ruleId) } : {}),
+        results: all.map((finding, index) => ({
+          ruleId: ruleIds[index],
+          ...(ruleIndex.has(ruleIds[index] ?? "") ? { ruleIndex: ruleIndex.get(ruleIds[index] ?? "") } : {}),
           level: LEVEL[finding.severity],
+          // The finding's own severity, for readers of result properties (GitHub reads the rule's).
+          properties: { "security-severity": SECURITY_SEVERITY[finding.severity], "meshward/ruleId": finding.ruleId },
           message: { text: `${finding.message} (${finding.evidence}). Fix: ${finding.fix}` },
           locations: [location(finding.file, finding.line, finding.column)],
           partialFingerprints: { "meshwardFinding/v2": fingerprints[index] },

@@ -35,9 +35,40 @@ function tlsOffSwitch(component: DaprComponent, item: ComponentMetadataItem): bo
     return isTruthy(item.value) && !(family === "kafka" && /^disable.?tls$/i.test(item.name));
   }
   if (/^(tls.?enabled?|enable.?tls|use.?tls|ssl.?enabled?|enable.?ssl|use.?ssl|ssl|tls)$/i.test(item.name)) {
-    return isFalsy(item.value) && family !== "redis";
+    // Pulsar's enableTLS decides the certificate check, not TLS itself: pulsarTransport judges it.
+    return isFalsy(item.value) && family !== "redis" && family !== "pulsar";
   }
   return false;
+}
+
+/**
+ * What Dapr's Pulsar components (pubsub.pulsar, bindings.pulsar) do with `host` and `enableTLS`.
+ * dapr/components-contrib pubsub/pulsar/pulsar.go (and bindings/pulsar/pulsar.go): `sanitiseURL`
+ * keeps a host that starts with `pulsar+ssl://`, `pulsar://`, `http://` or `https://` and puts
+ * `pulsar://` before any other; the client is built with `TLSAllowInsecureConnection: !enableTLS`
+ * and nothing else about TLS (no CA file, no `TLSValidateHostname`). apache/pulsar-client-go
+ * pulsar/client_impl.go uses TLS for `pulsar+ssl://` and `https://` only. So the scheme alone
+ * decides TLS, and `enableTLS` only whether the certificate is checked:
+ * - no scheme (whatever enableTLS says): plaintext (MW-TLS-011); `pulsar://`, `http://`: MW-TLS-007;
+ * - `pulsar+ssl://`, `https://` without `enableTLS: "true"`: TLS accepting any certificate (MW-TLS-009);
+ * - `pulsar+ssl://`, `https://` with `enableTLS: "true"`: verified TLS.
+ * Settings the components do not read (`tlsAllowInsecureConnection`, `tlsValidateHostname`) change nothing.
+ */
+function pulsarTransport(component: DaprComponent): { verdict: "plaintext" | "unverified"; hit: Hit } | undefined {
+  if (componentFamily(component) !== "pulsar") return undefined;
+  const host = metadataItem(component, "host");
+  if (host === undefined || !host.hasInlineValue || isPlaceholder(host.value)) return undefined;
+  const enable = metadataItem(component, "enableTLS");
+  const scheme = urlScheme(host.value);
+  if (scheme === "") {
+    const said = enable === undefined ? "without enableTLS" : enable.hasInlineValue ? `enableTLS: "${enable.value.trim()}"` : "enableTLS from a secret";
+    return { verdict: "plaintext", hit: hit(host, `${component.type} host ${host.value.trim()} has no scheme: dialled as pulsar://, plaintext (${said}; enableTLS never turns TLS on)`) };
+  }
+  if (scheme !== "pulsar+ssl" && scheme !== "https") return undefined;
+  const where = `${scheme}://${hostOf(host.value)}`;
+  if (enable === undefined) return { verdict: "unverified", hit: hit(host, `${where} without enableTLS: "true" (Dapr sets TLSAllowInsecureConnection: any certificate accepted)`) };
+  if (!enable.hasInlineValue || isTruthy(enable.value)) return undefined;
+  return { verdict: "unverified", hit: hit(enable, `enableTLS: "${enable.value.trim()}" with ${where} (Dapr sets TLSAllowInsecureConnection: any certificate accepted)`) };
 }
 
 function isPostgres(component: DaprComponent): boolean {
@@ -276,27 +307,73 @@ export function isInsecureTlsVersion(value: string): boolean {
   return digits === "1" || digits === "10" || digits === "11";
 }
 
+/** Which client reads a SQL Server connection string: its default for an unset `Encrypt` differs. */
+export type SqlServerReader = "go-mssqldb" | "jdbc" | "unknown";
+
+/** Keywords only SQL Server connection strings use (ADO.NET, ODBC, OLE DB, go-mssqldb). */
+const SQLSERVER_KEYWORD = /(?:^|;)\s*(initial catalog|integrated security|trusted_connection|multipleactiveresultsets|trustservercertificate|trust server certificate|encrypt|applicationintent|application intent|multisubnetfailover|failover partner|attachdbfilename|hostnameincertificate|host name in certificate)\s*=/i;
+/** An ODBC driver or OLE DB provider for SQL Server. */
+const SQLSERVER_DRIVER = /(?:^|;)\s*(driver\s*=\s*\{?[^;}]*sql server|provider\s*=\s*(sqloledb|msoledbsql|sqlncli))/i;
+/** Server values only SQL Server uses: a `tcp:` prefix, `host,port`, `host\instance`, Azure SQL. */
+const SQLSERVER_SERVER = /^(tcp:|np:|lpc:|admin:)|,\s*\d+$|\\|\.database\.(windows\.net|azure\.com|chinacloudapi\.cn|usgovcloudapi\.net|cloudapi\.de)$/i;
+/** Variable names that say SQL Server. */
+const SQLSERVER_NAME = /(mssql|sql_?server|azure_?sql)/i;
+
+/**
+ * True when a `;`-separated keyword string (ADO.NET, ODBC, go-mssqldb) is a SQL Server one: it
+ * names a server (`Server`, `Data Source`, `Address`, `Addr`, `Network Address`) and says SQL
+ * Server somewhere (a keyword only SQL Server has, its ODBC driver, a server value only SQL Server
+ * takes, or a variable `name` with MSSQL/SQLSERVER in it), and carries no `SslMode` (MySQL
+ * Connector/NET and Npgsql strings also use `Server=…;Database=…`).
+ */
+export function isSqlServerKeywordString(value: string, name = ""): boolean {
+  const text = value.trim();
+  if (!text.includes(";") || /^[a-z][a-z0-9+.-]*:\/\//i.test(text)) return false;
+  const server = /(?:^|;)\s*(?:server|data source|address|addr|network address)\s*=\s*([^;]*)/i.exec(text);
+  if (server === null || /(?:^|;)\s*ssl[\s_-]?mode\s*=/i.test(text)) return false;
+  return SQLSERVER_KEYWORD.test(text) || SQLSERVER_DRIVER.test(text) || SQLSERVER_SERVER.test((server[1] ?? "").trim()) || SQLSERVER_NAME.test(name);
+}
+
 /**
  * What a SQL Server connection string (ADO.NET / go-mssqldb keywords, or a `sqlserver://` URL)
  * says against TLS: `Encrypt=false|no|disable|optional` (plaintext; go-mssqldb's `false` encrypts
- * the login packet only) and `TrustServerCertificate=true` (any certificate accepted).
- * `plaintext`: the encryption itself is off.
+ * the login packet only, high) and `TrustServerCertificate=true` (any certificate accepted,
+ * medium). With no `Encrypt` at all, the client's default decides (`reader`):
+ * - go-mssqldb (Dapr's SQL Server components; `sqlserver://host?…` URLs, its URL form):
+ *   encryption off beyond the login packet and TrustServerCertificate on: high;
+ * - mssql-jdbc (`jdbc:sqlserver://`): encrypt=true and verified since driver 10.2: no finding;
+ * - unknown (an ADO.NET/ODBC string, or a `sqlserver://host;…` URL, in container env): off in
+ *   System.Data.SqlClient, go-mssqldb and ODBC Driver 17, verified in Microsoft.Data.SqlClient ≥ 4
+ *   and ODBC Driver 18: medium, so the string says it rather than the library version.
+ * A keyword string without `Encrypt` is judged only when it is recognisably SQL Server
+ * (`isSqlServerKeywordString`, or `reader` go-mssqldb: a SQL Server component).
  */
-export function sqlServerTlsIssues(value: string): { evidence: string; plaintext: boolean } | undefined {
+export function sqlServerTlsIssues(value: string, reader: SqlServerReader = "unknown", name = ""): { evidence: string; severity: Severity } | undefined {
   const text = value.trim();
-  if (!/^sqlserver:\/\//i.test(text) && !text.includes(";")) return undefined;
+  const url = /^sqlserver:\/\//i.test(text);
+  if (!url && !text.includes(";")) return undefined;
   const found: string[] = [];
-  let plaintext = false;
+  let severity: Severity = "medium";
   const encrypt = connectionParam(text, "encrypt")?.trim();
   if (encrypt !== undefined && /^(false|no|disable|optional|0)$/i.test(encrypt)) {
     found.push(`Encrypt=${encrypt}`);
-    plaintext = true;
+    severity = "high";
   }
-  for (const name of ["TrustServerCertificate", "Trust Server Certificate"]) {
-    const trust = connectionParam(text, name)?.trim();
-    if (trust !== undefined && /^(true|yes|1)$/i.test(trust)) found.push(`${name}=${trust}`);
+  for (const keyword of ["TrustServerCertificate", "Trust Server Certificate"]) {
+    const trust = connectionParam(text, keyword)?.trim();
+    if (trust !== undefined && /^(true|yes|1)$/i.test(trust)) found.push(`${keyword}=${trust}`);
   }
-  return found.length === 0 ? undefined : { evidence: found.join(", "), plaintext };
+  if (encrypt === undefined && reader !== "jdbc" && (url || reader === "go-mssqldb" || isSqlServerKeywordString(text, name))) {
+    // go-mssqldb's URL form puts its settings in a `?` query; Prisma's and JDBC's use `;`.
+    const goDriver = reader === "go-mssqldb" || (url && !/^sqlserver:\/\/[^;]*;/i.test(text));
+    if (goDriver) {
+      found.unshift("Encrypt not set (go-mssqldb default: only the login packet is encrypted, any certificate accepted)");
+      severity = "high";
+    } else {
+      found.unshift("Encrypt not set (no encryption in System.Data.SqlClient, go-mssqldb and ODBC Driver 17; verified only in Microsoft.Data.SqlClient ≥ 4 and ODBC Driver 18)");
+    }
+  }
+  return found.length === 0 ? undefined : { evidence: found.join(", "), severity };
 }
 
 export const transportRules: Rule[] = [
@@ -531,7 +608,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "TLS certificate verification disabled",
-    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true`, and MongoDB's `tlsInsecure=true`/`tlsAllowInvalidCertificates=true` inside a value (`params`, a host or connection string, a container env URL), accept any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything. `tlsAllowInvalidHostnames=true` skips only the host name check (medium).",
+    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true` (not for Dapr's Pulsar components, which do not read it: there a `pulsar+ssl://`/`https://` host without `enableTLS: \"true\"` is TLS that accepts any certificate, as Dapr sets the client's TLSAllowInsecureConnection to the opposite of enableTLS), and MongoDB's `tlsInsecure=true`/`tlsAllowInvalidCertificates=true` inside a value (`params`, a host or connection string, a container env URL), accept any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything. `tlsAllowInvalidHostnames=true` skips only the host name check (medium).",
     fix: "Remove the skip-verify setting and give the component the CA that signed the server's certificate (`caCert`).",
     example: {
       file: "pubsub.yaml",
@@ -549,8 +626,12 @@ export const transportRules: Rule[] = [
         });
       }
       const hits: Hit[] = [];
+      const pulsar = pulsarTransport(resource);
+      if (pulsar?.verdict === "unverified") hits.push(pulsar.hit);
       let loopback: boolean | undefined;
       for (const item of resource.metadata) {
+        // Dapr's Pulsar components read no tlsAllowInsecureConnection: enableTLS decides (pulsarTransport).
+        if (componentFamily(resource) === "pulsar" && /^tls.?allow.?insecure/i.test(item.name)) continue;
         if (/(skip.?(tls.?)?verif|insecure.?skip|tls.?insecure|^insecure$|^insecure.?ssl$|^tls.?allow.?insecure)/i.test(item.name) && isTruthy(item.value)) {
           hits.push(hit(item, `${item.name}: "${item.value}"`));
           continue;
@@ -593,8 +674,8 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "TLS switched off in a component",
-    why: "`disableSSL: true` (AWS S3 and S3-compatible stores), `usePlainTextConnection: true` (Zeebe), `tlsEnable: \"false\"` (etcd) and `enableTLS: \"false\"` (Pulsar and others) make the component talk to its backend in plaintext: data and credentials cross the network readable and changeable by anyone on the path. Pulsar's `enableTLS` defaults to false: a Pulsar component with a `host` without a scheme (`broker:6650`, dialled as `pulsar://`) and no `enableTLS` is reported too.",
-    fix: "Remove the switch (or set it the secure way) and point the component at the backend's TLS endpoint, with the CA that signs its certificate.",
+    why: "`disableSSL: true` (AWS S3 and S3-compatible stores), `usePlainTextConnection: true` (Zeebe), `tlsEnable: \"false\"` (etcd) and `enableTLS: \"false\"` (components other than Redis, which is MW-TLS-001's, and Pulsar, below) make the component talk to its backend in plaintext: data and credentials cross the network readable and changeable by anyone on the path. Dapr's Pulsar components are different: the `host` scheme alone decides TLS (`pulsar+ssl://`, `https://`), and a host without a scheme (`broker:6650`) is dialled as `pulsar://`, plaintext, whatever `enableTLS` says (it only turns the certificate check on; MW-TLS-009), so such a host is reported here.",
+    fix: "Remove the switch (or set it the secure way) and point the component at the backend's TLS endpoint, with the CA that signs its certificate. For Pulsar: `host: pulsar+ssl://broker:6651` with `enableTLS: \"true\"`.",
     example: {
       file: "binding.yaml",
       bad: componentYaml("bindings.aws.s3", { bucket: "orders", endpoint: "https://s3.eu-west-1.amazonaws.com", disableSSL: "true" }, "s3"),
@@ -603,14 +684,10 @@ export const transportRules: Rule[] = [
     appliesTo: ["dapr-component"],
     check(component) {
       const hits = component.metadata.filter((item) => tlsOffSwitch(component, item)).map((item) => hit(item, `${item.name}: "${item.value}"`));
-      // Pulsar: `enableTLS` defaults to false (pubsub/pulsar/metadata.yaml) and a host without a
-      // scheme is dialled as `pulsar://` (plaintext); a `pulsar://` host is MW-TLS-007's.
-      if (componentFamily(component) === "pulsar" && metadataItem(component, "enableTLS") === undefined) {
-        const host = metadataItem(component, "host");
-        if (host?.hasInlineValue === true && !isPlaceholder(host.value) && urlScheme(host.value) === "") {
-          hits.push(hit(host, `${component.type} without enableTLS (host ${host.value.trim()}: pulsar://, plaintext)`));
-        }
-      }
+      // Pulsar: a host without a scheme is dialled as `pulsar://` whatever enableTLS says; a
+      // `pulsar://` host is MW-TLS-007's, an unverified `pulsar+ssl://` one MW-TLS-009's.
+      const pulsar = pulsarTransport(component);
+      if (pulsar?.verdict === "plaintext") hits.push(pulsar.hit);
       return hits;
     },
   }),
@@ -662,7 +739,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "SQL Server connection without verified TLS",
-    why: "`Encrypt=false` (also `no`, `disable`, `optional`) sends queries and results in plaintext (go-mssqldb, which Dapr's SQL Server components use, encrypts only the login packet with `false`), and `TrustServerCertificate=true` accepts any certificate, so anyone on the path can impersonate the database (medium). Read in component connection strings (`state.sqlserver`, `bindings.sqlserver`) and in container env, `.env` files, ConfigMaps and Secrets (also `jdbc:sqlserver://` URLs).",
+    why: "`Encrypt=false` (also `no`, `disable`, `optional`) sends queries and results in plaintext (go-mssqldb, which Dapr's SQL Server components use, encrypts only the login packet with `false`), and `TrustServerCertificate=true` accepts any certificate, so anyone on the path can impersonate the database (medium). With no `Encrypt` at all the client's default decides: go-mssqldb (a Dapr SQL Server component's connection string, a `sqlserver://host?…` URL) encrypts only the login packet and trusts any certificate (high); an ADO.NET/ODBC string or a `sqlserver://host;…` URL in container env is read by a client meshward cannot see, off by default in System.Data.SqlClient, go-mssqldb and ODBC Driver 17 and verified in Microsoft.Data.SqlClient ≥ 4 and ODBC Driver 18 (medium); mssql-jdbc (`jdbc:sqlserver://`) encrypts and verifies by default since 10.2 (no finding). An env string counts as SQL Server when it names a server and has a keyword, driver or server form only SQL Server uses (`Initial Catalog`, `Integrated Security`, `Driver={ODBC Driver 18 for SQL Server}`, `tcp:host,1433`, `*.database.windows.net`) or its variable says MSSQL/SQLSERVER. Read in component connection strings (`state.sqlserver`, `bindings.sqlserver`) and in container env, `.env` files, ConfigMaps and Secrets (also `jdbc:sqlserver://` URLs).",
     fix: "Use `Encrypt=true` (or `strict`) without `TrustServerCertificate`, and give the CA (`certificate=` for go-mssqldb) when the server's certificate is not from a public CA.",
     example: {
       file: "statestore.yaml",
@@ -675,15 +752,22 @@ export const transportRules: Rule[] = [
         return resource.env
           .filter((entry) => entry.hasInlineValue && !isPlaceholder(entry.value) && !/^MICRO_/i.test(entry.name))
           .flatMap((entry): Hit[] => {
-            const issues = sqlServerTlsIssues(withoutJdbc(entry.value));
-            return issues === undefined ? [] : [{ path: entry.path, evidence: `${entry.name}: ${issues.evidence}`, ...(issues.plaintext ? {} : { severity: "medium" as const }) }];
+            const value = withoutJdbc(entry.value);
+            const issues = sqlServerTlsIssues(value, value !== entry.value ? "jdbc" : "unknown", entry.name);
+            if (issues === undefined) return [];
+            const found: Hit = { path: entry.path, evidence: `${entry.name}: ${issues.evidence}`, ...(issues.severity === "high" ? {} : { severity: issues.severity }) };
+            return [found];
           });
       }
+      // Dapr's SQL Server components (state.sqlserver, bindings.sqlserver) read the connection
+      // string with go-mssqldb; other components' values are judged only when they say SQL Server.
+      const sqlServer = /sqlserver|mssql/.test(componentFamily(resource));
       return resource.metadata
         .filter((item) => item.hasInlineValue && !isPlaceholder(item.value) && !IDENTIFIER_NAME.test(item.name))
         .flatMap((item): Hit[] => {
-          const issues = sqlServerTlsIssues(item.value);
-          return issues === undefined ? [] : [{ path: item.path, evidence: `${item.name}: ${issues.evidence}`, ...(issues.plaintext ? {} : { severity: "medium" as const }) }];
+          const connection = sqlServer && /^(connection.?string|url|dsn|connection)$/i.test(item.name);
+          const issues = sqlServerTlsIssues(item.value, connection ? "go-mssqldb" : "unknown", item.name);
+          return issues === undefined ? [] : [{ path: item.path, evidence: `${item.name}: ${issues.evidence}`, ...(issues.severity === "high" ? {} : { severity: issues.severity }) }];
         });
     },
   }),
