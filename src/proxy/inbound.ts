@@ -36,6 +36,7 @@ import { callerStamp, stampIdentityOf } from "./headers.ts";
 import type { CallerStamp, StampIdentity } from "./headers.ts";
 import type { PolicySource } from "./policy-source.ts";
 import { forwardH2ToHttp1 } from "./http1/h2-bridge.ts";
+import { H2Intake } from "./h2-intake.ts";
 import { Http1Pool, POOL_TIMEOUT } from "./http1/pool.ts";
 import { Http1Relay } from "./http1/relay.ts";
 import type { ClientErrorReason } from "./http1/relay.ts";
@@ -407,7 +408,9 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       open.revoke = forwardH2(stream, headers, request, flags, appSession(), { ...hooks, done, idle });
     } else {
       // Each stream to an HTTP/1 app takes a connection to it: within this caller address's share
-      // (AppShare), waiting for one of its own exchanges to end when the share is taken.
+      // (AppShare), waiting for one of its own exchanges to end when the share is taken. Meanwhile
+      // its body is held as bytes, a flow-control window at most (H2Intake), not as frames.
+      H2Intake.of(stream);
       let waiting = true;
       const withdraw = appShare.enter(
         sourceOf(socket),

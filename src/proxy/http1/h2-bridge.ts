@@ -11,6 +11,7 @@ import type { MessageHead } from "./llhttp.ts";
 import { maySendAgain } from "./pool.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
 import { ChunkStage, chunkSizeLine, SMALL_CHUNK } from "./chunk-stage.ts";
+import { H2Intake } from "../h2-intake.ts";
 import { declaredFraming, headersObject, upstreamRequestHead } from "./wire.ts";
 import type { BodyFraming } from "./wire.ts";
 
@@ -76,6 +77,8 @@ class H2Exchange implements ResponseSink {
   /** Small DATA frames for the app, staged until the end of the session's read (a setImmediate) or a full stage. */
   #requestStage: ChunkStage | undefined;
   #requestFlush: NodeJS.Immediate | undefined;
+  /** Reads the caller's body; holds it (as bytes, at most a window of them) while the app's connection is full. */
+  readonly #intake: H2Intake;
   /** Reading from the caller stopped until the app's connection drains. */
   #holdingCaller = false;
   /** Small response pieces for the caller, staged until the end of the app's read (onReadEnd). */
@@ -94,7 +97,8 @@ class H2Exchange implements ResponseSink {
     this.downstream = stream;
     this.#requestComplete = endStream;
     this.#inspector = hooks.bodyCheck?.inspector;
-    stream.pause();
+    // Held (not read) until a connection to the app takes the body.
+    this.#intake = H2Intake.of(stream);
     stream.on("error", () => undefined);
     stream.once("close", () => {
       this.#idle?.stop();
@@ -147,7 +151,7 @@ class H2Exchange implements ResponseSink {
     if (this.#requestComplete) return;
     const upstream = connection.socket;
     this.#requestStage = new ChunkStage(this.framing === "chunked");
-    this.stream.on("data", (chunk: Buffer) => {
+    const data = (chunk: Buffer): void => {
       if (this.#upstream?.socket !== upstream) return;
       this.#idle?.touch();
       this.#bodyBytes += chunk.length;
@@ -174,8 +178,8 @@ class H2Exchange implements ResponseSink {
       upstream.write(chunk);
       this.#toApp(upstream, CRLF);
       upstream.uncork();
-    });
-    this.stream.once("end", () => {
+    };
+    const end = (): void => {
       if (this.#upstream?.socket !== upstream) return;
       this.#idle?.touch();
       if (this.framing === "length" && this.#bodyBytes !== this.request.contentLength) return this.#bodyMismatch();
@@ -189,21 +193,22 @@ class H2Exchange implements ResponseSink {
         this.#releaseUpstream();
         this.#idle?.stop();
       }
-    });
-    this.stream.resume();
+    };
+    this.#intake.start({ data, end });
   }
 
   /**
    * Body bytes to the app. When its connection holds a socket buffer it has not read, reading from
-   * the caller stops (the stream's flow-control window stops opening) until it drains.
+   * the caller stops (the stream's flow-control window stops opening; what it still lets in is
+   * held as bytes, H2Intake) until it drains.
    */
   #toApp(upstream: UpstreamConnection["socket"], bytes: Buffer): void {
     if (upstream.write(bytes) || this.#holdingCaller) return;
     this.#holdingCaller = true;
-    this.stream.pause();
+    this.#intake.hold();
     upstream.once("drain", () => {
       this.#holdingCaller = false;
-      this.stream.resume();
+      this.#intake.release();
     });
   }
 

@@ -1,0 +1,148 @@
+import type { ServerHttp2Stream } from "node:http2";
+
+/**
+ * Reads an HTTP/2 caller's request body so that what a stream that is not read may make the
+ * sidecar hold costs its bytes, never its frames.
+ *
+ * node:http2 stops opening a stream's flow-control window while the stream does not read
+ * (`pause()` stops its handle), but every DATA frame the window still lets in is handed to the
+ * stream as its own Buffer, and that Buffer is a slice of the whole socket read it came in (up to
+ * 16 KiB through TLS, 64 KiB in plaintext): a paused stream kept each one, so a caller that sent
+ * 1-byte DATA frames, each in its own read padded with frames nobody reads (unknown frame types
+ * are not flow-controlled), made one stream of the default 65,535-byte window hold ~1 GiB;
+ * plain 1-byte frames ~8 MiB (~110 bytes of Buffer per byte).
+ *
+ * Here the stream never pauses: it stays flowing and every frame comes through `data`. To hold
+ * the caller, its handle stops reading (what `pause()` does) and its `_read`, the one place
+ * node:http2 opens the window again (`readStart`), does nothing until `release()`. The frames the
+ * window still lets in are copied, back to back, into buffers of 16 KiB: a held stream holds at
+ * most one window of bytes (the caller's SETTINGS_INITIAL_WINDOW_SIZE as we advertise it, 64 KiB
+ * by default), whatever the frames. A stream starts held, so one that waits for a connection to the
+ * app holds the same.
+ */
+export interface IntakeSink {
+  /** A piece of the body, in order; may call hold(). */
+  readonly data: (chunk: Buffer) => void;
+  /** The body ended (END_STREAM), after every piece. */
+  readonly end: () => void;
+}
+
+/** Bytes held while the caller is held go into buffers of this size. */
+const HELD_BUFFER = 16 * 1024;
+const noRead = (): void => undefined;
+const intakes = new WeakMap<ServerHttp2Stream, H2Intake>();
+
+export class H2Intake {
+  /** The stream's intake, made (and the stream held) on first use. */
+  static of(stream: ServerHttp2Stream): H2Intake {
+    let intake = intakes.get(stream);
+    if (intake === undefined) intakes.set(stream, (intake = new H2Intake(stream)));
+    return intake;
+  }
+
+  readonly #stream: ServerHttp2Stream;
+  #sink: IntakeSink | undefined;
+  #holding = false;
+  /** END_STREAM came; the sink hears of it once every held piece has gone. */
+  #ended = false;
+  #endSent = false;
+  /** Held bytes, copied back to back: full buffers, then the one being filled (#tail, #tailUsed bytes). */
+  readonly #held: Buffer[] = [];
+  #tail: Buffer | undefined;
+  #tailUsed = 0;
+  #heldBytes = 0;
+
+  private constructor(stream: ServerHttp2Stream) {
+    this.#stream = stream;
+    this.hold();
+    stream.on("data", (chunk: Buffer) => {
+      if (this.#holding || this.#sink === undefined) return this.#keep(chunk);
+      this.#sink.data(chunk);
+    });
+    stream.once("end", () => {
+      this.#ended = true;
+      if (!this.#holding && this.#sink !== undefined) this.#sendEnd();
+    });
+  }
+
+  /** Bytes held for the sink (a bound: at most one flow-control window's worth plus what was held when reading stopped). */
+  get heldBytes(): number {
+    return this.#heldBytes;
+  }
+
+  get holding(): boolean {
+    return this.#holding;
+  }
+
+  /** Hands the body to `sink` from now on: what was held first, then the rest as it comes. */
+  start(sink: IntakeSink): void {
+    this.#sink = sink;
+    this.release();
+  }
+
+  /** Stops reading from the caller: its window stays shut, the frames already let in are held as bytes. */
+  hold(): void {
+    if (this.#holding) return;
+    this.#holding = true;
+    const stream = this.#stream;
+    // `_read` is where node:http2 starts its handle reading (and opens the window again); the
+    // stream itself keeps flowing, so that each frame that comes is copied and let go.
+    stream._read = noRead;
+    if (stream.destroyed) return;
+    // pause() stops the handle at once (node:http2's 'pause' listener); resume() lets frames flow
+    // to `data` again without reading more (its read() reaches only the `_read` above).
+    stream.pause();
+    stream.resume();
+  }
+
+  /** Reading from the caller goes on: what was held goes to the sink first (which may hold again). */
+  release(): void {
+    const sink = this.#sink;
+    if (!this.#holding || sink === undefined) return;
+    this.#holding = false;
+    const stream = this.#stream;
+    Reflect.deleteProperty(stream, "_read");
+    const held = this.#takeHeld();
+    for (let i = 0; i < held.length; i++) {
+      sink.data(held[i]!);
+      if (this.#holding) {
+        // Held again: the rest waits, in front of anything that comes meanwhile.
+        this.#held.unshift(...held.slice(i + 1));
+        this.#heldBytes = this.#held.reduce((sum, piece) => sum + piece.length, 0) + this.#tailUsed;
+        return;
+      }
+    }
+    if (this.#ended) return this.#sendEnd();
+    // The handle reads again (node:http2 opens the window by what was taken meanwhile).
+    if (!stream.destroyed) stream._read(stream.readableHighWaterMark);
+  }
+
+  #sendEnd(): void {
+    if (this.#endSent) return;
+    this.#endSent = true;
+    this.#sink!.end();
+  }
+
+  #keep(chunk: Buffer): void {
+    this.#heldBytes += chunk.length;
+    for (let at = 0; at < chunk.length; ) {
+      if (this.#tail === undefined || this.#tailUsed === this.#tail.length) {
+        if (this.#tail !== undefined) this.#held.push(this.#tail);
+        this.#tail = Buffer.allocUnsafe(HELD_BUFFER);
+        this.#tailUsed = 0;
+      }
+      const n = chunk.copy(this.#tail, this.#tailUsed, at);
+      this.#tailUsed += n;
+      at += n;
+    }
+  }
+
+  #takeHeld(): Buffer[] {
+    const held = this.#held.splice(0);
+    if (this.#tail !== undefined && this.#tailUsed > 0) held.push(this.#tail.subarray(0, this.#tailUsed));
+    this.#tail = undefined;
+    this.#tailUsed = 0;
+    this.#heldBytes = 0;
+    return held;
+  }
+}
