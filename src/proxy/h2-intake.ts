@@ -1,3 +1,4 @@
+import { constants as h2 } from "node:http2";
 import type { ServerHttp2Stream } from "node:http2";
 
 /**
@@ -29,6 +30,13 @@ export interface IntakeSink {
 
 /** Bytes held while the caller is held go into buffers of this size. */
 const HELD_BUFFER = 16 * 1024;
+/**
+ * Far above one flow-control window (64 KiB as the sidecar advertises it): held bytes past this
+ * mean node:http2 opened the window again behind `_read` (a Node release that no longer goes
+ * through it), so the hold no longer bounds anything. The stream is reset (ENHANCE_YOUR_CALM)
+ * rather than held without limit.
+ */
+export const MAX_HELD_BYTES = 1024 * 1024;
 const noRead = (): void => undefined;
 const intakes = new WeakMap<ServerHttp2Stream, H2Intake>();
 
@@ -124,6 +132,15 @@ export class H2Intake {
   }
 
   #keep(chunk: Buffer): void {
+    if (this.#heldBytes + chunk.length > MAX_HELD_BYTES) {
+      this.#takeHeld();
+      if (!this.#stream.destroyed) {
+        // The reset is reported as the stream's 'error': never an uncaught one.
+        this.#stream.on("error", () => undefined);
+        this.#stream.close(h2.NGHTTP2_ENHANCE_YOUR_CALM);
+      }
+      return;
+    }
     this.#heldBytes += chunk.length;
     for (let at = 0; at < chunk.length; ) {
       if (this.#tail === undefined || this.#tailUsed === this.#tail.length) {

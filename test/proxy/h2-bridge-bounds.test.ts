@@ -8,7 +8,7 @@ import { runInNewContext } from "node:vm";
 import { afterEach, describe, expect, it } from "vitest";
 import { canonicalH2Request, isRefusal } from "../../src/proxy/canonical.ts";
 import { SMALL_CHUNK } from "../../src/proxy/http1/chunk-stage.ts";
-import { H2Intake } from "../../src/proxy/h2-intake.ts";
+import { H2Intake, MAX_HELD_BYTES } from "../../src/proxy/h2-intake.ts";
 import { forwardH2ToHttp1 } from "../../src/proxy/http1/h2-bridge.ts";
 import { Http1Pool } from "../../src/proxy/http1/pool.ts";
 
@@ -375,6 +375,37 @@ describe("HTTP/2 caller to an HTTP/1.1 app that does not read: what the held str
     const received = apps.map((app) => Buffer.concat(app.received).toString("latin1")).sort();
     const sent = bodies.map((body) => body.toString("latin1")).sort();
     expect(received.map((request) => dechunk(request.slice(request.indexOf("\r\n\r\n") + 4)))).toEqual(sent);
+  }, 60_000);
+});
+
+describe("H2Intake's fail-safe", () => {
+  it("a stream whose window node:http2 opens again behind the hold (a Node release that no longer reads through _read) is reset past MAX_HELD_BYTES, not held without limit", async () => {
+    const server: Http2Server = createH2Server();
+    const streams: ServerHttp2Stream[] = [];
+    server.on("stream", (stream) => {
+      streams.push(stream);
+      H2Intake.of(stream); // held, no sink yet: as a stream waiting for a connection to the app
+    });
+    const port = await listen(server as unknown as NetServer);
+    const { connect } = await import("node:http2");
+    const client = connect(`http://127.0.0.1:${port}`);
+    running.push(() => client.destroy());
+    const request = client.request({ ":method": "POST", ":path": "/" });
+    request.on("error", () => undefined);
+    request.on("response", () => undefined);
+    const closed = new Promise<number>((resolve) => request.once("close", () => resolve(request.rstCode ?? -1)));
+    await until(() => streams.length === 1, "the stream");
+    const stream = streams[0]!;
+    // What a Node release that reopens the window elsewhere would do: read on, despite the hold.
+    (Object.getPrototypeOf(stream) as { _read(n: number): void })._read.call(stream, 16 * 1024);
+    const chunk = Buffer.alloc(64 * 1024, 120);
+    const pump = () => {
+      while (!request.destroyed && request.write(chunk));
+      if (!request.destroyed) request.once("drain", pump);
+    };
+    pump();
+    expect(await closed).toBe(h2constants.NGHTTP2_ENHANCE_YOUR_CALM);
+    expect(H2Intake.of(stream).heldBytes).toBeLessThanOrEqual(MAX_HELD_BYTES);
   }, 60_000);
 });
 
