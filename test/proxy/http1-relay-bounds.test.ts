@@ -22,6 +22,17 @@ setFlagsFromString("--expose-gc");
 const gc = runInNewContext("gc") as () => void;
 
 const running: (() => void)[] = [];
+
+/** `count` connections to the relay that write `request(i)` and never read what comes back. */
+function callersThatDoNotRead(port: number, count: number, request: (i: number) => string): void {
+  for (let i = 0; i < count; i++) {
+    const client = netConnect({ host: "127.0.0.1", port });
+    client.on("error", () => undefined);
+    client.pause();
+    running.push(() => client.destroy());
+    client.write(request(i));
+  }
+}
 afterEach(() => {
   for (const stop of running.splice(0).reverse()) stop();
 });
@@ -172,13 +183,7 @@ describe("HTTP/1.1 relay: memory held for peers that do not read", () => {
     running.push(() => app.closeAllConnections());
     const { port, relaySockets, callerWrites, appRead } = await startRelay(appPort);
     const base = heapNow();
-    for (let i = 0; i < CONNECTIONS; i++) {
-      const client = netConnect({ host: "127.0.0.1", port });
-      client.on("error", () => undefined);
-      client.pause();
-      running.push(() => client.destroy());
-      client.write(`GET ${i % 2 === 0 ? "/rows" : "/tiny"} HTTP/1.1\r\nHost: app\r\n\r\n`);
-    }
+    callersThatDoNotRead(port, CONNECTIONS, (i) => `GET ${i % 2 === 0 ? "/rows" : "/tiny"} HTTP/1.1\r\nHost: app\r\n\r\n`);
     await new Promise<void>((resolve) => setTimeout(resolve, 300));
     await settled(() => rows, "the app's writing");
     const queued = relaySockets.reduce((sum, socket) => sum + socket.writableLength, 0);
@@ -222,13 +227,7 @@ describe("HTTP/1.1 relay: pipelined requests from callers that do not read", () 
       running.push(() => app.closeAllConnections());
       const { port, relay, relaySockets } = await startRelay(appPort);
       const base = heapNow();
-      for (let i = 0; i < CONNECTIONS; i++) {
-        const client = netConnect({ host: "127.0.0.1", port });
-        client.on("error", () => undefined);
-        client.pause();
-        running.push(() => client.destroy());
-        client.write(GET.repeat(REQUESTS));
-      }
+      callersThatDoNotRead(port, CONNECTIONS, () => GET.repeat(REQUESTS));
       await new Promise<void>((resolve) => setTimeout(resolve, 300));
       const read = await settled(() => relaySockets.reduce((sum, socket) => sum + socket.bytesRead, 0) + answered, "the relay's reading and the app's answering");
       const backlog = relay.backlog();

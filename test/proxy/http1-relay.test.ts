@@ -190,6 +190,21 @@ function raw(port: number, request: string | Buffer, complete: (text: string) =>
 
 const count = (text: string, needle: string) => text.split(needle).length - 1;
 
+/** A client connection in memory that collects what the relay answers; destroyed after the test. */
+function collectingClient(): { client: Duplex; received: () => string } {
+  let received = "";
+  const client = new Duplex({
+    read() {},
+    write(chunk: Buffer, _encoding, callback) {
+      received += chunk.toString("latin1");
+      callback();
+    },
+  });
+  client.on("error", () => undefined);
+  running.push({ close: () => void client.destroy() });
+  return { client, received: () => received };
+}
+
 describe("llhttp adapter", () => {
   it("passes its start-up self-check on this Node", () => {
     expect(() => checkHttp1Parser()).not.toThrow();
@@ -502,27 +517,18 @@ describe("HTTP/1.1 relay", () => {
       ["one byte a read", bytes(first), bytes(rest.join(""))],
       ["one read", [Buffer.from(first + rest.join(""))], []],
     ] as const) {
-      let received = "";
-      const client = new Duplex({
-        read() {},
-        write(chunk: Buffer, _encoding, callback) {
-          received += chunk.toString("latin1");
-          callback();
-        },
-      });
-      client.on("error", () => undefined);
-      running.push({ close: () => void client.destroy() });
+      const { client, received: answers } = collectingClient();
       const forwarded = upstream.requests.length;
       relay.serve(client as unknown as Socket);
       for (const chunk of reads) client.push(chunk);
       await waitFor(`${name}: /gate at the upstream`, () => gates.length === 1, 5000, 10);
       for (const chunk of later) client.push(chunk);
       gates.pop()!();
-      await waitFor(`${name}: every answer (${JSON.stringify(received)})`, () => expected.every((line) => received.includes(line)), 5000, 10);
-      const positions = expected.map((line) => received.indexOf(line));
+      await waitFor(`${name}: every answer (${JSON.stringify(answers())})`, () => expected.every((line) => answers().includes(line)), 5000, 10);
+      const positions = expected.map((line) => answers().indexOf(line));
       expect(positions.every((p, i) => i === 0 || p > positions[i - 1]!), name).toBe(true);
-      expect(count(received, "HTTP/1.1 "), name).toBe(expected.length);
-      expect(received.toLowerCase(), name).not.toContain("connection: close");
+      expect(count(answers(), "HTTP/1.1 "), name).toBe(expected.length);
+      expect(answers().toLowerCase(), name).not.toContain("connection: close");
       expect(upstream.requests.slice(forwarded).map((req) => req.url), name).toEqual(["/gate", "/b", "/c", "/d", "/e"]);
       expect(client.destroyed, name).toBe(false);
       client.destroy();
@@ -781,24 +787,15 @@ describe("HTTP/1.1 relay", () => {
       });
     });
     const relay = await startRelay(upstream.port);
-    let received = "";
-    const client = new Duplex({
-      read() {},
-      write(chunk: Buffer, _encoding, callback) {
-        received += chunk.toString("latin1");
-        callback();
-      },
-    });
-    client.on("error", () => undefined);
-    running.push({ close: () => void client.destroy() });
+    const { client, received: answers } = collectingClient();
     relay.serve(client as unknown as Socket);
     client.push(Buffer.from("GET /gate HTTP/1.1\r\nHost: a\r\n\r\nPOST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\nearly-frame"));
     await waitFor("/gate at the upstream", () => gates.length === 1, 5000, 10);
     client.push(Buffer.from("late-frame"));
     gates.pop()!();
-    await waitFor(`the hand-over (${JSON.stringify(received)})`, () => received.endsWith("switched"), 5000, 10);
-    expect(received.indexOf("POST /b 5")).toBeGreaterThan(received.indexOf("GET /gate 0"));
-    expect(received.indexOf("HTTP/1.1 101")).toBeGreaterThan(received.indexOf("POST /b 5"));
+    await waitFor(`the hand-over (${JSON.stringify(answers())})`, () => answers().endsWith("switched"), 5000, 10);
+    expect(answers().indexOf("POST /b 5")).toBeGreaterThan(answers().indexOf("GET /gate 0"));
+    expect(answers().indexOf("HTTP/1.1 101")).toBeGreaterThan(answers().indexOf("POST /b 5"));
     expect(relay.upgrades.map(({ head, rest }) => [head.url, rest])).toEqual([["/ws", "early-frame"]]);
     await waitFor(`the late bytes at the callee (${JSON.stringify(relay.upgrades[0]!.later)})`, () => relay.upgrades[0]!.later === "late-frame", 2000, 10);
   });

@@ -65,3 +65,13 @@ export const echoService: grpc.ServiceDefinition = {
   },
 };
 export const EchoClient = grpc.makeGenericClientConstructor(echoService, "Echo");
+
+/** One unary `who` call on an Echo client, with a 5 s deadline: its answer, or the call's error. */
+export const callWho = (client: grpc.Client): Promise<string> =>
+  new Promise<string>((resolve, reject) =>
+    (client as unknown as { who(req: Buffer, opts: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: Buffer) => void): void }).who(
+      Buffer.from("hi"),
+      { deadline: Date.now() + 5000 },
+      (e, r) => (e ? reject(e) : resolve(r!.toString())),
+    ),
+  );

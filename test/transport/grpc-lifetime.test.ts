@@ -4,7 +4,7 @@ import { normalizeSerial } from "../../src/tls/verify.ts";
 import { grpcChannelCredentials, grpcServerCredentials, peerIdentity } from "../../src/transport/index.ts";
 import { createTestPki } from "../helpers/openssl-pki.ts";
 import type { TestPki } from "../helpers/openssl-pki.ts";
-import { bundleOf, EchoClient, echoService, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
+import { bundleOf, callWho, EchoClient, echoService, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
 
 // A gRPC call can come long after its connection's handshake (grpc-js connections live up to
 // grpc.max_connection_age_ms, an hour with grpcServerOptions) or on a resumed TLS session, which
@@ -56,14 +56,7 @@ async function clientOf(identity: ManualIdentity, port: number): Promise<grpc.Cl
   return client;
 }
 
-const call = (client: grpc.Client) =>
-  new Promise<string>((resolve, reject) =>
-    (client as unknown as { who(req: Buffer, opts: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: Buffer) => void): void }).who(
-      Buffer.from("hi"),
-      { deadline: Date.now() + 5000 },
-      (e, r) => (e ? reject(e) : resolve(r!.toString())),
-    ),
-  );
+const call = callWho;
 
 describe("gRPC server: calls long after the handshake", () => {
   it("a caller whose certificate expires loses its connection (GOAWAY at its notAfter); its next call cannot reconnect with it", async () => {

@@ -8,7 +8,7 @@ import { grpcChannelCredentials, grpcServerCredentials, peerIdentity } from "../
 import type { MeshwardServerCredentials } from "../../src/transport/index.ts";
 import { createTestPki } from "../helpers/openssl-pki.ts";
 import type { TestLeaf, TestPki } from "../helpers/openssl-pki.ts";
-import { bundleOf, EchoClient, echoService, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
+import { bundleOf, callWho, EchoClient, echoService, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
 
 // Found by review (review-sdk MEDIUM-1, MEDIUM-2, LOW-3): a grpc-js server checked callers per call
 // only. A revoked caller, or one outside `authorize`, completed the handshake and kept as many
@@ -66,14 +66,7 @@ async function clientOf(leaf: TestLeaf, port: number): Promise<grpc.Client> {
   return client;
 }
 
-const call = (client: grpc.Client) =>
-  new Promise<string>((resolve, reject) =>
-    (client as unknown as { who(req: Buffer, opts: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: Buffer) => void): void }).who(
-      Buffer.from("hi"),
-      { deadline: Date.now() + 5000 },
-      (e, r) => (e ? reject(e) : resolve(r!.toString())),
-    ),
-  );
+const call = callWho;
 
 /** A plain node:http2 client with `leaf`: what a caller that ignores GOAWAY and holds its connection sees. */
 function rawSession(leaf: TestLeaf, port: number): ClientHttp2Session {
