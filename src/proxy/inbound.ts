@@ -37,6 +37,7 @@ import type { CallerStamp, StampIdentity } from "./headers.ts";
 import type { PolicySource } from "./policy-source.ts";
 import { forwardH2ToHttp1 } from "./http1/h2-bridge.ts";
 import { H2Intake } from "./h2-intake.ts";
+import { H2Deadlines } from "./h2-deadline.ts";
 import { Http1Pool, POOL_TIMEOUT } from "./http1/pool.ts";
 import { Http1Relay } from "./http1/relay.ts";
 import type { ClientErrorReason } from "./http1/relay.ts";
@@ -365,12 +366,15 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes, maxConcurrentStreams: limits.maxConcurrentStreams } });
   let handing: Socket | undefined;
   const sessionSocket = new WeakMap<ServerHttp2Session, Socket>();
+  // headersTimeout for HTTP/2 (a header block that never completes) and idleTimeout counted in open streams.
+  const h2Deadlines = new H2Deadlines({ headersTimeout: limits.headersTimeout, idleTimeout: limits.idleTimeout, headerTimedOut: (socket, detail) => clientError("header_timeout", detail, socket) });
   h2.on("session", (session: ServerHttp2Session) => {
     const socket = handing;
     handing = undefined;
     if (socket === undefined) return;
     sessionSocket.set(session, socket);
     tracker.attachSession(socket, session);
+    h2Deadlines.watch(session, socket);
     closeWhenIdle(session, limits.idleTimeout);
     session.on("error", () => undefined);
   });
@@ -650,6 +654,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     uncap();
     stopRejudging();
     http1.close();
+    h2Deadlines.close();
     h2.close();
     await control.meshward.close();
     appPool.close();

@@ -12,6 +12,7 @@ import { listenOn } from "../util/listen.ts";
 import type { HostPort } from "../util/address.ts";
 import { closeWhenIdle, ConnectionTracker } from "./connections.ts";
 import { capConnections } from "./listener-cap.ts";
+import { H2Deadlines } from "./h2-deadline.ts";
 import { forwardH2, forwardUpgrade, isUnreachable } from "./forward.ts";
 import type { ForwardHooks } from "./forward.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
@@ -73,6 +74,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   const servers: NetServer[] = [];
   let relay: Http1Relay | undefined;
   let firstChunks: FirstChunkWatch | undefined;
+  let h2Deadlines: H2Deadlines | undefined;
   const warnings = new LimitedWarnings(logger);
   /** Each listener's cap: a new connection past limits.maxConnections is closed when accepted. */
   const uncaps: (() => void)[] = [];
@@ -235,10 +237,13 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes, maxConcurrentStreams: limits.maxConcurrentStreams } });
     let handing: Socket | undefined;
     const sessionSocket = new WeakMap<ServerHttp2Session, Socket>();
+    const deadlines = new H2Deadlines({ headersTimeout: limits.headersTimeout, idleTimeout: limits.idleTimeout, headerTimedOut: (socket, detail) => clientError("header_timeout", detail, socket) });
+    h2Deadlines = deadlines;
     h2.on("session", (session: ServerHttp2Session) => {
       if (handing === undefined) return;
       sessionSocket.set(session, handing);
       tracker.attachSession(handing, session);
+      deadlines.watch(session, handing);
       closeWhenIdle(session, limits.idleTimeout);
       session.on("error", () => undefined);
     });
@@ -348,6 +353,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     await stopped;
     for (const uncap of uncaps) uncap();
     relay?.close();
+    h2Deadlines?.close();
     firstChunks?.close();
     pool.close();
     warnings.close();
