@@ -394,6 +394,27 @@ export interface H2Refusal extends TargetRefusal {
 
 type H2Headers = Readonly<Record<string, string | string[] | undefined>>;
 
+/**
+ * An HTTP/2 request's header block (node:http2's flat `rawHeaders`: name, value, …) counted as the
+ * HTTP/1 relay counts a request head (requestHeadBytes), so that `limits.maxHeaderBytes` means
+ * the same over both: `:method` and `:path` as the request line (method, space, target,
+ * " HTTP/1.1", CRLF), `:authority` as the Host line it becomes, every other field (the other
+ * pseudo-headers too) as `name: value` CRLF, and the final CRLF. HTTP/2 only advertises its
+ * limit (SETTINGS_MAX_HEADER_LIST_SIZE); neither Node nor nghttp2 refuses a larger block below
+ * Node's own limit (between 60 and 120 KiB).
+ */
+export function h2RequestHeadBytes(rawHeaders: readonly string[]): number {
+  let bytes = 12 + 2;
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    const value = rawHeaders[i + 1]!;
+    if (name === ":method" || name === ":path") bytes += value.length;
+    else if (name === ":authority") bytes += 4 + value.length + 4;
+    else bytes += name.length + value.length + 4;
+  }
+  return bytes;
+}
+
 /** The canonical form of an HTTP/2 request from its header block, or why it is refused. */
 export function canonicalH2Request(headers: H2Headers, escapedSlashes: EscapedSlashAction): CanonicalH2Request | H2Refusal {
   const method = headers[":method"];

@@ -6,7 +6,7 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { CanonicalH2Request } from "./canonical.ts";
 import { forwardableHeaders } from "./headers.ts";
-import { headersObject } from "./http1/wire.ts";
+import { expectsContinue, headersObject } from "./http1/wire.ts";
 import { answerH2, answerRawHttp1, closeAfterResponse, GrpcStatus } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { BODY_TIMEOUT_ANSWER, IdleTimer, upstreamTimeoutError } from "./stream-idle.ts";
@@ -223,6 +223,18 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
     stream.respond(responseHeaders, { waitForTrailers: true });
     out.pipe(stream);
     out.on("data", () => idle?.touch());
+  });
+  // The upstream's 100 Continue, to a caller that asked for it (and waits for it before its body).
+  // The upstream has the request, so the policy allowed it. Other interim responses are dropped.
+  const continueExpected = !endStream && expectsContinue(request.rawHeaders);
+  out.on("headers", (interim) => {
+    if (!continueExpected || Number(interim[":status"]) !== 100 || status !== 0 || stream.headersSent || stream.closed) return;
+    idle?.touch();
+    try {
+      stream.additionalHeaders({ ":status": 100 });
+    } catch {
+      // The stream cannot take it any more (closing): its own end follows.
+    }
   });
   out.on("trailers", (received) => {
     trailers = forwardableHeaders(received);

@@ -21,7 +21,7 @@ import type { HostPort } from "../util/address.ts";
 import { systemClock } from "../util/clock.ts";
 import { listenOn } from "../util/listen.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
-import { canonicalH2Request, isRefusal } from "./canonical.ts";
+import { canonicalH2Request, h2RequestHeadBytes, isGrpcRequest, isRefusal } from "./canonical.ts";
 import type { EscapedSlashAction } from "./canonical.ts";
 import { closeWhenIdle, ConnectionTracker } from "./connections.ts";
 import { methodOverrideInspector } from "./method-override-body.ts";
@@ -37,6 +37,7 @@ import type { CallerStamp, StampIdentity } from "./headers.ts";
 import type { PolicySource } from "./policy-source.ts";
 import { forwardH2ToHttp1 } from "./http1/h2-bridge.ts";
 import { H2Intake } from "./h2-intake.ts";
+import { H2Deadlines } from "./h2-deadline.ts";
 import { Http1Pool, POOL_TIMEOUT } from "./http1/pool.ts";
 import { Http1Relay } from "./http1/relay.ts";
 import type { ClientErrorReason } from "./http1/relay.ts";
@@ -130,6 +131,13 @@ const APP_IDLE_MS = 4_000;
 export function relaySettings(limits: SidecarLimits, escapedSlashes: EscapedSlashAction): { maxHeaderBytes: number; headersTimeout: number; idleTimeout: number; escapedSlashes: EscapedSlashAction } {
   return { maxHeaderBytes: limits.maxHeaderBytes, headersTimeout: limits.headersTimeout, idleTimeout: limits.idleTimeout, escapedSlashes };
 }
+
+/**
+ * An HTTP/2 request whose header block is over limits.maxHeaderBytes (h2RequestHeadBytes), refused
+ * before the policy and the app: 431 as over HTTP/1.1, or for gRPC RESOURCE_EXHAUSTED (what gRPC
+ * servers answer metadata over their limit with).
+ */
+export const H2_HEADER_TOO_LARGE: ProxyAnswer = { status: 431, grpcStatus: GrpcStatus.RESOURCE_EXHAUSTED, code: "E_HEADER_TOO_LARGE", message: "Request Header Fields Too Large: the request's header block is larger than maxHeaderBytes" };
 
 /** An HTTP/2 request refused before the policy could judge it (not canonical, CONNECT). */
 export function h2Refusal(status: 400 | 405, message: string): ProxyAnswer {
@@ -365,19 +373,27 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes, maxConcurrentStreams: limits.maxConcurrentStreams } });
   let handing: Socket | undefined;
   const sessionSocket = new WeakMap<ServerHttp2Session, Socket>();
+  // headersTimeout for HTTP/2 (a header block that never completes) and idleTimeout counted in open streams.
+  const h2Deadlines = new H2Deadlines({ headersTimeout: limits.headersTimeout, idleTimeout: limits.idleTimeout, headerTimedOut: (socket, detail) => clientError("header_timeout", detail, socket) });
   h2.on("session", (session: ServerHttp2Session) => {
     const socket = handing;
     handing = undefined;
     if (socket === undefined) return;
     sessionSocket.set(session, socket);
     tracker.attachSession(socket, session);
+    h2Deadlines.watch(session, socket);
     closeWhenIdle(session, limits.idleTimeout);
     session.on("error", () => undefined);
   });
-  h2.on("stream", (stream: ServerHttp2Stream, headers: H2Headers, flags: number) => {
+  h2.on("stream", (stream: ServerHttp2Stream, headers: H2Headers, flags: number, rawHeaders: string[]) => {
     const socket = sessionSocket.get(stream.session as ServerHttp2Session);
     if (socket === undefined) return void stream.close();
     stream.on("error", () => undefined);
+    if (h2RequestHeadBytes(rawHeaders) > limits.maxHeaderBytes) {
+      clientError("header_too_large", "the request's HTTP/2 header block is larger than maxHeaderBytes", socket);
+      answerH2(stream, H2_HEADER_TOO_LARGE, isGrpcRequest(String(headers[":method"]), headers["content-type"]));
+      return;
+    }
     const peer = peerFor(socket);
     const request = canonicalH2Request(headers, options.escapedSlashes);
     if (isRefusal(request)) {
@@ -650,6 +666,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     uncap();
     stopRejudging();
     http1.close();
+    h2Deadlines.close();
     h2.close();
     await control.meshward.close();
     appPool.close();

@@ -12,10 +12,11 @@ import { listenOn } from "../util/listen.ts";
 import type { HostPort } from "../util/address.ts";
 import { closeWhenIdle, ConnectionTracker } from "./connections.ts";
 import { capConnections } from "./listener-cap.ts";
+import { H2Deadlines } from "./h2-deadline.ts";
 import { forwardH2, forwardUpgrade, isUnreachable } from "./forward.ts";
 import type { ForwardHooks } from "./forward.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
-import { canonicalH2Request, isRefusal } from "./canonical.ts";
+import { canonicalH2Request, h2RequestHeadBytes, isGrpcRequest, isRefusal } from "./canonical.ts";
 import type { EscapedSlashAction } from "./canonical.ts";
 import { APP_ID_HEADER, appIdProblem, targetAppId } from "./headers.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
@@ -23,7 +24,7 @@ import { closedBeforeFirstResponse } from "./http1/pool.ts";
 import { Http1Relay } from "./http1/relay.ts";
 import type { ClientErrorReason } from "./http1/relay.ts";
 import { findHeader } from "./http1/wire.ts";
-import { h2Refusal, relaySettings, RESPONSE_HEADER_BYTES } from "./inbound.ts";
+import { H2_HEADER_TOO_LARGE, h2Refusal, relaySettings, RESPONSE_HEADER_BYTES } from "./inbound.ts";
 import type { ProxyTelemetry } from "./inbound.ts";
 import { MAX_PEERS, NO_IDENTITY, PeerPool, resolvePeer } from "./peers.ts";
 import type { PeerDirectory, PeerTarget } from "./peers.ts";
@@ -73,6 +74,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   const servers: NetServer[] = [];
   let relay: Http1Relay | undefined;
   let firstChunks: FirstChunkWatch | undefined;
+  let h2Deadlines: H2Deadlines | undefined;
   const warnings = new LimitedWarnings(logger);
   /** Each listener's cap: a new connection past limits.maxConnections is closed when accepted. */
   const uncaps: (() => void)[] = [];
@@ -235,16 +237,23 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes, maxConcurrentStreams: limits.maxConcurrentStreams } });
     let handing: Socket | undefined;
     const sessionSocket = new WeakMap<ServerHttp2Session, Socket>();
+    const deadlines = new H2Deadlines({ headersTimeout: limits.headersTimeout, idleTimeout: limits.idleTimeout, headerTimedOut: (socket, detail) => clientError("header_timeout", detail, socket) });
+    h2Deadlines = deadlines;
     h2.on("session", (session: ServerHttp2Session) => {
       if (handing === undefined) return;
       sessionSocket.set(session, handing);
       tracker.attachSession(handing, session);
+      deadlines.watch(session, handing);
       closeWhenIdle(session, limits.idleTimeout);
       session.on("error", () => undefined);
     });
-    h2.on("stream", (stream: ServerHttp2Stream, headers: H2Headers, flags: number) => {
+    h2.on("stream", (stream: ServerHttp2Stream, headers: H2Headers, flags: number, rawHeaders: string[]) => {
       stream.on("error", () => undefined);
       const socket = sessionSocket.get(stream.session as ServerHttp2Session);
+      if (h2RequestHeadBytes(rawHeaders) > limits.maxHeaderBytes) {
+        clientError("header_too_large", "the request's HTTP/2 header block is larger than maxHeaderBytes", socket);
+        return answerH2(stream, H2_HEADER_TOO_LARGE, isGrpcRequest(String(headers[":method"]), headers["content-type"]));
+      }
       const request = canonicalH2Request(headers, options.escapedSlashes);
       if (isRefusal(request)) {
         telemetry.refused.inc({ direction: "outbound", reason: request.status === 405 ? "connect" : "ambiguous_request" });
@@ -348,6 +357,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     await stopped;
     for (const uncap of uncaps) uncap();
     relay?.close();
+    h2Deadlines?.close();
     firstChunks?.close();
     pool.close();
     warnings.close();

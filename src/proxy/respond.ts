@@ -5,7 +5,7 @@ import type { Socket } from "node:net";
 import type { LabelledHistogram } from "../telemetry/histogram.ts";
 
 /** gRPC status codes meshward answers with itself. */
-export const GrpcStatus = { NOT_FOUND: 5, PERMISSION_DENIED: 7, INTERNAL: 13, UNAVAILABLE: 14, UNAUTHENTICATED: 16 } as const;
+export const GrpcStatus = { NOT_FOUND: 5, PERMISSION_DENIED: 7, RESOURCE_EXHAUSTED: 8, INTERNAL: 13, UNAVAILABLE: 14, UNAUTHENTICATED: 16 } as const;
 
 /** An answer the proxy gives itself (denial, unreachable upstream, unknown app). */
 export interface ProxyAnswer {

@@ -1,5 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { authorityProblem, canonicalH2Request, canonicalPath, canonicalTarget, contentTypeProblem, isGrpcRequest, isRefusal, isRpcOverHttp, methodOverrideProblem, methodProblem } from "../../src/proxy/canonical.ts";
+import { authorityProblem, canonicalH2Request, canonicalPath, h2RequestHeadBytes, canonicalTarget, contentTypeProblem, isGrpcRequest, isRefusal, isRpcOverHttp, methodOverrideProblem, methodProblem } from "../../src/proxy/canonical.ts";
+import { requestHeadBytes } from "../../src/proxy/http1/wire.ts";
+import type { MessageHead } from "../../src/proxy/http1/message-parser.ts";
 import type { CanonicalTarget, TargetRefusal } from "../../src/proxy/canonical.ts";
 
 /**
@@ -223,5 +225,18 @@ describe("Host and :authority values (RFC 9110 §7.2, RFC 3986 §3.2)", () => {
     expect(isRefusal(canonicalH2Request({ ":method": "GET", ":path": "/", ":authority": "admin@app" }, "reject"))).toBe(true);
     expect(isRefusal(canonicalH2Request({ ":method": "GET", ":path": "/", host: "app/admin?" }, "reject"))).toBe(true);
     expect(isRefusal(canonicalH2Request({ ":method": "GET", ":path": "/", ":authority": "app:80" }, "reject"))).toBe(false);
+  });
+});
+
+describe("an HTTP/2 header block counted against limits.maxHeaderBytes (h2RequestHeadBytes)", () => {
+  it("counts what an HTTP/1.1 head of the same request counts: request line, Host, each field line, the final CRLF", () => {
+    const h1 = "GET /items?id=1 HTTP/1.1\r\nhost: callee:3501\r\naccept: */*\r\nx-pad: aaaa\r\n\r\n";
+    expect(requestHeadBytes({ method: "GET", url: "/items?id=1", rawHeaders: ["host", "callee:3501", "accept", "*/*", "x-pad", "aaaa"] } as Partial<MessageHead> as MessageHead)).toBe(h1.length);
+    expect(h2RequestHeadBytes([":method", "GET", ":path", "/items?id=1", ":authority", "callee:3501", "accept", "*/*", "x-pad", "aaaa"])).toBe(h1.length);
+  });
+
+  it("counts the other pseudo-headers as field lines: they are in the block too", () => {
+    const base = h2RequestHeadBytes([":method", "GET", ":path", "/"]);
+    expect(h2RequestHeadBytes([":method", "GET", ":path", "/", ":scheme", "x".repeat(1000)])).toBe(base + ":scheme: ".length + 1000 + 2);
   });
 });

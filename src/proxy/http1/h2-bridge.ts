@@ -12,7 +12,7 @@ import { maySendAgain } from "./pool.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
 import { ChunkStage, chunkSizeLine, SMALL_CHUNK } from "./chunk-stage.ts";
 import { H2Intake } from "../h2-intake.ts";
-import { declaredFraming, headersObject, upstreamRequestHead } from "./wire.ts";
+import { declaredFraming, expectsContinue, headersObject, upstreamRequestHead } from "./wire.ts";
 import type { BodyFraming } from "./wire.ts";
 
 export interface H2ToHttp1Hooks {
@@ -83,6 +83,8 @@ class H2Exchange implements ResponseSink {
   #holdingCaller = false;
   /** Small response pieces for the caller, staged until the end of the app's read (onReadEnd). */
   readonly #responseStage = new ChunkStage(false);
+  /** The caller sent `expect: 100-continue`: the app's `100 Continue` is passed on to it. */
+  readonly #expectsContinue: boolean;
 
   constructor(
     private readonly stream: ServerHttp2Stream,
@@ -97,6 +99,7 @@ class H2Exchange implements ResponseSink {
     this.downstream = stream;
     this.#requestComplete = endStream;
     this.#inspector = hooks.bodyCheck?.inspector;
+    this.#expectsContinue = !endStream && expectsContinue(request.rawHeaders);
     // Held (not read) until a connection to the app takes the body.
     this.#intake = H2Intake.of(stream);
     stream.on("error", () => undefined);
@@ -261,7 +264,21 @@ class H2Exchange implements ResponseSink {
       connection?.destroy();
       return this.onFailure(Object.assign(new Error("the upstream switched protocols without being asked to"), { code: "E_UPSTREAM_PROTOCOL" }), true);
     }
-    if (response.status < 200 || this.stream.destroyed || this.stream.closed) return;
+    if (response.status < 200) {
+      // The app's 100 Continue: the caller waits for it before sending its body (Node's
+      // 'continue' event, Java's expectContinue). It comes only from an app that has the request,
+      // so only to a caller the policy allowed. Other interim responses are dropped.
+      if (response.status === 100 && this.#expectsContinue && !this.#responded && !this.stream.headersSent && !this.stream.closed) {
+        this.#idle?.touch();
+        try {
+          this.stream.additionalHeaders({ ":status": 100 });
+        } catch {
+          // The stream cannot take it any more (closing): its own end follows.
+        }
+      }
+      return;
+    }
+    if (this.stream.destroyed || this.stream.closed) return;
     const headers: OutgoingHttpHeaders = forwardableHeaders(headersObject(response.rawHeaders));
     // A Content-Length goes on only when it frames the body (or describes a HEAD answer's).
     if (declaredFraming(response.rawHeaders) !== "length") delete headers["content-length"];

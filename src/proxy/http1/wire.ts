@@ -219,3 +219,11 @@ export function lastChunk(trailers: readonly string[]): string {
   }
   return `${text}\r\n`;
 }
+
+/** Whether a request's fields (name/value pairs) carry `expect: 100-continue`. */
+export function expectsContinue(rawHeaders: readonly string[]): boolean {
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    if (rawHeaders[i]!.toLowerCase() === "expect" && rawHeaders[i + 1]!.trim().toLowerCase() === "100-continue") return true;
+  }
+  return false;
+}
