@@ -1,11 +1,13 @@
 import { request as httpRequest } from "node:http";
 import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import { constants as h2 } from "node:http2";
-import type { ClientHttp2Session, IncomingHttpHeaders as H2Headers, ServerHttp2Stream } from "node:http2";
+import type { ClientHttp2Session, Http2Stream, IncomingHttpHeaders as H2Headers, ServerHttp2Stream } from "node:http2";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { CanonicalH2Request } from "./canonical.ts";
+import { H2Intake } from "./h2-intake.ts";
 import { forwardableHeaders } from "./headers.ts";
+import { ChunkStage, SMALL_CHUNK } from "./http1/chunk-stage.ts";
 import { expectsContinue, headersObject } from "./http1/wire.ts";
 import { answerH2, answerRawHttp1, closeAfterResponse, GrpcStatus } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
@@ -221,8 +223,10 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
       return;
     }
     stream.respond(responseHeaders, { waitForTrailers: true });
-    out.pipe(stream);
-    out.on("data", () => idle?.touch());
+    // Ending the caller's stream (END_STREAM after the data) asks for the trailers (wantTrailers).
+    relayH2Body(out, stream, () => idle?.touch(), () => {
+      if (!stream.closed && !stream.destroyed && !stream.writableEnded) stream.end();
+    });
   });
   // The upstream's 100 Continue, to a caller that asked for it (and waits for it before its body).
   // The upstream has the request, so the policy allowed it. Other interim responses are dropped.
@@ -249,7 +253,10 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
   stream.on("wantTrailers", () => {
     stream.sendTrailers(trailers ?? {});
     done(status);
-    if (stopSending) passStopSending();
+    // Not from here: 'wantTrailers' comes while node:http2 is writing the stream's last DATA frame,
+    // and an RST_STREAM submitted then goes out before the trailers just submitted, which are lost
+    // (the caller gets the answer without its grpc-status). Once this write is over, they are out.
+    if (stopSending) setImmediate(passStopSending);
   });
   out.on("error", (error: Error) => {
     if (!stream.headersSent) answerH2(stream, hooks.onUpstreamError(error), grpc);
@@ -275,14 +282,76 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
     done(status);
   });
   if (!endStream) {
-    stream.pipe(out);
-    stream.on("data", () => idle?.touch());
-    stream.once("end", () => {
-      requestEnded = true;
-      idle?.touch();
-    });
+    relayH2Body(
+      stream,
+      out,
+      () => idle?.touch(),
+      () => {
+        requestEnded = true;
+        idle?.touch();
+        if (!out.closed && !out.destroyed && !out.writableEnded) out.end();
+      },
+    );
   }
   return endEarly;
+}
+
+/**
+ * One direction of an HTTP/2-to-HTTP/2 exchange's body: `from`'s DATA to `to`, then `end()` once
+ * `from` ended (END_STREAM) and every byte went. What either side may make the sidecar hold costs
+ * its bytes, never its frames. node:http2 hands each DATA frame over as a slice of its whole socket
+ * read (16 KiB through TLS, 64 KiB in plaintext); piped, a stream kept each 1-byte frame it had not
+ * passed on (paused) and `to` queued up to its highWaterMark of 1-byte writes, each keeping its read
+ * alive. Here `from` is read through H2Intake (held as bytes, at most one flow-control window, while
+ * `to` holds its highWaterMark: the window stays shut, as with pipe), and small frames (under
+ * SMALL_CHUNK) are copied into a stage that leaves in one write at the end of the session's read (a
+ * setImmediate) or when full, so that what `to` queues is counted by its writableLength within a
+ * few bytes. The bytes, their order and the end are those of `from`; flow control stays end to end.
+ */
+function relayH2Body(from: Http2Stream, to: Http2Stream, touch: () => void, end: () => void): void {
+  const intake = H2Intake.of(from);
+  const stage = new ChunkStage(false);
+  let flush: NodeJS.Immediate | undefined;
+  let waiting = false;
+  const gone = () => to.destroyed || to.closed || to.writableEnded;
+  const write = (bytes: Buffer) => {
+    if (gone()) {
+      // `to` was reset or closed: `from` is not read further (its window stays shut), as with pipe.
+      intake.hold();
+      return;
+    }
+    if (to.write(bytes) || waiting) return;
+    waiting = true;
+    intake.hold();
+    to.once("drain", () => {
+      waiting = false;
+      intake.release();
+    });
+  };
+  const flushStage = () => {
+    if (flush !== undefined) clearImmediate(flush);
+    flush = undefined;
+    const staged = stage.take();
+    if (staged !== undefined) write(staged);
+  };
+  intake.start({
+    data: (chunk) => {
+      touch();
+      if (chunk.length === 0) return;
+      if (chunk.length < SMALL_CHUNK) {
+        const full = stage.add(chunk);
+        if (full !== undefined) write(full);
+        flush ??= setImmediate(flushStage);
+        return;
+      }
+      flushStage();
+      write(chunk);
+    },
+    end: () => {
+      flushStage();
+      end();
+    },
+  });
 }
 
 /** The answer for a failed app/peer exchange, HTTP and gRPC flavours. */

@@ -1,8 +1,9 @@
 import { constants as h2 } from "node:http2";
-import type { ServerHttp2Stream } from "node:http2";
+import type { Http2Stream } from "node:http2";
 
 /**
- * Reads an HTTP/2 caller's request body so that what a stream that is not read may make the
+ * Reads an HTTP/2 stream's incoming body (a caller's request on a server stream, an app's or a
+ * peer's response on a client stream) so that what a stream that is not read may make the
  * sidecar hold costs its bytes, never its frames.
  *
  * node:http2 stops opening a stream's flow-control window while the stream does not read
@@ -19,7 +20,8 @@ import type { ServerHttp2Stream } from "node:http2";
  * window still lets in are copied, back to back, into buffers of 16 KiB: a held stream holds at
  * most one window of bytes (the caller's SETTINGS_INITIAL_WINDOW_SIZE as we advertise it, 64 KiB
  * by default), whatever the frames. A stream starts held, so one that waits for a connection to the
- * app holds the same.
+ * app holds the same. ("The caller" below is whoever sends on the stream: on a client stream, the
+ * app or peer sidecar answering; the window is then the one the sidecar's client session advertises.)
  */
 export interface IntakeSink {
   /** A piece of the body, in order; may call hold(). */
@@ -37,18 +39,17 @@ const HELD_BUFFER = 16 * 1024;
  * rather than held without limit.
  */
 export const MAX_HELD_BYTES = 1024 * 1024;
-const noRead = (): void => undefined;
-const intakes = new WeakMap<ServerHttp2Stream, H2Intake>();
+const intakes = new WeakMap<Http2Stream, H2Intake>();
 
 export class H2Intake {
   /** The stream's intake, made (and the stream held) on first use. */
-  static of(stream: ServerHttp2Stream): H2Intake {
+  static of(stream: Http2Stream): H2Intake {
     let intake = intakes.get(stream);
     if (intake === undefined) intakes.set(stream, (intake = new H2Intake(stream)));
     return intake;
   }
 
-  readonly #stream: ServerHttp2Stream;
+  readonly #stream: Http2Stream;
   #sink: IntakeSink | undefined;
   #holding = false;
   /** END_STREAM came; the sink hears of it once every held piece has gone. */
@@ -60,8 +61,14 @@ export class H2Intake {
   #tailUsed = 0;
   #heldBytes = 0;
 
-  private constructor(stream: ServerHttp2Stream) {
+  private constructor(stream: Http2Stream) {
     this.#stream = stream;
+    // `_read` is where node:http2 starts its handle reading (and opens the window again): while
+    // held it does nothing. Set once (not swapped per hold), so that the stream keeps its shape.
+    const read = stream._read;
+    stream._read = (size: number) => {
+      if (!this.#holding) read.call(stream, size);
+    };
     this.hold();
     stream.on("data", (chunk: Buffer) => {
       if (this.#holding || this.#sink === undefined) return this.#keep(chunk);
@@ -93,9 +100,8 @@ export class H2Intake {
     if (this.#holding) return;
     this.#holding = true;
     const stream = this.#stream;
-    // `_read` is where node:http2 starts its handle reading (and opens the window again); the
-    // stream itself keeps flowing, so that each frame that comes is copied and let go.
-    stream._read = noRead;
+    // `_read` does nothing now (see the constructor); the stream itself keeps flowing, so that
+    // each frame that comes is copied and let go.
     if (stream.destroyed) return;
     // pause() stops the handle at once (node:http2's 'pause' listener); resume() lets frames flow
     // to `data` again without reading more (its read() reaches only the `_read` above).
@@ -109,7 +115,6 @@ export class H2Intake {
     if (!this.#holding || sink === undefined) return;
     this.#holding = false;
     const stream = this.#stream;
-    Reflect.deleteProperty(stream, "_read");
     const held = this.#takeHeld();
     for (let i = 0; i < held.length; i++) {
       sink.data(held[i]!);

@@ -1,4 +1,4 @@
-import { createServer as createH2Server } from "node:http2";
+import { constants as h2constants, createServer as createH2Server } from "node:http2";
 import type { IncomingHttpHeaders as H2Headers, ServerHttp2Session, ServerHttp2Stream } from "node:http2";
 import { createServer as createNetServer } from "node:net";
 import type { Server as NetServer, Socket } from "node:net";
@@ -14,6 +14,7 @@ import { closeWhenIdle, ConnectionTracker } from "./connections.ts";
 import { capConnections } from "./listener-cap.ts";
 import { H2Deadlines } from "./h2-deadline.ts";
 import { forwardH2, forwardUpgrade, isUnreachable } from "./forward.ts";
+import { H2Intake } from "./h2-intake.ts";
 import type { ForwardHooks } from "./forward.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { canonicalH2Request, h2RequestHeadBytes, isGrpcRequest, isRefusal } from "./canonical.ts";
@@ -270,6 +271,8 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       if (target === undefined || socket === undefined) return answerH2(stream, unknownApp(name), grpc);
       const hooks = hooksFor(socket, target, grpc ? "grpc" : "http");
       const idle: StreamIdleRule = { ms: limits.idleTimeout, bodyTimedOut: (detail) => clientError("body_timeout", detail, socket) };
+      // While the session to the peer opens, the body is held as bytes, a flow-control window at most (H2Intake), not as frames.
+      if ((flags & h2constants.NGHTTP2_FLAG_END_STREAM) === 0) H2Intake.of(stream);
       pool.h2(target, peerPoolOptions).then(
         (session) => forwardH2(stream, headers, request, flags, session, { ...hooks, idle }),
         (error: Error) => {
