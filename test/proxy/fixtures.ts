@@ -1,4 +1,6 @@
 import { request as httpRequest } from "node:http";
+import { connect as http2Connect, type ClientHttp2Session } from "node:http2";
+import { connect as tlsConnect } from "node:tls";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -143,4 +145,22 @@ export function callThroughOutbound(port: number, appId: string): Promise<{ stat
     req.on("error", reject);
     req.end();
   });
+}
+
+/** An HTTP/2 session to a sidecar's inbound over mTLS as `client` (its cert and key files); pushed on `sessions` for the test to destroy. */
+export function inboundH2Session(port: number, client: { cert: string; key: string }, bundlePem: string, sessions: ClientHttp2Session[]): ClientHttp2Session {
+  const session = http2Connect(`https://127.0.0.1:${port}`, {
+    createConnection: () => tlsConnect({ host: "127.0.0.1", port, ALPNProtocols: ["h2"], ca: bundlePem, cert: readFileSync(client.cert), key: readFileSync(client.key), checkServerIdentity: () => undefined }),
+  });
+  sessions.push(session);
+  session.on("error", () => undefined);
+  return session;
+}
+
+/** A plaintext HTTP/2 session to a sidecar's outbound, as the local app opens one; pushed on `sessions` for the test to destroy. */
+export function outboundH2Session(port: number, sessions: ClientHttp2Session[]): ClientHttp2Session {
+  const session = http2Connect(`http://127.0.0.1:${port}`);
+  sessions.push(session);
+  session.on("error", () => undefined);
+  return session;
 }

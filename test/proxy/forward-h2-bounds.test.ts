@@ -9,6 +9,7 @@ import { canonicalH2Request, isRefusal } from "../../src/proxy/canonical.ts";
 import { forwardH2 } from "../../src/proxy/forward.ts";
 import { startHttpApp } from "../helpers/app-servers.ts";
 import { startMeshCa, startTestSidecar } from "./fixtures.ts";
+import { H2_PREFACE, h2Frame, h2InitialWindowSettings, h2WindowUpdate, hpackString } from "../helpers/raw-h2.ts";
 
 /**
  * HTTP/2 in, HTTP/2 out (forwardH2: gRPC and h2 to an HTTP/2 app on the inbound, every HTTP/2
@@ -34,20 +35,9 @@ async function listen(server: NetServer | Http2Server): Promise<number> {
   return (server.address() as AddressInfo).port;
 }
 
-function frame(type: number, flags: number, id: number, payload: Buffer): Buffer {
-  const head = Buffer.alloc(9);
-  head.writeUIntBE(payload.length, 0, 3);
-  head[3] = type;
-  head[4] = flags;
-  head.writeUInt32BE(id, 5);
-  return Buffer.concat([head, payload]);
-}
-const windowUpdate = (id: number, increment: number) => {
-  const payload = Buffer.alloc(4);
-  payload.writeUInt32BE(increment);
-  return frame(8, 0, id, payload);
-};
-const literal = (value: string) => Buffer.concat([Buffer.from([value.length]), Buffer.from(value, "latin1")]);
+const frame = h2Frame;
+const windowUpdate = h2WindowUpdate;
+const literal = hpackString;
 /** An extension frame type (0xfa): not flow-controlled, ignored by the receiver, read in the same socket read as the DATA frame before it. */
 const PADDING = frame(0xfa, 0, 0, Buffer.alloc(16_000));
 
@@ -80,10 +70,7 @@ class RawPeer {
     this.reading = ownWindow > 0;
     socket.on("error", () => undefined);
     running.push(() => socket.destroy());
-    const settings = Buffer.alloc(6);
-    settings.writeUInt16BE(4, 0); // SETTINGS_INITIAL_WINDOW_SIZE
-    settings.writeUInt32BE(ownWindow, 2);
-    socket.write(Buffer.concat([side === "client" ? Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") : Buffer.alloc(0), frame(4, 0, 0, settings)]));
+    socket.write(Buffer.concat([side === "client" ? H2_PREFACE : Buffer.alloc(0), h2InitialWindowSettings(ownWindow)]));
     if (side === "server") this.#pending = Buffer.alloc(0);
     let preface = side === "server" ? 24 : 0;
     socket.on("data", (chunk: Buffer) => {

@@ -9,6 +9,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { canonicalH2Request, isRefusal } from "../../src/proxy/canonical.ts";
 import { SMALL_CHUNK } from "../../src/proxy/http1/chunk-stage.ts";
 import { H2Intake, MAX_HELD_BYTES } from "../../src/proxy/h2-intake.ts";
+import { H2_PREFACE, h2Frame, h2InitialWindowSettings, hpackString } from "../helpers/raw-h2.ts";
 import { forwardH2ToHttp1 } from "../../src/proxy/http1/h2-bridge.ts";
 import { Http1Pool } from "../../src/proxy/http1/pool.ts";
 
@@ -35,15 +36,8 @@ async function listen(server: NetServer | Http2Server): Promise<number> {
   return (server.address() as AddressInfo).port;
 }
 
-function frame(type: number, flags: number, id: number, payload: Buffer): Buffer {
-  const head = Buffer.alloc(9);
-  head.writeUIntBE(payload.length, 0, 3);
-  head[3] = type;
-  head[4] = flags;
-  head.writeUInt32BE(id, 5);
-  return Buffer.concat([head, payload]);
-}
-const literal = (value: string) => Buffer.concat([Buffer.from([value.length]), Buffer.from(value, "latin1")]);
+const frame = h2Frame;
+const literal = hpackString;
 
 /** Just enough HTTP/2 by hand to send DATA frames of any size within the server's windows, or to keep its own window shut. */
 class RawCaller {
@@ -60,10 +54,7 @@ class RawCaller {
     this.socket = netConnect({ host: "127.0.0.1", port });
     this.socket.on("error", () => undefined);
     running.push(() => this.socket.destroy());
-    const settings = Buffer.alloc(6);
-    settings.writeUInt16BE(4, 0); // SETTINGS_INITIAL_WINDOW_SIZE
-    settings.writeUInt32BE(ownWindow, 2);
-    this.socket.write(Buffer.concat([Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), frame(4, 0, 0, settings)]));
+    this.socket.write(Buffer.concat([H2_PREFACE, h2InitialWindowSettings(ownWindow)]));
     this.socket.on("data", (chunk: Buffer) => this.#read(chunk));
   }
 

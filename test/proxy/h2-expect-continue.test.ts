@@ -1,12 +1,11 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
-import { connect as http2Connect, type ClientHttp2Session } from "node:http2";
+import type { ClientHttp2Session } from "node:http2";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { connect as tlsConnect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startMeshCa, startTestSidecar, TD, type MeshCa, type TestSidecarWithApp } from "./fixtures.ts";
+import { inboundH2Session, outboundH2Session, startMeshCa, startTestSidecar, TD, type MeshCa, type TestSidecarWithApp } from "./fixtures.ts";
 
 // An HTTP/2 caller that sends `expect: 100-continue` and waits for the 100 before its body
 // (node:http2's 'continue' event, Java's expectContinue) never got it: the h2 → HTTP/1 bridge
@@ -73,21 +72,8 @@ describe("HTTP/2: 100 Continue", () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  const inbound = () => {
-    const port = callee.addresses.inbound.port;
-    const session = http2Connect(`https://127.0.0.1:${port}`, {
-      createConnection: () => tlsConnect({ host: "127.0.0.1", port, ALPNProtocols: ["h2"], ca: ca.bundlePem, cert: readFileSync(client.cert), key: readFileSync(client.key), checkServerIdentity: () => undefined }),
-    });
-    sessions.push(session);
-    session.on("error", () => undefined);
-    return session;
-  };
-  const outbound = () => {
-    const session = http2Connect(`http://127.0.0.1:${caller.addresses.outbound!.port}`);
-    sessions.push(session);
-    session.on("error", () => undefined);
-    return session;
-  };
+  const inbound = () => inboundH2Session(callee.addresses.inbound.port, client, ca.bundlePem, sessions);
+  const outbound = () => outboundH2Session(caller.addresses.outbound!.port, sessions);
   /**
    * POST with `expect: 100-continue`, the body sent only on 'continue': the events in order
    * ("continue", "response <status>") and the body of the answer.

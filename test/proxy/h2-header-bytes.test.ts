@@ -1,10 +1,8 @@
 import { createServer, type Server } from "node:http";
-import { connect as http2Connect, type ClientHttp2Session } from "node:http2";
-import { readFileSync } from "node:fs";
+import type { ClientHttp2Session } from "node:http2";
 import type { AddressInfo } from "node:net";
-import { connect as tlsConnect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { metricValue, startMeshCa, startTestSidecar, type MeshCa, type TestSidecarWithApp } from "./fixtures.ts";
+import { inboundH2Session, metricValue, outboundH2Session, startMeshCa, startTestSidecar, type MeshCa, type TestSidecarWithApp } from "./fixtures.ts";
 
 // limits.maxHeaderBytes was enforced on HTTP/1.1 only (431); over HTTP/2 the sidecar merely
 // advertised it (SETTINGS_MAX_HEADER_LIST_SIZE), and 20 KiB and 60 KiB header blocks reached the
@@ -51,21 +49,8 @@ describe("HTTP/2: limits.maxHeaderBytes", () => {
     await ca?.close();
   });
 
-  const inbound = () => {
-    const port = callee.addresses.inbound.port;
-    const session = http2Connect(`https://127.0.0.1:${port}`, {
-      createConnection: () => tlsConnect({ host: "127.0.0.1", port, ALPNProtocols: ["h2"], ca: ca.bundlePem, cert: readFileSync(client.cert), key: readFileSync(client.key), checkServerIdentity: () => undefined }),
-    });
-    sessions.push(session);
-    session.on("error", () => undefined);
-    return session;
-  };
-  const outbound = () => {
-    const session = http2Connect(`http://127.0.0.1:${caller.addresses.outbound!.port}`);
-    sessions.push(session);
-    session.on("error", () => undefined);
-    return session;
-  };
+  const inbound = () => inboundH2Session(callee.addresses.inbound.port, client, ca.bundlePem, sessions);
+  const outbound = () => outboundH2Session(caller.addresses.outbound!.port, sessions);
   /** The response headers (and trailers) and body a request gets. */
   const exchange = (session: ClientHttp2Session, headers: Record<string, string>, body?: string) =>
     new Promise<{ headers: Record<string, unknown>; body: string }>((resolve, reject) => {

@@ -5,6 +5,7 @@ import { connect as netConnect, type AddressInfo, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { metricValue, startMeshCa, startTestSidecar, type MeshCa, type TestSidecarWithApp } from "./fixtures.ts";
+import { H2_PREFACE, h2Frame } from "../helpers/raw-h2.ts";
 
 // limits.headersTimeout (the slowloris guard) held for HTTP/1 only. An HTTP/2 caller that sent
 // the preface, then a HEADERS frame without END_HEADERS whose payload it trickled a byte at a
@@ -15,17 +16,10 @@ import { metricValue, startMeshCa, startTestSidecar, type MeshCa, type TestSidec
 // keeps sending PINGs or frames of unknown types. Sidecars run in-process on real sockets; the
 // bounded waits (`within`) only turn a connection that is never closed into a failure.
 
-const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+const PREFACE = H2_PREFACE;
 const FLAG_END_STREAM = 0x1;
 const FLAG_END_HEADERS = 0x4;
-const frame = (type: number, flags: number, stream: number, payload: Buffer): Buffer => {
-  const head = Buffer.alloc(9);
-  head.writeUIntBE(payload.length, 0, 3);
-  head[3] = type;
-  head[4] = flags;
-  head.writeUInt32BE(stream, 5);
-  return Buffer.concat([head, payload]);
-};
+const frame = h2Frame;
 /** HPACK literal header field without indexing, new name. */
 const literal = (name: string, value: string) => Buffer.concat([Buffer.from([0x00, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]);
 /** GET / (static table: :method GET, :path /, :scheme http) with :authority and a padding field. */
