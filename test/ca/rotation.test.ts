@@ -216,8 +216,12 @@ describe("rotation on a running CA", () => {
     await startCa();
     const layout = caLayout(dir);
     const renewals = new Map<string, number>();
+    // Why each workload renewed, from its own log: a reissue request, or a CRL signed by an issuer
+    // its certificate does not chain to (ca-source.ts: `crl-issuer-changed`, at most once per 5 min).
+    const reasons: { appId: string; event: string }[] = [];
     const identity = async (appId: string): Promise<CaIdentitySource> => {
-      const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem: readFileSync(layout.bundle, "utf8"), token: await token(appId), bundleRefreshMs: 100, backoff: { initialMs: 100, maxMs: 500 } });
+      const logger = pino({ level: "info" }, { write: (line: string) => void reasons.push({ appId, event: String((JSON.parse(line) as { event?: unknown }).event) }) });
+      const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem: readFileSync(layout.bundle, "utf8"), token: await token(appId), bundleRefreshMs: 100, backoff: { initialMs: 100, maxMs: 500 }, logger });
       closers.push(() => source.close());
       source.subscribe((event) => void (event.type === "rotated" && renewals.set(appId, (renewals.get(appId) ?? 0) + 1)));
       await source.ready();
@@ -240,6 +244,8 @@ describe("rotation on a running CA", () => {
     expect(document.meshward_reissue_root_sha256).toBe(createHash("sha256").update(newRoot.raw).digest("hex"));
     expect(typeof document.meshward_reissue_before).toBe("number");
     const moved = new Map(renewals);
+    const reasonsBefore = reasons.length;
+    const since = (event: string) => reasons.slice(reasonsBefore).filter((r) => r.event === event).map((r) => r.appId);
 
     // The CA's clock an hour ahead: the reissue instant lies in the workloads' future. They are on
     // the new root already, so they stay put (a time comparison would renew them at every refresh).
@@ -249,6 +255,7 @@ describe("rotation on a running CA", () => {
     await waitFor(async () => ((await bundleDocument()).meshward_reissue_before as number) >= ahead - 5, "the CA to publish the later reissue instant");
     await new Promise((r) => setTimeout(r, 1_000)); // ten bundle refreshes
     expect(renewals).toEqual(moved);
+    expect(since("reissue-requested")).toEqual([]);
 
     // Retire ends the reissue request; a later activation without --reissue does not inherit it.
     await retireRoot({ dir, store: server!.store, now: new Date() });
@@ -260,8 +267,17 @@ describe("rotation on a running CA", () => {
     await waitFor(async () => signsUnder((await signOnce()).certificateChainPem, thirdRoot), "the CA to sign under the third root");
     expect(await bundleDocument()).not.toHaveProperty("meshward_reissue_before");
     await new Promise((r) => setTimeout(r, 1_000));
-    expect(renewals).toEqual(moved);
-    expect(workloads.every((w) => svidChainsTo(w, newRootPem))).toBe(true);
+    // No reissue request reached a workload. The third root's issuer now signs the CRL: a workload
+    // whose move to the second root came by the reissue request (not by the CRL's issuer change)
+    // renews once for that CRL, onto the third root; one that moved by the CRL is in its cooldown.
+    expect(since("reissue-requested")).toEqual([]);
+    const forCrl = since("crl-issuer-changed");
+    expect(new Set(forCrl).size).toBe(forCrl.length);
+    for (const [index, appId] of ["api", "web"].entries()) {
+      const renewedForCrl = forCrl.includes(appId);
+      expect(renewals.get(appId)).toBe(moved.get(appId)! + (renewedForCrl ? 1 : 0));
+      expect(svidChainsTo(workloads[index]!, renewedForCrl ? thirdRoot : newRootPem)).toBe(true);
+    }
   });
 
   it("refuses to retire a root that live certificates still chain to, and says how many", async () => {
