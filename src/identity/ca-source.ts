@@ -58,7 +58,7 @@ export interface CaIdentityOptions {
 }
 
 export interface CaIdentitySource extends IdentitySource {
-  /** Renews at once (e.g. after a root rotation). */
+  /** Renews at once (e.g. after a root rotation): a renewal that began before the call is waited for, not taken as this one. */
   renewNow(): Promise<void>;
   /** Fetches the bundle and CRL at once. */
   refreshBundle(): Promise<void>;
@@ -176,6 +176,10 @@ class CaSource implements CaIdentitySource {
   }
 
   async renewNow(): Promise<void> {
+    // A renewal already running began before this call (right after ready() the first one is
+    // still settling): its certificate may predate the reason for calling. Wait for it, then
+    // renew, joining only a renewal that began after this call.
+    await this.#renewing;
     await this.#renew();
   }
 

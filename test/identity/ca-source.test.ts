@@ -218,6 +218,22 @@ describe("CA-backed workload identity", () => {
     await expect(b.ready()).rejects.toMatchObject({ code: "E_TOKEN_USED" });
   });
 
+  it("renewNow() right after ready() gets a new certificate, not the first one still settling", async () => {
+    await startCa("1h");
+    const source = await identity("eager");
+    const first = await source.ready();
+    await source.renewNow();
+    const renewed = source.current()!.svid;
+    expect(renewed.serial).not.toBe(first.svid.serial);
+    expect((await server!.store.getIssuance(renewed.serial))?.attestation).toBe("svid");
+    // Two calls at once share one renewal that began after both were made.
+    const events: string[] = [];
+    source.subscribe((e) => events.push(e.type));
+    await Promise.all([source.renewNow(), source.renewNow()]);
+    expect(source.current()!.svid.serial).not.toBe(renewed.serial);
+    expect(events).toEqual(["rotated"]);
+  });
+
   it("rotates for real with short-lived certificates", async () => {
     await startCa("5s"); // the shortest workloadTtl the CA takes
     const source = await identity("fast");
