@@ -1,5 +1,5 @@
 import { X509Certificate, type KeyObject } from "node:crypto";
-import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import { isMeshwardError, MeshwardError } from "../errors.ts";
 import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
@@ -11,6 +11,7 @@ import { checkRootScope, type RootTrustChoice } from "./root-scope.ts";
 import { checkCaDir } from "../util/dir-safety.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
 import { directoryFiles, type AnchorFiles } from "./anchor-files.ts";
+import { tryLockFile } from "../store/file-lock.ts";
 
 export const DEFAULT_ROOT_TTL_MS = 10 * 365 * 86_400_000;
 export const DEFAULT_ISSUER_TTL_MS = 365 * 86_400_000;
@@ -165,16 +166,22 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
   const imported = options.imported ? validateImport(options.imported, options.now, trustDomain, options.trustEveryCaUnderRoot === true) : undefined;
   makeCaDir(options.dir);
   // Two inits on one directory (a retried Job, two admins) must not both write it: the first to
-  // create the claim file owns the directory until ca.json is written, and the other is refused.
+  // lock the claim file owns the directory until ca.json is written, and the other is refused.
+  // The operating system drops the lock when its holder dies, so a killed init blocks nothing.
   const claim = join(options.dir, INIT_CLAIM);
-  try {
-    writeFileSync(claim, `${process.pid}\n`, { mode: 0o600, flag: "wx" });
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+  const lock = tryLockFile(claim);
+  if (lock === "held") {
     refuseExistingCa(options.dir, layout);
     throw new MeshwardError(
       "E_CA_EXISTS",
-      `another 'meshward ca init' is creating a CA in ${options.dir} (it holds ${claim}); refusing to write there. If none runs (one was killed before it wrote anything), remove ${claim} and run 'meshward ca init' again`,
+      `another 'meshward ca init' is creating a CA in ${options.dir} (it holds the lock on ${claim}); refusing to write there. Wait for it to finish, or stop it`,
+      { details: { dir: options.dir } },
+    );
+  }
+  if (lock === "not-a-lock") {
+    throw new MeshwardError(
+      "E_CA_EXISTS",
+      `${claim} is the claim of a 'meshward ca init' of an older meshward release, which may still be creating a CA in ${options.dir}; refusing to write there. If none runs (one was killed before it wrote anything), remove ${claim} and run 'meshward ca init' again`,
       { details: { dir: options.dir } },
     );
   }
@@ -183,11 +190,13 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
     refuseExistingCa(options.dir, layout);
     return await writeNewCa(options, layout, trustDomain, mode, imported);
   } finally {
+    // Removed before the lock is let go: an init waiting on this file then finds it unlinked.
     rmSync(claim, { force: true });
+    lock.release();
   }
 }
 
-/** The file an init holds (created O_EXCL) in the CA directory while it writes it. */
+/** The file an init holds locked (tryLockFile) in the CA directory while it writes it. */
 export const INIT_CLAIM = ".meshward-init.lock";
 
 /** E_CA_EXISTS for a complete CA; E_CA_INCOMPLETE for key or certificate files without ca.json. */

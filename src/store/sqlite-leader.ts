@@ -1,6 +1,7 @@
-import { closeSync, constants, fchmodSync, fstatSync, openSync, statSync } from "node:fs";
+import { statSync } from "node:fs";
 import Database from "better-sqlite3";
 import { MeshwardError } from "../errors.ts";
+import { createPrivate } from "./file-lock.ts";
 import type { LeaderLock } from "./store.ts";
 
 /**
@@ -79,16 +80,5 @@ export function assertLockFileUsable(databasePath: string): void {
     createPrivate(`${databasePath}-leader`);
   } catch (error) {
     throw new MeshwardError("E_STORE_OPEN", `cannot create the CA's leader lock file ${databasePath}-leader: ${(error as Error).message}; the directory of the store must be writable`, { cause: error });
-  }
-}
-
-function createPrivate(path: string): void {
-  const fd = openSync(path, constants.O_RDWR | constants.O_CREAT, 0o600);
-  try {
-    if ((fstatSync(fd).mode & 0o077) !== 0) fchmodSync(fd, 0o600);
-  } catch {
-    // not our file: its owner decides its mode
-  } finally {
-    closeSync(fd);
   }
 }

@@ -1,3 +1,4 @@
+import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,19 +8,49 @@ import { expectRefused, runCli } from "../helpers/cli.ts";
 /**
  * `meshward ca init` takes its directory exclusively (review cli, finding 4): two runs on one
  * --dir both printed "Created a meshward CA", and one silently replaced the other (an encrypted
- * CA could end up with plaintext keys). Real processes.
+ * CA could end up with plaintext keys). Real processes. The claim is an fcntl lock, so an init
+ * killed mid-way leaves nothing that blocks the next one (stop 44's note: a pid check is unsafe
+ * across the PID namespaces of pods sharing a volume).
  */
 describe("ca init: one CA per directory, even when two runs race (real processes)", { timeout: 90_000 }, () => {
   const work = mkdtempSync(join(tmpdir(), "meshward-ca-init-exclusive-"));
   afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-  it("a directory another init holds is refused E_CA_EXISTS, and nothing is written there", async () => {
+  it("a directory another init holds is refused E_CA_EXISTS, nothing is written there, and once that init is killed (SIGKILL) the next init succeeds", async () => {
     const dir = join(work, "held");
     mkdirSync(dir, { mode: 0o700 });
+    const claim = join(dir, ".meshward-init.lock");
+    // An init stopped mid-way: a real process holding the lock as initAnchors takes it, killed
+    // below the way a node or pod dies.
+    const holderCode = `import { tryLockFile } from "./src/store/file-lock.ts"; const lock = tryLockFile(${JSON.stringify(claim)}); console.log(typeof lock === "string" ? \`refused: \${lock}\` : "locked"); setInterval(() => {}, 60000);`;
+    const holder = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", holderCode], { cwd: process.cwd(), stdio: ["ignore", "pipe", "inherit"] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        holder.stdout.once("data", (line: Buffer) => (line.toString().trim() === "locked" ? resolve() : reject(new Error(`the lock holder: ${line.toString().trim()}`))));
+        holder.once("exit", (code) => reject(new Error(`the lock holder exited ${code}`)));
+      });
+      const r = await runCli(["ca", "init", "--trust-domain", "held.test", "--dir", dir]);
+      expectRefused(r, "E_CA_EXISTS", /another 'meshward ca init' is creating a CA in .*held \(it holds the lock on .*\.meshward-init\.lock\); refusing to write there\. Wait for it to finish, or stop it/);
+      expect(readdirSync(dir)).toEqual([".meshward-init.lock"]);
+    } finally {
+      holder.kill("SIGKILL");
+      await new Promise((resolve) => (holder.exitCode !== null || holder.signalCode !== null ? resolve(undefined) : holder.once("exit", resolve)));
+    }
+    // Killed before it wrote anything: its lock went with it, so no one has to remove the file.
+    const after = await runCli(["ca", "init", "--trust-domain", "held.test", "--dir", dir]);
+    expect(after.code, after.stderr).toBe(0);
+    expect(JSON.parse(readFileSync(join(dir, "ca.json"), "utf8"))).toMatchObject({ trustDomain: "held.test" });
+    expect(existsSync(claim)).toBe(false);
+  });
+
+  it("the claim file of an older release (a pid, not a lock) is refused with how to clear it", async () => {
+    const dir = join(work, "legacy");
+    mkdirSync(dir, { mode: 0o700 });
     writeFileSync(join(dir, ".meshward-init.lock"), "12345\n", { mode: 0o600 });
-    const r = await runCli(["ca", "init", "--trust-domain", "held.test", "--dir", dir]);
-    expectRefused(r, "E_CA_EXISTS", /another 'meshward ca init' is creating a CA in .*held \(it holds .*\.meshward-init\.lock\); refusing to write there\. If none runs .*remove/);
+    const r = await runCli(["ca", "init", "--trust-domain", "legacy.test", "--dir", dir]);
+    expectRefused(r, "E_CA_EXISTS", /\.meshward-init\.lock is the claim of a 'meshward ca init' of an older meshward release.*If none runs .*remove/);
     expect(readdirSync(dir)).toEqual([".meshward-init.lock"]);
+    expect(readFileSync(join(dir, ".meshward-init.lock"), "utf8")).toBe("12345\n");
   });
 
   it("two inits at once: exactly one succeeds, the other is refused E_CA_EXISTS, and the directory holds the winner's CA (its trust domain, its encryption)", async () => {
