@@ -112,6 +112,16 @@ export function registerCaCommand(program: Command): void {
     .option("--store <url>", "store URL [default: <dir>/ca.db]")
     .action(async (opts: OptionValues) => (await actions()).caRotateRootRetire(opts));
 
+  ca.command("dapr-trust-bundle")
+    .description("print (or write with --out) Dapr's dapr-trust-bundle ConfigMap from every root in the CA's trust bundle, for daprd sidecars this CA serves as Dapr Sentry: pipe it to 'kubectl apply -f -' after each root rotation step (docs/rotation.md); never holds key material")
+    .requiredOption("--dir <dir>", "CA directory")
+    .addOption(new Option("--format <format>", "kubernetes: the ConfigMap (with --secret also the Secret) for 'kubectl apply -f -'; pem: the trust anchors alone, for self-hosted daprd (DAPR_TRUST_ANCHORS, DAPR_TRUST_ANCHORS_FILE)").choices(["kubernetes", "pem"]).default("kubernetes"))
+    .option("--namespace <ns>", "Dapr's control-plane namespace [default: dapr-system]")
+    .option("--secret", "also the dapr-trust-bundle Secret, with ca.crt only (for tools that read the anchors from the Secret; issuer.crt and issuer.key are never written)")
+    .option("--out <file>", "write to this file (atomically) instead of standard output")
+    .option("--store <url>", "the store of CA replicas (postgres://…): read the CA state they share [default: the directory]")
+    .action(async (opts: OptionValues) => (await actions()).caDaprTrustBundle(opts));
+
   ca.command("status")
     .description("show the trust anchors, time left, rotation state and how many live certificates chain to each root; exit 1 when one expires within --warn")
     .requiredOption("--dir <dir>", "CA directory")

@@ -134,32 +134,33 @@ describe("docs/migrating-from-dapr-sentry.md, command by command", () => {
     expect(jwks.keys[0].d).toBeUndefined();
   }, 120_000);
 
-  it("rotating the root with daprd: prepare, then the two-root bundle.pem is what goes to dapr-trust-bundle's ca.crt (ConfigMap and Secret) before the injector restarts; after retire the one-root bundle", async () => {
-    // kubectl needs a cluster: a stand-in on PATH records what each call would send (the file given
-    // as ConfigMap key ca.crt, the Secret patch) so the test sees what the API server would get.
+  it("rotating the root with daprd: prepare, then `meshward ca dapr-trust-bundle | kubectl apply -f -` sends dapr-trust-bundle's ca.crt = the two-root bundle.pem before the injector restarts; after retire the one-root bundle; never a key", async () => {
+    // kubectl needs a cluster: a stand-in on PATH records each call and what `apply -f -` reads
+    // from the pipe, so the test sees what the API server would get.
     const cwd = join(work, "rotate-daprd");
     mkdirSync(cwd);
     const record = join(cwd, "kubectl-record");
     mkdirSync(record);
     writeFileSync(
       join(bin, "kubectl"),
-      `#!/bin/sh\necho "$*" >> "${record}/calls"\nprev=\nfor a in "$@"; do\n  case "$a" in --from-file=ca.crt=*) cp "\${a#--from-file=ca.crt=}" "${record}/configmap-ca.crt";; esac\n  [ "$prev" = "-p" ] && printf '%s' "$a" > "${record}/secret-patch.json"\n  prev="$a"\ndone\ncase "$*" in *"apply -f -"*) cat > /dev/null;; esac\nexit 0\n`,
+      `#!/bin/sh\necho "$*" >> "${record}/calls"\ncase "$*" in *"apply -f -"*) cat > "${record}/applied.yaml";; esac\nexit 0\n`,
     );
     chmodSync(join(bin, "kubectl"), 0o755);
     const init = await bash("meshward ca init --trust-domain public --dir ./ca --key-type ed25519", cwd);
     expect(init.code, init.stderr).toBe(0);
     const script = block(/meshward ca rotate-root prepare --dir \.\/ca\n[\s\S]*dapr-trust-bundle/);
     const lines = script.trim().split("\n");
-    // prepare comes first, the injector restart after both writes.
+    // prepare comes first, the injector restart after the trust bundle is applied.
     expect(lines[0]).toBe("meshward ca rotate-root prepare --dir ./ca");
+    expect(lines[1]).toBe("meshward ca dapr-trust-bundle --dir ./ca --namespace dapr-system | kubectl apply -f -");
     const published = () => {
       const bundle = readFileSync(join(cwd, "ca", "bundle.pem"), "utf8");
       const calls = readFileSync(join(record, "calls"), "utf8").trim().split("\n");
-      expect(calls.findIndex((c) => c.includes("rollout restart deployment/dapr-sidecar-injector"))).toBeGreaterThan(calls.findIndex((c) => c.startsWith("-n dapr-system patch secret dapr-trust-bundle")));
-      expect(calls.some((c) => c.startsWith("-n dapr-system create configmap dapr-trust-bundle"))).toBe(true);
-      expect(readFileSync(join(record, "configmap-ca.crt"), "utf8")).toBe(bundle);
-      const patch = JSON.parse(readFileSync(join(record, "secret-patch.json"), "utf8"));
-      expect(Buffer.from(patch.data["ca.crt"], "base64").toString("utf8")).toBe(bundle);
+      expect(calls.findIndex((c) => c.includes("rollout restart deployment/dapr-sidecar-injector"))).toBeGreaterThan(calls.indexOf("apply -f -"));
+      const applied = readFileSync(join(record, "applied.yaml"), "utf8");
+      expect(applied).not.toMatch(/PRIVATE KEY|issuer\./);
+      const docs = parseAllDocuments(applied).map((d) => d.toJSON());
+      expect(docs).toEqual([{ apiVersion: "v1", kind: "ConfigMap", metadata: { name: "dapr-trust-bundle", namespace: "dapr-system", labels: { app: "dapr-sentry" } }, data: { "ca.crt": bundle } }]);
       rmSync(record, { recursive: true });
       mkdirSync(record);
       return bundle.match(/-----BEGIN CERTIFICATE-----/g)?.length;
@@ -171,10 +172,15 @@ describe("docs/migrating-from-dapr-sentry.md, command by command", () => {
       const r = await bash(`meshward ca rotate-root ${step} --dir ./ca`, cwd);
       expect(r.code, r.stderr).toBe(0);
     }
-    // After retire: "the same kubectl commands again (without the prepare line)".
+    // After retire: "the same commands again (without the prepare line)".
     const again = await bash(lines.slice(1).join("\n"), cwd);
     expect(again.code, again.stderr).toBe(0);
     expect(published()).toBe(1);
+    // Self-hosted: DAPR_TRUST_ANCHORS="$(meshward ca dapr-trust-bundle --dir ./ca --format pem)" is bundle.pem.
+    expect(readFileSync(DOC, "utf8")).toContain('DAPR_TRUST_ANCHORS="$(meshward ca dapr-trust-bundle --dir ./ca --format pem)"');
+    const pem = await bash("meshward ca dapr-trust-bundle --dir ./ca --format pem", cwd);
+    expect(pem.code, pem.stderr).toBe(0);
+    expect(pem.stdout).toBe(readFileSync(join(cwd, "ca", "bundle.pem"), "utf8"));
     rmSync(join(bin, "kubectl"));
   }, 120_000);
 

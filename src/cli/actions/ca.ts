@@ -5,7 +5,8 @@ import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { caConfigSchema, type CaConfig } from "../../config/ca.ts";
 import { loadYamlConfig } from "../../config/load.ts";
-import { caKeysEncrypted, caLayout, initAnchors, loadAnchors, readCaState } from "../../ca/anchors.ts";
+import { caKeysEncrypted, caLayout, initAnchors, loadAnchors, readCaCertificates, readCaState } from "../../ca/anchors.ts";
+import { daprTrustAnchorsPem, daprTrustBundleManifests } from "../../ca/dapr-trust-bundle.ts";
 import type { AnchorFiles } from "../../ca/anchor-files.ts";
 import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../../ca/rotation.ts";
 import { howTrusted, rootScopeGap, rootsTrustingEveryCa, TRUST_EVERY_CA_FLAG } from "../../ca/root-scope.ts";
@@ -19,6 +20,7 @@ import { isMeshwardError, MeshwardError } from "../../errors.ts";
 import { decodePrivateKey } from "../../pki/keys.ts";
 import { certificatesFromPem } from "../../pki/pem.ts";
 import { describeTimeLeft, parseDuration } from "../../util/duration.ts";
+import { writeFileAtomic } from "../../util/files.ts";
 import { cliLogger } from "../logger.ts";
 import { readPassphrase, readTextFile, untilSignal, wholeNumber } from "../options.ts";
 
@@ -291,6 +293,27 @@ export async function caStatus(opts: OptionValues): Promise<void> {
 }
 
 /** After an import with --trust-every-ca-under-root: what was recorded, or that nothing needed to be. */
+/**
+ * `meshward ca dapr-trust-bundle`: Dapr's `dapr-trust-bundle` (ConfigMap, and with --secret the
+ * Secret with `ca.crt` alone) or the PEM for self-hosted daprd, from every root in the CA's trust
+ * bundle now (both during a root rotation). Reads certificates only: no key, no passphrase.
+ */
+export async function caDaprTrustBundle(opts: OptionValues): Promise<void> {
+  const pem = opts.format === "pem";
+  if (pem && opts.secret === true) throw new MeshwardError("E_USAGE", "--secret goes with --format kubernetes (the PEM is the anchors alone)");
+  if (pem && opts.namespace !== undefined) throw new MeshwardError("E_USAGE", "--namespace goes with --format kubernetes (the PEM names no namespace)");
+  // Before the store is opened: a directory that is no CA gets no ca.db made in it.
+  readCaState(opts.dir);
+  const roots = await withCaFiles(opts.dir, opts.store, async (files) => readCaCertificates(files, caLayout(opts.dir).bundle), false);
+  const text = pem ? daprTrustAnchorsPem(roots) : daprTrustBundleManifests({ roots, namespace: opts.namespace ?? "dapr-system", secret: opts.secret === true });
+  if (opts.out === undefined) {
+    process.stdout.write(text);
+    return;
+  }
+  writeFileAtomic(opts.out, text, 0o644);
+  process.stdout.write(`wrote ${pem ? "the trust anchors (PEM)" : `Dapr's trust bundle (${opts.secret === true ? "ConfigMap and Secret" : "ConfigMap"} ${opts.namespace ?? "dapr-system"}/dapr-trust-bundle)`} with ${roots.length} root${roots.length === 1 ? "" : "s"} to ${opts.out}\n`);
+}
+
 function trustEveryCaNote(recorded: boolean, root: X509Certificate, trustDomain: string): string {
   if (!recorded) return `meshward: note: ${TRUST_EVERY_CA_FLAG} was not needed: the root's nameConstraints confine identities to spiffe://${trustDomain}; nothing recorded\n`;
   return (
