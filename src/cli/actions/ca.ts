@@ -292,7 +292,6 @@ export async function caStatus(opts: OptionValues): Promise<void> {
   if (entries.some((e) => e.expiringSoon)) process.exitCode = 1;
 }
 
-/** After an import with --trust-every-ca-under-root: what was recorded, or that nothing needed to be. */
 /**
  * `meshward ca dapr-trust-bundle`: Dapr's `dapr-trust-bundle` (ConfigMap, and with --secret the
  * Secret with `ca.crt` alone) or the PEM for self-hosted daprd, from every root in the CA's trust
@@ -314,6 +313,7 @@ export async function caDaprTrustBundle(opts: OptionValues): Promise<void> {
   process.stdout.write(`wrote ${pem ? "the trust anchors (PEM)" : `Dapr's trust bundle (${opts.secret === true ? "ConfigMap and Secret" : "ConfigMap"} ${opts.namespace ?? "dapr-system"}/dapr-trust-bundle)`} with ${roots.length} root${roots.length === 1 ? "" : "s"} to ${opts.out}\n`);
 }
 
+/** After an import with --trust-every-ca-under-root: what was recorded, or that nothing needed to be. */
 function trustEveryCaNote(recorded: boolean, root: X509Certificate, trustDomain: string): string {
   if (!recorded) return `meshward: note: ${TRUST_EVERY_CA_FLAG} was not needed: the root's nameConstraints confine identities to spiffe://${trustDomain}; nothing recorded\n`;
   return (
