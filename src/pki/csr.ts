@@ -57,6 +57,15 @@ export async function createCsr(request: CsrRequest): Promise<string> {
   return toPem(csr, "CERTIFICATE REQUEST");
 }
 
+const PRINTABLE_DNS_NAME = /^[\x21-\x7e]+$/;
+const SHOWN_DNS_NAME_LENGTH = 80;
+
+/** A DNS name from a CSR (Latin-1, one character a byte) quoted in printable ASCII: other bytes as \xNN, at most 80 of them shown. */
+function escapeDnsName(name: string): string {
+  const shown = name.slice(0, SHOWN_DNS_NAME_LENGTH).replace(/[^\x20-\x7e]|[ "\\]/g, (c) => (c === '"' || c === "\\" ? `\\${c}` : `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`));
+  return `"${shown}"${name.length > SHOWN_DNS_NAME_LENGTH ? "..." : ""}`;
+}
+
 function invalid(reason: string, cause?: unknown): MeshwardError {
   return new MeshwardError("E_CSR_INVALID", `the certificate request is not a valid PKCS#10 CSR: ${reason}`, cause === undefined ? {} : { cause });
 }
@@ -83,6 +92,7 @@ function csrDer(input: string | Uint8Array): Buffer {
  * Parses a PEM or DER PKCS#10 request and verifies its signature with its own public key,
  * synchronously. Errors: E_CSR_INVALID (not a CSR / malformed), E_CSR_SIGNATURE (the
  * signature does not verify), E_KEY_WEAK (key not acceptable, see assertAcceptableKey).
+ * E_CSR_INVALID also for a subjectAltName DNS name that is not printable ASCII (named escaped).
  */
 export function parseCsr(input: string | Uint8Array): ParsedCsr {
   const der = csrDer(input);
@@ -146,6 +156,18 @@ export function parseCsr(input: string | Uint8Array): ParsedCsr {
     }
   } catch (error) {
     throw invalid(error instanceof DerError ? error.message : "unreadable DER", error);
+  }
+
+  // A dNSName is an IA5String that a host name fills with letters, digits, '-', '.' (and '*'):
+  // one with a control character, a space or a byte over 0x7e is no host name, whatever the
+  // policy says later, and would reach logs and error messages raw. Refused here, shown escaped.
+  for (const name of dnsNames) {
+    if (!PRINTABLE_DNS_NAME.test(name)) {
+      throw new MeshwardError(
+        "E_CSR_INVALID",
+        `the certificate request's subjectAltName has the DNS name ${escapeDnsName(name)}, which is ${name === "" ? "empty" : "not printable ASCII (a space, a control character or a non-ASCII byte, shown as \\xNN)"}; a DNS name holds letters, digits, '-', '.' and a leading '*.' only`,
+      );
+    }
   }
 
   let verified: boolean;

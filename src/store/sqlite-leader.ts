@@ -35,6 +35,7 @@ export function sqliteLeaderLock(databasePath: string): LeaderLock {
     // timeout 0: a lock held elsewhere answers SQLITE_BUSY at once (this is polled).
     const next = new Database(path, { timeout: 0 });
     next.pragma("journal_mode = DELETE");
+    next.pragma("temp_store = MEMORY"); // as every connection of the store (sqlite.ts): no temp files
     inode = statSync(path).ino;
     return next;
   };

@@ -88,6 +88,11 @@ export class SqliteStore implements Store {
       }
       db.pragma("synchronous = FULL");
       db.pragma("foreign_keys = ON");
+      // Temporary tables, indices and sorts bigger than the cache (a big list, an index built
+      // by a migration, VACUUM) in memory, not in SQLITE_TMPDIR/TMPDIR, /var/tmp, /tmp or ".":
+      // none of those is writable in the CA's pod (readOnlyRootFilesystem), where such a
+      // statement failed with "disk I/O error" (SQLITE_IOERR_GETTEMPPATH).
+      db.pragma("temp_store = MEMORY");
       assertSchemaNotNewer(sqliteSchemaVersion(db), latestVersion(SQLITE_MIGRATIONS), this.path);
     } catch (error) {
       db.close();
@@ -391,7 +396,7 @@ export class SqliteStore implements Store {
   }
 
   /** The connection's durability settings, for diagnostics (`meshward doctor`, tests). */
-  settings(): { journalMode: string; synchronous: "OFF" | "NORMAL" | "FULL" | "EXTRA"; foreignKeys: boolean; busyTimeoutMs: number } {
+  settings(): { journalMode: string; synchronous: "OFF" | "NORMAL" | "FULL" | "EXTRA"; foreignKeys: boolean; busyTimeoutMs: number; tempStore: "DEFAULT" | "FILE" | "MEMORY" } {
     this.#assertOpen();
     const synchronous = (["OFF", "NORMAL", "FULL", "EXTRA"] as const)[Number(this.#db.pragma("synchronous", { simple: true }))] ?? "OFF";
     return {
@@ -399,6 +404,7 @@ export class SqliteStore implements Store {
       synchronous,
       foreignKeys: Number(this.#db.pragma("foreign_keys", { simple: true })) === 1,
       busyTimeoutMs: Number(this.#db.pragma("busy_timeout", { simple: true })),
+      tempStore: (["DEFAULT", "FILE", "MEMORY"] as const)[Number(this.#db.pragma("temp_store", { simple: true }))] ?? "DEFAULT",
     };
   }
 

@@ -17,6 +17,7 @@ import { generateKeyPair } from "../../src/pki/keys.ts";
 import { certificatesFromPem, pemBlocks, toPem } from "../../src/pki/pem.ts";
 import { exec } from "../helpers/exec.ts";
 import { refusal } from "../helpers/refusal.ts";
+import { csrWithRawDnsNames } from "../pki/helpers.ts";
 
 type SigningKey = Awaited<ReturnType<typeof joseKeyPair>>["privateKey"];
 const TD = "authority.test";
@@ -107,6 +108,20 @@ describe("CA signing API: every refusal, and the CA keeps serving", () => {
   ])("refuses %s", async (_name, make, code) => {
     const r = await refused(ask({ ...(await make()), token: await joinToken("orders", "api") }));
     expect(r.code).toBe(code);
+    await stillServes();
+  });
+
+  // As every other bad CSR: E_CSR_INVALID (gRPC INVALID_ARGUMENT, grpc-status.test.ts), answered
+  // before the token is spent, the name escaped in what the client (and the CA's log) gets.
+  it("refuses a CSR whose DNS name is not printable ASCII with E_CSR_INVALID, the name escaped, and keeps the token", async () => {
+    const token = await joinToken("orders", "dns-name");
+    for (const name of ["app\u0000.example.org", "app.example.org\nforged", "app\u007f.example.org", Buffer.from("caf\u00e9.example.org", "utf8")]) {
+      const r = await refused(ask({ csrPem: csrWithRawDnsNames(generateKeyPair(), [name]), token }));
+      expect(r.code, JSON.stringify(r)).toBe("E_CSR_INVALID");
+      expect(r.message).toMatch(/^[\x20-\x7e]+$/);
+      expect(r.message).toMatch(/\\x(00|0a|7f|c3\\xa9)/);
+    }
+    await ask({ ...(await csr()), token });
     await stillServes();
   });
 

@@ -1,7 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { parseAllDocuments, parse as parseYaml, stringify } from "yaml";
 import { caConfigSchema } from "../../src/config/ca.ts";
@@ -131,6 +131,48 @@ describe("deploy/kubernetes: kustomize overlays single and ha", () => {
     expect(ca.spec.template.spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey).toBe("kubernetes.io/hostname");
     expect(find(docs, "NetworkPolicy", "default-deny").spec.policyTypes).toEqual(["Ingress", "Egress"]);
     expect(find(docs, "Deployment", "meshward-injector").spec.replicas).toBe(2);
+  });
+
+  // The API server's own port, not the Service's 443: NetworkPolicies match after the
+  // `kubernetes` Service is translated to its endpoint (kubeadm/kind/k3s 6443, minikube 8443,
+  // managed clusters 443). A port missing here fails OIDC discovery and the caBundle silently.
+  const apiServerRule = (policy: Doc): Doc => {
+    const rules = (policy.spec.egress as Doc[]).filter((r) => r.to === undefined && (r.ports as Doc[]).some((p) => p.port === 443));
+    expect(rules, policy.metadata.name).toHaveLength(1);
+    return rules[0]!;
+  };
+  const tcpPorts = (rule: Doc): number[] => (rule.ports as Doc[]).filter((p) => p.protocol === "TCP").map((p) => p.port as number);
+
+  it("ha: the CA and the injector may reach the API server on 443, 6443 and 8443 (minikube)", () => {
+    for (const name of ["meshward-ca", "meshward-injector"]) {
+      expect(tcpPorts(apiServerRule(find(rendered.ha.docs, "NetworkPolicy", name))), name).toEqual(expect.arrayContaining([443, 6443, 8443]));
+    }
+  });
+
+  it("ha: docs/kubernetes.md's command finds the API server's port and its overlay adds that port to both policies' API server rule", () => {
+    const guide = readFileSync(join(ROOT, "docs/kubernetes.md"), "utf8");
+    expect(guide).toContain("kubectl get endpoints kubernetes -n default -o jsonpath='{.subsets[*].ports[*].port}'");
+    const block = /<!-- api-server-port-overlay -->\n```yaml\n([^`]+)```/.exec(guide)?.[1];
+    expect(block).toBeDefined();
+    // The documented overlay, with its resources pointing at this checkout's overlays/ha.
+    const overlay = parseYaml(block!) as Doc;
+    expect(overlay.resources).toHaveLength(1);
+    const dir = mkdtempSync(join(scratch, "overlay-"));
+    overlay.resources = [relative(dir, join(K8S_DIR, "overlays/ha"))]; // kustomize refuses absolute roots
+    writeFileSync(join(dir, "kustomization.yaml"), stringify(overlay));
+    const result = spawnSync("kubectl", ["kustomize", dir], { encoding: "utf8", timeout: 60_000 });
+    expect(result.status, result.stderr).toBe(0);
+    const docs = parseAllDocuments(result.stdout).map((d) => d.toJS() as Doc);
+    expect(validateK8sObjects(docs)).toBe(docs.length);
+    for (const name of ["meshward-ca", "meshward-injector"]) {
+      const policy = find(docs, "NetworkPolicy", name);
+      expect(tcpPorts(apiServerRule(policy)), name).toEqual(expect.arrayContaining([443, 6443, 8443, 16443]));
+      // only that rule changed: the others are as the ha overlay renders them
+      const before = find(rendered.ha.docs, "NetworkPolicy", name).spec.egress as Doc[];
+      const after = policy.spec.egress as Doc[];
+      expect(after).toHaveLength(before.length);
+      for (const [i, rule] of after.entries()) if (rule !== apiServerRule(policy)) expect(rule, `${name} egress[${i}]`).toEqual(before[i]);
+    }
   });
 
   it("the webhook: AdmissionReview v1, failurePolicy Fail, opted-in namespaces only, never its own namespace", () => {

@@ -7,7 +7,7 @@ import { OID } from "../../src/pki/oids.ts";
 import { signingAlgorithmFor } from "../../src/pki/signature.ts";
 import { spkiOf } from "../../src/pki/spki.ts";
 import { assertAcceptableKey, createCsr, generateKeyPair, keysMatch, parseCsr, pemBlocks, toPem } from "../../src/pki/index.ts";
-import { openssl, opensslResult, scratchDir } from "./helpers.ts";
+import { csrWithRawDnsNames, openssl, opensslResult, scratchDir } from "./helpers.ts";
 
 const scratch = scratchDir();
 afterAll(() => scratch.remove());
@@ -66,6 +66,35 @@ describe("parseCsr with CSRs from openssl req", () => {
   ])("refuses a %s key with E_KEY_WEAK naming it", (_name, keyOptions, label) => {
     const pem = opensslCsr(keyOptions);
     expect(expectCode(() => parseCsr(pem), "E_KEY_WEAK")).toMatch(label);
+  });
+});
+
+describe("parseCsr refuses a DNS name that is not printable ASCII, escaping it in the message", () => {
+  const keyPair = generateKeyPair();
+
+  it("accepts printable ASCII DNS names in a CSR built the same way (control)", () => {
+    expect(parseCsr(csrWithRawDnsNames(keyPair, ["app.example.org", "*.svc.cluster.local"])).dnsNames).toEqual(["app.example.org", "*.svc.cluster.local"]);
+  });
+
+  it.each([
+    ["NUL", "app\u0000.example.org", "app\\x00.example.org"],
+    ["a newline", "app.example.org\nforged log line", "app.example.org\\x0aforged\\x20log\\x20line"],
+    ["DEL", "app\u007f.example.org", "app\\x7f.example.org"],
+    ["a C1 control (CSI)", "app\u009b31m.example.org", "app\\x9b31m.example.org"],
+    ["a non-ASCII letter (UTF-8 \u00e9)", Buffer.from("caf\u00e9.example.org", "utf8"), "caf\\xc3\\xa9.example.org"],
+    ["a non-ASCII letter (Latin-1 \u00e9)", "caf\u00e9.example.org", "caf\\xe9.example.org"],
+    ["a space", "app .example.org", "app\\x20.example.org"],
+  ])("refuses %s with E_CSR_INVALID, the name escaped", (_name, name, shown) => {
+    const message = expectCode(() => parseCsr(csrWithRawDnsNames(keyPair, ["ok.example.org", name])), "E_CSR_INVALID");
+    expect(message).toContain(`"${shown}"`);
+    expect(message).toMatch(/^[\x20-\x7e]+$/);
+  });
+
+  it("refuses an empty DNS name, and shows at most 80 characters of a long one", () => {
+    expect(expectCode(() => parseCsr(csrWithRawDnsNames(keyPair, [""])), "E_CSR_INVALID")).toContain('""');
+    const message = expectCode(() => parseCsr(csrWithRawDnsNames(keyPair, [`\u0000${"a".repeat(5000)}`])), "E_CSR_INVALID");
+    expect(message).toContain(`"\\x00${"a".repeat(79)}"...`);
+    expect(message.length).toBeLessThan(400);
   });
 });
 

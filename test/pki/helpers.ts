@@ -3,8 +3,12 @@ import { X509Certificate } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createIssuerCertificate, createRootCertificate, generateKeyPair } from "../../src/pki/index.ts";
-import type { KeyAlgorithm, Signer, Validity } from "../../src/pki/index.ts";
+import * as der from "../../src/pki/der.ts";
+import { createIssuerCertificate, createRootCertificate, generateKeyPair, toPem } from "../../src/pki/index.ts";
+import type { KeyAlgorithm, KeyPair, Signer, Validity } from "../../src/pki/index.ts";
+import { OID } from "../../src/pki/oids.ts";
+import { signingAlgorithmFor } from "../../src/pki/signature.ts";
+import { spkiOf } from "../../src/pki/spki.ts";
 
 export const HOUR = 3_600_000;
 export const DAY = 24 * HOUR;
@@ -56,4 +60,17 @@ export async function makeCa(trustDomain = "example.org", algorithm: KeyAlgorith
     root: rootSigner,
     issuer: { certificate: new X509Certificate(issuer.der), der: issuer.der, privateKey: issuerKeys.privateKey },
   };
+}
+
+/**
+ * A CSR, properly signed with keyPair, whose subjectAltName holds these dNSName values byte for
+ * byte (a string as Latin-1, a Buffer as is): names createCsr refuses to write, as a hostile or
+ * broken client could send them.
+ */
+export function csrWithRawDnsNames(keyPair: KeyPair, names: readonly (string | Buffer)[]): string {
+  const san = der.sequence(...names.map((name) => der.implicit(2, typeof name === "string" ? Buffer.from(name, "latin1") : name)));
+  const extensionRequest = der.sequence(der.oid(OID.extensionRequest), der.set(der.sequence(der.sequence(der.oid(OID.subjectAltName), der.octetString(san)))));
+  const info = der.sequence(der.integer(0), der.sequence(), spkiOf(keyPair.publicKey), der.explicit(0, extensionRequest));
+  const algorithm = signingAlgorithmFor(keyPair.privateKey);
+  return toPem(der.sequence(info, algorithm.algorithmIdentifier, der.bitString(algorithm.sign(info))), "CERTIFICATE REQUEST");
 }

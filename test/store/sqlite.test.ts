@@ -1,5 +1,6 @@
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, describe, expect, it } from "vitest";
@@ -75,10 +76,38 @@ describe("sqlite store specifics", () => {
     await store.close();
   });
 
-  it("runs in WAL mode with synchronous=FULL, foreign keys and a busy timeout", async () => {
+  it("runs in WAL mode with synchronous=FULL, foreign keys, a busy timeout and temp_store=MEMORY", async () => {
     const store = openSqliteStore(join(root, "settings.db"));
-    expect(store.settings()).toEqual({ journalMode: "wal", synchronous: "FULL", foreignKeys: true, busyTimeoutMs: 5000 });
+    expect(store.settings()).toEqual({ journalMode: "wal", synchronous: "FULL", foreignKeys: true, busyTimeoutMs: 5000, tempStore: "MEMORY" });
     await store.close();
+  });
+
+  it("keeps temporary tables and sorts in memory: a big sort works where every temp directory is read-only (readOnlyRootFilesystem)", () => {
+    // A mount namespace (unshare -rm) where /tmp, /var/tmp and the directory named by
+    // SQLITE_TMPDIR and TMPDIR (also the child's working directory) are read-only, and only the
+    // store's own directory is writable: what the CA's pod has. Without temp_store=MEMORY SQLite
+    // fails such a sort with SQLITE_IOERR_GETTEMPPATH.
+    const base = mkdtempSync(join(root, "tempstore-"));
+    const storeDir = join(base, "store");
+    const readOnly = join(base, "read-only");
+    mkdirSync(storeDir);
+    mkdirSync(readOnly);
+    const script = [
+      "set -e",
+      'for d in /tmp /var/tmp "$RO"; do mount --bind "$d" "$d"; mount -o remount,bind,ro "$d"; done',
+      'mount --bind "$STORE" "$STORE"; mount -o remount,bind,rw "$STORE"',
+      'if touch "$RO/probe" 2>/dev/null || touch /tmp/meshward-probe 2>/dev/null; then echo "temp directories still writable" >&2; exit 2; fi',
+      'exec "$NODE" --import tsx "$CHILD" "$STORE" "$RO"',
+    ].join("\n");
+    const child = join(import.meta.dirname, "fixtures/temp-store-child.ts");
+    const result = spawnSync("unshare", ["-rm", "sh", "-c", script], {
+      encoding: "utf8",
+      timeout: 120_000,
+      // tsx caches in TMPDIR, read-only here: it compiles in memory instead.
+      env: { ...process.env, TSX_DISABLE_CACHE: "1", SQLITE_TMPDIR: readOnly, TMPDIR: readOnly, RO: readOnly, STORE: storeDir, NODE: process.execPath, CHILD: child },
+    });
+    expect(result.status, result.stderr).toBe(0);
+    expect(JSON.parse(result.stdout.trim().split("\n").at(-1) ?? "{}"), result.stderr).toEqual({ listed: 1200, tempStore: "MEMORY" });
   });
 
   it("refuses a missing parent directory with E_STORE_OPEN naming it", () => {
