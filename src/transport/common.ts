@@ -1,6 +1,6 @@
 import type { X509Certificate } from "node:crypto";
 import type { Socket } from "node:net";
-import type { TLSSocket } from "node:tls";
+import type { Server as TlsServer, TLSSocket } from "node:tls";
 import { MeshwardError, describeError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import { compileMatcher, describeMatcher, normalizeMatcher } from "../spiffe/match.ts";
@@ -126,7 +126,7 @@ export interface ServerRuntime {
   readonly logger: TlsLogger;
   readonly insecure: boolean;
   readonly maxConnectionAgeMs: number;
-  /** Refusals any peer can cause at will (failed handshakes, refused callers) are logged through it: 5 per reason and address every 10 s. */
+  /** Refusals any peer can cause at will (failed handshakes, refused callers) are logged through it: 5 per reason and address every 10 s, the rest counted (`sweepRefusals`). */
   readonly refusalLog: LogLimiter;
 }
 
@@ -201,11 +201,86 @@ export function admitConnection(runtime: ServerRuntime, socket: TLSSocket, what:
     return peer;
   } catch (error) {
     const from = socket.remoteAddress ?? "?";
-    const unlogged = runtime.refusalLog.admit(`refused|${(error as { code?: string }).code ?? "other"}|${from}`);
+    const unlogged = runtime.refusalLog.admit(refusalKey("refused", (error as { code?: string }).code ?? "other", from));
     if (unlogged !== undefined) runtime.logger.warn(`${what} refused a connection from ${from}: ${describeError(error)}${unlogged > 0 ? ` (${unlogged} more like it not logged)` : ""}`);
     socket.destroy();
     return undefined;
   }
+}
+
+/** How often the refusal limiter's ended windows are swept (and their left-out lines summed up in one line). */
+export const REFUSAL_SWEEP_MS = 10_000;
+
+type RefusalKind = "handshake" | "refused" | "grpc-call";
+const REFUSAL_KINDS: Readonly<Record<RefusalKind, string>> = {
+  handshake: "failed TLS handshakes",
+  refused: "refused connections",
+  "grpc-call": "refused calls",
+};
+
+/** The refusal limiter's key: kind, reason code and the peer's address (no port: one caller's reconnections share one budget). */
+export function refusalKey(kind: RefusalKind, code: string, from: string): string {
+  return `${kind}|${code}|${from}`;
+}
+
+/**
+ * Sweeps the refusal limiter every REFUSAL_SWEEP_MS: each key whose window ended with lines left out
+ * gets one summary line (`…: N more like it not logged`), so a flood is counted in the log even
+ * when no line of its kind follows it. Returns the function that stops it.
+ */
+export function sweepRefusals(runtime: ServerRuntime, what: string): () => void {
+  const timer = setInterval(() => {
+    runtime.refusalLog.sweep((key, suppressed) => {
+      const [kind, code, ...address] = key.split("|");
+      const about = kind !== undefined && kind in REFUSAL_KINDS && code !== undefined ? `${REFUSAL_KINDS[kind as RefusalKind]} from ${address.join("|") || "?"} (${code})` : "refusals from further addresses";
+      runtime.logger.warn(`${what}: ${about}: ${suppressed} more like it not logged`);
+    });
+  }, REFUSAL_SWEEP_MS);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
+/**
+ * Why a TLS handshake failed, for one log line: the client certificate's verification error when
+ * there was one (Node then reports a bare ECONNRESET and keeps the reason on
+ * `socket.authorizationError`), else the error's code and OpenSSL's reason text without its thread
+ * id and source path. Only codes and OpenSSL's fixed texts: never bytes the peer sent.
+ */
+export function handshakeFailureOf(error: Error & { code?: string }, socket: TLSSocket | undefined): { readonly code: string; readonly detail: string } {
+  const verifyError = (socket as { authorizationError?: unknown } | undefined)?.authorizationError;
+  if (typeof verifyError === "string" && verifyError !== "") return { code: verifyError, detail: "(the client's certificate failed verification against the trust bundle)" };
+  if (verifyError instanceof Error) return { code: (verifyError as { code?: string }).code ?? "E_PEER_UNTRUSTED", detail: "(the client's certificate failed verification against the trust bundle)" };
+  // OpenSSL: "<thread>:error:<lib code>:SSL routines:<function>:<reason>:<file>:<line>:"
+  const openssl = /:error:[0-9A-Fa-f]+:[^:]*:[^:]*:([^:]+):/.exec(error.message)?.[1];
+  const detail = (openssl ?? error.message).replace(/[^\x20-\x7e]+/g, " ").trim().slice(0, 200);
+  return { code: error.code ?? "other", detail };
+}
+
+/**
+ * Logs each failed TLS handshake on `server` through the refusal limiter (anyone who can reach the
+ * port can fail handshakes at will: 5 lines per reason and address every 10 s, the rest counted
+ * into the key's next line or its summary) and destroys the socket. The raw connection's address is
+ * noted as it arrives: a handshake that fails on the client's certificate leaves none on the TLS socket.
+ */
+export function logHandshakeFailures(server: TlsServer, runtime: ServerRuntime, what: string): void {
+  const addresses = new WeakMap<object, string>();
+  server.on("connection", (raw: Socket) => {
+    if (raw.remoteAddress !== undefined) addresses.set(raw, raw.remoteAddress);
+  });
+  server.on("tlsClientError", (error: Error & { code?: string }, socket: TLSSocket | undefined) => {
+    const parent = (socket as { _parent?: object } | undefined)?._parent;
+    const from = socket?.remoteAddress ?? (parent !== undefined ? addresses.get(parent) : undefined) ?? "?";
+    const { code, detail } = handshakeFailureOf(error, socket);
+    const unlogged = runtime.refusalLog.admit(refusalKey("handshake", code, from));
+    if (unlogged !== undefined) {
+      runtime.logger.warn(`${what}: TLS handshake from ${from} failed: ${code} ${detail}${unlogged > 0 ? ` (${unlogged} more like it not logged)` : ""}`);
+    }
+    // A plain tls.Server leaves the socket open after a failed handshake, a timed-out one
+    // included (the https and http2 servers add a listener that destroys it): one byte 0x16 then
+    // held a connection, and its slot under the listener's cap, for good. Destroyed once every
+    // listener of this event has read what it needs from it.
+    process.nextTick(() => socket?.destroy());
+  });
 }
 
 /**

@@ -13,7 +13,7 @@ import type { SecureOptions } from "../tls/policy.ts";
 import { normalizeSerial, peerChainOf, readSvidIdentity, spiffeCheckServerIdentity, verifyPeerCertificate } from "../tls/verify.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import type { IdentityHealth } from "../tls/context.ts";
-import { admitConnection, ConnectionRegistry, prepareServer } from "./common.ts";
+import { admitConnection, ConnectionRegistry, logHandshakeFailures, prepareServer, refusalKey, sweepRefusals } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
 import { closeWhenRevoked, prepareClient, recordCertificateExpiry, retireAtCertificateExpiry } from "./client-common.ts";
 import type { ClientRuntime } from "./client-common.ts";
@@ -39,7 +39,8 @@ type CredsWatcher = (options: SecureOptions | null) => void;
  * (GOAWAY) and when the caller's certificate expires (GOAWAY). grpc-js keeps its http2 server to
  * itself: it is found through the watcher grpc-js hands us (`serverOfWatcher`). Each call is
  * checked again by an interceptor before any handler runs; a refused call also ends its
- * connection (GOAWAY, destroyed GRPC_REFUSED_GRACE_MS later).
+ * connection (GOAWAY, destroyed GRPC_REFUSED_GRACE_MS later). Failed handshakes (which grpc-js only
+ * traces) are logged on that server as by the node servers (`logHandshakeFailures`).
  * `_getInterceptors`, `_addWatcher` and `_equals` are grpc-js internals (server.js calls them when
  * a port is bound), and so are the interceptor call's `stream.session` and the watcher calling
  * `setSecureContext` on the server: if a release stopped the first, callers would be checked by TLS
@@ -149,10 +150,12 @@ export class MeshwardServerCredentials extends ServerCredentials {
       if (socket.destroyed) return void session.destroy();
       sessions.set(socket, session);
     });
-    const sweeper = setInterval(() => runtime.refusalLog.sweep(() => undefined), 10_000);
-    sweeper.unref();
+    // grpc-js only traces failed handshakes (another CA, expired, no certificate, TLS 1.1,
+    // plaintext): logged as by the other SDK servers, through the same limiter.
+    logHandshakeFailures(server, runtime, "gRPC server");
+    const stopSweeping = sweepRefusals(runtime, "gRPC server");
     server.once("close", () => {
-      clearInterval(sweeper);
+      stopSweeping();
       registry.close();
       this.#registries.delete(registry);
     });
@@ -270,7 +273,7 @@ function authorizeCall(runtime: ServerRuntime, call: ServerInterceptingCallInter
    */
   const refuse = (code: string, reason: string, grpcCode: status, details: string) => {
     const from = addressOfPeer(call.getPeer());
-    const unlogged = runtime.refusalLog.admit(`grpc-call|${code}|${from}`);
+    const unlogged = runtime.refusalLog.admit(refusalKey("grpc-call", code, from));
     if (unlogged !== undefined) runtime.logger.warn(`gRPC server refused a call from ${from} and closes its connection: ${reason}${unlogged > 0 ? ` (${unlogged} more like it not logged)` : ""}`);
     call.sendStatus({ code: grpcCode, details, metadata: new Metadata() });
     const session = sessionOfCall(call);

@@ -3,7 +3,7 @@ import type { Server as TlsServer, TLSSocket } from "node:tls";
 import type { IdentityHealth } from "../tls/context.ts";
 import { loadOnce } from "../tls/policy.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
-import { admitConnection, ConnectionRegistry, endTunnel, peerOf, prepareServer } from "./common.ts";
+import { admitConnection, ConnectionRegistry, endTunnel, logHandshakeFailures, peerOf, prepareServer, sweepRefusals } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
 import { dialTls, prepareClient, retireTunnelWhenStale, SessionCache } from "./client-common.ts";
 import type { ClientRuntime, ResumableSession } from "./client-common.ts";
@@ -61,28 +61,14 @@ export function secureServer<S extends TlsServer>(
       if (!socket.destroyed) onVerified(socket);
     });
   }
-  // Anyone who can reach the port can fail handshakes at will: 5 lines per reason and address
-  // every 10 s, the rest counted into the next line (the metrics count every failure).
-  const failures = runtime.refusalLog;
-  const sweeper = setInterval(() => failures.sweep(() => undefined), 10_000);
-  sweeper.unref();
-  server.on("tlsClientError", (error: Error & { code?: string }, socket: TLSSocket) => {
-    const from = socket?.remoteAddress ?? "?";
-    const unlogged = failures.admit(`${error.code ?? "other"}|${from}`);
-    if (unlogged !== undefined) {
-      runtime.logger.warn(`${what}: TLS handshake from ${from} failed: ${error.code ?? ""} ${error.message}${unlogged > 0 ? ` (${unlogged} more like it not logged)` : ""}`);
-    }
-    // A plain tls.Server leaves the socket open after a failed handshake, a timed-out one
-    // included (the https and http2 servers add a listener that destroys it): one byte 0x16 then
-    // held a connection, and its slot under the listener's cap, for good. Destroyed once every
-    // listener of this event has read what it needs from it.
-    process.nextTick(() => socket?.destroy());
-  });
+  // Anyone who can reach the port can fail handshakes at will: logged through the refusal limiter.
+  logHandshakeFailures(server, runtime, what);
+  const stopSweeping = sweepRefusals(runtime, what);
   let released = false;
   const release = () => {
     if (released) return;
     released = true;
-    clearInterval(sweeper);
+    stopSweeping();
     detach();
     registry.close();
     runtime.holder.close();

@@ -1,10 +1,14 @@
+import * as grpc from "@grpc/grpc-js";
+import { spawn } from "node:child_process";
+import { connect as netConnect } from "node:net";
 import type { AddressInfo } from "node:net";
 import { connect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createMtlsServer, type MtlsServer } from "../../src/transport/index.ts";
+import { createMtlsServer, grpcChannelCredentials, grpcServerCredentials, peerIdentity, type MtlsServer } from "../../src/transport/index.ts";
+import type { MeshwardServerCredentials } from "../../src/transport/index.ts";
 import { createTestPki } from "../helpers/openssl-pki.ts";
 import type { TestLeaf, TestPki } from "../helpers/openssl-pki.ts";
-import { bundleOf, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
+import { bundleOf, callWho, EchoClient, echoService, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
 
 // Found by review (stop 33): every failed handshake and every refused caller wrote a warn line,
 // so anyone who could reach a meshward server (a failed handshake needs no certificate; a refused
@@ -51,4 +55,133 @@ describe("a meshward server logs refusals rate-limited", () => {
     for (let i = 0; i < 20; i++) expect(await attempt()).toBe("");
     expect(warned(/TLS handshake from 127\.0\.0\.1 failed/)).toBe(5);
   });
+
+  it("a client certificate from another CA: logged with the verification error and the caller's address", async () => {
+    const other = createTestPki({ trustDomain: TD, name: "other ca" });
+    try {
+      const before = warned(/mTLS server: TLS handshake from/);
+      expect(await attempt(other.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/web` }))).toBe("");
+      expect(logger.lines.filter((line) => /mTLS server: TLS handshake from/.test(line)).slice(before)).toEqual([
+        expect.stringMatching(/^warn mTLS server: TLS handshake from 127\.0\.0\.1 failed: UNABLE_TO_GET_ISSUER_CERT_LOCALLY /),
+      ]);
+    } finally {
+      other.cleanup();
+    }
+  });
+});
+
+// Found by review (sdk-grpc): the gRPC server refused callers in the handshake and logged that, but a
+// handshake that failed (a certificate from another CA, an expired one, none, TLS 1.1, plaintext)
+// was not logged at all: grpc-js only traces it. It is now logged as by the other SDK servers (same
+// line, same per-runtime limiter: 5 per reason and address every 10 s, then a count of the rest).
+describe("a meshward gRPC server logs failed handshakes rate-limited", () => {
+  const SERVER_ID = `spiffe://${TD}/ns/default/api`;
+  const glog = makeLogger();
+  let server: grpc.Server;
+  let creds: MeshwardServerCredentials;
+  let other: TestPki;
+  let gport = 0;
+
+  beforeAll(async () => {
+    other = createTestPki({ trustDomain: TD, name: "other ca" });
+    server = new grpc.Server();
+    server.addService(echoService, {
+      who: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => cb(null, Buffer.from(peerIdentity(call)?.spiffeId ?? "none")),
+    });
+    creds = await grpcServerCredentials(new ManualIdentity(snapshotOf(pki.issueLeaf({ spiffeId: SERVER_ID }), bundleOf([pki]))), { logger: glog });
+    gport = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", creds, (e, p) => (e ? reject(e) : resolve(p))));
+  });
+  afterAll(() => {
+    server?.forceShutdown();
+    creds?.close();
+    other?.cleanup();
+  });
+
+  const handshakeLines = () => glog.lines.filter((line) => line.startsWith("warn gRPC server: TLS handshake from"));
+  /** The handshake lines logged by `peer` (waits until at least one arrives). */
+  async function linesOf(peer: () => Promise<void>): Promise<string[]> {
+    const before = handshakeLines().length;
+    await peer();
+    for (let i = 0; i < 200 && handshakeLines().length === before; i++) await new Promise((r) => setTimeout(r, 25));
+    await new Promise((r) => setTimeout(r, 50));
+    return handshakeLines().slice(before);
+  }
+  /** `openssl s_client` as the peer: handshakes, then ends (stdin closed). */
+  const sClient = (args: readonly string[]) =>
+    new Promise<void>((resolve, reject) => {
+      const child = spawn("openssl", ["s_client", "-connect", `127.0.0.1:${gport}`, "-servername", "localhost", ...args], { stdio: ["pipe", "ignore", "ignore"] });
+      child.on("error", reject);
+      child.on("exit", () => resolve());
+      child.stdin.end();
+    });
+  const PLAINTEXT = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nplaintext-marker-5f3a";
+  const plaintext = () =>
+    new Promise<void>((resolve) => {
+      const socket = netConnect(gport, "127.0.0.1", () => socket.write(PLAINTEXT));
+      socket.on("error", () => undefined);
+      socket.once("close", () => resolve());
+    });
+  const noCertificate = (localAddress: string) =>
+    new Promise<void>((resolve) => {
+      const socket = connect({ socket: netConnect({ host: "127.0.0.1", port: gport, localAddress }), ca: pki.root.certPem, servername: "localhost", checkServerIdentity: () => undefined, ALPNProtocols: ["h2"] });
+      socket.on("error", () => undefined);
+      socket.once("close", () => resolve());
+    });
+
+  // s_client sends the leaf alone (another CA's), so OpenSSL cannot even find its issuer.
+  it("a client certificate from another CA (openssl s_client): one line, with the verification error", async () => {
+    const leaf = other.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/web` });
+    expect(await linesOf(() => sClient(["-cert", leaf.certPath, "-key", leaf.keyPath, "-CAfile", pki.rootPath]))).toEqual([
+      expect.stringMatching(/^warn gRPC server: TLS handshake from 127\.0\.0\.1 failed: UNABLE_TO_VERIFY_LEAF_SIGNATURE /),
+    ]);
+  });
+
+  it("an expired client certificate (openssl s_client): one line, CERT_HAS_EXPIRED", async () => {
+    const leaf = pki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/web`, notBefore: new Date(Date.now() - 2 * 86_400_000), notAfter: new Date(Date.now() - 86_400_000) });
+    expect(await linesOf(() => sClient(["-cert", leaf.certPath, "-key", leaf.keyPath, "-cert_chain", pki.issuer.certPath, "-CAfile", pki.rootPath]))).toEqual([
+      expect.stringMatching(/^warn gRPC server: TLS handshake from 127\.0\.0\.1 failed: CERT_HAS_EXPIRED /),
+    ]);
+  });
+
+  it("no client certificate (openssl s_client): one line", async () => {
+    expect(await linesOf(() => sClient(["-CAfile", pki.rootPath]))).toEqual([
+      expect.stringMatching(/^warn gRPC server: TLS handshake from 127\.0\.0\.1 failed: ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE peer did not return a certificate$/),
+    ]);
+  });
+
+  it("TLS 1.1 (openssl s_client -tls1_1): one line", async () => {
+    expect(await linesOf(() => sClient(["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0", "-CAfile", pki.rootPath]))).toEqual([
+      expect.stringMatching(/^warn gRPC server: TLS handshake from 127\.0\.0\.1 failed: ERR_SSL_UNSUPPORTED_PROTOCOL unsupported protocol$/),
+    ]);
+  });
+
+  it("plaintext (an h2c preface): one line, without the bytes sent", async () => {
+    const lines = await linesOf(plaintext);
+    expect(lines).toEqual([expect.stringMatching(/^warn gRPC server: TLS handshake from 127\.0\.0\.1 failed: ERR_SSL_[A-Z_]+ [a-z ]+$/)]);
+    expect(lines.join("\n")).not.toContain("plaintext-marker");
+    expect(glog.lines.join("\n")).not.toMatch(/PRIVATE KEY|plaintext-marker/);
+  });
+
+  it("a flood of 200 failed handshakes: at most 5 lines per 10 s window, the rest counted in the limiter's summary; a valid client still works", async () => {
+    // From 127.0.0.2: its own limiter key (reason and address), apart from the tests above.
+    const floodLines = () => glog.lines.filter((line) => line.includes("127.0.0.2"));
+    const started = Date.now();
+    for (let i = 0; i < 200; i++) await noCertificate("127.0.0.2");
+    const windows = Math.ceil((Date.now() - started + 1) / 10_000);
+    const during = floodLines();
+    expect(during.length).toBeGreaterThanOrEqual(5);
+    expect(during.length).toBeLessThanOrEqual(5 * windows);
+    // Every failure is logged or counted: when the key's window ends, the rest are reported in one summary line.
+    const logged = () => floodLines().filter((line) => line.includes("TLS handshake from 127.0.0.2 failed: ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE")).length;
+    const counted = () => floodLines().reduce((sum, line) => sum + Number(/(\d+) more like it not logged/.exec(line)?.[1] ?? 0), 0);
+    for (let i = 0; i < 160 && logged() + counted() < 200; i++) await new Promise((r) => setTimeout(r, 250));
+    expect(logged() + counted()).toBe(200);
+    expect(floodLines().at(-1)).toMatch(/^warn gRPC server: failed TLS handshakes from 127\.0\.0\.2 \(ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE\): \d+ more like it not logged$/);
+    const client = new EchoClient(`127.0.0.1:${gport}`, await grpcChannelCredentials(new ManualIdentity(snapshotOf(pki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/web` }), bundleOf([pki]))), { expect: SERVER_ID, logger: makeLogger() }));
+    try {
+      expect(await callWho(client)).toBe(`spiffe://${TD}/ns/default/web`);
+    } finally {
+      client.close();
+    }
+  }, 90_000);
 });
