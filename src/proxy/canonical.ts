@@ -415,6 +415,25 @@ export function h2RequestHeadBytes(rawHeaders: readonly string[]): number {
   return bytes;
 }
 
+/**
+ * node:http2's own limits on a request's header block for a sidecar server whose
+ * limits.maxHeaderBytes is `maxHeaderBytes`, set so that meshward, not node:http2, judges every
+ * block up to twice that limit (and answers 431 / grpc-status 8 over it), whatever its fields.
+ * node:http2 counts a block by RFC 7541 (each field's name and value plus 32 bytes; the
+ * SETTINGS_MAX_HEADER_LIST_SIZE it advertises) and refuses more than `maxHeaderListPairs` fields
+ * (128 by default), resetting the stream (RST_STREAM ENHANCE_YOUR_CALM) before the sidecar sees
+ * it. RFC 7541 counts a regular field 28 bytes more than h2RequestHeadBytes (a pseudo-header up
+ * to 39), and h2RequestHeadBytes counts a regular field at least 5 bytes, so a block it counts B
+ * bytes holds at most B / 5 + 4 fields and RFC 7541 counts it at most 6.6 × B + 124: node's
+ * limits sit above those for B = 2 × maxHeaderBytes (16 KiB: 212 KiB and 6,562 fields). Past them (thousands of fields, hundreds of
+ * KiB) node:http2 still refuses the block itself, so that what it buffers stays bounded (and all
+ * of a session's headers by its maxSessionMemory).
+ */
+export function h2HeaderLimits(maxHeaderBytes: number): { readonly maxHeaderListSize: number; readonly maxHeaderListPairs: number } {
+  const judged = 2 * maxHeaderBytes;
+  return { maxHeaderListSize: Math.ceil(6.6 * judged) + 1024, maxHeaderListPairs: Math.ceil(judged / 5) + 8 };
+}
+
 /** The canonical form of an HTTP/2 request from its header block, or why it is refused. */
 export function canonicalH2Request(headers: H2Headers, escapedSlashes: EscapedSlashAction): CanonicalH2Request | H2Refusal {
   const method = headers[":method"];

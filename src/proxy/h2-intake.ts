@@ -1,5 +1,6 @@
 import { constants as h2 } from "node:http2";
 import type { Http2Stream } from "node:http2";
+import { SMALL_CHUNK, unpinned } from "./http1/chunk-stage.ts";
 
 /**
  * Reads an HTTP/2 stream's incoming body (a caller's request on a server stream, an app's or a
@@ -20,7 +21,12 @@ import type { Http2Stream } from "node:http2";
  * window still lets in are copied, back to back, into buffers of 16 KiB: a held stream holds at
  * most one window of bytes (the caller's SETTINGS_INITIAL_WINDOW_SIZE as we advertise it, 64 KiB
  * by default), whatever the frames. A stream starts held, so one that waits for a connection to the
- * app holds the same. ("The caller" below is whoever sends on the stream: on a client stream, the
+ * app holds the same.
+ *
+ * What the sink is handed as it comes is queued by it (toward a side that may not read), so a frame
+ * of SMALL_CHUNK bytes or more that keeps alive much more than its bytes (a 4 KiB frame alone in
+ * a 64 KiB read, the rest of it frames nobody reads) is copied first (`unpinned`); smaller ones
+ * are copied by the sinks' stage (ChunkStage). ("The caller" below is whoever sends on the stream: on a client stream, the
  * app or peer sidecar answering; the window is then the one the sidecar's client session advertises.)
  */
 export interface IntakeSink {
@@ -72,7 +78,7 @@ export class H2Intake {
     this.hold();
     stream.on("data", (chunk: Buffer) => {
       if (this.#holding || this.#sink === undefined) return this.#keep(chunk);
-      this.#sink.data(chunk);
+      this.#sink.data(chunk.length >= SMALL_CHUNK ? unpinned(chunk) : chunk);
     });
     stream.once("end", () => {
       this.#ended = true;

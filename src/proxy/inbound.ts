@@ -21,7 +21,7 @@ import type { HostPort } from "../util/address.ts";
 import { systemClock } from "../util/clock.ts";
 import { listenOn } from "../util/listen.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
-import { canonicalH2Request, h2RequestHeadBytes, isGrpcRequest, isRefusal } from "./canonical.ts";
+import { canonicalH2Request, h2HeaderLimits, h2RequestHeadBytes, isGrpcRequest, isRefusal } from "./canonical.ts";
 import type { EscapedSlashAction } from "./canonical.ts";
 import { closeWhenIdle, ConnectionTracker } from "./connections.ts";
 import { methodOverrideInspector } from "./method-override-body.ts";
@@ -369,8 +369,10 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   // --- HTTP/2 and gRPC -----------------------------------------------------------------
   // Streams are bounded per connection: each non-gRPC one takes a connection to the app. A
   // session's memory stays at Node's default bound (10 MB; past it new streams are refused),
-  // as on the outbound.
-  const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes, maxConcurrentStreams: limits.maxConcurrentStreams } });
+  // as on the outbound. node:http2's own header-block limits sit above maxHeaderBytes (h2HeaderLimits),
+  // so that a block over it gets meshward's 431, not node:http2's reset.
+  const headerLimits = h2HeaderLimits(limits.maxHeaderBytes);
+  const h2 = createH2Server({ maxHeaderListPairs: headerLimits.maxHeaderListPairs, settings: { maxHeaderListSize: headerLimits.maxHeaderListSize, maxConcurrentStreams: limits.maxConcurrentStreams } });
   let handing: Socket | undefined;
   const sessionSocket = new WeakMap<ServerHttp2Session, Socket>();
   // headersTimeout for HTTP/2 (a header block that never completes) and idleTimeout counted in open streams.

@@ -17,7 +17,7 @@ import { forwardH2, forwardUpgrade, isUnreachable } from "./forward.ts";
 import { H2Intake } from "./h2-intake.ts";
 import type { ForwardHooks } from "./forward.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
-import { canonicalH2Request, h2RequestHeadBytes, isGrpcRequest, isRefusal } from "./canonical.ts";
+import { canonicalH2Request, h2HeaderLimits, h2RequestHeadBytes, isGrpcRequest, isRefusal } from "./canonical.ts";
 import type { EscapedSlashAction } from "./canonical.ts";
 import { APP_ID_HEADER, appIdProblem, targetAppId } from "./headers.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
@@ -235,7 +235,9 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       closeAfterResponse: () => tracker.draining,
     });
     relay = http1;
-    const h2 = createH2Server({ settings: { maxHeaderListSize: limits.maxHeaderBytes, maxConcurrentStreams: limits.maxConcurrentStreams } });
+    // node:http2's own header-block limits sit above maxHeaderBytes (h2HeaderLimits): a block over it gets meshward's 431.
+    const headerLimits = h2HeaderLimits(limits.maxHeaderBytes);
+    const h2 = createH2Server({ maxHeaderListPairs: headerLimits.maxHeaderListPairs, settings: { maxHeaderListSize: headerLimits.maxHeaderListSize, maxConcurrentStreams: limits.maxConcurrentStreams } });
     let handing: Socket | undefined;
     const sessionSocket = new WeakMap<ServerHttp2Session, Socket>();
     const deadlines = new H2Deadlines({ headersTimeout: limits.headersTimeout, idleTimeout: limits.idleTimeout, headerTimedOut: (socket, detail) => clientError("header_timeout", detail, socket) });

@@ -8,11 +8,10 @@ import { inboundH2Session, metricValue, outboundH2Session, startMeshCa, startTes
 // advertised it (SETTINGS_MAX_HEADER_LIST_SIZE), and 20 KiB and 60 KiB header blocks reached the
 // app past the default 16 KiB. Now an HTTP/2 block is counted as the HTTP/1 relay counts a head
 // and refused before the policy and the app: 431 E_HEADER_TOO_LARGE, gRPC RESOURCE_EXHAUSTED.
-// Sidecars run in-process on real sockets; limits.maxHeaderBytes is 4096 here. Each block over
-// the limit is its connection's first request: node:http2 applies the advertised
-// SETTINGS_MAX_HEADER_LIST_SIZE itself (RST_STREAM ENHANCE_YOUR_CALM, RFC 9113's count: +32 bytes
-// a field) only once the caller has acknowledged the sidecar's SETTINGS, and never past that the
-// reviewer's 20 KiB and 60 KiB blocks got through.
+// Sidecars run in-process on real sockets; limits.maxHeaderBytes is 4096 here. node:http2 applies
+// its own limits (SETTINGS_MAX_HEADER_LIST_SIZE by RFC 7541's count, +32 bytes a field, and a
+// number of fields) once the caller has acknowledged the sidecar's SETTINGS: they sit above
+// maxHeaderBytes (h2HeaderLimits), so that a block over it gets 431 after the first exchange too.
 
 const MAX = 4096;
 
@@ -94,5 +93,48 @@ describe("HTTP/2: limits.maxHeaderBytes", () => {
     expect(await refused(caller, "outbound")).toBe(before + 1);
     // Under it, the request is routed (and the unreachable peer answers 502).
     expect((await exchange(outbound(), { ":path": "/small", "dapr-app-id": "callee" })).headers[":status"]).toBe(502);
+  });
+
+  // Many small fields: node:http2 counts each 32 bytes more (RFC 7541) and, by default, refuses a
+  // block of more than 128 fields. With its limits at maxHeaderBytes (as advertised before), a block
+  // meshward would forward (440 fields, 4,021 bytes as counted) was reset by node:http2 before
+  // meshward saw it (RST_STREAM ENHANCE_YOUR_CALM), and so was one just over it, where HTTP/1.1 gets
+  // 431. The session's first exchange is small: node:http2 applies its limits once the caller has
+  // acknowledged the sidecar's SETTINGS.
+  const fields = (count: number): Record<string, string> => Object.fromEntries(Array.from({ length: count }, (_, i) => [`x${i.toString(36).padStart(3, "0")}`, "v"]));
+  /** The response, or the stream's error code when it was reset (node:http2 refused the block). */
+  const attempt = (session: ClientHttp2Session, headers: Record<string, string>, body?: string) =>
+    exchange(session, headers, body).then(
+      (answer) => answer.headers,
+      (error: Error & { code?: string }) => ({ reset: error.code, message: error.message }),
+    );
+  const warm = async (session: ClientHttp2Session, headers: Record<string, string>) => {
+    await attempt(session, headers);
+    return session;
+  };
+
+  it("inbound: 440 small fields under maxHeaderBytes are forwarded, 460 just over it get 431, gRPC grpc-status 8; thousands are still refused by node:http2", async () => {
+    const session = await warm(inbound(), { ":path": "/warm" });
+    expect(await attempt(session, { ":path": "/many-under", ...fields(440) })).toEqual(expect.objectContaining({ ":status": 200 }));
+    expect(reached).toContain("/many-under");
+    const over = await attempt(session, { ":path": "/many-over", ...fields(460) });
+    expect(over).toEqual(expect.objectContaining({ ":status": 431, "x-meshward-error": "E_HEADER_TOO_LARGE" }));
+    // 1,000 fields (9,061 bytes as counted, 37,000 by RFC 7541): still meshward's answer.
+    expect(await attempt(session, { ":path": "/many-1000", ...fields(1000) })).toEqual(expect.objectContaining({ ":status": 431 }));
+    const grpc = await attempt(session, { ":method": "POST", ":path": "/pkg.Svc/Call", "content-type": "application/grpc", ...fields(460) }, "\0\0\0\0\0");
+    expect(grpc).toEqual(expect.objectContaining({ ":status": 200, "grpc-status": "8", "x-meshward-error": "E_HEADER_TOO_LARGE" }));
+    // Far past any sane size (3,000 fields): node:http2 refuses it itself, before buffering more.
+    expect(await attempt(session, { ":path": "/many-far", ...fields(3000) })).toEqual(expect.objectContaining({ reset: "ERR_HTTP2_STREAM_ERROR" }));
+    expect(reached).not.toContain("/many-over");
+    expect(reached).not.toContain("/many-1000");
+    expect(reached).not.toContain("/many-far");
+  });
+
+  it("outbound h2c: 440 small fields under maxHeaderBytes are routed, 460 just over it get 431; thousands are still refused by node:http2", async () => {
+    const session = await warm(outbound(), { ":path": "/warm", "dapr-app-id": "callee" });
+    // Routed: the unreachable peer answers 502.
+    expect(await attempt(session, { ":path": "/many-under", "dapr-app-id": "callee", ...fields(440) })).toEqual(expect.objectContaining({ ":status": 502 }));
+    expect(await attempt(session, { ":path": "/many-over", "dapr-app-id": "callee", ...fields(460) })).toEqual(expect.objectContaining({ ":status": 431, "x-meshward-error": "E_HEADER_TOO_LARGE" }));
+    expect(await attempt(session, { ":path": "/many-far", "dapr-app-id": "callee", ...fields(3000) })).toEqual(expect.objectContaining({ reset: "ERR_HTTP2_STREAM_ERROR" }));
   });
 });

@@ -10,6 +10,23 @@
 
 /** Pieces shorter than this are copied into the stage; longer ones are written as they are (three writes, corked). */
 export const SMALL_CHUNK = 4096;
+/**
+ * A piece handed on as it is (not copied) keeps alive the whole buffer it is a slice of: for an
+ * HTTP/2 DATA frame, the socket read it came in (64 KiB in plaintext, 16 KiB through TLS). Pieces
+ * that keep more than this many times their bytes are copied first (`unpinned`), so that what is
+ * queued for a side that does not read costs at most this many times its bytes. A full DATA frame
+ * (16 KiB) from a 64 KiB read keeps ~4 times its bytes and is passed on as it is.
+ */
+export const MAX_PIN_RATIO = 5;
+
+/** `chunk`, or a copy of it when it keeps alive more than MAX_PIN_RATIO times its bytes (the copy keeps only its own). */
+export function unpinned(chunk: Buffer): Buffer {
+  if (chunk.buffer.byteLength <= MAX_PIN_RATIO * chunk.length) return chunk;
+  const copy = Buffer.allocUnsafeSlow(chunk.length);
+  chunk.copy(copy);
+  return copy;
+}
+
 /** A stage after the first one in a read (the first is sized to its piece, from Node's buffer pool). */
 const STAGE_BYTES = 16 * 1024;
 /** Room a small piece takes besides its data: up to 3 hex digits (SMALL_CHUNK - 1 = 0xfff) and two CRLFs. */
@@ -73,13 +90,20 @@ export class ChunkStage {
     return full;
   }
 
-  /** The staged bytes (undefined when none); the stage is empty after, and holds no buffer. */
+  /**
+   * The staged bytes (undefined when none); the stage is empty after, and holds no buffer. A stage
+   * of STAGE_BYTES holding only a few bytes is copied out (to Node's buffer pool), not handed on
+   * whole: a sender whose every read ends with a few small pieces in a new stage (two 1-byte DATA
+   * frames a read) would otherwise queue 16 KiB of stage per few bytes counted.
+   */
   take(): Buffer | undefined {
     const buffer = this.#buffer;
     if (buffer === undefined) return undefined;
     this.#buffer = undefined;
     const bytes = this.#end !== this.#start ? buffer.subarray(this.#start, this.#end) : undefined;
     this.#start = this.#end = 0;
+    // The stage's own size, not its ArrayBuffer's: the first stage of a read comes from the pool.
+    if (bytes !== undefined && buffer.length > MAX_PIN_RATIO * bytes.length) return Buffer.from(bytes);
     return bytes;
   }
 }

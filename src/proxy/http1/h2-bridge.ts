@@ -10,7 +10,7 @@ import type { RevokeStream, StreamIdleRule } from "../stream-idle.ts";
 import type { MessageHead } from "./llhttp.ts";
 import { maySendAgain } from "./pool.ts";
 import type { Http1Pool, ResponseSink, UpstreamConnection } from "./pool.ts";
-import { ChunkStage, chunkSizeLine, SMALL_CHUNK } from "./chunk-stage.ts";
+import { ChunkStage, chunkSizeLine, SMALL_CHUNK, unpinned } from "./chunk-stage.ts";
 import { H2Intake } from "../h2-intake.ts";
 import { declaredFraming, expectsContinue, headersObject, upstreamRequestHead } from "./wire.ts";
 import type { BodyFraming } from "./wire.ts";
@@ -310,7 +310,8 @@ class H2Exchange implements ResponseSink {
     }
     const staged = this.#responseStage.take();
     if (staged !== undefined) this.stream.write(staged);
-    this.#toCaller(chunk);
+    // Queued for a caller that may not read: not as a slice keeping the app's whole read alive.
+    this.#toCaller(unpinned(chunk));
   }
 
   /** The app's read is parsed (the stream still corked): the pieces staged from it go in one write. */
