@@ -29,6 +29,7 @@ export const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: 
   ["--headers-timeout <duration>", "headersTimeout", ["limits", "headersTimeout"]],
   ["--handshake-timeout <duration>", "handshakeTimeout", ["limits", "handshakeTimeout"]],
   ["--idle-timeout <duration>", "idleTimeout", ["limits", "idleTimeout"]],
+  ["--upgrade-idle-timeout <duration>", "upgradeIdleTimeout", ["limits", "upgradeIdleTimeout"]],
   ["--max-connection-age <duration>", "maxConnectionAge", ["limits", "maxConnectionAge"]],
   ["--drain-timeout <duration>", "drainTimeout", ["limits", "drainTimeout"]],
   ["--max-connections <n>", "maxConnections", ["limits", "maxConnections"], "number"],

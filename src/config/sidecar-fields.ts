@@ -44,6 +44,7 @@ export const SIDECAR_LIMIT_HELP = {
   headersTimeout: "Time a client has to send complete request headers (slowloris guard); then 408 and close.",
   handshakeTimeout: "Time a client has to finish the TLS handshake (and to send its first byte).",
   idleTimeout: "Close a connection with no traffic for this long: HTTP/1.1 keep-alive, HTTP/2 (GOAWAY, open streams finish) and TCP mode.",
+  upgradeIdleTimeout: "Close an upgraded connection (a WebSocket, once the app answered 101) with no byte either way for this long, both sides, on either listener (Envoy's stream_idle_timeout); a WebSocket that may be silent longer needs pings more often than this.",
   maxConnectionAge: "Close inbound connections older than this (HTTP/2 GOAWAY, HTTP/1 Connection: close, a TCP tunnel ended) so revocations and root retirement reach them; a connection also ends when its caller's certificate expires. The outbound's TCP tunnels and WebSockets to peers, and egress connections to their backends, are ended at this age too.",
   drainTimeout: "On SIGTERM, and after an inbound connection is retired (age cap, caller certificate expiry, a root leaving the bundle): how long in-flight requests, WebSockets and HTTP/2 streams may take before the connection is closed.",
   maxConcurrentStreams: "HTTP/2 streams one connection may have open at once on either listener (SETTINGS_MAX_CONCURRENT_STREAMS); each non-gRPC stream takes a connection to the app.",

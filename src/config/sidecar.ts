@@ -51,6 +51,7 @@ export const limitsSchema = z
     headersTimeout: duration("headers timeout").default(10_000).describe(SIDECAR_LIMIT_HELP.headersTimeout),
     handshakeTimeout: duration("handshake timeout").default(10_000).describe(SIDECAR_LIMIT_HELP.handshakeTimeout),
     idleTimeout: duration("idle timeout").default(60_000).describe(SIDECAR_LIMIT_HELP.idleTimeout),
+    upgradeIdleTimeout: duration("upgrade idle timeout").default(300_000).describe(SIDECAR_LIMIT_HELP.upgradeIdleTimeout),
     maxConnectionAge: duration("max connection age").default(3_600_000).describe(SIDECAR_LIMIT_HELP.maxConnectionAge),
     drainTimeout: duration("drain timeout").default(10_000).describe(SIDECAR_LIMIT_HELP.drainTimeout),
     maxConcurrentStreams: z

@@ -38,10 +38,14 @@ export function isUnreachable(error: unknown): boolean {
 
 const NOTHING_TO_REVOKE: RevokeStream = () => undefined;
 
-/** An Upgrade request's hooks: those of any exchange, and limits.idleTimeout. */
+/** An Upgrade request's hooks: those of any exchange, limits.idleTimeout and limits.upgradeIdleTimeout. */
 export interface UpgradeHooks extends ForwardHooks {
   /** How long the upstream may take to answer, and a caller may leave a non-101 answer unread (limits.idleTimeout). */
   readonly idleMs: number;
+  /** How long a joined (101) connection may go without a byte either way before both sides are closed (limits.upgradeIdleTimeout). */
+  readonly upgradeIdleMs: number;
+  /** Called once when a joined connection is closed for having been silent `upgradeIdleMs` (logged by the side). */
+  readonly upgradeIdle: (idleMs: number) => void;
 }
 
 /** A bodiless Upgrade request in its canonical form (the relay refused one with a body). */
@@ -64,6 +68,9 @@ export interface UpgradeRequest {
  * 101 is relayed with `connection: close` and the connection closed (closeAfterResponse): the
  * socket's HTTP/1 parser has already let go of it, so it cannot go back to keep-alive. An
  * upstream that sends no response head for `idleMs` gets the caller a 504, as any exchange.
+ * A joined connection with no byte read from either side for `upgradeIdleMs` (Envoy's
+ * stream_idle_timeout, nginx's proxy_read_timeout) is closed both ways: a silent WebSocket
+ * would otherwise hold a listener slot and a connection to the app until the age cap.
  */
 export function forwardUpgrade(req: UpgradeRequest, socket: Socket, head: Buffer, upstream: Duplex, hooks: UpgradeHooks): void {
   if (socket.destroyed) {
@@ -108,8 +115,19 @@ export function forwardUpgrade(req: UpgradeRequest, socket: Socket, head: Buffer
     if (head.length > 0) upstreamSocket.write(head);
     upstreamSocket.pipe(socket);
     socket.pipe(upstreamSocket);
+    // Every byte either way passes through a 'data' event of one of the two sockets.
+    const idle = new IdleTimer(hooks.upgradeIdleMs, () => {
+      if (socket.destroyed && upstreamSocket.destroyed) return;
+      hooks.upgradeIdle(hooks.upgradeIdleMs);
+      socket.destroy();
+      upstreamSocket.destroy();
+    });
+    const touch = () => idle.touch();
+    socket.on("data", touch);
+    upstreamSocket.on("data", touch);
     socket.once("close", () => upstreamSocket.destroy());
     upstreamSocket.once("close", () => {
+      idle.stop();
       socket.destroy();
       done(res.statusCode ?? 101);
     });

@@ -360,7 +360,16 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       // Registered before the app answers: a reload while the 101 is on its way judges it too.
       holdTunnel(socket, { peer, operation: request.target.path, verb: request.method, rpcOverHttp: request.rpcOverHttp });
       const app = netConnect({ host: options.app.host, port: options.app.port, noDelay: true });
-      forwardUpgrade({ method: request.method, target: request.target.target, rawHeaders: request.head.rawHeaders }, socket, rest, app, { ...hooksFor(peer, socket, "http"), idleMs: limits.idleTimeout });
+      forwardUpgrade({ method: request.method, target: request.target.target, rawHeaders: request.head.rawHeaders }, socket, rest, app, {
+        ...hooksFor(peer, socket, "http"),
+        idleMs: limits.idleTimeout,
+        upgradeIdleMs: limits.upgradeIdleTimeout,
+        upgradeIdle: (idleMs) =>
+          logger.info(
+            { event: "upgrade-idle", direction: "inbound", remote: socket.remoteAddress, caller: peer?.spiffeId ?? "unverified", path: request.target.path, idleMs },
+            "closed an upgraded connection (WebSocket) with no byte either way for limits.upgradeIdleTimeout",
+          ),
+      });
     },
     clientError,
     closeAfterResponse: (socket) => tracker.draining || tracker.retiring(socket),

@@ -221,7 +221,16 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         const misdirected = name === undefined ? undefined : hostRefusal(host, name, socket);
         if (misdirected !== undefined) return void answerRawHttp1(socket, misdirected, limits.idleTimeout);
         if (target === undefined) return void answerRawHttp1(socket, unknownApp(name), limits.idleTimeout);
-        const hooks = { ...hooksFor(socket, target, "http"), idleMs: limits.idleTimeout };
+        const hooks = {
+          ...hooksFor(socket, target, "http"),
+          idleMs: limits.idleTimeout,
+          upgradeIdleMs: limits.upgradeIdleTimeout,
+          upgradeIdle: (idleMs: number) =>
+            logger.info(
+              { event: "upgrade-idle", direction: "outbound", app: target.appId, peer: `${target.host}:${target.port}`, path: request.target.path, idleMs },
+              "closed an upgraded connection (WebSocket) with no byte either way for limits.upgradeIdleTimeout",
+            ),
+        };
         // An upgraded connection is the caller's alone: a fresh verified connection, never pooled.
         pool.socket(target).then(
           (peer) => forwardUpgrade({ method: request.method, target: request.target.target, rawHeaders: request.head.rawHeaders }, socket, rest, peer, hooks),

@@ -40,6 +40,8 @@ export interface WsApp {
   readonly upgrades: { url: string; xfcc: string | undefined; dapr: (string | string[] | undefined)[] }[];
   readonly plain: { url: string; upgrade: string | undefined }[];
   closed: number;
+  /** Upgraded connections whose other side (the sidecar's connection to the app) ended or went away. */
+  ended: number;
   close(): Promise<void>;
 }
 
@@ -50,6 +52,7 @@ export async function startWsApp(): Promise<WsApp> {
     upgrades: [],
     plain: [],
     closed: 0,
+    ended: 0,
     close: async () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
   const sockets = new Set<Duplex>();
@@ -75,8 +78,16 @@ export async function startWsApp(): Promise<WsApp> {
         if (frame.opcode === 0x8) socket.end(Buffer.from([0x88, 0x00]));
       }
     });
+    let ended = false;
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      app.ended += 1;
+    };
+    socket.once("end", end);
     socket.on("error", () => undefined);
     socket.once("close", () => {
+      end();
       app.closed += 1;
       sockets.delete(socket);
     });

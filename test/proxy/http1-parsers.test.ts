@@ -57,6 +57,8 @@ const CASES: Case[] = [
   { name: "response with a 13-byte body", kind: "response", input: "HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nhello, world!HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n" },
   { name: "response to HEAD skips the body", kind: "response", head: true, input: "HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n" },
   { name: "204 and 304 have no body", kind: "response", input: "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nHTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" },
+  { name: "a request, then half of the next head (begun, never completed)", kind: "request", input: "GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHo" },
+  { name: "blank lines between pipelined requests are no message", kind: "request", input: "GET /one HTTP/1.1\r\nHost: a\r\n\r\n\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n" },
   { name: "close-delimited response completes at finish", kind: "response", finish: true, input: "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end" },
   { name: "response cut short fails at finish", kind: "response", finish: true, input: "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc" },
   { name: "chunked response with trailers", kind: "response", input: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nGrpc-Status: 0\r\n\r\n" },
@@ -71,6 +73,8 @@ function run(create: MessageParserFactory, c: Case, sizes: (length: number) => n
   const log: string[] = [];
   let body: Buffer[] = [];
   const parser = create(c.kind, c.maxHeaderBytes ?? 16 * 1024, {
+    // Where each message starts: the relay's head clock (a head begun after the request before it, in one read).
+    onMessageBegin: () => log.push("begin"),
     onHead: (h) => {
       log.push(`head ${JSON.stringify(h)}`);
       return c.head === true;

@@ -810,6 +810,23 @@ describe("HTTP/1.1 relay", () => {
     expect(relay.clientErrors).toEqual(["header_timeout"]);
   });
 
+  it("times a pipelined head that arrived half with the request before it from its first byte: 408 after headersTimeout without another read", async () => {
+    // Before, the head timer only started with the read after (never, here): the half head sat
+    // until idleTimeout closed the connection silently (30 s here), past the 5 s this waits.
+    const relay = await startRelay(app.port, { idleTimeout: 30_000, headersTimeout: 300 });
+    const half = await raw(relay.port, "GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHo", () => false, 5000);
+    expect(half.closed).toBe(true);
+    expect(count(half.text, "HTTP/1.1 200")).toBe(1);
+    expect(half.text).toMatch(/\r\n\r\n[^]*HTTP\/1\.1 408 /);
+    // The same after a request that waited its turn (its bytes held, parsed when it was next).
+    const held = await raw(relay.port, "GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\nGET /three HTTP/1.1\r\nHo", () => false, 5000);
+    expect(held.closed).toBe(true);
+    expect(count(held.text, "HTTP/1.1 200")).toBe(2);
+    expect(held.text).toMatch(/HTTP\/1\.1 408 /);
+    expect(relay.decided.map((head) => head.url)).toEqual(["/one", "/one", "/two"]);
+    expect(relay.clientErrors).toEqual(["header_timeout", "header_timeout"]);
+  });
+
   it("forwards the canonical target it judged, and refuses ambiguous targets and Host fields with 400 before anything is decided", async () => {
     const upstream = await startServer((req, res) => res.end(`${req.method} ${req.url} host=${req.headers.host}`));
     const relay = await startRelay(upstream.port);

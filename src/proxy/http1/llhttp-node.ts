@@ -28,6 +28,7 @@ interface NativeParserClass {
   new (): NativeParser;
   readonly REQUEST: number;
   readonly RESPONSE: number;
+  readonly kOnMessageBegin?: number;
   readonly kOnHeaders: number;
   readonly kOnHeadersComplete: number;
   readonly kOnBody: number;
@@ -44,6 +45,7 @@ export function loadNodeParser(): typeof createNodeParser {
   if (native === undefined) {
     const common = createRequire(import.meta.url)("_http_common") as { HTTPParser?: NativeParserClass; methods?: readonly string[] };
     if (typeof common.HTTPParser !== "function" || !Array.isArray(common.methods)) throw new Error("_http_common has no HTTPParser");
+    if (typeof common.HTTPParser.kOnMessageBegin !== "number") throw new Error("_http_common's HTTPParser has no kOnMessageBegin");
     native = { Parser: common.HTTPParser, methods: common.methods };
   }
   return createNodeParser;
@@ -73,6 +75,16 @@ export function createNodeParser(kind: "request" | "response", maxHeaderBytes: n
   let pending: string[] = [];
   let pendingUrl = "";
   let inBody = false;
+  let upgraded = false;
+  const onMessageBegin = events.onMessageBegin;
+  if (onMessageBegin !== undefined) {
+    // Node's binding calls it from llhttp's on_message_begin (loadNodeParser checked the slot exists).
+    // After an upgrade head the bytes are not HTTP/1: the binding would begin a message on the
+    // next execute; the WebAssembly build consumes nothing more there, and neither reports one.
+    parser[Parser.kOnMessageBegin!] = () => {
+      if (!upgraded) onMessageBegin.call(events);
+    };
+  }
   parser[Parser.kOnHeaders] = (headers: string[], url: string | undefined) => {
     for (const value of headers) pending.push(value);
     if (!inBody && url) pendingUrl += url;
@@ -94,6 +106,7 @@ export function createNodeParser(kind: "request" | "response", maxHeaderBytes: n
     const target = url ?? pendingUrl;
     pendingUrl = "";
     inBody = true;
+    if (upgrade) upgraded = true;
     const head = {
       method: method === undefined ? "" : (methods[method] ?? ""),
       url: target,

@@ -368,6 +368,7 @@ class WasmParser implements MessageParser {
     this.#last = NONE;
     this.#inBody = false;
     this.#failure = undefined;
+    this.#events.onMessageBegin?.();
     return OK;
   }
 

@@ -135,7 +135,7 @@ export function createMessageParser(kind: "request" | "response", maxHeaderBytes
 
 /**
  * Proves a build behaves as the relay expects on a fixed set of messages: callbacks and their
- * arguments, header batching, chunked bodies with trailers, pausing after a head, the large-body
+ * arguments (the start of each message included), header batching, chunked bodies with trailers, pausing after a head, the large-body
  * bypass, a stop after an upgrade head, stopping after a head when asked and resuming there, the
  * strict refusal of CL+TE and the header-size limit.
  * Returns what is wrong, or undefined.
@@ -145,6 +145,7 @@ export function http1ParserSelfTest(create: MessageParserFactory): string | unde
     const seen: string[] = [];
     const many = Array.from({ length: 40 }, (_, i) => `x-h${i}: v${i}\r\n`).join("");
     const parser = create("request", 16 * 1024, {
+      onMessageBegin: () => seen.push("begin"),
       onHead: (h) => {
         seen.push(`${h.method} ${h.url} ${h.httpMajor}.${h.httpMinor} ${h.rawHeaders.length} ${h.rawHeaders[0]}=${h.rawHeaders[1]} ${h.keepAlive} ${h.upgrade}`);
         return false;
@@ -169,7 +170,7 @@ export function http1ParserSelfTest(create: MessageParserFactory): string | unde
     small.close();
     strict.close();
     parser.close();
-    const expected = ["POST /a?b 1.1 84 Host=h true false", "body hi", "done X-T=1", "PUT /l 1.1 4 Host=h true false", "body abc", "done ", "PUT /m 1.1 4 Host=h true false", `body ${large.length} bytes`, "done ", "GET /w 1.1 4 Connection=upgrade true true", "done "];
+    const expected = ["begin", "POST /a?b 1.1 84 Host=h true false", "body hi", "done X-T=1", "begin", "PUT /l 1.1 4 Host=h true false", "body abc", "done ", "begin", "PUT /m 1.1 4 Host=h true false", `body ${large.length} bytes`, "done ", "begin", "GET /w 1.1 4 Connection=upgrade true true", "done "];
     if (JSON.stringify(seen) !== JSON.stringify(expected)) return `unexpected parse: ${JSON.stringify(seen)}`;
     if (consumed !== input.length - 3) return `execute did not stop after the upgrade head (${JSON.stringify(consumed)})`;
     if (JSON.stringify([stopsAt, steps]) !== JSON.stringify([[39, 21, 0], ["/s", "ok", "done", "/t", "done"]])) return `stopping after a head: ${JSON.stringify([stopsAt, steps])}`;

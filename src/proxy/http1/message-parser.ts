@@ -34,6 +34,11 @@ export const STOP_AFTER_HEAD = "stop";
 
 export interface MessageEvents {
   /**
+   * The first byte of a message was consumed (CR/LF between messages are not one). Optional: a
+   * parser without it makes no call per message.
+   */
+  onMessageBegin?(): void;
+  /**
    * Return true for a response that has no body whatever its headers say (the answer to HEAD);
    * STOP_AFTER_HEAD to stop parsing after this head.
    */

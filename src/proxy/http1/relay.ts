@@ -270,6 +270,13 @@ class ClientConnection {
     private readonly onGone: () => void,
   ) {
     this.#parser = createMessageParser("request", options.maxHeaderBytes, {
+      // A head's clock starts at its first byte, also when it follows the end of the request
+      // before it in the same read (or in bytes held): the read that started a head is not the
+      // only place one begins. Before, such a head was timed only from the read after, and a
+      // client that never sent one kept the half head until idleTimeout, with no 408.
+      onMessageBegin: () => {
+        if (this.#headStartedAt === 0) this.#headStartedAt = Date.now();
+      },
       onHead: (head) => {
         this.#headStartedAt = 0;
         if (this.#gone) return false;
