@@ -480,6 +480,74 @@ describe("Workload API server and client over a unix socket", () => {
     expect(isMeshwardError(refusedFile, "E_WORKLOAD_API_SOCKET")).toBe(true);
   });
 
+  it("refuses (never replaces) a live socket whose server does not accept right now: EAGAIN from a full backlog is not stale (found by review)", async () => {
+    const path = socketPath();
+    // A live server that does not accept (its event loop blocked, as in a long pause), backlog 1.
+    const child = spawn(
+      process.execPath,
+      ["-e", "require('net').createServer().listen({ path: process.argv[1], backlog: 1 }, () => { console.log('up'); Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0); })", path],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
+    cleanups.push(() => void child.kill("SIGKILL"));
+    await new Promise((resolve) => child.stdout!.once("data", resolve));
+    const held: Socket[] = [];
+    cleanups.push(() => held.forEach((socket) => socket.destroy()));
+    let code = "";
+    for (let i = 0; i < 64 && code === ""; i++) {
+      code = await new Promise<string>((resolve) => {
+        const socket = netConnect(path);
+        socket.once("connect", () => {
+          held.push(socket);
+          resolve("");
+        });
+        socket.once("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+      });
+    }
+    expect(code).toBe("EAGAIN");
+    const inode = statSync(path).ino;
+    const refused = await listenWorkloadApi({ socketPath: path }).catch((error: unknown) => error);
+    expect(isMeshwardError(refused, "E_WORKLOAD_API_SOCKET")).toBe(true);
+    expect((refused as Error).message).toContain("EAGAIN");
+    expect(statSync(path).ino).toBe(inode);
+    expect(readdirSync(dir).filter((name) => name.startsWith(".mw-"))).toEqual([]);
+  });
+
+  it("close() removes the socket only while the path is still its own: a socket that replaced it stays (found by review)", async () => {
+    const path = socketPath();
+    const api = await listenWorkloadApi({ socketPath: path });
+    cleanups.push(() => api.close());
+    // The socket removed by hand and another server bound at the path.
+    rmSync(path);
+    const other = createServer();
+    await new Promise<void>((resolve) => other.listen(path, resolve));
+    cleanups.push(() => new Promise<void>((resolve) => other.close(() => resolve())));
+    const inode = statSync(path).ino;
+    await api.close();
+    expect(statSync(path).ino).toBe(inode);
+    // Its own socket is removed as before.
+    const own = await listenWorkloadApi({ socketPath: socketPath() });
+    await own.close();
+    expect(() => statSync(own.socketPath)).toThrow();
+  });
+
+  it("two servers started at once on one path: one serves, the other is refused, and closing the first leaves no socket (found by review)", async () => {
+    const path = socketPath();
+    const results = await Promise.allSettled([listenWorkloadApi({ socketPath: path }), listenWorkloadApi({ socketPath: path })]);
+    const started = results.flatMap((result) => (result.status === "fulfilled" ? [result.value] : []));
+    for (const api of started) cleanups.push(() => api.close());
+    const failures = results.flatMap((result) => (result.status === "rejected" ? [result.reason as unknown] : []));
+    expect(started).toHaveLength(1);
+    expect(failures).toHaveLength(1);
+    expect(isMeshwardError(failures[0], "E_WORKLOAD_API_SOCKET")).toBe(true);
+    expect((await new Promise<string>((resolve) => netConnect(path).once("connect", function (this: Socket) {
+      this.destroy();
+      resolve("connected");
+    }).once("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? "error"))))).toBe("connected");
+    await started[0]!.close();
+    expect(() => statSync(path)).toThrow();
+    expect(readdirSync(dir).filter((name) => name.startsWith(".mw-"))).toEqual([]);
+  });
+
   it("the client refuses a response whose key does not match its certificate, or whose chain is foreign", () => {
     const good = pki.snapshot();
     const message = x509SvidResponse(good);

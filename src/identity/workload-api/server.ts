@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { chmodSync, lstatSync, mkdtempSync, renameSync, rmdirSync, unlinkSync } from "node:fs";
+import { chmodSync, linkSync, lstatSync, mkdtempSync, rmdirSync, unlinkSync } from "node:fs";
 import { connect, createServer as createNetServer } from "node:net";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
@@ -53,7 +53,7 @@ export interface WorkloadApiListener extends WorkloadApiServer {
 
 /** Sockets are `struct sockaddr_un.sun_path`, 108 bytes with its NUL on Linux; Node cuts longer paths short without a word. */
 const MAX_SOCKET_PATH_BYTES = 107;
-/** mkdtemp's pattern for the private directory the socket is bound in before it is renamed into place. */
+/** mkdtemp's pattern for the private directory the socket is bound in before it is linked into place. */
 const PRIVATE_DIR_PREFIX = ".mw-";
 
 type SvidCall = grpc.ServerWritableStream<unknown, X509SvidResponseMessage>;
@@ -202,10 +202,13 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
   });
 
   await removeStaleSocket(socketPath);
-  // Bind inside a private directory, set the mode, then rename into place: the socket is
-  // never reachable at its public path with the umask's (possibly wider) mode.
+  // Bind inside a private directory, set the mode, then link into place: the socket is never
+  // reachable at its public path with the umask's (possibly wider) mode. link(2), unlike
+  // rename(2), fails with EEXIST instead of replacing what is there: of two servers started at
+  // once on one path, the second finds the first's live socket and refuses.
   const privateDir = mkdtempSync(join(dirname(socketPath), PRIVATE_DIR_PREFIX));
   const tempSocket = join(privateDir, "s");
+  let bound: { dev: number; ino: number };
   try {
     await new Promise<void>((resolvePromise, reject) => {
       listener.once("error", reject);
@@ -215,16 +218,37 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
       });
     });
     chmodSync(tempSocket, mode);
-    renameSync(tempSocket, socketPath);
+    const { dev, ino } = lstatSync(tempSocket);
+    bound = { dev, ino };
+    try {
+      linkSync(tempSocket, socketPath);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+      // Something appeared since the check: refused if it is live or not a socket, removed if stale.
+      await removeStaleSocket(socketPath);
+      try {
+        linkSync(tempSocket, socketPath);
+      } catch (again) {
+        if ((again as NodeJS.ErrnoException).code !== "EEXIST") throw again;
+        throw new MeshwardError("E_WORKLOAD_API_SOCKET", `another process keeps creating ${socketPath} while this server binds it; stop it or choose another path`, { cause: again });
+      }
+    }
+    unlinkSync(tempSocket);
   } catch (error) {
     listener.close();
     server.forceShutdown();
+    if (error instanceof MeshwardError) throw error;
     throw new MeshwardError("E_WORKLOAD_API_BIND", `cannot serve the Workload API on ${socketPath}: ${describeError(error)}`, { cause: error });
   } finally {
     try {
+      unlinkSync(tempSocket);
+    } catch {
+      // linked into place and unlinked already, or never bound
+    }
+    try {
       rmdirSync(privateDir);
     } catch {
-      // already empty and removed, or the rename failed and the socket is still inside
+      // already removed
     }
   }
   logger?.info({ event: "workload-api-listening", socket: socketPath, mode: mode.toString(8) }, "SPIFFE Workload API listening");
@@ -262,8 +286,12 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
           resolvePromise();
         });
       });
+      // Only while the path is still this server's socket: another server may have taken the
+      // path over since (after this one's socket was removed by hand), and its socket stays.
       try {
-        unlinkSync(socketPath);
+        const now = lstatSync(socketPath);
+        if (now.dev === bound.dev && now.ino === bound.ino) unlinkSync(socketPath);
+        else logger?.warn({ event: "workload-api-socket-replaced", socket: socketPath }, "the Workload API socket path now holds another file; left in place");
       } catch {
         // already gone
       }
@@ -366,32 +394,55 @@ function checkSocketPathLength(socketPath: string): void {
   if (temporaryBytes > MAX_SOCKET_PATH_BYTES) {
     throw new MeshwardError(
       "E_WORKLOAD_API_SOCKET",
-      `the Workload API socket ${socketPath} is bound first at ${temporary} (${temporaryBytes} bytes), then renamed into place; a unix socket path holds at most ${MAX_SOCKET_PATH_BYTES}: choose a shorter directory`,
+      `the Workload API socket ${socketPath} is bound first at ${temporary} (${temporaryBytes} bytes), then linked into place; a unix socket path holds at most ${MAX_SOCKET_PATH_BYTES}: choose a shorter directory`,
     );
   }
 }
 
-/** Removes a socket file nobody listens on; refuses a live socket or a non-socket file. */
+/**
+ * Removes a socket file nobody listens on; refuses a live socket or a non-socket file. Only
+ * ECONNREFUSED (nobody listens) and ENOENT (the file went away) mean stale: a server that is
+ * alive but not accepting right now (paused, a blocked event loop) with a full backlog answers
+ * EAGAIN, and a socket this user may not open EACCES; both are refused, never replaced.
+ */
 async function removeStaleSocket(path: string): Promise<void> {
-  let isSocket: boolean;
+  let before: ReturnType<typeof lstatSync>;
   try {
-    isSocket = lstatSync(path).isSocket();
+    before = lstatSync(path);
   } catch {
     return;
   }
-  if (!isSocket) {
+  if (!before.isSocket()) {
     throw new MeshwardError("E_WORKLOAD_API_SOCKET", `${path} exists and is not a socket; refusing to replace it (remove it or choose another path)`);
   }
-  const live = await new Promise<boolean>((resolvePromise) => {
+  const outcome = await new Promise<"live" | "stale" | NodeJS.ErrnoException>((resolvePromise) => {
     const probe = connect(path);
     probe.once("connect", () => {
       probe.destroy();
-      resolvePromise(true);
+      resolvePromise("live");
     });
-    probe.once("error", () => resolvePromise(false));
+    probe.once("error", (error: NodeJS.ErrnoException) => resolvePromise(error.code === "ECONNREFUSED" || error.code === "ENOENT" ? "stale" : error));
   });
-  if (live) {
+  if (outcome === "live") {
     throw new MeshwardError("E_WORKLOAD_API_SOCKET", `another process is already serving on ${path} (${basename(path)} accepts connections); stop it or choose another path`);
   }
-  unlinkSync(path);
+  if (outcome !== "stale") {
+    const why =
+      outcome.code === "EAGAIN"
+        ? "a process is listening there but not accepting connections right now (its backlog is full: paused, stopped or overloaded)"
+        : outcome.code === "EACCES" || outcome.code === "EPERM"
+          ? "this user may not open that socket, so whether it is live cannot be told"
+          : "whether it is live cannot be told";
+    throw new MeshwardError(
+      "E_WORKLOAD_API_SOCKET",
+      `cannot tell whether ${path} is stale: connecting to it failed with ${outcome.code ?? outcome.message} (${why}); refusing to replace it: stop the other server or remove the socket, or choose another path`,
+    );
+  }
+  // Unlinked only if it is still the file probed (a narrow window remains between lstat and unlink).
+  try {
+    const now = lstatSync(path);
+    if (now.dev === before.dev && now.ino === before.ino) unlinkSync(path);
+  } catch {
+    // gone meanwhile
+  }
 }
