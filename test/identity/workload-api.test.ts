@@ -179,7 +179,7 @@ describe("Workload API server and client over a unix socket", () => {
     expect(svid.get(4)!.equals(pki.root.der)).toBe(true); // bundle = 4
   });
 
-  it("refuses calls without the workload.spiffe.io: true metadata with INVALID_ARGUMENT", async () => {
+  it("refuses calls to every method without the workload.spiffe.io: true metadata with INVALID_ARGUMENT", async () => {
     const server = await serve(manualIdentitySource(pki.snapshot()));
     const client = rawClient(server.socketPath);
     for (const md of [header(), header("false"), header("TRUE")]) {
@@ -189,6 +189,22 @@ describe("Workload API server and client over a unix socket", () => {
     }
     const bundles = await firstMessage<X509BundlesResponseMessage>(client, "FetchX509Bundles", header());
     expect(bundles.error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    // Every method, the unimplemented JWT ones included: spiffe/spiffe
+    // standards/SPIFFE_Workload_Endpoint.md §3 ("MUST be rejected") and §6 / Appendix A
+    // (InvalidArgument); spiffe/spire pkg/agent/endpoints/workload/handler.go checks the header
+    // for every RPC before dispatch (found by review). With the header, UNIMPLEMENTED.
+    const unary = (method: string, request: object, metadata: grpc.Metadata) =>
+      new Promise<grpc.ServiceError | null>((resolve) => {
+        (client as unknown as Record<string, (req: object, md: grpc.Metadata, cb: (e: grpc.ServiceError | null) => void) => void>)[method]!(request, metadata, (e) => resolve(e));
+      });
+    for (const md of [header(), header("false")]) {
+      expect((await unary("FetchJWTSVID", { audience: ["x"] }, md))?.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect((await unary("ValidateJWTSVID", { audience: "x", svid: "a.b.c" }, md))?.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect((await firstMessage(client, "FetchJWTBundles", md)).error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    }
+    expect((await unary("FetchJWTSVID", { audience: ["x"] }, header("true")))?.code).toBe(grpc.status.UNIMPLEMENTED);
+    expect((await unary("ValidateJWTSVID", { audience: "x", svid: "a.b.c" }, header("true")))?.code).toBe(grpc.status.UNIMPLEMENTED);
+    expect((await firstMessage(client, "FetchJWTBundles", header("true"))).error?.code).toBe(grpc.status.UNIMPLEMENTED);
     // The same client with the header gets its identity.
     const ok = await firstMessage<X509SvidResponseMessage>(client, "FetchX509SVID", header("true"));
     expect(ok.error).toBeUndefined();

@@ -172,8 +172,11 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
     sendBundle(call, bundle);
   };
 
+  // Spec (Workload Endpoint §3, §6): a request without the security header is rejected with
+  // INVALID_ARGUMENT whatever the method, as SPIRE's handler does before dispatch; only then
+  // does a JWT call learn that it is not implemented.
   const unimplemented = (call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
-    const error = grpcError(grpc.status.UNIMPLEMENTED, "meshward serves the X.509-SVID profile only; JWT-SVIDs are not issued");
+    const error = securityHeaderError(call) ?? grpcError(grpc.status.UNIMPLEMENTED, "meshward serves the X.509-SVID profile only; JWT-SVIDs are not issued");
     if (callback) callback(error);
     else (call as grpc.ServerWritableStream<unknown, unknown>).emit("error", error);
   };
@@ -332,10 +335,17 @@ function writeLatest<T>(call: grpc.ServerWritableStream<unknown, T>, message: T)
   });
 }
 
-function hasSecurityHeader(call: grpc.ServerWritableStream<unknown, unknown>): boolean {
+/** INVALID_ARGUMENT unless the call carries exactly `workload.spiffe.io: true`. */
+function securityHeaderError(call: { readonly metadata: grpc.Metadata }): (Partial<grpc.StatusObject> & Error) | undefined {
   const values = call.metadata.get(SECURITY_HEADER);
-  if (values.length === 1 && values[0] === SECURITY_HEADER_VALUE) return true;
-  call.emit("error", grpcError(grpc.status.INVALID_ARGUMENT, `security header missing from request: send the gRPC metadata "${SECURITY_HEADER}: ${SECURITY_HEADER_VALUE}"`));
+  if (values.length === 1 && values[0] === SECURITY_HEADER_VALUE) return undefined;
+  return grpcError(grpc.status.INVALID_ARGUMENT, `security header missing from request: send the gRPC metadata "${SECURITY_HEADER}: ${SECURITY_HEADER_VALUE}"`);
+}
+
+function hasSecurityHeader(call: grpc.ServerWritableStream<unknown, unknown>): boolean {
+  const error = securityHeaderError(call);
+  if (error === undefined) return true;
+  call.emit("error", error);
   return false;
 }
 
