@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { chmodSync, linkSync, lstatSync, mkdtempSync, rmdirSync, unlinkSync } from "node:fs";
+import { chmodSync, chownSync, linkSync, lstatSync, mkdtempSync, rmdirSync, unlinkSync } from "node:fs";
 import { connect, createServer as createNetServer } from "node:net";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
@@ -21,6 +21,8 @@ export interface WorkloadApiServerOptions {
    * the access control. 0o660 lets a group in.
    */
   readonly socketMode?: number;
+  /** Group of the socket file (a gid; default: this process's group), for `socketMode` 0o660. */
+  readonly socketGroup?: number;
   readonly logger?: Logger;
   /**
    * Open FetchX509SVID and FetchX509Bundles streams at most (default 1024): each holds memory
@@ -221,6 +223,7 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
       });
     });
     chmodSync(tempSocket, mode);
+    if (options.socketGroup !== undefined) chownSync(tempSocket, -1, options.socketGroup);
     const { dev, ino } = lstatSync(tempSocket);
     bound = { dev, ino };
     try {
@@ -254,7 +257,7 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
       // already removed
     }
   }
-  logger?.info({ event: "workload-api-listening", socket: socketPath, mode: mode.toString(8) }, "SPIFFE Workload API listening");
+  logger?.info({ event: "workload-api-listening", socket: socketPath, mode: mode.toString(8), ...(options.socketGroup !== undefined ? { gid: options.socketGroup } : {}) }, "SPIFFE Workload API listening");
 
   return {
     socketPath,
