@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { X509Certificate, createPublicKey, randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { connect as netConnect, createServer, type Socket } from "node:net";
-import { connect as http2Connect } from "node:http2";
+import { connect as http2Connect, constants as http2Constants } from "node:http2";
 import { Duplex } from "node:stream";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -255,6 +255,62 @@ describe("Workload API server and client over a unix socket", () => {
       session.once("error", reject);
     });
     expect(session.remoteSettings.maxConcurrentStreams).toBe(16);
+  });
+
+  it("advertises and enforces an 8 KiB header list: a request over it is reset before it is held, a request with 2 KiB of metadata is served (found by review)", async () => {
+    // Found by a review session: grpc-js sets no metadata limit and Node's HTTP/2 accepts ~64 KiB of
+    // headers a stream; 16 unfinished requests with 60 KiB each cost 1.7 MiB of RSS a connection.
+    const server = await serve(manualIdentitySource(pki.snapshot()));
+    const session = http2Connect("http://localhost", { createConnection: () => netConnect(server.socketPath), maxHeaderListPairs: 2000 } as never);
+    session.on("error", () => undefined);
+    cleanups.push(() => void session.destroy());
+    await new Promise<void>((resolve, reject) => {
+      session.once("remoteSettings", () => resolve());
+      session.once("error", reject);
+    });
+    expect(session.remoteSettings.maxHeaderListSize).toBe(8 * 1024);
+    // A request whose header list is over it, and whose message never completes: reset at once.
+    const padding: Record<string, string> = {};
+    for (let i = 0; i < 16; i++) padding[`x-pad-${i}`] = `${"a".repeat(1000)}${i}`;
+    const stream = session.request({ ":method": "POST", ":path": "/SpiffeWorkloadAPI/FetchX509SVID", "content-type": "application/grpc", te: "trailers", "workload.spiffe.io": "true", ...padding }, { endStream: false });
+    stream.on("error", () => undefined);
+    stream.write(Buffer.from([0, 0, 0, 0x0f, 0xff]));
+    const rstCode = await new Promise<number>((resolve) => stream.once("close", () => resolve(stream.rstCode)));
+    expect(rstCode).toBe(http2Constants.NGHTTP2_ENHANCE_YOUR_CALM);
+    expect(server.openStreams()).toBe(0);
+    // Through a gRPC client: over the limit refused, 2 KiB of metadata (a large trace context) served.
+    const client = rawClient(server.socketPath);
+    const big = header("true");
+    big.set("x-pad", "a".repeat(12 * 1024));
+    expect((await firstMessage(client, "FetchX509SVID", big)).error?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    const fair = header("true");
+    fair.set("traceparent", "b".repeat(2 * 1024));
+    const ok = await firstMessage<X509SvidResponseMessage>(client, "FetchX509SVID", fair);
+    expect(ok.message?.svids).toHaveLength(1);
+  });
+
+  it("caps connections at 256 by default (each may hold 16 unfinished requests the stream cap does not count): one more is closed on accept (found by review)", async () => {
+    const server = await serve(manualIdentitySource(pki.snapshot()));
+    const held: Socket[] = [];
+    cleanups.push(() => held.forEach((socket) => socket.destroy()));
+    const open = () =>
+      new Promise<Socket>((resolve, reject) => {
+        const socket = netConnect(server.socketPath, () => resolve(socket));
+        socket.once("error", reject);
+      });
+    for (let i = 0; i < 256; i++) held.push(await open());
+    const over = await open();
+    held.push(over);
+    const closed = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), 2000);
+      over.once("close", () => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+    expect(closed).toBe(true);
+    // The ones admitted are HTTP/2 connections of the server: the first still gets its SETTINGS.
+    expect(held[0]!.destroyed).toBe(false);
   });
 
   it("caps connections at maxStreams: one more is closed on accept, logged once, and a closed one frees its place", async () => {

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { chmodSync, chownSync, linkSync, lstatSync, mkdtempSync, rmdirSync, unlinkSync } from "node:fs";
+import type { Settings as Http2Settings } from "node:http2";
 import { connect, createServer as createNetServer } from "node:net";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
@@ -27,15 +28,30 @@ export interface WorkloadApiServerOptions {
   /**
    * Open FetchX509SVID and FetchX509Bundles streams at most (default 1024): each holds memory
    * and is written on every rotation, and any process that can open the socket can open
-   * streams. A stream over the cap ends at once with RESOURCE_EXHAUSTED. Connections are capped
-   * at the same number (a connection holds at least one stream); one over it is closed on accept.
+   * streams. A stream over the cap ends at once with RESOURCE_EXHAUSTED.
    */
   readonly maxStreams?: number;
+  /**
+   * Open connections at most (default 256, and never more than maxStreams: a connection holds at
+   * least one stream); one over it is closed on accept. Each may hold 16 requests not yet complete,
+   * which no handler has seen and the stream cap does not count: measured ≈ 0.35 MiB of RSS for a
+   * connection whose 16 requests carry header lists just under the 8 KiB limit, so the default
+   * bounds that to ≈ 90 MiB. A workload needs one connection (go-spiffe's X509Source: one).
+   */
+  readonly maxConnections?: number;
 }
 
 export const DEFAULT_WORKLOAD_API_MAX_STREAMS = 1024;
+export const DEFAULT_WORKLOAD_API_MAX_CONNECTIONS = 256;
 /** Every request meshward answers is empty (the JWT calls are not implemented); 4 KiB leaves room for a JWT call's audiences. */
 const MAX_REQUEST_BYTES = 4 * 1024;
+/**
+ * Header list (names, values and 32 bytes an entry, RFC 9113 §6.5.2) a request may carry: this
+ * API's requests carry well under 1 KiB (pseudo-headers, content-type, te, user-agent,
+ * workload.spiffe.io, maybe grpc-timeout or a trace id). Node's HTTP/2 accepts 64 KiB by default and
+ * grpc-js sets no limit of its own, holding the metadata as long as the request is not complete.
+ */
+const MAX_HEADER_LIST_BYTES = 8 * 1024;
 /** A workload holds one or two streams (go-spiffe's X509Source: one); 16 leaves room for several clients sharing a connection. */
 const MAX_STREAMS_PER_CONNECTION = 16;
 
@@ -95,6 +111,7 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
   let hadIdentity = false;
   let closing = false;
   const maxStreams = options.maxStreams ?? DEFAULT_WORKLOAD_API_MAX_STREAMS;
+  const maxConnections = Math.min(options.maxConnections ?? DEFAULT_WORKLOAD_API_MAX_CONNECTIONS, maxStreams);
   let refusedWarned = false;
   /** False (and the stream ended with RESOURCE_EXHAUSTED) when the cap is reached. */
   const admit = (call: grpc.ServerWritableStream<unknown, unknown>): boolean => {
@@ -184,8 +201,10 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
   };
 
   // A stream's request is buffered before its handler runs (and before the stream cap counts it):
-  // few streams per connection and a small request bound what an unfinished request holds.
+  // few streams per connection, a small request and a small header list bound what an unfinished
+  // request holds.
   const server = new grpc.Server({ "grpc.max_receive_message_length": MAX_REQUEST_BYTES, "grpc.max_concurrent_streams": MAX_STREAMS_PER_CONNECTION });
+  limitHeaderList(server, MAX_HEADER_LIST_BYTES);
   server.addService(workloadApiDefinition().service, {
     FetchX509SVID: fetchX509Svid,
     FetchX509Bundles: fetchX509Bundles,
@@ -195,15 +214,16 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
   } as grpc.UntypedServiceImplementation);
 
   // Connections are accepted here and handed to grpc-js, so that their number is bounded: each
-  // holds up to MAX_STREAMS_PER_CONNECTION requests that grpc-js buffers before a handler runs.
+  // holds up to MAX_STREAMS_PER_CONNECTION requests that grpc-js buffers before a handler runs
+  // (their headers included, up to MAX_HEADER_LIST_BYTES each).
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   const listener = createNetServer((socket) => injector.injectConnection(socket));
-  listener.maxConnections = maxStreams;
+  listener.maxConnections = maxConnections;
   let connectionsWarned = false;
   listener.on("drop", () => {
     if (connectionsWarned) return;
     connectionsWarned = true;
-    logger?.warn({ event: "workload-api-connections-exhausted", maxConnections: maxStreams }, "the Workload API refused a connection: the connection cap is reached (logged once)");
+    logger?.warn({ event: "workload-api-connections-exhausted", maxConnections }, "the Workload API refused a connection: the connection cap is reached (logged once)");
   });
 
   await removeStaleSocket(socketPath);
@@ -336,6 +356,22 @@ function writeLatest<T>(call: grpc.ServerWritableStream<unknown, T>, message: T)
     box.waiting = undefined;
     if (next !== undefined && call.writable) writeLatest(call, next);
   });
+}
+
+/**
+ * Advertises and enforces SETTINGS_MAX_HEADER_LIST_SIZE on the HTTP/2 server that grpc-js creates
+ * for the connection injector: Node resets a stream whose header list exceeds it (ENHANCE_YOUR_CALM,
+ * RESOURCE_EXHAUSTED for a gRPC client) while decoding it, before any string is made of it. grpc-js
+ * (1.14) has no option for it, so its HTTP/2 server options are extended before the injector is
+ * created; if a future version no longer keeps them there, starting fails rather than serving
+ * without the bound (and the test of the advertised setting fails).
+ */
+function limitHeaderList(server: grpc.Server, bytes: number): void {
+  const options = (server as unknown as { commonServerOptions?: { settings?: Http2Settings } }).commonServerOptions;
+  if (options?.settings === undefined) {
+    throw new MeshwardError("E_WORKLOAD_API_BIND", "this @grpc/grpc-js version keeps its HTTP/2 settings elsewhere: the Workload API cannot bound request headers (update meshward)");
+  }
+  options.settings.maxHeaderListSize = bytes;
 }
 
 /** INVALID_ARGUMENT unless the call carries exactly `workload.spiffe.io: true`. */
