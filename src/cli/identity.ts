@@ -24,6 +24,8 @@ export function registerIdentityCommand(program: Command): void {
     .option("--mode <octal>", "mode of key.pem in --out: 0600 (default), 0400, 0640 or 0440 (group-readable, e.g. --owner root:postgres --mode 0640)")
     .option("--on-rotate <command>", "shell command run after each write, retried with backoff while it fails (e.g. 'nginx -s reload'; as root for a server run as another user: 'runuser -u postgres -- pg_ctl reload -D DATA')")
     .option("--workload-api-socket <path>", "serve the SPIFFE Workload API on this unix socket")
+    .option("--workload-api-socket-mode <octal>", "mode of the Workload API socket: 0600 (default: this user and root), 0660 (its group too) or 0666 (every local user); whoever can connect gets the identity and its private key")
+    .option("--workload-api-socket-group <group>", "group of the Workload API socket (name or gid; with --workload-api-socket-mode 0660): a group of yours, or any as root")
     .option("--status <addr>", "serve /metrics, /healthz, /readyz and the status page (/) on HOST:PORT")
     .option("--status-token-file <file>", "token for the status page (required when --status is not on loopback; or MESHWARD_STATUS_TOKEN)")
     .option("--bundle-refresh-interval <duration>", "how often the trust bundle and CRL are fetched from the CA (at least 1s)", "60s")

@@ -36,6 +36,38 @@ export function resolveFileOwner(spec: string, flag = "--owner"): FileOwner {
   return { uid: account.uid, gid, label: spec.trim() };
 }
 
+/** Resolves a GROUP (name or numeric id) like chown(1); E_USAGE for an unknown name. */
+export function resolveGroup(spec: string, flag: string): number {
+  const group = spec.trim();
+  let gid: number;
+  if (/^\d+$/.test(group)) gid = Number(group);
+  else if (/^[^:\s]+$/.test(group)) {
+    const found = lookup("group", group, 2, 2);
+    if (found === undefined) throw new MeshwardError("E_USAGE", `${flag}: no group named ${JSON.stringify(group)} on this host`);
+    gid = found[0];
+  } else throw new MeshwardError("E_USAGE", `${flag} ${JSON.stringify(spec)}: expected a group name or numeric id`);
+  if (!Number.isSafeInteger(gid) || gid < 0 || gid > 0xfffffffe) throw new MeshwardError("E_USAGE", `${flag} ${spec}: ${gid} is not a valid group id`);
+  return gid;
+}
+
+/**
+ * Mode of the Workload API socket: octal; its owner reads and writes it; group and others get
+ * read+write (6: connecting needs write) or nothing. Every process that can connect receives the
+ * identity's private key, so anything wider than 0600 is a choice the operator makes on purpose.
+ */
+export function parseSocketMode(spec: string, flag: string): number {
+  if (!/^0?[0-7]{3}$/.test(spec.trim())) throw new MeshwardError("E_USAGE", `${flag} ${JSON.stringify(spec)}: expected an octal mode such as 0600, 0660 or 0666`);
+  const mode = Number.parseInt(spec.trim(), 8);
+  const [owner, group, other] = [(mode >> 6) & 7, (mode >> 3) & 7, mode & 7];
+  if (owner !== 6 || ![0, 6].includes(group) || ![0, 6].includes(other)) {
+    throw new MeshwardError(
+      "E_USAGE",
+      `${flag} ${spec}: a socket is opened for reading and writing (connecting needs write), so each of group and others gets rw- or nothing, and its owner rw-: 0600 (default), 0660 (group) or 0666 (every local user)`,
+    );
+  }
+  return mode;
+}
+
 function lookupUser(name: string, flag: string): { uid: number; gid: number } {
   const found = lookup("passwd", name, 2, 3);
   if (found === undefined) throw new MeshwardError("E_USAGE", `${flag}: no user named ${JSON.stringify(name)} on this host`);

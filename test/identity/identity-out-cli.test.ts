@@ -209,7 +209,7 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     const busy = createNetServer();
     const live = join(dir, "live.sock");
     await new Promise<void>((resolve) => busy.listen(live, resolve));
-    // The socket is bound at DIR/.mw-XXXXXX/s, then renamed: with a short name that path is the longer one.
+    // The socket is bound at DIR/.mw-XXXXXX/s, then linked into place: with a short name that path is the longer one.
     const deep = join(dir, "d".repeat(95 - dir.length - 1));
     mkdirSync(deep, { mode: 0o700 });
     try {
@@ -217,7 +217,7 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
         [await runCli(args(regular)), /file\.sock exists and is not a socket; refusing to replace it/],
         [await runCli(args(live)), /another process is already serving on .*live\.sock/],
         [await runCli(args(join(dir, "s".repeat(120)))), /socket path .* is \d+ bytes; a unix socket path holds at most 107/],
-        [await runCli(args(join(deep, "api.sock"))), /is bound first at .*\.mw-XXXXXX\/s \(108 bytes\), then renamed into place; a unix socket path holds at most 107/],
+        [await runCli(args(join(deep, "api.sock"))), /is bound first at .*\.mw-XXXXXX\/s \(108 bytes\), then linked into place; a unix socket path holds at most 107/],
       ] as const;
       for (const [r, message] of results) {
         expect(r.code, r.stderr).toBe(1);

@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { X509Certificate, createPublicKey, randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { connect as netConnect, createServer, type Socket } from "node:net";
-import { connect as http2Connect } from "node:http2";
+import { connect as http2Connect, constants as http2Constants } from "node:http2";
 import { Duplex } from "node:stream";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -179,7 +179,7 @@ describe("Workload API server and client over a unix socket", () => {
     expect(svid.get(4)!.equals(pki.root.der)).toBe(true); // bundle = 4
   });
 
-  it("refuses calls without the workload.spiffe.io: true metadata with INVALID_ARGUMENT", async () => {
+  it("refuses calls to every method without the workload.spiffe.io: true metadata with INVALID_ARGUMENT", async () => {
     const server = await serve(manualIdentitySource(pki.snapshot()));
     const client = rawClient(server.socketPath);
     for (const md of [header(), header("false"), header("TRUE")]) {
@@ -189,6 +189,22 @@ describe("Workload API server and client over a unix socket", () => {
     }
     const bundles = await firstMessage<X509BundlesResponseMessage>(client, "FetchX509Bundles", header());
     expect(bundles.error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    // Every method, the unimplemented JWT ones included: spiffe/spiffe
+    // standards/SPIFFE_Workload_Endpoint.md §3 ("MUST be rejected") and §6 / Appendix A
+    // (InvalidArgument); spiffe/spire pkg/agent/endpoints/workload/handler.go checks the header
+    // for every RPC before dispatch (found by review). With the header, UNIMPLEMENTED.
+    const unary = (method: string, request: object, metadata: grpc.Metadata) =>
+      new Promise<grpc.ServiceError | null>((resolve) => {
+        (client as unknown as Record<string, (req: object, md: grpc.Metadata, cb: (e: grpc.ServiceError | null) => void) => void>)[method]!(request, metadata, (e) => resolve(e));
+      });
+    for (const md of [header(), header("false")]) {
+      expect((await unary("FetchJWTSVID", { audience: ["x"] }, md))?.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect((await unary("ValidateJWTSVID", { audience: "x", svid: "a.b.c" }, md))?.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect((await firstMessage(client, "FetchJWTBundles", md)).error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    }
+    expect((await unary("FetchJWTSVID", { audience: ["x"] }, header("true")))?.code).toBe(grpc.status.UNIMPLEMENTED);
+    expect((await unary("ValidateJWTSVID", { audience: "x", svid: "a.b.c" }, header("true")))?.code).toBe(grpc.status.UNIMPLEMENTED);
+    expect((await firstMessage(client, "FetchJWTBundles", header("true"))).error?.code).toBe(grpc.status.UNIMPLEMENTED);
     // The same client with the header gets its identity.
     const ok = await firstMessage<X509SvidResponseMessage>(client, "FetchX509SVID", header("true"));
     expect(ok.error).toBeUndefined();
@@ -239,6 +255,62 @@ describe("Workload API server and client over a unix socket", () => {
       session.once("error", reject);
     });
     expect(session.remoteSettings.maxConcurrentStreams).toBe(16);
+  });
+
+  it("advertises and enforces an 8 KiB header list: a request over it is reset before it is held, a request with 2 KiB of metadata is served (found by review)", async () => {
+    // Found by a review session: grpc-js sets no metadata limit and Node's HTTP/2 accepts ~64 KiB of
+    // headers a stream; 16 unfinished requests with 60 KiB each cost 1.7 MiB of RSS a connection.
+    const server = await serve(manualIdentitySource(pki.snapshot()));
+    const session = http2Connect("http://localhost", { createConnection: () => netConnect(server.socketPath), maxHeaderListPairs: 2000 } as never);
+    session.on("error", () => undefined);
+    cleanups.push(() => void session.destroy());
+    await new Promise<void>((resolve, reject) => {
+      session.once("remoteSettings", () => resolve());
+      session.once("error", reject);
+    });
+    expect(session.remoteSettings.maxHeaderListSize).toBe(8 * 1024);
+    // A request whose header list is over it, and whose message never completes: reset at once.
+    const padding: Record<string, string> = {};
+    for (let i = 0; i < 16; i++) padding[`x-pad-${i}`] = `${"a".repeat(1000)}${i}`;
+    const stream = session.request({ ":method": "POST", ":path": "/SpiffeWorkloadAPI/FetchX509SVID", "content-type": "application/grpc", te: "trailers", "workload.spiffe.io": "true", ...padding }, { endStream: false });
+    stream.on("error", () => undefined);
+    stream.write(Buffer.from([0, 0, 0, 0x0f, 0xff]));
+    const rstCode = await new Promise<number>((resolve) => stream.once("close", () => resolve(stream.rstCode)));
+    expect(rstCode).toBe(http2Constants.NGHTTP2_ENHANCE_YOUR_CALM);
+    expect(server.openStreams()).toBe(0);
+    // Through a gRPC client: over the limit refused, 2 KiB of metadata (a large trace context) served.
+    const client = rawClient(server.socketPath);
+    const big = header("true");
+    big.set("x-pad", "a".repeat(12 * 1024));
+    expect((await firstMessage(client, "FetchX509SVID", big)).error?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    const fair = header("true");
+    fair.set("traceparent", "b".repeat(2 * 1024));
+    const ok = await firstMessage<X509SvidResponseMessage>(client, "FetchX509SVID", fair);
+    expect(ok.message?.svids).toHaveLength(1);
+  });
+
+  it("caps connections at 256 by default (each may hold 16 unfinished requests the stream cap does not count): one more is closed on accept (found by review)", async () => {
+    const server = await serve(manualIdentitySource(pki.snapshot()));
+    const held: Socket[] = [];
+    cleanups.push(() => held.forEach((socket) => socket.destroy()));
+    const open = () =>
+      new Promise<Socket>((resolve, reject) => {
+        const socket = netConnect(server.socketPath, () => resolve(socket));
+        socket.once("error", reject);
+      });
+    for (let i = 0; i < 256; i++) held.push(await open());
+    const over = await open();
+    held.push(over);
+    const closed = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), 2000);
+      over.once("close", () => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+    expect(closed).toBe(true);
+    // The ones admitted are HTTP/2 connections of the server: the first still gets its SETTINGS.
+    expect(held[0]!.destroyed).toBe(false);
   });
 
   it("caps connections at maxStreams: one more is closed on accept, logged once, and a closed one frees its place", async () => {
@@ -478,6 +550,74 @@ describe("Workload API server and client over a unix socket", () => {
     writeFileSync(filePath, "not a socket");
     const refusedFile = await startWorkloadApiServer({ socketPath: filePath, source: manualIdentitySource(pki.snapshot()) }).catch((error: unknown) => error);
     expect(isMeshwardError(refusedFile, "E_WORKLOAD_API_SOCKET")).toBe(true);
+  });
+
+  it("refuses (never replaces) a live socket whose server does not accept right now: EAGAIN from a full backlog is not stale (found by review)", async () => {
+    const path = socketPath();
+    // A live server that does not accept (its event loop blocked, as in a long pause), backlog 1.
+    const child = spawn(
+      process.execPath,
+      ["-e", "require('net').createServer().listen({ path: process.argv[1], backlog: 1 }, () => { console.log('up'); Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0); })", path],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
+    cleanups.push(() => void child.kill("SIGKILL"));
+    await new Promise((resolve) => child.stdout!.once("data", resolve));
+    const held: Socket[] = [];
+    cleanups.push(() => held.forEach((socket) => socket.destroy()));
+    let code = "";
+    for (let i = 0; i < 64 && code === ""; i++) {
+      code = await new Promise<string>((resolve) => {
+        const socket = netConnect(path);
+        socket.once("connect", () => {
+          held.push(socket);
+          resolve("");
+        });
+        socket.once("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+      });
+    }
+    expect(code).toBe("EAGAIN");
+    const inode = statSync(path).ino;
+    const refused = await listenWorkloadApi({ socketPath: path }).catch((error: unknown) => error);
+    expect(isMeshwardError(refused, "E_WORKLOAD_API_SOCKET")).toBe(true);
+    expect((refused as Error).message).toContain("EAGAIN");
+    expect(statSync(path).ino).toBe(inode);
+    expect(readdirSync(dir).filter((name) => name.startsWith(".mw-"))).toEqual([]);
+  });
+
+  it("close() removes the socket only while the path is still its own: a socket that replaced it stays (found by review)", async () => {
+    const path = socketPath();
+    const api = await listenWorkloadApi({ socketPath: path });
+    cleanups.push(() => api.close());
+    // The socket removed by hand and another server bound at the path.
+    rmSync(path);
+    const other = createServer();
+    await new Promise<void>((resolve) => other.listen(path, resolve));
+    cleanups.push(() => new Promise<void>((resolve) => other.close(() => resolve())));
+    const inode = statSync(path).ino;
+    await api.close();
+    expect(statSync(path).ino).toBe(inode);
+    // Its own socket is removed as before.
+    const own = await listenWorkloadApi({ socketPath: socketPath() });
+    await own.close();
+    expect(() => statSync(own.socketPath)).toThrow();
+  });
+
+  it("two servers started at once on one path: one serves, the other is refused, and closing the first leaves no socket (found by review)", async () => {
+    const path = socketPath();
+    const results = await Promise.allSettled([listenWorkloadApi({ socketPath: path }), listenWorkloadApi({ socketPath: path })]);
+    const started = results.flatMap((result) => (result.status === "fulfilled" ? [result.value] : []));
+    for (const api of started) cleanups.push(() => api.close());
+    const failures = results.flatMap((result) => (result.status === "rejected" ? [result.reason as unknown] : []));
+    expect(started).toHaveLength(1);
+    expect(failures).toHaveLength(1);
+    expect(isMeshwardError(failures[0], "E_WORKLOAD_API_SOCKET")).toBe(true);
+    expect((await new Promise<string>((resolve) => netConnect(path).once("connect", function (this: Socket) {
+      this.destroy();
+      resolve("connected");
+    }).once("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? "error"))))).toBe("connected");
+    await started[0]!.close();
+    expect(() => statSync(path)).toThrow();
+    expect(readdirSync(dir).filter((name) => name.startsWith(".mw-"))).toEqual([]);
   });
 
   it("the client refuses a response whose key does not match its certificate, or whose chain is foreign", () => {

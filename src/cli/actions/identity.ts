@@ -14,7 +14,7 @@ import { createStatusRoutes } from "../../dashboard/routes.ts";
 import { identityStatus } from "../../dashboard/identity-feed.ts";
 import { resolveStatusToken } from "../../dashboard/token.ts";
 import { readBundleFile } from "../../identity/bundle-file.ts";
-import { parseKeyFileMode, resolveFileOwner } from "../../util/file-owner.ts";
+import { parseKeyFileMode, parseSocketMode, resolveFileOwner, resolveGroup } from "../../util/file-owner.ts";
 import { readResumableSvid } from "../../identity/resume.ts";
 import { checkSocketDir, prepareOutDir } from "../../identity/local-paths.ts";
 import { VALIDATORS } from "../identity.ts";
@@ -35,6 +35,11 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
     throw new MeshwardError("E_USAGE", `--owner ${owner.label}: giving files to another user needs root (meshward runs as uid ${process.getuid?.()})`);
   }
   const keyMode = opts.mode !== undefined ? parseKeyFileMode(opts.mode) : undefined;
+  if ((opts.workloadApiSocketMode !== undefined || opts.workloadApiSocketGroup !== undefined) && opts.workloadApiSocket === undefined) {
+    throw new MeshwardError("E_USAGE", "--workload-api-socket-mode and --workload-api-socket-group apply to the Workload API socket; give --workload-api-socket PATH");
+  }
+  const socketMode = opts.workloadApiSocketMode !== undefined ? parseSocketMode(opts.workloadApiSocketMode, "--workload-api-socket-mode") : undefined;
+  const socketGroup = opts.workloadApiSocketGroup !== undefined ? resolveGroup(opts.workloadApiSocketGroup, "--workload-api-socket-group") : undefined;
   const token = opts.token ?? (opts.tokenFile === undefined ? process.env.MESHWARD_TOKEN : undefined);
   const logger = cliLogger("identity", opts);
   if (opts.token !== undefined) warnTokenOnCommandLine(logger);
@@ -61,7 +66,12 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
     // or stale socket, a file in the way or a path too long must not cost the token.
     let api: WorkloadApiListener | undefined;
     if (opts.workloadApiSocket !== undefined) {
-      api = await listenWorkloadApi({ socketPath: opts.workloadApiSocket, logger });
+      api = await listenWorkloadApi({
+        socketPath: opts.workloadApiSocket,
+        logger,
+        ...(socketMode !== undefined ? { socketMode } : {}),
+        ...(socketGroup !== undefined ? { socketGroup } : {}),
+      });
       closers.push(() => api!.close());
     }
     const metrics = createMetrics({ processMetrics: true });

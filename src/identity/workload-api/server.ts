@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
-import { chmodSync, lstatSync, mkdtempSync, renameSync, rmdirSync, unlinkSync } from "node:fs";
+import { chmodSync, chownSync, linkSync, lstatSync, mkdtempSync, rmdirSync, unlinkSync } from "node:fs";
+import type { Settings as Http2Settings } from "node:http2";
 import { connect, createServer as createNetServer } from "node:net";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
@@ -21,19 +22,36 @@ export interface WorkloadApiServerOptions {
    * the access control. 0o660 lets a group in.
    */
   readonly socketMode?: number;
+  /** Group of the socket file (a gid; default: this process's group), for `socketMode` 0o660. */
+  readonly socketGroup?: number;
   readonly logger?: Logger;
   /**
    * Open FetchX509SVID and FetchX509Bundles streams at most (default 1024): each holds memory
    * and is written on every rotation, and any process that can open the socket can open
-   * streams. A stream over the cap ends at once with RESOURCE_EXHAUSTED. Connections are capped
-   * at the same number (a connection holds at least one stream); one over it is closed on accept.
+   * streams. A stream over the cap ends at once with RESOURCE_EXHAUSTED.
    */
   readonly maxStreams?: number;
+  /**
+   * Open connections at most (default 256, and never more than maxStreams: a connection holds at
+   * least one stream); one over it is closed on accept. Each may hold 16 requests not yet complete,
+   * which no handler has seen and the stream cap does not count: measured ≈ 0.35 MiB of RSS for a
+   * connection whose 16 requests carry header lists just under the 8 KiB limit, so the default
+   * bounds that to ≈ 90 MiB. A workload needs one connection (go-spiffe's X509Source: one).
+   */
+  readonly maxConnections?: number;
 }
 
 export const DEFAULT_WORKLOAD_API_MAX_STREAMS = 1024;
+export const DEFAULT_WORKLOAD_API_MAX_CONNECTIONS = 256;
 /** Every request meshward answers is empty (the JWT calls are not implemented); 4 KiB leaves room for a JWT call's audiences. */
 const MAX_REQUEST_BYTES = 4 * 1024;
+/**
+ * Header list (names, values and 32 bytes an entry, RFC 9113 §6.5.2) a request may carry: this
+ * API's requests carry well under 1 KiB (pseudo-headers, content-type, te, user-agent,
+ * workload.spiffe.io, maybe grpc-timeout or a trace id). Node's HTTP/2 accepts 64 KiB by default and
+ * grpc-js sets no limit of its own, holding the metadata as long as the request is not complete.
+ */
+const MAX_HEADER_LIST_BYTES = 8 * 1024;
 /** A workload holds one or two streams (go-spiffe's X509Source: one); 16 leaves room for several clients sharing a connection. */
 const MAX_STREAMS_PER_CONNECTION = 16;
 
@@ -53,7 +71,7 @@ export interface WorkloadApiListener extends WorkloadApiServer {
 
 /** Sockets are `struct sockaddr_un.sun_path`, 108 bytes with its NUL on Linux; Node cuts longer paths short without a word. */
 const MAX_SOCKET_PATH_BYTES = 107;
-/** mkdtemp's pattern for the private directory the socket is bound in before it is renamed into place. */
+/** mkdtemp's pattern for the private directory the socket is bound in before it is linked into place. */
 const PRIVATE_DIR_PREFIX = ".mw-";
 
 type SvidCall = grpc.ServerWritableStream<unknown, X509SvidResponseMessage>;
@@ -93,6 +111,7 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
   let hadIdentity = false;
   let closing = false;
   const maxStreams = options.maxStreams ?? DEFAULT_WORKLOAD_API_MAX_STREAMS;
+  const maxConnections = Math.min(options.maxConnections ?? DEFAULT_WORKLOAD_API_MAX_CONNECTIONS, maxStreams);
   let refusedWarned = false;
   /** False (and the stream ended with RESOURCE_EXHAUSTED) when the cap is reached. */
   const admit = (call: grpc.ServerWritableStream<unknown, unknown>): boolean => {
@@ -172,15 +191,20 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
     sendBundle(call, bundle);
   };
 
+  // Spec (Workload Endpoint §3, §6): a request without the security header is rejected with
+  // INVALID_ARGUMENT whatever the method, as SPIRE's handler does before dispatch; only then
+  // does a JWT call learn that it is not implemented.
   const unimplemented = (call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
-    const error = grpcError(grpc.status.UNIMPLEMENTED, "meshward serves the X.509-SVID profile only; JWT-SVIDs are not issued");
+    const error = securityHeaderError(call) ?? grpcError(grpc.status.UNIMPLEMENTED, "meshward serves the X.509-SVID profile only; JWT-SVIDs are not issued");
     if (callback) callback(error);
     else (call as grpc.ServerWritableStream<unknown, unknown>).emit("error", error);
   };
 
   // A stream's request is buffered before its handler runs (and before the stream cap counts it):
-  // few streams per connection and a small request bound what an unfinished request holds.
+  // few streams per connection, a small request and a small header list bound what an unfinished
+  // request holds.
   const server = new grpc.Server({ "grpc.max_receive_message_length": MAX_REQUEST_BYTES, "grpc.max_concurrent_streams": MAX_STREAMS_PER_CONNECTION });
+  limitHeaderList(server, MAX_HEADER_LIST_BYTES);
   server.addService(workloadApiDefinition().service, {
     FetchX509SVID: fetchX509Svid,
     FetchX509Bundles: fetchX509Bundles,
@@ -190,22 +214,26 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
   } as grpc.UntypedServiceImplementation);
 
   // Connections are accepted here and handed to grpc-js, so that their number is bounded: each
-  // holds up to MAX_STREAMS_PER_CONNECTION requests that grpc-js buffers before a handler runs.
+  // holds up to MAX_STREAMS_PER_CONNECTION requests that grpc-js buffers before a handler runs
+  // (their headers included, up to MAX_HEADER_LIST_BYTES each).
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   const listener = createNetServer((socket) => injector.injectConnection(socket));
-  listener.maxConnections = maxStreams;
+  listener.maxConnections = maxConnections;
   let connectionsWarned = false;
   listener.on("drop", () => {
     if (connectionsWarned) return;
     connectionsWarned = true;
-    logger?.warn({ event: "workload-api-connections-exhausted", maxConnections: maxStreams }, "the Workload API refused a connection: the connection cap is reached (logged once)");
+    logger?.warn({ event: "workload-api-connections-exhausted", maxConnections }, "the Workload API refused a connection: the connection cap is reached (logged once)");
   });
 
   await removeStaleSocket(socketPath);
-  // Bind inside a private directory, set the mode, then rename into place: the socket is
-  // never reachable at its public path with the umask's (possibly wider) mode.
+  // Bind inside a private directory, set the mode, then link into place: the socket is never
+  // reachable at its public path with the umask's (possibly wider) mode. link(2), unlike
+  // rename(2), fails with EEXIST instead of replacing what is there: of two servers started at
+  // once on one path, the second finds the first's live socket and refuses.
   const privateDir = mkdtempSync(join(dirname(socketPath), PRIVATE_DIR_PREFIX));
   const tempSocket = join(privateDir, "s");
+  let bound: { dev: number; ino: number };
   try {
     await new Promise<void>((resolvePromise, reject) => {
       listener.once("error", reject);
@@ -215,19 +243,41 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
       });
     });
     chmodSync(tempSocket, mode);
-    renameSync(tempSocket, socketPath);
+    if (options.socketGroup !== undefined) chownSync(tempSocket, -1, options.socketGroup);
+    const { dev, ino } = lstatSync(tempSocket);
+    bound = { dev, ino };
+    try {
+      linkSync(tempSocket, socketPath);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+      // Something appeared since the check: refused if it is live or not a socket, removed if stale.
+      await removeStaleSocket(socketPath);
+      try {
+        linkSync(tempSocket, socketPath);
+      } catch (again) {
+        if ((again as NodeJS.ErrnoException).code !== "EEXIST") throw again;
+        throw new MeshwardError("E_WORKLOAD_API_SOCKET", `another process keeps creating ${socketPath} while this server binds it; stop it or choose another path`, { cause: again });
+      }
+    }
+    unlinkSync(tempSocket);
   } catch (error) {
     listener.close();
     server.forceShutdown();
+    if (error instanceof MeshwardError) throw error;
     throw new MeshwardError("E_WORKLOAD_API_BIND", `cannot serve the Workload API on ${socketPath}: ${describeError(error)}`, { cause: error });
   } finally {
     try {
+      unlinkSync(tempSocket);
+    } catch {
+      // linked into place and unlinked already, or never bound
+    }
+    try {
       rmdirSync(privateDir);
     } catch {
-      // already empty and removed, or the rename failed and the socket is still inside
+      // already removed
     }
   }
-  logger?.info({ event: "workload-api-listening", socket: socketPath, mode: mode.toString(8) }, "SPIFFE Workload API listening");
+  logger?.info({ event: "workload-api-listening", socket: socketPath, mode: mode.toString(8), ...(options.socketGroup !== undefined ? { gid: options.socketGroup } : {}) }, "SPIFFE Workload API listening");
 
   return {
     socketPath,
@@ -262,8 +312,12 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
           resolvePromise();
         });
       });
+      // Only while the path is still this server's socket: another server may have taken the
+      // path over since (after this one's socket was removed by hand), and its socket stays.
       try {
-        unlinkSync(socketPath);
+        const now = lstatSync(socketPath);
+        if (now.dev === bound.dev && now.ino === bound.ino) unlinkSync(socketPath);
+        else logger?.warn({ event: "workload-api-socket-replaced", socket: socketPath }, "the Workload API socket path now holds another file; left in place");
       } catch {
         // already gone
       }
@@ -304,10 +358,33 @@ function writeLatest<T>(call: grpc.ServerWritableStream<unknown, T>, message: T)
   });
 }
 
-function hasSecurityHeader(call: grpc.ServerWritableStream<unknown, unknown>): boolean {
+/**
+ * Advertises and enforces SETTINGS_MAX_HEADER_LIST_SIZE on the HTTP/2 server that grpc-js creates
+ * for the connection injector: Node resets a stream whose header list exceeds it (ENHANCE_YOUR_CALM,
+ * RESOURCE_EXHAUSTED for a gRPC client) while decoding it, before any string is made of it. grpc-js
+ * (1.14) has no option for it, so its HTTP/2 server options are extended before the injector is
+ * created; if a future version no longer keeps them there, starting fails rather than serving
+ * without the bound (and the test of the advertised setting fails).
+ */
+function limitHeaderList(server: grpc.Server, bytes: number): void {
+  const options = (server as unknown as { commonServerOptions?: { settings?: Http2Settings } }).commonServerOptions;
+  if (options?.settings === undefined) {
+    throw new MeshwardError("E_WORKLOAD_API_BIND", "this @grpc/grpc-js version keeps its HTTP/2 settings elsewhere: the Workload API cannot bound request headers (update meshward)");
+  }
+  options.settings.maxHeaderListSize = bytes;
+}
+
+/** INVALID_ARGUMENT unless the call carries exactly `workload.spiffe.io: true`. */
+function securityHeaderError(call: { readonly metadata: grpc.Metadata }): (Partial<grpc.StatusObject> & Error) | undefined {
   const values = call.metadata.get(SECURITY_HEADER);
-  if (values.length === 1 && values[0] === SECURITY_HEADER_VALUE) return true;
-  call.emit("error", grpcError(grpc.status.INVALID_ARGUMENT, `security header missing from request: send the gRPC metadata "${SECURITY_HEADER}: ${SECURITY_HEADER_VALUE}"`));
+  if (values.length === 1 && values[0] === SECURITY_HEADER_VALUE) return undefined;
+  return grpcError(grpc.status.INVALID_ARGUMENT, `security header missing from request: send the gRPC metadata "${SECURITY_HEADER}: ${SECURITY_HEADER_VALUE}"`);
+}
+
+function hasSecurityHeader(call: grpc.ServerWritableStream<unknown, unknown>): boolean {
+  const error = securityHeaderError(call);
+  if (error === undefined) return true;
+  call.emit("error", error);
   return false;
 }
 
@@ -366,32 +443,55 @@ function checkSocketPathLength(socketPath: string): void {
   if (temporaryBytes > MAX_SOCKET_PATH_BYTES) {
     throw new MeshwardError(
       "E_WORKLOAD_API_SOCKET",
-      `the Workload API socket ${socketPath} is bound first at ${temporary} (${temporaryBytes} bytes), then renamed into place; a unix socket path holds at most ${MAX_SOCKET_PATH_BYTES}: choose a shorter directory`,
+      `the Workload API socket ${socketPath} is bound first at ${temporary} (${temporaryBytes} bytes), then linked into place; a unix socket path holds at most ${MAX_SOCKET_PATH_BYTES}: choose a shorter directory`,
     );
   }
 }
 
-/** Removes a socket file nobody listens on; refuses a live socket or a non-socket file. */
+/**
+ * Removes a socket file nobody listens on; refuses a live socket or a non-socket file. Only
+ * ECONNREFUSED (nobody listens) and ENOENT (the file went away) mean stale: a server that is
+ * alive but not accepting right now (paused, a blocked event loop) with a full backlog answers
+ * EAGAIN, and a socket this user may not open EACCES; both are refused, never replaced.
+ */
 async function removeStaleSocket(path: string): Promise<void> {
-  let isSocket: boolean;
+  let before: ReturnType<typeof lstatSync>;
   try {
-    isSocket = lstatSync(path).isSocket();
+    before = lstatSync(path);
   } catch {
     return;
   }
-  if (!isSocket) {
+  if (!before.isSocket()) {
     throw new MeshwardError("E_WORKLOAD_API_SOCKET", `${path} exists and is not a socket; refusing to replace it (remove it or choose another path)`);
   }
-  const live = await new Promise<boolean>((resolvePromise) => {
+  const outcome = await new Promise<"live" | "stale" | NodeJS.ErrnoException>((resolvePromise) => {
     const probe = connect(path);
     probe.once("connect", () => {
       probe.destroy();
-      resolvePromise(true);
+      resolvePromise("live");
     });
-    probe.once("error", () => resolvePromise(false));
+    probe.once("error", (error: NodeJS.ErrnoException) => resolvePromise(error.code === "ECONNREFUSED" || error.code === "ENOENT" ? "stale" : error));
   });
-  if (live) {
+  if (outcome === "live") {
     throw new MeshwardError("E_WORKLOAD_API_SOCKET", `another process is already serving on ${path} (${basename(path)} accepts connections); stop it or choose another path`);
   }
-  unlinkSync(path);
+  if (outcome !== "stale") {
+    const why =
+      outcome.code === "EAGAIN"
+        ? "a process is listening there but not accepting connections right now (its backlog is full: paused, stopped or overloaded)"
+        : outcome.code === "EACCES" || outcome.code === "EPERM"
+          ? "this user may not open that socket, so whether it is live cannot be told"
+          : "whether it is live cannot be told";
+    throw new MeshwardError(
+      "E_WORKLOAD_API_SOCKET",
+      `cannot tell whether ${path} is stale: connecting to it failed with ${outcome.code ?? outcome.message} (${why}); refusing to replace it: stop the other server or remove the socket, or choose another path`,
+    );
+  }
+  // Unlinked only if it is still the file probed (a narrow window remains between lstat and unlink).
+  try {
+    const now = lstatSync(path);
+    if (now.dev === before.dev && now.ino === before.ino) unlinkSync(path);
+  } catch {
+    // gone meanwhile
+  }
 }
