@@ -156,7 +156,8 @@ export class H2Intake {
     for (let at = 0; at < chunk.length; ) {
       if (this.#tail === undefined || this.#tailUsed === this.#tail.length) {
         if (this.#tail !== undefined) this.#held.push(this.#tail);
-        this.#tail = Buffer.allocUnsafe(HELD_BUFFER);
+        // Not from Node's buffer pool (64 KiB slabs from Node 22): a held buffer keeps only itself.
+        this.#tail = Buffer.allocUnsafeSlow(HELD_BUFFER);
         this.#tailUsed = 0;
       }
       const n = chunk.copy(this.#tail, this.#tailUsed, at);

@@ -21,8 +21,9 @@ describe("ca init: one CA per directory, even when two runs race (real processes
     mkdirSync(dir, { mode: 0o700 });
     const claim = join(dir, ".meshward-init.lock");
     // An init stopped mid-way: a real process holding the lock as initAnchors takes it, killed
-    // below the way a node or pod dies.
-    const holderCode = `import { tryLockFile } from "./src/store/file-lock.ts"; const lock = tryLockFile(${JSON.stringify(claim)}); console.log(typeof lock === "string" ? \`refused: \${lock}\` : "locked"); setInterval(() => {}, 60000);`;
+    // below the way a node or pod dies. The timer keeps the lock referenced: a lock object that is
+    // garbage-collected closes its database, and with it the lock (failed once under Node 26).
+    const holderCode = `import { tryLockFile } from "./src/store/file-lock.ts"; const lock = tryLockFile(${JSON.stringify(claim)}); console.log(typeof lock === "string" ? \`refused: \${lock}\` : "locked"); setInterval(() => void lock, 60000);`;
     const holder = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", holderCode], { cwd: process.cwd(), stdio: ["ignore", "pipe", "inherit"] });
     try {
       await new Promise<void>((resolve, reject) => {

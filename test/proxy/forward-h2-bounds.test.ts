@@ -120,7 +120,10 @@ class RawPeer {
       const length = this.#pending.readUIntBE(0, 3);
       if (this.#pending.length < 9 + length) return;
       const [type, flags, id] = [this.#pending[3]!, this.#pending[4]!, this.#pending.readUInt32BE(5) & 0x7fffffff];
-      const payload = Buffer.from(this.#pending.subarray(9, 9 + length));
+      // Its own memory, not a slice of Node's buffer pool (64 KiB slabs from Node 22): kept, a
+      // pooled copy would keep the test's garbage beside it alive and count as the sidecar's.
+      const payload = Buffer.allocUnsafeSlow(length);
+      this.#pending.copy(payload, 0, 9, 9 + length);
       this.#pending = this.#pending.subarray(9 + length);
       if (type === 4 && (flags & 1) === 0) {
         for (let at = 0; at + 6 <= payload.length; at += 6) {

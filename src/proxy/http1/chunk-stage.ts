@@ -82,8 +82,12 @@ export class ChunkStage {
     let full: Buffer | undefined;
     if (buffer === undefined || buffer.length - this.#end < need) {
       full = this.#end !== this.#start ? buffer!.subarray(this.#start, this.#end) : undefined;
-      // The first stage of a read fits its piece (a small body costs what one framed chunk did).
-      buffer = this.#buffer = Buffer.allocUnsafe(buffer === undefined ? need : Math.max(need, STAGE_BYTES));
+      // The first stage of a read fits its piece (a small body costs what one framed chunk did),
+      // from Node's buffer pool; a later one of STAGE_BYTES is its own: from Node 22 the pool's
+      // slabs are 64 KiB and 16 KiB comes from them, so a few queued bytes taken out of a stage
+      // (a copy, also from the pool) kept a slab alive per few stages (21 KiB a read queued for an
+      // app that does not read, two 1-byte DATA frames a read, on Node 26).
+      buffer = this.#buffer = buffer === undefined ? Buffer.allocUnsafe(need) : Buffer.allocUnsafeSlow(Math.max(need, STAGE_BYTES));
       this.#start = this.#end = 0;
     }
     this.#end = this.framed ? frame(buffer, this.#end, data) : this.#end + data.copy(buffer, this.#end);
