@@ -9,11 +9,20 @@ import { tlsAfterHandshakeFailure } from "../../tls/after-handshake.ts";
 import { renegotiationRefusingAgent } from "../../tls/undici-agent.ts";
 import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
+import { precheckJwt, type JwtPrecheckFailure } from "./jwt-precheck.ts";
 import { kubernetesOidc } from "./kubernetes-oidc.ts";
 
 const MAX_JWT_LENGTH = 16 * 1024;
 /** Asymmetric only: a shared-secret (HS*) or `none` token is never accepted. */
 const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
+
+/** The refusals jose's own checks give for the same faults (classifyJwtError). */
+const PRECHECK_ERRORS: Record<JwtPrecheckFailure, () => MeshwardError> = {
+  malformed: () => new MeshwardError("E_TOKEN_INVALID", "the JWT is malformed"),
+  "exp-missing": () => new MeshwardError("E_TOKEN_CLAIMS", "the JWT's exp claim is not acceptable: missing"),
+  expired: () => new MeshwardError("E_TOKEN_EXPIRED", "the JWT has expired"),
+  audience: () => new MeshwardError("E_TOKEN_AUDIENCE", "the JWT was issued for another audience"),
+};
 
 export interface JwksAttestorOptions extends Omit<JwksValidatorConfig, "clockTolerance"> {
   readonly trustDomain: string;
@@ -41,6 +50,12 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
       let payload: JWTPayload;
       // Seconds, for jose; config `jwks.clockTolerance` (5 min by default, as Sentry).
       const tolerance = (options.clockTolerance ?? parseDuration(DEFAULT_JWT_CLOCK_TOLERANCE)) / 1000;
+      if (oidc !== undefined) {
+        // Discovery and the JWKS are network calls to the API server: a token that could never
+        // pass is refused before either (what jose would say of it, without the fetch).
+        const failure = precheckJwt(token, { now: request.now, clockToleranceSeconds: tolerance, audiences: audience });
+        if (failure !== undefined) throw PRECHECK_ERRORS[failure]();
+      }
       try {
         const issuer = options.issuer ?? (oidc === undefined ? undefined : await oidc.issuer());
         ({ payload } = await jwtVerify(token, keys, {
