@@ -91,7 +91,7 @@ export const jwksValidatorSchema = z
       ])
       .default("kubernetes")
       .describe(
-        "How claims become an identity: `kubernetes` maps a service-account token's namespace and service account name to ns/<namespace>/<service-account>; `sentry` reads the whole SPIFFE ID from `sub`, as Dapr Sentry's JWKS validator does; or name the claims.",
+        "How claims become an identity: `kubernetes` maps a service-account token's namespace and service account name to ns/<namespace>/<service-account>, and allows the DNS names <service-account>.<namespace>.svc and .svc.cluster.local when the account's name is a DNS-1035 label, the shape of a Service name (none for a dotted name); `sentry` reads the whole SPIFFE ID from `sub`, as Dapr Sentry's JWKS validator does; or name the claims.",
       ),
     // Sentry's JWKS validator parses with jwt.WithAcceptableSkew(5*time.Minute)
     // (dapr/dapr pkg/sentry/server/validator/jwks/jwks.go): the same default here.

@@ -298,4 +298,18 @@ describe("JWT validator with Kubernetes OIDC discovery", () => {
       vi.useRealTimers();
     }
   });
+
+  // Service-account names are DNS-1123 subdomains and may hold dots; a Service name is a DNS-1035
+  // label. <pod>.<headless-service> as an account would otherwise get a StatefulSet pod's DNS name.
+  it("grants <sa>.<ns>.svc names only to a service account whose name could be a Service's; a dotted one keeps its SPIFFE ID without DNS names", async () => {
+    served = [k1];
+    const validator = attestor();
+    const dotted = await validator.attest(ask(await projected(k1, { sa: "dapr-scheduler-server-0.dapr-scheduler-server" })));
+    expect(dotted.spiffeId).toBe("spiffe://cluster.test/ns/shop/dapr-scheduler-server-0.dapr-scheduler-server");
+    expect(dotted.allowedDnsNames).toEqual([]);
+    const plain = await validator.attest(ask(await projected(k1, { sa: "dapr-scheduler-server" })));
+    expect(plain.allowedDnsNames).toEqual(["dapr-scheduler-server.shop.svc", "dapr-scheduler-server.shop.svc.cluster.local"]);
+    // a name starting with a digit is a DNS-1123 label but not a Service name
+    expect((await validator.attest(ask(await projected(k1, { sa: "0orders" })))).allowedDnsNames).toEqual([]);
+  });
 });

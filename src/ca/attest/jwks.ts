@@ -91,11 +91,18 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
  * A Kubernetes service account may have the DNS names of the Service named like it in its
  * namespace (<account>.<namespace>.svc and .svc.cluster.local): what a webhook such as
  * `meshward injector` serves under. The name is already tied to the account that the token
- * proves; a pod cannot get another Service's name.
+ * proves; a pod cannot get another Service's name. Only when the account's name could be a
+ * Service's, a DNS-1035 label: account names are DNS-1123 subdomains and may hold dots, and
+ * `<pod>.<headless-service>` would get a StatefulSet pod's name (<pod>.<service>.<ns>.svc…).
+ * A dotted account keeps its SPIFFE ID and gets no DNS name.
  */
 export function serviceDnsNames(namespace: string, serviceAccount: string): string[] {
+  if (!DNS_1035_LABEL.test(serviceAccount)) return [];
   return [`${serviceAccount}.${namespace}.svc`, `${serviceAccount}.${namespace}.svc.cluster.local`];
 }
+
+/** A Service name (Kubernetes validation IsDNS1035Label): lower-case letter first, no dots, at most 63. */
+const DNS_1035_LABEL = /^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
 function loadKeySet(options: JwksAttestorOptions): JWTVerifyGetKey {
   if (options.jwksFile !== undefined) {
