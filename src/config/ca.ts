@@ -71,7 +71,7 @@ export const jwksValidatorSchema = z
         tokenFile: z.string().min(1).default("/var/run/secrets/kubernetes.io/serviceaccount/token").describe("The CA's own service-account token, sent as a bearer token (re-read at each fetch)."),
         caFile: z.string().min(1).default("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt").describe("PEM roots the API server's certificate must chain to."),
         cacheMaxAge: timerDurationText("JWKS cache max age").default(parseDuration("10m")).describe("Refetch the signing keys when they are older than this."),
-        cooldown: timerDurationText("JWKS cooldown").default(parseDuration("30s")).describe("After a fetch, a token with an unknown key id triggers no new fetch for this long."),
+        cooldown: timerDurationText("JWKS cooldown").default(parseDuration("30s")).describe("After a fetch, a token with an unknown key id triggers no new fetch for this long; after a failed discovery or JWKS fetch, none is sent for this long (requests meanwhile get E_JWKS_UNAVAILABLE)."),
       })
       .strict()
       .optional()
@@ -91,7 +91,7 @@ export const jwksValidatorSchema = z
       ])
       .default("kubernetes")
       .describe(
-        "How claims become an identity: `kubernetes` maps a service-account token's namespace and service account name to ns/<namespace>/<service-account>; `sentry` reads the whole SPIFFE ID from `sub`, as Dapr Sentry's JWKS validator does; or name the claims.",
+        "How claims become an identity: `kubernetes` maps a service-account token's namespace and service account name to ns/<namespace>/<service-account>, and allows the DNS names <service-account>.<namespace>.svc and .svc.cluster.local when the account's name is a DNS-1035 label, the shape of a Service name (none for a dotted name); `sentry` reads the whole SPIFFE ID from `sub`, as Dapr Sentry's JWKS validator does; or name the claims.",
       ),
     // Sentry's JWKS validator parses with jwt.WithAcceptableSkew(5*time.Minute)
     // (dapr/dapr pkg/sentry/server/validator/jwks/jwks.go): the same default here.

@@ -1,9 +1,12 @@
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type Server } from "node:https";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { kubernetesApi } from "../../src/ca/attest/kube-api.ts";
+import { KUBE_API_MAX_SOCKETS, kubernetesApi } from "../../src/ca/attest/kube-api.ts";
+import { kubernetesAttestor } from "../../src/ca/attest/kubernetes.ts";
 import { isMeshwardError } from "../../src/errors.ts";
 import { httpsGetText, opensslServerRenegotiating } from "../helpers/openssl-renegotiate.ts";
 
@@ -62,6 +65,138 @@ describe("kubernetesApi refuses an API server that renegotiates (real openssl s_
       expect(JSON.parse(await fetched)).toEqual(JSON.parse(POD));
     } finally {
       await server.stop();
+    }
+  });
+});
+
+// The API server is a loopback node:https server with the openssl certificate above: a mock, since
+// no Kubernetes API server can run on this machine. It answers TokenReviews the way the API server
+// does (201 with a status) and counts what a Kubernetes API server would pay for: TLS connections
+// (handshakes), the most open at once, and TokenReviews.
+interface FakeApiServer {
+  readonly url: string;
+  readonly reviews: number;
+  readonly connections: number;
+  readonly peakOpen: number;
+  stop(): Promise<void>;
+}
+
+const NOW = Math.floor(Date.now() / 1000);
+const part = (value: unknown) => Buffer.from(JSON.stringify(value)).toString("base64url");
+/** The shape of a projected token for audience "sentry" (its signature is the fake API server's business). */
+const validLooking = (n: number) => `${part({ alg: "RS256", kid: "k1" })}.${part({ aud: ["sentry"], exp: NOW + 3600, sub: `system:serviceaccount:shop:sa-${n}` })}.c2lnbmF0dXJl`;
+const GOOD = validLooking(0);
+
+/**
+ * `hold`: a slow API server. Reviews are answered only once no new one has arrived for a moment
+ * (or `holdUntil` are waiting), so every connection a client opens meanwhile is open at once.
+ */
+async function fakeApiServer(options: { hold?: boolean; holdUntil?: number } = {}): Promise<FakeApiServer> {
+  let reviews = 0;
+  let connections = 0;
+  let open = 0;
+  let peakOpen = 0;
+  let held: (() => void)[] = [];
+  let idle: NodeJS.Timeout | undefined;
+  const release = () => {
+    clearTimeout(idle);
+    const now = held;
+    held = [];
+    for (const answer of now) answer();
+  };
+  const server: Server = createServer({ cert: readFileSync(certFile), key: readFileSync(keyFile) }, (req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("end", () => {
+      if (req.method !== "POST" || req.url !== "/apis/authentication.k8s.io/v1/tokenreviews" || req.headers.authorization !== "Bearer ca-service-account-token") {
+        res.writeHead(404, { "content-type": "application/json" }).end("{}");
+        return;
+      }
+      reviews += 1;
+      const spec = (JSON.parse(Buffer.concat(chunks).toString("utf8")) as { spec: { token: string } }).spec;
+      let sub: unknown;
+      try {
+        sub = (JSON.parse(Buffer.from(spec.token.split(".")[1] ?? "", "base64url").toString("utf8")) as { sub?: unknown }).sub;
+      } catch {
+        // not a JWT: refused below
+      }
+      const status = spec.token.endsWith(".c2lnbmF0dXJl") && typeof sub === "string" ? { authenticated: true, audiences: ["sentry"], user: { username: sub } } : { user: {}, error: "invalid bearer token" };
+      const answer = () => res.writeHead(201, { "content-type": "application/json" }).end(JSON.stringify({ kind: "TokenReview", apiVersion: "authentication.k8s.io/v1", status }));
+      if (options.hold !== true) {
+        answer();
+        return;
+      }
+      held.push(answer);
+      clearTimeout(idle);
+      if (held.length >= (options.holdUntil ?? Infinity)) release();
+      else idle = setTimeout(release, 30);
+    });
+  });
+  server.on("secureConnection", (socket) => {
+    connections += 1;
+    open += 1;
+    peakOpen = Math.max(peakOpen, open);
+    socket.on("close", () => (open -= 1));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `https://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    get reviews() {
+      return reviews;
+    },
+    get connections() {
+      return connections;
+    },
+    get peakOpen() {
+      return peakOpen;
+    },
+    async stop() {
+      release();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+describe("KUBERNETES validator against a (mock) API server: what a caller can make the CA send", () => {
+  const ask = (token: string) => ({ token, requestedAppId: "", requestedNamespace: "", requestedTrustDomain: "", peer: undefined, now: new Date() });
+  const attestorFor = (apiServer: string) =>
+    kubernetesAttestor({ api: kubernetesApi({ apiServer, tokenFile, caFile: certFile }), trustDomain: "kube-api.test", audiences: ["sentry"], appId: "service-account", controlPlaneNamespace: "dapr-system" });
+
+  it("300 garbage tokens cause no TokenReview and no connection; a valid token still gets its identity", async () => {
+    const api = await fakeApiServer();
+    try {
+      const attestor = attestorFor(api.url);
+      const codes: Record<string, number> = {};
+      const garbage = ["x", "a.b.c", `${part({ alg: "RS256" })}.${part({ aud: ["sentry"] })}.c2ln`, `${part({ alg: "RS256" })}.${part({ aud: ["other"], exp: NOW + 3600 })}.c2ln`];
+      for (let i = 0; i < 300; i++) {
+        const code = await attestor.attest(ask(garbage[i % garbage.length] as string)).then(
+          () => "issued",
+          (error: { code: string }) => error.code,
+        );
+        codes[code] = (codes[code] ?? 0) + 1;
+      }
+      expect(codes).toEqual({ E_TOKEN_INVALID: 300 });
+      expect(api.reviews).toBe(0);
+      expect(api.connections).toBe(0);
+      expect((await attestor.attest(ask(GOOD))).spiffeId).toBe("spiffe://kube-api.test/ns/shop/sa-0");
+      expect(api.reviews).toBe(1);
+    } finally {
+      await api.stop();
+    }
+  });
+
+  it(`200 concurrent reviews against a slow API server share at most ${KUBE_API_MAX_SOCKETS} keep-alive connections`, async () => {
+    const api = await fakeApiServer({ hold: true, holdUntil: 200 });
+    try {
+      const attestor = attestorFor(api.url);
+      const identities = await Promise.all(Array.from({ length: 200 }, (_, n) => attestor.attest(ask(validLooking(n)))));
+      expect(identities.map((identity) => identity.spiffeId)).toEqual(Array.from({ length: 200 }, (_, n) => `spiffe://kube-api.test/ns/shop/sa-${n}`));
+      expect(api.reviews).toBe(200);
+      expect(api.peakOpen).toBeLessThanOrEqual(KUBE_API_MAX_SOCKETS);
+      expect(api.connections).toBeLessThanOrEqual(KUBE_API_MAX_SOCKETS);
+    } finally {
+      await api.stop();
     }
   });
 });

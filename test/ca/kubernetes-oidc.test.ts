@@ -3,7 +3,7 @@ import { createServer, type Server } from "node:https";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey } from "jose";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { jwksAttestor } from "../../src/ca/attest/jwks.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { opensslServerRenegotiating } from "../helpers/openssl-renegotiate.ts";
@@ -37,6 +37,10 @@ describe("JWT validator with Kubernetes OIDC discovery", () => {
   let apiServer: string;
   let served: SigningKey[] = [];
   let jwksFetches = 0;
+  let discoveryFetches = 0;
+  /** Answer discovery / the JWKS with HTTP 500, as an API server that is starting or overloaded. */
+  let discoveryFails = false;
+  let jwksFails = false;
   let k1: SigningKey;
   let k2: SigningKey;
   let tokenFile: string;
@@ -54,11 +58,20 @@ describe("JWT validator with Kubernetes OIDC discovery", () => {
         return;
       }
       if (req.url === "/.well-known/openid-configuration") {
+        discoveryFetches += 1;
+        if (discoveryFails) {
+          res.writeHead(500, { "content-type": "application/json" }).end('{"kind":"Status","code":500}');
+          return;
+        }
         res.writeHead(200, { "content-type": "application/json" }).end(DISCOVERY);
         return;
       }
       if (req.url === "/openid/v1/jwks") {
         jwksFetches += 1;
+        if (jwksFails) {
+          res.writeHead(500, { "content-type": "application/json" }).end('{"kind":"Status","code":500}');
+          return;
+        }
         res.writeHead(200, { "content-type": "application/jwk-set+json" }).end(JSON.stringify({ keys: served.map((k) => k.jwk) }));
         return;
       }
@@ -197,5 +210,106 @@ describe("JWT validator with Kubernetes OIDC discovery", () => {
     } finally {
       await server.stop();
     }
+  });
+
+  // Discovery and the JWKS are requests to the API server: a caller without a credential must not
+  // be able to make the CA send them at will. A token that could never pass is refused before any
+  // fetch, with the code jose would give it; after a failed fetch none is sent for the cooldown.
+  const shaped = (claims: { aud?: string[]; exp?: number | "none" }) => {
+    const jwt = new SignJWT({ "kubernetes.io": { namespace: "shop", serviceaccount: { name: "orders", uid: "u1" } } })
+      .setProtectedHeader({ alg: "RS256", kid: k1.kid })
+      .setIssuer(ISSUER)
+      .setAudience(claims.aud ?? ["meshward"])
+      .setSubject("system:serviceaccount:shop:orders")
+      .setIssuedAt();
+    if (claims.exp !== "none") jwt.setExpirationTime(claims.exp ?? "1h");
+    return jwt.sign(k1.privateKey);
+  };
+
+  it("a token that could never pass causes no discovery or JWKS fetch, even while discovery fails", async () => {
+    discoveryFails = true;
+    try {
+      const validator = attestor({ cooldown: 0 });
+      const before = { discovery: discoveryFetches, jwks: jwksFetches };
+      const now = Math.floor(Date.now() / 1000);
+      for (let i = 0; i < 10; i++) {
+        expect((await refusal(validator.attest(ask("x")))).code).toBe("E_TOKEN_INVALID");
+        expect((await refusal(validator.attest(ask("a.b.c")))).code).toBe("E_TOKEN_INVALID");
+        expect((await refusal(validator.attest(ask(await shaped({ exp: now - 3600 }))))).code).toBe("E_TOKEN_EXPIRED");
+        expect((await refusal(validator.attest(ask(await shaped({ exp: "none" }))))).code).toBe("E_TOKEN_CLAIMS");
+        expect((await refusal(validator.attest(ask(await shaped({ aud: ["https://kubernetes.default.svc"] }))))).code).toBe("E_TOKEN_AUDIENCE");
+      }
+      expect({ discovery: discoveryFetches, jwks: jwksFetches }).toEqual(before);
+      // control: a token of the right shape does reach discovery
+      expect((await refusal(validator.attest(ask(await projected(k1))))).code).toBe("E_JWKS_UNAVAILABLE");
+      expect(discoveryFetches).toBe(before.discovery + 1);
+    } finally {
+      discoveryFails = false;
+    }
+  });
+
+  it("while discovery fails, 60 requests fetch it once per cooldown; after the cooldown it is fetched again and tokens verify", async () => {
+    served = [k1];
+    discoveryFails = true;
+    vi.useFakeTimers({ toFake: ["Date"] });
+    try {
+      const validator = attestor({ cooldown: 3_600_000 });
+      const before = discoveryFetches;
+      const token = await projected(k1);
+      for (let i = 0; i < 30; i++) expect((await refusal(validator.attest(ask(token)))).code).toBe("E_JWKS_UNAVAILABLE");
+      const concurrent = await Promise.all(Array.from({ length: 30 }, () => refusal(validator.attest(ask(token)))));
+      expect(new Set(concurrent.map((error) => error.code))).toEqual(new Set(["E_JWKS_UNAVAILABLE"]));
+      expect(discoveryFetches).toBe(before + 1);
+      // The API server recovers; within the cooldown the CA does not know yet.
+      discoveryFails = false;
+      const error = (await refusal(validator.attest(ask(token)))) as { code: string; message: string };
+      expect(error.code).toBe("E_JWKS_UNAVAILABLE");
+      expect(error.message).toMatch(/HTTP 500 .*the CA tries again in \d+s/);
+      expect(discoveryFetches).toBe(before + 1);
+      vi.setSystemTime(Date.now() + 3_600_001);
+      expect((await validator.attest(ask(await projected(k1)))).spiffeId).toBe("spiffe://cluster.test/ns/shop/orders");
+      expect(discoveryFetches).toBe(before + 2);
+    } finally {
+      discoveryFails = false;
+      vi.useRealTimers();
+    }
+  });
+
+  it("while the JWKS fails, 60 requests fetch it once per cooldown; after the cooldown it is fetched again and tokens verify", async () => {
+    served = [k1];
+    jwksFails = true;
+    vi.useFakeTimers({ toFake: ["Date"] });
+    try {
+      const validator = attestor({ cooldown: 3_600_000 });
+      const before = jwksFetches;
+      const token = await projected(k1);
+      for (let i = 0; i < 30; i++) expect((await refusal(validator.attest(ask(token)))).code).toBe("E_JWKS_UNAVAILABLE");
+      const concurrent = await Promise.all(Array.from({ length: 30 }, () => refusal(validator.attest(ask(token)))));
+      expect(new Set(concurrent.map((error) => error.code))).toEqual(new Set(["E_JWKS_UNAVAILABLE"]));
+      expect(jwksFetches).toBe(before + 1);
+      jwksFails = false;
+      expect((await refusal(validator.attest(ask(token)))).code).toBe("E_JWKS_UNAVAILABLE");
+      expect(jwksFetches).toBe(before + 1);
+      vi.setSystemTime(Date.now() + 3_600_001);
+      expect((await validator.attest(ask(await projected(k1)))).spiffeId).toBe("spiffe://cluster.test/ns/shop/orders");
+      expect(jwksFetches).toBe(before + 2);
+    } finally {
+      jwksFails = false;
+      vi.useRealTimers();
+    }
+  });
+
+  // Service-account names are DNS-1123 subdomains and may hold dots; a Service name is a DNS-1035
+  // label. <pod>.<headless-service> as an account would otherwise get a StatefulSet pod's DNS name.
+  it("grants <sa>.<ns>.svc names only to a service account whose name could be a Service's; a dotted one keeps its SPIFFE ID without DNS names", async () => {
+    served = [k1];
+    const validator = attestor();
+    const dotted = await validator.attest(ask(await projected(k1, { sa: "dapr-scheduler-server-0.dapr-scheduler-server" })));
+    expect(dotted.spiffeId).toBe("spiffe://cluster.test/ns/shop/dapr-scheduler-server-0.dapr-scheduler-server");
+    expect(dotted.allowedDnsNames).toEqual([]);
+    const plain = await validator.attest(ask(await projected(k1, { sa: "dapr-scheduler-server" })));
+    expect(plain.allowedDnsNames).toEqual(["dapr-scheduler-server.shop.svc", "dapr-scheduler-server.shop.svc.cluster.local"]);
+    // a name starting with a digit is a DNS-1123 label but not a Service name
+    expect((await validator.attest(ask(await projected(k1, { sa: "0orders" })))).allowedDnsNames).toEqual([]);
   });
 });

@@ -175,7 +175,11 @@ describe("KUBERNETES validator: TokenReview + pod annotation (kubernetes.appId: 
     const legacy = await projectedToken({ audience: "dapr.io/sentry", podName: pod.metadata.name, podUid: pod.metadata.uid });
     expect((await ask(legacy, "orders")).spiffeId).toBe("spiffe://public/ns/default/orders");
     const other = await projectedToken({ audience: "https://kubernetes.default.svc", podName: pod.metadata.name, podUid: pod.metadata.uid });
-    expect(await refusal(ask(other, "orders"))).toMatch(/E_TOKEN_INVALID.*invalid for the target audiences/);
+    // Refused by the CA itself, before any TokenReview: a token that names none of the accepted
+    // audiences costs the API server nothing (it would answer "invalid for the target audiences").
+    const reviewsBefore = recorded.filter((r) => r.path === "/apis/authentication.k8s.io/v1/tokenreviews").length;
+    expect(await refusal(ask(other, "orders"))).toMatch(/E_TOKEN_INVALID.*refused before any TokenReview: it is not for this CA's audiences/);
+    expect(recorded.filter((r) => r.path === "/apis/authentication.k8s.io/v1/tokenreviews").length).toBe(reviewsBefore);
     // An authenticated review without status.audiences means the API server's own audience: refused.
     omitAudiences = true;
     try {

@@ -9,11 +9,20 @@ import { tlsAfterHandshakeFailure } from "../../tls/after-handshake.ts";
 import { renegotiationRefusingAgent } from "../../tls/undici-agent.ts";
 import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
+import { precheckJwt, type JwtPrecheckFailure } from "./jwt-precheck.ts";
 import { kubernetesOidc } from "./kubernetes-oidc.ts";
 
 const MAX_JWT_LENGTH = 16 * 1024;
 /** Asymmetric only: a shared-secret (HS*) or `none` token is never accepted. */
 const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
+
+/** The refusals jose's own checks give for the same faults (classifyJwtError). */
+const PRECHECK_ERRORS: Record<JwtPrecheckFailure, () => MeshwardError> = {
+  malformed: () => new MeshwardError("E_TOKEN_INVALID", "the JWT is malformed"),
+  "exp-missing": () => new MeshwardError("E_TOKEN_CLAIMS", "the JWT's exp claim is not acceptable: missing"),
+  expired: () => new MeshwardError("E_TOKEN_EXPIRED", "the JWT has expired"),
+  audience: () => new MeshwardError("E_TOKEN_AUDIENCE", "the JWT was issued for another audience"),
+};
 
 export interface JwksAttestorOptions extends Omit<JwksValidatorConfig, "clockTolerance"> {
   readonly trustDomain: string;
@@ -41,6 +50,12 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
       let payload: JWTPayload;
       // Seconds, for jose; config `jwks.clockTolerance` (5 min by default, as Sentry).
       const tolerance = (options.clockTolerance ?? parseDuration(DEFAULT_JWT_CLOCK_TOLERANCE)) / 1000;
+      if (oidc !== undefined) {
+        // Discovery and the JWKS are network calls to the API server: a token that could never
+        // pass is refused before either (what jose would say of it, without the fetch).
+        const failure = precheckJwt(token, { now: request.now, clockToleranceSeconds: tolerance, audiences: audience });
+        if (failure !== undefined) throw PRECHECK_ERRORS[failure]();
+      }
       try {
         const issuer = options.issuer ?? (oidc === undefined ? undefined : await oidc.issuer());
         ({ payload } = await jwtVerify(token, keys, {
@@ -76,11 +91,18 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
  * A Kubernetes service account may have the DNS names of the Service named like it in its
  * namespace (<account>.<namespace>.svc and .svc.cluster.local): what a webhook such as
  * `meshward injector` serves under. The name is already tied to the account that the token
- * proves; a pod cannot get another Service's name.
+ * proves; a pod cannot get another Service's name. Only when the account's name could be a
+ * Service's, a DNS-1035 label: account names are DNS-1123 subdomains and may hold dots, and
+ * `<pod>.<headless-service>` would get a StatefulSet pod's name (<pod>.<service>.<ns>.svc…).
+ * A dotted account keeps its SPIFFE ID and gets no DNS name.
  */
 export function serviceDnsNames(namespace: string, serviceAccount: string): string[] {
+  if (!DNS_1035_LABEL.test(serviceAccount)) return [];
   return [`${serviceAccount}.${namespace}.svc`, `${serviceAccount}.${namespace}.svc.cluster.local`];
 }
+
+/** A Service name (Kubernetes validation IsDNS1035Label): lower-case letter first, no dots, at most 63. */
+const DNS_1035_LABEL = /^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
 function loadKeySet(options: JwksAttestorOptions): JWTVerifyGetKey {
   if (options.jwksFile !== undefined) {

@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { request as httpsRequest } from "node:https";
+import { Agent, request as httpsRequest } from "node:https";
 import { MeshwardError } from "../../errors.ts";
 import { tlsAfterHandshakeFailure, watchHandshake } from "../../tls/after-handshake.ts";
 import { SECURE_OPTIONS } from "../../tls/policy.ts";
@@ -32,7 +32,16 @@ export interface KubernetesApiOptions {
   /** PEM bundle the API server's certificate must chain to. */
   readonly caFile: string;
   readonly timeoutMs?: number;
+  /** Most connections open to the API server at once (default KUBE_API_MAX_SOCKETS); further calls wait for one. */
+  readonly maxSockets?: number;
 }
+
+/**
+ * Connections one client keeps to the API server at most. Calls share them (keep-alive) and wait
+ * when all are busy, so however many requests reach the CA, it never holds more than this many
+ * connections to the API server, nor does a TLS handshake per call.
+ */
+export const KUBE_API_MAX_SOCKETS = 8;
 
 const MAX_RESPONSE_BYTES = 1 << 20;
 const SEGMENT = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
@@ -51,6 +60,10 @@ export function inClusterApiServer(env: NodeJS.ProcessEnv = process.env): string
 export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
   const base = new URL(options.apiServer);
   if (base.protocol !== "https:") throw new MeshwardError("E_CONFIG_INVALID", `kubernetes.apiServer must be an https:// URL, got ${options.apiServer}`);
+  const maxSockets = options.maxSockets ?? KUBE_API_MAX_SOCKETS;
+  // One agent per client: maxTotalSockets also bounds the sockets of a rotated caFile (the agent
+  // pools by TLS options); idle sockets close after a minute and never keep the process alive.
+  const agent = new Agent({ keepAlive: true, maxSockets, maxTotalSockets: maxSockets, maxFreeSockets: maxSockets, timeout: 60_000, scheduling: "lifo" });
   const call = (method: "GET" | "POST", path: string, body?: object): Promise<{ status: number; json: unknown }> =>
     new Promise((resolve, reject) => {
       let token: string;
@@ -73,7 +86,7 @@ export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
           minVersion: "TLSv1.2",
           secureOptions: SECURE_OPTIONS,
           timeout: options.timeoutMs ?? 5000,
-          agent: false,
+          agent,
           headers: { authorization: `Bearer ${token}`, accept: "application/json", ...(payload ? { "content-type": "application/json", "content-length": String(payload.length) } : {}) },
         },
         (res) => {

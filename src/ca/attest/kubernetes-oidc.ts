@@ -14,9 +14,9 @@ export interface KubernetesOidcConfig {
 }
 
 export interface KubernetesOidc {
-  /** The signing keys from /openid/v1/jwks: cached, refetched when older than cacheMaxAge or on an unknown kid after the cooldown. */
+  /** The signing keys from /openid/v1/jwks: cached, refetched when older than cacheMaxAge or on an unknown kid after the cooldown; after a failed fetch, none for the cooldown. */
   readonly getKey: JWTVerifyGetKey;
-  /** The issuer from /.well-known/openid-configuration (fetched once it succeeds). */
+  /** The issuer from /.well-known/openid-configuration (fetched until it succeeds, at most once per cooldown). */
   issuer(): Promise<string>;
 }
 
@@ -39,19 +39,66 @@ export function kubernetesOidc(config: KubernetesOidcConfig): KubernetesOidc {
     cooldownDuration: config.cooldown,
     cacheMaxAge: config.cacheMaxAge,
     [customFetch]: async (url: string, options: { signal: AbortSignal }) => {
-      const { status, body } = await get(url, config, options.signal);
+      jwksFailure.check();
+      let fetched: { status: number; body: string };
+      try {
+        fetched = await get(url, config, options.signal);
+      } catch (error) {
+        throw jwksFailure.record(error);
+      }
+      const { status, body } = fetched;
+      if (status !== 200) {
+        jwksFailure.record(new MeshwardError("E_JWKS_UNAVAILABLE", `${url} answered HTTP ${status}`));
+      } else {
+        try {
+          JSON.parse(body);
+        } catch {
+          jwksFailure.record(new MeshwardError("E_JWKS_UNAVAILABLE", `${url} answered with no JSON`));
+        }
+      }
       return new Response(body, { status, headers: { "content-type": "application/json" } });
     },
   });
+  const jwksFailure = failureCooldown(config.cooldown);
+  const discoveryFailure = failureCooldown(config.cooldown);
   let issuer: Promise<string> | undefined;
   return {
     getKey,
     issuer() {
+      try {
+        discoveryFailure.check();
+      } catch (error) {
+        return Promise.reject(error);
+      }
       issuer ??= discoverIssuer(`${base}/.well-known/openid-configuration`, config).catch((error: unknown) => {
-        issuer = undefined; // try again at the next token
-        throw error;
+        issuer = undefined; // try again at the next token after the cooldown
+        throw discoveryFailure.record(error);
       });
       return issuer;
+    },
+  };
+}
+
+/**
+ * After a failed fetch, no new fetch for `cooldown` ms (the same cooldown as an unknown key id):
+ * while the API server fails, the requests that arrive meanwhile are answered E_JWKS_UNAVAILABLE
+ * from the remembered failure instead of each sending the API server another request.
+ */
+function failureCooldown(cooldown: number): { check(): void; record(error: unknown): unknown } {
+  let failed: { at: number; message: string } | undefined;
+  return {
+    check() {
+      if (failed === undefined) return;
+      const left = failed.at + cooldown - Date.now();
+      if (left <= 0) {
+        failed = undefined;
+        return;
+      }
+      throw new MeshwardError("E_JWKS_UNAVAILABLE", `${failed.message} (at ${new Date(failed.at).toISOString()}; the CA tries again in ${Math.ceil(left / 1000)}s)`);
+    },
+    record(error) {
+      if (cooldown > 0) failed = { at: Date.now(), message: error instanceof Error ? error.message : String(error) };
+      return error;
     },
   };
 }

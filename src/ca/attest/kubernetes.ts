@@ -1,8 +1,11 @@
 import { decodeJwt } from "jose";
+import { DEFAULT_JWT_CLOCK_TOLERANCE } from "../../config/ca.ts";
 import { MeshwardError } from "../../errors.ts";
+import { parseDuration } from "../../util/duration.ts";
 import { formatWorkloadId } from "../../spiffe/id.ts";
 import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
+import { precheckJwt, type JwtPrecheckFailure } from "./jwt-precheck.ts";
 import type { KubernetesApi } from "./kube-api.ts";
 
 const MAX_TOKEN_LENGTH = 16 * 1024;
@@ -18,7 +21,17 @@ export interface KubernetesAttestorOptions {
   readonly appId: "service-account" | "annotation";
   /** Namespace of the Dapr control plane (the serving SPIFFE ID's): control-plane pods are accepted there only. */
   readonly controlPlaneNamespace: string;
+  /** Milliseconds tolerated for the token's exp in the local check (default 5 min, as the JWT validator). */
+  readonly clockTolerance?: number;
 }
+
+/** Why a token was refused before any TokenReview; the caller holds the token, so this tells it nothing new. */
+const PRECHECK_REASONS: Record<JwtPrecheckFailure, string> = {
+  malformed: "it is not a JWT (three base64url parts, JSON header and payload)",
+  "exp-missing": "it carries no exp (only projected, expiring service-account tokens are accepted)",
+  expired: "it has expired",
+  audience: "it is not for this CA's audiences",
+};
 
 /**
  * Dapr's KUBERNETES validator through the Kubernetes API, as Dapr Sentry does it
@@ -29,12 +42,18 @@ export interface KubernetesAttestorOptions {
  * A pod annotated dapr.io/control-plane gets dapr-<service> in the control-plane namespace only.
  */
 export function kubernetesAttestor(options: KubernetesAttestorOptions): Attestor {
+  const tolerance = options.clockTolerance ?? parseDuration(DEFAULT_JWT_CLOCK_TOLERANCE);
   return {
     name: "kubernetes",
     async attest(request: AttestationRequest): Promise<AttestedIdentity> {
       const token = request.token.trim();
       if (token === "") throw new MeshwardError("E_TOKEN_MISSING", "no Kubernetes service-account token was sent");
       if (token.length > MAX_TOKEN_LENGTH) throw new MeshwardError("E_TOKEN_INVALID", `the token is longer than ${MAX_TOKEN_LENGTH} bytes`);
+      // Checked locally first, so that a caller without a credential cannot make the CA send the
+      // API server a TokenReview for any string it likes (each one a call under the CA's own
+      // priority level). A real projected token passes at no cost; the API server still decides.
+      const failure = precheckJwt(token, { now: request.now, clockToleranceSeconds: tolerance / 1000, audiences: options.audiences });
+      if (failure !== undefined) throw new MeshwardError("E_TOKEN_INVALID", `the service-account token was refused before any TokenReview: ${PRECHECK_REASONS[failure]}`);
       const review = await options.api.reviewToken(token, options.audiences);
       if (review.error) throw new MeshwardError("E_TOKEN_INVALID", `the Kubernetes TokenReview refused the token: ${review.error.slice(0, 300)}`);
       if (review.authenticated !== true) throw new MeshwardError("E_TOKEN_INVALID", "the Kubernetes TokenReview did not authenticate the token");
