@@ -80,8 +80,9 @@ describe("meshward demo stopped during startup cleans up", () => {
     for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
   });
 
-  const start = async () => {
-    demo = spawnCli(["demo"]);
+  const start = async (options: { ownGroup?: boolean } = {}) => {
+    // ownGroup: in a process group of its own (setsid execs it), as a terminal runs it, so that Ctrl-C can reach the whole group.
+    demo = spawnCli(["demo"], options.ownGroup === true ? { via: ["setsid"] } : {});
     const running = demo;
     const dir = await until("its working directory line", running, () => /working directory (\S+)/.exec(running.stdout())?.[1]);
     dirs.push(dir);
@@ -110,6 +111,18 @@ describe("meshward demo stopped during startup cleans up", () => {
     }).then((procs) => seen.push(...procs));
     running.child.kill("SIGTERM");
     await expectCleanedUp(running, dir);
+  }, 120_000);
+
+  it("Ctrl-C in a terminal (SIGINT to the whole process group) while the inventory sidecar starts: stopped as a stop, not as a failed child", async () => {
+    const { demo: running, dir } = await start({ ownGroup: true });
+    await until("the inventory sidecar process", running, () => {
+      const procs = descendants(running.child.pid as number);
+      return procs.some((p) => p.cmdline.includes(" sidecar ")) ? procs : undefined;
+    }).then((procs) => seen.push(...procs));
+    process.kill(-(running.child.pid as number), "SIGINT");
+    await expectCleanedUp(running, dir);
+    expect(running.stdout()).toMatch(/SIGINT: stopping before the demo was ready/);
+    expect(running.stderr()).not.toMatch(/E_DEMO/);
   }, 120_000);
 
   it("SIGINT (to the demo alone) right after it named its directory: directory removed", async () => {

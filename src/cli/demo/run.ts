@@ -227,8 +227,9 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
     }
     return ok;
   } catch (error) {
-    if (!(error instanceof DemoStopped)) throw error;
-    options.say(`${error.message}: stopping before the demo was ready`);
+    // After a stop signal, whatever failed (a child that Ctrl-C reached first) is the stop.
+    if (!(error instanceof DemoStopped) && stop.received === undefined) throw error;
+    options.say(`${stop.received ?? (error as Error).message}: stopping before the demo was ready`);
     return false;
   } finally {
     closing = true;
