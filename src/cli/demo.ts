@@ -1,5 +1,4 @@
 import type { Command } from "commander";
-import { untilSignal } from "./options.ts";
 
 export function registerDemoCommand(program: Command): void {
   program
@@ -14,7 +13,6 @@ export function registerDemoCommand(program: Command): void {
         once: opts.once === true,
         keep: opts.keep === true,
         say: (line) => process.stdout.write(`${line}\n`),
-        untilStopped: untilSignal,
       });
       process.exitCode = ok ? 0 : 1;
     });

@@ -54,6 +54,23 @@ function reportCliError(error: unknown): number {
   return EXIT_FAILURE;
 }
 
+/**
+ * When the reader of our output goes away (`meshward audit … | head -1`), writing to the pipe
+ * fails with EPIPE, which Node reports as an unhandled 'error' event with a stack trace (review
+ * M5). Node ignores SIGPIPE, so the shell's usual quiet end does not happen by itself: here the
+ * stream stops writing and the command ends as it would have, quietly, as cat and grep do. A
+ * long-running command (ca serve, sidecar) keeps serving: losing its ready-line reader is no
+ * reason to drop traffic. Any other error on the stream is still thrown.
+ */
+function stopWritingWhenReaderGoes(stream: NodeJS.WriteStream): void {
+  stream.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code !== "EPIPE") throw error;
+    stream.write = (() => true) as typeof stream.write;
+  });
+}
+
+stopWritingWhenReaderGoes(process.stdout);
+stopWritingWhenReaderGoes(process.stderr);
 const code = await runCli(process.argv.slice(2));
 process.exitCode = code;
 // A failed command has said why; whatever it left open (a listener, a timer) must not keep the process up.

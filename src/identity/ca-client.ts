@@ -181,7 +181,25 @@ function transportError(error: unknown, address: string): MeshwardError {
 function unreachable(error: unknown, address: string): MeshwardError {
   const afterHandshake = tlsAfterHandshakeFailure(error);
   if (afterHandshake !== undefined) return new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address}: ${afterHandshake}`, { cause: error });
-  return new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address} is unreachable: ${(error as Error).message}`, { cause: error });
+  const network = networkReason(error, address);
+  return new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address} is unreachable: ${network ?? (error as Error).message}`, { cause: error });
+}
+
+/**
+ * What a refused or failed connection means for the person reading it, from the system error at
+ * the bottom of the cause chain; undefined when there is none. Node's HTTP/2 client reports a
+ * refused connection as "The pending stream has been canceled (caused by: connect ECONNREFUSED
+ * …)", which said nothing useful to a new user (review newuser L4).
+ */
+function networkReason(error: unknown, address: string): string | undefined {
+  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ECONNREFUSED") return `connection refused (ECONNREFUSED: nothing listens at ${address}): is 'meshward ca serve' running, with --listen ${address}?`;
+    if (code === "ENOTFOUND" || code === "EAI_AGAIN") return `the host name in ${address} does not resolve (${code}): check the --ca address`;
+    if (code === "ETIMEDOUT" || code === "EHOSTUNREACH" || code === "ENETUNREACH") return `no route or no answer (${code}): check the --ca address, and any firewall between here and the CA`;
+    if (code === "ECONNRESET") return `the connection was reset (ECONNRESET): is ${address} the CA's API port (meshward ca serve --listen)?`;
+  }
+  return undefined;
 }
 
 function statusError(result: UnaryResult, address: string): MeshwardError {

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { checkTokenFile } from "../util/files.ts";
 import type { Logger } from "pino";
 import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
 import { verifyChain } from "../pki/chain.ts";
@@ -123,8 +124,12 @@ class CaSource implements CaIdentitySource {
 
   readonly #ca: string;
 
+  #tokenFileWarned = false;
+
   constructor(options: CaIdentityOptions) {
     this.#options = options;
+    // A token file others can read is refused at once, not at the first attempt (E_KEY_PERMISSIONS).
+    if (options.tokenFile !== undefined) this.#checkTokenFile(options.tokenFile);
     this.#ca = typeof options.ca === "string" ? options.ca : options.ca.join(",");
     parseCaAddresses(this.#ca); // a bad address fails here, not at the first renewal
     this.#clock = options.clock ?? systemClock;
@@ -328,7 +333,7 @@ class CaSource implements CaIdentitySource {
       // A refusal that fails ready() (a CLI daemon then exits) is not announced as a retry.
       const failsReady = isFatal(error) && (this.#svid === undefined || this.#resuming);
       const what = first ? "could not get a workload certificate" : "could not renew the workload certificate";
-      this.#log("warn", { event: "renewal-failed", reason: isMeshwardError(error) ? error.code : "E_INTERNAL", retryInMs, error: describeError(error) }, failsReady ? `${what}; not retrying (only a new token or configuration fixes this)` : `${what}; retrying`);
+      this.#log("warn", { event: "renewal-failed", first, reason: isMeshwardError(error) ? error.code : "E_INTERNAL", retryInMs, error: describeError(error) }, failsReady ? `${what}; not retrying (only a new token or configuration fixes this)` : `${what}; retrying`);
       this.#emit({ type: "renewal-failed", error: error as Error, retryInMs });
       if (failsReady) this.#rejectReady(error as Error);
       this.#schedule(retryInMs);
@@ -496,6 +501,7 @@ class CaSource implements CaIdentitySource {
 
   #readToken(): string {
     if (this.#options.tokenFile !== undefined) {
+      this.#checkTokenFile(this.#options.tokenFile);
       try {
         return readFileSync(this.#options.tokenFile, "utf8").trim();
       } catch (error) {
@@ -506,6 +512,15 @@ class CaSource implements CaIdentitySource {
       throw new MeshwardError("E_TOKEN_MISSING", "no valid certificate to renew with and no token to attest with");
     }
     return this.#options.token;
+  }
+
+  /** The token file's mode, before anything is read or sent (checkTokenFile); the warning for a platform's secret mount is logged once. */
+  #checkTokenFile(path: string): void {
+    checkTokenFile(path, (message) => {
+      if (this.#tokenFileWarned) return;
+      this.#tokenFileWarned = true;
+      this.#log("warn", { event: "token-file-readable", path }, message);
+    });
   }
 
   #schedule(delayMs: number): void {
@@ -558,7 +573,7 @@ class CaSource implements CaIdentitySource {
  * first certificate they reject ready(); retries go on in the background.
  */
 function isFatal(error: unknown): boolean {
-  return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID|AUDIENCE|SIGNATURE|ISSUER)|IDENTITY_MISMATCH|SPIFFE_MISMATCH|VALIDATOR_DISABLED|TRUST_DOMAIN_MISMATCH|CA_UNTRUSTED|CA_NOT_TLS|CSR_DNS_NOT_ALLOWED|CSR_IDENTITY_MISMATCH)$/.test(error.code);
+  return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID|AUDIENCE|SIGNATURE|ISSUER)|KEY_PERMISSIONS|IDENTITY_MISMATCH|SPIFFE_MISMATCH|VALIDATOR_DISABLED|TRUST_DOMAIN_MISMATCH|CA_UNTRUSTED|CA_NOT_TLS|CSR_DNS_NOT_ALLOWED|CSR_IDENTITY_MISMATCH)$/.test(error.code);
 }
 
 /** A refusal only a new token (or identity registration) fixes: retrying the same token cannot succeed. */

@@ -127,7 +127,7 @@ function processRuns(pid: number): boolean {
  * real path, which the files are written under from then on.
  */
 export function assertOwnDirectory(path: string, what: string, filesOwner?: number): string {
-  assertNoOtherWriter(path, what, "E_OUT_DIR_UNSAFE", "replace the trust bundle, certificate or key written there, or plant a certificate this process would renew at its next start", "created 0700", filesOwner);
+  assertNoOtherWriter(path, what, "E_OUT_DIR_UNSAFE", "replace the trust bundle, certificate or key written there, or plant a certificate this process would renew at its next start", "created 0700", filesOwner, false, { name: "meshward-out", mode: "700" });
   const real = realpathSync(path);
   assertNoOtherRenamer(real, what, "E_OUT_DIR_UNSAFE", "have the key, certificate and bundle written there (and given to the files' owner) and read or replace them");
   return real;
@@ -155,7 +155,7 @@ export function checkSocketDir(socketPath: string, flag: string): string {
   } catch (error) {
     throw new MeshwardError("E_SOCKET_DIR", `${flag} ${socketPath}: the directory ${dir} is not writable by this user (${errno(error)})`);
   }
-  assertNoOtherWriter(dir, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", "bind its own socket there and hand workloads another SVID and trust bundle", `e.g. install -d -m 0755 ${dir}`);
+  assertNoOtherWriter(dir, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", "bind its own socket there and hand workloads another SVID and trust bundle", "owned by you, mode 0755 so that workloads can connect", undefined, false, { name: "meshward-sock", mode: "755" });
   const real = realpathSync(dir);
   assertNoOtherRenamer(real, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", "bind its own socket there and hand workloads another SVID and trust bundle");
   return join(real, basename(socketPath));

@@ -93,6 +93,8 @@ export interface AccessPolicy {
   decide(request: AccessRequest): Decision;
   /** True when no access control is configured (everything allowed). */
   readonly allowsAll: boolean;
+  /** The callers the app policies are for (appId, namespace, trust domain), in file order. */
+  readonly appPolicies: readonly Caller[];
 }
 
 interface CompiledOperation {
@@ -117,7 +119,7 @@ const ALLOW_ALL = decision(true, "no-access-control", "no access control is conf
 
 export function compilePolicy(config: AccessControlConfig | undefined): AccessPolicy {
   if (config === undefined || !config.present || (config.defaultAction === undefined && config.policies.length === 0)) {
-    return { allowsAll: true, decide: () => ALLOW_ALL };
+    return { allowsAll: true, appPolicies: [], decide: () => ALLOW_ALL };
   }
 
   const globalAction: Action = config.defaultAction ?? (config.policies.length > 0 ? "deny" : "allow");
@@ -142,6 +144,7 @@ export function compilePolicy(config: AccessControlConfig | undefined): AccessPo
 
   return {
     allowsAll: false,
+    appPolicies: config.policies.map((p) => ({ appId: p.appId, namespace: p.namespace, trustDomain: p.trustDomain })),
     decide(request: AccessRequest): Decision {
       const caller = request.caller;
       if (caller === undefined) return unverified;

@@ -33,6 +33,27 @@ export function loadPolicyFile(file: string): AccessPolicy {
   return compilePolicy(parseAccessControl(doc.toJS(), file, locate, { required: true }));
 }
 
+/**
+ * App policies for callers of a trust domain this sidecar cannot verify (neither its own nor one
+ * its trust bundle holds a root of) match no caller: such a caller gets the global default, so
+ * an allowed caller of the sidecar's own trust domain named under another one (a policy copied
+ * from a guide with another domain, or without trustDomain, which Dapr reads as "public") gets
+ * 403 with nothing said at start (review newuser M2). Returns the warning, or undefined.
+ */
+export function foreignTrustDomainWarning(policy: AccessPolicy, file: string, own: string, trusted: ReadonlySet<string>): { message: string; trustDomains: string[]; appIds: string[] } | undefined {
+  const foreign = policy.appPolicies.filter((p) => p.trustDomain !== own && !trusted.has(p.trustDomain));
+  if (foreign.length === 0) return undefined;
+  const trustDomains = [...new Set(foreign.map((p) => p.trustDomain))];
+  const appIds = foreign.map((p) => p.appId);
+  const others = [...trusted].filter((td) => td !== own);
+  const message =
+    `the access policy ${file} names callers of trust domain ${trustDomains.join(", ")} (app policies ${foreign.map((p) => `${p.appId} in ${p.namespace}`).join(", ")}), ` +
+    `but this sidecar is in ${own}${others.length > 0 ? ` and trusts only ${others.join(", ")} besides` : " and trusts no other trust domain"}: ` +
+    `those policies match no caller, who get the global default instead. Write trustDomain: ${own} in them` +
+    `${trustDomains.includes("public") ? ' (a policy without trustDomain is for "public", Dapr\'s default)' : ""}`;
+  return { message, trustDomains, appIds };
+}
+
 const sameFile = (a: Stats, b: Stats): boolean => a.mtimeMs === b.mtimeMs && a.size === b.size && a.ino === b.ino;
 
 export interface PolicySource {

@@ -2,7 +2,9 @@ import type { Logger } from "pino";
 import { DEFAULT_INBOUND, type SidecarConfig } from "../config/sidecar.ts";
 import { describeError, MeshwardError } from "../errors.ts";
 import { readBundleFile } from "../identity/bundle-file.ts";
+import { inspectCertificate } from "../pki/inspect.ts";
 import { certificatesFromPem } from "../pki/pem.ts";
+import { parseSpiffeId } from "../spiffe/id.ts";
 import { createIdentity } from "../identity/ca-source.ts";
 import { instrumentIdentity, staleCrlWarning } from "../identity/instrument.ts";
 import { startFileSink } from "../identity/file-sink.ts";
@@ -24,7 +26,7 @@ import type { ProxyTelemetry, RefusalListener } from "./inbound.ts";
 import { startOutbound } from "./outbound.ts";
 import { compileOutboundHosts } from "./outbound-host.ts";
 import { listenerMetrics } from "./listener-cap.ts";
-import { watchPolicy } from "./policy-source.ts";
+import { foreignTrustDomainWarning, watchPolicy } from "./policy-source.ts";
 
 export interface SidecarDependencies {
   readonly logger: Logger;
@@ -175,6 +177,17 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
     closers.push(stopInstrumenting);
     const snapshot = await untilStopped(identity.ready(), deps.stopSignal);
     const trustDomain = snapshot.bundle.trustDomain;
+    if (config.policy !== undefined) {
+      // Said at start and after each reload: a policy for another trust domain's callers denies them silently.
+      const trusted = rootTrustDomains(snapshot.bundle.rootsPem);
+      const policyFile = config.policy;
+      const checkTrustDomains = () => {
+        const warning = foreignTrustDomainWarning(policy.current(), policyFile, trustDomain, trusted);
+        if (warning !== undefined) logger.warn({ event: "policy-foreign-trust-domain", policy: policyFile, trustDomain, foreignTrustDomains: warning.trustDomains, appIds: warning.appIds }, warning.message);
+      };
+      checkTrustDomains();
+      closers.push(policy.onReload(checkTrustDomains));
+    }
     if (outDir !== undefined) {
       const sink = startFileSink({ source: identity, dir: outDir, logger });
       closers.push(() => sink.close());
@@ -289,4 +302,20 @@ function untilStopped<T>(promise: Promise<T>, signal: AbortSignal | undefined): 
     signal.addEventListener("abort", onAbort, { once: true });
     promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
   });
+}
+
+/** The trust domains the roots of a bundle name (their SPIFFE URI SANs): whose callers the sidecar can verify. */
+function rootTrustDomains(rootsPem: string): Set<string> {
+  const domains = new Set<string>();
+  for (const der of certificatesFromPem(rootsPem)) {
+    for (const uri of inspectCertificate(der).uris) {
+      if (!uri.startsWith("spiffe://")) continue;
+      try {
+        domains.add(parseSpiffeId(uri).trustDomain);
+      } catch {
+        // not a SPIFFE ID this sidecar could verify a caller under
+      }
+    }
+  }
+  return domains;
 }

@@ -1,5 +1,5 @@
 import { existsSync, lstatSync, readFileSync, realpathSync, statSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { MeshwardError } from "../errors.ts";
 
 /*
@@ -11,10 +11,11 @@ import { MeshwardError } from "../errors.ts";
 /**
  * Refuses `path` when someone other than this user, root or `trustedUid` owns it, or when group
  * or others can write it (a sticky bit does not help: a file planted first stays). `risk` says
- * what they could do, `own` what a safe directory looks like. `readOnlyMount` waives the mode
- * rule (never the owner rule) for a directory that is itself a read-only mount.
+ * what they could do, `own` what a safe directory looks like, `subdir` the name of a directory
+ * of one's own to create in a shared one. `readOnlyMount` waives the mode rule (never the owner
+ * rule) for a directory that is itself a read-only mount.
  */
-export function assertNoOtherWriter(path: string, what: string, code: `E_${string}`, risk: string, own: string, trustedUid?: number, readOnlyMount = false): void {
+export function assertNoOtherWriter(path: string, what: string, code: `E_${string}`, risk: string, own: string, trustedUid?: number, readOnlyMount = false, subdir: { name: string; mode: string } = { name: "meshward", mode: "700" }): void {
   const stats = statSync(path);
   const uid = process.getuid?.();
   if (uid !== undefined && stats.uid !== uid && stats.uid !== 0 && stats.uid !== trustedUid) {
@@ -26,12 +27,45 @@ export function assertNoOtherWriter(path: string, what: string, code: `E_${strin
   }
   const mode = stats.mode & 0o7777;
   if ((mode & 0o022) !== 0 && !readOnlyMount) {
+    const octal = mode.toString(8).padStart(4, "0");
+    if (isSharedDirectory(path, mode, stats.uid, uid)) {
+      // chmod go-w on /tmp (the advice until the new-user review, M3) breaks every program that
+      // uses it; the fix is a directory of one's own inside it.
+      const mine = join(path, subdir.name);
+      throw new MeshwardError(
+        code,
+        `${what}: the directory ${path} is writable by group or others (mode ${octal}), as a shared directory is meant to be; they could ${risk}. Do not change its mode (other programs rely on it): make a directory of your own in it and give that instead, e.g. mkdir -m ${subdir.mode} ${mine}`,
+        { details: { path, mode } },
+      );
+    }
     throw new MeshwardError(
       code,
-      `${what}: the directory ${path} is writable by group or others (mode ${mode.toString(8).padStart(4, "0")}); they could ${risk}. Fix it with: chmod go-w ${path} (or use a directory of your own, ${own})`,
+      `${what}: the directory ${path} is writable by group or others (mode ${octal}); they could ${risk}. Fix it with: chmod go-w ${path} (or use a directory of your own, ${own})`,
       { details: { path, mode } },
     );
   }
+}
+
+/** Shared places whose mode is part of the system, whoever runs meshward (root included). */
+const SHARED_SYSTEM_DIRECTORIES = new Set(["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/lock", "/var/mail", "/var/spool/mail", "/var/crash"]);
+
+/**
+ * Whether a group- or world-writable directory is shared by design, so that `chmod go-w` would
+ * break other programs rather than fix anything: a sticky one (mode 1777, as /tmp), one this user
+ * does not own (then the chmod is not theirs to make), a known system directory, or the root
+ * directory or one directly under it. Only a directory of the user's own that is none of these
+ * gets the chmod advice.
+ */
+function isSharedDirectory(path: string, mode: number, owner: number, uid: number | undefined): boolean {
+  if ((mode & 0o1000) !== 0) return true;
+  if (uid !== undefined && owner !== uid) return true;
+  let real = resolve(path);
+  try {
+    real = realpathSync(path);
+  } catch {
+    // keep the resolved path
+  }
+  return SHARED_SYSTEM_DIRECTORIES.has(real) || dirname(real) === "/" || real === "/";
 }
 
 /**
@@ -80,7 +114,7 @@ export function checkCaDir(dir: string, flag = "--dir", mountInfo: () => string 
   if (!existsSync(path) || !statSync(path).isDirectory()) return;
   const real = realpathSync(path);
   const readOnly = readOnlyMountPoint(real, mountInfo()) === real;
-  assertNoOtherWriter(path, `${flag} ${dir}`, "E_CA_DIR_UNSAFE", "replace the root, trust bundle, issuer certificate and key or ca.db the CA loads, and have it sign for them", "owned by the user the CA runs as, mode 0700", undefined, readOnly);
+  assertNoOtherWriter(path, `${flag} ${dir}`, "E_CA_DIR_UNSAFE", "replace the root, trust bundle, issuer certificate and key or ca.db the CA loads, and have it sign for them", "owned by the user the CA runs as, mode 0700", undefined, readOnly, { name: "meshward-ca", mode: "700" });
 }
 
 function readMountInfo(): string | undefined {

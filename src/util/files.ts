@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
-import { closeSync, fchmodSync, fchownSync, fsyncSync, linkSync, openSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { closeSync, fchmodSync, fchownSync, fsyncSync, linkSync, openSync, realpathSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
+import { basename, dirname, join, resolve } from "node:path";
 import { fileReadError, MeshwardError } from "../errors.ts";
 
 /**
@@ -183,6 +183,42 @@ export function assertPrivateFile(path: string, what = "private key file"): void
       ` (a Kubernetes Secret volume: defaultMode 0440 with the pod's fsGroup)`,
     { details: { path, mode } },
   );
+}
+
+/**
+ * Where platforms mount secrets for a container: Kubernetes (a projected service-account token,
+ * a Secret volume; /var/run is /run) and Docker/Compose secrets. Their files are often 0644
+ * (Kubernetes' default `defaultMode`), behind a directory and a container no other user shares,
+ * and the process cannot chmod them (a read-only mount).
+ */
+const PLATFORM_SECRET_DIRS = ["/var/run/secrets/", "/run/secrets/"];
+
+/**
+ * A join token (or JWT) file, checked before the token is read or sent (review newuser M4): a
+ * file group or others can read lets another local user spend a single-use join token first,
+ * or present the JWT, and get this workload's certificate. Held to the key files' rule
+ * (E_KEY_PERMISSIONS with `chmod 600 FILE`, the Kubernetes Secret shape with fsGroup passes),
+ * except for files under a platform's secret mount (/var/run/secrets, /run/secrets), which
+ * are readable by default and cannot be changed by the process: there `warn` is called with
+ * the message instead. A missing file passes (reading it reports that).
+ */
+export function checkTokenFile(path: string, warn: (message: string) => void): void {
+  let stats: { mode: number; uid: number; gid: number };
+  let real: string;
+  try {
+    stats = statSync(path);
+    real = realpathSync(path);
+  } catch {
+    return;
+  }
+  const mode = stats.mode & 0o777;
+  if ((mode & 0o077) === 0 || mountedSecretShape(stats)) return;
+  const problem = `token file ${path} is accessible by group or others (mode ${mode.toString(8).padStart(4, "0")}): another local user could read the token and use it first, getting this workload's certificate`;
+  if (PLATFORM_SECRET_DIRS.some((dir) => real.startsWith(dir) || resolve(path).startsWith(dir))) {
+    warn(`${problem}; accepted under a platform's secret mount (${dirname(path)}), where this is the default: set the volume's defaultMode to 0400 (0440 with the pod's fsGroup) to silence this`);
+    return;
+  }
+  throw new MeshwardError("E_KEY_PERMISSIONS", `${problem}. It must be readable by its owner only; the token was not sent. Fix it with: chmod 600 ${path} (and write token files with umask 077)`, { details: { path, mode } });
 }
 
 /** Owned by someone else, readable only by its owner and by a group this process is in (no write, nothing for others). */

@@ -28,6 +28,14 @@ describe("meshward audit (real process)", () => {
     expect(run.stdout.trimEnd().split("\n").pop()).toMatch(/^16 findings \(5 high, 7 medium, 4 low\) in 6 files, 6 files scanned/);
   });
 
+  it("counts in the summary line are singular for exactly one (review newuser L7: \"1 files scanned\")", () => {
+    const run = meshward("audit", `${FIXTURES}/secure/sidecar.yaml`);
+    expect(run.code, run.stderr).toBe(0);
+    const summary = run.stdout.trimEnd().split("\n").pop() ?? "";
+    expect(summary).toMatch(/^0 findings \(0 high, 0 medium, 0 low\) in 0 files, 1 file scanned, \d+ resources? audited, 0 documents of unknown kinds skipped$/);
+    expect(summary).not.toMatch(/\b1 (files|resources|documents|YAML errors)\b/);
+  });
+
   it("prints each rule's fix once, in a per-rule summary", () => {
     const run = meshward("audit", `${FIXTURES}/quickstart`);
     // MW-K8S-002 fires on both workloads; its fix text appears once, in the summary.

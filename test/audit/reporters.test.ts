@@ -98,7 +98,8 @@ describe("text and JSON", () => {
     expect(plain).toMatch(/^test\/audit\/fixtures\/broken\/component\.json\n {2}1:143 +high +MW-TLS-008/m);
     const lastLine = plain.trimEnd().split("\n").pop() ?? "";
     expect(lastLine).toMatch(/^\d+ findings \(\d+ high, \d+ medium, \d+ low\) in \d+ files, \d+ files scanned/);
-    expect(lastLine).toContain("1 YAML errors");
+    expect(lastLine).toContain("1 YAML error");
+    expect(lastLine).not.toContain("1 YAML errors");
     // Fix text is printed once per rule (in the summary), not under each finding.
     expect(plain).not.toMatch(/^ +fix: .*\n +fix: /m);
     expect(plain).toContain("By rule (count, then how to fix):");

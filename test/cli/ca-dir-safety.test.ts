@@ -43,7 +43,9 @@ describe("the CA --dir must be writable by its owner only", () => {
     for (const mode of [0o777, 0o1777, 0o770]) {
       chmodSync(ca, mode);
       const octal = mode.toString(8).padStart(4, "0");
-      const fix = new RegExp(`--dir ${ca}: the directory ${ca} is writable by group or others \\(mode ${octal}\\).*root, trust bundle, issuer.*chmod go-w ${ca}`);
+      // A sticky directory is shared by design: a directory of one's own inside it, not chmod (review newuser M3).
+      const advice = mode === 0o1777 ? `mkdir -m 700 ${join(ca, "meshward-ca")}` : `chmod go-w ${ca}`;
+      const fix = new RegExp(`--dir ${ca}: the directory ${ca} is writable by group or others \\(mode ${octal}\\).*root, trust bundle, issuer.*${advice}`);
       refusedWith(await runCli(["ca", "serve", "--dir", ca, "--listen", "127.0.0.1:0"]), fix);
     }
     chmodSync(ca, 0o777);

@@ -104,7 +104,7 @@ describe("bad input is refused, not silently taken", { timeout: 60_000 }, () => 
 
   it("cert issue with a --bundle that is not PEM names the file (E_BUNDLE_INVALID), before any CA is asked", async () => {
     const garbage = join(dir, "garbage.pem");
-    writeFileSync(garbage, "not a certificate\n");
+    writeFileSync(garbage, "not a certificate\n", { mode: 0o600 }); // also the token file, which must be 0600
     const r = await runCli(["cert", "issue", "--ca", "127.0.0.1:1", "--bundle", garbage, "--token-file", garbage, "--out", join(dir, "issued")]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/the trust bundle .*garbage\.pem is not usable.*\[E_BUNDLE_INVALID\]/s);

@@ -26,7 +26,11 @@ describe("docs/sidecar.md and docs/backends.md, as written", () => {
     const file = join(work, "policy.yaml");
     writeFileSync(file, `${heredoc![1]}\n`);
     const policy = loadPolicyFile(file);
-    const caller = (appId: string) => ({ trustDomain: "example.org", namespace: "shop", appId });
+    // The quick start follows getting-started with its CA: one trust domain, named alike in the policy (review newuser M2).
+    const trustDomain = /ca init --dir \.\/ca --trust-domain (\S+)/.exec(quickStart)?.[1];
+    expect(trustDomain).toBe(/ca init --trust-domain (\S+) --dir \.\/ca/.exec(doc("getting-started.md"))?.[1]);
+    expect(policy.appPolicies.map((p) => p.trustDomain)).toEqual([trustDomain, trustDomain]);
+    const caller = (appId: string) => ({ trustDomain: trustDomain as string, namespace: "shop", appId });
     expect(policy.decide({ caller: caller("frontend"), operation: "/orders/42", verb: "GET" }).allowed).toBe(true);
     expect(policy.decide({ caller: caller("frontend"), operation: "/orders/42", verb: "POST" }).allowed).toBe(true);
     expect(policy.decide({ caller: caller("frontend"), operation: "/orders/42", verb: "DELETE" }).allowed).toBe(false);

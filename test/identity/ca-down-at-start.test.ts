@@ -136,7 +136,7 @@ describe("the first certificate while the CA is down (real processes)", () => {
   it("identity, sidecar and injector stop cleanly on SIGTERM while still waiting for the CA (exit 0, no stack trace)", async () => {
     // The injector attests with a Kubernetes token; none is checked here, since no attempt reaches the CA.
     const tokenFile = join(work, "sa-token");
-    writeFileSync(tokenFile, "header.payload.signature\n");
+    writeFileSync(tokenFile, "header.payload.signature\n", { mode: 0o600 });
     for (const args of [
       ["identity", "--ca", gateAddress, "--bundle", bundle, "--token", await token("waiter"), "--out", join(work, "waiter-out")],
       ["sidecar", "--ca", gateAddress, "--bundle", bundle, "--token", await token("caller2"), "--namespace", "jobs", "--app-id", "caller2", "--outbound", "127.0.0.1:0"],

@@ -37,7 +37,9 @@ describe("the --out directory must be writable by its owner only", () => {
     expect(process.getuid?.()).toBe(0);
     for (const [name, mode] of [["world", 0o777], ["sticky", 0o1777], ["group", 0o770], ["world-no-read", 0o733]] as const) {
       const path = dir(name, mode);
-      expect(() => prepareOutDir(path)).toThrow(expect.objectContaining({ code: "E_OUT_DIR_UNSAFE", message: expect.stringMatching(new RegExp(`--out ${path}: .*writable by (group|others).*chmod go-w ${path}`)) }));
+      // A sticky directory is shared by design: a directory of one's own inside it, not chmod (review newuser M3).
+      const advice = mode === 0o1777 ? `mkdir -m 700 ${join(path, "meshward-out")}` : `chmod go-w ${path}`;
+      expect(() => prepareOutDir(path)).toThrow(expect.objectContaining({ code: "E_OUT_DIR_UNSAFE", message: expect.stringMatching(new RegExp(`--out ${path}: .*writable by (group|others).*${advice}`)) }));
     }
     const foreign = dir("foreign", 0o700, 12345);
     expect(() => prepareOutDir(foreign)).toThrow(expect.objectContaining({ code: "E_OUT_DIR_UNSAFE", message: expect.stringMatching(/owned by uid 12345.*not by this user \(uid 0\) or root/) }));
@@ -144,7 +146,8 @@ describe("the Workload API socket's directory must be writable by its owner only
     expect(process.getuid?.()).toBe(0);
     for (const [name, mode] of [["world", 0o777], ["sticky", 0o1777], ["group", 0o775]] as const) {
       const socket = join(dir(name, mode), "api.sock");
-      expect(() => checkSocketDir(socket, "--workload-api-socket")).toThrow(expect.objectContaining({ code: "E_SOCKET_DIR_UNSAFE", message: expect.stringMatching(/--workload-api-socket .*api\.sock: .*writable by group or others.*bind its own socket.*chmod go-w/) }));
+      const advice = mode === 0o1777 ? /mkdir -m 755 .*sticky\/meshward-sock/ : /chmod go-w/;
+      expect(() => checkSocketDir(socket, "--workload-api-socket")).toThrow(expect.objectContaining({ code: "E_SOCKET_DIR_UNSAFE", message: expect.stringMatching(new RegExp(`--workload-api-socket .*api\\.sock: .*writable by group or others.*bind its own socket.*${advice.source}`)) }));
     }
     const foreign = join(dir("foreign", 0o755, 12345), "api.sock");
     expect(() => checkSocketDir(foreign, "--workload-api-socket")).toThrow(expect.objectContaining({ code: "E_SOCKET_DIR_UNSAFE", message: expect.stringMatching(/owned by uid 12345/) }));

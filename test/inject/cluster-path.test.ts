@@ -106,7 +106,7 @@ describe("deploy/kubernetes end to end without a cluster: CA with OIDC discovery
       .setIssuedAt()
       .setExpirationTime(`${tokenVolume.projected.sources[0].serviceAccountToken.expirationSeconds}s`)
       .sign(clusterKey);
-    writeFileSync(join(tokenDir, "token"), token);
+    writeFileSync(join(tokenDir, "token"), token, { mode: 0o600 }); // outside /var/run/secrets a token file must be 0600
     const policy = (docs.find((d) => d.kind === "ConfigMap" && d.metadata.name === "orders-policy") as Doc).data["config.yaml"] as string;
     writeFileSync(join(policyDir, "config.yaml"), policy);
 

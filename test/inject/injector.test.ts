@@ -87,7 +87,7 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
       .setIssuedAt()
       .setExpirationTime("1h")
       .sign(keys.privateKey);
-    writeFileSync(join(work, "token"), token);
+    writeFileSync(join(work, "token"), token, { mode: 0o600 });
     const started = await startCli(
       [
         "injector", "--ca", startedCa.match[1] as string, "--bundle", bundle, "--token-file", join(work, "token"), "--namespace", "meshward-system",

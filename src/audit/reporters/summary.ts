@@ -52,22 +52,27 @@ export function unparsedFiles(result: AuditResult): string[] {
   return [...files].sort();
 }
 
+/** "1 file", "2 files": the count and the noun, singular for exactly one (review newuser L7: "1 files scanned"). */
+function counted(count: number, singular: string, plural = `${singular}s`): string {
+  return `${count} ${count === 1 ? singular : plural}`;
+}
+
 export function summaryLine(result: AuditResult): string {
   const counts = countBySeverity(result.findings);
   const files = new Set(result.findings.map((finding) => finding.file)).size;
   const parts = [
-    `${result.findings.length} finding${result.findings.length === 1 ? "" : "s"} (${counts.high} high, ${counts.medium} medium, ${counts.low} low) in ${files} file${files === 1 ? "" : "s"}`,
-    `${result.filesScanned} files scanned`,
-    `${result.resourcesAudited} resources audited`,
-    `${unknownKindCount(result)} documents of unknown kinds skipped`,
+    `${counted(result.findings.length, "finding")} (${counts.high} high, ${counts.medium} medium, ${counts.low} low) in ${counted(files, "file")}`,
+    `${counted(result.filesScanned, "file")} scanned`,
+    `${counted(result.resourcesAudited, "resource")} audited`,
+    `${counted(unknownKindCount(result), "document")} of unknown kinds skipped`,
   ];
   if (result.suppressed.length > 0) parts.push(`${result.suppressed.length} suppressed by ignore comments`);
-  if (result.ignoreProblems.length > 0) parts.push(`${result.ignoreProblems.length} ignore comment${result.ignoreProblems.length === 1 ? "" : "s"} not applied`);
-  if (result.skipped.length > 0) parts.push(`${result.skipped.length} files skipped`);
-  if (result.binaryFiles > 0) parts.push(`${result.binaryFiles} binary file${result.binaryFiles === 1 ? "" : "s"} not read`);
+  if (result.ignoreProblems.length > 0) parts.push(`${counted(result.ignoreProblems.length, "ignore comment")} not applied`);
+  if (result.skipped.length > 0) parts.push(`${counted(result.skipped.length, "file")} skipped`);
+  if (result.binaryFiles > 0) parts.push(`${counted(result.binaryFiles, "binary file")} not read`);
   const helm = helmTemplates(result).length;
-  if (helm > 0) parts.push(`${helm} Helm template${helm === 1 ? "" : "s"} not audited`);
+  if (helm > 0) parts.push(`${counted(helm, "Helm template")} not audited`);
   const yaml = yamlErrors(result).length;
-  if (yaml > 0) parts.push(`${yaml} YAML errors`);
+  if (yaml > 0) parts.push(`${counted(yaml, "YAML error")}`);
   return parts.join(", ");
 }

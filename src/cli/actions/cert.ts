@@ -14,7 +14,7 @@ import { certificatesFromPem } from "../../pki/pem.ts";
 import { parseSpiffeId } from "../../spiffe/id.ts";
 import type { IssuanceRecord } from "../../store/store.ts";
 import { describeTimeLeft, parseDuration } from "../../util/duration.ts";
-import { writeFilesTogether } from "../../util/files.ts";
+import { checkTokenFile, writeFilesTogether } from "../../util/files.ts";
 import { VALIDATOR_CHOICES } from "../cert.ts";
 import { TOKEN_ON_COMMAND_LINE, readTextFile } from "../options.ts";
 import { withCaStore } from "../store.ts";
@@ -221,6 +221,7 @@ export function parseRootFingerprint(input: string): string {
 function readToken(opts: { token?: string; tokenFile?: string }): string {
   if (opts.token !== undefined && opts.tokenFile !== undefined) throw new MeshwardError("E_USAGE", "give --token or --token-file, not both");
   if (opts.token !== undefined) process.stderr.write(`meshward: warning: ${TOKEN_ON_COMMAND_LINE}\n`);
+  if (opts.tokenFile !== undefined) checkTokenFile(opts.tokenFile, (message) => process.stderr.write(`meshward: warning: ${message}\n`));
   const token = opts.token ?? (opts.tokenFile !== undefined ? readTextFile(opts.tokenFile, "token file").trim() : process.env.MESHWARD_TOKEN);
   if (token === undefined || token === "") throw new MeshwardError("E_USAGE", "a token is needed: --token, --token-file or MESHWARD_TOKEN");
   return token;

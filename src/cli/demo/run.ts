@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess, type SpawnOptions } from "node:child_process";
 import { createWriteStream, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -44,8 +44,50 @@ export interface DemoOptions {
   /** Keep the working directory (logs, certificates) instead of deleting it. */
   readonly keep: boolean;
   readonly say: (line: string) => void;
-  /** Resolves when the user wants to stop (Ctrl-C); only used without --once. */
-  readonly untilStopped: () => Promise<unknown>;
+}
+
+/** The signals that stop the demo, at any point: Ctrl-C, `kill`, a closed terminal. */
+const STOP_SIGNALS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+
+/** Thrown into the step that a stop signal interrupts. */
+class DemoStopped extends Error {}
+
+/**
+ * Listens for SIGINT, SIGTERM and SIGHUP from before the demo writes its first file until it
+ * has removed its last one. Before the new-user review (M1) the handlers came only after
+ * startup: a signal in the first seconds took Node's default action, so the Python app and the
+ * sidecars were left running (reparented to PID 1) and the working directory, root key
+ * included, stayed behind.
+ */
+function watchStopSignals(onRepeat: (signal: NodeJS.Signals) => void) {
+  let received: NodeJS.Signals | undefined;
+  let resolveStop: (signal: NodeJS.Signals) => void = () => undefined;
+  const requested = new Promise<NodeJS.Signals>((resolve) => (resolveStop = resolve));
+  // Signal handlers do not keep Node's event loop alive; the demo waits on them.
+  const keepAlive = setInterval(() => undefined, 1 << 30);
+  let done = false;
+  const handler = (signal: NodeJS.Signals) => {
+    // After the cleanup the handlers stay, so that a late signal cannot kill the process by
+    // Node's default action: it ends it now, with the status the demo has set.
+    if (done) process.exit();
+    if (received === undefined) {
+      received = signal;
+      resolveStop(signal);
+    } else {
+      onRepeat(signal);
+    }
+  };
+  for (const name of STOP_SIGNALS) process.on(name, handler);
+  return {
+    requested,
+    get received() {
+      return received;
+    },
+    dispose() {
+      clearInterval(keepAlive);
+      done = true;
+    },
+  };
 }
 
 interface Check {
@@ -57,18 +99,54 @@ interface Check {
 
 /** `meshward demo`: a CA, two services in different runtimes behind sidecars, one SDK service, and three checks. */
 export async function runDemo(options: DemoOptions): Promise<boolean> {
+  const children = new Set<ChildProcess>();
+  const cleanups: (() => Promise<unknown> | unknown)[] = [];
+  let closing = false;
+  const stop = watchStopSignals((signal) => {
+    // A second signal while cleaning up: no more waiting for the children to stop by themselves.
+    options.say(`${signal} again: killing the demo's processes now`);
+    for (const child of children) child.kill("SIGKILL");
+  });
+  const demo: DemoProcesses = {
+    spawn(command, args, spawnOptions) {
+      if (closing) throw new DemoStopped("stopping");
+      const child = spawn(command, args, spawnOptions);
+      children.add(child);
+      child.once("exit", () => children.delete(child));
+      cleanups.push(() => stopChild(child));
+      return child;
+    },
+    onCleanup(cleanup) {
+      cleanups.push(cleanup);
+    },
+  };
+  const runCleanups = async () => {
+    for (let cleanup = cleanups.pop(); cleanup !== undefined; cleanup = cleanups.pop()) {
+      try {
+        await cleanup();
+      } catch {
+        // keep cleaning up
+      }
+    }
+  };
+  // What a stop signal interrupted: it may still add a cleanup (a server that was starting).
+  let inFlight: Promise<unknown> = Promise.resolve();
+  const untilStopped = <T>(pending: Promise<T>): Promise<T> => {
+    inFlight = pending.catch(() => undefined);
+    return Promise.race([pending, stop.requested.then((signal) => Promise.reject(new DemoStopped(signal)))]);
+  };
   const work = mkdtempSync(join(tmpdir(), "meshward-demo-"));
   const logs = join(work, "logs");
-  mkdirSync(logs);
-  const cleanups: (() => Promise<unknown> | unknown)[] = [];
   const step = async <T>(label: string, action: () => Promise<T>): Promise<T> => {
+    if (stop.received !== undefined) throw new DemoStopped(stop.received);
     const started = Date.now();
     options.say(`  … ${label}`);
-    const result = await action();
+    const result = await untilStopped(action());
     options.say(`  ✓ ${label} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
     return result;
   };
   try {
+    mkdirSync(logs);
     options.say(`meshward demo — working directory ${work}`);
     const ca = await step(`certificate authority for trust domain ${TRUST_DOMAIN}`, async () => {
       await initAnchors({ dir: join(work, "ca"), trustDomain: TRUST_DOMAIN, now: new Date() });
@@ -77,28 +155,27 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
         config: caConfigSchema.parse({ listen: "127.0.0.1:0", status: "127.0.0.1:0", workloadTtl: "1h" }),
         logger: createLogger({ component: "ca", destination: openSync(join(logs, "ca.log"), "a") }),
       });
-      cleanups.push(() => server.close());
+      demo.onCleanup(() => server.close());
       return server;
     });
     const bundle = join(work, "ca", "bundle.pem");
     const token = (appId: string) => createJoinToken(ca, appId);
 
     const inventoryApp = await step("inventory app (Python http.server) on loopback", async () => {
-      const child = spawn("python3", ["-c", INVENTORY_APP_PY], { stdio: ["ignore", "pipe", "pipe"] });
-      cleanups.push(() => stopChild(child));
+      const child = demo.spawn("python3", ["-c", INVENTORY_APP_PY], { stdio: ["ignore", "pipe", "pipe"] });
       const port = Number((await firstLine(child, /^(\d+)$/m, 30_000, "python3"))[1]);
       return { port };
     });
     writeFileSync(join(work, "inventory-policy.yaml"), INVENTORY_POLICY);
     const inventory = await step("inventory's sidecar (mTLS in, Dapr access policy, STRICT)", async () =>
-      startSidecar(work, cleanups, "inventory", await token("inventory"), [
+      startSidecar(work, demo, "inventory", await token("inventory"), [
         "--app-id", "inventory", "--namespace", NAMESPACE, "--ca", ca.address, "--bundle", bundle,
         "--inbound", "127.0.0.1:0", "--app", `127.0.0.1:${inventoryApp.port}`, "--policy", join(work, "inventory-policy.yaml"), "--status", "127.0.0.1:0",
       ]),
     );
     const billing = await step("billing service (Node, the meshward SDK, no sidecar)", async () => {
       const identity = createIdentity({ ca: ca.address, bundlePem: readFileSync(bundle, "utf8"), token: await token("billing") });
-      cleanups.push(() => identity.close());
+      demo.onCleanup(() => identity.close());
       await identity.ready();
       const server: MtlsHttpsServer = await createHttpsServer(
         { identity, authorize: { trustDomain: TRUST_DOMAIN, namespace: NAMESPACE, appId: "orders" }, logger: createLogger({ component: "billing", destination: openSync(join(logs, "billing.log"), "a") }) },
@@ -108,17 +185,17 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
         },
       );
       await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-      cleanups.push(() => server.meshward.close());
+      demo.onCleanup(() => server.meshward.close());
       return { identity, port: (server.address() as AddressInfo).port };
     });
     let ordersOutbound = 0;
     const ordersApp = await step("orders app (Node) on loopback", async () => {
       const app = await startOrdersApp(() => ordersOutbound);
-      cleanups.push(() => closeServer(app.server));
+      demo.onCleanup(() => closeServer(app.server));
       return app;
     });
     const orders = await step("orders' sidecar (mTLS out to inventory and billing)", async () =>
-      startSidecar(work, cleanups, "orders", await token("orders"), [
+      startSidecar(work, demo, "orders", await token("orders"), [
         "--app-id", "orders", "--namespace", NAMESPACE, "--ca", ca.address, "--bundle", bundle,
         "--inbound", "127.0.0.1:0", "--app", `127.0.0.1:${ordersApp.port}`, "--outbound", "127.0.0.1:0",
         "--peer", `inventory=${inventory.fields.inbound}`, "--peer", `billing=127.0.0.1:${billing.port}`, "--status", "127.0.0.1:0",
@@ -127,7 +204,7 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
     ordersOutbound = Number(orders.fields.outbound?.split(":").pop());
 
     options.say("");
-    const checks = await runChecks({ ordersPort: ordersApp.port, ordersOutbound, inventoryInbound: inventory.fields.inbound as string });
+    const checks = await untilStopped(runChecks({ ordersPort: ordersApp.port, ordersOutbound, inventoryInbound: inventory.fields.inbound as string }));
     for (const [index, check] of checks.entries()) {
       options.say(`${check.ok ? "✓" : "✗"} ${index + 1}. ${check.title}`);
       options.say(`     ${check.detail}`);
@@ -146,20 +223,33 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
       options.say(`  CA health:     curl --cacert ${bundle} https://localhost:${ca.port}/readyz`);
       options.say(`  logs:          ${logs}`);
       options.say("Press Ctrl-C to stop and clean up.");
-      await options.untilStopped();
+      await stop.requested;
     }
     return ok;
+  } catch (error) {
+    // After a stop signal, whatever failed (a child that Ctrl-C reached first) is the stop.
+    if (!(error instanceof DemoStopped) && stop.received === undefined) throw error;
+    options.say(`${stop.received ?? (error as Error).message}: stopping before the demo was ready`);
+    return false;
   } finally {
-    for (const cleanup of cleanups.reverse()) {
-      try {
-        await cleanup();
-      } catch {
-        // keep cleaning up
-      }
-    }
+    closing = true;
+    await runCleanups();
+    // The interrupted step ends once its children are stopped; whatever it started meanwhile is stopped too.
+    await Promise.race([inFlight, new Promise((resolve) => setTimeout(resolve, 10_000).unref())]);
+    await runCleanups();
     if (options.keep) options.say(`kept ${work}`);
-    else rmSync(work, { recursive: true, force: true });
+    else {
+      rmSync(work, { recursive: true, force: true });
+      if (stop.received !== undefined) options.say(`stopped; removed ${work}`);
+    }
+    stop.dispose();
   }
+}
+
+/** How the demo starts processes and registers what to undo: nothing is started once it is stopping. */
+interface DemoProcesses {
+  spawn(command: string, args: readonly string[], options: SpawnOptions): ChildProcess;
+  onCleanup(cleanup: () => Promise<unknown> | unknown): void;
 }
 
 async function runChecks(ports: { ordersPort: number; ordersOutbound: number; inventoryInbound: string }): Promise<Check[]> {
@@ -229,10 +319,9 @@ async function createJoinToken(ca: CaServer, appId: string): Promise<string> {
 }
 
 /** The token goes in the environment, not the arguments, which every local user can read (ps). */
-async function startSidecar(work: string, cleanups: (() => unknown)[], name: string, token: string, args: string[]): Promise<{ fields: Record<string, string> }> {
-  const child = spawn(process.execPath, [MESHWARD_BIN, "sidecar", ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, MESHWARD_TOKEN: token } });
-  child.stderr.pipe(createWriteStream(join(work, "logs", `${name}-sidecar.log`)));
-  cleanups.push(() => stopChild(child));
+async function startSidecar(work: string, demo: DemoProcesses, name: string, token: string, args: string[]): Promise<{ fields: Record<string, string> }> {
+  const child = demo.spawn(process.execPath, [MESHWARD_BIN, "sidecar", ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, MESHWARD_TOKEN: token } });
+  child.stderr?.pipe(createWriteStream(join(work, "logs", `${name}-sidecar.log`)));
   const [, line] = await firstLine(child, /meshward sidecar ready: (.*)/);
   const fields: Record<string, string> = {};
   for (const part of (line ?? "").split(" ")) {
