@@ -130,7 +130,10 @@ describe("the injected sidecar starts and becomes ready against a local CA", () 
 
   it("starts with the injected args and env, gets its certificate with a projected-style token, and /readyz answers 200", async () => {
     const { args, env } = injectedSidecar("orders");
-    writeFileSync(join(env.tokenDir as string, "token"), await projectedToken("orders"));
+    // In the pod this file is /var/run/secrets/meshward.io/token/token (a projected volume, 0644,
+    // accepted there with a warning); moved to a temporary directory, it is written owner-only as
+    // a token file anywhere else must be (test/cli/join-token-file-mode.test.ts).
+    writeFileSync(join(env.tokenDir as string, "token"), await projectedToken("orders"), { mode: 0o600 });
     const { tokenDir: _ignored, ...processEnv } = env;
     // The image's entrypoint is `meshward`; args[0] is the command.
     expect(args[0]).toBe("sidecar");
@@ -152,7 +155,7 @@ describe("the injected sidecar starts and becomes ready against a local CA", () 
 
   it("refuses to become ready when the token was issued for another audience (the CA checks it)", async () => {
     const { args, env } = injectedSidecar("orders");
-    writeFileSync(join(env.tokenDir as string, "token"), await projectedToken("orders", "some-other-audience"));
+    writeFileSync(join(env.tokenDir as string, "token"), await projectedToken("orders", "some-other-audience"), { mode: 0o600 });
     const { tokenDir: _ignored, ...processEnv } = env;
     const result = await runCli(args, { env: processEnv, timeoutMs: 30_000 });
     expect(result.code).not.toBe(0);
