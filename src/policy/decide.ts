@@ -40,8 +40,10 @@
  *      its rules denies, else the app default decides. (Dapr applies such an operation's action
  *      to gRPC whatever its verbs, so a GET-only allow would admit any gRPC method on the path;
  *      meshward is never more permissive than Dapr here.)
- *  11. Operation `action` defaults to allow (Dapr docs), `defaultAction`/`action` values are
- *      case-insensitive and anything other than allow/deny is refused at parse time.
+ *  11. Operation `action` is required: an operation without one is refused at parse time (Dapr's
+ *      CRD requires it, and Dapr's runtime denies such an operation: pkg/acl/acl.go
+ *      isActionAllowed("") is false; only the Dapr docs say "allow"). `defaultAction`/`action`
+ *      values are case-insensitive and anything other than allow/deny is refused at parse time.
  *
  * Differences from Dapr on purpose (fail closed, never silently): unknown fields, duplicate
  * policies and conflicting duplicate operations are parse errors; `**` only as last segment;

@@ -189,11 +189,22 @@ export function parseAccessControl(doc: unknown, source?: string, locate?: Locat
       );
     }
     seen.set(key, index);
-    const operations = (policy.operations ?? []).map((operation) => ({
-      name: operation.name.startsWith("/") ? operation.name : `/${operation.name}`,
-      httpVerb: (operation.httpVerb ?? []).map((verb) => verb.toUpperCase()),
-      action: operation.action ?? ("allow" as Action),
-    }));
+    const operations = (policy.operations ?? []).map((operation, opIndex) => {
+      // Dapr's CRD requires `action` (charts/dapr/crds/configuration.yaml) and its runtime denies
+      // an operation without one (pkg/acl/acl.go isActionAllowed("") is false): refuse it rather
+      // than guess, the open reading least of all.
+      if (operation.action === undefined) {
+        fail(
+          [...prefix, "policies", index, "operations", opIndex],
+          `app id ${policy.appId} (namespace ${policy.namespace}): operation ${JSON.stringify(operation.name)} has no action: add \`action: allow\` or \`action: deny\` (Dapr denies an operation without an action, and Kubernetes refuses such a Configuration)`,
+        );
+      }
+      return {
+        name: operation.name.startsWith("/") ? operation.name : `/${operation.name}`,
+        httpVerb: (operation.httpVerb ?? []).map((verb) => verb.toUpperCase()),
+        action: operation.action as Action,
+      };
+    });
     checkConflicts(operations, (opIndex, message) => fail([...prefix, "policies", index, "operations", opIndex], message));
     return { appId: policy.appId, namespace: policy.namespace, trustDomain: td, defaultAction: policy.defaultAction, operations };
   });

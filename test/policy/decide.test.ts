@@ -163,12 +163,21 @@ describe("global defaults", () => {
     expect(policy.decide(http(caller("bob"), "POST", "/x"))).toMatchObject({ allowed: false, rule: "app:bob/default:op:/x:POST" });
   });
 
-  it("operation action defaults to allow", () => {
-    const policy = policyFrom(
-      "accessControl:\n  defaultAction: deny\n  policies:\n  - appId: bob\n    namespace: default\n    defaultAction: deny\n    operations: [{ name: /x, httpVerb: [GET] }]\n",
-    );
-    expect(policy.decide(http(caller("bob"), "GET", "/x")).allowed).toBe(true);
-    expect(policy.decide(http(caller("bob"), "GET", "/y")).allowed).toBe(false);
+  // dapr/dapr pkg/acl/acl.go: OperationAction/VerbAction = appPolicy.Action (no default), and
+  // isActionAllowed("") is false, so Dapr denies an operation without an action;
+  // charts/dapr/crds/configuration.yaml lists `action` among an operation's required fields.
+  it("an operation without an action is refused (Dapr denies it, its CRD requires action), never allowed", () => {
+    for (const operation of ["{ name: /x, httpVerb: [GET] }", "{ name: /pkg.Admin/Delete }", "{ name: /admin/**, httpVerb: ['*'] }"]) {
+      const yaml = `accessControl:\n  defaultAction: deny\n  policies:\n  - appId: bob\n    namespace: default\n    defaultAction: deny\n    operations: [${operation}]\n`;
+      expect(() => policyFrom(yaml), operation).toThrow(
+        expect.objectContaining({
+          code: "E_POLICY_INVALID",
+          message: expect.stringMatching(/test\.yaml: accessControl\.policies\[0\]\.operations\[0\]: app id bob \(namespace default\): operation "[^"]+" has no action: add `action: allow` or `action: deny`/),
+        }),
+      );
+    }
+    const explicit = policyFrom("accessControl:\n  defaultAction: deny\n  policies:\n  - appId: bob\n    namespace: default\n    operations: [{ name: /x, httpVerb: [GET], action: allow }]\n");
+    expect(explicit.decide(http(caller("bob"), "GET", "/x")).allowed).toBe(true);
   });
 });
 

@@ -29,7 +29,7 @@ spec:
     policies:
     - appId: app1
       namespace: default
-      operations: [{ name: op1, httpVerb: [get, "*"] }]
+      operations: [{ name: op1, httpVerb: [get, "*"], action: allow }]
 `),
     );
     expect(config.present).toBe(true);

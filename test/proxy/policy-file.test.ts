@@ -87,6 +87,30 @@ describe("a policy file must say what it allows", () => {
     expect(r.stderr).not.toMatch(/\n\s+at /);
   });
 
+  // dapr/dapr charts/dapr/crds/configuration.yaml requires an operation's `action`, and
+  // pkg/acl/acl.go denies one without it (isActionAllowed("") is false): meshward allowed it.
+  it("an operation without action: refused at load with file:line, and on reload the previous policy stays", async () => {
+    const withoutAction = POLICY.replace("        defaultAction: deny\n", "        defaultAction: deny\n        operations:\n          - name: /admin/**\n            httpVerb: ['*']\n");
+    const path = file(withoutAction);
+    expect(() => loadPolicyFile(path)).toThrow(
+      expect.objectContaining({ code: "E_POLICY_INVALID", message: expect.stringContaining(`${path}:14:13: spec.accessControl.policies[0].operations[0]: app id evil (namespace default): operation "/admin/**" has no action: add \`action: allow\` or \`action: deny\``) }),
+    );
+    writeFileSync(path, POLICY);
+    const logs: string[] = [];
+    const logger = { info: (m: string) => logs.push(m), warn: (m: string) => logs.push(m), error: (m: string) => logs.push(m) };
+    const source = watchPolicy(path, { intervalMs: 50, logger });
+    try {
+      expect(source.current().decide(evil).allowed).toBe(false);
+      writeFileSync(path, withoutAction.replace("defaultAction: deny", "defaultAction: allow"));
+      for (let i = 0; i < 200 && !logs.some((m) => m.includes("was refused")); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(logs.join("\n")).toMatch(/the changed access policy .* was refused; the previous policy stays in force: .*operation "\/admin\/\*\*" has no action/);
+      expect(source.generation).toBe(0);
+      expect(source.current().decide({ ...evil, operation: "/admin/x" }).allowed).toBe(false);
+    } finally {
+      source.close();
+    }
+  }, 20_000);
+
   it("a file written slowly, in pieces, is applied whole: no cut-short state is ever in force", async () => {
     const path = file(POLICY);
     const logs: string[] = [];
