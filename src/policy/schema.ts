@@ -12,7 +12,7 @@ export type Action = "allow" | "deny";
 export interface OperationRule {
   /** As written (a leading "/" is added when missing), e.g. "/v1/orders/**" or "/pkg.Svc/Get". */
   readonly name: string;
-  /** Upper-cased HTTP verbs, "*" for any; empty = the rule applies to gRPC/TCP only (as in Dapr). */
+  /** HTTP verbs as written (upper case; lower case is refused), "*" for any; empty = the rule applies to gRPC/TCP only (as in Dapr). */
   readonly httpVerb: readonly string[];
   readonly action: Action;
 }
@@ -78,7 +78,17 @@ const operationSchema = z
       if (problem) ctx.addIssue({ code: "custom", message: problem });
     }),
     httpVerb: z
-      .array(z.string().regex(VERB, { message: 'an HTTP verb is a word such as "GET", or "*"' }))
+      .array(
+        z
+          .string()
+          .regex(VERB, { message: 'an HTTP verb is a word such as "GET", or "*"' })
+          // Methods are case-sensitive (RFC 9110 §9.1) and Dapr looks the verb up as written
+          // (pkg/acl/acl.go VerbAction[verb]): "get" never matches a GET there. Refused rather
+          // than read either way.
+          .refine((verb) => verb === verb.toUpperCase(), {
+            error: (issue) => `httpVerb ${JSON.stringify(issue.input)} is not a method: methods are case-sensitive, write ${JSON.stringify(String(issue.input).toUpperCase())}`,
+          }),
+      )
       .optional(),
     action: action.optional(),
   })
@@ -201,7 +211,7 @@ export function parseAccessControl(doc: unknown, source?: string, locate?: Locat
       }
       return {
         name: operation.name.startsWith("/") ? operation.name : `/${operation.name}`,
-        httpVerb: (operation.httpVerb ?? []).map((verb) => verb.toUpperCase()),
+        httpVerb: operation.httpVerb ?? [],
         action: operation.action as Action,
       };
     });
