@@ -28,7 +28,8 @@
  *      case-sensitive server, no method at all.) Globs: see operation.ts (`*` one segment, `**` the rest, `a*` in-segment).
  *   8. Most specific operation wins: segments compared left to right, literal > in-segment
  *      glob > `*` > `**`; then the longer pattern; then more literal characters; then the
- *      first declared. (Dapr's trie picks the first inserted match; we pick the most specific.)
+ *      first declared. (Dapr's trie picks the first inserted match; we pick the most specific, and
+ *      the sidecar warns where the two differ: dapr-differences.ts.)
  *   9. HTTP request (verb given): the chosen operation's action for that verb, else for "*",
  *      else the app default (rule 6) — a verb mismatch does not fall through to a less
  *      specific operation (as in Dapr). Rules without httpVerb apply to gRPC only (Dapr docs:
@@ -190,7 +191,8 @@ function compileApp(policy: AppPolicy, globalAction: Action): CompiledApp {
       : `app policy ${policy.appId}/${policy.namespace} matched and no operation decided: app defaultAction ${appAction}`,
   );
 
-  // Rules with the same (normalised) name merge into one entry with a verb table.
+  // Rules with the same (normalised) name merge into one entry with a verb table (Dapr keeps the
+  // first entry only; dapr-differences.ts reports a repeat).
   const byName = new Map<string, { pattern: OperationPattern; rules: OperationRule[] }>();
   for (const rule of policy.operations) {
     const pattern = compileOperation(rule.name);

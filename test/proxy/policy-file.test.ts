@@ -111,6 +111,43 @@ describe("a policy file must say what it allows", () => {
     }
   }, 20_000);
 
+  // dapr/dapr pkg/config/acl_trie.go: the first-declared matching operation decides, and a repeated
+  // name keeps its first entry; meshward keeps its own rules and warns where they differ.
+  it("warns (policy-differs-from-dapr) at load and on reload where Dapr reads the policy differently", async () => {
+    const differing = POLICY.replace(
+      "        defaultAction: deny\n",
+      "        defaultAction: deny\n        operations:\n          - { name: /admin/*, httpVerb: ['*'], action: deny }\n          - { name: /admin/health, httpVerb: [GET], action: allow }\n          - { name: /orders/**, httpVerb: [GET], action: allow }\n          - { name: /orders/**, httpVerb: [DELETE], action: allow }\n",
+    );
+    const path = file(differing);
+    const warned: { fields: Record<string, unknown>; message: string }[] = [];
+    const logs: string[] = [];
+    const logger = { info: (m: string) => logs.push(m), warn: (m: string) => logs.push(m), error: (m: string) => logs.push(m) };
+    const source = watchPolicy(path, { intervalMs: 50, logger, warn: (fields, message) => warned.push({ fields, message }) });
+    try {
+      expect(warned.map((w) => w.fields)).toEqual([
+        { event: "policy-differs-from-dapr", kind: "repeated-name", appId: "evil", namespace: "default", trustDomain: "public", operations: ["/orders/**", "/orders/**"] },
+        { event: "policy-differs-from-dapr", kind: "precedence", appId: "evil", namespace: "default", trustDomain: "public", operations: ["/admin/*", "/admin/health"] },
+      ]);
+      expect(warned[0]!.message).toMatch(new RegExp(`^${path}:17:13: app id evil \\(namespace default\\): operation /orders/\\*\\* is listed 2 times`));
+      expect(warned[1]!.message).toMatch(new RegExp(`^${path}:15:13: app id evil \\(namespace default\\): operation /admin/\\* \\(operations\\[0\\]\\) is declared before /admin/health`));
+      // meshward's decision is unchanged: the more specific operation, the merged verbs.
+      expect(source.current().decide({ ...evil, operation: "/admin/health" }).allowed).toBe(true);
+      expect(source.current().decide({ ...evil, operation: "/orders/7", verb: "DELETE" }).allowed).toBe(true);
+      // Without a structured warn, the logger's warn gets the event name first; on reload too.
+      const plain: string[] = [];
+      const second = watchPolicy(path, { intervalMs: 50, logger: { ...logger, warn: (m: string) => plain.push(m) } });
+      second.close();
+      expect(plain).toHaveLength(2);
+      expect(plain[0]).toMatch(/^policy-differs-from-dapr: .*listed 2 times/);
+      writeFileSync(path, `${differing}# edited\n`);
+      for (let i = 0; i < 200 && source.generation === 0; i++) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(source.generation, logs.join("\n")).toBe(1);
+      expect(warned).toHaveLength(4);
+    } finally {
+      source.close();
+    }
+  }, 20_000);
+
   it("a file written slowly, in pieces, is applied whole: no cut-short state is ever in force", async () => {
     const path = file(POLICY);
     const logs: string[] = [];
