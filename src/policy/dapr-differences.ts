@@ -44,7 +44,7 @@ interface NamedOperation {
 
 export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
   if (!config.present) return [];
-  const globalAction: Action = config.defaultAction ?? (config.policies.length > 0 ? "deny" : "allow");
+  const globalAction: Action = config.defaultAction ?? config.impliedDefaultAction ?? (config.policies.length > 0 ? "deny" : "allow");
   const found: DaprDifference[] = [];
   config.policies.forEach((policy, policyIndex) => {
     const fallback: Action = policy.defaultAction ?? globalAction;

@@ -10,8 +10,11 @@
  *
  * Semantics implemented, in the order decide() applies them:
  *   1. No accessControl block ⇒ allow everything (rule "no-access-control").
- *   2. A block with neither a global defaultAction nor app policies ⇒ the same as none: allow.
- *   3. App policies but no global defaultAction ⇒ the global default is deny.
+ *   2. A block with no global defaultAction, no app policies and no trustDomain ⇒ the same as
+ *      none: allow.
+ *   3. No global defaultAction ⇒ the global default is deny when there are app policies, or a
+ *      trustDomain without a `policies` list (pkg/acl/acl.go ParseAccessControlSpec: a nil list
+ *      is deny); allow for a trustDomain with `policies: []`.
  *   4. Caller unverifiable (no/invalid SPIFFE workload ID) ⇒ global default.
  *   5. App policies are keyed by (appId, namespace, trustDomain); policy trustDomain defaults to
  *      "public". No policy for the caller's appId, or the namespace or trust domain differs
@@ -119,12 +122,17 @@ function decision(allowed: boolean, rule: string, reason: string): Decision {
 const ALLOW_ALL = decision(true, "no-access-control", "no access control is configured: every caller is allowed");
 
 export function compilePolicy(config: AccessControlConfig | undefined): AccessPolicy {
-  if (config === undefined || !config.present || (config.defaultAction === undefined && config.policies.length === 0)) {
+  if (config === undefined || !config.present || (config.defaultAction === undefined && config.impliedDefaultAction === undefined && config.policies.length === 0)) {
     return { allowsAll: true, decide: () => ALLOW_ALL };
   }
 
-  const globalAction: Action = config.defaultAction ?? (config.policies.length > 0 ? "deny" : "allow");
-  const globalOrigin = config.defaultAction === undefined ? "implicit global default (app policies exist)" : "global defaultAction";
+  const globalAction: Action = config.defaultAction ?? config.impliedDefaultAction ?? (config.policies.length > 0 ? "deny" : "allow");
+  const globalOrigin =
+    config.defaultAction !== undefined
+      ? "global defaultAction"
+      : config.policies.length > 0
+        ? "implicit global default (app policies exist)"
+        : `implicit global default (a trustDomain and ${globalAction === "deny" ? "no policies list" : "an empty policies list"}, as in Dapr)`;
   const globalFor = (why: string) => decision(globalAction === "allow", "global-default", `${why}: ${globalOrigin} ${globalAction}`);
   const unverified = globalFor("the caller's identity could not be verified");
   const noPolicy = globalFor("no app policy for the caller");

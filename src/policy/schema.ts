@@ -33,6 +33,14 @@ export interface AccessControlConfig {
   /** The trust domain of the called app ("public" when absent); informational, not matched. */
   readonly trustDomain: string;
   readonly policies: readonly AppPolicy[];
+  /**
+   * Without a global defaultAction: the one Dapr implies (dapr/dapr pkg/acl/acl.go
+   * ParseAccessControlSpec). Undefined when the block is empty, i.e. no access control: no
+   * trustDomain and no policies. "deny" when the block has app policies, or a trustDomain but no
+   * `policies` list; "allow" for a trustDomain with `policies: []`. Absent (objects built
+   * elsewhere): "deny" with policies, no access control without.
+   */
+  readonly impliedDefaultAction?: Action | undefined;
   /** False when the document had no accessControl block at all (Dapr rule 1: allow all). */
   readonly present: boolean;
   readonly source: string | undefined;
@@ -219,8 +227,21 @@ export function parseAccessControl(doc: unknown, source?: string, locate?: Locat
     return { appId: policy.appId, namespace: policy.namespace, trustDomain: td, defaultAction: policy.defaultAction, operations };
   });
 
+  // dapr/dapr pkg/acl/acl.go ParseAccessControlSpec: no trustDomain, no defaultAction and no
+  // policies is no ACL; otherwise a missing defaultAction is deny unless `policies` is an empty
+  // list (a nil list, the key absent or null, is deny: `accessControl: {trustDomain: x}` denies all).
+  const rawTrustDomain = isRecord(block) ? block.trustDomain : undefined;
+  const trustDomainGiven = typeof rawTrustDomain === "string" && rawTrustDomain.trim() !== "";
+  const impliedDefaultAction: Action | undefined =
+    parsed.defaultAction !== undefined || (!trustDomainGiven && policies.length === 0)
+      ? undefined
+      : policies.length > 0 || parsed.policies === undefined || parsed.policies === null
+        ? "deny"
+        : "allow";
+
   return {
     defaultAction: parsed.defaultAction,
+    impliedDefaultAction,
     trustDomain: parsed.trustDomain ?? DEFAULT_TRUST_DOMAIN,
     policies,
     present: true,

@@ -132,9 +132,24 @@ describe("global defaults", () => {
     expect(compilePolicy(undefined).decide(alice).allowed).toBe(true);
   });
 
-  it("empty accessControl (no default, no policies) ⇒ treated as none ⇒ allow", () => {
-    const policy = policyFrom("accessControl:\n  trustDomain: public\n");
-    expect(policy.decide(alice)).toMatchObject({ allowed: true, rule: "no-access-control" });
+  // dapr/dapr pkg/acl/acl.go ParseAccessControlSpec: no ACL only when trustDomain, defaultAction
+  // and policies are all empty; otherwise an absent defaultAction is deny unless `policies` is an
+  // empty (non-nil) list. meshward allowed everyone for `accessControl: {trustDomain: x}`.
+  it("empty accessControl (no trustDomain, default or policies) ⇒ treated as none ⇒ allow", () => {
+    for (const yaml of ["accessControl: {}\n", "accessControl:\n  policies: []\n", "accessControl:\n  trustDomain: ''\n"]) {
+      expect(policyFrom(yaml).decide(alice), yaml).toMatchObject({ allowed: true, rule: "no-access-control" });
+    }
+  });
+
+  it("a trustDomain without a policies list and without a default ⇒ deny everyone (as Dapr); with policies: [] ⇒ allow", () => {
+    for (const yaml of ["accessControl:\n  trustDomain: public\n", "accessControl:\n  trustDomain: public\n  policies:\n"]) {
+      const policy = policyFrom(yaml);
+      expect(policy.allowsAll, yaml).toBe(false);
+      expect(policy.decide(alice), yaml).toMatchObject({ allowed: false, rule: "global-default" });
+      expect(policy.decide(alice).reason).toContain("a trustDomain and no policies list, as in Dapr");
+    }
+    const empty = policyFrom("accessControl:\n  trustDomain: public\n  policies: []\n");
+    expect(empty.decide(alice)).toMatchObject({ allowed: true, rule: "global-default" });
   });
 
   it("app policies without a global default ⇒ deny for everyone else", () => {
