@@ -10,8 +10,11 @@
  *
  * Semantics implemented, in the order decide() applies them:
  *   1. No accessControl block ⇒ allow everything (rule "no-access-control").
- *   2. A block with neither a global defaultAction nor app policies ⇒ the same as none: allow.
- *   3. App policies but no global defaultAction ⇒ the global default is deny.
+ *   2. A block with no global defaultAction, no app policies and no trustDomain ⇒ the same as
+ *      none: allow.
+ *   3. No global defaultAction ⇒ the global default is deny when there are app policies, or a
+ *      trustDomain without a `policies` list (pkg/acl/acl.go ParseAccessControlSpec: a nil list
+ *      is deny); allow for a trustDomain with `policies: []`.
  *   4. Caller unverifiable (no/invalid SPIFFE workload ID) ⇒ global default.
  *   5. App policies are keyed by (appId, namespace, trustDomain); policy trustDomain defaults to
  *      "public". No policy for the caller's appId, or the namespace or trust domain differs
@@ -28,7 +31,8 @@
  *      case-sensitive server, no method at all.) Globs: see operation.ts (`*` one segment, `**` the rest, `a*` in-segment).
  *   8. Most specific operation wins: segments compared left to right, literal > in-segment
  *      glob > `*` > `**`; then the longer pattern; then more literal characters; then the
- *      first declared. (Dapr's trie picks the first inserted match; we pick the most specific.)
+ *      first declared. (Dapr's trie picks the first inserted match; we pick the most specific, and
+ *      the sidecar warns where the two differ: dapr-differences.ts.)
  *   9. HTTP request (verb given): the chosen operation's action for that verb, else for "*",
  *      else the app default (rule 6) — a verb mismatch does not fall through to a less
  *      specific operation (as in Dapr). Rules without httpVerb apply to gRPC only (Dapr docs:
@@ -40,8 +44,10 @@
  *      its rules denies, else the app default decides. (Dapr applies such an operation's action
  *      to gRPC whatever its verbs, so a GET-only allow would admit any gRPC method on the path;
  *      meshward is never more permissive than Dapr here.)
- *  11. Operation `action` defaults to allow (Dapr docs), `defaultAction`/`action` values are
- *      case-insensitive and anything other than allow/deny is refused at parse time.
+ *  11. Operation `action` is required: an operation without one is refused at parse time (Dapr's
+ *      CRD requires it, and Dapr's runtime denies such an operation: pkg/acl/acl.go
+ *      isActionAllowed("") is false; only the Dapr docs say "allow"). `defaultAction`/`action`
+ *      values are case-insensitive and anything other than allow/deny is refused at parse time.
  *
  * Differences from Dapr on purpose (fail closed, never silently): unknown fields, duplicate
  * policies and conflicting duplicate operations are parse errors; `**` only as last segment;
@@ -118,12 +124,17 @@ function decision(allowed: boolean, rule: string, reason: string): Decision {
 const ALLOW_ALL = decision(true, "no-access-control", "no access control is configured: every caller is allowed");
 
 export function compilePolicy(config: AccessControlConfig | undefined): AccessPolicy {
-  if (config === undefined || !config.present || (config.defaultAction === undefined && config.policies.length === 0)) {
+  if (config === undefined || !config.present || (config.defaultAction === undefined && config.impliedDefaultAction === undefined && config.policies.length === 0)) {
     return { allowsAll: true, appPolicies: [], decide: () => ALLOW_ALL };
   }
 
-  const globalAction: Action = config.defaultAction ?? (config.policies.length > 0 ? "deny" : "allow");
-  const globalOrigin = config.defaultAction === undefined ? "implicit global default (app policies exist)" : "global defaultAction";
+  const globalAction: Action = config.defaultAction ?? config.impliedDefaultAction ?? (config.policies.length > 0 ? "deny" : "allow");
+  const globalOrigin =
+    config.defaultAction !== undefined
+      ? "global defaultAction"
+      : config.policies.length > 0
+        ? "implicit global default (app policies exist)"
+        : `implicit global default (a trustDomain and ${globalAction === "deny" ? "no policies list" : "an empty policies list"}, as in Dapr)`;
   const globalFor = (why: string) => decision(globalAction === "allow", "global-default", `${why}: ${globalOrigin} ${globalAction}`);
   const unverified = globalFor("the caller's identity could not be verified");
   const noPolicy = globalFor("no app policy for the caller");
@@ -191,7 +202,8 @@ function compileApp(policy: AppPolicy, globalAction: Action): CompiledApp {
       : `app policy ${policy.appId}/${policy.namespace} matched and no operation decided: app defaultAction ${appAction}`,
   );
 
-  // Rules with the same (normalised) name merge into one entry with a verb table.
+  // Rules with the same (normalised) name merge into one entry with a verb table (Dapr keeps the
+  // first entry only; dapr-differences.ts reports a repeat).
   const byName = new Map<string, { pattern: OperationPattern; rules: OperationRule[] }>();
   for (const rule of policy.operations) {
     const pattern = compileOperation(rule.name);

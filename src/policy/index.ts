@@ -3,3 +3,5 @@ export type { AccessControlConfig, Action, AppPolicy, Locate, OperationRule } fr
 export { compilePolicy } from "./decide.ts";
 export type { AccessPolicy, AccessRequest, Caller, Decision } from "./decide.ts";
 export { normaliseOperation } from "./operation.ts";
+export { daprDifferences, POLICY_DIFFERS_FROM_DAPR } from "./dapr-differences.ts";
+export type { DaprDifference } from "./dapr-differences.ts";

@@ -12,7 +12,7 @@ export type Action = "allow" | "deny";
 export interface OperationRule {
   /** As written (a leading "/" is added when missing), e.g. "/v1/orders/**" or "/pkg.Svc/Get". */
   readonly name: string;
-  /** Upper-cased HTTP verbs, "*" for any; empty = the rule applies to gRPC/TCP only (as in Dapr). */
+  /** HTTP verbs as written (upper case; lower case is refused), "*" for any; empty = the rule applies to gRPC/TCP only (as in Dapr). */
   readonly httpVerb: readonly string[];
   readonly action: Action;
 }
@@ -33,6 +33,14 @@ export interface AccessControlConfig {
   /** The trust domain of the called app ("public" when absent); informational, not matched. */
   readonly trustDomain: string;
   readonly policies: readonly AppPolicy[];
+  /**
+   * Without a global defaultAction: the one Dapr implies (dapr/dapr pkg/acl/acl.go
+   * ParseAccessControlSpec). Undefined when the block is empty, i.e. no access control: no
+   * trustDomain and no policies. "deny" when the block has app policies, or a trustDomain but no
+   * `policies` list; "allow" for a trustDomain with `policies: []`. Absent (objects built
+   * elsewhere): "deny" with policies, no access control without.
+   */
+  readonly impliedDefaultAction?: Action | undefined;
   /** False when the document had no accessControl block at all (Dapr rule 1: allow all). */
   readonly present: boolean;
   readonly source: string | undefined;
@@ -78,7 +86,17 @@ const operationSchema = z
       if (problem) ctx.addIssue({ code: "custom", message: problem });
     }),
     httpVerb: z
-      .array(z.string().regex(VERB, { message: 'an HTTP verb is a word such as "GET", or "*"' }))
+      .array(
+        z
+          .string()
+          .regex(VERB, { message: 'an HTTP verb is a word such as "GET", or "*"' })
+          // Methods are case-sensitive (RFC 9110 §9.1) and Dapr looks the verb up as written
+          // (pkg/acl/acl.go VerbAction[verb]): "get" never matches a GET there. Refused rather
+          // than read either way.
+          .refine((verb) => verb === verb.toUpperCase(), {
+            error: (issue) => `httpVerb ${JSON.stringify(issue.input)} is not a method: methods are case-sensitive, write ${JSON.stringify(String(issue.input).toUpperCase())}`,
+          }),
+      )
       .optional(),
     action: action.optional(),
   })
@@ -189,17 +207,41 @@ export function parseAccessControl(doc: unknown, source?: string, locate?: Locat
       );
     }
     seen.set(key, index);
-    const operations = (policy.operations ?? []).map((operation) => ({
-      name: operation.name.startsWith("/") ? operation.name : `/${operation.name}`,
-      httpVerb: (operation.httpVerb ?? []).map((verb) => verb.toUpperCase()),
-      action: operation.action ?? ("allow" as Action),
-    }));
+    const operations = (policy.operations ?? []).map((operation, opIndex) => {
+      // Dapr's CRD requires `action` (charts/dapr/crds/configuration.yaml) and its runtime denies
+      // an operation without one (pkg/acl/acl.go isActionAllowed("") is false): refuse it rather
+      // than guess, the open reading least of all.
+      if (operation.action === undefined) {
+        fail(
+          [...prefix, "policies", index, "operations", opIndex],
+          `app id ${policy.appId} (namespace ${policy.namespace}): operation ${JSON.stringify(operation.name)} has no action: add \`action: allow\` or \`action: deny\` (Dapr denies an operation without an action, and Kubernetes refuses such a Configuration)`,
+        );
+      }
+      return {
+        name: operation.name.startsWith("/") ? operation.name : `/${operation.name}`,
+        httpVerb: operation.httpVerb ?? [],
+        action: operation.action as Action,
+      };
+    });
     checkConflicts(operations, (opIndex, message) => fail([...prefix, "policies", index, "operations", opIndex], message));
     return { appId: policy.appId, namespace: policy.namespace, trustDomain: td, defaultAction: policy.defaultAction, operations };
   });
 
+  // dapr/dapr pkg/acl/acl.go ParseAccessControlSpec: no trustDomain, no defaultAction and no
+  // policies is no ACL; otherwise a missing defaultAction is deny unless `policies` is an empty
+  // list (a nil list, the key absent or null, is deny: `accessControl: {trustDomain: x}` denies all).
+  const rawTrustDomain = isRecord(block) ? block.trustDomain : undefined;
+  const trustDomainGiven = typeof rawTrustDomain === "string" && rawTrustDomain.trim() !== "";
+  const impliedDefaultAction: Action | undefined =
+    parsed.defaultAction !== undefined || (!trustDomainGiven && policies.length === 0)
+      ? undefined
+      : policies.length > 0 || parsed.policies === undefined || parsed.policies === null
+        ? "deny"
+        : "allow";
+
   return {
     defaultAction: parsed.defaultAction,
+    impliedDefaultAction,
     trustDomain: parsed.trustDomain ?? DEFAULT_TRUST_DOMAIN,
     policies,
     present: true,

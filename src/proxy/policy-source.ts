@@ -2,13 +2,18 @@ import { readFileSync, statSync, unwatchFile, watchFile } from "node:fs";
 import type { Stats } from "node:fs";
 import { LineCounter, parseDocument } from "yaml";
 import { describeError, MeshwardError } from "../errors.ts";
-import { compilePolicy, parseAccessControl } from "../policy/index.ts";
-import type { AccessPolicy } from "../policy/index.ts";
+import { compilePolicy, daprDifferences, parseAccessControl, POLICY_DIFFERS_FROM_DAPR } from "../policy/index.ts";
+import type { AccessPolicy, DaprDifference } from "../policy/index.ts";
 import type { TlsLogger } from "../tls/logger.ts";
 import { excessiveNestingMessage } from "../util/yaml-depth.ts";
 
 /** Parses a Dapr `kind: Configuration` (or bare accessControl) YAML into a compiled policy; throws E_POLICY_INVALID. */
 export function loadPolicyFile(file: string): AccessPolicy {
+  return readPolicyFile(file).policy;
+}
+
+/** loadPolicyFile, with where the valid policy means something else to Dapr (logged as warnings). */
+export function readPolicyFile(file: string): { policy: AccessPolicy; differences: DaprDifference[] } {
   let text: string;
   try {
     text = readFileSync(file, "utf8");
@@ -30,7 +35,17 @@ export function loadPolicyFile(file: string): AccessPolicy {
     const pos = lineCounter.linePos(node.range[0]);
     return `${file}:${pos.line}:${pos.col}`;
   };
-  return compilePolicy(parseAccessControl(doc.toJS(), file, locate, { required: true }));
+  const js: unknown = doc.toJS();
+  const config = parseAccessControl(js, file, locate, { required: true });
+  const policy = compilePolicy(config);
+  // Where parseAccessControl found the block (it accepted the document, so it is one of these).
+  const holder = typeof js === "object" && js !== null ? js : {};
+  const prefix = "kind" in holder || "spec" in holder || "apiVersion" in holder ? ["spec", "accessControl"] : "accessControl" in holder ? ["accessControl"] : [];
+  const differences = daprDifferences(config).map((difference) => ({
+    ...difference,
+    message: `${locate([...prefix, "policies", difference.policyIndex, "operations", difference.operationIndexes[1]])}: ${difference.message}`,
+  }));
+  return { policy, differences };
 }
 
 /**
@@ -69,20 +84,53 @@ export interface PolicySource {
  * The access policy, reloaded when its file changes. A file that no longer parses is refused
  * with a logged error and the previous policy stays in force (fail safe, not open).
  */
-export function watchPolicy(file: string | undefined, options: { intervalMs: number; logger: TlsLogger }): PolicySource {
+export interface WatchPolicyOptions {
+  intervalMs: number;
+  logger: TlsLogger;
+  /**
+   * Logs a warning with structured fields (a pino logger's `warn(fields, message)`); without it
+   * `logger.warn` gets the event name at the start of the message.
+   */
+  warn?: (fields: Record<string, unknown>, message: string) => void;
+}
+
+/**
+ * Logs one `policy-differs-from-dapr` warning per place the policy means something else to Dapr
+ * (a wildcard declared before a narrower operation it covers, a repeated operation name).
+ */
+function warnDifferences(differences: readonly DaprDifference[], options: WatchPolicyOptions): void {
+  for (const difference of differences) {
+    const fields = {
+      event: POLICY_DIFFERS_FROM_DAPR,
+      kind: difference.kind,
+      appId: difference.appId,
+      namespace: difference.namespace,
+      trustDomain: difference.trustDomain,
+      operations: [...difference.operations],
+    };
+    if (options.warn !== undefined) options.warn(fields, difference.message);
+    else options.logger.warn(`${POLICY_DIFFERS_FROM_DAPR}: ${difference.message}`);
+  }
+}
+
+export function watchPolicy(file: string | undefined, options: WatchPolicyOptions): PolicySource {
   if (file === undefined) {
     const everything = compilePolicy(undefined);
     return { current: () => everything, generation: 0, onReload: () => () => undefined, close: () => undefined };
   }
-  let policy = loadPolicyFile(file);
+  const first = readPolicyFile(file);
+  let policy = first.policy;
+  warnDifferences(first.differences, options);
   let generation = 0;
   let settling: NodeJS.Timeout | undefined;
   const listeners = new Set<() => void>();
   const reload = () => {
     try {
-      policy = loadPolicyFile(file);
+      const next = readPolicyFile(file);
+      policy = next.policy;
       generation++;
       options.logger.info(`access policy reloaded from ${file}`);
+      warnDifferences(next.differences, options);
     } catch (error) {
       options.logger.error(`the changed access policy ${file} was refused; the previous policy stays in force: ${describeError(error)}`);
       return;

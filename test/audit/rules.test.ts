@@ -102,6 +102,23 @@ describe("rule details", () => {
     expect(audit("s.yaml", `${base}outboundAllowedHosts: [gw.example, "*"]\n`)).toEqual(["MW-ACCESS-005@5:36"]);
   });
 
+  // dapr/dapr pkg/config/acl_trie.go: findNodeWithWildcard takes the first-declared match,
+  // PutOperationAction keeps a repeated name's first entry; the meshward sidecar picks the most
+  // specific operation and merges repeats (src/policy/dapr-differences.ts).
+  it("MW-ACCESS-007/008 flag a Configuration whose accessControl Dapr reads differently from the sidecar (low)", () => {
+    const config = (operations: string): string =>
+      `apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: c\nspec:\n  accessControl:\n    defaultAction: deny\n    policies:\n    - appId: web\n      namespace: shop\n      operations:\n${operations}`;
+    const overlap = "      - { name: /admin/*, httpVerb: ['*'], action: deny }\n      - { name: /admin/health, httpVerb: [GET], action: allow }\n";
+    const repeated = "      - { name: /orders/**, httpVerb: [GET], action: allow }\n      - { name: /orders/**, httpVerb: [DELETE], action: allow }\n";
+    expect(audit("c.yaml", config(overlap + repeated))).toEqual(["MW-ACCESS-007@13:9", "MW-ACCESS-008@15:9"]);
+    const findings = auditSources([{ file: "c.yaml", text: config(overlap) }]).findings;
+    expect(findings.map((f) => [f.ruleId, f.severity])).toEqual([["MW-ACCESS-007", "low"]]);
+    expect(JSON.stringify(findings[0])).toContain("appId web: /admin/* declared before /admin/health");
+    // The narrower one first, or one entry per name: nothing. A block the sidecar refuses: not these rules.
+    expect(audit("c.yaml", config("      - { name: /admin/health, httpVerb: [GET], action: allow }\n      - { name: /admin/*, httpVerb: ['*'], action: deny }\n"))).toEqual([]);
+    expect(audit("c.yaml", config("      - { name: /admin/*, httpVerb: ['*'] }\n      - { name: /admin/health, httpVerb: [GET], action: allow }\n"))).toEqual([]);
+  });
+
   it("MW-K8S-009/010/011 read the pod template the injector reads: annotation before label, only where a sidecar is injected", () => {
     const pod = (annotations: string, labels = "") =>
       `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    metadata:\n      labels:\n        app: web\n${labels}      annotations:\n${annotations}    spec:\n      containers:\n        - name: web\n          image: web:1\n`;

@@ -132,9 +132,24 @@ describe("global defaults", () => {
     expect(compilePolicy(undefined).decide(alice).allowed).toBe(true);
   });
 
-  it("empty accessControl (no default, no policies) ⇒ treated as none ⇒ allow", () => {
-    const policy = policyFrom("accessControl:\n  trustDomain: public\n");
-    expect(policy.decide(alice)).toMatchObject({ allowed: true, rule: "no-access-control" });
+  // dapr/dapr pkg/acl/acl.go ParseAccessControlSpec: no ACL only when trustDomain, defaultAction
+  // and policies are all empty; otherwise an absent defaultAction is deny unless `policies` is an
+  // empty (non-nil) list. meshward allowed everyone for `accessControl: {trustDomain: x}`.
+  it("empty accessControl (no trustDomain, default or policies) ⇒ treated as none ⇒ allow", () => {
+    for (const yaml of ["accessControl: {}\n", "accessControl:\n  policies: []\n", "accessControl:\n  trustDomain: ''\n"]) {
+      expect(policyFrom(yaml).decide(alice), yaml).toMatchObject({ allowed: true, rule: "no-access-control" });
+    }
+  });
+
+  it("a trustDomain without a policies list and without a default ⇒ deny everyone (as Dapr); with policies: [] ⇒ allow", () => {
+    for (const yaml of ["accessControl:\n  trustDomain: public\n", "accessControl:\n  trustDomain: public\n  policies:\n"]) {
+      const policy = policyFrom(yaml);
+      expect(policy.allowsAll, yaml).toBe(false);
+      expect(policy.decide(alice), yaml).toMatchObject({ allowed: false, rule: "global-default" });
+      expect(policy.decide(alice).reason).toContain("a trustDomain and no policies list, as in Dapr");
+    }
+    const empty = policyFrom("accessControl:\n  trustDomain: public\n  policies: []\n");
+    expect(empty.decide(alice)).toMatchObject({ allowed: true, rule: "global-default" });
   });
 
   it("app policies without a global default ⇒ deny for everyone else", () => {
@@ -163,12 +178,21 @@ describe("global defaults", () => {
     expect(policy.decide(http(caller("bob"), "POST", "/x"))).toMatchObject({ allowed: false, rule: "app:bob/default:op:/x:POST" });
   });
 
-  it("operation action defaults to allow", () => {
-    const policy = policyFrom(
-      "accessControl:\n  defaultAction: deny\n  policies:\n  - appId: bob\n    namespace: default\n    defaultAction: deny\n    operations: [{ name: /x, httpVerb: [GET] }]\n",
-    );
-    expect(policy.decide(http(caller("bob"), "GET", "/x")).allowed).toBe(true);
-    expect(policy.decide(http(caller("bob"), "GET", "/y")).allowed).toBe(false);
+  // dapr/dapr pkg/acl/acl.go: OperationAction/VerbAction = appPolicy.Action (no default), and
+  // isActionAllowed("") is false, so Dapr denies an operation without an action;
+  // charts/dapr/crds/configuration.yaml lists `action` among an operation's required fields.
+  it("an operation without an action is refused (Dapr denies it, its CRD requires action), never allowed", () => {
+    for (const operation of ["{ name: /x, httpVerb: [GET] }", "{ name: /pkg.Admin/Delete }", "{ name: /admin/**, httpVerb: ['*'] }"]) {
+      const yaml = `accessControl:\n  defaultAction: deny\n  policies:\n  - appId: bob\n    namespace: default\n    defaultAction: deny\n    operations: [${operation}]\n`;
+      expect(() => policyFrom(yaml), operation).toThrow(
+        expect.objectContaining({
+          code: "E_POLICY_INVALID",
+          message: expect.stringMatching(/test\.yaml: accessControl\.policies\[0\]\.operations\[0\]: app id bob \(namespace default\): operation "[^"]+" has no action: add `action: allow` or `action: deny`/),
+        }),
+      );
+    }
+    const explicit = policyFrom("accessControl:\n  defaultAction: deny\n  policies:\n  - appId: bob\n    namespace: default\n    operations: [{ name: /x, httpVerb: [GET], action: allow }]\n");
+    expect(explicit.decide(http(caller("bob"), "GET", "/x")).allowed).toBe(true);
   });
 });
 

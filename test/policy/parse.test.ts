@@ -29,7 +29,7 @@ spec:
     policies:
     - appId: app1
       namespace: default
-      operations: [{ name: op1, httpVerb: [get, "*"] }]
+      operations: [{ name: op1, httpVerb: [GET, "*"], action: allow }]
 `),
     );
     expect(config.present).toBe(true);
@@ -61,6 +61,10 @@ describe("parseAccessControl refuses bad input with the field's path", () => {
     ["unknown field (typo)", base({ appId: "a", namespace: "n", defaultaction: "deny" }), "spec.accessControl.policies[0]", /unknown field "defaultaction"/],
     ["bad trust domain", base({ appId: "a", namespace: "n", trustDomain: "bad domain!" }), "spec.accessControl.policies[0].trustDomain", /trust domain/],
     ["bad verb", base({ appId: "a", namespace: "n", operations: [{ name: "/x", httpVerb: ["GET /"] }] }), "spec.accessControl.policies[0].operations[0].httpVerb[0]", /verb/],
+    // dapr/dapr pkg/acl/acl.go keeps the verb as written (VerbAction[verb]) and looks up the
+    // request's upper-case verb: "get" never matches there; methods are case-sensitive (RFC 9110 §9.1).
+    ["a lower-case verb", base({ appId: "a", namespace: "n", operations: [{ name: "/x", httpVerb: ["*", "get"], action: "allow" }] }), "spec.accessControl.policies[0].operations[0].httpVerb[1]", /: httpVerb "get" is not a method: methods are case-sensitive, write "GET"$/],
+    ["a mixed-case verb", base({ appId: "a", namespace: "n", operations: [{ name: "/x", httpVerb: ["Delete"], action: "deny" }] }), "spec.accessControl.policies[0].operations[0].httpVerb[0]", /httpVerb "Delete" is not a method: methods are case-sensitive, write "DELETE"/],
     ["'**' in the middle", base({ appId: "a", namespace: "n", operations: [{ name: "/a/**/b" }] }), "spec.accessControl.policies[0].operations[0].name", /last segment/],
     ["too many globs", base({ appId: "a", namespace: "n", operations: [{ name: "/a*b*c*d*e" }] }), "spec.accessControl.policies[0].operations[0].name", /wildcards/],
     ["empty operation name", base({ appId: "a", namespace: "n", operations: [{ name: "" }] }), "spec.accessControl.policies[0].operations[0].name", /empty/],

@@ -87,6 +87,67 @@ describe("a policy file must say what it allows", () => {
     expect(r.stderr).not.toMatch(/\n\s+at /);
   });
 
+  // dapr/dapr charts/dapr/crds/configuration.yaml requires an operation's `action`, and
+  // pkg/acl/acl.go denies one without it (isActionAllowed("") is false): meshward allowed it.
+  it("an operation without action: refused at load with file:line, and on reload the previous policy stays", async () => {
+    const withoutAction = POLICY.replace("        defaultAction: deny\n", "        defaultAction: deny\n        operations:\n          - name: /admin/**\n            httpVerb: ['*']\n");
+    const path = file(withoutAction);
+    expect(() => loadPolicyFile(path)).toThrow(
+      expect.objectContaining({ code: "E_POLICY_INVALID", message: expect.stringContaining(`${path}:14:13: spec.accessControl.policies[0].operations[0]: app id evil (namespace default): operation "/admin/**" has no action: add \`action: allow\` or \`action: deny\``) }),
+    );
+    writeFileSync(path, POLICY);
+    const logs: string[] = [];
+    const logger = { info: (m: string) => logs.push(m), warn: (m: string) => logs.push(m), error: (m: string) => logs.push(m) };
+    const source = watchPolicy(path, { intervalMs: 50, logger });
+    try {
+      expect(source.current().decide(evil).allowed).toBe(false);
+      writeFileSync(path, withoutAction.replace("defaultAction: deny", "defaultAction: allow"));
+      for (let i = 0; i < 200 && !logs.some((m) => m.includes("was refused")); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(logs.join("\n")).toMatch(/the changed access policy .* was refused; the previous policy stays in force: .*operation "\/admin\/\*\*" has no action/);
+      expect(source.generation).toBe(0);
+      expect(source.current().decide({ ...evil, operation: "/admin/x" }).allowed).toBe(false);
+    } finally {
+      source.close();
+    }
+  }, 20_000);
+
+  // dapr/dapr pkg/config/acl_trie.go: the first-declared matching operation decides, and a repeated
+  // name keeps its first entry; meshward keeps its own rules and warns where they differ.
+  it("warns (policy-differs-from-dapr) at load and on reload where Dapr reads the policy differently", async () => {
+    const differing = POLICY.replace(
+      "        defaultAction: deny\n",
+      "        defaultAction: deny\n        operations:\n          - { name: /admin/*, httpVerb: ['*'], action: deny }\n          - { name: /admin/health, httpVerb: [GET], action: allow }\n          - { name: /orders/**, httpVerb: [GET], action: allow }\n          - { name: /orders/**, httpVerb: [DELETE], action: allow }\n",
+    );
+    const path = file(differing);
+    const warned: { fields: Record<string, unknown>; message: string }[] = [];
+    const logs: string[] = [];
+    const logger = { info: (m: string) => logs.push(m), warn: (m: string) => logs.push(m), error: (m: string) => logs.push(m) };
+    const source = watchPolicy(path, { intervalMs: 50, logger, warn: (fields, message) => warned.push({ fields, message }) });
+    try {
+      expect(warned.map((w) => w.fields)).toEqual([
+        { event: "policy-differs-from-dapr", kind: "repeated-name", appId: "evil", namespace: "default", trustDomain: "public", operations: ["/orders/**", "/orders/**"] },
+        { event: "policy-differs-from-dapr", kind: "precedence", appId: "evil", namespace: "default", trustDomain: "public", operations: ["/admin/*", "/admin/health"] },
+      ]);
+      expect(warned[0]!.message).toMatch(new RegExp(`^${path}:17:13: app id evil \\(namespace default\\): operation /orders/\\*\\* is listed 2 times`));
+      expect(warned[1]!.message).toMatch(new RegExp(`^${path}:15:13: app id evil \\(namespace default\\): operation /admin/\\* \\(operations\\[0\\]\\) is declared before /admin/health`));
+      // meshward's decision is unchanged: the more specific operation, the merged verbs.
+      expect(source.current().decide({ ...evil, operation: "/admin/health" }).allowed).toBe(true);
+      expect(source.current().decide({ ...evil, operation: "/orders/7", verb: "DELETE" }).allowed).toBe(true);
+      // Without a structured warn, the logger's warn gets the event name first; on reload too.
+      const plain: string[] = [];
+      const second = watchPolicy(path, { intervalMs: 50, logger: { ...logger, warn: (m: string) => plain.push(m) } });
+      second.close();
+      expect(plain).toHaveLength(2);
+      expect(plain[0]).toMatch(/^policy-differs-from-dapr: .*listed 2 times/);
+      writeFileSync(path, `${differing}# edited\n`);
+      for (let i = 0; i < 200 && source.generation === 0; i++) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(source.generation, logs.join("\n")).toBe(1);
+      expect(warned).toHaveLength(4);
+    } finally {
+      source.close();
+    }
+  }, 20_000);
+
   it("a file written slowly, in pieces, is applied whole: no cut-short state is ever in force", async () => {
     const path = file(POLICY);
     const logs: string[] = [];

@@ -1,4 +1,5 @@
 import { dirname, resolve } from "node:path";
+import { daprDifferences, parseAccessControl, type DaprDifference } from "../../policy/index.ts";
 import { asArray, asDict, asText, get, isDict, lookup } from "../shape.ts";
 import type { Corpus, DaprConfiguration, Hit, MeshwardSidecarConfig, NodePath, Rule } from "../types.ts";
 import { defineRule, isLoopbackHost } from "./helpers.ts";
@@ -12,6 +13,9 @@ mode: strict
 ${policy}`;
 
 const POLICY = "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: orders-policy\nspec:\n  accessControl:\n    defaultAction: ACTION\n    trustDomain: prod.example.org\nPOLICIES";
+
+const ACCESS_OPERATIONS = (operations: string): string =>
+  `apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: appconfig\nspec:\n  accessControl:\n    defaultAction: deny\n    trustDomain: public\n    policies:\n    - appId: checkout\n      namespace: default\n      defaultAction: deny\n      operations:\n${operations}`;
 
 export interface ResolvedPolicy {
   accessControl: Record<string, unknown>;
@@ -167,7 +171,66 @@ export const accessRules: Rule[] = [
         .map(({ path, at }): Hit => ({ position: at, evidence: `op: remove, path: /${path.join("/")}` }));
     },
   }),
+  defineRule({
+    id: "MW-ACCESS-007",
+    family: "access",
+    severity: "low",
+    title: "Access operation hidden in Dapr by a wildcard declared before it",
+    why: "When several operations match a request, the meshward sidecar uses the most specific one, Dapr the first declared (pkg/config/acl_trie.go). A wildcard declared before a narrower operation it covers, with a different action or verbs, decides that narrower path in Dapr: the same file allows in one what the other denies.",
+    fix: "Declare the more specific operation before the wildcard that covers it; the file then means the same to Dapr and to meshward.",
+    example: {
+      file: "config.yaml",
+      bad: ACCESS_OPERATIONS("      - name: /admin/*\n        httpVerb: [\"*\"]\n        action: deny\n      - name: /admin/health\n        httpVerb: [GET]\n        action: allow\n"),
+      good: ACCESS_OPERATIONS("      - name: /admin/health\n        httpVerb: [GET]\n        action: allow\n      - name: /admin/*\n        httpVerb: [\"*\"]\n        action: deny\n"),
+    },
+    appliesTo: ["dapr-configuration"],
+    check(configuration) {
+      return differenceHits(configuration, "precedence");
+    },
+  }),
+  defineRule({
+    id: "MW-ACCESS-008",
+    family: "access",
+    severity: "low",
+    title: "Access operation name listed more than once",
+    why: "The meshward sidecar merges entries with the same operation name; Dapr uses only the first entry (older versions, the last), so a verb granted or denied in a later entry counts in meshward and not in Dapr.",
+    fix: "List the operation once, with all its verbs in one entry (`httpVerb: [GET, DELETE]`), or split verbs with different actions into entries with different names.",
+    example: {
+      file: "config.yaml",
+      bad: ACCESS_OPERATIONS("      - name: /orders/**\n        httpVerb: [GET]\n        action: allow\n      - name: /orders/**\n        httpVerb: [DELETE]\n        action: allow\n"),
+      good: ACCESS_OPERATIONS("      - name: /orders/**\n        httpVerb: [GET, DELETE]\n        action: allow\n"),
+    },
+    appliesTo: ["dapr-configuration"],
+    check(configuration) {
+      return differenceHits(configuration, "repeated-name");
+    },
+  }),
 ];
+
+/**
+ * Where a Configuration's accessControl means something else to Dapr than to the meshward
+ * sidecar (src/policy/dapr-differences.ts). A block the sidecar would refuse reports nothing here.
+ */
+function differenceHits(configuration: DaprConfiguration, kind: DaprDifference["kind"]): Hit[] {
+  const accessControl = configuration.spec["accessControl"];
+  if (!isDict(accessControl)) return [];
+  let differences: DaprDifference[];
+  try {
+    differences = daprDifferences(parseAccessControl({ accessControl }));
+  } catch {
+    return [];
+  }
+  return differences
+    .filter((difference) => difference.kind === kind)
+    .map((difference): Hit => ({
+      path: ["spec", "accessControl", "policies", difference.policyIndex, "operations", difference.operationIndexes[1]],
+      evidence:
+        difference.kind === "repeated-name"
+          ? `appId ${difference.appId}: operation ${difference.operations[0]} repeated`
+          : `appId ${difference.appId}: ${difference.operations[0]} declared before ${difference.operations[1]}`,
+      detail: difference.message,
+    }));
+}
 
 /** A HOST:PORT value that does not name loopback (0.0.0.0, ::, a network address or name). */
 function offLoopback(value: unknown): boolean {
