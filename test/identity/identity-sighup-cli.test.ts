@@ -1,18 +1,9 @@
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli, spawnCli } from "../helpers/cli.ts";
-
-/** A loopback port nothing listens on (bound on port 0, then closed). */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
+import { closedPort } from "../helpers/closed-port.ts";
 
 // Review of workload identity, LOW 6: SIGHUP (a closed terminal, a supervisor's kill -HUP) killed
 // `meshward identity` at once (exit 129), leaving its Workload API socket behind. Real process.

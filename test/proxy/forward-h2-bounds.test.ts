@@ -233,18 +233,26 @@ function body(s: number, length: number): Buffer {
   for (let i = 0; i < bytes.length; i += 7) bytes[i] = 65 + (i % 26);
   return bytes;
 }
+/**
+ * An HTTP/2 app that reads nothing and answers 200 once a request has ended (END_STREAM on its
+ * last DATA), the sidecar in front of it, the memory before any body, and a raw caller (window 64 KiB).
+ */
+async function appThatAnswersAtTheEnd() {
+  const app = await startRawApp(
+    () => undefined,
+    (peer, id) => peer.socket.write(frame(1, 0x4 | 0x1, id, Buffer.from([0x88]))),
+  );
+  const sidecar = await startSidecar(app.port);
+  const base = await settled();
+  const caller = new RawPeer(netConnect({ host: "127.0.0.1", port: sidecar.port }), "client", 65535);
+  return { app, sidecar, base, caller };
+}
+
 const ones = (bytes: Buffer) => Array.from({ length: bytes.length }, (_, i) => bytes.subarray(i, i + 1));
 
 describe("forwardH2: a caller's 1-byte DATA frames to an HTTP/2 app that does not read", () => {
   it("cost the sidecar their bytes (padded with frames nobody reads or not), then all arrive in order with END_STREAM", async () => {
-    // Answers 200 once the request has ended (END_STREAM on its last DATA).
-    const app = await startRawApp(
-      () => undefined,
-      (peer, id) => peer.socket.write(frame(1, 0x4 | 0x1, id, Buffer.from([0x88]))),
-    );
-    const sidecar = await startSidecar(app.port);
-    const base = await settled();
-    const caller = new RawPeer(netConnect({ host: "127.0.0.1", port: sidecar.port }), "client", 65535);
+    const { app, sidecar, base, caller } = await appThatAnswersAtTheEnd();
     // Per stream: a window's worth of plain frames (what the app's window lets through), then padded
     // frames, then plain ones: what the sidecar has to hold while the app does not read.
     const FIRST = 65_535;
@@ -390,13 +398,7 @@ describe("outbound: a local app's HTTP/2 stream waiting for the session to its p
 
 describe("forwardH2: a caller's 4 KiB DATA frames, each alone in a 64 KiB socket read, to an HTTP/2 app that does not read", () => {
   it("what the sidecar queues for the app costs about its bytes, not the reads the frames came in", async () => {
-    const app = await startRawApp(
-      () => undefined,
-      (peer, id) => peer.socket.write(frame(1, 0x4 | 0x1, id, Buffer.from([0x88]))),
-    );
-    const sidecar = await startSidecar(app.port);
-    const base = await settled();
-    const caller = new RawPeer(netConnect({ host: "127.0.0.1", port: sidecar.port }), "client", 65535);
+    const { app, sidecar, base, caller } = await appThatAnswersAtTheEnd();
     // Each 4 KiB DATA frame is followed by ~64 KiB of frames nobody reads: node:http2 hands it over
     // as a slice of a 64 KiB socket read (plaintext), so each one kept queued keeps that read alive.
     const PAD_READ = Buffer.concat(Array.from({ length: 4 }, () => frame(0xfa, 0, 0, Buffer.alloc(16_000))));
@@ -439,13 +441,7 @@ describe("forwardH2: a caller's 4 KiB DATA frames, each alone in a 64 KiB socket
 
 describe("forwardH2: a caller's 1-byte DATA frames two a read, to an HTTP/2 app that does not read", () => {
   it("each read's staged bytes are queued as about their bytes, not as a 16 KiB stage each", async () => {
-    const app = await startRawApp(
-      () => undefined,
-      (peer, id) => peer.socket.write(frame(1, 0x4 | 0x1, id, Buffer.from([0x88]))),
-    );
-    const sidecar = await startSidecar(app.port);
-    const base = await settled();
-    const caller = new RawPeer(netConnect({ host: "127.0.0.1", port: sidecar.port }), "client", 65535);
+    const { app, sidecar, base, caller } = await appThatAnswersAtTheEnd();
     const id = 1;
     openStream(caller, id, "/pairs", false);
     // The app's window first (65,535 bytes it takes and does not read), in large frames.
