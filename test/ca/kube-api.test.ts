@@ -91,7 +91,7 @@ const GOOD = validLooking(0);
  * `hold`: a slow API server. Reviews are answered only once no new one has arrived for a moment
  * (or `holdUntil` are waiting), so every connection a client opens meanwhile is open at once.
  */
-async function fakeApiServer(options: { hold?: boolean; holdUntil?: number } = {}): Promise<FakeApiServer> {
+async function fakeApiServer(options: { hold?: boolean; holdUntil?: number; never?: boolean } = {}): Promise<FakeApiServer> {
   let reviews = 0;
   let connections = 0;
   let open = 0;
@@ -127,6 +127,7 @@ async function fakeApiServer(options: { hold?: boolean; holdUntil?: number } = {
         return;
       }
       held.push(answer);
+      if (options.never === true) return; // answered only when the server stops
       clearTimeout(idle);
       if (held.length >= (options.holdUntil ?? Infinity)) release();
       else idle = setTimeout(release, 30);
@@ -195,6 +196,27 @@ describe("KUBERNETES validator against a (mock) API server: what a caller can ma
       expect(api.reviews).toBe(200);
       expect(api.peakOpen).toBeLessThanOrEqual(KUBE_API_MAX_SOCKETS);
       expect(api.connections).toBeLessThanOrEqual(KUBE_API_MAX_SOCKETS);
+    } finally {
+      await api.stop();
+    }
+  });
+
+  it("a review that finds every connection busy for timeoutMs fails (E_KUBERNETES_UNAVAILABLE), rather than waiting its turn without end", async () => {
+    const api = await fakeApiServer({ hold: true, never: true });
+    try {
+      const client = kubernetesApi({ apiServer: api.url, tokenFile, caFile: certFile, timeoutMs: 300 });
+      const calls = Array.from({ length: KUBE_API_MAX_SOCKETS + 4 }, (_, n) =>
+        client.reviewToken(validLooking(n), ["sentry"]).then(
+          () => "answered",
+          (error: { code?: string; message: string }) => `${error.code}: ${error.message}`,
+        ),
+      );
+      const outcomes = await Promise.all(calls);
+      expect(outcomes.every((o) => o.startsWith("E_KUBERNETES_UNAVAILABLE: "))).toBe(true);
+      // The 4 beyond the connections waited timeoutMs for one and were refused, never sent.
+      expect(outcomes.filter((o) => o.includes(`all ${KUBE_API_MAX_SOCKETS} connections to it were busy for 300 ms`))).toHaveLength(4);
+      expect(api.peakOpen).toBeLessThanOrEqual(KUBE_API_MAX_SOCKETS);
+      expect(api.reviews).toBe(KUBE_API_MAX_SOCKETS);
     } finally {
       await api.stop();
     }

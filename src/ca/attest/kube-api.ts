@@ -31,6 +31,7 @@ export interface KubernetesApiOptions {
   readonly tokenFile: string;
   /** PEM bundle the API server's certificate must chain to. */
   readonly caFile: string;
+  /** How long a call may wait for one of the connections, and then for the API server's answer (default 5 s each). */
   readonly timeoutMs?: number;
   /** Most connections open to the API server at once (default KUBE_API_MAX_SOCKETS); further calls wait for one. */
   readonly maxSockets?: number;
@@ -61,6 +62,7 @@ export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
   const base = new URL(options.apiServer);
   if (base.protocol !== "https:") throw new MeshwardError("E_CONFIG_INVALID", `kubernetes.apiServer must be an https:// URL, got ${options.apiServer}`);
   const maxSockets = options.maxSockets ?? KUBE_API_MAX_SOCKETS;
+  const timeoutMs = options.timeoutMs ?? 5000;
   // One agent per client: maxTotalSockets also bounds the sockets of a rotated caFile (the agent
   // pools by TLS options); idle sockets close after a minute and never keep the process alive.
   const agent = new Agent({ keepAlive: true, maxSockets, maxTotalSockets: maxSockets, maxFreeSockets: maxSockets, timeout: 60_000, scheduling: "lifo" });
@@ -85,7 +87,7 @@ export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
           ca,
           minVersion: "TLSv1.2",
           secureOptions: SECURE_OPTIONS,
-          timeout: options.timeoutMs ?? 5000,
+          timeout: timeoutMs,
           agent,
           headers: { authorization: `Bearer ${token}`, accept: "application/json", ...(payload ? { "content-type": "application/json", "content-length": String(payload.length) } : {}) },
         },
@@ -110,6 +112,11 @@ export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
           res.on("error", reject);
         },
       );
+      // A call waits for a free connection at most timeoutMs: behind a flood of reviews (at most
+      // maxSockets at a time) it fails and the caller retries, rather than queueing without end.
+      const queued = setTimeout(() => req.destroy(new Error(`all ${maxSockets} connections to it were busy for ${timeoutMs} ms`)), timeoutMs);
+      req.once("socket", () => clearTimeout(queued));
+      req.once("close", () => clearTimeout(queued));
       req.on("socket", watchHandshake);
       req.on("timeout", () => req.destroy(new Error("timed out")));
       req.on("error", (error) =>
