@@ -118,6 +118,9 @@ export function watchPolicy(file: string | undefined, options: WatchPolicyOption
     const everything = compilePolicy(undefined);
     return { current: () => everything, generation: 0, onReload: () => () => undefined, close: () => undefined };
   }
+  // Taken before the first read: watchFile's own baseline is taken later, asynchronously, and a
+  // change in between (a policy tightened as the sidecar starts) would never be seen.
+  const loaded = statSync(file, { throwIfNoEntry: false });
   const first = readPolicyFile(file);
   let policy = first.policy;
   warnDifferences(first.differences, options);
@@ -157,6 +160,12 @@ export function watchPolicy(file: string | undefined, options: WatchPolicyOption
     settling.unref();
   };
   watchFile(file, { interval: options.intervalMs, persistent: false }, onChange);
+  // Whatever changed between the first read and the watcher's baseline: compared once.
+  const sinceLoad = setTimeout(() => {
+    const now = statSync(file, { throwIfNoEntry: false });
+    if (now !== undefined && loaded !== undefined) onChange(now, loaded);
+  }, options.intervalMs);
+  sinceLoad.unref();
   return {
     current: () => policy,
     get generation() {
@@ -169,6 +178,7 @@ export function watchPolicy(file: string | undefined, options: WatchPolicyOption
     close: () => {
       listeners.clear();
       clearTimeout(settling);
+      clearTimeout(sinceLoad);
       unwatchFile(file, onChange);
     },
   };

@@ -87,6 +87,29 @@ describe("a policy file must say what it allows", () => {
     expect(r.stderr).not.toMatch(/\n\s+at /);
   });
 
+  it("a change made just as the watcher starts (before its first stat) is applied, not taken as the baseline", async () => {
+    // watchFile takes its baseline stat on libuv's thread pool after watchPolicy has read the file:
+    // a change in between was that baseline, so the policy read before it stayed in force until
+    // the file changed again (failed under Node 26; a race under Node 20). Twenty tries.
+    const tightened = POLICY.replace("    defaultAction: allow\n", "    defaultAction: deny\n");
+    const stranger: AccessRequest = { caller: { appId: "stranger", namespace: "default", trustDomain: "public" }, verb: "GET", operation: "/items" };
+    const logs: string[] = [];
+    const logger = { info: (m: string) => logs.push(m), warn: (m: string) => logs.push(m), error: (m: string) => logs.push(m) };
+    for (let i = 0; i < 20; i++) {
+      const path = file(POLICY);
+      const source = watchPolicy(path, { intervalMs: 20, logger });
+      try {
+        expect(source.current().decide(stranger).allowed).toBe(true);
+        writeFileSync(path, tightened);
+        for (let wait = 0; wait < 100 && source.generation === 0; wait++) await new Promise((resolve) => setTimeout(resolve, 10));
+        expect(source.generation, `try ${i}`).toBe(1);
+        expect(source.current().decide(stranger).allowed).toBe(false);
+      } finally {
+        source.close();
+      }
+    }
+  }, 30_000);
+
   // dapr/dapr charts/dapr/crds/configuration.yaml requires an operation's `action`, and
   // pkg/acl/acl.go denies one without it (isActionAllowed("") is false): meshward allowed it.
   it("an operation without action: refused at load with file:line, and on reload the previous policy stays", async () => {
