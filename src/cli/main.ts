@@ -11,11 +11,11 @@ export async function runCli(argv: readonly string[]): Promise<number> {
   const program = new Command("meshward")
     .description("zero-trust service-to-service security: SPIFFE CA, workload identity, mTLS sidecar, config audit")
     .version(packageVersion(), "-V, --version", "print the meshward version")
-    .showHelpAfterError()
     .exitOverride();
   try {
     await registerCommands(program, argv);
     unknownOptionsFirst(program);
+    pointToHelpAfterError(program);
     await program.parseAsync([...argv], { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : EXIT_OK;
   } catch (error) {
@@ -38,6 +38,16 @@ function unknownOptionsFirst(command: Command): void {
     missing(option);
   };
   for (const sub of command.commands) unknownOptionsFirst(sub);
+}
+
+/**
+ * After a usage error commander printed the command's whole help (~190 lines for `sidecar`), so
+ * one mistyped letter scrolled the error and its "Did you mean …?" off the screen (review
+ * newuser L2). Each command now ends its error with one line naming its own help instead.
+ */
+function pointToHelpAfterError(command: Command, path = command.name()): void {
+  command.showHelpAfterError(`see '${path} --help'`);
+  for (const sub of command.commands) pointToHelpAfterError(sub, `${path} ${sub.name()}`);
 }
 
 function reportCliError(error: unknown): number {
