@@ -19,7 +19,7 @@ import { startCaServer } from "../../ca/server.ts";
 import { isMeshwardError, MeshwardError } from "../../errors.ts";
 import { decodePrivateKey } from "../../pki/keys.ts";
 import { certificatesFromPem } from "../../pki/pem.ts";
-import { describeTimeLeft, parseDuration } from "../../util/duration.ts";
+import { describeTimeLeft, formatCertificateTime, parseDuration } from "../../util/duration.ts";
 import { writeFileAtomic } from "../../util/files.ts";
 import { cliLogger } from "../logger.ts";
 import { readPassphrase, readTextFile, untilSignal, wholeNumber } from "../options.ts";
@@ -67,8 +67,8 @@ export async function caInit(opts: OptionValues): Promise<void> {
     dir: opts.dir,
     encrypted: passphrase !== undefined,
     trustEveryCaUnderRoot: state.trustEveryCaUnderRoot !== undefined,
-    root: { fingerprint256: root.fingerprint256, notAfter: new Date(root.validTo).toISOString() },
-    issuer: { fingerprint256: issuer.fingerprint256, notAfter: new Date(issuer.validTo).toISOString() },
+    root: { fingerprint256: root.fingerprint256, notAfter: formatCertificateTime(new Date(root.validTo)) },
+    issuer: { fingerprint256: issuer.fingerprint256, notAfter: formatCertificateTime(new Date(issuer.validTo)) },
     bundle: layout.bundle,
   };
   if (opts.json) {
@@ -131,7 +131,7 @@ export async function caRotateIssuer(opts: OptionValues): Promise<void> {
   });
   if (issuer === undefined) return;
   if (note !== undefined) process.stderr.write(note);
-  process.stdout.write(`new issuer ${issuer.fingerprint256}, valid until ${new Date(issuer.validTo).toISOString()}; a running CA signs with it within a second\n`);
+  process.stdout.write(`new issuer ${issuer.fingerprint256}, valid until ${formatCertificateTime(new Date(issuer.validTo))}; a running CA signs with it within a second\n`);
 }
 
 /** `meshward ca import-issuer`. */
@@ -154,7 +154,7 @@ export async function caImportIssuer(opts: OptionValues): Promise<void> {
     });
   });
   if (note !== undefined) process.stderr.write(note);
-  process.stdout.write(`installed issuer ${issuer.fingerprint256}, valid until ${new Date(issuer.validTo).toISOString()}\n`);
+  process.stdout.write(`installed issuer ${issuer.fingerprint256}, valid until ${formatCertificateTime(new Date(issuer.validTo))}\n`);
 }
 
 /** `meshward ca rotate-root prepare`. */
@@ -182,7 +182,7 @@ export async function caRotateRootPrepare(opts: OptionValues): Promise<void> {
   if (note !== undefined) process.stderr.write(note);
   if (opts.trustEveryCaUnderRoot === true) process.stderr.write(trustEveryCaNote(rootScopeGap(root, trustDomain) !== undefined, root, trustDomain));
   process.stdout.write(
-    `prepared root ${root.fingerprint256} (valid until ${new Date(root.validTo).toISOString()}); the bundle now holds it beside the current root.\n` +
+    `prepared root ${root.fingerprint256} (valid until ${formatCertificateTime(new Date(root.validTo))}); the bundle now holds it beside the current root.\n` +
       `Next, once every workload has fetched the new bundle (they refresh it every minute): meshward ca rotate-root activate --dir ${opts.dir}\n`,
   );
 }
@@ -245,7 +245,7 @@ export async function caStatus(opts: OptionValues): Promise<void> {
       kind,
       subject: cert.subject.replace(/\n/g, ", "),
       fingerprint256: cert.fingerprint256,
-      notAfter: notAfter.toISOString(),
+      notAfter: formatCertificateTime(notAfter),
       timeLeft: describeTimeLeft(notAfter, now),
       expiringSoon: notAfter.getTime() - now.getTime() < warnMs,
     };

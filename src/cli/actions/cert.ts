@@ -13,7 +13,7 @@ import { encodePrivateKey, generateKeyPair } from "../../pki/keys.ts";
 import { certificatesFromPem } from "../../pki/pem.ts";
 import { parseSpiffeId } from "../../spiffe/id.ts";
 import type { IssuanceRecord } from "../../store/store.ts";
-import { describeTimeLeft, parseDuration } from "../../util/duration.ts";
+import { certificateSecond, describeTimeLeft, formatCertificateTime, parseDuration } from "../../util/duration.ts";
 import { checkTokenFile, writeFilesTogether } from "../../util/files.ts";
 import { VALIDATOR_CHOICES } from "../cert.ts";
 import { TOKEN_ON_COMMAND_LINE, readTextFile } from "../options.ts";
@@ -58,9 +58,9 @@ export async function certIssue(opts: OptionValues): Promise<void> {
   }
   const info = inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer);
   if (opts.json) {
-    process.stdout.write(`${JSON.stringify({ spiffeId: info.uris[0], serial: info.serial, notAfter: info.notAfter.toISOString(), dir: opts.out }, null, 2)}\n`);
+    process.stdout.write(`${JSON.stringify({ spiffeId: info.uris[0], serial: info.serial, notAfter: formatCertificateTime(info.notAfter), dir: opts.out }, null, 2)}\n`);
   } else {
-    process.stdout.write(`issued ${info.uris[0]} (serial ${info.serial}), valid until ${info.notAfter.toISOString()} (${describeTimeLeft(info.notAfter, new Date())})\n`);
+    process.stdout.write(`issued ${info.uris[0]} (serial ${info.serial}), valid until ${formatCertificateTime(info.notAfter)} (${describeTimeLeft(info.notAfter, new Date())})\n`);
     process.stdout.write(`wrote ${join(opts.out, "cert.pem")}, ${join(opts.out, "key.pem")} (0600), ${join(opts.out, "bundle.pem")}\n`);
   }
 }
@@ -160,8 +160,8 @@ export function certInspect(file: string, opts: OptionValues): void {
     issuer: info.issuer,
     serial: info.serial,
     isCa: info.isCa,
-    notBefore: info.notBefore.toISOString(),
-    notAfter: info.notAfter.toISOString(),
+    notBefore: formatCertificateTime(info.notBefore),
+    notAfter: formatCertificateTime(info.notAfter),
     timeLeft: describeTimeLeft(info.notAfter, now),
     expired: leftMs <= 0,
     chainLength: 1 + rest.length,
@@ -196,12 +196,12 @@ export function certInspect(file: string, opts: OptionValues): void {
  */
 function certificateRow(record: IssuanceRecord, now: Date, revoked: ReadonlySet<string>, superseded: ReadonlyMap<string, string>) {
   const supersededBy = superseded.get(record.serial);
-  const status = revoked.has(record.serial) ? "revoked" : record.notAfter <= now ? "expired" : supersededBy !== undefined ? "superseded" : "valid";
+  const status = revoked.has(record.serial) ? "revoked" : certificateSecond(record.notAfter) <= now.getTime() ? "expired" : supersededBy !== undefined ? "superseded" : "valid";
   return {
     serial: record.serial,
     spiffeId: record.spiffeId,
     status,
-    notAfter: record.notAfter.toISOString(),
+    notAfter: formatCertificateTime(record.notAfter),
     issuedAt: record.issuedAt.toISOString(),
     attestation: record.attestation,
     rootFingerprint: record.rootFingerprint,

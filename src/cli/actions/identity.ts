@@ -9,6 +9,7 @@ import { MeshwardError } from "../../errors.ts";
 import { createHealth, createOpsServer } from "../../telemetry/health.ts";
 import { createMeshMetrics, createMetrics } from "../../telemetry/metrics.ts";
 import { parseHostPort } from "../../util/address.ts";
+import { formatCertificateTime } from "../../util/duration.ts";
 import { reserveAddresses } from "../../util/listen.ts";
 import { createStatusRoutes } from "../../dashboard/routes.ts";
 import { identityStatus } from "../../dashboard/identity-feed.ts";
@@ -122,7 +123,7 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
         if (current === undefined) return { ok: false, detail: problem ?? "no valid certificate (expired or not yet issued)" };
         if (problem !== undefined) return { ok: false, detail: problem };
         const stale = staleCrlWarning(current.bundle, Date.now());
-        return { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}${stale === undefined ? "" : `; ${stale}`}` };
+        return { ok: true, detail: `${current.svid.spiffeId} valid until ${formatCertificateTime(current.svid.notAfter)}${stale === undefined ? "" : `; ${stale}`}` };
       });
       if (sink !== undefined) {
         const files = sink;
@@ -141,7 +142,7 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
       statusAddress = `${bound.host}:${bound.port}`;
       logger.info({ event: "status-listening", address: statusAddress }, "status endpoints listening");
     }
-    process.stdout.write(`meshward identity ready: ${snapshot.svid.spiffeId} (serial ${snapshot.svid.serial}, valid until ${snapshot.svid.notAfter.toISOString()})${statusAddress ? ` status=${statusAddress}` : ""}\n`);
+    process.stdout.write(`meshward identity ready: ${snapshot.svid.spiffeId} (serial ${snapshot.svid.serial}, valid until ${formatCertificateTime(snapshot.svid.notAfter)})${statusAddress ? ` status=${statusAddress}` : ""}\n`);
     await stopped;
   } finally {
     stopInstrumenting();
