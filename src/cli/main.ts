@@ -57,8 +57,11 @@ function reportCliError(error: unknown): number {
   }
   if (error instanceof MeshwardError) {
     process.stderr.write(`meshward: ${error.message} [${error.code}]\n`);
-    // A flag or argument the command cannot take exits 2, as commander's own usage errors do.
-    return error.code === "E_USAGE" || error.code === "E_AUDIT_USAGE" ? EXIT_USAGE : EXIT_FAILURE;
+    // A flag or argument the command cannot take exits 2, as commander's own usage errors do:
+    // E_USAGE, or an error a flag's value caused, which keeps its own code (details.usage, set by
+    // src/cli/usage.ts: not imported here, so that --version and help load no more than they did).
+    const usage = error.code === "E_USAGE" || error.code === "E_AUDIT_USAGE" || error.details?.["usage"] === true;
+    return usage ? EXIT_USAGE : EXIT_FAILURE;
   }
   process.stderr.write(`meshward: unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
   return EXIT_FAILURE;

@@ -11,9 +11,12 @@ import { createCsr } from "../../pki/csr.ts";
 import { inspectCertificate } from "../../pki/inspect.ts";
 import { encodePrivateKey, generateKeyPair } from "../../pki/keys.ts";
 import { certificatesFromPem } from "../../pki/pem.ts";
-import { parseSpiffeId } from "../../spiffe/id.ts";
+import { parseSpiffeId, parseTrustDomain } from "../../spiffe/id.ts";
+import { checkIdentityFlags } from "../identity-flags.ts";
 import type { IssuanceRecord } from "../../store/store.ts";
-import { certificateSecond, describeTimeLeft, formatCertificateTime, parseDuration } from "../../util/duration.ts";
+import { certificateSecond, describeTimeLeft, formatCertificateTime } from "../../util/duration.ts";
+import { flagDuration } from "../duration-flags.ts";
+import { flagValue } from "../usage.ts";
 import { checkTokenFile, writeFilesTogether } from "../../util/files.ts";
 import { VALIDATOR_CHOICES } from "../cert.ts";
 import { TOKEN_ON_COMMAND_LINE, readTextFile } from "../options.ts";
@@ -25,7 +28,8 @@ export async function certIssue(opts: OptionValues): Promise<void> {
   // Before the CA is contacted: a local mistake must not spend a single-use token.
   const out = prepareOutDir(opts.out);
   const bundlePem = readBundleFile(opts.bundle);
-  const trustDomain = opts.trustDomain ?? trustDomainFromBundle(bundlePem, opts.bundle);
+  const trustDomain = opts.trustDomain !== undefined ? flagValue(() => parseTrustDomain(opts.trustDomain)) : trustDomainFromBundle(bundlePem, opts.bundle);
+  checkIdentityFlags(opts);
   // One writer at a time: two runs into one directory could leave one's key beside the other's certificate.
   const unlock = lockOutDir(out, `--out ${opts.out}`);
   let signed;
@@ -75,7 +79,7 @@ export async function certList(opts: OptionValues): Promise<void> {
   readCaState(opts.dir);
   const rows = await withCaStore(opts.dir, opts.store, async (store) => {
     const records = await store.listIssuances({
-      ...(opts.spiffeId !== undefined ? { spiffeId: parseSpiffeId(opts.spiffeId).toString() } : {}),
+      ...(opts.spiffeId !== undefined ? { spiffeId: flagValue(() => parseSpiffeId(opts.spiffeId)).toString() } : {}),
       ...(opts.valid || opts.live ? { validAt: now } : {}),
       ...(root !== undefined ? { rootFingerprint: root } : {}),
       // --live filters after reading: read every candidate, then keep --limit of them.
@@ -151,7 +155,7 @@ export function certInspect(file: string, opts: OptionValues): void {
   const info = inspectCertificate(der as Buffer);
   const now = new Date();
   const leftMs = info.notAfter.getTime() - now.getTime();
-  const warnMs = opts.warn !== undefined ? parseDuration(opts.warn, "--warn") : undefined;
+  const warnMs = opts.warn !== undefined ? flagDuration(opts.warn, "--warn") : undefined;
   const result = {
     spiffeId: info.uris[0] ?? null,
     uris: info.uris,

@@ -21,6 +21,7 @@ import { checkSocketDir, prepareOutDir } from "../../identity/local-paths.ts";
 import { VALIDATORS } from "../identity.ts";
 import { cliLogger } from "../logger.ts";
 import { bundleRefreshInterval } from "../duration-flags.ts";
+import { checkIdentityFlags } from "../identity-flags.ts";
 import { untilSignal, warnTokenOnCommandLine } from "../options.ts";
 
 /** `meshward identity`: runs until SIGTERM or SIGINT. */
@@ -45,6 +46,7 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
   const logger = cliLogger("identity", opts);
   if (opts.token !== undefined) warnTokenOnCommandLine(logger);
   // Local checks first: nothing may spend a single-use token and then fail on this host.
+  checkIdentityFlags(opts);
   // Created for a server run as another user (--owner): it must be able to reach its files (they stay 0600, its own).
   const outDir = opts.out !== undefined ? prepareOutDir(opts.out, "--out", owner === undefined ? 0o700 : 0o755, owner?.uid) : undefined;
   if (opts.workloadApiSocket !== undefined) checkSocketDir(socketPathFrom(opts.workloadApiSocket), "--workload-api-socket");
