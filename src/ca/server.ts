@@ -12,6 +12,7 @@ import { openSqliteStore, openStore, parseStoreUrl } from "../store/index.ts";
 import type { LeaderLock, Store } from "../store/store.ts";
 import { parseHostPort } from "../util/address.ts";
 import { checkCaDir } from "../util/dir-safety.ts";
+import { formatCertificateTime } from "../util/duration.ts";
 import { listenOn } from "../util/listen.ts";
 import { caLayout, loadAnchors, type LoadedAnchors } from "./anchors.ts";
 import { describeRootTrustingEveryCa, rootsTrustingEveryCa } from "./root-scope.ts";
@@ -651,7 +652,7 @@ function readiness(anchors: LoadedAnchors, crl: CrlPublisher, now: Date, store: 
   const issuerNotBefore = new Date(anchors.issuer.certificate.validFrom);
   const issuerOk = now >= issuerNotBefore && now < issuerNotAfter;
   const checks = {
-    issuer: { ok: issuerOk, detail: issuerOk ? `valid until ${issuerNotAfter.toISOString()}` : `not valid now (${issuerNotBefore.toISOString()} – ${issuerNotAfter.toISOString()})` },
+    issuer: { ok: issuerOk, detail: issuerOk ? `valid until ${formatCertificateTime(issuerNotAfter)}` : `not valid now (${formatCertificateTime(issuerNotBefore)} – ${formatCertificateTime(issuerNotAfter)})` },
     crl: crlCheck(crl, now, unsignedAfterMs),
     store,
     // Expiring anchors are a warning, not unreadiness: the CA still signs correctly.

@@ -11,11 +11,11 @@ export async function runCli(argv: readonly string[]): Promise<number> {
   const program = new Command("meshward")
     .description("zero-trust service-to-service security: SPIFFE CA, workload identity, mTLS sidecar, config audit")
     .version(packageVersion(), "-V, --version", "print the meshward version")
-    .showHelpAfterError()
     .exitOverride();
   try {
     await registerCommands(program, argv);
     unknownOptionsFirst(program);
+    pointToHelpAfterError(program);
     await program.parseAsync([...argv], { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : EXIT_OK;
   } catch (error) {
@@ -40,6 +40,16 @@ function unknownOptionsFirst(command: Command): void {
   for (const sub of command.commands) unknownOptionsFirst(sub);
 }
 
+/**
+ * After a usage error commander printed the command's whole help (~190 lines for `sidecar`), so
+ * one mistyped letter scrolled the error and its "Did you mean …?" off the screen (review
+ * newuser L2). Each command now ends its error with one line naming its own help instead.
+ */
+function pointToHelpAfterError(command: Command, path = command.name()): void {
+  command.showHelpAfterError(`see '${path} --help'`);
+  for (const sub of command.commands) pointToHelpAfterError(sub, `${path} ${sub.name()}`);
+}
+
 function reportCliError(error: unknown): number {
   if (error instanceof CommanderError) {
     // commander already printed help or the usage error.
@@ -47,8 +57,11 @@ function reportCliError(error: unknown): number {
   }
   if (error instanceof MeshwardError) {
     process.stderr.write(`meshward: ${error.message} [${error.code}]\n`);
-    // A flag or argument the command cannot take exits 2, as commander's own usage errors do.
-    return error.code === "E_USAGE" || error.code === "E_AUDIT_USAGE" ? EXIT_USAGE : EXIT_FAILURE;
+    // A flag or argument the command cannot take exits 2, as commander's own usage errors do:
+    // E_USAGE, or an error a flag's value caused, which keeps its own code (details.usage, set by
+    // src/cli/usage.ts: not imported here, so that --version and help load no more than they did).
+    const usage = error.code === "E_USAGE" || error.code === "E_AUDIT_USAGE" || error.details?.["usage"] === true;
+    return usage ? EXIT_USAGE : EXIT_FAILURE;
   }
   process.stderr.write(`meshward: unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
   return EXIT_FAILURE;

@@ -123,5 +123,11 @@ export function buildSidecarConfig(opts: Record<string, unknown>): SidecarConfig
     const missing = issue.code === "invalid_type" && issue.message.includes("undefined");
     return `${where}: ${field}: ${missing ? `required (give --${String(path[0]).replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} or set it in --config)` : issue.message}`;
   });
-  throw new MeshwardError("E_CONFIG_INVALID", messages.join("\n"));
+  // Only the command line at fault (no --config, or every issue names a flag): a usage error
+  // (exit 2, src/cli/usage.ts); anything from the --config file: exit 1.
+  const onlyFlags = file === undefined || result.error.issues.every((issue) => {
+    const path = issue.path.map(String);
+    return (fromFlag.get(path.slice(0, 2).join(".")) ?? fromFlag.get(String(path[0]))) !== undefined;
+  });
+  throw new MeshwardError("E_CONFIG_INVALID", messages.join("\n"), onlyFlags ? { details: { usage: true } } : {});
 }

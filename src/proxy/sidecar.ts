@@ -20,6 +20,7 @@ import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
 import type { Metrics } from "../telemetry/metrics.ts";
 import { formatHostPort, parseHostPort } from "../util/address.ts";
 import type { HostPort } from "../util/address.ts";
+import { formatCertificateTime } from "../util/duration.ts";
 import { reserveAddresses } from "../util/listen.ts";
 import { startInbound } from "./inbound.ts";
 import type { ProxyTelemetry, RefusalListener } from "./inbound.ts";
@@ -248,7 +249,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
         if (h?.healthy === false || current === undefined) return { ok: false, detail: h?.reason ?? problem ?? "no valid certificate (expired or not yet issued)" };
         if (problem !== undefined) return { ok: false, detail: problem };
         const stale = staleCrlWarning(current.bundle, Date.now());
-        return { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}${stale === undefined ? "" : `; ${stale}`}` };
+        return { ok: true, detail: `${current.svid.spiffeId} valid until ${formatCertificateTime(current.svid.notAfter)}${stale === undefined ? "" : `; ${stale}`}` };
       });
       health.register("draining", () => (draining ? { ok: false, detail: "shutting down" } : { ok: true }));
       health.register("alive", () => ({ ok: true }), ["liveness"]);

@@ -121,18 +121,22 @@ export interface WorkloadIdentity {
 
 export function formatWorkloadId(identity: WorkloadIdentity): string {
   const td = parseTrustDomain(identity.trustDomain);
-  for (const [label, value] of [["namespace", identity.namespace], ["app id", identity.appId]] as const) {
-    if (typeof value !== "string" || value.length === 0) {
-      throw new MeshwardError("E_SPIFFE_ID_INVALID", `the ${label} is empty`);
-    }
-    if (value === "." || value === ".." || !SEGMENT_CHARS.test(value)) {
-      throw new MeshwardError(
-        "E_SPIFFE_ID_INVALID",
-        `the ${label} ${JSON.stringify(truncate(value))} may hold only a-z, A-Z, 0-9, '.', '-' and '_' (and is not '.' or '..')`,
-      );
-    }
-  }
+  checkWorkloadSegment("namespace", identity.namespace);
+  checkWorkloadSegment("app id", identity.appId);
   return parseSpiffeId(`${SPIFFE_SCHEME}${td}/ns/${identity.namespace}/${identity.appId}`).toString();
+}
+
+/** Checks a namespace or app id as a path segment of a workload ID; throws E_SPIFFE_ID_INVALID. */
+export function checkWorkloadSegment(label: "namespace" | "app id", value: unknown): void {
+  if (typeof value !== "string" || value.length === 0) {
+    throw new MeshwardError("E_SPIFFE_ID_INVALID", `the ${label} is empty`);
+  }
+  if (value === "." || value === ".." || !SEGMENT_CHARS.test(value)) {
+    throw new MeshwardError(
+      "E_SPIFFE_ID_INVALID",
+      `the ${label} ${JSON.stringify(truncate(value))} may hold only a-z, A-Z, 0-9, '.', '-' and '_' (and is not '.' or '..')`,
+    );
+  }
 }
 
 /** Parses spiffe://td/ns/<namespace>/<app-id>; throws E_SPIFFE_ID_NOT_WORKLOAD for other shapes. */

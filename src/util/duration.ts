@@ -59,3 +59,18 @@ export function describeTimeLeft(until: Date, now: Date): string {
   const ms = until.getTime() - now.getTime();
   return ms >= 0 ? `${formatDuration(ms)} left` : `expired ${formatDuration(-ms)} ago`;
 }
+
+/**
+ * A certificate's time (notBefore, notAfter) as ISO 8601 at the precision the certificate has:
+ * whole seconds, `2026-12-08T13:55:15Z`. Any milliseconds (a time kept beside the certificate,
+ * as the CA's store keeps the issuance's) are dropped, since X.509 truncates them: printing
+ * `.575Z` showed an expiry up to a second later than the real one (review newuser L5).
+ */
+export function formatCertificateTime(time: Date): string {
+  return new Date(certificateSecond(time)).toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+/** The time as a certificate holds it: truncated to the whole second, in ms since the epoch. */
+export function certificateSecond(time: Date): number {
+  return Math.floor(time.getTime() / 1000) * 1000;
+}

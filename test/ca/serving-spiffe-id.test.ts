@@ -74,7 +74,7 @@ describe("ca serve --serving-spiffe-id (real processes, openssl s_client)", () =
   it("refuses an ID that is not a SPIFFE ID with a path, before listening", async () => {
     for (const bad of ["spiffe://public", "https://public/ns/x/y", "spiffe://Public/ns/a/b"]) {
       const r = await runCli(["ca", "serve", "--dir", caDir, "--listen", "127.0.0.1:0", "--serving-spiffe-id", bad]);
-      expect(r.code, bad).toBe(1);
+      expect(r.code, bad).toBe(2); // a flag's value: a usage error
       expect(r.stderr).toMatch(/E_CONFIG_INVALID/);
       expect(r.stderr).toMatch(/servingSpiffeId/);
       expect(r.stderr).not.toMatch(/\n\s+at /);

@@ -28,11 +28,11 @@ describe("CA command-line input is checked before anything is made", { timeout: 
   it("ca init refuses a root or issuer lifetime under an hour, and makes no directory", async () => {
     for (const [flag, value] of [["--root-ttl", "0s"], ["--root-ttl", "0"], ["--issuer-ttl", "59m"], ["--root-ttl", "30m"]] as const) {
       const dir = join(work, `short-${flag.slice(2)}-${value}`);
-      refused(await runCli(["ca", "init", "--trust-domain", TD, "--dir", dir, flag, value]), "E_DURATION_INVALID", new RegExp(`${flag} "${value}" is too short: a root or issuer must live at least 1h`));
+      refused(await runCli(["ca", "init", "--trust-domain", TD, "--dir", dir, flag, value]), "E_DURATION_INVALID", new RegExp(`${flag} "${value}" is too short: a root or issuer must live at least 1h`), true);
       expect(existsSync(dir)).toBe(false);
     }
-    refused(await runCli(["ca", "rotate-issuer", "--dir", ca, "--now", "--issuer-ttl", "10s"]), "E_DURATION_INVALID", /--issuer-ttl "10s" is too short/);
-    refused(await runCli(["ca", "rotate-root", "prepare", "--dir", ca, "--root-ttl", "0s"]), "E_DURATION_INVALID", /--root-ttl "0s" is too short/);
+    refused(await runCli(["ca", "rotate-issuer", "--dir", ca, "--now", "--issuer-ttl", "10s"]), "E_DURATION_INVALID", /--issuer-ttl "10s" is too short/, true);
+    refused(await runCli(["ca", "rotate-root", "prepare", "--dir", ca, "--root-ttl", "0s"]), "E_DURATION_INVALID", /--root-ttl "0s" is too short/, true);
     expect(existsSync(join(ca, "root.next.pem"))).toBe(false);
     // An hour is enough.
     const hour = await runCli(["ca", "init", "--trust-domain", TD, "--dir", join(work, "hour"), "--root-ttl", "1h", "--json"]);

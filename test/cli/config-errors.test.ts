@@ -60,7 +60,7 @@ describe("bad input is refused, not silently taken", { timeout: 60_000 }, () => 
       expect(r.stderr).not.toMatch(/\n\s+at /);
     }
     const flag = await runCli(["sidecar", "--app-id", "web", "--ca", "127.0.0.1:1", "--app", "127.0.0.1:1", "--token", "never-sent-0123456789", "--policy-reload-interval", "0ms"]);
-    expect(flag.code).toBe(1);
+    expect(flag.code).toBe(2); // a flag's value: a usage error
     expect(flag.stderr).toMatch(/--policy-reload-interval.*must be at least 100ms/);
   });
 
@@ -84,7 +84,7 @@ describe("bad input is refused, not silently taken", { timeout: 60_000 }, () => 
       [["--outbound", "[::]:3500"], /outbound address \[::\]:3500 is not loopback/],
     ] as [string[], RegExp][]) {
       const r = await runCli(["sidecar", "--app-id", "web", "--ca", "127.0.0.1:1", "--token", "never-sent-0123456789", ...args]);
-      expect(r.code, args.join(" ")).toBe(1);
+      expect(r.code, args.join(" ")).toBe(2); // a flag's value: a usage error
       expect(r.stderr).toMatch(message);
       expect(r.stderr).toContain("[E_CONFIG_INVALID]");
     }

@@ -250,7 +250,7 @@ describe("a Sentry-style JWKS token (mapping sentry: sub is the SPIFFE ID, aud t
 
   it("a JWKS validator without an issuer is refused at start unless its mapping is sentry", async () => {
     const r = await runCli(["ca", "serve", "--dir", ca.dir, "--listen", "127.0.0.1:0", "--jwks-file", join(work, "sentry-jwks.json")]);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2); // flags alone at fault (--jwks-file without --jwt-issuer): a usage error
     expect(r.stderr).toMatch(/E_CONFIG_INVALID[\s\S]*issuer is required unless mapping is sentry|issuer is required unless mapping is sentry[\s\S]*E_CONFIG_INVALID/);
   }, 60_000);
 });

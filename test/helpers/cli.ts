@@ -11,9 +11,13 @@ export interface CliResult {
   readonly stderr: string;
 }
 
-/** A refusal as a user sees it: exit 1 (2 for a usage error, E_USAGE), the message and `[code]` on stderr, no stack trace. */
-export function expectRefused(r: CliResult, code: string, message: RegExp): void {
-  expect(r.code, r.stdout).toBe(code === "E_USAGE" ? 2 : 1);
+/**
+ * A refusal as a user sees it: exit 1, or 2 for a usage error (E_USAGE, or `usage` for a flag's
+ * value refused with its own code, such as E_DURATION_INVALID), the message and `[code]` on
+ * stderr, no stack trace.
+ */
+export function expectRefused(r: CliResult, code: string, message: RegExp, usage = code === "E_USAGE"): void {
+  expect(r.code, r.stdout).toBe(usage ? 2 : 1);
   expect(r.stderr).toMatch(message);
   expect(r.stderr).toContain(`[${code}]`);
   expect(r.stderr).not.toMatch(/\n\s+at |unexpected error/);

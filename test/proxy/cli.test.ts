@@ -59,7 +59,7 @@ describe("meshward sidecar (real process)", () => {
     ] as const;
     const results = await Promise.all(cases.map(([value]) => runCli([...base, "--max-connections", value])));
     results.forEach((r, i) => {
-      expect(r.code).toBe(1);
+      expect(r.code).toBe(2); // a flag's value: a usage error
       expect(r.stderr).toContain(`--max-connections: limits.maxConnections: ${cases[i]![1]}`);
       expect(r.stderr).toContain("[E_CONFIG_INVALID]");
       expect(r.stderr).not.toMatch(/\n\s+at /); // a message, not a stack trace
@@ -151,7 +151,7 @@ describe("meshward sidecar (real process)", () => {
     // An outbound-only sidecar has no inbound listener for PERMISSIVE to apply to: the refusal
     // shows the upper-case value was read as permissive.
     const upper = await runCli(["sidecar", "--app-id", "web", "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", "x", "--outbound", "127.0.0.1:0", "--mode", "PERMISSIVE"]);
-    expect(upper.code).toBe(1);
+    expect(upper.code).toBe(2); // flags alone at fault: a usage error
     expect(upper.stderr).toContain("permissive mode applies to the inbound listener");
     const file = join(ca.dir, "upper-mode.yaml");
     writeFileSync(file, `appId: web\nca: ${ca.server.address}\nbundle: ${ca.bundleFile}\noutbound: 127.0.0.1:0\nmode: PERMISSIVE\n`);

@@ -255,7 +255,7 @@ describe("outbound port against DNS rebinding (real sidecars, real Chromium)", (
 
   it("the CLI refuses a bad --outbound-allowed-host with E_CONFIG_INVALID naming the flag, before asking the CA", async () => {
     const r = await runCli(["sidecar", "--app-id", "web", "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token-file", "/nonexistent", "--outbound", "127.0.0.1:0", "--outbound-allowed-host", "http://gw.example:8080"]);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2); // a flag's value: a usage error
     expect(r.stderr).toContain("E_CONFIG_INVALID");
     expect(r.stderr).toContain("--outbound-allowed-host");
     expect(r.stderr).toContain("no scheme, port, path or brackets");

@@ -67,14 +67,15 @@ describe("meshward sidecar without --app: outbound only (real process)", () => {
 
   it("item 2: says what an outbound-only sidecar needs, and refuses inbound settings without an app", async () => {
     const base = ["sidecar", "--app-id", "job", "--ca", ca.server.address, "--bundle", ca.bundleFile, "--token", "unused"];
+    // Flags alone at fault (no --config): usage errors, exit 2.
     const nothing = await runCli(base);
-    expect(nothing.code).toBe(1);
+    expect(nothing.code).toBe(2);
     expect(nothing.stderr).toMatch(/app: required unless the sidecar is outbound only: give app, or outbound, tcpUpstreams or egress/);
     const inboundOnly = await runCli([...base, "--outbound", "127.0.0.1:0", "--inbound", "127.0.0.1:0"]);
-    expect(inboundOnly.code).toBe(1);
+    expect(inboundOnly.code).toBe(2);
     expect(inboundOnly.stderr).toMatch(/--inbound: inbound: an inbound listener forwards to the app: give app too/);
     const permissive = await runCli([...base, "--outbound", "127.0.0.1:0", "--mode", "permissive"]);
-    expect(permissive.code).toBe(1);
+    expect(permissive.code).toBe(2);
     expect(permissive.stderr).toMatch(/--mode: mode: permissive mode applies to the inbound listener/);
   });
 

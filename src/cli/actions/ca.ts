@@ -17,9 +17,12 @@ import { copyStore } from "../../store/migrate-store.ts";
 import { redactConnectionString } from "../../store/redact.ts";
 import { startCaServer } from "../../ca/server.ts";
 import { isMeshwardError, MeshwardError } from "../../errors.ts";
+import { parseTrustDomain } from "../../spiffe/id.ts";
 import { decodePrivateKey } from "../../pki/keys.ts";
 import { certificatesFromPem } from "../../pki/pem.ts";
-import { describeTimeLeft, parseDuration } from "../../util/duration.ts";
+import { describeTimeLeft, formatCertificateTime } from "../../util/duration.ts";
+import { flagDuration } from "../duration-flags.ts";
+import { flagValue } from "../usage.ts";
 import { writeFileAtomic } from "../../util/files.ts";
 import { cliLogger } from "../logger.ts";
 import { readPassphrase, readTextFile, untilSignal, wholeNumber } from "../options.ts";
@@ -34,9 +37,10 @@ export async function caInit(opts: OptionValues): Promise<void> {
   if (importing === 0 && opts.trustEveryCaUnderRoot === true) throw new MeshwardError("E_USAGE", `${TRUST_EVERY_CA_FLAG} goes with an imported --root-cert (a generated root has no other CA under it)`);
   const passphrase = readPassphrase(opts.passphraseFile);
   const issuerKeyPassphrase = readIssuerKeyPassphrase(opts.issuerKeyPassphraseFile);
+  const trustDomain = flagValue(() => parseTrustDomain(opts.trustDomain));
   const state = await initAnchors({
     dir: opts.dir,
-    trustDomain: opts.trustDomain,
+    trustDomain,
     now: new Date(),
     rootTtlMs: anchorTtl(opts.rootTtl, "--root-ttl"),
     issuerTtlMs: anchorTtl(opts.issuerTtl, "--issuer-ttl"),
@@ -67,8 +71,8 @@ export async function caInit(opts: OptionValues): Promise<void> {
     dir: opts.dir,
     encrypted: passphrase !== undefined,
     trustEveryCaUnderRoot: state.trustEveryCaUnderRoot !== undefined,
-    root: { fingerprint256: root.fingerprint256, notAfter: new Date(root.validTo).toISOString() },
-    issuer: { fingerprint256: issuer.fingerprint256, notAfter: new Date(issuer.validTo).toISOString() },
+    root: { fingerprint256: root.fingerprint256, notAfter: formatCertificateTime(new Date(root.validTo)) },
+    issuer: { fingerprint256: issuer.fingerprint256, notAfter: formatCertificateTime(new Date(issuer.validTo)) },
     bundle: layout.bundle,
   };
   if (opts.json) {
@@ -131,7 +135,7 @@ export async function caRotateIssuer(opts: OptionValues): Promise<void> {
   });
   if (issuer === undefined) return;
   if (note !== undefined) process.stderr.write(note);
-  process.stdout.write(`new issuer ${issuer.fingerprint256}, valid until ${new Date(issuer.validTo).toISOString()}; a running CA signs with it within a second\n`);
+  process.stdout.write(`new issuer ${issuer.fingerprint256}, valid until ${formatCertificateTime(new Date(issuer.validTo))}; a running CA signs with it within a second\n`);
 }
 
 /** `meshward ca import-issuer`. */
@@ -154,7 +158,7 @@ export async function caImportIssuer(opts: OptionValues): Promise<void> {
     });
   });
   if (note !== undefined) process.stderr.write(note);
-  process.stdout.write(`installed issuer ${issuer.fingerprint256}, valid until ${new Date(issuer.validTo).toISOString()}\n`);
+  process.stdout.write(`installed issuer ${issuer.fingerprint256}, valid until ${formatCertificateTime(new Date(issuer.validTo))}\n`);
 }
 
 /** `meshward ca rotate-root prepare`. */
@@ -182,7 +186,7 @@ export async function caRotateRootPrepare(opts: OptionValues): Promise<void> {
   if (note !== undefined) process.stderr.write(note);
   if (opts.trustEveryCaUnderRoot === true) process.stderr.write(trustEveryCaNote(rootScopeGap(root, trustDomain) !== undefined, root, trustDomain));
   process.stdout.write(
-    `prepared root ${root.fingerprint256} (valid until ${new Date(root.validTo).toISOString()}); the bundle now holds it beside the current root.\n` +
+    `prepared root ${root.fingerprint256} (valid until ${formatCertificateTime(new Date(root.validTo))}); the bundle now holds it beside the current root.\n` +
       `Next, once every workload has fetched the new bundle (they refresh it every minute): meshward ca rotate-root activate --dir ${opts.dir}\n`,
   );
 }
@@ -227,7 +231,7 @@ export async function caRotateRootRetire(opts: OptionValues): Promise<void> {
 /** `meshward ca status`. */
 export async function caStatus(opts: OptionValues): Promise<void> {
   const now = new Date();
-  const warnMs = parseDuration(opts.warn, "--warn");
+  const warnMs = flagDuration(opts.warn, "--warn");
   // Before the store is opened: a directory that is no CA gets no ca.db made in it.
   readCaState(opts.dir);
   const { anchors, countsByRoot } = await withCaFiles(
@@ -245,7 +249,7 @@ export async function caStatus(opts: OptionValues): Promise<void> {
       kind,
       subject: cert.subject.replace(/\n/g, ", "),
       fingerprint256: cert.fingerprint256,
-      notAfter: notAfter.toISOString(),
+      notAfter: formatCertificateTime(notAfter),
       timeLeft: describeTimeLeft(notAfter, now),
       expiringSoon: notAfter.getTime() - now.getTime() < warnMs,
     };
@@ -356,11 +360,12 @@ function withPassphrase(passphrase: string | undefined): { passphrase?: string }
 const MIN_ANCHOR_TTL_MS = 3_600_000;
 
 function anchorTtl(value: string, flag: string): number {
-  const ms = parseDuration(value, flag);
+  const ms = flagDuration(value, flag);
   if (ms < MIN_ANCHOR_TTL_MS) {
     throw new MeshwardError(
       "E_DURATION_INVALID",
       `${flag} ${JSON.stringify(value)} is too short: a root or issuer must live at least 1h (they are usually years: 10y for a root, 1y for an issuer; a root shorter than the issuer cuts the issuer to the root's life)`,
+      { details: { usage: true } },
     );
   }
   return ms;
@@ -455,6 +460,9 @@ function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
   if (!parsed.success) {
     // A value given as a flag is named by its flag (`--workload-ttl: workloadTtl: …`), as the sidecar does.
     const flagOf = (key: PropertyKey | undefined) => (typeof key === "string" && flags[key] !== undefined ? CA_SERVE_FLAGS[key] : undefined);
+    // Only the command line at fault (no --config, or every issue names a flag): a usage error
+    // (exit 2, src/cli/usage.ts); anything from the --config file: exit 1.
+    const onlyFlags = typeof opts.config !== "string" || parsed.error.issues.every((i) => flagOf(i.path[0]) !== undefined);
     throw new MeshwardError(
       "E_CONFIG_INVALID",
       parsed.error.issues
@@ -463,6 +471,7 @@ function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
           return `${flag !== undefined ? `${flag}: ` : ""}${i.path.join(".") || "config"}: ${i.message}`;
         })
         .join("\n"),
+      onlyFlags ? { details: { usage: true } } : {},
     );
   }
   return parsed.data;

@@ -11,9 +11,12 @@ import { createCsr } from "../../pki/csr.ts";
 import { inspectCertificate } from "../../pki/inspect.ts";
 import { encodePrivateKey, generateKeyPair } from "../../pki/keys.ts";
 import { certificatesFromPem } from "../../pki/pem.ts";
-import { parseSpiffeId } from "../../spiffe/id.ts";
+import { parseSpiffeId, parseTrustDomain } from "../../spiffe/id.ts";
+import { checkIdentityFlags } from "../identity-flags.ts";
 import type { IssuanceRecord } from "../../store/store.ts";
-import { describeTimeLeft, parseDuration } from "../../util/duration.ts";
+import { certificateSecond, describeTimeLeft, formatCertificateTime } from "../../util/duration.ts";
+import { flagDuration } from "../duration-flags.ts";
+import { flagValue } from "../usage.ts";
 import { checkTokenFile, writeFilesTogether } from "../../util/files.ts";
 import { VALIDATOR_CHOICES } from "../cert.ts";
 import { TOKEN_ON_COMMAND_LINE, readTextFile } from "../options.ts";
@@ -25,7 +28,8 @@ export async function certIssue(opts: OptionValues): Promise<void> {
   // Before the CA is contacted: a local mistake must not spend a single-use token.
   const out = prepareOutDir(opts.out);
   const bundlePem = readBundleFile(opts.bundle);
-  const trustDomain = opts.trustDomain ?? trustDomainFromBundle(bundlePem, opts.bundle);
+  const trustDomain = opts.trustDomain !== undefined ? flagValue(() => parseTrustDomain(opts.trustDomain)) : trustDomainFromBundle(bundlePem, opts.bundle);
+  checkIdentityFlags(opts);
   // One writer at a time: two runs into one directory could leave one's key beside the other's certificate.
   const unlock = lockOutDir(out, `--out ${opts.out}`);
   let signed;
@@ -58,9 +62,9 @@ export async function certIssue(opts: OptionValues): Promise<void> {
   }
   const info = inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer);
   if (opts.json) {
-    process.stdout.write(`${JSON.stringify({ spiffeId: info.uris[0], serial: info.serial, notAfter: info.notAfter.toISOString(), dir: opts.out }, null, 2)}\n`);
+    process.stdout.write(`${JSON.stringify({ spiffeId: info.uris[0], serial: info.serial, notAfter: formatCertificateTime(info.notAfter), dir: opts.out }, null, 2)}\n`);
   } else {
-    process.stdout.write(`issued ${info.uris[0]} (serial ${info.serial}), valid until ${info.notAfter.toISOString()} (${describeTimeLeft(info.notAfter, new Date())})\n`);
+    process.stdout.write(`issued ${info.uris[0]} (serial ${info.serial}), valid until ${formatCertificateTime(info.notAfter)} (${describeTimeLeft(info.notAfter, new Date())})\n`);
     process.stdout.write(`wrote ${join(opts.out, "cert.pem")}, ${join(opts.out, "key.pem")} (0600), ${join(opts.out, "bundle.pem")}\n`);
   }
 }
@@ -75,7 +79,7 @@ export async function certList(opts: OptionValues): Promise<void> {
   readCaState(opts.dir);
   const rows = await withCaStore(opts.dir, opts.store, async (store) => {
     const records = await store.listIssuances({
-      ...(opts.spiffeId !== undefined ? { spiffeId: parseSpiffeId(opts.spiffeId).toString() } : {}),
+      ...(opts.spiffeId !== undefined ? { spiffeId: flagValue(() => parseSpiffeId(opts.spiffeId)).toString() } : {}),
       ...(opts.valid || opts.live ? { validAt: now } : {}),
       ...(root !== undefined ? { rootFingerprint: root } : {}),
       // --live filters after reading: read every candidate, then keep --limit of them.
@@ -151,7 +155,7 @@ export function certInspect(file: string, opts: OptionValues): void {
   const info = inspectCertificate(der as Buffer);
   const now = new Date();
   const leftMs = info.notAfter.getTime() - now.getTime();
-  const warnMs = opts.warn !== undefined ? parseDuration(opts.warn, "--warn") : undefined;
+  const warnMs = opts.warn !== undefined ? flagDuration(opts.warn, "--warn") : undefined;
   const result = {
     spiffeId: info.uris[0] ?? null,
     uris: info.uris,
@@ -160,8 +164,8 @@ export function certInspect(file: string, opts: OptionValues): void {
     issuer: info.issuer,
     serial: info.serial,
     isCa: info.isCa,
-    notBefore: info.notBefore.toISOString(),
-    notAfter: info.notAfter.toISOString(),
+    notBefore: formatCertificateTime(info.notBefore),
+    notAfter: formatCertificateTime(info.notAfter),
     timeLeft: describeTimeLeft(info.notAfter, now),
     expired: leftMs <= 0,
     chainLength: 1 + rest.length,
@@ -196,12 +200,12 @@ export function certInspect(file: string, opts: OptionValues): void {
  */
 function certificateRow(record: IssuanceRecord, now: Date, revoked: ReadonlySet<string>, superseded: ReadonlyMap<string, string>) {
   const supersededBy = superseded.get(record.serial);
-  const status = revoked.has(record.serial) ? "revoked" : record.notAfter <= now ? "expired" : supersededBy !== undefined ? "superseded" : "valid";
+  const status = revoked.has(record.serial) ? "revoked" : certificateSecond(record.notAfter) <= now.getTime() ? "expired" : supersededBy !== undefined ? "superseded" : "valid";
   return {
     serial: record.serial,
     spiffeId: record.spiffeId,
     status,
-    notAfter: record.notAfter.toISOString(),
+    notAfter: formatCertificateTime(record.notAfter),
     issuedAt: record.issuedAt.toISOString(),
     attestation: record.attestation,
     rootFingerprint: record.rootFingerprint,

@@ -9,6 +9,7 @@ import { MeshwardError } from "../../errors.ts";
 import { createHealth, createOpsServer } from "../../telemetry/health.ts";
 import { createMeshMetrics, createMetrics } from "../../telemetry/metrics.ts";
 import { parseHostPort } from "../../util/address.ts";
+import { formatCertificateTime } from "../../util/duration.ts";
 import { reserveAddresses } from "../../util/listen.ts";
 import { createStatusRoutes } from "../../dashboard/routes.ts";
 import { identityStatus } from "../../dashboard/identity-feed.ts";
@@ -20,6 +21,7 @@ import { checkSocketDir, prepareOutDir } from "../../identity/local-paths.ts";
 import { VALIDATORS } from "../identity.ts";
 import { cliLogger } from "../logger.ts";
 import { bundleRefreshInterval } from "../duration-flags.ts";
+import { checkIdentityFlags } from "../identity-flags.ts";
 import { untilSignal, warnTokenOnCommandLine } from "../options.ts";
 
 /** `meshward identity`: runs until SIGTERM or SIGINT. */
@@ -44,6 +46,7 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
   const logger = cliLogger("identity", opts);
   if (opts.token !== undefined) warnTokenOnCommandLine(logger);
   // Local checks first: nothing may spend a single-use token and then fail on this host.
+  checkIdentityFlags(opts);
   // Created for a server run as another user (--owner): it must be able to reach its files (they stay 0600, its own).
   const outDir = opts.out !== undefined ? prepareOutDir(opts.out, "--out", owner === undefined ? 0o700 : 0o755, owner?.uid) : undefined;
   if (opts.workloadApiSocket !== undefined) checkSocketDir(socketPathFrom(opts.workloadApiSocket), "--workload-api-socket");
@@ -122,7 +125,7 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
         if (current === undefined) return { ok: false, detail: problem ?? "no valid certificate (expired or not yet issued)" };
         if (problem !== undefined) return { ok: false, detail: problem };
         const stale = staleCrlWarning(current.bundle, Date.now());
-        return { ok: true, detail: `${current.svid.spiffeId} valid until ${current.svid.notAfter.toISOString()}${stale === undefined ? "" : `; ${stale}`}` };
+        return { ok: true, detail: `${current.svid.spiffeId} valid until ${formatCertificateTime(current.svid.notAfter)}${stale === undefined ? "" : `; ${stale}`}` };
       });
       if (sink !== undefined) {
         const files = sink;
@@ -141,7 +144,7 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
       statusAddress = `${bound.host}:${bound.port}`;
       logger.info({ event: "status-listening", address: statusAddress }, "status endpoints listening");
     }
-    process.stdout.write(`meshward identity ready: ${snapshot.svid.spiffeId} (serial ${snapshot.svid.serial}, valid until ${snapshot.svid.notAfter.toISOString()})${statusAddress ? ` status=${statusAddress}` : ""}\n`);
+    process.stdout.write(`meshward identity ready: ${snapshot.svid.spiffeId} (serial ${snapshot.svid.serial}, valid until ${formatCertificateTime(snapshot.svid.notAfter)})${statusAddress ? ` status=${statusAddress}` : ""}\n`);
     await stopped;
   } finally {
     stopInstrumenting();

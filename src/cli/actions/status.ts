@@ -10,7 +10,7 @@ import { parseSpiffeId } from "../../spiffe/id.ts";
 import { tlsAfterHandshakeFailure } from "../../tls/after-handshake.ts";
 import { renegotiationRefusingAgent } from "../../tls/undici-agent.ts";
 import { escapeControlCharacters } from "../../util/control-characters.ts";
-import { describeTimeLeft } from "../../util/duration.ts";
+import { describeTimeLeft, formatCertificateTime } from "../../util/duration.ts";
 import { assertPrivateFile } from "../../util/files.ts";
 import { readBundleFile } from "../../identity/bundle-file.ts";
 
@@ -93,7 +93,7 @@ async function caRows(address: string, bundleFile: string | undefined, now: Date
         component: "ca",
         name: trustDomain,
         identity: `root ${r.fingerprint256.slice(0, 23)}…`,
-        expires: r.notAfter.toISOString(),
+        expires: formatCertificateTime(r.notAfter),
         timeLeft: describeTimeLeft(r.notAfter, now),
         healthy: r.notAfter > now,
         health: r.notAfter > now ? "trusted" : "expired",
@@ -141,7 +141,7 @@ async function feedRows(url: string, token: string | undefined, now: Date): Prom
   return workloads.map((i) => {
     const notAfter = new Date(i.notAfter);
     const healthy = feed.health.ok && notAfter > now;
-    return { component: feed.component, name: feed.name, identity: i.spiffeId, expires: notAfter.toISOString(), timeLeft: describeTimeLeft(notAfter, now), healthy, health: healthy ? "healthy" : failing.join("; ") || "expired", lastRotation };
+    return { component: feed.component, name: feed.name, identity: i.spiffeId, expires: formatCertificateTime(notAfter), timeLeft: describeTimeLeft(notAfter, now), healthy, health: healthy ? "healthy" : failing.join("; ") || "expired", lastRotation };
   });
 }
 

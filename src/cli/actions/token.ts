@@ -4,15 +4,18 @@ import { readCaState } from "../../ca/anchors.ts";
 import { issueJoinToken } from "../../ca/tokens.ts";
 import { MeshwardError } from "../../errors.ts";
 import { formatWorkloadId } from "../../spiffe/id.ts";
-import { describeTimeLeft, parseDuration } from "../../util/duration.ts";
+import { describeTimeLeft } from "../../util/duration.ts";
+import { flagDuration } from "../duration-flags.ts";
+import { flagValue } from "../usage.ts";
 import { wholeNumber } from "../options.ts";
 import { withCaStore } from "../store.ts";
 
 /** `meshward token create`: a join token bound to one workload identity. */
 export async function tokenCreate(opts: OptionValues): Promise<void> {
   const state = readCaState(opts.dir);
-  const spiffeId = formatWorkloadId({ trustDomain: state.trustDomain, namespace: opts.namespace, appId: opts.appId });
-  const ttlMs = parseDuration(opts.ttl, "--ttl");
+  // The trust domain is the CA's (validated in ca.json): what can fail here is --namespace or --app-id.
+  const spiffeId = flagValue(() => formatWorkloadId({ trustDomain: state.trustDomain, namespace: opts.namespace, appId: opts.appId }));
+  const ttlMs = flagDuration(opts.ttl, "--ttl");
   // A token that expires at once is dead on arrival: refused rather than stored.
   if (ttlMs < 1000) throw new MeshwardError("E_USAGE", `--ttl ${JSON.stringify(opts.ttl)} is too short: a join token must stay usable at least 1s (the default is 1h)`);
   // Digits only: Number() also read "0x10" as 16 and "1e3" as 1000.
