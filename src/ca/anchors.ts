@@ -171,7 +171,9 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
   const claim = join(options.dir, INIT_CLAIM);
   const lock = tryLockFile(claim);
   if (lock === "held") {
-    refuseExistingCa(options.dir, layout);
+    // The other init may be half-way through its files: only a finished CA (ca.json) is named as
+    // one, never its partial files as an interrupted init.
+    if (existsSync(layout.state)) refuseExistingCa(options.dir, layout);
     throw new MeshwardError(
       "E_CA_EXISTS",
       `another 'meshward ca init' is creating a CA in ${options.dir} (it holds the lock on ${claim}); refusing to write there. Wait for it to finish, or stop it`,
