@@ -37,7 +37,7 @@ export function tryLockFile(path: string): HeldFileLock | "held" | "not-a-lock" 
   return { release: () => db.close() };
 }
 
-/** Creates `path` 0600 if absent (a file of another owner keeps its mode). */
+/** Creates `path` 0600 if absent and takes group and others' access from one that has it (a file of another owner keeps its mode). */
 export function createPrivate(path: string): void {
   const fd = openSync(path, constants.O_RDWR | constants.O_CREAT, 0o600);
   try {

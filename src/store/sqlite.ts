@@ -1,10 +1,11 @@
-import { closeSync, constants, fchmodSync, fstatSync, openSync, statSync } from "node:fs";
+import { statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { throwIfCancelled } from "../util/abort.ts";
 import { assertSchemaNotNewer, latestVersion, migrateSqlite, SQLITE_MIGRATIONS, sqliteSchemaVersion } from "./migrations.ts";
 import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
+import { createPrivate } from "./file-lock.ts";
 import { assertLockFileUsable, sqliteLeaderLock } from "./sqlite-leader.ts";
 import { SqliteWriter, type WriterMethod } from "./sqlite-writer.ts";
 import { renewalOfRevoked } from "./store.ts";
@@ -602,19 +603,11 @@ function createPrivateFile(path: string): void {
     throw new MeshwardError("E_STORE_OPEN", `cannot open the store ${path}: the directory ${dir} does not exist; create it first (meshward ca init does)`, { cause: error });
   }
   if (!dirIsDirectory) throw new MeshwardError("E_STORE_OPEN", `cannot open the store ${path}: ${dir} is not a directory`);
-  let fd: number;
   try {
-    fd = openSync(path, constants.O_RDWR | constants.O_CREAT, 0o600);
+    // Also tightens a file an older tool left readable by others; SQLite gives -wal/-shm the same mode.
+    createPrivate(path);
   } catch (error) {
     throw new MeshwardError("E_STORE_OPEN", `cannot open the store ${path}: ${(error as Error).message}; check the file's owner and permissions`, { cause: error });
-  }
-  try {
-    // Tighten a file an older tool left readable by others; SQLite gives -wal/-shm the same mode.
-    if ((fstatSync(fd).mode & 0o077) !== 0) fchmodSync(fd, 0o600);
-  } catch {
-    // Not our file (e.g. root opening another user's store): leave its mode to its owner.
-  } finally {
-    closeSync(fd);
   }
 }
 

@@ -2,9 +2,9 @@ import { connect as h2connect, createServer as createH2Server } from "node:http2
 import type { ClientHttp2Session, Http2Server, IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import { connect as netConnect, createServer as createNetServer } from "node:net";
 import type { AddressInfo, Server as NetServer, Socket } from "node:net";
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
 import { afterEach, describe, expect, it } from "vitest";
+import { settledMemory } from "../helpers/memory.ts";
+import { waitFor } from "../helpers/wait.ts";
 import { canonicalH2Request, isRefusal } from "../../src/proxy/canonical.ts";
 import { forwardH2 } from "../../src/proxy/forward.ts";
 import { startHttpApp } from "../helpers/app-servers.ts";
@@ -20,9 +20,6 @@ import { H2_PREFACE, h2Frame, h2InitialWindowSettings, h2WindowUpdate, hpackStri
  * highWaterMark of them), and each kept its read alive. The sidecar stand-in is forwardH2 on a
  * plain HTTP/2 server; caller and app are raw HTTP/2 (node:http2 coalesces writes into large frames).
  */
-
-setFlagsFromString("--expose-gc");
-const gc = runInNewContext("gc") as () => void;
 
 const running: (() => void)[] = [];
 afterEach(() => {
@@ -211,19 +208,9 @@ function openStream(caller: RawPeer, id: number, path: string, endStream: boolea
 }
 
 /** Polls until `done` holds (a guard against a hang, not a measure: nothing is asserted on time). */
-async function until(done: () => boolean, what: string): Promise<void> {
-  for (const deadline = Date.now() + 30_000; !done(); ) {
-    if (Date.now() > deadline) throw new Error(`never happened: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+const until = (done: () => boolean, what: string): Promise<void> => waitFor(what, done, 30_000, 20);
 
-async function settled(): Promise<NodeJS.MemoryUsage> {
-  for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
-  gc();
-  gc();
-  return process.memoryUsage();
-}
+const settled = settledMemory;
 
 const STREAMS = 4;
 const MiB = 1024 * 1024;

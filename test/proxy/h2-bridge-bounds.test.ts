@@ -3,9 +3,9 @@ import type { Http2Server, IncomingHttpHeaders, ServerHttp2Stream } from "node:h
 import { connect as netConnect, createServer as createNetServer } from "node:net";
 import type { AddressInfo, Server as NetServer, Socket } from "node:net";
 import { Duplex } from "node:stream";
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
 import { afterEach, describe, expect, it } from "vitest";
+import { collectGarbage } from "../helpers/memory.ts";
+import { waitFor } from "../helpers/wait.ts";
 import { canonicalH2Request, isRefusal } from "../../src/proxy/canonical.ts";
 import { SMALL_CHUNK } from "../../src/proxy/http1/chunk-stage.ts";
 import { H2Intake, MAX_HELD_BYTES } from "../../src/proxy/h2-intake.ts";
@@ -21,9 +21,6 @@ import { Http1Pool } from "../../src/proxy/http1/pool.ts";
  * that keeps its window shut, ~2.5 MiB of heap per stream. Small pieces are now staged and leave
  * in one write per read. A raw HTTP/2 client (node:http2's client coalesces writes into large frames).
  */
-
-setFlagsFromString("--expose-gc");
-const gc = runInNewContext("gc") as () => void;
 
 const running: (() => void)[] = [];
 afterEach(() => {
@@ -204,12 +201,7 @@ class StalledApp extends Duplex {
 }
 
 /** Polls until `done` holds (a guard against a hang, not a measure: nothing is asserted on time). */
-async function until(done: () => boolean, what: string): Promise<void> {
-  for (const deadline = Date.now() + 30_000; !done(); ) {
-    if (Date.now() > deadline) throw new Error(`never happened: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+const until = (done: () => boolean, what: string): Promise<void> => waitFor(what, done, 30_000, 20);
 
 async function answered(caller: RawCaller, id: number): Promise<boolean> {
   for (let i = 0; i < 300 && !caller.answered.has(id); i++) await new Promise((resolve) => setTimeout(resolve, 50));
@@ -324,8 +316,7 @@ describe("HTTP/2 caller to an HTTP/1.1 app that does not read: what the held str
       apps.push(app);
       return app;
     });
-    gc();
-    gc();
+    collectGarbage();
     const base = process.memoryUsage();
     const caller = new RawCaller(bridge.port, 65535);
     const STREAMS = 4;
@@ -351,8 +342,7 @@ describe("HTTP/2 caller to an HTTP/1.1 app that does not read: what the held str
     // Until the sidecar has read every byte sent (bounded: one that never does fails).
     await until(() => bridge.streams.length === STREAMS && bridge.streams[0]!.session!.socket.bytesRead >= caller.socket.bytesWritten, "the caller's bytes read");
     for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
-    gc();
-    gc();
+    collectGarbage();
     const now = process.memoryUsage();
     const buffers = now.arrayBuffers - base.arrayBuffers;
     const heap = now.heapUsed - base.heapUsed;
@@ -422,8 +412,7 @@ describe("HTTP/1.1 app to HTTP/2 caller: small response pieces to a caller whose
     const appPort = await listen(app);
     running.push(() => sockets.forEach((socket) => socket.destroy()));
     const bridge = await startBridge(appPort);
-    gc();
-    gc();
+    collectGarbage();
     const base = process.memoryUsage().heapUsed;
     const caller = new RawCaller(bridge.port, 0);
     const STREAMS = 20;
@@ -434,8 +423,7 @@ describe("HTTP/1.1 app to HTTP/2 caller: small response pieces to a caller whose
       before = appWrites;
       await new Promise((resolve) => setTimeout(resolve, 300));
     }
-    gc();
-    gc();
+    collectGarbage();
     const held = process.memoryUsage().heapUsed - base;
     const read = bridge.appRead();
     expect(bridge.streams).toHaveLength(STREAMS);

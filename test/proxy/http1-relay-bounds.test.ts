@@ -2,9 +2,8 @@ import { createServer as createHttpServer } from "node:http";
 import type { Server } from "node:http";
 import { connect as netConnect, createServer as createNetServer } from "node:net";
 import type { AddressInfo, Server as NetServer, Socket } from "node:net";
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
 import { afterEach, describe, expect, it } from "vitest";
+import { collectGarbage } from "../helpers/memory.ts";
 import { ChunkStage, SMALL_CHUNK } from "../../src/proxy/http1/chunk-stage.ts";
 import { Http1Pool } from "../../src/proxy/http1/pool.ts";
 import { Http1Relay } from "../../src/proxy/http1/relay.ts";
@@ -17,9 +16,6 @@ import { Http1Relay } from "../../src/proxy/http1/relay.ts";
  * holds is now the bytes queued (one write per read of small chunks). Measured here as the heap
  * left after a full GC once the relay has stopped reading, and as the writes made to the app.
  */
-
-setFlagsFromString("--expose-gc");
-const gc = runInNewContext("gc") as () => void;
 
 const running: (() => void)[] = [];
 
@@ -104,8 +100,7 @@ async function settled(value: () => number, what: string): Promise<number> {
 }
 
 function heapNow(): number {
-  gc();
-  gc();
+  collectGarbage();
   return process.memoryUsage().heapUsed;
 }
 
