@@ -1,4 +1,5 @@
 import { MeshwardError } from "../errors.ts";
+import { INJECTED_TOKEN_DIR } from "../util/files.ts";
 import { ANNOTATION, SIDECAR_PORTS, readSettings, wantsInjection, type InjectOptions, type PodSettings } from "./settings.ts";
 
 /** A pod template or a Pod, as plain JSON (only the fields injection reads are typed). */
@@ -22,7 +23,8 @@ export interface PodSpecLike {
 export const SIDECAR_CONTAINER = "meshward";
 export const TOKEN_VOLUME = "meshward-token";
 export const POLICY_VOLUME = "meshward-policy";
-export const TOKEN_DIR = "/var/run/secrets/meshward.io/token";
+/** Mounted into the sidecar container only (refuseTokenMounts); the sidecar's token check knows this path (src/util/files.ts). */
+export const TOKEN_DIR = INJECTED_TOKEN_DIR;
 export const POLICY_DIR = "/etc/meshward/policy";
 /** The key a policy ConfigMap holds its Dapr `kind: Configuration` YAML under. */
 export const POLICY_KEY = "config.yaml";
@@ -68,6 +70,7 @@ export function injectPod(input: PodLike, options: InjectOptions, where: string,
   if (settings.config === undefined) notes.push(`${where}: no ${ANNOTATION.config}: every caller with a certificate of this trust domain is allowed`);
 
   refuseTakenNames(spec, annotations, where);
+  refuseTokenMounts(spec, where);
   refuseTakenPorts(spec, annotations, where);
   const base = uninjectPod(input);
   const baseSpec = base.spec as PodSpecLike;
@@ -101,6 +104,36 @@ function refuseTakenNames(spec: PodSpecLike, annotations: Readonly<Record<string
   ];
   if (taken.length > 0) {
     throw new MeshwardError("E_INJECT_INVALID", `${where}: the pod already has ${taken.join(" and ")}, names the sidecar uses, without the ${ANNOTATION.injected} annotation; rename them`);
+  }
+}
+
+/**
+ * The projected token is the workload's credential: whoever reads it can get this workload's
+ * certificate from the CA. The kubelet writes it 0644 unless the pod has an fsGroup or one
+ * runAsUser for all containers (see INJECTED_TOKEN_DIR), so what keeps it from the app is that
+ * only the sidecar container mounts the volume. A container of the pod that names our volume in
+ * its volumeMounts (the API server would accept it, once injection adds the volume) is refused.
+ */
+function refuseTokenMounts(spec: PodSpecLike, where: string): void {
+  const lists: [string, unknown][] = [
+    ["container", spec.containers],
+    ["init container", spec.initContainers],
+    ["ephemeral container", spec.ephemeralContainers],
+  ];
+  for (const [what, list] of lists) {
+    if (!Array.isArray(list)) continue;
+    for (const container of list as unknown[]) {
+      if (container === null || typeof container !== "object") continue;
+      const { name, volumeMounts } = container as { name?: unknown; volumeMounts?: unknown };
+      // Our own sidecar on re-injection (one of the user's with this name is refused before).
+      if (what === "init container" && name === SIDECAR_CONTAINER) continue;
+      if (!Array.isArray(volumeMounts)) continue;
+      if (!volumeMounts.some((mount: unknown) => mount !== null && typeof mount === "object" && (mount as { name?: unknown }).name === TOKEN_VOLUME)) continue;
+      throw new MeshwardError(
+        "E_INJECT_INVALID",
+        `${where}: ${what} ${JSON.stringify(String(name ?? ""))} mounts volume ${TOKEN_VOLUME}, the sidecar's service-account token: a container that can read it can get this workload's certificate; only the sidecar mounts it, so remove that volumeMount`,
+      );
+    }
   }
 }
 

@@ -51,6 +51,37 @@ export function resolveGroup(spec: string, flag: string): number {
 }
 
 /**
+ * Why this process may not give a file it owns to group `gid` (chown(2): an unprivileged owner
+ * may choose only among its own groups), or undefined when it may: root, or a member (primary or
+ * supplementary). Asked before anything is bound or any token is spent.
+ */
+export function groupChangeRefusal(gid: number): string | undefined {
+  const uid = process.getuid?.();
+  if (uid === undefined || uid === 0) return undefined;
+  const mine = [...new Set([process.getgid?.(), ...(process.getgroups?.() ?? [])].filter((g): g is number => g !== undefined))];
+  if (mine.includes(gid)) return undefined;
+  return `this process (uid ${uid}) is not root and not a member of group ${groupLabel(gid)} (its groups: ${mine.map(groupLabel).join(", ")}); chown(2) lets a file's owner give it only to one of its own groups`;
+}
+
+/** `name (gid N)`, or `gid N` for a group the database does not name. */
+export function groupLabel(gid: number): string {
+  const name = lookupGroupName(gid);
+  return name === undefined ? `gid ${gid}` : `${name} (gid ${gid})`;
+}
+
+function lookupGroupName(gid: number): string | undefined {
+  try {
+    for (const line of readFileSync("/etc/group", "utf8").split("\n")) {
+      const fields = line.split(":");
+      if (fields[2] === String(gid) && fields[0] !== undefined && fields[0] !== "") return fields[0];
+    }
+  } catch {
+    // no /etc/group: the number alone
+  }
+  return undefined;
+}
+
+/**
  * Mode of the Workload API socket: octal; its owner reads and writes it; group and others get
  * read+write (6: connecting needs write) or nothing. Every process that can connect receives the
  * identity's private key, so anything wider than 0600 is a choice the operator makes on purpose.

@@ -194,6 +194,20 @@ export function assertPrivateFile(path: string, what = "private key file"): void
 const PLATFORM_SECRET_DIRS = ["/var/run/secrets/", "/run/secrets/"];
 
 /**
+ * Where `meshward inject` mounts the sidecar's projected service-account token (the volume
+ * `meshward-token`, file `token`). The kubelet writes that file with the volume's defaultMode
+ * (0644 by default), owned by root, unless the pod has an fsGroup (0640, group fsGroup) or all its
+ * containers share one runAsUser (0600, owned by it): kubernetes pkg/volume/projected/projected.go
+ * (collectData), pkg/volume/util FsUserFrom and atomic_writer, KEP-2451 "File Permission". A
+ * stricter defaultMode (0400/0440) would leave a root-owned file the non-root sidecar (uid 10001)
+ * cannot read. What keeps the token from the app instead: the injector mounts this volume into
+ * the sidecar container only and refuses a pod whose other containers mount it
+ * (src/inject/pod.ts), so no other process of the pod can open the file whatever its mode.
+ */
+export const INJECTED_TOKEN_DIR = "/var/run/secrets/meshward.io/token";
+export const INJECTED_TOKEN_FILE = `${INJECTED_TOKEN_DIR}/token`;
+
+/**
  * A join token (or JWT) file, checked before the token is read or sent (review newuser M4): a
  * file group or others can read lets another local user spend a single-use join token first,
  * or present the JWT, and get this workload's certificate. Held to the key files' rule
@@ -213,12 +227,31 @@ export function checkTokenFile(path: string, warn: (message: string) => void): v
   }
   const mode = stats.mode & 0o777;
   if ((mode & 0o077) === 0 || mountedSecretShape(stats)) return;
+  if (isInjectedTokenFile(path, real, mode)) return;
   const problem = `token file ${path} is accessible by group or others (mode ${mode.toString(8).padStart(4, "0")}): another local user could read the token and use it first, getting this workload's certificate`;
   if (PLATFORM_SECRET_DIRS.some((dir) => real.startsWith(dir) || resolve(path).startsWith(dir))) {
-    warn(`${problem}; accepted under a platform's secret mount (${dirname(path)}), where this is the default: set the volume's defaultMode to 0400 (0440 with the pod's fsGroup) to silence this`);
+    warn(
+      `${problem}; accepted under a platform's secret mount (${dirname(path)}), where this is the default: ` +
+        "on Kubernetes give the pod an fsGroup (the kubelet then writes a projected token 0640 with group fsGroup; a Secret volume also needs defaultMode 0440), " +
+        "or run all its containers as one runAsUser (a projected token is then 0600, owned by it), to silence this",
+    );
     return;
   }
   throw new MeshwardError("E_KEY_PERMISSIONS", `${problem}. It must be readable by its owner only; the token was not sent. Fix it with: chmod 600 ${path} (and write token files with umask 077)`, { details: { path, mode } });
+}
+
+/**
+ * The token `meshward inject` mounts for the sidecar (INJECTED_TOKEN_FILE, named as the injector
+ * names it; /var/run is /run), really inside that volume (the kubelet's ..data links resolve
+ * within it; a link out of it does not count), and writable by its owner only: readable by
+ * others only within the sidecar container, which nothing else in the pod mounts. A token a user
+ * points at anywhere else keeps the rules above.
+ */
+function isInjectedTokenFile(path: string, real: string, mode: number): boolean {
+  if ((mode & 0o022) !== 0) return false;
+  const dirs = [INJECTED_TOKEN_DIR, INJECTED_TOKEN_DIR.replace(/^\/var\/run\//, "/run/")];
+  const given = resolve(path);
+  return dirs.some((dir) => given === `${dir}/token`) && dirs.some((dir) => real.startsWith(`${dir}/`));
 }
 
 /** Owned by someone else, readable only by its owner and by a group this process is in (no write, nothing for others). */

@@ -77,6 +77,19 @@ describe("meshward inject: what the sidecar gets", () => {
     expect(sidecarMemoryBoundKib(limits.maxConnections)).toBeLessThanOrEqual(Number(limit![1]) * 1024);
   });
 
+  it("mounts the token volume into the sidecar only, read-only, with the kubelet's default mode (a 0400/0440 defaultMode would be root's alone)", () => {
+    const mounts = (c: Record<string, any>) => (c.volumeMounts ?? []) as { name: string; mountPath: string; readOnly?: boolean }[];
+    const holders = [...pod.spec.initContainers, ...pod.spec.containers].filter((c: Record<string, any>) => mounts(c).some((m) => m.name === "meshward-token"));
+    expect(holders.map((c: { name: string }) => c.name)).toEqual(["meshward"]);
+    expect(mounts(sidecar).find((m) => m.name === "meshward-token")).toEqual({ name: "meshward-token", mountPath: "/var/run/secrets/meshward.io/token", readOnly: true });
+    expect(sidecar.args[sidecar.args.indexOf("--token-file") + 1]).toBe("/var/run/secrets/meshward.io/token/token");
+    // Without fsGroup or one runAsUser for every container the kubelet writes the token with the
+    // volume's defaultMode, owned by root: the sidecar (uid 10001) reads it through "others".
+    const volume = pod.spec.volumes.find((v: { name: string }) => v.name === "meshward-token");
+    expect(volume.projected.defaultMode).toBeUndefined();
+    expect(validateK8sObjects([pod])).toBe(1);
+  });
+
   it("gets a projected token with the CA's audience, the trust anchors and the policy ConfigMap", () => {
     const token = pod.spec.volumes.find((v: { name: string }) => v.name === "meshward-token");
     expect(token.projected.sources[0].serviceAccountToken).toEqual({ path: "token", audience: "meshward", expirationSeconds: 3600 });
@@ -220,6 +233,31 @@ describe("meshward inject: refusals are clear errors, never a stack trace", () =
     const ok = await runCli(["inject", ...ARGS], { input: pod("  containers: [{name: web, image: web}]\n") });
     expect(ok.code).toBe(0);
     expect(ok.stdout).toMatch(/name: meshward\b/);
+  });
+
+  it("a container of the pod that mounts the sidecar's token volume is refused (only the sidecar may read the token)", async () => {
+    const annotations = JSON.stringify({ "meshward.io/inject": "true", "meshward.io/app-port": "80" });
+    const pod = (spec: string, extra = annotations) =>
+      `apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\n  annotations: ${extra}\nspec:\n  serviceAccountName: web\n${spec}`;
+    const mount = "volumeMounts: [{name: meshward-token, mountPath: /token, readOnly: true}]";
+    const cases: [string, RegExp][] = [
+      [`  containers: [{name: web, image: web, ${mount}}]\n`, /container "web" mounts volume meshward-token, the sidecar's service-account token.*remove that volumeMount.*\[E_INJECT_INVALID\]/s],
+      [`  initContainers: [{name: setup, image: setup, ${mount}}]\n  containers: [{name: web, image: web}]\n`, /init container "setup" mounts volume meshward-token.*\[E_INJECT_INVALID\]/s],
+    ];
+    for (const [spec, message] of cases) {
+      const result = await runCli(["inject", ...ARGS], { input: pod(spec) });
+      expect(result.code, result.stdout).toBe(1);
+      expect(result.stdout).toBe("");
+      expect(result.stderr).toMatch(message);
+    }
+    // An injected pod to which such a mount was added later is refused when injected again.
+    const injected = await runCli(["inject", ...ARGS], { input: pod("  containers: [{name: web, image: web}]\n") });
+    expect(injected.code, injected.stderr).toBe(0);
+    const doc = docsOf(injected.stdout)[0] as Record<string, any>;
+    doc.spec.containers[0].volumeMounts = [{ name: "meshward-token", mountPath: "/token" }];
+    const again = await runCli(["inject", ...ARGS], { input: JSON.stringify(doc) });
+    expect(again.code).toBe(1);
+    expect(again.stderr).toMatch(/container "web" mounts volume meshward-token.*\[E_INJECT_INVALID\]/s);
   });
 
   it("a trust anchors file that is not PEM is refused before anything is read", async () => {

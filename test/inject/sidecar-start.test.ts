@@ -1,10 +1,11 @@
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseAllDocuments } from "yaml";
 import { injectManifest } from "../../src/inject/manifest.ts";
+import { checkTokenFile, INJECTED_TOKEN_DIR, INJECTED_TOKEN_FILE } from "../../src/util/files.ts";
 import { startHttpApp, type HttpApp } from "../helpers/app-servers.ts";
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 
@@ -19,6 +20,42 @@ import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 // exp, nbf, iat; compare kubernetes/pkg/serviceaccount/claims.go) and signed by a key in the
 // JWKS file the CA is started with.
 const ISSUER = "https://kubernetes.default.svc.cluster.local";
+
+/**
+ * The injector's token volume, at its real path, as the kubelet writes it. The path is fixed, so
+ * one left by another run is an error, not something to overwrite; /run/secrets is removed
+ * afterwards only if this made it and nothing else is in it.
+ */
+async function kubeletTokenVolume(token: string): Promise<{ dir: string; file: string; remove(): void }> {
+  expect(process.getuid?.(), "this test writes under /run/secrets: run it as root (the tests' container does)").toBe(0);
+  const secrets = "/run/secrets";
+  const madeSecrets = !existsSync(secrets);
+  mkdirSync(secrets, { recursive: true, mode: 0o755 });
+  const top = join(secrets, "meshward.io");
+  if (existsSync(top)) throw new Error(`${top} exists (left by another run?): remove it and run again`);
+  const dir = join(top, "token");
+  const stamp = "..2026_12_07_10_00_00.000000001";
+  mkdirSync(join(dir, stamp), { recursive: true, mode: 0o755 });
+  const file = join(dir, stamp, "token");
+  writeFileSync(file, token);
+  chmodSync(file, 0o644);
+  symlinkSync(stamp, join(dir, "..data"));
+  symlinkSync("..data/token", join(dir, "token"));
+  return {
+    dir,
+    file,
+    remove() {
+      rmSync(top, { recursive: true, force: true });
+      if (madeSecrets) {
+        try {
+          rmdirSync(secrets);
+        } catch {
+          // Another test file's secret mount is in it now; it removes the directory.
+        }
+      }
+    },
+  };
+}
 
 describe("the injected sidecar starts and becomes ready against a local CA", () => {
   let work: string;
@@ -66,7 +103,7 @@ describe("the injected sidecar starts and becomes ready against a local CA", () 
   });
 
   /** The sidecar container `meshward inject` writes for a pod of `serviceAccount` in namespace shop. */
-  function injectedSidecar(serviceAccount: string): { args: string[]; env: Record<string, string> } {
+  function injectedSidecar(serviceAccount: string, { realTokenDir = false } = {}): { args: string[]; env: Record<string, string> } {
     const manifest = [
       "apiVersion: v1",
       "kind: ConfigMap",
@@ -120,7 +157,7 @@ describe("the injected sidecar starts and becomes ready against a local CA", () 
     const args = (container.args as string[]).map((arg) =>
       arg
         .replace(/\$\(([A-Z_]+)\)/g, (_m, name: string) => env[name] ?? `$(${name})`)
-        .replace("/var/run/secrets/meshward.io/token", tokenDir)
+        .replace("/var/run/secrets/meshward.io/token", realTokenDir ? "/var/run/secrets/meshward.io/token" : tokenDir)
         .replace("/etc/meshward/policy", policyDir)
         .replace(/^0\.0\.0\.0:(3501|9090)$/, "0.0.0.0:0"),
     );
@@ -131,8 +168,9 @@ describe("the injected sidecar starts and becomes ready against a local CA", () 
   it("starts with the injected args and env, gets its certificate with a projected-style token, and /readyz answers 200", async () => {
     const { args, env } = injectedSidecar("orders");
     // In the pod this file is /var/run/secrets/meshward.io/token/token (a projected volume, 0644,
-    // accepted there with a warning); moved to a temporary directory, it is written owner-only as
-    // a token file anywhere else must be (test/cli/join-token-file-mode.test.ts).
+    // mounted into the sidecar only; the next test puts it there); moved to a temporary directory,
+    // it is written owner-only as a token file anywhere else must be
+    // (test/cli/join-token-file-mode.test.ts).
     writeFileSync(join(env.tokenDir as string, "token"), await projectedToken("orders"), { mode: 0o600 });
     const { tokenDir: _ignored, ...processEnv } = env;
     // The image's entrypoint is `meshward`; args[0] is the command.
@@ -150,6 +188,50 @@ describe("the injected sidecar starts and becomes ready against a local CA", () 
       expect((await fetch(`http://127.0.0.1:${port}/status.json`)).status).toBe(404);
     } finally {
       await sidecar.stop();
+    }
+  }, 60_000);
+
+  it("at the injector's path, laid out and moded as the kubelet writes it (0644, root's), the token is used without a token-file-readable warning", async () => {
+    // /var/run/secrets/meshward.io/token as the kubelet fills a projected volume (atomic_writer):
+    // the file in a timestamped directory, ..data linking to it, token linking through ..data;
+    // mode = the volume's defaultMode (0644), owned by root (no fsGroup, no shared runAsUser).
+    const volume = await kubeletTokenVolume(await projectedToken("orders"));
+    try {
+      const { args, env } = injectedSidecar("orders", { realTokenDir: true });
+      expect(args[args.indexOf("--token-file") + 1]).toBe(INJECTED_TOKEN_FILE);
+      const { tokenDir: _ignored, ...processEnv } = env;
+      const sidecar = await startCli(args, /meshward sidecar ready: id=(\S+)/, { env: { ...processEnv, MESHWARD_STATUS_TOKEN: "" }, timeoutMs: 30_000 });
+      try {
+        expect(sidecar.match[1]).toBe("spiffe://cluster.test/ns/shop/orders");
+        expect(sidecar.stderr() + sidecar.stdout()).not.toMatch(/token-file-readable|accessible by group or others/);
+      } finally {
+        await sidecar.stop();
+      }
+      // The same check, its other cases: only the injector's own file, really in that volume and
+      // writable by its owner only, passes silently.
+      const warnings: string[] = [];
+      checkTokenFile(INJECTED_TOKEN_FILE, (m) => warnings.push(m));
+      checkTokenFile("/run/secrets/meshward.io/token/token", (m) => warnings.push(m));
+      expect(warnings).toEqual([]);
+      chmodSync(volume.file, 0o666);
+      checkTokenFile(INJECTED_TOKEN_FILE, (m) => warnings.push(m));
+      expect(warnings).toEqual([expect.stringMatching(/mode 0666.*accepted under a platform's secret mount.*fsGroup/)]);
+      chmodSync(volume.file, 0o644);
+      // Another file of that volume, or a link from the injector's name out of the volume: the
+      // platform rule (a warning), as for any other file under /var/run/secrets.
+      writeFileSync(join(volume.dir, "other"), "t", { mode: 0o644 });
+      const outside = join(work, "outside-token");
+      writeFileSync(outside, "t", { mode: 0o644 });
+      unlinkSync(join(volume.dir, "token"));
+      symlinkSync(outside, join(volume.dir, "token"));
+      warnings.length = 0;
+      checkTokenFile(join(INJECTED_TOKEN_DIR, "other"), (m) => warnings.push(m));
+      checkTokenFile(INJECTED_TOKEN_FILE, (m) => warnings.push(m));
+      expect(warnings).toEqual([expect.stringMatching(/token file .*other is accessible/), expect.stringMatching(/token file .*meshward.io\/token\/token is accessible/)]);
+      // A 0644 token a user points at anywhere else is still refused, before it is read.
+      expect(() => checkTokenFile(outside, () => undefined)).toThrow(/accessible by group or others \(mode 0644\).*chmod 600.*/);
+    } finally {
+      volume.remove();
     }
   }, 60_000);
 

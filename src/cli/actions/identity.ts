@@ -15,7 +15,7 @@ import { createStatusRoutes } from "../../dashboard/routes.ts";
 import { identityStatus } from "../../dashboard/identity-feed.ts";
 import { resolveStatusToken } from "../../dashboard/token.ts";
 import { readBundleFile } from "../../identity/bundle-file.ts";
-import { parseKeyFileMode, parseSocketMode, resolveFileOwner, resolveGroup } from "../../util/file-owner.ts";
+import { groupChangeRefusal, groupLabel, parseKeyFileMode, parseSocketMode, resolveFileOwner, resolveGroup } from "../../util/file-owner.ts";
 import { readResumableSvid } from "../../identity/resume.ts";
 import { checkSocketDir, prepareOutDir } from "../../identity/local-paths.ts";
 import { VALIDATORS } from "../identity.ts";
@@ -42,6 +42,13 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
   }
   const socketMode = opts.workloadApiSocketMode !== undefined ? parseSocketMode(opts.workloadApiSocketMode, "--workload-api-socket-mode") : undefined;
   const socketGroup = opts.workloadApiSocketGroup !== undefined ? resolveGroup(opts.workloadApiSocketGroup, "--workload-api-socket-group") : undefined;
+  const groupRefusal = socketGroup !== undefined ? groupChangeRefusal(socketGroup) : undefined;
+  if (groupRefusal !== undefined) {
+    throw new MeshwardError(
+      "E_USAGE",
+      `--workload-api-socket-group ${opts.workloadApiSocketGroup}: the socket cannot be given to group ${groupLabel(socketGroup!)}: ${groupRefusal}. Run meshward as a member of that group (or as root), or choose one of its groups`,
+    );
+  }
   const token = opts.token ?? (opts.tokenFile === undefined ? process.env.MESHWARD_TOKEN : undefined);
   const logger = cliLogger("identity", opts);
   if (opts.token !== undefined) warnTokenOnCommandLine(logger);

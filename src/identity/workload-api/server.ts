@@ -6,6 +6,7 @@ import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../../errors.ts";
+import { groupChangeRefusal, groupLabel } from "../../util/file-owner.ts";
 import { checkSocketDir } from "../local-paths.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource, TrustBundle } from "../source.ts";
 import { pemToConcatenatedDer } from "./material.ts";
@@ -243,7 +244,7 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
       });
     });
     chmodSync(tempSocket, mode);
-    if (options.socketGroup !== undefined) chownSync(tempSocket, -1, options.socketGroup);
+    if (options.socketGroup !== undefined) giveSocketToGroup(tempSocket, socketPath, options.socketGroup);
     const { dev, ino } = lstatSync(tempSocket);
     bound = { dev, ino };
     try {
@@ -445,6 +446,17 @@ function checkSocketPathLength(socketPath: string): void {
       "E_WORKLOAD_API_SOCKET",
       `the Workload API socket ${socketPath} is bound first at ${temporary} (${temporaryBytes} bytes), then linked into place; a unix socket path holds at most ${MAX_SOCKET_PATH_BYTES}: choose a shorter directory`,
     );
+  }
+}
+
+/** chown to the socket's group; EPERM (not a member and not root, or no CAP_CHOWN) names the group and why. */
+function giveSocketToGroup(tempSocket: string, socketPath: string, gid: number): void {
+  try {
+    chownSync(tempSocket, -1, gid);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EPERM") throw error;
+    const why = groupChangeRefusal(gid) ?? "this process runs as root but may not change a file's group (no CAP_CHOWN, e.g. in a user namespace)";
+    throw new MeshwardError("E_WORKLOAD_API_SOCKET", `cannot give the Workload API socket ${socketPath} to group ${groupLabel(gid)} (EPERM): ${why}; run as a member of that group (or as root), or choose one of its groups`, { cause: error });
   }
 }
 
