@@ -53,6 +53,12 @@ export interface CaLayout {
   /** An issuer prepared ahead of its activation (self-managed issuer rotation). */
   readonly nextIssuerCert: string;
   readonly nextIssuerKey: string;
+  /**
+   * The issuer replaced by the last issuer rotation (not `--now`), kept only to sign its own CRL
+   * while certificates it signed may still be valid (crl-publisher.ts); key stored like issuer.key.
+   */
+  readonly previousIssuerCert: string;
+  readonly previousIssuerKey: string;
 }
 
 export function caLayout(dir: string): CaLayout {
@@ -71,6 +77,8 @@ export function caLayout(dir: string): CaLayout {
     previousRootKey: join(dir, "root.prev.key"),
     nextIssuerCert: join(dir, "issuer.next.pem"),
     nextIssuerKey: join(dir, "issuer.next.key"),
+    previousIssuerCert: join(dir, "issuer.prev.pem"),
+    previousIssuerKey: join(dir, "issuer.prev.key"),
   };
 }
 
@@ -150,6 +158,10 @@ export interface LoadedAnchors {
   readonly issuerChainPem: string;
   /** The root that the issuer chains to. */
   readonly issuerRoot: X509Certificate;
+  /** The issuer the last rotation replaced, still signing its own CRL (see loadPreviousIssuer). */
+  readonly previousIssuer?: PreviousIssuer;
+  /** Why issuer.prev.* is present but not used. */
+  readonly previousIssuerProblem?: string;
   /** Version of the CA state in the store these were loaded from (several replicas); absent for a directory. */
   readonly stateVersion?: number;
 }
@@ -378,7 +390,7 @@ function isRootTrustChoice(value: unknown): value is RootTrustChoice {
 
 /** Key files a CA directory may hold. */
 function keyFiles(layout: CaLayout): string[] {
-  return [layout.rootKey, layout.issuerKey, layout.nextRootKey, layout.nextIssuerKey, layout.previousRootKey];
+  return [layout.rootKey, layout.issuerKey, layout.nextRootKey, layout.nextIssuerKey, layout.previousRootKey, layout.previousIssuerKey];
 }
 
 /**
@@ -483,6 +495,37 @@ export function loadAnchors(options: { dir: string; passphrase?: string; files?:
     issuer: { certificate: issuerCert, der: issuerCert.raw, privateKey },
     issuerChainPem: issuerChain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""),
     issuerRoot,
+    ...loadPreviousIssuer(layout, files, roots, issuerCert, options.passphrase),
     ...(files.version !== undefined ? { stateVersion: files.version } : {}),
   };
+}
+
+/**
+ * The previous issuer (issuer.prev.*), when it is still worth a CRL: it chains to a root of the
+ * bundle (the publisher checks its expiry and that of what it signed). One that does not load is left out with the reason (the CA logs
+ * it): its workloads then find no CRL of their issuer and renew at once, as before this existed;
+ * it never stops the current issuer from signing.
+ */
+function loadPreviousIssuer(layout: CaLayout, files: AnchorFiles, roots: readonly X509Certificate[], current: X509Certificate, passphrase: string | undefined): { previousIssuer?: PreviousIssuer; previousIssuerProblem?: string } {
+  if (!files.exists(layout.previousIssuerCert) || !files.exists(layout.previousIssuerKey)) return {};
+  try {
+    files.assertPrivate(layout.previousIssuerKey, "previous issuer key file");
+    const chain = readCaCertificates(files, layout.previousIssuerCert);
+    const certificate = chain[0] as X509Certificate;
+    if (certificate.fingerprint256 === current.fingerprint256) return {};
+    const top = chain[chain.length - 1]!;
+    if (!roots.some((root) => top.checkIssued(root) && top.verify(root.publicKey))) return {};
+    const privateKey = readCaKey(files, layout.previousIssuerKey, passphrase);
+    if (!keysMatch(privateKey, certificate.publicKey)) throw new MeshwardError("E_CA_CORRUPT", `${layout.previousIssuerKey} does not belong to ${layout.previousIssuerCert}`);
+    return { previousIssuer: { signer: { certificate, der: certificate.raw, privateKey }, chainPem: chain.map((c) => toPem(c.raw, "CERTIFICATE")).join("") } };
+  } catch (error) {
+    return { previousIssuerProblem: isMeshwardError(error) ? error.message : String(error) };
+  }
+}
+
+/** An issuer that no longer signs certificates but still signs its CRL (see CaLayout.previousIssuerCert). */
+export interface PreviousIssuer {
+  readonly signer: Signer;
+  /** The issuer followed by any intermediates below the root. */
+  readonly chainPem: string;
 }

@@ -13,17 +13,39 @@ export const UNSIGNED_CHECK_MS = 5_000;
 const REASONS = new Set<RevocationReason>(["unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded", "cessationOfOperation"]);
 
 export interface PublishedCrl {
+  /** The current issuer's CRL: what `/v1/crl` serves, as before. */
   readonly der: Buffer;
   readonly pem: string;
   readonly revokedSerials: ReadonlySet<string>;
   readonly thisUpdate: Date;
+  /**
+   * The CRLs of earlier issuers whose certificates may still be valid, each signed by its own
+   * issuer, with the same number and revocations as `der` (`/v1/crl?format=set`). Empty when none.
+   */
+  readonly others: readonly Buffer[];
 }
+
+/**
+ * The CRL set a CA publishes: one CRL per issuer whose certificates may still be valid, each signed
+ * by that issuer's own key, so that a workload verifies the CRL of its own issuer with the chain it
+ * holds and keeps its certificate until its scheduled renewal after an issuer rotation.
+ *
+ * Retention: the previous issuer (issuer.prev.*, kept by a rotation that is not `--now`) signs its
+ * CRL while it has not expired, its root is in the bundle and the store records a certificate it
+ * signed whose notAfter is still ahead (revoked or superseded ones count: their notAfter bounds
+ * how long a stolen copy verifies). Every CRL of the set lists every revocation the CA holds, as
+ * the single CRL did: a workload that verifies any one of them enforces all revocations, and a
+ * client older than the set (which reads only `/v1/crl`) still refuses revoked certificates of an
+ * earlier issuer. Serials are random (pki/certificate.ts), so listing another issuer's serials
+ * revokes nothing else.
+ */
 
 /** Keeps a signed CRL matching the store's revocations; re-signs on change and before it goes stale. */
 export class CrlPublisher {
   #current: PublishedCrl | undefined;
   #fingerprint = "";
   #signedFor: Signer | undefined;
+  #previousSignedFor: Signer | undefined;
 
   #publishedNumber: bigint | undefined;
   /** The refresh running now, if any, and whether a call arrived since it began. */
@@ -45,7 +67,18 @@ export class CrlPublisher {
     private readonly signer: () => Signer,
     private readonly clock: () => Date,
     private readonly shared?: { readonly isLeader: () => boolean },
+    /** The issuer the last rotation replaced, if the CA still holds it (LoadedAnchors.previousIssuer). */
+    private readonly previous?: () => Signer | undefined,
   ) {}
+
+  /** The previous issuer, while it still has to sign a CRL (see the retention rule above). */
+  async #retainedPrevious(current: Signer, now: Date): Promise<Signer | undefined> {
+    const previous = this.previous?.();
+    if (previous === undefined || previous.certificate.fingerprint256 === current.certificate.fingerprint256) return undefined;
+    if (new Date(previous.certificate.validTo).getTime() <= now.getTime()) return undefined;
+    const latest = await this.store.latestNotAfterByIssuer(previous.certificate.fingerprint256);
+    return latest !== undefined && latest.getTime() > now.getTime() ? previous : undefined;
+  }
 
   get current(): PublishedCrl | undefined {
     return this.#current;
@@ -128,6 +161,7 @@ export class CrlPublisher {
     const [revocations, published] = await Promise.all([this.store.listRevocations(), this.store.latestCrl()]);
     const now = this.clock();
     const signer = this.signer();
+    const previous = await this.#retainedPrevious(signer, now);
     if (published !== undefined) {
       let parsed: ReturnType<typeof parseCrl> | undefined;
       try {
@@ -137,22 +171,26 @@ export class CrlPublisher {
       }
       const fresh = now.getTime() - published.thisUpdate.getTime() <= CRL_RESIGN_AFTER_MS;
       const same = parsed !== undefined && parsed.revokedSerials.size === revocations.length && revocations.every((r) => parsed.revokedSerials.has(r.serial));
-      if (fresh && same && !force) return;
+      const others = published.others ?? [];
+      const sameSet = previous === undefined ? others.length === 0 : others.length === 1 && signedBy(others[0]!, previous);
+      if (fresh && same && sameSet && !force) return;
     }
     // The number first, then the revocations it covers: they only grow, so a CRL with a higher
     // number (this replica's next one, or another leader's) holds at least these.
     const crlNumber = await this.store.nextCrlNumber();
     const signed = await this.store.listRevocations();
     const der = await this.#sign(signer, signed, now, crlNumber);
-    // False when another leader published a higher number meanwhile: theirs stands.
-    await this.store.publishCrl({ number: crlNumber, der, thisUpdate: now });
+    const others = previous === undefined ? [] : [await this.#sign(previous, signed, now, crlNumber)];
+    // False when another leader published a higher number meanwhile: theirs stands. The set is
+    // one row: every replica serves the same CRLs.
+    await this.store.publishCrl({ number: crlNumber, der, thisUpdate: now, ...(others.length > 0 ? { others } : {}) });
   }
 
   async #adoptPublished(): Promise<boolean> {
     const published = await this.store.latestCrl();
     if (published === undefined || published.number === this.#publishedNumber) return false;
     const parsed = parseCrl(published.der);
-    this.#current = { der: published.der, pem: toPem(published.der, "X509 CRL"), revokedSerials: parsed.revokedSerials, thisUpdate: published.thisUpdate };
+    this.#current = { der: published.der, pem: toPem(published.der, "X509 CRL"), revokedSerials: parsed.revokedSerials, thisUpdate: published.thisUpdate, others: published.others ?? [] };
     this.#publishedNumber = published.number;
     return true;
   }
@@ -170,15 +208,28 @@ export class CrlPublisher {
     const fingerprintOf = (revocations: readonly RevocationRecord[]) => revocations.map((r) => r.serial).sort().join(",");
     const now = this.clock();
     const signer = this.signer();
+    const previous = await this.#retainedPrevious(signer, now);
     const stale = this.#current === undefined || now.getTime() - this.#current.thisUpdate.getTime() > CRL_RESIGN_AFTER_MS;
-    if (!stale && fingerprintOf(await this.store.listRevocations()) === this.#fingerprint && signer === this.#signedFor) return false;
+    if (!stale && fingerprintOf(await this.store.listRevocations()) === this.#fingerprint && signer === this.#signedFor && previous === this.#previousSignedFor) return false;
     // The number first, then the revocations it covers (see #signShared).
     const crlNumber = await this.store.nextCrlNumber();
     const revocations = await this.store.listRevocations();
     const der = await this.#sign(signer, revocations, now, crlNumber);
-    this.#current = { der, pem: toPem(der, "X509 CRL"), revokedSerials: new Set(revocations.map((r) => r.serial)), thisUpdate: now };
+    const others = previous === undefined ? [] : [await this.#sign(previous, revocations, now, crlNumber)];
+    this.#current = { der, pem: toPem(der, "X509 CRL"), revokedSerials: new Set(revocations.map((r) => r.serial)), thisUpdate: now, others };
     this.#fingerprint = fingerprintOf(revocations);
     this.#signedFor = signer;
+    this.#previousSignedFor = previous;
     return true;
+  }
+}
+
+/** Whether a published CRL (DER) verifies with this issuer. */
+function signedBy(der: Buffer, issuer: Signer): boolean {
+  try {
+    parseCrl(der, issuer.certificate);
+    return true;
+  } catch {
+    return false;
   }
 }

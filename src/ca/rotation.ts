@@ -98,8 +98,26 @@ async function newIssuer(root: Signer, trustDomain: string, now: Date, ttlMs: nu
   return { der: issued.der, privateKey: keys.privateKey };
 }
 
-/** Installs an issuer: key first, then the certificate, so a watcher never pairs a new certificate with an old key. */
-function installIssuer(files: AnchorFiles, layout: CaLayout, certPem: string, keyPem: string): void {
+/**
+ * Installs an issuer: key first, then the certificate, so a watcher never pairs a new certificate with an old key.
+ *
+ * `keepPrevious`: the issuer being replaced becomes issuer.prev.* (its key stored as issuer.key
+ * was: 0600, atomically, encrypted with the CA passphrase when the CA encrypts its keys), so the
+ * CA keeps signing its CRL until the certificates it signed expire and workloads move to the new
+ * issuer at their own scheduled renewal, the way SPIRE keeps the old X.509 authority trusted after
+ * activation (spire-server `localauthority x509 prepare/activate`). Without it (`rotate-issuer
+ * --now`, the answer to a leaked key) the previous one is dropped: its CRL is no longer published
+ * and its workloads renew within a bundle refresh, as SPIRE's `localauthority x509 taint` makes
+ * agents rotate at once away from a tainted authority.
+ */
+function installIssuer(files: AnchorFiles, layout: CaLayout, certPem: string, keyPem: string, keepPrevious: boolean, passphrase: string | undefined): void {
+  if (keepPrevious && files.exists(layout.issuerCert) && files.exists(layout.issuerKey)) {
+    files.write(layout.previousIssuerKey, sealedKeyPem(files.read(layout.issuerKey), passphrase), { secret: true });
+    files.write(layout.previousIssuerCert, files.read(layout.issuerCert), { secret: false });
+  } else {
+    files.remove(layout.previousIssuerKey);
+    files.remove(layout.previousIssuerCert);
+  }
   files.write(layout.issuerKey, keyPem, { secret: true });
   files.write(layout.issuerCert, certPem, { secret: false });
 }
@@ -111,6 +129,12 @@ export interface RotateIssuerOptions {
   readonly issuerTtlMs?: number;
   /** Where the CA's files are (the store's shared state with several replicas); the directory by default. */
   readonly files?: AnchorFiles;
+  /**
+   * Keep the replaced issuer signing its CRL until what it signed expires (default true), so that
+   * workloads move at their scheduled renewal; false (`rotate-issuer --now`) drops it, and its
+   * workloads renew within a bundle refresh (see installIssuer).
+   */
+  readonly keepPrevious?: boolean;
 }
 
 /**
@@ -128,7 +152,7 @@ export async function rotateIssuer(options: RotateIssuerOptions): Promise<X509Ce
     const certificate = readCaCertificates(files, layout.nextIssuerCert)[0] as X509Certificate;
     const root = readRoot(files, layout.rootCert, layout.rootKey, options.passphrase);
     if (certificate.checkIssued(root.certificate) && certificate.verify(root.certificate.publicKey) && new Date(certificate.validTo) > options.now) {
-      installIssuer(files, layout, certPem, sealedKeyPem(files.read(layout.nextIssuerKey), options.passphrase));
+      installIssuer(files, layout, certPem, sealedKeyPem(files.read(layout.nextIssuerKey), options.passphrase), options.keepPrevious ?? true, options.passphrase);
       files.remove(layout.nextIssuerCert);
       files.remove(layout.nextIssuerKey);
       recordKeysEncrypted(options.dir, state, options.passphrase, files);
@@ -137,7 +161,7 @@ export async function rotateIssuer(options: RotateIssuerOptions): Promise<X509Ce
   }
   const root = readRoot(files, layout.rootCert, layout.rootKey, options.passphrase);
   const issuer = await newIssuer(root.signer, state.trustDomain, options.now, options.issuerTtlMs ?? DEFAULT_ISSUER_TTL_MS);
-  installIssuer(files, layout, toPem(issuer.der, "CERTIFICATE"), encodePrivateKey(issuer.privateKey, options.passphrase));
+  installIssuer(files, layout, toPem(issuer.der, "CERTIFICATE"), encodePrivateKey(issuer.privateKey, options.passphrase), options.keepPrevious ?? true, options.passphrase);
   recordKeysEncrypted(options.dir, state, options.passphrase, files);
   return new X509Certificate(issuer.der);
 }
@@ -206,7 +230,7 @@ export function importIssuer(options: { dir: string; issuerCertPem: string; issu
   const chain = certificatesFromPem(options.issuerCertPem).map((der) => new X509Certificate(der));
   const key = decodePrivateKey(options.issuerKeyPem, options.issuerKeyPassphrase ?? options.passphrase);
   validateIssuerChain(chain, bundleRoots(files, layout), key, options.now, state.trustDomain);
-  installIssuer(files, layout, chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), encodePrivateKey(key, options.passphrase));
+  installIssuer(files, layout, chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), encodePrivateKey(key, options.passphrase), true, options.passphrase);
   recordKeysEncrypted(options.dir, state, options.passphrase, files);
   return chain[0] as X509Certificate;
 }
@@ -314,7 +338,7 @@ export async function activateRoot(options: ActivateRootOptions): Promise<X509Ce
   if (files.exists(layout.rootKey)) files.write(layout.previousRootKey, files.read(layout.rootKey), { secret: true });
   if (files.exists(layout.nextRootKey)) files.write(layout.rootKey, sealedKeyPem(files.read(layout.nextRootKey), options.passphrase), { secret: true });
   files.write(layout.rootCert, files.read(layout.nextRootCert), { secret: false });
-  installIssuer(files, layout, issuer.certPem, issuer.keyPem);
+  installIssuer(files, layout, issuer.certPem, issuer.keyPem, true, options.passphrase);
   for (const file of [layout.nextRootKey, layout.nextRootCert, layout.nextIssuerCert, layout.nextIssuerKey]) files.remove(file);
   // A reissue request belongs to one activation: one left from an earlier rotation must not
   // make this one (without --reissue) renew every workload.
@@ -359,6 +383,16 @@ export async function retireRoot(options: { dir: string; store: Store; now: Date
   }
   const remainingRoots = bundleRoots(files, layout).filter((r) => r.fingerprint256 !== previous);
   writeBundle(files, layout, remainingRoots);
+  // A previous issuer under the retired root has nothing left to sign a CRL for.
+  const retiredRoot = files.exists(layout.previousRootCert) ? readCaCertificates(files, layout.previousRootCert)[0] : undefined;
+  if (files.exists(layout.previousIssuerCert)) {
+    const chain = readCaCertificates(files, layout.previousIssuerCert);
+    const top = chain[chain.length - 1]!;
+    if (retiredRoot === undefined || (top.checkIssued(retiredRoot) && top.verify(retiredRoot.publicKey))) {
+      files.remove(layout.previousIssuerKey);
+      files.remove(layout.previousIssuerCert);
+    }
+  }
   files.remove(layout.previousRootCert);
   files.remove(layout.previousRootKey);
   const { rootRotation: _done, reissueBefore: _reissued, trustEveryCaUnderRoot, ...rest } = state;

@@ -156,7 +156,13 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const metrics = createCaMetrics(telemetry);
   const mesh = createMeshMetrics(telemetry);
   metrics.leader.set(leader ? 1 : 0);
-  const crl = new CrlPublisher(store, () => anchors.issuer, clock, lock === undefined ? undefined : { isLeader: () => leader });
+  const crl = new CrlPublisher(store, () => anchors.issuer, clock, lock === undefined ? undefined : { isLeader: () => leader }, () => anchors.previousIssuer?.signer);
+  const reportPreviousIssuer = (loaded: LoadedAnchors) => {
+    if (loaded.previousIssuerProblem !== undefined) {
+      logger.warn({ event: "previous-issuer-unusable", error: loaded.previousIssuerProblem }, "the previous issuer (issuer.prev.*) cannot sign its CRL; workloads still on it renew at their next bundle refresh");
+    }
+  };
+  reportPreviousIssuer(anchors);
   await crl.refresh();
   // Revocations missing from the CRL in force for longer than a leader takeover (a silent leader's
   // session lasts leaderTimeout) plus a few refreshes: nobody is signing them, say so.
@@ -468,6 +474,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     if (issuerChanged) recorder.recordRotation({ kind: "issuer", result: "ok", serial: next.issuer.certificate.serialNumber });
     if (issuerChanged) void jwtSvids?.retire(previous.issuer.privateKey).catch((error) => logger.error({ event: "jwt-key-retire-failed", error: describeError(error) }, "could not keep the previous JWT-SVID key published"));
     if (rootsChanged) recorder.recordRotation({ kind: "root", result: "ok", serial: next.issuerRoot.serialNumber });
+    reportPreviousIssuer(next);
     renewServing();
     setExpiryGauges();
     void crl.refresh().catch((error) => logger.error({ event: "crl-refresh-failed", error: describeError(error) }, "could not re-sign the CRL"));

@@ -66,7 +66,7 @@ export function registerCaCommand(program: Command): void {
   ca.command("rotate-issuer")
     .description("self-managed CAs: replace the issuer with a new one signed by the root (a running CA switches within a second)")
     .requiredOption("--dir <dir>", "CA directory")
-    .option("--now", "rotate even though the issuer is not near its rotation threshold")
+    .option("--now", "rotate even though the issuer is not near its rotation threshold, and retire the old issuer at once (after a key leak): its CRL is no longer published, so its workloads renew within a bundle refresh")
     .option("--issuer-ttl <duration>", "lifetime of the new issuer", "1y")
     .option("--passphrase-file <file>", "passphrase of encrypted key files (or MESHWARD_CA_PASSPHRASE)")
     .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share [default: the directory]")

@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, type X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { checkTokenFile } from "../util/files.ts";
 import type { Logger } from "pino";
@@ -106,7 +106,7 @@ class CaSource implements CaIdentitySource {
   /** When a CRL from an issuer this certificate does not chain to last made it renew. */
   #crlRenewedAt = Number.NEGATIVE_INFINITY;
   /** The CRL in force: a later fetch that is older than it (a lagging replica) does not replace it. */
-  #crlInForce: CrlVersion | undefined;
+  #crlInForce = new Map<string, CrlVersion>();
   /** The nextUpdate (ms) of the stale CRL last reported (crl-stale), so that each CRL is logged once. */
   #staleReported: number | undefined;
   /** When (identity clock) the current SVID arrived. */
@@ -195,25 +195,38 @@ class CaSource implements CaIdentitySource {
     // A root set that leaves out the root this very connection was verified under is refused:
     // taking it would cut this workload off from its CA for good (see #acceptRoots).
     const rootsPem = this.#acceptRoots(normalizeRoots(published.rootsPem), delivered.servingChain, "bundle") ?? this.#bundle.rootsPem;
-    const { revokedSerials, crls } = await this.#fetchRevocations(connection).catch(async (error: unknown) => {
-      // Signed by an issuer this certificate's chain does not hold: the CA rotated its issuer
-      // (rotate-issuer --now is the answer to a leaked issuer key, together with revocations).
-      // Renew onto the new issuer now and verify again, so those revocations hold at once rather
-      // than at the next scheduled renewal, hours away. At most once per CRL_RENEWAL_COOLDOWN_MS.
-      if (isMeshwardError(error, "E_CRL_SIGNATURE") && this.#svid !== undefined && this.#clock.now() - this.#crlRenewedAt >= CRL_RENEWAL_COOLDOWN_MS) {
-        this.#crlRenewedAt = this.#clock.now();
-        this.#log("info", { event: "crl-issuer-changed" }, "the CA's CRL is signed by an issuer this certificate does not chain to (issuer rotation); renewing now");
-        await this.#renew();
-        try {
-          return await this.#fetchRevocations(connection);
-        } catch (again) {
-          error = again;
+    // No CRL of this workload's own issuer (its issuer was retired with rotate-issuer --now, the
+    // answer to a leaked issuer key, together with revocations; or a CA older than the CRL set,
+    // which publishes the current issuer's CRL alone): renew onto the current issuer now and verify
+    // again, so that it holds a certificate its CA still vouches for rather than waiting for the
+    // scheduled renewal, hours away. At most once per CRL_RENEWAL_COOLDOWN_MS. A rotation that keeps
+    // the previous issuer publishing its CRL (the default) leaves every workload on its scheduled
+    // renewal: no renewal wave follows an issuer rotation.
+    const renewForCrl = async (): Promise<boolean> => {
+      if (this.#svid === undefined || this.#clock.now() - this.#crlRenewedAt < CRL_RENEWAL_COOLDOWN_MS) return false;
+      this.#crlRenewedAt = this.#clock.now();
+      this.#log("info", { event: "crl-issuer-changed" }, "the CA publishes no CRL of the issuer this certificate chains to (issuer retired); renewing now");
+      await this.#renew();
+      return true;
+    };
+    const fetched = await this.#fetchRevocations(connection)
+      .then(async (result) => {
+        if (result.ownIssuerPublished || !(await renewForCrl())) return result;
+        return await this.#fetchRevocations(connection).catch(() => result);
+      })
+      .catch(async (error: unknown) => {
+        if (isMeshwardError(error, "E_CRL_SIGNATURE") && (await renewForCrl())) {
+          try {
+            return await this.#fetchRevocations(connection);
+          } catch (again) {
+            error = again;
+          }
         }
-      }
-      // A root change must not wait on it: keep the last good revocation set, and say so.
-      this.#log("warn", { event: "crl-refresh-failed", error: describeError(error) }, "could not verify the CA's CRL; keeping the last one");
-      return this.#lastRevocations();
-    });
+        // A root change must not wait on it: keep the last good revocation set, and say so.
+        this.#log("warn", { event: "crl-refresh-failed", error: describeError(error) }, "could not verify the CA's CRL; keeping the last one");
+        return { ...this.#lastRevocations(), ownIssuerPublished: true };
+      });
+    const { revokedSerials, crls } = fetched;
     // A CRL re-signed with the same revocations is a change too: the Workload API hands the CRL
     // itself on (X509SVIDResponse.crl), and a consumer that checks nextUpdate needs the fresh one.
     const changed = rootsPem !== this.#bundle.rootsPem || !sameSet(revokedSerials, this.#bundle.revokedSerials) || !sameCrls(crls, this.#bundle.crls);
@@ -280,7 +293,7 @@ class CaSource implements CaIdentitySource {
     try {
       const svid = await this.#fetchSvid();
       if (this.#closed) return;
-      if (this.#crlInForce === undefined) await this.#takeFirstCrl(svid);
+      if (this.#crlInForce.size === 0) await this.#takeFirstCrl(svid);
       if (this.#closed) return;
       this.#attempt = 0;
       this.#resuming = false;
@@ -433,42 +446,79 @@ class CaSource implements CaIdentitySource {
     }
   }
 
-  /** The revocations in effect and the CRL they came from (handed on by the Workload API). */
-  async #fetchRevocations(connection: CaConnection, chainPem = this.#svid?.certChainPem): Promise<{ revokedSerials: ReadonlySet<string>; crls?: readonly Buffer[] }> {
-    const der = await fetchFromCa(connection, "/v1/crl");
-    const issuers = chainPem !== undefined ? certificatesFromPem(chainPem).slice(1).map((d) => toX509(d)) : [];
+  /**
+   * The revocations in effect and the CRLs they came from (handed on by the Workload API).
+   *
+   * The CA publishes a CRL per issuer whose certificates may still be valid, each signed by its own
+   * issuer (`/v1/crl?format=set`, crl-publisher.ts); a CA older than that answers the current
+   * issuer's CRL alone (DER). Each CRL is verified against its issuer: one of this workload's own
+   * chain (or the chain it held a moment ago), or the issuer chain the set names, when that chain
+   * verifies up to a root of the bundle. Revocations are the union of every CRL verified (each
+   * lists all the CA's revocations), so a peer's certificate is checked against the CRL of its own
+   * issuer whatever issuer this workload is on. `ownIssuerPublished` is false when no CRL of this
+   * workload's own issuer verified: its issuer is no longer published (retired with
+   * `rotate-issuer --now`), and refreshBundle renews onto the current one.
+   */
+  async #fetchRevocations(
+    connection: CaConnection,
+    chainPem = this.#svid?.certChainPem,
+  ): Promise<{ revokedSerials: ReadonlySet<string>; crls?: readonly Buffer[]; ownIssuerPublished: boolean }> {
+    const body = await fetchFromCa(connection, "/v1/crl?format=set");
+    const offered = parseCrlSet(body);
+    const ownChain = chainPem !== undefined ? certificatesFromPem(chainPem).slice(1).map((d) => toX509(d)) : [];
+    const issuers = [...ownChain];
     // Just after a renewal onto a new issuer (root or issuer rotation) the CA may still serve the
     // CRL its previous issuer signed, until its next refresh: that issuer is ours of a moment ago
     // and still chains to a root of the bundle, so its CRL holds, and is no reason to renew again.
     const previous = chainPem !== undefined && chainPem === this.#svid?.certChainPem ? this.#previousChainPem : undefined;
+    const roots = certificatesFromPem(this.#bundle.rootsPem).map((d) => toX509(d));
     if (previous !== undefined && certificatesFromPem(this.#bundle.rootsPem).some((root) => chainsTo(previous, root))) {
       for (const d of certificatesFromPem(previous).slice(1)) {
         const issuer = toX509(d);
         if (!issuers.some((held) => held.fingerprint256 === issuer.fingerprint256)) issuers.push(issuer);
       }
     }
-    for (const issuer of issuers) {
-      let parsed: ParsedCrl;
-      try {
-        parsed = parseCrl(der, issuer);
-      } catch {
-        continue; // signed by another issuer of the chain (or a newer one): try the next
+    const ownIssuer = ownChain[0]?.fingerprint256;
+    const now = this.#clock.now();
+    const verified: { der: Buffer; parsed: ParsedCrl; issuer: string }[] = [];
+    for (const entry of offered) {
+      const candidates = [...issuers];
+      const named = entry.issuerChain.map((d) => toX509(d));
+      if (named.length > 0 && !candidates.some((held) => held.fingerprint256 === named[0]!.fingerprint256) && issuerChainTrusted(named, roots, now)) candidates.push(named[0]!);
+      for (const issuer of candidates) {
+        try {
+          verified.push({ der: entry.der, parsed: parseCrl(entry.der, issuer), issuer: issuer.fingerprint256 });
+          break;
+        } catch {
+          // signed by another issuer of the chain (or a newer one): try the next
+        }
       }
-      const version: CrlVersion = { issuer: issuer.fingerprint256, number: parsed.crlNumber, thisUpdate: parsed.thisUpdate.getTime() };
-      const inForce = this.#crlInForce;
+    }
+    if (verified.length === 0) {
+      if (issuers.length === 0) return { ...this.#lastRevocations(), ownIssuerPublished: true };
+      throw new MeshwardError("E_CRL_SIGNATURE", "none of the CA's CRLs is signed by this workload's issuer or by an issuer under a trusted root");
+    }
+    for (const { parsed, issuer } of verified) {
+      const version: CrlVersion = { issuer, number: parsed.crlNumber, thisUpdate: parsed.thisUpdate.getTime() };
+      const inForce = this.#crlInForce.get(issuer);
       if (inForce !== undefined && isOlderCrl(version, inForce)) {
         this.#log(
           "warn",
           { event: "crl-older-ignored", crlNumber: version.number?.toString(), inForce: inForce.number?.toString() },
           "the CA served an older CRL than the one in force (a replica behind the others); keeping the newer one",
         );
-        return this.#lastRevocations();
+        return { ...this.#lastRevocations(), ownIssuerPublished: true };
       }
-      this.#crlInForce = version;
-      return { revokedSerials: parsed.revokedSerials, crls: [Buffer.from(der)] };
     }
-    if (issuers.length === 0) return this.#lastRevocations();
-    throw new MeshwardError("E_CRL_SIGNATURE", "the CA's CRL is not signed by this workload's issuer");
+    const taken = new Map<string, CrlVersion>();
+    const revokedSerials = new Set<string>();
+    for (const { parsed, issuer } of verified) {
+      taken.set(issuer, { issuer, number: parsed.crlNumber, thisUpdate: parsed.thisUpdate.getTime() });
+      for (const serial of parsed.revokedSerials) revokedSerials.add(serial);
+    }
+    this.#crlInForce = taken;
+    const ownIssuerPublished = ownIssuer === undefined || verified.some((v) => v.issuer === ownIssuer) || (previous !== undefined && verified.some((v) => issuers.some((i) => i.fingerprint256 === v.issuer)));
+    return { revokedSerials, crls: verified.map((v) => Buffer.from(v.der)), ownIssuerPublished };
   }
 
   /**
@@ -681,4 +731,47 @@ interface CrlVersion {
 function isOlderCrl(candidate: CrlVersion, inForce: CrlVersion): boolean {
   if (candidate.issuer !== inForce.issuer || candidate.number === undefined || inForce.number === undefined) return false;
   return candidate.number < inForce.number && candidate.thisUpdate <= inForce.thisUpdate;
+}
+
+/** One CRL of the CA's set and the issuer chain (DER, issuer first) it names. */
+interface OfferedCrl {
+  readonly der: Buffer;
+  readonly issuerChain: readonly Buffer[];
+}
+
+/**
+ * The answer to `/v1/crl?format=set`: the JSON set, or (a CA older than the set, which ignores the
+ * parameter) the current issuer's CRL as DER.
+ */
+function parseCrlSet(body: Buffer): OfferedCrl[] {
+  if (body[0] !== 0x7b) return [{ der: body, issuerChain: [] }];
+  let document: { crls?: unknown };
+  try {
+    document = JSON.parse(body.toString("utf8")) as typeof document;
+  } catch {
+    throw new MeshwardError("E_CRL_INVALID", "the CA's CRL set is not JSON");
+  }
+  if (!Array.isArray(document.crls)) throw new MeshwardError("E_CRL_INVALID", "the CA's CRL set has no crls list");
+  return document.crls.flatMap((entry: unknown) => {
+    const { crl, issuer_chain: chain } = (typeof entry === "object" && entry !== null ? entry : {}) as { crl?: unknown; issuer_chain?: unknown };
+    if (typeof crl !== "string") return [];
+    const issuerChain = Array.isArray(chain) ? chain.filter((c): c is string => typeof c === "string").map((c) => Buffer.from(c, "base64")) : [];
+    return [{ der: Buffer.from(crl, "base64"), issuerChain }];
+  });
+}
+
+/** Whether an issuer chain (issuer first) named by the CA is made of valid CA certificates, each signed by the next, the last by a held root. */
+function issuerChainTrusted(chain: readonly X509Certificate[], roots: readonly X509Certificate[], now: number): boolean {
+  try {
+    for (const [index, certificate] of chain.entries()) {
+      if (!certificate.ca) return false;
+      if (now < new Date(certificate.validFrom).getTime() || now >= new Date(certificate.validTo).getTime()) return false;
+      const parent = chain[index + 1];
+      if (parent !== undefined && !(certificate.checkIssued(parent) && certificate.verify(parent.publicKey))) return false;
+    }
+    const top = chain[chain.length - 1]!;
+    return roots.some((root) => top.checkIssued(root) && top.verify(root.publicKey));
+  } catch {
+    return false;
+  }
 }

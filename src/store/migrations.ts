@@ -106,6 +106,14 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
       INSERT INTO renewals (serial, renews) SELECT superseded_by, serial FROM superseded WHERE true ON CONFLICT (serial) DO NOTHING;
     `,
   },
+  {
+    version: 6,
+    description: "a CRL per issuer whose certificates may still be valid (a retired issuer's beside the current one's), and the latest expiry per issuer",
+    sql: `
+      ALTER TABLE published_crl ADD COLUMN others BLOB;
+      CREATE INDEX issuances_by_issuer ON issuances (issuer_fingerprint, not_after);
+    `,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -197,6 +205,14 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
       );
       CREATE INDEX renewals_by_renews ON renewals (renews);
       INSERT INTO renewals (serial, renews) SELECT superseded_by, serial FROM superseded ON CONFLICT (serial) DO NOTHING;
+    `,
+  },
+  {
+    version: 6,
+    description: "a CRL per issuer whose certificates may still be valid (a retired issuer's beside the current one's), and the latest expiry per issuer",
+    sql: `
+      ALTER TABLE published_crl ADD COLUMN others BYTEA;
+      CREATE INDEX issuances_by_issuer ON issuances (issuer_fingerprint, not_after);
     `,
   },
 ];

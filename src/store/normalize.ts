@@ -29,3 +29,26 @@ export function requireDate(value: Date, field: string): number {
   if (!Number.isFinite(ms)) throw new MeshwardError("E_STORE_WRITE", `${field} is not a valid date`);
   return ms;
 }
+
+/** Concatenated DER SEQUENCEs (published_crl.others) split back into one Buffer each. */
+export function splitDers(bytes: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  let at = 0;
+  while (at < bytes.length) {
+    if (bytes[at] !== 0x30 || at + 2 > bytes.length) throw new MeshwardError("E_STORE_READ", "the published CRLs in the store are damaged");
+    let length = bytes[at + 1]!;
+    let header = 2;
+    if (length & 0x80) {
+      const n = length & 0x7f;
+      if (n === 0 || n > 4 || at + 2 + n > bytes.length) throw new MeshwardError("E_STORE_READ", "the published CRLs in the store are damaged");
+      length = 0;
+      for (let i = 0; i < n; i++) length = length * 256 + bytes[at + 2 + i]!;
+      header += n;
+    }
+    const end = at + header + length;
+    if (end > bytes.length) throw new MeshwardError("E_STORE_READ", "the published CRLs in the store are damaged");
+    out.push(Buffer.from(bytes.subarray(at, end)));
+    at = end;
+  }
+  return out;
+}

@@ -3,7 +3,7 @@ import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { throwIfCancelled } from "../util/abort.ts";
 import { tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import { assertSchemaNotNewer, latestVersion, migratePostgres, POSTGRES_MIGRATIONS, postgresSchemaVersion } from "./migrations.ts";
-import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
+import { normalizeSerial, requireDate, requireLimit, requireSerial, splitDers } from "./normalize.ts";
 import { redactConnectionString } from "./redact.ts";
 import { RenegotiationRefusingClient } from "./postgres-client.ts";
 import { advisoryLeaderLock, CHANNELS, listenForChanges } from "./postgres-shared.ts";
@@ -161,14 +161,15 @@ const Q = {
   publishCrl: {
     name: "meshward_publish_crl",
     text: `WITH published AS (
-             INSERT INTO published_crl (id, number, der, this_update) VALUES (1, $1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET number = EXCLUDED.number, der = EXCLUDED.der, this_update = EXCLUDED.this_update
+             INSERT INTO published_crl (id, number, der, this_update, others) VALUES (1, $1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET number = EXCLUDED.number, der = EXCLUDED.der, this_update = EXCLUDED.this_update, others = EXCLUDED.others
              WHERE EXCLUDED.number > published_crl.number
              RETURNING number
            )
            SELECT pg_notify('${CHANNELS.crl}', number::text) FROM published`,
   },
-  latestCrl: { name: "meshward_latest_crl", text: "SELECT number::text AS number, der, this_update FROM published_crl WHERE id = 1" },
+  latestCrl: { name: "meshward_latest_crl", text: "SELECT number::text AS number, der, this_update, others FROM published_crl WHERE id = 1" },
+  latestNotAfterByIssuer: { name: "meshward_latest_not_after_by_issuer", text: "SELECT MAX(not_after) AS latest FROM issuances WHERE issuer_fingerprint = $1" },
 } as const;
 
 /** How long one query may go unanswered before it fails (E_STORE_OPEN) and its connection is dropped. */
@@ -445,14 +446,19 @@ export class PostgresStore implements Store {
 
   async publishCrl(crl: StoredCrl): Promise<boolean> {
     const thisUpdate = new Date(requireDate(crl.thisUpdate, "thisUpdate"));
-    const result = await this.#query("E_STORE_WRITE", "publish the CRL", Q.publishCrl, [crl.number.toString(), crl.der, thisUpdate]);
+    const result = await this.#query("E_STORE_WRITE", "publish the CRL", Q.publishCrl, [crl.number.toString(), crl.der, thisUpdate, crl.others !== undefined && crl.others.length > 0 ? Buffer.concat(crl.others) : null]);
     return result.rowCount === 1;
   }
 
   async latestCrl(): Promise<StoredCrl | undefined> {
-    const result = await this.#query<{ number: string; der: Buffer; this_update: Date }>("E_STORE_READ", "read the published CRL", Q.latestCrl, []);
+    const result = await this.#query<{ number: string; der: Buffer; this_update: Date; others: Buffer | null }>("E_STORE_READ", "read the published CRL", Q.latestCrl, []);
     const row = result.rows[0];
-    return row === undefined ? undefined : { number: BigInt(row.number), der: row.der, thisUpdate: row.this_update };
+    return row === undefined ? undefined : { number: BigInt(row.number), der: row.der, thisUpdate: row.this_update, ...(row.others !== null ? { others: splitDers(row.others) } : {}) };
+  }
+
+  async latestNotAfterByIssuer(issuerFingerprint: string): Promise<Date | undefined> {
+    const result = await this.#query<{ latest: Date | null }>("E_STORE_READ", "read the latest expiry of an issuer's certificates", Q.latestNotAfterByIssuer, [issuerFingerprint]);
+    return result.rows[0]?.latest ?? undefined;
   }
 
   listen(onChange: (channel: "ca_state" | "crl") => void): Promise<() => Promise<void>> {

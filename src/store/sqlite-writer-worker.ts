@@ -16,7 +16,8 @@ port.on("message", (message: WriterRequest) => {
       // A Buffer arrives as a plain Uint8Array, which SQLite would not bind as a blob.
       if (method === "publishCrl") {
         const crl = args[0] as StoredCrl;
-        args = [{ ...crl, der: Buffer.from(crl.der.buffer, crl.der.byteOffset, crl.der.byteLength) }];
+        const blob = (bytes: Uint8Array) => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+        args = [{ ...crl, der: blob(crl.der), ...(crl.others !== undefined ? { others: crl.others.map(blob) } : {}) }];
       }
       const run = (store[method] as (...a: readonly unknown[]) => Promise<unknown>).bind(store);
       return Promise.resolve()

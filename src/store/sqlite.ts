@@ -9,6 +9,7 @@ import { createPrivate } from "./file-lock.ts";
 import { assertLockFileUsable, sqliteLeaderLock } from "./sqlite-leader.ts";
 import { SqliteWriter, type WriterMethod } from "./sqlite-writer.ts";
 import { renewalOfRevoked } from "./store.ts";
+import { splitDers } from "./normalize.ts";
 import type { CaFilesSnapshot, IssuanceFilter, IssuanceRecord, JoinTokenRecord, LeaderLock, RevocationRecord, Store, StoredCrl, TokenConsumption } from "./store.ts";
 
 const BUSY_TIMEOUT_MS = 5_000;
@@ -370,13 +371,18 @@ export class SqliteStore implements Store {
   async publishCrl(crl: StoredCrl): Promise<boolean> {
     if (this.#useWriterThread) return this.#onWriter("publishCrl", crl);
     const thisUpdate = requireDate(crl.thisUpdate, "thisUpdate");
-    const result = this.#write("publish the CRL", () => this.#stmts().publishCrl.run(crl.number, crl.der, thisUpdate));
+    const result = this.#write("publish the CRL", () => this.#stmts().publishCrl.run(crl.number, crl.der, thisUpdate, crl.others !== undefined && crl.others.length > 0 ? Buffer.concat(crl.others) : null));
     return result.changes === 1;
   }
 
   async latestCrl(): Promise<StoredCrl | undefined> {
-    const row = this.#read("read the published CRL", () => this.#stmts().latestCrl.get() as { number: bigint; der: Buffer; this_update: bigint } | undefined);
-    return row === undefined ? undefined : { number: row.number, der: row.der, thisUpdate: new Date(Number(row.this_update)) };
+    const row = this.#read("read the published CRL", () => this.#stmts().latestCrl.get() as { number: bigint; der: Buffer; this_update: bigint; others: Buffer | null } | undefined);
+    return row === undefined ? undefined : { number: row.number, der: row.der, thisUpdate: new Date(Number(row.this_update)), ...(row.others !== null ? { others: splitDers(row.others) } : {}) };
+  }
+
+  async latestNotAfterByIssuer(issuerFingerprint: string): Promise<Date | undefined> {
+    const row = this.#read("read the latest expiry of an issuer's certificates", () => this.#stmts().latestNotAfterByIssuer.get(issuerFingerprint) as { latest: number | null } | undefined);
+    return row?.latest === null || row?.latest === undefined ? undefined : new Date(row.latest);
   }
 
   /**
@@ -483,6 +489,7 @@ interface Statements {
   putCaFile: Database.Statement;
   publishCrl: Database.Statement;
   latestCrl: Database.Statement;
+  latestNotAfterByIssuer: Database.Statement;
 }
 
 function prepareStatements(db: Database.Database): Statements {
@@ -533,11 +540,12 @@ function prepareStatements(db: Database.Database): Statements {
     putCaFile: db.prepare("INSERT INTO ca_files (name, content) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET content = excluded.content"),
     // The fence between two leaders: only a higher CRL number replaces the published CRL.
     publishCrl: db.prepare(
-      `INSERT INTO published_crl (id, number, der, this_update) VALUES (1, ?, ?, ?)
-       ON CONFLICT (id) DO UPDATE SET number = excluded.number, der = excluded.der, this_update = excluded.this_update
+      `INSERT INTO published_crl (id, number, der, this_update, others) VALUES (1, ?, ?, ?, ?)
+       ON CONFLICT (id) DO UPDATE SET number = excluded.number, der = excluded.der, this_update = excluded.this_update, others = excluded.others
        WHERE excluded.number > published_crl.number`,
     ),
-    latestCrl: db.prepare("SELECT number, der, this_update FROM published_crl WHERE id = 1").safeIntegers(true),
+    latestCrl: db.prepare("SELECT number, der, this_update, others FROM published_crl WHERE id = 1").safeIntegers(true),
+    latestNotAfterByIssuer: db.prepare("SELECT MAX(not_after) AS latest FROM issuances WHERE issuer_fingerprint = ?"),
   };
 }
 

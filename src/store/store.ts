@@ -85,8 +85,15 @@ export interface CaFilesSnapshot {
 
 export interface StoredCrl {
   readonly number: bigint;
+  /** The CRL the current issuer signed (what `/v1/crl` serves). */
   readonly der: Buffer;
   readonly thisUpdate: Date;
+  /**
+   * The CRLs of earlier issuers whose certificates may still be valid (a retired issuer until the
+   * last certificate it signed expires), each signed by its own issuer with the same number and
+   * revocations; published with `der` in one write, so every replica serves the same set.
+   */
+  readonly others?: readonly Buffer[];
 }
 
 /**
@@ -118,6 +125,8 @@ export interface Store {
   getIssuance(serial: string): Promise<IssuanceRecord | undefined>;
   /** Newest first. */
   listIssuances(filter?: IssuanceFilter): Promise<IssuanceRecord[]>;
+  /** The latest notAfter of every certificate the issuer with this SHA-256 fingerprint (node's colon form) signed, revoked or not; undefined when none. */
+  latestNotAfterByIssuer(issuerFingerprint: string): Promise<Date | undefined>;
   /** Counts live certificates at `at` (valid, not revoked, not superseded by a renewal), grouped by root fingerprint. */
   countValidByRoot(at: Date): Promise<Map<string, number>>;
   /**

@@ -1,5 +1,5 @@
 import { createHash, X509Certificate } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -12,6 +12,8 @@ import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { fetchFromCa } from "../../src/identity/ca-client.ts";
 import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
+import { staticIdentity, type IdentitySource } from "../../src/identity/source.ts";
+import { parseCrl } from "../../src/pki/crl.ts";
 import { createIssuerCertificate } from "../../src/pki/certificate.ts";
 import { createCsr } from "../../src/pki/csr.ts";
 import { decodePrivateKey, encodePrivateKey, generateKeyPair } from "../../src/pki/keys.ts";
@@ -211,6 +213,126 @@ describe("rotation on a running CA", () => {
     expect(ok).toBeGreaterThan(100);
   }, 90_000);
 
+  it("an issuer rotation makes no workload renew: each keeps its old-issuer certificate until its scheduled renewal, peers accept it, and a certificate of either issuer revoked after it is refused within a bundle refresh", async () => {
+    await initAnchors({ dir, trustDomain: TD, now: new Date() });
+    await startCa();
+    const layout = caLayout(dir);
+    const bundlePem = readFileSync(layout.bundle, "utf8");
+    const events: { appId: string; event: string }[] = [];
+    const identity = async (appId: string): Promise<CaIdentitySource> => {
+      const logger = pino({ level: "info" }, { write: (line: string) => void events.push({ appId, event: String((JSON.parse(line) as { event?: unknown }).event) }) });
+      const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem, token: await token(appId), bundleRefreshMs: 100, backoff: { initialMs: 100, maxMs: 500 }, logger });
+      closers.push(() => source.close());
+      await source.ready();
+      return source;
+    };
+    // A certificate held outside any identity source (a copy a thief holds): nothing renews it.
+    const held = async (appId: string) => {
+      const keyPair = generateKeyPair();
+      const signed = await server!.authority.sign({ csr: await createCsr({ keyPair }), token: await token(appId), validator: "join-token", appId: "", namespace: "", trustDomain: "", peer: undefined });
+      const svid = { spiffeId: signed.spiffeId, certChainPem: signed.certificateChainPem, privateKey: keyPair.privateKey, notBefore: signed.notBefore, notAfter: signed.notAfter, serial: signed.serial };
+      // A new identity object per call: a new agent, so each call is a new handshake.
+      return { serial: signed.serial, chainPem: signed.certificateChainPem, client: () => staticIdentity({ svid, bundle: { trustDomain: TD, rootsPem: bundlePem, revokedSerials: new Set() } }) };
+    };
+    const api = await identity("api");
+    const web = await identity("web");
+    const stolen = await held("stolen");
+    const https: MtlsHttpsServer = await createHttpsServer({ identity: api, logger: silent }, (req, res) => res.end(req.peer.spiffeId));
+    await new Promise<void>((r) => https.listen(0, "127.0.0.1", r));
+    closers.push(() => https.meshward.close());
+    const url = `https://127.0.0.1:${(https.address() as AddressInfo).port}/`;
+    const call = (client: IdentitySource) =>
+      httpsRequest(url, { identity: client, expect: `spiffe://${TD}/ns/shop/api`, logger: silent, timeoutMs: 5000 }).then(
+        (res) => res.text(),
+        (error: Error) => `refused: ${error.message}`,
+      );
+    const oldIssuer = issuerOf(api.current()!.svid.certChainPem);
+    const before = { api: api.current()!.svid.serial, web: web.current()!.svid.serial };
+    expect(await call(web)).toBe(`spiffe://${TD}/ns/shop/web`);
+    expect(await call(stolen.client())).toBe(`spiffe://${TD}/ns/shop/stolen`);
+
+    await rotateIssuer({ dir, now: new Date() });
+    const newIssuer = new X509Certificate(readFileSync(layout.issuerCert)).fingerprint256;
+    expect(newIssuer).not.toBe(oldIssuer);
+    await waitFor(async () => issuerOf((await signOnce()).certificateChainPem) === newIssuer, "the CA to sign with the new issuer");
+    // The CA publishes a CRL per live issuer; the workloads verify both (one with their own issuer,
+    // the other with the new issuer, which chains to their root).
+    await waitFor(() => [api, web].every((w) => w.current()?.bundle.crls?.length === 2), "the two CRLs to reach both workloads");
+    await new Promise((r) => setTimeout(r, 1_000)); // ten bundle refreshes
+    expect(events.filter((e) => e.event === "crl-issuer-changed" || e.event === "crl-refresh-failed")).toEqual([]);
+    expect(api.current()!.svid.serial).toBe(before.api);
+    expect(web.current()!.svid.serial).toBe(before.web);
+    expect(issuerOf(web.current()!.svid.certChainPem)).toBe(oldIssuer);
+    expect(await call(web)).toBe(`spiffe://${TD}/ns/shop/web`);
+
+    // A certificate of the old issuer revoked after the rotation: refused within a bundle refresh.
+    await server!.store.revokeLineage({ serial: stolen.serial, revokedAt: new Date(), reason: "keyCompromise" });
+    await waitFor(() => api.current()!.bundle.revokedSerials.has(stolen.serial), "the revocation to reach the server's workload");
+    expect(await call(stolen.client())).toMatch(/^refused: /);
+
+    // And one of the new issuer.
+    const fresh = await held("fresh");
+    expect(issuerOf(fresh.chainPem)).toBe(newIssuer);
+    expect(await call(fresh.client())).toBe(`spiffe://${TD}/ns/shop/fresh`);
+    await server!.store.revokeLineage({ serial: fresh.serial, revokedAt: new Date(), reason: "keyCompromise" });
+    await waitFor(() => api.current()!.bundle.revokedSerials.has(fresh.serial), "the second revocation to reach the server's workload");
+    expect(await call(fresh.client())).toMatch(/^refused: /);
+    expect(await call(web)).toBe(`spiffe://${TD}/ns/shop/web`);
+    expect(web.current()!.svid.serial).toBe(before.web);
+
+    // The renewal a workload schedules for itself takes it to the new issuer.
+    await web.renewNow();
+    expect(issuerOf(web.current()!.svid.certChainPem)).toBe(newIssuer);
+    expect(await call(web)).toBe(`spiffe://${TD}/ns/shop/web`);
+  });
+
+  it("rotate-issuer --now retires the old issuer at once: its CRL is no longer published and its workloads renew within a bundle refresh", async () => {
+    await initAnchors({ dir, trustDomain: TD, now: new Date() });
+    await startCa();
+    const layout = caLayout(dir);
+    const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem: readFileSync(layout.bundle, "utf8"), token: await token("api"), bundleRefreshMs: 100, backoff: { initialMs: 100, maxMs: 500 } });
+    closers.push(() => source.close());
+    const first = await source.ready();
+    const cli = await runCli(["ca", "rotate-issuer", "--dir", dir, "--now"]);
+    expect(cli.code, cli.stderr).toBe(0);
+    expect(cli.stdout).toMatch(/no longer published/);
+    expect(existsSync(layout.previousIssuerCert)).toBe(false);
+    const newIssuer = new X509Certificate(readFileSync(layout.issuerCert)).fingerprint256;
+    await waitFor(() => issuerOf(source.current()!.svid.certChainPem) === newIssuer, "the workload to renew onto the new issuer");
+    expect(source.current()!.svid.serial).not.toBe(first.svid.serial);
+  });
+
+  it("publishes a CRL per live issuer, each signed by its own issuer; /v1/crl stays the current issuer's", async () => {
+    await initAnchors({ dir, trustDomain: TD, passphrase: "correct horse", now: new Date() });
+    const config = caConfigSchema.parse({ listen: "127.0.0.1:0", workloadTtl: "1h", anchorPoll: "100ms", crlRefresh: "200ms" });
+    server = await startCaServer({ dir, config, logger: silent, passphrase: "correct horse" });
+    port = server.port;
+    const layout = caLayout(dir);
+    const connection = { address: `127.0.0.1:${port}`, bundlePem: readFileSync(layout.bundle, "utf8"), trustDomain: TD };
+    const oldIssuer = new X509Certificate(readFileSync(layout.issuerCert));
+    const sha = (c: X509Certificate) => createHash("sha256").update(c.raw).digest("hex");
+    await signOnce();
+    await rotateIssuer({ dir, now: new Date(), passphrase: "correct horse" });
+    // The previous issuer's key is kept like the current one: owner-only, encrypted.
+    expect(statSync(layout.previousIssuerKey).mode & 0o777).toBe(0o600);
+    expect(readFileSync(layout.previousIssuerKey, "utf8")).toMatch(/BEGIN ENCRYPTED PRIVATE KEY/);
+    const newIssuer = new X509Certificate(readFileSync(layout.issuerCert));
+    type SetDocument = { crls: { issuer_sha256?: string; current: boolean; crl: string; issuer_chain: string[] }[] };
+    const set = async () => JSON.parse((await fetchFromCa(connection, "/v1/crl?format=set")).toString("utf8")) as SetDocument;
+    await waitFor(async () => (await set()).crls.length === 2, "the CA to publish the previous issuer's CRL");
+    const document = await set();
+    expect(document.crls.map((c) => [c.issuer_sha256, c.current])).toEqual([[sha(newIssuer), true], [sha(oldIssuer), false]]);
+    const [current, previous] = document.crls.map((c) => Buffer.from(c.crl, "base64"));
+    expect(() => parseCrl(current!, newIssuer)).not.toThrow();
+    expect(() => parseCrl(previous!, oldIssuer)).not.toThrow();
+    expect(parseCrl(current!).crlNumber).toBe(parseCrl(previous!).crlNumber);
+    const plain = await fetchFromCa(connection, "/v1/crl");
+    expect(() => parseCrl(plain, newIssuer)).not.toThrow();
+    const byIssuer = await fetchFromCa(connection, `/v1/crl?issuer=${sha(oldIssuer)}`);
+    expect(() => parseCrl(byIssuer, oldIssuer)).not.toThrow();
+    expect(await fetchFromCa(connection, `/v1/crl?issuer=${"0".repeat(64)}`).catch((e: Error) => e.message)).toMatch(/404/);
+  });
+
   it("--reissue moves workloads by the root their certificate chains to, not by comparing clocks", async () => {
     await initAnchors({ dir, trustDomain: TD, now: new Date() });
     await startCa();
@@ -267,9 +389,9 @@ describe("rotation on a running CA", () => {
     await waitFor(async () => signsUnder((await signOnce()).certificateChainPem, thirdRoot), "the CA to sign under the third root");
     expect(await bundleDocument()).not.toHaveProperty("meshward_reissue_before");
     await new Promise((r) => setTimeout(r, 1_000));
-    // No reissue request reached a workload. The third root's issuer now signs the CRL: a workload
-    // whose move to the second root came by the reissue request (not by the CRL's issuer change)
-    // renews once for that CRL, onto the third root; one that moved by the CRL is in its cooldown.
+    // No reissue request reached a workload. The third root's issuer now signs the current CRL, and
+    // the second root's issuer keeps signing its own (a CRL per live issuer): no workload renews for
+    // the CRL (crl-issuer-changed), each stays on the second root until its scheduled renewal.
     expect(since("reissue-requested")).toEqual([]);
     const forCrl = since("crl-issuer-changed");
     expect(new Set(forCrl).size).toBe(forCrl.length);

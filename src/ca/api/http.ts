@@ -5,6 +5,8 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Registry } from "prom-client";
 import type { LoadedAnchors } from "../anchors.ts";
 import type { PublishedCrl } from "../crl-publisher.ts";
+import { parseCrl } from "../../pki/crl.ts";
+import { certificatesFromPem, toPem } from "../../pki/pem.ts";
 
 export interface HttpApiContext {
   readonly anchors: () => LoadedAnchors;
@@ -38,10 +40,24 @@ export async function handleHttp(req: Request, res: Response, ctx: HttpApiContex
       return send(res, 200, "application/x-pem-file", anchors.rootsPem);
     }
     case "/v1/crl": {
+      // /v1/crl: the current issuer's CRL (as always); ?format=set: every published CRL, one per
+      // issuer whose certificates may still be valid, with each issuer's chain (JSON; a CA older
+      // than the set answers the current CRL's DER instead, which clients tell by its first byte);
+      // ?issuer=<SHA-256 of the issuer certificate, hex>: that issuer's CRL, 404 when none is published.
       const crl = ctx.crl();
       if (crl === undefined) return send(res, 503, "text/plain; charset=utf-8", "the CRL is not built yet\n");
-      if (url.searchParams.get("format") === "pem") return send(res, 200, "application/x-pem-file", crl.pem);
-      return send(res, 200, "application/pkix-crl", crl.der);
+      const format = url.searchParams.get("format");
+      if (format === "set") return send(res, 200, "application/json", crlSetDocument(crl, ctx.anchors()));
+      let der = crl.der;
+      const issuer = url.searchParams.get("issuer");
+      if (issuer !== null) {
+        const wanted = issuer.toLowerCase().replace(/:/g, "");
+        const entry = crlSet(crl, ctx.anchors()).find((e) => e.issuerSha256 === wanted);
+        if (entry === undefined) return send(res, 404, "text/plain; charset=utf-8", "no CRL is published for that issuer (no certificate it signed may still be valid, or it was retired with rotate-issuer --now)\n");
+        der = entry.der;
+      }
+      if (format === "pem") return send(res, 200, "application/x-pem-file", der === crl.der ? crl.pem : toPem(der, "X509 CRL"));
+      return send(res, 200, "application/pkix-crl", der);
     }
     case "/.well-known/openid-configuration":
       if (ctx.jwtSvid === undefined) break;
@@ -61,6 +77,61 @@ export async function handleHttp(req: Request, res: Response, ctx: HttpApiContex
       break;
   }
   return send(res, 404, "text/plain; charset=utf-8", "not found\n");
+}
+
+interface CrlSetEntry {
+  readonly der: Buffer;
+  readonly current: boolean;
+  /** SHA-256 (hex) of the issuer certificate that signed it; undefined when this replica does not hold that issuer (its anchors lag the store's). */
+  readonly issuerSha256: string | undefined;
+  readonly issuerChain: readonly Buffer[];
+}
+
+const crlSets = new WeakMap<PublishedCrl, { anchors: LoadedAnchors; entries: readonly CrlSetEntry[]; document: string }>();
+
+/** The published CRLs, each matched to the issuer (and its chain) whose signature it carries. */
+function crlSet(crl: PublishedCrl, anchors: LoadedAnchors): readonly CrlSetEntry[] {
+  return cachedSet(crl, anchors).entries;
+}
+
+function crlSetDocument(crl: PublishedCrl, anchors: LoadedAnchors): string {
+  return cachedSet(crl, anchors).document;
+}
+
+function cachedSet(crl: PublishedCrl, anchors: LoadedAnchors): { entries: readonly CrlSetEntry[]; document: string } {
+  const cached = crlSets.get(crl);
+  if (cached !== undefined && cached.anchors === anchors) return cached;
+  const issuers = [
+    { certificate: anchors.issuer.certificate, chainPem: anchors.issuerChainPem },
+    ...(anchors.previousIssuer !== undefined ? [{ certificate: anchors.previousIssuer.signer.certificate, chainPem: anchors.previousIssuer.chainPem }] : []),
+  ];
+  const entries = [crl.der, ...crl.others].map((der, index): CrlSetEntry => {
+    const issuer = issuers.find((candidate) => {
+      try {
+        parseCrl(der, candidate.certificate);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    return {
+      der,
+      current: index === 0,
+      issuerSha256: issuer === undefined ? undefined : createHash("sha256").update(issuer.certificate.raw).digest("hex"),
+      issuerChain: issuer === undefined ? [] : certificatesFromPem(issuer.chainPem),
+    };
+  });
+  const document = `${JSON.stringify({
+    crls: entries.map((e) => ({
+      ...(e.issuerSha256 !== undefined ? { issuer_sha256: e.issuerSha256 } : {}),
+      issuer_chain: e.issuerChain.map((d) => d.toString("base64")),
+      current: e.current,
+      crl: e.der.toString("base64"),
+    })),
+  })}\n`;
+  const value = { anchors, entries, document };
+  crlSets.set(crl, value);
+  return value;
 }
 
 function send(res: Response, status: number, contentType: string, body: string | Buffer, headers: Record<string, string> = {}): void {

@@ -131,11 +131,19 @@ export async function caRotateIssuer(opts: OptionValues): Promise<void> {
       return undefined;
     }
     note = encryptionNote(opts.dir, files, passphrase);
-    return rotateIssuer({ dir: opts.dir, now, files, issuerTtlMs, ...withPassphrase(passphrase) });
+    // --now is the answer to a leaked issuer key: the old issuer's CRL is no longer published, so
+    // its workloads renew within a bundle refresh (docs/rotation.md). A rotation the thresholds
+    // call for keeps it signing its CRL until its certificates expire.
+    return rotateIssuer({ dir: opts.dir, now, files, issuerTtlMs, keepPrevious: opts.now !== true, ...withPassphrase(passphrase) });
   });
   if (issuer === undefined) return;
   if (note !== undefined) process.stderr.write(note);
-  process.stdout.write(`new issuer ${issuer.fingerprint256}, valid until ${formatCertificateTime(new Date(issuer.validTo))}; a running CA signs with it within a second\n`);
+  process.stdout.write(
+    `new issuer ${issuer.fingerprint256}, valid until ${formatCertificateTime(new Date(issuer.validTo))}; a running CA signs with it within a second; ` +
+      (opts.now === true
+        ? "the old issuer's CRL is no longer published: every workload on it renews within a bundle refresh\n"
+        : "workloads move to it at their scheduled renewal (the old issuer keeps signing its CRL until its certificates expire)\n"),
+  );
 }
 
 /** `meshward ca import-issuer`. */
