@@ -7,7 +7,7 @@ import { MeshwardError } from "../../errors.ts";
 import { formatWorkloadId, parseWorkloadId } from "../../spiffe/id.ts";
 import { tlsAfterHandshakeFailure } from "../../tls/after-handshake.ts";
 import { renegotiationRefusingAgent } from "../../tls/undici-agent.ts";
-import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
+import { refusedBeforeAnyCost, type AttestationRequest, type AttestedIdentity, type Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
 import { precheckJwt, type JwtPrecheckFailure } from "./jwt-precheck.ts";
 import { kubernetesOidc } from "./kubernetes-oidc.ts";
@@ -45,8 +45,8 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
     name,
     async attest(request: AttestationRequest): Promise<AttestedIdentity> {
       const token = request.token.trim();
-      if (token === "") throw new MeshwardError("E_TOKEN_MISSING", "no JWT was sent");
-      if (token.length > MAX_JWT_LENGTH) throw new MeshwardError("E_TOKEN_INVALID", `the JWT is longer than ${MAX_JWT_LENGTH} bytes`);
+      if (token === "") throw refusedBeforeAnyCost(new MeshwardError("E_TOKEN_MISSING", "no JWT was sent"));
+      if (token.length > MAX_JWT_LENGTH) throw refusedBeforeAnyCost(new MeshwardError("E_TOKEN_INVALID", `the JWT is longer than ${MAX_JWT_LENGTH} bytes`));
       let payload: JWTPayload;
       // Seconds, for jose; config `jwks.clockTolerance` (5 min by default, as Sentry).
       const tolerance = (options.clockTolerance ?? parseDuration(DEFAULT_JWT_CLOCK_TOLERANCE)) / 1000;
@@ -54,7 +54,7 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
         // Discovery and the JWKS are network calls to the API server: a token that could never
         // pass is refused before either (what jose would say of it, without the fetch).
         const failure = precheckJwt(token, { now: request.now, clockToleranceSeconds: tolerance, audiences: audience });
-        if (failure !== undefined) throw PRECHECK_ERRORS[failure]();
+        if (failure !== undefined) throw refusedBeforeAnyCost(PRECHECK_ERRORS[failure]()); // costs nothing: the signRateLimit share is given back
       }
       try {
         const issuer = options.issuer ?? (oidc === undefined ? undefined : await oidc.issuer());
