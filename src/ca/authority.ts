@@ -5,7 +5,7 @@ import { throwIfCancelled } from "../util/abort.ts";
 import type { Store, TokenConsumption } from "../store/store.ts";
 import type { LoadedAnchors } from "./anchors.ts";
 import { checkJwtAudiences, type IssuedJwtSvids, type JwtSvidIssuer } from "./jwt-svid.ts";
-import type { Attestor } from "./attest/attestor.ts";
+import { isRefusedBeforeAnyCost, type Attestor } from "./attest/attestor.ts";
 import { tokenRefusal } from "./attest/join-token.ts";
 import type { PeerCertificate } from "./attest/peer.ts";
 import { daprControlPlaneDnsNames } from "./attest/dapr-control-plane.ts";
@@ -161,15 +161,17 @@ export class CertificateAuthority {
     if (waitMs > 0) {
       throw new MeshwardError("E_RATE_LIMITED", `this address was issued its share of certificates (signRateLimit); retry in ${Math.ceil(waitMs / 1000)} s`);
     }
+    const progress = { attesting: false };
     try {
-      return await this.#signAttested(request, validatorName);
+      return await this.#signAttested(request, validatorName, progress);
     } catch (error) {
-      rateLimit.giveBack(address); // no certificate: only issuances count
+      if (!countsAgainstSignRateLimit(error, progress.attesting)) rateLimit.giveBack(address);
       throw error;
     }
   }
 
-  async #signAttested(request: SignRequest, validatorName: ValidatorName): Promise<SignResult> {
+  /** `progress.attesting` is set once the validator is asked (see countsAgainstSignRateLimit). */
+  async #signAttested(request: SignRequest, validatorName: ValidatorName, progress: { attesting: boolean } = { attesting: false }): Promise<SignResult> {
     const anchors = this.options.anchors();
     const now = this.options.clock();
     if (request.trustDomain !== "" && request.trustDomain !== anchors.trustDomain) {
@@ -192,6 +194,7 @@ export class CertificateAuthority {
       throw new MeshwardError("E_VALIDATOR_DISABLED", `the ${validatorName} validator is not enabled on this CA`);
     }
     const peer = attestor.readsPeer === true ? (typeof request.peer === "function" ? request.peer() : request.peer) : undefined;
+    progress.attesting = true;
     const attested = await attestor.attest({
       token: request.token,
       requestedAppId: request.appId,
@@ -282,6 +285,33 @@ export class CertificateAuthority {
   revokedSerials(): ReadonlySet<string> {
     return this.options.crl.current?.revokedSerials ?? new Set();
   }
+}
+
+/**
+ * Whether a request that ended without a certificate keeps the signRateLimit share it took (counts
+ * against its source address) rather than giving it back. Given back, because they cost the CA
+ * nothing beyond what the caller sent and a legitimate client makes them by mistake:
+ * - refusals before attestation began (`attestationBegan` false): trust domain, JWT-SVID
+ *   audiences, a disabled validator, a malformed CSR checked before a join token is read, a
+ *   request cancelled before;
+ * - refusals an attestor gives from its own local checks (refusedBeforeAnyCost): no or a
+ *   malformed token, a JWT whose shape, exp or audience rule it out (jwt-precheck.ts), a
+ *   renewal without a certificate;
+ * - the CA's own failures (isCaFailure: E_INTERNAL, the store, the issuer, the signing workers,
+ *   the JWKS or Kubernetes API unreachable; and E_CA_BUSY): a workload retrying after them is not
+ *   the one at fault. A failed JWKS or discovery fetch is followed by a cooldown
+ *   (failure-cooldown.ts), so such retries do not each cost a fetch.
+ * Every other refusal counts: one from attestation past its local checks (a TokenReview that did
+ * not authenticate the token, a signature that does not verify against the JWKS, an unknown or
+ * used-up join token, an untrusted SVID, an identity other than the one requested) cost the CA
+ * a remote call, a store read or a signature check, and a forged token of the right shape would
+ * otherwise have the CA verify it without bound; so does one after attestation (the CSR refused
+ * by the signing policy, a reserved identity, the caller giving up after the CA attested it).
+ */
+export function countsAgainstSignRateLimit(error: unknown, attestationBegan: boolean): boolean {
+  if (!attestationBegan || isRefusedBeforeAnyCost(error)) return false;
+  const code = isMeshwardError(error) ? error.code : "E_INTERNAL";
+  return !isCaFailure(code) && code !== "E_CA_BUSY";
 }
 
 /**

@@ -2,9 +2,14 @@
  * How many certificates one source address may be issued: a token bucket per address (`burst`
  * certificates at once, refilled at `perSecond`). Every issuance is a row in the store, and one
  * valid token or SVID would otherwise mint them without bound. Taken before attestation, so a
- * refused request spends no join token, and given back when the request ends without a
- * certificate: a caller without a credential sharing the address (pods behind their node's SNAT)
- * must not use up the allowance of the workloads beside it with requests that are refused.
+ * refused request spends no join token. Given back when the request ends without a certificate
+ * and cost the CA nothing (refused before attestation or by the validator's local checks, such as
+ * a malformed token) or failed through the CA's own fault: a caller without a credential sharing
+ * the address (pods behind their node's SNAT) must not use up the allowance of the workloads
+ * beside it with garbage, and a workload retrying after a CA failure is not penalised. A refusal
+ * that cost a verification (a TokenReview, a JWKS fetch, a signature check, a store read) keeps
+ * it: forged tokens of the right shape are counted like issuances
+ * (CertificateAuthority's countsAgainstSignRateLimit).
  */
 export interface SignRateLimitOptions {
   readonly burst: number;
@@ -46,7 +51,7 @@ export class SignRateLimiter {
     return 0;
   }
 
-  /** Gives back one taken by `take` for a request that ended without a certificate. */
+  /** Gives back one taken by `take` for a request that ended without a certificate and cost nothing (see countsAgainstSignRateLimit). */
   giveBack(address: string): void {
     const bucket = this.#buckets.get(address);
     if (bucket !== undefined) bucket.tokens = Math.min(this.options.burst, bucket.tokens + 1);

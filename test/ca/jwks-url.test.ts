@@ -96,3 +96,76 @@ describe("jwksUrl: the JWKS fetch is TLS that refuses renegotiation", () => {
     }
   });
 });
+
+// Found by review (attestation): with jwksUrl, jose fetched the JWKS again for every token while
+// it held no fresh key set, a failed fetch included (its cooldown spaces only unknown-kid refetches
+// after a success), and a token that could never pass (expired, another audience) was fetched for
+// too: the local pre-check ran only with jwks.kubernetes discovery.
+const COOLDOWN_CLIENT = fileURLToPath(new URL("./fixtures/jwks-url-cooldown-client.ts", import.meta.url));
+
+/** A JWKS server that answers 503 until POST /recover gives it a key set; counts /jwks.json requests. */
+async function failingJwksServer(): Promise<{ base: string; stop(): Promise<void> }> {
+  let jwks: string | undefined;
+  let count = 0;
+  const server: Server = createServer({ cert: readFileSync(certFile), key: readFileSync(keyFile) }, (req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("end", () => {
+      if (req.url === "/count") res.writeHead(200).end(String(count));
+      else if (req.url === "/recover" && req.method === "POST") {
+        jwks = Buffer.concat(chunks).toString("utf8");
+        res.writeHead(204).end();
+      } else if (req.url === "/jwks.json") {
+        count += 1;
+        if (jwks === undefined) res.writeHead(503, { "content-type": "text/plain" }).end("unavailable");
+        else res.writeHead(200, { "content-type": "application/json" }).end(jwks);
+      } else res.writeHead(404).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    base: `https://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    async stop() {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+function runCooldownClient(mode: "attestor" | "jose-control", base: string): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, ["--import", "tsx", COOLDOWN_CLIENT, mode, base], { env: { ...process.env, NODE_EXTRA_CA_CERTS: certFile }, timeout: 60_000, killSignal: "SIGKILL" }, (error, stdout, stderr) => {
+      if (error) reject(new Error(`${error.message}\n${stderr}`));
+      else resolve(JSON.parse(stdout.trim().split("\n").pop()!) as Record<string, unknown>);
+    });
+  });
+}
+
+describe("jwksUrl: a JWKS server that fails is asked at most once per cooldown; hopeless tokens never cause a fetch", () => {
+  it("control: jose's remote JWKS set alone fetches again for every token after a failed fetch", async () => {
+    const server = await failingJwksServer();
+    try {
+      expect(await runCooldownClient("jose-control", server.base)).toEqual({ fetches: 5 });
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it("expired and wrong-audience tokens are refused without a fetch; a burst of 20 while the server fails makes one fetch; after recovery and the cooldown, tokens are accepted", async () => {
+    const server = await failingJwksServer();
+    try {
+      expect(await runCooldownClient("attestor", server.base)).toEqual({
+        precheck: ["E_TOKEN_EXPIRED", "E_TOKEN_AUDIENCE"],
+        fetchesAfterPrecheck: 0,
+        burst: Array(20).fill("E_JWKS_UNAVAILABLE"),
+        fetchesAfterBurst: 1,
+        withinCooldown: "E_JWKS_UNAVAILABLE",
+        fetchesWithinCooldown: 1,
+        recovered: ["OK", "OK", "OK"],
+        fetchesAfterRecovery: 2,
+      });
+    } finally {
+      await server.stop();
+    }
+  });
+});

@@ -8,6 +8,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KUBE_API_MAX_SOCKETS, kubernetesApi } from "../../src/ca/attest/kube-api.ts";
 import { kubernetesAttestor } from "../../src/ca/attest/kubernetes.ts";
 import { isMeshwardError } from "../../src/errors.ts";
+import { requestCertificate } from "../../src/identity/ca-client.ts";
+import { createCsr } from "../../src/pki/csr.ts";
+import { generateKeyPair } from "../../src/pki/keys.ts";
+import { startTestCa } from "../helpers/ca-server.ts";
 import { httpsGetText, opensslServerRenegotiating } from "../helpers/openssl-renegotiate.ts";
 
 // The KUBERNETES validator's API client against a real `openssl s_server` standing in for the API
@@ -218,6 +222,39 @@ describe("KUBERNETES validator against a (mock) API server: what a caller can ma
       expect(api.peakOpen).toBeLessThanOrEqual(KUBE_API_MAX_SOCKETS);
       expect(api.reviews).toBe(KUBE_API_MAX_SOCKETS);
     } finally {
+      await api.stop();
+    }
+  });
+});
+
+// Found by review (attestation): a refused request gave its signRateLimit share back whatever it
+// had cost, so forged tokens of the right shape (they pass the local check above) made the CA send
+// the API server one TokenReview each, as fast as the caller liked, bounded only by the 8
+// connections. Now a refusal after the local check counts against the address like an issuance.
+describe("the CA's signRateLimit counts TokenReviews of forged tokens, not only issuances", () => {
+  it("garbage costs nothing; a valid token and 2 forged ones use up a share of 3; the next forged tokens (and a valid one) are refused E_RATE_LIMITED without a TokenReview", async () => {
+    const api = await fakeApiServer();
+    // A bucket of 3 that does not refill while the test runs (one per 100 s).
+    const ca = await startTestCa("kube-api.test", { kubernetes: { apiServer: api.url, tokenFile, caFile: certFile, audience: ["sentry"] }, signRateLimit: { burst: 3, perSecond: 0.01 } });
+    try {
+      const ask = async (token: string, appId: string) =>
+        requestCertificate({ address: ca.server.address, bundlePem: ca.bundlePem, trustDomain: "kube-api.test" }, { csrPem: await createCsr({ keyPair: generateKeyPair() }), token, validator: "KUBERNETES", namespace: "shop", appId }).then(
+          () => "issued",
+          (error: { code?: string }) => error.code ?? "?",
+        );
+      const forged = (n: number) => validLooking(n).replace(/\.c2lnbmF0dXJl$/, ".Zm9yZ2Vk"); // right shape, not the API server's signature
+      const outcomes: string[] = [];
+      // Refused by the local check (not a JWT, no exp, another audience): given back, no review.
+      for (let i = 0; i < 10; i++) outcomes.push(await ask(["x", `${part({ alg: "RS256" })}.${part({ aud: ["sentry"] })}.c2ln`][i % 2] as string, "sa-0"));
+      expect(api.reviews).toBe(0);
+      outcomes.push(await ask(GOOD, "sa-0"));
+      for (let n = 1; n <= 20; n++) outcomes.push(await ask(forged(n), `sa-${n}`));
+      outcomes.push(await ask(validLooking(21), "sa-21"));
+      expect(outcomes).toEqual([...Array(10).fill("E_TOKEN_INVALID"), "issued", "E_TOKEN_INVALID", "E_TOKEN_INVALID", ...Array(19).fill("E_RATE_LIMITED")]);
+      expect(api.reviews).toBe(3);
+      expect(await ca.metric("meshward_ca_sign_requests_total", { result: "refused", reason: "E_RATE_LIMITED" })).toBe(19);
+    } finally {
+      await ca.close();
       await api.stop();
     }
   });

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SignRateLimiter } from "../../src/ca/sign-rate-limit.ts";
-import { issueJoinToken } from "../../src/ca/tokens.ts";
+import { issueJoinToken, JOIN_TOKEN_PREFIX } from "../../src/ca/tokens.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
+import { MeshwardError } from "../../src/errors.ts";
 import { requestCertificate } from "../../src/identity/ca-client.ts";
 import { createCsr } from "../../src/pki/csr.ts";
 import { generateKeyPair } from "../../src/pki/keys.ts";
@@ -96,6 +97,37 @@ describe("the CA's API limits certificates per source address", () => {
       for (let i = 0; i < 20; i++) await expect(garbage()).rejects.toMatchObject({ code: "E_TOKEN_INVALID" });
       for (let i = 0; i < 3; i++) expect((await slow.sign("orders", `after-garbage-${i}`)).certChainPem).toMatch(/BEGIN CERTIFICATE/);
       await expect(slow.sign("orders", "one-too-many")).rejects.toMatchObject({ code: "E_RATE_LIMITED" });
+    } finally {
+      await slow.close();
+    }
+  });
+
+  // Review (attestation): refusals that cost the CA a verification now count (test/ca/kube-api
+  // has the TokenReview case); the CA's own failures still give the share back.
+  it("a workload retrying after the CA's own failures (store down, internal error) keeps its whole share", async () => {
+    const slow = await startTestCa(TD, { signRateLimit: { burst: 3, perSecond: 0.01 } });
+    const store = slow.server.store;
+    try {
+      const failures = [() => new MeshwardError("E_STORE_UNAVAILABLE", "the store is down (test)"), () => new Error("a bug (test)")];
+      for (const failure of failures) {
+        store.recordIssuanceSpendingToken = () => Promise.reject(failure());
+        for (let i = 0; i < 5; i++) await expect(slow.sign("orders", `retry-${i}`)).rejects.toMatchObject({ code: failure().constructor === MeshwardError ? "E_STORE_UNAVAILABLE" : "E_INTERNAL" });
+        delete (store as { recordIssuanceSpendingToken?: unknown }).recordIssuanceSpendingToken; // the prototype's again
+      }
+      for (let i = 0; i < 3; i++) expect((await slow.sign("orders", `after-failures-${i}`)).certChainPem).toMatch(/BEGIN CERTIFICATE/);
+      await expect(slow.sign("orders", "one-too-many")).rejects.toMatchObject({ code: "E_RATE_LIMITED" });
+    } finally {
+      await slow.close();
+    }
+  });
+
+  it("a well-formed join token the CA does not know costs a store read, and counts against the address", async () => {
+    const slow = await startTestCa(TD, { signRateLimit: { burst: 3, perSecond: 0.01 } });
+    try {
+      const unknown = async () => requestCertificate({ address: slow.server.address, bundlePem: slow.bundlePem, trustDomain: TD }, { csrPem: await createCsr({ keyPair: generateKeyPair() }), token: `${JOIN_TOKEN_PREFIX}${"A".repeat(43)}`, validator: "JOIN_TOKEN", namespace: "", appId: "" });
+      for (let i = 0; i < 3; i++) await expect(unknown()).rejects.toMatchObject({ code: "E_TOKEN_UNKNOWN" });
+      await expect(unknown()).rejects.toMatchObject({ code: "E_RATE_LIMITED" });
+      await expect(slow.sign("orders", "after-guesses")).rejects.toMatchObject({ code: "E_RATE_LIMITED" });
     } finally {
       await slow.close();
     }

@@ -56,7 +56,7 @@ describe("sign-refused log lines", () => {
   // callers too, one per request: while the JWKS cannot be fetched, each JWT sent is one.
   it("sign-failed lines (the CA's own failures, here an unreachable JWKS) are rate-limited too, every failure still counted", async () => {
     // Port 1 on loopback: nothing listens, so every fetch of the keys fails (E_JWKS_UNAVAILABLE).
-    ca = await startTestCa(TD, { jwks: { jwksUrl: "https://127.0.0.1:1/jwks.json", issuer: "https://issuer.test", mapping: "sentry" } });
+    ca = await startTestCa(TD, { jwks: { jwksUrl: "https://127.0.0.1:1/jwks.json", issuer: "https://issuer.test", audience: "meshward", mapping: "sentry" } });
     const signer = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
     const csrPem = await createCsr({ keyPair: generateKeyPair() });
     const fail = async () => {

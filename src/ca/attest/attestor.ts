@@ -58,3 +58,23 @@ export interface Attestor {
   readonly readsPeer?: boolean;
   attest(request: AttestationRequest): Promise<AttestedIdentity>;
 }
+
+const freeRefusals = new WeakSet<object>();
+
+/**
+ * Marks a refusal an attestor gives from its own local checks, before it has spent anything on
+ * the request (no TokenReview, no discovery or JWKS fetch, no store read, no signature checked):
+ * an empty or malformed token, a JWT whose exp, nbf or audience rule it out (jwt-precheck.ts), a
+ * renewal without a certificate. Such a refusal gives the caller's signRateLimit share back;
+ * every other refusal from attestation counts against its address (see CertificateAuthority),
+ * so forged tokens that pass these checks cannot make the CA verify them without bound.
+ */
+export function refusedBeforeAnyCost<E extends object>(error: E): E {
+  freeRefusals.add(error);
+  return error;
+}
+
+/** Whether `error` was marked by refusedBeforeAnyCost. */
+export function isRefusedBeforeAnyCost(error: unknown): boolean {
+  return typeof error === "object" && error !== null && freeRefusals.has(error);
+}

@@ -1,6 +1,6 @@
 import { MeshwardError } from "../../errors.ts";
 import { formatWorkloadId } from "../../spiffe/id.ts";
-import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
+import { refusedBeforeAnyCost, type AttestationRequest, type AttestedIdentity, type Attestor } from "./attestor.ts";
 
 /**
  * Believes whatever identity the request names. Development only: the CA refuses to
@@ -11,7 +11,7 @@ export function insecureAttestor(options: { trustDomain: string; allowed: boolea
     name: "insecure",
     async attest(request: AttestationRequest): Promise<AttestedIdentity> {
       if (!options.allowed) {
-        throw new MeshwardError("E_VALIDATOR_DISABLED", "the insecure validator is disabled; it is only available when the CA runs with --allow-insecure-dev");
+        throw refusedBeforeAnyCost(new MeshwardError("E_VALIDATOR_DISABLED", "the insecure validator is disabled; it is only available when the CA runs with --allow-insecure-dev"));
       }
       const spiffeId = formatWorkloadId({
         trustDomain: options.trustDomain,

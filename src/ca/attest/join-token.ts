@@ -1,7 +1,7 @@
 import { MeshwardError } from "../../errors.ts";
 import type { Store } from "../../store/store.ts";
 import { hashToken, JOIN_TOKEN_PREFIX } from "../tokens.ts";
-import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
+import { refusedBeforeAnyCost, type AttestationRequest, type AttestedIdentity, type Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
 
 const MAX_TOKEN_LENGTH = 256;
@@ -13,9 +13,11 @@ export function joinTokenAttestor(store: Store): Attestor {
     spends: true,
     async attest(request: AttestationRequest): Promise<AttestedIdentity> {
       const token = request.token.trim();
-      if (token === "") throw new MeshwardError("E_TOKEN_MISSING", "no join token was sent; create one with 'meshward token create'");
+      // Refused before the store is read: these give the caller's signRateLimit share back; an
+      // unknown, expired or used-up token (a store read) counts against its address.
+      if (token === "") throw refusedBeforeAnyCost(new MeshwardError("E_TOKEN_MISSING", "no join token was sent; create one with 'meshward token create'"));
       if (token.length > MAX_TOKEN_LENGTH || !token.startsWith(JOIN_TOKEN_PREFIX)) {
-        throw new MeshwardError("E_TOKEN_INVALID", "the join token is malformed (expected the value printed by 'meshward token create')");
+        throw refusedBeforeAnyCost(new MeshwardError("E_TOKEN_INVALID", "the join token is malformed (expected the value printed by 'meshward token create')"));
       }
       // Only read here: the use is spent by the store in the same transaction that records the
       // certificate (CertificateAuthority), so a request refused later costs the workload nothing.

@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { createLocalJWKSet, createRemoteJWKSet, customFetch, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from "jose";
+import { createLocalJWKSet, createRemoteJWKSet, customFetch, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from "jose";
 import { fetch as undiciFetch } from "undici";
 import { DEFAULT_JWT_CLOCK_TOLERANCE, type JwksValidatorConfig } from "../../config/ca.ts";
 import { parseDuration } from "../../util/duration.ts";
@@ -7,12 +7,15 @@ import { MeshwardError } from "../../errors.ts";
 import { formatWorkloadId, parseWorkloadId } from "../../spiffe/id.ts";
 import { tlsAfterHandshakeFailure } from "../../tls/after-handshake.ts";
 import { renegotiationRefusingAgent } from "../../tls/undici-agent.ts";
-import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
+import { refusedBeforeAnyCost, type AttestationRequest, type AttestedIdentity, type Attestor } from "./attestor.ts";
+import { failureCooldown } from "./failure-cooldown.ts";
 import { assertRequestMatches } from "./identity-check.ts";
 import { precheckJwt, type JwtPrecheckFailure } from "./jwt-precheck.ts";
 import { kubernetesOidc } from "./kubernetes-oidc.ts";
 
 const MAX_JWT_LENGTH = 16 * 1024;
+/** `jwksUrl`: at most one refetch per this long for an unknown key id (jose's cooldownDuration), and none this long after a failed fetch. */
+export const JWKS_URL_COOLDOWN_MS = 30_000;
 /** Asymmetric only: a shared-secret (HS*) or `none` token is never accepted. */
 const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
 
@@ -45,17 +48,19 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
     name,
     async attest(request: AttestationRequest): Promise<AttestedIdentity> {
       const token = request.token.trim();
-      if (token === "") throw new MeshwardError("E_TOKEN_MISSING", "no JWT was sent");
-      if (token.length > MAX_JWT_LENGTH) throw new MeshwardError("E_TOKEN_INVALID", `the JWT is longer than ${MAX_JWT_LENGTH} bytes`);
+      if (token === "") throw refusedBeforeAnyCost(new MeshwardError("E_TOKEN_MISSING", "no JWT was sent"));
+      if (token.length > MAX_JWT_LENGTH) throw refusedBeforeAnyCost(new MeshwardError("E_TOKEN_INVALID", `the JWT is longer than ${MAX_JWT_LENGTH} bytes`));
       let payload: JWTPayload;
       // Seconds, for jose; config `jwks.clockTolerance` (5 min by default, as Sentry).
       const tolerance = (options.clockTolerance ?? parseDuration(DEFAULT_JWT_CLOCK_TOLERANCE)) / 1000;
-      if (oidc !== undefined) {
-        // Discovery and the JWKS are network calls to the API server: a token that could never
-        // pass is refused before either (what jose would say of it, without the fetch).
-        const failure = precheckJwt(token, { now: request.now, clockToleranceSeconds: tolerance, audiences: audience });
-        if (failure !== undefined) throw PRECHECK_ERRORS[failure]();
-      }
+      // In every mode (jwksUrl, jwks.kubernetes discovery, jwksFile): discovery and the JWKS are
+      // network calls, and a signature check is work, so a token that could never pass is refused
+      // before any of them (what jose would say of it, without the fetch). Such a refusal costs
+      // the CA nothing and gives the caller's signRateLimit share back; any later one counts.
+      // An algorithm jose would refuse first (none, HS*) is refused as jose refuses it.
+      if (!algorithmAllowed(token)) throw refusedBeforeAnyCost(new MeshwardError("E_TOKEN_SIGNATURE", "the JWT uses a signature algorithm that is not allowed"));
+      const failure = precheckJwt(token, { now: request.now, clockToleranceSeconds: tolerance, audiences: audience });
+      if (failure !== undefined) throw refusedBeforeAnyCost(PRECHECK_ERRORS[failure]());
       try {
         const issuer = options.issuer ?? (oidc === undefined ? undefined : await oidc.issuer());
         ({ payload } = await jwtVerify(token, keys, {
@@ -85,6 +90,17 @@ export function jwksAttestor(options: JwksAttestorOptions, name = "jwks"): Attes
       return { spiffeId, allowedDnsNames: options.mapping === "kubernetes" ? serviceDnsNames(namespace, appId) : [], method: name };
     },
   };
+}
+
+/** False when the token's protected header names an algorithm outside ALGORITHMS; true otherwise (a header that cannot be read is the pre-check's to refuse). */
+function algorithmAllowed(token: string): boolean {
+  let alg: unknown;
+  try {
+    alg = decodeProtectedHeader(token).alg;
+  } catch {
+    return true;
+  }
+  return typeof alg !== "string" || ALGORITHMS.includes(alg);
 }
 
 /**
@@ -118,7 +134,49 @@ function loadKeySet(options: JwksAttestorOptions): JWTVerifyGetKey {
       throw new MeshwardError("E_JWKS_INVALID", `${options.jwksFile} is not a JWKS document: ${(error as Error).message}`);
     }
   }
-  return createRemoteJWKSet(new URL(options.jwksUrl as string), { timeoutDuration: 5000, cooldownDuration: 30_000, [customFetch]: jwksFetch });
+  // jose refetches for every token while it holds no fresh key set (after a failed fetch too):
+  // the failure cooldown (shared with kubernetes-oidc.ts) keeps a burst of tokens while the JWKS
+  // server is down to one fetch per cooldown, the others answered E_JWKS_UNAVAILABLE at once.
+  const failure = failureCooldown(JWKS_URL_COOLDOWN_MS);
+  return createRemoteJWKSet(new URL(options.jwksUrl as string), {
+    timeoutDuration: 5000,
+    cooldownDuration: JWKS_URL_COOLDOWN_MS,
+    [customFetch]: async (url: string, init: JwksFetchInit) => {
+      failure.check();
+      let response: Response;
+      try {
+        response = await jwksFetch(url, init);
+      } catch (error) {
+        throw failure.record(error); // refused, TLS, timeout (jose turns a TimeoutError into JWKSTimeout)
+      }
+      if (response.status !== 200) {
+        failure.record(new MeshwardError("E_JWKS_UNAVAILABLE", `${url} answered HTTP ${response.status}`));
+        return response; // jose refuses it (E_JWKS_UNAVAILABLE)
+      }
+      // Read here to know whether it is a key set; jose reads the copy handed on.
+      let body: string;
+      try {
+        body = await response.text();
+      } catch (error) {
+        throw failure.record(error);
+      }
+      let keys: unknown;
+      try {
+        keys = (JSON.parse(body) as { keys?: unknown } | null)?.keys;
+      } catch {
+        // not JSON: below
+      }
+      if (!Array.isArray(keys)) failure.record(new MeshwardError("E_JWKS_UNAVAILABLE", `${url} answered with no JSON Web Key Set`));
+      return new Response(body, { status: 200, headers: { "content-type": "application/json" } });
+    },
+  });
+}
+
+interface JwksFetchInit {
+  headers: Headers;
+  method: "GET";
+  redirect: "manual";
+  signal: AbortSignal;
 }
 
 /**
@@ -126,7 +184,7 @@ function loadKeySet(options: JwksAttestorOptions): JWTVerifyGetKey {
  * undici's fetch through a dispatcher whose TLS refuses renegotiation: the global fetch takes
  * no TLS options.
  */
-async function jwksFetch(url: string, init: { headers: Headers; method: "GET"; redirect: "manual"; signal: AbortSignal }): Promise<Response> {
+async function jwksFetch(url: string, init: JwksFetchInit): Promise<Response> {
   try {
     const response = await undiciFetch(url, { method: init.method, redirect: init.redirect, signal: init.signal, headers: Object.fromEntries(init.headers), dispatcher: renegotiationRefusingAgent() });
     return response as unknown as Response;

@@ -3,6 +3,7 @@ import { request } from "node:https";
 import { createRemoteJWKSet, customFetch, type JWTVerifyGetKey } from "jose";
 import { MeshwardError } from "../../errors.ts";
 import { tlsAfterHandshakeFailure, watchHandshake } from "../../tls/after-handshake.ts";
+import { failureCooldown } from "./failure-cooldown.ts";
 import { SECURE_OPTIONS } from "../../tls/policy.ts";
 
 export interface KubernetesOidcConfig {
@@ -75,30 +76,6 @@ export function kubernetesOidc(config: KubernetesOidcConfig): KubernetesOidc {
         throw discoveryFailure.record(error);
       });
       return issuer;
-    },
-  };
-}
-
-/**
- * After a failed fetch, no new fetch for `cooldown` ms (the same cooldown as an unknown key id):
- * while the API server fails, the requests that arrive meanwhile are answered E_JWKS_UNAVAILABLE
- * from the remembered failure instead of each sending the API server another request.
- */
-function failureCooldown(cooldown: number): { check(): void; record(error: unknown): unknown } {
-  let failed: { at: number; message: string } | undefined;
-  return {
-    check() {
-      if (failed === undefined) return;
-      const left = failed.at + cooldown - Date.now();
-      if (left <= 0) {
-        failed = undefined;
-        return;
-      }
-      throw new MeshwardError("E_JWKS_UNAVAILABLE", `${failed.message} (at ${new Date(failed.at).toISOString()}; the CA tries again in ${Math.ceil(left / 1000)}s)`);
-    },
-    record(error) {
-      if (cooldown > 0) failed = { at: Date.now(), message: error instanceof Error ? error.message : String(error) };
-      return error;
     },
   };
 }

@@ -3,7 +3,7 @@ import { DEFAULT_JWT_CLOCK_TOLERANCE } from "../../config/ca.ts";
 import { MeshwardError } from "../../errors.ts";
 import { parseDuration } from "../../util/duration.ts";
 import { formatWorkloadId } from "../../spiffe/id.ts";
-import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
+import { refusedBeforeAnyCost, type AttestationRequest, type AttestedIdentity, type Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
 import { precheckJwt, type JwtPrecheckFailure } from "./jwt-precheck.ts";
 import type { KubernetesApi } from "./kube-api.ts";
@@ -47,13 +47,17 @@ export function kubernetesAttestor(options: KubernetesAttestorOptions): Attestor
     name: "kubernetes",
     async attest(request: AttestationRequest): Promise<AttestedIdentity> {
       const token = request.token.trim();
-      if (token === "") throw new MeshwardError("E_TOKEN_MISSING", "no Kubernetes service-account token was sent");
-      if (token.length > MAX_TOKEN_LENGTH) throw new MeshwardError("E_TOKEN_INVALID", `the token is longer than ${MAX_TOKEN_LENGTH} bytes`);
+      if (token === "") throw refusedBeforeAnyCost(new MeshwardError("E_TOKEN_MISSING", "no Kubernetes service-account token was sent"));
+      if (token.length > MAX_TOKEN_LENGTH) throw refusedBeforeAnyCost(new MeshwardError("E_TOKEN_INVALID", `the token is longer than ${MAX_TOKEN_LENGTH} bytes`));
       // Checked locally first, so that a caller without a credential cannot make the CA send the
       // API server a TokenReview for any string it likes (each one a call under the CA's own
       // priority level). A real projected token passes at no cost; the API server still decides.
+      // This refusal gives the caller's signRateLimit share back; from the TokenReview on, every
+      // refusal counts against its address (a forged token of the right shape costs a review).
       const failure = precheckJwt(token, { now: request.now, clockToleranceSeconds: tolerance / 1000, audiences: options.audiences });
-      if (failure !== undefined) throw new MeshwardError("E_TOKEN_INVALID", `the service-account token was refused before any TokenReview: ${PRECHECK_REASONS[failure]}`);
+      if (failure !== undefined) {
+        throw refusedBeforeAnyCost(new MeshwardError("E_TOKEN_INVALID", `the service-account token was refused before any TokenReview: ${PRECHECK_REASONS[failure]}`));
+      }
       const review = await options.api.reviewToken(token, options.audiences);
       if (review.error) throw new MeshwardError("E_TOKEN_INVALID", `the Kubernetes TokenReview refused the token: ${review.error.slice(0, 300)}`);
       if (review.authenticated !== true) throw new MeshwardError("E_TOKEN_INVALID", "the Kubernetes TokenReview did not authenticate the token");

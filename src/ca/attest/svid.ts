@@ -6,7 +6,7 @@ import { certificatesFromPem } from "../../pki/pem.ts";
 import { notLeafReason } from "../../pki/x509der.ts";
 import { parseWorkloadId } from "../../spiffe/id.ts";
 import type { IssuanceRecord } from "../../store/store.ts";
-import type { AttestationRequest, AttestedIdentity, Attestor } from "./attestor.ts";
+import { refusedBeforeAnyCost, type AttestationRequest, type AttestedIdentity, type Attestor } from "./attestor.ts";
 import { assertRequestMatches } from "./identity-check.ts";
 
 export interface SvidAttestorOptions {
@@ -87,7 +87,7 @@ export function svidAttestor(options: SvidAttestorOptions): Attestor {
     async attest(request: AttestationRequest): Promise<AttestedIdentity> {
       const peer = request.peer;
       if (peer === undefined) {
-        throw new MeshwardError("E_ATTESTATION_NO_CERT", "renewal needs the current certificate presented on the TLS connection");
+        throw refusedBeforeAnyCost(new MeshwardError("E_ATTESTATION_NO_CERT", "renewal needs the current certificate presented on the TLS connection"));
       }
       const trust = options.trust();
       if (peer.notAfter <= request.now) {
