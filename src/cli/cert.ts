@@ -27,9 +27,9 @@ export function registerCertCommand(program: Command): void {
     .addOption(validatorOption("--validator <name>", "how the CA checks the token", Object.keys(VALIDATOR_CHOICES), "join-token"))
     .option("--namespace <ns>", "namespace to ask for (must match what the token proves)", "")
     .option("--app-id <id>", "app id to ask for (must match what the token proves)", "")
-    .option("--trust-domain <td>", "trust domain [default: read from the bundle's root]")
+    .option("--trust-domain <td>", "trust domain (default: read from the bundle's root)")
     .option("--dns-name <name>", "DNS name to request (repeatable; the token must allow it)", collect)
-    .option("--ca-spiffe-id <id>", "SPIFFE ID the CA presents, when it runs with --serving-spiffe-id [default: spiffe://<td>/ns/meshward-system/meshward-ca]")
+    .option("--ca-spiffe-id <id>", "SPIFFE ID the CA presents, when it runs with --serving-spiffe-id (default: spiffe://<td>/ns/meshward-system/meshward-ca)")
     .option("--json", "print the result as JSON")
     .action(async (opts: OptionValues) => (await actions()).certIssue(opts));
 
@@ -37,7 +37,7 @@ export function registerCertCommand(program: Command): void {
     .command("list")
     .description("list the certificates this CA issued")
     .requiredOption("--dir <dir>", "CA directory")
-    .option("--store <url>", "store URL [default: <dir>/ca.db]")
+    .option("--store <url>", "store URL (default: <dir>/ca.db)")
     .option("--spiffe-id <id>", "only this identity")
     .option("--root <fingerprint>", "only certificates that chain to this root (SHA-256 fingerprint as 'meshward ca status' prints it; colons optional)")
     .option("--valid", "only certificates within their validity period now")
@@ -53,7 +53,7 @@ export function registerCertCommand(program: Command): void {
     .option("--serial <serial>", "certificate serial (hex, colons allowed)")
     .option("--spiffe-id <id>", "revoke every unexpired certificate of this identity")
     .addOption(new Option("--reason <reason>", "CRL reason").choices(["unspecified", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"]).default("unspecified"))
-    .option("--store <url>", "store URL [default: <dir>/ca.db]")
+    .option("--store <url>", "store URL (default: <dir>/ca.db)")
     .action(async (opts: OptionValues) => (await actions()).certRevoke(opts));
 
   cert

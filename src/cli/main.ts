@@ -1,4 +1,4 @@
-import { Command, CommanderError } from "commander";
+import { Command, CommanderError, Help, type Argument, type Option } from "commander";
 import { MeshwardError } from "../errors.ts";
 import { packageVersion } from "../util/package-files.ts";
 import { registerCommands } from "./commands.ts";
@@ -16,6 +16,7 @@ export async function runCli(argv: readonly string[]): Promise<number> {
     await registerCommands(program, argv);
     unknownOptionsFirst(program);
     pointToHelpAfterError(program);
+    oneDefaultStyle(program);
     await program.parseAsync([...argv], { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : EXIT_OK;
   } catch (error) {
@@ -48,6 +49,39 @@ function unknownOptionsFirst(command: Command): void {
 function pointToHelpAfterError(command: Command, path = command.name()): void {
   command.showHelpAfterError(`see '${path} --help'`);
   for (const sub of command.commands) pointToHelpAfterError(sub, `${path} ${sub.name()}`);
+}
+
+/**
+ * Every default in help reads the same way, `(default: 5m)`: commander's own (from .default())
+ * printed `(default: "json")`, quoted and run together with its choices, next to hand-written
+ * `(default: 24h)`, `(default info)` and `(default http)`. Choices are listed unquoted too.
+ */
+function oneDefaultStyle(command: Command): void {
+  const plain = (value: unknown) => (typeof value === "string" ? value : JSON.stringify(value));
+  const extras = (choices: readonly string[] | undefined, shown: unknown, description: string | undefined) => {
+    // A default written into the description (a flag whose default comes from the config schema) stays last.
+    const written = /^(.*?)\s*(\(default: [^)]*\))$/s.exec(description ?? "");
+    const parts = [written?.[1] ?? description ?? ""];
+    if (choices !== undefined) parts.push(`(choices: ${choices.join(", ")})`);
+    if (shown !== undefined) parts.push(`(default: ${shown})`);
+    else if (written !== null) parts.push(written[2] as string);
+    return parts.filter((part) => part !== "").join(" ");
+  };
+  command.configureHelp({
+    optionDescription(option: Option): string {
+      const showDefault = option.defaultValue !== undefined && (option.required || option.optional || (option.isBoolean() && typeof option.defaultValue === "boolean"));
+      // An empty list (a repeatable flag) is no default worth showing.
+      const empty = Array.isArray(option.defaultValue) && option.defaultValue.length === 0 && option.defaultValueDescription === undefined;
+      const shown = showDefault && !empty ? (option.defaultValueDescription ?? plain(option.defaultValue)) : undefined;
+      const base = extras(option.argChoices, shown, option.description);
+      return option.envVar === undefined ? base : `${base} (env: ${option.envVar})`;
+    },
+    argumentDescription(argument: Argument): string {
+      const shown = argument.defaultValue === undefined ? undefined : (argument.defaultValueDescription ?? plain(argument.defaultValue));
+      return extras(argument.argChoices, shown, argument.description);
+    },
+  } satisfies Partial<Help>);
+  for (const sub of command.commands) oneDefaultStyle(sub);
 }
 
 function reportCliError(error: unknown): number {

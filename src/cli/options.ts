@@ -78,7 +78,21 @@ export const logLevelOption = () =>
   new Option("--log-level <level>", "log level").choices(["trace", "debug", "info", "warn", "error"]).default("info");
 
 /**
- * Resolves when SIGTERM, SIGINT or SIGHUP arrives, and keeps the process up until then. Signal
+ * What stops a long-running command: a signal, or (with MESHWARD_STOP_ON_STDIN_CLOSE=1) the end
+ * of its standard input.
+ */
+export type StopReason = NodeJS.Signals | "stdin closed";
+
+/**
+ * Set to 1 by a supervisor that gives the command a pipe as stdin: the command then stops as on
+ * SIGTERM when the pipe closes, which the kernel does whenever the supervisor ends, `kill -9`
+ * included (`meshward demo` sets it for its sidecars). Node has no PR_SET_PDEATHSIG.
+ */
+export const STOP_ON_STDIN_CLOSE_ENV = "MESHWARD_STOP_ON_STDIN_CLOSE";
+
+/**
+ * Resolves when SIGTERM, SIGINT or SIGHUP arrives (or stdin closes, see STOP_ON_STDIN_CLOSE_ENV),
+ * and keeps the process up until then. Signal
  * handlers do not hold Node's event loop open, and a long-running command may have nothing
  * else that does: `meshward identity --out DIR` alone has only its (unref'd) renewal timer,
  * so without this it exited right after "ready" (code 13, unsettled top-level await) and never
@@ -86,15 +100,28 @@ export const logLevelOption = () =>
  * before its handler is installed kills the process with Node's default action (a test or a
  * supervisor that stops the process as soon as it reads "ready" saw exit by SIGTERM).
  */
-export function untilSignal(): Promise<NodeJS.Signals> {
+export function untilSignal(): Promise<StopReason> {
   return new Promise((resolve) => {
     const keepAlive = setInterval(() => undefined, 1 << 30);
-    const handler = (signal: NodeJS.Signals) => {
+    const watchStdin = process.env[STOP_ON_STDIN_CLOSE_ENV] === "1";
+    let stopped = false;
+    const stop = (reason: StopReason) => {
+      if (stopped) return;
+      stopped = true;
       clearInterval(keepAlive);
       for (const name of STOP_SIGNALS) process.off(name, handler);
-      resolve(signal);
+      if (watchStdin) process.stdin.destroy();
+      resolve(reason);
     };
+    const handler = (signal: NodeJS.Signals) => stop(signal);
     for (const name of STOP_SIGNALS) process.on(name, handler);
+    if (watchStdin) {
+      // Whatever arrives is read and dropped; the end of the pipe (or an error on it) is the stop.
+      process.stdin.on("data", () => undefined);
+      process.stdin.once("end", () => stop("stdin closed"));
+      process.stdin.once("close", () => stop("stdin closed"));
+      process.stdin.on("error", () => stop("stdin closed"));
+    }
   });
 }
 

@@ -65,15 +65,15 @@ export function registerSidecarCommand(program: Command): void {
     )
     .option("--no-status-page", "turn the status page (/ and /status.json) off on the status port: only /healthz, /readyz and /metrics are served, and no status token is needed off loopback (Kubernetes probes)")
     .addOption(
-      new Option("--mode <mode>", `${FIELD_HELP.mode} (default strict; STRICT and PERMISSIVE, as Istio writes them, are accepted too)`).argParser((value: string) => {
+      new Option("--mode <mode>", `${FIELD_HELP.mode} STRICT and PERMISSIVE, as Istio writes them, are accepted too (default: strict)`).argParser((value: string) => {
         const mode = value.toLowerCase();
         if (mode !== "strict" && mode !== "permissive") throw new InvalidArgumentError("Allowed: strict, permissive.");
         return mode;
       }),
     )
-    .addOption(new Option("--protocol <protocol>", `${FIELD_HELP.protocol} (default http)`).choices(["http", "tcp"]))
-    .addOption(new Option("--escaped-slashes <action>", FIELD_HELP.escapedSlashes ?? "").choices(["reject", "unescape", "keep"]))
-    .addOption(new Option("--log-format <format>", "log format: json (default) or pretty").choices(["json", "pretty"]))
-    .addOption(new Option("--log-level <level>", "log level (default info)").choices(["trace", "debug", "info", "warn", "error"]))
+    .addOption(new Option("--protocol <protocol>", `${FIELD_HELP.protocol} (default: http)`).choices(["http", "tcp"]))
+    .addOption(new Option("--escaped-slashes <action>", `${FIELD_HELP.escapedSlashes ?? ""} (default: reject)`).choices(["reject", "unescape", "keep"]))
+    .addOption(new Option("--log-format <format>", "log format: json (for machines) or pretty (for people) (default: json)").choices(["json", "pretty"]))
+    .addOption(new Option("--log-level <level>", "log level (default: info)").choices(["trace", "debug", "info", "warn", "error"]))
     .action(async (opts: OptionValues) => (await actions()).runSidecar(opts));
 }

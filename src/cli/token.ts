@@ -16,6 +16,6 @@ export function registerTokenCommand(program: Command): void {
     .option("--uses <n>", "how many certificates it can obtain", "1")
     .option("--dns-name <name>", "DNS name the holder may put in its certificate (repeatable; for backend servers)", collect)
     .option("--common-name", "certificates obtained with this token (and their renewals) carry the subject CN = <app id>, e.g. for PostgreSQL's cert authentication, which maps the CN to a role")
-    .option("--store <url>", "store URL [default: <dir>/ca.db]")
+    .option("--store <url>", "store URL (default: <dir>/ca.db)")
     .action(async (opts: OptionValues) => (await actions()).tokenCreate(opts));
 }

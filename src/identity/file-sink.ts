@@ -5,6 +5,7 @@ import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
 import { encodePrivateKey } from "../pki/keys.ts";
 import { redactSecrets } from "../telemetry/redact.ts";
+import { formatDuration } from "../util/duration.ts";
 import { writeFilesTogether } from "../util/files.ts";
 import { assertOwnDirectory } from "./local-paths.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "./source.ts";
@@ -160,7 +161,7 @@ export function startFileSink(options: FileSinkOptions): FileSink {
         writeProblem = undefined;
       } catch (error) {
         const retryInMs = retryLater(snapshot);
-        writeProblem = `cannot write the identity files in ${dir} (${describeError(error)}); retrying${retryInMs === undefined ? "" : ` in ${retryInMs} ms`}: they hold ${lastWritten === undefined ? "no identity yet" : "the previous certificate"}`;
+        writeProblem = `cannot write the identity files in ${dir} (${describeError(error)}); retrying${retryInMs === undefined ? "" : ` in ${formatDuration(retryInMs)}`}: they hold ${lastWritten === undefined ? "no identity yet" : "the previous certificate"}`;
         logger?.error({ event: "identity-files-write-failed", dir, error: describeError(error), retryInMs }, "cannot write the identity files");
         report({ type: "write-failed", error: error as Error });
         continue;

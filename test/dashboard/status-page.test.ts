@@ -135,6 +135,25 @@ describe("status page in Chromium", () => {
     await page.close();
   });
 
+  it("shows durations as a person reads them (59 min 59 s, not 3599871 ms or a rounded 60 min); the raw ms stay in data-ms", async () => {
+    const at = new Date();
+    const expiring: IdentityStatus = { ...identity, notBefore: new Date(at.getTime() - 15 * 60_000), notAfter: new Date(at.getTime() + 3_599_871) };
+    const rootLeft = 364 * 24 * HOUR + 23 * HOUR + 59 * 60_000 + 999;
+    const fixed = (): StatusSnapshot => ({ ...snapshot(), generatedAt: at, identities: [expiring], roots: [{ subject: "O=meshward, CN=root", fingerprint: "AB:CD", notAfter: new Date(at.getTime() + rootLeft) }] });
+    const { routes } = createStatusRoutes(fixed, {});
+    const server = createOpsServer({ host: "127.0.0.1", port: 0, extraRoutes: routes });
+    servers.push(server);
+    const page = await openPage(`${(await server.start()).url}/`);
+    const left = page.locator("#identities td.time-left").first();
+    await expect.poll(() => left.textContent()).toBe("59 min 59 s");
+    expect(await left.getAttribute("data-ms")).toBe("3599871");
+    expect(await page.locator("#roots td.time-left").first().textContent()).toBe("364 days 23 h");
+    expect(await page.locator("#roots td.time-left").first().getAttribute("data-ms")).toBe(String(rootLeft));
+    expect(await page.locator("#timeline text.life-info").first().textContent()).toMatch(/^59 min 59 s left of 1 h 14 min /);
+    for (const table of ["#identities", "#roots"]) expect(await page.locator(table).innerText()).not.toMatch(/\d\s*ms\b/);
+    await page.close();
+  });
+
   it("renders the first state into the page: it shows the identity even when status.json never answers", async () => {
     const html = await (await fetch(`${baseUrl}/`)).text();
     const embedded = /<script id="initial-state" type="application\/json">([^<]*)<\/script>/.exec(html)?.[1];

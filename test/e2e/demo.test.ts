@@ -56,6 +56,10 @@ describe("meshward demo (left running)", () => {
     try {
       const pages = [...demo.stdout().matchAll(/status page \(([^)]+)\):\s+(http:\/\/\S+)\//g)].map((m) => ({ who: m[1] as string, url: m[2] as string }));
       expect(pages.map((p) => p.who)).toEqual(["CA", "orders' sidecar", "inventory's sidecar"]);
+      // The lines under "Look around:" read as two columns: every value starts in the same column.
+      const look = demo.stdout().split("Look around:\n")[1]?.split("\n").filter((l) => /^ {2}\S[^:]*: /.test(l)) ?? [];
+      expect(look.map((l) => l.slice(0, l.indexOf(":") + 1).trim())).toEqual(["status page (CA):", "status page (orders' sidecar):", "status page (inventory's sidecar):", "call orders:", "CA health:", "logs:"]);
+      expect(new Set(look.map((l) => /^ {2}[^:]*: +/.exec(l)?.[0].length)).size, look.join("\n")).toBe(1);
       const feeds = await Promise.all(pages.map(async (p) => (await (await fetch(`${p.url}/status.json`)).json()) as { component: string; identities: { spiffeId: string }[]; health: { ok: boolean } }));
       expect(feeds.map((f) => f.component)).toEqual(["ca", "sidecar", "sidecar"]);
       expect(feeds[1]?.identities[0]?.spiffeId).toBe("spiffe://demo.local/ns/shop/orders");

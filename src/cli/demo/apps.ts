@@ -3,8 +3,17 @@ import type { AddressInfo } from "node:net";
 
 /** The Python app of the demo: echoes what it was asked and who its sidecar says called. */
 export const INVENTORY_APP_PY = String.raw`
-import json, sys
+import json, os, sys, threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+
+def exit_with_the_demo():
+    # stdin is a pipe from meshward demo, which never writes to it: it ends when the demo does,
+    # however it ends (kill -9 included), and so does this app.
+    while sys.stdin.buffer.read(65536):
+        pass
+    os._exit(0)
+
+threading.Thread(target=exit_with_the_demo, daemon=True).start()
 
 class Inventory(BaseHTTPRequestHandler):
     def _answer(self):

@@ -13,6 +13,7 @@ import { createIdentity } from "../../identity/ca-source.ts";
 import { createLogger } from "../../telemetry/logger.ts";
 import { createHttpsServer, type MtlsHttpsServer } from "../../transport/index.ts";
 import { packageFile } from "../../util/package-files.ts";
+import { STOP_ON_STDIN_CLOSE_ENV } from "../options.ts";
 import { httpCall, INVENTORY_APP_PY, startOrdersApp } from "./apps.ts";
 
 const MESHWARD_BIN = packageFile("bin/meshward.js");
@@ -48,6 +49,19 @@ export interface DemoOptions {
 
 /** The signals that stop the demo, at any point: Ctrl-C, `kill`, a closed terminal. */
 const STOP_SIGNALS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+
+/**
+ * The demo's last child: it holds the read end of a pipe from the demo and, when that pipe
+ * closes without "keep" having come through it, removes the working directory. The demo removes
+ * the directory itself when it stops normally; this is for when it cannot: `kill -9`, the OOM
+ * killer. Plain CommonJS for `node -e`; the directory is its argument.
+ */
+const JANITOR_JS = `
+let keep = false;
+process.stdin.on("data", (d) => { if (String(d).includes("keep")) keep = true; });
+process.stdin.on("error", () => undefined);
+process.stdin.on("close", () => { if (!keep) require("node:fs").rmSync(process.argv[1], { recursive: true, force: true }); });
+`;
 
 /** Thrown into the step that a stop signal interrupts. */
 class DemoStopped extends Error {}
@@ -110,7 +124,11 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
   const demo: DemoProcesses = {
     spawn(command, args, spawnOptions) {
       if (closing) throw new DemoStopped("stopping");
-      const child = spawn(command, args, spawnOptions);
+      // stdin is a pipe from the demo that it never writes to: each child stops when it closes,
+      // which the kernel does however the demo ends, kill -9 included (see INVENTORY_APP_PY and
+      // STOP_ON_STDIN_CLOSE_ENV). Without it a killed demo left its children running.
+      const child = spawn(command, args, { ...spawnOptions, stdio: ["pipe", "pipe", "pipe"] });
+      child.stdin?.on("error", () => undefined);
       children.add(child);
       child.once("exit", () => children.delete(child));
       cleanups.push(() => stopChild(child));
@@ -136,6 +154,10 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
     return Promise.race([pending, stop.requested.then((signal) => Promise.reject(new DemoStopped(signal)))]);
   };
   const work = mkdtempSync(join(tmpdir(), "meshward-demo-"));
+  // Not one of `children`: it outlives the cleanups, and is told at the end whether to keep the directory.
+  const janitor = spawn(process.execPath, ["-e", JANITOR_JS, work], { stdio: ["pipe", "ignore", "ignore"] });
+  janitor.stdin?.on("error", () => undefined);
+  janitor.on("error", () => undefined);
   const logs = join(work, "logs");
   const step = async <T>(label: string, action: () => Promise<T>): Promise<T> => {
     if (stop.received !== undefined) throw new DemoStopped(stop.received);
@@ -162,7 +184,7 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
     const token = (appId: string) => createJoinToken(ca, appId);
 
     const inventoryApp = await step("inventory app (Python http.server) on loopback", async () => {
-      const child = demo.spawn("python3", ["-c", INVENTORY_APP_PY], { stdio: ["ignore", "pipe", "pipe"] });
+      const child = demo.spawn("python3", ["-c", INVENTORY_APP_PY], {});
       const port = Number((await firstLine(child, /^(\d+)$/m, 30_000, "python3"))[1]);
       return { port };
     });
@@ -216,12 +238,15 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
     if (!options.once) {
       options.say("");
       options.say("Everything keeps running. Look around:");
-      if (ca.status) options.say(`  status page (CA):                  ${ca.status.url}/`);
-      if (orders.fields.status) options.say(`  status page (orders' sidecar):    http://${orders.fields.status}/`);
-      if (inventory.fields.status) options.say(`  status page (inventory's sidecar): http://${inventory.fields.status}/`);
-      options.say(`  call orders:   curl http://127.0.0.1:${ordersApp.port}/checkout`);
-      options.say(`  CA health:     curl --cacert ${bundle} https://localhost:${ca.port}/readyz`);
-      options.say(`  logs:          ${logs}`);
+      const look: [string, string | undefined][] = [
+        ["status page (CA)", ca.status ? `${ca.status.url}/` : undefined],
+        ["status page (orders' sidecar)", orders.fields.status ? `http://${orders.fields.status}/` : undefined],
+        ["status page (inventory's sidecar)", inventory.fields.status ? `http://${inventory.fields.status}/` : undefined],
+        ["call orders", `curl http://127.0.0.1:${ordersApp.port}/checkout`],
+        ["CA health", `curl --cacert ${bundle} https://localhost:${ca.port}/readyz`],
+        ["logs", logs],
+      ];
+      for (const line of alignedColumns(look)) options.say(`  ${line}`);
       options.say("Press Ctrl-C to stop and clean up.");
       await stop.requested;
     }
@@ -242,13 +267,15 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
       rmSync(work, { recursive: true, force: true });
       if (stop.received !== undefined) options.say(`stopped; removed ${work}`);
     }
+    await endJanitor(janitor, options.keep);
     stop.dispose();
   }
 }
 
 /** How the demo starts processes and registers what to undo: nothing is started once it is stopping. */
 interface DemoProcesses {
-  spawn(command: string, args: readonly string[], options: SpawnOptions): ChildProcess;
+  /** stdin, stdout and stderr are pipes; the child must stop when its stdin closes. */
+  spawn(command: string, args: readonly string[], options: Omit<SpawnOptions, "stdio">): ChildProcess;
   onCleanup(cleanup: () => Promise<unknown> | unknown): void;
 }
 
@@ -304,6 +331,13 @@ async function runChecks(ports: { ordersPort: number; ordersOutbound: number; in
   return checks;
 }
 
+/** `label: value` lines with every value starting in the same column; a missing value drops its line. */
+export function alignedColumns(rows: readonly (readonly [string, string | undefined])[]): string[] {
+  const shown = rows.filter((row): row is readonly [string, string] => row[1] !== undefined);
+  const width = Math.max(0, ...shown.map(([label]) => label.length + 1));
+  return shown.map(([label, value]) => `${`${label}:`.padEnd(width)} ${value}`);
+}
+
 /** A sidecar's JSON refusal in one line: code, message and the deciding rule. */
 function summarize(body: string): string {
   try {
@@ -320,7 +354,7 @@ async function createJoinToken(ca: CaServer, appId: string): Promise<string> {
 
 /** The token goes in the environment, not the arguments, which every local user can read (ps). */
 async function startSidecar(work: string, demo: DemoProcesses, name: string, token: string, args: string[]): Promise<{ fields: Record<string, string> }> {
-  const child = demo.spawn(process.execPath, [MESHWARD_BIN, "sidecar", ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, MESHWARD_TOKEN: token } });
+  const child = demo.spawn(process.execPath, [MESHWARD_BIN, "sidecar", ...args], { env: { ...process.env, MESHWARD_TOKEN: token, [STOP_ON_STDIN_CLOSE_ENV]: "1" } });
   child.stderr?.pipe(createWriteStream(join(work, "logs", `${name}-sidecar.log`)));
   const [, line] = await firstLine(child, /meshward sidecar ready: (.*)/);
   const fields: Record<string, string> = {};
@@ -353,6 +387,16 @@ function firstLine(child: ChildProcess, pattern: RegExp, timeoutMs = 30_000, com
       reject(new MeshwardError("E_DEMO", `could not start a demo process: ${error.message}${missing}`));
     });
   });
+}
+
+/** Tells the janitor whether to keep the directory, and waits (a little) for it to be gone. */
+async function endJanitor(janitor: ChildProcess, keep: boolean): Promise<void> {
+  if (janitor.exitCode !== null || janitor.signalCode !== null) return;
+  const exited = new Promise((resolve) => janitor.once("exit", resolve));
+  janitor.stdin?.end(keep ? "keep" : "");
+  const timer = setTimeout(() => janitor.kill("SIGKILL"), 5000);
+  await exited;
+  clearTimeout(timer);
 }
 
 async function stopChild(child: ChildProcess): Promise<void> {

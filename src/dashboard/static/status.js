@@ -92,14 +92,24 @@
     return td;
   }
 
+  /**
+   * A duration as a person reads it: its two largest units, each whole and rounded down
+   * ("59 min 59 s" for 3599871 ms, "23 h 5 min", "364 days 23 h"), never more than is left.
+   * The raw milliseconds stay in the cell's data-ms attribute and in status.json.
+   */
   function timeLeft(ms) {
     var past = ms < 0;
-    var s = Math.abs(ms) / 1000;
-    var text;
-    if (s < 90) text = Math.round(s) + " s";
-    else if (s < 5400) text = Math.round(s / 60) + " min";
-    else if (s < 172800) text = (s / 3600).toFixed(1) + " h";
-    else text = Math.round(s / 86400) + " days";
+    var rest = Math.floor(Math.abs(ms) / 1000);
+    var units = [[86400, "day"], [3600, "h"], [60, "min"], [1, "s"]];
+    var parts = [];
+    for (var i = 0; i < units.length && parts.length < 2; i++) {
+      var n = Math.floor(rest / units[i][0]);
+      rest -= n * units[i][0];
+      if (n === 0 && parts.length === 0) continue;
+      if (n === 0) break;
+      parts.push(n + " " + (units[i][1] === "day" && n !== 1 ? "days" : units[i][1]));
+    }
+    var text = parts.length === 0 ? "0 s" : parts.join(" ");
     return past ? "expired " + text + " ago" : text;
   }
 
@@ -139,7 +149,7 @@
         { text: id.kind, className: "nowrap" },
         { text: id.serial, className: "mono serial", data: { serial: id.serial }, breakAfter: 8 },
         { text: id.notAfter, className: "mono expires nowrap" },
-        { text: timeLeft(notAfter - now), className: cls + "-text nowrap" },
+        { text: timeLeft(notAfter - now), className: cls + "-text nowrap time-left", data: { ms: String(notAfter - now) } },
       ];
     }), 5, "no identity yet");
     renderTimeline(s.identities, now);
@@ -172,7 +182,7 @@
       var barY = top + 20;
       var label = svgEl("text", { x: 1, y: top + 14, class: "label" }, id.kind + "  " + id.spiffeId);
       svg.appendChild(label);
-      var info = svgEl("text", { x: width - 1, y: top + 14, "text-anchor": "end", class: "life-info" }, timeLeft(na - now) + " left of " + timeLeft(span) + "  (" + day(nb) + " → " + day(na) + ")");
+      var info = svgEl("text", { x: width - 1, y: top + 14, "text-anchor": "end", class: "life-info", "data-ms": na - now }, timeLeft(na - now) + " left of " + timeLeft(span) + "  (" + day(nb) + " → " + day(na) + ")");
       svg.appendChild(info);
       // On a narrow page the two would overlap: the dates then go under the bar.
       var below = label.getComputedTextLength() + info.getComputedTextLength() + 16 > width;
@@ -235,7 +245,7 @@
         { text: r.subject, className: "subject breakable" },
         { text: r.fingerprint, className: "mono fingerprint", breakAfter: ":" },
         { text: r.notAfter, className: "mono nowrap" },
-        { text: timeLeft(na - now), className: (na - now < 7 * 86400000 ? "bad" : na - now < 30 * 86400000 ? "warn" : "ok") + "-text nowrap" },
+        { text: timeLeft(na - now), className: (na - now < 7 * 86400000 ? "bad" : na - now < 30 * 86400000 ? "warn" : "ok") + "-text nowrap time-left", data: { ms: String(na - now) } },
       ];
       if (withLive) cells.push({ text: typeof r.liveCertificates === "number" ? r.liveCertificates : "—", className: "live", data: { fingerprint: r.fingerprint } });
       return cells;
