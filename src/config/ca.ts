@@ -64,7 +64,7 @@ export const jwksValidatorSchema = z
         message: "must be an https:// URL: the JWKS holds the keys that decide every identity, so it is never fetched in plaintext (for a local document use jwksFile)",
       })
       .optional()
-      .describe("https:// URL of a JWKS document; fetched and cached, refreshed on unknown key ids."),
+      .describe("https:// URL of a JWKS document; fetched and cached, refreshed on unknown key ids (at most once per 30 s). After a failed fetch none is sent for 30 s (requests meanwhile get E_JWKS_UNAVAILABLE); a token that could never pass (not a JWT, a refused algorithm, no or a past `exp`, another audience) is refused before any fetch."),
     kubernetes: z
       .object({
         apiServer: z.string().url().default("https://kubernetes.default.svc").describe("The API server, as pods reach it."),
@@ -200,7 +200,7 @@ export const caConfigSchema = z
       .or(z.literal(false))
       .default({ burst: 100, perSecond: 2 })
       .describe(
-        "Certificates issued to one source IP address (attestations and renewals alike, counted per CA replica): `burst` at once, then `perSecond`. Only issued certificates count: a refused request gives its share back, so callers without a credential behind the same address cannot use it up. Past it the request is refused RESOURCE_EXHAUSTED (E_RATE_LIMITED) before attestation, so no join token is spent, and clients retry with backoff. Each certificate is a row in the store: one valid token or certificate would otherwise mint them without bound. `false` turns it off (a proxy in front of the CA that hides client addresses makes every caller one address).",
+        "Certificates issued to one source IP address (attestations and renewals alike, counted per CA replica): `burst` at once, then `perSecond`. Issued certificates count, and so do refusals that cost the CA a verification: a token the Kubernetes TokenReview did not authenticate, a JWT whose signature does not verify (after a JWKS fetch), an unknown or used-up join token, an untrusted renewal certificate, and anything refused after attestation; so forged tokens of the right shape cannot make the CA verify them without bound. A refusal that cost nothing (a malformed CSR, another trust domain, an empty or malformed token, a JWT whose `exp` or audience rules it out before any fetch or TokenReview) gives its share back, so callers without a credential behind the same address cannot use it up with garbage, and so does a failure of the CA's own (`E_INTERNAL`, `E_STORE_*`, `E_JWKS_UNAVAILABLE`, `E_KUBERNETES_UNAVAILABLE`, `E_CA_BUSY`, \u2026), so a workload retrying after one is not penalised. Past it the request is refused RESOURCE_EXHAUSTED (E_RATE_LIMITED) before attestation, so no join token is spent, and clients retry with backoff. Each certificate is a row in the store: one valid token or certificate would otherwise mint them without bound. `false` turns it off (a proxy in front of the CA that hides client addresses makes every caller one address).",
       ),
     crlRefresh: timerDurationText("CRL refresh interval", 100).default(parseDuration("1s")).describe("How often the store is checked for new revocations."),
     leaderTimeout: timerDurationText("leader timeout", 2_000)
