@@ -10,18 +10,34 @@
  *     only the first entry (acl_trie.go PutOperationAction sets Data only when it is nil; older
  *     versions, a map in pkg/acl/acl.go, kept the last).
  *
+ *   - "overlap": two operations neither of which covers the other both match some paths
+ *     (`/a/*c` and `/a/bb*` both match `/a/bbc`). meshward picks the more specific there; Dapr's
+ *     trie descends one segment at a time, taking at each node the first child in insertion
+ *     order that matches (findNodeWithWildcard: a literal equal to the segment, `/**`, an
+ *     in-segment glob, and `/*` only for the last segment) and never goes back, and answers with
+ *     the first node on the way that holds an operation (Search). So Dapr may take the other
+ *     operation, or none of them: a bare `*` segment before the last one never matches in
+ *     Dapr, so for `/a/b/c` under the operations "/a/STAR/c" and "/STAR/b/**" (STAR a bare `*`),
+ *     which both match it for meshward, Dapr descends into `/a`, finds no child for `b` and
+ *     applies the default action.
+ *
  * The precedence check is a sufficient one, not a complete one: it flags a wildcard operation
  * declared before a more specific operation it covers (it matches a path the later one matches,
  * built from the later name), when the two would decide some verb, or gRPC, differently.
+ * The overlap check builds one path both operations of a pair match (wildcards filled in from
+ * the other name), runs Dapr's trie on it (daprTrieSearch, a port of acl_trie.go's Search over
+ * every operation of the policy) and meshward's most-specific choice, and reports the pair when
+ * the two choices decide some verb, or gRPC, differently; pairs both read alike are not reported.
+ * It too is sufficient, not complete: one path per pair.
  * Pure: the sidecar logs these as warnings at load, `meshward audit` reports them.
  */
-import { compareSpecificity, compileOperation, matchesOperation, PathSegments, SegmentKind, type OperationPattern } from "./operation.ts";
+import { compareSpecificity, compileOperation, matchesGlob, matchesOperation, PathSegments, SegmentKind, type OperationPattern } from "./operation.ts";
 import type { AccessControlConfig, Action, OperationRule } from "./schema.ts";
 
 export const POLICY_DIFFERS_FROM_DAPR = "policy-differs-from-dapr";
 
 export interface DaprDifference {
-  readonly kind: "precedence" | "repeated-name";
+  readonly kind: "precedence" | "repeated-name" | "overlap";
   readonly appId: string;
   readonly namespace: string;
   readonly trustDomain: string;
@@ -95,6 +111,41 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
         });
       }
     }
+
+    // Overlaps neither side of which covers the other (covering pairs are the precedence check's).
+    const trie = daprTrie(named.map((entry) => entry.pattern.name.toLowerCase()));
+    for (const earlier of named) {
+      for (const later of named) {
+        if (later.firstIndex <= earlier.firstIndex) continue;
+        path.load(samplePath(later.pattern));
+        if (matchesOperation(earlier.pattern.segments, path)) continue;
+        path.load(samplePath(earlier.pattern));
+        if (matchesOperation(later.pattern.segments, path)) continue;
+        const sample = overlapPath(earlier.pattern, later.pattern);
+        if (sample === undefined) continue;
+        path.load(sample);
+        if (!matchesOperation(earlier.pattern.segments, path) || !matchesOperation(later.pattern.segments, path)) continue;
+        // meshward: the most specific operation that matches (decide.ts: a stable sort, so ties go to the first declared).
+        let mine: NamedOperation | undefined;
+        for (const entry of named) {
+          if (!matchesOperation(entry.pattern.segments, path)) continue;
+          if (mine === undefined || compareSpecificity(entry.pattern, mine.pattern) < 0) mine = entry;
+        }
+        const daprIndex = daprTrieSearch(trie, sample);
+        const theirs = daprIndex === undefined ? undefined : named[daprIndex];
+        if (mine === theirs) continue;
+        const differing = differingKey(mine?.rules ?? [], theirs?.rules ?? [], fallback);
+        if (differing === undefined) continue;
+        const daprReads = theirs === undefined ? `Dapr none of them (its trie does not go back once it has taken a branch, and a bare '*' before the last segment never matches there), so the default action (${fallback})` : `Dapr ${theirs.pattern.name}`;
+        found.push({
+          ...base,
+          kind: "overlap",
+          operations: [earlier.pattern.name, later.pattern.name],
+          operationIndexes: [earlier.firstIndex, later.firstIndex],
+          message: `${app}: operations ${earlier.pattern.name} (operations[${earlier.firstIndex}]) and ${later.pattern.name} (operations[${later.firstIndex}]) both match ${sample}, neither covering the other; there meshward uses ${mine?.pattern.name ?? "none of them"}, ${daprReads}, and they decide ${differing} differently: declare ${mine?.pattern.name ?? "an operation for the paths they share"} first, or add an operation for the paths they share declared before both, or narrow one so that they no longer overlap`,
+        });
+      }
+    }
   });
   return found;
 }
@@ -102,9 +153,140 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
 /** A path the pattern matches: wildcards filled with "x" (lower case, as requests are matched). */
 function samplePath(pattern: OperationPattern): string {
   if (pattern.segments.length === 0) return "/";
-  return `/${pattern.segments
-    .map((segment) => (segment.kind === SegmentKind.Literal ? segment.literal : segment.kind === SegmentKind.Glob ? segment.pieces!.join("x") : "x"))
-    .join("/")}`;
+  return `/${sampleSegments(pattern.segments).join("/")}`;
+}
+
+type PatternSegment = OperationPattern["segments"][number];
+
+function sampleSegments(segments: readonly PatternSegment[]): string[] {
+  const out: string[] = [];
+  for (const segment of segments) {
+    if (segment.kind === SegmentKind.Rest) break;
+    out.push(segment.kind === SegmentKind.Literal ? segment.literal : segment.kind === SegmentKind.Glob ? segment.pieces!.join("x") : "x");
+  }
+  return out;
+}
+
+/** A path both patterns match, built segment by segment (undefined when none is found this way). */
+function overlapPath(a: OperationPattern, b: OperationPattern): string | undefined {
+  const out: string[] = [];
+  for (let i = 0; ; i++) {
+    const x = a.segments[i];
+    const y = b.segments[i];
+    if (x === undefined && y === undefined) break;
+    if (x?.kind === SegmentKind.Rest) {
+      out.push(...sampleSegments(b.segments.slice(i)));
+      break;
+    }
+    if (y?.kind === SegmentKind.Rest) {
+      out.push(...sampleSegments(a.segments.slice(i)));
+      break;
+    }
+    if (x === undefined || y === undefined) return undefined;
+    const segment = overlapSegment(x, y);
+    if (segment === undefined) return undefined;
+    out.push(segment);
+  }
+  return out.length === 0 ? undefined : `/${out.join("/")}`;
+}
+
+function overlapSegment(x: PatternSegment, y: PatternSegment): string | undefined {
+  const fill = (s: PatternSegment) => (s.kind === SegmentKind.Literal ? s.literal : s.kind === SegmentKind.Glob ? s.pieces!.join("x") : "x");
+  const candidates = [fill(x), fill(y)];
+  if (x.kind === SegmentKind.Glob && y.kind === SegmentKind.Glob) {
+    for (const [p, q] of [[x.pieces!, y.pieces!], [y.pieces!, x.pieces!]] as const) {
+      candidates.push(`${p[0]}${q[0]}x${p.slice(1, -1).join("x")}x${q.slice(1, -1).join("x")}x${q[q.length - 1]}${p[p.length - 1]}`);
+    }
+  }
+  return candidates.find((c) => c !== "" && segmentMatches(x, c) && segmentMatches(y, c));
+}
+
+function segmentMatches(segment: PatternSegment, text: string): boolean {
+  if (segment.kind === SegmentKind.Literal) return segment.literal === text;
+  if (segment.kind === SegmentKind.Glob) return matchesGlob(segment.pieces!, text, 0, text.length);
+  return true;
+}
+
+/**
+ * Dapr's operations trie (dapr/dapr pkg/config/acl_trie.go), ported as it reads: each operation
+ * (normalised, lower case, as pkg/acl/acl.go ParseAccessControlSpec stores HTTP ones) is put in
+ * declaration order, one node per "/segment"; a repeated name keeps its first data.
+ */
+export interface DaprNode {
+  readonly char: string;
+  data: number | undefined;
+  readonly subNodes: DaprNode[];
+}
+
+export function daprTrie(names: readonly string[]): DaprNode {
+  const root: DaprNode = { char: "/", data: undefined, subNodes: [] };
+  names.forEach((name, index) => {
+    const parts = name.split("/");
+    let node = root;
+    for (let i = 1; i < parts.length; i++) {
+      const char = `/${parts[i]}`;
+      const sub = node.subNodes.find((n) => n.char === char);
+      if (sub === undefined) {
+        const created: DaprNode = { char, data: i === parts.length - 1 ? index : undefined, subNodes: [] };
+        node.subNodes.push(created);
+        node = created;
+      } else if (i === parts.length - 1) {
+        if (sub.data === undefined) sub.data = index;
+      } else {
+        node = sub;
+      }
+    }
+  });
+  return root;
+}
+
+/** acl_trie.go Search: the index of the operation Dapr applies to `path` (normalised, lower case), or undefined for none. */
+export function daprTrieSearch(root: DaprNode, path: string): number | undefined {
+  const parts = path.split("/");
+  let node: DaprNode | undefined = root;
+  for (let i = 1; i < parts.length; i++) {
+    const isEnd = i === parts.length - 1;
+    node = daprFindSubNode(node, `/${parts[i]}`, isEnd);
+    if (node === undefined) return undefined;
+    if (node.data !== undefined) {
+      if (!isEnd && node.char.endsWith("/*") && !node.char.endsWith("/**")) continue;
+      return node.data;
+    } else if (isEnd) {
+      const wildcard = daprFindSubNode(node, "/*", isEnd);
+      if (wildcard?.data !== undefined) return wildcard.data;
+    }
+  }
+  return undefined;
+}
+
+/** acl_trie.go findNodeWithWildcard: the first child, in insertion order, that matches. */
+function daprFindSubNode(node: DaprNode, char: string, isEnd: boolean): DaprNode | undefined {
+  for (const sub of node.subNodes) {
+    if (sub.char === char) return sub;
+    if (sub.char === "/*") {
+      if (isEnd) return sub;
+      continue;
+    }
+    if (sub.char === "/**") return sub;
+    if (daprIsMatch(char, sub.char)) return sub;
+  }
+  return undefined;
+}
+
+/** acl_trie.go isMatch: '*' matches any run of characters, empty included. */
+function daprIsMatch(target: string, pattern: string): boolean {
+  let row = new Array<boolean>(pattern.length + 1).fill(false);
+  row[0] = true;
+  for (let j = 1; j <= pattern.length && pattern[j - 1] === "*"; j++) row[j] = true;
+  for (let i = 1; i <= target.length; i++) {
+    const next = new Array<boolean>(pattern.length + 1).fill(false);
+    for (let j = 1; j <= pattern.length; j++) {
+      if (pattern[j - 1] === "*") next[j] = next[j - 1]! || row[j]!;
+      else if (target[i - 1] === pattern[j - 1]) next[j] = row[j - 1]!;
+    }
+    row = next;
+  }
+  return row[pattern.length]!;
 }
 
 /** The first verb (or "gRPC") the two sets of entries decide differently, as meshward reads each. */

@@ -20,6 +20,12 @@ import { cgiFieldName } from "./headers.ts";
  *     them. `%3B` stays escaped: every server reads it as a plain character of the segment;
  *   - NUL and other control characters, raw or escaped; characters RFC 3986 does not allow in
  *     a path (space, `"`, `<`, `>`, `^`, `` ` ``, `{`, `|`, `}`, non-ASCII); `#`; malformed `%`;
+ *   - escaped bytes ≥ 0x80 that are not well-formed UTF-8 (RFC 3629 §4): overlong forms
+ *     (`%C0%AE` for `.`, `%C0%AF` and `%E0%80%AF` for `/`), surrogates (`%ED%A0%80`), code points
+ *     above U+10FFFF, stray continuation bytes, truncated sequences. Lenient decoders (Tomcat
+ *     before CVE-2008-2938, IIS's %u/overlong handling, some Java and .NET ones) read overlong
+ *     forms as the ASCII character, so `/a/%C0%AE%C0%AE/admin` would route as `/admin`;
+ *     well-formed UTF-8 escapes are kept as they are (upper-cased);
  *   - `*` for any method but OPTIONS; a target in authority-form; userinfo in absolute-form.
  */
 
@@ -75,12 +81,44 @@ function isPlainCanonical(path: string): boolean {
 
 const HEX = /^[0-9A-Fa-f]{2}$/;
 
+const INVALID_UTF8 =
+  "percent-escaped bytes that are not well-formed UTF-8 (RFC 3629: an overlong form such as %C0%AE for '.', a surrogate, a code point above U+10FFFF, a stray or missing continuation byte), which some servers decode to '.' or '/'";
+
+/**
+ * The bytes a continuation at this point of a UTF-8 sequence may take (RFC 3629 §4: the first
+ * continuation after E0, ED, F0 and F4 is narrower, which excludes overlong forms, surrogates and
+ * code points above U+10FFFF), as [low, high]; `lead` is the sequence's first byte.
+ */
+function continuationRange(lead: number, first: boolean): [number, number] {
+  if (!first) return [0x80, 0xbf];
+  if (lead === 0xe0) return [0xa0, 0xbf];
+  if (lead === 0xed) return [0x80, 0x9f];
+  if (lead === 0xf0) return [0x90, 0xbf];
+  if (lead === 0xf4) return [0x80, 0x8f];
+  return [0x80, 0xbf];
+}
+
+/** Continuation bytes a UTF-8 lead byte needs (RFC 3629 §4), or -1 for a byte no sequence starts with (80–C1, F5–FF). */
+function continuationsAfter(lead: number): number {
+  if (lead >= 0xc2 && lead <= 0xdf) return 1;
+  if (lead >= 0xe0 && lead <= 0xef) return 2;
+  if (lead >= 0xf0 && lead <= 0xf4) return 3;
+  return -1;
+}
+
 /** One segment with its escapes decided; a refusal string when it cannot be made canonical. */
 function canonicalSegment(segment: string, escapedSlashes: EscapedSlashAction): string | TargetRefusal {
   let out = "";
+  // A UTF-8 sequence being read from escapes: its lead byte and the continuations still wanted.
+  // Escaped bytes ≥ 0x80 must be well-formed UTF-8 (RFC 3629); anything but its next
+  // continuation escape while one is wanted (another character, an ASCII escape, the segment's
+  // end) leaves it truncated.
+  let lead = 0;
+  let wanted = 0;
   for (let i = 0; i < segment.length; i++) {
     const c = segment.charCodeAt(i);
     if (c !== PERCENT) {
+      if (wanted > 0) return { refused: INVALID_UTF8 };
       if (c >= 128 || PATH_CHAR[c] === 0) return { refused: refusedCharacter(c) };
       out += segment[i];
       continue;
@@ -89,6 +127,21 @@ function canonicalSegment(segment: string, escapedSlashes: EscapedSlashAction): 
     if (!HEX.test(hex)) return { refused: "a '%' that does not start a percent-encoding (RFC 3986 §2.1)" };
     i += 2;
     const byte = Number.parseInt(hex, 16);
+    if (wanted > 0) {
+      const all = continuationsAfter(lead);
+      const [low, high] = continuationRange(lead, wanted === all);
+      if (byte < low || byte > high) return { refused: INVALID_UTF8 };
+      wanted--;
+      out += `%${hex.toUpperCase()}`;
+      continue;
+    }
+    if (byte >= 0x80) {
+      wanted = continuationsAfter(byte);
+      if (wanted < 0) return { refused: INVALID_UTF8 };
+      lead = byte;
+      out += `%${hex.toUpperCase()}`;
+      continue;
+    }
     if (byte < 0x20 || byte === 0x7f) return { refused: "an escaped control character (such as %00)" };
     if (byte === SLASH || byte === 0x5c) {
       if (escapedSlashes === "reject") return { refused: `an escaped ${byte === SLASH ? "slash (%2F)" : "backslash (%5C)"}, which servers decode differently (escapedSlashes: reject)` };
@@ -96,9 +149,10 @@ function canonicalSegment(segment: string, escapedSlashes: EscapedSlashAction): 
       out += `%${hex.toUpperCase()}`;
       continue;
     }
-    if (byte < 128 && DECODED[byte] === 1) out += String.fromCharCode(byte);
+    if (DECODED[byte] === 1) out += String.fromCharCode(byte);
     else out += `%${hex.toUpperCase()}`;
   }
+  if (wanted > 0) return { refused: INVALID_UTF8 };
   return out;
 }
 
@@ -190,10 +244,28 @@ export function urlDecodedBytes(text: string): string {
  * is ignored: wider than any one framework, never narrower.
  */
 export function isMethodOverrideName(name: string): boolean {
+  if (readAsName(name)) return true;
+  // Lenient UTF-8 decoders (Tomcat before CVE-2008-2938, some Java and .NET ones) read an overlong
+  // form as the ASCII character it encodes: `%C1%9Fmethod` is their `_method`.
+  const folded = overlongAsciiFolded(name);
+  return folded !== name && readAsName(folded);
+}
+
+function readAsName(name: string): boolean {
   const nul = name.indexOf("\0");
   const cut = nul < 0 ? name : name.slice(0, nul);
   if (cut.length < 7) return false;
   return namedMethod(cut) || namedMethod(cut.replace(/^ +/, "")) || namedMethod(cut.replace(/^[ [\]]+/, ""));
+}
+
+/**
+ * `bytes` (one char per byte, as urlDecodedBytes gives them) with every overlong UTF-8 form of an
+ * ASCII character (2, 3 or 4 bytes: C0/C1 xx, E0 80–81 xx, F0 80 80–81 xx) replaced by that
+ * character, as a decoder that does not check for overlong forms reads it.
+ */
+export function overlongAsciiFolded(bytes: string): string {
+  if (!/[\xc0\xc1\xe0\xf0]/.test(bytes)) return bytes;
+  return bytes.replace(/[\xc0\xc1][\x80-\xbf]|\xe0[\x80\x81][\x80-\xbf]|\xf0\x80[\x80\x81][\x80-\xbf]/g, (seq) => String.fromCharCode(((seq.charCodeAt(seq.length - 2) & 0x01) << 6) | (seq.charCodeAt(seq.length - 1) & 0x3f)));
 }
 
 function namedMethod(name: string): boolean {

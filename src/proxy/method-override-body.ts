@@ -129,10 +129,27 @@ function hexValue(c: number): number {
 
 const NAME_END = 1;
 const NAME_INTERESTING = 2;
-/** Per byte, in a form: ends a name ('&', ';', '='), or could be part of a `_method` name ('m', 'M', '%'). */
+/** Per byte, in a form: ends a name ('&', ';', '='), or could be part of a `_method` name ('m', 'M', '%', an overlong form's lead byte). */
 const NAME_BYTE = new Uint8Array(256);
 for (const c of [AMP, SEMI, EQ]) NAME_BYTE[c] = NAME_END;
-for (const c of [0x6d, 0x4d, PCT]) NAME_BYTE[c] = NAME_INTERESTING;
+for (const c of [0x6d, 0x4d, PCT, 0xc0, 0xc1, 0xe0, 0xf0]) NAME_BYTE[c] = NAME_INTERESTING;
+
+/**
+ * Whether `bytes` (1 to 4) begin an overlong UTF-8 form of an ASCII character (C0/C1 xx,
+ * E0 80–81 xx, F0 80 80–81 xx): "complete", "prefix", or undefined for neither.
+ */
+function overlongAscii(bytes: readonly number[]): "complete" | "prefix" | undefined {
+  const lead = bytes[0]!;
+  const cont = (b: number | undefined) => b !== undefined && b >= 0x80 && b <= 0xbf;
+  const total = lead === 0xc0 || lead === 0xc1 ? 2 : lead === 0xe0 ? 3 : lead === 0xf0 ? 4 : 0;
+  if (total === 0) return undefined;
+  for (let k = 1; k < bytes.length; k++) {
+    const b = bytes[k]!;
+    const ok = k === total - 2 && total > 2 ? b === 0x80 || b === 0x81 : k < total - 2 ? b === 0x80 : cont(b);
+    if (!ok) return undefined;
+  }
+  return bytes.length === total ? "complete" : "prefix";
+}
 
 /** The next index of `byte` at or after `from`, reusing `known` while it is still ahead (-1: none left in the chunk). */
 function nextIndex(chunk: Buffer, byte: number, known: number, from: number): number {
@@ -151,6 +168,8 @@ class FormInspector implements BodyInspector {
   #nameFull = false;
   /** Raw characters of an escape not yet complete: "%" or "%X". */
   #escape = "";
+  /** Decoded bytes of what may be an overlong UTF-8 form not yet complete (at most 3). */
+  #overlong: number[] = [];
 
   push(chunk: Buffer): string | undefined {
     const n = chunk.length;
@@ -174,7 +193,7 @@ class FormInspector implements BodyInspector {
         i = k + 1;
         continue;
       }
-      if (this.#name === "" && this.#escape === "" && !this.#nameFull) {
+      if (this.#name === "" && this.#escape === "" && this.#overlong.length === 0 && !this.#nameFull) {
         // A name shorter than `_method`, or without an 'm' or an escape, cannot be `_method`: its
         // bytes are only looked at. (One that goes on into the next chunk is decoded below.)
         let k = i;
@@ -232,7 +251,28 @@ class FormInspector implements BodyInspector {
     for (let k = 0; k < raw.length && !this.#nameFull; k++) this.#add(raw.charCodeAt(k));
   }
 
+  /**
+   * A decoded byte of the name. Overlong UTF-8 forms of ASCII characters are read as the character
+   * (as a lenient decoder does, isMethodOverrideName), before leading runs are collapsed, so that
+   * a name padded with overlong spaces is still bounded.
+   */
   #add(decoded: number): void {
+    if (this.#overlong.length > 0 || decoded === 0xc0 || decoded === 0xc1 || decoded === 0xe0 || decoded === 0xf0) {
+      this.#overlong.push(decoded);
+      const state = overlongAscii(this.#overlong);
+      if (state === "prefix") return;
+      const bytes = this.#overlong;
+      this.#overlong = [];
+      if (state === "complete") return this.#addChar(((bytes[bytes.length - 2]! & 0x01) << 6) | (bytes[bytes.length - 1]! & 0x3f));
+      // Not an overlong form: its first byte stands for itself, the rest is read again.
+      this.#addChar(bytes[0]!);
+      for (let k = 1; k < bytes.length && !this.#nameFull; k++) this.#add(bytes[k]!);
+      return;
+    }
+    this.#addChar(decoded);
+  }
+
+  #addChar(decoded: number): void {
     if (decoded === 0) {
       this.#nameFull = true;
       return;
@@ -249,6 +289,7 @@ class FormInspector implements BodyInspector {
 
   #endName(): string | undefined {
     if (this.#escape.length > 0) this.#flushEscape();
+    for (const b of this.#overlong.splice(0)) if (!this.#nameFull) this.#addChar(b);
     const name = this.#name;
     this.#name = "";
     this.#nameFull = false;
@@ -440,8 +481,9 @@ function partHeadProblem(lines: readonly string[]): string | undefined {
     if (!content && name !== "content-disposition") continue;
     if (!content && ++dispositions > 1) return "a multipart part with more than one Content-Disposition";
     if (!content && !DISPOSITION.test(value)) return "a multipart Content-Disposition that is not `type; name=value…` (parsers read such ones differently)";
-    // No `_method` without "method" after a character read as '_', a percent escape, an encoded word or a backslash escape.
-    if (!/[_. [\]]method|%|=\?|\\/i.test(value)) continue;
+    // No `_method` without "method" after a character read as '_', a percent escape, an encoded
+    // word, a backslash escape or the lead byte of an overlong UTF-8 form (isMethodOverrideName).
+    if (!/[_. [\]]method|%|=\?|\\|[\xc0\xc1\xe0\xf0]/i.test(value)) continue;
     if (content) {
       candidates.push(value.trim());
       continue;

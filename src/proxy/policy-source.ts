@@ -48,6 +48,41 @@ export function readPolicyFile(file: string): { policy: AccessPolicy; difference
   return { policy, differences };
 }
 
+/** What policy-foreign-trust-domain reports: the warning, and the sidecar's own trust domain. */
+export type ForeignTrustDomainWarning = NonNullable<ReturnType<typeof foreignTrustDomainWarning>>;
+
+/**
+ * policy-foreign-trust-domain, kept current: `warn` is called at start, after each policy reload,
+ * and after each change of the trust domains the sidecar can verify (a federated trust domain's
+ * root added to or removed from its trust bundle), each time the policy names callers of a trust
+ * domain it cannot verify. A bundle refresh that leaves the set of trust domains as it was says
+ * nothing again. Returns `trusted(next)`, to be called with the bundle's trust domains whenever
+ * it changes, and the unsubscribe.
+ */
+export function watchForeignTrustDomains(
+  policy: Pick<PolicySource, "current" | "onReload">,
+  file: string,
+  own: string,
+  initial: ReadonlySet<string>,
+  warn: (warning: ForeignTrustDomainWarning) => void,
+): { trusted(next: ReadonlySet<string>): void; close(): void } {
+  let trusted = new Set(initial);
+  const check = () => {
+    const warning = foreignTrustDomainWarning(policy.current(), file, own, trusted);
+    if (warning !== undefined) warn(warning);
+  };
+  check();
+  const unsubscribe = policy.onReload(check);
+  return {
+    trusted(next) {
+      if (next.size === trusted.size && [...next].every((domain) => trusted.has(domain))) return;
+      trusted = new Set(next);
+      check();
+    },
+    close: unsubscribe,
+  };
+}
+
 /**
  * App policies for callers of a trust domain this sidecar cannot verify (neither its own nor one
  * its trust bundle holds a root of) match no caller: such a caller gets the global default, so
@@ -96,7 +131,8 @@ export interface WatchPolicyOptions {
 
 /**
  * Logs one `policy-differs-from-dapr` warning per place the policy means something else to Dapr
- * (a wildcard declared before a narrower operation it covers, a repeated operation name).
+ * (a wildcard declared before a narrower operation it covers, a repeated operation name, two
+ * overlapping operations Dapr's trie and meshward pick differently between).
  */
 function warnDifferences(differences: readonly DaprDifference[], options: WatchPolicyOptions): void {
   for (const difference of differences) {

@@ -27,7 +27,7 @@ import type { ProxyTelemetry, RefusalListener } from "./inbound.ts";
 import { startOutbound } from "./outbound.ts";
 import { compileOutboundHosts } from "./outbound-host.ts";
 import { listenerMetrics } from "./listener-cap.ts";
-import { foreignTrustDomainWarning, watchPolicy } from "./policy-source.ts";
+import { watchForeignTrustDomains, watchPolicy } from "./policy-source.ts";
 
 export interface SidecarDependencies {
   readonly logger: Logger;
@@ -179,15 +179,23 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
     const snapshot = await untilStopped(identity.ready(), deps.stopSignal);
     const trustDomain = snapshot.bundle.trustDomain;
     if (config.policy !== undefined) {
-      // Said at start and after each reload: a policy for another trust domain's callers denies them silently.
-      const trusted = rootTrustDomains(snapshot.bundle.rootsPem);
+      // Said at start, after each reload and after each change of the bundle's trust domains (a
+      // federated one added or removed): a policy for another trust domain's callers denies them silently.
       const policyFile = config.policy;
-      const checkTrustDomains = () => {
-        const warning = foreignTrustDomainWarning(policy.current(), policyFile, trustDomain, trusted);
-        if (warning !== undefined) logger.warn({ event: "policy-foreign-trust-domain", policy: policyFile, trustDomain, foreignTrustDomains: warning.trustDomains, appIds: warning.appIds }, warning.message);
-      };
-      checkTrustDomains();
-      closers.push(policy.onReload(checkTrustDomains));
+      let rootsPem = snapshot.bundle.rootsPem;
+      const foreign = watchForeignTrustDomains(policy, policyFile, trustDomain, rootTrustDomains(rootsPem), (warning) =>
+        logger.warn({ event: "policy-foreign-trust-domain", policy: policyFile, trustDomain, foreignTrustDomains: warning.trustDomains, appIds: warning.appIds }, warning.message),
+      );
+      const unsubscribe = identity.subscribe((event) => {
+        if (event.type !== "bundle-updated" && event.type !== "rotated") return;
+        if (event.snapshot.bundle.rootsPem === rootsPem) return;
+        rootsPem = event.snapshot.bundle.rootsPem;
+        foreign.trusted(rootTrustDomains(rootsPem));
+      });
+      closers.push(() => {
+        unsubscribe();
+        foreign.close();
+      });
     }
     if (outDir !== undefined) {
       const sink = startFileSink({ source: identity, dir: outDir, logger });

@@ -119,6 +119,20 @@ describe("rule details", () => {
     expect(audit("c.yaml", config("      - { name: /admin/*, httpVerb: ['*'] }\n      - { name: /admin/health, httpVerb: [GET], action: allow }\n"))).toEqual([]);
   });
 
+  // Overlaps neither side of which covers the other: Dapr's trie (acl_trie.go Search) takes the
+  // first declared branch that matches, segment by segment, without going back.
+  it("MW-ACCESS-009 flags overlapping operations Dapr and the sidecar decide differently, and not those both read alike (low)", () => {
+    const config = (operations: string): string =>
+      `apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: c\nspec:\n  accessControl:\n    defaultAction: deny\n    policies:\n    - appId: web\n      namespace: shop\n      operations:\n${operations}`;
+    const findings = auditSources([{ file: "c.yaml", text: config("      - { name: /files/*.pdf, httpVerb: ['*'], action: deny }\n      - { name: /files/public-*, httpVerb: [GET], action: allow }\n") }]).findings;
+    expect(findings.map((f) => [f.ruleId, f.severity])).toEqual([["MW-ACCESS-009", "low"]]);
+    expect(JSON.stringify(findings[0])).toContain("appId web: /files/*.pdf overlaps /files/public-*");
+    expect(audit("c.yaml", config("      - { name: /a/*/c, httpVerb: ['*'], action: allow }\n      - { name: /*/b/**, httpVerb: ['*'], action: deny }\n"))).toEqual(["MW-ACCESS-009@13:9"]);
+    // Read alike: the brief's /a/*/c and /a/b/* (both deny /a/b/c), and the globs declared the other way round.
+    expect(audit("c.yaml", config("      - { name: /a/*/c, httpVerb: ['*'], action: allow }\n      - { name: /a/b/*, httpVerb: ['*'], action: deny }\n"))).toEqual([]);
+    expect(audit("c.yaml", config("      - { name: /files/public-*, httpVerb: [GET], action: allow }\n      - { name: /files/*.pdf, httpVerb: ['*'], action: deny }\n"))).toEqual([]);
+  });
+
   it("MW-K8S-009/010/011 read the pod template the injector reads: annotation before label, only where a sidecar is injected", () => {
     const pod = (annotations: string, labels = "") =>
       `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    metadata:\n      labels:\n        app: web\n${labels}      annotations:\n${annotations}    spec:\n      containers:\n        - name: web\n          image: web:1\n`;

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
 import { compilePolicy, daprDifferences, parseAccessControl } from "../../src/policy/index.ts";
+import { daprTrie, daprTrieSearch } from "../../src/policy/dapr-differences.ts";
 
 /**
  * Two deliberate differences from Dapr, made visible (policy review MEDIUM-1, MEDIUM-2):
@@ -74,5 +75,57 @@ describe("daprDifferences: a repeated operation name (meshward merges, Dapr keep
 
   it("nothing for a policy without repeats or overlaps", () => {
     expect(daprDifferences(parse(`    - { name: /a, httpVerb: [GET], action: allow }\n    - { name: /b, httpVerb: [GET], action: deny }\n`))).toEqual([]);
+  });
+});
+
+/**
+ * Overlaps where neither operation covers the other. Dapr's trie (dapr/dapr pkg/config/acl_trie.go
+ * Search, findNodeWithWildcard) descends segment by segment into the first child, in insertion
+ * order, that matches, with a bare `*` only as the last segment, and never goes back.
+ */
+describe("daprDifferences: overlapping operations neither of which covers the other", () => {
+  it("a port of Dapr's trie answers as acl_trie_search_test.go and acl.go read", () => {
+    const trie = daprTrie(["/api/v1/*", "/api/v1/state", "/api/**", "/a/*/c", "/a/b/*", "/x/y*"]);
+    expect(daprTrieSearch(trie, "/api/v1/state")).toBe(0); // a wildcard registered before a sibling exact leaf shadows it
+    expect(daprTrieSearch(trie, "/api/v1/foo/bar")).toBeUndefined(); // '/*' matches one segment; '/api/**' is a sibling of /api's child v1, never reached
+    expect(daprTrieSearch(trie, "/a/b/c")).toBe(4);
+    expect(daprTrieSearch(trie, "/a/z/c")).toBeUndefined(); // a bare '*' before the last segment never matches
+    expect(daprTrieSearch(daprTrie(["/op3/a/*"]), "/op3/a")).toBe(0); // a trailing '/*' matches the bare prefix (pkg/acl/acl_test.go)
+    expect(daprTrieSearch(trie, "/a/b")).toBeUndefined(); // … unless an earlier '/*' child (of /a/*/c) is taken for the last segment first
+    expect(daprTrieSearch(trie, "/x/yz")).toBe(5);
+    expect(daprTrieSearch(daprTrie(["/a/b", "/a/b"]), "/a/b/c/d")).toBe(0); // an operation with data on the way answers for everything below it
+  });
+
+  it("/a/*c deny and /a/bb* allow: meshward uses the more literal /a/bb*, Dapr the first declared /a/*c (reported)", () => {
+    const config = parse(`    - { name: /a/*c, httpVerb: ["*"], action: deny }\n    - { name: /a/bb*, httpVerb: ["*"], action: allow }\n`);
+    expect(compilePolicy(config).decide({ caller, operation: "/a/bbc", verb: "GET" }).allowed).toBe(true);
+    const found = daprDifferences(config);
+    expect(found.map((d) => [d.kind, d.operations, d.operationIndexes])).toEqual([["overlap", ["/a/*c", "/a/bb*"], [0, 1]]]);
+    expect(found[0]!.message).toMatch(/operations \/a\/\*c \(operations\[0\]\) and \/a\/bb\* \(operations\[1\]\) both match \/a\/bb\S*c, neither covering the other; there meshward uses \/a\/bb\*, Dapr \/a\/\*c, and they decide GET differently|decide the other verbs differently/);
+  });
+
+  it("/a/*/c allow and /*/b/** deny: meshward allows /a/b/c, Dapr finds neither (no backtracking) and applies the default (reported)", () => {
+    for (const operations of [
+      `    - { name: /a/*/c, httpVerb: ["*"], action: allow }\n    - { name: /*/b/**, httpVerb: ["*"], action: deny }\n`,
+      `    - { name: /*/b/**, httpVerb: ["*"], action: deny }\n    - { name: /a/*/c, httpVerb: ["*"], action: allow }\n`,
+    ]) {
+      const config = parse(operations);
+      expect(compilePolicy(config).decide({ caller, operation: "/a/b/c", verb: "GET" }).allowed).toBe(true);
+      const found = daprDifferences(config);
+      expect(found.map((d) => d.kind)).toEqual(["overlap"]);
+      expect(found[0]!.message).toContain("both match /a/b/c");
+      expect(found[0]!.message).toContain("Dapr none of them");
+    }
+  });
+
+  it.each([
+    ["/a/*/c allow, /a/b/* deny (both deny /a/b/c: Dapr descends into b, meshward ranks b over *)", `    - { name: /a/*/c, httpVerb: ["*"], action: allow }\n    - { name: /a/b/*, httpVerb: ["*"], action: deny }\n`],
+    ["/a/b/* deny, /a/*/c allow (the other order: the same)", `    - { name: /a/b/*, httpVerb: ["*"], action: deny }\n    - { name: /a/*/c, httpVerb: ["*"], action: allow }\n`],
+    ["/a/x* and /a/*y, equally specific: both take the first declared", `    - { name: /a/x*, httpVerb: ["*"], action: allow }\n    - { name: /a/*y, httpVerb: ["*"], action: deny }\n`],
+    ["/a/*c and /a/bb*, the same action", `    - { name: /a/*c, httpVerb: ["*"], action: allow }\n    - { name: /a/bb*, httpVerb: ["*"], action: allow }\n`],
+    ["/a/*/c and /*/b/** deny both, default deny", `    - { name: /a/*/c, httpVerb: ["*"], action: deny }\n    - { name: /*/b/**, httpVerb: ["*"], action: deny }\n`],
+    ["disjoint: /a/*/c and /a/b/d", `    - { name: /a/*/c, httpVerb: ["*"], action: allow }\n    - { name: /a/b/d, httpVerb: ["*"], action: deny }\n`],
+  ])("not reported: %s", (_label, operations) => {
+    expect(daprDifferences(parse(operations)).filter((d) => d.kind === "overlap")).toEqual([]);
   });
 });

@@ -69,6 +69,43 @@ describe("canonical paths (RFC 3986 §6)", () => {
     for (const bad of ["/items/a b", '/items/"', "/items/<", "/items/{x}", "/items/|", "/items/^", "/items/`", "/items#frag"]) expect(isRefusal(target(bad))).toBe(true);
   });
 
+  it("refuses escaped bytes ≥ 0x80 that are not well-formed UTF-8 (RFC 3629): lenient decoders read overlong forms as '.' or '/'", () => {
+    for (const bad of [
+      "/a/%C0%AE%C0%AE/admin", // overlong '.' '.' (Tomcat before CVE-2008-2938 routed it as '..')
+      "/a/%c0%ae%c0%ae/admin",
+      "/a/..%C0%AFadmin", // overlong '/'
+      "/a/%C1%9C", // overlong '\\'
+      "/a/%E0%80%AE", // 3-byte overlong '.'
+      "/a/%E0%9F%BF", // 3-byte overlong (below U+0800)
+      "/a/%F0%80%80%AF", // 4-byte overlong '/'
+      "/a/%F0%8F%BF%BF", // 4-byte overlong (below U+10000)
+      "/a/%ED%A0%80", // a surrogate (U+D800)
+      "/a/%ED%BF%BF", // a surrogate (U+DFFF)
+      "/a/%F4%90%80%80", // above U+10FFFF
+      "/a/%F5%80%80%80",
+      "/a/%FF",
+      "/a/%80", // a lone continuation byte
+      "/a/%C3%A9%A9", // a continuation byte after a complete sequence
+      "/a/%C3", // truncated at the path's end
+      "/a/%C3/b", // truncated at a segment's end
+      "/a/%E2%82", // truncated
+      "/a/%C3x", // interrupted by a character
+      "/a/%C3%41", // interrupted by an ASCII escape
+      "/a/%F0%9F%98", // truncated 4-byte sequence
+    ]) {
+      expect(refused(bad), bad).toMatch(/not well-formed UTF-8/);
+      expect(refused(bad, "GET", "keep"), bad).toMatch(/not well-formed UTF-8/);
+    }
+    // Well-formed UTF-8 passes, escaped and upper-cased: the edges of RFC 3629's table included.
+    expect(path("/items/%c3%a9")).toBe("/items/%C3%A9");
+    expect(path("/a/%C2%80%DF%BF")).toBe("/a/%C2%80%DF%BF");
+    expect(path("/a/%E0%A0%80%ED%9F%BF%EE%80%80%EF%BF%BF")).toBe("/a/%E0%A0%80%ED%9F%BF%EE%80%80%EF%BF%BF");
+    expect(path("/a/%F0%90%80%80%F4%8F%BF%BF")).toBe("/a/%F0%90%80%80%F4%8F%BF%BF");
+    expect(path("/a/x%E2%82%ACy/%F0%9F%98%80")).toBe("/a/x%E2%82%ACy/%F0%9F%98%80");
+    // The same through an HTTP/2 :path.
+    expect(canonicalH2Request({ ":method": "GET", ":path": "/a/%C0%AE%C0%AE/admin", ":authority": "x" }, "reject")).toMatchObject({ status: 400, refused: expect.stringMatching(/not well-formed UTF-8/) });
+  });
+
   it("refuses ';' anywhere in the path: Tomcat, Jetty and Spring route '/admin;x/secret' as '/admin/secret' (found against Tomcat 9.0.70)", () => {
     for (const raw of ["/items;v=1/1", "/items/1;jsessionid=x", "/admin;/secret", "/admin;x/secret", "/a/b;"]) expect(refused(raw)).toMatch(/';' in the path/);
     // Escaped, it is a plain character of the segment to every server: kept escaped, never decoded into a parameter.
@@ -100,6 +137,16 @@ describe("canonical request targets (RFC 9112 §3.2)", () => {
       expect(refused(`/items/1?${query}`, "POST"), query).toMatch(/_method query parameter/);
     }
     for (const query of ["q=_method", "methods=1", "_method_x=1", "x_method=1", "a=%ZZ", "method=DELETE"]) {
+      expect(target(`/items/1?${query}`, "POST"), query).toMatchObject({ target: `/items/1?${query}` });
+    }
+  });
+
+  it("refuses a _method query parameter whose name a lenient UTF-8 decoder reads as _method (overlong forms)", () => {
+    for (const query of ["%C1%9Fmethod=DELETE", "%c1%9fmethod=DELETE", "%E0%81%9Fmethod=PUT", "%F0%80%81%9Fmethod=PUT", "%C1%9F%C1%AD%C1%A5thod=DELETE", "%C0%AEmethod=x", "%C0%A0method=x", "%C1%9B_method=x"]) {
+      expect(refused(`/items/1?${query}`, "POST"), query).toMatch(/_method query parameter/);
+    }
+    // Well-formed UTF-8 and overlong forms elsewhere in the query are the app's business.
+    for (const query of ["q=%C1%9Fmethod", "%C3%9Fmethod=x", "a=%C0%AE%C0%AE", "%C0%AE%C0%AE=1"]) {
       expect(target(`/items/1?${query}`, "POST"), query).toMatchObject({ target: `/items/1?${query}` });
     }
   });

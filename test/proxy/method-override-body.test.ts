@@ -44,6 +44,8 @@ describe("isMethodOverrideName", () => {
     for (const name of ["_method", "_METHOD", ".method", " method", " _method", "   _method", "_method\0junk", "_method[]", "_method[x]", "[method"]) expect(isMethodOverrideName(name), JSON.stringify(name)).toBe(true);
     // Rack keys these as `_method` (Rack::QueryParser#normalize_params: leading '[' / ']' dropped, the key ends at '[' or ']').
     for (const name of ["[_method", "_method]", "[]_method", "]]_method]]", "_method]x"]) expect(isMethodOverrideName(name), JSON.stringify(name)).toBe(true);
+    // Overlong UTF-8 forms (one char per byte), as a decoder that does not check for them reads them.
+    for (const name of ["\xc1\x9fmethod", "\xe0\x81\x9fmethod", "\xf0\x80\x81\x9fmethod", "\xc0\xaemethod", "\xc1\x9f\xc1\xad\xc1\xa5thod"]) expect(isMethodOverrideName(name), JSON.stringify(name)).toBe(true);
     for (const name of ["method", "payment_method", "_methods", "_method_", "x_method", "_metho", "\0_method", "user[_method]", "order[_method_id]"]) expect(isMethodOverrideName(name), JSON.stringify(name)).toBe(false);
   });
 });
@@ -72,6 +74,12 @@ describe("form bodies (application/x-www-form-urlencoded, and a POST without Con
       "_method%5D=DELETE",
       "[[[[[[[[[[_method=DELETE",
       "+++[[[_method=DELETE",
+      // Overlong UTF-8 forms (a lenient decoder reads %C1%9F as '_'), escaped or raw, padded with overlong spaces.
+      "%C1%9Fmethod=DELETE",
+      "%E0%81%9F%C1%AD%C1%A5thod=DELETE",
+      "\xc1\x9f\xc1\xad\xc1\xa5\xc1\xb4\xc1\xa8\xc1\xaf\xc1\xa4=DELETE",
+      "%C0%A0%C0%A0%C0%A0%C0%A0%C0%A0%C0%A0_method=DELETE",
+      "\xf0\x80\x81\x9fmethod=DELETE",
     ]) {
       refusedEveryWay(FORM, body);
       refusedEveryWay(undefined, body);
@@ -79,7 +87,7 @@ describe("form bodies (application/x-www-form-urlencoded, and a POST without Con
   });
 
   it("lets other fields through, _method as a value included", () => {
-    for (const body of ["payment_method=card", "method=x", "_methods=1", "x=_method", "x=_method&y=%5Fmethod", "a=b=_method", "%ZZ_method=1", "_metho=d", "", "&&&", "_method_=1", "\x00\xff%=&"]) {
+    for (const body of ["payment_method=card", "method=x", "_methods=1", "x=_method", "x=_method&y=%5Fmethod", "a=b=_method", "%ZZ_method=1", "_metho=d", "", "&&&", "_method_=1", "\x00\xff%=&", "%C3%9Fmethod=1", "\xc3\x9fmethod=1", "\xc1\x9fmethodx=1", "\xc0\xc0method=1", "x=\xc1\x9fmethod"]) {
       acceptedEveryWay(FORM, body);
     }
   });
@@ -139,6 +147,9 @@ describe("multipart bodies (read strictly: what parsers would read differently i
     refusedEveryWay("multipart/form-data; BOUNDARY=XyZ", `${part('form-data; name="_method"', "PUT")}--XyZ--`);
     // RFC 2047 encoded words, which Tomcat's parser decodes in every parameter.
     refusedEveryWay(type, `${part('form-data; name="=?UTF-8?Q?=5Fmethod?="', "PUT")}--XyZ--`);
+    // Overlong UTF-8 forms, escaped in name* or raw in name.
+    refusedEveryWay(type, `${part("form-data; name*=UTF-8''%C1%9Fmethod", "PUT")}--XyZ--`);
+    refusedEveryWay(type, `${part('form-data; name="\xc1\x9fmethod"', "PUT")}--XyZ--`);
     refusedEveryWay(type, `${part(`form-data; name="=?utf-8?b?${Buffer.from("_method").toString("base64")}?="`, "PUT")}--XyZ--`);
   });
 

@@ -205,6 +205,23 @@ export const accessRules: Rule[] = [
       return differenceHits(configuration, "repeated-name");
     },
   }),
+  defineRule({
+    id: "MW-ACCESS-009",
+    family: "access",
+    severity: "low",
+    title: "Overlapping access operations Dapr decides differently",
+    why: "Two operations neither of which covers the other can both match a request (`/a/*c` and `/a/bb*` both match `/a/bbc`). The meshward sidecar uses the more specific one; Dapr's trie (pkg/config/acl_trie.go) takes, segment by segment, the first declared branch that matches and never goes back, so it may use the other operation, or none and the default action: the same file allows in one what the other denies.",
+    fix: "Declare first the operation the finding says meshward uses (when both are in-segment globs at the same place, Dapr then takes it too), or add an operation for the paths the two share declared before both, or narrow one so that they no longer overlap.",
+    example: {
+      file: "config.yaml",
+      bad: ACCESS_OPERATIONS("      - name: /files/*.pdf\n        httpVerb: [\"*\"]\n        action: deny\n      - name: /files/public-*\n        httpVerb: [GET]\n        action: allow\n"),
+      good: ACCESS_OPERATIONS("      - name: /files/public-*\n        httpVerb: [GET]\n        action: allow\n      - name: /files/*.pdf\n        httpVerb: [\"*\"]\n        action: deny\n"),
+    },
+    appliesTo: ["dapr-configuration"],
+    check(configuration) {
+      return differenceHits(configuration, "overlap");
+    },
+  }),
 ];
 
 /**
@@ -227,7 +244,9 @@ function differenceHits(configuration: DaprConfiguration, kind: DaprDifference["
       evidence:
         difference.kind === "repeated-name"
           ? `appId ${difference.appId}: operation ${difference.operations[0]} repeated`
-          : `appId ${difference.appId}: ${difference.operations[0]} declared before ${difference.operations[1]}`,
+          : difference.kind === "overlap"
+            ? `appId ${difference.appId}: ${difference.operations[0]} overlaps ${difference.operations[1]}`
+            : `appId ${difference.appId}: ${difference.operations[0]} declared before ${difference.operations[1]}`,
       detail: difference.message,
     }));
 }

@@ -90,6 +90,22 @@ const PATHS: { id: string; path: string; expect: Expect; cls: string; allowedRou
   { id: "upper-case", path: "/ITEMS/1", expect: "either", cls: "path: case" },
   { id: "query-dotdot", path: "/items/1?next=../../admin", expect: "either", cls: "path: query" },
   { id: "double-encoded", path: "/items/%252e%252e/admin", expect: "either", cls: "path: double encoding" },
+  // Escaped bytes that are not well-formed UTF-8 (RFC 3629 §4): a lenient decoder (Tomcat before
+  // CVE-2008-2938, IIS, some Java and .NET ones) reads an overlong form as the ASCII character, so
+  // these route to /admin there; the apps here decode them to U+FFFD and stay under /items, and
+  // the wire check's lenientRoute shows what such a server would have routed.
+  { id: "utf8-overlong-dotdot", path: "/items/%C0%AE%C0%AE/admin", expect: "refused", cls: "path: invalid UTF-8 escapes" },
+  { id: "utf8-overlong-dotdot-lower", path: "/items/1/%c0%ae%c0%ae/%c0%ae%c0%ae/admin", expect: "refused", cls: "path: invalid UTF-8 escapes" },
+  { id: "utf8-overlong-slash", path: "/items/..%C0%AFadmin", expect: "refused", cls: "path: invalid UTF-8 escapes" },
+  { id: "utf8-overlong-3byte", path: "/items/%E0%80%AE%E0%80%AE/admin", expect: "refused", cls: "path: invalid UTF-8 escapes" },
+  { id: "utf8-overlong-4byte-slash", path: "/items/..%F0%80%80%AFadmin", expect: "refused", cls: "path: invalid UTF-8 escapes" },
+  { id: "utf8-surrogate", path: "/items/%ED%A0%80", expect: "refused", cls: "path: invalid UTF-8 escapes" },
+  { id: "utf8-above-max", path: "/items/%F4%90%80%80", expect: "refused", cls: "path: invalid UTF-8 escapes" },
+  { id: "utf8-lone-continuation", path: "/items/%80", expect: "refused", cls: "path: invalid UTF-8 escapes" },
+  { id: "utf8-truncated", path: "/items/%E2%82/1", expect: "refused", cls: "path: invalid UTF-8 escapes" },
+  { id: "utf8-well-formed", path: "/items/%C3%A9%E2%82%AC%F0%9F%98%80", expect: "either", cls: "path: invalid UTF-8 escapes" },
+  // A `_method` name a lenient decoder reads from overlong forms (%C1%9F is its '_').
+  { id: "method-param-overlong", path: "/items/1?%C1%9Fmethod=DELETE", expect: "refused", cls: "method override" },
   // Method override: Rails (Rack::MethodOverride), Laravel, Symfony and Spring's
   // HiddenHttpMethodFilter run a POST with `_method=DELETE` as DELETE (PHP reads `.method`, `%5Fmethod`
   // and ` method` as `_method`); the policy judged the request's own method, so these are refused.
