@@ -221,8 +221,9 @@ function writeBundle(files: AnchorFiles, layout: CaLayout, roots: readonly X509C
 /**
  * Installs an issuer signed by a root in the trust bundle (external-root CAs, or a
  * replacement made elsewhere). Refused, and nothing changes, if it does not validate.
+ * `keepPrevious` as rotateIssuer's (false: `import-issuer --now`, the old issuer retired at once).
  */
-export function importIssuer(options: { dir: string; issuerCertPem: string; issuerKeyPem: string; issuerKeyPassphrase?: string; passphrase?: string; now: Date; files?: AnchorFiles }): X509Certificate {
+export function importIssuer(options: { dir: string; issuerCertPem: string; issuerKeyPem: string; issuerKeyPassphrase?: string; passphrase?: string; now: Date; files?: AnchorFiles; keepPrevious?: boolean }): X509Certificate {
   const layout = caLayout(options.dir);
   const files = options.files ?? directoryFiles;
   const state = readCaState(options.dir, files);
@@ -230,7 +231,7 @@ export function importIssuer(options: { dir: string; issuerCertPem: string; issu
   const chain = certificatesFromPem(options.issuerCertPem).map((der) => new X509Certificate(der));
   const key = decodePrivateKey(options.issuerKeyPem, options.issuerKeyPassphrase ?? options.passphrase);
   validateIssuerChain(chain, bundleRoots(files, layout), key, options.now, state.trustDomain);
-  installIssuer(files, layout, chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), encodePrivateKey(key, options.passphrase), true, options.passphrase);
+  installIssuer(files, layout, chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), encodePrivateKey(key, options.passphrase), options.keepPrevious ?? true, options.passphrase);
   recordKeysEncrypted(options.dir, state, options.passphrase, files);
   return chain[0] as X509Certificate;
 }

@@ -79,6 +79,7 @@ export function registerCaCommand(program: Command): void {
     .requiredOption("--issuer-key <file>", "its private key (PEM)")
     .option("--issuer-key-passphrase-file <file>", "passphrase of the imported key, if it is encrypted")
     .option("--passphrase-file <file>", "passphrase to encrypt the key at rest (or MESHWARD_CA_PASSPHRASE)")
+    .option("--now", "retire the old issuer at once, as rotate-issuer --now (after a key leak): its CRL is no longer published, so its workloads renew within a bundle refresh (default: it keeps signing its CRL until its certificates expire)")
     .option("--store <url>", "the store of CA replicas (postgres://…): act on the CA state they share (default: the directory)")
     .action(async (opts: OptionValues) => (await actions()).caImportIssuer(opts));
 

@@ -19,7 +19,7 @@ export function registerIdentityCommand(program: Command): void {
     .option("--namespace <ns>", "namespace to ask for (checked against what the CA issues)")
     .option("--app-id <id>", "app id to ask for (checked against what the CA issues)")
     .option("--dns-name <name>", "DNS name for the certificate (repeatable; the token must allow it)", collect)
-    .option("--out <dir>", "write cert.pem, key.pem (0600) and bundle.pem here on every rotation (created 0700 when missing; refused when another user can write to it); a valid certificate left here by an earlier run renews the identity without a new token")
+    .option("--out <dir>", "write cert.pem, key.pem (0600), bundle.pem and crl.pem (every CRL in force, one PEM block per issuer) here on every rotation and CRL change (created 0700 when missing; refused when another user can write to it); a valid certificate left here by an earlier run renews the identity without a new token")
     .option("--owner <user[:group]>", "owner of the files written to --out (e.g. postgres, whose server requires its key file to be its own); needs root unless it is you")
     .option("--mode <octal>", "mode of key.pem in --out: 0600, 0400, 0640 or 0440 (group-readable, e.g. --owner root:postgres --mode 0640) (default: 0600)")
     .option("--on-rotate <command>", "shell command run after each write, retried with backoff while it fails (e.g. 'nginx -s reload'; as root for a server run as another user: 'runuser -u postgres -- pg_ctl reload -D DATA')")

@@ -4,6 +4,7 @@ import { join, resolve } from "node:path";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
 import { encodePrivateKey } from "../pki/keys.ts";
+import { toPem } from "../pki/pem.ts";
 import { redactSecrets } from "../telemetry/redact.ts";
 import { formatDuration } from "../util/duration.ts";
 import { writeFilesTogether } from "../util/files.ts";
@@ -13,6 +14,13 @@ import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "./source.t
 export const CERT_FILE = "cert.pem";
 export const KEY_FILE = "key.pem";
 export const BUNDLE_FILE = "bundle.pem";
+/**
+ * Every CRL the identity enforces, PEM blocks one after another: the current issuer's and, after
+ * an issuer rotation, the previous issuer's while its certificates may be valid (a CRL per live
+ * issuer, docs/rotation.md). OpenSSL (`-CRLfile`, nginx `ssl_crl`, HAProxy `crl-file`) loads every
+ * block of such a file and checks each certificate against the CRL of its own issuer.
+ */
+export const CRL_FILE = "crl.pem";
 
 export interface FileSinkOptions {
   readonly source: IdentitySource;
@@ -20,7 +28,7 @@ export interface FileSinkOptions {
   readonly dir: string;
   /**
    * Shell command run (via /bin/sh -c) after every write, e.g. "nginx -s reload". It gets
-   * MESHWARD_CERT_FILE, MESHWARD_KEY_FILE, MESHWARD_BUNDLE_FILE and MESHWARD_SPIFFE_ID in
+   * MESHWARD_CERT_FILE, MESHWARD_KEY_FILE, MESHWARD_BUNDLE_FILE, MESHWARD_CRL_FILE and MESHWARD_SPIFFE_ID in
    * its environment, and meshward's environment without its secrets (SECRET_ENVIRONMENT).
    * A failure is logged and reported, never fatal.
    */
@@ -60,7 +68,8 @@ export interface CommandResult {
 }
 
 export interface FileSink {
-  readonly paths: { readonly cert: string; readonly key: string; readonly bundle: string };
+  /** `crl`: written once the source has a CRL (a CA source always has; a static one may have none). */
+  readonly paths: { readonly cert: string; readonly key: string; readonly bundle: string; readonly crl: string };
   /** Resolves after the first complete write (and its command). */
   ready(): Promise<void>;
   /** Resolves when no write or command is pending. */
@@ -84,7 +93,7 @@ const OUTPUT_LIMIT = 4096;
 export const SECRET_ENVIRONMENT = ["MESHWARD_TOKEN", "MESHWARD_STATUS_TOKEN", "MESHWARD_CA_PASSPHRASE"] as const;
 
 /**
- * Keeps `cert.pem` (leaf + intermediates), `key.pem` (0600) and `bundle.pem` in `dir` equal
+ * Keeps `cert.pem` (leaf + intermediates), `key.pem` (0600), `bundle.pem` and `crl.pem` in `dir` equal
  * to the source's identity, for tools that only read files (nginx, haproxy, Redis,
  * PostgreSQL clients), then runs `onRotate`. Each file is replaced atomically.
  */
@@ -95,12 +104,16 @@ export function startFileSink(options: FileSinkOptions): FileSink {
   mkdirSync(resolve(options.dir), { recursive: true, mode: 0o755 });
   // Written under its real path from now on: a link on the way is not followed again.
   const dir = assertOwnDirectory(resolve(options.dir), resolve(options.dir), options.owner?.uid);
-  const paths = { cert: join(dir, CERT_FILE), key: join(dir, KEY_FILE), bundle: join(dir, BUNDLE_FILE) };
+  const paths = { cert: join(dir, CERT_FILE), key: join(dir, KEY_FILE), bundle: join(dir, BUNDLE_FILE), crl: join(dir, CRL_FILE) };
   const { logger } = options;
   let closed = false;
   let pending: IdentitySnapshot | undefined;
   let running: Promise<void> | undefined;
-  let lastWritten: { chain: string; roots: string } | undefined;
+  let lastWritten: { chain: string; roots: string; crls: string } | undefined;
+  /** crl.pem's content for a snapshot: every CRL it holds, PEM ("" when none: crl.pem is left as it is). */
+  const crlsPem = (snapshot: IdentitySnapshot) => (snapshot.bundle.crls ?? []).map((der) => toPem(der, "X509 CRL")).join("");
+  const isWritten = (snapshot: IdentitySnapshot) =>
+    lastWritten?.chain === snapshot.svid.certChainPem && lastWritten.roots === snapshot.bundle.rootsPem && lastWritten.crls === crlsPem(snapshot);
   /** The command for the files now on disk has not succeeded yet (it failed: run it again even though nothing changed). */
   let commandOwed = false;
   let retryTimer: NodeJS.Timeout | undefined;
@@ -119,7 +132,8 @@ export function startFileSink(options: FileSinkOptions): FileSink {
 
   const write = (snapshot: IdentitySnapshot): boolean => {
     const { svid, bundle } = snapshot;
-    if (lastWritten?.chain === svid.certChainPem && lastWritten.roots === bundle.rootsPem) return false;
+    if (isWritten(snapshot)) return false;
+    const crls = crlsPem(snapshot);
     // Order: bundle, key, cert. cert.pem is the file readers key on ("did the certificate
     // change?"), so it is renamed last: whoever sees the new certificate also finds its key
     // and the roots it chains to already in place. The reverse order would let a reader pair
@@ -140,12 +154,17 @@ export function startFileSink(options: FileSinkOptions): FileSink {
     }
     const { owner } = options;
     const keyOwner = owner ?? (options.keyMode === undefined ? undefined : { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 });
+    // crl.pem with the bundle, before the certificate: a reader that sees a new certificate (of a
+    // new issuer) finds that issuer's CRL already in place. A new CRL alone (a revocation, the
+    // re-signing before nextUpdate) rewrites the set too and runs the command: nginx and HAProxy
+    // read the CRL file only on (re)load.
     writeFilesTogether([
       { path: paths.bundle, data: bundle.rootsPem, mode: 0o644, ...(owner !== undefined ? { owner } : {}) },
+      ...(crls !== "" ? [{ path: paths.crl, data: crls, mode: 0o644, ...(owner !== undefined ? { owner } : {}) }] : []),
       { path: paths.key, data: encodePrivateKey(svid.privateKey), mode: options.keyMode ?? 0o600, ...(keyOwner !== undefined ? { owner: keyOwner } : {}) },
       { path: paths.cert, data: svid.certChainPem, mode: 0o644, ...(owner !== undefined ? { owner } : {}) },
     ]);
-    lastWritten = { chain: svid.certChainPem, roots: bundle.rootsPem };
+    lastWritten = { chain: svid.certChainPem, roots: bundle.rootsPem, crls };
     logger?.info({ event: "identity-files-written", dir, spiffeId: svid.spiffeId, serial: svid.serial, notAfter: svid.notAfter.toISOString() }, "identity files written");
     report({ type: "written", spiffeId: svid.spiffeId, serial: svid.serial });
     return true;
@@ -169,7 +188,7 @@ export function startFileSink(options: FileSinkOptions): FileSink {
       if ((changed || commandOwed) && options.onRotate !== undefined) {
         const result = await runCommand(options.onRotate, {
           timeoutMs: options.onRotateTimeoutMs ?? 30_000,
-          env: { MESHWARD_CERT_FILE: paths.cert, MESHWARD_KEY_FILE: paths.key, MESHWARD_BUNDLE_FILE: paths.bundle, MESHWARD_SPIFFE_ID: snapshot.svid.spiffeId },
+          env: { MESHWARD_CERT_FILE: paths.cert, MESHWARD_KEY_FILE: paths.key, MESHWARD_BUNDLE_FILE: paths.bundle, MESHWARD_CRL_FILE: paths.crl, MESHWARD_SPIFFE_ID: snapshot.svid.spiffeId },
         });
         commandOwed = !result.ok;
         const retryInMs = result.ok ? undefined : retryLater(snapshot);
@@ -179,7 +198,7 @@ export function startFileSink(options: FileSinkOptions): FileSink {
         report({ type: "command-finished", result });
       }
       if (lastWritten !== undefined) resolveReady();
-      if (!commandOwed && lastWritten?.chain === snapshot.svid.certChainPem && lastWritten.roots === snapshot.bundle.rootsPem) succeeded();
+      if (!commandOwed && isWritten(snapshot)) succeeded();
     }
   };
 

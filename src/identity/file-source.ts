@@ -8,7 +8,7 @@ import { decodePrivateKey } from "../pki/keys.ts";
 import { certificatesFromPem } from "../pki/pem.ts";
 import { systemClock, type Clock, type ClockTimer } from "../util/clock.ts";
 import { sameCrls, type IdentityEvent, type IdentitySnapshot, type IdentitySource } from "./source.ts";
-import { buildSnapshot, crlDer, revocationsFromCrls } from "./workload-api/material.ts";
+import { buildSnapshot, verifiedCrls } from "./workload-api/material.ts";
 import { holdEventLoopUntilSettled } from "../util/event-loop-hold.ts";
 
 export interface FileIdentityOptions {
@@ -202,8 +202,9 @@ class FileSource implements IdentitySource {
     const chain = certificatesFromPem(certPem);
     const roots = certificatesFromPem(bundlePem);
     const privateKey = decodePrivateKey(keyPem);
-    const revokedSerials = crlBytes === undefined ? undefined : revocationsFromCrls([crlBytes], [...chain.slice(1), ...roots]);
-    return buildSnapshot({ chain, privateKey, roots, at: new Date(this.#clock.now()), ...(revokedSerials ? { revokedSerials, crls: [crlDer(crlBytes!)] } : {}) });
+    // Every CRL of the file (the file sink's crl.pem holds one per live issuer), each verified.
+    const revocations = crlBytes === undefined ? undefined : verifiedCrls([crlBytes], [...chain.slice(1), ...roots]);
+    return buildSnapshot({ chain, privateKey, roots, at: new Date(this.#clock.now()), ...(revocations ? { revokedSerials: revocations.revokedSerials, crls: revocations.crls } : {}) });
   }
 
   #accept(snapshot: IdentitySnapshot): void {

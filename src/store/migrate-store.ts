@@ -78,7 +78,8 @@ export async function copyStore(from: Store, to: Store): Promise<StoreCopyReport
       throw new MeshwardError("E_STORE_CONFLICT", "the CA state in the target store changed during the migration (a CA or admin is using it); stop it, empty the target and run the migration again");
     }
   }
-  // The published CRL, signed by the current issuer, so replicas serve it from their start.
+  // The published CRL set (the current issuer's CRL and, in `others`, the previous issuer's while
+  // its certificates may be valid), so replicas serve the same set from their start.
   const published = await from.latestCrl();
   if (published !== undefined) await to.publishCrl(published);
   // The source's next number is above every CRL it signed (the published one too); the target continues from there.

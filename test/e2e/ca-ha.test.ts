@@ -7,8 +7,9 @@ import { fetchFromCa, requestCertificate, type CaConnection } from "../../src/id
 import { parseCrl } from "../../src/pki/crl.ts";
 import { createCsr } from "../../src/pki/csr.ts";
 import { inspectCertificate } from "../../src/pki/inspect.ts";
-import { generateKeyPair } from "../../src/pki/keys.ts";
-import { certificatesFromPem } from "../../src/pki/pem.ts";
+import { createIssuerCertificate } from "../../src/pki/certificate.ts";
+import { decodePrivateKey, encodePrivateKey, generateKeyPair } from "../../src/pki/keys.ts";
+import { certificatesFromPem, toPem } from "../../src/pki/pem.ts";
 import { openPostgresStore } from "../../src/store/postgres.ts";
 import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { startPostgres, type RunningPostgres } from "../helpers/postgres.ts";
@@ -159,6 +160,49 @@ describe("the CA as three replicas on PostgreSQL (read-only CA directories)", ()
       const issuerPem = await fetchIssuerPem(fingerprint!);
       return issuerPem !== undefined && all.every((der) => der.equals(all[0]!) && verifies(der, issuerPem)) ? true : undefined;
     });
+  }, 60_000);
+
+  it("after ca import-issuer --store (the previous issuer kept), every replica serves the same CRL set: the new issuer's CRL and the previous issuer's", async () => {
+    // The issuer of the rotation above signed certificates that are still valid, so it keeps signing its CRL.
+    const previous = (await issue(replicas[0]!.address, await token("before-import")))[1]!.fingerprint256;
+    const dir = replicas[0]!.dir;
+    const root = new X509Certificate(readFileSync(join(dir, "root.pem")));
+    const rootKey = decodePrivateKey(readFileSync(join(dir, "root.key"), "utf8"), PASSPHRASE);
+    const keys = generateKeyPair();
+    const issued = await createIssuerCertificate({ trustDomain: TD, publicKey: keys.publicKey, signer: { certificate: root, der: root.raw, privateKey: rootKey }, notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 30 * 86_400_000) });
+    writeFileSync(join(work, "imported-issuer.pem"), toPem(issued.der, "CERTIFICATE"));
+    writeFileSync(join(work, "imported-issuer.key"), encodePrivateKey(keys.privateKey, PASSPHRASE), { mode: 0o600 });
+    await admin(["ca", "import-issuer", "--issuer-cert", join(work, "imported-issuer.pem"), "--issuer-key", join(work, "imported-issuer.key"), "--passphrase-file", passphraseFile]);
+    const current = new X509Certificate(issued.der).fingerprint256;
+    const sha = (fingerprint: string) => fingerprint.replace(/:/g, "").toLowerCase();
+    type CrlSet = { crls: { issuer_sha256: string; current: boolean; crl: string; issuer_chain: string[] }[] };
+    const sets = await until("every replica serving the same set of both issuers' CRLs", 20_000, async () => {
+      const bodies = await Promise.all(replicas.map((r) => fetchFromCa(connection(r.address), "/v1/crl?format=set")));
+      if (!bodies.every((b) => b.equals(bodies[0]!))) return undefined;
+      const set = JSON.parse(bodies[0]!.toString("utf8")) as CrlSet;
+      return set.crls.map((c) => c.issuer_sha256).join(",") === `${sha(current)},${sha(previous)}` ? bodies : undefined;
+    });
+    // Same bytes everywhere, and each CRL verifies with the issuer the set names for it.
+    const set = JSON.parse(sets[0]!.toString("utf8")) as CrlSet;
+    expect(set.crls.map((c) => c.current)).toEqual([true, false]);
+    for (const entry of set.crls) {
+      const issuer = new X509Certificate(Buffer.from(entry.issuer_chain[0]!, "base64"));
+      expect(sha(issuer.fingerprint256)).toBe(entry.issuer_sha256);
+      expect(() => parseCrl(Buffer.from(entry.crl, "base64"), issuer)).not.toThrow();
+    }
+    // One number for the set, as published in the store's one row.
+    const numbers = set.crls.map((c) => parseCrl(Buffer.from(c.crl, "base64")).crlNumber);
+    expect(numbers[1]).toBe(numbers[0]);
+    const db = openPostgresStore({ connectionString: store });
+    try {
+      const published = (await db.latestCrl())!;
+      expect(published.number).toBe(numbers[0]);
+      expect(published.others?.map((b) => b.toString("base64"))).toEqual([set.crls[1]!.crl]);
+    } finally {
+      await db.close();
+    }
+    // ?issuer= answers the previous issuer's CRL on every replica.
+    for (const r of replicas) expect((await fetchFromCa(connection(r.address), `/v1/crl?issuer=${sha(previous)}`)).toString("base64")).toBe(set.crls[1]!.crl);
   }, 60_000);
 
   // Helpers for the CRL check above: the new issuer's certificate from any leaf it signed.

@@ -7,7 +7,9 @@ import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startFileSink } from "../../src/identity/file-sink.ts";
 import type { FileSink, FileSinkEvent, FileSinkOptions } from "../../src/identity/file-sink.ts";
-import { decodePrivateKey } from "../../src/pki/index.ts";
+import { createCrl, createIssuerCertificate, decodePrivateKey, generateKeyPair, toPem } from "../../src/pki/index.ts";
+import { fileIdentitySource } from "../../src/identity/file-source.ts";
+import { exec } from "../helpers/exec.ts";
 import { createLogger } from "../../src/telemetry/logger.ts";
 import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
 import { waitFor } from "../helpers/wait.ts";
@@ -53,6 +55,77 @@ describe("file sink", () => {
     expect(statSync(files.paths.key).mode & 0o777).toBe(0o600);
     expect(statSync(files.paths.cert).mode & 0o777).toBe(0o644);
     expect(new X509Certificate(readFileSync(files.paths.cert)).serialNumber).toBe(snapshot.svid.serial);
+  });
+
+  it("writes crl.pem with every CRL of the set (after an issuer rotation, both issuers'): openssl refuses the old issuer's revoked certificate and accepts its good one", async () => {
+    // After a rotation: this identity is on the new issuer B; the old issuer A (pki.issuer) still
+    // has valid certificates and signs its own CRL. One of A's certificates was revoked after the rotation.
+    const keysB = generateKeyPair();
+    const certB = await createIssuerCertificate({ trustDomain: pki.trustDomain, publicKey: keysB.publicKey, signer: pki.root, notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 86_400_000) });
+    const issuerB = { certificate: new X509Certificate(certB.der), der: certB.der, privateKey: keysB.privateKey };
+    const [revokedOld, goodOld] = [pki.issueSvid(), pki.issueSvid()];
+    const now = Date.now();
+    const crl = (signer: typeof pki.issuer) =>
+      createCrl({ signer, entries: [{ serial: revokedOld.serial, revokedAt: new Date(now - 1000), reason: "keyCompromise" }], thisUpdate: new Date(now - 60_000), nextUpdate: new Date(now + 3_600_000), crlNumber: 12n });
+    const [crlB, crlA] = [await crl(issuerB), await crl(pki.issuer)];
+    const snapshot = { svid: pki.issueSvid({ signer: issuerB }), bundle: { ...pki.bundle({ revokedSerials: [revokedOld.serial] }), crls: [crlB, crlA] } };
+    const dir = freshDir();
+    const files = sink({ source: manualIdentitySource(snapshot), dir });
+    await files.ready();
+    expect(files.paths.crl).toBe(join(dir, "crl.pem"));
+    expect(readFileSync(files.paths.crl, "utf8")).toBe(toPem(crlB, "X509 CRL") + toPem(crlA, "X509 CRL"));
+    expect(statSync(files.paths.crl).mode & 0o777).toBe(0o644);
+
+    // A real relying party: openssl verify with the files as written (-crl_check: the leaf against its own issuer's CRL).
+    const scratch = join(dir, "peer");
+    mkdirSync(scratch);
+    const write = (name: string, text: string) => {
+      const path = join(scratch, name);
+      writeFileSync(path, text);
+      return path;
+    };
+    const verify = (leafChainPem: string, crlFile = files.paths.crl) => {
+      const chain = write(`chain-${++counter}.pem`, leafChainPem);
+      return exec("openssl", ["verify", "-crl_check", "-CAfile", files.paths.bundle, "-untrusted", chain, "-CRLfile", crlFile, chain]);
+    };
+    const revoked = await verify(revokedOld.certChainPem);
+    expect(revoked.code).not.toBe(0);
+    expect(revoked.stdout + revoked.stderr).toMatch(/certificate revoked/);
+    const good = await verify(goodOld.certChainPem);
+    expect(good.code, good.stdout + good.stderr).toBe(0);
+    expect(good.stdout).toMatch(/: OK/);
+    const own = await verify(readFileSync(files.paths.cert, "utf8"));
+    expect(own.code, own.stdout + own.stderr).toBe(0);
+    // The current issuer's CRL alone leaves the old issuer's certificates without a CRL: openssl refuses them all.
+    const currentOnly = await verify(goodOld.certChainPem, write("current-only.pem", toPem(crlB, "X509 CRL")));
+    expect(currentOnly.code).not.toBe(0);
+    expect(currentOnly.stdout + currentOnly.stderr).toMatch(/unable to get certificate CRL/);
+
+    // meshward's own file reader takes the whole file too, for an identity on either issuer.
+    for (const [svid, issuerPem] of [[snapshot.svid, toPem(issuerB.der, "CERTIFICATE")], [goodOld, pki.issuerPem]] as const) {
+      const certFile = write(`id-${++counter}.pem`, svid.certChainPem);
+      const keyFile = write(`id-${counter}.key`, svid.privateKey.export({ type: "pkcs8", format: "pem" }) as string);
+      const reader = fileIdentitySource({ certFile, keyFile, bundleFile: files.paths.bundle, crlFile: files.paths.crl });
+      cleanups.push(() => reader.close());
+      const read = await reader.ready();
+      expect([...read.bundle.revokedSerials]).toEqual([revokedOld.serial]);
+      expect(svid.certChainPem).toContain(issuerPem.trim());
+    }
+  });
+
+  it("rewrites crl.pem (and runs the command) when only the CRL changed", async () => {
+    const now = Date.now();
+    const crl = (serials: string[], n: bigint) =>
+      createCrl({ signer: pki.issuer, entries: serials.map((serial) => ({ serial, revokedAt: new Date(now - 1000) })), thisUpdate: new Date(now - 60_000), nextUpdate: new Date(now + 3_600_000), crlNumber: n });
+    const first = pki.snapshot();
+    const source = manualIdentitySource({ ...first, bundle: { ...first.bundle, crls: [await crl([], 1n)] } });
+    const events: FileSinkEvent[] = [];
+    const files = sink({ source, dir: freshDir(), onRotate: "true", onEvent: (e) => events.push(e) });
+    await files.ready();
+    const second = await crl(["0A0B"], 2n);
+    source.updateBundle({ ...first.bundle, revokedSerials: new Set(["0A0B"]), crls: [second] });
+    await waitFor("crl.pem to hold the new CRL", () => readFileSync(files.paths.crl, "utf8") === toPem(second, "X509 CRL"));
+    await waitFor("the command to run again", () => events.filter((e) => e.type === "command-finished").length === 2);
   });
 
   it("waits for a source without an identity, then writes; rewrites on rotation and bundle update", async () => {

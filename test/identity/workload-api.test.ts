@@ -11,7 +11,7 @@ import * as grpc from "@grpc/grpc-js";
 import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
-import { createCrl, encodePrivateKey, inspectCertificate, keysMatch } from "../../src/pki/index.ts";
+import { createCrl, createIssuerCertificate, encodePrivateKey, generateKeyPair, inspectCertificate, keysMatch } from "../../src/pki/index.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "../../src/identity/source.ts";
 import {
   fetchX509Svid,
@@ -641,6 +641,27 @@ describe("Workload API server and client over a unix socket", () => {
     expect([...snapshotFromResponse({ ...message, crl: [await crl(pki.issuer)] }).bundle.revokedSerials]).toEqual(["0ABC"]);
     const foreignCrl = await crl(otherPki.issuer);
     expect(() => snapshotFromResponse({ ...message, crl: [foreignCrl] })).toThrow(/E_CRL_SIGNATURE/);
+  });
+
+  it("after an issuer rotation the server hands on both CRLs, and a client on either issuer takes the revocations from the one it can verify", async () => {
+    // The new issuer B under the same root; the old issuer A (pki.issuer) keeps signing its own CRL.
+    const keysB = generateKeyPair();
+    const certB = await createIssuerCertificate({ trustDomain: pki.trustDomain, publicKey: keysB.publicKey, signer: pki.root, notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 86_400_000) });
+    const issuerB = { certificate: new X509Certificate(certB.der), der: certB.der, privateKey: keysB.privateKey };
+    const now = Date.now();
+    const crl = (signer: typeof pki.issuer) =>
+      createCrl({ signer, entries: [{ serial: "0ABC", revokedAt: new Date(now - 1000) }], thisUpdate: new Date(now - 60_000), nextUpdate: new Date(now + 3_600_000), crlNumber: 9n });
+    const [crlB, crlA] = [await crl(issuerB), await crl(pki.issuer)];
+    for (const [name, svid, own] of [["on the new issuer", pki.issueSvid({ signer: issuerB }), crlB], ["on the old issuer", pki.issueSvid(), crlA]] as const) {
+      // What the server sends for a source holding the CRL set (current issuer's first).
+      const message = x509SvidResponse({ svid, bundle: { ...pki.bundle({ revokedSerials: ["0ABC"] }), crls: [crlB, crlA] } });
+      expect(message.crl, name).toHaveLength(2);
+      const snapshot = snapshotFromResponse(message);
+      expect([...snapshot.bundle.revokedSerials], name).toEqual(["0ABC"]);
+      expect(snapshot.bundle.crls?.map((d) => d.toString("hex")), name).toEqual([own.toString("hex")]);
+    }
+    // Still refused when no CRL verifies.
+    expect(() => snapshotFromResponse({ ...x509SvidResponse(pki.snapshot()), crl: [crlB, Buffer.from(crlB)] })).toThrow(/E_CRL_SIGNATURE/);
   });
 
   it("the fetched SVIDs and bundle work in a real mutual TLS handshake; a foreign SVID is refused", async () => {

@@ -43,6 +43,9 @@ defineStoreContract({
       async dispose() {
         await server.adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
       },
+      async damagePublishedCrlOthers(bytes) {
+        await server.adminQuery(`UPDATE published_crl SET others = '\\x${bytes.toString("hex")}'::bytea WHERE id = 1`, name);
+      },
     };
   },
 });
@@ -351,6 +354,39 @@ describe("postgres: ca migrate-store carries the shared CA state and the publish
     } finally {
       await from.close();
       await to.close();
+    }
+  });
+
+  it("copies the CRL set (the previous issuer's CRL in `others`) SQLite → PostgreSQL and back, byte for byte", async () => {
+    const sqliteDir = mkdtempSync(join(tmpdir(), "meshward-migrate-set-"));
+    const sqlite = openSqliteStore(join(sqliteDir, "ca.db"));
+    const back = openSqliteStore(join(sqliteDir, "back.db"));
+    await sqlite.migrate();
+    await back.migrate();
+    const pgStore = await open(await server.createDatabase());
+    // DER SEQUENCEs standing for the current issuer's CRL and the previous issuer's (long length form).
+    const sequence = (fill: number, size: number) => Buffer.concat([Buffer.from([0x30, 0x82, size >> 8, size & 0xff]), Buffer.alloc(size, fill)]);
+    try {
+      const number = await sqlite.nextCrlNumber();
+      const set = { number, der: sequence(1, 400), thisUpdate: new Date(Date.UTC(2026, 0, 1)), others: [sequence(2, 300)] };
+      expect(await sqlite.publishCrl(set)).toBe(true);
+      const forth = await copyStore(sqlite, pgStore);
+      expect(forth.publishedCrl).toBe(number);
+      const onPostgres = (await pgStore.latestCrl())!;
+      expect(onPostgres.der.equals(set.der)).toBe(true);
+      expect(onPostgres.others?.map((b) => b.toString("hex"))).toEqual(set.others.map((b) => b.toString("hex")));
+      const returned = await copyStore(pgStore, back);
+      expect(returned.publishedCrl).toBe(number);
+      const onSqlite = (await back.latestCrl())!;
+      expect(onSqlite.number).toBe(number);
+      expect(onSqlite.der.equals(set.der)).toBe(true);
+      expect(onSqlite.others?.map((b) => b.toString("hex"))).toEqual(set.others.map((b) => b.toString("hex")));
+      expect(await back.nextCrlNumber()).toBeGreaterThan(number);
+    } finally {
+      await sqlite.close();
+      await back.close();
+      await pgStore.close();
+      rmSync(sqliteDir, { recursive: true, force: true });
     }
   });
 

@@ -38,6 +38,14 @@ for (const writerThread of [false, true]) {
         async dispose() {
           rmSync(dir, { recursive: true, force: true });
         },
+        async damagePublishedCrlOthers(bytes) {
+          const db = new Database(path);
+          try {
+            db.prepare("UPDATE published_crl SET others = ? WHERE id = 1").run(bytes);
+          } finally {
+            db.close();
+          }
+        },
       };
     },
   });

@@ -14,6 +14,8 @@ export interface StorageUnderTest {
   forceSchemaVersion(version: number): Promise<void>;
   /** Removes the storage (the stores opened on it are already closed). */
   dispose(): Promise<void>;
+  /** Overwrites published_crl.others behind the store's back (damage: a bad restore, a hand edit). */
+  damagePublishedCrlOthers(bytes: Buffer): Promise<void>;
 }
 
 export interface StoreBackend {
@@ -643,6 +645,106 @@ export function defineStoreContract(backend: StoreBackend): void {
         expect(latest?.number).toBe(7n);
         expect(latest?.der.toString()).toBe("crl 7");
         expect(latest?.thisUpdate.getTime()).toBe(T0 + 7);
+      });
+    });
+
+    describe("latestNotAfterByIssuer (how long a retired issuer keeps signing its CRL)", () => {
+      const ISSUER_1 = fingerprint("issuer-1");
+      const ISSUER_2 = fingerprint("issuer-2");
+
+      it("is undefined when the issuer signed nothing, also with other issuers' certificates recorded", async () => {
+        expect(await store.latestNotAfterByIssuer(ISSUER_1)).toBeUndefined();
+        await store.recordIssuance(issuance({ issuerFingerprint: ISSUER_2 }));
+        expect(await store.latestNotAfterByIssuer(ISSUER_1)).toBeUndefined();
+      });
+
+      it("is the latest notAfter of several, revoked and superseded ones included, not counting another issuer's", async () => {
+        const early = issuance({ issuerFingerprint: ISSUER_1, notAfter: new Date(T0 + 2 * HOUR) });
+        const late = issuance({ issuerFingerprint: ISSUER_1, notAfter: new Date(T0 + 30 * HOUR) });
+        await store.recordIssuance(early);
+        await store.recordIssuance(late);
+        // A renewal supersedes `late`, and `late` is revoked: a stolen copy verifies until its notAfter all the same.
+        await store.recordIssuance(issuance({ issuerFingerprint: ISSUER_1, notAfter: new Date(T0 + 10 * HOUR), supersedes: late.serial }));
+        await store.revoke({ serial: late.serial, revokedAt: new Date(T0), reason: "keyCompromise" });
+        // Another issuer's later certificate does not count.
+        await store.recordIssuance(issuance({ issuerFingerprint: ISSUER_2, notAfter: new Date(T0 + 99 * HOUR) }));
+        expect((await store.latestNotAfterByIssuer(ISSUER_1))?.getTime()).toBe(T0 + 30 * HOUR);
+        expect((await store.latestNotAfterByIssuer(ISSUER_2))?.getTime()).toBe(T0 + 99 * HOUR);
+        // From another handle (a replica) too.
+        expect((await (await open()).latestNotAfterByIssuer(ISSUER_1))?.getTime()).toBe(T0 + 30 * HOUR);
+      });
+
+      it("takes the fingerprint in the form the issuance log records it (node's colon form, as the CRL publisher passes it)", async () => {
+        const record = issuance({ issuerFingerprint: ISSUER_1, notAfter: new Date(T0 + 5 * HOUR) });
+        await store.recordIssuance(record);
+        const recorded = (await store.getIssuance(record.serial))!.issuerFingerprint;
+        expect(recorded).toBe(ISSUER_1);
+        expect(recorded).toMatch(/^([0-9A-F]{2}:){31}[0-9A-F]{2}$/);
+        expect((await store.latestNotAfterByIssuer(recorded))?.getTime()).toBe(T0 + 5 * HOUR);
+      });
+    });
+
+    describe("the published CRL set (a CRL per live issuer, published_crl.others)", () => {
+      // Small DER SEQUENCEs standing for CRLs: short and long (0x82 two-byte) length forms.
+      const der = (tag: string, size = 8) => {
+        const body = Buffer.alloc(size, tag.charCodeAt(0));
+        const header = size < 0x80 ? Buffer.from([0x30, size]) : Buffer.from([0x30, 0x82, size >> 8, size & 0xff]);
+        return Buffer.concat([header, body]);
+      };
+      const crl = (n: bigint, others?: Buffer[]) => ({ number: n, der: der("c"), thisUpdate: new Date(T0 + Number(n)), ...(others !== undefined ? { others } : {}) });
+
+      it("round-trips no others (absent, or an empty list) as absent", async () => {
+        expect(await store.publishCrl(crl(1n))).toBe(true);
+        expect((await store.latestCrl())?.others).toBeUndefined();
+        expect(await store.publishCrl(crl(2n, []))).toBe(true);
+        const latest = await store.latestCrl();
+        expect(latest?.number).toBe(2n);
+        expect(latest?.others).toBeUndefined();
+      });
+
+      it("round-trips one other CRL byte for byte, read from another handle", async () => {
+        const previous = der("p", 300);
+        expect(await store.publishCrl(crl(3n, [previous]))).toBe(true);
+        const latest = await (await open()).latestCrl();
+        expect(latest?.der.equals(der("c"))).toBe(true);
+        expect(latest?.others?.map((b) => b.toString("hex"))).toEqual([previous.toString("hex")]);
+      });
+
+      it("splits several others (stored concatenated) back into each DER, short and long lengths", async () => {
+        const others = [der("a", 5), der("b", 200), der("d", 0x1234), der("e", 0x7f)];
+        expect(await store.publishCrl(crl(4n, others))).toBe(true);
+        const latest = await store.latestCrl();
+        expect(latest?.others?.map((b) => b.toString("hex"))).toEqual(others.map((b) => b.toString("hex")));
+      });
+
+      it("fences the set as one: a lower number leaves the others in place, a higher one replaces (or clears) them", async () => {
+        expect(await store.publishCrl(crl(5n, [der("x")]))).toBe(true);
+        const other = await open();
+        expect(await other.publishCrl(crl(4n, [der("y"), der("z")]))).toBe(false);
+        expect(await other.publishCrl(crl(5n))).toBe(false);
+        expect((await store.latestCrl())?.others?.map((b) => b.toString("hex"))).toEqual([der("x").toString("hex")]);
+        expect(await other.publishCrl(crl(6n, [der("y"), der("z")]))).toBe(true);
+        expect((await store.latestCrl())?.others?.map((b) => b.toString("hex"))).toEqual([der("y"), der("z")].map((b) => b.toString("hex")));
+        // A set without others (the previous issuer retired) clears them.
+        expect(await store.publishCrl(crl(7n))).toBe(true);
+        const latest = await store.latestCrl();
+        expect(latest?.number).toBe(7n);
+        expect(latest?.others).toBeUndefined();
+      });
+
+      it("refuses damaged others with a clear E_STORE_READ, never a wrong split", async () => {
+        expect(await store.publishCrl(crl(8n, [der("p")]))).toBe(true);
+        const damaged: [string, Buffer][] = [
+          ["not a SEQUENCE", Buffer.from([0x04, 0x02, 1, 2])],
+          ["cut short", der("p", 40).subarray(0, 20)],
+          ["a trailing byte", Buffer.concat([der("p"), Buffer.from([0x30])])],
+          ["a length of more than 4 bytes", Buffer.from([0x30, 0x85, 1, 1, 1, 1, 1])],
+        ];
+        for (const [, bytes] of damaged) {
+          await storage.damagePublishedCrlOthers(bytes);
+          const error = await expectCode(store.latestCrl(), "E_STORE_READ");
+          expect(error.message).toMatch(/published CRLs in the store are damaged/);
+        }
       });
     });
 

@@ -161,12 +161,20 @@ export async function caImportIssuer(opts: OptionValues): Promise<void> {
       issuerCertPem,
       issuerKeyPem,
       now: new Date(),
+      // --now as in rotate-issuer: the replaced issuer is retired at once (a leaked key), its CRL no
+      // longer published, so its workloads renew within a bundle refresh (docs/rotation.md).
+      keepPrevious: opts.now !== true,
       ...withPassphrase(passphrase),
       ...(issuerKeyPassphrase !== undefined ? { issuerKeyPassphrase } : {}),
     });
   });
   if (note !== undefined) process.stderr.write(note);
-  process.stdout.write(`installed issuer ${issuer.fingerprint256}, valid until ${formatCertificateTime(new Date(issuer.validTo))}\n`);
+  process.stdout.write(
+    `installed issuer ${issuer.fingerprint256}, valid until ${formatCertificateTime(new Date(issuer.validTo))}; a running CA signs with it within a second; ` +
+      (opts.now === true
+        ? "the old issuer's CRL is no longer published: every workload on it renews within a bundle refresh\n"
+        : "workloads move to it at their scheduled renewal (the old issuer keeps signing its CRL until its certificates expire)\n"),
+  );
 }
 
 /** `meshward ca rotate-root prepare`. */

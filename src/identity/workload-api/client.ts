@@ -5,7 +5,7 @@ import { describeError, isMeshwardError, MeshwardError } from "../../errors.ts";
 import { systemClock, type Clock, type ClockTimer, type Rng } from "../../util/clock.ts";
 import { backoffDelay, type Backoff } from "../schedule.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource, TrustBundle } from "../source.ts";
-import { buildSnapshot, crlDer, revocationsFromCrls, splitDerCertificates } from "./material.ts";
+import { buildSnapshot, splitDerCertificates, verifiedCrls } from "./material.ts";
 import { ENDPOINT_SOCKET_ENV, SECURITY_HEADER, SECURITY_HEADER_VALUE, workloadApiDefinition } from "./proto.ts";
 import type { X509SvidResponseMessage } from "./proto.ts";
 import { holdEventLoopUntilSettled } from "../../util/event-loop-hold.ts";
@@ -82,8 +82,11 @@ export function snapshotFromResponse(response: X509SvidResponseMessage, at = new
   try {
     const chain = splitDerCertificates(first.x509_svid);
     const roots = splitDerCertificates(first.bundle);
-    const revokedSerials = response.crl.length > 0 ? revocationsFromCrls(response.crl, [...chain.slice(1), ...roots]) : undefined;
-    const snapshot = buildSnapshot({ chain, privateKey, roots, at, ...(revokedSerials ? { revokedSerials, crls: response.crl.map((crl) => crlDer(crl)) } : {}) });
+    // The server hands on every CRL its source enforces: after an issuer rotation also the one of
+    // the issuer this SVID is not on, which no certificate here can verify; it is left out (every
+    // CRL lists every revocation), and the response is refused only when no CRL verifies.
+    const revocations = response.crl.length > 0 ? verifiedCrls(response.crl, [...chain.slice(1), ...roots]) : undefined;
+    const snapshot = buildSnapshot({ chain, privateKey, roots, at, ...(revocations ? { revokedSerials: revocations.revokedSerials, crls: revocations.crls } : {}) });
     if (snapshot.svid.spiffeId !== first.spiffe_id) throw invalid(`spiffe_id ${first.spiffe_id} differs from the certificate's ${snapshot.svid.spiffeId}`);
     return snapshot;
   } catch (error) {

@@ -93,35 +93,48 @@ export function pemToConcatenatedDer(pem: string): Buffer {
 }
 
 /**
- * Revoked serials from CRLs (DER or PEM), each of which must be signed by one of `issuers`
- * (the chain's intermediates or the bundle's roots); E_CRL_SIGNATURE otherwise.
+ * The CRLs that verify with one of `issuers` (the chain's intermediates or the bundle's roots),
+ * and the union of their revoked serials. A CA publishes a CRL per live issuer (the current
+ * issuer's and, after a rotation, the previous issuer's; each lists every revocation the CA
+ * holds), so one CRL of the set is signed by an issuer this workload cannot name (the one it is
+ * not on): that CRL is left out, not used and not handed on, and the others still give every
+ * revocation. Each entry is DER or PEM, and a PEM entry may hold several "X509 CRL" blocks (a
+ * crl.pem written by the file sink). E_CRL_SIGNATURE when none verifies.
  */
-export function revocationsFromCrls(crls: readonly (Uint8Array | string)[], issuers: readonly Buffer[]): ReadonlySet<string> {
+export function verifiedCrls(crls: readonly (Uint8Array | string)[], issuers: readonly Buffer[]): { revokedSerials: ReadonlySet<string>; crls: Buffer[] } {
   const revoked = new Set<string>();
-  for (const crl of crls) {
-    const input = typeof crl === "string" || !Buffer.from(crl).includes("-----BEGIN") ? crl : Buffer.from(crl).toString("latin1");
-    let lastError: unknown;
-    let verified = false;
+  const verified: Buffer[] = [];
+  let lastError: unknown;
+  let offered = 0;
+  for (const der of crls.flatMap((crl) => splitCrls(crl))) {
+    offered += 1;
     for (const issuer of issuers) {
       try {
-        for (const serial of parseCrl(input, toX509(issuer)).revokedSerials) revoked.add(serial);
-        verified = true;
+        for (const serial of parseCrl(der, toX509(issuer)).revokedSerials) revoked.add(serial);
+        verified.push(der);
         break;
       } catch (error) {
         lastError = error;
       }
     }
-    if (!verified) {
-      throw new MeshwardError("E_CRL_SIGNATURE", `a CRL is not signed by any CA of the chain or bundle${lastError ? ` (${describeError(lastError)})` : ""}`);
-    }
   }
-  return revoked;
+  if (verified.length === 0) {
+    throw new MeshwardError("E_CRL_SIGNATURE", `${offered === 1 ? "the CRL is" : `none of the ${offered} CRLs is`} signed by any CA of the chain or bundle${lastError ? ` (${describeError(lastError)})` : ""}`);
+  }
+  return { revokedSerials: revoked, crls: verified };
 }
 
-/** A CRL as DER, whether it came as DER or PEM ("-----BEGIN X509 CRL-----"). */
-export function crlDer(crl: Uint8Array | string): Buffer {
+/** Revoked serials of the CRLs that verify (see verifiedCrls). */
+export function revocationsFromCrls(crls: readonly (Uint8Array | string)[], issuers: readonly Buffer[]): ReadonlySet<string> {
+  return verifiedCrls(crls, issuers).revokedSerials;
+}
+
+/** Every CRL in one input, as DER: DER bytes (one CRL), or PEM with one or more "X509 CRL" blocks. */
+export function splitCrls(crl: Uint8Array | string): Buffer[] {
   const bytes = typeof crl === "string" ? Buffer.from(crl, "latin1") : Buffer.from(crl);
   const text = bytes.toString("latin1");
-  const pem = /-----BEGIN X509 CRL-----([\s\S]*?)-----END X509 CRL-----/.exec(text);
-  return pem === null ? bytes : Buffer.from(pem[1]!.replace(/\s+/g, ""), "base64");
+  if (!text.includes("-----BEGIN")) return [bytes];
+  const blocks = [...text.matchAll(/-----BEGIN X509 CRL-----([\s\S]*?)-----END X509 CRL-----/g)].map((m) => Buffer.from(m[1]!.replace(/\s+/g, ""), "base64"));
+  if (blocks.length === 0) throw new MeshwardError("E_CRL_INVALID", "not a valid X.509 CRL: no X509 CRL PEM block");
+  return blocks;
 }
