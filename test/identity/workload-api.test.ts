@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { X509Certificate, createPublicKey, randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { linkSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { connect as netConnect, createServer, type Socket } from "node:net";
 import { connect as http2Connect, constants as http2Constants } from "node:http2";
 import { Duplex } from "node:stream";
@@ -106,6 +106,44 @@ function wireFields(buf: Buffer): [number, Buffer][] {
     pos += length;
   }
   return out;
+}
+
+/** A plain unix socket server listening at `path`, closed after the test. */
+async function liveSocket(path: string): Promise<ReturnType<typeof createServer>> {
+  const server = createServer((socket) => socket.destroy());
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(path, resolve);
+  });
+  cleanups.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  return server;
+}
+
+/** Leaves a socket file nobody listens on at `path` (as a server that died leaves it): bound elsewhere, linked here, closed. */
+async function staleSocket(path: string): Promise<number> {
+  const bound = `${path}.bound`;
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(bound, resolve));
+  linkSync(bound, path);
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  rmSync(bound, { force: true });
+  return statSync(path).ino;
+}
+
+/** "connected", or the errno code connecting to `path` failed with. */
+function connects(path: string): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = netConnect(path);
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve("connected");
+    });
+    socket.once("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+  });
+}
+
+function privateDirs(): string[] {
+  return readdirSync(dir).filter((name) => name.startsWith(".mw-"));
 }
 
 /** Resolves with the next event of `type` from `source`. */
@@ -618,6 +656,187 @@ describe("Workload API server and client over a unix socket", () => {
     await started[0]!.close();
     expect(() => statSync(path)).toThrow();
     expect(readdirSync(dir).filter((name) => name.startsWith(".mw-"))).toEqual([]);
+  });
+
+  it("replacing a stale socket: a live server's socket that took its place after the probe is not removed and still accepts connections (found by review)", async () => {
+    const path = socketPath();
+    await staleSocket(path);
+    expect(await connects(path)).toBe("ECONNREFUSED");
+    let liveInode = 0;
+    // Between the probe (stale) and the removal, the stale socket goes and a live server binds the path.
+    const refused = await listenWorkloadApi({
+      socketPath: path,
+      staleSocketHook: async (step) => {
+        if (step !== "probed" || liveInode !== 0) return;
+        rmSync(path);
+        await liveSocket(path);
+        liveInode = statSync(path).ino;
+      },
+    }).then(
+      (api) => {
+        cleanups.push(() => api.close());
+        return api;
+      },
+      (error: unknown) => error,
+    );
+    expect(liveInode).not.toBe(0);
+    expect(isMeshwardError(refused, "E_WORKLOAD_API_SOCKET")).toBe(true);
+    expect((refused as Error).message).toContain(`another process is already serving on ${path}`);
+    expect(statSync(path).ino).toBe(liveInode);
+    expect(await connects(path)).toBe("connected");
+    expect(privateDirs()).toEqual([]);
+  });
+
+  it("two servers starting at once on a stale socket, the second taking over inside the first's window: one serves, the other is refused, no socket is left unlinked (found by review)", async () => {
+    const path = socketPath();
+    await staleSocket(path);
+    let second: Promise<unknown> | undefined;
+    const first = listenWorkloadApi({
+      socketPath: path,
+      // The first has probed the stale socket; the second starts and completes before it removes it.
+      staleSocketHook: async (step) => {
+        if (step !== "probed" || second !== undefined) return;
+        second = listenWorkloadApi({ socketPath: path }).catch((error: unknown) => error);
+        await second;
+      },
+    }).catch((error: unknown) => error);
+    const results = [await first, await second];
+    const started = results.filter((result): result is WorkloadApiServer => typeof result === "object" && result !== null && "socketPath" in result);
+    for (const api of started) cleanups.push(() => api.close());
+    expect(started).toHaveLength(1);
+    expect(started[0]).toBe(results[1]);
+    expect(isMeshwardError(results[0], "E_WORKLOAD_API_SOCKET")).toBe(true);
+    expect((results[0] as Error).message).toContain(`another process is already serving on ${path}`);
+    expect(await connects(path)).toBe("connected");
+    await started[0]!.close();
+    expect(() => statSync(path)).toThrow();
+    expect(privateDirs()).toEqual([]);
+  });
+
+  it("two servers started at once on a stale socket, interleaved as the event loop runs them: one serves, the other is refused", async () => {
+    for (let round = 0; round < 3; round++) {
+      const path = socketPath();
+      await staleSocket(path);
+      const results = await Promise.allSettled([listenWorkloadApi({ socketPath: path }), listenWorkloadApi({ socketPath: path })]);
+      const started = results.flatMap((result) => (result.status === "fulfilled" ? [result.value] : []));
+      for (const api of started) cleanups.push(() => api.close());
+      const failures = results.flatMap((result) => (result.status === "rejected" ? [result.reason as unknown] : []));
+      expect(started).toHaveLength(1);
+      expect(failures).toHaveLength(1);
+      expect(isMeshwardError(failures[0], "E_WORKLOAD_API_SOCKET")).toBe(true);
+      expect(await connects(path)).toBe("connected");
+      await started[0]!.close();
+      expect(() => statSync(path)).toThrow();
+      expect(privateDirs()).toEqual([]);
+    }
+  });
+
+  it("takes over a stale socket, also when another stale socket replaced it after the probe (checked again, then removed)", async () => {
+    const path = socketPath();
+    await staleSocket(path);
+    const steps: string[] = [];
+    const api = await listenWorkloadApi({
+      socketPath: path,
+      staleSocketHook: async (step) => {
+        steps.push(step);
+        if (step === "probed" && steps.length === 1) {
+          rmSync(path);
+          await staleSocket(path);
+        }
+      },
+    });
+    cleanups.push(() => api.close());
+    expect(await connects(path)).toBe("connected");
+    expect(privateDirs()).toEqual([]);
+    // The plain case: one stale socket, probed, moved aside, removed.
+    const plainPath = socketPath();
+    await staleSocket(plainPath);
+    const plainSteps: string[] = [];
+    const plain = await listenWorkloadApi({ socketPath: plainPath, staleSocketHook: (step) => void plainSteps.push(step) });
+    cleanups.push(() => plain.close());
+    expect(plainSteps).toEqual(["probed", "moved"]);
+    expect(await connects(plainPath)).toBe("connected");
+    await plain.close();
+    expect(() => statSync(plainPath)).toThrow();
+    expect(privateDirs()).toEqual([]);
+  });
+
+  it("replacing a stale socket: a file or directory put in its place after the probe is put back and refused, not removed", async () => {
+    for (const kind of ["file", "directory"] as const) {
+      const path = socketPath();
+      await staleSocket(path);
+      let replaced = false;
+      const refused = await listenWorkloadApi({
+        socketPath: path,
+        staleSocketHook: (step) => {
+          if (step !== "probed" || replaced) return;
+          replaced = true;
+          rmSync(path);
+          if (kind === "file") writeFileSync(path, "someone's data");
+          else mkdirSync(path);
+        },
+      }).then(
+        (api) => {
+          cleanups.push(() => api.close());
+          return api;
+        },
+        (error: unknown) => error,
+      );
+      expect(isMeshwardError(refused, "E_WORKLOAD_API_SOCKET")).toBe(true);
+      expect((refused as Error).message).toContain(`${path} exists and is not a socket`);
+      if (kind === "file") expect(readFileSync(path, "utf8")).toBe("someone's data");
+      else expect(statSync(path).isDirectory()).toBe(true);
+      rmSync(path, { recursive: true });
+      expect(privateDirs()).toEqual([]);
+    }
+  });
+
+  it("gives up with a clear error when the path is taken again on every attempt, leaving what is there", async () => {
+    const path = socketPath();
+    await staleSocket(path);
+    let lastInode = 0;
+    const refused = await listenWorkloadApi({
+      socketPath: path,
+      // Each time the stale socket was moved aside, another one (nobody listening) takes the path before this server's link.
+      staleSocketHook: async (step) => {
+        if (step === "moved") lastInode = await staleSocket(path);
+      },
+    }).catch((error: unknown) => error);
+    expect(isMeshwardError(refused, "E_WORKLOAD_API_SOCKET")).toBe(true);
+    expect((refused as Error).message).toContain(path);
+    expect((refused as Error).message).toContain("another server is starting on it");
+    expect(statSync(path).ino).toBe(lastInode);
+    expect(privateDirs()).toEqual([]);
+  });
+
+  it("a live socket moved aside that cannot be put back (the path taken again meanwhile) is kept, not removed, and the error says where", async () => {
+    const path = socketPath();
+    await staleSocket(path);
+    let firstLive = 0;
+    let secondLive = 0;
+    const refused = await listenWorkloadApi({
+      socketPath: path,
+      staleSocketHook: async (step) => {
+        if (step === "probed" && firstLive === 0) {
+          rmSync(path);
+          await liveSocket(path);
+          firstLive = statSync(path).ino;
+        } else if (step === "moved" && secondLive === 0) {
+          await liveSocket(path);
+          secondLive = statSync(path).ino;
+        }
+      },
+    }).catch((error: unknown) => error);
+    expect(isMeshwardError(refused, "E_WORKLOAD_API_SOCKET")).toBe(true);
+    expect(statSync(path).ino).toBe(secondLive);
+    expect(await connects(path)).toBe("connected");
+    const kept = /kept at (\S+?)[,;:]? /.exec((refused as Error).message)?.[1];
+    expect(kept).toBeDefined();
+    expect(statSync(kept!).ino).toBe(firstLive);
+    expect(await connects(kept!)).toBe("connected");
+    const keptDir = privateDirs();
+    expect(keptDir).toHaveLength(1);
+    rmSync(join(dir, keptDir[0]!), { recursive: true });
   });
 
   it("the client refuses a response whose key does not match its certificate, or whose chain is foreign", () => {

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { chmodSync, chownSync, linkSync, lstatSync, mkdtempSync, rmdirSync, unlinkSync } from "node:fs";
+import { chmodSync, chownSync, linkSync, lstatSync, mkdtempSync, renameSync, rmdirSync, unlinkSync } from "node:fs";
 import type { Settings as Http2Settings } from "node:http2";
 import { connect, createServer as createNetServer } from "node:net";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
@@ -40,7 +40,15 @@ export interface WorkloadApiServerOptions {
    * bounds that to ≈ 90 MiB. A workload needs one connection (go-spiffe's X509Source: one).
    */
   readonly maxConnections?: number;
+  /**
+   * @internal Tests only: called while a stale socket at the path is being replaced, after it was
+   * probed ("probed") and after it was moved aside ("moved"), so that a test can change the path
+   * inside those windows.
+   */
+  readonly staleSocketHook?: StaleSocketHook;
 }
+
+type StaleSocketHook = (step: "probed" | "moved", path: string) => void | Promise<void>;
 
 export const DEFAULT_WORKLOAD_API_MAX_STREAMS = 1024;
 export const DEFAULT_WORKLOAD_API_MAX_CONNECTIONS = 256;
@@ -74,6 +82,8 @@ export interface WorkloadApiListener extends WorkloadApiServer {
 const MAX_SOCKET_PATH_BYTES = 107;
 /** mkdtemp's pattern for the private directory the socket is bound in before it is linked into place. */
 const PRIVATE_DIR_PREFIX = ".mw-";
+/** Attempts at linking the socket into place when the path is taken again each time (EEXIST). */
+const LINK_ATTEMPTS = 5;
 
 type SvidCall = grpc.ServerWritableStream<unknown, X509SvidResponseMessage>;
 type BundlesCall = grpc.ServerWritableStream<unknown, X509BundlesResponseMessage>;
@@ -227,37 +237,43 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
     logger?.warn({ event: "workload-api-connections-exhausted", maxConnections }, "the Workload API refused a connection: the connection cap is reached (logged once)");
   });
 
-  await removeStaleSocket(socketPath);
   // Bind inside a private directory, set the mode, then link into place: the socket is never
   // reachable at its public path with the umask's (possibly wider) mode. link(2), unlike
-  // rename(2), fails with EEXIST instead of replacing what is there: of two servers started at
-  // once on one path, the second finds the first's live socket and refuses.
+  // rename(2), fails with EEXIST instead of replacing what is there; on EEXIST the path is checked
+  // again (refused if live or not a socket, removed if stale) and the link retried: of two servers
+  // started at once on one path, one serves and the other finds its live socket and refuses.
   const privateDir = mkdtempSync(join(dirname(socketPath), PRIVATE_DIR_PREFIX));
   const tempSocket = join(privateDir, "s");
-  let bound: { dev: number; ino: number };
+  let bound: { dev: number; ino: number } | undefined;
   try {
-    await new Promise<void>((resolvePromise, reject) => {
-      listener.once("error", reject);
-      listener.listen(tempSocket, () => {
-        listener.removeListener("error", reject);
-        resolvePromise();
-      });
-    });
-    chmodSync(tempSocket, mode);
-    if (options.socketGroup !== undefined) giveSocketToGroup(tempSocket, socketPath, options.socketGroup);
-    const { dev, ino } = lstatSync(tempSocket);
-    bound = { dev, ino };
-    try {
-      linkSync(tempSocket, socketPath);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
-      // Something appeared since the check: refused if it is live or not a socket, removed if stale.
-      await removeStaleSocket(socketPath);
+    for (let attempt = 1; ; attempt++) {
+      // Before binding on the first attempt: what is in the way is refused before anything is bound.
+      await removeStaleSocket(socketPath, privateDir, options.staleSocketHook);
+      if (bound === undefined) {
+        await new Promise<void>((resolvePromise, reject) => {
+          listener.once("error", reject);
+          listener.listen(tempSocket, () => {
+            listener.removeListener("error", reject);
+            resolvePromise();
+          });
+        });
+        chmodSync(tempSocket, mode);
+        if (options.socketGroup !== undefined) giveSocketToGroup(tempSocket, socketPath, options.socketGroup);
+        const { dev, ino } = lstatSync(tempSocket);
+        bound = { dev, ino };
+      }
       try {
         linkSync(tempSocket, socketPath);
-      } catch (again) {
-        if ((again as NodeJS.ErrnoException).code !== "EEXIST") throw again;
-        throw new MeshwardError("E_WORKLOAD_API_SOCKET", `another process keeps creating ${socketPath} while this server binds it; stop it or choose another path`, { cause: again });
+        break;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+        if (attempt === LINK_ATTEMPTS) {
+          throw new MeshwardError(
+            "E_WORKLOAD_API_SOCKET",
+            `${socketPath} was taken again each of the ${LINK_ATTEMPTS} times this server tried to put its socket there: another server is starting on it; stop it or choose another path`,
+            { cause: error },
+          );
+        }
       }
     }
     unlinkSync(tempSocket);
@@ -275,9 +291,10 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
     try {
       rmdirSync(privateDir);
     } catch {
-      // already removed
+      // already removed, or it keeps a live socket that could not be put back (named in the error)
     }
   }
+  const own = bound;
   logger?.info({ event: "workload-api-listening", socket: socketPath, mode: mode.toString(8), ...(options.socketGroup !== undefined ? { gid: options.socketGroup } : {}) }, "SPIFFE Workload API listening");
 
   return {
@@ -317,7 +334,7 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
       // path over since (after this one's socket was removed by hand), and its socket stays.
       try {
         const now = lstatSync(socketPath);
-        if (now.dev === bound.dev && now.ino === bound.ino) unlinkSync(socketPath);
+        if (now.dev === own.dev && now.ino === own.ino) unlinkSync(socketPath);
         else logger?.warn({ event: "workload-api-socket-replaced", socket: socketPath }, "the Workload API socket path now holds another file; left in place");
       } catch {
         // already gone
@@ -465,8 +482,15 @@ function giveSocketToGroup(tempSocket: string, socketPath: string, gid: number):
  * ECONNREFUSED (nobody listens) and ENOENT (the file went away) mean stale: a server that is
  * alive but not accepting right now (paused, a blocked event loop) with a full backlog answers
  * EAGAIN, and a socket this user may not open EACCES; both are refused, never replaced.
+ *
+ * A stale socket is not unlinked at its path, where another server may have put its live socket
+ * since the probe: it is renamed into `privateDir` (atomic: whatever holds the path then is
+ * moved), probed again there, and unlinked only if it is still stale; a live one is linked back
+ * (link(2) does not replace what may have taken the path meanwhile) and the caller, finding the
+ * path taken, checks again and refuses it. Comparing dev/ino with the probed file would not do:
+ * a file's inode number is reused as soon as it is freed.
  */
-async function removeStaleSocket(path: string): Promise<void> {
+async function removeStaleSocket(path: string, privateDir: string, hook?: StaleSocketHook): Promise<void> {
   let before: ReturnType<typeof lstatSync>;
   try {
     before = lstatSync(path);
@@ -476,14 +500,7 @@ async function removeStaleSocket(path: string): Promise<void> {
   if (!before.isSocket()) {
     throw new MeshwardError("E_WORKLOAD_API_SOCKET", `${path} exists and is not a socket; refusing to replace it (remove it or choose another path)`);
   }
-  const outcome = await new Promise<"live" | "stale" | NodeJS.ErrnoException>((resolvePromise) => {
-    const probe = connect(path);
-    probe.once("connect", () => {
-      probe.destroy();
-      resolvePromise("live");
-    });
-    probe.once("error", (error: NodeJS.ErrnoException) => resolvePromise(error.code === "ECONNREFUSED" || error.code === "ENOENT" ? "stale" : error));
-  });
+  const outcome = await probeSocket(path);
   if (outcome === "live") {
     throw new MeshwardError("E_WORKLOAD_API_SOCKET", `another process is already serving on ${path} (${basename(path)} accepts connections); stop it or choose another path`);
   }
@@ -499,11 +516,56 @@ async function removeStaleSocket(path: string): Promise<void> {
       `cannot tell whether ${path} is stale: connecting to it failed with ${outcome.code ?? outcome.message} (${why}); refusing to replace it: stop the other server or remove the socket, or choose another path`,
     );
   }
-  // Unlinked only if it is still the file probed (a narrow window remains between lstat and unlink).
+  await hook?.("probed", path);
+  // One byte long, as the bound socket's name "s": the path length check covers it.
+  const moved = join(privateDir, "x");
   try {
-    const now = lstatSync(path);
-    if (now.dev === before.dev && now.ino === before.ino) unlinkSync(path);
-  } catch {
-    // gone meanwhile
+    renameSync(path, moved);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return; // gone meanwhile
+    throw error;
   }
+  await hook?.("moved", path);
+  const movedStat = lstatSync(moved);
+  const movedIsSocket = movedStat.isSocket();
+  if (movedIsSocket && (await probeSocket(moved)) === "stale") {
+    unlinkIfThere(moved);
+    return;
+  }
+  // Not what was probed: another process put its file there since. Back into place, never over
+  // what may hold the path now (a directory cannot be linked; rename(2) moves it back, refusing a
+  // non-empty directory or a file); the caller then finds the path taken and checks it again.
+  try {
+    if (movedStat.isDirectory()) renameSync(moved, path);
+    else linkSync(moved, path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== "EEXIST" && code !== "ENOTEMPTY" && code !== "ENOTDIR" && code !== "EISDIR") throw error;
+    throw new MeshwardError(
+      "E_WORKLOAD_API_SOCKET",
+      `${path} changed twice while this server replaced a stale socket there: the ${movedIsSocket ? "socket" : movedStat.isDirectory() ? "directory" : "file"} that took its place first is kept at ${moved} (not removed; link it back by hand if its server should be reached at ${path}), and what holds the path now is left in place; start one server on a path at a time`,
+      { cause: error },
+    );
+  }
+  unlinkIfThere(moved);
+}
+
+function unlinkIfThere(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+  }
+}
+
+/** "live" if something accepts a connection at `path`, "stale" if nobody listens (ECONNREFUSED, or ENOENT: gone), else the connect error. */
+function probeSocket(path: string): Promise<"live" | "stale" | NodeJS.ErrnoException> {
+  return new Promise((resolvePromise) => {
+    const probe = connect(path);
+    probe.once("connect", () => {
+      probe.destroy();
+      resolvePromise("live");
+    });
+    probe.once("error", (error: NodeJS.ErrnoException) => resolvePromise(error.code === "ECONNREFUSED" || error.code === "ENOENT" ? "stale" : error));
+  });
 }
