@@ -318,6 +318,17 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
       for (const call of bundleCalls.keys()) call.end();
       svidCalls.clear();
       bundleCalls.clear();
+      // Only while the path is still this server's socket: another server may have taken the
+      // path over since (after this one's socket was removed by hand), and its socket stays.
+      // Checked before the listener closes: while it is bound it holds its socket's inode, so a
+      // newer socket at the path cannot carry the same inode number (after close it could).
+      try {
+        const now = lstatSync(socketPath);
+        if (now.dev === own.dev && now.ino === own.ino) unlinkSync(socketPath);
+        else logger?.warn({ event: "workload-api-socket-replaced", socket: socketPath }, "the Workload API socket path now holds another file; left in place");
+      } catch {
+        // already gone
+      }
       listener.close();
       // Closes the injected connections too: grpc-js tracks them as it does its own.
       await new Promise<void>((resolvePromise) => {
@@ -330,15 +341,6 @@ export async function listenWorkloadApi(options: Omit<WorkloadApiServerOptions, 
           resolvePromise();
         });
       });
-      // Only while the path is still this server's socket: another server may have taken the
-      // path over since (after this one's socket was removed by hand), and its socket stays.
-      try {
-        const now = lstatSync(socketPath);
-        if (now.dev === own.dev && now.ino === own.ino) unlinkSync(socketPath);
-        else logger?.warn({ event: "workload-api-socket-replaced", socket: socketPath }, "the Workload API socket path now holds another file; left in place");
-      } catch {
-        // already gone
-      }
       logger?.info({ event: "workload-api-closed", socket: socketPath }, "SPIFFE Workload API closed");
     },
   };
