@@ -164,6 +164,9 @@ export async function renderConfigDocs(): Promise<string> {
     "column of the offending field. Durations are written with a unit (`90s`, `15m`, `24h`, `30d`,",
     "`1h30m`); a bare number means seconds. A file (config or access policy) nested more than 100",
     "levels deep is refused before it is parsed, naming the line and column where the limit was passed.",
+    "An error shows the rejected value only in part: at most 40 characters of it (with its length), and",
+    "nothing of a value that holds a PEM block (`(a PEM block, not shown)`), so a private key pasted into",
+    "the wrong field does not end up on the terminal or in the logs.",
     "",
   ];
   for (const source of CONFIG_SCHEMAS) {

@@ -21,6 +21,30 @@ export function isMeshwardError(value: unknown, code?: ErrorCode): value is Mesh
   return value instanceof MeshwardError && (code === undefined || value.code === code);
 }
 
+/** At most this many characters of a rejected value are shown in an error message. */
+export const SHOWN_VALUE_MAX = 40;
+
+/**
+ * A rejected value as an error message shows it (config fields, flags): quoted as JSON, but never
+ * anything that looks like a PEM block (a private key pasted into the wrong field, review atrest)
+ * and at most `max` (SHOWN_VALUE_MAX) characters of anything else, with its length. Errors end up on
+ * terminals, in CI logs and in log collectors.
+ */
+export function shownValue(value: unknown, max = SHOWN_VALUE_MAX): string {
+  const text = typeof value === "string" ? value : (JSON.stringify(value) ?? String(value));
+  if (/-----BEGIN/i.test(text)) return "(a PEM block, not shown)";
+  if (typeof value !== "string") return text.length <= max ? text : `${text.slice(0, max)}… (${text.length} characters)`;
+  return value.length <= max ? JSON.stringify(value) : `${JSON.stringify(value.slice(0, max))}… (${value.length} characters)`;
+}
+
+/**
+ * The same rule for a whole message built elsewhere (a library's, or one holding several
+ * values): every PEM block in it, raw or JSON-escaped, is replaced. The safety net of config errors.
+ */
+export function withoutPemBlocks(message: string): string {
+  return message.replace(/"?-----BEGIN[^]*?(?:-----END[^-]*-----(?:\\n|\n)?"?|$)/g, "(a PEM block, not shown)");
+}
+
 /** A short, safe description of any thrown value for logs (never the stack of a key parse). */
 export function describeError(value: unknown): string {
   if (value instanceof MeshwardError) return `${value.code}: ${value.message}`;

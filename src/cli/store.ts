@@ -27,7 +27,8 @@ export async function openCaStore(dir: string, url: string | undefined, options:
       );
     }
   }
-  const store = openStore(url ?? `sqlite:${caLayout(dir).database}`);
+  // A SQLite file is checked as the CA directory is (E_STORE_UNSAFE), its parents too when it is elsewhere.
+  const store = openStore(url ?? `sqlite:${caLayout(dir).database}`, { caDirectory: dir });
   await store.migrate();
   return store;
 }

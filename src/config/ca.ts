@@ -1,3 +1,4 @@
+import { shownValue } from "../errors.ts";
 import * as z from "zod";
 import { parseSpiffeId, parseTrustDomain } from "../spiffe/id.ts";
 import { hostPort, timerDurationText } from "./fields.ts";
@@ -19,7 +20,7 @@ const duration = (what: string, min?: { readonly text: string; readonly why: str
       return z.NEVER;
     }
     if (min !== undefined && ms < parseDuration(min.text)) {
-      ctx.addIssue({ code: "custom", message: `${what} ${JSON.stringify(value)} is too short: at least ${min.text} (${min.why})` });
+      ctx.addIssue({ code: "custom", message: `${what} ${shownValue(value)} is too short: at least ${min.text} (${min.why})` });
       return z.NEVER;
     }
     return ms;

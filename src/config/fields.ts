@@ -1,3 +1,4 @@
+import { shownValue } from "../errors.ts";
 import * as z from "zod";
 import { parseHostPort, parseHostPortList } from "../util/address.ts";
 import { MAX_TIMER_MS } from "../util/clock.ts";
@@ -14,11 +15,11 @@ function timerMs(value: string | number, what: string, minMs: number, ctx: z.Ref
     return z.NEVER;
   }
   if (!Number.isFinite(ms) || ms < minMs) {
-    ctx.addIssue({ code: "custom", message: `${what} must be at least ${minMs < 1000 ? `${minMs}ms` : formatDuration(minMs)} (got ${JSON.stringify(value)})` });
+    ctx.addIssue({ code: "custom", message: `${what} must be at least ${minMs < 1000 ? `${minMs}ms` : formatDuration(minMs)} (got ${shownValue(value)})` });
     return z.NEVER;
   }
   if (ms > MAX_TIMER_MS) {
-    ctx.addIssue({ code: "custom", message: `${what} must be at most 24d (got ${JSON.stringify(value)})` });
+    ctx.addIssue({ code: "custom", message: `${what} must be at most 24d (got ${shownValue(value)})` });
     return z.NEVER;
   }
   return ms;
@@ -61,8 +62,8 @@ const NAME = /^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_
 export function allowedHostProblem(entry: string): string | undefined {
   if (entry === "*") return undefined;
   const name = (entry.startsWith("*.") ? entry.slice(2) : entry).replace(/\.$/, "");
-  if (name.includes("*")) return `${JSON.stringify(entry)}: a wildcard may only be "*" or lead as "*.example.com"`;
-  if (/[:/@\[\]\s]/.test(name)) return `${JSON.stringify(entry)}: give a host name only (no scheme, port, path or brackets)`;
-  if (!NAME.test(name.toLowerCase())) return `${JSON.stringify(entry)}: not a host name`;
+  if (name.includes("*")) return `${shownValue(entry)}: a wildcard may only be "*" or lead as "*.example.com"`;
+  if (/[:/@\[\]\s]/.test(name)) return `${shownValue(entry)}: give a host name only (no scheme, port, path or brackets)`;
+  if (!NAME.test(name.toLowerCase())) return `${shownValue(entry)}: not a host name`;
   return undefined;
 }

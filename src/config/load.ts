@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { isMap, isSeq, LineCounter, parseDocument, type Node as YamlNode } from "yaml";
 import type * as z from "zod";
-import { MeshwardError } from "../errors.ts";
+import { MeshwardError, withoutPemBlocks } from "../errors.ts";
 import { excessiveNestingMessage } from "../util/yaml-depth.ts";
 
 export interface SourcePosition {
@@ -35,7 +35,8 @@ export function parseYamlConfig<S extends z.ZodType>(text: string, schema: S, fi
     const offset = node?.range?.[0] ?? 0;
     const pos = lineCounter.linePos(offset);
     const field = path.length > 0 ? path.join(".") : "(document)";
-    return `${file}:${pos.line}:${pos.col}: ${field}: ${issue.message}`;
+    // Never a pasted key, whatever the message (a library's included): the net under shownValue.
+    return `${file}:${pos.line}:${pos.col}: ${field}: ${withoutPemBlocks(issue.message)}`;
   });
   throw new MeshwardError("E_CONFIG_INVALID", messages.join("\n"), { details: { file } });
 }

@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
@@ -8,7 +8,7 @@ import { toPem } from "../pki/pem.ts";
 import { redactSecrets } from "../telemetry/redact.ts";
 import { formatDuration } from "../util/duration.ts";
 import { writeFilesTogether } from "../util/files.ts";
-import { assertOwnDirectory } from "./local-paths.ts";
+import { assertOwnDirectory, outDirMode } from "./local-paths.ts";
 import type { IdentityEvent, IdentitySnapshot, IdentitySource } from "./source.ts";
 
 export const CERT_FILE = "cert.pem";
@@ -24,7 +24,11 @@ export const CRL_FILE = "crl.pem";
 
 export interface FileSinkOptions {
   readonly source: IdentitySource;
-  /** Created (0755) when missing; refused (E_OUT_DIR_UNSAFE) when another user owns it or group or others can write it. */
+  /**
+   * Created when missing as `meshward identity --out` creates it (0700, or 0755 with `owner`),
+   * and again with the mode and owner it had at the start if it is removed while running;
+   * refused (E_OUT_DIR_UNSAFE) when another user owns it or group or others can write it.
+   */
   readonly dir: string;
   /**
    * Shell command run (via /bin/sh -c) after every write, e.g. "nginx -s reload". It gets
@@ -101,9 +105,17 @@ export function startFileSink(options: FileSinkOptions): FileSink {
   if (options.keyMode !== undefined && ((options.keyMode & 0o400) === 0 || (options.keyMode & ~0o740) !== 0)) {
     throw new MeshwardError("E_USAGE", `key file mode ${options.keyMode.toString(8).padStart(4, "0")} is not private: at most 0640 (owner read/write, group read)`);
   }
-  mkdirSync(resolve(options.dir), { recursive: true, mode: 0o755 });
+  const filesOwner = options.owner?.uid;
+  /** Creates the directory if missing (mode as `meshward identity --out`: outDirMode) and checks it; returns its real path. */
+  const makeDir = (path: string, mode: number) => {
+    mkdirSync(path, { recursive: true, mode });
+    return assertOwnDirectory(path, path, filesOwner);
+  };
   // Written under its real path from now on: a link on the way is not followed again.
-  const dir = assertOwnDirectory(resolve(options.dir), resolve(options.dir), options.owner?.uid);
+  const dir = makeDir(resolve(options.dir), outDirMode(filesOwner));
+  // How it is now (made here, by the CLI or by an operator): what a re-creation restores.
+  const made = statSync(dir);
+  const dirShape = { mode: made.mode & 0o7777, uid: made.uid, gid: made.gid };
   const paths = { cert: join(dir, CERT_FILE), key: join(dir, KEY_FILE), bundle: join(dir, BUNDLE_FILE), crl: join(dir, CRL_FILE) };
   const { logger } = options;
   let closed = false;
@@ -146,11 +158,15 @@ export function startFileSink(options: FileSinkOptions): FileSink {
     // (a full disk, a file size limit, a crash) leaves the old set whole: never a new key beside
     // the old certificate, which readers and a restart (resume.ts) would refuse.
     if (!existsSync(dir)) {
-      // Removed while running (a cleanup job, an operator): created again as at the start, with
-      // the same checks, rather than failing every write until a restart.
-      mkdirSync(dir, { recursive: true, mode: 0o700 });
-      if (assertOwnDirectory(dir, dir, options.owner?.uid) !== dir) throw new MeshwardError("E_OUT_DIR_UNSAFE", `${dir} is no longer the directory it was (a link now): not writing there`);
-      logger?.warn({ event: "out-dir-recreated", dir }, "the output directory was removed; created it again");
+      // Removed while running (a cleanup job, an operator): created again as it was at the start
+      // (same mode and owner: an --owner user must still reach its files; review atrest LOW-5),
+      // with the same checks, rather than failing every write until a restart.
+      if (makeDir(dir, dirShape.mode & 0o777) !== dir) throw new MeshwardError("E_OUT_DIR_UNSAFE", `${dir} is no longer the directory it was (a link now): not writing there`);
+      const now = statSync(dir);
+      if (now.uid !== dirShape.uid || now.gid !== dirShape.gid) chownSync(dir, dirShape.uid, dirShape.gid);
+      // Exactly the old mode, whatever the umask did to mkdir's (chown may also clear setgid).
+      chmodSync(dir, dirShape.mode);
+      logger?.warn({ event: "out-dir-recreated", dir, mode: dirShape.mode.toString(8).padStart(4, "0"), uid: dirShape.uid, gid: dirShape.gid }, "the output directory was removed; created it again as it was");
     }
     const { owner } = options;
     const keyOwner = owner ?? (options.keyMode === undefined ? undefined : { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 });

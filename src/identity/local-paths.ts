@@ -38,6 +38,15 @@ export function prepareOutDir(dir: string, flag = "--out", mode = 0o700, filesOw
   return real;
 }
 
+/**
+ * The mode an identity directory is created with: 0700, or 0755 when its files are given to
+ * another user (`identity --owner`, the file sink's `owner`), who must be able to reach them (the
+ * key stays 0600, theirs). One rule for `meshward identity` and the file sink.
+ */
+export function outDirMode(filesOwner?: number): number {
+  return filesOwner === undefined ? 0o700 : 0o755;
+}
+
 /** The files an identity is written as (file-sink.ts, `meshward cert issue`). */
 const IDENTITY_FILES = ["cert.pem", "key.pem", "bundle.pem"] as const;
 

@@ -1,4 +1,4 @@
-import { MeshwardError } from "../errors.ts";
+import { MeshwardError, shownValue } from "../errors.ts";
 
 /**
  * SPIFFE IDs per the SPIFFE-ID specification (spiffe/standards, SPIFFE-ID.md):
@@ -20,19 +20,20 @@ const TRUST_DOMAIN_CHARS = /^[a-z0-9._-]+$/;
 const SEGMENT_CHARS = /^[a-zA-Z0-9._-]+$/;
 
 function invalid(input: string, reason: string): MeshwardError {
-  return new MeshwardError("E_SPIFFE_ID_INVALID", `invalid SPIFFE ID ${JSON.stringify(truncate(input))}: ${reason}`, {
+  return new MeshwardError("E_SPIFFE_ID_INVALID", `invalid SPIFFE ID ${shown(input)}: ${reason}`, {
     details: { reason },
   });
 }
 
-function truncate(value: string): string {
-  return value.length > 120 ? `${value.slice(0, 117)}...` : value;
+/** An ID or name as its error shows it: up to 120 characters (IDs are long by nature), never a PEM block. */
+function shown(value: string): string {
+  return shownValue(value, 120);
 }
 
 /** Validates a trust domain name and returns it; throws E_TRUST_DOMAIN_INVALID. */
 export function parseTrustDomain(name: string): string {
   const fail = (reason: string) =>
-    new MeshwardError("E_TRUST_DOMAIN_INVALID", `invalid trust domain ${JSON.stringify(truncate(name))}: ${reason}`, {
+    new MeshwardError("E_TRUST_DOMAIN_INVALID", `invalid trust domain ${shown(name)}: ${reason}`, {
       details: { reason },
     });
   if (typeof name !== "string" || name.length === 0) throw fail("it is empty");
@@ -92,7 +93,7 @@ function parseSpiffeIdUncached(input: string): SpiffeId {
   for (const segment of segments) {
     if (segment === "") throw invalid(input, path.endsWith("/") ? "a trailing slash is not allowed" : "empty path segments are not allowed");
     if (segment === "." || segment === "..") throw invalid(input, "'.' and '..' path segments are not allowed");
-    if (!SEGMENT_CHARS.test(segment)) throw invalid(input, `path segment ${JSON.stringify(truncate(segment))} may hold only a-z, A-Z, 0-9, '.', '-' and '_'`);
+    if (!SEGMENT_CHARS.test(segment)) throw invalid(input, `path segment ${shown(segment)} may hold only a-z, A-Z, 0-9, '.', '-' and '_'`);
   }
   return makeId(authority, segments);
 }
@@ -134,7 +135,7 @@ export function checkWorkloadSegment(label: "namespace" | "app id", value: unkno
   if (value === "." || value === ".." || !SEGMENT_CHARS.test(value)) {
     throw new MeshwardError(
       "E_SPIFFE_ID_INVALID",
-      `the ${label} ${JSON.stringify(truncate(value))} may hold only a-z, A-Z, 0-9, '.', '-' and '_' (and is not '.' or '..')`,
+      `the ${label} ${shown(value)} may hold only a-z, A-Z, 0-9, '.', '-' and '_' (and is not '.' or '..')`,
     );
   }
 }
@@ -146,7 +147,7 @@ export function parseWorkloadId(input: string): WorkloadIdentity {
   if (ns !== "ns" || namespace === undefined || appId === undefined || extra.length > 0) {
     throw new MeshwardError(
       "E_SPIFFE_ID_NOT_WORKLOAD",
-      `SPIFFE ID ${JSON.stringify(truncate(input))} is not a workload ID of the form spiffe://<trust-domain>/ns/<namespace>/<app-id>`,
+      `SPIFFE ID ${shown(input)} is not a workload ID of the form spiffe://<trust-domain>/ns/<namespace>/<app-id>`,
     );
   }
   return { trustDomain: id.trustDomain, namespace, appId };

@@ -37,9 +37,13 @@ export function tryLockFile(path: string): HeldFileLock | "held" | "not-a-lock" 
   return { release: () => db.close() };
 }
 
-/** Creates `path` 0600 if absent and takes group and others' access from one that has it (a file of another owner keeps its mode). */
+/**
+ * Creates `path` 0600 if absent and takes group and others' access from one that has it (a file
+ * of another owner keeps its mode). Never through a symbolic link (O_NOFOLLOW: ELOOP): a link
+ * planted there would have the mode of its target changed (review atrest MEDIUM-4).
+ */
 export function createPrivate(path: string): void {
-  const fd = openSync(path, constants.O_RDWR | constants.O_CREAT, 0o600);
+  const fd = openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
   try {
     if ((fstatSync(fd).mode & 0o077) !== 0) fchmodSync(fd, 0o600);
   } catch {

@@ -53,10 +53,13 @@ export function parseStoreUrl(url: string): StoreLocation {
   throw invalid(url, `the scheme "${scheme}:" is not supported; use sqlite:/path/to/ca.db or postgres://user@host:5432/database`);
 }
 
-/** Opens the store a URL names (no I/O for PostgreSQL until first use); call migrate() before use. */
-export function openStore(url: string): Store {
+/**
+ * Opens the store a URL names (no I/O for PostgreSQL until first use); call migrate() before use.
+ * `caDirectory`: the CA directory it serves (SqliteStoreOptions.caDirectory; SQLite only).
+ */
+export function openStore(url: string, options: { readonly caDirectory?: string } = {}): Store {
   const location = parseStoreUrl(url);
-  return location.kind === "sqlite" ? openSqliteStore(location.path) : openPostgresStore({ connectionString: location.connectionString });
+  return location.kind === "sqlite" ? openSqliteStore(location.path, options) : openPostgresStore({ connectionString: location.connectionString });
 }
 
 function invalid(url: string, why: string): MeshwardError {

@@ -7,7 +7,8 @@ import type { WriterReply, WriterRequest } from "./sqlite-writer.ts";
 
 const port = parentPort;
 if (port === null) throw new Error("sqlite-writer-worker.ts runs only as a worker thread (see sqlite-writer.ts)");
-const store = openSqliteStore((workerData as { path: string }).path, { writerThread: false });
+const { path, caDirectory } = workerData as { path: string; caDirectory?: string };
+const store = openSqliteStore(path, { writerThread: false, ...(caDirectory !== undefined ? { caDirectory } : {}) });
 
 port.on("message", (message: WriterRequest) => {
   // Every issuance of this message joins the store's group commit: one transaction, one fsync.

@@ -54,8 +54,9 @@ export class SqliteWriter {
   #failure: Error | undefined;
   #closing: Promise<void> | undefined;
 
-  constructor(path: string) {
-    this.#worker = startWriterWorker(path);
+  /** `caDirectory`: as the store's (SqliteStoreOptions), so that the thread's connection is checked by the same rule. */
+  constructor(path: string, caDirectory?: string) {
+    this.#worker = startWriterWorker(path, caDirectory);
     this.#worker.unref();
     this.started = new Promise((resolve, reject) => {
       this.#worker.once("message", () => resolve());
@@ -122,6 +123,6 @@ export class SqliteWriter {
   }
 }
 
-function startWriterWorker(path: string): Worker {
-  return startMeshwardWorker(import.meta.url, "sqlite-writer-worker", { workerData: { path } });
+function startWriterWorker(path: string, caDirectory: string | undefined): Worker {
+  return startMeshwardWorker(import.meta.url, "sqlite-writer-worker", { workerData: { path, caDirectory } });
 }

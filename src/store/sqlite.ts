@@ -1,8 +1,9 @@
-import { statSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { existsSync, lstatSync, realpathSync, statSync } from "node:fs";
+import { basename, dirname, join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { MeshwardError, isMeshwardError } from "../errors.ts";
 import { throwIfCancelled } from "../util/abort.ts";
+import { assertNoOtherRenamer, assertNoOtherWriter } from "../util/dir-safety.ts";
 import { assertSchemaNotNewer, latestVersion, migrateSqlite, SQLITE_MIGRATIONS, sqliteSchemaVersion } from "./migrations.ts";
 import { normalizeSerial, requireDate, requireLimit, requireSerial } from "./normalize.ts";
 import { createPrivate } from "./file-lock.ts";
@@ -55,9 +56,19 @@ export interface SqliteStoreOptions {
    * reads stay here (WAL: they never wait for a writer). Ignored for ":memory:".
    */
   readonly writerThread?: boolean;
+  /**
+   * The CA directory this store belongs to. A store file directly in it is held to that
+   * directory's rule (checkCaDir: owner and mode of the directory; its parents are the
+   * operator's, as documented); a store anywhere else must also have parents only this user or
+   * root can change (assertNoOtherRenamer). Without it, every store gets the stricter check.
+   */
+  readonly caDirectory?: string;
 }
 
-/** Opens (creating when missing, mode 0600) the SQLite store at `path`; call migrate() before use. */
+/**
+ * Opens (creating when missing, mode 0600) the SQLite store at `path`; call migrate() before use.
+ * A file, directory or side file others could change is refused first (E_STORE_UNSAFE, prepareStoreFile).
+ */
 export function openSqliteStore(path: string, options: SqliteStoreOptions = {}): SqliteStore {
   return new SqliteStore(path, options);
 }
@@ -70,12 +81,14 @@ export class SqliteStore implements Store {
   readonly #pendingIssuances: { row: IssuanceRow; supersedes: string | undefined; resolve: () => void; reject: (error: unknown) => void }[] = [];
   readonly #listStatements = new Map<string, Database.Statement>();
   readonly #useWriterThread: boolean;
+  readonly #caDirectory: string | undefined;
   #writer: SqliteWriter | undefined;
 
   constructor(path: string, options: SqliteStoreOptions = {}) {
-    this.path = path === MEMORY ? MEMORY : resolve(path);
+    // Opened under its directory's real path from now on (checked there): a link on the way is not followed again.
+    this.path = path === MEMORY ? MEMORY : prepareStoreFile(resolve(path), options.caDirectory);
+    this.#caDirectory = options.caDirectory;
     this.#useWriterThread = options.writerThread === true && this.path !== MEMORY;
-    if (this.path !== MEMORY) createPrivateFile(this.path);
     let db: Database.Database;
     try {
       db = new Database(this.path, { timeout: BUSY_TIMEOUT_MS });
@@ -112,7 +125,7 @@ export class SqliteStore implements Store {
     }
     if (this.#useWriterThread) {
       // Started here so that the first issuance does not wait for the thread to load.
-      const writer = (this.#writer ??= new SqliteWriter(this.path));
+      const writer = (this.#writer ??= new SqliteWriter(this.path, this.#caDirectory));
       await writer.started.catch((error: unknown) => {
         throw storeError("E_STORE_WRITE", `starting the writer thread of ${this.path}`, error);
       });
@@ -419,7 +432,7 @@ export class SqliteStore implements Store {
   #onWriter<M extends WriterMethod>(method: M, ...args: Parameters<NonNullable<Store[M]>>): ReturnType<NonNullable<Store[M]>> {
     this.#assertOpen();
     // Started by migrate(), or on first use: the writer's connection prepares its statements then.
-    this.#writer ??= new SqliteWriter(this.path);
+    this.#writer ??= new SqliteWriter(this.path, this.#caDirectory);
     return this.#writer.call(method, ...args) as ReturnType<NonNullable<Store[M]>>;
   }
 
@@ -602,7 +615,22 @@ function tokenFromRow(row: TokenRow): JoinTokenRecord {
 }
 
 /** Creates the database file 0600 before SQLite does (SQLite would use 0644 and the umask). */
-function createPrivateFile(path: string): void {
+/** Files SQLite keeps beside the database and reads as its own (a hot -journal is even replayed into it), and the CA's leader lock. */
+const SIDE_FILES = ["-wal", "-shm", "-journal", "-leader", "-leader-journal"] as const;
+
+const STORE_RISK = "replace or edit the store: add a join token for any identity and get that identity's certificate from the CA, or revoke and un-revoke certificates";
+
+/**
+ * The store file, checked before it is opened or created (review atrest MEDIUM-4): held to the CA
+ * directory's rule wherever it is, since whoever can change it mints join tokens. Its directory
+ * must be this user's or root's and writable by no one else (E_STORE_UNSAFE, as E_CA_DIR_UNSAFE),
+ * and, outside the CA directory, so must every parent (a parent's owner could swap the directory
+ * for a link); the database and its side files (-wal, -shm, -journal, -leader), where they exist,
+ * must be regular files of this user or root that group and others cannot write, never symbolic
+ * links. Then the database is created 0600 (without following a link). Returns its path under
+ * the directory's real path.
+ */
+function prepareStoreFile(path: string, caDirectory: string | undefined): string {
   const dir = dirname(path);
   let dirIsDirectory: boolean;
   try {
@@ -611,12 +639,69 @@ function createPrivateFile(path: string): void {
     throw new MeshwardError("E_STORE_OPEN", `cannot open the store ${path}: the directory ${dir} does not exist; create it first (meshward ca init does)`, { cause: error });
   }
   if (!dirIsDirectory) throw new MeshwardError("E_STORE_OPEN", `cannot open the store ${path}: ${dir} is not a directory`);
+  const what = `the store ${path}`;
+  assertNoOtherWriter(dir, what, "E_STORE_UNSAFE", STORE_RISK, "owned by the user the CA runs as, mode 0700, as the CA directory", undefined, false, { name: "meshward-ca", mode: "700" });
+  const realDir = realpathSync(dir);
+  const inCaDirectory = caDirectory !== undefined && existsSync(caDirectory) && realpathSync(caDirectory) === realDir;
+  if (!inCaDirectory) assertNoOtherRenamer(realDir, what, "E_STORE_UNSAFE", STORE_RISK);
+  const file = join(realDir, basename(path));
+  for (const suffix of ["", ...SIDE_FILES]) assertOwnStoreFile(file + suffix, path + suffix, suffix === "");
   try {
     // Also tightens a file an older tool left readable by others; SQLite gives -wal/-shm the same mode.
-    createPrivate(path);
+    createPrivate(file);
   } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ELOOP") throw symlinkRefusal(path, true); // made a link since the check
     throw new MeshwardError("E_STORE_OPEN", `cannot open the store ${path}: ${(error as Error).message}; check the file's owner and permissions`, { cause: error });
   }
+  return file;
+}
+
+/** One of the store's files, if it exists: a regular file of this user or root, not writable by group or others, not a link. */
+function assertOwnStoreFile(file: string, shown: string, database: boolean): void {
+  let stats;
+  try {
+    stats = lstatSync(file);
+  } catch {
+    return; // absent: created 0600 by this process (or by SQLite with the database's mode)
+  }
+  if (stats.isSymbolicLink()) throw symlinkRefusal(shown, database);
+  if (!stats.isFile()) return; // a directory or the like: opening it says so (E_STORE_OPEN)
+  const uid = process.getuid?.();
+  const remove = database ? "" : `, or remove it if no meshward runs on this store: rm ${shown}`;
+  if (uid !== undefined && stats.uid !== uid && stats.uid !== 0) {
+    throw new MeshwardError(
+      "E_STORE_UNSAFE",
+      `${shown} is owned by uid ${stats.uid}, not by this user (uid ${uid}) or root: its owner could ${STORE_RISK}. ` +
+        (database
+          ? `Do not use a store another user made: give a path in a directory of your own (mode 0700), where 'meshward ca serve' creates it, or, only if its content is known to be yours, take it over: chown ${uid} ${shown}`
+          : `Take it over if it is the store's own: chown ${uid} ${shown}${remove}`),
+      { details: { path: shown, uid: stats.uid } },
+    );
+  }
+  const mode = stats.mode & 0o7777;
+  if ((mode & 0o022) !== 0) {
+    throw new MeshwardError(
+      "E_STORE_UNSAFE",
+      `${shown} is writable by group or others (mode ${mode.toString(8).padStart(4, "0")}): they could ${STORE_RISK}. ` +
+        `Fix it with: chmod 600 ${shown} (and check that its content is yours)${remove}`,
+      { details: { path: shown, mode } },
+    );
+  }
+}
+
+function symlinkRefusal(shown: string, database: boolean): MeshwardError {
+  let target = "";
+  try {
+    target = ` (to ${realpathSync(shown)})`;
+  } catch {
+    // a dangling link
+  }
+  return new MeshwardError(
+    "E_STORE_UNSAFE",
+    `${shown} is a symbolic link${target}: the store's files are opened only as regular files, never through a link (its owner could repoint it, and the file it points to would be changed). ` +
+      (database ? `Give the file's real path: --store sqlite:PATH` : `Remove the link: rm ${shown}`),
+    { details: { path: shown } },
+  );
 }
 
 function openError(path: string, error: unknown): MeshwardError {

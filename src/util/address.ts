@@ -1,5 +1,5 @@
 import { isIP } from "node:net";
-import { MeshwardError } from "../errors.ts";
+import { MeshwardError, shownValue } from "../errors.ts";
 
 export interface HostPort {
   readonly host: string;
@@ -12,7 +12,7 @@ export function parseHostPort(input: string, what = "address"): HostPort {
   const match = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text);
   const port = match ? Number(match[3]) : NaN;
   if (!match || port > 65535) {
-    throw new MeshwardError("E_ADDRESS_INVALID", `invalid ${what} ${JSON.stringify(input)}: use HOST:PORT, such as 127.0.0.1:8443 or [::1]:8443`);
+    throw new MeshwardError("E_ADDRESS_INVALID", `invalid ${what} ${shownValue(input)}: use HOST:PORT, such as 127.0.0.1:8443 or [::1]:8443`);
   }
   const host = match[1] ?? match[2] ?? "";
   return { host: host === "" ? "127.0.0.1" : host, port };
@@ -26,11 +26,11 @@ export function formatHostPort({ host, port }: HostPort): string {
 export function parseHostPortList(input: string, what = "address"): HostPort[] {
   const entries = String(input).split(",").map((entry) => entry.trim());
   if (entries.some((entry) => entry === "")) {
-    throw new MeshwardError("E_ADDRESS_INVALID", `invalid ${what} ${JSON.stringify(input)}: use HOST:PORT, or several separated by commas (ca-0:8443,ca-1:8443)`);
+    throw new MeshwardError("E_ADDRESS_INVALID", `invalid ${what} ${shownValue(input)}: use HOST:PORT, or several separated by commas (ca-0:8443,ca-1:8443)`);
   }
   return entries.map((entry) => {
     const parsed = parseHostPort(entry, what);
-    if (parsed.port === 0) throw new MeshwardError("E_ADDRESS_INVALID", `invalid ${what} ${JSON.stringify(entry)}: the port cannot be 0`);
+    if (parsed.port === 0) throw new MeshwardError("E_ADDRESS_INVALID", `invalid ${what} ${shownValue(entry)}: the port cannot be 0`);
     return parsed;
   });
 }

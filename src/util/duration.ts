@@ -1,4 +1,4 @@
-import { MeshwardError } from "../errors.ts";
+import { MeshwardError, shownValue } from "../errors.ts";
 
 const UNIT_MS: Record<string, number> = {
   ms: 1,
@@ -24,7 +24,7 @@ export function parseDuration(input: string, what = "duration"): number {
   if (text.length === 0 || consumed !== text.length || !Number.isFinite(total)) {
     throw new MeshwardError(
       "E_DURATION_INVALID",
-      `invalid ${what} ${JSON.stringify(input)}: use a number with a unit, such as 90s, 15m, 24h, 30d or 1h30m`,
+      `invalid ${what} ${shownValue(input)}: use a number with a unit, such as 90s, 15m, 24h, 30d or 1h30m`,
     );
   }
   return Math.round(total);

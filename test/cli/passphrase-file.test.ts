@@ -47,3 +47,38 @@ describe("--passphrase-file must be readable by its owner only", () => {
     expect(loose.stderr).toMatch(/\[E_KEY_PERMISSIONS\]/);
   });
 });
+
+/**
+ * Review atrest (note): --issuer-key-passphrase-file, the passphrase of an imported (encrypted)
+ * issuer key, was read without the check --passphrase-file gets: a world-readable one was taken
+ * silently. Same rule now (assertPrivateFile), for ca init and ca import-issuer.
+ */
+describe("--issuer-key-passphrase-file must be readable by its owner only", { timeout: 60_000 }, () => {
+  const work = mkdtempSync(join(tmpdir(), "meshward-issuer-passphrase-"));
+  afterAll(() => rmSync(work, { recursive: true, force: true }));
+  const source = join(work, "source");
+  const pass = join(work, "pass");
+
+  it("ca init and ca import-issuer refuse a loose one before writing anything, and ca init takes a 0600 one", async () => {
+    writeFileSync(pass, "import passphrase 0123456789\n", { mode: 0o600 });
+    // A CA whose issuer key is encrypted with that passphrase: its files are the ones imported.
+    const made = await runCli(["ca", "init", "--trust-domain", "imp.test", "--dir", source, "--passphrase-file", pass]);
+    expect(made.code, made.stderr).toBe(0);
+    const importArgs = ["--issuer-cert", join(source, "issuer.pem"), "--issuer-key", join(source, "issuer.key"), "--issuer-key-passphrase-file", pass];
+    for (const mode of [0o644, 0o640]) {
+      chmodSync(pass, mode);
+      const target = join(work, `init-${mode.toString(8)}`);
+      const init = await runCli(["ca", "init", "--trust-domain", "imp.test", "--dir", target, "--root-cert", join(source, "root.pem"), "--trust-every-ca-under-root", ...importArgs]);
+      expect(init.code, init.stdout).toBe(1);
+      expect(init.stderr).toMatch(new RegExp(`passphrase file ${pass} is accessible by group or others \\(mode 0${mode.toString(8)}\\).*chmod 600 ${pass}.*\\[E_KEY_PERMISSIONS\\]`));
+      expect(existsSync(join(target, "issuer.key"))).toBe(false);
+      const imported = await runCli(["ca", "import-issuer", "--dir", source, ...importArgs], { env: { MESHWARD_CA_PASSPHRASE: "import passphrase 0123456789" } });
+      expect(imported.code, imported.stdout).toBe(1);
+      expect(imported.stderr).toMatch(/issuer key passphrase file .* is accessible by group or others.*\[E_KEY_PERMISSIONS\]/);
+    }
+    chmodSync(pass, 0o600);
+    const ok = await runCli(["ca", "init", "--trust-domain", "imp.test", "--dir", join(work, "init-ok"), "--root-cert", join(source, "root.pem"), "--trust-every-ca-under-root", ...importArgs]);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(existsSync(join(work, "init-ok", "issuer.key"))).toBe(true);
+  });
+});

@@ -23,7 +23,7 @@ import { certificatesFromPem } from "../../pki/pem.ts";
 import { describeTimeLeft, formatCertificateTime } from "../../util/duration.ts";
 import { flagDuration } from "../duration-flags.ts";
 import { flagValue } from "../usage.ts";
-import { writeFileAtomic } from "../../util/files.ts";
+import { assertPrivateFile, writeFileAtomic } from "../../util/files.ts";
 import { cliLogger } from "../logger.ts";
 import { readPassphrase, readTextFile, untilSignal, wholeNumber } from "../options.ts";
 
@@ -400,9 +400,15 @@ function readCertificateFile(file: string, flag: string): string {
 }
 
 /** A private key file given on the command line, checked as it will be read: errors name the flag and the file, never the key. */
-/** --issuer-key-passphrase-file: the imported key's own passphrase (the file without its final newline), if given. */
+/**
+ * --issuer-key-passphrase-file: the imported key's own passphrase (the file without its final
+ * newline), if given. It decrypts an issuer key, so it is held to --passphrase-file's rule
+ * (owner only, or a Kubernetes Secret with fsGroup; E_KEY_PERMISSIONS), checked before it is read.
+ */
 function readIssuerKeyPassphrase(file: string | undefined): string | undefined {
-  return file === undefined ? undefined : readTextFile(file, "passphrase file").replace(/\r?\n$/, "");
+  if (file === undefined) return undefined;
+  assertPrivateFile(file, "issuer key passphrase file");
+  return readTextFile(file, "passphrase file").replace(/\r?\n$/, "");
 }
 
 function readKeyFile(file: string, flag: string, passphrase: string | undefined, passphraseHint: string): string {

@@ -17,7 +17,7 @@ import { resolveStatusToken } from "../../dashboard/token.ts";
 import { readBundleFile } from "../../identity/bundle-file.ts";
 import { groupChangeRefusal, groupLabel, parseKeyFileMode, parseSocketMode, resolveFileOwner, resolveGroup } from "../../util/file-owner.ts";
 import { readResumableSvid } from "../../identity/resume.ts";
-import { checkSocketDir, prepareOutDir } from "../../identity/local-paths.ts";
+import { checkSocketDir, outDirMode, prepareOutDir } from "../../identity/local-paths.ts";
 import { VALIDATORS } from "../identity.ts";
 import { cliLogger } from "../logger.ts";
 import { bundleRefreshInterval } from "../duration-flags.ts";
@@ -55,7 +55,7 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
   // Local checks first: nothing may spend a single-use token and then fail on this host.
   checkIdentityFlags(opts);
   // Created for a server run as another user (--owner): it must be able to reach its files (they stay 0600, its own).
-  const outDir = opts.out !== undefined ? prepareOutDir(opts.out, "--out", owner === undefined ? 0o700 : 0o755, owner?.uid) : undefined;
+  const outDir = opts.out !== undefined ? prepareOutDir(opts.out, "--out", outDirMode(owner?.uid), owner?.uid) : undefined;
   if (opts.workloadApiSocket !== undefined) checkSocketDir(socketPathFrom(opts.workloadApiSocket), "--workload-api-socket");
   const resume = outDir !== undefined ? readResumableSvid(outDir, { namespace: opts.namespace, appId: opts.appId, now: new Date(), logger, ...(owner !== undefined ? { filesOwner: owner.uid } : {}) }) : undefined;
   if (token === undefined && opts.tokenFile === undefined && resume === undefined) {
