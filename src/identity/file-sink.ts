@@ -139,12 +139,15 @@ export function startFileSink(options: FileSinkOptions): FileSink {
     }
     const { owner } = options;
     const keyOwner = owner ?? (options.keyMode === undefined ? undefined : { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 });
-    writeFilesTogether([
+    const { removedLeftovers } = writeFilesTogether([
       { path: paths.bundle, data: bundle.rootsPem, mode: 0o644, ...(owner !== undefined ? { owner } : {}) },
       { path: paths.key, data: encodePrivateKey(svid.privateKey), mode: options.keyMode ?? 0o600, ...(keyOwner !== undefined ? { owner: keyOwner } : {}) },
       { path: paths.cert, data: svid.certChainPem, mode: 0o644, ...(owner !== undefined ? { owner } : {}) },
     ]);
     lastWritten = { chain: svid.certChainPem, roots: bundle.rootsPem };
+    if (removedLeftovers.length > 0) {
+      logger?.warn({ event: "write-leftovers-removed", dir, files: removedLeftovers }, "removed what an interrupted earlier write left in the output directory (temp files, links to replaced files)");
+    }
     logger?.info({ event: "identity-files-written", dir, spiffeId: svid.spiffeId, serial: svid.serial, notAfter: svid.notAfter.toISOString() }, "identity files written");
     report({ type: "written", spiffeId: svid.spiffeId, serial: svid.serial });
     return true;
