@@ -3,6 +3,7 @@ import { basename, dirname, resolve } from "node:path";
 import { MeshwardError } from "../errors.ts";
 import type { CaFilesSnapshot, Store } from "../store/store.ts";
 import { assertPrivateFile, writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
+import { switchPair } from "./pair-switch.ts";
 
 /**
  * Where the files of a CA directory are read and written. `directoryFiles` is the directory
@@ -16,6 +17,11 @@ export interface AnchorFiles {
   read(path: string): string;
   exists(path: string): boolean;
   write(path: string, content: string, options: { secret: boolean }): void;
+  /**
+   * Replaces a key and its certificate as one unit: a reader, or a CA restarted after a crash at
+   * any point, finds the old pair or the new one, never one's key beside the other's certificate.
+   */
+  writePair(key: { path: string; content: string }, cert: { path: string; content: string }): void;
   remove(path: string): void;
   /** Key files must not be readable by others (directory files only: the store holds keys encrypted). */
   assertPrivate(path: string, what: string): void;
@@ -51,6 +57,7 @@ export const directoryFiles: AnchorFiles = {
   read: (path) => readCaFile(path),
   exists: (path) => existsSync(path),
   write: (path, content, { secret }) => (secret ? writeSecretFileAtomic(path, content) : writeFileAtomic(path, content)),
+  writePair: (key, cert) => switchPair(key.path, key.content, cert.path, cert.content),
   remove: (path) => rmSync(path, { force: true }),
   assertPrivate: (path, what) => assertPrivateFile(path, what),
   version: undefined,
@@ -103,6 +110,12 @@ export class StoreOverlayFiles implements AnchorFiles {
       );
     }
     this.changes.set(this.#name(path), content);
+  }
+
+  /** Both changes are committed to the store together, in one compare-and-swap. */
+  writePair(key: { path: string; content: string }, cert: { path: string; content: string }): void {
+    this.write(key.path, key.content, { secret: true });
+    this.write(cert.path, cert.content, { secret: false });
   }
 
   remove(path: string): void {

@@ -12,6 +12,7 @@ import { checkCaDir } from "../util/dir-safety.ts";
 import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
 import { directoryFiles, type AnchorFiles } from "./anchor-files.ts";
 import { tryLockFile } from "../store/file-lock.ts";
+import { pendingPath } from "./pair-switch.ts";
 
 export const DEFAULT_ROOT_TTL_MS = 10 * 365 * 86_400_000;
 export const DEFAULT_ISSUER_TTL_MS = 365 * 86_400_000;
@@ -475,12 +476,23 @@ export function loadAnchors(options: { dir: string; passphrase?: string; files?:
   files.assertPrivate(layout.issuerKey, "issuer key file");
   if (files.exists(layout.rootKey)) files.assertPrivate(layout.rootKey, "root key file");
   const roots = readCaCertificates(files, layout.bundle);
-  const issuerChain = readCaCertificates(files, layout.issuerCert);
-  const issuerCert = issuerChain[0] as X509Certificate;
+  let issuerChain = readCaCertificates(files, layout.issuerCert);
   const privateKey = readCaKey(files, layout.issuerKey, options.passphrase);
-  if (!keysMatch(privateKey, issuerCert.publicKey)) {
-    throw new MeshwardError("E_CA_CORRUPT", `${layout.issuerKey} does not belong to ${layout.issuerCert}`);
+  if (!keysMatch(privateKey, (issuerChain[0] as X509Certificate).publicKey)) {
+    // An issuer switch interrupted after the new key was in place (pair-switch.ts): its
+    // certificate is the staged one, which the next holder of the directory lock renames.
+    const pending = pendingPath(layout.issuerCert);
+    const staged = !files.exists(pendingPath(layout.issuerKey)) && files.exists(pending) ? readCaCertificates(files, pending) : undefined;
+    if (staged === undefined || !keysMatch(privateKey, (staged[0] as X509Certificate).publicKey)) {
+      throw new MeshwardError(
+        "E_CA_CORRUPT",
+        `${layout.issuerKey} does not belong to ${layout.issuerCert}: restore the pair from your backup of the CA directory, or install a new issuer (self-managed root: 'meshward ca rotate-issuer --dir ${options.dir} --now'; otherwise 'meshward ca import-issuer')`,
+        { details: { key: layout.issuerKey, cert: layout.issuerCert } },
+      );
+    }
+    issuerChain = staged;
   }
+  const issuerCert = issuerChain[0] as X509Certificate;
   const issuerRoot = roots.find((root) => issuerChain[issuerChain.length - 1]!.checkIssued(root) && issuerChain[issuerChain.length - 1]!.verify(root.publicKey));
   if (issuerRoot === undefined) {
     throw new MeshwardError("E_CA_CORRUPT", `the issuer in ${layout.issuerCert} does not chain to any root in ${layout.bundle}`);

@@ -2,11 +2,11 @@ import { existsSync } from "node:fs";
 import type { Logger } from "pino";
 import type { Counter } from "prom-client";
 import type { CaConfig } from "../config/ca.ts";
-import { describeError } from "../errors.ts";
+import { describeError, isMeshwardError } from "../errors.ts";
 import type { Store } from "../store/store.ts";
 import { describeTimeLeft } from "../util/duration.ts";
 import { directoryFiles, type AnchorFiles } from "./anchor-files.ts";
-import { DEFAULT_ROOT_TTL_MS, type LoadedAnchors } from "./anchors.ts";
+import { DEFAULT_ROOT_TTL_MS, loadAnchors, readCaState, type LoadedAnchors } from "./anchors.ts";
 import { activateRoot, issuerRotationStage, prepareIssuer, prepareRoot, retireRoot, rotateIssuer } from "./rotation.ts";
 
 const WARN_EVERY_MS = 3_600_000;
@@ -31,7 +31,12 @@ export interface RotationManagerOptions {
   readonly transact?: <T>(step: (files: AnchorFiles) => Promise<T>) => Promise<T>;
   /** Whether a CA file exists (the shared state's view with several replicas). */
   readonly exists?: (path: string) => boolean;
+  /** Run before each check: puts in order what an interrupted writer left (a CA directory: dir-lock.ts). */
+  readonly repair?: () => Promise<void>;
 }
+
+/** What a step returns when, re-read under the lock, the CA's files no longer call for it (another process did it). */
+const NOT_DUE = Symbol("not due");
 
 /**
  * The rotation policy of a running CA: automatic issuer rotation (self-managed), automatic
@@ -54,11 +59,20 @@ export function createRotationManager(options: RotationManagerOptions) {
   const exists = options.exists ?? existsSync;
   const step = async (kind: "issuer" | "root", what: string, action: (files: AnchorFiles) => Promise<unknown>) => {
     try {
-      await transact(action);
+      if ((await transact(action)) === NOT_DUE) {
+        logger.info({ event: "rotation-not-due", kind, step: what }, `${kind} rotation: '${what}' was already done by another process`);
+        options.reload();
+        return;
+      }
       options.rotations.inc({ kind, result: "ok" });
       logger.info({ event: "rotation", kind, step: what }, `${kind} rotation: ${what}`);
       options.reload();
     } catch (error) {
+      if (isMeshwardError(error, "E_CA_DIR_LOCKED")) {
+        // A command holds the CA directory: not a failure; the next check tries again.
+        logger.info({ event: "rotation-deferred", kind, step: what, reason: error.message }, `${kind} rotation: '${what}' deferred to the next check`);
+        return;
+      }
       options.rotations.inc({ kind, result: "error" });
       options.onFailed?.(kind, error);
       logger.error({ event: "rotation-failed", kind, step: what, error: describeError(error) }, `${kind} rotation failed at '${what}'`);
@@ -66,6 +80,7 @@ export function createRotationManager(options: RotationManagerOptions) {
   };
 
   const checkOnce = async () => {
+    await options.repair?.();
     const anchors = options.anchors();
     const now = options.clock();
     const next: string[] = [];
@@ -76,10 +91,12 @@ export function createRotationManager(options: RotationManagerOptions) {
     const issuerLeft = new Date(issuer.validTo).getTime() - now.getTime();
     if (selfManaged && config.autoRotateIssuer) {
       const stage = issuerRotationStage(issuer, now);
+      // Each step looks again at the files it holds (under the lock): a command may have rotated since the anchors in use were loaded.
+      const issuerStage = (files: AnchorFiles) => issuerRotationStage(loadAnchors({ ...base, files }).issuer.certificate, now);
       if (stage === "prepare" && !exists(anchors.layout.nextIssuerCert)) {
-        await step("issuer", "prepare", (files) => prepareIssuer({ ...base, files, issuerTtlMs: config.issuerTtl }));
+        await step("issuer", "prepare", async (files) => (issuerStage(files) === "prepare" && !files.exists(anchors.layout.nextIssuerCert) ? prepareIssuer({ ...base, files, issuerTtlMs: config.issuerTtl }) : NOT_DUE));
       } else if (stage === "activate") {
-        await step("issuer", "activate", (files) => rotateIssuer({ ...base, files, issuerTtlMs: config.issuerTtl }));
+        await step("issuer", "activate", async (files) => (issuerStage(files) === "activate" ? rotateIssuer({ ...base, files, issuerTtlMs: config.issuerTtl }) : NOT_DUE));
       }
     } else if (issuerLeft < config.expiryWarning) {
       const text = `the issuer expires ${describeTimeLeft(new Date(issuer.validTo), now).replace(" left", " from now")}; import a new one with 'meshward ca import-issuer'`;
@@ -96,13 +113,14 @@ export function createRotationManager(options: RotationManagerOptions) {
       next.push(text);
       warn("auto-root-config", text, { kind: "root" });
     } else if (selfManaged && config.autoRotateRoot.enabled) {
+      const phase = (files: AnchorFiles) => readCaState(options.dir, files).rootRotation?.phase;
       if (rotation === undefined && rootLeft < config.autoRotateRoot.prepareBefore) {
-        await step("root", "prepare", (files) => prepareRoot({ ...base, files }));
+        await step("root", "prepare", async (files) => (phase(files) === undefined ? prepareRoot({ ...base, files }) : NOT_DUE));
       } else if (rotation?.phase === "prepared" && now.getTime() - Date.parse(rotation.preparedAt) >= config.autoRotateRoot.activateAfter) {
-        await step("root", "activate", (files) => activateRoot({ ...base, files, issuerTtlMs: config.issuerTtl }));
+        await step("root", "activate", async (files) => (phase(files) === "prepared" ? activateRoot({ ...base, files, issuerTtlMs: config.issuerTtl }) : NOT_DUE));
       } else if (rotation?.phase === "activated") {
         const remaining = (await options.store.countValidByRoot(now)).get(rotation.previousRootFingerprint) ?? 0;
-        if (remaining === 0) await step("root", "retire", (files) => retireRoot({ dir: options.dir, store: options.store, now, files }));
+        if (remaining === 0) await step("root", "retire", async (files) => (phase(files) === "activated" ? retireRoot({ dir: options.dir, store: options.store, now, files }) : NOT_DUE));
       }
     } else if (rootLeft < config.expiryWarning && rotation === undefined) {
       const text = `the root expires ${describeTimeLeft(new Date(root.validTo), now).replace(" left", " from now")}; start a rotation with 'meshward ca rotate-root prepare'`;

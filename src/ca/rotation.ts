@@ -1,4 +1,5 @@
 import { X509Certificate } from "node:crypto";
+import { basename } from "node:path";
 import { MeshwardError } from "../errors.ts";
 import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
 import { assertIssuerUsable } from "./issuer-check.ts";
@@ -99,27 +100,33 @@ async function newIssuer(root: Signer, trustDomain: string, now: Date, ttlMs: nu
 }
 
 /**
- * Installs an issuer: key first, then the certificate, so a watcher never pairs a new certificate with an old key.
+ * Installs an issuer: key and certificate as one unit (AnchorFiles.writePair; in a directory,
+ * staged in full, then switched key first), so neither a watcher nor a CA restarted after a crash
+ * ever pairs one issuer's key with another's certificate, and the old key stays until the new
+ * pair is complete on disk.
  *
  * `keepPrevious`: the issuer being replaced becomes issuer.prev.* (its key stored as issuer.key
- * was: 0600, atomically, encrypted with the CA passphrase when the CA encrypts its keys), so the
- * CA keeps signing its CRL until the certificates it signed expire and workloads move to the new
- * issuer at their own scheduled renewal, the way SPIRE keeps the old X.509 authority trusted after
- * activation (spire-server `localauthority x509 prepare/activate`). Without it (`rotate-issuer
- * --now`, the answer to a leaked key) the previous one is dropped: its CRL is no longer published
- * and its workloads renew within a bundle refresh, as SPIRE's `localauthority x509 taint` makes
- * agents rotate at once away from a tainted authority.
+ * was: 0600, atomically, encrypted with the CA passphrase when the CA encrypts its keys; the pair
+ * switched as one unit too), so the CA keeps signing its CRL until the certificates it signed
+ * expire and workloads move to the new issuer at their own scheduled renewal, the way SPIRE keeps
+ * the old X.509 authority trusted after activation (spire-server `localauthority x509
+ * prepare/activate`). Without it (`rotate-issuer --now`, the answer to a leaked key) the previous
+ * one is dropped: its CRL is no longer published and its workloads renew within a bundle refresh,
+ * as SPIRE's `localauthority x509 taint` makes agents rotate at once away from a tainted
+ * authority. A retry after an interruption that finds the new issuer already installed leaves
+ * issuer.prev.* as it is (it already holds the issuer this one replaced).
  */
 function installIssuer(files: AnchorFiles, layout: CaLayout, certPem: string, keyPem: string, keepPrevious: boolean, passphrase: string | undefined): void {
   if (keepPrevious && files.exists(layout.issuerCert) && files.exists(layout.issuerKey)) {
-    files.write(layout.previousIssuerKey, sealedKeyPem(files.read(layout.issuerKey), passphrase), { secret: true });
-    files.write(layout.previousIssuerCert, files.read(layout.issuerCert), { secret: false });
+    const currentCertPem = files.read(layout.issuerCert);
+    if (currentCertPem !== certPem) {
+      files.writePair({ path: layout.previousIssuerKey, content: sealedKeyPem(files.read(layout.issuerKey), passphrase) }, { path: layout.previousIssuerCert, content: currentCertPem });
+    }
   } else {
     files.remove(layout.previousIssuerKey);
     files.remove(layout.previousIssuerCert);
   }
-  files.write(layout.issuerKey, keyPem, { secret: true });
-  files.write(layout.issuerCert, certPem, { secret: false });
+  files.writePair({ path: layout.issuerKey, content: keyPem }, { path: layout.issuerCert, content: certPem });
 }
 
 export interface RotateIssuerOptions {
@@ -334,13 +341,16 @@ export async function activateRoot(options: ActivateRootOptions): Promise<X509Ce
     const made = await newIssuer(root.signer, state.trustDomain, options.now, options.issuerTtlMs ?? DEFAULT_ISSUER_TTL_MS);
     issuer = { certPem: toPem(made.der, "CERTIFICATE"), keyPem: encodePrivateKey(made.privateKey, options.passphrase), certificate: new X509Certificate(made.der) };
   }
-  // The old root is kept as root.prev.* until retire; the new one becomes root.*.
-  files.write(layout.previousRootCert, files.read(layout.rootCert), { secret: false });
-  if (files.exists(layout.rootKey)) files.write(layout.previousRootKey, files.read(layout.rootKey), { secret: true });
-  if (files.exists(layout.nextRootKey)) files.write(layout.rootKey, sealedKeyPem(files.read(layout.nextRootKey), options.passphrase), { secret: true });
-  files.write(layout.rootCert, files.read(layout.nextRootCert), { secret: false });
+  // The old root is kept as root.prev.* until retire; the new one becomes root.*. Resumable: an
+  // activate interrupted after this point (crash, full disk) leaves ca.json "prepared", and the
+  // retry must not copy the by then NEW root over root.prev.* (review atrest MEDIUM-3).
+  keepPreviousRoot(files, layout, state.rootRotation.previousRootFingerprint, options.dir);
+  if (files.exists(layout.nextRootKey)) {
+    files.writePair({ path: layout.rootKey, content: sealedKeyPem(files.read(layout.nextRootKey), options.passphrase) }, { path: layout.rootCert, content: files.read(layout.nextRootCert) });
+  } else {
+    files.write(layout.rootCert, files.read(layout.nextRootCert), { secret: false });
+  }
   installIssuer(files, layout, issuer.certPem, issuer.keyPem, true, options.passphrase);
-  for (const file of [layout.nextRootKey, layout.nextRootCert, layout.nextIssuerCert, layout.nextIssuerKey]) files.remove(file);
   // A reissue request belongs to one activation: one left from an earlier rotation must not
   // make this one (without --reissue) renew every workload.
   const { reissueBefore: _earlier, ...base } = keysEncryptedState(state, options.passphrase) ?? state;
@@ -350,7 +360,54 @@ export async function activateRoot(options: ActivateRootOptions): Promise<X509Ce
     rootRotation: { ...state.rootRotation, phase: "activated", activatedAt: options.now.toISOString() },
     ...(options.reissue ? { reissueBefore: options.now.toISOString() } : {}),
   }, files);
+  // Removed only once ca.json says "activated": until then a retry reads the new root from them.
+  for (const file of [layout.nextRootKey, layout.nextRootCert, layout.nextIssuerCert, layout.nextIssuerKey]) files.remove(file);
   return issuer.certificate;
+}
+
+/**
+ * Makes root.prev.* hold the root being replaced (fingerprint `previous`, from ca.json), copying it
+ * from root.* only while root.* still is that root: never overwrites a root.prev.* that already
+ * holds it (a retried activate), and refuses, writing nothing, when neither holds it, so the old
+ * root key is never lost.
+ */
+function keepPreviousRoot(files: AnchorFiles, layout: CaLayout, previous: string, dir: string): void {
+  const fingerprintOf = (path: string) => (files.exists(path) ? readCaCertificates(files, path)[0]?.fingerprint256 : undefined);
+  const keyOf = (keyPath: string, certPath: string) => {
+    if (!files.exists(keyPath)) return undefined;
+    const pem = files.read(keyPath);
+    // An encrypted key cannot be compared without decrypting; its place in the sequence tells (below).
+    if (isEncryptedPrivateKeyPem(pem)) return "sealed" as const;
+    return keysMatch(decodePrivateKey(pem), readCaCertificates(files, certPath)[0]!.publicKey) ? ("matches" as const) : ("other" as const);
+  };
+  const current = fingerprintOf(layout.rootCert);
+  const kept = fingerprintOf(layout.previousRootCert) === previous;
+  if (!kept) {
+    if (current !== previous) {
+      throw new MeshwardError(
+        "E_ROTATION_STATE",
+        `cannot activate: ${basename(layout.rootCert)} is not the root being replaced (${previous}, per ${basename(layout.state)}) and ${basename(layout.previousRootCert)} does not hold it either. Nothing was changed. ` +
+          `Restore root.pem and root.key (the old root) from your backup of ${dir}, then run 'meshward ca rotate-root activate' again`,
+        { details: { previous, current } },
+      );
+    }
+    files.write(layout.previousRootCert, files.read(layout.rootCert), { secret: false });
+  }
+  // The old root's key: from root.key while root.key still is it. A root.prev.key already there
+  // was copied by an earlier attempt, before root.key was switched (always in that order).
+  const keptKey = keyOf(layout.previousRootKey, layout.previousRootCert);
+  if (keptKey === "matches" || (kept && keptKey === "sealed")) return;
+  if (!files.exists(layout.rootKey)) return; // an imported root: the CA never held its key
+  const liveKey = current === previous ? keyOf(layout.rootKey, layout.rootCert) : "other";
+  if (liveKey === "other") {
+    throw new MeshwardError(
+      "E_ROTATION_STATE",
+      `cannot activate: the key of the root being replaced (${previous}) is neither in ${basename(layout.rootKey)} nor in ${basename(layout.previousRootKey)}. Nothing more was changed. ` +
+        `Restore root.key (the old root's key) from your backup of ${dir}, then run 'meshward ca rotate-root activate' again`,
+      { details: { previous } },
+    );
+  }
+  files.write(layout.previousRootKey, files.read(layout.rootKey), { secret: true });
 }
 
 export interface RetireRootResult {

@@ -1,6 +1,7 @@
 import { constants as http2Constants, createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from "node:http2";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
+import { existsSync } from "node:fs";
 import type { Registry } from "prom-client";
 import type { CaConfig } from "../config/ca.ts";
 import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
@@ -37,6 +38,7 @@ import { anchorFilesSignature, watchAnchors } from "./anchor-watcher.ts";
 import { directoryFiles, storeStateFiles, transactCaState, type AnchorFiles } from "./anchor-files.ts";
 import { replicatedState, watchStoreState } from "./state-watcher.ts";
 import { createRotationManager } from "./rotation-manager.ts";
+import { caDirLocked, pairSwitchPending, tryLockCaDir } from "./dir-lock.ts";
 import { defaultSigningWorkers, inlineSigning, SigningPool } from "./signing-pool.ts";
 import { caStatus } from "../dashboard/ca-feed.ts";
 import { createStatusRecorder } from "../dashboard/feed.ts";
@@ -109,6 +111,9 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const statusAt = config.status === undefined ? undefined : parseHostPort(config.status, "--status");
   const statusToken = statusAt === undefined ? undefined : resolveStatusToken(statusAt.host, config.statusTokenFile);
   const recorder = createStatusRecorder();
+  // What an interrupted rotation left in the directory (a half-switched issuer, temp files) is put
+  // in order before the anchors are read, when no other process holds the directory.
+  repairCaDir(options.dir, logger, "'meshward ca serve' starting");
   // Taken before the anchors are read: another process on the same directory may rotate them meanwhile.
   const anchorsSignature = anchorFilesSignature(caLayout(options.dir));
   let anchors: LoadedAnchors = loadAnchors({ dir: options.dir, ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}) });
@@ -517,7 +522,18 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     onFailed: (kind, error) => recorder.recordRotation({ kind, result: "error", error: errorCode(error) }),
     ...(replicated !== undefined
       ? { transact: <T>(step: (files: AnchorFiles) => Promise<T>) => transactCaState(store, options.dir, step), exists: (path: string) => stateFiles.exists(path) }
-      : {}),
+      : {
+          // The CA directory's lock, as every command takes it: a command holding it defers the step (E_CA_DIR_LOCKED) to the next check.
+          transact: <T>(step: (files: AnchorFiles) => Promise<T>) => {
+            const held = tryLockCaDir(options.dir, ROTATION_HOLDER);
+            if (!("release" in held)) return Promise.reject(caDirLocked(options.dir, held.heldBy));
+            for (const line of held.repaired) logger.warn({ event: "ca-dir-repaired", dir: options.dir, detail: line }, line);
+            return step(directoryFiles).finally(() => held.release());
+          },
+          repair: async () => {
+            if (pairSwitchPending(options.dir, existsSync)) repairCaDir(options.dir, logger, ROTATION_HOLDER);
+          },
+        }),
   });
   rotationWarnings = rotation.warnings;
   // With several processes on one store only the leader rotates (the others' warnings stay empty).
@@ -686,4 +702,27 @@ function cachedLiveCounts(store: Store, clock: () => Date): () => Promise<Readon
     }
     return cached.counts;
   };
+}
+
+const ROTATION_HOLDER = "the running CA's automatic rotation ('meshward ca serve')";
+
+/**
+ * Takes the CA directory lock for a moment to put in order what an interrupted writer left
+ * (dir-lock.ts), logging each repair; does nothing when another process holds the lock (it is
+ * the writer, or repairs it itself) or the directory cannot hold a lock (a read-only copy).
+ */
+function repairCaDir(dir: string, logger: Logger, holder: string): void {
+  let held: ReturnType<typeof tryLockCaDir>;
+  try {
+    held = tryLockCaDir(dir, holder);
+  } catch (error) {
+    if (pairSwitchPending(dir, existsSync)) logger.warn({ event: "ca-dir-repair-failed", dir, error: describeError(error) }, "could not finish an interrupted key/certificate switch in the CA directory");
+    return;
+  }
+  if (!("release" in held)) return;
+  try {
+    for (const line of held.repaired) logger.warn({ event: "ca-dir-repaired", dir, detail: line }, line);
+  } finally {
+    held.release();
+  }
 }

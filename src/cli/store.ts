@@ -1,5 +1,6 @@
 import { directoryFiles, storeStateFiles, transactCaState, type AnchorFiles } from "../ca/anchor-files.ts";
 import { caLayout } from "../ca/anchors.ts";
+import { withCaDirLock } from "../ca/dir-lock.ts";
 import { replicatedState } from "../ca/state-watcher.ts";
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
@@ -48,10 +49,23 @@ export async function withCaStore<T>(dir: string, url: string | undefined, fn: (
  * replicas pick up. `write: false` only reads (status).
  */
 export async function withCaFiles<T>(dir: string, url: string | undefined, fn: (files: AnchorFiles, store: Store | undefined) => Promise<T>, write = true): Promise<T> {
-  if (url === undefined) return fn(directoryFiles, undefined);
+  // A step that changes the directory holds its lock (dir-lock.ts): never two writers at once,
+  // and what an interrupted one left is put in order first.
+  const inDirectory = (run: () => Promise<T>) => (write ? withCaDirLock(dir, commandName(), run, (line) => process.stderr.write(`meshward: ${line}\n`)) : run());
+  if (url === undefined) return inDirectory(() => fn(directoryFiles, undefined));
   return withCaStore(dir, url, async (store) => {
-    if (replicatedState(store) === undefined) return fn(directoryFiles, store);
+    if (replicatedState(store) === undefined) return inDirectory(() => fn(directoryFiles, store));
     if (!write) return fn(await storeStateFiles(store, dir), store);
     return transactCaState(store, dir, (files) => fn(files, store));
   });
+}
+
+/** The command running, as another one refused the lock is told (no flag values: only the words before the first flag). */
+function commandName(): string {
+  const words: string[] = [];
+  for (const arg of process.argv.slice(2)) {
+    if (arg.startsWith("-") || words.length === 3) break;
+    words.push(arg);
+  }
+  return `'meshward ${words.join(" ")}'`;
 }

@@ -174,13 +174,16 @@ export function startFileSink(options: FileSinkOptions): FileSink {
     // new issuer) finds that issuer's CRL already in place. A new CRL alone (a revocation, the
     // re-signing before nextUpdate) rewrites the set too and runs the command: nginx and HAProxy
     // read the CRL file only on (re)load.
-    writeFilesTogether([
+    const { removedLeftovers } = writeFilesTogether([
       { path: paths.bundle, data: bundle.rootsPem, mode: 0o644, ...(owner !== undefined ? { owner } : {}) },
       ...(crls !== "" ? [{ path: paths.crl, data: crls, mode: 0o644, ...(owner !== undefined ? { owner } : {}) }] : []),
       { path: paths.key, data: encodePrivateKey(svid.privateKey), mode: options.keyMode ?? 0o600, ...(keyOwner !== undefined ? { owner: keyOwner } : {}) },
       { path: paths.cert, data: svid.certChainPem, mode: 0o644, ...(owner !== undefined ? { owner } : {}) },
     ]);
     lastWritten = { chain: svid.certChainPem, roots: bundle.rootsPem, crls };
+    if (removedLeftovers.length > 0) {
+      logger?.warn({ event: "write-leftovers-removed", dir, files: removedLeftovers }, "removed what an interrupted earlier write left in the output directory (temp files, links to replaced files)");
+    }
     logger?.info({ event: "identity-files-written", dir, spiffeId: svid.spiffeId, serial: svid.serial, notAfter: svid.notAfter.toISOString() }, "identity files written");
     report({ type: "written", spiffeId: svid.spiffeId, serial: svid.serial });
     return true;

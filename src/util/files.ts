@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { closeSync, fchmodSync, fchownSync, fsyncSync, linkSync, openSync, realpathSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, fchmodSync, fchownSync, fsyncSync, linkSync, lstatSync, openSync, readdirSync, realpathSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileReadError, MeshwardError } from "../errors.ts";
 
@@ -75,9 +75,11 @@ export interface FileToWrite {
  * that did not exist is removed again). A crash between two renames can still leave a mix:
  * renames of two names are never one step. Throws E_FILE_WRITE naming the file and whether the
  * earlier files were put back. The one writer for a certificate, its key and its roots: the
- * identity file sink and `meshward cert issue` both use it.
+ * identity file sink and `meshward cert issue` both use it. Once the set is in place, what an
+ * earlier interrupted write of these names left beside them (its temp files and the hard links
+ * to the files it replaced, possibly an old private key) is removed: their names are returned.
  */
-export function writeFilesTogether(files: readonly FileToWrite[]): void {
+export function writeFilesTogether(files: readonly FileToWrite[]): { readonly removedLeftovers: readonly string[] } {
   const temps: string[] = [];
   const backups: (string | undefined)[] = [];
   const cleanUp = () => {
@@ -141,6 +143,49 @@ export function writeFilesTogether(files: readonly FileToWrite[]): void {
   temps.length = 0;
   cleanUp();
   syncDirectory(dirname(current));
+  return { removedLeftovers: files.length === 0 ? [] : removeWriteLeftovers(dirname(current), files.map((file) => basename(file.path))) };
+}
+
+/**
+ * Removes, from `dir`, what an interrupted writeFileAtomic/writeFilesTogether of one of `names`
+ * left: `.<name>.<12 hex>.tmp` (a new file never renamed into place) and `.<name>.<12 hex>.prev`
+ * (a hard link to the file it replaced, which may be a rotated-away private key). Only names of
+ * exactly that pattern, regular files (no link is followed) owned by this user, never the live
+ * files. Call it only where no other writer of these names can be half-way (under the lock the
+ * writers take, or after the caller's own write): another's temp file would be taken from it.
+ * Returns the paths removed; best effort (a file that cannot be removed is left).
+ */
+export function removeWriteLeftovers(dir: string, names: readonly string[]): string[] {
+  const wanted = new Set(names);
+  let entries: string[];
+  try {
+    entries = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const uid = process.getuid?.();
+  const removed: string[] = [];
+  for (const entry of entries) {
+    const match = /^\.(.+)\.[0-9a-f]{12}\.(?:tmp|prev)$/.exec(entry);
+    if (match === null || !wanted.has(match[1] as string) || wanted.has(entry)) continue;
+    const path = join(dir, entry);
+    try {
+      const stats = lstatSync(path);
+      if (!stats.isFile() || (uid !== undefined && stats.uid !== uid)) continue;
+      unlinkSync(path);
+      removed.push(path);
+    } catch {
+      // gone meanwhile, or not ours to remove
+    }
+  }
+  if (removed.length > 0) syncDirectory(dir);
+  return removed;
+}
+
+/** Renames `from` to `to` (one directory) and makes the rename durable (fsync of the directory). */
+export function renameDurably(from: string, to: string): void {
+  renameSync(from, to);
+  syncDirectory(dirname(to));
 }
 
 /** Private keys and other secrets: 0600, atomically. */

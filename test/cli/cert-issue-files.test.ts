@@ -98,4 +98,24 @@ describe("meshward cert issue --out: the pair is never broken (real processes)",
       expect(readdirSync(out).sort()).toEqual(["bundle.pem", "cert.pem", "key.pem"]);
     }
   });
+
+  it("a run killed between its renames leaves the replaced key as a hidden link; the next run removes it and the temp files, and says so (review atrest LOW-6)", async () => {
+    const out = join(work, "leftovers");
+    const first = await issue(await token(), out);
+    expect(first.code, first.stderr).toBe(0);
+    const firstKey = readFileSync(join(out, "key.pem"), "utf8");
+    const t = await token();
+    const killed = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t.token, "--namespace", "shop", "--app-id", t.appId, "--out", out], {
+      env: { NODE_OPTIONS: `--import ${join(process.cwd(), "test/helpers/fault-rename.mjs")}`, MESHWARD_FAULT_RENAME_TO: "cert.pem", MESHWARD_FAULT_MODE: "kill" },
+    });
+    expect(killed.stderr).toContain("[fault] kill at the rename onto cert.pem");
+    const hidden = readdirSync(out).filter((name) => name.startsWith("."));
+    const keyLink = hidden.find((name) => /^\.key\.pem\.[0-9a-f]{12}\.prev$/.test(name));
+    expect(keyLink, hidden.join(" ")).toBeDefined();
+    expect(readFileSync(join(out, keyLink as string), "utf8")).toBe(firstKey);
+    const next = await issue(await token(), out);
+    expect(next.code, next.stderr).toBe(0);
+    expect(next.stderr).toMatch(/removed what an interrupted earlier write left in .*leftovers: .*\.key\.pem\.[0-9a-f]{12}\.prev/);
+    expect(readdirSync(out).sort()).toEqual(["bundle.pem", "cert.pem", "key.pem"]);
+  });
 });

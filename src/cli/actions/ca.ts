@@ -124,9 +124,17 @@ export async function caRotateIssuer(opts: OptionValues): Promise<void> {
   const passphrase = readPassphrase(opts.passphraseFile);
   let note: string | undefined;
   const issuer = await withCaFiles(opts.dir, opts.store, async (files) => {
-    const current = loadAnchors({ dir: opts.dir, files, ...withPassphrase(passphrase) });
-    const stage = issuerRotationStage(current.issuer.certificate, now);
-    if (stage === "current" && !opts.now) {
+    let current;
+    try {
+      current = loadAnchors({ dir: opts.dir, files, ...withPassphrase(passphrase) });
+    } catch (error) {
+      // A key that does not belong to its certificate (a damaged or hand-edited directory): a new
+      // issuer needs only the root, so --now repairs it.
+      if (!(opts.now && isMeshwardError(error, "E_CA_CORRUPT") && error.details?.key !== undefined)) throw error;
+      process.stderr.write(`meshward: ${error.message.split(":")[0]}; replacing the issuer\n`);
+    }
+    const stage = current === undefined ? "activate" : issuerRotationStage(current.issuer.certificate, now);
+    if (current !== undefined && stage === "current" && !opts.now) {
       process.stdout.write(`the issuer has ${describeTimeLeft(new Date(current.issuer.certificate.validTo), now)}, above the rotation threshold; nothing to do (use --now to rotate anyway)\n`);
       return undefined;
     }

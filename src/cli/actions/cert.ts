@@ -1,6 +1,6 @@
 // What `meshward cert` does; what it accepts (its flags, its help) is ../cert.ts.
 import { lockOutDir, prepareOutDir } from "../../identity/local-paths.ts";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import type { OptionValues } from "commander";
 import { readCaState } from "../../ca/anchors.ts";
 import { describeError, isMeshwardError, MeshwardError } from "../../errors.ts";
@@ -34,6 +34,7 @@ export async function certIssue(opts: OptionValues): Promise<void> {
   const unlock = lockOutDir(out, `--out ${opts.out}`);
   let signed;
   let keyPem: string;
+  let removedLeftovers: readonly string[] = [];
   try {
     const keyPair = generateKeyPair();
     keyPem = encodePrivateKey(keyPair.privateKey);
@@ -44,11 +45,11 @@ export async function certIssue(opts: OptionValues): Promise<void> {
     );
     // All three written in full before any is renamed; the certificate, which servers check against the key, goes last.
     try {
-      writeFilesTogether([
+      removedLeftovers = writeFilesTogether([
         { path: join(out, "bundle.pem"), data: signed.bundlePem },
         { path: join(out, "key.pem"), data: keyPem, mode: 0o600 },
         { path: join(out, "cert.pem"), data: signed.certChainPem },
-      ]);
+      ]).removedLeftovers;
     } catch (error) {
       const issued = inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer);
       throw new MeshwardError(
@@ -61,6 +62,9 @@ export async function certIssue(opts: OptionValues): Promise<void> {
     unlock();
   }
   const info = inspectCertificate(certificatesFromPem(signed.certChainPem)[0] as Buffer);
+  if (removedLeftovers.length > 0) {
+    process.stderr.write(`meshward: removed what an interrupted earlier write left in ${opts.out}: ${removedLeftovers.map((path) => basename(path)).join(", ")}\n`);
+  }
   if (opts.json) {
     process.stdout.write(`${JSON.stringify({ spiffeId: info.uris[0], serial: info.serial, notAfter: formatCertificateTime(info.notAfter), dir: opts.out }, null, 2)}\n`);
   } else {
