@@ -300,7 +300,8 @@ export class CertificateAuthority {
  * - the CA's own failures (isCaFailure: E_INTERNAL, the store, the issuer, the signing workers,
  *   the JWKS or Kubernetes API unreachable; and E_CA_BUSY): a workload retrying after them is not
  *   the one at fault. A failed JWKS or discovery fetch is followed by a cooldown
- *   (failure-cooldown.ts), so such retries do not each cost a fetch.
+ *   (failure-cooldown.ts), and failed Kubernetes API calls by a circuit breaker
+ *   (kube-api-breaker.ts), so such retries do not each cost a fetch or a TokenReview.
  * Every other refusal counts: one from attestation past its local checks (a TokenReview that did
  * not authenticate the token, a signature that does not verify against the JWKS, an unknown or
  * used-up join token, an untrusted SVID, an identity other than the one requested) cost the CA

@@ -16,6 +16,8 @@ export interface CaMetrics {
   readonly leader: Gauge;
   /** meshward_ca_connections_refused_total{reason}: connections closed without being served. */
   readonly connectionsRefused: Counter<"reason">;
+  /** meshward_ca_kubernetes_api_circuit_open: 1 while the CA sends the Kubernetes API server no call (kube-api-breaker.ts). */
+  readonly kubernetesApiCircuitOpen: Gauge;
 }
 
 /** Why the CA closed a connection without serving it (a closed set: alerts rely on it). */
@@ -50,6 +52,10 @@ export function createCaMetrics(metrics: Metrics): CaMetrics {
       help: "1 on the CA process that rotates and signs CRLs (the leader among replicas sharing a store, or a CA alone), 0 on the other replicas. The sum over one CA's replicas is 1; 0 means nobody signs revocations into a CRL.",
     }),
     connectionsRefused: connectionsRefused(metrics),
+    kubernetesApiCircuitOpen: metrics.gauge({
+      name: "meshward_ca_kubernetes_api_circuit_open",
+      help: "1 while the CA sends the Kubernetes API server no TokenReview or pod read because its last calls failed (5 in a row; KUBERNETES attestations are refused E_KUBERNETES_UNAVAILABLE at once, one probe per cooldown of 1 s doubling to 10 s), 0 otherwise (and without the kubernetes validator).",
+    }),
   };
 }
 

@@ -21,6 +21,7 @@ import type { Attestor } from "./attest/attestor.ts";
 import { insecureAttestor } from "./attest/insecure.ts";
 import { joinTokenAttestor } from "./attest/join-token.ts";
 import { daprAttestors } from "./attest/dapr.ts";
+import type { KubeApiBreakerEvent } from "./attest/kube-api-breaker.ts";
 import { svidAttestor } from "./attest/svid.ts";
 import { CertificateAuthority, type ValidatorName } from "./authority.ts";
 import { CRL_VALIDITY_MS, CrlPublisher } from "./crl-publisher.ts";
@@ -189,7 +190,21 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     warn: (message, fields) => logger.warn({ event: "insecure-validator", ...fields }, message),
   }));
   const servingId = config.servingSpiffeId ?? formatWorkloadId({ trustDomain: anchors.trustDomain, namespace: CA_NAMESPACE, appId: CA_APP_ID });
-  for (const [name, attestor] of daprAttestors(config, anchors.trustDomain, servingId)) attestors.set(name, attestor);
+  const onBreakerChange = (event: KubeApiBreakerEvent) => {
+    metrics.kubernetesApiCircuitOpen.set(event.state === "open" ? 1 : 0);
+    if (event.state === "open") {
+      logger.warn(
+        { event: "kubernetes-api-unavailable", apiServer: event.apiServer, failures: event.failures, error: event.lastError, retryAt: event.retryAt.toISOString() },
+        `the Kubernetes API server failed ${event.failures} calls in a row: the CA sends it no TokenReview or pod read until ${event.retryAt.toISOString()}, then one at a time until one succeeds; KUBERNETES attestations are refused E_KUBERNETES_UNAVAILABLE meanwhile`,
+      );
+    } else {
+      logger.info(
+        { event: "kubernetes-api-recovered", apiServer: event.apiServer, unavailableForMs: event.openForMs, refused: event.refused },
+        `the Kubernetes API server answers again (after ${Math.round(event.openForMs / 1000)} s; ${event.refused} KUBERNETES attestations refused meanwhile without a call)`,
+      );
+    }
+  };
+  for (const [name, attestor] of daprAttestors(config, anchors.trustDomain, servingId, undefined, { now: () => clock().getTime(), onBreakerChange })) attestors.set(name, attestor);
   if (config.allowInsecureDev) {
     logger.warn({ event: "insecure-validator-enabled" }, "the INSECURE validator is enabled (--allow-insecure-dev): any caller can get any identity. Never use this outside development.");
   }

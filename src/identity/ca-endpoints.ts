@@ -55,7 +55,9 @@ export async function resolveCaEndpoints(list: readonly HostPort[], lookup: Look
 /** Errors worth another replica: this one could not serve the request at all. */
 export function isFailoverError(error: unknown): boolean {
   if (!isMeshwardError(error)) return false;
-  return error.code === "E_CA_UNAVAILABLE" || error.code === "E_JWKS_UNAVAILABLE" || error.code.startsWith("E_STORE_");
+  // The JWKS or Kubernetes API a replica attests with may fail from that replica only (its network
+  // path, its circuit breaker still open after the API server recovered): the next one may answer.
+  return error.code === "E_CA_UNAVAILABLE" || error.code === "E_JWKS_UNAVAILABLE" || error.code === "E_KUBERNETES_UNAVAILABLE" || error.code.startsWith("E_STORE_");
 }
 
 export interface FailoverOptions {

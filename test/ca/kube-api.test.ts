@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KUBE_API_MAX_SOCKETS, kubernetesApi } from "../../src/ca/attest/kube-api.ts";
+import { KUBE_API_COOLDOWN_MS, KUBE_API_FAILURES_TO_OPEN, KUBE_API_MAX_COOLDOWN_MS, kubeApiBreaker, type KubeApiBreakerEvent } from "../../src/ca/attest/kube-api-breaker.ts";
 import { kubernetesAttestor } from "../../src/ca/attest/kubernetes.ts";
 import { isMeshwardError } from "../../src/errors.ts";
 import { requestCertificate } from "../../src/identity/ca-client.ts";
@@ -79,7 +80,10 @@ describe("kubernetesApi refuses an API server that renegotiates (real openssl s_
 // (handshakes), the most open at once, and TokenReviews.
 interface FakeApiServer {
   readonly url: string;
+  /** TokenReviews received (answered or failed). */
   readonly reviews: number;
+  /** While set, every TokenReview is answered with this HTTP status (an API server in trouble). */
+  failWith: number | undefined;
   readonly connections: number;
   readonly peakOpen: number;
   stop(): Promise<void>;
@@ -97,6 +101,7 @@ const GOOD = validLooking(0);
  */
 async function fakeApiServer(options: { hold?: boolean; holdUntil?: number; never?: boolean } = {}): Promise<FakeApiServer> {
   let reviews = 0;
+  let failWith: number | undefined;
   let connections = 0;
   let open = 0;
   let peakOpen = 0;
@@ -117,6 +122,10 @@ async function fakeApiServer(options: { hold?: boolean; holdUntil?: number; neve
         return;
       }
       reviews += 1;
+      if (failWith !== undefined) {
+        res.writeHead(failWith, { "content-type": "application/json" }).end(JSON.stringify({ kind: "Status", status: "Failure", message: "etcdserver: request timed out", code: failWith }));
+        return;
+      }
       const spec = (JSON.parse(Buffer.concat(chunks).toString("utf8")) as { spec: { token: string } }).spec;
       let sub: unknown;
       try {
@@ -148,6 +157,12 @@ async function fakeApiServer(options: { hold?: boolean; holdUntil?: number; neve
     url: `https://127.0.0.1:${(server.address() as AddressInfo).port}`,
     get reviews() {
       return reviews;
+    },
+    get failWith() {
+      return failWith;
+    },
+    set failWith(status) {
+      failWith = status;
     },
     get connections() {
       return connections;
@@ -253,6 +268,186 @@ describe("the CA's signRateLimit counts TokenReviews of forged tokens, not only 
       expect(outcomes).toEqual([...Array(10).fill("E_TOKEN_INVALID"), "issued", "E_TOKEN_INVALID", "E_TOKEN_INVALID", ...Array(19).fill("E_RATE_LIMITED")]);
       expect(api.reviews).toBe(3);
       expect(await ca.metric("meshward_ca_sign_requests_total", { result: "refused", reason: "E_RATE_LIMITED" })).toBe(19);
+    } finally {
+      await ca.close();
+      await api.stop();
+    }
+  });
+});
+
+// Found by review (kubeapi): while the API server failed (5xx, timeouts, refused connections) a
+// request gave its signRateLimit share back (right: not the caller's fault) and nothing else held
+// the CA back, so forged tokens of the right shape had it send a failing API server a TokenReview
+// each, as fast as its 8 connections allowed, and every legitimate renewal waited on a failure.
+// Now a circuit breaker stops the calls after 5 failures in a row; one probe per cooldown.
+describe("while the API server fails, a circuit breaker stops the TokenReviews", () => {
+  const ask = (token: string) => ({ token, requestedAppId: "", requestedNamespace: "", requestedTrustDomain: "", peer: undefined, now: new Date() });
+  const FAST_REFUSAL = /^E_KUBERNETES_UNAVAILABLE: the Kubernetes API at https:\/\/127\.0\.0\.1:\d+ is failing \(\d+ calls in a row failed; the last \(at [0-9T:.Z-]+\): the Kubernetes TokenReview failed with HTTP 503: etcdserver: request timed out\); the CA /;
+
+  it(`after ${KUBE_API_FAILURES_TO_OPEN} failed reviews no call for the cooldown, then one probe at a time; a success closes it`, async () => {
+    const api = await fakeApiServer();
+    api.failWith = 503;
+    let now = Date.now();
+    const events: KubeApiBreakerEvent[] = [];
+    const attestor = kubernetesAttestor({
+      api: kubernetesApi({ apiServer: api.url, tokenFile, caFile: certFile, breaker: { now: () => now }, onBreakerChange: (event) => events.push(event) }),
+      trustDomain: "kube-api.test",
+      audiences: ["sentry"],
+      appId: "service-account",
+      controlPlaneNamespace: "dapr-system",
+    });
+    const outcome = (n: number) =>
+      attestor.attest(ask(validLooking(n))).then(
+        (identity) => identity.spiffeId,
+        (error: { code?: string; message: string }) => `${error.code}: ${error.message}`,
+      );
+    try {
+      const first: string[] = [];
+      for (let n = 0; n < KUBE_API_FAILURES_TO_OPEN; n++) first.push(await outcome(n));
+      expect(first).toEqual(Array(KUBE_API_FAILURES_TO_OPEN).fill("E_KUBERNETES_UNAVAILABLE: the Kubernetes TokenReview failed with HTTP 503: etcdserver: request timed out"));
+      expect(api.reviews).toBe(KUBE_API_FAILURES_TO_OPEN);
+      expect(events.map((e) => e.state)).toEqual(["open"]);
+
+      // Open: 50 more tokens (forged or not, the CA cannot tell) cost the API server nothing.
+      const during: string[] = [];
+      for (let n = 0; n < 50; n++) during.push(await outcome(100 + n));
+      expect(api.reviews).toBe(KUBE_API_FAILURES_TO_OPEN);
+      for (const o of during) expect(o).toMatch(FAST_REFUSAL);
+      expect(during[0]).toMatch(/the CA sends it no call until [0-9T:.Z-]+ \(in 1 s\), then tries one: retry later$/);
+
+      // Cooldown over: of 10 requests at once exactly one is sent (the probe); it fails.
+      now += KUBE_API_COOLDOWN_MS;
+      const probing = await Promise.all(Array.from({ length: 10 }, (_, n) => outcome(200 + n)));
+      expect(api.reviews).toBe(KUBE_API_FAILURES_TO_OPEN + 1);
+      expect(probing[0]).toBe("E_KUBERNETES_UNAVAILABLE: the Kubernetes TokenReview failed with HTTP 503: etcdserver: request timed out");
+      for (const o of probing.slice(1)) expect(o).toMatch(/the CA is trying one call now: retry later$/);
+
+      // The failed probe doubles the cooldown: 1 s later still no call, 2 s later the next probe.
+      now += KUBE_API_COOLDOWN_MS;
+      expect(await outcome(300)).toMatch(FAST_REFUSAL);
+      expect(api.reviews).toBe(KUBE_API_FAILURES_TO_OPEN + 1);
+      now += KUBE_API_COOLDOWN_MS;
+      expect(await outcome(301)).toMatch(/HTTP 503/);
+      expect(api.reviews).toBe(KUBE_API_FAILURES_TO_OPEN + 2);
+      expect(events.map((e) => e.state)).toEqual(["open"]);
+
+      // The API server recovers: the next probe (4 s later) succeeds and closes the breaker.
+      api.failWith = undefined;
+      now += 2 * KUBE_API_COOLDOWN_MS;
+      expect(await outcome(302)).toMatch(FAST_REFUSAL);
+      now += 2 * KUBE_API_COOLDOWN_MS;
+      expect(await outcome(303)).toBe("spiffe://kube-api.test/ns/shop/sa-303");
+      expect(events.map((e) => e.state)).toEqual(["open", "closed"]);
+      expect(events[1]).toMatchObject({ state: "closed", openForMs: 7 * KUBE_API_COOLDOWN_MS, refused: 50 + 9 + 1 + 1 });
+      const after = await Promise.all(Array.from({ length: 20 }, (_, n) => outcome(400 + n)));
+      expect(after).toEqual(Array.from({ length: 20 }, (_, n) => `spiffe://kube-api.test/ns/shop/sa-${400 + n}`));
+      expect(api.reviews).toBe(KUBE_API_FAILURES_TO_OPEN + 3 + 20);
+    } finally {
+      await api.stop();
+    }
+  });
+
+  it("a success before the threshold resets the count; a TokenReview that refuses a token is a success", async () => {
+    const api = await fakeApiServer();
+    const client = kubernetesApi({ apiServer: api.url, tokenFile, caFile: certFile, breaker: { now: () => 0 } });
+    const review = (token: string) =>
+      client.reviewToken(token, ["sentry"]).then(
+        (status) => (status.authenticated === true ? "authenticated" : "refused"),
+        (error: { code?: string }) => error.code ?? "?",
+      );
+    try {
+      const outcomes: string[] = [];
+      for (let round = 0; round < 3; round++) {
+        api.failWith = 503;
+        for (let n = 0; n < KUBE_API_FAILURES_TO_OPEN - 1; n++) outcomes.push(await review(GOOD));
+        api.failWith = undefined;
+        outcomes.push(await review("forged.token.Zm9yZ2Vk"));
+      }
+      expect(outcomes).toEqual(Array(3).fill([...Array(KUBE_API_FAILURES_TO_OPEN - 1).fill("E_KUBERNETES_UNAVAILABLE"), "refused"]).flat());
+      expect(api.reviews).toBe(3 * KUBE_API_FAILURES_TO_OPEN);
+    } finally {
+      await api.stop();
+    }
+  });
+
+  it(`the cooldown doubles with each failed probe up to ${KUBE_API_MAX_COOLDOWN_MS / 1000} s; calls that never reached the API server count neither way`, async () => {
+    let now = 0;
+    let sent = 0;
+    const notSent = new Set<unknown>();
+    const breaker = kubeApiBreaker({ apiServer: "https://api.test", now: () => now });
+    const failing = () => breaker.run(async () => (sent++, Promise.reject(new Error("HTTP 503"))), (e) => notSent.has(e));
+    const queuedOut = () => {
+      const error = new Error("all 8 connections to it were busy");
+      notSent.add(error);
+      return breaker.run(async () => (sent++, Promise.reject(error)), (e) => notSent.has(e));
+    };
+    const settle = (p: Promise<unknown>) => p.then(() => "ok", (e: Error) => e.message);
+    for (let n = 0; n < KUBE_API_FAILURES_TO_OPEN - 1; n++) await settle(failing());
+    for (let n = 0; n < 10; n++) await settle(queuedOut()); // no free connection: not the API server's failure
+    expect(await settle(failing())).toBe("HTTP 503");
+    expect(sent).toBe(KUBE_API_FAILURES_TO_OPEN + 10);
+    // Open. Time to the next probe after each failed one: 1, 2, 4, 8, 10, 10 s.
+    const gaps: number[] = [];
+    for (let probes = 0; probes < 6; probes++) {
+      const before = sent;
+      let waited = 0;
+      while (sent === before) {
+        await settle(failing());
+        if (sent === before) {
+          now += 500;
+          waited += 500;
+        }
+      }
+      gaps.push(waited / 1000);
+    }
+    expect(gaps).toEqual([1, 2, 4, 8, 10, 10]);
+    // A probe that never reached the API server leaves the next call to probe.
+    now += KUBE_API_MAX_COOLDOWN_MS;
+    expect(await settle(queuedOut())).toBe("all 8 connections to it were busy");
+    const before = sent;
+    expect(await settle(breaker.run(async () => (sent++, "answered"), () => false))).toBe("ok");
+    expect(sent).toBe(before + 1);
+    expect(await settle(failing())).toBe("HTTP 503"); // closed again: sent, one failure of 5
+  });
+
+  it("through the CA: refusals are fast and give the share back, the gauge and one log line per state change", async () => {
+    const api = await fakeApiServer();
+    api.failWith = 503;
+    // The CA's clock stands still unless the test moves it, so no probe goes out meanwhile however slow the machine.
+    const start = Date.now();
+    let offset = 0;
+    const ca = await startTestCa(
+      "kube-api.test",
+      { kubernetes: { apiServer: api.url, tokenFile, caFile: certFile, audience: ["sentry"] }, signRateLimit: { burst: 3, perSecond: 0.01 } },
+      { clock: () => new Date(start + offset) },
+    );
+    try {
+      const request = async (n: number) =>
+        requestCertificate({ address: ca.server.address, bundlePem: ca.bundlePem, trustDomain: "kube-api.test" }, { csrPem: await createCsr({ keyPair: generateKeyPair() }), token: validLooking(n), validator: "KUBERNETES", namespace: "shop", appId: `sa-${n}` }).then(
+          () => "issued",
+          (error: { code?: string; message: string }) => `${error.code}: ${error.message}`,
+        );
+      const outcomes: string[] = [];
+      for (let n = 0; n < 25; n++) outcomes.push(await request(n));
+      expect(outcomes.slice(0, KUBE_API_FAILURES_TO_OPEN)).toEqual(Array(KUBE_API_FAILURES_TO_OPEN).fill("E_KUBERNETES_UNAVAILABLE: the Kubernetes TokenReview failed with HTTP 503: etcdserver: request timed out"));
+      for (const o of outcomes.slice(KUBE_API_FAILURES_TO_OPEN)) expect(o).toMatch(FAST_REFUSAL);
+      expect(api.reviews).toBe(KUBE_API_FAILURES_TO_OPEN);
+      expect(await ca.metric("meshward_ca_kubernetes_api_circuit_open")).toBe(1);
+      expect(await ca.metric("meshward_ca_sign_requests_total", { result: "error", reason: "E_KUBERNETES_UNAVAILABLE" })).toBe(25);
+      const stateLines = () => ca.logged.filter((line) => /"event":"kubernetes-api-(unavailable|recovered)"/.test(line)).map((line) => (JSON.parse(line) as { event: string }).event);
+      expect(stateLines()).toEqual(["kubernetes-api-unavailable"]);
+
+      // Recovered, and the cooldown over: the probe is issued, the breaker closes, and the
+      // signRateLimit share of 3 is still whole (every failure above gave its share back).
+      api.failWith = undefined;
+      offset += KUBE_API_COOLDOWN_MS;
+      const recovered: string[] = [];
+      for (let n = 100; n < 104; n++) recovered.push(await request(n));
+      expect(recovered.slice(0, 3)).toEqual(["issued", "issued", "issued"]);
+      expect(recovered[3]).toMatch(/^E_RATE_LIMITED: /);
+      expect(api.reviews).toBe(KUBE_API_FAILURES_TO_OPEN + 3);
+      expect(await ca.metric("meshward_ca_kubernetes_api_circuit_open")).toBe(0);
+      expect(stateLines()).toEqual(["kubernetes-api-unavailable", "kubernetes-api-recovered"]);
     } finally {
       await ca.close();
       await api.stop();

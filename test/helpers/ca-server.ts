@@ -39,13 +39,13 @@ export function capturingLogger(): { logger: Logger; logged: string[] } {
 }
 
 /** Starts a CA on 127.0.0.1:0 for `trustDomain` with `config` over the schema's defaults (signing on the main thread). */
-export async function startTestCa(trustDomain: string, config: Record<string, unknown> = {}): Promise<TestCa> {
+export async function startTestCa(trustDomain: string, config: Record<string, unknown> = {}, options: { readonly clock?: () => Date } = {}): Promise<TestCa> {
   const work = mkdtempSync(join(tmpdir(), "meshward-test-ca-"));
   const { logger, logged } = capturingLogger();
   let server: CaServer;
   try {
     await initAnchors({ dir: join(work, "ca"), trustDomain, now: new Date() });
-    server = await startCaServer({ dir: join(work, "ca"), config: caConfigSchema.parse({ listen: "127.0.0.1:0", signingWorkers: 0, ...config }), logger });
+    server = await startCaServer({ dir: join(work, "ca"), config: caConfigSchema.parse({ listen: "127.0.0.1:0", signingWorkers: 0, ...config }), logger, ...(options.clock === undefined ? {} : { clock: options.clock }) });
   } catch (error) {
     rmSync(work, { recursive: true, force: true });
     throw error;

@@ -97,6 +97,7 @@ describe("withCaFailover", () => {
 
   it("retries a replica whose store is down (E_STORE_*) and reports every replica when all fail", async () => {
     expect(isFailoverError(new MeshwardError("E_STORE_OPEN", "x"))).toBe(true);
+    expect(isFailoverError(new MeshwardError("E_KUBERNETES_UNAVAILABLE", "x"))).toBe(true);
     expect(isFailoverError(new MeshwardError("E_CSR_INVALID", "x"))).toBe(false);
     expect(isFailoverError(new Error("plain"))).toBe(false);
     const error = await withCaFailover("127.0.0.51:1,127.0.0.52:1", async (e: HostPort) => {

@@ -3,6 +3,7 @@ import type { ValidatorName } from "../authority.ts";
 import type { Attestor } from "./attestor.ts";
 import { jwksAttestor } from "./jwks.ts";
 import { inClusterApiServer, kubernetesApi, type KubernetesApi } from "./kube-api.ts";
+import type { KubeApiBreakerEvent } from "./kube-api-breaker.ts";
 import { kubernetesAttestor } from "./kubernetes.ts";
 import { parseSpiffeId } from "../../spiffe/id.ts";
 
@@ -20,7 +21,13 @@ function controlPlaneNamespaceOf(servingId: string): string {
  * `dapr.io/sentry` (pkg/sentry/server/validator/kubernetes), and its JWKS validator wants its own
  * SPIFFE ID (pkg/sentry/server/validator/jwks).
  */
-export function daprAttestors(config: CaConfig, trustDomain: string, servingId: string, api?: KubernetesApi): Map<ValidatorName, Attestor> {
+export function daprAttestors(
+  config: CaConfig,
+  trustDomain: string,
+  servingId: string,
+  api?: KubernetesApi,
+  hooks: { readonly now?: () => number; readonly onBreakerChange?: (event: KubeApiBreakerEvent) => void } = {},
+): Map<ValidatorName, Attestor> {
   const attestors = new Map<ValidatorName, Attestor>();
   const kubernetesAudiences = [servingId, LEGACY_SENTRY_AUDIENCE];
   if (config.jwks !== undefined) {
@@ -43,7 +50,15 @@ export function daprAttestors(config: CaConfig, trustDomain: string, servingId: 
     attestors.set(
       "kubernetes",
       kubernetesAttestor({
-        api: api ?? kubernetesApi({ apiServer: k8s.apiServer ?? inClusterApiServer(), tokenFile: k8s.tokenFile, caFile: k8s.caFile }),
+        api:
+          api ??
+          kubernetesApi({
+            apiServer: k8s.apiServer ?? inClusterApiServer(),
+            tokenFile: k8s.tokenFile,
+            caFile: k8s.caFile,
+            ...(hooks.now === undefined ? {} : { breaker: { now: hooks.now } }),
+            onBreakerChange: hooks.onBreakerChange,
+          }),
         trustDomain,
         audiences: k8s.audience ?? kubernetesAudiences,
         appId: k8s.appId,

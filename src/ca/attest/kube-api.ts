@@ -3,6 +3,7 @@ import { Agent, request as httpsRequest } from "node:https";
 import { MeshwardError } from "../../errors.ts";
 import { tlsAfterHandshakeFailure, watchHandshake } from "../../tls/after-handshake.ts";
 import { SECURE_OPTIONS } from "../../tls/policy.ts";
+import { kubeApiBreaker, type KubeApiBreakerEvent } from "./kube-api-breaker.ts";
 
 /** The two Kubernetes API calls the KUBERNETES validator makes; an interface so tests can record them. */
 export interface KubernetesApi {
@@ -35,6 +36,14 @@ export interface KubernetesApiOptions {
   readonly timeoutMs?: number;
   /** Most connections open to the API server at once (default KUBE_API_MAX_SOCKETS); further calls wait for one. */
   readonly maxSockets?: number;
+  /**
+   * The circuit breaker in front of the calls (kube-api-breaker.ts): after this many failed calls
+   * in a row no call is sent for a cooldown (KUBE_API_FAILURES_TO_OPEN and its cooldowns by
+   * default; tests pass their own, and a clock).
+   */
+  readonly breaker?: { readonly failuresToOpen?: number; readonly cooldownMs?: number; readonly maxCooldownMs?: number; readonly now?: () => number };
+  /** Told when the breaker opens and closes (the CA logs it and sets meshward_ca_kubernetes_api_circuit_open). */
+  readonly onBreakerChange?: (event: KubeApiBreakerEvent) => void;
 }
 
 /**
@@ -65,6 +74,10 @@ export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
   const timeoutMs = options.timeoutMs ?? 5000;
   // One agent per client: maxTotalSockets also bounds the sockets of a rotated caFile (the agent
   // pools by TLS options); idle sockets close after a minute and never keep the process alive.
+  // Calls that never reached the API server (credentials unreadable, no free connection in time):
+  // the breaker counts them neither as its failures nor as its successes.
+  const notSent = new WeakSet<object>();
+  const breaker = kubeApiBreaker({ apiServer: options.apiServer, ...options.breaker, onChange: options.onBreakerChange });
   const agent = new Agent({ keepAlive: true, maxSockets, maxTotalSockets: maxSockets, maxFreeSockets: maxSockets, timeout: 60_000, scheduling: "lifo" });
   const call = (method: "GET" | "POST", path: string, body?: object): Promise<{ status: number; json: unknown }> =>
     new Promise((resolve, reject) => {
@@ -74,7 +87,9 @@ export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
         token = readFileSync(options.tokenFile, "utf8").trim();
         ca = readFileSync(options.caFile, "utf8");
       } catch (error) {
-        reject(new MeshwardError("E_KUBERNETES_UNAVAILABLE", `cannot read the CA's Kubernetes credentials: ${(error as Error).message}`));
+        const failure = new MeshwardError("E_KUBERNETES_UNAVAILABLE", `cannot read the CA's Kubernetes credentials: ${(error as Error).message}`);
+        notSent.add(failure);
+        reject(failure);
         return;
       }
       const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
@@ -114,34 +129,45 @@ export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
       );
       // A call waits for a free connection at most timeoutMs: behind a flood of reviews (at most
       // maxSockets at a time) it fails and the caller retries, rather than queueing without end.
-      const queued = setTimeout(() => req.destroy(new Error(`all ${maxSockets} connections to it were busy for ${timeoutMs} ms`)), timeoutMs);
+      let queuedOut = false;
+      const queued = setTimeout(() => {
+        queuedOut = true;
+        req.destroy(new Error(`all ${maxSockets} connections to it were busy for ${timeoutMs} ms`));
+      }, timeoutMs);
       req.once("socket", () => clearTimeout(queued));
       req.once("close", () => clearTimeout(queued));
       req.on("socket", watchHandshake);
       req.on("timeout", () => req.destroy(new Error("timed out")));
-      req.on("error", (error) =>
-        reject(error instanceof MeshwardError ? error : new MeshwardError("E_KUBERNETES_UNAVAILABLE", `the Kubernetes API at ${options.apiServer} failed: ${tlsAfterHandshakeFailure(error) ?? error.message}`)),
-      );
+      req.on("error", (error) => {
+        const failure = error instanceof MeshwardError ? error : new MeshwardError("E_KUBERNETES_UNAVAILABLE", `the Kubernetes API at ${options.apiServer} failed: ${tlsAfterHandshakeFailure(error) ?? error.message}`);
+        if (queuedOut) notSent.add(failure);
+        reject(failure);
+      });
       req.end(payload);
     });
   return {
-    async reviewToken(token, audiences) {
-      const { status, json } = await call("POST", "/apis/authentication.k8s.io/v1/tokenreviews", {
-        apiVersion: "authentication.k8s.io/v1",
-        kind: "TokenReview",
-        spec: { token, audiences },
-      });
-      if (status !== 200 && status !== 201) throw apiError("TokenReview", status, json);
-      return ((json as { status?: TokenReviewStatus }).status ?? {}) as TokenReviewStatus;
-    },
-    async getPod(namespace, name) {
-      if (!SEGMENT.test(namespace) || !SEGMENT.test(name)) return undefined;
-      const { status, json } = await call("GET", `/api/v1/namespaces/${namespace}/pods/${name}`);
-      if (status === 404) return undefined;
-      if (status !== 200) throw apiError("pod read", status, json);
-      return json as PodObject;
-    },
+    reviewToken: (token, audiences) => breaker.run(() => reviewToken(token, audiences), (error) => typeof error === "object" && error !== null && notSent.has(error)),
+    // A name no pod can have is answered without a call (and tells the breaker nothing).
+    getPod: (namespace, name) =>
+      !SEGMENT.test(namespace) || !SEGMENT.test(name) ? Promise.resolve(undefined) : breaker.run(() => getPod(namespace, name), (error) => typeof error === "object" && error !== null && notSent.has(error)),
   };
+
+  async function reviewToken(token: string, audiences: readonly string[]): Promise<TokenReviewStatus> {
+    const { status, json } = await call("POST", "/apis/authentication.k8s.io/v1/tokenreviews", {
+      apiVersion: "authentication.k8s.io/v1",
+      kind: "TokenReview",
+      spec: { token, audiences },
+    });
+    if (status !== 200 && status !== 201) throw apiError("TokenReview", status, json);
+    return ((json as { status?: TokenReviewStatus }).status ?? {}) as TokenReviewStatus;
+  }
+
+  async function getPod(namespace: string, name: string): Promise<PodObject | undefined> {
+    const { status, json } = await call("GET", `/api/v1/namespaces/${namespace}/pods/${name}`);
+    if (status === 404) return undefined;
+    if (status !== 200) throw apiError("pod read", status, json);
+    return json as PodObject;
+  }
 }
 
 function apiError(what: string, status: number, json: unknown): MeshwardError {
