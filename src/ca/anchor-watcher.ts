@@ -20,7 +20,7 @@ export interface AnchorWatcherOptions {
 
 /** What the watcher compares between polls: the anchor files' mtime, size and inode. */
 export function anchorFilesSignature(layout: CaLayout): string {
-  return [layout.state, layout.bundle, layout.issuerCert, layout.issuerKey, layout.previousIssuerCert, layout.previousIssuerKey]
+  return [layout.state, layout.bundle, layout.issuerCert, layout.issuerKey, layout.previousIssuerCert, layout.previousIssuerKey, layout.retiredIssuers]
     .map((file) => {
       try {
         const s = statSync(file);

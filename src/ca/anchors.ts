@@ -13,6 +13,7 @@ import { writeFileAtomic, writeSecretFileAtomic } from "../util/files.ts";
 import { directoryFiles, type AnchorFiles } from "./anchor-files.ts";
 import { tryLockFile } from "../store/file-lock.ts";
 import { pendingPath } from "./pair-switch.ts";
+import { readRetiredIssuers, rootKeys, type RetiredIssuer, type RootKey } from "./root-crl.ts";
 
 export const DEFAULT_ROOT_TTL_MS = 10 * 365 * 86_400_000;
 export const DEFAULT_ISSUER_TTL_MS = 365 * 86_400_000;
@@ -60,6 +61,8 @@ export interface CaLayout {
    */
   readonly previousIssuerCert: string;
   readonly previousIssuerKey: string;
+  /** Issuers retired with `--now`, listed as revoked in their root's CRL (root-crl.ts). */
+  readonly retiredIssuers: string;
 }
 
 export function caLayout(dir: string): CaLayout {
@@ -80,6 +83,7 @@ export function caLayout(dir: string): CaLayout {
     nextIssuerKey: join(dir, "issuer.next.key"),
     previousIssuerCert: join(dir, "issuer.prev.pem"),
     previousIssuerKey: join(dir, "issuer.prev.key"),
+    retiredIssuers: join(dir, "issuers-retired.json"),
   };
 }
 
@@ -165,6 +169,12 @@ export interface LoadedAnchors {
   readonly previousIssuerProblem?: string;
   /** Version of the CA state in the store these were loaded from (several replicas); absent for a directory. */
   readonly stateVersion?: number;
+  /** Roots of the bundle whose key the CA holds: each signs a root CRL (root-crl.ts). Empty with an external root. */
+  readonly rootKeys: readonly RootKey[];
+  /** Issuers retired with `--now`, listed in the CRL of the root that signed them. */
+  readonly retiredIssuers: readonly RetiredIssuer[];
+  /** Why the retired issuers could not be read (the root CRLs are then not signed). */
+  readonly retiredIssuersProblem?: string;
 }
 
 export async function initAnchors(options: InitOptions): Promise<CaState> {
@@ -508,6 +518,7 @@ export function loadAnchors(options: { dir: string; passphrase?: string; files?:
     issuerChainPem: issuerChain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""),
     issuerRoot,
     ...loadPreviousIssuer(layout, files, roots, issuerCert, options.passphrase),
+    ...loadRootCrlSources(layout, files, roots, options.passphrase),
     ...(files.version !== undefined ? { stateVersion: files.version } : {}),
   };
 }
@@ -532,6 +543,20 @@ function loadPreviousIssuer(layout: CaLayout, files: AnchorFiles, roots: readonl
     return { previousIssuer: { signer: { certificate, der: certificate.raw, privateKey }, chainPem: chain.map((c) => toPem(c.raw, "CERTIFICATE")).join("") } };
   } catch (error) {
     return { previousIssuerProblem: isMeshwardError(error) ? error.message : String(error) };
+  }
+}
+
+/**
+ * What the root CRLs need: the roots whose key is held (read only when a root CRL is signed) and the
+ * issuers retired with --now. A damaged retired-issuers file leaves the root CRLs out (with the
+ * reason, which the CA logs) rather than publishing root CRLs that miss a revoked issuer.
+ */
+function loadRootCrlSources(layout: CaLayout, files: AnchorFiles, roots: readonly X509Certificate[], passphrase: string | undefined): { rootKeys: readonly RootKey[]; retiredIssuers: readonly RetiredIssuer[]; retiredIssuersProblem?: string } {
+  const keys = rootKeys(files, layout, roots, passphrase, readCaKey);
+  try {
+    return { rootKeys: keys, retiredIssuers: readRetiredIssuers(files, layout) };
+  } catch (error) {
+    return { rootKeys: [], retiredIssuers: [], retiredIssuersProblem: isMeshwardError(error) ? error.message : String(error) };
   }
 }
 

@@ -2,6 +2,7 @@ import type { Signer } from "../pki/certificate.ts";
 import { createCrl, parseCrl, type CrlEntry, type RevocationReason } from "../pki/crl.ts";
 import { toPem } from "../pki/pem.ts";
 import type { RevocationRecord, Store } from "../store/store.ts";
+import { issuedBy, ROOT_CRL_RESIGN_AFTER_MS, ROOT_CRL_VALIDITY_MS, type RetiredIssuer, type RootKey } from "./root-crl.ts";
 
 export const CRL_VALIDITY_MS = 24 * 3_600_000;
 /** Re-sign well before nextUpdate so relying parties never see a stale CRL. */
@@ -20,9 +21,22 @@ export interface PublishedCrl {
   readonly thisUpdate: Date;
   /**
    * The CRLs of earlier issuers whose certificates may still be valid, each signed by its own
-   * issuer, with the same number and revocations as `der` (`/v1/crl?format=set`). Empty when none.
+   * issuer, with the same number and revocations as `der` (`/v1/crl?format=set`), then the root
+   * CRLs (one per root whose key the CA holds, see root-crl.ts). Empty when none.
    */
   readonly others: readonly Buffer[];
+}
+
+interface RootPlan {
+  readonly keep: Map<string, Buffer>;
+  readonly sign: readonly { readonly root: RootKey; readonly entries: CrlEntry[] }[];
+  readonly upToDate: boolean;
+}
+
+/** Where the root CRLs come from (LoadedAnchors). */
+export interface RootCrlSources {
+  readonly rootKeys: readonly RootKey[];
+  readonly retiredIssuers: readonly RetiredIssuer[];
 }
 
 /**
@@ -69,7 +83,68 @@ export class CrlPublisher {
     private readonly shared?: { readonly isLeader: () => boolean },
     /** The issuer the last rotation replaced, if the CA still holds it (LoadedAnchors.previousIssuer). */
     private readonly previous?: () => Signer | undefined,
+    /** Roots whose key the CA holds and the issuers retired with --now: a root CRL per root (root-crl.ts). */
+    private readonly roots?: () => RootCrlSources,
   ) {}
+
+  /** Roots whose key could not be read, with the reason (the CA logs them); tried again when the anchors change. */
+  #rootFailures = new Map<string, string>();
+  #rootFailuresFor: RootCrlSources | undefined;
+
+  get rootCrlProblems(): ReadonlyMap<string, string> {
+    return this.#rootFailures;
+  }
+
+  /**
+   * The root CRLs to publish, given those published now (`existing`, any DER of the set): a root's
+   * published CRL is kept while it is younger than ROOT_CRL_RESIGN_AFTER_MS and lists exactly the
+   * retired issuers that root signed (unexpired); otherwise it is signed again, numbered
+   * `crlNumber` when given. `upToDate`: nothing to sign and nothing to drop.
+   */
+  #rootPlan(now: Date, existing: readonly Buffer[]): RootPlan {
+    const sources = this.roots?.();
+    if (sources !== this.#rootFailuresFor) {
+      this.#rootFailures = new Map();
+      this.#rootFailuresFor = sources;
+    }
+    const keep = new Map<string, Buffer>();
+    const sign: { root: RootKey; entries: CrlEntry[] }[] = [];
+    const published = existing.filter((der) => sources?.rootKeys.some((root) => signedByCertificate(der, root.certificate)) === true);
+    for (const root of sources?.rootKeys ?? []) {
+      if (this.#rootFailures.has(root.certificate.fingerprint256)) continue;
+      const entries: CrlEntry[] = sources!.retiredIssuers
+        .filter((r) => new Date(r.certificate.validTo).getTime() > now.getTime() && issuedBy(r.certificate, root.certificate))
+        .map((r) => ({ serial: r.serial, revokedAt: r.revokedAt, reason: r.reason }));
+      const current = published.find((der) => signedByCertificate(der, root.certificate));
+      if (current !== undefined) {
+        const parsed = parseCrl(current);
+        const fresh = now.getTime() - parsed.thisUpdate.getTime() <= ROOT_CRL_RESIGN_AFTER_MS;
+        const same = parsed.revokedSerials.size === entries.length && entries.every((e) => parsed.revokedSerials.has(e.serial));
+        if (fresh && same) {
+          keep.set(root.certificate.fingerprint256, current);
+          continue;
+        }
+      }
+      sign.push({ root, entries });
+    }
+    return { keep, sign, upToDate: sign.length === 0 && published.length === keep.size };
+  }
+
+  /** The root CRLs of a plan, signing what must be; a root whose key cannot be read is left out (rootCrlProblems). */
+  async #rootCrls(plan: RootPlan, now: Date, crlNumber: bigint): Promise<Buffer[]> {
+    const out = [...plan.keep.values()];
+    for (const { root, entries } of plan.sign) {
+      let signer: Signer;
+      try {
+        signer = root.signer();
+      } catch (error) {
+        this.#rootFailures.set(root.certificate.fingerprint256, error instanceof Error ? error.message : String(error));
+        continue;
+      }
+      out.push(await createCrl({ signer, entries, thisUpdate: now, nextUpdate: new Date(now.getTime() + ROOT_CRL_VALIDITY_MS), crlNumber }));
+    }
+    return out;
+  }
 
   /** The previous issuer, while it still has to sign a CRL (see the retention rule above). */
   async #retainedPrevious(current: Signer, now: Date): Promise<Signer | undefined> {
@@ -172,15 +247,18 @@ export class CrlPublisher {
       const fresh = now.getTime() - published.thisUpdate.getTime() <= CRL_RESIGN_AFTER_MS;
       const same = parsed !== undefined && parsed.revokedSerials.size === revocations.length && revocations.every((r) => parsed.revokedSerials.has(r.serial));
       const others = published.others ?? [];
-      const sameSet = previous === undefined ? others.length === 0 : others.length === 1 && signedBy(others[0]!, previous);
+      const rootPlan = this.#rootPlan(now, others);
+      const issuerOthers = others.filter((der) => !rootPlan.keep.has(crlSigner(der, this.roots?.().rootKeys ?? []) ?? ""));
+      const sameSet = (previous === undefined ? issuerOthers.length === 0 : issuerOthers.length === 1 && signedBy(issuerOthers[0]!, previous)) && rootPlan.upToDate;
       if (fresh && same && sameSet && !force) return;
     }
+    const rootPlan = this.#rootPlan(now, published?.others ?? []);
     // The number first, then the revocations it covers: they only grow, so a CRL with a higher
     // number (this replica's next one, or another leader's) holds at least these.
     const crlNumber = await this.store.nextCrlNumber();
     const signed = await this.store.listRevocations();
     const der = await this.#sign(signer, signed, now, crlNumber);
-    const others = previous === undefined ? [] : [await this.#sign(previous, signed, now, crlNumber)];
+    const others = [...(previous === undefined ? [] : [await this.#sign(previous, signed, now, crlNumber)]), ...(await this.#rootCrls(rootPlan, now, crlNumber))];
     // False when another leader published a higher number meanwhile: theirs stands. The set is
     // one row: every replica serves the same CRLs.
     await this.store.publishCrl({ number: crlNumber, der, thisUpdate: now, ...(others.length > 0 ? { others } : {}) });
@@ -210,12 +288,13 @@ export class CrlPublisher {
     const signer = this.signer();
     const previous = await this.#retainedPrevious(signer, now);
     const stale = this.#current === undefined || now.getTime() - this.#current.thisUpdate.getTime() > CRL_RESIGN_AFTER_MS;
-    if (!stale && fingerprintOf(await this.store.listRevocations()) === this.#fingerprint && signer === this.#signedFor && previous === this.#previousSignedFor) return false;
+    const rootPlan = this.#rootPlan(now, this.#current?.others ?? []);
+    if (!stale && rootPlan.upToDate && fingerprintOf(await this.store.listRevocations()) === this.#fingerprint && signer === this.#signedFor && previous === this.#previousSignedFor) return false;
     // The number first, then the revocations it covers (see #signShared).
     const crlNumber = await this.store.nextCrlNumber();
     const revocations = await this.store.listRevocations();
     const der = await this.#sign(signer, revocations, now, crlNumber);
-    const others = previous === undefined ? [] : [await this.#sign(previous, revocations, now, crlNumber)];
+    const others = [...(previous === undefined ? [] : [await this.#sign(previous, revocations, now, crlNumber)]), ...(await this.#rootCrls(rootPlan, now, crlNumber))];
     this.#current = { der, pem: toPem(der, "X509 CRL"), revokedSerials: new Set(revocations.map((r) => r.serial)), thisUpdate: now, others };
     this.#fingerprint = fingerprintOf(revocations);
     this.#signedFor = signer;
@@ -226,10 +305,19 @@ export class CrlPublisher {
 
 /** Whether a published CRL (DER) verifies with this issuer. */
 function signedBy(der: Buffer, issuer: Signer): boolean {
+  return signedByCertificate(der, issuer.certificate);
+}
+
+function signedByCertificate(der: Buffer, certificate: import("node:crypto").X509Certificate): boolean {
   try {
-    parseCrl(der, issuer.certificate);
+    parseCrl(der, certificate);
     return true;
   } catch {
     return false;
   }
+}
+
+/** The fingerprint of the root (of `roots`) that signed this CRL, if one did. */
+function crlSigner(der: Buffer, roots: readonly RootKey[]): string | undefined {
+  return roots.find((root) => signedByCertificate(der, root.certificate))?.certificate.fingerprint256;
 }

@@ -162,14 +162,28 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const metrics = createCaMetrics(telemetry);
   const mesh = createMeshMetrics(telemetry);
   metrics.leader.set(leader ? 1 : 0);
-  const crl = new CrlPublisher(store, () => anchors.issuer, clock, lock === undefined ? undefined : { isLeader: () => leader }, () => anchors.previousIssuer?.signer);
+  // Root CRLs (root-crl.ts): one per root whose key this CA holds, for OpenSSL's whole-chain CRL check.
+  const crl = new CrlPublisher(store, () => anchors.issuer, clock, lock === undefined ? undefined : { isLeader: () => leader }, () => anchors.previousIssuer?.signer, () => anchors);
   const reportPreviousIssuer = (loaded: LoadedAnchors) => {
     if (loaded.previousIssuerProblem !== undefined) {
       logger.warn({ event: "previous-issuer-unusable", error: loaded.previousIssuerProblem }, "the previous issuer (issuer.prev.*) cannot sign its CRL; workloads still on it renew at their next bundle refresh");
     }
+    if (loaded.retiredIssuersProblem !== undefined) {
+      logger.error({ event: "root-crl-unusable", error: loaded.retiredIssuersProblem }, "no root CRL is published: the list of retired issuers cannot be read; nginx ssl_crl and HAProxy crl-file refuse every peer without one");
+    }
+  };
+  /** Roots whose key could not be read for their CRL, said once per root and reason. */
+  const reportedRootProblems = new Set<string>();
+  const reportRootCrlProblems = () => {
+    for (const [root, error] of crl.rootCrlProblems) {
+      if (reportedRootProblems.has(`${root}\n${error}`)) continue;
+      reportedRootProblems.add(`${root}\n${error}`);
+      logger.error({ event: "root-crl-unsigned", root, error }, "cannot sign the CRL of a root whose key this CA holds; nginx ssl_crl and HAProxy crl-file refuse peers under that root");
+    }
   };
   reportPreviousIssuer(anchors);
   await crl.refresh();
+  reportRootCrlProblems();
   // Revocations missing from the CRL in force for longer than a leader takeover (a silent leader's
   // session lasts leaderTimeout) plus a few refreshes: nobody is signing them, say so.
   const unsignedAfterMs = 2 * config.leaderTimeout + 5 * config.crlRefresh;
@@ -452,6 +466,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       (changed) => {
         storeHealthy = true;
         if (changed) logger.info({ event: "crl-signed", revoked: crl.current?.revokedSerials.size }, "signed a new CRL");
+        reportRootCrlProblems();
         setExpiryGauges();
       },
       (error) => {

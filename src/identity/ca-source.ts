@@ -480,21 +480,24 @@ class CaSource implements CaIdentitySource {
     }
     const ownIssuer = ownChain[0]?.fingerprint256;
     const now = this.#clock.now();
-    const verified: { der: Buffer; parsed: ParsedCrl; issuer: string }[] = [];
+    const verified: { der: Buffer; parsed: ParsedCrl; issuer: string; root: boolean }[] = [];
     for (const entry of offered) {
       const candidates = [...issuers];
       const named = entry.issuerChain.map((d) => toX509(d));
       if (named.length > 0 && !candidates.some((held) => held.fingerprint256 === named[0]!.fingerprint256) && issuerChainTrusted(named, roots, now)) candidates.push(named[0]!);
-      for (const issuer of candidates) {
+      // A root CRL (root-crl.ts: it lists revoked issuers) verifies with a root of the bundle.
+      for (const [index, issuer] of [...candidates, ...roots].entries()) {
         try {
-          verified.push({ der: entry.der, parsed: parseCrl(entry.der, issuer), issuer: issuer.fingerprint256 });
+          verified.push({ der: entry.der, parsed: parseCrl(entry.der, issuer), issuer: issuer.fingerprint256, root: index >= candidates.length });
           break;
         } catch {
           // signed by another issuer of the chain (or a newer one): try the next
         }
       }
     }
-    if (verified.length === 0) {
+    // Root CRLs list issuers, not workload certificates: alone they say nothing of the workloads'
+    // revocations, so they never stand in for an issuer's CRL here.
+    if (!verified.some((v) => !v.root)) {
       if (issuers.length === 0) return { ...this.#lastRevocations(), ownIssuerPublished: true };
       throw new MeshwardError("E_CRL_SIGNATURE", "none of the CA's CRLs is signed by this workload's issuer or by an issuer under a trusted root");
     }
@@ -518,7 +521,8 @@ class CaSource implements CaIdentitySource {
     }
     this.#crlInForce = taken;
     const ownIssuerPublished = ownIssuer === undefined || verified.some((v) => v.issuer === ownIssuer) || (previous !== undefined && verified.some((v) => issuers.some((i) => i.fingerprint256 === v.issuer)));
-    return { revokedSerials, crls: verified.map((v) => Buffer.from(v.der)), ownIssuerPublished };
+    // Issuers' CRLs first, then the roots': crl.pem, which nginx and HAProxy read with the whole-chain check.
+    return { revokedSerials, crls: [...verified.filter((v) => !v.root), ...verified.filter((v) => v.root)].map((v) => Buffer.from(v.der)), ownIssuerPublished };
   }
 
   /**

@@ -1,10 +1,12 @@
 import { spawn } from "node:child_process";
+import { X509Certificate } from "node:crypto";
 import { chmodSync, chownSync, existsSync, mkdirSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
 import { encodePrivateKey } from "../pki/keys.ts";
-import { toPem } from "../pki/pem.ts";
+import { parseCrl } from "../pki/crl.ts";
+import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import { redactSecrets } from "../telemetry/redact.ts";
 import { formatDuration } from "../util/duration.ts";
 import { writeFilesTogether } from "../util/files.ts";
@@ -122,6 +124,8 @@ export function startFileSink(options: FileSinkOptions): FileSink {
   let pending: IdentitySnapshot | undefined;
   let running: Promise<void> | undefined;
   let lastWritten: { chain: string; roots: string; crls: string } | undefined;
+  /** Roots already named in a crl-file-no-root-crl warning. */
+  const warnedRoots = new Set<string>();
   /** crl.pem's content for a snapshot: every CRL it holds, PEM ("" when none: crl.pem is left as it is). */
   const crlsPem = (snapshot: IdentitySnapshot) => (snapshot.bundle.crls ?? []).map((der) => toPem(der, "X509 CRL")).join("");
   const isWritten = (snapshot: IdentitySnapshot) =>
@@ -183,6 +187,17 @@ export function startFileSink(options: FileSinkOptions): FileSink {
     lastWritten = { chain: svid.certChainPem, roots: bundle.rootsPem, crls };
     if (removedLeftovers.length > 0) {
       logger?.warn({ event: "write-leftovers-removed", dir, files: removedLeftovers }, "removed what an interrupted earlier write left in the output directory (temp files, links to replaced files)");
+    }
+    if (crls !== "") {
+      const missing = rootWithoutCrl(svid.certChainPem, bundle.rootsPem, bundle.crls ?? []);
+      if (missing !== undefined && !warnedRoots.has(missing.fingerprint256)) {
+        warnedRoots.add(missing.fingerprint256);
+        logger?.warn(
+          { event: "crl-file-no-root-crl", dir, root: missing.fingerprint256 },
+          `${paths.crl} holds no CRL signed by the root ${missing.subject.replace(/\n/g, ", ")} (the CA does not hold that root's key: an external root, or a CA older than root CRLs). ` +
+            "nginx ssl_crl and HAProxy crl-file check a CRL for every certificate of the chain and refuse every peer with this file alone: give them this file followed by your organisation's CRL signed by that root (e.g. concatenated in --on-rotate), or put a meshward sidecar in front (docs/backends.md)",
+        );
+      }
     }
     logger?.info({ event: "identity-files-written", dir, spiffeId: svid.spiffeId, serial: svid.serial, notAfter: svid.notAfter.toISOString() }, "identity files written");
     report({ type: "written", spiffeId: svid.spiffeId, serial: svid.serial });
@@ -277,6 +292,33 @@ export function startFileSink(options: FileSinkOptions): FileSink {
       if (running !== undefined) await running;
     },
   };
+}
+
+/**
+ * The root the chain rests on when none of `crls` is signed by it (OpenSSL's whole-chain CRL check
+ * then refuses the chain: its issuer has no CRL); undefined when one is, or the chain has no issuer below a root.
+ */
+export function rootWithoutCrl(chainPem: string, rootsPem: string, crls: readonly Buffer[]): X509Certificate | undefined {
+  try {
+    const chain = certificatesFromPem(chainPem).map((der) => new X509Certificate(der));
+    const top = chain[chain.length - 1];
+    if (chain.length < 2 || top === undefined) return undefined;
+    const root = certificatesFromPem(rootsPem)
+      .map((der) => new X509Certificate(der))
+      .find((candidate) => top.checkIssued(candidate) && top.verify(candidate.publicKey));
+    if (root === undefined) return undefined;
+    const signed = crls.some((der) => {
+      try {
+        parseCrl(der, root);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    return signed ? undefined : root;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Runs `command` with /bin/sh (without meshward's secrets in its environment), collects its output, kills the process group on timeout. */

@@ -1,4 +1,6 @@
+import { X509Certificate } from "node:crypto";
 import { parseCrl } from "../pki/crl.ts";
+import { certificatesFromPem } from "../pki/pem.ts";
 import { trustBundleVersionOfPem } from "../telemetry/bundle-version.ts";
 import type { MeshMetrics } from "../telemetry/metrics.ts";
 import type { IdentitySource, TrustBundle } from "./source.ts";
@@ -58,16 +60,35 @@ export function instrumentIdentity(source: IdentitySource, metrics: Pick<MeshMet
  */
 export function newestCrl(bundle: TrustBundle): { readonly thisUpdate: number; readonly nextUpdate: number | undefined } | undefined {
   let newest: { thisUpdate: number; nextUpdate: number | undefined } | undefined;
-  for (const der of bundle.crls ?? []) {
+  const crls = bundle.crls ?? [];
+  let roots: X509Certificate[] = [];
+  try {
+    roots = crls.length > 1 ? certificatesFromPem(bundle.rootsPem).map((der) => new X509Certificate(der)) : [];
+  } catch {
+    roots = [];
+  }
+  for (const der of crls) {
     try {
       const parsed = parseCrl(der);
       const at = parsed.thisUpdate.getTime();
+      // Root CRLs (root-crl.ts: they list revoked issuers, live 30 days and are re-signed on their
+      // own schedule) say nothing of how current the workloads' revocations are: left out.
+      if (roots.some((root) => signedBy(der, root))) continue;
       if (newest === undefined || at > newest.thisUpdate) newest = { thisUpdate: at, nextUpdate: parsed.nextUpdate?.getTime() };
     } catch {
       // left out of the figure
     }
   }
   return newest;
+}
+
+function signedBy(der: Buffer, certificate: X509Certificate): boolean {
+  try {
+    parseCrl(der, certificate);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /**

@@ -257,7 +257,8 @@ describe("rotation on a running CA", () => {
     await waitFor(async () => issuerOf((await signOnce()).certificateChainPem) === newIssuer, "the CA to sign with the new issuer");
     // The CA publishes a CRL per live issuer; the workloads verify both (one with their own issuer,
     // the other with the new issuer, which chains to their root).
-    await waitFor(() => [api, web].every((w) => w.current()?.bundle.crls?.length === 2), "the two CRLs to reach both workloads");
+    // (Beside the root's CRL, root-crl.ts: three in all.)
+    await waitFor(() => [api, web].every((w) => w.current()?.bundle.crls?.length === 3), "the two CRLs to reach both workloads");
     await new Promise((r) => setTimeout(r, 1_000)); // ten bundle refreshes
     expect(events.filter((e) => e.event === "crl-issuer-changed" || e.event === "crl-refresh-failed")).toEqual([]);
     expect(api.current()!.svid.serial).toBe(before.api);
@@ -317,11 +318,18 @@ describe("rotation on a running CA", () => {
     expect(statSync(layout.previousIssuerKey).mode & 0o777).toBe(0o600);
     expect(readFileSync(layout.previousIssuerKey, "utf8")).toMatch(/BEGIN ENCRYPTED PRIVATE KEY/);
     const newIssuer = new X509Certificate(readFileSync(layout.issuerCert));
-    type SetDocument = { crls: { issuer_sha256?: string; current: boolean; crl: string; issuer_chain: string[] }[] };
+    type SetDocument = { crls: { issuer_sha256?: string; current: boolean; crl: string; issuer_chain: string[]; root?: boolean }[] };
     const set = async () => JSON.parse((await fetchFromCa(connection, "/v1/crl?format=set")).toString("utf8")) as SetDocument;
-    await waitFor(async () => (await set()).crls.length === 2, "the CA to publish the previous issuer's CRL");
+    await waitFor(async () => (await set()).crls.length === 3, "the CA to publish the previous issuer's CRL");
     const document = await set();
-    expect(document.crls.map((c) => [c.issuer_sha256, c.current])).toEqual([[sha(newIssuer), true], [sha(oldIssuer), false]]);
+    // Then the root's CRL (root-crl.ts), with no issuer_chain: clients older than root CRLs leave it out.
+    const root = new X509Certificate(readFileSync(layout.rootCert));
+    expect(document.crls.map((c) => [c.issuer_sha256, c.current, c.root === true, c.issuer_chain.length > 0])).toEqual([
+      [sha(newIssuer), true, false, true],
+      [sha(oldIssuer), false, false, true],
+      [sha(root), false, true, false],
+    ]);
+    expect(() => parseCrl(Buffer.from(document.crls[2]!.crl, "base64"), root)).not.toThrow();
     const [current, previous] = document.crls.map((c) => Buffer.from(c.crl, "base64"));
     expect(() => parseCrl(current!, newIssuer)).not.toThrow();
     expect(() => parseCrl(previous!, oldIssuer)).not.toThrow();

@@ -175,17 +175,21 @@ describe("the CA as three replicas on PostgreSQL (read-only CA directories)", ()
     await admin(["ca", "import-issuer", "--issuer-cert", join(work, "imported-issuer.pem"), "--issuer-key", join(work, "imported-issuer.key"), "--passphrase-file", passphraseFile]);
     const current = new X509Certificate(issued.der).fingerprint256;
     const sha = (fingerprint: string) => fingerprint.replace(/:/g, "").toLowerCase();
-    type CrlSet = { crls: { issuer_sha256: string; current: boolean; crl: string; issuer_chain: string[] }[] };
+    type CrlSet = { crls: { issuer_sha256: string; current: boolean; crl: string; issuer_chain: string[]; root?: boolean }[] };
+    const rootSha = sha(root.fingerprint256);
     const sets = await until("every replica serving the same set of both issuers' CRLs", 20_000, async () => {
       const bodies = await Promise.all(replicas.map((r) => fetchFromCa(connection(r.address), "/v1/crl?format=set")));
       if (!bodies.every((b) => b.equals(bodies[0]!))) return undefined;
       const set = JSON.parse(bodies[0]!.toString("utf8")) as CrlSet;
-      return set.crls.map((c) => c.issuer_sha256).join(",") === `${sha(current)},${sha(previous)}` ? bodies : undefined;
+      // Both issuers' CRLs, then the root's (root-crl.ts), which the leader signs and every replica serves.
+      return set.crls.map((c) => c.issuer_sha256).join(",") === `${sha(current)},${sha(previous)},${rootSha}` ? bodies : undefined;
     });
     // Same bytes everywhere, and each CRL verifies with the issuer the set names for it.
     const set = JSON.parse(sets[0]!.toString("utf8")) as CrlSet;
-    expect(set.crls.map((c) => c.current)).toEqual([true, false]);
-    for (const entry of set.crls) {
+    expect(set.crls.map((c) => c.current)).toEqual([true, false, false]);
+    expect(set.crls.map((c) => c.root === true)).toEqual([false, false, true]);
+    expect(() => parseCrl(Buffer.from(set.crls[2]!.crl, "base64"), root)).not.toThrow();
+    for (const entry of set.crls.slice(0, 2)) {
       const issuer = new X509Certificate(Buffer.from(entry.issuer_chain[0]!, "base64"));
       expect(sha(issuer.fingerprint256)).toBe(entry.issuer_sha256);
       expect(() => parseCrl(Buffer.from(entry.crl, "base64"), issuer)).not.toThrow();
@@ -197,7 +201,7 @@ describe("the CA as three replicas on PostgreSQL (read-only CA directories)", ()
     try {
       const published = (await db.latestCrl())!;
       expect(published.number).toBe(numbers[0]);
-      expect(published.others?.map((b) => b.toString("base64"))).toEqual([set.crls[1]!.crl]);
+      expect(published.others?.map((b) => b.toString("base64"))).toEqual([set.crls[1]!.crl, set.crls[2]!.crl]);
     } finally {
       await db.close();
     }

@@ -322,7 +322,8 @@ describe("CA-backed workload identity", () => {
     try {
       const fetched = await fetchX509Svid(api.socketPath);
       expect(fetched.bundle.revokedSerials.has(victim.svid.serial)).toBe(true);
-      expect(fetched.bundle.crls).toHaveLength(1);
+      // The issuer's CRL and the root's (root-crl.ts).
+      expect(fetched.bundle.crls).toHaveLength(2);
     } finally {
       await api.close();
       rmSync(socketDir, { recursive: true, force: true });
@@ -339,7 +340,7 @@ describe("CA-backed workload identity", () => {
     await new Promise((r) => setTimeout(r, 400)); // the CA re-signs its CRL every 100 ms here
     const fresh = await (await identity("first-crl", { bundleRefreshMs: 3_600_000 })).ready();
     expect(fresh.bundle.revokedSerials.has(victim.svid.serial)).toBe(true);
-    expect(fresh.bundle.crls).toHaveLength(1);
+    expect(fresh.bundle.crls).toHaveLength(2); // the issuer's CRL and the root's
 
     // The CRL cannot be had (here the fetch reaches another CA, which this workload does not
     // trust): not ready, and the retry renews with the certificate it got, since the join token

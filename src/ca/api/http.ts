@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, type X509Certificate } from "node:crypto";
 import { statSync } from "node:fs";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -85,6 +85,12 @@ interface CrlSetEntry {
   /** SHA-256 (hex) of the issuer certificate that signed it; undefined when this replica does not hold that issuer (its anchors lag the store's). */
   readonly issuerSha256: string | undefined;
   readonly issuerChain: readonly Buffer[];
+  /**
+   * Signed by a root of the bundle (root-crl.ts): listed with no issuer_chain, so that clients older
+   * than root CRLs (which verify a CRL only with their own issuers or the chain named) leave it out;
+   * current ones verify it with the roots of their bundle.
+   */
+  readonly root: boolean;
 }
 
 const crlSets = new WeakMap<PublishedCrl, { anchors: LoadedAnchors; entries: readonly CrlSetEntry[]; document: string }>();
@@ -105,20 +111,24 @@ function cachedSet(crl: PublishedCrl, anchors: LoadedAnchors): { entries: readon
     { certificate: anchors.issuer.certificate, chainPem: anchors.issuerChainPem },
     ...(anchors.previousIssuer !== undefined ? [{ certificate: anchors.previousIssuer.signer.certificate, chainPem: anchors.previousIssuer.chainPem }] : []),
   ];
+  const verifies = (der: Buffer, certificate: X509Certificate) => {
+    try {
+      parseCrl(der, certificate);
+      return true;
+    } catch {
+      return false;
+    }
+  };
   const entries = [crl.der, ...crl.others].map((der, index): CrlSetEntry => {
-    const issuer = issuers.find((candidate) => {
-      try {
-        parseCrl(der, candidate.certificate);
-        return true;
-      } catch {
-        return false;
-      }
-    });
+    const issuer = issuers.find((candidate) => verifies(der, candidate.certificate));
+    const root = issuer === undefined ? anchors.roots.find((candidate) => verifies(der, candidate)) : undefined;
+    const signer = issuer?.certificate ?? root;
     return {
       der,
       current: index === 0,
-      issuerSha256: issuer === undefined ? undefined : createHash("sha256").update(issuer.certificate.raw).digest("hex"),
+      issuerSha256: signer === undefined ? undefined : createHash("sha256").update(signer.raw).digest("hex"),
       issuerChain: issuer === undefined ? [] : certificatesFromPem(issuer.chainPem),
+      root: root !== undefined,
     };
   });
   const document = `${JSON.stringify({
@@ -126,6 +136,7 @@ function cachedSet(crl: PublishedCrl, anchors: LoadedAnchors): { entries: readon
       ...(e.issuerSha256 !== undefined ? { issuer_sha256: e.issuerSha256 } : {}),
       issuer_chain: e.issuerChain.map((d) => d.toString("base64")),
       current: e.current,
+      ...(e.root ? { root: true } : {}),
       crl: e.der.toString("base64"),
     })),
   })}\n`;

@@ -9,6 +9,7 @@ import { caKeysEncrypted, caLayout, initAnchors, loadAnchors, readCaCertificates
 import { daprTrustAnchorsPem, daprTrustBundleManifests } from "../../ca/dapr-trust-bundle.ts";
 import type { AnchorFiles } from "../../ca/anchor-files.ts";
 import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../../ca/rotation.ts";
+import { recordRetiredIssuer } from "../../ca/root-crl.ts";
 import { howTrusted, rootScopeGap, rootsTrustingEveryCa, TRUST_EVERY_CA_FLAG } from "../../ca/root-scope.ts";
 import { withCaFiles, withCaStore } from "../store.ts";
 import type { Store } from "../../store/store.ts";
@@ -142,7 +143,12 @@ export async function caRotateIssuer(opts: OptionValues): Promise<void> {
     // --now is the answer to a leaked issuer key: the old issuer's CRL is no longer published, so
     // its workloads renew within a bundle refresh (docs/rotation.md). A rotation the thresholds
     // call for keeps it signing its CRL until its certificates expire.
-    return rotateIssuer({ dir: opts.dir, now, files, issuerTtlMs, keepPrevious: opts.now !== true, ...withPassphrase(passphrase) });
+    // The issuer being replaced (from its certificate alone when its key no longer matches it).
+    const replaced = current?.issuer.certificate ?? readReplacedIssuer(files, opts.dir);
+    const installed = await rotateIssuer({ dir: opts.dir, now, files, issuerTtlMs, keepPrevious: opts.now !== true, ...withPassphrase(passphrase) });
+    // …and the CRL of the root that signed it lists it as revoked (cACompromise) until it expires.
+    if (opts.now === true && replaced !== undefined) recordRetiredIssuer(files, caLayout(opts.dir), replaced, now);
+    return installed;
   });
   if (issuer === undefined) return;
   if (note !== undefined) process.stderr.write(note);
@@ -154,6 +160,15 @@ export async function caRotateIssuer(opts: OptionValues): Promise<void> {
   );
 }
 
+/** The issuer certificate in place, or undefined when it cannot be read (a damaged directory being repaired). */
+function readReplacedIssuer(files: AnchorFiles, dir: string): X509Certificate | undefined {
+  try {
+    return readCaCertificates(files, caLayout(dir).issuerCert)[0];
+  } catch {
+    return undefined;
+  }
+}
+
 /** `meshward ca import-issuer`. */
 export async function caImportIssuer(opts: OptionValues): Promise<void> {
   const passphrase = readPassphrase(opts.passphraseFile);
@@ -163,18 +178,23 @@ export async function caImportIssuer(opts: OptionValues): Promise<void> {
   let note: string | undefined;
   const issuer = await withCaFiles(opts.dir, opts.store, async (files) => {
     note = encryptionNote(opts.dir, files, passphrase);
-    return importIssuer({
+    const now = new Date();
+    const replaced = readCaCertificates(files, caLayout(opts.dir).issuerCert)[0]!;
+    const installed = importIssuer({
       dir: opts.dir,
       files,
       issuerCertPem,
       issuerKeyPem,
-      now: new Date(),
+      now,
       // --now as in rotate-issuer: the replaced issuer is retired at once (a leaked key), its CRL no
       // longer published, so its workloads renew within a bundle refresh (docs/rotation.md).
       keepPrevious: opts.now !== true,
       ...withPassphrase(passphrase),
       ...(issuerKeyPassphrase !== undefined ? { issuerKeyPassphrase } : {}),
     });
+    // Listed as revoked in the CRL of its root when this CA holds that root's key (root-crl.ts).
+    if (opts.now === true) recordRetiredIssuer(files, caLayout(opts.dir), replaced, now);
+    return installed;
   });
   if (note !== undefined) process.stderr.write(note);
   process.stdout.write(

@@ -1,4 +1,4 @@
-import type { KeyObject } from "node:crypto";
+import type { KeyObject, X509Certificate } from "node:crypto";
 import { describeError, MeshwardError } from "../../errors.ts";
 import { verifyChain } from "../../pki/chain.ts";
 import { parseCrl } from "../../pki/crl.ts";
@@ -106,17 +106,27 @@ export function verifiedCrls(crls: readonly (Uint8Array | string)[], issuers: re
   const verified: Buffer[] = [];
   let lastError: unknown;
   let offered = 0;
+  const certificates = issuers.map((issuer) => toX509(issuer));
+  const isRoot = (certificate: X509Certificate) => certificate.checkIssued(certificate) && certificate.verify(certificate.publicKey);
+  // A CRL signed by a root lists revoked issuers (root-crl.ts), not workload certificates: when the
+  // chain has an issuer below the root, such CRLs alone give none of the workloads' revocations.
+  const needsIssuerCrl = certificates.some((certificate) => !isRoot(certificate));
+  let issuerCrls = 0;
   for (const der of crls.flatMap((crl) => splitCrls(crl))) {
     offered += 1;
-    for (const issuer of issuers) {
+    for (const issuer of certificates) {
       try {
-        for (const serial of parseCrl(der, toX509(issuer)).revokedSerials) revoked.add(serial);
+        for (const serial of parseCrl(der, issuer).revokedSerials) revoked.add(serial);
         verified.push(der);
+        if (!isRoot(issuer)) issuerCrls += 1;
         break;
       } catch (error) {
         lastError = error;
       }
     }
+  }
+  if (verified.length > 0 && needsIssuerCrl && issuerCrls === 0) {
+    throw new MeshwardError("E_CRL_SIGNATURE", `only root CRLs (which list revoked issuers) verify among the ${offered} CRL${offered === 1 ? "" : "s"}: none is signed by an issuer of the chain, so the workloads' revocations are unknown`);
   }
   if (verified.length === 0) {
     throw new MeshwardError("E_CRL_SIGNATURE", `${offered === 1 ? "the CRL is" : `none of the ${offered} CRLs is`} signed by any CA of the chain or bundle${lastError ? ` (${describeError(lastError)})` : ""}`);
