@@ -33,6 +33,13 @@
  *      glob > `*` > `**`; then the longer pattern; then more literal characters; then the
  *      first declared. (Dapr's trie picks the first inserted match; we pick the most specific, and
  *      the sidecar warns where the two differ: dapr-differences.ts.)
+ *      An operation whose last segment is a literal or an in-segment glob (`/admin`,
+ *      `/files/*.pdf`) also decides the paths below it (`/admin/users`), as in Dapr (acl_trie.go
+ *      Search answers with the first node on the way down that holds an operation), but only where
+ *      no operation matches the path by its own segments; among several such, the most specific
+ *      (the longest) decides. (Dapr takes the first one on the way down, the shortest: warned.)
+ *      Its verbs then count as for an exact match (rules 9 and 10), as Dapr's verb check runs on
+ *      whatever node Search found.
  *   9. HTTP request (verb given): the chosen operation's action for that verb, else for "*",
  *      else the app default (rule 6) — a verb mismatch does not fall through to a less
  *      specific operation (as in Dapr). Rules without httpVerb apply to gRPC only (Dapr docs:
@@ -52,7 +59,8 @@
  * Differences from Dapr on purpose (fail closed, never silently): unknown fields, duplicate
  * policies and conflicting duplicate operations are parse errors; `**` only as last segment;
  * HTTP-verb rules do not allow gRPC (rule 10); a GET deny also denies HEAD (rule 9); gRPC
- * methods are matched in any case (rule 7).
+ * methods are matched in any case (rule 7); the most specific operation decides, and one that
+ * matches the path by its own segments goes before one the path lies below (rule 8).
  *
  * The operation is the app-side path. Dapr strips `/v1.0/invoke/<app-id>/method` before
  * matching; the meshward sidecar forwards the app's own path, so policies are written
@@ -62,6 +70,8 @@ import type { AccessControlConfig, Action, AppPolicy, OperationRule } from "./sc
 import {
   compareSpecificity,
   compileOperation,
+  coversBelow,
+  matchesBelow,
   matchesOperation,
   normaliseOperation,
   PathSegments,
@@ -110,6 +120,8 @@ interface CompiledOperation {
   readonly otherVerbDecision: Decision;
   /** Undefined: the operation has only HTTP-verb allows, and gRPC gets the app default. */
   readonly grpcDecision: Decision | undefined;
+  /** The same decisions for the paths below the operation's name (operation.ts coversBelow), else undefined. */
+  readonly below: Omit<CompiledOperation, "pattern" | "below"> | undefined;
 }
 
 interface CompiledApp {
@@ -170,12 +182,20 @@ export function compilePolicy(config: AccessControlConfig | undefined): AccessPo
       const verb = request.verb;
       const isHttp = verb !== "" && verb !== "*";
       path.load(normaliseOperation(typeof request.operation === "string" ? request.operation : "").toLowerCase());
+      // Most specific first (compileApp sorts them): the first exact match decides; else the first
+      // (most specific) operation the path lies below (rule 8), else the app default.
+      let covering: CompiledOperation["below"];
       for (const candidate of app.operations) {
-        if (!matchesOperation(candidate.pattern.segments, path)) continue;
+        if (!matchesOperation(candidate.pattern.segments, path)) {
+          if (covering === undefined && candidate.below !== undefined && matchesBelow(candidate.pattern.segments, path)) covering = candidate.below;
+          continue;
+        }
         if (!isHttp) return candidate.grpcDecision ?? app.defaultDecision;
         return candidate.verbDecisions.get(upperVerb(verb)) ?? candidate.otherVerbDecision;
       }
-      return app.defaultDecision;
+      if (covering === undefined) return app.defaultDecision;
+      if (!isHttp) return covering.grpcDecision ?? app.defaultDecision;
+      return covering.verbDecisions.get(upperVerb(verb)) ?? covering.otherVerbDecision;
     },
   };
 }
@@ -245,12 +265,22 @@ function compileApp(policy: AppPolicy, globalAction: Action): CompiledApp {
     const otherVerbDecision = anyVerbDecision ?? defaultDecision;
     const verbsAgree = [...verbDecisions.values()].every((d) => d.allowed === otherVerbDecision.allowed);
     const marked = (d: Decision): Decision => (verbsAgree ? d : Object.freeze({ ...d, verbSensitive: true }));
-    operations.push({
-      pattern,
+    const exact = {
       verbDecisions: new Map([...verbDecisions].map(([verb, d]) => [verb, marked(d)])),
       otherVerbDecision: marked(otherVerbDecision),
       grpcDecision,
-    });
+    };
+    // For a path below the name: the same rules, the reason saying why they apply there.
+    const belowOf = (d: Decision): Decision =>
+      d === defaultDecision || d.rule === defaultDecision.rule ? d : Object.freeze({ ...d, reason: `${d.reason} (for a path below ${pattern.name}: an operation covers the paths below its name, as in Dapr)` });
+    const below = coversBelow(pattern.segments)
+      ? {
+          verbDecisions: new Map([...exact.verbDecisions].map(([verb, d]) => [verb, belowOf(d)])),
+          otherVerbDecision: belowOf(exact.otherVerbDecision),
+          grpcDecision: grpcDecision === undefined ? undefined : belowOf(grpcDecision),
+        }
+      : undefined;
+    operations.push({ pattern, ...exact, below });
   }
   // Array.prototype.sort is stable: equal specificity keeps declaration order.
   operations.sort((a, b) => compareSpecificity(a.pattern, b.pattern));
