@@ -33,8 +33,8 @@
  *   - "prefix": an operation whose last segment is a literal or an in-segment glob (`/a`,
  *     `/files/*.pdf`) also decides the paths below it, in both; but Dapr's Search answers with the
  *     first such operation on the way down (the shortest), and only along the branch its trie
- *     walk took, while meshward lets any operation that matches the path by its own segments go
- *     first, then the longest covering one. With `/a` deny and `/a/b/**` allow, Dapr denies
+ *     walk took, while meshward ranks a covering operation for those paths as its name followed
+ *     by `/**` (so the most specific decides). With `/a` deny and `/a/b/**` allow, Dapr denies
  *     `/a/b/x` (it meets `/a` first), meshward allows it (`/a/b/**` matches it). The check builds,
  *     for each covering operation and each other one, a few paths below the first along the
  *     second's name (wildcards filled in), runs daprTrieSearch and meshward's choice on them, and
@@ -46,7 +46,7 @@
  *     what Dapr leaves to the default.
  * Pure: the sidecar logs these as warnings at load, `meshward audit` reports them.
  */
-import { compareSpecificity, compileOperation, coversBelow, matchesBelow, matchesGlob, matchesOperation, PathSegments, SegmentKind, type OperationPattern } from "./operation.ts";
+import { belowPattern, compareSpecificity, compileOperation, coversBelow, matchesBelow, matchesGlob, matchesOperation, PathSegments, SegmentKind, type OperationPattern } from "./operation.ts";
 import type { AccessControlConfig, Action, OperationRule } from "./schema.ts";
 
 export const POLICY_DIFFERS_FROM_DAPR = "policy-differs-from-dapr";
@@ -217,20 +217,23 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
 
 /**
  * The operation meshward's decide() applies to the path (operation.ts, decide.ts rule 8): the most
- * specific that matches it by its own segments (a stable sort, so ties go to the first declared),
- * else the most specific it lies below.
+ * specific that matches it, a covering operation ranked for the paths below its name as that name
+ * followed by `/**` (belowPattern); ties go to the first declared, and a declared operation before
+ * a covering one of the same rank (a stable sort over the declared ones, then the covering ones).
  */
 function meshwardPick(named: readonly NamedOperation[], path: PathSegments): NamedOperation | undefined {
-  let exact: NamedOperation | undefined;
-  let below: NamedOperation | undefined;
-  for (const entry of named) {
-    if (matchesOperation(entry.pattern.segments, path)) {
-      if (exact === undefined || compareSpecificity(entry.pattern, exact.pattern) < 0) exact = entry;
-    } else if (exact === undefined && matchesBelow(entry.pattern.segments, path)) {
-      if (below === undefined || compareSpecificity(entry.pattern, below.pattern) < 0) below = entry;
+  let best: { entry: NamedOperation; pattern: OperationPattern; covering: boolean } | undefined;
+  const consider = (entry: NamedOperation, pattern: OperationPattern, covering: boolean) => {
+    if (best === undefined) {
+      best = { entry, pattern, covering };
+      return;
     }
-  }
-  return exact ?? below;
+    const order = compareSpecificity(pattern, best.pattern);
+    if (order < 0 || (order === 0 && best.covering && !covering)) best = { entry, pattern, covering };
+  };
+  for (const entry of named) if (matchesOperation(entry.pattern.segments, path)) consider(entry, entry.pattern, false);
+  for (const entry of named) if (matchesBelow(entry.pattern.segments, path)) consider(entry, belowPattern(entry.pattern), true);
+  return best?.entry;
 }
 
 /**

@@ -8,8 +8,8 @@
  *   - a segment `**` matches any number of segments (zero included) and must be the last one;
  *   - `*` inside a segment (`/v1/order*`) matches any characters within that segment;
  *   - a name whose last segment is a literal or an in-segment glob (`/admin`, `/files/*.pdf`) also
- *     covers the paths below it (`/admin/users`), as Dapr's trie does (matchesBelow), at a lower
- *     precedence than every operation that matches the path by its own segments (decide.ts rule 8).
+ *     covers the paths below it (`/admin/users`), as Dapr's trie does (matchesBelow), ranked there
+ *     as the name followed by `/**` (belowPattern, decide.ts rule 8).
  * Names are compared with the canonical request path (src/proxy/canonical.ts): what it keeps
  * percent-encoded a name spells encoded too (operationNameProblem refuses it raw).
  */
@@ -265,9 +265,19 @@ export function coversBelow(segments: readonly Segment[]): boolean {
 }
 
 /**
+ * How the paths below a covering operation's name rank and match (decide.ts rule 8): as the name
+ * followed by `**`, under the operation's own name (its rule and reason). The name itself is
+ * matched by the operation first (it ranks above: one segment fewer, and no `**`).
+ */
+export function belowPattern(pattern: OperationPattern): OperationPattern {
+  const rest: Segment = { kind: SegmentKind.Rest, literal: "**", pieces: undefined };
+  return { name: pattern.name, segments: [...pattern.segments, rest], ranks: [...pattern.ranks, SegmentKind.Rest], literalChars: pattern.literalChars };
+}
+
+/**
  * Whether the path lies strictly below the operation's name (`/admin/users` below `/admin`, not
  * `/admin` itself nor `/administrator`), for an operation that covers the paths below it
- * (coversBelow). decide() consults it only when no operation matches the path by its own segments.
+ * (coversBelow); dapr-differences.ts reads meshward's choice with it.
  */
 export function matchesBelow(segments: readonly Segment[], path: PathSegments): boolean {
   const n = segments.length;

@@ -481,3 +481,42 @@ accessControl:
     expect(root.decide(http(app1, "GET", "/x")).allowed).toBe(true);
   });
 });
+
+describe("a covering operation ranks, for the paths below its name, as its name followed by /**", () => {
+  const withOrder = (first: string, second: string) =>
+    policyFrom(`
+accessControl:
+  defaultAction: deny
+  policies:
+  - appId: orders
+    namespace: default
+    defaultAction: allow
+    operations:
+    - ${first}
+    - ${second}
+`);
+  const adminDeny = "{ name: /admin, httpVerb: ['*'], action: deny }";
+
+  it("/admin deny beside /** allow denies /admin/users, declared in either order (Dapr denies it when /admin comes first)", () => {
+    for (const policy of [withOrder(adminDeny, "{ name: /**, httpVerb: ['*'], action: allow }"), withOrder("{ name: /**, httpVerb: ['*'], action: allow }", adminDeny)]) {
+      expect(policy.decide(http(caller("orders"), "GET", "/admin/users"))).toMatchObject({ allowed: false, rule: "app:orders/default:op:/admin:*" });
+      expect(policy.decide(http(caller("orders"), "GET", "/admin"))).toMatchObject({ allowed: false, rule: "app:orders/default:op:/admin:*" });
+      expect(policy.decide(http(caller("orders"), "GET", "/administrator"))).toMatchObject({ allowed: true, rule: "app:orders/default:op:/**:*" });
+    }
+  });
+
+  it("/*/users beside /admin: the covering /admin (as /admin/**) is more specific for /admin/users", () => {
+    const policy = withOrder("{ name: /*/users, httpVerb: ['*'], action: allow }", adminDeny);
+    expect(policy.decide(http(caller("orders"), "GET", "/admin/users")).allowed).toBe(false);
+    expect(policy.decide(http(caller("orders"), "GET", "/orders/users")).allowed).toBe(true);
+  });
+
+  it("an operation naming a path below decides it, and an explicit /admin/** goes before the covering /admin", () => {
+    const named = withOrder(adminDeny, "{ name: /admin/health, httpVerb: [GET], action: allow }");
+    expect(named.decide(http(caller("orders"), "GET", "/admin/health")).allowed).toBe(true);
+    expect(named.decide(http(caller("orders"), "GET", "/admin/other")).allowed).toBe(false);
+    const explicit = withOrder(adminDeny, "{ name: /admin/**, httpVerb: [GET], action: allow }");
+    expect(explicit.decide(http(caller("orders"), "GET", "/admin/x"))).toMatchObject({ allowed: true, rule: "app:orders/default:op:/admin/**:GET" });
+    expect(explicit.decide(http(caller("orders"), "GET", "/admin"))).toMatchObject({ allowed: false, rule: "app:orders/default:op:/admin:*" });
+  });
+});

@@ -227,7 +227,7 @@ export const accessRules: Rule[] = [
     family: "access",
     severity: "low",
     title: "Access operation that decides the paths below it differently in Dapr",
-    why: "An operation whose last segment is a literal or an in-segment glob (`/api`, `/files/*.pdf`) also decides every path below it, in Dapr and in the meshward sidecar. Dapr's trie (pkg/config/acl_trie.go Search) answers with the first such operation on the way down, so `/api` decides `/api/public/x` even beside `/api/public/**`; the sidecar lets an operation that matches the path by its own segments go first, then the longest covering one. Where the two pick operations with different actions or verbs, the same file allows in one what the other denies.",
+    why: "An operation whose last segment is a literal or an in-segment glob (`/api`, `/files/*.pdf`) also decides every path below it, in Dapr and in the meshward sidecar. Dapr's trie (pkg/config/acl_trie.go Search) answers with the first such operation on the way down, so `/api` decides `/api/public/x` even beside `/api/public/**`; the sidecar ranks a covering operation for those paths as its name followed by `/**`, so the most specific decides (`/api/public/**` before `/api`). Where the two pick operations with different actions or verbs, the same file allows in one what the other denies.",
     fix: "Give the covering operation and the one below it the same action for the paths they share, or remove the one that should not apply there (in Dapr, `/api` always decides every path below it its trie reaches: to deny only `/api` itself, Dapr has no way to say so).",
     example: {
       file: "config.yaml",
