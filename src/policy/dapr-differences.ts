@@ -29,15 +29,30 @@
  * every operation of the policy) and meshward's most-specific choice, and reports the pair when
  * the two choices decide some verb, or gRPC, differently; pairs both read alike are not reported.
  * It too is sufficient, not complete: one path per pair.
+ *
+ *   - "prefix": an operation whose last segment is a literal or an in-segment glob (`/a`,
+ *     `/files/*.pdf`) also decides the paths below it, in both; but Dapr's Search answers with the
+ *     first such operation on the way down (the shortest), and only along the branch its trie
+ *     walk took, while meshward ranks a covering operation for those paths as its name followed
+ *     by `/**` (so the most specific decides). With `/a` deny and `/a/b/**` allow, Dapr denies
+ *     `/a/b/x` (it meets `/a` first), meshward allows it (`/a/b/**` matches it). The check builds,
+ *     for each covering operation and each other one, a few paths below the first along the
+ *     second's name (wildcards filled in), runs daprTrieSearch and meshward's choice on them, and
+ *     reports the pair where the two decide some verb, or gRPC, differently.
+ *   - "never-matches-in-dapr": a bare `*` before the last segment (`/orders/STAR/items`, STAR a bare
+ *     `*`) never matches in Dapr (findNodeWithWildcard skips a `/*` child unless it is the path's last
+ *     segment), so such an operation decides nothing there; meshward matches it (one segment).
+ *     Reported when it allows a verb, or gRPC, that the app's default denies: meshward then allows
+ *     what Dapr leaves to the default.
  * Pure: the sidecar logs these as warnings at load, `meshward audit` reports them.
  */
-import { compareSpecificity, compileOperation, matchesGlob, matchesOperation, PathSegments, SegmentKind, type OperationPattern } from "./operation.ts";
+import { belowPattern, compareSpecificity, compileOperation, coversBelow, matchesBelow, matchesGlob, matchesOperation, PathSegments, SegmentKind, type OperationPattern } from "./operation.ts";
 import type { AccessControlConfig, Action, OperationRule } from "./schema.ts";
 
 export const POLICY_DIFFERS_FROM_DAPR = "policy-differs-from-dapr";
 
 export interface DaprDifference {
-  readonly kind: "precedence" | "repeated-name" | "overlap";
+  readonly kind: "precedence" | "repeated-name" | "overlap" | "prefix" | "never-matches-in-dapr";
   readonly appId: string;
   readonly namespace: string;
   readonly trustDomain: string;
@@ -125,12 +140,7 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
         if (sample === undefined) continue;
         path.load(sample);
         if (!matchesOperation(earlier.pattern.segments, path) || !matchesOperation(later.pattern.segments, path)) continue;
-        // meshward: the most specific operation that matches (decide.ts: a stable sort, so ties go to the first declared).
-        let mine: NamedOperation | undefined;
-        for (const entry of named) {
-          if (!matchesOperation(entry.pattern.segments, path)) continue;
-          if (mine === undefined || compareSpecificity(entry.pattern, mine.pattern) < 0) mine = entry;
-        }
+        const mine = meshwardPick(named, path);
         const daprIndex = daprTrieSearch(trie, sample);
         const theirs = daprIndex === undefined ? undefined : named[daprIndex];
         if (mine === theirs) continue;
@@ -146,8 +156,125 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
         });
       }
     }
+
+    // Covering operations (a last literal or in-segment glob) against every other operation; a pair
+    // already reported above is not reported again, nor a cover with a bare '*' before its last
+    // segment (never-matches-in-dapr below).
+    const reported = new Set(found.filter((d) => d.policyIndex === policyIndex).map((d) => `${d.operationIndexes[0]}/${d.operationIndexes[1]}`));
+    for (const cover of named) {
+      if (!coversBelow(cover.pattern.segments) || hasInnerAny(cover.pattern)) continue;
+      for (const other of named) {
+        if (other === cover) continue;
+        const pair = cover.firstIndex < other.firstIndex ? [cover, other] as const : [other, cover] as const;
+        const key = `${pair[0].firstIndex}/${pair[1].firstIndex}`;
+        if (reported.has(key)) continue;
+        for (const sample of belowPaths(cover.pattern, other.pattern)) {
+          path.load(sample);
+          if (!matchesBelow(cover.pattern.segments, path)) continue;
+          const mine = meshwardPick(named, path);
+          const daprIndex = daprTrieSearch(trie, sample);
+          const theirs = daprIndex === undefined ? undefined : named[daprIndex];
+          if (mine === theirs || (mine !== cover && theirs !== cover)) continue;
+          const differing = differingKey(mine?.rules ?? [], theirs?.rules ?? [], fallback);
+          if (differing === undefined) continue;
+          reported.add(key);
+          const daprReads =
+            theirs === cover
+              ? `Dapr ${cover.pattern.name}, the first operation its trie meets on the way down, which decides everything below it there`
+              : theirs === undefined
+                ? `Dapr none (its trie took another branch on the way down and does not go back, or a bare '*' before the last segment, which never matches there), so the default action (${fallback})`
+                : `Dapr ${theirs.pattern.name} (the branch its trie took on the way down)`;
+          const meshwardReads = mine === cover ? `${cover.pattern.name}, which covers the paths below it` : (mine?.pattern.name ?? "none of them");
+          found.push({
+            ...base,
+            kind: "prefix",
+            operations: [pair[0].pattern.name, pair[1].pattern.name],
+            operationIndexes: [pair[0].firstIndex, pair[1].firstIndex],
+            message: `${app}: operation ${cover.pattern.name} (operations[${cover.firstIndex}]) also decides the paths below it, in Dapr as in meshward, and ${other.pattern.name} (operations[${other.firstIndex}]) lies along it; for ${sample} meshward uses ${meshwardReads}, ${daprReads}, and they decide ${differing} differently: give the two the same action for the paths they share, or remove or rename the one that should not apply there (in Dapr an operation such as ${cover.pattern.name} always decides every path below it that its trie reaches)`,
+          });
+          break;
+        }
+      }
+    }
+
+    // A bare '*' before the last segment: never matches in Dapr.
+    for (const entry of named) {
+      if (!hasInnerAny(entry.pattern)) continue;
+      const allowed = allowedOverDefault(entry.rules, fallback);
+      if (allowed === undefined) continue;
+      const name = entry.pattern.name;
+      found.push({
+        ...base,
+        kind: "never-matches-in-dapr",
+        operations: [name, name],
+        operationIndexes: [entry.firstIndex, entry.firstIndex],
+        message: `${app}: operation ${name} (operations[${entry.firstIndex}]) has a bare '*' before its last segment, which never matches in Dapr (its trie takes a '*' segment only for a path's last one), so Dapr leaves its paths to the default action (${fallback}) or another operation, while meshward matches it (one segment) and allows ${allowed}: name the segments (one operation per value), or use an in-segment glob such as 'x*' if that is meant, or '**' as the last segment`,
+      });
+    }
   });
   return found;
+}
+
+/**
+ * The operation meshward's decide() applies to the path (operation.ts, decide.ts rule 8): the most
+ * specific that matches it, a covering operation ranked for the paths below its name as that name
+ * followed by `/**` (belowPattern); ties go to the first declared, and a declared operation before
+ * a covering one of the same rank (a stable sort over the declared ones, then the covering ones).
+ */
+function meshwardPick(named: readonly NamedOperation[], path: PathSegments): NamedOperation | undefined {
+  let best: { entry: NamedOperation; pattern: OperationPattern; covering: boolean } | undefined;
+  const consider = (entry: NamedOperation, pattern: OperationPattern, covering: boolean) => {
+    if (best === undefined) {
+      best = { entry, pattern, covering };
+      return;
+    }
+    const order = compareSpecificity(pattern, best.pattern);
+    if (order < 0 || (order === 0 && best.covering && !covering)) best = { entry, pattern, covering };
+  };
+  for (const entry of named) if (matchesOperation(entry.pattern.segments, path)) consider(entry, entry.pattern, false);
+  for (const entry of named) if (matchesBelow(entry.pattern.segments, path)) consider(entry, belowPattern(entry.pattern), true);
+  return best?.entry;
+}
+
+/**
+ * Paths below `cover` along `other`'s name: `other`'s own path and one segment further, and the
+ * path both begin with (the first |cover| segments filled in from the two names) followed by the
+ * rest of `other`'s name (and one segment further), and by one and by two other segments; and
+ * paths that follow `other`'s name for k segments, then `cover`'s, then go one below it.
+ */
+function belowPaths(cover: OperationPattern, other: OperationPattern): string[] {
+  const out: string[] = [];
+  const own = samplePath(other);
+  out.push(own, `${own === "/" ? "" : own}/x`);
+  const head = other.segments.slice(0, cover.segments.length);
+  const shared = overlapPath(cover, { ...other, segments: head, ranks: head.map((s) => s.kind) });
+  if (shared !== undefined) {
+    const rest = sampleSegments(other.segments.slice(cover.segments.length));
+    if (rest.length > 0) out.push(`${shared}/${rest.join("/")}`, `${shared}/${rest.join("/")}/x`);
+    out.push(`${shared}/x`, `${shared}/x/x`);
+  }
+  // Dapr's walk diverted: the first k segments along `other`'s name (its branch, if declared
+  // first), then the rest of `cover`'s name, then one segment below it.
+  for (let k = 1; k < cover.segments.length && k <= other.segments.length; k++) {
+    const head = other.segments.slice(0, k);
+    const start = overlapPath({ ...cover, segments: cover.segments.slice(0, k), ranks: cover.ranks.slice(0, k) }, { ...other, segments: head, ranks: head.map((s) => s.kind) });
+    if (start !== undefined) out.push(`${start}/${sampleSegments(cover.segments.slice(k)).join("/")}/x`);
+  }
+  return out;
+}
+
+/** A bare `*` segment before the last one, which never matches in Dapr. */
+function hasInnerAny(pattern: OperationPattern): boolean {
+  return pattern.segments.slice(0, -1).some((segment) => segment.kind === SegmentKind.Any);
+}
+
+/** The first verb (or "gRPC calls") the operation allows where the app's default denies, or undefined. */
+function allowedOverDefault(rules: readonly OperationRule[], fallback: Action): string | undefined {
+  if (fallback === "allow") return undefined;
+  const verbs = [...new Set(rules.flatMap((rule) => rule.httpVerb))].sort();
+  for (const verb of verbs) if (httpAction(rules, verb, fallback) === "allow") return verb === "*" ? "every verb" : verb;
+  if (grpcAction(rules, fallback) === "allow") return "gRPC calls";
+  return undefined;
 }
 
 /** A path the pattern matches: wildcards filled with "x" (lower case, as requests are matched). */

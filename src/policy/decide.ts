@@ -33,6 +33,15 @@
  *      glob > `*` > `**`; then the longer pattern; then more literal characters; then the
  *      first declared. (Dapr's trie picks the first inserted match; we pick the most specific, and
  *      the sidecar warns where the two differ: dapr-differences.ts.)
+ *      An operation whose last segment is a literal or an in-segment glob (`/admin`,
+ *      `/files/*.pdf`) also decides the paths below it (`/admin/users`), as in Dapr (acl_trie.go
+ *      Search answers with the first node on the way down that holds an operation), ranked for
+ *      those paths as its name followed by `/**` (`/admin` deny beside `/**` allow denies
+ *      `/admin/users`, declared in either order; `/admin/users` or `/admin/*` named beside it
+ *      decide their own paths). (Dapr takes the first one on the way down, the shortest, and only
+ *      along the branch its walk took: warned.)
+ *      Its verbs then count as for an exact match (rules 9 and 10), as Dapr's verb check runs on
+ *      whatever node Search found.
  *   9. HTTP request (verb given): the chosen operation's action for that verb, else for "*",
  *      else the app default (rule 6) — a verb mismatch does not fall through to a less
  *      specific operation (as in Dapr). Rules without httpVerb apply to gRPC only (Dapr docs:
@@ -52,7 +61,8 @@
  * Differences from Dapr on purpose (fail closed, never silently): unknown fields, duplicate
  * policies and conflicting duplicate operations are parse errors; `**` only as last segment;
  * HTTP-verb rules do not allow gRPC (rule 10); a GET deny also denies HEAD (rule 9); gRPC
- * methods are matched in any case (rule 7).
+ * methods are matched in any case (rule 7); the most specific operation decides, a covering one
+ * ranked as its name followed by `/**` for the paths below it (rule 8).
  *
  * The operation is the app-side path. Dapr strips `/v1.0/invoke/<app-id>/method` before
  * matching; the meshward sidecar forwards the app's own path, so policies are written
@@ -62,6 +72,8 @@ import type { AccessControlConfig, Action, AppPolicy, OperationRule } from "./sc
 import {
   compareSpecificity,
   compileOperation,
+  belowPattern,
+  coversBelow,
   matchesOperation,
   normaliseOperation,
   PathSegments,
@@ -170,6 +182,8 @@ export function compilePolicy(config: AccessControlConfig | undefined): AccessPo
       const verb = request.verb;
       const isHttp = verb !== "" && verb !== "*";
       path.load(normaliseOperation(typeof request.operation === "string" ? request.operation : "").toLowerCase());
+      // Most specific first (compileApp sorts them, the paths below a covering operation's name
+      // ranked as its name followed by `/**`): the first that matches decides, else the app default.
       for (const candidate of app.operations) {
         if (!matchesOperation(candidate.pattern.segments, path)) continue;
         if (!isHttp) return candidate.grpcDecision ?? app.defaultDecision;
@@ -213,6 +227,7 @@ function compileApp(policy: AppPolicy, globalAction: Action): CompiledApp {
   }
 
   const operations: CompiledOperation[] = [];
+  const covering: CompiledOperation[] = [];
   for (const { pattern, rules } of byName.values()) {
     const verbDecisions = new Map<string, Decision>();
     let anyVerbDecision: Decision | undefined;
@@ -245,13 +260,28 @@ function compileApp(policy: AppPolicy, globalAction: Action): CompiledApp {
     const otherVerbDecision = anyVerbDecision ?? defaultDecision;
     const verbsAgree = [...verbDecisions.values()].every((d) => d.allowed === otherVerbDecision.allowed);
     const marked = (d: Decision): Decision => (verbsAgree ? d : Object.freeze({ ...d, verbSensitive: true }));
-    operations.push({
-      pattern,
+    const exact = {
       verbDecisions: new Map([...verbDecisions].map(([verb, d]) => [verb, marked(d)])),
       otherVerbDecision: marked(otherVerbDecision),
       grpcDecision,
-    });
+    };
+    operations.push({ pattern, ...exact });
+    // The paths below the name (a last literal or in-segment glob: coversBelow), as in Dapr, with
+    // the same rules, ranked as the name followed by `/**` (belowPattern): `/admin` deny beside `/**`
+    // allow denies `/admin/users`, whatever the order. Pushed after the declared operations, so an
+    // explicit `/admin/**` goes before it (a stable sort keeps ties in this order).
+    if (coversBelow(pattern.segments)) {
+      const belowOf = (d: Decision): Decision =>
+        d === defaultDecision || d.rule === defaultDecision.rule ? d : Object.freeze({ ...d, reason: `${d.reason} (for a path below ${pattern.name}: an operation covers the paths below its name, as in Dapr)` });
+      covering.push({
+        pattern: belowPattern(pattern),
+        verbDecisions: new Map([...exact.verbDecisions].map(([verb, d]) => [verb, belowOf(d)])),
+        otherVerbDecision: belowOf(exact.otherVerbDecision),
+        grpcDecision: grpcDecision === undefined ? undefined : belowOf(grpcDecision),
+      });
+    }
   }
+  operations.push(...covering);
   // Array.prototype.sort is stable: equal specificity keeps declaration order.
   operations.sort((a, b) => compareSpecificity(a.pattern, b.pattern));
   return { defaultDecision, operations };

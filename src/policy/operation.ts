@@ -6,7 +6,10 @@
  *   - a segment `*` matches exactly one path segment; a trailing `/*` also matches the bare
  *     prefix (Dapr: `/op3/a/*` matches `/op3/a`, see dapr/dapr pkg/acl/acl_test.go);
  *   - a segment `**` matches any number of segments (zero included) and must be the last one;
- *   - `*` inside a segment (`/v1/order*`) matches any characters within that segment.
+ *   - `*` inside a segment (`/v1/order*`) matches any characters within that segment;
+ *   - a name whose last segment is a literal or an in-segment glob (`/admin`, `/files/*.pdf`) also
+ *     covers the paths below it (`/admin/users`), as Dapr's trie does (matchesBelow), ranked there
+ *     as the name followed by `/**` (belowPattern, decide.ts rule 8).
  * Names are compared with the canonical request path (src/proxy/canonical.ts): what it keeps
  * percent-encoded a name spells encoded too (operationNameProblem refuses it raw).
  */
@@ -247,6 +250,48 @@ export class PathSegments {
   end(i: number): number {
     return this.ends[i] ?? 0;
   }
+}
+
+/**
+ * Whether an operation also decides the paths below its name: one whose last segment is a literal
+ * or an in-segment glob (`/admin`, `/files/*.pdf`), as in Dapr, whose trie answers with the first
+ * node on the way down that holds an operation (dapr/dapr pkg/config/acl_trie.go Search: only a
+ * bare `/*` met before the last segment is passed by). A last `*` or `**` does not: `*` matches
+ * one segment, `**` already matches everything below.
+ */
+export function coversBelow(segments: readonly Segment[]): boolean {
+  const last = segments[segments.length - 1];
+  return last !== undefined && (last.kind === SegmentKind.Literal || last.kind === SegmentKind.Glob);
+}
+
+/**
+ * How the paths below a covering operation's name rank and match (decide.ts rule 8): as the name
+ * followed by `**`, under the operation's own name (its rule and reason). The name itself is
+ * matched by the operation first (it ranks above: one segment fewer, and no `**`).
+ */
+export function belowPattern(pattern: OperationPattern): OperationPattern {
+  const rest: Segment = { kind: SegmentKind.Rest, literal: "**", pieces: undefined };
+  return { name: pattern.name, segments: [...pattern.segments, rest], ranks: [...pattern.ranks, SegmentKind.Rest], literalChars: pattern.literalChars };
+}
+
+/**
+ * Whether the path lies strictly below the operation's name (`/admin/users` below `/admin`, not
+ * `/admin` itself nor `/administrator`), for an operation that covers the paths below it
+ * (coversBelow); dapr-differences.ts reads meshward's choice with it.
+ */
+export function matchesBelow(segments: readonly Segment[], path: PathSegments): boolean {
+  const n = segments.length;
+  if (n === 0 || path.count <= n || !coversBelow(segments)) return false;
+  for (let i = 0; i < n; i++) if (!segmentMatchesAt(segments[i]!, path, i)) return false;
+  return true;
+}
+
+function segmentMatchesAt(segment: Segment, path: PathSegments, i: number): boolean {
+  const start = path.start(i);
+  const end = path.end(i);
+  if (segment.kind === SegmentKind.Any || segment.kind === SegmentKind.Rest) return true;
+  if (segment.kind === SegmentKind.Literal) return end - start === segment.literal.length && path.path.startsWith(segment.literal, start);
+  return matchesGlob(segment.pieces!, path.path, start, end);
 }
 
 export function matchesOperation(segments: readonly Segment[], path: PathSegments): boolean {

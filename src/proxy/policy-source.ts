@@ -132,7 +132,8 @@ export interface WatchPolicyOptions {
 /**
  * Logs one `policy-differs-from-dapr` warning per place the policy means something else to Dapr
  * (a wildcard declared before a narrower operation it covers, a repeated operation name, two
- * overlapping operations Dapr's trie and meshward pick differently between).
+ * overlapping operations Dapr's trie and meshward pick differently between, an operation covering the
+ * paths below it that Dapr's trie applies otherwise, an allow behind a bare '*' Dapr never matches).
  */
 function warnDifferences(differences: readonly DaprDifference[], options: WatchPolicyOptions): void {
   for (const difference of differences) {

@@ -119,6 +119,23 @@ describe("rule details", () => {
     expect(audit("c.yaml", config("      - { name: /admin/*, httpVerb: ['*'] }\n      - { name: /admin/health, httpVerb: [GET], action: allow }\n"))).toEqual([]);
   });
 
+  // dapr/dapr pkg/config/acl_trie.go Search answers with the first operation on the way down: /api
+  // decides /api/public/x in Dapr, /api/public/** in the sidecar. A bare '*' before the last segment
+  // never matches in Dapr (findNodeWithWildcard).
+  it("MW-ACCESS-010/011 flag an operation Dapr lets decide the paths below it, and an allow behind a bare '*' Dapr never matches (low)", () => {
+    const config = (operations: string): string =>
+      `apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: c\nspec:\n  accessControl:\n    defaultAction: deny\n    policies:\n    - appId: web\n      namespace: shop\n      operations:\n${operations}`;
+    const prefix = "      - { name: /api, httpVerb: ['*'], action: deny }\n      - { name: /api/public/**, httpVerb: [GET], action: allow }\n";
+    const findings = auditSources([{ file: "c.yaml", text: config(prefix) }]).findings;
+    expect(findings.map((f) => [f.ruleId, f.severity])).toEqual([["MW-ACCESS-010", "low"]]);
+    expect(JSON.stringify(findings[0])).toContain("appId web: /api and /api/public/**, one below the other");
+    expect(audit("c.yaml", config(prefix))).toEqual(["MW-ACCESS-010@13:9"]);
+    expect(audit("c.yaml", config("      - { name: /orders/*/items, httpVerb: [GET], action: allow }\n"))).toEqual(["MW-ACCESS-011@12:9"]);
+    // The same action for both, a deny behind the bare '*', '**' last: nothing.
+    expect(audit("c.yaml", config("      - { name: /api, httpVerb: ['*'], action: deny }\n      - { name: /api/internal/**, httpVerb: ['*'], action: deny }\n"))).toEqual([]);
+    expect(audit("c.yaml", config("      - { name: /orders/*/items, httpVerb: ['*'], action: deny }\n      - { name: /orders/**, httpVerb: [GET], action: allow }\n"))).toEqual([]);
+  });
+
   // Overlaps neither side of which covers the other: Dapr's trie (acl_trie.go Search) takes the
   // first declared branch that matches, segment by segment, without going back.
   it("MW-ACCESS-009 flags overlapping operations Dapr and the sidecar decide differently, and not those both read alike (low)", () => {
@@ -127,9 +144,10 @@ describe("rule details", () => {
     const findings = auditSources([{ file: "c.yaml", text: config("      - { name: /files/*.pdf, httpVerb: ['*'], action: deny }\n      - { name: /files/public-*, httpVerb: [GET], action: allow }\n") }]).findings;
     expect(findings.map((f) => [f.ruleId, f.severity])).toEqual([["MW-ACCESS-009", "low"]]);
     expect(JSON.stringify(findings[0])).toContain("appId web: /files/*.pdf overlaps /files/public-*");
-    expect(audit("c.yaml", config("      - { name: /a/*/c, httpVerb: ['*'], action: allow }\n      - { name: /*/b/**, httpVerb: ['*'], action: deny }\n"))).toEqual(["MW-ACCESS-009@13:9"]);
+    // /a/*/c allows behind a bare '*' Dapr never matches: MW-ACCESS-011 as well.
+    expect(audit("c.yaml", config("      - { name: /a/*/c, httpVerb: ['*'], action: allow }\n      - { name: /*/b/**, httpVerb: ['*'], action: deny }\n"))).toEqual(["MW-ACCESS-011@12:9", "MW-ACCESS-009@13:9"]);
     // Read alike: the brief's /a/*/c and /a/b/* (both deny /a/b/c), and the globs declared the other way round.
-    expect(audit("c.yaml", config("      - { name: /a/*/c, httpVerb: ['*'], action: allow }\n      - { name: /a/b/*, httpVerb: ['*'], action: deny }\n"))).toEqual([]);
+    expect(audit("c.yaml", config("      - { name: /a/*/c, httpVerb: ['*'], action: allow }\n      - { name: /a/b/*, httpVerb: ['*'], action: deny }\n")).filter((hit) => !hit.startsWith("MW-ACCESS-011@"))).toEqual([]);
     expect(audit("c.yaml", config("      - { name: /files/public-*, httpVerb: [GET], action: allow }\n      - { name: /files/*.pdf, httpVerb: ['*'], action: deny }\n"))).toEqual([]);
   });
 

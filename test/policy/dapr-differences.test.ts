@@ -48,7 +48,8 @@ describe("daprDifferences: where first-declared (Dapr) and most-specific (meshwa
 
   it("reports differing verbs, gRPC, and in-segment globs and '**'", () => {
     const verbs = daprDifferences(parse(`    - { name: /orders/**, httpVerb: [GET], action: allow }\n    - { name: /orders/*/items, httpVerb: [GET, DELETE], action: allow }\n`));
-    expect(verbs.map((d) => [d.kind, d.operations])).toEqual([["precedence", ["/orders/**", "/orders/*/items"]]]);
+    // /orders/*/items also allows what Dapr, where a bare '*' before the last segment never matches, leaves to the default.
+    expect(verbs.map((d) => [d.kind, d.operations])).toEqual([["precedence", ["/orders/**", "/orders/*/items"]], ["never-matches-in-dapr", ["/orders/*/items", "/orders/*/items"]]]);
     expect(verbs[0]!.message).toContain("decide DELETE differently");
     const grpc = daprDifferences(parse(`    - { name: /pkg.Admin/*, action: deny }\n    - { name: /pkg.Admin/Health, action: allow }\n`));
     expect(grpc.map((d) => d.operations)).toEqual([["/pkg.Admin/*", "/pkg.Admin/Health"]]);
@@ -112,7 +113,7 @@ describe("daprDifferences: overlapping operations neither of which covers the ot
       const config = parse(operations);
       expect(compilePolicy(config).decide({ caller, operation: "/a/b/c", verb: "GET" }).allowed).toBe(true);
       const found = daprDifferences(config);
-      expect(found.map((d) => d.kind)).toEqual(["overlap"]);
+      expect(found.map((d) => d.kind)).toEqual(["overlap", "never-matches-in-dapr"]);
       expect(found[0]!.message).toContain("both match /a/b/c");
       expect(found[0]!.message).toContain("Dapr none of them");
     }
@@ -127,5 +128,70 @@ describe("daprDifferences: overlapping operations neither of which covers the ot
     ["disjoint: /a/*/c and /a/b/d", `    - { name: /a/*/c, httpVerb: ["*"], action: allow }\n    - { name: /a/b/d, httpVerb: ["*"], action: deny }\n`],
   ])("not reported: %s", (_label, operations) => {
     expect(daprDifferences(parse(operations)).filter((d) => d.kind === "overlap")).toEqual([]);
+  });
+});
+
+/**
+ * An operation with a last literal or in-segment glob decides the paths below it in both; Dapr's
+ * Search answers with the first such operation on the way down (acl_trie.go), meshward with an
+ * operation that matches the path itself first, then the longest covering one.
+ */
+describe("daprDifferences: an operation covering the paths below it (kind prefix)", () => {
+  it("/a deny and /a/b/** allow: meshward allows /a/b/x, Dapr denies (it meets /a first): reported, in either order", () => {
+    for (const operations of [
+      `    - { name: /a, httpVerb: ["*"], action: deny }\n    - { name: /a/b/**, httpVerb: ["*"], action: allow }\n`,
+      `    - { name: /a/b/**, httpVerb: ["*"], action: allow }\n    - { name: /a, httpVerb: ["*"], action: deny }\n`,
+    ]) {
+      const config = parse(operations, "allow");
+      expect(compilePolicy(config).decide({ caller, operation: "/a/b/x", verb: "GET" }).allowed).toBe(true);
+      expect(daprTrieSearch(daprTrie(config.policies[0]!.operations.map((op) => op.name)), "/a/b/x")).toBe(operations.startsWith("    - { name: /a,") ? 0 : 1);
+      const found = daprDifferences(config);
+      expect(found.map((d) => [d.kind, d.operations])).toEqual([["prefix", operations.startsWith("    - { name: /a,") ? ["/a", "/a/b/**"] : ["/a/b/**", "/a"]]]);
+      expect(found[0]!.message).toMatch(/operation \/a \(operations\[\d\]\) also decides the paths below it, in Dapr as in meshward, and \/a\/b\/\*\* \(operations\[\d\]\) lies along it; for \/a\/b\S* meshward uses \/a\/b\/\*\*, Dapr \/a, the first operation its trie meets/);
+    }
+  });
+
+  it("/a deny and /a/b allow (a literal): Dapr's /a shadows /a/b entirely: reported", () => {
+    const found = daprDifferences(parse(`    - { name: /a/b, httpVerb: [GET], action: allow }\n    - { name: /a, httpVerb: ["*"], action: deny }\n`, "allow"));
+    expect(found.map((d) => [d.kind, d.operations, d.operationIndexes])).toEqual([["prefix", ["/a/b", "/a"], [0, 1]]]);
+  });
+
+  it("an in-segment glob covering a path Dapr's walk leaves for a literal branch: /op7/a/b/* then /op7/a/b* (Dapr's acl_test)", () => {
+    const config = parse(`    - { name: /op7/a/b/*, action: allow }\n    - { name: /op7/a/b*, action: allow }\n`);
+    expect(compilePolicy(config).decide({ caller, operation: "/op7/a/b/c/d", verb: "" }).allowed).toBe(true);
+    const found = daprDifferences(config);
+    expect(found.map((d) => [d.kind, d.operations])).toEqual([["prefix", ["/op7/a/b/*", "/op7/a/b*"]]]);
+    expect(found[0]!.message).toContain("Dapr none");
+    expect(found[0]!.message).toContain("decide gRPC calls differently");
+  });
+
+  it.each([
+    ["/admin deny alone", `    - { name: /admin, httpVerb: ["*"], action: deny }\n`],
+    ["/admin deny and /admin/health deny", `    - { name: /admin, httpVerb: ["*"], action: deny }\n    - { name: /admin/health, httpVerb: ["*"], action: deny }\n`],
+    ["/admin deny and /administrator allow (not below it)", `    - { name: /admin, httpVerb: ["*"], action: deny }\n    - { name: /administrator/**, httpVerb: ["*"], action: allow }\n`],
+    ["/a/* allow and /a/b deny (a last '*' covers nothing below)", `    - { name: /a/*, httpVerb: ["*"], action: allow }\n    - { name: /b, httpVerb: ["*"], action: deny }\n`],
+  ])("not reported: %s", (_label, operations) => {
+    expect(daprDifferences(parse(operations, "allow")).filter((d) => d.kind === "prefix")).toEqual([]);
+  });
+});
+
+describe("daprDifferences: a bare '*' before the last segment never matches in Dapr (kind never-matches-in-dapr)", () => {
+  it("an allow the app default denies is reported (meshward allows what Dapr leaves to the default)", () => {
+    const config = parse(`    - { name: /orders/*/items, httpVerb: [GET], action: allow }\n`);
+    expect(compilePolicy(config).decide({ caller, operation: "/orders/7/items", verb: "GET" }).allowed).toBe(true);
+    expect(daprTrieSearch(daprTrie(["/orders/*/items"]), "/orders/7/items")).toBeUndefined();
+    const found = daprDifferences(config);
+    expect(found).toEqual([expect.objectContaining({ kind: "never-matches-in-dapr", operations: ["/orders/*/items", "/orders/*/items"], operationIndexes: [0, 0] })]);
+    expect(found[0]!.message).toMatch(/operation \/orders\/\*\/items \(operations\[0\]\) has a bare '\*' before its last segment, which never matches in Dapr .* allows GET/);
+    expect(daprDifferences(parse(`    - { name: /pkg/*/Get, action: allow }\n`))[0]!.message).toContain("allows gRPC calls");
+  });
+
+  it.each([
+    ["a deny (meshward the stricter)", `    - { name: /orders/*/items, httpVerb: ["*"], action: deny }\n`, "deny"],
+    ["an allow where the app default allows", `    - { name: /orders/*/items, httpVerb: [GET], action: allow }\n`, "allow"],
+    ["a last '*' (matches in Dapr)", `    - { name: /orders/*, httpVerb: [GET], action: allow }\n`, "deny"],
+    ["'**' last", `    - { name: /orders/**, httpVerb: [GET], action: allow }\n`, "deny"],
+  ])("not reported: %s", (_label, operations, appDefault) => {
+    expect(daprDifferences(parse(operations, appDefault)).filter((d) => d.kind === "never-matches-in-dapr")).toEqual([]);
   });
 });

@@ -263,7 +263,10 @@ accessControl:
     const app4 = caller("app4", "ns2", "domain1");
     expect(policy.decide(grpc(app4, "op6")).allowed).toBe(true);
     expect(policy.decide(grpc(app4, "op7/a/b/c")).allowed).toBe(true);
-    expect(policy.decide(grpc(app4, "op7/a/b/c/d")).allowed).toBe(false);
+    // Dapr denies it (its trie walks into /op7/a/b, finds no child for c/d and never goes back to
+    // /op7/a/b*); meshward lets /op7/a/b*, whose in-segment glob matches b, cover the paths below it,
+    // and daprDifferences reports the pair (kind prefix).
+    expect(policy.decide(grpc(app4, "op7/a/b/c/d")).allowed).toBe(true);
     expect(policy.decide(grpc(app4, "op7/a/b/c/f")).allowed).toBe(true);
     expect(policy.decide(grpc(app4, "op7/a/bc")).allowed).toBe(true);
     expect(policy.decide(grpc(app4, "op7/c/d/e")).allowed).toBe(true);
@@ -407,5 +410,113 @@ describe("robustness", () => {
     const b = policy.decide(http(caller("orders"), "GET", "/admin/y/z"));
     expect(a).toBe(b);
     expect(Object.isFrozen(a)).toBe(true);
+  });
+});
+
+/**
+ * An operation whose last segment is a literal or an in-segment glob also decides the paths below
+ * it, as in Dapr (dapr/dapr pkg/config/acl_trie.go Search answers with the first node on the way
+ * down that holds an operation), below every operation that matches the path by its own segments.
+ */
+describe("an operation covers the paths below its name (as in Dapr)", () => {
+  const policy = policyFrom(`
+accessControl:
+  defaultAction: allow
+  policies:
+  - appId: app1
+    namespace: default
+    defaultAction: allow
+    operations:
+    - { name: /admin, httpVerb: ["*"], action: deny }
+    - { name: /files/*.pdf, httpVerb: [GET], action: deny }
+    - { name: /api/v1, httpVerb: [DELETE], action: deny }
+    - { name: /a, httpVerb: ["*"], action: deny }
+    - { name: /a/b/**, httpVerb: ["*"], action: allow }
+    - { name: /pkg.Admin, action: deny }
+    - { name: /pkg.Orders/Get, action: allow }
+`);
+  const app1 = caller("app1");
+
+  it("/admin deny denies /admin/users and everything below, in any case, after canonicalisation", () => {
+    for (const path of ["/admin/users", "/admin/users/7/roles", "/ADMIN/Users", "/admin/../admin/x", "/public/../admin/x", "/admin/./x", "/%61dmin/x", "//admin//x/?q=1"]) {
+      const d = policy.decide(http(app1, "GET", path));
+      expect(d.allowed, path).toBe(false);
+      expect(d.rule, path).toBe("app:app1/default:op:/admin:*");
+      expect(d.reason, path).toContain("for a path below /admin");
+    }
+    expect(policy.decide(http(app1, "POST", "/admin/users")).allowed).toBe(false);
+    expect(policy.decide(http(app1, "GET", "/admin")).reason).not.toContain("below");
+  });
+
+  it("does not touch a sibling that merely starts with the same letters, nor a path that leaves it", () => {
+    for (const path of ["/administrator", "/admin-x", "/admin-x/users", "/adminx/y", "/admin/../public", "/x/admin/users"]) {
+      expect(policy.decide(http(app1, "GET", path)).allowed, path).toBe(true);
+    }
+  });
+
+  it("an in-segment glob last covers the paths below the segments it matches", () => {
+    expect(policy.decide(http(app1, "GET", "/files/report.pdf/page/2")).allowed).toBe(false);
+    expect(policy.decide(http(app1, "GET", "/files/report.txt/page/2")).allowed).toBe(true);
+  });
+
+  it("its verbs count as for an exact match: a verb it does not list gets the app default (Dapr's verb check on the node Search found)", () => {
+    expect(policy.decide(http(app1, "DELETE", "/api/v1/orders/7")).allowed).toBe(false);
+    expect(policy.decide(http(app1, "GET", "/api/v1/orders/7"))).toMatchObject({ allowed: true, rule: "app:app1/default:default-action" });
+  });
+
+  it("an operation that matches the path by its own segments goes first: /a deny, /a/b/** allow (Dapr denies /a/b/x: reported)", () => {
+    expect(policy.decide(http(app1, "GET", "/a/b/x")).rule).toBe("app:app1/default:op:/a/b/**:*");
+    expect(policy.decide(http(app1, "GET", "/a/c")).allowed).toBe(false);
+  });
+
+  it("gRPC: a service name covers its methods, as in Dapr (one trie for both)", () => {
+    expect(policy.decide(grpc(app1, "/pkg.Admin/DropAll")).allowed).toBe(false);
+    expect(policy.decide(grpc(app1, "/pkg.AdminTools/List")).allowed).toBe(true);
+    expect(policy.decide(grpc(app1, "/pkg.Orders/Get/x")).allowed).toBe(true);
+  });
+
+  it("the root operation covers nothing below it (Dapr's '/' node matches only '/')", () => {
+    const root = policyFrom(`accessControl:\n  defaultAction: allow\n  policies:\n  - { appId: app1, namespace: default, operations: [{ name: /, httpVerb: ["*"], action: deny }] }\n`);
+    expect(root.decide(http(app1, "GET", "/")).allowed).toBe(false);
+    expect(root.decide(http(app1, "GET", "/x")).allowed).toBe(true);
+  });
+});
+
+describe("a covering operation ranks, for the paths below its name, as its name followed by /**", () => {
+  const withOrder = (first: string, second: string) =>
+    policyFrom(`
+accessControl:
+  defaultAction: deny
+  policies:
+  - appId: orders
+    namespace: default
+    defaultAction: allow
+    operations:
+    - ${first}
+    - ${second}
+`);
+  const adminDeny = "{ name: /admin, httpVerb: ['*'], action: deny }";
+
+  it("/admin deny beside /** allow denies /admin/users, declared in either order (Dapr denies it when /admin comes first)", () => {
+    for (const policy of [withOrder(adminDeny, "{ name: /**, httpVerb: ['*'], action: allow }"), withOrder("{ name: /**, httpVerb: ['*'], action: allow }", adminDeny)]) {
+      expect(policy.decide(http(caller("orders"), "GET", "/admin/users"))).toMatchObject({ allowed: false, rule: "app:orders/default:op:/admin:*" });
+      expect(policy.decide(http(caller("orders"), "GET", "/admin"))).toMatchObject({ allowed: false, rule: "app:orders/default:op:/admin:*" });
+      expect(policy.decide(http(caller("orders"), "GET", "/administrator"))).toMatchObject({ allowed: true, rule: "app:orders/default:op:/**:*" });
+    }
+  });
+
+  it("/*/users beside /admin: the covering /admin (as /admin/**) is more specific for /admin/users", () => {
+    const policy = withOrder("{ name: /*/users, httpVerb: ['*'], action: allow }", adminDeny);
+    expect(policy.decide(http(caller("orders"), "GET", "/admin/users")).allowed).toBe(false);
+    expect(policy.decide(http(caller("orders"), "GET", "/orders/users")).allowed).toBe(true);
+  });
+
+  it("an operation naming a path below decides it, and an explicit /admin/** goes before the covering /admin", () => {
+    const named = withOrder(adminDeny, "{ name: /admin/health, httpVerb: [GET], action: allow }");
+    expect(named.decide(http(caller("orders"), "GET", "/admin/health")).allowed).toBe(true);
+    expect(named.decide(http(caller("orders"), "GET", "/admin/other")).allowed).toBe(false);
+    const explicit = withOrder(adminDeny, "{ name: /admin/**, httpVerb: [GET], action: allow }");
+    expect(explicit.decide(http(caller("orders"), "GET", "/admin/x"))).toMatchObject({ allowed: true, rule: "app:orders/default:op:/admin/**:GET" });
+    expect(explicit.decide(http(caller("orders"), "GET", "/admin"))).toMatchObject({ allowed: false, rule: "app:orders/default:op:/admin:*" });
   });
 });

@@ -58,11 +58,12 @@ describe("in-segment globs are matched in linear time", () => {
       const long = 16 * 1024;
       const matching = `/reports/${"-".repeat(long - 4)}.pdf`;
       const notMatching = `/reports/${"-".repeat(long)}`; // the worst case for a backtracking matcher
-      const almost = `/reports/${"-".repeat(long - 4)}.pdf/x`; // a matching segment, then one more
-      expect(await decideInWorker("/reports/*-*-*.pdf", [matching, notMatching, almost, "/reports/a-b-c.pdf", "/reports/a-b.pdf"])).toEqual([
+      // A matching segment, then one more: below the operation's name, which covers it (as in Dapr).
+      const below = `/reports/${"-".repeat(long - 4)}.pdf/x`;
+      expect(await decideInWorker("/reports/*-*-*.pdf", [matching, notMatching, below, "/reports/a-b-c.pdf", "/reports/a-b.pdf"])).toEqual([
         true,
         false,
-        false,
+        true,
         true,
         false,
       ]);

@@ -222,6 +222,40 @@ export const accessRules: Rule[] = [
       return differenceHits(configuration, "overlap");
     },
   }),
+  defineRule({
+    id: "MW-ACCESS-010",
+    family: "access",
+    severity: "low",
+    title: "Access operation that decides the paths below it differently in Dapr",
+    why: "An operation whose last segment is a literal or an in-segment glob (`/api`, `/files/*.pdf`) also decides every path below it, in Dapr and in the meshward sidecar. Dapr's trie (pkg/config/acl_trie.go Search) answers with the first such operation on the way down, so `/api` decides `/api/public/x` even beside `/api/public/**`; the sidecar ranks a covering operation for those paths as its name followed by `/**`, so the most specific decides (`/api/public/**` before `/api`). Where the two pick operations with different actions or verbs, the same file allows in one what the other denies.",
+    fix: "Give the covering operation and the one below it the same action for the paths they share, or remove the one that should not apply there (in Dapr, `/api` always decides every path below it its trie reaches: to deny only `/api` itself, Dapr has no way to say so).",
+    example: {
+      file: "config.yaml",
+      bad: ACCESS_OPERATIONS("      - name: /api\n        httpVerb: [\"*\"]\n        action: deny\n      - name: /api/public/**\n        httpVerb: [GET]\n        action: allow\n"),
+      good: ACCESS_OPERATIONS("      - name: /api/public/**\n        httpVerb: [GET]\n        action: allow\n"),
+    },
+    appliesTo: ["dapr-configuration"],
+    check(configuration) {
+      return differenceHits(configuration, "prefix");
+    },
+  }),
+  defineRule({
+    id: "MW-ACCESS-011",
+    family: "access",
+    severity: "low",
+    title: "Access operation with a bare '*' before its last segment, which never matches in Dapr",
+    why: "Dapr's trie (pkg/config/acl_trie.go findNodeWithWildcard) takes a bare `*` segment only for a path's last segment, so an operation such as `/orders/*/items` decides nothing in Dapr and its paths get the default action; the meshward sidecar matches it (one segment). An allow there grants in meshward what Dapr denies by default.",
+    fix: "Name the segment (one operation per value, e.g. `/orders/eu/items`), or use an in-segment glob (`/orders/eu-*/items`) if that is meant, or end the name with `**`; all of these mean the same to Dapr and to meshward.",
+    example: {
+      file: "config.yaml",
+      bad: ACCESS_OPERATIONS("      - name: /orders/*/items\n        httpVerb: [GET]\n        action: allow\n"),
+      good: ACCESS_OPERATIONS("      - name: /orders/eu/items\n        httpVerb: [GET]\n        action: allow\n      - name: /orders/us/items\n        httpVerb: [GET]\n        action: allow\n"),
+    },
+    appliesTo: ["dapr-configuration"],
+    check(configuration) {
+      return differenceHits(configuration, "never-matches-in-dapr");
+    },
+  }),
 ];
 
 /**
@@ -246,7 +280,11 @@ function differenceHits(configuration: DaprConfiguration, kind: DaprDifference["
           ? `appId ${difference.appId}: operation ${difference.operations[0]} repeated`
           : difference.kind === "overlap"
             ? `appId ${difference.appId}: ${difference.operations[0]} overlaps ${difference.operations[1]}`
-            : `appId ${difference.appId}: ${difference.operations[0]} declared before ${difference.operations[1]}`,
+            : difference.kind === "prefix"
+              ? `appId ${difference.appId}: ${difference.operations[0]} and ${difference.operations[1]}, one below the other`
+              : difference.kind === "never-matches-in-dapr"
+                ? `appId ${difference.appId}: ${difference.operations[0]} never matches in Dapr`
+                : `appId ${difference.appId}: ${difference.operations[0]} declared before ${difference.operations[1]}`,
       detail: difference.message,
     }));
 }
