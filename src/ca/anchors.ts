@@ -530,14 +530,23 @@ export function loadAnchors(options: { dir: string; passphrase?: string; files?:
  * it never stops the current issuer from signing.
  */
 function loadPreviousIssuer(layout: CaLayout, files: AnchorFiles, roots: readonly X509Certificate[], current: X509Certificate, passphrase: string | undefined): { previousIssuer?: PreviousIssuer; previousIssuerProblem?: string } {
-  if (!files.exists(layout.previousIssuerCert) || !files.exists(layout.previousIssuerKey)) return {};
+  const keyExists = files.exists(layout.previousIssuerKey);
+  // A pair switch interrupted after the key was in place (pair-switch.ts): the staged certificate is its own.
+  const staged = pendingPath(layout.previousIssuerCert);
+  const certPath = files.exists(layout.previousIssuerCert) ? layout.previousIssuerCert : keyExists && !files.exists(pendingPath(layout.previousIssuerKey)) && files.exists(staged) ? staged : undefined;
+  if (certPath === undefined && !keyExists) return {};
+  // One file without the other is reported (review crlset LOW-2): its workloads renew at once, and the CA's log says why.
+  if (certPath === undefined) return { previousIssuerProblem: `${layout.previousIssuerKey} is there but ${layout.previousIssuerCert} is missing` };
+  if (!keyExists) return { previousIssuerProblem: `${layout.previousIssuerCert} is there but ${layout.previousIssuerKey} is missing` };
   try {
     files.assertPrivate(layout.previousIssuerKey, "previous issuer key file");
-    const chain = readCaCertificates(files, layout.previousIssuerCert);
+    const chain = readCaCertificates(files, certPath);
     const certificate = chain[0] as X509Certificate;
     if (certificate.fingerprint256 === current.fingerprint256) return {};
     const top = chain[chain.length - 1]!;
-    if (!roots.some((root) => top.checkIssued(root) && top.verify(root.publicKey))) return {};
+    if (!roots.some((root) => top.checkIssued(root) && top.verify(root.publicKey))) {
+      return { previousIssuerProblem: `the previous issuer in ${certPath} (sha256 ${certificate.fingerprint256}) does not chain to any root in ${layout.bundle}` };
+    }
     const privateKey = readCaKey(files, layout.previousIssuerKey, passphrase);
     if (!keysMatch(privateKey, certificate.publicKey)) throw new MeshwardError("E_CA_CORRUPT", `${layout.previousIssuerKey} does not belong to ${layout.previousIssuerCert}`);
     return { previousIssuer: { signer: { certificate, der: certificate.raw, privateKey }, chainPem: chain.map((c) => toPem(c.raw, "CERTIFICATE")).join("") } };

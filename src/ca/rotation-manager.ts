@@ -6,10 +6,16 @@ import { describeError, isMeshwardError } from "../errors.ts";
 import type { Store } from "../store/store.ts";
 import { describeTimeLeft } from "../util/duration.ts";
 import { directoryFiles, type AnchorFiles } from "./anchor-files.ts";
-import { DEFAULT_ROOT_TTL_MS, loadAnchors, readCaState, type LoadedAnchors } from "./anchors.ts";
+import { DEFAULT_ROOT_TTL_MS, loadAnchors, readCaCertificates, readCaState, type LoadedAnchors } from "./anchors.ts";
 import { activateRoot, issuerRotationStage, prepareIssuer, prepareRoot, retireRoot, rotateIssuer } from "./rotation.ts";
 
 const WARN_EVERY_MS = 3_600_000;
+
+/**
+ * How long past the end of its retention the previous issuer (issuer.prev.*) is kept: a workload
+ * whose clock is behind the CA's may still hold one of its certificates as valid for that long.
+ */
+export const PREVIOUS_ISSUER_REMOVAL_MARGIN_MS = 5 * 60_000;
 
 export interface RotationManagerOptions {
   readonly dir: string;
@@ -127,7 +133,48 @@ export function createRotationManager(options: RotationManagerOptions) {
       next.push(text);
       warn("root", text, { kind: "root", notAfter: new Date(root.validTo).toISOString() });
     }
+    await removePreviousIssuer(anchors, now);
     warnings = next;
+  };
+
+  /**
+   * The previous issuer (issuer.prev.*, kept by a rotation that was not `--now`) is removed once
+   * its retention is over (review crlset LOW-1): the last certificate it signed has expired (the
+   * issuance log, as the CRL publisher reads it) or it has itself, plus
+   * PREVIOUS_ISSUER_REMOVAL_MARGIN_MS. Nothing needs its key then, and a key that chains to the
+   * root must not stay at rest, in memory and in the store's shared state for the rest of its
+   * validity. Under the same lock and in the same atomic writes as a rotation step; re-read under
+   * the lock, so an issuer.prev.* another rotation put there meanwhile is left alone.
+   */
+  const removePreviousIssuer = async (anchors: LoadedAnchors, now: Date) => {
+    const previous = anchors.previousIssuer?.signer.certificate;
+    if (previous === undefined) return;
+    const latest = await options.store.latestNotAfterByIssuer(previous.fingerprint256);
+    const expires = new Date(previous.validTo).getTime();
+    const retainedUntil = Math.min(expires, latest?.getTime() ?? Number.NEGATIVE_INFINITY);
+    if (now.getTime() < retainedUntil + PREVIOUS_ISSUER_REMOVAL_MARGIN_MS) return;
+    const layout = anchors.layout;
+    try {
+      const removed = await transact(async (files) => {
+        if (!files.exists(layout.previousIssuerCert)) return NOT_DUE;
+        if (readCaCertificates(files, layout.previousIssuerCert)[0]!.fingerprint256 !== previous.fingerprint256) return NOT_DUE;
+        files.remove(layout.previousIssuerKey);
+        files.remove(layout.previousIssuerCert);
+        return true;
+      });
+      if (removed === NOT_DUE) return;
+      logger.info(
+        { event: "previous-issuer-removed", issuer: previous.fingerprint256, issuerNotAfter: new Date(expires).toISOString(), ...(latest !== undefined ? { lastCertificateNotAfter: latest.toISOString() } : {}) },
+        "removed the previous issuer (issuer.prev.*): no certificate it signed is still valid, so its CRL is no longer needed",
+      );
+      options.reload();
+    } catch (error) {
+      if (isMeshwardError(error, "E_CA_DIR_LOCKED")) {
+        logger.info({ event: "rotation-deferred", kind: "issuer", step: "remove-previous", reason: error.message }, "issuer rotation: removing the previous issuer deferred to the next check");
+        return;
+      }
+      logger.error({ event: "previous-issuer-remove-failed", issuer: previous.fingerprint256, error: describeError(error) }, "could not remove the previous issuer (issuer.prev.*)");
+    }
   };
 
   return {

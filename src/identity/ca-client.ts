@@ -57,6 +57,8 @@ export interface SignedCertificate {
    * first): which of the held roots vouched for the answer (see servingAnchors in ca-source.ts).
    */
   readonly servingChain?: readonly Buffer[];
+  /** The replica (HOST:PORT) that answered. */
+  readonly endpoint?: string;
 }
 
 /** Verifies that the server is the CA of the expected trust domain, by SPIFFE ID, not host name. */
@@ -124,6 +126,7 @@ async function requestFrom(endpoint: HostPort, connection: CaConnection, request
     ...(decoded.jwt !== undefined && decoded.jwt !== "" ? { jwtSvid: decoded.jwt } : {}),
     ...(decoded.perAudienceJwts !== undefined ? { perAudienceJwtSvids: decoded.perAudienceJwts } : {}),
     ...(result.peerChain !== undefined ? { servingChain: result.peerChain } : {}),
+    endpoint: address,
   };
 }
 

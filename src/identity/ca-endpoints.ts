@@ -72,6 +72,18 @@ export interface FailoverOptions {
 
 /** The endpoint that answered last, per `--ca` value: later calls start there (and so stay on one replica). */
 const preferred = new Map<string, string>();
+/** An endpoint whose answer was refused (a replica behind the others): the next call starts at the one after it. */
+const avoided = new Map<string, string>();
+
+/**
+ * The next call for `address` starts at the replica after `endpoint` (which stays in the list,
+ * tried last): its answer was valid but not usable (a replica that still signs with a retired
+ * issuer, ca-source.ts). No effect with a single address.
+ */
+export function avoidCaEndpoint(address: string, endpoint: string): void {
+  avoided.set(address, endpoint);
+  if (preferred.get(address) === endpoint) preferred.delete(address);
+}
 
 /**
  * Runs `attempt` against the replicas of `address` in turn, starting with the one that answered
@@ -88,6 +100,12 @@ export async function withCaFailover<T>(address: string, attempt: (endpoint: Hos
   const cap = options.maxBackoffMs ?? 1_000;
   const last = preferred.get(address);
   let start = endpoints.findIndex((e) => formatHostPort(e) === last);
+  const avoid = avoided.get(address);
+  if (avoid !== undefined) {
+    avoided.delete(address);
+    const index = endpoints.findIndex((e) => formatHostPort(e) === avoid);
+    if (index >= 0 && (start < 0 || start === index)) start = (index + 1) % endpoints.length;
+  }
   if (start < 0) start = Math.floor(random() * endpoints.length);
   const failures: string[] = [];
   let lastError: unknown;

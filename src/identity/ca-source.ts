@@ -11,8 +11,8 @@ import { generateKeyPair } from "../pki/keys.ts";
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import { formatWorkloadId, parseSpiffeId } from "../spiffe/id.ts";
 import { systemClock, type Clock, type ClockTimer, type Rng } from "../util/clock.ts";
-import { parseCaAddresses } from "./ca-endpoints.ts";
 import { fetchFromCa, fetchFromCaWithChain, requestCertificate, type CaConnection, type ValidatorChoice } from "./ca-client.ts";
+import { avoidCaEndpoint, parseCaAddresses } from "./ca-endpoints.ts";
 import { newestCrl, staleCrlWarning } from "./instrument.ts";
 import { checkSignedSvid } from "./svid-check.ts";
 import { backoffDelay, DEFAULT_BACKOFF, DEFAULT_RENEWAL_TIMING, renewalDelay, type Backoff, type RenewalTiming } from "./schedule.ts";
@@ -105,8 +105,14 @@ class CaSource implements CaIdentitySource {
   #needsToken: MeshwardError | undefined;
   /** When a CRL from an issuer this certificate does not chain to last made it renew. */
   #crlRenewedAt = Number.NEGATIVE_INFINITY;
-  /** The CRL in force: a later fetch that is older than it (a lagging replica) does not replace it. */
-  #crlInForce = new Map<string, CrlVersion>();
+  /**
+   * The CRL set in force, one for the whole CA (the CRL number is CA-wide: every CRL of a set
+   * carries the same one): a later fetch numbered below it (a lagging replica, whatever issuer
+   * signs it) never replaces it nor removes a revocation. Undefined before the first CRL.
+   */
+  #crlInForce: CrlSetInForce | undefined;
+  /** The CRL numbers already logged as crl-older-ignored (each is logged once). */
+  #olderLogged = new Set<string>();
   /** The nextUpdate (ms) of the stale CRL last reported (crl-stale), so that each CRL is logged once. */
   #staleReported: number | undefined;
   /** When (identity clock) the current SVID arrived. */
@@ -291,9 +297,10 @@ class CaSource implements CaIdentitySource {
     // No certificate yet (or none from this run): the log says "issued", not "renewed".
     const first = this.#snapshot === undefined;
     try {
-      const svid = await this.#fetchSvid();
+      const { svid, endpoint } = await this.#fetchSvid();
       if (this.#closed) return;
-      if (this.#crlInForce.size === 0) await this.#takeFirstCrl(svid);
+      if (this.#crlInForce === undefined) await this.#takeFirstCrl(svid, endpoint);
+      else await this.#checkIssuerPublished(svid, endpoint);
       if (this.#closed) return;
       this.#attempt = 0;
       this.#resuming = false;
@@ -358,7 +365,7 @@ class CaSource implements CaIdentitySource {
     return !this.#svidRefused && svid.notAfter.getTime() > this.#clock.now();
   }
 
-  async #fetchSvid(): Promise<Svid> {
+  async #fetchSvid(): Promise<{ svid: Svid; endpoint: string | undefined }> {
     const keyPair = generateKeyPair();
     const csrPem = await createCsr({ keyPair, dnsNames: this.#options.dnsNames ?? [] });
     const now = this.#clock.now();
@@ -387,7 +394,7 @@ class CaSource implements CaIdentitySource {
       at: new Date(now),
     });
     if (rootsPem !== this.#bundle.rootsPem) this.#bundle = { ...this.#bundle, rootsPem };
-    return { spiffeId, certChainPem: signed.certChainPem, privateKey: keyPair.privateKey, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial };
+    return { svid: { spiffeId, certChainPem: signed.certChainPem, privateKey: keyPair.privateKey, notBefore: leaf.notBefore, notAfter: leaf.notAfter, serial: leaf.serial }, endpoint: signed.endpoint };
   }
 
   /**
@@ -428,21 +435,78 @@ class CaSource implements CaIdentitySource {
    * the certificate is kept (the retry renews with it: a single-use token is not needed again)
    * and the attempt fails like a failed renewal, with backoff; ready() waits.
    */
-  async #takeFirstCrl(svid: Svid): Promise<void> {
+  async #takeFirstCrl(svid: Svid, endpoint: string | undefined): Promise<void> {
     try {
       const { revokedSerials, crls } = await this.#fetchRevocations(this.#connection(), svid.certChainPem);
       this.#bundle = { ...this.#bundle, revokedSerials, ...(crls !== undefined ? { crls } : {}) };
     } catch (error) {
-      if (!this.#closed) {
-        this.#svid = svid;
-        this.#resuming = false;
-        this.#svidRefused = false;
-      }
+      this.#keepForRetry(svid);
       throw new MeshwardError(
         isMeshwardError(error) && /^E_CA_/.test(error.code) ? error.code : "E_CRL_UNAVAILABLE",
         `got a certificate but not the CA's CRL, which a workload enforces from its first connection: ${describeError(error)}`,
         { cause: error },
       );
+    }
+    // The CRL set came from whichever replica answered: one up to date while the certificate came
+    // from one behind (still signing with a retired issuer) publishes no CRL of that issuer.
+    this.#refuseUnpublishedIssuer(svid, endpoint);
+  }
+
+  /**
+   * A certificate from an issuer that no longer publishes a CRL is not taken (review crlset
+   * HIGH-1): after `rotate-issuer --now` (the answer to a leaked issuer key) a CA replica that has
+   * not yet seen the rotation still signs with the retired issuer. The CRL set in force (the
+   * highest number seen) names the issuers the CA vouches for; a renewal onto one it does not
+   * name is checked once more against the CA's set now (a rotation since the last refresh puts
+   * the new issuer in it), and refused when the set in force still does not name it: the renewal
+   * fails and is retried with backoff, at another replica first when several are configured.
+   */
+  async #checkIssuerPublished(svid: Svid, endpoint: string | undefined): Promise<void> {
+    const inForce = this.#crlInForce;
+    const issuer = issuerOf(svid.certChainPem);
+    if (inForce === undefined || issuer === undefined || inForce.issuers.has(issuer)) return;
+    try {
+      this.#applyRevocations(await this.#fetchRevocations(this.#connection(), this.#svid?.certChainPem, svid.certChainPem));
+    } catch (error) {
+      this.#log("warn", { event: "crl-refresh-failed", error: describeError(error) }, "could not verify the CA's CRL; keeping the last one");
+    }
+    this.#refuseUnpublishedIssuer(svid, endpoint);
+  }
+
+  #refuseUnpublishedIssuer(svid: Svid, endpoint: string | undefined): void {
+    const inForce = this.#crlInForce;
+    const issuer = issuerOf(svid.certChainPem);
+    if (inForce === undefined || issuer === undefined || inForce.issuers.has(issuer)) return;
+    if (this.#snapshot === undefined) this.#keepForRetry(svid);
+    if (endpoint !== undefined) avoidCaEndpoint(this.#ca, endpoint);
+    this.#log(
+      "error",
+      { event: "renewal-issuer-retired", issuer, serial: svid.serial, crlNumber: inForce.number?.toString(), published: [...inForce.issuers], ...(endpoint !== undefined ? { ca: endpoint } : {}) },
+      `refused the certificate the CA${endpoint !== undefined ? ` at ${endpoint}` : ""} returned: its issuer publishes no CRL in the CA's newest CRL set (number ${inForce.number?.toString() ?? "none"}), so it is retired (rotate-issuer --now) and that replica is behind the others; retrying`,
+    );
+    throw new MeshwardError(
+      "E_ISSUER_RETIRED",
+      `the CA${endpoint !== undefined ? ` at ${endpoint}` : ""} signed with an issuer its newest CRL set no longer publishes (retired; that replica is behind the others)`,
+      { details: { issuer } },
+    );
+  }
+
+  /** A certificate that is not handed out yet but is kept to renew with (a spent join token is not needed again). */
+  #keepForRetry(svid: Svid): void {
+    if (this.#closed) return;
+    this.#svid = svid;
+    this.#resuming = false;
+    this.#svidRefused = false;
+  }
+
+  /** Hands a revocation set taken outside refreshBundle to the subscribers. */
+  #applyRevocations(result: { revokedSerials: ReadonlySet<string>; crls?: readonly Buffer[] }): void {
+    if (sameSet(result.revokedSerials, this.#bundle.revokedSerials) && sameCrls(result.crls, this.#bundle.crls)) return;
+    this.#bundle = { ...this.#bundle, revokedSerials: result.revokedSerials, ...(result.crls !== undefined ? { crls: result.crls } : {}) };
+    this.#log("info", { event: "bundle-updated", roots: certificatesFromPem(this.#bundle.rootsPem).length, revoked: result.revokedSerials.size }, "trust bundle updated");
+    if (this.#svid !== undefined && this.current() !== undefined) {
+      this.#snapshot = { svid: this.#svid, bundle: this.#bundle };
+      this.#emit({ type: "bundle-updated", snapshot: this.#snapshot });
     }
   }
 
@@ -462,6 +526,8 @@ class CaSource implements CaIdentitySource {
   async #fetchRevocations(
     connection: CaConnection,
     chainPem = this.#svid?.certChainPem,
+    /** A certificate just signed, not taken yet (checkSignedSvid verified it to a held root): its issuer may sign a CRL too. */
+    candidateChainPem?: string,
   ): Promise<{ revokedSerials: ReadonlySet<string>; crls?: readonly Buffer[]; ownIssuerPublished: boolean }> {
     const body = await fetchFromCa(connection, "/v1/crl?format=set");
     const offered = parseCrlSet(body);
@@ -477,6 +543,10 @@ class CaSource implements CaIdentitySource {
         const issuer = toX509(d);
         if (!issuers.some((held) => held.fingerprint256 === issuer.fingerprint256)) issuers.push(issuer);
       }
+    }
+    for (const d of candidateChainPem !== undefined ? certificatesFromPem(candidateChainPem).slice(1) : []) {
+      const issuer = toX509(d);
+      if (!issuers.some((held) => held.fingerprint256 === issuer.fingerprint256)) issuers.push(issuer);
     }
     const ownIssuer = ownChain[0]?.fingerprint256;
     const now = this.#clock.now();
@@ -501,28 +571,55 @@ class CaSource implements CaIdentitySource {
       if (issuers.length === 0) return { ...this.#lastRevocations(), ownIssuerPublished: true };
       throw new MeshwardError("E_CRL_SIGNATURE", "none of the CA's CRLs is signed by this workload's issuer or by an issuer under a trusted root");
     }
-    for (const { parsed, issuer } of verified) {
-      const version: CrlVersion = { issuer, number: parsed.crlNumber, thisUpdate: parsed.thisUpdate.getTime() };
-      const inForce = this.#crlInForce.get(issuer);
-      if (inForce !== undefined && isOlderCrl(version, inForce)) {
+    // The set's version: the highest number among its CRLs (every CRL of a set shares it), and
+    // the issuers whose CRL carries it.
+    // Root CRLs (root-crl.ts) are left out of the version: a root's CRL is carried over unchanged
+    // between re-signings, with the number it was signed at; they travel with the set they came in.
+    const issuerCrls = verified.filter((v) => !v.root);
+    const top = issuerCrls.reduce((best, v) => (compareCrl(crlVersionOf(v.parsed), best) > 0 ? crlVersionOf(v.parsed) : best), crlVersionOf(issuerCrls[0]!.parsed));
+    const current = issuerCrls.filter((v) => compareCrl(crlVersionOf(v.parsed), top) === 0);
+    const fetched: CrlSetInForce = {
+      ...top,
+      issuers: new Set(current.map((v) => v.issuer)),
+      // Issuers' CRLs first, then the roots': crl.pem, which nginx and HAProxy read with the whole-chain check.
+      crls: new Map([...current, ...verified.filter((v) => v.root)].map((v) => [v.issuer, Buffer.from(v.der)])),
+    };
+    const fetchedRevoked = new Set<string>();
+    for (const { parsed } of verified) for (const serial of parsed.revokedSerials) fetchedRevoked.add(serial);
+    const inForce = this.#crlInForce;
+    const order = inForce === undefined ? 1 : compareCrl(fetched, inForce);
+    if (inForce !== undefined && order < 0) {
+      // Numbered below the set in force, whatever issuer signs it: a replica behind the others
+      // (also one still on an issuer retired since, review crlset HIGH-1). It replaces nothing.
+      // Its revocations not in force are added (revocations in force only grow): a store restored
+      // from a backup signs lower numbers with later revocations until it catches up.
+      const added = [...fetchedRevoked].filter((serial) => !this.#bundle.revokedSerials.has(serial));
+      const key = fetched.number?.toString() ?? `t${fetched.thisUpdate}`;
+      if (!this.#olderLogged.has(key)) {
+        if (this.#olderLogged.size > 64) this.#olderLogged.clear();
+        this.#olderLogged.add(key);
         this.#log(
           "warn",
-          { event: "crl-older-ignored", crlNumber: version.number?.toString(), inForce: inForce.number?.toString() },
-          "the CA served an older CRL than the one in force (a replica behind the others); keeping the newer one",
+          { event: "crl-older-ignored", crlNumber: fetched.number?.toString(), inForce: inForce.number?.toString(), issuers: [...fetched.issuers], ...(added.length > 0 ? { added: added.length } : {}) },
+          "the CA served an older CRL set than the one in force (a replica behind the others); keeping the newer one",
         );
-        return { ...this.#lastRevocations(), ownIssuerPublished: true };
       }
+      const last = this.#lastRevocations();
+      return { ...last, revokedSerials: added.length === 0 ? last.revokedSerials : new Set([...last.revokedSerials, ...added]), ownIssuerPublished: true };
     }
-    const taken = new Map<string, CrlVersion>();
-    const revokedSerials = new Set<string>();
-    for (const { parsed, issuer } of verified) {
-      taken.set(issuer, { issuer, number: parsed.crlNumber, thisUpdate: parsed.thisUpdate.getTime() });
-      for (const serial of parsed.revokedSerials) revokedSerials.add(serial);
+    let taken = fetched;
+    let revokedSerials: Set<string> = fetchedRevoked;
+    if (inForce !== undefined && order === 0) {
+      // The same set (or the part of it this workload could verify this time): nothing in force is dropped.
+      taken = { ...fetched, issuers: new Set([...fetched.issuers, ...inForce.issuers]), crls: new Map([...fetched.crls, ...[...inForce.crls].filter(([issuer]) => !fetched.crls.has(issuer))]) };
+      revokedSerials = new Set([...fetchedRevoked, ...this.#bundle.revokedSerials]);
     }
+    // A higher number replaces the set in force: it lists every revocation the CA holds (the CA
+    // drops none; were it to leave out certificates that have expired, that is what it says).
     this.#crlInForce = taken;
-    const ownIssuerPublished = ownIssuer === undefined || verified.some((v) => v.issuer === ownIssuer) || (previous !== undefined && verified.some((v) => issuers.some((i) => i.fingerprint256 === v.issuer)));
-    // Issuers' CRLs first, then the roots': crl.pem, which nginx and HAProxy read with the whole-chain check.
-    return { revokedSerials, crls: [...verified.filter((v) => !v.root), ...verified.filter((v) => v.root)].map((v) => Buffer.from(v.der)), ownIssuerPublished };
+    const published = (issuer: string) => taken.issuers.has(issuer);
+    const ownIssuerPublished = ownIssuer === undefined || published(ownIssuer) || (previous !== undefined && issuers.some((i) => published(i.fingerprint256)));
+    return { revokedSerials, crls: [...taken.crls.values()], ownIssuerPublished };
   }
 
   /**
@@ -718,23 +815,37 @@ function trustDomainOf(bundlePem: string): string {
   throw new MeshwardError("E_TRUST_DOMAIN_UNKNOWN", "no root in the bundle names a SPIFFE trust domain; pass trustDomain");
 }
 
-/** Which CRL a workload holds: its issuer (certificate fingerprint), its cRLNumber and its thisUpdate. */
+/** Which CRL set a workload holds: its cRLNumber and thisUpdate (ms). */
 interface CrlVersion {
-  readonly issuer: string;
   readonly number: bigint | undefined;
   readonly thisUpdate: number;
 }
 
+/** The CRL set in force: its version, the issuers whose CRL of that version verified, and those CRLs (DER). */
+interface CrlSetInForce extends CrlVersion {
+  readonly issuers: ReadonlySet<string>;
+  readonly crls: ReadonlyMap<string, Buffer>;
+}
+
+function crlVersionOf(parsed: ParsedCrl): CrlVersion {
+  return { number: parsed.crlNumber, thisUpdate: parsed.thisUpdate.getTime() };
+}
+
 /**
- * A CRL from the same issuer that is behind the one in force: a lower cRLNumber and no later
- * thisUpdate. Behind a load balancer, a CA replica that has not yet adopted the CRL the others
- * publish serves the previous one; taking it would drop a revocation until the next refresh.
- * A lower number with a later thisUpdate (a store restored from a backup, re-signed since) is
- * taken, and so is a higher number signed by a leader whose clock is a little behind.
+ * Orders CRL sets across issuers (review crlset HIGH-1): by cRLNumber, which is CA-wide (the
+ * store's sequence; every CRL of a set carries the same one; a CA older than the set numbers its
+ * DER CRL from the same sequence), so a replica behind the others is recognised whatever issuer
+ * signs its answer. A CRL without a number (not meshward's) is ordered by thisUpdate.
  */
-function isOlderCrl(candidate: CrlVersion, inForce: CrlVersion): boolean {
-  if (candidate.issuer !== inForce.issuer || candidate.number === undefined || inForce.number === undefined) return false;
-  return candidate.number < inForce.number && candidate.thisUpdate <= inForce.thisUpdate;
+function compareCrl(a: CrlVersion, b: CrlVersion): number {
+  if (a.number !== undefined && b.number !== undefined) return a.number < b.number ? -1 : a.number > b.number ? 1 : 0;
+  return Math.sign(a.thisUpdate - b.thisUpdate);
+}
+
+/** The fingerprint of the certificate that signed the chain's leaf (the chain's second certificate). */
+function issuerOf(certChainPem: string): string | undefined {
+  const der = certificatesFromPem(certChainPem)[1];
+  return der === undefined ? undefined : toX509(der).fingerprint256;
 }
 
 /** One CRL of the CA's set and the issuer chain (DER, issuer first) it names. */

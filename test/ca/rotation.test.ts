@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { caLayout, initAnchors, readCaState } from "../../src/ca/anchors.ts";
+import { caLayout, initAnchors, loadAnchors, readCaState } from "../../src/ca/anchors.ts";
 import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../../src/ca/rotation.ts";
 import { startCaServer, type CaServer } from "../../src/ca/server.ts";
 import { issueJoinToken } from "../../src/ca/tokens.ts";
@@ -21,6 +21,7 @@ import { certificatesFromPem, toPem } from "../../src/pki/pem.ts";
 import { createHttpsServer, httpsRequest, type MtlsHttpsServer } from "../../src/transport/index.ts";
 import { runCli } from "../helpers/cli.ts";
 import { bundleRootCount, svidChainsTo } from "../helpers/identity-checks.ts";
+import { capturingLogger } from "../helpers/ca-server.ts";
 
 const TD = "rotation.test";
 const silent = pino({ level: "silent" });
@@ -301,6 +302,64 @@ describe("rotation on a running CA", () => {
     const newIssuer = new X509Certificate(readFileSync(layout.issuerCert)).fingerprint256;
     await waitFor(() => issuerOf(source.current()!.svid.certChainPem) === newIssuer, "the workload to renew onto the new issuer");
     expect(source.current()!.svid.serial).not.toBe(first.svid.serial);
+  });
+
+  // Review crlset LOW-1: the previous issuer's key stayed at rest (and in memory, and in the
+  // store's shared state) for the rest of its validity, after nothing needed it any more.
+  it("removes issuer.prev.* once the last certificate the previous issuer signed has expired (plus a margin for clock skew), and logs it", async () => {
+    await initAnchors({ dir, trustDomain: TD, now: new Date() });
+    let offsetMs = 0;
+    const { logger, logged } = capturingLogger();
+    const config = caConfigSchema.parse({ listen: "127.0.0.1:0", workloadTtl: "1h", anchorPoll: "100ms", crlRefresh: "200ms", rotationCheck: "100ms" });
+    server = await startCaServer({ dir, config, logger, clock: () => new Date(Date.now() + offsetMs) });
+    port = server.port;
+    const layout = caLayout(dir);
+    const connection = { address: `127.0.0.1:${port}`, bundlePem: readFileSync(layout.bundle, "utf8"), trustDomain: TD };
+    const crlCount = async () => (JSON.parse((await fetchFromCa(connection, "/v1/crl?format=set")).toString("utf8")) as { crls: unknown[] }).crls.length;
+    const lastSigned = await signOnce(); // notAfter: in an hour
+    const oldIssuer = issuerOf(lastSigned.certificateChainPem);
+    await rotateIssuer({ dir, now: new Date() });
+    await waitFor(async () => (await crlCount()) === 2, "the CA to publish the previous issuer's CRL");
+    await new Promise((r) => setTimeout(r, 500)); // several rotation checks: still needed, kept
+    expect(existsSync(layout.previousIssuerKey) && existsSync(layout.previousIssuerCert)).toBe(true);
+
+    // (From here the CA's clock is ahead: its serving certificate is not valid yet for this host.)
+    offsetMs = lastSigned.notAfter.getTime() - Date.now() + 60_000; // expired, within the margin
+    await new Promise((r) => setTimeout(r, 800)); // several rotation checks
+    expect(existsSync(layout.previousIssuerKey)).toBe(true); // clocks behind the CA's may still need it
+
+    offsetMs = lastSigned.notAfter.getTime() - Date.now() + 6 * 60_000; // past the 5-minute margin
+    await waitFor(() => !existsSync(layout.previousIssuerKey) && !existsSync(layout.previousIssuerCert), "issuer.prev.* to be removed");
+    await waitFor(() => logged.some((line) => line.includes('"previous-issuer-removed"')), "the removal to be logged");
+    const line = JSON.parse(logged.find((l) => l.includes('"previous-issuer-removed"'))!) as { issuer?: string };
+    expect(line.issuer).toBe(oldIssuer);
+    expect(logged.some((l) => l.includes('"previous-issuer-unusable"'))).toBe(false);
+  });
+
+  // Review crlset LOW-2: these were dropped without a word, and the workloads on that issuer renewed with no CA log saying why.
+  it("reports an issuer.prev.* without its other half, or one under no held root, as a previous-issuer problem", async () => {
+    await initAnchors({ dir, trustDomain: TD, now: new Date() });
+    await rotateIssuer({ dir, now: new Date() });
+    const layout = caLayout(dir);
+    expect(loadAnchors({ dir }).previousIssuerProblem).toBeUndefined();
+    expect(loadAnchors({ dir }).previousIssuer).toBeDefined();
+    const key = readFileSync(layout.previousIssuerKey, "utf8");
+    const cert = readFileSync(layout.previousIssuerCert, "utf8");
+
+    rmSync(layout.previousIssuerKey);
+    expect(loadAnchors({ dir }).previousIssuerProblem).toMatch(/issuer\.prev\.key is missing/);
+    writeFileSync(layout.previousIssuerKey, key, { mode: 0o600 });
+    rmSync(layout.previousIssuerCert);
+    expect(loadAnchors({ dir }).previousIssuerProblem).toMatch(/issuer\.prev\.pem is missing/);
+
+    const foreignDir = join(work, "foreign");
+    await initAnchors({ dir: foreignDir, trustDomain: TD, now: new Date() });
+    writeFileSync(layout.previousIssuerCert, readFileSync(caLayout(foreignDir).issuerCert));
+    expect(loadAnchors({ dir }).previousIssuerProblem).toMatch(/does not chain to any root/);
+    expect(loadAnchors({ dir }).previousIssuer).toBeUndefined();
+
+    writeFileSync(layout.previousIssuerCert, cert);
+    expect(loadAnchors({ dir }).previousIssuerProblem).toBeUndefined();
   });
 
   it("publishes a CRL per live issuer, each signed by its own issuer; /v1/crl stays the current issuer's", async () => {

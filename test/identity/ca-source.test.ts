@@ -478,3 +478,111 @@ describe("CA-backed workload identity", () => {
     expect(() => parseCrl(event.snapshot.bundle.crls![0]!, toX509(certificatesFromPem(renewed.certChainPem)[1]!))).not.toThrow();
   });
 });
+
+// Review crlset HIGH-1: the CRL number is CA-wide, so a CA replica behind the others is recognised
+// whatever issuer signs its answer. Two CA processes' worth of servers on one CA directory (one
+// store): the leader, and a replica that re-reads the store and the directory only hourly (a
+// replica whose store connection stalls). After `rotate-issuer --now` (the answer to a leaked
+// issuer key) and revocations of both issuers, a bundle refresh that lands on the lagging replica
+// (the retired issuer's CRL, a lower number, its chain named) used to replace the revocations in
+// force: revoked certificates of both issuers were accepted again, and the workload renewed there
+// onto the retired issuer.
+describe("a lagging CA replica across an issuer change (rotate-issuer --now)", () => {
+  let work: string;
+  const closers: (() => Promise<unknown>)[] = [];
+  beforeAll(() => {
+    work = mkdtempSync(join(tmpdir(), "meshward-identity-lag-"));
+  });
+  afterAll(async () => {
+    for (const close of closers.reverse()) await close().catch(() => undefined);
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  it("keeps the revocations of the newest CRL set, and refuses a renewal onto the retired issuer", async () => {
+    const dir = join(work, "ca");
+    await initAnchors({ dir, trustDomain: TD, now: new Date() });
+    const bundlePem = readFileSync(join(dir, "bundle.pem"), "utf8");
+    const leader = await startCaServer({ dir, config: caConfigSchema.parse({ listen: "127.0.0.1:0", workloadTtl: "1h", crlRefresh: "100ms", anchorPoll: "100ms" }), logger: silent });
+    closers.push(() => leader.close());
+    const lagging = await startCaServer({ dir, config: caConfigSchema.parse({ listen: "127.0.0.1:0", workloadTtl: "1h", crlRefresh: "1h", anchorPoll: "1h" }), logger: silent });
+    closers.push(() => lagging.close());
+    const balancer = await startSwitchableForwarder();
+    closers.push(() => balancer.close());
+    balancer.route = () => leader.port;
+    const logged: Record<string, unknown>[] = [];
+    const logger = pino({ level: "info" }, { write: (line: string) => void logged.push(JSON.parse(line) as Record<string, unknown>) });
+    const tokenFor = async (appId: string) => (await issueJoinToken(leader.store, { spiffeId: `spiffe://${TD}/ns/shop/${appId}`, ttlMs: 600_000 })).token;
+    const identityAt = async (appId: string, address: string, extra: Partial<Parameters<typeof createIdentity>[0]> = {}) => {
+      const source = createIdentity({ ca: address, bundlePem, token: await tokenFor(appId), rng: () => 0.5, bundleRefreshMs: 3_600_000, backoff: { initialMs: 3_600_000, maxMs: 3_600_000 }, ...extra });
+      closers.push(() => source.close());
+      await source.ready();
+      return source;
+    };
+    const issuerOfChain = (chainPem: string) => toX509(certificatesFromPem(chainPem)[1]!).fingerprint256;
+    const web = await identityAt("web", `127.0.0.1:${balancer.port}`, { logger });
+    const stolen = (await identityAt("stolen", `127.0.0.1:${leader.port}`)).current()!.svid; // issuer A, suspected leaked
+    const oldIssuer = issuerOfChain(stolen.certChainPem);
+
+    await rotateIssuer({ dir, now: new Date(), keepPrevious: false });
+    const newIssuer = toX509(certificatesFromPem(readFileSync(join(dir, "issuer.pem"), "utf8"))[0]!).fingerprint256;
+    const crlSignedByNew = async () => {
+      const der = await fetchFromCa({ address: `127.0.0.1:${leader.port}`, bundlePem, trustDomain: TD }, "/v1/crl");
+      try {
+        parseCrl(der, toX509(certificatesFromPem(readFileSync(join(dir, "issuer.pem"), "utf8"))[0]!));
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    for (const deadline = Date.now() + 10_000; !(await crlSignedByNew()); ) {
+      if (Date.now() > deadline) throw new Error("the leader did not take the new issuer up");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const fresh = (await identityAt("fresh", `127.0.0.1:${leader.port}`)).current()!.svid; // issuer B
+    expect(issuerOfChain(fresh.certChainPem)).toBe(newIssuer);
+    await leader.store.revokeLineage({ serial: stolen.serial, revokedAt: new Date(), reason: "keyCompromise" });
+    await leader.store.revokeLineage({ serial: fresh.serial, revokedAt: new Date(), reason: "keyCompromise" });
+    await new Promise((r) => setTimeout(r, 400)); // the leader re-signs its CRL every 100 ms here
+    await web.refreshBundle(); // no CRL of A any more: web renews onto B (crl-issuer-changed)
+    await waitFor(() => issuerOfChain(web.current()!.svid.certChainPem) === newIssuer);
+    const api = await identityAt("api", `127.0.0.1:${balancer.port}`); // started after the rotation
+    for (const source of [web, api]) {
+      expect(source.current()!.bundle.revokedSerials.has(stolen.serial)).toBe(true);
+      expect(source.current()!.bundle.revokedSerials.has(fresh.serial)).toBe(true);
+    }
+    const heldCrls = web.current()!.bundle.crls!;
+
+    // The lagging replica still signs with A and serves A's CRL, numbered below the set in force.
+    balancer.route = () => lagging.port;
+    const served = parseCrl(await fetchFromCa({ address: `127.0.0.1:${balancer.port}`, bundlePem, trustDomain: TD }, "/v1/crl"));
+    expect(served.revokedSerials.has(stolen.serial)).toBe(false);
+    await web.refreshBundle();
+    await web.refreshBundle();
+    await api.refreshBundle();
+    for (const source of [web, api]) {
+      expect(source.current()!.bundle.revokedSerials.has(stolen.serial)).toBe(true);
+      expect(source.current()!.bundle.revokedSerials.has(fresh.serial)).toBe(true);
+      expect(issuerOfChain(source.current()!.svid.certChainPem)).toBe(newIssuer);
+    }
+    expect(web.current()!.bundle.crls!.map((c) => c.toString("hex"))).toEqual(heldCrls.map((c) => c.toString("hex")));
+    const ignored = logged.filter((entry) => entry.event === "crl-older-ignored");
+    expect(ignored.length).toBeGreaterThan(0);
+    expect(new Set(ignored.map((entry) => entry.crlNumber)).size).toBe(ignored.length); // once per number
+
+    // A renewal there gets a certificate of the retired issuer: refused, the certificate in use kept.
+    const before = web.current()!.svid;
+    const failed = nextEvent(web, "renewal-failed");
+    await web.renewNow();
+    const event = await failed;
+    if (event.type !== "renewal-failed") throw new Error("unreachable");
+    expect((event.error as { code?: string }).code).toBe("E_ISSUER_RETIRED");
+    expect(web.current()!.svid.serial).toBe(before.serial);
+    expect(logged.some((entry) => entry.event === "renewal-issuer-retired" && entry.issuer === oldIssuer)).toBe(true);
+
+    // Not stuck: back on an up-to-date replica, the renewal is taken (issuer B).
+    balancer.route = () => leader.port;
+    await web.renewNow();
+    expect(web.current()!.svid.serial).not.toBe(before.serial);
+    expect(issuerOfChain(web.current()!.svid.certChainPem)).toBe(newIssuer);
+  });
+});

@@ -124,13 +124,21 @@ describe("a root set from the CA must hold the root that vouched for it (fake CA
   // a new issuer the CA may still serve the CRL its previous issuer signed (until its next CRL
   // refresh). The workload read that as "the CA rotated past my certificate" (E_CRL_SIGNATURE)
   // and renewed once more for nothing. The CRL of the issuer it held a moment ago now holds.
-  it("after a renewal onto a new issuer, a CRL signed by the previous one (still under a held root) is taken, not answered with another renewal", async () => {
+  // Review crlset HIGH-1: a certificate of an issuer the newest CRL set does not publish is not
+  // taken (a CA replica still signing with an issuer retired by rotate-issuer --now looks the same
+  // from here): the renewal fails and is retried, the certificate in use is kept, and the CRL of
+  // its own issuer is taken, not answered with another renewal.
+  it("after a renewal onto an issuer whose CRL is not published yet, keeps its certificate and takes the CRL of its own issuer, not answered with another renewal", async () => {
     const { source, events, logged } = await start();
-    const firstIssuer = certificatesFromPem(source.current()!.svid.certChainPem)[1]!;
+    const first = source.current()!.svid;
+    const firstIssuer = certificatesFromPem(first.certChainPem)[1]!;
     fake.mode = "new-issuer-old-crl";
     await source.renewNow();
-    const renewedIssuer = certificatesFromPem(source.current()!.svid.certChainPem)[1]!;
-    expect(renewedIssuer.equals(firstIssuer)).toBe(false);
+    const failed = events.find((e) => e.type === "renewal-failed") as { error: { code?: string } } | undefined;
+    expect(failed?.error.code).toBe("E_ISSUER_RETIRED");
+    expect(source.current()!.svid.serial).toBe(first.serial);
+    expect(certificatesFromPem(source.current()!.svid.certChainPem)[1]!.equals(firstIssuer)).toBe(true);
+    expect(logged.some((line) => line.includes("renewal-issuer-retired"))).toBe(true);
     const rotatedBefore = events.filter((e) => e.type === "rotated").length;
     await source.refreshBundle();
     await source.refreshBundle();
