@@ -1,4 +1,5 @@
 import { loadFile } from "./loaders/index.ts";
+import type { WorkloadReference } from "./loaders/index.ts";
 import { isLoopbackComponent } from "./rules/helpers.ts";
 import { ALL_RULES } from "./rules/index.ts";
 import { applySuppressions } from "./suppressions.ts";
@@ -29,19 +30,36 @@ export function loadSources(files: readonly ReadFile[]): LoadedCorpus {
     documentsScanned: 0,
     resourcesAudited: 0,
     unknownKinds: {},
+    unknownKindFiles: {},
     skipped: [],
     binaryFiles: 0,
     parseErrors: [],
     suppressed: [],
     ignoreProblems: [],
   };
+  const references: WorkloadReference[] = [];
   for (const { file, text } of files) {
     const loaded = loadFile(file, text);
+    references.push(...loaded.references);
     result.filesScanned += 1;
     result.documentsScanned += loaded.documents;
     result.parseErrors.push(...loaded.problems);
     resources.push(...loaded.resources);
-    for (const [kind, count] of loaded.unknownKinds) result.unknownKinds[kind] = (result.unknownKinds[kind] ?? 0) + count;
+    for (const [kind, count] of loaded.unknownKinds) {
+      result.unknownKinds[kind] = (result.unknownKinds[kind] ?? 0) + count;
+      noteFile(result, kind, file);
+    }
+  }
+  // A Rollout's workloadRef: its pod template is the referenced workload's, audited there. One
+  // that is not among the files is said in the report (its pod template was not read).
+  for (const reference of references) {
+    const found = resources.some((resource) => resource.kind === "workload" && resource.workloadKind === reference.kind && resource.name === reference.name
+      && (reference.namespace === undefined || resource.namespace === undefined || resource.namespace === reference.namespace));
+    if (!found) {
+      const label = `${reference.from} (workloadRef ${reference.kind} ${reference.name} not among the files: pod template not read)`;
+      result.unknownKinds[label] = (result.unknownKinds[label] ?? 0) + 1;
+      noteFile(result, label, reference.file);
+    }
   }
   result.resourcesAudited = resources.filter((resource) => resource.kind !== "raw-file").length;
   // Configurations other resources resolve by name (`dapr.io/config`, a sidecar's policy). An
@@ -49,6 +67,13 @@ export function loadSources(files: readonly ReadFile[]): LoadedCorpus {
   // Configuration it patches.
   const configurations = resources.filter((resource): resource is DaprConfiguration => resource.kind === "dapr-configuration" && resource.source.origin === undefined);
   return { corpus: { resources, configurations }, result };
+}
+
+/** Where documents of an unknown kind are: the first three files. */
+function noteFile(result: AuditResult, kind: string, file: string): void {
+  const files = result.unknownKindFiles[kind] ?? [];
+  if (files.length < 3 && !files.includes(file)) files.push(file);
+  result.unknownKindFiles[kind] = files;
 }
 
 /** The default rule set: every rule that is not opt-in, plus the opt-in rules named (or "all"). */

@@ -111,6 +111,10 @@ function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, su
     }
     case "workload": {
       const subject = subjectOf(resource.workloadKind, resource.name);
+      if (resource.ingress !== undefined) {
+        const plaintext = resource.ingress.allowInsecure;
+        put("ingress HTTP", subject, { value: plaintext ? "served (allowInsecure)" : "redirected to HTTPS", rank: plaintext ? 0 : 1 });
+      }
       if (meshwardInjected(resource)) {
         const permissive = meshwardMode(resource).value === "permissive";
         put("mTLS", subject, { value: permissive ? "permissive" : "strict", rank: permissive ? 0 : 1 });

@@ -29,6 +29,7 @@ export function renderJson(result: AuditResult): string {
     parseErrors: result.parseErrors,
     skipped: result.skipped,
     unknownKinds: result.unknownKinds,
+    unknownKindFiles: result.unknownKindFiles,
   };
   return `${JSON.stringify(report, null, 2)}\n`;
 }

@@ -69,9 +69,15 @@ export function renderText(result: AuditResult, options: TextOptions): string {
   }
   const unknown = Object.entries(result.unknownKinds).sort(([a], [b]) => a.localeCompare(b));
   if (unknown.length > 0) {
-    lines.push(paint("2", `Unknown kinds skipped: ${unknown.map(([kind, count]) => `${kind} ×${count}`).join(", ")}`));
+    lines.push(paint("2", `Unknown kinds skipped: ${unknown.map(([kind, count]) => `${kind} ×${count}${where(result.unknownKindFiles[kind])}`).join(", ")}`));
   }
   const summary = summaryLine(result);
   lines.push(result.findings.length === 0 ? paint("32", summary) : paint("1", summary));
   return `${lines.join("\n")}\n`;
+}
+
+/** " (in a.yaml, b.yaml)": where documents of an unknown kind are (the first three files). */
+function where(files: readonly string[] | undefined): string {
+  if (files === undefined || files.length === 0) return "";
+  return ` (in ${files.join(", ")})`;
 }
