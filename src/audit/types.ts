@@ -23,6 +23,8 @@ export interface SourceDocument {
   origin?: string;
   /** JSON6902 `remove` operations of an inline kustomize patch: the path each removes, and where the operation is. */
   removed?: readonly { path: NodePath; at: Position }[];
+  /** The kustomize overlay folder whose rendered output (`kubectl kustomize DIR`) this document is in: said in each finding's message. */
+  rendered?: string;
 }
 
 export interface DaprConfiguration {
@@ -271,8 +273,11 @@ export interface ParseProblem {
   line: number;
   column: number;
   message: string;
-  /** `helm-template`: a chart template, reported once per file and not audited. */
-  kind?: "yaml" | "helm-template";
+  /**
+   * `helm-template`: a chart template, reported once per file and not audited. `kustomize`: an
+   * overlay folder that could not be rendered (its files were audited one by one).
+   */
+  kind?: "yaml" | "helm-template" | "kustomize";
 }
 
 export interface AuditResult {

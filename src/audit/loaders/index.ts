@@ -41,9 +41,8 @@ export function formatOf(file: string): FileFormat {
 }
 
 /** Loads one file's text into the resources the rules know about. Never throws. */
-export function loadFile(file: string, text: string): LoadedFile {
+export function loadFile(file: string, text: string, format: FileFormat = formatOf(file)): LoadedFile {
   const loaded: LoadedFile = { resources: [{ kind: "raw-file", file, text }], documents: 0, unknownKinds: new Map(), problems: [], references: [] };
-  const format = formatOf(file);
   if (format === "env") {
     const source = parseEnvFile(file, text);
     loaded.documents = 1;

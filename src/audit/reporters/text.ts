@@ -1,5 +1,5 @@
 import type { AuditResult, Finding, Severity } from "../types.ts";
-import { helmTemplates, summaryByRule, summaryLine, yamlErrors } from "./summary.ts";
+import { helmTemplates, kustomizeProblems, summaryByRule, summaryLine, yamlErrors } from "./summary.ts";
 
 export interface TextOptions {
   /** ANSI colours; the CLI turns them on only when stdout is a TTY. */
@@ -60,6 +60,12 @@ export function renderText(result: AuditResult, options: TextOptions): string {
   if (helm.length > 0) {
     lines.push(paint("1", "Helm templates (not YAML until rendered; run `helm template` and audit its output):"));
     for (const problem of helm) lines.push(`  ${problem.file}:${problem.line}`);
+    lines.push("");
+  }
+  const overlays = kustomizeProblems(result);
+  if (overlays.length > 0) {
+    lines.push(paint("1", "Kustomize overlays not rendered (their files audited one by one):"));
+    for (const problem of overlays) lines.push(`  ${problem.file}  ${problem.message}`);
     lines.push("");
   }
   if (result.skipped.length > 0) {
