@@ -1,5 +1,5 @@
 import { basename, relative, resolve, sep } from "node:path";
-import { loadSources } from "./audit.ts";
+import { loadSources, readPaths } from "./audit.ts";
 import { microTlsEnabled } from "./rules/micro.ts";
 import { validatorNames } from "./rules/mtls.ts";
 import { transportRules } from "./rules/transport.ts";
@@ -8,7 +8,7 @@ import { MeshwardError } from "../errors.ts";
 import { isDaprEnabled, meshwardInjected, meshwardMode } from "./rules/kubernetes.ts";
 import { asArray, asText, durationSeconds, get, isDict, isFalsy, isTruthy, lookup } from "./shape.ts";
 import type { Corpus, Resource } from "./types.ts";
-import { DEFAULT_MAX_FILE_BYTES, walk } from "./walk.ts";
+import { DEFAULT_MAX_FILE_BYTES } from "./walk.ts";
 
 /** One security setting of one environment; a higher rank is stronger. */
 export interface PostureValue {
@@ -111,6 +111,10 @@ function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, su
     }
     case "workload": {
       const subject = subjectOf(resource.workloadKind, resource.name);
+      if (resource.ingress !== undefined) {
+        const plaintext = resource.ingress.allowInsecure;
+        put("ingress HTTP", subject, { value: plaintext ? "served (allowInsecure)" : "redirected to HTTPS", rank: plaintext ? 0 : 1 });
+      }
       if (meshwardInjected(resource)) {
         const permissive = meshwardMode(resource).value === "permissive";
         put("mTLS", subject, { value: permissive ? "permissive" : "strict", rank: permissive ? 0 : 1 });
@@ -322,7 +326,7 @@ export function compareEnvironments(given: readonly { name: string; posture: Pos
  * exist or cannot be read, and one with nothing to compare, are refused (E_AUDIT_NOT_FOUND,
  * E_AUDIT_NOTHING_TO_COMPARE): a comparison with it would say nothing and pass.
  */
-export function driftPaths(directories: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_BYTES, options: { reference?: string } = {}): DriftReport {
+export function driftPaths(directories: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_BYTES, options: { reference?: string; kubectl?: string; renderKustomize?: boolean } = {}): DriftReport {
   const short = directories.map((directory) => basename(resolve(directory)));
   const names = new Set(short).size === short.length ? short : [...directories];
   let chosen: { index: number; by: ReferenceChoice } | undefined;
@@ -334,20 +338,27 @@ export function driftPaths(directories: readonly string[], maxFileBytes = DEFAUL
   }
   const missing: string[] = [];
   const empty: string[] = [];
+  const unrendered: string[] = [];
   const environments = directories.map((directory, index) => {
-    const walked = walk([directory], maxFileBytes);
-    const root = walked.skipped.find((skipped) => skipped.file === directory);
+    // A folder with a kustomization file is the overlay it renders to (`kubectl kustomize`).
+    const read = readPaths([directory], { maxFileBytes, ...(options.kubectl === undefined ? {} : { kubectl: options.kubectl }), ...(options.renderKustomize === undefined ? {} : { renderKustomize: options.renderKustomize }) });
+    const root = read.skipped.find((skipped) => skipped.file === directory);
     if (root !== undefined) missing.push(`${directory} (${root.detail})`);
-    const { corpus } = loadSources(walked.files);
+    for (const problem of read.problems) unrendered.push(`${directory}: ${problem.message.replace(/; its files were audited one by one/, "")}`);
+    const { corpus } = loadSources(read.files);
     const posture = collectPosture(corpus, directory);
-    if (root === undefined && posture.length === 0) {
+    if (root === undefined && posture.length === 0 && read.problems.length === 0) {
       const overlay = corpus.resources.some((resource) => resource.kind !== "raw-file" && resource.source.origin !== undefined)
-        || walked.files.some((file) => /(^|[\\/])kustomization\.ya?ml$/i.test(file.file));
-      empty.push(overlay ? `${directory} (a kustomize overlay: its bases are not read; run \`kustomize build\` for each environment and compare the output)` : directory);
+        || read.files.some((file) => /(^|[\\/])kustomization\.ya?ml$/i.test(file.file));
+      empty.push(overlay ? `${directory} (kustomize patches whose bases are elsewhere: give the overlay folder itself, the one with the kustomization.yaml, so that it is rendered)` : directory);
     }
     return { name: names[index] ?? directory, posture };
   });
   if (missing.length > 0) throw new MeshwardError("E_AUDIT_NOT_FOUND", `drift: environment folder not found: ${missing.join(", ")}`);
+  // An overlay read without its bases would be compared as partial documents: refused.
+  if (unrendered.length > 0) {
+    throw new MeshwardError("E_AUDIT_KUSTOMIZE", `drift: ${unrendered.join("; ")}; or render each environment to a file (\`kubectl kustomize DIR > DIR.yaml\`) and compare the files: \`meshward audit drift staging.yaml production.yaml\``);
+  }
   if (empty.length > 0) {
     throw new MeshwardError("E_AUDIT_NOTHING_TO_COMPARE", `drift: nothing to compare in ${empty.join(", ")}: no Dapr Configuration, component or Dapr-enabled workload, meshward sidecar or CA config, or micro settings`);
   }

@@ -23,6 +23,8 @@ export interface SourceDocument {
   origin?: string;
   /** JSON6902 `remove` operations of an inline kustomize patch: the path each removes, and where the operation is. */
   removed?: readonly { path: NodePath; at: Position }[];
+  /** The kustomize overlay folder whose rendered output (`kubectl kustomize DIR`) this document is in: said in each finding's message. */
+  rendered?: string;
 }
 
 export interface DaprConfiguration {
@@ -86,6 +88,18 @@ export interface Workload {
   podSpec: Record<string, unknown>;
   podSpecPath: NodePath;
   env: ContainerEnvVar[];
+  /** An Azure Container App's ingress (`properties.configuration.ingress`), when it has one. */
+  ingress?: ContainerAppIngress;
+}
+
+/** `properties.configuration.ingress` of an Azure Container App (`az containerapp create --yaml`). */
+export interface ContainerAppIngress {
+  path: NodePath;
+  /** `allowInsecure`: true when HTTP is served as is instead of redirected to HTTPS. */
+  allowInsecure: boolean;
+  external: boolean;
+  transport: string;
+  clientCertificateMode: string;
 }
 
 /**
@@ -108,7 +122,8 @@ export interface ComposeService {
 export interface ConfigValues {
   kind: "config-values";
   source: SourceDocument;
-  holder: "env-file" | "ConfigMap" | "Secret";
+  /** `ContainerApp`: the inline `value`s of an Azure Container App's `properties.configuration.secrets`. */
+  holder: "env-file" | "ConfigMap" | "Secret" | "ContainerApp";
   name: string;
   namespace: string | undefined;
   env: ContainerEnvVar[];
@@ -258,8 +273,11 @@ export interface ParseProblem {
   line: number;
   column: number;
   message: string;
-  /** `helm-template`: a chart template, reported once per file and not audited. */
-  kind?: "yaml" | "helm-template";
+  /**
+   * `helm-template`: a chart template, reported once per file and not audited. `kustomize`: an
+   * overlay folder that could not be rendered (its files were audited one by one).
+   */
+  kind?: "yaml" | "helm-template" | "kustomize";
 }
 
 export interface AuditResult {
@@ -269,6 +287,8 @@ export interface AuditResult {
   resourcesAudited: number;
   /** kind (apiVersion/kind) → count of documents skipped because the audit has no rules for them. */
   unknownKinds: Record<string, number>;
+  /** kind → the files (up to 3) holding documents of that kind, so the report says where they are. */
+  unknownKindFiles: Record<string, string[]>;
   skipped: SkippedFile[];
   /** Binary files (a NUL byte) are counted, not listed. */
   binaryFiles: number;

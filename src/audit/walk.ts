@@ -8,6 +8,12 @@ const IGNORED_DIRECTORIES = new Set([".git", "node_modules", ".hg", ".svn"]);
 export interface ReadFile {
   file: string;
   text: string;
+  /** Read as this format whatever the name says (rendered output, stdin). */
+  format?: "yaml";
+  /** The kustomize overlay folder this text was rendered from (`kubectl kustomize DIR`). */
+  rendered?: string;
+  /** Only the raw-file rules (private keys) read it: a file of an overlay audited as rendered output. */
+  rawOnly?: boolean;
 }
 
 export interface WalkResult {

@@ -18,12 +18,13 @@ export function registerAuditCommand(program: Command): void {
   audit
     .command("scan", { isDefault: true })
     .description("audit files and folders (the default: `meshward audit PATH...`)")
-    .argument("[paths...]", "files or folders to audit (folders recursively)")
+    .argument("[paths...]", "files or folders to audit (folders recursively; a folder with a kustomization.yaml as rendered by `kubectl kustomize`; - for YAML on stdin)")
     .addOption(new Option("-f, --format <format>", "report format").choices(["text", "json", "sarif"]).default("text"))
     .addOption(new Option("--fail-on <severity>", "exit 1 when a finding of this severity or higher exists").choices(["high", "medium", "low", "none"]).default("none"))
     .option("--fail-on-unparsed", "exit 1 when a file could not be read as configuration (YAML errors, Helm templates, unreadable or too-large files)")
     .addOption(new Option("--enable <ids>", "also run opt-in rules (comma-separated ids, repeatable, or all)").argParser((value: string, previous: string[]) => [...previous, value]).default([], "none"))
     .option("--max-file-size <bytes>", "skip (and report) files larger than this", String(DEFAULT_MAX_FILE_BYTES))
+    .option("--no-kustomize", "read a folder with a kustomization.yaml file by file instead of rendering it with `kubectl kustomize`")
     .option("--no-color", "never colour the text report (colour is used only on a terminal)")
     .action(async (paths: string[], options: ScanOptions) => {
       // Checked before the auditor loads: a bare `meshward audit` answers at once.
@@ -38,6 +39,7 @@ export function registerAuditCommand(program: Command): void {
     .addOption(new Option("-f, --format <format>", "report format").choices(["text", "json"]).default("text"))
     .addOption(new Option("--fail-on <what>", "exit 1 when an environment is weaker than the reference, or when any differ").choices(["weaker", "differs", "none"]).default("none"))
     .option("--reference <dir>", "the environment the others are compared with (one of the folders given)")
+    .option("--no-kustomize", "read an environment folder with a kustomization.yaml file by file instead of rendering it")
     .option("--no-color", "never colour the table")
     .action(async (envs: string[], options: DriftOptions) => {
       if (envs.length < 2) throw new MeshwardError("E_AUDIT_USAGE", "drift needs at least two environment folders, e.g. `meshward audit drift staging/ production/`");

@@ -67,7 +67,11 @@ describe("meshward audit (real process)", () => {
     const helm = meshward("audit", `${FIXTURES}/helm-chart`, "--fail-on-unparsed");
     expect(helm.code).toBe(1);
     expect(helm.stdout).toContain("Helm templates (not YAML until rendered; run `helm template` and audit its output):");
-    expect(meshward("audit", `${FIXTURES}/secure`, "--fail-on-unparsed").code).toBe(0);
+    // secure/ holds a kustomization.yaml that does not render: --no-kustomize reads it file by file.
+    expect(meshward("audit", `${FIXTURES}/secure`, "--no-kustomize", "--fail-on-unparsed").code).toBe(0);
+    const overlay = meshward("audit", `${FIXTURES}/secure`, "--fail-on-unparsed");
+    expect(overlay.code).toBe(1);
+    expect(overlay.stdout).toContain("Kustomize overlays not rendered (their files audited one by one):");
   });
 
   it("--fail-on sets the exit code by severity threshold", () => {

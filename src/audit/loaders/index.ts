@@ -4,7 +4,8 @@ import type { Dict } from "../shape.ts";
 import type { ComposeService, ConfigValues, NodePath, ParseProblem, Resource, SourceDocument } from "../types.ts";
 import { parseYamlFile } from "../yaml-source.ts";
 import { isDaprKind, loadDaprComponent, loadDaprConfiguration, loadDaprHttpEndpoint } from "./dapr.ts";
-import { isConfigMapKind, isSecretKind, isWorkloadKind, loadConfigValues, loadSecret, loadWorkload } from "./kubernetes.ts";
+import { isContainerApp, loadContainerApp, loadContainerAppSecrets } from "./container-apps.ts";
+import { isConfigMapKind, isSecretKind, isWorkloadKind, loadConfigValues, loadSecret, loadWorkload, rolloutWorkloadRef } from "./kubernetes.ts";
 import { inlinePatches, isKustomization } from "./kustomize.ts";
 import { classifyMeshward, loadMeshwardCa, loadMeshwardSidecar } from "./meshward.ts";
 import { composeEnvironment, isMicroYamlName, loadMicroEnv, loadMicroSettings, looksLikeMicroEnv } from "./micro.ts";
@@ -18,6 +19,18 @@ export interface LoadedFile {
   documents: number;
   unknownKinds: Map<string, number>;
   problems: ParseProblem[];
+  /** Workloads that take their pod template from another document (an Argo Rollout's `workloadRef`): resolved across files by the caller. */
+  references: WorkloadReference[];
+}
+
+/** A Rollout's `spec.workloadRef`: the workload whose pod template it runs. */
+export interface WorkloadReference {
+  /** apiVersion/kind name of the referring document, for the report. */
+  from: string;
+  file: string;
+  kind: string;
+  name: string;
+  namespace: string | undefined;
 }
 
 export function formatOf(file: string): FileFormat {
@@ -28,9 +41,8 @@ export function formatOf(file: string): FileFormat {
 }
 
 /** Loads one file's text into the resources the rules know about. Never throws. */
-export function loadFile(file: string, text: string): LoadedFile {
-  const loaded: LoadedFile = { resources: [{ kind: "raw-file", file, text }], documents: 0, unknownKinds: new Map(), problems: [] };
-  const format = formatOf(file);
+export function loadFile(file: string, text: string, format: FileFormat = formatOf(file)): LoadedFile {
+  const loaded: LoadedFile = { resources: [{ kind: "raw-file", file, text }], documents: 0, unknownKinds: new Map(), problems: [], references: [] };
   if (format === "env") {
     const source = parseEnvFile(file, text);
     loaded.documents = 1;
@@ -97,6 +109,11 @@ function classify(file: string, source: SourceDocument, data: unknown, base: Nod
     loaded.resources.push(loadDaprComponent(view, data));
   } else if (isDaprKind(data, "HTTPEndpoint")) {
     loaded.resources.push(loadDaprHttpEndpoint(view, data));
+  } else if (rolloutWorkloadRef(data) !== undefined) {
+    // Its pod template is the referenced Deployment's, audited as that document.
+    const ref = rolloutWorkloadRef(data) ?? { kind: "", name: "" };
+    const metadata = isDict(data["metadata"]) ? data["metadata"] : {};
+    loaded.references.push({ from: `${kindLabel(data)} ${asText(metadata["name"])}`, file, kind: ref.kind, name: ref.name, namespace: asText(metadata["namespace"]) || undefined });
   } else if (isWorkloadKind(data)) {
     const workload = loadWorkload(view, data);
     loaded.resources.push(workload, ...containerMicroSettings(workload));
@@ -106,6 +123,9 @@ function classify(file: string, source: SourceDocument, data: unknown, base: Nod
     loaded.resources.push(loadConfigValues(view, data));
   } else if (asText(data["kind"]) === "List" && Array.isArray(data["items"])) {
     asArray(data["items"]).forEach((item, index) => classify(file, source, item, [...base, "items", index], loaded));
+  } else if (base.length === 0 && isContainerApp(data)) {
+    const secrets = loadContainerAppSecrets(source, data);
+    loaded.resources.push(loadContainerApp(source, data), ...(secrets === undefined ? [] : [secrets]));
   } else if (base.length === 0 && isComposeFile(data)) {
     const before = loaded.resources.length;
     for (const [name, service] of Object.entries(data["services"] as Dict)) {

@@ -13,8 +13,55 @@ const TEMPLATE_PATHS: Readonly<Record<string, readonly string[]>> = {
   CronJob: ["spec", "jobTemplate", "spec", "template"],
 };
 
+/**
+ * Workload kinds of other API groups whose pod template the audit reads, by API group and kind.
+ * The group decides: a Knative `Service` (serving.knative.dev) holds a pod template, a core `v1`
+ * Service does not; a Knative `Configuration` is not a Dapr one (dapr.io).
+ */
+const GROUP_TEMPLATE_PATHS: Readonly<Record<string, Readonly<Record<string, readonly string[]>>>> = {
+  // Argo Rollouts: `spec.template` like a Deployment (or `spec.workloadRef` to a Deployment).
+  "argoproj.io": { Rollout: ["spec", "template"] },
+  // Knative Serving: `spec.template` is a revision template (`metadata.annotations`, `spec.containers`).
+  "serving.knative.dev": { Service: ["spec", "template"], Configuration: ["spec", "template"] },
+  // OpenShift.
+  "apps.openshift.io": { DeploymentConfig: ["spec", "template"] },
+};
+
+/** How drift names workload kinds whose kind alone is ambiguous (a Knative Service is not a core Service). */
+const WORKLOAD_LABELS: Readonly<Record<string, string>> = {
+  "serving.knative.dev/Service": "Knative Service",
+  "serving.knative.dev/Configuration": "Knative Configuration",
+};
+
+function apiGroup(doc: Dict): string {
+  const apiVersion = asText(doc["apiVersion"]);
+  const slash = apiVersion.indexOf("/");
+  return slash < 0 ? "" : apiVersion.slice(0, slash);
+}
+
+/** Where the pod template of a workload document is (`[]`: the document is the pod), or undefined when it is not a workload the audit reads. */
+export function templatePathOf(doc: Dict): readonly string[] | undefined {
+  if (typeof doc["apiVersion"] !== "string") return undefined;
+  const kind = asText(doc["kind"]);
+  const byGroup = GROUP_TEMPLATE_PATHS[apiGroup(doc)];
+  if (byGroup !== undefined) return Object.hasOwn(byGroup, kind) ? byGroup[kind] : undefined;
+  if (asText(doc["apiVersion"]).includes("dapr.io")) return undefined;
+  return Object.hasOwn(TEMPLATE_PATHS, kind) ? TEMPLATE_PATHS[kind] : undefined;
+}
+
 export function isWorkloadKind(doc: Dict): boolean {
-  return asText(doc["kind"]) in TEMPLATE_PATHS && typeof doc["apiVersion"] === "string" && !asText(doc["apiVersion"]).includes("dapr.io");
+  return templatePathOf(doc) !== undefined;
+}
+
+/**
+ * An Argo Rollout that takes its pod template from another workload (`spec.workloadRef`, no
+ * `spec.template`): the kind and name it points at. Undefined for any other document.
+ */
+export function rolloutWorkloadRef(doc: Dict): { kind: string; name: string } | undefined {
+  if (apiGroup(doc) !== "argoproj.io" || asText(doc["kind"]) !== "Rollout" || isDict(get(doc, "spec", "template"))) return undefined;
+  const ref = get(doc, "spec", "workloadRef");
+  if (!isDict(ref)) return undefined;
+  return { kind: asText(ref["kind"]) || "Deployment", name: asText(ref["name"]) };
 }
 
 export function isConfigMapKind(doc: Dict): boolean {
@@ -27,7 +74,7 @@ export function isSecretKind(doc: Dict): boolean {
 
 export function loadWorkload(source: SourceDocument, doc: Dict, base: NodePath = []): Workload {
   const kind = asText(doc["kind"]);
-  const templatePath = TEMPLATE_PATHS[kind] ?? [];
+  const templatePath = templatePathOf(doc) ?? [];
   const template = templatePath.length === 0 ? doc : get(doc, ...templatePath);
   const annotations: Record<string, string> = {};
   for (const [key, value] of Object.entries(asDict(get(template, "metadata", "annotations")))) {
@@ -39,6 +86,25 @@ export function loadWorkload(source: SourceDocument, doc: Dict, base: NodePath =
   }
   const podSpec = asDict(get(template, "spec"));
   const podSpecPath = [...base, ...templatePath, "spec"];
+  const env = containerEnv(podSpec, podSpecPath);
+  return {
+    kind: "workload",
+    source,
+    workloadKind: WORKLOAD_LABELS[`${apiGroup(doc)}/${kind}`] ?? kind,
+    name: asText(get(doc, "metadata", "name")),
+    namespace: asText(get(doc, "metadata", "namespace")) || undefined,
+    annotations,
+    annotationsPath: [...base, ...templatePath, "metadata", "annotations"],
+    labels,
+    labelsPath: [...base, ...templatePath, "metadata", "labels"],
+    podSpec,
+    podSpecPath,
+    env,
+  };
+}
+
+/** The env of every container and init container of a pod spec, each with the path to its value (or name). */
+export function containerEnv(podSpec: Dict, podSpecPath: NodePath): ContainerEnvVar[] {
   const env: ContainerEnvVar[] = [];
   for (const listName of ["containers", "initContainers"]) {
     asArray(podSpec[listName]).forEach((container, ci) => {
@@ -54,20 +120,7 @@ export function loadWorkload(source: SourceDocument, doc: Dict, base: NodePath =
       });
     });
   }
-  return {
-    kind: "workload",
-    source,
-    workloadKind: kind,
-    name: asText(get(doc, "metadata", "name")),
-    namespace: asText(get(doc, "metadata", "namespace")) || undefined,
-    annotations,
-    annotationsPath: [...base, ...templatePath, "metadata", "annotations"],
-    labels,
-    labelsPath: [...base, ...templatePath, "metadata", "labels"],
-    podSpec,
-    podSpecPath,
-    env,
-  };
+  return env;
 }
 
 export function loadSecret(source: SourceDocument, doc: Dict, base: NodePath = []): KubernetesSecret {

@@ -1,5 +1,5 @@
 import type { AuditResult } from "../types.ts";
-import { countBySeverity, helmTemplates, summaryByRule, summaryLine, unknownKindCount, unparsedFiles, yamlErrors } from "./summary.ts";
+import { countBySeverity, helmTemplates, kustomizeProblems, summaryByRule, summaryLine, unknownKindCount, unparsedFiles, yamlErrors } from "./summary.ts";
 
 export const JSON_REPORT_VERSION = 1;
 
@@ -17,6 +17,7 @@ export function renderJson(result: AuditResult): string {
       binaryFiles: result.binaryFiles,
       parseErrors: yamlErrors(result).length,
       helmTemplates: helmTemplates(result).length,
+      kustomizeNotRendered: kustomizeProblems(result).length,
       unparsedFiles: unparsedFiles(result).length,
       byRule: summaryByRule(result.findings),
       suppressed: result.suppressed.length,
@@ -29,6 +30,7 @@ export function renderJson(result: AuditResult): string {
     parseErrors: result.parseErrors,
     skipped: result.skipped,
     unknownKinds: result.unknownKinds,
+    unknownKindFiles: result.unknownKindFiles,
   };
   return `${JSON.stringify(report, null, 2)}\n`;
 }

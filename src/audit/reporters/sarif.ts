@@ -94,7 +94,7 @@ export function renderSarif(result: AuditResult, options: SarifOptions): string 
             toolExecutionNotifications: [
               ...result.parseErrors.map((problem) => ({
                 level: "warning",
-                message: { text: problem.kind === "helm-template" ? problem.message : `YAML error: ${problem.message}` },
+                message: { text: problem.kind === "helm-template" || problem.kind === "kustomize" ? problem.message : `YAML error: ${problem.message}` },
                 locations: [location(problem.file, problem.line, problem.column)],
               })),
               ...result.ignoreProblems.map((problem) => ({

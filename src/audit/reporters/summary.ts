@@ -38,7 +38,12 @@ export function helmTemplates(result: AuditResult): ParseProblem[] {
 }
 
 export function yamlErrors(result: AuditResult): ParseProblem[] {
-  return result.parseErrors.filter((problem) => problem.kind !== "helm-template");
+  return result.parseErrors.filter((problem) => problem.kind === undefined || problem.kind === "yaml");
+}
+
+/** Kustomize overlays that could not be rendered (their files were audited one by one). */
+export function kustomizeProblems(result: AuditResult): ParseProblem[] {
+  return result.parseErrors.filter((problem) => problem.kind === "kustomize");
 }
 
 /**
@@ -72,6 +77,8 @@ export function summaryLine(result: AuditResult): string {
   if (result.binaryFiles > 0) parts.push(`${counted(result.binaryFiles, "binary file")} not read`);
   const helm = helmTemplates(result).length;
   if (helm > 0) parts.push(`${counted(helm, "Helm template")} not audited`);
+  const overlays = kustomizeProblems(result).length;
+  if (overlays > 0) parts.push(`${counted(overlays, "kustomize overlay")} not rendered`);
   const yaml = yamlErrors(result).length;
   if (yaml > 0) parts.push(`${counted(yaml, "YAML error")}`);
   return parts.join(", ");

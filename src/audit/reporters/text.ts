@@ -1,5 +1,5 @@
 import type { AuditResult, Finding, Severity } from "../types.ts";
-import { helmTemplates, summaryByRule, summaryLine, yamlErrors } from "./summary.ts";
+import { helmTemplates, kustomizeProblems, summaryByRule, summaryLine, yamlErrors } from "./summary.ts";
 
 export interface TextOptions {
   /** ANSI colours; the CLI turns them on only when stdout is a TTY. */
@@ -62,6 +62,12 @@ export function renderText(result: AuditResult, options: TextOptions): string {
     for (const problem of helm) lines.push(`  ${problem.file}:${problem.line}`);
     lines.push("");
   }
+  const overlays = kustomizeProblems(result);
+  if (overlays.length > 0) {
+    lines.push(paint("1", "Kustomize overlays not rendered (their files audited one by one):"));
+    for (const problem of overlays) lines.push(`  ${problem.file}  ${problem.message}`);
+    lines.push("");
+  }
   if (result.skipped.length > 0) {
     lines.push(paint("1", "Skipped files:"));
     for (const skipped of result.skipped) lines.push(`  ${skipped.file}  ${skipped.reason}: ${skipped.detail}`);
@@ -69,9 +75,15 @@ export function renderText(result: AuditResult, options: TextOptions): string {
   }
   const unknown = Object.entries(result.unknownKinds).sort(([a], [b]) => a.localeCompare(b));
   if (unknown.length > 0) {
-    lines.push(paint("2", `Unknown kinds skipped: ${unknown.map(([kind, count]) => `${kind} ×${count}`).join(", ")}`));
+    lines.push(paint("2", `Unknown kinds skipped: ${unknown.map(([kind, count]) => `${kind} ×${count}${where(result.unknownKindFiles[kind])}`).join(", ")}`));
   }
   const summary = summaryLine(result);
   lines.push(result.findings.length === 0 ? paint("32", summary) : paint("1", summary));
   return `${lines.join("\n")}\n`;
+}
+
+/** " (in a.yaml, b.yaml)": where documents of an unknown kind are (the first three files). */
+function where(files: readonly string[] | undefined): string {
+  if (files === undefined || files.length === 0) return "";
+  return ` (in ${files.join(", ")})`;
 }

@@ -204,7 +204,8 @@ export const secretRules: Rule[] = [
     check(workload) {
       const hits: Hit[] = [];
       // A Secret's values are where secrets belong (MW-SECRET-007 reports Secrets kept in the tree).
-      if (workload.kind === "config-values" && workload.holder === "Secret") return hits;
+      // An Azure Container App's `secrets` are its secret store (MW-SECRET-008 reports inline values).
+      if (workload.kind === "config-values" && (workload.holder === "Secret" || workload.holder === "ContainerApp")) return hits;
       for (const entry of workload.env) {
         if (!entry.hasInlineValue) continue;
         // A password inside a connection URL or DSN is a secret whatever the variable is called
@@ -257,4 +258,44 @@ export const secretRules: Rule[] = [
       }));
     },
   }),
+  defineRule({
+    id: "MW-SECRET-008",
+    family: "secrets",
+    severity: "medium",
+    title: "Azure Container App secret value inline in its YAML",
+    why: "A `properties.configuration.secrets` entry with a `value` keeps the secret in the file given to `az containerapp create --yaml`: in git and in every copy of the file, readable by anyone with the repository, and rotated only by editing it. A Key Vault reference (`keyVaultUrl` with a managed `identity`) keeps only the secret's address in the file.",
+    fix: "Store the secret in Azure Key Vault and reference it (`keyVaultUrl: https://<vault>.vault.azure.net/secrets/<name>`, `identity: system` or a user-assigned identity's resource id), or set it out of band with `az containerapp secret set`.",
+    example: {
+      file: "containerapp.yaml",
+      bad: containerAppYaml("      - name: db-password\n        value: Wint3r-is-c0ming\n"),
+      good: containerAppYaml("      - name: db-password\n        keyVaultUrl: https://orders-kv.vault.azure.net/secrets/db-password\n        identity: system\n"),
+    },
+    appliesTo: ["config-values"],
+    check(values) {
+      if (values.holder !== "ContainerApp") return [];
+      return values.env
+        .filter((entry) => entry.value.trim() !== "" && !isPlaceholder(entry.value) && !hasSubstitution(entry.value))
+        .map((entry): Hit => ({ path: entry.path, evidence: `secret ${entry.name}: ${redactSecret(entry.value)}` }));
+    },
+  }),
 ];
+
+/** An `az containerapp create --yaml` file whose `secrets:` list is `secrets` (indented entries). */
+function containerAppYaml(secrets: string): string {
+  return [
+    "name: orders",
+    "type: Microsoft.App/containerApps",
+    "properties:",
+    "  configuration:",
+    "    secrets:",
+    secrets.replace(/\n$/, ""),
+    "  template:",
+    "    containers:",
+    "      - name: orders",
+    "        image: ordersacr.azurecr.io/orders:1.0.0",
+    "        env:",
+    "          - name: DB_PASSWORD",
+    "            secretRef: db-password",
+    "",
+  ].join("\n");
+}

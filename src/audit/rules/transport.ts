@@ -771,4 +771,27 @@ export const transportRules: Rule[] = [
         });
     },
   }),
+  defineRule({
+    id: "MW-TLS-015",
+    family: "tls",
+    severity: "high",
+    title: "Azure Container App ingress serves plaintext HTTP",
+    why: "`ingress.allowInsecure: true` makes the app's ingress answer `http://` requests as they are instead of redirecting them to HTTPS: requests, cookies and bearer tokens cross the network in clear, and a client that starts on `http://` is never moved to TLS. With `external: true` that network is the internet (high); an internal ingress carries it across the Container Apps environment (medium).",
+    fix: "Remove `allowInsecure` (it defaults to false: HTTP is redirected to HTTPS) or set it to `false`.",
+    example: {
+      file: "containerapp.yaml",
+      bad: "name: orders\ntype: Microsoft.App/containerApps\nproperties:\n  configuration:\n    ingress:\n      external: true\n      targetPort: 8080\n      allowInsecure: true\n  template:\n    containers:\n      - name: orders\n        image: ordersacr.azurecr.io/orders:1.0.0\n",
+      good: "name: orders\ntype: Microsoft.App/containerApps\nproperties:\n  configuration:\n    ingress:\n      external: true\n      targetPort: 8080\n      allowInsecure: false\n  template:\n    containers:\n      - name: orders\n        image: ordersacr.azurecr.io/orders:1.0.0\n",
+    },
+    appliesTo: ["workload"],
+    check(workload) {
+      const ingress = workload.ingress;
+      if (ingress === undefined || !ingress.allowInsecure) return [];
+      return [{
+        path: [...ingress.path, "allowInsecure"],
+        evidence: `allowInsecure: true (${ingress.external ? "external" : "internal"} ingress)`,
+        ...(ingress.external ? {} : { severity: "medium" as const, detail: "Internal ingress: plaintext inside the Container Apps environment." }),
+      }];
+    },
+  }),
 ];

@@ -1,0 +1,119 @@
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { auditPaths } from "../../src/audit/audit.ts";
+import { driftPaths } from "../../src/audit/drift.ts";
+import { renderedName } from "../../src/audit/kustomize-render.ts";
+import { renderText } from "../../src/audit/reporters/text.ts";
+import { MeshwardError } from "../../src/errors.ts";
+import { runCli } from "../helpers/cli.ts";
+
+// A kustomize base with two overlays: staging turns mTLS off (inline JSON6902 patch), Redis TLS
+// off and the Dapr sidecar API onto every interface (patch files); production only scales.
+// A folder with a kustomization file is audited as the overlay it renders to (`kubectl kustomize`).
+const ENVS = join(import.meta.dirname, "fixtures", "kustomize-envs");
+const STAGING = join(ENVS, "overlays", "staging");
+const PRODUCTION = join(ENVS, "overlays", "production");
+const BROKEN = join(ENVS, "overlays", "broken");
+const scratch = mkdtempSync(join(tmpdir(), "meshward-kustomize-"));
+/** A kubectl that does not exist: what a machine without kubectl sees. */
+const NO_KUBECTL = join(scratch, "kubectl-not-installed");
+
+afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+const at = (result: ReturnType<typeof auditPaths>): string[] => result.findings.map((finding) => `${relative(ENVS, finding.file)}:${finding.ruleId}@${finding.line}`);
+
+describe("an overlay folder is audited as rendered by kubectl kustomize", () => {
+  it("staging: findings against the rendered objects, under the overlay's path, naming the object", () => {
+    const result = auditPaths([STAGING]);
+    const file = relative(ENVS, renderedName(STAGING));
+    expect(file).toBe("overlays/staging/(kubectl kustomize)");
+    expect(at(result)).toEqual([`${file}:MW-K8S-005@17`, `${file}:MW-K8S-001@19`, `${file}:MW-TLS-001@43`, `${file}:MW-MTLS-001@62`]);
+    const listen = result.findings.find((finding) => finding.ruleId === "MW-K8S-001");
+    expect(listen?.message).toContain(`In the output of \`kubectl kustomize ${STAGING}\` (Deployment orders)`);
+    expect(result.parseErrors).toEqual([]);
+  });
+
+  it("production: the base's secure settings, no finding", () => {
+    const result = auditPaths([PRODUCTION]);
+    expect(result.findings).toEqual([]);
+    expect(result.resourcesAudited).toBe(3);
+  });
+
+  it("drift between the staging and production overlays shows each weakening", () => {
+    const report = driftPaths([STAGING, PRODUCTION]);
+    expect(report.reference).toBe("production");
+    const weaker = report.rows.filter((row) => row.status === "weaker").map((row) => `${row.aspect} | ${row.subject} | ${row.values.join(" / ")}`);
+    expect(weaker).toEqual([
+      "TLS | component statestore (state.redis) | off/weak (MW-TLS-001) / on",
+      "mTLS | Configuration appconfig | off / on",
+      "sidecar listen | Deployment orders | 0.0.0.0 / 127.0.0.1",
+    ]);
+  });
+
+  it("files beside the overlay that it does not name are audited as files; the ones it renders only in its output", () => {
+    const overlay = join(scratch, "beside");
+    mkdirSync(overlay);
+    writeFileSync(join(overlay, "kustomization.yaml"), `resources:\n  - ${relative(overlay, join(ENVS, "base"))}\npatches:\n  - path: plaintext.yaml\n`);
+    writeFileSync(join(overlay, "plaintext.yaml"), "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n    - name: redisHost\n      value: redis-master.shop.svc.cluster.local:6379\n");
+    writeFileSync(join(overlay, "sidecar.yaml"), "appId: orders\nca: ca.shop.svc:8443\npolicy: policy.yaml\ntoken: mw-join-3f9a1c2b7d\n");
+    const result = auditPaths([overlay]);
+    expect(result.parseErrors).toEqual([]);
+    expect(result.findings.map((finding) => `${relative(overlay, finding.file)}:${finding.ruleId}@${finding.line}`)).toEqual([
+      "(kubectl kustomize):MW-TLS-001@41",
+      "sidecar.yaml:MW-SECRET-006@4",
+    ]);
+  });
+
+  it("an overlay that does not render is reported and its files audited one by one", () => {
+    const result = auditPaths([BROKEN]);
+    expect(result.parseErrors).toHaveLength(1);
+    expect(result.parseErrors[0]).toMatchObject({ file: join(BROKEN, "kustomization.yaml"), kind: "kustomize" });
+    expect(result.parseErrors[0]?.message).toMatch(/^kustomize overlay not rendered \(`kubectl kustomize .*broken` failed: accumulating resources/);
+  });
+});
+
+describe("without kubectl", () => {
+  it("the overlay's files are audited one by one and the report says how to audit the rendered output", () => {
+    const result = auditPaths([STAGING], { kubectl: NO_KUBECTL });
+    // Only what the overlay's own files say: the base is not read.
+    expect(at(result)).toEqual(["overlays/staging/kustomization.yaml:MW-MTLS-001@15", "overlays/staging/statestore-plaintext.yaml:MW-TLS-001@12"]);
+    const text = renderText(result, { color: false });
+    expect(text).toContain("Kustomize overlays not rendered (their files audited one by one):");
+    expect(text).toContain(`kustomize overlay not rendered (kubectl is not on PATH): its bases and patches were not applied, its files were audited one by one; audit the rendered output instead: \`kubectl kustomize ${STAGING} | meshward audit -\``);
+    expect(text.trimEnd().split("\n").pop()).toMatch(/, 1 kustomize overlay not rendered$/);
+  });
+
+  it("drift refuses overlays it cannot render rather than compare partial documents", () => {
+    let error: unknown;
+    try {
+      driftPaths([STAGING, PRODUCTION], undefined, { kubectl: NO_KUBECTL });
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(MeshwardError);
+    expect((error as MeshwardError).code).toBe("E_AUDIT_KUSTOMIZE");
+    expect((error as MeshwardError).message).toContain("kubectl kustomize DIR > DIR.yaml");
+  });
+});
+
+describe("standard input: `meshward audit -`", () => {
+  const rendered = execFileSync("kubectl", ["kustomize", STAGING], { encoding: "utf8" });
+
+  it("reads YAML from stdin", () => {
+    const result = auditPaths(["-"], { readStdin: () => rendered });
+    expect(result.findings.map((finding) => `${finding.file}:${finding.ruleId}@${finding.line}`)).toEqual([
+      "<stdin>:MW-K8S-005@17", "<stdin>:MW-K8S-001@19", "<stdin>:MW-TLS-001@43", "<stdin>:MW-MTLS-001@62",
+    ]);
+  });
+
+  it("the CLI reads a piped render", async () => {
+    const run = await runCli(["audit", "-", "--fail-on", "high"], { input: rendered });
+    expect(run.code, run.stderr).toBe(1);
+    expect(run.stdout).toContain("<stdin>\n  17:9");
+    expect(run.stdout.trimEnd().split("\n").pop()).toMatch(/^4 findings \(4 high, 0 medium, 0 low\) in 1 file, 1 file scanned/);
+  });
+});
+
