@@ -57,7 +57,7 @@ describe("ca init --root-cert/--issuer-cert/--issuer-key checks what ca serve ne
   it("imports an encrypted issuer key with --issuer-key-passphrase-file; without it, refused by name and nothing written", async () => {
     const anchors = makeDaprAnchors(join(work, "encrypted"), { key: "p256" });
     const keyPassphrase = join(work, "issuer-key-passphrase");
-    writeFileSync(keyPassphrase, "issuer key secret\n");
+    writeFileSync(keyPassphrase, "issuer key secret\n", { mode: 0o600 });
     const encryptedKey = join(work, "encrypted", "issuer.enc.key");
     writeFileSync(encryptedKey, createPrivateKey(readFileSync(anchors.issuerKey)).export({ type: "pkcs8", format: "pem", cipher: "aes-256-cbc", passphrase: "issuer key secret" }));
     const withEncrypted = { ...anchors, issuerKey: encryptedKey };
@@ -66,7 +66,7 @@ describe("ca init --root-cert/--issuer-cert/--issuer-key checks what ca serve ne
     expectRefused(refused, "E_KEY_PASSPHRASE_REQUIRED", /--issuer-key .*issuer\.enc\.key: the private key is encrypted; give its passphrase with --issuer-key-passphrase-file FILE/);
     expect(existsSync(join(work, "ca-encrypted-refused"))).toBe(false);
     const wrong = join(work, "wrong-passphrase");
-    writeFileSync(wrong, "not it\n");
+    writeFileSync(wrong, "not it\n", { mode: 0o600 });
     const wrongDir = join(work, "ca-encrypted-wrong");
     expect((await init(withEncrypted, wrongDir, ["--issuer-key-passphrase-file", wrong])).code).toBe(1);
     expect(existsSync(wrongDir)).toBe(false);

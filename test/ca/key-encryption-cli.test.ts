@@ -31,7 +31,7 @@ describe("a CA that keeps its keys encrypted never gets a key in the clear", () 
   chmodSync(passphraseFile, 0o600);
   // The key's own passphrase for import-issuer (the imported key is encrypted, the CA's is not given).
   const keyPassphraseFile = join(work, "key-passphrase");
-  writeFileSync(keyPassphraseFile, "correct horse battery staple\n");
+  writeFileSync(keyPassphraseFile, "correct horse battery staple\n", { mode: 0o600 });
 
   const ok = async (args: string[]): Promise<CliResult> => {
     const r = await runCli(args);

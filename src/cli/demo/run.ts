@@ -252,7 +252,12 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
     }
     return ok;
   } catch (error) {
-    // After a stop signal, whatever failed (a child that Ctrl-C reached first) is the stop.
+    // After a stop signal, whatever failed (a child that Ctrl-C reached first) is the stop. Ctrl-C
+    // reaches the whole process group at once, and a busy machine may run a child's exit before
+    // this process's own signal handler: a child that failed gets that signal half a second.
+    if (!(error instanceof DemoStopped) && stop.received === undefined && error instanceof MeshwardError && error.code === "E_DEMO") {
+      await Promise.race([stop.requested, new Promise((resolve) => setTimeout(resolve, 500).unref())]);
+    }
     if (!(error instanceof DemoStopped) && stop.received === undefined) throw error;
     options.say(`${stop.received ?? (error as Error).message}: stopping before the demo was ready`);
     return false;
