@@ -15,6 +15,12 @@ export interface PeerIdentity {
   readonly appId: string | undefined;
   /** Leaf serial, uppercase hex without leading zeros. */
   readonly serial: string;
+  /**
+   * Serials (normalised) of the other certificates the peer presented with its leaf on the full
+   * handshake (its issuer), a self-issued root excepted; undefined when they could not be seen.
+   * A peer is refused when one of them is revoked (an issuer retired with --now: revocationOf).
+   */
+  readonly issuerSerials?: readonly string[];
 }
 
 export interface PeerPolicy {
@@ -34,6 +40,91 @@ export function normalizeSerial(hex: string): string {
 /** Whether the policy's current revocations hold `serial` (a PeerIdentity's, normalised). */
 export function isRevoked(policy: PeerPolicy, serial: string): boolean {
   return normalizedRevoked(policy.revokedSerials()).has(serial);
+}
+
+/**
+ * Why `peer` is revoked under the policy's current revocations — its leaf, or a certificate of its
+ * chain other than the root (its issuer) — or undefined. E_CERT_REVOKED names which.
+ *
+ * Issuers are matched by serial alone, in the same set as the leaves' serials, as OpenSSL's
+ * whole-chain CRL check does with the root's CRL. That is safe: an issuer's serial is assigned at
+ * random by the root that signed it (and listed by that root's CRL, verified against it before it
+ * joins the set: ca-source.ts), leaf serials at random (≥ 64 bits) by the issuers; a collision
+ * between a live issuer's serial and a revoked leaf's (or the reverse) is negligible, and could
+ * only refuse more, never accept a revoked certificate. The set is normalised once per set
+ * (normalizedRevoked); a check costs one lookup per certificate of the chain (usually two).
+ */
+export function revocationOf(policy: PeerPolicy, peer: PeerIdentity, what = `the ${policy.peerRole}`): MeshwardError | undefined {
+  const revoked = normalizedRevoked(policy.revokedSerials());
+  if (revoked.size === 0) return undefined;
+  if (revoked.has(peer.serial)) {
+    return new MeshwardError("E_CERT_REVOKED", `${what} certificate (serial ${peer.serial}, ${peer.spiffeId}) is revoked`, { details: { serial: peer.serial, spiffeId: peer.spiffeId } });
+  }
+  for (const serial of peer.issuerSerials ?? []) {
+    if (revoked.has(serial)) {
+      return new MeshwardError("E_CERT_REVOKED", `the peer's issuer certificate (serial ${serial}) is revoked: ${what} ${peer.spiffeId} (certificate serial ${peer.serial}) was signed by an issuer retired with --now (a leaked issuer key)`, {
+        details: { serial: peer.serial, spiffeId: peer.spiffeId, issuerSerial: serial },
+      });
+    }
+  }
+  return undefined;
+}
+
+/**
+ * The peer's certificate as verified, once per socket. Node builds the certificates the peer sent
+ * (leaf first, all of them, in the order sent) into the first X509Certificate it returns; every
+ * later `getPeerX509Certificate()` on the same socket shows the leaf alone (server side), or
+ * nothing (client side: the first call takes the leaf out of OpenSSL's peer chain). Every check
+ * of a socket's peer goes through here, so each sees the whole chain.
+ */
+const verifiedCertificates = new WeakMap<TLSSocket, X509Certificate | undefined>();
+export function peerCertificateOf(socket: TLSSocket): X509Certificate | undefined {
+  if (verifiedCertificates.has(socket)) return verifiedCertificates.get(socket);
+  const cert = socket.getPeerX509Certificate();
+  verifiedCertificates.set(socket, cert);
+  return cert;
+}
+
+/**
+ * Serials of the certificates the peer sent after its leaf, self-issued ones (a root) excepted,
+ * normalised. These are read from the X509Certificate of the first getPeerX509Certificate()
+ * (peerCertificateOf): it lists every certificate the peer sent, so it holds the issuer OpenSSL
+ * verified the leaf with (the trust bundle holds roots only, so the issuer is always sent). The
+ * detailed certificate (`getPeerCertificate(true)`, checkServerIdentity's) is not used: it links
+ * the first certificate that *names* the leaf's issuer, and a peer holding a retired issuer's key
+ * can send an expired look-alike of that issuer first (same name and key identifier, a fresh
+ * serial), which OpenSSL passes over for the real one while the detailed chain shows the look-alike.
+ */
+export function issuerSerialsOf(cert: X509Certificate): string[] {
+  const serials: string[] = [];
+  const seen = new Set<X509Certificate>([cert]);
+  for (let c = cert.issuerCertificate; c !== undefined && !seen.has(c) && serials.length < 10; c = c.issuerCertificate) {
+    seen.add(c);
+    if (c.subject === c.issuer) continue;
+    serials.push(normalizeSerial(c.serialNumber));
+  }
+  return serials;
+}
+
+/**
+ * Issuer serials of the leaves verified on full handshakes, by leaf fingerprint (SHA-256): a
+ * resumed session shows the server the leaf alone (a session keeps no intermediates), and a
+ * gRPC call only its connection's leaf. Bounded; the oldest entry goes first. A session ticket
+ * is only ever issued by the process that verified the full handshake (ticket keys are per
+ * process), so a resumed session's leaf is found here unless REMEMBERED_CHAINS newer leaves
+ * pushed it out, and is then refused (the client's next connection is a full handshake).
+ */
+export const REMEMBERED_CHAINS = 10_000;
+const rememberedChains = new Map<string, readonly string[]>();
+function rememberChain(fingerprint: string, serials: readonly string[]): void {
+  rememberedChains.delete(fingerprint);
+  rememberedChains.set(fingerprint, serials);
+  if (rememberedChains.size > REMEMBERED_CHAINS) rememberedChains.delete(rememberedChains.keys().next().value as string);
+}
+
+/** The issuer serials remembered for a leaf seen on a full handshake (its `fingerprint256`), or undefined. */
+export function rememberedIssuerSerials(fingerprint256: string): readonly string[] | undefined {
+  return rememberedChains.get(fingerprint256);
 }
 
 const normalizedSets = new WeakMap<ReadonlySet<string>, ReadonlySet<string>>();
@@ -93,14 +184,15 @@ export function readSvidIdentity(der: Uint8Array): PeerIdentity {
   };
 }
 
-/** Identity check + revocation; throws E_PEER_NO_SPIFFE_ID, E_PEER_NOT_LEAF, E_SPIFFE_MISMATCH or E_CERT_REVOKED. */
-export function verifyPeerCertificate(der: Uint8Array, policy: PeerPolicy): PeerIdentity {
-  const peer = readSvidIdentity(der);
-  if (normalizedRevoked(policy.revokedSerials()).has(peer.serial)) {
-    throw new MeshwardError("E_CERT_REVOKED", `the ${policy.peerRole} certificate (serial ${peer.serial}, ${peer.spiffeId}) is revoked`, {
-      details: { serial: peer.serial, spiffeId: peer.spiffeId },
-    });
-  }
+/**
+ * Identity check + revocation (of the leaf, and of `issuerSerials`, the serials of the rest of its
+ * chain when known: revocationOf); throws E_PEER_NO_SPIFFE_ID, E_PEER_NOT_LEAF, E_SPIFFE_MISMATCH or E_CERT_REVOKED.
+ */
+export function verifyPeerCertificate(der: Uint8Array, policy: PeerPolicy, issuerSerials?: readonly string[]): PeerIdentity {
+  const leaf = readSvidIdentity(der);
+  const peer: PeerIdentity = issuerSerials === undefined ? leaf : { ...leaf, issuerSerials };
+  const revoked = revocationOf(policy, peer);
+  if (revoked !== undefined) throw revoked;
   if (!policy.accepts(peer.spiffeId)) {
     throw new MeshwardError(
       "E_SPIFFE_MISMATCH",
@@ -171,11 +263,19 @@ export function verifyTlsPeerWithValidity(socket: TLSSocket, policy: PeerPolicy,
   if (!socket.authorized) {
     throw new MeshwardError("E_PEER_UNTRUSTED", `the ${policy.peerRole} certificate was not verified: ${String(socket.authorizationError ?? "no certificate")}`);
   }
-  const cert = socket.getPeerX509Certificate();
+  const cert = peerCertificateOf(socket);
   if (cert === undefined) throw new MeshwardError("E_PEER_NO_SPIFFE_ID", `the ${policy.peerRole} sent no certificate`);
-  const peer = verifyPeerCertificate(cert.raw, policy);
+  const reused = socket.isSessionReused();
+  // A resumed session shows the leaf alone: its chain is the one remembered from the full
+  // handshake that made the session (by this process: the ticket keys are its own).
+  const issuerSerials = reused ? rememberedIssuerSerials(cert.fingerprint256) : issuerSerialsOf(cert);
+  if (issuerSerials === undefined) {
+    throw new MeshwardError("E_PEER_UNTRUSTED", `the resumed session's ${policy.peerRole} certificate was not verified by a full handshake this process remembers, so its issuer cannot be checked against the revocations; a new connection makes a full handshake`);
+  }
+  const peer = verifyPeerCertificate(cert.raw, policy, issuerSerials);
+  if (!reused) rememberChain(cert.fingerprint256, issuerSerials);
   const notAfter = new Date(cert.validTo);
-  if (socket.isSessionReused()) {
+  if (reused) {
     const t = now();
     if (notAfter.getTime() <= t || Date.parse(cert.validFrom) > t) {
       throw new MeshwardError("E_CERT_EXPIRED", `the resumed session's ${policy.peerRole} certificate (${peer.spiffeId}) is outside its validity period`);
@@ -191,9 +291,8 @@ export function verifyTlsPeerWithValidity(socket: TLSSocket, policy: PeerPolicy,
  * expectation, revocations and its certificate's validity.
  */
 export function verifyRememberedPeer(peer: PeerIdentity, notAfter: Date, policy: PeerPolicy, now: () => number = Date.now): PeerIdentity {
-  if (normalizedRevoked(policy.revokedSerials()).has(peer.serial)) {
-    throw new MeshwardError("E_CERT_REVOKED", `the resumed session's ${policy.peerRole} certificate (serial ${peer.serial}, ${peer.spiffeId}) is revoked`);
-  }
+  const revoked = revocationOf(policy, peer, `the resumed session's ${policy.peerRole}`);
+  if (revoked !== undefined) throw revoked;
   if (!policy.accepts(peer.spiffeId)) {
     throw new MeshwardError("E_SPIFFE_MISMATCH", `the resumed session belongs to ${peer.spiffeId} but ${policy.expected} was expected`, {
       details: { peer: peer.spiffeId, expected: policy.expected },

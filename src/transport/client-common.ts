@@ -8,7 +8,7 @@ import { SecureContextHolder } from "../tls/context.ts";
 import { markHandshakeCompleted, tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import { consoleLogger } from "../tls/logger.ts";
 import type { TlsLogger } from "../tls/logger.ts";
-import { isRevoked, peerChainOf, spiffeCheckServerIdentity, verifyRememberedPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
+import { peerChainOf, revocationOf, spiffeCheckServerIdentity, verifyRememberedPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
 import type { PeerIdentity, PeerPolicy } from "../tls/verify.ts";
 import { systemClock } from "../util/clock.ts";
 import { assertSecureOptions, endTunnel, setPeer, warnInsecure } from "./common.ts";
@@ -155,17 +155,18 @@ export function retireAtCertificateExpiry(socket: TLSSocket, retire: () => void)
 }
 
 /**
- * Closes a verified client connection as soon as the certificate its server was verified with
- * is revoked (a new CRL reaches the identity): TLS judged it at the handshake only, and a pooled
+ * Closes a verified client connection as soon as the certificate its server was verified with,
+ * or its issuer (an issuer retired with --now), is revoked (a new CRL reaches the identity): TLS judged it at the handshake only, and a pooled
  * connection or an HTTP/2 session would otherwise go on carrying requests, and their credentials,
  * to a revoked server until its certificate expires. Servers recheck their callers the same way
  * (ConnectionRegistry.recheckAll). Requests in flight on it fail.
  */
-export function closeWhenRevoked(socket: TLSSocket, server: { readonly spiffeId: string; readonly serial: string }, runtime: ClientRuntime): void {
+export function closeWhenRevoked(socket: TLSSocket, server: Pick<PeerIdentity, "spiffeId" | "serial" | "issuerSerials">, runtime: ClientRuntime): void {
   if (runtime.insecure || socket.destroyed) return;
   const off = runtime.holder.onUpdate(() => {
-    if (socket.destroyed || !isRevoked(runtime.policy, server.serial)) return;
-    const error = new MeshwardError("E_CERT_REVOKED", `the server certificate of this connection (serial ${server.serial}, ${server.spiffeId}) was revoked`);
+    if (socket.destroyed) return;
+    const error = revocationOf(runtime.policy, { trustDomain: "", namespace: undefined, appId: undefined, ...server }, "this connection's server");
+    if (error === undefined) return;
     runtime.logger.warn(`closing the connection to ${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}: ${error.message}`);
     socket.destroy(error);
   });

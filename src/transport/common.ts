@@ -12,7 +12,7 @@ import { consoleLogger } from "../tls/logger.ts";
 import { systemClock } from "../util/clock.ts";
 import type { ClockTimer } from "../util/clock.ts";
 import type { TlsLogger } from "../tls/logger.ts";
-import { verifyPeerCertificate, verifyTlsPeer, verifyTlsPeerWithValidity, x509ChainOf } from "../tls/verify.ts";
+import { revocationOf, verifyTlsPeer, verifyTlsPeerWithValidity, x509ChainOf } from "../tls/verify.ts";
 import type { PeerIdentity, PeerPolicy } from "../tls/verify.ts";
 
 /** The only way to weaken verification; its name is the warning. Logged on every use. */
@@ -341,7 +341,8 @@ export class ConnectionRegistry {
   }
 
   /**
-   * Closes open connections whose peer is now revoked or no longer authorized. (Expiry needs no
+   * Closes open connections whose peer is now revoked (its certificate, or its issuer's: a
+   * retired issuer's root CRL reaching the bundle) or no longer authorized. (Expiry needs no
    * recheck: `add` retires each connection when its caller's certificate expires.)
    */
   recheckAll(): void {
@@ -350,9 +351,11 @@ export class ConnectionRegistry {
       const peer = peerOf(socket);
       if (peer === undefined) continue;
       try {
-        const cert = socket.getPeerX509Certificate();
-        if (cert === undefined) throw new MeshwardError("E_PEER_NO_SPIFFE_ID", "the peer certificate is no longer available");
-        verifyPeerCertificate(cert.raw, this.runtime.policy);
+        // The identity verified at the handshake, with its chain's serials (a later
+        // getPeerX509Certificate() would show the leaf alone): nothing is parsed again.
+        const revoked = revocationOf(this.runtime.policy, peer);
+        if (revoked !== undefined) throw revoked;
+        if (!this.runtime.policy.accepts(peer.spiffeId)) throw new MeshwardError("E_SPIFFE_MISMATCH", `the caller ${peer.spiffeId} is not allowed (allowed: ${this.runtime.policy.expected})`);
       } catch (error) {
         this.runtime.logger.warn(`closing an open connection from ${peer.spiffeId}: ${describeError(error)}`);
         socket.destroy();
