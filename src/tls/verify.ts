@@ -98,13 +98,19 @@ export function peerCertificateOf(socket: TLSSocket): X509Certificate | undefine
 export function issuerSerialsOf(cert: X509Certificate): string[] {
   const serials: string[] = [];
   const seen = new Set<X509Certificate>([cert]);
-  for (let c = cert.issuerCertificate; c !== undefined && !seen.has(c) && serials.length < 10; c = c.issuerCertificate) {
+  for (let c = cert.issuerCertificate; c !== undefined && !seen.has(c); c = c.issuerCertificate) {
+    // Every certificate sent is read: a cap that stopped early would let a peer put ten
+    // look-alikes before the real (revoked) issuer. A chain this long is no SVID's: refused.
+    if (seen.size > MAX_PEER_CHAIN) throw new MeshwardError("E_PEER_UNTRUSTED", `the peer sent more than ${MAX_PEER_CHAIN} certificates with its leaf; an X509-SVID chain is a leaf, its issuer and at most a few intermediates`);
     seen.add(c);
     if (c.subject === c.issuer) continue;
     serials.push(normalizeSerial(c.serialNumber));
   }
   return serials;
 }
+
+/** The most certificates a peer may send after its leaf (issuerSerialsOf). */
+export const MAX_PEER_CHAIN = 16;
 
 /**
  * Issuer serials of the leaves verified on full handshakes, by leaf fingerprint (SHA-256): a

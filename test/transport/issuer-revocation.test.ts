@@ -45,6 +45,19 @@ function forged(spiffeId: string): IdentitySource {
   });
 }
 
+/**
+ * As forged(), with `padding` extra certificates sent between the leaf and the retired issuer
+ * (copies of a self-signed certificate: OpenSSL passes over what it does not need, as it passes
+ * over an expired look-alike of the issuer), so that the real issuer comes late in what is sent.
+ */
+function forgedPadded(spiffeId: string, padding: number): IdentitySource {
+  const source = forged(spiffeId);
+  const current = source.current()!;
+  const [leaf, issuer] = certificatesFromPem(current.svid.certChainPem);
+  const filler = toPem(new X509Certificate(certificatesFromPem(ca.bundlePem)[0]!).raw, "CERTIFICATE");
+  return staticIdentity({ ...current, svid: { ...current.svid, certChainPem: toPem(leaf!, "CERTIFICATE") + filler.repeat(padding) + toPem(issuer!, "CERTIFICATE") } });
+}
+
 const revokedIn = (source: IdentitySource) => source.current()?.bundle.revokedSerials.has(normalizeSerial(oldIssuer.serialNumber)) === true;
 const issuerOf = (source: IdentitySource) => new X509Certificate(certificatesFromPem(source.current()!.svid.certChainPem)[1]!).serialNumber;
 
@@ -139,6 +152,16 @@ describe("a certificate minted with the key of an issuer retired with --now", ()
     const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}/`;
     await expect(httpsRequest(url, { identity: web, expect: apiId, logger: makeLogger(), timeoutMs: 5000 })).rejects.toMatchObject({ code: "E_CERT_REVOKED" });
     await expect(connectMtls({ identity: web, expect: apiId, port: (server.address() as AddressInfo).port, logger: makeLogger() })).rejects.toThrow(/issuer certificate \(serial [0-9A-F]+\) is revoked/);
+  });
+
+  it("an SDK client refuses it however many certificates come before the retired issuer (every one sent is read; more than 16 are refused)", async () => {
+    for (const padding of [12, 20]) {
+      const server = await createHttpsServer({ identity: forgedPadded(apiId, padding), logger: makeLogger() }, (_req, res) => res.end("forged"));
+      await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+      closers.push(() => server.meshward.close());
+      const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}/`;
+      await expect(httpsRequest(url, { identity: web, expect: apiId, logger: makeLogger(), timeoutMs: 5000 })).rejects.toMatchObject({ code: padding > 16 ? "E_PEER_UNTRUSTED" : "E_CERT_REVOKED" });
+    }
   });
 
   it("a sidecar's inbound refuses it; a caller on the new issuer gets through", async () => {
