@@ -25,7 +25,13 @@
  * remapped-builtin addresses named from V8's perf map (the sidecars then run with
  * `--perf-basic-prof`, which V8 writes to /tmp/perf-<pid>.map; JavaScript functions show as
  * `JS:*name file:line`, optimised ones with the `*`). `--base REF` also
- * measures the meshward pair built from REF (a git worktree under node_modules/.cache), for A/B.
+ * measures the meshward pair built from REF (a git worktree under node_modules/.cache), for A/B;
+ * it may be given more than once (one pair per REF, in the same rounds). `--cache DIR` puts the
+ * bundles and base worktrees in DIR instead of node_modules/.cache (sessions sharing one
+ * node_modules must not rebuild each other's; DIR must lie inside a directory whose node_modules
+ * holds undici, e.g. node_modules/.cache/<name>: the bundle loads llhttp's WebAssembly from
+ * there, and without it the sidecars fall back to Node's parser); `--skip-pipe` leaves the pipe
+ * pair out.
  * Needs valgrind (Debian's valgrind); under it a sidecar runs ~50× slower, so the defaults take
  * ~7 minutes.
  */
@@ -49,8 +55,20 @@ const SETTLE = flag("--settle", 2);
 const TOP = flag("--top", 0);
 const SELF = flag("--self", 0);
 /** Node flags for the profiled processes: a perf map to name JIT code by, when --self asks for names. */
-const NODE_FLAGS = SELF > 0 ? ["--perf-basic-prof"] : [];
-const BASE = process.argv.includes("--base") ? process.argv[process.argv.indexOf("--base") + 1] : undefined;
+/**
+ * `--node-args "<flags>"`: Node/V8 flags for every counted process. `--single-threaded` (no
+ * concurrent compiler or GC threads: their work lands on the main thread, in the round that caused
+ * it) makes the counts repeat on a machine other jobs are loading, where the helper threads'
+ * waiting and stealing otherwise moves meshward's rounds by ±20 %.
+ */
+const NODE_ARGS = process.argv.includes("--node-args") ? process.argv[process.argv.indexOf("--node-args") + 1]!.split(" ").filter((a) => a !== "") : [];
+const NODE_FLAGS = [...NODE_ARGS, ...(SELF > 0 ? ["--perf-basic-prof"] : [])];
+/** Every `--base REF` given (each measured as its own pair, named "base" when there is one, "base-REF" otherwise: the name is also an app id). */
+const BASES = process.argv.flatMap((arg, i) => (arg === "--base" && process.argv[i + 1] !== undefined ? [process.argv[i + 1]!] : []));
+/** Where the bundles and base worktrees go; another directory per session when several share a checkout's node_modules. */
+const CACHE = process.argv.includes("--cache") ? process.argv[process.argv.indexOf("--cache") + 1]! : join(ROOT, "node_modules/.cache");
+/** Leaves the pipe pair out (A/B runs of meshward builds only; its ratio lines are then not printed). */
+const SKIP_PIPE = process.argv.includes("--skip-pipe");
 /** Start-up under valgrind (module loading, CSR, first handshake) takes tens of seconds. */
 const VALGRIND_READY_MS = 240_000;
 
@@ -215,29 +233,30 @@ async function pipePair(ca: MeshCa, backendPort: number, work: string): Promise<
 }
 
 /** The CLI bundle of another commit, for --base: a detached worktree sharing this checkout's node_modules. */
-async function bundleAt(ref: string): Promise<string> {
-  const tree = join(ROOT, "node_modules/.cache/meshward-instructions-base");
+async function bundleAt(ref: string, suffix: string): Promise<string> {
+  const tree = join(CACHE, `meshward-instructions-base${suffix}`);
   if (existsSync(tree)) execFileSync("git", ["worktree", "remove", "--force", tree], { cwd: ROOT });
   execFileSync("git", ["worktree", "add", "--detach", tree, ref], { cwd: ROOT, stdio: "ignore" });
   execFileSync("ln", ["-s", join(ROOT, "node_modules"), join(tree, "node_modules")]);
   const { bundleCli: bundleBase } = (await import(join(tree, "scripts/bundle.ts"))) as { bundleCli: (out: string) => Promise<string> };
-  return await bundleBase(join(ROOT, "node_modules/.cache/meshward-instructions-base-bundle"));
+  return await bundleBase(join(CACHE, `meshward-instructions-base${suffix}-bundle`));
 }
 
 async function main(): Promise<void> {
   execFileSync("valgrind", ["--version"], { stdio: "ignore" });
-  const cli = await bundleCli(join(ROOT, "node_modules/.cache/meshward-bench"));
-  const baseCli = BASE === undefined ? undefined : await bundleAt(BASE);
+  const cli = await bundleCli(join(CACHE, "meshward-bench"));
+  const baseClis: [string, string][] = [];
+  for (const [i, ref] of BASES.entries()) baseClis.push([BASES.length === 1 ? "base" : `base-${ref.replace(/[^A-Za-z0-9_-]/g, "_")}`, await bundleAt(ref, i === 0 ? "" : `-${i}`)]);
   const ca = await startMeshCa({ workloadTtl: "24h" });
   const work = mkdtempSync(join(tmpdir(), "meshward-instructions-"));
   const backend = await startChild(process.execPath, ["-e", BACKEND], /PORT (\d+)/);
   const backendPort = Number(backend.match![1]);
   const pairs: Pair[] = [];
   try {
-    console.log(`instructions per request (callgrind), ${REQUESTS} requests after ${WARMUP} of warm-up, ${CONNECTIONS} in flight, Node ${process.version}`);
-    pairs.push(await pipePair(ca, backendPort, work));
+    console.log(`instructions per request (callgrind), ${REQUESTS} requests after ${WARMUP} of warm-up, ${CONNECTIONS} in flight, Node ${process.version}${NODE_ARGS.length > 0 ? `, node ${NODE_ARGS.join(" ")}` : ""}`);
+    if (!SKIP_PIPE) pairs.push(await pipePair(ca, backendPort, work));
     pairs.push(await meshwardPair("meshward", cli, ca, backendPort, work));
-    if (baseCli !== undefined) pairs.push(await meshwardPair("base", baseCli, ca, backendPort, work));
+    for (const [name, baseCli] of baseClis) pairs.push(await meshwardPair(name, baseCli, ca, backendPort, work));
     for (const pair of pairs) await load(pair.url, pair.headers, WARMUP);
     const results = new Map<string, { outbound: number[]; inbound: number[]; files: string[] }>();
     for (let round = 1; round <= ROUNDS; round++) {
@@ -267,15 +286,16 @@ async function main(): Promise<void> {
     for (const [name, r] of results) {
       console.log(`  ${name.padEnd(9)} outbound ${fmt(floor(r.outbound))} (${fmt(median(r.outbound))}) · inbound ${fmt(floor(r.inbound))} (${fmt(median(r.inbound))})`);
     }
-    const pipe = results.get("node-pipe")!;
+    const pipe = results.get("node-pipe");
     for (const [name, r] of results) {
-      if (name === "node-pipe") continue;
+      if (name === "node-pipe" || pipe === undefined) continue;
       console.log(`${name} / node-pipe at the floor: outbound ${(floor(r.outbound) / floor(pipe.outbound)).toFixed(3)}×, inbound ${(floor(r.inbound) / floor(pipe.inbound)).toFixed(3)}×`);
     }
-    const base = results.get("base");
-    if (base !== undefined) {
-      const mesh = results.get("meshward")!;
-      console.log(`meshward / base at the floor: outbound ${((floor(mesh.outbound) / floor(base.outbound)) * 100).toFixed(2)} %, inbound ${((floor(mesh.inbound) / floor(base.inbound)) * 100).toFixed(2)} %`);
+    const mesh = results.get("meshward")!;
+    for (const [name] of baseClis) {
+      const base = results.get(name)!;
+      const pct = (a: number, b: number) => ((a / b) * 100).toFixed(2);
+      console.log(`meshward / ${name}: floor outbound ${pct(floor(mesh.outbound), floor(base.outbound))} %, inbound ${pct(floor(mesh.inbound), floor(base.inbound))} %; median outbound ${pct(median(mesh.outbound), median(base.outbound))} %, inbound ${pct(median(mesh.inbound), median(base.inbound))} %`);
     }
     if (SELF > 0) {
       for (const pair of pairs) {
