@@ -1,6 +1,7 @@
-import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
 import { spawnCli, type Spawned } from "../helpers/cli.ts";
+import { cmdlineOf, descendants, exited, type Proc } from "../helpers/processes.ts";
 
 /**
  * `kill -9` of `meshward demo` (or an OOM kill) runs none of its cleanup: before, its Python app and
@@ -8,55 +9,6 @@ import { spawnCli, type Spawned } from "../helpers/cli.ts";
  * directory (root key included) stayed. Each child now holds a pipe from the demo and stops when
  * it closes, which the kernel does whatever ends the demo; a last child removes the directory.
  */
-interface Proc {
-  readonly pid: number;
-  readonly cmdline: string;
-}
-
-function cmdlineOf(pid: number): string | undefined {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, "utf8").replaceAll("\0", " ");
-  } catch {
-    return undefined;
-  }
-}
-
-/** A zombie has exited; only its parent (PID 1 here, or a subreaper) has not reaped it yet. */
-function exited(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
-  } catch {
-    return true;
-  }
-}
-
-/** Every live descendant of `root`, from /proc's parent links. */
-function descendants(root: number): Proc[] {
-  const parentOf = new Map<number, number>();
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      parentOf.set(Number(entry), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  const found: Proc[] = [];
-  const queue = [root];
-  while (queue.length > 0) {
-    const parent = queue.shift() as number;
-    for (const [pid, ppid] of parentOf) {
-      if (ppid !== parent) continue;
-      const cmdline = cmdlineOf(pid);
-      if (cmdline !== undefined && cmdline !== "") found.push({ pid, cmdline });
-      queue.push(pid);
-    }
-  }
-  return found;
-}
-
 /** Still running and still the same process (a reused pid would have another command line). */
 const alive = (p: Proc) => cmdlineOf(p.pid) === p.cmdline && !exited(p.pid);
 

@@ -1,6 +1,7 @@
-import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
 import { spawnCli, type Spawned } from "../helpers/cli.ts";
+import { cmdlineOf, descendants, type Proc } from "../helpers/processes.ts";
 
 /**
  * New-user review M1: `meshward demo` stopped in its first seconds (Ctrl-C, `kill`, `timeout`)
@@ -9,47 +10,6 @@ import { spawnCli, type Spawned } from "../helpers/cli.ts";
  * the demo at a point it announces, then checks by the processes it had started (read from
  * /proc while it ran) that none is left, and that its directory is gone.
  */
-interface Proc {
-  readonly pid: number;
-  readonly cmdline: string;
-}
-
-function cmdlineOf(pid: number): string | undefined {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, "utf8").replaceAll("\0", " ");
-  } catch {
-    return undefined;
-  }
-}
-
-/** Every live descendant of `root`, from /proc's parent links. */
-function descendants(root: number): Proc[] {
-  const parentOf = new Map<number, number>();
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      // pid (comm) state ppid …: comm may hold spaces and parentheses, so read after the last ')'.
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      parentOf.set(Number(entry), ppid);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  const found: Proc[] = [];
-  const queue = [root];
-  while (queue.length > 0) {
-    const parent = queue.shift() as number;
-    for (const [pid, ppid] of parentOf) {
-      if (ppid !== parent) continue;
-      const cmdline = cmdlineOf(pid);
-      if (cmdline !== undefined && cmdline !== "") found.push({ pid, cmdline });
-      queue.push(pid);
-    }
-  }
-  return found;
-}
-
 /** Still the same process (a reused pid would have another command line). */
 const alive = (p: Proc) => cmdlineOf(p.pid) === p.cmdline;
 
