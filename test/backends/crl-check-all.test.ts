@@ -2,7 +2,6 @@ import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { request } from "node:https";
-import { connect } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { rotateIssuer } from "../../src/ca/rotation.ts";
@@ -12,6 +11,7 @@ import { certificatesFromPem } from "../../src/pki/pem.ts";
 import { startNginx, type RunningNginx } from "../helpers/nginx.ts";
 import { freePort, stopChild } from "../helpers/redis.ts";
 import { startMeshCa, type IdentityFiles, type MeshCa } from "./fixtures.ts";
+import { canConnect } from "../helpers/wait.ts";
 
 // nginx `ssl_crl` and HAProxy `crl-file` turn on OpenSSL's whole-chain CRL check
 // (X509_V_FLAG_CRL_CHECK_ALL): every certificate of a peer's chain needs a CRL, the issuer's one
@@ -156,17 +156,6 @@ frontend mtls_in
     if (!/Address already in use|cannot bind/i.test(log)) break;
   }
   throw new Error(`haproxy did not start:\n${log}`);
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ host: "127.0.0.1", port });
-    socket.once("connect", () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once("error", () => resolve(false));
-  });
 }
 
 async function stopServers(): Promise<void> {

@@ -1,5 +1,4 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { connect } from "node:net";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -8,6 +7,7 @@ import { createHttpsServer, httpsRequest, type MtlsHttpsServer } from "../../src
 import { exec } from "../helpers/exec.ts";
 import { freePort, stopChild } from "../helpers/redis.ts";
 import { quietTlsLogger, startMeshCa, type IdentityFiles, type MeshCa } from "./fixtures.ts";
+import { canConnect } from "../helpers/wait.ts";
 
 // Real HAProxy 2.6 with a meshward identity. HAProxy 2.6 wants certificate and key in ONE file,
 // so the file sink's on-rotate command builds it (0600) from cert.pem + key.pem.
@@ -45,17 +45,6 @@ frontend plain_in
 backend meshward_api
   server api 127.0.0.1:${sdkPort} ssl crt ${pem} ca-file ${files.bundle} verify required verifyhost localhost sni str(localhost) ssl-min-ver TLSv1.2
 `;
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ host: "127.0.0.1", port });
-    socket.once("connect", () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once("error", () => resolve(false));
-  });
 }
 
 beforeAll(async () => {

@@ -1,9 +1,9 @@
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePort, stopChild } from "./redis.ts";
+import { canConnect } from "./wait.ts";
 
 /**
  * A real nginx for tests: master process in the foreground (`daemon off`, so the test owns
@@ -117,15 +117,4 @@ async function launch(prefix: string, configFile: string, ports: readonly number
   }
   await stopChild(child, "SIGQUIT");
   return { child, ready: false, log: () => log };
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ host: "127.0.0.1", port });
-    socket.once("connect", () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once("error", () => resolve(false));
-  });
 }

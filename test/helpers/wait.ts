@@ -1,3 +1,5 @@
+import { connect } from "node:net";
+
 /** Polls `check` until it holds; throws "timed out waiting for <what>" after `timeoutMs`. */
 export async function waitFor(what: string, check: () => boolean, timeoutMs = 20_000, pollMs = 100): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -24,4 +26,16 @@ export async function until<T>(what: string, limitMs: number, probe: () => Promi
     if (Date.now() > deadline) throw new Error(`${what} did not happen within ${limitMs} ms${last ? `: ${String(last)}` : ""}`);
     await new Promise((resolve) => setTimeout(resolve, pollMs));
   }
+}
+
+/** Whether a TCP connection to 127.0.0.1:`port` is accepted now (a server started and listening). */
+export function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: "127.0.0.1", port });
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
 }
