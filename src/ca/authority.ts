@@ -63,7 +63,18 @@ export interface SignResult {
 }
 
 export interface AuthorityOptions {
+  /**
+   * The anchors to sign with, read again right before each leaf is signed. After an issuer change
+   * the server keeps answering the issuer the CRL set in force publishes until the set naming the
+   * new one is in force (server.ts, signingAnchors).
+   */
   readonly anchors: () => LoadedAnchors;
+  /**
+   * Awaited right before a leaf is signed: the server holds requests there for a moment while a
+   * new issuer's CRL is being published and no issuer the set in force publishes may sign (after
+   * `--now`). Resolves at once otherwise.
+   */
+  readonly beforeSign?: (signal?: AbortSignal) => Promise<void>;
   readonly store: Store;
   readonly attestors: ReadonlyMap<ValidatorName, Attestor>;
   readonly defaultValidator: ValidatorName;
@@ -220,10 +231,14 @@ export class CertificateAuthority {
       );
     }
     throwIfCancelled(signal); // attestation may have waited on the Kubernetes API or a JWKS fetch
-    const signing = { identity, signer: anchors.issuer, policy: this.options.policy, now, ...(signal !== undefined ? { signal } : {}) };
+    await this.options.beforeSign?.(signal);
+    throwIfCancelled(signal);
+    // Read again: the issuer may have changed while the caller was attested.
+    const signer = this.options.anchors();
+    const signing = { identity, signer: signer.issuer, policy: this.options.policy, now, ...(signal !== undefined ? { signal } : {}) };
     const leaf = csr !== undefined ? await this.#signing.sign({ ...signing, csr }) : await this.#signing.issue({ ...signing, csr: request.csr });
     const leafPem = toPem(leaf.der, "CERTIFICATE");
-    const jwtSvids = wantsJwt ? await this.options.jwtSvids?.issue(anchors.issuer.privateKey, leaf.spiffeId, request.jwtAudiences ?? [], leaf.notAfter) : undefined;
+    const jwtSvids = wantsJwt ? await this.options.jwtSvids?.issue(signer.issuer.privateKey, leaf.spiffeId, request.jwtAudiences ?? [], leaf.notAfter) : undefined;
     const record = {
       serial: leaf.serial,
       spiffeId: leaf.spiffeId,
@@ -232,8 +247,8 @@ export class CertificateAuthority {
       notAfter: leaf.notAfter,
       issuedAt: now,
       attestation: identity.method,
-      issuerFingerprint: anchors.issuer.certificate.fingerprint256,
-      rootFingerprint: anchors.issuerRoot.fingerprint256,
+      issuerFingerprint: signer.issuer.certificate.fingerprint256,
+      rootFingerprint: signer.issuerRoot.fingerprint256,
       certificatePem: leafPem,
       // A renewal proven with the current certificate retires it from the live count.
       ...(identity.method === "svid" && peer !== undefined ? { supersedes: peer.serial } : {}),
@@ -256,8 +271,8 @@ export class CertificateAuthority {
     return {
       spiffeId: leaf.spiffeId,
       serial: leaf.serial,
-      certificateChainPem: leafPem + anchors.issuerChainPem,
-      trustAnchorsPem: rootPems(anchors),
+      certificateChainPem: leafPem + signer.issuerChainPem,
+      trustAnchorsPem: rootPems(signer),
       notBefore: leaf.notBefore,
       notAfter: leaf.notAfter,
       ...(jwtSvids !== undefined ? { jwtSvids } : {}),

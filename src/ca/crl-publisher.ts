@@ -159,6 +159,35 @@ export class CrlPublisher {
     return this.#current;
   }
 
+  /** Called, synchronously, each time the set in force (`current`) changes. */
+  onChange: (() => void) | undefined;
+
+  /** Which issuers the set in force publishes a CRL of (by fingerprint256), filled as asked. */
+  #publishedBy = new WeakMap<PublishedCrl, Map<string, boolean>>();
+
+  /**
+   * Whether the CRL set in force (`current`) holds a CRL this certificate signed: what a workload
+   * checks a renewed certificate's issuer against (ca-source.ts, E_ISSUER_RETIRED), so the CA
+   * signs with an issuer only once this is true (server.ts).
+   */
+  publishes(certificate: import("node:crypto").X509Certificate): boolean {
+    const current = this.#current;
+    if (current === undefined) return false;
+    let known = this.#publishedBy.get(current);
+    if (known === undefined) this.#publishedBy.set(current, (known = new Map()));
+    let answer = known.get(certificate.fingerprint256);
+    if (answer === undefined) {
+      answer = [current.der, ...current.others].some((der) => signedByCertificate(der, certificate));
+      known.set(certificate.fingerprint256, answer);
+    }
+    return answer;
+  }
+
+  #setCurrent(next: PublishedCrl): void {
+    this.#current = next;
+    this.onChange?.();
+  }
+
   /**
    * Several replicas: revocations the store holds that the CRL in force lacks, and since when
    * (Date.now()) this replica has seen some missing; undefined when none are. A leader signs them
@@ -268,8 +297,8 @@ export class CrlPublisher {
     const published = await this.store.latestCrl();
     if (published === undefined || published.number === this.#publishedNumber) return false;
     const parsed = parseCrl(published.der);
-    this.#current = { der: published.der, pem: toPem(published.der, "X509 CRL"), revokedSerials: parsed.revokedSerials, thisUpdate: published.thisUpdate, others: published.others ?? [] };
     this.#publishedNumber = published.number;
+    this.#setCurrent({ der: published.der, pem: toPem(published.der, "X509 CRL"), revokedSerials: parsed.revokedSerials, thisUpdate: published.thisUpdate, others: published.others ?? [] });
     return true;
   }
 
@@ -295,10 +324,10 @@ export class CrlPublisher {
     const revocations = await this.store.listRevocations();
     const der = await this.#sign(signer, revocations, now, crlNumber);
     const others = [...(previous === undefined ? [] : [await this.#sign(previous, revocations, now, crlNumber)]), ...(await this.#rootCrls(rootPlan, now, crlNumber))];
-    this.#current = { der, pem: toPem(der, "X509 CRL"), revokedSerials: new Set(revocations.map((r) => r.serial)), thisUpdate: now, others };
     this.#fingerprint = fingerprintOf(revocations);
     this.#signedFor = signer;
     this.#previousSignedFor = previous;
+    this.#setCurrent({ der, pem: toPem(der, "X509 CRL"), revokedSerials: new Set(revocations.map((r) => r.serial)), thisUpdate: now, others });
     return true;
   }
 }

@@ -74,6 +74,12 @@ const RESERVED_FILES = 64;
 const STORE_STALL_MS = 10_000;
 /** Distinct (reason, address) pairs whose refusals are logged apart; more share one budget. */
 const LOGGED_PEERS = 100;
+/**
+ * After an issuer change that drops the outgoing issuer's CRL (`--now`), how long a sign request
+ * waits for the CRL set naming the new issuer before the new issuer signs it anyway (the leader
+ * publishes that set within a refresh; a replica whose store stalls keeps the CA answering).
+ */
+export const ISSUER_SWITCH_WAIT_MS = 5_000;
 /** TLS 1.2 only with ECDHE + AEAD; TLS 1.3 suites are all AEAD. */
 const TLS12_CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305:@SECLEVEL=2";
 
@@ -244,6 +250,71 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   /** Log lines a caller can cause at will (refused connections and sign requests, failed handshakes), rate-limited per reason and address. */
   const warnings = new LimitedWarnings(logger, { maxKeys: LOGGED_PEERS });
   const notices = new LimitedWarnings({ warn: (fields, message) => logger.info(fields, message) }, { maxKeys: LOGGED_PEERS });
+  // Workloads refuse a renewed certificate whose issuer the CRL set in force does not publish
+  // (ca-source.ts, E_ISSUER_RETIRED: the defence against a replica still signing with a retired
+  // issuer). So after an issuer change (automatic activate, rotate-issuer, import-issuer, root
+  // activate) the new issuer signs nothing, leaves or the serving certificate, until the CRL set
+  // this CA serves publishes its CRL: the leader (or a single CA) signs and publishes that set at
+  // once; a replica that does not lead waits until it adopts the set the leader published. Until
+  // then the outgoing issuer keeps signing (`held`), whose CRL the set in force publishes and the
+  // next one keeps publishing (the rotation kept it as issuer.prev.*, retained while certificates
+  // it signed are live). After `--now` it is not kept: requests wait for the new set instead (at
+  // most ISSUER_SWITCH_WAIT_MS, then the new issuer signs anyway).
+  let held: LoadedAnchors | undefined;
+  const switchWaiters: (() => void)[] = [];
+  let switchTimer: NodeJS.Timeout | undefined;
+  const signingAnchors = (): LoadedAnchors =>
+    held === undefined ? anchors : { ...anchors, issuer: held.issuer, issuerChainPem: held.issuerChainPem, issuerRoot: held.issuerRoot };
+  /** Whether the held issuer may keep signing: the CA state kept it as the previous issuer, whose CRL stays published. */
+  const heldKept = (): boolean => held !== undefined && anchors.previousIssuer?.signer.certificate.fingerprint256 === held.issuer.certificate.fingerprint256;
+  const issuerSwitched = (signal?: AbortSignal): Promise<void> => {
+    if (held === undefined || heldKept()) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        signal?.removeEventListener("abort", done);
+        resolve();
+      };
+      switchWaiters.push(done);
+      signal?.addEventListener("abort", done, { once: true });
+    });
+  };
+  /** The new issuer signs from now on; `reason` is logged. */
+  const endHold = (event: "issuer-switched" | "issuer-switch-unpublished", message: string) => {
+    if (held === undefined) return;
+    const from = held.issuer.certificate.fingerprint256;
+    held = undefined;
+    clearTimeout(switchTimer);
+    for (const wake of switchWaiters.splice(0)) wake();
+    const fields = { event, from, issuer: anchors.issuer.certificate.fingerprint256, ...(crl.current !== undefined ? { crlThisUpdate: crl.current.thisUpdate.toISOString() } : {}) };
+    if (event === "issuer-switched") logger.info(fields, message);
+    else logger.warn(fields, message);
+    renewServing();
+  };
+  /** Ends the hold once the set in force publishes the new issuer (or no longer the held one). */
+  const syncSigning = () => {
+    if (held === undefined) return;
+    if (crl.publishes(anchors.issuer.certificate)) {
+      endHold("issuer-switched", "the CRL set in force publishes the new issuer's CRL: now signing with the new issuer");
+    } else if (!crl.publishes(held.issuer.certificate) || !anchors.roots.some((root) => root.fingerprint256 === held!.issuerRoot.fingerprint256)) {
+      endHold("issuer-switch-unpublished", "the issuer signing until now is no longer published or trusted, and the new issuer's CRL is not in force yet: now signing with the new issuer; workloads refuse its certificates (renewal-issuer-retired) until the set naming it is in force");
+    }
+  };
+  /** Called as the anchors change to `next` (before `anchors` is set): whether the outgoing issuer keeps signing for now. */
+  const holdIssuer = (previous: LoadedAnchors, next: LoadedAnchors) => {
+    const outgoing = held ?? previous;
+    if (outgoing.issuer.certificate.fingerprint256 === next.issuer.certificate.fingerprint256 || crl.publishes(next.issuer.certificate) || !crl.publishes(outgoing.issuer.certificate)) {
+      return false;
+    }
+    if (held === undefined) {
+      held = outgoing;
+      clearTimeout(switchTimer);
+      switchTimer = setTimeout(() => {
+        if (!heldKept()) endHold("issuer-switch-unpublished", `no CRL set naming the new issuer came into force within ${ISSUER_SWITCH_WAIT_MS / 1000} s and the previous issuer was retired (--now): now signing with the new issuer; workloads refuse its certificates (renewal-issuer-retired) until the set naming it is in force`);
+      }, ISSUER_SWITCH_WAIT_MS);
+      switchTimer.unref();
+    }
+    return true;
+  };
   /** The code of the last issuance write the store failed, until a write succeeds again (see storeCheck). */
   let writeFailure: string | undefined;
   const authority = new CertificateAuthority({
@@ -251,7 +322,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     servingSpiffeId: servingId,
     ...(config.signRateLimit === false ? {} : { rateLimit: new SignRateLimiter(config.signRateLimit) }),
     signing,
-    anchors: () => anchors,
+    anchors: () => signingAnchors(),
+    beforeSign: (signal) => issuerSwitched(signal),
     store,
     attestors,
     defaultValidator,
@@ -275,11 +347,12 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const tlsOptions = () => {
     const keys = generateKeyPair();
     const now = clock();
-    const notAfter = new Date(Math.min(now.getTime() + SERVING_CERT_TTL_MS, new Date(anchors.issuer.certificate.validTo).getTime()));
+    const signer = signingAnchors();
+    const notAfter = new Date(Math.min(now.getTime() + SERVING_CERT_TTL_MS, new Date(signer.issuer.certificate.validTo).getTime()));
     const leaf = issueLeafCertificate({
       spiffeId,
       publicKey: keys.publicKey,
-      signer: anchors.issuer,
+      signer: signer.issuer,
       dnsNames: config.dnsNames,
       notBefore: new Date(now.getTime() - config.clockSkew),
       notAfter,
@@ -287,7 +360,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     return {
       options: {
         key: encodePrivateKey(keys.privateKey),
-        cert: toPem(leaf.der, "CERTIFICATE") + anchors.issuerChainPem,
+        cert: toPem(leaf.der, "CERTIFICATE") + signer.issuerChainPem,
         ca: anchors.rootsPem,
         // Workloads renewing with their current SVID present it; first-time callers have none.
         requestCert: true,
@@ -499,12 +572,17 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const loadCurrent = () => loadAnchors({ dir: options.dir, ...(passphrase !== undefined ? { passphrase } : {}) });
   const adopt = (next: LoadedAnchors) => {
     const previous = anchors;
+    const holding = holdIssuer(previous, next);
     anchors = next;
     const issuerChanged = previous.issuer.certificate.fingerprint256 !== next.issuer.certificate.fingerprint256;
     const rootsChanged = previous.rootsPem !== next.rootsPem;
     logger.info(
-      { event: "anchors-reloaded", issuer: next.issuer.certificate.fingerprint256, issuerNotAfter: next.issuer.certificate.validTo, roots: next.roots.map((r) => r.fingerprint256), issuerChanged, rootsChanged },
-      "trust anchors changed on disk: now signing with the new set",
+      { event: "anchors-reloaded", issuer: next.issuer.certificate.fingerprint256, issuerNotAfter: next.issuer.certificate.validTo, roots: next.roots.map((r) => r.fingerprint256), issuerChanged, rootsChanged, ...(holding ? { signingWith: held?.issuer.certificate.fingerprint256 } : {}) },
+      holding
+        ? heldKept()
+          ? "trust anchors changed: the new issuer signs once the CRL set in force publishes its CRL; until then the previous issuer, still published, signs"
+          : "trust anchors changed: the new issuer signs once the CRL set in force publishes its CRL; sign requests wait for it meanwhile (the previous issuer was retired)"
+        : "trust anchors changed: now signing with the new set",
     );
     if (issuerChanged) recorder.recordRotation({ kind: "issuer", result: "ok", serial: next.issuer.certificate.serialNumber });
     if (issuerChanged) void jwtSvids?.retire(previous.issuer.privateKey).catch((error) => logger.error({ event: "jwt-key-retire-failed", error: describeError(error) }, "could not keep the previous JWT-SVID key published"));
@@ -512,8 +590,11 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     reportPreviousIssuer(next);
     renewServing();
     setExpiryGauges();
+    // The set in force may already name the new issuer (a replica that adopted the leader's set first).
+    syncSigning();
     void crl.refresh().catch((error) => logger.error({ event: "crl-refresh-failed", error: describeError(error) }, "could not re-sign the CRL"));
   };
+  crl.onChange = syncSigning;
   const watcher = replicated !== undefined ? await watchStoreState({
     store: replicated,
     intervalMs: config.anchorPoll,
@@ -568,6 +649,9 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   rotationWarnings = rotation.warnings;
   // With several processes on one store only the leader rotates (the others' warnings stay empty).
   if (leader) await rotation.check();
+  // A rotation step just taken (an issuer due while the CA was down): serve from the start with the
+  // CRL set that names the new issuer, so the first requests are signed by it (see `held`).
+  if (held !== undefined) await crl.refresh().catch(() => undefined);
   const rotationTimer = setInterval(() => {
     if (leader) void rotation.check();
   }, config.rotationCheck);
@@ -606,6 +690,9 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     clearInterval(leaderTimer);
     await lock?.release();
     clearTimeout(servingTimer);
+    clearTimeout(switchTimer);
+    crl.onChange = undefined;
+    for (const wake of switchWaiters.splice(0)) wake();
     watcher.close();
     await new Promise<void>((resolve) => {
       // Stop accepting; the callback comes once every connection has closed.
