@@ -115,10 +115,12 @@ export const MAX_PEER_CHAIN = 16;
 /**
  * Issuer serials of the leaves verified on full handshakes, by leaf fingerprint (SHA-256): a
  * resumed session shows the server the leaf alone (a session keeps no intermediates), and a
- * gRPC call only its connection's leaf. Bounded; the oldest entry goes first. A session ticket
- * is only ever issued by the process that verified the full handshake (ticket keys are per
- * process), so a resumed session's leaf is found here unless REMEMBERED_CHAINS newer leaves
- * pushed it out, and is then refused (the client's next connection is a full handshake).
+ * gRPC call only its connection's leaf. Bounded; the least recently seen entry goes first. A
+ * session ticket is only ever issued by the process that verified the full handshake (ticket keys
+ * are per process), so a resumed session's leaf is found here unless REMEMBERED_CHAINS other
+ * leaves were seen since it was last, and is then refused: meshward clients forget a session
+ * whose resumed connection closes before any byte arrives (client-common.ts), so the next
+ * connection is a full handshake.
  */
 export const REMEMBERED_CHAINS = 10_000;
 const rememberedChains = new Map<string, readonly string[]>();
@@ -128,9 +130,15 @@ function rememberChain(fingerprint: string, serials: readonly string[]): void {
   if (rememberedChains.size > REMEMBERED_CHAINS) rememberedChains.delete(rememberedChains.keys().next().value as string);
 }
 
-/** The issuer serials remembered for a leaf seen on a full handshake (its `fingerprint256`), or undefined. */
+/**
+ * The issuer serials remembered for a leaf seen on a full handshake (its `fingerprint256`), or
+ * undefined. A leaf found is remembered afresh (least recently used goes first), so a client that
+ * keeps resuming keeps its entry however many other leaves come and go.
+ */
 export function rememberedIssuerSerials(fingerprint256: string): readonly string[] | undefined {
-  return rememberedChains.get(fingerprint256);
+  const serials = rememberedChains.get(fingerprint256);
+  if (serials !== undefined) rememberChain(fingerprint256, serials);
+  return serials;
 }
 
 const normalizedSets = new WeakMap<ReadonlySet<string>, ReadonlySet<string>>();

@@ -310,6 +310,13 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
       if (socket.isSessionReused()) {
         // Node skipped checkServerIdentity and shows no peer certificate: check what the ticket was issued to.
         if (resumable === undefined) throw new MeshwardError("E_PEER_UNTRUSTED", "a session was resumed that this client did not offer");
+        // A server that refuses the resumed session (a meshward server that no longer remembers the
+        // chain it was made with: verify.ts rememberedIssuerSerials) closes it before any byte of
+        // data: forget the ticket, so the next connection is a full handshake, not the same refusal.
+        // (Whatever ticket it holds by then: the refusing server may have sent a new one first.)
+        socket.once("close", () => {
+          if (socket.bytesRead === 0) sessions?.delete(sessionKey);
+        });
         verified = { peer: verifyRememberedPeer(resumable.peer, resumable.notAfter, runtime.policy), notAfter: resumable.notAfter, rootsEpoch: resumable.rootsEpoch, ownSerial: resumable.ownSerial, chain: resumable.chain };
       } else {
         verified = { ...verifyTlsPeerWithValidity(socket, runtime.policy), rootsEpoch: dialRootsEpoch, ownSerial, chain: serverChain };
