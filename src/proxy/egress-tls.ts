@@ -7,7 +7,7 @@ import type { IdentitySnapshot, IdentitySource } from "../identity/source.ts";
 import { compileMatcher } from "../spiffe/match.ts";
 import { CIPHERS, CURVES, MIN_TLS_VERSION, SECURE_OPTIONS, buildSecureContextOptions } from "../tls/policy.ts";
 import type { SecureOptions } from "../tls/policy.ts";
-import { isRevoked, normalizeSerial, verifyPeerCertificate } from "../tls/verify.ts";
+import { isRevoked, normalizeSerial, revocationOf, verifyPeerCertificate } from "../tls/verify.ts";
 import type { PeerPolicy } from "../tls/verify.ts";
 
 export interface EgressTlsSettings {
@@ -29,6 +29,25 @@ export interface EgressTlsMaterial {
   readonly meshRoots: ReadonlySet<string> | undefined;
   /** When the workload certificate presented to the backend expires (`mtls` only). */
   readonly ownNotAfter: Date | undefined;
+  /**
+   * With the mesh's roots: the revocations a backend's certificate and its issuer are judged by
+   * (empty with `caFile`). checkServerIdentity judges the leaf; the issuer OpenSSL verified it with
+   * is judged once the handshake is done (backendRevocation), from the whole chain the backend sent.
+   */
+  readonly revokedSerials: ReadonlySet<string>;
+  /** How the backend is named in messages: the SPIFFE ID expected, or the host name. */
+  readonly backendName: string;
+}
+
+/**
+ * Why a backend verified with the mesh's roots is refused under `revokedSerials`: its certificate
+ * (`serial`) or one of the others it sent with it (`issuerSerials`: its issuer, when retired with
+ * `rotate-issuer --now` after a key leak, is on the root's CRL) is revoked; undefined otherwise.
+ */
+export function backendRevocation(revokedSerials: ReadonlySet<string>, backendName: string, serial: string, issuerSerials: readonly string[] | undefined): MeshwardError | undefined {
+  if (revokedSerials.size === 0) return undefined;
+  const policy = { revokedSerials: () => revokedSerials, peerRole: "server" } as PeerPolicy;
+  return revocationOf(policy, { spiffeId: backendName, trustDomain: "", namespace: undefined, appId: undefined, serial, ...(issuerSerials !== undefined ? { issuerSerials } : {}) }, "the backend");
 }
 
 /** The roots of a PEM bundle, each as its DER in base64: what `meshRoots` holds. */
@@ -119,6 +138,6 @@ export class EgressTlsMaterials {
     }
     const servername = isIP(settings.serverName) === 0 && settings.serverName.length > 0 ? settings.serverName : undefined;
     const meshRoots = settings.fileRootsPem === undefined ? rootSet(roots) : undefined;
-    return { secureContext, checkServerIdentity, servername, meshRoots, ownNotAfter: settings.mtls ? snapshot!.svid.notAfter : undefined };
+    return { secureContext, checkServerIdentity, servername, meshRoots, ownNotAfter: settings.mtls ? snapshot!.svid.notAfter : undefined, revokedSerials: revoked, backendName: settings.expectSpiffeId ?? settings.serverName };
   }
 }

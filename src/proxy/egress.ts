@@ -13,8 +13,7 @@ import { createMeshMetrics } from "../telemetry/metrics.ts";
 import type { MeshMetrics, Metrics } from "../telemetry/metrics.ts";
 import { markHandshakeCompleted, tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import type { TlsLogger } from "../tls/logger.ts";
-import { isRevoked, normalizeSerial } from "../tls/verify.ts";
-import type { PeerPolicy } from "../tls/verify.ts";
+import { normalizeSerial, serverIssuerSerialsOf } from "../tls/verify.ts";
 import { OWN_EXPIRY_MARGIN_MS } from "../transport/client-common.ts";
 import { endTunnel } from "../transport/common.ts";
 import { formatHostPort, isLoopbackListenHost, parseHostPort } from "../util/address.ts";
@@ -25,7 +24,7 @@ import { DEFAULT_MAX_CONNECTIONS } from "../config/sidecar.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { capConnections, listenerMetrics } from "./listener-cap.ts";
 import { ClientPreamble, postgresErrorResponse, readBackendAnswer, SSL_REQUEST } from "./egress-postgres.ts";
-import { EgressTlsMaterials, rootSet } from "./egress-tls.ts";
+import { backendRevocation, EgressTlsMaterials, rootSet } from "./egress-tls.ts";
 import type { EgressTlsMaterial } from "./egress-tls.ts";
 
 export type EgressProtocol = "tls" | "postgres";
@@ -274,8 +273,11 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
           if (event.type !== "bundle-updated" || event.snapshot.bundle.revokedSerials.size === 0) return;
           for (const relay of open) {
             const serial = relay.backendSerial;
-            if (serial === undefined || !isRevoked({ revokedSerials: () => event.snapshot.bundle.revokedSerials } as PeerPolicy, serial)) continue;
-            logger.warn(`${what}: closing a connection: the backend's certificate (serial ${serial}) was revoked`);
+            if (serial === undefined) continue;
+            // Its certificate, or its issuer (retired with --now: the root's CRL lists it).
+            const revoked = backendRevocation(event.snapshot.bundle.revokedSerials, entry.expectSpiffeId ?? entry.serverName ?? backend.host, serial, relay.backendIssuerSerials);
+            if (revoked === undefined) continue;
+            logger.warn(`${what}: closing a connection: ${revoked.code}: ${revoked.message}`);
             relay.destroy();
           }
         });
@@ -366,6 +368,8 @@ class Relay {
   #tls: TLSSocket | undefined;
   /** The serial of the backend certificate this connection was verified with (once established). */
   backendSerial: string | undefined;
+  /** The serials of the other certificates the backend sent with its own (its issuer), when verified with the mesh's roots. */
+  backendIssuerSerials: readonly string[] | undefined;
   /** The mesh root the backend's chain rests on (all the roots when it cannot be told; undefined with caFile). */
   meshRoots: ReadonlySet<string> | undefined;
   #retired = false;
@@ -498,9 +502,23 @@ class Relay {
         this.#fail("tls_failed", new MeshwardError("E_PEER_UNTRUSTED", `the backend certificate was not verified: ${String(tls.authorizationError)}`), tls);
         return;
       }
+      const backendSerial = normalizeSerial(tls.getPeerCertificate().serialNumber ?? "");
+      if (material.meshRoots !== undefined) {
+        // checkServerIdentity judged the leaf; the rest of what the backend sent (its issuer, which
+        // a CRL of the mesh root lists when retired with --now after a key leak) is judged here,
+        // from every certificate sent (serverIssuerSerialsOf), before any of the app's bytes go out.
+        try {
+          this.backendIssuerSerials = serverIssuerSerialsOf(tls);
+          const revoked = backendRevocation(material.revokedSerials, material.backendName, backendSerial, this.backendIssuerSerials);
+          if (revoked !== undefined) throw revoked;
+        } catch (error) {
+          this.#fail("tls_failed", error, tls);
+          return;
+        }
+      }
       clearTimeout(this.#connectTimer);
       markHandshakeCompleted(tls);
-      this.backendSerial = normalizeSerial(tls.getPeerCertificate().serialNumber ?? "");
+      this.backendSerial = backendSerial;
       this.meshRoots = anchorOf(tls, material.meshRoots);
       this.#retireWhenStale(tls, material);
       this.#backendReady = true;

@@ -109,6 +109,45 @@ export function issuerSerialsOf(cert: X509Certificate): string[] {
   return serials;
 }
 
+/**
+ * Client side: the serials of the certificates the server sent after its leaf (issuerSerialsOf),
+ * from the first getPeerX509Certificate() (peerCertificateOf), for a TLS client whose server was
+ * checked by checkServerIdentity (which sees the detailed chain, not necessarily the issuer OpenSSL
+ * verified the leaf with). On a client that call takes the leaf out of OpenSSL's peer chain
+ * (nodejs/node#65579), after which getPeerCertificate() shows nothing: the socket answers it with
+ * what it showed before, so that Node's checkServerIdentity on a refused renegotiation, grpc-js's
+ * auth context and channelz still see the server's certificate. Undefined on a resumed session
+ * (no chain to see).
+ */
+export function serverIssuerSerialsOf(socket: TLSSocket): readonly string[] | undefined {
+  if (socket.isSessionReused()) return undefined;
+  const plain = socket.getPeerCertificate();
+  const detailed = socket.getPeerCertificate(true);
+  const x509 = peerCertificateOf(socket);
+  Object.defineProperty(socket, "getPeerCertificate", { value: (full?: boolean) => (full === true ? detailed : plain), configurable: true, writable: true });
+  return x509 === undefined ? undefined : issuerSerialsOf(x509);
+}
+
+/**
+ * For a TLS client's checkServerIdentity on a full handshake, once the SPIFFE ID check passed: why
+ * the server is refused for a certificate it sent after its leaf (its issuer revoked: E_CERT_REVOKED;
+ * more than MAX_PEER_CHAIN: E_PEER_UNTRUSTED), from every certificate sent (peerCertificateOf), or
+ * undefined. Judged there, the refusal fails the handshake: no 'secureConnect' is emitted, so nothing
+ * built on the socket starts on it (node:http2's client session, set up on 'secureConnect', aborts
+ * the process on a socket destroyed by an earlier 'secureConnect' listener: "Assertion failed:
+ * args[0]->IsObject()" in Http2Session::Consume).
+ */
+export function sentChainRefusal(socket: TLSSocket, policy: PeerPolicy): Error | undefined {
+  try {
+    const cert = peerCertificateOf(socket);
+    // No certificate: refused after the handshake (verifyTlsPeerWithValidity), as before.
+    if (cert === undefined) return undefined;
+    return revocationOf(policy, { ...readSvidIdentity(cert.raw), issuerSerials: issuerSerialsOf(cert) });
+  } catch (error) {
+    return error as Error;
+  }
+}
+
 /** The most certificates a peer may send after its leaf (issuerSerialsOf). */
 export const MAX_PEER_CHAIN = 16;
 

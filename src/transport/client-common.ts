@@ -8,7 +8,7 @@ import { SecureContextHolder } from "../tls/context.ts";
 import { markHandshakeCompleted, tlsAfterHandshakeFailure } from "../tls/after-handshake.ts";
 import { consoleLogger } from "../tls/logger.ts";
 import type { TlsLogger } from "../tls/logger.ts";
-import { peerChainOf, revocationOf, spiffeCheckServerIdentity, verifyRememberedPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
+import { peerChainOf, revocationOf, sentChainRefusal, spiffeCheckServerIdentity, verifyRememberedPeer, verifyTlsPeerWithValidity } from "../tls/verify.ts";
 import type { PeerIdentity, PeerPolicy } from "../tls/verify.ts";
 import { systemClock } from "../util/clock.ts";
 import { assertSecureOptions, endTunnel, setPeer, warnInsecure } from "./common.ts";
@@ -283,7 +283,12 @@ export function dialTls(runtime: ClientRuntime, dial: DialOptions, sessions?: Se
       : (host, cert) => {
           if (verified !== undefined && !cert?.raw) return undefined;
           serverChain ??= peerChainOf(cert);
-          return checkIdentity(host, cert);
+          // The SPIFFE ID and the leaf's revocation, then the rest of what the server sent (its
+          // issuer, retired with --now): a refused server fails the handshake (sentChainRefusal).
+          // secureConnect checks it all again (verifyTlsPeerWithValidity, from the same certificate).
+          const refused = checkIdentity(host, cert);
+          if (refused !== undefined || verified !== undefined) return refused;
+          return sentChainRefusal(socket, runtime.policy);
         },
     ...(dial.servername !== undefined && isHostName(dial.servername) ? { servername: dial.servername } : {}),
     ...(dial.ALPNProtocols ? { ALPNProtocols: dial.ALPNProtocols } : {}),

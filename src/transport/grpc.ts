@@ -10,7 +10,7 @@ import { describeError, MeshwardError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
 import { disposableSecrets } from "../tls/policy.ts";
 import type { SecureOptions } from "../tls/policy.ts";
-import { issuerSerialsOf, normalizeSerial, peerCertificateOf, peerChainOf, readSvidIdentity, rememberedIssuerSerials, revocationOf, spiffeCheckServerIdentity, verifyPeerCertificate } from "../tls/verify.ts";
+import { normalizeSerial, peerChainOf, readSvidIdentity, rememberedIssuerSerials, revocationOf, serverIssuerSerialsOf, spiffeCheckServerIdentity, verifyPeerCertificate } from "../tls/verify.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import type { IdentityHealth } from "../tls/context.ts";
 import { admitConnection, ConnectionRegistry, logHandshakeFailures, prepareServer, refusalKey, sweepRefusals } from "./common.ts";
@@ -417,7 +417,7 @@ function retireGrpcConnection(socket: TLSSocket, ownNotAfter: Date, runtime: Cli
   const validTo = Date.parse(certificate.valid_to ?? "");
   if (!socket.authorized || Number.isNaN(validTo)) return;
   const chain = peerChainOf(certificate);
-  const server = { spiffeId: certificate.subjectaltname?.replace(/^URI:/, "") ?? "?", serial: normalizeSerial(certificate.serialNumber ?? ""), issuerSerials: serverIssuerSerials(socket) };
+  const server = { spiffeId: certificate.subjectaltname?.replace(/^URI:/, "") ?? "?", serial: normalizeSerial(certificate.serialNumber ?? ""), issuerSerials: serverIssuerSerialsOf(socket) };
   // checkServerIdentity saw the leaf (and the detailed chain, which need not hold the issuer
   // OpenSSL verified it with: issuerSerialsOf): the server's issuer is judged here, before grpc-js
   // uses the connection. A refused one fails the connection attempt (the call: UNAVAILABLE).
@@ -446,22 +446,6 @@ function retireGrpcConnection(socket: TLSSocket, ownNotAfter: Date, runtime: Cli
     runtime.logger.info(`closing the gRPC connection to ${server}: the server's certificate on it, or this client's, is expiring; the next call connects anew`);
     socket.destroy();
   });
-}
-
-/**
- * The serials of the certificates the server sent after its leaf (issuerSerialsOf), from the
- * first getPeerX509Certificate() (peerCertificateOf). On a client that call takes the leaf out of
- * OpenSSL's peer chain, after which getPeerCertificate() shows nothing; grpc-js reads it for its
- * transport's auth context and channelz, so the socket answers those with what it showed before.
- * Undefined on a resumed session (grpc-js offers none; its chain could not be seen).
- */
-function serverIssuerSerials(socket: TLSSocket): readonly string[] | undefined {
-  if (socket.isSessionReused()) return undefined;
-  const plain = socket.getPeerCertificate();
-  const detailed = socket.getPeerCertificate(true);
-  const x509 = peerCertificateOf(socket);
-  Object.defineProperty(socket, "getPeerCertificate", { value: (full?: boolean) => (full === true ? detailed : plain), configurable: true, writable: true });
-  return x509 === undefined ? undefined : issuerSerialsOf(x509);
 }
 
 const peerCache = new Map<string, PeerIdentity>();
