@@ -284,7 +284,7 @@ export class CrlPublisher {
     const rootPlan = this.#rootPlan(now, published?.others ?? []);
     // The number first, then the revocations it covers: they only grow, so a CRL with a higher
     // number (this replica's next one, or another leader's) holds at least these.
-    const crlNumber = await this.store.nextCrlNumber();
+    const crlNumber = await this.#nextCrlNumber(now);
     const signed = await this.store.listRevocations();
     const der = await this.#sign(signer, signed, now, crlNumber);
     const others = [...(previous === undefined ? [] : [await this.#sign(previous, signed, now, crlNumber)]), ...(await this.#rootCrls(rootPlan, now, crlNumber))];
@@ -300,6 +300,18 @@ export class CrlPublisher {
     this.#publishedNumber = published.number;
     this.#setCurrent({ der: published.der, pem: toPem(published.der, "X509 CRL"), revokedSerials: parsed.revokedSerials, thisUpdate: published.thisUpdate, others: published.others ?? [] });
     return true;
+  }
+
+  /**
+   * The next CRL number, never below the signing time in milliseconds: numbers keep rising across
+   * a store restored from a backup (its counter goes back; workloads keep the highest-numbered
+   * set they have seen and would ignore every lower one, and then refuse renewals from an issuer
+   * only the lower sets publish: review rev2 MEDIUM-1), as long as the CA's clock does not go
+   * back further than the restore. The store's counter is raised to it first, then advanced.
+   */
+  async #nextCrlNumber(now: Date): Promise<bigint> {
+    await this.store.raiseCrlNumber(BigInt(now.getTime()));
+    return this.store.nextCrlNumber();
   }
 
   #sign(signer: Signer, revocations: readonly RevocationRecord[], now: Date, crlNumber: bigint): Promise<Buffer> {
@@ -320,7 +332,7 @@ export class CrlPublisher {
     const rootPlan = this.#rootPlan(now, this.#current?.others ?? []);
     if (!stale && rootPlan.upToDate && fingerprintOf(await this.store.listRevocations()) === this.#fingerprint && signer === this.#signedFor && previous === this.#previousSignedFor) return false;
     // The number first, then the revocations it covers (see #signShared).
-    const crlNumber = await this.store.nextCrlNumber();
+    const crlNumber = await this.#nextCrlNumber(now);
     const revocations = await this.store.listRevocations();
     const der = await this.#sign(signer, revocations, now, crlNumber);
     const others = [...(previous === undefined ? [] : [await this.#sign(previous, revocations, now, crlNumber)]), ...(await this.#rootCrls(rootPlan, now, crlNumber))];

@@ -1,3 +1,7 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CrlPublisher } from "../../src/ca/crl-publisher.ts";
 import { parseCrl } from "../../src/pki/crl.ts";
@@ -142,6 +146,39 @@ describe("CrlPublisher: one refresh at a time, the number before the revocations
       expect(await alone.refresh()).toBe(true);
     } finally {
       await store.close();
+    }
+  });
+});
+
+// Found by review (rev2, MEDIUM-1): a store restored from a backup counts CRL numbers from where
+// the backup left off; workloads keep the highest-numbered CRL set they have seen and ignore every
+// lower one, so after the next issuer rotation they refused every renewal until the counter caught
+// up (hours to days). The number is now never below the signing time in milliseconds.
+describe("CrlPublisher: CRL numbers keep rising across a store restored from a backup", () => {
+  it("a CRL signed after the counter went back is still numbered above every one signed before", async () => {
+    const pki = await createTestPki({ trustDomain: "crl.test" });
+    const dir = mkdtempSync(join(tmpdir(), "meshward-crl-number-"));
+    const path = join(dir, "ca.db");
+    const store = openSqliteStore(path);
+    try {
+      await store.migrate();
+      let now = new Date("2026-12-07T12:00:00Z");
+      const crl = new CrlPublisher(store, () => pki.issuer, () => now);
+      await crl.refresh();
+      const before = parseCrl(crl.current!.der, pki.issuer.certificate).crlNumber!;
+      expect(before).toBeGreaterThanOrEqual(BigInt(now.getTime()));
+      // The restore: the counter is back where an old backup had it.
+      const restore = new Database(path);
+      restore.prepare("UPDATE crl_number SET value = 1 WHERE id = 1").run();
+      restore.close();
+      now = new Date(now.getTime() + 60_000);
+      await revoke(store, "0C03"); // a revocation: the CRL is signed again
+      await crl.refresh();
+      const after = parseCrl(crl.current!.der, pki.issuer.certificate).crlNumber!;
+      expect(after).toBeGreaterThan(before);
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
