@@ -466,7 +466,10 @@ class CaSource implements CaIdentitySource {
     const issuer = issuerOf(svid.certChainPem);
     if (inForce === undefined || issuer === undefined || inForce.issuers.has(issuer)) return;
     try {
-      this.#applyRevocations(await this.#fetchRevocations(this.#connection(), this.#svid?.certChainPem, svid.certChainPem));
+      // From the replica that signed it: with several replicas, another one may not have adopted
+      // the set naming a new issuer yet, and its lower-numbered set would change nothing here.
+      const connection = endpoint !== undefined ? { ...this.#connection(), address: endpoint } : this.#connection();
+      this.#applyRevocations(await this.#fetchRevocations(connection, this.#svid?.certChainPem, svid.certChainPem));
     } catch (error) {
       this.#log("warn", { event: "crl-refresh-failed", error: describeError(error) }, "could not verify the CA's CRL; keeping the last one");
     }
