@@ -146,6 +146,13 @@ async function fakeApiServer(options: { hold?: boolean; holdUntil?: number; neve
       else idle = setTimeout(release, 30);
     });
   });
+  // Every TCP connection, handshake or not: stop() ends them all (closeAllConnections knows only
+  // those that reached HTTP, and one still in its TLS handshake then would keep close() waiting).
+  const sockets = new Set<import("node:net").Socket>();
+  server.on("connection", (socket: import("node:net").Socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+  });
   server.on("secureConnection", (socket) => {
     connections += 1;
     open += 1;
@@ -172,8 +179,10 @@ async function fakeApiServer(options: { hold?: boolean; holdUntil?: number; neve
     },
     async stop() {
       release();
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const socket of sockets) socket.destroy();
+      await closed;
     },
   };
 }
