@@ -375,7 +375,9 @@ describe("rotation on a running CA", () => {
     await rotateIssuer({ dir, now: new Date(), passphrase: "correct horse" });
     // The previous issuer's key is kept like the current one: owner-only, encrypted.
     expect(statSync(layout.previousIssuerKey).mode & 0o777).toBe(0o600);
-    expect(readFileSync(layout.previousIssuerKey, "utf8")).toMatch(/BEGIN ENCRYPTED PRIVATE KEY/);
+    const previousKeyPem = readFileSync(layout.previousIssuerKey, "utf8");
+    expect(() => decodePrivateKey(previousKeyPem)).toThrow(expect.objectContaining({ code: "E_KEY_PASSPHRASE_REQUIRED" }));
+    expect(decodePrivateKey(previousKeyPem, "correct horse").asymmetricKeyType).toBe("ec");
     const newIssuer = new X509Certificate(readFileSync(layout.issuerCert));
     type SetDocument = { crls: { issuer_sha256?: string; current: boolean; crl: string; issuer_chain: string[]; root?: boolean }[] };
     const set = async () => JSON.parse((await fetchFromCa(connection, "/v1/crl?format=set")).toString("utf8")) as SetDocument;
