@@ -3,7 +3,7 @@ import { BaseSequencer, type TestSpecification } from "vitest/node";
 
 /**
  * The files that take longest start first. Without a cache of earlier runs (a fresh clone: CI)
- * vitest starts the largest files first, and the differential suite's files are small: its seven
+ * vitest starts the largest files first, and the differential suite's files are small: its
  * files (70–90 s each when their cases ran one at a time, ~25–30 s since they run three at a
  * time, mostly waiting) then ran last, on four workers, and the run waited for them. Here they
  * start early, each beside a long file that keeps the cores busy. Measured on 2026-12-05: see the
@@ -23,6 +23,7 @@ const LONG_FIRST: readonly string[] = [
   "test/security/differential-lighttpd.test.ts",
   "test/store/postgres.test.ts",
   "test/security/differential-node-http2.test.ts",
+  "test/security/differential-go-nethttp.test.ts",
   "test/deploy/alerts.test.ts",
   "test/security/flood.test.ts",
   "test/e2e/ca-migrate-store.test.ts",

@@ -28,6 +28,9 @@ import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { decodeJwt } from "jose";
+import { goEnv } from "../helpers/go-build.ts";
+
+export { goEnv };
 
 const PROTO = fileURLToPath(new URL("./sentry.proto", import.meta.url));
 const GO_SOURCE = fileURLToPath(new URL("./go/daprcheck.go", import.meta.url));
@@ -57,18 +60,6 @@ export interface DaprdIdentity {
   readonly trustChainPem: readonly string[];
   readonly jwt?: string;
   readonly perAudienceJwts: Readonly<Record<string, string>>;
-}
-
-/**
- * The project's own Go build cache, shared by every test file that builds daprcheck: with a
- * cache per build, each of the five built Go's net and crypto packages anew (~5 s of CPU each).
- * Go's build cache is safe for builds that run at once, and is keyed by the content it compiles.
- */
-const GO_BUILD_CACHE = fileURLToPath(new URL("../../node_modules/.cache/meshward-gocache/", import.meta.url));
-
-/** Offline Go, standard library only: the project's GOCACHE, a private GOPATH, no proxy, no toolchain download. */
-export function goEnv(work: string): NodeJS.ProcessEnv {
-  return { ...process.env, GOCACHE: GO_BUILD_CACHE, GOPATH: join(work, "gopath"), GOPROXY: "off", GOFLAGS: "", GOTOOLCHAIN: "local", GO111MODULE: "off", CGO_ENABLED: "0" };
 }
 
 /** Builds go/daprcheck.go once into `work`; returns the binary. */

@@ -5,7 +5,8 @@
  * Apps: node:http, node:http2 (h2c, the only app the sidecar forwards gRPC to), Python's
  * http.server (BaseHTTPRequestHandler), wsgiref, gunicorn (gthread worker: keep-alive), uvicorn
  * (h11) and lighttpd (Debian's, in front of the recording WSGI app over SCGI: its CGI-style
- * environment turns every non-alphanumeric header-name character into '_'). Python apps are
+ * environment turns every non-alphanumeric header-name character into '_') and Go's net/http
+ * (apps/nethttp_app.go: an http.ServeMux, built once per source with Debian's Go). Python apps are
  * child processes (Debian's /usr/bin/python3, which has python3-gunicorn and python3-uvicorn)
  * that print their port; each is killed, with its process group, by `close()`.
  */
@@ -21,6 +22,7 @@ import type { AddressInfo, Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join, posix } from "node:path";
 import { fileURLToPath } from "node:url";
+import { buildGoCached } from "../../helpers/go-build.ts";
 
 export const PYTHON = "/usr/bin/python3";
 const APPS_DIR = fileURLToPath(new URL("../apps/", import.meta.url));
@@ -327,6 +329,16 @@ async function startLighttpdApp(): Promise<{ port: number; records: () => AppRec
   return { port, records: backend.records, close: stop };
 }
 
+/**
+ * Go's net/http (apps/nethttp_app.go): an http.ServeMux with "/items/" and a catch-all behind a
+ * recording middleware, HTTP/1.1 (net/http 1.19 has no h2c without golang.org/x/net). The binary
+ * is built once per source and Go version (test/helpers/go-build.ts), offline.
+ */
+async function startGoNetHttpApp(): Promise<{ port: number; records: () => AppRecord[]; close(): Promise<void> }> {
+  const binary = await buildGoCached(join(APPS_DIR, "nethttp_app.go"));
+  return startChildApp("go:net/http", binary, () => []);
+}
+
 function readLog(path: string): string {
   try {
     return readFileSync(path, "utf8");
@@ -361,7 +373,7 @@ async function killGroup(child: ChildProcess): Promise<void> {
   await exited;
 }
 
-export const HTTP1_APPS = ["node:http", "http.server", "wsgiref", "gunicorn", "uvicorn", "lighttpd"] as const;
+export const HTTP1_APPS = ["node:http", "http.server", "wsgiref", "gunicorn", "uvicorn", "lighttpd", "go:net/http"] as const;
 export type AppName = (typeof HTTP1_APPS)[number] | "node:http2";
 
 /** Starts one app by name, behind its tap. */
@@ -373,7 +385,9 @@ export async function startRecordingApp(name: AppName): Promise<RecordingApp> {
         ? await startNodeH2cApp().then((a) => ({ ...a, records: () => a.records }))
         : name === "lighttpd"
           ? await startLighttpdApp()
-          : await startPythonApp(name);
+          : name === "go:net/http"
+            ? await startGoNetHttpApp()
+            : await startPythonApp(name);
   const tap = await startTap(started.port);
   return {
     name,

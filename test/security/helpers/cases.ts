@@ -113,6 +113,9 @@ const PATHS: { id: string; path: string; expect: Expect; cls: string; allowedRou
   { id: "method-param-escaped", path: "/items/1?a=1&%5Fmethod=DELETE", expect: "refused", cls: "method override" },
   { id: "method-param-php-dot", path: "/items/1?.method=DELETE", expect: "refused", cls: "method override" },
   { id: "method-param-upper", path: "/items/1?_METHOD=DELETE", expect: "refused", cls: "method override" },
+  // ';' as a query separator: Go's net/http before 1.17 (url.ParseQuery), Go services wrapped in
+  // http.AllowQuerySemicolons (which Go ships for them), and Rack 2 read `_method=DELETE` here.
+  { id: "method-param-semicolon", path: "/items/1?a=1;_method=DELETE", expect: "refused", cls: "method override" },
   { id: "method-param-value-only", path: "/items/1?q=_method", expect: "allowed", cls: "method override" },
   // Policy matching (Dapr accessControl, dapr/dapr pkg/acl: operations normalised, "**" = any
   // number of segments, HTTP paths matched case-insensitively): a sibling prefix and a segment
