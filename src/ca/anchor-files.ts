@@ -20,8 +20,9 @@ export interface AnchorFiles {
   /**
    * Replaces a key and its certificate as one unit: a reader, or a CA restarted after a crash at
    * any point, finds the old pair or the new one, never one's key beside the other's certificate.
+   * `also` (not secret) is replaced in the same unit: it is in place whenever the new key is.
    */
-  writePair(key: { path: string; content: string }, cert: { path: string; content: string }): void;
+  writePair(key: { path: string; content: string }, cert: { path: string; content: string }, also?: { path: string; content: string }): void;
   remove(path: string): void;
   /** Key files must not be readable by others (directory files only: the store holds keys encrypted). */
   assertPrivate(path: string, what: string): void;
@@ -57,7 +58,7 @@ export const directoryFiles: AnchorFiles = {
   read: (path) => readCaFile(path),
   exists: (path) => existsSync(path),
   write: (path, content, { secret }) => (secret ? writeSecretFileAtomic(path, content) : writeFileAtomic(path, content)),
-  writePair: (key, cert) => switchPair(key.path, key.content, cert.path, cert.content),
+  writePair: (key, cert, also) => switchPair(key.path, key.content, cert.path, cert.content, also),
   remove: (path) => rmSync(path, { force: true }),
   assertPrivate: (path, what) => assertPrivateFile(path, what),
   version: undefined,
@@ -112,10 +113,11 @@ export class StoreOverlayFiles implements AnchorFiles {
     this.changes.set(this.#name(path), content);
   }
 
-  /** Both changes are committed to the store together, in one compare-and-swap. */
-  writePair(key: { path: string; content: string }, cert: { path: string; content: string }): void {
+  /** The changes are committed to the store together, in one compare-and-swap. */
+  writePair(key: { path: string; content: string }, cert: { path: string; content: string }, also?: { path: string; content: string }): void {
     this.write(key.path, key.content, { secret: true });
     this.write(cert.path, cert.content, { secret: false });
+    if (also !== undefined) this.write(also.path, also.content, { secret: false });
   }
 
   remove(path: string): void {

@@ -45,9 +45,11 @@ export interface RootCrlSources {
  * holds and keeps its certificate until its scheduled renewal after an issuer rotation.
  *
  * Retention: the previous issuer (issuer.prev.*, kept by a rotation that is not `--now`) signs its
- * CRL while it has not expired, its root is in the bundle and the store records a certificate it
- * signed whose notAfter is still ahead (revoked or superseded ones count: their notAfter bounds
- * how long a stolen copy verifies). Every CRL of the set lists every revocation the CA holds, as
+ * CRL while the CA holds it and it has not expired, even before it has signed anything (an issuer
+ * the CA holds may sign during the hold after a rotation: every live issuer is in the set). The
+ * CA holds it while the store records a certificate it signed whose notAfter is still ahead
+ * (revoked or superseded ones count: their notAfter bounds how long a stolen copy verifies), plus
+ * a margin (rotation-manager.ts removes it then). Every CRL of the set lists every revocation the CA holds, as
  * the single CRL did: a workload that verifies any one of them enforces all revocations, and a
  * client older than the set (which reads only `/v1/crl`) still refuses revoked certificates of an
  * earlier issuer. Serials are random (pki/certificate.ts), so listing another issuer's serials
@@ -146,13 +148,17 @@ export class CrlPublisher {
     return out;
   }
 
-  /** The previous issuer, while it still has to sign a CRL (see the retention rule above). */
-  async #retainedPrevious(current: Signer, now: Date): Promise<Signer | undefined> {
+  /**
+   * The previous issuer, while the CA holds it (issuer.prev.*) and it has not expired, whether or
+   * not it has signed anything yet: during the hold after a rotation (server.ts) it signs the
+   * requests that arrive, and a set without its CRL made workloads refuse those certificates
+   * (renewal-issuer-retired) until the next refresh. The rotation manager removes issuer.prev.*
+   * once nothing it signed is still valid, which ends its CRL (see the retention rule above).
+   */
+  #retainedPrevious(current: Signer, now: Date): Signer | undefined {
     const previous = this.previous?.();
     if (previous === undefined || previous.certificate.fingerprint256 === current.certificate.fingerprint256) return undefined;
-    if (new Date(previous.certificate.validTo).getTime() <= now.getTime()) return undefined;
-    const latest = await this.store.latestNotAfterByIssuer(previous.certificate.fingerprint256);
-    return latest !== undefined && latest.getTime() > now.getTime() ? previous : undefined;
+    return new Date(previous.certificate.validTo).getTime() > now.getTime() ? previous : undefined;
   }
 
   get current(): PublishedCrl | undefined {
@@ -265,7 +271,7 @@ export class CrlPublisher {
     const [revocations, published] = await Promise.all([this.store.listRevocations(), this.store.latestCrl()]);
     const now = this.clock();
     const signer = this.signer();
-    const previous = await this.#retainedPrevious(signer, now);
+    const previous = this.#retainedPrevious(signer, now);
     if (published !== undefined) {
       let parsed: ReturnType<typeof parseCrl> | undefined;
       try {
@@ -327,7 +333,7 @@ export class CrlPublisher {
     const fingerprintOf = (revocations: readonly RevocationRecord[]) => revocations.map((r) => r.serial).sort().join(",");
     const now = this.clock();
     const signer = this.signer();
-    const previous = await this.#retainedPrevious(signer, now);
+    const previous = this.#retainedPrevious(signer, now);
     const stale = this.#current === undefined || now.getTime() - this.#current.thisUpdate.getTime() > CRL_RESIGN_AFTER_MS;
     const rootPlan = this.#rootPlan(now, this.#current?.others ?? []);
     if (!stale && rootPlan.upToDate && fingerprintOf(await this.store.listRevocations()) === this.#fingerprint && signer === this.#signedFor && previous === this.#previousSignedFor) return false;

@@ -30,10 +30,11 @@ export interface CaDirLock {
 }
 
 /** The key/certificate pairs of a CA directory that are switched as one unit. */
-export function caPairs(dir: string): { key: string; cert: string }[] {
+export function caPairs(dir: string): { key: string; cert: string; also?: string[] }[] {
   const layout = caLayout(dir);
   return [
-    { key: layout.issuerKey, cert: layout.issuerCert },
+    // The retired-issuer record of --now is switched with the issuer pair (rotation.ts installIssuer).
+    { key: layout.issuerKey, cert: layout.issuerCert, also: [layout.retiredIssuers] },
     { key: layout.rootKey, cert: layout.rootCert },
     { key: layout.previousIssuerKey, cert: layout.previousIssuerCert },
   ];
@@ -41,14 +42,14 @@ export function caPairs(dir: string): { key: string; cert: string }[] {
 
 /** Whether a pair switch was interrupted (staged files are present): cheap, for a periodic check. */
 export function pairSwitchPending(dir: string, exists: (path: string) => boolean): boolean {
-  return caPairs(dir).some((pair) => exists(pendingPath(pair.key)) || exists(pendingPath(pair.cert)));
+  return caPairs(dir).some((pair) => [pair.key, pair.cert, ...(pair.also ?? [])].some((path) => exists(pendingPath(path))));
 }
 
 /** Files of a CA directory its writers replace atomically (their temp files are swept). */
 function caFileNames(dir: string): string[] {
   const layout = caLayout(dir);
-  const files = [layout.state, layout.rootCert, layout.rootKey, layout.issuerCert, layout.issuerKey, layout.bundle, layout.nextRootCert, layout.nextRootKey, layout.previousRootCert, layout.previousRootKey, layout.nextIssuerCert, layout.nextIssuerKey];
-  return [...files, ...caPairs(dir).flatMap((pair) => [pendingPath(pair.key), pendingPath(pair.cert)])].map((file) => basename(file));
+  const files = [layout.state, layout.rootCert, layout.rootKey, layout.issuerCert, layout.issuerKey, layout.bundle, layout.nextRootCert, layout.nextRootKey, layout.previousRootCert, layout.previousRootKey, layout.nextIssuerCert, layout.nextIssuerKey, layout.retiredIssuers];
+  return [...files, ...caPairs(dir).flatMap((pair) => [pair.key, pair.cert, ...(pair.also ?? [])].map(pendingPath))].map((file) => basename(file));
 }
 
 /** The lock, or undefined with who holds it. `holder` says who takes it, for another's refusal. */
@@ -68,7 +69,7 @@ export function tryLockCaDir(dir: string, holder: string): CaDirLock | { readonl
   try {
     writeFileSync(`${path}.holder`, `${holder} (pid ${process.pid}, since ${new Date().toISOString()})\n`, { mode: 0o600 });
     const repaired: string[] = [];
-    for (const pair of caPairs(dir)) repaired.push(...finishPairSwitch(pair.key, pair.cert));
+    for (const pair of caPairs(dir)) repaired.push(...finishPairSwitch(pair.key, pair.cert, pair.also));
     const removed = removeWriteLeftovers(dir, caFileNames(dir));
     if (removed.length > 0) repaired.push(`removed what interrupted writes left: ${removed.map((file) => basename(file)).join(", ")}`);
     return { repaired, release };

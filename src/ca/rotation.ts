@@ -3,6 +3,7 @@ import { basename } from "node:path";
 import { MeshwardError } from "../errors.ts";
 import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
 import { assertIssuerUsable } from "./issuer-check.ts";
+import { retiredIssuersWith } from "./root-crl.ts";
 import { checkRootScope, type RootTrustChoice } from "./root-scope.ts";
 import { decodePrivateKey, encodePrivateKey, generateKeyPair, isEncryptedPrivateKeyPem, keyAlgorithmOf, keysMatch } from "../pki/keys.ts";
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
@@ -113,20 +114,42 @@ async function newIssuer(root: Signer, trustDomain: string, now: Date, ttlMs: nu
  * prepare/activate`). Without it (`rotate-issuer --now`, the answer to a leaked key) the previous
  * one is dropped: its CRL is no longer published and its workloads renew within a bundle refresh,
  * as SPIRE's `localauthority x509 taint` makes agents rotate at once away from a tainted
- * authority. A retry after an interruption that finds the new issuer already installed leaves
- * issuer.prev.* as it is (it already holds the issuer this one replaced).
+ * authority. The issuer it drops is also recorded as retired (issuers-retired.json, root-crl.ts:
+ * the root's CRL lists it until it expires), in the same unit as the new pair (AnchorFiles.writePair
+ * `also`: in a directory the record is staged with the pair and put in place right after the new
+ * key, so a crash leaves either the old issuer and no record or the new issuer and the record; in
+ * the store, one transaction), whoever calls: the CLI or code. A retry after an interruption that
+ * finds the new issuer already installed leaves issuer.prev.* and the record as they are (they
+ * already hold the issuer this one replaced).
  */
-function installIssuer(files: AnchorFiles, layout: CaLayout, certPem: string, keyPem: string, keepPrevious: boolean, passphrase: string | undefined): void {
+function installIssuer(files: AnchorFiles, layout: CaLayout, certPem: string, keyPem: string, keepPrevious: boolean, passphrase: string | undefined, now: Date): void {
+  let retired: { path: string; content: string } | undefined;
   if (keepPrevious && files.exists(layout.issuerCert) && files.exists(layout.issuerKey)) {
     const currentCertPem = files.read(layout.issuerCert);
     if (currentCertPem !== certPem) {
       files.writePair({ path: layout.previousIssuerKey, content: sealedKeyPem(files.read(layout.issuerKey), passphrase) }, { path: layout.previousIssuerCert, content: currentCertPem });
     }
   } else {
+    if (!keepPrevious) {
+      const replaced = replacedIssuer(files, layout, certPem);
+      if (replaced !== undefined) retired = { path: layout.retiredIssuers, content: retiredIssuersWith(files, layout, replaced, now) };
+    }
     files.remove(layout.previousIssuerKey);
     files.remove(layout.previousIssuerCert);
   }
-  files.writePair({ path: layout.issuerKey, content: keyPem }, { path: layout.issuerCert, content: certPem });
+  files.writePair({ path: layout.issuerKey, content: keyPem }, { path: layout.issuerCert, content: certPem }, retired);
+}
+
+/** The issuer in place that `certPem` replaces; undefined when it is the same one (a retry) or cannot be read (a damaged directory being repaired). */
+function replacedIssuer(files: AnchorFiles, layout: CaLayout, certPem: string): X509Certificate | undefined {
+  try {
+    if (!files.exists(layout.issuerCert)) return undefined;
+    const current = readCaCertificates(files, layout.issuerCert)[0];
+    const next = certificatesFromPem(certPem)[0];
+    return current === undefined || (next !== undefined && current.raw.equals(next)) ? undefined : current;
+  } catch {
+    return undefined;
+  }
 }
 
 export interface RotateIssuerOptions {
@@ -138,8 +161,9 @@ export interface RotateIssuerOptions {
   readonly files?: AnchorFiles;
   /**
    * Keep the replaced issuer signing its CRL until what it signed expires (default true), so that
-   * workloads move at their scheduled renewal; false (`rotate-issuer --now`) drops it, and its
-   * workloads renew within a bundle refresh (see installIssuer).
+   * workloads move at their scheduled renewal; false (`rotate-issuer --now`) drops it, records it
+   * as retired (the root's CRL lists it) and its workloads renew within a bundle refresh (see
+   * installIssuer).
    */
   readonly keepPrevious?: boolean;
 }
@@ -159,7 +183,7 @@ export async function rotateIssuer(options: RotateIssuerOptions): Promise<X509Ce
     const certificate = readCaCertificates(files, layout.nextIssuerCert)[0] as X509Certificate;
     const root = readRoot(files, layout.rootCert, layout.rootKey, options.passphrase);
     if (certificate.checkIssued(root.certificate) && certificate.verify(root.certificate.publicKey) && new Date(certificate.validTo) > options.now) {
-      installIssuer(files, layout, certPem, sealedKeyPem(files.read(layout.nextIssuerKey), options.passphrase), options.keepPrevious ?? true, options.passphrase);
+      installIssuer(files, layout, certPem, sealedKeyPem(files.read(layout.nextIssuerKey), options.passphrase), options.keepPrevious ?? true, options.passphrase, options.now);
       files.remove(layout.nextIssuerCert);
       files.remove(layout.nextIssuerKey);
       recordKeysEncrypted(options.dir, state, options.passphrase, files);
@@ -168,7 +192,7 @@ export async function rotateIssuer(options: RotateIssuerOptions): Promise<X509Ce
   }
   const root = readRoot(files, layout.rootCert, layout.rootKey, options.passphrase);
   const issuer = await newIssuer(root.signer, state.trustDomain, options.now, options.issuerTtlMs ?? DEFAULT_ISSUER_TTL_MS);
-  installIssuer(files, layout, toPem(issuer.der, "CERTIFICATE"), encodePrivateKey(issuer.privateKey, options.passphrase), options.keepPrevious ?? true, options.passphrase);
+  installIssuer(files, layout, toPem(issuer.der, "CERTIFICATE"), encodePrivateKey(issuer.privateKey, options.passphrase), options.keepPrevious ?? true, options.passphrase, options.now);
   recordKeysEncrypted(options.dir, state, options.passphrase, files);
   return new X509Certificate(issuer.der);
 }
@@ -238,7 +262,7 @@ export function importIssuer(options: { dir: string; issuerCertPem: string; issu
   const chain = certificatesFromPem(options.issuerCertPem).map((der) => new X509Certificate(der));
   const key = decodePrivateKey(options.issuerKeyPem, options.issuerKeyPassphrase ?? options.passphrase);
   validateIssuerChain(chain, bundleRoots(files, layout), key, options.now, state.trustDomain);
-  installIssuer(files, layout, chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), encodePrivateKey(key, options.passphrase), options.keepPrevious ?? true, options.passphrase);
+  installIssuer(files, layout, chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), encodePrivateKey(key, options.passphrase), options.keepPrevious ?? true, options.passphrase, options.now);
   recordKeysEncrypted(options.dir, state, options.passphrase, files);
   return chain[0] as X509Certificate;
 }
@@ -350,7 +374,7 @@ export async function activateRoot(options: ActivateRootOptions): Promise<X509Ce
   } else {
     files.write(layout.rootCert, files.read(layout.nextRootCert), { secret: false });
   }
-  installIssuer(files, layout, issuer.certPem, issuer.keyPem, true, options.passphrase);
+  installIssuer(files, layout, issuer.certPem, issuer.keyPem, true, options.passphrase, options.now);
   // A reissue request belongs to one activation: one left from an earlier rotation must not
   // make this one (without --reissue) renew every workload.
   const { reissueBefore: _earlier, ...base } = keysEncryptedState(state, options.passphrase) ?? state;

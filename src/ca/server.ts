@@ -92,6 +92,8 @@ export interface CaServerOptions {
   readonly clock?: () => Date;
   /** Open store to use instead of config.store (tests). */
   readonly store?: Store;
+  /** How long sign requests wait for the CRL set naming a new issuer after `--now` (tests); ISSUER_SWITCH_WAIT_MS by default. */
+  readonly issuerSwitchWaitMs?: number;
 }
 
 export interface CaServer {
@@ -111,6 +113,7 @@ export interface CaServer {
 export async function startCaServer(options: CaServerOptions): Promise<CaServer> {
   const { config, logger } = options;
   const clock = options.clock ?? (() => new Date());
+  const issuerSwitchWaitMs = options.issuerSwitchWaitMs ?? ISSUER_SWITCH_WAIT_MS;
   // Before anything in it is read or created (ca.db, jwt-keys.json): the CLI checks --dir too,
   // this is for SDK users, who would otherwise serve from a directory others can write.
   checkCaDir(options.dir, "startCaServer dir");
@@ -259,7 +262,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   // then the outgoing issuer keeps signing (`held`), whose CRL the set in force publishes and the
   // next one keeps publishing (the rotation kept it as issuer.prev.*, retained while certificates
   // it signed are live). After `--now` it is not kept: requests wait for the new set instead (at
-  // most ISSUER_SWITCH_WAIT_MS, then the new issuer signs anyway).
+  // most issuerSwitchWaitMs, ISSUER_SWITCH_WAIT_MS by default, then the new issuer signs anyway).
   let held: LoadedAnchors | undefined;
   const switchWaiters: (() => void)[] = [];
   let switchTimer: NodeJS.Timeout | undefined;
@@ -309,8 +312,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       held = outgoing;
       clearTimeout(switchTimer);
       switchTimer = setTimeout(() => {
-        if (!heldKept()) endHold("issuer-switch-unpublished", `no CRL set naming the new issuer came into force within ${ISSUER_SWITCH_WAIT_MS / 1000} s and the previous issuer was retired (--now): now signing with the new issuer; workloads refuse its certificates (renewal-issuer-retired) until the set naming it is in force`);
-      }, ISSUER_SWITCH_WAIT_MS);
+        if (!heldKept()) endHold("issuer-switch-unpublished", `no CRL set naming the new issuer came into force within ${issuerSwitchWaitMs / 1000} s and the previous issuer was retired (--now): now signing with the new issuer; workloads refuse its certificates (renewal-issuer-retired) until the set naming it is in force`);
+      }, issuerSwitchWaitMs);
       switchTimer.unref();
     }
     return true;

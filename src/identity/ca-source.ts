@@ -5,6 +5,7 @@ import type { Logger } from "pino";
 import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
 import { verifyChain } from "../pki/chain.ts";
 import { createCsr } from "../pki/csr.ts";
+import { normalizeSerial } from "../pki/certificate.ts";
 import { parseCrl, type ParsedCrl } from "../pki/crl.ts";
 import { inspectCertificate, toX509 } from "../pki/inspect.ts";
 import { generateKeyPair } from "../pki/keys.ts";
@@ -518,13 +519,23 @@ class CaSource implements CaIdentitySource {
    *
    * The CA publishes a CRL per issuer whose certificates may still be valid, each signed by its own
    * issuer (`/v1/crl?format=set`, crl-publisher.ts); a CA older than that answers the current
-   * issuer's CRL alone (DER). Each CRL is verified against its issuer: one of this workload's own
-   * chain (or the chain it held a moment ago), or the issuer chain the set names, when that chain
-   * verifies up to a root of the bundle. Revocations are the union of every CRL verified (each
-   * lists all the CA's revocations), so a peer's certificate is checked against the CRL of its own
-   * issuer whatever issuer this workload is on. `ownIssuerPublished` is false when no CRL of this
-   * workload's own issuer verified: its issuer is no longer published (retired with
-   * `rotate-issuer --now`), and refreshBundle renews onto the current one.
+   * issuer's CRL alone (DER). Revocations are the union of every CRL verified (each lists all the
+   * CA's revocations), so a peer's certificate is checked against the CRL of its own issuer whatever
+   * issuer this workload is on. `ownIssuerPublished` is false when no CRL of this workload's own
+   * issuer verified: its issuer is no longer published (retired with `rotate-issuer --now`), and
+   * refreshBundle renews onto the current one.
+   *
+   * Which signatures count (a CRL under any issuer chaining to a held root used to: a CRL signed by
+   * another intermediate under the same root, an old issuer's or one made for something else,
+   * could replace the set in force): a root CRL (root-crl.ts) verifies with a root of the bundle;
+   * an issuer's CRL only with an issuer the CA vouches for to this workload (#vouchedIssuers): one
+   * it signed this workload's certificate with (current or just signed), one whose CRL is in the
+   * set in force, or the one that signed the CA's serving certificate on the connection that
+   * delivered the answer (the CA signs it with its current issuer; the set names the previous one
+   * only while it is in force here too); with a CA older than the set, also the issuer this
+   * workload held a moment ago. An issuer a root CRL lists (retired with --now) never counts. An
+   * entry that names its issuer (`issuer_chain`) is verified with that issuer only, and only when
+   * it is vouched for; one that names none with the vouched issuers.
    */
   async #fetchRevocations(
     connection: CaConnection,
@@ -532,16 +543,19 @@ class CaSource implements CaIdentitySource {
     /** A certificate just signed, not taken yet (checkSignedSvid verified it to a held root): its issuer may sign a CRL too. */
     candidateChainPem?: string,
   ): Promise<{ revokedSerials: ReadonlySet<string>; crls?: readonly Buffer[]; ownIssuerPublished: boolean }> {
-    const body = await fetchFromCa(connection, "/v1/crl?format=set");
-    const offered = parseCrlSet(body);
+    const delivered = await fetchFromCaWithChain(connection, "/v1/crl?format=set");
+    const offered = parseCrlSet(delivered.body);
+    const isSet = delivered.body[0] === 0x7b;
     const ownChain = chainPem !== undefined ? certificatesFromPem(chainPem).slice(1).map((d) => toX509(d)) : [];
     const issuers = [...ownChain];
-    // Just after a renewal onto a new issuer (root or issuer rotation) the CA may still serve the
-    // CRL its previous issuer signed, until its next refresh: that issuer is ours of a moment ago
-    // and still chains to a root of the bundle, so its CRL holds, and is no reason to renew again.
-    const previous = chainPem !== undefined && chainPem === this.#svid?.certChainPem ? this.#previousChainPem : undefined;
+    // Just after a renewal onto a new issuer (root or issuer rotation) a CA older than the set may
+    // still serve the CRL its previous issuer signed, until its next refresh: that issuer is ours of
+    // a moment ago and still chains to a root of the bundle, so its CRL holds, and is no reason to
+    // renew again. (A CA that publishes the set names it, and it is in the set in force.)
+    const previous = !isSet && chainPem !== undefined && chainPem === this.#svid?.certChainPem ? this.#previousChainPem : undefined;
     const roots = certificatesFromPem(this.#bundle.rootsPem).map((d) => toX509(d));
-    if (previous !== undefined && certificatesFromPem(this.#bundle.rootsPem).some((root) => chainsTo(previous, root))) {
+    const previousHeld = previous !== undefined && certificatesFromPem(this.#bundle.rootsPem).some((root) => chainsTo(previous, root));
+    if (previousHeld) {
       for (const d of certificatesFromPem(previous).slice(1)) {
         const issuer = toX509(d);
         if (!issuers.some((held) => held.fingerprint256 === issuer.fingerprint256)) issuers.push(issuer);
@@ -553,26 +567,30 @@ class CaSource implements CaIdentitySource {
     }
     const ownIssuer = ownChain[0]?.fingerprint256;
     const now = this.#clock.now();
-    const verified: { der: Buffer; parsed: ParsedCrl; issuer: string; root: boolean }[] = [];
+    const verified: { der: Buffer; parsed: ParsedCrl; issuer: string; root: boolean; signer: X509Certificate; chain: readonly X509Certificate[] }[] = [];
+    // Root CRLs first: the issuers they list count for nothing below.
+    const rest: OfferedCrl[] = [];
     for (const entry of offered) {
-      const candidates = [...issuers];
-      const named = entry.issuerChain.map((d) => toX509(d));
-      if (named.length > 0 && !candidates.some((held) => held.fingerprint256 === named[0]!.fingerprint256) && issuerChainTrusted(named, roots, now)) candidates.push(named[0]!);
-      // A root CRL (root-crl.ts: it lists revoked issuers) verifies with a root of the bundle.
-      for (const [index, issuer] of [...candidates, ...roots].entries()) {
-        try {
-          verified.push({ der: entry.der, parsed: parseCrl(entry.der, issuer), issuer: issuer.fingerprint256, root: index >= candidates.length });
-          break;
-        } catch {
-          // signed by another issuer of the chain (or a newer one): try the next
-        }
-      }
+      const root = entry.issuerChain.length === 0 ? roots.find((candidate) => verifiesWith(entry.der, candidate)) : undefined;
+      if (root !== undefined) verified.push({ der: entry.der, parsed: parseCrl(entry.der, root), issuer: root.fingerprint256, root: true, signer: root, chain: [] });
+      else rest.push(entry);
+    }
+    const revokedIssuer = retiredIssuerTest([...verified.map((v) => ({ root: v.signer, parsed: v.parsed })), ...this.#rootCrlsInForce(roots)]);
+    const chainOf = (pem: string | undefined) => (pem === undefined ? [] : [certificatesFromPem(pem).slice(1).map((d) => toX509(d))]);
+    const ownChains = [...chainOf(chainPem), ...(previousHeld ? chainOf(previous) : []), ...chainOf(candidateChainPem)];
+    const vouched = this.#vouchedIssuers(ownChains, delivered.servingChain, roots, now, revokedIssuer);
+    for (const entry of rest) {
+      const named = entry.issuerChain[0] === undefined ? undefined : toX509(entry.issuerChain[0]);
+      const candidates = named === undefined ? [...vouched.values()] : [vouched.get(named.fingerprint256)].filter((c): c is X509Certificate[] => c !== undefined);
+      const chain = candidates.find((candidate) => verifiesWith(entry.der, candidate[0]!));
+      if (chain !== undefined) verified.push({ der: entry.der, parsed: parseCrl(entry.der, chain[0]), issuer: chain[0]!.fingerprint256, root: false, signer: chain[0]!, chain });
+      else this.#logRefusedCrl(entry, named);
     }
     // Root CRLs list issuers, not workload certificates: alone they say nothing of the workloads'
     // revocations, so they never stand in for an issuer's CRL here.
     if (!verified.some((v) => !v.root)) {
       if (issuers.length === 0) return { ...this.#lastRevocations(), ownIssuerPublished: true };
-      throw new MeshwardError("E_CRL_SIGNATURE", "none of the CA's CRLs is signed by this workload's issuer or by an issuer under a trusted root");
+      throw new MeshwardError("E_CRL_SIGNATURE", "none of the CA's CRLs is signed by this workload's issuer or by another issuer the CA vouches for (the set in force, the CA's serving certificate)");
     }
     // The set's version: the highest number among its CRLs (every CRL of a set shares it), and
     // the issuers whose CRL carries it.
@@ -584,6 +602,7 @@ class CaSource implements CaIdentitySource {
     const fetched: CrlSetInForce = {
       ...top,
       issuers: new Set(current.map((v) => v.issuer)),
+      signers: new Map(current.map((v) => [v.issuer, v.chain])),
       // Issuers' CRLs first, then the roots': crl.pem, which nginx and HAProxy read with the whole-chain check.
       crls: new Map([...current, ...verified.filter((v) => v.root)].map((v) => [v.issuer, Buffer.from(v.der)])),
     };
@@ -614,7 +633,12 @@ class CaSource implements CaIdentitySource {
     let revokedSerials: Set<string> = fetchedRevoked;
     if (inForce !== undefined && order === 0) {
       // The same set (or the part of it this workload could verify this time): nothing in force is dropped.
-      taken = { ...fetched, issuers: new Set([...fetched.issuers, ...inForce.issuers]), crls: new Map([...fetched.crls, ...[...inForce.crls].filter(([issuer]) => !fetched.crls.has(issuer))]) };
+      taken = {
+        ...fetched,
+        issuers: new Set([...fetched.issuers, ...inForce.issuers]),
+        signers: new Map([...inForce.signers, ...fetched.signers]),
+        crls: new Map([...fetched.crls, ...[...inForce.crls].filter(([issuer]) => !fetched.crls.has(issuer))]),
+      };
       revokedSerials = new Set([...fetchedRevoked, ...this.#bundle.revokedSerials]);
     }
     // A higher number replaces the set in force: it lists every revocation the CA holds (the CA
@@ -623,6 +647,59 @@ class CaSource implements CaIdentitySource {
     const published = (issuer: string) => taken.issuers.has(issuer);
     const ownIssuerPublished = ownIssuer === undefined || published(ownIssuer) || (previous !== undefined && issuers.some((i) => published(i.fingerprint256)));
     return { revokedSerials, crls: [...taken.crls.values()], ownIssuerPublished };
+  }
+
+  /**
+   * The issuers (by fingerprint256, each with its chain up to a root, issuer first) whose CRL this
+   * workload takes (see #fetchRevocations): those of `own` (its chain, the one just signed, with a
+   * CA older than the set the one held before), those of the set in force, and the issuer of the
+   * CA's serving certificate on the connection that delivered the answer; each a CA certificate
+   * valid now under a held root, none of its chain listed by a root CRL.
+   */
+  #vouchedIssuers(own: readonly X509Certificate[][], servingChain: readonly Buffer[], roots: readonly X509Certificate[], now: number, revoked: (issuer: X509Certificate) => boolean): Map<string, X509Certificate[]> {
+    const vouched = new Map<string, X509Certificate[]>();
+    const serving = servingChain.slice(1).map((d) => toX509(d)).filter((c) => !(c.subject === c.issuer && c.checkIssued(c)));
+    const chains: (readonly X509Certificate[])[] = [...own, ...(this.#crlInForce?.signers.values() ?? []), ...(serving.length > 0 ? [serving] : [])];
+    for (const chain of chains) {
+      for (let index = 0; index < chain.length; index++) {
+        const path = chain.slice(index);
+        const issuer = path[0]!;
+        if (vouched.has(issuer.fingerprint256) || path.some(revoked)) continue;
+        // Up to a held root, directly or through the rest of the chain it came with.
+        if (issuerChainTrusted([issuer], roots, now)) vouched.set(issuer.fingerprint256, [issuer]);
+        else if (issuerChainTrusted(path, roots, now)) vouched.set(issuer.fingerprint256, path);
+      }
+    }
+    return vouched;
+  }
+
+  /** The root CRLs of the set in force (parsed), which list the issuers retired with --now. */
+  #rootCrlsInForce(roots: readonly X509Certificate[]): { root: X509Certificate; parsed: ParsedCrl }[] {
+    const out: { root: X509Certificate; parsed: ParsedCrl }[] = [];
+    for (const [issuer, der] of this.#crlInForce?.crls ?? []) {
+      const root = roots.find((r) => r.fingerprint256 === issuer);
+      if (root === undefined) continue;
+      try {
+        out.push({ root, parsed: parseCrl(der, root) });
+      } catch {
+        // not that root's (a root replaced since): it says nothing
+      }
+    }
+    return out;
+  }
+
+  /** The CRLs an answer carried that no issuer this workload takes signed (logged once per CRL, as a warning). */
+  #refusedLogged = new Set<string>();
+  #logRefusedCrl(entry: OfferedCrl, named: X509Certificate | undefined): void {
+    const key = fingerprint(entry.der);
+    if (this.#refusedLogged.has(key)) return;
+    if (this.#refusedLogged.size > 64) this.#refusedLogged.clear();
+    this.#refusedLogged.add(key);
+    this.#log(
+      "warn",
+      { event: "crl-issuer-not-vouched", ...(named !== undefined ? { named: named.fingerprint256 } : {}) },
+      "the CA's CRL set holds a CRL signed by no issuer the CA vouches for to this workload (not its own issuer, not in the set in force, not the CA's serving issuer, or retired in a root CRL): not used",
+    );
   }
 
   /**
@@ -827,6 +904,8 @@ interface CrlVersion {
 /** The CRL set in force: its version, the issuers whose CRL of that version verified, and those CRLs (DER). */
 interface CrlSetInForce extends CrlVersion {
   readonly issuers: ReadonlySet<string>;
+  /** The chains (issuer first, up to a root) of `issuers`, by fingerprint256: they vouch for the next set (#vouchedIssuers). */
+  readonly signers: ReadonlyMap<string, readonly X509Certificate[]>;
   readonly crls: ReadonlyMap<string, Buffer>;
 }
 
@@ -876,6 +955,27 @@ function parseCrlSet(body: Buffer): OfferedCrl[] {
     const issuerChain = Array.isArray(chain) ? chain.filter((c): c is string => typeof c === "string").map((c) => Buffer.from(c, "base64")) : [];
     return [{ der: Buffer.from(crl, "base64"), issuerChain }];
   });
+}
+
+/** Whether a CRL (DER) verifies with this certificate. */
+function verifiesWith(der: Buffer, certificate: X509Certificate): boolean {
+  try {
+    parseCrl(der, certificate);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Whether an issuer is listed as revoked in a root CRL (retired with --now): one of `rootCrls`
+ * (each verified with its root) of the root that signed the issuer.
+ */
+function retiredIssuerTest(rootCrls: readonly { readonly root: X509Certificate; readonly parsed: ParsedCrl }[]): (issuer: X509Certificate) => boolean {
+  return (issuer) => {
+    const serial = normalizeSerial(issuer.serialNumber);
+    return rootCrls.some(({ root, parsed }) => parsed.revokedSerials.has(serial) && issuer.checkIssued(root));
+  };
 }
 
 /** Whether an issuer chain (issuer first) named by the CA is made of valid CA certificates, each signed by the next, the last by a held root. */

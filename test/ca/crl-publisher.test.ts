@@ -1,10 +1,13 @@
+import { X509Certificate } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CrlPublisher } from "../../src/ca/crl-publisher.ts";
+import { createIssuerCertificate, type Signer } from "../../src/pki/certificate.ts";
 import { parseCrl } from "../../src/pki/crl.ts";
+import { generateKeyPair } from "../../src/pki/keys.ts";
 import { openPostgresStore } from "../../src/store/postgres.ts";
 import { openSqliteStore } from "../../src/store/sqlite.ts";
 import type { Store } from "../../src/store/store.ts";
@@ -179,6 +182,40 @@ describe("CrlPublisher: CRL numbers keep rising across a store restored from a b
     } finally {
       await store.close();
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+// Every live issuer is in the set: the previous issuer (issuer.prev.*) gets its CRL even before it
+// has signed anything. After a rotation the CA holds the outgoing issuer (server.ts) and it signs
+// the requests that arrive meanwhile; a set without its CRL made workloads refuse those
+// certificates (renewal-issuer-retired) until the next CRL refresh.
+describe("CrlPublisher: the previous issuer's CRL", () => {
+  it("is in the set while the CA holds the previous issuer, though it signed nothing yet; not once it expired", async () => {
+    const pki = await createTestPki({ trustDomain: "crl-prev.test" });
+    const keys = generateKeyPair();
+    const now = Date.now();
+    const issued = await createIssuerCertificate({ trustDomain: "crl-prev.test", publicKey: keys.publicKey, signer: pki.root, notBefore: new Date(now - 60_000), notAfter: new Date(now + 3_600_000) });
+    const previous: Signer = { certificate: new X509Certificate(issued.der), der: issued.der, privateKey: keys.privateKey };
+    const store = openSqliteStore(":memory:");
+    try {
+      await store.migrate();
+      await revoke(store, "0C03");
+      let at = new Date(now);
+      const crl = new CrlPublisher(store, () => pki.issuer, () => at, undefined, () => previous);
+      await crl.refresh();
+      expect(await store.latestNotAfterByIssuer(previous.certificate.fingerprint256)).toBeUndefined();
+      expect(parseCrl(crl.current!.der, pki.issuer.certificate).revokedSerials.has("0C03")).toBe(true);
+      const others = crl.current!.others.map((der) => parseCrl(der, previous.certificate));
+      expect(others).toHaveLength(1);
+      expect([...others[0]!.revokedSerials]).toEqual(["0C03"]); // every CRL of the set lists every revocation
+      expect(others[0]!.crlNumber).toBe(parseCrl(crl.current!.der).crlNumber);
+      expect(crl.publishes(previous.certificate)).toBe(true);
+      at = new Date(now + 2 * 3_600_000); // the previous issuer has expired
+      await crl.refresh();
+      expect(crl.current!.others).toHaveLength(0);
+    } finally {
+      await store.close();
     }
   });
 });

@@ -9,7 +9,6 @@ import { caKeysEncrypted, caLayout, initAnchors, loadAnchors, readCaCertificates
 import { daprTrustAnchorsPem, daprTrustBundleManifests } from "../../ca/dapr-trust-bundle.ts";
 import type { AnchorFiles } from "../../ca/anchor-files.ts";
 import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../../ca/rotation.ts";
-import { recordRetiredIssuer } from "../../ca/root-crl.ts";
 import { howTrusted, rootScopeGap, rootsTrustingEveryCa, TRUST_EVERY_CA_FLAG } from "../../ca/root-scope.ts";
 import { withCaFiles, withCaStore } from "../store.ts";
 import type { Store } from "../../store/store.ts";
@@ -143,12 +142,9 @@ export async function caRotateIssuer(opts: OptionValues): Promise<void> {
     // --now is the answer to a leaked issuer key: the old issuer's CRL is no longer published, so
     // its workloads renew within a bundle refresh (docs/rotation.md). A rotation the thresholds
     // call for keeps it signing its CRL until its certificates expire.
-    // The issuer being replaced (from its certificate alone when its key no longer matches it).
-    const replaced = current?.issuer.certificate ?? readReplacedIssuer(files, opts.dir);
-    const installed = await rotateIssuer({ dir: opts.dir, now, files, issuerTtlMs, keepPrevious: opts.now !== true, ...withPassphrase(passphrase) });
-    // …and the CRL of the root that signed it lists it as revoked (cACompromise) until it expires.
-    if (opts.now === true && replaced !== undefined) recordRetiredIssuer(files, caLayout(opts.dir), replaced, now);
-    return installed;
+    // With --now the issuer being replaced is recorded as retired in the same step (rotation.ts
+    // installIssuer): the CRL of the root that signed it lists it as revoked (cACompromise) until it expires.
+    return await rotateIssuer({ dir: opts.dir, now, files, issuerTtlMs, keepPrevious: opts.now !== true, ...withPassphrase(passphrase) });
   });
   if (issuer === undefined) return;
   if (note !== undefined) process.stderr.write(note);
@@ -158,15 +154,6 @@ export async function caRotateIssuer(opts: OptionValues): Promise<void> {
         ? "the old issuer's CRL is no longer published: every workload on it renews within a bundle refresh\n"
         : "workloads move to it at their scheduled renewal (the old issuer keeps signing its CRL until its certificates expire)\n"),
   );
-}
-
-/** The issuer certificate in place, or undefined when it cannot be read (a damaged directory being repaired). */
-function readReplacedIssuer(files: AnchorFiles, dir: string): X509Certificate | undefined {
-  try {
-    return readCaCertificates(files, caLayout(dir).issuerCert)[0];
-  } catch {
-    return undefined;
-  }
 }
 
 /** `meshward ca import-issuer`. */
@@ -179,22 +166,20 @@ export async function caImportIssuer(opts: OptionValues): Promise<void> {
   const issuer = await withCaFiles(opts.dir, opts.store, async (files) => {
     note = encryptionNote(opts.dir, files, passphrase);
     const now = new Date();
-    const replaced = readCaCertificates(files, caLayout(opts.dir).issuerCert)[0]!;
-    const installed = importIssuer({
+    return importIssuer({
       dir: opts.dir,
       files,
       issuerCertPem,
       issuerKeyPem,
       now,
       // --now as in rotate-issuer: the replaced issuer is retired at once (a leaked key), its CRL no
-      // longer published, so its workloads renew within a bundle refresh (docs/rotation.md).
+      // longer published, so its workloads renew within a bundle refresh (docs/rotation.md), and it
+      // is recorded as retired with the new pair: listed as revoked in the CRL of its root when this
+      // CA holds that root's key (root-crl.ts).
       keepPrevious: opts.now !== true,
       ...withPassphrase(passphrase),
       ...(issuerKeyPassphrase !== undefined ? { issuerKeyPassphrase } : {}),
     });
-    // Listed as revoked in the CRL of its root when this CA holds that root's key (root-crl.ts).
-    if (opts.now === true) recordRetiredIssuer(files, caLayout(opts.dir), replaced, now);
-    return installed;
   });
   if (note !== undefined) process.stderr.write(note);
   process.stdout.write(
