@@ -31,7 +31,7 @@ export const DAPR_TRUST_BUNDLE_NAME = "dapr-trust-bundle";
 /** The data key of the anchors, in the ConfigMap and the Secret alike. */
 export const DAPR_TRUST_ANCHORS_KEY = "ca.crt";
 /** The chart's label on both objects. */
-const DAPR_TRUST_BUNDLE_LABELS = { app: "dapr-sentry" } as const;
+export const DAPR_TRUST_BUNDLE_LABELS = { app: "dapr-sentry" } as const;
 
 /** A Kubernetes namespace name: an RFC 1123 label. */
 const NAMESPACE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;

@@ -18,6 +18,8 @@ export interface CaMetrics {
   readonly connectionsRefused: Counter<"reason">;
   /** meshward_ca_kubernetes_api_circuit_open: 1 while the CA sends the Kubernetes API server no call (kube-api-breaker.ts). */
   readonly kubernetesApiCircuitOpen: Gauge;
+  /** meshward_ca_dapr_trust_bundle_syncs_total{result}: passes keeping Dapr's dapr-trust-bundle ConfigMap in step (dapr-trust-bundle-sync.ts). */
+  readonly daprTrustBundleSyncs: Counter<"result">;
 }
 
 /** Why the CA closed a connection without serving it (a closed set: alerts rely on it). */
@@ -55,6 +57,11 @@ export function createCaMetrics(metrics: Metrics): CaMetrics {
     kubernetesApiCircuitOpen: metrics.gauge({
       name: "meshward_ca_kubernetes_api_circuit_open",
       help: "1 while the CA sends the Kubernetes API server no TokenReview or pod read because its last calls failed (5 in a row; KUBERNETES attestations are refused E_KUBERNETES_UNAVAILABLE at once, one probe per cooldown of 1 s doubling to 10 s), 0 otherwise (and without the kubernetes validator).",
+    }),
+    daprTrustBundleSyncs: metrics.counter({
+      name: "meshward_ca_dapr_trust_bundle_syncs_total",
+      help: "Passes keeping Dapr's dapr-trust-bundle ConfigMap equal to the CA's trust bundle (daprTrustBundle), by result: created, updated, unchanged, error (retried with backoff). Exported only with daprTrustBundle set.",
+      labelNames: ["result"],
     }),
   };
 }

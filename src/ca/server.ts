@@ -23,6 +23,8 @@ import { joinTokenAttestor } from "./attest/join-token.ts";
 import { daprAttestors } from "./attest/dapr.ts";
 import type { KubeApiBreakerEvent } from "./attest/kube-api-breaker.ts";
 import { svidAttestor } from "./attest/svid.ts";
+import { inClusterApiServer, kubeApiConnection, type KubeApiConnection } from "./attest/kube-api.ts";
+import { DAPR_TRUST_BUNDLE_SYNC_RESULTS, syncDaprTrustBundle, type DaprTrustBundleSync } from "./dapr-trust-bundle-sync.ts";
 import { CertificateAuthority, type ValidatorName } from "./authority.ts";
 import { CRL_VALIDITY_MS, CrlPublisher } from "./crl-publisher.ts";
 import { BUFFERED_REQUESTS, handleGrpc } from "./api/grpc.ts";
@@ -94,6 +96,8 @@ export interface CaServerOptions {
   readonly store?: Store;
   /** How long sign requests wait for the CRL set naming a new issuer after `--now` (tests); ISSUER_SWITCH_WAIT_MS by default. */
   readonly issuerSwitchWaitMs?: number;
+  /** The retry backoff of the dapr-trust-bundle writer (tests; default 1 s doubling to 5 min). */
+  readonly daprTrustBundleBackoff?: { readonly initialMs?: number; readonly maxMs?: number };
 }
 
 export interface CaServer {
@@ -121,6 +125,11 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   const statusAt = config.status === undefined ? undefined : parseHostPort(config.status, "--status");
   const statusToken = statusAt === undefined ? undefined : resolveStatusToken(statusAt.host, config.statusTokenFile);
   const recorder = createStatusRecorder();
+  // Checked before anything starts too: out of a pod, daprTrustBundle needs its apiServer.
+  const daprApiServer = config.daprTrustBundle === undefined ? undefined : (config.daprTrustBundle.apiServer ?? daprInClusterApiServer());
+  // Started once the CA serves (below); adopt() may run before that (a rotation step due at start).
+  let daprSync: DaprTrustBundleSync | undefined;
+  let daprConnection: KubeApiConnection | undefined;
   // What an interrupted rotation left in the directory (a half-switched issuer, temp files) is put
   // in order before the anchors are read, when no other process holds the directory.
   repairCaDir(options.dir, logger, "'meshward ca serve' starting");
@@ -591,6 +600,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     if (issuerChanged) void jwtSvids?.retire(previous.issuer.privateKey).catch((error) => logger.error({ event: "jwt-key-retire-failed", error: describeError(error) }, "could not keep the previous JWT-SVID key published"));
     if (rootsChanged) recorder.recordRotation({ kind: "root", result: "ok", serial: next.issuerRoot.serialNumber });
     reportPreviousIssuer(next);
+    // Dapr's dapr-trust-bundle ConfigMap follows (a read, and a write only when it differs).
+    void daprSync?.sync();
     renewServing();
     setExpiryGauges();
     // The set in force may already name the new issuer (a replica that adopted the leader's set first).
@@ -683,6 +694,23 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   }, Math.min(config.anchorPoll, 1_000, Math.floor(config.leaderTimeout / 3)));
   leaderTimer?.unref();
 
+  // Dapr's dapr-trust-bundle ConfigMap, when asked: brought to the current bundle now, then at
+  // every change adopt() sees and every resync. Its failures are logged and retried, never fatal.
+  if (config.daprTrustBundle !== undefined && daprApiServer !== undefined) {
+    const settings = config.daprTrustBundle;
+    for (const result of DAPR_TRUST_BUNDLE_SYNC_RESULTS) metrics.daprTrustBundleSyncs.inc({ result }, 0);
+    daprConnection = kubeApiConnection({ apiServer: daprApiServer, tokenFile: settings.tokenFile, caFile: settings.caFile, maxSockets: 2 });
+    daprSync = syncDaprTrustBundle({
+      namespace: settings.namespace,
+      connection: daprConnection,
+      roots: () => anchors.roots,
+      logger,
+      resyncMs: settings.resync,
+      ...(options.daprTrustBundleBackoff !== undefined ? { backoff: options.daprTrustBundleBackoff } : {}),
+      onResult: (result) => metrics.daprTrustBundleSyncs.inc({ result }),
+    });
+  }
+
   let ops: OpsServer | undefined;
   let status: BoundAddress | undefined;
   /** Stops everything started above; `graceMs` lets in-flight API requests finish first. */
@@ -697,6 +725,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     crl.onChange = undefined;
     for (const wake of switchWaiters.splice(0)) wake();
     watcher.close();
+    daprSync?.close();
+    daprConnection?.close();
     await new Promise<void>((resolve) => {
       // Stop accepting; the callback comes once every connection has closed.
       listener.close(() => resolve());
@@ -755,6 +785,15 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     ...(status !== undefined ? { status } : {}),
     close: () => stop(2000),
   };
+}
+
+/** inClusterApiServer(), its error naming daprTrustBundle.apiServer. */
+function daprInClusterApiServer(): string {
+  try {
+    return inClusterApiServer();
+  } catch {
+    throw new MeshwardError("E_CONFIG_INVALID", "daprTrustBundle.apiServer is not set and KUBERNETES_SERVICE_HOST is empty (not running in a pod): name the API server, or leave daprTrustBundle (--dapr-trust-bundle-namespace) off and publish the ConfigMap with 'meshward ca dapr-trust-bundle --dir DIR | kubectl apply -f -'");
+  }
 }
 
 function errorCode(error: unknown): string {

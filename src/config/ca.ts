@@ -122,6 +122,24 @@ export const kubernetesValidatorSchema = z
   })
   .strict();
 
+/** A Kubernetes namespace name: an RFC 1123 label (as src/ca/dapr-trust-bundle.ts checks it). */
+const KUBERNETES_NAMESPACE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+export const daprTrustBundleSchema = z
+  .object({
+    namespace: z
+      .string()
+      .regex(KUBERNETES_NAMESPACE, { message: "must be a Kubernetes namespace name (lower-case letters, digits and '-', at most 63, starting and ending with a letter or digit)" })
+      .describe("Dapr's control-plane namespace, where the `dapr-trust-bundle` ConfigMap lives (Dapr's default: dapr-system)."),
+    apiServer: z.string().url().optional().describe("Kubernetes API server URL (default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)."),
+    tokenFile: z.string().min(1).default("/var/run/secrets/kubernetes.io/serviceaccount/token").describe("The CA's own service-account token, read on every call (it rotates)."),
+    caFile: z.string().min(1).default("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt").describe("CA bundle of the API server."),
+    resync: timerDurationText("dapr-trust-bundle resync interval", 10_000)
+      .default(parseDuration("5m"))
+      .describe("How often the ConfigMap is checked even when the trust bundle has not changed (it may have been edited, or recreated by a Dapr upgrade). At least 10s."),
+  })
+  .strict();
+
 export const caConfigSchema = z
   .object({
     trustDomain: z.string().transform((v, ctx) => {
@@ -216,6 +234,11 @@ export const caConfigSchema = z
     expiryWarning: duration("expiry warning", { text: MIN_EXPIRY_WARNING, why: "the warning is logged hourly, so a shorter one could never be seen before the expiry" })
       .default(parseDuration("30d"))
       .describe(`Warn (hourly log, /readyz detail) when the root or an external issuer expires within this. At least ${MIN_EXPIRY_WARNING}.`),
+    daprTrustBundle: daprTrustBundleSchema
+      .optional()
+      .describe(
+        "Off by default. Keep Dapr's `dapr-trust-bundle` ConfigMap (`ca.crt`: every root of the CA's trust bundle, label `app: dapr-sentry`) in step through the Kubernetes API, as Dapr Sentry does: at start, at every trust-bundle change the CA sees (root prepare, activate, retire) and every `resync`. Only the ConfigMap is written (never the Secret, never key material); a write happens only when it differs, with the resourceVersion read (a 409 from another replica is re-read and retried, at most 5 times); a failure is logged (`dapr-trust-bundle-sync-failed`, with the API server's status and reason), counted in meshward_ca_dapr_trust_bundle_syncs_total{result=\"error\"} and retried with backoff (1 s doubling to 5 min) without stopping the CA. Needs `get`, `update` on that ConfigMap and `create` on configmaps in the namespace (deploy/kubernetes/components/dapr-trust-bundle). Out of a cluster, use `meshward ca dapr-trust-bundle | kubectl apply -f -` instead.",
+      ),
     autoRotateRoot: z
       .object({
         enabled: z.boolean().default(false).describe("Rotate the root automatically (self-managed CAs)."),
@@ -231,3 +254,4 @@ export const caConfigSchema = z
 export type CaConfig = z.infer<typeof caConfigSchema>;
 export type JwksValidatorConfig = z.infer<typeof jwksValidatorSchema>;
 export type KubernetesValidatorConfig = z.infer<typeof kubernetesValidatorSchema>;
+export type DaprTrustBundleConfig = z.infer<typeof daprTrustBundleSchema>;

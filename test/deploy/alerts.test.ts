@@ -132,6 +132,7 @@ describe("deploy/prometheus/alerts.yaml (real promtool)", () => {
     ["handshake-no-floor", "MeshwardHandshakeFailureRateHigh", "(rate(meshward_tls_handshake_failures_total[5m])) > 0.1", "(rate(meshward_tls_handshake_failures_total[5m])) > 0"],
     ["plaintext-everywhere", "MeshwardPlaintextInStrictEnvironment", '{meshward_mode!="permissive"}', ""],
     ["denials-short-baseline", "MeshwardPolicyDenialSpike", "[1h] offset 1h", "[1h] offset 5m"],
+    ["dapr-tb-no-unless", "MeshwardCaDaprTrustBundleSyncFailing", '\n          unless on (job, instance)\n          sum by (job, instance) (increase(meshward_ca_dapr_trust_bundle_syncs_total{result!="error"}[15m])) > 0', ""],
     ["injector-any-job", "MeshwardInjectorDown", 'up{job=~"meshward-injector.*"} == 0', "up == 0"],
     ["cabundle-no-unless", "MeshwardInjectorCaBundleSyncFailing", '\n          unless on (job, instance)\n          sum by (job, instance) (increase(meshward_injector_ca_bundle_syncs_total{result!="error"}[15m])) > 0', ""],
     ["injector-refusals-no-for", "MeshwardInjectorConnectionsRefused", "connections_refused_total[5m])) > 0\n        for: 5m", "connections_refused_total[5m])) > 0\n        for: 1m"],

@@ -247,6 +247,80 @@ describe("deploy/kubernetes: kustomize overlays single and ha", () => {
   });
 });
 
+/** `kubectl kustomize` of a kustomization written to a scratch directory (paths relative to deploy/kubernetes). */
+function kustomizeWith(kustomization: Doc): Doc[] {
+  const dir = mkdtempSync(join(scratch, "with-"));
+  const rebase = (path: string) => relative(dir, join(K8S_DIR, path)); // kustomize refuses absolute roots
+  writeFileSync(join(dir, "kustomization.yaml"), stringify({ ...kustomization, resources: (kustomization.resources as string[]).map(rebase), ...(kustomization.components ? { components: (kustomization.components as string[]).map(rebase) } : {}) }));
+  const result = spawnSync("kubectl", ["kustomize", dir], { encoding: "utf8", timeout: 60_000 });
+  expect(result.status, result.stderr).toBe(0);
+  return parseAllDocuments(result.stdout).map((d) => d.toJS() as Doc);
+}
+
+describe("deploy/kubernetes/components/dapr-trust-bundle (optional: the CA keeps Dapr's dapr-trust-bundle ConfigMap)", () => {
+  const withComponent = {
+    single: kustomizeWith({ resources: ["overlays/single"], components: ["components/dapr-trust-bundle"] }),
+    ha: kustomizeWith({ resources: ["overlays/ha"], components: ["components/dapr-trust-bundle"] }),
+  };
+
+  it("is not in the overlays themselves: without it nothing refers to Dapr's namespace (Dapr may not be installed)", () => {
+    for (const [name, { docs, text }] of Object.entries(rendered)) {
+      expect(docs.filter((d) => d.metadata?.namespace === "dapr-system"), name).toEqual([]);
+      expect(text, name).not.toContain("--dapr-trust-bundle-namespace");
+    }
+  });
+
+  for (const [name, docs] of Object.entries(withComponent)) {
+    it(`${name} + component: validates; a Role in dapr-system limited to get/update of configmaps/dapr-trust-bundle plus create, bound to the CA's ServiceAccount; the CA gets the flag`, () => {
+      expect(validateK8sObjects(docs)).toBe(docs.length);
+      // Only the Role and RoleBinding are added; everything else renders as the overlay does.
+      const added = docs.filter((d) => !rendered[name as "single" | "ha"].docs.some((o) => o.kind === d.kind && o.metadata?.name === d.metadata?.name));
+      expect(added.map((d) => `${d.kind} ${d.metadata.namespace}/${d.metadata.name}`).sort()).toEqual(["Role dapr-system/meshward-ca-dapr-trust-bundle", "RoleBinding dapr-system/meshward-ca-dapr-trust-bundle"]);
+      expect(docs.some((d) => d.kind === "ClusterRole" && /dapr/.test(d.metadata.name))).toBe(false);
+      const role = find(docs, "Role", "meshward-ca-dapr-trust-bundle");
+      expect(role.rules).toEqual([
+        { apiGroups: [""], resources: ["configmaps"], resourceNames: ["dapr-trust-bundle"], verbs: ["get", "update"] },
+        { apiGroups: [""], resources: ["configmaps"], verbs: ["create"] },
+      ]);
+      expect(role.metadata.labels).toEqual({ "app.kubernetes.io/part-of": "meshward" });
+      const binding = find(docs, "RoleBinding", "meshward-ca-dapr-trust-bundle");
+      expect(binding.roleRef).toEqual({ apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: role.metadata.name });
+      const account = find(docs, "ServiceAccount", "meshward-ca");
+      const ca = find(docs, "Deployment", "meshward-ca");
+      expect(ca.spec.template.spec.serviceAccountName).toBe(account.metadata.name);
+      expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: account.metadata.name, namespace: account.metadata.namespace }]);
+      const args = container(ca, "ca").args as string[];
+      expect(args.slice(args.indexOf("--dapr-trust-bundle-namespace"), args.indexOf("--dapr-trust-bundle-namespace") + 2)).toEqual(["--dapr-trust-bundle-namespace", "$(MESHWARD_DAPR_NAMESPACE)"]);
+      expect((container(ca, "ca").env as Doc[]).find((e) => e.name === "MESHWARD_DAPR_NAMESPACE")?.value).toBe(role.metadata.namespace);
+      // The rest of the CA's args are the overlay's, and the flag is the CLI's.
+      expect(args.filter((a) => a !== "--dapr-trust-bundle-namespace" && a !== "$(MESHWARD_DAPR_NAMESPACE)")).toEqual(container(find(rendered[name as "single" | "ha"].docs, "Deployment", "meshward-ca"), "ca").args);
+      // The token and CA file the CA reads by default are mounted (daprTrustBundle.tokenFile, caFile).
+      expect((container(ca, "ca").volumeMounts as Doc[]).find((m) => m.name === "kube-api-access")?.mountPath).toBe("/var/run/secrets/kubernetes.io/serviceaccount");
+    });
+  }
+
+  it("the flag it passes is in 'ca serve --help'; the rbac comment says why create is not limited by name", () => {
+    expect(help(["ca", "serve"])).toMatch(/(^|[\s,])--dapr-trust-bundle-namespace[\s<]/m);
+    const rbac = readFileSync(join(K8S_DIR, "components/dapr-trust-bundle/rbac.yaml"), "utf8");
+    expect(rbac).toMatch(/create cannot be limited by resourceNames/);
+  });
+
+  it("docs/kubernetes.md's kustomization for another Dapr namespace moves the Role, the RoleBinding and the CA's setting together", () => {
+    const guide = readFileSync(join(ROOT, "docs/kubernetes.md"), "utf8");
+    const block = /<!-- dapr-namespace-overlay -->\n```yaml\n([^`]+)```/.exec(guide)?.[1];
+    expect(block).toBeDefined();
+    const documented = parseYaml(block!) as Doc;
+    // Its resources and components point at a checkout (../meshward/deploy/kubernetes/…): rebased onto this one.
+    const strip = (path: string) => path.replace(/^.*deploy\/kubernetes\//, "");
+    const docs = kustomizeWith({ ...documented, resources: (documented.resources as string[]).map(strip), components: (documented.components as string[]).map(strip) });
+    expect(validateK8sObjects(docs)).toBe(docs.length);
+    expect(find(docs, "Role", "meshward-ca-dapr-trust-bundle").metadata.namespace).toBe("dapr");
+    expect(find(docs, "RoleBinding", "meshward-ca-dapr-trust-bundle").metadata.namespace).toBe("dapr");
+    expect((container(find(docs, "Deployment", "meshward-ca"), "ca").env as Doc[]).filter((e) => e.name === "MESHWARD_DAPR_NAMESPACE").map((e) => e.value)).toEqual(["dapr"]);
+    expect(docs.filter((d) => d.metadata?.namespace === "dapr-system")).toEqual([]);
+  });
+});
+
 describe("deploy/kubernetes/examples/orders", () => {
   const docs = parseAllDocuments(injectedExample).map((d) => d.toJS() as Doc);
 

@@ -25,17 +25,7 @@ export interface PodObject {
   readonly spec?: { readonly serviceAccountName?: string };
 }
 
-export interface KubernetesApiOptions {
-  /** https://host:port of the API server. */
-  readonly apiServer: string;
-  /** The CA's own service-account token (read on every call: projected tokens rotate). */
-  readonly tokenFile: string;
-  /** PEM bundle the API server's certificate must chain to. */
-  readonly caFile: string;
-  /** How long a call may wait for one of the connections, and then for the API server's answer (default 5 s each). */
-  readonly timeoutMs?: number;
-  /** Most connections open to the API server at once (default KUBE_API_MAX_SOCKETS); further calls wait for one. */
-  readonly maxSockets?: number;
+export interface KubernetesApiOptions extends KubeApiConnectionOptions {
   /**
    * The circuit breaker in front of the calls (kube-api-breaker.ts): after this many failed calls
    * in a row no call is sent for a cooldown (KUBE_API_FAILURES_TO_OPEN and its cooldowns by
@@ -66,8 +56,36 @@ export function inClusterApiServer(env: NodeJS.ProcessEnv = process.env): string
   return `https://${host.includes(":") ? `[${host}]` : host}:${port}`;
 }
 
-/** node:https client for the two calls, verified against caFile, authenticated with tokenFile. */
-export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
+/** Where and how to reach the API server: the part of KubernetesApiOptions every client of it shares. */
+export interface KubeApiConnectionOptions {
+  /** https://host:port of the API server. */
+  readonly apiServer: string;
+  /** The CA's own service-account token (read on every call: projected tokens rotate). */
+  readonly tokenFile: string;
+  /** PEM bundle the API server's certificate must chain to. */
+  readonly caFile: string;
+  /** How long a call may wait for one of the connections, and then for the API server's answer (default 5 s each). */
+  readonly timeoutMs?: number;
+  /** Most connections open to the API server at once (default KUBE_API_MAX_SOCKETS); further calls wait for one. */
+  readonly maxSockets?: number;
+}
+
+/**
+ * The connection handling of the CA's Kubernetes API clients (the TokenReview/pod client below,
+ * and the dapr-trust-bundle writer, src/ca/dapr-trust-bundle-sync.ts): one keep-alive agent with
+ * a bounded number of sockets, the token and CA file re-read on every call, TLS 1.2+ without
+ * renegotiation, a bounded JSON answer, and a timeout on both the wait for a socket and the answer.
+ */
+export interface KubeApiConnection {
+  /** One call; resolves with the HTTP status and the parsed JSON body, rejects (E_KUBERNETES_UNAVAILABLE) when no JSON answer came. */
+  call(method: "GET" | "POST" | "PUT", path: string, body?: object): Promise<{ status: number; json: unknown }>;
+  /** Whether a failure of call() never reached the API server (credentials unreadable, no free connection in time). */
+  notSent(error: unknown): boolean;
+  /** Closes the idle connections and those that later become idle. */
+  close(): void;
+}
+
+export function kubeApiConnection(options: KubeApiConnectionOptions): KubeApiConnection {
   const base = new URL(options.apiServer);
   if (base.protocol !== "https:") throw new MeshwardError("E_CONFIG_INVALID", `kubernetes.apiServer must be an https:// URL, got ${options.apiServer}`);
   const maxSockets = options.maxSockets ?? KUBE_API_MAX_SOCKETS;
@@ -77,9 +95,8 @@ export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
   // Calls that never reached the API server (credentials unreadable, no free connection in time):
   // the breaker counts them neither as its failures nor as its successes.
   const notSent = new WeakSet<object>();
-  const breaker = kubeApiBreaker({ apiServer: options.apiServer, ...options.breaker, onChange: options.onBreakerChange });
   const agent = new Agent({ keepAlive: true, maxSockets, maxTotalSockets: maxSockets, maxFreeSockets: maxSockets, timeout: 60_000, scheduling: "lifo" });
-  const call = (method: "GET" | "POST", path: string, body?: object): Promise<{ status: number; json: unknown }> =>
+  const call = (method: "GET" | "POST" | "PUT", path: string, body?: object): Promise<{ status: number; json: unknown }> =>
     new Promise((resolve, reject) => {
       let token: string;
       let ca: string;
@@ -146,10 +163,22 @@ export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
       req.end(payload);
     });
   return {
-    reviewToken: (token, audiences) => breaker.run(() => reviewToken(token, audiences), (error) => typeof error === "object" && error !== null && notSent.has(error)),
+    call,
+    notSent: (error) => typeof error === "object" && error !== null && notSent.has(error),
+    close: () => agent.destroy(),
+  };
+}
+
+/** node:https client for the two calls, verified against caFile, authenticated with tokenFile. */
+export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
+  const connection = kubeApiConnection(options);
+  const call = connection.call;
+  const breaker = kubeApiBreaker({ apiServer: options.apiServer, ...options.breaker, onChange: options.onBreakerChange });
+  return {
+    reviewToken: (token, audiences) => breaker.run(() => reviewToken(token, audiences), connection.notSent),
     // A name no pod can have is answered without a call (and tells the breaker nothing).
     getPod: (namespace, name) =>
-      !SEGMENT.test(namespace) || !SEGMENT.test(name) ? Promise.resolve(undefined) : breaker.run(() => getPod(namespace, name), (error) => typeof error === "object" && error !== null && notSent.has(error)),
+      !SEGMENT.test(namespace) || !SEGMENT.test(name) ? Promise.resolve(undefined) : breaker.run(() => getPod(namespace, name), connection.notSent),
   };
 
   async function reviewToken(token: string, audiences: readonly string[]): Promise<TokenReviewStatus> {

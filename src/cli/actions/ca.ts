@@ -462,6 +462,7 @@ const CA_SERVE_FLAGS: Readonly<Record<string, string>> = {
   handshakeTimeout: "--handshake-timeout",
   maxConnections: "--max-connections",
   maxConnectionsPerAddress: "--max-connections-per-address",
+  daprTrustBundle: "--dapr-trust-bundle-namespace",
 };
 
 /** Config file, then flags on top; both validated by the same zod schema. */
@@ -489,6 +490,11 @@ function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
     // Validate the file alone first so its errors carry file:line:column.
     loadYamlConfig(opts.config, caConfigSchema);
     fileValues = (parseYaml(readTextFile(opts.config, "config file")) ?? {}) as Record<string, unknown>;
+  }
+  if (opts.daprTrustBundleNamespace !== undefined) {
+    // The flag sets the namespace; the file's other daprTrustBundle fields (apiServer, …) stay.
+    const fromFile = fileValues.daprTrustBundle;
+    flags.daprTrustBundle = { ...(fromFile !== null && typeof fromFile === "object" && !Array.isArray(fromFile) ? fromFile : {}), namespace: opts.daprTrustBundleNamespace };
   }
   const merged = { ...fileValues, ...dropUndefined(flags) };
   const parsed = caConfigSchema.safeParse(merged);
