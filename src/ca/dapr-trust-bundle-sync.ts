@@ -18,7 +18,11 @@ import { DAPR_TRUST_ANCHORS_KEY, DAPR_TRUST_BUNDLE_LABELS, DAPR_TRUST_BUNDLE_NAM
  * rather than be overwritten), or a POST when there is none. A 409 (a conflicting update, or
  * another replica created it first) is followed by a new read, at most
  * DAPR_TRUST_BUNDLE_CONFLICT_RETRIES times. Every replica converges on the set it serves; a
- * replica that has not adopted a rotation yet writes its set until it does (within anchorPoll).
+ * replica that has not adopted a rotation yet could write its older set back: with a replicated
+ * store each write carries the CA state version of its roots (annotation
+ * DAPR_TRUST_BUNDLE_VERSION_ANNOTATION), and a replica leaves alone a ConfigMap stamped with a
+ * newer one ("behind": it writes once it has adopted that state). A CA directory has no version:
+ * one CA serves it (its lock), so there is no older replica to guard against.
  * A failed pass is logged with the API server's status and reason, counted, and retried with
  * backoff; it never stops the CA.
  */
@@ -29,6 +33,8 @@ export interface DaprTrustBundleSyncOptions {
   /** The roots of the CA's trust bundle now. */
   readonly roots: () => readonly X509Certificate[];
   readonly logger: Logger;
+  /** The CA state version `roots` belong to (a replicated store's; undefined for a CA directory). */
+  readonly stateVersion?: () => number | undefined;
   /** A pass this often even without a change (the ConfigMap may have been edited or recreated). */
   readonly resyncMs: number;
   /** After a failed pass, the next one in `initialMs`, doubling up to `maxMs` (defaults 1 s and 5 min), ±20 % jitter. */
@@ -37,7 +43,9 @@ export interface DaprTrustBundleSyncOptions {
   readonly onResult?: (result: DaprTrustBundleSyncResult) => void;
 }
 
-export const DAPR_TRUST_BUNDLE_SYNC_RESULTS = ["created", "updated", "unchanged", "error"] as const;
+export const DAPR_TRUST_BUNDLE_SYNC_RESULTS = ["created", "updated", "unchanged", "behind", "error"] as const;
+/** The CA state version of the roots a write carried (replicated store only). */
+export const DAPR_TRUST_BUNDLE_VERSION_ANNOTATION = "meshward.io/ca-state-version";
 export type DaprTrustBundleSyncResult = (typeof DAPR_TRUST_BUNDLE_SYNC_RESULTS)[number];
 
 /** 409 answers (a write lost to another writer) followed by a new read within one pass. */
@@ -53,7 +61,7 @@ export interface DaprTrustBundleSync {
 }
 
 interface ConfigMapObject {
-  readonly metadata?: { readonly labels?: Readonly<Record<string, string>>; readonly resourceVersion?: string; readonly [key: string]: unknown };
+  readonly metadata?: { readonly labels?: Readonly<Record<string, string>>; readonly annotations?: Readonly<Record<string, string>>; readonly resourceVersion?: string; readonly [key: string]: unknown };
   readonly data?: Readonly<Record<string, string>>;
   readonly [key: string]: unknown;
 }
@@ -75,6 +83,8 @@ export function syncDaprTrustBundle(options: DaprTrustBundleSyncOptions): DaprTr
     const roots = options.roots();
     const pem = daprTrustAnchorsPem(roots);
     const ours = roots.map((root) => root.fingerprint256);
+    const version = options.stateVersion?.();
+    const stamp = version !== undefined ? { [DAPR_TRUST_BUNDLE_VERSION_ANNOTATION]: String(version) } : {};
     for (let conflicts = 0; ; conflicts += 1) {
       const read = await connection.call("GET", objectPath);
       let answer: { status: number; json: unknown };
@@ -84,11 +94,19 @@ export function syncDaprTrustBundle(options: DaprTrustBundleSyncOptions): DaprTr
         answer = await connection.call("POST", collectionPath, {
           apiVersion: "v1",
           kind: "ConfigMap",
-          metadata: { name: DAPR_TRUST_BUNDLE_NAME, namespace, labels: { ...DAPR_TRUST_BUNDLE_LABELS } },
+          metadata: { name: DAPR_TRUST_BUNDLE_NAME, namespace, labels: { ...DAPR_TRUST_BUNDLE_LABELS }, ...(version !== undefined ? { annotations: stamp } : {}) },
           data: { [DAPR_TRUST_ANCHORS_KEY]: pem },
         });
       } else if (read.status === 200) {
         const existing = read.json as ConfigMapObject;
+        const written = Number(existing.metadata?.annotations?.[DAPR_TRUST_BUNDLE_VERSION_ANNOTATION]);
+        if (version !== undefined && Number.isSafeInteger(written) && written > version) {
+          logger.info(
+            { event: "dapr-trust-bundle-behind", namespace, configMap: DAPR_TRUST_BUNDLE_NAME, stateVersion: version, written },
+            `ConfigMap ${name} holds the roots of CA state ${written}, newer than this replica's ${version}: left alone until this replica adopts it`,
+          );
+          return "behind";
+        }
         const current = existing.data?.[DAPR_TRUST_ANCHORS_KEY];
         const labelled = Object.entries(DAPR_TRUST_BUNDLE_LABELS).every(([key, value]) => existing.metadata?.labels?.[key] === value);
         if (current === pem && labelled) return "unchanged";
@@ -98,7 +116,11 @@ export function syncDaprTrustBundle(options: DaprTrustBundleSyncOptions): DaprTr
           ...existing,
           apiVersion: "v1",
           kind: "ConfigMap",
-          metadata: { ...existing.metadata, labels: { ...existing.metadata?.labels, ...DAPR_TRUST_BUNDLE_LABELS } },
+          metadata: {
+            ...existing.metadata,
+            labels: { ...existing.metadata?.labels, ...DAPR_TRUST_BUNDLE_LABELS },
+            ...(version !== undefined || existing.metadata?.annotations !== undefined ? { annotations: { ...existing.metadata?.annotations, ...stamp } } : {}),
+          },
           data: { ...existing.data, [DAPR_TRUST_ANCHORS_KEY]: pem },
         });
         if (answer.status === 200 || answer.status === 201) reportReplaced(current, ours);

@@ -704,6 +704,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       namespace: settings.namespace,
       connection: daprConnection,
       roots: () => anchors.roots,
+      stateVersion: () => anchors.stateVersion,
       logger,
       resyncMs: settings.resync,
       ...(options.daprTrustBundleBackoff !== undefined ? { backoff: options.daprTrustBundleBackoff } : {}),

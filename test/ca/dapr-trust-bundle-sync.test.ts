@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { initAnchors } from "../../src/ca/anchors.ts";
 import { kubeApiConnection } from "../../src/ca/attest/kube-api.ts";
-import { DAPR_TRUST_BUNDLE_CONFLICT_RETRIES, syncDaprTrustBundle } from "../../src/ca/dapr-trust-bundle-sync.ts";
+import { DAPR_TRUST_BUNDLE_CONFLICT_RETRIES, DAPR_TRUST_BUNDLE_VERSION_ANNOTATION, syncDaprTrustBundle } from "../../src/ca/dapr-trust-bundle-sync.ts";
 import { activateRoot, prepareRoot, retireRoot } from "../../src/ca/rotation.ts";
 import { startCaServer, type CaServer } from "../../src/ca/server.ts";
 import { caConfigSchema } from "../../src/config/ca.ts";
@@ -43,7 +43,7 @@ afterAll(() => {
   if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
 });
 
-type ConfigMap = { apiVersion: string; kind: string; metadata: { name: string; namespace: string; resourceVersion: string; labels?: Record<string, string>; [k: string]: unknown }; data?: Record<string, string> };
+type ConfigMap = { apiVersion: string; kind: string; metadata: { name: string; namespace: string; resourceVersion: string; labels?: Record<string, string>; annotations?: Record<string, string>; [k: string]: unknown }; data?: Record<string, string> };
 interface Call {
   readonly method: string;
   readonly path: string;
@@ -406,6 +406,55 @@ describe("syncDaprTrustBundle against the fake API server", () => {
       await vi.waitFor(() => expect(c.results).toContain("updated"), { timeout: 10_000, interval: 20 });
     } finally {
       c.close();
+      await api.stop();
+    }
+  });
+
+  it("replicas on a shared store: a replica behind a rotation (older CA state version) leaves the newer roots alone until it adopts that state; without a version (a CA directory) there is no such guard", async () => {
+    const api = await fakeKube();
+    const work = mkdtempSync(join(dir, "versions-"));
+    const opened: { close(): void }[] = [];
+    try {
+      await initAnchors({ dir: join(work, "old"), trustDomain: "dapr-tb.test", now: new Date() });
+      await initAnchors({ dir: join(work, "new"), trustDomain: "dapr-tb.test", now: new Date() });
+      const load = (name: string) => certificatesFromPem(readFileSync(join(work, name, "bundle.pem"), "utf8")).map((der) => new X509Certificate(der));
+      const [oldRoots, newRoots] = [load("old"), load("new")];
+      const replica = (roots: () => readonly X509Certificate[], stateVersion: () => number | undefined) => {
+        const { logger, logged } = capturingLogger();
+        const connection = kubeApiConnection({ apiServer: api.url, tokenFile, caFile: certFile });
+        const results: string[] = [];
+        const sync = syncDaprTrustBundle({ namespace: "dapr-system", connection, roots, stateVersion, logger, resyncMs: 3_600_000, backoff: { initialMs: 20, maxMs: 100 }, onResult: (r) => results.push(r) });
+        opened.push({ close: () => (sync.close(), connection.close()) });
+        return { sync, results, logged };
+      };
+      const stored = () => api.objects.get("dapr-system/dapr-trust-bundle")!;
+      const ahead = replica(() => newRoots, () => 8);
+      await vi.waitFor(() => expect(ahead.results).toEqual(["created"]), { timeout: 10_000, interval: 20 });
+      expect(stored().metadata.annotations).toEqual({ [DAPR_TRUST_BUNDLE_VERSION_ANNOTATION]: "8" });
+
+      // A replica still on state 7 (the roots before the rotation) reads it and writes nothing.
+      let laggingVersion = 7;
+      let laggingRoots = oldRoots;
+      const lagging = replica(() => laggingRoots, () => laggingVersion);
+      await vi.waitFor(() => expect(lagging.results).toEqual(["behind"]), { timeout: 10_000, interval: 20 });
+      expect(api.writes()).toHaveLength(1);
+      expect(fingerprints(stored().data!["ca.crt"]!)).toEqual(newRoots.map((root) => root.fingerprint256));
+      expect(events(lagging.logged, "dapr-trust-bundle-behind")[0]).toMatchObject({ stateVersion: 7, written: 8 });
+
+      // Once it adopts a state at least as new, it writes (here a later state with other roots).
+      laggingVersion = 9;
+      laggingRoots = oldRoots;
+      expect(await lagging.sync.sync()).toBe("updated");
+      expect(stored().metadata.annotations).toEqual({ [DAPR_TRUST_BUNDLE_VERSION_ANNOTATION]: "9" });
+      expect(fingerprints(stored().data!["ca.crt"]!)).toEqual(oldRoots.map((root) => root.fingerprint256));
+
+      // No version (a CA directory: one CA, its lock): it writes its roots, and keeps the annotation it found.
+      const directory = replica(() => newRoots, () => undefined);
+      await vi.waitFor(() => expect(directory.results).toEqual(["updated"]), { timeout: 10_000, interval: 20 });
+      expect(fingerprints(stored().data!["ca.crt"]!)).toEqual(newRoots.map((root) => root.fingerprint256));
+    } finally {
+      for (const one of opened) one.close();
+      rmSync(work, { recursive: true, force: true });
       await api.stop();
     }
   });
