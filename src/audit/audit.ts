@@ -3,8 +3,9 @@ import type { WorkloadReference } from "./loaders/index.ts";
 import { isLoopbackComponent } from "./rules/helpers.ts";
 import { ALL_RULES } from "./rules/index.ts";
 import { applySuppressions } from "./suppressions.ts";
-import { readFileSync } from "node:fs";
-import { consumedBy, kustomizationIn, renderAdvice, renderKustomization, renderedName } from "./kustomize-render.ts";
+import { readFileSync, realpathSync } from "node:fs";
+import { basename, dirname, resolve } from "node:path";
+import { KUSTOMIZATION_FILES, consumedBy, isComponent, kustomizationIn, namedKustomizationFolders, renderAdvice, renderKustomization, renderedName } from "./kustomize-render.ts";
 import type { AuditResult, Corpus, DaprConfiguration, Finding, ParseProblem, Position, Resource, Rule, SkippedFile } from "./types.ts";
 import { DEFAULT_MAX_FILE_BYTES, walk } from "./walk.ts";
 import type { ReadFile } from "./walk.ts";
@@ -18,6 +19,8 @@ export interface AuditOptions {
   maxFileBytes?: number;
   /** false: a folder with a kustomization file is read file by file, not rendered. */
   renderKustomize?: boolean;
+  /** true: render an overlay that names a remote base or file (kustomize fetches it; off by default). */
+  kustomizeRemote?: boolean;
   /** The kubectl binary that renders overlays (default `kubectl` on PATH). */
   kubectl?: string;
   /** Reads standard input for the path `-` (default: file descriptor 0). */
@@ -189,27 +192,55 @@ export interface ReadPaths {
   rendered: string[];
 }
 
+/** The folders among the walked files whose kustomization file (the one kustomize reads there) was read. */
+function overlayFolders(files: readonly ReadFile[], given: readonly string[]): { directory: string; kustomization: string }[] {
+  const found: { directory: string; kustomization: string }[] = [];
+  const givenFiles = new Set(given.map((path) => resolve(path)));
+  for (const { file } of files) {
+    // A kustomization file given by itself is read as the file it is.
+    if (!KUSTOMIZATION_FILES.includes(basename(file)) || givenFiles.has(resolve(file))) continue;
+    const directory = dirname(file);
+    if (kustomizationIn(directory) === file) found.push({ directory, kustomization: file });
+  }
+  return found;
+}
+
+function realPath(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return resolve(path);
+  }
+}
+
 /**
  * Reads what the paths hold: files and folders (recursively), `-` for standard input (YAML),
- * and a folder with a kustomization file at its top as the overlay it is — rendered with
- * `kubectl kustomize` (its own files then only checked for private keys); when kubectl is
- * missing or the render fails, its files are read one by one and the overlay is reported.
+ * and every folder among them with a kustomization file as the overlay it is — rendered with
+ * `kubectl kustomize` (the files it consumes then only checked for private keys). A folder
+ * another kustomization of the tree names (a base, a component) is not rendered on its own: it
+ * is in the output of each overlay that names it. When kubectl is missing, the render fails, or
+ * the overlay names a remote base (not fetched unless `kustomizeRemote`), its files are read one
+ * by one and the overlay is reported.
  */
 export function readPaths(paths: readonly string[], options: AuditOptions = {}): ReadPaths {
   const read: ReadPaths = { files: [], skipped: [], binaryFiles: 0, problems: [], rendered: [] };
   const maxFileBytes = options.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES;
   const plain: string[] = [];
   for (const path of paths) {
-    if (path === "-") {
-      read.files.push({ file: "<stdin>", text: (options.readStdin ?? (() => readFileSync(0, "utf8")))(), format: "yaml" });
-      continue;
-    }
-    const kustomization = options.renderKustomize === false ? undefined : kustomizationIn(path);
-    if (kustomization === undefined) {
-      plain.push(path);
-      continue;
-    }
-    const outcome = renderKustomization(path, options.kubectl);
+    if (path === "-") read.files.push({ file: "<stdin>", text: (options.readStdin ?? (() => readFileSync(0, "utf8")))(), format: "yaml" });
+    else plain.push(path);
+  }
+  if (plain.length === 0) return read;
+  const walked = walk(plain, maxFileBytes);
+  read.skipped.push(...walked.skipped);
+  read.binaryFiles += walked.binaryFiles;
+  const overlays = options.renderKustomize === false ? [] : overlayFolders(walked.files, plain);
+  // Bases and components named by another kustomization of the tree are rendered as part of it.
+  const named = new Set(overlays.flatMap(({ kustomization }) => namedKustomizationFolders(kustomization)));
+  const consumed: ((file: string) => boolean)[] = [];
+  for (const { directory, kustomization } of overlays) {
+    if (named.has(realPath(directory)) || isComponent(kustomization)) continue;
+    const outcome = renderKustomization(directory, options.kubectl, { allowRemote: options.kustomizeRemote === true });
     if (!outcome.ok) {
       read.problems.push({
         file: kustomization,
@@ -217,28 +248,20 @@ export function readPaths(paths: readonly string[], options: AuditOptions = {}):
         column: 1,
         kind: "kustomize",
         message: outcome.reason === "no-kubectl"
-          ? `kustomize overlay not rendered (kubectl is not on PATH): its bases and patches were not applied, its files were audited one by one; ${renderAdvice(path)}`
-          : `kustomize overlay not rendered (\`kubectl kustomize ${path}\` failed: ${outcome.detail}); its files were audited one by one`,
+          ? `kustomize overlay not rendered (kubectl is not on PATH): its bases and patches were not applied, its files were audited one by one; ${renderAdvice(directory)}`
+          : outcome.reason === "remote"
+            ? `kustomize overlay not rendered (${outcome.detail}; not fetched: pass --kustomize-remote to allow it); its files were audited one by one`
+            : `kustomize overlay not rendered (\`kubectl kustomize ${directory}\` failed: ${outcome.detail}); its files were audited one by one`,
       });
-      plain.push(path);
       continue;
     }
-    read.rendered.push(path);
-    read.files.push({ file: renderedName(path), text: outcome.text, format: "yaml", rendered: path });
-    // The files the overlay renders are audited in its output (private keys still checked in
-    // each); the files beside it that it does not name are audited as files.
-    const own = walk([path], maxFileBytes);
-    const consumed = consumedBy(kustomization, path);
-    read.files.push(...own.files.map((file) => (consumed(file.file) ? { ...file, rawOnly: true } : file)));
-    read.skipped.push(...own.skipped);
-    read.binaryFiles += own.binaryFiles;
+    read.rendered.push(directory);
+    read.files.push({ file: renderedName(directory), text: outcome.text, format: "yaml", rendered: directory });
+    consumed.push(consumedBy(kustomization, directory));
   }
-  if (plain.length > 0) {
-    const walked = walk(plain, maxFileBytes);
-    read.files.push(...walked.files);
-    read.skipped.push(...walked.skipped);
-    read.binaryFiles += walked.binaryFiles;
-  }
+  // The files an overlay renders are audited in its output (private keys still checked in
+  // each); the files beside it that it does not name are audited as files.
+  read.files.push(...walked.files.map((file) => (consumed.some((covers) => covers(file.file)) ? { ...file, rawOnly: true } : file)));
   return read;
 }
 

@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { auditPaths } from "../../src/audit/audit.ts";
+import { auditPaths, readPaths } from "../../src/audit/audit.ts";
 import { driftPaths } from "../../src/audit/drift.ts";
 import { renderedName } from "../../src/audit/kustomize-render.ts";
 import { renderText } from "../../src/audit/reporters/text.ts";
@@ -72,6 +72,36 @@ describe("an overlay folder is audited as rendered by kubectl kustomize", () => 
     expect(result.parseErrors).toHaveLength(1);
     expect(result.parseErrors[0]).toMatchObject({ file: join(BROKEN, "kustomization.yaml"), kind: "kustomize" });
     expect(result.parseErrors[0]?.message).toMatch(/^kustomize overlay not rendered \(`kubectl kustomize .*broken` failed: accumulating resources/);
+  });
+});
+
+describe("kustomizations deeper in the tree", () => {
+  it("auditing the tree renders each overlay once; a base the overlays name is in their output, not rendered or audited on its own", () => {
+    const read = readPaths([ENVS, STAGING]);
+    expect(read.rendered.map((directory) => relative(ENVS, directory))).toEqual(["overlays/production", "overlays/staging"]);
+    expect(read.problems.map((problem) => relative(ENVS, problem.file))).toEqual(["overlays/broken/kustomization.yaml"]);
+    const result = auditPaths([ENVS]);
+    const file = relative(ENVS, renderedName(STAGING));
+    expect(at(result)).toEqual([`${file}:MW-K8S-005@17`, `${file}:MW-K8S-001@19`, `${file}:MW-TLS-001@43`, `${file}:MW-MTLS-001@62`]);
+  });
+
+  it("a weakness of the base is reported once per overlay that deploys it, never against the base's own file", () => {
+    const tree = join(scratch, "tree");
+    mkdirSync(join(tree, "base"), { recursive: true });
+    writeFileSync(join(tree, "base", "kustomization.yaml"), "resources:\n  - statestore.yaml\n");
+    writeFileSync(join(tree, "base", "statestore.yaml"), "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n    - name: redisHost\n      value: redis-master.shop.svc.cluster.local:6379\n");
+    for (const name of ["staging", "production"]) {
+      mkdirSync(join(tree, "overlays", name), { recursive: true });
+      writeFileSync(join(tree, "overlays", name, "kustomization.yaml"), `namespace: ${name}\nresources:\n  - ../../base\n`);
+    }
+    const result = auditPaths([tree]);
+    expect(result.parseErrors).toEqual([]);
+    expect(result.findings.map((finding) => `${relative(tree, finding.file)}:${finding.ruleId}`)).toEqual([
+      "overlays/production/(kubectl kustomize):MW-TLS-001",
+      "overlays/staging/(kubectl kustomize):MW-TLS-001",
+    ]);
+    // --no-kustomize: file by file, the base's file once.
+    expect(auditPaths([tree], { renderKustomize: false }).findings.map((finding) => `${relative(tree, finding.file)}:${finding.ruleId}`)).toEqual(["base/statestore.yaml:MW-TLS-001"]);
   });
 });
 
