@@ -1,8 +1,9 @@
 import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join, relative, resolve, sep } from "node:path";
-import { parse } from "yaml";
-import { asArray, asText, isDict } from "./shape.ts";
+import { parse, parseAllDocuments } from "yaml";
+import { asArray, asText, get, isDict } from "./shape.ts";
 
 /** The names kustomize accepts for a kustomization file, in the order it looks for them. */
 export const KUSTOMIZATION_FILES: readonly string[] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
@@ -67,6 +68,46 @@ export function renderKustomization(directory: string, kubectl = "kubectl", opti
     const detail = stderr?.replace(/^"command failed" err=/, "").replace(/^"(.*)"$/, "$1");
     return { ok: false, reason: "failed", detail: detail ?? failure.message.split("\n")[0] ?? String(error) };
   }
+}
+
+/** How a rendered object is matched with its source: apiVersion, kind, namespace and name. */
+export function objectKey(data: unknown): string | undefined {
+  if (!isDict(data)) return undefined;
+  const metadata = isDict(data["metadata"]) ? data["metadata"] : {};
+  const name = asText(metadata["name"]);
+  if (name === "") return undefined;
+  return [asText(data["apiVersion"]), asText(data["kind"]), asText(metadata["namespace"]), name].join("|");
+}
+
+/**
+ * The local file each object of a rendered overlay comes from (objectKey → absolute path), read
+ * from kustomize's `config.kubernetes.io/origin` annotation: the overlay is rendered a second
+ * time as the only resource of a throw-away kustomization with `buildMetadata:
+ * [originAnnotations]` (the overlay's own files are not touched; the first render, without the
+ * annotations, is the one audited, so its lines are `kubectl kustomize DIR`'s). Objects from a
+ * remote base or a generator have no local origin. Empty when that render fails.
+ */
+export function renderOrigins(directory: string, kubectl = "kubectl"): Map<string, string> {
+  const origins = new Map<string, string>();
+  const wrapper = mkdtempSync(join(tmpdir(), "meshward-audit-origin-"));
+  try {
+    writeFileSync(join(wrapper, "kustomization.yaml"), `resources:\n  - ${JSON.stringify(relative(wrapper, resolve(directory)))}\nbuildMetadata: [originAnnotations]\n`);
+    const text = execFileSync(kubectl, ["kustomize", wrapper], { encoding: "utf8", maxBuffer: MAX_RENDERED_BYTES, timeout: RENDER_TIMEOUT_MS, stdio: ["ignore", "pipe", "ignore"] });
+    for (const document of parseAllDocuments(text, { logLevel: "silent" })) {
+      const data: unknown = "toJS" in document ? document.toJS() : undefined;
+      const key = objectKey(data);
+      const annotation = asText((get(data, "metadata", "annotations") as Record<string, unknown> | undefined)?.["config.kubernetes.io/origin"]);
+      if (key === undefined || annotation === "") continue;
+      const origin: unknown = parse(annotation, { logLevel: "silent" });
+      if (!isDict(origin) || origin["repo"] !== undefined || typeof origin["path"] !== "string") continue;
+      origins.set(key, resolve(wrapper, origin["path"]));
+    }
+  } catch {
+    // Without origins every finding keeps the rendered output's line.
+  } finally {
+    rmSync(wrapper, { recursive: true, force: true });
+  }
+  return origins;
 }
 
 /** The kustomization file's content, or undefined when it cannot be read as a YAML map. */

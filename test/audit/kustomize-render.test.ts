@@ -85,7 +85,7 @@ describe("kustomizations deeper in the tree", () => {
     expect(at(result)).toEqual([`${file}:MW-K8S-005@17`, `${file}:MW-K8S-001@19`, `${file}:MW-TLS-001@43`, `${file}:MW-MTLS-001@62`]);
   });
 
-  it("a weakness of the base is reported once per overlay that deploys it, never against the base's own file", () => {
+  it("a weakness of the base is reported once, as each overlay that deploys it renders it", () => {
     const tree = join(scratch, "tree");
     mkdirSync(join(tree, "base"), { recursive: true });
     writeFileSync(join(tree, "base", "kustomization.yaml"), "resources:\n  - statestore.yaml\n");
@@ -96,12 +96,27 @@ describe("kustomizations deeper in the tree", () => {
     }
     const result = auditPaths([tree]);
     expect(result.parseErrors).toEqual([]);
-    expect(result.findings.map((finding) => `${relative(tree, finding.file)}:${finding.ruleId}`)).toEqual([
-      "overlays/production/(kubectl kustomize):MW-TLS-001",
-      "overlays/staging/(kubectl kustomize):MW-TLS-001",
-    ]);
+    // The overlays only set the namespace: the finding is the base file's line, named once.
+    expect(result.findings.map((finding) => `${relative(tree, finding.file)}:${finding.ruleId}@${finding.line}`)).toEqual(["base/statestore.yaml:MW-TLS-001@6"]);
+    expect(result.findings[0]?.message).toBe(`Redis component without TLS. Rendered from this file by \`kubectl kustomize ${join(tree, "overlays", "production")}\`, \`kubectl kustomize ${join(tree, "overlays", "staging")}\` (Dapr Component statestore).`);
     // --no-kustomize: file by file, the base's file once.
     expect(auditPaths([tree], { renderKustomize: false }).findings.map((finding) => `${relative(tree, finding.file)}:${finding.ruleId}`)).toEqual(["base/statestore.yaml:MW-TLS-001"]);
+  });
+});
+
+describe("a finding in a rendered overlay points at the source file when the overlay did not change the object", () => {
+  it("an object the overlay only renames and labels: the base file's line; one it patches: the rendered line, saying where the object comes from", () => {
+    const overlay = join(scratch, "traced");
+    mkdirSync(overlay);
+    writeFileSync(join(overlay, "kustomization.yaml"), `namePrefix: eu-\ncommonLabels:\n  team: shop\nresources:\n  - ${relative(overlay, join(ENVS, "base"))}\npatches:\n  - target:\n      kind: Configuration\n      name: appconfig\n    patch: |-\n      - op: replace\n        path: /spec/mtls/workloadCertTTL\n        value: 720h\n`);
+    const result = auditPaths([overlay], { enable: ["MW-K8S-003"] });
+    expect(result.parseErrors).toEqual([]);
+    const rows = result.findings.map((finding) => `${relative(ENVS, finding.file)}:${finding.ruleId}@${finding.line}`);
+    // MW-K8S-003 (opt-in) on the Deployment the overlay only prefixes and labels: the base's line.
+    expect(rows).toContain("base/orders.yaml:MW-K8S-003@14");
+    const ttl = result.findings.find((finding) => finding.ruleId === "MW-MTLS-002");
+    expect(relative(ENVS, ttl?.file ?? "")).toMatch(/^\.\.\/.*traced\/\(kubectl kustomize\)$/);
+    expect(ttl?.message).toContain(`In the output of \`kubectl kustomize ${overlay}\` (Dapr Configuration eu-appconfig); the line is that output's: the object comes from ${join(ENVS, "base", "configuration.yaml")}, but the overlay sets or changes this value.`);
   });
 });
 
