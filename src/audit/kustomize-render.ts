@@ -2,7 +2,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, relative, resolve, sep } from "node:path";
-import { parse, parseAllDocuments } from "yaml";
+import { parse, parseAllDocuments, parseDocument } from "yaml";
 import { asArray, asText, get, isDict } from "./shape.ts";
 
 /** The names kustomize accepts for a kustomization file, in the order it looks for them. */
@@ -46,7 +46,12 @@ export function renderKustomization(directory: string, kubectl = "kubectl", opti
   const remote = options.allowRemote === true || kustomization === undefined ? [] : remoteReferences(kustomization);
   if (remote.length > 0) {
     const more = remote.length > 1 ? ` and ${remote.length - 1} more` : "";
-    return { ok: false, reason: "remote", references: remote, detail: `it names a remote base or file, ${shownReference(remote[0] as RemoteReference)}${more}, which \`kubectl kustomize\` would fetch from the network (HTTP or git)` };
+    const unchecked = remote.find((reference) => reference.field === "unchecked");
+    // Fail closed: a kustomization this check cannot read might name a remote base kustomize reads.
+    const detail = unchecked !== undefined
+      ? `${unchecked.file} could not be checked for remote bases (${unchecked.reference}), and \`kubectl kustomize\` might fetch from the network (HTTP or git)`
+      : `it names a remote base or file, ${shownReference(remote[0] as RemoteReference)}${more}, which \`kubectl kustomize\` would fetch from the network (HTTP or git)`;
+    return { ok: false, reason: "remote", references: remote, detail };
   }
   try {
     const text = execFileSync(kubectl, ["kustomize", directory], {
@@ -113,8 +118,13 @@ export function renderOrigins(directory: string, kubectl = "kubectl"): Map<strin
 /** The kustomization file's content, or undefined when it cannot be read as a YAML map. */
 function readKustomization(kustomization: string): Record<string, unknown> | undefined {
   try {
-    const doc: unknown = parse(readFileSync(kustomization, "utf8"), { logLevel: "silent" });
-    return isDict(doc) ? doc : undefined;
+    // `merge`: `<<: *anchor` keys are merged, as kustomize's YAML reader does (else a `resources`
+    // list brought in by a merge key would go unseen here and still be fetched there).
+    // A document with errors is not read at all (`parse` with logLevel silent would give what it could).
+    const parsed = parseDocument(readFileSync(kustomization, "utf8"), { logLevel: "silent", merge: true });
+    if (parsed.errors.length > 0) return undefined;
+    const doc: unknown = parsed.toJS();
+    return isDict(doc) ? doc : doc === null || doc === undefined ? {} : undefined;
   } catch {
     return undefined;
   }
@@ -175,11 +185,15 @@ function localTargets(doc: Record<string, unknown>, directory: string): string[]
 const MAX_KUSTOMIZATIONS = 500;
 
 /** Visits the kustomization and, transitively, the local kustomizations it names (each once). */
-function eachKustomization(kustomization: string, visit: (file: string, doc: Record<string, unknown>, directory: string) => void): void {
+function eachKustomization(kustomization: string, visit: (file: string, doc: Record<string, unknown>, directory: string) => void, unchecked: (file: string, why: string) => void = () => undefined): void {
   const seen = new Set<string>();
   const queue = [kustomization];
-  while (queue.length > 0 && seen.size < MAX_KUSTOMIZATIONS) {
+  while (queue.length > 0) {
     const file = queue.shift() ?? "";
+    if (seen.size >= MAX_KUSTOMIZATIONS) {
+      unchecked(file, `more than ${MAX_KUSTOMIZATIONS} kustomization files`);
+      return;
+    }
     let real: string;
     try {
       real = realpathSync(file);
@@ -189,7 +203,10 @@ function eachKustomization(kustomization: string, visit: (file: string, doc: Rec
     if (seen.has(real)) continue;
     seen.add(real);
     const doc = readKustomization(file);
-    if (doc === undefined) continue;
+    if (doc === undefined) {
+      unchecked(file, "not readable as a YAML map");
+      continue;
+    }
     const directory = dirname(file);
     visit(file, doc, directory);
     queue.push(...localTargets(doc, directory));
@@ -199,7 +216,7 @@ function eachKustomization(kustomization: string, visit: (file: string, doc: Rec
 export interface RemoteReference {
   /** The kustomization file that names it (the overlay's own, or one of a local base). */
   file: string;
-  /** The field it is in (`resources`, `components`, `patches[].path`, …). */
+  /** The field it is in (`resources`, `components`, `patches[].path`, …); `unchecked`: the file could not be checked, `reference` says why. */
   field: string;
   reference: string;
 }
@@ -213,7 +230,7 @@ export function remoteReferences(kustomization: string): RemoteReference[] {
   const found: RemoteReference[] = [];
   eachKustomization(kustomization, (file, doc, directory) => {
     for (const { field, entry } of namedEntries(doc)) if (isRemoteEntry(entry, directory)) found.push({ file, field, reference: entry });
-  });
+  }, (file, why) => found.push({ file, field: "unchecked", reference: why }));
   return found;
 }
 

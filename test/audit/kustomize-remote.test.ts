@@ -84,6 +84,23 @@ describe("an overlay naming a remote base is not rendered by default", () => {
     expect(read.problems[0]?.message).not.toContain("kubectl is not on PATH");
   });
 
+  it("a resources list brought in by a YAML merge key is seen, and a kustomization that cannot be read is not rendered (fail closed)", () => {
+    const merged = join(scratch, "merged");
+    mkdirSync(merged);
+    writeFileSync(join(merged, "kustomization.yaml"), `common: &common\n  resources:\n    - http://127.0.0.1:${port}/base.yaml\n<<: *common\n`);
+    const unreadable = join(scratch, "unreadable");
+    mkdirSync(unreadable);
+    writeFileSync(join(unreadable, "kustomization.yaml"), "resources: [\n");
+    const before = Atomics.load(connections, 0);
+    const read = readPaths([merged, unreadable]);
+    expect(Atomics.load(connections, 0)).toBe(before);
+    expect(read.rendered).toEqual([]);
+    expect(read.problems.map((problem) => problem.message)).toEqual([
+      expect.stringContaining(`"http://127.0.0.1:${port}/base.yaml" (resources of ${join(merged, "kustomization.yaml")})`),
+      expect.stringContaining(`(${join(unreadable, "kustomization.yaml")} could not be checked for remote bases (not readable as a YAML map)`),
+    ]);
+  });
+
   it("drift refuses such an environment (E_AUDIT_KUSTOMIZE) and names the flag", () => {
     const staging = overlay(join("drift", "staging"), ["git@github.com:example/platform.git//dapr"]);
     const production = overlay(join("drift", "production"), [`https://127.0.0.1:${port}/base.yaml`]);
