@@ -124,6 +124,11 @@ describe("an overlay naming a remote base is not rendered by default", () => {
     expect(run.code).toBe(1);
     expect(run.stdout).toContain("Kustomize overlays not rendered");
     expect(run.stdout).toContain("pass --kustomize-remote to allow it");
+    // --kustomize-remote: rendered, the base fetched.
+    const allowed = await runCli(["audit", directory, "--kustomize-remote", "--fail-on-unparsed"]);
+    expect(Atomics.load(connections, 0)).toBeGreaterThan(before);
+    expect(allowed.code, allowed.stderr).toBe(0);
+    expect(allowed.stdout).toContain("MW-TLS-001");
   });
 
   it("what counts as remote: URLs and git repository specs that are not local paths", () => {
