@@ -3,9 +3,12 @@ import type { WorkloadReference } from "./loaders/index.ts";
 import { isLoopbackComponent } from "./rules/helpers.ts";
 import { ALL_RULES } from "./rules/index.ts";
 import { applySuppressions } from "./suppressions.ts";
-import { readFileSync } from "node:fs";
-import { consumedBy, kustomizationIn, renderAdvice, renderKustomization, renderedName } from "./kustomize-render.ts";
-import type { AuditResult, Corpus, DaprConfiguration, Finding, ParseProblem, Position, Resource, Rule, SkippedFile } from "./types.ts";
+import { readFileSync, realpathSync, statSync } from "node:fs";
+import { basename, dirname, resolve } from "node:path";
+import { KUSTOMIZATION_FILES, consumedBy, isComponent, kustomizationIn, namedKustomizationFolders, objectKey, remoteReferences, renderAdvice, renderKustomization, renderOrigins, renderedName } from "./kustomize-render.ts";
+import type { AuditResult, Corpus, DaprConfiguration, Finding, NodePath, ParseProblem, Position, Resource, Rule, SkippedFile, SourceDocument } from "./types.ts";
+import { parseYamlFile } from "./yaml-source.ts";
+import { asText, get } from "./shape.ts";
 import { DEFAULT_MAX_FILE_BYTES, walk } from "./walk.ts";
 import type { ReadFile } from "./walk.ts";
 
@@ -18,6 +21,8 @@ export interface AuditOptions {
   maxFileBytes?: number;
   /** false: a folder with a kustomization file is read file by file, not rendered. */
   renderKustomize?: boolean;
+  /** true: render an overlay that names a remote base or file (kustomize fetches it; off by default). */
+  kustomizeRemote?: boolean;
   /** The kubectl binary that renders overlays (default `kubectl` on PATH). */
   kubectl?: string;
   /** Reads standard input for the path `-` (default: file descriptor 0). */
@@ -46,7 +51,8 @@ export function loadSources(files: readonly ReadFile[]): LoadedCorpus {
     ignoreProblems: [],
   };
   const references: WorkloadReference[] = [];
-  for (const { file, text, format, rendered, rawOnly } of files) {
+  const sourceDocuments = new Map<string, SourceDocument[]>();
+  for (const { file, text, format, rendered, rawOnly, origins } of files) {
     if (rawOnly === true) {
       resources.push({ kind: "raw-file", file, text });
       result.filesScanned += 1;
@@ -54,7 +60,13 @@ export function loadSources(files: readonly ReadFile[]): LoadedCorpus {
     }
     const loaded = loadFile(file, text, format);
     if (rendered !== undefined) {
-      for (const resource of loaded.resources) if (resource.kind !== "raw-file") resource.source = { ...resource.source, rendered };
+      for (const resource of loaded.resources) {
+        if (resource.kind === "raw-file") continue;
+        const key = objectKey(resource.source.data);
+        const origin = key === undefined ? undefined : origins?.get(key);
+        const renderedFrom = origin === undefined ? undefined : { file: origin.file, document: originDocument(origin, resource.source.data, sourceDocuments) };
+        resource.source = { ...resource.source, rendered, ...(renderedFrom === undefined ? {} : { renderedFrom }) };
+      }
     }
     references.push(...loaded.references);
     result.filesScanned += 1;
@@ -85,6 +97,65 @@ export function loadSources(files: readonly ReadFile[]): LoadedCorpus {
   return { corpus: { resources, configurations }, result };
 }
 
+/**
+ * The document of a source file a rendered object comes from: the one of the same kind and name
+ * (kustomize may have prefixed or suffixed the name), else the only one of that kind.
+ */
+function originDocument(origin: { file: string; text: string }, rendered: unknown, cache: Map<string, SourceDocument[]>): SourceDocument | undefined {
+  let documents = cache.get(origin.file);
+  if (documents === undefined) {
+    documents = parseYamlFile(origin.file, origin.text).documents;
+    cache.set(origin.file, documents);
+  }
+  const kind = asText(get(rendered, "kind"));
+  const name = asText(get(rendered, "metadata", "name"));
+  const sameKind = documents.filter((document) => asText(get(document.data, "kind")) === kind);
+  const named = sameKind.filter((document) => {
+    const own = asText(get(document.data, "metadata", "name"));
+    return own !== "" && (own === name || name.includes(own));
+  });
+  const exact = named.filter((document) => asText(get(document.data, "metadata", "name")) === name);
+  if (exact.length === 1) return exact[0];
+  if (named.length === 1) return named[0];
+  return sameKind.length === 1 ? sameKind[0] : undefined;
+}
+
+/**
+ * Whether a finding at `path` of a rendered document can point at its source document: the
+ * overlay changed nothing in the object but its name, namespace, labels and annotations (what
+ * namespace, namePrefix, commonLabels and commonAnnotations set; a patch that changes anything
+ * else, even beside the value, may be why the finding is there), and the value at `path` is the
+ * same in both.
+ */
+function sameValueAt(rendered: unknown, source: unknown, path: NodePath): boolean {
+  const at = (data: unknown): unknown => path.reduce<unknown>((node, key) => (node !== null && typeof node === "object" ? (node as Record<string | number, unknown>)[key] : undefined), data);
+  const value = at(rendered);
+  if (value === undefined || path.length === 0 || canonical(value) !== canonical(at(source))) return false;
+  return canonical(body(rendered)) === canonical(body(source));
+}
+
+/** JSON with map keys sorted: kustomize writes an object's keys in its own order. */
+function canonical(value: unknown): string {
+  return JSON.stringify(value, (_key, node: unknown) =>
+    node !== null && typeof node === "object" && !Array.isArray(node) ? Object.fromEntries(Object.entries(node as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : node);
+}
+
+/** An object without what kustomize's identity and label transformers change. */
+function body(data: unknown): unknown {
+  if (data === null || typeof data !== "object") return data;
+  const copy = structuredClone(data) as Record<string, unknown>;
+  delete copy["metadata"];
+  const spec = copy["spec"];
+  if (spec !== null && typeof spec === "object") {
+    const template = (spec as Record<string, unknown>)["template"];
+    const templateMetadata = template !== null && typeof template === "object" ? (template as Record<string, unknown>)["metadata"] : undefined;
+    if (templateMetadata !== null && typeof templateMetadata === "object") delete (templateMetadata as Record<string, unknown>)["labels"];
+    const selector = (spec as Record<string, unknown>)["selector"];
+    if (selector !== null && typeof selector === "object") delete (selector as Record<string, unknown>)["matchLabels"];
+  }
+  return copy;
+}
+
 /** How a finding in a rendered overlay names the object it is in. */
 const RENDERED_KIND: Readonly<Record<string, string>> = {
   "dapr-configuration": "Dapr Configuration",
@@ -110,6 +181,7 @@ export function selectRules(enable: readonly string[] = [], rules: readonly Rule
 /** Runs the rules over a loaded corpus and returns the findings, sorted by file and position. */
 export function runRules(corpus: Corpus, rules: readonly Rule[] = selectRules()): Finding[] {
   const findings: Finding[] = [];
+  const tracedFindings = new Map<string, { finding: Finding; overlays: string[]; detail: string | undefined; subject: string }>();
   const byKind = new Map<string, Rule[]>();
   for (const rule of rules) {
     for (const kind of rule.appliesTo) byKind.set(kind, [...(byKind.get(kind) ?? []), rule]);
@@ -139,14 +211,37 @@ export function runRules(corpus: Corpus, rules: readonly Rule[] = selectRules())
         const origin = resource.kind === "raw-file" ? undefined : resource.source.origin;
         if (origin !== undefined) detail = [detail, origin].filter((part) => part !== undefined).join(" ");
         const rendered = resource.kind === "raw-file" ? undefined : resource.source.rendered;
-        if (rendered !== undefined) {
-          const subject = "name" in resource && resource.name !== "" ? ` (${resource.kind === "workload" ? resource.workloadKind : RENDERED_KIND[resource.kind] ?? resource.kind} ${resource.name})` : "";
-          detail = [detail, `In the output of \`kubectl kustomize ${rendered}\`${subject}; the line is that output's.`].filter((part) => part !== undefined).join(" ");
-        }
-        const file = resource.kind === "raw-file" ? resource.file : resource.source.file;
-        const position: Position = hit.position
+        let file = resource.kind === "raw-file" ? resource.file : resource.source.file;
+        let position: Position = hit.position
           ?? (resource.kind === "raw-file" ? { line: 1, column: 1 } : resource.source.locate(hit.path ?? []));
-        findings.push({
+        let document = resource.kind === "raw-file" ? 0 : resource.source.index;
+        let traced: { key: string; detail: string | undefined; subject: string } | undefined;
+        if (rendered !== undefined && resource.kind !== "raw-file") {
+          const subject = "name" in resource && resource.name !== "" ? ` (${resource.kind === "workload" ? resource.workloadKind : RENDERED_KIND[resource.kind] ?? resource.kind} ${resource.name})` : "";
+          const from = resource.source.renderedFrom;
+          const source = from?.document;
+          if (source !== undefined && hit.position === undefined && sameValueAt(resource.source.data, source.data, hit.path ?? [])) {
+            // The value is the source file's own: the finding points there.
+            file = source.file;
+            position = source.locate(hit.path ?? []);
+            document = source.index;
+            traced = { key: [rule.id, file, position.line, position.column, hit.evidence].join("\u0000"), detail, subject };
+            detail = [detail, `Rendered from this file by \`kubectl kustomize ${rendered}\`${subject}.`].filter((part) => part !== undefined).join(" ");
+          } else {
+            const why = from === undefined ? "" : source !== undefined && hit.position === undefined ? `: the object comes from ${from.file}, but the overlay sets or changes this value` : ` (the object comes from ${from.file})`;
+            detail = [detail, `In the output of \`kubectl kustomize ${rendered}\`${subject}; the line is that output's${why}.`].filter((part) => part !== undefined).join(" ");
+          }
+        }
+        // One finding for a base file's line that several overlays render, naming each overlay.
+        const seen = traced === undefined ? undefined : tracedFindings.get(traced.key);
+        if (seen !== undefined && traced !== undefined && rendered !== undefined) {
+          if (!seen.overlays.includes(rendered)) seen.overlays.push(rendered);
+          const overlays = seen.overlays.map((overlay) => `\`kubectl kustomize ${overlay}\``).join(", ");
+          const merged = [seen.detail, `Rendered from this file by ${overlays}${seen.subject}.`].filter((part) => part !== undefined).join(" ");
+          seen.finding.message = `${rule.title}. ${merged}`;
+          continue;
+        }
+        const finding: Finding = {
           ruleId: rule.id,
           severity,
           title: rule.title,
@@ -156,8 +251,10 @@ export function runRules(corpus: Corpus, rules: readonly Rule[] = selectRules())
           evidence: hit.evidence,
           message: detail === undefined ? rule.title : `${rule.title}. ${detail}`,
           fix: rule.fix,
-          document: resource.kind === "raw-file" ? 0 : resource.source.index,
-        });
+          document,
+        };
+        findings.push(finding);
+        if (traced !== undefined && rendered !== undefined) tracedFindings.set(traced.key, { finding, overlays: [rendered], detail: traced.detail, subject: traced.subject });
       }
     }
   }
@@ -189,27 +286,79 @@ export interface ReadPaths {
   rendered: string[];
 }
 
+/** The folders among the walked files whose kustomization file (the one kustomize reads there) was read. */
+function overlayFolders(files: readonly ReadFile[], given: readonly string[]): { directory: string; kustomization: string }[] {
+  const found: { directory: string; kustomization: string }[] = [];
+  const givenFiles = new Set(given.map((path) => resolve(path)));
+  for (const { file } of files) {
+    // A kustomization file given by itself is read as the file it is.
+    if (!KUSTOMIZATION_FILES.includes(basename(file)) || givenFiles.has(resolve(file))) continue;
+    const directory = dirname(file);
+    if (kustomizationIn(directory) === file) found.push({ directory, kustomization: file });
+  }
+  return found;
+}
+
+function realPath(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return resolve(path);
+  }
+}
+
+/**
+ * The local source file (and its text) of each object of a rendered overlay, to point findings
+ * there. Not for an overlay with remote bases (a second render would fetch them again).
+ */
+function originTexts(directory: string, kustomization: string, options: AuditOptions, maxFileBytes: number): Map<string, { file: string; text: string }> {
+  const texts = new Map<string, { file: string; text: string }>();
+  if (remoteReferences(kustomization).length > 0) return texts;
+  const read = new Map<string, string | undefined>();
+  for (const [key, file] of renderOrigins(directory, options.kubectl)) {
+    if (!read.has(file)) {
+      let text: string | undefined;
+      try {
+        text = statSync(file).size <= maxFileBytes ? readFileSync(file, "utf8") : undefined;
+      } catch {
+        text = undefined;
+      }
+      read.set(file, text);
+    }
+    const text = read.get(file);
+    if (text !== undefined) texts.set(key, { file, text });
+  }
+  return texts;
+}
+
 /**
  * Reads what the paths hold: files and folders (recursively), `-` for standard input (YAML),
- * and a folder with a kustomization file at its top as the overlay it is — rendered with
- * `kubectl kustomize` (its own files then only checked for private keys); when kubectl is
- * missing or the render fails, its files are read one by one and the overlay is reported.
+ * and every folder among them with a kustomization file as the overlay it is — rendered with
+ * `kubectl kustomize` (the files it consumes then only checked for private keys). A folder
+ * another kustomization of the tree names (a base, a component) is not rendered on its own: it
+ * is in the output of each overlay that names it. When kubectl is missing, the render fails, or
+ * the overlay names a remote base (not fetched unless `kustomizeRemote`), its files are read one
+ * by one and the overlay is reported.
  */
 export function readPaths(paths: readonly string[], options: AuditOptions = {}): ReadPaths {
   const read: ReadPaths = { files: [], skipped: [], binaryFiles: 0, problems: [], rendered: [] };
   const maxFileBytes = options.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES;
   const plain: string[] = [];
   for (const path of paths) {
-    if (path === "-") {
-      read.files.push({ file: "<stdin>", text: (options.readStdin ?? (() => readFileSync(0, "utf8")))(), format: "yaml" });
-      continue;
-    }
-    const kustomization = options.renderKustomize === false ? undefined : kustomizationIn(path);
-    if (kustomization === undefined) {
-      plain.push(path);
-      continue;
-    }
-    const outcome = renderKustomization(path, options.kubectl);
+    if (path === "-") read.files.push({ file: "<stdin>", text: (options.readStdin ?? (() => readFileSync(0, "utf8")))(), format: "yaml" });
+    else plain.push(path);
+  }
+  if (plain.length === 0) return read;
+  const walked = walk(plain, maxFileBytes);
+  read.skipped.push(...walked.skipped);
+  read.binaryFiles += walked.binaryFiles;
+  const overlays = options.renderKustomize === false ? [] : overlayFolders(walked.files, plain);
+  // Bases and components named by another kustomization of the tree are rendered as part of it.
+  const named = new Set(overlays.flatMap(({ kustomization }) => namedKustomizationFolders(kustomization)));
+  const consumed: ((file: string) => boolean)[] = [];
+  for (const { directory, kustomization } of overlays) {
+    if (named.has(realPath(directory)) || isComponent(kustomization)) continue;
+    const outcome = renderKustomization(directory, options.kubectl, { allowRemote: options.kustomizeRemote === true });
     if (!outcome.ok) {
       read.problems.push({
         file: kustomization,
@@ -217,28 +366,20 @@ export function readPaths(paths: readonly string[], options: AuditOptions = {}):
         column: 1,
         kind: "kustomize",
         message: outcome.reason === "no-kubectl"
-          ? `kustomize overlay not rendered (kubectl is not on PATH): its bases and patches were not applied, its files were audited one by one; ${renderAdvice(path)}`
-          : `kustomize overlay not rendered (\`kubectl kustomize ${path}\` failed: ${outcome.detail}); its files were audited one by one`,
+          ? `kustomize overlay not rendered (kubectl is not on PATH): its bases and patches were not applied, its files were audited one by one; ${renderAdvice(directory)}`
+          : outcome.reason === "remote"
+            ? `kustomize overlay not rendered (${outcome.detail}; not fetched: pass --kustomize-remote to allow it); its files were audited one by one`
+            : `kustomize overlay not rendered (\`kubectl kustomize ${directory}\` failed: ${outcome.detail}); its files were audited one by one`,
       });
-      plain.push(path);
       continue;
     }
-    read.rendered.push(path);
-    read.files.push({ file: renderedName(path), text: outcome.text, format: "yaml", rendered: path });
-    // The files the overlay renders are audited in its output (private keys still checked in
-    // each); the files beside it that it does not name are audited as files.
-    const own = walk([path], maxFileBytes);
-    const consumed = consumedBy(kustomization, path);
-    read.files.push(...own.files.map((file) => (consumed(file.file) ? { ...file, rawOnly: true } : file)));
-    read.skipped.push(...own.skipped);
-    read.binaryFiles += own.binaryFiles;
+    read.rendered.push(directory);
+    read.files.push({ file: renderedName(directory), text: outcome.text, format: "yaml", rendered: directory, origins: originTexts(directory, kustomization, options, maxFileBytes) });
+    consumed.push(consumedBy(kustomization, directory));
   }
-  if (plain.length > 0) {
-    const walked = walk(plain, maxFileBytes);
-    read.files.push(...walked.files);
-    read.skipped.push(...walked.skipped);
-    read.binaryFiles += walked.binaryFiles;
-  }
+  // The files an overlay renders are audited in its output (private keys still checked in
+  // each); the files beside it that it does not name are audited as files.
+  read.files.push(...walked.files.map((file) => (consumed.some((covers) => covers(file.file)) ? { ...file, rawOnly: true } : file)));
   return read;
 }
 

@@ -1,11 +1,12 @@
 import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync, statSync } from "node:fs";
-import { join, relative, resolve, sep } from "node:path";
-import { parse } from "yaml";
-import { asArray, asText, isDict } from "./shape.ts";
+import { existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, relative, resolve, sep } from "node:path";
+import { parse, parseAllDocuments, parseDocument } from "yaml";
+import { asArray, asText, get, isDict } from "./shape.ts";
 
 /** The names kustomize accepts for a kustomization file, in the order it looks for them. */
-const KUSTOMIZATION_FILES = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+export const KUSTOMIZATION_FILES: readonly string[] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
 
 /** The kustomization file at the top of `path` when `path` is a folder that has one; else undefined. */
 export function kustomizationIn(path: string): string | undefined {
@@ -20,17 +21,38 @@ export function kustomizationIn(path: string): string | undefined {
 
 export type RenderOutcome =
   | { ok: true; text: string }
-  | { ok: false; reason: "no-kubectl" | "failed"; detail: string };
+  | { ok: false; reason: "no-kubectl" | "failed"; detail: string }
+  | { ok: false; reason: "remote"; detail: string; references: RemoteReference[] };
 
-/** Longest a render may take (a remote base is fetched by kustomize itself). */
+/** Longest a render may take (a remote base, when allowed, is fetched by kustomize itself). */
 const RENDER_TIMEOUT_MS = 120_000;
 const MAX_RENDERED_BYTES = 64 * 1024 * 1024;
 
+/** How a remote reference is named in a report: quoted, one line, at most 200 characters. */
+function shownReference(reference: RemoteReference): string {
+  const text = reference.reference.length > 200 ? `${reference.reference.slice(0, 200)}…` : reference.reference;
+  return `${JSON.stringify(text)} (${reference.field} of ${reference.file})`;
+}
+
 /**
- * Renders a kustomize overlay with `kubectl kustomize DIR` (no cluster is contacted; a remote
- * base is fetched by kustomize). `kubectl` is the binary to run (default: `kubectl` on PATH).
+ * Renders a kustomize overlay with `kubectl kustomize DIR` (no cluster is contacted).
+ * `kubectl` is the binary to run (default: `kubectl` on PATH). An overlay that names a remote
+ * base or file, itself or through a local base (see remoteReferences), is not rendered unless
+ * `allowRemote` is true: kustomize would fetch it from the network or run git, and an audit of
+ * an untrusted tree must do neither. That refusal happens before kubectl runs.
  */
-export function renderKustomization(directory: string, kubectl = "kubectl"): RenderOutcome {
+export function renderKustomization(directory: string, kubectl = "kubectl", options: { allowRemote?: boolean } = {}): RenderOutcome {
+  const kustomization = kustomizationIn(directory);
+  const remote = options.allowRemote === true || kustomization === undefined ? [] : remoteReferences(kustomization);
+  if (remote.length > 0) {
+    const more = remote.length > 1 ? ` and ${remote.length - 1} more` : "";
+    const unchecked = remote.find((reference) => reference.field === "unchecked");
+    // Fail closed: a kustomization this check cannot read might name a remote base kustomize reads.
+    const detail = unchecked !== undefined
+      ? `${unchecked.file} could not be checked for remote bases (${unchecked.reference}), and \`kubectl kustomize\` might fetch from the network (HTTP or git)`
+      : `it names a remote base or file, ${shownReference(remote[0] as RemoteReference)}${more}, which \`kubectl kustomize\` would fetch from the network (HTTP or git)`;
+    return { ok: false, reason: "remote", references: remote, detail };
+  }
   try {
     const text = execFileSync(kubectl, ["kustomize", directory], {
       encoding: "utf8",
@@ -42,45 +64,209 @@ export function renderKustomization(directory: string, kubectl = "kubectl"): Ren
   } catch (error) {
     const failure = error as NodeJS.ErrnoException & { stderr?: string | Buffer };
     if (failure.code === "ENOENT") return { ok: false, reason: "no-kubectl", detail: `${kubectl} not found` };
-    const stderr = String(failure.stderr ?? "").trim().split("\n").find((line) => line.trim() !== "");
-    // kubectl logs through klog: `E1207 16:27:58.986032   25086 run.go:72] "command failed" err="…"`.
-    const detail = stderr?.replace(/^[EWIF]\d{4} [\d:.]+\s+\d+ \S+\] /, "").replace(/^"command failed" err=/, "").replace(/^"(.*)"$/, "$1");
+    // kustomize's own warnings (`# Warning: 'patchesJson6902' is deprecated…`) come first.
+    const lines = String(failure.stderr ?? "").trim().split("\n").filter((line) => line.trim() !== "" && !line.startsWith("# Warning:"));
+    // kubectl logs through klog: `E1207 16:27:58.986032   25086 run.go:72] "command failed" err="…"`,
+    // or `err=<` followed by indented lines and ` >` for an error of several lines.
+    let stderr = lines[0]?.replace(/^[EWIF]\d{4} [\d:.]+\s+\d+ \S+\] /, "");
+    if (stderr !== undefined && /err=<$/.test(stderr)) stderr = lines.slice(1).filter((line) => line.trim() !== ">" && line.trim() !== "`").map((line) => line.trim()).join(" ");
+    const detail = stderr?.replace(/^"command failed" err=/, "").replace(/^"(.*)"$/, "$1");
     return { ok: false, reason: "failed", detail: detail ?? failure.message.split("\n")[0] ?? String(error) };
   }
 }
 
+/** How a rendered object is matched with its source: apiVersion, kind, namespace and name. */
+export function objectKey(data: unknown): string | undefined {
+  if (!isDict(data)) return undefined;
+  const metadata = isDict(data["metadata"]) ? data["metadata"] : {};
+  const name = asText(metadata["name"]);
+  if (name === "") return undefined;
+  return [asText(data["apiVersion"]), asText(data["kind"]), asText(metadata["namespace"]), name].join("|");
+}
+
 /**
- * Whether the kustomization in `directory` consumes `file` (a resource, patch, component or
- * generator file it names, or any file under a folder it names): such a file is audited in the
- * rendered output. Files it does not name (a sidecar config, an .env file kept beside it) are
- * audited as files.
+ * The local file each object of a rendered overlay comes from (objectKey → absolute path), read
+ * from kustomize's `config.kubernetes.io/origin` annotation: the overlay is rendered a second
+ * time as the only resource of a throw-away kustomization with `buildMetadata:
+ * [originAnnotations]` (the overlay's own files are not touched; the first render, without the
+ * annotations, is the one audited, so its lines are `kubectl kustomize DIR`'s). Objects from a
+ * remote base or a generator have no local origin. Empty when that render fails.
  */
-export function consumedBy(kustomization: string, directory: string): (file: string) => boolean {
-  let doc: unknown;
+export function renderOrigins(directory: string, kubectl = "kubectl"): Map<string, string> {
+  const origins = new Map<string, string>();
+  const wrapper = mkdtempSync(join(tmpdir(), "meshward-audit-origin-"));
   try {
-    doc = parse(readFileSync(kustomization, "utf8"), { logLevel: "silent" });
+    writeFileSync(join(wrapper, "kustomization.yaml"), `resources:\n  - ${JSON.stringify(relative(wrapper, resolve(directory)))}\nbuildMetadata: [originAnnotations]\n`);
+    const text = execFileSync(kubectl, ["kustomize", wrapper], { encoding: "utf8", maxBuffer: MAX_RENDERED_BYTES, timeout: RENDER_TIMEOUT_MS, stdio: ["ignore", "pipe", "ignore"] });
+    for (const document of parseAllDocuments(text, { logLevel: "silent" })) {
+      const data: unknown = "toJS" in document ? document.toJS() : undefined;
+      const key = objectKey(data);
+      const annotation = asText((get(data, "metadata", "annotations") as Record<string, unknown> | undefined)?.["config.kubernetes.io/origin"]);
+      if (key === undefined || annotation === "") continue;
+      const origin: unknown = parse(annotation, { logLevel: "silent" });
+      if (!isDict(origin) || origin["repo"] !== undefined || typeof origin["path"] !== "string") continue;
+      origins.set(key, resolve(wrapper, origin["path"]));
+    }
   } catch {
-    doc = undefined;
+    // Without origins every finding keeps the rendered output's line.
+  } finally {
+    rmSync(wrapper, { recursive: true, force: true });
   }
-  const named: string[] = [kustomization];
-  const add = (value: unknown): void => {
+  return origins;
+}
+
+/** The kustomization file's content, or undefined when it cannot be read as a YAML map. */
+function readKustomization(kustomization: string): Record<string, unknown> | undefined {
+  try {
+    // `merge`: `<<: *anchor` keys are merged, as kustomize's YAML reader does (else a `resources`
+    // list brought in by a merge key would go unseen here and still be fetched there).
+    // A document with errors is not read at all (`parse` with logLevel silent would give what it could).
+    const parsed = parseDocument(readFileSync(kustomization, "utf8"), { logLevel: "silent", merge: true });
+    if (parsed.errors.length > 0) return undefined;
+    const doc: unknown = parsed.toJS();
+    return isDict(doc) ? doc : doc === null || doc === undefined ? {} : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Fields whose entries may be a kustomization folder (a base, a component, a plugin config folder). */
+const TARGET_FIELDS = ["resources", "bases", "components", "transformers", "generators", "validators"];
+/** Fields whose entries are files (kustomize loads each; an http(s) URL is fetched). */
+const FILE_FIELDS = ["crds", "patchesStrategicMerge", "configurations"];
+
+/** Every path-like entry of a kustomization, with the field it is in (inline YAML text left out). */
+function namedEntries(doc: Record<string, unknown>): { field: string; entry: string }[] {
+  const entries: { field: string; entry: string }[] = [];
+  const add = (field: string, value: unknown): void => {
     const text = asText(value).trim();
-    // Remote resources and inline YAML text are not files of this folder.
-    if (text === "" || /^[a-z]+:\/\/|^github\.com\/|^git@|\n/.test(text)) return;
-    named.push(resolve(directory, text.replace(/^[^=]+=/, "")));
+    // Inline YAML text (an inline patch) is not a path.
+    if (text === "" || text.includes("\n")) return;
+    entries.push({ field, entry: text });
   };
-  if (isDict(doc)) {
-    for (const field of ["resources", "bases", "components", "crds", "patchesStrategicMerge", "configurations", "transformers", "generators", "validators"]) asArray(doc[field]).forEach(add);
-    for (const field of ["patches", "patchesJson6902"]) asArray(doc[field]).forEach((entry) => isDict(entry) && add(entry["path"]));
-    for (const field of ["configMapGenerator", "secretGenerator"]) {
-      for (const generator of asArray(doc[field])) {
-        if (!isDict(generator)) continue;
-        asArray(generator["files"]).forEach(add);
-        asArray(generator["envs"]).forEach(add);
-        add(generator["env"]);
-      }
+  for (const field of [...TARGET_FIELDS, ...FILE_FIELDS]) asArray(doc[field]).forEach((value) => add(field, value));
+  for (const field of ["patches", "patchesJson6902", "replacements"]) asArray(doc[field]).forEach((entry) => isDict(entry) && add(`${field}[].path`, entry["path"]));
+  if (isDict(doc["openapi"])) add("openapi.path", doc["openapi"]["path"]);
+  for (const field of ["configMapGenerator", "secretGenerator"]) {
+    for (const generator of asArray(doc[field])) {
+      if (!isDict(generator)) continue;
+      // `files` entries may be `key=path`.
+      asArray(generator["files"]).forEach((value) => add(`${field}[].files`, asText(value).replace(/^[^=/]+=/, "")));
+      asArray(generator["envs"]).forEach((value) => add(`${field}[].envs`, value));
+      add(`${field}[].env`, generator["env"]);
     }
   }
+  return entries;
+}
+
+/**
+ * Whether `entry` of a kustomization in `directory` is remote: something kustomize would fetch
+ * (an http(s) URL) or clone with git (`github.com/org/repo//dir?ref=…`, `git@host:…`,
+ * `git::…`, `ssh://`, `file://`, `gh:`), as it does for an entry that is not a local path. A
+ * local file or folder of that name wins, as it does in kustomize.
+ */
+export function isRemoteEntry(entry: string, directory: string): boolean {
+  if (!/^[a-z][a-z0-9+.-]*:|^[^/\s]+@[^/\s]+:|^[^/]*[^/.][^/]*\.[^/]+\//i.test(entry) || /^\.\.?\//.test(entry)) return false;
+  return !existsSync(resolve(directory, entry));
+}
+
+/** The local kustomization folders a kustomization names (its bases and components), as kustomization files. */
+function localTargets(doc: Record<string, unknown>, directory: string): string[] {
+  const found: string[] = [];
+  for (const { field, entry } of namedEntries(doc)) {
+    if (!TARGET_FIELDS.includes(field) || isRemoteEntry(entry, directory)) continue;
+    const kustomization = kustomizationIn(resolve(directory, entry));
+    if (kustomization !== undefined) found.push(kustomization);
+  }
+  return found;
+}
+
+/** At most this many kustomization files are read following one overlay's bases. */
+const MAX_KUSTOMIZATIONS = 500;
+
+/** Visits the kustomization and, transitively, the local kustomizations it names (each once). */
+function eachKustomization(kustomization: string, visit: (file: string, doc: Record<string, unknown>, directory: string) => void, unchecked: (file: string, why: string) => void = () => undefined): void {
+  const seen = new Set<string>();
+  const queue = [kustomization];
+  while (queue.length > 0) {
+    const file = queue.shift() ?? "";
+    if (seen.size >= MAX_KUSTOMIZATIONS) {
+      unchecked(file, `more than ${MAX_KUSTOMIZATIONS} kustomization files`);
+      return;
+    }
+    let real: string;
+    try {
+      real = realpathSync(file);
+    } catch {
+      continue;
+    }
+    if (seen.has(real)) continue;
+    seen.add(real);
+    const doc = readKustomization(file);
+    if (doc === undefined) {
+      unchecked(file, "not readable as a YAML map");
+      continue;
+    }
+    const directory = dirname(file);
+    visit(file, doc, directory);
+    queue.push(...localTargets(doc, directory));
+  }
+}
+
+export interface RemoteReference {
+  /** The kustomization file that names it (the overlay's own, or one of a local base). */
+  file: string;
+  /** The field it is in (`resources`, `components`, `patches[].path`, …); `unchecked`: the file could not be checked, `reference` says why. */
+  field: string;
+  reference: string;
+}
+
+/**
+ * The remote references of an overlay, its own and those of the local bases and components it
+ * names (transitively): what `kubectl kustomize` would fetch from the network or clone with git.
+ * Read before rendering, so that an audit of an untrusted tree fetches nothing and runs no git.
+ */
+export function remoteReferences(kustomization: string): RemoteReference[] {
+  const found: RemoteReference[] = [];
+  eachKustomization(kustomization, (file, doc, directory) => {
+    for (const { field, entry } of namedEntries(doc)) if (isRemoteEntry(entry, directory)) found.push({ file, field, reference: entry });
+  }, (file, why) => found.push({ file, field: "unchecked", reference: why }));
+  return found;
+}
+
+/** Whether the kustomization is a `kind: Component` (applied by the overlays that name it, never built alone). */
+export function isComponent(kustomization: string): boolean {
+  return readKustomization(kustomization)?.["kind"] === "Component";
+}
+
+/** The local kustomization folders `kustomization` names directly (resolved, real paths). */
+export function namedKustomizationFolders(kustomization: string): string[] {
+  const doc = readKustomization(kustomization);
+  if (doc === undefined) return [];
+  return localTargets(doc, dirname(kustomization)).flatMap((file) => {
+    try {
+      return [realpathSync(dirname(file))];
+    } catch {
+      return [];
+    }
+  });
+}
+
+/**
+ * Whether the kustomization in `directory` consumes `file` (a resource, patch, component or
+ * generator file it names, or any file under a folder it names, and so on through the local
+ * bases and components it names): such a file is audited in the rendered output. Files it does
+ * not name (a sidecar config, an .env file kept beside it) are audited as files.
+ */
+export function consumedBy(kustomization: string, directory: string): (file: string) => boolean {
+  const named: string[] = [kustomization];
+  eachKustomization(kustomization, (file, doc, folder) => {
+    named.push(file);
+    for (const { entry } of namedEntries(doc)) {
+      // Remote resources are not files of this tree.
+      if (!isRemoteEntry(entry, folder)) named.push(resolve(folder, entry));
+    }
+  });
   const roots = named.map((path) => resolve(path));
   return (file) => {
     const path = resolve(file);

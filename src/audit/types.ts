@@ -25,6 +25,12 @@ export interface SourceDocument {
   removed?: readonly { path: NodePath; at: Position }[];
   /** The kustomize overlay folder whose rendered output (`kubectl kustomize DIR`) this document is in: said in each finding's message. */
   rendered?: string;
+  /**
+   * For a rendered document: the local file the object comes from (kustomize's origin
+   * annotation), and the document in it when found. A finding whose value is the same there
+   * points at that document's line; one the overlay set or changed keeps the rendered line.
+   */
+  renderedFrom?: { file: string; document: SourceDocument | undefined };
 }
 
 export interface DaprConfiguration {

@@ -12,6 +12,8 @@ export interface ReadFile {
   format?: "yaml";
   /** The kustomize overlay folder this text was rendered from (`kubectl kustomize DIR`). */
   rendered?: string;
+  /** Rendered output: the local source file of each object (by objectKey) and its text, to point findings there. */
+  origins?: ReadonlyMap<string, { file: string; text: string }>;
   /** Only the raw-file rules (private keys) read it: a file of an overlay audited as rendered output. */
   rawOnly?: boolean;
 }

@@ -25,6 +25,7 @@ export function registerAuditCommand(program: Command): void {
     .addOption(new Option("--enable <ids>", "also run opt-in rules (comma-separated ids, repeatable, or all)").argParser((value: string, previous: string[]) => [...previous, value]).default([], "none"))
     .option("--max-file-size <bytes>", "skip (and report) files larger than this", String(DEFAULT_MAX_FILE_BYTES))
     .option("--no-kustomize", "read a folder with a kustomization.yaml file by file instead of rendering it with `kubectl kustomize`")
+    .option("--kustomize-remote", "render an overlay that names a remote base or file (kustomize then fetches it with git or HTTP); by default such an overlay is read file by file and reported")
     .option("--no-color", "never colour the text report (colour is used only on a terminal)")
     .action(async (paths: string[], options: ScanOptions) => {
       // Checked before the auditor loads: a bare `meshward audit` answers at once.
@@ -40,6 +41,7 @@ export function registerAuditCommand(program: Command): void {
     .addOption(new Option("--fail-on <what>", "exit 1 when an environment is weaker than the reference, or when any differ").choices(["weaker", "differs", "none"]).default("none"))
     .option("--reference <dir>", "the environment the others are compared with (one of the folders given)")
     .option("--no-kustomize", "read an environment folder with a kustomization.yaml file by file instead of rendering it")
+    .option("--kustomize-remote", "render an overlay that names a remote base or file (kustomize then fetches it with git or HTTP); by default drift refuses it")
     .option("--no-color", "never colour the table")
     .action(async (envs: string[], options: DriftOptions) => {
       if (envs.length < 2) throw new MeshwardError("E_AUDIT_USAGE", "drift needs at least two environment folders, e.g. `meshward audit drift staging/ production/`");

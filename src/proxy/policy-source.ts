@@ -2,8 +2,8 @@ import { readFileSync, statSync, unwatchFile, watchFile } from "node:fs";
 import type { Stats } from "node:fs";
 import { LineCounter, parseDocument } from "yaml";
 import { describeError, MeshwardError } from "../errors.ts";
-import { compilePolicy, daprDifferences, parseAccessControl, POLICY_DIFFERS_FROM_DAPR } from "../policy/index.ts";
-import type { AccessPolicy, DaprDifference } from "../policy/index.ts";
+import { compilePolicy, daprDifferences, operationsNeverApplyingToTcp, parseAccessControl, POLICY_DIFFERS_FROM_DAPR, POLICY_OPERATIONS_NEVER_APPLY_TCP, tcpInapplicableMessage } from "../policy/index.ts";
+import type { AccessPolicy, DaprDifference, TcpInapplicableOperation } from "../policy/index.ts";
 import type { TlsLogger } from "../tls/logger.ts";
 import { excessiveNestingMessage } from "../util/yaml-depth.ts";
 
@@ -12,8 +12,11 @@ export function loadPolicyFile(file: string): AccessPolicy {
   return readPolicyFile(file).policy;
 }
 
-/** loadPolicyFile, with where the valid policy means something else to Dapr (logged as warnings). */
-export function readPolicyFile(file: string): { policy: AccessPolicy; differences: DaprDifference[] } {
+/**
+ * loadPolicyFile, with where the valid policy means something else to Dapr, and the operations a
+ * TCP-mode sidecar can never apply, each with the file:line:column of its entry (logged as warnings).
+ */
+export function readPolicyFile(file: string): { policy: AccessPolicy; differences: DaprDifference[]; tcpInapplicable: (TcpInapplicableOperation & { at: string })[] } {
   let text: string;
   try {
     text = readFileSync(file, "utf8");
@@ -45,7 +48,11 @@ export function readPolicyFile(file: string): { policy: AccessPolicy; difference
     ...difference,
     message: `${locate([...prefix, "policies", difference.policyIndex, "operations", difference.operationIndexes[1]])}: ${difference.message}`,
   }));
-  return { policy, differences };
+  const tcpInapplicable = operationsNeverApplyingToTcp(config).map((operation) => ({
+    ...operation,
+    at: locate([...prefix, "policies", operation.policyIndex, "operations", operation.operationIndex]),
+  }));
+  return { policy, differences, tcpInapplicable };
 }
 
 /** What policy-foreign-trust-domain reports: the warning, and the sidecar's own trust domain. */
@@ -127,6 +134,23 @@ export interface WatchPolicyOptions {
    * `logger.warn` gets the event name at the start of the message.
    */
   warn?: (fields: Record<string, unknown>, message: string) => void;
+  /** `tcp`: warn once per load (start, each reload) about the operations a TCP-mode sidecar never applies. */
+  protocol?: "http" | "tcp";
+}
+
+/**
+ * Logs one `policy-operations-never-apply-tcp` warning when the sidecar runs in TCP mode and its
+ * policy has operations a connection can never match (a path other than `/`, HTTP verbs only).
+ */
+function warnTcpInapplicable(file: string, operations: readonly (TcpInapplicableOperation & { at: string })[], options: WatchPolicyOptions): void {
+  if (options.protocol !== "tcp" || operations.length === 0) return;
+  const message = `the access policy ${file}: ${tcpInapplicableMessage(operations)} (at ${operations.map((operation) => operation.at).join(", ")})`;
+  const fields = {
+    event: POLICY_OPERATIONS_NEVER_APPLY_TCP,
+    operations: operations.map(({ appId, namespace, trustDomain, name, why, at }) => ({ appId, namespace, trustDomain, name, why, at })),
+  };
+  if (options.warn !== undefined) options.warn(fields, message);
+  else options.logger.warn(`${POLICY_OPERATIONS_NEVER_APPLY_TCP}: ${message}`);
 }
 
 /**
@@ -161,6 +185,7 @@ export function watchPolicy(file: string | undefined, options: WatchPolicyOption
   const first = readPolicyFile(file);
   let policy = first.policy;
   warnDifferences(first.differences, options);
+  warnTcpInapplicable(file, first.tcpInapplicable, options);
   let generation = 0;
   let settling: NodeJS.Timeout | undefined;
   const listeners = new Set<() => void>();
@@ -171,6 +196,7 @@ export function watchPolicy(file: string | undefined, options: WatchPolicyOption
       generation++;
       options.logger.info(`access policy reloaded from ${file}`);
       warnDifferences(next.differences, options);
+      warnTcpInapplicable(file, next.tcpInapplicable, options);
     } catch (error) {
       options.logger.error(`the changed access policy ${file} was refused; the previous policy stays in force: ${describeError(error)}`);
       return;

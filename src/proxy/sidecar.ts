@@ -132,7 +132,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
     // Checked before anything starts: a status page off loopback needs a token.
     const statusAt = config.status === undefined ? undefined : parseHostPort(config.status, "status");
     const statusToken = statusAt === undefined || !config.statusPage ? undefined : resolveStatusToken(statusAt.host, config.statusTokenFile);
-    const policy = watchPolicy(config.policy, { intervalMs: config.policyReloadInterval, logger, warn: (fields, message) => logger.warn(fields, message) });
+    const policy = watchPolicy(config.policy, { intervalMs: config.policyReloadInterval, logger, warn: (fields, message) => logger.warn(fields, message), protocol: config.protocol });
     closers.push(() => policy.close());
 
     // Local checks before the CA is contacted: a local mistake must not spend a single-use token.

@@ -113,8 +113,14 @@ describe("fixture corpus", () => {
   });
 
   it("reports broken YAML with file:line and keeps auditing the rest of the file", () => {
-    expect(result.parseErrors.map((problem) => `${relative(FIXTURES, problem.file)}:${problem.line}:${problem.column}`)).toEqual(["broken/mixed.yaml:5:1"]);
+    expect(result.parseErrors.filter((problem) => problem.kind !== "kustomize").map((problem) => `${relative(FIXTURES, problem.file)}:${problem.line}:${problem.column}`)).toEqual(["broken/mixed.yaml:5:1"]);
     expect(result.parseErrors[0]?.message).toMatch(/same column/);
+  });
+
+  it("tries to render the overlay deeper in the tree; it does not render (its patch has no target), so its files are audited one by one", () => {
+    const overlays = result.parseErrors.filter((problem) => problem.kind === "kustomize");
+    expect(overlays.map((problem) => relative(FIXTURES, problem.file))).toEqual(["kustomize/overlays/production/kustomization.yaml"]);
+    expect(overlays[0]?.message).toMatch(/failed: no resource matches strategic merge patch/);
   });
 
   it("skips and counts unknown kinds and non-mapping documents", () => {

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { parse as parseYaml } from "yaml";
 import { join } from "node:path";
@@ -32,6 +32,17 @@ describe("docs/audit-rules.md", () => {
     expect(end).toBeGreaterThan(begin);
     // Regenerate with `meshward audit rules --format markdown` when this fails.
     expect(doc.slice(begin, end + RULE_TABLE_END.length + 1)).toBe(renderRulesMarkdown(ALL_RULES));
+  });
+
+  it("lists every E_AUDIT_ error code the audit and its CLI raise under 'Output and exit codes'", () => {
+    const sources = [join("src", "audit"), join("src", "audit", "rules"), join("src", "cli"), join("src", "cli", "actions")].flatMap((folder) => {
+      const root = join(import.meta.dirname, "..", "..", folder);
+      return readdirSync(root).filter((name) => name.endsWith(".ts")).map((name) => readFileSync(join(root, name), "utf8"));
+    });
+    const codes = new Set(sources.flatMap((text) => [...text.matchAll(/"(E_AUDIT_[A-Z_]+)"/g)].map((match) => match[1])));
+    expect(codes.size).toBeGreaterThanOrEqual(4);
+    const section = doc.slice(doc.indexOf("## Output and exit codes"), doc.indexOf("\n## ", doc.indexOf("## Output and exit codes") + 1));
+    for (const code of codes) expect(section, code).toContain(`\`${code}\``);
   });
 
   it("documents no rule id that does not exist", () => {

@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { auditPaths } from "../../src/audit/audit.ts";
+import { auditPaths, readPaths } from "../../src/audit/audit.ts";
 import { driftPaths } from "../../src/audit/drift.ts";
 import { renderedName } from "../../src/audit/kustomize-render.ts";
 import { renderText } from "../../src/audit/reporters/text.ts";
@@ -72,6 +72,51 @@ describe("an overlay folder is audited as rendered by kubectl kustomize", () => 
     expect(result.parseErrors).toHaveLength(1);
     expect(result.parseErrors[0]).toMatchObject({ file: join(BROKEN, "kustomization.yaml"), kind: "kustomize" });
     expect(result.parseErrors[0]?.message).toMatch(/^kustomize overlay not rendered \(`kubectl kustomize .*broken` failed: accumulating resources/);
+  });
+});
+
+describe("kustomizations deeper in the tree", () => {
+  it("auditing the tree renders each overlay once; a base the overlays name is in their output, not rendered or audited on its own", () => {
+    const read = readPaths([ENVS, STAGING]);
+    expect(read.rendered.map((directory) => relative(ENVS, directory))).toEqual(["overlays/production", "overlays/staging"]);
+    expect(read.problems.map((problem) => relative(ENVS, problem.file))).toEqual(["overlays/broken/kustomization.yaml"]);
+    const result = auditPaths([ENVS]);
+    const file = relative(ENVS, renderedName(STAGING));
+    expect(at(result)).toEqual([`${file}:MW-K8S-005@17`, `${file}:MW-K8S-001@19`, `${file}:MW-TLS-001@43`, `${file}:MW-MTLS-001@62`]);
+  });
+
+  it("a weakness of the base is reported once, as each overlay that deploys it renders it", () => {
+    const tree = join(scratch, "tree");
+    mkdirSync(join(tree, "base"), { recursive: true });
+    writeFileSync(join(tree, "base", "kustomization.yaml"), "resources:\n  - statestore.yaml\n");
+    writeFileSync(join(tree, "base", "statestore.yaml"), "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n    - name: redisHost\n      value: redis-master.shop.svc.cluster.local:6379\n");
+    for (const name of ["staging", "production"]) {
+      mkdirSync(join(tree, "overlays", name), { recursive: true });
+      writeFileSync(join(tree, "overlays", name, "kustomization.yaml"), `namespace: ${name}\nresources:\n  - ../../base\n`);
+    }
+    const result = auditPaths([tree]);
+    expect(result.parseErrors).toEqual([]);
+    // The overlays only set the namespace: the finding is the base file's line, named once.
+    expect(result.findings.map((finding) => `${relative(tree, finding.file)}:${finding.ruleId}@${finding.line}`)).toEqual(["base/statestore.yaml:MW-TLS-001@6"]);
+    expect(result.findings[0]?.message).toBe(`Redis component without TLS. Rendered from this file by \`kubectl kustomize ${join(tree, "overlays", "production")}\`, \`kubectl kustomize ${join(tree, "overlays", "staging")}\` (Dapr Component statestore).`);
+    // --no-kustomize: file by file, the base's file once.
+    expect(auditPaths([tree], { renderKustomize: false }).findings.map((finding) => `${relative(tree, finding.file)}:${finding.ruleId}`)).toEqual(["base/statestore.yaml:MW-TLS-001"]);
+  });
+});
+
+describe("a finding in a rendered overlay points at the source file when the overlay did not change the object", () => {
+  it("an object the overlay only renames and labels: the base file's line; one it patches: the rendered line, saying where the object comes from", () => {
+    const overlay = join(scratch, "traced");
+    mkdirSync(overlay);
+    writeFileSync(join(overlay, "kustomization.yaml"), `namePrefix: eu-\ncommonLabels:\n  team: shop\nresources:\n  - ${relative(overlay, join(ENVS, "base"))}\npatches:\n  - target:\n      kind: Configuration\n      name: appconfig\n    patch: |-\n      - op: replace\n        path: /spec/mtls/workloadCertTTL\n        value: 720h\n`);
+    const result = auditPaths([overlay], { enable: ["MW-K8S-003"] });
+    expect(result.parseErrors).toEqual([]);
+    const rows = result.findings.map((finding) => `${relative(ENVS, finding.file)}:${finding.ruleId}@${finding.line}`);
+    // MW-K8S-003 (opt-in) on the Deployment the overlay only prefixes and labels: the base's line.
+    expect(rows).toContain("base/orders.yaml:MW-K8S-003@14");
+    const ttl = result.findings.find((finding) => finding.ruleId === "MW-MTLS-002");
+    expect(relative(ENVS, ttl?.file ?? "")).toMatch(/^\.\.\/.*traced\/\(kubectl kustomize\)$/);
+    expect(ttl?.message).toContain(`In the output of \`kubectl kustomize ${overlay}\` (Dapr Configuration eu-appconfig); the line is that output's: the object comes from ${join(ENVS, "base", "configuration.yaml")}, but the overlay sets or changes this value.`);
   });
 });
 

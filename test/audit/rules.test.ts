@@ -46,6 +46,32 @@ describe.each(ALL_RULES.map((rule) => [rule.id, rule] as const))("%s", (_id, rul
   });
 });
 
+describe("MW-ACCESS-012: a TCP-mode sidecar's policy with operations that never apply", () => {
+  const sidecar = (extra: string): string => `appId: orders\nnamespace: prod\nca: ca.prod.svc:8443\napp: 127.0.0.1:8080\npolicy: policy.yaml\n${extra}`;
+  const policy = (operations: string): string =>
+    `apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: p\nspec:\n  accessControl:\n    defaultAction: deny\n    policies:\n      - appId: checkout\n        namespace: prod\n        defaultAction: allow\n        operations:\n${operations}`;
+  const run = (sidecarText: string, policyText: string) =>
+    auditSources([{ file: "sidecar.yaml", text: sidecarText }, { file: "policy.yaml", text: policyText }]).findings.filter((finding) => finding.ruleId === "MW-ACCESS-012");
+
+  it("medium for a deny on a path (it protects nothing), at the protocol key, naming the operation and the policy file", () => {
+    const [hit, ...rest] = run(sidecar("protocol: tcp\n"), policy("          - { name: /admin/**, httpVerb: ['*'], action: deny }\n"));
+    expect(rest).toEqual([]);
+    expect(hit).toMatchObject({ severity: "medium", line: 6, column: 1, evidence: "protocol: tcp; checkout /admin/**" });
+    expect(hit?.message).toContain("The policy policy.yaml: in TCP mode a connection has no path and no verb");
+  });
+
+  it("low when only allows never apply (connections refused, nothing opened); an HTTP-verb allow on /** counts", () => {
+    expect(run(sidecar("protocol: TCP\n"), policy("          - { name: /**, httpVerb: [GET], action: allow }\n")).map((hit) => hit.severity)).toEqual(["low"]);
+  });
+
+  it("quiet in HTTP mode (the default), and for a TCP policy of defaultAction and /** without verbs", () => {
+    const paths = policy("          - { name: /admin/**, httpVerb: ['*'], action: deny }\n");
+    expect(run(sidecar(""), paths)).toEqual([]);
+    expect(run(sidecar("protocol: http\n"), paths)).toEqual([]);
+    expect(run(sidecar("protocol: tcp\n"), policy("          - { name: /**, action: allow }\n"))).toEqual([]);
+  });
+});
+
 describe("rule details", () => {
   const audit = (file: string, text: string): string[] =>
     auditSources([{ file, text }]).findings.map((finding) => `${finding.ruleId}@${finding.line}:${finding.column}`);

@@ -90,6 +90,17 @@ describe("TCP mode: open tunnels follow policy reloads and the age cap", () => {
     await waitFor("the second reload", () => sidecar.logs.lines.filter((line) => String(line.msg).includes("access policy reloaded")).length === 2);
     expect(await within(verified.closed, 15_000)).toBe("closed");
   }, 60_000);
+
+  it("warns once at start (structured) that per-path and HTTP-verb operations of its policy never apply in TCP mode", async () => {
+    const policy = join(dir, "paths.yaml");
+    writeFileSync(policy, "accessControl:\n  defaultAction: deny\n  policies:\n    - appId: holder\n      namespace: default\n      trustDomain: " + TD + "\n      defaultAction: allow\n      operations:\n        - { name: /admin/**, httpVerb: ['*'], action: deny }\n");
+    const sidecar = await start({ policy });
+    const warnings = sidecar.logs.lines.filter((line) => line["event"] === "policy-operations-never-apply-tcp");
+    expect(warnings).toEqual([expect.objectContaining({ operations: [{ appId: "holder", namespace: "default", trustDomain: TD, name: "/admin/**", why: "path", at: `${policy}:9:11` }] })]);
+    // As the warning says: the operation does not apply, the app's defaultAction (allow) decides.
+    const verified = await tunnel(sidecar, "mtls");
+    expect(await verified.echoes("b")).toBe(true);
+  }, 40_000);
 });
 
 describe("PERMISSIVE plaintext HTTP connections are aged out like mTLS ones", () => {

@@ -1,5 +1,5 @@
 import { dirname, resolve } from "node:path";
-import { daprDifferences, parseAccessControl, type DaprDifference } from "../../policy/index.ts";
+import { daprDifferences, operationsNeverApplyingToTcp, parseAccessControl, tcpInapplicableMessage, type DaprDifference, type TcpInapplicableOperation } from "../../policy/index.ts";
 import { asArray, asDict, asText, get, isDict, lookup } from "../shape.ts";
 import type { Corpus, DaprConfiguration, Hit, MeshwardSidecarConfig, NodePath, Rule } from "../types.ts";
 import { defineRule, isLoopbackHost } from "./helpers.ts";
@@ -256,7 +256,55 @@ export const accessRules: Rule[] = [
       return differenceHits(configuration, "never-matches-in-dapr");
     },
   }),
+  defineRule({
+    id: "MW-ACCESS-012",
+    family: "access",
+    severity: "medium",
+    title: "meshward sidecar in TCP mode with access operations that never apply",
+    why: "A sidecar with `protocol: tcp` pipes bytes and never parses HTTP: it judges each connection once, as the operation `/` without a verb. Operations on other paths (`/admin/**`, `/pkg.Svc/Get`) and allows limited to HTTP verbs never apply, so the app policy's defaultAction decides every connection: a deny written for `/admin/**` protects nothing, and the policy reads stricter (or looser) than what the sidecar enforces. The sidecar logs `policy-operations-never-apply-tcp` at start.",
+    fix: "Use `protocol: http` when the app speaks HTTP or gRPC (the operations then apply), or write a TCP-mode policy as the app policy's defaultAction plus, if needed, one `/**` entry without verbs per caller.",
+    example: {
+      file: "sidecar.yaml",
+      bad: sidecar("policy: policy.yaml\nprotocol: tcp\n"),
+      good: sidecar("policy: policy.yaml\nprotocol: tcp\n"),
+      companion: {
+        file: "policy.yaml",
+        bad: POLICY.replace("ACTION", "deny").replace("POLICIES", "    policies:\n      - appId: checkout\n        namespace: prod\n        defaultAction: allow\n        operations:\n          - name: /admin/**\n            httpVerb: [\"*\"]\n            action: deny\n"),
+        good: POLICY.replace("ACTION", "deny").replace("POLICIES", "    policies:\n      - appId: checkout\n        namespace: prod\n        defaultAction: allow\n"),
+      },
+    },
+    appliesTo: ["meshward-sidecar"],
+    check(config, corpus) {
+      const protocol = lookup(config.config, "protocol");
+      if (protocol === undefined || asText(protocol.value).trim().toLowerCase() !== "tcp") return [];
+      const policy = resolveSidecarPolicy(config, corpus);
+      if (policy === undefined) return [];
+      let operations: TcpInapplicableOperation[];
+      try {
+        operations = operationsNeverApplyingToTcp(parseAccessControl({ accessControl: policy.accessControl }));
+      } catch {
+        // A policy the sidecar refuses is not this rule's to report.
+        return [];
+      }
+      if (operations.length === 0) return [];
+      const where = policy.locate.resource === "configuration" ? ` ${policy.locate.configuration.source.file}` : "";
+      return [{
+        path: [protocol.key],
+        evidence: `${protocol.key}: tcp; ${operations.map((operation) => `${operation.appId} ${operation.name}`).join(", ")}`,
+        detail: `The policy${where}: ${tcpInapplicableMessage(operations)}.`,
+        // Only allows that never apply: connections are refused that the file seems to admit, nothing is opened.
+        ...(operations.some((operation) => isDeny(policy.accessControl, operation)) ? {} : { severity: "low" as const }),
+      }];
+    },
+  }),
 ];
+
+/** Whether the app policy entry named by `operation` denies (any of its entries of that name). */
+function isDeny(accessControl: Record<string, unknown>, operation: TcpInapplicableOperation): boolean {
+  const entry = asArray(accessControl["policies"])[operation.policyIndex];
+  const rule = asArray(get(entry, "operations"))[operation.operationIndex];
+  return /^deny$/i.test(asText(get(rule, "action")).trim());
+}
 
 /**
  * Where a Configuration's accessControl means something else to Dapr than to the meshward

@@ -49,12 +49,13 @@ export interface ScanOptions {
   enable: string[];
   maxFileSize: string;
   kustomize?: boolean;
+  kustomizeRemote?: boolean;
   color?: boolean;
 }
 
 export function auditScan(paths: string[], options: ScanOptions): void {
   const enable = parseEnable(options.enable);
-  const result = auditPaths(paths, { maxFileBytes: parseSize(options.maxFileSize), enable, renderKustomize: options.kustomize !== false });
+  const result = auditPaths(paths, { maxFileBytes: parseSize(options.maxFileSize), enable, renderKustomize: options.kustomize !== false, kustomizeRemote: options.kustomizeRemote === true });
   const missing = result.skipped.filter((skipped) => paths.includes(skipped.file) && skipped.detail === "does not exist");
   if (missing.length === paths.length) {
     throw new MeshwardError("E_AUDIT_NOT_FOUND", `nothing to audit: ${missing.map((skipped) => skipped.file).join(", ")} not found`);
@@ -80,11 +81,12 @@ export interface DriftOptions {
   failOn: string;
   reference?: string;
   kustomize?: boolean;
+  kustomizeRemote?: boolean;
   color?: boolean;
 }
 
 export function auditDrift(envs: string[], options: DriftOptions): void {
-  const report = driftPaths(envs, undefined, { ...(options.reference === undefined ? {} : { reference: options.reference }), renderKustomize: options.kustomize !== false });
+  const report = driftPaths(envs, undefined, { ...(options.reference === undefined ? {} : { reference: options.reference }), renderKustomize: options.kustomize !== false, kustomizeRemote: options.kustomizeRemote === true });
   process.stdout.write(options.format === "json" ? renderDriftJson(report) : renderDriftText(report, { color: useColor(options.color) }));
   const failing = options.failOn === "weaker"
     ? report.rows.some((row) => row.status === "weaker")
