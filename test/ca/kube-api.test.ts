@@ -82,6 +82,8 @@ interface FakeApiServer {
   readonly url: string;
   /** TokenReviews received (answered or failed). */
   readonly reviews: number;
+  /** The tokens of those TokenReviews, in the order they arrived. */
+  readonly reviewed: readonly string[];
   /** While set, every TokenReview is answered with this HTTP status (an API server in trouble). */
   failWith: number | undefined;
   readonly connections: number;
@@ -98,9 +100,15 @@ const GOOD = validLooking(0);
 /**
  * `hold`: a slow API server. Reviews are answered only once no new one has arrived for a moment
  * (or `holdUntil` are waiting), so every connection a client opens meanwhile is open at once.
+ * `trickle`: the answer's head at once, then its body a byte (a space) every 20 ms, never ending;
+ * `trickled(n)` resolves once some answer has had n bytes.
  */
-async function fakeApiServer(options: { hold?: boolean; holdUntil?: number; never?: boolean } = {}): Promise<FakeApiServer> {
+async function fakeApiServer(options: { hold?: boolean; holdUntil?: number; never?: boolean; trickle?: boolean } = {}): Promise<FakeApiServer & { trickled(bytes: number): Promise<void> }> {
   let reviews = 0;
+  const reviewed: string[] = [];
+  const trickles = new Set<NodeJS.Timeout>();
+  let mostTrickled = 0;
+  const trickleWaiters: { bytes: number; resolve: () => void }[] = [];
   let failWith: number | undefined;
   let connections = 0;
   let open = 0;
@@ -127,6 +135,25 @@ async function fakeApiServer(options: { hold?: boolean; holdUntil?: number; neve
         return;
       }
       const spec = (JSON.parse(Buffer.concat(chunks).toString("utf8")) as { spec: { token: string } }).spec;
+      reviewed.push(spec.token);
+      if (options.trickle === true) {
+        res.writeHead(201, { "content-type": "application/json", "content-length": String(1 << 20) });
+        let sent = 0;
+        const trickle = setInterval(() => {
+          res.write(" ");
+          mostTrickled = Math.max(mostTrickled, ++sent);
+          for (const waiter of trickleWaiters.filter((w) => w.bytes <= mostTrickled)) {
+            trickleWaiters.splice(trickleWaiters.indexOf(waiter), 1);
+            waiter.resolve();
+          }
+        }, 20);
+        trickles.add(trickle);
+        res.once("close", () => {
+          clearInterval(trickle);
+          trickles.delete(trickle);
+        });
+        return;
+      }
       let sub: unknown;
       try {
         sub = (JSON.parse(Buffer.from(spec.token.split(".")[1] ?? "", "base64url").toString("utf8")) as { sub?: unknown }).sub;
@@ -171,6 +198,12 @@ async function fakeApiServer(options: { hold?: boolean; holdUntil?: number; neve
     get reviews() {
       return reviews;
     },
+    get reviewed() {
+      return reviewed;
+    },
+    trickled(bytes: number) {
+      return bytes <= mostTrickled ? Promise.resolve() : new Promise<void>((resolve) => trickleWaiters.push({ bytes, resolve }));
+    },
     get failWith() {
       return failWith;
     },
@@ -185,6 +218,7 @@ async function fakeApiServer(options: { hold?: boolean; holdUntil?: number; neve
     },
     async stop() {
       release();
+      for (const trickle of trickles) clearInterval(trickle);
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
       for (const socket of sockets) socket.destroy();
@@ -235,22 +269,51 @@ describe("KUBERNETES validator against a (mock) API server: what a caller can ma
     }
   });
 
-  it("a review that finds every connection busy for timeoutMs fails (E_KUBERNETES_UNAVAILABLE), rather than waiting its turn without end", async () => {
+  it("a review that finds every connection busy for timeoutMs fails then (E_KUBERNETES_UNAVAILABLE), while they are still busy, rather than waiting its turn without end", async () => {
     const api = await fakeApiServer({ hold: true, never: true });
     try {
       const client = kubernetesApi({ apiServer: api.url, tokenFile, caFile: certFile, timeoutMs: 300 });
+      const settled: number[] = [];
       const calls = Array.from({ length: KUBE_API_MAX_SOCKETS + 4 }, (_, n) =>
-        client.reviewToken(validLooking(n), ["sentry"]).then(
-          () => "answered",
-          (error: { code?: string; message: string }) => `${error.code}: ${error.message}`,
-        ),
+        client
+          .reviewToken(validLooking(n), ["sentry"])
+          .then(
+            () => "answered",
+            (error: { code?: string; message: string }) => `${error.code}: ${error.message}`,
+          )
+          .finally(() => settled.push(n)),
       );
       const outcomes = await Promise.all(calls);
-      expect(outcomes.every((o) => o.startsWith("E_KUBERNETES_UNAVAILABLE: "))).toBe(true);
-      // The 4 beyond the connections waited timeoutMs for one and were refused, never sent.
-      expect(outcomes.filter((o) => o.includes(`all ${KUBE_API_MAX_SOCKETS} connections to it were busy for 300 ms`))).toHaveLength(4);
+      // The first 8 calls got the connections; the API server never answers, so each fails
+      // timeoutMs after it got its connection (whether or not its review reached the server yet).
+      expect(outcomes.slice(0, KUBE_API_MAX_SOCKETS)).toEqual(Array(KUBE_API_MAX_SOCKETS).fill(`E_KUBERNETES_UNAVAILABLE: the Kubernetes API at ${api.url} failed: no complete answer within 300 ms`));
+      // The 4 beyond them waited timeoutMs for one and were refused then, before any of the 8
+      // ended (Node's agent tells a request it gave up on in its queue only once a connection
+      // frees up or closes: with an API server that holds them, never), and were never sent.
+      const queued = Array.from({ length: 4 }, (_, i) => KUBE_API_MAX_SOCKETS + i);
+      expect(queued.map((n) => outcomes[n])).toEqual(Array(4).fill(`E_KUBERNETES_UNAVAILABLE: the Kubernetes API at ${api.url} failed: all ${KUBE_API_MAX_SOCKETS} connections to it were busy for 300 ms`));
+      expect(settled.slice(0, 4).sort((x, y) => x - y)).toEqual(queued);
+      expect(api.reviewed.filter((token) => queued.some((n) => token === validLooking(n)))).toEqual([]);
+      expect(api.reviews).toBeLessThanOrEqual(KUBE_API_MAX_SOCKETS);
       expect(api.peakOpen).toBeLessThanOrEqual(KUBE_API_MAX_SOCKETS);
-      expect(api.reviews).toBe(KUBE_API_MAX_SOCKETS);
+    } finally {
+      await api.stop();
+    }
+  });
+
+  it("a review whose answer trickles in (never idle for timeoutMs) fails timeoutMs after it got its connection, rather than holding it without end", async () => {
+    const api = await fakeApiServer({ trickle: true });
+    try {
+      const client = kubernetesApi({ apiServer: api.url, tokenFile, caFile: certFile, timeoutMs: 300 });
+      const review = client.reviewToken(GOOD, ["sentry"]).then(
+        () => "answered",
+        (error: { code?: string; message: string }) => `${error.code}: ${error.message}`,
+      );
+      // 100 bytes at one per 20 ms take 2 s: the call's 300 ms timer is due first, and Node runs
+      // timers in the order they are due however loaded the machine.
+      const outcome = await Promise.race([review, api.trickled(100).then(() => "still waiting for the answer after 100 trickled bytes")]);
+      expect(outcome).toBe(`E_KUBERNETES_UNAVAILABLE: the Kubernetes API at ${api.url} failed: no complete answer within 300 ms`);
+      expect(api.reviews).toBe(1);
     } finally {
       await api.stop();
     }
