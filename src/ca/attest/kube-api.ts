@@ -64,7 +64,10 @@ export interface KubeApiConnectionOptions {
   readonly tokenFile: string;
   /** PEM bundle the API server's certificate must chain to. */
   readonly caFile: string;
-  /** How long a call may wait for one of the connections, and then for the API server's answer (default 5 s each). */
+  /**
+   * How long a call may wait for one of the connections, and then for the API server's whole
+   * answer, connecting included (default 5 s each).
+   */
   readonly timeoutMs?: number;
   /** Most connections open to the API server at once (default KUBE_API_MAX_SOCKETS); further calls wait for one. */
   readonly maxSockets?: number;
@@ -119,7 +122,6 @@ export function kubeApiConnection(options: KubeApiConnectionOptions): KubeApiCon
           ca,
           minVersion: "TLSv1.2",
           secureOptions: SECURE_OPTIONS,
-          timeout: timeoutMs,
           agent,
           headers: { authorization: `Bearer ${token}`, accept: "application/json", ...(payload ? { "content-type": "application/json", "content-length": String(payload.length) } : {}) },
         },
@@ -135,31 +137,42 @@ export function kubeApiConnection(options: KubeApiConnectionOptions): KubeApiCon
             chunks.push(chunk);
           });
           res.on("end", () => {
+            clearTimeout(answer);
             try {
               resolve({ status: res.statusCode ?? 0, json: JSON.parse(Buffer.concat(chunks).toString("utf8")) });
             } catch {
               reject(new MeshwardError("E_KUBERNETES_UNAVAILABLE", `the Kubernetes API answered ${method} ${path} with ${res.statusCode} and no JSON`));
             }
           });
-          res.on("error", reject);
+          res.on("error", (error) => fail(error, true));
         },
       );
+      const fail = (error: Error, sent: boolean) => {
+        const failure = error instanceof MeshwardError ? error : new MeshwardError("E_KUBERNETES_UNAVAILABLE", `the Kubernetes API at ${options.apiServer} failed: ${tlsAfterHandshakeFailure(error) ?? error.message}`);
+        if (!sent) notSent.add(failure);
+        reject(failure);
+        return failure;
+      };
       // A call waits for a free connection at most timeoutMs: behind a flood of reviews (at most
       // maxSockets at a time) it fails and the caller retries, rather than queueing without end.
-      let queuedOut = false;
-      const queued = setTimeout(() => {
-        queuedOut = true;
-        req.destroy(new Error(`all ${maxSockets} connections to it were busy for ${timeoutMs} ms`));
-      }, timeoutMs);
-      req.once("socket", () => clearTimeout(queued));
-      req.once("close", () => clearTimeout(queued));
-      req.on("socket", watchHandshake);
-      req.on("timeout", () => req.destroy(new Error("timed out")));
-      req.on("error", (error) => {
-        const failure = error instanceof MeshwardError ? error : new MeshwardError("E_KUBERNETES_UNAVAILABLE", `the Kubernetes API at ${options.apiServer} failed: ${tlsAfterHandshakeFailure(error) ?? error.message}`);
-        if (queuedOut) notSent.add(failure);
-        reject(failure);
+      // It is refused here, at once: Node's agent reports a request destroyed in its queue only
+      // when it hands it a connection, that is once one of the busy ones frees up or closes, which
+      // an API server slow to answer may put off without end.
+      const queued = setTimeout(() => req.destroy(fail(new Error(`all ${maxSockets} connections to it were busy for ${timeoutMs} ms`), false)), timeoutMs);
+      // Then the whole answer must arrive within timeoutMs of the call getting its connection
+      // (connecting included). This was the socket's idle timeout, which let an answer that
+      // trickles in (never idle that long) hold the call and its connection without end.
+      let answer: NodeJS.Timeout | undefined;
+      req.once("socket", () => {
+        clearTimeout(queued);
+        answer = setTimeout(() => req.destroy(new Error(`no complete answer within ${timeoutMs} ms`)), timeoutMs);
       });
+      req.once("close", () => {
+        clearTimeout(queued);
+        clearTimeout(answer);
+      });
+      req.on("socket", watchHandshake);
+      req.on("error", (error) => fail(error, true));
       req.end(payload);
     });
   return {
