@@ -4,7 +4,7 @@ import type { Dict } from "../shape.ts";
 import type { ComposeService, ConfigValues, NodePath, ParseProblem, Resource, SourceDocument } from "../types.ts";
 import { parseYamlFile } from "../yaml-source.ts";
 import { isDaprKind, loadDaprComponent, loadDaprConfiguration, loadDaprHttpEndpoint } from "./dapr.ts";
-import { isContainerApp, loadContainerApp, loadContainerAppSecrets } from "./container-apps.ts";
+import { isContainerApp, isContainerAppDaprComponent, loadContainerApp, loadContainerAppDaprComponent, loadContainerAppSecrets } from "./container-apps.ts";
 import { isConfigMapKind, isSecretKind, isWorkloadKind, loadConfigValues, loadSecret, loadWorkload, rolloutWorkloadRef } from "./kubernetes.ts";
 import { inlinePatches, isKustomization } from "./kustomize.ts";
 import { classifyMeshward, loadMeshwardCa, loadMeshwardSidecar } from "./meshward.ts";
@@ -126,6 +126,9 @@ function classify(file: string, source: SourceDocument, data: unknown, base: Nod
   } else if (base.length === 0 && isContainerApp(data)) {
     const secrets = loadContainerAppSecrets(source, data);
     loaded.resources.push(loadContainerApp(source, data), ...(secrets === undefined ? [] : [secrets]));
+  } else if (base.length === 0 && isContainerAppDaprComponent(data)) {
+    const { component, secrets } = loadContainerAppDaprComponent(source, data);
+    loaded.resources.push(component, ...(secrets === undefined ? [] : [secrets]));
   } else if (base.length === 0 && isComposeFile(data)) {
     const before = loaded.resources.length;
     for (const [name, service] of Object.entries(data["services"] as Dict)) {
