@@ -69,3 +69,38 @@ describe("H1: Azure Container Apps Dapr components (componentType:)", () => {
     expect(result.unknownKinds).toEqual({ "(no kind)": 1 });
   });
 });
+
+// H2. StackExchange.Redis docs/Configuration.md: "Tokens in the configuration string are
+// comma-separated; any without an `=` sign are assumed to be redis server endpoints";
+// `password={string}`, `ssl={bool}` (default `false`), `abortConnect` (`false` on Azure). The
+// Azure portal's form: `<name>.redis.cache.windows.net:6380,password=<key>,ssl=True,abortConnect=False`.
+describe("H2: StackExchange.Redis configuration strings in env", () => {
+  const key = "Zx9vQk2LmN8pR4tYq7W3eX5cV1bN0mK2sD4fG6hJ8kL=";
+  const host = "cart-cache.redis.cache.windows.net";
+
+  it("ssl=False with an inline key: the key (redacted, ssl still shown) and the plaintext connection", () => {
+    expect(findings("d.yaml", deployment({ ConnectionStrings__Redis: `${host}:6379,password=${key},ssl=False,abortConnect=False` }))).toEqual([
+      `MW-SECRET-005@${envLine(0)}:high ConnectionStrings__Redis: ${host}:6379,password=****,ssl=False,abortConnect=False`,
+      `MW-TLS-007@${envLine(0)}:high ConnectionStrings__Redis: ssl=False (StackExchange.Redis: ${host}:6379)`,
+    ]);
+  });
+
+  it("ssl=True with an inline key: the key only; no ssl at all is plaintext (the client's default)", () => {
+    expect(findings("d.yaml", deployment({ REDIS: `${host}:6380,password=${key},ssl=True,abortConnect=False` })))
+      .toEqual([`MW-SECRET-005@${envLine(0)}:high REDIS: ${host}:6380,password=****,ssl=True,abortConnect=False`]);
+    expect(findings("d.yaml", deployment({ REDIS: `${host}:6379,abortConnect=false` })))
+      .toEqual([`MW-TLS-007@${envLine(0)}:high REDIS: ssl not set (StackExchange.Redis default: plaintext) (StackExchange.Redis: ${host}:6379)`]);
+  });
+
+  it("in a .env file and a ConfigMap too; a loopback endpoint is low; placeholders are no secret", () => {
+    expect(ids(".env", `REDIS=${host}:6379,password=${key},ssl=False\n`)).toEqual(["MW-SECRET-005@1:high", "MW-TLS-007@1:high"]);
+    const configMap = `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  Redis: "localhost:6379,abortConnect=false"\n`;
+    expect(ids("cm.yaml", configMap)).toEqual(["MW-TLS-007@6:low"]);
+    expect(ids(".env", `REDIS=${host}:6380,password=<key>,ssl=True\n`)).toEqual([]);
+    expect(ids(".env", `REDIS=${host}:6380,password=\${REDIS_KEY},ssl=true\n`)).toEqual([]);
+  });
+
+  it("values that only look alike are not read as StackExchange.Redis strings", () => {
+    expect(ids(".env", "KAFKA_BROKERS=broker-1:9092,broker-2:9092\nTAGS=a:1,b=2\nLIST=redis:6379,foo=bar\n")).toEqual([]);
+  });
+});

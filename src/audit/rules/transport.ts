@@ -2,6 +2,7 @@ import type { ComponentMetadataItem, ContainerEnvVar, DaprComponent, EnvHolder, 
 import { asText, get, isDict, isFalsy, isTruthy } from "../shape.ts";
 import { componentYaml, secretRefYaml } from "./example-builders.ts";
 import { componentFamily, connectionParam, defineRule, hostOf, isLoopbackComponent, isLoopbackHost, isPlaceholder, metadataItem, redactConnectionString, typePath, urlScheme } from "./helpers.ts";
+import { stackExchangeRedis } from "../values.ts";
 
 /** The inline connection string, unless it is wholly a substitution or a placeholder. */
 function connectionString(component: DaprComponent): ComponentMetadataItem | undefined {
@@ -376,6 +377,24 @@ export function sqlServerTlsIssues(value: string, reader: SqlServerReader = "unk
   return found.length === 0 ? undefined : { evidence: found.join(", "), severity };
 }
 
+/**
+ * StackExchange.Redis configuration strings in env (`ConnectionStrings__Redis=host:6379,password=…,ssl=False`):
+ * TLS only with `ssl=true` (docs/Configuration.md: `ssl={bool}`, default `false`), so `ssl=False`
+ * or no `ssl` is plaintext. Lowered to low when every endpoint is on loopback.
+ */
+function stackExchangeRedisPlaintext(holder: EnvHolder): Hit[] {
+  return holder.env.flatMap((entry): Hit[] => {
+    if (!entry.hasInlineValue || /^MICRO_/i.test(entry.name)) return [];
+    const redis = stackExchangeRedis(entry.value);
+    if (redis === undefined) return [];
+    const ssl = redis.options.get("ssl");
+    if (ssl !== undefined && isTruthy(ssl.value)) return [];
+    const said = ssl === undefined ? "ssl not set (StackExchange.Redis default: plaintext)" : `${ssl.key}=${ssl.value}`;
+    const found: Hit = { path: entry.path, evidence: `${entry.name}: ${said} (StackExchange.Redis: ${redis.endpoints.join(",")})`, detail: "Use ssl=true with the server's TLS port (6380 on Azure Cache for Redis)." };
+    return [redis.endpoints.every(isLoopbackHost) ? envHit("redis://localhost", found) : found];
+  });
+}
+
 export const transportRules: Rule[] = [
   defineRule({
     id: "MW-TLS-001",
@@ -518,7 +537,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "Plaintext endpoint where a TLS form exists",
-    why: "`amqp://`, `pulsar://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form. Read in component metadata (also RabbitMQ's `protocol: amqp` with `hostname`) and in container env values that are URLs (`REDIS_URL=redis://…`).",
+    why: "`amqp://`, `pulsar://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form. Read in component metadata (also RabbitMQ's `protocol: amqp` with `hostname`) and in container env values that are URLs (`REDIS_URL=redis://…`), and StackExchange.Redis configuration strings (.NET, Azure Cache for Redis: `host:6379,password=…,ssl=False`), which are plaintext unless `ssl=true`.",
     fix: "Use the TLS scheme (`amqps://`, `pulsar+ssl://`, `mqtts://`/`ssl://`, `rediss://`, `https://`, `wss://`, `ldaps://`; NATS with `tls://` and a CA).",
     example: {
       file: "pubsub.yaml",
@@ -534,6 +553,7 @@ export const transportRules: Rule[] = [
           if (secure === undefined) continue;
           hits.push(envHit(entry.value, { path: entry.path, evidence: `${entry.name}: ${entry.scheme}://${hostOf(entry.value)}`, detail: `Use ${secure}.` }));
         }
+        hits.push(...stackExchangeRedisPlaintext(resource));
         return hits;
       }
       for (const item of resource.metadata) {
