@@ -104,3 +104,37 @@ describe("H2: StackExchange.Redis configuration strings in env", () => {
     expect(ids(".env", "KAFKA_BROKERS=broker-1:9092,broker-2:9092\nTAGS=a:1,b=2\nLIST=redis:6379,foo=bar\n")).toEqual([]);
   });
 });
+
+// H3. Switches that turn certificate checks off:
+// - nodejs.org/api/cli.html, NODE_TLS_REJECT_UNAUTHORIZED=value: "If value equals '0', certificate
+//   validation is disabled for TLS connections" (lib/_tls_wrap.js compares with the string '0');
+// - PEP 493: `PYTHONHTTPSVERIFY=0` turns verification off in the interpreters that implement it;
+// - git-scm.com/docs/git, GIT_SSL_NO_VERIFY: "Setting and exporting this environment variable to any
+//   value tells Git not to verify the SSL certificate";
+// - redis-py redis/connection.py (SSLConnection: CERT_REQS {"none", "optional", "required"}) and Celery's
+//   `rediss://…?ssl_cert_reqs=CERT_NONE`: no certificate check; `ssl_check_hostname=false`: host name only.
+describe("H3: verification turned off in env", () => {
+  it("NODE_TLS_REJECT_UNAUTHORIZED=0, PYTHONHTTPSVERIFY=0 and GIT_SSL_NO_VERIFY are MW-TLS-009 high", () => {
+    expect(findings("d.yaml", deployment({ NODE_TLS_REJECT_UNAUTHORIZED: "0", PYTHONHTTPSVERIFY: "0", GIT_SSL_NO_VERIFY: "true" }))).toEqual([
+      `MW-TLS-009@${envLine(0)}:high NODE_TLS_REJECT_UNAUTHORIZED: 0 (every TLS connection of the Node process accepts any certificate)`,
+      `MW-TLS-009@${envLine(1)}:high PYTHONHTTPSVERIFY: 0 (Python's https connections accept any certificate)`,
+      `MW-TLS-009@${envLine(2)}:high GIT_SSL_NO_VERIFY: true (git accepts any certificate whatever the value)`,
+    ]);
+    expect(ids(".env", "NODE_TLS_REJECT_UNAUTHORIZED=0\n")).toEqual(["MW-TLS-009@1:high"]);
+    // Quiet: Node checks only the exact string '0'; `1` is the default.
+    expect(ids("d.yaml", deployment({ NODE_TLS_REJECT_UNAUTHORIZED: "1", PYTHONHTTPSVERIFY: "1" }))).toEqual([]);
+  });
+
+  it("*_TLS_SKIP_VERIFY / *_INSECURE_SKIP_VERIFY=true are MW-TLS-009; names without TLS/SSL/INSECURE are not", () => {
+    expect(ids("d.yaml", deployment({ KAFKA_TLS_SKIP_VERIFY: "true", ES_INSECURE_SKIP_VERIFY: "1" }))).toEqual([`MW-TLS-009@${envLine(0)}:high`, `MW-TLS-009@${envLine(1)}:high`]);
+    expect(ids("d.yaml", deployment({ KAFKA_TLS_SKIP_VERIFY: "false", COSIGN_SKIP_VERIFY: "true", SKIP_VERIFY_EMAIL: "true" }))).toEqual([]);
+  });
+
+  it("rediss:// with ssl_cert_reqs=none|CERT_NONE is high, ssl_check_hostname=false medium, CERT_REQUIRED quiet", () => {
+    expect(findings("d.yaml", deployment({ CELERY_BROKER_URL: "rediss://:@cache.prod.internal:6380/0?ssl_cert_reqs=CERT_NONE" })))
+      .toEqual([`MW-TLS-009@${envLine(0)}:high CELERY_BROKER_URL: ssl_cert_reqs=CERT_NONE`]);
+    expect(ids("d.yaml", deployment({ REDIS_URL: "rediss://cache.prod.internal:6380?ssl_cert_reqs=none" }))).toEqual([`MW-TLS-009@${envLine(0)}:high`]);
+    expect(ids("d.yaml", deployment({ REDIS_URL: "rediss://cache.prod.internal:6380?ssl_check_hostname=false" }))).toEqual([`MW-TLS-009@${envLine(0)}:medium`]);
+    expect(ids("d.yaml", deployment({ REDIS_URL: "rediss://cache.prod.internal:6380?ssl_cert_reqs=CERT_REQUIRED" }))).toEqual([]);
+  });
+});

@@ -257,25 +257,45 @@ function postgresHit(connection: PostgresConnection, evidence: string): Hit {
 }
 
 /**
- * MongoDB connection-string options that turn certificate or host name checks off, wherever
- * they are written (`params: "?tls=true&tlsInsecure=true"`, a `host` or connection string).
- * `hostnameOnly`: only the host name check is off (the certificate must still chain to a trusted CA).
+ * Connection-string options that turn certificate or host name checks off, wherever they are
+ * written (`params: "?tls=true&tlsInsecure=true"`, a `host` or connection string, an env URL):
+ * MongoDB's `tlsInsecure`/`tlsAllowInvalid*` (true), and redis-py's / Celery's `ssl_cert_reqs`
+ * (`none`, `CERT_NONE`: redis/connection.py SSLConnection maps "none" to ssl.CERT_NONE) and
+ * `ssl_check_hostname` (false). `hostnameOnly`: only the host name check is off (the certificate
+ * must still chain to a trusted CA).
  */
-const VERIFICATION_OFF_PARAMS: readonly { name: string; hostnameOnly: boolean }[] = [
-  { name: "tlsInsecure", hostnameOnly: false },
-  { name: "tlsAllowInvalidCertificates", hostnameOnly: false },
-  { name: "sslAllowInvalidCertificates", hostnameOnly: false },
-  { name: "tlsAllowInvalidHostnames", hostnameOnly: true },
-  { name: "sslAllowInvalidHostnames", hostnameOnly: true },
+const VERIFICATION_OFF_PARAMS: readonly { name: string; hostnameOnly: boolean; off: (value: string) => boolean }[] = [
+  { name: "tlsInsecure", hostnameOnly: false, off: isTruthy },
+  { name: "tlsAllowInvalidCertificates", hostnameOnly: false, off: isTruthy },
+  { name: "sslAllowInvalidCertificates", hostnameOnly: false, off: isTruthy },
+  { name: "ssl_cert_reqs", hostnameOnly: false, off: (value) => /^(ssl\.)?(cert_)?none$/i.test(value.trim()) },
+  { name: "tlsAllowInvalidHostnames", hostnameOnly: true, off: isTruthy },
+  { name: "sslAllowInvalidHostnames", hostnameOnly: true, off: isTruthy },
+  { name: "ssl_check_hostname", hostnameOnly: true, off: isFalsy },
 ];
 
 function verificationOffParams(value: string): { evidence: string; hostnameOnly: boolean } | undefined {
-  const found = VERIFICATION_OFF_PARAMS.flatMap(({ name, hostnameOnly }) => {
+  const found = VERIFICATION_OFF_PARAMS.flatMap(({ name, hostnameOnly, off }) => {
     const setting = connectionParam(value, name);
-    return setting !== undefined && isTruthy(setting) ? [{ text: `${name}=${setting}`, hostnameOnly }] : [];
+    return setting !== undefined && off(setting) ? [{ text: `${name}=${setting}`, hostnameOnly }] : [];
   });
   if (found.length === 0) return undefined;
   return { evidence: found.map((each) => each.text).join("&"), hostnameOnly: found.every((each) => each.hostnameOnly) };
+}
+
+/**
+ * Env variables that turn certificate checks off for a whole process or tool, and what each does:
+ * Node's `NODE_TLS_REJECT_UNAUTHORIZED` is read only as the exact string `0` (lib/_tls_wrap.js),
+ * Python's `PYTHONHTTPSVERIFY=0` (PEP 493), git's `GIT_SSL_NO_VERIFY` whatever its value (git docs:
+ * "to any value"), and app settings named `*_TLS_SKIP_VERIFY`, `*_SKIP_TLS_VERIFY`,
+ * `*_INSECURE_SKIP_VERIFY` set to true.
+ */
+function processVerificationOff(name: string, value: string): string | undefined {
+  if (name === "NODE_TLS_REJECT_UNAUTHORIZED") return value === "0" ? "every TLS connection of the Node process accepts any certificate" : undefined;
+  if (name === "PYTHONHTTPSVERIFY") return value.trim() === "0" ? "Python's https connections accept any certificate" : undefined;
+  if (name === "GIT_SSL_NO_VERIFY") return value !== "" ? "git accepts any certificate whatever the value" : undefined;
+  if (/(^|_)(INSECURE_SKIP_(TLS_|SSL_)?VERIFY|(TLS|SSL)_SKIP_VERIF(Y|ICATION)|SKIP_(TLS|SSL)_VERIF(Y|ICATION))$/i.test(name) && isTruthy(value)) return "certificate checks skipped";
+  return undefined;
 }
 
 const HOSTNAME_ONLY_DETAIL = "Host names are not checked: any certificate from a trusted CA is accepted for this server.";
@@ -628,7 +648,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "TLS certificate verification disabled",
-    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true` (not for Dapr's Pulsar components, which do not read it: there a `pulsar+ssl://`/`https://` host without `enableTLS: \"true\"` is TLS that accepts any certificate, as Dapr sets the client's TLSAllowInsecureConnection to the opposite of enableTLS), and MongoDB's `tlsInsecure=true`/`tlsAllowInvalidCertificates=true` inside a value (`params`, a host or connection string, a container env URL), accept any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything. `tlsAllowInvalidHostnames=true` skips only the host name check (medium).",
+    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true` (not for Dapr's Pulsar components, which do not read it: there a `pulsar+ssl://`/`https://` host without `enableTLS: \"true\"` is TLS that accepts any certificate, as Dapr sets the client's TLSAllowInsecureConnection to the opposite of enableTLS), MongoDB's `tlsInsecure=true`/`tlsAllowInvalidCertificates=true` and redis-py's/Celery's `ssl_cert_reqs=none|CERT_NONE` inside a value (`params`, a host or connection string, a container env URL), and, in env, `NODE_TLS_REJECT_UNAUTHORIZED=0` (every TLS connection of a Node process), `PYTHONHTTPSVERIFY=0`, `GIT_SSL_NO_VERIFY` (any value) and `*_TLS_SKIP_VERIFY`/`*_INSECURE_SKIP_VERIFY=true`, accept any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything. `tlsAllowInvalidHostnames=true` and `ssl_check_hostname=false` skip only the host name check (medium).",
     fix: "Remove the skip-verify setting and give the component the CA that signed the server's certificate (`caCert`).",
     example: {
       file: "pubsub.yaml",
@@ -640,6 +660,8 @@ export const transportRules: Rule[] = [
       if (resource.kind !== "dapr-component") {
         return resource.env.flatMap((entry): Hit[] => {
           if (!entry.hasInlineValue || /^MICRO_/i.test(entry.name)) return [];
+          const process = processVerificationOff(entry.name, entry.value);
+          if (process !== undefined) return [{ path: entry.path, evidence: `${entry.name}: ${entry.value} (${process})` }];
           const off = verificationOffParams(entry.value);
           if (off === undefined) return [];
           return [envHit(entry.value, { path: entry.path, evidence: `${entry.name}: ${off.evidence}`, ...(off.hostnameOnly ? { detail: HOSTNAME_ONLY_DETAIL, severity: "medium" as const } : {}) })];
