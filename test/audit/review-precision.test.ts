@@ -138,3 +138,46 @@ describe("H3: verification turned off in env", () => {
     expect(ids("d.yaml", deployment({ REDIS_URL: "rediss://cache.prod.internal:6380?ssl_cert_reqs=CERT_REQUIRED" }))).toEqual([]);
   });
 });
+
+// H4. libpq keyword/value strings (postgresql.org/docs/current/libpq-connect.html, "Keyword/Value
+// Connection Strings": `host=localhost port=5432 dbname=mydb connect_timeout=10`; sslmode default
+// `prefer`), as Go's pgx and lib/pq take them, and Npgsql strings (npgsql.org/doc/connection-string-parameters:
+// "keyword1=value; keyword2=value; … case-insensitive"; `SSL Mode` default `Prefer`; SslMode enum
+// Disable, Allow, Prefer, Require, VerifyCA, VerifyFull).
+describe("H4: PostgreSQL keyword strings in env, ConfigMaps and .env files", () => {
+  it("libpq keyword strings are judged by sslmode like postgres:// URLs", () => {
+    const env = [
+      "DATABASE_DSN=host=pg.prod.svc port=5432 user=orders dbname=orders sslmode=disable",
+      "PG_DSN_REQUIRE=host=pg.prod.svc user=orders dbname=orders sslmode=require",
+      "PG_DSN_UNSET=host=pg.prod.svc user=orders dbname=orders",
+      "PG_DSN_OK=host=pg.prod.svc user=orders dbname=orders sslmode=verify-full sslrootcert=/etc/pg/ca.pem",
+      "",
+    ].join("\n");
+    expect(findings("app/.env", env)).toEqual([
+      "MW-TLS-002@1:high DATABASE_DSN: sslmode=disable (host=pg.prod.svc)",
+      "MW-TLS-003@2:medium PG_DSN_REQUIRE: sslmode=require (host=pg.prod.svc)",
+      "MW-TLS-002@3:high PG_DSN_UNSET: sslmode not set (libpq default: prefer) (host=pg.prod.svc)",
+    ]);
+  });
+
+  it("Npgsql strings: SSL Mode / SslMode in any case, Prefer when not set; VerifyFull is quiet", () => {
+    expect(findings("app/.env", "ConnectionStrings__Orders=Host=pg.prod.svc;Port=5432;Database=orders;Username=orders;SSL Mode=Disable\n"))
+      .toEqual(["MW-TLS-002@1:high ConnectionStrings__Orders: SSL Mode=Disable (Host=pg.prod.svc)"]);
+    expect(ids("d.yaml", deployment({ ConnectionStrings__Orders: "Host=pg.prod.svc;Database=orders;Username=orders;SslMode=Require" }))).toEqual([`MW-TLS-003@${envLine(0)}:medium`]);
+    expect(findings("d.yaml", deployment({ ConnectionStrings__Postgres: "Host=pg.prod.svc;Database=orders;Username=orders" })))
+      .toEqual([`MW-TLS-002@${envLine(0)}:high ConnectionStrings__Postgres: SSL Mode not set (Npgsql default: Prefer) (Host=pg.prod.svc)`]);
+    expect(ids("d.yaml", deployment({ ConnectionStrings__Orders: "Host=pg.prod.svc;Database=orders;SSL Mode=VerifyFull" }))).toEqual([]);
+  });
+
+  it("in a ConfigMap; loopback is low; sockets and other databases' strings stay quiet", () => {
+    const configMap = `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  DSN: "host=pg.prod.svc dbname=orders sslmode=allow"\n`;
+    expect(ids("cm.yaml", configMap)).toEqual(["MW-TLS-002@6:high"]);
+    expect(ids(".env", "DSN=host=localhost dbname=orders sslmode=disable\n")).toEqual(["MW-TLS-002@1:low"]);
+    expect(ids(".env", "DSN=host=/var/run/postgresql dbname=orders\n")).toEqual([]);
+    // A substituted host is judged like a substituted URL host: the sslmode is in the file.
+    expect(ids(".env", "DSN=host=${PGHOST} dbname=orders sslmode=disable\n")).toEqual(["MW-TLS-002@1:high"]);
+    // MySQL Connector/NET (SslMode None/Preferred/Required), a generic `host=` pair, free text.
+    expect(ids(".env", "MYSQL=Server=mysql.prod.svc;Database=orders;Uid=app;SslMode=Preferred\n")).toEqual([]);
+    expect(ids(".env", "PROXY=host=proxy.internal\nNOTE=host=a name=b\nLOGIN=host=idp.internal user=svc\n")).toEqual([]);
+  });
+});

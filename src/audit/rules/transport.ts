@@ -189,6 +189,75 @@ function containerEnv(workload: EnvHolder, entry: ContainerEnvVar): ContainerEnv
   return workload.env.filter((other) => JSON.stringify(other.path.slice(0, -3)) === container);
 }
 
+/** libpq's connection keywords (postgresql.org/docs/current/libpq-connect.html, "Parameter Key Words"). */
+const LIBPQ_KEYWORDS = new Set([
+  "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "require_auth", "channel_binding", "connect_timeout",
+  "client_encoding", "options", "application_name", "fallback_application_name", "keepalives", "keepalives_idle",
+  "keepalives_interval", "keepalives_count", "tcp_user_timeout", "replication", "gssencmode", "sslmode", "requiressl",
+  "sslnegotiation", "sslcompression", "sslcert", "sslkey", "sslkeylogfile", "sslpassword", "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir",
+  "sslsni", "requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version", "krbsrvname", "gsslib", "gssdelegation",
+  "service", "target_session_attrs", "load_balance_hosts", "min_protocol_version", "max_protocol_version",
+  // pgx's own keywords in the same string (pool settings, statement cache).
+  "pool_max_conns", "pool_min_conns", "pool_max_conn_lifetime", "pool_max_conn_idle_time", "pool_health_check_period",
+  "statement_cache_capacity", "description_cache_capacity", "default_query_exec_mode",
+]);
+
+/**
+ * The keywords of a libpq keyword/value string (`host=pg.db.svc port=5432 dbname=orders sslmode=disable`,
+ * as libpq, Go's pgx and lib/pq, and psycopg take it), or undefined when the value is not one: every
+ * token must be `keyword=value` (a value may be single-quoted) with a libpq keyword, `host` or
+ * `hostaddr` among them, and `dbname`, `user` or `sslmode` beside it (`host=x` alone says nothing).
+ */
+export function libpqKeywords(value: string): Map<string, string> | undefined {
+  const text = value.trim();
+  if (text === "" || text.includes(";") || /^[a-z][a-z0-9+.-]*:\/\//i.test(text)) return undefined;
+  const token = /\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)*)/y;
+  const keywords = new Map<string, string>();
+  let index = 0;
+  while (index < text.length) {
+    token.lastIndex = index;
+    const match = token.exec(text);
+    if (match === null || match[0].length === 0) return undefined;
+    const key = (match[1] ?? "").toLowerCase();
+    if (!LIBPQ_KEYWORDS.has(key)) return undefined;
+    keywords.set(key, (match[2] ?? "").replace(/^'|'$/g, ""));
+    index = token.lastIndex;
+    while (index < text.length && /\s/.test(text[index] ?? "")) index += 1;
+  }
+  if (!keywords.has("host") && !keywords.has("hostaddr")) return undefined;
+  return ["dbname", "user", "sslmode"].some((key) => keywords.has(key)) ? keywords : undefined;
+}
+
+/** Npgsql's SslMode values only Npgsql has (MySQL's .NET connectors say None, Preferred, Required). */
+const NPGSQL_ONLY_MODE = /^(disable|allow|prefer|require)$/i;
+
+/**
+ * An Npgsql connection string (`Host=pg.db.svc;Port=5432;Database=orders;Username=app;SSL Mode=Require`;
+ * npgsql.org/doc/connection-string-parameters: `keyword=value;` pairs, case-insensitive, `SSL Mode`
+ * default `Prefer`), or undefined. It must name a `Host`/`Server` and be recognisably PostgreSQL: an
+ * SSL Mode value only Npgsql takes, port 5432, or a variable name saying PostgreSQL (so MySQL
+ * Connector/NET's `Server=…;SslMode=VerifyFull` is not read). `mode` is libpq's spelling (`verify-full`).
+ */
+export function npgsqlConnection(value: string, name = ""): { host: string; hostKey: string; mode: string; modeKey: string; modeValue: string } | undefined {
+  const text = value.trim();
+  if (!text.includes(";") || /^[a-z][a-z0-9+.-]*:\/\//i.test(text) || isSqlServerKeywordString(text, name)) return undefined;
+  const pairs = new Map<string, { key: string; value: string }>();
+  for (const part of text.split(";")) {
+    if (part.trim() === "") continue;
+    const equals = part.indexOf("=");
+    if (equals <= 0) return undefined;
+    const key = part.slice(0, equals).trim();
+    pairs.set(key.toLowerCase().replace(/\s+/g, ""), { key, value: part.slice(equals + 1).trim().replace(/^"|"$/g, "") });
+  }
+  const host = pairs.get("host") ?? pairs.get("server");
+  if (host === undefined || host.value === "") return undefined;
+  const mode = pairs.get("sslmode");
+  const postgres = (mode !== undefined && NPGSQL_ONLY_MODE.test(mode.value)) || pairs.get("port")?.value === "5432" || /(postgres|pgsql|npgsql|(^|_)pg(_|$))/i.test(name);
+  if (!postgres) return undefined;
+  const libpq = (mode?.value ?? "").toLowerCase().replace(/^verify(ca|full)$/, "verify-$1");
+  return { host: host.value, hostKey: host.key, mode: libpq, modeKey: mode?.key ?? "", modeValue: mode?.value ?? "" };
+}
+
 /**
  * `postgres://` / `postgresql://` URLs (also `jdbc:postgresql://`) in container env; libpq's
  * `PGSSLMODE` in the same container counts when the URL sets no sslmode. A container with no
@@ -197,14 +266,15 @@ function containerEnv(workload: EnvHolder, entry: ContainerEnvVar): ContainerEnv
  */
 function envPostgresConnections(workload: EnvHolder): PostgresConnection[] {
   const urls = envUrls(workload).filter((entry) => entry.scheme === "postgres" || entry.scheme === "postgresql");
-  const containers = new Set(urls.filter((entry) => !entry.jdbc).map((entry) => JSON.stringify(entry.path.slice(0, -3))));
+  const keywordStrings = envPostgresKeywordStrings(workload);
+  const containers = new Set([...urls.filter((entry) => !entry.jdbc), ...keywordStrings].map((entry) => JSON.stringify(entry.path.slice(0, -3))));
   const bare = workload.env.filter((entry) => entry.name === "PGSSLMODE" && entry.hasInlineValue && !isPlaceholder(entry.value)
     && !containers.has(JSON.stringify(entry.path.slice(0, -3)))).flatMap((entry): PostgresConnection[] => {
     const host = containerEnv(workload, entry).find((other) => other.name === "PGHOST" && other.hasInlineValue && !isPlaceholder(other.value));
     if (host === undefined || isPostgresSocketOnly(`host=${host.value.trim()}`)) return [];
     return [{ path: entry.path, mode: entry.value.trim().toLowerCase(), label: "", said: `PGSSLMODE=${entry.value.trim()}`, where: ` (PGHOST: ${host.value.trim()})`, url: `postgres://${host.value.trim()}` }];
   });
-  return [...bare, ...urls.flatMap((entry) => {
+  return [...bare, ...keywordStrings.map((entry) => entry.connection), ...urls.flatMap((entry) => {
     const pgHost = containerEnv(workload, entry).find((other) => other.name === "PGHOST" && other.hasInlineValue)?.value ?? "";
     if (isPostgresSocketOnly(entry.value, pgHost)) return [];
     // The PostgreSQL JDBC driver reads no PGSSLMODE; its `ssl=true` without sslmode means verify-full,
@@ -221,6 +291,38 @@ function envPostgresConnections(workload: EnvHolder): PostgresConnection[] {
     const shown = `${entry.jdbc ? "jdbc:" : ""}${entry.scheme}://${hostOf(entry.value)}`;
     return [{ path: entry.path, mode, label: `${entry.name}: `, where: ` (${shown})`, url: entry.value, ...(said === undefined ? {} : { said }) }];
   })];
+}
+
+/**
+ * libpq keyword strings and Npgsql strings in env (H4 of review-auditprec): judged like URLs, with
+ * `PGSSLMODE` of the same container when the string sets no mode (libpq and Npgsql both read it).
+ */
+function envPostgresKeywordStrings(workload: EnvHolder): (ContainerEnvVar & { connection: PostgresConnection })[] {
+  return workload.env
+    .filter((entry) => entry.hasInlineValue && !isPlaceholder(entry.value) && !/^MICRO_/i.test(entry.name) && !IDENTIFIER_NAME.test(entry.name))
+    .flatMap((entry): (ContainerEnvVar & { connection: PostgresConnection })[] => {
+      const fromEnv = containerEnv(workload, entry).find((other) => other.name === "PGSSLMODE" && other.hasInlineValue && !isPlaceholder(other.value))?.value.trim();
+      const keywords = libpqKeywords(entry.value);
+      if (keywords !== undefined) {
+        if (isPostgresSocketOnly(entry.value)) return [];
+        // Without sslmode, only a string that is recognisably PostgreSQL (`dbname` is libpq's word) is judged.
+        const recognisable = keywords.has("sslmode") || keywords.has("dbname") || keywords.get("port") === "5432" || /(postgres|pgsql|(^|_)pg(_|$))/i.test(entry.name);
+        if (!recognisable) return [];
+        const host = keywords.get("hostaddr") ?? keywords.get("host") ?? "";
+        const explicit = keywords.get("sslmode");
+        const mode = (explicit ?? fromEnv ?? "").toLowerCase();
+        const said = explicit === undefined && fromEnv !== undefined ? `PGSSLMODE=${fromEnv}` : undefined;
+        const where = ` (${keywords.has("hostaddr") ? "hostaddr" : "host"}=${host})`;
+        return [{ ...entry, connection: { path: entry.path, mode, label: `${entry.name}: `, where, url: `postgres://${host.split(",")[0] ?? ""}`, ...(said === undefined ? {} : { said }) } }];
+      }
+      const npgsql = npgsqlConnection(entry.value, entry.name);
+      if (npgsql === undefined || npgsql.host.startsWith("/") || isPlaceholder(npgsql.host)) return [];
+      const mode = npgsql.mode || (fromEnv ?? "").toLowerCase();
+      const said = npgsql.modeKey !== "" ? `${npgsql.modeKey}=${npgsql.modeValue}`
+        : fromEnv !== undefined ? `PGSSLMODE=${fromEnv}` : "SSL Mode not set (Npgsql default: Prefer)";
+      const connection: PostgresConnection = { path: entry.path, mode: mode === "" ? "prefer" : mode, label: `${entry.name}: `, said, where: ` (${npgsql.hostKey}=${npgsql.host})`, url: `postgres://${npgsql.host.split(",")[0] ?? ""}` };
+      return [{ ...entry, connection }];
+    });
 }
 
 /**
@@ -442,7 +544,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "PostgreSQL connection without enforced TLS",
-    why: "libpq's `sslmode` `disable`, `allow` and `prefer` (and no sslmode, which means prefer) let the connection fall back to plaintext; an attacker on the path simply refuses TLS. Read in component connection strings, in a postgres component's individual `host`/`hostaddr` fields when it has no connection string (they take no sslmode, so the default prefer applies), in `postgres://` URLs in container env (`DATABASE_URL`, with `PGSSLMODE` of the same container when the URL sets no sslmode), in `jdbc:postgresql://` URLs (`SPRING_DATASOURCE_URL`; the JDBC driver's `ssl=true` alone means verify-full, and its `NonValidatingFactory` checks no certificate), and in an explicit `PGSSLMODE` next to a network `PGHOST`.",
+    why: "libpq's `sslmode` `disable`, `allow` and `prefer` (and no sslmode, which means prefer) let the connection fall back to plaintext; an attacker on the path simply refuses TLS. Read in component connection strings, in a postgres component's individual `host`/`hostaddr` fields when it has no connection string (they take no sslmode, so the default prefer applies), in `postgres://` URLs in container env (`DATABASE_URL`, with `PGSSLMODE` of the same container when the URL sets no sslmode), in libpq keyword strings there (`host=pg user=app dbname=orders sslmode=disable`, Go's pgx and lib/pq) and Npgsql strings (`Host=pg;Database=orders;SSL Mode=Disable`; no SSL Mode means Npgsql's default Prefer), in `jdbc:postgresql://` URLs (`SPRING_DATASOURCE_URL`; the JDBC driver's `ssl=true` alone means verify-full, and its `NonValidatingFactory` checks no certificate), and in an explicit `PGSSLMODE` next to a network `PGHOST`.",
     fix: "Use `sslmode=verify-full` with `sslrootcert` pointing at the server's CA.",
     example: {
       file: "statestore.yaml",
