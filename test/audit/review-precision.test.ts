@@ -181,3 +181,26 @@ describe("H4: PostgreSQL keyword strings in env, ConfigMaps and .env files", () 
     expect(ids(".env", "PROXY=host=proxy.internal\nNOTE=host=a name=b\nLOGIN=host=idp.internal user=svc\n")).toEqual([]);
   });
 });
+
+// M1. Addresses an app binds, never dials: ASP.NET Core's `ASPNETCORE_URLS=http://+:80` (what
+// Microsoft's .NET container images set before .NET 8, which moved to ASPNETCORE_HTTP_PORTS=8080:
+// learn.microsoft.com/dotnet/core/compatibility/containers/8.0/aspnet-port; `*` and `+` are Kestrel's
+// wildcard hosts, learn.microsoft.com/aspnet/core/fundamentals/servers/kestrel/endpoints),
+// Kestrel's `Kestrel__Endpoints__<name>__Url`, and wildcard hosts (`0.0.0.0`, `[::]`) anywhere.
+describe("M1: listen addresses are not plaintext endpoints", () => {
+  it("wildcard hosts and Kestrel listen settings give no MW-TLS-007", () => {
+    expect(ids("d.yaml", deployment({
+      ASPNETCORE_URLS: "http://+:8080",
+      LISTEN_ADDR: "http://0.0.0.0:8080",
+      Kestrel__Endpoints__Http__Url: "http://*:5000",
+      DOTNET_DASHBOARD_OTLP_ENDPOINT_URL: "http://[::]:18889",
+      DOTNET_URLS: "http://+:80;https://+:443",
+      APP_BIND: "http://127.0.0.1:9000",
+    }))).toEqual([]);
+  });
+
+  it("a real endpoint is still reported, also when only its variable name says LISTEN or BIND", () => {
+    expect(ids("d.yaml", deployment({ INVENTORY_URL: "http://inventory.prod.svc:8080", LDAP_BIND_URL: "ldap://ldap.corp.internal" })))
+      .toEqual([`MW-TLS-007@${envLine(0)}:high`, `MW-TLS-007@${envLine(1)}:high`]);
+  });
+});

@@ -121,12 +121,37 @@ function postgresSslMode(component: DaprComponent): PostgresConnection | undefin
 function envUrls(workload: EnvHolder): (ContainerEnvVar & { scheme: string; jdbc: boolean })[] {
   return workload.env
     .filter((entry) => entry.hasInlineValue && !isPlaceholder(entry.value) && !/^MICRO_/i.test(entry.name)
-      && !/(^|_)(https?|all|ftp|no)_proxy$/i.test(entry.name) && !IDENTIFIER_NAME.test(entry.name))
+      && !/(^|_)(https?|all|ftp|no)_proxy$/i.test(entry.name) && !IDENTIFIER_NAME.test(entry.name) && !isListenAddress(entry))
     .map((entry) => {
       const value = withoutJdbc(entry.value);
       return { ...entry, value, scheme: urlScheme(value), jdbc: value !== entry.value };
     })
     .filter((entry) => entry.scheme !== "");
+}
+
+/**
+ * A host an app binds to, never one anything connects to: `+`, `*` (Kestrel), `0.0.0.0`, `::`, `[::]`.
+ * An empty host is not one: `postgresql:///orders` takes its host from `?host=` or PGHOST.
+ */
+function isBindWildcard(host: string): boolean {
+  const text = host.trim();
+  const bare = text.startsWith("[") ? text.slice(1, text.indexOf("]") < 0 ? undefined : text.indexOf("]"))
+    : (text.match(/:/g) ?? []).length > 1 ? text : text.replace(/:\d*$/, "");
+  return ["+", "*", "0.0.0.0", "::"].includes(bare);
+}
+
+/**
+ * An env value that is an address the app listens on (M1 of review-auditprec), not an endpoint:
+ * ASP.NET Core's `ASPNETCORE_URLS`/`DOTNET_URLS`/`URLS` and Kestrel's `Kestrel__Endpoints__*__Url`
+ * whatever their host (a `;`-list of URLs), a variable named `*LISTEN*`/`*BIND*` with a wildcard or
+ * loopback host, and any URL whose every host is a bind wildcard (`http://0.0.0.0:8080`, `http://[::]:18889`).
+ */
+function isListenAddress(entry: ContainerEnvVar): boolean {
+  if (/^((ASPNETCORE|DOTNET)_)?URLS$/i.test(entry.name) || /^Kestrel__Endpoints__.+__Url$/i.test(entry.name)) return true;
+  const hosts = entry.value.split(";").map((part) => part.trim()).filter((part) => part !== "").map(hostOf);
+  if (hosts.length === 0 || hosts.includes("")) return false;
+  if (hosts.every(isBindWildcard)) return true;
+  return /(LISTEN|BIND)/i.test(entry.name) && hosts.every((host) => isBindWildcard(host) || isLoopbackHost(host));
 }
 
 /**
@@ -659,7 +684,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "Plaintext endpoint where a TLS form exists",
-    why: "`amqp://`, `pulsar://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form. Read in component metadata (also RabbitMQ's `protocol: amqp` with `hostname`) and in container env values that are URLs (`REDIS_URL=redis://…`), and StackExchange.Redis configuration strings (.NET, Azure Cache for Redis: `host:6379,password=…,ssl=False`), which are plaintext unless `ssl=true`.",
+    why: "`amqp://`, `pulsar://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form. Read in component metadata (also RabbitMQ's `protocol: amqp` with `hostname`) and in container env values that are URLs (`REDIS_URL=redis://…`), and StackExchange.Redis configuration strings (.NET, Azure Cache for Redis: `host:6379,password=…,ssl=False`), which are plaintext unless `ssl=true`. Addresses an app listens on are not endpoints and are not reported: a wildcard host (`http://+:8080`, `*`, `0.0.0.0`, `[::]`), ASP.NET Core's `ASPNETCORE_URLS`/`DOTNET_URLS` and Kestrel's `Kestrel__Endpoints__*__Url`, and a `*LISTEN*`/`*BIND*` variable on loopback.",
     fix: "Use the TLS scheme (`amqps://`, `pulsar+ssl://`, `mqtts://`/`ssl://`, `rediss://`, `https://`, `wss://`, `ldaps://`; NATS with `tls://` and a CA).",
     example: {
       file: "pubsub.yaml",
