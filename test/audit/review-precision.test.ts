@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { auditSources } from "../../src/audit/audit.ts";
+import { auditSources, loadSources } from "../../src/audit/audit.ts";
+import { collectPosture, compareEnvironments } from "../../src/audit/drift.ts";
 
 // Precision findings of review-auditprec (branch fix-prec): each block is one finding (H1…L4),
 // with the quiet cases beside the ones that must be reported. Fixtures are written the way the
@@ -202,5 +203,26 @@ describe("M1: listen addresses are not plaintext endpoints", () => {
   it("a real endpoint is still reported, also when only its variable name says LISTEN or BIND", () => {
     expect(ids("d.yaml", deployment({ INVENTORY_URL: "http://inventory.prod.svc:8080", LDAP_BIND_URL: "ldap://ldap.corp.internal" })))
       .toEqual([`MW-TLS-007@${envLine(0)}:high`, `MW-TLS-007@${envLine(1)}:high`]);
+  });
+});
+
+// M2. `[::1]` is IPv6 loopback: drift must read dapr.io/sidecar-listen-addresses as MW-K8S-001 does.
+describe("M2: drift reads the sidecar listen addresses as MW-K8S-001 does", () => {
+  const daprDeployment = (listen: string): string =>
+    `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: orders\nspec:\n  template:\n    metadata:\n      annotations:\n        dapr.io/enabled: "true"\n        dapr.io/app-id: orders\n        dapr.io/api-token-secret: dapr-api-token\n        dapr.io/sidecar-listen-addresses: "${listen}"\n    spec:\n      containers:\n        - name: orders\n          image: orders\n`;
+  const listenRows = (staging: string, production: string): string[] => compareEnvironments(Object.entries({ staging, production }).map(([name, text]) => {
+    const { corpus } = loadSources([{ file: "deploy.yaml", text: daprDeployment(text) }]);
+    return { name, posture: collectPosture(corpus) };
+  })).rows.filter((row) => row.aspect === "sidecar listen").map((row) => `${row.status} ${JSON.stringify(row.values)}`);
+
+  it("[::1],127.0.0.1 is loopback: not weaker than 127.0.0.1, and the scan agrees", () => {
+    expect(listenRows("[::1],127.0.0.1", "127.0.0.1")).toEqual(['differs ["[::1],127.0.0.1","127.0.0.1"]']);
+    expect(ids("deploy.yaml", daprDeployment("[::1],127.0.0.1"))).toEqual([]);
+  });
+
+  it("0.0.0.0 and [::] are still weaker, as MW-K8S-001 reports them", () => {
+    expect(listenRows("0.0.0.0", "127.0.0.1")).toEqual(['weaker ["0.0.0.0","127.0.0.1"]']);
+    expect(listenRows("[::],127.0.0.1", "127.0.0.1")).toEqual(['weaker ["[::],127.0.0.1","127.0.0.1"]']);
+    expect(ids("deploy.yaml", daprDeployment("[::],127.0.0.1"))).toEqual(["MW-K8S-001@12:high"]);
   });
 });
