@@ -226,3 +226,20 @@ describe("M2: drift reads the sidecar listen addresses as MW-K8S-001 does", () =
     expect(ids("deploy.yaml", daprDeployment("[::],127.0.0.1"))).toEqual(["MW-K8S-001@12:high"]);
   });
 });
+
+// M4. Committed env templates: the dotenv convention (github.com/motdotla/dotenv README: "commit a
+// .env.example", never the .env), Laravel's `.env.example` and Symfony's `.env.dist`: nothing loads them.
+describe("M4: env templates (.env.example, .env.sample, .env.template, .env.dist) are low, with a note", () => {
+  const text = "DATABASE_URL=postgres://app:Pr0d-pass-42@db.prod.internal:5432/app\nREDIS_URL=redis://redis.prod.internal:6379\nJWT_SECRET=k3y-9f8e7d6c5b4a\n";
+
+  it("every finding of a template is low and says why; the same file as .env keeps its severities", () => {
+    for (const name of [".env.example", ".env.sample", ".env.template", ".env.dist", ".env.defaults"]) {
+      const result = auditSources([{ file: `app/${name}`, text }]);
+      expect(result.findings.map((finding) => `${finding.ruleId}@${finding.line}:${finding.severity}`), name)
+        .toEqual(["MW-SECRET-005@1:low", "MW-TLS-002@1:low", "MW-TLS-007@2:low", "MW-SECRET-005@3:low"]);
+      for (const finding of result.findings) expect(finding.message, name).toMatch(/env template .*nothing loads it.*rotate it/);
+    }
+    expect(ids("app/.env", text)).toEqual(["MW-SECRET-005@1:high", "MW-TLS-002@1:high", "MW-TLS-007@2:high", "MW-SECRET-005@3:high"]);
+    expect(ids("app/.env.production", text)).toEqual(["MW-SECRET-005@1:high", "MW-TLS-002@1:high", "MW-TLS-007@2:high", "MW-SECRET-005@3:high"]);
+  });
+});

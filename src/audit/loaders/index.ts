@@ -40,6 +40,17 @@ export function formatOf(file: string): FileFormat {
   return "other";
 }
 
+/**
+ * An env template committed beside (or instead of) the real env file: `.env.example`, `.env.sample`,
+ * `.env.template`, `.env.tpl`, `.env.dist`, `.env.defaults` (the dotenv, Laravel and Symfony
+ * conventions), `example.env`, `sample.env`, `template.env`. Nothing loads it; its findings are
+ * lowered to low by the runner (see docs/audit-rules.md, "Env templates").
+ */
+export function isEnvTemplate(file: string): boolean {
+  const name = file.split(/[\\/]/).pop() ?? file;
+  return /^\.env\.(example|sample|template|tpl|dist|defaults?)$/i.test(name) || /^(example|sample|template)\.env$/i.test(name);
+}
+
 /** Loads one file's text into the resources the rules know about. Never throws. */
 export function loadFile(file: string, text: string, format: FileFormat = formatOf(file)): LoadedFile {
   const loaded: LoadedFile = { resources: [{ kind: "raw-file", file, text }], documents: 0, unknownKinds: new Map(), problems: [], references: [] };
