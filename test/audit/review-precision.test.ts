@@ -243,3 +243,29 @@ describe("M4: env templates (.env.example, .env.sample, .env.template, .env.dist
     expect(ids("app/.env.production", text)).toEqual(["MW-SECRET-005@1:high", "MW-TLS-002@1:high", "MW-TLS-007@2:high", "MW-SECRET-005@3:high"]);
   });
 });
+
+// M5. Kafka's client setting `security.protocol` (kafka.apache.org/documentation, "security.protocol:
+// Protocol used to communicate with brokers. Valid values are: PLAINTEXT, SSL, SASL_PLAINTEXT,
+// SASL_SSL"), as env: Spring Boot's relaxed binding `SPRING_KAFKA_PROPERTIES_SECURITY_PROTOCOL`,
+// `SPRING_KAFKA_SECURITY_PROTOCOL`, Kafka Connect's `CONNECT_SECURITY_PROTOCOL`, `KAFKA_SECURITY_PROTOCOL`.
+describe("M5: Kafka PLAINTEXT / SASL_PLAINTEXT in env", () => {
+  it("SASL_PLAINTEXT and PLAINTEXT are MW-TLS-006; SSL and SASL_SSL are quiet", () => {
+    expect(findings("d.yaml", deployment({
+      SPRING_KAFKA_BOOTSTRAP_SERVERS: "kafka-0.kafka.prod.svc:9092,kafka-1.kafka.prod.svc:9092",
+      SPRING_KAFKA_PROPERTIES_SECURITY_PROTOCOL: "SASL_PLAINTEXT",
+      SPRING_KAFKA_PROPERTIES_SASL_MECHANISM: "PLAIN",
+      KAFKA_SECURITY_PROTOCOL: "plaintext",
+    }))).toEqual([
+      `MW-TLS-006@${envLine(1)}:high SPRING_KAFKA_PROPERTIES_SECURITY_PROTOCOL: SASL_PLAINTEXT (SASL credentials and messages in plaintext)`,
+      `MW-TLS-006@${envLine(3)}:high KAFKA_SECURITY_PROTOCOL: plaintext (no TLS, no authentication)`,
+    ]);
+    expect(ids("d.yaml", deployment({ SPRING_KAFKA_SECURITY_PROTOCOL: "SASL_SSL", CONNECT_SECURITY_PROTOCOL: "SSL" }))).toEqual([]);
+    // A broker's listener map and inter-broker setting are the broker's, not a client connection.
+    expect(ids("d.yaml", deployment({ KAFKA_LISTENER_SECURITY_PROTOCOL_MAP: "PLAINTEXT:PLAINTEXT", KAFKA_SECURITY_INTER_BROKER_PROTOCOL: "PLAINTEXT" }))).toEqual([]);
+  });
+
+  it("low when every bootstrap server of the container is on loopback; also read in .env files", () => {
+    expect(ids("d.yaml", deployment({ KAFKA_BOOTSTRAP_SERVERS: "localhost:9092", KAFKA_SECURITY_PROTOCOL: "PLAINTEXT" }))).toEqual([`MW-TLS-006@${envLine(1)}:low`]);
+    expect(ids(".env", "KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT\n")).toEqual(["MW-TLS-006@1:high"]);
+  });
+});

@@ -2,7 +2,7 @@ import type { ComponentMetadataItem, ContainerEnvVar, DaprComponent, EnvHolder, 
 import { asText, get, isDict, isFalsy, isTruthy } from "../shape.ts";
 import { componentYaml, secretRefYaml } from "./example-builders.ts";
 import { componentFamily, connectionParam, defineRule, hostOf, isLoopbackComponent, isLoopbackHost, isPlaceholder, metadataItem, redactConnectionString, typePath, urlScheme } from "./helpers.ts";
-import { stackExchangeRedis } from "../values.ts";
+import { hostsIn, stackExchangeRedis } from "../values.ts";
 
 /** The inline connection string, unless it is wholly a substitution or a placeholder. */
 function connectionString(component: DaprComponent): ComponentMetadataItem | undefined {
@@ -542,6 +542,26 @@ function stackExchangeRedisPlaintext(holder: EnvHolder): Hit[] {
   });
 }
 
+/**
+ * Kafka clients set to plaintext through env (M5 of review-auditprec): `*SECURITY_PROTOCOL` =
+ * `PLAINTEXT` / `SASL_PLAINTEXT` (Kafka's `security.protocol`; Spring's relaxed binding, Kafka Connect
+ * and librdkafka-based images name it so). A broker's `*_LISTENER_SECURITY_PROTOCOL_MAP` and
+ * `*_INTER_BROKER_PROTOCOL` do not end so. Low when every bootstrap server of the same container is on loopback.
+ */
+function kafkaEnvPlaintext(holder: EnvHolder): Hit[] {
+  return holder.env.flatMap((entry): Hit[] => {
+    if (!entry.hasInlineValue || !/(^|_)SECURITY_PROTOCOL$/i.test(entry.name)) return [];
+    const value = entry.value.trim();
+    if (!/^(sasl_)?plaintext$/i.test(value)) return [];
+    const sasl = /^sasl_/i.test(value);
+    const found: Hit = { path: entry.path, evidence: `${entry.name}: ${value} (${sasl ? "SASL credentials and messages in plaintext" : "no TLS, no authentication"})` };
+    const servers = containerEnv(holder, entry)
+      .filter((other) => other.hasInlineValue && !isPlaceholder(other.value) && /(BOOTSTRAP_SERVERS|KAFKA_BROKERS?|BROKER_LIST)$/i.test(other.name))
+      .flatMap((other) => hostsIn(other.value));
+    return [servers.length > 0 && servers.every(isLoopbackHost) ? { ...found, severity: "low", detail: "Lowered to low: every bootstrap server is on loopback." } : found];
+  });
+}
+
 export const transportRules: Rule[] = [
   defineRule({
     id: "MW-TLS-001",
@@ -665,15 +685,17 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "Kafka TLS disabled",
-    why: "`disableTls: \"true\"` sends messages and SASL credentials to the brokers in plaintext.",
-    fix: "Remove `disableTls` (TLS is on by default) and point `brokers` at the TLS listener.",
+    why: "`disableTls: \"true\"` sends messages and SASL credentials to the brokers in plaintext. The same choice made in env for a Kafka client — a variable named `*SECURITY_PROTOCOL` (`SPRING_KAFKA_PROPERTIES_SECURITY_PROTOCOL`, `KAFKA_SECURITY_PROTOCOL`, Kafka Connect's `CONNECT_SECURITY_PROTOCOL`) set to `SASL_PLAINTEXT` (SASL credentials in clear) or `PLAINTEXT` (no TLS, no authentication) — is reported too, low when every bootstrap server of the container is on loopback.",
+    fix: "Remove `disableTls` (TLS is on by default) and point `brokers` at the TLS listener; in env, use `SASL_SSL` or `SSL`.",
     example: {
       file: "pubsub.yaml",
       bad: componentYaml("pubsub.kafka", { brokers: "kafka.default.svc:9092", authType: "mtls", disableTls: "true" }, "pubsub"),
       good: componentYaml("pubsub.kafka", { brokers: "kafka.default.svc:9093", authType: "mtls", disableTls: "false" }, "pubsub"),
     },
-    appliesTo: ["dapr-component"],
-    check(component) {
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
+    check(resource) {
+      if (resource.kind !== "dapr-component") return kafkaEnvPlaintext(resource);
+      const component = resource;
       if (componentFamily(component) !== "kafka") return [];
       const item = metadataItem(component, "disableTls");
       return item !== undefined && isTruthy(item.value) ? [hit(item, `disableTls: "${item.value}"`)] : [];
