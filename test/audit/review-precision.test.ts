@@ -269,3 +269,20 @@ describe("M5: Kafka PLAINTEXT / SASL_PLAINTEXT in env", () => {
     expect(ids(".env", "KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT\n")).toEqual(["MW-TLS-006@1:high"]);
   });
 });
+
+// L1. A plaintext span exporter is MW-TLS-012 low in a Dapr Configuration (tracing.zipkin.endpointAddress):
+// the same endpoint in container env (OpenTelemetry's OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_ZIPKIN_ENDPOINT,
+// opentelemetry.io/docs/specs/otel/protocol/exporter and …/configuration/sdk-environment-variables) is low too.
+describe("L1: telemetry exporters in env have MW-TLS-012's severity", () => {
+  it("OTEL_EXPORTER_*_ENDPOINT, *ZIPKIN*, *JAEGER* over http:// are MW-TLS-007 low, said so", () => {
+    const result = auditSources([{ file: "d.yaml", text: deployment({
+      OTEL_EXPORTER_OTLP_ENDPOINT: "http://otel-collector.observability.svc:4318",
+      OTEL_EXPORTER_ZIPKIN_ENDPOINT: "http://zipkin.observability.svc:9411/api/v2/spans",
+      JAEGER_ENDPOINT: "http://jaeger.observability.svc:14268/api/traces",
+      INVENTORY_URL: "http://inventory.prod.svc:8080",
+    }) }]);
+    expect(result.findings.map((finding) => `${finding.ruleId}@${finding.line}:${finding.severity}`))
+      .toEqual([`MW-TLS-007@${envLine(0)}:low`, `MW-TLS-007@${envLine(1)}:low`, `MW-TLS-007@${envLine(2)}:low`, `MW-TLS-007@${envLine(3)}:high`]);
+    expect(result.findings[0]?.message).toMatch(/telemetry exporter/);
+  });
+});

@@ -13,6 +13,9 @@ function connectionString(component: DaprComponent): ComponentMetadataItem | und
 /** Settings whose value is a URL used as a name, never connected to (`oidcAudience: http://…`). */
 const IDENTIFIER_NAME = /(audiences?|aud|scopes?|namespace|schema|identifier|resource.?id)$/i;
 
+/** Env variables that name a telemetry exporter's endpoint (OpenTelemetry SDK variables, Zipkin, Jaeger). */
+const TELEMETRY_EXPORTER_NAME = /^OTEL_EXPORTER_[A-Z0-9_]*ENDPOINT$|ZIPKIN|JAEGER|(^|_)TRAC(ING|ES?)_(ENDPOINT|URL|COLLECTOR)/i;
+
 /** `low` for a loopback URL, else the rule's own severity. */
 function urlSeverity(url: string): Severity | undefined {
   return isLoopbackHost(hostOf(url)) ? "low" : undefined;
@@ -706,7 +709,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "Plaintext endpoint where a TLS form exists",
-    why: "`amqp://`, `pulsar://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form. Read in component metadata (also RabbitMQ's `protocol: amqp` with `hostname`) and in container env values that are URLs (`REDIS_URL=redis://…`), and StackExchange.Redis configuration strings (.NET, Azure Cache for Redis: `host:6379,password=…,ssl=False`), which are plaintext unless `ssl=true`. Addresses an app listens on are not endpoints and are not reported: a wildcard host (`http://+:8080`, `*`, `0.0.0.0`, `[::]`), ASP.NET Core's `ASPNETCORE_URLS`/`DOTNET_URLS` and Kestrel's `Kestrel__Endpoints__*__Url`, and a `*LISTEN*`/`*BIND*` variable on loopback.",
+    why: "`amqp://`, `pulsar://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form. Read in component metadata (also RabbitMQ's `protocol: amqp` with `hostname`) and in container env values that are URLs (`REDIS_URL=redis://…`), and StackExchange.Redis configuration strings (.NET, Azure Cache for Redis: `host:6379,password=…,ssl=False`), which are plaintext unless `ssl=true`. Addresses an app listens on are not endpoints and are not reported: a wildcard host (`http://+:8080`, `*`, `0.0.0.0`, `[::]`), ASP.NET Core's `ASPNETCORE_URLS`/`DOTNET_URLS` and Kestrel's `Kestrel__Endpoints__*__Url`, and a `*LISTEN*`/`*BIND*` variable on loopback. A telemetry exporter in env (`OTEL_EXPORTER_*_ENDPOINT`, `*ZIPKIN*`, `*JAEGER*`) is low, as MW-TLS-012 rates Dapr's own tracing endpoints.",
     fix: "Use the TLS scheme (`amqps://`, `pulsar+ssl://`, `mqtts://`/`ssl://`, `rediss://`, `https://`, `wss://`, `ldaps://`; NATS with `tls://` and a CA).",
     example: {
       file: "pubsub.yaml",
@@ -720,7 +723,11 @@ export const transportRules: Rule[] = [
         for (const entry of envUrls(resource)) {
           const secure = PLAINTEXT_SCHEMES[entry.scheme];
           if (secure === undefined) continue;
-          hits.push(envHit(entry.value, { path: entry.path, evidence: `${entry.name}: ${entry.scheme}://${hostOf(entry.value)}`, detail: `Use ${secure}.` }));
+          const found = envHit(entry.value, { path: entry.path, evidence: `${entry.name}: ${entry.scheme}://${hostOf(entry.value)}`, detail: `Use ${secure}.` });
+          // A telemetry exporter has MW-TLS-012's severity (spans to a collector), as in a Dapr Configuration.
+          hits.push(TELEMETRY_EXPORTER_NAME.test(entry.name) && found.severity !== "low"
+            ? { ...found, severity: "low", detail: `${found.detail ?? ""} Lowered to low: a telemetry exporter (as MW-TLS-012 rates Dapr's tracing endpoints).`.trim() }
+            : found);
         }
         hits.push(...stackExchangeRedisPlaintext(resource));
         return hits;
