@@ -70,11 +70,15 @@ export function isLoopbackHost(host: string): boolean {
   return bare === "localhost" || bare.endsWith(".localhost") || /^127(\.\d{1,3}){3}$/.test(bare) || bare === "::1";
 }
 
-/** Hosts named in an address value: a URL, `host:port` lists, `host=` keywords, `tcp(host)`. */
+/**
+ * Hosts named in an address value: a URL, `host:port` lists, `host=` keywords, `tcp(host)`. libpq's
+ * `hostaddr` comes first: it is the address dialled, `host` then only names the server for
+ * verification (libpq-connect.html); a URL's `?host=`/`?hostaddr=` override its authority likewise.
+ */
 export function hostsIn(value: string): string[] {
   const text = value.trim();
   if (text === "") return [];
-  const keyword = connectionParam(text, "host");
+  const keyword = connectionParam(text, "hostaddr") ?? connectionParam(text, "host");
   if (keyword !== undefined) return keyword.split(",").filter((host) => host !== "");
   const tcp = /@(?:tcp|unix)\(([^)]*)\)/i.exec(text);
   if (tcp !== null) return [tcp[1] ?? ""];

@@ -286,3 +286,18 @@ describe("L1: telemetry exporters in env have MW-TLS-012's severity", () => {
     expect(result.findings[0]?.message).toMatch(/telemetry exporter/);
   });
 });
+
+// L2. libpq-connect.html: "hostaddr … If hostaddr is specified … the value for host is ignored
+// [for connecting]" (host then serves certificate verification and authentication), and a URI's
+// query parameters (`?host=`) override its authority's host. Loopback lowering must follow the address dialled.
+describe("L2: loopback means the address libpq dials", () => {
+  it("host=localhost with hostaddr elsewhere, and postgres://localhost/?host=elsewhere, stay high", () => {
+    const component = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pg\nspec:\n  type: state.postgresql\n  version: v1\n  metadata:\n  - name: connectionString\n    value: \"host=localhost hostaddr=10.20.30.40 user=dapr dbname=state sslmode=disable\"\n";
+    expect(ids("components/pg.yaml", component)).toEqual(["MW-TLS-002@10:high"]);
+    expect(ids("app/.env", "DATABASE_URL=postgres://localhost/app?host=pg.prod.svc&sslmode=disable\n")).toEqual(["MW-TLS-002@1:high"]);
+    expect(ids("app/.env", "DSN=host=localhost hostaddr=10.20.30.40 dbname=app sslmode=disable\n")).toEqual(["MW-TLS-002@1:high"]);
+    // Still low when what is dialled is loopback.
+    expect(ids("app/.env", "DATABASE_URL=postgres://db.prod.svc/app?hostaddr=127.0.0.1&sslmode=disable\n")).toEqual(["MW-TLS-002@1:low"]);
+    expect(ids("components/pg.yaml", component.replace("10.20.30.40", "127.0.0.1"))).toEqual(["MW-TLS-002@10:low"]);
+  });
+});

@@ -317,7 +317,10 @@ function envPostgresConnections(workload: EnvHolder): PostgresConnection[] {
       mode = "require";
     }
     const shown = `${entry.jdbc ? "jdbc:" : ""}${entry.scheme}://${hostOf(entry.value)}`;
-    return [{ path: entry.path, mode, label: `${entry.name}: `, where: ` (${shown})`, url: entry.value, ...(said === undefined ? {} : { said }) }];
+    // The address dialled decides loopback: libpq's `?hostaddr=`, then `?host=`, override the URL's host.
+    const dialled = entry.jdbc ? undefined : connectionParam(entry.value, "hostaddr") ?? connectionParam(entry.value, "host");
+    const url = dialled === undefined || dialled === "" ? entry.value : `postgres://${dialled.split(",")[0] ?? ""}`;
+    return [{ path: entry.path, mode, label: `${entry.name}: `, where: ` (${shown})`, url, ...(said === undefined ? {} : { said }) }];
   })];
 }
 
