@@ -301,3 +301,25 @@ describe("L2: loopback means the address libpq dials", () => {
     expect(ids("components/pg.yaml", component.replace("10.20.30.40", "127.0.0.1"))).toEqual(["MW-TLS-002@10:low"]);
   });
 });
+
+// L4. Drift compares the connection posture of container env (and compose services, env files,
+// ConfigMaps), as it does a component's: no MW-TLS finding ⇢ any.
+describe("L4: drift compares env connections (TLS (env) row)", () => {
+  const withUrl = (url: string): string => deployment({ DATABASE_URL: url });
+  const rows = (staging: string, production: string, file = "deploy.yaml"): string[] => compareEnvironments(Object.entries({ staging, production }).map(([name, text]) => {
+    const { corpus } = loadSources([{ file, text }]);
+    return { name, posture: collectPosture(corpus) };
+  })).rows.filter((row) => row.aspect === "TLS (env)").map((row) => `${row.status} ${row.subject} ${JSON.stringify(row.values)}`);
+
+  it("staging's sslmode=disable against production's verify-full is weaker", () => {
+    expect(rows(withUrl("postgres://orders@pg.shop.svc/orders?sslmode=disable"), withUrl("postgres://orders@pg.shop.svc/orders?sslmode=verify-full")))
+      .toEqual(['weaker Deployment orders ["off/weak (MW-TLS-002)","no finding"]']);
+    expect(rows(withUrl("postgres://orders@pg.shop.svc/orders?sslmode=verify-full"), withUrl("postgres://orders@pg.shop.svc/orders?sslmode=verify-full")))
+      .toEqual(['same Deployment orders ["no finding","no finding"]']);
+  });
+
+  it("env files and ConfigMaps too; holders without connection settings give no row", () => {
+    expect(rows("REDIS_URL=redis://cache.prod.svc:6379\n", "REDIS_URL=rediss://cache.prod.svc:6380\n", ".env")).toEqual(['weaker env-file .env ["off/weak (MW-TLS-007)","no finding"]']);
+    expect(rows(deployment({ LOG_LEVEL: "debug" }), deployment({ LOG_LEVEL: "info" }))).toEqual([]);
+  });
+});
