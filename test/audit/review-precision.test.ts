@@ -323,3 +323,23 @@ describe("L4: drift compares env connections (TLS (env) row)", () => {
     expect(rows(deployment({ LOG_LEVEL: "debug" }), deployment({ LOG_LEVEL: "info" }))).toEqual([]);
   });
 });
+
+// L3. A connection URL passed to the container as an argument (`args: ["--source", "postgres://…"]`,
+// `--source=postgres://…`) is dialled like one in env. Only whole elements that are (or whose
+// `--flag=` value is) a database or broker URL are read: `http://` arguments (external URLs,
+// identifiers) and shell strings (`sh -c "…"`) are not.
+describe("L3: database and broker URLs in container args/command", () => {
+  const job = (how: string): string => `apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: backup\nspec:\n  template:\n    spec:\n      containers:\n        - name: backup\n          image: backup:1.0\n${how}\n`;
+  const url = "postgres://backup:BackupPass9@pg.prod.svc/app?sslmode=disable";
+
+  it("a URL element and a --flag=URL element are read like env values, at their line", () => {
+    expect(findings("job.yaml", job(`          args: ["--source", "${url}"]`)))
+      .toEqual(["MW-SECRET-005@11:high args[1]: postgres://backup:****@pg.prod.svc/app?sslmode=disable", "MW-TLS-002@11:high args[1]: sslmode=disable (postgres://pg.prod.svc)"]);
+    expect(ids("job.yaml", job(`          command:\n            - /bin/backup\n            - --broker=amqp://rabbit.prod.svc:5672`))).toEqual(["MW-TLS-007@13:high"]);
+  });
+
+  it("http:// arguments and shell strings are not read", () => {
+    expect(ids("job.yaml", job(`          args: ["--web.external-url=http://prometheus.example.org", "--upstream", "http://backend:8080"]`))).toEqual([]);
+    expect(ids("job.yaml", job(`          command: ["sh", "-c", "pg_dump ${url} > /backup/app.sql"]`))).toEqual([]);
+  });
+});
