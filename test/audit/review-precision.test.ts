@@ -294,7 +294,8 @@ describe("L2: loopback means the address libpq dials", () => {
   it("host=localhost with hostaddr elsewhere, and postgres://localhost/?host=elsewhere, stay high", () => {
     const component = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pg\nspec:\n  type: state.postgresql\n  version: v1\n  metadata:\n  - name: connectionString\n    value: \"host=localhost hostaddr=10.20.30.40 user=dapr dbname=state sslmode=disable\"\n";
     expect(ids("components/pg.yaml", component)).toEqual(["MW-TLS-002@10:high"]);
-    expect(ids("app/.env", "DATABASE_URL=postgres://localhost/app?host=pg.prod.svc&sslmode=disable\n")).toEqual(["MW-TLS-002@1:high"]);
+    expect(findings("app/.env", "DATABASE_URL=postgres://localhost/app?host=pg.prod.svc&sslmode=disable\n"))
+      .toEqual(["MW-TLS-002@1:high DATABASE_URL: sslmode=disable (postgres://localhost, host=pg.prod.svc)"]);
     expect(ids("app/.env", "DSN=host=localhost hostaddr=10.20.30.40 dbname=app sslmode=disable\n")).toEqual(["MW-TLS-002@1:high"]);
     // Still low when what is dialled is loopback.
     expect(ids("app/.env", "DATABASE_URL=postgres://db.prod.svc/app?hostaddr=127.0.0.1&sslmode=disable\n")).toEqual(["MW-TLS-002@1:low"]);

@@ -316,10 +316,11 @@ function envPostgresConnections(workload: EnvHolder): PostgresConnection[] {
       said = `${explicit === undefined ? "ssl=true" : `sslmode=${mode}`} with sslfactory=NonValidatingFactory (no certificate check)`;
       mode = "require";
     }
-    const shown = `${entry.jdbc ? "jdbc:" : ""}${entry.scheme}://${hostOf(entry.value)}`;
     // The address dialled decides loopback: libpq's `?hostaddr=`, then `?host=`, override the URL's host.
-    const dialled = entry.jdbc ? undefined : connectionParam(entry.value, "hostaddr") ?? connectionParam(entry.value, "host");
-    const url = dialled === undefined || dialled === "" ? entry.value : `postgres://${dialled.split(",")[0] ?? ""}`;
+    const dialledKey = entry.jdbc ? undefined : ["hostaddr", "host"].find((key) => (connectionParam(entry.value, key) ?? "") !== "");
+    const dialled = dialledKey === undefined ? undefined : connectionParam(entry.value, dialledKey);
+    const shown = `${entry.jdbc ? "jdbc:" : ""}${entry.scheme}://${hostOf(entry.value)}${dialled === undefined ? "" : `, ${dialledKey}=${dialled}`}`;
+    const url = dialled === undefined ? entry.value : `postgres://${dialled.split(",")[0] ?? ""}`;
     return [{ path: entry.path, mode, label: `${entry.name}: `, where: ` (${shown})`, url, ...(said === undefined ? {} : { said }) }];
   })];
 }
