@@ -1,4 +1,4 @@
-import { loadFile } from "./loaders/index.ts";
+import { isEnvTemplate, loadFile } from "./loaders/index.ts";
 import type { WorkloadReference } from "./loaders/index.ts";
 import { isLoopbackComponent } from "./rules/helpers.ts";
 import { ALL_RULES } from "./rules/index.ts";
@@ -165,6 +165,8 @@ const RENDERED_KIND: Readonly<Record<string, string>> = {
   "config-values": "ConfigMap/Secret",
 };
 
+const ENV_TEMPLATE_NOTE = "Lowered to low: an env template (`.env.example` and the like): nothing loads it, but the values are published with the repository; if one is a real credential, rotate it.";
+
 /** Where documents of an unknown kind are: the first three files. */
 function noteFile(result: AuditResult, kind: string, file: string): void {
   const files = result.unknownKindFiles[kind] ?? [];
@@ -207,6 +209,11 @@ export function runRules(corpus: Corpus, rules: readonly Rule[] = selectRules())
             severity = "low";
             detail = [detail, "Lowered to low: every address the component names is on loopback."].filter((part) => part !== undefined).join(" ");
           }
+        }
+        // An env template (`.env.example`): nothing loads it, so its findings are low, said so.
+        if (resource.kind !== "raw-file" && isEnvTemplate(resource.source.file)) {
+          if (severity !== "low") detail = [detail, ENV_TEMPLATE_NOTE].filter((part) => part !== undefined).join(" ");
+          severity = "low";
         }
         const origin = resource.kind === "raw-file" ? undefined : resource.source.origin;
         if (origin !== undefined) detail = [detail, origin].filter((part) => part !== undefined).join(" ");

@@ -5,7 +5,7 @@ import { validatorNames } from "./rules/mtls.ts";
 import { transportRules } from "./rules/transport.ts";
 import { productionScore } from "./rules/secrets.ts";
 import { MeshwardError } from "../errors.ts";
-import { isDaprEnabled, meshwardInjected, meshwardMode } from "./rules/kubernetes.ts";
+import { isDaprEnabled, meshwardInjected, meshwardMode, sidecarListensOnAllInterfaces } from "./rules/kubernetes.ts";
 import { asArray, asText, durationSeconds, get, isDict, isFalsy, isTruthy, lookup } from "./shape.ts";
 import type { Corpus, Resource } from "./types.ts";
 import { DEFAULT_MAX_FILE_BYTES } from "./walk.ts";
@@ -88,6 +88,26 @@ export function collectPosture(corpus: Corpus, root?: string): Posture {
   return posture;
 }
 
+/** A value that names a connection: a URL, or a keyword string with a host or TLS setting. */
+const CONNECTION_VALUE = /:\/\/|(^|[\s;,])(host|hostaddr|server|data source|sslmode|ssl ?mode|ssl|encrypt)\s*=/i;
+/** Variables that set TLS for a whole process or client (MW-TLS-006, MW-TLS-009). */
+const TLS_SWITCH_NAME = /(^|_)SECURITY_PROTOCOL$|^NODE_TLS_REJECT_UNAUTHORIZED$|^PYTHONHTTPSVERIFY$|^GIT_SSL_NO_VERIFY$|SKIP_(TLS_|SSL_)?VERIF/i;
+
+/**
+ * The `TLS (env)` row of a workload, compose service, env file, ConfigMap or Secret: the transport
+ * rules that read env run on it, as they run on a component for its `TLS` row (no finding ⇢ any,
+ * listed; a finding lowered to low on loopback does not count). Only holders with a connection
+ * setting get a row. An Azure Container App's ingress has its own row (MW-TLS-015 is left out).
+ */
+function envTlsPosture(resource: Extract<Resource, { kind: "workload" | "compose-service" | "config-values" }>, corpus: Corpus, subject: Subject, put: (aspect: string, subject: Subject, value: PostureValue) => void): void {
+  const connections = resource.env.some((entry) => entry.hasInlineValue && (CONNECTION_VALUE.test(entry.value) || TLS_SWITCH_NAME.test(entry.name)));
+  if (!connections) return;
+  const weak = transportRules
+    .filter((rule) => rule.appliesTo.includes(resource.kind) && rule.id !== "MW-TLS-015")
+    .flatMap((rule) => rule.check(resource as never, corpus).filter((hit) => hit.severity !== "low").map(() => rule.id));
+  put("TLS (env)", subject, weak.length === 0 ? { value: "no finding", rank: 1 } : { value: `off/weak (${[...new Set(weak)].join(", ")})`, rank: 0 });
+}
+
 type Subject = { label: string; name: string; suffix: string };
 const subjectOf = (label: string, name: string, suffix = ""): Subject => ({ label, name, suffix });
 
@@ -109,8 +129,15 @@ function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, su
       put("TLS", subjectOf("component", resource.name, ` (${resource.type})`), { value, rank: weak.length === 0 ? 1 : 0 });
       return;
     }
+    case "compose-service":
+      envTlsPosture(resource, corpus, subjectOf("compose service", resource.name), put);
+      return;
+    case "config-values":
+      envTlsPosture(resource, corpus, subjectOf(resource.holder, resource.name), put);
+      return;
     case "workload": {
       const subject = subjectOf(resource.workloadKind, resource.name);
+      envTlsPosture(resource, corpus, subject, put);
       if (resource.ingress !== undefined) {
         const plaintext = resource.ingress.allowInsecure;
         put("ingress HTTP", subject, { value: plaintext ? "served (allowInsecure)" : "redirected to HTTPS", rank: plaintext ? 0 : 1 });
@@ -123,7 +150,7 @@ function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, su
       const token = (resource.annotations["dapr.io/api-token-secret"] ?? "") !== "";
       put("Dapr API token", subject, { value: token ? "set" : "none", rank: token ? 1 : 0 });
       const listen = resource.annotations["dapr.io/sidecar-listen-addresses"] ?? "127.0.0.1";
-      const open = /0\.0\.0\.0|::|\*/.test(listen);
+      const open = sidecarListensOnAllInterfaces(listen);
       put("sidecar listen", subject, { value: listen, rank: open ? 0 : 1 });
       put("Dapr config", subject, { value: resource.annotations["dapr.io/config"] || "default", rank: 0 });
       return;

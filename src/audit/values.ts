@@ -70,11 +70,15 @@ export function isLoopbackHost(host: string): boolean {
   return bare === "localhost" || bare.endsWith(".localhost") || /^127(\.\d{1,3}){3}$/.test(bare) || bare === "::1";
 }
 
-/** Hosts named in an address value: a URL, `host:port` lists, `host=` keywords, `tcp(host)`. */
+/**
+ * Hosts named in an address value: a URL, `host:port` lists, `host=` keywords, `tcp(host)`. libpq's
+ * `hostaddr` comes first: it is the address dialled, `host` then only names the server for
+ * verification (libpq-connect.html); a URL's `?host=`/`?hostaddr=` override its authority likewise.
+ */
 export function hostsIn(value: string): string[] {
   const text = value.trim();
   if (text === "") return [];
-  const keyword = connectionParam(text, "host");
+  const keyword = connectionParam(text, "hostaddr") ?? connectionParam(text, "host");
   if (keyword !== undefined) return keyword.split(",").filter((host) => host !== "");
   const tcp = /@(?:tcp|unix)\(([^)]*)\)/i.exec(text);
   if (tcp !== null) return [tcp[1] ?? ""];
@@ -134,4 +138,57 @@ export function connectionParam(value: string, name: string): string | undefined
 /** The scheme of a URL value, lower-cased (`pulsar+ssl`, `mongodb+srv`), or "" when it is not a URL. */
 export function urlScheme(value: string): string {
   return /^([a-z][a-z0-9+.-]*):\/\//i.exec(value.trim())?.[1]?.toLowerCase() ?? "";
+}
+
+/**
+ * StackExchange.Redis configuration-string options (docs/Configuration.md, "Configuration
+ * Options"), lower-cased: the parser matches them in any case.
+ */
+const SE_REDIS_OPTIONS = new Set([
+  "abortconnect", "allowadmin", "channelprefix", "checkcertificaterevocation", "connectretry", "connecttimeout", "configchannel",
+  "configcheckseconds", "topologyrefreshseconds", "defaultdatabase", "keepalive", "tcpkeepalive", "name", "password", "sentinelpassword", "user",
+  "sentineluser", "proxy", "resolvedns", "servicename", "ssl", "sslhost", "sslprotocols", "synctimeout", "asynctimeout", "tiebreaker",
+  "version", "tunnel", "setlib", "protocol", "highintegrity", "defaults", "responsetimeout", "writebuffer",
+]);
+/** Options only a StackExchange.Redis string has (`name`, `version`, `proxy` alone say nothing). */
+const SE_REDIS_DISTINCT = new Set(["abortconnect", "allowadmin", "checkcertificaterevocation", "connectretry", "connecttimeout", "defaultdatabase",
+  "keepalive", "password", "sentinelpassword", "resolvedns", "servicename", "ssl", "sslhost", "sslprotocols", "synctimeout", "asynctimeout", "user"]);
+/** A server endpoint: `host`, `host:port`, `[v6]:port`. */
+const SE_REDIS_ENDPOINT = /^([A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?$/;
+
+export interface StackExchangeRedisString {
+  endpoints: string[];
+  /** Options by lower-cased key: the key as written and its value. */
+  options: Map<string, { key: string; value: string }>;
+}
+
+/**
+ * A StackExchange.Redis configuration string (.NET's Redis client, the form the Azure portal gives
+ * for Azure Cache for Redis: `name.redis.cache.windows.net:6380,password=KEY,ssl=True,abortConnect=False`),
+ * or undefined. StackExchange.Redis docs/Configuration.md: "Tokens in the configuration string are
+ * comma-separated; any without an `=` sign are assumed to be redis server endpoints". Read only
+ * when every token is an endpoint or a known option (or a `$COMMAND=` map), with at least one
+ * endpoint and one option only this client has, so a broker list or a tag list is not one.
+ */
+export function stackExchangeRedis(value: string): StackExchangeRedisString | undefined {
+  const text = value.trim();
+  if (!text.includes(",") || !text.includes("=") || text.includes("://") || text.includes(";")) return undefined;
+  const endpoints: string[] = [];
+  const options = new Map<string, { key: string; value: string }>();
+  for (const raw of text.split(",")) {
+    const token = raw.trim();
+    if (token === "") continue;
+    const equals = token.indexOf("=");
+    if (equals < 0) {
+      if (!SE_REDIS_ENDPOINT.test(token)) return undefined;
+      endpoints.push(token);
+      continue;
+    }
+    const key = token.slice(0, equals).trim();
+    if (key.startsWith("$")) continue;
+    if (!SE_REDIS_OPTIONS.has(key.toLowerCase())) return undefined;
+    options.set(key.toLowerCase(), { key, value: token.slice(equals + 1).trim() });
+  }
+  if (endpoints.length === 0 || ![...options.keys()].some((key) => SE_REDIS_DISTINCT.has(key))) return undefined;
+  return { endpoints, options };
 }

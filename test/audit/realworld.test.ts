@@ -64,7 +64,8 @@ const EXPECTED: Record<string, string[]> = {
   "dapr/quickstarts/tutorials/distributed-calculator/deploy/go-adder.yaml": ["MW-K8S-002@17:medium", "MW-K8S-004@20:medium"],
   // micro settings in docker-compose environment (two services) and in a container env.
   // …and, since compose environment is read like container env, the OTLP exporter's plaintext endpoint.
-  "micro/go-micro/examples/deployment/docker-compose.yml": ["MW-MICRO-001@34:high", "MW-MICRO-001@49:high", "MW-TLS-007@52:high"],
+  // OTEL_EXPORTER_OTLP_ENDPOINT: http://jaeger:4318 is a telemetry exporter: low, as MW-TLS-012 (review-auditprec L1).
+  "micro/go-micro/examples/deployment/docker-compose.yml": ["MW-MICRO-001@34:high", "MW-MICRO-001@49:high", "MW-TLS-007@52:low"],
   "micro/go-micro/examples/kubernetes/config/micro/api.yaml": ["MW-MICRO-001@20:high"],
   // dapr/samples: dapr.io/config "tracing" resolves to dapr-tracing.yaml in the same folder.
   "dapr/samples/batch-file-processing/deploy/batch-processor.yaml": ["MW-K8S-002@17:medium"],

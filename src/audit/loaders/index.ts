@@ -4,7 +4,7 @@ import type { Dict } from "../shape.ts";
 import type { ComposeService, ConfigValues, NodePath, ParseProblem, Resource, SourceDocument } from "../types.ts";
 import { parseYamlFile } from "../yaml-source.ts";
 import { isDaprKind, loadDaprComponent, loadDaprConfiguration, loadDaprHttpEndpoint } from "./dapr.ts";
-import { isContainerApp, loadContainerApp, loadContainerAppSecrets } from "./container-apps.ts";
+import { isContainerApp, isContainerAppDaprComponent, loadContainerApp, loadContainerAppDaprComponent, loadContainerAppSecrets } from "./container-apps.ts";
 import { isConfigMapKind, isSecretKind, isWorkloadKind, loadConfigValues, loadSecret, loadWorkload, rolloutWorkloadRef } from "./kubernetes.ts";
 import { inlinePatches, isKustomization } from "./kustomize.ts";
 import { classifyMeshward, loadMeshwardCa, loadMeshwardSidecar } from "./meshward.ts";
@@ -38,6 +38,17 @@ export function formatOf(file: string): FileFormat {
   if (/\.(ya?ml|json|jsonc)$/i.test(name)) return "yaml";
   if (/^\.env(\..+)?$/i.test(name) || /\.env$/i.test(name)) return "env";
   return "other";
+}
+
+/**
+ * An env template committed beside (or instead of) the real env file: `.env.example`, `.env.sample`,
+ * `.env.template`, `.env.tpl`, `.env.dist`, `.env.defaults` (the dotenv, Laravel and Symfony
+ * conventions), `example.env`, `sample.env`, `template.env`. Nothing loads it; its findings are
+ * lowered to low by the runner (see docs/audit-rules.md, "Env templates").
+ */
+export function isEnvTemplate(file: string): boolean {
+  const name = file.split(/[\\/]/).pop() ?? file;
+  return /^\.env\.(example|sample|template|tpl|dist|defaults?)$/i.test(name) || /^(example|sample|template)\.env$/i.test(name);
 }
 
 /** Loads one file's text into the resources the rules know about. Never throws. */
@@ -126,6 +137,9 @@ function classify(file: string, source: SourceDocument, data: unknown, base: Nod
   } else if (base.length === 0 && isContainerApp(data)) {
     const secrets = loadContainerAppSecrets(source, data);
     loaded.resources.push(loadContainerApp(source, data), ...(secrets === undefined ? [] : [secrets]));
+  } else if (base.length === 0 && isContainerAppDaprComponent(data)) {
+    const { component, secrets } = loadContainerAppDaprComponent(source, data);
+    loaded.resources.push(component, ...(secrets === undefined ? [] : [secrets]));
   } else if (base.length === 0 && isComposeFile(data)) {
     const before = loaded.resources.length;
     for (const [name, service] of Object.entries(data["services"] as Dict)) {

@@ -118,9 +118,31 @@ export function containerEnv(podSpec: Dict, podSpecPath: NodePath): ContainerEnv
           path: [...podSpecPath, listName, ci, "env", ei, hasInlineValue ? "value" : "name"],
         });
       });
+      for (const field of ["command", "args"]) {
+        asArray(get(container, field)).forEach((element, ai) => {
+          const url = argumentUrl(element);
+          // `value` past the element keeps the env path's shape (the container is `path.slice(0, -3)`); it locates the element.
+          if (url !== undefined) env.push({ name: `${field}[${ai}]`, value: url, hasInlineValue: true, path: [...podSpecPath, listName, ci, field, ai, "value"] });
+        });
+      }
     });
   }
   return env;
+}
+
+/** Schemes of databases and brokers: a container argument with one is an address the container dials. */
+const DIALLED_SCHEMES = /^(jdbc:)?(postgres|postgresql|mysql|mariadb|mongodb|mongodb\+srv|redis|rediss|amqp|amqps|sqlserver|nats|mqtt|mqtts|kafka)(\+[a-z0-9]+)?:\/\//i;
+
+/**
+ * A container `args`/`command` element that is a database or broker URL, or a `--flag=URL` whose
+ * value is one (review-auditprec L3): read like an env value. `http://` arguments (external URLs,
+ * identifiers such as `--web.external-url`) and shell strings (`sh -c "…"`) are not read.
+ */
+function argumentUrl(element: unknown): string | undefined {
+  if (typeof element !== "string") return undefined;
+  const text = element.trim();
+  const value = /^--?[A-Za-z0-9][\w.-]*=/.test(text) ? text.slice(text.indexOf("=") + 1) : text;
+  return DIALLED_SCHEMES.test(value) && !/\s/.test(value) ? value : undefined;
 }
 
 export function loadSecret(source: SourceDocument, doc: Dict, base: NodePath = []): KubernetesSecret {

@@ -1,5 +1,5 @@
 import type { ComponentMetadataItem, DaprComponent, ResourceKind, Rule } from "../types.ts";
-import { hostsIn, isLoopbackHost, isPlaceholder } from "../values.ts";
+import { hostsIn, isLoopbackHost, isPlaceholder, stackExchangeRedis } from "../values.ts";
 
 export { connectionParam, hasSubstitution, hostOf, hostsIn, isLoopbackHost, isNotSecretValue, isPlaceholder, urlScheme } from "../values.ts";
 
@@ -61,7 +61,9 @@ export function redactSecret(value: string): string {
  * password the parsers cannot read is hidden as well); user info without a `:` (a token as the
  * user name) is hidden whole. A keyword value ends where its connection-string syntax ends it:
  * a quoted value at its closing quote (`\'` and `''` escapes included), an unquoted one at `;` in a
- * `;`-separated string (ADO.NET, where spaces belong to the value) and else at a space or `&`.
+ * `;`-separated string (ADO.NET, where spaces belong to the value), at `,` in a StackExchange.Redis
+ * string (which is split at commas before anything else, so a password never holds one) and else at
+ * a space or `&`.
  */
 export function redactConnectionString(value: string): string {
   let text = value;
@@ -74,7 +76,7 @@ export function redactConnectionString(value: string): string {
   }
   text = text.replace(/^([^:/@\s()]+):.*@(?=(tcp|unix)\()/s, "$1:****@");
   const semicolons = text.includes(";");
-  const unquoted = semicolons ? "[^;]*" : "[^\\s;&]*";
+  const unquoted = semicolons ? "[^;]*" : stackExchangeRedis(text) !== undefined ? "[^,]*" : "[^\\s;&]*";
   const keyword = new RegExp(`((?:password|pwd|sharedaccesskey|accountkey|sharedaccesssignature)\\s*=\\s*)('(?:[^'\\\\]|\\\\.|'')*'|"(?:[^"\\\\]|\\\\.|"")*"|${unquoted})`, "gi");
   return text.replace(keyword, "$1****");
 }

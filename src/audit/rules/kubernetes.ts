@@ -102,6 +102,15 @@ const without = (key: string): Record<string, string> => {
 
 const APP_CONFIG = "---\napiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: appconfig\n  namespace: default\nspec:\n  mtls:\n    enabled: ENABLED\n";
 
+/**
+ * True when `dapr.io/sidecar-listen-addresses` names an all-interfaces address: one of its
+ * comma-separated parts is exactly `0.0.0.0`, `::`, `[::]` or `*` (`[::1]` is IPv6 loopback). Shared
+ * by MW-K8S-001 and drift's `sidecar listen` row, so the scan and drift agree.
+ */
+export function sidecarListensOnAllInterfaces(value: string): boolean {
+  return value.split(",").map((part) => part.trim()).some((part) => ["0.0.0.0", "::", "[::]", "*"].includes(part));
+}
+
 export const kubernetesRules: Rule[] = [
   defineRule({
     id: "MW-K8S-001",
@@ -115,8 +124,7 @@ export const kubernetesRules: Rule[] = [
     check(workload) {
       const value = workload.annotations["dapr.io/sidecar-listen-addresses"];
       if (!isDaprEnabled(workload) || value === undefined) return [];
-      const open = value.split(",").map((part) => part.trim()).filter((part) => ["0.0.0.0", "::", "[::]", "*", ""].includes(part) && part !== "");
-      return open.length === 0 ? [] : [annotationHit(workload, "dapr.io/sidecar-listen-addresses", `dapr.io/sidecar-listen-addresses: ${value}`)];
+      return !sidecarListensOnAllInterfaces(value) ? [] : [annotationHit(workload, "dapr.io/sidecar-listen-addresses", `dapr.io/sidecar-listen-addresses: ${value}`)];
     },
   }),
   defineRule({

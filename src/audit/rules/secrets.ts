@@ -2,7 +2,7 @@ import { asText, lookup } from "../shape.ts";
 import type { Hit, Position, Rule } from "../types.ts";
 import { componentYaml, deploymentYaml, secretRefYaml } from "./example-builders.ts";
 import { defineRule, hasSubstitution, isNotSecretValue, isPlaceholder, isSensitiveName, redactConnectionString, redactSecret } from "./helpers.ts";
-import { urlPassword } from "../values.ts";
+import { stackExchangeRedis, urlPassword } from "../values.ts";
 
 const PRODUCTION_WORD = /^(prod|production|prd|live)$/i;
 /** Words that make the production word after them mean the opposite (`non-prod`, `pre-prod`, `not-prod`). */
@@ -26,13 +26,18 @@ export function looksLikeProduction(file: string, namespace: string | undefined)
 }
 
 /**
- * `scheme://user:pass@` (also `redis://:pass@`, no user), `user:pass@tcp(` (Go MySQL DSN), a `password=` keyword or an Azure
+ * `scheme://user:pass@` (also `redis://:pass@`, no user), `user:pass@tcp(` (Go MySQL DSN), a `password=` keyword
+ * (also a StackExchange.Redis string's `,password=`) or an Azure
  * `SharedAccessKey=` / `AccountKey=` / `SharedAccessSignature=`, where the
  * password is a literal (not `${{PASS}}`, `<password>`, `{{ .Values.x }}`, `****`).
  */
 export function hasEmbeddedCredentials(value: string): boolean {
   const text = value.trim();
+  const redis = stackExchangeRedis(text);
   const passwords = [
+    // StackExchange.Redis: `host:6380,password=KEY,ssl=True` (an option ends at the next comma).
+    redis?.options.get("password")?.value,
+    redis?.options.get("sentinelpassword")?.value,
     urlPassword(text),
     /^[^\s:/@()]+:(\S+)@(tcp|unix)\(/i.exec(text)?.[1],
     /(?:^|[\s;?&])(?:password|pwd)\s*=\s*('[^']*'|"[^"]*"|[^\s;&]+)/i.exec(text)?.[1]?.replace(/^['"]|['"]$/g, ""),

@@ -2,6 +2,7 @@ import type { ComponentMetadataItem, ContainerEnvVar, DaprComponent, EnvHolder, 
 import { asText, get, isDict, isFalsy, isTruthy } from "../shape.ts";
 import { componentYaml, secretRefYaml } from "./example-builders.ts";
 import { componentFamily, connectionParam, defineRule, hostOf, isLoopbackComponent, isLoopbackHost, isPlaceholder, metadataItem, redactConnectionString, typePath, urlScheme } from "./helpers.ts";
+import { hostsIn, stackExchangeRedis } from "../values.ts";
 
 /** The inline connection string, unless it is wholly a substitution or a placeholder. */
 function connectionString(component: DaprComponent): ComponentMetadataItem | undefined {
@@ -11,6 +12,9 @@ function connectionString(component: DaprComponent): ComponentMetadataItem | und
 
 /** Settings whose value is a URL used as a name, never connected to (`oidcAudience: http://…`). */
 const IDENTIFIER_NAME = /(audiences?|aud|scopes?|namespace|schema|identifier|resource.?id)$/i;
+
+/** Env variables that name a telemetry exporter's endpoint (OpenTelemetry SDK variables, Zipkin, Jaeger). */
+const TELEMETRY_EXPORTER_NAME = /^OTEL_EXPORTER_[A-Z0-9_]*ENDPOINT$|ZIPKIN|JAEGER|(^|_)TRAC(ING|ES?)_(ENDPOINT|URL|COLLECTOR)/i;
 
 /** `low` for a loopback URL, else the rule's own severity. */
 function urlSeverity(url: string): Severity | undefined {
@@ -120,12 +124,37 @@ function postgresSslMode(component: DaprComponent): PostgresConnection | undefin
 function envUrls(workload: EnvHolder): (ContainerEnvVar & { scheme: string; jdbc: boolean })[] {
   return workload.env
     .filter((entry) => entry.hasInlineValue && !isPlaceholder(entry.value) && !/^MICRO_/i.test(entry.name)
-      && !/(^|_)(https?|all|ftp|no)_proxy$/i.test(entry.name) && !IDENTIFIER_NAME.test(entry.name))
+      && !/(^|_)(https?|all|ftp|no)_proxy$/i.test(entry.name) && !IDENTIFIER_NAME.test(entry.name) && !isListenAddress(entry))
     .map((entry) => {
       const value = withoutJdbc(entry.value);
       return { ...entry, value, scheme: urlScheme(value), jdbc: value !== entry.value };
     })
     .filter((entry) => entry.scheme !== "");
+}
+
+/**
+ * A host an app binds to, never one anything connects to: `+`, `*` (Kestrel), `0.0.0.0`, `::`, `[::]`.
+ * An empty host is not one: `postgresql:///orders` takes its host from `?host=` or PGHOST.
+ */
+function isBindWildcard(host: string): boolean {
+  const text = host.trim();
+  const bare = text.startsWith("[") ? text.slice(1, text.indexOf("]") < 0 ? undefined : text.indexOf("]"))
+    : (text.match(/:/g) ?? []).length > 1 ? text : text.replace(/:\d*$/, "");
+  return ["+", "*", "0.0.0.0", "::"].includes(bare);
+}
+
+/**
+ * An env value that is an address the app listens on (M1 of review-auditprec), not an endpoint:
+ * ASP.NET Core's `ASPNETCORE_URLS`/`DOTNET_URLS`/`URLS` and Kestrel's `Kestrel__Endpoints__*__Url`
+ * whatever their host (a `;`-list of URLs), a variable named `*LISTEN*`/`*BIND*` with a wildcard or
+ * loopback host, and any URL whose every host is a bind wildcard (`http://0.0.0.0:8080`, `http://[::]:18889`).
+ */
+function isListenAddress(entry: ContainerEnvVar): boolean {
+  if (/^((ASPNETCORE|DOTNET)_)?URLS$/i.test(entry.name) || /^Kestrel__Endpoints__.+__Url$/i.test(entry.name)) return true;
+  const hosts = entry.value.split(";").map((part) => part.trim()).filter((part) => part !== "").map(hostOf);
+  if (hosts.length === 0 || hosts.includes("")) return false;
+  if (hosts.every(isBindWildcard)) return true;
+  return /(LISTEN|BIND)/i.test(entry.name) && hosts.every((host) => isBindWildcard(host) || isLoopbackHost(host));
 }
 
 /**
@@ -188,6 +217,75 @@ function containerEnv(workload: EnvHolder, entry: ContainerEnvVar): ContainerEnv
   return workload.env.filter((other) => JSON.stringify(other.path.slice(0, -3)) === container);
 }
 
+/** libpq's connection keywords (postgresql.org/docs/current/libpq-connect.html, "Parameter Key Words"). */
+const LIBPQ_KEYWORDS = new Set([
+  "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "require_auth", "channel_binding", "connect_timeout",
+  "client_encoding", "options", "application_name", "fallback_application_name", "keepalives", "keepalives_idle",
+  "keepalives_interval", "keepalives_count", "tcp_user_timeout", "replication", "gssencmode", "sslmode", "requiressl",
+  "sslnegotiation", "sslcompression", "sslcert", "sslkey", "sslkeylogfile", "sslpassword", "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir",
+  "sslsni", "requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version", "krbsrvname", "gsslib", "gssdelegation",
+  "service", "target_session_attrs", "load_balance_hosts", "min_protocol_version", "max_protocol_version",
+  // pgx's own keywords in the same string (pool settings, statement cache).
+  "pool_max_conns", "pool_min_conns", "pool_max_conn_lifetime", "pool_max_conn_idle_time", "pool_health_check_period",
+  "statement_cache_capacity", "description_cache_capacity", "default_query_exec_mode",
+]);
+
+/**
+ * The keywords of a libpq keyword/value string (`host=pg.db.svc port=5432 dbname=orders sslmode=disable`,
+ * as libpq, Go's pgx and lib/pq, and psycopg take it), or undefined when the value is not one: every
+ * token must be `keyword=value` (a value may be single-quoted) with a libpq keyword, `host` or
+ * `hostaddr` among them, and `dbname`, `user` or `sslmode` beside it (`host=x` alone says nothing).
+ */
+export function libpqKeywords(value: string): Map<string, string> | undefined {
+  const text = value.trim();
+  if (text === "" || text.includes(";") || /^[a-z][a-z0-9+.-]*:\/\//i.test(text)) return undefined;
+  const token = /\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)*)/y;
+  const keywords = new Map<string, string>();
+  let index = 0;
+  while (index < text.length) {
+    token.lastIndex = index;
+    const match = token.exec(text);
+    if (match === null || match[0].length === 0) return undefined;
+    const key = (match[1] ?? "").toLowerCase();
+    if (!LIBPQ_KEYWORDS.has(key)) return undefined;
+    keywords.set(key, (match[2] ?? "").replace(/^'|'$/g, ""));
+    index = token.lastIndex;
+    while (index < text.length && /\s/.test(text[index] ?? "")) index += 1;
+  }
+  if (!keywords.has("host") && !keywords.has("hostaddr")) return undefined;
+  return ["dbname", "user", "sslmode"].some((key) => keywords.has(key)) ? keywords : undefined;
+}
+
+/** Npgsql's SslMode values only Npgsql has (MySQL's .NET connectors say None, Preferred, Required). */
+const NPGSQL_ONLY_MODE = /^(disable|allow|prefer|require)$/i;
+
+/**
+ * An Npgsql connection string (`Host=pg.db.svc;Port=5432;Database=orders;Username=app;SSL Mode=Require`;
+ * npgsql.org/doc/connection-string-parameters: `keyword=value;` pairs, case-insensitive, `SSL Mode`
+ * default `Prefer`), or undefined. It must name a `Host`/`Server` and be recognisably PostgreSQL: an
+ * SSL Mode value only Npgsql takes, port 5432, or a variable name saying PostgreSQL (so MySQL
+ * Connector/NET's `Server=…;SslMode=VerifyFull` is not read). `mode` is libpq's spelling (`verify-full`).
+ */
+export function npgsqlConnection(value: string, name = ""): { host: string; hostKey: string; mode: string; modeKey: string; modeValue: string } | undefined {
+  const text = value.trim();
+  if (!text.includes(";") || /^[a-z][a-z0-9+.-]*:\/\//i.test(text) || isSqlServerKeywordString(text, name)) return undefined;
+  const pairs = new Map<string, { key: string; value: string }>();
+  for (const part of text.split(";")) {
+    if (part.trim() === "") continue;
+    const equals = part.indexOf("=");
+    if (equals <= 0) return undefined;
+    const key = part.slice(0, equals).trim();
+    pairs.set(key.toLowerCase().replace(/\s+/g, ""), { key, value: part.slice(equals + 1).trim().replace(/^"|"$/g, "") });
+  }
+  const host = pairs.get("host") ?? pairs.get("server");
+  if (host === undefined || host.value === "") return undefined;
+  const mode = pairs.get("sslmode");
+  const postgres = (mode !== undefined && NPGSQL_ONLY_MODE.test(mode.value)) || pairs.get("port")?.value === "5432" || /(postgres|pgsql|npgsql|(^|_)pg(_|$))/i.test(name);
+  if (!postgres) return undefined;
+  const libpq = (mode?.value ?? "").toLowerCase().replace(/^verify(ca|full)$/, "verify-$1");
+  return { host: host.value, hostKey: host.key, mode: libpq, modeKey: mode?.key ?? "", modeValue: mode?.value ?? "" };
+}
+
 /**
  * `postgres://` / `postgresql://` URLs (also `jdbc:postgresql://`) in container env; libpq's
  * `PGSSLMODE` in the same container counts when the URL sets no sslmode. A container with no
@@ -196,14 +294,15 @@ function containerEnv(workload: EnvHolder, entry: ContainerEnvVar): ContainerEnv
  */
 function envPostgresConnections(workload: EnvHolder): PostgresConnection[] {
   const urls = envUrls(workload).filter((entry) => entry.scheme === "postgres" || entry.scheme === "postgresql");
-  const containers = new Set(urls.filter((entry) => !entry.jdbc).map((entry) => JSON.stringify(entry.path.slice(0, -3))));
+  const keywordStrings = envPostgresKeywordStrings(workload);
+  const containers = new Set([...urls.filter((entry) => !entry.jdbc), ...keywordStrings].map((entry) => JSON.stringify(entry.path.slice(0, -3))));
   const bare = workload.env.filter((entry) => entry.name === "PGSSLMODE" && entry.hasInlineValue && !isPlaceholder(entry.value)
     && !containers.has(JSON.stringify(entry.path.slice(0, -3)))).flatMap((entry): PostgresConnection[] => {
     const host = containerEnv(workload, entry).find((other) => other.name === "PGHOST" && other.hasInlineValue && !isPlaceholder(other.value));
     if (host === undefined || isPostgresSocketOnly(`host=${host.value.trim()}`)) return [];
     return [{ path: entry.path, mode: entry.value.trim().toLowerCase(), label: "", said: `PGSSLMODE=${entry.value.trim()}`, where: ` (PGHOST: ${host.value.trim()})`, url: `postgres://${host.value.trim()}` }];
   });
-  return [...bare, ...urls.flatMap((entry) => {
+  return [...bare, ...keywordStrings.map((entry) => entry.connection), ...urls.flatMap((entry) => {
     const pgHost = containerEnv(workload, entry).find((other) => other.name === "PGHOST" && other.hasInlineValue)?.value ?? "";
     if (isPostgresSocketOnly(entry.value, pgHost)) return [];
     // The PostgreSQL JDBC driver reads no PGSSLMODE; its `ssl=true` without sslmode means verify-full,
@@ -217,9 +316,45 @@ function envPostgresConnections(workload: EnvHolder): PostgresConnection[] {
       said = `${explicit === undefined ? "ssl=true" : `sslmode=${mode}`} with sslfactory=NonValidatingFactory (no certificate check)`;
       mode = "require";
     }
-    const shown = `${entry.jdbc ? "jdbc:" : ""}${entry.scheme}://${hostOf(entry.value)}`;
-    return [{ path: entry.path, mode, label: `${entry.name}: `, where: ` (${shown})`, url: entry.value, ...(said === undefined ? {} : { said }) }];
+    // The address dialled decides loopback: libpq's `?hostaddr=`, then `?host=`, override the URL's host.
+    const dialledKey = entry.jdbc ? undefined : ["hostaddr", "host"].find((key) => (connectionParam(entry.value, key) ?? "") !== "");
+    const dialled = dialledKey === undefined ? undefined : connectionParam(entry.value, dialledKey);
+    const shown = `${entry.jdbc ? "jdbc:" : ""}${entry.scheme}://${hostOf(entry.value)}${dialled === undefined ? "" : `, ${dialledKey}=${dialled}`}`;
+    const url = dialled === undefined ? entry.value : `postgres://${dialled.split(",")[0] ?? ""}`;
+    return [{ path: entry.path, mode, label: `${entry.name}: `, where: ` (${shown})`, url, ...(said === undefined ? {} : { said }) }];
   })];
+}
+
+/**
+ * libpq keyword strings and Npgsql strings in env (H4 of review-auditprec): judged like URLs, with
+ * `PGSSLMODE` of the same container when the string sets no mode (libpq and Npgsql both read it).
+ */
+function envPostgresKeywordStrings(workload: EnvHolder): (ContainerEnvVar & { connection: PostgresConnection })[] {
+  return workload.env
+    .filter((entry) => entry.hasInlineValue && !isPlaceholder(entry.value) && !/^MICRO_/i.test(entry.name) && !IDENTIFIER_NAME.test(entry.name))
+    .flatMap((entry): (ContainerEnvVar & { connection: PostgresConnection })[] => {
+      const fromEnv = containerEnv(workload, entry).find((other) => other.name === "PGSSLMODE" && other.hasInlineValue && !isPlaceholder(other.value))?.value.trim();
+      const keywords = libpqKeywords(entry.value);
+      if (keywords !== undefined) {
+        if (isPostgresSocketOnly(entry.value)) return [];
+        // Without sslmode, only a string that is recognisably PostgreSQL (`dbname` is libpq's word) is judged.
+        const recognisable = keywords.has("sslmode") || keywords.has("dbname") || keywords.get("port") === "5432" || /(postgres|pgsql|(^|_)pg(_|$))/i.test(entry.name);
+        if (!recognisable) return [];
+        const host = keywords.get("hostaddr") ?? keywords.get("host") ?? "";
+        const explicit = keywords.get("sslmode");
+        const mode = (explicit ?? fromEnv ?? "").toLowerCase();
+        const said = explicit === undefined && fromEnv !== undefined ? `PGSSLMODE=${fromEnv}` : undefined;
+        const where = ` (${keywords.has("hostaddr") ? "hostaddr" : "host"}=${host})`;
+        return [{ ...entry, connection: { path: entry.path, mode, label: `${entry.name}: `, where, url: `postgres://${host.split(",")[0] ?? ""}`, ...(said === undefined ? {} : { said }) } }];
+      }
+      const npgsql = npgsqlConnection(entry.value, entry.name);
+      if (npgsql === undefined || npgsql.host.startsWith("/") || isPlaceholder(npgsql.host)) return [];
+      const mode = npgsql.mode || (fromEnv ?? "").toLowerCase();
+      const said = npgsql.modeKey !== "" ? `${npgsql.modeKey}=${npgsql.modeValue}`
+        : fromEnv !== undefined ? `PGSSLMODE=${fromEnv}` : "SSL Mode not set (Npgsql default: Prefer)";
+      const connection: PostgresConnection = { path: entry.path, mode: mode === "" ? "prefer" : mode, label: `${entry.name}: `, said, where: ` (${npgsql.hostKey}=${npgsql.host})`, url: `postgres://${npgsql.host.split(",")[0] ?? ""}` };
+      return [{ ...entry, connection }];
+    });
 }
 
 /**
@@ -256,25 +391,45 @@ function postgresHit(connection: PostgresConnection, evidence: string): Hit {
 }
 
 /**
- * MongoDB connection-string options that turn certificate or host name checks off, wherever
- * they are written (`params: "?tls=true&tlsInsecure=true"`, a `host` or connection string).
- * `hostnameOnly`: only the host name check is off (the certificate must still chain to a trusted CA).
+ * Connection-string options that turn certificate or host name checks off, wherever they are
+ * written (`params: "?tls=true&tlsInsecure=true"`, a `host` or connection string, an env URL):
+ * MongoDB's `tlsInsecure`/`tlsAllowInvalid*` (true), and redis-py's / Celery's `ssl_cert_reqs`
+ * (`none`, `CERT_NONE`: redis/connection.py SSLConnection maps "none" to ssl.CERT_NONE) and
+ * `ssl_check_hostname` (false). `hostnameOnly`: only the host name check is off (the certificate
+ * must still chain to a trusted CA).
  */
-const VERIFICATION_OFF_PARAMS: readonly { name: string; hostnameOnly: boolean }[] = [
-  { name: "tlsInsecure", hostnameOnly: false },
-  { name: "tlsAllowInvalidCertificates", hostnameOnly: false },
-  { name: "sslAllowInvalidCertificates", hostnameOnly: false },
-  { name: "tlsAllowInvalidHostnames", hostnameOnly: true },
-  { name: "sslAllowInvalidHostnames", hostnameOnly: true },
+const VERIFICATION_OFF_PARAMS: readonly { name: string; hostnameOnly: boolean; off: (value: string) => boolean }[] = [
+  { name: "tlsInsecure", hostnameOnly: false, off: isTruthy },
+  { name: "tlsAllowInvalidCertificates", hostnameOnly: false, off: isTruthy },
+  { name: "sslAllowInvalidCertificates", hostnameOnly: false, off: isTruthy },
+  { name: "ssl_cert_reqs", hostnameOnly: false, off: (value) => /^(ssl\.)?(cert_)?none$/i.test(value.trim()) },
+  { name: "tlsAllowInvalidHostnames", hostnameOnly: true, off: isTruthy },
+  { name: "sslAllowInvalidHostnames", hostnameOnly: true, off: isTruthy },
+  { name: "ssl_check_hostname", hostnameOnly: true, off: isFalsy },
 ];
 
 function verificationOffParams(value: string): { evidence: string; hostnameOnly: boolean } | undefined {
-  const found = VERIFICATION_OFF_PARAMS.flatMap(({ name, hostnameOnly }) => {
+  const found = VERIFICATION_OFF_PARAMS.flatMap(({ name, hostnameOnly, off }) => {
     const setting = connectionParam(value, name);
-    return setting !== undefined && isTruthy(setting) ? [{ text: `${name}=${setting}`, hostnameOnly }] : [];
+    return setting !== undefined && off(setting) ? [{ text: `${name}=${setting}`, hostnameOnly }] : [];
   });
   if (found.length === 0) return undefined;
   return { evidence: found.map((each) => each.text).join("&"), hostnameOnly: found.every((each) => each.hostnameOnly) };
+}
+
+/**
+ * Env variables that turn certificate checks off for a whole process or tool, and what each does:
+ * Node's `NODE_TLS_REJECT_UNAUTHORIZED` is read only as the exact string `0` (lib/_tls_wrap.js),
+ * Python's `PYTHONHTTPSVERIFY=0` (PEP 493), git's `GIT_SSL_NO_VERIFY` whatever its value (git docs:
+ * "to any value"), and app settings named `*_TLS_SKIP_VERIFY`, `*_SKIP_TLS_VERIFY`,
+ * `*_INSECURE_SKIP_VERIFY` set to true.
+ */
+function processVerificationOff(name: string, value: string): string | undefined {
+  if (name === "NODE_TLS_REJECT_UNAUTHORIZED") return value === "0" ? "every TLS connection of the Node process accepts any certificate" : undefined;
+  if (name === "PYTHONHTTPSVERIFY") return value.trim() === "0" ? "Python's https connections accept any certificate" : undefined;
+  if (name === "GIT_SSL_NO_VERIFY") return value !== "" ? "git accepts any certificate whatever the value" : undefined;
+  if (/(^|_)(INSECURE_SKIP_(TLS_|SSL_)?VERIFY|(TLS|SSL)_SKIP_VERIF(Y|ICATION)|SKIP_(TLS|SSL)_VERIF(Y|ICATION))$/i.test(name) && isTruthy(value)) return "certificate checks skipped";
+  return undefined;
 }
 
 const HOSTNAME_ONLY_DETAIL = "Host names are not checked: any certificate from a trusted CA is accepted for this server.";
@@ -376,6 +531,44 @@ export function sqlServerTlsIssues(value: string, reader: SqlServerReader = "unk
   return found.length === 0 ? undefined : { evidence: found.join(", "), severity };
 }
 
+/**
+ * StackExchange.Redis configuration strings in env (`ConnectionStrings__Redis=host:6379,password=…,ssl=False`):
+ * TLS only with `ssl=true` (docs/Configuration.md: `ssl={bool}`, default `false`), so `ssl=False`
+ * or no `ssl` is plaintext. Lowered to low when every endpoint is on loopback.
+ */
+function stackExchangeRedisPlaintext(holder: EnvHolder): Hit[] {
+  return holder.env.flatMap((entry): Hit[] => {
+    if (!entry.hasInlineValue || /^MICRO_/i.test(entry.name)) return [];
+    const redis = stackExchangeRedis(entry.value);
+    if (redis === undefined) return [];
+    const ssl = redis.options.get("ssl");
+    if (ssl !== undefined && isTruthy(ssl.value)) return [];
+    const said = ssl === undefined ? "ssl not set (StackExchange.Redis default: plaintext)" : `${ssl.key}=${ssl.value}`;
+    const found: Hit = { path: entry.path, evidence: `${entry.name}: ${said} (StackExchange.Redis: ${redis.endpoints.join(",")})`, detail: "Use ssl=true with the server's TLS port (6380 on Azure Cache for Redis)." };
+    return [redis.endpoints.every(isLoopbackHost) ? envHit("redis://localhost", found) : found];
+  });
+}
+
+/**
+ * Kafka clients set to plaintext through env (M5 of review-auditprec): `*SECURITY_PROTOCOL` =
+ * `PLAINTEXT` / `SASL_PLAINTEXT` (Kafka's `security.protocol`; Spring's relaxed binding, Kafka Connect
+ * and librdkafka-based images name it so). A broker's `*_LISTENER_SECURITY_PROTOCOL_MAP` and
+ * `*_INTER_BROKER_PROTOCOL` do not end so. Low when every bootstrap server of the same container is on loopback.
+ */
+function kafkaEnvPlaintext(holder: EnvHolder): Hit[] {
+  return holder.env.flatMap((entry): Hit[] => {
+    if (!entry.hasInlineValue || !/(^|_)SECURITY_PROTOCOL$/i.test(entry.name)) return [];
+    const value = entry.value.trim();
+    if (!/^(sasl_)?plaintext$/i.test(value)) return [];
+    const sasl = /^sasl_/i.test(value);
+    const found: Hit = { path: entry.path, evidence: `${entry.name}: ${value} (${sasl ? "SASL credentials and messages in plaintext" : "no TLS, no authentication"})` };
+    const servers = containerEnv(holder, entry)
+      .filter((other) => other.hasInlineValue && !isPlaceholder(other.value) && /(BOOTSTRAP_SERVERS|KAFKA_BROKERS?|BROKER_LIST)$/i.test(other.name))
+      .flatMap((other) => hostsIn(other.value));
+    return [servers.length > 0 && servers.every(isLoopbackHost) ? { ...found, severity: "low", detail: "Lowered to low: every bootstrap server is on loopback." } : found];
+  });
+}
+
 export const transportRules: Rule[] = [
   defineRule({
     id: "MW-TLS-001",
@@ -403,7 +596,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "PostgreSQL connection without enforced TLS",
-    why: "libpq's `sslmode` `disable`, `allow` and `prefer` (and no sslmode, which means prefer) let the connection fall back to plaintext; an attacker on the path simply refuses TLS. Read in component connection strings, in a postgres component's individual `host`/`hostaddr` fields when it has no connection string (they take no sslmode, so the default prefer applies), in `postgres://` URLs in container env (`DATABASE_URL`, with `PGSSLMODE` of the same container when the URL sets no sslmode), in `jdbc:postgresql://` URLs (`SPRING_DATASOURCE_URL`; the JDBC driver's `ssl=true` alone means verify-full, and its `NonValidatingFactory` checks no certificate), and in an explicit `PGSSLMODE` next to a network `PGHOST`.",
+    why: "libpq's `sslmode` `disable`, `allow` and `prefer` (and no sslmode, which means prefer) let the connection fall back to plaintext; an attacker on the path simply refuses TLS. Read in component connection strings, in a postgres component's individual `host`/`hostaddr` fields when it has no connection string (they take no sslmode, so the default prefer applies), in `postgres://` URLs in container env (`DATABASE_URL`, with `PGSSLMODE` of the same container when the URL sets no sslmode), in libpq keyword strings there (`host=pg user=app dbname=orders sslmode=disable`, Go's pgx and lib/pq) and Npgsql strings (`Host=pg;Database=orders;SSL Mode=Disable`; no SSL Mode means Npgsql's default Prefer), in `jdbc:postgresql://` URLs (`SPRING_DATASOURCE_URL`; the JDBC driver's `ssl=true` alone means verify-full, and its `NonValidatingFactory` checks no certificate), and in an explicit `PGSSLMODE` next to a network `PGHOST`.",
     fix: "Use `sslmode=verify-full` with `sslrootcert` pointing at the server's CA.",
     example: {
       file: "statestore.yaml",
@@ -499,15 +692,17 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "Kafka TLS disabled",
-    why: "`disableTls: \"true\"` sends messages and SASL credentials to the brokers in plaintext.",
-    fix: "Remove `disableTls` (TLS is on by default) and point `brokers` at the TLS listener.",
+    why: "`disableTls: \"true\"` sends messages and SASL credentials to the brokers in plaintext. The same choice made in env for a Kafka client — a variable named `*SECURITY_PROTOCOL` (`SPRING_KAFKA_PROPERTIES_SECURITY_PROTOCOL`, `KAFKA_SECURITY_PROTOCOL`, Kafka Connect's `CONNECT_SECURITY_PROTOCOL`) set to `SASL_PLAINTEXT` (SASL credentials in clear) or `PLAINTEXT` (no TLS, no authentication) — is reported too, low when every bootstrap server of the container is on loopback.",
+    fix: "Remove `disableTls` (TLS is on by default) and point `brokers` at the TLS listener; in env, use `SASL_SSL` or `SSL`.",
     example: {
       file: "pubsub.yaml",
       bad: componentYaml("pubsub.kafka", { brokers: "kafka.default.svc:9092", authType: "mtls", disableTls: "true" }, "pubsub"),
       good: componentYaml("pubsub.kafka", { brokers: "kafka.default.svc:9093", authType: "mtls", disableTls: "false" }, "pubsub"),
     },
-    appliesTo: ["dapr-component"],
-    check(component) {
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
+    check(resource) {
+      if (resource.kind !== "dapr-component") return kafkaEnvPlaintext(resource);
+      const component = resource;
       if (componentFamily(component) !== "kafka") return [];
       const item = metadataItem(component, "disableTls");
       return item !== undefined && isTruthy(item.value) ? [hit(item, `disableTls: "${item.value}"`)] : [];
@@ -518,7 +713,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "Plaintext endpoint where a TLS form exists",
-    why: "`amqp://`, `pulsar://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form. Read in component metadata (also RabbitMQ's `protocol: amqp` with `hostname`) and in container env values that are URLs (`REDIS_URL=redis://…`).",
+    why: "`amqp://`, `pulsar://`, `mqtt://`/`tcp://`, `nats://`, `redis://`, `http://`, `ws://` and `ldap://` endpoints carry messages and credentials unencrypted, although each protocol has a TLS form. Read in component metadata (also RabbitMQ's `protocol: amqp` with `hostname`) and in container env values that are URLs (`REDIS_URL=redis://…`), and StackExchange.Redis configuration strings (.NET, Azure Cache for Redis: `host:6379,password=…,ssl=False`), which are plaintext unless `ssl=true`. Addresses an app listens on are not endpoints and are not reported: a wildcard host (`http://+:8080`, `*`, `0.0.0.0`, `[::]`), ASP.NET Core's `ASPNETCORE_URLS`/`DOTNET_URLS` and Kestrel's `Kestrel__Endpoints__*__Url`, and a `*LISTEN*`/`*BIND*` variable on loopback. A telemetry exporter in env (`OTEL_EXPORTER_*_ENDPOINT`, `*ZIPKIN*`, `*JAEGER*`) is low, as MW-TLS-012 rates Dapr's own tracing endpoints.",
     fix: "Use the TLS scheme (`amqps://`, `pulsar+ssl://`, `mqtts://`/`ssl://`, `rediss://`, `https://`, `wss://`, `ldaps://`; NATS with `tls://` and a CA).",
     example: {
       file: "pubsub.yaml",
@@ -532,8 +727,13 @@ export const transportRules: Rule[] = [
         for (const entry of envUrls(resource)) {
           const secure = PLAINTEXT_SCHEMES[entry.scheme];
           if (secure === undefined) continue;
-          hits.push(envHit(entry.value, { path: entry.path, evidence: `${entry.name}: ${entry.scheme}://${hostOf(entry.value)}`, detail: `Use ${secure}.` }));
+          const found = envHit(entry.value, { path: entry.path, evidence: `${entry.name}: ${entry.scheme}://${hostOf(entry.value)}`, detail: `Use ${secure}.` });
+          // A telemetry exporter has MW-TLS-012's severity (spans to a collector), as in a Dapr Configuration.
+          hits.push(TELEMETRY_EXPORTER_NAME.test(entry.name) && found.severity !== "low"
+            ? { ...found, severity: "low", detail: `${found.detail ?? ""} Lowered to low: a telemetry exporter (as MW-TLS-012 rates Dapr's tracing endpoints).`.trim() }
+            : found);
         }
+        hits.push(...stackExchangeRedisPlaintext(resource));
         return hits;
       }
       for (const item of resource.metadata) {
@@ -608,7 +808,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "TLS certificate verification disabled",
-    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true` (not for Dapr's Pulsar components, which do not read it: there a `pulsar+ssl://`/`https://` host without `enableTLS: \"true\"` is TLS that accepts any certificate, as Dapr sets the client's TLSAllowInsecureConnection to the opposite of enableTLS), and MongoDB's `tlsInsecure=true`/`tlsAllowInvalidCertificates=true` inside a value (`params`, a host or connection string, a container env URL), accept any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything. `tlsAllowInvalidHostnames=true` skips only the host name check (medium).",
+    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true` (not for Dapr's Pulsar components, which do not read it: there a `pulsar+ssl://`/`https://` host without `enableTLS: \"true\"` is TLS that accepts any certificate, as Dapr sets the client's TLSAllowInsecureConnection to the opposite of enableTLS), MongoDB's `tlsInsecure=true`/`tlsAllowInvalidCertificates=true` and redis-py's/Celery's `ssl_cert_reqs=none|CERT_NONE` inside a value (`params`, a host or connection string, a container env URL), and, in env, `NODE_TLS_REJECT_UNAUTHORIZED=0` (every TLS connection of a Node process), `PYTHONHTTPSVERIFY=0`, `GIT_SSL_NO_VERIFY` (any value) and `*_TLS_SKIP_VERIFY`/`*_INSECURE_SKIP_VERIFY=true`, accept any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything. `tlsAllowInvalidHostnames=true` and `ssl_check_hostname=false` skip only the host name check (medium).",
     fix: "Remove the skip-verify setting and give the component the CA that signed the server's certificate (`caCert`).",
     example: {
       file: "pubsub.yaml",
@@ -620,6 +820,8 @@ export const transportRules: Rule[] = [
       if (resource.kind !== "dapr-component") {
         return resource.env.flatMap((entry): Hit[] => {
           if (!entry.hasInlineValue || /^MICRO_/i.test(entry.name)) return [];
+          const process = processVerificationOff(entry.name, entry.value);
+          if (process !== undefined) return [{ path: entry.path, evidence: `${entry.name}: ${entry.value} (${process})` }];
           const off = verificationOffParams(entry.value);
           if (off === undefined) return [];
           return [envHit(entry.value, { path: entry.path, evidence: `${entry.name}: ${off.evidence}`, ...(off.hostnameOnly ? { detail: HOSTNAME_ONLY_DETAIL, severity: "medium" as const } : {}) })];
