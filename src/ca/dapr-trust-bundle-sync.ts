@@ -21,8 +21,11 @@ import { DAPR_TRUST_ANCHORS_KEY, DAPR_TRUST_BUNDLE_LABELS, DAPR_TRUST_BUNDLE_NAM
  * replica that has not adopted a rotation yet could write its older set back: with a replicated
  * store each write carries the CA state version of its roots (annotation
  * DAPR_TRUST_BUNDLE_VERSION_ANNOTATION), and a replica leaves alone a ConfigMap stamped with a
- * newer one ("behind": it writes once it has adopted that state). A CA directory has no version:
- * one CA serves it (its lock), so there is no older replica to guard against.
+ * newer one ("behind": it writes once it has adopted that state) — only when the store confirms a
+ * state that new exists: a stamp beyond the store's head (edited by hand or by someone allowed to
+ * edit the ConfigMap, a store restored from a backup) is overwritten and logged, or one edit
+ * would stop every replica from writing for good. A CA directory has no version: one CA serves it
+ * (its lock), so there is no older replica to guard against.
  * A failed pass is logged with the API server's status and reason, counted, and retried with
  * backoff; it never stops the CA.
  */
@@ -35,6 +38,8 @@ export interface DaprTrustBundleSyncOptions {
   readonly logger: Logger;
   /** The CA state version `roots` belong to (a replicated store's; undefined for a CA directory). */
   readonly stateVersion?: () => number | undefined;
+  /** The replicated store's head state version (read when a ConfigMap's stamp is newer than stateVersion). */
+  readonly storeVersion?: () => Promise<number>;
   /** A pass this often even without a change (the ConfigMap may have been edited or recreated). */
   readonly resyncMs: number;
   /** After a failed pass, the next one in `initialMs`, doubling up to `maxMs` (defaults 1 s and 5 min), ±20 % jitter. */
@@ -101,11 +106,18 @@ export function syncDaprTrustBundle(options: DaprTrustBundleSyncOptions): DaprTr
         const existing = read.json as ConfigMapObject;
         const written = Number(existing.metadata?.annotations?.[DAPR_TRUST_BUNDLE_VERSION_ANNOTATION]);
         if (version !== undefined && Number.isSafeInteger(written) && written > version) {
-          logger.info(
-            { event: "dapr-trust-bundle-behind", namespace, configMap: DAPR_TRUST_BUNDLE_NAME, stateVersion: version, written },
-            `ConfigMap ${name} holds the roots of CA state ${written}, newer than this replica's ${version}: left alone until this replica adopts it`,
+          const head = await options.storeVersion?.();
+          if (head !== undefined && written <= head) {
+            logger.info(
+              { event: "dapr-trust-bundle-behind", namespace, configMap: DAPR_TRUST_BUNDLE_NAME, stateVersion: version, written },
+              `ConfigMap ${name} holds the roots of CA state ${written}, newer than this replica's ${version}: left alone until this replica adopts it`,
+            );
+            return "behind";
+          }
+          logger.warn(
+            { event: "dapr-trust-bundle-stamp-unknown", namespace, configMap: DAPR_TRUST_BUNDLE_NAME, stateVersion: version, written, ...(head !== undefined ? { storeVersion: head } : {}) },
+            `ConfigMap ${name} is stamped with CA state ${written}, which the store does not hold (its newest is ${head ?? "unknown"}): edited by hand, or the store was restored; written with this replica's roots`,
           );
-          return "behind";
         }
         const current = existing.data?.[DAPR_TRUST_ANCHORS_KEY];
         const labelled = Object.entries(DAPR_TRUST_BUNDLE_LABELS).every(([key, value]) => existing.metadata?.labels?.[key] === value);

@@ -705,6 +705,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       connection: daprConnection,
       roots: () => anchors.roots,
       stateVersion: () => anchors.stateVersion,
+      ...(replicated !== undefined ? { storeVersion: () => replicated.caStateVersion() } : {}),
       logger,
       resyncMs: settings.resync,
       ...(options.daprTrustBundleBackoff !== undefined ? { backoff: options.daprTrustBundleBackoff } : {}),

@@ -410,7 +410,7 @@ describe("syncDaprTrustBundle against the fake API server", () => {
     }
   });
 
-  it("replicas on a shared store: a replica behind a rotation (older CA state version) leaves the newer roots alone until it adopts that state; without a version (a CA directory) there is no such guard", async () => {
+  it("replicas on a shared store: a replica behind a rotation (older CA state version) leaves the newer roots alone until it adopts that state, but not for a stamp the store does not hold; without a version (a CA directory) there is no such guard", async () => {
     const api = await fakeKube();
     const work = mkdtempSync(join(dir, "versions-"));
     const opened: { close(): void }[] = [];
@@ -419,11 +419,13 @@ describe("syncDaprTrustBundle against the fake API server", () => {
       await initAnchors({ dir: join(work, "new"), trustDomain: "dapr-tb.test", now: new Date() });
       const load = (name: string) => certificatesFromPem(readFileSync(join(work, name, "bundle.pem"), "utf8")).map((der) => new X509Certificate(der));
       const [oldRoots, newRoots] = [load("old"), load("new")];
+      // The store's head version: what a replica confirms a newer stamp against.
+      let head = 8;
       const replica = (roots: () => readonly X509Certificate[], stateVersion: () => number | undefined) => {
         const { logger, logged } = capturingLogger();
         const connection = kubeApiConnection({ apiServer: api.url, tokenFile, caFile: certFile });
         const results: string[] = [];
-        const sync = syncDaprTrustBundle({ namespace: "dapr-system", connection, roots, stateVersion, logger, resyncMs: 3_600_000, backoff: { initialMs: 20, maxMs: 100 }, onResult: (r) => results.push(r) });
+        const sync = syncDaprTrustBundle({ namespace: "dapr-system", connection, roots, stateVersion, storeVersion: async () => head, logger, resyncMs: 3_600_000, backoff: { initialMs: 20, maxMs: 100 }, onResult: (r) => results.push(r) });
         opened.push({ close: () => (sync.close(), connection.close()) });
         return { sync, results, logged };
       };
@@ -442,11 +444,21 @@ describe("syncDaprTrustBundle against the fake API server", () => {
       expect(events(lagging.logged, "dapr-trust-bundle-behind")[0]).toMatchObject({ stateVersion: 7, written: 8 });
 
       // Once it adopts a state at least as new, it writes (here a later state with other roots).
+      head = 9;
       laggingVersion = 9;
       laggingRoots = oldRoots;
       expect(await lagging.sync.sync()).toBe("updated");
       expect(stored().metadata.annotations).toEqual({ [DAPR_TRUST_BUNDLE_VERSION_ANNOTATION]: "9" });
       expect(fingerprints(stored().data!["ca.crt"]!)).toEqual(oldRoots.map((root) => root.fingerprint256));
+
+      // A stamp no state of the store has (edited by hand, a store restored from a backup) holds
+      // nobody back: written over, and logged, or one edit would stop every replica for good.
+      const current = stored();
+      api.objects.set("dapr-system/dapr-trust-bundle", { ...current, metadata: { ...current.metadata, annotations: { [DAPR_TRUST_BUNDLE_VERSION_ANNOTATION]: "1000000" } }, data: { "ca.crt": "" } });
+      expect(await lagging.sync.sync()).toBe("updated");
+      expect(stored().metadata.annotations).toEqual({ [DAPR_TRUST_BUNDLE_VERSION_ANNOTATION]: "9" });
+      expect(fingerprints(stored().data!["ca.crt"]!)).toEqual(oldRoots.map((root) => root.fingerprint256));
+      expect(events(lagging.logged, "dapr-trust-bundle-stamp-unknown")[0]).toMatchObject({ stateVersion: 9, written: 1000000, storeVersion: 9, level: 40 });
 
       // No version (a CA directory: one CA, its lock): it writes its roots, and keeps the annotation it found.
       const directory = replica(() => newRoots, () => undefined);
