@@ -1,6 +1,6 @@
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { MeshwardError } from "../errors.ts";
+import { MeshwardError, shownValue } from "../errors.ts";
 
 /** Who owns a file meshward writes (chown), resolved once at start-up. */
 export interface FileOwner {
@@ -13,40 +13,51 @@ export interface FileOwner {
 /**
  * Resolves `USER[:GROUP]` (names or numeric ids; without GROUP, the user's primary group) the
  * way chown(1) does: /etc/passwd and /etc/group first, then `getent` (NSS: LDAP, sssd, …).
- * Throws E_USAGE for an unknown name, before anything is written or any token is spent.
+ * Throws E_USAGE for an unknown name, before anything is written or any token is spent. A refused
+ * value is shown as every flag value is (shownValue: quoted, escaped, at most 40 characters).
  */
 export function resolveFileOwner(spec: string, flag = "--owner"): FileOwner {
   const match = /^([^:\s]+)(?::([^:\s]+))?$/.exec(spec.trim());
-  if (match === null) throw new MeshwardError("E_USAGE", `${flag} ${JSON.stringify(spec)}: expected USER or USER:GROUP (names or numeric ids)`);
+  if (match === null) throw new MeshwardError("E_USAGE", `${flag} ${shownValue(spec)}: expected USER or USER:GROUP (names or numeric ids)`);
   const [, user, group] = match as unknown as [string, string, string | undefined];
-  const account = /^\d+$/.test(user) ? { uid: Number(user), gid: lookup("passwd", user, 2, 3)?.[1] } : lookupUser(user, flag);
+  const account = /^\d+$/.test(user) ? { uid: numericId(user, flag), gid: lookup("passwd", user, 2, 3)?.[1] } : lookupUser(user, flag);
   let gid: number | undefined;
   if (group !== undefined) {
-    if (/^\d+$/.test(group)) gid = Number(group);
+    if (/^\d+$/.test(group)) gid = numericId(group, flag);
     else {
       const found = lookup("group", group, 2, 2);
-      if (found === undefined) throw new MeshwardError("E_USAGE", `${flag} ${spec}: no group named ${JSON.stringify(group)} on this host`);
+      if (found === undefined) throw new MeshwardError("E_USAGE", `${flag} ${shownValue(spec)}: no group named ${shownValue(group)} on this host`);
       gid = found[0];
     }
   } else gid = account.gid;
-  if (gid === undefined) throw new MeshwardError("E_USAGE", `${flag} ${spec}: user id ${user} has no entry in the user database, so give the group too (${user}:GROUP)`);
+  // user is a valid id here (numericId): at most 10 digits.
+  if (gid === undefined) throw new MeshwardError("E_USAGE", `${flag} ${shownValue(spec)}: user id ${user} has no entry in the user database, so give the group too (${user}:GROUP)`);
   for (const id of [account.uid, gid]) {
-    if (!Number.isSafeInteger(id) || id < 0 || id > 0xfffffffe) throw new MeshwardError("E_USAGE", `${flag} ${spec}: ${id} is not a valid user or group id`);
+    if (!validId(id)) throw new MeshwardError("E_USAGE", `${flag} ${shownValue(spec)}: ${id} is not a valid user or group id`);
   }
   return { uid: account.uid, gid, label: spec.trim() };
+}
+
+const validId = (id: number): boolean => Number.isSafeInteger(id) && id >= 0 && id <= 0xfffffffe;
+
+/** A user or group id given as digits; E_USAGE (the digits shortened) when it is out of range. */
+function numericId(digits: string, flag: string): number {
+  const id = Number(digits);
+  if (!validId(id)) throw new MeshwardError("E_USAGE", `${flag} ${shownValue(digits)}: not a valid user or group id (0 to 4294967294)`);
+  return id;
 }
 
 /** Resolves a GROUP (name or numeric id) like chown(1); E_USAGE for an unknown name. */
 export function resolveGroup(spec: string, flag: string): number {
   const group = spec.trim();
   let gid: number;
-  if (/^\d+$/.test(group)) gid = Number(group);
+  if (/^\d+$/.test(group)) gid = numericId(group, flag);
   else if (/^[^:\s]+$/.test(group)) {
     const found = lookup("group", group, 2, 2);
-    if (found === undefined) throw new MeshwardError("E_USAGE", `${flag}: no group named ${JSON.stringify(group)} on this host`);
+    if (found === undefined) throw new MeshwardError("E_USAGE", `${flag}: no group named ${shownValue(group)} on this host`);
     gid = found[0];
-  } else throw new MeshwardError("E_USAGE", `${flag} ${JSON.stringify(spec)}: expected a group name or numeric id`);
-  if (!Number.isSafeInteger(gid) || gid < 0 || gid > 0xfffffffe) throw new MeshwardError("E_USAGE", `${flag} ${spec}: ${gid} is not a valid group id`);
+  } else throw new MeshwardError("E_USAGE", `${flag} ${shownValue(spec)}: expected a group name or numeric id`);
+  if (!validId(gid)) throw new MeshwardError("E_USAGE", `${flag} ${shownValue(spec)}: ${gid} is not a valid group id`);
   return gid;
 }
 
@@ -87,13 +98,13 @@ function lookupGroupName(gid: number): string | undefined {
  * identity's private key, so anything wider than 0600 is a choice the operator makes on purpose.
  */
 export function parseSocketMode(spec: string, flag: string): number {
-  if (!/^0?[0-7]{3}$/.test(spec.trim())) throw new MeshwardError("E_USAGE", `${flag} ${JSON.stringify(spec)}: expected an octal mode such as 0600, 0660 or 0666`);
+  if (!/^0?[0-7]{3}$/.test(spec.trim())) throw new MeshwardError("E_USAGE", `${flag} ${shownValue(spec)}: expected an octal mode such as 0600, 0660 or 0666`);
   const mode = Number.parseInt(spec.trim(), 8);
   const [owner, group, other] = [(mode >> 6) & 7, (mode >> 3) & 7, mode & 7];
   if (owner !== 6 || ![0, 6].includes(group) || ![0, 6].includes(other)) {
     throw new MeshwardError(
       "E_USAGE",
-      `${flag} ${spec}: a socket is opened for reading and writing (connecting needs write), so each of group and others gets rw- or nothing, and its owner rw-: 0600 (default), 0660 (group) or 0666 (every local user)`,
+      `${flag} ${spec.trim()}: a socket is opened for reading and writing (connecting needs write), so each of group and others gets rw- or nothing, and its owner rw-: 0600 (default), 0660 (group) or 0666 (every local user)`,
     );
   }
   return mode;
@@ -101,7 +112,7 @@ export function parseSocketMode(spec: string, flag: string): number {
 
 function lookupUser(name: string, flag: string): { uid: number; gid: number } {
   const found = lookup("passwd", name, 2, 3);
-  if (found === undefined) throw new MeshwardError("E_USAGE", `${flag}: no user named ${JSON.stringify(name)} on this host`);
+  if (found === undefined) throw new MeshwardError("E_USAGE", `${flag}: no user named ${shownValue(name)} on this host`);
   return { uid: found[0], gid: found[1] };
 }
 
@@ -132,12 +143,12 @@ function lookup(db: "passwd" | "group", name: string, a: number, b: number): [nu
  * owner write it, is refused: a key is a secret.
  */
 export function parseKeyFileMode(spec: string, flag = "--mode"): number {
-  if (!/^0?[0-7]{3}$/.test(spec.trim())) throw new MeshwardError("E_USAGE", `${flag} ${JSON.stringify(spec)}: expected an octal mode such as 0600 or 0640`);
+  if (!/^0?[0-7]{3}$/.test(spec.trim())) throw new MeshwardError("E_USAGE", `${flag} ${shownValue(spec)}: expected an octal mode such as 0600 or 0640`);
   const mode = Number.parseInt(spec.trim(), 8);
   if ((mode & 0o400) === 0 || (mode & ~0o740) !== 0) {
     throw new MeshwardError(
       "E_USAGE",
-      `${flag} ${spec}: the key file must stay private: readable by its owner, at most readable (not writable) by its group, nothing for others (0600, 0400, 0640 or 0440)`,
+      `${flag} ${spec.trim()}: the key file must stay private: readable by its owner, at most readable (not writable) by its group, nothing for others (0600, 0400, 0640 or 0440)`,
     );
   }
   return mode;

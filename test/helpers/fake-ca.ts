@@ -17,6 +17,7 @@
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createSecureServer, type Http2SecureServer, type ServerHttp2Session } from "node:http2";
+import type { Socket } from "node:net";
 import { join } from "node:path";
 import { createCrl } from "../../src/pki/crl.ts";
 import { parseCsr } from "../../src/pki/csr.ts";
@@ -32,6 +33,9 @@ export interface FakeCa {
   mode: FakeCaMode;
   /** The foreign root (DER). */
   readonly foreignRoot: Buffer;
+  /** TCP connections accepted and not closed yet, whatever they reached (a TLS handshake, HTTP/2, HTTP/1.1). */
+  openConnections(): number;
+  /** Stops listening and destroys every connection it accepted; resolves once the server has closed. */
   close(): Promise<void>;
 }
 
@@ -127,16 +131,27 @@ export async function startFakeCa(caDir: string, trustDomain: string): Promise<F
     sessions.add(session);
     session.on("close", () => sessions.delete(session));
   });
+  // Every TCP connection, handshake or not: close() ends them all. Destroying the HTTP/2 sessions
+  // alone missed a connection still in its TLS handshake (and an HTTP/1.1 one: allowHTTP1), and
+  // server.close() waited for it (up to the 120 s handshake timeout); as 936fec2 did for the fake
+  // Kubernetes API server in test/ca/kube-api.test.ts.
+  const sockets = new Set<Socket>();
+  server.on("connection", (socket: Socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+  });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as { port: number };
   return Object.assign(fake, {
     address: `127.0.0.1:${port}`,
     foreignRoot: otherRoot.der,
+    openConnections: () => sockets.size,
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
-        // open HTTP/2 sessions would hold close() forever
+        // Any connection left open would hold close(): the sessions first (their streams end), then every socket.
         for (const session of sessions) session.destroy();
+        for (const socket of sockets) socket.destroy();
       }),
   });
 }

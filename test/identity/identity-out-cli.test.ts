@@ -1,4 +1,4 @@
-import { X509Certificate } from "node:crypto";
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -8,6 +8,7 @@ import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
 import { exec } from "../helpers/exec.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { fetchX509Svid } from "../../src/identity/workload-api/index.ts";
+import { normalizeSerial } from "../../src/tls/verify.ts";
 
 /**
  * `meshward identity --out DIR` as the file-sink guide runs it (nginx, Redis, PostgreSQL read
@@ -48,14 +49,26 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     rmSync(work, { recursive: true, force: true });
   });
 
-  it("item 1: keeps running after 'ready' with only --out, and renews the files twice", async () => {
+  it("item 1: keeps running after 'ready' with only --out, and renews the files twice, the second time into an --out removed meanwhile", async () => {
     const out = join(work, "files");
     const id = await startCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", await token("report"), "--out", out], /identity ready: (\S+) \(serial (\S+)/);
     running.push(id);
     const first = serialOf(out);
     // The initial write and two renewals (each at 40-60% of a 20 s life).
-    await waitFor("two renewals", () => events(id, "identity-files-written").length >= 3, 45_000);
+    await waitFor("the first renewal", () => events(id, "identity-files-written").length >= 2, 30_000);
+    // --out removed while it runs (a cleanup job, an operator): the next renewal's write re-creates
+    // it as the sink made it (0700) with every file, key.pem 0600 (file-sink-recreate.test.ts has the
+    // sink alone, with an owner). The process keeps running.
+    rmSync(out, { recursive: true });
+    await waitFor("the second renewal", () => events(id, "identity-files-written").length >= 3, 30_000);
     expect(id.child.exitCode).toBeNull();
+    expect(events(id, "out-dir-recreated")).toHaveLength(1);
+    expect(statSync(out).mode & 0o7777).toBe(0o700);
+    expect(Object.fromEntries(readdirSync(out).filter((f) => f.endsWith(".pem")).map((f) => [f, statSync(join(out, f)).mode & 0o7777]))).toMatchObject({ "cert.pem": 0o644, "key.pem": 0o600, "bundle.pem": 0o644 });
+    const written = new X509Certificate(readFileSync(join(out, "cert.pem")));
+    expect(normalizeSerial(written.serialNumber)).toBe(normalizeSerial(events(id, "identity-files-written").at(-1)!.serial!));
+    expect(written.checkPrivateKey(createPrivateKey(readFileSync(join(out, "key.pem"))))).toBe(true);
+    expect(new X509Certificate(readFileSync(join(out, "bundle.pem"))).fingerprint256).toBe(new X509Certificate(readFileSync(bundle)).fingerprint256);
     const serials = events(id, "identity-files-written").map((e) => e.serial);
     expect(new Set(serials).size).toBe(serials.length);
     expect(serialOf(out)).not.toBe(first);

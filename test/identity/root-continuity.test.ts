@@ -6,6 +6,7 @@
  * is test/ca/rotation.test.ts and test/e2e/rotation-sidecars.test.ts.
  */
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { connect as netConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -17,6 +18,7 @@ import { certificatesFromPem } from "../../src/pki/pem.ts";
 import { createMeshMetrics, createMetrics } from "../../src/telemetry/metrics.ts";
 import { startFakeCa, type FakeCa } from "../helpers/fake-ca.ts";
 import { capturingLogger } from "../helpers/ca-server.ts";
+import { waitFor } from "../helpers/wait.ts";
 
 const TD = "continuity.test";
 
@@ -145,5 +147,22 @@ describe("a root set from the CA must hold the root that vouched for it (fake CA
     expect(events.filter((e) => e.type === "rotated").length).toBe(rotatedBefore);
     expect(logged.some((line) => line.includes("crl-issuer-changed"))).toBe(false);
     expect(logged.some((line) => line.includes("crl-refresh-failed"))).toBe(false);
+  });
+
+  // The helper itself: the suite's other fakes once kept close() waiting on a connection still in
+  // its TLS handshake (test/ca/kube-api.test.ts, 936fec2); this one destroyed only HTTP/2 sessions.
+  it("(the fake CA) close() ends a connection still in its TLS handshake, and returns", async () => {
+    const other = await startFakeCa(caDir, TD);
+    const [host, port] = [other.address.slice(0, other.address.lastIndexOf(":")), Number(other.address.slice(other.address.lastIndexOf(":") + 1))];
+    const socket = netConnect({ host, port });
+    socket.on("error", () => undefined);
+    const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+    // The first byte of a TLS record and nothing more: the server waits for the rest of the ClientHello.
+    socket.write(Buffer.from([0x16]));
+    await waitFor("the fake CA to accept the connection", () => other.openConnections() === 1);
+    await other.close();
+    await closed;
+    // The server side's 'close' event comes a turn after close() has resolved.
+    await waitFor("the fake CA to count it closed", () => other.openConnections() === 0);
   });
 });

@@ -1,6 +1,8 @@
 import * as grpc from "@grpc/grpc-js";
+import { X509Certificate } from "node:crypto";
 import { connect as http2Connect } from "node:http2";
-import type { ClientHttp2Session } from "node:http2";
+import type { ClientHttp2Session, Http2SecureServer } from "node:http2";
+import type { TLSSocket } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { SpiffeIdMatcher } from "../../src/spiffe/match.ts";
 import { normalizeSerial } from "../../src/tls/verify.ts";
@@ -21,6 +23,7 @@ const SERVER_ID = `spiffe://${TD}/ns/default/api`;
 const CLIENT_ID = `spiffe://${TD}/ns/default/web`;
 
 let pki: TestPki;
+const otherPkis: TestPki[] = [];
 const servers: grpc.Server[] = [];
 const clients: grpc.Client[] = [];
 const sessions: ClientHttp2Session[] = [];
@@ -33,6 +36,7 @@ afterAll(() => {
   for (const c of clients) c.close();
   for (const s of servers) s.forceShutdown();
   pki?.cleanup();
+  for (const p of otherPkis) p.cleanup();
 });
 
 interface Started {
@@ -41,11 +45,12 @@ interface Started {
   readonly identity: ManualIdentity;
   readonly logger: ReturnType<typeof makeLogger>;
   readonly handled: () => number;
+  readonly server: grpc.Server;
 }
 
-async function startServer(revoked: readonly TestLeaf[] = [], authorize: SpiffeIdMatcher = { trustDomain: TD, namespace: "default" }): Promise<Started> {
+async function startServer(revoked: readonly TestLeaf[] = [], authorize: SpiffeIdMatcher = { trustDomain: TD, namespace: "default" }, trusted: readonly TestPki[] = [pki]): Promise<Started> {
   const logger = makeLogger();
-  const identity = new ManualIdentity(snapshotOf(pki.issueLeaf({ spiffeId: SERVER_ID }), bundleOf([pki], new Set(revoked.map((l) => normalizeSerial(l.serial))))));
+  const identity = new ManualIdentity(snapshotOf(pki.issueLeaf({ spiffeId: SERVER_ID }), bundleOf(trusted, new Set(revoked.map((l) => normalizeSerial(l.serial))))));
   let handled = 0;
   const server = new grpc.Server();
   servers.push(server);
@@ -57,7 +62,7 @@ async function startServer(revoked: readonly TestLeaf[] = [], authorize: SpiffeI
   });
   const creds = await grpcServerCredentials(identity, { logger, authorize });
   const port = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", creds, (e, p) => (e ? reject(e) : resolve(p))));
-  return { port, creds, identity, logger, handled: () => handled };
+  return { port, creds, identity, logger, handled: () => handled, server };
 }
 
 async function clientOf(leaf: TestLeaf, port: number): Promise<grpc.Client> {
@@ -162,5 +167,49 @@ describe("gRPC server: refused callers lose their connection", () => {
     expect(await Promise.all(open.map(closedOf))).toEqual(Array(20).fill("closed"));
     expect(warned(server.logger, /gRPC server refused a call from 127\.0\.0\.1/)).toBe(5);
     expect(server.handled()).toBe(20);
+  });
+});
+
+/**
+ * Test setup only: the connections `server` accepts from now on are hidden from the open-connection
+ * recheck that a bundle update runs (ConnectionRegistry.recheckAll passes over a socket with no
+ * verified peer on it), so that the per-call check is the only layer left to judge them.
+ */
+function hideFromRecheck(server: grpc.Server): void {
+  const http2Servers = (server as unknown as { http2Servers: Map<Http2SecureServer, unknown> }).http2Servers;
+  expect(http2Servers.size).toBe(1);
+  // Runs after meshward's own listener (prepended): the connection was admitted whole (its chain remembered).
+  for (const http2Server of http2Servers.keys()) http2Server.on("secureConnection", (socket: TLSSocket) => void delete (socket as unknown as Record<symbol, unknown>)[Symbol.for("meshward.peer")]);
+}
+
+describe("gRPC server: the per-call check of the caller's issuer", () => {
+  it("a call on a connection accepted before a root CRL revoked its caller's issuer is refused (PERMISSION_DENIED, E_CERT_REVOKED); a caller of a good issuer is still served", async () => {
+    // Two issuers under two roots of one trust domain: pki's issuer is retired, good's stays.
+    const good = createTestPki({ trustDomain: TD, name: "meshward good issuer" });
+    otherPkis.push(good);
+    const server = await startServer([], { trustDomain: TD, namespace: "default" }, [pki, good]);
+    hideFromRecheck(server.server);
+    // Both callers connect while every issuer is good: accepted in the handshake, each served once.
+    const retired = rawSession(pki.issueLeaf({ spiffeId: CLIENT_ID }), server.port);
+    const kept = rawSession(good.issueLeaf({ spiffeId: CLIENT_ID }), server.port);
+    expect(await rawCall(retired)).toBe("status 0");
+    expect(await rawCall(kept)).toBe("status 0");
+    expect(server.handled()).toBe(2);
+
+    // The root CRL listing pki's issuer arrives with a bundle update.
+    const issuerSerial = normalizeSerial(new X509Certificate(pki.issuer.certPem).serialNumber);
+    server.identity.updateBundle(bundleOf([pki, good], new Set([issuerSerial])));
+    // The recheck passed over both connections (hidden): nothing but the per-call check stands now.
+    expect(server.logger.lines.filter((l) => l.includes("closing an open connection"))).toEqual([]);
+    expect(retired.closed || retired.destroyed).toBe(false);
+
+    expect(await rawCall(retired)).toBe(`status ${grpc.status.PERMISSION_DENIED}`);
+    expect(server.handled()).toBe(2);
+    expect(server.logger.lines.join("\n")).toContain(`gRPC server refused a call from 127.0.0.1 and closes its connection: E_CERT_REVOKED: the peer's issuer certificate (serial ${issuerSerial}) is revoked`);
+    // A refused call ends its connection (GOAWAY).
+    expect(await closedOf(retired)).toBe("closed");
+
+    expect(await rawCall(kept)).toBe("status 0");
+    expect(server.handled()).toBe(3);
   });
 });

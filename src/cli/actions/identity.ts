@@ -46,7 +46,7 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
   if (groupRefusal !== undefined) {
     throw new MeshwardError(
       "E_USAGE",
-      `--workload-api-socket-group ${opts.workloadApiSocketGroup}: the socket cannot be given to group ${groupLabel(socketGroup!)}: ${groupRefusal}. Run meshward as a member of that group (or as root), or choose one of its groups`,
+      `--workload-api-socket-group ${String(opts.workloadApiSocketGroup).trim()}: the socket cannot be given to group ${groupLabel(socketGroup!)}: ${groupRefusal}. Run meshward as a member of that group (or as root), or choose one of its groups`,
     );
   }
   const token = opts.token ?? (opts.tokenFile === undefined ? process.env.MESHWARD_TOKEN : undefined);
