@@ -1,12 +1,13 @@
 import { X509Certificate, type KeyObject } from "node:crypto";
-import { request as httpsRequest } from "node:https";
-import type { PeerCertificate, TLSSocket } from "node:tls";
+import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
+import { connect as tlsConnect, type ConnectionOptions, type PeerCertificate, type TLSSocket } from "node:tls";
 import { MeshwardError } from "../errors.ts";
 import { inspectCertificate } from "../pki/inspect.ts";
 import { encodePrivateKey } from "../pki/keys.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
 import { tlsAfterHandshakeFailure, watchHandshake } from "../tls/after-handshake.ts";
 import { SECURE_OPTIONS } from "../tls/policy.ts";
+import { normalizeSerial, peerCertificateOf, serverIssuerSerialsOf } from "../tls/verify.ts";
 import { formatHostPort, type HostPort } from "../util/address.ts";
 import { withCaFailover } from "./ca-endpoints.ts";
 import { callUnary, presentedChain, GRPC_DEADLINE_EXCEEDED, GRPC_STATUS_NAMES, GRPC_UNAVAILABLE, GrpcTransportError, type UnaryResult } from "../protocol/grpc-unary.ts";
@@ -30,7 +31,24 @@ export interface CaConnection {
   /** Presented on the connection to renew with the current SVID. */
   readonly clientCertificate?: { readonly certChainPem: string; readonly privateKey: KeyObject };
   readonly timeoutMs?: number;
+  /**
+   * The revocations in force at this workload (serials, any case or leading zeros): the union of
+   * the CRLs it holds, the root CRLs among them, which list the issuers retired with
+   * `rotate-issuer --now` / `import-issuer --now` (a leaked issuer key). The CA's serving
+   * certificate, and every certificate it sends with it (its issuer), are checked against them at
+   * the handshake (servingChainRefusal): whoever holds a retired issuer's key can mint a
+   * certificate with the CA's SPIFFE ID, and is refused before any byte of a request (a token, a
+   * CSR) is sent. Absent or empty: nothing to check (a first start from the bootstrap bundle).
+   * A function is read at each handshake (e.g. `() => identity.current()?.bundle.revokedSerials`
+   * for a JWT-SVID validator beside an identity source).
+   */
+  readonly revokedSerials?: ReadonlySet<string> | (() => ReadonlySet<string> | undefined);
+  /** Told of each CA endpoint refused for its serving chain (E_CA_ISSUER_RETIRED, E_CA_CERT_REVOKED), to log it. */
+  readonly onRefused?: (refusal: MeshwardError, endpoint: string) => void;
 }
+
+/** The refusals of a CA endpoint for its serving chain: another replica may serve (isFailoverError). */
+export const CA_REFUSAL_CODES: ReadonlySet<string> = new Set(["E_CA_ISSUER_RETIRED", "E_CA_CERT_REVOKED"]);
 
 export interface CertificateRequest {
   readonly csrPem: string;
@@ -61,18 +79,69 @@ export interface SignedCertificate {
   readonly endpoint?: string;
 }
 
-/** Verifies that the server is the CA of the expected trust domain, by SPIFFE ID, not host name. */
-function checkCaIdentity(trustDomain: string, servingId?: string) {
-  const expected = servingId ?? caSpiffeId(trustDomain);
+/**
+ * Verifies that the server is the CA of the expected trust domain, by SPIFFE ID, not host name, and
+ * that neither its serving certificate nor a certificate it sent with it is revoked
+ * (servingChainRefusal, from the socket: `socket()` gives it once created). Judged here, a refusal
+ * fails the handshake: no request byte (token, CSR) goes out.
+ */
+function checkCaIdentity(connection: CaConnection, address: string, socket: () => TLSSocket | undefined) {
+  const expected = connection.caSpiffeId ?? caSpiffeId(connection.trustDomain);
   return (_host: string, cert: PeerCertificate): Error | undefined => {
     try {
       const uris = inspectCertificate(new X509Certificate(cert.raw)).uris;
-      if (uris.length === 1 && uris[0] === expected) return undefined;
-      return new MeshwardError("E_SPIFFE_MISMATCH", `the server is not the meshward CA: it presented ${uris.join(", ") || "no SPIFFE ID"}, expected ${expected}`);
+      if (uris.length !== 1 || uris[0] !== expected) {
+        return new MeshwardError("E_SPIFFE_MISMATCH", `the server is not the meshward CA: it presented ${uris.join(", ") || "no SPIFFE ID"}, expected ${expected}`);
+      }
+      const revoked = typeof connection.revokedSerials === "function" ? connection.revokedSerials() : connection.revokedSerials;
+      const refusal = servingChainRefusal(socket(), revoked);
+      if (refusal !== undefined && CA_REFUSAL_CODES.has(refusal.code)) connection.onRefused?.(refusal, address);
+      return refusal;
     } catch (error) {
       return error as Error;
     }
   };
+}
+
+/**
+ * Why the CA on `socket` is refused under `revokedSerials` (see CaConnection.revokedSerials), or
+ * undefined: E_CA_ISSUER_RETIRED when a certificate it sent after its leaf (its issuer) is revoked
+ * (a root CRL lists it: retired with --now), E_CA_CERT_REVOKED when its serving certificate is.
+ * The serials are read from every certificate the server sent (serverIssuerSerialsOf, as for
+ * peers: the detailed chain may show a look-alike of the issuer rather than the one OpenSSL
+ * verified with). Matched by serial alone, as peers are (verify.ts revocationOf). A resumed session
+ * shows no chain: refused (E_CA_UNTRUSTED). The CA clients offer no session (a fresh connection
+ * per request, no session cache), so every connection to the CA is a full handshake; this is
+ * the guard should one ever be offered.
+ */
+export function servingChainRefusal(socket: TLSSocket | undefined, revokedSerials: ReadonlySet<string> | undefined): MeshwardError | undefined {
+  if (socket?.isSessionReused() === true) {
+    return new MeshwardError("E_CA_UNTRUSTED", "the connection to the CA resumed a TLS session, whose certificate chain cannot be checked against the revocations in force: a connection to the CA must make a full handshake");
+  }
+  if (revokedSerials === undefined || revokedSerials.size === 0) return undefined;
+  if (socket === undefined) return new MeshwardError("E_CA_UNTRUSTED", "the CA's certificate chain could not be read to check it against the revocations in force");
+  const issuerSerials = serverIssuerSerialsOf(socket);
+  const leaf = peerCertificateOf(socket);
+  if (issuerSerials === undefined || leaf === undefined) return new MeshwardError("E_CA_UNTRUSTED", "the CA's certificate chain could not be read to check it against the revocations in force");
+  const revoked = new Set([...revokedSerials].map(normalizeSerial));
+  const leafSerial = normalizeSerial(leaf.serialNumber);
+  // Shown in whole bytes, as `meshward cert revoke`, the CA's CRLs and openssl print serials.
+  const shown = (normalized: string) => (normalized.length % 2 === 1 ? `0${normalized}` : normalized);
+  const serial = shown(leafSerial);
+  for (const normalized of issuerSerials) {
+    const issuerSerial = shown(normalized);
+    if (revoked.has(normalized)) {
+      return new MeshwardError(
+        "E_CA_ISSUER_RETIRED",
+        `the server presents the CA's identity with a certificate (serial ${serial}) signed by issuer serial ${issuerSerial}, which the root CRL in force lists as revoked (retired with --now: its key may have leaked); not the CA, or a CA replica that has not seen the rotation: refused (the next CA endpoint, if any, is tried)`,
+        { details: { serial, issuerSerial } },
+      );
+    }
+  }
+  if (revoked.has(leafSerial)) {
+    return new MeshwardError("E_CA_CERT_REVOKED", `the server presents the CA's identity with a certificate (serial ${serial}) that the CA's CRL lists as revoked: refused (the next CA endpoint, if any, is tried)`, { details: { serial } });
+  }
+  return undefined;
 }
 
 /** Calls dapr.proto.sentry.v1.CA/SignCertificate (gRPC over HTTP/2, the CA verified by SPIFFE ID). */
@@ -93,6 +162,9 @@ async function requestFrom(endpoint: HostPort, connection: CaConnection, request
     jwtAudiences: [...(request.jwtAudiences ?? [])],
   };
   let result;
+  // The TLS socket, made here (as node:http2 would: ALPN h2) so that checkCaIdentity reads the
+  // chain from it. No session is offered: every connection is a full handshake.
+  let socket: TLSSocket | undefined;
   try {
     result = await callUnary({
       url: `https://${host.includes(":") ? `[${host}]` : host}:${port}`,
@@ -100,9 +172,10 @@ async function requestFrom(endpoint: HostPort, connection: CaConnection, request
         ca: connection.bundlePem,
         ...(connection.clientCertificate ? { cert: connection.clientCertificate.certChainPem, key: encodePrivateKey(connection.clientCertificate.privateKey) } : {}),
         servername: "localhost",
-        checkServerIdentity: checkCaIdentity(connection.trustDomain, connection.caSpiffeId),
+        checkServerIdentity: checkCaIdentity(connection, address, () => socket),
         // The CA's identity is checked once, at the handshake: a renegotiation is refused.
         secureOptions: SECURE_OPTIONS,
+        createConnection: (_authority, options) => (socket = tlsConnect({ ...options, host, port, servername: "localhost", ALPNProtocols: ["h2"] } as ConnectionOptions)),
       },
       path: SIGN_CERTIFICATE_PATH,
       authority: "localhost",
@@ -233,6 +306,8 @@ async function fetchFrom(endpoint: HostPort, connection: CaConnection, path: str
   const { host, port } = endpoint;
   const address = formatHostPort(endpoint);
   return await new Promise<{ body: Buffer; servingChain: readonly Buffer[] }>((resolve, reject) => {
+    // The request's socket ('socket' comes before its handshake completes): checkCaIdentity reads the chain from it.
+    let socket: TLSSocket | undefined;
     const req = httpsRequest(
       {
         host,
@@ -241,11 +316,13 @@ async function fetchFrom(endpoint: HostPort, connection: CaConnection, path: str
         method: "GET",
         ca: connection.bundlePem,
         servername: "localhost",
-        checkServerIdentity: checkCaIdentity(connection.trustDomain, connection.caSpiffeId),
+        checkServerIdentity: checkCaIdentity(connection, address, () => socket),
         minVersion: "TLSv1.2",
         secureOptions: SECURE_OPTIONS,
         timeout: connection.timeoutMs ?? 10_000,
-        agent: false,
+        // A fresh agent per request, with no session cache: every connection is a full handshake,
+        // so checkCaIdentity always sees the chain (Node skips checkServerIdentity on resumption).
+        agent: new HttpsAgent({ maxCachedSessions: 0 }),
       },
       (res) => {
         const servingChain = presentedChain(res.socket as TLSSocket);
@@ -265,11 +342,14 @@ async function fetchFrom(endpoint: HostPort, connection: CaConnection, path: str
         res.on("error", reject);
       },
     );
-    req.on("socket", watchHandshake);
+    req.on("socket", (s) => {
+      socket = s as TLSSocket;
+      watchHandshake(s);
+    });
     req.on("timeout", () => req.destroy(new MeshwardError("E_CA_UNAVAILABLE", `the CA at ${address} did not answer in time`)));
     req.on("error", (error) =>
       reject(
-        error instanceof MeshwardError
+        error instanceof MeshwardError && !CA_REFUSAL_CODES.has(error.code) && error.code !== "E_CA_UNTRUSTED"
           ? error
           : (handshakeError(error, address) ?? unreachable(error, address)),
       ),

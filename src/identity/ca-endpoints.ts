@@ -57,7 +57,10 @@ export function isFailoverError(error: unknown): boolean {
   if (!isMeshwardError(error)) return false;
   // The JWKS or Kubernetes API a replica attests with may fail from that replica only (its network
   // path, its circuit breaker still open after the API server recovered): the next one may answer.
-  return error.code === "E_CA_UNAVAILABLE" || error.code === "E_JWKS_UNAVAILABLE" || error.code === "E_KUBERNETES_UNAVAILABLE" || error.code.startsWith("E_STORE_");
+  // A replica refused for its serving chain (its issuer retired with --now, or its certificate
+  // revoked: ca-client.ts servingChainRefusal) is an impostor or a replica behind the others: the
+  // next one may be the CA.
+  return error.code === "E_CA_UNAVAILABLE" || error.code === "E_CA_ISSUER_RETIRED" || error.code === "E_CA_CERT_REVOKED" || error.code === "E_JWKS_UNAVAILABLE" || error.code === "E_KUBERNETES_UNAVAILABLE" || error.code.startsWith("E_STORE_");
 }
 
 export interface FailoverOptions {

@@ -319,7 +319,7 @@ class CaSource implements CaIdentitySource {
       this.#scheduleExpiry(svid);
     } catch (error) {
       if (this.#closed) return;
-      if (this.#resuming && isMeshwardError(error) && !/^E_CA_(UNAVAILABLE|NOT_TLS|UNTRUSTED)$/.test(error.code)) {
+      if (this.#resuming && isMeshwardError(error) && !/^E_CA_(UNAVAILABLE|NOT_TLS|UNTRUSTED|ISSUER_RETIRED|CERT_REVOKED)$/.test(error.code)) {
         // The CA answered and refused the old certificate: attest with the token at once.
         this.#resuming = false;
         this.#svid = undefined;
@@ -721,11 +721,26 @@ class CaSource implements CaIdentitySource {
     return { revokedSerials: this.#bundle.revokedSerials, ...(this.#bundle.crls !== undefined ? { crls: this.#bundle.crls } : {}) };
   }
 
+  /**
+   * How this identity reaches its CA (every request: sign, bundle, CRL). The CA's serving chain is
+   * checked at the handshake against the revocations in force here (ca-client.ts
+   * servingChainRefusal): after `rotate-issuer --now` the root CRL lists the retired issuer, and
+   * whoever holds its leaked key can mint a certificate with the CA's SPIFFE ID; such an endpoint
+   * (or a replica still serving with that issuer) is refused before a token or CSR is sent, logged
+   * (`ca-refused`), and the next CA endpoint is tried.
+   */
   #connection(): CaConnection {
     return {
       address: this.#ca,
       bundlePem: this.#bundle.rootsPem,
       trustDomain: this.#trustDomain,
+      revokedSerials: this.#bundle.revokedSerials,
+      onRefused: (refusal, endpoint) =>
+        this.#log(
+          "error",
+          { event: "ca-refused", reason: refusal.code, ca: endpoint, ...refusal.details },
+          `refused the CA endpoint ${endpoint}: ${refusal.message}`,
+        ),
       ...(this.#options.requestTimeoutMs !== undefined ? { timeoutMs: this.#options.requestTimeoutMs } : {}),
     };
   }

@@ -86,21 +86,7 @@ describe("a workload takes CRLs only from issuers its CA vouches for", () => {
     firstIssuer = signerOf(layout.issuerCert, layout.issuerKey);
     root = signerOf(layout.rootCert, layout.rootKey);
     ca = await startCaServer({ dir, config: caConfigSchema.parse({ listen: "127.0.0.1:0", workloadTtl: "1h", crlRefresh: "100ms", anchorPoll: "100ms", signingWorkers: 0, signRateLimit: false }), logger: silent });
-    const keys = generateKeyPair();
-    const now = Date.now();
-    const leaf = issueLeafCertificate({ spiffeId: caSpiffeId(TD), publicKey: keys.publicKey, signer: firstIssuer, notBefore: new Date(now - 60_000), notAfter: new Date(now + 3_600_000) });
-    front = createHttpsServer({ key: encodePrivateKey(keys.privateKey), cert: toPem(leaf.der, "CERTIFICATE") + toPem(firstIssuer.der, "CERTIFICATE") }, (req, res) => {
-      fetchFromCa({ address: ca.address, bundlePem, trustDomain: TD }, req.url ?? "/")
-        .then((body) => {
-          if (req.url === "/v1/crl?format=set") {
-            const document = JSON.parse(body.toString("utf8")) as SetDocument;
-            body = Buffer.from(JSON.stringify({ crls: [...document.crls, ...added] }));
-          }
-          res.writeHead(200).end(body);
-        })
-        .catch(() => res.writeHead(502).end());
-    });
-    await new Promise<void>((resolve) => front.listen(0, "127.0.0.1", resolve));
+    front = await startFront(firstIssuer);
     balancer = await startSwitchableForwarder();
     balancer.route = () => ca.port;
   });
@@ -112,6 +98,25 @@ describe("a workload takes CRLs only from issuers its CA vouches for", () => {
     rmSync(work, { recursive: true, force: true });
   });
 
+  /** A front answering as the CA (its serving certificate signed by `signer`) that adds `added` to the CA's CRL set. */
+  const startFront = async (signer: Signer): Promise<HttpsServer> => {
+    const keys = generateKeyPair();
+    const now = Date.now();
+    const leaf = issueLeafCertificate({ spiffeId: caSpiffeId(TD), publicKey: keys.publicKey, signer, notBefore: new Date(now - 60_000), notAfter: new Date(now + 3_600_000) });
+    const server = createHttpsServer({ key: encodePrivateKey(keys.privateKey), cert: toPem(leaf.der, "CERTIFICATE") + toPem(signer.der, "CERTIFICATE") }, (req, res) => {
+      fetchFromCa({ address: ca.address, bundlePem, trustDomain: TD }, req.url ?? "/")
+        .then((body) => {
+          if (req.url === "/v1/crl?format=set") {
+            const document = JSON.parse(body.toString("utf8")) as SetDocument;
+            body = Buffer.from(JSON.stringify({ crls: [...document.crls, ...added] }));
+          }
+          res.writeHead(200).end(body);
+        })
+        .catch(() => res.writeHead(502).end());
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    return server;
+  };
   const identity = async (appId: string, logged: Record<string, unknown>[] = []) => {
     const token = (await issueJoinToken(ca.store, { spiffeId: `spiffe://${TD}/ns/shop/${appId}`, ttlMs: 600_000 })).token;
     const logger = pino({ level: "info" }, { write: (line: string) => void logged.push(JSON.parse(line) as Record<string, unknown>) });
@@ -126,8 +131,8 @@ describe("a workload takes CRLs only from issuers its CA vouches for", () => {
   };
   const entry = (der: Buffer, chain: Buffer[]) => ({ issuer_chain: chain.map((d) => d.toString("base64")), current: false, crl: der.toString("base64") });
   const hex = (crls: readonly Buffer[] | undefined) => (crls ?? []).map((c) => c.toString("hex"));
-  const viaFront = async (source: CaIdentitySource) => {
-    const port = (front.address() as { port: number }).port;
+  const viaFront = async (source: CaIdentitySource, through = front) => {
+    const port = (through.address() as { port: number }).port;
     balancer.route = () => port;
     try {
       await source.refreshBundle();
@@ -165,14 +170,16 @@ describe("a workload takes CRLs only from issuers its CA vouches for", () => {
     expect(logged.some((line) => line.event === "renewal-issuer-retired")).toBe(false);
   });
 
-  it("after rotate-issuer --now, refuses a CRL signed by the retired issuer (the root CRL lists it), named or not, even from a front serving with it; takes the new issuer's", async () => {
+  it("after rotate-issuer --now, refuses a front serving with the retired issuer at the handshake, and a CRL signed by the retired issuer (the root CRL lists it), named or not, from one serving with the current issuer; takes the new issuer's", async () => {
     const logged: Record<string, unknown>[] = [];
     const source = await identity("api", logged);
     const issuerOf = () => new X509Certificate(certificatesFromPem(source.current()!.svid.certChainPem)[1]!).fingerprint256;
     expect(issuerOf()).toBe(firstIssuer.certificate.fingerprint256);
     const installed = await rotateIssuer({ dir, now: new Date(), keepPrevious: false });
-    for (const deadline = Date.now() + 15_000; issuerOf() !== installed.fingerprint256; ) {
-      if (Date.now() > deadline) throw new Error("the workload did not move to the new issuer");
+    const retiredSerial = normalizeSerial(firstIssuer.certificate.serialNumber);
+    // Moved to the new issuer, and holding the root CRL that lists the retired one (it may come a CRL refresh later).
+    for (const deadline = Date.now() + 15_000; issuerOf() !== installed.fingerprint256 || !source.current()!.bundle.revokedSerials.has(retiredSerial); ) {
+      if (Date.now() > deadline) throw new Error("the workload did not move to the new issuer, or holds no root CRL listing the retired one");
       await new Promise((resolve) => setTimeout(resolve, 200));
       await source.refreshBundle(); // no CRL of its issuer any more: it renews (crl-issuer-changed)
     }
@@ -183,7 +190,19 @@ describe("a workload takes CRLs only from issuers its CA vouches for", () => {
 
     const forged = await crlBy(firstIssuer, HUGE);
     added = [entry(forged, [firstIssuer.der]), entry(forged, [])];
-    await viaFront(source);
+    // A front serving with the retired issuer itself is refused at the handshake (ca-client.ts
+    // servingChainRefusal): nothing it serves is read.
+    await expect(viaFront(source)).rejects.toMatchObject({ code: "E_CA_ISSUER_RETIRED" });
+    expect(logged.some((line) => line.event === "ca-refused" && line.issuerSerial === normalizeSerial(firstIssuer.certificate.serialNumber))).toBe(true);
+    expect(hex(source.current()!.bundle.crls)).toEqual(hex(held));
+    // One serving with the current issuer (a compromised replica) that adds the retired issuer's CRL: not used.
+    const layout = caLayout(dir);
+    const currentFront = await startFront({ certificate: installed, der: Buffer.from(installed.raw), privateKey: decodePrivateKey(readFileSync(layout.issuerKey, "utf8")) });
+    try {
+      await viaFront(source, currentFront);
+    } finally {
+      await new Promise((resolve) => currentFront.close(resolve));
+    }
     expect(hex(source.current()!.bundle.crls)).not.toContain(forged.toString("hex"));
     expect(hex(source.current()!.bundle.crls)).toEqual(hex(held));
     expect(logged.some((line) => line.event === "crl-issuer-not-vouched")).toBe(true);
