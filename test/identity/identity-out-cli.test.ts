@@ -76,8 +76,11 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     expect(new Date(cert.validTo).getTime() - Date.now()).toBeLessThanOrEqual(20_000);
     const verify = await exec("openssl", ["verify", "-CAfile", join(out, "bundle.pem"), "-untrusted", join(out, "cert.pem"), join(out, "cert.pem")]);
     expect(verify.stdout).toMatch(/OK/);
-    // SIGTERM stops it cleanly.
+    // SIGTERM stops it cleanly, and says so last (as the sidecar and `ca serve` do).
     expect(await id.stop()).toBe(0);
+    expect(events(id, "identity-stopping")).toMatchObject([{ signal: "SIGTERM" }]);
+    const lines = (id.stdout() + id.stderr()).trim().split("\n");
+    expect(JSON.parse(lines.at(-1)!)).toMatchObject({ event: "stopped", msg: "identity stopped" });
   }, 90_000);
 
   it("item 4: a restart with a valid certificate in --out renews with it: the spent token, or no token at all", async () => {

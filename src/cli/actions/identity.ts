@@ -152,10 +152,13 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
       logger.info({ event: "status-listening", address: statusAddress }, "status endpoints listening");
     }
     process.stdout.write(`meshward identity ready: ${snapshot.svid.spiffeId} (serial ${snapshot.svid.serial}, valid until ${formatCertificateTime(snapshot.svid.notAfter)})${statusAddress ? ` status=${statusAddress}` : ""}\n`);
-    await stopped;
+    const reason = await stopped;
+    logger.info({ event: "identity-stopping", signal: reason }, "stopping");
   } finally {
     stopInstrumenting();
     for (const close of closers.reverse()) await close();
     await source?.close();
   }
+  // Said once everything is closed (the files stay in --out; the Workload API socket is removed).
+  logger.info({ event: "stopped" }, "identity stopped");
 }
