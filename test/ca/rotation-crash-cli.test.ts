@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
 import { caLayout, initAnchors, loadAnchors, readCaState } from "../../src/ca/anchors.ts";
+import { prepareRoot } from "../../src/ca/rotation.ts";
 import { keysMatch, decodePrivateKey } from "../../src/pki/keys.ts";
 import { runCli, startCli, type CliResult } from "../helpers/cli.ts";
 
@@ -15,6 +16,8 @@ import { runCli, startCli, type CliResult } from "../helpers/cli.ts";
  * Before the fix, a fault between issuer.key and issuer.pem left the new key beside the old
  * certificate: 'ca serve', 'ca status' and the repair 'ca rotate-issuer --now' all failed
  * E_CA_CORRUPT; and a retried 'rotate-root activate' copied the new root over root.prev.*.
+ * The steps before the one interrupted (the CA directory, a prepared root) are made in-process;
+ * every step interrupted, checked or repaired is a real process.
  */
 const FAULT = fileURLToPath(new URL("../helpers/fault-rename.mjs", import.meta.url));
 const TD = "crash.test";
@@ -90,8 +93,8 @@ describe("a rotation command interrupted at any file change leaves a CA that sta
     const layout = caLayout(dir);
     const oldRoot = fingerprint(layout.rootCert);
     const oldRootKey = sha256(layout.rootKey);
-    const prepared = await runCli(["ca", "rotate-root", "prepare", "--dir", dir]);
-    expect(prepared.code, prepared.stderr).toBe(0);
+    // Prepared in-process, as the CA directory is made: the step under test is the activate below.
+    await prepareRoot({ dir, now: new Date() });
     const newRoot = fingerprint(layout.nextRootCert);
     const newRootKey = sha256(layout.nextRootKey);
 
@@ -119,7 +122,7 @@ describe("a rotation command interrupted at any file change leaves a CA that sta
     const layout = caLayout(dir);
     const oldRoot = fingerprint(layout.rootCert);
     const oldRootKey = sha256(layout.rootKey);
-    expect((await runCli(["ca", "rotate-root", "prepare", "--dir", dir])).code).toBe(0);
+    await prepareRoot({ dir, now: new Date() });
     const full = await faulty(["ca", "rotate-root", "activate", "--dir", dir], "issuer.pem", "enospc");
     expect(full.code).toBe(1);
     expect(full.stderr).toMatch(/issuer\.pending\.pem.*finishes the switch; nothing is lost \[E_FILE_WRITE\]/);
