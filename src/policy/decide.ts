@@ -107,8 +107,40 @@ export interface Decision {
   readonly verbSensitive?: boolean;
 }
 
+/** An operation entry of an app policy that matches a request (explain). */
+export interface MatchedOperation {
+  /** The entry's normalised name as written. */
+  readonly name: string;
+  /** Matched as a path below its name (rule 8), not as the name itself. */
+  readonly below: boolean;
+}
+
+/** decide()'s answer, with what led to it (for warnings and audits, not the hot path). */
+export interface Explanation {
+  /** What decide() answers for the same request. */
+  readonly decision: Decision;
+  /**
+   * What decided: a rule of an operation entry, the app policy's default (its defaultAction, or
+   * the global one it falls back to) or the global default (no app policy for the caller, or no
+   * access control at all).
+   */
+  readonly by: "operation" | "app-default" | "global-default";
+  /** Index in `policies` of the app policy that matched the caller, if one did. */
+  readonly policyIndex?: number;
+  /**
+   * The app policy's operation entries that match the request, in the order decide() tries them
+   * (most specific first). decide() stops at the first: its rule for the request decides, or the
+   * app default when it has none (an entry with only HTTP-verb allows, for a call without a verb).
+   */
+  readonly matched: readonly MatchedOperation[];
+  /** Index in the app policy's `operations` of the rule whose action decided (`by: operation`). */
+  readonly ruleIndex?: number;
+}
+
 export interface AccessPolicy {
   decide(request: AccessRequest): Decision;
+  /** decide(), with what decided and the entries the request matched (same code path as decide). */
+  explain(request: AccessRequest): Explanation;
   /** True when no access control is configured (everything allowed). */
   readonly allowsAll: boolean;
   /** The callers the app policies are for (appId, namespace, trust domain), in file order. */
@@ -117,6 +149,8 @@ export interface AccessPolicy {
 
 interface CompiledOperation {
   readonly pattern: OperationPattern;
+  /** The entry that decides the paths below its name (rule 8), ranked as `pattern`. */
+  readonly below: boolean;
   readonly verbDecisions: ReadonlyMap<string, Decision>;
   /** For a verb without a rule of its own: the "*" rule, else the app default. */
   readonly otherVerbDecision: Decision;
@@ -125,7 +159,10 @@ interface CompiledOperation {
 }
 
 interface CompiledApp {
+  readonly policyIndex: number;
   readonly defaultDecision: Decision;
+  /** The index in the app policy's `operations` of the rule each operation decision was made from. */
+  readonly ruleIndexOf: ReadonlyMap<Decision, number>;
   readonly operations: readonly CompiledOperation[];
 }
 
@@ -137,7 +174,7 @@ const ALLOW_ALL = decision(true, "no-access-control", "no access control is conf
 
 export function compilePolicy(config: AccessControlConfig | undefined): AccessPolicy {
   if (config === undefined || !config.present || (config.defaultAction === undefined && config.impliedDefaultAction === undefined && config.policies.length === 0)) {
-    return { allowsAll: true, appPolicies: [], decide: () => ALLOW_ALL };
+    return { allowsAll: true, appPolicies: [], decide: () => ALLOW_ALL, explain: () => ({ decision: ALLOW_ALL, by: "global-default", matched: [] }) };
   }
 
   const globalAction: Action = config.defaultAction ?? config.impliedDefaultAction ?? (config.policies.length > 0 ? "deny" : "allow");
@@ -155,41 +192,65 @@ export function compilePolicy(config: AccessControlConfig | undefined): AccessPo
 
   // appId -> namespace -> trustDomain -> app: nested maps so that lookups do not build keys.
   const apps = new Map<string, Map<string, Map<string, CompiledApp>>>();
-  for (const policy of config.policies) {
+  for (const [policyIndex, policy] of config.policies.entries()) {
     let byNamespace = apps.get(policy.appId);
     if (!byNamespace) apps.set(policy.appId, (byNamespace = new Map()));
     let byTrustDomain = byNamespace.get(policy.namespace);
     if (!byTrustDomain) byNamespace.set(policy.namespace, (byTrustDomain = new Map()));
-    byTrustDomain.set(policy.trustDomain, compileApp(policy, globalAction));
+    byTrustDomain.set(policy.trustDomain, compileApp(policy, policyIndex, globalAction));
   }
 
   const path = new PathSegments();
+  /** The caller's compiled app policy, or the global decision when none applies. */
+  const appFor = (caller: Caller | undefined): CompiledApp | Decision => {
+    if (caller === undefined) return unverified;
+    const byNamespace = apps.get(caller.appId);
+    if (byNamespace === undefined) return noPolicy;
+    const byTrustDomain = byNamespace.get(caller.namespace);
+    if (byTrustDomain === undefined) return nsMismatch;
+    return byTrustDomain.get(caller.trustDomain) ?? tdMismatch;
+  };
+  const loadPath = (operation: unknown) => path.load(normaliseOperation(typeof operation === "string" ? operation : "").toLowerCase());
+  /** The index of the first of `app`'s operations from `from` on that matches the loaded path, or -1. */
+  const firstMatch = (app: CompiledApp, from: number): number => {
+    const operations = app.operations;
+    for (let i = from; i < operations.length; i++) if (matchesOperation(operations[i]!.pattern.segments, path)) return i;
+    return -1;
+  };
+  /** The decision once decide() has stopped at `candidate` (or found none). */
+  const decideAt = (app: CompiledApp, candidate: CompiledOperation | undefined, verb: string): Decision => {
+    if (candidate === undefined) return app.defaultDecision;
+    if (verb === "" || verb === "*") return candidate.grpcDecision ?? app.defaultDecision;
+    return candidate.verbDecisions.get(upperVerb(verb)) ?? candidate.otherVerbDecision;
+  };
 
   return {
     allowsAll: false,
     appPolicies: config.policies.map((p) => ({ appId: p.appId, namespace: p.namespace, trustDomain: p.trustDomain })),
     decide(request: AccessRequest): Decision {
-      const caller = request.caller;
-      if (caller === undefined) return unverified;
-      const byNamespace = apps.get(caller.appId);
-      if (byNamespace === undefined) return noPolicy;
-      const byTrustDomain = byNamespace.get(caller.namespace);
-      if (byTrustDomain === undefined) return nsMismatch;
-      const app = byTrustDomain.get(caller.trustDomain);
-      if (app === undefined) return tdMismatch;
+      const app = appFor(request.caller);
+      if (!("operations" in app)) return app;
       if (app.operations.length === 0) return app.defaultDecision;
-
-      const verb = request.verb;
-      const isHttp = verb !== "" && verb !== "*";
-      path.load(normaliseOperation(typeof request.operation === "string" ? request.operation : "").toLowerCase());
+      loadPath(request.operation);
       // Most specific first (compileApp sorts them, the paths below a covering operation's name
       // ranked as its name followed by `/**`): the first that matches decides, else the app default.
-      for (const candidate of app.operations) {
-        if (!matchesOperation(candidate.pattern.segments, path)) continue;
-        if (!isHttp) return candidate.grpcDecision ?? app.defaultDecision;
-        return candidate.verbDecisions.get(upperVerb(verb)) ?? candidate.otherVerbDecision;
-      }
-      return app.defaultDecision;
+      return decideAt(app, app.operations[firstMatch(app, 0)], request.verb);
+    },
+    explain(request: AccessRequest): Explanation {
+      const app = appFor(request.caller);
+      if (!("operations" in app)) return { decision: app, by: "global-default", matched: [] };
+      loadPath(request.operation);
+      const matched: CompiledOperation[] = [];
+      for (let i = firstMatch(app, 0); i !== -1; i = firstMatch(app, i + 1)) matched.push(app.operations[i]!);
+      const decision = decideAt(app, matched[0], request.verb);
+      const ruleIndex = decision.rule === app.defaultDecision.rule ? undefined : app.ruleIndexOf.get(decision);
+      return {
+        decision,
+        by: ruleIndex === undefined ? "app-default" : "operation",
+        policyIndex: app.policyIndex,
+        matched: matched.map((operation) => ({ name: operation.pattern.name, below: operation.below })),
+        ...(ruleIndex === undefined ? {} : { ruleIndex }),
+      };
     },
   };
 }
@@ -205,7 +266,7 @@ function upperVerb(verb: string): string {
   return KNOWN_VERBS.get(verb) ?? verb.toUpperCase();
 }
 
-function compileApp(policy: AppPolicy, globalAction: Action): CompiledApp {
+function compileApp(policy: AppPolicy, policyIndex: number, globalAction: Action): CompiledApp {
   const label = `app:${policy.appId}/${policy.namespace}`;
   const appAction = policy.defaultAction ?? globalAction;
   const defaultDecision = decision(
@@ -218,26 +279,35 @@ function compileApp(policy: AppPolicy, globalAction: Action): CompiledApp {
 
   // Rules with the same (normalised) name merge into one entry with a verb table (Dapr keeps the
   // first entry only; dapr-differences.ts reports a repeat).
-  const byName = new Map<string, { pattern: OperationPattern; rules: OperationRule[] }>();
-  for (const rule of policy.operations) {
+  const byName = new Map<string, { pattern: OperationPattern; rules: OperationRule[]; indexes: number[] }>();
+  for (const [index, rule] of policy.operations.entries()) {
     const pattern = compileOperation(rule.name);
-    const entry = byName.get(pattern.name) ?? { pattern, rules: [] };
+    const entry = byName.get(pattern.name) ?? { pattern, rules: [], indexes: [] };
     byName.set(pattern.name, entry);
     entry.rules.push(rule);
+    entry.indexes.push(index);
   }
+  // Where each decision an operation makes comes from (explain): the rule's index in `operations`.
+  const ruleIndexOf = new Map<Decision, number>();
+  const from = (made: Decision, source: Decision): Decision => {
+    const index = ruleIndexOf.get(source);
+    if (index !== undefined) ruleIndexOf.set(made, index);
+    return made;
+  };
 
   const operations: CompiledOperation[] = [];
   const covering: CompiledOperation[] = [];
-  for (const { pattern, rules } of byName.values()) {
+  for (const { pattern, rules, indexes } of byName.values()) {
     const verbDecisions = new Map<string, Decision>();
     let anyVerbDecision: Decision | undefined;
-    for (const rule of rules) {
+    for (const [position, rule] of rules.entries()) {
       for (const verb of rule.httpVerb) {
         const made = decision(
           rule.action === "allow",
           `${label}:op:${pattern.name}:${verb}`,
           `operation ${pattern.name} ${verb === "*" ? "with any verb" : `with verb ${verb}`} is ${rule.action === "allow" ? "allowed" : "denied"} by app policy ${policy.appId}/${policy.namespace}`,
         );
+        ruleIndexOf.set(made, indexes[position]!);
         if (verb === "*") anyVerbDecision ??= made;
         else if (!verbDecisions.has(verb)) verbDecisions.set(verb, made);
       }
@@ -246,9 +316,11 @@ function compileApp(policy: AppPolicy, globalAction: Action): CompiledApp {
     // a rule that denies GET denies HEAD too, unless a rule names HEAD itself.
     const get = verbDecisions.get("GET");
     if (get !== undefined && !get.allowed && !verbDecisions.has("HEAD")) {
-      verbDecisions.set("HEAD", decision(false, `${label}:op:${pattern.name}:GET`, `operation ${pattern.name} with verb HEAD is denied by app policy ${policy.appId}/${policy.namespace} (its GET rule denies, and HEAD runs GET's handler)`));
+      verbDecisions.set("HEAD", from(decision(false, `${label}:op:${pattern.name}:GET`, `operation ${pattern.name} with verb HEAD is denied by app policy ${policy.appId}/${policy.namespace} (its GET rule denies, and HEAD runs GET's handler)`), get));
     }
-    const grpcRule = rules.find((rule) => rule.httpVerb.length === 0) ?? rules.find((rule) => rule.action === "deny");
+    const verbless = rules.findIndex((rule) => rule.httpVerb.length === 0);
+    const grpcAt = verbless !== -1 ? verbless : rules.findIndex((rule) => rule.action === "deny");
+    const grpcRule = grpcAt === -1 ? undefined : rules[grpcAt];
     const grpcDecision =
       grpcRule === undefined
         ? undefined
@@ -257,24 +329,26 @@ function compileApp(policy: AppPolicy, globalAction: Action): CompiledApp {
             `${label}:op:${pattern.name}`,
             `operation ${pattern.name} is ${grpcRule.action === "allow" ? "allowed" : "denied"}${grpcRule.httpVerb.length > 0 ? " (a verb rule that denies also denies gRPC)" : ""} by app policy ${policy.appId}/${policy.namespace}`,
           );
+    if (grpcDecision !== undefined) ruleIndexOf.set(grpcDecision, indexes[grpcAt]!);
     const otherVerbDecision = anyVerbDecision ?? defaultDecision;
     const verbsAgree = [...verbDecisions.values()].every((d) => d.allowed === otherVerbDecision.allowed);
-    const marked = (d: Decision): Decision => (verbsAgree ? d : Object.freeze({ ...d, verbSensitive: true }));
+    const marked = (d: Decision): Decision => (verbsAgree ? d : from(Object.freeze({ ...d, verbSensitive: true }), d));
     const exact = {
       verbDecisions: new Map([...verbDecisions].map(([verb, d]) => [verb, marked(d)])),
       otherVerbDecision: marked(otherVerbDecision),
       grpcDecision,
     };
-    operations.push({ pattern, ...exact });
+    operations.push({ pattern, below: false, ...exact });
     // The paths below the name (a last literal or in-segment glob: coversBelow), as in Dapr, with
     // the same rules, ranked as the name followed by `/**` (belowPattern): `/admin` deny beside `/**`
     // allow denies `/admin/users`, whatever the order. Pushed after the declared operations, so an
     // explicit `/admin/**` goes before it (a stable sort keeps ties in this order).
     if (coversBelow(pattern.segments)) {
       const belowOf = (d: Decision): Decision =>
-        d === defaultDecision || d.rule === defaultDecision.rule ? d : Object.freeze({ ...d, reason: `${d.reason} (for a path below ${pattern.name}: an operation covers the paths below its name, as in Dapr)` });
+        d === defaultDecision || d.rule === defaultDecision.rule ? d : from(Object.freeze({ ...d, reason: `${d.reason} (for a path below ${pattern.name}: an operation covers the paths below its name, as in Dapr)` }), d);
       covering.push({
         pattern: belowPattern(pattern),
+        below: true,
         verbDecisions: new Map([...exact.verbDecisions].map(([verb, d]) => [verb, belowOf(d)])),
         otherVerbDecision: belowOf(exact.otherVerbDecision),
         grpcDecision: grpcDecision === undefined ? undefined : belowOf(grpcDecision),
@@ -284,5 +358,5 @@ function compileApp(policy: AppPolicy, globalAction: Action): CompiledApp {
   operations.push(...covering);
   // Array.prototype.sort is stable: equal specificity keeps declaration order.
   operations.sort((a, b) => compareSpecificity(a.pattern, b.pattern));
-  return { defaultDecision, operations };
+  return { policyIndex, defaultDecision, ruleIndexOf, operations };
 }

@@ -1,15 +1,38 @@
 /**
  * What of an access policy a TCP-mode sidecar can apply. A TCP connection has no path and no
- * verb: decide.ts judges it as a call without a verb (like gRPC) to the operation `/`. So an
- * operation whose name does not match `/` (`/admin/**`, `/pkg.Svc/Get`) never decides a
- * connection, and neither does one that matches `/` but only allows HTTP verbs (`/**` with
- * `httpVerb: [GET]`: a verb rule that allows says nothing for a call without a verb; one that
- * denies does deny it). Pure, like the rest of this folder.
+ * verb: the sidecar asks decide() about TCP_REQUEST (src/proxy/inbound.ts), a call without a verb
+ * (like gRPC) to the operation `/`. decide() stops at the most specific operation entry that
+ * matches `/` (of `/*`, `/` and `/**`, ranked as decide.ts rule 8 says: `/*` first, as a longer
+ * pattern, and `/**` last): its rule for a call without a verb decides (the one
+ * without verbs, else its first deny), or the app policy's default when it has only HTTP-verb
+ * allows. Every other operation never decides a connection, whatever it says: one on another path
+ * (`/admin/**`, `/pkg.Svc/Get`), an HTTP-verb allow, and one on `/` that a more specific entry
+ * shadows (a `/**` deny beside a GET-only `/` allow protects nothing).
+ *
+ * What decides is read from the compiled policy (AccessPolicy.explain, the same code path as
+ * decide) for each app policy's caller, so this check says what the sidecar does. Pure, like the
+ * rest of this folder.
  */
-import { compileOperation, matchesOperation, PathSegments } from "./operation.ts";
-import type { AccessControlConfig, OperationRule } from "./schema.ts";
+import { compilePolicy, type Explanation } from "./decide.ts";
+import { compileOperation } from "./operation.ts";
+import type { AccessControlConfig, Action } from "./schema.ts";
 
 export const POLICY_OPERATIONS_NEVER_APPLY_TCP = "policy-operations-never-apply-tcp";
+
+/** What a TCP-mode sidecar asks the policy about each connection (src/proxy/inbound.ts). */
+export const TCP_REQUEST = Object.freeze({ operation: "", verb: "" });
+
+/** What decides the connections of an app policy's caller. */
+export interface TcpDecider {
+  /** `operation`: a rule of the entry `name`; `default`: the app policy's default. */
+  readonly kind: "operation" | "default";
+  /** The entry decide() stops at (for `default`, when it has no rule for a call without a verb). */
+  readonly name?: string;
+  /** For `default`: whether the app policy has a defaultAction, or falls back to the global one. */
+  readonly global?: boolean;
+  /** What it does with every connection of that caller. */
+  readonly action: Action;
+}
 
 export interface TcpInapplicableOperation {
   readonly appId: string;
@@ -20,41 +43,69 @@ export interface TcpInapplicableOperation {
   readonly operationIndex: number;
   /** The operation's name as written (normalised). */
   readonly name: string;
-  /** `path`: its name never matches `/`; `verbs`: it only allows HTTP verbs. */
-  readonly why: "path" | "verbs";
+  /** The operation's action: a deny that never applies protects nothing. */
+  readonly action: Action;
+  /**
+   * `path`: its name never matches `/`; `verbs`: it names HTTP verbs, and for a call without a verb
+   * its entry has no rule (only HTTP-verb allows) or another rule of the entry decides;
+   * `shadowed`: it matches `/`, but a more specific entry (`decidedBy.name`) is where decide() stops.
+   */
+  readonly why: "path" | "verbs" | "shadowed";
+  /** What decides this caller's connections instead. */
+  readonly decidedBy: TcpDecider;
 }
 
 /** The operations of `config` that can never decide a TCP-mode connection, in file order. */
 export function operationsNeverApplyingToTcp(config: AccessControlConfig): TcpInapplicableOperation[] {
   if (!config.present) return [];
-  const root = new PathSegments();
-  root.load("/");
+  const policy = compilePolicy(config);
   const found: TcpInapplicableOperation[] = [];
-  config.policies.forEach((policy, policyIndex) => {
-    // Entries with the same normalised name are one operation (decide.ts compileApp).
-    const byName = new Map<string, { matchesRoot: boolean; rules: { rule: OperationRule; index: number }[] }>();
-    policy.operations.forEach((rule, index) => {
-      const pattern = compileOperation(rule.name);
-      const entry = byName.get(pattern.name) ?? { matchesRoot: matchesOperation(pattern.segments, root), rules: [] };
-      byName.set(pattern.name, entry);
-      entry.rules.push({ rule, index });
+  config.policies.forEach((app, policyIndex) => {
+    if (app.operations.length === 0) return;
+    const caller = { appId: app.appId, namespace: app.namespace, trustDomain: app.trustDomain };
+    const explained = policy.explain({ caller, ...TCP_REQUEST });
+    const decidedBy = deciderOf(explained, app.defaultAction === undefined);
+    const reached = explained.matched[0]?.name;
+    app.operations.forEach((rule, operationIndex) => {
+      if (operationIndex === explained.ruleIndex) return;
+      const name = compileOperation(rule.name).name;
+      // Another rule of the entry that decides, with the same action: it says what decides.
+      if (explained.by === "operation" && name === reached && rule.action === decidedBy.action) return;
+      const why = name === reached ? "verbs" : explained.matched.some((matched) => matched.name === name) ? "shadowed" : "path";
+      found.push({ ...caller, policyIndex, operationIndex, name, action: rule.action, why, decidedBy });
     });
-    for (const [name, { matchesRoot, rules }] of byName) {
-      // As compileApp picks the rule for a call without a verb: one without verbs, else a deny.
-      const decidesVerbless = rules.some(({ rule }) => rule.httpVerb.length === 0 || rule.action === "deny");
-      if (matchesRoot && decidesVerbless) continue;
-      for (const { index } of rules) {
-        found.push({ appId: policy.appId, namespace: policy.namespace, trustDomain: policy.trustDomain, policyIndex, operationIndex: index, name, why: matchesRoot ? "verbs" : "path" });
-      }
-    }
   });
   return found;
 }
 
-/** One sentence for a person: which operations, and what decides a TCP connection instead. */
+function deciderOf(explained: Explanation, inheritsDefault: boolean): TcpDecider {
+  const action: Action = explained.decision.allowed ? "allow" : "deny";
+  const reached = explained.matched[0]?.name;
+  if (explained.by === "operation" && reached !== undefined) return { kind: "operation", name: reached, action };
+  return { kind: "default", ...(reached === undefined ? {} : { name: reached }), ...(inheritsDefault ? { global: true } : {}), action };
+}
+
+/** What decides, in words: "the operation / (deny)", "the app policy's defaultAction (allow; ...)". */
+export function tcpDeciderText(decider: TcpDecider): string {
+  if (decider.kind === "operation") return `the operation ${decider.name} (${decider.action})`;
+  const notes = [decider.action, ...(decider.global === true ? ["the app policy has none"] : []), ...(decider.name === undefined ? [] : [`${decider.name}, the most specific operation matching /, allows HTTP verbs only`])];
+  return `${decider.global === true ? "the global defaultAction" : "the app policy's defaultAction"} (${notes.join("; ")})`;
+}
+
+function whyText(operation: TcpInapplicableOperation): string {
+  if (operation.why === "path") return "its path is not /";
+  if (operation.why === "shadowed") return `shadowed by the more specific ${operation.decidedBy.name}`;
+  return operation.decidedBy.kind === "operation" ? "HTTP verbs only; another rule of it decides" : "allowed for HTTP verbs only";
+}
+
+/** One sentence for a person: which operations, and what decides each caller's connections instead. */
 export function tcpInapplicableMessage(operations: readonly TcpInapplicableOperation[]): string {
-  const listed = operations
-    .map((operation) => `${operation.name} (app policy ${operation.appId} in ${operation.namespace}${operation.why === "verbs" ? ", allowed for HTTP verbs only" : ""})`)
-    .join(", ");
-  return `in TCP mode a connection has no path and no verb: it is judged as the operation / without a verb, so ${operations.length === 1 ? "this operation never applies" : `these ${operations.length} operations never apply`}: ${listed}; the app policy's defaultAction (or an operation on /, /* or /** without verbs) decides instead. Write a TCP-mode sidecar's policy as defaultAction plus, if needed, one /** entry per caller`;
+  const listed = operations.map((operation) => `${operation.name} ${operation.action} (app policy ${operation.appId} in ${operation.namespace}: ${whyText(operation)})`).join(", ");
+  const deciders = new Map<number, string>();
+  for (const operation of operations) {
+    if (!deciders.has(operation.policyIndex)) {
+      deciders.set(operation.policyIndex, `for app policy ${operation.appId} in ${operation.namespace}, every connection is ${operation.decidedBy.action === "allow" ? "allowed" : "denied"} by ${tcpDeciderText(operation.decidedBy)}`);
+    }
+  }
+  return `in TCP mode a connection has no path and no verb: it is judged as the operation / without a verb, and only the most specific operation matching / can decide it, so ${operations.length === 1 ? "this operation never applies" : `these ${operations.length} operations never apply`}: ${listed}; ${[...deciders.values()].join("; ")}. Write a TCP-mode sidecar's policy as defaultAction plus, if needed, one /** entry without verbs per caller`;
 }

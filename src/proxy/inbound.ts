@@ -9,7 +9,7 @@ import type { Counter } from "prom-client";
 import type { SidecarLimits } from "../config/sidecar.ts";
 import { describeError } from "../errors.ts";
 import type { IdentitySource } from "../identity/source.ts";
-import type { Caller } from "../policy/index.ts";
+import { TCP_REQUEST, type Caller } from "../policy/index.ts";
 import type { IdentityHealth } from "../tls/context.ts";
 import { verifyTlsPeer } from "../tls/verify.ts";
 import { loadOnce } from "../tls/policy.ts";
@@ -512,14 +512,15 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   };
 
   // --- TCP mode ------------------------------------------------------------------------
+  // Judged as TCP_REQUEST, the request policy-operations-never-apply-tcp explains (src/policy/tcp.ts).
   const toTcp = (socket: Socket, peer: PeerIdentity | undefined) => {
-    const refusal = denied(peer, socket, "", "");
+    const refusal = denied(peer, socket, TCP_REQUEST.operation, TCP_REQUEST.verb);
     if (refusal !== undefined) {
       telemetry.refused.inc({ direction: "inbound", reason: "policy" });
       socket.destroy();
       return;
     }
-    holdTunnel(socket, { peer, operation: "", verb: "" });
+    holdTunnel(socket, { peer, operation: TCP_REQUEST.operation, verb: TCP_REQUEST.verb });
     tracker.add(socket);
     const end = tracker.begin(socket);
     const started = performance.now();

@@ -140,14 +140,15 @@ export interface WatchPolicyOptions {
 
 /**
  * Logs one `policy-operations-never-apply-tcp` warning when the sidecar runs in TCP mode and its
- * policy has operations a connection can never match (a path other than `/`, HTTP verbs only).
+ * policy has operations that never decide a connection (a path other than `/`, HTTP verbs only,
+ * shadowed by a more specific operation on `/`), with what decides instead.
  */
 function warnTcpInapplicable(file: string, operations: readonly (TcpInapplicableOperation & { at: string })[], options: WatchPolicyOptions): void {
   if (options.protocol !== "tcp" || operations.length === 0) return;
   const message = `the access policy ${file}: ${tcpInapplicableMessage(operations)} (at ${operations.map((operation) => operation.at).join(", ")})`;
   const fields = {
     event: POLICY_OPERATIONS_NEVER_APPLY_TCP,
-    operations: operations.map(({ appId, namespace, trustDomain, name, why, at }) => ({ appId, namespace, trustDomain, name, why, at })),
+    operations: operations.map(({ appId, namespace, trustDomain, name, action, why, decidedBy, at }) => ({ appId, namespace, trustDomain, name, action, why, decidedBy, at })),
   };
   if (options.warn !== undefined) options.warn(fields, message);
   else options.logger.warn(`${POLICY_OPERATIONS_NEVER_APPLY_TCP}: ${message}`);

@@ -60,6 +60,20 @@ describe("MW-ACCESS-012: a TCP-mode sidecar's policy with operations that never 
     expect(hit?.message).toContain("The policy policy.yaml: in TCP mode a connection has no path and no verb");
   });
 
+  it("medium for a /** deny shadowed by a GET-only / allow: the default admits every connection, and the message says so", () => {
+    const [hit, ...rest] = run(sidecar("protocol: tcp\n"), policy("          - { name: /, httpVerb: [GET], action: allow }\n          - { name: /**, action: deny }\n"));
+    expect(rest).toEqual([]);
+    expect(hit).toMatchObject({ severity: "medium", evidence: "protocol: tcp; checkout /, checkout /**" });
+    expect(hit?.message).toContain("/** deny (app policy checkout in prod: shadowed by the more specific /)");
+    expect(hit?.message).toContain("every connection is allowed by the app policy's defaultAction (allow;");
+  });
+
+  it("low for an allow shadowed by a more specific deny on / (connections refused, nothing opened)", () => {
+    const [hit] = run(sidecar("protocol: tcp\n"), policy("          - { name: /**, action: allow }\n          - { name: /*, httpVerb: [POST], action: deny }\n"));
+    expect(hit).toMatchObject({ severity: "low", evidence: "protocol: tcp; checkout /**" });
+    expect(hit?.message).toContain("every connection is denied by the operation /* (deny)");
+  });
+
   it("low when only allows never apply (connections refused, nothing opened); an HTTP-verb allow on /** counts", () => {
     expect(run(sidecar("protocol: TCP\n"), policy("          - { name: /**, httpVerb: [GET], action: allow }\n")).map((hit) => hit.severity)).toEqual(["low"]);
   });

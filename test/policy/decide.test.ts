@@ -520,3 +520,51 @@ accessControl:
     expect(explicit.decide(http(caller("orders"), "GET", "/admin"))).toMatchObject({ allowed: false, rule: "app:orders/default:op:/admin:*" });
   });
 });
+
+describe("explain(): decide()'s answer and what led to it", () => {
+  const policy = policyFrom(`
+accessControl:
+  defaultAction: deny
+  policies:
+    - appId: orders
+      namespace: default
+      defaultAction: allow
+      operations:
+        - { name: /admin, httpVerb: [GET], action: deny }
+        - { name: /**, action: deny }
+        - { name: /**, httpVerb: [GET], action: allow }
+        - { name: /admin, httpVerb: [POST], action: allow }
+`);
+  const requests: AccessRequest[] = [
+    http(caller("orders"), "GET", "/admin"),
+    http(caller("orders"), "HEAD", "/admin/users"),
+    http(caller("orders"), "POST", "/admin"),
+    http(caller("orders"), "PUT", "/admin"),
+    http(caller("orders"), "GET", "/x"),
+    grpc(caller("orders"), "/admin"),
+    grpc(caller("orders"), ""),
+    grpc(caller("billing"), "/x"),
+    grpc(undefined, "/x"),
+  ];
+
+  it("answers as decide() for every request", () => {
+    for (const request of requests) expect(policy.explain(request).decision, JSON.stringify(request)).toEqual(policy.decide(request));
+  });
+
+  it("names the rule that decided (HEAD: the GET deny; below a name: the covering entry), the entries matched in order, or the default", () => {
+    const [getAdmin, headBelow, postAdmin, putAdmin, getX, grpcAdmin, tcp, noPolicy, unverified] = requests.map((request) => policy.explain(request));
+    // The covering entry (ranked as /admin/**, which matches /admin too) comes after the name itself.
+    expect(getAdmin).toMatchObject({ by: "operation", policyIndex: 0, ruleIndex: 0, matched: [{ name: "/admin", below: false }, { name: "/admin", below: true }, { name: "/**", below: false }] });
+    expect(headBelow).toMatchObject({ by: "operation", ruleIndex: 0, matched: [{ name: "/admin", below: true }, { name: "/**", below: false }] });
+    expect(postAdmin).toMatchObject({ by: "operation", ruleIndex: 3 });
+    expect(putAdmin).toMatchObject({ by: "app-default", policyIndex: 0 });
+    expect(putAdmin?.ruleIndex).toBeUndefined();
+    expect(getX).toMatchObject({ by: "operation", ruleIndex: 2, matched: [{ name: "/**", below: false }] });
+    // A call without a verb: /admin's GET deny denies it too (rule 10).
+    expect(grpcAdmin).toMatchObject({ by: "operation", ruleIndex: 0 });
+    expect(tcp).toMatchObject({ by: "operation", ruleIndex: 1, matched: [{ name: "/**", below: false }] });
+    expect(noPolicy).toMatchObject({ by: "global-default", matched: [] });
+    expect(unverified).toMatchObject({ by: "global-default", matched: [] });
+    expect(compilePolicy(undefined).explain(grpc(undefined, "/"))).toMatchObject({ by: "global-default", decision: { allowed: true } });
+  });
+});

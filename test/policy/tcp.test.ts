@@ -3,11 +3,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { describe, expect, it } from "vitest";
-import { compilePolicy, operationsNeverApplyingToTcp, parseAccessControl } from "../../src/policy/index.ts";
+import { compilePolicy, operationsNeverApplyingToTcp, parseAccessControl, TCP_REQUEST, tcpInapplicableMessage } from "../../src/policy/index.ts";
+import type { Action, TcpInapplicableOperation } from "../../src/policy/index.ts";
 import { watchPolicy } from "../../src/proxy/policy-source.ts";
 
 // A TCP-mode sidecar judges a connection as the operation "/" without a verb (docs/sidecar.md):
-// per-path and HTTP-verb-only allow operations of a Dapr accessControl policy never apply.
+// only the most specific operation matching "/" can decide it; per-path operations, HTTP-verb-only
+// allows and operations on "/" behind a more specific one never apply.
 
 const POLICY = `apiVersion: dapr.io/v1alpha1
 kind: Configuration
@@ -33,26 +35,120 @@ spec:
           - { name: /, httpVerb: [POST], action: deny }
 `;
 
-const checkout = { caller: { appId: "checkout", namespace: "default", trustDomain: "public" }, operation: "/", verb: "" };
+const checkout = { caller: { appId: "checkout", namespace: "default", trustDomain: "public" }, ...TCP_REQUEST };
+const listed = (operations: readonly TcpInapplicableOperation[]) => operations.map((operation) => `${operation.appId}:${operation.name}:${operation.why}@${operation.operationIndex}`);
 
 describe("operations a TCP-mode sidecar never applies", () => {
-  it("lists the per-path operations and the HTTP-verb-only allows on /, not what decides a connection", () => {
+  it("lists the per-path operations, the HTTP-verb-only allows on / and what a more specific operation on / shadows, not what decides a connection", () => {
     const config = parseAccessControl(parseYaml(POLICY));
-    expect(operationsNeverApplyingToTcp(config).map((operation) => `${operation.appId}:${operation.name}:${operation.why}@${operation.operationIndex}`)).toEqual([
+    const found = operationsNeverApplyingToTcp(config);
+    expect(listed(found)).toEqual([
       "checkout:/admin/**:path@0",
       "checkout:/orders/**:path@1",
       "checkout:/**:verbs@2",
       "checkout:/pkg.Svc/Get:path@3",
+      // billing's /** allow never applies: decide() stops at the more specific /, whose POST deny denies a call without a verb.
+      "billing:/**:shadowed@0",
     ]);
-    // What the engine does with a connection agrees: checkout's allows do not let it connect.
+    expect(found.map((operation) => operation.decidedBy)).toEqual([...Array(4).fill({ kind: "default", name: "/**", action: "deny" }), { kind: "operation", name: "/", action: "deny" }]);
+    // What the engine does with a connection agrees: checkout's allows do not let it connect, nor billing's /** allow.
     const policy = compilePolicy(config);
     expect(policy.decide(checkout)).toMatchObject({ allowed: false, rule: "app:checkout/default:default-action" });
-    expect(policy.decide({ ...checkout, caller: { ...checkout.caller, appId: "billing" } }).allowed).toBe(false);
+    expect(policy.decide({ ...checkout, caller: { ...checkout.caller, appId: "billing" } })).toMatchObject({ allowed: false, rule: "app:billing/default:op:/" });
   });
 
   it("a TCP policy written as the docs say (defaultAction, /** without verbs) has none", () => {
-    const config = parseAccessControl({ accessControl: { defaultAction: "deny", policies: [{ appId: "checkout", namespace: "default", defaultAction: "allow" }, { appId: "billing", namespace: "default", operations: [{ name: "/**", action: "allow" }, { name: "/*", httpVerb: ["*"], action: "deny" }] }] } });
+    const config = parseAccessControl({ accessControl: { defaultAction: "deny", policies: [{ appId: "checkout", namespace: "default", defaultAction: "allow" }, { appId: "billing", namespace: "default", operations: [{ name: "/**", action: "allow" }, { name: "/**", httpVerb: ["GET"], action: "allow" }] }] } });
     expect(operationsNeverApplyingToTcp(config)).toEqual([]);
+  });
+
+  it("a /* deny with verbs shadows a /** allow: every connection is denied, and the allow is reported", () => {
+    const config = parseAccessControl({ accessControl: { defaultAction: "deny", policies: [{ appId: "billing", namespace: "default", operations: [{ name: "/**", action: "allow" }, { name: "/*", httpVerb: ["*"], action: "deny" }] }] } });
+    expect(listed(operationsNeverApplyingToTcp(config))).toEqual(["billing:/**:shadowed@0"]);
+    expect(compilePolicy(config).decide({ ...checkout, caller: { ...checkout.caller, appId: "billing" } })).toMatchObject({ allowed: false, rule: "app:billing/default:op:/*" });
+  });
+
+  it("a /** deny behind a GET-only / allow never applies: reported, and the message names the default that admits the connection", () => {
+    // review finding 5: the most specific operation on / has only HTTP-verb allows, so decide() answers with the app default.
+    const config = parseAccessControl({ accessControl: { defaultAction: "deny", policies: [{ appId: "checkout", namespace: "default", defaultAction: "allow", operations: [{ name: "/", httpVerb: ["GET"], action: "allow" }, { name: "/**", action: "deny" }] }] } });
+    expect(compilePolicy(config).decide(checkout)).toMatchObject({ allowed: true, rule: "app:checkout/default:default-action" });
+    const found = operationsNeverApplyingToTcp(config);
+    expect(found.map(({ name, action, why, decidedBy }) => ({ name, action, why, decidedBy }))).toEqual([
+      { name: "/", action: "allow", why: "verbs", decidedBy: { kind: "default", name: "/", action: "allow" } },
+      { name: "/**", action: "deny", why: "shadowed", decidedBy: { kind: "default", name: "/", action: "allow" } },
+    ]);
+    const message = tcpInapplicableMessage(found);
+    expect(message).toContain("/** deny (app policy checkout in default: shadowed by the more specific /)");
+    expect(message).toContain("for app policy checkout in default, every connection is allowed by the app policy's defaultAction (allow; /, the most specific operation matching /, allows HTTP verbs only)");
+    expect(message).not.toMatch(/\/\*\* without verbs\) decides/);
+  });
+
+  it("says when the global defaultAction decides (the app policy has none), and reports a verb rule beside the rule that decides", () => {
+    const config = parseAccessControl({ accessControl: { defaultAction: "deny", policies: [{ appId: "checkout", namespace: "default", operations: [{ name: "/admin", action: "allow" }] }, { appId: "billing", namespace: "default", defaultAction: "deny", operations: [{ name: "/**", action: "allow" }, { name: "/**", httpVerb: ["DELETE"], action: "deny" }] }] } });
+    const found = operationsNeverApplyingToTcp(config);
+    expect(listed(found)).toEqual(["checkout:/admin:path@0", "billing:/**:verbs@1"]);
+    expect(found.map((operation) => operation.decidedBy)).toEqual([{ kind: "default", global: true, action: "deny" }, { kind: "operation", name: "/**", action: "allow" }]);
+    const message = tcpInapplicableMessage(found);
+    expect(message).toContain("for app policy checkout in default, every connection is denied by the global defaultAction (deny; the app policy has none)");
+    expect(message).toContain("for app policy billing in default, every connection is allowed by the operation /** (allow)");
+  });
+
+  it("agrees with decide() on generated small policies: what decides, and every operation whose action is not the connection's outcome is reported", () => {
+    // A seeded generator (mulberry32): the same policies on every run.
+    let seed = 0x5eed_7c9;
+    const random = () => {
+      seed = (seed + 0x6d2b79f5) | 0;
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+    const pick = <T,>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
+    const NAMES = ["/", "/*", "/**", "/admin", "/admin/**", "/a*", "/*/x", "/pkg.Svc/Get"];
+    const VERBS: string[][] = [[], [], ["GET"], ["POST"], ["*"], ["GET", "POST"]];
+    const ACTIONS: Action[] = ["allow", "deny"];
+    let checked = 0;
+    let shadowed = 0;
+    for (let round = 0; round < 600; round++) {
+      const operations = Array.from({ length: 1 + Math.floor(random() * 4) }, () => ({ name: pick(NAMES), httpVerb: pick(VERBS), action: pick(ACTIONS) }));
+      const appDefault = pick<Action | undefined>(["allow", "deny", undefined]);
+      const globalDefault = pick<Action>(ACTIONS);
+      const app = { appId: "checkout", namespace: "default", ...(appDefault === undefined ? {} : { defaultAction: appDefault }), operations };
+      let config;
+      try {
+        config = parseAccessControl({ accessControl: { defaultAction: globalDefault, policies: [app] } });
+      } catch {
+        continue; // conflicting duplicates are refused at parse time
+      }
+      checked++;
+      const decision = compilePolicy(config).decide(checkout);
+      const outcome: Action = decision.allowed ? "allow" : "deny";
+      const found = operationsNeverApplyingToTcp(config);
+      const reported = new Set(found.map((operation) => operation.operationIndex));
+      const context = JSON.stringify({ app, globalDefault, decision: decision.rule, found: listed(found) });
+      // The claim about what decides is what decide() did.
+      for (const operation of found) {
+        expect(operation.decidedBy.action, context).toBe(outcome);
+        if (operation.decidedBy.kind === "operation") expect(decision.rule, context).toBe(`app:checkout/default:op:${operation.decidedBy.name}`);
+        else expect(decision.rule, context).toBe("app:checkout/default:default-action");
+        if (operation.why === "shadowed") shadowed++;
+      }
+      operations.forEach((rule, index) => {
+        // An operation whose action is not what the connection gets never applied: it must be reported.
+        if (rule.action !== outcome) expect(reported.has(index), `${context} #${index}`).toBe(true);
+        // One not reported decides: the operation decide() named, with its action.
+        if (!reported.has(index)) {
+          expect(decision.rule, `${context} #${index}`).toBe(`app:checkout/default:op:${compilePolicy(parseAccessControl({ accessControl: { policies: [{ appId: "x", namespace: "y", operations: [rule] }] } })).explain({ caller: { appId: "x", namespace: "y", trustDomain: "public" }, operation: rule.name, verb: "" }).matched[0]?.name}`);
+          expect(rule.action, `${context} #${index}`).toBe(outcome);
+        }
+      });
+      // Alone in its app policy, a "path" operation matches no connection: the default decides.
+      for (const operation of found.filter((operation) => operation.why === "path")) {
+        const alone = parseAccessControl({ accessControl: { defaultAction: globalDefault, policies: [{ ...app, operations: [{ ...operations[operation.operationIndex]!, httpVerb: [] }] }] } });
+        expect(compilePolicy(alone).decide(checkout).rule, context).toBe("app:checkout/default:default-action");
+      }
+    }
+    expect(checked).toBeGreaterThan(300);
+    expect(shadowed).toBeGreaterThan(20);
   });
 
   it("the sidecar warns once per load in TCP mode (structured, with file:line), never in HTTP mode", () => {
@@ -66,13 +162,15 @@ describe("operations a TCP-mode sidecar never applies", () => {
       tcp.close();
       const tcpWarnings = warned.filter((warning) => warning.fields["event"] === "policy-operations-never-apply-tcp");
       expect(tcpWarnings).toHaveLength(1);
+      const byDefault = { kind: "default", name: "/**", action: "deny" };
       expect(tcpWarnings[0]!.fields["operations"]).toEqual([
-        { appId: "checkout", namespace: "default", trustDomain: "public", name: "/admin/**", why: "path", at: `${path}:14:13` },
-        { appId: "checkout", namespace: "default", trustDomain: "public", name: "/orders/**", why: "path", at: `${path}:15:13` },
-        { appId: "checkout", namespace: "default", trustDomain: "public", name: "/**", why: "verbs", at: `${path}:16:13` },
-        { appId: "checkout", namespace: "default", trustDomain: "public", name: "/pkg.Svc/Get", why: "path", at: `${path}:17:13` },
+        { appId: "checkout", namespace: "default", trustDomain: "public", name: "/admin/**", action: "deny", why: "path", decidedBy: byDefault, at: `${path}:14:13` },
+        { appId: "checkout", namespace: "default", trustDomain: "public", name: "/orders/**", action: "allow", why: "path", decidedBy: byDefault, at: `${path}:15:13` },
+        { appId: "checkout", namespace: "default", trustDomain: "public", name: "/**", action: "allow", why: "verbs", decidedBy: byDefault, at: `${path}:16:13` },
+        { appId: "checkout", namespace: "default", trustDomain: "public", name: "/pkg.Svc/Get", action: "allow", why: "path", decidedBy: byDefault, at: `${path}:17:13` },
+        { appId: "billing", namespace: "default", trustDomain: "public", name: "/**", action: "allow", why: "shadowed", decidedBy: { kind: "operation", name: "/", action: "deny" }, at: `${path}:21:13` },
       ]);
-      expect(tcpWarnings[0]!.message).toMatch(new RegExp(`^the access policy ${path}: in TCP mode a connection has no path and no verb: .*these 4 operations never apply: /admin/\\*\\* \\(app policy checkout in default\\), .*/\\*\\* \\(app policy checkout in default, allowed for HTTP verbs only\\)`));
+      expect(tcpWarnings[0]!.message).toMatch(new RegExp(`^the access policy ${path}: in TCP mode a connection has no path and no verb: .*these 5 operations never apply: /admin/\\*\\* deny \\(app policy checkout in default: its path is not /\\), .*/\\*\\* allow \\(app policy checkout in default: allowed for HTTP verbs only\\).*/\\*\\* allow \\(app policy billing in default: shadowed by the more specific /\\).*every connection is denied by the operation / \\(deny\\)`));
       warned.length = 0;
       const http = watchPolicy(path, { intervalMs: 50, logger, warn: (fields, message) => warned.push({ fields, message }), protocol: "http" });
       http.close();

@@ -91,13 +91,30 @@ describe("TCP mode: open tunnels follow policy reloads and the age cap", () => {
     expect(await within(verified.closed, 15_000)).toBe("closed");
   }, 60_000);
 
-  it("warns once at start (structured) that per-path and HTTP-verb operations of its policy never apply in TCP mode", async () => {
+  it("warns once at start (structured) that per-path, HTTP-verb and shadowed operations of its policy never apply in TCP mode, and what decides", async () => {
     const policy = join(dir, "paths.yaml");
-    writeFileSync(policy, "accessControl:\n  defaultAction: deny\n  policies:\n    - appId: holder\n      namespace: default\n      trustDomain: " + TD + "\n      defaultAction: allow\n      operations:\n        - { name: /admin/**, httpVerb: ['*'], action: deny }\n");
+    // A GET-only / allow (a health page) makes decide() stop at /, and answer with the app's
+    // defaultAction: the /** deny behind it never applies (review finding 5).
+    writeFileSync(
+      policy,
+      "accessControl:\n  defaultAction: deny\n  policies:\n    - appId: holder\n      namespace: default\n      trustDomain: " + TD + "\n      defaultAction: allow\n      operations:\n" +
+        "        - { name: /admin/**, httpVerb: ['*'], action: deny }\n        - { name: /, httpVerb: [GET], action: allow }\n        - { name: /**, action: deny }\n",
+    );
     const sidecar = await start({ policy });
     const warnings = sidecar.logs.lines.filter((line) => line["event"] === "policy-operations-never-apply-tcp");
-    expect(warnings).toEqual([expect.objectContaining({ operations: [{ appId: "holder", namespace: "default", trustDomain: TD, name: "/admin/**", why: "path", at: `${policy}:9:11` }] })]);
-    // As the warning says: the operation does not apply, the app's defaultAction (allow) decides.
+    const decidedBy = { kind: "default", name: "/", action: "allow" };
+    const holder = { appId: "holder", namespace: "default", trustDomain: TD };
+    expect(warnings).toEqual([
+      expect.objectContaining({
+        operations: [
+          { ...holder, name: "/admin/**", action: "deny", why: "path", decidedBy, at: `${policy}:9:11` },
+          { ...holder, name: "/", action: "allow", why: "verbs", decidedBy, at: `${policy}:10:11` },
+          { ...holder, name: "/**", action: "deny", why: "shadowed", decidedBy, at: `${policy}:11:11` },
+        ],
+      }),
+    ]);
+    expect(String(warnings[0]!["msg"])).toContain("every connection is allowed by the app policy's defaultAction (allow; /, the most specific operation matching /, allows HTTP verbs only)");
+    // As the warning says: none of the operations applies, the app's defaultAction (allow) decides.
     const verified = await tunnel(sidecar, "mtls");
     expect(await verified.echoes("b")).toBe(true);
   }, 40_000);

@@ -261,7 +261,7 @@ export const accessRules: Rule[] = [
     family: "access",
     severity: "medium",
     title: "meshward sidecar in TCP mode with access operations that never apply",
-    why: "A sidecar with `protocol: tcp` pipes bytes and never parses HTTP: it judges each connection once, as the operation `/` without a verb. Operations on other paths (`/admin/**`, `/pkg.Svc/Get`) and allows limited to HTTP verbs never apply, so the app policy's defaultAction decides every connection: a deny written for `/admin/**` protects nothing, and the policy reads stricter (or looser) than what the sidecar enforces. The sidecar logs `policy-operations-never-apply-tcp` at start.",
+    why: "A sidecar with `protocol: tcp` pipes bytes and never parses HTTP: it judges each connection once, as the operation `/` without a verb, and stops at the most specific operation matching `/` (`/*`, `/` or `/**`, in that order): that one decides, or the app policy's defaultAction when it only allows HTTP verbs. Operations on other paths (`/admin/**`, `/pkg.Svc/Get`), allows limited to HTTP verbs, and operations on `/` behind a more specific one never apply: a deny written for `/admin/**`, or a `/**` deny beside a `/` allow for GET (a health page), protects nothing, and the policy reads stricter (or looser) than what the sidecar enforces. The finding names each operation that never applies and, per caller, what decides its connections instead (read from the compiled policy, as the sidecar decides); it is low when only allows never apply (connections are refused that the file seems to admit). The sidecar logs `policy-operations-never-apply-tcp` at start.",
     fix: "Use `protocol: http` when the app speaks HTTP or gRPC (the operations then apply), or write a TCP-mode policy as the app policy's defaultAction plus, if needed, one `/**` entry without verbs per caller.",
     example: {
       file: "sidecar.yaml",
@@ -293,18 +293,12 @@ export const accessRules: Rule[] = [
         evidence: `${protocol.key}: tcp; ${operations.map((operation) => `${operation.appId} ${operation.name}`).join(", ")}`,
         detail: `The policy${where}: ${tcpInapplicableMessage(operations)}.`,
         // Only allows that never apply: connections are refused that the file seems to admit, nothing is opened.
-        ...(operations.some((operation) => isDeny(policy.accessControl, operation)) ? {} : { severity: "low" as const }),
+        // A deny that never applies (on another path, or shadowed on /) protects nothing: medium.
+        ...(operations.some((operation) => operation.action === "deny") ? {} : { severity: "low" as const }),
       }];
     },
   }),
 ];
-
-/** Whether the app policy entry named by `operation` denies (any of its entries of that name). */
-function isDeny(accessControl: Record<string, unknown>, operation: TcpInapplicableOperation): boolean {
-  const entry = asArray(accessControl["policies"])[operation.policyIndex];
-  const rule = asArray(get(entry, "operations"))[operation.operationIndex];
-  return /^deny$/i.test(asText(get(rule, "action")).trim());
-}
 
 /**
  * Where a Configuration's accessControl means something else to Dapr than to the meshward
