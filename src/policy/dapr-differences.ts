@@ -28,7 +28,16 @@
  * the other name), runs Dapr's trie on it (daprTrieSearch, a port of acl_trie.go's Search over
  * every operation of the policy) and meshward's most-specific choice, and reports the pair when
  * the two choices decide some verb, or gRPC, differently; pairs both read alike are not reported.
- * It too is sufficient, not complete: one path per pair.
+ * One path per pair is not enough: after the pairwise checks (whose messages name the pair's own
+ * shape), every path class both matchers can tell apart is read by both (representativePaths,
+ * which argues why that is complete for the names the grammar allows), and a pair that decides
+ * differently there and was not reported yet is reported as "overlap", or "prefix" when a covering
+ * operation decides. That catches what the pairwise paths missed, chiefly trailing `*`/`**` beside
+ * literal branches: with `/a/a` allow and `/**` deny, Dapr's trie takes the `/a` branch for `/a/x`,
+ * finds no child `x` there and does not go back to `/**`, so the default decides; with
+ * `/orders/STAR/items` deny and `/orders/**` GET allow, Dapr takes the `/STAR` branch for `/orders/x`
+ * (a `/STAR` child matches a last segment), finds no operation there and denies, meshward allows.
+ * Where Dapr finds none, the message names the operation whose branch its walk took (daprTrieWalk).
  *
  *   - "prefix": an operation whose last segment is a literal or an in-segment glob (`/a`,
  *     `/files/*.pdf`) also decides the paths below it, in both; but Dapr's Search answers with the
@@ -38,7 +47,8 @@
  *     `/a/b/x` (it meets `/a` first), meshward allows it (`/a/b/**` matches it). The check builds,
  *     for each covering operation and each other one, a few paths below the first along the
  *     second's name (wildcards filled in), runs daprTrieSearch and meshward's choice on them, and
- *     reports the pair where the two decide some verb, or gRPC, differently.
+ *     reports the pair where the two decide some verb, or gRPC, differently; the pass over every
+ *     path class (above) reports what these paths miss.
  *   - "never-matches-in-dapr": a bare `*` before the last segment (`/orders/STAR/items`, STAR a bare
  *     `*`) never matches in Dapr (findNodeWithWildcard skips a `/*` child unless it is the path's last
  *     segment), so such an operation decides nothing there; meshward matches it (one segment).
@@ -211,6 +221,47 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
         message: `${app}: operation ${name} (operations[${entry.firstIndex}]) has a bare '*' before its last segment, which never matches in Dapr (its trie takes a '*' segment only for a path's last one), so Dapr leaves its paths to the default action (${fallback}) or another operation, while meshward matches it (one segment) and allows ${allowed}: name the segments (one operation per value), or use an in-segment glob such as 'x*' if that is meant, or '**' as the last segment`,
       });
     }
+
+    // Every other difference: the paths of every class both matchers can tell apart (representativePaths),
+    // each read by Dapr's trie and by meshward; a pair already reported is not reported again.
+    const reportedPairs = new Set(found.filter((d) => d.policyIndex === policyIndex).map((d) => `${d.operationIndexes[0]}/${d.operationIndexes[1]}`));
+    for (const sample of representativePaths(named.map((entry) => entry.pattern))) {
+      path.load(sample);
+      const mine = meshwardPick(named, path);
+      const walk = daprTrieWalk(trie, sample);
+      const theirs = walk.index === undefined ? undefined : named[walk.index];
+      if (mine === theirs) continue;
+      const differing = differingKey(mine?.rules ?? [], theirs?.rules ?? [], fallback);
+      if (differing === undefined) continue;
+      // Dapr found none: the operation whose branch its walk took (the first declared below the last node it reached).
+      const branch = theirs ?? (walk.branch === undefined ? undefined : named[walk.branch]);
+      const other = branch ?? mine;
+      if (mine === undefined || other === undefined) continue; // not reached: what Dapr finds, meshward matches (dapr-trie.property.test.ts)
+      // Dapr reaches none where meshward uses an operation with a bare '*' before its last segment, which
+      // Dapr never takes whatever else the policy holds: never-matches-in-dapr's (reported where meshward
+      // allows more; where meshward is the stricter, on purpose not).
+      if (theirs === undefined && hasInnerAny(mine.pattern)) continue;
+      const pair = mine.firstIndex <= other.firstIndex ? ([mine, other] as const) : ([other, mine] as const);
+      const key = `${pair[0].firstIndex}/${pair[1].firstIndex}`;
+      if (reportedPairs.has(key)) continue;
+      reportedPairs.add(key);
+      const below = (entry: NamedOperation) => !matchesOperation(entry.pattern.segments, path) && matchesBelow(entry.pattern.segments, path);
+      const kind = below(mine) || (theirs !== undefined && below(theirs)) ? "prefix" : "overlap";
+      const meshwardReads = below(mine) ? `${mine.pattern.name}, which covers the paths below it` : mine.pattern.name;
+      const daprReads =
+        theirs !== undefined
+          ? `Dapr ${theirs.pattern.name}${below(theirs) ? ", the first operation its trie meets on the way down, which decides everything below it there" : " (the first declared branch its trie takes at each segment)"}`
+          : branch !== undefined && branch !== mine
+            ? `Dapr none, so the default action (${fallback}): its trie took the branch of ${branch.pattern.name} (operations[${branch.firstIndex}]) on the way down, found nothing there for the rest of the path, and does not go back`
+            : `Dapr none, so the default action (${fallback}): its trie does not reach ${mine.pattern.name} for this path (a bare '*' before the last segment never matches there, and its walk does not go back)`;
+      found.push({
+        ...base,
+        kind,
+        operations: [pair[0].pattern.name, pair[1].pattern.name],
+        operationIndexes: [pair[0].firstIndex, pair[1].firstIndex],
+        message: `${app}: for ${sample} meshward uses ${meshwardReads} (operations[${mine.firstIndex}]), ${daprReads}, and they decide ${differing} differently: give the operations that meet there the same action for the paths they share, or add an operation for ${sample} with the action meant, declared before both (then check again: Dapr lets an operation decide every path below its name)`,
+      });
+    }
   });
   return found;
 }
@@ -261,6 +312,127 @@ function belowPaths(cover: OperationPattern, other: OperationPattern): string[] 
     if (start !== undefined) out.push(`${start}/${sampleSegments(cover.segments.slice(k)).join("/")}/x`);
   }
   return out;
+}
+
+/** A bound on the paths representativePaths returns (a policy would need thousands of overlapping wildcards to reach it). */
+const MAX_REPRESENTATIVE_PATHS = 50_000;
+
+/**
+ * One path (normalised, lower case) for each class of paths that meshward's matcher and Dapr's trie
+ * (dapr/dapr pkg/config/acl_trie.go Search and findNodeWithWildcard, pkg/acl/acl.go
+ * IsOperationAllowedByAccessControlPolicy) cannot tell apart, so that reading these paths with both finds
+ * every path the two decide differently.
+ *
+ * Why this is enough. Both read a path `/s1/.../sn` only through n and, at each depth i, which of the
+ * operations' segments at depth i match s_i: meshward (matchesOperation, matchesBelow) compares segment i of
+ * a name with segment i of the path (a literal by equality, an in-segment glob by matchesGlob, a bare `*`
+ * always, a last `**` ends the comparison); Dapr's trie holds segment i of each name at depth i, and
+ * findNodeWithWildcard compares a child with s_i by equality or acl_trie.go isMatch (the same globs), takes
+ * `/**` always and `/*` for the last segment, or, for s_i equal to `*`, by equality also before it. So two
+ * paths of the same length whose segments have, depth by depth, the same signature (segmentSignature: which
+ * segments at that depth match, and whether s_i is `*`) are decided alike by both, and one path per
+ * realisable sequence of signatures suffices. segmentRepresentatives gives one segment per realisable
+ * signature at each depth; lengths run from 1 to one more than the longest name. A prefix that no name with
+ * a further non-`**` segment matches is extended by one segment only: every longer path is then matched by
+ * the same operations (those ending in `**` and those covering the paths below their name), in Dapr as in
+ * meshward, as that one is.
+ *
+ * Complete for names whose segments are literals, `*`, a last `**`, and in-segment globs with at most one
+ * `*` (`a*`, `*.pdf`, `v1-*-beta`: a prefix and a suffix), up to ten distinct such globs at one depth.
+ * Globs with two or three `*`s (`*-*.pdf`) get witnesses with their middle pieces in declared and reversed
+ * order: sufficient, not complete. Bounded by MAX_REPRESENTATIVE_PATHS.
+ */
+export function representativePaths(patterns: readonly OperationPattern[]): string[] {
+  const depth = Math.max(0, ...patterns.map((p) => p.segments.length));
+  const at: string[][] = [];
+  for (let i = 0; i <= depth; i++) {
+    at.push(segmentRepresentatives(patterns.map((p) => p.segments[i]).filter((s): s is PatternSegment => s !== undefined && s.kind !== SegmentKind.Rest)));
+  }
+  const out = ["/"];
+  const visit = (prefix: readonly string[]): void => {
+    const i = prefix.length;
+    for (const segment of at[i] ?? []) {
+      if (out.length >= MAX_REPRESENTATIVE_PATHS) return;
+      const next = [...prefix, segment];
+      out.push(`/${next.join("/")}`);
+      if (live(patterns, next)) visit(next);
+      else out.push(`/${next.join("/")}/${at[depth]![0]!}`);
+    }
+  };
+  visit([]);
+  return out;
+}
+
+/** Whether a name with a further segment other than `**` matches the path's segments so far. */
+function live(patterns: readonly OperationPattern[], segments: readonly string[]): boolean {
+  const n = segments.length;
+  return patterns.some((p) => p.segments.length > n && p.segments[n]!.kind !== SegmentKind.Rest && segments.every((s, i) => p.segments[i]!.kind !== SegmentKind.Rest && segmentMatches(p.segments[i]!, s)));
+}
+
+/** Characters a fresh segment or filler may be made of (never `.`: a dot segment is resolved away). */
+const FRESH = "xyzqjkw0123456789~-_";
+
+/** One segment per realisable signature (segmentSignature) at a depth whose operations' segments are `segments`. */
+function segmentRepresentatives(segments: readonly PatternSegment[]): string[] {
+  const distinct = [...new Map(segments.map((s) => [s.literal, s])).values()];
+  const used = distinct.map((s) => s.literal).join("");
+  const fill = [...FRESH].find((c) => !used.includes(c)) ?? "x";
+  const candidates: string[] = [fill];
+  if (distinct.some((s) => s.kind === SegmentKind.Any)) candidates.push("*");
+  for (const s of distinct) if (s.kind === SegmentKind.Literal) candidates.push(s.literal);
+  const globs = distinct.filter((s) => s.kind === SegmentKind.Glob);
+  const subsets: PatternSegment[][] = [];
+  if (globs.length <= 10) {
+    for (let mask = 1; mask < 1 << globs.length; mask++) subsets.push(globs.filter((_, j) => (mask & (1 << j)) !== 0));
+  } else {
+    globs.forEach((g, j) => {
+      subsets.push([g]);
+      for (const h of globs.slice(j + 1)) subsets.push([g, h]);
+    });
+  }
+  const longest = Math.max(0, ...globs.map((g) => g.pieces![0]!.length + g.pieces![g.pieces!.length - 1]!.length)) + 1;
+  for (const subset of subsets) candidates.push(...globWitnesses(subset, fill, longest));
+  const bySignature = new Map<string, string>();
+  for (const candidate of candidates) {
+    const signature = segmentSignature(distinct, candidate);
+    if (!bySignature.has(signature)) bySignature.set(signature, candidate);
+  }
+  return [...bySignature.values()];
+}
+
+/**
+ * Segments every glob of `subset` matches. For globs with one `*` (a first piece P_j and a last Q_j), a
+ * segment matching them all starts with the longest first piece P and ends with the longest last Q; which
+ * other such globs it matches then depends only on its length (a glob whose pieces are a prefix of P and a
+ * suffix of Q matches it when long enough), except where it holds other text, which only makes it match
+ * globs the subset does not imply (their own subset gives a witness). So the strings P·fill…·Q of each
+ * length up to the longest glob's, and the unique overlapped ones shorter than |P|+|Q|, realise every
+ * signature in which the globs matched are exactly some subset.
+ */
+function globWitnesses(subset: readonly PatternSegment[], fill: string, longest: number): string[] {
+  const firsts = subset.map((g) => g.pieces![0]!);
+  const lasts = subset.map((g) => g.pieces![g.pieces!.length - 1]!);
+  const p = firsts.reduce((a, b) => (b.length > a.length ? b : a), "");
+  const q = lasts.reduce((a, b) => (b.length > a.length ? b : a), "");
+  if (!firsts.every((f) => p.startsWith(f)) || !lasts.every((l) => q.endsWith(l))) return [];
+  const out: string[] = [];
+  if (subset.every((g) => g.pieces!.length === 2)) {
+    for (let length = Math.max(p.length, q.length, 1); length <= Math.max(longest, p.length + q.length + 1); length++) {
+      out.push(length <= p.length + q.length ? p + q.slice(p.length + q.length - length) : p + fill.repeat(length - p.length - q.length) + q);
+    }
+  } else {
+    for (const order of [subset, [...subset].reverse()]) {
+      out.push([p, ...order.flatMap((g) => g.pieces!.slice(1, -1)), q].join(fill));
+    }
+  }
+  return out.filter((w) => w.startsWith(p) && w.endsWith(q) && subset.every((g) => segmentMatches(g, w)));
+}
+
+/** Which of the segments at a depth match `text`, in meshward and in Dapr, and whether it is a `*` (Dapr's equality with a `/*` child). */
+function segmentSignature(segments: readonly PatternSegment[], text: string): string {
+  let signature = text === "*" ? "*" : "-";
+  for (const s of segments) signature += `${segmentMatches(s, text) ? 1 : 0}${s.kind === SegmentKind.Any || daprIsMatch(`/${text}`, `/${s.literal}`) ? 1 : 0}`;
+  return signature;
 }
 
 /** A bare `*` segment before the last one, which never matches in Dapr. */
@@ -369,21 +541,42 @@ export function daprTrie(names: readonly string[]): DaprNode {
 
 /** acl_trie.go Search: the index of the operation Dapr applies to `path` (normalised, lower case), or undefined for none. */
 export function daprTrieSearch(root: DaprNode, path: string): number | undefined {
+  return daprTrieWalk(root, path).index;
+}
+
+/**
+ * acl_trie.go Search, also telling, when it finds none, the branch its walk took: the first declared
+ * operation below the last node it reached (undefined when it took no branch at all).
+ */
+export function daprTrieWalk(root: DaprNode, path: string): { index: number | undefined; branch: number | undefined } {
   const parts = path.split("/");
   let node: DaprNode | undefined = root;
+  let reached: DaprNode | undefined;
+  const none = () => ({ index: undefined, branch: reached === undefined ? undefined : firstBelow(reached) });
   for (let i = 1; i < parts.length; i++) {
     const isEnd = i === parts.length - 1;
     node = daprFindSubNode(node, `/${parts[i]}`, isEnd);
-    if (node === undefined) return undefined;
+    if (node === undefined) return none();
+    reached = node;
     if (node.data !== undefined) {
       if (!isEnd && node.char.endsWith("/*") && !node.char.endsWith("/**")) continue;
-      return node.data;
+      return { index: node.data, branch: undefined };
     } else if (isEnd) {
       const wildcard = daprFindSubNode(node, "/*", isEnd);
-      if (wildcard?.data !== undefined) return wildcard.data;
+      if (wildcard?.data !== undefined) return { index: wildcard.data, branch: undefined };
+      if (wildcard !== undefined) reached = wildcard;
     }
   }
-  return undefined;
+  return none();
+}
+
+function firstBelow(node: DaprNode): number | undefined {
+  let first = node.data;
+  for (const sub of node.subNodes) {
+    const below = firstBelow(sub);
+    if (below !== undefined && (first === undefined || below < first)) first = below;
+  }
+  return first;
 }
 
 /** acl_trie.go findNodeWithWildcard: the first child, in insertion order, that matches. */

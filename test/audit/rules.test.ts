@@ -171,9 +171,14 @@ describe("rule details", () => {
     expect(JSON.stringify(findings[0])).toContain("appId web: /api and /api/public/**, one below the other");
     expect(audit("c.yaml", config(prefix))).toEqual(["MW-ACCESS-010@13:9"]);
     expect(audit("c.yaml", config("      - { name: /orders/*/items, httpVerb: [GET], action: allow }\n"))).toEqual(["MW-ACCESS-011@12:9"]);
-    // The same action for both, a deny behind the bare '*', '**' last: nothing.
+    // The same action for both: nothing.
     expect(audit("c.yaml", config("      - { name: /api, httpVerb: ['*'], action: deny }\n      - { name: /api/internal/**, httpVerb: ['*'], action: deny }\n"))).toEqual([]);
-    expect(audit("c.yaml", config("      - { name: /orders/*/items, httpVerb: ['*'], action: deny }\n      - { name: /orders/**, httpVerb: [GET], action: allow }\n"))).toEqual([]);
+    // A deny behind a bare '*' is not MW-ACCESS-011 (meshward the stricter there), but for GET /orders/x Dapr's
+    // trie takes the '/*' branch of /orders/*/items (the last segment), finds nothing and denies, where
+    // /orders/** allows in meshward: MW-ACCESS-009 (it was missed while the check tried one path per pair).
+    const shadowed = config("      - { name: /orders/*/items, httpVerb: ['*'], action: deny }\n      - { name: /orders/**, httpVerb: [GET], action: allow }\n");
+    expect(audit("c.yaml", shadowed)).toEqual(["MW-ACCESS-009@13:9"]);
+    expect(JSON.stringify(auditSources([{ file: "c.yaml", text: shadowed }]).findings[0])).toContain("its trie took the branch of /orders/*/items");
   });
 
   // Overlaps neither side of which covers the other: Dapr's trie (acl_trie.go Search) takes the

@@ -1,7 +1,8 @@
 import { describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
 import { compilePolicy, daprDifferences, parseAccessControl } from "../../src/policy/index.ts";
-import { daprTrie, daprTrieSearch } from "../../src/policy/dapr-differences.ts";
+import { daprTrie, daprTrieSearch, representativePaths } from "../../src/policy/dapr-differences.ts";
+import { compileOperation } from "../../src/policy/operation.ts";
 
 /**
  * Two deliberate differences from Dapr, made visible (policy review MEDIUM-1, MEDIUM-2):
@@ -193,5 +194,60 @@ describe("daprDifferences: a bare '*' before the last segment never matches in D
     ["'**' last", `    - { name: /orders/**, httpVerb: [GET], action: allow }\n`, "deny"],
   ])("not reported: %s", (_label, operations, appDefault) => {
     expect(daprDifferences(parse(operations, appDefault)).filter((d) => d.kind === "never-matches-in-dapr")).toEqual([]);
+  });
+});
+
+/**
+ * Trailing `*` and `**` beside literal branches: Dapr's trie (dapr/dapr pkg/config/acl_trie.go Search,
+ * findNodeWithWildcard) takes, segment by segment, the first child in insertion order that matches and
+ * never goes back, so a literal branch taken for a segment hides a `/*` or `/**` sibling for the rest of
+ * the path. Found by dapr-trie.property.test.ts once it generated these shapes (FC_SEED=42).
+ */
+describe("daprDifferences: every path class is read by both (trailing '*' and '**' beside literal branches)", () => {
+  it("/a/a allow, /** deny, default allow: for /a/x Dapr takes the branch of /a/a, finds nothing and allows; meshward denies (/**): reported", () => {
+    const config = parse(`    - { name: /a/a, httpVerb: ["*"], action: allow }\n    - { name: /**, httpVerb: ["*"], action: deny }\n`, "allow");
+    expect(compilePolicy(config).decide({ caller, operation: "/a/x", verb: "GET" }).allowed).toBe(false);
+    expect(daprTrieSearch(daprTrie(["/a/a", "/**"]), "/a/x")).toBeUndefined();
+    const found = daprDifferences(config);
+    expect(found.map((d) => [d.kind, d.operations, d.operationIndexes])).toEqual([["overlap", ["/a/a", "/**"], [0, 1]]]);
+    expect(found[0]!.message).toContain("for /a meshward uses /** (operations[1]), Dapr none, so the default action (allow): its trie took the branch of /a/a (operations[0])");
+  });
+
+  it("/ab/a*/** deny, /* allow GET, default deny: meshward allows GET /ab, Dapr (stuck in the /ab branch) denies: reported", () => {
+    const config = parse(`    - { name: /ab/a*/**, httpVerb: [POST], action: deny }\n    - { name: /*, httpVerb: [GET], action: allow }\n`);
+    expect(compilePolicy(config).decide({ caller, operation: "/ab", verb: "GET" }).allowed).toBe(true);
+    expect(daprTrieSearch(daprTrie(["/ab/a*/**", "/*"]), "/ab")).toBeUndefined();
+    const found = daprDifferences(config);
+    expect(found.map((d) => [d.kind, d.operations])).toEqual([["overlap", ["/ab/a*/**", "/*"]]]);
+    expect(found[0]!.message).toContain("for /ab meshward uses /* (operations[1]), Dapr none, so the default action (deny)");
+    expect(found[0]!.message).toContain("decide GET differently");
+  });
+
+  it("/a* allow and /a/b/** deny (a glob sibling declared first): Dapr's /a* decides /a/b/x, meshward /a/b/**: reported", () => {
+    const config = parse(`    - { name: /a*, httpVerb: ["*"], action: allow }\n    - { name: /a/b/**, httpVerb: ["*"], action: deny }\n`);
+    expect(compilePolicy(config).decide({ caller, operation: "/a/b/x", verb: "GET" }).allowed).toBe(false);
+    const found = daprDifferences(config);
+    expect(found.map((d) => [d.kind, d.operations])).toEqual([["prefix", ["/a*", "/a/b/**"]]]);
+  });
+
+  it.each([
+    ["/admin/** allow declared before /admin allow", `    - { name: /admin/**, httpVerb: ["*"], action: allow }\n    - { name: /admin, httpVerb: ["*"], action: allow }\n`],
+    ["/a/* and /a/b, the same action", `    - { name: /a/b, httpVerb: ["*"], action: deny }\n    - { name: /a/*, httpVerb: ["*"], action: deny }\n`],
+    ["/a/** and /b/**, disjoint", `    - { name: /a/**, httpVerb: ["*"], action: allow }\n    - { name: /b/**, httpVerb: ["*"], action: deny }\n`],
+    ["/a/b/* allow declared before /a/** allow, default allow: where Dapr stops in /a/b it allows too", `    - { name: /a/b/*, httpVerb: ["*"], action: allow }\n    - { name: /a/**, httpVerb: ["*"], action: allow }\n`],
+  ])("not reported: %s", (_label, operations) => {
+    expect(daprDifferences(parse(operations, "allow"))).toEqual([]);
+  });
+});
+
+describe("representativePaths: one path per class the two matchers can tell apart", () => {
+  it("covers the overlapped short segments of prefix/suffix globs (/a matches a* and *a, not a*a)", () => {
+    const paths = representativePaths(["/a*", "/*a", "/a*a"].map((name) => compileOperation(name)));
+    // a* and *a only; all three; a* only; *a only; none.
+    expect(paths).toEqual(expect.arrayContaining(["/a", "/aa", "/ax", "/xa", "/x"]));
+  });
+
+  it("extends a prefix no name continues by one segment only", () => {
+    expect(representativePaths([compileOperation("/a/**")])).toEqual(["/", "/x", "/x/x", "/a", "/a/x"]);
   });
 });
