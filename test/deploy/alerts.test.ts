@@ -152,6 +152,8 @@ describe("deploy/prometheus/alerts.yaml (real promtool)", () => {
     ["injector-any-job", "MeshwardInjectorDown", 'up{job=~"meshward-injector.*"} == 0', "up == 0"],
     ["cabundle-no-unless", "MeshwardInjectorCaBundleSyncFailing", '\n          unless on (job, instance)\n          sum by (job, instance) (increase(meshward_injector_ca_bundle_syncs_total{result!="error"}[15m])) > 0', ""],
     ["injector-refusals-no-for", "MeshwardInjectorConnectionsRefused", "connections_refused_total[5m])) > 0\n        for: 5m", "connections_refused_total[5m])) > 0\n        for: 1m"],
+    ["request-errors-no-floor", "MeshwardSidecarRequestErrorRateHigh", 'status_class=~"5xx|error"}[10m])) > 0.1', 'status_class=~"5xx|error"}[10m])) > 0'],
+    ["request-errors-4xx-too", "MeshwardSidecarRequestErrorRateHigh", 'rate(meshward_request_duration_seconds_count{status_class=~"5xx|error"}[10m]))\n            /', 'rate(meshward_request_duration_seconds_count{status_class=~"4xx|5xx|error"}[10m]))\n            /'],
     ["cap-no-for", "MeshwardSidecarConnectionCapReached", "overflow_total[5m])) > 0\n        for: 10m", "overflow_total[5m])) > 0\n        for: 1m"],
   ];
   // promtool runs as a child process, so two of these can use both cores at once.
