@@ -170,7 +170,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   const { telemetry, limits, policy } = options;
   const { logger, mesh } = telemetry;
   if (options.protocol === "http") checkHttp1Parser(logger);
-  const runtime = await prepareServer({ identity: options.identity, logger, maxConnectionAgeMs: limits.maxConnectionAge }, "sidecar inbound");
+  const runtime = await prepareServer({ identity: options.identity, logger, fieldLogger: logger, maxConnectionAgeMs: limits.maxConnectionAge }, "sidecar inbound");
   const ownId = () => runtime.holder.ownSpiffeId();
   let own: StampIdentity | undefined;
   /** What the app is told about a verified caller (XFCC, Dapr's caller headers): built once per connection. */

@@ -8,6 +8,7 @@ import type { SpiffeIdMatcher } from "../spiffe/match.ts";
 import { SecureContextHolder } from "../tls/context.ts";
 import type { IdentityHealth } from "../tls/context.ts";
 import { LogLimiter } from "../telemetry/log-limiter.ts";
+import { classifyTlsError } from "../telemetry/tls-reason.ts";
 import { consoleLogger } from "../tls/logger.ts";
 import { systemClock } from "../util/clock.ts";
 import type { ClockTimer } from "../util/clock.ts";
@@ -27,7 +28,18 @@ export interface CommonOptions {
   readonly insecure?: InsecureEscapeHatch;
 }
 
+/**
+ * A logger that takes fields, then a message (pino's form). Given as `fieldLogger` (the sidecar passes
+ * its pino logger), refused connections and failed handshakes are logged with fields a log query can
+ * select on (`event`, `peer`, `reason`, `code`, `spiffeId`) instead of one line of text through `logger`.
+ */
+export interface FieldLogger {
+  warn(fields: Record<string, unknown>, message: string): void;
+}
+
 export interface ServerCommonOptions extends CommonOptions {
+  /** Log refusals and failed handshakes with fields through this logger (pino's `(fields, message)` form). */
+  readonly fieldLogger?: FieldLogger;
   /** Which callers may connect. Default: any identity in this workload's own trust domain. */
   readonly authorize?: SpiffeIdMatcher;
   /** Close connections older than this (HTTP/2: GOAWAY) so revocation and root retirement reach them. Default 1 h; 0 = no cap. */
@@ -124,6 +136,8 @@ export interface ServerRuntime {
   readonly holder: SecureContextHolder;
   readonly policy: PeerPolicy;
   readonly logger: TlsLogger;
+  /** When set, refusals and failed handshakes are logged through it with fields (see FieldLogger). */
+  readonly fieldLogger: FieldLogger | undefined;
   readonly insecure: boolean;
   readonly maxConnectionAgeMs: number;
   /** Refusals any peer can cause at will (failed handshakes, refused callers) are logged through it: 5 per reason and address every 10 s, the rest counted (`sweepRefusals`). */
@@ -148,7 +162,7 @@ export async function prepareServer(options: ServerCommonOptions, what: string):
     peerRole: "client",
   };
   if (insecure) warnInsecure(logger, what);
-  return { holder, policy, logger, insecure, maxConnectionAgeMs: options.maxConnectionAgeMs ?? DEFAULT_MAX_CONNECTION_AGE_MS, refusalLog: new LogLimiter() };
+  return { holder, policy, logger, fieldLogger: options.fieldLogger, insecure, maxConnectionAgeMs: options.maxConnectionAgeMs ?? DEFAULT_MAX_CONNECTION_AGE_MS, refusalLog: new LogLimiter() };
 }
 
 /** How long a retired tunnel's other side has to close it after our end, before it is destroyed. */
@@ -201,11 +215,30 @@ export function admitConnection(runtime: ServerRuntime, socket: TLSSocket, what:
     return peer;
   } catch (error) {
     const from = socket.remoteAddress ?? "?";
-    const unlogged = runtime.refusalLog.admit(refusalKey("refused", (error as { code?: string }).code ?? "other", from));
-    if (unlogged !== undefined) runtime.logger.warn(`${what} refused a connection from ${from}: ${describeError(error)}${unlogged > 0 ? ` (${unlogged} more like it not logged)` : ""}`);
+    const code = (error as { code?: string }).code ?? "other";
+    const unlogged = runtime.refusalLog.admit(refusalKey("refused", code, from));
+    if (unlogged !== undefined) {
+      const message = `${what} refused a connection from ${from}: ${describeError(error)}${unlogged > 0 ? ` (${unlogged} more like it not logged)` : ""}`;
+      // The certificate passed TLS verification (chain and validity): its SPIFFE ID is the CA's word, not the caller's.
+      const details = (error as { details?: { spiffeId?: unknown; peer?: unknown } }).details;
+      const spiffeId = details?.spiffeId ?? details?.peer;
+      logRefusal(runtime, { event: "refused", peer: peerAddress(from, socket.remotePort), reason: classifyTlsError(error, socket), code, ...(typeof spiffeId === "string" ? { spiffeId } : {}), ...(unlogged > 0 ? { suppressed: unlogged } : {}) }, message);
+    }
     socket.destroy();
     return undefined;
   }
+}
+
+/** `address:port` (`[v6]:port`) for a log field; the address alone when the port is unknown. */
+function peerAddress(address: string, port: number | undefined): string {
+  if (port === undefined) return address;
+  return address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
+/** A refusal any peer can cause: with fields through `fieldLogger` when there is one, else as text through `logger`. */
+function logRefusal(runtime: ServerRuntime, fields: Record<string, unknown>, message: string): void {
+  if (runtime.fieldLogger !== undefined) runtime.fieldLogger.warn(fields, message);
+  else runtime.logger.warn(message);
 }
 
 /** How often the refusal limiter's ended windows are swept (and their left-out lines summed up in one line). */
@@ -233,7 +266,9 @@ export function sweepRefusals(runtime: ServerRuntime, what: string): () => void 
     runtime.refusalLog.sweep((key, suppressed) => {
       const [kind, code, ...address] = key.split("|");
       const about = kind !== undefined && kind in REFUSAL_KINDS && code !== undefined ? `${REFUSAL_KINDS[kind as RefusalKind]} from ${address.join("|") || "?"} (${code})` : "refusals from further addresses";
-      runtime.logger.warn(`${what}: ${about}: ${suppressed} more like it not logged`);
+      const message = `${what}: ${about}: ${suppressed} more like it not logged`;
+      if (runtime.fieldLogger !== undefined) runtime.fieldLogger.warn({ event: "log-suppressed", about: `${kind ?? "?"} ${code ?? "?"} from ${address.join("|") || "?"}`, suppressed }, message);
+      else runtime.logger.warn(message);
     });
   }, REFUSAL_SWEEP_MS);
   timer.unref();
@@ -263,17 +298,21 @@ export function handshakeFailureOf(error: Error & { code?: string }, socket: TLS
  * noted as it arrives: a handshake that fails on the client's certificate leaves none on the TLS socket.
  */
 export function logHandshakeFailures(server: TlsServer, runtime: ServerRuntime, what: string): void {
-  const addresses = new WeakMap<object, string>();
+  const addresses = new WeakMap<object, { address: string; port: number | undefined }>();
   server.on("connection", (raw: Socket) => {
-    if (raw.remoteAddress !== undefined) addresses.set(raw, raw.remoteAddress);
+    if (raw.remoteAddress !== undefined) addresses.set(raw, { address: raw.remoteAddress, port: raw.remotePort });
   });
   server.on("tlsClientError", (error: Error & { code?: string }, socket: TLSSocket | undefined) => {
     const parent = (socket as { _parent?: object } | undefined)?._parent;
-    const from = socket?.remoteAddress ?? (parent !== undefined ? addresses.get(parent) : undefined) ?? "?";
+    const noted = parent !== undefined ? addresses.get(parent) : undefined;
+    const from = socket?.remoteAddress ?? noted?.address ?? "?";
+    const port = socket?.remoteAddress !== undefined ? socket.remotePort : noted?.port;
     const { code, detail } = handshakeFailureOf(error, socket);
     const unlogged = runtime.refusalLog.admit(refusalKey("handshake", code, from));
     if (unlogged !== undefined) {
-      runtime.logger.warn(`${what}: TLS handshake from ${from} failed: ${code} ${detail}${unlogged > 0 ? ` (${unlogged} more like it not logged)` : ""}`);
+      const message = `${what}: TLS handshake from ${from} failed: ${code} ${detail}${unlogged > 0 ? ` (${unlogged} more like it not logged)` : ""}`;
+      // No SPIFFE ID: a certificate that failed verification says nothing trustworthy about who sent it.
+      logRefusal(runtime, { event: "tls-handshake-failed", peer: peerAddress(from, port), reason: classifyTlsError(error, socket), code }, message);
     }
     // A plain tls.Server leaves the socket open after a failed handshake, a timed-out one
     // included (the https and http2 servers add a listener that destroys it): one byte 0x16 then

@@ -7,7 +7,7 @@ export type { MtlsHttp2Request, MtlsHttp2Server, Http2ServerOptions, ConnectHttp
 export { grpcServerCredentials, grpcChannelCredentials, grpcServerOptions, peerIdentity, MeshwardServerCredentials } from "./grpc.ts";
 export type { GrpcServerCredentialsOptions, GrpcChannelOptions } from "./grpc.ts";
 export { peerOf, DEFAULT_MAX_CONNECTION_AGE_MS } from "./common.ts";
-export type { InsecureEscapeHatch, ServerCommonOptions, ClientCommonOptions } from "./common.ts";
+export type { FieldLogger, InsecureEscapeHatch, ServerCommonOptions, ClientCommonOptions } from "./common.ts";
 export type { PeerIdentity } from "../tls/verify.ts";
 export type { IdentityHealth } from "../tls/context.ts";
 export type { TlsLogger } from "../tls/logger.ts";

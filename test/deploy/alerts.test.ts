@@ -11,7 +11,7 @@ const RULES_DIR = new URL("../../deploy/prometheus/", import.meta.url).pathname;
 const RULES = join(RULES_DIR, "alerts.yaml");
 const RULE_TESTS = join(RULES_DIR, "alerts.test.yaml");
 
-interface Rule { alert: string; expr: string; labels?: Record<string, string>; annotations?: Record<string, string> }
+interface Rule { alert: string; expr: string; for?: string; labels?: Record<string, string>; annotations?: Record<string, string> }
 interface RuleTest { alert_rule_test?: { alertname: string; exp_alerts?: unknown[] }[] }
 interface RuleTestFile { tests: RuleTest[] }
 
@@ -74,6 +74,9 @@ describe("deploy/prometheus/alerts.yaml (real promtool)", () => {
     expect(exprs).toContain('meshward_cert_expiry_timestamp_seconds{kind="workload"}');
     expect(exprs).toContain('meshward_rotation_total{result="error"}');
     expect(exprs).toContain('up{job=~"meshward-ca.*"} == 0');
+    // A target that vanishes (pod Pending without an IP, evicted, scaled to 0) has no `up` series at all (review ops M2).
+    expect(exprs).toContain('absent(up{job=~"meshward-ca.*"} == 1)');
+    expect(exprs).toContain('absent(up{job=~"meshward-injector.*"} == 1)');
     expect(exprs).toContain("meshward_tls_handshake_failures_total");
     expect(exprs).toContain('meshward_plaintext_connections_total{meshward_mode!="permissive"}');
     expect(exprs).toContain("meshward_policy_denials_total");
@@ -92,6 +95,17 @@ describe("deploy/prometheus/alerts.yaml (real promtool)", () => {
     for (const rule of rules) {
       const anchor = (rule.annotations?.runbook ?? "").split("#")[1] ?? "";
       expect(anchors.has(anchor), `${rule.alert}: #${anchor}`).toBe(true);
+    }
+  });
+
+  // Review ops L3: the table listed 17 of the 20 alerts, a critical one among those left out.
+  it("docs/operations.md's alert table lists every shipped alert once, with its severity and `for`, and no other", () => {
+    const doc = readFileSync(new URL("../../docs/operations.md", import.meta.url), "utf8");
+    const section = doc.slice(doc.indexOf("\n## Alerts\n"), doc.indexOf("\n## ", doc.indexOf("\n## Alerts\n") + 1));
+    const rows = [...section.matchAll(/^\| `(Meshward[A-Za-z]+)` \| (\w+) \| .* \| ([^|]+) \|$/gm)].map((m) => ({ alert: m[1] as string, severity: m[2] as string, for: (m[3] as string).trim() }));
+    expect(rows.map((r) => r.alert).sort()).toEqual(rules.map((r) => r.alert).sort());
+    for (const rule of rules) {
+      expect(rows.find((r) => r.alert === rule.alert), rule.alert).toEqual({ alert: rule.alert, severity: rule.labels?.severity, for: rule.for ?? "at once" });
     }
   });
 
@@ -134,9 +148,13 @@ describe("deploy/prometheus/alerts.yaml (real promtool)", () => {
     ["denials-short-baseline", "MeshwardPolicyDenialSpike", "[1h] offset 1h", "[1h] offset 5m"],
     ["dapr-tb-no-unless", "MeshwardCaDaprTrustBundleSyncFailing", '\n          unless on (job, instance)\n          sum by (job, instance) (increase(meshward_ca_dapr_trust_bundle_syncs_total{result!~"error|behind"}[15m])) > 0', ""],
     ["dapr-tb-errors-only", "MeshwardCaDaprTrustBundleSyncFailing", 'meshward_ca_dapr_trust_bundle_syncs_total{result=~"error|behind"}', 'meshward_ca_dapr_trust_bundle_syncs_total{result="error"}'],
+    ["ca-absent-no-up-filter", "MeshwardCaAbsent", 'absent(up{job=~"meshward-ca.*"} == 1)', 'absent(up{job=~"meshward-ca.*"})'],
+    ["injector-absent-down-only", "MeshwardInjectorAbsent", 'absent(up{job=~"meshward-injector.*"} == 1)', 'absent(up{job=~"meshward-injector.*"} == 0)'],
     ["injector-any-job", "MeshwardInjectorDown", 'up{job=~"meshward-injector.*"} == 0', "up == 0"],
     ["cabundle-no-unless", "MeshwardInjectorCaBundleSyncFailing", '\n          unless on (job, instance)\n          sum by (job, instance) (increase(meshward_injector_ca_bundle_syncs_total{result!="error"}[15m])) > 0', ""],
     ["injector-refusals-no-for", "MeshwardInjectorConnectionsRefused", "connections_refused_total[5m])) > 0\n        for: 5m", "connections_refused_total[5m])) > 0\n        for: 1m"],
+    ["request-errors-no-floor", "MeshwardSidecarRequestErrorRateHigh", 'status_class=~"5xx|error"}[10m])) > 0.1', 'status_class=~"5xx|error"}[10m])) > 0'],
+    ["request-errors-4xx-too", "MeshwardSidecarRequestErrorRateHigh", 'rate(meshward_request_duration_seconds_count{status_class=~"5xx|error"}[10m]))\n            /', 'rate(meshward_request_duration_seconds_count{status_class=~"4xx|5xx|error"}[10m]))\n            /'],
     ["cap-no-for", "MeshwardSidecarConnectionCapReached", "overflow_total[5m])) > 0\n        for: 10m", "overflow_total[5m])) > 0\n        for: 1m"],
   ];
   // promtool runs as a child process, so two of these can use both cores at once.

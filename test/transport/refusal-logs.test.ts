@@ -70,6 +70,86 @@ describe("a meshward server logs refusals rate-limited", () => {
   });
 });
 
+// Found by review (ops L1): the sidecar hands its pino logger to these servers, which logged each TLS
+// refusal as bare text: no `event`, the peer without its port, the SPIFFE ID only inside the
+// message, so a log query on event="refused" missed the most common refusal. With `fieldLogger`
+// they carry fields (event, peer, reason as in the metric, code, spiffeId when the certificate
+// passed TLS verification), through the same rate limiter as before.
+describe("a meshward server with a fieldLogger logs refusals with fields", () => {
+  const records: { fields: Record<string, unknown>; message: string }[] = [];
+  const text = makeLogger();
+  const fieldLogger = { warn: (fields: Record<string, unknown>, message: string) => void records.push({ fields, message }) };
+  let fpki: TestPki;
+  let fserver: MtlsServer;
+  let fport = 0;
+  let revoked: TestLeaf;
+
+  beforeAll(async () => {
+    fpki = createTestPki({ trustDomain: TD });
+    revoked = fpki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/web` });
+    const identity = new ManualIdentity(snapshotOf(fpki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/api` }), bundleOf([fpki], new Set([revoked.serial]))));
+    fserver = await createMtlsServer({ identity, logger: text, fieldLogger, authorize: [`spiffe://${TD}/ns/default/web`] }, (socket) => socket.end("hello\n"));
+    await new Promise<void>((resolve) => fserver.listen(0, "127.0.0.1", resolve));
+    fport = (fserver.address() as AddressInfo).port;
+  });
+  afterAll(async () => {
+    await fserver?.meshward.close();
+    fpki?.cleanup();
+  });
+
+  const tryOnce = (leaf?: TestLeaf) =>
+    new Promise<string>((resolve) => {
+      const socket = connect({ host: "127.0.0.1", port: fport, ca: fpki.root.certPem, servername: "localhost", checkServerIdentity: () => undefined, ...(leaf ? { key: leaf.keyPem, cert: leaf.chainPem } : {}) });
+      let got = "";
+      socket.on("data", (chunk: Buffer) => (got += chunk.toString()));
+      socket.on("error", () => undefined);
+      socket.once("close", () => resolve(got));
+    });
+  const of = (event: string, code: string) => records.filter((r) => r.fields.event === event && r.fields.code === code);
+  const until = async (check: () => boolean) => {
+    for (let i = 0; i < 200 && !check(); i++) await new Promise((r) => setTimeout(r, 25));
+  };
+
+  it("a caller outside authorize: event refused, peer with its port, reason spiffe_mismatch, the caller's SPIFFE ID; still 5 lines for 20", async () => {
+    const other = fpki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/other` });
+    for (let i = 0; i < 20; i++) expect(await tryOnce(other)).toBe("");
+    const lines = of("refused", "E_SPIFFE_MISMATCH");
+    expect(lines).toHaveLength(5);
+    expect(lines[0]!.fields).toEqual({ event: "refused", peer: expect.stringMatching(/^127\.0\.0\.1:\d+$/), reason: "spiffe_mismatch", code: "E_SPIFFE_MISMATCH", spiffeId: `spiffe://${TD}/ns/default/other` });
+    expect(lines[0]!.message).toMatch(/^mTLS server refused a connection from 127\.0\.0\.1: E_SPIFFE_MISMATCH/);
+    expect(text.lines.filter((line) => line.includes("refused a connection"))).toEqual([]);
+    expect(await tryOnce(fpki.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/web` }))).toBe("hello\n");
+  });
+
+  it("a revoked caller: reason revoked, code E_CERT_REVOKED, its SPIFFE ID", async () => {
+    expect(await tryOnce(revoked)).toBe("");
+    expect(of("refused", "E_CERT_REVOKED").map((r) => r.fields)).toEqual([
+      { event: "refused", peer: expect.stringMatching(/^127\.0\.0\.1:\d+$/), reason: "revoked", code: "E_CERT_REVOKED", spiffeId: `spiffe://${TD}/ns/default/web` },
+    ]);
+  });
+
+  it("a failed handshake (no client certificate): event tls-handshake-failed, reason no_certificate, no SPIFFE ID", async () => {
+    expect(await tryOnce()).toBe("");
+    await until(() => of("tls-handshake-failed", "ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE").length > 0);
+    expect(of("tls-handshake-failed", "ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE").map((r) => r.fields)).toEqual([
+      { event: "tls-handshake-failed", peer: expect.stringMatching(/^127\.0\.0\.1:\d+$/), reason: "no_certificate", code: "ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE" },
+    ]);
+  });
+
+  it("a certificate from another CA: reason unknown_ca, and no SPIFFE ID (it is unverified)", async () => {
+    const foreign = createTestPki({ trustDomain: TD, name: "other ca" });
+    try {
+      expect(await tryOnce(foreign.issueLeaf({ spiffeId: `spiffe://${TD}/ns/default/web` }))).toBe("");
+      await until(() => records.some((r) => r.fields.event === "tls-handshake-failed" && r.fields.reason === "unknown_ca"));
+      expect(records.filter((r) => r.fields.reason === "unknown_ca").map((r) => r.fields)).toEqual([
+        { event: "tls-handshake-failed", peer: expect.stringMatching(/^127\.0\.0\.1:\d+$/), reason: "unknown_ca", code: "UNABLE_TO_GET_ISSUER_CERT_LOCALLY" },
+      ]);
+    } finally {
+      foreign.cleanup();
+    }
+  });
+});
+
 // Found by review (sdk-grpc): the gRPC server refused callers in the handshake and logged that, but a
 // handshake that failed (a certificate from another CA, an expired one, none, TLS 1.1, plaintext)
 // was not logged at all: grpc-js only traces it. It is now logged as by the other SDK servers (same
