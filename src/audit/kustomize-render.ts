@@ -1,7 +1,7 @@
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, relative, resolve, sep } from "node:path";
+import { delimiter, dirname, join, relative, resolve, sep } from "node:path";
 import { parse, parseAllDocuments, parseDocument } from "yaml";
 import { asArray, asText, get, isDict } from "./shape.ts";
 
@@ -35,11 +35,83 @@ function shownReference(reference: RemoteReference): string {
 }
 
 /**
- * Renders a kustomize overlay with `kubectl kustomize DIR` (no cluster is contacted).
+ * The kubectl binary `kubectl` names: a path (made absolute), or the first executable of that
+ * name on PATH; undefined when there is none.
+ */
+function kubectlBinary(kubectl: string): string | undefined {
+  const candidates = kubectl.includes("/") ? [resolve(kubectl)] : (process.env["PATH"] ?? "").split(delimiter).filter((part) => part !== "").map((part) => resolve(part, kubectl));
+  return candidates.find((candidate) => {
+    try {
+      accessSync(candidate, constants.X_OK);
+      return statSync(candidate).isFile();
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** A proxy nobody listens on (port 0 cannot be listened on): every proxied connection is refused. */
+const DEAD_PROXY = "http://127.0.0.1:0";
+
+/**
+ * Runs `kubectl kustomize -- DIR` (DIR absolute, after `--`: a folder named `--enable-helm` is a
+ * folder, never a flag). `offline`: kubectl runs in an environment that cannot reach out even
+ * if the remote check (remoteReferences) missed something: PATH is a private folder holding only
+ * kubectl (no git, no helm, nothing else to run), HOME a private folder, every HTTP(S) proxy
+ * variable points at a closed loopback port with NO_PROXY empty (kustomize's HTTP client then
+ * sends every non-loopback fetch there, and it is refused; Go never proxies loopback), and git,
+ * were it found, allows no protocol and reads no system or global config. Nothing else of the
+ * caller's environment is passed. Not offline (`--kustomize-remote`): the caller's environment.
+ */
+export function runKustomize(directory: string, kubectl: string, options: { offline: boolean; stderr?: "pipe" | "ignore" }): string {
+  const binary = kubectlBinary(kubectl);
+  if (binary === undefined) throw Object.assign(new Error(`${kubectl} not found`), { code: "ENOENT" });
+  const run = (file: string, env: NodeJS.ProcessEnv): string => execFileSync(file, ["kustomize", "--", resolve(directory)], {
+    encoding: "utf8",
+    maxBuffer: MAX_RENDERED_BYTES,
+    timeout: RENDER_TIMEOUT_MS,
+    stdio: ["ignore", "pipe", options.stderr ?? "pipe"],
+    env,
+  });
+  if (!options.offline) return run(binary, process.env);
+  const sandbox = mkdtempSync(join(tmpdir(), "meshward-kustomize-offline-"));
+  try {
+    const bin = join(sandbox, "bin");
+    const home = join(sandbox, "home");
+    mkdirSync(bin);
+    mkdirSync(home);
+    symlinkSync(binary, join(bin, "kubectl"));
+    return run(join(bin, "kubectl"), {
+      PATH: bin,
+      HOME: home,
+      TMPDIR: tmpdir(),
+      LANG: "C",
+      HTTP_PROXY: DEAD_PROXY,
+      HTTPS_PROXY: DEAD_PROXY,
+      ALL_PROXY: DEAD_PROXY,
+      http_proxy: DEAD_PROXY,
+      https_proxy: DEAD_PROXY,
+      all_proxy: DEAD_PROXY,
+      NO_PROXY: "",
+      no_proxy: "",
+      GIT_ALLOW_PROTOCOL: "",
+      GIT_CONFIG_NOSYSTEM: "1",
+      GIT_CONFIG_GLOBAL: "/dev/null",
+      GIT_TERMINAL_PROMPT: "0",
+      KUBECONFIG: join(home, "no-kubeconfig"),
+    });
+  } finally {
+    rmSync(sandbox, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Renders a kustomize overlay with `kubectl kustomize -- DIR` (no cluster is contacted).
  * `kubectl` is the binary to run (default: `kubectl` on PATH). An overlay that names a remote
- * base or file, itself or through a local base (see remoteReferences), is not rendered unless
- * `allowRemote` is true: kustomize would fetch it from the network or run git, and an audit of
- * an untrusted tree must do neither. That refusal happens before kubectl runs.
+ * base or file, itself or through a local base (see remoteReferences), is not
+ * rendered unless `allowRemote` is true: kustomize would fetch it from the network or run
+ * git, and an audit of an untrusted tree must do neither. That refusal happens before kubectl
+ * runs, and kubectl then runs offline (see runKustomize) in case the check missed something.
  */
 export function renderKustomization(directory: string, kubectl = "kubectl", options: { allowRemote?: boolean } = {}): RenderOutcome {
   const kustomization = kustomizationIn(directory);
@@ -54,12 +126,7 @@ export function renderKustomization(directory: string, kubectl = "kubectl", opti
     return { ok: false, reason: "remote", references: remote, detail };
   }
   try {
-    const text = execFileSync(kubectl, ["kustomize", directory], {
-      encoding: "utf8",
-      maxBuffer: MAX_RENDERED_BYTES,
-      timeout: RENDER_TIMEOUT_MS,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const text = runKustomize(directory, kubectl, { offline: options.allowRemote !== true });
     return { ok: true, text };
   } catch (error) {
     const failure = error as NodeJS.ErrnoException & { stderr?: string | Buffer };
@@ -97,7 +164,8 @@ export function renderOrigins(directory: string, kubectl = "kubectl"): Map<strin
   const wrapper = mkdtempSync(join(tmpdir(), "meshward-audit-origin-"));
   try {
     writeFileSync(join(wrapper, "kustomization.yaml"), `resources:\n  - ${JSON.stringify(relative(wrapper, resolve(directory)))}\nbuildMetadata: [originAnnotations]\n`);
-    const text = execFileSync(kubectl, ["kustomize", wrapper], { encoding: "utf8", maxBuffer: MAX_RENDERED_BYTES, timeout: RENDER_TIMEOUT_MS, stdio: ["ignore", "pipe", "ignore"] });
+    // Offline always: it runs only for an overlay the remote check passed (see originTexts).
+    const text = runKustomize(wrapper, kubectl, { offline: true, stderr: "ignore" });
     for (const document of parseAllDocuments(text, { logLevel: "silent" })) {
       const data: unknown = "toJS" in document ? document.toJS() : undefined;
       const key = objectKey(data);
