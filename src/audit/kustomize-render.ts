@@ -1,7 +1,7 @@
 import { execFileSync } from "node:child_process";
 import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { delimiter, dirname, join, relative, resolve, sep } from "node:path";
+import { delimiter, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { parse, parseAllDocuments, parseDocument } from "yaml";
 import { asArray, asText, get, isDict } from "./shape.ts";
 
@@ -230,11 +230,17 @@ function namedEntries(doc: Record<string, unknown>): { field: string; entry: str
 /**
  * Whether `entry` of a kustomization in `directory` is remote: something kustomize would fetch
  * (an http(s) URL) or clone with git (`github.com/org/repo//dir?ref=…`, `git@host:…`,
- * `git::…`, `ssh://`, `file://`, `gh:`), as it does for an entry that is not a local path. A
- * local file or folder of that name wins, as it does in kustomize.
+ * `git::…`, `ssh://`, `file://`, `gh:`). An entry with a URL scheme, a `user@host:`/`user@host/`
+ * prefix, a `github.com/` prefix or a `?ref=` (`version`, `timeout`, `submodules`) query is
+ * remote whatever exists locally: kustomize fetches an http(s) entry before looking for a file,
+ * and tries a git clone before a local folder. An entry whose first segment looks like a host
+ * (`gitlab.com/org/repo`), which kustomize v5 reads as a local path but older versions cloned,
+ * is remote unless a local path of that name exists.
  */
 export function isRemoteEntry(entry: string, directory: string): boolean {
-  if (!/^[a-z][a-z0-9+.-]*:|^[^/\s]+@[^/\s]+:|^[^/]*[^/.][^/]*\.[^/]+\//i.test(entry) || /^\.\.?\//.test(entry)) return false;
+  if (/^\.\.?\//.test(entry) || isAbsolute(entry)) return false;
+  if (/^[a-z][a-z0-9+.-]*:/i.test(entry) || /^[^/\s:@]+@[^/\s:]+[:/]/.test(entry) || /^github\.com[/:]/i.test(entry) || /\?(?:.*&)?(?:ref|version|timeout|submodules)=/i.test(entry)) return true;
+  if (!/^[^/]*[^/.][^/]*\.[^/]+\//.test(entry)) return false;
   return !existsSync(resolve(directory, entry));
 }
 

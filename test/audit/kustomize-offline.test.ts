@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readPaths } from "../../src/audit/audit.ts";
-import { renderOrigins } from "../../src/audit/kustomize-render.ts";
+import { isRemoteEntry, renderOrigins } from "../../src/audit/kustomize-render.ts";
 
 // The offline guard of `meshward audit` (no --kustomize-remote): what an untrusted tree can do
 // to make `kubectl kustomize` fetch or run helm/git, and the environment kubectl runs in so that
@@ -86,6 +86,47 @@ describe("finding 1: a folder name is never a kubectl flag", () => {
     expect(read.rendered.sort()).toEqual(["--enable-helm", "--output=written.yaml"]);
     // The top folder's helmCharts are refused by kustomize (no --enable-helm), as before.
     expect(read.problems.map((problem) => problem.file)).toEqual(["kustomization.yaml"]);
+  });
+});
+
+describe("finding 3: a local file or folder of the same name does not hide a URL or a git repository", () => {
+  it("an http URL shadowed by folders http:/127.0.0.1:PORT/x.yaml, a github.com base shadowed by a local folder: refused, nothing fetched, git never run", () => {
+    const root = tree("shadow", {
+      [`http/http:/127.0.0.1:${port}/x.yaml/kustomization.yaml`]: "resources: []\n",
+      "http/kustomization.yaml": `resources:\n  - http://127.0.0.1:${port}/x.yaml\n`,
+      "git/github.com/acme/base/kustomization.yaml": "resources: []\n",
+      "git/github.com/acme/base?ref=v1/kustomization.yaml": "resources: []\n",
+      "git/kustomization.yaml": "resources:\n  - github.com/acme/base?ref=v1\n",
+      "plain-git/github.com/acme/base/kustomization.yaml": "resources: []\n",
+      "plain-git/kustomization.yaml": "resources:\n  - github.com/acme/base\n",
+    });
+    const before = Atomics.load(connections, 0);
+    const runsBefore = toolRuns().length;
+    const read = readPaths([join(root, "http"), join(root, "git"), join(root, "plain-git")]);
+    expect(Atomics.load(connections, 0)).toBe(before);
+    expect(toolRuns(runsBefore)).toEqual([]);
+    // The shadowing folders are local overlays of their own, rendered as such; the three overlays are not.
+    expect(read.rendered.filter((directory) => !directory.includes("github.com") && !directory.includes("http:"))).toEqual([]);
+    expect(read.problems.map((problem) => problem.message)).toEqual([
+      expect.stringContaining(`"http://127.0.0.1:${port}/x.yaml" (resources of`),
+      expect.stringContaining(`"github.com/acme/base?ref=v1" (resources of`),
+      expect.stringContaining(`"github.com/acme/base" (resources of`),
+    ]);
+  });
+
+  it("URL-shaped and git-style entries are remote whatever exists locally; a host-like first segment that is a local path is not", () => {
+    const root = tree("shapes", {
+      "github.com/org/repo/kustomization.yaml": "resources: []\n",
+      "git@example.com:org/repo/kustomization.yaml": "resources: []\n",
+      "base?ref=v1/kustomization.yaml": "resources: []\n",
+      "local.d/base/kustomization.yaml": "resources: []\n",
+      "app@v1.yaml": CONFIG_MAP,
+    });
+    mkdirSync(join(root, "https:", "example.com", "x.yaml"), { recursive: true });
+    for (const entry of ["github.com/org/repo", "GitHub.com/org/repo", "git@example.com:org/repo", "https://example.com/x.yaml", "base?ref=v1", "git::https://example.com/repo"]) {
+      expect(isRemoteEntry(entry, root), entry).toBe(true);
+    }
+    for (const entry of ["local.d/base", "app@v1.yaml", "./github.com/org/repo"]) expect(isRemoteEntry(entry, root), entry).toBe(false);
   });
 });
 
