@@ -108,8 +108,8 @@ export function runKustomize(directory: string, kubectl: string, options: { offl
 /**
  * Renders a kustomize overlay with `kubectl kustomize -- DIR` (no cluster is contacted).
  * `kubectl` is the binary to run (default: `kubectl` on PATH). An overlay that names a remote
- * base or file, itself or through a local base (see remoteReferences), is not
- * rendered unless `allowRemote` is true: kustomize would fetch it from the network or run
+ * base or file, itself, through a plugin config or through a local base (see remoteReferences),
+ * is not rendered unless `allowRemote` is true: kustomize would fetch it from the network or run
  * git, and an audit of an untrusted tree must do neither. That refusal happens before kubectl
  * runs, and kubectl then runs offline (see runKustomize) in case the check missed something.
  */
@@ -200,31 +200,168 @@ function readKustomization(kustomization: string): Record<string, unknown> | und
 
 /** Fields whose entries may be a kustomization folder (a base, a component, a plugin config folder). */
 const TARGET_FIELDS = ["resources", "bases", "components", "transformers", "generators", "validators"];
+/** Fields whose entries are plugin configs: a file, inline YAML, or a folder whose output is read as plugin configs. */
+const PLUGIN_FIELDS = ["transformers", "generators", "validators"];
 /** Fields whose entries are files (kustomize loads each; an http(s) URL is fetched). */
 const FILE_FIELDS = ["crds", "patchesStrategicMerge", "configurations"];
+
+/**
+ * A field name as kustomize matches it: its YAML is read through Go's encoding/json, which
+ * matches field names without regard to case (Unicode simple folding: `ſ` is an `s`, the Kelvin
+ * sign `K` a `k`), so `RESOURCES:` and `reſources:` are `resources`.
+ */
+function folded(name: string): string {
+  return name.replace(/\u017f/g, "s").replace(/\u212a/g, "k").toLowerCase();
+}
+
+/** Every value of `dict` under a key kustomize reads as `name` (several when keys differ in case only). */
+function fieldValues(dict: Record<string, unknown>, name: string): unknown[] {
+  const wanted = folded(name);
+  return Object.entries(dict).filter(([key]) => folded(key) === wanted).map(([, value]) => value);
+}
+
+/** The entries of list field `name` (of every key kustomize reads as `name`). */
+function listField(dict: Record<string, unknown>, name: string): unknown[] {
+  return fieldValues(dict, name).flatMap((value) => asArray(value));
+}
 
 /** Every path-like entry of a kustomization, with the field it is in (inline YAML text left out). */
 function namedEntries(doc: Record<string, unknown>): { field: string; entry: string }[] {
   const entries: { field: string; entry: string }[] = [];
   const add = (field: string, value: unknown): void => {
     const text = asText(value).trim();
-    // Inline YAML text (an inline patch) is not a path.
+    // Inline YAML text (an inline patch, an inline plugin config) is not a path.
     if (text === "" || text.includes("\n")) return;
     entries.push({ field, entry: text });
   };
-  for (const field of [...TARGET_FIELDS, ...FILE_FIELDS]) asArray(doc[field]).forEach((value) => add(field, value));
-  for (const field of ["patches", "patchesJson6902", "replacements"]) asArray(doc[field]).forEach((entry) => isDict(entry) && add(`${field}[].path`, entry["path"]));
-  if (isDict(doc["openapi"])) add("openapi.path", doc["openapi"]["path"]);
+  for (const field of [...TARGET_FIELDS, ...FILE_FIELDS]) listField(doc, field).forEach((value) => add(field, value));
+  for (const field of ["patches", "patchesJson6902", "replacements"]) listField(doc, field).forEach((entry) => isDict(entry) && fieldValues(entry, "path").forEach((path) => add(`${field}[].path`, path)));
+  for (const openapi of fieldValues(doc, "openapi")) if (isDict(openapi)) fieldValues(openapi, "path").forEach((path) => add("openapi.path", path));
   for (const field of ["configMapGenerator", "secretGenerator"]) {
-    for (const generator of asArray(doc[field])) {
-      if (!isDict(generator)) continue;
-      // `files` entries may be `key=path`.
-      asArray(generator["files"]).forEach((value) => add(`${field}[].files`, asText(value).replace(/^[^=/]+=/, "")));
-      asArray(generator["envs"]).forEach((value) => add(`${field}[].envs`, value));
-      add(`${field}[].env`, generator["env"]);
-    }
+    for (const generator of listField(doc, field)) if (isDict(generator)) generatorEntries(generator, `${field}[]`).forEach(({ field: where, value }) => add(where, value));
   }
   return entries;
+}
+
+/** The files a ConfigMap/Secret generator reads (`files` entries may be `key=path`). */
+function generatorEntries(generator: Record<string, unknown>, prefix: string): { field: string; value: unknown }[] {
+  return [
+    ...listField(generator, "files").map((value) => ({ field: `${prefix}.files`, value: asText(value).replace(/^[^=/]+=/, "") })),
+    ...listField(generator, "envs").map((value) => ({ field: `${prefix}.envs`, value })),
+    ...fieldValues(generator, "env").map((value) => ({ field: `${prefix}.env`, value })),
+  ];
+}
+
+/**
+ * The builtin plugins kustomize configures from a `transformers`/`generators`/`validators`
+ * entry (`apiVersion: builtin`), each with the fields it reads (besides apiVersion, kind and
+ * metadata) and which of them name a file kustomize loads (an http(s) URL there is fetched).
+ * HelmChartInflationGenerator is not here: it runs helm, which pulls charts.
+ */
+const BUILTIN_PLUGINS: Record<string, { fields: string[]; files?: (config: Record<string, unknown>) => { field: string; value: unknown }[] }> = {
+  AnnotationsTransformer: { fields: ["annotations", "fieldSpecs"] },
+  LabelTransformer: { fields: ["labels", "fieldSpecs"] },
+  NamespaceTransformer: { fields: ["fieldSpecs", "skipExisting", "unsetOnly", "setRoleBindingSubjects"] },
+  ImageTagTransformer: { fields: ["imageTag", "fieldSpecs"] },
+  PrefixSuffixTransformer: { fields: ["prefix", "suffix", "fieldSpecs"] },
+  PrefixTransformer: { fields: ["prefix", "fieldSpecs"] },
+  SuffixTransformer: { fields: ["suffix", "fieldSpecs"] },
+  ReplicaCountTransformer: { fields: ["replica", "fieldSpecs"] },
+  HashTransformer: { fields: [] },
+  SortOrderTransformer: { fields: ["sortOptions"] },
+  ValueAddTransformer: { fields: ["value", "targets"] },
+  IAMPolicyGenerator: { fields: ["cloud", "kubernetesService", "serviceAccount"] },
+  PatchTransformer: { fields: ["path", "patch", "target", "options"], files: (config) => fieldValues(config, "path").map((value) => ({ field: "path", value })) },
+  PatchJson6902Transformer: { fields: ["path", "jsonOp", "target"], files: (config) => fieldValues(config, "path").map((value) => ({ field: "path", value })) },
+  // Each `paths` entry is read as patch content first, then as a file.
+  PatchStrategicMergeTransformer: { fields: ["paths", "patches"], files: (config) => listField(config, "paths").map((value) => ({ field: "paths", value })) },
+  ReplacementTransformer: { fields: ["replacements"], files: (config) => listField(config, "replacements").flatMap((entry) => (isDict(entry) ? fieldValues(entry, "path").map((value) => ({ field: "replacements[].path", value })) : [])) },
+  ConfigMapGenerator: { fields: ["name", "namespace", "behavior", "literals", "files", "envs", "env", "options"], files: (config) => generatorEntries(config, "") },
+  SecretGenerator: { fields: ["name", "namespace", "behavior", "literals", "files", "envs", "env", "options", "type"], files: (config) => generatorEntries(config, "") },
+};
+
+/**
+ * The file entries of the plugin configs a kustomization names in `transformers`, `generators`
+ * and `validators` (inline YAML, a local file, a YAML map), and what could not be checked: a
+ * config that is not a builtin plugin listed in BUILTIN_PLUGINS, a field such a plugin does
+ * not have, a HelmChartInflationGenerator, a config file that cannot be read, a plugin config
+ * folder (its rendered output is what kustomize configures plugins from). Fail closed: each of
+ * those keeps the overlay from being rendered.
+ */
+function pluginEntries(doc: Record<string, unknown>, directory: string): { entries: { field: string; entry: string }[]; unchecked: string[] } {
+  const entries: { field: string; entry: string }[] = [];
+  const unchecked: string[] = [];
+  const check = (config: unknown, where: string): void => {
+    if (config === null || config === undefined) return;
+    if (!isDict(config)) {
+      unchecked.push(`${where}: not a plugin config map`);
+      return;
+    }
+    const apiVersion = asText(fieldValues(config, "apiVersion")[0]);
+    const kind = asText(fieldValues(config, "kind")[0]);
+    const plugin = Object.hasOwn(BUILTIN_PLUGINS, kind) ? BUILTIN_PLUGINS[kind] : undefined;
+    if (apiVersion !== "builtin" || plugin === undefined || fieldValues(config, "apiVersion").length !== 1 || fieldValues(config, "kind").length !== 1) {
+      unchecked.push(`${where}: ${JSON.stringify(`${apiVersion}/${kind}`.slice(0, 100))} is not a builtin plugin this check reads`);
+      return;
+    }
+    const known = new Set(["apiVersion", "kind", "metadata", ...plugin.fields].map(folded));
+    const unknown = Object.keys(config).find((key) => !known.has(folded(key)));
+    if (unknown !== undefined) {
+      unchecked.push(`${where}: field ${JSON.stringify(unknown.slice(0, 100))} of ${kind} is not one this check reads`);
+      return;
+    }
+    for (const { field, value } of plugin.files?.(config) ?? []) {
+      const text = asText(value).trim();
+      if (text !== "" && !text.includes("\n")) entries.push({ field: `${where} ${kind}.${field.replace(/^\./, "")}`, entry: text });
+    }
+  };
+  const documents = (text: string, where: string): void => {
+    for (const document of parseAllDocuments(text, { logLevel: "silent", merge: true })) {
+      if (!("toJS" in document) || document.errors.length > 0) {
+        unchecked.push(`${where}: not readable as YAML`);
+        return;
+      }
+      check(document.toJS(), where);
+    }
+  };
+  for (const field of PLUGIN_FIELDS) {
+    for (const value of listField(doc, field)) {
+      if (isDict(value)) {
+        check(value, `${field} entry`);
+        continue;
+      }
+      const text = asText(value);
+      if (text.trim() === "") continue;
+      if (text.includes("\n")) {
+        documents(text, `inline ${field} entry`);
+        continue;
+      }
+      const entry = text.trim();
+      // A remote entry is reported as such (namedEntries).
+      if (isRemoteEntry(entry, directory)) continue;
+      const where = `${field} entry ${JSON.stringify(entry.slice(0, 100))}`;
+      const path = resolve(directory, entry);
+      let stats;
+      try {
+        stats = statSync(path);
+      } catch {
+        continue; // kustomize fails on a missing file: nothing to fetch.
+      }
+      if (stats.isDirectory()) {
+        unchecked.push(`${where}: a plugin config folder, whose output this check does not read`);
+        continue;
+      }
+      let content: string;
+      try {
+        content = readFileSync(path, "utf8");
+      } catch {
+        unchecked.push(`${where}: not readable`);
+        continue;
+      }
+      documents(content, where);
+    }
+  }
+  return { entries, unchecked };
 }
 
 /**
@@ -239,7 +376,7 @@ function namedEntries(doc: Record<string, unknown>): { field: string; entry: str
  */
 export function isRemoteEntry(entry: string, directory: string): boolean {
   if (/^\.\.?\//.test(entry) || isAbsolute(entry)) return false;
-  if (/^[a-z][a-z0-9+.-]*:/i.test(entry) || /^[^/\s:@]+@[^/\s:]+[:/]/.test(entry) || /^github\.com[/:]/i.test(entry) || /\?(?:.*&)?(?:ref|version|timeout|submodules)=/i.test(entry)) return true;
+  if (/^[a-z][a-z0-9+.-]*:/i.test(entry) || /^[^/\s:@]+@[^/\s:]+[:/]/.test(entry) || /^github\.com[/:]/i.test(folded(entry)) || /\?(?:.*&)?(?:ref|version|timeout|submodules)=/i.test(entry)) return true;
   if (!/^[^/]*[^/.][^/]*\.[^/]+\//.test(entry)) return false;
   return !existsSync(resolve(directory, entry));
 }
@@ -303,7 +440,9 @@ export interface RemoteReference {
 export function remoteReferences(kustomization: string): RemoteReference[] {
   const found: RemoteReference[] = [];
   eachKustomization(kustomization, (file, doc, directory) => {
-    for (const { field, entry } of namedEntries(doc)) if (isRemoteEntry(entry, directory)) found.push({ file, field, reference: entry });
+    const plugins = pluginEntries(doc, directory);
+    for (const why of plugins.unchecked) found.push({ file, field: "unchecked", reference: why });
+    for (const { field, entry } of [...namedEntries(doc), ...plugins.entries]) if (isRemoteEntry(entry, directory)) found.push({ file, field, reference: entry });
   }, (file, why) => found.push({ file, field: "unchecked", reference: why }));
   return found;
 }
@@ -336,7 +475,7 @@ export function consumedBy(kustomization: string, directory: string): (file: str
   const named: string[] = [kustomization];
   eachKustomization(kustomization, (file, doc, folder) => {
     named.push(file);
-    for (const { entry } of namedEntries(doc)) {
+    for (const { entry } of [...namedEntries(doc), ...pluginEntries(doc, folder).entries]) {
       // Remote resources are not files of this tree.
       if (!isRemoteEntry(entry, folder)) named.push(resolve(folder, entry));
     }

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readPaths } from "../../src/audit/audit.ts";
-import { isRemoteEntry, renderOrigins } from "../../src/audit/kustomize-render.ts";
+import { isRemoteEntry, remoteReferences, renderOrigins } from "../../src/audit/kustomize-render.ts";
 
 // The offline guard of `meshward audit` (no --kustomize-remote): what an untrusted tree can do
 // to make `kubectl kustomize` fetch or run helm/git, and the environment kubectl runs in so that
@@ -86,6 +86,89 @@ describe("finding 1: a folder name is never a kubectl flag", () => {
     expect(read.rendered.sort()).toEqual(["--enable-helm", "--output=written.yaml"]);
     // The top folder's helmCharts are refused by kustomize (no --enable-helm), as before.
     expect(read.problems.map((problem) => problem.file)).toEqual(["kustomization.yaml"]);
+  });
+});
+
+describe("finding 2: plugin configs (transformers/generators/validators) are read, and fail closed", () => {
+  const patch = (path: string, key = "path"): string => `apiVersion: builtin\nkind: PatchTransformer\nmetadata:\n  name: p\n${key}: http://127.0.0.1:${port}/${path}\n`;
+  const indented = (text: string): string => text.trimEnd().split("\n").map((line) => `    ${line}`).join("\n");
+
+  it("a URL in a builtin plugin config (a file, inline YAML, a key in another case, a generator, a replacement): refused, named, nothing fetched", () => {
+    const root = tree("plugins", {
+      "file/kustomization.yaml": "resources:\n  - cm.yaml\ntransformers:\n  - t.yaml\n",
+      "file/t.yaml": patch("file.yaml"),
+      "file/cm.yaml": CONFIG_MAP,
+      "inline/kustomization.yaml": `resources:\n  - cm.yaml\ntransformers:\n  - |-\n${indented(patch("inline.yaml"))}\n`,
+      "inline/cm.yaml": CONFIG_MAP,
+      "case/kustomization.yaml": "resources:\n  - cm.yaml\ntransformers:\n  - t.yaml\n",
+      "case/t.yaml": patch("case.yaml", "PATH"),
+      "case/cm.yaml": CONFIG_MAP,
+      "generator/kustomization.yaml": "generators:\n  - g.yaml\n",
+      "generator/g.yaml": `apiVersion: builtin\nkind: ConfigMapGenerator\nmetadata:\n  name: g\nfiles:\n  - data=http://127.0.0.1:${port}/generator.txt\n`,
+      "replacement/kustomization.yaml": "resources:\n  - cm.yaml\ntransformers:\n  - r.yaml\n",
+      "replacement/r.yaml": `apiVersion: builtin\nkind: ReplacementTransformer\nmetadata:\n  name: r\nreplacements:\n  - path: http://127.0.0.1:${port}/replacement.yaml\n`,
+      "replacement/cm.yaml": CONFIG_MAP,
+      "folded-resources/kustomization.yaml": `RESOURCES:\n  - http://127.0.0.1:${port}/upper.yaml\nre\u017fources:\n  - http://127.0.0.1:${port}/long-s.yaml\n`,
+    });
+    const before = Atomics.load(connections, 0);
+    const runsBefore = toolRuns().length;
+    const read = readPaths([root]);
+    expect(Atomics.load(connections, 0)).toBe(before);
+    expect(read.rendered).toEqual([]);
+    const message = (name: string): string => read.problems.find((problem) => problem.file === join(root, name, "kustomization.yaml"))?.message ?? "";
+    expect(message("file")).toContain(`"http://127.0.0.1:${port}/file.yaml" (transformers entry "t.yaml" PatchTransformer.path of ${join(root, "file", "kustomization.yaml")})`);
+    expect(message("inline")).toContain(`"http://127.0.0.1:${port}/inline.yaml" (inline transformers entry PatchTransformer.path of`);
+    expect(message("case")).toContain(`"http://127.0.0.1:${port}/case.yaml"`);
+    expect(message("generator")).toContain(`"http://127.0.0.1:${port}/generator.txt" (generators entry "g.yaml" ConfigMapGenerator.files of`);
+    expect(message("replacement")).toContain(`"http://127.0.0.1:${port}/replacement.yaml" (transformers entry "r.yaml" ReplacementTransformer.replacements[].path of`);
+    expect(message("folded-resources")).toContain(`"http://127.0.0.1:${port}/upper.yaml" (resources of`);
+    expect(message("folded-resources")).toContain("and 1 more");
+    for (const problem of read.problems) expect(problem.message).toContain("not fetched: pass --kustomize-remote to allow it");
+  });
+
+  it("what the check does not understand is not rendered: a Helm chart generator, a non-builtin plugin, an unknown field, a plugin config folder, a config that is not YAML", () => {
+    const root = tree("unchecked", {
+      "helm/kustomization.yaml": "generators:\n  - h.yaml\n",
+      "helm/h.yaml": `apiVersion: builtin\nkind: HelmChartInflationGenerator\nmetadata:\n  name: h\nchartName: evil\nchartRepoUrl: http://127.0.0.1:${port}/charts\n`,
+      "external/kustomization.yaml": "transformers:\n  - x.yaml\n",
+      "external/x.yaml": "apiVersion: example.com/v1\nkind: Fetcher\nmetadata:\n  name: x\n",
+      "field/kustomization.yaml": "transformers:\n  - l.yaml\n",
+      "field/l.yaml": `apiVersion: builtin\nkind: LabelTransformer\nmetadata:\n  name: l\nlabels:\n  a: b\nfieldSpecs: []\nremote: http://127.0.0.1:${port}/x\n`,
+      "folder/kustomization.yaml": "transformers:\n  - configs\n",
+      "folder/configs/kustomization.yaml": "resources:\n  - t.yaml\n",
+      "folder/configs/t.yaml": patch("folder.yaml"),
+      "broken/kustomization.yaml": "transformers:\n  - b.yaml\n",
+      "broken/b.yaml": "apiVersion: builtin\nkind: [\n",
+    });
+    const before = Atomics.load(connections, 0);
+    const runsBefore = toolRuns().length;
+    const read = readPaths([root]);
+    expect(Atomics.load(connections, 0)).toBe(before);
+    expect(toolRuns(runsBefore)).toEqual([]);
+    expect(read.rendered).toEqual([]);
+    const message = (name: string): string => read.problems.find((problem) => problem.file === join(root, name, "kustomization.yaml"))?.message ?? "";
+    expect(message("helm")).toContain(`could not be checked for remote bases (generators entry "h.yaml": "builtin/HelmChartInflationGenerator" is not a builtin plugin this check reads)`);
+    expect(message("external")).toContain(`(transformers entry "x.yaml": "example.com/v1/Fetcher" is not a builtin plugin this check reads)`);
+    expect(message("field")).toContain(`(transformers entry "l.yaml": field "remote" of LabelTransformer is not one this check reads)`);
+    expect(message("folder")).toContain(`(transformers entry "configs": a plugin config folder, whose output this check does not read)`);
+    expect(message("broken")).toContain(`(transformers entry "b.yaml": not readable as YAML)`);
+  });
+
+  it("a builtin plugin config naming local files only is still rendered, and its files count as consumed", () => {
+    const root = tree("local-plugins", {
+      "kustomization.yaml": "resources:\n  - cm.yaml\ntransformers:\n  - t.yaml\n  - |-\n    apiVersion: builtin\n    kind: LabelTransformer\n    metadata:\n      name: l\n    labels:\n      team: shop\n    fieldSpecs:\n      - path: metadata/labels\n        create: true\n",
+      "t.yaml": "apiVersion: builtin\nkind: PatchTransformer\nmetadata:\n  name: p\npath: patch.yaml\n",
+      "patch.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  a: patched\n",
+      "cm.yaml": CONFIG_MAP,
+    });
+    expect(remoteReferences(join(root, "kustomization.yaml"))).toEqual([]);
+    const read = readPaths([root]);
+    expect(read.problems).toEqual([]);
+    expect(read.rendered).toEqual([root]);
+    const rendered = read.files.find((file) => file.rendered === root)?.text ?? "";
+    expect(rendered).toContain("a: patched");
+    expect(rendered).toContain("team: shop");
+    expect(read.files.find((file) => file.file === join(root, "patch.yaml"))?.rawOnly).toBe(true);
   });
 });
 
