@@ -332,8 +332,12 @@ function pluginEntries(doc: Record<string, unknown>, directory: string): { entri
       }
       const text = asText(value);
       if (text.trim() === "") continue;
-      if (text.includes("\n")) {
-        documents(text, `inline ${field} entry`);
+      // kustomize reads an entry as inline plugin configs whenever it parses as YAML objects
+      // (one line of flow style `{apiVersion: builtin, …}` too), and as a path otherwise.
+      const inline = text.includes("\n") ? "yes" : parsesAsObjects(text);
+      if (inline !== "no") {
+        if (inline === "unreadable") unchecked.push(`${field} entry ${JSON.stringify(text.trim().slice(0, 100))}: neither a path nor YAML this check reads`);
+        else documents(text, `inline ${field} entry`);
         continue;
       }
       const entry = text.trim();
@@ -362,6 +366,21 @@ function pluginEntries(doc: Record<string, unknown>, directory: string): { entri
     }
   }
   return { entries, unchecked };
+}
+
+/**
+ * Whether a one-line `transformers`/`generators`/`validators` entry is YAML objects (inline
+ * plugin configs, as kustomize reads it), a scalar (a path), or YAML this check cannot parse
+ * while it looks like flow-style YAML (`{`, `[`, `: `), which is not guessed at.
+ */
+function parsesAsObjects(text: string): "yes" | "no" | "unreadable" {
+  const documents = parseAllDocuments(text, { logLevel: "silent" });
+  if (!Array.isArray(documents)) return "no";
+  if (documents.some((document) => document.errors.length > 0)) return /[{[]|: /.test(text) ? "unreadable" : "no";
+  return documents.some((document) => {
+    const value: unknown = document.toJS();
+    return value !== null && typeof value === "object";
+  }) ? "yes" : "no";
 }
 
 /**

@@ -93,7 +93,7 @@ describe("finding 2: plugin configs (transformers/generators/validators) are rea
   const patch = (path: string, key = "path"): string => `apiVersion: builtin\nkind: PatchTransformer\nmetadata:\n  name: p\n${key}: http://127.0.0.1:${port}/${path}\n`;
   const indented = (text: string): string => text.trimEnd().split("\n").map((line) => `    ${line}`).join("\n");
 
-  it("a URL in a builtin plugin config (a file, inline YAML, a key in another case, a generator, a replacement): refused, named, nothing fetched", () => {
+  it("a URL in a builtin plugin config (a file, inline YAML, one line of flow-style YAML, a key in another case, a generator, a replacement): refused, named, nothing fetched", () => {
     const root = tree("plugins", {
       "file/kustomization.yaml": "resources:\n  - cm.yaml\ntransformers:\n  - t.yaml\n",
       "file/t.yaml": patch("file.yaml"),
@@ -108,6 +108,8 @@ describe("finding 2: plugin configs (transformers/generators/validators) are rea
       "replacement/kustomization.yaml": "resources:\n  - cm.yaml\ntransformers:\n  - r.yaml\n",
       "replacement/r.yaml": `apiVersion: builtin\nkind: ReplacementTransformer\nmetadata:\n  name: r\nreplacements:\n  - path: http://127.0.0.1:${port}/replacement.yaml\n`,
       "replacement/cm.yaml": CONFIG_MAP,
+      "flow/kustomization.yaml": `resources:\n  - cm.yaml\ntransformers:\n  - '{apiVersion: builtin, kind: PatchTransformer, metadata: {name: p}, path: "http://127.0.0.1:${port}/flow.yaml"}'\n`,
+      "flow/cm.yaml": CONFIG_MAP,
       "folded-resources/kustomization.yaml": `RESOURCES:\n  - http://127.0.0.1:${port}/upper.yaml\nre\u017fources:\n  - http://127.0.0.1:${port}/long-s.yaml\n`,
     });
     const before = Atomics.load(connections, 0);
@@ -121,6 +123,7 @@ describe("finding 2: plugin configs (transformers/generators/validators) are rea
     expect(message("case")).toContain(`"http://127.0.0.1:${port}/case.yaml"`);
     expect(message("generator")).toContain(`"http://127.0.0.1:${port}/generator.txt" (generators entry "g.yaml" ConfigMapGenerator.files of`);
     expect(message("replacement")).toContain(`"http://127.0.0.1:${port}/replacement.yaml" (transformers entry "r.yaml" ReplacementTransformer.replacements[].path of`);
+    expect(message("flow")).toContain(`"http://127.0.0.1:${port}/flow.yaml" (inline transformers entry PatchTransformer.path of`);
     expect(message("folded-resources")).toContain(`"http://127.0.0.1:${port}/upper.yaml" (resources of`);
     expect(message("folded-resources")).toContain("and 1 more");
     for (const problem of read.problems) expect(problem.message).toContain("not fetched: pass --kustomize-remote to allow it");
