@@ -513,5 +513,15 @@ export function renderedName(directory: string): string {
 
 /** How to audit an overlay when it could not be rendered here. */
 export function renderAdvice(directory: string): string {
-  return `audit the rendered output instead: \`kubectl kustomize ${directory} | meshward audit -\``;
+  return `audit the rendered output instead: \`kubectl kustomize ${shellWord(directory)} | meshward audit -\``;
+}
+
+/**
+ * A path as a word to paste into a POSIX shell: `./` before a relative path that starts with `-`
+ * (a folder named `--enable-helm` is no flag), single quotes around anything but plain characters
+ * (a folder named `$(…)` runs nothing).
+ */
+function shellWord(path: string): string {
+  const word = path.startsWith("-") ? `./${path}` : path;
+  return /^[\w./@%+=:,-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`;
 }

@@ -87,6 +87,24 @@ describe("finding 1: a folder name is never a kubectl flag", () => {
     // The top folder's helmCharts are refused by kustomize (no --enable-helm), as before.
     expect(read.problems.map((problem) => problem.file)).toEqual(["kustomization.yaml"]);
   });
+  it("the command a report advises for an overlay not rendered (no kubectl) is safe to paste: ./ before a leading -, quotes around shell syntax", () => {
+    const root = tree("advice", {
+      "--enable-helm/kustomization.yaml": "resources: []\n",
+      "$(touch pwned)/kustomization.yaml": "resources: []\n",
+    });
+    const cwd = process.cwd();
+    let read: ReturnType<typeof readPaths>;
+    try {
+      process.chdir(root);
+      read = readPaths(["."], { kubectl: join(scratch, "kubectl-not-installed") });
+    } finally {
+      process.chdir(cwd);
+    }
+    expect(read.problems.map((problem) => problem.message.replace(/^.*; audit the rendered output instead: /, ""))).toEqual([
+      "`kubectl kustomize '$(touch pwned)' | meshward audit -`",
+      "`kubectl kustomize ./--enable-helm | meshward audit -`",
+    ]);
+  });
 });
 
 describe("finding 2: plugin configs (transformers/generators/validators) are read, and fail closed", () => {
