@@ -1,7 +1,7 @@
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, relative, resolve, sep } from "node:path";
+import { delimiter, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { parse, parseAllDocuments, parseDocument } from "yaml";
 import { asArray, asText, get, isDict } from "./shape.ts";
 
@@ -35,11 +35,83 @@ function shownReference(reference: RemoteReference): string {
 }
 
 /**
- * Renders a kustomize overlay with `kubectl kustomize DIR` (no cluster is contacted).
+ * The kubectl binary `kubectl` names: a path (made absolute), or the first executable of that
+ * name on PATH; undefined when there is none.
+ */
+function kubectlBinary(kubectl: string): string | undefined {
+  const candidates = kubectl.includes("/") ? [resolve(kubectl)] : (process.env["PATH"] ?? "").split(delimiter).filter((part) => part !== "").map((part) => resolve(part, kubectl));
+  return candidates.find((candidate) => {
+    try {
+      accessSync(candidate, constants.X_OK);
+      return statSync(candidate).isFile();
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** A proxy nobody listens on (port 0 cannot be listened on): every proxied connection is refused. */
+const DEAD_PROXY = "http://127.0.0.1:0";
+
+/**
+ * Runs `kubectl kustomize -- DIR` (DIR absolute, after `--`: a folder named `--enable-helm` is a
+ * folder, never a flag). `offline`: kubectl runs in an environment that cannot reach out even
+ * if the remote check (remoteReferences) missed something: PATH is a private folder holding only
+ * kubectl (no git, no helm, nothing else to run), HOME a private folder, every HTTP(S) proxy
+ * variable points at a closed loopback port with NO_PROXY empty (kustomize's HTTP client then
+ * sends every non-loopback fetch there, and it is refused; Go never proxies loopback), and git,
+ * were it found, allows no protocol and reads no system or global config. Nothing else of the
+ * caller's environment is passed. Not offline (`--kustomize-remote`): the caller's environment.
+ */
+export function runKustomize(directory: string, kubectl: string, options: { offline: boolean; stderr?: "pipe" | "ignore" }): string {
+  const binary = kubectlBinary(kubectl);
+  if (binary === undefined) throw Object.assign(new Error(`${kubectl} not found`), { code: "ENOENT" });
+  const run = (file: string, env: NodeJS.ProcessEnv): string => execFileSync(file, ["kustomize", "--", resolve(directory)], {
+    encoding: "utf8",
+    maxBuffer: MAX_RENDERED_BYTES,
+    timeout: RENDER_TIMEOUT_MS,
+    stdio: ["ignore", "pipe", options.stderr ?? "pipe"],
+    env,
+  });
+  if (!options.offline) return run(binary, process.env);
+  const sandbox = mkdtempSync(join(tmpdir(), "meshward-kustomize-offline-"));
+  try {
+    const bin = join(sandbox, "bin");
+    const home = join(sandbox, "home");
+    mkdirSync(bin);
+    mkdirSync(home);
+    symlinkSync(binary, join(bin, "kubectl"));
+    return run(join(bin, "kubectl"), {
+      PATH: bin,
+      HOME: home,
+      TMPDIR: tmpdir(),
+      LANG: "C",
+      HTTP_PROXY: DEAD_PROXY,
+      HTTPS_PROXY: DEAD_PROXY,
+      ALL_PROXY: DEAD_PROXY,
+      http_proxy: DEAD_PROXY,
+      https_proxy: DEAD_PROXY,
+      all_proxy: DEAD_PROXY,
+      NO_PROXY: "",
+      no_proxy: "",
+      GIT_ALLOW_PROTOCOL: "",
+      GIT_CONFIG_NOSYSTEM: "1",
+      GIT_CONFIG_GLOBAL: "/dev/null",
+      GIT_TERMINAL_PROMPT: "0",
+      KUBECONFIG: join(home, "no-kubeconfig"),
+    });
+  } finally {
+    rmSync(sandbox, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Renders a kustomize overlay with `kubectl kustomize -- DIR` (no cluster is contacted).
  * `kubectl` is the binary to run (default: `kubectl` on PATH). An overlay that names a remote
- * base or file, itself or through a local base (see remoteReferences), is not rendered unless
- * `allowRemote` is true: kustomize would fetch it from the network or run git, and an audit of
- * an untrusted tree must do neither. That refusal happens before kubectl runs.
+ * base or file, itself, through a plugin config or through a local base (see remoteReferences),
+ * is not rendered unless `allowRemote` is true: kustomize would fetch it from the network or run
+ * git, and an audit of an untrusted tree must do neither. That refusal happens before kubectl
+ * runs, and kubectl then runs offline (see runKustomize) in case the check missed something.
  */
 export function renderKustomization(directory: string, kubectl = "kubectl", options: { allowRemote?: boolean } = {}): RenderOutcome {
   const kustomization = kustomizationIn(directory);
@@ -54,12 +126,7 @@ export function renderKustomization(directory: string, kubectl = "kubectl", opti
     return { ok: false, reason: "remote", references: remote, detail };
   }
   try {
-    const text = execFileSync(kubectl, ["kustomize", directory], {
-      encoding: "utf8",
-      maxBuffer: MAX_RENDERED_BYTES,
-      timeout: RENDER_TIMEOUT_MS,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const text = runKustomize(directory, kubectl, { offline: options.allowRemote !== true });
     return { ok: true, text };
   } catch (error) {
     const failure = error as NodeJS.ErrnoException & { stderr?: string | Buffer };
@@ -97,7 +164,8 @@ export function renderOrigins(directory: string, kubectl = "kubectl"): Map<strin
   const wrapper = mkdtempSync(join(tmpdir(), "meshward-audit-origin-"));
   try {
     writeFileSync(join(wrapper, "kustomization.yaml"), `resources:\n  - ${JSON.stringify(relative(wrapper, resolve(directory)))}\nbuildMetadata: [originAnnotations]\n`);
-    const text = execFileSync(kubectl, ["kustomize", wrapper], { encoding: "utf8", maxBuffer: MAX_RENDERED_BYTES, timeout: RENDER_TIMEOUT_MS, stdio: ["ignore", "pipe", "ignore"] });
+    // Offline always: it runs only for an overlay the remote check passed (see originTexts).
+    const text = runKustomize(wrapper, kubectl, { offline: true, stderr: "ignore" });
     for (const document of parseAllDocuments(text, { logLevel: "silent" })) {
       const data: unknown = "toJS" in document ? document.toJS() : undefined;
       const key = objectKey(data);
@@ -132,41 +200,203 @@ function readKustomization(kustomization: string): Record<string, unknown> | und
 
 /** Fields whose entries may be a kustomization folder (a base, a component, a plugin config folder). */
 const TARGET_FIELDS = ["resources", "bases", "components", "transformers", "generators", "validators"];
+/** Fields whose entries are plugin configs: a file, inline YAML, or a folder whose output is read as plugin configs. */
+const PLUGIN_FIELDS = ["transformers", "generators", "validators"];
 /** Fields whose entries are files (kustomize loads each; an http(s) URL is fetched). */
 const FILE_FIELDS = ["crds", "patchesStrategicMerge", "configurations"];
+
+/**
+ * A field name as kustomize matches it: its YAML is read through Go's encoding/json, which
+ * matches field names without regard to case (Unicode simple folding: `ſ` is an `s`, the Kelvin
+ * sign `K` a `k`), so `RESOURCES:` and `reſources:` are `resources`.
+ */
+function folded(name: string): string {
+  return name.replace(/\u017f/g, "s").replace(/\u212a/g, "k").toLowerCase();
+}
+
+/** Every value of `dict` under a key kustomize reads as `name` (several when keys differ in case only). */
+function fieldValues(dict: Record<string, unknown>, name: string): unknown[] {
+  const wanted = folded(name);
+  return Object.entries(dict).filter(([key]) => folded(key) === wanted).map(([, value]) => value);
+}
+
+/** The entries of list field `name` (of every key kustomize reads as `name`). */
+function listField(dict: Record<string, unknown>, name: string): unknown[] {
+  return fieldValues(dict, name).flatMap((value) => asArray(value));
+}
 
 /** Every path-like entry of a kustomization, with the field it is in (inline YAML text left out). */
 function namedEntries(doc: Record<string, unknown>): { field: string; entry: string }[] {
   const entries: { field: string; entry: string }[] = [];
   const add = (field: string, value: unknown): void => {
     const text = asText(value).trim();
-    // Inline YAML text (an inline patch) is not a path.
+    // Inline YAML text (an inline patch, an inline plugin config) is not a path.
     if (text === "" || text.includes("\n")) return;
     entries.push({ field, entry: text });
   };
-  for (const field of [...TARGET_FIELDS, ...FILE_FIELDS]) asArray(doc[field]).forEach((value) => add(field, value));
-  for (const field of ["patches", "patchesJson6902", "replacements"]) asArray(doc[field]).forEach((entry) => isDict(entry) && add(`${field}[].path`, entry["path"]));
-  if (isDict(doc["openapi"])) add("openapi.path", doc["openapi"]["path"]);
+  for (const field of [...TARGET_FIELDS, ...FILE_FIELDS]) listField(doc, field).forEach((value) => add(field, value));
+  for (const field of ["patches", "patchesJson6902", "replacements"]) listField(doc, field).forEach((entry) => isDict(entry) && fieldValues(entry, "path").forEach((path) => add(`${field}[].path`, path)));
+  for (const openapi of fieldValues(doc, "openapi")) if (isDict(openapi)) fieldValues(openapi, "path").forEach((path) => add("openapi.path", path));
   for (const field of ["configMapGenerator", "secretGenerator"]) {
-    for (const generator of asArray(doc[field])) {
-      if (!isDict(generator)) continue;
-      // `files` entries may be `key=path`.
-      asArray(generator["files"]).forEach((value) => add(`${field}[].files`, asText(value).replace(/^[^=/]+=/, "")));
-      asArray(generator["envs"]).forEach((value) => add(`${field}[].envs`, value));
-      add(`${field}[].env`, generator["env"]);
-    }
+    for (const generator of listField(doc, field)) if (isDict(generator)) generatorEntries(generator, `${field}[]`).forEach(({ field: where, value }) => add(where, value));
   }
   return entries;
+}
+
+/** The files a ConfigMap/Secret generator reads (`files` entries may be `key=path`). */
+function generatorEntries(generator: Record<string, unknown>, prefix: string): { field: string; value: unknown }[] {
+  return [
+    ...listField(generator, "files").map((value) => ({ field: `${prefix}.files`, value: asText(value).replace(/^[^=/]+=/, "") })),
+    ...listField(generator, "envs").map((value) => ({ field: `${prefix}.envs`, value })),
+    ...fieldValues(generator, "env").map((value) => ({ field: `${prefix}.env`, value })),
+  ];
+}
+
+/**
+ * The builtin plugins kustomize configures from a `transformers`/`generators`/`validators`
+ * entry (`apiVersion: builtin`), each with the fields it reads (besides apiVersion, kind and
+ * metadata) and which of them name a file kustomize loads (an http(s) URL there is fetched).
+ * HelmChartInflationGenerator is not here: it runs helm, which pulls charts.
+ */
+const BUILTIN_PLUGINS: Record<string, { fields: string[]; files?: (config: Record<string, unknown>) => { field: string; value: unknown }[] }> = {
+  AnnotationsTransformer: { fields: ["annotations", "fieldSpecs"] },
+  LabelTransformer: { fields: ["labels", "fieldSpecs"] },
+  NamespaceTransformer: { fields: ["fieldSpecs", "skipExisting", "unsetOnly", "setRoleBindingSubjects"] },
+  ImageTagTransformer: { fields: ["imageTag", "fieldSpecs"] },
+  PrefixSuffixTransformer: { fields: ["prefix", "suffix", "fieldSpecs"] },
+  PrefixTransformer: { fields: ["prefix", "fieldSpecs"] },
+  SuffixTransformer: { fields: ["suffix", "fieldSpecs"] },
+  ReplicaCountTransformer: { fields: ["replica", "fieldSpecs"] },
+  HashTransformer: { fields: [] },
+  SortOrderTransformer: { fields: ["sortOptions"] },
+  ValueAddTransformer: { fields: ["value", "targets"] },
+  IAMPolicyGenerator: { fields: ["cloud", "kubernetesService", "serviceAccount"] },
+  PatchTransformer: { fields: ["path", "patch", "target", "options"], files: (config) => fieldValues(config, "path").map((value) => ({ field: "path", value })) },
+  PatchJson6902Transformer: { fields: ["path", "jsonOp", "target"], files: (config) => fieldValues(config, "path").map((value) => ({ field: "path", value })) },
+  // Each `paths` entry is read as patch content first, then as a file.
+  PatchStrategicMergeTransformer: { fields: ["paths", "patches"], files: (config) => listField(config, "paths").map((value) => ({ field: "paths", value })) },
+  ReplacementTransformer: { fields: ["replacements"], files: (config) => listField(config, "replacements").flatMap((entry) => (isDict(entry) ? fieldValues(entry, "path").map((value) => ({ field: "replacements[].path", value })) : [])) },
+  ConfigMapGenerator: { fields: ["name", "namespace", "behavior", "literals", "files", "envs", "env", "options"], files: (config) => generatorEntries(config, "") },
+  SecretGenerator: { fields: ["name", "namespace", "behavior", "literals", "files", "envs", "env", "options", "type"], files: (config) => generatorEntries(config, "") },
+};
+
+/**
+ * The file entries of the plugin configs a kustomization names in `transformers`, `generators`
+ * and `validators` (inline YAML, a local file, a YAML map), and what could not be checked: a
+ * config that is not a builtin plugin listed in BUILTIN_PLUGINS, a field such a plugin does
+ * not have, a HelmChartInflationGenerator, a config file that cannot be read, a plugin config
+ * folder (its rendered output is what kustomize configures plugins from). Fail closed: each of
+ * those keeps the overlay from being rendered.
+ */
+function pluginEntries(doc: Record<string, unknown>, directory: string): { entries: { field: string; entry: string }[]; unchecked: string[] } {
+  const entries: { field: string; entry: string }[] = [];
+  const unchecked: string[] = [];
+  const check = (config: unknown, where: string): void => {
+    if (config === null || config === undefined) return;
+    if (!isDict(config)) {
+      unchecked.push(`${where}: not a plugin config map`);
+      return;
+    }
+    const apiVersion = asText(fieldValues(config, "apiVersion")[0]);
+    const kind = asText(fieldValues(config, "kind")[0]);
+    const plugin = Object.hasOwn(BUILTIN_PLUGINS, kind) ? BUILTIN_PLUGINS[kind] : undefined;
+    if (apiVersion !== "builtin" || plugin === undefined || fieldValues(config, "apiVersion").length !== 1 || fieldValues(config, "kind").length !== 1) {
+      unchecked.push(`${where}: ${JSON.stringify(`${apiVersion}/${kind}`.slice(0, 100))} is not a builtin plugin this check reads`);
+      return;
+    }
+    const known = new Set(["apiVersion", "kind", "metadata", ...plugin.fields].map(folded));
+    const unknown = Object.keys(config).find((key) => !known.has(folded(key)));
+    if (unknown !== undefined) {
+      unchecked.push(`${where}: field ${JSON.stringify(unknown.slice(0, 100))} of ${kind} is not one this check reads`);
+      return;
+    }
+    for (const { field, value } of plugin.files?.(config) ?? []) {
+      const text = asText(value).trim();
+      if (text !== "" && !text.includes("\n")) entries.push({ field: `${where} ${kind}.${field.replace(/^\./, "")}`, entry: text });
+    }
+  };
+  const documents = (text: string, where: string): void => {
+    for (const document of parseAllDocuments(text, { logLevel: "silent", merge: true })) {
+      if (!("toJS" in document) || document.errors.length > 0) {
+        unchecked.push(`${where}: not readable as YAML`);
+        return;
+      }
+      check(document.toJS(), where);
+    }
+  };
+  for (const field of PLUGIN_FIELDS) {
+    for (const value of listField(doc, field)) {
+      if (isDict(value)) {
+        check(value, `${field} entry`);
+        continue;
+      }
+      const text = asText(value);
+      if (text.trim() === "") continue;
+      // kustomize reads an entry as inline plugin configs whenever it parses as YAML objects
+      // (one line of flow style `{apiVersion: builtin, …}` too), and as a path otherwise.
+      const inline = text.includes("\n") ? "yes" : parsesAsObjects(text);
+      if (inline !== "no") {
+        if (inline === "unreadable") unchecked.push(`${field} entry ${JSON.stringify(text.trim().slice(0, 100))}: neither a path nor YAML this check reads`);
+        else documents(text, `inline ${field} entry`);
+        continue;
+      }
+      const entry = text.trim();
+      // A remote entry is reported as such (namedEntries).
+      if (isRemoteEntry(entry, directory)) continue;
+      const where = `${field} entry ${JSON.stringify(entry.slice(0, 100))}`;
+      const path = resolve(directory, entry);
+      let stats;
+      try {
+        stats = statSync(path);
+      } catch {
+        continue; // kustomize fails on a missing file: nothing to fetch.
+      }
+      if (stats.isDirectory()) {
+        unchecked.push(`${where}: a plugin config folder, whose output this check does not read`);
+        continue;
+      }
+      let content: string;
+      try {
+        content = readFileSync(path, "utf8");
+      } catch {
+        unchecked.push(`${where}: not readable`);
+        continue;
+      }
+      documents(content, where);
+    }
+  }
+  return { entries, unchecked };
+}
+
+/**
+ * Whether a one-line `transformers`/`generators`/`validators` entry is YAML objects (inline
+ * plugin configs, as kustomize reads it), a scalar (a path), or YAML this check cannot parse
+ * while it looks like flow-style YAML (`{`, `[`, `: `), which is not guessed at.
+ */
+function parsesAsObjects(text: string): "yes" | "no" | "unreadable" {
+  const documents = parseAllDocuments(text, { logLevel: "silent" });
+  if (!Array.isArray(documents)) return "no";
+  if (documents.some((document) => document.errors.length > 0)) return /[{[]|: /.test(text) ? "unreadable" : "no";
+  return documents.some((document) => {
+    const value: unknown = document.toJS();
+    return value !== null && typeof value === "object";
+  }) ? "yes" : "no";
 }
 
 /**
  * Whether `entry` of a kustomization in `directory` is remote: something kustomize would fetch
  * (an http(s) URL) or clone with git (`github.com/org/repo//dir?ref=…`, `git@host:…`,
- * `git::…`, `ssh://`, `file://`, `gh:`), as it does for an entry that is not a local path. A
- * local file or folder of that name wins, as it does in kustomize.
+ * `git::…`, `ssh://`, `file://`, `gh:`). An entry with a URL scheme, a `user@host:`/`user@host/`
+ * prefix, a `github.com/` prefix or a `?ref=` (`version`, `timeout`, `submodules`) query is
+ * remote whatever exists locally: kustomize fetches an http(s) entry before looking for a file,
+ * and tries a git clone before a local folder. An entry whose first segment looks like a host
+ * (`gitlab.com/org/repo`), which kustomize v5 reads as a local path but older versions cloned,
+ * is remote unless a local path of that name exists.
  */
 export function isRemoteEntry(entry: string, directory: string): boolean {
-  if (!/^[a-z][a-z0-9+.-]*:|^[^/\s]+@[^/\s]+:|^[^/]*[^/.][^/]*\.[^/]+\//i.test(entry) || /^\.\.?\//.test(entry)) return false;
+  if (/^\.\.?\//.test(entry) || isAbsolute(entry)) return false;
+  if (/^[a-z][a-z0-9+.-]*:/i.test(entry) || /^[^/\s:@]+@[^/\s:]+[:/]/.test(entry) || /^github\.com[/:]/i.test(folded(entry)) || /\?(?:.*&)?(?:ref|version|timeout|submodules)=/i.test(entry)) return true;
+  if (!/^[^/]*[^/.][^/]*\.[^/]+\//.test(entry)) return false;
   return !existsSync(resolve(directory, entry));
 }
 
@@ -229,7 +459,9 @@ export interface RemoteReference {
 export function remoteReferences(kustomization: string): RemoteReference[] {
   const found: RemoteReference[] = [];
   eachKustomization(kustomization, (file, doc, directory) => {
-    for (const { field, entry } of namedEntries(doc)) if (isRemoteEntry(entry, directory)) found.push({ file, field, reference: entry });
+    const plugins = pluginEntries(doc, directory);
+    for (const why of plugins.unchecked) found.push({ file, field: "unchecked", reference: why });
+    for (const { field, entry } of [...namedEntries(doc), ...plugins.entries]) if (isRemoteEntry(entry, directory)) found.push({ file, field, reference: entry });
   }, (file, why) => found.push({ file, field: "unchecked", reference: why }));
   return found;
 }
@@ -262,7 +494,7 @@ export function consumedBy(kustomization: string, directory: string): (file: str
   const named: string[] = [kustomization];
   eachKustomization(kustomization, (file, doc, folder) => {
     named.push(file);
-    for (const { entry } of namedEntries(doc)) {
+    for (const { entry } of [...namedEntries(doc), ...pluginEntries(doc, folder).entries]) {
       // Remote resources are not files of this tree.
       if (!isRemoteEntry(entry, folder)) named.push(resolve(folder, entry));
     }
@@ -281,5 +513,15 @@ export function renderedName(directory: string): string {
 
 /** How to audit an overlay when it could not be rendered here. */
 export function renderAdvice(directory: string): string {
-  return `audit the rendered output instead: \`kubectl kustomize ${directory} | meshward audit -\``;
+  return `audit the rendered output instead: \`kubectl kustomize ${shellWord(directory)} | meshward audit -\``;
+}
+
+/**
+ * A path as a word to paste into a POSIX shell: `./` before a relative path that starts with `-`
+ * (a folder named `--enable-helm` is no flag), single quotes around anything but plain characters
+ * (a folder named `$(…)` runs nothing).
+ */
+function shellWord(path: string): string {
+  const word = path.startsWith("-") ? `./${path}` : path;
+  return /^[\w./@%+=:,-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`;
 }
