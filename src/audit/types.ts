@@ -238,6 +238,8 @@ export interface Rule<K extends ResourceKind = ResourceKind> {
   appliesTo: readonly K[];
   /** Off unless asked for (`--enable ID` or `--enable all`): rules that fire on most workloads. */
   optIn?: boolean;
+  /** When the rule itself reports some findings as low (completes "low when …" beside `severity` in the docs). */
+  lowWhen?: string;
   check(resource: Extract<Resource, { kind: K }>, corpus: Corpus): Hit[];
 }
 
