@@ -411,7 +411,8 @@ export function renderDriftText(report: DriftReport, options: { color: boolean }
   });
   const weaker = report.rows.filter((row) => row.status === "weaker").length;
   const differs = report.rows.filter((row) => row.status === "differs").length;
-  lines.push("", `${report.rows.length} settings compared across ${report.environments.length} environments (reference: ${report.reference}, ${REFERENCE_WHY[report.referenceBy]}): ${weaker} weaker than the reference, ${differs} differ.`);
+  const settings = `${report.rows.length} setting${report.rows.length === 1 ? "" : "s"}`;
+  lines.push("", `${settings} compared across ${report.environments.length} environments (reference: ${report.reference}, ${REFERENCE_WHY[report.referenceBy]}): ${weaker} weaker than the reference, ${differs} ${differs === 1 ? "differs" : "differ"}.`);
   return `${lines.join("\n")}\n`;
 }
 
