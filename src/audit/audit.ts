@@ -27,6 +27,8 @@ export interface AuditOptions {
   kubectl?: string;
   /** Reads standard input for the path `-` (default: file descriptor 0). */
   readStdin?: () => string;
+  /** Called as each kustomize overlay is about to be rendered (the CLI's progress line). */
+  onRender?: (directory: string) => void;
 }
 
 export interface LoadedCorpus {
@@ -422,6 +424,7 @@ export function readPaths(paths: readonly string[], options: AuditOptions = {}):
   const consumed: ((file: string) => boolean)[] = [];
   for (const { directory, kustomization } of overlays) {
     if (named.has(realPath(directory)) || isComponent(kustomization)) continue;
+    options.onRender?.(directory);
     const outcome = renderKustomization(directory, options.kubectl, { allowRemote: options.kustomizeRemote === true });
     if (!outcome.ok) {
       read.problems.push({

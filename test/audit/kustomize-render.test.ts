@@ -9,6 +9,7 @@ import { renderedName } from "../../src/audit/kustomize-render.ts";
 import { renderText } from "../../src/audit/reporters/text.ts";
 import { MeshwardError } from "../../src/errors.ts";
 import { runCli } from "../helpers/cli.ts";
+import { overlayProgress } from "../../src/cli/actions/audit.ts";
 
 // A kustomize base with two overlays: staging turns mTLS off (inline JSON6902 patch), Redis TLS
 // off and the Dapr sidecar API onto every interface (patch files); production only scales.
@@ -204,5 +205,25 @@ describe("a patch elsewhere in the object does not make the overlay the author o
     expect(rows.map((finding) => relative(root, finding.file))).toEqual(["base/deploy.yaml", "overlays/url/(kubectl kustomize)"]);
     expect(rows[0]?.message).toContain(`Rendered from this file by \`kubectl kustomize ${join(root, "overlays", "replicas")}\`, \`kubectl kustomize ${join(root, "overlays", "shop")}\` (Deployment orders). Overlay ${join(root, "overlays", "replicas")} changes this object, but not this value.`);
     expect(rows[1]?.message).toContain(`the object comes from ${join(root, "base", "deploy.yaml")}, but the overlay sets or changes this value.`);
+  });
+});
+
+describe("progress while overlays render (review newuser2 L5: 5-8 s with nothing printed)", () => {
+  it("the audit says each overlay it is about to render; the CLI prints one line each on stderr only when stderr is a terminal", () => {
+    const seen: string[] = [];
+    auditPaths([ENVS], { onRender: (directory) => seen.push(relative(ENVS, directory)) });
+    expect(seen.sort()).toEqual(["overlays/broken", "overlays/production", "overlays/staging"]);
+    const written: string[] = [];
+    const tty = overlayProgress({ isTTY: true, write: (text: string) => written.push(text) });
+    tty?.(join(process.cwd(), "deploy", "overlays", "ha"));
+    expect(written).toEqual([`meshward audit: rendering ${join("deploy", "overlays", "ha")} (kubectl kustomize)\n`]);
+    expect(overlayProgress({ isTTY: false, write: () => written.push("no") })).toBeUndefined();
+    expect(overlayProgress({ write: () => written.push("no") })).toBeUndefined();
+  });
+
+  it("piped (not a terminal): no progress line, and JSON on stdout as before", async () => {
+    const run = await runCli(["audit", STAGING, "--format", "json"]);
+    expect(run.stderr).not.toContain("rendering");
+    expect((JSON.parse(run.stdout) as { summary: { findings: number } }).summary.findings).toBe(4);
   });
 });
