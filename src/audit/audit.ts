@@ -27,6 +27,8 @@ export interface AuditOptions {
   kubectl?: string;
   /** Reads standard input for the path `-` (default: file descriptor 0). */
   readStdin?: () => string;
+  /** Called as each kustomize overlay is about to be rendered (the CLI's progress line). */
+  onRender?: (directory: string) => void;
 }
 
 export interface LoadedCorpus {
@@ -64,7 +66,11 @@ export function loadSources(files: readonly ReadFile[]): LoadedCorpus {
         if (resource.kind === "raw-file") continue;
         const key = objectKey(resource.source.data);
         const origin = key === undefined ? undefined : origins?.get(key);
-        const renderedFrom = origin === undefined ? undefined : { file: origin.file, document: originDocument(origin, resource.source.data, sourceDocuments) };
+        const document = origin === undefined ? undefined : originDocument(origin, resource.source.data, sourceDocuments);
+        const data = resource.source.data;
+        let memo: { resource: Resource | undefined } | undefined;
+        const unpatched = (): Resource | undefined => (memo ??= { resource: document === undefined ? undefined : unpatchedResource(file, format, document.data, data) }).resource;
+        const renderedFrom = origin === undefined ? undefined : { file: origin.file, document, unpatched };
         resource.source = { ...resource.source, rendered, ...(renderedFrom === undefined ? {} : { renderedFrom }) };
       }
     }
@@ -121,17 +127,63 @@ function originDocument(origin: { file: string; text: string }, rendered: unknow
 }
 
 /**
- * Whether a finding at `path` of a rendered document can point at its source document: the
- * overlay changed nothing in the object but its name, namespace, labels and annotations (what
- * namespace, namePrefix, commonLabels and commonAnnotations set; a patch that changes anything
- * else, even beside the value, may be why the finding is there), and the value at `path` is the
- * same in both.
+ * A source object with only what kustomize's identity and label transformers set taken from the
+ * rendered one (see `body`), loaded as if it were in the rendered output (same file, so the rules
+ * resolve cross-references the same way).
  */
-function sameValueAt(rendered: unknown, source: unknown, path: NodePath): boolean {
+function unpatchedResource(file: string, format: ReadFile["format"], source: unknown, rendered: unknown): Resource | undefined {
+  if (source === null || typeof source !== "object" || rendered === null || typeof rendered !== "object") return undefined;
+  const copy = structuredClone(source) as Record<string, unknown>;
+  copy["metadata"] = structuredClone(get(rendered, "metadata"));
+  const setIn = (keys: readonly string[], value: unknown): void => {
+    const parent = keys.slice(0, -1).reduce<unknown>((node, key) => (node !== null && typeof node === "object" ? (node as Record<string, unknown>)[key] : undefined), copy);
+    if (value !== undefined && parent !== null && typeof parent === "object") (parent as Record<string, unknown>)[keys[keys.length - 1] ?? ""] = structuredClone(value);
+  };
+  setIn(["spec", "template", "metadata", "labels"], get(rendered, "spec", "template", "metadata", "labels"));
+  setIn(["spec", "selector", "matchLabels"], get(rendered, "spec", "selector", "matchLabels"));
+  try {
+    const found = loadFile(file, JSON.stringify(copy), format).resources.filter((resource) => resource.kind !== "raw-file");
+    return found.length === 1 ? found[0] : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether `rule` finds the same thing (path and evidence) in the unpatched source object (`unpatchedResource`). */
+function sourceHasHit(rule: Rule, resource: Resource | undefined, corpus: Corpus, path: NodePath, evidence: string): boolean {
+  if (resource === undefined || resource.kind === "raw-file" || !rule.appliesTo.includes(resource.kind)) return false;
+  try {
+    return rule.check(resource as never, corpus).some((hit) => hit.position === undefined && canonical(hit.path ?? []) === canonical(path) && hit.evidence === evidence);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * How a finding at `path` of a rendered document relates to its source document: `undefined` when
+ * the value at `path` is not the source's (the overlay sets or changes it); otherwise whether the
+ * overlay changed anything in the object beyond its name, namespace, labels and annotations (what
+ * namespace, namePrefix, commonLabels and commonAnnotations set), such as a patch elsewhere in it.
+ */
+function sameValueAt(rendered: unknown, source: unknown, path: NodePath): { objectChanged: boolean } | undefined {
   const at = (data: unknown): unknown => path.reduce<unknown>((node, key) => (node !== null && typeof node === "object" ? (node as Record<string | number, unknown>)[key] : undefined), data);
   const value = at(rendered);
-  if (value === undefined || path.length === 0 || canonical(value) !== canonical(at(source))) return false;
-  return canonical(body(rendered)) === canonical(body(source));
+  if (value === undefined || path.length === 0 || canonical(value) !== canonical(at(source))) return undefined;
+  return { objectChanged: canonical(body(rendered)) !== canonical(body(source)) };
+}
+
+/**
+ * The sentence of a finding traced to a source file: the overlays that render it, and which of them
+ * change the object (a patch elsewhere in it) though not the value.
+ */
+function renderedFromSentence(overlays: readonly string[], changed: readonly string[], subject: string): string {
+  const command = (overlay: string): string => `\`kubectl kustomize ${overlay}\``;
+  const sentence = `Rendered from this file by ${overlays.map(command).join(", ")}${subject}.`;
+  if (changed.length === 0) return sentence;
+  const who = changed.length === overlays.length
+    ? (overlays.length === 1 ? "The overlay changes" : "The overlays change")
+    : `${changed.length === 1 ? "Overlay" : "Overlays"} ${changed.join(", ")} ${changed.length === 1 ? "changes" : "change"}`;
+  return `${sentence} ${who} this object, but not this value.`;
 }
 
 /** JSON with map keys sorted: kustomize writes an object's keys in its own order. */
@@ -183,7 +235,7 @@ export function selectRules(enable: readonly string[] = [], rules: readonly Rule
 /** Runs the rules over a loaded corpus and returns the findings, sorted by file and position. */
 export function runRules(corpus: Corpus, rules: readonly Rule[] = selectRules()): Finding[] {
   const findings: Finding[] = [];
-  const tracedFindings = new Map<string, { finding: Finding; overlays: string[]; detail: string | undefined; subject: string }>();
+  const tracedFindings = new Map<string, { finding: Finding; overlays: string[]; changed: string[]; detail: string | undefined; subject: string }>();
   const byKind = new Map<string, Rule[]>();
   for (const rule of rules) {
     for (const kind of rule.appliesTo) byKind.set(kind, [...(byKind.get(kind) ?? []), rule]);
@@ -222,20 +274,27 @@ export function runRules(corpus: Corpus, rules: readonly Rule[] = selectRules())
         let position: Position = hit.position
           ?? (resource.kind === "raw-file" ? { line: 1, column: 1 } : resource.source.locate(hit.path ?? []));
         let document = resource.kind === "raw-file" ? 0 : resource.source.index;
-        let traced: { key: string; detail: string | undefined; subject: string } | undefined;
+        let traced: { key: string; detail: string | undefined; subject: string; objectChanged: boolean } | undefined;
         if (rendered !== undefined && resource.kind !== "raw-file") {
           const subject = "name" in resource && resource.name !== "" ? ` (${resource.kind === "workload" ? resource.workloadKind : RENDERED_KIND[resource.kind] ?? resource.kind} ${resource.name})` : "";
           const from = resource.source.renderedFrom;
           const source = from?.document;
-          if (source !== undefined && hit.position === undefined && sameValueAt(resource.source.data, source.data, hit.path ?? [])) {
-            // The value is the source file's own: the finding points there.
+          const same = source !== undefined && hit.position === undefined ? sameValueAt(resource.source.data, source.data, hit.path ?? []) : undefined;
+          // A patch elsewhere in the object may be why the value is a finding (a TLS flag it
+          // removed): the finding is the source's own only when the rule finds it there too.
+          const own = same !== undefined && (!same.objectChanged || sourceHasHit(rule, from?.unpatched?.(), corpus, hit.path ?? [], hit.evidence));
+          if (source !== undefined && same !== undefined && own) {
+            // The value is the source file's own: the finding points there, even when a patch
+            // changed something else in the object (said so).
             file = source.file;
             position = source.locate(hit.path ?? []);
             document = source.index;
-            traced = { key: [rule.id, file, position.line, position.column, hit.evidence].join("\u0000"), detail, subject };
-            detail = [detail, `Rendered from this file by \`kubectl kustomize ${rendered}\`${subject}.`].filter((part) => part !== undefined).join(" ");
+            traced = { key: [rule.id, file, position.line, position.column, hit.evidence].join("\u0000"), detail, subject, objectChanged: same.objectChanged };
+            detail = [detail, renderedFromSentence([rendered], same.objectChanged ? [rendered] : [], subject)].filter((part) => part !== undefined).join(" ");
           } else {
-            const why = from === undefined ? "" : source !== undefined && hit.position === undefined ? `: the object comes from ${from.file}, but the overlay sets or changes this value` : ` (the object comes from ${from.file})`;
+            const why = from === undefined ? ""
+              : source !== undefined && same !== undefined ? `: the object comes from ${from.file}, where this value is the same (line ${source.locate(hit.path ?? []).line}), but it is a finding only with the overlay's changes elsewhere in the object`
+              : source !== undefined && hit.position === undefined ? `: the object comes from ${from.file}, but the overlay sets or changes this value` : ` (the object comes from ${from.file})`;
             detail = [detail, `In the output of \`kubectl kustomize ${rendered}\`${subject}; the line is that output's${why}.`].filter((part) => part !== undefined).join(" ");
           }
         }
@@ -243,8 +302,8 @@ export function runRules(corpus: Corpus, rules: readonly Rule[] = selectRules())
         const seen = traced === undefined ? undefined : tracedFindings.get(traced.key);
         if (seen !== undefined && traced !== undefined && rendered !== undefined) {
           if (!seen.overlays.includes(rendered)) seen.overlays.push(rendered);
-          const overlays = seen.overlays.map((overlay) => `\`kubectl kustomize ${overlay}\``).join(", ");
-          const merged = [seen.detail, `Rendered from this file by ${overlays}${seen.subject}.`].filter((part) => part !== undefined).join(" ");
+          if (traced.objectChanged && !seen.changed.includes(rendered)) seen.changed.push(rendered);
+          const merged = [seen.detail, renderedFromSentence(seen.overlays, seen.changed, seen.subject)].filter((part) => part !== undefined).join(" ");
           seen.finding.message = `${rule.title}. ${merged}`;
           continue;
         }
@@ -261,7 +320,7 @@ export function runRules(corpus: Corpus, rules: readonly Rule[] = selectRules())
           document,
         };
         findings.push(finding);
-        if (traced !== undefined && rendered !== undefined) tracedFindings.set(traced.key, { finding, overlays: [rendered], detail: traced.detail, subject: traced.subject });
+        if (traced !== undefined && rendered !== undefined) tracedFindings.set(traced.key, { finding, overlays: [rendered], changed: traced.objectChanged ? [rendered] : [], detail: traced.detail, subject: traced.subject });
       }
     }
   }
@@ -365,6 +424,7 @@ export function readPaths(paths: readonly string[], options: AuditOptions = {}):
   const consumed: ((file: string) => boolean)[] = [];
   for (const { directory, kustomization } of overlays) {
     if (named.has(realPath(directory)) || isComponent(kustomization)) continue;
+    options.onRender?.(directory);
     const outcome = renderKustomization(directory, options.kubectl, { allowRemote: options.kustomizeRemote === true });
     if (!outcome.ok) {
       read.problems.push({

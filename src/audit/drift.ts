@@ -353,7 +353,7 @@ export function compareEnvironments(given: readonly { name: string; posture: Pos
  * exist or cannot be read, and one with nothing to compare, are refused (E_AUDIT_NOT_FOUND,
  * E_AUDIT_NOTHING_TO_COMPARE): a comparison with it would say nothing and pass.
  */
-export function driftPaths(directories: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_BYTES, options: { reference?: string; kubectl?: string; renderKustomize?: boolean; kustomizeRemote?: boolean } = {}): DriftReport {
+export function driftPaths(directories: readonly string[], maxFileBytes = DEFAULT_MAX_FILE_BYTES, options: { reference?: string; kubectl?: string; renderKustomize?: boolean; kustomizeRemote?: boolean; onRender?: (directory: string) => void } = {}): DriftReport {
   const short = directories.map((directory) => basename(resolve(directory)));
   const names = new Set(short).size === short.length ? short : [...directories];
   let chosen: { index: number; by: ReferenceChoice } | undefined;
@@ -368,7 +368,7 @@ export function driftPaths(directories: readonly string[], maxFileBytes = DEFAUL
   const unrendered: string[] = [];
   const environments = directories.map((directory, index) => {
     // A folder with a kustomization file is the overlay it renders to (`kubectl kustomize`).
-    const read = readPaths([directory], { maxFileBytes, ...(options.kubectl === undefined ? {} : { kubectl: options.kubectl }), ...(options.renderKustomize === undefined ? {} : { renderKustomize: options.renderKustomize }), ...(options.kustomizeRemote === undefined ? {} : { kustomizeRemote: options.kustomizeRemote }) });
+    const read = readPaths([directory], { maxFileBytes, ...(options.kubectl === undefined ? {} : { kubectl: options.kubectl }), ...(options.renderKustomize === undefined ? {} : { renderKustomize: options.renderKustomize }), ...(options.kustomizeRemote === undefined ? {} : { kustomizeRemote: options.kustomizeRemote }), ...(options.onRender === undefined ? {} : { onRender: options.onRender }) });
     const root = read.skipped.find((skipped) => skipped.file === directory);
     if (root !== undefined) missing.push(`${directory} (${root.detail})`);
     for (const problem of read.problems) unrendered.push(`${directory}: ${problem.message.replace(/; its files were audited one by one/, "")}`);
@@ -411,7 +411,8 @@ export function renderDriftText(report: DriftReport, options: { color: boolean }
   });
   const weaker = report.rows.filter((row) => row.status === "weaker").length;
   const differs = report.rows.filter((row) => row.status === "differs").length;
-  lines.push("", `${report.rows.length} settings compared across ${report.environments.length} environments (reference: ${report.reference}, ${REFERENCE_WHY[report.referenceBy]}): ${weaker} weaker than the reference, ${differs} differ.`);
+  const settings = `${report.rows.length} setting${report.rows.length === 1 ? "" : "s"}`;
+  lines.push("", `${settings} compared across ${report.environments.length} environments (reference: ${report.reference}, ${REFERENCE_WHY[report.referenceBy]}): ${weaker} weaker than the reference, ${differs} ${differs === 1 ? "differs" : "differ"}.`);
   return `${lines.join("\n")}\n`;
 }
 

@@ -10,11 +10,11 @@ export const RULE_TABLE_END = "<!-- rule-table:end -->";
 /** The markdown rule table and one section per rule, generated from the rule definitions. */
 export function renderRulesMarkdown(rules: readonly Rule[]): string {
   const lines = ["| id | severity | family | title |", "| --- | --- | --- | --- |"];
-  for (const rule of rules) lines.push(`| [${rule.id}](#${rule.id.toLowerCase()}) | ${rule.severity}${rule.optIn === true ? " (opt-in)" : ""} | ${rule.family} | ${rule.title} |`);
+  for (const rule of rules) lines.push(`| [${rule.id}](#${rule.id.toLowerCase()}) | ${rule.severity}${rule.lowWhen === undefined ? "" : " or low"}${rule.optIn === true ? " (opt-in)" : ""} | ${rule.family} | ${rule.title} |`);
   lines.push("");
   for (const rule of rules) {
     const optIn = rule.optIn === true ? ` Opt-in: runs only with \`--enable ${rule.id}\` (or \`--enable all\`).` : "";
-    lines.push(`### ${rule.id}`, "", `**${rule.title}** — severity ${rule.severity}, family ${rule.family}.${optIn}`, "");
+    lines.push(`### ${rule.id}`, "", `**${rule.title}** — severity ${rule.severity}${rule.lowWhen === undefined ? "" : ` (low when ${rule.lowWhen})`}, family ${rule.family}.${optIn}`, "");
     lines.push(`*Why it matters.* ${rule.why}`, "", `*How to fix.* ${rule.fix}`, "");
     const language = /\.env$/.test(rule.example.file) ? "sh" : /\.ya?ml$/.test(rule.example.file) ? "yaml" : "text";
     const companion = rule.example.companion;

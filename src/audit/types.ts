@@ -29,8 +29,11 @@ export interface SourceDocument {
    * For a rendered document: the local file the object comes from (kustomize's origin
    * annotation), and the document in it when found. A finding whose value is the same there
    * points at that document's line; one the overlay set or changed keeps the rendered line.
+   * `unpatched`: the source document with only the overlay's name, namespace and labels, loaded
+   * as if in the rendered output, to tell whether a finding in an object a patch changed elsewhere
+   * is the source's own (the rule finds it there too).
    */
-  renderedFrom?: { file: string; document: SourceDocument | undefined };
+  renderedFrom?: { file: string; document: SourceDocument | undefined; unpatched?: () => Resource | undefined };
 }
 
 export interface DaprConfiguration {
@@ -235,6 +238,8 @@ export interface Rule<K extends ResourceKind = ResourceKind> {
   appliesTo: readonly K[];
   /** Off unless asked for (`--enable ID` or `--enable all`): rules that fire on most workloads. */
   optIn?: boolean;
+  /** When the rule itself reports some findings as low (completes "low when …" beside `severity` in the docs). */
+  lowWhen?: string;
   check(resource: Extract<Resource, { kind: K }>, corpus: Corpus): Hit[];
 }
 

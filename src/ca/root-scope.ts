@@ -5,6 +5,7 @@ import { certificateParts } from "../pki/inspect.ts";
 import { NameConstraintError, readNameConstraints } from "../pki/name-constraints.ts";
 import { OID } from "../pki/oids.ts";
 import type { AnchorMode, CaState } from "./anchors.ts";
+import { formatCertificateTime } from "../util/duration.ts";
 
 /**
  * An imported root is the trust anchor of every workload: OpenSSL accepts a path from any CA under
@@ -106,9 +107,15 @@ export function rootsTrustingEveryCa(anchors: { roots: readonly X509Certificate[
   });
 }
 
+/** A time kept as ISO 8601 (with milliseconds), shown as the CLI shows times: whole seconds. */
+function shownTime(iso: string): string {
+  const time = new Date(iso);
+  return Number.isNaN(time.getTime()) ? iso : formatCertificateTime(time);
+}
+
 /** How such a root came to be trusted. */
 export function howTrusted(entry: RootTrustingEveryCa): string {
-  return entry.acceptedAt !== undefined ? `accepted with ${TRUST_EVERY_CA_FLAG} at ${entry.acceptedAt}` : "imported before meshward checked root name constraints";
+  return entry.acceptedAt !== undefined ? `accepted with ${TRUST_EVERY_CA_FLAG} at ${shownTime(entry.acceptedAt)}` : "imported before meshward checked root name constraints";
 }
 
 /** One sentence on such a root, for the serve warning and the status page. */

@@ -589,7 +589,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     const issuerChanged = previous.issuer.certificate.fingerprint256 !== next.issuer.certificate.fingerprint256;
     const rootsChanged = previous.rootsPem !== next.rootsPem;
     logger.info(
-      { event: "anchors-reloaded", issuer: next.issuer.certificate.fingerprint256, issuerNotAfter: next.issuer.certificate.validTo, roots: next.roots.map((r) => r.fingerprint256), issuerChanged, rootsChanged, ...(holding ? { signingWith: held?.issuer.certificate.fingerprint256 } : {}) },
+      { event: "anchors-reloaded", issuer: next.issuer.certificate.fingerprint256, issuerNotAfter: formatCertificateTime(new Date(next.issuer.certificate.validTo)), roots: next.roots.map((r) => r.fingerprint256), issuerChanged, rootsChanged, ...(holding ? { signingWith: held?.issuer.certificate.fingerprint256 } : {}) },
       holding
         ? heldKept()
           ? "trust anchors changed: the new issuer signs once the CRL set in force publishes its CRL; until then the previous issuer, still published, signs"
@@ -773,7 +773,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
 
   const host = bound.address;
   logger.info(
-    { event: "ca-started", address: `${host}:${bound.port}`, trustDomain: anchors.trustDomain, spiffeId, issuerNotAfter: anchors.issuer.certificate.validTo, validators: enabledValidators, ...(replicated !== undefined ? { replicated: true } : {}), ...(lock !== undefined ? { leader } : {}) },
+    { event: "ca-started", address: `${host}:${bound.port}`, trustDomain: anchors.trustDomain, spiffeId, issuerNotAfter: formatCertificateTime(new Date(anchors.issuer.certificate.validTo)), validators: enabledValidators, ...(replicated !== undefined ? { replicated: true } : {}), ...(lock !== undefined ? { leader } : {}) },
     "meshward CA serving",
   );
   return {
@@ -818,9 +818,9 @@ function openCaStore(url: string, caDirectory: string): Store {
 function crlCheck(crl: CrlPublisher, now: Date, unsignedAfterMs: number): { ok: boolean; detail: string } {
   const current = crl.current;
   if (current === undefined) return { ok: false, detail: "not built" };
-  const signed = `signed ${current.thisUpdate.toISOString()}`;
+  const signed = `signed ${formatCertificateTime(current.thisUpdate)}`;
   const nextUpdate = new Date(current.thisUpdate.getTime() + CRL_VALIDITY_MS);
-  if (now >= nextUpdate) return { ok: true, detail: `WARNING: ${signed}, past its nextUpdate ${nextUpdate.toISOString()}: no replica re-signed it (is there a leader? meshward_ca_leader)` };
+  if (now >= nextUpdate) return { ok: true, detail: `WARNING: ${signed}, past its nextUpdate ${formatCertificateTime(nextUpdate)}: no replica re-signed it (is there a leader? meshward_ca_leader)` };
   const unsigned = crl.unsigned;
   if (unsigned !== undefined && Date.now() - unsigned.since > unsignedAfterMs) {
     const seconds = Math.round((Date.now() - unsigned.since) / 1000);

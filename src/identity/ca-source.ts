@@ -354,7 +354,8 @@ class CaSource implements CaIdentitySource {
       // A refusal that fails ready() (a CLI daemon then exits) is not announced as a retry.
       const failsReady = isFatal(error) && (this.#svid === undefined || this.#resuming);
       const what = first ? "could not get a workload certificate" : "could not renew the workload certificate";
-      this.#log("warn", { event: "renewal-failed", reason: isMeshwardError(error) ? error.code : "E_INTERNAL", retryInMs, error: describeError(error), ...(first ? { first: true } : {}) }, failsReady ? `${what}; not retrying (only a new token or configuration fixes this)` : `${what}; retrying`);
+      // No retry delay beside "not retrying": the daemon that waits on ready() exits.
+      this.#log("warn", { event: "renewal-failed", reason: isMeshwardError(error) ? error.code : "E_INTERNAL", ...(failsReady ? {} : { retryInMs }), error: describeError(error), ...(first ? { first: true } : {}) }, failsReady ? `${what}; not retrying (only a new token or configuration fixes this)` : `${what}; retrying`);
       this.#emit({ type: "renewal-failed", error: error as Error, retryInMs });
       if (failsReady) this.#rejectReady(error as Error);
       this.#schedule(retryInMs);

@@ -4,6 +4,7 @@ import { certificatesFromPem } from "../pki/pem.ts";
 import { trustBundleVersionOfPem } from "../telemetry/bundle-version.ts";
 import type { MeshMetrics } from "../telemetry/metrics.ts";
 import type { IdentitySource, TrustBundle } from "./source.ts";
+import { formatCertificateTime } from "../util/duration.ts";
 
 /**
  * Feeds an identity's events into the shared metrics: renewals by result
@@ -107,5 +108,5 @@ function signedBy(der: Buffer, certificate: X509Certificate): boolean {
 export function staleCrlWarning(bundle: TrustBundle, now: number): string | undefined {
   const newest = newestCrl(bundle);
   if (newest?.nextUpdate === undefined || now < newest.nextUpdate) return undefined;
-  return `WARNING: the CRL in force (signed ${new Date(newest.thisUpdate).toISOString()}) is past its nextUpdate ${new Date(newest.nextUpdate).toISOString()}: no newer one has arrived (is the CA reachable? is there a CA leader?); its revocations are still enforced, revocations made since are unknown here`;
+  return `WARNING: the CRL in force (signed ${formatCertificateTime(new Date(newest.thisUpdate))}) is past its nextUpdate ${formatCertificateTime(new Date(newest.nextUpdate))}: no newer one has arrived (is the CA reachable? is there a CA leader?); its revocations are still enforced, revocations made since are unknown here`;
 }

@@ -34,6 +34,20 @@ describe("docs/audit-rules.md", () => {
     expect(doc.slice(begin, end + RULE_TABLE_END.length + 1)).toBe(renderRulesMarkdown(ALL_RULES));
   });
 
+  it("says when MW-ACCESS-012 is medium and when low, as the rule reports it", () => {
+    const rule = ALL_RULES.find((candidate) => candidate.id === "MW-ACCESS-012");
+    const companion = rule?.example.companion;
+    if (rule === undefined || companion === undefined) throw new Error("MW-ACCESS-012 and its example policy");
+    const severity = (policy: string): string | undefined =>
+      auditSources([{ file: rule.example.file, text: rule.example.bad }, { file: companion.file, text: policy }], { rules: [rule] }).findings[0]?.severity;
+    // The example's operation that never applies is a deny: medium; the same one as an allow: low.
+    expect(companion.bad).toContain("action: deny");
+    expect(severity(companion.bad)).toBe("medium");
+    expect(severity(companion.bad.replace("action: deny", "action: allow"))).toBe("low");
+    expect(doc).toContain("| [MW-ACCESS-012](#mw-access-012) | medium or low | access |");
+    expect(doc).toContain("— severity medium (low when every operation that never applies is an allow: connections the file seems to admit are refused, none are opened; medium as soon as one is a deny, which protects nothing), family access.");
+  });
+
   it("lists every E_AUDIT_ error code the audit and its CLI raise under 'Output and exit codes'", () => {
     const sources = [join("src", "audit"), join("src", "audit", "rules"), join("src", "cli"), join("src", "cli", "actions")].flatMap((folder) => {
       const root = join(import.meta.dirname, "..", "..", folder);

@@ -93,6 +93,13 @@ describe("drift", () => {
     expect(text).toContain("7 weaker than the reference");
   });
 
+  it("the summary line agrees in number: 1 setting, 1 differs (review newuser2 L5)", () => {
+    const report = { environments: ["staging", "production"], reference: "production", referenceBy: "name" as const };
+    const row = { aspect: "tracing", subject: "Configuration appconfig", values: ["0.5", "1"], status: "differs" as const, weakerIn: [] };
+    expect(renderDriftText({ ...report, rows: [row] }, { color: false })).toContain("\n1 setting compared across 2 environments (reference: production, named like production): 0 weaker than the reference, 1 differs.\n");
+    expect(renderDriftText({ ...report, rows: [row, { ...row, subject: "Configuration other" }] }, { color: false })).toContain("\n2 settings compared across 2 environments (reference: production, named like production): 0 weaker than the reference, 2 differ.\n");
+  });
+
   it("resources with one name in two namespaces of an environment are two rows; neither hides the other (review audit H1)", () => {
     const root = tree("h1-namespaces", {
       "staging/payments/config.yaml": configuration("appconfig", false, "payments"),

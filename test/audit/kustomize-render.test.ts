@@ -9,6 +9,7 @@ import { renderedName } from "../../src/audit/kustomize-render.ts";
 import { renderText } from "../../src/audit/reporters/text.ts";
 import { MeshwardError } from "../../src/errors.ts";
 import { runCli } from "../helpers/cli.ts";
+import { overlayProgress } from "../../src/cli/actions/audit.ts";
 
 // A kustomize base with two overlays: staging turns mTLS off (inline JSON6902 patch), Redis TLS
 // off and the Dapr sidecar API onto every interface (patch files); production only scales.
@@ -30,7 +31,10 @@ describe("an overlay folder is audited as rendered by kubectl kustomize", () => 
     const result = auditPaths([STAGING]);
     const file = relative(ENVS, renderedName(STAGING));
     expect(file).toBe("overlays/staging/(kubectl kustomize)");
-    expect(at(result)).toEqual([`${file}:MW-K8S-005@17`, `${file}:MW-K8S-001@19`, `${file}:MW-TLS-001@43`, `${file}:MW-MTLS-001@62`]);
+    // MW-K8S-005 is the base's own `dapr.io/config` line: the overlay patches the Deployment's
+    // listen address, not that value, and the rule finds it in the base object too.
+    expect(at(result)).toEqual(["base/orders.yaml:MW-K8S-005@18", `${file}:MW-K8S-001@19`, `${file}:MW-TLS-001@43`, `${file}:MW-MTLS-001@62`]);
+    expect(result.findings[0]?.message).toContain(`Rendered from this file by \`kubectl kustomize ${STAGING}\` (Deployment orders). The overlay changes this object, but not this value.`);
     const listen = result.findings.find((finding) => finding.ruleId === "MW-K8S-001");
     expect(listen?.message).toContain(`In the output of \`kubectl kustomize ${STAGING}\` (Deployment orders)`);
     expect(result.parseErrors).toEqual([]);
@@ -65,6 +69,8 @@ describe("an overlay folder is audited as rendered by kubectl kustomize", () => 
       "(kubectl kustomize):MW-TLS-001@41",
       "sidecar.yaml:MW-SECRET-006@4",
     ]);
+    // The patch drops the base's enableTLS: redisHost is the base's value, but a finding only with the patch.
+    expect(result.findings[0]?.message).toMatch(/the object comes from .*base\/statestore\.yaml, where this value is the same \(line \d+\), but it is a finding only with the overlay's changes elsewhere in the object\.$/);
   });
 
   it("an overlay that does not render is reported and its files audited one by one", () => {
@@ -82,7 +88,7 @@ describe("kustomizations deeper in the tree", () => {
     expect(read.problems.map((problem) => relative(ENVS, problem.file))).toEqual(["overlays/broken/kustomization.yaml"]);
     const result = auditPaths([ENVS]);
     const file = relative(ENVS, renderedName(STAGING));
-    expect(at(result)).toEqual([`${file}:MW-K8S-005@17`, `${file}:MW-K8S-001@19`, `${file}:MW-TLS-001@43`, `${file}:MW-MTLS-001@62`]);
+    expect(at(result)).toEqual(["base/orders.yaml:MW-K8S-005@18", `${file}:MW-K8S-001@19`, `${file}:MW-TLS-001@43`, `${file}:MW-MTLS-001@62`]);
   });
 
   it("a weakness of the base is reported once, as each overlay that deploys it renders it", () => {
@@ -162,3 +168,62 @@ describe("standard input: `meshward audit -`", () => {
   });
 });
 
+
+describe("a patch elsewhere in the object does not make the overlay the author of a value it never touches", () => {
+  const DEPLOY = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: orders\nspec:\n  selector: {matchLabels: {app: orders}}\n  template:\n    metadata:\n      labels: {app: orders}\n    spec:\n      containers:\n        - name: orders\n          image: example/orders:1.0\n          env:\n            - name: DATABASE_URL\n              value: postgres://app@pg.prod.svc:5432/app?sslmode=disable\n";
+  const REPLICAS = "resources:\n  - ../../base\npatches:\n  - target: {kind: Deployment, name: orders}\n    patch: |\n      - op: add\n        path: /spec/replicas\n        value: 3\n";
+  const tree = (name: string, overlays: Record<string, string>): string => {
+    const root = join(scratch, name);
+    mkdirSync(join(root, "base"), { recursive: true });
+    writeFileSync(join(root, "base", "deploy.yaml"), DEPLOY);
+    writeFileSync(join(root, "base", "kustomization.yaml"), "resources:\n  - deploy.yaml\n");
+    for (const [overlay, text] of Object.entries(overlays)) {
+      mkdirSync(join(root, "overlays", overlay), { recursive: true });
+      writeFileSync(join(root, "overlays", overlay, "kustomization.yaml"), text);
+    }
+    return root;
+  };
+
+  it("an overlay that only adds spec.replicas: the base's line, saying the overlay changed the object but not this value", () => {
+    const root = tree("replicas-only", { replicas: REPLICAS });
+    const result = auditPaths([root]);
+    expect(result.parseErrors).toEqual([]);
+    const finding = result.findings.find((candidate) => candidate.ruleId === "MW-TLS-002");
+    expect(`${relative(root, finding?.file ?? "")}:${finding?.line}`).toBe("base/deploy.yaml:16");
+    expect(finding?.message).toContain(`Rendered from this file by \`kubectl kustomize ${join(root, "overlays", "replicas")}\` (Deployment orders). The overlay changes this object, but not this value.`);
+    expect(finding?.message).not.toContain("sets or changes this value");
+  });
+
+  it("an overlay that patches the value itself: the rendered line, saying the overlay sets or changes it; one beside it that only sets the namespace is named apart", () => {
+    const root = tree("value-patched", {
+      url: "resources:\n  - ../../base\npatches:\n  - target: {kind: Deployment, name: orders}\n    patch: |\n      - op: replace\n        path: /spec/template/spec/containers/0/env/0/value\n        value: postgres://app@pg.stage.svc:5432/app?sslmode=disable\n",
+      replicas: REPLICAS,
+      shop: "namespace: shop\nresources:\n  - ../../base\n",
+    });
+    const result = auditPaths([root]);
+    const rows = result.findings.filter((finding) => finding.ruleId === "MW-TLS-002");
+    expect(rows.map((finding) => relative(root, finding.file))).toEqual(["base/deploy.yaml", "overlays/url/(kubectl kustomize)"]);
+    expect(rows[0]?.message).toContain(`Rendered from this file by \`kubectl kustomize ${join(root, "overlays", "replicas")}\`, \`kubectl kustomize ${join(root, "overlays", "shop")}\` (Deployment orders). Overlay ${join(root, "overlays", "replicas")} changes this object, but not this value.`);
+    expect(rows[1]?.message).toContain(`the object comes from ${join(root, "base", "deploy.yaml")}, but the overlay sets or changes this value.`);
+  });
+});
+
+describe("progress while overlays render (review newuser2 L5: 5-8 s with nothing printed)", () => {
+  it("the audit says each overlay it is about to render; the CLI prints one line each on stderr only when stderr is a terminal", () => {
+    const seen: string[] = [];
+    auditPaths([ENVS], { onRender: (directory) => seen.push(relative(ENVS, directory)) });
+    expect(seen.sort()).toEqual(["overlays/broken", "overlays/production", "overlays/staging"]);
+    const written: string[] = [];
+    const tty = overlayProgress({ isTTY: true, write: (text: string) => written.push(text) });
+    tty?.(join(process.cwd(), "deploy", "overlays", "ha"));
+    expect(written).toEqual([`meshward audit: rendering ${join("deploy", "overlays", "ha")} (kubectl kustomize)\n`]);
+    expect(overlayProgress({ isTTY: false, write: () => written.push("no") })).toBeUndefined();
+    expect(overlayProgress({ write: () => written.push("no") })).toBeUndefined();
+  });
+
+  it("piped (not a terminal): no progress line, and JSON on stdout as before", async () => {
+    const run = await runCli(["audit", STAGING, "--format", "json"]);
+    expect(run.stderr).not.toContain("rendering");
+    expect((JSON.parse(run.stdout) as { summary: { findings: number } }).summary.findings).toBe(4);
+  });
+});

@@ -71,7 +71,18 @@ describe("what is not read is said", () => {
   it("an unknown kind is listed with the file it is in", () => {
     const result = auditSources([{ file: "deploy/workflow.yaml", text: "apiVersion: argoproj.io/v1alpha1\nkind: Workflow\nmetadata:\n  name: nightly\nspec:\n  entrypoint: main\n" }]);
     expect(result.unknownKinds).toEqual({ "argoproj.io/v1alpha1/Workflow": 1 });
-    expect(renderText(result, { color: false })).toContain("Unknown kinds skipped: argoproj.io/v1alpha1/Workflow ×1 (in deploy/workflow.yaml)");
+    expect(renderText(result, { color: false })).toContain("Unknown kinds skipped:\n  argoproj.io/v1alpha1/Workflow ×1 (in deploy/workflow.yaml)\n");
+  });
+
+  it("several unknown kinds: one a line under a heading, not one long line (review newuser2 L5)", () => {
+    const kinds = ["policy/v1/PodDisruptionBudget", "networking.k8s.io/v1/NetworkPolicy", "rbac.authorization.k8s.io/v1/ClusterRole"];
+    const result = auditSources(kinds.map((kind, index) => {
+      const slash = kind.lastIndexOf("/");
+      return { file: `deploy/extra-${index}.yaml`, text: `apiVersion: ${kind.slice(0, slash)}\nkind: ${kind.slice(slash + 1)}\nmetadata:\n  name: x\n` };
+    }));
+    const text = renderText(result, { color: false });
+    expect(text).toContain("Unknown kinds skipped:\n  networking.k8s.io/v1/NetworkPolicy ×1 (in deploy/extra-1.yaml)\n  policy/v1/PodDisruptionBudget ×1 (in deploy/extra-0.yaml)\n  rbac.authorization.k8s.io/v1/ClusterRole ×1 (in deploy/extra-2.yaml)\n");
+    expect(text.split("\n")[0]).toBe("Unknown kinds skipped:");
   });
 });
 

@@ -148,11 +148,16 @@ describe("importing a root: refused unless it confines identities to the trust d
     expect(caState("org-ca").trustEveryCaUnderRoot?.map((c) => c.rootFingerprint)).toEqual([fingerprint("org-root")]);
     const status = await runCli(["ca", "status", "--dir", p("org-ca")]);
     expect(status.stdout).toMatch(/does not confine identities to spiffe:\/\/a\.test: every CA under it can mint any of them \(accepted with --trust-every-ca-under-root at /);
+    // Times in the CLI's human output are ISO 8601 at whole seconds, as everywhere else.
+    expect(status.stdout).toMatch(/accepted with --trust-every-ca-under-root at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)/);
     expect((await statusJson("org-ca")).rootsTrustingEveryCa.map((e) => e.fingerprint256)).toEqual([fingerprint("org-root")]);
 
     const ca = await serve("org-ca", ["--status", "127.0.0.1:0"]);
     const readyz = JSON.parse((await exec("curl", ["-sS", `${ca.match[2]!.replace(/\/$/, "")}/readyz`])).stdout) as { checks: Record<string, { ok: boolean; detail: string }> };
-    expect(readyz.checks["root-scope"]).toMatchObject({ ok: true, detail: expect.stringMatching(/accepted with --trust-every-ca-under-root/) });
+    expect(readyz.checks["root-scope"]).toMatchObject({ ok: true, detail: expect.stringMatching(/accepted with --trust-every-ca-under-root at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)/) });
+    expect(readyz.checks["crl"]?.detail).toMatch(/^signed \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\b/);
+    const started = ca.stderr().split("\n").filter((line) => line.includes('"event":"ca-started"')).map((line) => JSON.parse(line) as { issuerNotAfter: string });
+    expect(started[0]?.issuerNotAfter).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
 
     // The data plane is unchanged: a sidecar of a.test admits the sibling CA's leaf as the identity it claims.
     const app: Server = createServer((req, res) => res.end(`app saw ${req.headers["x-forwarded-client-cert"] ?? ""}`));

@@ -79,6 +79,10 @@ describe("the CLI names a user's mistake (real processes)", () => {
     // It exits: its log does not announce a retry, nor a renewal of a certificate it never had (review cli LOW-8).
     expect(identity.stderr).toContain("could not get a workload certificate; not retrying");
     expect(identity.stderr).not.toMatch(/retrying"|could not renew/);
+    // ... nor a retry delay beside "not retrying" (review newuser2 L5).
+    const failed = identity.stderr.split("\n").filter((line) => line.includes('"renewal-failed"'));
+    expect(failed.length).toBeGreaterThan(0);
+    for (const line of failed) expect(line).not.toContain("retryInMs");
     // The handshake failed before attestation: the same token still works with the right bundle.
     const right = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", join(caDir, "bundle.pem"), "--token", t, "--out", join(work, "right-bundle")]);
     expect(right.code, right.stderr).toBe(0);

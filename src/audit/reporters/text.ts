@@ -75,7 +75,9 @@ export function renderText(result: AuditResult, options: TextOptions): string {
   }
   const unknown = Object.entries(result.unknownKinds).sort(([a], [b]) => a.localeCompare(b));
   if (unknown.length > 0) {
-    lines.push(paint("2", `Unknown kinds skipped: ${unknown.map(([kind, count]) => `${kind} ×${count}${where(result.unknownKindFiles[kind])}`).join(", ")}`));
+    // One kind a line: a tree with many kinds made this one line of ~1,500 characters (review newuser2 L5).
+    lines.push(paint("2", "Unknown kinds skipped:"));
+    for (const [kind, count] of unknown) lines.push(paint("2", `  ${kind} ×${count}${where(result.unknownKindFiles[kind])}`));
   }
   const summary = summaryLine(result);
   lines.push(result.findings.length === 0 ? paint("32", summary) : paint("1", summary));

@@ -11,6 +11,7 @@ import { SEVERITY_RANK } from "../../audit/types.ts";
 import type { Severity } from "../../audit/types.ts";
 import { MeshwardError } from "../../errors.ts";
 import { packageVersion } from "../../util/package-files.ts";
+import { relative } from "node:path";
 
 /** Exit code when findings at or above `--fail-on` exist (or drift is weaker than the reference). */
 export const EXIT_FINDINGS = 1;
@@ -37,6 +38,24 @@ function parseEnable(values: readonly string[]): string[] {
   return ids;
 }
 
+/**
+ * One short line on stderr per kustomize overlay about to be rendered, when stderr is a terminal
+ * (rendering runs `kubectl kustomize` twice per overlay: seconds with nothing printed on a loaded
+ * machine). Never on stdout, never when stderr is a pipe or a file.
+ */
+export function overlayProgress(stream: { isTTY?: boolean; write(text: string): unknown } = process.stderr): ((directory: string) => void) | undefined {
+  if (stream.isTTY !== true) return undefined;
+  return (directory) => {
+    const shown = relative(process.cwd(), directory);
+    stream.write(`meshward audit: rendering ${shown === "" ? "." : shown} (kubectl kustomize)\n`);
+  };
+}
+
+function progress(): { onRender?: (directory: string) => void } {
+  const onRender = overlayProgress();
+  return onRender === undefined ? {} : { onRender };
+}
+
 function useColor(flag: boolean | undefined): boolean {
   if (flag === false || process.env["NO_COLOR"] !== undefined) return false;
   return process.stdout.isTTY === true;
@@ -55,7 +74,7 @@ export interface ScanOptions {
 
 export function auditScan(paths: string[], options: ScanOptions): void {
   const enable = parseEnable(options.enable);
-  const result = auditPaths(paths, { maxFileBytes: parseSize(options.maxFileSize), enable, renderKustomize: options.kustomize !== false, kustomizeRemote: options.kustomizeRemote === true });
+  const result = auditPaths(paths, { maxFileBytes: parseSize(options.maxFileSize), enable, renderKustomize: options.kustomize !== false, kustomizeRemote: options.kustomizeRemote === true, ...progress() });
   const missing = result.skipped.filter((skipped) => paths.includes(skipped.file) && skipped.detail === "does not exist");
   if (missing.length === paths.length) {
     throw new MeshwardError("E_AUDIT_NOT_FOUND", `nothing to audit: ${missing.map((skipped) => skipped.file).join(", ")} not found`);
@@ -86,7 +105,7 @@ export interface DriftOptions {
 }
 
 export function auditDrift(envs: string[], options: DriftOptions): void {
-  const report = driftPaths(envs, undefined, { ...(options.reference === undefined ? {} : { reference: options.reference }), renderKustomize: options.kustomize !== false, kustomizeRemote: options.kustomizeRemote === true });
+  const report = driftPaths(envs, undefined, { ...(options.reference === undefined ? {} : { reference: options.reference }), renderKustomize: options.kustomize !== false, kustomizeRemote: options.kustomizeRemote === true, ...progress() });
   process.stdout.write(options.format === "json" ? renderDriftJson(report) : renderDriftText(report, { color: useColor(options.color) }));
   const failing = options.failOn === "weaker"
     ? report.rows.some((row) => row.status === "weaker")
