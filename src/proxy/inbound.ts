@@ -24,6 +24,7 @@ import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { canonicalH2Request, h2HeaderLimits, h2RequestHeadBytes, isGrpcRequest, isRefusal } from "./canonical.ts";
 import type { EscapedSlashAction } from "./canonical.ts";
 import { closeWhenIdle, ConnectionTracker } from "./connections.ts";
+import { eventNow } from "./event-clock.ts";
 import { methodOverrideInspector } from "./method-override-body.ts";
 import type { BodyInspector } from "./method-override-body.ts";
 import { AddressCaps, capConnections } from "./listener-cap.ts";
@@ -301,7 +302,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   /** Counts the request in flight on its connection (drain waits for it) and times it; call once it is answered. */
   const begin = (socket: Socket, protocol: string): ((status: number) => void) => {
     const end = tracker.begin(socket);
-    const started = performance.now();
+    const started = eventNow();
     return (status) => {
       end();
       observeDuration(mesh.requestDuration, "inbound", protocol, statusClass(status), started);
@@ -523,7 +524,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     holdTunnel(socket, { peer, operation: TCP_REQUEST.operation, verb: TCP_REQUEST.verb });
     tracker.add(socket);
     const end = tracker.begin(socket);
-    const started = performance.now();
+    const started = eventNow();
     const app = netConnect({ host: options.app.host, port: options.app.port, allowHalfOpen: true });
     let failed = false;
     app.once("error", (error) => {

@@ -11,6 +11,7 @@ import { checkOutboundHost, type OutboundHostRule } from "./outbound-host.ts";
 import { listenOn } from "../util/listen.ts";
 import type { HostPort } from "../util/address.ts";
 import { closeWhenIdle, ConnectionTracker } from "./connections.ts";
+import { eventNow } from "./event-clock.ts";
 import { capConnections } from "./listener-cap.ts";
 import { H2Deadlines } from "./h2-deadline.ts";
 import { forwardH2, forwardUpgrade, isUnreachable } from "./forward.ts";
@@ -134,7 +135,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   /** Counts the request in flight on its connection (drain waits for it) and times it; call once it is answered. */
   const begin = (socket: Socket, protocol: string): ((status: number) => void) => {
     const end = tracker.begin(socket);
-    const started = performance.now();
+    const started = eventNow();
     return (status) => {
       end();
       observeDuration(mesh.requestDuration, "outbound", protocol, statusClass(status), started);
@@ -335,7 +336,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       socket.pause();
       tracker.add(socket);
       const end = tracker.begin(socket);
-      const started = performance.now();
+      const started = eventNow();
       let ok = false;
       socket.once("close", () => {
         end();

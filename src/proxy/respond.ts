@@ -3,6 +3,7 @@ import type { ServerHttp2Stream } from "node:http2";
 import { STATUS_CODES } from "node:http";
 import type { Socket } from "node:net";
 import type { LabelledHistogram } from "../telemetry/histogram.ts";
+import { eventNow } from "./event-clock.ts";
 
 /** gRPC status codes meshward answers with itself. */
 export const GrpcStatus = { NOT_FOUND: 5, PERMISSION_DENIED: 7, RESOURCE_EXHAUSTED: 8, INTERNAL: 13, UNAVAILABLE: 14, UNAUTHENTICATED: 16 } as const;
@@ -98,7 +99,7 @@ export function statusClass(status: number | undefined): string {
 
 type DurationHistogram = LabelledHistogram<"direction" | "protocol" | "status_class">;
 
-/** requestDuration.observe for a request that started at `startedMs` (performance.now()). */
+/** requestDuration.observe for a request that started at `startedMs` (eventNow(): performance.now(), held per I/O event). */
 export function observeDuration(histogram: DurationHistogram, direction: string, protocol: string, status: string, startedMs: number): void {
-  histogram.series({ direction, protocol, status_class: status }).observe((performance.now() - startedMs) / 1000);
+  histogram.series({ direction, protocol, status_class: status }).observe((eventNow() - startedMs) / 1000);
 }

@@ -2,6 +2,7 @@ import type { Duplex } from "node:stream";
 import { createMessageParser } from "./llhttp.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
 import { findHeader } from "./wire.ts";
+import { eventNow, holdClock, releaseClock } from "../event-clock.ts";
 import { IDEMPOTENT_METHODS, idleLimitForHint, keepAliveTimeoutMs, MAX_REQUEST_ATTEMPTS } from "../../util/keep-alive.ts";
 
 /** Where one exchange's response goes; attached to an upstream connection for that exchange. */
@@ -81,11 +82,17 @@ export class UpstreamConnection {
     socket.on("data", (chunk: Buffer) => {
       if (this.#sink === undefined) return void this.#fail(new Error("the upstream sent bytes nobody asked for"));
       const downstream = this.#sink.downstream;
-      downstream.cork();
-      const result = this.#parser.execute(chunk);
-      this.#sink?.onReadEnd?.();
-      downstream.uncork();
-      if (typeof result !== "number") this.#fail(Object.assign(new Error(`the upstream sent an invalid HTTP/1.1 response: ${result.reason}`), { code: result.code }));
+      // One reading of the clock for everything this read sets off (event-clock.ts).
+      const outer = holdClock();
+      try {
+        downstream.cork();
+        const result = this.#parser.execute(chunk);
+        this.#sink?.onReadEnd?.();
+        downstream.uncork();
+        if (typeof result !== "number") this.#fail(Object.assign(new Error(`the upstream sent an invalid HTTP/1.1 response: ${result.reason}`), { code: result.code }));
+      } finally {
+        releaseClock(outer);
+      }
     });
     socket.on("end", () => {
       // A close-delimited body ends here; anything else in flight was cut short.
@@ -202,7 +209,7 @@ export class Http1Pool {
     for (let connection = this.#idle.pop(); connection !== undefined; connection = this.#idle.pop()) {
       if (connection.dead) continue;
       // Idle past what the upstream said it keeps: its close may be on the way.
-      if (connection.idleLimitMs !== undefined && Date.now() - connection.idleSince >= connection.idleLimitMs) {
+      if (connection.idleLimitMs !== undefined && eventNow() - connection.idleSince >= connection.idleLimitMs) {
         connection.destroy();
         continue;
       }
@@ -295,7 +302,7 @@ export class Http1Pool {
     const waiter = this.#nextWaiter();
     if (waiter !== undefined) return waiter.resolve(connection);
     if (this.#idle.length >= this.options.maxIdle) return void connection.destroy();
-    connection.idleSince = Date.now();
+    connection.idleSince = eventNow();
     this.#idle.push(connection);
   }
 
@@ -358,7 +365,7 @@ export class Http1Pool {
   }
 
   #sweep(): void {
-    const oldest = Date.now() - this.options.idleMs;
+    const oldest = eventNow() - this.options.idleMs;
     while (this.#idle.length > 0 && this.#idle[0]!.idleSince <= oldest) this.#idle.shift()!.destroy();
   }
 }

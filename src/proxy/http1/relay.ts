@@ -5,6 +5,7 @@ import type { CanonicalTarget, EscapedSlashAction } from "../canonical.ts";
 import type { BodyInspector } from "../method-override-body.ts";
 import { answerText } from "../respond.ts";
 import type { ProxyAnswer } from "../respond.ts";
+import { eventNow, holdClock, releaseClock } from "../event-clock.ts";
 import { BODY_TIMEOUT_ANSWER, upstreamTimeoutError } from "../stream-idle.ts";
 import { ChunkStage, chunkSizeLine, SMALL_CHUNK } from "./chunk-stage.ts";
 import { createMessageParser } from "./llhttp.ts";
@@ -145,7 +146,7 @@ export class Http1Relay {
   }
 
   #sweep(): void {
-    const now = Date.now();
+    const now = eventNow();
     for (const connection of this.#connections) connection.checkTimers(now);
   }
 }
@@ -227,7 +228,7 @@ class ClientConnection {
   /** The request llhttp is parsing now (the newest). */
   #parsing: Exchange | undefined;
   #headStartedAt = 0;
-  #idleSince = Date.now();
+  #idleSince = eventNow();
   /** When a byte of the exchange in progress (queue[0]) was last read from or written to the client. */
   #activeAt = 0;
   /** When the response that closes the connection was with the kernel (0: not closing, or not yet). */
@@ -275,7 +276,7 @@ class ClientConnection {
       // only place one begins. Before, such a head was timed only from the read after, and a
       // client that never sent one kept the half head until idleTimeout, with no 408.
       onMessageBegin: () => {
-        if (this.#headStartedAt === 0) this.#headStartedAt = Date.now();
+        if (this.#headStartedAt === 0) this.#headStartedAt = eventNow();
       },
       onHead: (head) => {
         this.#headStartedAt = 0;
@@ -384,48 +385,54 @@ class ClientConnection {
   }
 
   #parse(chunk: Buffer): void {
-    this.#idleSince = Date.now();
-    this.#activeAt = this.#idleSince;
-    if (this.#parsing === undefined && this.#headStartedAt === 0) this.#headStartedAt = this.#idleSince;
-    this.#executing = true;
-    const result = this.#parser.execute(chunk);
-    this.#executing = false;
-    if (this.#stopped) {
-      this.#stopped = false;
-      if (typeof result === "number" && !this.#gone) this.#held = chunk.subarray(result);
-    }
-    if (this.#stagedFor !== undefined) this.#flushRequestStage();
-    this.#corked?.uncork();
-    this.#corked = undefined;
-    const first = this.#queue[0];
-    if (first?.answer !== undefined) this.#answer(first);
-    if (typeof result !== "number") {
-      const reason: ClientErrorReason = result.code === "HPE_HEADER_OVERFLOW" ? "header_too_large" : "bad_request";
-      const detail = `${result.code}: ${result.reason}`;
-      // A request whose head was fine but whose body is not, and that waits behind others: dropped.
-      const bad = this.#parsing;
-      if (bad !== undefined && !bad.started && this.#queue.length > 1 && this.#queue[this.#queue.length - 1] === bad) {
-        this.#queue.pop();
-        bad.finished = true;
-        this.#parsing = undefined;
+    // One reading of the clock for everything this read sets off (event-clock.ts).
+    const outer = holdClock();
+    try {
+      this.#idleSince = eventNow();
+      this.#activeAt = this.#idleSince;
+      if (this.#parsing === undefined && this.#headStartedAt === 0) this.#headStartedAt = this.#idleSince;
+      this.#executing = true;
+      const result = this.#parser.execute(chunk);
+      this.#executing = false;
+      if (this.#stopped) {
+        this.#stopped = false;
+        if (typeof result === "number" && !this.#gone) this.#held = chunk.subarray(result);
       }
-      // The requests before the bad bytes were read whole and may already be with the app: they
-      // are answered first, in order (a 400 now would take the place of the first one's answer);
-      // the refusal follows. After one that closes the connection nothing more is read (RFC 9112
-      // §9.6; llhttp reports the bytes after it as HPE_CLOSED_CONNECTION), so it ends there.
-      if (this.#parsing === undefined && this.#queue.length > 0) {
-        this.#failAfter = { reason, detail };
+      if (this.#stagedFor !== undefined) this.#flushRequestStage();
+      this.#corked?.uncork();
+      this.#corked = undefined;
+      const first = this.#queue[0];
+      if (first?.answer !== undefined) this.#answer(first);
+      if (typeof result !== "number") {
+        const reason: ClientErrorReason = result.code === "HPE_HEADER_OVERFLOW" ? "header_too_large" : "bad_request";
+        const detail = `${result.code}: ${result.reason}`;
+        // A request whose head was fine but whose body is not, and that waits behind others: dropped.
+        const bad = this.#parsing;
+        if (bad !== undefined && !bad.started && this.#queue.length > 1 && this.#queue[this.#queue.length - 1] === bad) {
+          this.#queue.pop();
+          bad.finished = true;
+          this.#parsing = undefined;
+        }
+        // The requests before the bad bytes were read whole and may already be with the app: they
+        // are answered first, in order (a 400 now would take the place of the first one's answer);
+        // the refusal follows. After one that closes the connection nothing more is read (RFC 9112
+        // §9.6; llhttp reports the bytes after it as HPE_CLOSED_CONNECTION), so it ends there.
+        if (this.#parsing === undefined && this.#queue.length > 0) {
+          this.#failAfter = { reason, detail };
+          this.#headStartedAt = 0;
+          return;
+        }
+        return this.#refuse(reason, detail);
+      }
+      if (this.#upgrade !== undefined && this.#upgrade.rest === undefined) {
+        this.#upgrade.rest = chunk.subarray(result);
         this.#headStartedAt = 0;
-        return;
+        this.socket.removeListener("data", this.#onDataBound);
+        this.socket.pause();
+        if (this.#queue.length === 0) this.#handOver();
       }
-      return this.#refuse(reason, detail);
-    }
-    if (this.#upgrade !== undefined && this.#upgrade.rest === undefined) {
-      this.#upgrade.rest = chunk.subarray(result);
-      this.#headStartedAt = 0;
-      this.socket.removeListener("data", this.#onDataBound);
-      this.socket.pause();
-      if (this.#queue.length === 0) this.#handOver();
+    } finally {
+      releaseClock(outer);
     }
   }
 
@@ -457,7 +464,7 @@ class ClientConnection {
   /** The request's head is complete and it is first in line: decide, then forward or answer. */
   #start(exchange: Exchange): void {
     exchange.started = true;
-    this.#activeAt = Date.now();
+    this.#activeAt = eventNow();
     const request = this.#canonical(exchange.head);
     if (request === undefined) return;
     let decision: ForwardDecision | AnswerDecision;
@@ -537,7 +544,7 @@ class ClientConnection {
   #attach(exchange: Exchange, connection: UpstreamConnection): void {
     if (this.#gone || exchange.finished) return void exchange.decision!.upstream.release(connection);
     exchange.upstream = connection;
-    this.#activeAt = Date.now();
+    this.#activeAt = eventNow();
     connection.attach(exchange);
     const pending = exchange.pending ?? [];
     exchange.pending = undefined;
@@ -634,7 +641,7 @@ class ClientConnection {
   // --- the response, from the upstream connection --------------------------------------
 
   responseHead(exchange: Exchange, response: MessageHead): void {
-    this.#activeAt = Date.now();
+    this.#activeAt = eventNow();
     if (response.status === 101) {
       // Only an Upgrade request may be answered 101, and those never come here: a broken upstream.
       const connection = exchange.upstream;
@@ -657,7 +664,7 @@ class ClientConnection {
 
   responseBody(exchange: Exchange, chunk: Buffer): void {
     if (!exchange.responded) return;
-    this.#activeAt = Date.now();
+    this.#activeAt = eventNow();
     let writable: boolean;
     if (exchange.responseFraming !== "chunked") {
       writable = this.socket.write(chunk);
@@ -828,15 +835,15 @@ class ClientConnection {
    */
   #closeGracefully(): void {
     this.socket.end();
-    this.#flushingSince = Date.now();
+    this.#flushingSince = eventNow();
     if (this.socket.writableLength === 0) this.#closingSince = this.#flushingSince;
-    else this.socket.once("finish", () => (this.#closingSince = Date.now()));
+    else this.socket.once("finish", () => (this.#closingSince = eventNow()));
   }
 
   #next(exchange: Exchange): void {
     if (this.#queue[0] !== exchange) return;
     this.#queue.shift();
-    this.#idleSince = Date.now();
+    this.#idleSince = eventNow();
     this.#advance();
   }
 
