@@ -1,7 +1,6 @@
 import { X509Certificate } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createSecureServer, type Http2SecureServer } from "node:http2";
-import { createServer, connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect as tlsConnect, type TLSSocket } from "node:tls";
@@ -19,6 +18,7 @@ import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-sou
 import { issueLeafCertificate, normalizeSerial, type Signer } from "../../src/pki/certificate.ts";
 import { decodePrivateKey, encodePrivateKey, generateKeyPair } from "../../src/pki/keys.ts";
 import { certificatesFromPem, toPem } from "../../src/pki/pem.ts";
+import { startSwitchableForwarder } from "../helpers/forwarder.ts";
 
 // After `rotate-issuer --now` (the answer to a leaked issuer key) the root CRL lists the retired
 // issuer. Whoever holds its key can mint a certificate with the CA's own SPIFFE ID: the workload's
@@ -27,34 +27,6 @@ import { certificatesFromPem, toPem } from "../../src/pki/pem.ts";
 // CA's SPIFFE ID and its chain to a held root only, so such an impostor stood in for the CA.
 const TD = "ca-serving-retired.test";
 const silent = pino({ level: "silent" });
-
-async function startSwitchableForwarder(): Promise<{ port: number; route: () => number; close(): Promise<void> }> {
-  const sockets = new Set<Socket>();
-  const forwarder = {
-    port: 0,
-    route: (): number => 0,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  };
-  const server = createServer((client) => {
-    const upstream = connect(forwarder.route(), "127.0.0.1");
-    for (const socket of [client, upstream]) {
-      sockets.add(socket);
-      socket.on("close", () => sockets.delete(socket));
-      socket.on("error", () => {
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.pipe(upstream).pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  forwarder.port = (server.address() as { port: number }).port;
-  return forwarder;
-}
 
 /**
  * A CA endpoint that presents the CA's SPIFFE ID with a certificate `signer` signed (TLS 1.3,

@@ -1,6 +1,5 @@
 import { randomBytes } from "node:crypto";
 import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer, connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
@@ -22,6 +21,7 @@ import { toX509 } from "../../src/pki/inspect.ts";
 import { normalizeSerial } from "../../src/pki/certificate.ts";
 import { wallClockTimers, WALL_CLOCK_SLICE_MS } from "../../src/util/clock.ts";
 import { FakeClock, SuspendableClock } from "../helpers/fake-clock.ts";
+import { startSwitchableForwarder } from "../helpers/forwarder.ts";
 
 const TD = "identity.test";
 const silent = pino({ level: "silent" });
@@ -48,38 +48,6 @@ async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<vo
     if (Date.now() > deadline) throw new Error("condition not met in time");
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
-}
-
-/**
- * A TCP load balancer in front of CA replicas, as a Kubernetes Service is: each new connection
- * goes to the port `route()` names at that moment.
- */
-async function startSwitchableForwarder(): Promise<{ port: number; route: () => number; close(): Promise<void> }> {
-  const sockets = new Set<Socket>();
-  const forwarder = {
-    port: 0,
-    route: (): number => 0,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  };
-  const server = createServer((client) => {
-    const upstream = connect(forwarder.route(), "127.0.0.1");
-    for (const socket of [client, upstream]) {
-      sockets.add(socket);
-      socket.on("close", () => sockets.delete(socket));
-      socket.on("error", () => {
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.pipe(upstream).pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  forwarder.port = (server.address() as { port: number }).port;
-  return forwarder;
 }
 
 describe("CA-backed workload identity", () => {

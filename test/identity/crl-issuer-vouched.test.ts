@@ -1,7 +1,6 @@
 import { X509Certificate } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
-import { createServer, connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
@@ -17,6 +16,7 @@ import { createIssuerCertificate, issueLeafCertificate, normalizeSerial, type Si
 import { createCrl } from "../../src/pki/crl.ts";
 import { decodePrivateKey, encodePrivateKey, generateKeyPair } from "../../src/pki/keys.ts";
 import { certificatesFromPem, toPem } from "../../src/pki/pem.ts";
+import { startSwitchableForwarder } from "../helpers/forwarder.ts";
 
 // A workload takes a CRL only from an issuer its CA vouches for (ca-source.ts #vouchedIssuers): its
 // own issuer, one of the set in force, or the one that signed the CA's serving certificate, never
@@ -31,34 +31,6 @@ const silent = pino({ level: "silent" });
 const HUGE = 1n << 120n;
 
 type SetDocument = { crls: { issuer_sha256?: string; issuer_chain: string[]; current: boolean; root?: boolean; crl: string }[] };
-
-async function startSwitchableForwarder(): Promise<{ port: number; route: () => number; close(): Promise<void> }> {
-  const sockets = new Set<Socket>();
-  const forwarder = {
-    port: 0,
-    route: (): number => 0,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  };
-  const server = createServer((client) => {
-    const upstream = connect(forwarder.route(), "127.0.0.1");
-    for (const socket of [client, upstream]) {
-      sockets.add(socket);
-      socket.on("close", () => sockets.delete(socket));
-      socket.on("error", () => {
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.pipe(upstream).pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  forwarder.port = (server.address() as { port: number }).port;
-  return forwarder;
-}
 
 describe("a workload takes CRLs only from issuers its CA vouches for", () => {
   let work: string;
