@@ -1,10 +1,10 @@
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Worker } from "node:worker_threads";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readPaths } from "../../src/audit/audit.ts";
 import { isRemoteEntry, remoteReferences, renderOrigins } from "../../src/audit/kustomize-render.ts";
+import { startCountingHttpServer, type CountingHttpServer } from "../helpers/counting-http-server.ts";
 
 // The offline guard of `meshward audit` (no --kustomize-remote): what an untrusted tree can do
 // to make `kubectl kustomize` fetch or run helm/git, and the environment kubectl runs in so that
@@ -13,8 +13,7 @@ import { isRemoteEntry, remoteReferences, renderOrigins } from "../../src/audit/
 // connections it accepts; fake `helm` and `git` on the caller's PATH record their runs.
 
 const scratch = mkdtempSync(join(tmpdir(), "meshward-kustomize-offline-test-"));
-const connections = new Int32Array(new SharedArrayBuffer(4));
-let server: Worker;
+let remote: CountingHttpServer;
 let port = 0;
 const bin = join(scratch, ".bin");
 const runs = join(scratch, ".runs.log");
@@ -23,18 +22,8 @@ const savedPath = process.env["PATH"];
 const CONFIG_MAP = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  a: b\n";
 
 beforeAll(async () => {
-  server = new Worker(`
-    const { parentPort, workerData } = require("node:worker_threads");
-    const http = require("node:http");
-    const connections = new Int32Array(workerData.buffer);
-    const server = http.createServer((request, response) => response.end(workerData.body));
-    server.on("connection", () => Atomics.add(connections, 0, 1));
-    server.listen(0, "127.0.0.1", () => parentPort.postMessage(server.address().port));
-  `, { eval: true, workerData: { buffer: connections.buffer, body: "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  fetched: \"yes\"\n" } });
-  port = await new Promise<number>((resolve, reject) => {
-    server.once("message", resolve);
-    server.once("error", reject);
-  });
+  remote = await startCountingHttpServer("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  fetched: \"yes\"\n");
+  port = remote.port;
   mkdirSync(bin);
   for (const tool of ["helm", "git"]) {
     writeFileSync(join(bin, tool), `#!/bin/sh\necho "${tool} $*" >> '${runs}'\ncase "$1" in version) echo v3.14.0+g1; exit 0;; esac\nexit 1\n`);
@@ -45,7 +34,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   process.env["PATH"] = savedPath;
-  await server.terminate();
+  await remote.close();
   rmSync(scratch, { recursive: true, force: true });
 });
 
@@ -70,7 +59,7 @@ describe("finding 1: a folder name is never a kubectl flag", () => {
       "--enable-helm/kustomization.yaml": "resources: []\n",
       "--output=written.yaml/kustomization.yaml": "resources: []\n",
     });
-    const before = Atomics.load(connections, 0);
+    const before = remote.connections();
     const runsBefore = toolRuns().length;
     const cwd = process.cwd();
     let read: ReturnType<typeof readPaths>;
@@ -81,7 +70,7 @@ describe("finding 1: a folder name is never a kubectl flag", () => {
       process.chdir(cwd);
     }
     expect(toolRuns(runsBefore)).toEqual([]);
-    expect(Atomics.load(connections, 0)).toBe(before);
+    expect(remote.connections()).toBe(before);
     expect(existsSync(join(root, "written.yaml"))).toBe(false);
     expect(read.rendered.sort()).toEqual(["--enable-helm", "--output=written.yaml"]);
     // The top folder's helmCharts are refused by kustomize (no --enable-helm), as before.
@@ -130,10 +119,10 @@ describe("finding 2: plugin configs (transformers/generators/validators) are rea
       "flow/cm.yaml": CONFIG_MAP,
       "folded-resources/kustomization.yaml": `RESOURCES:\n  - http://127.0.0.1:${port}/upper.yaml\nre\u017fources:\n  - http://127.0.0.1:${port}/long-s.yaml\n`,
     });
-    const before = Atomics.load(connections, 0);
+    const before = remote.connections();
     const runsBefore = toolRuns().length;
     const read = readPaths([root]);
-    expect(Atomics.load(connections, 0)).toBe(before);
+    expect(remote.connections()).toBe(before);
     expect(read.rendered).toEqual([]);
     const message = (name: string): string => read.problems.find((problem) => problem.file === join(root, name, "kustomization.yaml"))?.message ?? "";
     expect(message("file")).toContain(`"http://127.0.0.1:${port}/file.yaml" (transformers entry "t.yaml" PatchTransformer.path of ${join(root, "file", "kustomization.yaml")})`);
@@ -161,10 +150,10 @@ describe("finding 2: plugin configs (transformers/generators/validators) are rea
       "broken/kustomization.yaml": "transformers:\n  - b.yaml\n",
       "broken/b.yaml": "apiVersion: builtin\nkind: [\n",
     });
-    const before = Atomics.load(connections, 0);
+    const before = remote.connections();
     const runsBefore = toolRuns().length;
     const read = readPaths([root]);
-    expect(Atomics.load(connections, 0)).toBe(before);
+    expect(remote.connections()).toBe(before);
     expect(toolRuns(runsBefore)).toEqual([]);
     expect(read.rendered).toEqual([]);
     const message = (name: string): string => read.problems.find((problem) => problem.file === join(root, name, "kustomization.yaml"))?.message ?? "";
@@ -204,10 +193,10 @@ describe("finding 3: a local file or folder of the same name does not hide a URL
       "plain-git/github.com/acme/base/kustomization.yaml": "resources: []\n",
       "plain-git/kustomization.yaml": "resources:\n  - github.com/acme/base\n",
     });
-    const before = Atomics.load(connections, 0);
+    const before = remote.connections();
     const runsBefore = toolRuns().length;
     const read = readPaths([join(root, "http"), join(root, "git"), join(root, "plain-git")]);
-    expect(Atomics.load(connections, 0)).toBe(before);
+    expect(remote.connections()).toBe(before);
     expect(toolRuns(runsBefore)).toEqual([]);
     // The shadowing folders are local overlays of their own, rendered as such; the three overlays are not.
     expect(read.rendered.filter((directory) => !directory.includes("github.com") && !directory.includes("http:"))).toEqual([]);
@@ -248,7 +237,7 @@ describe("defence in depth: kubectl runs offline, so what the check misses canno
     process.env["http_proxy"] = `http://127.0.0.1:${port}`;
     process.env["NO_PROXY"] = "";
     process.env["no_proxy"] = "";
-    const before = Atomics.load(connections, 0);
+    const before = remote.connections();
     const runsBefore = toolRuns().length;
     try {
       expect(renderOrigins(join(root, "http"))).toEqual(new Map());
@@ -259,7 +248,7 @@ describe("defence in depth: kubectl runs offline, so what the check misses canno
         else process.env[key] = value;
       }
     }
-    expect(Atomics.load(connections, 0)).toBe(before);
+    expect(remote.connections()).toBe(before);
     expect(toolRuns(runsBefore)).toEqual([]);
   });
 });

@@ -1,13 +1,13 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Worker } from "node:worker_threads";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { auditPaths, readPaths } from "../../src/audit/audit.ts";
 import { driftPaths } from "../../src/audit/drift.ts";
 import { isRemoteEntry, renderedName } from "../../src/audit/kustomize-render.ts";
 import { MeshwardError } from "../../src/errors.ts";
 import { runCli } from "../helpers/cli.ts";
+import { startCountingHttpServer, type CountingHttpServer } from "../helpers/counting-http-server.ts";
 
 // An audit of an untrusted tree must not fetch anything nor run git: an overlay that names a
 // remote base (kustomize would fetch it) is refused before kubectl runs, unless
@@ -18,27 +18,16 @@ import { runCli } from "../helpers/cli.ts";
 const REMOTE_BASE = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n    - name: redisHost\n      value: redis-master.shop.svc.cluster.local:6379\n";
 
 const scratch = mkdtempSync(join(tmpdir(), "meshward-kustomize-remote-"));
-const connections = new Int32Array(new SharedArrayBuffer(4));
-let server: Worker;
+let remote: CountingHttpServer;
 let port = 0;
 
 beforeAll(async () => {
-  server = new Worker(`
-    const { parentPort, workerData } = require("node:worker_threads");
-    const http = require("node:http");
-    const connections = new Int32Array(workerData.buffer);
-    const server = http.createServer((request, response) => response.end(workerData.body));
-    server.on("connection", () => Atomics.add(connections, 0, 1));
-    server.listen(0, "127.0.0.1", () => parentPort.postMessage(server.address().port));
-  `, { eval: true, workerData: { buffer: connections.buffer, body: REMOTE_BASE } });
-  port = await new Promise<number>((resolve, reject) => {
-    server.once("message", resolve);
-    server.once("error", reject);
-  });
+  remote = await startCountingHttpServer(REMOTE_BASE);
+  port = remote.port;
 });
 
 afterAll(async () => {
-  await server.terminate();
+  await remote.close();
   rmSync(scratch, { recursive: true, force: true });
 });
 
@@ -54,9 +43,9 @@ function overlay(name: string, resources: readonly string[]): string {
 describe("an overlay naming a remote base is not rendered by default", () => {
   it("an http URL: refused before kubectl runs, no connection made, the file and the reference named, the plain files audited", () => {
     const directory = overlay("http", [`http://127.0.0.1:${port}/base.yaml`]);
-    const before = Atomics.load(connections, 0);
+    const before = remote.connections();
     const result = auditPaths([directory]);
-    expect(Atomics.load(connections, 0)).toBe(before);
+    expect(remote.connections()).toBe(before);
     expect(result.parseErrors).toHaveLength(1);
     expect(result.parseErrors[0]).toMatchObject({ file: join(directory, "kustomization.yaml"), kind: "kustomize" });
     expect(result.parseErrors[0]?.message).toBe(`kustomize overlay not rendered (it names a remote base or file, "http://127.0.0.1:${port}/base.yaml" (resources of ${join(directory, "kustomization.yaml")}), which \`kubectl kustomize\` would fetch from the network (HTTP or git); not fetched: pass --kustomize-remote to allow it); its files were audited one by one`);
@@ -65,9 +54,9 @@ describe("an overlay naming a remote base is not rendered by default", () => {
 
   it("with kustomizeRemote (--kustomize-remote) the overlay is rendered, fetching the base", () => {
     const directory = overlay("http-allowed", [`http://127.0.0.1:${port}/base.yaml`]);
-    const before = Atomics.load(connections, 0);
+    const before = remote.connections();
     const result = auditPaths([directory], { kustomizeRemote: true });
-    expect(Atomics.load(connections, 0)).toBeGreaterThan(before);
+    expect(remote.connections()).toBeGreaterThan(before);
     expect(result.parseErrors).toEqual([]);
     expect(result.findings.map((finding) => `${finding.file}:${finding.ruleId}`)).toEqual([`${renderedName(directory)}:MW-TLS-001`, `${join(directory, "sidecar.yaml")}:MW-SECRET-006`]);
   });
@@ -91,9 +80,9 @@ describe("an overlay naming a remote base is not rendered by default", () => {
     const unreadable = join(scratch, "unreadable");
     mkdirSync(unreadable);
     writeFileSync(join(unreadable, "kustomization.yaml"), "resources: [\n");
-    const before = Atomics.load(connections, 0);
+    const before = remote.connections();
     const read = readPaths([merged, unreadable]);
-    expect(Atomics.load(connections, 0)).toBe(before);
+    expect(remote.connections()).toBe(before);
     expect(read.rendered).toEqual([]);
     expect(read.problems.map((problem) => problem.message)).toEqual([
       expect.stringContaining(`"http://127.0.0.1:${port}/base.yaml" (resources of ${join(merged, "kustomization.yaml")})`),
@@ -104,29 +93,29 @@ describe("an overlay naming a remote base is not rendered by default", () => {
   it("drift refuses such an environment (E_AUDIT_KUSTOMIZE) and names the flag", () => {
     const staging = overlay(join("drift", "staging"), ["git@github.com:example/platform.git//dapr"]);
     const production = overlay(join("drift", "production"), [`https://127.0.0.1:${port}/base.yaml`]);
-    const before = Atomics.load(connections, 0);
+    const before = remote.connections();
     let error: unknown;
     try {
       driftPaths([staging, production]);
     } catch (caught) {
       error = caught;
     }
-    expect(Atomics.load(connections, 0)).toBe(before);
+    expect(remote.connections()).toBe(before);
     expect((error as MeshwardError).code).toBe("E_AUDIT_KUSTOMIZE");
     expect((error as MeshwardError).message).toContain("pass --kustomize-remote to allow it");
   });
 
   it("the CLI reports the overlay as not rendered and fetches nothing", async () => {
     const directory = overlay("cli", [`http://127.0.0.1:${port}/base.yaml`]);
-    const before = Atomics.load(connections, 0);
+    const before = remote.connections();
     const run = await runCli(["audit", directory, "--fail-on-unparsed"]);
-    expect(Atomics.load(connections, 0)).toBe(before);
+    expect(remote.connections()).toBe(before);
     expect(run.code).toBe(1);
     expect(run.stdout).toContain("Kustomize overlays not rendered");
     expect(run.stdout).toContain("pass --kustomize-remote to allow it");
     // --kustomize-remote: rendered, the base fetched.
     const allowed = await runCli(["audit", directory, "--kustomize-remote", "--fail-on-unparsed"]);
-    expect(Atomics.load(connections, 0)).toBeGreaterThan(before);
+    expect(remote.connections()).toBeGreaterThan(before);
     expect(allowed.code, allowed.stderr).toBe(0);
     expect(allowed.stdout).toContain("MW-TLS-001");
   });
