@@ -3,7 +3,7 @@ import { basename } from "node:path";
 import { MeshwardError } from "../errors.ts";
 import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
 import { assertIssuerUsable } from "./issuer-check.ts";
-import { retiredIssuersWith } from "./root-crl.ts";
+import { readRetiredIssuers, retiredIssuersWith } from "./root-crl.ts";
 import { checkRootScope, type RootTrustChoice } from "./root-scope.ts";
 import { decodePrivateKey, encodePrivateKey, generateKeyPair, isEncryptedPrivateKeyPem, keyAlgorithmOf, keysMatch } from "../pki/keys.ts";
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
@@ -237,6 +237,40 @@ export function validateIssuerChain(chain: readonly X509Certificate[], roots: re
   return root;
 }
 
+/** A serial as compared: uppercase hex without leading zeros (01 and 1 are the same serial). */
+function normalSerial(serial: string): string {
+  return serial.toUpperCase().replace(/^0+(?=.)/, "");
+}
+
+/**
+ * Refuses an imported issuer whose serial equals that of a retired issuer (issuers-retired.json),
+ * the current issuer or the previous one (which a later --now retires). Revocations are matched by
+ * serial alone (the root's CRL lists retired issuers by serial; workloads check the CA's chain and
+ * their peers' against the serials in force), which is safe for the random serials meshward makes
+ * but not for issuers made elsewhere with a fixed serial (`openssl x509 -set_serial 1`): such an
+ * issuer would be taken for the retired one, and no workload could get a certificate from it.
+ * The same certificate as the current one (a retried import) is not a clash.
+ */
+function assertIssuerSerialFree(files: AnchorFiles, layout: CaLayout, issuer: X509Certificate): void {
+  const serial = normalSerial(issuer.serialNumber);
+  const others: { what: string; certificate: X509Certificate }[] = readRetiredIssuers(files, layout).map((r) => ({ what: `retired issuer (retired ${r.revokedAt.toISOString()})`, certificate: r.certificate }));
+  for (const [path, what] of [
+    [layout.issuerCert, "current issuer"],
+    [layout.previousIssuerCert, "previous issuer (issuer.prev.pem)"],
+  ] as const) {
+    if (!files.exists(path)) continue;
+    const certificate = readCaCertificates(files, path)[0];
+    if (certificate !== undefined && certificate.fingerprint256 !== issuer.fingerprint256) others.push({ what, certificate });
+  }
+  const clash = others.find((o) => normalSerial(o.certificate.serialNumber) === serial);
+  if (clash === undefined) return;
+  throw new MeshwardError(
+    "E_IMPORT_INVALID",
+    `the issuer ${describe(issuer)} has serial ${issuer.serialNumber}, the same as the ${clash.what} ${describe(clash.certificate)} (serial ${clash.certificate.serialNumber}): revocations are matched by serial, so it would be taken for that issuer${clash.what.startsWith("retired") ? " and refused as retired" : " once that one is retired"}; re-issue it with a random serial (e.g. openssl x509 -req … -set_serial 0x$(openssl rand -hex 16))`,
+    { details: { serial: issuer.serialNumber, clashingSerial: clash.certificate.serialNumber } },
+  );
+}
+
 function describe(cert: X509Certificate): string {
   return JSON.stringify(cert.subject.replace(/\n/g, ", "));
 }
@@ -262,6 +296,7 @@ export function importIssuer(options: { dir: string; issuerCertPem: string; issu
   const chain = certificatesFromPem(options.issuerCertPem).map((der) => new X509Certificate(der));
   const key = decodePrivateKey(options.issuerKeyPem, options.issuerKeyPassphrase ?? options.passphrase);
   validateIssuerChain(chain, bundleRoots(files, layout), key, options.now, state.trustDomain);
+  assertIssuerSerialFree(files, layout, chain[0] as X509Certificate);
   installIssuer(files, layout, chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), encodePrivateKey(key, options.passphrase), options.keepPrevious ?? true, options.passphrase, options.now);
   recordKeysEncrypted(options.dir, state, options.passphrase, files);
   return chain[0] as X509Certificate;
@@ -358,6 +393,7 @@ export async function activateRoot(options: ActivateRootOptions): Promise<X509Ce
     const chain = certificatesFromPem(options.importedIssuer.certPem).map((der) => new X509Certificate(der));
     const key = decodePrivateKey(options.importedIssuer.keyPem, options.importedIssuer.keyPassphrase ?? options.passphrase);
     validateIssuerChain(chain, [nextRoot], key, options.now, state.trustDomain);
+    assertIssuerSerialFree(files, layout, chain[0] as X509Certificate);
     issuer = { certPem: chain.map((c) => toPem(c.raw, "CERTIFICATE")).join(""), keyPem: encodePrivateKey(key, options.passphrase), certificate: chain[0] as X509Certificate };
   } else {
     requireSelfManaged(state, "activating a generated root");

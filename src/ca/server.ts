@@ -5,7 +5,7 @@ import { existsSync } from "node:fs";
 import type { Registry } from "prom-client";
 import type { CaConfig } from "../config/ca.ts";
 import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
-import { issueLeafCertificate } from "../pki/certificate.ts";
+import { issueLeafCertificate, normalizeSerial } from "../pki/certificate.ts";
 import { encodePrivateKey, generateKeyPair } from "../pki/keys.ts";
 import { toPem } from "../pki/pem.ts";
 import { formatWorkloadId } from "../spiffe/id.ts";
@@ -384,6 +384,9 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         secureOptions: SECURE_OPTIONS,
       },
       notAfter,
+      // As node:crypto prints it, and without leading zeros (the forms revocations are kept in;
+      // the same for the random serials meshward makes, whose first byte is never zero).
+      serials: [leaf.serial, normalizeSerial(leaf.serial)] as const,
     };
   };
 
@@ -579,6 +582,18 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     servingTimer.unref();
   };
   scheduleServingRenewal();
+  // Workloads refuse a CA whose serving certificate the CRL set in force lists (E_CA_CERT_REVOKED,
+  // ca-client.ts servingChainRefusal). Serving certificates are not issuance records, so `cert
+  // revoke` cannot list one; should its serial reach the CRL anyway (a store write, a restored
+  // backup), the CA must not keep serving it until its half-life renewal (up to 12 h), in which
+  // every workload holding that CRL would be refused: it renews it as soon as that CRL is in force.
+  const renewServingIfRevoked = () => {
+    const revoked = crl.current?.revokedSerials;
+    if (revoked === undefined || revoked.size === 0) return;
+    if (!serving.serials.some((serial) => revoked.has(serial))) return;
+    logger.warn({ event: "serving-certificate-revoked", serial: serving.serials[0] }, "the CRL in force lists the CA's serving certificate: renewing it now (workloads refuse a revoked one)");
+    renewServing();
+  };
 
   const passphrase = options.passphrase;
   const loadCurrent = () => loadAnchors({ dir: options.dir, ...(passphrase !== undefined ? { passphrase } : {}) });
@@ -608,7 +623,10 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     syncSigning();
     void crl.refresh().catch((error) => logger.error({ event: "crl-refresh-failed", error: describeError(error) }, "could not re-sign the CRL"));
   };
-  crl.onChange = syncSigning;
+  crl.onChange = () => {
+    syncSigning();
+    renewServingIfRevoked();
+  };
   const watcher = replicated !== undefined ? await watchStoreState({
     store: replicated,
     intervalMs: config.anchorPoll,

@@ -1,6 +1,8 @@
 import { connect, constants, type ClientHttp2Session, type IncomingHttpHeaders, type SecureClientSessionOptions } from "node:http2";
 import { markHandshakeCompleted } from "../tls/after-handshake.ts";
-import type { DetailedPeerCertificate, TLSSocket } from "node:tls";
+import { connect as tlsConnect, type ConnectionOptions, type DetailedPeerCertificate, type TLSSocket } from "node:tls";
+import { isIP } from "node:net";
+import type { Duplex } from "node:stream";
 
 /**
  * A unary gRPC call over node:http2 (gRPC over HTTP/2 spec: one length-prefixed message each
@@ -98,6 +100,10 @@ export function callUnary(call: UnaryCall): Promise<UnaryResult> {
   const maxBytes = call.maxResponseBytes ?? 4 << 20;
   return new Promise<UnaryResult>((resolve, reject) => {
     let session: ClientHttp2Session | undefined;
+    // The connection's socket, from createConnection: destroyed with the session. A session whose
+    // socket is still in its TLS handshake has not taken that socket yet, so session.destroy()
+    // alone leaves it open (a peer that accepts TCP and never answers the handshake).
+    let socket: Duplex | undefined;
     let settled = false;
     const finish = (error: Error | undefined, result?: UnaryResult) => {
       if (settled) return;
@@ -105,12 +111,24 @@ export function callUnary(call: UnaryCall): Promise<UnaryResult> {
       clearTimeout(timer);
       session?.close();
       session?.destroy();
+      socket?.destroy();
       if (error) reject(error);
       else resolve(result as UnaryResult);
     };
     const timer = setTimeout(() => finish(new GrpcTransportError(`no answer within ${call.timeoutMs} ms`, GRPC_DEADLINE_EXCEEDED)), call.timeoutMs);
     try {
-      session = connect(call.url, { ...call.tls, minVersion: call.tls.minVersion ?? "TLSv1.2" });
+      const given = call.tls.createConnection;
+      session = connect(call.url, {
+        ...call.tls,
+        minVersion: call.tls.minVersion ?? "TLSv1.2",
+        // As node:http2 connects by default (ALPN h2, SNI for a host name), but holding the socket.
+        createConnection: (authority: URL, options) => {
+          if (given !== undefined) return (socket = given(authority, options));
+          const host = authority.hostname.startsWith("[") ? authority.hostname.slice(1, -1) : authority.hostname;
+          const servername = call.tls.servername ?? (isIP(host) === 0 ? host : undefined);
+          return (socket = tlsConnect({ ...options, host, port: Number(authority.port || 443), ...(servername !== undefined ? { servername } : {}), ALPNProtocols: ["h2"] } as ConnectionOptions));
+        },
+      });
     } catch (error) {
       finish(new GrpcTransportError(`cannot connect: ${(error as Error).message}`, GRPC_UNAVAILABLE, { cause: error }));
       return;

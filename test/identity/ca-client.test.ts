@@ -1,4 +1,5 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -122,6 +123,69 @@ describe("requestCertificate refuses a CA that renegotiates (gRPC over HTTP/2, r
       await call;
     } finally {
       await server.stop();
+    }
+  });
+});
+
+// An endpoint that accepts TCP and never answers the TLS handshake, nor reads (a hung replica, a
+// load balancer with a dead backend): after a timed-out sign call, the client's socket must be gone.
+// session.destroy() alone only ended it (a FIN the hung peer never reads), because a session whose
+// socket is still in its handshake has not taken that socket: it stayed open, one fd per attempt.
+describe("a timed-out sign call closes its connection when the handshake never finished", () => {
+  async function hungEndpoint() {
+    const held = new Set<Socket>();
+    const server = createServer({ pauseOnConnect: true }, (s) => {
+      held.add(s);
+      s.on("error", () => undefined);
+      s.on("close", () => held.delete(s));
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const port = (server.address() as { port: number }).port;
+    // This process's sockets connected to the endpoint (the client side; the server's accepted
+    // sockets have the client's ephemeral port as their remote port).
+    const clientSockets = () => (process as unknown as { _getActiveHandles(): { remotePort?: number }[] })._getActiveHandles().filter((h) => h.remotePort === port).length;
+    // Destroyed sockets leave the active handles once their close has run (bounded wait).
+    const clientSocketsSettled = async () => {
+      for (let i = 0; i < 50 && clientSockets() > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      return clientSockets();
+    };
+    const stop = async () => {
+      for (const s of held) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    };
+    return { port, clientSocketsSettled, stop, held: () => held.size };
+  }
+
+  it("requestCertificate (the CA client's gRPC path, its own createConnection)", async () => {
+    const endpoint = await hungEndpoint();
+    try {
+      for (let i = 0; i < 3; i++) {
+        const error = await requestCertificate({ ...connection(endpoint.port), timeoutMs: 300 }, { csrPem: "x", token: "t", appId: "a", namespace: "n", validator: "JOIN_TOKEN" }).catch((e: unknown) => e);
+        expect(isMeshwardError(error) && error.code).toBe("E_CA_UNAVAILABLE");
+      }
+      expect(endpoint.held()).toBe(3); // the endpoint accepted all three
+      expect(await endpoint.clientSocketsSettled()).toBe(0);
+    } finally {
+      await endpoint.stop();
+    }
+  });
+
+  it("callUnary with node:http2's default connection", async () => {
+    const endpoint = await hungEndpoint();
+    try {
+      const error = await callUnary({
+        url: `https://127.0.0.1:${endpoint.port}`,
+        tls: { ca: pki.rootPem, servername: "localhost" },
+        path: "/spiffe.sentry.v1.CA/SignCertificate",
+        authority: "localhost",
+        message: Buffer.alloc(0),
+        timeoutMs: 300,
+      }).catch((e: unknown) => e);
+      expect((error as Error).message).toContain("no answer within 300 ms");
+      expect(endpoint.held()).toBe(1);
+      expect(await endpoint.clientSocketsSettled()).toBe(0);
+    } finally {
+      await endpoint.stop();
     }
   });
 });

@@ -207,6 +207,40 @@ describe("a workload refuses a CA endpoint whose serving chain the revocations i
     await source.refreshBundle();
   });
 
+  it("the genuine CA renews its own serving certificate as soon as the CRL in force lists it; workloads go on refreshing and renewing", async () => {
+    // `cert revoke` cannot reach a serving certificate (not an issuance record); a direct store
+    // write can. The CA used to keep serving the revoked certificate until its half-life renewal
+    // (up to 12 h), while every workload holding that CRL refused it (E_CA_CERT_REVOKED).
+    const servingSerial = () =>
+      new Promise<string>((resolve, reject) => {
+        const socket = tlsConnect({ host: "127.0.0.1", port: ca.port, ca: bundlePem, servername: "localhost", ALPNProtocols: ["h2"], checkServerIdentity: () => undefined });
+        socket.once("secureConnect", () => {
+          resolve(normalizeSerial(socket.getPeerX509Certificate()!.serialNumber));
+          socket.destroy();
+        });
+        socket.once("error", reject);
+      });
+    const logged: Record<string, unknown>[] = [];
+    const source = await identity("cart", ca.address, logged);
+    const revokedServing = await servingSerial();
+    await ca.store.revoke({ serial: revokedServing, revokedAt: new Date(), reason: "keyCompromise" });
+    // The workload fetches the CRL from the CA itself: once it holds the serial, that CRL was in force at the CA.
+    const failures: unknown[] = [];
+    for (const deadline = Date.now() + 15_000; ![...source.current()!.bundle.revokedSerials].some((s) => normalizeSerial(s) === revokedServing); ) {
+      if (Date.now() > deadline) throw new Error(`the workload never held the serving serial as revoked (refresh failures: ${failures.map((e) => (e as Error).message).join("; ")})`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      await source.refreshBundle().catch((error: unknown) => failures.push(error));
+    }
+    // The CA renewed its serving certificate when that CRL came into force, before serving it.
+    const renewedServing = await servingSerial();
+    expect(renewedServing).not.toBe(revokedServing);
+    const held = source.current()!;
+    await source.refreshBundle();
+    await source.renewNow();
+    expect(source.current()!.svid.serial).not.toBe(held.svid.serial);
+    expect(logged.filter((line) => line.event === "ca-refused" || line.event === "renewal-failed" || line.event === "bundle-refresh-failed")).toEqual([]);
+  });
+
   it("a resumed TLS session never passes the CA's serving-chain check (it shows no chain); the CA clients offer none", async () => {
     // Node skips checkServerIdentity on a resumed session. The CA clients offer no session (a fresh
     // connection per request, no session cache: the first test saw none resumed); should one ever
