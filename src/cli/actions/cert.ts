@@ -121,7 +121,12 @@ export async function certRevoke(opts: OptionValues): Promise<void> {
     if (opts.serial !== undefined) {
       const serial = normalizeSerial(opts.serial);
       if ((await store.getIssuance(serial)) === undefined) {
-        throw new MeshwardError("E_CERT_UNKNOWN", `no certificate with serial ${serial} was issued by this CA; check 'meshward cert list --dir ${opts.dir}'`);
+        // The CA's own serving certificates are made in memory and recorded nowhere, so an unknown
+        // serial may be one of them: say how that case is handled instead.
+        throw new MeshwardError(
+          "E_CERT_UNKNOWN",
+          `no certificate with serial ${serial} was issued by this CA; check 'meshward cert list --dir ${opts.dir}'. A CA's own serving certificate is not revocable this way: if its key may have leaked, run 'meshward ca rotate-issuer --now' (external root: 'ca import-issuer --now'; see docs/rotation.md, "Issuer rotation")`,
+        );
       }
       serials = [serial];
     } else {
