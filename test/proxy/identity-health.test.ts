@@ -1,6 +1,7 @@
 import { Agent, request } from "node:https";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { formatCertificateTime } from "../../src/util/duration.ts";
 import { sidecarConfigSchema } from "../../src/config/sidecar.ts";
 import { createCrl } from "../../src/pki/crl.ts";
 import { startSidecar } from "../../src/proxy/sidecar.ts";
@@ -98,7 +99,7 @@ describe("sidecar identity health: expiry, recovery and revocation", () => {
     const body = (await res.json()) as { checks: Record<string, { ok: boolean; detail?: string }> };
     expect(res.status).toBe(200);
     expect(body.checks.identity!.ok).toBe(true);
-    expect(body.checks.identity!.detail).toContain(`past its nextUpdate ${nextUpdate.toISOString()}`);
+    expect(body.checks.identity!.detail).toContain(`past its nextUpdate ${formatCertificateTime(nextUpdate)}`);
     expect(body.checks.identity!.detail).toContain("its revocations are still enforced");
     await expect(get(revoked.agent)).rejects.toThrow();
     expect((await get(other.agent)).status).toBe(200);
