@@ -183,7 +183,9 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
   // CLI's --dir hook does the same for `ca init`; this is for SDK callers).
   checkCaDir(options.dir, "initAnchors dir");
   const layout = caLayout(options.dir);
-  refuseExistingCa(options.dir, layout);
+  // Only a finished CA is refused before the claim: partial files may be another init's, half-way
+  // through (it writes ca.json last), which the claim below tells apart from an interrupted one.
+  if (existsSync(layout.state)) refuseExistingCa(options.dir, layout);
   const mode: AnchorMode = options.imported ? "external-root" : "self-managed";
   // Validated before the directory is made: a refused import leaves nothing behind.
   const imported = options.imported ? validateImport(options.imported, options.now, trustDomain, options.trustEveryCaUnderRoot === true) : undefined;
@@ -211,7 +213,8 @@ export async function initAnchors(options: InitOptions): Promise<CaState> {
     );
   }
   try {
-    // Checked again now that the directory is ours: another init may have finished in between.
+    // Checked again now that the directory is ours: another init may have finished in between, or
+    // an interrupted one left its partial files (E_CA_INCOMPLETE: nothing is overwritten).
     refuseExistingCa(options.dir, layout);
     return await writeNewCa(options, layout, trustDomain, mode, imported);
   } finally {

@@ -44,6 +44,34 @@ describe("ca init: one CA per directory, even when two runs race (real processes
     expect(existsSync(claim)).toBe(false);
   });
 
+  it("an init half-way through its files (keys written, no ca.json yet) is another init at work: E_CA_EXISTS, not an interrupted one; once it is killed, its files are an interrupted init (E_CA_INCOMPLETE)", async () => {
+    // The race CI met (two inits at once): the loser looked at the directory before taking the
+    // claim, saw the winner's keys without ca.json, and called them an interrupted init.
+    const dir = join(work, "half-way");
+    mkdirSync(dir, { mode: 0o700 });
+    const claim = join(dir, ".meshward-init.lock");
+    const holderCode = `import { tryLockFile } from "./src/store/file-lock.ts"; const lock = tryLockFile(${JSON.stringify(claim)}); console.log(typeof lock === "string" ? \`refused: \${lock}\` : "locked"); setInterval(() => void lock, 60000);`;
+    const holder = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", holderCode], { cwd: process.cwd(), stdio: ["ignore", "pipe", "inherit"] });
+    // What ca init writes before ca.json (their contents do not matter to the check: their presence does).
+    const partial = ["root.key", "issuer.key", "root.pem", "bundle.pem", "issuer.pem"];
+    try {
+      await new Promise<void>((resolve, reject) => {
+        holder.stdout.once("data", (line: Buffer) => (line.toString().trim() === "locked" ? resolve() : reject(new Error(`the lock holder: ${line.toString().trim()}`))));
+        holder.once("exit", (code) => reject(new Error(`the lock holder exited ${code}`)));
+      });
+      for (const name of partial) writeFileSync(join(dir, name), "written by the init at work\n", { mode: 0o600 });
+      const r = await runCli(["ca", "init", "--trust-domain", "half.test", "--dir", dir]);
+      expectRefused(r, "E_CA_EXISTS", /another 'meshward ca init' is creating a CA in .*half-way/);
+    } finally {
+      holder.kill("SIGKILL");
+      await new Promise((resolve) => (holder.exitCode !== null || holder.signalCode !== null ? resolve(undefined) : holder.once("exit", resolve)));
+    }
+    const after = await runCli(["ca", "init", "--trust-domain", "half.test", "--dir", dir]);
+    expectRefused(after, "E_CA_INCOMPLETE", /holds part of a meshward CA .* but no ca\.json/);
+    expect(readdirSync(dir).sort()).toEqual([...partial].sort());
+    for (const name of partial) expect(readFileSync(join(dir, name), "utf8")).toBe("written by the init at work\n");
+  });
+
   it("the claim file of an older release (a pid, not a lock) is refused with how to clear it", async () => {
     const dir = join(work, "legacy");
     mkdirSync(dir, { mode: 0o700 });
