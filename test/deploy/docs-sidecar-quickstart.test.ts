@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it, vi } from "vitest";
 import { MESHWARD_BIN } from "../helpers/cli.ts";
 
 // docs/sidecar.md's quick start and its "See it work" steps, run as written through bash: the CA,
@@ -164,7 +164,14 @@ describe("docs/sidecar.md's quick start, run as written", () => {
     expect(del!.code, del!.stderr).toBe(0);
     expect(del!.stdout.trimEnd()).toBe(outputs[1]!.slice(0, 2).join("\n"));
     expect(del!.stdout).toMatch(/^\{"error":"E_POLICY_DENIED",.*"caller":"spiffe:\/\/example\.test\/ns\/shop\/frontend"\}\n403\n$/);
-    const deniedLog = orders.stderr().split("\n").find((l) => l.includes('"event":"policy-denied"'));
+    const deniedLog = await vi.waitFor(
+      () => {
+        const line = orders.stderr().split("\n").find((l) => l.includes('"event":"policy-denied"'));
+        if (line === undefined) throw new Error(`no policy-denied line yet:\n${orders.stderr()}`);
+        return line;
+      },
+      { timeout: 15_000, interval: 50 },
+    );
     expect(deniedLog, orders.stderr()).toMatch(shown(outputs[1]![2]!));
     expect(JSON.parse(deniedLog!)).toMatchObject({ operation: "/orders/1", verb: "DELETE", caller: "spiffe://example.test/ns/shop/frontend" });
 
@@ -174,7 +181,15 @@ describe("docs/sidecar.md's quick start, run as written", () => {
     expect(noCert!.stdout).toBe("");
     if (noCert!.code === 56) expect(noCert!.stderr.trimEnd()).toMatch(shown(outputs[2]![0]!));
     else expect([noCert!.code, noCert!.stderr.trimEnd()]).toEqual([55, expect.stringMatching(/^curl: \(55\) getpeername\(\) failed/)]);
-    const handshakeLog = orders.stderr().split("\n").find((l) => l.includes('"event":"tls-handshake-failed"'));
+    // Logged when the sidecar sees the handshake fail, which may be after curl has exited: waited for.
+    const handshakeLog = await vi.waitFor(
+      () => {
+        const line = orders.stderr().split("\n").find((l) => l.includes('"event":"tls-handshake-failed"'));
+        if (line === undefined) throw new Error(`no tls-handshake-failed line yet:\n${orders.stderr()}`);
+        return line;
+      },
+      { timeout: 15_000, interval: 50 },
+    );
     expect(handshakeLog, orders.stderr()).toMatch(shown(outputs[2]![1]!));
 
     // And plaintext at the inbound gets the 400 E_MTLS_REQUIRED the page names.
