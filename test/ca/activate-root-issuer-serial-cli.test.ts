@@ -1,11 +1,11 @@
-import { execFileSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { caLayout } from "../../src/ca/anchors.ts";
 import { expectRefused, runCli } from "../helpers/cli.ts";
+import { opensslIssuer as makeIssuer, treeSnapshot } from "../helpers/openssl-issuer.ts";
 
 /*
  * `meshward ca rotate-root activate --issuer-cert …` refuses an issuer whose serial equals a
@@ -24,35 +24,13 @@ beforeAll(async () => {
   dir = join(work, "ca");
   const init = await runCli(["ca", "init", "--trust-domain", TD, "--dir", dir]);
   expect(init.code, init.stderr).toBe(0);
-  writeFileSync(join(work, "ext.cnf"), "[v3]\nbasicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n");
 }, 60_000);
 
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-/** An issuer signed with openssl by `rootCert`/`rootKey` and a fixed serial, as many recipes make one. */
-function opensslIssuer(name: string, serial: string, root: { cert: string; key: string }): { cert: string; key: string; fingerprint: string } {
-  const key = join(work, `${name}.key`);
-  const csr = join(work, `${name}.csr`);
-  const cert = join(work, `${name}.pem`);
-  execFileSync("openssl", ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key]);
-  execFileSync("openssl", ["req", "-new", "-key", key, "-subj", `/O=${TD}/CN=issuer ${name}`, "-out", csr]);
-  execFileSync("openssl", ["x509", "-req", "-in", csr, "-CA", root.cert, "-CAkey", root.key, "-set_serial", serial, "-days", "30", "-extfile", join(work, "ext.cnf"), "-extensions", "v3", "-out", cert], { stdio: "ignore" });
-  return { cert, key, fingerprint: new X509Certificate(readFileSync(cert)).fingerprint256 };
-}
+const opensslIssuer = (name: string, serial: string, root: { cert: string; key: string }) => makeIssuer(work, TD, name, serial, root);
 
-/** Every file under the CA directory with its content and mode: what a refusal must leave as it was. */
-function snapshot(root: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  const walk = (d: string) => {
-    for (const entry of readdirSync(d, { withFileTypes: true })) {
-      const path = join(d, entry.name);
-      if (entry.isDirectory()) walk(path);
-      else if (entry.isFile()) out[path] = `${statSync(path).mode.toString(8)} ${readFileSync(path, "base64")}`;
-    }
-  };
-  walk(root);
-  return out;
-}
+const snapshot = treeSnapshot;
 
 const fingerprintOf = (file: string) => new X509Certificate(readFileSync(file)).fingerprint256;
 

@@ -1,11 +1,11 @@
-import { execFileSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { caLayout } from "../../src/ca/anchors.ts";
 import { expectRefused, runCli } from "../helpers/cli.ts";
+import { opensslIssuer as makeIssuer, treeSnapshot } from "../helpers/openssl-issuer.ts";
 
 /*
  * `meshward ca import-issuer` refuses an issuer whose serial equals a retired issuer's, or the
@@ -23,36 +23,14 @@ beforeAll(async () => {
   dir = join(work, "ca");
   const init = await runCli(["ca", "init", "--trust-domain", TD, "--dir", dir]);
   expect(init.code, init.stderr).toBe(0);
-  writeFileSync(join(work, "ext.cnf"), "[v3]\nbasicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n");
 }, 60_000);
 
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 /** An issuer signed by the CA's root with openssl and a fixed serial, as many recipes make one. */
-function opensslIssuer(name: string, serial: string): { cert: string; key: string; fingerprint: string } {
-  const layout = caLayout(dir);
-  const key = join(work, `${name}.key`);
-  const csr = join(work, `${name}.csr`);
-  const cert = join(work, `${name}.pem`);
-  execFileSync("openssl", ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key]);
-  execFileSync("openssl", ["req", "-new", "-key", key, "-subj", `/O=${TD}/CN=issuer ${name}`, "-out", csr]);
-  execFileSync("openssl", ["x509", "-req", "-in", csr, "-CA", layout.rootCert, "-CAkey", layout.rootKey, "-set_serial", serial, "-days", "30", "-extfile", join(work, "ext.cnf"), "-extensions", "v3", "-out", cert], { stdio: "ignore" });
-  return { cert, key, fingerprint: new X509Certificate(readFileSync(cert)).fingerprint256 };
-}
+const opensslIssuer = (name: string, serial: string) => makeIssuer(work, TD, name, serial, { cert: caLayout(dir).rootCert, key: caLayout(dir).rootKey });
 
-/** Every file under the CA directory with its content and mode: what a refusal must leave as it was. */
-function snapshot(root: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  const walk = (d: string) => {
-    for (const entry of readdirSync(d, { withFileTypes: true })) {
-      const path = join(d, entry.name);
-      if (entry.isDirectory()) walk(path);
-      else if (entry.isFile()) out[path] = `${statSync(path).mode.toString(8)} ${readFileSync(path, "base64")}`;
-    }
-  };
-  walk(root);
-  return out;
-}
+const snapshot = treeSnapshot;
 
 const importIssuer = (issuer: { cert: string; key: string }, now: boolean) => runCli(["ca", "import-issuer", "--dir", dir, "--issuer-cert", issuer.cert, "--issuer-key", issuer.key, ...(now ? ["--now"] : [])]);
 const fingerprintOf = (file: string) => new X509Certificate(readFileSync(file)).fingerprint256;
