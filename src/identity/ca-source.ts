@@ -572,8 +572,8 @@ class CaSource implements CaIdentitySource {
     // Root CRLs first: the issuers they list count for nothing below.
     const rest: OfferedCrl[] = [];
     for (const entry of offered) {
-      const root = entry.issuerChain.length === 0 ? roots.find((candidate) => verifiesWith(entry.der, candidate)) : undefined;
-      if (root !== undefined) verified.push({ der: entry.der, parsed: parseCrl(entry.der, root), issuer: root.fingerprint256, root: true, signer: root, chain: [] });
+      const root = entry.issuerChain.length === 0 ? firstSigner(entry.der, roots, (candidate) => candidate) : undefined;
+      if (root !== undefined) verified.push({ der: entry.der, parsed: root.parsed, issuer: root.signer.fingerprint256, root: true, signer: root.signer, chain: [] });
       else rest.push(entry);
     }
     const revokedIssuer = retiredIssuerTest([...verified.map((v) => ({ root: v.signer, parsed: v.parsed })), ...this.#rootCrlsInForce(roots)]);
@@ -583,8 +583,8 @@ class CaSource implements CaIdentitySource {
     for (const entry of rest) {
       const named = entry.issuerChain[0] === undefined ? undefined : toX509(entry.issuerChain[0]);
       const candidates = named === undefined ? [...vouched.values()] : [vouched.get(named.fingerprint256)].filter((c): c is X509Certificate[] => c !== undefined);
-      const chain = candidates.find((candidate) => verifiesWith(entry.der, candidate[0]!));
-      if (chain !== undefined) verified.push({ der: entry.der, parsed: parseCrl(entry.der, chain[0]), issuer: chain[0]!.fingerprint256, root: false, signer: chain[0]!, chain });
+      const found = firstSigner(entry.der, candidates, (candidate) => candidate[0]!);
+      if (found !== undefined) verified.push({ der: entry.der, parsed: found.parsed, issuer: found.signer.fingerprint256, root: false, signer: found.signer, chain: found.candidate });
       else this.#logRefusedCrl(entry, named);
     }
     // Root CRLs list issuers, not workload certificates: alone they say nothing of the workloads'
@@ -973,14 +973,18 @@ function parseCrlSet(body: Buffer): OfferedCrl[] {
   });
 }
 
-/** Whether a CRL (DER) verifies with this certificate. */
-function verifiesWith(der: Buffer, certificate: X509Certificate): boolean {
-  try {
-    parseCrl(der, certificate);
-    return true;
-  } catch {
-    return false;
+/** The first candidate whose certificate verifies the CRL (DER), with the CRL parsed, or undefined. */
+function firstSigner<T>(der: Buffer, candidates: readonly T[], certificateOf: (candidate: T) => X509Certificate): { candidate: T; signer: X509Certificate; parsed: ParsedCrl } | undefined {
+  for (const candidate of candidates) {
+    const signer = certificateOf(candidate);
+    try {
+      // Verified and parsed once: the parse is what the caller keeps.
+      return { candidate, signer, parsed: parseCrl(der, signer) };
+    } catch {
+      // signed by another candidate (or none): try the next
+    }
   }
+  return undefined;
 }
 
 /**
