@@ -1,6 +1,6 @@
 import { describeError, MeshwardError } from "../errors.ts";
 import { diffJson } from "./json-patch.ts";
-import { injectPod, type PodLike } from "./pod.ts";
+import { ephemeralSidecarAccess, injectPod, type PodLike } from "./pod.ts";
 import type { InjectOptions } from "./settings.ts";
 
 /** The AdmissionReview v1 response the API server expects (k8s.io/api/admission/v1). */
@@ -61,10 +61,12 @@ export function reviewAdmission(review: unknown, context: AdmissionContext): Adm
   if (typeof request.operation !== "string") throw new MeshwardError("E_ADMISSION_INVALID", "the AdmissionReview has no request.operation");
   const namespace = typeof request.namespace === "string" ? request.namespace : undefined;
   if (namespace === context.ownNamespace) return respond({ allowed: true });
+  const requestKind = (request.kind ?? undefined) as { kind?: unknown } | undefined;
+  if (request.subResource === "ephemeralcontainers" || requestKind?.kind === "EphemeralContainers") return reviewEphemeralContainers(request, namespace, respond);
   if (request.operation !== "CREATE") return respond({ allowed: true });
   // Only a Pod itself is injected (as dapr/dapr pkg/injector/service/handler.go admits other kinds
-  // unchanged): a webhook rule that also matches Deployments or pods/* subresources (pods/binding,
-  // pods/eviction, pods/ephemeralcontainers) gets them back untouched.
+  // unchanged): a webhook rule that also matches Deployments or other pods/* subresources
+  // (pods/binding, pods/eviction) gets them back untouched; pods/ephemeralcontainers is judged above.
   const kind = request.kind as { group?: unknown; kind?: unknown } | undefined;
   const subResource = request.subResource;
   if (kind?.kind !== "Pod" || (kind.group !== undefined && kind.group !== "") || (typeof subResource === "string" && subResource !== "")) return respond({ allowed: true });
@@ -102,6 +104,62 @@ export function reviewAdmission(review: unknown, context: AdmissionContext): Adm
     const message = error instanceof MeshwardError ? `meshward injector: ${trimWhere(error.message)} [${error.code}]` : `meshward injector: ${describeError(error)}`;
     return respond({ allowed: false, status: { code: 400, message: `${namespace ?? ""}/${name}: ${message}` } });
   }
+}
+
+/**
+ * An UPDATE of pods/ephemeralcontainers (`kubectl debug`): the new ephemeral containers must not
+ * reach the sidecar's secrets (ephemeralSidecarAccess); nothing is patched. Since Kubernetes 1.22
+ * (kubernetes/kubernetes#101034) the API server sends the whole Pod (request.kind Pod, resource
+ * pods, subResource ephemeralcontainers) with the containers in spec.ephemeralContainers; before,
+ * it sent kind EphemeralContainers with them in .ephemeralContainers. Both are read; anything else
+ * is denied (fail closed), since a debug container the injector cannot read is one it cannot judge.
+ * Only containers not already in request.oldObject are judged (the API server refuses changing or
+ * removing existing ones); without a readable oldObject every one is.
+ */
+function reviewEphemeralContainers(
+  request: Record<string, unknown>,
+  namespace: string | undefined,
+  respond: (rest: Omit<AdmissionReviewResponse["response"], "uid">) => AdmissionReviewResponse,
+): AdmissionReviewResponse {
+  const where = `${namespace ?? ""}/${typeof request.name === "string" ? request.name.slice(0, 253) : ""}`;
+  const deny = (code: number, problem: string, errorCode: string) => respond({ allowed: false, status: { code, message: `${where}: meshward injector: ${problem} [${errorCode}]` } });
+  const invalid = (problem: string) => deny(400, `${problem}; an ephemeral container the injector cannot read is refused`, "E_ADMISSION_INVALID");
+  const kind = request.kind as { group?: unknown; kind?: unknown } | null | undefined;
+  const shape = kind?.kind === "Pod" || kind?.kind === "EphemeralContainers" ? kind.kind : undefined;
+  if (shape === undefined || (kind?.group !== undefined && kind.group !== "")) {
+    return invalid(`a pods/ephemeralcontainers review of kind ${JSON.stringify(String(kind?.kind ?? "")).slice(0, 80)}, not a v1 Pod (Kubernetes ≥ 1.22) or EphemeralContainers (before)`);
+  }
+  const resource = request.resource as { group?: unknown; resource?: unknown } | null | undefined;
+  if (resource === undefined || resource === null || (resource.group !== undefined && resource.group !== "") || resource.resource !== "pods" || request.subResource !== "ephemeralcontainers") {
+    return invalid(`request.kind is ${shape} but request.resource is ${JSON.stringify(`${String(resource?.group ?? "")}/${String(resource?.resource ?? "")}/${String(request.subResource ?? "")}`).slice(0, 120)}, not pods/ephemeralcontainers`);
+  }
+  const added = ephemeralContainersOf(request.object, shape);
+  if (typeof added === "string") return invalid(`request.object ${added}`);
+  const old = ephemeralContainersOf(request.oldObject, shape);
+  const oldNames = new Set(typeof old === "string" ? [] : old.map((container) => (container !== null && typeof container === "object" ? (container as { name?: unknown }).name : undefined)));
+  for (const container of added) {
+    const name = container !== null && typeof container === "object" ? (container as { name?: unknown }).name : undefined;
+    if (typeof name === "string" && oldNames.has(name)) continue;
+    const problem = ephemeralSidecarAccess(container);
+    if (problem === undefined) continue;
+    return problem.unreadable ? invalid(problem.reason) : deny(403, problem.reason, "E_INJECT_EPHEMERAL_DENIED");
+  }
+  return respond({ allowed: true });
+}
+
+/** The ephemeral containers of a v1 Pod or (before Kubernetes 1.22) EphemeralContainers object, or why there are none to read. */
+function ephemeralContainersOf(object: unknown, shape: "Pod" | "EphemeralContainers"): unknown[] | string {
+  if (object === null || typeof object !== "object" || Array.isArray(object)) return `is not a ${shape} object`;
+  const { apiVersion, kind, spec, ephemeralContainers } = object as { apiVersion?: unknown; kind?: unknown; spec?: unknown; ephemeralContainers?: unknown };
+  if (kind !== shape || apiVersion !== "v1") return `is ${JSON.stringify(String(apiVersion ?? "")).slice(0, 80)} ${JSON.stringify(String(kind ?? "")).slice(0, 80)}, not the v1 ${shape} that request.kind names`;
+  let list: unknown;
+  if (shape === "Pod") {
+    if (spec === null || typeof spec !== "object" || Array.isArray(spec)) return "has no spec";
+    list = (spec as { ephemeralContainers?: unknown }).ephemeralContainers;
+  } else list = ephemeralContainers;
+  if (list === undefined || list === null) return [];
+  if (!Array.isArray(list)) return `${shape === "Pod" ? "spec." : ""}ephemeralContainers is not a list`;
+  return list as unknown[];
 }
 
 /** "admission <uid>: Pod shop/x: detail" → "detail": the API server already names the object. */

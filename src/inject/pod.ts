@@ -23,6 +23,13 @@ export interface PodSpecLike {
 export const SIDECAR_CONTAINER = "meshward";
 export const TOKEN_VOLUME = "meshward-token";
 export const POLICY_VOLUME = "meshward-policy";
+/**
+ * Volumes no container but the sidecar may mount: the projected token is the workload's credential
+ * (whoever reads it gets this workload's certificate from the CA). Refused in containers and init
+ * containers at injection (refuseTokenMounts) and in ephemeral containers added later through
+ * pods/ephemeralcontainers (ephemeralSidecarAccess). The policy volume is not secret (the app may read it).
+ */
+export const SIDECAR_ONLY_VOLUMES: readonly string[] = [TOKEN_VOLUME];
 /** Mounted into the sidecar container only (refuseTokenMounts); the sidecar's token check knows this path (src/util/files.ts). */
 export const TOKEN_DIR = INJECTED_TOKEN_DIR;
 export const POLICY_DIR = "/etc/meshward/policy";
@@ -128,13 +135,47 @@ function refuseTokenMounts(spec: PodSpecLike, where: string): void {
       // Our own sidecar on re-injection (one of the user's with this name is refused before).
       if (what === "init container" && name === SIDECAR_CONTAINER) continue;
       if (!Array.isArray(volumeMounts)) continue;
-      if (!volumeMounts.some((mount: unknown) => mount !== null && typeof mount === "object" && (mount as { name?: unknown }).name === TOKEN_VOLUME)) continue;
+      if (!volumeMounts.some((mount: unknown) => mount !== null && typeof mount === "object" && SIDECAR_ONLY_VOLUMES.includes(String((mount as { name?: unknown }).name)))) continue;
       throw new MeshwardError(
         "E_INJECT_INVALID",
         `${where}: ${what} ${JSON.stringify(String(name ?? ""))} mounts volume ${TOKEN_VOLUME}, the sidecar's service-account token: a container that can read it can get this workload's certificate; only the sidecar mounts it, so remove that volumeMount`,
       );
     }
   }
+}
+
+/**
+ * What an ephemeral container (added to a running pod through pods/ephemeralcontainers, e.g.
+ * `kubectl debug`) would get of the sidecar's secrets, or undefined when nothing. Such a container
+ * may mount any volume of the pod, so one that mounts a sidecar-only volume (SIDECAR_ONLY_VOLUMES,
+ * by volumeMounts or volumeDevices) could read the token; one whose targetContainerName is the
+ * sidecar joins the sidecar's process namespace, where /proc/<pid>/root and /proc/<pid>/mem reach
+ * the token and the SVID's private key for a process of the same user or with CAP_SYS_PTRACE.
+ * A field of the wrong type is reported as unreadable: what cannot be read is not allowed (fail closed).
+ */
+export function ephemeralSidecarAccess(container: unknown): { readonly unreadable: boolean; readonly reason: string } | undefined {
+  const unreadable = (reason: string) => ({ unreadable: true, reason });
+  const refused = (reason: string) => ({ unreadable: false, reason });
+  if (container === null || typeof container !== "object" || Array.isArray(container)) return unreadable("an ephemeral container is not an object");
+  const { name, volumeMounts, volumeDevices, targetContainerName } = container as { name?: unknown; volumeMounts?: unknown; volumeDevices?: unknown; targetContainerName?: unknown };
+  const label = `ephemeral container ${JSON.stringify(String(name ?? "")).slice(0, 80)}`;
+  if (typeof name !== "string" || name === "") return unreadable(`${label} has no name`);
+  for (const [field, list] of [["volumeMounts", volumeMounts], ["volumeDevices", volumeDevices]] as const) {
+    if (list === undefined || list === null) continue;
+    if (!Array.isArray(list)) return unreadable(`${label}: ${field} is not a list`);
+    for (const mount of list as unknown[]) {
+      if (mount === null || typeof mount !== "object" || typeof (mount as { name?: unknown }).name !== "string") return unreadable(`${label}: an entry of ${field} has no volume name`);
+      const volume = (mount as { name: string }).name;
+      if (SIDECAR_ONLY_VOLUMES.includes(volume)) {
+        return refused(`${label} mounts volume ${volume}, the sidecar's service-account token: whoever reads it can get this workload's certificate from the CA; only the sidecar mounts it, so debug without that volumeMount`);
+      }
+    }
+  }
+  if (targetContainerName !== undefined && targetContainerName !== null && typeof targetContainerName !== "string") return unreadable(`${label}: targetContainerName is not a string`);
+  if (targetContainerName === SIDECAR_CONTAINER) {
+    return refused(`${label} targets container ${SIDECAR_CONTAINER}, the sidecar: sharing its process namespace reaches its token and private key through /proc; target the app container instead (kubectl debug --target=<app>), and read the sidecar through its logs and status port`);
+  }
+  return undefined;
 }
 
 /** The TCP ports the sidecar binds in the pod's network namespace, by what it uses them for. */

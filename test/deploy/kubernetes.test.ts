@@ -195,6 +195,23 @@ describe("deploy/kubernetes: kustomize overlays single and ha", () => {
     expect(find(rendered.single.docs, "ClusterRoleBinding", "meshward-injector").subjects).toEqual([{ kind: "ServiceAccount", name: "meshward-injector", namespace: "meshward-system" }]);
   });
 
+  // kubectl debug adds ephemeral containers through pods/ephemeralcontainers (UPDATE); the
+  // injector must see them to refuse one that mounts the sidecar's token (webhook-ephemeral.test.ts).
+  for (const [name, { docs }] of Object.entries(rendered)) {
+    it(`${name}: the webhook also receives UPDATE of pods/ephemeralcontainers, under the same failurePolicy and namespaceSelector`, () => {
+      const config = find(docs, "MutatingWebhookConfiguration", "meshward-injector");
+      expect(validateK8sObjects([config])).toBe(1);
+      expect(config.webhooks).toHaveLength(1);
+      const webhook = config.webhooks[0] as Doc;
+      expect(webhook.rules).toEqual([
+        { operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["pods"], scope: "Namespaced" },
+        { operations: ["UPDATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["pods/ephemeralcontainers"], scope: "Namespaced" },
+      ]);
+      expect(webhook.failurePolicy).toBe("Fail");
+      expect(webhook.matchPolicy).toBe("Equivalent");
+    });
+  }
+
   it("every flag the manifests pass exists in the CLI's --help (ca serve, injector, the injected sidecar)", () => {
     const sidecar = (parseAllDocuments(injectedExample).map((d) => d.toJS() as Doc).find((d) => d.kind === "Deployment") as Doc).spec.template.spec.initContainers[0] as Doc;
     const cases: [string[], string[]][] = [
