@@ -973,6 +973,25 @@ function parseCrlSet(body: Buffer): OfferedCrl[] {
   });
 }
 
+/**
+ * The serials the root CRLs of a CA's CRL set answer (`/v1/crl?format=set`) list, each CRL verified
+ * with a root of `rootsPem` (root-crl.ts: they list the issuers retired with `rotate-issuer --now` /
+ * `import-issuer --now`); CRLs no held root signed (the issuers' CRLs, a CA older than the set) are
+ * left out. What a CA client that holds no identity (a JWT-SVID validator) keeps to judge the CA's
+ * serving chain at its next connections (ca-client.ts servingChainRefusal), as an identity does
+ * with the CRL set it holds.
+ */
+export function rootCrlRevocations(body: Buffer, rootsPem: string): Set<string> {
+  const roots = certificatesFromPem(rootsPem).map((d) => toX509(d));
+  const revoked = new Set<string>();
+  for (const entry of parseCrlSet(body)) {
+    if (entry.issuerChain.length > 0) continue;
+    const found = firstSigner(entry.der, roots, (candidate) => candidate);
+    for (const serial of found?.parsed.revokedSerials ?? []) revoked.add(serial);
+  }
+  return revoked;
+}
+
 /** The first candidate whose certificate verifies the CRL (DER), with the CRL parsed, or undefined. */
 function firstSigner<T>(der: Buffer, candidates: readonly T[], certificateOf: (candidate: T) => X509Certificate): { candidate: T; signer: X509Certificate; parsed: ParsedCrl } | undefined {
   for (const candidate of candidates) {
