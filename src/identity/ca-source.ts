@@ -736,12 +736,15 @@ class CaSource implements CaIdentitySource {
       bundlePem: this.#bundle.rootsPem,
       trustDomain: this.#trustDomain,
       revokedSerials: this.#bundle.revokedSerials,
-      onRefused: (refusal, endpoint) =>
+      onRefused: (refusal, endpoint) => {
         this.#log(
           "error",
           { event: "ca-refused", reason: refusal.code, ca: endpoint, ...refusal.details },
           `refused the CA endpoint ${endpoint}: ${refusal.message}`,
-        ),
+        );
+        // Counted (meshward_identity_ca_refused_total{reason}) by instrumentIdentity.
+        this.#emit({ type: "ca-refused", reason: refusal.code, endpoint });
+      },
       ...(this.#options.requestTimeoutMs !== undefined ? { timeoutMs: this.#options.requestTimeoutMs } : {}),
     };
   }
