@@ -86,7 +86,8 @@ export function createJwtSvidValidator(options: JwtSvidValidatorOptions): JwtSvi
     try {
       for (const serial of rootCrlRevocations(await fetchFromCa(connection, "/v1/crl?format=set"), options.ca.bundlePem)) rootRevoked.add(serial);
     } catch {
-      // No CRL set (a CA that publishes none, a Dapr sentry) or the CA refused: the key fetch says why.
+      // No CRL set (a CA that publishes none, a Dapr sentry), or the CA unreachable since the key
+      // fetch: the revocations held are kept, and the next key fetch says what is wrong.
     }
   };
 
