@@ -125,6 +125,12 @@ class CaSource implements CaIdentitySource {
   #bundleTimer: ClockTimer | undefined;
   #renewing: Promise<void> | undefined;
   #closed = false;
+  /**
+   * Why the identity stopped: a refusal before the first certificate that only a new token or
+   * configuration fixes rejected ready(), and nothing is tried again (no renewal, no bundle
+   * refresh); create a new identity once it is fixed.
+   */
+  #stopped: MeshwardError | undefined;
   #resolveReady!: (snapshot: IdentitySnapshot) => void;
   #rejectReady!: (error: Error) => void;
   readonly #ready: Promise<IdentitySnapshot>;
@@ -172,6 +178,7 @@ class CaSource implements CaIdentitySource {
   }
 
   problem(): string | undefined {
+    if (this.#stopped !== undefined) return `stopped, not retrying: ${this.#stopped.message} (${this.#stopped.code}); create a new identity once a new token or configuration fixes it`;
     const needsToken =
       this.#needsToken === undefined
         ? undefined
@@ -188,6 +195,7 @@ class CaSource implements CaIdentitySource {
   }
 
   async renewNow(): Promise<void> {
+    if (this.#stopped !== undefined) throw this.#stopped;
     // A renewal already running began before this call (right after ready() the first one is
     // still settling): its certificate may predate the reason for calling. Wait for it, then
     // renew, joining only a renewal that began after this call.
@@ -196,6 +204,7 @@ class CaSource implements CaIdentitySource {
   }
 
   async refreshBundle(): Promise<void> {
+    if (this.#stopped !== undefined) throw this.#stopped;
     const connection = this.#connection();
     const delivered = await fetchFromCaWithChain(connection, "/v1/bundle?format=spiffe");
     const published = parseBundleDocument(delivered.body);
@@ -354,10 +363,13 @@ class CaSource implements CaIdentitySource {
       // A refusal that fails ready() (a CLI daemon then exits) is not announced as a retry.
       const failsReady = isFatal(error) && (this.#svid === undefined || this.#resuming);
       const what = first ? "could not get a workload certificate" : "could not renew the workload certificate";
-      // No retry delay beside "not retrying": the daemon that waits on ready() exits.
-      this.#log("warn", { event: "renewal-failed", reason: isMeshwardError(error) ? error.code : "E_INTERNAL", ...(failsReady ? {} : { retryInMs }), error: describeError(error), ...(first ? { first: true } : {}) }, failsReady ? `${what}; not retrying (only a new token or configuration fixes this)` : `${what}; retrying`);
+      // No retry delay beside "not retrying": the identity stops (ready() rejects; a daemon waiting on it exits).
+      this.#log("warn", { event: "renewal-failed", reason: isMeshwardError(error) ? error.code : "E_INTERNAL", ...(failsReady ? { stopped: true } : { retryInMs }), error: describeError(error), ...(first ? { first: true } : {}) }, failsReady ? `${what}; not retrying: the identity stopped (only a new token or configuration fixes this; create a new identity then)` : `${what}; retrying`);
       this.#emit({ type: "renewal-failed", error: error as Error, retryInMs });
-      if (failsReady) this.#rejectReady(error as Error);
+      if (failsReady) {
+        this.#stop(error as MeshwardError);
+        return;
+      }
       this.#schedule(retryInMs);
     }
   }
@@ -736,12 +748,15 @@ class CaSource implements CaIdentitySource {
       bundlePem: this.#bundle.rootsPem,
       trustDomain: this.#trustDomain,
       revokedSerials: this.#bundle.revokedSerials,
-      onRefused: (refusal, endpoint) =>
+      onRefused: (refusal, endpoint) => {
         this.#log(
           "error",
           { event: "ca-refused", reason: refusal.code, ca: endpoint, ...refusal.details },
           `refused the CA endpoint ${endpoint}: ${refusal.message}`,
-        ),
+        );
+        // Counted (meshward_identity_ca_refused_total{reason}) by instrumentIdentity.
+        this.#emit({ type: "ca-refused", reason: refusal.code, endpoint });
+      },
       ...(this.#options.requestTimeoutMs !== undefined ? { timeoutMs: this.#options.requestTimeoutMs } : {}),
     };
   }
@@ -770,8 +785,16 @@ class CaSource implements CaIdentitySource {
     });
   }
 
+  /** Stops every timer after a refusal that fails ready() (see #stopped); close() is still the caller's. */
+  #stop(error: MeshwardError): void {
+    this.#stopped = error;
+    for (const timer of [this.#renewTimer, this.#expiryTimer, this.#bundleTimer]) if (timer) this.#clock.clearTimeout(timer);
+    this.#renewTimer = this.#bundleTimer = undefined;
+    this.#rejectReady(error);
+  }
+
   #schedule(delayMs: number): void {
-    if (this.#closed) return;
+    if (this.#closed || this.#stopped !== undefined) return;
     if (this.#renewTimer) this.#clock.clearTimeout(this.#renewTimer);
     this.#renewTimer = this.#clock.setTimeout(() => void this.#renew(), delayMs);
   }
@@ -794,7 +817,7 @@ class CaSource implements CaIdentitySource {
         .finally(() => {
           // Also when the refresh failed: a CA that cannot be reached is what lets a CRL go stale.
           this.#reportStaleCrl();
-          if (!this.#closed) this.#scheduleBundleRefresh();
+          if (!this.#closed && this.#stopped === undefined) this.#scheduleBundleRefresh();
         });
     }, every);
   }
@@ -817,7 +840,7 @@ class CaSource implements CaIdentitySource {
 /**
  * Errors that retrying cannot fix before a person acts: a token or a configuration the CA will
  * not accept (a DNS name the workload may not have, a CSR naming another identity). Before the
- * first certificate they reject ready(); retries go on in the background.
+ * first certificate they reject ready() and the identity stops (#stopped): nothing is retried.
  */
 function isFatal(error: unknown): boolean {
   return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID|AUDIENCE|SIGNATURE|ISSUER)|KEY_PERMISSIONS|IDENTITY_MISMATCH|SPIFFE_MISMATCH|VALIDATOR_DISABLED|TRUST_DOMAIN_MISMATCH|CA_UNTRUSTED|CA_NOT_TLS|CSR_DNS_NOT_ALLOWED|CSR_IDENTITY_MISMATCH)$/.test(error.code);
@@ -971,6 +994,25 @@ function parseCrlSet(body: Buffer): OfferedCrl[] {
     const issuerChain = Array.isArray(chain) ? chain.filter((c): c is string => typeof c === "string").map((c) => Buffer.from(c, "base64")) : [];
     return [{ der: Buffer.from(crl, "base64"), issuerChain }];
   });
+}
+
+/**
+ * The serials the root CRLs of a CA's CRL set answer (`/v1/crl?format=set`) list, each CRL verified
+ * with a root of `rootsPem` (root-crl.ts: they list the issuers retired with `rotate-issuer --now` /
+ * `import-issuer --now`); CRLs no held root signed (the issuers' CRLs, a CA older than the set) are
+ * left out. What a CA client that holds no identity (a JWT-SVID validator) keeps to judge the CA's
+ * serving chain at its next connections (ca-client.ts servingChainRefusal), as an identity does
+ * with the CRL set it holds.
+ */
+export function rootCrlRevocations(body: Buffer, rootsPem: string): Set<string> {
+  const roots = certificatesFromPem(rootsPem).map((d) => toX509(d));
+  const revoked = new Set<string>();
+  for (const entry of parseCrlSet(body)) {
+    if (entry.issuerChain.length > 0) continue;
+    const found = firstSigner(entry.der, roots, (candidate) => candidate);
+    for (const serial of found?.parsed.revokedSerials ?? []) revoked.add(serial);
+  }
+  return revoked;
 }
 
 /** The first candidate whose certificate verifies the CRL (DER), with the CRL parsed, or undefined. */

@@ -6,6 +6,9 @@ import type { MeshMetrics } from "../telemetry/metrics.ts";
 import type { IdentitySource, TrustBundle } from "./source.ts";
 import { formatCertificateTime } from "../util/duration.ts";
 
+/** The `reason` label of meshward_identity_ca_refused_total, by refusal code (anything else: "other"): a bounded set. */
+const CA_REFUSAL_REASONS: Readonly<Record<string, string>> = { E_CA_ISSUER_RETIRED: "issuer_retired", E_CA_CERT_REVOKED: "cert_revoked" };
+
 /**
  * Feeds an identity's events into the shared metrics: renewals by result
  * (meshward_rotation_total{kind="workload"}) and the current certificate's expiry
@@ -14,9 +17,10 @@ import { formatCertificateTime } from "../util/duration.ts";
  * with the CA's during a root rotation, and when the CRL it enforces was signed
  * (meshward_crl_this_update_timestamp_seconds{kind="workload"}), which an alert compares with the CA's,
  * and when it is due to be replaced (meshward_crl_next_update_timestamp_seconds{kind="workload"}),
- * which an alert compares with the time: past it the CRL is stale (see staleCrlWarning).
+ * which an alert compares with the time: past it the CRL is stale (see staleCrlWarning), and the
+ * CA endpoints refused for their serving chain (meshward_identity_ca_refused_total{reason}).
  */
-export function instrumentIdentity(source: IdentitySource, metrics: Pick<MeshMetrics, "rotations" | "certExpiry" | "bundleVersion" | "crlThisUpdate"> & Partial<Pick<MeshMetrics, "bundleRefusals" | "crlNextUpdate">>): () => void {
+export function instrumentIdentity(source: IdentitySource, metrics: Pick<MeshMetrics, "rotations" | "certExpiry" | "bundleVersion" | "crlThisUpdate"> & Partial<Pick<MeshMetrics, "bundleRefusals" | "caRefusals" | "crlNextUpdate">>): () => void {
   const setBundle = (bundle: TrustBundle) => {
     metrics.bundleVersion.set(trustBundleVersionOfPem(bundle.rootsPem));
     const newest = newestCrl(bundle);
@@ -33,6 +37,7 @@ export function instrumentIdentity(source: IdentitySource, metrics: Pick<MeshMet
   metrics.rotations.inc({ kind: "workload", result: "ok" }, 0);
   metrics.rotations.inc({ kind: "workload", result: "error" }, 0);
   metrics.bundleRefusals?.inc(0);
+  for (const reason of Object.values(CA_REFUSAL_REASONS)) metrics.caRefusals?.inc({ reason }, 0);
   return source.subscribe((event) => {
     switch (event.type) {
       case "rotated":
@@ -48,6 +53,9 @@ export function instrumentIdentity(source: IdentitySource, metrics: Pick<MeshMet
         break;
       case "bundle-refused":
         metrics.bundleRefusals?.inc();
+        break;
+      case "ca-refused":
+        metrics.caRefusals?.inc({ reason: CA_REFUSAL_REASONS[event.reason] ?? "other" });
         break;
       case "expired":
         break;

@@ -2,12 +2,21 @@ import { createLocalJWKSet, errors as joseErrors, jwtVerify, type JSONWebKeySet,
 import { MeshwardError } from "../errors.ts";
 import { parseSpiffeId } from "../spiffe/id.ts";
 import { fetchFromCa, type CaConnection } from "./ca-client.ts";
+import { rootCrlRevocations } from "./ca-source.ts";
 
 /** JWT-SVID spec §3: RS/PS/ES families; EdDSA as meshward's CA can sign it. Never HS* or none. */
 const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
 
 export interface JwtSvidValidatorOptions {
-  /** The CA (address, bundle, trust domain, optionally its SPIFFE ID): keys are fetched from its /.well-known/jwks.json. */
+  /**
+   * The CA (address, bundle, trust domain, optionally its SPIFFE ID): keys are fetched from its
+   * /.well-known/jwks.json. The CA's serving chain is checked at each connection against
+   * `ca.revokedSerials` (give `() => identity.current()?.bundle.revokedSerials` beside an identity
+   * source); without it, the validator fetches the CA's CRL set after each key fetch and keeps the
+   * serials its root CRLs list (the issuers retired with `--now`), so that from its next
+   * connection on a server presenting the CA's identity under a retired issuer is refused
+   * (E_CA_ISSUER_RETIRED) and its keys are not taken.
+   */
   readonly ca: Omit<CaConnection, "clientCertificate">;
   /** Only tokens for SPIFFE IDs in this trust domain pass (default: the CA's). */
   readonly trustDomain?: string;
@@ -64,12 +73,29 @@ export function createJwtSvidValidator(options: JwtSvidValidatorOptions): JwtSvi
   let triedAt = -Infinity;
   let failedAt = -Infinity;
   let inflight: Promise<void> | undefined;
+  /**
+   * Without `ca.revokedSerials`: the serials the CA's root CRLs listed at any fetch so far (only
+   * grows: a retired issuer stays retired), verified with the bundle's roots. An impostor cannot
+   * forge a root CRL, only withhold one: a validator that never reached the genuine CA since the
+   * retirement holds none (as an identity source on its first start).
+   */
+  const rootRevoked = new Set<string>();
+  const connection: Omit<CaConnection, "clientCertificate"> = options.ca.revokedSerials !== undefined ? options.ca : { ...options.ca, revokedSerials: () => rootRevoked };
+  const fetchRootRevocations = async () => {
+    if (options.ca.revokedSerials !== undefined) return;
+    try {
+      for (const serial of rootCrlRevocations(await fetchFromCa(connection, "/v1/crl?format=set"), options.ca.bundlePem)) rootRevoked.add(serial);
+    } catch {
+      // No CRL set (a CA that publishes none, a Dapr sentry), or the CA unreachable since the key
+      // fetch: the revocations held are kept, and the next key fetch says what is wrong.
+    }
+  };
 
   const refresh = async () => {
     inflight ??= (async () => {
       triedAt = Date.now();
       try {
-        const body = await fetchFromCa(options.ca, "/.well-known/jwks.json", 1 << 20);
+        const body = await fetchFromCa(connection, "/.well-known/jwks.json", 1 << 20);
         let jwks: JSONWebKeySet;
         try {
           jwks = JSON.parse(body.toString("utf8")) as JSONWebKeySet;
@@ -78,6 +104,8 @@ export function createJwtSvidValidator(options: JwtSvidValidatorOptions): JwtSvi
           throw new MeshwardError("E_JWKS_INVALID", `the CA's /.well-known/jwks.json is not a JWKS: ${(error as Error).message}`);
         }
         fetchedAt = Date.now();
+        // After the keys, so that a CA that is down costs one timeout, not two: judges the next connection.
+        await fetchRootRevocations();
       } catch (error) {
         failedAt = Date.now();
         throw error;

@@ -37,6 +37,11 @@ export type IdentityEvent =
   | { readonly type: "renewal-failed"; readonly error: Error; readonly retryInMs: number }
   /** The CA delivered a root set that was refused (it leaves out the root that vouched for it); the current one is kept. */
   | { readonly type: "bundle-refused"; readonly reason: string }
+  /**
+   * A CA endpoint was refused at the handshake for its serving chain (ca-client.ts
+   * servingChainRefusal): `reason` is E_CA_ISSUER_RETIRED or E_CA_CERT_REVOKED, `endpoint` HOST:PORT.
+   */
+  | { readonly type: "ca-refused"; readonly reason: string; readonly endpoint: string }
   /** The SVID expired and could not be renewed: it must no longer be presented. */
   | { readonly type: "expired"; readonly spiffeId: string };
 

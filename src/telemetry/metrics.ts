@@ -160,6 +160,8 @@ export interface MeshMetrics {
   readonly rotations: Counter<"kind" | "result">;
   /** meshward_identity_bundle_refused_total: root sets from the CA an identity refused (they left out the root that vouched for them). */
   readonly bundleRefusals: Counter;
+  /** meshward_identity_ca_refused_total{reason}: CA endpoints an identity refused at the handshake for their serving chain (issuer_retired, cert_revoked). */
+  readonly caRefusals: Counter<"reason">;
   /** meshward_tls_handshakes_total{direction,result}: result is ok or failed. */
   readonly handshakes: Counter<"direction" | "result">;
   /** meshward_tls_handshake_failures_total{direction,reason}: reason from HANDSHAKE_FAILURE_REASONS. */
@@ -216,6 +218,11 @@ export function createMeshMetrics(metrics: Metrics): MeshMetrics {
     bundleRefusals: metrics.counter({
       name: "meshward_identity_bundle_refused_total",
       help: "Root sets from the CA that a workload identity refused because they leave out the root the CA's connection was verified under; the current roots were kept.",
+    }),
+    caRefusals: metrics.counter({
+      name: "meshward_identity_ca_refused_total",
+      help: "CA endpoints a workload identity refused at the handshake, before any request, for their serving chain, by reason: issuer_retired (its issuer is on a root CRL in force: retired with --now) or cert_revoked (its certificate is on the CA's CRL). Each refused attempt counts once.",
+      labelNames: ["reason"],
     }),
     handshakes,
     handshakeFailures,

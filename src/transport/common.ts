@@ -236,7 +236,7 @@ function peerAddress(address: string, port: number | undefined): string {
 }
 
 /** A refusal any peer can cause: with fields through `fieldLogger` when there is one, else as text through `logger`. */
-function logRefusal(runtime: ServerRuntime, fields: Record<string, unknown>, message: string): void {
+export function logRefusal(runtime: ServerRuntime, fields: Record<string, unknown>, message: string): void {
   if (runtime.fieldLogger !== undefined) runtime.fieldLogger.warn(fields, message);
   else runtime.logger.warn(message);
 }

@@ -13,7 +13,8 @@ import type { SecureOptions } from "../tls/policy.ts";
 import { normalizeSerial, peerChainOf, readSvidIdentity, rememberedIssuerSerials, revocationOf, serverIssuerSerialsOf, spiffeCheckServerIdentity, verifyPeerCertificate } from "../tls/verify.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
 import type { IdentityHealth } from "../tls/context.ts";
-import { admitConnection, ConnectionRegistry, logHandshakeFailures, prepareServer, refusalKey, sweepRefusals } from "./common.ts";
+import { classifyTlsError } from "../telemetry/tls-reason.ts";
+import { admitConnection, ConnectionRegistry, logHandshakeFailures, logRefusal, prepareServer, refusalKey, sweepRefusals } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
 import { closeWhenRevoked, prepareClient, recordCertificateExpiry, retireAtCertificateExpiry } from "./client-common.ts";
 import type { ClientRuntime } from "./client-common.ts";
@@ -269,12 +270,26 @@ function authorizeCall(runtime: ServerRuntime, call: ServerInterceptingCallInter
   /**
    * A refused call: logged through the refusal limiter (a refused peer can make calls at will),
    * answered, and its connection ended: its caller is refused whatever it calls, and the next
-   * connection is checked in the handshake.
+   * connection is checked in the handshake. With a `fieldLogger`, logged with the fields of a
+   * refused connection (`event: "refused"`, `peer` with its port, `reason` as the handshake
+   * failure metric names it, `code`, the caller's `spiffeId` from its certificate, which passed
+   * verification at the handshake; `suppressed`), and `call: true`.
    */
-  const refuse = (code: string, reason: string, grpcCode: status, details: string) => {
-    const from = addressOfPeer(call.getPeer());
+  const refuse = (code: string, reason: string, grpcCode: status, details: string, cert?: PeerCertificate) => {
+    const peer = call.getPeer();
+    const from = addressOfPeer(peer);
     const unlogged = runtime.refusalLog.admit(refusalKey("grpc-call", code, from));
-    if (unlogged !== undefined) runtime.logger.warn(`gRPC server refused a call from ${from} and closes its connection: ${reason}${unlogged > 0 ? ` (${unlogged} more like it not logged)` : ""}`);
+    if (unlogged !== undefined) {
+      const message = `gRPC server refused a call from ${from} and closes its connection: ${reason}${unlogged > 0 ? ` (${unlogged} more like it not logged)` : ""}`;
+      let spiffeId: string | undefined;
+      try {
+        spiffeId = cert?.raw ? readSvidIdentity(cert.raw).spiffeId : undefined;
+      } catch {
+        spiffeId = undefined;
+      }
+      const metricReason = code === "E_PEER_NO_SPIFFE_ID" ? "no_certificate" : classifyTlsError({ code });
+      logRefusal(runtime, { event: "refused", call: true, peer, reason: metricReason, code, ...(spiffeId !== undefined ? { spiffeId } : {}), ...(unlogged > 0 ? { suppressed: unlogged } : {}) }, message);
+    }
     call.sendStatus({ code: grpcCode, details, metadata: new Metadata() });
     const session = sessionOfCall(call);
     if (session !== undefined) retireSession(session, GRPC_REFUSED_GRACE_MS);
@@ -297,6 +312,7 @@ function authorizeCall(runtime: ServerRuntime, call: ServerInterceptingCallInter
               `the caller's certificate (serial ${cert.serialNumber}) is outside its validity period (${cert.valid_from} .. ${cert.valid_to})`,
               status.UNAUTHENTICATED,
               "E_CERT_EXPIRED: the caller's certificate has expired since the connection was made; reconnect with a current one",
+              cert,
             );
           }
           try {
@@ -307,7 +323,7 @@ function authorizeCall(runtime: ServerRuntime, call: ServerInterceptingCallInter
             verifyPeerCertificate(cert.raw, runtime.policy, rememberedIssuerSerials(cert.fingerprint256));
           } catch (error) {
             const code = error instanceof MeshwardError ? error.code : "E_PEER_UNTRUSTED";
-            return refuse(code, describeError(error), status.PERMISSION_DENIED, `${code}: the caller is not allowed`);
+            return refuse(code, describeError(error), status.PERMISSION_DENIED, `${code}: the caller is not allowed`, cert);
           }
           proceed(metadata);
         },

@@ -15,6 +15,8 @@ import { isMeshwardError } from "../../src/errors.ts";
 import { caSpiffeId, fetchFromCa, servingChainRefusal } from "../../src/identity/ca-client.ts";
 import { avoidCaEndpoint } from "../../src/identity/ca-endpoints.ts";
 import { createIdentity, type CaIdentitySource } from "../../src/identity/ca-source.ts";
+import { instrumentIdentity } from "../../src/identity/instrument.ts";
+import { createMeshMetrics, createMetrics, type Metrics } from "../../src/telemetry/metrics.ts";
 import { issueLeafCertificate, normalizeSerial, type Signer } from "../../src/pki/certificate.ts";
 import { decodePrivateKey, encodePrivateKey, generateKeyPair } from "../../src/pki/keys.ts";
 import { certificatesFromPem, toPem } from "../../src/pki/pem.ts";
@@ -110,6 +112,12 @@ describe("a workload refuses a CA endpoint whose serving chain the revocations i
     return source;
   };
   const caServer = () => ca;
+  /** The identity's meshward_identity_ca_refused_total by reason (the `reason` label). */
+  const instrumented = (source: CaIdentitySource) => {
+    const metrics: Metrics = createMetrics();
+    instrumentIdentity(source, createMeshMetrics(metrics));
+    return async (reason: string) => Number(new RegExp(`^meshward_identity_ca_refused_total\\{reason="${reason}"\\} (\\d+)$`, "m").exec(await metrics.registry.metrics())?.[1] ?? -1);
+  };
   const issuerOf = (source: CaIdentitySource) => new X509Certificate(certificatesFromPem(source.current()!.svid.certChainPem)[1]!).fingerprint256;
   const refusalOf = async (promise: Promise<unknown>) => {
     try {
@@ -123,6 +131,9 @@ describe("a workload refuses a CA endpoint whose serving chain the revocations i
   it("after rotate-issuer --now, refuses a CA impostor serving with the retired issuer's key (bundle, CRL, sign; no session resumed), and keeps working with the genuine CA", async () => {
     const logged: Record<string, unknown>[] = [];
     const source = await identity("web", `127.0.0.1:${balancer.port}`, logged);
+    const refusedCount = instrumented(source);
+    expect(await refusedCount("issuer_retired")).toBe(0);
+    expect(await refusedCount("cert_revoked")).toBe(0);
     expect(issuerOf(source)).toBe(retired.certificate.fingerprint256);
 
     // Before the retirement the impostor's chain is as good as the CA's: a refresh through it passes.
@@ -159,6 +170,9 @@ describe("a workload refuses a CA endpoint whose serving chain the revocations i
     const refusals = logged.filter((line) => line.event === "ca-refused");
     expect(refusals.length).toBeGreaterThanOrEqual(2);
     expect(refusals.every((line) => line.reason === "E_CA_ISSUER_RETIRED" && line.issuerSerial === retiredSerial && line.ca === `127.0.0.1:${balancer.port}`)).toBe(true);
+    // Each refused attempt is counted once, by reason.
+    expect(await refusedCount("issuer_retired")).toBe(refusals.length);
+    expect(await refusedCount("cert_revoked")).toBe(0);
     expect(logged.some((line) => line.event === "renewal-failed" && line.reason === "E_CA_ISSUER_RETIRED")).toBe(true);
     expect(JSON.stringify(logged)).not.toMatch(/BEGIN|PRIVATE/);
 
@@ -187,6 +201,7 @@ describe("a workload refuses a CA endpoint whose serving chain the revocations i
   it("refuses a CA endpoint whose serving certificate the CA's CRL lists (issued by the current issuer, then revoked)", async () => {
     const logged: Record<string, unknown>[] = [];
     const source = await identity("shop", `127.0.0.1:${balancer.port}`, logged);
+    const refusedCount = instrumented(source);
     const layout = caLayout(dir);
     const current = signerOf(layout.issuerCert, layout.issuerKey);
     const revokedFront = await startImpostor(current, () => ca.address, bundlePem);
@@ -204,6 +219,8 @@ describe("a workload refuses a CA endpoint whose serving chain the revocations i
     expect((refused as Error).message).toContain(revokedFront.serial);
     expect(revokedFront.seen.requests).toEqual([]);
     expect(logged.some((line) => line.event === "ca-refused" && line.reason === "E_CA_CERT_REVOKED" && line.serial === revokedFront.serial)).toBe(true);
+    expect(await refusedCount("cert_revoked")).toBe(logged.filter((line) => line.event === "ca-refused").length);
+    expect(await refusedCount("issuer_retired")).toBe(0);
     await source.refreshBundle();
   });
 

@@ -187,6 +187,34 @@ describe("CA-backed workload identity", () => {
     await expect(b.ready()).rejects.toMatchObject({ code: "E_TOKEN_USED" });
   });
 
+  it("stops after ready() rejected with a refusal only a new token fixes: no renewal or bundle refresh is left scheduled, and it says so", async () => {
+    // It used to log "not retrying" and reject ready(), then retry in the background with backoff
+    // (only the commands exited): an SDK process kept calling the CA with a token it knew was spent.
+    await startCa("1h");
+    const t = await token("shop", "spent");
+    const bundlePem = readFileSync(join(caDir, "bundle.pem"), "utf8");
+    const first = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem, token: t });
+    sources.push(first);
+    await first.ready();
+    const clock = new FakeClock(Date.now());
+    const logged: Record<string, unknown>[] = [];
+    const logger = pino({ level: "info" }, { write: (line: string) => void logged.push(JSON.parse(line) as Record<string, unknown>) });
+    const source = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem, token: t, clock, rng: () => 0.5, backoff: { initialMs: 1000, maxMs: 1000 }, bundleRefreshMs: 60_000, logger });
+    sources.push(source);
+    const events: string[] = [];
+    source.subscribe((event) => events.push(event.type));
+    await expect(source.ready()).rejects.toMatchObject({ code: "E_TOKEN_USED" });
+    expect(clock.pendingTimers()).toBe(0);
+    await clock.advance(10 * 60_000);
+    expect(events).toEqual(["renewal-failed"]);
+    expect(logged.filter((line) => line.event === "renewal-failed")).toMatchObject([{ reason: "E_TOKEN_USED", stopped: true, msg: expect.stringContaining("not retrying: the identity stopped") }]);
+    expect(logged.filter((line) => line.event === "renewal-failed")[0]).not.toHaveProperty("retryInMs");
+    expect(source.problem()).toMatch(/^stopped, not retrying: .*\(E_TOKEN_USED\)/);
+    await expect(source.renewNow()).rejects.toMatchObject({ code: "E_TOKEN_USED" });
+    await expect(source.refreshBundle()).rejects.toMatchObject({ code: "E_TOKEN_USED" });
+    expect(source.current()).toBeUndefined();
+  });
+
   it("renewNow() right after ready() gets a new certificate, not the first one still settling", async () => {
     await startCa("1h");
     const source = await identity("eager");

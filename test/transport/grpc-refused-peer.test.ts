@@ -8,6 +8,7 @@ import type { SpiffeIdMatcher } from "../../src/spiffe/match.ts";
 import { normalizeSerial } from "../../src/tls/verify.ts";
 import { grpcChannelCredentials, grpcServerCredentials, peerIdentity } from "../../src/transport/index.ts";
 import type { MeshwardServerCredentials } from "../../src/transport/index.ts";
+import type { FieldLogger } from "../../src/transport/common.ts";
 import { createTestPki } from "../helpers/openssl-pki.ts";
 import type { TestLeaf, TestPki } from "../helpers/openssl-pki.ts";
 import { bundleOf, callWho, EchoClient, echoService, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
@@ -48,7 +49,12 @@ interface Started {
   readonly server: grpc.Server;
 }
 
-async function startServer(revoked: readonly TestLeaf[] = [], authorize: SpiffeIdMatcher = { trustDomain: TD, namespace: "default" }, trusted: readonly TestPki[] = [pki]): Promise<Started> {
+async function startServer(
+  revoked: readonly TestLeaf[] = [],
+  authorize: SpiffeIdMatcher = { trustDomain: TD, namespace: "default" },
+  trusted: readonly TestPki[] = [pki],
+  fieldLogger?: FieldLogger,
+): Promise<Started> {
   const logger = makeLogger();
   const identity = new ManualIdentity(snapshotOf(pki.issueLeaf({ spiffeId: SERVER_ID }), bundleOf(trusted, new Set(revoked.map((l) => normalizeSerial(l.serial))))));
   let handled = 0;
@@ -60,7 +66,7 @@ async function startServer(revoked: readonly TestLeaf[] = [], authorize: SpiffeI
       cb(null, Buffer.from(peerIdentity(call)?.spiffeId ?? "none"));
     },
   });
-  const creds = await grpcServerCredentials(identity, { logger, authorize });
+  const creds = await grpcServerCredentials(identity, { logger, authorize, ...(fieldLogger !== undefined ? { fieldLogger } : {}) });
   const port = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", creds, (e, p) => (e ? reject(e) : resolve(p))));
   return { port, creds, identity, logger, handled: () => handled, server };
 }
@@ -167,6 +173,48 @@ describe("gRPC server: refused callers lose their connection", () => {
     expect(await Promise.all(open.map(closedOf))).toEqual(Array(20).fill("closed"));
     expect(warned(server.logger, /gRPC server refused a call from 127\.0\.0\.1/)).toBe(5);
     expect(server.handled()).toBe(20);
+  });
+});
+
+describe("gRPC server: per-call refusals with a fieldLogger", () => {
+  // They were logged as text through `logger` even when a fieldLogger was given, while refused
+  // connections and failed handshakes carried fields (event, peer, reason, code, spiffeId): a log
+  // query on event="refused" missed every refused call.
+  it("are logged with fields (event refused, call, peer with its port, reason, code, the caller's SPIFFE ID), still 5 lines for 20", async () => {
+    const records: { fields: Record<string, unknown>; message: string }[] = [];
+    const fieldLogger: FieldLogger = { warn: (fields, message) => void records.push({ fields, message }) };
+    let allowed = true;
+    const server = await startServer([], () => allowed, [pki], fieldLogger);
+    const leaf = pki.issueLeaf({ spiffeId: CLIENT_ID });
+    const open = Array.from({ length: 20 }, () => rawSession(leaf, server.port));
+    expect(await Promise.all(open.map(rawCall))).toEqual(Array(20).fill("status 0"));
+    allowed = false;
+    expect(await Promise.all(open.map(rawCall))).toEqual(Array(20).fill(`status ${grpc.status.PERMISSION_DENIED}`));
+    const calls = records.filter((r) => r.fields.call === true);
+    expect(calls).toHaveLength(5);
+    for (const { fields, message } of calls) {
+      expect(fields).toEqual({ event: "refused", call: true, peer: expect.stringMatching(/^127\.0\.0\.1:\d+$/), reason: "spiffe_mismatch", code: "E_SPIFFE_MISMATCH", spiffeId: CLIENT_ID });
+      expect(message).toMatch(/^gRPC server refused a call from 127\.0\.0\.1 and closes its connection: E_SPIFFE_MISMATCH/);
+    }
+    // Through the fieldLogger only: no text line for them.
+    expect(warned(server.logger, /refused a call/)).toBe(0);
+  });
+
+  it("a call from a caller whose issuer a root CRL revoked since the handshake: reason revoked, code E_CERT_REVOKED, its SPIFFE ID", async () => {
+    const records: { fields: Record<string, unknown>; message: string }[] = [];
+    const fieldLogger: FieldLogger = { warn: (fields, message) => void records.push({ fields, message }) };
+    const good = createTestPki({ trustDomain: TD, name: "meshward good issuer 2" });
+    otherPkis.push(good);
+    const server = await startServer([], { trustDomain: TD, namespace: "default" }, [pki, good], fieldLogger);
+    hideFromRecheck(server.server);
+    const retired = rawSession(pki.issueLeaf({ spiffeId: CLIENT_ID }), server.port);
+    expect(await rawCall(retired)).toBe("status 0");
+    const issuerSerial = normalizeSerial(new X509Certificate(pki.issuer.certPem).serialNumber);
+    server.identity.updateBundle(bundleOf([pki, good], new Set([issuerSerial])));
+    expect(await rawCall(retired)).toBe(`status ${grpc.status.PERMISSION_DENIED}`);
+    expect(records.filter((r) => r.fields.call === true).map((r) => r.fields)).toEqual([
+      { event: "refused", call: true, peer: expect.stringMatching(/^127\.0\.0\.1:\d+$/), reason: "revoked", code: "E_CERT_REVOKED", spiffeId: CLIENT_ID },
+    ]);
   });
 });
 
