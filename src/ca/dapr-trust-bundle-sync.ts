@@ -11,7 +11,11 @@ import { DAPR_TRUST_ANCHORS_KEY, DAPR_TRUST_BUNDLE_LABELS, DAPR_TRUST_BUNDLE_NAM
  * `ca.crt` to the trust anchors and updates it). The object is the one `meshward ca
  * dapr-trust-bundle` prints: `data.ca.crt` = the PEM of every root in the bundle, label
  * `app: dapr-sentry`. Only `ca.crt` is this CA's: other data keys and metadata are kept, and
- * nothing but certificates is ever written (no Secret, no issuer key).
+ * nothing but certificates is ever written (no Secret, no issuer key). Sentry also writes the
+ * `dapr-trust-bundle` Secret (`kube.go` store: ca.crt, issuer.crt, issuer.key), but only Sentry
+ * reads it; Dapr >= 1.12's injector (`pkg/injector/service/config.go` DAPR_TRUST_ANCHORS_FILE, the
+ * ConfigMap mounted) and operator (`pkg/operator/trustbundlesync.go`, copying the ConfigMap to
+ * every Dapr namespace) read the ConfigMap: docs/migrating-from-dapr-sentry.md, "What Dapr reads".
  *
  * Each pass reads the ConfigMap and writes only when it differs: a PUT carrying the
  * resourceVersion it read (so a concurrent writer, another CA replica, makes it fail with 409

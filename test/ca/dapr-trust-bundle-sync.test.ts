@@ -243,6 +243,11 @@ describe("meshward ca serve with daprTrustBundle: Dapr's dapr-trust-bundle Confi
         expect(JSON.stringify(write.body)).not.toMatch(/PRIVATE|issuer\.key/);
       }
       expect(ca.logged.join("")).not.toContain(TOKEN);
+      // ConfigMaps only, never a Secret: of the two objects Sentry keeps (dapr/dapr
+      // pkg/sentry/server/ca/kube.go store), only Sentry reads the Secret; Dapr's injector
+      // (pkg/injector/service/config.go, its trust anchors file) and operator
+      // (pkg/operator/trustbundlesync.go) read the ConfigMap.
+      expect(api.calls.every((call) => call.path.startsWith("/api/v1/namespaces/dapr-system/configmaps"))).toBe(true);
     } finally {
       await ca.close();
       await api.stop();
