@@ -11,7 +11,11 @@ import { DAPR_TRUST_ANCHORS_KEY, DAPR_TRUST_BUNDLE_LABELS, DAPR_TRUST_BUNDLE_NAM
  * `ca.crt` to the trust anchors and updates it). The object is the one `meshward ca
  * dapr-trust-bundle` prints: `data.ca.crt` = the PEM of every root in the bundle, label
  * `app: dapr-sentry`. Only `ca.crt` is this CA's: other data keys and metadata are kept, and
- * nothing but certificates is ever written (no Secret, no issuer key).
+ * nothing but certificates is ever written (no Secret, no issuer key). Sentry also writes the
+ * `dapr-trust-bundle` Secret (`kube.go` store: ca.crt, issuer.crt, issuer.key), but only Sentry
+ * reads it; Dapr >= 1.12's injector (`pkg/injector/service/config.go` DAPR_TRUST_ANCHORS_FILE, the
+ * ConfigMap mounted) and operator (`pkg/operator/trustbundlesync.go`, copying the ConfigMap to
+ * every Dapr namespace) read the ConfigMap: docs/migrating-from-dapr-sentry.md, "What Dapr reads".
  *
  * Each pass reads the ConfigMap and writes only when it differs: a PUT carrying the
  * resourceVersion it read (so a concurrent writer, another CA replica, makes it fail with 409
@@ -46,6 +50,8 @@ export interface DaprTrustBundleSyncOptions {
   readonly backoff?: { readonly initialMs?: number; readonly maxMs?: number };
   /** Told of each pass's result (meshward_ca_dapr_trust_bundle_syncs_total). */
   readonly onResult?: (result: DaprTrustBundleSyncResult) => void;
+  /** The time recorded in status() (tests). */
+  readonly clock?: () => Date;
 }
 
 export const DAPR_TRUST_BUNDLE_SYNC_RESULTS = ["created", "updated", "unchanged", "behind", "error"] as const;
@@ -58,9 +64,35 @@ export const DAPR_TRUST_BUNDLE_CONFLICT_RETRIES = 5;
 const DEFAULT_BACKOFF_MS = 1_000;
 const DEFAULT_MAX_BACKOFF_MS = 5 * 60_000;
 
+/**
+ * Where the sync stands, for the CA's status page and status.json (never for /readyz: a failing
+ * sync never makes the CA unready, as Sentry's readiness does not follow its ConfigMap either).
+ */
+export interface DaprTrustBundleSyncStatus {
+  readonly namespace: string;
+  readonly configMap: string;
+  /** pending: no pass has ended yet; in-step: the last pass left the ConfigMap equal to the bundle; behind: left alone for a newer CA state; failing: the last pass failed (retried). */
+  readonly state: "pending" | "in-step" | "behind" | "failing";
+  readonly lastResult?: DaprTrustBundleSyncResult;
+  readonly lastAttemptAt?: Date;
+  /** The end of the last pass that did not fail. */
+  readonly lastSuccessAt?: Date;
+  /** The last write (create or update) and the resourceVersion the API server gave the object it wrote. */
+  readonly lastWriteAt?: Date;
+  readonly resourceVersion?: string;
+  /** Passes failed in a row (0 once one succeeds). */
+  readonly failures: number;
+  /** The last failure, kept after a recovery (its time tells). */
+  readonly lastError?: { readonly at: Date; readonly code: string; readonly status?: number; readonly reason?: string; readonly message: string };
+  /** When the next attempt after a failure is due. */
+  readonly retryAt?: Date;
+}
+
 export interface DaprTrustBundleSync {
   /** One pass now (or right after the one running); never rejects. */
   sync(): Promise<DaprTrustBundleSyncResult>;
+  /** Where it stands now (a copy). */
+  status(): DaprTrustBundleSyncStatus;
   /** Stops the timers; a pass running finishes. */
   close(): void;
 }
@@ -83,6 +115,10 @@ export function syncDaprTrustBundle(options: DaprTrustBundleSyncOptions): DaprTr
   let retryTimer: NodeJS.Timeout | undefined;
   let running: Promise<DaprTrustBundleSyncResult> | undefined;
   let again: Promise<DaprTrustBundleSyncResult> | undefined;
+  const clock = options.clock ?? (() => new Date());
+  let current: DaprTrustBundleSyncStatus = { namespace, configMap: DAPR_TRUST_BUNDLE_NAME, state: "pending", failures: 0 };
+  /** The resourceVersion of the object the last successful write returned. */
+  let writtenVersion: string | undefined;
 
   const reconcile = async (): Promise<DaprTrustBundleSyncResult> => {
     const roots = options.roots();
@@ -140,6 +176,8 @@ export function syncDaprTrustBundle(options: DaprTrustBundleSyncOptions): DaprTr
         throw apiFailure("read", read);
       }
       if (answer.status === 200 || answer.status === 201) {
+        const written = (answer.json as ConfigMapObject | undefined)?.metadata?.resourceVersion;
+        writtenVersion = typeof written === "string" ? written.slice(0, 64) : undefined;
         logger.info(
           { event: verb === "create" ? "dapr-trust-bundle-created" : "dapr-trust-bundle-updated", namespace, configMap: DAPR_TRUST_BUNDLE_NAME, roots: ours },
           `${verb === "create" ? "created" : "updated"} ConfigMap ${name} with the CA's ${ours.length} root${ours.length === 1 ? "" : "s"}: daprd sidecars created from now on trust ${ours.length === 1 ? "it" : "them"}`,
@@ -194,6 +232,7 @@ export function syncDaprTrustBundle(options: DaprTrustBundleSyncOptions): DaprTr
     clearTimeout(retryTimer);
     retryTimer = undefined;
     let result: DaprTrustBundleSyncResult;
+    writtenVersion = undefined;
     try {
       result = await reconcile();
     } catch (error) {
@@ -214,6 +253,22 @@ export function syncDaprTrustBundle(options: DaprTrustBundleSyncOptions): DaprTr
         },
         `could not bring ConfigMap ${name} to the CA's trust bundle; retrying in ${Math.round(retryInMs / 100) / 10} s (daprd sidecars created meanwhile get the anchors it holds)`,
       );
+      const at = clock();
+      current = {
+        ...current,
+        state: "failing",
+        lastResult: "error",
+        lastAttemptAt: at,
+        failures,
+        lastError: {
+          at,
+          code: isMeshwardError(error) ? error.code : "E_KUBERNETES_UNAVAILABLE",
+          ...(typeof details?.status === "number" ? { status: details.status } : {}),
+          ...(typeof details?.reason === "string" ? { reason: details.reason } : {}),
+          message: describeError(error).slice(0, 600),
+        },
+        retryAt: new Date(at.getTime() + retryInMs),
+      };
       options.onResult?.("error");
       if (!closed) {
         retryTimer = setTimeout(() => void sync(), retryInMs);
@@ -223,6 +278,17 @@ export function syncDaprTrustBundle(options: DaprTrustBundleSyncOptions): DaprTr
     }
     if (failures > 0) logger.info({ event: "dapr-trust-bundle-sync-recovered", namespace, failures }, `ConfigMap ${name} is in step with the CA's trust bundle again after ${failures} failed attempt${failures === 1 ? "" : "s"}`);
     failures = 0;
+    const at = clock();
+    const { retryAt: _retryAt, ...rest } = current;
+    current = {
+      ...rest,
+      state: result === "behind" ? "behind" : "in-step",
+      lastResult: result,
+      lastAttemptAt: at,
+      lastSuccessAt: at,
+      failures: 0,
+      ...(writtenVersion !== undefined ? { lastWriteAt: at, resourceVersion: writtenVersion } : {}),
+    };
     options.onResult?.(result);
     return result;
   };
@@ -247,6 +313,7 @@ export function syncDaprTrustBundle(options: DaprTrustBundleSyncOptions): DaprTr
   void sync();
   return {
     sync,
+    status: () => ({ ...current }),
     close() {
       closed = true;
       clearInterval(resync);

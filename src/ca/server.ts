@@ -728,6 +728,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       resyncMs: settings.resync,
       ...(options.daprTrustBundleBackoff !== undefined ? { backoff: options.daprTrustBundleBackoff } : {}),
       onResult: (result) => metrics.daprTrustBundleSyncs.inc({ result }),
+      clock,
     });
   }
 
@@ -779,6 +780,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         health,
         recorder,
         liveByRoot: cachedLiveCounts(store, clock),
+        // On the page and in status.json, not in /readyz: the CA serves whatever the ConfigMap holds.
+        daprTrustBundle: () => daprSync?.status(),
       });
       const routes = createStatusRoutes(provider, statusToken === undefined ? {} : { token: statusToken }).routes;
       ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics: telemetry, health, extraRoutes: routes, logger });

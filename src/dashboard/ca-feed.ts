@@ -1,5 +1,5 @@
 import { identityFromPem, rootIdentitiesFromPem, trustRootsFromPem } from "./certs.ts";
-import { recordedSections, type IdentityStatus, type StatusProvider, type StatusRecorder } from "./feed.ts";
+import { recordedSections, type DaprTrustBundleStatus, type IdentityStatus, type StatusProvider, type StatusRecorder } from "./feed.ts";
 import type { Health } from "../telemetry/health.ts";
 import { trustBundleVersionOfPem } from "../telemetry/bundle-version.ts";
 
@@ -25,11 +25,14 @@ export function caStatus(options: {
   recorder: StatusRecorder;
   /** Live certificates per root fingerprint (the store's countValidByRoot); a failure shows no counts. */
   liveByRoot?: () => Promise<ReadonlyMap<string, number>>;
+  /** The dapr-trust-bundle sync's state (daprTrustBundle set), shown beside the health checks, never one of them. */
+  daprTrustBundle?: () => DaprTrustBundleStatus | undefined;
 }): StatusProvider {
   const { recorder } = options;
   return async () => {
     const certs = options.certificates();
     const report = await options.health.run("readiness");
+    const dapr = options.daprTrustBundle?.();
     const live = options.liveByRoot === undefined ? undefined : await options.liveByRoot().catch(() => undefined);
     const identities: IdentityStatus[] = [identityFromPem(certs.servingChainPem, "workload"), identityFromPem(certs.issuerPem, "issuer"), ...rootIdentitiesFromPem(certs.rootsPem)];
     return {
@@ -41,6 +44,7 @@ export function caStatus(options: {
       bundleVersion: trustBundleVersionOfPem(certs.rootsPem),
       ...recordedSections(recorder),
       health: { ok: report.ok, checks: report.checks },
+      ...(dapr !== undefined ? { daprTrustBundle: dapr } : {}),
     };
   };
 }

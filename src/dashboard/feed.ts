@@ -60,6 +60,25 @@ export interface StatusHealth {
   readonly checks: Readonly<Record<string, { ok: boolean; detail?: unknown }>>;
 }
 
+/**
+ * CA only, with daprTrustBundle set: where the CA's upkeep of Dapr's `dapr-trust-bundle` ConfigMap
+ * stands (src/ca/dapr-trust-bundle-sync.ts). Shown on the page, never a readiness check.
+ */
+export interface DaprTrustBundleStatus {
+  readonly namespace: string;
+  readonly configMap: string;
+  readonly state: "pending" | "in-step" | "behind" | "failing";
+  readonly lastResult?: string;
+  readonly lastAttemptAt?: Date;
+  readonly lastSuccessAt?: Date;
+  readonly lastWriteAt?: Date;
+  /** The resourceVersion the API server gave the object the CA last wrote. */
+  readonly resourceVersion?: string;
+  readonly failures: number;
+  readonly lastError?: { readonly at: Date; readonly code: string; readonly status?: number; readonly reason?: string; readonly message: string };
+  readonly retryAt?: Date;
+}
+
 export interface StatusSnapshot {
   readonly component: StatusComponent;
   /** A human name: the trust domain for a CA, namespace/app id for a sidecar, the SPIFFE ID for an identity. */
@@ -74,6 +93,8 @@ export interface StatusSnapshot {
   readonly denials: MinuteSeries;
   readonly refusals: readonly RefusalEvent[];
   readonly health: StatusHealth;
+  /** CA with daprTrustBundle only. */
+  readonly daprTrustBundle?: DaprTrustBundleStatus;
 }
 
 export type StatusProvider = () => StatusSnapshot | Promise<StatusSnapshot>;

@@ -1,5 +1,6 @@
 export { createStatusRecorder, emptyMinuteSeries } from "./feed.ts";
 export type {
+  DaprTrustBundleStatus,
   IdentityKind,
   IdentityStatus,
   MinuteSeries,

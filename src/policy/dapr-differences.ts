@@ -56,7 +56,7 @@
  *     what Dapr leaves to the default.
  * Pure: the sidecar logs these as warnings at load, `meshward audit` reports them.
  */
-import { belowPattern, compareSpecificity, compileOperation, coversBelow, matchesBelow, matchesGlob, matchesOperation, PathSegments, SegmentKind, type OperationPattern } from "./operation.ts";
+import { barePrefixName, belowPattern, compareSpecificity, compileOperation, coversBelow, matchesBelow, matchesGlob, matchesOperation, operationNames, PathSegments, SegmentKind, type OperationPattern } from "./operation.ts";
 import type { AccessControlConfig, Action, OperationRule } from "./schema.ts";
 
 export const POLICY_DIFFERS_FROM_DAPR = "policy-differs-from-dapr";
@@ -273,6 +273,12 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
  * a covering one of the same rank (a stable sort over the declared ones, then the covering ones).
  */
 function meshwardPick(named: readonly NamedOperation[], path: PathSegments): NamedOperation | undefined {
+  // A trailing `/*` does not match its bare prefix where that prefix is an operation of its own.
+  const names = operationNames(named.map((entry) => entry.pattern));
+  const bare = (entry: NamedOperation) => {
+    const prefix = barePrefixName(entry.pattern);
+    return prefix === undefined || !names.has(prefix);
+  };
   let best: { entry: NamedOperation; pattern: OperationPattern; covering: boolean } | undefined;
   const consider = (entry: NamedOperation, pattern: OperationPattern, covering: boolean) => {
     if (best === undefined) {
@@ -282,7 +288,7 @@ function meshwardPick(named: readonly NamedOperation[], path: PathSegments): Nam
     const order = compareSpecificity(pattern, best.pattern);
     if (order < 0 || (order === 0 && best.covering && !covering)) best = { entry, pattern, covering };
   };
-  for (const entry of named) if (matchesOperation(entry.pattern.segments, path)) consider(entry, entry.pattern, false);
+  for (const entry of named) if (matchesOperation(entry.pattern.segments, path, bare(entry))) consider(entry, entry.pattern, false);
   for (const entry of named) if (matchesBelow(entry.pattern.segments, path)) consider(entry, belowPattern(entry.pattern), true);
   return best?.entry;
 }

@@ -40,6 +40,12 @@
  *      `/admin/users`, declared in either order; `/admin/users` or `/admin/*` named beside it
  *      decide their own paths). (Dapr takes the first one on the way down, the shortest, and only
  *      along the branch its walk took: warned.)
+ *      An operation's own path is its own: a trailing `/*` does not match its bare prefix where
+ *      that prefix is an operation too (`/a` decides `/a` beside `/a/*`, `/` decides `/` beside
+ *      `/*`, in either order). In Dapr's trie (acl_trie.go PutOperationAction, Search) `/a/*` is
+ *      the `/*` child of `/a`'s node and Search answers with that node when it holds data; `/`,
+ *      `/*` and `/**` are siblings under the root, where Dapr takes the first declared for `/`
+ *      (warned where `/*` or `/**` comes first: test/policy/bare-prefix.test.ts).
  *      Its verbs then count as for an exact match (rules 9 and 10), as Dapr's verb check runs on
  *      whatever node Search found.
  *   9. HTTP request (verb given): the chosen operation's action for that verb, else for "*",
@@ -70,12 +76,14 @@
  */
 import type { AccessControlConfig, Action, AppPolicy, OperationRule } from "./schema.ts";
 import {
+  barePrefixName,
   compareSpecificity,
   compileOperation,
   belowPattern,
   coversBelow,
   matchesOperation,
   normaliseOperation,
+  operationNames,
   PathSegments,
   type OperationPattern,
 } from "./operation.ts";
@@ -151,6 +159,8 @@ interface CompiledOperation {
   readonly pattern: OperationPattern;
   /** The entry that decides the paths below its name (rule 8), ranked as `pattern`. */
   readonly below: boolean;
+  /** False: a trailing `/*` that does not match its bare prefix, an operation of its own (rule 8). */
+  readonly bare: boolean;
   readonly verbDecisions: ReadonlyMap<string, Decision>;
   /** For a verb without a rule of its own: the "*" rule, else the app default. */
   readonly otherVerbDecision: Decision;
@@ -214,7 +224,7 @@ export function compilePolicy(config: AccessControlConfig | undefined): AccessPo
   /** The index of the first of `app`'s operations from `from` on that matches the loaded path, or -1. */
   const firstMatch = (app: CompiledApp, from: number): number => {
     const operations = app.operations;
-    for (let i = from; i < operations.length; i++) if (matchesOperation(operations[i]!.pattern.segments, path)) return i;
+    for (let i = from; i < operations.length; i++) if (matchesOperation(operations[i]!.pattern.segments, path, operations[i]!.bare)) return i;
     return -1;
   };
   /** The decision once decide() has stopped at `candidate` (or found none). */
@@ -297,6 +307,7 @@ function compileApp(policy: AppPolicy, policyIndex: number, globalAction: Action
 
   const operations: CompiledOperation[] = [];
   const covering: CompiledOperation[] = [];
+  const names = operationNames([...byName.values()].map((entry) => entry.pattern));
   for (const { pattern, rules, indexes } of byName.values()) {
     const verbDecisions = new Map<string, Decision>();
     let anyVerbDecision: Decision | undefined;
@@ -338,7 +349,9 @@ function compileApp(policy: AppPolicy, policyIndex: number, globalAction: Action
       otherVerbDecision: marked(otherVerbDecision),
       grpcDecision,
     };
-    operations.push({ pattern, below: false, ...exact });
+    // `/a/*` beside `/a`: the path `/a` is `/a`'s, whatever the order (rule 8).
+    const prefix = barePrefixName(pattern);
+    operations.push({ pattern, below: false, bare: prefix === undefined || !names.has(prefix), ...exact });
     // The paths below the name (a last literal or in-segment glob: coversBelow), as in Dapr, with
     // the same rules, ranked as the name followed by `/**` (belowPattern): `/admin` deny beside `/**`
     // allow denies `/admin/users`, whatever the order. Pushed after the declared operations, so an
@@ -349,6 +362,7 @@ function compileApp(policy: AppPolicy, policyIndex: number, globalAction: Action
       covering.push({
         pattern: belowPattern(pattern),
         below: true,
+        bare: true,
         verbDecisions: new Map([...exact.verbDecisions].map(([verb, d]) => [verb, belowOf(d)])),
         otherVerbDecision: belowOf(exact.otherVerbDecision),
         grpcDecision: grpcDecision === undefined ? undefined : belowOf(grpcDecision),

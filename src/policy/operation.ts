@@ -4,7 +4,8 @@
  * Glob syntax (Dapr's, see https://docs.dapr.io/operations/configuration/invoke-allowlist/
  * and dapr/dapr pkg/config/trie.go):
  *   - a segment `*` matches exactly one path segment; a trailing `/*` also matches the bare
- *     prefix (Dapr: `/op3/a/*` matches `/op3/a`, see dapr/dapr pkg/acl/acl_test.go);
+ *     prefix (Dapr: `/op3/a/*` matches `/op3/a`, see dapr/dapr pkg/acl/acl_test.go), unless the
+ *     prefix is an operation of its own, which then decides it (barePrefixName, decide.ts rule 8);
  *   - a segment `**` matches any number of segments (zero included) and must be the last one;
  *   - `*` inside a segment (`/v1/order*`) matches any characters within that segment;
  *   - a name whose last segment is a literal or an in-segment glob (`/admin`, `/files/*.pdf`) also
@@ -275,6 +276,30 @@ export function belowPattern(pattern: OperationPattern): OperationPattern {
 }
 
 /**
+ * The name a trailing `/*` follows, lower case (`/a/*` → `/a`, `/*` → `/`), or undefined when the
+ * last segment is not a bare `*`. Where that name is an operation of its own, it decides its own
+ * path, not the `/*` (decide.ts rule 8): Dapr's trie (dapr/dapr pkg/config/acl_trie.go) holds
+ * `/a/*` below the node of `/a`, and Search answers with `/a`'s node when the path ends there.
+ */
+export function barePrefixName(pattern: OperationPattern): string | undefined {
+  const segments = pattern.segments;
+  if (segments.length === 0 || segments[segments.length - 1]!.kind !== SegmentKind.Any) return undefined;
+  return `/${segments.slice(0, -1).map((segment) => segment.literal).join("/")}`;
+}
+
+/** An operation's normalised name in lower case, as requests are matched (`/` for the root). */
+export function lowerName(pattern: OperationPattern): string {
+  return `/${pattern.segments.map((segment) => segment.literal).join("/")}`;
+}
+
+/** Lower-case names of operations (compiled), for barePrefixName lookups. */
+export function operationNames(patterns: Iterable<OperationPattern>): Set<string> {
+  const names = new Set<string>();
+  for (const pattern of patterns) names.add(lowerName(pattern));
+  return names;
+}
+
+/**
  * Whether the path lies strictly below the operation's name (`/admin/users` below `/admin`, not
  * `/admin` itself nor `/administrator`), for an operation that covers the paths below it
  * (coversBelow); dapr-differences.ts reads meshward's choice with it.
@@ -294,7 +319,11 @@ function segmentMatchesAt(segment: Segment, path: PathSegments, i: number): bool
   return matchesGlob(segment.pieces!, path.path, start, end);
 }
 
-export function matchesOperation(segments: readonly Segment[], path: PathSegments): boolean {
+/**
+ * Whether the path matches the operation. `bare` false: a trailing `/*` does not match its bare
+ * prefix (the prefix is an operation of its own, which decides there: shadowsBare).
+ */
+export function matchesOperation(segments: readonly Segment[], path: PathSegments, bare = true): boolean {
   const count = path.count;
   const text = path.path;
   const last = segments.length - 1;
@@ -303,7 +332,7 @@ export function matchesOperation(segments: readonly Segment[], path: PathSegment
     if (segment.kind === SegmentKind.Rest) return true;
     if (i >= count) {
       // Dapr: a trailing "/*" also matches the bare prefix ("/op3/a/*" matches "/op3/a").
-      return i === last && i === count && segment.kind === SegmentKind.Any;
+      return bare && i === last && i === count && segment.kind === SegmentKind.Any;
     }
     const start = path.start(i);
     const end = path.end(i);

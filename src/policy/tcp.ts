@@ -2,8 +2,8 @@
  * What of an access policy a TCP-mode sidecar can apply. A TCP connection has no path and no
  * verb: the sidecar asks decide() about TCP_REQUEST (src/proxy/inbound.ts), a call without a verb
  * (like gRPC) to the operation `/`. decide() stops at the most specific operation entry that
- * matches `/` (of `/*`, `/` and `/**`, ranked as decide.ts rule 8 says: `/*` first, as a longer
- * pattern, and `/**` last): its rule for a call without a verb decides (the one
+ * matches `/` (of `/`, `/*` and `/**`, ranked as decide.ts rule 8 says: `/` first, as the name of
+ * the path, then `/*`, which matches it as its bare prefix, and `/**` last): its rule for a call without a verb decides (the one
  * without verbs, else its first deny), or the app policy's default when it has only HTTP-verb
  * allows. Every other operation never decides a connection, whatever it says: one on another path
  * (`/admin/**`, `/pkg.Svc/Get`), an HTTP-verb allow, and one on `/` that a more specific entry
@@ -14,7 +14,7 @@
  * rest of this folder.
  */
 import { compilePolicy, type Explanation } from "./decide.ts";
-import { compileOperation } from "./operation.ts";
+import { compileOperation, matchesOperation, PathSegments } from "./operation.ts";
 import type { AccessControlConfig, Action } from "./schema.ts";
 
 export const POLICY_OPERATIONS_NEVER_APPLY_TCP = "policy-operations-never-apply-tcp";
@@ -71,11 +71,19 @@ export function operationsNeverApplyingToTcp(config: AccessControlConfig): TcpIn
       const name = compileOperation(rule.name).name;
       // Another rule of the entry that decides, with the same action: it says what decides.
       if (explained.by === "operation" && name === reached && rule.action === decidedBy.action) return;
-      const why = name === reached ? "verbs" : explained.matched.some((matched) => matched.name === name) ? "shadowed" : "path";
+      // `/*` beside `/` is not among the entries that match `/` (decide.ts rule 8), but it would be alone.
+      const why = name === reached ? "verbs" : explained.matched.some((matched) => matched.name === name) || matchesRootPath(name) ? "shadowed" : "path";
       found.push({ ...caller, policyIndex, operationIndex, name, action: rule.action, why, decidedBy });
     });
   });
   return found;
+}
+
+/** Whether an operation, alone in its app policy, matches the path `/` (a connection's). */
+function matchesRootPath(name: string): boolean {
+  const root = new PathSegments();
+  root.load("/");
+  return matchesOperation(compileOperation(name).segments, root);
 }
 
 function deciderOf(explained: Explanation, inheritsDefault: boolean): TcpDecider {

@@ -167,12 +167,12 @@ const fingerprints = (pem: string) => certificatesFromPem(pem).map((der) => new 
 const events = (logged: string[], event: string) => logged.map((line) => JSON.parse(line) as Record<string, unknown>).filter((line) => line.event === event);
 
 /** A CA of its own (its directory, to rotate its root while it serves) with daprTrustBundle pointing at `api`. */
-async function startCa(api: FakeKube, namespace = "dapr-system") {
+async function startCa(api: FakeKube, namespace = "dapr-system", extra: Record<string, unknown> = {}) {
   const work = mkdtempSync(join(tmpdir(), "meshward-dapr-tb-ca-"));
   const caDir = join(work, "ca");
   await initAnchors({ dir: caDir, trustDomain: "dapr-tb.test", now: new Date() });
   const { logger, logged } = capturingLogger();
-  const config = caConfigSchema.parse({ listen: "127.0.0.1:0", signingWorkers: 0, anchorPoll: "100ms", daprTrustBundle: { namespace, apiServer: api.url, tokenFile, caFile: certFile } });
+  const config = caConfigSchema.parse({ listen: "127.0.0.1:0", signingWorkers: 0, anchorPoll: "100ms", daprTrustBundle: { namespace, apiServer: api.url, tokenFile, caFile: certFile }, ...extra });
   let server: CaServer;
   try {
     server = await startCaServer({ dir: caDir, config, logger, daprTrustBundleBackoff: { initialMs: 20, maxMs: 100 } });
@@ -243,6 +243,11 @@ describe("meshward ca serve with daprTrustBundle: Dapr's dapr-trust-bundle Confi
         expect(JSON.stringify(write.body)).not.toMatch(/PRIVATE|issuer\.key/);
       }
       expect(ca.logged.join("")).not.toContain(TOKEN);
+      // ConfigMaps only, never a Secret: of the two objects Sentry keeps (dapr/dapr
+      // pkg/sentry/server/ca/kube.go store), only Sentry reads the Secret; Dapr's injector
+      // (pkg/injector/service/config.go, its trust anchors file) and operator
+      // (pkg/operator/trustbundlesync.go) read the ConfigMap.
+      expect(api.calls.every((call) => call.path.startsWith("/api/v1/namespaces/dapr-system/configmaps"))).toBe(true);
     } finally {
       await ca.close();
       await api.stop();
@@ -268,6 +273,42 @@ describe("meshward ca serve with daprTrustBundle: Dapr's dapr-trust-bundle Confi
       await vi.waitFor(() => expect(api.objects.get("dapr-system/dapr-trust-bundle")).toBeDefined(), { timeout: 10_000, interval: 20 });
       await vi.waitFor(() => expect(events(ca.logged, "dapr-trust-bundle-sync-recovered")).toHaveLength(1), { timeout: 10_000, interval: 20 });
       expect(ca.logged.join("")).not.toContain(TOKEN);
+    } finally {
+      await ca.close();
+      await api.stop();
+    }
+  });
+
+  it("the sync's state is on the status page's feed (status.json daprTrustBundle: last success, last error with its code, status and reason, the resourceVersion written), and never in /readyz", async () => {
+    const api = await fakeKube();
+    api.forbidden.add("dapr-system");
+    const ca = await startCa(api, "dapr-system", { status: "127.0.0.1:0" });
+    type Feed = { health: { ok: boolean; checks: Record<string, unknown> }; daprTrustBundle?: Record<string, unknown> & { lastError?: Record<string, unknown> } };
+    const feed = async () => (await (await fetch(`${ca.server.status!.url}/status.json`)).json()) as Feed;
+    try {
+      await vi.waitFor(async () => expect((await feed()).daprTrustBundle).toMatchObject({ state: "failing" }), { timeout: 10_000, interval: 20 });
+      const failing = (await feed()).daprTrustBundle!;
+      expect(failing).toMatchObject({ namespace: "dapr-system", configMap: "dapr-trust-bundle", state: "failing", lastResult: "error", lastError: { code: "E_KUBERNETES_UNAVAILABLE", status: 403, reason: "Forbidden" } });
+      expect(failing.failures).toBeGreaterThanOrEqual(1);
+      expect(String(failing.lastError!.message)).toMatch(/refused to read ConfigMap dapr-system\/dapr-trust-bundle: HTTP 403 Forbidden/);
+      expect(failing.lastSuccessAt).toBeUndefined();
+      expect(failing.resourceVersion).toBeUndefined();
+      expect(Number.isNaN(Date.parse(String(failing.retryAt)))).toBe(false);
+      // Never fatal: /readyz answers 200 and names no dapr check; the page's health is the CA's.
+      const ready = await fetch(`${ca.server.status!.url}/readyz`);
+      expect(ready.status).toBe(200);
+      expect(Object.keys(((await ready.json()) as { checks: Record<string, unknown> }).checks).some((name) => /dapr/i.test(name))).toBe(false);
+      expect((await feed()).health.ok).toBe(true);
+      expect(JSON.stringify(await feed())).not.toContain(TOKEN);
+
+      api.forbidden.delete("dapr-system");
+      await vi.waitFor(async () => expect((await feed()).daprTrustBundle).toMatchObject({ state: "in-step" }), { timeout: 10_000, interval: 20 });
+      const written = api.objects.get("dapr-system/dapr-trust-bundle")!;
+      const inStep = (await feed()).daprTrustBundle!;
+      expect(inStep).toMatchObject({ state: "in-step", lastResult: "created", failures: 0, resourceVersion: written.metadata.resourceVersion, lastError: { code: "E_KUBERNETES_UNAVAILABLE", status: 403 } });
+      expect(Date.parse(String(inStep.lastSuccessAt))).toBeGreaterThanOrEqual(Date.parse(String(failing.lastError!.at)));
+      expect(inStep.lastWriteAt).toBe(inStep.lastSuccessAt);
+      expect(inStep.retryAt).toBeUndefined();
     } finally {
       await ca.close();
       await api.stop();

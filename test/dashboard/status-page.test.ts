@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium, type BrowserContext, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createStatusRecorder, emptyMinuteSeries, type IdentityStatus, type StatusSnapshot } from "../../src/dashboard/feed.ts";
+import { createStatusRecorder, emptyMinuteSeries, type DaprTrustBundleStatus, type IdentityStatus, type StatusSnapshot } from "../../src/dashboard/feed.ts";
 import { createStatusRoutes } from "../../src/dashboard/routes.ts";
 import { createOpsServer, type OpsServer } from "../../src/telemetry/health.ts";
 
@@ -34,6 +34,8 @@ let identity: IdentityStatus = {
 };
 let failFeed = false;
 let hostile: string | undefined;
+/** A CA's dapr-trust-bundle sync state (src/ca/dapr-trust-bundle-sync.ts), when set. */
+let dapr: DaprTrustBundleStatus | undefined;
 
 function snapshot(): StatusSnapshot {
   if (failFeed) throw new Error("identity source closed");
@@ -58,6 +60,7 @@ function snapshot(): StatusSnapshot {
     denials: recorder.denials(now),
     refusals: recorder.refusals(),
     health: { ok: true, checks: { identity: { ok: true, detail: `valid until ${identity.notAfter.toISOString()}` }, ca: { ok: true, detail: "127.0.0.1:8443 answered 1.2 ms ago" } } },
+    ...(dapr !== undefined ? { daprTrustBundle: dapr } : {}),
   };
 }
 
@@ -222,6 +225,58 @@ describe("status page in Chromium", () => {
     await page.locator("#stale").waitFor({ state: "hidden" });
     expect(await page.locator("body.stale").count()).toBe(0);
     await page.close();
+  });
+
+  it("a CA's dapr-trust-bundle sync: a card with its state, last success, resourceVersion written and last error; a header badge while it fails, the health badge untouched; hidden without one", async () => {
+    const page = await openPage(`${baseUrl}/`);
+    await page.locator('body[data-state="ready"]').waitFor();
+    expect(await page.locator("#dapr").isHidden()).toBe(true);
+    expect(await page.locator("#dapr-badge").isHidden()).toBe(true);
+    const failedAt = new Date();
+    const hostileMessage = `E_KUBERNETES_UNAVAILABLE: the Kubernetes API refused to read ConfigMap dapr-system/dapr-trust-bundle: HTTP 403 Forbidden: <img src=x onerror="globalThis.pwned=4">`;
+    try {
+      dapr = {
+        namespace: "dapr-system",
+        configMap: "dapr-trust-bundle",
+        state: "failing",
+        lastResult: "error",
+        lastAttemptAt: failedAt,
+        lastSuccessAt: new Date(failedAt.getTime() - 5 * 60_000),
+        lastWriteAt: new Date(failedAt.getTime() - 5 * 60_000),
+        resourceVersion: "48213",
+        failures: 3,
+        lastError: { at: failedAt, code: "E_KUBERNETES_UNAVAILABLE", status: 403, reason: "Forbidden", message: hostileMessage },
+        retryAt: new Date(failedAt.getTime() + 4_000),
+      };
+      await page.locator('#dapr[data-state="failing"]').waitFor();
+      expect(await page.locator("#dapr-target").textContent()).toBe("ConfigMap dapr-system/dapr-trust-bundle");
+      expect(await page.locator("#dapr-state").textContent()).toMatch(/^failing \(3 attempts in a row\), next attempt /);
+      expect(await page.locator("#dapr-version").textContent()).toMatch(/^48213 at /);
+      expect(await page.locator("#dapr-error").textContent()).toContain("E_KUBERNETES_UNAVAILABLE HTTP 403 Forbidden at ");
+      expect(await page.locator("#dapr-error").textContent()).toContain(hostileMessage);
+      expect(await page.locator("#dapr-badge").textContent()).toBe("dapr-trust-bundle failing");
+      expect(await page.locator("#dapr-badge").isVisible()).toBe(true);
+      // Never a readiness matter: the health badge and the checks stay as they are.
+      expect(await page.locator("#health").textContent()).toBe("healthy");
+      expect(await page.locator("#checks tbody").textContent()).not.toContain("dapr");
+      expect(await page.locator("main img").count()).toBe(0);
+      expect(await page.evaluate(() => (globalThis as unknown as { pwned?: number }).pwned)).toBeUndefined();
+      mkdirSync(ARTIFACTS, { recursive: true });
+      await page.screenshot({ path: join(ARTIFACTS, "status-page-dapr-failing.png"), fullPage: true });
+
+      // Recovered: in step, the badge gone, the last error kept with its time.
+      dapr = { ...dapr, state: "in-step", lastResult: "updated", lastSuccessAt: new Date(), lastWriteAt: new Date(), resourceVersion: "48290", failures: 0, retryAt: undefined };
+      delete (dapr as { retryAt?: Date }).retryAt;
+      await page.locator('#dapr[data-state="in-step"]').waitFor();
+      expect(await page.locator("#dapr-state").textContent()).toBe("in step with the CA's trust bundle");
+      expect(await page.locator("#dapr-success").textContent()).toMatch(/ \(updated\)$/);
+      expect(await page.locator("#dapr-version").textContent()).toMatch(/^48290 at /);
+      expect(await page.locator("#dapr-error").textContent()).toContain("E_KUBERNETES_UNAVAILABLE HTTP 403 Forbidden");
+      expect(await page.locator("#dapr-badge").isHidden()).toBe(true);
+    } finally {
+      dapr = undefined;
+      await page.close();
+    }
   });
 
   it("renders a hostile SPIFFE-ID-like string as text, never as HTML", async () => {

@@ -14,21 +14,28 @@ import { compileOperation, matchesBelow, normaliseOperation, PathSegments } from
  * decide a path and verb differently, daprDifferences() must report a difference naming the
  * operation meshward used and the one Dapr used (when Dapr used one).
  *
- * Names: literals and in-segment globs, optionally ending in a bare `*` or `**` (also alone: `/*`,
+ * Names: the root `/`, and literals and in-segment globs, optionally ending in a bare `*` or `**` (also alone: `/*`,
  * `/**`), so that literal siblings, prefixes (`/a` beside `/a/**`) and trailing wildcards meet. A
  * bare `*` before the last segment is left out: it never matches in Dapr and is reported on its
  * own (never-matches-in-dapr, only where meshward allows more: dapr-differences.test.ts).
- * Paths: every generated one, not only those below an operation's name. gRPC is left out: an
+ * Paths: every generated one (the root `/` too), not only those below an operation's name. gRPC is left out: an
  * operation whose rules all name HTTP verbs does not grant gRPC in meshward (decide.ts rule 10), a
  * difference on purpose where meshward is the stricter.
  * FC_SEED=<n> replays a run (the commit adding the trailing shapes cites a seed that failed before).
  */
 const SEGMENT = fc.constantFrom("a", "b", "ab", "a*", "*b");
 const TAIL = fc.constantFrom<string[]>([], [], ["*"], ["**"]);
-const NAME = fc
-  .tuple(fc.array(SEGMENT, { minLength: 0, maxLength: 3 }), TAIL)
-  .filter(([segments, tail]) => segments.length + tail.length > 0)
-  .map(([segments, tail]) => `/${[...segments, ...tail].join("/")}`);
+// The root `/` too, beside `/*` and `/**` (which match the path `/` as well): decide.ts rule 8.
+const NAME = fc.oneof(
+  { arbitrary: fc.constant("/"), weight: 1 },
+  {
+    arbitrary: fc
+      .tuple(fc.array(SEGMENT, { minLength: 0, maxLength: 3 }), TAIL)
+      .filter(([segments, tail]) => segments.length + tail.length > 0)
+      .map(([segments, tail]) => `/${[...segments, ...tail].join("/")}`),
+    weight: 6,
+  },
+);
 const OPERATION = fc.record({
   name: NAME,
   httpVerb: fc.constantFrom(["*"], ["GET"], ["GET", "POST"], ["POST"]),
@@ -38,7 +45,7 @@ const POLICY = fc.record({
   appDefault: fc.constantFrom("allow", "deny"),
   operations: fc.uniqueArray(OPERATION, { minLength: 1, maxLength: 4, selector: (op) => normaliseOperation(op.name) }),
 });
-const PATH = fc.array(fc.constantFrom("a", "b", "ab", "ba", "x"), { minLength: 1, maxLength: 4 }).map((s) => `/${s.join("/")}`);
+const PATH = fc.array(fc.constantFrom("a", "b", "ab", "ba", "x"), { minLength: 0, maxLength: 4 }).map((s) => `/${s.join("/")}`);
 const VERBS = ["GET", "POST", "DELETE"];
 const caller = { trustDomain: "public", namespace: "default", appId: "app1" };
 

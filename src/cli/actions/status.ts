@@ -38,6 +38,8 @@ interface Feed {
   identities: FeedIdentity[];
   rotations: { time: string; kind: string; result: string }[];
   health: { ok: boolean; checks: Record<string, { ok: boolean; detail?: unknown }> };
+  /** A CA keeping Dapr's dapr-trust-bundle ConfigMap (src/dashboard/feed.ts DaprTrustBundleStatus). */
+  daprTrustBundle?: { state?: unknown; namespace?: unknown; failures?: unknown; lastSuccessAt?: unknown; lastError?: { code?: unknown; status?: unknown; reason?: unknown } };
 }
 
 /** `meshward status`: one table for the CA and the status endpoints named. */
@@ -134,15 +136,28 @@ async function feedRows(url: string, token: string | undefined, now: Date): Prom
   const last = feed.rotations[0];
   const lastRotation = last ? `${last.kind} ${last.result} ${describeTimeLeft(new Date(last.time), now).replace(/^expired (.*) ago$/, "$1 ago")}` : "none since start";
   const failing = Object.entries(feed.health.checks).filter(([, c]) => !c.ok).map(([k, c]) => `${k}: ${String(c.detail ?? "failing")}`);
+  // Said beside the health, never in it: a failing dapr-trust-bundle sync does not make the CA unhealthy (nor the exit code 1).
+  const dapr = daprTrustBundleNote(feed);
+  const withDapr = (health: string) => (dapr === undefined ? health : `${health}; ${dapr}`);
   const workloads = feed.identities.filter((i) => i.kind === "workload");
   if (workloads.length === 0) {
-    return [{ component: feed.component, name: feed.name, identity: "(none)", expires: null, timeLeft: "", healthy: false, health: failing.join("; ") || "no identity", lastRotation }];
+    return [{ component: feed.component, name: feed.name, identity: "(none)", expires: null, timeLeft: "", healthy: false, health: withDapr(failing.join("; ") || "no identity"), lastRotation }];
   }
   return workloads.map((i) => {
     const notAfter = new Date(i.notAfter);
     const healthy = feed.health.ok && notAfter > now;
-    return { component: feed.component, name: feed.name, identity: i.spiffeId, expires: formatCertificateTime(notAfter), timeLeft: describeTimeLeft(notAfter, now), healthy, health: healthy ? "healthy" : failing.join("; ") || "expired", lastRotation };
+    return { component: feed.component, name: feed.name, identity: i.spiffeId, expires: formatCertificateTime(notAfter), timeLeft: describeTimeLeft(notAfter, now), healthy, health: withDapr(healthy ? "healthy" : failing.join("; ") || "expired"), lastRotation };
   });
+}
+
+/** "dapr-trust-bundle failing: E_… HTTP 403 Forbidden (3 in a row, last success …)" while a CA's sync fails, else undefined. */
+function daprTrustBundleNote(feed: Feed): string | undefined {
+  const dapr = feed.daprTrustBundle;
+  if (dapr === undefined || dapr === null || typeof dapr !== "object" || dapr.state !== "failing") return undefined;
+  const error = dapr.lastError ?? {};
+  const what = [error.code, typeof error.status === "number" ? `HTTP ${error.status}` : undefined, error.reason].filter((part) => typeof part === "string" && part !== "").join(" ");
+  const success = typeof dapr.lastSuccessAt === "string" ? `last success ${dapr.lastSuccessAt}` : "never in step since start";
+  return `dapr-trust-bundle failing${typeof dapr.namespace === "string" ? ` in ${dapr.namespace}` : ""}: ${what || "error"} (${typeof dapr.failures === "number" ? `${dapr.failures} in a row, ` : ""}${success})`;
 }
 
 /** fetch says only "fetch failed": the reason is its cause (ECONNREFUSED, a certificate, a TLS alert). */

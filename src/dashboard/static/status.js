@@ -264,8 +264,48 @@
       var detail = check.detail === undefined ? "" : typeof check.detail === "string" ? check.detail : JSON.stringify(check.detail);
       return [{ text: name }, { text: check.ok ? "ok" : "failing", className: check.ok ? "ok-text" : "bad-text" }, { text: detail }];
     }), 3, "no checks registered");
+    renderDapr(s);
     renderChart("chart-failures", s.handshakeFailures, "failures-summary", "failures");
     renderChart("chart-denials", s.denials, "denials-summary", s.component === "ca" ? "refused sign requests" : "denials");
+  }
+
+  /**
+   * The CA's upkeep of Dapr's dapr-trust-bundle ConfigMap (status.json daprTrustBundle): a card,
+   * and a header badge while it fails (beside, not instead of, the health badge: never a readiness check).
+   */
+  function renderDapr(s) {
+    var card = document.getElementById("dapr");
+    var badge = document.getElementById("dapr-badge");
+    var d = s.daprTrustBundle;
+    if (!d) {
+      card.hidden = true;
+      badge.hidden = true;
+      return;
+    }
+    card.hidden = false;
+    card.dataset.state = d.state;
+    document.getElementById("dapr-target").textContent = "ConfigMap " + d.namespace + "/" + d.configMap;
+    var words = { "pending": "no pass finished yet", "in-step": "in step with the CA's trust bundle", "behind": "left alone: it holds a newer CA state's roots", "failing": "failing" + (d.failures > 1 ? " (" + d.failures + " attempts in a row)" : "") + (d.retryAt ? ", next attempt " + clock(d.retryAt) : "") };
+    var state = document.getElementById("dapr-state");
+    state.textContent = words[d.state] || d.state;
+    state.className = d.state === "failing" ? "bad-text" : d.state === "in-step" ? "ok-text" : "warn-text";
+    var success = document.getElementById("dapr-success");
+    success.textContent = d.lastSuccessAt ? clock(d.lastSuccessAt) + (d.lastResult && d.state !== "failing" ? " (" + d.lastResult + ")" : "") : "never";
+    success.title = d.lastSuccessAt || "";
+    document.getElementById("dapr-version").textContent = d.resourceVersion ? d.resourceVersion + (d.lastWriteAt ? " at " + clock(d.lastWriteAt) : "") : "none written by this process";
+    var error = document.getElementById("dapr-error");
+    clear(error);
+    if (d.lastError) {
+      error.appendChild(el("span", d.lastError.code + (d.lastError.status ? " HTTP " + d.lastError.status : "") + (d.lastError.reason ? " " + d.lastError.reason : ""), d.state === "failing" ? "mono bad-text" : "mono"));
+      error.appendChild(el("span", " at " + clock(d.lastError.at) + ": "));
+      error.appendChild(el("span", d.lastError.message));
+    } else {
+      error.textContent = "none";
+    }
+    badge.hidden = d.state !== "failing";
+    badge.textContent = "dapr-trust-bundle failing";
+    badge.className = "badge warn";
+    badge.title = d.lastError ? d.lastError.code + (d.lastError.reason ? " " + d.lastError.reason : "") : "";
   }
 
   function setStale(reason) {
