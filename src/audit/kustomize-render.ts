@@ -225,8 +225,8 @@ function indentOf(line: string): number {
  * (a block scalar, so its lines are the key's and the more indented ones after it), and the
  * `annotations:` key when that entry was its only one. kustomize writes each object in one
  * layout (two-space indentation, `metadata:` at column 0), so removing those lines gives the
- * text `kubectl kustomize DIR` prints, byte for byte (readPaths checks it on every overlay
- * with originAnnotations of its own: see renderOnce).
+ * text `kubectl kustomize DIR` prints, byte for byte (an overlay whose kustomizations set
+ * buildMetadata themselves is rendered plainly instead: see renderKustomization).
  */
 export function stripOriginAnnotations(text: string): string {
   const lines = text.split("\n");
@@ -465,12 +465,31 @@ function parsesAsObjects(text: string): "yes" | "no" | "unreadable" {
  * and tries a git clone before a local folder. An entry whose first segment looks like a host
  * (`gitlab.com/org/repo`), which kustomize v5 reads as a local path but older versions cloned,
  * is remote unless a local path of that name exists.
+ *
+ * `field`: the kustomization field the entry is in. A field whose entries kustomize only loads as
+ * files (patch and replacement paths, generator files, crds, configurations, openapi, a plugin
+ * config's file) goes through FileLoader.Load, which fetches an http(s) URL and otherwise reads the
+ * local file, never cloning (api/internal/loader/fileloader.go): there a git-like name that is a
+ * local file (`github.com/acme/patches/replicas.yaml` in a vendored tree) is local. The fields
+ * whose entries may be a kustomization folder (TARGET_FIELDS: resources, bases, components and
+ * plugin config entries) go through FileLoader.New, which tries a git clone first for whatever
+ * git.NewRepoSpecFromURL accepts and never falls back to a local folder, and a resources entry
+ * that fails to load as a file goes there too: those stay remote whatever exists locally.
  */
-export function isRemoteEntry(entry: string, directory: string): boolean {
+export function isRemoteEntry(entry: string, directory: string, field?: string): boolean {
   if (/^\.\.?\//.test(entry) || isAbsolute(entry)) return false;
+  if (field !== undefined && !TARGET_FIELDS.includes(field) && !/^https?:/i.test(entry) && isLocalFile(resolve(directory, entry))) return false;
   if (/^[a-z][a-z0-9+.-]*:/i.test(entry) || /^[^/\s:@]+@[^/\s:]+[:/]/.test(entry) || /^github\.com[/:]/i.test(folded(entry)) || /\?(?:.*&)?(?:ref|version|timeout|submodules)=/i.test(entry)) return true;
   if (!/^[^/]*[^/.][^/]*\.[^/]+\//.test(entry)) return false;
   return !existsSync(resolve(directory, entry));
+}
+
+function isLocalFile(path: string): boolean {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
 }
 
 /** The local kustomization folders a kustomization names (its bases and components), as kustomization files. */
@@ -534,7 +553,7 @@ export function remoteReferences(kustomization: string): RemoteReference[] {
   eachKustomization(kustomization, (file, doc, directory) => {
     const plugins = pluginEntries(doc, directory);
     for (const why of plugins.unchecked) found.push({ file, field: "unchecked", reference: why });
-    for (const { field, entry } of [...namedEntries(doc), ...plugins.entries]) if (isRemoteEntry(entry, directory)) found.push({ file, field, reference: entry });
+    for (const { field, entry } of [...namedEntries(doc), ...plugins.entries]) if (isRemoteEntry(entry, directory, field)) found.push({ file, field, reference: entry });
   }, (file, why) => found.push({ file, field: "unchecked", reference: why }));
   return found;
 }
@@ -567,9 +586,9 @@ export function consumedBy(kustomization: string, directory: string): (file: str
   const named: string[] = [kustomization];
   eachKustomization(kustomization, (file, doc, folder) => {
     named.push(file);
-    for (const { entry } of [...namedEntries(doc), ...pluginEntries(doc, folder).entries]) {
+    for (const { field, entry } of [...namedEntries(doc), ...pluginEntries(doc, folder).entries]) {
       // Remote resources are not files of this tree.
-      if (!isRemoteEntry(entry, folder)) named.push(resolve(folder, entry));
+      if (!isRemoteEntry(entry, folder, field)) named.push(resolve(folder, entry));
     }
   });
   const roots = named.map((path) => resolve(path));
