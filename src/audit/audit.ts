@@ -5,7 +5,7 @@ import { ALL_RULES } from "./rules/index.ts";
 import { applySuppressions } from "./suppressions.ts";
 import { readFileSync, realpathSync, statSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
-import { KUSTOMIZATION_FILES, consumedBy, isComponent, kustomizationIn, namedKustomizationFolders, objectKey, remoteReferences, renderAdvice, renderKustomization, renderOrigins, renderedName } from "./kustomize-render.ts";
+import { KUSTOMIZATION_FILES, consumedBy, isComponent, kustomizationIn, namedKustomizationFolders, objectKey, renderAdvice, renderKustomization, renderedName } from "./kustomize-render.ts";
 import type { AuditResult, Corpus, DaprConfiguration, Finding, NodePath, ParseProblem, Position, Resource, Rule, SkippedFile, SourceDocument } from "./types.ts";
 import { parseYamlFile } from "./yaml-source.ts";
 import { asText, get } from "./shape.ts";
@@ -374,14 +374,13 @@ function realPath(path: string): string {
 }
 
 /**
- * The local source file (and its text) of each object of a rendered overlay, to point findings
- * there. Not for an overlay with remote bases (a second render would fetch them again).
+ * The local source file (and its text) of each object of a rendered overlay (`origins`, from
+ * renderKustomization: empty for an overlay with remote bases), to point findings there.
  */
-function originTexts(directory: string, kustomization: string, options: AuditOptions, maxFileBytes: number): Map<string, { file: string; text: string }> {
+function originTexts(origins: ReadonlyMap<string, string>, maxFileBytes: number): Map<string, { file: string; text: string }> {
   const texts = new Map<string, { file: string; text: string }>();
-  if (remoteReferences(kustomization).length > 0) return texts;
   const read = new Map<string, string | undefined>();
-  for (const [key, file] of renderOrigins(directory, options.kubectl)) {
+  for (const [key, file] of origins) {
     if (!read.has(file)) {
       let text: string | undefined;
       try {
@@ -425,7 +424,7 @@ export function readPaths(paths: readonly string[], options: AuditOptions = {}):
   for (const { directory, kustomization } of overlays) {
     if (named.has(realPath(directory)) || isComponent(kustomization)) continue;
     options.onRender?.(directory);
-    const outcome = renderKustomization(directory, options.kubectl, { allowRemote: options.kustomizeRemote === true });
+    const outcome = renderKustomization(directory, options.kubectl, { allowRemote: options.kustomizeRemote === true, origins: true });
     if (!outcome.ok) {
       read.problems.push({
         file: kustomization,
@@ -441,7 +440,7 @@ export function readPaths(paths: readonly string[], options: AuditOptions = {}):
       continue;
     }
     read.rendered.push(directory);
-    read.files.push({ file: renderedName(directory), text: outcome.text, format: "yaml", rendered: directory, origins: originTexts(directory, kustomization, options, maxFileBytes) });
+    read.files.push({ file: renderedName(directory), text: outcome.text, format: "yaml", rendered: directory, origins: originTexts(outcome.origins, maxFileBytes) });
     consumed.push(consumedBy(kustomization, directory));
   }
   // The files an overlay renders are audited in its output (private keys still checked in

@@ -5,7 +5,7 @@ import { validatorNames } from "./rules/mtls.ts";
 import { transportRules } from "./rules/transport.ts";
 import { productionScore } from "./rules/secrets.ts";
 import { MeshwardError } from "../errors.ts";
-import { isDaprEnabled, meshwardInjected, meshwardMode, sidecarListensOnAllInterfaces } from "./rules/kubernetes.ts";
+import { isDaprEnabled, meshwardInjected, meshwardMode, sidecarListenBeyondLoopback } from "./rules/kubernetes.ts";
 import { asArray, asText, durationSeconds, get, isDict, isFalsy, isTruthy, lookup } from "./shape.ts";
 import type { Corpus, Resource } from "./types.ts";
 import { DEFAULT_MAX_FILE_BYTES } from "./walk.ts";
@@ -150,7 +150,7 @@ function collectOne(resource: Resource, corpus: Corpus, put: (aspect: string, su
       const token = (resource.annotations["dapr.io/api-token-secret"] ?? "") !== "";
       put("Dapr API token", subject, { value: token ? "set" : "none", rank: token ? 1 : 0 });
       const listen = resource.annotations["dapr.io/sidecar-listen-addresses"] ?? "127.0.0.1";
-      const open = sidecarListensOnAllInterfaces(listen);
+      const open = sidecarListenBeyondLoopback(listen).length > 0;
       put("sidecar listen", subject, { value: listen, rank: open ? 0 : 1 });
       put("Dapr config", subject, { value: resource.annotations["dapr.io/config"] || "default", rank: 0 });
       return;

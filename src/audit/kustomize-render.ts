@@ -20,7 +20,8 @@ export function kustomizationIn(path: string): string | undefined {
 }
 
 export type RenderOutcome =
-  | { ok: true; text: string }
+  /** `origins`: objectKey → source file (see renderOrigins); empty unless asked for and found. */
+  | { ok: true; text: string; origins: Map<string, string> }
   | { ok: false; reason: "no-kubectl" | "failed"; detail: string }
   | { ok: false; reason: "remote"; detail: string; references: RemoteReference[] };
 
@@ -112,11 +113,18 @@ export function runKustomize(directory: string, kubectl: string, options: { offl
  * is not rendered unless `allowRemote` is true: kustomize would fetch it from the network or run
  * git, and an audit of an untrusted tree must do neither. That refusal happens before kubectl
  * runs, and kubectl then runs offline (see runKustomize) in case the check missed something.
+ *
+ * `origins`: also find the local file each object comes from (renderOrigins), for an overlay with
+ * no remote reference. Done with one render: the annotated one, whose text without the origin
+ * annotations (stripOriginAnnotations) is `kubectl kustomize DIR`'s output. Two renders (the
+ * plain one, then the annotated one) only when a kustomization of the overlay sets
+ * `buildMetadata` itself (its own annotations must stay) or the annotated render fails (an older
+ * kubectl without buildMetadata, or a broken overlay: the plain render then gives the error).
  */
-export function renderKustomization(directory: string, kubectl = "kubectl", options: { allowRemote?: boolean } = {}): RenderOutcome {
+export function renderKustomization(directory: string, kubectl = "kubectl", options: { allowRemote?: boolean; origins?: boolean } = {}): RenderOutcome {
   const kustomization = kustomizationIn(directory);
-  const remote = options.allowRemote === true || kustomization === undefined ? [] : remoteReferences(kustomization);
-  if (remote.length > 0) {
+  const remote = kustomization === undefined ? [] : remoteReferences(kustomization);
+  if (remote.length > 0 && options.allowRemote !== true) {
     const more = remote.length > 1 ? ` and ${remote.length - 1} more` : "";
     const unchecked = remote.find((reference) => reference.field === "unchecked");
     // Fail closed: a kustomization this check cannot read might name a remote base kustomize reads.
@@ -125,9 +133,15 @@ export function renderKustomization(directory: string, kubectl = "kubectl", opti
       : `it names a remote base or file, ${shownReference(remote[0] as RemoteReference)}${more}, which \`kubectl kustomize\` would fetch from the network (HTTP or git)`;
     return { ok: false, reason: "remote", references: remote, detail };
   }
+  // Origins only for an overlay with nothing remote: a second render would fetch it again.
+  const origins = options.origins === true && kustomization !== undefined && remote.length === 0;
+  if (origins && !setsBuildMetadata(kustomization)) {
+    const annotated = renderAnnotated(directory, kubectl);
+    if (annotated !== undefined) return { ok: true, text: stripOriginAnnotations(annotated.text), origins: annotated.origins };
+  }
   try {
     const text = runKustomize(directory, kubectl, { offline: options.allowRemote !== true });
-    return { ok: true, text };
+    return { ok: true, text, origins: origins ? renderOrigins(directory, kubectl) : new Map() };
   } catch (error) {
     const failure = error as NodeJS.ErrnoException & { stderr?: string | Buffer };
     if (failure.code === "ENOENT") return { ok: false, reason: "no-kubectl", detail: `${kubectl} not found` };
@@ -153,34 +167,93 @@ export function objectKey(data: unknown): string | undefined {
 
 /**
  * The local file each object of a rendered overlay comes from (objectKey → absolute path), read
- * from kustomize's `config.kubernetes.io/origin` annotation: the overlay is rendered a second
- * time as the only resource of a throw-away kustomization with `buildMetadata:
- * [originAnnotations]` (the overlay's own files are not touched; the first render, without the
- * annotations, is the one audited, so its lines are `kubectl kustomize DIR`'s). Objects from a
- * remote base or a generator have no local origin. Empty when that render fails.
+ * from kustomize's `config.kubernetes.io/origin` annotation: the overlay is rendered as the only
+ * resource of a throw-away kustomization with `buildMetadata: [originAnnotations]` (the overlay's
+ * own files are not touched). Objects from a remote base or a generator have no local origin.
+ * Empty when that render fails.
  */
 export function renderOrigins(directory: string, kubectl = "kubectl"): Map<string, string> {
+  return renderAnnotated(directory, kubectl)?.origins ?? new Map();
+}
+
+/**
+ * The overlay rendered with origin annotations (see renderOrigins): the text, and the origin of
+ * each object; undefined when that render fails. Offline always: it is run only for an overlay
+ * the remote check passed.
+ */
+function renderAnnotated(directory: string, kubectl: string): { text: string; origins: Map<string, string> } | undefined {
   const origins = new Map<string, string>();
   const wrapper = mkdtempSync(join(tmpdir(), "meshward-audit-origin-"));
   try {
     writeFileSync(join(wrapper, "kustomization.yaml"), `resources:\n  - ${JSON.stringify(relative(wrapper, resolve(directory)))}\nbuildMetadata: [originAnnotations]\n`);
-    // Offline always: it runs only for an overlay the remote check passed (see originTexts).
     const text = runKustomize(wrapper, kubectl, { offline: true, stderr: "ignore" });
     for (const document of parseAllDocuments(text, { logLevel: "silent" })) {
       const data: unknown = "toJS" in document ? document.toJS() : undefined;
       const key = objectKey(data);
-      const annotation = asText((get(data, "metadata", "annotations") as Record<string, unknown> | undefined)?.["config.kubernetes.io/origin"]);
+      const annotation = asText((get(data, "metadata", "annotations") as Record<string, unknown> | undefined)?.[ORIGIN_ANNOTATION]);
       if (key === undefined || annotation === "") continue;
       const origin: unknown = parse(annotation, { logLevel: "silent" });
       if (!isDict(origin) || origin["repo"] !== undefined || typeof origin["path"] !== "string") continue;
       origins.set(key, resolve(wrapper, origin["path"]));
     }
+    return { text, origins };
   } catch {
-    // Without origins every finding keeps the rendered output's line.
+    return undefined;
   } finally {
     rmSync(wrapper, { recursive: true, force: true });
   }
-  return origins;
+}
+
+/** Whether the overlay or a local base or component it names sets `buildMetadata` (its own annotations in the output). */
+function setsBuildMetadata(kustomization: string): boolean {
+  let found = false;
+  eachKustomization(kustomization, (_file, doc) => {
+    if (fieldValues(doc, "buildMetadata").length > 0) found = true;
+  });
+  return found;
+}
+
+const ORIGIN_ANNOTATION = "config.kubernetes.io/origin";
+
+function indentOf(line: string): number {
+  return /^ */.exec(line)?.[0].length ?? 0;
+}
+
+/**
+ * The text of a render made with `buildMetadata: [originAnnotations]` without the annotations
+ * that adds: each top-level object's `metadata.annotations` entry `config.kubernetes.io/origin`
+ * (a block scalar, so its lines are the key's and the more indented ones after it), and the
+ * `annotations:` key when that entry was its only one. kustomize writes each object in one
+ * layout (two-space indentation, `metadata:` at column 0), so removing those lines gives the
+ * text `kubectl kustomize DIR` prints, byte for byte (an overlay whose kustomizations set
+ * buildMetadata themselves is rendered plainly instead: see renderKustomization).
+ */
+export function stripOriginAnnotations(text: string): string {
+  const lines = text.split("\n");
+  const out: string[] = [];
+  for (let index = 0; index < lines.length; index += 1) {
+    const line = lines[index] ?? "";
+    if (!line.startsWith(`    ${ORIGIN_ANNOTATION}:`) || !underTopLevelAnnotations(out)) {
+      out.push(line);
+      continue;
+    }
+    let next = index + 1;
+    while (next < lines.length && (lines[next] ?? "").trim() !== "" && indentOf(lines[next] ?? "") > 4) next += 1;
+    const following = lines[next] ?? "";
+    if (out[out.length - 1] === "  annotations:" && indentOf(following) <= 2) out.pop();
+    index = next - 1;
+  }
+  return out.join("\n");
+}
+
+/** Whether the next line would be an entry of the top-level `metadata.annotations` of the current object. */
+function underTopLevelAnnotations(out: readonly string[]): boolean {
+  let index = out.length - 1;
+  while (index >= 0 && indentOf(out[index] ?? "") >= 4) index -= 1;
+  if (out[index] !== "  annotations:") return false;
+  index -= 1;
+  while (index >= 0 && indentOf(out[index] ?? "") >= 2) index -= 1;
+  return out[index] === "metadata:";
 }
 
 /** The kustomization file's content, or undefined when it cannot be read as a YAML map. */
@@ -392,12 +465,31 @@ function parsesAsObjects(text: string): "yes" | "no" | "unreadable" {
  * and tries a git clone before a local folder. An entry whose first segment looks like a host
  * (`gitlab.com/org/repo`), which kustomize v5 reads as a local path but older versions cloned,
  * is remote unless a local path of that name exists.
+ *
+ * `field`: the kustomization field the entry is in. A field whose entries kustomize only loads as
+ * files (patch and replacement paths, generator files, crds, configurations, openapi, a plugin
+ * config's file) goes through FileLoader.Load, which fetches an http(s) URL and otherwise reads the
+ * local file, never cloning (api/internal/loader/fileloader.go): there a git-like name that is a
+ * local file (`github.com/acme/patches/replicas.yaml` in a vendored tree) is local. The fields
+ * whose entries may be a kustomization folder (TARGET_FIELDS: resources, bases, components and
+ * plugin config entries) go through FileLoader.New, which tries a git clone first for whatever
+ * git.NewRepoSpecFromURL accepts and never falls back to a local folder, and a resources entry
+ * that fails to load as a file goes there too: those stay remote whatever exists locally.
  */
-export function isRemoteEntry(entry: string, directory: string): boolean {
+export function isRemoteEntry(entry: string, directory: string, field?: string): boolean {
   if (/^\.\.?\//.test(entry) || isAbsolute(entry)) return false;
+  if (field !== undefined && !TARGET_FIELDS.includes(field) && !/^https?:/i.test(entry) && isLocalFile(resolve(directory, entry))) return false;
   if (/^[a-z][a-z0-9+.-]*:/i.test(entry) || /^[^/\s:@]+@[^/\s:]+[:/]/.test(entry) || /^github\.com[/:]/i.test(folded(entry)) || /\?(?:.*&)?(?:ref|version|timeout|submodules)=/i.test(entry)) return true;
   if (!/^[^/]*[^/.][^/]*\.[^/]+\//.test(entry)) return false;
   return !existsSync(resolve(directory, entry));
+}
+
+function isLocalFile(path: string): boolean {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
 }
 
 /** The local kustomization folders a kustomization names (its bases and components), as kustomization files. */
@@ -461,7 +553,7 @@ export function remoteReferences(kustomization: string): RemoteReference[] {
   eachKustomization(kustomization, (file, doc, directory) => {
     const plugins = pluginEntries(doc, directory);
     for (const why of plugins.unchecked) found.push({ file, field: "unchecked", reference: why });
-    for (const { field, entry } of [...namedEntries(doc), ...plugins.entries]) if (isRemoteEntry(entry, directory)) found.push({ file, field, reference: entry });
+    for (const { field, entry } of [...namedEntries(doc), ...plugins.entries]) if (isRemoteEntry(entry, directory, field)) found.push({ file, field, reference: entry });
   }, (file, why) => found.push({ file, field: "unchecked", reference: why }));
   return found;
 }
@@ -494,9 +586,9 @@ export function consumedBy(kustomization: string, directory: string): (file: str
   const named: string[] = [kustomization];
   eachKustomization(kustomization, (file, doc, folder) => {
     named.push(file);
-    for (const { entry } of [...namedEntries(doc), ...pluginEntries(doc, folder).entries]) {
+    for (const { field, entry } of [...namedEntries(doc), ...pluginEntries(doc, folder).entries]) {
       // Remote resources are not files of this tree.
-      if (!isRemoteEntry(entry, folder)) named.push(resolve(folder, entry));
+      if (!isRemoteEntry(entry, folder, field)) named.push(resolve(folder, entry));
     }
   });
   const roots = named.map((path) => resolve(path));

@@ -13,7 +13,14 @@ export function registerAuditCommand(program: Command): void {
   const audit = program
     .command("audit")
     .description("find insecure communication settings in Dapr, Kubernetes, micro and meshward configs")
-    .addHelpText("after", "\nUsage: meshward audit [scan] PATH... [--format text|json|sarif] [--fail-on high|medium|low] [--fail-on-unparsed] [--enable IDS]\nA folder literally named scan, drift or rules: write ./drift.");
+    // One line per subcommand, each naming all its options (test/audit/help-usage.test.ts checks it).
+    .addHelpText("after", [
+      "",
+      "Usage: meshward audit [scan] PATH... [--format text|json|sarif] [--fail-on high|medium|low|none] [--fail-on-unparsed] [--enable IDS] [--max-file-size BYTES] [--no-kustomize] [--kustomize-remote] [--no-color]",
+      "       meshward audit drift ENV ENV... [--format text|json] [--fail-on weaker|differs|none] [--reference DIR] [--no-kustomize] [--kustomize-remote] [--no-color]",
+      "       meshward audit rules [--format text|json|markdown]",
+      "A folder literally named scan, drift or rules: write ./drift.",
+    ].join("\n"));
 
   audit
     .command("scan", { isDefault: true })

@@ -223,6 +223,47 @@ describe("finding 3: a local file or folder of the same name does not hide a URL
   });
 });
 
+// kustomize's FileLoader.Load (api/internal/loader/fileloader.go) fetches an http(s) URL and
+// otherwise reads the local file: it never clones. Files that are only loaded (patch paths,
+// generator files, …) with a git-like name that exist locally are therefore local and the overlay
+// is rendered. FileLoader.New (bases, components, plugin config folders, and a resources entry
+// that does not load as a file) tries a git clone first for such a name (git.NewRepoSpecFromURL)
+// and never falls back to a local folder: those stay refused.
+describe("a local file with a git-like name", () => {
+  it("as a patch path or a generator file: local, the overlay rendered, nothing fetched or run", () => {
+    const root = tree("vendored", {
+      "kustomization.yaml": "resources:\n  - cm.yaml\npatches:\n  - path: github.com/acme/patches/cm.yaml\nconfigMapGenerator:\n  - name: gen\n    files:\n      - github.com/acme/files/app.conf\n",
+      "cm.yaml": CONFIG_MAP,
+      "github.com/acme/patches/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  patched: \"yes\"\n",
+      "github.com/acme/files/app.conf": "tls = on\n",
+    });
+    expect(remoteReferences(join(root, "kustomization.yaml"))).toEqual([]);
+    const before = remote.connections();
+    const runsBefore = toolRuns().length;
+    const read = readPaths([root]);
+    expect(remote.connections()).toBe(before);
+    expect(toolRuns(runsBefore)).toEqual([]);
+    expect(read.problems).toEqual([]);
+    expect(read.rendered).toEqual([root]);
+    const rendered = read.files.find((file) => file.rendered === root)?.text ?? "";
+    expect(rendered).toContain('patched: "yes"');
+    expect(rendered).toContain("app.conf: |");
+    // The vendored files are consumed by the overlay: audited in its output, not again as files.
+    expect(read.files.filter((file) => file.file.includes("github.com") && file.rawOnly !== true)).toEqual([]);
+  });
+
+  it("as a resource, base or component: still remote, whatever exists locally", () => {
+    const root = tree("vendored-targets", {
+      "kustomization.yaml": "resources:\n  - github.com/acme/res/cm.yaml\n  - github.com/acme/base\ncomponents:\n  - github.com/acme/comp\n",
+      "github.com/acme/res/cm.yaml": CONFIG_MAP,
+      "github.com/acme/base/kustomization.yaml": "resources: []\n",
+      "github.com/acme/comp/kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n",
+    });
+    expect(remoteReferences(join(root, "kustomization.yaml")).map((reference) => `${reference.field} ${reference.reference}`))
+      .toEqual(["resources github.com/acme/res/cm.yaml", "resources github.com/acme/base", "components github.com/acme/comp"]);
+  });
+});
+
 describe("defence in depth: kubectl runs offline, so what the check misses cannot reach out", () => {
   // renderOrigins runs kubectl on the overlay without the check (audit.ts runs it only for an
   // overlay the check passed): here it stands for "a reference the check missed".

@@ -3,6 +3,7 @@ import { get, isFalsy, isTruthy } from "../shape.ts";
 import type { Corpus, DaprConfiguration, Hit, Rule, Workload } from "../types.ts";
 import { SECURE_DAPR_ANNOTATIONS, deploymentYaml } from "./example-builders.ts";
 import { defineRule } from "./helpers.ts";
+import { isLoopbackHost } from "../values.ts";
 import { ANNOTATION, wantsInjection } from "../../inject/settings.ts";
 
 export function isDaprEnabled(workload: Workload): boolean {
@@ -103,12 +104,15 @@ const without = (key: string): Record<string, string> => {
 const APP_CONFIG = "---\napiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: appconfig\n  namespace: default\nspec:\n  mtls:\n    enabled: ENABLED\n";
 
 /**
- * True when `dapr.io/sidecar-listen-addresses` names an all-interfaces address: one of its
- * comma-separated parts is exactly `0.0.0.0`, `::`, `[::]` or `*` (`[::1]` is IPv6 loopback). Shared
- * by MW-K8S-001 and drift's `sidecar listen` row, so the scan and drift agree.
+ * The addresses of `dapr.io/sidecar-listen-addresses` that are not loopback: every comma-separated
+ * part that is not 127.0.0.0/8, `::1`/`[::1]` or `localhost`. Anything else opens the Dapr API to
+ * other pods: all interfaces (`0.0.0.0`, `::`, `[::]`, `*`), the pod's IP (`$(POD_IP)`, which
+ * Kubernetes expands in the daprd container's arguments, or `${POD_IP}`, another env reference
+ * or a literal address), a host name. Shared by MW-K8S-001 and drift's `sidecar listen` row, so
+ * the scan and drift agree. Empty parts are skipped.
  */
-export function sidecarListensOnAllInterfaces(value: string): boolean {
-  return value.split(",").map((part) => part.trim()).some((part) => ["0.0.0.0", "::", "[::]", "*"].includes(part));
+export function sidecarListenBeyondLoopback(value: string): string[] {
+  return value.split(",").map((part) => part.trim()).filter((part) => part !== "" && !isLoopbackHost(part));
 }
 
 export const kubernetesRules: Rule[] = [
@@ -116,15 +120,15 @@ export const kubernetesRules: Rule[] = [
     id: "MW-K8S-001",
     family: "kubernetes",
     severity: "high",
-    title: "Dapr sidecar API listens on all interfaces",
-    why: "`dapr.io/sidecar-listen-addresses: 0.0.0.0` exposes the Dapr HTTP/gRPC API (state, secrets, service invocation as this app) to every pod that can reach this one, not just the app container.",
+    title: "Dapr sidecar API listens beyond loopback",
+    why: "`dapr.io/sidecar-listen-addresses` naming any address that is not loopback (127.0.0.0/8, `::1`, `localhost`) exposes the Dapr HTTP/gRPC API (state, secrets, service invocation as this app) to every pod that can reach this one, not just the app container: all interfaces (`0.0.0.0`, `[::]`), and also the pod's own IP (`$(POD_IP)`, an env reference, or a literal address), which is what other pods dial.",
     fix: "Remove the annotation (the default is loopback) or set it to `127.0.0.1`.",
     example: { file: "deployment.yaml", bad: secure({ "dapr.io/sidecar-listen-addresses": "0.0.0.0" }), good: secure({ "dapr.io/sidecar-listen-addresses": "127.0.0.1" }) },
     appliesTo: ["workload"],
     check(workload) {
       const value = workload.annotations["dapr.io/sidecar-listen-addresses"];
       if (!isDaprEnabled(workload) || value === undefined) return [];
-      return !sidecarListensOnAllInterfaces(value) ? [] : [annotationHit(workload, "dapr.io/sidecar-listen-addresses", `dapr.io/sidecar-listen-addresses: ${value}`)];
+      return sidecarListenBeyondLoopback(value).length === 0 ? [] : [annotationHit(workload, "dapr.io/sidecar-listen-addresses", `dapr.io/sidecar-listen-addresses: ${value}`)];
     },
   }),
   defineRule({

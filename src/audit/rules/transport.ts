@@ -393,7 +393,7 @@ function postgresHit(connection: PostgresConnection, evidence: string): Hit {
 /**
  * Connection-string options that turn certificate or host name checks off, wherever they are
  * written (`params: "?tls=true&tlsInsecure=true"`, a `host` or connection string, an env URL):
- * MongoDB's `tlsInsecure`/`tlsAllowInvalid*` (true), and redis-py's / Celery's `ssl_cert_reqs`
+ * MongoDB's `tlsInsecure`/`tlsAllowInvalid*` (true), go-redis's `skip_verify` (true), and redis-py's / Celery's `ssl_cert_reqs`
  * (`none`, `CERT_NONE`: redis/connection.py SSLConnection maps "none" to ssl.CERT_NONE) and
  * `ssl_check_hostname` (false). `hostnameOnly`: only the host name check is off (the certificate
  * must still chain to a trusted CA).
@@ -403,6 +403,8 @@ const VERIFICATION_OFF_PARAMS: readonly { name: string; hostnameOnly: boolean; o
   { name: "tlsAllowInvalidCertificates", hostnameOnly: false, off: isTruthy },
   { name: "sslAllowInvalidCertificates", hostnameOnly: false, off: isTruthy },
   { name: "ssl_cert_reqs", hostnameOnly: false, off: (value) => /^(ssl\.)?(cert_)?none$/i.test(value.trim()) },
+  // go-redis ParseURL (options.go): `rediss://…?skip_verify=true` sets TLSConfig.InsecureSkipVerify (also clickhouse-go).
+  { name: "skip_verify", hostnameOnly: false, off: isTruthy },
   { name: "tlsAllowInvalidHostnames", hostnameOnly: true, off: isTruthy },
   { name: "sslAllowInvalidHostnames", hostnameOnly: true, off: isTruthy },
   { name: "ssl_check_hostname", hostnameOnly: true, off: isFalsy },
@@ -422,7 +424,7 @@ function verificationOffParams(value: string): { evidence: string; hostnameOnly:
  * Node's `NODE_TLS_REJECT_UNAUTHORIZED` is read only as the exact string `0` (lib/_tls_wrap.js),
  * Python's `PYTHONHTTPSVERIFY=0` (PEP 493), git's `GIT_SSL_NO_VERIFY` whatever its value (git docs:
  * "to any value"), and app settings named `*_TLS_SKIP_VERIFY`, `*_SKIP_TLS_VERIFY`,
- * `*_INSECURE_SKIP_VERIFY` set to true.
+ * `*_INSECURE_SKIP_VERIFY` set to true. (An empty `CURL_CA_BUNDLE`: caBundleOff.)
  */
 function processVerificationOff(name: string, value: string): string | undefined {
   if (name === "NODE_TLS_REJECT_UNAUTHORIZED") return value === "0" ? "every TLS connection of the Node process accepts any certificate" : undefined;
@@ -430,6 +432,23 @@ function processVerificationOff(name: string, value: string): string | undefined
   if (name === "GIT_SSL_NO_VERIFY") return value !== "" ? "git accepts any certificate whatever the value" : undefined;
   if (/(^|_)(INSECURE_SKIP_(TLS_|SSL_)?VERIFY|(TLS|SSL)_SKIP_VERIF(Y|ICATION)|SKIP_(TLS|SSL)_VERIF(Y|ICATION))$/i.test(name) && isTruthy(value)) return "certificate checks skipped";
   return undefined;
+}
+
+/**
+ * An empty `CURL_CA_BUNDLE`, read by Python requests' Session.merge_environment_settings. Before
+ * requests 2.28.0 (psf/requests#6074, HISTORY.md "setting CURL_CA_BUNDLE to an empty string would
+ * disable cert verification"), `verify = os.environ.get("REQUESTS_CA_BUNDLE") or
+ * os.environ.get("CURL_CA_BUNDLE")` made verify "" when CURL_CA_BUNDLE was empty and
+ * REQUESTS_CA_BUNDLE empty or unset, and the adapter then set cert_reqs CERT_NONE; since 2.28.0 the
+ * expression ends `or verify` and an empty value changes nothing. An empty REQUESTS_CA_BUNDLE alone
+ * never disabled anything (the `or` went on to CURL_CA_BUNDLE, unset: None, merged to True), and a
+ * non-empty REQUESTS_CA_BUNDLE wins over CURL_CA_BUNDLE. Medium: the image's requests version is
+ * not in the manifest, and only those older versions accept any certificate.
+ */
+function caBundleOff(holder: EnvHolder, entry: ContainerEnvVar): boolean {
+  if (entry.name !== "CURL_CA_BUNDLE" || entry.value !== "") return false;
+  const requests = containerEnv(holder, entry).find((other) => other.name === "REQUESTS_CA_BUNDLE");
+  return requests === undefined || (requests.hasInlineValue && requests.value === "");
 }
 
 const HOSTNAME_ONLY_DETAIL = "Host names are not checked: any certificate from a trusted CA is accepted for this server.";
@@ -546,6 +565,67 @@ function stackExchangeRedisPlaintext(holder: EnvHolder): Hit[] {
     const said = ssl === undefined ? "ssl not set (StackExchange.Redis default: plaintext)" : `${ssl.key}=${ssl.value}`;
     const found: Hit = { path: entry.path, evidence: `${entry.name}: ${said} (StackExchange.Redis: ${redis.endpoints.join(",")})`, detail: "Use ssl=true with the server's TLS port (6380 on Azure Cache for Redis)." };
     return [redis.endpoints.every(isLoopbackHost) ? envHit("redis://localhost", found) : found];
+  });
+}
+
+/** A StackExchange.Redis string in env with `ssl=true`: its other TLS options matter only then. */
+function stackExchangeTls(entry: ContainerEnvVar): ReturnType<typeof stackExchangeRedis> {
+  if (!entry.hasInlineValue || /^MICRO_/i.test(entry.name)) return undefined;
+  const redis = stackExchangeRedis(entry.value);
+  const ssl = redis?.options.get("ssl");
+  return ssl !== undefined && isTruthy(ssl.value) ? redis : undefined;
+}
+
+/** System.Security.Authentication.SslProtocols: name → flag value. */
+const SSL_PROTOCOLS: Readonly<Record<string, number>> = { none: 0, ssl2: 12, ssl3: 48, tls: 192, default: 240, tls11: 768, tls12: 3072, tls13: 12288 };
+const STRONG_SSL_PROTOCOLS = 3072 | 12288;
+
+/**
+ * Whether a StackExchange.Redis `sslProtocols=` value allows only TLS 1.0/1.1 (or SSL): the option is
+ * an SslProtocols flags value, several joined by `|` (ConfigurationOptions ParseSslProtocols turns `|`
+ * into `,` for Enum.TryParse, names in any case, or a number). `None` (the OS default) and any set
+ * that includes Tls12 or Tls13 are not weak; a value the client cannot parse (it refuses to start) is not judged.
+ */
+export function stackExchangeWeakSslProtocols(value: string): boolean {
+  let flags = 0;
+  for (const raw of value.split(/[|,]/)) {
+    const part = raw.trim().toLowerCase();
+    const flag = /^\d+$/.test(part) ? Number(part) : Object.hasOwn(SSL_PROTOCOLS, part) ? SSL_PROTOCOLS[part] : undefined;
+    if (flag === undefined) return false;
+    flags |= flag;
+  }
+  return flags !== 0 && (flags & STRONG_SSL_PROTOCOLS) === 0;
+}
+
+/** A hit on a StackExchange.Redis string: low when every endpoint is on loopback. */
+function stackExchangeHit(redis: NonNullable<ReturnType<typeof stackExchangeRedis>>, found: Hit): Hit {
+  return redis.endpoints.every(isLoopbackHost) ? envHit("redis://localhost", found) : found;
+}
+
+/**
+ * StackExchange.Redis `checkCertificateRevocation=false` with `ssl=true` (docs/Configuration.md:
+ * "A Boolean value that specifies whether the certificate revocation list is checked during
+ * authentication", default true): the certificate is still verified, a revoked one is accepted. Low.
+ */
+function stackExchangeRevocationOff(entry: ContainerEnvVar): Hit | undefined {
+  const redis = stackExchangeTls(entry);
+  const option = redis?.options.get("checkcertificaterevocation");
+  if (redis === undefined || option === undefined || !isFalsy(option.value)) return undefined;
+  return stackExchangeHit(redis, {
+    path: entry.path,
+    evidence: `${entry.name}: ${option.key}=${option.value} (StackExchange.Redis: ${redis.endpoints.join(",")})`,
+    severity: "low",
+    detail: "The server's certificate is still verified, but not checked for revocation: a revoked (stolen) certificate is accepted. Remove the option (the default checks revocation).",
+  });
+}
+
+/** StackExchange.Redis strings in env with `ssl=true` whose `sslProtocols` allow only TLS 1.0/1.1 or SSL (MW-TLS-010). */
+function stackExchangeWeakTls(holder: EnvHolder): Hit[] {
+  return holder.env.flatMap((entry): Hit[] => {
+    const redis = stackExchangeTls(entry);
+    const option = redis?.options.get("sslprotocols");
+    if (redis === undefined || option === undefined || !stackExchangeWeakSslProtocols(option.value)) return [];
+    return [stackExchangeHit(redis, { path: entry.path, evidence: `${entry.name}: ${option.key}=${option.value} (StackExchange.Redis: ${redis.endpoints.join(",")})`, detail: "Use sslProtocols=Tls12|Tls13, or leave it out (the operating system's default)." })];
   });
 }
 
@@ -808,7 +888,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "TLS certificate verification disabled",
-    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true` (not for Dapr's Pulsar components, which do not read it: there a `pulsar+ssl://`/`https://` host without `enableTLS: \"true\"` is TLS that accepts any certificate, as Dapr sets the client's TLSAllowInsecureConnection to the opposite of enableTLS), MongoDB's `tlsInsecure=true`/`tlsAllowInvalidCertificates=true` and redis-py's/Celery's `ssl_cert_reqs=none|CERT_NONE` inside a value (`params`, a host or connection string, a container env URL), and, in env, `NODE_TLS_REJECT_UNAUTHORIZED=0` (every TLS connection of a Node process), `PYTHONHTTPSVERIFY=0`, `GIT_SSL_NO_VERIFY` (any value) and `*_TLS_SKIP_VERIFY`/`*_INSECURE_SKIP_VERIFY=true`, accept any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything. `tlsAllowInvalidHostnames=true` and `ssl_check_hostname=false` skip only the host name check (medium).",
+    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true` (not for Dapr's Pulsar components, which do not read it: there a `pulsar+ssl://`/`https://` host without `enableTLS: \"true\"` is TLS that accepts any certificate, as Dapr sets the client's TLSAllowInsecureConnection to the opposite of enableTLS), MongoDB's `tlsInsecure=true`/`tlsAllowInvalidCertificates=true` and redis-py's/Celery's `ssl_cert_reqs=none|CERT_NONE` inside a value (`params`, a host or connection string, a container env URL), and, in env, `NODE_TLS_REJECT_UNAUTHORIZED=0` (every TLS connection of a Node process), `PYTHONHTTPSVERIFY=0`, `GIT_SSL_NO_VERIFY` (any value) and `*_TLS_SKIP_VERIFY`/`*_INSECURE_SKIP_VERIFY=true`, accept any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything. go-redis's `skip_verify=true` in a `rediss://` URL is read the same way. `tlsAllowInvalidHostnames=true` and `ssl_check_hostname=false` skip only the host name check (medium). An empty `CURL_CA_BUNDLE` (with `REQUESTS_CA_BUNDLE` empty or unset) is medium: Python requests before 2.28.0 then verify nothing, later ones ignore it; an empty `REQUESTS_CA_BUNDLE` alone never turned verification off and is not reported. StackExchange.Redis `checkCertificateRevocation=false` (with `ssl=true`) is low: the certificate is verified, a revoked one accepted.",
     fix: "Remove the skip-verify setting and give the component the CA that signed the server's certificate (`caCert`).",
     example: {
       file: "pubsub.yaml",
@@ -820,8 +900,14 @@ export const transportRules: Rule[] = [
       if (resource.kind !== "dapr-component") {
         return resource.env.flatMap((entry): Hit[] => {
           if (!entry.hasInlineValue || /^MICRO_/i.test(entry.name)) return [];
+          if (entry.name === "CURL_CA_BUNDLE") {
+            if (!caBundleOff(resource, entry)) return [];
+            return [{ path: entry.path, evidence: `${entry.name}: "" (Python requests before 2.28.0: any certificate accepted)`, severity: "medium", detail: "Python requests 2.28.0 and later ignore an empty CURL_CA_BUNDLE; older ones (psf/requests#6074) verify nothing. Remove the variable, or set it to the CA bundle's path." }];
+          }
           const process = processVerificationOff(entry.name, entry.value);
           if (process !== undefined) return [{ path: entry.path, evidence: `${entry.name}: ${entry.value} (${process})` }];
+          const revocation = stackExchangeRevocationOff(entry);
+          if (revocation !== undefined) return [revocation];
           const off = verificationOffParams(entry.value);
           if (off === undefined) return [];
           return [envHit(entry.value, { path: entry.path, evidence: `${entry.name}: ${off.evidence}`, ...(off.hostnameOnly ? { detail: HOSTNAME_ONLY_DETAIL, severity: "medium" as const } : {}) })];
@@ -857,15 +943,16 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "medium",
     title: "Minimum TLS version below 1.2",
-    why: "TLS 1.0 and 1.1 are deprecated (RFC 8996) and allow downgrade to weak ciphers; meshward's own floor is 1.2.",
+    why: "TLS 1.0 and 1.1 are deprecated (RFC 8996) and allow downgrade to weak ciphers; meshward's own floor is 1.2. Read in component metadata (`minTLSVersion` and the like) and in StackExchange.Redis configuration strings in container env (`host:6380,ssl=true,sslProtocols=Tls|Tls11`) whose `sslProtocols` names only TLS 1.0/1.1 or SSL.",
     fix: "Set the minimum version to 1.2 (or 1.3 where all peers support it).",
     example: {
       file: "binding.yaml",
       bad: componentYaml("bindings.http", { url: "https://api.example.org", minTLSVersion: "1.0" }, "api"),
       good: componentYaml("bindings.http", { url: "https://api.example.org", minTLSVersion: "1.2" }, "api"),
     },
-    appliesTo: ["dapr-component"],
+    appliesTo: ["dapr-component", "workload", "compose-service", "config-values"],
     check(component) {
+      if (component.kind !== "dapr-component") return stackExchangeWeakTls(component);
       return component.metadata
         .filter((item) => /(min.?(tls.?)?version|tls.?min.?version|min.?tls)$/i.test(item.name) && isInsecureTlsVersion(item.value))
         .map((item) => hit(item, `${item.name}: "${item.value}"`));
