@@ -45,6 +45,7 @@ export const SHARED_WORKER_FILES: readonly string[] = [
   "test/ca/root-crl.test.ts",
   "test/ca/root-scope.test.ts",
   "test/ca/state-watcher.test.ts",
+  "test/ca/svid-logged-pem.test.ts",
   "test/ca/svid-renewal.test.ts",
   "test/ca/token-secrecy.test.ts",
   "test/cli/config-error-secrets.test.ts",

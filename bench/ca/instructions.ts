@@ -178,7 +178,9 @@ async function main(): Promise<void> {
     const mesh = results.get("meshward")!;
     for (const [name] of builds.slice(1)) {
       const base = results.get(name)!;
-      console.log(`meshward / ${name}: floor ${((floor(mesh) / floor(base)) * 100).toFixed(2)} %, median ${((median(mesh) / median(base)) * 100).toFixed(2)} %`);
+      // Both builds' rounds drift together (GC, V8's tiering), so each round's ratio is printed too.
+      const ratios = mesh.map((m, i) => m / base[i]!);
+      console.log(`meshward / ${name}: floor ${((floor(mesh) / floor(base)) * 100).toFixed(2)} %, median ${((median(mesh) / median(base)) * 100).toFixed(2)} %; per round ${ratios.map((r) => `${(r * 100).toFixed(1)} %`).join(", ")} (median of the counted ${(median(ratios) * 100).toFixed(2)} %)`);
     }
   } finally {
     for (const ca of cas) ca.child.kill("SIGKILL");

@@ -2,7 +2,7 @@ import type { X509Certificate } from "node:crypto";
 import { MeshwardError } from "../../errors.ts";
 import { verifyChain } from "../../pki/chain.ts";
 import { certificateParts } from "../../pki/inspect.ts";
-import { certificatesFromPem } from "../../pki/pem.ts";
+import { certificatesFromPem, toPem } from "../../pki/pem.ts";
 import { notLeafReason } from "../../pki/x509der.ts";
 import { parseWorkloadId } from "../../spiffe/id.ts";
 import type { IssuanceRecord } from "../../store/store.ts";
@@ -65,18 +65,26 @@ async function assertIssuedHere(options: SvidAttestorOptions, certificate: X509C
       { details: { serial } },
     );
   }
-  let logged: Buffer | undefined;
-  try {
-    logged = certificatesFromPem(record.certificatePem)[0];
-  } catch {
-    logged = undefined;
-  }
-  if (record.spiffeId !== spiffeId || logged === undefined || !logged.equals(certificate.raw)) {
+  if (record.spiffeId !== spiffeId || !loggedIs(record.certificatePem, certificate.raw)) {
     throw new MeshwardError(
       "E_ATTESTATION_NOT_ISSUED",
       `the certificate presented for renewal (serial ${serial}, ${spiffeId}) is not the certificate this CA issued under that serial; only certificates this CA issued can be renewed: get a new one with a join token or the workload's JWT`,
       { details: { serial } },
     );
+  }
+}
+
+/**
+ * Whether the logged PEM holds exactly `der`. The CA logs every certificate with toPem, so the
+ * presented one encoded the same way is compared as text first (no base64 validation and decode
+ * per renewal); a log written otherwise (an import, another tool) is decoded and compared.
+ */
+export function loggedIs(loggedPem: string, der: Buffer): boolean {
+  if (loggedPem === toPem(der, "CERTIFICATE")) return true;
+  try {
+    return certificatesFromPem(loggedPem)[0]?.equals(der) === true;
+  } catch {
+    return false;
   }
 }
 
