@@ -36,40 +36,78 @@ const ASCII_COMPATIBLE =
  * What a POST with these fields needs: undefined (nothing to read: not a POST, or a body no such
  * framework reads `_method` from), a refusal (a body that cannot be read with certainty), or an
  * inspector. Forms and JSON are read: Rack also parses a POST without Content-Type as a form, Rack
- * and Spring any multipart/* type, Laravel any type naming JSON. A Content-Encoding changes
- * nothing: none of them inflates a request body, each parses the bytes as they come.
+ * and Spring any multipart/* type, Laravel any type naming JSON.
+ *
+ * Such a body is read only as the bytes it is, so a body that the app could read as other bytes
+ * is refused: one with a Content-Encoding other than `identity` (Express's body parsers inflate
+ * gzip, deflate and br before method-override reads `_method`: expressjs/body-parser
+ * lib/read.js contentstream; Koa's co-body and hapi inflate too; any other coding as well, which
+ * another parser may undo), and one in a charset whose bytes for `_method` are not its ASCII
+ * bytes (every `charset` parameter is checked: parsers keep the first or the last).
  */
 export function methodOverrideInspector(method: string, rawHeaders: readonly string[]): BodyInspector | { refused: string } | undefined {
   if (method !== "POST") return undefined;
-  const types = contentTypes(rawHeaders);
+  const types = namedFields(rawHeaders, "content-type");
   if (types.length > 1) return { refused: "a POST with more than one Content-Type field (also spelt with '_' or '.'), whose body a _method field could hide in" };
   const type = (types[0] ?? "").trim().toLowerCase();
+  const form = type === "" || type.includes("x-www-form-urlencoded");
+  const multipart = type.includes("multipart/");
+  const json = type.includes("json");
+  if (!form && !multipart && !json) return undefined;
+  const coding = contentCoding(rawHeaders);
+  if (coding !== undefined) return { refused: `a ${json ? "JSON" : multipart ? "multipart" : "form"} body with Content-Encoding ${coding}, which apps inflate before they read a _method field in it (Express's body parsers): send it uncompressed` };
+  const charsets = [...type.matchAll(/(?:^|[;,\s])charset\s*=\s*"?([^";,\s]*)/g)].map((m) => m[1]!);
   const inspectors: BodyInspector[] = [];
-  if (type === "" || type.includes("x-www-form-urlencoded")) {
-    const charset = /(?:^|[;,\s])charset\s*=\s*"?([^";,\s]*)/.exec(type)?.[1];
-    if (charset !== undefined && !ASCII_COMPATIBLE.test(charset)) return { refused: `a form body in charset ${charset}, in which a _method field cannot be read: send it in UTF-8` };
-    inspectors.push(new FormInspector());
+  if (form || multipart) {
+    // A multipart head is ASCII as well: no parser reads it in another charset, none needs one.
+    const charset = charsets.find((c) => !ASCII_COMPATIBLE.test(c));
+    if (charset !== undefined) return { refused: `a ${form ? "form" : "multipart"} body in charset ${charset}, in which a _method field cannot be read: send it in UTF-8` };
   }
-  if (type.includes("multipart/")) {
+  if (form) inspectors.push(new FormInspector());
+  if (multipart) {
     const boundary = multipartBoundary(types[0] ?? "");
     if (boundary === undefined) return { refused: "a multipart body whose Content-Type does not name exactly one plain boundary (1 to 70 of RFC 2046's characters, no space or ','), in which a _method field cannot be read" };
     inspectors.push(new MultipartInspector(boundary));
   }
-  if (type.includes("json")) inspectors.push(new JsonInspector());
-  if (inspectors.length === 0) return undefined;
+  if (json) {
+    // JSON is UTF-8 (RFC 8259 §8.1). express.json() decodes any `utf-*` charset the Content-Type
+    // names (body-parser: isValidCharset `charset.slice(0, 4) === 'utf-'`, then iconv-lite, which
+    // also reads a UTF-16/32 BOM); Jackson detects UTF-16/32 from the first bytes (RFC 4627 §3).
+    const charset = charsets.find((c) => !JSON_CHARSET.test(c));
+    if (charset !== undefined) return { refused: `a JSON body in charset ${charset}, in which a _method member cannot be read: send it in UTF-8` };
+    inspectors.push(new Utf8JsonOnly(), new JsonInspector());
+  }
   return inspectors.length === 1 ? inspectors[0] : new AllOf(inspectors);
 }
 
+/** Charsets a JSON body may name: its bytes are then the UTF-8 the inspector reads. */
+const JSON_CHARSET = /^(?:utf-8|us-ascii)$/i;
+
 /**
- * The Content-Type fields, with any character but a letter or a digit in the name read as '-'
- * (cgiFieldName): CGI-style servers (`php -S`, which `php artisan serve` runs; lighttpd) give
- * `Content_Type`, `Content.Type` and `Content+Type` the variable Laravel reads the type from.
+ * The first content coding other than `identity` in any Content-Encoding field (its name spelt
+ * with '_' or '.' too, as namedFields reads names), or undefined when there is none.
  */
-function contentTypes(rawHeaders: readonly string[]): string[] {
+function contentCoding(rawHeaders: readonly string[]): string | undefined {
+  for (const value of namedFields(rawHeaders, "content-encoding")) {
+    for (const item of value.split(",")) {
+      const coding = item.trim().toLowerCase();
+      if (coding !== "" && coding !== "identity") return JSON.stringify(coding.slice(0, 40));
+    }
+  }
+  return undefined;
+}
+
+/**
+ * The fields called `name` (content-type, content-encoding), with any character but a letter or a
+ * digit in the name read as '-' (cgiFieldName): CGI-style servers (`php -S`, which `php artisan
+ * serve` runs; lighttpd) give `Content_Type`, `Content.Type` and `Content+Type` the variable
+ * Laravel reads the type from.
+ */
+function namedFields(rawHeaders: readonly string[], name: string): string[] {
   const values: string[] = [];
   for (let i = 0; i < rawHeaders.length; i += 2) {
-    const name = rawHeaders[i]!;
-    if (name.length === 12 && cgiFieldName(name.toLowerCase()) === "content-type") values.push(rawHeaders[i + 1]!);
+    const field = rawHeaders[i]!;
+    if (field.length === name.length && cgiFieldName(field.toLowerCase()) === name) values.push(rawHeaders[i + 1]!);
   }
   return values;
 }
@@ -571,6 +609,30 @@ function encodedWordsDecoded(text: string): string {
   return text.replace(/=\?[^?]*\?([qb])\?([^?]*)\?=/gi, (_, encoding: string, data: string) =>
     encoding.toLowerCase() === "b" ? Buffer.from(data, "base64").toString("latin1") : data.replace(/_/g, " ").replace(/=([0-9a-f]{2})/gi, (__, hex: string) => String.fromCharCode(parseInt(hex, 16))),
   );
+}
+
+/**
+ * A JSON body whose bytes are UTF-16 or UTF-32 without a charset saying so: a BOM (FE FF, FF FE;
+ * UTF-32's start with 00 00 FE FF or FF FE 00 00) at its start, or a NUL byte anywhere (UTF-8
+ * JSON has none: RFC 8259 §7 escapes control characters in strings, and NUL is no whitespace),
+ * which is how RFC 4627 §3 detection (Jackson's) and iconv-lite's UTF-16/32 decoders tell them.
+ */
+class Utf8JsonOnly implements BodyInspector {
+  #seen = 0;
+  #first = -1;
+
+  push(chunk: Buffer): string | undefined {
+    if (chunk.length === 0) return undefined;
+    const bom = this.#seen === 0 ? (chunk.length > 1 ? chunk[0]! * 256 + chunk[1]! : -1) : this.#seen === 1 ? this.#first * 256 + chunk[0]! : -1;
+    if (this.#seen === 0) this.#first = chunk[0]!;
+    this.#seen += chunk.length;
+    if (bom === 0xfeff || bom === 0xfffe || chunk.includes(0)) return "a JSON body in UTF-16 or UTF-32 (a byte-order mark or NUL bytes), in which a _method member cannot be read: send it in UTF-8";
+    return undefined;
+  }
+
+  end(): string | undefined {
+    return undefined;
+  }
 }
 
 /**

@@ -116,11 +116,36 @@ describe("form bodies (application/x-www-form-urlencoded, and a POST without Con
     }
   });
 
-  it("reads the bytes whatever Content-Encoding says: Rack and PHP parse them as they come (found by review, stop 36)", () => {
-    for (const encoding of ["gzip", "br", "identity, gzip"]) {
-      const reader = methodOverrideInspector("POST", ["Content-Type", FORM, "Content-Encoding", encoding]) as BodyInspector;
-      expect(reader.push(Buffer.from("_method=DELETE")), encoding).toBeDefined();
+  it("refuses a form, multipart or JSON body with a Content-Encoding other than identity: Express inflates it before method-override reads _method (review HIGH-1)", () => {
+    // expressjs/body-parser lib/read.js contentstream: gzip, deflate and br are inflated
+    // (zlib.createGunzip / createInflate / createBrotliDecompress) before the parser runs; Koa's
+    // co-body and hapi inflate as well. Any other coding is refused too: the next parser may know it.
+    const types = [FORM, undefined, "multipart/form-data; boundary=B", "application/json"];
+    for (const type of types) {
+      for (const encoding of ["gzip", "deflate", "br", "x-gzip", "compress", "zstd", "GZIP", "identity, gzip", "gzip, identity", "snappy"]) {
+        const fields = [...(type === undefined ? [] : ["Content-Type", type]), "Content-Encoding", encoding];
+        expect(methodOverrideInspector("POST", fields), `${type} ${encoding}`).toEqual({ refused: expect.stringMatching(/Content-Encoding .*send it uncompressed/) });
+      }
+      // In a second field, and spelt as CGI servers read it (Content_Encoding), too.
+      for (const fields of [["Content-Encoding", "identity", "content-encoding", "gzip"], ["Content_Encoding", "gzip"], ["content.encoding", "deflate"]]) {
+        expect(methodOverrideInspector("POST", [...(type === undefined ? [] : ["Content-Type", type]), ...fields]), `${type} ${fields.join(":")}`).toEqual({ refused: expect.stringMatching(/Content-Encoding/) });
+      }
+      // No coding, identity, or an empty value: the body is read as it comes.
+      for (const encoding of ["identity", "IDENTITY", "", " identity , identity "]) {
+        const made = methodOverrideInspector("POST", [...(type === undefined ? [] : ["Content-Type", type]), "Content-Encoding", encoding]);
+        expect(made !== undefined && !("refused" in made), `${type} ${JSON.stringify(encoding)}`).toBe(true);
+      }
     }
+    // Bodies no framework reads _method from are not read, compressed or not (nothing changes for them).
+    for (const type of ["text/plain", "application/octet-stream", "image/png"]) expect(methodOverrideInspector("POST", ["Content-Type", type, "Content-Encoding", "gzip"])).toBeUndefined();
+    expect(methodOverrideInspector("PUT", ["Content-Type", FORM, "Content-Encoding", "gzip"])).toBeUndefined();
+  });
+
+  it("checks every charset parameter, not only the first (content-type, which body-parser uses, keeps the last)", () => {
+    expect(methodOverrideInspector("POST", ["Content-Type", `${FORM}; charset=utf-8; charset=utf-7`])).toEqual({ refused: expect.stringMatching(/charset utf-7/) });
+    expect(methodOverrideInspector("POST", ["Content-Type", "multipart/form-data; boundary=B; charset=utf-16"])).toEqual({ refused: expect.stringMatching(/multipart body in charset utf-16/) });
+    const reader = methodOverrideInspector("POST", ["Content-Type", "multipart/form-data; charset=utf-8; boundary=B"]) as BodyInspector;
+    expect(reader.push(Buffer.from('--B\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--B--\r\n'))).toBeDefined();
   });
 
   it("reads nothing but POST, and no body no framework reads _method from", () => {
@@ -232,6 +257,37 @@ describe("JSON bodies (Laravel reads _method from them: Illuminate\\Http\\Reques
       refusedEveryWay("application/json", body);
     }
     refusedEveryWay("application/vnd.api+json; charset=utf-8", '{"_method":"PATCH"}');
+  });
+
+  it("refuses a JSON body that is not UTF-8: a charset other than utf-8/us-ascii, a UTF-16/32 byte-order mark, NUL bytes (review MEDIUM-2)", () => {
+    // express.json() decodes any charset starting 'utf-' (expressjs/body-parser lib/types/json.js:
+    // isValidCharset `charset.slice(0, 4) === 'utf-'`; lib/read.js: iconv.decode(body, encoding),
+    // whose utf-16/utf-32 decoders take the byte order from a BOM, else guess it from the NULs).
+    for (const charset of ["utf-16", "UTF-16LE", "utf-16be", "utf-32", "utf-32le", "utf-7", "iso-8859-1", "\"utf-16le\"", "utf-8; charset=utf-16le", "us-ascii;charset=utf-32"]) {
+      expect(methodOverrideInspector("POST", ["Content-Type", `application/json; charset=${charset}`]), charset).toEqual({ refused: expect.stringMatching(/JSON body in charset .*send it in UTF-8/) });
+    }
+    for (const charset of ["utf-8", "UTF-8", "\"utf-8\"", "us-ascii", "US-ASCII"]) {
+      const reader = methodOverrideInspector("POST", ["Content-Type", `application/json; charset=${charset}`]) as BodyInspector;
+      expect(reader.push(Buffer.from('{"_method":"DELETE"}')), charset).toBeDefined();
+    }
+    // Without a charset: UTF-16/32 told by a BOM or by NUL bytes (RFC 4627 §3), in any split.
+    const utf16le = Buffer.from('{"_method":"DELETE"}', "utf16le");
+    const utf16be = Buffer.from(utf16le).swap16();
+    const bodies = [Buffer.concat([Buffer.from([0xff, 0xfe]), utf16le]), Buffer.concat([Buffer.from([0xfe, 0xff]), utf16be]), utf16le, utf16be, Buffer.from('{"a":1}\0\0')];
+    const utf32 = Buffer.alloc(utf16le.length * 2);
+    for (let i = 0; i < utf16le.length; i += 2) utf32.writeUInt32LE(utf16le.readUInt16LE(i), i * 2);
+    bodies.push(utf32, Buffer.concat([Buffer.from([0xff, 0xfe, 0, 0]), utf32]));
+    for (const body of bodies) {
+      for (let at = 0; at <= Math.min(body.length, 6); at++) {
+        const reader = inspector("application/json");
+        const verdict = reader.push(body.subarray(0, at)) ?? reader.push(body.subarray(at)) ?? reader.end();
+        expect(verdict, `${body.subarray(0, 8).toString("hex")} split at ${at}`).toMatch(/UTF-16 or UTF-32/);
+      }
+    }
+    // A BOM only counts at the start; a UTF-8 BOM is UTF-8 (iconv-lite strips it), and the member is still found.
+    acceptedEveryWay("application/json", '{"a":"\xfe\xff"}');
+    refusedEveryWay("application/json", '\xef\xbb\xbf{"_method":"DELETE"}');
+    acceptedEveryWay("application/json", '\xef\xbb\xbf{"a":1}');
   });
 
   it("lets other members and _method as a value through", () => {

@@ -8,8 +8,9 @@
  * Upstream behaviour each case follows is named per case and in test/security/README.md.
  */
 import type { OutgoingHttpHeaders } from "node:http2";
+import { brotliCompressSync, deflateSync, gzipSync } from "node:zlib";
 import type { AppRecord } from "./apps.ts";
-import { GRPC_METHOD } from "./mesh.ts";
+import { FORMS_PATH, GRPC_METHOD } from "./mesh.ts";
 import type { H2Request } from "./mesh.ts";
 
 export type Expect = "refused" | "allowed" | "either";
@@ -137,6 +138,62 @@ const grpcHeaders: OutgoingHttpHeaders = { "content-type": "application/grpc", t
 const GRPC_FRAME = Buffer.from([0, 0, 0, 0, 3, 0x0a, 0x01, 0x31]);
 
 /** Cases sent as raw HTTP/1.1 bytes (inbound over mTLS, outbound in plaintext). */
+/**
+ * `_method` in a POST body the app reads as other bytes than those sent (review of the sidecar,
+ * 2026-12-07, HIGH-1 and MEDIUM-2), to FORMS_PATH, where the policy allows POST only. Express's
+ * body parsers inflate gzip, deflate and br (expressjs/body-parser lib/read.js contentstream) and
+ * express.json() decodes any `utf-*` charset, a UTF-16/32 BOM included (lib/types/json.js
+ * isValidCharset, iconv-lite), before method-override reads `_method`: the app runs DELETE. The
+ * sidecar refuses such a body (400 E_AMBIGUOUS_REQUEST) where it reads one for `_method`.
+ */
+const FORM_TYPE = "application/x-www-form-urlencoded";
+const JSON_TYPE = "application/json";
+const OVERRIDE_FORM = "_method=DELETE";
+const OVERRIDE_JSON = '{"_method":"DELETE"}';
+const OVERRIDE_MULTIPART = '--B\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--B--\r\n';
+const utf16le = (text: string) => Buffer.from(text, "utf16le");
+const utf16be = (text: string) => Buffer.from(text, "utf16le").swap16();
+const utf32le = (text: string) => {
+  const out = Buffer.alloc(text.length * 4);
+  for (let i = 0; i < text.length; i++) out.writeUInt32LE(text.charCodeAt(i), i * 4);
+  return out;
+};
+const BODY_BYPASSES: { id: string; fields: [string, string][]; body: Buffer; h2?: boolean }[] = [
+  { id: "gzip-form", fields: [["Content-Type", FORM_TYPE], ["Content-Encoding", "gzip"]], body: gzipSync(OVERRIDE_FORM), h2: true },
+  { id: "deflate-form", fields: [["Content-Type", FORM_TYPE], ["Content-Encoding", "deflate"]], body: deflateSync(OVERRIDE_FORM) },
+  { id: "br-form", fields: [["Content-Type", FORM_TYPE], ["Content-Encoding", "br"]], body: brotliCompressSync(OVERRIDE_FORM), h2: true },
+  { id: "gzip-no-type", fields: [["Content-Encoding", "gzip"]], body: gzipSync(OVERRIDE_FORM) },
+  { id: "gzip-json", fields: [["Content-Type", JSON_TYPE], ["Content-Encoding", "gzip"]], body: gzipSync(OVERRIDE_JSON) },
+  { id: "deflate-json", fields: [["Content-Type", JSON_TYPE], ["Content-Encoding", "deflate"]], body: deflateSync(OVERRIDE_JSON), h2: true },
+  { id: "stacked-codings", fields: [["Content-Type", FORM_TYPE], ["Content-Encoding", "deflate, gzip"]], body: gzipSync(deflateSync(OVERRIDE_FORM)) },
+  { id: "identity-then-gzip", fields: [["Content-Type", FORM_TYPE], ["Content-Encoding", "identity"], ["Content-Encoding", "gzip"]], body: gzipSync(OVERRIDE_FORM) },
+  { id: "unknown-coding", fields: [["Content-Type", FORM_TYPE], ["Content-Encoding", "zstd"]], body: gzipSync(OVERRIDE_FORM) },
+  { id: "gzip-multipart", fields: [["Content-Type", "multipart/form-data; boundary=B"], ["Content-Encoding", "gzip"]], body: gzipSync(OVERRIDE_MULTIPART), h2: true },
+  { id: "json-utf16le", fields: [["Content-Type", `${JSON_TYPE}; charset=utf-16le`]], body: utf16le(OVERRIDE_JSON), h2: true },
+  { id: "json-utf16-bom", fields: [["Content-Type", `${JSON_TYPE}; charset=utf-16`]], body: Buffer.concat([Buffer.from([0xfe, 0xff]), utf16be(OVERRIDE_JSON)]) },
+  { id: "json-utf16-no-bom", fields: [["Content-Type", `${JSON_TYPE}; charset=UTF-16`]], body: utf16be(OVERRIDE_JSON) },
+  { id: "json-utf32le", fields: [["Content-Type", `${JSON_TYPE}; charset=utf-32le`]], body: utf32le(OVERRIDE_JSON) },
+  // content-type (which body-parser uses) keeps the last of two charset parameters.
+  { id: "json-charset-twice", fields: [["Content-Type", `${JSON_TYPE}; charset=utf-8; charset=utf-16le`]], body: utf16le(OVERRIDE_JSON), h2: true },
+  // No charset: a BOM (iconv-lite, Jackson) or the NULs (RFC 4627 §3 detection) say UTF-16.
+  { id: "json-bom-no-charset", fields: [["Content-Type", JSON_TYPE]], body: Buffer.concat([Buffer.from([0xff, 0xfe]), utf16le(OVERRIDE_JSON)]), h2: true },
+  { id: "json-nul-no-charset", fields: [["Content-Type", JSON_TYPE]], body: utf16le(OVERRIDE_JSON) },
+  // Form charsets whose bytes for `_method` are not ASCII (refused before this review too: kept as guards).
+  { id: "form-utf7", fields: [["Content-Type", `${FORM_TYPE}; charset=utf-7`]], body: Buffer.from("+AF8-method=DELETE") },
+  { id: "form-utf16le", fields: [["Content-Type", `${FORM_TYPE}; charset=utf-16le`]], body: utf16le(OVERRIDE_FORM) },
+];
+const bodyBypassH1 = (b: (typeof BODY_BYPASSES)[number]) => (route: string) =>
+  Buffer.concat([Buffer.from(`POST ${FORMS_PATH} HTTP/1.1\r\n${HOST}${route}${b.fields.map(([n, v]) => `${n}: ${v}\r\n`).join("")}Content-Length: ${b.body.length}\r\n\r\n`, "latin1"), b.body]);
+const bodyBypassH2 = (b: (typeof BODY_BYPASSES)[number]): H2Request => {
+  const headers: OutgoingHttpHeaders = {};
+  for (const [n, v] of b.fields) {
+    const name = n.toLowerCase();
+    const had = headers[name];
+    headers[name] = had === undefined ? v : [...(Array.isArray(had) ? had : [String(had)]), v];
+  }
+  return { method: "POST", path: FORMS_PATH, headers, body: b.body };
+};
+
 export const H1_CASES: Case[] = [
   { id: "legit-get", cls: "success", expect: "allowed", h1: get("/items/1") },
   ...PATHS.map((p) => ({ id: `path-${p.id}`, cls: p.cls, expect: p.expect, h1: get(p.path), ...(p.allowedRoute !== undefined ? { allowedRoute: p.allowedRoute } : {}) })),
@@ -159,6 +216,7 @@ export const H1_CASES: Case[] = [
   // under it reads x+http+method+override as HTTP_X_HTTP_METHOD_OVERRIDE.
   { id: "method-override-plus", cls: "method override", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}x+http+method+override: DELETE\r\n\r\n` },
   { id: "method-override-tilde", cls: "method override", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}X~HTTP~Method: DELETE\r\n\r\n` },
+  ...BODY_BYPASSES.map((b): Case => ({ id: `method-body-${b.id}`, cls: "method override: body", expect: "refused", h1: bodyBypassH1(b) })),
   // RFC 9112 §3.2: more than one Host is answered 400.
   { id: "duplicate-host", cls: "duplicate Host", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}Host: admin.shop\r\n${route}\r\n` },
   // RFC 9112 §6.1/§6.3: CL+TE is an attack (refused, kept so); §5.2: obs-fold is refused.
@@ -348,6 +406,7 @@ export const H2_CASES: Case[] = [
   { id: "method-override-field", cls: "method override", expect: "refused", h2: h2Get("/items/1", { headers: { "x-http-method-override": "DELETE" } }) },
   { id: "method-override-odata", cls: "method override", expect: "refused", h2: h2Get("/items/1", { headers: { "x-http-method": "DELETE" } }) },
   { id: "method-override-plus", cls: "method override", expect: "refused", h2: h2Get("/items/1", { headers: { "x+http+method+override": "DELETE" } }) },
+  ...BODY_BYPASSES.filter((b) => b.h2).map((b): Case => ({ id: `method-body-${b.id}`, cls: "method override: body", expect: "refused", h2: bodyBypassH2(b) })),
   // Identity headers spelt with other token characters (lighttpd reads each as '_').
   { id: "xfcc-plus", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "x+forwarded+client+cert": FORGED_XFCC, "dapr~caller~app~id": FORGED } }) },
   // Two dapr-app-id fields (node:http2 joins them with ", "): refused, not routed.

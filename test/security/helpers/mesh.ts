@@ -32,7 +32,10 @@ export const CALLER_ID = `spiffe://${TD}/ns/${NAMESPACE}/${CALLER}`;
  */
 export const GRPC_METHOD = "/shop.Items/Get";
 
-/** Dapr accessControl: orders (namespace shop) may GET /items/** but not /items/*:delete, and call the gRPC method GRPC_METHOD; everything else denied. */
+/**
+ * Dapr accessControl: orders (namespace shop) may GET /items/** but not /items/*:delete, POST (and
+ * only POST) to FORMS_PATH, and call the gRPC method GRPC_METHOD; everything else denied.
+ */
 export const POLICY = `kind: Configuration
 spec:
   accessControl:
@@ -52,7 +55,17 @@ spec:
             action: deny
           - name: ${GRPC_METHOD}
             action: allow
+          - name: /forms/**
+            httpVerb: ["POST"]
+            action: allow
 `;
+
+/**
+ * A path the policy lets orders POST to and nothing else: its answer depends on the method, so the
+ * sidecar reads a POST body there for a `_method` field (the "method override: body" cases, every
+ * one refused: none reaches an app, so checks (a)–(c) stay as they are).
+ */
+export const FORMS_PATH = "/forms/1";
 
 /**
  * The path the policy allows, as an app resolves it: /items or below (the policy matches segments
