@@ -155,9 +155,12 @@ function refuseTokenMounts(spec: PodSpecLike, where: string): void {
  * by volumeMounts or volumeDevices) could read the token; one whose targetContainerName is the
  * sidecar joins the sidecar's process namespace, where /proc/<pid>/root and /proc/<pid>/mem reach
  * the token and the SVID's private key for a process of the same user or with CAP_SYS_PTRACE.
+ * In a pod with the sidecar (`injected`), a privileged one (`kubectl debug --profile=sysadmin`) is
+ * refused too: it reaches the token through the node's devices without mounting anything, as a
+ * privileged app container would (refused at injection, refuseSharedProcesses).
  * A field of the wrong type is reported as unreadable: what cannot be read is not allowed (fail closed).
  */
-export function ephemeralSidecarAccess(container: unknown): { readonly unreadable: boolean; readonly reason: string } | undefined {
+export function ephemeralSidecarAccess(container: unknown, injected = true): { readonly unreadable: boolean; readonly reason: string } | undefined {
   const unreadable = (reason: string) => ({ unreadable: true, reason });
   const refused = (reason: string) => ({ unreadable: false, reason });
   if (container === null || typeof container !== "object" || Array.isArray(container)) return unreadable("an ephemeral container is not an object");
@@ -178,6 +181,15 @@ export function ephemeralSidecarAccess(container: unknown): { readonly unreadabl
   if (targetContainerName !== undefined && targetContainerName !== null && typeof targetContainerName !== "string") return unreadable(`${label}: targetContainerName is not a string`);
   if (targetContainerName === SIDECAR_CONTAINER) {
     return refused(`${label} targets container ${SIDECAR_CONTAINER}, the sidecar: sharing its process namespace reaches its token and private key through /proc; target the app container instead (kubectl debug --target=<app>), and read the sidecar through its logs and status port`);
+  }
+  if (!injected) return undefined;
+  const { securityContext } = container as { securityContext?: unknown };
+  if (securityContext === undefined || securityContext === null) return undefined;
+  if (typeof securityContext !== "object" || Array.isArray(securityContext)) return unreadable(`${label}: securityContext is not an object`);
+  const privileged = (securityContext as { privileged?: unknown }).privileged;
+  if (privileged !== undefined && privileged !== null && typeof privileged !== "boolean") return unreadable(`${label}: securityContext.privileged is not a boolean`);
+  if (privileged === true) {
+    return refused(`${label} is privileged (kubectl debug --profile=sysadmin): it has every capability and the node's devices, where the kubelet keeps the sidecar's token; debug with --profile=general or netadmin instead`);
   }
   return undefined;
 }
