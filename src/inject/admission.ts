@@ -1,7 +1,7 @@
 import { describeError, MeshwardError } from "../errors.ts";
 import { diffJson } from "./json-patch.ts";
-import { ephemeralSidecarAccess, injectPod, type PodLike } from "./pod.ts";
-import type { InjectOptions } from "./settings.ts";
+import { ephemeralSidecarAccess, injectPod, SIDECAR_CONTAINER, type PodLike } from "./pod.ts";
+import { ANNOTATION, type InjectOptions } from "./settings.ts";
 
 /** The AdmissionReview v1 response the API server expects (k8s.io/api/admission/v1). */
 export interface AdmissionReviewResponse {
@@ -135,16 +135,29 @@ function reviewEphemeralContainers(
   }
   const added = ephemeralContainersOf(request.object, shape);
   if (typeof added === "string") return invalid(`request.object ${added}`);
+  // Whether the pod has the sidecar (a privileged debug container is refused only there). The old
+  // EphemeralContainers shape does not say: taken as yes (it is Kubernetes < 1.22, which cannot
+  // run the native sidecar anyway).
+  const injected = shape === "EphemeralContainers" || hasSidecar(request.object);
   const old = ephemeralContainersOf(request.oldObject, shape);
   const oldNames = new Set(typeof old === "string" ? [] : old.map((container) => (container !== null && typeof container === "object" ? (container as { name?: unknown }).name : undefined)));
   for (const container of added) {
     const name = container !== null && typeof container === "object" ? (container as { name?: unknown }).name : undefined;
     if (typeof name === "string" && oldNames.has(name)) continue;
-    const problem = ephemeralSidecarAccess(container);
+    const problem = ephemeralSidecarAccess(container, injected);
     if (problem === undefined) continue;
     return problem.unreadable ? invalid(problem.reason) : deny(403, problem.reason, "E_INJECT_EPHEMERAL_DENIED");
   }
   return respond({ allowed: true });
+}
+
+/** Whether a Pod is injected: marked so, or holding the sidecar init container (either is enough: fail closed). */
+function hasSidecar(pod: unknown): boolean {
+  const { metadata, spec } = pod as { metadata?: { annotations?: unknown }; spec?: { initContainers?: unknown } };
+  const annotations = metadata?.annotations;
+  if (annotations !== null && typeof annotations === "object" && (annotations as Record<string, unknown>)[ANNOTATION.injected] === "true") return true;
+  const initContainers = spec?.initContainers;
+  return Array.isArray(initContainers) && initContainers.some((container: unknown) => container !== null && typeof container === "object" && (container as { name?: unknown }).name === SIDECAR_CONTAINER);
 }
 
 /** The ephemeral containers of a v1 Pod or (before Kubernetes 1.22) EphemeralContainers object, or why there are none to read. */

@@ -18,7 +18,7 @@ const SYNC_RESULTS: readonly CaBundleSyncResult[] = ["patched", "unchanged", "er
 export function createInjectorMetrics(metrics: Metrics): InjectorMetrics {
   const reviews = metrics.counter({
     name: "meshward_injector_reviews_total",
-    help: "Admission reviews answered: injected (patched), unchanged (allowed as is), denied (the pod's meshward/dapr annotations are refused, or an ephemeral container would reach the sidecar's token), invalid (not an AdmissionReview), unavailable (no current trust bundle), busy (503: the unfinished reviews held together reached the injector's memory budget).",
+    help: "Admission reviews answered: injected (patched), unchanged (allowed as is), denied (the pod's meshward/dapr annotations are refused, or an ephemeral container would reach the sidecar's token: its volume, the sidecar's processes, or privileged in a pod with the sidecar), invalid (not an AdmissionReview), unavailable (no current trust bundle), busy (503: the unfinished reviews held together reached the injector's memory budget).",
     labelNames: ["result"],
   });
   for (const result of REVIEW_RESULTS) reviews.inc({ result }, 0);

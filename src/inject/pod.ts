@@ -13,6 +13,8 @@ export interface PodSpecLike {
   serviceAccountName?: string;
   serviceAccount?: string;
   hostNetwork?: boolean;
+  hostPID?: unknown;
+  shareProcessNamespace?: unknown;
   initContainers?: Record<string, unknown>[];
   containers?: Record<string, unknown>[];
   volumes?: Record<string, unknown>[];
@@ -78,6 +80,8 @@ export function injectPod(input: PodLike, options: InjectOptions, where: string,
 
   refuseTakenNames(spec, annotations, where);
   refuseTokenMounts(spec, where);
+  refuseSharedProcesses(spec, annotations, where);
+  notes.push(...ptraceNotes(spec, annotations, where));
   refuseTakenPorts(spec, annotations, where);
   const base = uninjectPod(input);
   const baseSpec = base.spec as PodSpecLike;
@@ -151,9 +155,12 @@ function refuseTokenMounts(spec: PodSpecLike, where: string): void {
  * by volumeMounts or volumeDevices) could read the token; one whose targetContainerName is the
  * sidecar joins the sidecar's process namespace, where /proc/<pid>/root and /proc/<pid>/mem reach
  * the token and the SVID's private key for a process of the same user or with CAP_SYS_PTRACE.
+ * In a pod with the sidecar (`injected`), a privileged one (`kubectl debug --profile=sysadmin`) is
+ * refused too: it reaches the token through the node's devices without mounting anything, as a
+ * privileged app container would (refused at injection, refuseSharedProcesses).
  * A field of the wrong type is reported as unreadable: what cannot be read is not allowed (fail closed).
  */
-export function ephemeralSidecarAccess(container: unknown): { readonly unreadable: boolean; readonly reason: string } | undefined {
+export function ephemeralSidecarAccess(container: unknown, injected = true): { readonly unreadable: boolean; readonly reason: string } | undefined {
   const unreadable = (reason: string) => ({ unreadable: true, reason });
   const refused = (reason: string) => ({ unreadable: false, reason });
   if (container === null || typeof container !== "object" || Array.isArray(container)) return unreadable("an ephemeral container is not an object");
@@ -175,7 +182,110 @@ export function ephemeralSidecarAccess(container: unknown): { readonly unreadabl
   if (targetContainerName === SIDECAR_CONTAINER) {
     return refused(`${label} targets container ${SIDECAR_CONTAINER}, the sidecar: sharing its process namespace reaches its token and private key through /proc; target the app container instead (kubectl debug --target=<app>), and read the sidecar through its logs and status port`);
   }
+  if (!injected) return undefined;
+  const { securityContext } = container as { securityContext?: unknown };
+  if (securityContext === undefined || securityContext === null) return undefined;
+  if (typeof securityContext !== "object" || Array.isArray(securityContext)) return unreadable(`${label}: securityContext is not an object`);
+  const privileged = (securityContext as { privileged?: unknown }).privileged;
+  if (privileged !== undefined && privileged !== null && typeof privileged !== "boolean") return unreadable(`${label}: securityContext.privileged is not a boolean`);
+  if (privileged === true) {
+    return refused(`${label} is privileged (kubectl debug --profile=sysadmin): it has every capability and the node's devices, where the kubelet keeps the sidecar's token; debug with --profile=general or netadmin instead`);
+  }
   return undefined;
+}
+
+/**
+ * The sidecar holds the workload's credential in its process: the projected token under its own
+ * mount namespace (reachable as /proc/<pid>/root/var/run/secrets/meshward.io/token), the SVID's
+ * private key in its memory (/proc/<pid>/mem). Linux lets a process that can see the sidecar's
+ * process read those (ptrace access mode) when it has the sidecar's UID (10001) or CAP_SYS_PTRACE.
+ * A container running as root with the runtime's default capabilities gets the UID by
+ * setuid(10001) (CAP_SETUID is in the default set), and an image's USER can set it without the
+ * pod saying so: so a pod whose containers can see the sidecar's processes cannot keep the
+ * credential from them, whatever their securityContext. Refused (E_INJECT_INVALID):
+ * - spec.shareProcessNamespace: one process namespace for every container of the pod. No Pod
+ *   Security Standard forbids it (not even restricted), so nothing else would refuse it.
+ * - spec.hostPID: the node's process namespace, where the pod's containers see every process of
+ *   the node, this sidecar's included (Pod Security baseline forbids it).
+ * - a container or init container with securityContext.privileged: every capability and the
+ *   node's devices, so the node's disk, where the kubelet keeps the pod's token
+ *   (/var/lib/kubelet/pods/<uid>/volumes), whether or not it sees the sidecar's processes
+ *   (Pod Security baseline forbids it).
+ * A value that is not false (say the string "true", which the API server would not accept) is
+ * refused too: what cannot be read as "off" is not taken as off (fail closed). On re-injection
+ * our own init container is skipped (it is never privileged; it is rebuilt anyway).
+ */
+function refuseSharedProcesses(spec: PodSpecLike, annotations: Readonly<Record<string, unknown>>, where: string): void {
+  const on = (value: unknown) => value !== undefined && value !== null && value !== false;
+  const shown = (value: unknown) => (value === true ? "true" : JSON.stringify(value)?.slice(0, 40) ?? String(value));
+  const reach = "its containers could read the sidecar's service-account token and private key through /proc (a root container by setuid to the sidecar's UID, without any added capability)";
+  if (on(spec.shareProcessNamespace)) {
+    throw new MeshwardError(
+      "E_INJECT_INVALID",
+      `${where}: spec.shareProcessNamespace is ${shown(spec.shareProcessNamespace)}: ${reach}; remove shareProcessNamespace (debug with kubectl debug --target=<app>, which shares only the app's processes), or remove ${ANNOTATION.inject}`,
+    );
+  }
+  if (on(spec.hostPID)) {
+    throw new MeshwardError(
+      "E_INJECT_INVALID",
+      `${where}: spec.hostPID is ${shown(spec.hostPID)}: the pod sees every process of the node, so ${reach}; remove hostPID (Pod Security baseline forbids it), or remove ${ANNOTATION.inject}`,
+    );
+  }
+  const injected = annotations[ANNOTATION.injected] === "true";
+  const lists: [string, unknown][] = [
+    ["container", spec.containers],
+    ["init container", spec.initContainers],
+  ];
+  for (const [what, list] of lists) {
+    if (!Array.isArray(list)) continue;
+    for (const container of list as unknown[]) {
+      if (container === null || typeof container !== "object") continue;
+      const { name, securityContext } = container as { name?: unknown; securityContext?: unknown };
+      if (what === "init container" && injected && name === SIDECAR_CONTAINER) continue;
+      if (securityContext === null || typeof securityContext !== "object") continue;
+      const privileged = (securityContext as { privileged?: unknown }).privileged;
+      if (!on(privileged)) continue;
+      throw new MeshwardError(
+        "E_INJECT_INVALID",
+        `${where}: ${what} ${JSON.stringify(String(name ?? "")).slice(0, 80)} has securityContext.privileged ${shown(privileged)}: a privileged container has every capability and the node's devices, where the kubelet keeps the sidecar's token; remove privileged (Pod Security baseline forbids it; add only the capabilities it needs), or remove ${ANNOTATION.inject}`,
+      );
+    }
+  }
+}
+
+/**
+ * An admission warning (and a note of `meshward inject`) for each container or init container
+ * that adds CAP_SYS_PTRACE (or ALL, which holds it). Not refused: with the process namespaces
+ * separate (refuseSharedProcesses) it reaches only its own container's processes, never the
+ * sidecar's, and profilers and debuggers add it for that. But Pod Security baseline forbids it,
+ * and it is the capability that reads another process's memory: the note says so, so that the
+ * operator knows what would expose the sidecar. Names are read as container runtimes read them
+ * (case-insensitive, with or without CAP_).
+ */
+function ptraceNotes(spec: PodSpecLike, annotations: Readonly<Record<string, unknown>>, where: string): string[] {
+  const injected = annotations[ANNOTATION.injected] === "true";
+  const notes: string[] = [];
+  const lists: [string, unknown][] = [
+    ["container", spec.containers],
+    ["init container", spec.initContainers],
+  ];
+  for (const [what, list] of lists) {
+    if (!Array.isArray(list)) continue;
+    for (const container of list as unknown[]) {
+      if (container === null || typeof container !== "object") continue;
+      const { name, securityContext } = container as { name?: unknown; securityContext?: unknown };
+      if (what === "init container" && injected && name === SIDECAR_CONTAINER) continue;
+      const add = (securityContext as { capabilities?: { add?: unknown } } | null | undefined)?.capabilities?.add;
+      if (!Array.isArray(add)) continue;
+      const names = add.map((cap) => String(cap).trim().toUpperCase().replace(/^CAP_/, ""));
+      const held = names.includes("ALL") ? "ALL (every capability, SYS_PTRACE included)" : names.includes("SYS_PTRACE") ? "SYS_PTRACE" : undefined;
+      if (held === undefined) continue;
+      notes.push(
+        `${where}: ${what} ${JSON.stringify(String(name ?? "")).slice(0, 80)} adds capability ${held} (Pod Security baseline forbids it), which reads the memory of the processes it sees; injection keeps the sidecar's out of its sight (no shareProcessNamespace or hostPID)`,
+      );
+    }
+  }
+  return notes;
 }
 
 /** The TCP ports the sidecar binds in the pod's network namespace, by what it uses them for. */

@@ -220,6 +220,20 @@ describe("rule details", () => {
     expect(audit("d.yaml", pod(dapr))).toEqual([]);
   });
 
+  it("MW-K8S-012: shareProcessNamespace, hostPID or a privileged container next to an injected meshward sidecar, as the injector refuses them", () => {
+    const pod = (annotations: string, spec: string, container = "") =>
+      `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    metadata:\n      annotations:\n${annotations}    spec:\n${spec}      containers:\n        - name: web\n          image: web:1\n${container}`;
+    const injected = '        meshward.io/inject: "true"\n        meshward.io/app-port: "8080"\n        meshward.io/config: web-policy\n';
+    expect(audit("d.yaml", pod(injected, "      shareProcessNamespace: true\n"))).toEqual(["MW-K8S-012@13:7"]);
+    expect(audit("d.yaml", pod(injected, "      hostPID: true\n      shareProcessNamespace: true\n"))).toEqual(["MW-K8S-012@13:7", "MW-K8S-012@14:7"]);
+    expect(audit("d.yaml", pod(injected, "", "          securityContext:\n            privileged: true\n"))).toEqual(["MW-K8S-012@17:13"]);
+    expect(audit("d.yaml", pod(injected, "      initContainers:\n        - name: setup\n          image: s\n          securityContext: { privileged: true }\n"))).toEqual(["MW-K8S-012@16:30"]);
+    // Off, or a container that only adds capabilities (the injector warns about SYS_PTRACE, it does not refuse it).
+    expect(audit("d.yaml", pod(injected, "      shareProcessNamespace: false\n      hostPID: false\n", "          securityContext:\n            privileged: false\n            capabilities: { add: [SYS_PTRACE] }\n"))).toEqual([]);
+    // No meshward sidecar asked for: not this rule's business.
+    expect(audit("d.yaml", pod('        app: web\n', "      shareProcessNamespace: true\n      hostPID: true\n"))).toEqual([]);
+  });
+
   it("reads kubectl List output", () => {
     const list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: dapr.io/v1alpha1\n  kind: Configuration\n  metadata:\n    name: c\n  spec:\n    mtls:\n      enabled: false\n";
     expect(audit("l.yaml", list)).toEqual(["MW-MTLS-001@10:7"]);

@@ -126,6 +126,20 @@ describe("admission webhook: ephemeral containers (pods/ephemeralcontainers) nev
       expect(answer.json.response?.status?.message).toMatch(/ephemeral container "debugger-x1" targets container meshward, the sidecar: .*--target=<app>.*\[E_INJECT_EPHEMERAL_DENIED\]$/);
     });
 
+    it(`${shape}: refuses a privileged debug container (kubectl debug --profile=sysadmin) in a pod with the sidecar; --profile=general is allowed`, async () => {
+      const sysadmin = review(shape, [debugShell({ securityContext: { privileged: true } })]);
+      checkSchema(sysadmin);
+      const answer = await post(sysadmin);
+      expect(answer.json.response).toMatchObject({ uid: UID, allowed: false, status: { code: 403 } });
+      expect(answer.json.response?.status?.message).toMatch(/ephemeral container "debugger-x1" is privileged \(kubectl debug --profile=sysadmin\): it has every capability and the node's devices, where the kubelet keeps the sidecar's token; debug with --profile=general or netadmin instead \[E_INJECT_EPHEMERAL_DENIED\]$/);
+      // What --profile=general and --profile=netadmin set: capabilities, not privileged.
+      for (const securityContext of [{ capabilities: { add: ["SYS_PTRACE"] } }, { privileged: false, capabilities: { add: ["NET_ADMIN", "NET_RAW"] } }]) {
+        const body = review(shape, [debugShell({ securityContext })]);
+        checkSchema(body);
+        expect((await post(body)).json.response).toEqual({ uid: UID, allowed: true });
+      }
+    });
+
     it(`${shape}: allows a debug shell without those mounts unchanged (no patch), also next to an older one`, async () => {
       const bodies = [
         review(shape, [debugShell()]),
@@ -141,6 +155,28 @@ describe("admission webhook: ephemeral containers (pods/ephemeralcontainers) nev
       }
     });
   }
+
+  it("a privileged debug container in a pod without the sidecar is not the injector's business; either marker of the sidecar is enough", async () => {
+    const privileged = debugShell({ securityContext: { privileged: true } });
+    const body = review("Pod", [privileged]);
+    const plain = structuredClone(body);
+    for (const object of [plain.request.object, plain.request.oldObject] as Record<string, any>[]) {
+      delete object.metadata.annotations;
+      delete object.spec.initContainers;
+      object.spec.volumes = object.spec.volumes.filter((volume: { name: string }) => volume.name !== "meshward-token");
+    }
+    checkSchema(plain);
+    expect((await post(plain)).json.response).toEqual({ uid: UID, allowed: true });
+    // Marked injected without the sidecar container, or the sidecar container without the mark: refused.
+    const marked = structuredClone(plain);
+    (marked.request.object as Record<string, any>).metadata.annotations = { "meshward.io/injected": "true" };
+    const withSidecar = structuredClone(body);
+    delete (withSidecar.request.object as Record<string, any>).metadata.annotations;
+    for (const one of [marked, withSidecar]) {
+      checkSchema(one);
+      expect((await post(one)).json.response).toMatchObject({ allowed: false, status: { code: 403 } });
+    }
+  });
 
   it("judges every ephemeral container when oldObject is missing or unreadable (fail closed)", async () => {
     for (const oldObject of [undefined, null, { apiVersion: "v1", kind: "Pod" }, "x"]) {
@@ -167,6 +203,8 @@ describe("admission webhook: ephemeral containers (pods/ephemeralcontainers) nev
       [withRequest({ object: injectedPod([debugShell({ volumeMounts: { name: "meshward-token" } })]) }), /"debugger-x1": volumeMounts is not a list/],
       [withRequest({ object: injectedPod([debugShell({ volumeMounts: [{ mountPath: "/t" }] })]) }), /an entry of volumeMounts has no volume name/],
       [withRequest({ object: injectedPod([debugShell({ targetContainerName: ["meshward"] })]) }), /targetContainerName is not a string/],
+      [withRequest({ object: injectedPod([debugShell({ securityContext: "privileged" })]) }), /"debugger-x1": securityContext is not an object/],
+      [withRequest({ object: injectedPod([debugShell({ securityContext: { privileged: "true" } })]) }), /"debugger-x1": securityContext\.privileged is not a boolean/],
       [withRequest({ kind: { group: "", version: "v1", kind: "Binding" } }), /review of kind "Binding", not a v1 Pod .* or EphemeralContainers/],
       [withRequest({ kind: { group: "apps", version: "v1", kind: "Pod" } }), /review of kind "Pod", not a v1 Pod/],
       [withRequest({ resource: { group: "", version: "v1", resource: "nodes" } }), /request\.resource is "\/nodes\/ephemeralcontainers", not pods\/ephemeralcontainers/],

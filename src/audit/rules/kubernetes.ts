@@ -297,4 +297,39 @@ export const kubernetesRules: Rule[] = [
       return named ? [] : [annotationHit(workload, ANNOTATION.inject, `${ANNOTATION.inject}: true without ${ANNOTATION.config}`)];
     },
   }),
+  defineRule({
+    id: "MW-K8S-012",
+    family: "kubernetes",
+    severity: "high",
+    title: "Injected meshward sidecar's token and key within reach of the pod's other containers",
+    why: "With `shareProcessNamespace: true` or `hostPID: true` the app's containers see the sidecar's processes and read its service-account token through `/proc/<pid>/root` (and its private key through `/proc/<pid>/mem`) when they run as its user, which a root container gets by `setuid` with the default capabilities; a privileged container reaches the token on the node's disk. Whoever reads the token gets the workload's certificate. The injector refuses such pods (`E_INJECT_INVALID`); this finds manifests changed after injection.",
+    fix: "Remove `shareProcessNamespace` and `hostPID` (debug with `kubectl debug --target=<app>`), and `privileged` (add only the capabilities the container needs).",
+    example: {
+      file: "deployment.yaml",
+      bad: deploymentYaml(MESHWARD_POD, "      shareProcessNamespace: true\n"),
+      good: deploymentYaml(MESHWARD_POD, "      shareProcessNamespace: false\n"),
+    },
+    appliesTo: ["workload"],
+    check(workload) {
+      if (!meshwardInjected(workload)) return [];
+      // As the injector reads them (src/inject/pod.ts refuseSharedProcesses): anything but false or absent is on.
+      const on = (value: unknown) => value !== undefined && value !== null && value !== false;
+      const hits: Hit[] = [];
+      for (const field of ["shareProcessNamespace", "hostPID"]) {
+        const value = workload.podSpec[field];
+        if (on(value)) hits.push({ path: [...workload.podSpecPath, field], evidence: `${field}: ${String(value)}` });
+      }
+      for (const list of ["initContainers", "containers"]) {
+        const containers = workload.podSpec[list];
+        if (!Array.isArray(containers)) continue;
+        containers.forEach((container: unknown, index) => {
+          const privileged = get(container, "securityContext", "privileged");
+          if (!on(privileged)) return;
+          const name = String(get(container, "name") ?? index);
+          hits.push({ path: [...workload.podSpecPath, list, index, "securityContext", "privileged"], evidence: `${list === "containers" ? "container" : "init container"} ${name}: privileged: ${String(privileged)}` });
+        });
+      }
+      return hits;
+    },
+  }),
 ];
