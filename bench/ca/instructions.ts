@@ -15,9 +15,12 @@
  * are printed but not counted (V8's concurrent compiler threads, serialised under valgrind,
  * finish then); the figure is the floor of the rest with the median beside it.
  *   node --import tsx bench/ca/instructions.ts [--certs 400] [--warmup 400] [--clients 4] [--rounds 5] [--settle 2] [--node-args "<flags>"] [--base <git-ref>]...
+ * A base must read this tree's CA directory: its store schema (the CA directory and join tokens
+ * are made with this tree's code) must not be older than this tree's (a CA of 2026-12-03 refuses
+ * it: E_STORE_SCHEMA_NEWER).
  * Needs valgrind (Debian's valgrind); under it the CA signs ~50× slower, ~1 minute per build and round at the defaults.
  */
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -56,13 +59,18 @@ interface CountedCa {
 }
 
 /** The CLI bundle of another commit: a detached worktree sharing this checkout's node_modules. */
-async function bundleAt(ref: string, index: number): Promise<string> {
+async function bundleAt(ref: string, index: number): Promise<[string, string]> {
   const tree = join(CACHE, `meshward-ca-instructions-base-${index}`);
   if (existsSync(tree)) execFileSync("git", ["worktree", "remove", "--force", tree], { cwd: ROOT });
   execFileSync("git", ["worktree", "add", "--detach", tree, ref], { cwd: ROOT, stdio: "ignore" });
   execFileSync("ln", ["-s", join(ROOT, "node_modules"), join(tree, "node_modules")]);
   const { bundleCli: bundleBase } = (await import(join(tree, "scripts/bundle.ts"))) as { bundleCli: (out: string) => Promise<string> };
-  return await bundleBase(join(CACHE, `meshward-ca-instructions-base-${index}-bundle`));
+  return [await bundleBase(join(CACHE, `meshward-ca-instructions-base-${index}-bundle`)), tree];
+}
+
+/** Whether the CA built from `tree` knows signRateLimit (2026-12-04 on): older ones refuse the key, and had no limit. */
+function hasSignRateLimit(tree: string): boolean {
+  return spawnSync("grep", ["-rlq", "signRateLimit", join(tree, "src/ca")]).status === 0;
 }
 
 function waitForListening(child: ChildProcess): Promise<string> {
@@ -86,7 +94,7 @@ function waitForListening(child: ChildProcess): Promise<string> {
   });
 }
 
-async function startCountedCa(name: string, cli: string, work: string): Promise<CountedCa> {
+async function startCountedCa(name: string, cli: string, tree: string, work: string): Promise<CountedCa> {
   const dir = join(work, name, "ca");
   mkdirSync(join(work, name), { recursive: true, mode: 0o700 });
   await initAnchors({ dir, trustDomain: TD, now: new Date() });
@@ -95,11 +103,12 @@ async function startCountedCa(name: string, cli: string, work: string): Promise<
   const token = await issueJoinToken(store, { spiffeId: `spiffe://${TD}/ns/bench/client`, ttlMs: 3_600_000, uses: CLIENTS });
   await store.close();
   // Renewals from one address as fast as the client goes: the per-address limit is off here.
+  const configArgs = hasSignRateLimit(tree) ? ["--config", join(work, name, "ca.yaml")] : [];
   writeFileSync(join(work, name, "ca.yaml"), "signRateLimit: false\n");
   const out = join(work, name, "callgrind.out");
   const child = spawn(
     "valgrind",
-    ["--tool=callgrind", "--collect-atstart=yes", `--callgrind-out-file=${out}`, process.execPath, ...NODE_ARGS, cli, "ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--log-level", "warn", "--config", join(work, name, "ca.yaml")],
+    ["--tool=callgrind", "--collect-atstart=yes", `--callgrind-out-file=${out}`, process.execPath, ...NODE_ARGS, cli, "ca", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--log-level", "warn", ...configArgs],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   const address = await waitForListening(child);
@@ -146,13 +155,13 @@ function dump(pid: number, out: string): number {
 async function main(): Promise<void> {
   execFileSync("valgrind", ["--version"], { stdio: "ignore" });
   if (ROUNDS <= SETTLE) throw new Error(`--rounds ${ROUNDS} leaves no round after the ${SETTLE} settling rounds`);
-  const builds: [string, string][] = [["meshward", await bundleCli(join(CACHE, "meshward-ca-instructions"))]];
-  for (const [i, ref] of BASES.entries()) builds.push([BASES.length === 1 ? "base" : `base-${ref.replace(/[^A-Za-z0-9_-]/g, "_")}`, await bundleAt(ref, i)]);
+  const builds: [string, string, string][] = [["meshward", await bundleCli(join(CACHE, "meshward-ca-instructions")), ROOT]];
+  for (const [i, ref] of BASES.entries()) builds.push([BASES.length === 1 ? "base" : `base-${ref.replace(/[^A-Za-z0-9_-]/g, "_")}`, ...(await bundleAt(ref, i))]);
   const work = mkdtempSync(join(tmpdir(), "meshward-ca-instructions-"));
   const cas: CountedCa[] = [];
   try {
     const csrs = await makeCsrPool(64);
-    for (const [name, cli] of builds) cas.push(await startCountedCa(name, cli, work));
+    for (const [name, cli, tree] of builds) cas.push(await startCountedCa(name, cli, tree, work));
     console.log(`instructions per certificate (callgrind, the CA's every thread), ${CERTS} SVID renewals after ${WARMUP} of warm-up, ${CLIENTS} in flight, Node ${process.version}${NODE_ARGS.length > 0 ? `, node ${NODE_ARGS.join(" ")}` : ""}`);
     for (const ca of cas) {
       const clients = await ca.connect();
