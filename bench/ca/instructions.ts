@@ -15,21 +15,16 @@
  * are printed but not counted (V8's concurrent compiler threads, serialised under valgrind,
  * finish then); the figure is the floor of the rest with the median beside it.
  *   node --import tsx bench/ca/instructions.ts [--certs 400] [--warmup 400] [--clients 4] [--rounds 5] [--settle 2] [--node-args "<flags>"] [--base <git-ref>]...
- * A base must read this tree's CA directory: its store schema (the CA directory and join tokens
- * are made with this tree's code) must not be older than this tree's (a CA of 2026-12-03 refuses
- * it: E_STORE_SCHEMA_NEWER).
+ * Each build's CA directory and join token are made with that build's own code (its store schema).
  * Needs valgrind (Debian's valgrind); under it the CA signs ~50× slower, ~1 minute per build and round at the defaults.
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { caLayout, initAnchors } from "../../src/ca/anchors.ts";
-import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { requestCertificate } from "../../src/identity/ca-client.ts";
 import { createCsr, encodePrivateKey, generateKeyPair } from "../../src/pki/index.ts";
 import { decodeSignResponse, encodeSignRequest, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../src/protocol/sentry.ts";
-import { openStore } from "../../src/store/index.ts";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { ROOT } from "../proxy/children.ts";
 import { makeCsrPool } from "./api-bench.ts";
@@ -97,6 +92,10 @@ function waitForListening(child: ChildProcess): Promise<string> {
 async function startCountedCa(name: string, cli: string, tree: string, work: string): Promise<CountedCa> {
   const dir = join(work, name, "ca");
   mkdirSync(join(work, name), { recursive: true, mode: 0o700 });
+  // The CA directory and its join token are made with the build's own code (its store schema).
+  const { initAnchors, caLayout } = (await import(join(tree, "src/ca/anchors.ts"))) as typeof import("../../src/ca/anchors.ts");
+  const { issueJoinToken } = (await import(join(tree, "src/ca/tokens.ts"))) as typeof import("../../src/ca/tokens.ts");
+  const { openStore } = (await import(join(tree, "src/store/index.ts"))) as typeof import("../../src/store/index.ts");
   await initAnchors({ dir, trustDomain: TD, now: new Date() });
   const store = openStore(`sqlite:${caLayout(dir).database}`);
   await store.migrate();
