@@ -35,6 +35,7 @@ export const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: 
   ["--max-connections <n>", "maxConnections", ["limits", "maxConnections"], "number"],
   ["--max-connections-per-address <n>", "maxConnectionsPerAddress", ["limits", "maxConnectionsPerAddress"], "number"],
   ["--max-concurrent-streams <n>", "maxConcurrentStreams", ["limits", "maxConcurrentStreams"], "number"],
+  ["--max-held-request-bytes <n>", "maxHeldRequestBytes", ["limits", "maxHeldRequestBytes"], "number"],
 ];
 
 const FIELD_HELP: Record<string, string> = { ...SIDECAR_FIELD_HELP, ...SIDECAR_LIMIT_HELP };

@@ -30,6 +30,13 @@ export const DEFAULT_MAX_CONNECTIONS = 768;
 export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 128;
 
 /**
+ * Request bytes the inbound listener holds for all its callers together (HTTP/2 header blocks of
+ * open streams, HTTP/2 and HTTP/1.1 bodies held before the app takes them; HeldBudget): what fits
+ * beside the connection caps in the injector's 256 Mi (sidecarMemoryBoundKib).
+ */
+export const DEFAULT_MAX_HELD_REQUEST_BYTES = 16 * 1024 * 1024;
+
+/**
  * What the sidecar's memory is made of, in KiB, measured on Node 20 with the production bundle:
  * the process at rest; an inbound connection idle after its mTLS handshake (one left with an
  * unfinished ClientHello costs ~56); an outbound (plaintext, loopback) connection
@@ -39,10 +46,14 @@ export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 128;
  */
 export const SIDECAR_MEMORY_KIB = { base: 66 * 1024, inboundConnection: 80, outboundConnection: 12, appConnectionHeld: 124 } as const;
 
-/** The most the caps let the sidecar hold, in KiB: inbound and outbound listeners full, every app connection held. */
-export function sidecarMemoryBoundKib(maxConnections: number): number {
+/**
+ * The most the caps let the sidecar hold, in KiB: inbound and outbound listeners full, every app
+ * connection held, and limits.maxHeldRequestBytes of requests held (HeldBudget counts allocated
+ * buffers, not only their bytes).
+ */
+export function sidecarMemoryBoundKib(maxConnections: number, maxHeldRequestBytes = DEFAULT_MAX_HELD_REQUEST_BYTES): number {
   const m = SIDECAR_MEMORY_KIB;
-  return m.base + maxConnections * (m.inboundConnection + m.outboundConnection + m.appConnectionHeld);
+  return m.base + maxConnections * (m.inboundConnection + m.outboundConnection + m.appConnectionHeld) + Math.ceil(maxHeldRequestBytes / 1024);
 }
 
 export const limitsSchema = z
@@ -75,6 +86,13 @@ export const limitsSchema = z
       .max(1_000_000, { error: "must be at most 1000000 (each connection is a file descriptor)" })
       .default(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
       .describe(SIDECAR_LIMIT_HELP.maxConnectionsPerAddress),
+    maxHeldRequestBytes: z
+      .number({ error: "must be a number of bytes" })
+      .int({ error: "must be a whole number" })
+      .min(1 << 20, { error: "must be at least 1048576 (1 MiB: an HTTP/1.1 request may hold that much before it has a connection to the app)" })
+      .max(2 ** 40, { error: "must be at most 1099511627776 (1 TiB)" })
+      .default(DEFAULT_MAX_HELD_REQUEST_BYTES)
+      .describe(SIDECAR_LIMIT_HELP.maxHeldRequestBytes),
   })
   .strict();
 

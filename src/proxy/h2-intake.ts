@@ -1,6 +1,7 @@
 import { constants as h2 } from "node:http2";
 import type { Http2Stream } from "node:http2";
 import { SMALL_CHUNK, unpinned } from "./http1/chunk-stage.ts";
+import type { HeldAccount } from "./held-budget.ts";
 
 /**
  * Reads an HTTP/2 stream's incoming body (a caller's request on a server stream, an app's or a
@@ -47,11 +48,21 @@ const HELD_BUFFER = 16 * 1024;
 export const MAX_HELD_BYTES = 1024 * 1024;
 const intakes = new WeakMap<Http2Stream, H2Intake>();
 
+/**
+ * What the held bytes of an inbound request are counted against (limits.maxHeldRequestBytes,
+ * HeldBudget), and what to do with the stream when the next frame would go past it: the held
+ * bytes are let go first.
+ */
+export interface IntakeBudget {
+  readonly account: HeldAccount;
+  readonly over: () => void;
+}
+
 export class H2Intake {
   /** The stream's intake, made (and the stream held) on first use. */
-  static of(stream: Http2Stream): H2Intake {
+  static of(stream: Http2Stream, budget?: IntakeBudget): H2Intake {
     let intake = intakes.get(stream);
-    if (intake === undefined) intakes.set(stream, (intake = new H2Intake(stream)));
+    if (intake === undefined) intakes.set(stream, (intake = new H2Intake(stream, budget)));
     return intake;
   }
 
@@ -66,9 +77,15 @@ export class H2Intake {
   #tail: Buffer | undefined;
   #tailUsed = 0;
   #heldBytes = 0;
+  readonly #budget: IntakeBudget | undefined;
+  /** What the held buffers count against the budget (HELD_BUFFER each). */
+  #charged = 0;
+  /** Over the budget: the stream is being refused, its further frames are dropped. */
+  #dropping = false;
 
-  private constructor(stream: Http2Stream) {
+  private constructor(stream: Http2Stream, budget: IntakeBudget | undefined) {
     this.#stream = stream;
+    this.#budget = budget;
     // `_read` is where node:http2 starts its handle reading (and opens the window again): while
     // held it does nothing. Set once (not swapped per hold), so that the stream keeps its shape.
     const read = stream._read;
@@ -121,8 +138,10 @@ export class H2Intake {
     if (!this.#holding || sink === undefined) return;
     this.#holding = false;
     const stream = this.#stream;
-    const held = this.#takeHeld();
+    const held = this.#takeHeld(false);
     for (let i = 0; i < held.length; i++) {
+      // Each piece is one held buffer (HELD_BUFFER counted), let go as it is passed on.
+      this.#uncharge(HELD_BUFFER);
       sink.data(held[i]!);
       if (this.#holding) {
         // Held again: the rest waits, in front of anything that comes meanwhile.
@@ -143,6 +162,7 @@ export class H2Intake {
   }
 
   #keep(chunk: Buffer): void {
+    if (this.#dropping) return;
     if (this.#heldBytes + chunk.length > MAX_HELD_BYTES) {
       this.#takeHeld();
       if (!this.#stream.destroyed) {
@@ -155,10 +175,20 @@ export class H2Intake {
     this.#heldBytes += chunk.length;
     for (let at = 0; at < chunk.length; ) {
       if (this.#tail === undefined || this.#tailUsed === this.#tail.length) {
+        // What is counted is what is allocated: a buffer of HELD_BUFFER, however few bytes it holds.
+        if (this.#budget !== undefined && !this.#budget.account.take(HELD_BUFFER)) {
+          // The listener (or this caller address) holds its limits.maxHeldRequestBytes already:
+          // nothing more of this body is kept.
+          this.#dropping = true;
+          this.#takeHeld();
+          if (!this.#stream.destroyed) this.#budget.over();
+          return;
+        }
         if (this.#tail !== undefined) this.#held.push(this.#tail);
         // Not from Node's buffer pool (64 KiB slabs from Node 22): a held buffer keeps only itself.
         this.#tail = Buffer.allocUnsafeSlow(HELD_BUFFER);
         this.#tailUsed = 0;
+        this.#charged += HELD_BUFFER;
       }
       const n = chunk.copy(this.#tail, this.#tailUsed, at);
       this.#tailUsed += n;
@@ -166,11 +196,19 @@ export class H2Intake {
     }
   }
 
-  #takeHeld(): Buffer[] {
+  #uncharge(bytes: number): void {
+    const n = Math.min(bytes, this.#charged);
+    this.#charged -= n;
+    this.#budget?.account.give(n);
+  }
+
+  /** Takes the held bytes out; `giveBack`: they leave the budget now (else as the caller passes each on). */
+  #takeHeld(giveBack = true): Buffer[] {
     const held = this.#held.splice(0);
     if (this.#tail !== undefined && this.#tailUsed > 0) held.push(this.#tail.subarray(0, this.#tailUsed));
     this.#tail = undefined;
     this.#tailUsed = 0;
+    if (giveBack) this.#uncharge(this.#charged);
     this.#heldBytes = 0;
     return held;
   }

@@ -38,6 +38,8 @@ import type { CallerStamp, StampIdentity } from "./headers.ts";
 import type { PolicySource } from "./policy-source.ts";
 import { forwardH2ToHttp1 } from "./http1/h2-bridge.ts";
 import { H2Intake } from "./h2-intake.ts";
+import { HeldBudget, perAddressShare, SIDECAR_BUSY } from "./held-budget.ts";
+import type { HeldAccount } from "./held-budget.ts";
 import { H2Deadlines } from "./h2-deadline.ts";
 import { Http1Pool, POOL_TIMEOUT } from "./http1/pool.ts";
 import { Http1Relay } from "./http1/relay.ts";
@@ -333,8 +335,13 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     telemetry.refused.inc({ direction: "inbound", reason });
     warnings.warn(`client-error|${reason}|${socket.remoteAddress}`, { event: "client-error", reason, remote: socket.remoteAddress, err: detail }, "refused a malformed, ambiguous or slow request");
   };
+  // Request bytes held for callers, all connections together (limits.maxHeldRequestBytes): HTTP/2
+  // header blocks and held bodies, HTTP/1 bodies held before they have a connection to the app.
+  const heldBudget = new HeldBudget(limits.maxHeldRequestBytes, perAddressShare(limits.maxHeldRequestBytes, limits.maxConnections, limits.maxConnectionsPerAddress));
+  const overBudget = (socket: Socket) => clientError("max_held_request_bytes", `the listener holds limits.maxHeldRequestBytes (${heldBudget.max}) of unfinished requests, or this address its share (${heldBudget.perAddress})`, socket);
   const http1 = new Http1Relay({
     ...relaySettings(limits, options.escapedSlashes),
+    heldAccount: (socket) => heldBudget.account(sourceOf(socket)),
     decide: (request, socket) => {
       const peer = peerFor(socket);
       const judged = judge(peer, socket, request.target.path, request.method, request.rpcOverHttp);
@@ -401,9 +408,21 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     const socket = sessionSocket.get(stream.session as ServerHttp2Session);
     if (socket === undefined) return void stream.close();
     stream.on("error", () => undefined);
-    if (h2RequestHeadBytes(rawHeaders) > limits.maxHeaderBytes) {
+    const headBytes = h2RequestHeadBytes(rawHeaders);
+    if (headBytes > limits.maxHeaderBytes) {
       clientError("header_too_large", "the request's HTTP/2 header block is larger than maxHeaderBytes", socket);
       answerH2(stream, H2_HEADER_TOO_LARGE, isGrpcRequest(String(headers[":method"]), headers["content-type"]));
+      return;
+    }
+    // The header block is held as long as the stream is open, and its body while it waits: both
+    // count against limits.maxHeldRequestBytes, given back when the stream closes.
+    const account: HeldAccount = heldBudget.account(sourceOf(socket));
+    stream.once("close", () => account.close());
+    if (!account.take(headBytes)) {
+      overBudget(socket);
+      answerH2(stream, SIDECAR_BUSY, isGrpcRequest(String(headers[":method"]), headers["content-type"]));
+      // The caller may still hold its side open: RST_STREAM (NO_ERROR) once the answer is sent frees the stream.
+      if (!stream.closed && !stream.destroyed) stream.close(h2constants.NGHTTP2_NO_ERROR);
       return;
     }
     const peer = peerFor(socket);
@@ -432,6 +451,18 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     }
     const open: OpenStream = { peer, socket, operation, verb, rpcOverHttp: request.rpcOverHttp, revoke: undefined };
     const done = holdStream(open, hooks.done);
+    if (!endStream) {
+      // Its body is read through one H2Intake (made here, before the forward takes it), whose held bytes count too.
+      H2Intake.of(stream, {
+        account,
+        over: () => {
+          overBudget(socket);
+          if (open.revoke !== undefined) return open.revoke(SIDECAR_BUSY);
+          answerH2(stream, SIDECAR_BUSY, grpc);
+          if (!stream.closed && !stream.destroyed) stream.close(h2constants.NGHTTP2_NO_ERROR);
+        },
+      });
+    }
     if (grpc) {
       open.revoke = forwardH2(stream, headers, request, flags, appSession(), { ...hooks, done, idle });
     } else {

@@ -68,13 +68,14 @@ describe("meshward inject: what the sidecar gets", () => {
     expect(sidecar.securityContext.runAsUser).toBeGreaterThan(0);
   });
 
-  it("its memory limit holds what the sidecar's default caps let callers fill (every listener full, every app connection held)", () => {
+  it("its memory limit holds what the sidecar's default caps let callers fill (every listener full, every app connection held, the held-request budget full)", () => {
     const limit = /^(\d+)Mi$/.exec(sidecar.resources.limits.memory as string);
     expect(limit).not.toBeNull();
     // The caps the injected sidecar runs with: its args set none, so the config's defaults.
     expect(sidecar.args).not.toContain("--max-connections");
+    expect(sidecar.args).not.toContain("--max-held-request-bytes");
     const limits = sidecarConfigSchema.parse({ appId: "orders", ca: "ca:1", app: "127.0.0.1:8080" }).limits;
-    expect(sidecarMemoryBoundKib(limits.maxConnections)).toBeLessThanOrEqual(Number(limit![1]) * 1024);
+    expect(sidecarMemoryBoundKib(limits.maxConnections, limits.maxHeldRequestBytes)).toBeLessThanOrEqual(Number(limit![1]) * 1024);
   });
 
   it("mounts the token volume into the sidecar only, read-only, with the kubelet's default mode (a 0400/0440 defaultMode would be root's alone)", () => {

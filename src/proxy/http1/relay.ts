@@ -3,11 +3,13 @@ import type { Duplex } from "node:stream";
 import { canonicalTarget, contentTypeProblem, isRefusal, isRpcOverHttp, methodOverrideProblem } from "../canonical.ts";
 import type { CanonicalTarget, EscapedSlashAction } from "../canonical.ts";
 import type { BodyInspector } from "../method-override-body.ts";
+import { SIDECAR_BUSY } from "../held-budget.ts";
+import type { HeldAccount } from "../held-budget.ts";
 import { answerText } from "../respond.ts";
 import type { ProxyAnswer } from "../respond.ts";
 import { eventNow, holdClock, releaseClock } from "../event-clock.ts";
 import { BODY_TIMEOUT_ANSWER, upstreamTimeoutError } from "../stream-idle.ts";
-import { ChunkStage, chunkSizeLine, SMALL_CHUNK } from "./chunk-stage.ts";
+import { ChunkStage, chunkSizeLine, SMALL_CHUNK, unpinned } from "./chunk-stage.ts";
 import { createMessageParser } from "./llhttp.ts";
 import { STOP_AFTER_HEAD } from "./message-parser.ts";
 import type { MessageHead, MessageParser } from "./llhttp.ts";
@@ -46,7 +48,7 @@ export interface AnswerDecision {
   readonly done?: (status: number) => void;
 }
 
-export type ClientErrorReason = "header_too_large" | "header_timeout" | "body_timeout" | "bad_request" | "ambiguous_request" | "connect" | "transfer_coding" | "http_version";
+export type ClientErrorReason = "header_too_large" | "header_timeout" | "body_timeout" | "bad_request" | "ambiguous_request" | "connect" | "transfer_coding" | "http_version" | "max_held_request_bytes";
 
 export interface Http1RelayOptions {
   readonly maxHeaderBytes: number;
@@ -74,6 +76,13 @@ export interface Http1RelayOptions {
   clientError(reason: ClientErrorReason, detail: string, socket: Socket): void;
   /** Whether this connection should close after the current response (draining, age cap). */
   closeAfterResponse(socket: Socket): boolean;
+  /**
+   * Where the body bytes held for a request before it has a connection to the app are counted
+   * (limits.maxHeldRequestBytes, the inbound's HeldBudget): past it the request is refused with
+   * `503 E_SIDECAR_BUSY` (reason max_held_request_bytes) and the connection closed. Without it
+   * only the per-exchange bound (MAX_PENDING_BODY) applies.
+   */
+  readonly heldAccount?: (socket: Socket) => HeldAccount;
 }
 
 const CLIENT_ERRORS: Readonly<Record<ClientErrorReason, ProxyAnswer>> = {
@@ -85,6 +94,7 @@ const CLIENT_ERRORS: Readonly<Record<ClientErrorReason, ProxyAnswer>> = {
   transfer_coding: { status: 501, grpcStatus: 13, code: "E_TRANSFER_CODING_UNSUPPORTED", message: "Not Implemented" },
   http_version: { status: 505, grpcStatus: 13, code: "E_HTTP_VERSION_UNSUPPORTED", message: "HTTP Version Not Supported" },
   connect: { status: 405, grpcStatus: 13, code: "E_CONNECT_UNSUPPORTED", message: "the sidecar is not a forward proxy: CONNECT is not accepted" },
+  max_held_request_bytes: SIDECAR_BUSY,
 };
 
 /**
@@ -178,6 +188,8 @@ class Exchange implements ResponseSink {
   /** Body bytes (already framed for upstream) that arrived before the upstream connection. */
   pending: Buffer[] | undefined = [];
   pendingBytes = 0;
+  /** What pendingBytes holds against the listener's budget (Http1RelayOptions.heldAccount). */
+  held: HeldAccount | undefined;
   /** Bytes kept to send again if a reused upstream connection turns out to be closed. */
   sentHead = "";
   /** Upstream connections tried for this request. */
@@ -217,6 +229,8 @@ class Exchange implements ResponseSink {
 }
 
 const MAX_PENDING_BODY = 1 << 20;
+/** What a held body piece costs besides its bytes (a Buffer and its queue entry), as the budget counts it. */
+const PENDING_PIECE_COST = 128;
 const CRLF = Buffer.from("\r\n");
 
 const isTls = (socket: Socket): boolean => (socket as { encrypted?: boolean }).encrypted === true;
@@ -411,6 +425,7 @@ class ClientConnection {
         if (bad !== undefined && !bad.started && this.#queue.length > 1 && this.#queue[this.#queue.length - 1] === bad) {
           this.#queue.pop();
           bad.finished = true;
+          bad.held?.close();
           this.#parsing = undefined;
         }
         // The requests before the bad bytes were read whole and may already be with the app: they
@@ -555,15 +570,28 @@ class ClientConnection {
     if (!this.#executing) this.#unbatch();
     if (exchange.pendingBytes > 0) {
       exchange.pendingBytes = 0;
+      exchange.held?.give(exchange.held.held);
       this.#resumeReading();
     }
+  }
+
+  /** Counts `bytes` more held for `exchange` before it has an upstream; false when that is past the budget (the connection is refused). */
+  #holdPending(exchange: Exchange, bytes: number): boolean {
+    const make = this.options.heldAccount;
+    if (make === undefined) return true;
+    exchange.held ??= make(this.socket);
+    // Each piece is a Buffer of its own (unpinned): counted with what one costs besides its bytes.
+    if (exchange.held.take(bytes + PENDING_PIECE_COST)) return true;
+    this.#refuse("max_held_request_bytes", "the listener holds limits.maxHeldRequestBytes of unfinished requests (or this address its share)");
+    return false;
   }
 
   #requestBody(exchange: Exchange, chunk: Buffer): void {
     if (exchange.decision === undefined && exchange.responded) return; // answered by the proxy: dropped
     if (!exchange.started) {
       // Judged, inspected and framed once the request is decided; reading stops past a bound.
-      (exchange.unjudged ??= []).push(chunk);
+      if (!this.#holdPending(exchange, chunk.length)) return;
+      (exchange.unjudged ??= []).push(unpinned(chunk));
       exchange.pendingBytes += chunk.length;
       if (exchange.pendingBytes > MAX_PENDING_BODY) this.#pauseReading();
       return;
@@ -625,7 +653,8 @@ class ClientConnection {
     if (exchange.upstream === undefined) {
       // Not connected yet, or queued behind a pipelined request: hold it, and stop reading past a bound.
       if (exchange.pending === undefined) return;
-      exchange.pending.push(bytes);
+      if (!this.#holdPending(exchange, bytes.length)) return;
+      exchange.pending.push(unpinned(bytes));
       exchange.pendingBytes += bytes.length;
       if (exchange.pendingBytes > MAX_PENDING_BODY) this.#pauseReading();
       return;
@@ -731,6 +760,7 @@ class ClientConnection {
       // Part of the response is already with the client: all we can do is cut the connection.
       decision.done(0);
       exchange.finished = true;
+      exchange.held?.close();
       this.socket.destroy();
       return;
     }
@@ -761,6 +791,7 @@ class ClientConnection {
     if (decision === undefined || exchange.responded) {
       decision?.done(0);
       exchange.finished = true;
+      exchange.held?.close();
       this.#gone = true;
       this.socket.destroy();
       return;
@@ -792,6 +823,7 @@ class ClientConnection {
     if (exchange.responded) {
       decision.done(0);
       exchange.finished = true;
+      exchange.held?.close();
       this.#gone = true;
       this.socket.destroy();
       return;
@@ -805,6 +837,7 @@ class ClientConnection {
   /** The response is written; the exchange leaves the queue once its request was read too. */
   #finish(exchange: Exchange): void {
     exchange.finished = true;
+    exchange.held?.close();
     if (exchange.closeAfter) {
       this.#gone = true;
       // A plaintext client that asked to close and sent nothing more: the connection is closed as
@@ -968,6 +1001,7 @@ class ClientConnection {
     for (const exchange of this.#queue) {
       if (exchange.finished) continue;
       exchange.finished = true;
+      exchange.held?.close();
       exchange.upstream?.destroy();
       exchange.upstream = undefined;
       // Still waiting for a connection: its place in the pool's queue goes to the next request.

@@ -1,0 +1,112 @@
+import { GrpcStatus } from "./respond.ts";
+import type { ProxyAnswer } from "./respond.ts";
+
+/**
+ * The request bytes one listener holds for its callers, shared by all its connections
+ * (limits.maxHeldRequestBytes). What is counted is what a caller can make the sidecar keep in
+ * memory by not finishing a request, and that no other bound caps process-wide:
+ *
+ * - an HTTP/2 request's header block (as h2RequestHeadBytes counts it), from its HEADERS frame
+ *   until the stream closes: up to limits.maxConcurrentStreams of them per connection;
+ * - the HTTP/2 request body bytes H2Intake holds while the stream waits (for a connection to the
+ *   app, or for the app to read): up to one flow-control window (64 KiB) per stream;
+ * - the HTTP/1.1 request body bytes the relay holds before the request has a connection to the
+ *   app (waiting for the pool, or pipelined behind another request): up to 1 MiB per connection.
+ *
+ * Each source address may hold at most `perAddress` of them (the budget's share of
+ * limits.maxConnectionsPerAddress / limits.maxConnections, as for connections to the app), so that
+ * one caller pod cannot take the whole budget. A request that would go past either is refused
+ * with SIDECAR_BUSY (503; gRPC RESOURCE_EXHAUSTED) instead of held: the sidecar stops growing.
+ */
+export class HeldBudget {
+  #used = 0;
+  readonly #perAddress = new Map<string, number>();
+
+  constructor(
+    readonly max: number,
+    readonly perAddress: number,
+  ) {}
+
+  /** Bytes held now, by all callers. */
+  get used(): number {
+    return this.#used;
+  }
+
+  /** Bytes held now for `address`. */
+  usedBy(address: string): number {
+    return this.#perAddress.get(address) ?? 0;
+  }
+
+  /** An account for one request of `address`: what it takes is given back by `close()` at the latest. */
+  account(address: string): HeldAccount {
+    return new HeldAccount(this, address);
+  }
+
+  /** @internal */
+  take(address: string, bytes: number): boolean {
+    const mine = this.#perAddress.get(address) ?? 0;
+    if (this.#used + bytes > this.max || mine + bytes > this.perAddress) return false;
+    this.#used += bytes;
+    this.#perAddress.set(address, mine + bytes);
+    return true;
+  }
+
+  /** @internal */
+  give(address: string, bytes: number): void {
+    if (bytes <= 0) return;
+    this.#used -= bytes;
+    const left = (this.#perAddress.get(address) ?? bytes) - bytes;
+    if (left <= 0) this.#perAddress.delete(address);
+    else this.#perAddress.set(address, left);
+  }
+}
+
+/** What one request holds against a HeldBudget. */
+export class HeldAccount {
+  #held = 0;
+  #closed = false;
+
+  constructor(
+    private readonly budget: HeldBudget,
+    private readonly address: string,
+  ) {}
+
+  get held(): number {
+    return this.#held;
+  }
+
+  /** Counts `bytes` more; false (nothing counted) when they do not fit the budget or the address's share. */
+  take(bytes: number): boolean {
+    if (this.#closed || bytes <= 0) return true;
+    if (!this.budget.take(this.address, bytes)) return false;
+    this.#held += bytes;
+    return true;
+  }
+
+  /** Gives `bytes` back (at most what is held). */
+  give(bytes: number): void {
+    const n = Math.min(bytes, this.#held);
+    this.#held -= n;
+    this.budget.give(this.address, n);
+  }
+
+  /** Gives everything back; later takes count nothing. */
+  close(): void {
+    this.give(this.#held);
+    this.#closed = true;
+  }
+}
+
+/** The per-address share of the budget: max × maxConnectionsPerAddress / maxConnections, at least 1 MiB + 64 KiB (one HTTP/1 body held) and at most max. */
+export function perAddressShare(max: number, maxConnections: number, maxConnectionsPerAddress: number): number {
+  if (maxConnectionsPerAddress >= maxConnections) return max;
+  return Math.min(max, Math.max(Math.floor((max * maxConnectionsPerAddress) / maxConnections), (1 << 20) + (64 << 10)));
+}
+
+/** A request refused because the listener holds limits.maxHeldRequestBytes of requests already (or its caller address its share). */
+export const SIDECAR_BUSY: ProxyAnswer = {
+  status: 503,
+  grpcStatus: GrpcStatus.RESOURCE_EXHAUSTED,
+  code: "E_SIDECAR_BUSY",
+  message: "Service Unavailable: the sidecar holds as many unfinished requests as limits.maxHeldRequestBytes allows (or this caller address its share of them); retry later",
+};

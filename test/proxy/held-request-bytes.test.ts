@@ -1,0 +1,211 @@
+import { readFileSync } from "node:fs";
+import { createServer as createHttpServer } from "node:http";
+import type { ServerResponse } from "node:http";
+import { connect as http2Connect } from "node:http2";
+import type { ClientHttp2Session, ClientHttp2Stream } from "node:http2";
+import type { AddressInfo } from "node:net";
+import { connect as tlsConnect } from "node:tls";
+import type { ConnectionOptions, TLSSocket } from "node:tls";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { waitFor } from "../helpers/wait.ts";
+import { metricValue, startMeshCa, startTestSidecar, type MeshCa, type TestSidecarWithApp } from "./fixtures.ts";
+
+/**
+ * limits.maxHeldRequestBytes: the request bytes the inbound holds for all its callers together
+ * (HTTP/2 header blocks of open streams, bodies held before the app takes them). Before it, each
+ * HTTP/2 stream waiting for a connection to the app held up to a window (64 KiB) and one
+ * connection 100 of them, whatever the number of connections (measured: ~9 MiB of RSS per
+ * connection, 128 connections +1.1 GiB); each HTTP/1.1 request waiting for one held up to 1 MiB.
+ * A real sidecar, a real app and real mTLS callers on loopback; nothing is timed.
+ */
+describe("limits.maxHeldRequestBytes: a listener-wide budget for held request bytes", () => {
+  const BUDGET = 1024 * 1024;
+  const WINDOW = 65535;
+  let ca: MeshCa;
+  let caller: { cert: string; key: string };
+  let sidecar: TestSidecarWithApp | undefined;
+  const sessions: ClientHttp2Session[] = [];
+  const sockets: TLSSocket[] = [];
+
+  /** The app: requests under /hold wait until releaseAll(); others are answered once their body is read. */
+  const holding: ServerResponse[] = [];
+  let held = 0;
+  const app = createHttpServer((req, res) => {
+    let bytes = 0;
+    req.on("data", (chunk: Buffer) => (bytes += chunk.length));
+    if (req.url?.startsWith("/hold")) {
+      held++;
+      holding.push(res);
+      return;
+    }
+    req.on("end", () => res.end(`got ${bytes}\n`));
+  });
+  const releaseAll = () => {
+    for (const res of holding.splice(0)) res.end("ok\n");
+  };
+
+  beforeAll(async () => {
+    ca = await startMeshCa();
+    caller = await ca.clientFiles("default", "flooder");
+    await new Promise<void>((resolve) => app.listen(0, "127.0.0.1", resolve));
+  });
+  afterAll(async () => {
+    app.closeAllConnections();
+    await new Promise<void>((resolve) => app.close(() => resolve()));
+    await ca.close();
+  });
+  afterEach(async () => {
+    for (const session of sessions.splice(0)) session.destroy();
+    for (const socket of sockets.splice(0)) socket.destroy();
+    releaseAll();
+    held = 0;
+    await sidecar?.close();
+    sidecar = undefined;
+  });
+
+  const start = async (limits: Record<string, unknown>) => {
+    sidecar = await startTestSidecar(ca, { appId: "budgeted", app: `127.0.0.1:${(app.address() as AddressInfo).port}`, limits: { maxHeldRequestBytes: BUDGET, idleTimeout: "10m", ...limits } });
+    return sidecar;
+  };
+  const metrics = async () => (await fetch(`http://127.0.0.1:${sidecar!.addresses.status!.port}/metrics`)).text();
+  const refused = async (reason: string) => metricValue(await metrics(), "meshward_sidecar_refused_total", { direction: "inbound", reason });
+  const activeInbound = async () => metricValue(await metrics(), "meshward_sidecar_listener_connections_active", { listener: "inbound" });
+  const untilNoConnection = async () => {
+    for (;;) {
+      if ((await activeInbound()) === 0) return;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  };
+  const tlsOptions = (from: string) => ({ host: "127.0.0.1", port: sidecar!.addresses.inbound.port, localAddress: from, cert: readFileSync(caller.cert), key: readFileSync(caller.key), ca: ca.bundlePem, checkServerIdentity: () => undefined }) as ConnectionOptions;
+  const h2From = (from: string): ClientHttp2Session => {
+    const session = http2Connect(`https://127.0.0.1:${sidecar!.addresses.inbound.port}`, { maxSendHeaderBlockLength: 256 * 1024, createConnection: () => tlsConnect({ ...tlsOptions(from), ALPNProtocols: ["h2"] }) });
+    sessions.push(session);
+    session.on("error", () => undefined);
+    return session;
+  };
+  interface Answer {
+    status: number;
+    error: string | undefined;
+    body: string;
+  }
+  const answerOf = (stream: ClientHttp2Stream): Promise<Answer> =>
+    new Promise((resolve) => {
+      let body = "";
+      let status = 0;
+      let error: string | undefined;
+      stream.on("response", (headers) => {
+        status = Number(headers[":status"]);
+        error = headers["x-meshward-error"] as string | undefined;
+      });
+      stream.on("data", (chunk: Buffer) => (body += chunk.toString()));
+      stream.on("error", () => undefined);
+      stream.once("close", () => resolve({ status, error, body }));
+    });
+  /** An HTTP/1.1 POST over mTLS: `send` bytes of a body of `declared`; the raw answer once the sidecar closes or answers in full. */
+  const http1Post = (from: string, declared: number, send: number): Promise<string> =>
+    new Promise((resolve) => {
+      const socket = tlsConnect({ ...tlsOptions(from), ALPNProtocols: ["http/1.1"] });
+      sockets.push(socket);
+      let answer = "";
+      socket.on("error", () => undefined);
+      socket.on("data", (chunk: Buffer) => {
+        answer += chunk.toString("latin1");
+        const head = answer.indexOf("\r\n\r\n");
+        const length = /content-length: (\d+)/i.exec(answer)?.[1];
+        if (head >= 0 && length !== undefined && answer.length >= head + 4 + Number(length)) resolve(answer);
+      });
+      socket.once("close", () => resolve(answer));
+      socket.once("secureConnect", () => {
+        socket.write(`POST /upload HTTP/1.1\r\nhost: budgeted\r\ncontent-type: application/octet-stream\r\ncontent-length: ${declared}\r\n\r\n`);
+        for (let sent = 0; sent < send; sent += 64 * 1024) socket.write(Buffer.alloc(Math.min(64 * 1024, send - sent), 0x62));
+      });
+    });
+
+  it("HTTP/2: streams waiting for the app hold at most the budget; past it 503 E_SIDECAR_BUSY, and ordinary traffic passes once the flood ends", async () => {
+    // Two connections to the app for this address: every further stream waits, holding its body.
+    await start({ maxConnectionsPerAddress: 2 });
+    const flood = h2From("127.0.0.1");
+    const STREAMS = 40;
+    const answers: Answer[] = [];
+    for (let i = 0; i < STREAMS; i++) {
+      const stream = flood.request({ ":method": "POST", ":path": `/hold/${i}`, "content-type": "text/plain" });
+      void answerOf(stream).then((answer) => answers.push(answer));
+      stream.write(Buffer.alloc(WINDOW, 0x61));
+    }
+    // 2 streams are with the app; the budget holds at most 16 windows of the others (1 MiB / 64 KiB,
+    // their header blocks count too): at least 22 of 40 are refused, instead of all 38 held.
+    const minimumRefused = STREAMS - 2 - BUDGET / (WINDOW + 1);
+    await waitFor("streams refused as over the budget", () => answers.filter((a) => a.error === "E_SIDECAR_BUSY").length >= minimumRefused);
+    for (const answer of answers) {
+      expect(answer.status).toBe(503);
+      expect(answer.error).toBe("E_SIDECAR_BUSY");
+      expect(JSON.parse(answer.body)).toMatchObject({ error: "E_SIDECAR_BUSY" });
+    }
+    expect(held).toBe(2);
+    expect(await refused("max_held_request_bytes")).toBeGreaterThanOrEqual(minimumRefused);
+
+    // The flood ends: its streams and their held bytes are let go, and ordinary requests pass.
+    flood.destroy();
+    await untilNoConnection();
+    const calm = h2From("127.0.0.1");
+    const upload = calm.request({ ":method": "POST", ":path": "/upload", "content-type": "text/plain" });
+    const uploaded = answerOf(upload);
+    upload.end(Buffer.alloc(200 * 1024, 0x63));
+    expect(await uploaded).toMatchObject({ status: 200, body: `got ${200 * 1024}\n` });
+    expect(await http1Post("127.0.0.1", 300 * 1024, 300 * 1024)).toMatch(/^HTTP\/1\.1 200 [^]*got 307200\n$/);
+  });
+
+  it("HTTP/2: one caller address holds at most its share; another address is still served", async () => {
+    // Share: 2 MiB × 2 / 4 connections = 1 MiB + 64 KiB (its floor), of a 2 MiB budget.
+    await start({ maxHeldRequestBytes: 2 * BUDGET, maxConnections: 4, maxConnectionsPerAddress: 2 });
+    const flood = h2From("127.0.0.1");
+    const answers: Answer[] = [];
+    for (let i = 0; i < 40; i++) {
+      const stream = flood.request({ ":method": "POST", ":path": `/hold/${i}`, "content-type": "text/plain" });
+      void answerOf(stream).then((answer) => answers.push(answer));
+      stream.write(Buffer.alloc(WINDOW, 0x61));
+    }
+    await waitFor("the flooding address refused at its share", () => answers.filter((a) => a.error === "E_SIDECAR_BUSY").length >= 40 - 2 - 17);
+    // Another caller address: its own request, with a body it holds while it waits for nothing.
+    const other = h2From("127.0.0.2");
+    const upload = other.request({ ":method": "POST", ":path": "/upload", "content-type": "text/plain" });
+    const uploaded = answerOf(upload);
+    upload.end(Buffer.alloc(100 * 1024, 0x63));
+    expect(await uploaded).toMatchObject({ status: 200, body: `got ${100 * 1024}\n` });
+  });
+
+  it("gRPC: a call whose header block does not fit what is left of the budget gets RESOURCE_EXHAUSTED (trailers-only)", async () => {
+    await start({ maxConnectionsPerAddress: 2, maxHeaderBytes: 128 * 1024 });
+    const flood = h2From("127.0.0.1");
+    const answers: Answer[] = [];
+    for (let i = 0; i < 40; i++) {
+      const stream = flood.request({ ":method": "POST", ":path": `/hold/${i}`, "content-type": "text/plain" });
+      void answerOf(stream).then((answer) => answers.push(answer));
+      stream.write(Buffer.alloc(WINDOW, 0x61));
+    }
+    await waitFor("the budget full", () => answers.filter((a) => a.error === "E_SIDECAR_BUSY").length >= 22);
+    // At most a window of the budget is left: a 70 KB header block does not fit (a second
+    // connection of the same address: node:http2 refuses new streams on the flooded session itself).
+    const call = h2From("127.0.0.1").request({ ":method": "POST", ":path": "/pkg.Service/Call", "content-type": "application/grpc", te: "trailers", "x-fill": "f".repeat(70_000) });
+    call.on("error", () => undefined);
+    const headers = await new Promise<Record<string, unknown>>((resolve) => call.once("response", (h) => resolve(h as Record<string, unknown>)));
+    expect(headers).toMatchObject({ ":status": 200, "content-type": "application/grpc", "grpc-status": "8", "x-meshward-error": "E_SIDECAR_BUSY" });
+  });
+
+  it("HTTP/1.1: a body held while no connection to the app is free counts; past the budget 503 E_SIDECAR_BUSY, and once the app is free requests pass", async () => {
+    // The app may have 4 connections: 4 HTTP/2 requests the app holds take them all.
+    await start({ maxConnections: 4, maxConnectionsPerAddress: 4 });
+    const hold = h2From("127.0.0.1");
+    for (let i = 0; i < 4; i++) void answerOf(hold.request({ ":method": "GET", ":path": `/hold/${i}` }, { endStream: true }));
+    await waitFor("the app holding 4 requests", () => held === 4);
+    // This POST waits for one of them; its body (1.25 MiB sent of 3 MiB) would be held meanwhile.
+    const answer = await http1Post("127.0.0.1", 3 * BUDGET, BUDGET + 256 * 1024);
+    expect(answer).toMatch(/^HTTP\/1\.1 503 /);
+    expect(answer).toMatch(/\r\nx-meshward-error: E_SIDECAR_BUSY\r\n/i);
+    expect(answer).toMatch(/\r\nconnection: close\r\n/i);
+    expect(await refused("max_held_request_bytes")).toBe(1);
+
+    releaseAll();
+    expect(await http1Post("127.0.0.1", 300 * 1024, 300 * 1024)).toMatch(/^HTTP\/1\.1 200 [^]*got 307200\n$/);
+  });
+});
