@@ -339,6 +339,15 @@ async function startGoNetHttpApp(): Promise<{ port: number; records: () => AppRe
   return startChildApp("go:net/http", binary, () => []);
 }
 
+/**
+ * Express 4 (apps/express_app.mjs, the express and method-override devDependencies): its body
+ * parsers, method-override for the header, the query and the body, routes for every method, as a
+ * process of its own under this Node.
+ */
+async function startExpressApp(): Promise<{ port: number; records: () => AppRecord[]; close(): Promise<void> }> {
+  return startChildApp("express", process.execPath, () => [join(APPS_DIR, "express_app.mjs")]);
+}
+
 function readLog(path: string): string {
   try {
     return readFileSync(path, "utf8");
@@ -373,7 +382,7 @@ async function killGroup(child: ChildProcess): Promise<void> {
   await exited;
 }
 
-export const HTTP1_APPS = ["node:http", "http.server", "wsgiref", "gunicorn", "uvicorn", "lighttpd", "go:net/http"] as const;
+export const HTTP1_APPS = ["node:http", "http.server", "wsgiref", "gunicorn", "uvicorn", "lighttpd", "go:net/http", "express"] as const;
 export type AppName = (typeof HTTP1_APPS)[number] | "node:http2";
 
 /** Starts one app by name, behind its tap. */
@@ -387,7 +396,9 @@ export async function startRecordingApp(name: AppName): Promise<RecordingApp> {
           ? await startLighttpdApp()
           : name === "go:net/http"
             ? await startGoNetHttpApp()
-            : await startPythonApp(name);
+            : name === "express"
+              ? await startExpressApp()
+              : await startPythonApp(name);
   const tap = await startTap(started.port);
   return {
     name,
