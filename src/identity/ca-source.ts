@@ -338,8 +338,10 @@ class CaSource implements CaIdentitySource {
       this.#scheduleExpiry(svid);
     } catch (error) {
       if (this.#closed) return;
-      if (this.#resuming && isMeshwardError(error) && !/^E_CA_(UNAVAILABLE|NOT_TLS|UNTRUSTED|ISSUER_RETIRED|CERT_REVOKED)$/.test(error.code)) {
-        // The CA answered and refused the old certificate: attest with the token at once.
+      if (this.#resuming && isMeshwardError(error) && !/^E_CA_(UNAVAILABLE|NOT_TLS|UNTRUSTED|ISSUER_RETIRED|CERT_REVOKED)$/.test(error.code) && !raisedBeforeVerifiedCa(error)) {
+        // The CA answered and refused the old certificate: attest with the token at once. Not when
+        // something else answered at its address (a mesh workload's own SVID: E_SPIFFE_MISMATCH at
+        // the handshake): that would drop a valid certificate and spend the token on nothing.
         this.#resuming = false;
         this.#svid = undefined;
         this.#log("warn", { event: "resume-refused", reason: error.code, error: describeError(error) }, "the CA refused the certificate from the last run; attesting with the token");

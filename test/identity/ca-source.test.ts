@@ -278,6 +278,38 @@ describe("CA-backed workload identity", () => {
     }
   });
 
+  it("resuming with a valid certificate, a mesh workload's SVID answering at the CA's address does not make it drop the certificate and attest with its (spent) token", async () => {
+    // It used to log resume-refused (as if the CA had refused the certificate), drop it and attest
+    // with the token: a spent join token then stopped the identity for good (E_TOKEN_USED).
+    await startCa("1h");
+    const bundlePem = readFileSync(join(caDir, "bundle.pem"), "utf8");
+    const t = await token("shop", "resumer");
+    const first = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem, token: t });
+    sources.push(first);
+    const { svid: held } = await first.ready();
+    const { svid: other } = await (await identity("impostor")).ready();
+    const workload = createTlsServer({ cert: other.certChainPem, key: encodePrivateKey(other.privateKey) }, (socket) => socket.destroy());
+    workload.on("tlsClientError", () => undefined);
+    await new Promise<void>((resolve) => workload.listen(0, "127.0.0.1", resolve));
+    const balancer = await startSwitchableForwarder();
+    try {
+      let connections = 0;
+      balancer.route = () => (++connections === 1 ? (workload.address() as { port: number }).port : port);
+      const logged: Record<string, unknown>[] = [];
+      const logger = pino({ level: "info" }, { write: (line: string) => void logged.push(JSON.parse(line) as Record<string, unknown>) });
+      const source = createIdentity({ ca: `127.0.0.1:${balancer.port}`, bundlePem, token: t, resume: held, rng: () => 0.5, backoff: { initialMs: 200, maxMs: 400 }, logger });
+      sources.push(source);
+      await expect(source.ready()).rejects.toMatchObject({ code: "E_SPIFFE_MISMATCH" });
+      await waitFor(() => source.current() !== undefined);
+      expect(logged.map((line) => line.event).filter((event) => event === "resume-refused" || event === "renewal-failed" || event === "rotated")).toEqual(["renewal-failed", "rotated"]);
+      // Renewed with the held certificate (the SVID validator), not with the spent token.
+      expect((await server!.store.getIssuance(source.current()!.svid.serial))?.attestation).toBe("svid");
+    } finally {
+      await balancer.close();
+      await new Promise<void>((resolve) => workload.close(() => resolve()));
+    }
+  });
+
   it("renewNow() right after ready() gets a new certificate, not the first one still settling", async () => {
     await startCa("1h");
     const source = await identity("eager");
