@@ -80,6 +80,34 @@ export interface SignedCertificate {
 }
 
 /**
+ * Failures about who answered at the CA's address, raised before a verified connection to the CA
+ * (see raisedBeforeVerifiedCa): marked where they are made, never by code.
+ */
+const WHO_ANSWERED = new WeakSet<Error>();
+
+function aboutWhoAnswered<E extends Error>(error: E): E {
+  WHO_ANSWERED.add(error);
+  return error;
+}
+
+/**
+ * Whether `error` (or an error it was built from) says who answered at the CA's address rather
+ * than what the CA answered: a plain-text answer (E_CA_NOT_TLS), a certificate the bundle does not
+ * trust or one that has expired (E_CA_UNTRUSTED), a trusted certificate with another SPIFFE ID than
+ * the CA's (E_SPIFFE_MISMATCH from the handshake: any mesh workload's own SVID), a revoked serving
+ * chain. Anything that answers at the address can cause them with no key (a Service briefly routed
+ * to the wrong port, DNS or ARP spoofing), so they never prove a token or a configuration wrong for
+ * good, unlike the CA's own refusals over a verified connection (a gRPC status with
+ * meshward-error-code: E_TOKEN_USED, E_CSR_*, …).
+ */
+export function raisedBeforeVerifiedCa(error: unknown): boolean {
+  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if (WHO_ANSWERED.has(e)) return true;
+  }
+  return false;
+}
+
+/**
  * Verifies that the server is the CA of the expected trust domain, by SPIFFE ID, not host name, and
  * that neither its serving certificate nor a certificate it sent with it is revoked
  * (servingChainRefusal, from the socket: `socket()` gives it once created). Judged here, a refusal
@@ -91,14 +119,14 @@ function checkCaIdentity(connection: CaConnection, address: string, socket: () =
     try {
       const uris = inspectCertificate(new X509Certificate(cert.raw)).uris;
       if (uris.length !== 1 || uris[0] !== expected) {
-        return new MeshwardError("E_SPIFFE_MISMATCH", `the server is not the meshward CA: it presented ${uris.join(", ") || "no SPIFFE ID"}, expected ${expected}`);
+        return aboutWhoAnswered(new MeshwardError("E_SPIFFE_MISMATCH", `the server is not the meshward CA: it presented ${uris.join(", ") || "no SPIFFE ID"}, expected ${expected}`));
       }
       const revoked = typeof connection.revokedSerials === "function" ? connection.revokedSerials() : connection.revokedSerials;
       const refusal = servingChainRefusal(socket(), revoked);
       if (refusal !== undefined && CA_REFUSAL_CODES.has(refusal.code)) connection.onRefused?.(refusal, address);
-      return refusal;
+      return refusal === undefined ? undefined : aboutWhoAnswered(refusal);
     } catch (error) {
-      return error as Error;
+      return aboutWhoAnswered(error instanceof Error ? error : new Error(String(error)));
     }
   };
 }
@@ -226,18 +254,18 @@ export function handshakeError(error: unknown, address: string): MeshwardError |
     const code = (e as { code?: unknown }).code;
     if (typeof code !== "string") continue;
     if (UNTRUSTED_CODES.has(code)) {
-      return new MeshwardError(
+      return aboutWhoAnswered(new MeshwardError(
         "E_CA_UNTRUSTED",
         `the CA at ${address} presented a certificate that does not chain to the trust bundle (${(e as Error).message}): give the bundle.pem of this CA (the CA directory's bundle.pem, or what 'meshward cert issue' wrote)`,
         { cause: e },
-      );
+      ));
     }
     if (code === "CERT_HAS_EXPIRED" || code === "CERT_NOT_YET_VALID") {
-      return new MeshwardError("E_CA_UNTRUSTED", `the CA at ${address} presented a certificate that ${code === "CERT_HAS_EXPIRED" ? "has expired" : "is not valid yet"}: check this host's clock and the CA's`, { cause: e });
+      return aboutWhoAnswered(new MeshwardError("E_CA_UNTRUSTED", `the CA at ${address} presented a certificate that ${code === "CERT_HAS_EXPIRED" ? "has expired" : "is not valid yet"}: check this host's clock and the CA's`, { cause: e }));
     }
     // node:https reports the same OpenSSL verdict as EPROTO with the reason in the message.
     if (NOT_TLS_CODES.has(code) || (code === "EPROTO" && /wrong version number|packet length too long|unknown protocol|http request/.test((e as Error).message))) {
-      return new MeshwardError("E_CA_NOT_TLS", `${address} is not a TLS server (it answered the TLS handshake in plain text): is this the CA's API port, and not its --status port or another service?`, { cause: e });
+      return aboutWhoAnswered(new MeshwardError("E_CA_NOT_TLS", `${address} is not a TLS server (it answered the TLS handshake in plain text): is this the CA's API port, and not its --status port or another service?`, { cause: e }));
     }
   }
   return undefined;

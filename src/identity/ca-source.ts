@@ -12,7 +12,7 @@ import { generateKeyPair } from "../pki/keys.ts";
 import { certificatesFromPem, toPem } from "../pki/pem.ts";
 import { formatWorkloadId, parseSpiffeId } from "../spiffe/id.ts";
 import { systemClock, type Clock, type ClockTimer, type Rng } from "../util/clock.ts";
-import { fetchFromCa, fetchFromCaWithChain, requestCertificate, type CaConnection, type ValidatorChoice } from "./ca-client.ts";
+import { fetchFromCa, fetchFromCaWithChain, raisedBeforeVerifiedCa, requestCertificate, type CaConnection, type ValidatorChoice } from "./ca-client.ts";
 import { avoidCaEndpoint, parseCaAddresses } from "./ca-endpoints.ts";
 import { newestCrl, staleCrlWarning } from "./instrument.ts";
 import { checkSignedSvid } from "./svid-check.ts";
@@ -57,6 +57,16 @@ export interface CaIdentityOptions {
   readonly clock?: Clock;
   readonly rng?: Rng;
   readonly logger?: Logger;
+  /**
+   * The caller ends when ready() rejects (the `identity`, `sidecar` and `injector` commands): every
+   * failure that rejects ready() then also stops the identity, and its log line says "not
+   * retrying". Default (an SDK process, which may outlive a rejected ready()): a failure about who
+   * answered at the CA's address (E_CA_NOT_TLS, E_CA_UNTRUSTED, E_SPIFFE_MISMATCH of the CA's
+   * identity check: raisedBeforeVerifiedCa) rejects ready() but retries with backoff, and the
+   * identity becomes ready (current(), a `rotated` event) once the genuine CA answers; only the CA's
+   * own refusals over a verified connection and local configuration errors stop it.
+   */
+  readonly stopsWhenReadyRejects?: boolean;
 }
 
 export interface CaIdentitySource extends IdentitySource {
@@ -328,8 +338,10 @@ class CaSource implements CaIdentitySource {
       this.#scheduleExpiry(svid);
     } catch (error) {
       if (this.#closed) return;
-      if (this.#resuming && isMeshwardError(error) && !/^E_CA_(UNAVAILABLE|NOT_TLS|UNTRUSTED|ISSUER_RETIRED|CERT_REVOKED)$/.test(error.code)) {
-        // The CA answered and refused the old certificate: attest with the token at once.
+      if (this.#resuming && isMeshwardError(error) && !/^E_CA_(UNAVAILABLE|NOT_TLS|UNTRUSTED|ISSUER_RETIRED|CERT_REVOKED)$/.test(error.code) && !raisedBeforeVerifiedCa(error)) {
+        // The CA answered and refused the old certificate: attest with the token at once. Not when
+        // something else answered at its address (a mesh workload's own SVID: E_SPIFFE_MISMATCH at
+        // the handshake): that would drop a valid certificate and spend the token on nothing.
         this.#resuming = false;
         this.#svid = undefined;
         this.#log("warn", { event: "resume-refused", reason: error.code, error: describeError(error) }, "the CA refused the certificate from the last run; attesting with the token");
@@ -362,14 +374,28 @@ class CaSource implements CaIdentitySource {
       }
       // A refusal that fails ready() (a CLI daemon then exits) is not announced as a retry.
       const failsReady = isFatal(error) && (this.#svid === undefined || this.#resuming);
+      // It stops the identity when only a person can fix it (the genuine CA's refusal over a
+      // verified connection, a local configuration error), or when the caller ends anyway. A
+      // failure about who answered at the CA's address (anything there can cause it, with no key)
+      // rejects ready() but is retried: the genuine CA may answer next time.
+      const stops = failsReady && (this.#options.stopsWhenReadyRejects === true || !raisedBeforeVerifiedCa(error));
       const what = first ? "could not get a workload certificate" : "could not renew the workload certificate";
       // No retry delay beside "not retrying": the identity stops (ready() rejects; a daemon waiting on it exits).
-      this.#log("warn", { event: "renewal-failed", reason: isMeshwardError(error) ? error.code : "E_INTERNAL", ...(failsReady ? { stopped: true } : { retryInMs }), error: describeError(error), ...(first ? { first: true } : {}) }, failsReady ? `${what}; not retrying: the identity stopped (only a new token or configuration fixes this; create a new identity then)` : `${what}; retrying`);
+      this.#log(
+        "warn",
+        { event: "renewal-failed", reason: isMeshwardError(error) ? error.code : "E_INTERNAL", ...(stops ? { stopped: true } : { retryInMs }), ...(failsReady && !stops ? { readyRejected: true } : {}), error: describeError(error), ...(first ? { first: true } : {}) },
+        stops
+          ? `${what}; not retrying: the identity stopped (only a new token or configuration fixes this; create a new identity then)`
+          : failsReady
+            ? `${what}; ready() rejected, retrying (what answered at the CA's address is not the CA: the CA may answer next time)`
+            : `${what}; retrying`,
+      );
       this.#emit({ type: "renewal-failed", error: error as Error, retryInMs });
-      if (failsReady) {
+      if (stops) {
         this.#stop(error as MeshwardError);
         return;
       }
+      if (failsReady) this.#rejectReady(error as Error);
       this.#schedule(retryInMs);
     }
   }
@@ -839,8 +865,11 @@ class CaSource implements CaIdentitySource {
 
 /**
  * Errors that retrying cannot fix before a person acts: a token or a configuration the CA will
- * not accept (a DNS name the workload may not have, a CSR naming another identity). Before the
- * first certificate they reject ready() and the identity stops (#stopped): nothing is retried.
+ * not accept (a DNS name the workload may not have, a CSR naming another identity), or a bundle
+ * or address that reaches no CA. Before the first certificate they reject ready(). The identity
+ * then stops (#stopped: nothing is retried) unless the error is about who answered at the CA's
+ * address (raisedBeforeVerifiedCa: E_CA_NOT_TLS, E_CA_UNTRUSTED, the handshake's
+ * E_SPIFFE_MISMATCH), which an SDK identity retries (see stopsWhenReadyRejects).
  */
 function isFatal(error: unknown): boolean {
   return isMeshwardError(error) && /^E_(TOKEN_(USED|EXPIRED|UNKNOWN|MISSING|INVALID|AUDIENCE|SIGNATURE|ISSUER)|KEY_PERMISSIONS|IDENTITY_MISMATCH|SPIFFE_MISMATCH|VALIDATOR_DISABLED|TRUST_DOMAIN_MISMATCH|CA_UNTRUSTED|CA_NOT_TLS|CSR_DNS_NOT_ALLOWED|CSR_IDENTITY_MISMATCH)$/.test(error.code);

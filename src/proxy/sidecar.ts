@@ -159,6 +159,8 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       const bundlePem = bootstrapBundle(config.bundle);
       const source = createIdentity({
         ca: config.ca,
+        // It exits when ready() rejects: every such failure also stops the identity ("not retrying").
+        stopsWhenReadyRejects: true,
         bundlePem,
         namespace: config.namespace,
         appId: config.appId,

@@ -1,4 +1,6 @@
 import { randomBytes } from "node:crypto";
+import { createServer as createNetServer } from "node:net";
+import { createServer as createTlsServer } from "node:tls";
 import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -18,6 +20,7 @@ import { certificatesFromPem } from "../../src/pki/pem.ts";
 import type { SqliteStore } from "../../src/store/sqlite.ts";
 import { parseCrl } from "../../src/pki/crl.ts";
 import { toX509 } from "../../src/pki/inspect.ts";
+import { encodePrivateKey } from "../../src/pki/keys.ts";
 import { normalizeSerial } from "../../src/pki/certificate.ts";
 import { wallClockTimers, WALL_CLOCK_SLICE_MS } from "../../src/util/clock.ts";
 import { FakeClock, SuspendableClock } from "../helpers/fake-clock.ts";
@@ -213,6 +216,98 @@ describe("CA-backed workload identity", () => {
     await expect(source.renewNow()).rejects.toMatchObject({ code: "E_TOKEN_USED" });
     await expect(source.refreshBundle()).rejects.toMatchObject({ code: "E_TOKEN_USED" });
     expect(source.current()).toBeUndefined();
+  });
+
+  // Review today2 MEDIUM-2: since fc3f99c one answer at the CA's address that is not the CA (a
+  // plain-text reply, a certificate the bundle does not trust, a mesh workload's own SVID) stopped
+  // an SDK identity for good, with no key needed: E_CA_NOT_TLS, E_CA_UNTRUSTED and the handshake's
+  // E_SPIFFE_MISMATCH were counted as refusals only a person fixes. ready() still rejects (the
+  // commands exit on it), but the identity retries and becomes ready once the genuine CA answers.
+  it.each([
+    ["a plain-text reply", "E_CA_NOT_TLS"],
+    ["a CA of another bundle (a certificate that does not chain to ours)", "E_CA_UNTRUSTED"],
+    ["a mesh workload presenting its own valid SVID", "E_SPIFFE_MISMATCH"],
+  ] as const)("an SDK identity whose first answer at the CA's address is %s rejects ready() but retries, and is ready once the CA answers", async (_what, code) => {
+    await startCa("1h");
+    const bundlePem = readFileSync(join(caDir, "bundle.pem"), "utf8");
+    let impostor: { port: number; close(): Promise<void> };
+    if (code === "E_CA_NOT_TLS") {
+      const plain = createNetServer((socket) => {
+        socket.on("error", () => undefined);
+        socket.once("data", () => socket.end("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"));
+      });
+      await new Promise<void>((resolve) => plain.listen(0, "127.0.0.1", resolve));
+      impostor = { port: (plain.address() as { port: number }).port, close: () => new Promise<void>((resolve) => plain.close(() => resolve())) };
+    } else if (code === "E_CA_UNTRUSTED") {
+      const otherDir = join(work, "ca-impostor");
+      await initAnchors({ dir: otherDir, trustDomain: TD, now: new Date() });
+      const other = await startCaServer({ dir: otherDir, config: caConfigSchema.parse({ listen: "127.0.0.1:0", workloadTtl: "1h" }), logger: silent });
+      impostor = { port: other.port, close: async () => (await other.close(), rmSync(otherDir, { recursive: true, force: true })) };
+    } else {
+      const { svid } = await (await identity("impostor")).ready();
+      const workload = createTlsServer({ cert: svid.certChainPem, key: encodePrivateKey(svid.privateKey) }, (socket) => socket.destroy());
+      workload.on("tlsClientError", () => undefined);
+      await new Promise<void>((resolve) => workload.listen(0, "127.0.0.1", resolve));
+      impostor = { port: (workload.address() as { port: number }).port, close: () => new Promise<void>((resolve) => workload.close(() => resolve())) };
+    }
+    const balancer = await startSwitchableForwarder();
+    try {
+      // The first connection reaches the impostor, every later one the genuine CA.
+      let connections = 0;
+      balancer.route = () => (++connections === 1 ? impostor.port : port);
+      const logged: Record<string, unknown>[] = [];
+      const logger = pino({ level: "info" }, { write: (line: string) => void logged.push(JSON.parse(line) as Record<string, unknown>) });
+      const source = createIdentity({ ca: `127.0.0.1:${balancer.port}`, bundlePem, token: await token("shop", `after-${code}`), rng: () => 0.5, backoff: { initialMs: 200, maxMs: 400 }, logger });
+      sources.push(source);
+      const events: string[] = [];
+      source.subscribe((event) => events.push(event.type));
+      await expect(source.ready()).rejects.toMatchObject({ code });
+      const failed = logged.filter((line) => line.event === "renewal-failed");
+      expect(failed).toMatchObject([{ reason: code, readyRejected: true, retryInMs: expect.any(Number), msg: expect.stringContaining("retrying") }]);
+      expect(failed[0]).not.toHaveProperty("stopped");
+      expect(failed[0]!.msg).not.toContain("not retrying");
+      expect(source.problem()).toBeUndefined();
+      await waitFor(() => source.current() !== undefined);
+      expect(source.current()!.svid.spiffeId).toBe(`spiffe://${TD}/ns/shop/after-${code}`);
+      expect(events).toEqual(["renewal-failed", "rotated"]);
+      expect(logged.filter((line) => line.event === "rotated")).toHaveLength(1);
+      await source.refreshBundle();
+    } finally {
+      await balancer.close();
+      await impostor.close();
+    }
+  });
+
+  it("resuming with a valid certificate, a mesh workload's SVID answering at the CA's address does not make it drop the certificate and attest with its (spent) token", async () => {
+    // It used to log resume-refused (as if the CA had refused the certificate), drop it and attest
+    // with the token: a spent join token then stopped the identity for good (E_TOKEN_USED).
+    await startCa("1h");
+    const bundlePem = readFileSync(join(caDir, "bundle.pem"), "utf8");
+    const t = await token("shop", "resumer");
+    const first = createIdentity({ ca: `127.0.0.1:${port}`, bundlePem, token: t });
+    sources.push(first);
+    const { svid: held } = await first.ready();
+    const { svid: other } = await (await identity("impostor")).ready();
+    const workload = createTlsServer({ cert: other.certChainPem, key: encodePrivateKey(other.privateKey) }, (socket) => socket.destroy());
+    workload.on("tlsClientError", () => undefined);
+    await new Promise<void>((resolve) => workload.listen(0, "127.0.0.1", resolve));
+    const balancer = await startSwitchableForwarder();
+    try {
+      let connections = 0;
+      balancer.route = () => (++connections === 1 ? (workload.address() as { port: number }).port : port);
+      const logged: Record<string, unknown>[] = [];
+      const logger = pino({ level: "info" }, { write: (line: string) => void logged.push(JSON.parse(line) as Record<string, unknown>) });
+      const source = createIdentity({ ca: `127.0.0.1:${balancer.port}`, bundlePem, token: t, resume: held, rng: () => 0.5, backoff: { initialMs: 200, maxMs: 400 }, logger });
+      sources.push(source);
+      await expect(source.ready()).rejects.toMatchObject({ code: "E_SPIFFE_MISMATCH" });
+      await waitFor(() => source.current() !== undefined);
+      expect(logged.map((line) => line.event).filter((event) => event === "resume-refused" || event === "renewal-failed" || event === "rotated")).toEqual(["renewal-failed", "rotated"]);
+      // Renewed with the held certificate (the SVID validator), not with the spent token.
+      expect((await server!.store.getIssuance(source.current()!.svid.serial))?.attestation).toBe("svid");
+    } finally {
+      await balancer.close();
+      await new Promise<void>((resolve) => workload.close(() => resolve()));
+    }
   });
 
   it("renewNow() right after ready() gets a new certificate, not the first one still settling", async () => {

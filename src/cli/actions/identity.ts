@@ -88,6 +88,8 @@ export async function runIdentity(opts: OptionValues): Promise<void> {
     const mesh = createMeshMetrics(metrics);
     const identity = createIdentity({
       ca: opts.ca,
+      // It exits when ready() rejects: every such failure also stops the identity ("not retrying").
+      stopsWhenReadyRejects: true,
       bundlePem: readBundleFile(opts.bundle),
       validator: VALIDATORS[opts.validator as keyof typeof VALIDATORS],
       bundleRefreshMs,

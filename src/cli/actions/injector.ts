@@ -49,6 +49,8 @@ export async function runInjector(opts: InjectorOptions): Promise<void> {
   const logger = cliLogger("injector", opts);
   const identity = createIdentity({
     ca: opts.ca,
+    // It exits when ready() rejects (startWebhookServer waits on it): every such failure also stops the identity.
+    stopsWhenReadyRejects: true,
     bundlePem: readBundleFile(opts.bundle),
     namespace,
     appId: opts.appId,
