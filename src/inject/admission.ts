@@ -135,20 +135,56 @@ function reviewEphemeralContainers(
   }
   const added = ephemeralContainersOf(request.object, shape);
   if (typeof added === "string") return invalid(`request.object ${added}`);
-  // Whether the pod has the sidecar (a privileged debug container is refused only there). The old
-  // EphemeralContainers shape does not say: taken as yes (it is Kubernetes < 1.22, which cannot
-  // run the native sidecar anyway).
-  const injected = shape === "EphemeralContainers" || hasSidecar(request.object);
   const old = ephemeralContainersOf(request.oldObject, shape);
+  // Every fact about the pod is read from request.oldObject, the pod as stored: request.object is
+  // the body the client sent (a PUT body, or the stored pod after the client's patch), and the API
+  // server keeps only its spec.ephemeralContainers, after the mutating webhooks have run
+  // (podEphemeralContainersStrategy.PrepareForUpdate, in rest.BeforeUpdate). A body without the
+  // injected mark and the sidecar init container must not make an injected pod look plain (review).
+  // Without a readable oldObject the pod is taken as injected and as sharing its processes (fail
+  // closed): the API server always sends it. The old EphemeralContainers shape says nothing about
+  // the pod: taken as injected, processes not judged (Kubernetes < 1.22 cannot run the native
+  // sidecar, so no injected pod runs there).
+  const stored = shape === "Pod" && typeof old !== "string" ? (request.oldObject as { spec: Record<string, unknown> }) : undefined;
+  const injected = shape === "EphemeralContainers" || stored === undefined || hasSidecar(stored);
   const oldNames = new Set(typeof old === "string" ? [] : old.map((container) => (container !== null && typeof container === "object" ? (container as { name?: unknown }).name : undefined)));
+  const judged: unknown[] = [];
   for (const container of added) {
     const name = container !== null && typeof container === "object" ? (container as { name?: unknown }).name : undefined;
     if (typeof name === "string" && oldNames.has(name)) continue;
+    judged.push(container);
     const problem = ephemeralSidecarAccess(container, injected);
     if (problem === undefined) continue;
     return problem.unreadable ? invalid(problem.reason) : deny(403, problem.reason, "E_INJECT_EPHEMERAL_DENIED");
   }
+  if (judged.length > 0 && injected && shape === "Pod") {
+    if (typeof old === "string") return invalid(`request.oldObject (the stored pod) ${old}, so whether the pod's containers share processes with the sidecar cannot be told`);
+    const shared = sharedProcesses(stored as { spec: Record<string, unknown> });
+    if (shared !== undefined) {
+      const first = judged[0] as { name: string };
+      return deny(
+        403,
+        `ephemeral container ${JSON.stringify(first.name).slice(0, 80)} would join a pod whose ${shared}: any container of it can reach the sidecar's token and private key through /proc (as the sidecar's UID 10001, which a root container gets by setuid), whatever it targets; injection refuses such pods since this was found, but this one was injected before: recreate it without shareProcessNamespace/hostPID (from its controller), then debug it with kubectl debug --target=<app>`,
+        "E_INJECT_EPHEMERAL_DENIED",
+      );
+    }
+  }
   return respond({ allowed: true });
+}
+
+/**
+ * Why the stored pod's containers see the sidecar's processes ("spec.shareProcessNamespace is
+ * true"), or undefined when they do not. Both fields are immutable after creation, so a pod
+ * injected before injection refused them (refuseSharedProcesses in pod.ts) keeps them. A value
+ * that is not false is taken as on (fail closed).
+ */
+function sharedProcesses(stored: { spec: Record<string, unknown> }): string | undefined {
+  const on = (value: unknown) => value !== undefined && value !== null && value !== false;
+  for (const field of ["shareProcessNamespace", "hostPID"] as const) {
+    const value = stored.spec[field];
+    if (on(value)) return `spec.${field} is ${value === true ? "true" : (JSON.stringify(value)?.slice(0, 40) ?? String(value))}`;
+  }
+  return undefined;
 }
 
 /** Whether a Pod is injected: marked so, or holding the sidecar init container (either is enough: fail closed). */
