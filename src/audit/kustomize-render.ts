@@ -115,11 +115,16 @@ export function runKustomize(directory: string, kubectl: string, options: { offl
  * runs, and kubectl then runs offline (see runKustomize) in case the check missed something.
  *
  * `origins`: also find the local file each object comes from (renderOrigins), for an overlay with
- * no remote reference. Done with one render: the annotated one, whose text without the origin
+ * no remote reference. Done with one render when it can be exact: the annotated one (the overlay
+ * as the only resource of a throw-away wrapper kustomization), whose text without the origin
  * annotations (stripOriginAnnotations) is `kubectl kustomize DIR`'s output. Two renders (the
- * plain one, then the annotated one) only when a kustomization of the overlay sets
- * `buildMetadata` itself (its own annotations must stay) or the annotated render fails (an older
- * kubectl without buildMetadata, or a broken overlay: the plain render then gives the error).
+ * plain one, then the annotated one) when a kustomization of the overlay (or a base or component
+ * it names) sets a field whose effect depends on being the top level, which the wrapper now is:
+ * `buildMetadata` (its own annotations must stay) and `sortOptions` (kustomize orders the output
+ * by the top level's sortOptions only, so under the wrapper the objects come out in the legacy
+ * order, and finding lines in generated objects would point elsewhere); or when the annotated
+ * render fails (an older kubectl without buildMetadata, or a broken overlay: the plain render then
+ * gives the error).
  */
 export function renderKustomization(directory: string, kubectl = "kubectl", options: { allowRemote?: boolean; origins?: boolean } = {}): RenderOutcome {
   const kustomization = kustomizationIn(directory);
@@ -135,7 +140,7 @@ export function renderKustomization(directory: string, kubectl = "kubectl", opti
   }
   // Origins only for an overlay with nothing remote: a second render would fetch it again.
   const origins = options.origins === true && kustomization !== undefined && remote.length === 0;
-  if (origins && !setsBuildMetadata(kustomization)) {
+  if (origins && !setsTopLevelField(kustomization)) {
     const annotated = renderAnnotated(directory, kubectl);
     if (annotated !== undefined) return { ok: true, text: stripOriginAnnotations(annotated.text), origins: annotated.origins };
   }
@@ -204,11 +209,16 @@ function renderAnnotated(directory: string, kubectl: string): { text: string; or
   }
 }
 
-/** Whether the overlay or a local base or component it names sets `buildMetadata` (its own annotations in the output). */
-function setsBuildMetadata(kustomization: string): boolean {
+/**
+ * Whether the overlay or a local base or component it names sets a field the wrapper of the single
+ * render would change the effect of: `buildMetadata` (its own annotations in the output) or
+ * `sortOptions` (the output order, which kustomize takes from the top-level kustomization only).
+ * Any kustomization of the tree counts, not only the overlay's: erring towards the exact two renders.
+ */
+function setsTopLevelField(kustomization: string): boolean {
   let found = false;
   eachKustomization(kustomization, (_file, doc) => {
-    if (fieldValues(doc, "buildMetadata").length > 0) found = true;
+    if (fieldValues(doc, "buildMetadata").length > 0 || fieldValues(doc, "sortOptions").length > 0) found = true;
   });
   return found;
 }
@@ -225,8 +235,10 @@ function indentOf(line: string): number {
  * (a block scalar, so its lines are the key's and the more indented ones after it), and the
  * `annotations:` key when that entry was its only one. kustomize writes each object in one
  * layout (two-space indentation, `metadata:` at column 0), so removing those lines gives the
- * text `kubectl kustomize DIR` prints, byte for byte (an overlay whose kustomizations set
- * buildMetadata themselves is rendered plainly instead: see renderKustomization).
+ * same objects in the same layout as `kubectl kustomize DIR`. That is its output byte for byte
+ * only when the wrapper changes nothing else: not when the overlay's kustomizations set
+ * buildMetadata (their own annotations) or sortOptions (the wrapper's top level orders the
+ * objects in the legacy order instead); such an overlay is rendered plainly: see renderKustomization.
  */
 export function stripOriginAnnotations(text: string): string {
   const lines = text.split("\n");

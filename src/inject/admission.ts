@@ -1,6 +1,6 @@
 import { describeError, MeshwardError } from "../errors.ts";
 import { diffJson } from "./json-patch.ts";
-import { ephemeralSidecarAccess, injectPod, SIDECAR_CONTAINER, type PodLike } from "./pod.ts";
+import { ephemeralSidecarAccess, injectPod, SIDECAR_CONTAINER, SIDECAR_ONLY_VOLUMES, TOKEN_VOLUME, type PodLike } from "./pod.ts";
 import { ANNOTATION, type InjectOptions } from "./settings.ts";
 
 /** The AdmissionReview v1 response the API server expects (k8s.io/api/admission/v1). */
@@ -63,6 +63,7 @@ export function reviewAdmission(review: unknown, context: AdmissionContext): Adm
   if (namespace === context.ownNamespace) return respond({ allowed: true });
   const requestKind = (request.kind ?? undefined) as { kind?: unknown } | undefined;
   if (request.subResource === "ephemeralcontainers" || requestKind?.kind === "EphemeralContainers") return reviewEphemeralContainers(request, namespace, respond);
+  if (request.operation === "UPDATE" && isPodItself(request)) return reviewPodUpdate(request, namespace, respond);
   if (request.operation !== "CREATE") return respond({ allowed: true });
   // Only a Pod itself is injected (as dapr/dapr pkg/injector/service/handler.go admits other kinds
   // unchanged): a webhook rule that also matches Deployments or other pods/* subresources
@@ -135,20 +136,160 @@ function reviewEphemeralContainers(
   }
   const added = ephemeralContainersOf(request.object, shape);
   if (typeof added === "string") return invalid(`request.object ${added}`);
-  // Whether the pod has the sidecar (a privileged debug container is refused only there). The old
-  // EphemeralContainers shape does not say: taken as yes (it is Kubernetes < 1.22, which cannot
-  // run the native sidecar anyway).
-  const injected = shape === "EphemeralContainers" || hasSidecar(request.object);
   const old = ephemeralContainersOf(request.oldObject, shape);
+  // Every fact about the pod is read from request.oldObject, the pod as stored: request.object is
+  // the body the client sent (a PUT body, or the stored pod after the client's patch), and the API
+  // server keeps only its spec.ephemeralContainers, after the mutating webhooks have run
+  // (podEphemeralContainersStrategy.PrepareForUpdate, in rest.BeforeUpdate). A body without the
+  // injected mark and the sidecar init container must not make an injected pod look plain (review).
+  // Without a readable oldObject the pod is taken as injected and as sharing its processes (fail
+  // closed): the API server always sends it. The old EphemeralContainers shape says nothing about
+  // the pod: taken as injected, processes not judged (Kubernetes < 1.22 cannot run the native
+  // sidecar, so no injected pod runs there).
+  const stored = shape === "Pod" && typeof old !== "string" ? (request.oldObject as { spec: Record<string, unknown> }) : undefined;
+  const injected = shape === "EphemeralContainers" || stored === undefined || hasSidecar(stored);
   const oldNames = new Set(typeof old === "string" ? [] : old.map((container) => (container !== null && typeof container === "object" ? (container as { name?: unknown }).name : undefined)));
+  const judged: unknown[] = [];
   for (const container of added) {
     const name = container !== null && typeof container === "object" ? (container as { name?: unknown }).name : undefined;
     if (typeof name === "string" && oldNames.has(name)) continue;
+    judged.push(container);
     const problem = ephemeralSidecarAccess(container, injected);
     if (problem === undefined) continue;
     return problem.unreadable ? invalid(problem.reason) : deny(403, problem.reason, "E_INJECT_EPHEMERAL_DENIED");
   }
+  if (judged.length > 0 && injected && shape === "Pod") {
+    if (typeof old === "string") return invalid(`request.oldObject (the stored pod) ${old}, so whether the pod's containers share processes with the sidecar cannot be told`);
+    const shared = sharedProcesses(stored as { spec: Record<string, unknown> });
+    if (shared !== undefined) {
+      const first = judged[0] as { name: string };
+      return deny(
+        403,
+        `ephemeral container ${JSON.stringify(first.name).slice(0, 80)} would join a pod whose ${shared}: any container of it can reach the sidecar's token and private key through /proc (as the sidecar's UID 10001, which a root container gets by setuid), whatever it targets; injection refuses such pods since this was found, but this one was injected before: recreate it without shareProcessNamespace/hostPID (from its controller), then debug it with kubectl debug --target=<app>`,
+        "E_INJECT_EPHEMERAL_DENIED",
+      );
+    }
+  }
   return respond({ allowed: true });
+}
+
+/**
+ * Why the stored pod's containers see the sidecar's processes ("spec.shareProcessNamespace is
+ * true"), or undefined when they do not. Both fields are immutable after creation, so a pod
+ * injected before injection refused them (refuseSharedProcesses in pod.ts) keeps them. A value
+ * that is not false is taken as on (fail closed).
+ */
+function sharedProcesses(stored: { spec: Record<string, unknown> }): string | undefined {
+  const on = (value: unknown) => value !== undefined && value !== null && value !== false;
+  for (const field of ["shareProcessNamespace", "hostPID"] as const) {
+    const value = stored.spec[field];
+    if (on(value)) return `spec.${field} is ${value === true ? "true" : (JSON.stringify(value)?.slice(0, 40) ?? String(value))}`;
+  }
+  return undefined;
+}
+
+/** Whether a review is about a core v1 Pod itself (request.kind Pod of the core group, no subresource). */
+function isPodItself(request: Record<string, unknown>): boolean {
+  const kind = request.kind as { group?: unknown; kind?: unknown } | null | undefined;
+  const subResource = request.subResource;
+  return kind?.kind === "Pod" && (kind.group === undefined || kind.group === "") && (subResource === undefined || subResource === null || subResource === "");
+}
+
+/**
+ * An UPDATE of a Pod itself (`kubectl set image`, `kubectl edit`, `kubectl label`, a controller's
+ * patch). On a running pod the API server lets only a few fields change (ValidatePodUpdate:
+ * spec.containers[*].image, spec.initContainers[*].image, spec.activeDeadlineSeconds,
+ * spec.tolerations additions, spec.terminationGracePeriodSeconds in one case, schedulingGates
+ * removal; metadata), but the sidecar's image is one of them: a new image would run (at the
+ * sidecar's next restart at the latest) with meshward-token mounted. So in a pod whose stored
+ * version (request.oldObject) has the sidecar, an UPDATE is refused (403,
+ * E_INJECT_SIDECAR_IMMUTABLE) when it
+ * - changes anything of the `meshward` init container (compared as JSON with oldObject's; the
+ *   image above all), or removes or renames it; a sidecar upgrade recreates the pod from its
+ *   controller, so nothing legitimate is lost;
+ * - changes the meshward-token volume, or adds a mount of it to another container (the API server
+ *   refuses both after the mutating phase; refused here too, so that the rule does not depend on it).
+ * Everything else (labels, annotations, app container images, tolerations, finalizers) is admitted
+ * unchanged and never patched. A review whose object or oldObject is not one v1 Pod is refused
+ * (400, E_ADMISSION_INVALID): an update the injector cannot compare is not let through.
+ * The webhook receives pod UPDATEs only for pods whose stored version has the sidecar and only
+ * when the sidecar or a token mount differs (matchConditions in deploy/kubernetes/base/injector.yaml),
+ * so that failurePolicy Fail does not hold up every label change while the injector is down.
+ */
+function reviewPodUpdate(
+  request: Record<string, unknown>,
+  namespace: string | undefined,
+  respond: (rest: Omit<AdmissionReviewResponse["response"], "uid">) => AdmissionReviewResponse,
+): AdmissionReviewResponse {
+  const where = `${namespace ?? ""}/${typeof request.name === "string" ? request.name.slice(0, 253) : ""}`;
+  const deny = (code: number, problem: string, errorCode: string) => respond({ allowed: false, status: { code, message: `${where}: meshward injector: ${problem} [${errorCode}]` } });
+  for (const [field, object] of [["object", request.object], ["oldObject", request.oldObject]] as const) {
+    const problem = notOnePod(object, request.resource) ?? (isDict((object as { spec?: unknown }).spec) ? undefined : `request.${field} has no spec`);
+    if (problem !== undefined) return deny(400, `${problem.replace("request.object", `request.${field}`)}; a pod update the injector cannot compare with the stored pod is refused`, "E_ADMISSION_INVALID");
+  }
+  const stored = request.oldObject as { spec: Record<string, unknown> };
+  const updated = request.object as { spec: Record<string, unknown> };
+  if (!hasSidecar(stored)) return respond({ allowed: true });
+  const refuse = (problem: string) => deny(403, problem, "E_INJECT_SIDECAR_IMMUTABLE");
+  const recreate = "to change the sidecar, change the pod's controller (or re-inject) so that the pod is recreated";
+  const named = (list: unknown, name: string): Record<string, unknown>[] => (Array.isArray(list) ? list.filter((item): item is Record<string, unknown> => isDict(item) && item.name === name) : []);
+  const oldSidecar = named(stored.spec.initContainers, SIDECAR_CONTAINER);
+  const newSidecar = named(updated.spec.initContainers, SIDECAR_CONTAINER);
+  if (oldSidecar.length > 0) {
+    if (newSidecar.length === 0) return refuse(`the update removes or renames init container ${SIDECAR_CONTAINER}, the sidecar, which the pod was injected with; ${recreate}`);
+    if (newSidecar.length !== oldSidecar.length || !sameJson(oldSidecar[0], newSidecar[0])) {
+      const before = oldSidecar[0] as Record<string, unknown>;
+      const after = newSidecar[0] as Record<string, unknown>;
+      const fields = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter((key) => !sameJson(before[key], after[key])).sort();
+      const image = fields.includes("image") ? ` (image ${JSON.stringify(String(before.image ?? "")).slice(0, 120)} → ${JSON.stringify(String(after.image ?? "")).slice(0, 120)})` : "";
+      return refuse(
+        `the update changes init container ${SIDECAR_CONTAINER}, the sidecar${fields.length > 0 ? `: ${fields.map((key) => JSON.stringify(key).slice(0, 60)).join(", ")}` : ""}${image}; it mounts the workload's service-account token, so whatever runs there can get this workload's certificate; ${recreate}`,
+      );
+    }
+  }
+  const oldVolume = named(stored.spec.volumes, TOKEN_VOLUME);
+  const newVolume = named(updated.spec.volumes, TOKEN_VOLUME);
+  if (oldVolume.length > 0 && (oldVolume.length !== newVolume.length || !sameJson(oldVolume[0], newVolume[0]))) {
+    return refuse(`the update changes or removes volume ${TOKEN_VOLUME}, the sidecar's service-account token; ${recreate}`);
+  }
+  for (const [what, field] of [["container", "containers"], ["init container", "initContainers"], ["ephemeral container", "ephemeralContainers"]] as const) {
+    const list = updated.spec[field];
+    if (!Array.isArray(list)) continue;
+    for (const container of list as unknown[]) {
+      if (!isDict(container)) continue;
+      const name = container.name;
+      if (field === "initContainers" && name === SIDECAR_CONTAINER) continue;
+      if (!mountsSidecarOnly(container)) continue;
+      // One that mounted it before the update (an old pod) is the stored pod's, not this update's.
+      if (typeof name === "string" && named(stored.spec[field], name).some(mountsSidecarOnly)) continue;
+      return refuse(`the update makes ${what} ${JSON.stringify(String(name ?? "")).slice(0, 80)} mount volume ${TOKEN_VOLUME}, the sidecar's service-account token: whoever reads it can get this workload's certificate from the CA; only the sidecar mounts it`);
+    }
+  }
+  return respond({ allowed: true });
+}
+
+/** Whether a container names a sidecar-only volume in its volumeMounts or volumeDevices (a list of the wrong type counts: fail closed). */
+function mountsSidecarOnly(container: Record<string, unknown>): boolean {
+  for (const list of [container.volumeMounts, container.volumeDevices]) {
+    if (list === undefined || list === null) continue;
+    if (!Array.isArray(list)) return true;
+    if (list.some((mount: unknown) => !isDict(mount) || SIDECAR_ONLY_VOLUMES.includes(String(mount.name)))) return true;
+  }
+  return false;
+}
+
+function isDict(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+/** JSON equality with object keys in any order (the API server's serialisations of one object may order them differently). */
+function sameJson(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (Array.isArray(a) || Array.isArray(b)) return Array.isArray(a) && Array.isArray(b) && a.length === b.length && a.every((item, index) => sameJson(item, b[index]));
+  if (!isDict(a) || !isDict(b)) return false;
+  const keys = Object.keys(a).filter((key) => a[key] !== undefined);
+  if (keys.length !== Object.keys(b).filter((key) => b[key] !== undefined).length) return false;
+  return keys.every((key) => Object.hasOwn(b, key) && sameJson(a[key], b[key]));
 }
 
 /** Whether a Pod is injected: marked so, or holding the sidecar init container (either is enough: fail closed). */

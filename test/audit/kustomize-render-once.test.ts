@@ -40,6 +40,13 @@ write(TREE, {
   "comp/kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\npatches:\n  - target: {kind: Service}\n    patch: |\n      - op: add\n        path: /metadata/annotations\n        value: {a: b}\n",
   "overlay/kustomization.yaml": "namePrefix: prod-\nnamespace: shop\ncommonAnnotations:\n  owner: me\nresources:\n  - ../base\ncomponents:\n  - ../comp\n",
   "own-metadata/kustomization.yaml": "resources:\n  - ../base\nbuildMetadata: [originAnnotations]\n",
+  // sortOptions is honoured at the top level only: under the single render's wrapper the objects came
+  // out in the legacy order (review-today2 finding 4), so a generated object's finding line was wrong.
+  "sorted/kustomization.yaml": "sortOptions:\n  order: fifo\nresources:\n  - deploy.yaml\n  - svc.yaml\nconfigMapGenerator:\n  - name: web-env\n    literals:\n      - NODE_TLS_REJECT_UNAUTHORIZED=0\n",
+  "sorted/deploy.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: web, image: nginx}]\n",
+  "sorted/svc.yaml": "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports: [{port: 80}]\n",
+  "sorted-base/kustomization.yaml": "resources:\n  - ../sorted\n",
+  "sorted-legacy/kustomization.yaml": "sortOptions:\n  order: legacy\n  legacySortOptions:\n    orderFirst: [Service]\n    orderLast: [Deployment]\nresources:\n  - ../sorted-base\nconfigMapGenerator:\n  - name: other\n    literals: [A=b]\n",
 });
 
 const audited = (directory: string): string | undefined => readPaths([directory], { kubectl: KUBECTL }).files.find((file) => file.file === renderedName(directory))?.text;
@@ -67,6 +74,22 @@ describe("a kustomize overlay is rendered once", () => {
     const listen = auditPaths([join(TREE, "overlay")], { kubectl: KUBECTL }).findings.find((finding) => finding.ruleId === "MW-K8S-001");
     expect(listen?.file).toBe(join(TREE, "base", "deploy.yaml"));
     expect(listen?.line).toBe(14);
+  });
+
+  it("an overlay that sets sortOptions is audited in kubectl kustomize DIR's order (two runs), and a generated object's finding is at its line there", () => {
+    for (const overlay of ["sorted", "sorted-base", "sorted-legacy"]) {
+      rmSync(LOG, { force: true });
+      const directory = join(TREE, overlay);
+      const expected = kubectlKustomize(directory);
+      expect(audited(directory), overlay).toBe(expected);
+      expect(runs(), overlay).toBe(2);
+    }
+    const directory = join(TREE, "sorted");
+    const expected = kubectlKustomize(directory);
+    expect(expected.split("\n").filter((line) => line.startsWith("kind: "))).toEqual(["kind: Deployment", "kind: Service", "kind: ConfigMap"]);
+    const finding = auditPaths([directory], { kubectl: KUBECTL }).findings.find((one) => one.ruleId === "MW-TLS-009");
+    expect(finding?.file).toBe(renderedName(directory));
+    expect(finding?.line).toBe(expected.split("\n").findIndex((line) => line.includes("NODE_TLS_REJECT_UNAUTHORIZED")) + 1);
   });
 
   it("an overlay that sets buildMetadata itself keeps its annotations: rendered as before (two runs)", () => {

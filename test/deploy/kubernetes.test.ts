@@ -197,11 +197,13 @@ describe("deploy/kubernetes: kustomize overlays single and ha", () => {
 
   // kubectl debug adds ephemeral containers through pods/ephemeralcontainers (UPDATE); the
   // injector must see them to refuse one that mounts the sidecar's token (webhook-ephemeral.test.ts).
+  // kubectl set image changes a running pod's images, the sidecar's too (a pods UPDATE): the second
+  // webhook sends those of injected pods to the injector (webhook-pod-update.test.ts).
   for (const [name, { docs }] of Object.entries(rendered)) {
     it(`${name}: the webhook also receives UPDATE of pods/ephemeralcontainers, under the same failurePolicy and namespaceSelector`, () => {
       const config = find(docs, "MutatingWebhookConfiguration", "meshward-injector");
       expect(validateK8sObjects([config])).toBe(1);
-      expect(config.webhooks).toHaveLength(1);
+      expect(config.webhooks).toHaveLength(2);
       const webhook = config.webhooks[0] as Doc;
       expect(webhook.rules).toEqual([
         { operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["pods"], scope: "Namespaced" },
@@ -209,6 +211,29 @@ describe("deploy/kubernetes: kustomize overlays single and ha", () => {
       ]);
       expect(webhook.failurePolicy).toBe("Fail");
       expect(webhook.matchPolicy).toBe("Equivalent");
+      expect(webhook.matchConditions).toBeUndefined();
+    });
+
+    it(`${name}: a second webhook receives UPDATE of pods (kubectl set image) only for pods stored with the sidecar whose sidecar or token differs, same service, failurePolicy and namespaceSelector`, () => {
+      const config = find(docs, "MutatingWebhookConfiguration", "meshward-injector");
+      const [create, guard] = config.webhooks as [Doc, Doc];
+      expect(guard.name).toBe("sidecar-guard.meshward.io");
+      expect(guard.rules).toEqual([{ operations: ["UPDATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["pods"], scope: "Namespaced" }]);
+      for (const key of ["admissionReviewVersions", "sideEffects", "failurePolicy", "matchPolicy", "reinvocationPolicy", "timeoutSeconds", "clientConfig", "namespaceSelector"]) expect(guard[key], key).toEqual(create[key]);
+      expect(guard.failurePolicy).toBe("Fail");
+      // The conditions read the stored pod (oldObject): the injected mark or the sidecar init container,
+      // and compare the sidecar and the token volume with the update; every field they read is guarded by has().
+      const conditions = guard.matchConditions as { name: string; expression: string }[];
+      expect(conditions.map((condition) => condition.name)).toEqual(["stored-pod-has-sidecar", "sidecar-or-token-differs"]);
+      const [stored, differs] = conditions.map((condition) => condition.expression);
+      expect(stored).toMatch(/oldObject\.metadata\.annotations\['meshward\.io\/injected'\] == 'true'/);
+      expect(stored).toMatch(/oldObject\.spec\.initContainers\.exists\(c, c\.name == 'meshward'\)/);
+      expect(stored).not.toMatch(/(^|[^d])object\./);
+      for (const name of ["initContainers", "volumes", "ephemeralContainers", "containers"]) expect(differs, name).toContain(`has(object.spec.${name})`);
+      expect(differs).toContain("m.name == 'meshward-token'");
+      for (const expression of [stored!, differs!]) {
+        for (const match of expression.matchAll(/\b(old)?[oO]bject\.(metadata\.annotations|spec\.\w+)/g)) expect(expression, match[0]).toContain(`has(${match[0]})`);
+      }
     });
   }
 

@@ -213,7 +213,7 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
     expect(own.response).toEqual({ uid: "705ab4f5-6393-11e8-b7cc-42010a800002", allowed: true });
   });
 
-  it("admits unchanged what is not a Pod, a pods/* subresource, or not a CREATE, as Dapr's injector does; a review without operation is refused", async () => {
+  it("admits unchanged what is not a Pod, a pods/* subresource, or not a CREATE (an UPDATE of a pod without the sidecar), as Dapr's injector does; a review without operation is refused", async () => {
     const pod = quickstartPod("shop");
     const base = admissionReview(pod, "shop");
     const variants: Record<string, unknown>[] = [
@@ -222,7 +222,9 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
       { ...base.request, subResource: "ephemeralcontainers" },
       { ...base.request, kind: { group: "example.com", version: "v1", kind: "Pod" } },
       { ...base.request, kind: undefined },
-      { ...base.request, operation: "UPDATE" },
+      // An UPDATE of a pod without the sidecar (as stored), a DELETE: not the injector's business.
+      { ...base.request, operation: "UPDATE", oldObject: pod },
+      { ...base.request, operation: "DELETE", object: null, oldObject: pod },
     ];
     for (const request of variants) {
       const review = (await post(JSON.stringify({ ...base, request }))).json as Review;
@@ -230,6 +232,9 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
     }
     // The same pod as a Pod CREATE is patched (the control).
     expect(((await post(JSON.stringify(base))).json as Review).response.patchType).toBe("JSONPatch");
+    // A pod UPDATE without the stored pod cannot be compared with it (the API server always sends it): refused.
+    const noOld = (await post(JSON.stringify({ ...base, request: { ...base.request, operation: "UPDATE" } }))).json as Review;
+    expect(noOld.response).toMatchObject({ allowed: false, status: { code: 400, message: expect.stringMatching(/request\.oldObject is not a Pod object; .*\[E_ADMISSION_INVALID\]$/) } });
     const noOperation = await post(JSON.stringify({ ...base, request: { ...base.request, operation: undefined } }));
     expect(noOperation.status).toBe(400);
     expect(noOperation.json.code).toBe("E_ADMISSION_INVALID");
@@ -346,14 +351,17 @@ describe("meshward injector (mutating admission webhook over HTTPS)", () => {
     // The patch is guarded by the resourceVersion it read and touches only caBundle.
     const first = patches[0] as { op: string; path: string }[];
     expect(first[0]).toMatchObject({ op: "test", path: "/metadata/resourceVersion" });
-    expect(first.slice(1).map((op) => op.path)).toEqual(["/webhooks/0/clientConfig/caBundle"]);
+    // Both webhooks (Pod CREATE and ephemeral containers; the sidecar guard on pod UPDATEs) call the same service.
+    expect(first.slice(1).map((op) => op.path)).toEqual(["/webhooks/0/clientConfig/caBundle", "/webhooks/1/clientConfig/caBundle"]);
     const result = await runCli(["ca", "rotate-root", "prepare", "--dir", join(work, "ca")]);
     expect(result.code, result.stderr).toBe(0);
     expect(certs(readFileSync(bundle, "utf8"))).toHaveLength(2);
     await until(() => caBundleCerts().length === 2, "the injector added the new root to caBundle");
     expect(caBundleCerts().sort()).toEqual(certs(readFileSync(bundle, "utf8")).sort());
+    expect(webhookConfiguration.webhooks[1].clientConfig.caBundle).toBe(webhookConfiguration.webhooks[0].clientConfig.caBundle);
     // Nothing else in the object changed.
     expect(webhookConfiguration.webhooks[0].failurePolicy).toBe("Fail");
+    expect(webhookConfiguration.webhooks[1].matchConditions).toHaveLength(2);
     expect(validateK8sObjects([webhookConfiguration])).toBe(1);
   }, 60_000);
 });

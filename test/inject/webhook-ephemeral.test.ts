@@ -167,23 +167,85 @@ describe("admission webhook: ephemeral containers (pods/ephemeralcontainers) nev
     }
     checkSchema(plain);
     expect((await post(plain)).json.response).toEqual({ uid: UID, allowed: true });
-    // Marked injected without the sidecar container, or the sidecar container without the mark: refused.
+    // The stored pod (oldObject) marked injected without the sidecar container, or with the sidecar container without the mark: refused.
     const marked = structuredClone(plain);
-    (marked.request.object as Record<string, any>).metadata.annotations = { "meshward.io/injected": "true" };
+    for (const object of [marked.request.object, marked.request.oldObject] as Record<string, any>[]) object.metadata.annotations = { "meshward.io/injected": "true" };
     const withSidecar = structuredClone(body);
-    delete (withSidecar.request.object as Record<string, any>).metadata.annotations;
+    for (const object of [withSidecar.request.object, withSidecar.request.oldObject] as Record<string, any>[]) delete object.metadata.annotations;
     for (const one of [marked, withSidecar]) {
       checkSchema(one);
       expect((await post(one)).json.response).toMatchObject({ allowed: false, status: { code: 403 } });
     }
   });
 
-  it("judges every ephemeral container when oldObject is missing or unreadable (fail closed)", async () => {
+  it("judges the pod from oldObject (the stored pod), not from the body the client sent: a body without the sidecar does not make an injected pod plain", async () => {
+    // What a client gets with a JSON patch that removes the mark and the init container and adds a
+    // privileged debug container: the API server keeps only spec.ephemeralContainers of that body,
+    // and only after the mutating webhooks have run, so the stored pod keeps its sidecar.
+    const privileged = debugShell({ securityContext: { privileged: true } });
+    const spoofed = review("Pod", [privileged]);
+    const body = spoofed.request.object as Record<string, any>;
+    delete body.metadata.annotations;
+    delete body.spec.initContainers;
+    checkSchema(spoofed);
+    const answer = await post(spoofed);
+    expect(answer.json.response).toMatchObject({ uid: UID, allowed: false, status: { code: 403 } });
+    expect(answer.json.response?.status?.message).toMatch(/ephemeral container "debugger-x1" is privileged .*\[E_INJECT_EPHEMERAL_DENIED\]$/);
+    // The other way round: a body that claims the sidecar in a pod stored without it is not the injector's business.
+    const plainStored = review("Pod", [privileged]);
+    const stored = plainStored.request.oldObject as Record<string, any>;
+    delete stored.metadata.annotations;
+    delete stored.spec.initContainers;
+    stored.spec.volumes = stored.spec.volumes.filter((volume: { name: string }) => volume.name !== "meshward-token");
+    checkSchema(plainStored);
+    expect((await post(plainStored)).json.response).toEqual({ uid: UID, allowed: true });
+  });
+
+  it("refuses any new debug container in an injected pod whose containers share processes (shareProcessNamespace or hostPID, injected before injection refused them), whatever it targets", async () => {
+    for (const field of ["shareProcessNamespace", "hostPID"] as const) {
+      for (const container of [debugShell(), debugShell({ targetContainerName: undefined, securityContext: { runAsUser: 10001 } })]) {
+        const body = review("Pod", [container]);
+        for (const object of [body.request.object, body.request.oldObject] as Record<string, any>[]) object.spec[field] = true;
+        checkSchema(body);
+        const answer = await post(body);
+        expect(answer.json.response, field).toMatchObject({ uid: UID, allowed: false, status: { code: 403 } });
+        expect(answer.json.response?.patch).toBeUndefined();
+        expect(answer.json.response?.status?.message).toMatch(
+          new RegExp(`^shop/orders-7d9f: meshward injector: ephemeral container "debugger-x1" would join a pod whose spec\\.${field} is true: .*through /proc.*kubectl debug --target=<app> \\[E_INJECT_EPHEMERAL_DENIED\\]$`),
+        );
+        // Read from the stored pod only: a body without the field changes nothing.
+        const spoofed = structuredClone(body);
+        delete (spoofed.request.object as Record<string, any>).spec[field];
+        expect((await post(spoofed)).json.response, field).toMatchObject({ allowed: false, status: { code: 403 } });
+      }
+      // The same pod without the sidecar: not the injector's business. With the fields false: allowed.
+      const plain = review("Pod", [debugShell()]);
+      for (const object of [plain.request.object, plain.request.oldObject] as Record<string, any>[]) {
+        object.spec[field] = true;
+        delete object.metadata.annotations;
+        delete object.spec.initContainers;
+        object.spec.volumes = object.spec.volumes.filter((volume: { name: string }) => volume.name !== "meshward-token");
+      }
+      checkSchema(plain);
+      expect((await post(plain)).json.response, field).toEqual({ uid: UID, allowed: true });
+      const off = review("Pod", [debugShell()]);
+      for (const object of [off.request.object, off.request.oldObject] as Record<string, any>[]) object.spec[field] = false;
+      checkSchema(off);
+      expect((await post(off)).json.response, field).toEqual({ uid: UID, allowed: true });
+    }
+  });
+
+  it("judges every ephemeral container, and takes the pod as injected and sharing processes, when oldObject is missing or unreadable (fail closed)", async () => {
     for (const oldObject of [undefined, null, { apiVersion: "v1", kind: "Pod" }, "x"]) {
       const body = review("Pod", [], [debugShell({ volumeMounts: [tokenMount] })]);
       const answer = await post({ ...body, request: { ...body.request, oldObject } });
       expect(answer.json.response, JSON.stringify(oldObject)).toMatchObject({ allowed: false, status: { code: 403 } });
       expect(answer.json.response?.status?.message).toMatch(/E_INJECT_EPHEMERAL_DENIED/);
+      // A harmless debug shell too: without the stored pod, whether it shares processes with the sidecar cannot be told.
+      const shell = review("Pod", [debugShell()]);
+      const refused = await post({ ...shell, request: { ...shell.request, oldObject } });
+      expect(refused.json.response, JSON.stringify(oldObject)).toMatchObject({ allowed: false, status: { code: 400 } });
+      expect(refused.json.response?.status?.message).toMatch(/request\.oldObject \(the stored pod\) .*cannot be told; an ephemeral container the injector cannot read is refused \[E_ADMISSION_INVALID\]$/);
     }
   });
 
