@@ -9,7 +9,7 @@ import { H2Intake } from "./h2-intake.ts";
 import { forwardableHeaders } from "./headers.ts";
 import { ChunkStage, SMALL_CHUNK } from "./http1/chunk-stage.ts";
 import { expectsContinue, headersObject } from "./http1/wire.ts";
-import { answerH2, answerRawHttp1, closeAfterResponse, GrpcStatus } from "./respond.ts";
+import { answerH2, answerRawHttp1, closeAfterResponse, GrpcStatus, resetAfterAnswer } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { BODY_TIMEOUT_ANSWER, IdleTimer, upstreamTimeoutError } from "./stream-idle.ts";
 import type { RevokeStream, StreamIdleRule } from "./stream-idle.ts";
@@ -219,8 +219,7 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
     }
     const answered = typeof answer === "function" ? answer() : answer;
     answerH2(stream, answered, grpc);
-    // The caller may still hold its side open: RST_STREAM (NO_ERROR) once the answer is sent frees the stream.
-    stream.close(h2.NGHTTP2_NO_ERROR);
+    resetAfterAnswer(stream);
     done(answered.status);
   };
   idle = new IdleTimer(hooks.idle.ms, () =>

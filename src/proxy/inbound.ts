@@ -45,7 +45,7 @@ import { Http1Pool, POOL_TIMEOUT } from "./http1/pool.ts";
 import { Http1Relay } from "./http1/relay.ts";
 import type { ClientErrorReason } from "./http1/relay.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
-import { answerH2, answerRawHttp1, answerText, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
+import { answerH2, answerRawHttp1, answerText, GrpcStatus, observeDuration, resetAfterAnswer, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
 import { joinTunnel } from "./tunnel.ts";
@@ -421,8 +421,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     if (!account.take(headBytes)) {
       overBudget(socket);
       answerH2(stream, SIDECAR_BUSY, isGrpcRequest(String(headers[":method"]), headers["content-type"]));
-      // The caller may still hold its side open: RST_STREAM (NO_ERROR) once the answer is sent frees the stream.
-      if (!stream.closed && !stream.destroyed) stream.close(h2constants.NGHTTP2_NO_ERROR);
+      resetAfterAnswer(stream);
       return;
     }
     const peer = peerFor(socket);
@@ -459,7 +458,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
           overBudget(socket);
           if (open.revoke !== undefined) return open.revoke(SIDECAR_BUSY);
           answerH2(stream, SIDECAR_BUSY, grpc);
-          if (!stream.closed && !stream.destroyed) stream.close(h2constants.NGHTTP2_NO_ERROR);
+          resetAfterAnswer(stream);
         },
       });
     }
@@ -493,7 +492,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
         (error) => {
           waiting = false;
           answerH2(stream, appError(error), false);
-          stream.close(h2constants.NGHTTP2_NO_ERROR);
+          resetAfterAnswer(stream);
           done(503);
         },
       );
@@ -504,7 +503,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
           waiting = false;
           withdraw();
           answerH2(stream, answer, false);
-          stream.close(h2constants.NGHTTP2_NO_ERROR);
+          resetAfterAnswer(stream);
           done(answer.status);
         };
         stream.once("close", () => {

@@ -92,6 +92,20 @@ export function answerH2(stream: ServerHttp2Stream, answer: ProxyAnswer, grpc: b
   stream.end(text);
 }
 
+/**
+ * RST_STREAM (NO_ERROR) once an answer is out, which frees a stream whose caller may still hold
+ * its side open (RFC 9113 §8.1), one turn of the event loop after the answer: on Node 26 a reset
+ * submitted in the same turn as a trailers-only answer (a gRPC refusal: respond with endStream)
+ * goes out first, and the caller never sees the answer's headers, only the reset (measured with
+ * node:http2 on both ends: 0 of 50 answers arrive on Node 26.12.1, 50 of 50 on Node 20.20.2, and
+ * 50 of 50 on both when the reset waits for setImmediate).
+ */
+export function resetAfterAnswer(stream: ServerHttp2Stream): void {
+  setImmediate(() => {
+    if (!stream.closed && !stream.destroyed) stream.close(h2.NGHTTP2_NO_ERROR);
+  });
+}
+
 export function statusClass(status: number | undefined): string {
   if (status === undefined || status === 0) return "error";
   return `${Math.floor(status / 100)}xx`;

@@ -3,7 +3,7 @@ import type { OutgoingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import type { CanonicalH2Request } from "../canonical.ts";
 import type { BodyInspector } from "../method-override-body.ts";
 import { forwardableHeaders } from "../headers.ts";
-import { answerH2 } from "../respond.ts";
+import { answerH2, resetAfterAnswer } from "../respond.ts";
 import type { ProxyAnswer } from "../respond.ts";
 import { BODY_TIMEOUT_ANSWER, IdleTimer, upstreamTimeoutError } from "../stream-idle.ts";
 import type { RevokeStream, StreamIdleRule } from "../stream-idle.ts";
@@ -397,8 +397,7 @@ class H2Exchange implements ResponseSink {
     }
     const answered = typeof answer === "function" ? answer() : answer;
     answerH2(this.stream, answered, false);
-    // The caller may still hold its side open: RST_STREAM (NO_ERROR) once the answer is sent frees the stream.
-    this.stream.close(h2.NGHTTP2_NO_ERROR);
+    resetAfterAnswer(this.stream);
     this.#finish(answered.status);
   }
 
