@@ -14,14 +14,16 @@
  * CSRs from a pool made beforehand (as api-bench.ts). The first `--settle` rounds (default 2)
  * are printed but not counted (V8's concurrent compiler threads, serialised under valgrind,
  * finish then); the figure is the floor of the rest with the median beside it.
- *   node --import tsx bench/ca/instructions.ts [--certs 400] [--warmup 400] [--clients 4] [--rounds 5] [--settle 2] [--node-args "<flags>"] [--base <git-ref>]...
+ *   node --import tsx bench/ca/instructions.ts [--certs 400] [--warmup 400] [--clients 4] [--rounds 5] [--settle 2] [--node-args "<flags>"] [--base <git-ref>]... [--keep]
+ * `--keep` leaves the dumps (one per build and round) for `callgrind_annotate`: JIT compile (V8's
+ * compiler functions) moves a 200-certificate round by ±20 %, what is left of it far less.
  * Each build's CA directory and join token are made with that build's own code (its store schema).
  * Needs valgrind (Debian's valgrind); under it the CA signs ~50× slower, ~1 minute per build and round at the defaults.
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { requestCertificate } from "../../src/identity/ca-client.ts";
 import { createCsr, encodePrivateKey, generateKeyPair } from "../../src/pki/index.ts";
 import { decodeSignResponse, encodeSignRequest, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../src/protocol/sentry.ts";
@@ -39,7 +41,8 @@ const SETTLE = flag("--settle", 2);
 /** `--node-args "<flags>"`: Node/V8 flags for the counted CA, e.g. `--single-threaded` (V8's compiler and GC work on the thread that caused it: fewer rounds moved by a concurrent compile). */
 const NODE_ARGS = process.argv.includes("--node-args") ? process.argv[process.argv.indexOf("--node-args") + 1]!.split(" ").filter((a) => a !== "") : [];
 const BASES = process.argv.flatMap((arg, i) => (arg === "--base" && process.argv[i + 1] !== undefined ? [process.argv[i + 1]!] : []));
-const CACHE = join(ROOT, "node_modules/.cache");
+/** Per checkout (worktrees share one node_modules through a link): two worktrees' runs at once do not take each other's bundles and base trees. */
+const CACHE = join(ROOT, "node_modules/.cache", `ca-instructions-${basename(ROOT)}`);
 const TD = "bench.test";
 /** Start-up under valgrind (module loading, the signing and writer threads) takes tens of seconds. */
 const VALGRIND_READY_MS = 240_000;
@@ -192,7 +195,9 @@ async function main(): Promise<void> {
     }
   } finally {
     for (const ca of cas) ca.child.kill("SIGKILL");
-    rmSync(work, { recursive: true, force: true });
+    // `--keep`: the callgrind dumps (one per build and round, callgrind.out.<pid>.<n>) stay for callgrind_annotate.
+    if (process.argv.includes("--keep")) console.log(`callgrind dumps kept in ${work}/<build>/`);
+    else rmSync(work, { recursive: true, force: true });
   }
 }
 

@@ -1,5 +1,6 @@
 import type { Signer } from "../pki/certificate.ts";
-import { createCrl, parseCrl, type CrlEntry, type RevocationReason } from "../pki/crl.ts";
+import type { X509Certificate } from "node:crypto";
+import { createCrl, parseCrl, type CrlEntry, type ParsedCrl, type RevocationReason } from "../pki/crl.ts";
 import { toPem } from "../pki/pem.ts";
 import type { RevocationRecord, Store } from "../store/store.ts";
 import { issuedBy, ROOT_CRL_RESIGN_AFTER_MS, ROOT_CRL_VALIDITY_MS, type RetiredIssuer, type RootKey } from "./root-crl.ts";
@@ -176,7 +177,7 @@ export class CrlPublisher {
    * checks a renewed certificate's issuer against (ca-source.ts, E_ISSUER_RETIRED), so the CA
    * signs with an issuer only once this is true (server.ts).
    */
-  publishes(certificate: import("node:crypto").X509Certificate): boolean {
+  publishes(certificate: X509Certificate): boolean {
     const current = this.#current;
     if (current === undefined) return false;
     let known = this.#publishedBy.get(current);
@@ -275,7 +276,7 @@ export class CrlPublisher {
     if (published !== undefined) {
       let parsed: ReturnType<typeof parseCrl> | undefined;
       try {
-        parsed = parseCrl(published.der, signer.certificate);
+        parsed = parseVerifiedCrl(published.der, signer.certificate);
       } catch {
         parsed = undefined; // signed by a previous issuer: re-sign
       }
@@ -355,13 +356,57 @@ function signedBy(der: Buffer, issuer: Signer): boolean {
   return signedByCertificate(der, issuer.certificate);
 }
 
-function signedByCertificate(der: Buffer, certificate: import("node:crypto").X509Certificate): boolean {
+function signedByCertificate(der: Buffer, certificate: X509Certificate): boolean {
   try {
-    parseCrl(der, certificate);
+    parseVerifiedCrl(der, certificate);
     return true;
   } catch {
     return false;
   }
+}
+
+/** How many signature checks of CRLs parseVerifiedCrl remembers (the set's CRLs against the issuers and roots). */
+export const REMEMBERED_CRL_CHECKS = 16;
+/** CRLs larger than this are verified at every call, never remembered: the memory held stays under 16 × 1 MiB. */
+export const REMEMBERED_CRL_MAX_BYTES = 1024 * 1024;
+const crlChecks: { readonly der: Buffer; readonly certificate: X509Certificate; readonly refusal: unknown }[] = [];
+let signatureChecks = 0;
+
+/** Signature checks parseVerifiedCrl has made in this process (for tests). */
+export function crlSignatureChecks(): number {
+  return signatureChecks;
+}
+
+/**
+ * parseCrl(der, certificate), with the signature check remembered for the last
+ * REMEMBERED_CRL_CHECKS (bytes, certificate) pairs. The leader reads the published set back at
+ * every crlRefresh (1 s by default) and checks its CRLs against the current issuer, the previous
+ * one and the roots: while nothing changes, the same bytes against the same certificates, an
+ * ECDSA verification apiece each second. The check's outcome (it verifies, or its refusal)
+ * depends on those two alone, so it is reused only for bytes equal to the ones checked and the
+ * same certificate (by its SHA-256 fingerprint); the bytes are still parsed at each call. Other
+ * bytes are verified as before.
+ */
+export function parseVerifiedCrl(der: Buffer, certificate: X509Certificate): ParsedCrl {
+  const known = crlChecks.find((check) => (check.certificate === certificate || check.certificate.fingerprint256 === certificate.fingerprint256) && check.der.equals(der));
+  if (known !== undefined) {
+    if (known.refusal !== undefined) throw known.refusal;
+    return parseCrl(der);
+  }
+  signatureChecks += 1;
+  let parsed: ParsedCrl | undefined;
+  let refusal: unknown;
+  try {
+    parsed = parseCrl(der, certificate);
+  } catch (error) {
+    refusal = error ?? new Error("the CRL was refused");
+  }
+  if (der.length <= REMEMBERED_CRL_MAX_BYTES) {
+    crlChecks.push({ der: Buffer.from(der), certificate, refusal });
+    if (crlChecks.length > REMEMBERED_CRL_CHECKS) crlChecks.shift();
+  }
+  if (parsed === undefined) throw refusal;
+  return parsed;
 }
 
 /** The fingerprint of the root (of `roots`) that signed this CRL, if one did. */
