@@ -122,8 +122,7 @@ function reviewEphemeralContainers(
   namespace: string | undefined,
   respond: (rest: Omit<AdmissionReviewResponse["response"], "uid">) => AdmissionReviewResponse,
 ): AdmissionReviewResponse {
-  const where = `${namespace ?? ""}/${typeof request.name === "string" ? request.name.slice(0, 253) : ""}`;
-  const deny = (code: number, problem: string, errorCode: string) => respond({ allowed: false, status: { code, message: `${where}: meshward injector: ${problem} [${errorCode}]` } });
+  const deny = denial(request, namespace, respond);
   const invalid = (problem: string) => deny(400, `${problem}; an ephemeral container the injector cannot read is refused`, "E_ADMISSION_INVALID");
   const kind = request.kind as { group?: unknown; kind?: unknown } | null | undefined;
   const shape = kind?.kind === "Pod" || kind?.kind === "EphemeralContainers" ? kind.kind : undefined;
@@ -221,8 +220,7 @@ function reviewPodUpdate(
   namespace: string | undefined,
   respond: (rest: Omit<AdmissionReviewResponse["response"], "uid">) => AdmissionReviewResponse,
 ): AdmissionReviewResponse {
-  const where = `${namespace ?? ""}/${typeof request.name === "string" ? request.name.slice(0, 253) : ""}`;
-  const deny = (code: number, problem: string, errorCode: string) => respond({ allowed: false, status: { code, message: `${where}: meshward injector: ${problem} [${errorCode}]` } });
+  const deny = denial(request, namespace, respond);
   for (const [field, object] of [["object", request.object], ["oldObject", request.oldObject]] as const) {
     const problem = notOnePod(object, request.resource) ?? (isDict((object as { spec?: unknown }).spec) ? undefined : `request.${field} has no spec`);
     if (problem !== undefined) return deny(400, `${problem.replace("request.object", `request.${field}`)}; a pod update the injector cannot compare with the stored pod is refused`, "E_ADMISSION_INVALID");
@@ -314,6 +312,16 @@ function ephemeralContainersOf(object: unknown, shape: "Pod" | "EphemeralContain
   if (list === undefined || list === null) return [];
   if (!Array.isArray(list)) return `${shape === "Pod" ? "spec." : ""}ephemeralContainers is not a list`;
   return list as unknown[];
+}
+
+/** A refusal of this review: HTTP `code`, the message naming the pod (namespace/name), the problem and its error code. */
+function denial(
+  request: Record<string, unknown>,
+  namespace: string | undefined,
+  respond: (rest: Omit<AdmissionReviewResponse["response"], "uid">) => AdmissionReviewResponse,
+): (code: number, problem: string, errorCode: string) => AdmissionReviewResponse {
+  const where = `${namespace ?? ""}/${typeof request.name === "string" ? request.name.slice(0, 253) : ""}`;
+  return (code, problem, errorCode) => respond({ allowed: false, status: { code, message: `${where}: meshward injector: ${problem} [${errorCode}]` } });
 }
 
 /** "admission <uid>: Pod shop/x: detail" → "detail": the API server already names the object. */

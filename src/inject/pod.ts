@@ -231,6 +231,19 @@ function refuseSharedProcesses(spec: PodSpecLike, annotations: Readonly<Record<s
       `${where}: spec.hostPID is ${shown(spec.hostPID)}: the pod sees every process of the node, so ${reach}; remove hostPID (Pod Security baseline forbids it), or remove ${ANNOTATION.inject}`,
     );
   }
+  for (const { what, name, securityContext } of appContainers(spec, annotations)) {
+    if (securityContext === null || typeof securityContext !== "object") continue;
+    const privileged = (securityContext as { privileged?: unknown }).privileged;
+    if (!on(privileged)) continue;
+    throw new MeshwardError(
+      "E_INJECT_INVALID",
+      `${where}: ${what} ${JSON.stringify(String(name ?? "")).slice(0, 80)} has securityContext.privileged ${shown(privileged)}: a privileged container has every capability and the node's devices, where the kubelet keeps the sidecar's token; remove privileged (Pod Security baseline forbids it; add only the capabilities it needs), or remove ${ANNOTATION.inject}`,
+    );
+  }
+}
+
+/** The pod's containers and init containers that are objects, but our own sidecar on re-injection. */
+function* appContainers(spec: PodSpecLike, annotations: Readonly<Record<string, unknown>>): Generator<{ what: string; name: unknown; securityContext: unknown }> {
   const injected = annotations[ANNOTATION.injected] === "true";
   const lists: [string, unknown][] = [
     ["container", spec.containers],
@@ -242,13 +255,7 @@ function refuseSharedProcesses(spec: PodSpecLike, annotations: Readonly<Record<s
       if (container === null || typeof container !== "object") continue;
       const { name, securityContext } = container as { name?: unknown; securityContext?: unknown };
       if (what === "init container" && injected && name === SIDECAR_CONTAINER) continue;
-      if (securityContext === null || typeof securityContext !== "object") continue;
-      const privileged = (securityContext as { privileged?: unknown }).privileged;
-      if (!on(privileged)) continue;
-      throw new MeshwardError(
-        "E_INJECT_INVALID",
-        `${where}: ${what} ${JSON.stringify(String(name ?? "")).slice(0, 80)} has securityContext.privileged ${shown(privileged)}: a privileged container has every capability and the node's devices, where the kubelet keeps the sidecar's token; remove privileged (Pod Security baseline forbids it; add only the capabilities it needs), or remove ${ANNOTATION.inject}`,
-      );
+      yield { what, name, securityContext };
     }
   }
 }
@@ -263,27 +270,16 @@ function refuseSharedProcesses(spec: PodSpecLike, annotations: Readonly<Record<s
  * (case-insensitive, with or without CAP_).
  */
 function ptraceNotes(spec: PodSpecLike, annotations: Readonly<Record<string, unknown>>, where: string): string[] {
-  const injected = annotations[ANNOTATION.injected] === "true";
   const notes: string[] = [];
-  const lists: [string, unknown][] = [
-    ["container", spec.containers],
-    ["init container", spec.initContainers],
-  ];
-  for (const [what, list] of lists) {
-    if (!Array.isArray(list)) continue;
-    for (const container of list as unknown[]) {
-      if (container === null || typeof container !== "object") continue;
-      const { name, securityContext } = container as { name?: unknown; securityContext?: unknown };
-      if (what === "init container" && injected && name === SIDECAR_CONTAINER) continue;
-      const add = (securityContext as { capabilities?: { add?: unknown } } | null | undefined)?.capabilities?.add;
-      if (!Array.isArray(add)) continue;
-      const names = add.map((cap) => String(cap).trim().toUpperCase().replace(/^CAP_/, ""));
-      const held = names.includes("ALL") ? "ALL (every capability, SYS_PTRACE included)" : names.includes("SYS_PTRACE") ? "SYS_PTRACE" : undefined;
-      if (held === undefined) continue;
-      notes.push(
-        `${where}: ${what} ${JSON.stringify(String(name ?? "")).slice(0, 80)} adds capability ${held} (Pod Security baseline forbids it), which reads the memory of the processes it sees; injection keeps the sidecar's out of its sight (no shareProcessNamespace or hostPID)`,
-      );
-    }
+  for (const { what, name, securityContext } of appContainers(spec, annotations)) {
+    const add = (securityContext as { capabilities?: { add?: unknown } } | null | undefined)?.capabilities?.add;
+    if (!Array.isArray(add)) continue;
+    const names = add.map((cap) => String(cap).trim().toUpperCase().replace(/^CAP_/, ""));
+    const held = names.includes("ALL") ? "ALL (every capability, SYS_PTRACE included)" : names.includes("SYS_PTRACE") ? "SYS_PTRACE" : undefined;
+    if (held === undefined) continue;
+    notes.push(
+      `${where}: ${what} ${JSON.stringify(String(name ?? "")).slice(0, 80)} adds capability ${held} (Pod Security baseline forbids it), which reads the memory of the processes it sees; injection keeps the sidecar's out of its sight (no shareProcessNamespace or hostPID)`,
+    );
   }
   return notes;
 }

@@ -1,3 +1,4 @@
+import { request } from "node:https";
 import pino from "pino";
 import { staticIdentity, type IdentitySnapshot } from "../../src/identity/source.ts";
 import { startWebhookServer, type WebhookServer, type WebhookServerOptions } from "../../src/inject/webhook-server.ts";
@@ -28,4 +29,23 @@ export async function startTestWebhook(pki: TestPki, servers: WebhookServer[], l
   });
   servers.push(server);
   return { server, port: Number(server.address.split(":").pop()) };
+}
+
+/** The webhook's answer to an AdmissionReview: its HTTP status and the parsed body. */
+export interface ReviewAnswer {
+  status: number;
+  json: { response?: { uid: string; allowed: boolean; patch?: string; patchType?: string; status?: { code: number; message: string }; warnings?: string[] } };
+}
+
+/** POSTs `body` to the test webhook's /mutate over HTTPS, trusting `caPem` (the server is localhost). */
+export function postReview(port: number, caPem: string, body: unknown): Promise<ReviewAnswer> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: "127.0.0.1", port, path: "/mutate", method: "POST", ca: caPem, servername: "localhost", headers: { "content-type": "application/json" } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (chunk: Buffer) => chunks.push(chunk));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(Buffer.concat(chunks).toString("utf8")) as ReviewAnswer["json"] }));
+    });
+    req.on("error", reject);
+    req.end(JSON.stringify(body));
+  });
 }

@@ -1,4 +1,3 @@
-import { request } from "node:https";
 import { join } from "node:path";
 import jsonPatch from "fast-json-patch";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -7,7 +6,7 @@ import type { WebhookServer } from "../../src/inject/webhook-server.ts";
 import { runCli } from "../helpers/cli.ts";
 import { validateK8sObjects } from "../helpers/k8s-schema.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
-import { startTestWebhook } from "../helpers/webhook.ts";
+import { postReview, startTestWebhook, type ReviewAnswer } from "../helpers/webhook.ts";
 
 // The sidecar's token (in its mount namespace, /proc/<pid>/root/...) and private key (its memory)
 // are readable through /proc by any process that sees the sidecar's processes and has its UID
@@ -23,10 +22,7 @@ const UID = "5a5a5a5a-0000-0000-0000-000000000001";
 const ANCHORS = join(new URL(".", import.meta.url).pathname, "fixtures", "trust-anchors.pem");
 const ARGS = ["--trust-anchors", ANCHORS, "--image", "meshward:test"];
 
-interface Answer {
-  status: number;
-  json: { response?: { uid: string; allowed: boolean; patch?: string; patchType?: string; status?: { code: number; message: string }; warnings?: string[] } };
-}
+type Answer = ReviewAnswer;
 
 /** A Pod that asks for the sidecar, with `spec` merged into its spec and `app` into its one container. */
 const pod = (spec: Record<string, unknown> = {}, app: Record<string, unknown> = {}, annotations: Record<string, string> = { "meshward.io/inject": "true", "meshward.io/app-port": "8080", "meshward.io/config": "orders-policy" }) => ({
@@ -97,16 +93,7 @@ describe("injection refuses pods whose containers can reach the sidecar's proces
     pki?.cleanup();
   });
 
-  const post = (body: unknown): Promise<Answer> =>
-    new Promise((resolve, reject) => {
-      const req = request({ host: "127.0.0.1", port, path: "/mutate", method: "POST", ca: pki.root.certPem, servername: "localhost", headers: { "content-type": "application/json" } }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (chunk: Buffer) => chunks.push(chunk));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(Buffer.concat(chunks).toString("utf8")) }));
-      });
-      req.on("error", reject);
-      req.end(JSON.stringify(body));
-    });
+  const post = (body: unknown): Promise<Answer> => postReview(port, pki.root.certPem, body);
 
   /** The patched Pod the API server would store, checked against the schema. */
   const patched = (object: unknown, answer: Answer): Record<string, any> => {

@@ -1,9 +1,8 @@
-import { request } from "node:https";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { WebhookServer } from "../../src/inject/webhook-server.ts";
 import { modelFor, validateK8sObjects } from "../helpers/k8s-schema.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
-import { startTestWebhook } from "../helpers/webhook.ts";
+import { postReview, startTestWebhook, type ReviewAnswer } from "../helpers/webhook.ts";
 
 // `kubectl debug` adds an ephemeral container through the pods/ephemeralcontainers subresource
 // (UPDATE); the container may mount any volume of the pod. The injector refuses one that mounts
@@ -11,10 +10,7 @@ import { startTestWebhook } from "../helpers/webhook.ts";
 // server has sent: the whole Pod (Kubernetes ≥ 1.22, kubernetes/kubernetes#101034) and the old
 // EphemeralContainers kind (1.16–1.21). The Pods below are checked against Kubernetes' OpenAPI schema.
 
-interface Answer {
-  status: number;
-  json: { response?: { uid: string; allowed: boolean; patch?: string; patchType?: string; status?: { code: number; message: string } } };
-}
+type Answer = ReviewAnswer;
 
 const UID = "0e0e0e0e-0000-0000-0000-000000000001";
 
@@ -83,16 +79,7 @@ describe("admission webhook: ephemeral containers (pods/ephemeralcontainers) nev
     pki?.cleanup();
   });
 
-  const post = (body: unknown): Promise<Answer> =>
-    new Promise((resolve, reject) => {
-      const req = request({ host: "127.0.0.1", port, path: "/mutate", method: "POST", ca: pki.root.certPem, servername: "localhost", headers: { "content-type": "application/json" } }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (chunk: Buffer) => chunks.push(chunk));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(Buffer.concat(chunks).toString("utf8")) }));
-      });
-      req.on("error", reject);
-      req.end(JSON.stringify(body));
-    });
+  const post = (body: unknown): Promise<Answer> => postReview(port, pki.root.certPem, body);
 
   /** The review's objects are real API objects: Pods against the Pod schema, old-shape containers against EphemeralContainer's. */
   const checkSchema = (body: ReturnType<typeof review>) => {

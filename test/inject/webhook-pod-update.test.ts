@@ -1,9 +1,8 @@
-import { request } from "node:https";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { WebhookServer } from "../../src/inject/webhook-server.ts";
 import { validateK8sObjects } from "../helpers/k8s-schema.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
-import { startTestWebhook } from "../helpers/webhook.ts";
+import { postReview, startTestWebhook, type ReviewAnswer } from "../helpers/webhook.ts";
 
 // A pods UPDATE (`kubectl set image pod/orders-7d9f meshward=…`, `kubectl edit`) may change a running
 // pod's container images, the sidecar's included: a new image would run with the workload's token
@@ -11,10 +10,7 @@ import { startTestWebhook } from "../helpers/webhook.ts";
 // token volume or adds a mount of it; every other update passes unchanged, unpatched. Over real
 // HTTPS; the Pods are checked against Kubernetes' OpenAPI schema.
 
-interface Answer {
-  status: number;
-  json: { response?: { uid: string; allowed: boolean; patch?: string; patchType?: string; status?: { code: number; message: string } } };
-}
+type Answer = ReviewAnswer;
 
 const UID = "0e0e0e0e-0000-0000-0000-000000000002";
 type Pod = Record<string, any>;
@@ -96,16 +92,7 @@ describe("admission webhook: a pods UPDATE never changes the sidecar or reaches 
     pki?.cleanup();
   });
 
-  const post = (body: unknown): Promise<Answer> =>
-    new Promise((resolve, reject) => {
-      const req = request({ host: "127.0.0.1", port, path: "/mutate", method: "POST", ca: pki.root.certPem, servername: "localhost", headers: { "content-type": "application/json" } }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (chunk: Buffer) => chunks.push(chunk));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(Buffer.concat(chunks).toString("utf8")) }));
-      });
-      req.on("error", reject);
-      req.end(JSON.stringify(body));
-    });
+  const post = (body: unknown): Promise<Answer> => postReview(port, pki.root.certPem, body);
 
   const refused = async (object: Pod, reason: RegExp, oldObject: Pod = injectedPod()) => {
     expect(validateK8sObjects([oldObject, object])).toBe(2);
