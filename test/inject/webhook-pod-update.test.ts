@@ -3,6 +3,7 @@ import type { WebhookServer } from "../../src/inject/webhook-server.ts";
 import { validateK8sObjects } from "../helpers/k8s-schema.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
 import { postReview, startTestWebhook, type ReviewAnswer } from "../helpers/webhook.ts";
+import { injectedPod, plainPod, type Pod } from "../helpers/injected-pod.ts";
 
 // A pods UPDATE (`kubectl set image pod/orders-7d9f meshward=…`, `kubectl edit`) may change a running
 // pod's container images, the sidecar's included: a new image would run with the workload's token
@@ -13,44 +14,7 @@ import { postReview, startTestWebhook, type ReviewAnswer } from "../helpers/webh
 type Answer = ReviewAnswer;
 
 const UID = "0e0e0e0e-0000-0000-0000-000000000002";
-type Pod = Record<string, any>;
 
-/** An injected pod as the API server holds it (after defaulting, as far as it matters here). */
-const injectedPod = (change: (pod: Pod) => void = () => {}): Pod => {
-  const pod: Pod = {
-    apiVersion: "v1",
-    kind: "Pod",
-    metadata: { name: "orders-7d9f", namespace: "shop", uid: "5b7c", labels: { app: "orders" }, annotations: { "meshward.io/inject": "true", "meshward.io/app-port": "8080", "meshward.io/injected": "true" } },
-    spec: {
-      serviceAccountName: "orders",
-      initContainers: [
-        {
-          name: "meshward",
-          image: "meshward:0.1.0",
-          imagePullPolicy: "IfNotPresent",
-          restartPolicy: "Always",
-          args: ["sidecar", "--app-id", "orders"],
-          resources: { requests: { cpu: "50m", memory: "64Mi" }, limits: { cpu: "1", memory: "256Mi" } },
-          volumeMounts: [{ name: "meshward-token", mountPath: "/var/run/secrets/meshward.io/token", readOnly: true }],
-        },
-      ],
-      containers: [{ name: "app", image: "app:1", volumeMounts: [{ name: "data", mountPath: "/data" }] }],
-      volumes: [
-        { name: "data", emptyDir: {} },
-        { name: "meshward-token", projected: { sources: [{ serviceAccountToken: { path: "token", audience: "meshward", expirationSeconds: 3600 } }] } },
-      ],
-    },
-  };
-  change(pod);
-  return pod;
-};
-const plainPod = (change: (pod: Pod) => void = () => {}): Pod =>
-  injectedPod((pod) => {
-    delete pod.metadata.annotations;
-    delete pod.spec.initContainers;
-    pod.spec.volumes = pod.spec.volumes.filter((volume: { name: string }) => volume.name !== "meshward-token");
-    change(pod);
-  });
 
 /** An AdmissionReview v1 for an UPDATE of a Pod itself, as k8s.io/api/admission/v1 has it. */
 const review = (oldObject: unknown, object: unknown, request: Record<string, unknown> = {}) => {
