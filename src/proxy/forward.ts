@@ -202,6 +202,7 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
     out = session.request(requestHeaders, { endStream });
   } catch (error) {
     answerH2(stream, hooks.onUpstreamError(error as Error), grpc);
+    resetAfterAnswer(stream);
     done(0);
     return NOTHING_TO_REVOKE;
   }
@@ -276,14 +277,18 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
     if (stopSending) setImmediate(passStopSending);
   });
   out.on("error", (error: Error) => {
-    if (!stream.headersSent) answerH2(stream, hooks.onUpstreamError(error), grpc);
-    else if (!stream.closed) stream.close(h2.NGHTTP2_INTERNAL_ERROR);
+    if (!stream.headersSent) {
+      answerH2(stream, hooks.onUpstreamError(error), grpc);
+      // The caller may still hold its side open (and its held request bytes): reset once the answer is out; done() stops the idle clock.
+      resetAfterAnswer(stream);
+    } else if (!stream.closed) stream.close(h2.NGHTTP2_INTERNAL_ERROR);
     done(0);
   });
   out.on("close", () => {
     if (status === 0 && !stream.headersSent && !stream.closed) {
       const code = out.rstCode ?? 0;
       answerH2(stream, hooks.onUpstreamError(Object.assign(new Error(`the upstream reset the stream (code ${code})`), { code: "ERR_HTTP2_STREAM_ERROR" })), grpc);
+      resetAfterAnswer(stream);
       done(0);
     } else if (out.rstCode !== undefined && out.rstCode !== h2.NGHTTP2_NO_ERROR && !stream.closed && !finished) {
       stream.close(out.rstCode);

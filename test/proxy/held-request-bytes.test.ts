@@ -1,8 +1,9 @@
 import { readFileSync } from "node:fs";
 import { createServer as createHttpServer } from "node:http";
 import type { ServerResponse } from "node:http";
-import { connect as http2Connect } from "node:http2";
+import { connect as http2Connect, constants as h2constants } from "node:http2";
 import type { ClientHttp2Session, ClientHttp2Stream } from "node:http2";
+import { createServer as createNetServer } from "node:net";
 import type { AddressInfo } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import type { ConnectionOptions, TLSSocket } from "node:tls";
@@ -207,5 +208,67 @@ describe("limits.maxHeldRequestBytes: a listener-wide budget for held request by
 
     releaseAll();
     expect(await http1Post("127.0.0.1", 300 * 1024, 300 * 1024)).toMatch(/^HTTP\/1\.1 200 [^]*got 307200\n$/);
+  });
+
+  /** `count` uploads on `session` that write a window and keep their side open (more to come); each with its answer and its close. */
+  const openUploads = (session: ClientHttp2Session, count: number) =>
+    Array.from({ length: count }, (_, i) => {
+      const stream = session.request({ ":method": "POST", ":path": `/upload/${i}`, "content-type": "application/octet-stream" });
+      const answer = answerOf(stream);
+      let answered: { status: number; error: string | undefined } | undefined;
+      stream.on("response", (headers) => (answered = { status: Number(headers[":status"]), error: headers["x-meshward-error"] as string | undefined }));
+      stream.write(Buffer.alloc(WINDOW, 0x61));
+      return { stream, answer, answered: () => answered };
+    });
+
+  it("HTTP/2: uploads answered 503 E_APP_BUSY while the caller keeps its side open are reset (NO_ERROR) and give their bytes back", async () => {
+    // The app's 3 connections (maxConnections) are held by another address; the uploads wait for
+    // one, then 503 E_APP_BUSY. Before, they stayed open with their header block and held window
+    // counted until the caller's connection closed (15 × ~64 KiB of the 1 MiB budget).
+    await start({ maxConnections: 3, maxConnectionsPerAddress: 16, idleTimeout: "2s" });
+    const holder = h2From("127.0.0.3");
+    for (let i = 0; i < 3; i++) void answerOf(holder.request({ ":method": "GET", ":path": `/hold/${i}` }, { endStream: true }));
+    await waitFor("the app holding 3 requests", () => held === 3);
+    const uploads = openUploads(h2From("127.0.0.1"), 15);
+    await waitFor("every upload answered", () => uploads.every((u) => u.answered() !== undefined));
+    // The pool's wait and the body's idle clock both run idleTimeout: most get 503 E_APP_BUSY (the
+    // app's connection wait), some 408 E_BODY_TIMEOUT (which was already reset before this fix).
+    for (const upload of uploads) expect([JSON.stringify({ status: 503, error: "E_APP_BUSY" }), JSON.stringify({ status: 408, error: "E_BODY_TIMEOUT" })]).toContain(JSON.stringify(upload.answered()));
+    expect(uploads.filter((u) => u.answered()!.error === "E_APP_BUSY").length).toBeGreaterThan(0);
+    await waitFor("every answered upload's stream closed", () => uploads.every((u) => u.stream.closed));
+    for (const upload of uploads) {
+      expect(upload.stream.rstCode).toBe(h2constants.NGHTTP2_NO_ERROR);
+      expect(JSON.parse((await upload.answer).body)).toMatchObject({ error: upload.answered()!.error });
+    }
+    expect(await refused("max_held_request_bytes")).toBe(0);
+
+    // The app busy again a moment (the held requests above and their connection timed out meanwhile: idleTimeout): a
+    // 600 KiB HTTP/1.1 POST from another address waits for it, its body held (before: refused as
+    // max_held_request_bytes at once), and passes once the app is free.
+    const holder2 = h2From("127.0.0.3");
+    for (let i = 3; i < 6; i++) void answerOf(holder2.request({ ":method": "GET", ":path": `/hold/${i}` }, { endStream: true }));
+    await waitFor("the app holding 3 more requests", () => held === 6);
+    const post = http1Post("127.0.0.2", 600 * 1024, 600 * 1024);
+    await Promise.race([post, new Promise((resolve) => setTimeout(resolve, 1000))]);
+    releaseAll();
+    expect(await post).toMatch(/^HTTP\/1\.1 200 [^]*got 614400\n$/);
+    expect(await refused("max_held_request_bytes")).toBe(0);
+  });
+
+  it("HTTP/2: uploads answered 502/503 because the app's connection failed are reset (NO_ERROR), not left open", async () => {
+    // Nothing listens at the app's address: every connection to it is refused.
+    const gone = createNetServer();
+    await new Promise<void>((resolve) => gone.listen(0, "127.0.0.1", resolve));
+    const deadPort = (gone.address() as AddressInfo).port;
+    await new Promise<void>((resolve) => gone.close(() => resolve()));
+    sidecar = await startTestSidecar(ca, { appId: "budgeted", app: `127.0.0.1:${deadPort}`, limits: { maxHeldRequestBytes: BUDGET, idleTimeout: "10m" } });
+    const uploads = openUploads(h2From("127.0.0.1"), 4);
+    await waitFor("every upload answered", () => uploads.every((u) => u.answered() !== undefined));
+    for (const upload of uploads) {
+      expect(upload.answered()!.status).toBeGreaterThanOrEqual(502);
+      expect(upload.answered()!.error).toMatch(/^E_UPSTREAM_/);
+    }
+    await waitFor("every answered upload's stream closed", () => uploads.every((u) => u.stream.closed));
+    for (const upload of uploads) expect(upload.stream.rstCode).toBe(h2constants.NGHTTP2_NO_ERROR);
   });
 });

@@ -244,8 +244,11 @@ class H2Exchange implements ResponseSink {
     this.#upstream = undefined;
     connection?.destroy();
     const answer = this.hooks.bodyCheck!.refused(problem);
-    if (!this.stream.headersSent && !this.stream.closed) answerH2(this.stream, answer, false);
-    else if (!this.stream.closed) this.stream.close(h2.NGHTTP2_PROTOCOL_ERROR);
+    if (!this.stream.headersSent && !this.stream.closed) {
+      answerH2(this.stream, answer, false);
+      // The caller may still be sending the body: RST_STREAM (NO_ERROR) once the answer is out frees the stream.
+      resetAfterAnswer(this.stream);
+    } else if (!this.stream.closed) this.stream.close(h2.NGHTTP2_PROTOCOL_ERROR);
     this.#finish(this.stream.headersSent ? 0 : answer.status);
   }
 
@@ -353,6 +356,10 @@ class H2Exchange implements ResponseSink {
     }
     const answer = this.hooks.onUpstreamError(error);
     answerH2(this.stream, answer, false);
+    // The sidecar's answer in place of the app's (503 E_APP_BUSY, 502/503 E_UPSTREAM_*): a caller
+    // still holding its side open would keep the stream, its header block and its held body
+    // (limits.maxHeldRequestBytes) until its connection closes; #finish stops the idle clock.
+    resetAfterAnswer(this.stream);
     this.#finish(answer.status);
   }
 
