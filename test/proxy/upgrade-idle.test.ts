@@ -2,7 +2,7 @@
  * limits.upgradeIdleTimeout: a joined WebSocket with no byte either way for that long is closed
  * both ways, by the inbound and by the outbound, and logged once (`upgrade-idle`); one that keeps
  * exchanging messages stays open however long it lasts. Two sidecars, each with the WebSocket
- * app behind it: "short" has a 300 ms upgradeIdleTimeout, "long" and "caller" the default
+ * app behind it: "short" has a 1 s upgradeIdleTimeout, "long" and "caller" the default
  * (5 min). Through caller's outbound to short's inbound only the inbound's timer can close;
  * through short's outbound to long's inbound only the outbound's.
  */
@@ -12,7 +12,9 @@ import { buildSidecarConfig } from "../../src/cli/sidecar-config.ts";
 import { clientTextFrame, openWebSocket, startWsApp, WS_HEADERS, type WsApp } from "../helpers/ws-app.ts";
 import { startMeshCa, startTestSidecar, TD, type MeshCa, type TestSidecarWithApp } from "./fixtures.ts";
 
-const IDLE_MS = 300;
+// Far above a loaded machine's round trip: a busy WebSocket's bytes must never be IDLE_MS apart
+// (at 300 ms a full `npm test` on two cores once took longer than that for one reply).
+const IDLE_MS = 1000;
 
 /** Resolves when the socket closes; rejects if it is still open after `ms` (far beyond the idle timeout). */
 function closedWithin(socket: Duplex, ms: number): Promise<void> {
@@ -106,10 +108,10 @@ describe("idle timeout of upgraded connections (limits.upgradeIdleTimeout)", () 
   it("keeps a WebSocket that exchanges messages open past several timeouts, on the inbound and on the outbound", async () => {
     const inbound = await ws(caller, "short", "/ws/busy-in");
     const outbound = await ws(short, "long", "/ws/busy-out");
-    // 12 exchanges a third of the timeout apart: well past 4 timeouts of 300 ms in all.
-    const [viaInbound, viaOutbound] = await Promise.all([chat(inbound, 12, IDLE_MS / 3), chat(outbound, 12, IDLE_MS / 3)]);
-    expect(viaInbound).toEqual(Array.from({ length: 12 }, (_, i) => `spiffe://${TD}/ns/default/caller says: message ${i}`));
-    expect(viaOutbound).toEqual(Array.from({ length: 12 }, (_, i) => `spiffe://${TD}/ns/default/short says: message ${i}`));
+    // 30 exchanges a tenth of the timeout apart: past 3 timeouts in all.
+    const [viaInbound, viaOutbound] = await Promise.all([chat(inbound, 30, IDLE_MS / 10), chat(outbound, 30, IDLE_MS / 10)]);
+    expect(viaInbound).toEqual(Array.from({ length: 30 }, (_, i) => `spiffe://${TD}/ns/default/caller says: message ${i}`));
+    expect(viaOutbound).toEqual(Array.from({ length: 30 }, (_, i) => `spiffe://${TD}/ns/default/short says: message ${i}`));
     expect(inbound.destroyed).toBe(false);
     expect(outbound.destroyed).toBe(false);
     expect(short.logs.lines.filter((line) => line.event === "upgrade-idle" && String(line.path).startsWith("/ws/busy"))).toEqual([]);
