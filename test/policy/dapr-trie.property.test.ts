@@ -101,7 +101,8 @@ describe("decide() and Dapr's trie decide alike except where daprDifferences say
       { numRuns: 3000, ...(seed === undefined ? {} : { seed }) },
     );
     // The generator reaches paths below an operation's name, trailing wildcards, and paths the two decide differently.
-    expect(below).toBeGreaterThan(1000);
+    // (Since it also generates `/` and the root path, `below` is 994–1,191 in 3,000 runs: measured over seeds 1–6 and a CI run.)
+    expect(below).toBeGreaterThan(700);
     expect(trailing).toBeGreaterThan(1000);
     expect(differing).toBeGreaterThan(100);
   });
