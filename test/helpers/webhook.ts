@@ -1,8 +1,9 @@
 import { request } from "node:https";
 import pino from "pino";
+import { afterAll, beforeAll } from "vitest";
 import { staticIdentity, type IdentitySnapshot } from "../../src/identity/source.ts";
 import { startWebhookServer, type WebhookServer, type WebhookServerOptions } from "../../src/inject/webhook-server.ts";
-import type { TestPki } from "./openssl-pki.ts";
+import { createTestPki, type TestPki } from "./openssl-pki.ts";
 
 /** The limits a test may set on the webhook server (its other options are fixed here). */
 export type WebhookLimits = Partial<
@@ -48,4 +49,23 @@ export function postReview(port: number, caPem: string, body: unknown): Promise<
     req.on("error", reject);
     req.end(JSON.stringify(body));
   });
+}
+
+/**
+ * For a describe block: a test PKI and the webhook server started before its tests and stopped
+ * after them; returns `post`, which sends an AdmissionReview to it (postReview).
+ */
+export function useTestWebhook(): { post: (body: unknown) => Promise<ReviewAnswer> } {
+  let pki: TestPki | undefined;
+  let port = 0;
+  const servers: WebhookServer[] = [];
+  beforeAll(async () => {
+    pki = createTestPki();
+    port = (await startTestWebhook(pki, servers)).port;
+  });
+  afterAll(async () => {
+    for (const server of servers) await server.close();
+    pki?.cleanup();
+  });
+  return { post: (body) => postReview(port, pki!.root.certPem, body) };
 }

@@ -1,12 +1,10 @@
 import { join } from "node:path";
 import jsonPatch from "fast-json-patch";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { parseAllDocuments, stringify } from "yaml";
-import type { WebhookServer } from "../../src/inject/webhook-server.ts";
 import { runCli } from "../helpers/cli.ts";
 import { validateK8sObjects } from "../helpers/k8s-schema.ts";
-import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
-import { postReview, startTestWebhook, type ReviewAnswer } from "../helpers/webhook.ts";
+import { useTestWebhook, type ReviewAnswer } from "../helpers/webhook.ts";
 
 // The sidecar's token (in its mount namespace, /proc/<pid>/root/...) and private key (its memory)
 // are readable through /proc by any process that sees the sidecar's processes and has its UID
@@ -80,20 +78,7 @@ const CONTROLS: [string, ReturnType<typeof pod>][] = [
 ];
 
 describe("injection refuses pods whose containers can reach the sidecar's processes", () => {
-  let pki: TestPki;
-  let port: number;
-  const servers: WebhookServer[] = [];
-
-  beforeAll(async () => {
-    pki = createTestPki();
-    port = (await startTestWebhook(pki, servers)).port;
-  });
-  afterAll(async () => {
-    for (const server of servers) await server.close();
-    pki?.cleanup();
-  });
-
-  const post = (body: unknown): Promise<Answer> => postReview(port, pki.root.certPem, body);
+  const { post } = useTestWebhook();
 
   /** The patched Pod the API server would store, checked against the schema. */
   const patched = (object: unknown, answer: Answer): Record<string, any> => {

@@ -1,8 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { WebhookServer } from "../../src/inject/webhook-server.ts";
+import { describe, expect, it } from "vitest";
 import { modelFor, validateK8sObjects } from "../helpers/k8s-schema.ts";
-import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
-import { postReview, startTestWebhook, type ReviewAnswer } from "../helpers/webhook.ts";
+import { useTestWebhook, type ReviewAnswer } from "../helpers/webhook.ts";
 
 // `kubectl debug` adds an ephemeral container through the pods/ephemeralcontainers subresource
 // (UPDATE); the container may mount any volume of the pod. The injector refuses one that mounts
@@ -66,20 +64,7 @@ const review = (shape: "Pod" | "EphemeralContainers", added: unknown[], old: unk
 };
 
 describe("admission webhook: ephemeral containers (pods/ephemeralcontainers) never reach the sidecar's token", () => {
-  let pki: TestPki;
-  let port: number;
-  const servers: WebhookServer[] = [];
-
-  beforeAll(async () => {
-    pki = createTestPki();
-    port = (await startTestWebhook(pki, servers)).port;
-  });
-  afterAll(async () => {
-    for (const server of servers) await server.close();
-    pki?.cleanup();
-  });
-
-  const post = (body: unknown): Promise<Answer> => postReview(port, pki.root.certPem, body);
+  const { post } = useTestWebhook();
 
   /** The review's objects are real API objects: Pods against the Pod schema, old-shape containers against EphemeralContainer's. */
   const checkSchema = (body: ReturnType<typeof review>) => {

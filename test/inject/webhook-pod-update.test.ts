@@ -1,8 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { WebhookServer } from "../../src/inject/webhook-server.ts";
+import { describe, expect, it } from "vitest";
 import { validateK8sObjects } from "../helpers/k8s-schema.ts";
-import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
-import { postReview, startTestWebhook, type ReviewAnswer } from "../helpers/webhook.ts";
+import { useTestWebhook, type ReviewAnswer } from "../helpers/webhook.ts";
 import { injectedPod, plainPod, type Pod } from "../helpers/injected-pod.ts";
 
 // A pods UPDATE (`kubectl set image pod/orders-7d9f meshward=…`, `kubectl edit`) may change a running
@@ -43,20 +41,7 @@ const review = (oldObject: unknown, object: unknown, request: Record<string, unk
 };
 
 describe("admission webhook: a pods UPDATE never changes the sidecar or reaches its token", () => {
-  let pki: TestPki;
-  let port: number;
-  const servers: WebhookServer[] = [];
-
-  beforeAll(async () => {
-    pki = createTestPki();
-    port = (await startTestWebhook(pki, servers)).port;
-  });
-  afterAll(async () => {
-    for (const server of servers) await server.close();
-    pki?.cleanup();
-  });
-
-  const post = (body: unknown): Promise<Answer> => postReview(port, pki.root.certPem, body);
+  const { post } = useTestWebhook();
 
   const refused = async (object: Pod, reason: RegExp, oldObject: Pod = injectedPod()) => {
     expect(validateK8sObjects([oldObject, object])).toBe(2);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { parse as parseYaml } from "yaml";
-import { compilePolicy, daprDifferences, operationsNeverApplyingToTcp, parseAccessControl } from "../../src/policy/index.ts";
+import { APP1_CALLER, parseApp1Policy } from "../helpers/app1-policy.ts";
+import { compilePolicy, daprDifferences, operationsNeverApplyingToTcp } from "../../src/policy/index.ts";
 import { daprTrie, daprTrieSearch } from "../../src/policy/dapr-differences.ts";
 import { auditSources } from "../../src/audit/audit.ts";
 
@@ -28,19 +28,8 @@ import { auditSources } from "../../src/audit/audit.ts";
  * `meshward audit` MW-ACCESS-009). Before this change meshward ranked `/*` first for `/` (a longer
  * pattern), so `/` with `/*` after it, the order Dapr agrees with, was decided by `/*`.
  */
-const parse = (operations: string, appDefault = "deny") =>
-  parseAccessControl(
-    parseYaml(`accessControl:
-  defaultAction: deny
-  policies:
-  - appId: app1
-    namespace: default
-    defaultAction: ${appDefault}
-    operations:
-${operations}`),
-    "test.yaml",
-  );
-const caller = { trustDomain: "public", namespace: "default", appId: "app1" };
+const parse = parseApp1Policy;
+const caller = APP1_CALLER;
 /** The operation the port of acl_trie.go Search (daprTrieSearch) applies to the path. */
 const daprOperation = (names: readonly string[], path: string) => {
   const index = daprTrieSearch(daprTrie(names), path);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { parse as parseYaml } from "yaml";
-import { compilePolicy, daprDifferences, parseAccessControl } from "../../src/policy/index.ts";
+import { APP1_CALLER, parseApp1Policy } from "../helpers/app1-policy.ts";
+import { compilePolicy, daprDifferences } from "../../src/policy/index.ts";
 import { daprTrie, daprTrieSearch, representativePaths } from "../../src/policy/dapr-differences.ts";
 import { compileOperation } from "../../src/policy/operation.ts";
 
@@ -11,19 +11,8 @@ import { compileOperation } from "../../src/policy/operation.ts";
  *   - acl_trie.go PutOperationAction (`if subNode.Data == nil { subNode.Data = data }`) keeps the
  *     first entry of a repeated name; meshward merges the entries.
  */
-const parse = (operations: string, appDefault = "deny") =>
-  parseAccessControl(
-    parseYaml(`accessControl:
-  defaultAction: deny
-  policies:
-  - appId: app1
-    namespace: default
-    defaultAction: ${appDefault}
-    operations:
-${operations}`),
-    "test.yaml",
-  );
-const caller = { trustDomain: "public", namespace: "default", appId: "app1" };
+const parse = parseApp1Policy;
+const caller = APP1_CALLER;
 
 describe("daprDifferences: where first-declared (Dapr) and most-specific (meshward) decide differently", () => {
   it("a wildcard deny declared before a narrower allow it covers is reported (meshward allows, Dapr denies)", () => {
