@@ -485,15 +485,59 @@ function parsesAsObjects(text: string): "yes" | "no" | "unreadable" {
  * local file (`github.com/acme/patches/replicas.yaml` in a vendored tree) is local. The fields
  * whose entries may be a kustomization folder (TARGET_FIELDS: resources, bases, components and
  * plugin config entries) go through FileLoader.New, which tries a git clone first for whatever
- * git.NewRepoSpecFromURL accepts and never falls back to a local folder, and a resources entry
- * that fails to load as a file goes there too: those stay remote whatever exists locally.
+ * git.NewRepoSpecFromURL accepts and never falls back to a local folder: a folder there stays
+ * remote whatever exists locally. A `resources` (or `bases`, which kustomize merges into
+ * resources) entry is first read as a file, though (accumulateResources: accumulateFile, through
+ * FileLoader.Load), and goes to FileLoader.New only when that fails: a local file of a git-like
+ * name that loads as resources (loadsAsResources) is local; one that does not stays remote.
+ * (A file that loads but then clashes with another resource's id also goes to FileLoader.New;
+ * the offline render, with no git to run and no way out, stops that clone.)
  */
 export function isRemoteEntry(entry: string, directory: string, field?: string): boolean {
   if (/^\.\.?\//.test(entry) || isAbsolute(entry)) return false;
-  if (field !== undefined && !TARGET_FIELDS.includes(field) && !/^https?:/i.test(entry) && isLocalFile(resolve(directory, entry))) return false;
+  if (field !== undefined && !/^https?:/i.test(entry)) {
+    const path = resolve(directory, entry);
+    if (!TARGET_FIELDS.includes(field) && isLocalFile(path)) return false;
+    if (FILE_FIRST_FIELDS.includes(field) && loadsAsResources(path)) return false;
+  }
   if (/^[a-z][a-z0-9+.-]*:/i.test(entry) || /^[^/\s:@]+@[^/\s:]+[:/]/.test(entry) || /^github\.com[/:]/i.test(folded(entry)) || /\?(?:.*&)?(?:ref|version|timeout|submodules)=/i.test(entry)) return true;
   if (!/^[^/]*[^/.][^/]*\.[^/]+\//.test(entry)) return false;
   return !existsSync(resolve(directory, entry));
+}
+
+/** Fields whose entries kustomize reads as a file first (accumulateResources), before FileLoader.New. */
+const FILE_FIRST_FIELDS = ["resources", "bases"];
+
+/**
+ * Whether `path` is a local regular file that kustomize's accumulateFile would load: YAML whose
+ * documents are each empty, or a map with a `kind` and a `metadata.name` (a `…List` kind: `items`,
+ * each such a map). Anything else (unreadable, malformed, a list or a scalar at the top, a map
+ * without kind or name: kubectl kustomize v5.5 answers "missing Resource metadata", "missing
+ * metadata.name", "missing kind") fails there, and the entry goes on to FileLoader.New.
+ */
+function loadsAsResources(path: string): boolean {
+  if (!isLocalFile(path)) return false;
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch {
+    return false;
+  }
+  const documents = parseAllDocuments(text, { logLevel: "silent" });
+  if (!Array.isArray(documents)) return false;
+  return documents.every((document) => {
+    if (document.errors.length > 0) return false;
+    const value: unknown = document.toJS();
+    return value === null || value === undefined || isLoadableResource(value);
+  });
+}
+
+function isLoadableResource(value: unknown): boolean {
+  if (!isDict(value) || typeof value["kind"] !== "string" || value["kind"] === "") return false;
+  const items = value["items"];
+  if (value["kind"].endsWith("List") && Array.isArray(items)) return items.every((item) => isLoadableResource(item));
+  const metadata = value["metadata"];
+  return isDict(metadata) && typeof metadata["name"] === "string" && metadata["name"] !== "";
 }
 
 function isLocalFile(path: string): boolean {

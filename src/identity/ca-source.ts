@@ -74,6 +74,13 @@ export interface CaIdentitySource extends IdentitySource {
   renewNow(): Promise<void>;
   /** Fetches the bundle and CRL at once. */
   refreshBundle(): Promise<void>;
+  /**
+   * Why the identity is not ready, undefined when it is: stopped for good (`stopped, not retrying:
+   * …`), its certificate revoked, a new token needed, or, while it holds no valid certificate (none
+   * yet, or expired) and keeps retrying, the latest failed attempt (its code, a hint when what
+   * answered at the CA's address was not the CA, and when the next attempt is due). Cleared by the
+   * next certificate.
+   */
   problem(): string | undefined;
 }
 
@@ -114,6 +121,13 @@ class CaSource implements CaIdentitySource {
   #ownRevoked: string | undefined;
   /** The CA refused for good (a spent or expired token, an unknown identity) and no certificate is left to renew with. */
   #needsToken: MeshwardError | undefined;
+  /**
+   * The last failed attempt to get or renew a certificate and when the next one is due, until an
+   * attempt succeeds: problem() reports it while no valid certificate is held (before the first,
+   * after expiry), so that a caller polling problem() or a status page sees why, also while an
+   * identity whose ready() rejected keeps retrying in the background.
+   */
+  #lastFailure: { readonly error: unknown; readonly first: boolean; readonly failures: number; readonly retryAt: number } | undefined;
   /** When a CRL from an issuer this certificate does not chain to last made it renew. */
   #crlRenewedAt = Number.NEGATIVE_INFINITY;
   /**
@@ -196,7 +210,17 @@ class CaSource implements CaIdentitySource {
     if (this.#ownRevoked !== undefined) {
       return `this workload's certificate serial ${this.#ownRevoked} was revoked (it is on the CA's CRL, and peers refuse it); ${needsToken ?? "renewing"}`;
     }
-    return needsToken;
+    if (needsToken !== undefined) return needsToken;
+    // A failed renewal while the current certificate is still valid is no reason to stop serving
+    // (the log and meshward_rotation_total{result="error"} say it): only without one is it reported.
+    const failure = this.#lastFailure;
+    if (failure === undefined || this.current() !== undefined) return undefined;
+    const what = failure.first ? "could not get a workload certificate" : "the workload certificate expired and could not be renewed";
+    const hint = raisedBeforeVerifiedCa(failure.error)
+      ? `; what answered at the CA's address (${this.#ca}) is not the CA that bundlePem trusts: check the CA address and bundlePem`
+      : "";
+    const attempts = failure.failures === 1 ? "1 failed attempt" : `${failure.failures} failed attempts`;
+    return `${what}: ${describeError(failure.error)}${hint}; ${attempts}, retrying with backoff (next at ${new Date(failure.retryAt).toISOString()})`;
   }
 
   subscribe(listener: (event: IdentityEvent) => void): () => void {
@@ -327,6 +351,7 @@ class CaSource implements CaIdentitySource {
       this.#svidRefused = false;
       this.#ownRevoked = undefined;
       this.#needsToken = undefined;
+      this.#lastFailure = undefined;
       if (this.#svid !== undefined && this.#svid.certChainPem !== svid.certChainPem) this.#previousChainPem = this.#svid.certChainPem;
       this.#svid = svid;
       this.#receivedAt = this.#clock.now();
@@ -396,6 +421,7 @@ class CaSource implements CaIdentitySource {
         return;
       }
       if (failsReady) this.#rejectReady(error as Error);
+      this.#lastFailure = { error, first, failures: (this.#lastFailure?.failures ?? 0) + 1, retryAt: this.#clock.now() + retryInMs };
       this.#schedule(retryInMs);
     }
   }

@@ -256,7 +256,11 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
         const h = inbound?.health();
         const current = identity.current();
         const problem = identity.problem?.();
-        if (h?.healthy === false || current === undefined) return { ok: false, detail: h?.reason ?? problem ?? "no valid certificate (expired or not yet issued)" };
+        if (h?.healthy === false || current === undefined) {
+          // The inbound's reason (expired) and the identity's (why renewing fails), both when both are known.
+          const reasons = [h?.healthy === false ? h.reason : undefined, problem].filter((reason) => reason !== undefined);
+          return { ok: false, detail: reasons.length > 0 ? reasons.join("; ") : "no valid certificate (expired or not yet issued)" };
+        }
         if (problem !== undefined) return { ok: false, detail: problem };
         const stale = staleCrlWarning(current.bundle, Date.now());
         return { ok: true, detail: `${current.svid.spiffeId} valid until ${formatCertificateTime(current.svid.notAfter)}${stale === undefined ? "" : `; ${stale}`}` };

@@ -252,15 +252,49 @@ describe("a local file with a git-like name", () => {
     expect(read.files.filter((file) => file.file.includes("github.com") && file.rawOnly !== true)).toEqual([]);
   });
 
-  it("as a resource, base or component: still remote, whatever exists locally", () => {
-    const root = tree("vendored-targets", {
-      "kustomization.yaml": "resources:\n  - github.com/acme/res/cm.yaml\n  - github.com/acme/base\ncomponents:\n  - github.com/acme/comp\n",
+  // accumulateResources (api/internal/target/kusttarget.go) tries each resources entry as a file
+  // first (accumulateFile: FileLoader.Load, which never clones) and goes to FileLoader.New only
+  // when that fails; `bases` entries are resources entries (FixKustomization). A local file of a
+  // git-like name that loads as resources is therefore read locally. A folder goes to
+  // FileLoader.New, where git.NewRepoSpecFromURL accepts `github.com/org/repo` (kustomize v5:
+  // extractHost takes a standard GitHub host without a scheme) and a clone is tried with no local
+  // fallback; a path whose `.git` has no host before it (`vendor/app.git/deploy`) is not a repo
+  // spec, and the folder is local.
+  it("as a resource or base file: local, the overlay rendered, nothing fetched or run", () => {
+    const root = tree("vendored-resources", {
+      "kustomization.yaml": "resources:\n  - github.com/acme/res/cm.yaml\n  - vendor/app.git/deploy\nbases:\n  - github.com/acme/res/extra.yaml\n",
       "github.com/acme/res/cm.yaml": CONFIG_MAP,
+      "github.com/acme/res/extra.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\ndata:\n  vendored: \"yes\"\n",
+      "vendor/app.git/deploy/kustomization.yaml": "resources:\n  - sa.yaml\n",
+      "vendor/app.git/deploy/sa.yaml": "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: app\n",
+    });
+    expect(remoteReferences(join(root, "kustomization.yaml"))).toEqual([]);
+    expect(isRemoteEntry("github.com/acme/res/cm.yaml", root, "resources")).toBe(false);
+    const before = remote.connections();
+    const runsBefore = toolRuns().length;
+    const read = readPaths([root]);
+    expect(remote.connections()).toBe(before);
+    expect(toolRuns(runsBefore)).toEqual([]);
+    expect(read.problems).toEqual([]);
+    expect(read.rendered).toContain(root);
+    const rendered = read.files.find((file) => file.rendered === root)?.text ?? "";
+    expect(rendered).toContain("name: cm");
+    expect(rendered).toContain('vendored: "yes"');
+    expect(rendered).toContain("kind: ServiceAccount");
+  });
+
+  it("as a resource folder, a component, or a resource file that does not load as resources: still remote, whatever exists locally", () => {
+    const root = tree("vendored-targets", {
+      "kustomization.yaml": "resources:\n  - github.com/acme/base\n  - github.com/acme/res/list.yaml\n  - github.com/acme/res/nameless.yaml\ncomponents:\n  - github.com/acme/comp\n",
       "github.com/acme/base/kustomization.yaml": "resources: []\n",
+      // Not resources (a YAML list; an object without metadata.name): accumulateFile fails and
+      // FileLoader.New tries a clone (kubectl kustomize v5.5 without git: "no 'git' program on path").
+      "github.com/acme/res/list.yaml": "- a\n- b\n",
+      "github.com/acme/res/nameless.yaml": "apiVersion: v1\nkind: ConfigMap\n",
       "github.com/acme/comp/kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n",
     });
     expect(remoteReferences(join(root, "kustomization.yaml")).map((reference) => `${reference.field} ${reference.reference}`))
-      .toEqual(["resources github.com/acme/res/cm.yaml", "resources github.com/acme/base", "components github.com/acme/comp"]);
+      .toEqual(["resources github.com/acme/base", "resources github.com/acme/res/list.yaml", "resources github.com/acme/res/nameless.yaml", "components github.com/acme/comp"]);
   });
 });
 

@@ -23,7 +23,29 @@ describe("Redis TLS options in container env (redis-env.yaml)", () => {
       "MW-TLS-009@18:low ConnectionStrings__Revocation: checkCertificateRevocation=false (StackExchange.Redis: cache.prod.internal:6380)",
       "MW-TLS-010@22:low ConnectionStrings__LocalWeak: sslProtocols=tls (StackExchange.Redis: localhost:6380)",
       "MW-TLS-009@24:high REDIS_URL: skip_verify=true",
+      "MW-TLS-009@29:high SPRING_DATA_REDIS_URL: verifyPeer=NONE",
+      "MW-TLS-009@31:medium LETTUCE_CA_ONLY_URL: verifyPeer=CA",
+      "MW-TLS-009@33:high LETTUCE_FALSE_URL: verifyPeer=false",
     ]);
+  });
+
+  // Lettuce RedisURI (redis/lettuce src/main/java/io/lettuce/core/RedisURI.java): a query parameter
+  // whose lower-cased text starts with `verifypeer=` is read by parseVerifyPeer as
+  // SslVerifyMode.valueOf(value.toUpperCase()): NONE (no certificate check), CA (the chain is
+  // checked, not the host name), FULL (the default). It matters only with TLS (rediss://,
+  // redis+ssl://, redis+tls://, rediss-sentinel://).
+  it("reports Lettuce's verifyPeer=NONE (and false, which says the same) as high and verifyPeer=CA as medium on a TLS URL; FULL or no verifyPeer is quiet", () => {
+    const lettuce = findings("redis-env.yaml").filter((line) => /verifyPeer/i.test(line));
+    expect(lettuce).toEqual([
+      "MW-TLS-009@29:high SPRING_DATA_REDIS_URL: verifyPeer=NONE",
+      "MW-TLS-009@31:medium LETTUCE_CA_ONLY_URL: verifyPeer=CA",
+      "MW-TLS-009@33:high LETTUCE_FALSE_URL: verifyPeer=false",
+    ]);
+    // Without TLS the option means nothing: a plaintext redis:// URL is the plaintext rule's, not this one's.
+    const text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cart\nspec:\n  containers:\n    - name: cart\n      image: cart:1\n      env:\n        - name: REDIS_URL\n          value: \"redis://cache.prod.internal:6379?verifyPeer=NONE\"\n";
+    const plain = auditSources([{ file: "pod.yaml", text }]).findings.map((finding) => finding.ruleId);
+    expect(plain).not.toContain("MW-TLS-009");
+    expect(plain.length).toBeGreaterThan(0);
   });
 });
 

@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createServer as createNetServer } from "node:net";
 import { createServer as createTlsServer } from "node:tls";
@@ -266,12 +267,84 @@ describe("CA-backed workload identity", () => {
       expect(failed).toMatchObject([{ reason: code, readyRejected: true, retryInMs: expect.any(Number), msg: expect.stringContaining("retrying") }]);
       expect(failed[0]).not.toHaveProperty("stopped");
       expect(failed[0]!.msg).not.toContain("not retrying");
-      expect(source.problem()).toBeUndefined();
+      expect(source.problem()).toContain(`could not get a workload certificate: ${code}: `);
       await waitFor(() => source.current() !== undefined);
+      expect(source.problem()).toBeUndefined();
       expect(source.current()!.svid.spiffeId).toBe(`spiffe://${TD}/ns/shop/after-${code}`);
       expect(events).toEqual(["renewal-failed", "rotated"]);
       expect(logged.filter((line) => line.event === "rotated")).toHaveLength(1);
       await source.refreshBundle();
+    } finally {
+      await balancer.close();
+      await impostor.close();
+    }
+  });
+
+  // Left from review today2 MEDIUM-2: while such an identity retried in the background, problem()
+  // stayed undefined, so an app polling it (or a status page) saw nothing wrong. It now reports the
+  // latest failure while no certificate is held, and the retries back off up to the cap.
+  it.each([
+    ["a plain-text reply", "E_CA_NOT_TLS"],
+    ["a TLS server with a self-signed certificate", "E_CA_UNTRUSTED"],
+  ] as const)("while what answers at the CA's address is %s, problem() reports the latest failure, the retries back off up to the cap, and a certificate clears it", async (_what, code) => {
+    await startCa("1h");
+    const bundlePem = readFileSync(join(caDir, "bundle.pem"), "utf8");
+    let impostor: { port: number; close(): Promise<void> };
+    if (code === "E_CA_NOT_TLS") {
+      const plain = createNetServer((socket) => {
+        socket.on("error", () => undefined);
+        socket.once("data", () => socket.end("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"));
+      });
+      await new Promise<void>((resolve) => plain.listen(0, "127.0.0.1", resolve));
+      impostor = { port: (plain.address() as { port: number }).port, close: () => new Promise<void>((resolve) => plain.close(() => resolve())) };
+    } else {
+      // A server certificate made with the openssl CLI (a TLS server certificate, signed by its own key).
+      const dir = mkdtempSync(join(work, "self-signed-"));
+      execFileSync(
+        "openssl",
+        ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"), "-days", "1", "-subj", "/CN=impostor.example",
+          "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=critical,digitalSignature", "-addext", "extendedKeyUsage=serverAuth"],
+        { stdio: "ignore" },
+      );
+      const selfSigned = createTlsServer({ cert: readFileSync(join(dir, "cert.pem")), key: readFileSync(join(dir, "key.pem")) }, (socket) => socket.destroy());
+      selfSigned.on("tlsClientError", () => undefined);
+      await new Promise<void>((resolve) => selfSigned.listen(0, "127.0.0.1", resolve));
+      impostor = { port: (selfSigned.address() as { port: number }).port, close: () => new Promise<void>((resolve) => selfSigned.close(() => (rmSync(dir, { recursive: true, force: true }), resolve()))) };
+    }
+    const balancer = await startSwitchableForwarder();
+    try {
+      let genuine = false;
+      balancer.route = () => (genuine ? port : impostor.port);
+      const clock = new FakeClock(Date.now());
+      const source = createIdentity({ ca: `127.0.0.1:${balancer.port}`, bundlePem, token: await token("shop", `polled-${code}`), clock, rng: () => 0.5, backoff: { initialMs: 1000, maxMs: 4000 } });
+      sources.push(source);
+      const retries: number[] = [];
+      source.subscribe((event) => {
+        if (event.type === "renewal-failed") retries.push(event.retryInMs);
+      });
+      await expect(source.ready()).rejects.toMatchObject({ code });
+      expect(source.current()).toBeUndefined();
+      const problem = source.problem();
+      expect(problem).toContain(`could not get a workload certificate: ${code}: `);
+      expect(problem).toContain(`what answered at the CA's address (127.0.0.1:${balancer.port}) is not the CA that bundlePem trusts`);
+      expect(problem).toContain(`; 1 failed attempt, retrying with backoff (next at ${new Date(clock.now() + 750).toISOString()})`);
+      // Each further failure waits longer, up to the cap (rng 0.5: 75 % of each step), and problem()
+      // follows the latest one.
+      while (retries.length < 5) {
+        const seen = retries.length;
+        await clock.advance(retries[seen - 1]!);
+        await waitFor(() => retries.length > seen);
+      }
+      expect(retries).toEqual([750, 1500, 3000, 3000, 3000]);
+      expect(source.problem()).toContain(`could not get a workload certificate: ${code}: `);
+      expect(source.problem()).toContain(`; 5 failed attempts, retrying with backoff (next at ${new Date(clock.now() + 3000).toISOString()})`);
+      // The genuine CA answers the next attempt: the certificate clears the problem.
+      genuine = true;
+      const rotated = nextEvent(source, "rotated");
+      await clock.advance(3000);
+      await rotated;
+      expect(source.current()?.svid.spiffeId).toBe(`spiffe://${TD}/ns/shop/polled-${code}`);
+      expect(source.problem()).toBeUndefined();
     } finally {
       await balancer.close();
       await impostor.close();

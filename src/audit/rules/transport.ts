@@ -390,28 +390,40 @@ function postgresHit(connection: PostgresConnection, evidence: string): Hit {
   return connection.url === undefined ? found : envHit(connection.url, found);
 }
 
+/** Lettuce's URL schemes with TLS (RedisURI: rediss, redis+ssl, redis+tls with StartTLS, rediss-sentinel). */
+const LETTUCE_TLS_SCHEMES: readonly string[] = ["rediss", "redis+ssl", "redis+tls", "rediss-sentinel"];
+
 /**
  * Connection-string options that turn certificate or host name checks off, wherever they are
  * written (`params: "?tls=true&tlsInsecure=true"`, a `host` or connection string, an env URL):
  * MongoDB's `tlsInsecure`/`tlsAllowInvalid*` (true), go-redis's `skip_verify` (true), and redis-py's / Celery's `ssl_cert_reqs`
  * (`none`, `CERT_NONE`: redis/connection.py SSLConnection maps "none" to ssl.CERT_NONE) and
- * `ssl_check_hostname` (false). `hostnameOnly`: only the host name check is off (the certificate
- * must still chain to a trusted CA).
+ * `ssl_check_hostname` (false), and Lettuce's `verifyPeer` (NONE, or false; CA) on a Redis TLS URL.
+ * `hostnameOnly`: only the host name check is off (the certificate must still chain to a trusted
+ * CA). `schemes`: read only in URLs of these schemes (the option means nothing without TLS).
  */
-const VERIFICATION_OFF_PARAMS: readonly { name: string; hostnameOnly: boolean; off: (value: string) => boolean }[] = [
+const VERIFICATION_OFF_PARAMS: readonly { name: string; hostnameOnly: boolean; off: (value: string) => boolean; schemes?: readonly string[] }[] = [
   { name: "tlsInsecure", hostnameOnly: false, off: isTruthy },
   { name: "tlsAllowInvalidCertificates", hostnameOnly: false, off: isTruthy },
   { name: "sslAllowInvalidCertificates", hostnameOnly: false, off: isTruthy },
   { name: "ssl_cert_reqs", hostnameOnly: false, off: (value) => /^(ssl\.)?(cert_)?none$/i.test(value.trim()) },
   // go-redis ParseURL (options.go): `rediss://…?skip_verify=true` sets TLSConfig.InsecureSkipVerify (also clickhouse-go).
   { name: "skip_verify", hostnameOnly: false, off: isTruthy },
+  // Lettuce RedisURI.create (io/lettuce/core/RedisURI.java, parseVerifyPeer): a parameter named
+  // verifyPeer in any case is SslVerifyMode.valueOf(value.toUpperCase()): NONE checks no
+  // certificate, CA the chain but not the host name, FULL (the default) both. `false` (a boolean,
+  // as withVerifyPeer(false) = NONE) says NONE: Lettuce 6.1+ refuses the value at RedisURI.create,
+  // a client or wrapper that reads it as a boolean checks nothing.
+  { name: "verifyPeer", hostnameOnly: false, off: (value) => /^none$/i.test(value.trim()) || isFalsy(value), schemes: LETTUCE_TLS_SCHEMES },
+  { name: "verifyPeer", hostnameOnly: true, off: (value) => /^ca$/i.test(value.trim()), schemes: LETTUCE_TLS_SCHEMES },
   { name: "tlsAllowInvalidHostnames", hostnameOnly: true, off: isTruthy },
   { name: "sslAllowInvalidHostnames", hostnameOnly: true, off: isTruthy },
   { name: "ssl_check_hostname", hostnameOnly: true, off: isFalsy },
 ];
 
 function verificationOffParams(value: string): { evidence: string; hostnameOnly: boolean } | undefined {
-  const found = VERIFICATION_OFF_PARAMS.flatMap(({ name, hostnameOnly, off }) => {
+  const found = VERIFICATION_OFF_PARAMS.flatMap(({ name, hostnameOnly, off, schemes }) => {
+    if (schemes !== undefined && !schemes.includes(urlScheme(value))) return [];
     const setting = connectionParam(value, name);
     return setting !== undefined && off(setting) ? [{ text: `${name}=${setting}`, hostnameOnly }] : [];
   });
@@ -888,7 +900,7 @@ export const transportRules: Rule[] = [
     family: "tls",
     severity: "high",
     title: "TLS certificate verification disabled",
-    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true` (not for Dapr's Pulsar components, which do not read it: there a `pulsar+ssl://`/`https://` host without `enableTLS: \"true\"` is TLS that accepts any certificate, as Dapr sets the client's TLSAllowInsecureConnection to the opposite of enableTLS), MongoDB's `tlsInsecure=true`/`tlsAllowInvalidCertificates=true` and redis-py's/Celery's `ssl_cert_reqs=none|CERT_NONE` inside a value (`params`, a host or connection string, a container env URL), and, in env, `NODE_TLS_REJECT_UNAUTHORIZED=0` (every TLS connection of a Node process), `PYTHONHTTPSVERIFY=0`, `GIT_SSL_NO_VERIFY` (any value) and `*_TLS_SKIP_VERIFY`/`*_INSECURE_SKIP_VERIFY=true`, accept any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything. go-redis's `skip_verify=true` in a `rediss://` URL is read the same way. `tlsAllowInvalidHostnames=true` and `ssl_check_hostname=false` skip only the host name check (medium). An empty `CURL_CA_BUNDLE` (with `REQUESTS_CA_BUNDLE` empty or unset) is medium: Python requests before 2.28.0 then verify nothing, later ones ignore it; an empty `REQUESTS_CA_BUNDLE` alone never turned verification off and is not reported. StackExchange.Redis `checkCertificateRevocation=false` (with `ssl=true`) is low: the certificate is verified, a revoked one accepted.",
+    why: "`skipVerify`/`insecureSkipVerify`/`insecureSSL`/`tlsAllowInsecureConnection: true` (not for Dapr's Pulsar components, which do not read it: there a `pulsar+ssl://`/`https://` host without `enableTLS: \"true\"` is TLS that accepts any certificate, as Dapr sets the client's TLSAllowInsecureConnection to the opposite of enableTLS), MongoDB's `tlsInsecure=true`/`tlsAllowInvalidCertificates=true` and redis-py's/Celery's `ssl_cert_reqs=none|CERT_NONE` inside a value (`params`, a host or connection string, a container env URL), and, in env, `NODE_TLS_REJECT_UNAUTHORIZED=0` (every TLS connection of a Node process), `PYTHONHTTPSVERIFY=0`, `GIT_SSL_NO_VERIFY` (any value) and `*_TLS_SKIP_VERIFY`/`*_INSECURE_SKIP_VERIFY=true`, accept any certificate, so TLS no longer proves who is on the other end: a man in the middle reads and changes everything. go-redis's `skip_verify=true` in a `rediss://` URL is read the same way, and Lettuce's `verifyPeer=NONE` (or `false`) in a `rediss://` (`redis+ssl://`, `redis+tls://`, `rediss-sentinel://`) URL; its `verifyPeer=CA` checks the chain but not the host name (medium). `tlsAllowInvalidHostnames=true` and `ssl_check_hostname=false` skip only the host name check (medium). An empty `CURL_CA_BUNDLE` (with `REQUESTS_CA_BUNDLE` empty or unset) is medium: Python requests before 2.28.0 then verify nothing, later ones ignore it; an empty `REQUESTS_CA_BUNDLE` alone never turned verification off and is not reported. StackExchange.Redis `checkCertificateRevocation=false` (with `ssl=true`) is low: the certificate is verified, a revoked one accepted.",
     fix: "Remove the skip-verify setting and give the component the CA that signed the server's certificate (`caCert`).",
     example: {
       file: "pubsub.yaml",
