@@ -26,6 +26,7 @@ import { normalizeSerial } from "../../src/pki/certificate.ts";
 import { wallClockTimers, WALL_CLOCK_SLICE_MS } from "../../src/util/clock.ts";
 import { FakeClock, SuspendableClock } from "../helpers/fake-clock.ts";
 import { startSwitchableForwarder } from "../helpers/forwarder.ts";
+import { until } from "../helpers/wait.ts";
 
 const TD = "identity.test";
 const silent = pino({ level: "silent" });
@@ -571,13 +572,17 @@ describe("CA-backed workload identity", () => {
       await source.ready();
       const victim = await (await identity("lb-victim")).ready();
       await server!.store.revoke({ serial: victim.svid.serial, revokedAt: new Date(), reason: "keyCompromise" });
-      await new Promise((r) => setTimeout(r, 400)); // the CA re-signs its CRL every 100 ms here
+      const bundlePem = readFileSync(join(caDir, "bundle.pem"), "utf8");
+      const servedCrl = async (at: number) => parseCrl(await fetchFromCa({ address: `127.0.0.1:${at}`, bundlePem, trustDomain: TD }, "/v1/crl"));
+      // The CA re-signs its CRL every 100 ms here; wait for the one that lists the victim (a fixed
+      // 400 ms was not always enough on two busy cores).
+      await until("the CA's CRL to list the victim", 20_000, async () => ((await servedCrl(port)).revokedSerials.has(victim.svid.serial) ? true : undefined), 50);
       await source.refreshBundle();
       expect(source.current()!.bundle.revokedSerials.has(victim.svid.serial)).toBe(true);
       const heldCrl = source.current()!.bundle.crls![0]!;
 
       balancer.route = () => behind.port;
-      const served = parseCrl(await fetchFromCa({ address: `127.0.0.1:${balancer.port}`, bundlePem: readFileSync(join(caDir, "bundle.pem"), "utf8"), trustDomain: TD }, "/v1/crl"));
+      const served = await servedCrl(balancer.port);
       const held = parseCrl(heldCrl);
       expect(served.revokedSerials.has(victim.svid.serial)).toBe(false);
       expect(served.crlNumber! < held.crlNumber!).toBe(true);
@@ -588,10 +593,11 @@ describe("CA-backed workload identity", () => {
 
       // Not stuck: once that replica signs a CRL numbered at least as high, it is taken.
       for (const reason of ["superseded", "keyCompromise"] as const) {
-        await behind.store.revoke({ serial: randomBytes(8).toString("hex").toUpperCase(), revokedAt: new Date(), reason });
-        await new Promise((r) => setTimeout(r, 400));
+        const serial = randomBytes(8).toString("hex").toUpperCase();
+        await behind.store.revoke({ serial, revokedAt: new Date(), reason });
+        await until("the behind replica's CRL to list the new revocation", 20_000, async () => ((await servedCrl(behind.port)).revokedSerials.has(normalizeSerial(serial)) ? true : undefined), 50);
       }
-      const newer = parseCrl(await fetchFromCa({ address: `127.0.0.1:${behind.port}`, bundlePem: readFileSync(join(caDir, "bundle.pem"), "utf8"), trustDomain: TD }, "/v1/crl"));
+      const newer = await servedCrl(behind.port);
       expect(newer.crlNumber! >= held.crlNumber!).toBe(true);
       await source.refreshBundle();
       expect([...source.current()!.bundle.revokedSerials].sort()).toEqual([...newer.revokedSerials].sort());
