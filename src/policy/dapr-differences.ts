@@ -117,6 +117,7 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
 
     const named = [...byName.values()];
     const path = new PathSegments();
+    const trie = daprTrie(named.map((entry) => entry.pattern.name.toLowerCase()));
     for (const earlier of named) {
       for (const later of named) {
         if (later.firstIndex <= earlier.firstIndex) continue;
@@ -124,6 +125,8 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
         if (compareSpecificity(later.pattern, earlier.pattern) >= 0) continue;
         const sample = samplePath(later.pattern);
         path.load(sample);
+        // The path `/` is decided by the operation Dapr's trie takes, in both (decide.ts rule 8).
+        if (path.count === 0) continue;
         if (!matchesOperation(earlier.pattern.segments, path)) continue;
         const differing = differingKey(earlier.rules, later.rules, fallback);
         if (differing === undefined) continue;
@@ -138,7 +141,6 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
     }
 
     // Overlaps neither side of which covers the other (covering pairs are the precedence check's).
-    const trie = daprTrie(named.map((entry) => entry.pattern.name.toLowerCase()));
     for (const earlier of named) {
       for (const later of named) {
         if (later.firstIndex <= earlier.firstIndex) continue;
@@ -150,7 +152,7 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
         if (sample === undefined) continue;
         path.load(sample);
         if (!matchesOperation(earlier.pattern.segments, path) || !matchesOperation(later.pattern.segments, path)) continue;
-        const mine = meshwardPick(named, path);
+        const mine = meshwardPick(named, trie, path);
         const daprIndex = daprTrieSearch(trie, sample);
         const theirs = daprIndex === undefined ? undefined : named[daprIndex];
         if (mine === theirs) continue;
@@ -181,7 +183,7 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
         for (const sample of belowPaths(cover.pattern, other.pattern)) {
           path.load(sample);
           if (!matchesBelow(cover.pattern.segments, path)) continue;
-          const mine = meshwardPick(named, path);
+          const mine = meshwardPick(named, trie, path);
           const daprIndex = daprTrieSearch(trie, sample);
           const theirs = daprIndex === undefined ? undefined : named[daprIndex];
           if (mine === theirs || (mine !== cover && theirs !== cover)) continue;
@@ -227,7 +229,7 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
     const reportedPairs = new Set(found.filter((d) => d.policyIndex === policyIndex).map((d) => `${d.operationIndexes[0]}/${d.operationIndexes[1]}`));
     for (const sample of representativePaths(named.map((entry) => entry.pattern))) {
       path.load(sample);
-      const mine = meshwardPick(named, path);
+      const mine = meshwardPick(named, trie, path);
       const walk = daprTrieWalk(trie, sample);
       const theirs = walk.index === undefined ? undefined : named[walk.index];
       if (mine === theirs) continue;
@@ -267,12 +269,17 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
 }
 
 /**
- * The operation meshward's decide() applies to the path (operation.ts, decide.ts rule 8): the most
- * specific that matches it, a covering operation ranked for the paths below its name as that name
+ * The operation meshward's decide() applies to the path (operation.ts, decide.ts rule 8): for `/`,
+ * the one Dapr's trie takes; for any other path, the most specific that matches it, a covering operation ranked for the paths below its name as that name
  * followed by `/**` (belowPattern); ties go to the first declared, and a declared operation before
  * a covering one of the same rank (a stable sort over the declared ones, then the covering ones).
  */
-function meshwardPick(named: readonly NamedOperation[], path: PathSegments): NamedOperation | undefined {
+function meshwardPick(named: readonly NamedOperation[], trie: DaprNode, path: PathSegments): NamedOperation | undefined {
+  // The path `/`: the operation Dapr's trie takes (decide.ts rule 8, compileApp's root).
+  if (path.count === 0) {
+    const index = daprTrieSearch(trie, "/");
+    return index === undefined ? undefined : named[index];
+  }
   // A trailing `/*` does not match its bare prefix where that prefix is an operation of its own.
   const names = operationNames(named.map((entry) => entry.pattern));
   const bare = (entry: NamedOperation) => {

@@ -64,14 +64,18 @@ describe("MW-ACCESS-012: a TCP-mode sidecar's policy with operations that never 
     const [hit, ...rest] = run(sidecar("protocol: tcp\n"), policy("          - { name: /, httpVerb: [GET], action: allow }\n          - { name: /**, action: deny }\n"));
     expect(rest).toEqual([]);
     expect(hit).toMatchObject({ severity: "medium", evidence: "protocol: tcp; checkout /, checkout /**" });
-    expect(hit?.message).toContain("/** deny (app policy checkout in prod: shadowed by the more specific /)");
+    expect(hit?.message).toContain("/** deny (app policy checkout in prod: shadowed by /, which decides the path / (as in Dapr, the first declared of the operations on /))");
     expect(hit?.message).toContain("every connection is allowed by the app policy's defaultAction (allow;");
   });
 
-  it("low for an allow shadowed by a more specific deny on / (connections refused, nothing opened)", () => {
-    const [hit] = run(sidecar("protocol: tcp\n"), policy("          - { name: /**, action: allow }\n          - { name: /*, httpVerb: [POST], action: deny }\n"));
+  it("low for an allow shadowed by a deny on / declared before it (connections refused, nothing opened); medium the other way round", () => {
+    const [hit] = run(sidecar("protocol: tcp\n"), policy("          - { name: /*, httpVerb: [POST], action: deny }\n          - { name: /**, action: allow }\n"));
     expect(hit).toMatchObject({ severity: "low", evidence: "protocol: tcp; checkout /**" });
     expect(hit?.message).toContain("every connection is denied by the operation /* (deny)");
+    // /** declared first decides / (as in Dapr): the /* deny protects nothing.
+    const [reversed] = run(sidecar("protocol: tcp\n"), policy("          - { name: /**, action: allow }\n          - { name: /*, httpVerb: [POST], action: deny }\n"));
+    expect(reversed).toMatchObject({ severity: "medium", evidence: "protocol: tcp; checkout /*" });
+    expect(reversed?.message).toContain("every connection is allowed by the operation /** (allow)");
   });
 
   it("low when only allows never apply (connections refused, nothing opened); an HTTP-verb allow on /** counts", () => {

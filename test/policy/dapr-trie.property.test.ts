@@ -107,3 +107,49 @@ describe("decide() and Dapr's trie decide alike except where daprDifferences say
     expect(differing).toBeGreaterThan(100);
   });
 });
+
+/**
+ * The path `/` (and so every TCP-mode connection, judged as `/` without a verb): meshward decides it by
+ * exactly the operation Dapr's trie takes (decide.ts rule 8). acl_trie.go Search("/") asks the root for
+ * the child `/` (isEnd): findNodeWithWildcard returns the first child, in the order the children were
+ * made, that is `/` (the operation `/`), `/*`, `/**`, or an in-segment glob that matches `/` (isMatch:
+ * `/***`, whose `*`s match nothing); a node without data (made by a longer name: `/*` of `/*\/x`) goes on
+ * to its own child for `/*` (a `/*`, a `/**` or an all-`*` glob), else none decides and the app default
+ * applies. Names here include those longer ones, and a bare `*` before the last segment (`/*\/x`), which
+ * make such nodes. Not "explained by a reported difference": equal, and nothing reported for `/`.
+ */
+const ROOT_NAME = fc.constantFrom("/", "/*", "/**", "/***", "/*/x", "/*/**", "/*/*", "/*/***", "/a", "/a/**", "/x*", "/*x");
+const ROOT_POLICY = fc.record({
+  appDefault: fc.constantFrom("allow", "deny"),
+  operations: fc.uniqueArray(fc.record({ name: ROOT_NAME, httpVerb: fc.constantFrom(["*"], ["GET"], ["POST"], ["GET", "POST"]), action: fc.constantFrom("allow", "deny") }), { minLength: 1, maxLength: 5, selector: (op) => normaliseOperation(op.name) }),
+});
+
+describe("the path / : decide() takes the operation Dapr's trie takes, whatever the order", () => {
+  it("for generated policies of operations on / and names that make the root's children", () => {
+    let byOperation = 0;
+    let notSlash = 0;
+    const seed = process.env["FC_SEED"] === undefined ? undefined : Number(process.env["FC_SEED"]);
+    fc.assert(
+      fc.property(ROOT_POLICY, ({ appDefault, operations }) => {
+        const config = parseAccessControl({ accessControl: { defaultAction: "deny", policies: [{ appId: "app1", namespace: "default", defaultAction: appDefault, operations }] } });
+        const policy = compilePolicy(config);
+        const context = JSON.stringify({ appDefault, operations });
+        for (const verb of VERBS) {
+          const theirs = daprDecides(config, appDefault, "/", verb);
+          const mine = policy.decide({ caller, operation: "/", verb });
+          expect(mine.allowed, `${verb} / ${context}`).toBe(theirs.allowed);
+          // The same operation (or none), not only the same outcome.
+          expect(policy.explain({ caller, operation: "/", verb }).matched.map((m) => m.name), `${verb} / ${context}`).toEqual(theirs.operation === undefined ? [] : [theirs.operation]);
+          if (meshwardOperation(mine.rule) !== undefined) byOperation++;
+          if (theirs.operation !== undefined && theirs.operation !== "/") notSlash++;
+        }
+        // Both read / alike, so no difference is reported for it.
+        const differences = daprDifferences(config);
+        expect(differences.filter((d) => /(for|both match) \/[ ,]/.test(d.message)), context).toEqual([]);
+      }),
+      { numRuns: 1500, ...(seed === undefined ? {} : { seed }) },
+    );
+    expect(byOperation).toBeGreaterThan(1000);
+    expect(notSlash).toBeGreaterThan(1000);
+  });
+});
