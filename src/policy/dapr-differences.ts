@@ -23,7 +23,11 @@
  *
  * The precedence check is a sufficient one, not a complete one: it flags a wildcard operation
  * declared before a more specific operation it covers (it matches a path the later one matches,
- * built from the later name), when the two would decide some verb, or gRPC, differently.
+ * built from the later name), when for that path Dapr's trie (daprTrieSearch) takes the wildcard
+ * and meshward the later one, and the two would decide some verb, or gRPC, differently. Order
+ * alone is not enough: `/a/**` declared before `/a` decides nothing in Dapr for the path `/a` (the
+ * trie's node `/a` holds `/a`, and Search answers with it); what differs there, the paths below
+ * `/a`, is the "prefix" check's.
  * The overlap check builds one path both operations of a pair match (wildcards filled in from
  * the other name), runs Dapr's trie on it (daprTrieSearch, a port of acl_trie.go's Search over
  * every operation of the policy) and meshward's most-specific choice, and reports the pair when
@@ -125,9 +129,12 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
         if (compareSpecificity(later.pattern, earlier.pattern) >= 0) continue;
         const sample = samplePath(later.pattern);
         path.load(sample);
-        // The path `/` is decided by the operation Dapr's trie takes, in both (decide.ts rule 8).
-        if (path.count === 0) continue;
         if (!matchesOperation(earlier.pattern.segments, path)) continue;
+        // Only where the order changes the decision: Dapr's trie takes `earlier` for the path and
+        // meshward `later`. Not `/a/**` before `/a` (Dapr's node `/a` holds `/a`, which decides the
+        // path `/a` in both), nor a wildcard whose node a third operation's literal precedes.
+        const daprIndex = daprTrieSearch(trie, sample);
+        if (daprIndex === undefined || named[daprIndex] !== earlier || meshwardPick(named, trie, path) !== later) continue;
         const differing = differingKey(earlier.rules, later.rules, fallback);
         if (differing === undefined) continue;
         found.push({

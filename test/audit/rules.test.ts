@@ -161,6 +161,11 @@ describe("rule details", () => {
     // The narrower one first, or one entry per name: nothing. A block the sidecar refuses: not these rules.
     expect(audit("c.yaml", config("      - { name: /admin/health, httpVerb: [GET], action: allow }\n      - { name: /admin/*, httpVerb: ['*'], action: deny }\n"))).toEqual([]);
     expect(audit("c.yaml", config("      - { name: /admin/*, httpVerb: ['*'] }\n      - { name: /admin/health, httpVerb: [GET], action: allow }\n"))).toEqual([]);
+    // /a/** before /a: Dapr's node /a holds /a, so /a decides the path /a in both (acl_trie.go Search): not
+    // MW-ACCESS-007. Below /a Dapr meets /a first and meshward uses /a/**: MW-ACCESS-010 says that.
+    const below = config("      - { name: /a/**, httpVerb: [GET], action: allow }\n      - { name: /a, httpVerb: ['*'], action: deny }\n");
+    expect(audit("c.yaml", below)).toEqual(["MW-ACCESS-010@13:9"]);
+    expect(JSON.stringify(auditSources([{ file: "c.yaml", text: below }]).findings[0])).toContain("for /a/x meshward uses /a/**");
   });
 
   // dapr/dapr pkg/config/acl_trie.go Search answers with the first operation on the way down: /api

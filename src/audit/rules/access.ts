@@ -176,7 +176,7 @@ export const accessRules: Rule[] = [
     family: "access",
     severity: "low",
     title: "Access operation hidden in Dapr by a wildcard declared before it",
-    why: "When several operations match a request, the meshward sidecar uses the most specific one, Dapr the first declared (pkg/config/acl_trie.go). A wildcard declared before a narrower operation it covers, with a different action or verbs, decides that narrower path in Dapr: the same file allows in one what the other denies.",
+    why: "When several operations match a request, the meshward sidecar uses the most specific one, Dapr the first declared (pkg/config/acl_trie.go). A wildcard declared before a narrower operation it covers, with a different action or verbs, decides that narrower path in Dapr: the same file allows in one what the other denies. Reported only where Dapr's trie does take the wildcard for that path: not for `/a/**` declared before `/a` (the trie's node `/a` holds `/a`, which decides the path `/a` in Dapr too; what differs below `/a` is MW-ACCESS-010's), nor where a literal node made by an earlier operation comes before the wildcard's.",
     fix: "Declare the more specific operation before the wildcard that covers it; the file then means the same to Dapr and to meshward.",
     example: {
       file: "config.yaml",
