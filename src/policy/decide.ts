@@ -29,7 +29,7 @@
  *      deny rule names when it is spelt in another case. (Dapr compares gRPC methods
  *      case-sensitively; an allow that now also matches another spelling reaches, on a
  *      case-sensitive server, no method at all.) Globs: see operation.ts (`*` one segment, `**` the rest, `a*` in-segment).
- *   8. Most specific operation wins: segments compared left to right, literal > in-segment
+ *   8. Most specific operation wins (but for the path `/`: below): segments compared left to right, literal > in-segment
  *      glob > `*` > `**`; then the longer pattern; then more literal characters; then the
  *      first declared. (Dapr's trie picks the first inserted match; we pick the most specific, and
  *      the sidecar warns where the two differ: dapr-differences.ts.)
@@ -147,8 +147,9 @@ export interface Explanation {
   readonly policyIndex?: number;
   /**
    * The app policy's operation entries that match the request, in the order decide() tries them
-   * (most specific first). decide() stops at the first: its rule for the request decides, or the
-   * app default when it has none (an entry with only HTTP-verb allows, for a call without a verb).
+   * (most specific first; for the path `/`, only the one Dapr's trie takes, rule 8). decide() stops
+   * at the first: its rule for the request decides, or the app default when it has none (an entry
+   * with only HTTP-verb allows, for a call without a verb).
    */
   readonly matched: readonly MatchedOperation[];
   /** Index in the app policy's `operations` of the rule whose action decided (`by: operation`). */
