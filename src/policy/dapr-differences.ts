@@ -134,15 +134,23 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
         // meshward `later`. Not `/a/**` before `/a` (Dapr's node `/a` holds `/a`, which decides the
         // path `/a` in both), nor a wildcard whose node a third operation's literal precedes.
         const daprIndex = daprTrieSearch(trie, sample);
-        if (daprIndex === undefined || named[daprIndex] !== earlier || meshwardPick(named, trie, path) !== later) continue;
+        if (daprIndex === undefined || named[daprIndex] !== earlier) continue;
+        // The path `/` is decided as in Dapr (decide.ts rule 8): there the two agree, and `later`
+        // (`/` behind a `/**` declared first) never decides its own path in either: still reported.
+        const mine = meshwardPick(named, trie, path);
+        const deadRoot = path.count === 0 && mine === earlier;
+        if (mine !== later && !deadRoot) continue;
         const differing = differingKey(earlier.rules, later.rules, fallback);
         if (differing === undefined) continue;
+        const outcome = deadRoot
+          ? `for the path / Dapr and meshward both use the first declared ${earlier.pattern.name}, so ${later.pattern.name} never decides it: declare ${later.pattern.name} first if it is meant to`
+          : `for ${sample} meshward uses the more specific ${later.pattern.name}, Dapr the first declared ${earlier.pattern.name}: declare ${later.pattern.name} first to mean the same in both`;
         found.push({
           ...base,
           kind: "precedence",
           operations: [earlier.pattern.name, later.pattern.name],
           operationIndexes: [earlier.firstIndex, later.firstIndex],
-          message: `${app}: operation ${earlier.pattern.name} (operations[${earlier.firstIndex}]) is declared before ${later.pattern.name} (operations[${later.firstIndex}]), which it covers, and they decide ${differing} differently; for ${sample} meshward uses the more specific ${later.pattern.name}, Dapr the first declared ${earlier.pattern.name}: declare ${later.pattern.name} first to mean the same in both`,
+          message: `${app}: operation ${earlier.pattern.name} (operations[${earlier.firstIndex}]) is declared before ${later.pattern.name} (operations[${later.firstIndex}]), which it covers, and they decide ${differing} differently; ${outcome}`,
         });
       }
     }

@@ -100,7 +100,8 @@ ${operations.replaceAll(/^ {4}/gm, "      ")}` }]).findings;
     expect(daprOperation(["/**", "/"], "/")).toBe("/**");
     expect(compilePolicy(first).decide({ caller, operation: "/", verb: "GET" })).toMatchObject({ allowed: false, rule: "app:app1/default:op:/**:*" });
     expect(compilePolicy(first).decide({ caller, operation: "/x", verb: "GET" })).toMatchObject({ allowed: false, rule: "app:app1/default:op:/**:*" });
-    expect(daprDifferences(first)).toEqual([]);
+    // Both agree, but the / allow never decides anything: reported (precedence), not silently dead.
+    expect(daprDifferences(first).map((d) => [d.kind, d.operations])).toEqual([["precedence", ["/**", "/"]]]);
     const second = parse(`    - { name: /, httpVerb: [GET], action: allow }
     - { name: /**, httpVerb: ["*"], action: deny }
 `);

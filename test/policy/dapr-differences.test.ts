@@ -95,6 +95,20 @@ describe("daprDifferences: precedence only where Dapr's trie takes the wildcard 
     expect(daprOperation(["/admin/*", "/admin/health"], "/admin/health")).toBe("/admin/*");
     expect(daprDifferences(parse(`    - { name: /admin/*, httpVerb: ["*"], action: deny }\n    - { name: /admin/health, httpVerb: [GET], action: allow }\n`)).map((d) => d.kind)).toEqual(["precedence"]);
   });
+
+  // The path / is decided as in Dapr (decide.ts rule 8): with /** declared before a / deny, both
+  // take /** for /, and the / deny never decides anything. The two agree, but the file reads
+  // stricter than what either enforces: reported as precedence (MW-ACCESS-007), not silently.
+  it("/** declared before /: both use /** for the path /, and the / that never decides it is reported", () => {
+    expect(daprOperation(["/**", "/"], "/")).toBe("/**");
+    const config = parse(`    - { name: /**, httpVerb: ["*"], action: allow }\n    - { name: /, httpVerb: ["*"], action: deny }\n`);
+    expect(compilePolicy(config).decide({ caller, operation: "/", verb: "GET" })).toMatchObject({ allowed: true, rule: "app:app1/default:op:/**:*" });
+    const found = daprDifferences(config);
+    expect(found.map((d) => [d.kind, d.operations, d.operationIndexes])).toEqual([["precedence", ["/**", "/"], [0, 1]]]);
+    expect(found[0]!.message).toContain("for the path / Dapr and meshward both use the first declared /**, so / never decides it");
+    // Declared first, / decides / in both, and nothing is reported.
+    expect(daprDifferences(parse(`    - { name: /, httpVerb: ["*"], action: deny }\n    - { name: /**, httpVerb: ["*"], action: allow }\n`))).toEqual([]);
+  });
 });
 
 describe("daprDifferences: a repeated operation name (meshward merges, Dapr keeps the first entry)", () => {

@@ -74,6 +74,7 @@ describe("decide() and Dapr's trie decide alike except where daprDifferences say
     let trailing = 0;
     let differing = 0;
     let precedence = 0;
+    let deadRoot = 0;
     const seed = process.env["FC_SEED"] === undefined ? undefined : Number(process.env["FC_SEED"]);
     fc.assert(
       fc.property(POLICY, fc.array(PATH, { minLength: 1, maxLength: 12 }), ({ appDefault, operations }, paths) => {
@@ -87,6 +88,14 @@ describe("decide() and Dapr's trie decide alike except where daprDifferences say
         // declared before `/a` is not one, Dapr uses `/a` for `/a` too).
         for (const d of differences.filter((difference) => difference.kind === "precedence")) {
           precedence++;
+          if (/; for the path \/ Dapr and meshward both use /.test(d.message)) {
+            // An operation on / behind a wildcard declared first: both take the wildcard for /, so
+            // the later one never decides it (and would decide some verb differently).
+            deadRoot++;
+            expect(policy.explain({ caller, operation: "/", verb: "GET" }).matched[0]?.name, d.message).toBe(d.operations[0]);
+            expect(daprDecides(config, appDefault, "/", "GET").operation, d.message).toBe(d.operations[0]);
+            continue;
+          }
           const sample = /; for (\S+) meshward uses/.exec(d.message)?.[1];
           expect(sample, d.message).toBeDefined();
           expect(policy.explain({ caller, operation: sample!, verb: "GET" }).matched[0]?.name, d.message).toBe(d.operations[1]);
@@ -118,6 +127,7 @@ describe("decide() and Dapr's trie decide alike except where daprDifferences say
     expect(trailing).toBeGreaterThan(1000);
     expect(differing).toBeGreaterThan(100);
     expect(precedence).toBeGreaterThan(200); // 426–446 over seeds 1–3
+    expect(deadRoot).toBeGreaterThan(10); // 26–47 over seeds 1–3
   });
 });
 
