@@ -23,7 +23,11 @@
  *
  * The precedence check is a sufficient one, not a complete one: it flags a wildcard operation
  * declared before a more specific operation it covers (it matches a path the later one matches,
- * built from the later name), when the two would decide some verb, or gRPC, differently.
+ * built from the later name), when for that path Dapr's trie (daprTrieSearch) takes the wildcard
+ * and meshward the later one, and the two would decide some verb, or gRPC, differently. Order
+ * alone is not enough: `/a/**` declared before `/a` decides nothing in Dapr for the path `/a` (the
+ * trie's node `/a` holds `/a`, and Search answers with it); what differs there, the paths below
+ * `/a`, is the "prefix" check's.
  * The overlap check builds one path both operations of a pair match (wildcards filled in from
  * the other name), runs Dapr's trie on it (daprTrieSearch, a port of acl_trie.go's Search over
  * every operation of the policy) and meshward's most-specific choice, and reports the pair when
@@ -117,6 +121,7 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
 
     const named = [...byName.values()];
     const path = new PathSegments();
+    const trie = daprTrie(named.map((entry) => entry.pattern.name.toLowerCase()));
     for (const earlier of named) {
       for (const later of named) {
         if (later.firstIndex <= earlier.firstIndex) continue;
@@ -125,20 +130,32 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
         const sample = samplePath(later.pattern);
         path.load(sample);
         if (!matchesOperation(earlier.pattern.segments, path)) continue;
+        // Only where the order changes the decision: Dapr's trie takes `earlier` for the path and
+        // meshward `later`. Not `/a/**` before `/a` (Dapr's node `/a` holds `/a`, which decides the
+        // path `/a` in both), nor a wildcard whose node a third operation's literal precedes.
+        const daprIndex = daprTrieSearch(trie, sample);
+        if (daprIndex === undefined || named[daprIndex] !== earlier) continue;
+        // The path `/` is decided as in Dapr (decide.ts rule 8): there the two agree, and `later`
+        // (`/` behind a `/**` declared first) never decides its own path in either: still reported.
+        const mine = meshwardPick(named, trie, path);
+        const deadRoot = path.count === 0 && mine === earlier;
+        if (mine !== later && !deadRoot) continue;
         const differing = differingKey(earlier.rules, later.rules, fallback);
         if (differing === undefined) continue;
+        const outcome = deadRoot
+          ? `for the path / Dapr and meshward both use the first declared ${earlier.pattern.name}, so ${later.pattern.name} never decides it: declare ${later.pattern.name} first if it is meant to`
+          : `for ${sample} meshward uses the more specific ${later.pattern.name}, Dapr the first declared ${earlier.pattern.name}: declare ${later.pattern.name} first to mean the same in both`;
         found.push({
           ...base,
           kind: "precedence",
           operations: [earlier.pattern.name, later.pattern.name],
           operationIndexes: [earlier.firstIndex, later.firstIndex],
-          message: `${app}: operation ${earlier.pattern.name} (operations[${earlier.firstIndex}]) is declared before ${later.pattern.name} (operations[${later.firstIndex}]), which it covers, and they decide ${differing} differently; for ${sample} meshward uses the more specific ${later.pattern.name}, Dapr the first declared ${earlier.pattern.name}: declare ${later.pattern.name} first to mean the same in both`,
+          message: `${app}: operation ${earlier.pattern.name} (operations[${earlier.firstIndex}]) is declared before ${later.pattern.name} (operations[${later.firstIndex}]), which it covers, and they decide ${differing} differently; ${outcome}`,
         });
       }
     }
 
     // Overlaps neither side of which covers the other (covering pairs are the precedence check's).
-    const trie = daprTrie(named.map((entry) => entry.pattern.name.toLowerCase()));
     for (const earlier of named) {
       for (const later of named) {
         if (later.firstIndex <= earlier.firstIndex) continue;
@@ -150,7 +167,7 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
         if (sample === undefined) continue;
         path.load(sample);
         if (!matchesOperation(earlier.pattern.segments, path) || !matchesOperation(later.pattern.segments, path)) continue;
-        const mine = meshwardPick(named, path);
+        const mine = meshwardPick(named, trie, path);
         const daprIndex = daprTrieSearch(trie, sample);
         const theirs = daprIndex === undefined ? undefined : named[daprIndex];
         if (mine === theirs) continue;
@@ -181,7 +198,7 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
         for (const sample of belowPaths(cover.pattern, other.pattern)) {
           path.load(sample);
           if (!matchesBelow(cover.pattern.segments, path)) continue;
-          const mine = meshwardPick(named, path);
+          const mine = meshwardPick(named, trie, path);
           const daprIndex = daprTrieSearch(trie, sample);
           const theirs = daprIndex === undefined ? undefined : named[daprIndex];
           if (mine === theirs || (mine !== cover && theirs !== cover)) continue;
@@ -227,7 +244,7 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
     const reportedPairs = new Set(found.filter((d) => d.policyIndex === policyIndex).map((d) => `${d.operationIndexes[0]}/${d.operationIndexes[1]}`));
     for (const sample of representativePaths(named.map((entry) => entry.pattern))) {
       path.load(sample);
-      const mine = meshwardPick(named, path);
+      const mine = meshwardPick(named, trie, path);
       const walk = daprTrieWalk(trie, sample);
       const theirs = walk.index === undefined ? undefined : named[walk.index];
       if (mine === theirs) continue;
@@ -267,12 +284,17 @@ export function daprDifferences(config: AccessControlConfig): DaprDifference[] {
 }
 
 /**
- * The operation meshward's decide() applies to the path (operation.ts, decide.ts rule 8): the most
- * specific that matches it, a covering operation ranked for the paths below its name as that name
+ * The operation meshward's decide() applies to the path (operation.ts, decide.ts rule 8): for `/`,
+ * the one Dapr's trie takes; for any other path, the most specific that matches it, a covering operation ranked for the paths below its name as that name
  * followed by `/**` (belowPattern); ties go to the first declared, and a declared operation before
  * a covering one of the same rank (a stable sort over the declared ones, then the covering ones).
  */
-function meshwardPick(named: readonly NamedOperation[], path: PathSegments): NamedOperation | undefined {
+function meshwardPick(named: readonly NamedOperation[], trie: DaprNode, path: PathSegments): NamedOperation | undefined {
+  // The path `/`: the operation Dapr's trie takes (decide.ts rule 8, compileApp's root).
+  if (path.count === 0) {
+    const index = daprTrieSearch(trie, "/");
+    return index === undefined ? undefined : named[index];
+  }
   // A trailing `/*` does not match its bare prefix where that prefix is an operation of its own.
   const names = operationNames(named.map((entry) => entry.pattern));
   const bare = (entry: NamedOperation) => {

@@ -29,7 +29,7 @@
  *      deny rule names when it is spelt in another case. (Dapr compares gRPC methods
  *      case-sensitively; an allow that now also matches another spelling reaches, on a
  *      case-sensitive server, no method at all.) Globs: see operation.ts (`*` one segment, `**` the rest, `a*` in-segment).
- *   8. Most specific operation wins: segments compared left to right, literal > in-segment
+ *   8. Most specific operation wins (but for the path `/`: below): segments compared left to right, literal > in-segment
  *      glob > `*` > `**`; then the longer pattern; then more literal characters; then the
  *      first declared. (Dapr's trie picks the first inserted match; we pick the most specific, and
  *      the sidecar warns where the two differ: dapr-differences.ts.)
@@ -41,11 +41,18 @@
  *      decide their own paths). (Dapr takes the first one on the way down, the shortest, and only
  *      along the branch its walk took: warned.)
  *      An operation's own path is its own: a trailing `/*` does not match its bare prefix where
- *      that prefix is an operation too (`/a` decides `/a` beside `/a/*`, `/` decides `/` beside
- *      `/*`, in either order). In Dapr's trie (acl_trie.go PutOperationAction, Search) `/a/*` is
- *      the `/*` child of `/a`'s node and Search answers with that node when it holds data; `/`,
- *      `/*` and `/**` are siblings under the root, where Dapr takes the first declared for `/`
- *      (warned where `/*` or `/**` comes first: test/policy/bare-prefix.test.ts).
+ *      that prefix is an operation too (`/a` decides `/a` beside `/a/*`, in either order). In
+ *      Dapr's trie (acl_trie.go PutOperationAction, Search) `/a/*` is the `/*` child of `/a`'s
+ *      node and Search answers with that node when it holds data.
+ *      The path `/` is decided exactly as Dapr does (compileApp's `root`, found with the port of
+ *      acl_trie.go, dapr-differences.ts daprTrie): `/`, `/*` and `/**` are siblings under the
+ *      trie's root, and Search takes the first of the root's children, in the order they were
+ *      made, that matches `/` (findNodeWithWildcard: the node `/`, `/*`, `/**`, or an all-`*`
+ *      in-segment glob such as `/***`): the first declared of `/`, `/*` and `/**`. A node that a
+ *      longer name made first (`/*` of `/*\/x`) counts in that order too; without data, Search
+ *      goes on to its own `/*` child (`/*\/**` decides `/`), else none decides and the app default
+ *      does (test/policy/bare-prefix.test.ts, dapr-trie.property.test.ts). A TCP connection is
+ *      judged as `/` (tcp.ts).
  *      Its verbs then count as for an exact match (rules 9 and 10), as Dapr's verb check runs on
  *      whatever node Search found.
  *   9. HTTP request (verb given): the chosen operation's action for that verb, else for "*",
@@ -68,7 +75,8 @@
  * policies and conflicting duplicate operations are parse errors; `**` only as last segment;
  * HTTP-verb rules do not allow gRPC (rule 10); a GET deny also denies HEAD (rule 9); gRPC
  * methods are matched in any case (rule 7); the most specific operation decides, a covering one
- * ranked as its name followed by `/**` for the paths below it (rule 8).
+ * ranked as its name followed by `/**` for the paths below it (rule 8), except for the path `/`,
+ * decided as in Dapr (rule 8).
  *
  * The operation is the app-side path. Dapr strips `/v1.0/invoke/<app-id>/method` before
  * matching; the meshward sidecar forwards the app's own path, so policies are written
@@ -81,12 +89,14 @@ import {
   compileOperation,
   belowPattern,
   coversBelow,
+  lowerName,
   matchesOperation,
   normaliseOperation,
   operationNames,
   PathSegments,
   type OperationPattern,
 } from "./operation.ts";
+import { daprTrie, daprTrieSearch } from "./dapr-differences.ts";
 
 export interface Caller {
   readonly trustDomain: string;
@@ -137,8 +147,9 @@ export interface Explanation {
   readonly policyIndex?: number;
   /**
    * The app policy's operation entries that match the request, in the order decide() tries them
-   * (most specific first). decide() stops at the first: its rule for the request decides, or the
-   * app default when it has none (an entry with only HTTP-verb allows, for a call without a verb).
+   * (most specific first; for the path `/`, only the one Dapr's trie takes, rule 8). decide() stops
+   * at the first: its rule for the request decides, or the app default when it has none (an entry
+   * with only HTTP-verb allows, for a call without a verb).
    */
   readonly matched: readonly MatchedOperation[];
   /** Index in the app policy's `operations` of the rule whose action decided (`by: operation`). */
@@ -174,6 +185,8 @@ interface CompiledApp {
   /** The index in the app policy's `operations` of the rule each operation decision was made from. */
   readonly ruleIndexOf: ReadonlyMap<Decision, number>;
   readonly operations: readonly CompiledOperation[];
+  /** The operation that decides the path `/` (rule 8: the one Dapr's trie takes), or undefined for none. */
+  readonly root: CompiledOperation | undefined;
 }
 
 function decision(allowed: boolean, rule: string, reason: string): Decision {
@@ -242,6 +255,8 @@ export function compilePolicy(config: AccessControlConfig | undefined): AccessPo
       if (!("operations" in app)) return app;
       if (app.operations.length === 0) return app.defaultDecision;
       loadPath(request.operation);
+      // The path `/` (a TCP connection's too): the operation Dapr's trie takes for it (rule 8).
+      if (path.count === 0) return decideAt(app, app.root, request.verb);
       // Most specific first (compileApp sorts them, the paths below a covering operation's name
       // ranked as its name followed by `/**`): the first that matches decides, else the app default.
       return decideAt(app, app.operations[firstMatch(app, 0)], request.verb);
@@ -251,7 +266,11 @@ export function compilePolicy(config: AccessControlConfig | undefined): AccessPo
       if (!("operations" in app)) return { decision: app, by: "global-default", matched: [] };
       loadPath(request.operation);
       const matched: CompiledOperation[] = [];
-      for (let i = firstMatch(app, 0); i !== -1; i = firstMatch(app, i + 1)) matched.push(app.operations[i]!);
+      if (path.count === 0) {
+        if (app.root !== undefined) matched.push(app.root);
+      } else {
+        for (let i = firstMatch(app, 0); i !== -1; i = firstMatch(app, i + 1)) matched.push(app.operations[i]!);
+      }
       const decision = decideAt(app, matched[0], request.verb);
       const ruleIndex = decision.rule === app.defaultDecision.rule ? undefined : app.ruleIndexOf.get(decision);
       return {
@@ -307,6 +326,10 @@ function compileApp(policy: AppPolicy, policyIndex: number, globalAction: Action
 
   const operations: CompiledOperation[] = [];
   const covering: CompiledOperation[] = [];
+  // The path `/` is decided by the operation Dapr's trie takes for it (rule 8), from the names in
+  // declaration order (a repeated name's first entry made its node, as in PutOperationAction).
+  const rootIndex = daprTrieSearch(daprTrie([...byName.values()].map((entry) => lowerName(entry.pattern))), "/");
+  let root: CompiledOperation | undefined;
   const names = operationNames([...byName.values()].map((entry) => entry.pattern));
   for (const { pattern, rules, indexes } of byName.values()) {
     const verbDecisions = new Map<string, Decision>();
@@ -351,7 +374,9 @@ function compileApp(policy: AppPolicy, policyIndex: number, globalAction: Action
     };
     // `/a/*` beside `/a`: the path `/a` is `/a`'s, whatever the order (rule 8).
     const prefix = barePrefixName(pattern);
-    operations.push({ pattern, below: false, bare: prefix === undefined || !names.has(prefix), ...exact });
+    const own: CompiledOperation = { pattern, below: false, bare: prefix === undefined || !names.has(prefix), ...exact };
+    if (rootIndex === operations.length) root = own;
+    operations.push(own);
     // The paths below the name (a last literal or in-segment glob: coversBelow), as in Dapr, with
     // the same rules, ranked as the name followed by `/**` (belowPattern): `/admin` deny beside `/**`
     // allow denies `/admin/users`, whatever the order. Pushed after the declared operations, so an
@@ -372,5 +397,5 @@ function compileApp(policy: AppPolicy, policyIndex: number, globalAction: Action
   operations.push(...covering);
   // Array.prototype.sort is stable: equal specificity keeps declaration order.
   operations.sort((a, b) => compareSpecificity(a.pattern, b.pattern));
-  return { policyIndex, defaultDecision, ruleIndexOf, operations };
+  return { policyIndex, defaultDecision, ruleIndexOf, operations, root };
 }

@@ -141,7 +141,7 @@ export interface WatchPolicyOptions {
 /**
  * Logs one `policy-operations-never-apply-tcp` warning when the sidecar runs in TCP mode and its
  * policy has operations that never decide a connection (a path other than `/`, HTTP verbs only,
- * shadowed by a more specific operation on `/`), with what decides instead.
+ * shadowed by the operation that decides `/`, as in Dapr the first declared), with what decides instead.
  */
 function warnTcpInapplicable(file: string, operations: readonly (TcpInapplicableOperation & { at: string })[], options: WatchPolicyOptions): void {
   if (options.protocol !== "tcp" || operations.length === 0) return;

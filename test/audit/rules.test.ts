@@ -64,14 +64,18 @@ describe("MW-ACCESS-012: a TCP-mode sidecar's policy with operations that never 
     const [hit, ...rest] = run(sidecar("protocol: tcp\n"), policy("          - { name: /, httpVerb: [GET], action: allow }\n          - { name: /**, action: deny }\n"));
     expect(rest).toEqual([]);
     expect(hit).toMatchObject({ severity: "medium", evidence: "protocol: tcp; checkout /, checkout /**" });
-    expect(hit?.message).toContain("/** deny (app policy checkout in prod: shadowed by the more specific /)");
+    expect(hit?.message).toContain("/** deny (app policy checkout in prod: shadowed by /, which decides the path / (as in Dapr, the first declared of the operations on /))");
     expect(hit?.message).toContain("every connection is allowed by the app policy's defaultAction (allow;");
   });
 
-  it("low for an allow shadowed by a more specific deny on / (connections refused, nothing opened)", () => {
-    const [hit] = run(sidecar("protocol: tcp\n"), policy("          - { name: /**, action: allow }\n          - { name: /*, httpVerb: [POST], action: deny }\n"));
+  it("low for an allow shadowed by a deny on / declared before it (connections refused, nothing opened); medium the other way round", () => {
+    const [hit] = run(sidecar("protocol: tcp\n"), policy("          - { name: /*, httpVerb: [POST], action: deny }\n          - { name: /**, action: allow }\n"));
     expect(hit).toMatchObject({ severity: "low", evidence: "protocol: tcp; checkout /**" });
     expect(hit?.message).toContain("every connection is denied by the operation /* (deny)");
+    // /** declared first decides / (as in Dapr): the /* deny protects nothing.
+    const [reversed] = run(sidecar("protocol: tcp\n"), policy("          - { name: /**, action: allow }\n          - { name: /*, httpVerb: [POST], action: deny }\n"));
+    expect(reversed).toMatchObject({ severity: "medium", evidence: "protocol: tcp; checkout /*" });
+    expect(reversed?.message).toContain("every connection is allowed by the operation /** (allow)");
   });
 
   it("low when only allows never apply (connections refused, nothing opened); an HTTP-verb allow on /** counts", () => {
@@ -157,6 +161,11 @@ describe("rule details", () => {
     // The narrower one first, or one entry per name: nothing. A block the sidecar refuses: not these rules.
     expect(audit("c.yaml", config("      - { name: /admin/health, httpVerb: [GET], action: allow }\n      - { name: /admin/*, httpVerb: ['*'], action: deny }\n"))).toEqual([]);
     expect(audit("c.yaml", config("      - { name: /admin/*, httpVerb: ['*'] }\n      - { name: /admin/health, httpVerb: [GET], action: allow }\n"))).toEqual([]);
+    // /a/** before /a: Dapr's node /a holds /a, so /a decides the path /a in both (acl_trie.go Search): not
+    // MW-ACCESS-007. Below /a Dapr meets /a first and meshward uses /a/**: MW-ACCESS-010 says that.
+    const below = config("      - { name: /a/**, httpVerb: [GET], action: allow }\n      - { name: /a, httpVerb: ['*'], action: deny }\n");
+    expect(audit("c.yaml", below)).toEqual(["MW-ACCESS-010@13:9"]);
+    expect(JSON.stringify(auditSources([{ file: "c.yaml", text: below }]).findings[0])).toContain("for /a/x meshward uses /a/**");
   });
 
   // dapr/dapr pkg/config/acl_trie.go Search answers with the first operation on the way down: /api

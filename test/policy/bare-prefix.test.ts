@@ -21,12 +21,15 @@ import { auditSources } from "../../src/audit/audit.ts";
  *   else its "*", else the app's default; a verb the node does not name never falls through to
  *   another operation.
  *
- * So for `/a` beside `/a/*` Dapr's answer does not depend on order, and meshward now gives it. For
- * `/` beside `/*` Dapr takes whichever is declared first; meshward takes `/` in either order (an
- * operation's meaning does not depend on where it is listed, as everywhere else in rule 8), and
- * where `/*` is declared first, so that Dapr differs, daprDifferences reports it ("overlap",
- * `meshward audit` MW-ACCESS-009). Before this change meshward ranked `/*` first for `/` (a longer
- * pattern), so `/` with `/*` after it, the order Dapr agrees with, was decided by `/*`.
+ * So for `/a` beside `/a/*` Dapr's answer does not depend on order, and meshward gives it. For the
+ * path `/` Dapr takes the first child of its root, in the order the children were made, that
+ * matches `/`: the node `/` (the operation `/`), `/*` or `/**`, or an all-`*` in-segment glob such
+ * as `/***` (acl_trie.go isMatch lets `*` match nothing). A node without data (one only a longer
+ * name made, `/*` of `/*\/x`) then goes on to its own `/*` child (Search, isEnd), else nothing
+ * decides and the app default applies. meshward now decides the path `/` by that same operation
+ * (decide.ts rule 8, compileApp's `root`, computed with the port of acl_trie.go, daprTrie), so
+ * the two never differ there and nothing is reported for it. Before, meshward took `/` in either
+ * order and reported `/*` or `/**` declared first as a difference ("overlap", MW-ACCESS-009).
  */
 const parse = parseApp1Policy;
 const caller = APP1_CALLER;
@@ -62,19 +65,18 @@ describe("an operation decides its own path before a trailing /* beside it (Dapr
     expect(daprDifferences(config)).toEqual([]);
   });
 
-  it("/* then /: meshward still uses / for the path /, Dapr /* (first declared): reported, and by meshward audit as MW-ACCESS-009", () => {
+  it("/* then /: the path / is decided by /* (declared first), as in Dapr; nothing reported, MW-ACCESS-009 quiet", () => {
     const operations = `    - { name: "/*", httpVerb: [POST], action: allow }
     - { name: /, httpVerb: [GET], action: allow }
 `;
     const config = parse(operations);
     expect(daprOperation(["/*", "/"], "/")).toBe("/*");
     const policy = compilePolicy(config);
-    expect(policy.decide({ caller, operation: "/", verb: "GET" })).toMatchObject({ allowed: true, rule: "app:app1/default:op:/:GET" });
-    expect(policy.decide({ caller, operation: "/", verb: "POST" })).toMatchObject({ allowed: false, rule: "app:app1/default:default-action" });
-    const found = daprDifferences(config);
-    expect(found).toHaveLength(1);
-    expect(found[0]).toMatchObject({ kind: "overlap", operations: ["/*", "/"], operationIndexes: [0, 1] });
-    expect(found[0]!.message).toContain("for / meshward uses / (operations[1]), Dapr /*");
+    expect(policy.decide({ caller, operation: "/", verb: "POST" })).toMatchObject({ allowed: true, rule: "app:app1/default:op:/*:POST" });
+    // Only /*'s verbs count: GET is the app default's (Dapr does not fall through to /).
+    expect(policy.decide({ caller, operation: "/", verb: "GET" })).toMatchObject({ allowed: false, rule: "app:app1/default:default-action" });
+    expect(policy.explain({ caller, operation: "/", verb: "GET" }).matched).toEqual([{ name: "/*", below: false }]);
+    expect(daprDifferences(config)).toEqual([]);
     const audited = auditSources([{ file: "config.yaml", text: `apiVersion: dapr.io/v1alpha1
 kind: Configuration
 metadata:
@@ -88,7 +90,48 @@ spec:
       defaultAction: deny
       operations:
 ${operations.replaceAll(/^ {4}/gm, "      ")}` }]).findings;
-    expect(audited.map((finding) => `${finding.ruleId}@${finding.line}`)).toContain("MW-ACCESS-009@14");
+    expect(audited.filter((finding) => finding.ruleId.startsWith("MW-ACCESS-"))).toEqual([]);
+  });
+
+  it("/** then /: /** decides the path /, as in Dapr; / then /**: / does", () => {
+    const first = parse(`    - { name: /**, httpVerb: ["*"], action: deny }
+    - { name: /, httpVerb: [GET], action: allow }
+`);
+    expect(daprOperation(["/**", "/"], "/")).toBe("/**");
+    expect(compilePolicy(first).decide({ caller, operation: "/", verb: "GET" })).toMatchObject({ allowed: false, rule: "app:app1/default:op:/**:*" });
+    expect(compilePolicy(first).decide({ caller, operation: "/x", verb: "GET" })).toMatchObject({ allowed: false, rule: "app:app1/default:op:/**:*" });
+    // Both agree, but the / allow never decides anything: reported (precedence), not silently dead.
+    expect(daprDifferences(first).map((d) => [d.kind, d.operations])).toEqual([["precedence", ["/**", "/"]]]);
+    const second = parse(`    - { name: /, httpVerb: [GET], action: allow }
+    - { name: /**, httpVerb: ["*"], action: deny }
+`);
+    expect(daprOperation(["/", "/**"], "/")).toBe("/");
+    expect(compilePolicy(second).decide({ caller, operation: "/", verb: "GET" })).toMatchObject({ allowed: true, rule: "app:app1/default:op:/:GET" });
+    expect(daprDifferences(second)).toEqual([]);
+  });
+
+  it("the order of the root's children counts, not of the operations: /*/x made the /* node before / (and then /* decides /, or nothing does)", () => {
+    // /*/x, /, /*: the root's children are /* (made by /*/x, data set later by /*) and /: /* decides.
+    const names = ["/*/x", "/", "/*"];
+    expect(daprOperation(names, "/")).toBe("/*");
+    const policy = compilePolicy(parse(`    - { name: "/*/x", httpVerb: ["*"], action: allow }
+    - { name: /, httpVerb: ["*"], action: allow }
+    - { name: "/*", httpVerb: ["*"], action: deny }
+`));
+    expect(policy.decide({ caller, operation: "/", verb: "GET" })).toMatchObject({ allowed: false, rule: "app:app1/default:op:/*:*" });
+    // /*/x, / (no /*): Dapr takes the /* node, which has no data and no /* child: none decides, the default does.
+    expect(daprOperation(["/*/x", "/"], "/")).toBeUndefined();
+    const none = compilePolicy(parse(`    - { name: "/*/x", httpVerb: ["*"], action: deny }
+    - { name: /, httpVerb: ["*"], action: deny }
+`, "allow"));
+    expect(none.decide({ caller, operation: "/", verb: "GET" })).toMatchObject({ allowed: true, rule: "app:app1/default:default-action" });
+    expect(none.explain({ caller, operation: "/", verb: "GET" }).matched).toEqual([]);
+    // /*/** first: the /* node's /** child holds data, so /*/** decides / in Dapr (its /* child for the last segment).
+    expect(daprOperation(["/*/**", "/"], "/")).toBe("/*/**");
+    const rest = compilePolicy(parse(`    - { name: "/*/**", httpVerb: ["*"], action: deny }
+    - { name: /, httpVerb: ["*"], action: allow }
+`));
+    expect(rest.decide({ caller, operation: "/", verb: "GET" })).toMatchObject({ allowed: false, rule: "app:app1/default:op:/*/**:*" });
   });
 
   it("/a beside /a/*, in either order: /a decides the path /a, as in Dapr (its node holds /a), /a/* the paths one below", () => {
@@ -116,11 +159,36 @@ ${operations.replaceAll(/^ {4}/gm, "      ")}` }]).findings;
     expect(compilePolicy(parse(`    - { name: "/a/*", httpVerb: ["*"], action: deny }\n`, "allow")).decide({ caller, operation: "/a", verb: "GET" })).toMatchObject({ allowed: false, rule: "app:app1/default:op:/a/*:*" });
   });
 
-  it("TCP mode (a connection is the operation / without a verb): / decides, and the /* beside it is reported as shadowed", () => {
+  it("TCP mode (a connection is the operation / without a verb): the operation Dapr takes for / decides, the others on / are reported as shadowed", () => {
     const config = parse(`    - { name: "/*", action: allow }
     - { name: /, action: deny }
 `);
-    expect(compilePolicy(config).decide({ caller, operation: "", verb: "" })).toMatchObject({ allowed: false, rule: "app:app1/default:op:/" });
-    expect(operationsNeverApplyingToTcp(config).map((operation) => [operation.name, operation.why, operation.decidedBy.name])).toEqual([["/*", "shadowed", "/"]]);
+    expect(compilePolicy(config).decide({ caller, operation: "", verb: "" })).toMatchObject({ allowed: true, rule: "app:app1/default:op:/*" });
+    expect(operationsNeverApplyingToTcp(config).map((operation) => [operation.name, operation.why, operation.decidedBy.name])).toEqual([["/", "shadowed", "/*"]]);
+    const reversed = parse(`    - { name: /, action: deny }
+    - { name: "/*", action: allow }
+`);
+    expect(compilePolicy(reversed).decide({ caller, operation: "", verb: "" })).toMatchObject({ allowed: false, rule: "app:app1/default:op:/" });
+    expect(operationsNeverApplyingToTcp(reversed).map((operation) => [operation.name, operation.why, operation.decidedBy.name])).toEqual([["/*", "shadowed", "/"]]);
+  });
+
+  it("TCP mode: a /* deny beside a GET-only / allow decides connections only when declared first", () => {
+    // / first: Dapr's operation for / is /, which only allows GET: connections get the app default (allow), the /* deny protects nothing.
+    const slashFirst = parse(`    - { name: /, httpVerb: [GET], action: allow }
+    - { name: "/*", httpVerb: ["*"], action: deny }
+`, "allow");
+    expect(compilePolicy(slashFirst).decide({ caller, operation: "", verb: "" })).toMatchObject({ allowed: true, rule: "app:app1/default:default-action" });
+    expect(operationsNeverApplyingToTcp(slashFirst).map((operation) => [operation.name, operation.action, operation.why, operation.decidedBy])).toEqual([
+      ["/", "allow", "verbs", { kind: "default", name: "/", action: "allow" }],
+      ["/*", "deny", "shadowed", { kind: "default", name: "/", action: "allow" }],
+    ]);
+    // /* first: it decides / (its deny also denies a call without a verb): every connection is denied, the / allow never applies.
+    const starFirst = parse(`    - { name: "/*", httpVerb: ["*"], action: deny }
+    - { name: /, httpVerb: [GET], action: allow }
+`, "allow");
+    expect(compilePolicy(starFirst).decide({ caller, operation: "", verb: "" })).toMatchObject({ allowed: false, rule: "app:app1/default:op:/*" });
+    expect(operationsNeverApplyingToTcp(starFirst).map((operation) => [operation.name, operation.action, operation.why, operation.decidedBy])).toEqual([
+      ["/", "allow", "shadowed", { kind: "operation", name: "/*", action: "deny" }],
+    ]);
   });
 });

@@ -49,6 +49,68 @@ describe("daprDifferences: where first-declared (Dapr) and most-specific (meshwa
   });
 });
 
+/**
+ * The precedence check reports a wildcard declared before a narrower operation it covers only where
+ * Dapr's trie really takes the wildcard for the narrower one's path (and meshward the narrower one).
+ * dapr/dapr pkg/config/acl_trie.go: PutOperationAction stores `/a/**` as the `/**` child of the node
+ * `/a` and sets that node's Data for `/a`, in either order; Search("/a") answers with the node `/a`
+ * (it holds data), so `/a` decides the path `/a` in Dapr whatever is declared first. And the trie's
+ * children are in the order they were made, not the order of the operations that name them: a
+ * `/a/b/c` declared first made the node `/a/b` before `/a/*`'s `/*`, so Search("/a/b") takes `/a/b`.
+ */
+describe("daprDifferences: precedence only where Dapr's trie takes the wildcard declared first", () => {
+  const daprOperation = (names: readonly string[], path: string) => {
+    const index = daprTrieSearch(daprTrie(names), path);
+    return index === undefined ? undefined : names[index];
+  };
+
+  it("/a/** declared before /a: not a precedence (Dapr uses /a for /a too); the real difference below /a is reported as prefix", () => {
+    const config = parse(`    - { name: /a/**, httpVerb: [GET], action: allow }\n    - { name: /a, httpVerb: ["*"], action: deny }\n`);
+    expect(daprOperation(["/a/**", "/a"], "/a")).toBe("/a");
+    expect(compilePolicy(config).decide({ caller, operation: "/a", verb: "GET" })).toMatchObject({ allowed: false, rule: "app:app1/default:op:/a:*" });
+    const found = daprDifferences(config);
+    expect(found.filter((d) => d.kind === "precedence")).toEqual([]);
+    // Below /a the two do differ: Dapr meets the node /a first (it holds data), meshward uses /a/**.
+    expect(daprOperation(["/a/**", "/a"], "/a/x")).toBe("/a");
+    expect(found.map((d) => [d.kind, d.operations])).toEqual([["prefix", ["/a/**", "/a"]]]);
+    expect(found[0]!.message).toContain("for /a/x meshward uses /a/**");
+  });
+
+  it("/a/** declared before /a with the same action below /a: nothing at all", () => {
+    expect(daprDifferences(parse(`    - { name: /a/**, httpVerb: ["*"], action: deny }\n    - { name: /a, httpVerb: [GET], action: deny }\n`))).toEqual([]);
+  });
+
+  it("/a/* declared before /a/b, whose node /a/b/c made first: Dapr takes /a/b, not reported", () => {
+    const names = ["/a/b/c", "/a/*", "/a/b"];
+    expect(daprOperation(names, "/a/b")).toBe("/a/b");
+    const config = parse(`    - { name: /a/b/c, httpVerb: ["*"], action: allow }\n    - { name: /a/*, httpVerb: ["*"], action: deny }\n    - { name: /a/b, httpVerb: [GET], action: allow }\n`);
+    expect(daprDifferences(config).filter((d) => d.kind === "precedence")).toEqual([]);
+  });
+
+  it("still reported where Dapr does take the wildcard: /a/** before /a/b (its /** child comes first), /admin/* before /admin/health", () => {
+    expect(daprOperation(["/a/**", "/a/b"], "/a/b")).toBe("/a/**");
+    const rest = daprDifferences(parse(`    - { name: /a/**, httpVerb: ["*"], action: deny }\n    - { name: /a/b, httpVerb: [GET], action: allow }\n`));
+    expect(rest.map((d) => [d.kind, d.operations])).toEqual([["precedence", ["/a/**", "/a/b"]]]);
+    expect(rest[0]!.message).toContain("for /a/b meshward uses the more specific /a/b, Dapr the first declared /a/**");
+    expect(daprOperation(["/admin/*", "/admin/health"], "/admin/health")).toBe("/admin/*");
+    expect(daprDifferences(parse(`    - { name: /admin/*, httpVerb: ["*"], action: deny }\n    - { name: /admin/health, httpVerb: [GET], action: allow }\n`)).map((d) => d.kind)).toEqual(["precedence"]);
+  });
+
+  // The path / is decided as in Dapr (decide.ts rule 8): with /** declared before a / deny, both
+  // take /** for /, and the / deny never decides anything. The two agree, but the file reads
+  // stricter than what either enforces: reported as precedence (MW-ACCESS-007), not silently.
+  it("/** declared before /: both use /** for the path /, and the / that never decides it is reported", () => {
+    expect(daprOperation(["/**", "/"], "/")).toBe("/**");
+    const config = parse(`    - { name: /**, httpVerb: ["*"], action: allow }\n    - { name: /, httpVerb: ["*"], action: deny }\n`);
+    expect(compilePolicy(config).decide({ caller, operation: "/", verb: "GET" })).toMatchObject({ allowed: true, rule: "app:app1/default:op:/**:*" });
+    const found = daprDifferences(config);
+    expect(found.map((d) => [d.kind, d.operations, d.operationIndexes])).toEqual([["precedence", ["/**", "/"], [0, 1]]]);
+    expect(found[0]!.message).toContain("for the path / Dapr and meshward both use the first declared /**, so / never decides it");
+    // Declared first, / decides / in both, and nothing is reported.
+    expect(daprDifferences(parse(`    - { name: /, httpVerb: ["*"], action: deny }\n    - { name: /**, httpVerb: ["*"], action: allow }\n`))).toEqual([]);
+  });
+});
+
 describe("daprDifferences: a repeated operation name (meshward merges, Dapr keeps the first entry)", () => {
   it("is reported once per name, naming the entries", () => {
     const config = parse(`    - { name: /orders/**, httpVerb: [GET], action: allow }

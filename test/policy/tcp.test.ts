@@ -8,8 +8,9 @@ import type { Action, TcpInapplicableOperation } from "../../src/policy/index.ts
 import { watchPolicy } from "../../src/proxy/policy-source.ts";
 
 // A TCP-mode sidecar judges a connection as the operation "/" without a verb (docs/sidecar.md):
-// only the most specific operation matching "/" can decide it; per-path operations, HTTP-verb-only
-// allows and operations on "/" behind a more specific one never apply.
+// only the operation that decides the path "/" (Dapr's: the first declared of those on "/", decide.ts
+// rule 8) can decide it; per-path operations, HTTP-verb-only allows and the other operations on "/"
+// never apply.
 
 const POLICY = `apiVersion: dapr.io/v1alpha1
 kind: Configuration
@@ -31,15 +32,15 @@ spec:
       - appId: billing
         namespace: default
         operations:
-          - { name: /**, action: allow }
           - { name: /, httpVerb: [POST], action: deny }
+          - { name: /**, action: allow }
 `;
 
 const checkout = { caller: { appId: "checkout", namespace: "default", trustDomain: "public" }, ...TCP_REQUEST };
 const listed = (operations: readonly TcpInapplicableOperation[]) => operations.map((operation) => `${operation.appId}:${operation.name}:${operation.why}@${operation.operationIndex}`);
 
 describe("operations a TCP-mode sidecar never applies", () => {
-  it("lists the per-path operations, the HTTP-verb-only allows on / and what a more specific operation on / shadows, not what decides a connection", () => {
+  it("lists the per-path operations, the HTTP-verb-only allows on / and what the operation deciding / shadows, not what decides a connection", () => {
     const config = parseAccessControl(parseYaml(POLICY));
     const found = operationsNeverApplyingToTcp(config);
     expect(listed(found)).toEqual([
@@ -47,8 +48,8 @@ describe("operations a TCP-mode sidecar never applies", () => {
       "checkout:/orders/**:path@1",
       "checkout:/**:verbs@2",
       "checkout:/pkg.Svc/Get:path@3",
-      // billing's /** allow never applies: decide() stops at the more specific /, whose POST deny denies a call without a verb.
-      "billing:/**:shadowed@0",
+      // billing's /** allow never applies: decide() stops at /, declared first, whose POST deny denies a call without a verb.
+      "billing:/**:shadowed@1",
     ]);
     expect(found.map((operation) => operation.decidedBy)).toEqual([...Array(4).fill({ kind: "default", name: "/**", action: "deny" }), { kind: "operation", name: "/", action: "deny" }]);
     // What the engine does with a connection agrees: checkout's allows do not let it connect, nor billing's /** allow.
@@ -62,14 +63,30 @@ describe("operations a TCP-mode sidecar never applies", () => {
     expect(operationsNeverApplyingToTcp(config)).toEqual([]);
   });
 
-  it("a /* deny with verbs shadows a /** allow: every connection is denied, and the allow is reported", () => {
-    const config = parseAccessControl({ accessControl: { defaultAction: "deny", policies: [{ appId: "billing", namespace: "default", operations: [{ name: "/**", action: "allow" }, { name: "/*", httpVerb: ["*"], action: "deny" }] }] } });
-    expect(listed(operationsNeverApplyingToTcp(config))).toEqual(["billing:/**:shadowed@0"]);
+  it("a /* deny with verbs declared before a /** allow shadows it: every connection is denied, and the allow is reported; declared after it, /** decides", () => {
+    const config = parseAccessControl({ accessControl: { defaultAction: "deny", policies: [{ appId: "billing", namespace: "default", operations: [{ name: "/*", httpVerb: ["*"], action: "deny" }, { name: "/**", action: "allow" }] }] } });
+    expect(listed(operationsNeverApplyingToTcp(config))).toEqual(["billing:/**:shadowed@1"]);
     expect(compilePolicy(config).decide({ ...checkout, caller: { ...checkout.caller, appId: "billing" } })).toMatchObject({ allowed: false, rule: "app:billing/default:op:/*" });
+    // The other order: Dapr's trie takes /** for /, so does decide(): every connection is allowed, the deny protects nothing.
+    const reversed = parseAccessControl({ accessControl: { defaultAction: "deny", policies: [{ appId: "billing", namespace: "default", operations: [{ name: "/**", action: "allow" }, { name: "/*", httpVerb: ["*"], action: "deny" }] }] } });
+    expect(listed(operationsNeverApplyingToTcp(reversed))).toEqual(["billing:/*:shadowed@1"]);
+    expect(compilePolicy(reversed).decide({ ...checkout, caller: { ...checkout.caller, appId: "billing" } })).toMatchObject({ allowed: true, rule: "app:billing/default:op:/**" });
+    expect(tcpInapplicableMessage(operationsNeverApplyingToTcp(reversed))).toContain("/* deny (app policy billing in default: shadowed by /**, which decides the path / (as in Dapr, the first declared of the operations on /))");
+  });
+
+  it("an operation on / behind a branch Dapr's trie takes for / and finds empty (/*/x declared first): reported, the default decides", () => {
+    const config = parseAccessControl({ accessControl: { defaultAction: "deny", policies: [{ appId: "billing", namespace: "default", defaultAction: "allow", operations: [{ name: "/*/x", action: "allow" }, { name: "/", action: "deny" }] }] } });
+    expect(compilePolicy(config).decide({ ...checkout, caller: { ...checkout.caller, appId: "billing" } })).toMatchObject({ allowed: true, rule: "app:billing/default:default-action" });
+    const found = operationsNeverApplyingToTcp(config);
+    expect(found.map(({ name, why, decidedBy }) => ({ name, why, decidedBy }))).toEqual([
+      { name: "/*/x", why: "path", decidedBy: { kind: "default", action: "allow" } },
+      { name: "/", why: "shadowed", decidedBy: { kind: "default", action: "allow" } },
+    ]);
+    expect(tcpInapplicableMessage(found)).toContain("/ deny (app policy billing in default: shadowed: for the path / Dapr's trie takes the branch of an operation declared before it that starts with a bare '*' and finds none there, so the default decides)");
   });
 
   it("a /** deny behind a GET-only / allow never applies: reported, and the message names the default that admits the connection", () => {
-    // review finding 5: the most specific operation on / has only HTTP-verb allows, so decide() answers with the app default.
+    // review finding 5: the operation deciding / (declared first) has only HTTP-verb allows, so decide() answers with the app default.
     const config = parseAccessControl({ accessControl: { defaultAction: "deny", policies: [{ appId: "checkout", namespace: "default", defaultAction: "allow", operations: [{ name: "/", httpVerb: ["GET"], action: "allow" }, { name: "/**", action: "deny" }] }] } });
     expect(compilePolicy(config).decide(checkout)).toMatchObject({ allowed: true, rule: "app:checkout/default:default-action" });
     const found = operationsNeverApplyingToTcp(config);
@@ -78,8 +95,8 @@ describe("operations a TCP-mode sidecar never applies", () => {
       { name: "/**", action: "deny", why: "shadowed", decidedBy: { kind: "default", name: "/", action: "allow" } },
     ]);
     const message = tcpInapplicableMessage(found);
-    expect(message).toContain("/** deny (app policy checkout in default: shadowed by the more specific /)");
-    expect(message).toContain("for app policy checkout in default, every connection is allowed by the app policy's defaultAction (allow; /, the most specific operation matching /, allows HTTP verbs only)");
+    expect(message).toContain("/** deny (app policy checkout in default: shadowed by /, which decides the path / (as in Dapr, the first declared of the operations on /))");
+    expect(message).toContain("for app policy checkout in default, every connection is allowed by the app policy's defaultAction (allow; /, the operation that decides the path /, allows HTTP verbs only)");
     expect(message).not.toMatch(/\/\*\* without verbs\) decides/);
   });
 
@@ -168,9 +185,9 @@ describe("operations a TCP-mode sidecar never applies", () => {
         { appId: "checkout", namespace: "default", trustDomain: "public", name: "/orders/**", action: "allow", why: "path", decidedBy: byDefault, at: `${path}:15:13` },
         { appId: "checkout", namespace: "default", trustDomain: "public", name: "/**", action: "allow", why: "verbs", decidedBy: byDefault, at: `${path}:16:13` },
         { appId: "checkout", namespace: "default", trustDomain: "public", name: "/pkg.Svc/Get", action: "allow", why: "path", decidedBy: byDefault, at: `${path}:17:13` },
-        { appId: "billing", namespace: "default", trustDomain: "public", name: "/**", action: "allow", why: "shadowed", decidedBy: { kind: "operation", name: "/", action: "deny" }, at: `${path}:21:13` },
+        { appId: "billing", namespace: "default", trustDomain: "public", name: "/**", action: "allow", why: "shadowed", decidedBy: { kind: "operation", name: "/", action: "deny" }, at: `${path}:22:13` },
       ]);
-      expect(tcpWarnings[0]!.message).toMatch(new RegExp(`^the access policy ${path}: in TCP mode a connection has no path and no verb: .*these 5 operations never apply: /admin/\\*\\* deny \\(app policy checkout in default: its path is not /\\), .*/\\*\\* allow \\(app policy checkout in default: allowed for HTTP verbs only\\).*/\\*\\* allow \\(app policy billing in default: shadowed by the more specific /\\).*every connection is denied by the operation / \\(deny\\)`));
+      expect(tcpWarnings[0]!.message).toMatch(new RegExp(`^the access policy ${path}: in TCP mode a connection has no path and no verb: .*these 5 operations never apply: /admin/\\*\\* deny \\(app policy checkout in default: its path is not /\\), .*/\\*\\* allow \\(app policy checkout in default: allowed for HTTP verbs only\\).*/\\*\\* allow \\(app policy billing in default: shadowed by /, which decides the path /.*every connection is denied by the operation / \\(deny\\)`));
       warned.length = 0;
       const http = watchPolicy(path, { intervalMs: 50, logger, warn: (fields, message) => warned.push({ fields, message }), protocol: "http" });
       http.close();

@@ -113,7 +113,7 @@ describe("TCP mode: open tunnels follow policy reloads and the age cap", () => {
         ],
       }),
     ]);
-    expect(String(warnings[0]!["msg"])).toContain("every connection is allowed by the app policy's defaultAction (allow; /, the most specific operation matching /, allows HTTP verbs only)");
+    expect(String(warnings[0]!["msg"])).toContain("every connection is allowed by the app policy's defaultAction (allow; /, the operation that decides the path /, allows HTTP verbs only)");
     // As the warning says: none of the operations applies, the app's defaultAction (allow) decides.
     const verified = await tunnel(sidecar, "mtls");
     expect(await verified.echoes("b")).toBe(true);
