@@ -60,7 +60,8 @@ export interface RootCrlSources {
 /** Keeps a signed CRL matching the store's revocations; re-signs on change and before it goes stale. */
 export class CrlPublisher {
   #current: PublishedCrl | undefined;
-  #fingerprint = "";
+  /** How many revocations the store held when this replica last signed alone (#refreshLocal). */
+  #signedCount: number | undefined;
   #signedFor: Signer | undefined;
   #previousSignedFor: Signer | undefined;
 
@@ -252,13 +253,15 @@ export class CrlPublisher {
     return adopted;
   }
 
-  /** At most every UNSIGNED_CHECK_MS: the revocations are a full read of the table. */
+  /**
+   * At most every UNSIGNED_CHECK_MS. The CRL in force was signed from this store's revocations,
+   * which only grow (Store.countRevocations): those it lacks are the difference of the counts.
+   */
   async #checkUnsigned(): Promise<void> {
     if (Date.now() - this.#unsignedCheckedAt < UNSIGNED_CHECK_MS) return;
-    const revocations = await this.store.listRevocations();
+    const stored = await this.store.countRevocations();
     this.#unsignedCheckedAt = Date.now();
-    const inForce = this.#current?.revokedSerials;
-    const count = revocations.filter((r) => inForce?.has(r.serial) !== true).length;
+    const count = Math.max(0, stored - (this.#current?.revokedSerials.size ?? 0));
     this.#unsigned = count === 0 ? undefined : { count, since: this.#unsigned?.since ?? this.#unsignedCheckedAt };
   }
 
@@ -269,7 +272,9 @@ export class CrlPublisher {
    * previous leader signed, published or not.
    */
   async #signShared(force: boolean): Promise<void> {
-    const [revocations, published] = await Promise.all([this.store.listRevocations(), this.store.latestCrl()]);
+    // A count, not the rows: the published CRL was signed from this store's revocations, which
+    // only grow (Store.countRevocations), so it lists them all exactly when it lists as many.
+    const [revoked, published] = await Promise.all([this.store.countRevocations(), this.store.latestCrl()]);
     const now = this.clock();
     const signer = this.signer();
     const previous = this.#retainedPrevious(signer, now);
@@ -281,7 +286,7 @@ export class CrlPublisher {
         parsed = undefined; // signed by a previous issuer: re-sign
       }
       const fresh = now.getTime() - published.thisUpdate.getTime() <= CRL_RESIGN_AFTER_MS;
-      const same = parsed !== undefined && parsed.revokedSerials.size === revocations.length && revocations.every((r) => parsed.revokedSerials.has(r.serial));
+      const same = parsed !== undefined && parsed.revokedSerials.size === revoked;
       const others = published.others ?? [];
       const rootPlan = this.#rootPlan(now, others);
       const issuerOthers = others.filter((der) => !rootPlan.keep.has(crlSigner(der, this.roots?.().rootKeys ?? []) ?? ""));
@@ -331,19 +336,19 @@ export class CrlPublisher {
   }
 
   async #refreshLocal(): Promise<boolean> {
-    const fingerprintOf = (revocations: readonly RevocationRecord[]) => revocations.map((r) => r.serial).sort().join(",");
     const now = this.clock();
     const signer = this.signer();
     const previous = this.#retainedPrevious(signer, now);
     const stale = this.#current === undefined || now.getTime() - this.#current.thisUpdate.getTime() > CRL_RESIGN_AFTER_MS;
     const rootPlan = this.#rootPlan(now, this.#current?.others ?? []);
-    if (!stale && rootPlan.upToDate && fingerprintOf(await this.store.listRevocations()) === this.#fingerprint && signer === this.#signedFor && previous === this.#previousSignedFor) return false;
+    // Revocations only grow (Store.countRevocations): the same count is the same set, and the rows are read only to sign.
+    if (!stale && rootPlan.upToDate && signer === this.#signedFor && previous === this.#previousSignedFor && (await this.store.countRevocations()) === this.#signedCount) return false;
     // The number first, then the revocations it covers (see #signShared).
     const crlNumber = await this.#nextCrlNumber(now);
     const revocations = await this.store.listRevocations();
     const der = await this.#sign(signer, revocations, now, crlNumber);
     const others = [...(previous === undefined ? [] : [await this.#sign(previous, revocations, now, crlNumber)]), ...(await this.#rootCrls(rootPlan, now, crlNumber))];
-    this.#fingerprint = fingerprintOf(revocations);
+    this.#signedCount = revocations.length;
     this.#signedFor = signer;
     this.#previousSignedFor = previous;
     this.#setCurrent({ der, pem: toPem(der, "X509 CRL"), revokedSerials: new Set(revocations.map((r) => r.serial)), thisUpdate: now, others });

@@ -112,6 +112,7 @@ const Q = {
     text: `SELECT r.serial, r.revoked_at, r.reason, i.spiffe_id FROM revocations r
            LEFT JOIN issuances i ON i.serial = r.serial ORDER BY r.revoked_at, r.serial`,
   },
+  countRevocations: { name: "meshward_count_revocations", text: "SELECT count(*)::int AS n FROM revocations" },
   insertToken: {
     name: "meshward_insert_token",
     text: `INSERT INTO join_tokens (${TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
@@ -352,6 +353,11 @@ export class PostgresStore implements Store {
       [],
     );
     return result.rows.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at, reason: r.reason, spiffeId: r.spiffe_id ?? undefined }));
+  }
+
+  async countRevocations(): Promise<number> {
+    const result = await this.#query<{ n: number }>("E_STORE_READ", "count revocations", Q.countRevocations, []);
+    return result.rows[0]!.n;
   }
 
   async createToken(token: JoinTokenRecord): Promise<void> {

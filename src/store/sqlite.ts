@@ -257,6 +257,10 @@ export class SqliteStore implements Store {
     return rows.map((r) => ({ serial: r.serial, revokedAt: new Date(r.revoked_at), reason: r.reason, spiffeId: r.spiffe_id ?? undefined }));
   }
 
+  async countRevocations(): Promise<number> {
+    return this.#read("count revocations", () => (this.#stmts().countRevocations.get() as { n: number }).n);
+  }
+
   async createToken(token: JoinTokenRecord): Promise<void> {
     if (this.#useWriterThread) return this.#onWriter("createToken", token);
     const row: TokenRow = {
@@ -491,6 +495,7 @@ interface Statements {
   supersededBy: Database.Statement;
   revoke: Database.Statement;
   listRevocations: Database.Statement;
+  countRevocations: Database.Statement;
   insertToken: Database.Statement;
   spendToken: Database.Statement;
   getTokenByHash: Database.Statement;
@@ -533,6 +538,7 @@ function prepareStatements(db: Database.Database): Statements {
     ),
     supersededBy: db.prepare("SELECT serial, superseded_by FROM superseded WHERE serial IN (SELECT value FROM json_each(?))"),
     revoke: db.prepare("INSERT INTO revocations (serial, revoked_at, reason) VALUES (?, ?, ?) ON CONFLICT (serial) DO NOTHING"),
+    countRevocations: db.prepare("SELECT count(*) AS n FROM revocations"),
     listRevocations: db.prepare(
       `SELECT r.serial, r.revoked_at, r.reason, i.spiffe_id FROM revocations r
        LEFT JOIN issuances i ON i.serial = r.serial ORDER BY r.revoked_at, r.serial`,

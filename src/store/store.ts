@@ -151,6 +151,13 @@ export interface Store {
   /** Every renewal (the new serial → the serial it renewed), forks included: for ca migrate-store. */
   listRenewals(): Promise<{ serial: string; renews: string }[]>;
   listRevocations(): Promise<RevocationRecord[]>;
+  /**
+   * How many serials are revoked: a count, no rows read out. Revocations are only ever added (no
+   * call removes one or changes it: the first is kept), so the count changes exactly when the set
+   * does, whatever order concurrent writers commit in; the CA's CRL refresh compares it with the
+   * CRL in force each second and reads the rows (listRevocations) only when they differ.
+   */
+  countRevocations(): Promise<number>;
   createToken(token: JoinTokenRecord): Promise<void>;
   /** Atomically checks and spends one use of the token with this hash. */
   consumeToken(tokenHash: string, now: Date): Promise<TokenConsumption>;

@@ -219,3 +219,43 @@ describe("CrlPublisher: the previous issuer's CRL", () => {
     }
   });
 });
+
+// The CA refreshes its CRL every crlRefresh (1 s by default): with nothing new, that was a read of
+// every revocation (joined with the issuance log) each second, on SQLite and on PostgreSQL. The
+// revocations only grow, so a count tells whether the CRL in force still lists them all.
+describe("CrlPublisher: the revocations are read only when they changed", () => {
+  for (const mode of ["one replica", "the leader of several"] as const) {
+    it(`${mode}: a refresh with nothing new reads no revocation; the next one after a revocation signs it`, async () => {
+      const pki = await createTestPki({ trustDomain: "crl-reads.test" });
+      const store = openSqliteStore(":memory:");
+      try {
+        await store.migrate();
+        await revoke(store, "0A01");
+        let reads = 0;
+        const counted = new Proxy(store, {
+          get(target, prop, receiver) {
+            if (prop === "listRevocations") return () => ((reads += 1), target.listRevocations());
+            const value: unknown = Reflect.get(target, prop, receiver);
+            return typeof value === "function" ? value.bind(target) : value;
+          },
+        }) as Store;
+        const crl = new CrlPublisher(counted, () => pki.issuer, () => new Date(), mode === "one replica" ? undefined : { isLeader: () => true });
+        expect(await crl.refresh()).toBe(true);
+        const signedWith = reads;
+        for (let i = 0; i < 5; i++) expect(await crl.refresh()).toBe(false);
+        expect(reads).toBe(signedWith);
+
+        await revoke(store, "0B02");
+        expect(await crl.refresh()).toBe(true);
+        expect([...crl.current!.revokedSerials].sort()).toEqual(["0A01", "0B02"]);
+        expect([...parseCrl(crl.current!.der, pki.issuer.certificate).revokedSerials].sort()).toEqual(["0A01", "0B02"]);
+        expect(reads).toBeGreaterThan(signedWith);
+        const after = reads;
+        expect(await crl.refresh()).toBe(false);
+        expect(reads).toBe(after);
+      } finally {
+        await store.close();
+      }
+    });
+  }
+});

@@ -1,11 +1,16 @@
 import { request as httpRequest } from "node:http";
 import { connect as http2Connect, type ClientHttp2Session } from "node:http2";
 import { connect as tlsConnect } from "node:tls";
+import { X509Certificate } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
-import { initAnchors } from "../../src/ca/anchors.ts";
+import { caLayout, initAnchors } from "../../src/ca/anchors.ts";
+import { createIssuerCertificate, type Signer } from "../../src/pki/certificate.ts";
+import { decodePrivateKey, encodePrivateKey, generateKeyPair } from "../../src/pki/keys.ts";
+import { toPem } from "../../src/pki/pem.ts";
+import { writeFileAtomic, writeSecretFileAtomic } from "../../src/util/files.ts";
 import { startCaServer } from "../../src/ca/server.ts";
 import type { CaServer } from "../../src/ca/server.ts";
 import { issueJoinToken } from "../../src/ca/tokens.ts";
@@ -47,9 +52,10 @@ export interface MeshCa {
 }
 
 /** A real meshward CA (anchors on disk, gRPC/HTTPS API on 127.0.0.1:0). */
-export async function startMeshCa(options: { workloadTtl?: string } = {}): Promise<MeshCa> {
+export async function startMeshCa(options: { workloadTtl?: string; issuerSerialLeadingZero?: boolean } = {}): Promise<MeshCa> {
   const dir = mkdtempSync(join(tmpdir(), "meshward-proxy-"));
   await initAnchors({ dir: join(dir, "ca"), trustDomain: TD, now: new Date() });
+  if (options.issuerSerialLeadingZero === true) await issuerWithLeadingZeroSerial(join(dir, "ca"));
   const silent = pino({ level: "silent" });
   const server = await startCaServer({
     dir: join(dir, "ca"),
@@ -88,6 +94,28 @@ export async function startMeshCa(options: { workloadTtl?: string } = {}): Promi
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Replaces the issuer `initAnchors` made in `caDir` (before any CA runs on it) with one whose
+ * serial, as node:crypto prints it, begins with "0": a first byte of 0x01-0x0F, as 15 in 127 of
+ * meshward's random serials have (pki/certificate.ts randomSerial). Such a serial has two spellings
+ * in meshward (node's "05A6…", which CRLs and `TrustBundle.revokedSerials` hold, and tls/verify.ts
+ * normalizeSerial's "5A6…"), so a test that draws it every time shows a comparison of the two.
+ */
+async function issuerWithLeadingZeroSerial(caDir: string): Promise<void> {
+  const layout = caLayout(caDir);
+  const rootCertificate = new X509Certificate(readFileSync(layout.rootCert));
+  const root: Signer = { certificate: rootCertificate, der: rootCertificate.raw, privateKey: decodePrivateKey(readFileSync(layout.rootKey, "utf8")) };
+  const drawn = new X509Certificate(readFileSync(layout.issuerCert));
+  for (;;) {
+    const keys = generateKeyPair();
+    const issuer = await createIssuerCertificate({ trustDomain: TD, publicKey: keys.publicKey, signer: root, notBefore: new Date(drawn.validFrom), notAfter: new Date(drawn.validTo) });
+    if (!new X509Certificate(issuer.der).serialNumber.startsWith("0")) continue;
+    writeSecretFileAtomic(layout.issuerKey, encodePrivateKey(keys.privateKey));
+    writeFileAtomic(layout.issuerCert, toPem(issuer.der, "CERTIFICATE"));
+    return;
+  }
 }
 
 /** An in-process sidecar with a CA-backed identity (join token) and captured JSON logs. */

@@ -303,6 +303,21 @@ export function defineStoreContract(backend: StoreBackend): void {
         expect((await store.countValidByRoot(new Date(T0))).get(ROOT_A)).toBe(1); // otherRenewed alone
       });
 
+      it("counts the revocations (what the CA's CRL refresh compares each second): one more for each serial revoked, none for a repeat", async () => {
+        expect(await store.countRevocations()).toBe(0);
+        const first = issuance();
+        await store.recordIssuance(first);
+        const renewed = renewal(first);
+        await store.recordIssuance(renewed);
+        await store.revoke({ serial: "0ABC", revokedAt: new Date(T0), reason: "unspecified" });
+        expect(await store.countRevocations()).toBe(1);
+        await store.revoke({ serial: "0abc", revokedAt: new Date(T0 + 1_000), reason: "keyCompromise" }); // already revoked
+        expect(await store.countRevocations()).toBe(1);
+        await store.revokeLineage({ serial: first.serial, revokedAt: new Date(T0), reason: "keyCompromise" });
+        expect(await store.countRevocations()).toBe(3);
+        expect(await store.countRevocations()).toBe((await store.listRevocations()).length);
+      });
+
       it("refuses to record a renewal of a revoked certificate (E_CERT_REVOKED), on every handle", async () => {
         const stolen = issuance();
         await store.recordIssuance(stolen);

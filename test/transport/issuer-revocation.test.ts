@@ -63,7 +63,9 @@ function forgedPadded(spiffeId: string, padding: number): IdentitySource {
   return staticIdentity({ ...current, svid: { ...current.svid, certChainPem: toPem(leaf!, "CERTIFICATE") + filler.repeat(padding) + toPem(issuer!, "CERTIFICATE") } });
 }
 
-const revokedIn = (source: IdentitySource) => source.current()?.bundle.revokedSerials.has(normalizeSerial(oldIssuer.serialNumber)) === true;
+// TrustBundle.revokedSerials spells serials in whole bytes, as node:crypto and the CRLs do ("05A6…");
+// tls/verify.ts's normalizeSerial drops every leading zero ("5A6…"): compared in that one form.
+const revokedIn = (source: IdentitySource) => [...(source.current()?.bundle.revokedSerials ?? [])].some((serial) => normalizeSerial(serial) === normalizeSerial(oldIssuer.serialNumber));
 const issuerOf = (source: IdentitySource) => new X509Certificate(certificatesFromPem(source.current()!.svid.certChainPem)[1]!).serialNumber;
 
 type Logger = ReturnType<typeof makeLogger>;
@@ -185,7 +187,9 @@ describe("a certificate minted with the key of an issuer retired with --now", ()
   let forgedPeerPort: number;
 
   beforeAll(async () => {
-    ca = await startMeshCa();
+    // The issuer retired below has a serial node prints with a leading "0" (05A6…), which 15 in 127
+    // random ones have: the case where its two spellings differ, taken every run rather than by chance.
+    ca = await startMeshCa({ issuerSerialLeadingZero: true });
     closers.push(() => ca.close());
     const layout = caLayout(`${ca.dir}/ca`);
     oldIssuer = new X509Certificate(readFileSync(layout.issuerCert));
