@@ -20,8 +20,9 @@ import type { HeldAccount } from "./held-budget.ts";
  * the caller, its handle stops reading (what `pause()` does) and its `_read`, the one place
  * node:http2 opens the window again (`readStart`), does nothing until `release()`. The frames the
  * window still lets in are copied, back to back, into buffers of 16 KiB: a held stream holds at
- * most one window of bytes (the caller's SETTINGS_INITIAL_WINDOW_SIZE as we advertise it, 64 KiB
- * by default), whatever the frames. A stream starts held, so one that waits for a connection to the
+ * most one window of bytes (the caller's SETTINGS_INITIAL_WINDOW_SIZE as we advertise it: on the
+ * inbound h2StreamWindow, 16 KiB at the default limits; elsewhere node:http2's 64 KiB), whatever
+ * the frames. A stream starts held, so one that waits for a connection to the
  * app holds the same.
  *
  * What the sink is handed as it comes is queued by it (toward a side that may not read), so a frame
@@ -40,7 +41,7 @@ export interface IntakeSink {
 /** Bytes held while the caller is held go into buffers of this size. */
 const HELD_BUFFER = 16 * 1024;
 /**
- * Far above one flow-control window (64 KiB as the sidecar advertises it): held bytes past this
+ * Far above one flow-control window (at most 64 KiB as the sidecar advertises it): held bytes past this
  * mean node:http2 opened the window again behind `_read` (a Node release that no longer goes
  * through it), so the hold no longer bounds anything. The stream is reset (ENHANCE_YOUR_CALM)
  * rather than held without limit.

@@ -38,7 +38,7 @@ import type { CallerStamp, StampIdentity } from "./headers.ts";
 import type { PolicySource } from "./policy-source.ts";
 import { forwardH2ToHttp1 } from "./http1/h2-bridge.ts";
 import { H2Intake } from "./h2-intake.ts";
-import { HeldBudget, perAddressShare, SIDECAR_BUSY } from "./held-budget.ts";
+import { h2StreamWindow, HeldBudget, perAddressShare, SIDECAR_BUSY } from "./held-budget.ts";
 import type { HeldAccount } from "./held-budget.ts";
 import { H2Deadlines } from "./h2-deadline.ts";
 import { Http1Pool, POOL_TIMEOUT } from "./http1/pool.ts";
@@ -388,8 +388,13 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   // session's memory stays at Node's default bound (10 MB; past it new streams are refused),
   // as on the outbound. node:http2's own header-block limits sit above maxHeaderBytes (h2HeaderLimits),
   // so that a block over it gets meshward's 431, not node:http2's reset.
+  // Each stream's flow-control window (h2StreamWindow) is sized so that a connection's streams,
+  // each backed up by a slow app, fit the caller address's share of limits.maxHeldRequestBytes.
   const headerLimits = h2HeaderLimits(limits.maxHeaderBytes);
-  const h2 = createH2Server({ maxHeaderListPairs: headerLimits.maxHeaderListPairs, settings: { maxHeaderListSize: headerLimits.maxHeaderListSize, maxConcurrentStreams: limits.maxConcurrentStreams } });
+  const h2 = createH2Server({
+    maxHeaderListPairs: headerLimits.maxHeaderListPairs,
+    settings: { maxHeaderListSize: headerLimits.maxHeaderListSize, maxConcurrentStreams: limits.maxConcurrentStreams, initialWindowSize: h2StreamWindow(heldBudget.perAddress, limits.maxConcurrentStreams) },
+  });
   let handing: Socket | undefined;
   const sessionSocket = new WeakMap<ServerHttp2Session, Socket>();
   // headersTimeout for HTTP/2 (a header block that never completes) and idleTimeout counted in open streams.

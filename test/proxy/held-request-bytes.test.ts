@@ -1,13 +1,14 @@
 import { readFileSync } from "node:fs";
 import { createServer as createHttpServer } from "node:http";
 import type { ServerResponse } from "node:http";
-import { connect as http2Connect, constants as h2constants } from "node:http2";
-import type { ClientHttp2Session, ClientHttp2Stream } from "node:http2";
+import { connect as http2Connect, constants as h2constants, createServer as createH2Server } from "node:http2";
+import type { ClientHttp2Session, ClientHttp2Stream, ServerHttp2Stream } from "node:http2";
 import { createServer as createNetServer } from "node:net";
 import type { AddressInfo } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import type { ConnectionOptions, TLSSocket } from "node:tls";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { h2StreamWindow, perAddressShare } from "../../src/proxy/held-budget.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { metricValue, startMeshCa, startTestSidecar, type MeshCa, type TestSidecarWithApp } from "./fixtures.ts";
 
@@ -21,7 +22,13 @@ import { metricValue, startMeshCa, startTestSidecar, type MeshCa, type TestSidec
  */
 describe("limits.maxHeldRequestBytes: a listener-wide budget for held request bytes", () => {
   const BUDGET = 1024 * 1024;
+  /** What each upload below writes: node:http2's default window, more than a stream of these limits may send unread. */
   const WINDOW = 65535;
+  /**
+   * The flow-control window the inbound gives each stream at these limits (h2StreamWindow: the
+   * address's share over maxConcurrentStreams, at least 16 KiB): what a stream that is not read holds.
+   */
+  const STREAM_WINDOW = 16 * 1024;
   let ca: MeshCa;
   let caller: { cert: string; key: string };
   let sidecar: TestSidecarWithApp | undefined;
@@ -126,16 +133,16 @@ describe("limits.maxHeldRequestBytes: a listener-wide budget for held request by
     // Two connections to the app for this address: every further stream waits, holding its body.
     await start({ maxConnectionsPerAddress: 2 });
     const flood = h2From("127.0.0.1");
-    const STREAMS = 40;
+    const STREAMS = 100;
     const answers: Answer[] = [];
     for (let i = 0; i < STREAMS; i++) {
       const stream = flood.request({ ":method": "POST", ":path": `/hold/${i}`, "content-type": "text/plain" });
       void answerOf(stream).then((answer) => answers.push(answer));
       stream.write(Buffer.alloc(WINDOW, 0x61));
     }
-    // 2 streams are with the app; the budget holds at most 16 windows of the others (1 MiB / 64 KiB,
-    // their header blocks count too): at least 22 of 40 are refused, instead of all 38 held.
-    const minimumRefused = STREAMS - 2 - BUDGET / (WINDOW + 1);
+    // 2 streams are with the app; the budget holds at most 63 windows of the others (1 MiB / 16 KiB,
+    // their header blocks count too): at least 35 of 100 are refused, instead of all 98 held.
+    const minimumRefused = STREAMS - 2 - Math.floor(BUDGET / (STREAM_WINDOW + 1));
     await waitFor("streams refused as over the budget", () => answers.filter((a) => a.error === "E_SIDECAR_BUSY").length >= minimumRefused);
     for (const answer of answers) {
       expect(answer.status).toBe(503);
@@ -161,12 +168,13 @@ describe("limits.maxHeldRequestBytes: a listener-wide budget for held request by
     await start({ maxHeldRequestBytes: 2 * BUDGET, maxConnections: 4, maxConnectionsPerAddress: 2 });
     const flood = h2From("127.0.0.1");
     const answers: Answer[] = [];
-    for (let i = 0; i < 40; i++) {
+    for (let i = 0; i < 100; i++) {
       const stream = flood.request({ ":method": "POST", ":path": `/hold/${i}`, "content-type": "text/plain" });
       void answerOf(stream).then((answer) => answers.push(answer));
       stream.write(Buffer.alloc(WINDOW, 0x61));
     }
-    await waitFor("the flooding address refused at its share", () => answers.filter((a) => a.error === "E_SIDECAR_BUSY").length >= 40 - 2 - 17);
+    // The share (1 MiB + 64 KiB) holds fewer than 68 windows of 16 KiB with their header blocks: at least 31 of the 98 waiting are refused.
+    await waitFor("the flooding address refused at its share", () => answers.filter((a) => a.error === "E_SIDECAR_BUSY").length >= 100 - 2 - Math.floor((BUDGET + 64 * 1024) / (STREAM_WINDOW + 1)));
     // Another caller address: its own request, with a body it holds while it waits for nothing.
     const other = h2From("127.0.0.2");
     const upload = other.request({ ":method": "POST", ":path": "/upload", "content-type": "text/plain" });
@@ -179,12 +187,12 @@ describe("limits.maxHeldRequestBytes: a listener-wide budget for held request by
     await start({ maxConnectionsPerAddress: 2, maxHeaderBytes: 128 * 1024 });
     const flood = h2From("127.0.0.1");
     const answers: Answer[] = [];
-    for (let i = 0; i < 40; i++) {
+    for (let i = 0; i < 100; i++) {
       const stream = flood.request({ ":method": "POST", ":path": `/hold/${i}`, "content-type": "text/plain" });
       void answerOf(stream).then((answer) => answers.push(answer));
       stream.write(Buffer.alloc(WINDOW, 0x61));
     }
-    await waitFor("the budget full", () => answers.filter((a) => a.error === "E_SIDECAR_BUSY").length >= 22);
+    await waitFor("the budget full", () => answers.filter((a) => a.error === "E_SIDECAR_BUSY").length >= 100 - 2 - Math.floor(BUDGET / (STREAM_WINDOW + 1)));
     // At most a window of the budget is left: a 70 KB header block does not fit (a second
     // connection of the same address: node:http2 refuses new streams on the flooded session itself).
     const call = h2From("127.0.0.1").request({ ":method": "POST", ":path": "/pkg.Service/Call", "content-type": "application/grpc", te: "trailers", "x-fill": "f".repeat(70_000) });
@@ -270,5 +278,100 @@ describe("limits.maxHeldRequestBytes: a listener-wide budget for held request by
     }
     await waitFor("every answered upload's stream closed", () => uploads.every((u) => u.stream.closed));
     for (const upload of uploads) expect(upload.stream.rstCode).toBe(h2constants.NGHTTP2_NO_ERROR);
+  });
+
+  it("gRPC: 100 client-streaming calls from one address to a slow app are slowed by flow control, not refused: all complete", async () => {
+    // A gRPC-like app (h2c) that reads nothing until every call is backed up, then reads each body
+    // whole and answers grpc-status 0 with the bytes it got. Default limits: the address's share is
+    // 2.67 MiB (16 MiB × 128 / 768). Before, each backed-up stream held up to a 64 KiB window of
+    // the caller's body: about 40 streams filled the share and the others got RESOURCE_EXHAUSTED
+    // (E_SIDECAR_BUSY). Now the inbound gives each stream a 16 KiB window: 100 of them fit.
+    const CALLS = 100;
+    const BODY = 256 * 1024;
+    const appStreams = new Map<number, ServerHttp2Stream>();
+    let reading = false;
+    const grpcApp = createH2Server();
+    grpcApp.on("stream", (stream: ServerHttp2Stream, headers) => {
+      stream.on("error", () => undefined);
+      let bytes = 0;
+      stream.on("data", (chunk: Buffer) => (bytes += chunk.length));
+      stream.on("end", () => {
+        if (stream.closed || stream.destroyed) return;
+        stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+        stream.once("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0", "x-bytes": String(bytes) }));
+        stream.end();
+      });
+      if (!reading) stream.pause();
+      appStreams.set(Number(headers["x-call"]), stream);
+    });
+    await new Promise<void>((resolve) => grpcApp.listen(0, "127.0.0.1", resolve));
+    try {
+      sidecar = await startTestSidecar(ca, { appId: "budgeted", app: `127.0.0.1:${(grpcApp.address() as AddressInfo).port}` });
+      const session = h2From("127.0.0.1");
+      await new Promise((resolve) => session.once("remoteSettings", resolve));
+      expect(session.remoteSettings.initialWindowSize).toBe(STREAM_WINDOW);
+      const chunk = Buffer.alloc(16 * 1024, 0x67);
+      let sent = 0;
+      const calls = Array.from({ length: CALLS }, (_, i) => {
+        const stream = session.request({ ":method": "POST", ":path": "/pkg.Uploads/Put", "content-type": "application/grpc", te: "trailers", "x-call": String(i) });
+        const call = { stream, grpcStatus: "", error: undefined as string | undefined, bytes: "" };
+        stream.on("response", (headers) => {
+          if (headers["grpc-status"] !== undefined) call.grpcStatus = String(headers["grpc-status"]);
+          call.error = headers["x-meshward-error"] as string | undefined;
+        });
+        stream.on("trailers", (trailers) => {
+          call.grpcStatus = String(trailers["grpc-status"]);
+          call.bytes = String(trailers["x-bytes"]);
+        });
+        stream.on("error", () => undefined);
+        stream.resume();
+        // As a gRPC client writes: while the stream takes it, then on 'drain'.
+        let written = 0;
+        const pump = () => {
+          while (written < BODY && !stream.destroyed) {
+            written += chunk.length;
+            if (!stream.write(chunk, () => (sent += chunk.length))) return void stream.once("drain", pump);
+          }
+          if (!stream.destroyed) stream.end();
+        };
+        pump();
+        return call;
+      });
+      // Backed up: every call refused or with a full window's worth (65,535 bytes) waiting unread at
+      // the app, and the caller sending nothing more over a PING's round trip (no window left to it).
+      const backedUp = (i: number) => calls[i]!.stream.closed || (appStreams.get(i)?.readableLength ?? 0) >= 65_535;
+      await waitFor("every call backed up behind the app", () => calls.every((_, i) => backedUp(i)));
+      for (let before = -1; before !== sent; ) {
+        before = sent;
+        await new Promise((resolve) => session.ping(resolve));
+      }
+      reading = true;
+      for (const stream of appStreams.values()) stream.resume();
+      await waitFor("every call closed", () => calls.every((call) => call.stream.closed), 60_000);
+      const outcome = (call: (typeof calls)[number]) => (call.grpcStatus === "0" && call.bytes === String(BODY) ? "ok" : `grpc-status ${call.grpcStatus} ${call.error ?? ""}`.trim());
+      const outcomes: Record<string, number> = {};
+      for (const call of calls) outcomes[outcome(call)] = (outcomes[outcome(call)] ?? 0) + 1;
+      expect(outcomes).toEqual({ ok: CALLS });
+      expect(await refused("max_held_request_bytes")).toBe(0);
+    } finally {
+      for (const session of sessions.splice(0)) session.destroy();
+      for (const stream of appStreams.values()) stream.destroy();
+      await sidecar?.close();
+      sidecar = undefined;
+      await new Promise<void>((resolve) => grpcApp.close(() => resolve()));
+    }
+  });
+});
+
+describe("h2StreamWindow: the inbound's per-stream window, sized so that a connection's streams fit the address's share", () => {
+  it("is the share over maxConcurrentStreams in 16 KiB steps, from 16 KiB to node:http2's default 65,535", () => {
+    const atDefaults = perAddressShare(16 * 1024 * 1024, 768, 128);
+    expect(h2StreamWindow(atDefaults, 100)).toBe(16 * 1024);
+    // 100 streams of a window each, and their header blocks, fit the 2.67 MiB share.
+    expect(100 * (h2StreamWindow(atDefaults, 100) + 1024)).toBeLessThanOrEqual(atDefaults);
+    expect(h2StreamWindow(perAddressShare(39_321_600, 768, 128), 100)).toBe(65_535);
+    expect(h2StreamWindow(perAddressShare(39_321_599, 768, 128), 100)).toBe(48 * 1024);
+    expect(h2StreamWindow(atDefaults, 10_000)).toBe(16 * 1024);
+    expect(h2StreamWindow(2 ** 40, 1)).toBe(65_535);
   });
 });
