@@ -29,7 +29,12 @@ import { startSidecar } from "../../src/proxy/sidecar.ts";
 import { startH1AndH2cApp } from "../helpers/app-servers.ts";
 import { createTestPki, manualIdentitySource } from "../helpers/test-pki.ts";
 import type { TestPki } from "../helpers/test-pki.ts";
-import { logCapture, metricValue, withInbound, type LogCapture, type SidecarWithApp } from "./fixtures.ts";
+import { createServer as createHttpServer } from "node:http";
+import type { Server } from "node:http";
+import type { ClientHttp2Session } from "node:http2";
+import { connect as netConnect } from "node:net";
+import type { AddressInfo } from "node:net";
+import { logCapture, metricValue, outboundH2Session, startMeshCa, startTestSidecar, withInbound, type LogCapture, type MeshCa, type SidecarWithApp, type TestSidecarWithApp } from "./fixtures.ts";
 
 const TD = "target-override.test";
 const REPO = fileURLToPath(new URL("../..", import.meta.url));
@@ -206,4 +211,73 @@ describe("sidecar inbound: target-override fields and headersWithUnderscores", (
     expect(failed?.code).not.toBe(0);
     expect(failed?.stderr).toMatch(/--headers-with-underscores: headersWithUnderscores:.*reject.*drop.*allow.*E_CONFIG_INVALID/);
   }, 60_000);
+});
+
+describe("sidecar outbound: headersWithUnderscores drop and target-override fields (HTTP/1.1 relay, h2 → peer sidecar)", () => {
+  let ca: MeshCa;
+  let app: Server;
+  let callee: TestSidecarWithApp;
+  let caller: TestSidecarWithApp;
+  const seen: string[][] = [];
+  const sessions: ClientHttp2Session[] = [];
+
+  beforeAll(async () => {
+    ca = await startMeshCa();
+    app = createHttpServer((req, res) => {
+      seen.push(req.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase()));
+      req.resume();
+      req.on("end", () => res.end("ok"));
+    });
+    await new Promise<void>((resolve) => app.listen(0, "127.0.0.1", resolve));
+    // The callee allows '_' names: only the caller's outbound can have removed them.
+    callee = await startTestSidecar(ca, { appId: "callee", app: `127.0.0.1:${(app.address() as AddressInfo).port}`, headersWithUnderscores: "allow" });
+    caller = await startTestSidecar(ca, { appId: "web", app: "127.0.0.1:1", outbound: "127.0.0.1:0", peers: { callee: `127.0.0.1:${callee.addresses.inbound.port}` }, headersWithUnderscores: "drop" });
+  }, 60_000);
+  afterAll(async () => {
+    for (const session of sessions) session.destroy();
+    await caller?.close();
+    await callee?.close();
+    app?.closeAllConnections();
+    await new Promise<void>((resolve) => (app ? app.close(() => resolve()) : resolve()));
+    await ca?.close();
+  });
+
+  const h1 = (fields: string) =>
+    new Promise<string>((resolve, reject) => {
+      const socket = netConnect({ host: "127.0.0.1", port: caller.addresses.outbound!.port });
+      let answer = "";
+      socket.setEncoding("latin1");
+      socket.on("data", (d: string) => (answer += d));
+      socket.on("error", reject);
+      socket.on("close", () => resolve(answer));
+      socket.write(`GET /items/1 HTTP/1.1\r\nHost: 127.0.0.1\r\ndapr-app-id: callee\r\n${fields}Connection: close\r\n\r\n`);
+    });
+  const h2 = (headers: Record<string, string>) =>
+    new Promise<number>((resolve, reject) => {
+      const stream = outboundH2Session(caller.addresses.outbound!.port, sessions).request({ ":path": "/items/2", "dapr-app-id": "callee", ...headers });
+      let status = 0;
+      stream.on("response", (h) => (status = Number(h[":status"])));
+      stream.on("error", reject);
+      stream.resume();
+      stream.on("end", () => resolve(status));
+    });
+
+  it("drops '_' names on the outbound over HTTP/1.1 and HTTP/2 (forwardH2 to the peer), counted with direction outbound", async () => {
+    const before = seen.length;
+    expect(await h1("X_Trace: 1\r\nX-Keep: 1\r\n")).toMatch(/^HTTP\/1\.1 200 /);
+    expect(await h2({ x_trace: "1", "x-keep": "1" })).toBe(200);
+    expect(seen.slice(before)).toHaveLength(2);
+    for (const names of seen.slice(before)) {
+      expect(names).toContain("x-keep");
+      expect(names.filter((n) => n.includes("_"))).toEqual([]);
+    }
+    expect(metricValue(await caller.metrics.text(), "meshward_sidecar_dropped_fields_total", { direction: "outbound" })).toBe(2);
+  });
+
+  it("refuses X-Rewrite-Url and SCRIPT_NAME on the outbound too, drop or not", async () => {
+    const before = seen.length;
+    expect(await h1("X-Rewrite-Url: /admin\r\n")).toMatch(/^HTTP\/1\.1 400 [^]*E_AMBIGUOUS_REQUEST/);
+    expect(await h2({ script_name: "/items" })).toBe(400);
+    expect(seen.length).toBe(before);
+  });
 });
