@@ -77,7 +77,7 @@ export function buildSidecarConfig(opts: Record<string, unknown>): SidecarConfig
     else (merged.limits as Record<string, unknown>)[path[1]!] = typed;
     fromFlag.set(path.join("."), flag.split(" ")[0]!);
   }
-  for (const [key, flag] of [["mode", "--mode"], ["protocol", "--protocol"], ["escapedSlashes", "--escaped-slashes"], ["validator", "--validator"], ["logLevel", "--log-level"], ["logFormat", "--log-format"]] as const) {
+  for (const [key, flag] of [["mode", "--mode"], ["protocol", "--protocol"], ["escapedSlashes", "--escaped-slashes"], ["headersWithUnderscores", "--headers-with-underscores"], ["validator", "--validator"], ["logLevel", "--log-level"], ["logFormat", "--log-format"]] as const) {
     if (opts[key] !== undefined) {
       merged[key] = key === "validator" ? validatorEnumName(String(opts[key])) : opts[key];
       fromFlag.set(key, flag);

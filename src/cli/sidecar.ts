@@ -74,6 +74,7 @@ export function registerSidecarCommand(program: Command): void {
     )
     .addOption(new Option("--protocol <protocol>", `${FIELD_HELP.protocol} (default: http)`).choices(["http", "tcp"]))
     .addOption(new Option("--escaped-slashes <action>", `${FIELD_HELP.escapedSlashes ?? ""} (default: reject)`).choices(["reject", "unescape", "keep"]))
+    .option("--headers-with-underscores <action>", `${FIELD_HELP.headersWithUnderscores ?? ""} reject, drop or allow (default: reject)`)
     .addOption(new Option("--log-format <format>", "log format: json (for machines) or pretty (for people) (default: json)").choices(["json", "pretty"]))
     .addOption(new Option("--log-level <level>", "log level (default: info)").choices(["trace", "debug", "info", "warn", "error"]))
     .action(async (opts: OptionValues) => (await actions()).runSidecar(opts));

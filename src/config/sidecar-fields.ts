@@ -27,6 +27,8 @@ export const SIDECAR_FIELD_HELP = {
   mode: "strict: only mTLS on the inbound port; permissive: plaintext too (counted and logged), for migrations.",
   protocol: "http: HTTP/1.1, HTTP/2 and gRPC with per-request policy and XFCC; tcp: bytes piped, policy decided on connect.",
   escapedSlashes: "Paths with %2F or %5C: reject (400), unescape (decode to '/' before the policy judges and the app receives the path), or keep (judged and forwarded as they are; only for apps that never decode them). Like Envoy's path_with_escaped_slashes_action.",
+  headersWithUnderscores:
+    "Request fields whose name holds '_' (CGI and WSGI servers read '_' as '-', gunicorn reads SCRIPT_NAME as the path prefix to cut): reject (400 E_AMBIGUOUS_REQUEST), drop (removed before forwarding, counted in meshward_sidecar_dropped_fields_total and logged) or allow (forwarded). gRPC calls over HTTP/2 keep their metadata keys with '_' whatever this says. Fields read as the request's method or target (X-HTTP-Method-Override, X-Original-URL, X-Rewrite-URL, SCRIPT_NAME, PATH_INFO, …) are refused in every spelling whatever this says. Like Envoy's headers_with_underscores_action.",
   status: "Serve /metrics, /healthz, /readyz and the status page (/) on this HOST:PORT.",
   statusTokenFile: "File holding the status page token (at least 16 characters; the file readable by its owner only, mode 0600, else E_KEY_PERMISSIONS); required when status is not on loopback (or MESHWARD_STATUS_TOKEN).",
   statusPage: "Serve the status page (/ and /status.json) on the status port. When false only /healthz, /readyz and /metrics are served, and no status token is needed off loopback (Kubernetes probes).",

@@ -175,6 +175,10 @@ export const sidecarConfigSchema = z
       .enum(["reject", "unescape", "keep"])
       .default("reject")
       .describe(SIDECAR_FIELD_HELP.escapedSlashes),
+    headersWithUnderscores: z
+      .enum(["reject", "drop", "allow"])
+      .default("reject")
+      .describe(SIDECAR_FIELD_HELP.headersWithUnderscores),
     status: hostPort("status address").optional().describe(SIDECAR_FIELD_HELP.status),
     statusTokenFile: z.string().min(1).optional().describe(SIDECAR_FIELD_HELP.statusTokenFile),
     statusPage: z

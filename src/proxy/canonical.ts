@@ -298,6 +298,127 @@ export function methodOverrideProblem(rawHeaders: readonly string[]): string | u
 
 const overrideFieldRefusal = (name: string): string => `a ${name.toLowerCase()} field, which frameworks read as the request's method: send the method itself`;
 
+/**
+ * Fields that servers and frameworks read as the request's target, or as the part of it the app
+ * routes on, instead of the request line the policy judged; compared like METHOD_OVERRIDE_FIELDS
+ * (cgiFieldName: `X_Rewrite_Url`, `x.original.url` and `X-Original-URL` are one name to PHP
+ * under CGI/FastCGI). Each is read by a common server or framework:
+ *   - `X-Original-URL`, `X-Rewrite-URL`: Yii 2 (yii\web\Request::resolveRequestUri), Yii 1.1
+ *     (CHttpRequest::getRequestUri), Zend Framework 1 / Magento 1 (Zend_Controller_Request_Http::
+ *     setRequestUri), Symfony HttpFoundation and zend-http/zend-diactoros before CVE-2018-14773
+ *     (IIS's URL Rewrite module sets X-Original-URL): the app routes the field's path;
+ *   - `X-Script-Name`: the "ReverseProxied" WSGI middleware Flask's snippets spread (HTTP_X_SCRIPT_NAME
+ *     becomes SCRIPT_NAME and is cut from the front of PATH_INFO: `/items/admin` + `/items` routes
+ *     `/admin`);
+ *   - the CGI/WSGI meta-variables themselves (RFC 3875 §4.1, PEP 3333, and those servers add:
+ *     REQUEST_URI, RAW_URI, SCRIPT_FILENAME, DOCUMENT_ROOT, DOCUMENT_URI, ORIG_PATH_INFO, PHP_SELF,
+ *     REDIRECT_URL, UNENCODED_URL, REMOTE_PORT, HTTPS): gunicorn takes a `SCRIPT_NAME` field (any
+ *     case) as the WSGI SCRIPT_NAME and cuts it out of PATH_INFO wherever it occurs (gunicorn
+ *     http/wsgi.py create(); 22+ keep `SCRIPT_NAME` and `PATH_INFO` in their default
+ *     forwarder_headers, to be set only by the front-end proxy, which the sidecar is), so
+ *     `GET /items/x/admin` + `SCRIPT_NAME: /items/x` routes `/admin`; a CGI bridge that copies
+ *     fields into its environment without the `HTTP_` prefix would let any of them replace the
+ *     server's own.
+ * `Content-Length` and `Content-Type` are refused only when spelt otherwise than with '-'
+ * (CONTENT_LENGTH and CONTENT_TYPE are meta-variables too; gunicorn 20 gives `Content_Length`
+ * its own HTTP_CONTENT_LENGTH, other bridges may not).
+ * Checked and left out: X-Forwarded-Prefix (Werkzeug ProxyFix x_prefix, Spring's
+ * ForwardedHeaderFilter, ASP.NET Core's ForwardedHeaders.XForwardedPrefix set SCRIPT_NAME, the
+ * context path or PathBase for the URLs the app builds; the path the app routes on stays the
+ * request's), X-Forwarded-Host/-Proto/-Port (the URLs the app builds, not its route), X-Original-URI
+ * and X-Forwarded-Uri (what nginx's auth_request and Traefik's ForwardAuth tell an authorisation
+ * service, not a path any framework routes on).
+ */
+const TARGET_OVERRIDE_FIELDS: ReadonlySet<string> = new Set([
+  "x-original-url",
+  "x-rewrite-url",
+  "x-script-name",
+  "auth-type",
+  "gateway-interface",
+  "path-info",
+  "path-translated",
+  "query-string",
+  "remote-addr",
+  "remote-host",
+  "remote-ident",
+  "remote-port",
+  "remote-user",
+  "request-method",
+  "request-uri",
+  "raw-uri",
+  "script-name",
+  "script-filename",
+  "server-name",
+  "server-port",
+  "server-protocol",
+  "server-software",
+  "document-root",
+  "document-uri",
+  "orig-path-info",
+  "php-self",
+  "redirect-url",
+  "unencoded-url",
+  "https",
+]);
+const CONTENT_FIELDS: ReadonlySet<string> = new Set(["content-length", "content-type"]);
+const TARGET_OVERRIDE_LENGTHS: ReadonlySet<number> = new Set([...TARGET_OVERRIDE_FIELDS, ...CONTENT_FIELDS].map((name) => name.length));
+
+/** Whether a field name (as received) is a target-override field in any spelling (TARGET_OVERRIDE_FIELDS). */
+export function isTargetOverrideField(name: string): boolean {
+  if (!TARGET_OVERRIDE_LENGTHS.has(name.length)) return false;
+  const lower = name.toLowerCase();
+  const cgi = cgiFieldName(lower);
+  return TARGET_OVERRIDE_FIELDS.has(cgi) || (CONTENT_FIELDS.has(cgi) && cgi !== lower);
+}
+
+const targetFieldRefusal = (name: string): string => `a ${name.toLowerCase()} field, which servers or frameworks read as the request's target or as the path the app routes on: send the target itself`;
+
+/**
+ * What the sidecar does with a request field whose name holds '_' (Envoy's
+ * headers_with_underscores_action): `reject` (400, the default), `drop` (removed before
+ * forwarding, counted and logged), `allow` (forwarded). CGI and WSGI servers read '_' and '-' as
+ * one character (`X_Forwarded_For` is HTTP_X_FORWARDED_FOR), and some read such a name as a
+ * server variable (gunicorn: SCRIPT_NAME); nginx (underscores_in_headers off) and gunicorn ≥ 22
+ * drop them. The fields of TARGET_OVERRIDE_FIELDS and METHOD_OVERRIDE_FIELDS are refused whatever
+ * this says.
+ */
+export type UnderscoreAction = "reject" | "drop" | "allow";
+
+const underscoreRefusal = (name: string): string =>
+  `a field name with '_' (${JSON.stringify(name.slice(0, 64))}): CGI and WSGI servers read it as its '-' spelling, some as a server variable (gunicorn: SCRIPT_NAME); spell it with '-' (headersWithUnderscores: reject)`;
+
+/**
+ * Why a request's fields (name/value pairs, names as received; a head or a trailer section) are
+ * refused: a method-override or target-override field in any spelling, or with `reject` a name
+ * holding '_'; undefined when none is.
+ */
+export function requestFieldsProblem(rawHeaders: readonly string[], underscores: UnderscoreAction): string | undefined {
+  let underscore: string | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    if (isOverrideField(name)) return overrideFieldRefusal(name);
+    if (isTargetOverrideField(name)) return targetFieldRefusal(name);
+    if (underscore === undefined && underscores === "reject" && name.includes("_")) underscore = name;
+  }
+  return underscore === undefined ? undefined : underscoreRefusal(underscore);
+}
+
+/** The fields without those whose name holds '_' (headersWithUnderscores: drop) and the names dropped; undefined when there are none. */
+export function withoutUnderscoreFields(rawHeaders: readonly string[]): { readonly fields: string[]; readonly dropped: string[] } | undefined {
+  let fields: string[] | undefined;
+  const dropped: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    if (name.includes("_")) {
+      fields ??= rawHeaders.slice(0, i);
+      dropped.push(name);
+    } else if (fields !== undefined) {
+      fields.push(name, rawHeaders[i + 1]!);
+    }
+  }
+  return fields === undefined ? undefined : { fields, dropped };
+}
+
 const ABSOLUTE = /^(https?):\/\/([^/?#]*)(.*)$/is;
 
 /**
@@ -455,9 +576,11 @@ export interface CanonicalH2Request {
   readonly rpcOverHttp: boolean;
   /** :authority (or Host), which must agree with each other. */
   readonly authority: string | undefined;
-  /** Regular fields as name/value pairs, for an HTTP/1.1 upstream. */
+  /** Regular fields as name/value pairs, for an HTTP/1.1 upstream (without those `dropped` names). */
   readonly rawHeaders: readonly string[];
   readonly contentLength: number | undefined;
+  /** Field names (lower-case) removed before forwarding (headersWithUnderscores: drop); empty when none. */
+  readonly dropped: readonly string[];
 }
 
 export interface H2Refusal extends TargetRefusal {
@@ -506,8 +629,13 @@ export function h2HeaderLimits(maxHeaderBytes: number): { readonly maxHeaderList
   return { maxHeaderListSize: Math.ceil(6.6 * judged) + 1024, maxHeaderListPairs: Math.ceil(judged / 5) + 8 };
 }
 
-/** The canonical form of an HTTP/2 request from its header block, or why it is refused. */
-export function canonicalH2Request(headers: H2Headers, escapedSlashes: EscapedSlashAction): CanonicalH2Request | H2Refusal {
+/**
+ * The canonical form of an HTTP/2 request from its header block, or why it is refused.
+ * `underscores` applies to every request but gRPC (isGrpcRequest): gRPC allows '_' in metadata
+ * keys (PROTOCOL-HTTP2.md, Custom-Metadata) and a gRPC server hands them to the handler as keys,
+ * never as CGI variables; the override fields are refused for gRPC too.
+ */
+export function canonicalH2Request(headers: H2Headers, escapedSlashes: EscapedSlashAction, underscores: UnderscoreAction = "reject"): CanonicalH2Request | H2Refusal {
   const method = headers[":method"];
   const path = headers[":path"];
   if (typeof method !== "string") return { status: 400, refused: "a request without :method" };
@@ -530,9 +658,18 @@ export function canonicalH2Request(headers: H2Headers, escapedSlashes: EscapedSl
   }
   let contentLength: number | undefined;
   const rawHeaders: string[] = [];
+  const grpc = isGrpcRequest(method, headers["content-type"]);
+  const underscoreAction = grpc ? "allow" : underscores;
+  const dropped: string[] = [];
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || name.charCodeAt(0) === 0x3a /* : */) continue;
     if (isOverrideField(name)) return { status: 400, refused: overrideFieldRefusal(name) };
+    if (isTargetOverrideField(name)) return { status: 400, refused: targetFieldRefusal(name) };
+    if (underscoreAction !== "allow" && name.includes("_")) {
+      if (underscoreAction === "reject") return { status: 400, refused: underscoreRefusal(name) };
+      dropped.push(name);
+      continue;
+    }
     if (name === "content-length") {
       if (typeof value !== "string" || !/^\d{1,15}$/.test(value)) return { status: 400, refused: "a Content-Length that is not one number" };
       contentLength = Number(value);
@@ -543,7 +680,6 @@ export function canonicalH2Request(headers: H2Headers, escapedSlashes: EscapedSl
   }
   const contentType = contentTypeProblem(rawHeaders);
   if (contentType !== undefined) return { status: 400, refused: contentType };
-  const grpc = isGrpcRequest(method, headers["content-type"]);
   const rpcOverHttp = !grpc && isRpcOverHttp(rawHeaders, target);
-  return { method, target, grpc, rpcOverHttp, authority: typeof authority === "string" ? authority : host, rawHeaders, contentLength };
+  return { method, target, grpc, rpcOverHttp, authority: typeof authority === "string" ? authority : host, rawHeaders, contentLength, dropped };
 }

@@ -189,8 +189,11 @@ export function forwardH2(stream: ServerHttp2Stream, headers: H2Headers, request
     hooks.done(status);
   };
   const endStream = (flags & h2.NGHTTP2_FLAG_END_STREAM) !== 0;
+  const forwarded = forwardableHeaders(headers);
+  // headersWithUnderscores: drop (canonicalH2Request named them).
+  for (const name of request.dropped) delete forwarded[name];
   const requestHeaders: OutgoingHttpHeaders = {
-    ...forwardableHeaders(headers),
+    ...forwarded,
     ":method": request.method,
     ":path": request.target.target,
     ":scheme": "https",

@@ -22,7 +22,7 @@ import { systemClock } from "../util/clock.ts";
 import { listenOn } from "../util/listen.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { canonicalH2Request, h2HeaderLimits, h2RequestHeadBytes, isGrpcRequest, isRefusal } from "./canonical.ts";
-import type { EscapedSlashAction } from "./canonical.ts";
+import type { EscapedSlashAction, UnderscoreAction } from "./canonical.ts";
 import { closeWhenIdle, ConnectionTracker } from "./connections.ts";
 import { eventNow } from "./event-clock.ts";
 import { methodOverrideInspector } from "./method-override-body.ts";
@@ -57,6 +57,8 @@ export interface ProxyTelemetry {
   readonly mesh: MeshMetrics;
   /** meshward_sidecar_refused_total{direction,reason}: connections/requests the sidecar refused itself. */
   readonly refused: Counter<"direction" | "reason">;
+  /** meshward_sidecar_dropped_fields_total{direction}: fields removed before forwarding (headersWithUnderscores: drop). */
+  readonly droppedFields?: Counter<"direction">;
   /** meshward_sidecar_upstream_errors_total{direction,reason}. */
   readonly upstreamErrors: Counter<"direction" | "reason">;
   /** Told of each refusal as it happens (the status page's recent refusals and charts). */
@@ -80,6 +82,8 @@ export interface InboundOptions {
   readonly protocol: "http" | "tcp";
   readonly mode: "strict" | "permissive";
   readonly escapedSlashes: EscapedSlashAction;
+  /** Field names holding '_' (Envoy's headers_with_underscores_action); default reject. */
+  readonly headersWithUnderscores?: UnderscoreAction;
   readonly limits: SidecarLimits;
   readonly identity: IdentitySource;
   readonly policy: PolicySource;
@@ -131,8 +135,23 @@ export const RESPONSE_HEADER_BYTES = 64 * 1024;
 const APP_IDLE_MS = 4_000;
 
 /** The relay settings both sides take from the limits and the path rules. */
-export function relaySettings(limits: SidecarLimits, escapedSlashes: EscapedSlashAction): { maxHeaderBytes: number; headersTimeout: number; idleTimeout: number; escapedSlashes: EscapedSlashAction } {
-  return { maxHeaderBytes: limits.maxHeaderBytes, headersTimeout: limits.headersTimeout, idleTimeout: limits.idleTimeout, escapedSlashes };
+export function relaySettings(
+  limits: SidecarLimits,
+  escapedSlashes: EscapedSlashAction,
+  headersWithUnderscores: UnderscoreAction = "reject",
+): { maxHeaderBytes: number; headersTimeout: number; idleTimeout: number; escapedSlashes: EscapedSlashAction; headersWithUnderscores: UnderscoreAction } {
+  return { maxHeaderBytes: limits.maxHeaderBytes, headersTimeout: limits.headersTimeout, idleTimeout: limits.idleTimeout, escapedSlashes, headersWithUnderscores };
+}
+
+/**
+ * What a side does with the fields it removed (headersWithUnderscores: drop): counted in
+ * meshward_sidecar_dropped_fields_total and logged, rate-limited per caller address like the other warnings a caller can cause.
+ */
+export function droppedFieldsReporter(telemetry: ProxyTelemetry, warnings: LimitedWarnings, direction: "inbound" | "outbound"): (names: readonly string[], socket: Socket | undefined) => void {
+  return (names, socket) => {
+    telemetry.droppedFields?.inc({ direction }, names.length);
+    warnings.warn(`dropped-fields|${direction}|${socket?.remoteAddress}`, { event: "dropped-fields", direction, remote: socket?.remoteAddress, fields: names.slice(0, 8).map((name) => name.slice(0, 64)) }, "removed request fields whose name holds '_' (headersWithUnderscores: drop)");
+  };
 }
 
 /**
@@ -195,6 +214,7 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
 
   /** Warnings a caller can cause at will (denials, refusals), rate-limited per caller and reason. */
   const warnings = new LimitedWarnings(logger);
+  const reportDropped = droppedFieldsReporter(telemetry, warnings, "inbound");
 
   // --- upstream: the app on loopback ---------------------------------------------------
   let appH2: ClientHttp2Session | undefined;
@@ -340,7 +360,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   const heldBudget = new HeldBudget(limits.maxHeldRequestBytes, perAddressShare(limits.maxHeldRequestBytes, limits.maxConnections, limits.maxConnectionsPerAddress));
   const overBudget = (socket: Socket) => clientError("max_held_request_bytes", `the listener holds limits.maxHeldRequestBytes (${heldBudget.max}) of unfinished requests, or this address its share (${heldBudget.perAddress})`, socket);
   const http1 = new Http1Relay({
-    ...relaySettings(limits, options.escapedSlashes),
+    ...relaySettings(limits, options.escapedSlashes, options.headersWithUnderscores),
+    droppedFields: reportDropped,
     heldAccount: (socket) => heldBudget.account(sourceOf(socket)),
     decide: (request, socket) => {
       const peer = peerFor(socket);
@@ -430,12 +451,13 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       return;
     }
     const peer = peerFor(socket);
-    const request = canonicalH2Request(headers, options.escapedSlashes);
+    const request = canonicalH2Request(headers, options.escapedSlashes, options.headersWithUnderscores);
     if (isRefusal(request)) {
       clientError(request.status === 405 ? "connect" : "ambiguous_request", request.refused, socket);
       answerH2(stream, h2Refusal(request.status, request.refused), false);
       return;
     }
+    if (request.dropped.length > 0) reportDropped(request.dropped, socket);
     const { grpc } = request;
     const operation = request.target.path;
     const verb = grpc ? "" : request.method;

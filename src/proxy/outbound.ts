@@ -19,14 +19,14 @@ import { H2Intake } from "./h2-intake.ts";
 import type { ForwardHooks } from "./forward.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { canonicalH2Request, h2HeaderLimits, h2RequestHeadBytes, isGrpcRequest, isRefusal } from "./canonical.ts";
-import type { EscapedSlashAction } from "./canonical.ts";
+import type { EscapedSlashAction, UnderscoreAction } from "./canonical.ts";
 import { APP_ID_HEADER, appIdProblem, targetAppId } from "./headers.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
 import { closedBeforeFirstResponse } from "./http1/pool.ts";
 import { Http1Relay } from "./http1/relay.ts";
 import type { ClientErrorReason } from "./http1/relay.ts";
 import { findHeader } from "./http1/wire.ts";
-import { H2_HEADER_TOO_LARGE, h2Refusal, relaySettings, RESPONSE_HEADER_BYTES } from "./inbound.ts";
+import { H2_HEADER_TOO_LARGE, h2Refusal, droppedFieldsReporter, relaySettings, RESPONSE_HEADER_BYTES } from "./inbound.ts";
 import type { ProxyTelemetry } from "./inbound.ts";
 import { MAX_PEERS, NO_IDENTITY, PeerPool, resolvePeer } from "./peers.ts";
 import type { PeerDirectory, PeerTarget } from "./peers.ts";
@@ -46,6 +46,8 @@ export interface OutboundOptions {
   readonly identity: IdentitySource;
   readonly limits: SidecarLimits;
   readonly escapedSlashes: EscapedSlashAction;
+  /** Field names holding '_' (Envoy's headers_with_underscores_action); default reject. */
+  readonly headersWithUnderscores?: UnderscoreAction;
   /** Host names the outbound answers besides loopback, IP literals and the routed app id (outboundAllowedHosts). */
   readonly allowedHosts: OutboundHostRule;
   readonly telemetry: ProxyTelemetry;
@@ -78,6 +80,7 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   let firstChunks: FirstChunkWatch | undefined;
   let h2Deadlines: H2Deadlines | undefined;
   const warnings = new LimitedWarnings(logger);
+  const reportDropped = droppedFieldsReporter(telemetry, warnings, "outbound");
   /** Each listener's cap: a new connection past limits.maxConnections is closed when accepted. */
   const uncaps: (() => void)[] = [];
   const cap = (server: NetServer, listener: string) => uncaps.push(capConnections(server, listener, limits.maxConnections, telemetry.listeners, warnings));
@@ -198,7 +201,8 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
   if (options.listen !== undefined) {
     checkHttp1Parser(logger);
     const http1 = new Http1Relay({
-      ...relaySettings(limits, options.escapedSlashes),
+      ...relaySettings(limits, options.escapedSlashes, options.headersWithUnderscores),
+      droppedFields: reportDropped,
       decide: (request, socket) => {
         const ambiguous = appIdProblem(appIdFields(request.head.rawHeaders));
         if (ambiguous !== undefined) return { answer: ambiguousRoute(ambiguous) };
@@ -267,11 +271,12 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         clientError("header_too_large", "the request's HTTP/2 header block is larger than maxHeaderBytes", socket);
         return answerH2(stream, H2_HEADER_TOO_LARGE, isGrpcRequest(String(headers[":method"]), headers["content-type"]));
       }
-      const request = canonicalH2Request(headers, options.escapedSlashes);
+      const request = canonicalH2Request(headers, options.escapedSlashes, options.headersWithUnderscores);
       if (isRefusal(request)) {
         telemetry.refused.inc({ direction: "outbound", reason: request.status === 405 ? "connect" : "ambiguous_request" });
         return answerH2(stream, h2Refusal(request.status, request.refused), false);
       }
+      if (request.dropped.length > 0) reportDropped(request.dropped, socket);
       const { grpc } = request;
       const appIds = headers[APP_ID_HEADER];
       const ambiguous = appIdProblem(appIds === undefined ? [] : Array.isArray(appIds) ? appIds : [appIds]);

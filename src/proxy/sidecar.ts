@@ -69,6 +69,11 @@ export function sidecarTelemetry(logger: Logger, metrics: Metrics, recorder?: St
       help: "Connections and requests the sidecar refused itself, by direction and reason (plaintext, garbage, tls_<handshake reason>, header_timeout, header_too_large, body_timeout, policy, no_identity, …).",
       labelNames: ["direction", "reason"],
     }),
+    droppedFields: metrics.counter({
+      name: "meshward_sidecar_dropped_fields_total",
+      help: "Request fields the sidecar removed before forwarding, by direction (headersWithUnderscores: drop; names holding '_').",
+      labelNames: ["direction"],
+    }),
     upstreamErrors: metrics.counter({
       name: "meshward_sidecar_upstream_errors_total",
       help: "Proxied requests that failed upstream, by direction and reason (app_unreachable, app_busy, app_timeout, peer_unreachable, peer_identity, peer_timeout, unknown_app).",
@@ -216,6 +221,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
             protocol: config.protocol,
             mode: config.mode,
             escapedSlashes: config.escapedSlashes,
+            headersWithUnderscores: config.headersWithUnderscores,
             limits: config.limits,
             identity,
             policy,
@@ -232,6 +238,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       identity,
       limits: config.limits,
       escapedSlashes: config.escapedSlashes,
+      headersWithUnderscores: config.headersWithUnderscores,
       allowedHosts: compileOutboundHosts(config.outboundAllowedHosts),
       telemetry,
     });

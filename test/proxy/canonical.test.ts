@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { authorityProblem, canonicalH2Request, canonicalPath, h2RequestHeadBytes, canonicalTarget, contentTypeProblem, isGrpcRequest, isRefusal, isRpcOverHttp, methodOverrideProblem, methodProblem } from "../../src/proxy/canonical.ts";
+import { authorityProblem, canonicalH2Request, canonicalPath, h2RequestHeadBytes, canonicalTarget, contentTypeProblem, isGrpcRequest, isRefusal, isRpcOverHttp, isTargetOverrideField, methodOverrideProblem, methodProblem, requestFieldsProblem, withoutUnderscoreFields } from "../../src/proxy/canonical.ts";
 import { requestHeadBytes } from "../../src/proxy/http1/wire.ts";
 import type { MessageHead } from "../../src/proxy/http1/message-parser.ts";
-import type { CanonicalTarget, TargetRefusal } from "../../src/proxy/canonical.ts";
+import type { CanonicalTarget, TargetRefusal, UnderscoreAction } from "../../src/proxy/canonical.ts";
 
 /**
  * The one canonical request target (src/proxy/canonical.ts): RFC 3986 §6 normalisation and
@@ -285,5 +285,47 @@ describe("an HTTP/2 header block counted against limits.maxHeaderBytes (h2Reques
   it("counts the other pseudo-headers as field lines: they are in the block too", () => {
     const base = h2RequestHeadBytes([":method", "GET", ":path", "/"]);
     expect(h2RequestHeadBytes([":method", "GET", ":path", "/", ":scheme", "x".repeat(1000)])).toBe(base + ":scheme: ".length + 1000 + 2);
+  });
+});
+
+/** Target-override names in the spellings a CGI-style server reads as one variable. */
+const TARGET_FIELDS = ["X-Original-URL", "X-Rewrite-Url", "x_rewrite_url", "X.Original.Url", "x+original+url", "X-Script-Name", "SCRIPT_NAME", "script_name", "Script-Name", "PATH_INFO", "path-info", "REQUEST_URI", "QUERY_STRING", "REQUEST_METHOD", "PATH_TRANSLATED", "REMOTE_ADDR", "REMOTE_USER", "AUTH_TYPE", "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "GATEWAY_INTERFACE", "CONTENT_LENGTH", "Content_Type", "content.length", "RAW_URI", "ORIG_PATH_INFO", "UNENCODED_URL"];
+
+describe("target-override fields and '_' in field names (review sidecar-4 HIGH-1/HIGH-2; headersWithUnderscores)", () => {
+  it("refuses target-override fields in every spelling whatever headersWithUnderscores says, and leaves ordinary fields alone", () => {
+    for (const action of ["reject", "drop", "allow"] as const) {
+      for (const name of TARGET_FIELDS) expect(requestFieldsProblem(["Host", "a", name, "/admin"], action), `${action} ${name}`).toMatch(/request's target/);
+    }
+    for (const name of ["Content-Length", "content-type", "X-Original-Host", "X-Forwarded-Prefix", "X-Forwarded-Host", "X-Rewrite", "Path", "Script", "Server", "X-Request-Id"]) {
+      expect(isTargetOverrideField(name), name).toBe(false);
+      expect(requestFieldsProblem(["Host", "a", name, "1"], "reject"), name).toBeUndefined();
+    }
+    // The method-override check still comes first.
+    expect(requestFieldsProblem(["X_HTTP_Method_Override", "DELETE"], "allow")).toMatch(/request's method/);
+  });
+
+  it("refuses, drops or allows other names holding '_'", () => {
+    const fields = ["Host", "a", "X_Trace", "1", "x-b", "2", "accept_language", "en"];
+    expect(requestFieldsProblem(fields, "reject")).toMatch(/'_'.*X_Trace.*headersWithUnderscores: reject/);
+    expect(requestFieldsProblem(fields, "drop")).toBeUndefined();
+    expect(requestFieldsProblem(fields, "allow")).toBeUndefined();
+    expect(withoutUnderscoreFields(fields)).toEqual({ fields: ["Host", "a", "x-b", "2"], dropped: ["X_Trace", "accept_language"] });
+    expect(withoutUnderscoreFields(["Host", "a", "x-b", "2"])).toBeUndefined();
+  });
+
+  it("does the same over HTTP/2, except that gRPC metadata keys keep their '_'", () => {
+    const h2 = (headers: Record<string, string>, underscores: UnderscoreAction, method = "GET") => canonicalH2Request({ ":method": method, ":path": "/items/1", ":scheme": "https", ":authority": "orders", ...headers }, "reject", underscores);
+    for (const action of ["reject", "drop", "allow"] as const) {
+      for (const name of ["x-rewrite-url", "x-original-url", "script_name", "path_info", "x_original_url"]) {
+        expect(h2({ [name]: "/admin" }, action), `${action} ${name}`).toMatchObject({ status: 400, refused: expect.stringMatching(/request's target/) });
+        expect(h2({ [name]: "/admin", "content-type": "application/grpc" }, action, "POST"), `gRPC ${action} ${name}`).toMatchObject({ status: 400 });
+      }
+    }
+    expect(h2({ x_trace: "1" }, "reject")).toMatchObject({ status: 400, refused: expect.stringMatching(/'_'/) });
+    expect(h2({ x_trace: "1", "x-b": "2" }, "drop")).toMatchObject({ dropped: ["x_trace"], rawHeaders: ["x-b", "2"] });
+    expect(h2({ x_trace: "1" }, "allow")).toMatchObject({ dropped: [], rawHeaders: ["x_trace", "1"] });
+    for (const action of ["reject", "drop"] as const) {
+      expect(h2({ x_trace: "1", "content-type": "application/grpc" }, action, "POST"), action).toMatchObject({ grpc: true, dropped: [], rawHeaders: ["x_trace", "1", "content-type", "application/grpc"] });
+    }
   });
 });

@@ -113,9 +113,11 @@ describe("sidecar inbound: dapr-caller-app-id / dapr-caller-namespace / dapr-cal
   let grpcSidecar: SidecarWithApp;
   const agents: Agent[] = [];
 
+  // headersWithUnderscores: allow, so that the forged `dapr_caller_*` spellings reach the sidecar's
+  // stripping (the default refuses any name with '_': test/proxy/target-override.test.ts).
   const start = async (appPort: number) => {
     const identity = manualIdentitySource(pki.snapshot({ spiffeId: OWN }));
-    const config = sidecarConfigSchema.parse({ appId: "inventory", namespace: "shop", ca: "127.0.0.1:1", bundle: "unused.pem", inbound: "127.0.0.1:0", app: `127.0.0.1:${appPort}`, mode: "permissive" });
+    const config = sidecarConfigSchema.parse({ appId: "inventory", namespace: "shop", ca: "127.0.0.1:1", bundle: "unused.pem", inbound: "127.0.0.1:0", app: `127.0.0.1:${appPort}`, mode: "permissive", headersWithUnderscores: "allow" });
     return withInbound(await startSidecar(config, { logger: pino({ level: "info" }, logCapture()), identity }));
   };
 

@@ -1,6 +1,7 @@
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { canonicalTarget, contentTypeProblem, isRefusal, isRpcOverHttp, methodOverrideProblem } from "../canonical.ts";
+import { canonicalTarget, contentTypeProblem, isRefusal, isRpcOverHttp, requestFieldsProblem, withoutUnderscoreFields } from "../canonical.ts";
+import type { UnderscoreAction } from "../canonical.ts";
 import type { CanonicalTarget, EscapedSlashAction } from "../canonical.ts";
 import type { BodyInspector } from "../method-override-body.ts";
 import { SIDECAR_BUSY } from "../held-budget.ts";
@@ -65,6 +66,10 @@ export interface Http1RelayOptions {
   readonly idleTimeout: number;
   /** What to do with %2F and %5C in a path (Envoy's path_with_escaped_slashes_action). */
   readonly escapedSlashes: EscapedSlashAction;
+  /** What to do with a field name holding '_', in heads and trailer sections (Envoy's headers_with_underscores_action; default reject). */
+  readonly headersWithUnderscores?: UnderscoreAction;
+  /** Told of the fields removed from a request (headersWithUnderscores: drop), names as received. */
+  droppedFields?(names: readonly string[], socket: Socket): void;
   /** Decides each request, in order, once its head has arrived and was made canonical. */
   decide(request: RelayRequest, socket: Socket): ForwardDecision | AnswerDecision;
   /**
@@ -328,9 +333,18 @@ class ClientConnection {
         // The app has the body but not its end: refusing destroys the upstream connection.
         if (trailers.length > 0 && trailerSectionBytes(trailers) > options.maxHeaderBytes) return this.#refuse("header_too_large", "the request's trailer section is larger than maxHeaderBytes");
         // Refused in a trailer section as in the head: a framework that merges trailers into the
-        // headers (Apache httpd's MergeTrailers) would run another method than the one judged.
-        const override = trailers.length > 0 ? methodOverrideProblem(trailers) : undefined;
+        // headers (Apache httpd's MergeTrailers) would run another method, or route another
+        // target, than the one judged.
+        const underscores = options.headersWithUnderscores ?? "reject";
+        const override = trailers.length > 0 ? requestFieldsProblem(trailers, underscores) : undefined;
         if (override !== undefined) return this.#refuse("ambiguous_request", `the request's trailer section is refused: ${override}`);
+        if (underscores === "drop" && trailers.length > 0) {
+          const kept = withoutUnderscoreFields(trailers);
+          if (kept !== undefined) {
+            options.droppedFields?.(kept.dropped, socket);
+            trailers = kept.fields;
+          }
+        }
         if (!exchange.started) {
           exchange.endedWith = trailers;
           return;
@@ -463,17 +477,27 @@ class ClientConnection {
       this.#refuse("ambiguous_request", `the request target is refused: ${target.refused}`);
       return undefined;
     }
-    const ambiguous = methodOverrideProblem(head.rawHeaders) ?? contentTypeProblem(head.rawHeaders);
+    const underscores = this.options.headersWithUnderscores ?? "reject";
+    const ambiguous = requestFieldsProblem(head.rawHeaders, underscores) ?? contentTypeProblem(head.rawHeaders);
     if (ambiguous !== undefined) {
       this.#refuse("ambiguous_request", `the request is refused: ${ambiguous}`);
       return undefined;
     }
-    const host = requestHost(head.rawHeaders, head.httpMinor, target.authority);
+    // headersWithUnderscores: drop: the request is judged and forwarded without them.
+    let judged = head;
+    if (underscores === "drop") {
+      const kept = withoutUnderscoreFields(head.rawHeaders);
+      if (kept !== undefined) {
+        this.options.droppedFields?.(kept.dropped, this.socket);
+        judged = { ...head, rawHeaders: kept.fields };
+      }
+    }
+    const host = requestHost(judged.rawHeaders, judged.httpMinor, target.authority);
     if ("problem" in host) {
       this.#refuse("bad_request", `the request is refused: ${host.problem}`);
       return undefined;
     }
-    return { head, method: head.method, target, host: host.host, rpcOverHttp: isRpcOverHttp(head.rawHeaders, target) };
+    return { head: judged, method: judged.method, target, host: host.host, rpcOverHttp: isRpcOverHttp(judged.rawHeaders, target) };
   }
 
   /** The request's head is complete and it is first in line: decide, then forward or answer. */
@@ -503,7 +527,7 @@ class ClientConnection {
     // An absolute-form target's authority is the Host (RFC 9112 §3.2.2); an HTTP/1.0 request
     // without Host gets the upstream's.
     const host = request.target.authority ?? (request.host === undefined ? decision.upstream.authority : undefined);
-    exchange.sentHead = upstreamRequestHead(request.method, request.target.target, exchange.head.rawHeaders, exchange.requestFraming, decision.addHeaders, host);
+    exchange.sentHead = upstreamRequestHead(request.method, request.target.target, request.head.rawHeaders, exchange.requestFraming, decision.addHeaders, host);
     exchange.inspector = decision.bodyInspector;
     if (exchange.inspector !== undefined && exchange.requestFraming === "length") exchange.bodyLength = Number(findHeader(exchange.head.rawHeaders, "content-length"));
     this.#connect(exchange);

@@ -51,6 +51,17 @@ export interface Case {
 }
 
 const HOST = "Host: app.shop\r\n";
+
+/** Target-override fields as [id, target, field line]: the target the policy allows, the field that would move the app elsewhere. */
+const TARGET_OVERRIDES: readonly (readonly [string, string, string])[] = [
+  ["script-name", "/items/x/admin/delete-all", "SCRIPT_NAME: /items/x"],
+  ["script-name-lower", "/items/admin/delete-all", "script_name: /items"],
+  ["path-info", "/items/1", "PATH_INFO: /admin/delete-all"],
+  ["x-rewrite-url", "/items/1", "X-Rewrite-Url: /admin/delete-all"],
+  ["x-rewrite-url-underscores", "/items/1", "X_Rewrite_Url: /admin/delete-all"],
+  ["x-original-url", "/items/1", "X-Original-URL: /admin/delete-all"],
+  ["x-original-url-dots", "/items/1", "X.Original.URL: /admin/delete-all"],
+];
 const get = (target: string, extra = "") => (route: string) => `GET ${target} HTTP/1.1\r\n${HOST}${route}${extra}\r\n`;
 
 /**
@@ -217,6 +228,16 @@ export const H1_CASES: Case[] = [
   { id: "method-override-plus", cls: "method override", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}x+http+method+override: DELETE\r\n\r\n` },
   { id: "method-override-tilde", cls: "method override", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}X~HTTP~Method: DELETE\r\n\r\n` },
   ...BODY_BYPASSES.map((b): Case => ({ id: `method-body-${b.id}`, cls: "method override: body", expect: "refused", h1: bodyBypassH1(b) })),
+  // Target-override fields (review sidecar-4): gunicorn takes a SCRIPT_NAME field (any case) as
+  // WSGI's SCRIPT_NAME and cuts it out of PATH_INFO (http/wsgi.py create()): the recording app
+  // would route /admin/delete-all, check (a). Yii 1/2, ZF1/Magento 1 and Symfony before
+  // CVE-2018-14773 route X-Rewrite-Url / X-Original-URL instead of the target (no PHP app here:
+  // the refusal by every app's sidecar is the proof). Refused in every spelling, head and trailers.
+  ...TARGET_OVERRIDES.map(([id, target, field]): Case => ({ id: `target-override-${id}`, cls: "target override", expect: "refused", h1: get(target, `${field}\r\n`) })),
+  ...TARGET_OVERRIDES.map(([id, target, field]): Case => ({ id: `target-override-${id}-trailer`, cls: "target override: trailers", expect: "refused", h1: (route) => `GET ${target} HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n${field}\r\n\r\n` })),
+  // Any other name with '_' (headersWithUnderscores: reject, the default; Envoy's headers_with_underscores_action).
+  { id: "underscore-field", cls: "field name with '_'", expect: "refused", h1: get("/items/1", "X_Pad: 1\r\n") },
+  { id: "underscore-field-trailer", cls: "field name with '_'", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx_pad: 1\r\n\r\n` },
   // RFC 9112 §3.2: more than one Host is answered 400.
   { id: "duplicate-host", cls: "duplicate Host", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}Host: admin.shop\r\n${route}\r\n` },
   // RFC 9112 §6.1/§6.3: CL+TE is an attack (refused, kept so); §5.2: obs-fold is refused.
@@ -407,6 +428,13 @@ export const H2_CASES: Case[] = [
   { id: "method-override-odata", cls: "method override", expect: "refused", h2: h2Get("/items/1", { headers: { "x-http-method": "DELETE" } }) },
   { id: "method-override-plus", cls: "method override", expect: "refused", h2: h2Get("/items/1", { headers: { "x+http+method+override": "DELETE" } }) },
   ...BODY_BYPASSES.filter((b) => b.h2).map((b): Case => ({ id: `method-body-${b.id}`, cls: "method override: body", expect: "refused", h2: bodyBypassH2(b) })),
+  ...TARGET_OVERRIDES.map(([id, target, field]): Case => {
+    const colon = field.indexOf(": ");
+    return { id: `target-override-${id}`, cls: "target override", expect: "refused", h2: h2Get(target, { headers: { [field.slice(0, colon).toLowerCase()]: field.slice(colon + 2) } }) };
+  }),
+  { id: "underscore-field", cls: "field name with '_'", expect: "refused", h2: h2Get("/items/1", { headers: { x_pad: "1" } }) },
+  // HTTP/2 request trailers are not passed on (h2→h1 bridge; h2→h2 drops them): whatever they name, the app routes the target.
+  { id: "target-override-h2-trailers", cls: "target override: trailers", expect: "either", h2: h2Get("/items/x/admin/delete-all", { body: "hello", trailers: { script_name: "/items/x", "x-rewrite-url": "/admin/delete-all", x_original_url: "/admin/delete-all" } }) },
   // Identity headers spelt with other token characters (lighttpd reads each as '_').
   { id: "xfcc-plus", cls: "XFCC spelling", expect: "either", identity: true, h2: h2Get("/items/1", { headers: { "x+forwarded+client+cert": FORGED_XFCC, "dapr~caller~app~id": FORGED } }) },
   // Two dapr-app-id fields (node:http2 joins them with ", "): refused, not routed.
@@ -510,4 +538,8 @@ export const GRPC_CASES: Case[] = ([
   // gRPC only in the one spelling every gRPC client sends: grpc-go compares it case-sensitively
   // (internal/grpcutil ContentSubtype) and would run an HTTP handler for the allowed gRPC method's path.
   { id: "grpc-type-case", cls: "gRPC content-type case", expect: "refused", h2: { method: "POST", path: GRPC_METHOD, headers: { ...grpcHeaders, "content-type": "Application/grpc" }, body: GRPC_FRAME } },
+  // Target-override fields are refused on gRPC calls too; other metadata keys with '_' (gRPC
+  // allows them, and no gRPC server reads metadata as CGI variables) reach the app.
+  { id: "grpc-target-override", cls: "target override", expect: "refused", h2: { method: "POST", path: GRPC_METHOD, headers: { ...grpcHeaders, "x-rewrite-url": "/admin/delete-all", script_name: "/shop.Items" }, body: GRPC_FRAME } },
+  { id: "grpc-underscore-metadata", cls: "field name with '_'", expect: "allowed", allowedRoute: GRPC_METHOD, h2: { method: "POST", path: GRPC_METHOD, headers: { ...grpcHeaders, x_request_id: "1" }, body: GRPC_FRAME } },
 ] satisfies Case[]).map((c): Case => ({ ...c, grpc: true }));
