@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { accessSync, constants, lstatSync, mkdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { describeError, MeshwardError } from "../errors.ts";
-import { assertNoOtherRenamer, assertNoOtherWriter } from "../util/dir-safety.ts";
+import { assertGivenPathSafe, assertNoOtherRenamer, assertNoOtherWriter } from "../util/dir-safety.ts";
 
 /*
  * Checks of local paths, run before anything is sent to the CA: a local mistake must never
@@ -132,15 +132,21 @@ function processRuns(pid: number): boolean {
  * help (a file planted first stays). OpenSSH's StrictModes refuses such directories for the
  * same reason. A symlink is judged by the directory it leads to, and that directory's parents
  * too (`assertNoOtherRenamer`): the owner of a parent could swap the directory for a link, and
- * the next rotation would write the key where they like, chowned to `filesOwner`. Returns the
- * real path, which the files are written under from then on.
+ * the next rotation would write the key where they like, chowned to `filesOwner`. The path as
+ * given is checked first (`assertGivenPathSafe`): a link on it must be this user's or root's,
+ * and nobody else may rename it — another user's link in /tmp is refused, not followed (review
+ * files MEDIUM-2). Returns the real path, which the files are written under from then on.
  */
 export function assertOwnDirectory(path: string, what: string, filesOwner?: number): string {
+  assertGivenPathSafe(path, what, "E_OUT_DIR_UNSAFE", OUT_DIR_RISK);
   assertNoOtherWriter(path, what, "E_OUT_DIR_UNSAFE", "replace the trust bundle, certificate or key written there, or plant a certificate this process would renew at its next start", "created 0700", filesOwner, false, { name: "meshward-out", mode: "700" });
   const real = realpathSync(path);
-  assertNoOtherRenamer(real, what, "E_OUT_DIR_UNSAFE", "have the key, certificate and bundle written there (and given to the files' owner) and read or replace them");
+  assertNoOtherRenamer(real, what, "E_OUT_DIR_UNSAFE", OUT_DIR_RISK);
   return real;
 }
+
+const OUT_DIR_RISK = "have the key, certificate and bundle written there (and given to the files' owner) and read or replace them";
+const SOCKET_DIR_RISK = "bind its own socket there and hand workloads another SVID and trust bundle";
 
 /**
  * The directory of a unix socket must exist, be writable, and be writable by no one else
@@ -164,9 +170,10 @@ export function checkSocketDir(socketPath: string, flag: string): string {
   } catch (error) {
     throw new MeshwardError("E_SOCKET_DIR", `${flag} ${socketPath}: the directory ${dir} is not writable by this user (${errno(error)})`);
   }
+  assertGivenPathSafe(dir, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", SOCKET_DIR_RISK);
   assertNoOtherWriter(dir, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", "bind its own socket there and hand workloads another SVID and trust bundle", "owned by you, mode 0755 so that workloads can connect", undefined, false, { name: "meshward-sock", mode: "755" });
   const real = realpathSync(dir);
-  assertNoOtherRenamer(real, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", "bind its own socket there and hand workloads another SVID and trust bundle");
+  assertNoOtherRenamer(real, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", SOCKET_DIR_RISK);
   return join(real, basename(socketPath));
 }
 
