@@ -1,5 +1,6 @@
 // What `meshward cert` does; what it accepts (its flags, its help) is ../cert.ts.
-import { lockOutDir, prepareOutDir } from "../../identity/local-paths.ts";
+import { prepareOutDir } from "../../identity/local-paths.ts";
+import { lockOutDir } from "../out-dir-lock.ts";
 import { basename, join } from "node:path";
 import type { OptionValues } from "commander";
 import { readCaState } from "../../ca/anchors.ts";
