@@ -40,12 +40,12 @@ export function lockOutDir(dir: string, what: string): () => void {
     held.release();
   };
   try {
+    writeFileSync(holder, `${process.pid}\n`, { mode: 0o600 });
     const legacy = join(dir, OUT_DIR_PID_LOCK);
     const pid = readPid(legacy);
     if (pid === "unreadable") throw busy(what, undefined, legacy);
     if (pid !== undefined && processRuns(pid)) throw busy(what, pid, legacy);
     if (pid !== undefined) rmSync(legacy, { force: true }); // left by an older run that was killed
-    writeFileSync(holder, `${process.pid}\n`, { mode: 0o600 });
   } catch (error) {
     release();
     if (error instanceof MeshwardError) throw error;

@@ -138,13 +138,15 @@ describe("meshward cert issue --out: the pair is never broken (real processes)",
     const hook = `--import ${join(process.cwd(), "test/helpers/fault-gate.mjs")}`;
     const [ta, tb] = [await token(), await token()];
     const b = spawnCli(args(tb), { env: { NODE_OPTIONS: hook, MESHWARD_GATE_DIR: gates, MESHWARD_GATE_TAG: "b", MESHWARD_GATE_RM: ".meshward-cert-issue.lock" } });
-    const a = spawnCli(args(ta), { env: { NODE_OPTIONS: hook, MESHWARD_GATE_DIR: gates, MESHWARD_GATE_TAG: "a", MESHWARD_GATE_RENAME: "cert.pem" } });
+    let a: ReturnType<typeof spawnCli> | undefined;
     try {
-      await waitFor("run B stopped before removing the old lock", () => existsSync(join(gates, "b.paused")), 30_000, 20);
+      await waitFor("run B stopped before removing the old lock", () => existsSync(join(gates, "b.paused")), 60_000, 20);
+      // A starts only now, so that B is the one that got there first.
+      a = spawnCli(args(ta), { env: { NODE_OPTIONS: hook, MESHWARD_GATE_DIR: gates, MESHWARD_GATE_TAG: "a", MESHWARD_GATE_RENAME: "cert.pem" } });
       let aCode: number | null | undefined;
       void a.exited.then((code) => (aCode = code));
       // A either holds the directory too (stopped at its last rename) or was refused.
-      await waitFor("run A at its last rename, or ended", () => existsSync(join(gates, "a.paused")) || aCode !== undefined, 30_000, 20);
+      await waitFor("run A at its last rename, or ended", () => existsSync(join(gates, "a.paused")) || aCode !== undefined, 60_000, 20);
       writeFileSync(join(gates, "b.go"), "");
       const bCode = await b.exited;
       writeFileSync(join(gates, "a.go"), "");
@@ -162,7 +164,7 @@ describe("meshward cert issue --out: the pair is never broken (real processes)",
     } finally {
       writeFileSync(join(gates, "a.go"), "");
       writeFileSync(join(gates, "b.go"), "");
-      await a.stop();
+      await a?.stop();
       await b.stop();
     }
   }, 120_000);
