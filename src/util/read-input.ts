@@ -1,4 +1,5 @@
 import { closeSync, constants, fstatSync, openSync, readSync, type Stats } from "node:fs";
+import { open } from "node:fs/promises";
 import { MeshwardError } from "../errors.ts";
 
 /*
@@ -123,4 +124,35 @@ function kindOf(stats: Stats): string {
 
 function describeBytes(bytes: number): string {
   return bytes % MiB === 0 ? `${bytes / MiB} MiB` : `${bytes} bytes`;
+}
+
+/**
+ * readInputBytes for a long-running process that must not block its event loop: the same rules
+ * (opened with O_NONBLOCK, a regular file only — never a pipe, which a writer holding it open
+ * without writing could stall forever — at most `maxBytes`), read asynchronously.
+ */
+export async function readInputBytesAsync(path: string, options: Omit<ReadInputOptions, "pipes">): Promise<Buffer> {
+  const handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const stats = await handle.stat();
+    if (stats.isDirectory()) throw Object.assign(new Error(`EISDIR: illegal operation on a directory, read '${path}'`), { code: "EISDIR", path });
+    if (!stats.isFile()) {
+      throw new MeshwardError("E_FILE_UNREADABLE", `${options.what} ${path} is ${kindOf(stats)}, not a regular file: give a file that holds the ${options.what}`, { details: { path } });
+    }
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      const chunk = Buffer.allocUnsafe(Math.min(64 * 1024, options.maxBytes + 1 - total));
+      const { bytesRead } = await handle.read(chunk, 0, chunk.length, null);
+      if (bytesRead === 0) break;
+      chunks.push(chunk.subarray(0, bytesRead));
+      total += bytesRead;
+      if (total > options.maxBytes) {
+        throw new MeshwardError("E_FILE_TOO_LARGE", `${options.what} ${path} holds more than ${describeBytes(options.maxBytes)}, the most a ${options.what} may hold (is it the right file?): give the file that holds the ${options.what}`, { details: { path, maxBytes: options.maxBytes } });
+      }
+    }
+    return Buffer.concat(chunks, total);
+  } finally {
+    await handle.close();
+  }
 }
