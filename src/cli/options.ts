@@ -1,12 +1,12 @@
 // Option helpers for the command definitions and the actions. Loaded by every `--help`, so
 // nothing here imports more than commander and node's built-ins (the logger is ./logger.ts).
-import { readFileSync } from "node:fs";
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { checkCaDir } from "../util/dir-safety.ts";
 import { validatorEnumName, validatorFlagName } from "../config/validator-names.ts";
 import type { Logger } from "../telemetry/logger.ts";
 import { fileReadError, MeshwardError } from "../errors.ts";
 import { assertPrivateFile } from "../util/files.ts";
+import { INPUT_LIMITS, readInputText } from "../util/read-input.ts";
 
 /** Passphrase for encrypted key files: --passphrase-file wins over MESHWARD_CA_PASSPHRASE. */
 export function readPassphrase(file: string | undefined): string | undefined {
@@ -14,7 +14,7 @@ export function readPassphrase(file: string | undefined): string | undefined {
     // It decrypts the CA's keys: held to the key files' rule (owner only, or a Kubernetes Secret with fsGroup).
     assertPrivateFile(file, "passphrase file");
     try {
-      const text = readFileSync(file, "utf8").replace(/\r?\n$/, "");
+      const text = readInputText(file, { what: "passphrase file", maxBytes: INPUT_LIMITS.secret }).replace(/\r?\n$/, "");
       if (text.length === 0) throw new MeshwardError("E_PASSPHRASE_EMPTY", `passphrase file ${file} is empty`);
       return text;
     } catch (error) {
@@ -50,10 +50,15 @@ export function warnTokenOnCommandLine(logger: Logger): void {
   logger.warn({ event: "token-on-command-line" }, TOKEN_ON_COMMAND_LINE);
 }
 
-export function readTextFile(file: string, what: string): string {
+/**
+ * A file named on the command line, through the bounded reader (util/read-input.ts): a regular
+ * file or a pipe of at most `maxBytes` (PEM by default), never a device (review files LOW-3).
+ */
+export function readTextFile(file: string, what: string, maxBytes: number = INPUT_LIMITS.pem): string {
   try {
-    return readFileSync(file, "utf8");
+    return readInputText(file, { what, maxBytes });
   } catch (error) {
+    if (error instanceof MeshwardError) throw error;
     throw fileReadError(`cannot read ${what} ${file}`, error);
   }
 }

@@ -6,6 +6,7 @@ import { validatorEnumName } from "../config/validator-names.ts";
 import { MeshwardError } from "../errors.ts";
 import { excessiveNestingMessage } from "../util/yaml-depth.ts";
 import { readTextFile } from "./options.ts";
+import { INPUT_LIMITS } from "../util/read-input.ts";
 import { SCALAR_FLAGS } from "./sidecar.ts";
 
 function splitPair(value: string, flag: string): [string, string] {
@@ -32,7 +33,7 @@ export function buildSidecarConfig(opts: Record<string, unknown>): SidecarConfig
   let locateKey: (path: readonly PropertyKey[], key: string) => string | undefined = () => undefined;
   const file = opts.config as string | undefined;
   if (file !== undefined) {
-    const text = readTextFile(file, "sidecar config");
+    const text = readTextFile(file, "sidecar config", INPUT_LIMITS.config);
     const tooDeep = excessiveNestingMessage(text, file);
     if (tooDeep !== undefined) throw new MeshwardError("E_CONFIG_INVALID", tooDeep);
     const lineCounter = new LineCounter();

@@ -1,7 +1,7 @@
-import { readFileSync } from "node:fs";
 import { isMap, isSeq, LineCounter, parseDocument, type Node as YamlNode } from "yaml";
 import type * as z from "zod";
 import { MeshwardError, withoutPemBlocks } from "../errors.ts";
+import { INPUT_LIMITS, readInputText } from "../util/read-input.ts";
 import { excessiveNestingMessage } from "../util/yaml-depth.ts";
 
 export interface SourcePosition {
@@ -44,8 +44,9 @@ export function parseYamlConfig<S extends z.ZodType>(text: string, schema: S, fi
 export function loadYamlConfig<S extends z.ZodType>(file: string, schema: S): z.infer<S> {
   let text: string;
   try {
-    text = readFileSync(file, "utf8");
+    text = readInputText(file, { what: "config file", maxBytes: INPUT_LIMITS.config });
   } catch (error) {
+    if (error instanceof MeshwardError) throw error;
     throw new MeshwardError("E_CONFIG_MISSING", `cannot read config file ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, {
       cause: error,
     });

@@ -1,6 +1,6 @@
-import { readFileSync } from "node:fs";
 import { fileReadError, MeshwardError } from "../errors.ts";
 import { assertPrivateFile } from "../util/files.ts";
+import { INPUT_LIMITS, readInputText } from "../util/read-input.ts";
 import { checkStatusToken, statusTokenRequired } from "./routes.ts";
 
 /**
@@ -12,8 +12,9 @@ export function resolveStatusToken(host: string, tokenFile: string | undefined):
   let token = process.env.MESHWARD_STATUS_TOKEN;
   if (tokenFile !== undefined) {
     try {
-      token = readFileSync(tokenFile, "utf8").trim();
+      token = readInputText(tokenFile, { what: "status token file", maxBytes: INPUT_LIMITS.secret }).trim();
     } catch (error) {
+      if (error instanceof MeshwardError) throw error;
       throw fileReadError(`cannot read status token file ${tokenFile}`, error);
     }
     // Whoever reads it can open the status page: held to the key files' rule (owner only, or a Kubernetes Secret with fsGroup).

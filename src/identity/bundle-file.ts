@@ -1,13 +1,14 @@
-import { readFileSync } from "node:fs";
 import { fileReadError, isMeshwardError, MeshwardError } from "../errors.ts";
 import { certificatesFromPem } from "../pki/pem.ts";
+import { INPUT_LIMITS, readInputText } from "../util/read-input.ts";
 
 /** Reads a bootstrap trust bundle file: PEM holding at least one certificate; errors name the file. */
 export function readBundleFile(file: string): string {
   let text: string;
   try {
-    text = readFileSync(file, "utf8");
+    text = readInputText(file, { what: "trust bundle", maxBytes: INPUT_LIMITS.pem });
   } catch (error) {
+    if (isMeshwardError(error)) throw error;
     throw fileReadError(`cannot read trust bundle ${file}`, error);
   }
   try {

@@ -1,6 +1,6 @@
 import { createHash, type X509Certificate } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { checkTokenFile } from "../util/files.ts";
+import { INPUT_LIMITS, readInputText } from "../util/read-input.ts";
 import type { Logger } from "pino";
 import { describeError, isMeshwardError, MeshwardError } from "../errors.ts";
 import { verifyChain } from "../pki/chain.ts";
@@ -817,9 +817,10 @@ class CaSource implements CaIdentitySource {
     if (this.#options.tokenFile !== undefined) {
       this.#checkTokenFile(this.#options.tokenFile);
       try {
-        return readFileSync(this.#options.tokenFile, "utf8").trim();
+        // Re-read at each attestation on the event loop: bounded, and never a pipe, which could stall it.
+        return readInputText(this.#options.tokenFile, { what: "token file", maxBytes: INPUT_LIMITS.secret, pipes: false }).trim();
       } catch (error) {
-        throw new MeshwardError("E_TOKEN_MISSING", `cannot read token file ${this.#options.tokenFile}: ${(error as NodeJS.ErrnoException).code ?? describeError(error)}`);
+        throw new MeshwardError("E_TOKEN_MISSING", `cannot read token file ${this.#options.tokenFile}: ${error instanceof MeshwardError ? error.message : ((error as NodeJS.ErrnoException).code ?? describeError(error))}`);
       }
     }
     if (this.#options.token === undefined || this.#options.token === "") {

@@ -1,6 +1,6 @@
 import { watch } from "node:fs";
 import type { FSWatcher } from "node:fs";
-import { readFile, stat } from "node:fs/promises";
+import { stat } from "node:fs/promises";
 import { basename, dirname, resolve } from "node:path";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
@@ -10,6 +10,7 @@ import { systemClock, type Clock, type ClockTimer } from "../util/clock.ts";
 import { sameCrls, type IdentityEvent, type IdentitySnapshot, type IdentitySource } from "./source.ts";
 import { buildSnapshot, verifiedCrls } from "./workload-api/material.ts";
 import { holdEventLoopUntilSettled } from "../util/event-loop-hold.ts";
+import { INPUT_LIMITS, readInputBytesAsync } from "../util/read-input.ts";
 
 export interface FileIdentityOptions {
   /** Leaf certificate, then intermediates, PEM. */
@@ -195,8 +196,9 @@ class FileSource implements IdentitySource {
       readText(certFile, "certificate"),
       readText(keyFile, "key"),
       readText(bundleFile, "bundle"),
-      crlFile === undefined ? Promise.resolve(undefined) : readFile(crlFile).catch((error: NodeJS.ErrnoException) => {
-        throw new MeshwardError("E_IDENTITY_FILE", `cannot read the CRL file ${crlFile}: ${error.code ?? error.message}`);
+      // A CRL can list many serials: a larger bound than a certificate's.
+      crlFile === undefined ? Promise.resolve(undefined) : readInputBytesAsync(crlFile, { what: "CRL file", maxBytes: 8 * INPUT_LIMITS.pem }).catch((error: unknown) => {
+        throw new MeshwardError("E_IDENTITY_FILE", `cannot read the CRL file ${crlFile}: ${error instanceof MeshwardError ? error.message : ((error as NodeJS.ErrnoException).code ?? (error as Error).message)}`);
       }),
     ]);
     const chain = certificatesFromPem(certPem);
@@ -283,11 +285,12 @@ class FileSource implements IdentitySource {
   }
 }
 
+/** Read again at every change: bounded, regular files only, never blocking (review files LOW-3). */
 async function readText(path: string, what: string): Promise<string> {
   try {
-    return await readFile(path, "utf8");
+    return (await readInputBytesAsync(path, { what: `${what} file`, maxBytes: INPUT_LIMITS.pem })).toString("utf8");
   } catch (error) {
-    throw new MeshwardError("E_IDENTITY_FILE", `cannot read the ${what} file ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    throw new MeshwardError("E_IDENTITY_FILE", `cannot read the ${what} file ${path}: ${error instanceof MeshwardError ? error.message : ((error as NodeJS.ErrnoException).code ?? (error as Error).message)}`);
   }
 }
 

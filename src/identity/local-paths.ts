@@ -1,8 +1,8 @@
 import { randomBytes } from "node:crypto";
-import { accessSync, constants, lstatSync, mkdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { accessSync, constants, lstatSync, mkdirSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { describeError, MeshwardError } from "../errors.ts";
-import { assertNoOtherRenamer, assertNoOtherWriter } from "../util/dir-safety.ts";
+import { assertGivenPathSafe, assertNoOtherRenamer, assertNoOtherWriter } from "../util/dir-safety.ts";
 
 /*
  * Checks of local paths, run before anything is sent to the CA: a local mistake must never
@@ -67,9 +67,9 @@ function assertWritableHere(dir: string, what: string): void {
     // A rename replaces any other kind of file (a FIFO planted there included), not a directory.
     if (stats.isDirectory()) throw new MeshwardError("E_OUT_DIR", `${what}: ${name} there is a directory, where the file goes: remove it, or choose another directory`);
   }
-  // One probe per identity file and one for `cert issue`'s lock file, all at once: the three are
+  // One probe per identity file and for `cert issue`'s lock and holder files, all at once: the three are
   // written side by side before any is renamed into place, so room (and inodes) for one is not enough.
-  const probes = [...IDENTITY_FILES, OUT_DIR_LOCK].map(() => join(dir, `.meshward-probe-${process.pid}-${randomBytes(4).toString("hex")}`));
+  const probes = [...IDENTITY_FILES, OUT_DIR_LOCK, OUT_DIR_LOCK_HOLDER].map(() => join(dir, `.meshward-probe-${process.pid}-${randomBytes(4).toString("hex")}`));
   try {
     for (const probe of probes) writeFileSync(probe, "x".repeat(4096), { mode: 0o600, flag: "wx" });
   } catch (error) {
@@ -79,50 +79,14 @@ function assertWritableHere(dir: string, what: string): void {
   }
 }
 
-/** The lock file `meshward cert issue` holds in its `--out` directory while it runs. */
-export const OUT_DIR_LOCK = ".meshward-cert-issue.lock";
-
 /**
- * Takes `dir` for one writer (`meshward cert issue`): creates the lock file exclusively, holding
- * this process's pid, before the CA is asked, and returns what removes it. Another run holding
- * it is refused (E_OUT_DIR_BUSY), so two runs never mix their keys and certificates and the
- * second's token is not spent. A lock left by a process that no longer runs (killed) is taken
- * over; one whose pid cannot be read is refused with the command that removes it.
+ * The lock `meshward cert issue` holds in its `--out` directory while it runs (src/cli/out-dir-lock.ts),
+ * and the file naming its holder. Here for the write probes (assertWritableHere).
  */
-export function lockOutDir(dir: string, what: string): () => void {
-  const path = join(dir, OUT_DIR_LOCK);
-  for (let attempt = 0; ; attempt++) {
-    try {
-      writeFileSync(path, `${process.pid}\n`, { mode: 0o600, flag: "wx" });
-      return () => rmSync(path, { force: true });
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw new MeshwardError("E_OUT_DIR", `${what}: cannot create the lock file ${path} (${errno(error)})`);
-    }
-    let pid: number;
-    try {
-      pid = Number(readFileSync(path, "utf8").trim());
-    } catch {
-      continue; // removed in the meantime: try again
-    }
-    if (attempt === 0 && Number.isSafeInteger(pid) && pid > 0 && !processRuns(pid)) {
-      rmSync(path, { force: true }); // left by a run that was killed
-      continue;
-    }
-    throw new MeshwardError(
-      "E_OUT_DIR_BUSY",
-      `${what}: another meshward cert issue${Number.isSafeInteger(pid) && pid > 0 ? ` (pid ${pid})` : ""} is writing there; wait for it, or, if none runs, remove ${path}`,
-    );
-  }
-}
-
-function processRuns(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
+export const OUT_DIR_LOCK = ".meshward-cert-issue.flock";
+export const OUT_DIR_LOCK_HOLDER = `${OUT_DIR_LOCK}.holder`;
+/** The pid lock file meshward before 2026-12 used (read only: a live older run is still respected). */
+export const OUT_DIR_PID_LOCK = ".meshward-cert-issue.lock";
 
 /**
  * Refuses a directory that someone other than this user (or root, or `filesOwner`, who gets
@@ -132,15 +96,21 @@ function processRuns(pid: number): boolean {
  * help (a file planted first stays). OpenSSH's StrictModes refuses such directories for the
  * same reason. A symlink is judged by the directory it leads to, and that directory's parents
  * too (`assertNoOtherRenamer`): the owner of a parent could swap the directory for a link, and
- * the next rotation would write the key where they like, chowned to `filesOwner`. Returns the
- * real path, which the files are written under from then on.
+ * the next rotation would write the key where they like, chowned to `filesOwner`. The path as
+ * given is checked first (`assertGivenPathSafe`): a link on it must be this user's or root's,
+ * and nobody else may rename it — another user's link in /tmp is refused, not followed (review
+ * files MEDIUM-2). Returns the real path, which the files are written under from then on.
  */
 export function assertOwnDirectory(path: string, what: string, filesOwner?: number): string {
+  assertGivenPathSafe(path, what, "E_OUT_DIR_UNSAFE", OUT_DIR_RISK);
   assertNoOtherWriter(path, what, "E_OUT_DIR_UNSAFE", "replace the trust bundle, certificate or key written there, or plant a certificate this process would renew at its next start", "created 0700", filesOwner, false, { name: "meshward-out", mode: "700" });
   const real = realpathSync(path);
-  assertNoOtherRenamer(real, what, "E_OUT_DIR_UNSAFE", "have the key, certificate and bundle written there (and given to the files' owner) and read or replace them");
+  assertNoOtherRenamer(real, what, "E_OUT_DIR_UNSAFE", OUT_DIR_RISK);
   return real;
 }
+
+const OUT_DIR_RISK = "have the key, certificate and bundle written there (and given to the files' owner) and read or replace them";
+const SOCKET_DIR_RISK = "bind its own socket there and hand workloads another SVID and trust bundle";
 
 /**
  * The directory of a unix socket must exist, be writable, and be writable by no one else
@@ -164,9 +134,10 @@ export function checkSocketDir(socketPath: string, flag: string): string {
   } catch (error) {
     throw new MeshwardError("E_SOCKET_DIR", `${flag} ${socketPath}: the directory ${dir} is not writable by this user (${errno(error)})`);
   }
+  assertGivenPathSafe(dir, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", SOCKET_DIR_RISK);
   assertNoOtherWriter(dir, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", "bind its own socket there and hand workloads another SVID and trust bundle", "owned by you, mode 0755 so that workloads can connect", undefined, false, { name: "meshward-sock", mode: "755" });
   const real = realpathSync(dir);
-  assertNoOtherRenamer(real, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", "bind its own socket there and hand workloads another SVID and trust bundle");
+  assertNoOtherRenamer(real, `${flag} ${socketPath}`, "E_SOCKET_DIR_UNSAFE", SOCKET_DIR_RISK);
   return join(real, basename(socketPath));
 }
 

@@ -1,4 +1,3 @@
-import { readFileSync } from "node:fs";
 import { request } from "node:https";
 import type { Logger } from "pino";
 import { describeError, MeshwardError } from "../errors.ts";
@@ -6,6 +5,7 @@ import type { IdentitySource } from "../identity/source.ts";
 import { tlsAfterHandshakeFailure, watchHandshake } from "../tls/after-handshake.ts";
 import { SECURE_OPTIONS } from "../tls/policy.ts";
 import type { CaBundleSyncResult } from "./metrics.ts";
+import { INPUT_LIMITS, readInputBytes, readInputText } from "../util/read-input.ts";
 
 export interface KubeApiConfig {
   /** e.g. https://kubernetes.default.svc */
@@ -101,8 +101,8 @@ function kubeRequest(api: KubeApiConfig, method: string, path: string, body?: st
   let token: string;
   let ca: Buffer;
   try {
-    token = readFileSync(api.tokenFile, "utf8").trim();
-    ca = readFileSync(api.caFile);
+    token = readInputText(api.tokenFile, { what: "service-account token file", maxBytes: INPUT_LIMITS.secret, pipes: false }).trim();
+    ca = readInputBytes(api.caFile, { what: "cluster CA file", maxBytes: INPUT_LIMITS.pem, pipes: false });
   } catch (error) {
     return Promise.reject(new MeshwardError("E_KUBE_API", `cannot read the service-account token or the cluster CA: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`));
   }

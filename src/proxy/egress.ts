@@ -1,5 +1,4 @@
 import { X509Certificate } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { connect as netConnect, createServer } from "node:net";
 import type { Server, Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
@@ -20,6 +19,7 @@ import { formatHostPort, isLoopbackListenHost, parseHostPort } from "../util/add
 import { systemClock } from "../util/clock.ts";
 import type { ClockTimer } from "../util/clock.ts";
 import { listenOn } from "../util/listen.ts";
+import { INPUT_LIMITS, readInputText } from "../util/read-input.ts";
 import { DEFAULT_MAX_CONNECTIONS } from "../config/sidecar.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { capConnections, listenerMetrics } from "./listener-cap.ts";
@@ -179,7 +179,7 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
   let fileRootsPem: string | undefined;
   if (entry.caFile !== undefined) {
     try {
-      fileRootsPem = readFileSync(entry.caFile, "utf8");
+      fileRootsPem = readInputText(entry.caFile, { what: "caFile", maxBytes: INPUT_LIMITS.pem });
     } catch (error) {
       throw new MeshwardError("E_CONFIG_INVALID", `egress to ${entry.backend}: cannot read caFile ${entry.caFile}: ${describeError(error)}`);
     }

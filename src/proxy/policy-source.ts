@@ -1,10 +1,11 @@
-import { readFileSync, statSync, unwatchFile, watchFile } from "node:fs";
+import { statSync, unwatchFile, watchFile } from "node:fs";
 import type { Stats } from "node:fs";
 import { LineCounter, parseDocument } from "yaml";
 import { describeError, MeshwardError } from "../errors.ts";
 import { compilePolicy, daprDifferences, operationsNeverApplyingToTcp, parseAccessControl, POLICY_DIFFERS_FROM_DAPR, POLICY_OPERATIONS_NEVER_APPLY_TCP, tcpInapplicableMessage } from "../policy/index.ts";
 import type { AccessPolicy, DaprDifference, TcpInapplicableOperation } from "../policy/index.ts";
 import type { TlsLogger } from "../tls/logger.ts";
+import { INPUT_LIMITS, readInputText } from "../util/read-input.ts";
 import { excessiveNestingMessage } from "../util/yaml-depth.ts";
 
 /** Parses a Dapr `kind: Configuration` (or bare accessControl) YAML into a compiled policy; throws E_POLICY_INVALID. */
@@ -19,9 +20,10 @@ export function loadPolicyFile(file: string): AccessPolicy {
 export function readPolicyFile(file: string): { policy: AccessPolicy; differences: DaprDifference[]; tcpInapplicable: (TcpInapplicableOperation & { at: string })[] } {
   let text: string;
   try {
-    text = readFileSync(file, "utf8");
+    // Re-read on the event loop when the file changes: never a pipe.
+    text = readInputText(file, { what: "policy file", maxBytes: INPUT_LIMITS.config, pipes: false });
   } catch (error) {
-    throw new MeshwardError("E_POLICY_INVALID", `cannot read policy file ${file}: ${(error as NodeJS.ErrnoException).code ?? describeError(error)}`);
+    throw new MeshwardError("E_POLICY_INVALID", `cannot read policy file ${file}: ${error instanceof MeshwardError ? error.message : ((error as NodeJS.ErrnoException).code ?? describeError(error))}`);
   }
   const tooDeep = excessiveNestingMessage(text, file);
   if (tooDeep !== undefined) throw new MeshwardError("E_POLICY_INVALID", tooDeep);

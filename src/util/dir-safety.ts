@@ -95,6 +95,50 @@ export function assertNoOtherRenamer(realPath: string, what: string, code: `E_${
 }
 
 /**
+ * Refuses a path that, as given (`resolve(path)`, before any link is followed), passes through a
+ * symbolic link owned by neither this user nor root: whoever owns the link can point it at a
+ * directory of their choosing — a link planted in /tmp by another user sends files written
+ * "into /tmp/NAME" into any directory of root's. This is what the kernel's
+ * fs.protected_symlinks=1 enforces in sticky shared directories, checked here because hosts
+ * set it to 0 (review files MEDIUM-2). Components are read with lstat from the root down; a
+ * missing one ends the walk (nothing below it exists yet).
+ */
+export function assertNoForeignLink(path: string, what: string, code: `E_${string}`, risk: string): void {
+  const uid = process.getuid?.();
+  if (uid === undefined) return;
+  const given = resolve(path);
+  const parts = given.split("/").filter((part) => part !== "");
+  let current = "";
+  for (const part of parts) {
+    current = `${current}/${part}`;
+    let stats;
+    try {
+      stats = lstatSync(current);
+    } catch {
+      return;
+    }
+    if (!stats.isSymbolicLink() || stats.uid === uid || stats.uid === 0) continue;
+    throw new MeshwardError(
+      code,
+      `${what}: ${current} is a symbolic link owned by uid ${stats.uid}, not by this user (uid ${uid}) or root: its owner could point it at a directory of their choosing, then ${risk}. Give the real directory, or a link of your own`,
+      { details: { path: given, link: current, uid: stats.uid } },
+    );
+  }
+}
+
+/**
+ * Both checks of the path as given, before its real path is checked (review files MEDIUM-2): no
+ * link on the way owned by another user (assertNoForeignLink), and no one else able to rename
+ * the entry the path names or a directory above it (assertNoOtherRenamer on the lexical path: a
+ * link owned by another user in a sticky directory such as /tmp is not covered by the sticky
+ * exception).
+ */
+export function assertGivenPathSafe(path: string, what: string, code: `E_${string}`, risk: string): void {
+  assertNoForeignLink(path, what, code, risk);
+  assertNoOtherRenamer(resolve(path), what, code, risk);
+}
+
+/**
  * The CA directory (`ca init|serve|status|rotate-*|import-*|migrate-store`, `cert`, `token`
  * --dir, and `startCaServer`'s `dir` for SDK users): whoever can write there can swap the root, the trust bundle, the issuer certificate
  * and key, or ca.db, and the CA then signs for them or hands out their bundle. So it must be
@@ -112,6 +156,7 @@ export function assertNoOtherRenamer(realPath: string, what: string, code: `E_${
 export function checkCaDir(dir: string, flag = "--dir", mountInfo: () => string | undefined = readMountInfo): void {
   const path = resolve(dir);
   if (!existsSync(path) || !statSync(path).isDirectory()) return;
+  assertNoForeignLink(path, `${flag} ${dir}`, "E_CA_DIR_UNSAFE", "have the CA load a root, issuer key and ca.db of theirs");
   const real = realpathSync(path);
   const readOnly = readOnlyMountPoint(real, mountInfo()) === real;
   assertNoOtherWriter(path, `${flag} ${dir}`, "E_CA_DIR_UNSAFE", "replace the root, trust bundle, issuer certificate and key or ca.db the CA loads, and have it sign for them", "owned by the user the CA runs as, mode 0700", undefined, readOnly, { name: "meshward-ca", mode: "700" });

@@ -73,7 +73,9 @@ export interface FileToWrite {
  * certificate, goes last). Should a rename fail part-way, the files already renamed are put
  * back as they were (the old ones are kept as hard links until the last rename is done; a file
  * that did not exist is removed again). A crash between two renames can still leave a mix:
- * renames of two names are never one step. Throws E_FILE_WRITE naming the file and whether the
+ * renames of two names are never one step. A name that no longer holds the file this run
+ * renamed there (another writer replaced it meanwhile) is left alone: a rollback only ever
+ * undoes this run's own renames. Throws E_FILE_WRITE naming the file and whether the
  * earlier files were put back. The one writer for a certificate, its key and its roots: the
  * identity file sink and `meshward cert issue` both use it. Once the set is in place, what an
  * earlier interrupted write of these names left beside them (its temp files and the hard links
@@ -81,6 +83,9 @@ export interface FileToWrite {
  */
 export function writeFilesTogether(files: readonly FileToWrite[]): { readonly removedLeftovers: readonly string[] } {
   const temps: string[] = [];
+  // Each temp file's inode: a rollback undoes a rename only while the name still holds the file
+  // this run put there (review files LOW-4: another writer's file is never removed or replaced).
+  const written: { dev: number; ino: number }[] = [];
   const backups: (string | undefined)[] = [];
   const cleanUp = () => {
     for (const temp of temps) removeQuietly(temp);
@@ -90,7 +95,10 @@ export function writeFilesTogether(files: readonly FileToWrite[]): { readonly re
   try {
     for (const file of files) {
       current = file.path;
-      temps.push(writeTempFile(file.path, file.data, file.mode ?? 0o644, file.owner));
+      const temp = writeTempFile(file.path, file.data, file.mode ?? 0o644, file.owner);
+      temps.push(temp);
+      const stats = lstatSync(temp);
+      written.push({ dev: stats.dev, ino: stats.ino });
     }
     // Every file renamed before the last may have to be put back: keep the old one under another name.
     for (const file of files.slice(0, -1)) {
@@ -117,10 +125,17 @@ export function writeFilesTogether(files: readonly FileToWrite[]): { readonly re
     }
   } catch (error) {
     const notRestored: string[] = [];
+    const othersLeft: string[] = [];
     for (let i = 0; i < renamed; i++) {
       const file = files[i] as FileToWrite;
       const backup = backups[i];
       try {
+        const now = lstatSync(file.path, { throwIfNoEntry: false });
+        if (now === undefined || now.dev !== written[i]?.dev || now.ino !== written[i]?.ino) {
+          // Another writer replaced (or removed) it since: theirs, not this run's to undo.
+          othersLeft.push(file.path);
+          continue;
+        }
         if (backup !== undefined) {
           renameSync(backup, file.path);
           backups[i] = undefined;
@@ -135,10 +150,12 @@ export function writeFilesTogether(files: readonly FileToWrite[]): { readonly re
     cleanUp();
     syncDirectory(dirname(current));
     const state =
-      notRestored.length === 0
-        ? `the files renamed before it were put back, so ${dirname(current)} holds what it held before`
-        : `${notRestored.join(", ")} could not be put back and hold the new content, which does not match the other files`;
-    throw new MeshwardError("E_FILE_WRITE", `cannot write ${current}: ${(error as Error).message} (${state})`, { cause: error, details: { notRestored } });
+      notRestored.length > 0
+        ? `${notRestored.join(", ")} could not be put back and hold the new content, which does not match the other files`
+        : othersLeft.length > 0
+          ? `${othersLeft.join(", ")} had been replaced by another writer meanwhile and were left as they are; ${renamed > othersLeft.length ? "the other files renamed before it were put back" : "nothing else had been renamed"}`
+          : `the files renamed before it were put back, so ${dirname(current)} holds what it held before`;
+    throw new MeshwardError("E_FILE_WRITE", `cannot write ${current}: ${(error as Error).message} (${state})`, { cause: error, details: { notRestored, othersLeft } });
   }
   temps.length = 0;
   cleanUp();

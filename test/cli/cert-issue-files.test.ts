@@ -1,10 +1,11 @@
 import { spawnSync } from "node:child_process";
 import { createPublicKey, X509Certificate } from "node:crypto";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runCli, startCli, type LongRunning } from "../helpers/cli.ts";
+import { runCli, spawnCli, startCli, type LongRunning } from "../helpers/cli.ts";
+import { waitFor } from "../helpers/wait.ts";
 
 /**
  * `meshward cert issue --out DIR` writes a key and its certificate that belong together (review
@@ -118,4 +119,78 @@ describe("meshward cert issue --out: the pair is never broken (real processes)",
     expect(next.stderr).toMatch(/removed what an interrupted earlier write left in .*leftovers: .*\.key\.pem\.[0-9a-f]{12}\.prev/);
     expect(readdirSync(out).sort()).toEqual(["bundle.pem", "cert.pem", "key.pem"]);
   });
+  /**
+   * Review files LOW-4, made deterministic with test/helpers/fault-gate.mjs (file gates, no
+   * sleeps). A killed run left the old pid lock file. Run B reads the dead pid and is stopped
+   * just before it removes the file; run A then takes the directory over and is stopped just
+   * before its last rename (cert.pem). B goes on to the end, then A. With the pid lock both
+   * took it over: B's sweep removed A's temp file, A's rename failed, and A's rollback unlinked
+   * the key.pem and bundle.pem B had just written and reported. Now exactly one holds the
+   * directory (an fcntl lock), and the directory ends with a matching set.
+   */
+  it("two runs that both find a killed run's lock: only one takes it, and the directory keeps a matching key, certificate and bundle", async () => {
+    const out = join(work, "stale-race");
+    mkdirSync(out, { mode: 0o700 });
+    const gates = mkdtempSync(join(work, "gates-"));
+    const gone = spawnSync(process.execPath, ["-e", "process.stdout.write(String(process.pid))"], { encoding: "utf8" });
+    writeFileSync(join(out, ".meshward-cert-issue.lock"), `${gone.stdout}\n`, { mode: 0o600 });
+    const args = (t: { token: string; appId: string }) => ["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t.token, "--namespace", "shop", "--app-id", t.appId, "--out", out];
+    const hook = `--import ${join(process.cwd(), "test/helpers/fault-gate.mjs")}`;
+    const [ta, tb] = [await token(), await token()];
+    const b = spawnCli(args(tb), { env: { NODE_OPTIONS: hook, MESHWARD_GATE_DIR: gates, MESHWARD_GATE_TAG: "b", MESHWARD_GATE_RM: ".meshward-cert-issue.lock" } });
+    let a: ReturnType<typeof spawnCli> | undefined;
+    try {
+      await waitFor("run B stopped before removing the old lock", () => existsSync(join(gates, "b.paused")), 60_000, 20);
+      // A starts only now, so that B is the one that got there first.
+      a = spawnCli(args(ta), { env: { NODE_OPTIONS: hook, MESHWARD_GATE_DIR: gates, MESHWARD_GATE_TAG: "a", MESHWARD_GATE_RENAME: "cert.pem" } });
+      let aCode: number | null | undefined;
+      void a.exited.then((code) => (aCode = code));
+      // A either holds the directory too (stopped at its last rename) or was refused.
+      await waitFor("run A at its last rename, or ended", () => existsSync(join(gates, "a.paused")) || aCode !== undefined, 60_000, 20);
+      writeFileSync(join(gates, "b.go"), "");
+      const bCode = await b.exited;
+      writeFileSync(join(gates, "a.go"), "");
+      const aEnd = await a.exited;
+      const results = [
+        { code: bCode, stdout: b.stdout(), stderr: b.stderr() },
+        { code: aEnd, stdout: a.stdout(), stderr: a.stderr() },
+      ];
+      for (const r of results) expect(r.code === 0 || r.stderr.includes("[E_OUT_DIR_BUSY]"), r.stderr).toBe(true);
+      const winners = results.filter((r) => r.code === 0);
+      expect(winners.length, results.map((r) => r.stderr).join("\n")).toBe(1);
+      expect(winners[0]!.stdout).toMatch(/wrote .*key\.pem/);
+      expect(readdirSync(out).sort()).toEqual(["bundle.pem", "cert.pem", "key.pem"]);
+      expect(keyId(join(out, "key.pem"))).toBe(certKeyId(join(out, "cert.pem")));
+    } finally {
+      writeFileSync(join(gates, "a.go"), "");
+      writeFileSync(join(gates, "b.go"), "");
+      await a?.stop();
+      await b.stop();
+    }
+  }, 120_000);
+
+  it("a failed write's rollback leaves a file another writer put in place meanwhile (it removes only what this run wrote)", async () => {
+    const out = join(work, "rollback-others");
+    mkdirSync(out, { mode: 0o700 });
+    const gates = mkdtempSync(join(work, "gates-"));
+    const t = await token();
+    const run = spawnCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t.token, "--namespace", "shop", "--app-id", t.appId, "--out", out], {
+      env: { NODE_OPTIONS: `--import ${join(process.cwd(), "test/helpers/fault-gate.mjs")}`, MESHWARD_GATE_DIR: gates, MESHWARD_GATE_TAG: "w", MESHWARD_GATE_RENAME: "cert.pem", MESHWARD_GATE_FAIL: "enospc" },
+    });
+    try {
+      await waitFor("the run at its last rename", () => existsSync(join(gates, "w.paused")), 30_000, 20);
+      // Another writer of the directory (an `identity --out` pointed at it by mistake) replaces key.pem.
+      writeFileSync(join(out, ".other-key.tmp"), "OTHER WRITER'S KEY\n", { mode: 0o600 });
+      renameSync(join(out, ".other-key.tmp"), join(out, "key.pem"));
+      writeFileSync(join(gates, "w.go"), "");
+      expect(await run.exited).toBe(1);
+      expect(run.stderr()).toMatch(/cannot write .*cert\.pem: ENOSPC.*key\.pem had been replaced by another writer meanwhile and were left as they are.*\[E_FILE_WRITE\]/s);
+      expect(readFileSync(join(out, "key.pem"), "utf8")).toBe("OTHER WRITER'S KEY\n");
+      // What this run did write (bundle.pem, new) was removed again.
+      expect(readdirSync(out).sort()).toEqual(["key.pem"]);
+    } finally {
+      writeFileSync(join(gates, "w.go"), "");
+      await run.stop();
+    }
+  }, 60_000);
 });

@@ -1,4 +1,5 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
@@ -133,6 +134,26 @@ describe("file identity source", () => {
     writeSet(dir, newer);
     await until(() => events.length > 0);
     expect(events[0]!.type === "rotated" && events[0]!.snapshot.svid.serial).toBe(newer.svid.serial);
+  });
+
+  it("a FIFO or a device in place of a file is reported at once, never read (review files LOW-3), and a valid set is still taken", async () => {
+    const dir = freshDir();
+    const paths = files(dir);
+    // A FIFO nobody writes to as key.pem hung the read (a thread-pool read that never returns, so no
+    // later change was ever read); /dev/zero as cert.pem grew memory without bound.
+    execFileSync("mkfifo", ["-m", "600", paths.keyFile]);
+    symlinkSync("/dev/zero", paths.certFile);
+    writeFileSync(paths.bundleFile, pki.rootPem);
+    const { lines, logger } = capture();
+    const src = source({ ...paths, logger });
+    await until(() => lines.some((line) => line.event === "identity-files-ignored"));
+    const problem = lines.find((line) => line.event === "identity-files-ignored")!.problem ?? "";
+    expect(problem).toMatch(/is a (named pipe \(FIFO\)|character device \(as \/dev\/zero or a terminal\)), not a regular file/);
+    rmSync(paths.keyFile);
+    rmSync(paths.certFile);
+    const good = pki.snapshot();
+    writeSet(dir, good);
+    expect((await src.ready()).svid.serial).toBe(good.svid.serial);
   });
 
   it("survives garbage, truncated and missing files, and starts once a valid set appears", async () => {

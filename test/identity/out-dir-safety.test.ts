@@ -1,4 +1,4 @@
-import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, copyFileSync, lchownSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -220,4 +220,54 @@ describe("meshward identity --out: a certificate planted in a world-writable dir
     expect(started.match[1]).toBe("spiffe://plant.test/ns/jobs/mallory");
     expect(await started.stop()).toBe(0);
   }, 60_000);
+});
+
+/**
+ * Red team (review files MEDIUM-2): another local user (nobody, uid 65534) plants a symbolic link
+ * in a sticky shared directory (as /tmp) pointing at a directory of root's that holds another
+ * service's key. With fs.protected_symlinks=0 (a host-global sysctl, 0 on some hosts) the kernel
+ * follows it, and `cert issue --out /tmp/NAME` replaced that key. The path as given is now
+ * checked: a link owned by neither this user nor root is refused before anything is written or
+ * the CA is asked. Giving a link to another uid needs root (lchown): the test machines run as
+ * root, and the first assertion says so rather than skipping.
+ */
+describe("a symbolic link owned by another user on the way to --out, the socket directory or --dir is refused (real processes)", () => {
+  const work = mkdtempSync(join(tmpdir(), "meshward-foreign-link-"));
+  afterAll(() => rmSync(work, { recursive: true, force: true }));
+  const NOBODY = 65534;
+
+  it("cert issue, identity --out, --workload-api-socket and ca status --dir refuse it; the victim's key is untouched; a link of root's is still followed", async () => {
+    expect(process.getuid?.(), "lchown to uid 65534 needs root: run as root (the tests' container does)").toBe(0);
+    const shared = makeDir(work, "tmp", 0o1777);
+    const victim = makeDir(work, "victim-tls", 0o700);
+    writeFileSync(join(victim, "key.pem"), "PRECIOUS key of another service\n", { mode: 0o600 });
+    const link = join(shared, "meshward-out");
+    symlinkSync(victim, link);
+    lchownSync(link, NOBODY, NOBODY);
+    const bundle = join(work, "bundle.pem");
+    writeFileSync(bundle, (await createTestPki()).rootPem);
+    // The CA address is never dialled: the local checks come first (the token is not spent).
+    const base = ["--ca", "127.0.0.1:9", "--bundle", bundle, "--token", "mwjt_unused", "--namespace", "ns1", "--app-id", "app1"];
+    const runs = [
+      { args: ["cert", "issue", ...base, "--out", link], code: "E_OUT_DIR_UNSAFE", flag: `--out ${link}` },
+      { args: ["identity", ...base, "--out", link], code: "E_OUT_DIR_UNSAFE", flag: `--out ${link}` },
+      { args: ["identity", ...base, "--workload-api-socket", join(link, "api.sock")], code: "E_SOCKET_DIR_UNSAFE", flag: `--workload-api-socket ${join(link, "api.sock")}` },
+      { args: ["ca", "status", "--dir", link], code: "E_CA_DIR_UNSAFE", flag: `--dir ${link}` },
+    ];
+    for (const run of runs) {
+      const r = await runCli(run.args, { timeoutMs: 20_000 });
+      expect(r.code, `${run.args.join(" ")}\n${r.stderr}`).toBe(1);
+      expect(r.stderr).toContain(`meshward: ${run.flag}: ${link} is a symbolic link owned by uid ${NOBODY}, not by this user (uid 0) or root`);
+      expect(r.stderr).toContain(`[${run.code}]`);
+      expect(r.stderr).not.toMatch(/\n\s+at |unexpected error/);
+    }
+    expect(readdirSync(victim)).toEqual(["key.pem"]);
+    expect(readFileSync(join(victim, "key.pem"), "utf8")).toBe("PRECIOUS key of another service\n");
+    // The SDK's file sink checks the same.
+    expect(() => startFileSink({ source: manualIdentitySource(), dir: link })).toThrow(expect.objectContaining({ code: "E_OUT_DIR_UNSAFE" }));
+    // Control: the same link, root's, is followed (the check is about who owns it).
+    lchownSync(link, 0, 0);
+    expect(prepareOutDir(link)).toBe(victim);
+    expect(() => checkSocketDir(join(link, "api.sock"), "--workload-api-socket")).not.toThrow();
+  }, 90_000);
 });

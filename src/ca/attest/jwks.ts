@@ -1,8 +1,8 @@
-import { readFileSync } from "node:fs";
 import { createLocalJWKSet, createRemoteJWKSet, customFetch, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from "jose";
 import { fetch as undiciFetch } from "undici";
 import { DEFAULT_JWT_CLOCK_TOLERANCE, type JwksValidatorConfig } from "../../config/ca.ts";
 import { parseDuration } from "../../util/duration.ts";
+import { INPUT_LIMITS, readInputText } from "../../util/read-input.ts";
 import { MeshwardError } from "../../errors.ts";
 import { formatWorkloadId, parseWorkloadId } from "../../spiffe/id.ts";
 import { tlsAfterHandshakeFailure } from "../../tls/after-handshake.ts";
@@ -124,7 +124,7 @@ function loadKeySet(options: JwksAttestorOptions): JWTVerifyGetKey {
   if (options.jwksFile !== undefined) {
     let jwks: unknown;
     try {
-      jwks = JSON.parse(readFileSync(options.jwksFile, "utf8"));
+      jwks = JSON.parse(readInputText(options.jwksFile, { what: "JWKS file", maxBytes: INPUT_LIMITS.pem, pipes: false }));
     } catch (error) {
       throw new MeshwardError("E_JWKS_INVALID", `cannot read JWKS file ${options.jwksFile}: ${(error as Error).message}`);
     }

@@ -1,9 +1,9 @@
-import { readFileSync } from "node:fs";
 import { Agent, request as httpsRequest } from "node:https";
 import { MeshwardError } from "../../errors.ts";
 import { tlsAfterHandshakeFailure, watchHandshake } from "../../tls/after-handshake.ts";
 import { SECURE_OPTIONS } from "../../tls/policy.ts";
 import { kubeApiBreaker, type KubeApiBreakerEvent } from "./kube-api-breaker.ts";
+import { INPUT_LIMITS, readInputText } from "../../util/read-input.ts";
 
 /** The two Kubernetes API calls the KUBERNETES validator makes; an interface so tests can record them. */
 export interface KubernetesApi {
@@ -104,8 +104,8 @@ export function kubeApiConnection(options: KubeApiConnectionOptions): KubeApiCon
       let token: string;
       let ca: string;
       try {
-        token = readFileSync(options.tokenFile, "utf8").trim();
-        ca = readFileSync(options.caFile, "utf8");
+        token = readInputText(options.tokenFile, { what: "service-account token file", maxBytes: INPUT_LIMITS.secret, pipes: false }).trim();
+        ca = readInputText(options.caFile, { what: "cluster CA file", maxBytes: INPUT_LIMITS.pem, pipes: false });
       } catch (error) {
         const failure = new MeshwardError("E_KUBERNETES_UNAVAILABLE", `cannot read the CA's Kubernetes credentials: ${(error as Error).message}`);
         notSent.add(failure);

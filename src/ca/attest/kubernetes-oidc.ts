@@ -1,10 +1,10 @@
-import { readFileSync } from "node:fs";
 import { request } from "node:https";
 import { createRemoteJWKSet, customFetch, type JWTVerifyGetKey } from "jose";
 import { MeshwardError } from "../../errors.ts";
 import { tlsAfterHandshakeFailure, watchHandshake } from "../../tls/after-handshake.ts";
 import { failureCooldown } from "./failure-cooldown.ts";
 import { SECURE_OPTIONS } from "../../tls/policy.ts";
+import { INPUT_LIMITS, readInputBytes, readInputText } from "../../util/read-input.ts";
 
 export interface KubernetesOidcConfig {
   readonly apiServer: string;
@@ -98,8 +98,8 @@ function get(url: string, config: KubernetesOidcConfig, signal: AbortSignal): Pr
   let token: string;
   let ca: Buffer;
   try {
-    token = readFileSync(config.tokenFile, "utf8").trim();
-    ca = readFileSync(config.caFile);
+    token = readInputText(config.tokenFile, { what: "service-account token file", maxBytes: INPUT_LIMITS.secret, pipes: false }).trim();
+    ca = readInputBytes(config.caFile, { what: "cluster CA file", maxBytes: INPUT_LIMITS.pem, pipes: false });
   } catch (error) {
     return Promise.reject(new MeshwardError("E_JWKS_UNAVAILABLE", `cannot read the CA's service-account token or the cluster CA: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`));
   }

@@ -26,6 +26,7 @@ import { flagValue } from "../usage.ts";
 import { assertPrivateFile, writeFileAtomic } from "../../util/files.ts";
 import { cliLogger } from "../logger.ts";
 import { readPassphrase, readTextFile, untilSignal, wholeNumber } from "../options.ts";
+import { INPUT_LIMITS } from "../../util/read-input.ts";
 
 /** `meshward ca init`: a new CA directory, generated or imported. */
 export async function caInit(opts: OptionValues): Promise<void> {
@@ -421,7 +422,7 @@ function readCertificateFile(file: string, flag: string): string {
 function readIssuerKeyPassphrase(file: string | undefined): string | undefined {
   if (file === undefined) return undefined;
   assertPrivateFile(file, "issuer key passphrase file");
-  return readTextFile(file, "passphrase file").replace(/\r?\n$/, "");
+  return readTextFile(file, "passphrase file", INPUT_LIMITS.secret).replace(/\r?\n$/, "");
 }
 
 function readKeyFile(file: string, flag: string, passphrase: string | undefined, passphraseHint: string): string {
@@ -489,7 +490,7 @@ function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
   if (typeof opts.config === "string") {
     // Validate the file alone first so its errors carry file:line:column.
     loadYamlConfig(opts.config, caConfigSchema);
-    fileValues = (parseYaml(readTextFile(opts.config, "config file")) ?? {}) as Record<string, unknown>;
+    fileValues = (parseYaml(readTextFile(opts.config, "config file", INPUT_LIMITS.config)) ?? {}) as Record<string, unknown>;
   }
   if (opts.daprTrustBundleNamespace !== undefined) {
     // The flag sets the namespace; the file's other daprTrustBundle fields (apiServer, …) stay.

@@ -1,5 +1,6 @@
 // What `meshward cert` does; what it accepts (its flags, its help) is ../cert.ts.
-import { lockOutDir, prepareOutDir } from "../../identity/local-paths.ts";
+import { prepareOutDir } from "../../identity/local-paths.ts";
+import { lockOutDir } from "../out-dir-lock.ts";
 import { basename, join } from "node:path";
 import type { OptionValues } from "commander";
 import { readCaState } from "../../ca/anchors.ts";
@@ -20,6 +21,7 @@ import { flagValue } from "../usage.ts";
 import { checkTokenFile, writeFilesTogether } from "../../util/files.ts";
 import { VALIDATOR_CHOICES } from "../cert.ts";
 import { TOKEN_ON_COMMAND_LINE, readTextFile } from "../options.ts";
+import { INPUT_LIMITS } from "../../util/read-input.ts";
 import { withCaStore } from "../store.ts";
 
 /** `meshward cert issue`: a key made here, a certificate for it from the CA. */
@@ -235,7 +237,7 @@ function readToken(opts: { token?: string; tokenFile?: string }): string {
   if (opts.token !== undefined && opts.tokenFile !== undefined) throw new MeshwardError("E_USAGE", "give --token or --token-file, not both");
   if (opts.token !== undefined) process.stderr.write(`meshward: warning: ${TOKEN_ON_COMMAND_LINE}\n`);
   if (opts.tokenFile !== undefined) checkTokenFile(opts.tokenFile, (message) => process.stderr.write(`meshward: warning: ${message}\n`));
-  const token = opts.token ?? (opts.tokenFile !== undefined ? readTextFile(opts.tokenFile, "token file").trim() : process.env.MESHWARD_TOKEN);
+  const token = opts.token ?? (opts.tokenFile !== undefined ? readTextFile(opts.tokenFile, "token file", INPUT_LIMITS.secret).trim() : process.env.MESHWARD_TOKEN);
   if (token === undefined || token === "") throw new MeshwardError("E_USAGE", "a token is needed: --token, --token-file or MESHWARD_TOKEN");
   return token;
 }

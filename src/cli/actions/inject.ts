@@ -1,6 +1,7 @@
 // What `meshward inject` does; what it accepts (its flags, its help) is ../inject.ts.
 import { readFileSync } from "node:fs";
-import { fileReadError } from "../../errors.ts";
+import { fileReadError, MeshwardError } from "../../errors.ts";
+import { INPUT_LIMITS, readInputText } from "../../util/read-input.ts";
 import { readBundleFile } from "../../identity/bundle-file.ts";
 import { injectManifest } from "../../inject/manifest.ts";
 import type { InjectOptions } from "../../inject/settings.ts";
@@ -22,8 +23,9 @@ export function runInject(file: string, opts: InjectCommandOptions): void {
   const options = injectOptionsFrom(opts);
   let text: string;
   try {
-    text = readFileSync(file === "-" ? 0 : file, "utf8");
+    text = file === "-" ? readFileSync(0, "utf8") : readInputText(file, { what: "manifest file", maxBytes: INPUT_LIMITS.config * 16 });
   } catch (error) {
+    if (error instanceof MeshwardError) throw error;
     throw fileReadError(`cannot read ${file === "-" ? "stdin" : file}`, error);
   }
   const result = injectManifest(text, options, file === "-" ? "stdin" : file);

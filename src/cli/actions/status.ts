@@ -1,5 +1,4 @@
 // What `meshward status` does; what it accepts (its flags, its help) is ../status.ts.
-import { readFileSync } from "node:fs";
 import type { OptionValues } from "commander";
 import { fetch as undiciFetch } from "undici";
 import { describeError, fileReadError, MeshwardError } from "../../errors.ts";
@@ -12,6 +11,7 @@ import { renegotiationRefusingAgent } from "../../tls/undici-agent.ts";
 import { escapeControlCharacters } from "../../util/control-characters.ts";
 import { describeTimeLeft, formatCertificateTime } from "../../util/duration.ts";
 import { assertPrivateFile } from "../../util/files.ts";
+import { INPUT_LIMITS, readInputText } from "../../util/read-input.ts";
 import { readBundleFile } from "../../identity/bundle-file.ts";
 
 interface Row {
@@ -68,8 +68,9 @@ function statusToken(file: string | undefined): string | undefined {
   if (file === undefined) return process.env.MESHWARD_STATUS_TOKEN || undefined;
   let token: string;
   try {
-    token = readFileSync(file, "utf8").trim();
+    token = readInputText(file, { what: "status token file", maxBytes: INPUT_LIMITS.secret }).trim();
   } catch (error) {
+    if (error instanceof MeshwardError) throw error;
     throw fileReadError(`cannot read status token file ${file}`, error);
   }
   // It opens the status endpoints: held to the key files' rule, as the servers hold theirs.
