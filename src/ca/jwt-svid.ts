@@ -2,6 +2,7 @@ import { createECDH, createPrivateKey, createPublicKey, hkdfSync, type JsonWebKe
 import { readFileSync } from "node:fs";
 import { calculateJwkThumbprint, SignJWT, type JWK } from "jose";
 import { MeshwardError } from "../errors.ts";
+import { normalizeSerial } from "../pki/certificate.ts";
 import { parseSpiffeId } from "../spiffe/id.ts";
 import { writeFileAtomic } from "../util/files.ts";
 
@@ -13,6 +14,13 @@ const MAX_AUDIENCE_LENGTH = 256;
 const P256_ORDER = BigInt("0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551");
 const ED25519_PKCS8_PREFIX = Buffer.from("302e020100300506032b657004220420", "hex");
 
+/**
+ * The JWK member naming the serial (upper-case hex, as root CRLs list it) of the X.509 issuer a
+ * published key was derived from, so that a validator holding the root CRLs can refuse the key of
+ * an issuer retired with `--now` (RFC 7517 §4: members a consumer does not understand are ignored).
+ */
+export const JWK_ISSUER_SERIAL = "meshward_issuer_serial";
+
 interface DerivedKey {
   readonly privateKey: KeyObject;
   readonly publicJwk: JWK;
@@ -23,6 +31,20 @@ interface PublishedKey {
   readonly jwk: JWK;
   /** Seconds since the epoch after which no token signed with it is valid. */
   readonly until: number;
+  /** Serial of the issuer it was derived from (normalised); absent in jwt-keys.json written before version 2. */
+  readonly issuer?: string;
+}
+
+/** An issuer retired with `--now` (the CA's issuers-retired.json: listed in its root's CRL). */
+export interface RevokedIssuer {
+  readonly serial: string;
+  readonly revokedAt: Date;
+}
+
+/** The X.509 issuer a JWT key is derived from: its private key and certificate serial. */
+export interface JwtKeySource {
+  readonly privateKey: KeyObject;
+  readonly serial: string;
 }
 
 export interface JwtSvidIssuerOptions {
@@ -33,6 +55,11 @@ export interface JwtSvidIssuerOptions {
   readonly clock: () => Date;
   /** Public keys of retired issuers, kept across restarts (the CA directory's jwt-keys.json). */
   readonly stateFile?: string;
+  /**
+   * The issuers retired with `--now` (listed in a root CRL): the key derived from one is never
+   * published, whenever it was retired, and is dropped from `stateFile` (read at each use).
+   */
+  readonly revokedIssuers?: () => readonly RevokedIssuer[];
 }
 
 export interface IssuedJwtSvids {
@@ -50,7 +77,9 @@ export interface IssuedJwtSvids {
  * label per algorithm): it changes exactly when the issuer changes, every replica and every
  * restart derives the same key, and nothing new is stored secret. The JWT key reveals nothing
  * about the issuer key. When the issuer changes, the previous key stays published until every
- * token it signed has expired (now + TTL), in memory and in `stateFile`.
+ * token it signed has expired (now + TTL), in memory and in `stateFile` — unless the previous
+ * issuer was retired with `--now` (a leaked key: whoever holds it derives this key too), whose
+ * key is withdrawn at once, as is a kept key whose issuer is retired with `--now` later.
  */
 export class JwtSvidIssuer {
   readonly #options: JwtSvidIssuerOptions;
@@ -60,6 +89,7 @@ export class JwtSvidIssuer {
   constructor(options: JwtSvidIssuerOptions) {
     this.#options = options;
     if (options.stateFile !== undefined) this.#retired = readRetired(options.stateFile);
+    this.#withdrawRevoked();
   }
 
   /** Signs the JWT-SVIDs for `spiffeId`; exp is capped by `notAfter` (the X509-SVID's). */
@@ -85,24 +115,62 @@ export class JwtSvidIssuer {
     return { jwt, perAudience, expiresAt: new Date(exp * 1000) };
   }
 
-  /** The issuer changed: keep the previous key published until its tokens have expired. */
-  async retire(previousIssuerKey: KeyObject): Promise<void> {
-    const key = await this.#key(previousIssuerKey);
+  /**
+   * The issuer changed: keep the previous key published until its tokens have expired, unless
+   * its issuer was retired with `--now` ("withdrawn": no longer published, also not from `stateFile`).
+   */
+  async retire(previous: JwtKeySource): Promise<"kept" | "withdrawn"> {
+    const key = await this.#key(previous.privateKey);
+    const issuer = normalizeSerial(previous.serial);
+    const others = this.#retired.filter((k) => k.jwk.kid !== key.kid);
+    if (this.#revokedSerials().has(issuer)) {
+      this.#retired = others;
+      this.#persist();
+      return "withdrawn";
+    }
     const until = Math.ceil((this.#options.clock().getTime() + this.#options.ttlMs) / 1000);
-    this.#retired = [...this.#retired.filter((k) => k.jwk.kid !== key.kid), { jwk: key.publicJwk, until }];
+    this.#retired = [...others, { jwk: withIssuer(key.publicJwk, issuer), until, issuer }];
     this.#persist();
+    return "kept";
   }
 
-  /** The JWKS: the current key, then retired keys whose tokens may still be valid. */
-  async jwks(currentIssuerKey: KeyObject): Promise<{ keys: JWK[] }> {
-    const current = await this.#key(currentIssuerKey);
+  /**
+   * The JWKS: the current key, then retired keys whose tokens may still be valid and whose issuer
+   * was not retired with `--now`. Each key names its issuer's serial (JWK_ISSUER_SERIAL).
+   */
+  async jwks(current: JwtKeySource): Promise<{ keys: JWK[] }> {
+    const key = await this.#key(current.privateKey);
+    this.#withdrawRevoked();
     const now = this.#options.clock().getTime() / 1000;
-    const live = this.#retired.filter((k) => k.until > now && k.jwk.kid !== current.kid);
+    const live = this.#retired.filter((k) => k.until > now && k.jwk.kid !== key.kid);
     if (live.length !== this.#retired.length) {
       this.#retired = this.#retired.filter((k) => k.until > now);
       this.#persist();
     }
-    return { keys: [current.publicJwk, ...live.map((k) => k.jwk)] };
+    return { keys: [withIssuer(key.publicJwk, normalizeSerial(current.serial)), ...live.map((k) => k.jwk)] };
+  }
+
+  /** Serials of the issuers retired with `--now`. */
+  #revokedSerials(): Set<string> {
+    return new Set((this.#options.revokedIssuers?.() ?? []).map((r) => normalizeSerial(r.serial)));
+  }
+
+  /**
+   * Drops the retired keys whose issuer is retired with `--now`. A key recorded without its issuer
+   * (jwt-keys.json written before version 2) cannot be told apart: it is dropped when an issuer was
+   * retired with `--now` within a TTL before the key was retired, or since (the CA retired the
+   * leaked issuer's key a poll after the rotation), and kept otherwise.
+   */
+  #withdrawRevoked(): void {
+    const revoked = this.#options.revokedIssuers?.() ?? [];
+    if (revoked.length === 0 || this.#retired.length === 0) return;
+    const serials = new Set(revoked.map((r) => normalizeSerial(r.serial)));
+    const ttl = this.#options.ttlMs / 1000;
+    const lastRevoked = Math.max(...revoked.map((r) => r.revokedAt.getTime() / 1000));
+    const kept = this.#retired.filter((k) => (k.issuer !== undefined ? !serials.has(k.issuer) : lastRevoked < k.until - 2 * ttl));
+    if (kept.length === this.#retired.length) return;
+    this.#retired = kept;
+    this.#persist();
   }
 
   /** OpenID Connect discovery (only what a relying party verifying tokens needs). */
@@ -128,7 +196,7 @@ export class JwtSvidIssuer {
 
   #persist(): void {
     if (this.#options.stateFile === undefined) return;
-    writeFileAtomic(this.#options.stateFile, `${JSON.stringify({ version: 1, retired: this.#retired }, null, 2)}\n`);
+    writeFileAtomic(this.#options.stateFile, `${JSON.stringify({ version: 2, retired: this.#retired }, null, 2)}\n`);
   }
 }
 
@@ -165,6 +233,11 @@ async function deriveKey(issuerKey: KeyObject, algorithm: JwtSvidAlgorithm): Pro
   return { privateKey, kid, publicJwk: { ...publicJwk, kid, alg: algorithm, use: "sig" } };
 }
 
+/** A public JWK naming the serial of the issuer it was derived from. */
+function withIssuer(jwk: JWK, serial: string): JWK {
+  return { ...jwk, [JWK_ISSUER_SERIAL]: serial } as JWK;
+}
+
 function readRetired(file: string): PublishedKey[] {
   let text: string;
   try {
@@ -174,7 +247,17 @@ function readRetired(file: string): PublishedKey[] {
   }
   try {
     const parsed = JSON.parse(text) as { retired?: PublishedKey[] };
-    return (parsed.retired ?? []).filter((k) => typeof k?.until === "number" && typeof k.jwk?.kid === "string" && k.jwk.d === undefined);
+    return (parsed.retired ?? [])
+      .filter((k) => typeof k?.until === "number" && typeof k.jwk?.kid === "string" && k.jwk.d === undefined)
+      .map((k) => {
+        let issuer: string | undefined;
+        try {
+          issuer = typeof k.issuer === "string" ? normalizeSerial(k.issuer) : undefined;
+        } catch {
+          issuer = undefined;
+        }
+        return { jwk: k.issuer === undefined || issuer === undefined ? k.jwk : withIssuer(k.jwk, issuer), until: k.until, ...(issuer !== undefined ? { issuer } : {}) };
+      });
   } catch {
     throw new MeshwardError("E_CA_CORRUPT", `${file} is not valid JSON; it lists the JWT-SVID keys still published (remove it to start over)`);
   }

@@ -257,7 +257,15 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   // Replicas never write to the CA directory (it may be a read-only Secret): each keeps the
   // retired JWT-SVID keys it saw in memory only (each derives them from the issuer it rotated from).
   const jwtSvids = config.jwtSvid.enabled
-    ? new JwtSvidIssuer({ algorithm: config.jwtSvid.algorithm, ttlMs: config.jwtSvid.ttl, issuer: () => jwtIssuerUrl, clock, ...(replicated === undefined ? { stateFile: join(options.dir, "jwt-keys.json") } : {}) })
+    ? new JwtSvidIssuer({
+        algorithm: config.jwtSvid.algorithm,
+        ttlMs: config.jwtSvid.ttl,
+        issuer: () => jwtIssuerUrl,
+        clock,
+        // Issuers retired with --now (listed in their root's CRL): their keys are never published.
+        revokedIssuers: () => anchors.retiredIssuers,
+        ...(replicated === undefined ? { stateFile: join(options.dir, "jwt-keys.json") } : {}),
+      })
     : undefined;
   /** Log lines a caller can cause at will (refused connections and sign requests, failed handshakes), rate-limited per reason and address. */
   const warnings = new LimitedWarnings(logger, { maxKeys: LOGGED_PEERS });
@@ -415,7 +423,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     crl: () => crl.current,
     registry,
     readiness: () => readiness(anchors, crl, clock(), storeCheck(), rotationWarnings(), unsignedAfterMs),
-    ...(jwtSvids !== undefined ? { jwtSvid: { discovery: () => jwtSvids.discovery(), jwks: () => jwtSvids.jwks(anchors.issuer.privateKey) } } : {}),
+    ...(jwtSvids !== undefined ? { jwtSvid: { discovery: () => jwtSvids.discovery(), jwks: () => jwtSvids.jwks({ privateKey: anchors.issuer.privateKey, serial: anchors.issuer.certificate.serialNumber }) } } : {}),
   };
   const streams = new AddressSlots(MAX_OPEN_STREAMS, MAX_OPEN_STREAMS_PER_ADDRESS);
   server.on("request", (req: Http2ServerRequest, res: Http2ServerResponse) => {
@@ -612,7 +620,16 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         : "trust anchors changed: now signing with the new set",
     );
     if (issuerChanged) recorder.recordRotation({ kind: "issuer", result: "ok", serial: next.issuer.certificate.serialNumber });
-    if (issuerChanged) void jwtSvids?.retire(previous.issuer.privateKey).catch((error) => logger.error({ event: "jwt-key-retire-failed", error: describeError(error) }, "could not keep the previous JWT-SVID key published"));
+    // The previous JWT-SVID key stays published for the JWT-SVID TTL, unless its issuer was
+    // retired with --now (next.retiredIssuers): whoever holds that key derives the JWT key too.
+    if (issuerChanged && jwtSvids !== undefined) {
+      void jwtSvids.retire({ privateKey: previous.issuer.privateKey, serial: previous.issuer.certificate.serialNumber }).then(
+        (outcome) => {
+          if (outcome === "withdrawn") logger.warn({ event: "jwt-key-withdrawn", issuerSerial: previous.issuer.certificate.serialNumber }, "the previous issuer was retired (--now): its JWT-SVID key is no longer published, so JWT-SVIDs it signed stop validating");
+        },
+        (error: unknown) => logger.error({ event: "jwt-key-retire-failed", error: describeError(error) }, "could not keep the previous JWT-SVID key published"),
+      );
+    }
     if (rootsChanged) recorder.recordRotation({ kind: "root", result: "ok", serial: next.issuerRoot.serialNumber });
     reportPreviousIssuer(next);
     // Dapr's dapr-trust-bundle ConfigMap follows (a read, and a write only when it differs).

@@ -1,8 +1,11 @@
-import { createLocalJWKSet, errors as joseErrors, jwtVerify, type JSONWebKeySet, type JWTPayload, type JWTVerifyOptions } from "jose";
+import { createLocalJWKSet, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JSONWebKeySet, type JWTPayload, type JWTVerifyOptions } from "jose";
 import { MeshwardError } from "../errors.ts";
 import { parseSpiffeId } from "../spiffe/id.ts";
 import { fetchFromCa, type CaConnection } from "./ca-client.ts";
 import { rootCrlRevocations } from "./ca-source.ts";
+
+/** The JWK member naming the serial of the X.509 issuer a meshward CA's key was derived from (src/ca/jwt-svid.ts JWK_ISSUER_SERIAL). */
+const JWK_ISSUER_SERIAL = "meshward_issuer_serial";
 
 /** JWT-SVID spec §3: RS/PS/ES families; EdDSA as meshward's CA can sign it. Never HS* or none. */
 const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
@@ -68,6 +71,10 @@ export function createJwtSvidValidator(options: JwtSvidValidatorOptions): JwtSvi
   const maxAge = options.keysMaxAgeMs ?? 60_000;
   const maxStale = Math.max(maxAge, options.keysMaxStaleMs ?? 3_600_000);
   let keys: ReturnType<typeof createLocalJWKSet> | undefined;
+  /** The last key set fetched, and the issuer serial each key names (by kid). */
+  let jwksDocument: JSONWebKeySet | undefined;
+  /** Which keys `keys` leaves out (kids of keys whose issuer is revoked), to rebuild it only when that changes. */
+  let excludedKids = "";
   /** When the keys in use were fetched, when a fetch was last tried, and when one last failed. */
   let fetchedAt = -Infinity;
   let triedAt = -Infinity;
@@ -99,7 +106,9 @@ export function createJwtSvidValidator(options: JwtSvidValidatorOptions): JwtSvi
         let jwks: JSONWebKeySet;
         try {
           jwks = JSON.parse(body.toString("utf8")) as JSONWebKeySet;
-          keys = createLocalJWKSet(jwks);
+          createLocalJWKSet(jwks);
+          jwksDocument = jwks;
+          keys = undefined;
         } catch (error) {
           throw new MeshwardError("E_JWKS_INVALID", `the CA's /.well-known/jwks.json is not a JWKS: ${(error as Error).message}`);
         }
@@ -121,7 +130,7 @@ export function createJwtSvidValidator(options: JwtSvidValidatorOptions): JwtSvi
    * fails (the CA is down), the old set serves until maxStale, tried again once per cooldown.
    */
   const currentKeys = async () => {
-    if (keys === undefined) return void (await refresh());
+    if (jwksDocument === undefined) return void (await refresh());
     if (Date.now() - fetchedAt < maxAge) return;
     if (inflight !== undefined || Date.now() - failedAt >= cooldown) {
       try {
@@ -135,16 +144,58 @@ export function createJwtSvidValidator(options: JwtSvidValidatorOptions): JwtSvi
     throw new MeshwardError("E_JWKS_STALE", `the CA's JWT-SVID keys were last fetched ${Math.round((Date.now() - fetchedAt) / 1000)} s ago and could not be fetched since: no token is accepted with keys that old`);
   };
 
+  /** The revocations the CA connection is judged with (the caller's, or the root CRLs fetched). */
+  const revokedNow = (): ReadonlySet<string> | undefined => (typeof connection.revokedSerials === "function" ? connection.revokedSerials() : connection.revokedSerials);
+  /** The issuer serial a published key names, when the revocations list it. */
+  const revokedIssuerOf = (key: { [member: string]: unknown }, revoked: ReadonlySet<string> | undefined): string | undefined => {
+    const serial = key[JWK_ISSUER_SERIAL];
+    return typeof serial === "string" && revoked?.has(serial) === true ? serial : undefined;
+  };
+  /**
+   * The keys to verify with, without those whose issuer the revocations list (an issuer retired
+   * with --now: whoever holds its key derives its JWT key), so that a token without a kid cannot
+   * reach one either. Rebuilt when the key set or what it leaves out changes.
+   */
+  const usableKeys = (): ReturnType<typeof createLocalJWKSet> => {
+    const revoked = revokedNow();
+    const excluded = jwksDocument!.keys.filter((k) => revokedIssuerOf(k, revoked) !== undefined).map((k) => k.kid ?? "");
+    const signature = excluded.join("\n");
+    if (keys === undefined || signature !== excludedKids) {
+      keys = createLocalJWKSet({ keys: jwksDocument!.keys.filter((k) => revokedIssuerOf(k, revoked) === undefined) });
+      excludedKids = signature;
+    }
+    return keys;
+  };
+  /** E_TOKEN_ISSUER_RETIRED when the token's kid names a key whose issuer the revocations list. */
+  const refuseRetiredKey = (token: string) => {
+    let kid: unknown;
+    try {
+      kid = decodeProtectedHeader(token).kid;
+    } catch {
+      return; // jose says what is wrong with it
+    }
+    if (typeof kid !== "string") return;
+    const revoked = revokedNow();
+    for (const key of jwksDocument?.keys ?? []) {
+      const serial = key.kid === kid ? revokedIssuerOf(key, revoked) : undefined;
+      if (serial !== undefined) {
+        throw new MeshwardError("E_TOKEN_ISSUER_RETIRED", `the JWT-SVID is signed with the key of issuer ${serial}, which the CA's root CRL lists as retired (rotate-issuer --now): whoever holds that issuer's key can sign such tokens`);
+      }
+    }
+  };
+
   const verify = async (token: string, audience: string) => {
     await currentKeys();
+    refuseRetiredKey(token);
     const at = clock();
     const options: JWTVerifyOptions = { audience, algorithms: ALGORITHMS, currentDate: at, requiredClaims: ["exp", "sub", "aud"] };
     try {
-      return await jwtVerify(token, keys!, options);
+      return await jwtVerify(token, usableKeys(), options);
     } catch (error) {
       if (error instanceof joseErrors.JWKSNoMatchingKey && Date.now() - triedAt >= cooldown) {
         await refresh();
-        return await jwtVerify(token, keys!, options);
+        refuseRetiredKey(token);
+        return await jwtVerify(token, usableKeys(), options);
       }
       throw error;
     }

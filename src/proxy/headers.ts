@@ -179,13 +179,16 @@ export function appIdProblem(values: readonly string[]): string | undefined {
   return undefined;
 }
 
-/** An app id from `dapr-app-id` or the Host/:authority (port stripped); lowercase. */
+/**
+ * An app id from `dapr-app-id` or the Host/:authority (port stripped), in the case it was given:
+ * app ids are case-sensitive, as SPIFFE IDs and Dapr's (self-hosted daprd finds `MyBackEnd`, not
+ * `mybackend`), so folding would expect, and accept, another workload's identity.
+ */
 export function targetAppId(headers: IncomingHttpHeaders | Record<string, unknown>): string | undefined {
   const explicit = headers[APP_ID_HEADER];
   const fromHeader = Array.isArray(explicit) ? explicit[0] : explicit;
-  if (typeof fromHeader === "string" && fromHeader.trim() !== "") return fromHeader.trim().toLowerCase();
+  if (typeof fromHeader === "string" && fromHeader.trim() !== "") return fromHeader.trim();
   const host = (headers[":authority"] ?? headers.host) as string | undefined;
   if (typeof host !== "string" || host === "") return undefined;
-  const name = host.startsWith("[") ? host : host.replace(/:\d+$/, "");
-  return name.toLowerCase();
+  return host.startsWith("[") ? host : host.replace(/:\d+$/, "");
 }

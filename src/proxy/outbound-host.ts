@@ -65,7 +65,8 @@ function decide(hostHeader: string, routedAppId: string, rule: OutboundHostRule)
   if (parsed === undefined) return { ok: false, host: hostHeader };
   const host = parsed.endsWith(".") ? parsed.slice(0, -1) : parsed;
   if (isIP(host) !== 0 || isLoopbackAddress(host)) return OK;
-  if ((host === routedAppId && !routedAppId.includes(".")) || rule.exact.has(host)) return OK;
+  // Host names are case-insensitive (hostOfHostHeader folds them); app ids are not.
+  if ((host === routedAppId.toLowerCase() && !routedAppId.includes(".")) || rule.exact.has(host)) return OK;
   if (rule.suffixes.some((suffix) => host.endsWith(suffix) && host.length > suffix.length)) return OK;
   return { ok: false, host };
 }

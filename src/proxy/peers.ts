@@ -31,15 +31,16 @@ export interface PeerDirectory {
 
 /**
  * Resolves an app id ("orders", or "orders.shop" for another namespace) to its sidecar: the
- * static table first, then the DNS template. Undefined when neither knows it.
+ * static table first (its keys matched exactly), then the DNS template. Undefined when neither
+ * knows it. The app id and namespace keep their case: SPIFFE IDs compare case-sensitively, and
+ * so do Dapr's app ids (self-hosted; on Kubernetes Dapr's injector allows lower-case DNS labels
+ * only), so `Orders` expects spiffe://<td>/ns/<ns>/Orders and never another workload's `orders`.
  */
 export function resolvePeer(directory: PeerDirectory, name: string): PeerTarget | undefined {
-  const key = name.toLowerCase();
-  const dot = key.indexOf(".");
-  const appId = dot > 0 ? key.slice(0, dot) : key;
-  const namespace = dot > 0 ? key.slice(dot + 1) : directory.namespace;
-  const tableHit = Object.entries(directory.peers).find(([k]) => k.toLowerCase() === key);
-  let address = tableHit?.[1];
+  const dot = name.indexOf(".");
+  const appId = dot > 0 ? name.slice(0, dot) : name;
+  const namespace = dot > 0 ? name.slice(dot + 1) : directory.namespace;
+  let address = Object.hasOwn(directory.peers, name) ? directory.peers[name] : undefined;
   if (address === undefined && directory.peerTemplate !== undefined) {
     address = directory.peerTemplate.replaceAll("{appId}", appId).replaceAll("{namespace}", namespace).replaceAll("{port}", String(directory.peerPort));
   }

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { rotateIssuer } from "../../src/ca/rotation.ts";
 import { requestCertificate } from "../../src/identity/ca-client.ts";
 import { createJwtSvidValidator } from "../../src/index.ts";
 import { createCsr } from "../../src/pki/csr.ts";
@@ -130,11 +131,11 @@ describe.each(["ES256", "EdDSA"] as const)("JWT-SVIDs signed %s", (algorithm) =>
     expect(Object.keys(withJwt.perAudienceJwtSvids ?? {})).toEqual(["vault"]);
   }, 60_000);
 
-  it("rotates the key with the issuer and keeps the old one published: old tokens still validate", async () => {
+  it("rotates the key with the issuer and keeps the old one published: old tokens still validate; --now withdraws the retired issuer's key", async () => {
     const before = await ask(["vault"]);
     const oldKid = decodeProtectedHeader(before.jwt!).kid;
-    const rotated = await runCli(["ca", "rotate-issuer", "--dir", caDir, "--now"]);
-    expect(rotated.code, rotated.stderr).toBe(0);
+    // An ordinary rotation (the automatic one: the previous issuer is kept). The CLI rotates on demand only with --now.
+    await rotateIssuer({ dir: caDir, now: new Date(), keepPrevious: true });
     // The running CA adopts the new issuer within its anchor poll (1 s); wait for the JWKS to show it.
     let keys: JSONWebKeySet = { keys: [] };
     for (let i = 0; i < 100 && keys.keys.length < 2; i++) {
@@ -151,5 +152,20 @@ describe.each(["ES256", "EdDSA"] as const)("JWT-SVIDs signed %s", (algorithm) =>
     expect((await validator.validate(before.perAudienceJwts.vault!, "vault")).spiffeId).toBe("spiffe://public/ns/default/orders");
     expect((await validator.validate(after.perAudienceJwts.vault!, "vault")).spiffeId).toBe("spiffe://public/ns/default/orders");
     expect(JSON.parse(readFileSync(join(caDir, "jwt-keys.json"), "utf8")).retired.map((k: { jwk: { kid: string } }) => k.jwk.kid)).toEqual([oldKid]);
+
+    // rotate-issuer --now (a leaked key): the key derived from the issuer it retires is withdrawn at
+    // once (its holder derives it too); the key kept from the ordinary rotation stays for its tokens.
+    const rotated = await runCli(["ca", "rotate-issuer", "--dir", caDir, "--now"]);
+    expect(rotated.code, rotated.stderr).toBe(0);
+    for (let i = 0; i < 100 && keys.keys.some((k) => k.kid === newKid); i++) {
+      keys = await publishedKeys();
+      if (keys.keys.some((k) => k.kid === newKid)) await new Promise((r) => setTimeout(r, 100));
+    }
+    const latest = decodeProtectedHeader((await ask(["vault"])).jwt!).kid;
+    expect(keys.keys.map((k) => k.kid)).toEqual([latest, oldKid]);
+    expect(readFileSync(join(caDir, "jwt-keys.json"), "utf8")).not.toContain(newKid);
+    const fresh = createJwtSvidValidator({ ca: { address, bundlePem: anchors, trustDomain: "public", caSpiffeId: SENTRY_ID } });
+    await expect(fresh.validate(after.perAudienceJwts.vault!, "vault")).rejects.toMatchObject({ code: "E_TOKEN_SIGNATURE" });
+    expect((await fresh.validate(before.perAudienceJwts.vault!, "vault")).spiffeId).toBe("spiffe://public/ns/default/orders");
   }, 60_000);
 });
