@@ -133,6 +133,11 @@ describe("a rotation command interrupted at any file change leaves a CA that sta
       expect(readCaState(dir).rootRotation).toBeUndefined();
       const keyWritten = existsSync(layout.nextRootKey) ? sha256(layout.nextRootKey) : undefined;
       const rootWritten = existsSync(layout.nextRootCert) ? fingerprint(layout.nextRootCert) : undefined;
+      // ca status names the root the bundle gained without ca.json recording it.
+      const status = await runCli(["ca", "status", "--dir", dir]);
+      expect(status.code, status.stderr).toBe(0);
+      if (bundleOf(dir).length === 2) expect(status.stdout).toMatch(/root \(prepare interrupted\)[\s\S]*run 'meshward ca rotate-root prepare --dir .*' again to finish it/);
+      else expect(status.stdout).not.toContain("prepare interrupted");
 
       const again = await runCli(["ca", "rotate-root", "prepare", "--dir", dir]);
       expect(again.code, again.stderr).toBe(0);
