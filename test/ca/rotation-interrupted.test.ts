@@ -109,6 +109,26 @@ describe("a root rotation step interrupted at any file change, then run again", 
     }
   });
 
+  it("prepare with encrypted keys, interrupted before ca.json: the retry without the passphrase changes nothing, with it prepares the same root, its key still encrypted", async () => {
+    const dir = join(work, "encrypted");
+    const passphrase = "correct horse battery staple";
+    await initAnchors({ dir, trustDomain: TD, now: new Date(), passphrase });
+    const layout = caLayout(dir);
+    const oldRoot = fingerprint(layout.rootCert);
+    await expect(prepareRoot({ dir, now: new Date(), passphrase, files: failingAt(4).files })).rejects.toBeInstanceOf(Interrupted);
+    const key = sha256(layout.nextRootKey);
+    const first = fingerprint(layout.nextRootCert);
+    const refused = await prepareRoot({ dir, now: new Date() }).catch((e: { code: string }) => e.code);
+    expect(refused).toMatch(/^E_/);
+    expect(sha256(layout.nextRootKey)).toBe(key);
+    const next = await prepareRoot({ dir, now: new Date(), passphrase });
+    expect(next.fingerprint256).toBe(first);
+    expect(sha256(layout.nextRootKey)).toBe(key);
+    expect(readFileSync(layout.nextRootKey, "utf8")).toContain("ENCRYPTED PRIVATE KEY");
+    expect(keysMatch(decodePrivateKey(readFileSync(layout.nextRootKey, "utf8"), passphrase), next.publicKey)).toBe(true);
+    expect(bundle(dir)).toEqual([oldRoot, first]);
+  });
+
   it("prepare after an older meshward's retry overwrote root.next.key (the reviewer's state): the root without a key leaves the bundle", async () => {
     const dir = await fresh();
     const layout = caLayout(dir);
