@@ -472,8 +472,15 @@ export async function activateRoot(options: ActivateRootOptions): Promise<X509Ce
       { details: { recorded: state.rootRotation.nextRootFingerprint, found: nextRoot.fingerprint256 } },
     );
   }
+  // An activate interrupted after it switched the issuer (before ca.json) left an issuer under the
+  // new root in issuer.*, the one it replaced already in issuer.prev.*: the retry keeps that
+  // issuer.prev.* (the old root's issuer, whose key signs the CRL of what it issued) instead of
+  // moving the first attempt's issuer over it, and reuses the first attempt's issuer.
+  const switched = issuerUnder(files, layout, nextRoot, options.now);
   let issuer: { certPem: string; keyPem: string; certificate: X509Certificate };
-  if (options.importedIssuer !== undefined) {
+  if (switched !== undefined && options.importedIssuer === undefined) {
+    issuer = { certPem: files.read(layout.issuerCert), keyPem: files.read(layout.issuerKey), certificate: switched };
+  } else if (options.importedIssuer !== undefined) {
     const chain = certificatesFromPem(options.importedIssuer.certPem).map((der) => new X509Certificate(der));
     const key = decodePrivateKey(options.importedIssuer.keyPem, options.importedIssuer.keyPassphrase ?? options.passphrase);
     validateIssuerChain(chain, [nextRoot], key, options.now, state.trustDomain);
@@ -494,7 +501,8 @@ export async function activateRoot(options: ActivateRootOptions): Promise<X509Ce
   } else {
     files.write(layout.rootCert, files.read(layout.nextRootCert), { secret: false });
   }
-  installIssuer(files, layout, issuer.certPem, issuer.keyPem, true, options.passphrase, options.now);
+  if (switched === undefined) installIssuer(files, layout, issuer.certPem, issuer.keyPem, true, options.passphrase, options.now);
+  else if (files.read(layout.issuerCert) !== issuer.certPem) files.writePair({ path: layout.issuerKey, content: issuer.keyPem }, { path: layout.issuerCert, content: issuer.certPem });
   // A reissue request belongs to one activation: one left from an earlier rotation must not
   // make this one (without --reissue) renew every workload.
   const { reissueBefore: _earlier, ...base } = keysEncryptedState(state, options.passphrase) ?? state;
@@ -507,6 +515,19 @@ export async function activateRoot(options: ActivateRootOptions): Promise<X509Ce
   // Removed only once ca.json says "activated": until then a retry reads the new root from them.
   for (const file of [layout.nextRootKey, layout.nextRootCert, layout.nextIssuerCert, layout.nextIssuerKey]) files.remove(file);
   return issuer.certificate;
+}
+
+/** The issuer in issuer.* when it is signed by `root` and valid now (an earlier attempt of this activate installed it); undefined otherwise. */
+function issuerUnder(files: AnchorFiles, layout: CaLayout, root: X509Certificate, now: Date): X509Certificate | undefined {
+  try {
+    if (!files.exists(layout.issuerCert) || !files.exists(layout.issuerKey)) return undefined;
+    const chain = readCaCertificates(files, layout.issuerCert);
+    const top = chain[chain.length - 1] as X509Certificate;
+    const issuer = chain[0] as X509Certificate;
+    return top.checkIssued(root) && top.verify(root.publicKey) && new Date(issuer.validTo) > now ? issuer : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**

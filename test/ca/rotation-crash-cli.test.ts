@@ -94,6 +94,7 @@ describe("a rotation command interrupted at any file change leaves a CA that sta
     const layout = caLayout(dir);
     const oldRoot = fingerprint(layout.rootCert);
     const oldRootKey = sha256(layout.rootKey);
+    const oldIssuerKey = sha256(layout.issuerKey);
     // Prepared in-process, as the CA directory is made: the step under test is the activate below.
     await prepareRoot({ dir, now: new Date() });
     const newRoot = fingerprint(layout.nextRootCert);
@@ -112,6 +113,8 @@ describe("a rotation command interrupted at any file change leaves a CA that sta
     expect(sha256(layout.previousRootKey)).toBe(oldRootKey);
     expect(fingerprint(layout.rootCert)).toBe(newRoot);
     expect(sha256(layout.rootKey)).toBe(newRootKey);
+    // The old root's issuer (its key signs the CRL of what it issued) is not replaced by the one the interrupted attempt made.
+    expect(sha256(layout.previousIssuerKey)).toBe(oldIssuerKey);
     expect(loadAnchors({ dir }).issuerRoot.fingerprint256).toBe(newRoot);
     expect(existsSync(layout.nextRootKey) || existsSync(layout.nextRootCert)).toBe(false);
     expect(leftovers(dir)).toEqual([]);

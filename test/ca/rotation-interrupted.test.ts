@@ -173,7 +173,7 @@ describe("a root rotation step interrupted at any file change, then run again", 
     expect(bundle(dir)).toEqual(before);
   });
 
-  it("activate: at every change, the retry (or, once ca.json says activated, retire) leaves the new root alone in the bundle with its key, and the next prepare starts a fresh rotation", async () => {
+  it("activate: at every change, the retry keeps the old root and the old issuer (root.prev.*, issuer.prev.*) with their keys, retire leaves the new root alone in the bundle, and the next prepare starts a fresh rotation", async () => {
     const steps = await changesOf(async (files) => {
       const dir = await fresh();
       await prepareRoot({ dir, now: new Date() });
@@ -187,11 +187,16 @@ describe("a root rotation step interrupted at any file change, then run again", 
       const oldRootKey = sha256(layout.rootKey);
       const next = await prepareRoot({ dir, now: new Date() });
       const nextKey = sha256(layout.nextRootKey);
+      const oldIssuerKey = sha256(layout.issuerKey);
       await expect(activateRoot({ dir, now: new Date(), files: failingAt(n).files })).rejects.toBeInstanceOf(Interrupted);
       if (readCaState(dir).rootRotation?.phase === "prepared") await activateRoot({ dir, now: new Date() });
       expect(fingerprint(layout.previousRootCert), `change ${n}`).toBe(oldRoot);
       expect(sha256(layout.previousRootKey), `change ${n}`).toBe(oldRootKey);
       expect(sha256(layout.rootKey), `change ${n}`).toBe(nextKey);
+      // The old root's issuer stays in issuer.prev.* (its key signs the CRL of what it issued), not
+      // replaced by the issuer the interrupted attempt installed; issuer.* is under the new root.
+      expect(sha256(layout.previousIssuerKey), `change ${n}: issuer.prev.key`).toBe(oldIssuerKey);
+      expect(loadAnchors({ dir }).issuerRoot.fingerprint256).toBe(next.fingerprint256);
       await retireRoot({ dir, store: noCertificates, now: new Date(), force: true });
       expect(bundle(dir), `change ${n}`).toEqual([next.fingerprint256]);
       expect(readdirSync(dir).filter((f) => f.startsWith("root.next") || f.startsWith("root.prev")), `change ${n}`).toEqual([]);
