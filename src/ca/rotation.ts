@@ -606,12 +606,13 @@ export async function retireRoot(options: { dir: string; store: Store; now: Date
   }
   const remainingRoots = bundleRoots(files, layout).filter((r) => r.fingerprint256 !== previous);
   writeBundle(files, layout, remainingRoots);
-  // A previous issuer under the retired root has nothing left to sign a CRL for.
-  const retiredRoot = files.exists(layout.previousRootCert) ? readCaCertificates(files, layout.previousRootCert)[0] : undefined;
+  // A previous issuer under the retired root has nothing left to sign a CRL for; one under a root
+  // still in the bundle (an issuer rotation during the rotation) is kept, also when a retry no
+  // longer finds root.prev.pem (an earlier attempt removed it before it was interrupted).
   if (files.exists(layout.previousIssuerCert)) {
     const chain = readCaCertificates(files, layout.previousIssuerCert);
     const top = chain[chain.length - 1]!;
-    if (retiredRoot === undefined || (top.checkIssued(retiredRoot) && top.verify(retiredRoot.publicKey))) {
+    if (!remainingRoots.some((root) => top.checkIssued(root) && top.verify(root.publicKey))) {
       files.remove(layout.previousIssuerKey);
       files.remove(layout.previousIssuerCert);
     }

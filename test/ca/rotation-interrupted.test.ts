@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { caLayout, initAnchors, loadAnchors, readCaState } from "../../src/ca/anchors.ts";
 import { directoryFiles, type AnchorFiles } from "../../src/ca/anchor-files.ts";
-import { activateRoot, prepareRoot, retireRoot } from "../../src/ca/rotation.ts";
+import { activateRoot, prepareRoot, retireRoot, rotateIssuer } from "../../src/ca/rotation.ts";
 import { decodePrivateKey, keysMatch } from "../../src/pki/keys.ts";
 import { certificatesFromPem, toPem } from "../../src/pki/pem.ts";
 import type { Store } from "../../src/store/store.ts";
@@ -226,6 +226,30 @@ describe("a root rotation step interrupted at any file change, then run again", 
       await retireRoot({ dir, store: noCertificates, now: new Date(), force: true });
       expect(bundle(dir), `change ${n}`).toEqual([next.fingerprint256]);
       expect(readCaState(dir).rootRotation).toBeUndefined();
+    }
+  });
+
+  it("retire after an issuer rotation under the new root, interrupted at every change: the previous issuer (under the new root) and its key are kept", async () => {
+    for (let n = 1; ; n++) {
+      const dir = await fresh();
+      const layout = caLayout(dir);
+      const next = await prepareRoot({ dir, now: new Date() });
+      await activateRoot({ dir, now: new Date() });
+      // issuer.prev.* now holds the issuer activate made (under the new root): its certificates stay trusted.
+      await rotateIssuer({ dir, now: new Date() });
+      const keptIssuerKey = sha256(layout.previousIssuerKey);
+      const probe = failingAt(n);
+      const finished = await retireRoot({ dir, store: noCertificates, now: new Date(), force: true, files: probe.files }).then(
+        () => true,
+        (error: unknown) => {
+          if (!(error instanceof Interrupted)) throw error;
+          return false;
+        },
+      );
+      if (!finished) await retireRoot({ dir, store: noCertificates, now: new Date(), force: true });
+      expect(bundle(dir), `change ${n}`).toEqual([next.fingerprint256]);
+      expect(sha256(layout.previousIssuerKey), `change ${n}: issuer.prev.key`).toBe(keptIssuerKey);
+      if (finished) break;
     }
   });
 });
