@@ -7,6 +7,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { caLayout, initAnchors, loadAnchors, readCaState } from "../../src/ca/anchors.ts";
 import { prepareRoot } from "../../src/ca/rotation.ts";
 import { keysMatch, decodePrivateKey } from "../../src/pki/keys.ts";
+import { certificatesFromPem } from "../../src/pki/pem.ts";
 import { runCli, startCli, type CliResult } from "../helpers/cli.ts";
 
 /**
@@ -93,6 +94,7 @@ describe("a rotation command interrupted at any file change leaves a CA that sta
     const layout = caLayout(dir);
     const oldRoot = fingerprint(layout.rootCert);
     const oldRootKey = sha256(layout.rootKey);
+    const oldIssuerKey = sha256(layout.issuerKey);
     // Prepared in-process, as the CA directory is made: the step under test is the activate below.
     await prepareRoot({ dir, now: new Date() });
     const newRoot = fingerprint(layout.nextRootCert);
@@ -111,10 +113,52 @@ describe("a rotation command interrupted at any file change leaves a CA that sta
     expect(sha256(layout.previousRootKey)).toBe(oldRootKey);
     expect(fingerprint(layout.rootCert)).toBe(newRoot);
     expect(sha256(layout.rootKey)).toBe(newRootKey);
+    // The old root's issuer (its key signs the CRL of what it issued) is not replaced by the one the interrupted attempt made.
+    expect(sha256(layout.previousIssuerKey)).toBe(oldIssuerKey);
     expect(loadAnchors({ dir }).issuerRoot.fingerprint256).toBe(newRoot);
     expect(existsSync(layout.nextRootKey) || existsSync(layout.nextRootCert)).toBe(false);
     expect(leftovers(dir)).toEqual([]);
   });
+
+  // The renames of 'ca rotate-root prepare', in order (review files MEDIUM-1: a retry after a crash
+  // before ca.json generated a second root and left the first, its key overwritten, in bundle.pem for good).
+  const prepareSteps = ["root.next.key", "root.next.pem", "bundle.pem", "ca.json"];
+  const bundleOf = (dir: string) => certificatesFromPem(readFileSync(caLayout(dir).bundle, "utf8")).map((der) => new X509Certificate(der).fingerprint256);
+  for (const [target, mode] of [...prepareSteps.map((t) => [t, "kill"] as const), ["ca.json", "enospc"] as const]) {
+    it(`rotate-root prepare, ${mode} at the rename onto ${target}, then prepare, activate, retire --force: one new root, its key kept, no orphan in the bundle`, async () => {
+      const dir = join(work, `prepare-${mode}-${target}`);
+      await initAnchors({ dir, trustDomain: TD, now: new Date() });
+      const layout = caLayout(dir);
+      const oldRoot = fingerprint(layout.rootCert);
+      const interrupted = await faulty(["ca", "rotate-root", "prepare", "--dir", dir], target, mode);
+      expect(interrupted.stderr).toContain(`[fault] ${mode} at the rename onto ${target}`);
+      expect(interrupted.code).not.toBe(0);
+      expect(readCaState(dir).rootRotation).toBeUndefined();
+      const keyWritten = existsSync(layout.nextRootKey) ? sha256(layout.nextRootKey) : undefined;
+      const rootWritten = existsSync(layout.nextRootCert) ? fingerprint(layout.nextRootCert) : undefined;
+      // ca status names the root the bundle gained without ca.json recording it.
+      const status = await runCli(["ca", "status", "--dir", dir]);
+      expect(status.code, status.stderr).toBe(0);
+      if (bundleOf(dir).length === 2) expect(status.stdout).toMatch(/root \(prepare interrupted\)[\s\S]*run 'meshward ca rotate-root prepare --dir .*' again to finish it/);
+      else expect(status.stdout).not.toContain("prepare interrupted");
+
+      const again = await runCli(["ca", "rotate-root", "prepare", "--dir", dir]);
+      expect(again.code, again.stderr).toBe(0);
+      const next = fingerprint(layout.nextRootCert);
+      if (keyWritten !== undefined) expect(sha256(layout.nextRootKey)).toBe(keyWritten);
+      if (rootWritten !== undefined) expect(next).toBe(rootWritten);
+      expect(keysMatch(decodePrivateKey(readFileSync(layout.nextRootKey, "utf8")), new X509Certificate(readFileSync(layout.nextRootCert)).publicKey)).toBe(true);
+      expect(readCaState(dir).rootRotation?.nextRootFingerprint).toBe(next);
+      expect(bundleOf(dir)).toEqual([oldRoot, next]);
+
+      for (const step of [["activate"], ["retire", "--force"]]) {
+        const done = await runCli(["ca", "rotate-root", ...step, "--dir", dir]);
+        expect(done.code, done.stderr).toBe(0);
+      }
+      expect(bundleOf(dir)).toEqual([next]);
+      expect(leftovers(dir)).toEqual([]);
+    });
+  }
 
   it("rotate-root activate on a full disk at issuer.pem, then again (the reviewer's case): the old root key survives", async () => {
     const dir = join(work, "activate-enospc");

@@ -264,12 +264,15 @@ export async function caStatus(opts: OptionValues): Promise<void> {
   const warnMs = flagDuration(opts.warn, "--warn");
   // Before the store is opened: a directory that is no CA gets no ca.db made in it.
   readCaState(opts.dir);
-  const { anchors, countsByRoot } = await withCaFiles(
+  const { anchors, unrecordedNext, countsByRoot } = await withCaFiles(
     opts.dir,
     opts.store ?? `sqlite:${caLayout(opts.dir).database}`,
     async (files, store) => {
       const loaded = loadAnchors({ dir: opts.dir, files, ...withPassphrase(readPassphrase(opts.passphraseFile)) });
-      return { anchors: loaded, countsByRoot: await certificateCountsByRoot(store!, loaded.roots.map((r) => r.fingerprint256), now) };
+      // A root in the bundle that ca.json does not record: what a 'rotate-root prepare' stopped before ca.json left (rotation.ts prepareRoot).
+      const nextCert = caLayout(opts.dir).nextRootCert;
+      const unrecordedNext = loaded.state.rootRotation === undefined && files.exists(nextCert) ? readCaCertificates(files, nextCert)[0]?.fingerprint256 : undefined;
+      return { anchors: loaded, unrecordedNext, countsByRoot: await certificateCountsByRoot(store!, loaded.roots.map((r) => r.fingerprint256), now) };
     },
     false,
   );
@@ -286,7 +289,16 @@ export async function caStatus(opts: OptionValues): Promise<void> {
   };
   const rotation = anchors.state.rootRotation;
   const roots = anchors.roots.map((root) => ({
-    ...describe(root.fingerprint256 === anchors.issuerRoot.fingerprint256 ? "root (active)" : rotation?.previousRootFingerprint === root.fingerprint256 ? "root (retiring)" : "root (next)", root),
+    ...describe(
+      root.fingerprint256 === anchors.issuerRoot.fingerprint256
+        ? "root (active)"
+        : rotation?.previousRootFingerprint === root.fingerprint256
+          ? "root (retiring)"
+          : root.fingerprint256 === unrecordedNext
+            ? "root (prepare interrupted)"
+            : "root (next)",
+      root,
+    ),
     liveCertificates: countsByRoot.get(root.fingerprint256)?.live ?? 0,
     certificates: countsByRoot.get(root.fingerprint256) ?? { unexpired: 0, live: 0, superseded: 0, revoked: 0 },
   }));
@@ -316,6 +328,9 @@ export async function caStatus(opts: OptionValues): Promise<void> {
           `  ${"".padEnd(16)} ${c.live} live certificate${c.live === 1 ? "" : "s"} chain${c.live === 1 ? "s" : ""} to it${others.length > 0 ? ` (not counted: ${others.join(", ")})` : ""}` +
           `${c.live > 0 && root.kind !== "root (active)" ? `; list them: meshward cert list --dir ${opts.dir} --root ${root.fingerprint256} --live` : ""}\n`,
       );
+      if (root.kind === "root (prepare interrupted)") {
+        process.stdout.write(`  ${"".padEnd(16)} not recorded in ca.json: a 'rotate-root prepare' stopped before it finished; run 'meshward ca rotate-root prepare --dir ${opts.dir}' again to finish it\n`);
+      }
       const trusting = trustingEveryCa.find((entry) => entry.root.fingerprint256 === root.fingerprint256);
       if (trusting !== undefined) {
         process.stdout.write(`  ${"".padEnd(16)} does not confine identities to spiffe://${anchors.trustDomain}: every CA under it can mint any of them (${howTrusted(trusting)})\n`);
