@@ -18,7 +18,7 @@
  * ceiling of any Node sidecar pair. The client is a keep-alive node:http agent in this
  * process with `--connections` requests in flight (default 1: one request per wake-up, so the
  * count does not depend on how requests happened to batch); the backend runs without valgrind.
- *   node --import tsx bench/proxy/instructions.ts [--requests 2000] [--warmup 2000] [--connections 1] [--rounds 6] [--settle 2] [--top 25] [--base <git-ref>]
+ *   node --import tsx bench/proxy/instructions.ts [--mode keepalive|close|h2] [--requests 2000] [--warmup 2000] [--connections 1] [--rounds 6] [--settle 2] [--top 25] [--base <git-ref>]
  * `--top N` prints the N costliest symbols (inclusive) of each meshward sidecar from
  * callgrind_annotate (JIT code has no symbols: it shows as addresses). `--self N` prints the N
  * costliest by their own instructions (exclusive), for every sidecar of both pairs, with JIT and
@@ -31,13 +31,15 @@
  * node_modules must not rebuild each other's; DIR must lie inside a directory whose node_modules
  * holds undici, e.g. node_modules/.cache/<name>: the bundle loads llhttp's WebAssembly from
  * there, and without it the sidecars fall back to Node's parser); `--skip-pipe` leaves the pipe
- * pair out.
+ * pair out; `--keep` leaves every round's callgrind dumps (`<pair>-outbound.<pid>.<n>`,
+ * `<pair>-inbound.<pid>.<n>`) in the run's directory, whose name it prints, for callgrind_annotate.
  * Needs valgrind (Debian's valgrind); under it a sidecar runs ~50× slower, so the defaults take
  * ~7 minutes.
  */
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { Agent, request } from "node:http";
+import { connect as connectH2 } from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bundleCli } from "../../scripts/bundle.ts";
@@ -68,7 +70,16 @@ const BASES = process.argv.flatMap((arg, i) => (arg === "--base" && process.argv
 /** Where the bundles and base worktrees go; another directory per session when several share a checkout's node_modules. */
 const CACHE = process.argv.includes("--cache") ? process.argv[process.argv.indexOf("--cache") + 1]! : join(ROOT, "node_modules/.cache");
 /** Leaves the pipe pair out (A/B runs of meshward builds only; its ratio lines are then not printed). */
-const SKIP_PIPE = process.argv.includes("--skip-pipe");
+/**
+ * The load: `keepalive` (default: HTTP/1.1 on kept-alive connections), `close` (HTTP/1.1, a new
+ * client connection per request, `Connection: close`: the outbound's per-connection work; A→B stays
+ * pooled), `h2` (HTTP/2 prior knowledge into the outbound, one session, CONNECTIONS streams in
+ * flight: outbound HTTP/2 → mTLS HTTP/2 → the inbound's stream path and its HTTP/1 bridge to the
+ * backend). The pipe pair only moves bytes of kept-alive connections, so `close` and `h2` leave it out.
+ */
+const MODE = process.argv.includes("--mode") ? process.argv[process.argv.indexOf("--mode") + 1]! : "keepalive";
+if (!["keepalive", "close", "h2"].includes(MODE)) throw new Error(`--mode ${MODE}: keepalive, close or h2`);
+const SKIP_PIPE = process.argv.includes("--skip-pipe") || MODE !== "keepalive";
 /** Start-up under valgrind (module loading, CSR, first handshake) takes tens of seconds. */
 const VALGRIND_READY_MS = 240_000;
 
@@ -87,7 +98,8 @@ function callgrind(out: string): string[] {
 
 /** Sends `count` GET / through `url` with CONNECTIONS in flight; every answer must be 200. */
 async function load(url: string, headers: Record<string, string>, count: number): Promise<void> {
-  const agent = new Agent({ keepAlive: true, maxSockets: CONNECTIONS });
+  if (MODE === "h2") return loadH2(url, headers, count);
+  const agent = new Agent({ keepAlive: MODE === "keepalive", maxSockets: CONNECTIONS });
   const target = new URL(url);
   let next = 0;
   const one = () =>
@@ -107,6 +119,33 @@ async function load(url: string, headers: Record<string, string>, count: number)
   };
   await Promise.all(Array.from({ length: CONNECTIONS }, worker));
   agent.destroy();
+}
+
+/** `--mode h2`: `count` GET / as streams of one HTTP/2 session, CONNECTIONS in flight; every answer must be 200. */
+async function loadH2(url: string, headers: Record<string, string>, count: number): Promise<void> {
+  const session = connectH2(url);
+  session.on("error", () => undefined);
+  let next = 0;
+  const one = () =>
+    new Promise<void>((resolve, reject) => {
+      const stream = session.request({ ":method": "GET", ":path": "/", ...headers });
+      let status = 0;
+      stream.on("response", (h) => (status = Number(h[":status"])));
+      stream.on("error", reject);
+      stream.resume();
+      stream.on("end", () => (status === 200 ? resolve() : reject(new Error(`${url} answered ${status}`))));
+    });
+  const worker = async () => {
+    while (next < count) {
+      next++;
+      await one();
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: CONNECTIONS }, worker));
+  } finally {
+    session.close();
+  }
 }
 
 /** Zeroes a process's counters (callgrind_control waits until valgrind has done it). */
@@ -253,7 +292,7 @@ async function main(): Promise<void> {
   const backendPort = Number(backend.match![1]);
   const pairs: Pair[] = [];
   try {
-    console.log(`instructions per request (callgrind), ${REQUESTS} requests after ${WARMUP} of warm-up, ${CONNECTIONS} in flight, Node ${process.version}${NODE_ARGS.length > 0 ? `, node ${NODE_ARGS.join(" ")}` : ""}`);
+    console.log(`instructions per request (callgrind), ${REQUESTS} requests after ${WARMUP} of warm-up, ${CONNECTIONS} in flight, ${MODE}, Node ${process.version}${NODE_ARGS.length > 0 ? `, node ${NODE_ARGS.join(" ")}` : ""}`);
     if (!SKIP_PIPE) pairs.push(await pipePair(ca, backendPort, work));
     pairs.push(await meshwardPair("meshward", cli, ca, backendPort, work));
     for (const [name, baseCli] of baseClis) pairs.push(await meshwardPair(name, baseCli, ca, backendPort, work));
@@ -315,7 +354,8 @@ async function main(): Promise<void> {
     if (SELF > 0) for (const p of pairs) for (const pid of [p.outbound.pid, p.inbound.pid]) rmSync(`/tmp/perf-${pid}.map`, { force: true });
     backend.child.kill("SIGKILL");
     await ca.close();
-    rmSync(work, { recursive: true, force: true });
+    if (process.argv.includes("--keep")) console.log(`callgrind dumps kept in ${work}`);
+    else rmSync(work, { recursive: true, force: true });
   }
 }
 

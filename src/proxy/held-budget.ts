@@ -21,7 +21,15 @@ import type { ProxyAnswer } from "./respond.ts";
  */
 export class HeldBudget {
   #used = 0;
-  readonly #perAddress = new Map<string, number>();
+  /**
+   * What each address holds, as one cell per address that its takes and gives update in place: a
+   * cell at 0 stays (so that the next request of the same caller, usually one stream after another,
+   * finds it instead of inserting and deleting a Map entry per request), up to MAX_IDLE_CELLS of
+   * them, then every empty one goes.
+   */
+  readonly #perAddress = new Map<string, { bytes: number }>();
+  /** Cells at 0 bytes in #perAddress. */
+  #idle = 0;
 
   constructor(
     readonly max: number,
@@ -35,7 +43,7 @@ export class HeldBudget {
 
   /** Bytes held now for `address`. */
   usedBy(address: string): number {
-    return this.#perAddress.get(address) ?? 0;
+    return this.#perAddress.get(address)?.bytes ?? 0;
   }
 
   /** An account for one request of `address`: what it takes is given back by `close()` at the latest. */
@@ -45,10 +53,15 @@ export class HeldBudget {
 
   /** @internal */
   take(address: string, bytes: number): boolean {
-    const mine = this.#perAddress.get(address) ?? 0;
+    const cell = this.#perAddress.get(address);
+    const mine = cell === undefined ? 0 : cell.bytes;
     if (this.#used + bytes > this.max || mine + bytes > this.perAddress) return false;
     this.#used += bytes;
-    this.#perAddress.set(address, mine + bytes);
+    if (cell === undefined) this.#perAddress.set(address, { bytes });
+    else {
+      if (mine === 0) this.#idle--;
+      cell.bytes = mine + bytes;
+    }
     return true;
   }
 
@@ -56,11 +69,23 @@ export class HeldBudget {
   give(address: string, bytes: number): void {
     if (bytes <= 0) return;
     this.#used -= bytes;
-    const left = (this.#perAddress.get(address) ?? bytes) - bytes;
-    if (left <= 0) this.#perAddress.delete(address);
-    else this.#perAddress.set(address, left);
+    const cell = this.#perAddress.get(address);
+    if (cell === undefined || cell.bytes === 0) return;
+    const left = cell.bytes - bytes;
+    if (left > 0) {
+      cell.bytes = left;
+      return;
+    }
+    cell.bytes = 0;
+    if (++this.#idle > MAX_IDLE_CELLS) {
+      for (const [key, each] of this.#perAddress) if (each.bytes === 0) this.#perAddress.delete(key);
+      this.#idle = 0;
+    }
   }
 }
+
+/** Empty per-address cells a HeldBudget keeps before it drops them all (each is a Map entry and a small object). */
+const MAX_IDLE_CELLS = 256;
 
 /** What one request holds against a HeldBudget. */
 export class HeldAccount {

@@ -443,7 +443,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     // The header block is held as long as the stream is open, and its body while it waits: both
     // count against limits.maxHeldRequestBytes, given back when the stream closes.
     const account: HeldAccount = heldBudget.account(sourceOf(socket));
-    stream.once("close", () => account.close());
+    // on, not once: 'close' comes once, and once() wraps the listener in two objects per stream.
+    stream.on("close", () => account.close());
     if (!account.take(headBytes)) {
       overBudget(socket);
       answerH2(stream, SIDECAR_BUSY, isGrpcRequest(String(headers[":method"]), headers["content-type"]));
