@@ -26,6 +26,7 @@ const DEFINITIONS_MAY_LOAD = new Set([
   "src/util/package-files.ts",
   "src/util/dir-safety.ts",
   "src/util/files.ts",
+  "src/util/read-input.ts",
   "src/pki/keys.ts",
   "src/audit/walk.ts",
   "src/config/validator-names.ts",
