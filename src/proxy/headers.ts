@@ -179,16 +179,30 @@ export function appIdProblem(values: readonly string[]): string | undefined {
   return undefined;
 }
 
+/** The app a request names: from `dapr-app-id` (case-sensitive, exact) or from the Host/:authority (a host name: case-insensitive). */
+export interface TargetName {
+  readonly name: string;
+  readonly fromHost: boolean;
+}
+
 /**
- * An app id from `dapr-app-id` or the Host/:authority (port stripped), in the case it was given:
- * app ids are case-sensitive, as SPIFFE IDs and Dapr's (self-hosted daprd finds `MyBackEnd`, not
- * `mybackend`), so folding would expect, and accept, another workload's identity.
+ * The app a request names: `dapr-app-id` in the case it was given (app ids are case-sensitive,
+ * as SPIFFE IDs and Dapr's: self-hosted daprd finds `MyBackEnd`, not `mybackend`, so folding
+ * would expect, and accept, another workload's identity), else the Host/:authority with its port
+ * stripped, marked fromHost: a host name is case-insensitive (RFC 9110 §4.2.3) and clients
+ * disagree on its case (Node's fetch lower-cases it, curl keeps it), so resolveRoute matches it
+ * against the peer table case-insensitively.
  */
-export function targetAppId(headers: IncomingHttpHeaders | Record<string, unknown>): string | undefined {
+export function targetName(headers: IncomingHttpHeaders | Record<string, unknown>): TargetName | undefined {
   const explicit = headers[APP_ID_HEADER];
   const fromHeader = Array.isArray(explicit) ? explicit[0] : explicit;
-  if (typeof fromHeader === "string" && fromHeader.trim() !== "") return fromHeader.trim();
+  if (typeof fromHeader === "string" && fromHeader.trim() !== "") return { name: fromHeader.trim(), fromHost: false };
   const host = (headers[":authority"] ?? headers.host) as string | undefined;
   if (typeof host !== "string" || host === "") return undefined;
-  return host.startsWith("[") ? host : host.replace(/:\d+$/, "");
+  return { name: host.startsWith("[") ? host : host.replace(/:\d+$/, ""), fromHost: true };
+}
+
+/** targetName's name alone (as given: the Host's spelling too). */
+export function targetAppId(headers: IncomingHttpHeaders | Record<string, unknown>): string | undefined {
+  return targetName(headers)?.name;
 }

@@ -20,7 +20,7 @@ import type { ForwardHooks } from "./forward.ts";
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { canonicalH2Request, h2HeaderLimits, h2RequestHeadBytes, isGrpcRequest, isRefusal } from "./canonical.ts";
 import type { EscapedSlashAction, UnderscoreAction } from "./canonical.ts";
-import { APP_ID_HEADER, appIdProblem, targetAppId } from "./headers.ts";
+import { APP_ID_HEADER, appIdProblem, targetName } from "./headers.ts";
 import { checkHttp1Parser } from "./http1/llhttp.ts";
 import { closedBeforeFirstResponse } from "./http1/pool.ts";
 import { Http1Relay } from "./http1/relay.ts";
@@ -28,7 +28,8 @@ import type { ClientErrorReason } from "./http1/relay.ts";
 import { findHeader } from "./http1/wire.ts";
 import { H2_HEADER_TOO_LARGE, h2Refusal, droppedFieldsReporter, relaySettings, RESPONSE_HEADER_BYTES } from "./inbound.ts";
 import type { ProxyTelemetry } from "./inbound.ts";
-import { MAX_PEERS, NO_IDENTITY, PeerPool, resolvePeer } from "./peers.ts";
+import { MAX_PEERS, NO_IDENTITY, PeerPool, resolvePeer, resolveRoute } from "./peers.ts";
+import type { RouteResult } from "./peers.ts";
 import type { PeerDirectory, PeerTarget } from "./peers.ts";
 import { answerH2, answerRawHttp1, GrpcStatus, observeDuration, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
@@ -182,16 +183,32 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     telemetry.refused.inc({ direction: "outbound", reason });
     warnings.warn(`client-error|${reason}`, { event: "client-error", reason, remote: socket?.remoteAddress, err: detail }, "refused a malformed, ambiguous or slow request from the app");
   };
-  // Resolution is pure (table or template): cache it per name, bounded.
-  const resolved = new Map<string, PeerTarget | undefined>();
-  const route = (headers: Record<string, unknown>): { name: string | undefined; target: PeerTarget | undefined } => {
-    const name = targetAppId(headers);
-    if (name === undefined) return { name, target: undefined };
-    if (!resolved.has(name)) {
+  // Resolution is pure (table or template): cache it per name and source, bounded.
+  const resolved = new Map<string, RouteResult>();
+  const route = (headers: Record<string, unknown>): { name: string | undefined; target: PeerTarget | undefined; ambiguous?: readonly string[] | undefined } => {
+    const named = targetName(headers);
+    if (named === undefined) return { name: undefined, target: undefined };
+    const key = (named.fromHost ? "h:" : "a:") + named.name;
+    let result = resolved.get(key);
+    if (result === undefined) {
       if (resolved.size >= 1024) resolved.clear();
-      resolved.set(name, resolvePeer(options.directory, name));
+      result = resolveRoute(options.directory, named.name, named.fromHost);
+      resolved.set(key, result);
     }
-    return { name, target: resolved.get(name) };
+    return { name: named.name, target: result.target, ambiguous: result.ambiguous };
+  };
+  /** Host routing named two peer entries that differ only in case: refused, never one picked. */
+  const ambiguousHost = (name: string, entries: readonly string[], socket: Socket | undefined): ProxyAnswer => {
+    telemetry.refused.inc({ direction: "outbound", reason: "ambiguous_request" });
+    warnings.warn(
+      "ambiguous-host-route",
+      { event: "outbound-ambiguous-host", host: name.slice(0, 256), entries, remote: socket?.remoteAddress },
+      "refused an outbound request routed by Host: the host name (case-insensitive) matches more than one peer entry",
+    );
+    return h2Refusal(
+      400,
+      `Host ${JSON.stringify(name.slice(0, 256))} matches the peer entries ${entries.map((entry) => JSON.stringify(entry)).join(" and ")}, which differ only in letter case (host names ignore case): name the app with the dapr-app-id header instead`,
+    );
   };
 
   // Peers are sidecars closing idle connections after their idleTimeout (60 s by default, like
@@ -207,9 +224,10 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         const ambiguous = appIdProblem(appIdFields(request.head.rawHeaders));
         if (ambiguous !== undefined) return { answer: ambiguousRoute(ambiguous) };
         const host = request.target.authority ?? request.host;
-        const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host });
+        const { name, target, ambiguous: entries } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host });
         const misdirected = name === undefined ? undefined : hostRefusal(host, name, socket);
         if (misdirected !== undefined) return { answer: misdirected };
+        if (entries !== undefined) return { answer: ambiguousHost(name!, entries, socket) };
         if (target === undefined) return { answer: unknownApp(name) };
         return {
           upstream: pool.http1(target, peerPoolOptions),
@@ -222,9 +240,10 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
         const ambiguous = appIdProblem(appIdFields(request.head.rawHeaders));
         if (ambiguous !== undefined) return void answerRawHttp1(socket, ambiguousRoute(ambiguous), limits.idleTimeout);
         const host = request.target.authority ?? request.host;
-        const { name, target } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host });
+        const { name, target, ambiguous: entries } = route({ [APP_ID_HEADER]: findHeader(request.head.rawHeaders, APP_ID_HEADER), host });
         const misdirected = name === undefined ? undefined : hostRefusal(host, name, socket);
         if (misdirected !== undefined) return void answerRawHttp1(socket, misdirected, limits.idleTimeout);
+        if (entries !== undefined) return void answerRawHttp1(socket, ambiguousHost(name!, entries, socket), limits.idleTimeout);
         if (target === undefined) return void answerRawHttp1(socket, unknownApp(name), limits.idleTimeout);
         const hooks = {
           ...hooksFor(socket, target, "http"),
@@ -281,10 +300,11 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       const appIds = headers[APP_ID_HEADER];
       const ambiguous = appIdProblem(appIds === undefined ? [] : Array.isArray(appIds) ? appIds : [appIds]);
       if (ambiguous !== undefined) return answerH2(stream, ambiguousRoute(ambiguous), grpc);
-      const { name, target } = route(headers);
+      const { name, target, ambiguous: entries } = route(headers);
       const authority = headers[":authority"] ?? headers.host;
       const misdirected = name === undefined ? undefined : hostRefusal(typeof authority === "string" ? authority : undefined, name, socket);
       if (misdirected !== undefined) return answerH2(stream, misdirected, grpc);
+      if (entries !== undefined) return answerH2(stream, ambiguousHost(name!, entries, socket), grpc);
       if (target === undefined || socket === undefined) return answerH2(stream, unknownApp(name), grpc);
       const hooks = hooksFor(socket, target, grpc ? "grpc" : "http");
       const idle: StreamIdleRule = { ms: limits.idleTimeout, bodyTimedOut: (detail) => clientError("body_timeout", detail, socket) };

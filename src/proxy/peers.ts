@@ -55,6 +55,29 @@ export function resolvePeer(directory: PeerDirectory, name: string): PeerTarget 
   return { appId, namespace, host, port, expectedId };
 }
 
+/** Where a request's app name leads: a peer, no known peer, or (Host routing) more than one table entry. */
+export type RouteResult =
+  | { readonly target: PeerTarget | undefined; readonly ambiguous?: undefined }
+  | { readonly target: undefined; readonly ambiguous: readonly string[] };
+
+/**
+ * Resolves the app a request names. From `dapr-app-id` (fromHost false): resolvePeer, exact.
+ * From the Host/:authority (fromHost true): a host name is case-insensitive, so the static table
+ * is searched ignoring case and the matched entry's own key (its app id and namespace, never the
+ * Host's spelling) makes the expected SPIFFE ID: `Host: Orders` reaches `orders`, and Node's
+ * fetch (which sends `mybackend`) reaches `MyBackEnd`. Two entries that differ only in case are
+ * two apps a host name cannot tell apart: `ambiguous` lists them and the caller must use
+ * dapr-app-id. With no table entry, the DNS template gets the name lower-cased (a host name's
+ * canonical form; a mixed-case app id without a table entry is reached by dapr-app-id only).
+ */
+export function resolveRoute(directory: PeerDirectory, name: string, fromHost: boolean): RouteResult {
+  if (!fromHost) return { target: resolvePeer(directory, name) };
+  const folded = name.toLowerCase();
+  const keys = Object.keys(directory.peers).filter((key) => key.toLowerCase() === folded);
+  if (keys.length > 1) return { target: undefined, ambiguous: keys.sort() };
+  return { target: resolvePeer(directory, keys[0] ?? folded) };
+}
+
 /** How long dialVerified waits for TCP + TLS + the identity check when no deadline is given (the sidecar's default handshakeTimeout). */
 export const DEFAULT_PEER_DIAL_TIMEOUT_MS = 10_000;
 

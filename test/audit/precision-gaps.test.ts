@@ -26,6 +26,13 @@ describe("Redis TLS options in container env (redis-env.yaml)", () => {
       "MW-TLS-009@29:high SPRING_DATA_REDIS_URL: verifyPeer=NONE",
       "MW-TLS-009@31:medium LETTUCE_CA_ONLY_URL: verifyPeer=CA",
       "MW-TLS-009@33:high LETTUCE_FALSE_URL: verifyPeer=false",
+      "MW-TLS-009@40:high LETTUCE_LAST_NONE_URL: verifyPeer=NONE",
+      "MW-TLS-009@42:high LETTUCE_LAST_NONE_SEMI_URL: verifyPeer=NONE",
+      "MW-TLS-009@44:high LETTUCE_ENCODED_VALUE_URL: verifyPeer=NONE",
+      "MW-TLS-009@46:high LETTUCE_ENCODED_NAME_URL: verifyPeer=NONE",
+      "MW-TLS-009@50:medium LETTUCE_LAST_CA_URL: verifyPeer=CA",
+      "MW-TLS-009@52:high LETTUCE_DECODED_SPLIT_URL: verifyPeer=NONE",
+      "MW-TLS-009@54:high LETTUCE_EMPTY_LAST_URL: verifyPeer=NONE",
     ]);
   });
 
@@ -34,12 +41,21 @@ describe("Redis TLS options in container env (redis-env.yaml)", () => {
   // SslVerifyMode.valueOf(value.toUpperCase()): NONE (no certificate check), CA (the chain is
   // checked, not the host name), FULL (the default). It matters only with TLS (rediss://,
   // redis+ssl://, redis+tls://, rediss-sentinel://).
-  it("reports Lettuce's verifyPeer=NONE (and false, which says the same) as high and verifyPeer=CA as medium on a TLS URL; FULL or no verifyPeer is quiet", () => {
+  // It reads `uri.getQuery()`, which java.net.URI has percent-decoded, split on `&` and `;`, and
+  // applies every verifyPeer token in turn: the last non-empty one is the mode the client uses.
+  it("reports Lettuce's verifyPeer=NONE (and false, which says the same) as high and verifyPeer=CA as medium on a TLS URL, judging the decoded, last verifyPeer as Lettuce does; FULL (last), or no verifyPeer, is quiet", () => {
     const lettuce = findings("redis-env.yaml").filter((line) => /verifyPeer/i.test(line));
     expect(lettuce).toEqual([
       "MW-TLS-009@29:high SPRING_DATA_REDIS_URL: verifyPeer=NONE",
       "MW-TLS-009@31:medium LETTUCE_CA_ONLY_URL: verifyPeer=CA",
       "MW-TLS-009@33:high LETTUCE_FALSE_URL: verifyPeer=false",
+      "MW-TLS-009@40:high LETTUCE_LAST_NONE_URL: verifyPeer=NONE",
+      "MW-TLS-009@42:high LETTUCE_LAST_NONE_SEMI_URL: verifyPeer=NONE",
+      "MW-TLS-009@44:high LETTUCE_ENCODED_VALUE_URL: verifyPeer=NONE",
+      "MW-TLS-009@46:high LETTUCE_ENCODED_NAME_URL: verifyPeer=NONE",
+      "MW-TLS-009@50:medium LETTUCE_LAST_CA_URL: verifyPeer=CA",
+      "MW-TLS-009@52:high LETTUCE_DECODED_SPLIT_URL: verifyPeer=NONE",
+      "MW-TLS-009@54:high LETTUCE_EMPTY_LAST_URL: verifyPeer=NONE",
     ]);
     // Without TLS the option means nothing: a plaintext redis:// URL is the plaintext rule's, not this one's.
     const text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cart\nspec:\n  containers:\n    - name: cart\n      image: cart:1\n      env:\n        - name: REDIS_URL\n          value: \"redis://cache.prod.internal:6379?verifyPeer=NONE\"\n";

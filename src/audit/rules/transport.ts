@@ -402,7 +402,40 @@ const LETTUCE_TLS_SCHEMES: readonly string[] = ["rediss", "redis+ssl", "redis+tl
  * `hostnameOnly`: only the host name check is off (the certificate must still chain to a trusted
  * CA). `schemes`: read only in URLs of these schemes (the option means nothing without TLS).
  */
-const VERIFICATION_OFF_PARAMS: readonly { name: string; hostnameOnly: boolean; off: (value: string) => boolean; schemes?: readonly string[] }[] = [
+/**
+ * The verifyPeer value Lettuce applies for a URL, or undefined when it sets none. Lettuce
+ * RedisURI.buildRedisUriFromUri (redis/lettuce src/main/java/io/lettuce/core/RedisURI.java) splits
+ * `uri.getQuery()` with a StringTokenizer on `&` and `;`; java.net.URI.getQuery() has already
+ * percent-decoded the query (so `verify%50eer=%4EONE` is `verifyPeer=NONE`, and a decoded `%26`
+ * splits too). Every token whose lower-cased text starts with `verifypeer=` calls parseVerifyPeer,
+ * which sets the mode from the text after the first `=` unless it is empty: the LAST non-empty
+ * occurrence wins (`?verifyPeer=FULL&verifyPeer=NONE` is NONE).
+ */
+export function lettuceVerifyPeer(value: string): string | undefined {
+  const text = value.trim();
+  const start = text.indexOf("?");
+  if (start < 0) return undefined;
+  const end = text.indexOf("#", start);
+  const query = percentDecode(text.slice(start + 1, end < 0 ? undefined : end));
+  let found: string | undefined;
+  for (const token of query.split(/[&;]/)) {
+    if (!token.toLowerCase().startsWith("verifypeer=")) continue;
+    const setting = token.slice(token.indexOf("=") + 1);
+    if (setting !== "") found = setting;
+  }
+  return found;
+}
+
+/** Percent-decodes as java.net.URI does (UTF-8); a stray `%` (java.net.URI refuses the URI) leaves the escapes that do decode decoded. */
+function percentDecode(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text.replace(/%([0-9a-f]{2})/gi, (_escape, hex: string) => String.fromCharCode(Number.parseInt(hex, 16)));
+  }
+}
+
+const VERIFICATION_OFF_PARAMS: readonly { name: string; hostnameOnly: boolean; off: (value: string) => boolean; schemes?: readonly string[]; read?: (value: string) => string | undefined }[] = [
   { name: "tlsInsecure", hostnameOnly: false, off: isTruthy },
   { name: "tlsAllowInvalidCertificates", hostnameOnly: false, off: isTruthy },
   { name: "sslAllowInvalidCertificates", hostnameOnly: false, off: isTruthy },
@@ -413,18 +446,19 @@ const VERIFICATION_OFF_PARAMS: readonly { name: string; hostnameOnly: boolean; o
   // verifyPeer in any case is SslVerifyMode.valueOf(value.toUpperCase()): NONE checks no
   // certificate, CA the chain but not the host name, FULL (the default) both. `false` (a boolean,
   // as withVerifyPeer(false) = NONE) says NONE: Lettuce 6.1+ refuses the value at RedisURI.create,
-  // a client or wrapper that reads it as a boolean checks nothing.
-  { name: "verifyPeer", hostnameOnly: false, off: (value) => /^none$/i.test(value.trim()) || isFalsy(value), schemes: LETTUCE_TLS_SCHEMES },
-  { name: "verifyPeer", hostnameOnly: true, off: (value) => /^ca$/i.test(value.trim()), schemes: LETTUCE_TLS_SCHEMES },
+  // a client or wrapper that reads it as a boolean checks nothing. Read as Lettuce reads it: decoded,
+  // the last occurrence (lettuceVerifyPeer), not the first raw match of connectionParam.
+  { name: "verifyPeer", hostnameOnly: false, off: (value) => /^none$/i.test(value.trim()) || isFalsy(value), schemes: LETTUCE_TLS_SCHEMES, read: lettuceVerifyPeer },
+  { name: "verifyPeer", hostnameOnly: true, off: (value) => /^ca$/i.test(value.trim()), schemes: LETTUCE_TLS_SCHEMES, read: lettuceVerifyPeer },
   { name: "tlsAllowInvalidHostnames", hostnameOnly: true, off: isTruthy },
   { name: "sslAllowInvalidHostnames", hostnameOnly: true, off: isTruthy },
   { name: "ssl_check_hostname", hostnameOnly: true, off: isFalsy },
 ];
 
 function verificationOffParams(value: string): { evidence: string; hostnameOnly: boolean } | undefined {
-  const found = VERIFICATION_OFF_PARAMS.flatMap(({ name, hostnameOnly, off, schemes }) => {
+  const found = VERIFICATION_OFF_PARAMS.flatMap(({ name, hostnameOnly, off, schemes, read }) => {
     if (schemes !== undefined && !schemes.includes(urlScheme(value))) return [];
-    const setting = connectionParam(value, name);
+    const setting = read !== undefined ? read(value) : connectionParam(value, name);
     return setting !== undefined && off(setting) ? [{ text: `${name}=${setting}`, hostnameOnly }] : [];
   });
   if (found.length === 0) return undefined;
