@@ -339,11 +339,13 @@ export const H1_CASES: Case[] = [
     h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nGET /admin/secret HTTP/1.1\r\n${HOST}${route}\r\n`,
   },
   // The outbound routing header twice (Dapr reads the first, r.Header.Get): the sidecar would
-  // route by one while the peer's app may read the other; refused. Odd case and spaces route.
+  // route by one while the peer's app may read the other; refused. The header name in odd case and
+  // its value with spaces around it route; the value's own case counts (app ids are
+  // case-sensitive, 18695bb: test/proxy/peer-app-id-case.test.ts).
   { id: "dapr-app-id-twice", cls: "routing header", direction: "outbound", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}dapr-app-id: other\r\n\r\n` },
   { id: "dapr-app-id-twice-first-other", cls: "routing header", direction: "outbound", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}dapr-app-id: other\r\n${route}\r\n` },
   { id: "dapr-app-id-twice-upgrade", cls: "routing header", direction: "outbound", expect: "refused", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route}dapr-app-id: other\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n` },
-  { id: "dapr-app-id-case-spaces", cls: "routing header", direction: "outbound", expect: "allowed", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route.replace(/^dapr-app-id: (.*)\r\n$/, (_, id: string) => `DAPR-App-Id:   ${id.toUpperCase()}  \r\n`)}\r\n` },
+  { id: "dapr-app-id-case-spaces", cls: "routing header", direction: "outbound", expect: "allowed", h1: (route) => `GET /items/1 HTTP/1.1\r\n${HOST}${route.replace(/^dapr-app-id: (.*)\r\n$/, (_, id: string) => `DAPR-App-Id:   ${id}  \r\n`)}\r\n` },
   // RFC 9110 §7.6.1: Connection names hop-by-hop fields; a Host it names must still reach the app.
   { id: "connection-names-host", cls: "Connection", expect: "either", h1: get("/items/1", "Connection: host\r\n") },
   // XFCC in every spelling (names normalised for case and any non-alphanumeric as '-': PEP 3333 maps '_' and '-' to HTTP_X_FORWARDED_CLIENT_CERT).
