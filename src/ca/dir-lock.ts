@@ -61,7 +61,7 @@ export function tryLockCaDir(dir: string, holder: string): CaDirLock | { readonl
     throw new MeshwardError("E_CA_DIR_LOCKED", `${path} is not a lock file meshward made; if no meshward command runs on ${dir}, remove it and run the command again`, { details: { path } });
   }
   const release = () => {
-    // Removed before the lock is let go: a process waiting on this file then finds it unlinked (tryLockFile).
+    // Removed before the lock is let go: a process that opened this file meanwhile then finds it unlinked (tryLockFile) and tries the new one.
     rmSync(`${path}.holder`, { force: true });
     rmSync(path, { force: true });
     lock.release();

@@ -368,6 +368,9 @@ export async function prepareRoot(options: PrepareRootOptions): Promise<X509Cert
     if (leftover?.fingerprint256 !== next.fingerprint256) files.write(layout.nextRootCert, toPem(next.raw, "CERTIFICATE"), { secret: false });
   } else {
     requireSelfManaged(state, "generating a root");
+    // Resumed only if it is a root this CA generates (review today3 LOW-4): root.next.* copied in
+    // from another CA's directory must not join the bundle as ours. Nothing is changed when refused.
+    if (leftover !== undefined) refuseForeignLeftover(leftover, state.trustDomain, options.dir, layout);
     // A key an interrupted prepare wrote is kept and used: the root published with it (if any) stays valid.
     let privateKey = files.exists(layout.nextRootKey) ? readCaKey(files, layout.nextRootKey, options.passphrase) : undefined;
     // Never the current root's key (a copy an activate left): that would be no rotation at all.
@@ -406,6 +409,33 @@ export async function prepareRoot(options: PrepareRootOptions): Promise<X509Cert
     rootRotation: { phase: "prepared", preparedAt: options.now.toISOString(), previousRootFingerprint: current.fingerprint256, nextRootFingerprint: next.fingerprint256 },
   }, files);
   return next;
+}
+
+/**
+ * Refuses (E_ROTATION_STATE) a root.next.pem an interrupted prepare cannot have left: one whose
+ * name or identity is not what this CA generates — CN "meshward root <trust domain> G<n>" and the
+ * URI SAN spiffe://<trust domain> (createRootCertificate). Not checkRootScope: the roots meshward
+ * generates carry no nameConstraints (no other CA is ever under them), so that import check would
+ * refuse every one. Two CAs with the same trust-domain name make the same names: this tells another
+ * trust domain's root apart, not another directory's root of the same trust domain.
+ */
+function refuseForeignLeftover(root: X509Certificate, trustDomain: string, dir: string, layout: CaLayout): void {
+  const cn = /(?:^|\n)CN=(.*)/.exec(root.subject)?.[1] ?? "";
+  const prefix = `meshward root ${trustDomain} G`;
+  const id = `spiffe://${trustDomain}`;
+  let gap: string | undefined;
+  if (!cn.startsWith(prefix) || !/^\d{1,6}$/.test(cn.slice(prefix.length))) gap = `its name ${JSON.stringify(cn)} is not "${prefix}<n>"`;
+  else if (root.subjectAltName !== `URI:${id}`) gap = `its identity ${JSON.stringify(root.subjectAltName ?? "(none)")} is not ${JSON.stringify(`URI:${id}`)}`;
+  if (gap === undefined) return;
+  const key = basename(layout.nextRootKey);
+  const cert = basename(layout.nextRootCert);
+  throw new MeshwardError(
+    "E_ROTATION_STATE",
+    `${cert} (${JSON.stringify(root.subject.replace(/\n/g, ", "))}, ${root.fingerprint256}) is not recorded in ${basename(layout.state)} and is not a root this CA generates: ${gap} (trust domain ${trustDomain}). ` +
+      `It was not left by an interrupted 'meshward ca rotate-root prepare' of this CA (files copied from another CA's directory?), so it is not taken up. Nothing was changed. ` +
+      `Move ${cert} and ${key} (if present) out of ${dir} and run this command again: it then generates a new root. To rotate to that root on purpose, import it with --root-cert (its scope is then checked)`,
+    { details: { dir, file: layout.nextRootCert, fingerprint: root.fingerprint256, trustDomain, reason: gap } },
+  );
 }
 
 /** A generated root an interrupted prepare left that can still be used: a self-signed CA, valid now. */

@@ -34,7 +34,7 @@ export function lockOutDir(dir: string, what: string): () => void {
   }
   const held = lock;
   const release = () => {
-    // Removed before the lock is let go: a run waiting on this file then finds it unlinked (tryLockFile) and is refused.
+    // Removed before the lock is let go: a run that opened this file meanwhile then finds it unlinked (tryLockFile) and tries the new one.
     rmSync(holder, { force: true });
     rmSync(path, { force: true });
     held.release();

@@ -14,27 +14,61 @@ export interface HeldFileLock {
  * "not-a-lock": the file holds something else (a claim file an older meshward wrote).
  */
 export function tryLockFile(path: string): HeldFileLock | "held" | "not-a-lock" {
-  createPrivate(path);
-  const db = new Database(path, { timeout: 0 });
+  // A file that changes under us more than this many times in a row (holders coming and going): refused as held.
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const got = lockOnce(path);
+    if (got !== "replaced") return got;
+  }
+  return "held";
+}
+
+/**
+ * The standard lock-file pattern (review today3 LOW-1): our own descriptor is opened first and
+ * kept open, and after BEGIN EXCLUSIVE the path must still name that descriptor's inode. As long
+ * as `fd` is open its inode cannot be freed, so its number cannot be reused by a new file: if the
+ * path named it when `fd` was opened and names it again after the lock, it named it throughout,
+ * so SQLite (which opened the path in between) locked that inode — the file at `path`. Reading
+ * the inode only after SQLite opened the path instead let a run whose holder let go in between
+ * (unlinked the file, closed) take a lock on the unlinked file while a third run held the new
+ * one. "replaced": the path changed meanwhile; the caller tries again.
+ *
+ * `fd` stays open until release, after SQLite's handle is closed: closing any descriptor of an
+ * inode drops every fcntl lock this process holds on it, SQLite's included.
+ */
+function lockOnce(path: string): HeldFileLock | "held" | "not-a-lock" | "replaced" {
+  const fd = openPrivate(path);
+  let db: Database.Database;
   try {
-    const inode = statSync(path).ino;
+    db = new Database(path, { timeout: 0 });
+  } catch (error) {
+    closeSync(fd);
+    throw error;
+  }
+  let open = true;
+  const giveUp = () => {
+    if (!open) return; // closing `fd` twice could close a descriptor since reused
+    open = false;
+    db.close();
+    closeSync(fd);
+  };
+  try {
+    const locked = fstatSync(fd);
     // No -journal file beside it: nothing is ever written, and a killed holder leaves only the lock file.
     db.pragma("journal_mode = MEMORY");
     db.exec("BEGIN EXCLUSIVE");
-    // Locked an inode that was unlinked or replaced meanwhile (its holder finishing): not the
-    // file at `path`, so not the lock.
-    if (statSync(path, { throwIfNoEntry: false })?.ino !== inode) {
-      db.close();
-      return "held";
+    const now = statSync(path, { throwIfNoEntry: false });
+    if (now?.ino !== locked.ino || now.dev !== locked.dev) {
+      giveUp();
+      return "replaced";
     }
   } catch (error) {
-    db.close();
+    giveUp();
     const code = (error as { code?: unknown }).code;
     if (code === "SQLITE_BUSY") return "held";
     if (code === "SQLITE_NOTADB") return "not-a-lock";
     throw error;
   }
-  return { release: () => db.close() };
+  return { release: giveUp };
 }
 
 /**
@@ -43,12 +77,16 @@ export function tryLockFile(path: string): HeldFileLock | "held" | "not-a-lock" 
  * planted there would have the mode of its target changed (review atrest MEDIUM-4).
  */
 export function createPrivate(path: string): void {
+  closeSync(openPrivate(path));
+}
+
+/** createPrivate, returning the open descriptor (O_RDWR). */
+function openPrivate(path: string): number {
   const fd = openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
   try {
     if ((fstatSync(fd).mode & 0o077) !== 0) fchmodSync(fd, 0o600);
   } catch {
     // not our file: its owner decides its mode
-  } finally {
-    closeSync(fd);
   }
+  return fd;
 }

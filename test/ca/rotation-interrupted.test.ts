@@ -1,5 +1,5 @@
 import { createHash, X509Certificate } from "node:crypto";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -171,6 +171,33 @@ describe("a root rotation step interrupted at any file change, then run again", 
     expect(refused).toBe("E_ROTATION_STATE");
     expect(sha256(layout.nextRootKey)).toBe(key);
     expect(bundle(dir)).toEqual(before);
+  });
+
+  it("prepare finding another trust domain's root.next.* (copied from another CA's directory, review today3 LOW-4): refused E_ROTATION_STATE, nothing changed; without them a new root of this CA is generated", async () => {
+    const dir = await fresh();
+    const layout = caLayout(dir);
+    const otherDir = join(work, `other-${++made}`);
+    await initAnchors({ dir: otherDir, trustDomain: "other.test", now: new Date() });
+    const other = caLayout(otherDir);
+    // The other CA's prepare interrupted before its ca.json: its root.next.key and root.next.pem.
+    await expect(prepareRoot({ dir: otherDir, now: new Date(), files: failingAt(4).files })).rejects.toBeInstanceOf(Interrupted);
+    copyFileSync(other.nextRootKey, layout.nextRootKey);
+    copyFileSync(other.nextRootCert, layout.nextRootCert);
+    const snapshot = () => Object.fromEntries(readdirSync(dir).filter((name) => !name.startsWith(".meshward-ca.lock")).map((name) => [name, sha256(join(dir, name))]));
+    const before = snapshot();
+    const refused = await prepareRoot({ dir, now: new Date() }).then(() => undefined, (e: { code: string; message: string }) => e);
+    expect(refused?.code).toBe("E_ROTATION_STATE");
+    expect(refused?.message).toContain("root.next.pem");
+    expect(refused?.message).toContain("meshward root other.test G2");
+    expect(snapshot()).toEqual(before);
+    expect(readCaState(dir).rootRotation).toBeUndefined();
+    // The operator moves them out: a fresh root of this CA, not the other one.
+    rmSync(layout.nextRootKey);
+    rmSync(layout.nextRootCert);
+    const next = await prepareRoot({ dir, now: new Date() });
+    expect(next.subject).toContain(`CN=meshward root ${TD} G2`);
+    expect(next.fingerprint256).not.toBe(fingerprint(other.nextRootCert));
+    expect(bundle(dir)).not.toContain(fingerprint(other.nextRootCert));
   });
 
   it("activate: at every change, the retry keeps the old root and the old issuer (root.prev.*, issuer.prev.*) with their keys, retire leaves the new root alone in the bundle, and the next prepare starts a fresh rotation", async () => {
