@@ -234,12 +234,7 @@ describe("CA-backed workload identity", () => {
     const bundlePem = readFileSync(join(caDir, "bundle.pem"), "utf8");
     let impostor: { port: number; close(): Promise<void> };
     if (code === "E_CA_NOT_TLS") {
-      const plain = createNetServer((socket) => {
-        socket.on("error", () => undefined);
-        socket.once("data", () => socket.end("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"));
-      });
-      await new Promise<void>((resolve) => plain.listen(0, "127.0.0.1", resolve));
-      impostor = { port: (plain.address() as { port: number }).port, close: () => new Promise<void>((resolve) => plain.close(() => resolve())) };
+      impostor = await startPlainTextImpostor();
     } else if (code === "E_CA_UNTRUSTED") {
       const otherDir = join(work, "ca-impostor");
       await initAnchors({ dir: otherDir, trustDomain: TD, now: new Date() });
@@ -292,12 +287,7 @@ describe("CA-backed workload identity", () => {
     const bundlePem = readFileSync(join(caDir, "bundle.pem"), "utf8");
     let impostor: { port: number; close(): Promise<void> };
     if (code === "E_CA_NOT_TLS") {
-      const plain = createNetServer((socket) => {
-        socket.on("error", () => undefined);
-        socket.once("data", () => socket.end("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"));
-      });
-      await new Promise<void>((resolve) => plain.listen(0, "127.0.0.1", resolve));
-      impostor = { port: (plain.address() as { port: number }).port, close: () => new Promise<void>((resolve) => plain.close(() => resolve())) };
+      impostor = await startPlainTextImpostor();
     } else {
       // A server certificate made with the openssl CLI (a TLS server certificate, signed by its own key).
       const dir = mkdtempSync(join(work, "self-signed-"));
@@ -761,3 +751,13 @@ describe("a lagging CA replica across an issuer change (rotate-issuer --now)", (
     expect(issuerOfChain(web.current()!.svid.certChainPem)).toBe(newIssuer);
   });
 });
+
+/** A plain-text server at "the CA's address": answers any bytes with an HTTP 400 and closes. */
+async function startPlainTextImpostor(): Promise<{ port: number; close(): Promise<void> }> {
+  const plain = createNetServer((socket) => {
+    socket.on("error", () => undefined);
+    socket.once("data", () => socket.end("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"));
+  });
+  await new Promise<void>((resolve) => plain.listen(0, "127.0.0.1", resolve));
+  return { port: (plain.address() as { port: number }).port, close: () => new Promise<void>((resolve) => plain.close(() => resolve())) };
+}
