@@ -240,6 +240,13 @@ const UNTRUSTED_CODES = new Set([
   "DEPTH_ZERO_SELF_SIGNED_CERT",
   "CERT_SIGNATURE_FAILURE",
 ]);
+/**
+ * OpenSSL's verdicts on a certificate that may not serve TLS here although it may chain: a root or
+ * issuer certificate presented as a server's (INVALID_PURPOSE: "unsuitable certificate purpose"),
+ * a client-only certificate, a CA that may not sign, a path too long. Not "unreachable": who
+ * answered is not the CA's API.
+ */
+const UNSUITABLE_CODES = new Set(["INVALID_PURPOSE", "INVALID_CA", "CERT_UNTRUSTED", "CERT_REJECTED", "PATH_LENGTH_EXCEEDED"]);
 /** What a TLS client reads when the server answers a ClientHello in plain text (HTTP, Redis, …). */
 const NOT_TLS_CODES = new Set(["ERR_SSL_WRONG_VERSION_NUMBER", "ERR_SSL_PACKET_LENGTH_TOO_LONG", "ERR_SSL_UNKNOWN_PROTOCOL", "ERR_SSL_HTTP_REQUEST"]);
 
@@ -257,6 +264,13 @@ export function handshakeError(error: unknown, address: string): MeshwardError |
       return aboutWhoAnswered(new MeshwardError(
         "E_CA_UNTRUSTED",
         `the CA at ${address} presented a certificate that does not chain to the trust bundle (${(e as Error).message}): give the bundle.pem of this CA (the CA directory's bundle.pem, or what 'meshward cert issue' wrote)`,
+        { cause: e },
+      ));
+    }
+    if (UNSUITABLE_CODES.has(code)) {
+      return aboutWhoAnswered(new MeshwardError(
+        "E_CA_UNTRUSTED",
+        `the CA at ${address} presented a certificate it may not use as a TLS server (${(e as Error).message}): is this the CA's API port? The CA serves its own serving certificate, never its root or issuer certificate`,
         { cause: e },
       ));
     }

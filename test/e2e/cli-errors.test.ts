@@ -1,6 +1,7 @@
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { createServer as createTlsServer } from "node:tls";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -86,6 +87,27 @@ describe("the CLI names a user's mistake (real processes)", () => {
     // The handshake failed before attestation: the same token still works with the right bundle.
     const right = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", join(caDir, "bundle.pem"), "--token", t, "--out", join(work, "right-bundle")]);
     expect(right.code, right.stderr).toBe(0);
+  });
+
+  // A TLS server at the CA's address presenting the CA's own root certificate (and key): it chains
+  // (it is the trusted root) but may not serve TLS, and OpenSSL says INVALID_PURPOSE ("unsuitable
+  // certificate purpose"). It read "unreachable" (E_CA_UNAVAILABLE), and the identity waited on it.
+  it("item 9: a TLS server presenting the CA's root certificate is refused as E_CA_UNTRUSTED, not 'unreachable', and the token is not spent", async () => {
+    const rootServer = createTlsServer({ cert: readFileSync(join(caDir, "root.pem")), key: readFileSync(join(caDir, "root.key")) }, (socket) => socket.end());
+    rootServer.on("tlsClientError", () => undefined);
+    await new Promise<void>((resolve) => rootServer.listen(0, "127.0.0.1", resolve));
+    try {
+      const t = await token();
+      const address = `127.0.0.1:${(rootServer.address() as AddressInfo).port}`;
+      const r = await runCli(["cert", "issue", "--ca", address, "--bundle", join(caDir, "bundle.pem"), "--token", t, "--out", join(work, "root-server")]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/presented a certificate it may not use as a TLS server \(unsuitable certificate purpose\).*\[E_CA_UNTRUSTED\]/);
+      expect(r.stderr).not.toMatch(/unreachable|    at /);
+      const right = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", join(caDir, "bundle.pem"), "--token", t, "--out", join(work, "root-server-right")]);
+      expect(right.code, right.stderr).toBe(0);
+    } finally {
+      await new Promise((resolve) => rootServer.close(resolve));
+    }
   });
 
   it("item 9: a plain HTTP port is 'not a TLS server', not 'unreachable'", async () => {
