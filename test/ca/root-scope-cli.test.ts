@@ -35,7 +35,9 @@ const EXTENSIONS = [
   "",
 ].join("\n");
 
-describe("importing a root: refused unless it confines identities to the trust domain, or --trust-every-ca-under-root", { timeout: 180_000 }, () => {
+// The cases share only the PKI made below (read, never written) and run concurrently, each in its
+// own CA directories; their time is CLI processes starting one after another.
+describe("importing a root: refused unless it confines identities to the trust domain, or --trust-every-ca-under-root", { timeout: 180_000, concurrent: true }, () => {
   const work = mkdtempSync(join(tmpdir(), "meshward-root-scope-"));
   const p = (name: string) => join(work, name);
   const cleanups: (() => Promise<unknown> | unknown)[] = [];
@@ -101,7 +103,13 @@ describe("importing a root: refused unless it confines identities to the trust d
       .filter((line) => line.event === "root-trusts-every-ca");
 
   it("ca init refuses an organisation root without URI name constraints, says why and both ways out, and writes nothing", async () => {
-    const r = await init("refused", "org-root", "meshward-issuer.pem", "meshward-issuer");
+    // Four independent refusals, run at once; each must leave its directory unwritten.
+    const [r, mid, two, stray] = await Promise.all([
+      init("refused", "org-root", "meshward-issuer.pem", "meshward-issuer"),
+      init("refused-mid", "org-root", "mid-issuer-chain.pem", "mid-issuer"),
+      init("refused-two", "two-domain-root", "two-domain-issuer.pem", "two-domain-issuer"),
+      runCli(["ca", "init", "--trust-domain", TD, "--dir", p("stray-flag"), "--trust-every-ca-under-root"]),
+    ]);
     expectRefused(r, "E_ROOT_UNCONSTRAINED", /--root-cert "O=Example Org, CN=org-root" does not confine identities to spiffe:\/\/a\.test: it has no nameConstraints extension/);
     expect(r.stderr).toMatch(/every CA this root has signed or will sign .* could mint a certificate for any workload of a\.test, and sidecars and SDK peers would accept it/);
     expect(r.stderr).toMatch(/a permitted URI subtree "a\.test"; openssl: nameConstraints=critical,permitted;URI:a\.test/);
@@ -110,17 +118,15 @@ describe("importing a root: refused unless it confines identities to the trust d
     expect(existsSync(p("refused"))).toBe(false);
 
     // An intermediate confined to the trust domain does not help: CAs the root signs beside it are free.
-    const mid = await init("refused-mid", "org-root", "mid-issuer-chain.pem", "mid-issuer");
     expectRefused(mid, "E_ROOT_UNCONSTRAINED", /"O=Example Org, CN=mesh-intermediate" in the issuer chain is confined to a\.test, but that does not protect the mesh: the bundle holds the root/);
     expect(existsSync(p("refused-mid"))).toBe(false);
 
     // Constraints that also permit another trust domain's URIs do not confine it to this one.
-    const two = await init("refused-two", "two-domain-root", "two-domain-issuer.pem", "two-domain-issuer");
     expectRefused(two, "E_ROOT_UNCONSTRAINED", /its nameConstraints also permit URI names under "b\.test", not only "a\.test"/);
     expect(existsSync(p("refused-two"))).toBe(false);
 
     // The flag belongs to an import: a generated root has no other CA under it.
-    expectRefused(await runCli(["ca", "init", "--trust-domain", TD, "--dir", p("stray-flag"), "--trust-every-ca-under-root"]), "E_USAGE", /--trust-every-ca-under-root goes with an imported --root-cert/);
+    expectRefused(stray, "E_USAGE", /--trust-every-ca-under-root goes with an imported --root-cert/);
     expect(existsSync(p("stray-flag"))).toBe(false);
   });
 

@@ -32,7 +32,10 @@ const fingerprint = (path: string) => new X509Certificate(readFileSync(path)).fi
 /** What no finished step may leave in the directory: staged pairs, temp files, the lock. */
 const leftovers = (dir: string) => readdirSync(dir).filter((name) => name.startsWith(".") || name.includes(".pending."));
 
-describe("a rotation command interrupted at any file change leaves a CA that starts (real processes, injected faults)", { timeout: 300_000 }, () => {
+// Each case has its own CA directory under `work` and its own processes: they run concurrently
+// (vitest runs at most 5 at once). The time is the CLI processes starting, one after another
+// within a case; run one case at a time they left the second core idle.
+describe("a rotation command interrupted at any file change leaves a CA that starts (real processes, injected faults)", { timeout: 300_000, concurrent: true }, () => {
   const work = mkdtempSync(join(tmpdir(), "meshward-rotation-crash-"));
   afterAll(() => rmSync(work, { recursive: true, force: true }));
 

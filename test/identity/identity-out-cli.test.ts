@@ -16,7 +16,11 @@ import { normalizeSerial } from "../../src/tls/verify.ts";
  * leaf cut short by the issuer's expiry has a 60 s floor, src/ca/issuer.ts), real processes
  * (issue 15, items 1 and 4).
  */
-describe("meshward identity --out (real processes, 20 s certificates)", () => {
+// The tests are independent (each its own token, app id and directories under `work`) and run
+// concurrently against the one CA: most of their time is waiting for renewals (item 1, readiness)
+// or for the CA to re-read revocations, and that waiting overlaps. The two that wait for renewals
+// come first, so that they are in the first batch (vitest runs at most 5 at once).
+describe.concurrent("meshward identity --out (real processes, 20 s certificates)", () => {
   const work = mkdtempSync(join(tmpdir(), "meshward-identity-out-"));
   const caDir = join(work, "ca");
   const bundle = join(caDir, "bundle.pem");
@@ -81,6 +85,43 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     expect(events(id, "identity-stopping")).toMatchObject([{ signal: "SIGTERM" }]);
     const lines = (id.stdout() + id.stderr()).trim().split("\n");
     expect(JSON.parse(lines.at(-1)!)).toMatchObject({ event: "stopped", msg: "identity stopped" });
+  }, 90_000);
+
+  it("readiness fails with a 'files' check while renewed files cannot be written, and recovers when they can", async () => {
+    // Found by review (stop 42): a write failing at every renewal left /readyz green while nginx or
+    // PostgreSQL kept serving the old, expiring certificate from --out.
+    const out = join(work, "unwritable");
+    const id = await startCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", await token("files"), "--out", out, "--status", "127.0.0.1:0"], /identity ready: (\S+) .* status=(\S+)/);
+    running.push(id);
+    const statusAddress = id.match[2] as string;
+    const readyz = async () => {
+      const res = await fetch(`http://${statusAddress}/readyz`);
+      return { status: res.status, body: (await res.json()) as { checks: Record<string, { ok: boolean; detail: string }> } };
+    };
+    const healthy = await readyz();
+    expect(healthy.status).toBe(200);
+    expect(healthy.body.checks.files).toEqual({ ok: true, detail: `${join(out, "cert.pem")} holds the current certificate` });
+
+    // rename(2) cannot replace a non-empty directory: the next renewal's write fails, and is retried.
+    const first = serialOf(out);
+    rmSync(join(out, "cert.pem"));
+    mkdirSync(join(out, "cert.pem", "blocker"), { recursive: true });
+    const until = async (status: number, what: string) => {
+      for (const deadline = Date.now() + 30_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 100))) {
+        const r = await readyz();
+        if (r.status === status) return r;
+      }
+      throw new Error(`timed out waiting for ${what}`);
+    };
+    const failing = await until(503, "readiness to fail at the renewal");
+    expect(failing.body.checks.files!.ok).toBe(false);
+    expect(failing.body.checks.files!.detail).toMatch(/^cannot write the identity files in .*unwritable.*retrying in (less than a second|\d+ seconds?|\d+ minutes?( \d+ seconds?)?): they hold the previous certificate$/);
+    expect(failing.body.checks.identity!.ok).toBe(true);
+
+    rmSync(join(out, "cert.pem"), { recursive: true });
+    await until(200, "readiness to recover once the write succeeds");
+    expect(serialOf(out)).not.toBe(first);
+    expect(await id.stop()).toBe(0);
   }, 90_000);
 
   it("item 4: a restart with a valid certificate in --out renews with it: the spent token, or no token at all", async () => {
@@ -174,13 +215,16 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     try {
       const out = join(work, "key-is-a-dir");
       mkdirSync(join(out, "key.pem"), { recursive: true, mode: 0o700 });
-      const issue = await runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", out]);
+      // Independent refusals (none may reach the CA), run at once.
+      const [issue, status, sidecar] = await Promise.all([
+        runCli(["cert", "issue", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", out]),
+        runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(work, "status-busy"), "--status", busyAt]),
+        runCli(["sidecar", "--app-id", "local-errors", "--namespace", "jobs", "--ca", caAddress, "--bundle", bundle, "--token", t, "--app", "127.0.0.1:1", "--inbound", busyAt]),
+      ]);
       expect(issue.code).toBe(1);
       expect(issue.stderr).toMatch(/key\.pem there is a directory.*\[E_OUT_DIR\]/s);
-      const status = await runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(work, "status-busy"), "--status", busyAt]);
       expect(status.code).toBe(1);
       expect(status.stderr).toMatch(/the status endpoints cannot listen on 127\.0\.0\.1:\d+: the address is already in use.*\[E_LISTEN_FAILED\]/s);
-      const sidecar = await runCli(["sidecar", "--app-id", "local-errors", "--namespace", "jobs", "--ca", caAddress, "--bundle", bundle, "--token", t, "--app", "127.0.0.1:1", "--inbound", busyAt]);
       expect(sidecar.code).toBe(1);
       expect(sidecar.stderr).toMatch(/the inbound listener cannot listen on 127\.0\.0\.1:\d+: the address is already in use.*\[E_LISTEN_FAILED\]/s);
       for (const r of [issue, status, sidecar]) expect(r.stderr).not.toMatch(/\n\s+at |unexpected error|E_TOKEN/);
@@ -199,13 +243,16 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     writeFileSync(statusTokenFile, "a-status-token-of-enough-length\n", { mode: 0o600 });
     const sidecar = (inbound: string) =>
       runCli(["sidecar", "--app-id", "port-zero", "--namespace", "jobs", "--ca", caAddress, "--bundle", bundle, "--token", t, "--app", "127.0.0.1:1", "--inbound", inbound]);
-    const notHere = await sidecar("192.0.2.1:0");
+    // Independent refusals (none may reach the CA), run at once: the unresolvable name waits for the resolver.
+    const [notHere, unresolvable, status] = await Promise.all([
+      sidecar("192.0.2.1:0"),
+      sidecar("no-such-host.invalid:0"),
+      runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(work, "port-zero-id"), "--status", "192.0.2.1:0", "--status-token-file", statusTokenFile]),
+    ]);
     expect(notHere.code).toBe(1);
     expect(notHere.stderr).toMatch(/the inbound listener cannot listen on 192\.0\.2\.1:0: the address does not belong to this machine \[E_LISTEN_FAILED\]/);
-    const unresolvable = await sidecar("no-such-host.invalid:0");
     expect(unresolvable.code).toBe(1);
     expect(unresolvable.stderr).toMatch(/the inbound listener cannot listen on no-such-host\.invalid:0: the host name (does not resolve|could not be resolved).*\[E_LISTEN_FAILED\]/);
-    const status = await runCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", t, "--out", join(work, "port-zero-id"), "--status", "192.0.2.1:0", "--status-token-file", statusTokenFile]);
     expect(status.code).toBe(1);
     expect(status.stderr).toMatch(/the status endpoints cannot listen on 192\.0\.2\.1:0: the address does not belong to this machine \[E_LISTEN_FAILED\]/);
     for (const r of [notHere, unresolvable, status]) expect(r.stderr).not.toMatch(/\n\s+at |unexpected error|E_TOKEN|"event":"rotated"/);
@@ -266,40 +313,4 @@ describe("meshward identity --out (real processes, 20 s certificates)", () => {
     expect(statSync(socket).isSocket()).toBe(true);
     expect(await id.stop()).toBe(0);
   }, 60_000);
-  it("readiness fails with a 'files' check while renewed files cannot be written, and recovers when they can", async () => {
-    // Found by review (stop 42): a write failing at every renewal left /readyz green while nginx or
-    // PostgreSQL kept serving the old, expiring certificate from --out.
-    const out = join(work, "unwritable");
-    const id = await startCli(["identity", "--ca", caAddress, "--bundle", bundle, "--token", await token("files"), "--out", out, "--status", "127.0.0.1:0"], /identity ready: (\S+) .* status=(\S+)/);
-    running.push(id);
-    const statusAddress = id.match[2] as string;
-    const readyz = async () => {
-      const res = await fetch(`http://${statusAddress}/readyz`);
-      return { status: res.status, body: (await res.json()) as { checks: Record<string, { ok: boolean; detail: string }> } };
-    };
-    const healthy = await readyz();
-    expect(healthy.status).toBe(200);
-    expect(healthy.body.checks.files).toEqual({ ok: true, detail: `${join(out, "cert.pem")} holds the current certificate` });
-
-    // rename(2) cannot replace a non-empty directory: the next renewal's write fails, and is retried.
-    const first = serialOf(out);
-    rmSync(join(out, "cert.pem"));
-    mkdirSync(join(out, "cert.pem", "blocker"), { recursive: true });
-    const until = async (status: number, what: string) => {
-      for (const deadline = Date.now() + 30_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 100))) {
-        const r = await readyz();
-        if (r.status === status) return r;
-      }
-      throw new Error(`timed out waiting for ${what}`);
-    };
-    const failing = await until(503, "readiness to fail at the renewal");
-    expect(failing.body.checks.files!.ok).toBe(false);
-    expect(failing.body.checks.files!.detail).toMatch(/^cannot write the identity files in .*unwritable.*retrying in (less than a second|\d+ seconds?|\d+ minutes?( \d+ seconds?)?): they hold the previous certificate$/);
-    expect(failing.body.checks.identity!.ok).toBe(true);
-
-    rmSync(join(out, "cert.pem"), { recursive: true });
-    await until(200, "readiness to recover once the write succeeds");
-    expect(serialOf(out)).not.toBe(first);
-    expect(await id.stop()).toBe(0);
-  }, 90_000);
 });
