@@ -5,7 +5,7 @@ import { describe, expect, it } from "vitest";
 import { parseAllDocuments } from "yaml";
 import { reviewAdmission } from "../../src/inject/admission.ts";
 import { validateK8sObjects } from "../helpers/k8s-schema.ts";
-import { injectedPod, plainPod, type Pod } from "../helpers/injected-pod.ts";
+import { injectedPod, plainPod, podUpdateReview, type Pod } from "../helpers/injected-pod.ts";
 
 // The webhooks' CEL matchConditions (deploy/kubernetes/base/injector.yaml, sidecar-guard.meshward.io)
 // checked offline, as there is no cluster here. An expression the API server cannot compile makes it
@@ -394,22 +394,7 @@ const SENT_ADMITTED: Sample[] = [
 ];
 
 /** An AdmissionReview v1 for an UPDATE of a Pod itself, as k8s.io/api/admission/v1 has it. */
-const review = (oldObject: Pod, object: Pod) => {
-  const kind = { group: "", version: "v1", kind: "Pod" };
-  const resource = { group: "", version: "v1", resource: "pods" };
-  return {
-    apiVersion: "admission.k8s.io/v1",
-    kind: "AdmissionReview",
-    request: {
-      uid: "0e0e0e0e-0000-0000-0000-000000000003",
-      kind, resource, requestKind: kind, requestResource: resource,
-      name: "orders-7d9f", namespace: "shop", operation: "UPDATE",
-      userInfo: { username: "dev@example.com", groups: ["system:authenticated"] },
-      object, oldObject, dryRun: false,
-      options: { kind: "UpdateOptions", apiVersion: "meta.k8s.io/v1" },
-    },
-  };
-};
+const review = (oldObject: Pod, object: Pod) => podUpdateReview("0e0e0e0e-0000-0000-0000-000000000003", oldObject, object);
 const injectorAllows = (oldObject: Pod, object: Pod): boolean =>
   reviewAdmission(review(oldObject, object), { options: { image: "meshward:0.1.0", caAddress: "ca:8443", audience: "meshward" } as never, ownNamespace: "meshward-system" }).response.allowed;
 

@@ -39,3 +39,40 @@ export const plainPod = (change: (pod: Pod) => void = () => {}): Pod =>
     change(pod);
   });
 
+
+/**
+ * An AdmissionReview v1 for an UPDATE of the pod `orders-7d9f` in `shop`, as k8s.io/api/admission/v1
+ * has it: of the Pod itself, or of its `ephemeralcontainers` subresource (`kind` the objects' kind:
+ * "Pod", or "EphemeralContainers" before Kubernetes 1.22). `request` overrides request fields.
+ */
+export const podUpdateReview = (
+  uid: string,
+  oldObject: unknown,
+  object: unknown,
+  options: { readonly subResource?: "ephemeralcontainers"; readonly kind?: "Pod" | "EphemeralContainers"; readonly request?: Record<string, unknown> } = {},
+) => {
+  const kind = { group: "", version: "v1", kind: options.kind ?? "Pod" };
+  const resource = { group: "", version: "v1", resource: "pods" };
+  const sub = options.subResource === undefined ? {} : { subResource: options.subResource, requestSubResource: options.subResource };
+  return {
+    apiVersion: "admission.k8s.io/v1",
+    kind: "AdmissionReview",
+    request: {
+      uid,
+      kind,
+      resource,
+      requestKind: kind,
+      requestResource: resource,
+      ...sub,
+      name: "orders-7d9f",
+      namespace: "shop",
+      operation: "UPDATE",
+      userInfo: { username: "dev@example.com", groups: ["system:authenticated"] },
+      object,
+      oldObject,
+      dryRun: false,
+      options: { kind: "UpdateOptions", apiVersion: "meta.k8s.io/v1" },
+      ...options.request,
+    },
+  };
+};

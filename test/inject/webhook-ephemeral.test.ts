@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { modelFor, validateK8sObjects } from "../helpers/k8s-schema.ts";
 import { useTestWebhook, type ReviewAnswer } from "../helpers/webhook.ts";
+import { podUpdateReview } from "../helpers/injected-pod.ts";
 
 // `kubectl debug` adds an ephemeral container through the pods/ephemeralcontainers subresource
 // (UPDATE); the container may mount any volume of the pod. The injector refuses one that mounts
@@ -37,30 +38,7 @@ const tokenMount = { name: "meshward-token", mountPath: "/t", readOnly: true };
 const review = (shape: "Pod" | "EphemeralContainers", added: unknown[], old: unknown[] = [], request: Record<string, unknown> = {}) => {
   const object = (list: unknown[]) =>
     shape === "Pod" ? injectedPod(list) : { apiVersion: "v1", kind: "EphemeralContainers", metadata: { name: "orders-7d9f", namespace: "shop" }, ephemeralContainers: list };
-  const kind = { group: "", version: "v1", kind: shape };
-  const resource = { group: "", version: "v1", resource: "pods" };
-  return {
-    apiVersion: "admission.k8s.io/v1",
-    kind: "AdmissionReview",
-    request: {
-      uid: UID,
-      kind,
-      resource,
-      subResource: "ephemeralcontainers",
-      requestKind: kind,
-      requestResource: resource,
-      requestSubResource: "ephemeralcontainers",
-      name: "orders-7d9f",
-      namespace: "shop",
-      operation: "UPDATE",
-      userInfo: { username: "dev@example.com", groups: ["system:authenticated"] },
-      object: object([...old, ...added]),
-      oldObject: object(old),
-      dryRun: false,
-      options: { kind: "UpdateOptions", apiVersion: "meta.k8s.io/v1" },
-      ...request,
-    },
-  };
+  return podUpdateReview(UID, object(old), object([...old, ...added]), { subResource: "ephemeralcontainers", kind: shape, request });
 };
 
 describe("admission webhook: ephemeral containers (pods/ephemeralcontainers) never reach the sidecar's token", () => {

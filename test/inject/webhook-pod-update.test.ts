@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { validateK8sObjects } from "../helpers/k8s-schema.ts";
 import { useTestWebhook, type ReviewAnswer } from "../helpers/webhook.ts";
-import { injectedPod, plainPod, type Pod } from "../helpers/injected-pod.ts";
+import { injectedPod, plainPod, podUpdateReview, type Pod } from "../helpers/injected-pod.ts";
 
 // A pods UPDATE (`kubectl set image pod/orders-7d9f meshward=…`, `kubectl edit`) may change a running
 // pod's container images, the sidecar's included: a new image would run with the workload's token
@@ -15,30 +15,7 @@ const UID = "0e0e0e0e-0000-0000-0000-000000000002";
 
 
 /** An AdmissionReview v1 for an UPDATE of a Pod itself, as k8s.io/api/admission/v1 has it. */
-const review = (oldObject: unknown, object: unknown, request: Record<string, unknown> = {}) => {
-  const kind = { group: "", version: "v1", kind: "Pod" };
-  const resource = { group: "", version: "v1", resource: "pods" };
-  return {
-    apiVersion: "admission.k8s.io/v1",
-    kind: "AdmissionReview",
-    request: {
-      uid: UID,
-      kind,
-      resource,
-      requestKind: kind,
-      requestResource: resource,
-      name: "orders-7d9f",
-      namespace: "shop",
-      operation: "UPDATE",
-      userInfo: { username: "dev@example.com", groups: ["system:authenticated"] },
-      object,
-      oldObject,
-      dryRun: false,
-      options: { kind: "UpdateOptions", apiVersion: "meta.k8s.io/v1" },
-      ...request,
-    },
-  };
-};
+const review = (oldObject: unknown, object: unknown, request: Record<string, unknown> = {}) => podUpdateReview(UID, oldObject, object, { request });
 
 describe("admission webhook: a pods UPDATE never changes the sidecar or reaches its token", () => {
   const { post } = useTestWebhook();
