@@ -184,16 +184,18 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
     warnings.warn(`client-error|${reason}`, { event: "client-error", reason, remote: socket?.remoteAddress, err: detail }, "refused a malformed, ambiguous or slow request from the app");
   };
   // Resolution is pure (table or template): cache it per name and source, bounded.
-  const resolved = new Map<string, RouteResult>();
+  // One map per source (a Host is matched ignoring case, dapr-app-id exactly): no key built per request.
+  const resolvedByHost = new Map<string, RouteResult>();
+  const resolvedByAppId = new Map<string, RouteResult>();
   const route = (headers: Record<string, unknown>): { name: string | undefined; target: PeerTarget | undefined; ambiguous?: readonly string[] | undefined } => {
     const named = targetName(headers);
     if (named === undefined) return { name: undefined, target: undefined };
-    const key = (named.fromHost ? "h:" : "a:") + named.name;
-    let result = resolved.get(key);
+    const resolved = named.fromHost ? resolvedByHost : resolvedByAppId;
+    let result = resolved.get(named.name);
     if (result === undefined) {
       if (resolved.size >= 1024) resolved.clear();
       result = resolveRoute(options.directory, named.name, named.fromHost);
-      resolved.set(key, result);
+      resolved.set(named.name, result);
     }
     return { name: named.name, target: result.target, ambiguous: result.ambiguous };
   };
