@@ -201,8 +201,3 @@ export function targetName(headers: IncomingHttpHeaders | Record<string, unknown
   if (typeof host !== "string" || host === "") return undefined;
   return { name: host.startsWith("[") ? host : host.replace(/:\d+$/, ""), fromHost: true };
 }
-
-/** targetName's name alone (as given: the Host's spelling too). */
-export function targetAppId(headers: IncomingHttpHeaders | Record<string, unknown>): string | undefined {
-  return targetName(headers)?.name;
-}

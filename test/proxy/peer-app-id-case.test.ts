@@ -2,11 +2,9 @@ import { request as httpRequest } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startHttpApp, type HttpApp } from "../helpers/app-servers.ts";
 import { metricValue, startMeshCa, startTestSidecar, type MeshCa, type TestSidecarWithApp } from "./fixtures.ts";
-import { targetAppId } from "../../src/proxy/headers.ts";
+import { targetName } from "../../src/proxy/headers.ts";
 import { checkOutboundHost, compileOutboundHosts } from "../../src/proxy/outbound-host.ts";
-import * as peers from "../../src/proxy/peers.ts";
-import { resolvePeer } from "../../src/proxy/peers.ts";
-import * as headers from "../../src/proxy/headers.ts";
+import { resolvePeer, resolveRoute, type PeerDirectory, type RouteResult } from "../../src/proxy/peers.ts";
 import { compileMatcher } from "../../src/spiffe/match.ts";
 
 // App ids are case-sensitive: SPIFFE IDs compare case-sensitively, the CA issues mixed-case app ids
@@ -18,13 +16,13 @@ describe("outbound routing keeps the app id's case", () => {
   const directory = { trustDomain: "example.test", namespace: "shop", peers: { Orders: "127.0.0.1:4001", orders: "127.0.0.1:4002" }, peerPort: 3501 };
 
   it("dapr-app-id and Host name the app in the case given", () => {
-    expect(targetAppId({ "dapr-app-id": " Orders " })).toBe("Orders");
-    expect(targetAppId({ host: "Orders:3500" })).toBe("Orders");
-    expect(targetAppId({ ":authority": "Orders.Shop" })).toBe("Orders.Shop");
+    expect(targetName({ "dapr-app-id": " Orders " })?.name).toBe("Orders");
+    expect(targetName({ host: "Orders:3500" })?.name).toBe("Orders");
+    expect(targetName({ ":authority": "Orders.Shop" })?.name).toBe("Orders.Shop");
   });
 
   it("a call to Orders expects spiffe://…/Orders, at Orders' address; orders stays another app", () => {
-    const upper = resolvePeer(directory, targetAppId({ "dapr-app-id": "Orders" })!)!;
+    const upper = resolvePeer(directory, targetName({ "dapr-app-id": "Orders" })!.name)!;
     expect(upper).toMatchObject({ appId: "Orders", namespace: "shop", host: "127.0.0.1", port: 4001, expectedId: "spiffe://example.test/ns/shop/Orders" });
     const accepts = compileMatcher(upper.expectedId);
     expect(accepts("spiffe://example.test/ns/shop/Orders")).toBe(true);
@@ -50,13 +48,9 @@ describe("outbound routing keeps the app id's case", () => {
 // lower-cases it, curl keeps it): routing by Host matches the peer table ignoring case, and the
 // expected SPIFFE ID is the matched entry's own app id, never the Host's spelling. dapr-app-id stays exact.
 describe("outbound routing by Host ignores letter case; by dapr-app-id it is exact", () => {
-  type Route = { target: { appId: string; namespace: string; port: number; expectedId: string } | undefined; ambiguous?: readonly string[] };
-  const route = (directory: object, request: Record<string, string>): Route => {
-    const named = (headers as unknown as { targetName?: (h: Record<string, string>) => { name: string; fromHost: boolean } | undefined }).targetName;
-    const resolve = (peers as unknown as { resolveRoute?: (d: object, name: string, fromHost: boolean) => Route }).resolveRoute;
-    if (named === undefined || resolve === undefined) throw new Error("no case-insensitive Host routing (targetName / resolveRoute)");
-    const name = named(request)!;
-    return resolve(directory, name.name, name.fromHost);
+  const route = (directory: PeerDirectory, request: Record<string, string>): RouteResult => {
+    const name = targetName(request)!;
+    return resolveRoute(directory, name.name, name.fromHost);
   };
   const lower = { trustDomain: "example.test", namespace: "shop", peers: { orders: "127.0.0.1:4002", "billing.finance": "127.0.0.1:4003" }, peerPort: 3501 };
   const mixed = { trustDomain: "example.test", namespace: "shop", peers: { MyBackEnd: "127.0.0.1:4005" }, peerPort: 3501 };
