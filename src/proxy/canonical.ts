@@ -287,15 +287,6 @@ function isOverrideField(name: string): boolean {
   return (n === 22 || n === 13 || n === 17) && METHOD_OVERRIDE_FIELDS.has(cgiFieldName(name.toLowerCase()));
 }
 
-/** Why a request with a method-override field is refused (names as received), or undefined. */
-export function methodOverrideProblem(rawHeaders: readonly string[]): string | undefined {
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    const name = rawHeaders[i]!;
-    if (isOverrideField(name)) return overrideFieldRefusal(name);
-  }
-  return undefined;
-}
-
 const overrideFieldRefusal = (name: string): string => `a ${name.toLowerCase()} field, which frameworks read as the request's method: send the method itself`;
 
 /**

@@ -1,7 +1,7 @@
 /**
  * Request trailers on the way to the app: a method-override field in an HTTP/1.1 chunked trailer
  * section is refused as it is in the head (X-HTTP-Method-Override and the other spellings
- * methodOverrideProblem reads: a framework that merges trailers into the headers, such as Apache
+ * requestFieldsProblem reads: a framework that merges trailers into the headers, such as Apache
  * httpd with `MergeTrailers On`, would run another method than the one the policy judged);
  * ordinary trailers still reach the app. HTTP/2 request trailers are not passed on at all, to an
  * HTTP/1.1 app (the h2→h1 bridge) or to an h2c app (gRPC).
