@@ -39,7 +39,7 @@ describe.each(["ES256", "EdDSA"] as const)("JWT-SVIDs signed %s", (algorithm) =>
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), "meshward-jwt-e2e-"));
     caDir = join(work, "ca");
-    goCheck = await buildGoCheck(join(work, "go"));
+    goCheck = await buildGoCheck();
     expect((await runCli(["ca", "init", "--trust-domain", "public", "--dir", caDir, "--key-type", algorithm === "EdDSA" ? "ed25519" : "ec-p256"])).code).toBe(0);
     anchors = readFileSync(join(caDir, "bundle.pem"), "utf8");
     writeFileSync(join(work, "ca.yaml"), `jwtSvid:\n  algorithm: ${algorithm}\n  ttl: 30m\n`);
