@@ -801,7 +801,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         daprTrustBundle: () => daprSync?.status(),
       });
       const routes = createStatusRoutes(provider, statusToken === undefined ? {} : { token: statusToken }).routes;
-      ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics: telemetry, health, extraRoutes: routes, logger });
+      ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics: telemetry, health, extraRoutes: routes, logger, maxConnections: config.statusMaxConnections, maxConnectionsPerAddress: config.statusMaxConnectionsPerAddress });
       status = await ops.start();
     } catch (error) {
       await stop(0);

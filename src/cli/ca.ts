@@ -52,6 +52,8 @@ export function registerCaCommand(program: Command): void {
     .option("--handshake-timeout <duration>", "close an API connection that has not completed its TLS handshake in this long (default: 10s)")
     .option("--max-connections <n>", "API connections open at once, from all callers; more are closed on accept (default: 4096)")
     .option("--max-connections-per-address <n>", "API connections open at once from one source IP address; more are closed on accept (default: 256)")
+    .option("--status-max-connections <n>", "status-port connections open at once, from everyone; more are reset on accept (default: 64)")
+    .option("--status-max-connections-per-address <n>", "status-port connections open at once from one source IP address (default: 16)")
     .option("--dapr-trust-bundle-namespace <ns>", "in a cluster: keep Dapr's dapr-trust-bundle ConfigMap in this namespace (Dapr's control plane, e.g. dapr-system) equal to the CA's trust bundle through the Kubernetes API, at start and at every root rotation step (needs the RBAC of deploy/kubernetes/components/dapr-trust-bundle; off by default)")
     .addOption(logFormatOption())
     .addOption(logLevelOption())

@@ -155,6 +155,21 @@ export const caConfigSchema = z
       .optional()
       .describe("Serve the status page (/), /metrics, /healthz and /readyz over plain HTTP on this HOST:PORT (off by default)."),
     statusTokenFile: z.string().min(1).optional().describe("File holding the status page token (at least 16 characters; the file readable by its owner only, mode 0600, else E_KEY_PERMISSIONS); required when status is not on loopback (or MESHWARD_STATUS_TOKEN)."),
+    // The defaults are telemetry/health.ts's DEFAULT_STATUS_MAX_CONNECTIONS(_PER_ADDRESS) (config imports no telemetry).
+    statusMaxConnections: z
+      .number()
+      .int()
+      .min(1)
+      .max(100_000)
+      .default(64)
+      .describe("Connections the status port keeps open at once, from everyone; more are reset on accept and counted in meshward_status_connections_refused_total. Probes and a Prometheus scrape need a handful. A connection has 5 s to send a complete request head, then it is closed."),
+    statusMaxConnectionsPerAddress: z
+      .number()
+      .int()
+      .min(1)
+      .max(100_000)
+      .default(16)
+      .describe("Status-port connections open at once from one source IP address; more are reset on accept."),
     store: z.string().optional().describe("Store URL: sqlite:/path/ca.db (default: <dir>/ca.db) or postgres://…"),
     workloadTtl: duration("workload TTL", { text: MIN_WORKLOAD_TTL, why: "workloads renew at half of it; under a minute is for testing rotation only, production uses hours" })
       .default(parseDuration("24h"))

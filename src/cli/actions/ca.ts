@@ -478,6 +478,8 @@ const CA_SERVE_FLAGS: Readonly<Record<string, string>> = {
   handshakeTimeout: "--handshake-timeout",
   maxConnections: "--max-connections",
   maxConnectionsPerAddress: "--max-connections-per-address",
+  statusMaxConnections: "--status-max-connections",
+  statusMaxConnectionsPerAddress: "--status-max-connections-per-address",
   daprTrustBundle: "--dapr-trust-bundle-namespace",
 };
 
@@ -497,6 +499,8 @@ function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
     handshakeTimeout: opts.handshakeTimeout,
     maxConnections: wholeNumber(opts.maxConnections, "--max-connections"),
     maxConnectionsPerAddress: wholeNumber(opts.maxConnectionsPerAddress, "--max-connections-per-address"),
+    statusMaxConnections: wholeNumber(opts.statusMaxConnections, "--status-max-connections"),
+    statusMaxConnectionsPerAddress: wholeNumber(opts.statusMaxConnectionsPerAddress, "--status-max-connections-per-address"),
   };
   if (opts.jwksFile !== undefined || opts.jwksUrl !== undefined) {
     flags.jwks = { jwksFile: opts.jwksFile, jwksUrl: opts.jwksUrl, issuer: opts.jwtIssuer, audience: opts.jwtAudience, mapping: opts.jwtMapping };
