@@ -115,13 +115,15 @@ async function newIssuer(root: Signer, trustDomain: string, now: Date, ttlMs: nu
  * prepare/activate`). Without it (`rotate-issuer --now`, the answer to a leaked key) the previous
  * one is dropped: its CRL is no longer published and its workloads renew within a bundle refresh,
  * as SPIRE's `localauthority x509 taint` makes agents rotate at once away from a tainted
- * authority. The issuer it drops is also recorded as retired (issuers-retired.json, root-crl.ts:
- * the root's CRL lists it until it expires), in the same unit as the new pair (AnchorFiles.writePair
+ * authority. Every issuer it drops is also recorded as retired (issuers-retired.json, root-crl.ts:
+ * the root's CRL lists it until it expires; the CA withdraws its JWT-SVID key): the one it replaces
+ * and the previous one in issuer.prev.*, if any (kept by an earlier ordinary rotation: its key was
+ * beside the leaked one). The record is written in the same unit as the new pair (AnchorFiles.writePair
  * `also`: in a directory the record is staged with the pair and put in place right after the new
  * key, so a crash leaves either the old issuer and no record or the new issuer and the record; in
- * the store, one transaction), whoever calls: the CLI or code. A retry after an interruption that
- * finds the new issuer already installed leaves issuer.prev.* and the record as they are (they
- * already hold the issuer this one replaced).
+ * the store, one transaction), whoever calls: the CLI or code, and issuer.prev.* is removed only
+ * after it. A retry after an interruption that finds the new issuer already installed records and
+ * removes an issuer.prev.* still there, and keeps the record of the issuer it replaced.
  */
 function installIssuer(files: AnchorFiles, layout: CaLayout, certPem: string, keyPem: string, keepPrevious: boolean, passphrase: string | undefined, now: Date): void {
   let retired: { path: string; content: string } | undefined;
@@ -130,22 +132,27 @@ function installIssuer(files: AnchorFiles, layout: CaLayout, certPem: string, ke
     if (currentCertPem !== certPem) {
       files.writePair({ path: layout.previousIssuerKey, content: sealedKeyPem(files.read(layout.issuerKey), passphrase) }, { path: layout.previousIssuerCert, content: currentCertPem });
     }
-  } else {
-    if (!keepPrevious) {
-      const replaced = replacedIssuer(files, layout, certPem);
-      if (replaced !== undefined) retired = { path: layout.retiredIssuers, content: retiredIssuersWith(files, layout, replaced, now) };
-    }
-    files.remove(layout.previousIssuerKey);
-    files.remove(layout.previousIssuerCert);
+    files.writePair({ path: layout.issuerKey, content: keyPem }, { path: layout.issuerCert, content: certPem });
+    return;
+  }
+  if (!keepPrevious) {
+    // Every issuer whose key this drops is retired: the one replaced and the previous one (issuer.prev.*,
+    // kept by an ordinary rotation), whose key sat beside the leaked one. Listed, the root CRL revokes
+    // it and the CA withdraws its JWT-SVID key (review rotation task 3: it stayed published up to the TTL).
+    const dropped = [replacedIssuer(files, layout.issuerCert, certPem), replacedIssuer(files, layout.previousIssuerCert, certPem)].filter((c): c is X509Certificate => c !== undefined);
+    if (dropped.length > 0) retired = { path: layout.retiredIssuers, content: retiredIssuersWith(files, layout, dropped, now) };
   }
   files.writePair({ path: layout.issuerKey, content: keyPem }, { path: layout.issuerCert, content: certPem }, retired);
+  // Removed once the new pair and the record are in place: a crash before leaves issuer.prev.* for the retry to record and remove.
+  files.remove(layout.previousIssuerKey);
+  files.remove(layout.previousIssuerCert);
 }
 
-/** The issuer in place that `certPem` replaces; undefined when it is the same one (a retry) or cannot be read (a damaged directory being repaired). */
-function replacedIssuer(files: AnchorFiles, layout: CaLayout, certPem: string): X509Certificate | undefined {
+/** The issuer in `path` (issuer.pem, issuer.prev.pem) that installing `certPem` drops; undefined when it is that one (a retry), absent or cannot be read (a damaged directory being repaired). */
+function replacedIssuer(files: AnchorFiles, path: string, certPem: string): X509Certificate | undefined {
   try {
-    if (!files.exists(layout.issuerCert)) return undefined;
-    const current = readCaCertificates(files, layout.issuerCert)[0];
+    if (!files.exists(path)) return undefined;
+    const current = readCaCertificates(files, path)[0];
     const next = certificatesFromPem(certPem)[0];
     return current === undefined || (next !== undefined && current.raw.equals(next)) ? undefined : current;
   } catch {
