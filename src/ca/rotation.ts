@@ -1,6 +1,6 @@
 import { createPublicKey, X509Certificate, type KeyObject } from "node:crypto";
 import { basename } from "node:path";
-import { MeshwardError } from "../errors.ts";
+import { isMeshwardError, MeshwardError } from "../errors.ts";
 import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
 import { assertIssuerUsable } from "./issuer-check.ts";
 import { readRetiredIssuers, retiredIssuersWith } from "./root-crl.ts";
@@ -387,7 +387,7 @@ export async function prepareRoot(options: PrepareRootOptions): Promise<X509Cert
     // from another CA's directory must not join the bundle as ours. Nothing is changed when refused.
     if (leftover !== undefined) refuseForeignLeftover(leftover, state.trustDomain, options.dir, layout);
     // A key an interrupted prepare of this CA wrote (the one ca.json records) is kept and used: the root published with it (if any) stays valid.
-    let privateKey = files.exists(layout.nextRootKey) ? readCaKey(files, layout.nextRootKey, options.passphrase) : undefined;
+    let privateKey = files.exists(layout.nextRootKey) ? readNextRootKey(files, layout, options.dir, options.passphrase) : undefined;
     // Never the current root's key (a copy an activate left; root.key holds it): that would be no rotation at all.
     if (privateKey !== undefined && keysMatch(privateKey, current.publicKey)) {
       files.remove(layout.nextRootKey);
@@ -469,6 +469,31 @@ function refuseForeignLeftover(root: X509Certificate, trustDomain: string, dir: 
       `Move ${cert} and ${key} (if present) out of ${dir} and run this command again: it then generates a new root. To rotate to that root on purpose, import it with --root-cert (its scope is then checked)`,
     { details: { dir, file: layout.nextRootCert, fingerprint: root.fingerprint256, trustDomain, reason: gap } },
   );
+}
+
+/**
+ * root.next.key as prepareRoot reads it. One the CA passphrase does not decrypt while it decrypts
+ * root.key was not sealed by this CA (every key this CA writes is sealed with that passphrase): it is
+ * refused as not this CA's (E_ROTATION_STATE) rather than as a wrong passphrase; nothing is changed.
+ */
+function readNextRootKey(files: AnchorFiles, layout: CaLayout, dir: string, passphrase: string | undefined): KeyObject {
+  try {
+    return readCaKey(files, layout.nextRootKey, passphrase);
+  } catch (error) {
+    if (passphrase === undefined || !isMeshwardError(error, "E_KEY_PASSPHRASE_WRONG")) throw error;
+    try {
+      readCaKey(files, layout.rootKey, passphrase);
+    } catch {
+      throw error; // the passphrase opens neither: it is the wrong one
+    }
+    const keyName = basename(layout.nextRootKey);
+    throw new MeshwardError(
+      "E_ROTATION_STATE",
+      `cannot take up what an interrupted 'meshward ca rotate-root prepare' left: ${keyName} is not sealed with this CA's passphrase (which opens ${basename(layout.rootKey)}), so no prepare of this CA wrote it (copied from another CA's directory?) and it is not used. Nothing was changed. ` +
+        `Move ${keyName} (and ${basename(layout.nextRootCert)}, if it is not this CA's) out of ${dir} (keep them if you need them) and run this command again: it then generates a new root`,
+      { details: { dir, file: layout.nextRootKey } },
+    );
+  }
 }
 
 /** What prepareRoot took up from an interrupted prepare (PrepareRootOptions.onResume). */

@@ -86,6 +86,26 @@ describe("rotate-root prepare and root.next.* it did not write (real processes)"
     expect(snapshot(dir)).toEqual(before);
   });
 
+  it("another CA's root.next.key sealed with its own passphrase: refused E_ROTATION_STATE as not this CA's (not 'wrong passphrase'), nothing changed", async () => {
+    const dir = join(work, "sealed");
+    const passphrase = "this CA's passphrase";
+    await initAnchors({ dir, trustDomain: TD, now: new Date(), passphrase });
+    const layout = caLayout(dir);
+    const otherDir = join(work, "sealed-other");
+    await initAnchors({ dir: otherDir, trustDomain: TD, now: new Date(), passphrase: "another passphrase" });
+    await prepareRoot({ dir: otherDir, now: new Date(), passphrase: "another passphrase" });
+    copyFileSync(caLayout(otherDir).nextRootKey, layout.nextRootKey);
+    copyFileSync(caLayout(otherDir).nextRootCert, layout.nextRootCert);
+    const before = snapshot(dir);
+    const refused = await runCli(["ca", "rotate-root", "prepare", "--dir", dir], { env: { MESHWARD_CA_PASSPHRASE: passphrase } });
+    expectRefused(refused, "E_ROTATION_STATE", /root\.next\.key is not sealed with this CA's passphrase \(which opens root\.key\)[\s\S]*Nothing was changed/);
+    expect(snapshot(dir)).toEqual(before);
+    // A wrong passphrase is still told as such.
+    const wrong = await runCli(["ca", "rotate-root", "prepare", "--dir", dir], { env: { MESHWARD_CA_PASSPHRASE: "not it" } });
+    expectRefused(wrong, "E_KEY_PASSPHRASE_WRONG", /the passphrase does not decrypt/);
+    expect(snapshot(dir)).toEqual(before);
+  });
+
   it("this CA's prepare killed after it wrote root.next.key, then another CA's files copied over it: refused, naming the key ca.json records; nothing changed", async () => {
     const dir = join(work, "over-own");
     await initAnchors({ dir, trustDomain: TD, now: new Date() });
