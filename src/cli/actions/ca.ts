@@ -8,7 +8,7 @@ import { loadYamlConfig } from "../../config/load.ts";
 import { caKeysEncrypted, caLayout, initAnchors, loadAnchors, readCaCertificates, readCaState } from "../../ca/anchors.ts";
 import { daprTrustAnchorsPem, daprTrustBundleManifests } from "../../ca/dapr-trust-bundle.ts";
 import type { AnchorFiles } from "../../ca/anchor-files.ts";
-import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../../ca/rotation.ts";
+import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer, type ResumedPrepare } from "../../ca/rotation.ts";
 import { howTrusted, rootScopeGap, rootsTrustingEveryCa, TRUST_EVERY_CA_FLAG } from "../../ca/root-scope.ts";
 import { withCaFiles, withCaStore } from "../store.ts";
 import type { Store } from "../../store/store.ts";
@@ -199,7 +199,9 @@ export async function caRotateRootPrepare(opts: OptionValues): Promise<void> {
   const importedRootPem = opts.rootCert !== undefined ? readCertificateFile(opts.rootCert, "--root-cert") : undefined;
   let note: string | undefined;
   let trustDomain = "";
+  let resumed: ResumedPrepare | undefined;
   const root = await withCaFiles(opts.dir, opts.store, async (files) => {
+    resumed = undefined;
     trustDomain = readCaState(opts.dir, files).trustDomain;
     // An imported root comes without a key: nothing is encrypted.
     if (importedRootPem === undefined) note = encryptionNote(opts.dir, files, passphrase);
@@ -209,16 +211,30 @@ export async function caRotateRootPrepare(opts: OptionValues): Promise<void> {
       now: new Date(),
       rootTtlMs,
       trustEveryCaUnderRoot: opts.trustEveryCaUnderRoot === true,
+      onResume: (found) => (resumed = found),
       ...withPassphrase(passphrase),
       ...(importedRootPem !== undefined ? { importedRootPem } : {}),
     });
   });
   if (note !== undefined) process.stderr.write(note);
+  if (resumed !== undefined) process.stderr.write(`meshward: ${resumedPrepareNote(resumed, root)}\n`);
   if (opts.trustEveryCaUnderRoot === true) process.stderr.write(trustEveryCaNote(rootScopeGap(root, trustDomain) !== undefined, root, trustDomain));
   process.stdout.write(
-    `prepared root ${root.fingerprint256} (valid until ${formatCertificateTime(new Date(root.validTo))}); the bundle now holds it beside the current root.\n` +
+    `prepared root ${root.fingerprint256} (valid until ${formatCertificateTime(new Date(root.validTo))})${resumed !== undefined ? ", finishing an interrupted prepare" : ""}; the bundle now holds it beside the current root.\n` +
       `Next, once every workload has fetched the new bundle (they refresh it every minute): meshward ca rotate-root activate --dir ${opts.dir}\n`,
   );
+}
+
+/** What `rotate-root prepare` says when it finishes an interrupted prepare instead of starting one. */
+export function resumedPrepareNote(resumed: ResumedPrepare, root: X509Certificate): string {
+  const what = resumed.rootKept
+    ? `kept its root ${root.fingerprint256} and its key (root.next.pem, root.next.key)`
+    : resumed.keyKept
+      ? "kept its key (root.next.key) and made the new root with it"
+      : "its key was gone, so a new root was generated";
+  const dropped = resumed.rootDropped !== undefined ? `; its root ${resumed.rootDropped}, whose key is gone, left the bundle` : "";
+  const how = resumed.recorded ? "the key matches the one ca.json records" : "ca.json records no key (an older meshward wrote it) and the bundle already held that root";
+  return `resumed an interrupted 'rotate-root prepare' (${how}): ${what}${dropped}`;
 }
 
 /** `meshward ca rotate-root activate`. */
