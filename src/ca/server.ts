@@ -27,7 +27,7 @@ import { inClusterApiServer, kubeApiConnection, type KubeApiConnection } from ".
 import { DAPR_TRUST_BUNDLE_SYNC_RESULTS, syncDaprTrustBundle, type DaprTrustBundleSync } from "./dapr-trust-bundle-sync.ts";
 import { CertificateAuthority, type ValidatorName } from "./authority.ts";
 import { CRL_VALIDITY_MS, CrlPublisher } from "./crl-publisher.ts";
-import { BUFFERED_REQUESTS, handleGrpc } from "./api/grpc.ts";
+import { BUFFERED_REQUESTS, handleGrpc, type GrpcRefusal } from "./api/grpc.ts";
 import { handleHttp } from "./api/http.ts";
 import { SECURE_OPTIONS } from "../tls/policy.ts";
 import { createCaMetrics } from "./metrics.ts";
@@ -51,7 +51,7 @@ import { createHealth, createOpsServer, type BoundAddress, type OpsServer } from
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { AddressSlots } from "../util/address-slots.ts";
 import { ConnectionGate, gatedListener, sourceAddress } from "../util/connection-gate.ts";
-import { requestBudget } from "../util/request-budget.ts";
+import { addressShare, HeldBudget } from "../util/held-budget.ts";
 import { enforceRequestDeadlines } from "../util/request-deadlines.ts";
 import { openFileLimit } from "../util/open-file-limit.ts";
 import { SignRateLimiter } from "./sign-rate-limit.ts";
@@ -177,7 +177,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
 
   const telemetry = createMetrics({ processMetrics: true });
   const registry = telemetry.registry;
-  const metrics = createCaMetrics(telemetry);
+  // meshward_ca_held_request_bytes reads the API's request budget (made with the API server, below) when scraped.
+  const metrics = createCaMetrics(telemetry, { heldRequestBytes: () => budget.used });
   const mesh = createMeshMetrics(telemetry);
   metrics.leader.set(leader ? 1 : 0);
   // Root CRLs (root-crl.ts): one per root whose key this CA holds, for OpenSSL's whole-chain CRL check.
@@ -412,7 +413,10 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     ALPNProtocols: ["h2", "http/1.1"],
     settings: { maxConcurrentStreams: MAX_CONCURRENT_STREAMS },
   });
-  const budget = requestBudget(config.maxRequestBytes * BUFFERED_REQUESTS);
+  // Each source address may hold its share of the budget (as of connections: 1/16 at the
+  // defaults, 1 MiB), at least one whole request: one address cannot leave the others E_CA_BUSY.
+  const requestBytes = config.maxRequestBytes * BUFFERED_REQUESTS;
+  const budget = new HeldBudget(requestBytes, addressShare(requestBytes, config.maxConnections, config.maxConnectionsPerAddress, config.maxRequestBytes + 5));
   // HTTP/1.1 callers come through the gated listener too, where Node's headersTimeout never
   // fires: a head (and a body, which the HTTP API never reads) gets requestTimeout to arrive.
   enforceRequestDeadlines(server, { headersMs: config.requestTimeout, bodyMs: config.requestTimeout });
@@ -426,6 +430,12 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     ...(jwtSvids !== undefined ? { jwtSvid: { discovery: () => jwtSvids.discovery(), jwks: () => jwtSvids.jwks({ privateKey: anchors.issuer.privateKey, serial: anchors.issuer.certificate.serialNumber }) } } : {}),
   };
   const streams = new AddressSlots(MAX_OPEN_STREAMS, MAX_OPEN_STREAMS_PER_ADDRESS);
+  /** A SignCertificate call refused before the authority saw it (request budget, size, deadlines): counted, logged per reason and address, shown on the status page. */
+  const grpcRefused = ({ reason, code, address }: { reason: GrpcRefusal; code: string; address: string }) => {
+    metrics.apiRequestsRefused.inc({ reason });
+    warnings.warn(`request-refused|${reason}|${address}`, { event: "request-refused", reason, code, peer: address }, "refused a SignCertificate call before attestation");
+    recorder.recordRefusal({ peer: address, reason: `request refused: ${code} (${reason})` });
+  };
   server.on("request", (req: Http2ServerRequest, res: Http2ServerResponse) => {
     if (req.httpVersion === "2.0") {
       const address = sourceAddress(req.socket.remoteAddress);
@@ -440,7 +450,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     }
     const isGrpc = req.httpVersion === "2.0" && (req.headers["content-type"] ?? "").startsWith("application/grpc");
     if (isGrpc) {
-      handleGrpc(req, res, authority, { maxRequestBytes: config.maxRequestBytes, budget, requestTimeoutMs: config.requestTimeout });
+      handleGrpc(req, res, authority, { maxRequestBytes: config.maxRequestBytes, budget, requestTimeoutMs: config.requestTimeout, onRefused: grpcRefused });
       return;
     }
     handleHttp(req, res, httpContext).catch((error) => {
