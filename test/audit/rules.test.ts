@@ -229,6 +229,20 @@ describe("rule details", () => {
     expect(audit("d.yaml", pod(dapr))).toEqual([]);
   });
 
+  it("MW-ACCESS-013 / MW-K8S-013: the sidecar settings (file or injector annotation) that forward field names with '_' or undecoded %2F, and not their stricter values", () => {
+    const base = "appId: web\nca: ca:8443\nbundle: b.pem\npolicy: p.yaml\n";
+    expect(audit("s.yaml", `${base}headersWithUnderscores: allow\nescapedSlashes: keep\n`)).toEqual(["MW-ACCESS-013@5:1", "MW-ACCESS-013@6:1"]);
+    expect(audit("s.yaml", `${base}headersWithUnderscores: drop\nescapedSlashes: unescape\n`)).toEqual([]);
+    expect(audit("s.yaml", `${base}headersWithUnderscores: reject\nescapedSlashes: reject\n`)).toEqual([]);
+    const pod = (annotations: string) =>
+      `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    metadata:\n      annotations:\n${annotations}    spec:\n      containers:\n        - name: web\n          image: web:1\n`;
+    const injected = '        meshward.io/inject: "true"\n        meshward.io/app-port: "8080"\n        meshward.io/config: web-policy\n';
+    expect(audit("d.yaml", pod(`${injected}        meshward.io/escaped-slashes: keep\n        meshward.io/headers-with-underscores: allow\n`))).toEqual(["MW-K8S-013@12:9", "MW-K8S-013@13:9"]);
+    expect(audit("d.yaml", pod(`${injected}        meshward.io/escaped-slashes: unescape\n        meshward.io/headers-with-underscores: drop\n`))).toEqual([]);
+    // No sidecar injected: the annotations configure nothing.
+    expect(audit("d.yaml", pod('        meshward.io/headers-with-underscores: allow\n'))).toEqual([]);
+  });
+
   it("MW-K8S-012: shareProcessNamespace, hostPID or a privileged container next to an injected meshward sidecar, as the injector refuses them", () => {
     const pod = (annotations: string, spec: string, container = "") =>
       `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    metadata:\n      annotations:\n${annotations}    spec:\n${spec}      containers:\n        - name: web\n          image: web:1\n${container}`;
