@@ -4,7 +4,9 @@
  * commander, both from the bundle users run (dist/bundle) and from the sources (tsx). Each
  * process runs with a recorder preloaded (test/helpers/record-modules.mjs) that lists what it
  * loaded; the bundle's chunks are read back to the modules in them through their source maps.
- * A command that runs does load its action, seen by the same recorder.
+ * A command that runs does load its action, seen by the same recorder. The short `ca`, `token`
+ * and `cert` commands load no more than they use: not the CA server (`ca serve` has a module of
+ * its own), nor undici, jose, pino, prom-client or pg (loaded when a postgres:// store is opened).
  */
 import { mkdtempSync, readFileSync, realpathSync, rmSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
@@ -33,6 +35,13 @@ const DEFINITIONS_MAY_LOAD = new Set([
   "src/config/sidecar-fields.ts",
   "src/inject/webhook-limits.ts",
 ]);
+
+/**
+ * Packages that only the long-running commands (`ca serve`, sidecar, identity), `status` (HTTP)
+ * or a postgres:// store need: `ca init`, `ca status`, `token create` load none of them (each
+ * cost ~0.03–0.06 s of CPU at every start, ~500 starts in the test suite).
+ */
+const SERVING_ONLY_PACKAGES = new Set(["undici", "pg", "pg-pool", "jose", "prom-client", "pino", "@opentelemetry/api", "@grpc/grpc-js", "yaml", "zod"]);
 
 interface Loaded {
   readonly result: CliResult;
@@ -125,6 +134,27 @@ describe("the CLI loads a command's code only when the command runs", () => {
         expect(audit.result.code).toBe(2);
         expect(audit.result.stderr).toBe("meshward: give at least one file or folder to audit, e.g. `meshward audit deploy/` [E_AUDIT_USAGE]\n");
         expectDefinitionsOnly(audit);
+      });
+
+      it("the short ca, token and cert commands load no CA server, HTTP client, JWT library, logger, metrics or PostgreSQL driver", async () => {
+        const dir = join(work, `ca-${from}`);
+        const init = await loaded(["ca", "init", "--trust-domain", "lazy.example", "--dir", dir], from);
+        expect(init.result.code, init.result.stderr).toBe(0);
+        const status = await loaded(["ca", "status", "--dir", dir], from);
+        expect(status.result.code, status.result.stderr).toBe(0);
+        expect(status.result.stdout).toMatch(/^trust domain lazy\.example /);
+        const token = await loaded(["token", "create", "--dir", dir, "--namespace", "ns", "--app-id", "app"], from);
+        expect(token.result.code, token.result.stderr).toBe(0);
+        for (const { packages, modules } of [init, status, token]) {
+          expect(packages.filter((pkg) => SERVING_ONLY_PACKAGES.has(pkg)), "packages only `ca serve`, the sidecar, `status` or a postgres:// store need").toEqual([]);
+          for (const module of ["src/cli/actions/ca-serve.ts", "src/ca/server.ts", "src/store/postgres.ts", "src/cli/logger.ts", "src/ca/dapr-trust-bundle.ts"]) expect(modules).not.toContain(module);
+        }
+        // A postgres:// store loads the driver when it is opened, and a failure to reach it reads as before.
+        const postgres = await loaded(["token", "create", "--dir", dir, "--namespace", "ns", "--app-id", "app", "--store", "postgres://meshward:s3cret@127.0.0.1:1/meshward"], from);
+        expect(postgres.result.code).toBe(1);
+        expect(postgres.result.stderr).toMatch(/^meshward: cannot reach PostgreSQL at postgres:\/\/meshward:\*\*\*@127\.0\.0\.1:1\/meshward .*\[E_STORE_OPEN\]\n$/);
+        expect(postgres.packages).toContain("pg");
+        expect(postgres.modules).toContain("src/store/postgres.ts");
       });
 
       it("a command that runs loads its action (what the recorder sees when there is one to see)", async () => {
