@@ -9,6 +9,8 @@
  * its own), nor undici, jose, pino, prom-client or pg (loaded when a postgres:// store is opened).
  */
 import { mkdtempSync, readFileSync, realpathSync, rmSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -145,7 +147,10 @@ describe("the CLI loads a command's code only when the command runs", () => {
         expect(status.result.stdout).toMatch(/^trust domain lazy\.example /);
         const token = await loaded(["token", "create", "--dir", dir, "--namespace", "ns", "--app-id", "app"], from);
         expect(token.result.code, token.result.stderr).toBe(0);
-        for (const { packages, modules } of [init, status, token]) {
+        const inspect = await loaded(["cert", "inspect", join(dir, "root.pem")], from);
+        expect(inspect.result.code, inspect.result.stderr).toBe(0);
+        expect(inspect.modules).not.toContain("src/cli/store.ts");
+        for (const { packages, modules } of [init, status, token, inspect]) {
           expect(packages.filter((pkg) => SERVING_ONLY_PACKAGES.has(pkg)), "packages only `ca serve`, the sidecar, `status` or a postgres:// store need").toEqual([]);
           for (const module of ["src/cli/actions/ca-serve.ts", "src/ca/server.ts", "src/store/postgres.ts", "src/cli/logger.ts", "src/ca/dapr-trust-bundle.ts"]) expect(modules).not.toContain(module);
         }
@@ -155,6 +160,28 @@ describe("the CLI loads a command's code only when the command runs", () => {
         expect(postgres.result.stderr).toMatch(/^meshward: cannot reach PostgreSQL at postgres:\/\/meshward:\*\*\*@127\.0\.0\.1:1\/meshward .*\[E_STORE_OPEN\]\n$/);
         expect(postgres.packages).toContain("pg");
         expect(postgres.modules).toContain("src/store/postgres.ts");
+      });
+
+      it("`status --ca` does not load undici; `status --status-url` loads it when it fetches", async () => {
+        // An HTTP server that answers 404, and a loopback port nothing listens on.
+        const server = await listening(createServer((_request, response) => response.writeHead(404).end()));
+        const closed = await listening(createServer());
+        const closedPort = (closed.address() as AddressInfo).port;
+        await new Promise((resolve) => closed.close(resolve));
+        try {
+          const dir = join(work, `status-${from}`);
+          expect((await runCli(["ca", "init", "--trust-domain", "lazy.example", "--dir", dir], { bin: bundle })).code).toBe(0);
+          const ca = await loaded(["status", "--ca", `127.0.0.1:${closedPort}`, "--bundle", join(dir, "bundle.pem")], from);
+          expect(ca.result.code).toBe(1);
+          expect(ca.result.stdout).toContain("E_CA_UNAVAILABLE");
+          expect(ca.packages).not.toContain("undici");
+          const feed = await loaded(["status", "--status-url", `http://127.0.0.1:${(server.address() as AddressInfo).port}`], from);
+          expect(feed.result.code).toBe(1);
+          expect(feed.result.stdout).toContain("unreachable: HTTP 404");
+          expect(feed.packages).toContain("undici");
+        } finally {
+          await new Promise((resolve) => server.close(resolve));
+        }
       });
 
       it("a command that runs loads its action (what the recorder sees when there is one to see)", async () => {
@@ -168,3 +195,10 @@ describe("the CLI loads a command's code only when the command runs", () => {
     });
   }
 });
+
+function listening(server: Server): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => resolve(server));
+  });
+}
