@@ -16,6 +16,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { runCli, type CliResult } from "../helpers/cli.ts";
+import { closedPort } from "../helpers/closed-port.ts";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const RECORDER = fileURLToPath(new URL("../helpers/record-modules.mjs", import.meta.url));
@@ -165,13 +166,11 @@ describe("the CLI loads a command's code only when the command runs", () => {
       it("`status --ca` does not load undici; `status --status-url` loads it when it fetches", async () => {
         // An HTTP server that answers 404, and a loopback port nothing listens on.
         const server = await listening(createServer((_request, response) => response.writeHead(404).end()));
-        const closed = await listening(createServer());
-        const closedPort = (closed.address() as AddressInfo).port;
-        await new Promise((resolve) => closed.close(resolve));
+        const down = await closedPort();
         try {
           const dir = join(work, `status-${from}`);
           expect((await runCli(["ca", "init", "--trust-domain", "lazy.example", "--dir", dir], { bin: bundle })).code).toBe(0);
-          const ca = await loaded(["status", "--ca", `127.0.0.1:${closedPort}`, "--bundle", join(dir, "bundle.pem")], from);
+          const ca = await loaded(["status", "--ca", `127.0.0.1:${down}`, "--bundle", join(dir, "bundle.pem")], from);
           expect(ca.result.code).toBe(1);
           expect(ca.result.stdout).toContain("E_CA_UNAVAILABLE");
           expect(ca.packages).not.toContain("undici");
