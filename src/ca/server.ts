@@ -142,7 +142,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       `the configuration names trust domain ${config.trustDomain} but ${options.dir} holds a CA for ${anchors.trustDomain}`,
     );
   }
-  const store = options.store ?? openCaStore(config.store ?? `sqlite:${anchors.layout.database}`, options.dir);
+  const store = options.store ?? (await openCaStore(config.store ?? `sqlite:${anchors.layout.database}`, options.dir));
   await store.migrate();
   // Several replicas on one PostgreSQL (issue 17): what changes after init is read from the store
   // (DIR may be read-only), one leader rotates and signs the CRL, the others follow.
@@ -851,10 +851,10 @@ function errorCode(error: unknown): string {
 }
 
 /** SQLite commits (one fsync per group commit) run on a writer thread so they never stall the API. */
-function openCaStore(url: string, caDirectory: string): Store {
+async function openCaStore(url: string, caDirectory: string): Promise<Store> {
   const location = parseStoreUrl(url);
   // A SQLite file is checked as the CA directory is (E_STORE_UNSAFE), its parents too when it is elsewhere.
-  return location.kind === "sqlite" ? openSqliteStore(location.path, { writerThread: true, caDirectory }) : openStore(url);
+  return location.kind === "sqlite" ? openSqliteStore(location.path, { writerThread: true, caDirectory }) : await openStore(url);
 }
 
 /**
