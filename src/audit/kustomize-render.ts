@@ -654,6 +654,37 @@ export function consumedBy(kustomization: string, directory: string): (file: str
   };
 }
 
+/**
+ * The regular files a kustomization loads as resources (file entries of `resources` and `bases`,
+ * through the local bases and components it names), as real paths: the only files kustomize
+ * writes a `config.kubernetes.io/origin` annotation for (accumulateFile). An origin naming any
+ * other file did not come from kustomize (a patch or transformer of the overlay set it).
+ */
+export function resourceFilesOf(kustomization: string): Set<string> {
+  const files = new Set<string>();
+  eachKustomization(kustomization, (_file, doc, folder) => {
+    for (const field of FILE_FIRST_FIELDS) {
+      for (const value of listField(doc, field)) {
+        const entry = asText(value).trim();
+        if (entry === "" || entry.includes("\n") || isRemoteEntry(entry, folder, field)) continue;
+        const path = resolve(folder, entry);
+        if (!isLocalFile(path)) continue;
+        try {
+          files.add(realpathSync(path));
+        } catch {
+          // Gone since: not a file kustomize loaded.
+        }
+      }
+    }
+  });
+  return files;
+}
+
+/** Whether `path` is `root` or under it (both real paths). */
+export function isInside(path: string, root: string): boolean {
+  return path === root || path.startsWith(root.endsWith(sep) ? root : root + sep);
+}
+
 /** The name findings in a rendered overlay are reported under: the overlay folder, then how it was rendered. */
 export function renderedName(directory: string): string {
   return join(directory, "(kubectl kustomize)");
