@@ -7,7 +7,7 @@ import { existsSync, readFileSync, realpathSync } from "node:fs";
 import { homedir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { readInputText } from "../util/read-input.ts";
-import { KUSTOMIZATION_FILES, consumedBy, isComponent, isInside, resourceFilesOf, kustomizationIn, namedKustomizationFolders, objectKey, renderAdvice, renderKustomization, renderedName } from "./kustomize-render.ts";
+import { KUSTOMIZATION_FILES, consumedBy, isComponent, isInside, outsideReferences, resourceFilesOf, kustomizationIn, namedKustomizationFolders, objectKey, renderAdvice, renderKustomization, renderedName } from "./kustomize-render.ts";
 import type { AuditResult, Corpus, DaprConfiguration, Finding, NodePath, ParseProblem, Position, Resource, Rule, SkippedFile, SourceDocument } from "./types.ts";
 import { parseYamlFile } from "./yaml-source.ts";
 import { asText, get } from "./shape.ts";
@@ -475,6 +475,20 @@ export function readPaths(paths: readonly string[], options: AuditOptions = {}):
   const walkedByReal = new Map(walked.files.map((file) => [realPath(file.file), file] as const));
   for (const { directory, kustomization } of overlays) {
     if (named.has(realPath(directory)) || isComponent(kustomization)) continue;
+    const root = auditRoot(directory, plain);
+    const outside = outsideReferences(kustomization, root);
+    if (outside.length > 0) {
+      const first = outside[0] as { file: string; field: string; reference: string };
+      const more = outside.length > 1 ? ` and ${outside.length - 1} more` : "";
+      read.problems.push({
+        file: kustomization,
+        line: 1,
+        column: 1,
+        kind: "kustomize",
+        message: `kustomize overlay not rendered (it names ${JSON.stringify(first.reference.slice(0, 200))} (${first.field} of ${first.file})${more}, outside the audited folder ${root}: not read; audit a folder that holds both); its files were audited one by one`,
+      });
+      continue;
+    }
     options.onRender?.(directory);
     const outcome = renderKustomization(directory, options.kubectl, { allowRemote: options.kustomizeRemote === true, origins: true });
     if (!outcome.ok) {
@@ -493,7 +507,6 @@ export function readPaths(paths: readonly string[], options: AuditOptions = {}):
     }
     read.rendered.push(directory);
     const covers = consumedBy(kustomization, directory);
-    const root = auditRoot(directory, plain);
     read.files.push({ file: renderedName(directory), text: outcome.text, format: "yaml", rendered: directory, origins: originTexts(outcome.origins, { kustomization, root, covers }, walkedByReal, maxFileBytes) });
     consumed.push(covers);
   }

@@ -274,6 +274,7 @@ function readKustomization(kustomization: string): Record<string, unknown> | und
     // `merge`: `<<: *anchor` keys are merged, as kustomize's YAML reader does (else a `resources`
     // list brought in by a merge key would go unseen here and still be fetched there).
     // A document with errors is not read at all (`parse` with logLevel silent would give what it could).
+    if (!isLocalFile(kustomization)) return undefined;
     const parsed = parseDocument(readFileSync(kustomization, "utf8"), { logLevel: "silent", merge: true });
     if (parsed.errors.length > 0) return undefined;
     const doc: unknown = parsed.toJS();
@@ -563,7 +564,7 @@ function localTargets(doc: Record<string, unknown>, directory: string): string[]
 const MAX_KUSTOMIZATIONS = 500;
 
 /** Visits the kustomization and, transitively, the local kustomizations it names (each once). */
-function eachKustomization(kustomization: string, visit: (file: string, doc: Record<string, unknown>, directory: string) => void, unchecked: (file: string, why: string) => void = () => undefined): void {
+function eachKustomization(kustomization: string, visit: (file: string, doc: Record<string, unknown>, directory: string) => void, unchecked: (file: string, why: string) => void = () => undefined, root?: string): void {
   const seen = new Set<string>();
   const queue = [kustomization];
   while (queue.length > 0) {
@@ -579,6 +580,8 @@ function eachKustomization(kustomization: string, visit: (file: string, doc: Rec
       continue;
     }
     if (seen.has(real)) continue;
+    // Never read a kustomization outside `root` (outsideReferences reports it instead).
+    if (root !== undefined && !isInside(real, root)) continue;
     seen.add(real);
     const doc = readKustomization(file);
     if (doc === undefined) {
@@ -611,6 +614,31 @@ export function remoteReferences(kustomization: string): RemoteReference[] {
     for (const why of plugins.unchecked) found.push({ file, field: "unchecked", reference: why });
     for (const { field, entry } of [...namedEntries(doc), ...plugins.entries]) if (isRemoteEntry(entry, directory, field)) found.push({ file, field, reference: entry });
   }, (file, why) => found.push({ file, field: "unchecked", reference: why }));
+  return found;
+}
+
+/**
+ * The local entries of an overlay (its own, and those of the local bases and components it names,
+ * transitively) that lead outside `root` (a real path): `../../other-checkout/prod`, an absolute
+ * path, a symbolic link out. kubectl kustomize renders such a base, and the audit would then
+ * quote another tree's hosts, users and tokens (review audit finding 6): the overlay is not
+ * rendered. Kustomizations outside `root` are never read.
+ */
+export function outsideReferences(kustomization: string, root: string): RemoteReference[] {
+  const found: RemoteReference[] = [];
+  eachKustomization(kustomization, (file, doc, directory) => {
+    for (const { field, entry } of [...namedEntries(doc), ...pluginEntries(doc, directory).entries]) {
+      if (isRemoteEntry(entry, directory, field)) continue;
+      const path = resolve(directory, entry);
+      let real: string;
+      try {
+        real = realpathSync(path);
+      } catch {
+        continue; // A missing path: nothing to read there, kustomize fails on it.
+      }
+      if (!isInside(real, root)) found.push({ file, field, reference: entry });
+    }
+  }, () => undefined, root);
   return found;
 }
 

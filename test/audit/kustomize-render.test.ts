@@ -297,3 +297,41 @@ describe("a forged config.kubernetes.io/origin annotation is not trusted (review
     expect(tls(auditPaths([root]))).toEqual({ reported: [join(root, "base", "statestore.yaml")], suppressed: [] });
   });
 });
+
+describe("an overlay naming a kustomization outside the audited folder is not rendered (review audit finding 6)", () => {
+  const VICTIM = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing\nspec:\n  template:\n    spec:\n      containers:\n        - name: billing\n          image: x\n          env:\n            - name: DATABASE_URL\n              value: \"postgres://billing:VictimPass@billing-db.internal.corp:5432/billing?sslmode=disable\"\n";
+  const setup = (name: string, entry: (victim: string) => string): { chart: string; victim: string } => {
+    const root = join(scratch, name);
+    const victim = join(root, "victim-infra", "prod");
+    const chart = join(root, "untrusted-chart");
+    mkdirSync(victim, { recursive: true });
+    mkdirSync(join(chart, "deploy"), { recursive: true });
+    writeFileSync(join(victim, "db.yaml"), VICTIM);
+    writeFileSync(join(victim, "kustomization.yaml"), "resources:\n- db.yaml\n");
+    writeFileSync(join(chart, "deploy", "kustomization.yaml"), `resources:\n- ${entry(victim)}\n`);
+    return { chart, victim };
+  };
+
+  for (const [name, entry] of [["relative", () => "../../victim-infra/prod"], ["absolute", (victim: string) => victim]] as const) {
+    it(`${name} path: reported, nothing of the other tree read or quoted`, () => {
+      const { chart } = setup(`outside-${name}`, entry);
+      const result = auditPaths([chart]);
+      const text = renderText(result, { color: false });
+      expect(text).not.toContain("billing-db.internal.corp");
+      expect(text).not.toContain("victim-infra/prod/db.yaml");
+      expect(result.findings).toEqual([]);
+      expect(result.parseErrors.map((problem) => [problem.kind, problem.file])).toEqual([["kustomize", join(chart, "deploy", "kustomization.yaml")]]);
+      expect(result.parseErrors[0]?.message).toContain(`outside the audited folder ${chart}: not read; audit a folder that holds both`);
+    });
+  }
+
+  it("the same folders audited together: rendered; an overlay in a git work tree may name bases anywhere in it", () => {
+    const { chart } = setup("outside-together", () => "../../victim-infra/prod");
+    const root = join(chart, "..");
+    expect(auditPaths([root]).parseErrors).toEqual([]);
+    mkdirSync(join(root, ".git"));
+    const result = auditPaths([chart]);
+    expect(result.parseErrors).toEqual([]);
+    expect(result.findings.map((finding) => relative(root, finding.file))).toContain("victim-infra/prod/db.yaml");
+  });
+});
