@@ -8,9 +8,22 @@ export function defineRule<K extends ResourceKind>(rule: Rule<K>): Rule {
   return rule as unknown as Rule;
 }
 
+/**
+ * The metadata item of one of `names` as daprd reads it (review audit finding 3): daprd turns
+ * `spec.metadata` into a map in order, `properties[c.Name] = val` (dapr/dapr
+ * pkg/runtime/meta/meta.go, convertItemsToProps), so of two entries of one name the last wins;
+ * components-contrib's DecodeMetadata (mapstructure) then takes the key spelled as the field's
+ * tag before a case variant. So, for the first of `names` present (aliases are read in order): the
+ * last entry of that name spelled exactly as given, else the last that matches without regard to case.
+ */
 export function metadataItem(component: DaprComponent, ...names: string[]): ComponentMetadataItem | undefined {
   const wanted = names.map((name) => name.toLowerCase());
-  return component.metadata.find((item) => wanted.includes(item.name.toLowerCase()));
+  // Of several names (aliases: connectionString, url, dsn), the first one present, as before.
+  const first = component.metadata.find((item) => wanted.includes(item.name.toLowerCase()));
+  if (first === undefined) return undefined;
+  const same = component.metadata.filter((item) => item.name.toLowerCase() === first.name.toLowerCase());
+  const exact = same.filter((item) => names.includes(item.name));
+  return exact[exact.length - 1] ?? same[same.length - 1];
 }
 
 export function componentFamily(component: DaprComponent): string {
