@@ -662,9 +662,11 @@ export function namedKustomizationFolders(kustomization: string): string[] {
 
 /**
  * Whether the kustomization in `directory` consumes `file` (a resource, patch, component or
- * generator file it names, or any file under a folder it names, and so on through the local
- * bases and components it names): such a file is audited in the rendered output. Files it does
- * not name (a sidecar config, an .env file kept beside it) are audited as files.
+ * generator file it names, or any file under a folder it names that is not a kustomization
+ * folder, and so on through the local bases and components it names: of those, what their own
+ * kustomizations name): such a file is audited in the rendered output. Files it does not name (a
+ * sidecar config, an .env file kept beside it, a file in a base folder the base does not list)
+ * are audited as files.
  */
 export function consumedBy(kustomization: string, directory: string): (file: string) => boolean {
   const named: string[] = [kustomization];
@@ -672,7 +674,13 @@ export function consumedBy(kustomization: string, directory: string): (file: str
     named.push(file);
     for (const { field, entry } of [...namedEntries(doc), ...pluginEntries(doc, folder).entries]) {
       // Remote resources are not files of this tree.
-      if (!isRemoteEntry(entry, folder, field)) named.push(resolve(folder, entry));
+      if (isRemoteEntry(entry, folder, field)) continue;
+      const path = resolve(folder, entry);
+      // A kustomization folder (a base, a component) consumes what its own kustomization names,
+      // visited here in turn, not every file under it: a file it does not list is audited as a
+      // file (review audit finding 2: an overlay naming ../app hid app/'s unlisted files).
+      if (TARGET_FIELDS.includes(field) && kustomizationIn(path) !== undefined) continue;
+      named.push(path);
     }
   });
   const roots = named.map((path) => resolve(path));

@@ -335,3 +335,19 @@ describe("an overlay naming a kustomization outside the audited folder is not re
     expect(result.findings.map((finding) => relative(root, finding.file))).toContain("victim-infra/prod/db.yaml");
   });
 });
+
+describe("a file in a base folder that the base's kustomization does not list is audited (review audit finding 2)", () => {
+  it("an overlay naming ../app: app/dapr-config.yaml (mTLS off, not listed) is still a finding; the listed file is in the output only", () => {
+    const root = join(scratch, "unlisted");
+    mkdirSync(join(root, "app"), { recursive: true });
+    mkdirSync(join(root, "overlay"), { recursive: true });
+    writeFileSync(join(root, "app", "statestore.yaml"), "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n  - name: redisHost\n    value: redis.prod.svc:6379\n  - name: enableTLS\n    value: \"false\"\n");
+    writeFileSync(join(root, "app", "kustomization.yaml"), "resources:\n- statestore.yaml\n");
+    writeFileSync(join(root, "app", "dapr-config.yaml"), "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: appconfig\nspec:\n  mtls:\n    enabled: false\n");
+    writeFileSync(join(root, "overlay", "kustomization.yaml"), "resources:\n- ../app\n");
+    const result = auditPaths([root]);
+    expect(result.findings.map((finding) => `${relative(root, finding.file)}:${finding.ruleId}`).sort()).toEqual(["app/dapr-config.yaml:MW-MTLS-001", "app/statestore.yaml:MW-TLS-001"]);
+    // The listed file is audited once, through the overlay's output (traced to its line).
+    expect(result.findings.find((finding) => finding.ruleId === "MW-TLS-001")?.message).toContain("Rendered from this file by");
+  });
+});
