@@ -262,3 +262,26 @@ describe("rule details", () => {
     expect(audit("l.yaml", list)).toEqual(["MW-MTLS-001@10:7"]);
   });
 });
+
+// daprd reads spec.metadata into a map in order, `properties[c.Name] = val` (dapr/dapr
+// pkg/runtime/meta/meta.go, convertItemsToProps): of two entries of one name the LAST wins; and
+// components-contrib's DecodeMetadata (mapstructure) takes the key spelled as the field's tag
+// (`enableTLS`) before a case variant. The auditor read the first (review audit finding 3).
+describe("duplicate Dapr metadata entries are read as daprd reads them", () => {
+  const redis = (...entries: [string, string][]): string => `apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n  - name: redisHost\n    value: redis.prod.svc:6379\n${entries.map(([name, value]) => `  - name: ${name}\n    value: "${value}"\n`).join("")}`;
+  const tls = (text: string) => auditSources([{ file: "statestore.yaml", text }]).findings.filter((finding) => finding.ruleId === "MW-TLS-001").map((finding) => `${finding.line}:${finding.evidence}`);
+
+  it('enableTLS "true" then "false": daprd runs without TLS, a finding at the second', () => {
+    expect(tls(redis(["enableTLS", "true"], ["enableTLS", "false"]))).toHaveLength(1);
+    expect(tls(redis(["enableTLS", "true"], ["enableTLS", "false"]))[0]).toMatch(/^14:/);
+  });
+
+  it('"false" then "true": TLS on, no finding', () => {
+    expect(tls(redis(["enableTLS", "false"], ["enableTLS", "true"]))).toEqual([]);
+  });
+
+  it("the exact spelling wins over a case variant after it", () => {
+    expect(tls(redis(["enableTLS", "false"], ["ENABLETLS", "true"]))).toHaveLength(1);
+    expect(tls(redis(["ENABLETLS", "false"], ["enableTLS", "true"]))).toEqual([]);
+  });
+});
