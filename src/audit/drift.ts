@@ -1,4 +1,4 @@
-import { noWorkflowCommands, printable } from "./reporters/printable.ts";
+import { noWorkflowCommands, printable } from "../util/printable.ts";
 import { basename, relative, resolve, sep } from "node:path";
 import { loadSources, readPaths } from "./audit.ts";
 import { microTlsEnabled } from "./rules/micro.ts";

@@ -1,5 +1,5 @@
 import { CommanderError } from "commander";
-import { noWorkflowCommands, printable } from "../audit/reporters/printable.ts";
+import { noWorkflowCommands, printable } from "../util/printable.ts";
 import { MeshwardError } from "../errors.ts";
 import { newProgram, setUpProgram } from "./program.ts";
 

@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import { auditPaths, auditSources } from "../../src/audit/audit.ts";
 import { renderJson } from "../../src/audit/reporters/json.ts";
 import { findingFingerprints, renderSarif } from "../../src/audit/reporters/sarif.ts";
-import { printable, safeForLog } from "../../src/audit/reporters/printable.ts";
+import { printable, safeForLog } from "../../src/util/printable.ts";
 import { renderText } from "../../src/audit/reporters/text.ts";
 import { ALL_RULES } from "../../src/audit/rules/index.ts";
 import { validateJsonSchema } from "./json-schema-lite.ts";

@@ -32,6 +32,8 @@ const DEFINITIONS_MAY_LOAD = new Set([
   "src/util/dir-safety.ts",
   "src/util/files.ts",
   "src/util/read-input.ts",
+  // main.ts prints every error message through it (control characters escaped, no workflow commands).
+  "src/util/printable.ts",
   "src/pki/keys.ts",
   "src/audit/walk.ts",
   "src/config/validator-names.ts",

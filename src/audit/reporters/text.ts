@@ -1,5 +1,5 @@
 import type { AuditResult, Finding, Severity } from "../types.ts";
-import { noWorkflowCommands, printable as p } from "./printable.ts";
+import { noWorkflowCommands, printable as p } from "../../util/printable.ts";
 import { helmTemplates, kustomizeProblems, summaryByRule, summaryLine, yamlErrors } from "./summary.ts";
 
 export interface TextOptions {

@@ -4,7 +4,7 @@ import { driftPaths, renderDriftJson, renderDriftText } from "../../audit/drift.
 import { renderJson } from "../../audit/reporters/json.ts";
 import { renderSarif } from "../../audit/reporters/sarif.ts";
 import { unparsedFiles } from "../../audit/reporters/summary.ts";
-import { safeForLog } from "../../audit/reporters/printable.ts";
+import { safeForLog } from "../../util/printable.ts";
 import { renderText } from "../../audit/reporters/text.ts";
 import { ALL_RULES } from "../../audit/rules/index.ts";
 import { renderRulesMarkdown } from "../../audit/rules-doc.ts";
