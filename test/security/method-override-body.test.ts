@@ -23,6 +23,7 @@ import type { Answer, MeshApp, SecurityMesh } from "./helpers/mesh.ts";
 import { readFileSync, writeFileSync } from "node:fs";
 import { brotliCompressSync, deflateSync, gzipSync } from "node:zlib";
 import { join } from "node:path";
+import { createSecureContext, type SecureContext } from "node:tls";
 
 const APPS_DIR = fileURLToPath(new URL("./apps/", import.meta.url));
 
@@ -151,6 +152,7 @@ function post(path: string, type: string | undefined, body: string, extra = ""):
 
 let ca: MeshCa;
 let caller: SecurityMesh["caller"];
+let callerContext: SecureContext;
 const frameworks: Framework[] = [];
 
 beforeAll(async () => {
@@ -159,6 +161,7 @@ beforeAll(async () => {
   writeFileSync(policy, POLICY);
   const files = await ca.clientFiles("shop", "orders");
   caller = { cert: readFileSync(files.cert, "utf8"), key: readFileSync(files.key, "utf8"), ca: ca.bundlePem };
+  callerContext = createSecureContext(caller);
   const apps = {
     rack: () => startChildApp<Ran>("rack", "ruby", () => [join(APPS_DIR, "rack_app.rb")]),
     symfony: () => startChildApp<Ran>("symfony", "php", () => ["-S", "127.0.0.1:0", join(APPS_DIR, "symfony_app.php")]),
@@ -184,7 +187,7 @@ afterAll(async () => {
   await ca?.close();
 });
 
-const meshOf = (): SecurityMesh => ({ caller, outbound: { addresses: { outbound: { port: 0 } } } }) as unknown as SecurityMesh;
+const meshOf = (): SecurityMesh => ({ caller, callerContext, outbound: { addresses: { outbound: { port: 0 } } } }) as unknown as SecurityMesh;
 const targetOf = (framework: Framework): MeshApp => ({ sidecar: framework.sidecar, appId: `app-${framework.name}` }) as unknown as MeshApp;
 
 async function h1(framework: Framework, bytes: Buffer, expect = 1): Promise<Answer[]> {
