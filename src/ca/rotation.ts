@@ -179,6 +179,9 @@ export interface RotateIssuerOptions {
 /**
  * Self-managed issuer rotation. Uses a prepared successor (issuer.next.*) when there is
  * one, else signs a fresh issuer with the active root; returns the new issuer certificate.
+ * `keepPrevious: false` (`--now`, after a suspected leak) never uses a prepared successor: its key
+ * was kept beside the leaked one. It is removed first (a crash after that leaves nothing of it to
+ * take up), and a fresh issuer is signed.
  */
 export async function rotateIssuer(options: RotateIssuerOptions): Promise<X509Certificate> {
   const layout = caLayout(options.dir);
@@ -186,7 +189,10 @@ export async function rotateIssuer(options: RotateIssuerOptions): Promise<X509Ce
   const state = readCaState(options.dir, files);
   requireSelfManaged(state, "issuer rotation");
   assertKeyWritable(options.dir, state, options.passphrase, files);
-  if (files.exists(layout.nextIssuerCert) && files.exists(layout.nextIssuerKey)) {
+  if (options.keepPrevious === false) {
+    files.remove(layout.nextIssuerKey);
+    files.remove(layout.nextIssuerCert);
+  } else if (files.exists(layout.nextIssuerCert) && files.exists(layout.nextIssuerKey)) {
     const certPem = files.read(layout.nextIssuerCert);
     const certificate = readCaCertificates(files, layout.nextIssuerCert)[0] as X509Certificate;
     const root = readRoot(files, layout.rootCert, layout.rootKey, options.passphrase);

@@ -7,7 +7,7 @@ import { caLayout, initAnchors } from "../../src/ca/anchors.ts";
 import { JwtSvidIssuer } from "../../src/ca/jwt-svid.ts";
 import { directoryFiles } from "../../src/ca/anchor-files.ts";
 import { readRetiredIssuers } from "../../src/ca/root-crl.ts";
-import { rotateIssuer } from "../../src/ca/rotation.ts";
+import { prepareIssuer, rotateIssuer } from "../../src/ca/rotation.ts";
 import { fetchFromCa } from "../../src/identity/ca-client.ts";
 import { normalizeSerial } from "../../src/pki/certificate.ts";
 import { decodePrivateKey } from "../../src/pki/keys.ts";
@@ -73,5 +73,41 @@ describe("rotate-issuer --now after an ordinary rotation (real processes)", () =
       return published.length === 1 && published[0] === third;
     });
     expect(readFileSync(join(dir, "jwt-keys.json"), "utf8")).not.toContain(firstKid);
+  });
+});
+
+/**
+ * Review today4 HIGH: the running CA prepares the next issuer (issuer.next.*) weeks before the
+ * active one expires, beside issuer.key. `rotate-issuer --now` (a suspected leak of that
+ * directory) installed the prepared one instead of signing a fresh issuer: the key kept beside the
+ * leaked one became the active issuer.
+ */
+describe("rotate-issuer --now with a prepared next issuer (real process)", () => {
+  const work = mkdtempSync(join(tmpdir(), "meshward-now-prepared-"));
+  afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+  it("signs a fresh issuer and removes issuer.next.*; an ordinary rotation (in-process: the CLI rotates without --now only when due) uses the prepared one", async () => {
+    const fingerprintOf = (path: string) => new X509Certificate(readFileSync(path)).fingerprint256;
+    for (const now of [true, false]) {
+      const dir = join(work, now ? "now" : "planned");
+      await initAnchors({ dir, trustDomain: TD, now: new Date() });
+      const layout = caLayout(dir);
+      await prepareIssuer({ dir, now: new Date() });
+      const prepared = fingerprintOf(layout.nextIssuerCert);
+      const preparedKey = readFileSync(layout.nextIssuerKey, "utf8");
+      if (now) {
+        const run = await runCli(["ca", "rotate-issuer", "--dir", dir, "--now"]);
+        expect(run.code, run.stderr).toBe(0);
+      } else {
+        await rotateIssuer({ dir, now: new Date() });
+      }
+      expect(existsSync(layout.nextIssuerCert) || existsSync(layout.nextIssuerKey)).toBe(false);
+      if (now) {
+        expect(fingerprintOf(layout.issuerCert)).not.toBe(prepared);
+        expect(readFileSync(layout.issuerKey, "utf8")).not.toBe(preparedKey);
+      } else {
+        expect(fingerprintOf(layout.issuerCert)).toBe(prepared);
+      }
+    }
   });
 });
