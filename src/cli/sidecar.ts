@@ -36,6 +36,7 @@ export const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: 
   ["--max-connections-per-address <n>", "maxConnectionsPerAddress", ["limits", "maxConnectionsPerAddress"], "number"],
   ["--max-concurrent-streams <n>", "maxConcurrentStreams", ["limits", "maxConcurrentStreams"], "number"],
   ["--max-held-request-bytes <n>", "maxHeldRequestBytes", ["limits", "maxHeldRequestBytes"], "number"],
+  ["--max-handshake-bytes <n>", "maxHandshakeBytes", ["limits", "maxHandshakeBytes"], "number"],
 ];
 
 const FIELD_HELP: Record<string, string> = { ...SIDECAR_FIELD_HELP, ...SIDECAR_LIMIT_HELP };

@@ -1,6 +1,7 @@
 import * as z from "zod";
 import { parseTrustDomain } from "../spiffe/id.ts";
 import { allowedHostProblem, hostPort, hostPortList, timerDuration } from "./fields.ts";
+import { DEFAULT_MAX_HANDSHAKE_BYTES } from "./ca.ts";
 import { SIDECAR_FIELD_HELP, SIDECAR_LIMIT_HELP } from "./sidecar-fields.ts";
 import { validatorEnumName } from "./validator-names.ts";
 import { isLoopbackListenHost, parseHostPort } from "../util/address.ts";
@@ -86,6 +87,13 @@ export const limitsSchema = z
       .max(1_000_000, { error: "must be at most 1000000 (each connection is a file descriptor)" })
       .default(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
       .describe(SIDECAR_LIMIT_HELP.maxConnectionsPerAddress),
+    maxHandshakeBytes: z
+      .number({ error: "must be a number of bytes" })
+      .int({ error: "must be a whole number" })
+      .min(4096, { error: "must be at least 4096 (a client's first flight with its certificate chain must fit)" })
+      .max(1 << 20, { error: "must be at most 1048576 (1 MiB)" })
+      .default(DEFAULT_MAX_HANDSHAKE_BYTES)
+      .describe(SIDECAR_LIMIT_HELP.maxHandshakeBytes),
     maxHeldRequestBytes: z
       .number({ error: "must be a number of bytes" })
       .int({ error: "must be a whole number" })
