@@ -182,7 +182,7 @@ async function ensureCa(work: string): Promise<string> {
 
 async function benchMeshward(work: string, clients: number, durationMs: number, csrs: string[], loadClient: LoadClient, signingWorkers: number | undefined, bin: string): Promise<Figures> {
   const dir = await ensureCa(work);
-  const store = openStore(`sqlite:${caLayout(dir).database}`);
+  const store = await openStore(`sqlite:${caLayout(dir).database}`);
   await store.migrate();
   const t = await issueJoinToken(store, { spiffeId: `spiffe://${TD}/ns/bench/client`, ttlMs: 3_600_000, uses: clients });
   await store.close();

@@ -45,7 +45,7 @@ async function measure(bin: string, dirs: readonly string[], storeUrl: string | 
       children.push(child);
       addresses.push((await waitForLine(child, /listening on (\S+) as/))[1] as string);
     }
-    const store = openStore(storeUrl ?? `sqlite:${caLayout(dirs[0]!).database}`);
+    const store = await openStore(storeUrl ?? `sqlite:${caLayout(dirs[0]!).database}`);
     await store.migrate();
     const t = await issueJoinToken(store, { spiffeId: `spiffe://${TD}/ns/bench/client`, ttlMs: 3_600_000, uses: clients });
     await store.close();

@@ -100,7 +100,7 @@ async function startCountedCa(name: string, cli: string, tree: string, work: str
   const { issueJoinToken } = (await import(join(tree, "src/ca/tokens.ts"))) as typeof import("../../src/ca/tokens.ts");
   const { openStore } = (await import(join(tree, "src/store/index.ts"))) as typeof import("../../src/store/index.ts");
   await initAnchors({ dir, trustDomain: TD, now: new Date() });
-  const store = openStore(`sqlite:${caLayout(dir).database}`);
+  const store = await openStore(`sqlite:${caLayout(dir).database}`);
   await store.migrate();
   const token = await issueJoinToken(store, { spiffeId: `spiffe://${TD}/ns/bench/client`, ttlMs: 3_600_000, uses: CLIENTS });
   await store.close();

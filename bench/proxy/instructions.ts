@@ -19,6 +19,11 @@
  * process with `--connections` requests in flight (default 1: one request per wake-up, so the
  * count does not depend on how requests happened to batch); the backend runs without valgrind.
  *   node --import tsx bench/proxy/instructions.ts [--mode keepalive|close|h2] [--requests 2000] [--warmup 2000] [--connections 1] [--rounds 6] [--settle 2] [--top 25] [--base <git-ref>]
+ *     [--jit-settled 1] [--warmup-max 6] [--bundle-refresh 24h|60s|none] [--node-args "--single-threaded"] [--cache DIR] [--skip-pipe] [--keep] [--self N]
+ * Not per-request work, kept out of the rounds (README, 2026-12-08): the identities' trust-bundle
+ * refresh (the sidecars run with `--bundle-refresh-interval 24h`), and V8's compilers (warm-up
+ * chunks until they are quiet; each round's JIT instructions are counted and the summary also
+ * gives every figure without them, with the rounds' spread).
  * `--top N` prints the N costliest symbols (inclusive) of each meshward sidecar from
  * callgrind_annotate (JIT code has no symbols: it shows as addresses). `--self N` prints the N
  * costliest by their own instructions (exclusive), for every sidecar of both pairs, with JIT and
@@ -80,6 +85,31 @@ const CACHE = process.argv.includes("--cache") ? process.argv[process.argv.index
 const MODE = process.argv.includes("--mode") ? process.argv[process.argv.indexOf("--mode") + 1]! : "keepalive";
 if (!["keepalive", "close", "h2"].includes(MODE)) throw new Error(`--mode ${MODE}: keepalive, close or h2`);
 const SKIP_PIPE = process.argv.includes("--skip-pipe") || MODE !== "keepalive";
+/**
+ * The identities' trust-bundle and CRL refresh (60 s by default) costs a sidecar 30–45 M
+ * instructions under valgrind (a TLS request to the CA, X.509 and CRL verification, a new secure
+ * context): 20–30k per request in a round of 1,500, landing in whichever round its minute ends.
+ * It is not per-request work, so the bench's sidecars refresh once a day
+ * (`--bundle-refresh-interval 24h`; the product default stays 60 s). `--bundle-refresh DURATION`
+ * sets another interval, e.g. `60s` to see it; give `--bundle-refresh none` for a base built before
+ * the flag existed.
+ */
+const BUNDLE_REFRESH_VALUE = process.argv.includes("--bundle-refresh") ? process.argv[process.argv.indexOf("--bundle-refresh") + 1]! : "24h";
+const BUNDLE_REFRESH = BUNDLE_REFRESH_VALUE === "none" ? [] : ["--bundle-refresh-interval", BUNDLE_REFRESH_VALUE];
+/**
+ * JIT work: V8's compilers, counted per round as the inclusive instructions of the runtime entries
+ * that compile (lazy bytecode, Sparkplug, TurboFan, OSR, tier-up budget interrupts, deoptimisation).
+ * With `--single-threaded` TurboFan runs on the main thread, 1–48k per request in rounds after a
+ * fixed warm-up; without it, on its own threads (also counted: callgrind counts every thread, and
+ * those threads' work is attributed to `v8::internal::OptimizingCompileDispatcher`/the job's entry).
+ * After `--warmup` requests, warm-up chunks of `--requests` run (counted, not reported as rounds)
+ * until every process's JIT share of a chunk is below `--jit-settled` percent (default 1) or
+ * `--warmup-max` chunks (default 6) have run. Each round then prints its JIT instructions, and the
+ * summary gives the floor and median both with and without them, and each pair's spread.
+ */
+const JIT_SETTLED_PCT = flag("--jit-settled", 1);
+const WARMUP_MAX = flag("--warmup-max", 6);
+const JIT_ENTRIES = /^v8::internal::(Runtime_CompileLazy|Runtime_CompileBaseline|Runtime_InstallBaselineCode|Runtime_CompileOptimized|Runtime_CompileOptimizedOSR|Runtime_CompileOptimizedOSRFromMaglev|Runtime_BytecodeBudgetInterrupt\w*|Runtime_NotifyDeoptimized|Runtime_HealOptimizedCodeSlot|Runtime_FunctionLogNextExecution|OptimizingCompileDispatcher::CompileTask::RunInternal|baseline::ConcurrentBaselineCompiler::JobDispatcher::Run|OptimizingCompileDispatcher::InstallOptimizedFunctions)\(/;
 /** Start-up under valgrind (module loading, CSR, first handshake) takes tens of seconds. */
 const VALGRIND_READY_MS = 240_000;
 
@@ -164,6 +194,20 @@ function dump(pid: number, out: string): { instructions: number; file: string } 
   return { instructions: Number(totals[1]), file: join(dir, file) };
 }
 
+/**
+ * The instructions of a dump spent in V8's compilers (JIT_ENTRIES, inclusive). The entries do not
+ * nest in one another (a compiler runs no JavaScript), so their sum counts nothing twice.
+ */
+function jitInstructions(file: string): number {
+  const text = execFileSync("callgrind_annotate", ["--inclusive=yes", "--auto=no", "--threshold=100", file], { encoding: "utf8", maxBuffer: 256 << 20 });
+  let sum = 0;
+  for (const line of text.split("\n")) {
+    const m = /^\s*([\d,]+) \([^)]*\)\s+(?:[^:\s]*:)?(v8::internal::.*)$/.exec(line);
+    if (m !== null && JIT_ENTRIES.test(m[2]!)) sum += Number(m[1]!.replace(/,/g, ""));
+  }
+  return sum;
+}
+
 function topSymbols(file: string, rows: number): string {
   const text = execFileSync("callgrind_annotate", ["--inclusive=yes", `--threshold=100`, file], { encoding: "utf8", maxBuffer: 64 << 20 });
   const lines = text.split("\n").filter((l) => /^\s*[\d,]+ \(/.test(l));
@@ -235,7 +279,7 @@ async function meshwardPair(name: string, cli: string, ca: MeshCa, backendPort: 
   const sidecar = async (appId: string, out: string, extra: string[]) =>
     startChild(
       "valgrind",
-      [...callgrind(out), process.execPath, ...NODE_FLAGS, cli, "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--inbound", "127.0.0.1:0", "--log-level", "warn", ...extra],
+      [...callgrind(out), process.execPath, ...NODE_FLAGS, cli, "sidecar", "--app-id", appId, "--ca", ca.server.address, "--bundle", ca.bundleFile, "--inbound", "127.0.0.1:0", "--log-level", "warn", ...BUNDLE_REFRESH, ...extra],
       /inbound=127\.0\.0\.1:(\d+)(?: outbound=127\.0\.0\.1:(\d+))?/,
       { MESHWARD_TOKEN: await ca.token("default", appId) },
       VALGRIND_READY_MS,
@@ -297,20 +341,46 @@ async function main(): Promise<void> {
     pairs.push(await meshwardPair("meshward", cli, ca, backendPort, work));
     for (const [name, baseCli] of baseClis) pairs.push(await meshwardPair(name, baseCli, ca, backendPort, work));
     for (const pair of pairs) await load(pair.url, pair.headers, WARMUP);
-    const results = new Map<string, { outbound: number[]; inbound: number[]; files: string[] }>();
+    /** One counted batch of `REQUESTS` through a pair: instructions per request of each side, total and JIT. */
+    const measure = async (pair: Pair) => {
+      zero(pair.outbound.pid);
+      zero(pair.inbound.pid);
+      await load(pair.url, pair.headers, REQUESTS);
+      const a = dump(pair.outbound.pid, pair.outbound.out);
+      const b = dump(pair.inbound.pid, pair.inbound.out);
+      return { a, b, jitA: jitInstructions(a.file) / REQUESTS, jitB: jitInstructions(b.file) / REQUESTS };
+    };
+    const k = (x: number) => `${(x / 1000).toFixed(1)}k`;
+    // Warm-up until V8's compilers are done: chunks of REQUESTS until every process's JIT share is under JIT_SETTLED_PCT.
+    for (let chunk = 1; chunk <= WARMUP_MAX; chunk++) {
+      let settled = true;
+      const line: string[] = [];
+      for (const pair of pairs) {
+        const m = await measure(pair);
+        const shareA = (m.jitA / (m.a.instructions / REQUESTS)) * 100;
+        const shareB = (m.jitB / (m.b.instructions / REQUESTS)) * 100;
+        if (shareA >= JIT_SETTLED_PCT || shareB >= JIT_SETTLED_PCT) settled = false;
+        line.push(`${pair.name} ${k(m.a.instructions / REQUESTS)} (JIT ${shareA.toFixed(1)} %) · ${k(m.b.instructions / REQUESTS)} (JIT ${shareB.toFixed(1)} %)`);
+        if (process.argv.includes("--keep")) continue;
+        rmSync(m.a.file, { force: true });
+        rmSync(m.b.file, { force: true });
+      }
+      console.log(`  warm-up chunk ${chunk}: ${line.join("; ")}`);
+      if (settled) break;
+      if (chunk === WARMUP_MAX) console.log(`  JIT still at or above ${JIT_SETTLED_PCT} % after ${WARMUP_MAX} warm-up chunks: read the rounds' JIT column and the "without JIT" figures`);
+    }
+    const results = new Map<string, { outbound: number[]; inbound: number[]; jitOutbound: number[]; jitInbound: number[]; files: string[] }>();
     for (let round = 1; round <= ROUNDS; round++) {
       for (const pair of pairs) {
-        zero(pair.outbound.pid);
-        zero(pair.inbound.pid);
-        await load(pair.url, pair.headers, REQUESTS);
-        const a = dump(pair.outbound.pid, pair.outbound.out);
-        const b = dump(pair.inbound.pid, pair.inbound.out);
-        const r = results.get(pair.name) ?? { outbound: [], inbound: [], files: [] };
+        const { a, b, jitA, jitB } = await measure(pair);
+        const r = results.get(pair.name) ?? { outbound: [], inbound: [], jitOutbound: [], jitInbound: [], files: [] };
         r.outbound.push(a.instructions / REQUESTS);
         r.inbound.push(b.instructions / REQUESTS);
+        r.jitOutbound.push(jitA);
+        r.jitInbound.push(jitB);
         r.files = [a.file, b.file];
         results.set(pair.name, r);
-        console.log(`  round ${round} ${pair.name.padEnd(9)} outbound ${Math.round(a.instructions / REQUESTS).toLocaleString("en")} · inbound ${Math.round(b.instructions / REQUESTS).toLocaleString("en")} instructions per request`);
+        console.log(`  round ${round} ${pair.name.padEnd(9)} outbound ${Math.round(a.instructions / REQUESTS).toLocaleString("en")} (JIT ${Math.round(jitA).toLocaleString("en")}) · inbound ${Math.round(b.instructions / REQUESTS).toLocaleString("en")} (JIT ${Math.round(jitB).toLocaleString("en")}) instructions per request`);
       }
     }
     if (ROUNDS <= SETTLE) throw new Error(`--rounds ${ROUNDS} leaves no round after the ${SETTLE} settling rounds`);
@@ -320,21 +390,31 @@ async function main(): Promise<void> {
       const sorted = [...counted(xs)].sort((a, b) => a - b);
       return sorted[Math.floor((sorted.length - 1) / 2)]!;
     };
+    /** (max − min) / min of the counted rounds, in percent. */
+    const spread = (xs: number[]) => ((Math.max(...counted(xs)) - floor(xs)) / floor(xs)) * 100;
+    const minus = (xs: number[], ys: number[]) => xs.map((x, i) => x - ys[i]!);
     const fmt = (x: number) => Math.round(x).toLocaleString("en");
-    console.log(`rounds ${SETTLE + 1}–${ROUNDS} (the first ${SETTLE} settle V8): floor (median) instructions per request`);
+    console.log(`rounds ${SETTLE + 1}–${ROUNDS} (the first ${SETTLE} settle V8): floor (median) instructions per request, spread (max − min) / min; then without JIT`);
     for (const [name, r] of results) {
-      console.log(`  ${name.padEnd(9)} outbound ${fmt(floor(r.outbound))} (${fmt(median(r.outbound))}) · inbound ${fmt(floor(r.inbound))} (${fmt(median(r.inbound))})`);
+      const [netA, netB] = [minus(r.outbound, r.jitOutbound), minus(r.inbound, r.jitInbound)];
+      console.log(`  ${name.padEnd(9)} outbound ${fmt(floor(r.outbound))} (${fmt(median(r.outbound))}) ±${spread(r.outbound).toFixed(1)} % · inbound ${fmt(floor(r.inbound))} (${fmt(median(r.inbound))}) ±${spread(r.inbound).toFixed(1)} %`);
+      console.log(`  ${"".padEnd(9)} without JIT: outbound ${fmt(floor(netA))} (${fmt(median(netA))}) ±${spread(netA).toFixed(1)} % · inbound ${fmt(floor(netB))} (${fmt(median(netB))}) ±${spread(netB).toFixed(1)} %`);
     }
     const pipe = results.get("node-pipe");
     for (const [name, r] of results) {
       if (name === "node-pipe" || pipe === undefined) continue;
-      console.log(`${name} / node-pipe at the floor: outbound ${(floor(r.outbound) / floor(pipe.outbound)).toFixed(3)}×, inbound ${(floor(r.inbound) / floor(pipe.inbound)).toFixed(3)}×`);
+      const net = (x: { outbound: number[]; inbound: number[]; jitOutbound: number[]; jitInbound: number[] }) => [floor(minus(x.outbound, x.jitOutbound)), floor(minus(x.inbound, x.jitInbound))] as const;
+      const [mA, mB] = net(r);
+      const [pA, pB] = net(pipe);
+      console.log(`${name} / node-pipe at the floor: outbound ${(floor(r.outbound) / floor(pipe.outbound)).toFixed(3)}×, inbound ${(floor(r.inbound) / floor(pipe.inbound)).toFixed(3)}×; without JIT ${(mA / pA).toFixed(3)}×, ${(mB / pB).toFixed(3)}×`);
     }
     const mesh = results.get("meshward")!;
     for (const [name] of baseClis) {
       const base = results.get(name)!;
       const pct = (a: number, b: number) => ((a / b) * 100).toFixed(2);
       console.log(`meshward / ${name}: floor outbound ${pct(floor(mesh.outbound), floor(base.outbound))} %, inbound ${pct(floor(mesh.inbound), floor(base.inbound))} %; median outbound ${pct(median(mesh.outbound), median(base.outbound))} %, inbound ${pct(median(mesh.inbound), median(base.inbound))} %`);
+      const netFloor = (x: number[], j: number[]) => floor(minus(x, j));
+      console.log(`  without JIT: floor outbound ${pct(netFloor(mesh.outbound, mesh.jitOutbound), netFloor(base.outbound, base.jitOutbound))} %, inbound ${pct(netFloor(mesh.inbound, mesh.jitInbound), netFloor(base.inbound, base.jitInbound))} %`);
     }
     if (SELF > 0) {
       for (const pair of pairs) {

@@ -22,7 +22,7 @@ import { startMeshCa } from "../../test/proxy/fixtures.ts";
 import { children, requireTools, ROOT, startChild } from "./children.ts";
 import { openLoop } from "./openloop.ts";
 
-const positional = process.argv.slice(2).filter((a, i, all) => !a.startsWith("--") && all[i - 1] !== "--rate");
+const positional = process.argv.slice(2).filter((a, i, all) => !a.startsWith("--") && all[i - 1] !== "--rate" && all[i - 1] !== "--cache");
 const SECONDS = Number(positional[0] ?? 8);
 const CONNECTIONS = Number(positional[1] ?? 32);
 const STRACE = process.argv.includes("--strace");
@@ -88,7 +88,9 @@ function traceSyscalls(pid: number): (requests: number) => Promise<string> {
 
 async function main(): Promise<void> {
   requireTools("wrk");
-  const cli = await bundleCli(join(ROOT, "node_modules/.cache/meshward-bench"));
+  // `--cache DIR`: sessions sharing one node_modules must not rebuild each other's bundle (as in instructions.ts).
+  const cache = process.argv.includes("--cache") ? process.argv[process.argv.indexOf("--cache") + 1]! : join(ROOT, "node_modules/.cache");
+  const cli = await bundleCli(join(cache, "meshward-bench"));
   const ca = await startMeshCa({ workloadTtl: "24h" });
   const profiles = mkdtempSync(join(tmpdir(), "meshward-profile-"));
   try {

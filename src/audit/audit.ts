@@ -3,14 +3,16 @@ import type { WorkloadReference } from "./loaders/index.ts";
 import { isLoopbackComponent } from "./rules/helpers.ts";
 import { ALL_RULES } from "./rules/index.ts";
 import { applySuppressions } from "./suppressions.ts";
-import { readFileSync, realpathSync, statSync } from "node:fs";
-import { basename, dirname, resolve } from "node:path";
-import { KUSTOMIZATION_FILES, consumedBy, isComponent, kustomizationIn, namedKustomizationFolders, objectKey, renderAdvice, renderKustomization, renderedName } from "./kustomize-render.ts";
+import { existsSync, readFileSync, realpathSync } from "node:fs";
+import { homedir } from "node:os";
+import { basename, dirname, join, resolve } from "node:path";
+import { readInputText } from "../util/read-input.ts";
+import { KUSTOMIZATION_FILES, consumedBy, isComponent, isInside, outsideReferences, resourceFilesOf, kustomizationIn, namedKustomizationFolders, objectKey, renderAdvice, renderKustomization, renderedName } from "./kustomize-render.ts";
 import type { AuditResult, Corpus, DaprConfiguration, Finding, NodePath, ParseProblem, Position, Resource, Rule, SkippedFile, SourceDocument } from "./types.ts";
 import { parseYamlFile } from "./yaml-source.ts";
 import { asText, get } from "./shape.ts";
 import { DEFAULT_MAX_FILE_BYTES, walk } from "./walk.ts";
-import type { ReadFile } from "./walk.ts";
+import type { OriginText, ReadFile } from "./walk.ts";
 
 export interface AuditOptions {
   /** The rules to run; default: every rule that is not opt-in, plus those named in `enable`. */
@@ -66,11 +68,11 @@ export function loadSources(files: readonly ReadFile[]): LoadedCorpus {
         if (resource.kind === "raw-file") continue;
         const key = objectKey(resource.source.data);
         const origin = key === undefined ? undefined : origins?.get(key);
-        const document = origin === undefined ? undefined : originDocument(origin, resource.source.data, sourceDocuments);
+        const document = origin === undefined || origin.untrusted !== undefined ? undefined : originDocument(origin, resource.source.data, sourceDocuments);
         const data = resource.source.data;
         let memo: { resource: Resource | undefined } | undefined;
         const unpatched = (): Resource | undefined => (memo ??= { resource: document === undefined ? undefined : unpatchedResource(file, format, document.data, data) }).resource;
-        const renderedFrom = origin === undefined ? undefined : { file: origin.file, document, unpatched };
+        const renderedFrom = origin === undefined ? undefined : { file: origin.file, document, unpatched, ...(origin.untrusted === undefined ? {} : { untrusted: origin.untrusted }) };
         resource.source = { ...resource.source, rendered, ...(renderedFrom === undefined ? {} : { renderedFrom }) };
       }
     }
@@ -294,7 +296,8 @@ export function runRules(corpus: Corpus, rules: readonly Rule[] = selectRules())
           } else {
             const why = from === undefined ? ""
               : source !== undefined && same !== undefined ? `: the object comes from ${from.file}, where this value is the same (line ${source.locate(hit.path ?? []).line}), but it is a finding only with the overlay's changes elsewhere in the object`
-              : source !== undefined && hit.position === undefined ? `: the object comes from ${from.file}, but the overlay sets or changes this value` : ` (the object comes from ${from.file})`;
+              : source !== undefined && hit.position === undefined ? `: the object comes from ${from.file}, but the overlay sets or changes this value`
+              : from.untrusted !== undefined ? ` (${from.untrusted} ${from.file})` : ` (the object comes from ${from.file})`;
             detail = [detail, `In the output of \`kubectl kustomize ${rendered}\`${subject}; the line is that output's${why}.`].filter((part) => part !== undefined).join(" ");
           }
         }
@@ -373,27 +376,75 @@ function realPath(path: string): string {
   }
 }
 
+/** What the text of a file naming kustomize's origin annotation looks like (`config.kubernetes.io/origin`, or `~1origin` in a JSON pointer). */
+const ORIGIN_MENTION = /kubernetes\.io(?:\/|~1|\\\/)origin/i;
+
 /**
  * The local source file (and its text) of each object of a rendered overlay (`origins`, from
- * renderKustomization: empty for an overlay with remote bases), to point findings there.
+ * renderKustomization: empty for an overlay with remote bases), to point findings there. The
+ * annotation is output of the overlay, which a patch or transformer can set to anything (review
+ * audit finding 1): an origin is trusted only when it names a regular file inside the audit root
+ * that the overlay loads as a resource (resourceFilesOf: the files kustomize annotates itself),
+ * and only when none of the other files the overlay consumes (its kustomizations, patch files)
+ * mentions the annotation. Its text is the walked file's, or read through the bounded reader
+ * (a regular file, at most `maxFileBytes`); nothing else is ever opened. An origin that fails is
+ * attributed to the overlay's kustomization, with the reason in each finding's message.
  */
-function originTexts(origins: ReadonlyMap<string, string>, maxFileBytes: number): Map<string, { file: string; text: string }> {
-  const texts = new Map<string, { file: string; text: string }>();
+function originTexts(origins: ReadonlyMap<string, string>, overlay: { kustomization: string; root: string; covers: (file: string) => boolean }, walked: ReadonlyMap<string, ReadFile>, maxFileBytes: number): Map<string, OriginText> {
+  const texts = new Map<string, OriginText>();
+  if (origins.size === 0) return texts;
+  const resources = resourceFilesOf(overlay.kustomization);
+  const forgedIn = [...walked.entries()].find(([real, file]) => !resources.has(real) && overlay.covers(file.file) && ORIGIN_MENTION.test(file.text))?.[1].file;
   const read = new Map<string, string | undefined>();
   for (const [key, file] of origins) {
-    if (!read.has(file)) {
-      let text: string | undefined;
-      try {
-        text = statSync(file).size <= maxFileBytes ? readFileSync(file, "utf8") : undefined;
-      } catch {
-        text = undefined;
-      }
-      read.set(file, text);
+    let real: string | undefined;
+    try {
+      real = realpathSync(file);
+    } catch {
+      real = undefined;
     }
-    const text = read.get(file);
-    if (text !== undefined) texts.set(key, { file, text });
+    let why: string | undefined;
+    if (forgedIn !== undefined) why = `${forgedIn}, a file of the overlay, sets kustomize's origin annotation itself`;
+    else if (real === undefined || !isInside(real, overlay.root)) why = `it is outside the audited folder ${overlay.root}`;
+    else if (!resources.has(real)) why = "it is not a resource file the overlay loads";
+    let text: string | undefined;
+    if (why === undefined && real !== undefined) {
+      if (!read.has(real)) {
+        let content = walked.get(real)?.text;
+        if (content === undefined) {
+          try {
+            content = readInputText(real, { what: "kustomize resource file", maxBytes: maxFileBytes, pipes: false });
+          } catch {
+            content = undefined;
+          }
+        }
+        read.set(real, content);
+      }
+      text = read.get(real);
+      if (text === undefined) why = "it could not be read as a regular file within the size limit";
+    }
+    texts.set(key, why === undefined && text !== undefined
+      ? { file, text }
+      : { file: overlay.kustomization, text: "", untrusted: `its \`config.kubernetes.io/origin\` annotation names ${JSON.stringify(file.slice(0, 300))}, not trusted (${why ?? "unreadable"}): attributed to the overlay` });
   }
   return texts;
+}
+
+/**
+ * The folder an overlay may read from: the path given on the command line that holds it, widened to
+ * the git work tree around that path when there is one (an overlay of a repository names bases
+ * elsewhere in it: `meshward audit deploy/overlays/prod` with `../../base`), but never to the home
+ * folder or `/` (a home folder kept in git).
+ */
+function auditRoot(directory: string, given: readonly string[]): string {
+  const real = realPath(directory);
+  const holder = given.map((path) => realPath(path)).filter((path) => isInside(real, path)).sort((a, b) => a.length - b.length)[0] ?? real;
+  const stop = new Set([realPath(homedir()), "/"]);
+  for (let folder = holder; !stop.has(folder); folder = dirname(folder)) {
+    if (existsSync(join(folder, ".git"))) return folder;
+    if (dirname(folder) === folder) break;
+  }
+  return holder;
 }
 
 /**
@@ -421,8 +472,23 @@ export function readPaths(paths: readonly string[], options: AuditOptions = {}):
   // Bases and components named by another kustomization of the tree are rendered as part of it.
   const named = new Set(overlays.flatMap(({ kustomization }) => namedKustomizationFolders(kustomization)));
   const consumed: ((file: string) => boolean)[] = [];
+  const walkedByReal = new Map(walked.files.map((file) => [realPath(file.file), file] as const));
   for (const { directory, kustomization } of overlays) {
     if (named.has(realPath(directory)) || isComponent(kustomization)) continue;
+    const root = auditRoot(directory, plain);
+    const outside = outsideReferences(kustomization, root);
+    if (outside.length > 0) {
+      const first = outside[0] as { file: string; field: string; reference: string };
+      const more = outside.length > 1 ? ` and ${outside.length - 1} more` : "";
+      read.problems.push({
+        file: kustomization,
+        line: 1,
+        column: 1,
+        kind: "kustomize",
+        message: `kustomize overlay not rendered (it names ${JSON.stringify(first.reference.slice(0, 200))} (${first.field} of ${first.file})${more}, outside the audited folder ${root}: not read; audit a folder that holds both); its files were audited one by one`,
+      });
+      continue;
+    }
     options.onRender?.(directory);
     const outcome = renderKustomization(directory, options.kubectl, { allowRemote: options.kustomizeRemote === true, origins: true });
     if (!outcome.ok) {
@@ -440,8 +506,9 @@ export function readPaths(paths: readonly string[], options: AuditOptions = {}):
       continue;
     }
     read.rendered.push(directory);
-    read.files.push({ file: renderedName(directory), text: outcome.text, format: "yaml", rendered: directory, origins: originTexts(outcome.origins, maxFileBytes) });
-    consumed.push(consumedBy(kustomization, directory));
+    const covers = consumedBy(kustomization, directory);
+    read.files.push({ file: renderedName(directory), text: outcome.text, format: "yaml", rendered: directory, origins: originTexts(outcome.origins, { kustomization, root, covers }, walkedByReal, maxFileBytes) });
+    consumed.push(covers);
   }
   // The files an overlay renders are audited in its output (private keys still checked in
   // each); the files beside it that it does not name are audited as files.

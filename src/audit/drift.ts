@@ -1,3 +1,4 @@
+import { noWorkflowCommands, printable } from "../util/printable.ts";
 import { basename, relative, resolve, sep } from "node:path";
 import { loadSources, readPaths } from "./audit.ts";
 import { microTlsEnabled } from "./rules/micro.ts";
@@ -400,8 +401,8 @@ const REFERENCE_WHY: Readonly<Record<ReferenceChoice, string>> = {
 
 export function renderDriftText(report: DriftReport, options: { color: boolean }): string {
   const paint = (code: string, text: string): string => (options.color ? `\u001b[${code}m${text}\u001b[0m` : text);
-  const header = ["aspect", "subject", ...report.environments.map((name) => (name === report.reference ? `${name} (reference)` : name)), "status"];
-  const body = report.rows.map((row) => [row.aspect, row.subject, ...row.values.map((value) => value ?? "—"), row.status === "weaker" ? `WEAKER in ${row.weakerIn.join(", ")}` : row.status === "differs" ? "differs" : ""]);
+  const header = ["aspect", "subject", ...report.environments.map((name) => (name === report.reference ? `${printable(name)} (reference)` : printable(name))), "status"];
+  const body = report.rows.map((row) => [printable(row.aspect), printable(row.subject), ...row.values.map((value) => (value === undefined || value === null ? "—" : printable(value))), row.status === "weaker" ? `WEAKER in ${row.weakerIn.map((name) => printable(name)).join(", ")}` : row.status === "differs" ? "differs" : ""]);
   const widths = header.map((_, column) => Math.max(...[header, ...body].map((cells) => (cells[column] ?? "").length)));
   const format = (cells: string[]): string => cells.map((cell, column) => cell.padEnd(widths[column] ?? 0)).join("  ").trimEnd();
   const lines = [paint("1", format(header)), widths.map((width) => "-".repeat(width)).join("  ")];
@@ -412,8 +413,8 @@ export function renderDriftText(report: DriftReport, options: { color: boolean }
   const weaker = report.rows.filter((row) => row.status === "weaker").length;
   const differs = report.rows.filter((row) => row.status === "differs").length;
   const settings = `${report.rows.length} setting${report.rows.length === 1 ? "" : "s"}`;
-  lines.push("", `${settings} compared across ${report.environments.length} environments (reference: ${report.reference}, ${REFERENCE_WHY[report.referenceBy]}): ${weaker} weaker than the reference, ${differs} ${differs === 1 ? "differs" : "differ"}.`);
-  return `${lines.join("\n")}\n`;
+  lines.push("", `${settings} compared across ${report.environments.length} environments (reference: ${printable(report.reference)}, ${REFERENCE_WHY[report.referenceBy]}): ${weaker} weaker than the reference, ${differs} ${differs === 1 ? "differs" : "differ"}.`);
+  return `${noWorkflowCommands(lines.join("\n"))}\n`;
 }
 
 export function renderDriftJson(report: DriftReport): string {

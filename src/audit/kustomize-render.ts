@@ -274,6 +274,7 @@ function readKustomization(kustomization: string): Record<string, unknown> | und
     // `merge`: `<<: *anchor` keys are merged, as kustomize's YAML reader does (else a `resources`
     // list brought in by a merge key would go unseen here and still be fetched there).
     // A document with errors is not read at all (`parse` with logLevel silent would give what it could).
+    if (!isLocalFile(kustomization)) return undefined;
     const parsed = parseDocument(readFileSync(kustomization, "utf8"), { logLevel: "silent", merge: true });
     if (parsed.errors.length > 0) return undefined;
     const doc: unknown = parsed.toJS();
@@ -563,7 +564,7 @@ function localTargets(doc: Record<string, unknown>, directory: string): string[]
 const MAX_KUSTOMIZATIONS = 500;
 
 /** Visits the kustomization and, transitively, the local kustomizations it names (each once). */
-function eachKustomization(kustomization: string, visit: (file: string, doc: Record<string, unknown>, directory: string) => void, unchecked: (file: string, why: string) => void = () => undefined): void {
+function eachKustomization(kustomization: string, visit: (file: string, doc: Record<string, unknown>, directory: string) => void, unchecked: (file: string, why: string) => void = () => undefined, root?: string): void {
   const seen = new Set<string>();
   const queue = [kustomization];
   while (queue.length > 0) {
@@ -579,6 +580,8 @@ function eachKustomization(kustomization: string, visit: (file: string, doc: Rec
       continue;
     }
     if (seen.has(real)) continue;
+    // Never read a kustomization outside `root` (outsideReferences reports it instead).
+    if (root !== undefined && !isInside(real, root)) continue;
     seen.add(real);
     const doc = readKustomization(file);
     if (doc === undefined) {
@@ -614,6 +617,31 @@ export function remoteReferences(kustomization: string): RemoteReference[] {
   return found;
 }
 
+/**
+ * The local entries of an overlay (its own, and those of the local bases and components it names,
+ * transitively) that lead outside `root` (a real path): `../../other-checkout/prod`, an absolute
+ * path, a symbolic link out. kubectl kustomize renders such a base, and the audit would then
+ * quote another tree's hosts, users and tokens (review audit finding 6): the overlay is not
+ * rendered. Kustomizations outside `root` are never read.
+ */
+export function outsideReferences(kustomization: string, root: string): RemoteReference[] {
+  const found: RemoteReference[] = [];
+  eachKustomization(kustomization, (file, doc, directory) => {
+    for (const { field, entry } of [...namedEntries(doc), ...pluginEntries(doc, directory).entries]) {
+      if (isRemoteEntry(entry, directory, field)) continue;
+      const path = resolve(directory, entry);
+      let real: string;
+      try {
+        real = realpathSync(path);
+      } catch {
+        continue; // A missing path: nothing to read there, kustomize fails on it.
+      }
+      if (!isInside(real, root)) found.push({ file, field, reference: entry });
+    }
+  }, () => undefined, root);
+  return found;
+}
+
 /** Whether the kustomization is a `kind: Component` (applied by the overlays that name it, never built alone). */
 export function isComponent(kustomization: string): boolean {
   return readKustomization(kustomization)?.["kind"] === "Component";
@@ -634,9 +662,11 @@ export function namedKustomizationFolders(kustomization: string): string[] {
 
 /**
  * Whether the kustomization in `directory` consumes `file` (a resource, patch, component or
- * generator file it names, or any file under a folder it names, and so on through the local
- * bases and components it names): such a file is audited in the rendered output. Files it does
- * not name (a sidecar config, an .env file kept beside it) are audited as files.
+ * generator file it names, or any file under a folder it names that is not a kustomization
+ * folder, and so on through the local bases and components it names: of those, what their own
+ * kustomizations name): such a file is audited in the rendered output. Files it does not name (a
+ * sidecar config, an .env file kept beside it, a file in a base folder the base does not list)
+ * are audited as files.
  */
 export function consumedBy(kustomization: string, directory: string): (file: string) => boolean {
   const named: string[] = [kustomization];
@@ -644,7 +674,13 @@ export function consumedBy(kustomization: string, directory: string): (file: str
     named.push(file);
     for (const { field, entry } of [...namedEntries(doc), ...pluginEntries(doc, folder).entries]) {
       // Remote resources are not files of this tree.
-      if (!isRemoteEntry(entry, folder, field)) named.push(resolve(folder, entry));
+      if (isRemoteEntry(entry, folder, field)) continue;
+      const path = resolve(folder, entry);
+      // A kustomization folder (a base, a component) consumes what its own kustomization names,
+      // visited here in turn, not every file under it: a file it does not list is audited as a
+      // file (review audit finding 2: an overlay naming ../app hid app/'s unlisted files).
+      if (TARGET_FIELDS.includes(field) && kustomizationIn(path) !== undefined) continue;
+      named.push(path);
     }
   });
   const roots = named.map((path) => resolve(path));
@@ -652,6 +688,37 @@ export function consumedBy(kustomization: string, directory: string): (file: str
     const path = resolve(file);
     return roots.some((root) => path === root || (!relative(root, path).startsWith("..") && path.startsWith(root + sep)));
   };
+}
+
+/**
+ * The regular files a kustomization loads as resources (file entries of `resources` and `bases`,
+ * through the local bases and components it names), as real paths: the only files kustomize
+ * writes a `config.kubernetes.io/origin` annotation for (accumulateFile). An origin naming any
+ * other file did not come from kustomize (a patch or transformer of the overlay set it).
+ */
+export function resourceFilesOf(kustomization: string): Set<string> {
+  const files = new Set<string>();
+  eachKustomization(kustomization, (_file, doc, folder) => {
+    for (const field of FILE_FIRST_FIELDS) {
+      for (const value of listField(doc, field)) {
+        const entry = asText(value).trim();
+        if (entry === "" || entry.includes("\n") || isRemoteEntry(entry, folder, field)) continue;
+        const path = resolve(folder, entry);
+        if (!isLocalFile(path)) continue;
+        try {
+          files.add(realpathSync(path));
+        } catch {
+          // Gone since: not a file kustomize loaded.
+        }
+      }
+    }
+  });
+  return files;
+}
+
+/** Whether `path` is `root` or under it (both real paths). */
+export function isInside(path: string, root: string): boolean {
+  return path === root || path.startsWith(root.endsWith(sep) ? root : root + sep);
 }
 
 /** The name findings in a rendered overlay are reported under: the overlay folder, then how it was rendered. */

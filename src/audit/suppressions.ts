@@ -1,3 +1,5 @@
+import { Parser } from "yaml";
+import { blankJsonComments, formatOf } from "./loaders/index.ts";
 import type { Finding, IgnoreProblem, SuppressedFinding } from "./types.ts";
 import type { ReadFile } from "./walk.ts";
 
@@ -46,9 +48,10 @@ export interface SuppressionOutcome {
 export function applySuppressions(findings: readonly Finding[], files: readonly ReadFile[], knownRules: ReadonlySet<string>, rulesRun: ReadonlySet<string> = knownRules): SuppressionOutcome {
   const problems: IgnoreProblem[] = [];
   const byFile = new Map<string, Directive[]>();
-  for (const { file, text } of files) {
-    if (!text.includes("meshward-audit-ignore")) continue;
-    const directives = parseDirectives(file, text, knownRules, problems);
+  for (const { file, text, format, rendered } of files) {
+    // kustomize drops comments: a directive in its output can only be a value (review audit finding 4).
+    if (rendered !== undefined || !text.includes("meshward-audit-ignore")) continue;
+    const directives = parseDirectives(file, text, commentStarts(file, text, format), knownRules, problems);
     if (directives.length > 0) byFile.set(file, directives);
   }
   const reported: Finding[] = [];
@@ -73,14 +76,85 @@ export function applySuppressions(findings: readonly Finding[], files: readonly 
   return { findings: reported, suppressed, problems };
 }
 
-function parseDirectives(file: string, text: string, knownRules: ReadonlySet<string>, problems: IgnoreProblem[]): Directive[] {
+/**
+ * Where each comment of the file starts: 0-based line → 0-based column. Only comments count as
+ * directives, never text in a value (`readme: "see //meshward-audit-ignore-file …"`, a URL, a block
+ * scalar's `# …` line): YAML (and JSON, read as YAML) by the YAML parser's comment tokens (JSON's
+ * `//` and `/* *\/` comments too); an env file and anything else by a line scan, a `#` (or `//`
+ * outside env files) at the start of a line or after whitespace, outside quotes.
+ */
+function commentStarts(file: string, text: string, format: ReadFile["format"]): Map<number, number> {
+  const starts = new Map<number, number>();
+  const kind = format ?? formatOf(file);
+  if (kind === "yaml") {
+    const lineStarts = [0];
+    for (let index = text.indexOf("\n"); index >= 0; index = text.indexOf("\n", index + 1)) lineStarts.push(index + 1);
+    const lineOf = (offset: number): number => {
+      let low = 0;
+      let high = lineStarts.length - 1;
+      while (low < high) {
+        const middle = (low + high + 1) >> 1;
+        if ((lineStarts[middle] ?? 0) <= offset) low = middle;
+        else high = middle - 1;
+      }
+      return low;
+    };
+    const add = (offset: number): void => {
+      const line = lineOf(offset);
+      const column = offset - (lineStarts[line] ?? 0);
+      if (!starts.has(line) || (starts.get(line) ?? 0) > column) starts.set(line, column);
+    };
+    const json = /\.jsonc?$/i.test(file);
+    const yamlText = json ? blankJsonComments(text) : text;
+    if (json) for (const match of text.matchAll(/\/[/*]/g)) if (yamlText[match.index] === " ") add(match.index);
+    const visit = (node: unknown): void => {
+      if (Array.isArray(node)) {
+        node.forEach(visit);
+        return;
+      }
+      if (node === null || typeof node !== "object") return;
+      const token = node as { type?: unknown; offset?: unknown };
+      if (token.type === "comment" && typeof token.offset === "number") add(token.offset);
+      for (const value of Object.values(node)) if (value !== null && typeof value === "object") visit(value);
+    };
+    try {
+      for (const token of new Parser().parse(yamlText)) visit(token);
+    } catch {
+      // Unparseable: no comments taken.
+    }
+    return starts;
+  }
+  const slashes = kind !== "env";
+  text.split(/\r?\n/).forEach((content, line) => {
+    let quote: string | undefined;
+    for (let index = 0; index < content.length; index += 1) {
+      const char = content[index] ?? "";
+      if (quote !== undefined) {
+        if (char === "\\") index += 1;
+        else if (char === quote) quote = undefined;
+        continue;
+      }
+      const afterSpace = index === 0 || /\s/.test(content[index - 1] ?? "");
+      if (afterSpace && (char === "#" || (slashes && char === "/" && content[index + 1] === "/"))) {
+        starts.set(line, index);
+        return;
+      }
+      if (char === '"' || char === "'") quote = char;
+    }
+  });
+  return starts;
+}
+
+function parseDirectives(file: string, text: string, comments: ReadonlyMap<number, number>, knownRules: ReadonlySet<string>, problems: IgnoreProblem[]): Directive[] {
   const lines = text.split(/\r?\n/);
   const directives: Directive[] = [];
   lines.forEach((content, index) => {
-    const match = DIRECTIVE.exec(content);
+    const start = comments.get(index);
+    if (start === undefined) return;
+    const match = DIRECTIVE.exec(content.slice(start));
     if (match === null) return;
     const line = index + 1;
-    const column = match.index + 1;
+    const column = start + match.index + 1;
     const scope = match[1] === undefined ? "line" : "file";
     const name = `meshward-audit-ignore${scope === "file" ? "-file" : ""}`;
     const body = match[2] ?? "";
@@ -94,7 +168,7 @@ function parseDirectives(file: string, text: string, knownRules: ReadonlySet<str
     if (reason === "") return void problem("give the reason after `--`, e.g. `-- test fixture, not deployed`");
     // A comment on a line of its own covers the first line after its comment block; a trailing one, its own line.
     let target = line;
-    if (scope === "line" && COMMENT_LINE.test(content)) {
+    if (scope === "line" && content.slice(0, start).trim() === "") {
       target = index + 2;
       while (target <= lines.length && COMMENT_LINE.test(lines[target - 1] ?? "")) target += 1;
     }

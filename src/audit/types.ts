@@ -33,7 +33,7 @@ export interface SourceDocument {
    * as if in the rendered output, to tell whether a finding in an object a patch changed elsewhere
    * is the source's own (the rule finds it there too).
    */
-  renderedFrom?: { file: string; document: SourceDocument | undefined; unpatched?: () => Resource | undefined };
+  renderedFrom?: { file: string; document: SourceDocument | undefined; unpatched?: () => Resource | undefined; untrusted?: string };
 }
 
 export interface DaprConfiguration {

@@ -13,9 +13,16 @@ export interface ReadFile {
   /** The kustomize overlay folder this text was rendered from (`kubectl kustomize DIR`). */
   rendered?: string;
   /** Rendered output: the local source file of each object (by objectKey) and its text, to point findings there. */
-  origins?: ReadonlyMap<string, { file: string; text: string }>;
+  origins?: ReadonlyMap<string, OriginText>;
   /** Only the raw-file rules (private keys) read it: a file of an overlay audited as rendered output. */
   rawOnly?: boolean;
+}
+
+/** The source of a rendered object: a file and its text; `untrusted`: why its origin annotation was not taken (file is then the overlay's kustomization). */
+export interface OriginText {
+  file: string;
+  text: string;
+  untrusted?: string;
 }
 
 export interface WalkResult {

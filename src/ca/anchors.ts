@@ -1,4 +1,4 @@
-import { X509Certificate, type KeyObject } from "node:crypto";
+import { createHash, createPublicKey, X509Certificate, type KeyObject } from "node:crypto";
 import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import { isMeshwardError, MeshwardError } from "../errors.ts";
@@ -112,6 +112,26 @@ export interface CaState {
    * leaves the bundle (`rotate-root retire`).
    */
   readonly trustEveryCaUnderRoot?: readonly RootTrustChoice[];
+  /**
+   * A generated root's prepare under way (`rotate-root prepare`, rotation.ts prepareRoot): recorded
+   * before root.next.key is written, and dropped when the prepare records `rootRotation`. A
+   * root.next.* found later is taken up only when its key is this one. Absent in directories of a
+   * meshward that did not record it (see prepareRoot for what a root.next.* left without it means).
+   */
+  readonly preparingRoot?: PreparingRoot;
+}
+
+/** The key a generated root's prepare writes to root.next.key, recorded in ca.json before it is written. */
+export interface PreparingRoot {
+  /** SHA-256 of the key's SubjectPublicKeyInfo (DER), upper-case hex pairs joined by ":" (as certificate fingerprints are shown). */
+  readonly keyFingerprint: string;
+  readonly startedAt: string;
+}
+
+/** SHA-256 of a key's SubjectPublicKeyInfo, as PreparingRoot.keyFingerprint records it. */
+export function keyFingerprint(key: KeyObject): string {
+  const spki = (key.type === "private" ? createPublicKey(key) : key).export({ type: "spki", format: "der" });
+  return createHash("sha256").update(spki).digest("hex").toUpperCase().match(/../g)!.join(":");
 }
 
 export interface RootRotationState {
@@ -392,6 +412,13 @@ export function readCaState(dir: string, files: AnchorFiles = directoryFiles): C
   const { trustEveryCaUnderRoot } = state as Record<string, unknown>;
   if (trustEveryCaUnderRoot !== undefined && !(Array.isArray(trustEveryCaUnderRoot) && trustEveryCaUnderRoot.every(isRootTrustChoice))) {
     throw corruptState(layout.state, '"trustEveryCaUnderRoot" is not a list of { rootFingerprint, subject, acceptedAt }');
+  }
+  const { preparingRoot } = state as Record<string, unknown>;
+  if (preparingRoot !== undefined) {
+    const { keyFingerprint: recorded, startedAt } = (preparingRoot ?? {}) as Record<string, unknown>;
+    if (typeof recorded !== "string" || !/^[0-9A-F]{2}(?::[0-9A-F]{2}){31}$/.test(recorded) || typeof startedAt !== "string") {
+      throw corruptState(layout.state, '"preparingRoot" is not { keyFingerprint (SHA-256, hex pairs), startedAt }');
+    }
   }
   return state as CaState;
 }

@@ -2,6 +2,7 @@ import type { Counter, Gauge } from "prom-client";
 import type { LabelledHistogram } from "../telemetry/histogram.ts";
 import { createMeshMetrics, type Metrics } from "../telemetry/metrics.ts";
 import { STREAM_REFUSALS } from "../util/address-slots.ts";
+import { GRPC_REFUSALS } from "./api/grpc.ts";
 import { CONNECTION_REFUSALS } from "../util/connection-gate.ts";
 import { HANDSHAKE_TOO_LARGE } from "../tls/handshake-cap.ts";
 
@@ -21,13 +22,23 @@ export interface CaMetrics {
   readonly kubernetesApiCircuitOpen: Gauge;
   /** meshward_ca_dapr_trust_bundle_syncs_total{result}: passes keeping Dapr's dapr-trust-bundle ConfigMap in step (dapr-trust-bundle-sync.ts). */
   readonly daprTrustBundleSyncs: Counter<"result">;
+  /** meshward_ca_api_requests_refused_total{reason}: SignCertificate calls the API refused before the authority saw them (GRPC_REFUSALS). */
+  readonly apiRequestsRefused: Counter<"reason">;
+  /** meshward_ca_held_request_bytes: bytes of unfinished SignCertificate requests the CA holds now (its HeldBudget), read at scrape time. */
+  readonly heldRequestBytes: Gauge;
+}
+
+/** Values the CA's gauges read when scraped. */
+export interface CaMetricSources {
+  /** Bytes of unfinished requests held now (0 when not given). */
+  readonly heldRequestBytes?: () => number;
 }
 
 /** Why the CA closed a connection without serving it (a closed set: alerts rely on it). */
 export const CA_CONNECTION_REFUSALS = [...CONNECTION_REFUSALS, "handshake_timeout", HANDSHAKE_TOO_LARGE, ...STREAM_REFUSALS] as const;
 export type CaConnectionRefusal = (typeof CA_CONNECTION_REFUSALS)[number];
 
-export function createCaMetrics(metrics: Metrics): CaMetrics {
+export function createCaMetrics(metrics: Metrics, sources: CaMetricSources = {}): CaMetrics {
   return {
     signRequests: metrics.counter({
       name: "meshward_ca_sign_requests_total",
@@ -64,7 +75,26 @@ export function createCaMetrics(metrics: Metrics): CaMetrics {
       help: "Passes keeping Dapr's dapr-trust-bundle ConfigMap equal to the CA's trust bundle (daprTrustBundle), by result: created, updated, unchanged, error (retried with backoff). Exported only with daprTrustBundle set.",
       labelNames: ["result"],
     }),
+    apiRequestsRefused: apiRequestsRefused(metrics),
+    heldRequestBytes: metrics.gauge({
+      name: "meshward_ca_held_request_bytes",
+      help: "Bytes of unfinished SignCertificate request bodies the CA holds now, all callers together. Bounded by maxRequestBytes × 256, and per source address by that × maxConnectionsPerAddress / maxConnections (past either a call is refused E_CA_BUSY, counted in meshward_ca_api_requests_refused_total).",
+      collect() {
+        this.set(sources.heldRequestBytes?.() ?? 0);
+      },
+    }),
   };
+}
+
+function apiRequestsRefused(metrics: Metrics): Counter<"reason"> {
+  const counter = metrics.counter({
+    name: "meshward_ca_api_requests_refused_total",
+    help: "SignCertificate calls the CA's API refused before attestation, by reason: budget (E_CA_BUSY: the unfinished requests of all callers hold maxRequestBytes × 256), budget_per_address (E_CA_BUSY: those of the caller's source address hold its share), too_large (E_REQUEST_TOO_LARGE: over maxRequestBytes), request_timeout (E_REQUEST_TIMEOUT: the request did not arrive within requestTimeout), client_deadline (E_REQUEST_TIMEOUT: the client's grpc-timeout passed before the CA answered). Not counted in meshward_ca_sign_requests_total.",
+    labelNames: ["reason"],
+  });
+  // Every reason exported from the start, so rate() and increase() see the first refusal.
+  for (const reason of GRPC_REFUSALS) counter.inc({ reason }, 0);
+  return counter;
 }
 
 function connectionsRefused(metrics: Metrics): Counter<"reason"> {

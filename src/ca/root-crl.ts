@@ -95,13 +95,14 @@ export function readRetiredIssuers(files: AnchorFiles, layout: CaLayout): Retire
  * are dropped here.
  */
 export function recordRetiredIssuer(files: AnchorFiles, layout: CaLayout, issuer: X509Certificate, now: Date): void {
-  files.write(layout.retiredIssuers, retiredIssuersWith(files, layout, issuer, now), { secret: false });
+  files.write(layout.retiredIssuers, retiredIssuersWith(files, layout, [issuer], now), { secret: false });
 }
 
-/** The text of layout.retiredIssuers once `issuer` is recorded (rotation.ts writes it with the new issuer pair). */
-export function retiredIssuersWith(files: AnchorFiles, layout: CaLayout, issuer: X509Certificate, now: Date): string {
-  const kept = readRetiredIssuers(files, layout).filter((r) => new Date(r.certificate.validTo).getTime() > now.getTime() && r.certificate.fingerprint256 !== issuer.fingerprint256);
-  const entries = [...kept.map((r) => ({ revokedAt: r.revokedAt.toISOString(), certificate: toPem(r.certificate.raw, "CERTIFICATE") })), { revokedAt: now.toISOString(), certificate: toPem(issuer.raw, "CERTIFICATE") }];
+/** The text of layout.retiredIssuers once `issuers` are recorded (rotation.ts writes it with the new issuer pair). */
+export function retiredIssuersWith(files: AnchorFiles, layout: CaLayout, issuers: readonly X509Certificate[], now: Date): string {
+  const added = issuers.filter((issuer, index) => issuers.findIndex((other) => other.fingerprint256 === issuer.fingerprint256) === index);
+  const kept = readRetiredIssuers(files, layout).filter((r) => new Date(r.certificate.validTo).getTime() > now.getTime() && !added.some((issuer) => issuer.fingerprint256 === r.certificate.fingerprint256));
+  const entries = [...kept.map((r) => ({ revokedAt: r.revokedAt.toISOString(), certificate: toPem(r.certificate.raw, "CERTIFICATE") })), ...added.map((issuer) => ({ revokedAt: now.toISOString(), certificate: toPem(issuer.raw, "CERTIFICATE") }))];
   return `${JSON.stringify({ issuers: entries }, null, 2)}\n`;
 }
 

@@ -7,7 +7,7 @@ import type { Store } from "../store/store.ts";
 import { describeTimeLeft } from "../util/duration.ts";
 import { directoryFiles, type AnchorFiles } from "./anchor-files.ts";
 import { DEFAULT_ROOT_TTL_MS, loadAnchors, readCaCertificates, readCaState, type LoadedAnchors } from "./anchors.ts";
-import { activateRoot, issuerRotationStage, prepareIssuer, prepareRoot, retireRoot, rotateIssuer } from "./rotation.ts";
+import { activateRoot, issuerRotationStage, prepareIssuer, prepareRoot, retireRoot, rotateIssuer, type ResumedPrepare } from "./rotation.ts";
 
 const WARN_EVERY_MS = 3_600_000;
 
@@ -121,7 +121,8 @@ export function createRotationManager(options: RotationManagerOptions) {
     } else if (selfManaged && config.autoRotateRoot.enabled) {
       const phase = (files: AnchorFiles) => readCaState(options.dir, files).rootRotation?.phase;
       if (rotation === undefined && rootLeft < config.autoRotateRoot.prepareBefore) {
-        await step("root", "prepare", async (files) => (phase(files) === undefined ? prepareRoot({ ...base, files }) : NOT_DUE));
+        const onResume = (resumed: ResumedPrepare) => logger.warn({ event: "rotation-resumed", kind: "root", step: "prepare", ...resumed }, "root rotation: 'prepare' takes up what an interrupted prepare left");
+        await step("root", "prepare", async (files) => (phase(files) === undefined ? prepareRoot({ ...base, files, onResume }) : NOT_DUE));
       } else if (rotation?.phase === "prepared" && now.getTime() - Date.parse(rotation.preparedAt) >= config.autoRotateRoot.activateAfter) {
         await step("root", "activate", async (files) => (phase(files) === "prepared" ? activateRoot({ ...base, files, issuerTtlMs: config.issuerTtl }) : NOT_DUE));
       } else if (rotation?.phase === "activated") {

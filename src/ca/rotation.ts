@@ -1,6 +1,6 @@
-import { createPublicKey, X509Certificate } from "node:crypto";
+import { createPublicKey, X509Certificate, type KeyObject } from "node:crypto";
 import { basename } from "node:path";
-import { MeshwardError } from "../errors.ts";
+import { isMeshwardError, MeshwardError } from "../errors.ts";
 import { createIssuerCertificate, createRootCertificate, type Signer } from "../pki/certificate.ts";
 import { assertIssuerUsable } from "./issuer-check.ts";
 import { readRetiredIssuers, retiredIssuersWith } from "./root-crl.ts";
@@ -15,6 +15,7 @@ import {
   caLayout,
   DEFAULT_ISSUER_TTL_MS,
   DEFAULT_ROOT_TTL_MS,
+  keyFingerprint,
   keysEncryptedState,
   readCaCertificates,
   readCaKey,
@@ -114,13 +115,15 @@ async function newIssuer(root: Signer, trustDomain: string, now: Date, ttlMs: nu
  * prepare/activate`). Without it (`rotate-issuer --now`, the answer to a leaked key) the previous
  * one is dropped: its CRL is no longer published and its workloads renew within a bundle refresh,
  * as SPIRE's `localauthority x509 taint` makes agents rotate at once away from a tainted
- * authority. The issuer it drops is also recorded as retired (issuers-retired.json, root-crl.ts:
- * the root's CRL lists it until it expires), in the same unit as the new pair (AnchorFiles.writePair
+ * authority. Every issuer it drops is also recorded as retired (issuers-retired.json, root-crl.ts:
+ * the root's CRL lists it until it expires; the CA withdraws its JWT-SVID key): the one it replaces
+ * and the previous one in issuer.prev.*, if any (kept by an earlier ordinary rotation: its key was
+ * beside the leaked one). The record is written in the same unit as the new pair (AnchorFiles.writePair
  * `also`: in a directory the record is staged with the pair and put in place right after the new
  * key, so a crash leaves either the old issuer and no record or the new issuer and the record; in
- * the store, one transaction), whoever calls: the CLI or code. A retry after an interruption that
- * finds the new issuer already installed leaves issuer.prev.* and the record as they are (they
- * already hold the issuer this one replaced).
+ * the store, one transaction), whoever calls: the CLI or code, and issuer.prev.* is removed only
+ * after it. A retry after an interruption that finds the new issuer already installed records and
+ * removes an issuer.prev.* still there, and keeps the record of the issuer it replaced.
  */
 function installIssuer(files: AnchorFiles, layout: CaLayout, certPem: string, keyPem: string, keepPrevious: boolean, passphrase: string | undefined, now: Date): void {
   let retired: { path: string; content: string } | undefined;
@@ -129,22 +132,27 @@ function installIssuer(files: AnchorFiles, layout: CaLayout, certPem: string, ke
     if (currentCertPem !== certPem) {
       files.writePair({ path: layout.previousIssuerKey, content: sealedKeyPem(files.read(layout.issuerKey), passphrase) }, { path: layout.previousIssuerCert, content: currentCertPem });
     }
-  } else {
-    if (!keepPrevious) {
-      const replaced = replacedIssuer(files, layout, certPem);
-      if (replaced !== undefined) retired = { path: layout.retiredIssuers, content: retiredIssuersWith(files, layout, replaced, now) };
-    }
-    files.remove(layout.previousIssuerKey);
-    files.remove(layout.previousIssuerCert);
+    files.writePair({ path: layout.issuerKey, content: keyPem }, { path: layout.issuerCert, content: certPem });
+    return;
+  }
+  if (!keepPrevious) {
+    // Every issuer whose key this drops is retired: the one replaced and the previous one (issuer.prev.*,
+    // kept by an ordinary rotation), whose key sat beside the leaked one. Listed, the root CRL revokes
+    // it and the CA withdraws its JWT-SVID key (review rotation task 3: it stayed published up to the TTL).
+    const dropped = [replacedIssuer(files, layout.issuerCert, certPem), replacedIssuer(files, layout.previousIssuerCert, certPem)].filter((c): c is X509Certificate => c !== undefined);
+    if (dropped.length > 0) retired = { path: layout.retiredIssuers, content: retiredIssuersWith(files, layout, dropped, now) };
   }
   files.writePair({ path: layout.issuerKey, content: keyPem }, { path: layout.issuerCert, content: certPem }, retired);
+  // Removed once the new pair and the record are in place: a crash before leaves issuer.prev.* for the retry to record and remove.
+  files.remove(layout.previousIssuerKey);
+  files.remove(layout.previousIssuerCert);
 }
 
-/** The issuer in place that `certPem` replaces; undefined when it is the same one (a retry) or cannot be read (a damaged directory being repaired). */
-function replacedIssuer(files: AnchorFiles, layout: CaLayout, certPem: string): X509Certificate | undefined {
+/** The issuer in `path` (issuer.pem, issuer.prev.pem) that installing `certPem` drops; undefined when it is that one (a retry), absent or cannot be read (a damaged directory being repaired). */
+function replacedIssuer(files: AnchorFiles, path: string, certPem: string): X509Certificate | undefined {
   try {
-    if (!files.exists(layout.issuerCert)) return undefined;
-    const current = readCaCertificates(files, layout.issuerCert)[0];
+    if (!files.exists(path)) return undefined;
+    const current = readCaCertificates(files, path)[0];
     const next = certificatesFromPem(certPem)[0];
     return current === undefined || (next !== undefined && current.raw.equals(next)) ? undefined : current;
   } catch {
@@ -312,6 +320,8 @@ export interface PrepareRootOptions {
   /** Accept an imported root that does not confine URI names to the trust domain (see root-scope.ts); recorded in ca.json. */
   readonly trustEveryCaUnderRoot?: boolean;
   readonly files?: AnchorFiles;
+  /** Told when the step takes up what an interrupted prepare of this CA left (the CLI says so, the CA logs it). */
+  readonly onResume?: (resumed: ResumedPrepare) => void;
 }
 
 /**
@@ -319,12 +329,15 @@ export interface PrepareRootOptions {
  *
  * ca.json is the commit point, written last: root.next.key, root.next.pem and bundle.pem are
  * written before it, so a prepare interrupted between them (crash, kill, full disk) leaves files
- * that ca.json does not record. The next prepare (the operator's, or the running CA's automatic
- * rotation) takes them up instead of starting over (review files MEDIUM-1): a root.next.pem whose
- * key is in root.next.key is reused as it is; a root.next.key without its certificate gets one; a
- * root.next.pem whose key is gone (or that an import replaces) leaves the bundle again. An existing
- * root.next.key is never overwritten, and the bundle never keeps a root that ca.json does not
- * record once the step is complete.
+ * that ca.json does not record as prepared. A generating prepare first records in ca.json the key
+ * it is about to write (preparingRoot: the SHA-256 of its SubjectPublicKeyInfo), then writes
+ * root.next.key. The next prepare (the operator's, or the running CA's automatic rotation) takes
+ * up what is left instead of starting over (review files MEDIUM-1), but only when it holds that key
+ * (takeUpLeftover: root.next.* of another CA of the same trust domain are refused): a root.next.pem
+ * whose key is in root.next.key is reused as it is; a root.next.key without its certificate gets
+ * one; a root.next.pem whose key is gone (or that an import replaces) leaves the bundle again. An
+ * existing root.next.key is never overwritten or removed (unless it is a copy of root.key), and the
+ * bundle never keeps a root that ca.json does not record once the step is complete.
  */
 export async function prepareRoot(options: PrepareRootOptions): Promise<X509Certificate> {
   const layout = caLayout(options.dir);
@@ -344,6 +357,8 @@ export async function prepareRoot(options: PrepareRootOptions): Promise<X509Cert
   const othersInBundle = () => bundleRoots(files, layout).filter((r) => r.fingerprint256 !== leftover?.fingerprint256);
   let next: X509Certificate;
   let trustChoice: RootTrustChoice | undefined;
+  // What ca.json will say (only a generated root has keys, so only then is encryption recorded).
+  let written: CaState = options.importedRootPem === undefined ? (keysEncryptedState(state, options.passphrase) ?? state) : state;
   if (options.importedRootPem !== undefined) {
     const [der, ...more] = certificatesFromPem(options.importedRootPem);
     if (der === undefined || more.length > 0) throw new MeshwardError("E_IMPORT_INVALID", "the new root file must hold exactly one certificate");
@@ -371,18 +386,23 @@ export async function prepareRoot(options: PrepareRootOptions): Promise<X509Cert
     // Resumed only if it is a root this CA generates (review today3 LOW-4): root.next.* copied in
     // from another CA's directory must not join the bundle as ours. Nothing is changed when refused.
     if (leftover !== undefined) refuseForeignLeftover(leftover, state.trustDomain, options.dir, layout);
-    // A key an interrupted prepare wrote is kept and used: the root published with it (if any) stays valid.
-    let privateKey = files.exists(layout.nextRootKey) ? readCaKey(files, layout.nextRootKey, options.passphrase) : undefined;
-    // Never the current root's key (a copy an activate left): that would be no rotation at all.
+    // A key an interrupted prepare of this CA wrote (the one ca.json records) is kept and used: the root published with it (if any) stays valid.
+    let privateKey = files.exists(layout.nextRootKey) ? readNextRootKey(files, layout, options.dir, options.passphrase) : undefined;
+    // Never the current root's key (a copy an activate left; root.key holds it): that would be no rotation at all.
     if (privateKey !== undefined && keysMatch(privateKey, current.publicKey)) {
       files.remove(layout.nextRootKey);
       privateKey = undefined;
     }
+    const taken = takeUpLeftover({ state, layout, dir: options.dir, privateKey, leftover, inBundle: leftover !== undefined && bundleRoots(files, layout).some((r) => r.fingerprint256 === leftover.fingerprint256) });
     if (leftover !== undefined && privateKey !== undefined && keysMatch(privateKey, leftover.publicKey) && usableRoot(leftover, options.now)) {
       next = leftover;
     } else {
       if (privateKey === undefined) {
         privateKey = generateKeyPair(keyAlgorithmOf(current.publicKey)).privateKey;
+        // The commit point first: ca.json names the key before root.next.key holds it, so that a
+        // retry takes up this key and no other (review rotation: another CA's root.next.* of the same trust domain).
+        written = { ...written, preparingRoot: { keyFingerprint: keyFingerprint(privateKey), startedAt: options.now.toISOString() } };
+        writeCaState(options.dir, written, files);
         files.write(layout.nextRootKey, encodePrivateKey(privateKey, options.passphrase), { secret: true });
       }
       const issued = await createRootCertificate({
@@ -395,16 +415,28 @@ export async function prepareRoot(options: PrepareRootOptions): Promise<X509Cert
       next = new X509Certificate(issued.der);
       files.write(layout.nextRootCert, toPem(issued.der, "CERTIFICATE"), { secret: false });
     }
+    if (taken !== undefined) {
+      options.onResume?.({
+        keyKept: taken.key,
+        rootKept: next.fingerprint256 === leftover?.fingerprint256,
+        ...(leftover !== undefined && next.fingerprint256 !== leftover.fingerprint256 ? { rootDropped: leftover.fingerprint256 } : {}),
+        recorded: taken.recorded,
+      });
+    }
     // A key left in the clear by an attempt without the passphrase is sealed now that one is given (the same key).
     const keyPem = files.read(layout.nextRootKey);
     if (sealedKeyPem(keyPem, options.passphrase) !== keyPem) files.write(layout.nextRootKey, sealedKeyPem(keyPem, options.passphrase), { secret: true });
   }
   // The root of an interrupted attempt that is not the one prepared now (its key is gone, or an import replaces it) leaves the bundle.
-  const roots = othersInBundle().filter((r) => r.fingerprint256 !== next.fingerprint256);
+  // So does a root with the key ca.json recorded for an earlier attempt (its root.next.* moved out by the operator).
+  const lostKey = state.preparingRoot?.keyFingerprint;
+  const roots = othersInBundle().filter((r) => r.fingerprint256 !== next.fingerprint256 && (lostKey === undefined || r.fingerprint256 === current.fingerprint256 || keyFingerprint(r.publicKey) !== lostKey));
   writeBundle(files, layout, [...roots, next]);
-  const written = options.importedRootPem === undefined ? (keysEncryptedState(state, options.passphrase) ?? state) : state;
+  // The prepare is recorded; the key it wrote no longer needs naming apart.
+  const { preparingRoot: _named, ...base } = written;
+  void _named;
   writeCaState(options.dir, {
-    ...written,
+    ...base,
     ...(trustChoice !== undefined ? { trustEveryCaUnderRoot: [...(state.trustEveryCaUnderRoot ?? []).filter((c) => c.rootFingerprint !== trustChoice.rootFingerprint), trustChoice] } : {}),
     rootRotation: { phase: "prepared", preparedAt: options.now.toISOString(), previousRootFingerprint: current.fingerprint256, nextRootFingerprint: next.fingerprint256 },
   }, files);
@@ -417,7 +449,8 @@ export async function prepareRoot(options: PrepareRootOptions): Promise<X509Cert
  * URI SAN spiffe://<trust domain> (createRootCertificate). Not checkRootScope: the roots meshward
  * generates carry no nameConstraints (no other CA is ever under them), so that import check would
  * refuse every one. Two CAs with the same trust-domain name make the same names: this tells another
- * trust domain's root apart, not another directory's root of the same trust domain.
+ * trust domain's root apart, not another directory's root of the same trust domain (takeUpLeftover
+ * does, by the key ca.json records).
  */
 function refuseForeignLeftover(root: X509Certificate, trustDomain: string, dir: string, layout: CaLayout): void {
   const cn = /(?:^|\n)CN=(.*)/.exec(root.subject)?.[1] ?? "";
@@ -435,6 +468,89 @@ function refuseForeignLeftover(root: X509Certificate, trustDomain: string, dir: 
       `It was not left by an interrupted 'meshward ca rotate-root prepare' of this CA (files copied from another CA's directory?), so it is not taken up. Nothing was changed. ` +
       `Move ${cert} and ${key} (if present) out of ${dir} and run this command again: it then generates a new root. To rotate to that root on purpose, import it with --root-cert (its scope is then checked)`,
     { details: { dir, file: layout.nextRootCert, fingerprint: root.fingerprint256, trustDomain, reason: gap } },
+  );
+}
+
+/**
+ * root.next.key as prepareRoot reads it. One the CA passphrase does not decrypt while it decrypts
+ * root.key was not sealed by this CA (every key this CA writes is sealed with that passphrase): it is
+ * refused as not this CA's (E_ROTATION_STATE) rather than as a wrong passphrase; nothing is changed.
+ */
+function readNextRootKey(files: AnchorFiles, layout: CaLayout, dir: string, passphrase: string | undefined): KeyObject {
+  try {
+    return readCaKey(files, layout.nextRootKey, passphrase);
+  } catch (error) {
+    if (passphrase === undefined || !isMeshwardError(error, "E_KEY_PASSPHRASE_WRONG")) throw error;
+    try {
+      readCaKey(files, layout.rootKey, passphrase);
+    } catch {
+      throw error; // the passphrase opens neither: it is the wrong one
+    }
+    const keyName = basename(layout.nextRootKey);
+    throw new MeshwardError(
+      "E_ROTATION_STATE",
+      `cannot take up what an interrupted 'meshward ca rotate-root prepare' left: ${keyName} is not sealed with this CA's passphrase (which opens ${basename(layout.rootKey)}), so no prepare of this CA wrote it (copied from another CA's directory?) and it is not used. Nothing was changed. ` +
+        `Move ${keyName} (and ${basename(layout.nextRootCert)}, if it is not this CA's) out of ${dir} (keep them if you need them) and run this command again: it then generates a new root`,
+      { details: { dir, file: layout.nextRootKey } },
+    );
+  }
+}
+
+/** What prepareRoot took up from an interrupted prepare (PrepareRootOptions.onResume). */
+export interface ResumedPrepare {
+  /** root.next.key, written by the interrupted attempt, is the new root's key. */
+  readonly keyKept: boolean;
+  /** root.next.pem, written by the interrupted attempt, is the prepared root (unchanged). */
+  readonly rootKept: boolean;
+  /** The interrupted attempt's root (its key lost) that left the bundle again. */
+  readonly rootDropped?: string;
+  /** The files matched the key ca.json records (preparingRoot); false: a CA directory of a meshward that recorded none, and the bundle already held the root. */
+  readonly recorded: boolean;
+}
+
+/**
+ * Decides whether root.next.* (a key, a certificate, or both; not the current root's) are what an
+ * interrupted prepare of this CA left, before anything is written; refuses (E_ROTATION_STATE) when
+ * not. Returns undefined when there is nothing to take up.
+ *
+ * - ca.json records a prepare under way (preparingRoot, written before root.next.key): both files
+ *   must hold that key. A root.next.pem with it but no root.next.key is this CA's root whose key was
+ *   lost: it leaves the bundle and a new key is made.
+ * - ca.json records none: the CA directory of a meshward before 2026-12-08 (which recorded no key),
+ *   or files copied in. Taken up only when the bundle already holds root.next.pem's root (this
+ *   CA's prepare published it: a copied file never reached the bundle) and root.next.key, if any,
+ *   is its key. A root.next.key alone, or a root the bundle does not hold, was published nowhere:
+ *   refused, and once the operator moves it out, a new root is generated and nothing is lost.
+ */
+function takeUpLeftover(found: { state: CaState; layout: CaLayout; dir: string; privateKey: KeyObject | undefined; leftover: X509Certificate | undefined; inBundle: boolean }): { key: boolean; recorded: boolean } | undefined {
+  const { state, layout, privateKey, leftover } = found;
+  if (privateKey === undefined && leftover === undefined) return undefined;
+  const intent = state.preparingRoot?.keyFingerprint;
+  const keyFp = privateKey !== undefined ? keyFingerprint(privateKey) : undefined;
+  const rootKeyFp = leftover !== undefined ? keyFingerprint(leftover.publicKey) : undefined;
+  const keyName = basename(layout.nextRootKey);
+  const certName = basename(layout.nextRootCert);
+  let gap: string | undefined;
+  let ownRoot = false;
+  if (intent !== undefined) {
+    ownRoot = rootKeyFp === intent;
+    if (keyFp !== undefined && keyFp !== intent) gap = `${keyName} holds the key ${keyFp}, not the key ${basename(layout.state)} records for the root being prepared (${intent})`;
+    else if (rootKeyFp !== undefined && rootKeyFp !== intent) gap = `${certName} holds the root ${leftover!.fingerprint256}, whose key ${rootKeyFp} is not the key ${basename(layout.state)} records for the root being prepared (${intent})`;
+  } else {
+    ownRoot = found.inBundle;
+    const what = `${basename(layout.state)} records no root being prepared (no "preparingRoot": written by a meshward before 2026-12-08, or the files were copied in)`;
+    if (leftover === undefined) gap = `${keyName} holds the key ${keyFp} without a certificate, and ${what}`;
+    else if (!found.inBundle) gap = `${certName} holds the root ${leftover.fingerprint256}, which the trust bundle does not hold (no prepare of this CA published it), and ${what}`;
+    else if (privateKey !== undefined && !keysMatch(privateKey, leftover.publicKey)) gap = `${keyName} holds the key ${keyFp}, which is not the key of the root in ${certName} (${leftover.fingerprint256})`;
+  }
+  if (gap === undefined) return { key: privateKey !== undefined, recorded: intent !== undefined };
+  // This CA's own root (in the bundle, or with the recorded key) stays where it is: only the key that is not its leaves.
+  const move = ownRoot ? [keyName] : [...(privateKey !== undefined ? [keyName] : []), ...(leftover !== undefined ? [certName] : [])];
+  throw new MeshwardError(
+    "E_ROTATION_STATE",
+    `cannot take up what an interrupted 'meshward ca rotate-root prepare' left: ${gap}. They may come from another CA's directory (one of the same trust domain makes roots of the same name), so they are not used. Nothing was changed. ` +
+      `Move ${move.join(" and ")} out of ${found.dir} (keep ${move.length > 1 ? "them" : "it"} if you need ${move.length > 1 ? "them" : "it"}) and run this command again: it then ${ownRoot ? "removes the root whose key is gone from the bundle and " : ""}generates a new root`,
+    { details: { dir: found.dir, ...(intent !== undefined ? { recordedKey: intent } : {}), ...(keyFp !== undefined ? { foundKey: keyFp } : {}), ...(leftover !== undefined ? { foundRoot: leftover.fingerprint256, foundRootKey: rootKeyFp } : {}) } },
   );
 }
 

@@ -27,7 +27,7 @@ import { inClusterApiServer, kubeApiConnection, type KubeApiConnection } from ".
 import { DAPR_TRUST_BUNDLE_SYNC_RESULTS, syncDaprTrustBundle, type DaprTrustBundleSync } from "./dapr-trust-bundle-sync.ts";
 import { CertificateAuthority, type ValidatorName } from "./authority.ts";
 import { CRL_VALIDITY_MS, CrlPublisher } from "./crl-publisher.ts";
-import { BUFFERED_REQUESTS, handleGrpc } from "./api/grpc.ts";
+import { BUFFERED_REQUESTS, handleGrpc, type GrpcRefusal } from "./api/grpc.ts";
 import { handleHttp } from "./api/http.ts";
 import { SECURE_OPTIONS } from "../tls/policy.ts";
 import { capHandshakeBytes, HANDSHAKE_TOO_LARGE, rawSocketOf, refusedByHandshakeCap } from "../tls/handshake-cap.ts";
@@ -52,7 +52,7 @@ import { createHealth, createOpsServer, type BoundAddress, type OpsServer } from
 import { LimitedWarnings } from "../telemetry/log-limiter.ts";
 import { AddressSlots } from "../util/address-slots.ts";
 import { ConnectionGate, gatedListener, sourceAddress } from "../util/connection-gate.ts";
-import { requestBudget } from "../util/request-budget.ts";
+import { addressShare, HeldBudget } from "../util/held-budget.ts";
 import { enforceRequestDeadlines } from "../util/request-deadlines.ts";
 import { openFileLimit } from "../util/open-file-limit.ts";
 import { SignRateLimiter } from "./sign-rate-limit.ts";
@@ -143,7 +143,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       `the configuration names trust domain ${config.trustDomain} but ${options.dir} holds a CA for ${anchors.trustDomain}`,
     );
   }
-  const store = options.store ?? openCaStore(config.store ?? `sqlite:${anchors.layout.database}`, options.dir);
+  const store = options.store ?? (await openCaStore(config.store ?? `sqlite:${anchors.layout.database}`, options.dir));
   await store.migrate();
   // Several replicas on one PostgreSQL (issue 17): what changes after init is read from the store
   // (DIR may be read-only), one leader rotates and signs the CRL, the others follow.
@@ -178,7 +178,8 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
 
   const telemetry = createMetrics({ processMetrics: true });
   const registry = telemetry.registry;
-  const metrics = createCaMetrics(telemetry);
+  // meshward_ca_held_request_bytes reads the API's request budget (made with the API server, below) when scraped.
+  const metrics = createCaMetrics(telemetry, { heldRequestBytes: () => budget.used });
   const mesh = createMeshMetrics(telemetry);
   metrics.leader.set(leader ? 1 : 0);
   // Root CRLs (root-crl.ts): one per root whose key this CA holds, for OpenSSL's whole-chain CRL check.
@@ -413,7 +414,10 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     ALPNProtocols: ["h2", "http/1.1"],
     settings: { maxConcurrentStreams: MAX_CONCURRENT_STREAMS },
   });
-  const budget = requestBudget(config.maxRequestBytes * BUFFERED_REQUESTS);
+  // Each source address may hold its share of the budget (as of connections: 1/16 at the
+  // defaults, 1 MiB), at least one whole request: one address cannot leave the others E_CA_BUSY.
+  const requestBytes = config.maxRequestBytes * BUFFERED_REQUESTS;
+  const budget = new HeldBudget(requestBytes, addressShare(requestBytes, config.maxConnections, config.maxConnectionsPerAddress, config.maxRequestBytes + 5));
   // HTTP/1.1 callers come through the gated listener too, where Node's headersTimeout never
   // fires: a head (and a body, which the HTTP API never reads) gets requestTimeout to arrive.
   enforceRequestDeadlines(server, { headersMs: config.requestTimeout, bodyMs: config.requestTimeout });
@@ -427,6 +431,12 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     ...(jwtSvids !== undefined ? { jwtSvid: { discovery: () => jwtSvids.discovery(), jwks: () => jwtSvids.jwks({ privateKey: anchors.issuer.privateKey, serial: anchors.issuer.certificate.serialNumber }) } } : {}),
   };
   const streams = new AddressSlots(MAX_OPEN_STREAMS, MAX_OPEN_STREAMS_PER_ADDRESS);
+  /** A SignCertificate call refused before the authority saw it (request budget, size, deadlines): counted, logged per reason and address, shown on the status page. */
+  const grpcRefused = ({ reason, code, address }: { reason: GrpcRefusal; code: string; address: string }) => {
+    metrics.apiRequestsRefused.inc({ reason });
+    warnings.warn(`request-refused|${reason}|${address}`, { event: "request-refused", reason, code, peer: address }, "refused a SignCertificate call before attestation");
+    recorder.recordRefusal({ peer: address, reason: `request refused: ${code} (${reason})` });
+  };
   server.on("request", (req: Http2ServerRequest, res: Http2ServerResponse) => {
     if (req.httpVersion === "2.0") {
       const address = sourceAddress(req.socket.remoteAddress);
@@ -441,7 +451,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     }
     const isGrpc = req.httpVersion === "2.0" && (req.headers["content-type"] ?? "").startsWith("application/grpc");
     if (isGrpc) {
-      handleGrpc(req, res, authority, { maxRequestBytes: config.maxRequestBytes, budget, requestTimeoutMs: config.requestTimeout });
+      handleGrpc(req, res, authority, { maxRequestBytes: config.maxRequestBytes, budget, requestTimeoutMs: config.requestTimeout, onRefused: grpcRefused });
       return;
     }
     handleHttp(req, res, httpContext).catch((error) => {
@@ -820,7 +830,7 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
         daprTrustBundle: () => daprSync?.status(),
       });
       const routes = createStatusRoutes(provider, statusToken === undefined ? {} : { token: statusToken }).routes;
-      ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics: telemetry, health, extraRoutes: routes, logger });
+      ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics: telemetry, health, extraRoutes: routes, logger, maxConnections: config.statusMaxConnections, maxConnectionsPerAddress: config.statusMaxConnectionsPerAddress });
       status = await ops.start();
     } catch (error) {
       await stop(0);
@@ -860,10 +870,10 @@ function errorCode(error: unknown): string {
 }
 
 /** SQLite commits (one fsync per group commit) run on a writer thread so they never stall the API. */
-function openCaStore(url: string, caDirectory: string): Store {
+async function openCaStore(url: string, caDirectory: string): Promise<Store> {
   const location = parseStoreUrl(url);
   // A SQLite file is checked as the CA directory is (E_STORE_UNSAFE), its parents too when it is elsewhere.
-  return location.kind === "sqlite" ? openSqliteStore(location.path, { writerThread: true, caDirectory }) : openStore(url);
+  return location.kind === "sqlite" ? openSqliteStore(location.path, { writerThread: true, caDirectory }) : await openStore(url);
 }
 
 /**

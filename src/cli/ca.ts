@@ -2,8 +2,10 @@ import { Option, type Command, type OptionValues } from "commander";
 import { KEY_ALGORITHMS } from "../pki/keys.ts";
 import { checkCaDirOption, collect, logFormatOption, logLevelOption, validatorOption } from "./options.ts";
 
-// What `meshward ca` accepts; what it does is in ./actions/ca.ts, loaded when it runs.
+// What `meshward ca` accepts; what it does is in ./actions/ca.ts, loaded when it runs (`ca serve`:
+// ./actions/ca-serve.ts, so that the short subcommands do not load the CA server).
 const actions = () => import("./actions/ca.ts");
+const serveAction = () => import("./actions/ca-serve.ts");
 
 /** The opt-in of src/ca/root-scope.ts (spelled here too: help loads nothing of the CA). */
 const TRUST_EVERY_CA_FLAG = "--trust-every-ca-under-root";
@@ -52,10 +54,12 @@ export function registerCaCommand(program: Command): void {
     .option("--handshake-timeout <duration>", "close an API connection that has not completed its TLS handshake in this long (default: 10s)")
     .option("--max-connections <n>", "API connections open at once, from all callers; more are closed on accept (default: 4096)")
     .option("--max-connections-per-address <n>", "API connections open at once from one source IP address; more are closed on accept (default: 256)")
+    .option("--status-max-connections <n>", "status-port connections open at once, from everyone; more are reset on accept (default: 64)")
+    .option("--status-max-connections-per-address <n>", "status-port connections open at once from one source IP address (default: 16)")
     .option("--dapr-trust-bundle-namespace <ns>", "in a cluster: keep Dapr's dapr-trust-bundle ConfigMap in this namespace (Dapr's control plane, e.g. dapr-system) equal to the CA's trust bundle through the Kubernetes API, at start and at every root rotation step (needs the RBAC of deploy/kubernetes/components/dapr-trust-bundle; off by default)")
     .addOption(logFormatOption())
     .addOption(logLevelOption())
-    .action(async (opts: OptionValues) => (await actions()).caServe(opts));
+    .action(async (opts: OptionValues) => (await serveAction()).caServe(opts));
 
   ca.command("migrate-store")
     .description("move a CA's records (certificates, revocations, tokens, CRL number; from PostgreSQL also the replicas' shared CA state and published CRL) to another store, e.g. SQLite to PostgreSQL for several replicas; stop the CA first")

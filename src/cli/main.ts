@@ -1,4 +1,5 @@
 import { CommanderError } from "commander";
+import { noWorkflowCommands, printable } from "../util/printable.ts";
 import { MeshwardError } from "../errors.ts";
 import { newProgram, setUpProgram } from "./program.ts";
 
@@ -23,7 +24,8 @@ function reportCliError(error: unknown): number {
     return error.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
   }
   if (error instanceof MeshwardError) {
-    process.stderr.write(`meshward: ${error.message} [${error.code}]\n`);
+    // A message may quote a path or a value from an audited tree: no control character, no workflow command.
+    process.stderr.write(noWorkflowCommands(`meshward: ${printable(error.message, { keepNewlines: true })} [${error.code}]\n`));
     // A flag or argument the command cannot take exits 2, as commander's own usage errors do:
     // E_USAGE, or an error a flag's value caused, which keeps its own code (details.usage, set by
     // src/cli/usage.ts: not imported here, so that --version and help load no more than they did).

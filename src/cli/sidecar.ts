@@ -34,6 +34,8 @@ export const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: 
   ["--drain-timeout <duration>", "drainTimeout", ["limits", "drainTimeout"]],
   ["--max-connections <n>", "maxConnections", ["limits", "maxConnections"], "number"],
   ["--max-connections-per-address <n>", "maxConnectionsPerAddress", ["limits", "maxConnectionsPerAddress"], "number"],
+  ["--status-max-connections <n>", "statusMaxConnections", ["limits", "statusMaxConnections"], "number"],
+  ["--status-max-connections-per-address <n>", "statusMaxConnectionsPerAddress", ["limits", "statusMaxConnectionsPerAddress"], "number"],
   ["--max-concurrent-streams <n>", "maxConcurrentStreams", ["limits", "maxConcurrentStreams"], "number"],
   ["--max-held-request-bytes <n>", "maxHeldRequestBytes", ["limits", "maxHeldRequestBytes"], "number"],
   ["--max-handshake-bytes <n>", "maxHandshakeBytes", ["limits", "maxHandshakeBytes"], "number"],

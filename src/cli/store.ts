@@ -29,7 +29,7 @@ export async function openCaStore(dir: string, url: string | undefined, options:
     }
   }
   // A SQLite file is checked as the CA directory is (E_STORE_UNSAFE), its parents too when it is elsewhere.
-  const store = openStore(url ?? `sqlite:${caLayout(dir).database}`, { caDirectory: dir });
+  const store = await openStore(url ?? `sqlite:${caLayout(dir).database}`, { caDirectory: dir });
   await store.migrate();
   return store;
 }

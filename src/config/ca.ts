@@ -158,6 +158,21 @@ export const caConfigSchema = z
       .optional()
       .describe("Serve the status page (/), /metrics, /healthz and /readyz over plain HTTP on this HOST:PORT (off by default)."),
     statusTokenFile: z.string().min(1).optional().describe("File holding the status page token (at least 16 characters; the file readable by its owner only, mode 0600, else E_KEY_PERMISSIONS); required when status is not on loopback (or MESHWARD_STATUS_TOKEN)."),
+    // The defaults are telemetry/health.ts's DEFAULT_STATUS_MAX_CONNECTIONS(_PER_ADDRESS) (config imports no telemetry).
+    statusMaxConnections: z
+      .number()
+      .int()
+      .min(1)
+      .max(100_000)
+      .default(64)
+      .describe("Connections the status port keeps open at once, from everyone; more are reset on accept and counted in meshward_status_connections_refused_total. Probes and a Prometheus scrape need a handful. A connection has 5 s to send a complete request head, then it is closed."),
+    statusMaxConnectionsPerAddress: z
+      .number()
+      .int()
+      .min(1)
+      .max(100_000)
+      .default(16)
+      .describe("Status-port connections open at once from one source IP address; more are reset on accept."),
     store: z.string().optional().describe("Store URL: sqlite:/path/ca.db (default: <dir>/ca.db) or postgres://…"),
     workloadTtl: duration("workload TTL", { text: MIN_WORKLOAD_TTL, why: "workloads renew at half of it; under a minute is for testing rotation only, production uses hours" })
       .default(parseDuration("24h"))
@@ -194,7 +209,7 @@ export const caConfigSchema = z
       .max(256)
       .optional()
       .describe("Worker threads that verify CSRs and sign certificates; 0 signs on the main thread. Default: one per CPU less one for the event loop (os.availableParallelism() - 1). The workers hold at most 128 requests each, waiting or running; past that a request is refused RESOURCE_EXHAUSTED (E_CA_BUSY) and the client retries with backoff. A request whose caller has gone (stream reset, deadline passed) is dropped from the queue unsigned."),
-    maxRequestBytes: z.number().int().min(1024).max(1 << 20).default(64 * 1024).describe("Largest accepted API request body. The CA holds at most 256 of these at once across all unfinished calls (more get E_CA_BUSY), and allows 16 concurrent streams per connection (more get REFUSED_STREAM)."),
+    maxRequestBytes: z.number().int().min(1024).max(1 << 20).default(64 * 1024).describe("Largest accepted API request body. The CA holds at most 256 of these at once across all unfinished calls (more get E_CA_BUSY), of which one source IP address at most its share, 256 × maxRequestBytes × maxConnectionsPerAddress / maxConnections (1 MiB at the defaults, at least one request; more from that address get E_CA_BUSY), and allows 16 concurrent streams per connection (more get REFUSED_STREAM)."),
     requestTimeout: timerDurationText("request timeout").default(parseDuration("30s")).describe("Longest a SignCertificate call may take to send its whole request; a slower one gets DEADLINE_EXCEEDED (E_REQUEST_TIMEOUT) and its stream is reset, so a peer sending a byte at a time cannot hold it open. An HTTP/1.1 caller of the HTTP API (bundle, CRL, health) has as long to send each request head, from the handshake or the previous response; past it the connection is closed."),
     handshakeTimeout: timerDurationText("handshake timeout")
       .default(parseDuration("10s"))

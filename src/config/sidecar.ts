@@ -95,6 +95,21 @@ export const limitsSchema = z
       .max(1 << 20, { error: "must be at most 1048576 (1 MiB)" })
       .default(DEFAULT_MAX_HANDSHAKE_BYTES)
       .describe(SIDECAR_LIMIT_HELP.maxHandshakeBytes),
+    // The defaults are telemetry/health.ts's DEFAULT_STATUS_MAX_CONNECTIONS(_PER_ADDRESS) (config imports no telemetry).
+    statusMaxConnections: z
+      .number({ error: "must be a number of connections" })
+      .int({ error: "must be a whole number" })
+      .min(1, { error: "must be at least 1" })
+      .max(100_000, { error: "must be at most 100000 (each connection is a file descriptor of the process that serves mTLS)" })
+      .default(64)
+      .describe(SIDECAR_LIMIT_HELP.statusMaxConnections),
+    statusMaxConnectionsPerAddress: z
+      .number({ error: "must be a number of connections" })
+      .int({ error: "must be a whole number" })
+      .min(1, { error: "must be at least 1" })
+      .max(100_000, { error: "must be at most 100000 (each connection is a file descriptor of the process that serves mTLS)" })
+      .default(16)
+      .describe(SIDECAR_LIMIT_HELP.statusMaxConnectionsPerAddress),
     maxHeldRequestBytes: z
       .number({ error: "must be a number of bytes" })
       .int({ error: "must be a whole number" })

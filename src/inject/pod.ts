@@ -382,6 +382,8 @@ function sidecarContainer(settings: PodSettings, options: InjectOptions): Record
     "--no-status-page",
     ...(settings.config === undefined ? [] : ["--policy", `${POLICY_DIR}/${POLICY_KEY}`]),
     ...settings.outboundAllowedHosts.flatMap((host) => ["--outbound-allowed-host", host]),
+    ...(settings.escapedSlashes === undefined ? [] : ["--escaped-slashes", settings.escapedSlashes]),
+    ...(settings.headersWithUnderscores === undefined ? [] : ["--headers-with-underscores", settings.headersWithUnderscores]),
     "--log-format",
     "json",
   ];

@@ -26,6 +26,10 @@ export interface PodSettings {
   readonly config: string | undefined;
   /** Host names the outbound port answers besides loopback and the routed app id (a gateway's). */
   readonly outboundAllowedHosts: readonly string[];
+  /** The sidecar's escapedSlashes (undefined: its default, reject). */
+  readonly escapedSlashes: "reject" | "unescape" | "keep" | undefined;
+  /** The sidecar's headersWithUnderscores (undefined: its default, reject). */
+  readonly headersWithUnderscores: "reject" | "drop" | "allow" | undefined;
 }
 
 export const ANNOTATION = {
@@ -36,6 +40,8 @@ export const ANNOTATION = {
   config: "meshward.io/config",
   mode: "meshward.io/mode",
   outboundAllowedHosts: "meshward.io/outbound-allowed-hosts",
+  escapedSlashes: "meshward.io/escaped-slashes",
+  headersWithUnderscores: "meshward.io/headers-with-underscores",
   injected: "meshward.io/injected",
   daprEnabled: "dapr.io/enabled",
   daprAppId: "dapr.io/app-id",
@@ -130,7 +136,16 @@ export function readSettings(
     const problem = allowedHostProblem(entry);
     if (problem !== undefined) throw new MeshwardError("E_INJECT_ANNOTATION", `${where}: ${ANNOTATION.outboundAllowedHosts}: ${problem}`);
   }
-  return { appId, appPort, protocol, mode, config: config === "" ? undefined : config, outboundAllowedHosts };
+  const escapedSlashes = oneOf(pick(ANNOTATION.escapedSlashes), ANNOTATION.escapedSlashes, ["reject", "unescape", "keep"] as const, where);
+  const headersWithUnderscores = oneOf(pick(ANNOTATION.headersWithUnderscores), ANNOTATION.headersWithUnderscores, ["reject", "drop", "allow"] as const, where);
+  return { appId, appPort, protocol, mode, config: config === "" ? undefined : config, outboundAllowedHosts, escapedSlashes, headersWithUnderscores };
+}
+
+/** An annotation that names one of `choices` (undefined when absent or empty: the sidecar's default). */
+function oneOf<T extends string>(value: string | undefined, key: string, choices: readonly T[], where: string): T | undefined {
+  if (value === undefined || value === "") return undefined;
+  if ((choices as readonly string[]).includes(value)) return value as T;
+  throw new MeshwardError("E_INJECT_ANNOTATION", `${where}: ${key} must be ${choices.slice(0, -1).join(", ")} or ${choices.at(-1)}, got ${JSON.stringify(value)}`);
 }
 
 /** The sidecar's inbound mTLS, outbound and status ports. */

@@ -8,7 +8,8 @@ interface Waiter {
 
 interface Share {
   held: number;
-  readonly waiting: Set<Waiter>;
+  /** HTTP/2 streams waiting for a slot; made for the first one (an HTTP/1 exchange never waits, and makes a share per request). */
+  waiting: Set<Waiter> | undefined;
 }
 
 /**
@@ -32,7 +33,7 @@ export class AppShare {
   #share(address: string): Share {
     let share = this.#shares.get(address);
     if (share === undefined) {
-      share = { held: 0, waiting: new Set() };
+      share = { held: 0, waiting: undefined };
       this.#shares.set(address, share);
     }
     return share;
@@ -44,14 +45,15 @@ export class AppShare {
     return () => {
       if (released) return;
       released = true;
-      for (const next of share.waiting) {
-        share.waiting.delete(next);
+      const waiting = share.waiting;
+      if (waiting !== undefined) for (const next of waiting) {
+        waiting.delete(next);
         clearTimeout(next.timer);
         next.start(this.#releaser(address, share));
         return;
       }
       share.held--;
-      if (share.held <= 0 && share.waiting.size === 0 && this.#shares.get(address) === share) this.#shares.delete(address);
+      if (share.held <= 0 && (waiting === undefined || waiting.size === 0) && this.#shares.get(address) === share) this.#shares.delete(address);
     };
   }
 
@@ -75,22 +77,23 @@ export class AppShare {
       return () => undefined;
     }
     const waiter: Waiter = { start, timedOut, timer: undefined };
-    share.waiting.add(waiter);
+    const waiting = (share.waiting ??= new Set());
+    waiting.add(waiter);
     waiter.timer = setTimeout(() => {
-      if (!share.waiting.delete(waiter)) return;
+      if (!waiting.delete(waiter)) return;
       timedOut(Object.assign(new Error(`no connection to the app became free for this caller within ${this.maxWaitMs} ms (its ${this.max} allowed, limits.maxConnectionsPerAddress, are in use)`), { code: POOL_TIMEOUT }));
     }, this.maxWaitMs);
     waiter.timer.unref();
     return () => {
-      if (!share.waiting.delete(waiter)) return;
+      if (!waiting.delete(waiter)) return;
       clearTimeout(waiter.timer);
-      if (share.held <= 0 && share.waiting.size === 0 && this.#shares.get(address) === share) this.#shares.delete(address);
+      if (share.held <= 0 && waiting.size === 0 && this.#shares.get(address) === share) this.#shares.delete(address);
     };
   }
 
   /** Exchanges held now for `address`, and streams waiting (tests, status). */
   heldBy(address: string): { held: number; waiting: number } {
     const share = this.#shares.get(address);
-    return { held: share?.held ?? 0, waiting: share?.waiting.size ?? 0 };
+    return { held: share?.held ?? 0, waiting: share?.waiting?.size ?? 0 };
   }
 }

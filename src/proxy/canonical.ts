@@ -1,4 +1,4 @@
-import { cgiFieldName } from "./headers.ts";
+import { cgiFieldName, hasLength, lengthTable } from "./headers.ts";
 
 /**
  * The one canonical form of a request target: what the access policy judges and exactly what
@@ -352,11 +352,11 @@ const TARGET_OVERRIDE_FIELDS: ReadonlySet<string> = new Set([
   "https",
 ]);
 const CONTENT_FIELDS: ReadonlySet<string> = new Set(["content-length", "content-type"]);
-const TARGET_OVERRIDE_LENGTHS: ReadonlySet<number> = new Set([...TARGET_OVERRIDE_FIELDS, ...CONTENT_FIELDS].map((name) => name.length));
+const TARGET_OVERRIDE_LENGTHS = lengthTable([...TARGET_OVERRIDE_FIELDS, ...CONTENT_FIELDS].map((name) => name.length));
 
 /** Whether a field name (as received) is a target-override field in any spelling (TARGET_OVERRIDE_FIELDS). */
 export function isTargetOverrideField(name: string): boolean {
-  if (!TARGET_OVERRIDE_LENGTHS.has(name.length)) return false;
+  if (!hasLength(TARGET_OVERRIDE_LENGTHS, name.length)) return false;
   const lower = name.toLowerCase();
   const cgi = cgiFieldName(lower);
   return TARGET_OVERRIDE_FIELDS.has(cgi) || (CONTENT_FIELDS.has(cgi) && cgi !== lower);

@@ -202,6 +202,8 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
   let established = 0;
   const open = new Set<Relay>();
 
+  // Refusals at the cap and failed connections are logged rate-limited; the TLS logger takes one string per line.
+  const warnings = new LimitedWarnings({ warn: (fields, message) => logger.warn(`${what}: ${message}${typeof fields.suppressed === "number" ? ` (${fields.suppressed} like it left out before)` : ""}`) });
   const server: Server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (client) => {
     const relay = new Relay(client, {
       backend,
@@ -221,7 +223,9 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
         failed[reason] = (failed[reason] ?? 0) + 1;
         metrics?.connection(reason);
         if (reason === "tls_failed") metrics?.mesh.handshakeFailed("outbound", error, socket);
-        logger.warn(`${what}: connection refused (${reason}): ${describeError(error)}`);
+        // One per failed connection would be one per app retry against a backend (or a reset
+        // injected on the path) that fails on purpose: rate-limited per reason; the metric counts all.
+        warnings.warn(`connection-refused|${reason}`, {}, `connection refused (${reason}): ${describeError(error)}`);
       },
       onBrokenAfterHandshake: (error) => {
         // A reset or a broken pipe is the backend going away; a TLS alert is worth a line, since
@@ -239,8 +243,6 @@ export async function startEgress(entry: EgressEntry, ctx: EgressContext): Promi
     relay.start();
   });
   server.on("error", (error) => logger.error(`${what}: listener error: ${describeError(error)}`));
-  // Refusals at the cap are logged rate-limited; the TLS logger takes one string per line.
-  const warnings = new LimitedWarnings({ warn: (fields, message) => logger.warn(`${what}: ${message}${typeof fields.suppressed === "number" ? ` (${fields.suppressed} like it left out before)` : ""}`) });
   const uncap = capConnections(server, `egress/${entry.backend}`, entry.maxConnections ?? DEFAULT_MAX_CONNECTIONS, ctx.metrics ? listenerMetrics(ctx.metrics) : undefined, warnings);
   let address: string;
   try {

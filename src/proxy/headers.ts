@@ -18,6 +18,49 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   "http2-settings",
 ]);
 
+/**
+ * HOP_BY_HOP.has(lower), without hashing the name: a received name is a new string per message,
+ * and a Set lookup computes its hash first (~2 lookups per forwarded head). The same names.
+ */
+export function isHopByHop(lower: string): boolean {
+  switch (lower.length) {
+    case 2:
+      return lower === "te";
+    case 7:
+      return lower === "upgrade" || lower === "trailer";
+    case 10:
+      return lower === "connection" || lower === "keep-alive";
+    case 14:
+      return lower === "http2-settings";
+    case 16:
+      return lower === "proxy-connection";
+    case 17:
+      return lower === "transfer-encoding";
+    case 18:
+      return lower === "proxy-authenticate";
+    case 19:
+      return lower === "proxy-authorization";
+    default:
+      return false;
+  }
+}
+
+/**
+ * A table of name lengths (`table[length] === 1`), for the per-field checks that skip names no
+ * rule can match: a typed-array read where a Set<number> lookup cost a hash-table probe per field.
+ */
+export function lengthTable(lengths: Iterable<number>): Uint8Array {
+  const all = [...lengths];
+  const table = new Uint8Array(Math.max(0, ...all) + 1);
+  for (const n of all) table[n] = 1;
+  return table;
+}
+
+/** Whether `table` (lengthTable) holds `length`. */
+export function hasLength(table: Uint8Array, length: number): boolean {
+  return length < table.length && table[length] === 1;
+}
+
 /** The field names a message's Connection header values list (connection-specific, RFC 9110 §7.6.1). */
 export function connectionListed(connectionValues: Iterable<string>): Set<string> {
   const listed = new Set<string>();
@@ -51,6 +94,7 @@ export const CALLEE_APP_ID = "dapr-callee-app-id";
 export const IDENTITY_HEADERS: readonly string[] = [XFCC, CALLER_APP_ID, CALLER_NAMESPACE, CALLEE_APP_ID];
 /** Their name lengths, for callers that skip names no rule can match. */
 export const IDENTITY_LENGTHS: ReadonlySet<number> = new Set(IDENTITY_HEADERS.map((name) => name.length));
+const IDENTITY_LENGTH_TABLE = lengthTable(IDENTITY_LENGTHS);
 
 const NOT_ALPHANUMERIC = /[^a-z0-9-]/;
 const NOT_ALPHANUMERIC_ALL = /[^a-z0-9-]/g;
@@ -71,7 +115,7 @@ export function cgiFieldName(lower: string): string {
  * HTTP_X_FORWARDED_CLIENT_CERT, PHP `.` too, lighttpd every other token character).
  */
 export function isIdentityHeader(lower: string): boolean {
-  if (!IDENTITY_LENGTHS.has(lower.length)) return false;
+  if (!hasLength(IDENTITY_LENGTH_TABLE, lower.length)) return false;
   return IDENTITY_HEADERS.includes(cgiFieldName(lower));
 }
 
@@ -82,7 +126,7 @@ export function isIdentityHeader(lower: string): boolean {
  */
 export function forwardedValue<V>(lower: string, value: V, listed: ReadonlySet<string>): V | "trailers" | undefined {
   if (lower === "te") return String(value).toLowerCase().includes("trailers") ? "trailers" : undefined;
-  return HOP_BY_HOP.has(lower) || listed.has(lower) || isIdentityHeader(lower) ? undefined : value;
+  return isHopByHop(lower) || (listed.size > 0 && listed.has(lower)) || isIdentityHeader(lower) ? undefined : value;
 }
 
 /**

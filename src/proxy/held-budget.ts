@@ -1,10 +1,12 @@
 import { GrpcStatus } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
+import { addressShare } from "../util/held-budget.ts";
 
 /**
  * The request bytes one listener holds for its callers, shared by all its connections
- * (limits.maxHeldRequestBytes). What is counted is what a caller can make the sidecar keep in
- * memory by not finishing a request, and that no other bound caps process-wide:
+ * (limits.maxHeldRequestBytes): a HeldBudget (src/util/held-budget.ts, shared with the CA's gRPC
+ * API). What is counted is what a caller can make the sidecar keep in memory by not finishing a
+ * request, and that no other bound caps process-wide:
  *
  * - an HTTP/2 request's header block (as h2RequestHeadBytes counts it), from its HEADERS frame
  *   until the stream closes: up to limits.maxConcurrentStreams of them per connection;
@@ -14,119 +16,15 @@ import type { ProxyAnswer } from "./respond.ts";
  * - the HTTP/1.1 request body bytes the relay holds before the request has a connection to the
  *   app (waiting for the pool, or pipelined behind another request): up to 1 MiB per connection.
  *
- * Each source address may hold at most `perAddress` of them (the budget's share of
- * limits.maxConnectionsPerAddress / limits.maxConnections, as for connections to the app), so that
- * one caller pod cannot take the whole budget. A request that would go past either is refused
- * with SIDECAR_BUSY (503; gRPC RESOURCE_EXHAUSTED) instead of held: the sidecar stops growing.
+ * Each source address may hold at most perAddressShare of them, so that one caller pod cannot take
+ * the whole budget. A request that would go past either is refused with SIDECAR_BUSY (503; gRPC
+ * RESOURCE_EXHAUSTED) instead of held: the sidecar stops growing.
  */
-export class HeldBudget {
-  #used = 0;
-  /**
-   * What each address holds, as one cell per address that its takes and gives update in place: a
-   * cell at 0 stays (so that the next request of the same caller, usually one stream after another,
-   * finds it instead of inserting and deleting a Map entry per request), up to MAX_IDLE_CELLS of
-   * them, then every empty one goes.
-   */
-  readonly #perAddress = new Map<string, { bytes: number }>();
-  /** Cells at 0 bytes in #perAddress. */
-  #idle = 0;
-
-  constructor(
-    readonly max: number,
-    readonly perAddress: number,
-  ) {}
-
-  /** Bytes held now, by all callers. */
-  get used(): number {
-    return this.#used;
-  }
-
-  /** Bytes held now for `address`. */
-  usedBy(address: string): number {
-    return this.#perAddress.get(address)?.bytes ?? 0;
-  }
-
-  /** An account for one request of `address`: what it takes is given back by `close()` at the latest. */
-  account(address: string): HeldAccount {
-    return new HeldAccount(this, address);
-  }
-
-  /** @internal */
-  take(address: string, bytes: number): boolean {
-    const cell = this.#perAddress.get(address);
-    const mine = cell === undefined ? 0 : cell.bytes;
-    if (this.#used + bytes > this.max || mine + bytes > this.perAddress) return false;
-    this.#used += bytes;
-    if (cell === undefined) this.#perAddress.set(address, { bytes });
-    else {
-      if (mine === 0) this.#idle--;
-      cell.bytes = mine + bytes;
-    }
-    return true;
-  }
-
-  /** @internal */
-  give(address: string, bytes: number): void {
-    if (bytes <= 0) return;
-    this.#used -= bytes;
-    const cell = this.#perAddress.get(address);
-    if (cell === undefined || cell.bytes === 0) return;
-    const left = cell.bytes - bytes;
-    if (left > 0) {
-      cell.bytes = left;
-      return;
-    }
-    cell.bytes = 0;
-    if (++this.#idle > MAX_IDLE_CELLS) {
-      for (const [key, each] of this.#perAddress) if (each.bytes === 0) this.#perAddress.delete(key);
-      this.#idle = 0;
-    }
-  }
-}
-
-/** Empty per-address cells a HeldBudget keeps before it drops them all (each is a Map entry and a small object). */
-const MAX_IDLE_CELLS = 256;
-
-/** What one request holds against a HeldBudget. */
-export class HeldAccount {
-  #held = 0;
-  #closed = false;
-
-  constructor(
-    private readonly budget: HeldBudget,
-    private readonly address: string,
-  ) {}
-
-  get held(): number {
-    return this.#held;
-  }
-
-  /** Counts `bytes` more; false (nothing counted) when they do not fit the budget or the address's share. */
-  take(bytes: number): boolean {
-    if (this.#closed || bytes <= 0) return true;
-    if (!this.budget.take(this.address, bytes)) return false;
-    this.#held += bytes;
-    return true;
-  }
-
-  /** Gives `bytes` back (at most what is held). */
-  give(bytes: number): void {
-    const n = Math.min(bytes, this.#held);
-    this.#held -= n;
-    this.budget.give(this.address, n);
-  }
-
-  /** Gives everything back; later takes count nothing. */
-  close(): void {
-    this.give(this.#held);
-    this.#closed = true;
-  }
-}
+export { HeldAccount, HeldBudget } from "../util/held-budget.ts";
 
 /** The per-address share of the budget: max × maxConnectionsPerAddress / maxConnections, at least 1 MiB + 64 KiB (one HTTP/1 body held) and at most max. */
 export function perAddressShare(max: number, maxConnections: number, maxConnectionsPerAddress: number): number {
-  if (maxConnectionsPerAddress >= maxConnections) return max;
-  return Math.min(max, Math.max(Math.floor((max * maxConnectionsPerAddress) / maxConnections), (1 << 20) + (64 << 10)));
+  return addressShare(max, maxConnections, maxConnectionsPerAddress, (1 << 20) + (64 << 10));
 }
 
 /** node:http2's (and RFC 9113's) default SETTINGS_INITIAL_WINDOW_SIZE, the largest window the inbound advertises. */

@@ -249,7 +249,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       return upstreamTimeoutAnswer(`the app at ${appLabel}`, error);
     }
     telemetry.upstreamErrors.inc({ direction: "inbound", reason: "app_unreachable" });
-    logger.warn({ event: "app-unreachable", app: appLabel, err: describeError(error) }, "the app could not be reached");
+    // One line per request while the app is down (a crash loop, a slow start) would be one per caller's retry: rate-limited, as app-busy.
+    warnings.warn("app-unreachable", { event: "app-unreachable", app: appLabel, err: describeError(error) }, "the app could not be reached");
     return unreachableAnswer(`the app at ${appLabel} is not reachable`, error, 503);
   };
 
@@ -716,7 +717,13 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
       const plaintextHttp = kind === "http1" || kind === "h2c";
       if (options.mode === "permissive" && (plaintextHttp || options.protocol === "tcp")) {
         mesh.plaintextConnections.inc();
-        logger.warn({ event: "plaintext-accepted", remote: `${socket.remoteAddress}:${socket.remotePort}` }, "PERMISSIVE: accepted a plaintext connection; the caller is unverified and gets the policy's global default");
+        // Anyone on the network can open these: the first lines per source address and window say
+        // which clients still speak plaintext, the summary counts the rest (the metric counts all).
+        warnings.warn(
+          `plaintext-accepted|${sourceAddress(socket.remoteAddress)}`,
+          { event: "plaintext-accepted", remote: `${socket.remoteAddress}:${socket.remotePort}` },
+          "PERMISSIVE: accepted a plaintext connection; the caller is unverified and gets the policy's global default",
+        );
         (socket as { [kPlaintext]?: boolean })[kPlaintext] = true;
         addressCaps.established(socket);
         if (options.protocol === "tcp") toTcp(socket, undefined);

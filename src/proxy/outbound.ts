@@ -123,7 +123,10 @@ export async function startOutbound(options: OutboundOptions): Promise<Outbound>
       (closedBeforeFirstResponse(error)
         ? `${describeError(error)} before answering the first request on a new connection; the peer may have refused this sidecar's certificate (a meshward sidecar closes such a TLS 1.3 connection without an alert: see its log and meshward_tls_handshake_failures_total), or it restarted`
         : describeError(error));
-    logger.warn({ event: reason.replace("_", "-"), app: target.appId, peer: `${target.host}:${target.port}`, expected: target.expectedId, err: detail }, "outbound call failed");
+    // Rate-limited per reason and app: a peer (or a reset injected on the path) failing on purpose
+    // would otherwise write one line per request the app retries; the metric counts every one.
+    const event = reason.replace("_", "-");
+    warnings.warn(`${event}|${target.appId}`, { event, app: target.appId, peer: `${target.host}:${target.port}`, expected: target.expectedId, err: detail }, "outbound call failed");
     return {
       status: 502,
       grpcStatus: GrpcStatus.UNAVAILABLE,

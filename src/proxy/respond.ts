@@ -108,8 +108,11 @@ export function resetAfterAnswer(stream: ServerHttp2Stream): void {
 
 export function statusClass(status: number | undefined): string {
   if (status === undefined || status === 0) return "error";
-  return `${Math.floor(status / 100)}xx`;
+  const hundreds = Math.floor(status / 100);
+  // The same strings, built once: a label built per request was also hashed per request by the histogram's lookup.
+  return hundreds >= 0 && hundreds < STATUS_CLASSES.length ? STATUS_CLASSES[hundreds]! : `${hundreds}xx`;
 }
+const STATUS_CLASSES: readonly string[] = Array.from({ length: 10 }, (_, i) => `${i}xx`);
 
 type DurationHistogram = LabelledHistogram<"direction" | "protocol" | "status_class">;
 

@@ -277,7 +277,7 @@ export async function startSidecar(config: SidecarConfig, deps: SidecarDependenc
       const page = identityStatus({ component: "sidecar", name: `${config.namespace}/${config.appId}`, source: identity, health, ...(recorder ? { recorder } : {}) });
       closers.push(() => page.stop());
       const routes = config.statusPage ? createStatusRoutes(page.provider, statusToken === undefined ? {} : { token: statusToken }).routes : {};
-      const ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics, health, extraRoutes: routes, logger });
+      const ops = createOpsServer({ host: statusAt.host, port: statusAt.port, metrics, health, extraRoutes: routes, logger, maxConnections: config.limits.statusMaxConnections, maxConnectionsPerAddress: config.limits.statusMaxConnectionsPerAddress });
       const bound = await ops.start();
       closers.unshift(() => ops.close());
       status = { host: bound.host, port: bound.port };

@@ -33,34 +33,38 @@ export function tryLockFile(path: string): HeldFileLock | "held" | "not-a-lock" 
  * one. "replaced": the path changed meanwhile; the caller tries again.
  *
  * `fd` stays open until release, after SQLite's handle is closed: closing any descriptor of an
- * inode drops every fcntl lock this process holds on it, SQLite's included.
+ * inode drops every fcntl lock this process holds on it, SQLite's included (see heldHere).
  */
 function lockOnce(path: string): HeldFileLock | "held" | "not-a-lock" | "replaced" {
   const fd = openPrivate(path);
   let db: Database.Database;
+  let key = "";
   try {
+    key = inodeKey(fstatSync(fd));
     db = new Database(path, { timeout: 0 });
   } catch (error) {
-    closeSync(fd);
+    closeDescriptor(fd, key, false);
     throw error;
   }
   let open = true;
+  let holding = false;
   const giveUp = () => {
     if (!open) return; // closing `fd` twice could close a descriptor since reused
     open = false;
     db.close();
-    closeSync(fd);
+    closeDescriptor(fd, key, holding);
   };
   try {
-    const locked = fstatSync(fd);
     // No -journal file beside it: nothing is ever written, and a killed holder leaves only the lock file.
     db.pragma("journal_mode = MEMORY");
     db.exec("BEGIN EXCLUSIVE");
     const now = statSync(path, { throwIfNoEntry: false });
-    if (now?.ino !== locked.ino || now.dev !== locked.dev) {
+    if (now === undefined || inodeKey(now) !== key) {
       giveUp();
       return "replaced";
     }
+    holding = true;
+    heldHere.set(key, []);
   } catch (error) {
     giveUp();
     const code = (error as { code?: unknown }).code;
@@ -69,6 +73,28 @@ function lockOnce(path: string): HeldFileLock | "held" | "not-a-lock" | "replace
     throw error;
   }
   return { release: giveUp };
+}
+
+/**
+ * The files this process holds a lock on (by device and inode), each with the descriptors that
+ * later attempts in this process opened on it. Closing any descriptor of an inode drops every
+ * fcntl lock the process holds on it, so a second tryLockFile here, refused, must not close its
+ * descriptor while the first holds the lock: it is closed with the lock's own.
+ */
+const heldHere = new Map<string, number[]>();
+const inodeKey = (stats: { dev: number; ino: number }) => `${stats.dev}:${stats.ino}`;
+
+function closeDescriptor(fd: number, key: string, wasHolding: boolean): void {
+  if (wasHolding) {
+    const later = heldHere.get(key) ?? [];
+    heldHere.delete(key);
+    closeSync(fd);
+    for (const other of later) closeSync(other);
+    return;
+  }
+  const holder = heldHere.get(key);
+  if (holder !== undefined) holder.push(fd);
+  else closeSync(fd);
 }
 
 /**

@@ -1,6 +1,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { Socket } from "node:net";
+import type { Counter } from "prom-client";
 import { describeError, MeshwardError } from "../errors.ts";
 import type { Metrics } from "./metrics.ts";
+import { CONNECTION_REFUSALS, ConnectionGate, sourceAddress } from "../util/connection-gate.ts";
 import { formatHostPort } from "../util/address.ts";
 import { listenOn } from "../util/listen.ts";
 import { checkHostHeader } from "./host-check.ts";
@@ -70,6 +73,37 @@ async function runOne(check: HealthCheck): Promise<{ ok: boolean; detail?: unkno
   }
 }
 
+/**
+ * Connections the status port keeps open at once, from everyone: probes and a Prometheus scrape
+ * need a handful, and each open connection costs ~20 KB (a partial head) and a file descriptor of
+ * the process that also serves mTLS.
+ */
+export const DEFAULT_STATUS_MAX_CONNECTIONS = 64;
+/** Status-port connections open at once from one source address (the kubelet, Prometheus, a browser each have their own). */
+export const DEFAULT_STATUS_MAX_CONNECTIONS_PER_ADDRESS = 16;
+/**
+ * Time a status-port connection has to send a complete request head, from its accept (or from
+ * its previous response); past it the connection is answered 408 and closed. Probes and scrapes
+ * send theirs at once.
+ */
+export const STATUS_HEADERS_TIMEOUT_MS = 5_000;
+
+const statusMetricsByRegistry = new WeakMap<Metrics["registry"], Counter<"reason">>();
+
+/** meshward_status_connections_refused_total{reason}: status-port connections reset at accept by a cap (created once per registry). */
+export function statusPortMetrics(metrics: Metrics): Counter<"reason"> {
+  const known = statusMetricsByRegistry.get(metrics.registry);
+  if (known !== undefined) return known;
+  const refused = metrics.counter({
+    name: "meshward_status_connections_refused_total",
+    help: "Connections the status port (/metrics, /healthz, /readyz, the status page) reset at accept because a cap was reached: max_connections (all callers) or max_connections_per_address (one source address).",
+    labelNames: ["reason"],
+  });
+  for (const reason of CONNECTION_REFUSALS) refused.inc({ reason }, 0);
+  statusMetricsByRegistry.set(metrics.registry, refused);
+  return refused;
+}
+
 export type RouteHandler = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
 
 export interface OpsServerConfig {
@@ -86,6 +120,12 @@ export interface OpsServerConfig {
    * cause them at will). Without one they are only refused.
    */
   readonly logger?: { warn(fields: Record<string, unknown>, message: string): void };
+  /** Connections open at once, from everyone; more are reset at accept (default DEFAULT_STATUS_MAX_CONNECTIONS). */
+  readonly maxConnections?: number;
+  /** Connections open at once from one source address (default DEFAULT_STATUS_MAX_CONNECTIONS_PER_ADDRESS). */
+  readonly maxConnectionsPerAddress?: number;
+  /** Time to send a complete request head (default STATUS_HEADERS_TIMEOUT_MS). */
+  readonly headersTimeoutMs?: number;
 }
 
 export interface BoundAddress {
@@ -126,7 +166,11 @@ export function createOpsServer(config: OpsServerConfig): OpsServer {
   let boundHosts: readonly string[] = [config.host ?? "127.0.0.1"];
   const warnings = config.logger ? new LimitedWarnings(config.logger) : undefined;
 
-  const server = createServer({ requestTimeout: 10_000, headersTimeout: 5_000 }, (req, res) => {
+  // Node checks the head timeout of every connection each connectionsCheckingInterval (30 s by
+  // default): at most a second here, so a connection that sends nothing or half a head is gone
+  // within headersTimeout + 1 s.
+  const headersTimeout = config.headersTimeoutMs ?? STATUS_HEADERS_TIMEOUT_MS;
+  const server = createServer({ requestTimeout: Math.max(10_000, headersTimeout), headersTimeout, connectionsCheckingInterval: Math.min(1_000, headersTimeout) }, (req, res) => {
     const decision = checkHostHeader(req.headers.host, boundHosts);
     if (!decision.ok) {
       warnings?.warn(
@@ -157,6 +201,29 @@ export function createOpsServer(config: OpsServerConfig): OpsServer {
       });
   });
 
+  // Admission, as the CA API and the injector's webhook count theirs (ConnectionGate): over a cap
+  // a connection is reset as it is accepted, before Node's HTTP parser reads a byte of it. The
+  // server listens itself (not through gatedListener) so that Node's head timeout runs.
+  const maxConnections = config.maxConnections ?? DEFAULT_STATUS_MAX_CONNECTIONS;
+  const maxConnectionsPerAddress = config.maxConnectionsPerAddress ?? DEFAULT_STATUS_MAX_CONNECTIONS_PER_ADDRESS;
+  const gate = new ConnectionGate({ maxConnections, maxConnectionsPerAddress });
+  const refusedCounter = config.metrics ? statusPortMetrics(config.metrics) : undefined;
+  server.prependListener("connection", (socket: Socket) => {
+    const refused = gate.admit(socket);
+    if (refused === undefined) return;
+    socket.on("error", () => undefined);
+    socket.resetAndDestroy();
+    refusedCounter?.inc({ reason: refused });
+    const address = sourceAddress(socket.remoteAddress);
+    warnings?.warn(
+      `ops-connection-refused|${refused}|${refused === "max_connections" ? "" : address}`,
+      { event: "ops-connection-refused", reason: refused, peer: address, open: gate.open, limit: refused === "max_connections" ? maxConnections : maxConnectionsPerAddress },
+      refused === "max_connections"
+        ? `refused a connection: the status port has ${maxConnections} connections open`
+        : `refused a connection: this address has ${maxConnectionsPerAddress} connections open to the status port`,
+    );
+  });
+
   return {
     server,
     async start() {
@@ -173,6 +240,8 @@ export function createOpsServer(config: OpsServerConfig): OpsServer {
         }
         server.close(() => resolve());
         server.closeAllConnections();
+        // Refused sockets are already gone; admitted ones that never made a request are not HTTP connections yet.
+        gate.destroyAll();
       });
     },
   };

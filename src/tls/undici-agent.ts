@@ -1,4 +1,9 @@
 import { Agent, buildConnector } from "undici";
+
+// undici's fetch, for a caller that imports this module lazily (src/cli/actions/status.ts): a
+// dynamic import("undici") itself, bundled (scripts/bundle.ts), would give a CommonJS package's
+// namespace with `default` alone, no named exports.
+export { fetch as undiciFetch } from "undici";
 import { markHandshakeCompleted } from "./after-handshake.ts";
 import { SECURE_OPTIONS } from "./policy.ts";
 

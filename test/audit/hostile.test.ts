@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { MESHWARD_BIN } from "../helpers/cli.ts";
 import { generateKeyPair } from "../../src/pki/keys.ts";
+import { secretRules } from "../../src/audit/rules/secrets.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const ANCHORS = join(ROOT, "test", "inject", "fixtures", "trust-anchors.pem");
@@ -112,4 +113,44 @@ describe("meshward audit and inject on hostile trees (real process)", () => {
       expect(run.stderr).toMatch(/nested more than 100 levels deep.*\[E_INJECT_INVALID\]/);
     }
   }, 150_000);
+});
+
+describe("the private-key scan (MW-SECRET-003) is linear in the file (review audit finding 8)", () => {
+  // Split so this test file is not itself a private-key finding.
+  const BEGIN_LINE = `${"-----BEGIN"} PRIVATE KEY-----\n`;
+  /** A string that counts the characters indexOf scans: the work the scan does, without a clock. */
+  class Counting extends String {
+    scanned = 0;
+    override indexOf(search: string, from = 0): number {
+      const found = super.indexOf(search, from);
+      this.scanned += (found < 0 ? this.length : found) - from;
+      return found;
+    }
+  }
+  const rule = secretRules.find((each) => each.id === "MW-SECRET-003");
+  const scan = (text: string): { hits: string[]; scanned: number } => {
+    const counting = new Counting(text);
+    const hits = rule?.check({ kind: "raw-file", file: "k.yaml", text: counting as unknown as string }, { resources: [], configurations: [] }) ?? [];
+    return { hits: hits.map((hit) => `${hit.position?.line}:${hit.evidence}`), scanned: counting.scanned };
+  };
+
+  it("a file of BEGIN lines with no END: each character searched about once (was once per BEGIN before it)", () => {
+    const text = BEGIN_LINE.repeat(20_000); // 560 kB
+    const { hits, scanned } = scan(text);
+    expect(hits).toEqual([]);
+    expect(scanned).toBeLessThanOrEqual(2 * text.length);
+  });
+
+  it("BEGIN lines, then a real key: found, at its line, with the same linear work", () => {
+    const real = generateKeyPair().privateKey.export({ type: "pkcs8", format: "pem" }).toString();
+    const text = BEGIN_LINE.repeat(5_000) + real;
+    const { hits, scanned } = scan(text);
+    expect(hits).toEqual(["5001:PRIVATE KEY block"]);
+    expect(scanned).toBeLessThanOrEqual(3 * text.length);
+  });
+
+  it("a block of 19,000 backslashes and a quote between BEGIN and END is no key (the escape regexes are bounded)", () => {
+    const text = `${BEGIN_LINE}${"\\".repeat(19_000)}"\n${"-----END"} PRIVATE KEY-----\n`.repeat(3);
+    expect(scan(text).hits).toEqual([]);
+  });
 });

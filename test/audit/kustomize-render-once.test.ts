@@ -49,6 +49,9 @@ write(TREE, {
   "sorted-legacy/kustomization.yaml": "sortOptions:\n  order: legacy\n  legacySortOptions:\n    orderFirst: [Service]\n    orderLast: [Deployment]\nresources:\n  - ../sorted-base\nconfigMapGenerator:\n  - name: other\n    literals: [A=b]\n",
 });
 
+// The tree is a repository (a `.git` at its top): an overlay audited alone may name bases anywhere in it.
+mkdirSync(join(TREE, ".git"));
+
 const audited = (directory: string): string | undefined => readPaths([directory], { kubectl: KUBECTL }).files.find((file) => file.file === renderedName(directory))?.text;
 const kubectlKustomize = (directory: string): string => execFileSync(realKubectl, ["kustomize", "--", directory], { encoding: "utf8" });
 

@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -23,6 +23,12 @@ const scratch = mkdtempSync(join(tmpdir(), "meshward-kustomize-"));
 const NO_KUBECTL = join(scratch, "kubectl-not-installed");
 
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+/** A folder of the scratch space holding a copy of the fixture's base. */
+const withBase = (name: string): string => {
+  const tree = join(scratch, name);
+  cpSync(join(ENVS, "base"), join(tree, "base"), { recursive: true });
+  return tree;
+};
 
 const at = (result: ReturnType<typeof auditPaths>): string[] => result.findings.map((finding) => `${relative(ENVS, finding.file)}:${finding.ruleId}@${finding.line}`);
 
@@ -58,12 +64,14 @@ describe("an overlay folder is audited as rendered by kubectl kustomize", () => 
   });
 
   it("files beside the overlay that it does not name are audited as files; the ones it renders only in its output", () => {
-    const overlay = join(scratch, "beside");
+    // The overlay and a copy of the base in one folder, audited together: a base outside the audited folder is not rendered (review audit finding 6).
+    const tree = withBase("beside-tree");
+    const overlay = join(tree, "beside");
     mkdirSync(overlay);
-    writeFileSync(join(overlay, "kustomization.yaml"), `resources:\n  - ${relative(overlay, join(ENVS, "base"))}\npatches:\n  - path: plaintext.yaml\n`);
+    writeFileSync(join(overlay, "kustomization.yaml"), `resources:\n  - ../base\npatches:\n  - path: plaintext.yaml\n`);
     writeFileSync(join(overlay, "plaintext.yaml"), "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n    - name: redisHost\n      value: redis-master.shop.svc.cluster.local:6379\n");
     writeFileSync(join(overlay, "sidecar.yaml"), "appId: orders\nca: ca.shop.svc:8443\npolicy: policy.yaml\ntoken: mw-join-3f9a1c2b7d\n");
-    const result = auditPaths([overlay]);
+    const result = auditPaths([tree]);
     expect(result.parseErrors).toEqual([]);
     expect(result.findings.map((finding) => `${relative(overlay, finding.file)}:${finding.ruleId}@${finding.line}`)).toEqual([
       "(kubectl kustomize):MW-TLS-001@41",
@@ -112,17 +120,18 @@ describe("kustomizations deeper in the tree", () => {
 
 describe("a finding in a rendered overlay points at the source file when the overlay did not change the object", () => {
   it("an object the overlay only renames and labels: the base file's line; one it patches: the rendered line, saying where the object comes from", () => {
-    const overlay = join(scratch, "traced");
+    const tree = withBase("traced-tree");
+    const overlay = join(tree, "traced");
     mkdirSync(overlay);
-    writeFileSync(join(overlay, "kustomization.yaml"), `namePrefix: eu-\ncommonLabels:\n  team: shop\nresources:\n  - ${relative(overlay, join(ENVS, "base"))}\npatches:\n  - target:\n      kind: Configuration\n      name: appconfig\n    patch: |-\n      - op: replace\n        path: /spec/mtls/workloadCertTTL\n        value: 720h\n`);
-    const result = auditPaths([overlay], { enable: ["MW-K8S-003"] });
+    writeFileSync(join(overlay, "kustomization.yaml"), `namePrefix: eu-\ncommonLabels:\n  team: shop\nresources:\n  - ../base\npatches:\n  - target:\n      kind: Configuration\n      name: appconfig\n    patch: |-\n      - op: replace\n        path: /spec/mtls/workloadCertTTL\n        value: 720h\n`);
+    const result = auditPaths([tree], { enable: ["MW-K8S-003"] });
     expect(result.parseErrors).toEqual([]);
-    const rows = result.findings.map((finding) => `${relative(ENVS, finding.file)}:${finding.ruleId}@${finding.line}`);
+    const rows = result.findings.map((finding) => `${relative(tree, finding.file)}:${finding.ruleId}@${finding.line}`);
     // MW-K8S-003 (opt-in) on the Deployment the overlay only prefixes and labels: the base's line.
     expect(rows).toContain("base/orders.yaml:MW-K8S-003@14");
     const ttl = result.findings.find((finding) => finding.ruleId === "MW-MTLS-002");
-    expect(relative(ENVS, ttl?.file ?? "")).toMatch(/^\.\.\/.*traced\/\(kubectl kustomize\)$/);
-    expect(ttl?.message).toContain(`In the output of \`kubectl kustomize ${overlay}\` (Dapr Configuration eu-appconfig); the line is that output's: the object comes from ${join(ENVS, "base", "configuration.yaml")}, but the overlay sets or changes this value.`);
+    expect(relative(tree, ttl?.file ?? "")).toBe("traced/(kubectl kustomize)");
+    expect(ttl?.message).toContain(`In the output of \`kubectl kustomize ${overlay}\` (Dapr Configuration eu-appconfig); the line is that output's: the object comes from ${join(tree, "base", "configuration.yaml")}, but the overlay sets or changes this value.`);
   });
 });
 
@@ -225,5 +234,120 @@ describe("progress while overlays render (review newuser2 L5: 5-8 s with nothing
     const run = await runCli(["audit", STAGING, "--format", "json"]);
     expect(run.stderr).not.toContain("rendering");
     expect((JSON.parse(run.stdout) as { summary: { findings: number } }).summary.findings).toBe(4);
+  });
+});
+
+describe("a forged config.kubernetes.io/origin annotation is not trusted (review audit finding 1)", () => {
+  const COMPONENT = (host: string, tail = ""): string => `apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n  - name: redisHost\n    value: ${host}\n  - name: enableTLS\n    value: "false"${tail}\n`;
+  const IGNORED = "   # meshward-audit-ignore MW-TLS-001 -- local kind cluster only";
+  /** A repo with dev/ (an accepted TLS-off component) and prod/ whose kustomization patches in `annotation: origin`. */
+  const tree = (name: string, annotation: string, origin: string): string => {
+    const root = join(scratch, name);
+    mkdirSync(join(root, "dev"), { recursive: true });
+    mkdirSync(join(root, "prod"), { recursive: true });
+    writeFileSync(join(root, "dev", "statestore.yaml"), COMPONENT("localhost:6379", IGNORED));
+    writeFileSync(join(root, "prod", "statestore.yaml"), COMPONENT("redis.prod.svc:6379"));
+    writeFileSync(join(root, "prod", "kustomization.yaml"), `resources:\n- statestore.yaml\npatches:\n- target: {kind: Component}\n  patch: |-\n    - op: add\n      path: /metadata/annotations\n      value:\n        ${annotation}: "path: ${origin}"\n`);
+    return root;
+  };
+  const tls = (result: ReturnType<typeof auditPaths>) => ({
+    reported: result.findings.filter((finding) => finding.ruleId === "MW-TLS-001").map((finding) => finding.file),
+    suppressed: result.suppressed.map((finding) => finding.file),
+  });
+
+  it("a patch pointing the prod object at dev's file: the finding stays prod's, dev's ignore comment does not cover it", () => {
+    const root = tree("forged-dev", "config.kubernetes.io/origin", join(scratch, "forged-dev", "dev", "statestore.yaml"));
+    const result = auditPaths([root]);
+    expect(tls(result)).toEqual({ reported: [renderedName(join(root, "prod"))], suppressed: [join(root, "dev", "statestore.yaml")] });
+    const finding = result.findings.find((each) => each.ruleId === "MW-TLS-001");
+    expect(finding?.message).toContain("annotation names");
+    expect(finding?.message).toContain(`attributed to the overlay ${join(root, "prod", "kustomization.yaml")}`);
+  });
+
+  it("the annotation's name escaped (YAML \\x2F, not found by a text search): the origin is still not a resource the overlay loads", () => {
+    const root = tree("forged-escaped", "\"config.kubernetes.io\\x2Forigin\"", join(scratch, "forged-escaped", "dev", "statestore.yaml"));
+    expect(tls(auditPaths([root]))).toEqual({ reported: [renderedName(join(root, "prod"))], suppressed: [join(root, "dev", "statestore.yaml")] });
+  });
+
+  it("an origin outside the audited folder is never read (a regular file there, with the same object and an ignore comment)", () => {
+    const outside = join(scratch, "forged-outside-file.yaml");
+    writeFileSync(outside, COMPONENT("redis.prod.svc:6379", IGNORED));
+    const root = tree("forged-outside", "\"config.kubernetes.io\\x2Forigin\"", outside);
+    rmSync(join(root, "dev"), { recursive: true });
+    const result = auditPaths([join(root, "prod")]);
+    expect(tls(result)).toEqual({ reported: [renderedName(join(root, "prod"))], suppressed: [] });
+    expect(result.ignoreProblems).toEqual([]);
+  });
+
+  it("an origin naming /dev/zero or a FIFO: nothing is opened, the audit ends (it grew without bound / hung)", () => {
+    for (const [name, target] of [["forged-zero", "/dev/zero"], ["forged-fifo", join(scratch, "forged.fifo")]] as const) {
+      if (name === "forged-fifo") execFileSync("mkfifo", [target]);
+      const root = tree(name, "config.kubernetes.io/origin", target);
+      expect(tls(auditPaths([join(root, "prod")]))).toEqual({ reported: [renderedName(join(root, "prod"))], suppressed: [] });
+    }
+  });
+
+  it("an honest overlay still traces its objects to their files", () => {
+    const root = join(scratch, "honest-origin");
+    mkdirSync(join(root, "base"), { recursive: true });
+    mkdirSync(join(root, "prod"), { recursive: true });
+    writeFileSync(join(root, "base", "statestore.yaml"), COMPONENT("redis.prod.svc:6379"));
+    writeFileSync(join(root, "base", "kustomization.yaml"), "resources:\n- statestore.yaml\n");
+    writeFileSync(join(root, "prod", "kustomization.yaml"), "namespace: shop\nresources:\n- ../base\n");
+    expect(tls(auditPaths([root]))).toEqual({ reported: [join(root, "base", "statestore.yaml")], suppressed: [] });
+  });
+});
+
+describe("an overlay naming a kustomization outside the audited folder is not rendered (review audit finding 6)", () => {
+  const VICTIM = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing\nspec:\n  template:\n    spec:\n      containers:\n        - name: billing\n          image: x\n          env:\n            - name: DATABASE_URL\n              value: \"postgres://billing:VictimPass@billing-db.internal.corp:5432/billing?sslmode=disable\"\n";
+  const setup = (name: string, entry: (victim: string) => string): { chart: string; victim: string } => {
+    const root = join(scratch, name);
+    const victim = join(root, "victim-infra", "prod");
+    const chart = join(root, "untrusted-chart");
+    mkdirSync(victim, { recursive: true });
+    mkdirSync(join(chart, "deploy"), { recursive: true });
+    writeFileSync(join(victim, "db.yaml"), VICTIM);
+    writeFileSync(join(victim, "kustomization.yaml"), "resources:\n- db.yaml\n");
+    writeFileSync(join(chart, "deploy", "kustomization.yaml"), `resources:\n- ${entry(victim)}\n`);
+    return { chart, victim };
+  };
+
+  for (const [name, entry] of [["relative", () => "../../victim-infra/prod"], ["absolute", (victim: string) => victim]] as const) {
+    it(`${name} path: reported, nothing of the other tree read or quoted`, () => {
+      const { chart } = setup(`outside-${name}`, entry);
+      const result = auditPaths([chart]);
+      const text = renderText(result, { color: false });
+      expect(text).not.toContain("billing-db.internal.corp");
+      expect(text).not.toContain("victim-infra/prod/db.yaml");
+      expect(result.findings).toEqual([]);
+      expect(result.parseErrors.map((problem) => [problem.kind, problem.file])).toEqual([["kustomize", join(chart, "deploy", "kustomization.yaml")]]);
+      expect(result.parseErrors[0]?.message).toContain(`outside the audited folder ${chart}: not read; audit a folder that holds both`);
+    });
+  }
+
+  it("the same folders audited together: rendered; an overlay in a git work tree may name bases anywhere in it", () => {
+    const { chart } = setup("outside-together", () => "../../victim-infra/prod");
+    const root = join(chart, "..");
+    expect(auditPaths([root]).parseErrors).toEqual([]);
+    mkdirSync(join(root, ".git"));
+    const result = auditPaths([chart]);
+    expect(result.parseErrors).toEqual([]);
+    expect(result.findings.map((finding) => relative(root, finding.file))).toContain("victim-infra/prod/db.yaml");
+  });
+});
+
+describe("a file in a base folder that the base's kustomization does not list is audited (review audit finding 2)", () => {
+  it("an overlay naming ../app: app/dapr-config.yaml (mTLS off, not listed) is still a finding; the listed file is in the output only", () => {
+    const root = join(scratch, "unlisted");
+    mkdirSync(join(root, "app"), { recursive: true });
+    mkdirSync(join(root, "overlay"), { recursive: true });
+    writeFileSync(join(root, "app", "statestore.yaml"), "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n  - name: redisHost\n    value: redis.prod.svc:6379\n  - name: enableTLS\n    value: \"false\"\n");
+    writeFileSync(join(root, "app", "kustomization.yaml"), "resources:\n- statestore.yaml\n");
+    writeFileSync(join(root, "app", "dapr-config.yaml"), "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: appconfig\nspec:\n  mtls:\n    enabled: false\n");
+    writeFileSync(join(root, "overlay", "kustomization.yaml"), "resources:\n- ../app\n");
+    const result = auditPaths([root]);
+    expect(result.findings.map((finding) => `${relative(root, finding.file)}:${finding.ruleId}`).sort()).toEqual(["app/dapr-config.yaml:MW-MTLS-001", "app/statestore.yaml:MW-TLS-001"]);
+    // The listed file is audited once, through the overlay's output (traced to its line).
+    expect(result.findings.find((finding) => finding.ruleId === "MW-TLS-001")?.message).toContain("Rendered from this file by");
   });
 });

@@ -57,3 +57,27 @@ describe("no part of a password is printed (review audit M3)", () => {
     }
   });
 });
+
+describe("no token beside a masked password is printed (review audit finding 7)", () => {
+  const cases: [string, string][] = [
+    ["amqp://orders:RabbitPass99@rabbitmq.shop.svc:5672/?auth_token=LEAKED-TOKEN-1", "amqp://orders:****@rabbitmq.shop.svc:5672/?auth_token=****"],
+    ["mongodb://AKIAEXAMPLE:AwsSecretPart@mongo.shop.svc/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:LEAKED-SESSION-2", "mongodb://AKIAEXAMPLE:****@mongo.shop.svc/?authMechanism=MONGODB-AWS&authMechanismProperties=****"],
+    ["https://elastic:ElasticPass@es.shop.svc:9200/?api_key=LEAKED-APIKEY-3", "https://elastic:****@es.shop.svc:9200/?api_key=****"],
+    ["https://svc:SvcPass@files.shop.svc/upload?sig=LEAKED-SAS-4&sv=2022-11-02", "https://svc:****@files.shop.svc/upload?sig=****&sv=2022-11-02"],
+    ["postgres://u:p@db/x?sslmode=disable&access_token=LEAKED-5#LEAKED-6", "postgres://u:****@db/x?sslmode=disable&access_token=****#****"],
+    ["orders:pw@tcp(db:3306)/orders?tls=false&token=LEAKED-7", "orders:****@tcp(db:3306)/orders?tls=false&token=****"],
+  ];
+  it("in the redaction itself", () => {
+    for (const [value, shown] of cases) expect(redactConnectionString(value), value).toBe(shown);
+  });
+
+  it("in text, JSON and SARIF", () => {
+    const file = join(dir, "tokens.yaml");
+    writeFileSync(file, `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: orders\nspec:\n  template:\n    spec:\n      containers:\n        - name: orders\n          image: x\n          env:\n${cases.map(([value], index) => `            - name: URL_${index}\n              value: ${JSON.stringify(value)}\n`).join("")}`);
+    for (const format of ["text", "json", "sarif"]) {
+      const run = meshward("audit", "--format", format, file);
+      expect(run.stdout, format).toContain("URL_0");
+      expect(run.stdout, format).not.toMatch(/LEAKED|RabbitPass99|AwsSecretPart|ElasticPass|SvcPass/);
+    }
+  });
+});

@@ -4,6 +4,7 @@ import { describe, expect, it } from "vitest";
 import { auditPaths, auditSources } from "../../src/audit/audit.ts";
 import { renderJson } from "../../src/audit/reporters/json.ts";
 import { findingFingerprints, renderSarif } from "../../src/audit/reporters/sarif.ts";
+import { printable, safeForLog } from "../../src/util/printable.ts";
 import { renderText } from "../../src/audit/reporters/text.ts";
 import { ALL_RULES } from "../../src/audit/rules/index.ts";
 import { validateJsonSchema } from "./json-schema-lite.ts";
@@ -114,5 +115,64 @@ describe("text and JSON", () => {
     expect(json.summary.parseErrors).toBe(1);
     const total = Object.values(json.summary.bySeverity).reduce((a, b) => a + b, 0);
     expect(total).toBe(result.findings.length);
+  });
+});
+
+describe("text output from a hostile tree (review audit finding 5)", () => {
+  const ESC = "\u001b";
+  const hostile = `apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: orders
+spec:
+  template:
+    spec:
+      containers:
+        - name: orders
+          image: x
+          env:
+            - name: "X\\n::add-mask::high\\n::error title=meshward::0 findings DB_PASSWORD"
+              value: "hunter2hunter2"
+            - name: API_TOKEN
+              value: "abcdefghijklmnop"   # meshward-audit-ignore MW-SECRET-005 -- ok ${ESC}[1A${ESC}[2K${ESC}]0;owned\u0007
+---
+apiVersion: v1
+kind: "Weird\\n::stop-commands::pwned\\r\\u202e"
+metadata:
+  name: w
+`;
+  const hostileResult = auditSources([
+    { file: "a.yaml", text: hostile },
+    { file: "b\n::warning file=README.md::injected by a file name.yaml", text: "a: [\n" },
+    { file: "::error::first.yaml", text: "a: [\n" },
+  ]);
+
+  it("no line of the text report is a workflow command, and no control character reaches it (colour off)", () => {
+    const text = renderText(hostileResult, { color: false });
+    expect(text.split("\n").filter((line) => /^\s*::/.test(line))).toEqual([]);
+    expect(text).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202e]/);
+    // What they held is still shown, escaped.
+    expect(text).toContain("X\\n::add-mask::high\\n::error title=meshward::0 findings DB_PASSWORD");
+    expect(text).toContain("-- ok \\u001b[1A\\u001b[2K\\u001b]0;owned\\u0007");
+    expect(text).toContain("Weird\\n::stop-commands::pwned\\r\\u202e");
+    expect(text).toContain("\\u003a:error::first.yaml");
+  });
+
+  it("colour on: only meshward's own colour codes, and still no workflow command", () => {
+    const text = renderText(hostileResult, { color: true });
+    expect(text.split("\n").filter((line) => /^\s*(?:\u001b\[[0-9;]*m)*::/.test(line))).toEqual([]);
+    expect(text.replace(/\u001b\[[0-9;]*m/g, "")).not.toContain(ESC);
+  });
+
+  it("JSON keeps the values as they are (JSON-escaped)", () => {
+    const json = renderJson(hostileResult);
+    expect(json).not.toContain(ESC);
+    expect(JSON.stringify(JSON.parse(json))).toContain("X\\n::add-mask::high");
+  });
+
+  it("the drift table and CLI lines use the same guard", () => {
+    expect(safeForLog("::error::x\n::add-mask::y\u001b[2K")).toBe("\\u003a:error::x\\n::add-mask::y\\u001b[2K");
+    expect(safeForLog("one\n::two", { keepNewlines: true })).toBe("one\n\\u003a:two");
+    expect(printable("tab\there")).toBe("tab\\there");
   });
 });

@@ -229,6 +229,20 @@ describe("rule details", () => {
     expect(audit("d.yaml", pod(dapr))).toEqual([]);
   });
 
+  it("MW-ACCESS-013 / MW-K8S-013: the sidecar settings (file or injector annotation) that forward field names with '_' or undecoded %2F, and not their stricter values", () => {
+    const base = "appId: web\nca: ca:8443\nbundle: b.pem\npolicy: p.yaml\n";
+    expect(audit("s.yaml", `${base}headersWithUnderscores: allow\nescapedSlashes: keep\n`)).toEqual(["MW-ACCESS-013@5:1", "MW-ACCESS-013@6:1"]);
+    expect(audit("s.yaml", `${base}headersWithUnderscores: drop\nescapedSlashes: unescape\n`)).toEqual([]);
+    expect(audit("s.yaml", `${base}headersWithUnderscores: reject\nescapedSlashes: reject\n`)).toEqual([]);
+    const pod = (annotations: string) =>
+      `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    metadata:\n      annotations:\n${annotations}    spec:\n      containers:\n        - name: web\n          image: web:1\n`;
+    const injected = '        meshward.io/inject: "true"\n        meshward.io/app-port: "8080"\n        meshward.io/config: web-policy\n';
+    expect(audit("d.yaml", pod(`${injected}        meshward.io/escaped-slashes: keep\n        meshward.io/headers-with-underscores: allow\n`))).toEqual(["MW-K8S-013@12:9", "MW-K8S-013@13:9"]);
+    expect(audit("d.yaml", pod(`${injected}        meshward.io/escaped-slashes: unescape\n        meshward.io/headers-with-underscores: drop\n`))).toEqual([]);
+    // No sidecar injected: the annotations configure nothing.
+    expect(audit("d.yaml", pod('        meshward.io/headers-with-underscores: allow\n'))).toEqual([]);
+  });
+
   it("MW-K8S-012: shareProcessNamespace, hostPID or a privileged container next to an injected meshward sidecar, as the injector refuses them", () => {
     const pod = (annotations: string, spec: string, container = "") =>
       `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    metadata:\n      annotations:\n${annotations}    spec:\n${spec}      containers:\n        - name: web\n          image: web:1\n${container}`;
@@ -246,5 +260,28 @@ describe("rule details", () => {
   it("reads kubectl List output", () => {
     const list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: dapr.io/v1alpha1\n  kind: Configuration\n  metadata:\n    name: c\n  spec:\n    mtls:\n      enabled: false\n";
     expect(audit("l.yaml", list)).toEqual(["MW-MTLS-001@10:7"]);
+  });
+});
+
+// daprd reads spec.metadata into a map in order, `properties[c.Name] = val` (dapr/dapr
+// pkg/runtime/meta/meta.go, convertItemsToProps): of two entries of one name the LAST wins; and
+// components-contrib's DecodeMetadata (mapstructure) takes the key spelled as the field's tag
+// (`enableTLS`) before a case variant. The auditor read the first (review audit finding 3).
+describe("duplicate Dapr metadata entries are read as daprd reads them", () => {
+  const redis = (...entries: [string, string][]): string => `apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n  - name: redisHost\n    value: redis.prod.svc:6379\n${entries.map(([name, value]) => `  - name: ${name}\n    value: "${value}"\n`).join("")}`;
+  const tls = (text: string) => auditSources([{ file: "statestore.yaml", text }]).findings.filter((finding) => finding.ruleId === "MW-TLS-001").map((finding) => `${finding.line}:${finding.evidence}`);
+
+  it('enableTLS "true" then "false": daprd runs without TLS, a finding at the second', () => {
+    expect(tls(redis(["enableTLS", "true"], ["enableTLS", "false"]))).toHaveLength(1);
+    expect(tls(redis(["enableTLS", "true"], ["enableTLS", "false"]))[0]).toMatch(/^14:/);
+  });
+
+  it('"false" then "true": TLS on, no finding', () => {
+    expect(tls(redis(["enableTLS", "false"], ["enableTLS", "true"]))).toEqual([]);
+  });
+
+  it("the exact spelling wins over a case variant after it", () => {
+    expect(tls(redis(["enableTLS", "false"], ["ENABLETLS", "true"]))).toHaveLength(1);
+    expect(tls(redis(["ENABLETLS", "false"], ["enableTLS", "true"]))).toEqual([]);
   });
 });

@@ -173,3 +173,43 @@ describe("the docs' ignore-comment examples (docs/audit-rules.md)", () => {
     }
   });
 });
+
+describe("only comments are directives, never a value (review audit finding 4)", () => {
+  const CONFIGMAP = (value: string): string => `---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: readme\ndata:\n  readme: ${value}\n`;
+  const reported = (result: ReturnType<typeof auditSources>): string[] => result.findings.map((finding) => finding.ruleId).filter((id) => id === MTLS_OFF);
+
+  for (const [what, value] of [
+    ["a double-quoted value", `"see //meshward-audit-ignore-file ${MTLS_OFF} -- ok"`],
+    ["a single-quoted value", `'x # meshward-audit-ignore-file ${MTLS_OFF} -- ok'`],
+    ["a URL in a plain value", `https://x//meshward-audit-ignore-file ${MTLS_OFF} -- ok`],
+    ["a plain value with `//` after a space (not a YAML comment)", `see //meshward-audit-ignore-file ${MTLS_OFF} -- ok`],
+    ["a block scalar line", `|\n    # meshward-audit-ignore-file ${MTLS_OFF} -- ok\n    more text`],
+  ] as const) {
+    it(`YAML: ${what} does not suppress`, () => {
+      const result = audit(configuration() + CONFIGMAP(value));
+      expect(reported(result), what).toEqual([MTLS_OFF]);
+      expect(result.suppressed).toEqual([]);
+    });
+  }
+
+  it("YAML: a real comment in the same file still does", () => {
+    expect(reported(audit(configuration() + CONFIGMAP(`plain   # meshward-audit-ignore-file ${MTLS_OFF} -- ok`)))).toEqual([]);
+  });
+
+  it("rendered kustomize output (no comments survive kustomize): nothing in it is a directive", () => {
+    const text = configuration() + CONFIGMAP(`plain   # meshward-audit-ignore-file ${MTLS_OFF} -- ok`);
+    const result = auditSources([{ file: "overlay/(kubectl kustomize)", text, format: "yaml", rendered: "overlay" }]);
+    expect(reported(result)).toEqual([MTLS_OFF]);
+    expect(result.ignoreProblems).toEqual([]);
+  });
+
+  it(".env: a quoted value does not suppress; JSON: a string does not, a // comment does", () => {
+    const env = "DB_PASSWORD=Kx9vQ2mZ7wLp\n";
+    const ruleId = auditSources([{ file: ".env", text: env }]).findings[0]?.ruleId ?? "";
+    const quoted = auditSources([{ file: ".env", text: `NOTE="x # meshward-audit-ignore-file ${ruleId} -- ok"\n${env}` }]);
+    expect(quoted.findings.map((finding) => finding.ruleId)).toContain(ruleId);
+    const json = (note: string): string => `{\n  ${note}\n  "apiVersion": "dapr.io/v1alpha1",\n  "kind": "Configuration",\n  "metadata": {"name": "appconfig"},\n  "spec": {"mtls": {"enabled": false}}\n}\n`;
+    expect(reported(auditSources([{ file: "c.json", text: json(`"note": "// meshward-audit-ignore-file ${MTLS_OFF} -- ok",`) }]))).toEqual([MTLS_OFF]);
+    expect(reported(auditSources([{ file: "c.jsonc", text: json(`// meshward-audit-ignore-file ${MTLS_OFF} -- ok`) }]))).toEqual([]);
+  });
+});

@@ -59,11 +59,12 @@ describe("the CA's API bounds what unfinished calls can make it hold", () => {
     partial.writeUInt32BE(1020, 1);
     let refused = 0;
     const codes = new Set<string>();
-    // 300 calls, on as many connections as that takes, from two addresses: the open-stream cap
-    // per address (256) is not what refuses them here.
+    const before = await ca.metric("meshward_ca_api_requests_refused_total", { reason: "budget" });
+    // 300 calls, 15 from each of 20 addresses: neither the open-stream cap per address (256) nor
+    // an address's share of the budget (16 KiB here, see below) is what refuses them.
     for (let s = 0, calls = 0; calls < 300; s++) {
-      const session = open(s % 2 === 0 ? "127.0.0.1" : "127.0.0.6");
-      for (let i = 0; i < MAX_CONCURRENT_STREAMS && calls < 300; i++, calls++) {
+      const session = open(`127.0.0.${10 + s}`);
+      for (let i = 0; i < 15 && calls < 300; i++, calls++) {
         const call = session.request({ ":method": "POST", ":path": "/dapr.proto.sentry.v1.CA/SignCertificate", "content-type": "application/grpc", te: "trailers" });
         call.on("error", () => undefined);
         call.on("trailers", (trailers) => {
@@ -79,9 +80,70 @@ describe("the CA's API bounds what unfinished calls can make it hold", () => {
     expect([...codes]).toEqual(["E_CA_BUSY"]);
     // While the budget is full, a real request is refused the same way …
     await expect(sign()).rejects.toMatchObject({ code: "E_CA_BUSY" });
+    // … counted (the refused calls and the real one) under reason="budget" …
+    expect(await ca.metric("meshward_ca_api_requests_refused_total", { reason: "budget" })).toBe(before + refused + 1);
+    expect(await ca.metric("meshward_ca_held_request_bytes")).toBe((300 - refused) * 1000);
     // … and once the unfinished calls go away, the CA signs again.
     for (const session of sessions.splice(0)) session.destroy();
     await vi.waitFor(async () => expect((await sign()).certChainPem).toMatch(/BEGIN CERTIFICATE/), { timeout: 20_000, interval: 100 });
+    expect(await ca.metric("meshward_ca_held_request_bytes")).toBe(0);
+  });
+
+  // Review MEDIUM-1: one source address, with no certificate and no token, could hold the whole
+  // budget: 256 streams (the open-stream cap per address) × maxRequestBytes is all of it, so
+  // every other caller got E_CA_BUSY until requestTimeout, again and again. Now each address holds
+  // at most its share, the sidecar's rule (HeldBudget, src/util/held-budget.ts): the budget ×
+  // maxConnectionsPerAddress / maxConnections, here 256 KiB × 256 / 4096 = 16 KiB. The attacker
+  // needs as many addresses as for the connection caps (16 at the defaults).
+  it("one address holds at most its share of the budget: 256 unfinished calls from 127.0.0.2, and a call from 127.0.0.1 is still issued", async () => {
+    const share = (MAX_REQUEST_BYTES * BUFFERED_REQUESTS * 256) / 4096;
+    // Each call sends 1028 of the 1029 bytes its frame announces (the most a call may send).
+    const partial = Buffer.alloc(MAX_REQUEST_BYTES + 4, 0x41);
+    partial[0] = 0;
+    partial.writeUInt32BE(MAX_REQUEST_BYTES, 1);
+    const held = Math.floor(share / partial.length);
+    let written = 0;
+    const codes: string[] = [];
+    const before = ca.logged.length;
+    for (let c = 0; c < 256 / MAX_CONCURRENT_STREAMS; c++) {
+      const session = open("127.0.0.2");
+      for (let i = 0; i < MAX_CONCURRENT_STREAMS; i++) {
+        const call = session.request({ ":method": "POST", ":path": "/dapr.proto.sentry.v1.CA/SignCertificate", "content-type": "application/grpc", te: "trailers" });
+        call.on("error", () => undefined);
+        call.on("trailers", (trailers) => codes.push(String(trailers["meshward-error-code"])));
+        call.write(partial, () => written++);
+      }
+    }
+    await vi.waitFor(() => expect(written).toBe(256), { timeout: 20_000, interval: 50 });
+    // The calls past the address's share are refused; `held` stay unfinished.
+    await vi.waitFor(() => expect(codes.length).toBe(256 - held), { timeout: 10_000, interval: 50 });
+    expect(new Set(codes)).toEqual(new Set(["E_CA_BUSY"]));
+    expect(await ca.metric("meshward_ca_held_request_bytes")).toBe(held * partial.length);
+    // Another address is served.
+    expect((await sign()).certChainPem).toMatch(/BEGIN CERTIFICATE/);
+    // Review LOW-1: the refusals are counted and logged (rate-limited, per reason and address).
+    expect(await ca.metric("meshward_ca_api_requests_refused_total", { reason: "budget_per_address" })).toBe(256 - held);
+    const lines = ca.logged.slice(before).filter((line) => line.includes('"event":"request-refused"'));
+    expect(lines.length).toBeGreaterThan(0);
+    expect(lines.length).toBeLessThan(10);
+    expect(JSON.parse(lines[0]!)).toMatchObject({ level: 40, reason: "budget_per_address", code: "E_CA_BUSY", peer: "127.0.0.2" });
+    for (const session of sessions.splice(0)) session.destroy();
+    await vi.waitFor(async () => expect(await ca.metric("meshward_ca_held_request_bytes")).toBe(0), { timeout: 10_000, interval: 50 });
+  });
+
+  it("refuses a call whose request is over maxRequestBytes with E_REQUEST_TOO_LARGE, counted and logged", async () => {
+    const before = await ca.metric("meshward_ca_api_requests_refused_total", { reason: "too_large" });
+    const call = open("127.0.0.3").request({ ":method": "POST", ":path": "/dapr.proto.sentry.v1.CA/SignCertificate", "content-type": "application/grpc", te: "trailers" });
+    call.on("error", () => undefined);
+    const trailers = new Promise<Record<string, unknown>>((resolve) => call.once("trailers", resolve));
+    const big = Buffer.alloc(MAX_REQUEST_BYTES + 6, 0x41);
+    big[0] = 0;
+    big.writeUInt32BE(MAX_REQUEST_BYTES + 1, 1);
+    call.write(big);
+    expect(await trailers).toMatchObject({ "grpc-status": "8", "meshward-error-code": "E_REQUEST_TOO_LARGE" });
+    expect(await ca.metric("meshward_ca_api_requests_refused_total", { reason: "too_large" })).toBe(before + 1);
+    expect(ca.logged.some((line) => line.includes('"event":"request-refused"') && line.includes('"reason":"too_large"') && line.includes('"peer":"127.0.0.3"'))).toBe(true);
+    for (const session of sessions.splice(0)) session.destroy();
   });
 
   // Slowloris: a call that sends its request one byte at a time held its stream (and connection)
@@ -135,6 +197,8 @@ describe("the CA's API bounds what unfinished calls can make it hold", () => {
       expect(await reset).toBe(0); // RST_STREAM NO_ERROR after the status (RFC 9113 §8.1)
       expect(stream.closed).toBe(true);
       expect(trailers).toMatchObject({ "grpc-status": "4", "meshward-error-code": "E_REQUEST_TIMEOUT" });
+      expect(await ca2.metric("meshward_ca_api_requests_refused_total", { reason: "request_timeout" })).toBe(1);
+      expect(ca2.logged.some((line) => line.includes('"event":"request-refused"') && line.includes('"reason":"request_timeout"'))).toBe(true);
     } finally {
       clearInterval(trickle);
       session.destroy();

@@ -102,7 +102,7 @@ describe("JWT-SVID keys of retired issuers", () => {
     expect(await outcome(validator, firstToken)).toBe(`accepted spiffe://${TD}/ns/shop/web`);
   });
 
-  it("rotate-issuer --now withdraws the retired issuer's key at once; the validator refuses it, also from keys it cached before", async () => {
+  it("rotate-issuer --now withdraws the retired issuer's key at once, and the key of the issuer an ordinary rotation kept (its key dropped too); the validator refuses them, also from keys it cached before", async () => {
     leaked = currentIssuer();
     const leakedKid = (await derivedKid(leaked)).kid;
     // Fetched before the rotation (the leaked issuer's key is the current one then), cached for an hour.
@@ -120,20 +120,28 @@ describe("JWT-SVID keys of retired issuers", () => {
     // adopt() retires the previous key asynchronously (a key derivation): wait for the JWKS to settle.
     await until("the CA to drop the leaked issuer's key", async () => !(await kids()).some((k) => k.kid === leakedKid));
 
+    // The first issuer (kept in issuer.prev.* by the ordinary rotation) is dropped by --now too: its
+    // key sat beside the leaked one, so it is retired with it (the root CRL lists it) and its JWT key
+    // is withdrawn, not left published up to the TTL (review rotation task 3).
+    const firstKid = (await derivedKid(first)).kid;
+    expect(rootCrlRevocations(await fetchFromCa(direct(), "/v1/crl?format=set"), bundlePem).has(first.serial)).toBe(true);
+    await until("the CA to drop the first issuer's key", async () => !(await kids()).some((k) => k.kid === firstKid));
     const published = await kids();
     expect(published.map((k) => k.kid)).not.toContain(leakedKid);
-    // The key of the first issuer (an ordinary rotation, not retired) is still published for its tokens.
-    expect(published.map((k) => k.kid)).toContain((await derivedKid(first)).kid);
+    expect(published.map((k) => k.kid)).toEqual([published[0]!.kid]);
     expect(readFileSync(join(dir, "jwt-keys.json"), "utf8")).not.toContain(leakedKid);
+    expect(readFileSync(join(dir, "jwt-keys.json"), "utf8")).not.toContain(firstKid);
+    expect(await outcome(cached, await forge(first.privateKey))).toBe(`accepted spiffe://${TD}/ns/prod/admin`); // cached, before the CRLs below
 
-    // A validator fetching the keys now refuses the forgery; the genuine token of the first issuer passes.
+    // A validator fetching the keys now refuses the forgery and the first issuer's tokens alike.
     const fresh = createJwtSvidValidator({ ca: direct() });
     expect(await outcome(fresh, await forge(leaked.privateKey))).toBe("refused E_TOKEN_SIGNATURE");
-    expect(await outcome(fresh, firstToken)).toBe(`accepted spiffe://${TD}/ns/shop/web`);
+    expect(await outcome(fresh, firstToken)).toBe("refused E_TOKEN_SIGNATURE");
     // The validator that cached the leaked key: once the revocations it is judged with list the
     // issuer (here the root CRLs, as an identity source's bundle holds them), the key verifies nothing.
     heldRevocations = rootCrlRevocations(await fetchFromCa(direct(), "/v1/crl?format=set"), bundlePem);
     expect(await outcome(cached, await forge(leaked.privateKey))).toBe("refused E_TOKEN_ISSUER_RETIRED");
+    expect(await outcome(cached, await forge(first.privateKey))).toBe("refused E_TOKEN_ISSUER_RETIRED");
     // The new issuer's tokens pass.
     expect(await outcome(fresh, await issueGenuine("api"))).toBe(`accepted spiffe://${TD}/ns/shop/api`);
   });
@@ -152,14 +160,18 @@ describe("JWT-SVID keys of retired issuers", () => {
     expect(existsSync(join(dir, "jwt-keys.json")) ? readFileSync(join(dir, "jwt-keys.json"), "utf8") : "").not.toContain(leakedJwk.kid);
     expect(await outcome(createJwtSvidValidator({ ca: direct() }), await forge(leaked.privateKey))).toBe("refused E_TOKEN_SIGNATURE");
 
-    // Recorded with its issuer (this version): a key whose issuer is retired is dropped, another kept.
+    // Recorded with its issuer (this version): a key whose issuer is retired is dropped (the leaked
+    // one, and the first one, dropped by the same --now), another kept.
     await ca.close();
     ca = undefined;
-    writeFileSync(join(dir, "jwt-keys.json"), `${JSON.stringify({ version: 2, retired: [{ jwk: leakedJwk, until: until1h, issuer: leaked.serial }, { jwk: firstJwk, until: until1h, issuer: first.serial }] })}\n`);
+    const other = { privateKey: generateKeyPair().privateKey, serial: "0A1B2C3D4E5F" };
+    const otherJwk = await derivedKid(other);
+    writeFileSync(join(dir, "jwt-keys.json"), `${JSON.stringify({ version: 2, retired: [{ jwk: leakedJwk, until: until1h, issuer: leaked.serial }, { jwk: firstJwk, until: until1h, issuer: first.serial }, { jwk: otherJwk, until: until1h, issuer: other.serial }] })}\n`);
     ca = await start();
     const published = (await kids()).map((k) => k.kid);
     expect(published).not.toContain(leakedJwk.kid);
-    expect(published).toContain(firstJwk.kid);
+    expect(published).not.toContain(firstJwk.kid);
+    expect(published).toContain(otherJwk.kid);
     expect(readFileSync(join(dir, "jwt-keys.json"), "utf8")).not.toContain(leakedJwk.kid);
   });
 });

@@ -86,6 +86,8 @@ interface FakeApiServer {
   readonly reviewed: readonly string[];
   /** While set, every TokenReview is answered with this HTTP status (an API server in trouble). */
   failWith: number | undefined;
+  /** While set, a TokenReview whose token it returns an answer for gets that answer instead of a review. */
+  answerFor: ((token: string) => { status: number; contentType: string; body: string } | undefined) | undefined;
   readonly connections: number;
   readonly peakOpen: number;
   stop(): Promise<void>;
@@ -111,6 +113,7 @@ async function fakeApiServer(options: { hold?: boolean; holdUntil?: number; neve
   let mostTrickled = 0;
   const trickleWaiters: { bytes: number; resolve: () => void }[] = [];
   let failWith: number | undefined;
+  let answerFor: FakeApiServer["answerFor"];
   let connections = 0;
   let open = 0;
   let peakOpen = 0;
@@ -137,6 +140,11 @@ async function fakeApiServer(options: { hold?: boolean; holdUntil?: number; neve
       }
       const spec = (JSON.parse(Buffer.concat(chunks).toString("utf8")) as { spec: { token: string } }).spec;
       reviewed.push(spec.token);
+      const special = answerFor?.(spec.token);
+      if (special !== undefined) {
+        res.writeHead(special.status, { "content-type": special.contentType }).end(special.body);
+        return;
+      }
       if (trickle) {
         res.writeHead(201, { "content-type": "application/json", "content-length": String(1 << 20) });
         let sent = 0;
@@ -216,6 +224,12 @@ async function fakeApiServer(options: { hold?: boolean; holdUntil?: number; neve
     },
     set failWith(status) {
       failWith = status;
+    },
+    get answerFor() {
+      return answerFor;
+    },
+    set answerFor(answer) {
+      answerFor = answer;
     },
     get connections() {
       return connections;
@@ -499,6 +513,62 @@ describe("while the API server fails, a circuit breaker stops the TokenReviews",
     expect(await settle(breaker.run(async () => (sent++, "answered"), () => false))).toBe("ok");
     expect(sent).toBe(before + 1);
     expect(await settle(failing())).toBe("HTTP 503"); // closed again: sent, one failure of 5
+  });
+
+  // The review of the CA's API (caapi, "not covered") asked whether a caller can open the breaker
+  // for everyone: it counted every non-2xx answer, so five tokens in a row that the API server
+  // answers with a 4xx did. Against the fake API server above (no Kubernetes cluster can run on
+  // this machine): the real kube-apiserver answers every non-empty token 201 (status.error or
+  // authenticated false), and 400 only for an empty one (pkg/registry/authentication/tokenreview/
+  // storage.go), which the validator never sends; but a proxy or an authentication webhook in
+  // front of it may refuse a request for its body, and the breaker must not depend on that. Dapr
+  // Sentry has no breaker: a failed TokenReview fails that one request.
+  it("tokens the API server answers 400, 413 (not JSON) or 422 fail alone (E_TOKEN_INVALID) and never open it; 429s still do", async () => {
+    const api = await fakeApiServer();
+    const refusedBody = [400, 413, 422];
+    api.answerFor = (token) => {
+      const status = (JSON.parse(Buffer.from(token.split(".")[1] ?? "", "base64url").toString("utf8")) as { refuse?: number }).refuse;
+      if (status === undefined) return undefined;
+      return status === 413
+        ? { status, contentType: "text/html", body: "<html><body>413 Request Entity Too Large</body></html>" }
+        : { status, contentType: "application/json", body: JSON.stringify({ kind: "Status", status: "Failure", message: `refused by the test (${status})`, code: status }) };
+    };
+    const refusedToken = (status: number, n: number) => `${part({ alg: "RS256", kid: "k1" })}.${part({ aud: ["sentry"], exp: NOW + 3600, sub: `x-${n}`, refuse: status })}.c2lnbmF0dXJl`;
+    const events: KubeApiBreakerEvent[] = [];
+    const attestor = kubernetesAttestor({
+      api: kubernetesApi({ apiServer: api.url, tokenFile, caFile: certFile, breaker: { now: () => 0 }, onBreakerChange: (event) => events.push(event) }),
+      trustDomain: "kube-api.test",
+      audiences: ["sentry"],
+      appId: "service-account",
+      controlPlaneNamespace: "dapr-system",
+    });
+    const outcome = (token: string) =>
+      attestor.attest(ask(token)).then(
+        (identity) => identity.spiffeId,
+        (error: { code?: string; message: string }) => `${error.code}: ${error.message}`,
+      );
+    try {
+      const refused: string[] = [];
+      for (let n = 0; n < 4 * KUBE_API_FAILURES_TO_OPEN; n++) refused.push(await outcome(refusedToken(refusedBody[n % 3]!, n)));
+      expect(api.reviews).toBe(4 * KUBE_API_FAILURES_TO_OPEN);
+      expect(new Set(refused)).toEqual(
+        new Set([
+          "E_TOKEN_INVALID: the Kubernetes API server refused the TokenReview of this token with HTTP 400: refused by the test (400)",
+          "E_TOKEN_INVALID: the Kubernetes API server refused the TokenReview of this token with HTTP 413",
+          "E_TOKEN_INVALID: the Kubernetes API server refused the TokenReview of this token with HTTP 422: refused by the test (422)",
+        ]),
+      );
+      expect(events).toEqual([]);
+      // Everyone else is still reviewed.
+      expect(await outcome(validLooking(7))).toBe("spiffe://kube-api.test/ns/shop/sa-7");
+      // An API server shedding load (API Priority and Fairness: 429) is an outage: it opens.
+      api.failWith = 429;
+      for (let n = 0; n < KUBE_API_FAILURES_TO_OPEN; n++) expect(await outcome(validLooking(10 + n))).toMatch(/^E_KUBERNETES_UNAVAILABLE: the Kubernetes TokenReview failed with HTTP 429/);
+      expect(events.map((e) => e.state)).toEqual(["open"]);
+      expect(await outcome(validLooking(20))).toMatch(/^E_KUBERNETES_UNAVAILABLE: the Kubernetes API at .* is failing/);
+    } finally {
+      await api.stop();
+    }
   });
 
   it("through the CA: refusals are fast and give the share back, the gauge and one log line per state change", async () => {

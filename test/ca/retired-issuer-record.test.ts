@@ -59,10 +59,30 @@ describe("the retired-issuer record of a --now rotation", () => {
     expect(retired(layout)).toEqual([]);
     const second = issuer();
     const third = await rotateIssuer({ dir, now: new Date(), keepPrevious: false });
-    expect(retired(layout)).toEqual([second.fingerprint256]);
-    expect(retired(layout)).not.toContain(first.fingerprint256); // kept as issuer.prev.*, then dropped: not retired with --now
-    expect(loadAnchors({ dir }).retiredIssuers.map((r) => r.certificate.fingerprint256)).toEqual([second.fingerprint256]);
+    // The first one, kept as issuer.prev.* by the ordinary rotation and dropped by --now, is retired
+    // too (review rotation task 3: it was not, and its JWT-SVID key stayed published up to the TTL).
+    expect(retired(layout)).toEqual([second.fingerprint256, first.fingerprint256]);
+    expect(loadAnchors({ dir }).retiredIssuers.map((r) => r.certificate.fingerprint256)).toEqual([second.fingerprint256, first.fingerprint256]);
+    expect(existsSync(layout.previousIssuerCert) || existsSync(layout.previousIssuerKey)).toBe(false);
     expect(issuer().fingerprint256).toBe(third.fingerprint256);
+  });
+
+  it("--now interrupted before the new key is in place, with an issuer.prev.*: it is still there (not dropped unrecorded), and the retry retires it with the replaced one", async () => {
+    const { dir, layout, issuer } = await freshCa("crash-with-previous");
+    const first = issuer();
+    await rotateIssuer({ dir, now: new Date() });
+    const second = issuer();
+    failRename.target = layout.issuerKey;
+    await expect(rotateIssuer({ dir, now: new Date(), keepPrevious: false })).rejects.toMatchObject({ code: "E_FILE_WRITE" });
+    const lock = tryLockCaDir(dir, "test");
+    if (!("release" in lock)) throw new Error("the CA directory is locked");
+    lock.release();
+    expect(issuer().fingerprint256).toBe(second.fingerprint256);
+    expect(new X509Certificate(readFileSync(layout.previousIssuerCert)).fingerprint256).toBe(first.fingerprint256);
+    expect(existsSync(layout.retiredIssuers)).toBe(false);
+    await rotateIssuer({ dir, now: new Date(), keepPrevious: false });
+    expect(retired(layout)).toEqual([second.fingerprint256, first.fingerprint256]);
+    expect(existsSync(layout.previousIssuerCert)).toBe(false);
   });
 
   it("importIssuer({ keepPrevious: false }) from code records the replaced issuer", async () => {

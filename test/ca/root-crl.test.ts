@@ -64,7 +64,7 @@ describe("root CRLs", () => {
     anchors = loadAnchors({ dir });
   });
 
-  it("an issuer retired with --now is listed in the root's CRL; the replaced issuer kept for its CRL is not", async () => {
+  it("an issuer retired with --now is listed in the root's CRL; the replaced issuer kept for its CRL is not, until a --now drops it too", async () => {
     const { dir, store, now } = await ca();
     let anchors = loadAnchors({ dir });
     const publisher = new CrlPublisher(store, () => anchors.issuer, () => now.at, undefined, () => anchors.previousIssuer?.signer, () => anchors);
@@ -82,9 +82,10 @@ describe("root CRLs", () => {
     await publisher.refresh();
     const root = rootCrls(anchors, publisher.current!.others);
     expect(root).toHaveLength(1);
-    expect([...root[0]!.revokedSerials]).toEqual([second.serialNumber.toUpperCase()]);
-    expect(root[0]!.entries[0]!.reason).toBe("cACompromise");
-    expect(root[0]!.revokedSerials.has(first.serialNumber.toUpperCase())).toBe(false);
+    // The first issuer, kept in issuer.prev.* by the ordinary rotation, is dropped by --now with its
+    // key beside the leaked one: it is retired too (review rotation task 3).
+    expect([...root[0]!.revokedSerials].sort()).toEqual([second.serialNumber.toUpperCase(), first.serialNumber.toUpperCase()].sort());
+    expect(root[0]!.entries.map((e) => e.reason)).toEqual(["cACompromise", "cACompromise"]);
     expect(new X509Certificate(anchors.issuer.der).fingerprint256).not.toBe(second.fingerprint256);
   });
 

@@ -124,17 +124,18 @@ describe("a rotation command interrupted at any file change leaves a CA that sta
   });
 
   // The renames of 'ca rotate-root prepare', in order (review files MEDIUM-1: a retry after a crash
-  // before ca.json generated a second root and left the first, its key overwritten, in bundle.pem for good).
-  const prepareSteps = ["root.next.key", "root.next.pem", "bundle.pem", "ca.json"];
+  // before ca.json generated a second root and left the first, its key overwritten, in bundle.pem for good):
+  // ca.json naming the key about to be written, the key, the root, the bundle, ca.json recording the root.
+  const prepareSteps = ["ca.json", "root.next.key", "root.next.pem", "bundle.pem", "ca.json,2"];
   const bundleOf = (dir: string) => certificatesFromPem(readFileSync(caLayout(dir).bundle, "utf8")).map((der) => new X509Certificate(der).fingerprint256);
-  for (const [target, mode] of [...prepareSteps.map((t) => [t, "kill"] as const), ["ca.json", "enospc"] as const]) {
+  for (const [target, mode] of [...prepareSteps.map((t) => [t, "kill"] as const), ["ca.json,2", "enospc"] as const]) {
     it(`rotate-root prepare, ${mode} at the rename onto ${target}, then prepare, activate, retire --force: one new root, its key kept, no orphan in the bundle`, async () => {
       const dir = join(work, `prepare-${mode}-${target}`);
       await initAnchors({ dir, trustDomain: TD, now: new Date() });
       const layout = caLayout(dir);
       const oldRoot = fingerprint(layout.rootCert);
       const interrupted = await faulty(["ca", "rotate-root", "prepare", "--dir", dir], target, mode);
-      expect(interrupted.stderr).toContain(`[fault] ${mode} at the rename onto ${target}`);
+      expect(interrupted.stderr).toContain(`[fault] ${mode} at the rename onto ${target.split(",")[0]}`);
       expect(interrupted.code).not.toBe(0);
       expect(readCaState(dir).rootRotation).toBeUndefined();
       const keyWritten = existsSync(layout.nextRootKey) ? sha256(layout.nextRootKey) : undefined;
@@ -147,6 +148,9 @@ describe("a rotation command interrupted at any file change leaves a CA that sta
 
       const again = await runCli(["ca", "rotate-root", "prepare", "--dir", dir]);
       expect(again.code, again.stderr).toBe(0);
+      // It says whether it took up what the interrupted one wrote (its key, or its key and root).
+      if (keyWritten !== undefined) expect(again.stderr).toContain("resumed an interrupted 'rotate-root prepare'");
+      else expect(again.stderr).not.toContain("resumed");
       const next = fingerprint(layout.nextRootCert);
       if (keyWritten !== undefined) expect(sha256(layout.nextRootKey)).toBe(keyWritten);
       if (rootWritten !== undefined) expect(next).toBe(rootWritten);

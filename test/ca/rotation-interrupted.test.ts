@@ -75,7 +75,8 @@ describe("a root rotation step interrupted at any file change, then run again", 
 
   it("prepare: at every change, the retry keeps the key written, one new root joins the bundle, and activate + retire leave only it", async () => {
     const steps = await changesOf(async (files) => prepareRoot({ dir: await fresh(), now: new Date(), files }));
-    expect(steps).toEqual(["write root.next.key", "write root.next.pem", "write bundle.pem", "write ca.json"]);
+    // ca.json first names the key about to be written (preparingRoot), and last records the prepared root.
+    expect(steps).toEqual(["write ca.json", "write root.next.key", "write root.next.pem", "write bundle.pem", "write ca.json"]);
     for (let n = 1; n <= steps.length; n++) {
       const dir = await fresh();
       const layout = caLayout(dir);
@@ -115,7 +116,7 @@ describe("a root rotation step interrupted at any file change, then run again", 
     await initAnchors({ dir, trustDomain: TD, now: new Date(), passphrase });
     const layout = caLayout(dir);
     const oldRoot = fingerprint(layout.rootCert);
-    await expect(prepareRoot({ dir, now: new Date(), passphrase, files: failingAt(4).files })).rejects.toBeInstanceOf(Interrupted);
+    await expect(prepareRoot({ dir, now: new Date(), passphrase, files: failingAt(5).files })).rejects.toBeInstanceOf(Interrupted);
     const key = sha256(layout.nextRootKey);
     const first = fingerprint(layout.nextRootCert);
     const refused = await prepareRoot({ dir, now: new Date() }).catch((e: { code: string }) => e.code);
@@ -134,7 +135,7 @@ describe("a root rotation step interrupted at any file change, then run again", 
     const layout = caLayout(dir);
     const oldRoot = fingerprint(layout.rootCert);
     // Interrupted before ca.json: root.next.* and the bundle hold the first attempt's root.
-    await expect(prepareRoot({ dir, now: new Date(), files: failingAt(4).files })).rejects.toBeInstanceOf(Interrupted);
+    await expect(prepareRoot({ dir, now: new Date(), files: failingAt(5).files })).rejects.toBeInstanceOf(Interrupted);
     const orphan = fingerprint(layout.nextRootCert);
     // Then its key is lost (what the old retry's overwrite did); root.next.pem still names that root.
     rmSync(layout.nextRootKey);
@@ -142,6 +143,22 @@ describe("a root rotation step interrupted at any file change, then run again", 
     expect(next.fingerprint256).not.toBe(orphan);
     expect(bundle(dir)).toEqual([oldRoot, next.fingerprint256]);
     expect(keyOf(layout.nextRootKey, layout.nextRootCert)).toBe(true);
+  });
+
+  it("prepare interrupted before ca.json recorded the root, root.next.* then moved out: the retry drops the root with the key ca.json names from the bundle and prepares a new one", async () => {
+    const dir = await fresh();
+    const layout = caLayout(dir);
+    const oldRoot = fingerprint(layout.rootCert);
+    await expect(prepareRoot({ dir, now: new Date(), files: failingAt(5).files })).rejects.toBeInstanceOf(Interrupted);
+    const orphan = fingerprint(layout.nextRootCert);
+    expect(bundle(dir)).toEqual([oldRoot, orphan]);
+    rmSync(layout.nextRootKey);
+    rmSync(layout.nextRootCert);
+    const resumed: unknown[] = [];
+    const next = await prepareRoot({ dir, now: new Date(), onResume: (r) => resumed.push(r) });
+    expect(next.fingerprint256).not.toBe(orphan);
+    expect(bundle(dir)).toEqual([oldRoot, next.fingerprint256]);
+    expect(resumed).toEqual([]);
   });
 
   it("prepare --root-cert interrupted before ca.json, then run again with the same root: it is not 'already in the bundle'; with another root: the first one leaves the bundle", async () => {
@@ -163,7 +180,7 @@ describe("a root rotation step interrupted at any file change, then run again", 
   it("prepare --root-cert after an interrupted generating prepare: refused, nothing changed, the generated root's key kept", async () => {
     const dir = await fresh();
     const layout = caLayout(dir);
-    await expect(prepareRoot({ dir, now: new Date(), files: failingAt(4).files })).rejects.toBeInstanceOf(Interrupted);
+    await expect(prepareRoot({ dir, now: new Date(), files: failingAt(5).files })).rejects.toBeInstanceOf(Interrupted);
     const key = sha256(layout.nextRootKey);
     const before = bundle(dir);
     const other = await fresh();
@@ -180,7 +197,7 @@ describe("a root rotation step interrupted at any file change, then run again", 
     await initAnchors({ dir: otherDir, trustDomain: "other.test", now: new Date() });
     const other = caLayout(otherDir);
     // The other CA's prepare interrupted before its ca.json: its root.next.key and root.next.pem.
-    await expect(prepareRoot({ dir: otherDir, now: new Date(), files: failingAt(4).files })).rejects.toBeInstanceOf(Interrupted);
+    await expect(prepareRoot({ dir: otherDir, now: new Date(), files: failingAt(5).files })).rejects.toBeInstanceOf(Interrupted);
     copyFileSync(other.nextRootKey, layout.nextRootKey);
     copyFileSync(other.nextRootCert, layout.nextRootCert);
     const snapshot = () => Object.fromEntries(readdirSync(dir).filter((name) => !name.startsWith(".meshward-ca.lock")).map((name) => [name, sha256(join(dir, name))]));

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { directoryFiles } from "../../src/ca/anchor-files.ts";
 import { caLayout, initAnchors, loadAnchors, readCaState } from "../../src/ca/anchors.ts";
 import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../../src/ca/rotation.ts";
 import { startCaServer, type CaServer } from "../../src/ca/server.ts";
@@ -512,6 +513,32 @@ describe("rotation on a running CA", () => {
     expect(bundle[0]).not.toBe(oldRoot);
     const metrics = await server.registry.metrics();
     expect(metrics).toMatch(/meshward_rotation_total\{kind="root",result="ok"\} 3/);
+  });
+
+  it("automatic root rotation after an interrupted prepare: takes up its key and root, and logs rotation-resumed", async () => {
+    await initAnchors({ dir, trustDomain: TD, now: new Date(), rootTtlMs: HOUR });
+    // A prepare interrupted before its last change (ca.json recording the root): key, root and bundle written.
+    let changes = 0;
+    const interrupted = await prepareRoot({
+      dir,
+      now: new Date(),
+      files: {
+        ...directoryFiles,
+        write: (path, content, options) => {
+          if (path === caLayout(dir).state && ++changes === 2) throw new Error("interrupted");
+          directoryFiles.write(path, content, options);
+        },
+      },
+    }).catch((error: Error) => error.message);
+    expect(interrupted).toBe("interrupted");
+    const left = new X509Certificate(readFileSync(caLayout(dir).nextRootCert)).fingerprint256;
+    const { logger, logged } = capturingLogger();
+    const config = caConfigSchema.parse({ listen: "127.0.0.1:0", anchorPoll: "100ms", rotationCheck: "100ms", autoRotateRoot: { enabled: true, prepareBefore: "2h", activateAfter: "1h" } });
+    server = await startCaServer({ dir, config, logger });
+    await waitFor(() => readCaState(dir).rootRotation?.phase === "prepared", "the automatic prepare");
+    expect(readCaState(dir).rootRotation?.nextRootFingerprint).toBe(left);
+    const resumed = logged.map((line) => JSON.parse(line) as { event?: string; rootKept?: boolean; recorded?: boolean }).filter((entry) => entry.event === "rotation-resumed");
+    expect(resumed).toMatchObject([{ rootKept: true, recorded: true }]);
   });
 
   it("refuses steps out of order with the next step to take", async () => {

@@ -4,14 +4,19 @@
  * commander, both from the bundle users run (dist/bundle) and from the sources (tsx). Each
  * process runs with a recorder preloaded (test/helpers/record-modules.mjs) that lists what it
  * loaded; the bundle's chunks are read back to the modules in them through their source maps.
- * A command that runs does load its action, seen by the same recorder.
+ * A command that runs does load its action, seen by the same recorder. The short `ca`, `token`
+ * and `cert` commands load no more than they use: not the CA server (`ca serve` has a module of
+ * its own), nor undici, jose, pino, prom-client or pg (loaded when a postgres:// store is opened).
  */
 import { mkdtempSync, readFileSync, realpathSync, rmSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bundleCli } from "../../scripts/bundle.ts";
 import { runCli, type CliResult } from "../helpers/cli.ts";
+import { closedPort } from "../helpers/closed-port.ts";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const RECORDER = fileURLToPath(new URL("../helpers/record-modules.mjs", import.meta.url));
@@ -27,12 +32,21 @@ const DEFINITIONS_MAY_LOAD = new Set([
   "src/util/dir-safety.ts",
   "src/util/files.ts",
   "src/util/read-input.ts",
+  // main.ts prints every error message through it (control characters escaped, no workflow commands).
+  "src/util/printable.ts",
   "src/pki/keys.ts",
   "src/audit/walk.ts",
   "src/config/validator-names.ts",
   "src/config/sidecar-fields.ts",
   "src/inject/webhook-limits.ts",
 ]);
+
+/**
+ * Packages that only the long-running commands (`ca serve`, sidecar, identity), `status` (HTTP)
+ * or a postgres:// store need: `ca init`, `ca status`, `token create` load none of them (each
+ * cost ~0.03–0.06 s of CPU at every start, ~500 starts in the test suite).
+ */
+const SERVING_ONLY_PACKAGES = new Set(["undici", "pg", "pg-pool", "jose", "prom-client", "pino", "@opentelemetry/api", "@grpc/grpc-js", "yaml", "zod"]);
 
 interface Loaded {
   readonly result: CliResult;
@@ -127,6 +141,50 @@ describe("the CLI loads a command's code only when the command runs", () => {
         expectDefinitionsOnly(audit);
       });
 
+      it("the short ca, token and cert commands load no CA server, HTTP client, JWT library, logger, metrics or PostgreSQL driver", async () => {
+        const dir = join(work, `ca-${from}`);
+        const init = await loaded(["ca", "init", "--trust-domain", "lazy.example", "--dir", dir], from);
+        expect(init.result.code, init.result.stderr).toBe(0);
+        const status = await loaded(["ca", "status", "--dir", dir], from);
+        expect(status.result.code, status.result.stderr).toBe(0);
+        expect(status.result.stdout).toMatch(/^trust domain lazy\.example /);
+        const token = await loaded(["token", "create", "--dir", dir, "--namespace", "ns", "--app-id", "app"], from);
+        expect(token.result.code, token.result.stderr).toBe(0);
+        const inspect = await loaded(["cert", "inspect", join(dir, "root.pem")], from);
+        expect(inspect.result.code, inspect.result.stderr).toBe(0);
+        expect(inspect.modules).not.toContain("src/cli/store.ts");
+        for (const { packages, modules } of [init, status, token, inspect]) {
+          expect(packages.filter((pkg) => SERVING_ONLY_PACKAGES.has(pkg)), "packages only `ca serve`, the sidecar, `status` or a postgres:// store need").toEqual([]);
+          for (const module of ["src/cli/actions/ca-serve.ts", "src/ca/server.ts", "src/store/postgres.ts", "src/cli/logger.ts", "src/ca/dapr-trust-bundle.ts"]) expect(modules).not.toContain(module);
+        }
+        // A postgres:// store loads the driver when it is opened, and a failure to reach it reads as before.
+        const postgres = await loaded(["token", "create", "--dir", dir, "--namespace", "ns", "--app-id", "app", "--store", "postgres://meshward:s3cret@127.0.0.1:1/meshward"], from);
+        expect(postgres.result.code).toBe(1);
+        expect(postgres.result.stderr).toMatch(/^meshward: cannot reach PostgreSQL at postgres:\/\/meshward:\*\*\*@127\.0\.0\.1:1\/meshward .*\[E_STORE_OPEN\]\n$/);
+        expect(postgres.packages).toContain("pg");
+        expect(postgres.modules).toContain("src/store/postgres.ts");
+      });
+
+      it("`status --ca` does not load undici; `status --status-url` loads it when it fetches", async () => {
+        // An HTTP server that answers 404, and a loopback port nothing listens on.
+        const server = await listening(createServer((_request, response) => response.writeHead(404).end()));
+        const down = await closedPort();
+        try {
+          const dir = join(work, `status-${from}`);
+          expect((await runCli(["ca", "init", "--trust-domain", "lazy.example", "--dir", dir], { bin: bundle })).code).toBe(0);
+          const ca = await loaded(["status", "--ca", `127.0.0.1:${down}`, "--bundle", join(dir, "bundle.pem")], from);
+          expect(ca.result.code).toBe(1);
+          expect(ca.result.stdout).toContain("E_CA_UNAVAILABLE");
+          expect(ca.packages).not.toContain("undici");
+          const feed = await loaded(["status", "--status-url", `http://127.0.0.1:${(server.address() as AddressInfo).port}`], from);
+          expect(feed.result.code).toBe(1);
+          expect(feed.result.stdout).toContain("unreachable: HTTP 404");
+          expect(feed.packages).toContain("undici");
+        } finally {
+          await new Promise((resolve) => server.close(resolve));
+        }
+      });
+
       it("a command that runs loads its action (what the recorder sees when there is one to see)", async () => {
         const rules = await loaded(["audit", "rules"], from);
         expect(rules.result.code, rules.result.stderr).toBe(0);
@@ -138,3 +196,10 @@ describe("the CLI loads a command's code only when the command runs", () => {
     });
   }
 });
+
+function listening(server: Server): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => resolve(server));
+  });
+}

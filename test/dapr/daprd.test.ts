@@ -15,7 +15,7 @@ let goCheck: string;
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), "meshward-daprd-"));
-  goCheck = await buildGoCheck(join(work, "go"));
+  goCheck = await buildGoCheck();
 }, 240_000);
 
 afterAll(() => rmSync(work, { recursive: true, force: true }));

@@ -23,7 +23,7 @@ describe("Ed25519 CA, CSRs and chains, checked by openssl and by Go's crypto/x50
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), "meshward-ed25519-"));
     caDir = join(work, "ca");
-    goCheck = await buildGoCheck(join(work, "go"));
+    goCheck = await buildGoCheck();
     const init = await runCli(["ca", "init", "--trust-domain", "public", "--dir", caDir, "--key-type", "ed25519"]);
     expect(init.code, init.stderr).toBe(0);
     const started = await startCli(

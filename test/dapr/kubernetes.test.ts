@@ -73,7 +73,7 @@ describe("KUBERNETES validator: TokenReview + pod annotation (kubernetes.appId: 
 
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), "meshward-k8s-"));
-    goCheck = await buildGoCheck(join(work, "go"));
+    goCheck = await buildGoCheck();
     execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", join(work, "api.key"), "-out", join(work, "api.crt"), "-days", "1", "-subj", "/CN=kube-apiserver", "-addext", "subjectAltName=IP:127.0.0.1"]);
     writeFileSync(join(work, "sa-token"), `${caServiceAccountToken}\n`);
     api = createServer({ key: readFileSync(join(work, "api.key")), cert: readFileSync(join(work, "api.crt")) }, (req, res) => {

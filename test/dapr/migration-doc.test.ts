@@ -48,7 +48,7 @@ describe("docs/migrating-from-dapr-sentry.md, command by command", () => {
     mkdirSync(bin);
     writeFileSync(join(bin, "meshward"), `#!/bin/sh\nexec "${process.execPath}" "${MESHWARD_BIN}" "$@"\n`);
     chmodSync(join(bin, "meshward"), 0o755);
-    goCheck = await buildGoCheck(join(work, "go"));
+    goCheck = await buildGoCheck();
   }, 240_000);
 
   afterAll(async () => {

@@ -142,6 +142,7 @@ describe("deploy/prometheus/alerts.yaml (real promtool)", () => {
     ["no-leader-per-instance", "MeshwardCaNoLeader", "sum by (job) (meshward_ca_leader", "sum by (job, instance) (meshward_ca_leader"],
     ["ca-any-job", "MeshwardCaUnreachable", 'up{job=~"meshward-ca.*"} == 0', "up == 0"],
     ["connections-timeouts-too", "MeshwardCaConnectionsRefused", '{reason=~"max_connections|max_connections_per_address"}', ""],
+    ["requests-any-reason", "MeshwardCaRequestsRefused", '{reason=~"budget|budget_per_address"}', ""],
     ["sign-refusals-too", "MeshwardCaSigningErrors", 'meshward_ca_sign_requests_total{result="error"}[10m]', "meshward_ca_sign_requests_total[10m]"],
     ["handshake-no-floor", "MeshwardHandshakeFailureRateHigh", "(rate(meshward_tls_handshake_failures_total[5m])) > 0.1", "(rate(meshward_tls_handshake_failures_total[5m])) > 0"],
     ["plaintext-everywhere", "MeshwardPlaintextInStrictEnvironment", '{meshward_mode!="permissive"}', ""],

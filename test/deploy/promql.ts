@@ -4,6 +4,7 @@ import { egressMetrics } from "../../src/proxy/egress.ts";
 import { sidecarTelemetry } from "../../src/proxy/sidecar.ts";
 import { createMeshMetrics, createMetrics } from "../../src/telemetry/metrics.ts";
 import { createInjectorMetrics } from "../../src/inject/metrics.ts";
+import { statusPortMetrics } from "../../src/telemetry/health.ts";
 
 /** Series Prometheus itself adds to every target. */
 const PROMETHEUS_SERIES = ["up", "scrape_duration_seconds"];
@@ -32,6 +33,7 @@ export async function definedMetrics(options: { processMetrics: boolean }): Prom
   sidecarTelemetry(pino({ level: "silent" }), metrics);
   egressMetrics(metrics, "example");
   createInjectorMetrics(metrics);
+  statusPortMetrics(metrics);
   return (await metrics.registry.getMetricsAsJSON()).map((m) => ({ name: m.name, type: String(m.type) }));
 }
 

@@ -155,6 +155,19 @@ describe("meshward inject: what the sidecar gets", () => {
     expect(without.spec.initContainers[0].args).not.toContain("--outbound-allowed-host");
   });
 
+  it("meshward.io/escaped-slashes and meshward.io/headers-with-underscores give the sidecar its --escaped-slashes and --headers-with-underscores, which its own config schema accepts; absent, neither flag (the sidecar's reject)", () => {
+    const text = readFileSync(join(FIXTURES, "multi.yaml"), "utf8").replace("    meshward.io/config: orders-policy\n", "    meshward.io/config: orders-policy\n    meshward.io/escaped-slashes: unescape\n    meshward.io/headers-with-underscores: drop\n");
+    const pod = docsOf(injectManifest(text, OPTIONS).text).find((d) => d.kind === "Pod") as Record<string, any>;
+    const args = pod.spec.initContainers[0].args as string[];
+    const flag = (name: string) => args[args.indexOf(name) + 1];
+    expect([flag("--escaped-slashes"), flag("--headers-with-underscores")]).toEqual(["unescape", "drop"]);
+    const parsed = sidecarConfigSchema.parse({ appId: "orders", ca: "ca:8443", app: flag("--app"), escapedSlashes: flag("--escaped-slashes"), headersWithUnderscores: flag("--headers-with-underscores") });
+    expect([parsed.escapedSlashes, parsed.headersWithUnderscores]).toEqual(["unescape", "drop"]);
+    const without = docsOf(injectManifest(readFileSync(join(FIXTURES, "multi.yaml"), "utf8"), OPTIONS).text).find((d) => d.kind === "Pod") as Record<string, any>;
+    expect(without.spec.initContainers[0].args).not.toContain("--escaped-slashes");
+    expect(without.spec.initContainers[0].args).not.toContain("--headers-with-underscores");
+  });
+
   it("a manifest with nothing to inject comes out byte for byte", () => {
     const text = "# just a service\napiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{port: 1}]\n...\n";
     expect(injectManifest(text, OPTIONS).text).toBe(text);
@@ -202,6 +215,8 @@ describe("meshward inject: refusals are clear errors, never a stack trace", () =
     ["an app id that is not a DNS label", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/app-id": "Web_1" }), /not a DNS label/],
     ["a mode that is neither strict nor permissive", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/mode": "off" }), /strict or permissive/],
     ["an outbound allowed host with a scheme and port", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/outbound-allowed-hosts": "api.shop.example, http://gw:8080" }), /outbound-allowed-hosts: "http:\/\/gw:8080": give a host name only.*\[E_INJECT_ANNOTATION\]/s],
+    ["headers-with-underscores that is not an action", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/headers-with-underscores": "ignore" }), /meshward\.io\/headers-with-underscores must be reject, drop or allow, got "ignore".*\[E_INJECT_ANNOTATION\]/s],
+    ["escaped-slashes that is not an action", deployment({ "meshward.io/inject": "true", "meshward.io/app-port": "80", "meshward.io/escaped-slashes": "decode" }), /meshward\.io\/escaped-slashes must be reject, unescape or keep, got "decode".*\[E_INJECT_ANNOTATION\]/s],
     ["broken YAML", "kind: Deployment\nmetadata: {name: [\n", /\[E_INJECT_INVALID\]/],
   ];
   for (const [what, input, message] of cases) {

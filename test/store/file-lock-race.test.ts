@@ -112,3 +112,36 @@ describe("tryLockFile: a holder letting go while another run opens the file (rev
     if (typeof b === "object") b.release();
   });
 });
+
+// A second tryLockFile in the process that holds the lock opened (and, refused, closed) a
+// descriptor of the file, and closing any descriptor of an inode drops every fcntl lock the
+// process holds on it: another process could then take the lock held here.
+describe("tryLockFile called twice in the process that holds the lock", () => {
+  const PROBE = `
+const Database = require("better-sqlite3");
+const db = new Database(process.argv[1], { timeout: 0 });
+try { db.pragma("journal_mode = MEMORY"); db.exec("BEGIN EXCLUSIVE"); process.stdout.write("locked"); } catch (e) { process.stdout.write(e.code); }
+`;
+  const probe = (path: string) =>
+    new Promise<string>((resolve, reject) => {
+      let out = "";
+      const p = spawn(process.execPath, ["-e", PROBE, path], { cwd: process.cwd(), stdio: ["ignore", "pipe", "inherit"] });
+      p.stdout!.on("data", (d) => (out += d));
+      p.on("error", reject);
+      p.on("close", () => resolve(out));
+    });
+
+  it("answers held, and the first lock still keeps other processes out until it is released", async () => {
+    dir = mkdtempSync(join(tmpdir(), "mw-flock-twice-"));
+    const path = join(dir, "x.lock");
+    const a = tryLockFile(path);
+    if (typeof a === "string") throw new Error(`A: ${a}`);
+    expect(tryLockFile(path)).toBe("held");
+    expect(await probe(path)).toBe("SQLITE_BUSY");
+    a.release();
+    expect(await probe(path)).toBe("locked");
+    const again = tryLockFile(path);
+    expect(typeof again).toBe("object");
+    if (typeof again === "object") again.release();
+  });
+});

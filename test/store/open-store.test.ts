@@ -3,7 +3,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { isMeshwardError } from "../../src/errors.ts";
-import { openPostgresStore, openStore, parseStoreUrl, PostgresStore, redactConnectionString, SqliteStore } from "../../src/store/index.ts";
+import { openStore, parseStoreUrl, redactConnectionString, SqliteStore } from "../../src/store/index.ts";
+import { openPostgresStore, PostgresStore } from "../../src/store/postgres.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "meshward-openstore-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -80,7 +81,7 @@ describe("redactConnectionString", () => {
 describe("openStore", () => {
   it("opens SQLite for sqlite: URLs and bare paths, creating the file", async () => {
     for (const url of [`sqlite:${join(dir, "a.db")}`, join(dir, "b.db")]) {
-      const store = openStore(url);
+      const store = await openStore(url);
       try {
         expect(store).toBeInstanceOf(SqliteStore);
         await store.migrate();
@@ -93,7 +94,7 @@ describe("openStore", () => {
   });
 
   it("opens PostgreSQL lazily for postgres:// URLs (no connection until first use)", async () => {
-    const store = openStore("postgres://ca:s3cret@127.0.0.1:1/meshward");
+    const store = await openStore("postgres://ca:s3cret@127.0.0.1:1/meshward");
     expect(store).toBeInstanceOf(PostgresStore);
     expect((store as PostgresStore).target).toBe("postgres://ca:***@127.0.0.1:1/meshward");
     await store.close();
@@ -110,7 +111,7 @@ describe("openStore", () => {
     expect((error as Error).message).not.toContain("hunter2");
   });
 
-  it("refuses unknown schemes before touching anything", () => {
-    expect(() => openStore("mongodb://x:y@h/db")).toThrow(/not supported/);
+  it("refuses unknown schemes before touching anything", async () => {
+    await expect(openStore("mongodb://x:y@h/db")).rejects.toThrow(/not supported/);
   });
 });

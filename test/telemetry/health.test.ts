@@ -1,7 +1,9 @@
 import { execFile } from "node:child_process";
+import { get } from "node:http";
+import { connect, type Socket } from "node:net";
 import { promisify } from "node:util";
 import { afterEach, describe, expect, it } from "vitest";
-import { createHealth, createOpsServer, type OpsServer } from "../../src/telemetry/health.ts";
+import { createHealth, createOpsServer, DEFAULT_STATUS_MAX_CONNECTIONS_PER_ADDRESS, type OpsServer } from "../../src/telemetry/health.ts";
 import { createMeshMetrics, createMetrics } from "../../src/telemetry/metrics.ts";
 
 const servers: OpsServer[] = [];
@@ -170,5 +172,92 @@ describe("createOpsServer on loopback refuses foreign Host headers (DNS rebindin
     // 5 lines per 10 s window by default; no assertion on the window itself (no timing thresholds)
     expect(warned.length).toBeGreaterThan(0);
     expect(warned.length).toBeLessThan(8);
+  });
+});
+
+/** A connection from `localAddress` that sends half a request head and waits (what an attacker holds). */
+function hold(port: number, localAddress: string, opened: Socket[]): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: "127.0.0.1", port, localAddress }, () => {
+      socket.write("GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Pad: ");
+      resolve(socket);
+    });
+    opened.push(socket);
+    socket.on("data", () => undefined);
+    socket.once("error", reject);
+  });
+}
+
+/** GET `path` from `localAddress` on a new connection: the status code, or the error's code when the connection was refused. */
+function probe(port: number, localAddress: string, path = "/healthz"): Promise<number | string> {
+  return new Promise((resolve) => {
+    const req = get({ host: "127.0.0.1", port, path, localAddress, agent: false, headers: { connection: "close" } }, (res) => {
+      res.resume();
+      res.on("end", () => resolve(res.statusCode ?? 0));
+    });
+    req.on("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+  });
+}
+
+/** Resolves when the server has closed `socket` (its end or reset reached us). */
+function closedByServer(socket: Socket): Promise<void> {
+  return new Promise((resolve) => {
+    socket.on("error", () => undefined);
+    if (socket.destroyed) resolve();
+    else socket.once("close", () => resolve());
+  });
+}
+
+describe("createOpsServer admission (real connections from several loopback addresses)", () => {
+  const opened: Socket[] = [];
+  afterEach(() => {
+    for (const socket of opened.splice(0)) socket.destroy();
+  });
+
+  it("one address holding its per-address cap of half-sent heads gets the next connection reset; probes from other addresses still answer", async () => {
+    const metrics = createMetrics();
+    const warned: Record<string, unknown>[] = [];
+    const { address } = await start({ port: 0, metrics, logger: { warn: (fields) => void warned.push(fields) } });
+    const held = [];
+    for (let i = 0; i < DEFAULT_STATUS_MAX_CONNECTIONS_PER_ADDRESS; i++) held.push(await hold(address.port, "127.0.0.1", opened));
+    // The next one from the same address: reset at accept (no HTTP answer), counted and logged.
+    const refused = await probe(address.port, "127.0.0.1");
+    expect(refused).not.toBe(200);
+    expect(typeof refused).toBe("string");
+    // The kubelet and Prometheus come from their own addresses: they are still served.
+    expect(await probe(address.port, "127.0.0.2", "/healthz")).toBe(200);
+    expect(await probe(address.port, "127.0.0.3", "/readyz")).toBe(200);
+    expect(await probe(address.port, "127.0.0.4", "/metrics")).toBe(200);
+    const text = await metrics.text();
+    expect(text).toContain('meshward_status_connections_refused_total{reason="max_connections_per_address"} 1');
+    expect(warned).toEqual([expect.objectContaining({ event: "ops-connection-refused", reason: "max_connections_per_address", peer: "127.0.0.1", limit: DEFAULT_STATUS_MAX_CONNECTIONS_PER_ADDRESS })]);
+    // A held connection that closes gives its slot back.
+    held[0]!.destroy();
+    await closedByServer(held[0]!);
+    let answer: number | string = "not tried";
+    for (let i = 0; i < 50 && answer !== 200; i++) answer = await probe(address.port, "127.0.0.1");
+    expect(answer).toBe(200);
+  });
+
+  it("past maxConnections from everyone, the N+1-th connection is reset (reason max_connections)", async () => {
+    const metrics = createMetrics();
+    const { address } = await start({ port: 0, metrics, maxConnections: 4, maxConnectionsPerAddress: 2 });
+    for (const from of ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2"]) await hold(address.port, from, opened);
+    expect(typeof (await probe(address.port, "127.0.0.3"))).toBe("string");
+    expect(typeof (await probe(address.port, "127.0.0.1"))).toBe("string");
+    const text = await metrics.text();
+    expect(text).toMatch(/meshward_status_connections_refused_total\{reason="max_connections"\} 2\n/);
+  });
+
+  it("closes a connection that sends nothing, and one that sends half a head, after the head timeout (not Node's 30 s check interval)", { timeout: 15_000 }, async () => {
+    const { address } = await start({ port: 0, headersTimeoutMs: 1_000 });
+    const silent = await new Promise<Socket>((resolve) => {
+      const socket = connect({ host: "127.0.0.1", port: address.port }, () => resolve(socket));
+      opened.push(socket);
+      socket.on("data", () => undefined);
+    });
+    const partial = await hold(address.port, "127.0.0.1", opened);
+    await Promise.all([closedByServer(silent), closedByServer(partial)]);
+    expect(silent.destroyed && partial.destroyed).toBe(true);
   });
 });

@@ -299,6 +299,28 @@ export const accessRules: Rule[] = [
       }];
     },
   }),
+  defineRule({
+    id: "MW-ACCESS-013",
+    family: "access",
+    severity: "medium",
+    title: "meshward sidecar forwards requests app servers read differently (headersWithUnderscores: allow, escapedSlashes: keep)",
+    why: "The sidecar judges one canonical request and forwards exactly it; these two settings let through what servers read in more than one way. `headersWithUnderscores: allow` forwards field names holding `_`, which CGI and WSGI servers read as `-` (`X_Forwarded_For` is `X-Forwarded-For` to gunicorn, and a second one beside the sidecar's own reaches the app). `escapedSlashes: keep` forwards `%2F` and `%5C` in paths undecoded: a policy that allows `/files/**` judged `/files/a%2F..%2F..%2Fadmin` as a path below `/files`, an app server that decodes them routes `/admin`.",
+    fix: "Leave both at their default, `reject`. For a client you cannot change that sends `_` names, `headersWithUnderscores: drop` removes them; for paths with escaped slashes, `escapedSlashes: unescape` decodes them before the policy judges.",
+    example: {
+      file: "sidecar.yaml",
+      bad: sidecar("policy: policy.yaml\nheadersWithUnderscores: allow\nescapedSlashes: keep\n"),
+      good: sidecar("policy: policy.yaml\nheadersWithUnderscores: drop\nescapedSlashes: unescape\n"),
+    },
+    appliesTo: ["meshward-sidecar"],
+    check(config) {
+      const hits: Hit[] = [];
+      for (const [key, loose] of [["headersWithUnderscores", "allow"], ["escapedSlashes", "keep"]] as const) {
+        const entry = lookup(config.config, key);
+        if (entry !== undefined && asText(entry.value).trim() === loose) hits.push({ path: [entry.key], evidence: `${entry.key}: ${loose}` });
+      }
+      return hits;
+    },
+  }),
 ];
 
 /**

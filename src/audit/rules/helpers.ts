@@ -8,9 +8,22 @@ export function defineRule<K extends ResourceKind>(rule: Rule<K>): Rule {
   return rule as unknown as Rule;
 }
 
+/**
+ * The metadata item of one of `names` as daprd reads it (review audit finding 3): daprd turns
+ * `spec.metadata` into a map in order, `properties[c.Name] = val` (dapr/dapr
+ * pkg/runtime/meta/meta.go, convertItemsToProps), so of two entries of one name the last wins;
+ * components-contrib's DecodeMetadata (mapstructure) then takes the key spelled as the field's
+ * tag before a case variant. So, for the first of `names` present (aliases are read in order): the
+ * last entry of that name spelled exactly as given, else the last that matches without regard to case.
+ */
 export function metadataItem(component: DaprComponent, ...names: string[]): ComponentMetadataItem | undefined {
   const wanted = names.map((name) => name.toLowerCase());
-  return component.metadata.find((item) => wanted.includes(item.name.toLowerCase()));
+  // Of several names (aliases: connectionString, url, dsn), the first one present, as before.
+  const first = component.metadata.find((item) => wanted.includes(item.name.toLowerCase()));
+  if (first === undefined) return undefined;
+  const same = component.metadata.filter((item) => item.name.toLowerCase() === first.name.toLowerCase());
+  const exact = same.filter((item) => names.includes(item.name));
+  return exact[exact.length - 1] ?? same[same.length - 1];
 }
 
 export function componentFamily(component: DaprComponent): string {
@@ -55,6 +68,37 @@ export function redactSecret(value: string): string {
 }
 
 /**
+ * Query parameters of a URL that hold no secret: TLS and auth settings, names, timeouts, an Azure
+ * SAS's version and scope fields. Every other parameter's value is hidden (`auth_token`,
+ * `api_key`, `sig`, `authMechanismProperties=AWS_SESSION_TOKEN:…`: review audit finding 7).
+ */
+const PLAIN_QUERY_KEY = /^(user|username|uid|sslmode|ssl|tls|usessl|use_ssl|encrypt|trustservercertificate|tlsinsecure|tlsallowinvalidcertificates|tlsallowinvalidhostnames|tlsdisableocspendpointcheck|insecure|sslrootcert|sslcert|authsource|authmechanism|replicaset|retrywrites|w|readpreference|directconnection|loadbalanced|connect_timeout|connecttimeoutms|sockettimeoutms|servertimeoutms|timeout|dbname|database|db|schema|charset|application_name|appname|heartbeat|vhost|channel_max|frame_max|sv|sp|sr|spr|se|st|ss|srt|srs|skoid|sktid|skt|ske|sks|skv)$/i;
+
+/** `text` with the value of every query parameter past `from` hidden but for PLAIN_QUERY_KEY, and any fragment hidden. */
+function redactQuery(text: string, from: number): string {
+  const question = text.indexOf("?", from);
+  const hashAt = text.indexOf("#", question < 0 ? from : question);
+  const queryEnd = hashAt < 0 ? text.length : hashAt;
+  let out = text.slice(0, question < 0 ? queryEnd : question);
+  if (question >= 0) {
+    const pairs = text.slice(question + 1, queryEnd).split("&").map((pair) => {
+      const equals = pair.indexOf("=");
+      if (equals < 0) return pair;
+      const key = pair.slice(0, equals);
+      let name = key;
+      try {
+        name = decodeURIComponent(key);
+      } catch {
+        // Shown as written; judged as written.
+      }
+      return PLAIN_QUERY_KEY.test(name.trim()) ? pair : `${key}=****`;
+    });
+    out += `?${pairs.join("&")}`;
+  }
+  return hashAt < 0 ? out : `${out}#****`;
+}
+
+/**
  * Removes the password part of `scheme://user:password@host`, `user:password@tcp(host)` and
  * `password=...` / `pwd=...` pairs, so that no character of it is printed. The user info ends at
  * the last `@` (as URL parsers read a password with an unencoded `@`; past a `/` too, so a
@@ -74,6 +118,8 @@ export function redactConnectionString(value: string): string {
     const colon = userinfo.indexOf(":");
     text = `${text.slice(0, start + 2)}${colon < 0 ? "" : `${userinfo.slice(0, colon)}:`}****${text.slice(at)}`;
   }
+  if (start >= 0) text = redactQuery(text, start + 2);
+  else if (/@(?:tcp|unix)\(/.test(text)) text = redactQuery(text, 0);
   text = text.replace(/^([^:/@\s()]+):.*@(?=(tcp|unix)\()/s, "$1:****@");
   const semicolons = text.includes(";");
   const unquoted = semicolons ? "[^;]*" : stackExchangeRedis(text) !== undefined ? "[^,]*" : "[^\\s;&]*";

@@ -332,4 +332,27 @@ export const kubernetesRules: Rule[] = [
       return hits;
     },
   }),
+  defineRule({
+    id: "MW-K8S-013",
+    family: "kubernetes",
+    severity: "medium",
+    title: "Injected meshward sidecar forwards requests app servers read differently",
+    why: "`meshward.io/headers-with-underscores: allow` and `meshward.io/escaped-slashes: keep` make the injected sidecar forward what servers read in more than one way: field names holding `_`, which CGI and WSGI servers read as `-`, and `%2F`/`%5C` in paths, which an app server may decode after the policy judged the path as one segment (MW-ACCESS-013 for a sidecar config file).",
+    fix: "Remove both annotations (the sidecar's default is `reject`); `drop` (underscores) or `unescape` (escaped slashes) serve clients you cannot change.",
+    example: {
+      file: "deployment.yaml",
+      bad: deploymentYaml({ ...MESHWARD_POD, "meshward.io/headers-with-underscores": "allow" }),
+      good: deploymentYaml({ ...MESHWARD_POD, "meshward.io/headers-with-underscores": "drop" }),
+    },
+    appliesTo: ["workload"],
+    check(workload) {
+      if (!meshwardInjected(workload)) return [];
+      const hits: Hit[] = [];
+      for (const [key, loose] of [[ANNOTATION.headersWithUnderscores, "allow"], [ANNOTATION.escapedSlashes, "keep"]] as const) {
+        const value = workload.annotations[key];
+        if (value !== undefined && value.trim() === loose) hits.push(annotationHit(workload, key, `${key}: ${loose}`));
+      }
+      return hits;
+    },
+  }),
 ];

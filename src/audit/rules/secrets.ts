@@ -88,12 +88,14 @@ function pemFixture(label: string): string {
  * (`MC4CAQ...`, `KEY-DATA-GOES-HERE`), a BEGIN line alone in a table or a string literal,
  * and legacy encrypted keys (`Proc-Type: 4,ENCRYPTED`) are not key material.
  */
-export function hasRealKeyBody(text: string, afterBegin: number, label: string): boolean {
-  const end = text.indexOf(`-----END ${label}-----`, afterBegin);
+export function hasRealKeyBody(text: string, afterBegin: number, label: string, knownEnd?: number): boolean {
+  const end = knownEnd ?? text.indexOf(`-----END ${label}-----`, afterBegin);
   if (end < 0 || end - afterBegin > 20_000) return false;
-  // Newlines may be `\n` escapes (once or twice escaped: a key in code in a source map) and
-  // lines may be string literals joined with `+` (code).
-  const body = text.slice(afterBegin, end).replace(/\\+[rn]/g, "\n").replace(/\\+(["'])/g, "$1").replace(/["']\s*\+\s*["']/g, "").replace(/["',\s]/g, "");
+  // Newlines may be `\n` escapes (once or twice escaped: a key in code in a source map, a few
+  // levels at most) and lines may be string literals joined with `+` (code). The runs of
+  // backslashes are bounded: `\\+[rn]` was quadratic on a long run (review audit finding 8); a
+  // longer run leaves backslashes, which are not base64.
+  const body = text.slice(afterBegin, end).replace(/\\{1,8}[rn]/g, "\n").replace(/\\{1,8}(["'])/g, "$1").replace(/["']\s*\+\s*["']/g, "").replace(/["',\s]/g, "");
   if (body.length < 64 || !/^[A-Za-z0-9+/]+={0,2}$/.test(body)) return false;
   const der = Buffer.from(body, "base64");
   if (der.subarray(0, 15).toString("latin1") === "openssh-key-v1\u0000") return true;
@@ -166,10 +168,25 @@ export const secretRules: Rule[] = [
     example: { file: "certs/tls.key", bad: pemFixture("PRIVATE KEY"), good: pemFixture("CERTIFICATE") },
     appliesTo: ["raw-file"],
     check(file) {
-      for (const match of file.text.matchAll(PRIVATE_KEY_PEM)) {
+      // Linear in the file (review audit finding 8: each BEGIN searched the rest of the file for
+      // its END, quadratic for a file of BEGIN lines): the END of each label is searched from where
+      // the last search ended, so no part of the file is searched twice for one label; a BEGIN
+      // with another BEGIN before its END has no body of its own and is skipped in O(1).
+      const text = file.text;
+      const begins = [...text.matchAll(PRIVATE_KEY_PEM)];
+      const nextEnd = new Map<string, number>();
+      for (const [index, match] of begins.entries()) {
         const label = match[1] ?? "PRIVATE KEY";
-        if (!hasRealKeyBody(file.text, match.index + match[0].length, label)) continue;
-        return [{ position: positionOf(file.text, match.index), evidence: `${label} block` }];
+        const afterBegin = match.index + match[0].length;
+        let end = nextEnd.get(label);
+        if (end === undefined || (end >= 0 && end < afterBegin)) {
+          end = text.indexOf(`-----END ${label}-----`, afterBegin);
+          nextEnd.set(label, end);
+        }
+        if (end < 0) continue;
+        if (end > (begins[index + 1]?.index ?? text.length)) continue;
+        if (!hasRealKeyBody(text, afterBegin, label, end)) continue;
+        return [{ position: positionOf(text, match.index), evidence: `${label} block` }];
       }
       return [];
     },

@@ -7,7 +7,7 @@ import { encodeGrpcMessage, grpcStatusForCode, GrpcStatus, parseGrpcTimeout } fr
 import { frameMessage } from "../../protocol/grpc-unary.ts";
 import { decodeSignRequest, encodeSignResponse, SIGN_CERTIFICATE_PATH, TokenValidator } from "../../protocol/sentry.ts";
 import { sourceAddress } from "../../util/connection-gate.ts";
-import type { RequestBudget } from "../../util/request-budget.ts";
+import type { HeldBudget } from "../../util/held-budget.ts";
 
 const VALIDATORS: ReadonlyMap<number, ValidatorName | undefined> = new Map([
   [TokenValidator.UNKNOWN, undefined],
@@ -27,16 +27,28 @@ const VALIDATORS: ReadonlyMap<number, ValidatorName | undefined> = new Map([
 /** How many largest-size requests may be buffered at once, all connections together. */
 export const BUFFERED_REQUESTS = 256;
 
+/**
+ * Why handleGrpc refused a call before the authority saw it (a metric label: keep the set closed).
+ * budget: the bytes of unfinished requests all callers hold reached the budget; budget_per_address:
+ * the caller's source address holds its share of it; too_large: the request is over maxRequestBytes;
+ * request_timeout: the request did not arrive within requestTimeout; client_deadline: the client's
+ * own deadline (grpc-timeout) passed before the CA answered.
+ */
+export const GRPC_REFUSALS = ["budget", "budget_per_address", "too_large", "request_timeout", "client_deadline"] as const;
+export type GrpcRefusal = (typeof GRPC_REFUSALS)[number];
+
 export interface GrpcLimits {
   readonly maxRequestBytes: number;
-  /** Bytes buffered across all calls (see RequestBudget). */
-  readonly budget?: RequestBudget;
+  /** Bytes buffered across all calls, and per source address (see HeldBudget). */
+  readonly budget?: HeldBudget;
   /** Longest a call may take to send its whole request (slowloris). */
   readonly requestTimeoutMs?: number;
+  /** Told of each call refused here (the CA counts, logs and records them); `address` is the caller's source address. */
+  readonly onRefused?: (refusal: { readonly reason: GrpcRefusal; readonly code: string; readonly address: string }) => void;
 }
 
 export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, authority: CertificateAuthority, limits: GrpcLimits): void {
-  const { maxRequestBytes, budget, requestTimeoutMs } = limits;
+  const { maxRequestBytes, budget, requestTimeoutMs, onRefused } = limits;
   if (req.method !== "POST" || req.url !== SIGN_CERTIFICATE_PATH) {
     req.resume();
     respondError(res, GrpcStatus.UNIMPLEMENTED, `unknown method ${req.url.slice(0, 200)}`);
@@ -45,18 +57,17 @@ export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, au
   const chunks: Buffer[] = [];
   let size = 0;
   let failed = false;
-  let held = 0;
+  const address = sourceAddress(req.socket.remoteAddress);
+  const held = budget?.account(address);
   // The call's lifetime as the client sees it: aborted when the stream closes (the client reset
   // it, its connection went away, or the call is over) or when the client's grpc-timeout passes.
   // The authority checks it before spending a join token's use (see SignRequest.signal).
   const call = new AbortController();
   const clientTimeoutMs = parseGrpcTimeout(req.headers["grpc-timeout"]);
-  const release = () => {
-    budget?.give(held);
-    held = 0;
-  };
-  const refuse = (status: number, message: string, code: string) => {
+  const release = () => held?.close();
+  const refuse = (status: number, message: string, code: string, reason: GrpcRefusal) => {
     failed = true;
+    onRefused?.({ reason, code, address });
     clearTimeout(deadline);
     chunks.length = 0;
     release();
@@ -71,7 +82,7 @@ export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, au
     requestTimeoutMs === undefined
       ? undefined
       : setTimeout(() => {
-          if (!failed) refuse(GrpcStatus.DEADLINE_EXCEEDED, `the request did not arrive within ${requestTimeoutMs / 1000} s`, "E_REQUEST_TIMEOUT");
+          if (!failed) refuse(GrpcStatus.DEADLINE_EXCEEDED, `the request did not arrive within ${requestTimeoutMs / 1000} s`, "E_REQUEST_TIMEOUT", "request_timeout");
         }, requestTimeoutMs);
   deadline?.unref();
   // grpc-go and grpc-js send the caller's deadline as grpc-timeout (gRPC over HTTP/2 spec) and
@@ -82,7 +93,7 @@ export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, au
       : setTimeout(() => {
           const why = `the client's deadline (grpc-timeout ${clientTimeoutMs} ms) passed before the CA could answer; nothing was issued`;
           call.abort(new MeshwardError("E_REQUEST_TIMEOUT", why));
-          if (!failed) refuse(GrpcStatus.DEADLINE_EXCEEDED, why, "E_REQUEST_TIMEOUT");
+          if (!failed) refuse(GrpcStatus.DEADLINE_EXCEEDED, why, "E_REQUEST_TIMEOUT", "client_deadline");
         }, clientTimeoutMs);
   clientDeadline?.unref();
   // Set once answer() has settled: nothing then listens on the call's signal, so a stream closing
@@ -99,15 +110,17 @@ export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, au
     if (failed) return;
     size += chunk.length;
     if (size > maxRequestBytes + 5) {
-      refuse(GrpcStatus.RESOURCE_EXHAUSTED, `the request is larger than ${maxRequestBytes} bytes`, "E_REQUEST_TOO_LARGE");
+      refuse(GrpcStatus.RESOURCE_EXHAUSTED, `the request is larger than ${maxRequestBytes} bytes`, "E_REQUEST_TOO_LARGE", "too_large");
       return;
     }
-    if (budget !== undefined) {
-      if (!budget.take(chunk.length)) {
-        refuse(GrpcStatus.RESOURCE_EXHAUSTED, "the CA holds too many unfinished requests; retry with backoff", "E_CA_BUSY");
-        return;
+    if (held !== undefined && budget !== undefined && !held.take(chunk.length)) {
+      // Which bound: the whole budget, or this address's share of it (a caller holding many unfinished calls).
+      if (budget.wouldRefuse(address, chunk.length) === "address") {
+        refuse(GrpcStatus.RESOURCE_EXHAUSTED, "the CA holds as many unfinished requests from this address as its share allows; retry with backoff", "E_CA_BUSY", "budget_per_address");
+      } else {
+        refuse(GrpcStatus.RESOURCE_EXHAUSTED, "the CA holds too many unfinished requests; retry with backoff", "E_CA_BUSY", "budget");
       }
-      held += chunk.length;
+      return;
     }
     chunks.push(chunk);
   });

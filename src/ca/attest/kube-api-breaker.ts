@@ -24,14 +24,18 @@ export type KubeApiBreakerEvent =
   | { readonly state: "closed"; readonly apiServer: string; readonly openForMs: number; readonly refused: number };
 
 export interface KubeApiBreaker {
-  /** Runs `call` unless the breaker is open; a failure counts unless `notSent(error)` (the call never reached the API server). */
-  run<T>(call: () => Promise<T>, notSent: (error: unknown) => boolean): Promise<T>;
+  /**
+   * Runs `call` unless the breaker is open; a failure counts unless `uncounted(error)`: the call
+   * never reached the API server, or its answer was about that one call (kube-api.ts answeredAboutCall).
+   */
+  run<T>(call: () => Promise<T>, uncounted: (error: unknown) => boolean): Promise<T>;
 }
 
 /**
  * A circuit breaker for the calls to the Kubernetes API server (TokenReviews and pod reads).
- * Closed: every call is sent; after `failuresToOpen` failed calls in a row (5xx, 401/403, a
- * timeout, a refused connection: any E_KUBERNETES_UNAVAILABLE from a call that was sent) it opens.
+ * Closed: every call is sent; after `failuresToOpen` failed calls in a row (5xx, 429, 401/403 on a
+ * TokenReview, a timeout, a refused connection: any failure of a call that was sent, except an
+ * answer about that one call, such as a 400 for its token) it opens.
  * Open: no call is sent for the cooldown; each attestation is refused E_KUBERNETES_UNAVAILABLE at
  * once, naming the last failure and when the CA tries again. Then one call goes through (the
  * probe; the others meanwhile are still refused at once): its success closes the breaker, its
@@ -40,7 +44,8 @@ export interface KubeApiBreaker {
  * tokens of the right shape included (before: as many as the 8 connections could carry), and
  * legitimate workloads get a fast refusal to retry with their backoff instead of waiting on a
  * timeout. A call that never reached the API server (no free connection within the timeout, the
- * CA's own token file unreadable) counts neither way.
+ * CA's own token file unreadable) counts neither way, nor does an answer about that one call (a
+ * caller choosing tokens the API server answers 4xx cannot open the breaker for everyone).
  */
 export function kubeApiBreaker(options: KubeApiBreakerOptions): KubeApiBreaker {
   const failuresToOpen = options.failuresToOpen ?? KUBE_API_FAILURES_TO_OPEN;
@@ -91,7 +96,7 @@ export function kubeApiBreaker(options: KubeApiBreakerOptions): KubeApiBreaker {
   };
 
   return {
-    async run(call, notSent) {
+    async run(call, uncounted) {
       let probe = false;
       if (open !== undefined) {
         const at = now();
@@ -103,7 +108,7 @@ export function kubeApiBreaker(options: KubeApiBreakerOptions): KubeApiBreaker {
       try {
         result = await call();
       } catch (error) {
-        if (!notSent(error)) failed(error, probe);
+        if (!uncounted(error)) failed(error, probe);
         else if (probe && open !== undefined) open.probing = false; // the next call probes
         throw error;
       }

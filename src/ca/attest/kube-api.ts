@@ -1,5 +1,5 @@
 import { Agent, request as httpsRequest } from "node:https";
-import { MeshwardError } from "../../errors.ts";
+import { isMeshwardError, MeshwardError } from "../../errors.ts";
 import { tlsAfterHandshakeFailure, watchHandshake } from "../../tls/after-handshake.ts";
 import { SECURE_OPTIONS } from "../../tls/policy.ts";
 import { kubeApiBreaker, type KubeApiBreakerEvent } from "./kube-api-breaker.ts";
@@ -141,7 +141,7 @@ export function kubeApiConnection(options: KubeApiConnectionOptions): KubeApiCon
             try {
               resolve({ status: res.statusCode ?? 0, json: JSON.parse(Buffer.concat(chunks).toString("utf8")) });
             } catch {
-              reject(new MeshwardError("E_KUBERNETES_UNAVAILABLE", `the Kubernetes API answered ${method} ${path} with ${res.statusCode} and no JSON`));
+              reject(new MeshwardError("E_KUBERNETES_UNAVAILABLE", `the Kubernetes API answered ${method} ${path} with ${res.statusCode} and no JSON`, { details: { status: res.statusCode ?? 0 } }));
             }
           });
           res.on("error", (error) => fail(error, true));
@@ -187,33 +187,93 @@ export function kubernetesApi(options: KubernetesApiOptions): KubernetesApi {
   const connection = kubeApiConnection(options);
   const call = connection.call;
   const breaker = kubeApiBreaker({ apiServer: options.apiServer, ...options.breaker, onChange: options.onBreakerChange });
+  /** Failures that were answers about the one call (answeredAboutCall): the breaker counts them neither way. */
+  const aboutOneCall = new WeakSet<object>();
+  const uncounted = (error: unknown) => connection.notSent(error) || (typeof error === "object" && error !== null && aboutOneCall.has(error));
   return {
-    reviewToken: (token, audiences) => breaker.run(() => reviewToken(token, audiences), connection.notSent),
+    reviewToken: (token, audiences) => breaker.run(() => reviewToken(token, audiences), uncounted),
     // A name no pod can have is answered without a call (and tells the breaker nothing).
     getPod: (namespace, name) =>
-      !SEGMENT.test(namespace) || !SEGMENT.test(name) ? Promise.resolve(undefined) : breaker.run(() => getPod(namespace, name), connection.notSent),
+      !SEGMENT.test(namespace) || !SEGMENT.test(name) ? Promise.resolve(undefined) : breaker.run(() => getPod(namespace, name), uncounted),
   };
 
+  /** call(), with an answer that was not JSON classified by its status like one that was. */
+  async function send(what: KubeApiCall, method: "GET" | "POST", path: string, body?: object): Promise<{ status: number; json: unknown }> {
+    try {
+      return await call(method, path, body);
+    } catch (error) {
+      const status = isMeshwardError(error) ? error.details?.status : undefined;
+      if (typeof status === "number" && answeredAboutCall(what, status)) throw failure(what, status, undefined);
+      throw error;
+    }
+  }
+
   async function reviewToken(token: string, audiences: readonly string[]): Promise<TokenReviewStatus> {
-    const { status, json } = await call("POST", "/apis/authentication.k8s.io/v1/tokenreviews", {
+    const { status, json } = await send("TokenReview", "POST", "/apis/authentication.k8s.io/v1/tokenreviews", {
       apiVersion: "authentication.k8s.io/v1",
       kind: "TokenReview",
       spec: { token, audiences },
     });
-    if (status !== 200 && status !== 201) throw apiError("TokenReview", status, json);
+    if (status !== 200 && status !== 201) throw failure("TokenReview", status, json);
     return ((json as { status?: TokenReviewStatus }).status ?? {}) as TokenReviewStatus;
   }
 
   async function getPod(namespace: string, name: string): Promise<PodObject | undefined> {
-    const { status, json } = await call("GET", `/api/v1/namespaces/${namespace}/pods/${name}`);
+    const { status, json } = await send("pod read", "GET", `/api/v1/namespaces/${namespace}/pods/${name}`);
     if (status === 404) return undefined;
-    if (status !== 200) throw apiError("pod read", status, json);
+    if (status !== 200) throw failure("pod read", status, json);
     return json as PodObject;
+  }
+
+  /**
+   * The error for an answer `status`. A TokenReview refused for its body is the token's doing
+   * (E_TOKEN_INVALID, as a review that does not authenticate it: it keeps the caller's
+   * signRateLimit share); the rest are the CA's (E_KUBERNETES_UNAVAILABLE: the share is given back).
+   */
+  function failure(what: KubeApiCall, status: number, json: unknown): MeshwardError {
+    const error =
+      what === "TokenReview" && answeredAboutCall(what, status)
+        ? new MeshwardError("E_TOKEN_INVALID", `the Kubernetes API server refused the TokenReview of this token with HTTP ${status}${apiMessage(json)}`)
+        : apiError(what, status, json);
+    if (answeredAboutCall(what, status)) aboutOneCall.add(error);
+    return error;
   }
 }
 
-function apiError(what: string, status: number, json: unknown): MeshwardError {
-  const message = typeof (json as { message?: unknown })?.message === "string" ? (json as { message: string }).message.slice(0, 300) : "";
+type KubeApiCall = "TokenReview" | "pod read";
+
+/**
+ * Whether the API server's answer `status` (not 2xx) is about this one call rather than a failure
+ * of the API server, or of the CA's standing with it, that every call meets: such an answer counts
+ * neither as a failure of the circuit breaker nor as a success. A caller chooses what the CA sends
+ * (its token, and through the token the pod's namespace and name), so if such answers counted, a
+ * caller whose token the API server answers with a 4xx could open the breaker, five in a row, and
+ * have every KUBERNETES attestation refused for everyone. These are:
+ * - TokenReview: 400, 413, 422: the request's body (the token) was refused. The Kubernetes API
+ *   server itself answers every non-empty token 201 with status.authenticated false or
+ *   status.error, and 400 only for an empty token or a namespaced request
+ *   (kubernetes pkg/registry/authentication/tokenreview/storage.go), which the validator never
+ *   sends (kubernetes.ts refuses empty, oversized and non-JWT tokens first); a proxy or webhook in
+ *   front of it may refuse more.
+ * - pod read: 400 and 403 (RBAC that lets the CA read pods in some namespaces only: the token names
+ *   the namespace); 404 is an answer (no such pod).
+ * Everything else counts: 5xx, 429 (API Priority and Fairness shedding load: the breaker's cue to
+ * send less), 408, and 401/403/404/405 on the cluster-scoped TokenReview and 401 on a pod read (the
+ * CA's credentials, RBAC or the API's version: the same for every call), as do no answer at all
+ * and timeouts. Dapr Sentry has no breaker: a failed TokenReview fails that one request
+ * (dapr/dapr pkg/sentry/server/validator/kubernetes/kubernetes.go, executeTokenReview).
+ */
+export function answeredAboutCall(what: KubeApiCall, status: number): boolean {
+  return what === "TokenReview" ? status === 400 || status === 413 || status === 422 : status === 400 || status === 403;
+}
+
+function apiError(what: KubeApiCall, status: number, json: unknown): MeshwardError {
   const hint = status === 401 || status === 403 ? " (check the CA's RBAC: create tokenreviews, get pods; see docs/migrating-from-dapr-sentry.md)" : "";
-  return new MeshwardError("E_KUBERNETES_UNAVAILABLE", `the Kubernetes ${what} failed with HTTP ${status}${message ? `: ${message}` : ""}${hint}`);
+  return new MeshwardError("E_KUBERNETES_UNAVAILABLE", `the Kubernetes ${what} failed with HTTP ${status}${apiMessage(json)}${hint}`);
+}
+
+/** ": <the Status object's message>" (at most 300 characters), or "" without one. */
+function apiMessage(json: unknown): string {
+  const message = typeof (json as { message?: unknown } | undefined)?.message === "string" ? (json as { message: string }).message.slice(0, 300) : "";
+  return message ? `: ${message}` : "";
 }

@@ -4,6 +4,7 @@ import { driftPaths, renderDriftJson, renderDriftText } from "../../audit/drift.
 import { renderJson } from "../../audit/reporters/json.ts";
 import { renderSarif } from "../../audit/reporters/sarif.ts";
 import { unparsedFiles } from "../../audit/reporters/summary.ts";
+import { safeForLog } from "../../util/printable.ts";
 import { renderText } from "../../audit/reporters/text.ts";
 import { ALL_RULES } from "../../audit/rules/index.ts";
 import { renderRulesMarkdown } from "../../audit/rules-doc.ts";
@@ -47,7 +48,7 @@ export function overlayProgress(stream: { isTTY?: boolean; write(text: string): 
   if (stream.isTTY !== true) return undefined;
   return (directory) => {
     const shown = relative(process.cwd(), directory);
-    stream.write(`meshward audit: rendering ${shown === "" ? "." : shown} (kubectl kustomize)\n`);
+    stream.write(`meshward audit: rendering ${safeForLog(shown === "" ? "." : shown)} (kubectl kustomize)\n`);
   };
 }
 
@@ -89,7 +90,7 @@ export function auditScan(paths: string[], options: ScanOptions): void {
   if (options.failOnUnparsed === true) {
     const unparsed = unparsedFiles(result);
     if (unparsed.length > 0) {
-      process.stderr.write(`meshward: --fail-on-unparsed: ${unparsed.length} file${unparsed.length === 1 ? "" : "s"} could not be read as configuration: ${unparsed.slice(0, 5).join(", ")}${unparsed.length > 5 ? ", …" : ""}\n`);
+      process.stderr.write(`meshward: --fail-on-unparsed: ${unparsed.length} file${unparsed.length === 1 ? "" : "s"} could not be read as configuration: ${safeForLog(unparsed.slice(0, 5).join(", "))}${unparsed.length > 5 ? ", …" : ""}\n`);
       process.exitCode = EXIT_FINDINGS;
     }
   }

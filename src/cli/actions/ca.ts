@@ -1,21 +1,18 @@
-// What `meshward ca` does; what it accepts (its flags, its help) is ../ca.ts.
+// What `meshward ca` does; what it accepts (its flags, its help) is ../ca.ts. `ca serve`, the
+// one long-running subcommand, is ./ca-serve.ts: the others load no server, logger, metrics,
+// HTTP client or config schema (test/cli/lazy-commands.test.ts).
 import type { OptionValues } from "commander";
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { parse as parseYaml } from "yaml";
-import { caConfigSchema, type CaConfig } from "../../config/ca.ts";
-import { loadYamlConfig } from "../../config/load.ts";
 import { caKeysEncrypted, caLayout, initAnchors, loadAnchors, readCaCertificates, readCaState } from "../../ca/anchors.ts";
-import { daprTrustAnchorsPem, daprTrustBundleManifests } from "../../ca/dapr-trust-bundle.ts";
 import type { AnchorFiles } from "../../ca/anchor-files.ts";
-import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer } from "../../ca/rotation.ts";
+import { activateRoot, importIssuer, issuerRotationStage, prepareRoot, retireRoot, rotateIssuer, type ResumedPrepare } from "../../ca/rotation.ts";
 import { howTrusted, rootScopeGap, rootsTrustingEveryCa, TRUST_EVERY_CA_FLAG } from "../../ca/root-scope.ts";
 import { withCaFiles, withCaStore } from "../store.ts";
 import type { Store } from "../../store/store.ts";
 import { trustBundleVersion } from "../../telemetry/bundle-version.ts";
 import { copyStore } from "../../store/migrate-store.ts";
 import { redactConnectionString } from "../../store/redact.ts";
-import { startCaServer } from "../../ca/server.ts";
 import { isMeshwardError, MeshwardError } from "../../errors.ts";
 import { parseTrustDomain } from "../../spiffe/id.ts";
 import { decodePrivateKey } from "../../pki/keys.ts";
@@ -24,8 +21,7 @@ import { describeTimeLeft, formatCertificateTime } from "../../util/duration.ts"
 import { flagDuration } from "../duration-flags.ts";
 import { flagValue } from "../usage.ts";
 import { assertPrivateFile, writeFileAtomic } from "../../util/files.ts";
-import { cliLogger } from "../logger.ts";
-import { readPassphrase, readTextFile, untilSignal, wholeNumber } from "../options.ts";
+import { readPassphrase, readTextFile } from "../options.ts";
 import { INPUT_LIMITS } from "../../util/read-input.ts";
 
 /** `meshward ca init`: a new CA directory, generated or imported. */
@@ -91,20 +87,6 @@ export async function caInit(opts: OptionValues): Promise<void> {
       "",
     ].join("\n"),
   );
-}
-
-/** `meshward ca serve`. */
-export async function caServe(opts: OptionValues): Promise<void> {
-  const config = resolveCaConfig(opts);
-  const logger = cliLogger("ca", opts);
-  const passphrase = readPassphrase(opts.passphraseFile);
-  const server = await startCaServer({ dir: opts.dir, config, logger, ...(passphrase !== undefined ? { passphrase } : {}) });
-  const stopped = untilSignal();
-  process.stdout.write(`meshward CA listening on ${server.address} as ${server.spiffeId}\n`);
-  if (server.status !== undefined) process.stdout.write(`status page: ${server.status.url}/\n`);
-  const signal = await stopped;
-  logger.info({ event: "ca-stopping", signal }, "stopping");
-  await server.close();
 }
 
 /** `meshward ca migrate-store`. */
@@ -199,7 +181,9 @@ export async function caRotateRootPrepare(opts: OptionValues): Promise<void> {
   const importedRootPem = opts.rootCert !== undefined ? readCertificateFile(opts.rootCert, "--root-cert") : undefined;
   let note: string | undefined;
   let trustDomain = "";
+  let resumed: ResumedPrepare | undefined;
   const root = await withCaFiles(opts.dir, opts.store, async (files) => {
+    resumed = undefined;
     trustDomain = readCaState(opts.dir, files).trustDomain;
     // An imported root comes without a key: nothing is encrypted.
     if (importedRootPem === undefined) note = encryptionNote(opts.dir, files, passphrase);
@@ -209,16 +193,30 @@ export async function caRotateRootPrepare(opts: OptionValues): Promise<void> {
       now: new Date(),
       rootTtlMs,
       trustEveryCaUnderRoot: opts.trustEveryCaUnderRoot === true,
+      onResume: (found) => (resumed = found),
       ...withPassphrase(passphrase),
       ...(importedRootPem !== undefined ? { importedRootPem } : {}),
     });
   });
   if (note !== undefined) process.stderr.write(note);
+  if (resumed !== undefined) process.stderr.write(`meshward: ${resumedPrepareNote(resumed, root)}\n`);
   if (opts.trustEveryCaUnderRoot === true) process.stderr.write(trustEveryCaNote(rootScopeGap(root, trustDomain) !== undefined, root, trustDomain));
   process.stdout.write(
-    `prepared root ${root.fingerprint256} (valid until ${formatCertificateTime(new Date(root.validTo))}); the bundle now holds it beside the current root.\n` +
+    `prepared root ${root.fingerprint256} (valid until ${formatCertificateTime(new Date(root.validTo))})${resumed !== undefined ? ", finishing an interrupted prepare" : ""}; the bundle now holds it beside the current root.\n` +
       `Next, once every workload has fetched the new bundle (they refresh it every minute): meshward ca rotate-root activate --dir ${opts.dir}\n`,
   );
+}
+
+/** What `rotate-root prepare` says when it finishes an interrupted prepare instead of starting one. */
+export function resumedPrepareNote(resumed: ResumedPrepare, root: X509Certificate): string {
+  const what = resumed.rootKept
+    ? `kept its root ${root.fingerprint256} and its key (root.next.pem, root.next.key)`
+    : resumed.keyKept
+      ? "kept its key (root.next.key) and made the new root with it"
+      : "its key was gone, so a new root was generated";
+  const dropped = resumed.rootDropped !== undefined ? `; its root ${resumed.rootDropped}, whose key is gone, left the bundle` : "";
+  const how = resumed.recorded ? "the key matches the one ca.json records" : "ca.json records no key (an older meshward wrote it) and the bundle already held that root";
+  return `resumed an interrupted 'rotate-root prepare' (${how}): ${what}${dropped}`;
 }
 
 /** `meshward ca rotate-root activate`. */
@@ -353,6 +351,8 @@ export async function caDaprTrustBundle(opts: OptionValues): Promise<void> {
   // Before the store is opened: a directory that is no CA gets no ca.db made in it.
   readCaState(opts.dir);
   const roots = await withCaFiles(opts.dir, opts.store, async (files) => readCaCertificates(files, caLayout(opts.dir).bundle), false);
+  // Loaded here: it brings yaml, which no other `ca` subcommand needs.
+  const { daprTrustAnchorsPem, daprTrustBundleManifests } = await import("../../ca/dapr-trust-bundle.ts");
   const text = pem ? daprTrustAnchorsPem(roots) : daprTrustBundleManifests({ roots, namespace: opts.namespace ?? "dapr-system", secret: opts.secret === true });
   if (opts.out === undefined) {
     process.stdout.write(text);
@@ -461,83 +461,5 @@ function encryptionNote(dir: string, files: AnchorFiles, passphrase: string | un
   return (
     `meshward: note: ${dir} kept its keys unencrypted; the new key is encrypted with the passphrase given (--passphrase-file or MESHWARD_CA_PASSPHRASE), and from now on this CA keeps its keys encrypted: ` +
     "every command that reads or writes them, 'meshward ca serve' included, needs the passphrase (a CA running without it keeps its previous issuer until restarted with it)\n"
-  );
-}
-
-/** `ca serve` flags by the config key they set (for naming them in errors). */
-const CA_SERVE_FLAGS: Readonly<Record<string, string>> = {
-  listen: "--listen",
-  store: "--store",
-  status: "--status",
-  statusTokenFile: "--status-token-file",
-  workloadTtl: "--workload-ttl",
-  clockSkew: "--clock-skew",
-  dnsNames: "--dns-name",
-  servingSpiffeId: "--serving-spiffe-id",
-  defaultValidator: "--default-validator",
-  handshakeTimeout: "--handshake-timeout",
-  maxConnections: "--max-connections",
-  maxConnectionsPerAddress: "--max-connections-per-address",
-  daprTrustBundle: "--dapr-trust-bundle-namespace",
-};
-
-/** Config file, then flags on top; both validated by the same zod schema. */
-function resolveCaConfig(opts: Record<string, unknown>): CaConfig {
-  const flags: Record<string, unknown> = {
-    listen: opts.listen,
-    store: opts.store,
-    status: opts.status,
-    statusTokenFile: opts.statusTokenFile,
-    workloadTtl: opts.workloadTtl,
-    clockSkew: opts.clockSkew,
-    dnsNames: opts.dnsName,
-    servingSpiffeId: opts.servingSpiffeId,
-    defaultValidator: opts.defaultValidator,
-    allowInsecureDev: opts.allowInsecureDev === true ? true : undefined,
-    handshakeTimeout: opts.handshakeTimeout,
-    maxConnections: wholeNumber(opts.maxConnections, "--max-connections"),
-    maxConnectionsPerAddress: wholeNumber(opts.maxConnectionsPerAddress, "--max-connections-per-address"),
-  };
-  if (opts.jwksFile !== undefined || opts.jwksUrl !== undefined) {
-    flags.jwks = { jwksFile: opts.jwksFile, jwksUrl: opts.jwksUrl, issuer: opts.jwtIssuer, audience: opts.jwtAudience, mapping: opts.jwtMapping };
-  }
-  let fileValues: Record<string, unknown> = {};
-  if (typeof opts.config === "string") {
-    // Validate the file alone first so its errors carry file:line:column.
-    loadYamlConfig(opts.config, caConfigSchema);
-    fileValues = (parseYaml(readTextFile(opts.config, "config file", INPUT_LIMITS.config)) ?? {}) as Record<string, unknown>;
-  }
-  if (opts.daprTrustBundleNamespace !== undefined) {
-    // The flag sets the namespace; the file's other daprTrustBundle fields (apiServer, …) stay.
-    const fromFile = fileValues.daprTrustBundle;
-    flags.daprTrustBundle = { ...(fromFile !== null && typeof fromFile === "object" && !Array.isArray(fromFile) ? fromFile : {}), namespace: opts.daprTrustBundleNamespace };
-  }
-  const merged = { ...fileValues, ...dropUndefined(flags) };
-  const parsed = caConfigSchema.safeParse(merged);
-  if (!parsed.success) {
-    // A value given as a flag is named by its flag (`--workload-ttl: workloadTtl: …`), as the sidecar does.
-    const flagOf = (key: PropertyKey | undefined) => (typeof key === "string" && flags[key] !== undefined ? CA_SERVE_FLAGS[key] : undefined);
-    // Only the command line at fault (no --config, or every issue names a flag): a usage error
-    // (exit 2, src/cli/usage.ts); anything from the --config file: exit 1.
-    const onlyFlags = typeof opts.config !== "string" || parsed.error.issues.every((i) => flagOf(i.path[0]) !== undefined);
-    throw new MeshwardError(
-      "E_CONFIG_INVALID",
-      parsed.error.issues
-        .map((i) => {
-          const flag = flagOf(i.path[0]);
-          return `${flag !== undefined ? `${flag}: ` : ""}${i.path.join(".") || "config"}: ${i.message}`;
-        })
-        .join("\n"),
-      onlyFlags ? { details: { usage: true } } : {},
-    );
-  }
-  return parsed.data;
-}
-
-function dropUndefined(values: Record<string, unknown>): Record<string, unknown> {
-  return Object.fromEntries(
-    Object.entries(values)
-      .filter(([, v]) => v !== undefined)
-      .map(([k, v]) => [k, v !== null && typeof v === "object" && !Array.isArray(v) ? dropUndefined(v as Record<string, unknown>) : v]),
   );
 }

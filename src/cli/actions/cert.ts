@@ -22,7 +22,6 @@ import { checkTokenFile, writeFilesTogether } from "../../util/files.ts";
 import { VALIDATOR_CHOICES } from "../cert.ts";
 import { TOKEN_ON_COMMAND_LINE, readTextFile } from "../options.ts";
 import { INPUT_LIMITS } from "../../util/read-input.ts";
-import { withCaStore } from "../store.ts";
 
 /** `meshward cert issue`: a key made here, a certificate for it from the CA. */
 export async function certIssue(opts: OptionValues): Promise<void> {
@@ -83,6 +82,7 @@ export async function certList(opts: OptionValues): Promise<void> {
   const root = opts.root === undefined ? undefined : parseRootFingerprint(opts.root);
   // A directory that is no CA is refused, not given an empty store (and "no certificates").
   readCaState(opts.dir);
+  const { withCaStore } = await caStore();
   const rows = await withCaStore(opts.dir, opts.store, async (store) => {
     const records = await store.listIssuances({
       ...(opts.spiffeId !== undefined ? { spiffeId: flagValue(() => parseSpiffeId(opts.spiffeId)).toString() } : {}),
@@ -118,6 +118,7 @@ export async function certRevoke(opts: OptionValues): Promise<void> {
   }
   readCaState(opts.dir);
   const now = new Date();
+  const { withCaStore } = await caStore();
   const outcome = await withCaStore(opts.dir, opts.store, async (store) => {
     let serials: string[];
     if (opts.serial !== undefined) {
@@ -250,3 +251,7 @@ function trustDomainFromBundle(bundlePem: string, file: string): string {
   throw new MeshwardError("E_USAGE", `no root in ${file} names a SPIFFE trust domain; give --trust-domain`);
 }
 
+/** The CA's store (SQLite, better-sqlite3), for `cert list` and `cert revoke`: `cert issue` and `cert inspect` do not load it. */
+function caStore(): Promise<typeof import("../store.ts")> {
+  return import("../store.ts");
+}

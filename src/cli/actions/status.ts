@@ -1,13 +1,11 @@
 // What `meshward status` does; what it accepts (its flags, its help) is ../status.ts.
 import type { OptionValues } from "commander";
-import { fetch as undiciFetch } from "undici";
 import { describeError, fileReadError, MeshwardError } from "../../errors.ts";
 import { fetchFromCa } from "../../identity/ca-client.ts";
 import { certificatesFromPem, toPem } from "../../pki/pem.ts";
 import { inspectCertificate } from "../../pki/inspect.ts";
 import { parseSpiffeId } from "../../spiffe/id.ts";
 import { tlsAfterHandshakeFailure } from "../../tls/after-handshake.ts";
-import { renegotiationRefusingAgent } from "../../tls/undici-agent.ts";
 import { escapeControlCharacters } from "../../util/control-characters.ts";
 import { describeTimeLeft, formatCertificateTime } from "../../util/duration.ts";
 import { assertPrivateFile } from "../../util/files.ts";
@@ -120,6 +118,9 @@ async function readiness(connection: Parameters<typeof fetchFromCa>[0]): Promise
 }
 
 async function feedRows(url: string, token: string | undefined, now: Date): Promise<Row[]> {
+  // undici is loaded here, outside the try (a failure to load it is no unreachable endpoint):
+  // `status --ca` alone, over HTTP/2, does not pay for it.
+  const { undiciFetch, renegotiationRefusingAgent } = await import("../../tls/undici-agent.ts");
   let feed: Feed;
   try {
     // An https:// status URL is trusted through Node's default store (NODE_EXTRA_CA_CERTS adds

@@ -1,5 +1,5 @@
 import { authorityProblem } from "../canonical.ts";
-import { connectionListed, forwardedTrailer, forwardedValue, HOP_BY_HOP, IDENTITY_LENGTHS } from "../headers.ts";
+import { connectionListed, forwardedTrailer, forwardedValue, hasLength, HOP_BY_HOP, IDENTITY_LENGTHS, lengthTable } from "../headers.ts";
 import type { MessageHead } from "./llhttp.ts";
 
 /** How a message's body is delimited on the wire (RFC 9112 §6). */
@@ -27,7 +27,7 @@ export function headersObject(rawHeaders: readonly string[]): Record<string, str
 
 const NOTHING_LISTED: ReadonlySet<string> = new Set();
 /** Lengths of the names endToEndLines may drop or rewrite when Connection lists nothing else (hop-by-hop, content-length, identity). */
-const SPECIAL_LENGTHS: ReadonlySet<number> = new Set([...[...HOP_BY_HOP, "content-length"].map((name) => name.length), ...IDENTITY_LENGTHS]);
+const SPECIAL_LENGTHS = lengthTable([...[...HOP_BY_HOP, "content-length"].map((name) => name.length), ...IDENTITY_LENGTHS]);
 
 /** The names Connection lists beyond the hop-by-hop ones (which go anyway); usually none. */
 function listedBeyondHopByHop(rawHeaders: readonly string[]): ReadonlySet<string> {
@@ -56,7 +56,7 @@ function endToEndLines(rawHeaders: readonly string[], keepLength: boolean, keepH
   let lines = "";
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
-    if (!checkEvery && !SPECIAL_LENGTHS.has(name.length) && (keepHost || name.length !== 4)) {
+    if (!checkEvery && !hasLength(SPECIAL_LENGTHS, name.length) && (keepHost || name.length !== 4)) {
       lines += `${name}: ${rawHeaders[i + 1]}\r\n`;
       continue;
     }

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { HeldBudget } from "../../src/proxy/held-budget.ts";
+import { perAddressShare } from "../../src/proxy/held-budget.ts";
+import { addressShare, HeldBudget } from "../../src/util/held-budget.ts";
 
 describe("HeldBudget", () => {
   it("counts each address's bytes and the total, and refuses past either bound", () => {
@@ -10,6 +11,11 @@ describe("HeldBudget", () => {
     expect(a.take(200)).toBe(false); // the address's share
     expect(b.take(501)).toBe(false); // the total
     expect(b.take(400)).toBe(true);
+    // Which bound a further take would go past (the CA's refusal reason).
+    expect([budget.wouldRefuse("10.0.0.1", 101), budget.wouldRefuse("10.0.0.1", 100), budget.wouldRefuse("10.0.0.3", 100)]).toEqual(["total", undefined, undefined]);
+    const roomy = new HeldBudget(1000, 300);
+    roomy.account("10.0.0.1").take(300);
+    expect([roomy.wouldRefuse("10.0.0.1", 1), roomy.wouldRefuse("10.0.0.2", 300), roomy.wouldRefuse("10.0.0.2", 301)]).toEqual(["address", undefined, "address"]);
     expect([budget.used, budget.usedBy("10.0.0.1"), budget.usedBy("10.0.0.2")]).toEqual([900, 500, 400]);
     a.give(100);
     expect([budget.used, budget.usedBy("10.0.0.1"), a.held]).toEqual([800, 400, 400]);
@@ -42,5 +48,18 @@ describe("HeldBudget", () => {
     kept.close();
     expect(budget.used).toBe(0);
     for (let i = 0; i < 2000; i++) expect(budget.usedBy(`10.2.${i >> 8}.${i & 255}`)).toBe(0);
+  });
+
+  it("each address's share: the budget × maxConnectionsPerAddress / maxConnections, at least `atLeast`, at most the budget (the sidecar's and the CA's rule)", () => {
+    // The CA at its defaults: 64 KiB × 256 = 16 MiB, 256 of 4096 connections: 1 MiB per address.
+    expect(addressShare(16 << 20, 4096, 256, (64 << 10) + 5)).toBe(1 << 20);
+    // The schema's smallest maxRequestBytes: still at least one whole request.
+    expect(addressShare(1024 * 256, 4096, 1, 1029)).toBe(1029);
+    // A per-address cap at or above the total turns the share off.
+    expect(addressShare(1000, 10, 10, 1)).toBe(1000);
+    expect(addressShare(1000, 10, 2, 5000)).toBe(1000);
+    // The sidecar keeps its own floor (one HTTP/1 body held).
+    expect(perAddressShare(16 << 20, 768, 128)).toBe(addressShare(16 << 20, 768, 128, (1 << 20) + (64 << 10)));
+    expect(perAddressShare(4 << 20, 768, 128)).toBe((1 << 20) + (64 << 10));
   });
 });
