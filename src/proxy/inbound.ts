@@ -659,12 +659,14 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     else toHttp(socket, socket.alpnProtocol === "h2");
   });
 
-  // Node cannot bound the client chain OpenSSL verifies during the handshake, on this event loop:
-  // a caller may send at most limits.maxHandshakeBytes before its handshake completes, and one over
-  // it is reset before any of its chain is verified (secureServer installed the cap with the SDK's
-  // defaults: this gives it the sidecar's limit and refusal counting).
-  capHandshakeBytes(tlsServer, {
-    maxBytes: limits.maxHandshakeBytes,
+  // Node cannot bound the client chain OpenSSL verifies during the handshake, on this event loop.
+  // With limits.maxHandshakeBytes set, a caller may send at most that before its handshake
+  // completes, and one over it is reset before any of its chain is verified. Off by default: the
+  // cap's stream stays for the connection's life and costs every request (docs/sidecar.md), so
+  // without it connections take Node's native TLS path (secureServer installs nothing either).
+  const maxHandshakeBytes = limits.maxHandshakeBytes ?? 0;
+  if (maxHandshakeBytes > 0) capHandshakeBytes(tlsServer, {
+    maxBytes: maxHandshakeBytes,
     onRefused: (raw, maxBytes) => {
       telemetry.refused.inc({ direction: "inbound", reason: HANDSHAKE_TOO_LARGE });
       telemetry.refusals?.refused({ reason: HANDSHAKE_TOO_LARGE, remote: remoteOf(raw) });

@@ -1,33 +1,37 @@
 import { connect as tlsConnect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { limitsSchema } from "../../src/config/sidecar.ts";
 import { startHttpApp, type HttpApp } from "../helpers/app-servers.ts";
 import { exec } from "../helpers/exec.ts";
 import { buildLongChain, type LongChain } from "../helpers/long-chain.ts";
+import { recordTlsServerStreams, tlsServerStreamsOn } from "../helpers/tls-server-streams.ts";
 import { metricValue, startMeshCa, startTestSidecar, type MeshCa, type TestSidecarWithApp } from "./fixtures.ts";
 
 // A caller without any credential made the inbound verify a made-up 70-link client chain (RSA-3072
 // links, ~3060-bit exponents) on its event loop, about 1 s per handshake (Node bounds neither the
 // certificate list nor the verify depth): limits.maxHandshakeBytes resets such a connection before
-// OpenSSL has the chain.
-describe("the sidecar inbound caps the bytes a caller sends before its handshake completes", () => {
+// OpenSSL has the chain. The cap is off by default (its stream costs every connection for its
+// life): a sidecar without it keeps Node's native TLS path, and verifies such a chain.
+describe("the sidecar inbound caps the bytes a caller sends before its handshake completes, when limits.maxHandshakeBytes is set", () => {
   let ca: MeshCa;
   let app: HttpApp;
   let capped: TestSidecarWithApp;
-  let raised: TestSidecarWithApp;
+  let plain: TestSidecarWithApp;
   let chain: LongChain;
 
   beforeAll(async () => {
+    recordTlsServerStreams();
     chain = buildLongChain(70);
     ca = await startMeshCa();
     app = await startHttpApp();
-    capped = await startTestSidecar(ca, { appId: "app-b", app: `127.0.0.1:${app.port}` });
-    // The control: the same sidecar with the cap out of the way.
-    raised = await startTestSidecar(ca, { appId: "app-c", app: `127.0.0.1:${app.port}`, limits: { maxHandshakeBytes: 1 << 20 } });
+    capped = await startTestSidecar(ca, { appId: "app-b", app: `127.0.0.1:${app.port}`, limits: { maxHandshakeBytes: 16384 } });
+    // The default (and the control): no limits.maxHandshakeBytes, so no cap.
+    plain = await startTestSidecar(ca, { appId: "app-c", app: `127.0.0.1:${app.port}` });
   }, 60_000);
 
   afterAll(async () => {
     await capped?.close();
-    await raised?.close();
+    await plain?.close();
     await app?.close();
     await ca?.close();
   });
@@ -61,14 +65,32 @@ describe("the sidecar inbound caps the bytes a caller sends before its handshake
     expect(capped.logs.lines.some((l) => l.reason === "handshake_too_large")).toBe(true);
   });
 
-  it("control: with limits.maxHandshakeBytes raised, the same chain reaches OpenSSL's verification and fails it (unknown_ca)", async () => {
-    const before = counts(await metrics(raised));
-    expect(await attack(raised.addresses.inbound.port)).toBe("closed");
+  it("by default (no limits.maxHandshakeBytes) there is no cap: the same chain reaches OpenSSL's verification and fails it (unknown_ca)", async () => {
+    const before = counts(await metrics(plain));
+    expect(await attack(plain.addresses.inbound.port)).toBe("closed");
     await new Promise((resolve) => setTimeout(resolve, 50));
-    const after = counts(await metrics(raised));
+    const after = counts(await metrics(plain));
     expect(after.tooLarge - before.tooLarge).toBe(0);
     expect(after.unknownCa - before.unknownCa).toBe(1);
   }, 30_000);
+
+  it("by default every inbound TLS connection takes Node's native path (no counting stream); with the cap, a JS stream", async () => {
+    const plainStreams = tlsServerStreamsOn(plain.addresses.inbound.port);
+    const cappedStreams = tlsServerStreamsOn(capped.addresses.inbound.port);
+    expect(plainStreams.length).toBeGreaterThan(0);
+    expect(plainStreams.every((s) => s.native)).toBe(true);
+    expect(cappedStreams.length).toBeGreaterThan(0);
+    expect(cappedStreams.every((s) => !s.native)).toBe(true);
+  });
+
+  it("limits.maxHandshakeBytes: 0 is off, and a value between 1 and 4095 is refused", () => {
+    const parse = (maxHandshakeBytes: number) => limitsSchema.safeParse({ maxHandshakeBytes });
+    expect(parse(0).success).toBe(true);
+    expect(parse(4096).success).toBe(true);
+    expect(parse(4095).success).toBe(false);
+    expect(parse(1).success).toBe(false);
+    expect(limitsSchema.parse({}).maxHandshakeBytes).toBeUndefined();
+  });
 
   it("still serves a caller with a mesh certificate (openssl s_client, TLS 1.3 and 1.2)", async () => {
     const caller = await ca.clientFiles("default", "caller");
