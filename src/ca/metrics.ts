@@ -4,6 +4,7 @@ import { createMeshMetrics, type Metrics } from "../telemetry/metrics.ts";
 import { STREAM_REFUSALS } from "../util/address-slots.ts";
 import { GRPC_REFUSALS } from "./api/grpc.ts";
 import { CONNECTION_REFUSALS } from "../util/connection-gate.ts";
+import { HANDSHAKE_TOO_LARGE } from "../tls/handshake-cap.ts";
 
 /** The CA's metrics (names per DESIGN.md: meshward_<component>_<what>_<unit>). */
 export interface CaMetrics {
@@ -34,7 +35,7 @@ export interface CaMetricSources {
 }
 
 /** Why the CA closed a connection without serving it (a closed set: alerts rely on it). */
-export const CA_CONNECTION_REFUSALS = [...CONNECTION_REFUSALS, "handshake_timeout", ...STREAM_REFUSALS] as const;
+export const CA_CONNECTION_REFUSALS = [...CONNECTION_REFUSALS, "handshake_timeout", HANDSHAKE_TOO_LARGE, ...STREAM_REFUSALS] as const;
 export type CaConnectionRefusal = (typeof CA_CONNECTION_REFUSALS)[number];
 
 export function createCaMetrics(metrics: Metrics, sources: CaMetricSources = {}): CaMetrics {
@@ -99,7 +100,7 @@ function apiRequestsRefused(metrics: Metrics): Counter<"reason"> {
 function connectionsRefused(metrics: Metrics): Counter<"reason"> {
   const counter = metrics.counter({
     name: "meshward_ca_connections_refused_total",
-    help: "API connections and HTTP/2 streams the CA closed without serving them, by reason: max_connections and max_connections_per_address (closed on accept, before any TLS work), handshake_timeout (no complete TLS handshake within handshakeTimeout), max_streams and max_streams_per_address (a stream refused with REFUSED_STREAM over the open-stream caps).",
+    help: "API connections and HTTP/2 streams the CA closed without serving them, by reason: max_connections and max_connections_per_address (closed on accept, before any TLS work), handshake_timeout (no complete TLS handshake within handshakeTimeout), handshake_too_large (more than maxHandshakeBytes sent before the handshake completed: reset before the client chain is verified), max_streams and max_streams_per_address (a stream refused with REFUSED_STREAM over the open-stream caps).",
     labelNames: ["reason"],
   });
   // Every reason exported from the start, so rate() and increase() see the first refusal.

@@ -30,6 +30,7 @@ import { CRL_VALIDITY_MS, CrlPublisher } from "./crl-publisher.ts";
 import { BUFFERED_REQUESTS, handleGrpc, type GrpcRefusal } from "./api/grpc.ts";
 import { handleHttp } from "./api/http.ts";
 import { SECURE_OPTIONS } from "../tls/policy.ts";
+import { capHandshakeBytes, HANDSHAKE_TOO_LARGE, rawSocketOf, refusedByHandshakeCap } from "../tls/handshake-cap.ts";
 import { createCaMetrics } from "./metrics.ts";
 import { createMeshMetrics, createMetrics } from "../telemetry/metrics.ts";
 import { trustBundleVersion } from "../telemetry/bundle-version.ts";
@@ -459,6 +460,22 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
       res.end();
     });
   });
+  // Node cannot bound the client chain OpenSSL verifies during the handshake, on this event loop
+  // (the port asks every caller for a certificate): a caller may send at most maxHandshakeBytes
+  // before its handshake completes, and one over it is reset before any of its chain is verified.
+  capHandshakeBytes(server, {
+    maxBytes: config.maxHandshakeBytes,
+    onRefused: (raw, maxBytes) => {
+      metrics.connectionsRefused.inc({ reason: HANDSHAKE_TOO_LARGE });
+      const address = sourceAddress(raw.remoteAddress);
+      recorder.recordRefusal({ peer: address, reason: `handshake: ${HANDSHAKE_TOO_LARGE}: more than maxHandshakeBytes (${maxBytes}) sent before the TLS handshake completed` });
+      warnings.warn(
+        `connection-refused|${HANDSHAKE_TOO_LARGE}|${address}`,
+        { event: "connection-refused", reason: HANDSHAKE_TOO_LARGE, peer: address, limit: maxBytes },
+        "refused a connection: it sent more than maxHandshakeBytes before its TLS handshake completed (a client certificate chain that large is never verified)",
+      );
+    },
+  });
   // A client that resets during the handshake leaves no address on its TLS socket: remember
   // each connection's peer when it arrives (the raw socket) so refusals can still name it.
   const peers = new WeakMap<object, string>();
@@ -466,12 +483,14 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
     if (raw.remoteAddress !== undefined) peers.set(raw, `${raw.remoteAddress.includes(":") ? `[${raw.remoteAddress}]` : raw.remoteAddress}:${raw.remotePort}`);
   });
   server.on("tlsClientError", (error, socket) => {
+    // Counted once, as handshake_too_large (the reset that follows is not a failed handshake).
+    if (refusedByHandshakeCap(socket)) return;
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "ERR_TLS_HANDSHAKE_TIMEOUT") metrics.connectionsRefused.inc({ reason: "handshake_timeout" });
     const reason = mesh.handshakeFailed("inbound", error, socket as import("node:tls").TLSSocket);
     const described = describeHandshakeFailure(reason, error);
     recorder.recordHandshakeFailure({ reason: described });
-    const raw = (socket as unknown as { _parent?: object })._parent;
+    const raw = rawSocketOf(socket) ?? (socket as unknown as { _parent?: object })._parent;
     const peer =
       socket.remoteAddress !== undefined
         ? `${socket.remoteAddress.includes(":") ? `[${socket.remoteAddress}]` : socket.remoteAddress}:${socket.remotePort}`

@@ -38,6 +38,7 @@ export const SCALAR_FLAGS: readonly (readonly [flag: string, key: string, path: 
   ["--status-max-connections-per-address <n>", "statusMaxConnectionsPerAddress", ["limits", "statusMaxConnectionsPerAddress"], "number"],
   ["--max-concurrent-streams <n>", "maxConcurrentStreams", ["limits", "maxConcurrentStreams"], "number"],
   ["--max-held-request-bytes <n>", "maxHeldRequestBytes", ["limits", "maxHeldRequestBytes"], "number"],
+  ["--max-handshake-bytes <n>", "maxHandshakeBytes", ["limits", "maxHandshakeBytes"], "number"],
 ];
 
 const FIELD_HELP: Record<string, string> = { ...SIDECAR_FIELD_HELP, ...SIDECAR_LIMIT_HELP };

@@ -5,6 +5,9 @@ import { hostPort, timerDurationText } from "./fields.ts";
 import { validatorFlagName } from "./validator-names.ts";
 import { parseDuration } from "../util/duration.ts";
 
+/** = DEFAULT_MAX_HANDSHAKE_BYTES of src/tls/handshake-cap.ts (config does not import tls; test/tls/handshake-cap.test.ts checks they agree). */
+export const DEFAULT_MAX_HANDSHAKE_BYTES = 16 * 1024;
+
 /**
  * A duration (`90s`, `24h`, `1y`; a bare number is seconds) in milliseconds. With `min`, a
  * shorter one is refused by name: a unit slip (`0s`, `5` for five seconds) must not start a CA
@@ -211,6 +214,15 @@ export const caConfigSchema = z
     handshakeTimeout: timerDurationText("handshake timeout")
       .default(parseDuration("10s"))
       .describe("Time a caller has to complete the TLS handshake on the API port, from the moment its connection is accepted; a connection that has not finished by then (nothing sent, half a ClientHello) is closed and counted in meshward_ca_connections_refused_total{reason=\"handshake_timeout\"}."),
+    maxHandshakeBytes: z
+      .number()
+      .int()
+      .min(4096)
+      .max(1 << 20)
+      .default(DEFAULT_MAX_HANDSHAKE_BYTES)
+      .describe(
+        "Bytes a caller may send on the API port before its TLS handshake completes (ClientHello, client certificate chain, Finished); a connection over it is reset before OpenSSL has the whole chain, so nothing in it is verified, and counted in meshward_ca_connections_refused_total{reason=\"handshake_too_large\"}. Node cannot bound the client chain OpenSSL verifies on the event loop (no max_cert_list, no verify depth): a made-up chain of RSA links with huge exponents costs ~20 ms per link. A meshward or Dapr caller sends ~1.5 KB, an RSA-4096 leaf with two intermediates ~5 KB; see docs/threat-model.md (Resource exhaustion).",
+      ),
     maxConnections: z
       .number()
       .int()

@@ -39,7 +39,9 @@ export const DEFAULT_MAX_HELD_REQUEST_BYTES = 16 * 1024 * 1024;
 /**
  * What the sidecar's memory is made of, in KiB, measured on Node 20 with the production bundle:
  * the process at rest; an inbound connection idle after its mTLS handshake (one left with an
- * unfinished ClientHello costs ~56); an outbound (plaintext, loopback) connection
+ * unfinished ClientHello costs ~56; with limits.maxHandshakeBytes set, off by default, each costs
+ * ~13 more for the handshake byte cap's stream, src/tls/handshake-cap.ts: 600 idle connections
+ * measured 96.6 KiB each without it, 109.4 with it, not counted here); an outbound (plaintext, loopback) connection
  * (bench/proxy/connection-rss.ts); and a connection to the app held for an HTTP/2 caller that
  * never opens its flow-control window (the app connection's read and the stream's buffer: 2000
  * such streams took a sidecar from 65 to 313 MiB).
@@ -86,6 +88,15 @@ export const limitsSchema = z
       .max(1_000_000, { error: "must be at most 1000000 (each connection is a file descriptor)" })
       .default(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
       .describe(SIDECAR_LIMIT_HELP.maxConnectionsPerAddress),
+    // Off unless set (0 is off too): see SIDECAR_LIMIT_HELP.maxHandshakeBytes.
+    maxHandshakeBytes: z
+      .number({ error: "must be a number of bytes" })
+      .int({ error: "must be a whole number" })
+      .min(0, { error: "must be 0 (off) or at least 4096" })
+      .max(1 << 20, { error: "must be at most 1048576 (1 MiB)" })
+      .refine((value) => value === 0 || value >= 4096, { error: "must be 0 (off) or at least 4096 (a client's first flight with its certificate chain must fit)" })
+      .optional()
+      .describe(SIDECAR_LIMIT_HELP.maxHandshakeBytes),
     // The defaults are telemetry/health.ts's DEFAULT_STATUS_MAX_CONNECTIONS(_PER_ADDRESS) (config imports no telemetry).
     statusMaxConnections: z
       .number({ error: "must be a number of connections" })

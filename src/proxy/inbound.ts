@@ -48,6 +48,7 @@ import { checkHttp1Parser } from "./http1/llhttp.ts";
 import { answerH2, answerRawHttp1, answerText, GrpcStatus, observeDuration, resetAfterAnswer, statusClass } from "./respond.ts";
 import type { ProxyAnswer } from "./respond.ts";
 import { sniffFirstBytes } from "./sniff.ts";
+import { capHandshakeBytes, HANDSHAKE_TOO_LARGE, refusedByHandshakeCap } from "../tls/handshake-cap.ts";
 import { joinTunnel } from "./tunnel.ts";
 import { isUpstreamTimeout, upstreamTimeoutAnswer } from "./stream-idle.ts";
 import type { RevokeStream, StreamIdleRule } from "./stream-idle.ts";
@@ -624,6 +625,8 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
   };
   const control = secureServer(tlsServer, runtime, "sidecar inbound", undefined, (socket) => (options.protocol === "tcp" ? endTunnel(socket) : retireHttp(socket)));
   tlsServer.on("tlsClientError", (error: Error, socket: TLSSocket) => {
+    // Counted once, as handshake_too_large (the reset that follows is not a failed handshake).
+    if (refusedByHandshakeCap(socket)) return;
     const reason = mesh.handshakeFailed("inbound", error, socket);
     telemetry.refused.inc({ direction: "inbound", reason: `tls_${reason}` });
     telemetry.refusals?.handshakeFailed({ reason, remote: remoteOf(socket) });
@@ -654,6 +657,26 @@ export async function startInbound(options: InboundOptions): Promise<Inbound> {
     const peer = peerOf(socket);
     if (options.protocol === "tcp") toTcp(socket, peer);
     else toHttp(socket, socket.alpnProtocol === "h2");
+  });
+
+  // Node cannot bound the client chain OpenSSL verifies during the handshake, on this event loop.
+  // With limits.maxHandshakeBytes set, a caller may send at most that before its handshake
+  // completes, and one over it is reset before any of its chain is verified. Off by default: the
+  // cap's stream stays for the connection's life and costs every request (docs/sidecar.md), so
+  // without it connections take Node's native TLS path (secureServer installs nothing either).
+  const maxHandshakeBytes = limits.maxHandshakeBytes ?? 0;
+  if (maxHandshakeBytes > 0) capHandshakeBytes(tlsServer, {
+    maxBytes: maxHandshakeBytes,
+    onRefused: (raw, maxBytes) => {
+      telemetry.refused.inc({ direction: "inbound", reason: HANDSHAKE_TOO_LARGE });
+      telemetry.refusals?.refused({ reason: HANDSHAKE_TOO_LARGE, remote: remoteOf(raw) });
+      const address = sourceAddress(raw.remoteAddress);
+      warnings.warn(
+        `${HANDSHAKE_TOO_LARGE}|${address}`,
+        { event: "connection-refused", reason: HANDSHAKE_TOO_LARGE, remote: address, limit: maxBytes },
+        `refused a connection: it sent more than limits.maxHandshakeBytes (${maxBytes}) before its TLS handshake completed (a client certificate chain that large is never verified)`,
+      );
+    },
   });
 
   // --- the listener: first byte decides ------------------------------------------------

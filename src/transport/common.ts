@@ -6,6 +6,7 @@ import type { IdentitySource } from "../identity/source.ts";
 import { compileMatcher, describeMatcher, normalizeMatcher } from "../spiffe/match.ts";
 import type { SpiffeIdMatcher } from "../spiffe/match.ts";
 import { SecureContextHolder } from "../tls/context.ts";
+import { capHandshakeBytes, HANDSHAKE_TOO_LARGE, rawSocketOf, refusedByHandshakeCap } from "../tls/handshake-cap.ts";
 import type { IdentityHealth } from "../tls/context.ts";
 import { LogLimiter } from "../telemetry/log-limiter.ts";
 import { classifyTlsError } from "../telemetry/tls-reason.ts";
@@ -48,6 +49,13 @@ export interface ServerCommonOptions extends CommonOptions {
   readonly onHealthChange?: (health: IdentityHealth) => void;
   readonly ticketKeyRotationMs?: number;
   readonly sessionTimeoutSeconds?: number;
+  /**
+   * Bytes a caller may send before its TLS handshake completes; a connection over it is reset before
+   * any of its certificate chain is verified, and logged (`handshake_too_large`). Off by default
+   * (absent or 0): no counting stream is installed and connections take Node's native TLS path. At
+   * least 4096 turns it on, at a cost for every connection (docs/sdk.md; src/tls/handshake-cap.ts).
+   */
+  readonly maxHandshakeBytes?: number;
 }
 
 export interface ClientCommonOptions extends CommonOptions {
@@ -142,6 +150,8 @@ export interface ServerRuntime {
   readonly maxConnectionAgeMs: number;
   /** Refusals any peer can cause at will (failed handshakes, refused callers) are logged through it: 5 per reason and address every 10 s, the rest counted (`sweepRefusals`). */
   readonly refusalLog: LogLimiter;
+  /** Bytes a caller may send before its TLS handshake completes (capHandshakeBytes); undefined: no cap. */
+  readonly maxHandshakeBytes: number | undefined;
 }
 
 export async function prepareServer(options: ServerCommonOptions, what: string): Promise<ServerRuntime> {
@@ -162,7 +172,36 @@ export async function prepareServer(options: ServerCommonOptions, what: string):
     peerRole: "client",
   };
   if (insecure) warnInsecure(logger, what);
-  return { holder, policy, logger, fieldLogger: options.fieldLogger, insecure, maxConnectionAgeMs: options.maxConnectionAgeMs ?? DEFAULT_MAX_CONNECTION_AGE_MS, refusalLog: new LogLimiter() };
+  return { holder, policy, logger, fieldLogger: options.fieldLogger, insecure, maxConnectionAgeMs: options.maxConnectionAgeMs ?? DEFAULT_MAX_CONNECTION_AGE_MS, refusalLog: new LogLimiter(), maxHandshakeBytes: maxHandshakeBytesOf(options.maxHandshakeBytes, what) };
+}
+
+function maxHandshakeBytesOf(value: number | undefined, what: string): number | undefined {
+  if (value === undefined || value === 0) return undefined;
+  if (!Number.isSafeInteger(value) || value < 4096) throw new MeshwardError("E_INSECURE_CONFIG", `${what}: maxHandshakeBytes must be 0 (off) or a whole number of at least 4096 (a client's first flight with its certificate chain must fit)`);
+  return value;
+}
+
+/**
+ * Caps what a caller may send before its handshake completes (src/tls/handshake-cap.ts) when
+ * maxHandshakeBytes is set; a refusal is logged through the refusal limiter. Unset (the default),
+ * nothing is installed: connections keep Node's native TLS path.
+ */
+export function capServerHandshakes(server: TlsServer, runtime: ServerRuntime, what: string): void {
+  const maxBytes = runtime.maxHandshakeBytes;
+  if (maxBytes === undefined) return;
+  capHandshakeBytes(server, {
+    maxBytes,
+    onRefused: (raw, maxBytes) => {
+      const from = raw.remoteAddress ?? "?";
+      const unlogged = runtime.refusalLog.admit(refusalKey("refused", HANDSHAKE_TOO_LARGE, from));
+      if (unlogged === undefined) return;
+      logRefusal(
+        runtime,
+        { event: "connection-refused", peer: peerAddress(from, raw.remotePort), reason: HANDSHAKE_TOO_LARGE, limit: maxBytes },
+        `${what}: refused a connection from ${from}: more than ${maxBytes} bytes (maxHandshakeBytes) sent before its TLS handshake completed; its certificate chain was not verified${unlogged > 0 ? ` (${unlogged} more like it not logged)` : ""}`,
+      );
+    },
+  });
 }
 
 /** How long a retired tunnel's other side has to close it after our end, before it is destroyed. */
@@ -303,7 +342,9 @@ export function logHandshakeFailures(server: TlsServer, runtime: ServerRuntime, 
     if (raw.remoteAddress !== undefined) addresses.set(raw, { address: raw.remoteAddress, port: raw.remotePort });
   });
   server.on("tlsClientError", (error: Error & { code?: string }, socket: TLSSocket | undefined) => {
-    const parent = (socket as { _parent?: object } | undefined)?._parent;
+    // Logged once, as handshake_too_large (capServerHandshakes): its reset is no failed handshake.
+    if (socket !== undefined && refusedByHandshakeCap(socket)) return;
+    const parent = (socket === undefined ? undefined : rawSocketOf(socket)) ?? (socket as { _parent?: object } | undefined)?._parent;
     const noted = parent !== undefined ? addresses.get(parent) : undefined;
     const from = socket?.remoteAddress ?? noted?.address ?? "?";
     const port = socket?.remoteAddress !== undefined ? socket.remotePort : noted?.port;

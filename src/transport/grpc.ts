@@ -14,7 +14,7 @@ import { normalizeSerial, peerChainOf, readSvidIdentity, rememberedIssuerSerials
 import type { PeerIdentity } from "../tls/verify.ts";
 import type { IdentityHealth } from "../tls/context.ts";
 import { classifyTlsError } from "../telemetry/tls-reason.ts";
-import { admitConnection, ConnectionRegistry, logHandshakeFailures, logRefusal, prepareServer, refusalKey, sweepRefusals } from "./common.ts";
+import { admitConnection, capServerHandshakes, ConnectionRegistry, logHandshakeFailures, logRefusal, prepareServer, refusalKey, sweepRefusals } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
 import { closeWhenRevoked, prepareClient, recordCertificateExpiry, retireAtCertificateExpiry } from "./client-common.ts";
 import type { ClientRuntime } from "./client-common.ts";
@@ -154,6 +154,7 @@ export class MeshwardServerCredentials extends ServerCredentials {
     // grpc-js only traces failed handshakes (another CA, expired, no certificate, TLS 1.1,
     // plaintext): logged as by the other SDK servers, through the same limiter.
     logHandshakeFailures(server, runtime, "gRPC server");
+    capServerHandshakes(server, runtime, "gRPC server");
     const stopSweeping = sweepRefusals(runtime, "gRPC server");
     server.once("close", () => {
       stopSweeping();

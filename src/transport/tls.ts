@@ -3,7 +3,7 @@ import type { Server as TlsServer, TLSSocket } from "node:tls";
 import type { IdentityHealth } from "../tls/context.ts";
 import { loadOnce } from "../tls/policy.ts";
 import type { PeerIdentity } from "../tls/verify.ts";
-import { admitConnection, ConnectionRegistry, endTunnel, logHandshakeFailures, peerOf, prepareServer, sweepRefusals } from "./common.ts";
+import { admitConnection, capServerHandshakes, ConnectionRegistry, endTunnel, logHandshakeFailures, peerOf, prepareServer, sweepRefusals } from "./common.ts";
 import type { ClientCommonOptions, ServerCommonOptions } from "./common.ts";
 import { dialTls, prepareClient, retireTunnelWhenStale, SessionCache } from "./client-common.ts";
 import type { ClientRuntime, ResumableSession } from "./client-common.ts";
@@ -63,6 +63,7 @@ export function secureServer<S extends TlsServer>(
   }
   // Anyone who can reach the port can fail handshakes at will: logged through the refusal limiter.
   logHandshakeFailures(server, runtime, what);
+  capServerHandshakes(server, runtime, what);
   const stopSweeping = sweepRefusals(runtime, what);
   let released = false;
   const release = () => {
