@@ -87,6 +87,10 @@ export const DEFAULT_STATUS_MAX_CONNECTIONS_PER_ADDRESS = 16;
  * send theirs at once.
  */
 export const STATUS_HEADERS_TIMEOUT_MS = 5_000;
+/** Time a status-port connection may make no progress (nothing read, nothing written) before it is closed. */
+export const STATUS_IDLE_TIMEOUT_MS = 15_000;
+/** Requests one status-port connection is answered (probes and scrapes send one or a few per connection). */
+export const STATUS_MAX_REQUESTS_PER_CONNECTION = 16;
 
 const statusMetricsByRegistry = new WeakMap<Metrics["registry"], Counter<"reason">>();
 
@@ -126,6 +130,8 @@ export interface OpsServerConfig {
   readonly maxConnectionsPerAddress?: number;
   /** Time to send a complete request head (default STATUS_HEADERS_TIMEOUT_MS). */
   readonly headersTimeoutMs?: number;
+  /** Time a connection may make no progress, nothing read or written (default STATUS_IDLE_TIMEOUT_MS). */
+  readonly idleTimeoutMs?: number;
 }
 
 export interface BoundAddress {
@@ -170,7 +176,18 @@ export function createOpsServer(config: OpsServerConfig): OpsServer {
   // default): at most a second here, so a connection that sends nothing or half a head is gone
   // within headersTimeout + 1 s.
   const headersTimeout = config.headersTimeoutMs ?? STATUS_HEADERS_TIMEOUT_MS;
-  const server = createServer({ requestTimeout: Math.max(10_000, headersTimeout), headersTimeout, connectionsCheckingInterval: Math.min(1_000, headersTimeout) }, (req, res) => {
+  const server = createServer(
+    {
+      requestTimeout: Math.max(10_000, headersTimeout),
+      headersTimeout,
+      connectionsCheckingInterval: Math.min(1_000, headersTimeout),
+      // A caller that pipelines requests and never reads the answers sits between requests with an
+      // answer it does not take, where neither timeout above applies: it held its slot of the caps
+      // below for ever (review today4). A connection making no progress either way for this long is
+      // closed, and one connection answers at most this many requests (each /metrics answer costs a
+      // registry serialisation): server.timeout and server.maxRequestsPerSocket below.
+    },
+    (req, res) => {
     const decision = checkHostHeader(req.headers.host, boundHosts);
     if (!decision.ok) {
       warnings?.warn(
@@ -200,6 +217,9 @@ export function createOpsServer(config: OpsServerConfig): OpsServer {
         res.end(`internal error: ${describeError(error)}\n`);
       });
   });
+
+  server.timeout = config.idleTimeoutMs ?? STATUS_IDLE_TIMEOUT_MS;
+  server.maxRequestsPerSocket = STATUS_MAX_REQUESTS_PER_CONNECTION;
 
   // Admission, as the CA API and the injector's webhook count theirs (ConnectionGate): over a cap
   // a connection is reset as it is accepted, before Node's HTTP parser reads a byte of it. The

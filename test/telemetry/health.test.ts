@@ -249,6 +249,38 @@ describe("createOpsServer admission (real connections from several loopback addr
     expect(text).toMatch(/meshward_status_connections_refused_total\{reason="max_connections"\} 2\n/);
   });
 
+  // Review today4: a caller that pipelines complete requests and never reads the answers sits
+  // between requests, where neither the head nor the request timeout applies; before the idle
+  // timeout it held its slot of the caps for ever (four addresses held all 64, probes were reset).
+  it("closes a connection that pipelines requests and never reads the answers once it makes no progress, and answers at most 16 requests on one connection", { timeout: 20_000 }, async () => {
+    const big = "x".repeat(256 * 1024);
+    const { server, address } = await start({ port: 0, idleTimeoutMs: 1_000,  extraRoutes: { "/big": (_req, res) => void res.writeHead(200, { "content-type": "text/plain" }).end(big) } });
+    // The server's side of the connection (a paused client would not see its close until it reads).
+    const accepted = new Promise<Socket>((resolve) => server.server.once("connection", resolve));
+    const stuck = await new Promise<Socket>((resolve) => {
+      const socket = connect({ host: "127.0.0.1", port: address.port }, () => resolve(socket));
+      opened.push(socket);
+    });
+    // Paused, never read: the answers fill the socket buffers and the server's writes stall.
+    stuck.pause();
+    stuck.on("error", () => undefined);
+    stuck.write("GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(64));
+    const serverSide = await accepted;
+    await closedByServer(serverSide);
+    expect(serverSide.destroyed).toBe(true);
+    // A caller that reads: 20 pipelined probes on one connection get 16 answers, the 16th says close.
+    const answers = await new Promise<string>((resolve) => {
+      let text = "";
+      const socket = connect({ host: "127.0.0.1", port: address.port }, () => socket.write("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(20)));
+      opened.push(socket);
+      socket.on("data", (d: Buffer) => (text += d.toString("latin1")));
+      socket.on("error", () => undefined);
+      socket.on("close", () => resolve(text));
+    });
+    expect(answers.match(/^HTTP\/1\.1 200 /gm)).toHaveLength(16);
+    expect(answers).toMatch(/connection: close/i);
+  });
+
   it("closes a connection that sends nothing, and one that sends half a head, after the head timeout (not Node's 30 s check interval)", { timeout: 15_000 }, async () => {
     const { address } = await start({ port: 0, headersTimeoutMs: 1_000 });
     const silent = await new Promise<Socket>((resolve) => {
