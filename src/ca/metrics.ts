@@ -89,7 +89,7 @@ export function createCaMetrics(metrics: Metrics, sources: CaMetricSources = {})
 function apiRequestsRefused(metrics: Metrics): Counter<"reason"> {
   const counter = metrics.counter({
     name: "meshward_ca_api_requests_refused_total",
-    help: "SignCertificate calls the CA's API refused before attestation, by reason: budget (E_CA_BUSY: the unfinished requests of all callers hold maxRequestBytes × 256), budget_per_address (E_CA_BUSY: those of the caller's source address hold its share), too_large (E_REQUEST_TOO_LARGE: over maxRequestBytes), request_timeout (E_REQUEST_TIMEOUT: the request did not arrive within requestTimeout), client_deadline (E_REQUEST_TIMEOUT: the client's grpc-timeout passed before the CA answered). Not counted in meshward_ca_sign_requests_total.",
+    help: "SignCertificate calls the CA's API refused before attestation, by reason: budget (E_CA_BUSY: the unfinished requests of all callers hold maxRequestBytes × 256), budget_per_address (E_CA_BUSY: those of the caller's source address hold its share), too_large (E_REQUEST_TOO_LARGE: over maxRequestBytes), request_timeout (E_REQUEST_TIMEOUT: the request did not arrive within requestTimeout), client_deadline (E_REQUEST_TIMEOUT: the client's grpc-timeout passed while its request was still arriving; one passing after, while the CA attests or signs, is counted in meshward_ca_sign_requests_total only). Not counted in meshward_ca_sign_requests_total.",
     labelNames: ["reason"],
   });
   // Every reason exported from the start, so rate() and increase() see the first refusal.

@@ -147,6 +147,7 @@ describe("a SignCertificate call the client gave up on does not spend its join t
 
   it("the CA keeps the client's grpc-timeout itself: a caller that never resets gets DEADLINE_EXCEEDED (E_REQUEST_TIMEOUT) and keeps its use", async () => {
     const token = await newToken("payments");
+    const timedOutBefore = metricValue(await server.registry.metrics(), "meshward_ca_sign_requests_total", { result: "refused", reason: "E_REQUEST_TIMEOUT" }) ?? 0;
     const session = connect(`https://${server.address}`, { ca: bundlePem, servername: "dapr-sentry.test", checkServerIdentity: () => undefined });
     session.on("error", () => undefined);
     try {
@@ -178,7 +179,34 @@ describe("a SignCertificate call the client gave up on does not spend its join t
     }
     expect(await usesLeft("payments")).toBe(1);
     expect(await issued("payments")).toBe(0);
+    // The whole request had arrived: the authority had the call and counts it; it was no refusal
+    // before attestation (review today4 LOW-1: it was counted in both).
+    const text = await server.registry.metrics();
+    expect(metricValue(text, "meshward_ca_sign_requests_total", { result: "refused", reason: "E_REQUEST_TIMEOUT" })).toBe(timedOutBefore + 1);
+    expect(metricValue(text, "meshward_ca_api_requests_refused_total", { reason: "client_deadline" })).toBe(0);
     expect(await call(await request("payments", token), {})).toBe("OK");
     expect(await usesLeft("payments")).toBe(0);
+  });
+
+  it("a client deadline that passes while the request is still arriving is a refusal before attestation (client_deadline)", async () => {
+    const session = connect(`https://${server.address}`, { ca: bundlePem, servername: "dapr-sentry.test", checkServerIdentity: () => undefined });
+    session.on("error", () => undefined);
+    try {
+      const stream = session.request({
+        [constants.HTTP2_HEADER_METHOD]: "POST",
+        [constants.HTTP2_HEADER_PATH]: SIGN_CERTIFICATE_PATH,
+        [constants.HTTP2_HEADER_CONTENT_TYPE]: "application/grpc",
+        te: "trailers",
+        "grpc-timeout": "200m",
+      });
+      const trailers = new Promise<Record<string, unknown>>((resolve) => stream.once("trailers", (t) => resolve(t as Record<string, unknown>)));
+      stream.on("error", () => undefined);
+      stream.resume();
+      stream.write(Buffer.from([0, 0, 0, 1, 0])); // a message prefix, its body never sent
+      expect((await trailers)["meshward-error-code"]).toBe("E_REQUEST_TIMEOUT");
+    } finally {
+      session.destroy();
+    }
+    expect(metricValue(await server.registry.metrics(), "meshward_ca_api_requests_refused_total", { reason: "client_deadline" })).toBe(1);
   });
 });

@@ -65,9 +65,13 @@ export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, au
   const call = new AbortController();
   const clientTimeoutMs = parseGrpcTimeout(req.headers["grpc-timeout"]);
   const release = () => held?.close();
+  // Set once the whole request has arrived and the authority has the call: a client deadline
+  // passing after that is the authority's to count (meshward_ca_sign_requests_total), not a
+  // refusal before attestation.
+  let arrived = false;
   const refuse = (status: number, message: string, code: string, reason: GrpcRefusal) => {
     failed = true;
-    onRefused?.({ reason, code, address });
+    if (!(reason === "client_deadline" && arrived)) onRefused?.({ reason, code, address });
     clearTimeout(deadline);
     chunks.length = 0;
     release();
@@ -127,6 +131,7 @@ export function handleGrpc(req: Http2ServerRequest, res: Http2ServerResponse, au
   req.on("end", () => {
     clearTimeout(deadline);
     if (!failed) {
+      arrived = true;
       // The stream can go away while the CA signs (the client resets it): never an unhandled rejection.
       answer(req, res, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size), authority, call.signal)
         .catch(() => res.stream.destroy())
