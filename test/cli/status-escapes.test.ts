@@ -63,3 +63,34 @@ describe("meshward status against a hostile status endpoint", () => {
     expect((row as unknown as { health: string }).health).toBe(`identity\n: ${FEED.health.checks["identity\n"]?.detail}`);
   }, 30_000);
 });
+
+// Review today4 (side note): an endpoint that answers /status.json with JSON of another shape (`{}`,
+// another server's API) made `meshward status` exit with a TypeError and a stack trace.
+describe("meshward status against a /status.json that is not a meshward feed", () => {
+  let other: Server;
+  let otherUrl: string;
+  // One per --status-url, in order (the CLI asks them one after another; each URL's /status.json is the same path).
+  const bodies = ["{}", "[1,2]", '{"component":"x","name":"y","identities":[],"rotations":[],"health":{"ok":true}}', "null"];
+  let served = 0;
+  beforeAll(async () => {
+    other = createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(bodies[served++ % bodies.length]);
+    });
+    await new Promise<void>((resolve) => other.listen(0, "127.0.0.1", resolve));
+    otherUrl = `http://127.0.0.1:${(other.address() as AddressInfo).port}`;
+  });
+  afterAll(async () => {
+    await new Promise((resolve) => other?.close(resolve));
+  });
+
+  it("reports each as an unhealthy row saying what is missing: exit 1, no stack trace", async () => {
+    const result = await runCli(["status", ...bodies.flatMap((_, i) => ["--status-url", `${otherUrl}/${i}`])], { env: { MESHWARD_STATUS_TOKEN: "" } });
+    expect(result.code, result.stderr).toBe(1);
+    expect(result.stderr).not.toMatch(/TypeError|\n\s+at /);
+    expect(result.stdout.match(/not a meshward status feed/g)).toHaveLength(4);
+    expect(result.stdout).toContain("no component or name");
+    expect(result.stdout).toContain("not a JSON object");
+    expect(result.stdout).toContain("no health");
+  }, 30_000);
+});

@@ -135,6 +135,10 @@ async function feedRows(url: string, token: string | undefined, now: Date): Prom
   } catch (error) {
     return [{ component: "?", name: url, identity: "", expires: null, timeLeft: "", healthy: false, health: `unreachable: ${describeFetchError(error)}`, lastRotation: "" }];
   }
+  const problem = feedProblem(feed);
+  if (problem !== undefined) {
+    return [{ component: "?", name: url, identity: "", expires: null, timeLeft: "", healthy: false, health: `not a meshward status feed: ${problem} (is the URL a meshward status port?)`, lastRotation: "" }];
+  }
   const last = feed.rotations[0];
   const lastRotation = last ? `${last.kind} ${last.result} ${describeTimeLeft(new Date(last.time), now).replace(/^expired (.*) ago$/, "$1 ago")}` : "none since start";
   const failing = Object.entries(feed.health.checks).filter(([, c]) => !c.ok).map(([k, c]) => `${k}: ${String(c.detail ?? "failing")}`);
@@ -150,6 +154,17 @@ async function feedRows(url: string, token: string | undefined, now: Date): Prom
     const healthy = feed.health.ok && notAfter > now;
     return { component: feed.component, name: feed.name, identity: i.spiffeId, expires: formatCertificateTime(notAfter), timeLeft: describeTimeLeft(notAfter, now), healthy, health: withDapr(healthy ? "healthy" : failing.join("; ") || "expired"), lastRotation };
   });
+}
+
+/** What makes a /status.json answer unreadable as a meshward feed (another server's JSON), else undefined. */
+function feedProblem(value: unknown): string | undefined {
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+  if (!isObject(value)) return "its /status.json is not a JSON object";
+  if (typeof value.component !== "string" || typeof value.name !== "string") return "no component or name";
+  if (!Array.isArray(value.rotations) || !value.rotations.every((r) => isObject(r) && typeof r.time === "string" && typeof r.kind === "string" && typeof r.result === "string")) return "no rotations list";
+  if (!isObject(value.health) || typeof value.health.ok !== "boolean" || !isObject(value.health.checks) || !Object.values(value.health.checks).every((c) => isObject(c) && typeof c.ok === "boolean")) return "no health";
+  if (!Array.isArray(value.identities) || !value.identities.every((i) => isObject(i) && typeof i.spiffeId === "string" && typeof i.notAfter === "string" && typeof i.kind === "string")) return "no identities list";
+  return undefined;
 }
 
 /** "dapr-trust-bundle failing: E_… HTTP 403 Forbidden (3 in a row, last success …)" while a CA's sync fails, else undefined. */
