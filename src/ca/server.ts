@@ -463,19 +463,26 @@ export async function startCaServer(options: CaServerOptions): Promise<CaServer>
   // Node cannot bound the client chain OpenSSL verifies during the handshake, on this event loop
   // (the port asks every caller for a certificate): a caller may send at most maxHandshakeBytes
   // before its handshake completes, and one over it is reset before any of its chain is verified.
-  capHandshakeBytes(server, {
-    maxBytes: config.maxHandshakeBytes,
-    onRefused: (raw, maxBytes) => {
-      metrics.connectionsRefused.inc({ reason: HANDSHAKE_TOO_LARGE });
-      const address = sourceAddress(raw.remoteAddress);
-      recorder.recordRefusal({ peer: address, reason: `handshake: ${HANDSHAKE_TOO_LARGE}: more than maxHandshakeBytes (${maxBytes}) sent before the TLS handshake completed` });
-      warnings.warn(
-        `connection-refused|${HANDSHAKE_TOO_LARGE}|${address}`,
-        { event: "connection-refused", reason: HANDSHAKE_TOO_LARGE, peer: address, limit: maxBytes },
-        "refused a connection: it sent more than maxHandshakeBytes before its TLS handshake completed (a client certificate chain that large is never verified)",
-      );
-    },
-  });
+  // On the CA it is on by default: a Node release whose node:tls internals the cap cannot hook
+  // serves without it, said at start, rather than not at all.
+  try {
+    capHandshakeBytes(server, {
+      maxBytes: config.maxHandshakeBytes,
+      onRefused: (raw, maxBytes) => {
+        metrics.connectionsRefused.inc({ reason: HANDSHAKE_TOO_LARGE });
+        const address = sourceAddress(raw.remoteAddress);
+        recorder.recordRefusal({ peer: address, reason: `handshake: ${HANDSHAKE_TOO_LARGE}: more than maxHandshakeBytes (${maxBytes}) sent before the TLS handshake completed` });
+        warnings.warn(
+          `connection-refused|${HANDSHAKE_TOO_LARGE}|${address}`,
+          { event: "connection-refused", reason: HANDSHAKE_TOO_LARGE, peer: address, limit: maxBytes },
+          "refused a connection: it sent more than maxHandshakeBytes before its TLS handshake completed (a client certificate chain that large is never verified)",
+        );
+      },
+    });
+  } catch (error) {
+    if (!(error instanceof MeshwardError && error.code === "E_RUNTIME_UNSUPPORTED")) throw error;
+    logger.warn({ event: "handshake-cap-unavailable", err: error.message }, "maxHandshakeBytes is not enforced: a client certificate chain of any length is verified during the handshake");
+  }
   // A client that resets during the handshake leaves no address on its TLS socket: remember
   // each connection's peer when it arrives (the raw socket) so refusals can still name it.
   const peers = new WeakMap<object, string>();

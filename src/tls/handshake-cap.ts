@@ -1,6 +1,7 @@
 import { Socket } from "node:net";
 import { Duplex } from "node:stream";
 import { TLSSocket, type Server as TlsServer } from "node:tls";
+import { MeshwardError } from "../errors.ts";
 
 /**
  * Bytes a client may send before its TLS handshake completes (ClientHello, and its Certificate,
@@ -239,7 +240,7 @@ function hookTlsSocketInit(): void {
   if (initHooked) return;
   const proto = TLSSocket.prototype as unknown as { _init?: (this: TLSSocket, socket: unknown, wrap: unknown) => unknown };
   const init = proto._init;
-  if (typeof init !== "function") throw new Error("capHandshakeBytes: node:tls's TLSSocket has no _init (a Node release changed it)");
+  if (typeof init !== "function") throw unsupported("node:tls's TLSSocket has no _init");
   initHooked = true;
   proto._init = function (this: TLSSocket, socket: unknown, wrap: unknown) {
     if (socket instanceof HandshakeCapStream) adopt(this, socket);
@@ -259,6 +260,11 @@ const installed = new WeakMap<object, Installed>();
  * over with `server.emit("connection", socket)`) may send before its TLS handshake completes.
  * Called again on the same server, it takes the new options.
  */
+/** The internals the cap hooks are not there: this Node release cannot enforce maxHandshakeBytes. */
+function unsupported(what: string): MeshwardError {
+  return new MeshwardError("E_RUNTIME_UNSUPPORTED", `maxHandshakeBytes cannot be enforced on Node ${process.version}: ${what} (the cap hooks node:tls internals of Node 20–26)`);
+}
+
 export function capHandshakeBytes(server: TlsServer, options: HandshakeCapOptions): void {
   const known = installed.get(server);
   if (known !== undefined) {
@@ -266,7 +272,7 @@ export function capHandshakeBytes(server: TlsServer, options: HandshakeCapOption
     return;
   }
   const original = server.listeners("connection").find((listener) => listener.name === "tlsConnectionListener") as ((this: TlsServer, socket: unknown) => void) | undefined;
-  if (original === undefined) throw new Error("capHandshakeBytes: this server has no node:tls connection listener (tlsConnectionListener)");
+  if (original === undefined) throw unsupported("the server has no node:tls connection listener (tlsConnectionListener)");
   hookTlsSocketInit();
   const state: Installed = { options };
   installed.set(server, state);

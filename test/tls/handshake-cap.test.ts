@@ -291,3 +291,16 @@ describe("capHandshakeBytes", () => {
     }
   }, 60_000);
 });
+
+describe("capHandshakeBytes on a Node release whose node:tls internals it cannot hook", () => {
+  it("throws E_RUNTIME_UNSUPPORTED and leaves the server as it was (the CA then serves without the cap and says so)", () => {
+    const server = createTlsServer({});
+    const listeners = server.listeners("connection");
+    // What a release that renamed node:tls's connection listener would look like to the cap.
+    for (const listener of listeners) server.removeListener("connection", listener as (...args: unknown[]) => void);
+    const renamed = function renamedConnectionListener() {};
+    server.on("connection", renamed);
+    expect(() => capHandshakeBytes(server, { maxBytes: DEFAULT_MAX_HANDSHAKE_BYTES, onRefused: () => undefined })).toThrow(expect.objectContaining({ code: "E_RUNTIME_UNSUPPORTED", message: expect.stringMatching(/maxHandshakeBytes cannot be enforced on Node v\d+/) }));
+    expect(server.listeners("connection")).toEqual([renamed]);
+  });
+});
