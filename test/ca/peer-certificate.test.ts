@@ -36,7 +36,10 @@ describe("the CA reads a caller's TLS client certificate only for svid renewal",
   const crafted = selfSigned(createPrivateKey(keyPem), keys.publicKey, longOid);
 
   beforeAll(async () => {
-    ca = await startTestCa(TD);
+    // maxHandshakeBytes raised past the 20 KB certificate below: at the default 16 KiB the
+    // connection is reset before the certificate is read at all (the last test); the svid
+    // validator's own bound is what this file tests, for a CA configured with a larger cap.
+    ca = await startTestCa(TD, { maxHandshakeBytes: 64 * 1024 });
   });
   afterAll(async () => {
     await ca?.close();
@@ -71,5 +74,24 @@ describe("the CA reads a caller's TLS client certificate only for svid renewal",
     const answer = await call(big, TokenValidator.SVID, "");
     expect(answer).toMatchObject({ status: 16, code: "E_ATTESTATION_UNTRUSTED" });
     expect(answer.details).toMatch(/more than the 16384 this CA reads/);
+  });
+
+  it("at the default maxHandshakeBytes the same certificate never reaches the CA: its connection is reset during the handshake (handshake_too_large)", async () => {
+    const defaults = await startTestCa(TD);
+    try {
+      const big = selfSigned(createPrivateKey(keyPem), keys.publicKey, Buffer.from([0x2a, 0x03]), der.octetString(Buffer.alloc(20_000, 0x41)));
+      const call = callUnary({
+        url: `https://${defaults.server.address}`,
+        tls: { ca: defaults.bundlePem, cert: big, key: keyPem, checkServerIdentity: () => undefined },
+        path: SIGN_CERTIFICATE_PATH,
+        authority: defaults.server.address,
+        message: encodeSignRequest({ id: "", token: "", trustDomain: "", namespace: "", certificateSigningRequest: Buffer.from(await createCsr({ keyPair: generateKeyPair() })), tokenValidator: TokenValidator.SVID }),
+        timeoutMs: 20_000,
+      });
+      await expect(call).rejects.toThrow(/ECONNRESET|socket hang up|closed/);
+      expect(await defaults.metric("meshward_ca_connections_refused_total", { reason: "handshake_too_large" })).toBe(1);
+    } finally {
+      await defaults.close();
+    }
   });
 });
