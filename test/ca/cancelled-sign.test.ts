@@ -119,6 +119,23 @@ describe("a SignCertificate call the client gave up on does not spend its join t
       onCall(c);
     });
 
+  /** A raw SignCertificate stream with the client's deadline `grpcTimeout` and no reset of its own (a caller that never gives up). */
+  const signStreamWithDeadline = (grpcTimeout: string) => {
+    const session = connect(`https://${server.address}`, { ca: bundlePem, servername: "dapr-sentry.test", checkServerIdentity: () => undefined });
+    session.on("error", () => undefined);
+    const stream = session.request({
+      [constants.HTTP2_HEADER_METHOD]: "POST",
+      [constants.HTTP2_HEADER_PATH]: SIGN_CERTIFICATE_PATH,
+      [constants.HTTP2_HEADER_CONTENT_TYPE]: "application/grpc",
+      te: "trailers",
+      "grpc-timeout": grpcTimeout,
+    });
+    const trailers = new Promise<Record<string, unknown>>((resolve) => stream.once("trailers", (t) => resolve(t as Record<string, unknown>)));
+    stream.on("error", () => undefined);
+    stream.resume();
+    return { session, stream, trailers };
+  };
+
   it("a call cancelled while the store is busy: CANCELLED, the use stays, the retry is issued", async () => {
     const token = await newToken("orders");
     let clientDone!: Promise<string>;
@@ -148,19 +165,8 @@ describe("a SignCertificate call the client gave up on does not spend its join t
   it("the CA keeps the client's grpc-timeout itself: a caller that never resets gets DEADLINE_EXCEEDED (E_REQUEST_TIMEOUT) and keeps its use", async () => {
     const token = await newToken("payments");
     const timedOutBefore = metricValue(await server.registry.metrics(), "meshward_ca_sign_requests_total", { result: "refused", reason: "E_REQUEST_TIMEOUT" }) ?? 0;
-    const session = connect(`https://${server.address}`, { ca: bundlePem, servername: "dapr-sentry.test", checkServerIdentity: () => undefined });
-    session.on("error", () => undefined);
+    const { session, stream, trailers } = signStreamWithDeadline("200m");
     try {
-      const stream = session.request({
-        [constants.HTTP2_HEADER_METHOD]: "POST",
-        [constants.HTTP2_HEADER_PATH]: SIGN_CERTIFICATE_PATH,
-        [constants.HTTP2_HEADER_CONTENT_TYPE]: "application/grpc",
-        te: "trailers",
-        "grpc-timeout": "200m",
-      });
-      const trailers = new Promise<Record<string, unknown>>((resolve) => stream.once("trailers", (t) => resolve(t as Record<string, unknown>)));
-      stream.on("error", () => undefined);
-      stream.resume();
       const message = encodeSignRequest({
         id: "payments",
         token,
@@ -189,19 +195,8 @@ describe("a SignCertificate call the client gave up on does not spend its join t
   });
 
   it("a client deadline that passes while the request is still arriving is a refusal before attestation (client_deadline)", async () => {
-    const session = connect(`https://${server.address}`, { ca: bundlePem, servername: "dapr-sentry.test", checkServerIdentity: () => undefined });
-    session.on("error", () => undefined);
+    const { session, stream, trailers } = signStreamWithDeadline("200m");
     try {
-      const stream = session.request({
-        [constants.HTTP2_HEADER_METHOD]: "POST",
-        [constants.HTTP2_HEADER_PATH]: SIGN_CERTIFICATE_PATH,
-        [constants.HTTP2_HEADER_CONTENT_TYPE]: "application/grpc",
-        te: "trailers",
-        "grpc-timeout": "200m",
-      });
-      const trailers = new Promise<Record<string, unknown>>((resolve) => stream.once("trailers", (t) => resolve(t as Record<string, unknown>)));
-      stream.on("error", () => undefined);
-      stream.resume();
       stream.write(Buffer.from([0, 0, 0, 1, 0])); // a message prefix, its body never sent
       expect((await trailers)["meshward-error-code"]).toBe("E_REQUEST_TIMEOUT");
     } finally {

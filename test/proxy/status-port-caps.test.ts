@@ -1,9 +1,9 @@
-import { get } from "node:http";
-import { connect, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { caConfigSchema } from "../../src/config/ca.ts";
 import { limitsSchema } from "../../src/config/sidecar.ts";
 import { DEFAULT_STATUS_MAX_CONNECTIONS, DEFAULT_STATUS_MAX_CONNECTIONS_PER_ADDRESS } from "../../src/telemetry/health.ts";
+import { holdHalfHead, probe } from "../helpers/status-port-clients.ts";
 import { metricValue, startMeshCa, startTestSidecar, type MeshCa, type TestSidecarWithApp } from "./fixtures.ts";
 
 // review-edge H1, as the sidecar is configured: limits.statusMaxConnections(PerAddress) reach its
@@ -12,28 +12,6 @@ let ca: MeshCa;
 let sidecar: TestSidecarWithApp;
 const opened: Socket[] = [];
 
-function hold(port: number, localAddress: string): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: "127.0.0.1", port, localAddress }, () => {
-      socket.write("GET /metrics HTTP/1.1\r\nHost: localhost\r\n");
-      resolve(socket);
-    });
-    opened.push(socket);
-    socket.on("data", () => undefined);
-    socket.once("error", reject);
-  });
-}
-
-/** A GET on a new connection: its status, or the error code when the connection was reset. */
-function probe(port: number, localAddress: string, path = "/healthz"): Promise<number | string> {
-  return new Promise((resolve) => {
-    const req = get({ host: "127.0.0.1", port, path, localAddress, agent: false, headers: { connection: "close" } }, (res) => {
-      res.resume();
-      res.on("end", () => resolve(res.statusCode ?? 0));
-    });
-    req.on("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
-  });
-}
 
 beforeAll(async () => {
   ca = await startMeshCa();
@@ -54,10 +32,10 @@ describe("the sidecar's status port takes its caps from limits", () => {
 
   it("statusMaxConnectionsPerAddress 2 and statusMaxConnections 3: the 3rd from one address and the 4th in all are reset, counted and logged", async () => {
     const port = sidecar.addresses.status!.port;
-    await hold(port, "127.0.0.1");
-    await hold(port, "127.0.0.1");
+    await holdHalfHead(port, "127.0.0.1", opened);
+    await holdHalfHead(port, "127.0.0.1", opened);
     expect(typeof (await probe(port, "127.0.0.1"))).toBe("string");
-    await hold(port, "127.0.0.2");
+    await holdHalfHead(port, "127.0.0.2", opened);
     expect(typeof (await probe(port, "127.0.0.3"))).toBe("string");
     const text = await sidecar.metrics.text();
     expect(metricValue(text, "meshward_status_connections_refused_total", { reason: "max_connections_per_address" })).toBe(1);

@@ -1,10 +1,10 @@
 import { execFile } from "node:child_process";
-import { get } from "node:http";
 import { connect, type Socket } from "node:net";
 import { promisify } from "node:util";
 import { afterEach, describe, expect, it } from "vitest";
 import { createHealth, createOpsServer, DEFAULT_STATUS_MAX_CONNECTIONS_PER_ADDRESS, type OpsServer } from "../../src/telemetry/health.ts";
 import { createMeshMetrics, createMetrics } from "../../src/telemetry/metrics.ts";
+import { holdHalfHead, probe } from "../helpers/status-port-clients.ts";
 
 const servers: OpsServer[] = [];
 afterEach(async () => {
@@ -175,31 +175,6 @@ describe("createOpsServer on loopback refuses foreign Host headers (DNS rebindin
   });
 });
 
-/** A connection from `localAddress` that sends half a request head and waits (what an attacker holds). */
-function hold(port: number, localAddress: string, opened: Socket[]): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: "127.0.0.1", port, localAddress }, () => {
-      socket.write("GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Pad: ");
-      resolve(socket);
-    });
-    opened.push(socket);
-    socket.on("data", () => undefined);
-    socket.once("error", reject);
-  });
-}
-
-/** GET `path` from `localAddress` on a new connection: the status code, or the error's code when the connection was refused. */
-function probe(port: number, localAddress: string, path = "/healthz"): Promise<number | string> {
-  return new Promise((resolve) => {
-    const req = get({ host: "127.0.0.1", port, path, localAddress, agent: false, headers: { connection: "close" } }, (res) => {
-      res.resume();
-      res.on("end", () => resolve(res.statusCode ?? 0));
-    });
-    req.on("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
-  });
-}
-
-/** Resolves when the server has closed `socket` (its end or reset reached us). */
 function closedByServer(socket: Socket): Promise<void> {
   return new Promise((resolve) => {
     socket.on("error", () => undefined);
@@ -219,7 +194,7 @@ describe("createOpsServer admission (real connections from several loopback addr
     const warned: Record<string, unknown>[] = [];
     const { address } = await start({ port: 0, metrics, logger: { warn: (fields) => void warned.push(fields) } });
     const held = [];
-    for (let i = 0; i < DEFAULT_STATUS_MAX_CONNECTIONS_PER_ADDRESS; i++) held.push(await hold(address.port, "127.0.0.1", opened));
+    for (let i = 0; i < DEFAULT_STATUS_MAX_CONNECTIONS_PER_ADDRESS; i++) held.push(await holdHalfHead(address.port, "127.0.0.1", opened));
     // The next one from the same address: reset at accept (no HTTP answer), counted and logged.
     const refused = await probe(address.port, "127.0.0.1");
     expect(refused).not.toBe(200);
@@ -242,7 +217,7 @@ describe("createOpsServer admission (real connections from several loopback addr
   it("past maxConnections from everyone, the N+1-th connection is reset (reason max_connections)", async () => {
     const metrics = createMetrics();
     const { address } = await start({ port: 0, metrics, maxConnections: 4, maxConnectionsPerAddress: 2 });
-    for (const from of ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2"]) await hold(address.port, from, opened);
+    for (const from of ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2"]) await holdHalfHead(address.port, from, opened);
     expect(typeof (await probe(address.port, "127.0.0.3"))).toBe("string");
     expect(typeof (await probe(address.port, "127.0.0.1"))).toBe("string");
     const text = await metrics.text();
@@ -288,7 +263,7 @@ describe("createOpsServer admission (real connections from several loopback addr
       opened.push(socket);
       socket.on("data", () => undefined);
     });
-    const partial = await hold(address.port, "127.0.0.1", opened);
+    const partial = await holdHalfHead(address.port, "127.0.0.1", opened);
     await Promise.all([closedByServer(silent), closedByServer(partial)]);
     expect(silent.destroyed && partial.destroyed).toBe(true);
   });
