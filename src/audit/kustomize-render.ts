@@ -1,9 +1,10 @@
 import { execFileSync } from "node:child_process";
-import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { delimiter, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { parse, parseAllDocuments, parseDocument } from "yaml";
 import { asArray, asText, get, isDict } from "./shape.ts";
+import { INPUT_LIMITS, readInputText } from "../util/read-input.ts";
 
 /** The names kustomize accepts for a kustomization file, in the order it looks for them. */
 export const KUSTOMIZATION_FILES: readonly string[] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
@@ -275,7 +276,7 @@ function readKustomization(kustomization: string): Record<string, unknown> | und
     // list brought in by a merge key would go unseen here and still be fetched there).
     // A document with errors is not read at all (`parse` with logLevel silent would give what it could).
     if (!isLocalFile(kustomization)) return undefined;
-    const parsed = parseDocument(readFileSync(kustomization, "utf8"), { logLevel: "silent", merge: true });
+    const parsed = parseDocument(readInputText(kustomization, { what: "kustomization", maxBytes: INPUT_LIMITS.config, pipes: false }), { logLevel: "silent", merge: true });
     if (parsed.errors.length > 0) return undefined;
     const doc: unknown = parsed.toJS();
     return isDict(doc) ? doc : doc === null || doc === undefined ? {} : undefined;
@@ -443,9 +444,11 @@ function pluginEntries(doc: Record<string, unknown>, directory: string): { entri
       }
       let content: string;
       try {
-        content = readFileSync(path, "utf8");
+        // A regular file only, and bounded: a FIFO the repository holds there would hang the
+        // audit, a link to /dev/zero fill its memory (review audit, "not covered").
+        content = readInputText(path, { what: "kustomize plugin config", maxBytes: INPUT_LIMITS.config, pipes: false });
       } catch {
-        unchecked.push(`${where}: not readable`);
+        unchecked.push(`${where}: not readable (a regular file of at most ${INPUT_LIMITS.config / (1024 * 1024)} MiB)`);
         continue;
       }
       documents(content, where);
@@ -520,7 +523,7 @@ function loadsAsResources(path: string): boolean {
   if (!isLocalFile(path)) return false;
   let text: string;
   try {
-    text = readFileSync(path, "utf8");
+    text = readInputText(path, { what: "kustomize resource file", maxBytes: INPUT_LIMITS.config, pipes: false });
   } catch {
     return false;
   }

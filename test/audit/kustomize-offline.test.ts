@@ -1,9 +1,11 @@
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readPaths } from "../../src/audit/audit.ts";
 import { isRemoteEntry, remoteReferences, renderOrigins } from "../../src/audit/kustomize-render.ts";
+import { runCli } from "../helpers/cli.ts";
 import { startCountingHttpServer, type CountingHttpServer } from "../helpers/counting-http-server.ts";
 
 // The offline guard of `meshward audit` (no --kustomize-remote): what an untrusted tree can do
@@ -162,6 +164,24 @@ describe("finding 2: plugin configs (transformers/generators/validators) are rea
     expect(message("field")).toContain(`(transformers entry "l.yaml": field "remote" of LabelTransformer is not one this check reads)`);
     expect(message("folder")).toContain(`(transformers entry "configs": a plugin config folder, whose output this check does not read)`);
     expect(message("broken")).toContain(`(transformers entry "b.yaml": not readable as YAML)`);
+  });
+
+  // A plugin config path was read with readFileSync: a FIFO the repository holds there blocked the
+  // audit for ever (opening it waits for a writer), a link to /dev/zero grew it without bound.
+  it("a plugin config that is a FIFO, or a link out of the tree, is not read: `meshward audit` finishes and says why", async () => {
+    const root = tree("special-plugins", {
+      "fifo/kustomization.yaml": "transformers:\n  - p.yaml\n",
+      "zero/kustomization.yaml": "transformers:\n  - z.yaml\n",
+    });
+    execFileSync("mkfifo", [join(root, "fifo", "p.yaml")]);
+    symlinkSync("/dev/zero", join(root, "zero", "z.yaml"));
+    // As a process: a hang is a process killed at the timeout (exit code null), not a stuck test worker.
+    const result = await runCli(["audit", root], { timeoutMs: 20_000 });
+    expect(result.code, result.stderr).not.toBeNull();
+    expect(result.stderr).not.toMatch(/\n\s+at /);
+    expect(`${result.stdout}${result.stderr}`).toContain(`transformers entry "p.yaml": not readable (a regular file of at most 4 MiB)`);
+    // A link out of the tree is not followed at all (the audit root check).
+    expect(`${result.stdout}${result.stderr}`).toMatch(/it names "z\.yaml" \(transformers of [^)]*\), outside the audited folder/);
   });
 
   it("a builtin plugin config naming local files only is still rendered, and its files count as consumed", () => {
