@@ -1,6 +1,6 @@
-import { connect as tlsConnect, type ConnectionOptions } from "node:tls";
+import type { ConnectionOptions } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildLongChain, type LongChain } from "../helpers/long-chain.ts";
+import { answeredOrClosed, buildLongChain, type LongChain } from "../helpers/long-chain.ts";
 import { startTestCa, type TestCa } from "../helpers/ca-server.ts";
 import { issueJoinToken } from "../../src/ca/tokens.ts";
 import { requestCertificate } from "../../src/identity/ca-client.ts";
@@ -29,12 +29,7 @@ describe("the CA API caps the bytes a caller sends before its handshake complete
 
   /** Resolves when the CA answers (its HTTP/2 SETTINGS, sent once the handshake is complete) or closes. */
   const connectTo = (ca: TestCa, options: ConnectionOptions) =>
-    new Promise<string>((resolve) => {
-      const socket = tlsConnect({ host: ca.server.address.split(":")[0], port: Number(ca.server.address.split(":")[1]), rejectUnauthorized: false, ALPNProtocols: ["h2"], ...options });
-      socket.on("error", () => undefined);
-      socket.once("data", () => (socket.destroy(), resolve("answered")));
-      socket.once("close", () => resolve("closed"));
-    });
+    answeredOrClosed({ host: ca.server.address.split(":")[0], port: Number(ca.server.address.split(":")[1]), ALPNProtocols: ["h2"], ...options });
   const handshakes = (ca: TestCa) => ca.metric("meshward_tls_handshakes_total", { direction: "inbound", result: "ok" });
   const tooLarge = (ca: TestCa) => ca.metric("meshward_ca_connections_refused_total", { reason: "handshake_too_large" });
 

@@ -6,6 +6,7 @@
  * each) when Node's verify callback accepts every error. No key generation but the leaf's.
  */
 import { generateKeyPairSync, randomBytes } from "node:crypto";
+import { connect as tlsConnect, type ConnectionOptions } from "node:tls";
 import * as der from "../../src/pki/der.ts";
 import { toPem } from "../../src/pki/pem.ts";
 
@@ -55,4 +56,18 @@ export function buildLongChain(links: number): LongChain {
     bytes: chain.reduce((sum, c) => sum + c.length, 0),
     count: chain.length,
   };
+}
+
+/**
+ * A TLS client that presents what `options` give (the long chain's leaf and links, say), without
+ * checking the server: "answered" once the server sends anything after the handshake (HTTP/2
+ * SETTINGS, a TLS 1.3 ticket), "closed" when the server closes first (a refused handshake).
+ */
+export function answeredOrClosed(options: ConnectionOptions): Promise<"answered" | "closed"> {
+  return new Promise((resolve) => {
+    const socket = tlsConnect({ rejectUnauthorized: false, ...options });
+    socket.on("error", () => undefined);
+    socket.once("data", () => (socket.destroy(), resolve("answered")));
+    socket.once("close", () => resolve("closed"));
+  });
 }

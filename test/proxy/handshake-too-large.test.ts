@@ -1,9 +1,8 @@
-import { connect as tlsConnect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { limitsSchema } from "../../src/config/sidecar.ts";
 import { startHttpApp, type HttpApp } from "../helpers/app-servers.ts";
 import { exec } from "../helpers/exec.ts";
-import { buildLongChain, type LongChain } from "../helpers/long-chain.ts";
+import { answeredOrClosed, buildLongChain, type LongChain } from "../helpers/long-chain.ts";
 import { recordTlsServerStreams, tlsServerStreamsOn } from "../helpers/tls-server-streams.ts";
 import { metricValue, startMeshCa, startTestSidecar, type MeshCa, type TestSidecarWithApp } from "./fixtures.ts";
 
@@ -37,13 +36,7 @@ describe("the sidecar inbound caps the bytes a caller sends before its handshake
   });
 
   const metrics = async (s: TestSidecarWithApp) => (await fetch(`http://127.0.0.1:${s.addresses.status!.port}/metrics`)).text();
-  const attack = (port: number) =>
-    new Promise<string>((resolve) => {
-      const socket = tlsConnect({ host: "127.0.0.1", port, cert: chain.certPem, key: chain.keyPem, rejectUnauthorized: false, ALPNProtocols: ["h2", "http/1.1"] });
-      socket.on("error", () => undefined);
-      socket.once("data", () => (socket.destroy(), resolve("answered")));
-      socket.once("close", () => resolve("closed"));
-    });
+  const attack = (port: number) => answeredOrClosed({ host: "127.0.0.1", port, cert: chain.certPem, key: chain.keyPem, ALPNProtocols: ["h2", "http/1.1"] });
   const counts = (text: string) => ({
     tooLarge: metricValue(text, "meshward_sidecar_refused_total", { direction: "inbound", reason: "handshake_too_large" }),
     unknownCa: metricValue(text, "meshward_sidecar_refused_total", { direction: "inbound", reason: "tls_unknown_ca" }),

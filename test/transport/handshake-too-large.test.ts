@@ -1,9 +1,8 @@
 import * as grpc from "@grpc/grpc-js";
 import type { AddressInfo } from "node:net";
-import { connect as tlsConnect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { connectMtls, createHttp2Server, createHttpsServer, createMtlsServer, grpcServerCredentials } from "../../src/transport/index.ts";
-import { buildLongChain, type LongChain } from "../helpers/long-chain.ts";
+import { answeredOrClosed, buildLongChain, type LongChain } from "../helpers/long-chain.ts";
 import { recordTlsServerStreams, tlsServerStreamsOn } from "../helpers/tls-server-streams.ts";
 import { createTestPki, type TestPki } from "../helpers/openssl-pki.ts";
 import { bundleOf, echoService, makeLogger, ManualIdentity, snapshotOf } from "./fixtures.ts";
@@ -35,13 +34,7 @@ const listen = async (server: { listen(port: number, host: string, cb: () => voi
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   return (server.address() as AddressInfo).port;
 };
-const attack = (port: number) =>
-  new Promise<string>((resolve) => {
-    const socket = tlsConnect({ host: "127.0.0.1", port, cert: chain.certPem, key: chain.keyPem, rejectUnauthorized: false, ALPNProtocols: ["h2", "http/1.1"] });
-    socket.on("error", () => undefined);
-    socket.once("data", () => (socket.destroy(), resolve("answered")));
-    socket.once("close", () => resolve("closed"));
-  });
+const attack = (port: number) => answeredOrClosed({ host: "127.0.0.1", port, cert: chain.certPem, key: chain.keyPem, ALPNProtocols: ["h2", "http/1.1"] });
 const refusedLines = (lines: string[]) => ({
   tooLarge: lines.filter((l) => l.includes("maxHandshakeBytes")).length,
   failedHandshakes: lines.filter((l) => l.includes("TLS handshake from")).length,
